@@ -1,0 +1,332 @@
+"""The entities of the domain model (DESIGN.md section 2).
+
+Plain dataclasses: the stores map their fields one to one (field names are the storage
+names), the services enforce the invariants. Nested values are flattened (a station's
+location is ``lat``/``lon``/``address``) so every backend stores and filters them alike.
+Times are timezone-aware UTC; energy is integer Wh; money is integer minor units, prices
+are ``Decimal``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any, ClassVar, TypeVar
+
+from domain.clock import utcnow
+from domain.ids import new_id
+
+
+class Role(StrEnum):
+    DRIVER = "DRIVER"
+    OPERATOR = "OPERATOR"
+    ADMIN = "ADMIN"
+
+
+class IdTagStatus(StrEnum):
+    """OCPP 1.6 AuthorizationStatus values a stored tag can hold."""
+
+    ACCEPTED = "Accepted"
+    BLOCKED = "Blocked"
+    EXPIRED = "Expired"
+
+
+class Registration(StrEnum):
+    """OCPP 1.6 RegistrationStatus a station gets on BootNotification."""
+
+    ACCEPTED = "Accepted"
+    PENDING = "Pending"
+    REJECTED = "Rejected"
+
+
+class ConnectorStatus(StrEnum):
+    """OCPP 1.6 ChargePointStatus."""
+
+    AVAILABLE = "Available"
+    PREPARING = "Preparing"
+    CHARGING = "Charging"
+    SUSPENDED_EVSE = "SuspendedEVSE"
+    SUSPENDED_EV = "SuspendedEV"
+    FINISHING = "Finishing"
+    RESERVED = "Reserved"
+    UNAVAILABLE = "Unavailable"
+    FAULTED = "Faulted"
+
+
+class ConnectorType(StrEnum):
+    TYPE2 = "Type2"
+    CCS2 = "CCS2"
+    CCS1 = "CCS1"
+    CHADEMO = "CHAdeMO"
+    TYPE1 = "Type1"
+    NACS = "NACS"
+    SCHUKO = "Schuko"
+    OTHER = "Other"
+
+
+class SessionState(StrEnum):
+    ACTIVE = "ACTIVE"
+    COMPLETED = "COMPLETED"
+
+
+class ReservationState(StrEnum):
+    PENDING = "PENDING"
+    ACTIVE = "ACTIVE"
+    USED = "USED"
+    CANCELLED = "CANCELLED"
+    EXPIRED = "EXPIRED"
+    REJECTED = "REJECTED"
+
+
+class PaymentStatus(StrEnum):
+    PENDING = "PENDING"
+    CAPTURED = "CAPTURED"
+    FAILED = "FAILED"
+    REFUNDED = "REFUNDED"
+
+
+class AuditAction(StrEnum):
+    CREATE = "CREATE"
+    UPDATE = "UPDATE"
+    DELETE = "DELETE"
+
+
+SYSTEM_ACTOR = "system"
+
+
+@dataclass(kw_only=True)
+class Record:
+    """Fields every stored entity carries: identity and the four audit fields."""
+
+    kind: ClassVar[str] = "record"
+    #: Fields never copied into audit snapshots (secrets).
+    secret_fields: ClassVar[frozenset[str]] = frozenset()
+
+    id: str = field(default_factory=new_id)
+    created_at: datetime = field(default_factory=utcnow)
+    updated_at: datetime = field(default_factory=utcnow)
+    created_by: str = SYSTEM_ACTOR
+    updated_by: str = SYSTEM_ACTOR
+
+
+@dataclass(kw_only=True)
+class Company(Record):
+    kind: ClassVar[str] = "company"
+    name: str
+
+
+@dataclass(kw_only=True)
+class User(Record):
+    kind: ClassVar[str] = "user"
+    secret_fields: ClassVar[frozenset[str]] = frozenset({"password_hash"})
+    email: str
+    name: str
+    role: Role
+    company_id: str | None = None
+    password_hash: str = ""
+    active: bool = True
+
+
+@dataclass(kw_only=True)
+class Vehicle(Record):
+    kind: ClassVar[str] = "vehicle"
+    owner_id: str
+    license_plate: str
+    make: str | None = None
+    model: str | None = None
+    battery_kwh: float | None = None
+
+
+@dataclass(kw_only=True)
+class IdTag(Record):
+    kind: ClassVar[str] = "id_tag"
+    tag: str
+    user_id: str
+    vehicle_id: str | None = None
+    status: IdTagStatus = IdTagStatus.ACCEPTED
+    expires_at: datetime | None = None
+    parent_tag: str | None = None
+
+
+@dataclass(kw_only=True)
+class Station(Record):
+    kind: ClassVar[str] = "station"
+    secret_fields: ClassVar[frozenset[str]] = frozenset({"auth_password_hash"})
+    cp_id: str
+    name: str
+    owner_id: str | None = None
+    company_id: str | None = None
+    lat: float | None = None
+    lon: float | None = None
+    address: str | None = None
+    vendor: str | None = None
+    model: str | None = None
+    serial: str | None = None
+    firmware: str | None = None
+    registration: Registration = Registration.ACCEPTED
+    online: bool = False
+    last_seen: datetime | None = None
+    auth_password_hash: str | None = None
+    firmware_status: str | None = None
+    diagnostics_status: str | None = None
+
+
+@dataclass(kw_only=True)
+class Connector(Record):
+    kind: ClassVar[str] = "connector"
+    station_id: str
+    cp_id: str
+    connector_id: int
+    status: ConnectorStatus = ConnectorStatus.UNAVAILABLE
+    error_code: str = "NoError"
+    info: str | None = None
+    status_at: datetime | None = None
+    type: ConnectorType = ConnectorType.TYPE2
+    max_kw: float | None = None
+
+
+@dataclass(kw_only=True)
+class Session(Record):
+    kind: ClassVar[str] = "session"
+    transaction_id: int
+    station_id: str
+    cp_id: str
+    connector_id: int
+    id_tag: str
+    start_time: datetime
+    meter_start_wh: int
+    user_id: str | None = None
+    vehicle_id: str | None = None
+    end_time: datetime | None = None
+    meter_stop_wh: int | None = None
+    energy_wh: int = 0
+    power_w: float | None = None
+    stop_reason: str | None = None
+    state: SessionState = SessionState.ACTIVE
+    reservation_id: int | None = None
+    cost_minor: int | None = None
+    currency: str | None = None
+
+
+@dataclass(kw_only=True)
+class MeterSample(Record):
+    kind: ClassVar[str] = "meter_sample"
+    session_id: str | None
+    cp_id: str
+    connector_id: int
+    at: datetime
+    measurand: str
+    value: float
+    unit: str | None = None
+    phase: str | None = None
+    context: str | None = None
+    transaction_id: int | None = None
+
+
+@dataclass(kw_only=True)
+class StatusEvent(Record):
+    kind: ClassVar[str] = "status_event"
+    station_id: str
+    cp_id: str
+    connector_id: int
+    status: ConnectorStatus
+    error_code: str = "NoError"
+    info: str | None = None
+    at: datetime = field(default_factory=utcnow)
+
+
+@dataclass(kw_only=True)
+class Reservation(Record):
+    kind: ClassVar[str] = "reservation"
+    reservation_id: int
+    station_id: str
+    cp_id: str
+    connector_id: int
+    id_tag: str
+    expires_at: datetime
+    user_id: str | None = None
+    state: ReservationState = ReservationState.PENDING
+
+
+@dataclass(kw_only=True)
+class Tariff(Record):
+    """A price list. Exactly one of ``company_id``/``station_id`` is set; a station's tariff
+    wins over its company's."""
+
+    kind: ClassVar[str] = "tariff"
+    company_id: str | None = None
+    station_id: str | None = None
+    price_per_kwh: Decimal
+    currency: str
+    price_per_minute: Decimal = Decimal("0")
+    session_fee: Decimal = Decimal("0")
+    tax_rate: Decimal = Decimal("0")
+    #: When this price list takes effect; a session is priced by the tariff in force at its start.
+    valid_from: datetime = field(default_factory=utcnow)
+
+
+@dataclass(kw_only=True)
+class Payment(Record):
+    kind: ClassVar[str] = "payment"
+    session_id: str
+    station_id: str
+    user_id: str | None
+    amount_minor: int
+    currency: str
+    status: PaymentStatus = PaymentStatus.PENDING
+    provider: str = "manual"
+    provider_ref: str | None = None
+
+
+@dataclass(kw_only=True)
+class AuditEntry(Record):
+    """Append-only: one per change, written in the same store operation as the change."""
+
+    kind: ClassVar[str] = "audit_entry"
+    entity: str
+    entity_id: str
+    action: AuditAction
+    actor: str
+    at: datetime = field(default_factory=utcnow)
+    before: dict[str, Any] | None = None
+    after: dict[str, Any] | None = None
+
+
+ENTITY_TYPES: tuple[type[Record], ...] = (
+    Company,
+    User,
+    Vehicle,
+    IdTag,
+    Station,
+    Connector,
+    Session,
+    MeterSample,
+    StatusEvent,
+    Reservation,
+    Tariff,
+    Payment,
+    AuditEntry,
+)
+ENTITY_BY_KIND: dict[str, type[Record]] = {t.kind: t for t in ENTITY_TYPES}
+
+E = TypeVar("E", bound=Record)
+
+
+def snapshot(record: Record) -> dict[str, Any]:
+    """A JSON-friendly copy of a record for audit before/after images (secrets left out)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(record):
+        if f.name in record.secret_fields:
+            continue
+        value = getattr(record, f.name)
+        if isinstance(value, datetime):
+            value = value.isoformat()
+        elif isinstance(value, Decimal):
+            value = str(value)
+        elif isinstance(value, StrEnum):
+            value = value.value
+        out[f.name] = value
+    return out

@@ -1,0 +1,49 @@
+"""Expected failures of use cases. Adapters turn them into user errors (GraphQL) or
+CALLERRORs (OCPP); anything else is an unexpected failure and gets masked."""
+
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    """A failure the caller can act on. ``code`` is stable and machine-readable."""
+
+    code = "INVALID"
+
+    def __init__(self, message: str, *, field: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        if code is not None:
+            self.code = code
+
+
+class ValidationError(DomainError):
+    code = "INVALID"
+
+
+class NotFound(DomainError):
+    """Missing, or hidden from the viewer: the two read the same so ids cannot be probed."""
+
+    code = "NOT_FOUND"
+
+
+class Forbidden(DomainError):
+    """The viewer can see the object but may not do this to it."""
+
+    code = "FORBIDDEN"
+
+
+class Unauthenticated(DomainError):
+    code = "UNAUTHENTICATED"
+
+
+class Conflict(DomainError):
+    """A uniqueness rule or a state rule would be broken (duplicate email, station in use)."""
+
+    code = "CONFLICT"
+
+
+class UniqueViolation(Conflict):
+    """Raised by stores when a unique index rejects a write; ``field`` names the rule."""
+
+    code = "DUPLICATE"

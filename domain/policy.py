@@ -1,0 +1,222 @@
+"""Who may see and change what (DESIGN.md section 3). The only place these rules live.
+
+Every read in the domain goes through ``Policy.scope``: the scope is a ``domain.query``
+filter that the store ANDs into the same database query, so list fields, nested fields,
+``node(id:)``, batch loads, analytics and subscription filters all obey one rule set.
+A hidden record reads exactly like a missing one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from domain.entities import Record, Role, Station, User, Vehicle
+from domain.query import ALL, NONE, Eq, Filter, Sub, any_of
+
+
+@dataclass(frozen=True, slots=True)
+class Viewer:
+    """The resolved caller of one request or subscription."""
+
+    user_id: str | None = None
+    role: Role | None = None
+    company_id: str | None = None
+
+    @property
+    def anonymous(self) -> bool:
+        return self.user_id is None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role is Role.ADMIN
+
+    @property
+    def is_operator(self) -> bool:
+        return self.role is Role.OPERATOR
+
+    @property
+    def is_driver(self) -> bool:
+        return self.role is Role.DRIVER
+
+    @property
+    def actor(self) -> str:
+        """The audit actor for changes this viewer makes."""
+        return self.user_id or "anonymous"
+
+    @classmethod
+    def of(cls, user: User) -> Viewer:
+        return cls(user_id=user.id, role=user.role, company_id=user.company_id)
+
+
+ANONYMOUS = Viewer()
+#: The service itself (seeding, OCPP side effects): sees everything, audited as ``system``.
+SYSTEM = Viewer(user_id="system", role=Role.ADMIN)
+
+
+class Policy:
+    """Scopes and permissions for viewers. ``public_map`` allows anonymous viewers to see
+    the public station view (name, location, connectors and their live status)."""
+
+    def __init__(self, *, public_map: bool = False) -> None:
+        self.public_map = public_map
+
+    # ---------------------------------------------------------------- read scopes
+    def scope(self, viewer: Viewer, kind: str) -> Filter:
+        """The filter every read of ``kind`` by ``viewer`` is ANDed with."""
+        if viewer.is_admin:
+            return ALL
+        if viewer.anonymous:
+            return self._public_scope(kind) if self.public_map else NONE
+        if viewer.is_operator:
+            return self._operator_scope(viewer, kind)
+        if viewer.is_driver:
+            return self._driver_scope(viewer, kind)
+        return NONE
+
+    @staticmethod
+    def _public_scope(kind: str) -> Filter:
+        # The map: every station's public view and its connectors' live status.
+        return ALL if kind in ("station", "connector", "tariff") else NONE
+
+    def operator_stations(self, viewer: Viewer) -> Filter:
+        """Stations an operator runs: their own, and every station of their company."""
+        if viewer.user_id is None:
+            return NONE
+        own: Filter = Eq("owner_id", viewer.user_id)
+        if viewer.company_id is None:
+            return own
+        return any_of(own, Eq("company_id", viewer.company_id))
+
+    def _operator_scope(self, viewer: Viewer, kind: str) -> Filter:
+        stations = self.operator_stations(viewer)
+        on_stations: Filter = Sub("station_id", "station", stations)
+        match kind:
+            case "station":
+                return stations
+            case "connector" | "session" | "reservation" | "payment" | "status_event":
+                return on_stations
+            case "meter_sample":
+                # Samples of unknown transactions have no session: scope them by charger.
+                return Sub("cp_id", "station", stations, select="cp_id")
+            case "company":
+                return Eq("id", viewer.company_id) if viewer.company_id else NONE
+            case "user":
+                # Themselves, their company's people, and the drivers of sessions on their
+                # stations (the last as a reduced view, see ``sees_user_private``).
+                return any_of(
+                    Eq("id", viewer.user_id),
+                    Eq("company_id", viewer.company_id) if viewer.company_id else NONE,
+                    Sub("id", "session", on_stations, select="user_id"),
+                )
+            case "vehicle":
+                return any_of(
+                    Eq("owner_id", viewer.user_id),
+                    Sub("owner_id", "user", Eq("company_id", viewer.company_id))
+                    if viewer.company_id
+                    else NONE,
+                    Sub("id", "session", on_stations, select="vehicle_id"),
+                )
+            case "id_tag":
+                return any_of(
+                    Eq("user_id", viewer.user_id),
+                    Sub("user_id", "user", Eq("company_id", viewer.company_id))
+                    if viewer.company_id
+                    else NONE,
+                )
+            case "tariff":
+                return any_of(
+                    Eq("company_id", viewer.company_id) if viewer.company_id else NONE,
+                    Sub("station_id", "station", stations),
+                )
+            case "audit_entry":
+                return any_of(
+                    Eq("actor", viewer.user_id),
+                    Sub("actor", "user", Eq("company_id", viewer.company_id))
+                    if viewer.company_id
+                    else NONE,
+                    Sub("entity_id", "station", stations),
+                    Sub("entity_id", "connector", on_stations),
+                )
+            case _:
+                return NONE
+
+    @staticmethod
+    def _driver_scope(viewer: Viewer, kind: str) -> Filter:
+        me = viewer.user_id
+        match kind:
+            case "station" | "connector" | "tariff":
+                return ALL  # the public map and its prices
+            case "user":
+                return Eq("id", me)
+            case "company":
+                return Eq("id", viewer.company_id) if viewer.company_id else NONE
+            case "vehicle":
+                return Eq("owner_id", me)
+            case "id_tag" | "session" | "reservation" | "payment":
+                return Eq("user_id", me)
+            case "meter_sample":
+                return Sub("session_id", "session", Eq("user_id", me))
+            case "audit_entry":
+                return Eq("actor", me)
+            case _:
+                return NONE
+
+    # ---------------------------------------------------------------- field-level views
+    def sees_station_private(self, viewer: Viewer, station: Station) -> bool:
+        """Owner, company, hardware details, registration: for admins and its operators."""
+        return viewer.is_admin or (viewer.is_operator and self.runs_station(viewer, station))
+
+    @staticmethod
+    def sees_user_private(viewer: Viewer, user: User) -> bool:
+        """Email, role, company, activity: for admins, the user, and their company's
+        operators. Other operators see the drivers of their sessions by name only."""
+        if viewer.is_admin or viewer.user_id == user.id:
+            return True
+        return (
+            viewer.is_operator
+            and viewer.company_id is not None
+            and viewer.company_id == user.company_id
+        )
+
+    @staticmethod
+    def sees_vehicle_private(viewer: Viewer, vehicle: Vehicle) -> bool:
+        """Owner and battery details; operators of a session see plate, make and model."""
+        return viewer.is_admin or viewer.user_id == vehicle.owner_id
+
+    # ---------------------------------------------------------------- permissions
+    @staticmethod
+    def runs_station(viewer: Viewer, station: Station) -> bool:
+        if viewer.user_id is None:
+            return False
+        return station.owner_id == viewer.user_id or (
+            viewer.company_id is not None and station.company_id == viewer.company_id
+        )
+
+    def may_manage_station(self, viewer: Viewer, station: Station) -> bool:
+        return viewer.is_admin or (viewer.is_operator and self.runs_station(viewer, station))
+
+    @staticmethod
+    def may_manage_user(viewer: Viewer, target: User) -> bool:
+        """Admins manage everyone; operators the non-admin people of their company."""
+        if viewer.is_admin:
+            return True
+        return (
+            viewer.is_operator
+            and viewer.company_id is not None
+            and target.company_id == viewer.company_id
+            and target.role is not Role.ADMIN
+        )
+
+    @staticmethod
+    def may_manage_company(viewer: Viewer, company_id: str | None) -> bool:
+        return viewer.is_admin or (
+            viewer.is_operator and company_id is not None and company_id == viewer.company_id
+        )
+
+    def may_act_for_user(self, viewer: Viewer, target: User) -> bool:
+        """May manage ``target``'s own things (vehicles, id tags)."""
+        return viewer.user_id == target.id or self.may_manage_user(viewer, target)
+
+    @staticmethod
+    def owns(viewer: Viewer, record: Record, owner_field: str) -> bool:
+        return viewer.user_id is not None and getattr(record, owner_field) == viewer.user_id

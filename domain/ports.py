@@ -1,0 +1,123 @@
+"""The ports the domain needs from the outside world. Adapters implement them:
+``store/`` the Store, ``pubsub/`` the EventBus, ``chargegraph/`` the PasswordHasher."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from domain.entities import AuditEntry, E, Record
+from domain.query import ALL, Filter, Page, PageRequest, Sort
+
+
+@dataclass(frozen=True, slots=True)
+class Insert:
+    record: Record
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """Replace the stored record with the same id by ``record``."""
+
+    record: Record
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    record: Record
+
+
+Change = Insert | Update | Delete
+
+#: Uniqueness rules every store enforces with a unique index, by entity kind. The name of
+#: the rule's first field is what ``UniqueViolation.field`` carries.
+UNIQUE_RULES: dict[str, tuple[tuple[str, ...], ...]] = {
+    "user": (("email",),),
+    "vehicle": (("license_plate",),),
+    "id_tag": (("tag",),),
+    "station": (("cp_id",),),
+    "connector": (("cp_id", "connector_id"),),
+    "session": (("transaction_id",),),
+    "reservation": (("reservation_id",),),
+    "payment": (("session_id",),),
+}
+
+
+class Store(Protocol):
+    """Persistence for every entity kind.
+
+    Reads take a ``where`` filter, which always includes the viewer's scope from
+    ``domain.policy``, so visibility is decided inside the same database query.
+    """
+
+    async def start(self) -> None:
+        """Open connections, run migrations / create indexes, finish interrupted writes."""
+
+    async def close(self) -> None: ...
+
+    async def ping(self) -> bool:
+        """True when the database answers (health checks)."""
+
+    async def get_many(
+        self, kind: type[E], ids: Sequence[str], where: Filter = ALL
+    ) -> list[E | None]:
+        """One query for many ids. The result is aligned with ``ids``: ``None`` where a
+        record is missing or does not match ``where``."""
+
+    async def find_one(self, kind: type[E], where: Filter) -> E | None: ...
+
+    async def find_page(
+        self, kind: type[E], where: Filter, sort: Sequence[Sort], page: PageRequest
+    ) -> Page[E]:
+        """Keyset pagination in the requested order (``id`` is the final tie-breaker)."""
+
+    async def find_all(
+        self, kind: type[E], where: Filter, sort: Sequence[Sort] = (), limit: int = 1000
+    ) -> list[E]:
+        """A bounded list, for use cases that need a handful of records."""
+
+    async def count(self, kind: type[E], where: Filter) -> int: ...
+
+    async def find_grouped(
+        self,
+        kind: type[E],
+        key_field: str,
+        keys: Sequence[Any],
+        where: Filter,
+        sort: Sequence[Sort],
+        limit: int,
+    ) -> dict[Any, list[E]]:
+        """For each key, the first ``limit`` records with ``key_field == key`` (in ``sort``
+        order) — one query for a whole DataLoader batch of nested lists. Keys without
+        records are absent from the result."""
+
+    async def count_grouped(
+        self, kind: type[E], key_field: str, keys: Sequence[Any], where: Filter
+    ) -> dict[Any, int]: ...
+
+    async def write(self, changes: Sequence[Change], audit: Sequence[AuditEntry]) -> None:
+        """Apply the changes and append the audit entries, all or nothing.
+
+        Raises ``UniqueViolation`` when a unique rule rejects a change and ``NotFound``
+        when an ``Update``/``Delete`` names a missing record; nothing is left half-written.
+        """
+
+    async def next_sequence(self, name: str) -> int:
+        """Atomically increment and return the named counter (first value 1)."""
+
+
+class PasswordHasher(Protocol):
+    def hash(self, password: str) -> str: ...
+
+    def verify(self, password_hash: str, password: str) -> bool: ...
+
+    def needs_rehash(self, password_hash: str) -> bool: ...
+
+
+class EventBus(Protocol):
+    """Delivery of domain events (``domain.events``) after their change committed."""
+
+    async def publish(self, event: Any) -> None: ...
+
+    def subscribe(self, topics: Sequence[str]) -> AsyncIterator[Any]: ...

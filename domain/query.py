@@ -1,0 +1,238 @@
+"""A small, backend-neutral query language.
+
+Use cases and the visibility policy describe *what* to read with these values; every store
+translates them into its own query (SQL ``WHERE``, MongoDB filter documents), so filtering,
+sorting, paging and the viewer's scope all happen inside the database in one query.
+
+Field names are entity field names (``domain.entities``). Values are domain values
+(``str`` ids, aware ``datetime``, ``int``, ``float``, ``bool``, ``StrEnum``).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Generic, TypeAlias, TypeVar
+
+from domain.errors import ValidationError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Eq:
+    field: str
+    value: Any  # ``None`` means "field is null"
+
+
+@dataclass(frozen=True, slots=True)
+class In:
+    field: str
+    values: tuple[Any, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Range:
+    """Bounds on one field; ``None`` means unbounded on that side."""
+
+    field: str
+    gte: Any = None
+    gt: Any = None
+    lte: Any = None
+    lt: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Search:
+    """Case-insensitive substring match of ``text`` in any of ``fields`` (literal, not a
+    pattern: ``%``, ``_``, ``.`` and friends match themselves)."""
+
+    fields: tuple[str, ...]
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Near:
+    """Records whose ``lat``/``lon`` lie within ``radius_km`` (great-circle) of a point."""
+
+    lat: float
+    lon: float
+    radius_km: float
+
+
+@dataclass(frozen=True, slots=True)
+class Sub:
+    """``field`` IN (SELECT ``select`` FROM ``kind`` WHERE ``where``): how the policy says
+    "sessions on stations this operator may see" without loading the station ids first."""
+
+    field: str
+    kind: str
+    where: Filter
+    select: str = "id"
+
+
+@dataclass(frozen=True, slots=True)
+class And:
+    parts: tuple[Filter, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Or:
+    parts: tuple[Filter, ...]
+
+
+Filter: TypeAlias = Eq | In | Range | Search | Near | Sub | And | Or
+
+#: Matches everything (an empty AND) and nothing (an empty OR).
+ALL: Filter = And(())
+NONE: Filter = Or(())
+
+
+def all_of(*parts: Filter | None) -> Filter:
+    """AND of the given filters, flattening trivial cases (``None`` and ``ALL`` vanish)."""
+    kept: list[Filter] = []
+    for part in parts:
+        if part is None or part == ALL:
+            continue
+        if part == NONE:
+            return NONE
+        if isinstance(part, And):
+            kept.extend(part.parts)
+        else:
+            kept.append(part)
+    if not kept:
+        return ALL
+    if len(kept) == 1:
+        return kept[0]
+    return And(tuple(kept))
+
+
+def any_of(*parts: Filter) -> Filter:
+    """OR of the given filters, flattening trivial cases."""
+    kept: list[Filter] = []
+    for part in parts:
+        if part == ALL:
+            return ALL
+        if part == NONE:
+            continue
+        if isinstance(part, Or):
+            kept.extend(part.parts)
+        else:
+            kept.append(part)
+    if not kept:
+        return NONE
+    if len(kept) == 1:
+        return kept[0]
+    return Or(tuple(kept))
+
+
+@dataclass(frozen=True, slots=True)
+class Sort:
+    """One sort key. Sortable fields must be non-null; ``id`` is always the final
+    tie-breaker (added by the store), which makes every order total and keyset-pageable."""
+
+    field: str
+    descending: bool = False
+
+
+MAX_PAGE_SIZE = 100
+DEFAULT_PAGE_SIZE = 20
+
+
+@dataclass(frozen=True, slots=True)
+class PageRequest:
+    """Relay-style paging. ``after``/``before`` are cursors from ``encode_cursor``.
+
+    Forward paging uses ``first``/``after``; backward paging ``last``/``before``.
+    """
+
+    first: int | None = None
+    after: str | None = None
+    last: int | None = None
+    before: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("first", "last"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= MAX_PAGE_SIZE:
+                raise ValidationError(
+                    f"{name} must be between 0 and {MAX_PAGE_SIZE}", field=name, code="INVALID"
+                )
+        if self.first is not None and self.last is not None:
+            raise ValidationError("use either first or last, not both", field="last")
+
+    @property
+    def backward(self) -> bool:
+        return self.last is not None or (self.before is not None and self.first is None)
+
+    @property
+    def limit(self) -> int:
+        if self.backward:
+            return self.last if self.last is not None else DEFAULT_PAGE_SIZE
+        return self.first if self.first is not None else DEFAULT_PAGE_SIZE
+
+
+@dataclass(slots=True)
+class Page(Generic[T]):
+    """One page in the requested order. ``cursors[i]`` is the cursor of ``items[i]``."""
+
+    items: list[T]
+    cursors: list[str]
+    has_next: bool
+    has_previous: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CursorKey:
+    """The decoded position a cursor points at: the sort values and the id."""
+
+    values: tuple[Any, ...]
+    id: str
+    sort: tuple[tuple[str, bool], ...] = field(default=())
+
+
+def _encode_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return {"t": value.isoformat()}
+    if isinstance(value, StrEnum):
+        return value.value
+    return value
+
+
+def _decode_value(value: Any) -> Any:
+    if isinstance(value, dict) and "t" in value:
+        return datetime.fromisoformat(value["t"])
+    return value
+
+
+def encode_cursor(sort: Sequence[Sort], values: Sequence[Any], record_id: str) -> str:
+    payload = {
+        "s": [[s.field, s.descending] for s in sort],
+        "v": [_encode_value(v) for v in values],
+        "i": record_id,
+    }
+    raw = json.dumps(payload, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, sort: Sequence[Sort]) -> CursorKey:
+    """Decode a cursor and check it was made for this sort order."""
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        payload = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        key = CursorKey(
+            values=tuple(_decode_value(v) for v in payload["v"]),
+            id=str(payload["i"]),
+            sort=tuple((str(f), bool(d)) for f, d in payload["s"]),
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValidationError("malformed cursor", field="after", code="INVALID_CURSOR") from exc
+    if key.sort != tuple((s.field, s.descending) for s in sort) or len(key.values) != len(sort):
+        raise ValidationError(
+            "cursor belongs to another ordering", field="after", code="INVALID_CURSOR"
+        )
+    return key

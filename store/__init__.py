@@ -1,0 +1,2 @@
+"""Persistence adapters implementing ``domain.ports.Store``: ``sqlite`` (embedded default)
+and ``mongo`` (large networks). Both pass ``tests/contract``."""

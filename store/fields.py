@@ -1,0 +1,102 @@
+"""How each entity field is stored, derived once from the dataclasses' type hints.
+
+Both backends share this table so they agree on every field's category; each then picks
+its own physical representation (SQLite: epoch microseconds, TEXT decimals; MongoDB:
+BSON dates, ObjectIds, strings for decimals).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+from functools import cache
+from typing import Any, Literal
+
+from domain.entities import ENTITY_TYPES, Record
+
+Category = Literal["id", "str", "int", "float", "bool", "datetime", "decimal", "enum", "json"]
+
+#: Fields holding another entity's id (stored as ObjectId in MongoDB).
+ID_FIELDS = frozenset(
+    {
+        "id",
+        "company_id",
+        "owner_id",
+        "user_id",
+        "vehicle_id",
+        "station_id",
+        "session_id",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class FieldSpec:
+    name: str
+    category: Category
+    nullable: bool
+    enum_type: type[StrEnum] | None = None
+
+
+def _unwrap(hint: Any) -> tuple[Any, bool]:
+    """(inner type, nullable) for ``X | None``."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return (args[0] if len(args) == 1 else Any), len(args) < len(typing.get_args(hint))
+    return hint, False
+
+
+def _category(name: str, hint: Any) -> tuple[Category, type[StrEnum] | None]:
+    if name in ID_FIELDS:
+        return "id", None
+    if isinstance(hint, type) and issubclass(hint, StrEnum):
+        return "enum", hint
+    if hint is bool:
+        return "bool", None
+    if hint is int:
+        return "int", None
+    if hint is float:
+        return "float", None
+    if hint is str:
+        return "str", None
+    if hint is datetime:
+        return "datetime", None
+    if hint is Decimal:
+        return "decimal", None
+    return "json", None
+
+
+@cache
+def field_specs(kind: type[Record]) -> tuple[FieldSpec, ...]:
+    hints = typing.get_type_hints(kind)
+    specs = []
+    for f in dataclasses.fields(kind):
+        inner, nullable = _unwrap(hints[f.name])
+        category, enum_type = _category(f.name, inner)
+        specs.append(FieldSpec(f.name, category, nullable, enum_type))
+    return tuple(specs)
+
+
+@cache
+def spec_by_name(kind: type[Record]) -> dict[str, FieldSpec]:
+    return {s.name: s for s in field_specs(kind)}
+
+
+def build(kind: type[Record], values: dict[str, Any]) -> Record:
+    """Construct a record from decoded python values (enums re-typed here)."""
+    kwargs = {}
+    for spec in field_specs(kind):
+        value = values.get(spec.name)
+        if value is not None and spec.enum_type is not None:
+            value = spec.enum_type(value)
+        kwargs[spec.name] = value
+    return kind(**kwargs)
+
+
+ALL_KINDS: tuple[type[Record], ...] = ENTITY_TYPES
