@@ -1,0 +1,150 @@
+"""Companies and users: creation, changes, deactivation, and logging in."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from domain import validation as v
+from domain.entities import Company, Role, User
+from domain.errors import Forbidden, Unauthenticated, ValidationError
+from domain.policy import Viewer
+from domain.ports import Insert, Update
+from domain.query import Eq
+from domain.services.base import UNSET, Service, changed, stamp_new
+
+# Verifying against a fixed hash when the email is unknown keeps login time the same for
+# known and unknown emails, so the response time does not reveal who has an account.
+_DUMMY_PASSWORD = "not-a-real-password-but-long-enough"
+
+
+class AccountService(Service):
+    _dummy_hash: str | None = None
+
+    # ---------------------------------------------------------------- companies
+    async def create_company(self, viewer: Viewer, *, name: str) -> Company:
+        if not viewer.is_admin:
+            raise Forbidden("only admins create companies")
+        company = stamp_new(Company(name=v.name(name)), viewer)
+        await self.commit(viewer, [(Insert(company), None)])
+        return company
+
+    async def update_company(self, viewer: Viewer, company_id: str, *, name: str) -> Company:
+        company = await self.visible(viewer, Company, company_id)
+        if not self.policy.may_manage_company(viewer, company.id):
+            raise Forbidden("you may not change this company")
+        updated = changed(company, viewer, name=v.name(name))
+        await self.commit(viewer, [(Update(updated), company)])
+        return updated
+
+    async def ensure_company(self, viewer: Viewer, name: str) -> Company:
+        """The company with this name, created when missing (CLI and seeding)."""
+        existing = await self.store.find_one(Company, Eq("name", v.name(name)))
+        return existing or await self.create_company(viewer, name=name)
+
+    # ---------------------------------------------------------------- users
+    async def create_user(self, viewer: Viewer, *, email: str, password: str, name: str,
+                          role: Role, company_id: str | None = None) -> User:
+        """Admins create anyone; operators create drivers and operators in their company."""
+        if viewer.is_operator:
+            if role is Role.ADMIN:
+                raise Forbidden("operators cannot create admins", field="role")
+            company_id = company_id or viewer.company_id
+            if company_id is None or company_id != viewer.company_id:
+                raise Forbidden("operators create users in their own company",
+                                field="companyId")
+        elif not viewer.is_admin:
+            raise Forbidden("you may not create users")
+        if company_id is not None:
+            await self.visible(viewer, Company, company_id, field="companyId")
+        user = stamp_new(
+            User(
+                email=v.email(email),
+                name=v.name(name),
+                role=role,
+                company_id=company_id,
+                password_hash=self.ctx.hasher.hash(v.password(password)),
+            ),
+            viewer,
+        )
+        await self.commit(viewer, [(Insert(user), None)])
+        return user
+
+    async def update_user(self, viewer: Viewer, user_id: str, *, name: Any = UNSET,
+                          email: Any = UNSET, password: Any = UNSET, role: Any = UNSET,
+                          company_id: Any = UNSET, active: Any = UNSET) -> User:
+        """Users change their own name, email and password; managers (admins, and operators
+        for their company's people) also role, company and activity."""
+        user = await self.visible(viewer, User, user_id)
+        is_self = viewer.user_id == user.id
+        manages = self.policy.may_manage_user(viewer, user)
+        if not (is_self or manages):
+            raise Forbidden("you may not change this user")
+        privileged = {"role": role, "companyId": company_id, "active": active}
+        for field, value in privileged.items():
+            if value is not UNSET and not manages:
+                raise Forbidden("you may not change this field", field=field)
+        if role is not UNSET:
+            if role is None:
+                raise ValidationError("role cannot be empty", field="role", code="REQUIRED")
+            if role is Role.ADMIN and not viewer.is_admin:
+                raise Forbidden("only admins grant the admin role", field="role")
+            if is_self and role is not user.role:
+                raise Forbidden("you cannot change your own role", field="role")
+        if company_id is not UNSET and company_id is not None:
+            if not viewer.is_admin:
+                raise Forbidden("only admins move users between companies", field="companyId")
+            await self.visible(viewer, Company, company_id, field="companyId")
+        if active is False and is_self:
+            raise Forbidden("you cannot deactivate yourself", field="active")
+        if active is None:
+            raise ValidationError("active cannot be empty", field="active", code="REQUIRED")
+        updated = changed(
+            user,
+            viewer,
+            name=UNSET if name is UNSET else v.name(name),
+            email=UNSET if email is UNSET else v.email(email),
+            password_hash=UNSET if password is UNSET
+            else self.ctx.hasher.hash(v.password(password)),
+            role=role,
+            company_id=company_id,
+            active=active,
+        )
+        await self.commit(viewer, [(Update(updated), user)])
+        return updated
+
+    async def deactivate_user(self, viewer: Viewer, user_id: str) -> User:
+        return await self.update_user(viewer, user_id, active=False)
+
+    # ---------------------------------------------------------------- authentication
+    async def authenticate(self, email: str, password: str) -> User:
+        """The active user with these credentials, or ``Unauthenticated`` — the same error
+        whatever was wrong, so accounts cannot be enumerated."""
+        try:
+            cleaned = v.email(email)
+        except ValidationError:
+            cleaned = None
+        user = await self.store.find_one(User, Eq("email", cleaned)) if cleaned else None
+        if user is None or not user.password_hash:
+            self.ctx.hasher.verify(self._dummy(), password)
+            raise Unauthenticated("wrong email or password")
+        if not self.ctx.hasher.verify(user.password_hash, password) or not user.active:
+            raise Unauthenticated("wrong email or password")
+        if self.ctx.hasher.needs_rehash(user.password_hash):
+            upgraded = changed(user, Viewer.of(user),
+                               password_hash=self.ctx.hasher.hash(password))
+            await self.commit(Viewer.of(user), [(Update(upgraded), user)])
+            user = upgraded
+        return user
+
+    async def viewer_for(self, user_id: str) -> Viewer | None:
+        """The viewer behind a token's subject, or ``None`` when the user is gone or
+        deactivated (a token outlives neither)."""
+        user = (await self.store.get_many(User, [user_id]))[0]
+        if user is None or not user.active:
+            return None
+        return Viewer.of(user)
+
+    def _dummy(self) -> str:
+        if AccountService._dummy_hash is None:
+            AccountService._dummy_hash = self.ctx.hasher.hash(_DUMMY_PASSWORD)
+        return AccountService._dummy_hash

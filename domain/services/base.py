@@ -1,0 +1,107 @@
+"""What every use case shares: its ports, the policy, and one way to commit a change
+together with its audit entries."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+
+from domain.clock import utcnow
+from domain.entities import AuditAction, AuditEntry, E, Record, snapshot
+from domain.errors import NotFound
+from domain.policy import Policy, Viewer
+from domain.ports import Change, Delete, EventBus, Insert, PasswordHasher, Store, Update
+
+
+class _Unset:
+    """Marks an update field the caller did not give (``None`` means "clear it")."""
+
+    _instance: _Unset | None = None
+
+    def __new__(cls) -> _Unset:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+UNSET: Final = _Unset()
+
+
+@dataclass
+class ServiceContext:
+    store: Store
+    policy: Policy
+    hasher: PasswordHasher
+    bus: EventBus | None = None
+
+
+class Service:
+    def __init__(self, ctx: ServiceContext) -> None:
+        self.ctx = ctx
+        self.store = ctx.store
+        self.policy = ctx.policy
+
+    async def visible(self, viewer: Viewer, kind: type[E], record_id: str | None,
+                      field: str = "id") -> E:
+        """The record if the viewer may see it, else NOT_FOUND (missing and hidden read
+        the same)."""
+        if record_id is not None:
+            found = await self.store.get_many(kind, [record_id],
+                                              self.policy.scope(viewer, kind.kind))
+            if found[0] is not None:
+                return found[0]
+        raise NotFound(f"no such {kind.kind.replace('_', ' ')}", field=field)
+
+    async def commit(self, viewer: Viewer, changes: Sequence[tuple[Change, Record | None]]
+                     ) -> None:
+        """Write ``changes`` (each with the record's before-image, ``None`` for inserts)
+        and one audit entry per change, in a single store operation."""
+        now = utcnow()
+        audit = []
+        for change, before in changes:
+            record = change.record
+            if isinstance(change, Insert):
+                action = AuditAction.CREATE
+            elif isinstance(change, Update):
+                action = AuditAction.UPDATE
+            else:
+                action = AuditAction.DELETE
+            audit.append(
+                AuditEntry(
+                    entity=record.kind,
+                    entity_id=record.id,
+                    action=action,
+                    actor=viewer.actor,
+                    at=now,
+                    created_at=now,
+                    updated_at=now,
+                    created_by=viewer.actor,
+                    updated_by=viewer.actor,
+                    before=snapshot(before) if before is not None else None,
+                    after=None if isinstance(change, Delete) else snapshot(record),
+                )
+            )
+        await self.store.write([c for c, _ in changes], audit)
+
+
+def stamp_new(record: E, viewer: Viewer, now: datetime | None = None) -> E:
+    now = now or utcnow()
+    record.created_at = record.updated_at = now
+    record.created_by = record.updated_by = viewer.actor
+    return record
+
+
+def changed(record: E, viewer: Viewer, **updates: Any) -> E:
+    """A copy of ``record`` with the given (non-UNSET) fields replaced and the update
+    stamps set. The original stays untouched as the audit before-image."""
+    values = {k: v for k, v in updates.items() if v is not UNSET}
+    return dataclasses.replace(record, **values, updated_at=utcnow(), updated_by=viewer.actor)

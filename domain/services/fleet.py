@@ -1,0 +1,134 @@
+"""Drivers' things: vehicles and the id tags (RFID cards, app tokens) that tie an OCPP
+transaction to a user and a vehicle."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from domain import validation as v
+from domain.entities import IdTag, IdTagStatus, Session, SessionState, User, Vehicle
+from domain.errors import Conflict, Forbidden, ValidationError
+from domain.policy import Viewer
+from domain.ports import Delete, Insert, Update
+from domain.query import Eq, all_of
+from domain.services.base import UNSET, Service, changed, stamp_new
+
+
+class FleetService(Service):
+    async def _owner(self, viewer: Viewer, owner_id: str | None, field: str) -> User:
+        """The user the viewer acts for: themselves unless another id is given."""
+        target_id = owner_id or viewer.user_id
+        owner = await self.visible(viewer, User, target_id, field=field)
+        if not self.policy.may_act_for_user(viewer, owner):
+            raise Forbidden("you may not act for this user", field=field)
+        return owner
+
+    # ---------------------------------------------------------------- vehicles
+    async def add_vehicle(self, viewer: Viewer, *, license_plate: str,
+                          owner_id: str | None = None, make: str | None = None,
+                          model: str | None = None, battery_kwh: float | None = None
+                          ) -> Vehicle:
+        owner = await self._owner(viewer, owner_id, "ownerId")
+        vehicle = stamp_new(
+            Vehicle(
+                owner_id=owner.id,
+                license_plate=v.license_plate(license_plate),
+                make=v.optional_text(make, "make"),
+                model=v.optional_text(model, "model"),
+                battery_kwh=v.positive(battery_kwh, "batteryKwh", max_value=1000),
+            ),
+            viewer,
+        )
+        await self.commit(viewer, [(Insert(vehicle), None)])
+        return vehicle
+
+    async def _own_vehicle(self, viewer: Viewer, vehicle_id: str, field: str = "id"
+                           ) -> Vehicle:
+        vehicle = await self.visible(viewer, Vehicle, vehicle_id, field=field)
+        owner = await self.visible(viewer, User, vehicle.owner_id, field=field)
+        if not self.policy.may_act_for_user(viewer, owner):
+            raise Forbidden("you may not change this vehicle", field=field)
+        return vehicle
+
+    async def update_vehicle(self, viewer: Viewer, vehicle_id: str, *,
+                             license_plate: Any = UNSET, make: Any = UNSET,
+                             model: Any = UNSET, battery_kwh: Any = UNSET) -> Vehicle:
+        vehicle = await self._own_vehicle(viewer, vehicle_id)
+        if license_plate is None:
+            raise ValidationError("must not be empty", field="licensePlate", code="REQUIRED")
+        updated = changed(
+            vehicle,
+            viewer,
+            license_plate=UNSET if license_plate is UNSET else v.license_plate(license_plate),
+            make=UNSET if make is UNSET else v.optional_text(make, "make"),
+            model=UNSET if model is UNSET else v.optional_text(model, "model"),
+            battery_kwh=UNSET if battery_kwh is UNSET
+            else v.positive(battery_kwh, "batteryKwh", max_value=1000),
+        )
+        await self.commit(viewer, [(Update(updated), vehicle)])
+        return updated
+
+    async def remove_vehicle(self, viewer: Viewer, vehicle_id: str) -> Vehicle:
+        """Sessions keep their vehicle id for history; tags pointing at the car are
+        unlinked in the same write."""
+        vehicle = await self._own_vehicle(viewer, vehicle_id)
+        active = await self.store.find_one(
+            Session, all_of(Eq("vehicle_id", vehicle.id), Eq("state", SessionState.ACTIVE))
+        )
+        if active is not None:
+            raise Conflict("the vehicle is charging right now", field="id", code="IN_USE")
+        tags = await self.store.find_all(IdTag, Eq("vehicle_id", vehicle.id))
+        changes: list[Any] = [
+            (Update(changed(tag, viewer, vehicle_id=None)), tag) for tag in tags
+        ]
+        changes.append((Delete(vehicle), vehicle))
+        await self.commit(viewer, changes)
+        return vehicle
+
+    # ---------------------------------------------------------------- id tags
+    async def issue_id_tag(self, viewer: Viewer, *, tag: str, user_id: str | None = None,
+                           vehicle_id: str | None = None,
+                           expires_at: datetime | None = None) -> IdTag:
+        owner = await self._owner(viewer, user_id, "userId")
+        if vehicle_id is not None:
+            await self._vehicle_of(viewer, owner, vehicle_id)
+        id_tag = stamp_new(
+            IdTag(
+                tag=v.id_tag(tag),
+                user_id=owner.id,
+                vehicle_id=vehicle_id,
+                expires_at=v.aware(expires_at, "expiresAt"),
+            ),
+            viewer,
+        )
+        await self.commit(viewer, [(Insert(id_tag), None)])
+        return id_tag
+
+    async def update_id_tag(self, viewer: Viewer, id_tag_id: str, *, status: Any = UNSET,
+                            vehicle_id: Any = UNSET, expires_at: Any = UNSET) -> IdTag:
+        id_tag = await self.visible(viewer, IdTag, id_tag_id)
+        owner = await self.visible(viewer, User, id_tag.user_id)
+        if not self.policy.may_act_for_user(viewer, owner):
+            raise Forbidden("you may not change this id tag")
+        if status is None:
+            raise ValidationError("status cannot be empty", field="status", code="REQUIRED")
+        if status is not UNSET and not isinstance(status, IdTagStatus):
+            raise ValidationError("unknown status", field="status")
+        if vehicle_id not in (UNSET, None):
+            await self._vehicle_of(viewer, owner, vehicle_id)
+        updated = changed(
+            id_tag,
+            viewer,
+            status=status,
+            vehicle_id=vehicle_id,
+            expires_at=expires_at if expires_at is UNSET else v.aware(expires_at, "expiresAt"),
+        )
+        await self.commit(viewer, [(Update(updated), id_tag)])
+        return updated
+
+    async def _vehicle_of(self, viewer: Viewer, owner: User, vehicle_id: str) -> Vehicle:
+        vehicle = await self.visible(viewer, Vehicle, vehicle_id, field="vehicleId")
+        if vehicle.owner_id != owner.id:
+            raise ValidationError("the vehicle belongs to someone else", field="vehicleId")
+        return vehicle

@@ -1,0 +1,46 @@
+"""Every read of the API goes through here, with the viewer's scope from the policy
+ANDed into the store query: the single enforcement point for visibility."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from domain.entities import E
+from domain.policy import Viewer
+from domain.query import ALL, Filter, Page, PageRequest, Sort, all_of
+from domain.services.base import Service
+
+
+class ReadService(Service):
+    def scoped(self, viewer: Viewer, kind: type[E], where: Filter = ALL) -> Filter:
+        return all_of(self.policy.scope(viewer, kind.kind), where)
+
+    async def get(self, viewer: Viewer, kind: type[E], record_id: str) -> E | None:
+        return (await self.get_many(viewer, kind, [record_id]))[0]
+
+    async def get_many(self, viewer: Viewer, kind: type[E], ids: Sequence[str]
+                       ) -> list[E | None]:
+        return await self.store.get_many(kind, ids, self.scoped(viewer, kind))
+
+    async def find_one(self, viewer: Viewer, kind: type[E], where: Filter) -> E | None:
+        return await self.store.find_one(kind, self.scoped(viewer, kind, where))
+
+    async def page(self, viewer: Viewer, kind: type[E], where: Filter, sort: Sequence[Sort],
+                   page: PageRequest) -> Page[E]:
+        return await self.store.find_page(kind, self.scoped(viewer, kind, where), sort, page)
+
+    async def count(self, viewer: Viewer, kind: type[E], where: Filter) -> int:
+        return await self.store.count(kind, self.scoped(viewer, kind, where))
+
+    async def grouped(self, viewer: Viewer, kind: type[E], key_field: str, keys: Sequence[Any],
+                      where: Filter, sort: Sequence[Sort], limit: int) -> dict[Any, list[E]]:
+        return await self.store.find_grouped(
+            kind, key_field, keys, self.scoped(viewer, kind, where), sort, limit
+        )
+
+    async def count_grouped(self, viewer: Viewer, kind: type[E], key_field: str,
+                            keys: Sequence[Any], where: Filter) -> dict[Any, int]:
+        return await self.store.count_grouped(
+            kind, key_field, keys, self.scoped(viewer, kind, where)
+        )

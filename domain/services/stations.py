@@ -1,0 +1,214 @@
+"""Stations (charge points) and their connectors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from domain import validation as v
+from domain.entities import (
+    Company,
+    Connector,
+    ConnectorType,
+    Session,
+    SessionState,
+    Station,
+    Tariff,
+    User,
+)
+from domain.errors import Conflict, Forbidden, ValidationError
+from domain.policy import Viewer
+from domain.ports import Change, Delete, Insert, Update
+from domain.query import Eq, all_of
+from domain.services.base import UNSET, Service, changed, stamp_new
+
+MIN_STATION_PASSWORD = 8
+MAX_STATION_PASSWORD = 40  # OCPP 1.6 security whitepaper: AuthorizationKey up to 40 chars
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectorSpec:
+    connector_id: int
+    type: ConnectorType = ConnectorType.TYPE2
+    max_kw: float | None = None
+
+
+def _station_password(value: str, field: str = "password") -> str:
+    if not MIN_STATION_PASSWORD <= len(value) <= MAX_STATION_PASSWORD:
+        raise ValidationError(
+            f"{MIN_STATION_PASSWORD} to {MAX_STATION_PASSWORD} characters", field=field,
+            code="INVALID_LENGTH",
+        )
+    if not value.isascii() or not value.isprintable():
+        raise ValidationError("printable ASCII only", field=field)
+    return value
+
+
+class StationService(Service):
+    async def create_station(self, viewer: Viewer, *, cp_id: str, name: str,
+                             company_id: str | None = None, owner_id: str | None = None,
+                             lat: float | None = None, lon: float | None = None,
+                             address: str | None = None,
+                             connectors: list[ConnectorSpec] | None = None,
+                             password: str | None = None) -> tuple[Station, list[Connector]]:
+        """A station and its connectors in one write. Operators create stations for their
+        own company (owned by themselves unless they name a colleague)."""
+        if viewer.is_operator:
+            company_id = company_id or viewer.company_id
+            owner_id = owner_id or viewer.user_id
+            if company_id != viewer.company_id:
+                raise Forbidden("operators create stations for their own company",
+                                field="companyId")
+        elif not viewer.is_admin:
+            raise Forbidden("you may not create stations")
+        if company_id is not None:
+            await self.visible(viewer, Company, company_id, field="companyId")
+        if owner_id is not None:
+            owner = await self.visible(viewer, User, owner_id, field="ownerId")
+            if viewer.is_operator and owner.id != viewer.user_id \
+                    and owner.company_id != viewer.company_id:
+                raise Forbidden("the owner must work for your company", field="ownerId")
+        v.coordinates(lat, lon)
+        station = stamp_new(
+            Station(
+                cp_id=v.cp_id(cp_id),
+                name=v.name(name),
+                company_id=company_id,
+                owner_id=owner_id,
+                lat=lat,
+                lon=lon,
+                address=v.optional_text(address, "location.address", 500),
+                auth_password_hash=self.ctx.hasher.hash(_station_password(password))
+                if password
+                else None,
+            ),
+            viewer,
+        )
+        specs = connectors or []
+        seen: set[int] = set()
+        created: list[Connector] = []
+        for index, spec in enumerate(specs):
+            field = f"connectors.{index}.connectorId"
+            number = v.connector_id(spec.connector_id, field)
+            if number in seen:
+                raise ValidationError("connector ids must be unique", field=field,
+                                      code="DUPLICATE")
+            seen.add(number)
+            created.append(stamp_new(self._connector(station, spec, index), viewer))
+        changes: list[tuple[Change, Any]] = [(Insert(station), None)]
+        changes += [(Insert(c), None) for c in created]
+        await self.commit(viewer, changes)
+        return station, created
+
+    @staticmethod
+    def _connector(station: Station, spec: ConnectorSpec, index: int | None = None
+                   ) -> Connector:
+        prefix = f"connectors.{index}." if index is not None else ""
+        return Connector(
+            station_id=station.id,
+            cp_id=station.cp_id,
+            connector_id=spec.connector_id,
+            type=spec.type,
+            max_kw=v.positive(spec.max_kw, f"{prefix}maxKw", max_value=1000),
+        )
+
+    async def managed_station(self, viewer: Viewer, station_id: str, field: str = "id"
+                              ) -> Station:
+        station = await self.visible(viewer, Station, station_id, field=field)
+        if not self.policy.may_manage_station(viewer, station):
+            raise Forbidden("you may not change this station", field=field)
+        return station
+
+    async def update_station(self, viewer: Viewer, station_id: str, *, name: Any = UNSET,
+                             lat: Any = UNSET, lon: Any = UNSET, address: Any = UNSET,
+                             company_id: Any = UNSET, owner_id: Any = UNSET,
+                             password: Any = UNSET, registration: Any = UNSET) -> Station:
+        station = await self.managed_station(viewer, station_id)
+        if company_id is not UNSET:
+            if not viewer.is_admin:
+                raise Forbidden("only admins move stations between companies",
+                                field="companyId")
+            if company_id is not None:
+                await self.visible(viewer, Company, company_id, field="companyId")
+        if owner_id not in (UNSET, None):
+            owner = await self.visible(viewer, User, owner_id, field="ownerId")
+            if viewer.is_operator and owner.company_id != viewer.company_id:
+                raise Forbidden("the owner must work for your company", field="ownerId")
+        new_lat = station.lat if lat is UNSET else lat
+        new_lon = station.lon if lon is UNSET else lon
+        v.coordinates(new_lat, new_lon)
+        if registration is None:
+            raise ValidationError("registration cannot be empty", field="registration",
+                                  code="REQUIRED")
+        updated = changed(
+            station,
+            viewer,
+            name=UNSET if name is UNSET else v.name(name),
+            lat=lat,
+            lon=lon,
+            address=UNSET if address is UNSET
+            else v.optional_text(address, "location.address", 500),
+            company_id=company_id,
+            owner_id=owner_id,
+            auth_password_hash=UNSET if password is UNSET
+            else (self.ctx.hasher.hash(_station_password(password)) if password else None),
+            registration=registration,
+        )
+        await self.commit(viewer, [(Update(updated), station)])
+        return updated
+
+    async def remove_station(self, viewer: Viewer, station_id: str) -> Station:
+        """Removes the station, its connectors and its tariffs in one write. Its sessions,
+        payments and history stay for the books; refused while a session is active."""
+        station = await self.managed_station(viewer, station_id)
+        await self._refuse_if_charging(Eq("station_id", station.id))
+        connectors = await self.store.find_all(Connector, Eq("station_id", station.id))
+        tariffs = await self.store.find_all(Tariff, Eq("station_id", station.id))
+        changes: list[tuple[Change, Any]] = [(Delete(c), c) for c in connectors]
+        changes += [(Delete(t), t) for t in tariffs]
+        changes.append((Delete(station), station))
+        await self.commit(viewer, changes)
+        return station
+
+    async def _refuse_if_charging(self, where: Any) -> None:
+        active = await self.store.find_one(
+            Session, all_of(where, Eq("state", SessionState.ACTIVE))
+        )
+        if active is not None:
+            raise Conflict("a charging session is active", field="id", code="IN_USE")
+
+    # ---------------------------------------------------------------- connectors
+    async def add_connector(self, viewer: Viewer, station_id: str, spec: ConnectorSpec
+                            ) -> Connector:
+        station = await self.managed_station(viewer, station_id, field="stationId")
+        v.connector_id(spec.connector_id)
+        connector = stamp_new(self._connector(station, spec), viewer)
+        await self.commit(viewer, [(Insert(connector), None)])
+        return connector
+
+    async def managed_connector(self, viewer: Viewer, connector_id: str) -> Connector:
+        connector = await self.visible(viewer, Connector, connector_id)
+        await self.managed_station(viewer, connector.station_id)
+        return connector
+
+    async def update_connector(self, viewer: Viewer, connector_id: str, *, type: Any = UNSET,
+                               max_kw: Any = UNSET) -> Connector:
+        connector = await self.managed_connector(viewer, connector_id)
+        if type is None:
+            raise ValidationError("type cannot be empty", field="type", code="REQUIRED")
+        updated = changed(
+            connector,
+            viewer,
+            type=type,
+            max_kw=max_kw if max_kw is UNSET else v.positive(max_kw, "maxKw", max_value=1000),
+        )
+        await self.commit(viewer, [(Update(updated), connector)])
+        return updated
+
+    async def remove_connector(self, viewer: Viewer, connector_id: str) -> Connector:
+        connector = await self.managed_connector(viewer, connector_id)
+        await self._refuse_if_charging(
+            all_of(Eq("cp_id", connector.cp_id), Eq("connector_id", connector.connector_id))
+        )
+        await self.commit(viewer, [(Delete(connector), connector)])
+        return connector

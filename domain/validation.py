@@ -1,0 +1,155 @@
+"""Input rules shared by every door into the domain (GraphQL mutations, OCPP, the CLI)."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+
+from domain.errors import ValidationError
+
+# Deliberately simple: one @, a dot in the domain, no spaces. Deliverability is the mail
+# system's job; this catches typos and garbage.
+_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_CURRENCY_RE = re.compile(r"^[A-Z]{3}$")
+MAX_EMAIL = 254
+MAX_NAME = 200
+MAX_CP_ID = 48
+MAX_ID_TAG = 20
+MIN_PASSWORD = 8
+MAX_PASSWORD = 256
+MAX_PLATE = 16
+
+
+def email(value: str, field: str = "email") -> str:
+    """Trimmed and case-folded, so uniqueness ignores case."""
+    cleaned = value.strip().casefold()
+    if len(cleaned) > MAX_EMAIL or not _EMAIL_RE.match(cleaned):
+        raise ValidationError("not a valid email address", field=field)
+    return cleaned
+
+
+def name(value: str, field: str = "name") -> str:
+    cleaned = " ".join(value.split())
+    if not cleaned:
+        raise ValidationError("must not be empty", field=field, code="REQUIRED")
+    if len(cleaned) > MAX_NAME:
+        raise ValidationError(f"at most {MAX_NAME} characters", field=field, code="TOO_LONG")
+    return cleaned
+
+
+def optional_text(value: str | None, field: str, max_len: int = MAX_NAME) -> str | None:
+    if value is None:
+        return None
+    cleaned = value.strip()
+    if len(cleaned) > max_len:
+        raise ValidationError(f"at most {max_len} characters", field=field, code="TOO_LONG")
+    return cleaned or None
+
+
+def password(value: str, field: str = "password") -> str:
+    if len(value) < MIN_PASSWORD:
+        raise ValidationError(
+            f"at least {MIN_PASSWORD} characters", field=field, code="TOO_SHORT"
+        )
+    if len(value) > MAX_PASSWORD:
+        raise ValidationError(f"at most {MAX_PASSWORD} characters", field=field, code="TOO_LONG")
+    return value
+
+
+def license_plate(value: str, field: str = "licensePlate") -> str:
+    """Upper case without spaces or dashes: "b-ab 123" and "BAB123" are the same car."""
+    cleaned = re.sub(r"[\s\-]", "", value).upper()
+    if not cleaned:
+        raise ValidationError("must not be empty", field=field, code="REQUIRED")
+    if len(cleaned) > MAX_PLATE or not cleaned.isalnum():
+        raise ValidationError(
+            f"letters and digits only, at most {MAX_PLATE}", field=field, code="INVALID"
+        )
+    return cleaned
+
+
+def cp_id(value: str, field: str = "cpId") -> str:
+    """OCPP charge point identity: printable ASCII without spaces or URL-special characters
+    (it is a path segment of the websocket URL), at most 48 characters."""
+    if not value:
+        raise ValidationError("must not be empty", field=field, code="REQUIRED")
+    if len(value) > MAX_CP_ID:
+        raise ValidationError(f"at most {MAX_CP_ID} characters", field=field, code="TOO_LONG")
+    if not re.fullmatch(r"[A-Za-z0-9._~\-:*+|@]+", value):
+        raise ValidationError(
+            "letters, digits and . _ ~ - : * + | @ only", field=field, code="INVALID"
+        )
+    return value
+
+
+def id_tag(value: str, field: str = "tag") -> str:
+    """OCPP 1.6 IdToken: CiString20Type, case-insensitive by the spec; stored upper-case."""
+    cleaned = value.strip()
+    if not cleaned:
+        raise ValidationError("must not be empty", field=field, code="REQUIRED")
+    if len(cleaned) > MAX_ID_TAG:
+        raise ValidationError(f"at most {MAX_ID_TAG} characters", field=field, code="TOO_LONG")
+    if not cleaned.isascii() or not cleaned.isprintable():
+        raise ValidationError("printable ASCII only", field=field, code="INVALID")
+    return cleaned.upper()
+
+
+def connector_id(value: int, field: str = "connectorId") -> int:
+    if value < 1:
+        raise ValidationError("connector ids start at 1", field=field, code="OUT_OF_RANGE")
+    if value > 100:
+        raise ValidationError("at most 100 connectors", field=field, code="OUT_OF_RANGE")
+    return value
+
+
+def coordinates(lat: float | None, lon: float | None, field: str = "location") -> None:
+    if (lat is None) != (lon is None):
+        raise ValidationError("give both lat and lon", field=field, code="REQUIRED")
+    if lat is not None and not -90.0 <= lat <= 90.0:
+        raise ValidationError("lat must be within -90..90", field=f"{field}.lat",
+                              code="OUT_OF_RANGE")
+    if lon is not None and not -180.0 <= lon <= 180.0:
+        raise ValidationError("lon must be within -180..180", field=f"{field}.lon",
+                              code="OUT_OF_RANGE")
+
+
+def positive(value: float | None, field: str, *, max_value: float = 10_000.0) -> float | None:
+    if value is None:
+        return None
+    if not 0 < value <= max_value:
+        raise ValidationError(f"must be > 0 and ≤ {max_value:g}", field=field,
+                              code="OUT_OF_RANGE")
+    return value
+
+
+def money(value: Decimal | str | float, field: str, *, max_value: Decimal = Decimal(10_000)
+          ) -> Decimal:
+    """A non-negative price with at most 6 decimals (fractions of a cent per kWh are real)."""
+    try:
+        amount = Decimal(str(value))
+    except InvalidOperation as exc:
+        raise ValidationError("not a number", field=field) from exc
+    if not amount.is_finite() or amount < 0 or amount > max_value:
+        raise ValidationError(f"must be within 0..{max_value}", field=field, code="OUT_OF_RANGE")
+    if amount.as_tuple().exponent < -6:  # type: ignore[operator]
+        raise ValidationError("at most 6 decimals", field=field, code="INVALID")
+    return amount
+
+
+def currency(value: str, field: str = "currency") -> str:
+    cleaned = value.strip().upper()
+    if not _CURRENCY_RE.match(cleaned):
+        raise ValidationError("an ISO 4217 code such as EUR", field=field)
+    return cleaned
+
+
+def rate(value: Decimal | str | float, field: str) -> Decimal:
+    amount = money(value, field, max_value=Decimal(1))
+    return amount
+
+
+def aware(value: datetime | None, field: str) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        raise ValidationError("needs a time zone offset", field=field)
+    return value
