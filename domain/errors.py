@@ -47,3 +47,23 @@ class UniqueViolation(Conflict):
     """Raised by stores when a unique index rejects a write; ``field`` names the rule."""
 
     code = "DUPLICATE"
+
+
+class ChargerError(DomainError):
+    """The charger answered a command with a CALLERROR (its code is in the message)."""
+
+    code = "CHARGER_ERROR"
+
+
+class ChargerOffline(ChargerError):
+    code = "CHARGER_OFFLINE"
+
+
+class ChargerTimeout(ChargerError):
+    code = "CHARGER_TIMEOUT"
+
+
+class ChargerRejected(ChargerError):
+    """The charger answered, and its answer was no (Rejected, Occupied, Faulted, …)."""
+
+    code = "CHARGER_REJECTED"

@@ -11,6 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from domain.entities import Record, Role, Station, User, Vehicle
+from domain.events import (
+    CommandCompleted,
+    ConnectorStatusChanged,
+    DomainEvent,
+    ReservationChanged,
+    SessionChanged,
+    StationConnectionChanged,
+)
 from domain.query import ALL, NONE, Eq, Filter, Sub, any_of
 
 
@@ -161,6 +169,26 @@ class Policy:
             case _:
                 return NONE
 
+    # ---------------------------------------------------------------- live events
+    def sees_event(self, viewer: Viewer, event: DomainEvent) -> bool:
+        """The subscription-side twin of ``scope``: the same rules, decided on the event's
+        ownership snapshot instead of in a store query."""
+        if viewer.is_admin:
+            return True
+        public = isinstance(event, ConnectorStatusChanged | StationConnectionChanged)
+        if viewer.anonymous:
+            return public and self.public_map
+        if viewer.is_operator:
+            return self.runs(viewer, event.owner_id, event.company_id)
+        if viewer.is_driver:
+            if public:
+                return True
+            if isinstance(event, SessionChanged | ReservationChanged):
+                return event.user_id == viewer.user_id
+            if isinstance(event, CommandCompleted):
+                return event.requested_by == viewer.user_id
+        return False
+
     # ---------------------------------------------------------------- field-level views
     def sees_station_private(self, viewer: Viewer, station: Station) -> bool:
         """Owner, company, hardware details, registration: for admins and its operators."""
@@ -185,12 +213,16 @@ class Policy:
 
     # ---------------------------------------------------------------- permissions
     @staticmethod
-    def runs_station(viewer: Viewer, station: Station) -> bool:
+    def runs(viewer: Viewer, owner_id: str | None, company_id: str | None) -> bool:
+        """Whether an operator runs a station with this owner and company."""
         if viewer.user_id is None:
             return False
-        return station.owner_id == viewer.user_id or (
-            viewer.company_id is not None and station.company_id == viewer.company_id
+        return owner_id == viewer.user_id or (
+            viewer.company_id is not None and company_id == viewer.company_id
         )
+
+    def runs_station(self, viewer: Viewer, station: Station) -> bool:
+        return self.runs(viewer, station.owner_id, station.company_id)
 
     def may_manage_station(self, viewer: Viewer, station: Station) -> bool:
         return viewer.is_admin or (viewer.is_operator and self.runs_station(viewer, station))

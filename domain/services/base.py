@@ -61,10 +61,11 @@ class Service:
                 return found[0]
         raise NotFound(f"no such {kind.kind.replace('_', ' ')}", field=field)
 
-    async def commit(self, viewer: Viewer, changes: Sequence[tuple[Change, Record | None]]
-                     ) -> None:
+    async def commit(self, viewer: Viewer, changes: Sequence[tuple[Change, Record | None]],
+                     unaudited: Sequence[Change] = ()) -> None:
         """Write ``changes`` (each with the record's before-image, ``None`` for inserts)
-        and one audit entry per change, in a single store operation."""
+        and one audit entry per change, in a single store operation. ``unaudited`` changes
+        (telemetry with a history of its own) ride along in the same operation."""
         now = utcnow()
         audit = []
         for change, before in changes:
@@ -90,7 +91,7 @@ class Service:
                     after=None if isinstance(change, Delete) else snapshot(record),
                 )
             )
-        await self.store.write([c for c, _ in changes], audit)
+        await self.store.write([*(c for c, _ in changes), *unaudited], audit)
 
 
 def stamp_new(record: E, viewer: Viewer, now: datetime | None = None) -> E:

@@ -16,7 +16,7 @@ from domain.entities import (
     Tariff,
     User,
 )
-from domain.errors import Conflict, Forbidden, ValidationError
+from domain.errors import Conflict, Forbidden, UniqueViolation, ValidationError
 from domain.policy import Viewer
 from domain.ports import Change, Delete, Insert, Update
 from domain.query import Eq, all_of
@@ -53,16 +53,16 @@ class StationService(Service):
                              password: str | None = None) -> tuple[Station, list[Connector]]:
         """A station and its connectors in one write. Operators create stations for their
         own company (owned by themselves unless they name a colleague)."""
+        if not (viewer.is_operator or viewer.is_admin):
+            raise Forbidden("you may not create stations")
         if viewer.is_operator:
             company_id = company_id or viewer.company_id
             owner_id = owner_id or viewer.user_id
-            if company_id != viewer.company_id:
-                raise Forbidden("operators create stations for their own company",
-                                field="companyId")
-        elif not viewer.is_admin:
-            raise Forbidden("you may not create stations")
         if company_id is not None:
             await self.visible(viewer, Company, company_id, field="companyId")
+        if viewer.is_operator and company_id != viewer.company_id:
+            raise Forbidden("operators create stations for their own company",
+                            field="companyId")
         if owner_id is not None:
             owner = await self.visible(viewer, User, owner_id, field="ownerId")
             if viewer.is_operator and owner.id != viewer.user_id \
@@ -183,7 +183,11 @@ class StationService(Service):
         station = await self.managed_station(viewer, station_id, field="stationId")
         v.connector_id(spec.connector_id)
         connector = stamp_new(self._connector(station, spec), viewer)
-        await self.commit(viewer, [(Insert(connector), None)])
+        try:
+            await self.commit(viewer, [(Insert(connector), None)])
+        except UniqueViolation as exc:
+            raise UniqueViolation("this station has that connector already",
+                                  field="connectorId") from exc
         return connector
 
     async def managed_connector(self, viewer: Viewer, connector_id: str) -> Connector:

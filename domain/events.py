@@ -1,0 +1,104 @@
+"""Domain events, published after the change they describe has committed.
+
+Each event carries the station's ownership (``company_id``, ``owner_id``) as it was when
+the event happened, so subscription filters decide visibility with ``Policy.sees_event``
+without a store call per subscriber.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, ClassVar
+
+from domain.clock import utcnow
+
+
+@dataclass(frozen=True, kw_only=True)
+class DomainEvent:
+    topic: ClassVar[str] = "event"
+    station_id: str | None
+    cp_id: str
+    company_id: str | None = None
+    owner_id: str | None = None
+    at: datetime = field(default_factory=utcnow)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConnectorStatusChanged(DomainEvent):
+    topic: ClassVar[str] = "connector_status"
+    connector_record_id: str | None
+    connector_id: int
+    status: str
+    error_code: str = "NoError"
+    info: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class StationConnectionChanged(DomainEvent):
+    topic: ClassVar[str] = "station_connection"
+    online: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class SessionChanged(DomainEvent):
+    """STARTED, UPDATED (meter values, throttled per session) or ENDED."""
+
+    topic: ClassVar[str] = "session"
+    change: str
+    session_id: str
+    transaction_id: int
+    connector_id: int
+    user_id: str | None
+    vehicle_id: str | None
+    energy_wh: int
+    power_w: float | None
+    state: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class FaultReported(DomainEvent):
+    topic: ClassVar[str] = "fault"
+    connector_id: int
+    error_code: str
+    status: str
+    info: str | None = None
+    vendor_error_code: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReservationChanged(DomainEvent):
+    topic: ClassVar[str] = "reservation"
+    reservation_record_id: str
+    reservation_id: int
+    connector_id: int
+    user_id: str | None
+    state: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class CommandCompleted(DomainEvent):
+    """An operator command reached the charger (or failed to): its answer."""
+
+    topic: ClassVar[str] = "command"
+    command_id: str
+    action: str
+    requested_by: str
+    status: str | None
+    error_code: str | None = None
+    result: dict[str, Any] | None = None
+
+
+ALL_TOPICS: tuple[str, ...] = (
+    ConnectorStatusChanged.topic,
+    StationConnectionChanged.topic,
+    SessionChanged.topic,
+    FaultReported.topic,
+    ReservationChanged.topic,
+    CommandCompleted.topic,
+)
+EVENT_TYPES: dict[str, type[DomainEvent]] = {
+    t.topic: t
+    for t in (ConnectorStatusChanged, StationConnectionChanged, SessionChanged, FaultReported,
+              ReservationChanged, CommandCompleted)
+}

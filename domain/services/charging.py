@@ -1,0 +1,506 @@
+"""What chargers tell us (OCPP 1.6 charger-initiated actions), as domain operations.
+
+The OCPP bridge translates frames into these calls and the answers back into frames; all
+rules live here: who may charge, how a transaction opens and closes, what energy and cost
+are, what counts as a fault. Charger-caused changes are audited with the actor
+``ocpp:<cp_id>``; telemetry (status, meter values, connectivity) goes to its own history
+entities (StatusEvent, MeterSample, ConnectionEvent) instead of the audit log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from domain import validation as v
+from domain.clock import as_utc, utcnow
+from domain.entities import (
+    ConnectionEvent,
+    Connector,
+    ConnectorStatus,
+    ConnectorType,
+    IdTag,
+    IdTagStatus,
+    MeterSample,
+    Payment,
+    Registration,
+    Reservation,
+    ReservationState,
+    Session,
+    SessionState,
+    Station,
+    StatusEvent,
+    User,
+)
+from domain.errors import ValidationError
+from domain.events import (
+    ConnectorStatusChanged,
+    DomainEvent,
+    FaultReported,
+    SessionChanged,
+    StationConnectionChanged,
+)
+from domain.policy import Viewer
+from domain.ports import Change, Insert, InsertIfAbsent, Update
+from domain.pricing import session_cost_minor
+from domain.query import Eq, all_of
+from domain.services.base import Service, ServiceContext, changed, stamp_new
+from domain.services.tariffs import TariffService
+
+log = logging.getLogger("chargegraph.charging")
+
+ENERGY_REGISTER = "Energy.Active.Import.Register"
+POWER = "Power.Active.Import"
+#: Connectors a station without registered connectors may report before we refuse.
+MAX_UNREGISTERED_CONNECTORS = 10
+#: Sub-second meter values would flood subscribers; one UPDATED event per session per this.
+SESSION_UPDATE_INTERVAL_S = 1.0
+
+
+def charger(cp_id: str) -> Viewer:
+    """The audit actor for changes a charger causes."""
+    return Viewer(user_id=f"ocpp:{cp_id}")
+
+
+@dataclass(frozen=True, slots=True)
+class IdTagInfo:
+    status: str  # OCPP AuthorizationStatus spelling: Accepted, Blocked, Expired, Invalid, …
+    expiry_date: datetime | None = None
+    parent_id_tag: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BootInfo:
+    vendor: str
+    model: str
+    serial: str | None = None
+    firmware: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class BootResult:
+    status: Registration
+    interval: int
+    current_time: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SampledValue:
+    value: str
+    measurand: str | None = None
+    unit: str | None = None
+    phase: str | None = None
+    context: str | None = None
+    location: str | None = None
+    format: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MeterReading:
+    timestamp: datetime
+    values: tuple[SampledValue, ...]
+
+
+def _to_wh(value: float, unit: str | None) -> float:
+    return value * 1000 if unit == "kWh" else value
+
+
+def _to_w(value: float, unit: str | None) -> float:
+    return value * 1000 if unit == "kW" else value
+
+
+def _stable_id(*parts: object) -> str:
+    """A 24-hex id derived from a record's natural key, so a repeated message writes the
+    same ids and ``InsertIfAbsent`` makes it a no-op."""
+    return hashlib.blake2b("|".join(map(str, parts)).encode(), digest_size=12).hexdigest()
+
+
+class ChargingService(Service):
+    def __init__(self, ctx: ServiceContext, *, heartbeat_interval: int = 300,
+                 auto_register: bool = False) -> None:
+        super().__init__(ctx)
+        self.heartbeat_interval = heartbeat_interval
+        self.auto_register = auto_register
+        self.tariffs = TariffService(ctx)
+        self._last_session_update: dict[str, float] = {}
+
+    # ------------------------------------------------------------- plumbing
+    async def station(self, cp_id: str) -> Station | None:
+        return await self.store.find_one(Station, Eq("cp_id", cp_id))
+
+    async def _require_station(self, cp_id: str) -> Station:
+        station = await self.station(cp_id)
+        if station is None:
+            raise ValidationError(f"unknown charge point {cp_id}", field="cpId",
+                                  code="NOT_FOUND")
+        return station
+
+    async def publish(self, event: DomainEvent) -> None:
+        if self.ctx.bus is not None:
+            try:
+                await self.ctx.bus.publish(event)
+            except Exception:  # the change committed; a lost live update must not undo it
+                log.exception("publishing %s failed", event.topic)
+
+    @staticmethod
+    def _owned(station: Station) -> dict[str, Any]:
+        return {"station_id": station.id, "cp_id": station.cp_id,
+                "company_id": station.company_id, "owner_id": station.owner_id}
+
+    # ------------------------------------------------------------- connections
+    async def station_for_connection(self, cp_id: str) -> Station | None:
+        """The station a connecting charger claims to be; with auto-registration on, an
+        unknown one is registered as Pending (an operator accepts it later)."""
+        station = await self.station(cp_id)
+        if station is not None or not self.auto_register:
+            return station
+        try:
+            v.cp_id(cp_id)
+        except ValidationError:
+            return None
+        actor = charger(cp_id)
+        station = stamp_new(Station(cp_id=cp_id, name=cp_id,
+                                    registration=Registration.PENDING), actor)
+        await self.commit(actor, [(Insert(station), None)])
+        return station
+
+    def password_ok(self, station: Station, password: str | None) -> bool:
+        """HTTP Basic password check (OCPP security profiles 1 and 2). A station without a
+        password accepts only connections that send none."""
+        if station.auth_password_hash is None:
+            return password is None
+        return password is not None and self.ctx.hasher.verify(station.auth_password_hash,
+                                                               password)
+
+    async def set_online(self, cp_id: str, online: bool) -> None:
+        station = await self.station(cp_id)
+        if station is None:
+            return
+        now = utcnow()
+        updated = changed(station, charger(cp_id), online=online, last_seen=now)
+        event = ConnectionEvent(station_id=station.id, cp_id=cp_id, online=online, at=now)
+        await self.store.write([Update(updated), Insert(stamp_new(event, charger(cp_id), now))],
+                               [])
+        await self.publish(StationConnectionChanged(**self._owned(station), online=online,
+                                                    at=now))
+
+    # ------------------------------------------------------------- boot and heartbeat
+    async def boot(self, cp_id: str, info: BootInfo) -> BootResult:
+        station = await self._require_station(cp_id)
+        now = utcnow()
+        details = {"vendor": info.vendor, "model": info.model, "serial": info.serial,
+                   "firmware": info.firmware}
+        actor = charger(cp_id)
+        if any(getattr(station, k) != val for k, val in details.items()):
+            updated = changed(station, actor, last_seen=now, **details)
+            await self.commit(actor, [(Update(updated), station)])
+        else:
+            await self.store.write([Update(changed(station, actor, last_seen=now))], [])
+        return BootResult(station.registration, self.heartbeat_interval, now)
+
+    async def heartbeat(self, cp_id: str) -> datetime:
+        station = await self._require_station(cp_id)
+        now = utcnow()
+        await self.store.write([Update(changed(station, charger(cp_id), last_seen=now))], [])
+        return now
+
+    # ------------------------------------------------------------- authorization
+    async def authorize(self, cp_id: str, id_tag: str,
+                        exclude_session: str | None = None) -> IdTagInfo:
+        tag = await self.store.find_one(IdTag, Eq("tag", id_tag.strip().upper()))
+        if tag is None:
+            return IdTagInfo("Invalid")
+        user = (await self.store.get_many(User, [tag.user_id]))[0]
+        if tag.status is IdTagStatus.BLOCKED or user is None or not user.active:
+            return IdTagInfo("Blocked", tag.expires_at)
+        if tag.status is IdTagStatus.EXPIRED or (
+            tag.expires_at is not None and tag.expires_at <= utcnow()
+        ):
+            return IdTagInfo("Expired", tag.expires_at)
+        busy = await self.store.find_all(
+            Session, all_of(Eq("id_tag", tag.tag), Eq("state", SessionState.ACTIVE)), limit=2)
+        if any(s.id != exclude_session for s in busy):
+            return IdTagInfo("ConcurrentTx", tag.expires_at, tag.parent_tag)
+        return IdTagInfo("Accepted", tag.expires_at, tag.parent_tag)
+
+    # ------------------------------------------------------------- connectors
+    async def check_connector_id(self, cp_id: str, connector_id: int, *,
+                                 allow_zero: bool = False) -> None:
+        """Refuse connector ids the station cannot have: above its highest registered
+        connector, or above a small cap while it has none registered."""
+        low = 0 if allow_zero else 1
+        if connector_id < low:
+            raise ValidationError(f"connectorId must be ≥ {low}", field="connectorId",
+                                  code="OUT_OF_RANGE")
+        station = await self._require_station(cp_id)
+        known = await self.store.find_all(Connector, Eq("station_id", station.id), limit=100)
+        highest = max((c.connector_id for c in known), default=MAX_UNREGISTERED_CONNECTORS)
+        if connector_id > highest:
+            raise ValidationError(f"connectorId {connector_id} exceeds this station's "
+                                  f"{highest}", field="connectorId", code="OUT_OF_RANGE")
+
+    async def _connector(self, station: Station, connector_id: int
+                         ) -> tuple[Connector, bool]:
+        """The connector, or a new one for a station reporting a plug we did not know."""
+        found = await self.store.find_one(
+            Connector, all_of(Eq("station_id", station.id), Eq("connector_id", connector_id)))
+        if found is not None:
+            return found, False
+        new = stamp_new(Connector(station_id=station.id, cp_id=station.cp_id,
+                                  connector_id=connector_id, type=ConnectorType.OTHER),
+                        charger(station.cp_id))
+        return new, True
+
+    async def status_notification(self, cp_id: str, connector_id: int, status: str,
+                                  error_code: str, *, info: str | None = None,
+                                  timestamp: datetime | None = None,
+                                  vendor_error_code: str | None = None) -> None:
+        station = await self._require_station(cp_id)
+        at = as_utc(timestamp) if timestamp else utcnow()
+        actor = charger(cp_id)
+        new_status = ConnectorStatus(status)
+        event = StatusEvent(id=_stable_id(cp_id, connector_id, at.isoformat(), status,
+                                          error_code),
+                            station_id=station.id, cp_id=cp_id, connector_id=connector_id,
+                            status=new_status, error_code=error_code, info=info, at=at)
+        telemetry: list[Change] = [InsertIfAbsent(stamp_new(event, actor, at))]
+        audited: list[tuple[Change, Any]] = []
+        connector: Connector | None = None
+        previous_error = "NoError"
+        if connector_id > 0:  # 0 is the charge point as a whole: history only
+            current, is_new = await self._connector(station, connector_id)
+            previous_error = current.error_code
+            if current.status_at is None or at >= current.status_at:
+                connector = changed(current, actor, status=new_status, error_code=error_code,
+                                    info=info, status_at=at)
+                if is_new:  # a plug we did not know: a record change worth auditing
+                    audited.append((Insert(connector), None))
+                else:
+                    telemetry.append(Update(connector))
+            # else: an older report arriving late is history, not the current state
+        await self.commit(actor, audited, unaudited=telemetry)
+        if connector is not None:
+            await self.publish(ConnectorStatusChanged(
+                **self._owned(station), at=at, connector_record_id=connector.id,
+                connector_id=connector_id, status=status, error_code=error_code, info=info))
+        if error_code != "NoError" and error_code != previous_error:
+            await self.publish(FaultReported(
+                **self._owned(station), at=at, connector_id=connector_id,
+                error_code=error_code, status=status, info=info,
+                vendor_error_code=vendor_error_code))
+
+    # ------------------------------------------------------------- transactions
+    async def start_transaction(self, cp_id: str, connector_id: int, id_tag: str,
+                                meter_start: int, timestamp: datetime,
+                                reservation_id: int | None = None) -> tuple[int, IdTagInfo]:
+        """Opens a session and returns its transaction id. A repeated message (same
+        connector, tag, time and meter) returns the same id; a transaction started while
+        the charger was offline arrives late and is accepted as it is."""
+        station = await self._require_station(cp_id)
+        start = as_utc(timestamp)
+        tag = id_tag.strip().upper()
+        same = await self.store.find_one(Session, all_of(
+            Eq("cp_id", cp_id), Eq("connector_id", connector_id), Eq("id_tag", tag),
+            Eq("start_time", start), Eq("meter_start_wh", meter_start)))
+        if same is not None:
+            return same.transaction_id, await self.authorize(cp_id, tag, same.id)
+        info = await self.authorize(cp_id, tag)
+        id_tag_record = await self.store.find_one(IdTag, Eq("tag", tag))
+        actor = charger(cp_id)
+        session = stamp_new(Session(
+            transaction_id=await self.store.next_sequence("transaction"),
+            station_id=station.id, cp_id=cp_id, connector_id=connector_id, id_tag=tag,
+            start_time=start, meter_start_wh=meter_start,
+            user_id=id_tag_record.user_id if id_tag_record else None,
+            vehicle_id=id_tag_record.vehicle_id if id_tag_record else None,
+            reservation_id=reservation_id,
+        ), actor)
+        changes: list[tuple[Change, Any]] = []
+        # A session still open on this connector lost its StopTransaction: close it first,
+        # so the connector never has two active sessions.
+        stale = await self.store.find_one(Session, all_of(
+            Eq("cp_id", cp_id), Eq("connector_id", connector_id),
+            Eq("state", SessionState.ACTIVE)))
+        ended: list[Session] = []
+        if stale is not None:
+            closed, payment = await self._close(station, stale, None, min(start, utcnow()),
+                                                "Other", actor)
+            changes.append((Update(closed), stale))
+            if payment is not None:
+                changes.append((Insert(payment), None))
+            ended.append(closed)
+        if reservation_id is not None:
+            reservation = await self.store.find_one(
+                Reservation, all_of(Eq("cp_id", cp_id), Eq("reservation_id", reservation_id)))
+            if reservation is not None and reservation.state in (ReservationState.ACTIVE,
+                                                                 ReservationState.PENDING):
+                changes.append((Update(changed(reservation, actor,
+                                               state=ReservationState.USED)), reservation))
+        changes.append((Insert(session), None))
+        await self.commit(actor, changes)
+        for old in ended:
+            await self.publish(self._session_event(station, old, "ENDED"))
+        await self.publish(self._session_event(station, session, "STARTED"))
+        return session.transaction_id, info
+
+    async def meter_values(self, cp_id: str, connector_id: int, transaction_id: int | None,
+                           readings: list[MeterReading]) -> None:
+        """Keeps every numeric sample (also for transactions we do not know: they may
+        arrive before their StartTransaction) and updates the session's live energy."""
+        station = await self._require_station(cp_id)
+        session = None
+        if transaction_id is not None:
+            session = await self.store.find_one(Session, Eq("transaction_id", transaction_id))
+            if session is not None and session.cp_id != cp_id:
+                session = None  # another charger's transaction id: keep samples unlinked
+        samples = self._samples(station, connector_id, transaction_id, session, readings)
+        changes: list[Change] = [InsertIfAbsent(s) for s in samples]
+        updated = None
+        if session is not None and session.state is SessionState.ACTIVE:
+            updated = self._apply_readings(session, readings, charger(cp_id))
+            if updated is not None:
+                changes.append(Update(updated))
+        if changes:
+            await self.store.write(changes, [])
+        if updated is not None and self._due(updated.id):
+            await self.publish(self._session_event(station, updated, "UPDATED"))
+
+    async def stop_transaction(self, cp_id: str, transaction_id: int, meter_stop: int,
+                               timestamp: datetime, *, reason: str | None = None,
+                               id_tag: str | None = None,
+                               readings: list[MeterReading] | None = None
+                               ) -> IdTagInfo | None:
+        """Closes the session, prices it with the tariff in force at its start and opens a
+        PENDING payment. A repeated stop changes nothing."""
+        station = await self._require_station(cp_id)
+        info = await self.authorize(cp_id, id_tag) if id_tag else None
+        if info is not None and info.status == "ConcurrentTx":
+            info = IdTagInfo("Accepted", info.expiry_date, info.parent_id_tag)
+        session = await self.store.find_one(Session, Eq("transaction_id", transaction_id))
+        if session is not None and session.cp_id != cp_id:
+            session = None
+        if readings:
+            samples = self._samples(station, session.connector_id if session else 0,
+                                    transaction_id, session, readings)
+            await self.store.write([InsertIfAbsent(s) for s in samples], [])
+        if session is None or session.state is SessionState.COMPLETED:
+            return info
+        actor = charger(cp_id)
+        closed, payment = await self._close(station, session, meter_stop, as_utc(timestamp),
+                                            reason or "Local", actor)
+        changes: list[tuple[Change, Any]] = [(Update(closed), session)]
+        if payment is not None:
+            changes.append((Insert(payment), None))
+        await self.commit(actor, changes)
+        self._last_session_update.pop(session.id, None)
+        await self.publish(self._session_event(station, closed, "ENDED"))
+        return info
+
+    async def _close(self, station: Station, session: Session, meter_stop: int | None,
+                     end: datetime, reason: str, actor: Viewer
+                     ) -> tuple[Session, Payment | None]:
+        energy = session.energy_wh if meter_stop is None \
+            else max(meter_stop - session.meter_start_wh, 0)
+        tariff = await self.tariffs.tariff_at(station, session.start_time)
+        cost = None
+        if tariff is not None:
+            cost = session_cost_minor(tariff, energy, session.start_time,
+                                      max(end, session.start_time))
+        closed = changed(session, actor, state=SessionState.COMPLETED, end_time=end,
+                         meter_stop_wh=meter_stop, energy_wh=energy, power_w=None,
+                         stop_reason=reason, cost_minor=cost,
+                         currency=tariff.currency if tariff else None)
+        payment = None
+        if tariff is not None and cost is not None:
+            payment = stamp_new(Payment(session_id=session.id, station_id=station.id,
+                                        user_id=session.user_id, amount_minor=cost,
+                                        currency=tariff.currency), actor)
+        return closed, payment
+
+    # ------------------------------------------------------------- station-level reports
+    async def firmware_status(self, cp_id: str, status: str) -> None:
+        await self._station_report(cp_id, firmware_status=status)
+
+    async def diagnostics_status(self, cp_id: str, status: str) -> None:
+        await self._station_report(cp_id, diagnostics_status=status)
+
+    async def _station_report(self, cp_id: str, **values: str) -> None:
+        station = await self._require_station(cp_id)
+        actor = charger(cp_id)
+        await self.commit(actor, [(Update(changed(station, actor, **values)), station)])
+
+    # ------------------------------------------------------------- helpers
+    def _samples(self, station: Station, connector_id: int, transaction_id: int | None,
+                 session: Session | None, readings: list[MeterReading]) -> list[MeterSample]:
+        samples = []
+        actor = charger(station.cp_id)
+        for reading in readings:
+            at = as_utc(reading.timestamp)
+            for sv in reading.values:
+                try:
+                    value = float(sv.value)
+                except ValueError:
+                    continue  # SignedData and other non-numeric formats: not a number
+                measurand = sv.measurand or ENERGY_REGISTER
+                sample = MeterSample(
+                    id=_stable_id(station.cp_id, connector_id, transaction_id, at.isoformat(),
+                                  measurand, sv.phase, sv.location, sv.context, sv.unit),
+                    session_id=session.id if session else None, cp_id=station.cp_id,
+                    connector_id=connector_id, at=at, measurand=measurand, value=value,
+                    unit=sv.unit or ("Wh" if measurand == ENERGY_REGISTER else None),
+                    phase=sv.phase, context=sv.context, transaction_id=transaction_id,
+                )
+                samples.append(stamp_new(sample, actor, at))
+        return samples
+
+    @staticmethod
+    def _apply_readings(session: Session, readings: list[MeterReading], actor: Viewer
+                        ) -> Session | None:
+        """Live energy from the newest total energy register; power from the newest
+        total active power. ``None`` when nothing changed."""
+        energy_at, energy, power_at, power = None, None, None, None
+        for reading in readings:
+            for sv in reading.values:
+                if sv.phase is not None or (sv.location not in (None, "Outlet")):
+                    continue
+                try:
+                    value = float(sv.value)
+                except ValueError:
+                    continue
+                measurand = sv.measurand or ENERGY_REGISTER
+                if measurand == ENERGY_REGISTER and (energy_at is None
+                                                     or reading.timestamp >= energy_at):
+                    energy_at, energy = reading.timestamp, _to_wh(value, sv.unit)
+                elif measurand == POWER and (power_at is None or reading.timestamp >= power_at):
+                    power_at, power = reading.timestamp, _to_w(value, sv.unit)
+        updates: dict[str, Any] = {}
+        if energy is not None and energy >= session.meter_start_wh:
+            updates["energy_wh"] = round(energy) - session.meter_start_wh
+        if power is not None:
+            updates["power_w"] = power
+        if not updates or all(getattr(session, k) == val for k, val in updates.items()):
+            return None
+        return changed(session, actor, **updates)
+
+    def _due(self, session_id: str) -> bool:
+        now = time.monotonic()
+        last = self._last_session_update.get(session_id)
+        if last is not None and now - last < SESSION_UPDATE_INTERVAL_S:
+            return False
+        self._last_session_update[session_id] = now
+        return True
+
+    def _session_event(self, station: Station, session: Session, change: str
+                       ) -> SessionChanged:
+        return SessionChanged(
+            **self._owned(station), at=session.updated_at, change=change,
+            session_id=session.id, transaction_id=session.transaction_id,
+            connector_id=session.connector_id, user_id=session.user_id,
+            vehicle_id=session.vehicle_id, energy_wh=session.energy_wh,
+            power_w=session.power_w, state=session.state.value,
+        )

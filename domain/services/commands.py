@@ -1,0 +1,231 @@
+"""Operator commands to chargers (OCPP 1.6 central-system-initiated actions).
+
+Payloads use OCPP 1.6 JSON field names: OCPP is this domain's language. The use case
+authorizes the viewer, keeps the records a command implies (a reservation), sends through
+the ``ChargerGateway`` port, judges the answer, audits the command and publishes
+``CommandCompleted``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from domain.clock import utcnow
+from domain.entities import (
+    AuditAction,
+    AuditEntry,
+    IdTag,
+    IdTagStatus,
+    Reservation,
+    ReservationState,
+    Session,
+    SessionState,
+    Station,
+)
+from domain.errors import (
+    ChargerError,
+    ChargerRejected,
+    DomainError,
+    Forbidden,
+    NotFound,
+    ValidationError,
+)
+from domain.events import CommandCompleted, ReservationChanged
+from domain.ids import new_id
+from domain.policy import Viewer
+from domain.ports import ChargerGateway, Insert, Update
+from domain.query import Eq, all_of
+from domain.services.base import Service, ServiceContext, changed, stamp_new
+
+log = logging.getLogger("chargegraph.commands")
+
+#: Actions a driver may send, on any station they can see.
+DRIVER_ACTIONS = frozenset({"RemoteStartTransaction", "RemoteStopTransaction", "ReserveNow",
+                            "CancelReservation"})
+#: Answers that mean yes. Everything else with a ``status`` is a refusal.
+POSITIVE = frozenset({"Accepted", "Unlocked", "Scheduled"})
+COMMAND_TIMEOUT_S = 30.0
+
+
+@dataclass(slots=True)
+class CommandOutcome:
+    command_id: str
+    action: str
+    station: Station
+    status: str | None = None
+    result: dict[str, Any] = field(default_factory=dict)
+    error: DomainError | None = None
+    reservation: Reservation | None = None
+
+
+class CommandService(Service):
+    def __init__(self, ctx: ServiceContext, gateway: ChargerGateway | None = None,
+                 timeout: float = COMMAND_TIMEOUT_S) -> None:
+        super().__init__(ctx)
+        self.gateway = gateway
+        self.timeout = timeout
+
+    async def send(self, viewer: Viewer, cp_id: str, action: str, payload: dict[str, Any]
+                   ) -> CommandOutcome:
+        """Authorize, send and judge one command. Refusals before sending raise; what the
+        charger (or its absence) says comes back in the outcome's ``error``."""
+        station = await self.store.find_one(
+            Station, all_of(self.policy.scope(viewer, "station"), Eq("cp_id", cp_id)))
+        if station is None:
+            raise NotFound("no such station", field="cpId")
+        payload = dict(payload)
+        if not self.policy.may_manage_station(viewer, station):
+            if not (viewer.is_driver and action in DRIVER_ACTIONS):
+                raise Forbidden(f"you may not send {action} to this station", field="cpId")
+            await self._check_driver(viewer, station, action, payload)
+        outcome = CommandOutcome(command_id=new_id(), action=action, station=station)
+        if action == "ReserveNow":
+            outcome.reservation = await self._new_reservation(viewer, station, payload)
+        elif action == "CancelReservation":
+            outcome.reservation = await self._reservation(viewer, station,
+                                                          payload.get("reservationId"))
+        await self._call(outcome, payload)
+        await self._after(viewer, outcome, payload)
+        return outcome
+
+    async def _call(self, outcome: CommandOutcome, payload: dict[str, Any]) -> None:
+        if self.gateway is None:
+            from domain.errors import ChargerOffline
+
+            outcome.error = ChargerOffline("no OCPP bridge runs in this process")
+            return
+        try:
+            result = await self.gateway.call(outcome.station.cp_id, outcome.action, payload,
+                                             self.timeout)
+        except ChargerError as exc:
+            outcome.error = exc
+            return
+        outcome.result = result
+        outcome.status = result.get("status")
+        if outcome.status is not None and outcome.status not in POSITIVE:
+            outcome.error = ChargerRejected(f"the charger answered {outcome.status}")
+
+    # ------------------------------------------------------------- driver rules
+    async def _check_driver(self, viewer: Viewer, station: Station, action: str,
+                            payload: dict[str, Any]) -> None:
+        if action in ("RemoteStartTransaction", "ReserveNow"):
+            await self._own_tag(viewer, payload)
+        elif action == "RemoteStopTransaction":
+            session = await self.store.find_one(Session, all_of(
+                Eq("transaction_id", payload.get("transactionId")), Eq("cp_id", station.cp_id)))
+            if session is None or session.user_id != viewer.user_id:
+                raise NotFound("no such transaction", field="transactionId")
+            if session.state is not SessionState.ACTIVE:
+                raise ValidationError("the session has ended", field="transactionId",
+                                      code="INVALID_STATE")
+
+    async def _own_tag(self, viewer: Viewer, payload: dict[str, Any]) -> None:
+        """A driver charges with their own tag: the one given, or the one of the vehicle
+        given (``vehicleId``), or their first usable tag."""
+        vehicle_id = payload.pop("vehicleId", None)
+        tag_value = payload.get("idTag")
+        if tag_value:
+            tag = await self.store.find_one(IdTag, Eq("tag", str(tag_value).strip().upper()))
+            if tag is None or tag.user_id != viewer.user_id:
+                raise NotFound("no such id tag", field="idTag")
+        else:
+            where = all_of(Eq("user_id", viewer.user_id), Eq("status", IdTagStatus.ACCEPTED))
+            if vehicle_id is not None:
+                where = all_of(where, Eq("vehicle_id", vehicle_id))
+            tags = await self.store.find_all(IdTag, where, limit=1)
+            if not tags:
+                raise ValidationError("no usable id tag for this driver or vehicle",
+                                      field="vehicleId" if vehicle_id else "idTag",
+                                      code="REQUIRED")
+            tag = tags[0]
+        payload["idTag"] = tag.tag
+
+    # ------------------------------------------------------------- reservations
+    async def _new_reservation(self, viewer: Viewer, station: Station, payload: dict[str, Any]
+                               ) -> Reservation:
+        if viewer.is_admin or viewer.is_operator:
+            tag_value = payload.get("idTag")
+            if not tag_value:
+                raise ValidationError("give the id tag to reserve for", field="idTag",
+                                      code="REQUIRED")
+        expiry = payload.get("expiryDate")
+        if not isinstance(expiry, datetime) or expiry <= utcnow():
+            raise ValidationError("expiryDate must be in the future", field="expiryDate")
+        connector_id = int(payload.get("connectorId", 0))
+        tag = await self.store.find_one(IdTag, Eq("tag", str(payload["idTag"]).upper()))
+        reservation = stamp_new(Reservation(
+            reservation_id=await self.store.next_sequence("reservation"),
+            station_id=station.id, cp_id=station.cp_id, connector_id=connector_id,
+            id_tag=str(payload["idTag"]).upper(), expires_at=expiry,
+            user_id=tag.user_id if tag else None), viewer)
+        payload["reservationId"] = reservation.reservation_id
+        await self.commit(viewer, [(Insert(reservation), None)])
+        return reservation
+
+    async def _reservation(self, viewer: Viewer, station: Station, reservation_id: Any
+                           ) -> Reservation:
+        reservation = await self.store.find_one(Reservation, all_of(
+            self.policy.scope(viewer, "reservation"), Eq("cp_id", station.cp_id),
+            Eq("reservation_id", reservation_id)))
+        if reservation is None:
+            raise NotFound("no such reservation", field="reservationId")
+        return reservation
+
+    # ------------------------------------------------------------- bookkeeping
+    async def _after(self, viewer: Viewer, outcome: CommandOutcome, payload: dict[str, Any]
+                     ) -> None:
+        station = outcome.station
+        audit = AuditEntry(
+            entity="station", entity_id=station.id, action=AuditAction.COMMAND,
+            actor=viewer.actor, created_by=viewer.actor, updated_by=viewer.actor,
+            after={"command": outcome.action, "commandId": outcome.command_id,
+                   "request": _jsonable(payload), "status": outcome.status,
+                   "error": outcome.error.code if outcome.error else None},
+        )
+        changes = []
+        reservation = outcome.reservation
+        if reservation is not None:
+            if outcome.action == "ReserveNow":
+                state = ReservationState.ACTIVE if outcome.error is None \
+                    else ReservationState.REJECTED
+            else:
+                state = ReservationState.CANCELLED if outcome.error is None \
+                    else reservation.state
+            if state is not reservation.state:
+                updated = changed(reservation, viewer, state=state)
+                changes.append((Update(updated), reservation))
+                outcome.reservation = updated
+        await self.commit(viewer, changes)
+        await self.store.write([], [audit])
+        owned = {"station_id": station.id, "cp_id": station.cp_id,
+                 "company_id": station.company_id, "owner_id": station.owner_id}
+        if changes and outcome.reservation is not None:
+            r = outcome.reservation
+            await self._publish(ReservationChanged(
+                **owned, reservation_record_id=r.id, reservation_id=r.reservation_id,
+                connector_id=r.connector_id, user_id=r.user_id, state=r.state.value))
+        await self._publish(CommandCompleted(
+            **owned, command_id=outcome.command_id, action=outcome.action,
+            requested_by=viewer.actor, status=outcome.status,
+            error_code=outcome.error.code if outcome.error else None,
+            result=_jsonable(outcome.result)))
+
+    async def _publish(self, event: Any) -> None:
+        if self.ctx.bus is not None:
+            try:
+                await self.ctx.bus.publish(event)
+            except Exception:
+                log.exception("publishing %s failed", event.topic)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return value

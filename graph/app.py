@@ -1,0 +1,54 @@
+"""The ASGI app behind ``/graphql``: GraphQL over HTTP, and GraphiQL for browsers."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.websockets import WebSocket
+
+from domain.errors import Unauthenticated
+from domain.policy import ANONYMOUS, Viewer
+from domain.services import Services
+from graph.auth import TokenService, bearer_token
+from graph.context import GraphContext
+from graph.http import GraphQLHTTPHandler
+from graph.schema import schema
+
+
+async def resolve_viewer(services: Services, tokens: TokenService, authorization: str | None
+                         ) -> Viewer:
+    """Anonymous without a token; the token's user (read fresh) with one; a bad token or a
+    deactivated user is an error, never a silent downgrade to anonymous."""
+    token = bearer_token(authorization)
+    if token is None:
+        return ANONYMOUS
+    viewer = await services.accounts.viewer_for(tokens.subject(token))
+    if viewer is None:
+        raise Unauthenticated("the account is not active", code="INVALID_TOKEN")
+    return viewer
+
+
+class GraphQLApp:
+    def __init__(self, services: Services, tokens: TokenService, *, graphiql: bool) -> None:
+        self.services = services
+        self.tokens = tokens
+        self.http = GraphQLHTTPHandler(schema, self.http_context, graphiql=graphiql)
+
+    async def http_context(self, request: Request) -> GraphContext:
+        viewer = await resolve_viewer(self.services, self.tokens,
+                                      request.headers.get("authorization"))
+        return GraphContext.build(self.services, self.tokens, viewer, request)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            response = await self.http(Request(scope, receive))
+            await response(scope, receive, send)
+        elif scope["type"] == "websocket":
+            # Subscriptions arrive with the OCPP bridge; until then refuse cleanly.
+            websocket = WebSocket(scope, receive, send)
+            await websocket.close(code=4406)
+
+
+def create_graphql_app(services: Services, tokens: TokenService, *, graphiql: bool = True
+                       ) -> ASGIApp:
+    return GraphQLApp(services, tokens, graphiql=graphiql)

@@ -1,0 +1,71 @@
+"""Bearer tokens: HS256 JWTs naming the user. The token only carries identity; role and
+company are read fresh on every request, so a demotion or deactivation takes effect at once."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import jwt
+
+from domain.errors import Unauthenticated
+
+ISSUER = "chargegraph"
+AUDIENCE = "chargegraph-api"
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    token: str
+    expires_at: datetime
+
+
+class TokenService:
+    def __init__(self, secret: str, ttl: timedelta) -> None:
+        if len(secret) < 32:
+            raise ValueError("the JWT secret must be at least 32 characters")
+        self._secret = secret
+        self._ttl = ttl
+
+    def issue(self, user_id: str) -> IssuedToken:
+        now = datetime.now(UTC)
+        expires = now + self._ttl
+        claims = {
+            "sub": user_id,
+            "iat": int(now.timestamp()),
+            "nbf": int(now.timestamp()),
+            "exp": int(expires.timestamp()),
+            "iss": ISSUER,
+            "aud": AUDIENCE,
+            "jti": uuid.uuid4().hex,
+        }
+        return IssuedToken(jwt.encode(claims, self._secret, algorithm="HS256"), expires)
+
+    def subject(self, token: str) -> str:
+        """The user id of a valid token; ``Unauthenticated`` for anything else."""
+        try:
+            claims = jwt.decode(
+                token,
+                self._secret,
+                algorithms=["HS256"],  # never trust the token's own "alg"
+                audience=AUDIENCE,
+                issuer=ISSUER,
+                options={"require": ["exp", "sub", "iat"]},
+                leeway=30,
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise Unauthenticated("the token has expired", code="TOKEN_EXPIRED") from exc
+        except jwt.PyJWTError as exc:
+            raise Unauthenticated("the token is not valid", code="INVALID_TOKEN") from exc
+        return str(claims["sub"])
+
+
+def bearer_token(header: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer …`` header (scheme case-insensitive)."""
+    if not header:
+        return None
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated("use 'Authorization: Bearer <token>'", code="INVALID_TOKEN")
+    return token.strip()

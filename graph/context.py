@@ -1,0 +1,32 @@
+"""What every resolver gets as ``info.context``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from domain.clock import utcnow
+from domain.policy import Viewer
+from domain.services import Services
+from graph.auth import TokenService
+from graph.loaders import Loaders
+
+
+@dataclass
+class GraphContext:
+    services: Services
+    tokens: TokenService
+    viewer: Viewer
+    loaders: Loaders
+    #: The HTTP request or websocket, for adapters that need headers.
+    request: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    #: One "now" per request, so time-dependent relations (the tariff in force) agree and
+    #: batch into one loader.
+    now: datetime = field(default_factory=utcnow)
+
+    @classmethod
+    def build(cls, services: Services, tokens: TokenService, viewer: Viewer,
+              request: Any = None) -> GraphContext:
+        return cls(services, tokens, viewer, Loaders(services.reads, viewer), request)

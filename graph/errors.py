@@ -1,0 +1,81 @@
+"""How failures reach clients: expected ones as ``UserError`` in mutation payloads or as
+GraphQL errors with a ``code`` extension; unexpected ones masked with an error id."""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from collections.abc import Iterator
+
+import strawberry
+from graphql import GraphQLError
+from strawberry.extensions import SchemaExtension
+
+from domain.errors import DomainError
+
+log = logging.getLogger("chargegraph.graph")
+
+
+@strawberry.type(description="An expected failure of a mutation, tied to an input field.")
+class UserError:
+    field: str | None = strawberry.field(
+        description="The input field at fault (camelCase, dotted for nested inputs)."
+    )
+    message: str
+    code: str = strawberry.field(
+        description="Stable machine-readable code, e.g. INVALID, DUPLICATE, NOT_FOUND."
+    )
+
+
+_SNAKE = re.compile(r"_([a-z])")
+
+
+def camel(field: str | None) -> str | None:
+    """Domain (storage) field names to the API's camelCase: ``cp_id`` → ``cpId``."""
+    if field is None:
+        return None
+    return _SNAKE.sub(lambda m: m.group(1).upper(), field)
+
+
+def user_error(error: DomainError) -> UserError:
+    return UserError(field=camel(error.field), message=error.message, code=error.code)
+
+
+def graphql_error(error: DomainError) -> GraphQLError:
+    """A domain error raised by a query field, as a GraphQL error with its code."""
+    extensions = {"code": error.code}
+    if error.field:
+        extensions["field"] = camel(error.field) or error.field
+    return GraphQLError(error.message, extensions=extensions)
+
+
+class MaskUnexpectedErrors(SchemaExtension):
+    """Replaces the message of any error not raised on purpose (a bug, a database outage)
+    by a generic one with an error id, and logs the exception under that id, so clients
+    learn nothing internal and operators can still find the cause."""
+
+    def on_operation(self) -> Iterator[None]:
+        yield
+        result = self.execution_context.result
+        if result is None or not result.errors:
+            return
+        result.errors = [self._mask(error) for error in result.errors]
+
+    @staticmethod
+    def _mask(error: GraphQLError) -> GraphQLError:
+        original = error.original_error
+        if original is None or isinstance(original, GraphQLError):
+            return error  # syntax, validation and deliberate GraphQL errors
+        if isinstance(original, DomainError):
+            return GraphQLError(
+                original.message, nodes=error.nodes, path=error.path,
+                extensions={"code": original.code,
+                            **({"field": camel(original.field)} if original.field else {})},
+            )
+        error_id = uuid.uuid4().hex[:12]
+        log.error("unexpected error %s at %s", error_id, error.path, exc_info=original)
+        return GraphQLError(
+            "Internal server error", nodes=error.nodes, path=error.path,
+            extensions={"code": "INTERNAL_SERVER_ERROR", "errorId": error_id},
+        )

@@ -1,0 +1,290 @@
+"""List filter and ordering inputs, and their translation into the domain's query language.
+The translation is the only thing done here: filtering itself happens in the database."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import Enum
+
+import strawberry
+
+from domain.errors import ValidationError
+from domain.query import Eq, Filter, Near, Range, Search, all_of
+from graph.enums import (
+    AuditAction,
+    ConnectorStatus,
+    IdTagStatus,
+    PaymentStatus,
+    ReservationState,
+    Role,
+    SessionState,
+)
+from graph.ids import expect_id
+from graph.relay import OrderDirection
+
+
+def _id(value: strawberry.ID | None, kind: str, field: str) -> str | None:
+    return expect_id(str(value), kind, field) if value is not None else None
+
+
+def _eq(field: str, value: object) -> Filter | None:
+    return Eq(field, value) if value is not None else None
+
+
+def _search(fields: tuple[str, ...], text: str | None) -> Filter | None:
+    text = (text or "").strip()
+    return Search(fields, text) if text else None
+
+
+def _window(field: str, start: datetime | None, end: datetime | None, name: str
+            ) -> Filter | None:
+    for label, value in (("from", start), ("to", end)):
+        if value is not None and value.tzinfo is None:
+            raise ValidationError("needs a time zone offset", field=f"{name}.{label}")
+    if start is not None and end is not None and end < start:
+        raise ValidationError("`to` is before `from`", field=f"{name}.to", code="OUT_OF_RANGE")
+    if start is None and end is None:
+        return None
+    return Range(field, gte=start, lt=end)
+
+
+def _order(name: str, fields: dict[str, str], description: str) -> tuple[type, type]:
+    """An ``<Name>OrderField`` enum (values are domain fields) and ``<Name>Order`` input."""
+    field_enum = strawberry.enum(Enum(f"{name}OrderField", fields),  # type: ignore[misc]
+                                 description=description)
+
+    # Built with real (not string) annotations: the class is made at run time, where the
+    # enum above is a local that postponed annotations could not resolve.
+    namespace = {
+        "__annotations__": {"field": field_enum, "direction": OrderDirection},
+        "direction": OrderDirection.ASC,
+    }
+    order = strawberry.input(type(f"{name}Order", (), namespace),
+                             description=f"One sort key for {name.lower()} lists.")
+    return field_enum, order
+
+
+_AUDIT_TIMES = {"CREATED_AT": "created_at", "UPDATED_AT": "updated_at"}
+CompanyOrderField, CompanyOrder = _order("Company", {"NAME": "name", **_AUDIT_TIMES},
+                                         "Sortable company fields.")
+UserOrderField, UserOrder = _order("User", {"NAME": "name", "EMAIL": "email", **_AUDIT_TIMES},
+                                   "Sortable user fields.")
+VehicleOrderField, VehicleOrder = _order(
+    "Vehicle", {"LICENSE_PLATE": "license_plate", **_AUDIT_TIMES}, "Sortable vehicle fields."
+)
+IdTagOrderField, IdTagOrder = _order("IdTag", {"TAG": "tag", **_AUDIT_TIMES},
+                                     "Sortable id tag fields.")
+StationOrderField, StationOrder = _order(
+    "Station", {"NAME": "name", "CP_ID": "cp_id", **_AUDIT_TIMES}, "Sortable station fields."
+)
+SessionOrderField, SessionOrder = _order(
+    "Session",
+    {"START_TIME": "start_time", "TRANSACTION_ID": "transaction_id", "ENERGY": "energy_wh",
+     **_AUDIT_TIMES},
+    "Sortable session fields.",
+)
+ReservationOrderField, ReservationOrder = _order(
+    "Reservation", {"EXPIRES_AT": "expires_at", **_AUDIT_TIMES}, "Sortable reservation fields."
+)
+PaymentOrderField, PaymentOrder = _order(
+    "Payment", {"AMOUNT": "amount_minor", **_AUDIT_TIMES}, "Sortable payment fields."
+)
+AuditOrderField, AuditOrder = _order("Audit", {"AT": "at"}, "Sortable audit fields.")
+
+
+@strawberry.input
+class CompanyFilter:
+    search: str | None = None
+
+    def to_domain(self) -> Filter:
+        return all_of(_search(("name",), self.search))
+
+
+@strawberry.input
+class UserFilter:
+    role: Role | None = None
+    company_id: strawberry.ID | None = None
+    active: bool | None = None
+    search: str | None = strawberry.field(default=None, description="In name and email.")
+
+    def to_domain(self) -> Filter:
+        return all_of(
+            _eq("role", self.role),
+            _eq("company_id", _id(self.company_id, "company", "filter.companyId")),
+            _eq("active", self.active),
+            _search(("name", "email"), self.search),
+        )
+
+
+@strawberry.input
+class VehicleFilter:
+    owner_id: strawberry.ID | None = None
+    search: str | None = strawberry.field(default=None, description="In plate, make, model.")
+
+    def to_domain(self) -> Filter:
+        return all_of(
+            _eq("owner_id", _id(self.owner_id, "user", "filter.ownerId")),
+            _search(("license_plate", "make", "model"), self.search),
+        )
+
+
+@strawberry.input
+class IdTagFilter:
+    user_id: strawberry.ID | None = None
+    vehicle_id: strawberry.ID | None = None
+    status: IdTagStatus | None = None
+    search: str | None = None
+
+    def to_domain(self) -> Filter:
+        return all_of(
+            _eq("user_id", _id(self.user_id, "user", "filter.userId")),
+            _eq("vehicle_id", _id(self.vehicle_id, "vehicle", "filter.vehicleId")),
+            _eq("status", self.status),
+            _search(("tag",), self.search),
+        )
+
+
+@strawberry.input(description="A circle on the map.")
+class NearInput:
+    lat: float
+    lon: float
+    radius_km: float
+
+    def to_domain(self) -> Filter:
+        if not -90 <= self.lat <= 90:
+            raise ValidationError("lat must be within -90..90", field="filter.near.lat",
+                                  code="OUT_OF_RANGE")
+        if not -180 <= self.lon <= 180:
+            raise ValidationError("lon must be within -180..180", field="filter.near.lon",
+                                  code="OUT_OF_RANGE")
+        if not 0 < self.radius_km <= 20_000:
+            raise ValidationError("radiusKm must be > 0 and ≤ 20000",
+                                  field="filter.near.radiusKm", code="OUT_OF_RANGE")
+        return Near(self.lat, self.lon, self.radius_km)
+
+
+@strawberry.input
+class StationFilter:
+    cp_id: str | None = None
+    company_id: strawberry.ID | None = None
+    owner_id: strawberry.ID | None = None
+    online: bool | None = None
+    search: str | None = strawberry.field(default=None,
+                                          description="In name, cpId and address.")
+    near: NearInput | None = None
+
+    def to_domain(self) -> Filter:
+        return all_of(
+            _eq("cp_id", self.cp_id),
+            _eq("company_id", _id(self.company_id, "company", "filter.companyId")),
+            _eq("owner_id", _id(self.owner_id, "user", "filter.ownerId")),
+            _eq("online", self.online),
+            _search(("name", "cp_id", "address"), self.search),
+            self.near.to_domain() if self.near else None,
+        )
+
+
+@strawberry.input
+class ConnectorFilter:
+    cp_id: str | None = None
+    station_id: strawberry.ID | None = None
+    status: ConnectorStatus | None = None
+
+    def to_domain(self) -> Filter:
+        return all_of(
+            _eq("cp_id", self.cp_id),
+            _eq("station_id", _id(self.station_id, "station", "filter.stationId")),
+            _eq("status", self.status),
+        )
+
+
+@strawberry.input
+class SessionFilter:
+    cp_id: str | None = None
+    connector_id: int | None = None
+    station_id: strawberry.ID | None = None
+    user_id: strawberry.ID | None = None
+    vehicle_id: strawberry.ID | None = None
+    state: SessionState | None = None
+    from_: datetime | None = strawberry.field(default=None, name="from",
+                                              description="Sessions started at or after.")
+    to: datetime | None = strawberry.field(default=None, description="Started before.")
+
+    def to_domain(self) -> Filter:
+        return all_of(
+            _eq("cp_id", self.cp_id),
+            _eq("connector_id", self.connector_id),
+            _eq("station_id", _id(self.station_id, "station", "filter.stationId")),
+            _eq("user_id", _id(self.user_id, "user", "filter.userId")),
+            _eq("vehicle_id", _id(self.vehicle_id, "vehicle", "filter.vehicleId")),
+            _eq("state", self.state),
+            _window("start_time", self.from_, self.to, "filter"),
+        )
+
+
+@strawberry.input
+class ReservationFilter:
+    cp_id: str | None = None
+    station_id: strawberry.ID | None = None
+    user_id: strawberry.ID | None = None
+    state: ReservationState | None = None
+
+    def to_domain(self) -> Filter:
+        return all_of(
+            _eq("cp_id", self.cp_id),
+            _eq("station_id", _id(self.station_id, "station", "filter.stationId")),
+            _eq("user_id", _id(self.user_id, "user", "filter.userId")),
+            _eq("state", self.state),
+        )
+
+
+@strawberry.input
+class PaymentFilter:
+    status: PaymentStatus | None = None
+    user_id: strawberry.ID | None = None
+    session_id: strawberry.ID | None = None
+    station_id: strawberry.ID | None = None
+
+    def to_domain(self) -> Filter:
+        return all_of(
+            _eq("status", self.status),
+            _eq("user_id", _id(self.user_id, "user", "filter.userId")),
+            _eq("session_id", _id(self.session_id, "session", "filter.sessionId")),
+            _eq("station_id", _id(self.station_id, "station", "filter.stationId")),
+        )
+
+
+@strawberry.input
+class AuditFilter:
+    entity: str | None = strawberry.field(default=None,
+                                          description="Entity kind, e.g. `station`.")
+    entity_id: strawberry.ID | None = strawberry.field(
+        default=None, description="Global (or raw) id of the changed record."
+    )
+    actor_id: strawberry.ID | None = strawberry.field(
+        default=None, description="User id, or `system` / `ocpp:<cpId>`."
+    )
+    action: AuditAction | None = None
+    from_: datetime | None = strawberry.field(default=None, name="from")
+    to: datetime | None = None
+
+    def to_domain(self) -> Filter:
+        entity_id = None
+        if self.entity_id is not None:
+            from domain.ids import is_id
+            from graph.ids import from_global_id
+
+            raw = str(self.entity_id)
+            entity_id = raw if is_id(raw) else from_global_id(raw, "filter.entityId")[1]
+        actor = None
+        if self.actor_id is not None:
+            raw = str(self.actor_id)
+            actor = raw if raw == "system" or raw.startswith("ocpp:") \
+                else expect_id(raw, "user", "filter.actorId")
+        return all_of(
+            _eq("entity", self.entity),
+            _eq("entity_id", entity_id),
+            _eq("actor", actor),
+            _eq("action", self.action),
+            _window("at", self.from_, self.to, "filter"),
+        )

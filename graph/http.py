@@ -1,0 +1,219 @@
+"""GraphQL over HTTP (the GraphQL-over-HTTP specification), done by hand because the
+framework's view predates ``application/graphql-response+json`` and its status codes.
+
+- POST ``application/json`` bodies; GET with URL parameters (queries only: a mutation over
+  GET is 405, so a link or prefetch can never change data).
+- ``Accept`` picks the response type: ``application/graphql-response+json`` (request
+  errors — unparsable, invalid, bad variables — are 400) or ``application/json`` (the
+  legacy type: every well-formed request is 200). No Accept means ``application/json``;
+  nothing acceptable is 406.
+- Malformed requests (bad JSON, wrong parameter types) are 400 for both types; a bad
+  bearer token is 401; a browser asking for HTML gets GraphiQL.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from graphql import GraphQLError
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from strawberry.http.ides import get_graphql_ide_html
+from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
+from strawberry.types.execution import PreExecutionError
+from strawberry.types.graphql import OperationType
+
+from domain.errors import Unauthenticated
+from graph.context import GraphContext
+
+log = logging.getLogger("chargegraph.graph")
+
+GRAPHQL_RESPONSE = "application/graphql-response+json"
+JSON = "application/json"
+MAX_BODY = 1_000_000
+
+ContextFactory = Callable[[Request], Awaitable[GraphContext]]
+
+
+class RequestError(Exception):
+    """The request is not a well-formed GraphQL-over-HTTP request."""
+
+    def __init__(self, message: str, status: int = 400, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.headers = headers or {}
+
+
+def _media_ranges(header: str) -> list[tuple[str, float]]:
+    ranges = []
+    for part in header.split(","):
+        fields = [f.strip() for f in part.split(";")]
+        media = fields[0].lower()
+        if not media:
+            continue
+        quality = 1.0
+        for param in fields[1:]:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        ranges.append((media, quality))
+    return ranges
+
+
+def negotiate(accept: str | None) -> str | None:
+    """The response media type for an Accept header, or None when nothing fits."""
+    if not accept or not accept.strip():
+        return JSON
+    best: tuple[float, int, str] | None = None
+    for media, quality in _media_ranges(accept):
+        if quality <= 0:
+            continue
+        if media == GRAPHQL_RESPONSE:
+            candidate = (quality, 2, GRAPHQL_RESPONSE)
+        elif media in (JSON, "application/*", "*/*"):
+            candidate = (quality, 1, JSON)
+        else:
+            continue
+        if best is None or candidate[:2] > best[:2]:
+            best = candidate
+    return best[2] if best else None
+
+
+def wants_html(request: Request) -> bool:
+    accept = request.headers.get("accept", "")
+    return "text/html" in accept and "query" not in request.query_params
+
+
+def _json_param(raw: Any, name: str) -> dict[str, Any] | None:
+    """``variables``/``extensions``: a map, null, or (from GET) a JSON-encoded map."""
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError as exc:
+            raise RequestError(f"'{name}' is not valid JSON") from exc
+    if raw is not None and not isinstance(raw, dict):
+        raise RequestError(f"'{name}' must be a map")
+    return raw
+
+
+def parse_params(params: Any) -> tuple[str, dict[str, Any] | None, str | None]:
+    if not isinstance(params, dict):
+        raise RequestError("the request body must be a JSON object")
+    query = params.get("query")
+    if not isinstance(query, str) or not query.strip():
+        raise RequestError("'query' must be a non-empty string")
+    operation_name = params.get("operationName")
+    if operation_name is not None and not isinstance(operation_name, str):
+        raise RequestError("'operationName' must be a string")
+    variables = _json_param(params.get("variables"), "variables")
+    _json_param(params.get("extensions"), "extensions")
+    return query, variables, operation_name or None
+
+
+async def read_post(request: Request) -> dict[str, Any]:
+    content_type = request.headers.get("content-type", "")
+    media, *options = [p.strip().lower() for p in content_type.split(";")]
+    if media != JSON:
+        raise RequestError("send 'Content-Type: application/json'", status=415)
+    for option in options:
+        name, _, value = option.partition("=")
+        if name == "charset" and value.strip('"') not in ("utf-8", "utf8"):
+            raise RequestError("only utf-8 is accepted", status=415)
+    body = await request.body()
+    if len(body) > MAX_BODY:
+        raise RequestError("request body too large", status=413)
+    try:
+        parsed = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise RequestError("the request body is not valid JSON") from exc
+    if not isinstance(parsed, dict):
+        raise RequestError("the request body must be a JSON object")
+    return parsed
+
+
+def _response(payload: dict[str, Any], status: int, media: str,
+              headers: dict[str, str] | None = None) -> Response:
+    body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+    return Response(body, status_code=status, media_type=f"{media}; charset=utf-8",
+                    headers=headers)
+
+
+def _error_body(message: str, code: str | None = None) -> dict[str, Any]:
+    error: dict[str, Any] = {"message": message}
+    if code:
+        error["extensions"] = {"code": code}
+    return {"errors": [error]}
+
+
+class GraphQLHTTPHandler:
+    def __init__(self, schema: Any, context_factory: ContextFactory, *, graphiql: bool):
+        self.schema = schema
+        self.context_factory = context_factory
+        self.graphiql = graphiql
+        self._ide_html = get_graphql_ide_html("graphiql") if graphiql else ""
+
+    async def __call__(self, request: Request) -> Response:
+        if request.method == "GET" and self.graphiql and wants_html(request):
+            return HTMLResponse(self._ide_html)
+        media = negotiate(request.headers.get("accept"))
+        if media is None:
+            return _response(_error_body(f"accept {GRAPHQL_RESPONSE} or {JSON}"), 406, JSON)
+        try:
+            if request.method == "GET":
+                params: Any = dict(request.query_params)
+                allowed = {OperationType.QUERY}
+            elif request.method == "POST":
+                params = await read_post(request)
+                allowed = {OperationType.QUERY, OperationType.MUTATION}
+            else:
+                raise RequestError("use GET or POST", 405, {"Allow": "GET, POST"})
+            query, variables, operation_name = parse_params(params)
+        except RequestError as exc:
+            return _response(_error_body(str(exc)), exc.status, media, exc.headers)
+        try:
+            context = await self.context_factory(request)
+        except Unauthenticated as exc:
+            return _response(_error_body(exc.message, exc.code), 401, media,
+                             {"WWW-Authenticate": 'Bearer error="invalid_token"'})
+        return await self.execute(query, variables, operation_name, allowed, context, media,
+                                  request.method)
+
+    async def execute(self, query: str, variables: dict[str, Any] | None,
+                      operation_name: str | None, allowed: set[OperationType],
+                      context: GraphContext, media: str, method: str) -> Response:
+        try:
+            result = await self.schema.execute(
+                query, variable_values=variables, context_value=context,
+                operation_name=operation_name, allowed_operation_types=allowed,
+            )
+        except InvalidOperationTypeError as exc:
+            if method == "GET" and exc.operation_type is OperationType.MUTATION:
+                return _response(_error_body("mutations need POST"), 405, media,
+                                 {"Allow": "POST"})
+            return self._request_failure(
+                "subscriptions run over the websocket endpoint", media)
+        except CannotGetOperationTypeError as exc:
+            return self._request_failure(exc.as_http_error_reason(), media)
+        errors = [e.formatted for e in result.errors] if result.errors else None
+        no_data = isinstance(result, PreExecutionError) or (
+            result.data is None and result.errors is not None
+            and all(e.path is None for e in result.errors)
+        )
+        payload: dict[str, Any] = {} if no_data else {"data": result.data}
+        if errors:
+            payload["errors"] = errors
+        if result.extensions:
+            payload["extensions"] = result.extensions
+        status = 400 if no_data and media == GRAPHQL_RESPONSE else 200
+        return _response(payload, status, media)
+
+    @staticmethod
+    def _request_failure(message: str, media: str) -> Response:
+        status = 400 if media == GRAPHQL_RESPONSE else 200
+        return _response({"errors": [GraphQLError(message).formatted]}, status, media)

@@ -1,0 +1,174 @@
+"""Mutation inputs. Optional fields left out stay unchanged (``UNSET``); an explicit null
+clears a clearable field."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import strawberry
+
+from domain.services import UNSET
+from graph.enums import ConnectorType, IdTagStatus, Registration, Role
+
+
+def given(value: Any) -> Any:
+    """Strawberry's UNSET (field left out) as the domain's UNSET."""
+    return UNSET if value is strawberry.UNSET else value
+
+
+@strawberry.input
+class LocationInput:
+    lat: float
+    lon: float
+    address: str | None = None
+
+
+@strawberry.input
+class CreateCompanyInput:
+    name: str
+
+
+@strawberry.input
+class UpdateCompanyInput:
+    id: strawberry.ID
+    name: str
+
+
+@strawberry.input
+class CreateUserInput:
+    email: str
+    password: str
+    name: str
+    role: Role = Role.DRIVER  # type: ignore[assignment]
+    company_id: strawberry.ID | None = None
+
+
+@strawberry.input
+class UpdateUserInput:
+    id: strawberry.ID
+    name: str | None = strawberry.UNSET
+    email: str | None = strawberry.UNSET
+    password: str | None = strawberry.UNSET
+    role: Role | None = strawberry.UNSET
+    company_id: strawberry.ID | None = strawberry.UNSET
+    active: bool | None = strawberry.UNSET
+
+
+@strawberry.input
+class DeactivateUserInput:
+    id: strawberry.ID
+
+
+@strawberry.input
+class RemoveVehicleInput:
+    id: strawberry.ID
+
+
+@strawberry.input
+class RemoveStationInput:
+    id: strawberry.ID
+
+
+@strawberry.input
+class RemoveConnectorInput:
+    id: strawberry.ID
+
+
+@strawberry.input
+class AddVehicleInput:
+    license_plate: str
+    owner_id: strawberry.ID | None = strawberry.field(
+        default=None, description="Defaults to the signed-in user."
+    )
+    make: str | None = None
+    model: str | None = None
+    battery_kwh: float | None = None
+
+
+@strawberry.input
+class UpdateVehicleInput:
+    id: strawberry.ID
+    license_plate: str | None = strawberry.UNSET
+    make: str | None = strawberry.UNSET
+    model: str | None = strawberry.UNSET
+    battery_kwh: float | None = strawberry.UNSET
+
+
+@strawberry.input
+class IssueIdTagInput:
+    tag: str = strawberry.field(description="OCPP idTag, at most 20 characters.")
+    user_id: strawberry.ID | None = strawberry.field(
+        default=None, description="Defaults to the signed-in user."
+    )
+    vehicle_id: strawberry.ID | None = None
+    expires_at: datetime | None = None
+
+
+@strawberry.input
+class UpdateIdTagInput:
+    id: strawberry.ID
+    status: IdTagStatus | None = strawberry.UNSET
+    vehicle_id: strawberry.ID | None = strawberry.UNSET
+    expires_at: datetime | None = strawberry.UNSET
+
+
+@strawberry.input
+class ConnectorInput:
+    connector_id: int
+    type: ConnectorType = ConnectorType.TYPE2  # type: ignore[assignment]
+    max_kw: float | None = None
+
+
+@strawberry.input
+class CreateStationInput:
+    cp_id: str = strawberry.field(description="OCPP identity (websocket path segment).")
+    name: str
+    company_id: strawberry.ID | None = None
+    owner_id: strawberry.ID | None = None
+    location: LocationInput | None = None
+    connectors: list[ConnectorInput] = strawberry.field(default_factory=list)
+    password: str | None = strawberry.field(
+        default=None, description="HTTP Basic password the charger authenticates with "
+                                  "(OCPP security profile 1/2)."
+    )
+
+
+@strawberry.input
+class UpdateStationInput:
+    id: strawberry.ID
+    name: str | None = strawberry.UNSET
+    location: LocationInput | None = strawberry.UNSET
+    company_id: strawberry.ID | None = strawberry.UNSET
+    owner_id: strawberry.ID | None = strawberry.UNSET
+    password: str | None = strawberry.UNSET
+    registration: Registration | None = strawberry.UNSET
+
+
+@strawberry.input
+class AddConnectorInput:
+    station_id: strawberry.ID
+    connector_id: int
+    type: ConnectorType = ConnectorType.TYPE2  # type: ignore[assignment]
+    max_kw: float | None = None
+
+
+@strawberry.input
+class UpdateConnectorInput:
+    id: strawberry.ID
+    type: ConnectorType | None = strawberry.UNSET
+    max_kw: float | None = strawberry.UNSET
+
+
+@strawberry.input
+class SetTariffInput:
+    company_id: strawberry.ID | None = None
+    station_id: strawberry.ID | None = None
+    price_per_kwh: Decimal
+    currency: str
+    price_per_minute: Decimal = Decimal(0)
+    session_fee: Decimal = Decimal(0)
+    tax_rate: Decimal = Decimal(0)
+    valid_from: datetime | None = strawberry.field(default=None,
+                                                   description="Defaults to now.")

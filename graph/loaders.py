@@ -1,0 +1,77 @@
+"""Per-request DataLoaders: every relation of the graph resolves through one of these, so
+a nested query costs one store call per level whatever the number of rows.
+
+Loaders are built per request (and per subscription event) and never shared: their cache
+is only valid for one viewer at one moment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from typing import Any
+
+from aiodataloader import DataLoader
+
+from domain.entities import E, Record
+from domain.policy import Viewer
+from domain.query import Filter, Sort
+from domain.services.reads import ReadService
+
+
+class Loaders:
+    def __init__(self, reads: ReadService, viewer: Viewer) -> None:
+        self._reads = reads
+        self._viewer = viewer
+        self._loaders: dict[Hashable, DataLoader] = {}
+
+    def by_id(self, kind: type[E]) -> DataLoader:
+        """Records by id; ``None`` for missing or hidden ones."""
+        key = ("id", kind)
+        if key not in self._loaders:
+            async def load(ids: Sequence[str]) -> list[Record | None]:
+                return await self._reads.get_many(self._viewer, kind, list(ids))  # type: ignore[return-value]
+
+            self._loaders[key] = DataLoader(load)
+        return self._loaders[key]
+
+    def one_by(self, kind: type[E], key_field: str, where: Filter,
+               sort: Sequence[Sort] = ()) -> DataLoader:
+        """The first record (in ``sort`` order) per key value, e.g. a connector's active
+        session."""
+        loader_key = ("one", kind, key_field, where, tuple(sort))
+        if loader_key not in self._loaders:
+            async def load(keys: Sequence[Any]) -> list[Record | None]:
+                found = await self._reads.grouped(
+                    self._viewer, kind, key_field, list(keys), where, sort, 1
+                )
+                return [found.get(k, [None])[0] for k in keys]
+
+            self._loaders[loader_key] = DataLoader(load)
+        return self._loaders[loader_key]
+
+    def many_by(self, kind: type[E], key_field: str, where: Filter, sort: Sequence[Sort],
+                limit: int) -> DataLoader:
+        """Up to ``limit`` records per key value in ``sort`` order (nested lists)."""
+        loader_key = ("many", kind, key_field, where, tuple(sort), limit)
+        if loader_key not in self._loaders:
+            async def load(keys: Sequence[Any]) -> list[list[Record]]:
+                found = await self._reads.grouped(
+                    self._viewer, kind, key_field, list(keys), where, sort, limit
+                )
+                return [found.get(k, []) for k in keys]
+
+            self._loaders[loader_key] = DataLoader(load)
+        return self._loaders[loader_key]
+
+    def count_by(self, kind: type[E], key_field: str, where: Filter) -> DataLoader:
+        """How many records per key value (``totalCount`` of nested connections)."""
+        loader_key = ("count", kind, key_field, where)
+        if loader_key not in self._loaders:
+            async def load(keys: Sequence[Any]) -> list[int]:
+                found = await self._reads.count_grouped(
+                    self._viewer, kind, key_field, list(keys), where
+                )
+                return [found.get(k, 0) for k in keys]
+
+            self._loaders[loader_key] = DataLoader(load)
+        return self._loaders[loader_key]

@@ -1,0 +1,403 @@
+"""The Mutation root. Each mutation translates its input, calls one domain use case and
+returns a payload: the object, plus ``errors`` for expected failures (a field and a code),
+so clients never parse messages."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any, TypeVar
+
+import strawberry
+
+from domain.errors import DomainError, Forbidden, Unauthenticated
+from domain.services import UNSET, ConnectorSpec
+from graph.context import GraphContext
+from graph.errors import UserError, user_error
+from graph.ids import expect_id
+from graph.inputs import (
+    AddConnectorInput,
+    AddVehicleInput,
+    CreateCompanyInput,
+    CreateStationInput,
+    CreateUserInput,
+    DeactivateUserInput,
+    IssueIdTagInput,
+    RemoveConnectorInput,
+    RemoveStationInput,
+    RemoveVehicleInput,
+    SetTariffInput,
+    UpdateCompanyInput,
+    UpdateConnectorInput,
+    UpdateIdTagInput,
+    UpdateStationInput,
+    UpdateUserInput,
+    UpdateVehicleInput,
+    given,
+)
+from graph.nodes import Company, Connector, IdTag, Station, Tariff, User, Vehicle
+
+Info = strawberry.Info
+T = TypeVar("T")
+
+
+def _ctx(info: Info) -> GraphContext:
+    return info.context  # type: ignore[no-any-return]
+
+
+async def attempt(ctx: GraphContext, action: Callable[[], Awaitable[T]]
+                  ) -> tuple[T | None, list[UserError]]:
+    """Run a use case; expected failures become user errors, anything else propagates
+    (and is masked with an error id). An anonymous caller refused is told to sign in."""
+    try:
+        return await action(), []
+    except Forbidden as exc:
+        if ctx.viewer.anonymous:
+            return None, [UserError(field=None, message="sign in first",
+                                    code=Unauthenticated.code)]
+        return None, [user_error(exc)]
+    except DomainError as exc:
+        return None, [user_error(exc)]
+
+
+def _opt_id(value: Any, kind: str, field: str) -> Any:
+    """An optional id input: UNSET and None pass through, ids are decoded."""
+    value = given(value)
+    if value is UNSET or value is None:
+        return value
+    return expect_id(str(value), kind, field)
+
+
+@strawberry.type
+class LoginPayload:
+    token: str | None
+    expires_at: datetime | None
+    user: User | None
+    errors: list[UserError]
+
+
+@strawberry.type
+class CompanyPayload:
+    company: Company | None
+    errors: list[UserError]
+
+
+@strawberry.type
+class UserPayload:
+    user: User | None
+    errors: list[UserError]
+
+
+@strawberry.type
+class VehiclePayload:
+    vehicle: Vehicle | None
+    errors: list[UserError]
+
+
+@strawberry.type
+class IdTagPayload:
+    id_tag: IdTag | None
+    errors: list[UserError]
+
+
+@strawberry.type
+class StationPayload:
+    station: Station | None
+    errors: list[UserError]
+
+
+@strawberry.type
+class ConnectorPayload:
+    connector: Connector | None
+    errors: list[UserError]
+
+
+@strawberry.type
+class TariffPayload:
+    tariff: Tariff | None
+    errors: list[UserError]
+
+
+@strawberry.type
+class Mutation:
+    # ------------------------------------------------------------- sign-in
+    @strawberry.mutation(description="Exchange email and password for a bearer token.")
+    async def login(self, info: Info, email: str, password: str) -> LoginPayload:
+        ctx = _ctx(info)
+        user, errors = await attempt(
+            ctx, lambda: ctx.services.accounts.authenticate(email, password)
+        )
+        if user is None:
+            return LoginPayload(token=None, expires_at=None, user=None, errors=errors)
+        issued = ctx.tokens.issue(user.id)
+        from domain.policy import Viewer
+
+        own_view = GraphContext.build(ctx.services, ctx.tokens, Viewer.of(user))
+        return LoginPayload(token=issued.token, expires_at=issued.expires_at,
+                            user=User.wrap(user, own_view), errors=[])
+
+    # ------------------------------------------------------------- companies and users
+    @strawberry.mutation
+    async def create_company(self, info: Info, input: CreateCompanyInput) -> CompanyPayload:
+        ctx = _ctx(info)
+        company, errors = await attempt(
+            ctx, lambda: ctx.services.accounts.create_company(ctx.viewer, name=input.name)
+        )
+        return CompanyPayload(company=Company.wrap(company, ctx) if company else None,
+                              errors=errors)
+
+    @strawberry.mutation
+    async def update_company(self, info: Info, input: UpdateCompanyInput) -> CompanyPayload:
+        ctx = _ctx(info)
+
+        async def run() -> Any:
+            return await ctx.services.accounts.update_company(
+                ctx.viewer, expect_id(str(input.id), "company", "id"), name=input.name
+            )
+
+        company, errors = await attempt(ctx, run)
+        return CompanyPayload(company=Company.wrap(company, ctx) if company else None,
+                              errors=errors)
+
+    @strawberry.mutation
+    async def create_user(self, info: Info, input: CreateUserInput) -> UserPayload:
+        ctx = _ctx(info)
+
+        async def run() -> Any:
+            return await ctx.services.accounts.create_user(
+                ctx.viewer, email=input.email, password=input.password, name=input.name,
+                role=input.role,  # type: ignore[arg-type]
+                company_id=_opt_id(input.company_id, "company", "companyId"),
+            )
+
+        user, errors = await attempt(ctx, run)
+        return UserPayload(user=User.wrap(user, ctx) if user else None, errors=errors)
+
+    @strawberry.mutation
+    async def update_user(self, info: Info, input: UpdateUserInput) -> UserPayload:
+        ctx = _ctx(info)
+
+        async def run() -> Any:
+            return await ctx.services.accounts.update_user(
+                ctx.viewer, expect_id(str(input.id), "user", "id"),
+                name=given(input.name), email=given(input.email),
+                password=given(input.password), role=given(input.role),
+                company_id=_opt_id(input.company_id, "company", "companyId"),
+                active=given(input.active),
+            )
+
+        user, errors = await attempt(ctx, run)
+        return UserPayload(user=User.wrap(user, ctx) if user else None, errors=errors)
+
+    @strawberry.mutation(description="Blocks sign-in and invalidates the user's tokens.")
+    async def deactivate_user(self, info: Info, input: DeactivateUserInput) -> UserPayload:
+        ctx = _ctx(info)
+
+        async def run() -> Any:
+            return await ctx.services.accounts.deactivate_user(
+                ctx.viewer, expect_id(str(input.id), "user", "id")
+            )
+
+        user, errors = await attempt(ctx, run)
+        return UserPayload(user=User.wrap(user, ctx) if user else None, errors=errors)
+
+    # ------------------------------------------------------------- vehicles and id tags
+    @strawberry.mutation
+    async def add_vehicle(self, info: Info, input: AddVehicleInput) -> VehiclePayload:
+        ctx = _ctx(info)
+
+        async def run() -> Any:
+            return await ctx.services.fleet.add_vehicle(
+                ctx.viewer, license_plate=input.license_plate,
+                owner_id=_opt_id(input.owner_id, "user", "ownerId"),
+                make=input.make, model=input.model, battery_kwh=input.battery_kwh,
+            )
+
+        vehicle, errors = await attempt(ctx, run)
+        return VehiclePayload(vehicle=Vehicle.wrap(vehicle, ctx) if vehicle else None,
+                              errors=errors)
+
+    @strawberry.mutation
+    async def update_vehicle(self, info: Info, input: UpdateVehicleInput) -> VehiclePayload:
+        ctx = _ctx(info)
+
+        async def run() -> Any:
+            return await ctx.services.fleet.update_vehicle(
+                ctx.viewer, expect_id(str(input.id), "vehicle", "id"),
+                license_plate=given(input.license_plate), make=given(input.make),
+                model=given(input.model), battery_kwh=given(input.battery_kwh),
+            )
+
+        vehicle, errors = await attempt(ctx, run)
+        return VehiclePayload(vehicle=Vehicle.wrap(vehicle, ctx) if vehicle else None,
+                              errors=errors)
+
+    @strawberry.mutation(description="Returns the removed vehicle as it was.")
+    async def remove_vehicle(self, info: Info, input: RemoveVehicleInput) -> VehiclePayload:
+        ctx = _ctx(info)
+
+        async def run() -> Any:
+            return await ctx.services.fleet.remove_vehicle(
+                ctx.viewer, expect_id(str(input.id), "vehicle", "id")
+            )
+
+        vehicle, errors = await attempt(ctx, run)
+        return VehiclePayload(vehicle=Vehicle.wrap(vehicle, ctx) if vehicle else None,
+                              errors=errors)
+
+    @strawberry.mutation
+    async def issue_id_tag(self, info: Info, input: IssueIdTagInput) -> IdTagPayload:
+        ctx = _ctx(info)
+
+        async def run() -> Any:
+            return await ctx.services.fleet.issue_id_tag(
+                ctx.viewer, tag=input.tag,
+                user_id=_opt_id(input.user_id, "user", "userId"),
+                vehicle_id=_opt_id(input.vehicle_id, "vehicle", "vehicleId"),
+                expires_at=input.expires_at,
+            )
+
+        id_tag, errors = await attempt(ctx, run)
+        return IdTagPayload(id_tag=IdTag.wrap(id_tag, ctx) if id_tag else None, errors=errors)
+
+    @strawberry.mutation
+    async def update_id_tag(self, info: Info, input: UpdateIdTagInput) -> IdTagPayload:
+        ctx = _ctx(info)
+
+        async def run() -> Any:
+            return await ctx.services.fleet.update_id_tag(
+                ctx.viewer, expect_id(str(input.id), "id_tag", "id"),
+                status=given(input.status),
+                vehicle_id=_opt_id(input.vehicle_id, "vehicle", "vehicleId"),
+                expires_at=given(input.expires_at),
+            )
+
+        id_tag, errors = await attempt(ctx, run)
+        return IdTagPayload(id_tag=IdTag.wrap(id_tag, ctx) if id_tag else None, errors=errors)
+
+    # ------------------------------------------------------------- stations
+    @strawberry.mutation(description="A station and its connectors, in one write.")
+    async def create_station(self, info: Info, input: CreateStationInput) -> StationPayload:
+        ctx = _ctx(info)
+
+        async def run() -> Any:
+            location = input.location
+            station, _ = await ctx.services.stations.create_station(
+                ctx.viewer, cp_id=input.cp_id, name=input.name,
+                company_id=_opt_id(input.company_id, "company", "companyId"),
+                owner_id=_opt_id(input.owner_id, "user", "ownerId"),
+                lat=location.lat if location else None,
+                lon=location.lon if location else None,
+                address=location.address if location else None,
+                connectors=[
+                    ConnectorSpec(c.connector_id, c.type, c.max_kw)  # type: ignore[arg-type]
+                    for c in input.connectors
+                ],
+                password=input.password,
+            )
+            return station
+
+        station, errors = await attempt(ctx, run)
+        return StationPayload(station=Station.wrap(station, ctx) if station else None,
+                              errors=errors)
+
+    @strawberry.mutation
+    async def update_station(self, info: Info, input: UpdateStationInput) -> StationPayload:
+        ctx = _ctx(info)
+
+        async def run() -> Any:
+            location = given(input.location)
+            place: dict[str, Any] = {}
+            if location is None:
+                place = {"lat": None, "lon": None, "address": None}
+            elif location is not UNSET:
+                place = {"lat": location.lat, "lon": location.lon, "address": location.address}
+            return await ctx.services.stations.update_station(
+                ctx.viewer, expect_id(str(input.id), "station", "id"),
+                name=given(input.name),
+                company_id=_opt_id(input.company_id, "company", "companyId"),
+                owner_id=_opt_id(input.owner_id, "user", "ownerId"),
+                password=given(input.password), registration=given(input.registration),
+                **place,
+            )
+
+        station, errors = await attempt(ctx, run)
+        return StationPayload(station=Station.wrap(station, ctx) if station else None,
+                              errors=errors)
+
+    @strawberry.mutation(description="Removes a station and its connectors; its sessions "
+                                     "stay in the history.")
+    async def remove_station(self, info: Info, input: RemoveStationInput) -> StationPayload:
+        ctx = _ctx(info)
+
+        async def run() -> Any:
+            return await ctx.services.stations.remove_station(
+                ctx.viewer, expect_id(str(input.id), "station", "id")
+            )
+
+        station, errors = await attempt(ctx, run)
+        return StationPayload(station=Station.wrap(station, ctx) if station else None,
+                              errors=errors)
+
+    @strawberry.mutation
+    async def add_connector(self, info: Info, input: AddConnectorInput) -> ConnectorPayload:
+        ctx = _ctx(info)
+
+        async def run() -> Any:
+            return await ctx.services.stations.add_connector(
+                ctx.viewer, expect_id(str(input.station_id), "station", "stationId"),
+                ConnectorSpec(input.connector_id, input.type,  # type: ignore[arg-type]
+                              input.max_kw),
+            )
+
+        connector, errors = await attempt(ctx, run)
+        return ConnectorPayload(connector=Connector.wrap(connector, ctx) if connector else None,
+                                errors=errors)
+
+    @strawberry.mutation
+    async def update_connector(self, info: Info, input: UpdateConnectorInput
+                               ) -> ConnectorPayload:
+        ctx = _ctx(info)
+
+        async def run() -> Any:
+            return await ctx.services.stations.update_connector(
+                ctx.viewer, expect_id(str(input.id), "connector", "id"),
+                type=given(input.type), max_kw=given(input.max_kw),
+            )
+
+        connector, errors = await attempt(ctx, run)
+        return ConnectorPayload(connector=Connector.wrap(connector, ctx) if connector else None,
+                                errors=errors)
+
+    @strawberry.mutation
+    async def remove_connector(self, info: Info, input: RemoveConnectorInput) -> ConnectorPayload:
+        ctx = _ctx(info)
+
+        async def run() -> Any:
+            return await ctx.services.stations.remove_connector(
+                ctx.viewer, expect_id(str(input.id), "connector", "id")
+            )
+
+        connector, errors = await attempt(ctx, run)
+        return ConnectorPayload(connector=Connector.wrap(connector, ctx) if connector else None,
+                                errors=errors)
+
+    # ------------------------------------------------------------- prices
+    @strawberry.mutation(description="A new price list for a company or one station, in "
+                                     "force from `validFrom` (default now).")
+    async def set_tariff(self, info: Info, input: SetTariffInput) -> TariffPayload:
+        ctx = _ctx(info)
+
+        async def run() -> Any:
+            return await ctx.services.tariffs.set_tariff(
+                ctx.viewer,
+                company_id=_opt_id(input.company_id, "company", "companyId"),
+                station_id=_opt_id(input.station_id, "station", "stationId"),
+                price_per_kwh=input.price_per_kwh, currency=input.currency,
+                price_per_minute=input.price_per_minute, session_fee=input.session_fee,
+                tax_rate=input.tax_rate, valid_from=input.valid_from,
+            )
+
+        tariff, errors = await attempt(ctx, run)
+        return TariffPayload(tariff=Tariff.wrap(tariff, ctx) if tariff else None,
+                             errors=errors)

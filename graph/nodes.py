@@ -1,0 +1,612 @@
+"""The object types of the graph. Leaves are plain attributes copied from the record (no
+resolver per leaf); relations are async and go through the per-request loaders, with the
+viewer's scope applied by the domain. Fields a viewer may not see read as null."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+import strawberry
+from strawberry.scalars import JSON
+
+from domain import entities as d
+from domain.ids import is_id
+from domain.query import ALL, Eq, Range, Sort
+from graph.enums import (
+    AuditAction,
+    ConnectorStatus,
+    ConnectorType,
+    IdTagStatus,
+    PaymentStatus,
+    Registration,
+    ReservationState,
+    Role,
+    SessionState,
+)
+from graph.ids import to_global_id
+from graph.relay import Connection, Node, PageArgs, nested_connection
+
+if TYPE_CHECKING:
+    from graph.context import GraphContext
+
+Info = strawberry.Info
+
+NEWEST_FIRST = (Sort("start_time", descending=True),)
+BY_CONNECTOR = (Sort("connector_id"),)
+MAX_CONNECTORS = 100
+
+
+def _ctx(info: Info) -> GraphContext:
+    return info.context  # type: ignore[no-any-return]
+
+
+async def _load(info: Info, kind: type[d.Record], record_id: str | None) -> Any:
+    if record_id is None:
+        return None
+    return await _ctx(info).loaders.by_id(kind).load(record_id)
+
+
+async def _station_connectors(info: Info, station_id: str) -> list[d.Connector]:
+    loader = _ctx(info).loaders.many_by(d.Connector, "station_id", ALL, BY_CONNECTOR,
+                                        MAX_CONNECTORS)
+    return await loader.load(station_id)  # type: ignore[no-any-return]
+
+
+def _page(first: int | None, after: str | None, last: int | None, before: str | None
+          ) -> PageArgs:
+    return PageArgs(first=first, after=after, last=last, before=before)
+
+
+@strawberry.interface(description="Who created and last changed a record, and when.")
+class Audited:
+    created_at: datetime
+    updated_at: datetime
+    created_by: str | None = strawberry.field(
+        description="User id, `ocpp:<cpId>` or `system`; null where the viewer may not know."
+    )
+    updated_by: str | None
+
+
+def _staff(ctx: GraphContext) -> bool:
+    """Admins and operators: who may see the audit stamps of shared, public records."""
+    return ctx.viewer.is_admin or ctx.viewer.is_operator
+
+
+def _audit_fields(r: d.Record, visible: bool = True) -> dict[str, Any]:
+    return {
+        "created_at": r.created_at,
+        "updated_at": r.updated_at,
+        "created_by": r.created_by if visible else None,
+        "updated_by": r.updated_by if visible else None,
+    }
+
+
+@strawberry.type(description="A money amount, exact.")
+class Money:
+    amount_minor: int = strawberry.field(description="In the currency's minor unit (cents).")
+    currency: str
+
+    @strawberry.field(description="The amount in major units, e.g. 12.34.")
+    def amount(self) -> Decimal:
+        return Decimal(self.amount_minor).scaleb(-2)
+
+
+@strawberry.type(description="Where a station stands.")
+class Location:
+    lat: float
+    lon: float
+    address: str | None
+
+
+# ------------------------------------------------------------------------- accounts
+@strawberry.type(description="An operator business: groups stations and staff.")
+class Company(Node, Audited):
+    name: str
+    _r: strawberry.Private[d.Company]
+
+    @classmethod
+    def wrap(cls, r: d.Company, ctx: GraphContext) -> Company:
+        return cls(id=strawberry.ID(to_global_id(r.kind, r.id)), name=r.name, _r=r,
+                   **_audit_fields(r))
+
+    @strawberry.field
+    async def stations(self, info: Info, first: int | None = None, after: str | None = None,
+                       last: int | None = None, before: str | None = None
+                       ) -> Connection[Station]:
+        return await nested_connection(_ctx(info), d.Station, Station.wrap, "company_id",
+                                       self._r.id, ALL, (), _page(first, after, last, before))
+
+    @strawberry.field
+    async def users(self, info: Info, first: int | None = None, after: str | None = None,
+                    last: int | None = None, before: str | None = None) -> Connection[User]:
+        return await nested_connection(_ctx(info), d.User, User.wrap, "company_id", self._r.id,
+                                       ALL, (), _page(first, after, last, before))
+
+
+@strawberry.type(description="A person: driver, operator or admin.")
+class User(Node, Audited):
+    name: str
+    email: str | None = strawberry.field(description="Null in reduced views.")
+    role: Role | None
+    active: bool | None
+    _r: strawberry.Private[d.User]
+    _private: strawberry.Private[bool]
+
+    @classmethod
+    def wrap(cls, r: d.User, ctx: GraphContext) -> User:
+        private = ctx.services.policy.sees_user_private(ctx.viewer, r)
+        return cls(
+            id=strawberry.ID(to_global_id(r.kind, r.id)),
+            name=r.name,
+            email=r.email if private else None,
+            role=r.role if private else None,  # type: ignore[arg-type]
+            active=r.active if private else None,
+            _r=r,
+            _private=private,
+            **_audit_fields(r, private),
+        )
+
+    @strawberry.field
+    async def company(self, info: Info) -> Company | None:
+        if not self._private:
+            return None
+        record = await _load(info, d.Company, self._r.company_id)
+        return Company.wrap(record, _ctx(info)) if record else None
+
+    @strawberry.field
+    async def vehicles(self, info: Info, first: int | None = None, after: str | None = None,
+                       last: int | None = None, before: str | None = None
+                       ) -> Connection[Vehicle]:
+        return await nested_connection(_ctx(info), d.Vehicle, Vehicle.wrap, "owner_id",
+                                       self._r.id, ALL, (), _page(first, after, last, before))
+
+    @strawberry.field(name="idTags")
+    async def id_tags(self, info: Info, first: int | None = None, after: str | None = None,
+                      last: int | None = None, before: str | None = None
+                      ) -> Connection[IdTag]:
+        return await nested_connection(_ctx(info), d.IdTag, IdTag.wrap, "user_id", self._r.id,
+                                       ALL, (), _page(first, after, last, before))
+
+    @strawberry.field
+    async def sessions(self, info: Info, first: int | None = None, after: str | None = None,
+                       last: int | None = None, before: str | None = None
+                       ) -> Connection[Session]:
+        return await nested_connection(_ctx(info), d.Session, Session.wrap, "user_id",
+                                       self._r.id, ALL, NEWEST_FIRST,
+                                       _page(first, after, last, before))
+
+    @strawberry.field(description="Stations this user owns.")
+    async def stations(self, info: Info, first: int | None = None, after: str | None = None,
+                       last: int | None = None, before: str | None = None
+                       ) -> Connection[Station]:
+        return await nested_connection(_ctx(info), d.Station, Station.wrap, "owner_id",
+                                       self._r.id, ALL, (), _page(first, after, last, before))
+
+
+@strawberry.type(description="An electric vehicle, owned by a user.")
+class Vehicle(Node, Audited):
+    license_plate: str = strawberry.field(description="Normalized: upper case, no spaces.")
+    make: str | None
+    model: str | None
+    battery_kwh: float | None
+    _r: strawberry.Private[d.Vehicle]
+    _private: strawberry.Private[bool]
+
+    @classmethod
+    def wrap(cls, r: d.Vehicle, ctx: GraphContext) -> Vehicle:
+        private = ctx.services.policy.sees_vehicle_private(ctx.viewer, r)
+        return cls(
+            id=strawberry.ID(to_global_id(r.kind, r.id)),
+            license_plate=r.license_plate,
+            make=r.make,
+            model=r.model,
+            battery_kwh=r.battery_kwh if private else None,
+            _r=r,
+            _private=private,
+            **_audit_fields(r, private),
+        )
+
+    @strawberry.field
+    async def owner(self, info: Info) -> User | None:
+        record = await _load(info, d.User, self._r.owner_id)
+        return User.wrap(record, _ctx(info)) if record else None
+
+    @strawberry.field
+    async def sessions(self, info: Info, first: int | None = None, after: str | None = None,
+                       last: int | None = None, before: str | None = None
+                       ) -> Connection[Session]:
+        return await nested_connection(_ctx(info), d.Session, Session.wrap, "vehicle_id",
+                                       self._r.id, ALL, NEWEST_FIRST,
+                                       _page(first, after, last, before))
+
+    @strawberry.field(name="idTags")
+    async def id_tags(self, info: Info, first: int | None = None, after: str | None = None,
+                      last: int | None = None, before: str | None = None
+                      ) -> Connection[IdTag]:
+        return await nested_connection(_ctx(info), d.IdTag, IdTag.wrap, "vehicle_id",
+                                       self._r.id, ALL, (), _page(first, after, last, before))
+
+
+@strawberry.type(description="An RFID card or app token (OCPP idTag) of a user.")
+class IdTag(Node, Audited):
+    tag: str
+    status: IdTagStatus
+    expires_at: datetime | None
+    _r: strawberry.Private[d.IdTag]
+
+    @classmethod
+    def wrap(cls, r: d.IdTag, ctx: GraphContext) -> IdTag:
+        return cls(id=strawberry.ID(to_global_id(r.kind, r.id)), tag=r.tag,
+                   status=r.status,  # type: ignore[arg-type]
+                   expires_at=r.expires_at, _r=r, **_audit_fields(r))
+
+    @strawberry.field
+    async def user(self, info: Info) -> User | None:
+        record = await _load(info, d.User, self._r.user_id)
+        return User.wrap(record, _ctx(info)) if record else None
+
+    @strawberry.field
+    async def vehicle(self, info: Info) -> Vehicle | None:
+        record = await _load(info, d.Vehicle, self._r.vehicle_id)
+        return Vehicle.wrap(record, _ctx(info)) if record else None
+
+
+# ------------------------------------------------------------------------- stations
+@strawberry.type(description="A charge point (OCPP identity `cpId`).")
+class Station(Node, Audited):
+    cp_id: str
+    name: str
+    location: Location | None
+    online: bool
+    vendor: str | None
+    model: str | None
+    serial: str | None
+    firmware: str | None
+    registration: Registration | None
+    last_seen: datetime | None
+    firmware_status: str | None
+    diagnostics_status: str | None
+    _r: strawberry.Private[d.Station]
+    _private: strawberry.Private[bool]
+
+    @classmethod
+    def wrap(cls, r: d.Station, ctx: GraphContext) -> Station:
+        private = ctx.services.policy.sees_station_private(ctx.viewer, r)
+        location = (
+            Location(lat=r.lat, lon=r.lon, address=r.address)
+            if r.lat is not None and r.lon is not None
+            else None
+        )
+        return cls(
+            id=strawberry.ID(to_global_id(r.kind, r.id)),
+            cp_id=r.cp_id,
+            name=r.name,
+            location=location,
+            online=r.online,
+            vendor=r.vendor if private else None,
+            model=r.model if private else None,
+            serial=r.serial if private else None,
+            firmware=r.firmware if private else None,
+            registration=r.registration if private else None,  # type: ignore[arg-type]
+            last_seen=r.last_seen if private else None,
+            firmware_status=r.firmware_status if private else None,
+            diagnostics_status=r.diagnostics_status if private else None,
+            _r=r,
+            _private=private,
+            **_audit_fields(r, private),
+        )
+
+    @strawberry.field
+    async def connectors(self, info: Info) -> list[Connector]:
+        ctx = _ctx(info)
+        return [Connector.wrap(c, ctx) for c in await _station_connectors(info, self._r.id)]
+
+    @strawberry.field
+    async def owner(self, info: Info) -> User | None:
+        if not self._private:
+            return None
+        record = await _load(info, d.User, self._r.owner_id)
+        return User.wrap(record, _ctx(info)) if record else None
+
+    @strawberry.field
+    async def company(self, info: Info) -> Company | None:
+        if not self._private:
+            return None
+        record = await _load(info, d.Company, self._r.company_id)
+        return Company.wrap(record, _ctx(info)) if record else None
+
+    @strawberry.field(description="The price list in force now: the station's, else its "
+                                  "company's.")
+    async def tariff(self, info: Info) -> Tariff | None:
+        ctx = _ctx(info)
+        in_force = Range("valid_from", lte=ctx.now)
+        newest = (Sort("valid_from", descending=True),)
+        own = await ctx.loaders.one_by(d.Tariff, "station_id", in_force, newest).load(self._r.id)
+        if own is None and self._r.company_id is not None:
+            own = await ctx.loaders.one_by(d.Tariff, "company_id", in_force, newest).load(
+                self._r.company_id
+            )
+        return Tariff.wrap(own, ctx) if own else None
+
+    @strawberry.field
+    async def sessions(self, info: Info, first: int | None = None, after: str | None = None,
+                       last: int | None = None, before: str | None = None
+                       ) -> Connection[Session]:
+        return await nested_connection(_ctx(info), d.Session, Session.wrap, "station_id",
+                                       self._r.id, ALL, NEWEST_FIRST,
+                                       _page(first, after, last, before))
+
+    @strawberry.field
+    async def reservations(self, info: Info, first: int | None = None,
+                           after: str | None = None, last: int | None = None,
+                           before: str | None = None) -> Connection[Reservation]:
+        return await nested_connection(_ctx(info), d.Reservation, Reservation.wrap,
+                                       "station_id", self._r.id, ALL, (),
+                                       _page(first, after, last, before))
+
+
+@strawberry.type(description="One plug of a station; `(cpId, connectorId)` is unique.")
+class Connector(Node, Audited):
+    cp_id: str
+    connector_id: int = strawberry.field(description="OCPP connector id, from 1.")
+    status: ConnectorStatus
+    error_code: str = strawberry.field(description="OCPP ChargePointErrorCode, `NoError` "
+                                                   "when healthy.")
+    info: str | None
+    status_at: datetime | None
+    type: ConnectorType
+    max_kw: float | None
+    _r: strawberry.Private[d.Connector]
+
+    @classmethod
+    def wrap(cls, r: d.Connector, ctx: GraphContext) -> Connector:
+        return cls(
+            id=strawberry.ID(to_global_id(r.kind, r.id)),
+            cp_id=r.cp_id,
+            connector_id=r.connector_id,
+            status=r.status,  # type: ignore[arg-type]
+            error_code=r.error_code,
+            info=r.info,
+            status_at=r.status_at,
+            type=r.type,  # type: ignore[arg-type]
+            max_kw=r.max_kw,
+            _r=r,
+            **_audit_fields(r, _staff(ctx)),
+        )
+
+    @strawberry.field
+    async def station(self, info: Info) -> Station | None:
+        record = await _load(info, d.Station, self._r.station_id)
+        return Station.wrap(record, _ctx(info)) if record else None
+
+    @strawberry.field(description="The session charging on this connector now, if the "
+                                  "viewer may see it.")
+    async def active_session(self, info: Info) -> Session | None:
+        ctx = _ctx(info)
+        loader = ctx.loaders.many_by(d.Session, "station_id", Eq("state", d.SessionState.ACTIVE),
+                                     (), MAX_CONNECTORS)
+        for session in await loader.load(self._r.station_id):
+            if session.connector_id == self._r.connector_id:
+                return Session.wrap(session, ctx)
+        return None
+
+
+@strawberry.type(description="One charging transaction.")
+class Session(Node, Audited):
+    transaction_id: int = strawberry.field(description="OCPP transactionId.")
+    cp_id: str
+    connector_id: int
+    id_tag: str
+    state: SessionState
+    start_time: datetime
+    end_time: datetime | None
+    meter_start_wh: int
+    meter_stop_wh: int | None
+    stop_reason: str | None
+    _r: strawberry.Private[d.Session]
+
+    @classmethod
+    def wrap(cls, r: d.Session, ctx: GraphContext) -> Session:
+        return cls(
+            id=strawberry.ID(to_global_id(r.kind, r.id)),
+            transaction_id=r.transaction_id,
+            cp_id=r.cp_id,
+            connector_id=r.connector_id,
+            id_tag=r.id_tag,
+            state=r.state,  # type: ignore[arg-type]
+            start_time=r.start_time,
+            end_time=r.end_time,
+            meter_start_wh=r.meter_start_wh,
+            meter_stop_wh=r.meter_stop_wh,
+            stop_reason=r.stop_reason,
+            _r=r,
+            **_audit_fields(r),
+        )
+
+    @strawberry.field(description="Energy delivered so far (live while charging).")
+    def energy_kwh(self) -> float:
+        return self._r.energy_wh / 1000
+
+    @strawberry.field(description="Charging power at the last meter value.")
+    def power_kw(self) -> float | None:
+        return self._r.power_w / 1000 if self._r.power_w is not None else None
+
+    @strawberry.field
+    def cost(self) -> Money | None:
+        if self._r.cost_minor is None or self._r.currency is None:
+            return None
+        return Money(amount_minor=self._r.cost_minor, currency=self._r.currency)
+
+    @strawberry.field
+    async def user(self, info: Info) -> User | None:
+        record = await _load(info, d.User, self._r.user_id)
+        return User.wrap(record, _ctx(info)) if record else None
+
+    @strawberry.field
+    async def vehicle(self, info: Info) -> Vehicle | None:
+        record = await _load(info, d.Vehicle, self._r.vehicle_id)
+        return Vehicle.wrap(record, _ctx(info)) if record else None
+
+    @strawberry.field
+    async def station(self, info: Info) -> Station | None:
+        record = await _load(info, d.Station, self._r.station_id)
+        return Station.wrap(record, _ctx(info)) if record else None
+
+    @strawberry.field
+    async def connector(self, info: Info) -> Connector | None:
+        for c in await _station_connectors(info, self._r.station_id):
+            if c.connector_id == self._r.connector_id:
+                return Connector.wrap(c, _ctx(info))
+        return None
+
+    @strawberry.field
+    async def payment(self, info: Info) -> Payment | None:
+        ctx = _ctx(info)
+        record = await ctx.loaders.one_by(d.Payment, "session_id", ALL).load(self._r.id)
+        return Payment.wrap(record, ctx) if record else None
+
+
+@strawberry.type(description="A connector held for a driver (OCPP ReserveNow).")
+class Reservation(Node, Audited):
+    reservation_id: int
+    cp_id: str
+    connector_id: int
+    id_tag: str
+    expires_at: datetime
+    state: ReservationState
+    _r: strawberry.Private[d.Reservation]
+
+    @classmethod
+    def wrap(cls, r: d.Reservation, ctx: GraphContext) -> Reservation:
+        return cls(
+            id=strawberry.ID(to_global_id(r.kind, r.id)),
+            reservation_id=r.reservation_id,
+            cp_id=r.cp_id,
+            connector_id=r.connector_id,
+            id_tag=r.id_tag,
+            expires_at=r.expires_at,
+            state=r.state,  # type: ignore[arg-type]
+            _r=r,
+            **_audit_fields(r),
+        )
+
+    @strawberry.field
+    async def station(self, info: Info) -> Station | None:
+        record = await _load(info, d.Station, self._r.station_id)
+        return Station.wrap(record, _ctx(info)) if record else None
+
+    @strawberry.field
+    async def user(self, info: Info) -> User | None:
+        record = await _load(info, d.User, self._r.user_id)
+        return User.wrap(record, _ctx(info)) if record else None
+
+
+@strawberry.type(description="A price list of a company or a station, from `validFrom` on.")
+class Tariff(Node, Audited):
+    price_per_kwh: Decimal
+    currency: str
+    price_per_minute: Decimal
+    session_fee: Decimal
+    tax_rate: Decimal = strawberry.field(description="e.g. 0.19 for 19 %.")
+    valid_from: datetime
+    _r: strawberry.Private[d.Tariff]
+
+    @classmethod
+    def wrap(cls, r: d.Tariff, ctx: GraphContext) -> Tariff:
+        return cls(
+            id=strawberry.ID(to_global_id(r.kind, r.id)),
+            price_per_kwh=r.price_per_kwh,
+            currency=r.currency,
+            price_per_minute=r.price_per_minute,
+            session_fee=r.session_fee,
+            tax_rate=r.tax_rate,
+            valid_from=r.valid_from,
+            _r=r,
+            **_audit_fields(r, _staff(ctx)),
+        )
+
+    @strawberry.field
+    async def station(self, info: Info) -> Station | None:
+        record = await _load(info, d.Station, self._r.station_id)
+        return Station.wrap(record, _ctx(info)) if record else None
+
+    @strawberry.field
+    async def company(self, info: Info) -> Company | None:
+        record = await _load(info, d.Company, self._r.company_id)
+        return Company.wrap(record, _ctx(info)) if record else None
+
+
+@strawberry.type(description="What a completed session costs, and its settlement state.")
+class Payment(Node, Audited):
+    status: PaymentStatus
+    provider: str
+    provider_ref: str | None
+    _r: strawberry.Private[d.Payment]
+
+    @classmethod
+    def wrap(cls, r: d.Payment, ctx: GraphContext) -> Payment:
+        return cls(id=strawberry.ID(to_global_id(r.kind, r.id)),
+                   status=r.status,  # type: ignore[arg-type]
+                   provider=r.provider, provider_ref=r.provider_ref, _r=r, **_audit_fields(r))
+
+    @strawberry.field
+    def amount(self) -> Money:
+        return Money(amount_minor=self._r.amount_minor, currency=self._r.currency)
+
+    @strawberry.field
+    async def session(self, info: Info) -> Session | None:
+        record = await _load(info, d.Session, self._r.session_id)
+        return Session.wrap(record, _ctx(info)) if record else None
+
+    @strawberry.field
+    async def user(self, info: Info) -> User | None:
+        record = await _load(info, d.User, self._r.user_id)
+        return User.wrap(record, _ctx(info)) if record else None
+
+
+@strawberry.type(description="One change of one record: who, what, when, before and after.")
+class AuditEntry(Node):
+    entity: str = strawberry.field(description="Entity kind, e.g. `station`, `id_tag`.")
+    entity_id: strawberry.ID = strawberry.field(description="Global id of the changed record.")
+    action: AuditAction
+    actor: str = strawberry.field(description="User id, `ocpp:<cpId>` or `system`.")
+    at: datetime
+    before: JSON | None
+    after: JSON | None
+    _r: strawberry.Private[d.AuditEntry]
+
+    @classmethod
+    def wrap(cls, r: d.AuditEntry, ctx: GraphContext) -> AuditEntry:
+        from graph.ids import TYPE_BY_KIND
+
+        entity_id = to_global_id(r.entity, r.entity_id) if r.entity in TYPE_BY_KIND \
+            else r.entity_id
+        return cls(id=strawberry.ID(to_global_id(r.kind, r.id)), entity=r.entity,
+                   entity_id=strawberry.ID(entity_id),
+                   action=r.action,  # type: ignore[arg-type]
+                   actor=r.actor, at=r.at, before=r.before, after=r.after, _r=r)
+
+    @strawberry.field(description="The user who made the change, when it was a user.")
+    async def actor_user(self, info: Info) -> User | None:
+        if not is_id(self._r.actor):
+            return None
+        record = await _load(info, d.User, self._r.actor)
+        return User.wrap(record, _ctx(info)) if record else None
+
+
+#: Node type for each entity kind, for ``node(id:)`` and payloads.
+NODE_BY_KIND: dict[str, Any] = {
+    "company": Company,
+    "user": User,
+    "vehicle": Vehicle,
+    "id_tag": IdTag,
+    "station": Station,
+    "connector": Connector,
+    "session": Session,
+    "reservation": Reservation,
+    "tariff": Tariff,
+    "payment": Payment,
+    "audit_entry": AuditEntry,
+}

@@ -1,0 +1,203 @@
+"""The Query root: `me`, `node(id:)` and one connection per entity list."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import strawberry
+
+from domain import entities as d
+from domain.errors import DomainError
+from domain.query import ALL, Eq, Sort
+from graph.context import GraphContext
+from graph.filters import (
+    AuditFilter,
+    AuditOrder,
+    CompanyFilter,
+    CompanyOrder,
+    ConnectorFilter,
+    IdTagFilter,
+    IdTagOrder,
+    PaymentFilter,
+    PaymentOrder,
+    ReservationFilter,
+    ReservationOrder,
+    SessionFilter,
+    SessionOrder,
+    StationFilter,
+    StationOrder,
+    UserFilter,
+    UserOrder,
+    VehicleFilter,
+    VehicleOrder,
+)
+from graph.ids import from_global_id
+from graph.nodes import (
+    NODE_BY_KIND,
+    AuditEntry,
+    Company,
+    Connector,
+    IdTag,
+    Payment,
+    Reservation,
+    Session,
+    Station,
+    Tariff,
+    User,
+    Vehicle,
+)
+from graph.relay import Connection, Node, PageArgs, page_connection, sort_keys
+
+Info = strawberry.Info
+
+NEWEST_SESSIONS = (Sort("start_time", descending=True),)
+NEWEST_AUDIT = (Sort("at", descending=True),)
+
+
+def _ctx(info: Info) -> GraphContext:
+    return info.context  # type: ignore[no-any-return]
+
+
+async def _list(info: Info, kind: type[d.Record], node: Any, filter: Any, order_by: Any,
+                default_sort: tuple[Sort, ...], first: int | None, after: str | None,
+                last: int | None, before: str | None) -> Connection[Any]:
+    where = filter.to_domain() if filter is not None else ALL
+    return await page_connection(
+        _ctx(info), kind, node.wrap, where, sort_keys(order_by, default_sort),
+        PageArgs(first=first, after=after, last=last, before=before),
+    )
+
+
+async def _node(info: Info, global_id: str) -> Node | None:
+    try:
+        kind, record_id = from_global_id(global_id)
+    except DomainError:
+        return None  # not one of our ids reads like a hidden one: null
+    node_type = NODE_BY_KIND.get(kind)
+    if node_type is None:
+        return None
+    record = await _ctx(info).loaders.by_id(d.ENTITY_BY_KIND[kind]).load(record_id)
+    return node_type.wrap(record, _ctx(info)) if record is not None else None
+
+
+@strawberry.type
+class Query:
+    @strawberry.field(description="The signed-in user; null when anonymous.")
+    async def me(self, info: Info) -> User | None:
+        viewer = _ctx(info).viewer
+        if viewer.user_id is None:
+            return None
+        record = await _ctx(info).loaders.by_id(d.User).load(viewer.user_id)
+        return User.wrap(record, _ctx(info)) if record else None
+
+    @strawberry.field(description="Any object by its global id; null if missing or hidden.")
+    async def node(self, info: Info, id: strawberry.ID) -> Node | None:
+        return await _node(info, str(id))
+
+    @strawberry.field(description="Objects by global ids, in order; null where missing or "
+                                  "hidden.")
+    async def nodes(self, info: Info, ids: list[strawberry.ID]) -> list[Node | None]:
+        if len(ids) > 100:
+            raise DomainError("at most 100 ids", field="ids", code="OUT_OF_RANGE")
+        return [await _node(info, str(i)) for i in ids]
+
+    @strawberry.field
+    async def companies(self, info: Info, filter: CompanyFilter | None = None,
+                        order_by: list[CompanyOrder] | None = None,  # type: ignore[valid-type]
+                        first: int | None = None, after: str | None = None,
+                        last: int | None = None, before: str | None = None
+                        ) -> Connection[Company]:
+        return await _list(info, d.Company, Company, filter, order_by, (), first, after, last,
+                           before)
+
+    @strawberry.field
+    async def users(self, info: Info, filter: UserFilter | None = None,
+                    order_by: list[UserOrder] | None = None,  # type: ignore[valid-type]
+                    first: int | None = None, after: str | None = None,
+                    last: int | None = None, before: str | None = None) -> Connection[User]:
+        return await _list(info, d.User, User, filter, order_by, (), first, after, last,
+                           before)
+
+    @strawberry.field
+    async def vehicles(self, info: Info, filter: VehicleFilter | None = None,
+                       order_by: list[VehicleOrder] | None = None,  # type: ignore[valid-type]
+                       first: int | None = None, after: str | None = None,
+                       last: int | None = None, before: str | None = None
+                       ) -> Connection[Vehicle]:
+        return await _list(info, d.Vehicle, Vehicle, filter, order_by, (), first, after, last,
+                           before)
+
+    @strawberry.field(name="idTags")
+    async def id_tags(self, info: Info, filter: IdTagFilter | None = None,
+                      order_by: list[IdTagOrder] | None = None,  # type: ignore[valid-type]
+                      first: int | None = None, after: str | None = None,
+                      last: int | None = None, before: str | None = None
+                      ) -> Connection[IdTag]:
+        return await _list(info, d.IdTag, IdTag, filter, order_by, (), first, after, last,
+                           before)
+
+    @strawberry.field
+    async def stations(self, info: Info, filter: StationFilter | None = None,
+                       order_by: list[StationOrder] | None = None,  # type: ignore[valid-type]
+                       first: int | None = None, after: str | None = None,
+                       last: int | None = None, before: str | None = None
+                       ) -> Connection[Station]:
+        return await _list(info, d.Station, Station, filter, order_by, (), first, after, last,
+                           before)
+
+    @strawberry.field(description="A station by its OCPP identity; null if missing or hidden.")
+    async def station(self, info: Info, cp_id: str) -> Station | None:
+        ctx = _ctx(info)
+        record = await ctx.services.reads.find_one(ctx.viewer, d.Station, Eq("cp_id", cp_id))
+        return Station.wrap(record, ctx) if record else None
+
+    @strawberry.field
+    async def connectors(self, info: Info, filter: ConnectorFilter | None = None,
+                         first: int | None = None, after: str | None = None,
+                         last: int | None = None, before: str | None = None
+                         ) -> Connection[Connector]:
+        return await _list(info, d.Connector, Connector, filter, None,
+                           (Sort("cp_id"), Sort("connector_id")), first, after, last, before)
+
+    @strawberry.field
+    async def sessions(self, info: Info, filter: SessionFilter | None = None,
+                       order_by: list[SessionOrder] | None = None,  # type: ignore[valid-type]
+                       first: int | None = None, after: str | None = None,
+                       last: int | None = None, before: str | None = None
+                       ) -> Connection[Session]:
+        return await _list(info, d.Session, Session, filter, order_by, NEWEST_SESSIONS, first,
+                           after, last, before)
+
+    @strawberry.field
+    async def reservations(self, info: Info, filter: ReservationFilter | None = None,
+                           order_by: list[ReservationOrder] | None = None,  # type: ignore[valid-type]
+                           first: int | None = None, after: str | None = None,
+                           last: int | None = None, before: str | None = None
+                           ) -> Connection[Reservation]:
+        return await _list(info, d.Reservation, Reservation, filter, order_by, (), first,
+                           after, last, before)
+
+    @strawberry.field
+    async def payments(self, info: Info, filter: PaymentFilter | None = None,
+                       order_by: list[PaymentOrder] | None = None,  # type: ignore[valid-type]
+                       first: int | None = None, after: str | None = None,
+                       last: int | None = None, before: str | None = None
+                       ) -> Connection[Payment]:
+        return await _list(info, d.Payment, Payment, filter, order_by, (), first, after, last,
+                           before)
+
+    @strawberry.field
+    async def tariffs(self, info: Info, first: int | None = None, after: str | None = None,
+                      last: int | None = None, before: str | None = None
+                      ) -> Connection[Tariff]:
+        return await _list(info, d.Tariff, Tariff, None, None,
+                           (Sort("valid_from", descending=True),), first, after, last, before)
+
+    @strawberry.field(description="The change log, newest first.")
+    async def audit_log(self, info: Info, filter: AuditFilter | None = None,
+                        order_by: list[AuditOrder] | None = None,  # type: ignore[valid-type]
+                        first: int | None = None, after: str | None = None,
+                        last: int | None = None, before: str | None = None
+                        ) -> Connection[AuditEntry]:
+        return await _list(info, d.AuditEntry, AuditEntry, filter, order_by, NEWEST_AUDIT,
+                           first, after, last, before)

@@ -1,0 +1,153 @@
+"""Relay plumbing: the Node interface, connections and how lists become pages."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import strawberry
+
+from domain.entities import E, Record
+from domain.errors import DomainError
+from domain.query import MAX_PAGE_SIZE, Eq, Filter, PageRequest, Sort, all_of, encode_cursor
+from graph.errors import graphql_error
+
+if TYPE_CHECKING:
+    from graph.context import GraphContext
+
+N = TypeVar("N")
+
+
+@strawberry.interface(description="An object with a globally unique id (Relay).")
+class Node:
+    id: strawberry.ID = strawberry.field(description="Global id, opaque to clients.")
+
+
+@strawberry.type(description="Paging state of a connection (Relay).")
+class PageInfo:
+    has_next_page: bool
+    has_previous_page: bool
+    start_cursor: str | None
+    end_cursor: str | None
+
+
+@strawberry.type
+class Edge(Generic[N]):
+    cursor: str
+    node: N
+
+
+@strawberry.type(description="A page of a list, with cursors to go on.")
+class Connection(Generic[N]):
+    edges: list[Edge[N]]
+    page_info: PageInfo
+    _total: strawberry.Private[Callable[[], Awaitable[int]]]
+
+    @strawberry.field(description="The node of every edge, for clients that need no cursors.")
+    def nodes(self) -> list[N]:
+        return [edge.node for edge in self.edges]
+
+    @strawberry.field(description="How many records match, across all pages.")
+    async def total_count(self) -> int:
+        return await self._total()
+
+
+@strawberry.enum(description="Sort direction.")
+class OrderDirection(Enum):
+    ASC = "ASC"
+    DESC = "DESC"
+
+
+@dataclass(frozen=True, slots=True)
+class PageArgs:
+    first: int | None = None
+    after: str | None = None
+    last: int | None = None
+    before: str | None = None
+
+    def request(self) -> PageRequest:
+        try:
+            return PageRequest(first=self.first, after=self.after, last=self.last,
+                               before=self.before)
+        except DomainError as exc:
+            raise graphql_error(exc) from exc
+
+    @property
+    def simple_first(self) -> bool:
+        """Only ``first`` given: the case a DataLoader can batch across parents."""
+        return self.after is None and self.last is None and self.before is None
+
+
+Wrap = Callable[[Any, "GraphContext"], Any]
+
+
+def sort_keys(order_by: Sequence[Any] | None, default: Sequence[Sort]) -> list[Sort]:
+    """``orderBy`` inputs (``field`` enum whose value is the domain field, ``direction``)
+    as store sort keys; duplicates keep their first use."""
+    if not order_by:
+        return list(default)
+    keys: list[Sort] = []
+    seen: set[str] = set()
+    for item in order_by:
+        name = item.field.value
+        if name not in seen:
+            seen.add(name)
+            keys.append(Sort(name, item.direction is OrderDirection.DESC))
+    return keys
+
+
+def _connection(ctx: GraphContext, records: Sequence[Record], cursors: Sequence[str],
+                has_next: bool, has_previous: bool, wrap: Wrap,
+                total: Callable[[], Awaitable[int]]) -> Connection[Any]:
+    edges = [Edge(cursor=c, node=wrap(r, ctx)) for r, c in zip(records, cursors, strict=True)]
+    return Connection(
+        edges=edges,
+        page_info=PageInfo(
+            has_next_page=has_next,
+            has_previous_page=has_previous,
+            start_cursor=cursors[0] if cursors else None,
+            end_cursor=cursors[-1] if cursors else None,
+        ),
+        _total=total,
+    )
+
+
+async def page_connection(ctx: GraphContext, kind: type[E], wrap: Wrap, where: Filter,
+                          sort: Sequence[Sort], args: PageArgs) -> Connection[Any]:
+    """A top-level list: one store query for the page, one more only if ``totalCount`` is
+    selected."""
+    reads = ctx.services.reads
+    try:
+        page = await reads.page(ctx.viewer, kind, where, sort, args.request())
+    except DomainError as exc:
+        raise graphql_error(exc) from exc
+
+    async def total() -> int:
+        return await reads.count(ctx.viewer, kind, where)
+
+    return _connection(ctx, page.items, page.cursors, page.has_next, page.has_previous,
+                       wrap, total)
+
+
+async def nested_connection(ctx: GraphContext, kind: type[E], wrap: Wrap, key_field: str,
+                            key: Any, where: Filter, sort: Sequence[Sort], args: PageArgs
+                            ) -> Connection[Any]:
+    """A list under a parent (``Station.sessions``). With only ``first``, the rows for all
+    parents come from one batched query; paging within one parent's list with cursors is
+    a query of its own (clients do that for one parent at a time)."""
+    if not args.simple_first:
+        return await page_connection(ctx, kind, wrap, all_of(Eq(key_field, key), where), sort,
+                                     args)
+    limit = args.first if args.first is not None else 20
+    if not 0 <= limit <= MAX_PAGE_SIZE:
+        args.request()  # raises the same error as a top-level list
+    rows = await ctx.loaders.many_by(kind, key_field, where, tuple(sort), limit + 1).load(key)
+    records = rows[:limit]
+    cursors = [encode_cursor(sort, [getattr(r, s.field) for s in sort], r.id) for r in records]
+
+    async def total() -> int:
+        return int(await ctx.loaders.count_by(kind, key_field, where).load(key))
+
+    return _connection(ctx, records, cursors, len(rows) > limit, False, wrap, total)

@@ -1,0 +1,42 @@
+"""The executable schema, its limits, and its SDL."""
+
+from __future__ import annotations
+
+import strawberry
+from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter, QueryDepthLimiter
+from strawberry.extensions.base_extension import SchemaExtension
+
+from graph.errors import MaskUnexpectedErrors
+from graph.mutation import Mutation
+from graph.nodes import NODE_BY_KIND
+from graph.query import Query
+
+#: Deep enough for every real screen (map → station → connector → session → user →
+#: vehicles → node …), shallow enough that cyclic paths cannot fan out without bound.
+MAX_DEPTH = 15
+MAX_TOKENS = 5_000
+MAX_ALIASES = 30
+
+
+def build_schema(extra_extensions: tuple[SchemaExtension | type[SchemaExtension], ...] = ()
+                 ) -> strawberry.Schema:
+    return strawberry.Schema(
+        query=Query,
+        mutation=Mutation,
+        types=list(NODE_BY_KIND.values()),
+        extensions=[
+            lambda: QueryDepthLimiter(max_depth=MAX_DEPTH),
+            lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
+            lambda: MaxAliasesLimiter(max_alias_count=MAX_ALIASES),
+            MaskUnexpectedErrors,
+            *extra_extensions,
+        ],
+    )
+
+
+schema = build_schema()
+
+
+def export_sdl() -> str:
+    """The SDL that ``schema.graphql`` at the repository root must equal."""
+    return schema.as_str() + "\n"

@@ -1,0 +1,348 @@
+"""The SQLite schema, as an ordered list of migrations versioned in code.
+
+A migration is frozen once released: never edit one, append a new version instead (a
+database that already ran version N never sees version N's text again). Each runs in its
+own transaction together with its row in ``schema_version``, so a failed migration leaves
+no trace and the next start tries it again.
+
+Tables are named after the entity ``kind`` and have one column per dataclass field; the
+column types follow ``store.sqlite.codec``. ``STRICT`` tables make SQLite reject a value of
+the wrong type instead of silently storing it, which catches codec mistakes early.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Sequence
+
+import aiosqlite
+
+Migration = tuple[int, str]
+
+_V1 = """
+CREATE TABLE "company" (
+    "id" TEXT PRIMARY KEY NOT NULL,
+    "created_at" INTEGER NOT NULL,
+    "updated_at" INTEGER NOT NULL,
+    "created_by" TEXT NOT NULL,
+    "updated_by" TEXT NOT NULL,
+    "name" TEXT NOT NULL
+) STRICT;
+
+CREATE TABLE "user" (
+    "id" TEXT PRIMARY KEY NOT NULL,
+    "created_at" INTEGER NOT NULL,
+    "updated_at" INTEGER NOT NULL,
+    "created_by" TEXT NOT NULL,
+    "updated_by" TEXT NOT NULL,
+    "email" TEXT NOT NULL,
+    "name" TEXT NOT NULL,
+    "role" TEXT NOT NULL,
+    "company_id" TEXT,
+    "password_hash" TEXT NOT NULL,
+    "active" INTEGER NOT NULL
+) STRICT;
+CREATE UNIQUE INDEX "user_email_key" ON "user" ("email");
+CREATE INDEX "user_company_idx" ON "user" ("company_id");
+
+CREATE TABLE "vehicle" (
+    "id" TEXT PRIMARY KEY NOT NULL,
+    "created_at" INTEGER NOT NULL,
+    "updated_at" INTEGER NOT NULL,
+    "created_by" TEXT NOT NULL,
+    "updated_by" TEXT NOT NULL,
+    "owner_id" TEXT NOT NULL,
+    "license_plate" TEXT NOT NULL,
+    "make" TEXT,
+    "model" TEXT,
+    "battery_kwh" REAL
+) STRICT;
+CREATE UNIQUE INDEX "vehicle_license_plate_key" ON "vehicle" ("license_plate");
+CREATE INDEX "vehicle_owner_idx" ON "vehicle" ("owner_id");
+
+CREATE TABLE "id_tag" (
+    "id" TEXT PRIMARY KEY NOT NULL,
+    "created_at" INTEGER NOT NULL,
+    "updated_at" INTEGER NOT NULL,
+    "created_by" TEXT NOT NULL,
+    "updated_by" TEXT NOT NULL,
+    "tag" TEXT NOT NULL,
+    "user_id" TEXT NOT NULL,
+    "vehicle_id" TEXT,
+    "status" TEXT NOT NULL,
+    "expires_at" INTEGER,
+    "parent_tag" TEXT
+) STRICT;
+CREATE UNIQUE INDEX "id_tag_tag_key" ON "id_tag" ("tag");
+CREATE INDEX "id_tag_user_idx" ON "id_tag" ("user_id");
+CREATE INDEX "id_tag_vehicle_idx" ON "id_tag" ("vehicle_id");
+
+CREATE TABLE "station" (
+    "id" TEXT PRIMARY KEY NOT NULL,
+    "created_at" INTEGER NOT NULL,
+    "updated_at" INTEGER NOT NULL,
+    "created_by" TEXT NOT NULL,
+    "updated_by" TEXT NOT NULL,
+    "cp_id" TEXT NOT NULL,
+    "name" TEXT NOT NULL,
+    "owner_id" TEXT,
+    "company_id" TEXT,
+    "lat" REAL,
+    "lon" REAL,
+    "address" TEXT,
+    "vendor" TEXT,
+    "model" TEXT,
+    "serial" TEXT,
+    "firmware" TEXT,
+    "registration" TEXT NOT NULL,
+    "online" INTEGER NOT NULL,
+    "last_seen" INTEGER,
+    "auth_password_hash" TEXT,
+    "firmware_status" TEXT,
+    "diagnostics_status" TEXT
+) STRICT;
+CREATE UNIQUE INDEX "station_cp_id_key" ON "station" ("cp_id");
+CREATE INDEX "station_owner_idx" ON "station" ("owner_id");
+CREATE INDEX "station_company_idx" ON "station" ("company_id");
+-- Near: the bounding-box prefilter ranges over lat first.
+CREATE INDEX "station_lat_lon_idx" ON "station" ("lat", "lon");
+
+CREATE TABLE "connector" (
+    "id" TEXT PRIMARY KEY NOT NULL,
+    "created_at" INTEGER NOT NULL,
+    "updated_at" INTEGER NOT NULL,
+    "created_by" TEXT NOT NULL,
+    "updated_by" TEXT NOT NULL,
+    "station_id" TEXT NOT NULL,
+    "cp_id" TEXT NOT NULL,
+    "connector_id" INTEGER NOT NULL,
+    "status" TEXT NOT NULL,
+    "error_code" TEXT NOT NULL,
+    "info" TEXT,
+    "status_at" INTEGER,
+    "type" TEXT NOT NULL,
+    "max_kw" REAL
+) STRICT;
+CREATE UNIQUE INDEX "connector_cp_id_connector_id_key" ON "connector" ("cp_id", "connector_id");
+CREATE INDEX "connector_station_idx" ON "connector" ("station_id", "connector_id");
+
+CREATE TABLE "session" (
+    "id" TEXT PRIMARY KEY NOT NULL,
+    "created_at" INTEGER NOT NULL,
+    "updated_at" INTEGER NOT NULL,
+    "created_by" TEXT NOT NULL,
+    "updated_by" TEXT NOT NULL,
+    "transaction_id" INTEGER NOT NULL,
+    "station_id" TEXT NOT NULL,
+    "cp_id" TEXT NOT NULL,
+    "connector_id" INTEGER NOT NULL,
+    "id_tag" TEXT NOT NULL,
+    "start_time" INTEGER NOT NULL,
+    "meter_start_wh" INTEGER NOT NULL,
+    "user_id" TEXT,
+    "vehicle_id" TEXT,
+    "end_time" INTEGER,
+    "meter_stop_wh" INTEGER,
+    "energy_wh" INTEGER NOT NULL,
+    "power_w" REAL,
+    "stop_reason" TEXT,
+    "state" TEXT NOT NULL,
+    "reservation_id" INTEGER,
+    "cost_minor" INTEGER,
+    "currency" TEXT
+) STRICT;
+CREATE UNIQUE INDEX "session_transaction_id_key" ON "session" ("transaction_id");
+-- One ACTIVE session per connector; completed ones are history and may repeat.
+CREATE UNIQUE INDEX "session_active_connector_key" ON "session" ("cp_id", "connector_id")
+    WHERE "state" = 'ACTIVE';
+CREATE INDEX "session_station_start_idx" ON "session" ("station_id", "start_time");
+CREATE INDEX "session_user_start_idx" ON "session" ("user_id", "start_time");
+CREATE INDEX "session_vehicle_idx" ON "session" ("vehicle_id");
+CREATE INDEX "session_start_idx" ON "session" ("start_time");
+
+CREATE TABLE "meter_sample" (
+    "id" TEXT PRIMARY KEY NOT NULL,
+    "created_at" INTEGER NOT NULL,
+    "updated_at" INTEGER NOT NULL,
+    "created_by" TEXT NOT NULL,
+    "updated_by" TEXT NOT NULL,
+    "session_id" TEXT,
+    "cp_id" TEXT NOT NULL,
+    "connector_id" INTEGER NOT NULL,
+    "at" INTEGER NOT NULL,
+    "measurand" TEXT NOT NULL,
+    "value" REAL NOT NULL,
+    "unit" TEXT,
+    "phase" TEXT,
+    "context" TEXT,
+    "transaction_id" INTEGER
+) STRICT;
+CREATE INDEX "meter_sample_session_at_idx" ON "meter_sample" ("session_id", "at");
+CREATE INDEX "meter_sample_cp_at_idx" ON "meter_sample" ("cp_id", "at");
+
+CREATE TABLE "status_event" (
+    "id" TEXT PRIMARY KEY NOT NULL,
+    "created_at" INTEGER NOT NULL,
+    "updated_at" INTEGER NOT NULL,
+    "created_by" TEXT NOT NULL,
+    "updated_by" TEXT NOT NULL,
+    "station_id" TEXT NOT NULL,
+    "cp_id" TEXT NOT NULL,
+    "connector_id" INTEGER NOT NULL,
+    "status" TEXT NOT NULL,
+    "error_code" TEXT NOT NULL,
+    "info" TEXT,
+    "at" INTEGER NOT NULL
+) STRICT;
+CREATE INDEX "status_event_cp_connector_at_idx" ON "status_event" ("cp_id", "connector_id", "at");
+CREATE INDEX "status_event_station_at_idx" ON "status_event" ("station_id", "at");
+
+CREATE TABLE "reservation" (
+    "id" TEXT PRIMARY KEY NOT NULL,
+    "created_at" INTEGER NOT NULL,
+    "updated_at" INTEGER NOT NULL,
+    "created_by" TEXT NOT NULL,
+    "updated_by" TEXT NOT NULL,
+    "reservation_id" INTEGER NOT NULL,
+    "station_id" TEXT NOT NULL,
+    "cp_id" TEXT NOT NULL,
+    "connector_id" INTEGER NOT NULL,
+    "id_tag" TEXT NOT NULL,
+    "expires_at" INTEGER NOT NULL,
+    "user_id" TEXT,
+    "state" TEXT NOT NULL
+) STRICT;
+CREATE UNIQUE INDEX "reservation_reservation_id_key" ON "reservation" ("reservation_id");
+CREATE INDEX "reservation_station_idx" ON "reservation" ("station_id", "expires_at");
+CREATE INDEX "reservation_user_idx" ON "reservation" ("user_id");
+CREATE INDEX "reservation_connector_idx" ON "reservation" ("cp_id", "connector_id");
+
+CREATE TABLE "tariff" (
+    "id" TEXT PRIMARY KEY NOT NULL,
+    "created_at" INTEGER NOT NULL,
+    "updated_at" INTEGER NOT NULL,
+    "created_by" TEXT NOT NULL,
+    "updated_by" TEXT NOT NULL,
+    "company_id" TEXT,
+    "station_id" TEXT,
+    "price_per_kwh" TEXT NOT NULL,
+    "currency" TEXT NOT NULL,
+    "price_per_minute" TEXT NOT NULL,
+    "session_fee" TEXT NOT NULL,
+    "tax_rate" TEXT NOT NULL,
+    "valid_from" INTEGER NOT NULL
+) STRICT;
+-- "The tariff in force at t": newest valid_from <= t, per station or per company.
+CREATE INDEX "tariff_station_valid_idx" ON "tariff" ("station_id", "valid_from");
+CREATE INDEX "tariff_company_valid_idx" ON "tariff" ("company_id", "valid_from");
+
+CREATE TABLE "payment" (
+    "id" TEXT PRIMARY KEY NOT NULL,
+    "created_at" INTEGER NOT NULL,
+    "updated_at" INTEGER NOT NULL,
+    "created_by" TEXT NOT NULL,
+    "updated_by" TEXT NOT NULL,
+    "session_id" TEXT NOT NULL,
+    "station_id" TEXT NOT NULL,
+    "user_id" TEXT,
+    "amount_minor" INTEGER NOT NULL,
+    "currency" TEXT NOT NULL,
+    "status" TEXT NOT NULL,
+    "provider" TEXT NOT NULL,
+    "provider_ref" TEXT
+) STRICT;
+CREATE UNIQUE INDEX "payment_session_id_key" ON "payment" ("session_id");
+CREATE INDEX "payment_station_idx" ON "payment" ("station_id");
+CREATE INDEX "payment_user_idx" ON "payment" ("user_id");
+
+CREATE TABLE "audit_entry" (
+    "id" TEXT PRIMARY KEY NOT NULL,
+    "created_at" INTEGER NOT NULL,
+    "updated_at" INTEGER NOT NULL,
+    "created_by" TEXT NOT NULL,
+    "updated_by" TEXT NOT NULL,
+    "entity" TEXT NOT NULL,
+    "entity_id" TEXT NOT NULL,
+    "action" TEXT NOT NULL,
+    "actor" TEXT NOT NULL,
+    "at" INTEGER NOT NULL,
+    "before" TEXT,
+    "after" TEXT
+) STRICT;
+CREATE INDEX "audit_entry_entity_at_idx" ON "audit_entry" ("entity_id", "at");
+CREATE INDEX "audit_entry_actor_at_idx" ON "audit_entry" ("actor", "at");
+CREATE INDEX "audit_entry_at_idx" ON "audit_entry" ("at");
+
+-- Named atomic counters (OCPP transaction and reservation ids).
+CREATE TABLE "sequence" (
+    "name" TEXT PRIMARY KEY NOT NULL,
+    "value" INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+"""
+
+#: Every migration, oldest first. Append only.
+MIGRATIONS: tuple[Migration, ...] = ((1, _V1),)
+
+_BOOTSTRAP = """
+CREATE TABLE IF NOT EXISTS "schema_version" (
+    "version" INTEGER PRIMARY KEY NOT NULL,
+    "applied_at" INTEGER NOT NULL
+) STRICT
+"""
+
+
+def split_statements(script: str) -> list[str]:
+    """The statements of ``script``, each complete. ``executescript`` would do this for us
+    but it COMMITs first, which would run every migration outside its transaction."""
+    statements: list[str] = []
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \t\r\n;"):
+                statements.append(pending.strip())
+            pending = ""
+    if pending.strip():
+        raise ValueError(f"incomplete SQL statement in migration: {pending.strip()[:80]!r}")
+    return statements
+
+
+async def current_version(conn: aiosqlite.Connection) -> int:
+    rows = await conn.execute_fetchall('SELECT MAX("version") FROM "schema_version"')
+    value = next(iter(rows))[0]
+    return int(value) if value is not None else 0
+
+
+async def apply_migrations(
+    conn: aiosqlite.Connection, migrations: Sequence[Migration] = MIGRATIONS
+) -> list[int]:
+    """Apply the migrations newer than the database, each in its own transaction, and
+    return the versions applied. ``conn`` must be in autocommit mode (``isolation_level``
+    ``None``) so the explicit BEGIN/COMMIT here are the only transactions."""
+    versions = [version for version, _ in migrations]
+    if versions != sorted(set(versions)):
+        raise ValueError("migration versions must be unique and ascending")
+    await conn.execute(_BOOTSTRAP)
+    applied: list[int] = []
+    for version, script in migrations:
+        statements = split_statements(script)
+        # IMMEDIATE takes the write lock before we re-read the version: two processes
+        # starting at once cannot both apply the same migration.
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            if await current_version(conn) >= version:
+                await conn.rollback()
+                continue
+            for statement in statements:
+                await conn.execute(statement)
+            await conn.execute(
+                'INSERT INTO "schema_version" ("version", "applied_at") VALUES (?, ?)',
+                (version, int(time.time() * 1_000_000)),
+            )
+            await conn.commit()
+        except BaseException:
+            await conn.rollback()
+            raise
+        applied.append(version)
+    return applied

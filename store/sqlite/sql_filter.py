@@ -1,0 +1,176 @@
+"""``domain.query`` filters as SQL ``WHERE`` text with bound parameters.
+
+Only validated identifiers (field and kind names checked against the entities) are ever
+written into the SQL text; every value travels as a ``?`` parameter, encoded exactly as it
+is stored (``store.sqlite.codec``). Column references are qualified with a per-depth table
+alias (``t0`` for the queried table, ``t1`` inside a ``Sub`` …) so a subquery on the same
+table can never be confused with its outer query.
+"""
+
+from __future__ import annotations
+
+import math
+
+from domain.entities import Record
+from domain.query import And, Eq, Filter, In, Near, Or, Range, Search, Sub
+from store.fields import FieldSpec
+from store.sqlite.codec import SqlValue, encode, kind_of, quote, spec_of
+
+TRUE = "1"
+FALSE = "0"
+
+#: Mean earth radius (IUGG), km.
+EARTH_RADIUS_KM = 6371.0088
+#: Name of the SQL function computing great-circle distances (registered per connection).
+HAVERSINE = "haversine_km"
+#: Name of the SQL function lower-casing text Unicode-aware. SQLite's own ``lower`` only
+#: folds ASCII, so "MÜLLER" would not find "Müller".
+UNICODE_LOWER = "unicode_lower"
+
+
+def haversine_km(lat1: float | None, lon1: float | None, lat2: float | None,
+                 lon2: float | None) -> float | None:
+    """Great-circle distance in km; NULL when a coordinate is missing (never matches)."""
+    if lat1 is None or lon1 is None or lat2 is None or lon2 is None:
+        return None
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    dp, dl = p2 - p1, math.radians(lon2 - lon1)
+    h = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
+    return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(h)))
+
+
+def unicode_lower(text: str | None) -> str | None:
+    return text.lower() if isinstance(text, str) else None
+
+
+def column(alias: str, name: str) -> str:
+    return f"{alias}.{quote(name)}"
+
+
+def sortable(spec: FieldSpec, sql: str) -> str:
+    """``sql`` (a column or a ``?``) as compared in ranges and orderings. Decimals are stored
+    as exact TEXT, which would order "10" before "9"; they compare as numbers instead."""
+    return f"CAST({sql} AS REAL)" if spec.category == "decimal" else sql
+
+
+def compile_where(kind: type[Record], where: Filter, alias: str = "t0"
+                  ) -> tuple[str, list[SqlValue]]:
+    """``where`` on ``kind`` (aliased ``alias``) as SQL text and its parameters."""
+    params: list[SqlValue] = []
+    return _node(kind, where, alias, params), params
+
+
+def _node(kind: type[Record], node: Filter, alias: str, params: list[SqlValue]) -> str:
+    match node:
+        case Eq():
+            return _eq(kind, node, alias, params)
+        case In():
+            return _in(kind, node, alias, params)
+        case Range():
+            return _range(kind, node, alias, params)
+        case Search():
+            return _search(kind, node, alias, params)
+        case Near():
+            return _near(kind, node, alias, params)
+        case Sub():
+            return _sub(kind, node, alias, params)
+        case And(parts=parts):
+            if not parts:
+                return TRUE
+            return "(" + " AND ".join(_node(kind, p, alias, params) for p in parts) + ")"
+        case Or(parts=parts):
+            if not parts:
+                return FALSE
+            return "(" + " OR ".join(_node(kind, p, alias, params) for p in parts) + ")"
+    raise TypeError(f"not a filter: {node!r}")
+
+
+def _eq(kind: type[Record], node: Eq, alias: str, params: list[SqlValue]) -> str:
+    spec = spec_of(kind, node.field)
+    if node.value is None:
+        return f"{column(alias, spec.name)} IS NULL"
+    params.append(encode(spec, node.value))
+    return f"{column(alias, spec.name)} = ?"
+
+
+def _in(kind: type[Record], node: In, alias: str, params: list[SqlValue]) -> str:
+    spec = spec_of(kind, node.field)
+    col = column(alias, spec.name)
+    values = [encode(spec, v) for v in node.values if v is not None]
+    parts = []
+    if values:
+        params.extend(values)
+        parts.append(f"{col} IN ({', '.join('?' * len(values))})")
+    if len(values) < len(node.values):  # a None among the values: "or is null", like Eq
+        parts.append(f"{col} IS NULL")
+    if not parts:
+        return FALSE
+    return parts[0] if len(parts) == 1 else f"({' OR '.join(parts)})"
+
+
+def _range(kind: type[Record], node: Range, alias: str, params: list[SqlValue]) -> str:
+    spec = spec_of(kind, node.field)
+    col = sortable(spec, column(alias, spec.name))
+    parts = []
+    for op, bound in ((">=", node.gte), (">", node.gt), ("<=", node.lte), ("<", node.lt)):
+        if bound is not None:
+            params.append(encode(spec, bound))
+            parts.append(f"{col} {op} {sortable(spec, '?')}")
+    if not parts:
+        return TRUE
+    return parts[0] if len(parts) == 1 else "(" + " AND ".join(parts) + ")"
+
+
+def _search(kind: type[Record], node: Search, alias: str, params: list[SqlValue]) -> str:
+    # instr() takes the needle literally, so % _ . * in the text match only themselves
+    # (LIKE would need escaping). The needle is lower-cased once, here, not per row.
+    needle = node.text.lower()
+    parts = []
+    for name in node.fields:
+        spec = spec_of(kind, name)
+        params.append(needle)
+        parts.append(f"instr({UNICODE_LOWER}({column(alias, spec.name)}), ?) > 0")
+    if not parts:
+        return FALSE
+    return parts[0] if len(parts) == 1 else "(" + " OR ".join(parts) + ")"
+
+
+def _near(kind: type[Record], node: Near, alias: str, params: list[SqlValue]) -> str:
+    lat_col = column(alias, spec_of(kind, "lat").name)
+    lon_col = column(alias, spec_of(kind, "lon").name)
+    if node.radius_km < 0:
+        return FALSE
+    # A bounding box first, so the (lat, lon) index narrows the rows the exact (and
+    # comparatively slow, Python) distance function has to look at. A tiny margin keeps
+    # float rounding from cutting off points on the circle itself.
+    angle = node.radius_km / EARTH_RADIUS_KM
+    dlat = math.degrees(angle) + 1e-9
+    parts = [f"{lat_col} BETWEEN ? AND ?"]
+    params.extend([node.lat - dlat, node.lat + dlat])
+    cos_lat = math.cos(math.radians(node.lat))
+    if node.lat + dlat < 90 and node.lat - dlat > -90 and math.sin(angle) < cos_lat:
+        # Widest longitude offset of the circle (it does not contain a pole here).
+        dlon = math.degrees(math.asin(math.sin(angle) / cos_lat)) + 1e-9
+        if node.lon - dlon >= -180 and node.lon + dlon <= 180:
+            # Only when the box does not wrap around the antimeridian; otherwise the
+            # latitude band alone prefilters.
+            parts.append(f"{lon_col} BETWEEN ? AND ?")
+            params.extend([node.lon - dlon, node.lon + dlon])
+    parts.append(f"{HAVERSINE}({lat_col}, {lon_col}, ?, ?) <= ?")
+    params.extend([node.lat, node.lon, node.radius_km])
+    return "(" + " AND ".join(parts) + ")"
+
+
+def _sub(kind: type[Record], node: Sub, alias: str, params: list[SqlValue]) -> str:
+    outer = spec_of(kind, node.field)
+    inner_kind = kind_of(node.kind)
+    selected = spec_of(inner_kind, node.select)
+    inner_alias = f"t{int(alias[1:]) + 1}"
+    inner_col = column(inner_alias, selected.name)
+    inner_where = _node(inner_kind, node.where, inner_alias, params)
+    # A NULL in the selected column must match nothing. IN already never matches it, but
+    # saying so lets the planner skip those rows in the subquery's index.
+    return (
+        f"{column(alias, outer.name)} IN (SELECT {inner_col} FROM {quote(inner_kind.kind)} "
+        f"AS {inner_alias} WHERE {inner_col} IS NOT NULL AND {inner_where})"
+    )

@@ -1,0 +1,346 @@
+"""``domain.ports.Store`` on SQLite (aiosqlite): the embedded default backend.
+
+Two connections to one WAL database file:
+
+* the **writer** runs every change inside ``BEGIN IMMEDIATE … COMMIT``, serialized by an
+  asyncio lock (SQLite has one writer anyway; the lock makes concurrent coroutines queue
+  here instead of failing with SQLITE_BUSY);
+* the **reader** runs every query in autocommit mode. Under WAL each read sees the last
+  committed state, so a reader interleaved with an open write transaction never sees a
+  half-applied batch, which sharing the writer's connection would allow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import Sequence
+from functools import cache
+from typing import Any
+
+import aiosqlite
+
+from domain.entities import AuditEntry, E, Record
+from domain.errors import NotFound
+from domain.ports import Change, Delete, Insert, Update
+from domain.query import ALL, Filter, Page, PageRequest, Sort
+from store.sqlite import paging
+from store.sqlite.codec import SqlValue, columns, encode, from_row, kind_of, quote, spec_of, to_row
+from store.sqlite.constraints import unique_violation
+from store.sqlite.migrations import apply_migrations
+from store.sqlite.sql_filter import (
+    HAVERSINE,
+    UNICODE_LOWER,
+    column,
+    compile_where,
+    haversine_km,
+    unicode_lower,
+)
+
+_Statement = tuple[str, tuple[SqlValue, ...], Change | None]
+
+
+@cache
+def _select_list(kind: type[Record], alias: str = "t0") -> str:
+    return ", ".join(column(alias, name) for name in columns(kind))
+
+
+@cache
+def _insert_sql(kind: type[Record]) -> str:
+    names = columns(kind)
+    return (
+        f"INSERT INTO {quote(kind.kind)} ({', '.join(quote(n) for n in names)}) "
+        f"VALUES ({', '.join('?' * len(names))})"
+    )
+
+
+@cache
+def _update_sql(kind: type[Record]) -> str:
+    assignments = ", ".join(f"{quote(n)} = ?" for n in columns(kind) if n != "id")
+    return f'UPDATE {quote(kind.kind)} SET {assignments} WHERE "id" = ?'
+
+
+def _update_params(record: Record) -> tuple[SqlValue, ...]:
+    """``to_row`` in ``_update_sql`` order: every column but ``id``, then ``id``."""
+    row = dict(zip(columns(type(record)), to_row(record), strict=True))
+    record_id = row.pop("id")
+    return (*row.values(), record_id)
+
+
+def _from(kind: type[Record]) -> str:
+    return f"{quote(kind.kind)} AS t0"
+
+
+def _checked(record: Record) -> type[Record]:
+    """The record's entity type, refusing classes that are not stored entities."""
+    kind = type(record)
+    if kind_of(kind.kind) is not kind:
+        raise ValueError(f"{kind.__name__} is not a stored entity type")
+    return kind
+
+
+class SqliteStore:
+    """The Store port on one SQLite file (``path``), in WAL mode.
+
+    ``busy_timeout`` (seconds) is how long a statement waits for another process holding
+    the write lock (a CLI command next to the server) before failing.
+    """
+
+    def __init__(self, path: str, *, busy_timeout: float = 5.0) -> None:
+        if path == ":memory:" or not path:
+            # Two connections to ":memory:" would be two different databases.
+            raise ValueError("SqliteStore needs a database file path")
+        self.path = path
+        self.busy_timeout = busy_timeout
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._write_lock = asyncio.Lock()
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        if self._writer is not None:
+            return
+        writer = await self._connect()
+        try:
+            # Persistent in the file; only the first start actually switches the mode.
+            await writer.execute("PRAGMA journal_mode = WAL")
+            await apply_migrations(writer)
+            reader = await self._connect()
+        except BaseException:
+            await writer.close()
+            raise
+        self._writer, self._reader = writer, reader
+
+    async def _connect(self) -> aiosqlite.Connection:
+        # isolation_level=None: no implicit transactions from the sqlite3 module; every
+        # transaction here is an explicit BEGIN IMMEDIATE.
+        conn = await aiosqlite.connect(self.path, isolation_level=None)
+        try:
+            await conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            # NORMAL under WAL: a commit is durable once the WAL is synced at checkpoint;
+            # a power cut may lose the last commits but never corrupts the database.
+            await conn.execute("PRAGMA synchronous = NORMAL")
+            await conn.create_function(HAVERSINE, 4, haversine_km, deterministic=True)
+            await conn.create_function(UNICODE_LOWER, 1, unicode_lower, deterministic=True)
+        except BaseException:
+            await conn.close()
+            raise
+        return conn
+
+    async def close(self) -> None:
+        writer, reader = self._writer, self._reader
+        self._writer = self._reader = None
+        if reader is not None:
+            await reader.close()
+        if writer is not None:
+            try:
+                # Refreshes the planner's statistics where they are stale (SQLite's advice
+                # for long-lived connections at close); cheap when nothing changed.
+                await writer.execute("PRAGMA optimize")
+            finally:
+                await writer.close()
+
+    async def ping(self) -> bool:
+        try:
+            rows = await self._read("SELECT 1", ())
+        except (sqlite3.Error, ValueError, RuntimeError):
+            return False
+        return list(rows) == [(1,)]
+
+    # ------------------------------------------------------------------ reads
+    async def _read(self, sql: str, params: Sequence[SqlValue]) -> list[Any]:
+        if self._reader is None:
+            raise RuntimeError("SqliteStore is not started")
+        return list(await self._reader.execute_fetchall(sql, tuple(params)))
+
+    async def get_many(
+        self, kind: type[E], ids: Sequence[str], where: Filter = ALL
+    ) -> list[E | None]:
+        wanted = list(dict.fromkeys(i for i in ids if isinstance(i, str)))
+        if not wanted:
+            return [None] * len(ids)
+        where_sql, params = compile_where(kind, where)
+        # One JSON array parameter instead of one "?" per id: a single statement whatever
+        # the batch size (no SQLITE_MAX_VARIABLE_NUMBER limit to chunk around).
+        rows = await self._read(
+            f"SELECT {_select_list(kind)} FROM {_from(kind)} "
+            f"WHERE t0.\"id\" IN (SELECT value FROM json_each(?)) AND {where_sql}",
+            [json.dumps(wanted), *params],
+        )
+        found = {record.id: record for record in (from_row(kind, row) for row in rows)}
+        return [found.get(i) if isinstance(i, str) else None for i in ids]
+
+    async def find_one(self, kind: type[E], where: Filter) -> E | None:
+        where_sql, params = compile_where(kind, where)
+        rows = await self._read(
+            f"SELECT {_select_list(kind)} FROM {_from(kind)} WHERE {where_sql} LIMIT 1", params
+        )
+        return from_row(kind, rows[0]) if rows else None
+
+    async def find_all(
+        self, kind: type[E], where: Filter, sort: Sequence[Sort] = (), limit: int = 1000
+    ) -> list[E]:
+        if limit <= 0:
+            return []
+        where_sql, params = compile_where(kind, where)
+        rows = await self._read(
+            f"SELECT {_select_list(kind)} FROM {_from(kind)} WHERE {where_sql} "
+            f"ORDER BY {paging.order_by(kind, sort)} LIMIT ?",
+            [*params, limit],
+        )
+        return [from_row(kind, row) for row in rows]
+
+    async def count(self, kind: type[E], where: Filter) -> int:
+        where_sql, params = compile_where(kind, where)
+        rows = await self._read(f"SELECT COUNT(*) FROM {_from(kind)} WHERE {where_sql}", params)
+        return int(rows[0][0])
+
+    async def find_page(
+        self, kind: type[E], where: Filter, sort: Sequence[Sort], page: PageRequest
+    ) -> Page[E]:
+        sort = list(sort)
+        where_sql, params = compile_where(kind, where)
+        conditions = [where_sql]
+        # Relay: both cursors bound the list, then first/last cut it.
+        after = paging.decode(page.after, sort, "after") if page.after else None
+        before = paging.decode(page.before, sort, "before") if page.before else None
+        for key, is_after, name in ((after, True, "after"), (before, False, "before")):
+            if key is not None:
+                sql, extra = paging.beyond(kind, sort, key, after=is_after, field=name)
+                conditions.append(sql)
+                params.extend(extra)
+        backward, limit = page.backward, page.limit
+        # A backward page is the first `last` rows of the reversed order, flipped back.
+        # One row more than asked tells whether there is more beyond the page.
+        rows = await self._read(
+            f"SELECT {_select_list(kind)} FROM {_from(kind)} WHERE {' AND '.join(conditions)} "
+            f"ORDER BY {paging.order_by(kind, sort, reverse=backward)} LIMIT ?",
+            [*params, limit + 1],
+        )
+        items = [from_row(kind, row) for row in rows[:limit]]
+        more = len(rows) > limit
+        if backward:
+            items.reverse()
+        return Page(
+            items=items,
+            cursors=[paging.cursor_of(item, sort) for item in items],
+            # Across a cursor, Relay lets us answer "there is something" without looking:
+            # the row the cursor came from is there (or was, a moment ago).
+            has_next=before is not None if backward else more,
+            has_previous=more if backward else after is not None,
+        )
+
+    async def find_grouped(
+        self,
+        kind: type[E],
+        key_field: str,
+        keys: Sequence[Any],
+        where: Filter,
+        sort: Sequence[Sort],
+        limit: int,
+    ) -> dict[Any, list[E]]:
+        key_col, originals, keys_param = self._group_keys(kind, key_field, keys)
+        if not originals or limit <= 0:
+            return {}
+        where_sql, params = compile_where(kind, where)
+        n = len(columns(kind))
+        # One query for the whole batch: number the rows within each key in sort order
+        # and keep the first `limit` of every key.
+        rows = await self._read(
+            f"SELECT * FROM (SELECT {_select_list(kind)}, {key_col} AS _key, "
+            f"ROW_NUMBER() OVER (PARTITION BY {key_col} ORDER BY {paging.order_by(kind, sort)})"
+            f" AS _rn FROM {_from(kind)} "
+            f"WHERE {key_col} IN (SELECT value FROM json_each(?)) AND {where_sql}) "
+            "WHERE _rn <= ? ORDER BY _key, _rn",
+            [keys_param, *params, limit],
+        )
+        out: dict[Any, list[E]] = {}
+        for row in rows:
+            out.setdefault(originals.get(row[n], row[n]), []).append(from_row(kind, row[:n]))
+        return out
+
+    async def count_grouped(
+        self, kind: type[E], key_field: str, keys: Sequence[Any], where: Filter
+    ) -> dict[Any, int]:
+        key_col, originals, keys_param = self._group_keys(kind, key_field, keys)
+        if not originals:
+            return {}
+        where_sql, params = compile_where(kind, where)
+        rows = await self._read(
+            f"SELECT {key_col}, COUNT(*) FROM {_from(kind)} "
+            f"WHERE {key_col} IN (SELECT value FROM json_each(?)) AND {where_sql} "
+            f"GROUP BY {key_col}",
+            [keys_param, *params],
+        )
+        return {originals.get(key, key): int(n) for key, n in rows}
+
+    @staticmethod
+    def _group_keys(kind: type[Record], key_field: str, keys: Sequence[Any]
+                    ) -> tuple[str, dict[SqlValue, Any], str]:
+        """The key column, the caller's key objects by stored value (the result is keyed by
+        what the caller passed in), and the stored values as one JSON parameter."""
+        spec = spec_of(kind, key_field)
+        originals: dict[SqlValue, Any] = {}
+        for key in keys:
+            if key is not None:
+                originals.setdefault(encode(spec, key), key)
+        return column("t0", spec.name), originals, json.dumps(list(originals))
+
+    # ------------------------------------------------------------------ writes
+    async def write(self, changes: Sequence[Change], audit: Sequence[AuditEntry]) -> None:
+        # Encode everything before taking the lock: a bad value fails before BEGIN.
+        statements = [self._statement(change) for change in changes]
+        statements += [(_insert_sql(AuditEntry), to_row(entry), None) for entry in audit]
+        if not statements:
+            return
+        writer = self._writer_conn()
+        async with self._write_lock:
+            await writer.execute("BEGIN IMMEDIATE")
+            try:
+                for sql, params, change in statements:
+                    async with writer.execute(sql, params) as cursor:
+                        touched = cursor.rowcount
+                    if isinstance(change, Update | Delete) and touched == 0:
+                        kind = change.record.kind.replace("_", " ")
+                        raise NotFound(f"no such {kind}: {change.record.id}", field="id")
+                await writer.commit()
+            except sqlite3.IntegrityError as exc:
+                await writer.rollback()
+                violation = unique_violation(exc)
+                if violation is None:
+                    raise
+                raise violation from exc
+            except BaseException:
+                # Also on cancellation: the statements already queued on the connection's
+                # thread run first, then this rollback, so nothing of the batch survives.
+                await writer.rollback()
+                raise
+
+    @staticmethod
+    def _statement(change: Change) -> _Statement:
+        kind = _checked(change.record)
+        if isinstance(change, Insert):
+            return _insert_sql(kind), to_row(change.record), change
+        if isinstance(change, Update):
+            return _update_sql(kind), _update_params(change.record), change
+        if isinstance(change, Delete):
+            return f'DELETE FROM {quote(kind.kind)} WHERE "id" = ?', (change.record.id,), change
+        raise TypeError(f"not a change: {change!r}")
+
+    async def next_sequence(self, name: str) -> int:
+        writer = self._writer_conn()
+        # Under the write lock so it never runs inside another coroutine's open
+        # transaction on the shared writer connection (and gets rolled back with it).
+        async with self._write_lock:
+            rows = await writer.execute_fetchall(
+                'INSERT INTO "sequence" ("name", "value") VALUES (?, 1) '
+                'ON CONFLICT ("name") DO UPDATE SET "value" = "value" + 1 RETURNING "value"',
+                (name,),
+            )
+        return int(next(iter(rows))[0])
+
+    def _writer_conn(self) -> aiosqlite.Connection:
+        if self._writer is None:
+            raise RuntimeError("SqliteStore is not started")
+        return self._writer

@@ -1,0 +1,143 @@
+"""Small builders for contract tests: valid records with every required field filled and
+unique fields made unique, overridable by keyword.
+
+Times are millisecond-precise (what every backend round-trips, see ``domain.clock``) and
+fixed, so expectations can be computed by hand.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from domain.entities import (
+    AuditAction,
+    AuditEntry,
+    Company,
+    Connector,
+    ConnectorStatus,
+    IdTag,
+    MeterSample,
+    Payment,
+    Record,
+    Reservation,
+    Role,
+    Session,
+    Station,
+    StatusEvent,
+    Tariff,
+    User,
+    Vehicle,
+)
+from domain.ports import Insert, Store
+
+T0 = datetime(2025, 3, 1, 12, 0, 0, 123000, tzinfo=UTC)
+
+_serial = itertools.count(1)
+
+
+def oid(n: int) -> str:
+    """A fixed, valid ObjectId-shaped id; ``oid(1) < oid(2)`` in every backend's order."""
+    return f"{n:024x}"
+
+
+def at(minutes: float) -> datetime:
+    """``T0`` plus ``minutes``."""
+    return T0 + timedelta(minutes=minutes)
+
+
+async def put(store: Store, *records: Record) -> None:
+    """Insert ``records`` in one write, without audit entries."""
+    await store.write([Insert(r) for r in records], [])
+
+
+def ids(records: Iterable[Record | None]) -> list[str | None]:
+    return [r.id if r is not None else None for r in records]
+
+
+def company(**kw: Any) -> Company:
+    kw.setdefault("name", f"Company {next(_serial)}")
+    return Company(**kw)
+
+
+def user(**kw: Any) -> User:
+    n = next(_serial)
+    kw.setdefault("email", f"user{n}@example.com")
+    kw.setdefault("name", f"User {n}")
+    kw.setdefault("role", Role.DRIVER)
+    return User(**kw)
+
+
+def vehicle(owner: User, **kw: Any) -> Vehicle:
+    kw.setdefault("license_plate", f"BEV{next(_serial)}")
+    return Vehicle(owner_id=owner.id, **kw)
+
+
+def id_tag(owner: User, **kw: Any) -> IdTag:
+    kw.setdefault("tag", f"TAG{next(_serial)}")
+    return IdTag(user_id=owner.id, **kw)
+
+
+def station(**kw: Any) -> Station:
+    n = next(_serial)
+    kw.setdefault("cp_id", f"CP-{n}")
+    kw.setdefault("name", f"Station {n}")
+    return Station(**kw)
+
+
+def connector(st: Station, connector_id: int = 1, **kw: Any) -> Connector:
+    return Connector(station_id=st.id, cp_id=st.cp_id, connector_id=connector_id, **kw)
+
+
+def session(st: Station, connector_id: int = 1, **kw: Any) -> Session:
+    kw.setdefault("transaction_id", next(_serial))
+    kw.setdefault("id_tag", "TAG")
+    kw.setdefault("start_time", T0)
+    kw.setdefault("meter_start_wh", 0)
+    return Session(station_id=st.id, cp_id=st.cp_id, connector_id=connector_id, **kw)
+
+
+def meter_sample(st: Station, sess: Session | None, **kw: Any) -> MeterSample:
+    kw.setdefault("at", T0)
+    kw.setdefault("measurand", "Energy.Active.Import.Register")
+    kw.setdefault("value", 1000.0)
+    return MeterSample(session_id=sess.id if sess else None, cp_id=st.cp_id,
+                       connector_id=kw.pop("connector_id", 1), **kw)
+
+
+def status_event(st: Station, **kw: Any) -> StatusEvent:
+    kw.setdefault("status", ConnectorStatus.AVAILABLE)
+    kw.setdefault("connector_id", 1)
+    kw.setdefault("at", T0)
+    return StatusEvent(station_id=st.id, cp_id=st.cp_id, **kw)
+
+
+def reservation(st: Station, **kw: Any) -> Reservation:
+    kw.setdefault("reservation_id", next(_serial))
+    kw.setdefault("connector_id", 1)
+    kw.setdefault("id_tag", "TAG")
+    kw.setdefault("expires_at", at(30))
+    return Reservation(station_id=st.id, cp_id=st.cp_id, **kw)
+
+
+def tariff(**kw: Any) -> Tariff:
+    kw.setdefault("price_per_kwh", Decimal("0.39"))
+    kw.setdefault("currency", "EUR")
+    kw.setdefault("valid_from", T0)
+    return Tariff(**kw)
+
+
+def payment(sess: Session, **kw: Any) -> Payment:
+    kw.setdefault("amount_minor", 1234)
+    kw.setdefault("currency", "EUR")
+    kw.setdefault("user_id", sess.user_id)
+    return Payment(session_id=sess.id, station_id=sess.station_id, **kw)
+
+
+def audit(entity: Record, actor: str, **kw: Any) -> AuditEntry:
+    kw.setdefault("action", AuditAction.UPDATE)
+    kw.setdefault("at", T0)
+    return AuditEntry(entity=entity.kind, entity_id=entity.id, actor=actor, **kw)

@@ -1,0 +1,356 @@
+"""Every node of the ``domain.query`` filter language, evaluated inside the database."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+from types import SimpleNamespace
+
+from domain.entities import (
+    AuditEntry,
+    Company,
+    Connector,
+    ConnectorStatus,
+    MeterSample,
+    Registration,
+    Role,
+    Session,
+    SessionState,
+    Station,
+    User,
+)
+from domain.ports import Store
+from domain.query import (
+    ALL,
+    NONE,
+    And,
+    Eq,
+    Filter,
+    In,
+    Near,
+    Or,
+    Range,
+    Search,
+    Sub,
+    all_of,
+    any_of,
+)
+from tests.contract.factories import (
+    at,
+    audit,
+    company,
+    connector,
+    meter_sample,
+    put,
+    session,
+    station,
+    user,
+)
+
+
+async def matching(store: Store, kind: type, where: Filter) -> set[str]:
+    """Ids matching ``where``, read two ways that must agree (list and count)."""
+    found = {r.id for r in await store.find_all(kind, where)}
+    assert await store.count(kind, where) == len(found)
+    return found
+
+
+# ---------------------------------------------------------------------------- Eq / In
+
+
+async def test_eq_on_text_int_enum_and_bool(store: Store) -> None:
+    a = station(name="A", online=True, registration=Registration.PENDING)
+    b = station(name="B", online=False)
+    await put(store, a, b, connector(a, 1), connector(a, 2, status=ConnectorStatus.FAULTED))
+
+    assert await matching(store, Station, Eq("name", "A")) == {a.id}
+    assert await matching(store, Station, Eq("online", True)) == {a.id}
+    assert await matching(store, Station, Eq("online", False)) == {b.id}
+    assert await matching(store, Station, Eq("registration", Registration.PENDING)) == {a.id}
+    assert await matching(store, Station, Eq("registration", "Accepted")) == {b.id}
+    assert len(await matching(store, Connector, Eq("connector_id", 2))) == 1
+    assert len(await matching(store, Connector, Eq("status", ConnectorStatus.FAULTED))) == 1
+
+
+async def test_eq_none_matches_exactly_the_nulls(store: Store) -> None:
+    c = company()
+    owned, free = station(company_id=c.id), station(company_id=None)
+    await put(store, c, owned, free)
+
+    assert await matching(store, Station, Eq("company_id", None)) == {free.id}
+    assert await matching(store, Station, Eq("company_id", c.id)) == {owned.id}
+
+
+async def test_in_matches_any_value_and_empty_in_matches_nothing(store: Store) -> None:
+    a, b, c = station(name="A"), station(name="B"), station(name="C")
+    await put(store, a, b, c)
+
+    assert await matching(store, Station, In("name", ("A", "C", "Z"))) == {a.id, c.id}
+    assert await matching(store, Station, In("id", (b.id,))) == {b.id}
+    assert await matching(store, Station, In("name", ())) == set()
+
+
+async def test_in_with_enum_values(store: Store) -> None:
+    st = station()
+    active = session(st, 1)
+    done = session(st, 2, state=SessionState.COMPLETED)
+    await put(store, active, done)
+
+    both = In("state", (SessionState.ACTIVE, SessionState.COMPLETED))
+    assert await matching(store, Session, both) == {active.id, done.id}
+    assert await matching(store, Session, In("state", (SessionState.ACTIVE,))) == {active.id}
+
+
+# ---------------------------------------------------------------------------- Range
+
+
+async def test_range_on_datetimes_with_every_bound(store: Store) -> None:
+    st = station()
+    s0, s1, s2, s3 = (session(st, i + 1, start_time=at(10 * i)) for i in range(4))
+    await put(store, s0, s1, s2, s3)
+
+    # A half-open window [10, 30) min: the start belongs in, the end does not.
+    assert await matching(store, Session, Range("start_time", gte=at(10), lt=at(30))) == {
+        s1.id, s2.id
+    }
+    assert await matching(store, Session, Range("start_time", gt=at(10), lte=at(30))) == {
+        s2.id, s3.id
+    }
+    assert await matching(store, Session, Range("start_time", lt=at(10))) == {s0.id}
+    assert await matching(store, Session, Range("start_time", gte=at(30))) == {s3.id}
+    assert len(await matching(store, Session, Range("start_time"))) == 4
+
+
+async def test_range_compares_instants_across_time_zones(store: Store) -> None:
+    st = station()
+    noon_utc = session(st, 1, start_time=datetime(2025, 5, 1, 12, 0, tzinfo=UTC))
+    await put(store, noon_utc)
+    plus2 = timezone(timedelta(hours=2))
+
+    # 13:59:59.999+02:00 is 11:59:59.999 UTC: one millisecond before the session.
+    before = datetime(2025, 5, 1, 13, 59, 59, 999000, tzinfo=plus2)
+    assert await matching(store, Session, Range("start_time", lte=before)) == set()
+    assert await matching(store, Session, Range("start_time", gt=before)) == {noon_utc.id}
+    exactly = datetime(2025, 5, 1, 14, 0, tzinfo=plus2)
+    assert await matching(store, Session, Eq("start_time", exactly)) == {noon_utc.id}
+
+
+async def test_range_on_integers(store: Store) -> None:
+    st = station()
+    small, big = session(st, 1, energy_wh=500), session(st, 2, energy_wh=45_000)
+    await put(store, small, big)
+
+    assert await matching(store, Session, Range("energy_wh", gte=1000)) == {big.id}
+    assert await matching(store, Session, Range("energy_wh", gt=499, lt=501)) == {small.id}
+
+
+# ---------------------------------------------------------------------------- Search
+
+
+async def test_search_is_a_case_insensitive_substring_in_any_field(store: Store) -> None:
+    alex = station(name="Alexanderplatz", address="Berlin Mitte")
+    hbf = station(name="Hauptbahnhof", address="Europaplatz 1, BERLIN")
+    munich = station(name="Marienplatz", address=None)
+    await put(store, alex, hbf, munich)
+
+    assert await matching(store, Station, Search(("name",), "PLATZ")) == {alex.id, munich.id}
+    assert await matching(store, Station, Search(("name", "address"), "platz")) == {
+        alex.id, hbf.id, munich.id
+    }
+    assert await matching(store, Station, Search(("address",), "berlin")) == {alex.id, hbf.id}
+    assert await matching(store, Station, Search(("name", "address"), "xyz")) == set()
+
+
+async def test_search_treats_wildcards_and_regex_characters_literally(store: Store) -> None:
+    percent = station(name="100% green")
+    hundred = station(name="1000 green")
+    under = station(name="fast_charge")
+    dash = station(name="fast-charge")
+    dotted = station(name="a.b (c)*")
+    plain = station(name="axb c")
+    await put(store, percent, hundred, under, dash, dotted, plain)
+
+    assert await matching(store, Station, Search(("name",), "0%")) == {percent.id}
+    assert await matching(store, Station, Search(("name",), "%")) == {percent.id}
+    assert await matching(store, Station, Search(("name",), "t_c")) == {under.id}
+    assert await matching(store, Station, Search(("name",), "_")) == {under.id}
+    assert await matching(store, Station, Search(("name",), "a.b (c)*")) == {dotted.id}
+    assert await matching(store, Station, Search(("name",), ".")) == {dotted.id}
+
+
+async def test_search_folds_non_ascii_case(store: Store) -> None:
+    mueller = user(name="Jürgen Müller")
+    await put(store, mueller, user(name="Juergen Mueller"))
+
+    assert await matching(store, User, Search(("name",), "MÜLLER")) == {mueller.id}
+
+
+# ---------------------------------------------------------------------------- Near
+
+BERLIN = (52.5200, 13.4050)
+POTSDAM = (52.3906, 13.0645)  # 27.2 km from BERLIN (great circle)
+MUNICH = (48.1372, 11.5756)  # 504 km
+
+
+async def test_near_uses_great_circle_distance(store: Store) -> None:
+    berlin = station(name="Berlin", lat=BERLIN[0], lon=BERLIN[1])
+    potsdam = station(name="Potsdam", lat=POTSDAM[0], lon=POTSDAM[1])
+    munich = station(name="Munich", lat=MUNICH[0], lon=MUNICH[1])
+    nowhere = station(name="No location")
+    await put(store, berlin, potsdam, munich, nowhere)
+
+    assert await matching(store, Station, Near(*BERLIN, radius_km=26.0)) == {berlin.id}
+    assert await matching(store, Station, Near(*BERLIN, radius_km=28.0)) == {
+        berlin.id, potsdam.id
+    }
+    assert await matching(store, Station, Near(*POTSDAM, radius_km=28.0)) == {
+        berlin.id, potsdam.id
+    }
+    assert await matching(store, Station, Near(*BERLIN, radius_km=510.0)) == {
+        berlin.id, potsdam.id, munich.id
+    }
+    assert await matching(store, Station, Near(*MUNICH, radius_km=1.0)) == {munich.id}
+
+
+async def test_near_combines_with_other_filters(store: Store) -> None:
+    online = station(lat=BERLIN[0], lon=BERLIN[1], online=True)
+    offline = station(lat=POTSDAM[0], lon=POTSDAM[1], online=False)
+    await put(store, online, offline)
+
+    where = all_of(Near(*BERLIN, radius_km=50), Eq("online", False))
+    assert await matching(store, Station, where) == {offline.id}
+
+
+# ---------------------------------------------------------------------------- Sub
+
+
+async def _fleet(store: Store) -> SimpleNamespace:
+    """Two companies' stations, sessions on them (one anonymous), samples and audit."""
+    acme, other = company(name="ACME"), company(name="Other")
+    op = user(role=Role.OPERATOR, company_id=acme.id)
+    outsider = user(role=Role.OPERATOR, company_id=other.id)
+    d1, d2, d3 = user(), user(), user()
+    a1, a2 = station(company_id=acme.id), station(company_id=acme.id)
+    o1 = station(company_id=other.id)
+    s1 = session(a1, 1, user_id=d1.id, state=SessionState.COMPLETED)
+    s2 = session(a2, 1, user_id=d2.id)
+    s3 = session(a2, 2, user_id=None)  # started by an unknown tag: no user
+    s4 = session(o1, 1, user_id=d3.id)
+    m1 = meter_sample(a1, s1)
+    m4 = meter_sample(o1, s4)
+    orphan = meter_sample(a2, None)  # sample of an unknown transaction
+    e_op = audit(a1, op.id)
+    e_outsider = audit(o1, outsider.id)
+    e_system = audit(a2, "system")
+    e_ocpp = audit(s2, "ocpp:" + a2.cp_id)
+    w = SimpleNamespace(acme=acme, other=other, op=op, outsider=outsider, d1=d1, d2=d2, d3=d3,
+                        a1=a1, a2=a2, o1=o1, s1=s1, s2=s2, s3=s3, s4=s4, m1=m1, m4=m4,
+                        orphan=orphan, e_op=e_op, e_outsider=e_outsider, e_system=e_system,
+                        e_ocpp=e_ocpp)
+    await put(store, *vars(w).values())
+    return w
+
+
+async def test_sub_selects_through_another_kind(store: Store) -> None:
+    w = await _fleet(store)
+    acme_stations = Sub("station_id", "station", Eq("company_id", w.acme.id))
+
+    assert await matching(store, Session, acme_stations) == {
+        w.s1.id, w.s2.id, w.s3.id
+    }
+
+
+async def test_sub_chain_users_with_sessions_on_a_companys_stations(store: Store) -> None:
+    w = await _fleet(store)
+    acme_id = w.acme.id
+    on_acme = Sub("station_id", "station", Eq("company_id", acme_id))
+    drivers = Sub("id", "session", on_acme, select="user_id")
+
+    # s3 has no user: its NULL user_id must not match anybody.
+    assert await matching(store, User, drivers) == {w.d1.id, w.d2.id}
+
+
+async def test_sub_three_levels_deep(store: Store) -> None:
+    w = await _fleet(store)
+    acme = Eq("name", "ACME")
+    samples = Sub("session_id", "session",
+                  Sub("station_id", "station", Sub("company_id", "company", acme)))
+
+    assert await matching(store, MeterSample, samples) == {w.m1.id}
+
+
+async def test_sub_selecting_a_non_id_field(store: Store) -> None:
+    w = await _fleet(store)
+    by_charger = Sub("cp_id", "station", Eq("company_id", w.acme.id), select="cp_id")
+
+    assert await matching(store, MeterSample, by_charger) == {
+        w.m1.id, w.orphan.id
+    }
+
+
+async def test_sub_compares_a_plain_text_field_with_ids(store: Store) -> None:
+    w = await _fleet(store)
+    acme_people = Sub("actor", "user", Eq("company_id", w.acme.id))
+
+    # "system" and "ocpp:…" actors are no user ids and simply do not match.
+    assert await matching(store, AuditEntry, acme_people) == {w.e_op.id}
+
+
+async def test_sub_with_an_empty_inner_result_matches_nothing(store: Store) -> None:
+    await _fleet(store)
+    assert await matching(store, Session, Sub("station_id", "station", NONE)) == set()
+    assert len(await matching(store, Session, Sub("station_id", "station", ALL))) == 4
+
+
+async def test_sub_on_the_same_kind(store: Store) -> None:
+    boss = user(name="Boss", role=Role.OPERATOR)
+    acme = company()
+    colleague = user(company_id=acme.id)
+    boss_in_acme = user(role=Role.ADMIN, company_id=acme.id)
+    loner = user()
+    await put(store, boss, acme, colleague, boss_in_acme, loner)
+
+    # Users sharing a company with an admin.
+    with_admin = Sub("company_id", "user", Eq("role", Role.ADMIN), select="company_id")
+    assert await matching(store, User, with_admin) == {colleague.id, boss_in_acme.id}
+
+
+# ---------------------------------------------------------------------------- And / Or
+
+
+async def test_empty_and_matches_all_and_empty_or_matches_none(store: Store) -> None:
+    a, b = company(), company()
+    await put(store, a, b)
+
+    assert await matching(store, Company, And(())) == {a.id, b.id}
+    assert await matching(store, Company, ALL) == {a.id, b.id}
+    assert await matching(store, Company, Or(())) == set()
+    assert await matching(store, Company, NONE) == set()
+
+
+async def test_and_or_nesting(store: Store) -> None:
+    acme = company()
+    s1 = station(name="One", online=True, company_id=acme.id)
+    s2 = station(name="Two", online=False, company_id=acme.id)
+    s3 = station(name="Three", online=True)
+    s4 = station(name="Four", online=False)
+    await put(store, acme, s1, s2, s3, s4)
+
+    either = Or((Eq("company_id", acme.id), Eq("online", True)))
+    assert await matching(store, Station, either) == {s1.id, s2.id, s3.id}
+    both = And((Eq("company_id", acme.id), Eq("online", True)))
+    assert await matching(store, Station, both) == {s1.id}
+    mixed = And((Or((Eq("name", "Two"), Eq("name", "Four"))),
+                 Or((Eq("company_id", None), Eq("online", True)))))
+    assert await matching(store, Station, mixed) == {s4.id}
+    assert await matching(store, Station, And((either, NONE))) == set()
+    assert await matching(store, Station, Or((NONE, Eq("name", "Four")))) == {s4.id}
+    assert await matching(store, Station, any_of(NONE, all_of(ALL, Eq("name", "One")))) == {
+        s1.id
+    }
+
+
+async def test_filters_apply_to_their_own_kind_only(store: Store) -> None:
+    named = company(name="Shared")
+    await put(store, named, station(name="Shared"))
+    assert await matching(store, Company, Eq("name", "Shared")) == {named.id}
+    assert len(await matching(store, Station, Eq("name", "Shared"))) == 1

@@ -1,0 +1,214 @@
+"""The visibility policy end to end: ``Policy().scope(viewer, kind)`` evaluated by the store
+returns exactly the records DESIGN.md section 3 says each viewer may see.
+
+The world: companies A and B; operators opA and opA2 (company A), opB (company B, owns S3)
+and opSolo (no company, owns S4); drivers d1, d2 (no company) and d3 (company B).
+Stations S1 (A, owned by opA), S2 (A, no owner), S3 (B), S4 (opSolo), S5 (opA, no company).
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from domain.entities import ENTITY_TYPES, Record, Role
+from domain.policy import ANONYMOUS, Policy, Viewer
+from domain.ports import Store
+from tests.contract.factories import (
+    audit,
+    company,
+    connector,
+    id_tag,
+    meter_sample,
+    payment,
+    put,
+    reservation,
+    session,
+    station,
+    status_event,
+    tariff,
+    user,
+    vehicle,
+)
+
+
+def build_world() -> dict[str, Record]:
+    """Every record of the world by its short name."""
+    w = SimpleNamespace()
+    w.A, w.B = company(name="A"), company(name="B")
+    w.admin = user(role=Role.ADMIN)
+    w.opA = user(role=Role.OPERATOR, company_id=w.A.id)
+    w.opA2 = user(role=Role.OPERATOR, company_id=w.A.id)
+    w.opB = user(role=Role.OPERATOR, company_id=w.B.id)
+    w.opSolo = user(role=Role.OPERATOR)
+    w.d1, w.d2 = user(), user()
+    w.d3 = user(company_id=w.B.id)
+    w.v1, w.v2, w.v3 = vehicle(w.d1), vehicle(w.d2), vehicle(w.d3)
+    w.t1, w.t2, w.t3 = id_tag(w.d1, vehicle_id=w.v1.id), id_tag(w.d2), id_tag(w.d3)
+    w.t4 = id_tag(w.opA2)
+    w.S1 = station(company_id=w.A.id, owner_id=w.opA.id)
+    w.S2 = station(company_id=w.A.id)
+    w.S3 = station(company_id=w.B.id, owner_id=w.opB.id)
+    w.S4 = station(owner_id=w.opSolo.id)
+    w.S5 = station(owner_id=w.opA.id)
+    w.C1, w.C2, w.C3, w.C4, w.C5 = (connector(s) for s in (w.S1, w.S2, w.S3, w.S4, w.S5))
+    w.x1 = session(w.S1, 1, user_id=w.d1.id, vehicle_id=w.v1.id)
+    w.x2 = session(w.S3, 1, user_id=w.d2.id, vehicle_id=w.v2.id)
+    w.x3 = session(w.S2, 1)  # unknown tag: no user, no vehicle
+    w.x4 = session(w.S4, 1, user_id=w.d2.id)
+    w.x5 = session(w.S1, 2, user_id=w.d3.id, vehicle_id=w.v3.id)
+    w.m1, w.m2 = meter_sample(w.S1, w.x1), meter_sample(w.S3, w.x2)
+    w.m_orphan = meter_sample(w.S2, None)
+    w.m4 = meter_sample(w.S4, w.x4)
+    w.e1, w.e3, w.e4 = status_event(w.S1), status_event(w.S3), status_event(w.S4)
+    w.r1 = reservation(w.S1, user_id=w.d1.id)
+    w.r3 = reservation(w.S3, user_id=w.d2.id)
+    w.tA = tariff(company_id=w.A.id)
+    w.tS3, w.tS4, w.tS5 = (tariff(station_id=s.id) for s in (w.S3, w.S4, w.S5))
+    w.p1, w.p2 = payment(w.x1), payment(w.x2)
+    w.a_opA = audit(w.S1, w.opA.id)
+    w.a_opA2 = audit(w.A, w.opA2.id)
+    w.a_opB = audit(w.S3, w.opB.id)
+    w.a_sys_c2 = audit(w.C2, "system")
+    w.a_d1 = audit(w.v1, w.d1.id)
+    w.a_ocpp_x2 = audit(w.x2, "ocpp:" + w.S3.cp_id)
+    w.a_sys_s4 = audit(w.S4, "system")
+    return dict(vars(w))
+
+
+#: viewer -> kind -> the names it sees; kinds left out: nothing.
+EXPECTED: dict[str, dict[str, set[str]]] = {
+    "opA": {
+        "company": {"A"},
+        "user": {"opA", "opA2", "d1", "d3"},
+        "vehicle": {"v1", "v3"},
+        "id_tag": {"t4"},
+        "station": {"S1", "S2", "S5"},
+        "connector": {"C1", "C2", "C5"},
+        "session": {"x1", "x3", "x5"},
+        "meter_sample": {"m1", "m_orphan"},
+        "status_event": {"e1"},
+        "reservation": {"r1"},
+        "tariff": {"tA", "tS5"},
+        "payment": {"p1"},
+        "audit_entry": {"a_opA", "a_opA2", "a_sys_c2"},
+    },
+    "opB": {
+        "company": {"B"},
+        "user": {"opB", "d3", "d2"},
+        "vehicle": {"v2", "v3"},
+        "id_tag": {"t3"},
+        "station": {"S3"},
+        "connector": {"C3"},
+        "session": {"x2"},
+        "meter_sample": {"m2"},
+        "status_event": {"e3"},
+        "reservation": {"r3"},
+        "tariff": {"tS3"},
+        "payment": {"p2"},
+        "audit_entry": {"a_opB"},
+    },
+    "opSolo": {
+        "user": {"opSolo", "d2"},
+        "station": {"S4"},
+        "connector": {"C4"},
+        "session": {"x4"},
+        "meter_sample": {"m4"},
+        "status_event": {"e4"},
+        "tariff": {"tS4"},
+        "audit_entry": {"a_sys_s4"},
+    },
+    "d1": {
+        "user": {"d1"},
+        "vehicle": {"v1"},
+        "id_tag": {"t1"},
+        "session": {"x1"},
+        "meter_sample": {"m1"},
+        "reservation": {"r1"},
+        "payment": {"p1"},
+        "audit_entry": {"a_d1"},
+        # The public map: every station, connector and price.
+        "station": {"S1", "S2", "S3", "S4", "S5"},
+        "connector": {"C1", "C2", "C3", "C4", "C5"},
+        "tariff": {"tA", "tS3", "tS4", "tS5"},
+    },
+    "d3": {
+        "company": {"B"},
+        "user": {"d3"},
+        "vehicle": {"v3"},
+        "id_tag": {"t3"},
+        "session": {"x5"},
+        "station": {"S1", "S2", "S3", "S4", "S5"},
+        "connector": {"C1", "C2", "C3", "C4", "C5"},
+        "tariff": {"tA", "tS3", "tS4", "tS5"},
+    },
+    "anonymous, public map": {
+        "station": {"S1", "S2", "S3", "S4", "S5"},
+        "connector": {"C1", "C2", "C3", "C4", "C5"},
+        "tariff": {"tA", "tS3", "tS4", "tS5"},
+    },
+    "anonymous, no map": {},
+    "no role": {},
+}
+
+
+@pytest.fixture
+async def world(store: Store) -> dict[str, Record]:
+    records = build_world()
+    await put(store, *records.values())
+    return records
+
+
+def viewer_and_policy(name: str, world: dict[str, Record]) -> tuple[Viewer, Policy]:
+    if name == "anonymous, public map":
+        return ANONYMOUS, Policy(public_map=True)
+    if name == "anonymous, no map":
+        return ANONYMOUS, Policy(public_map=False)
+    if name == "no role":
+        return Viewer(user_id=world["d1"].id), Policy(public_map=True)
+    return Viewer.of(world[name]), Policy()  # type: ignore[arg-type]
+
+
+async def visible(store: Store, world: dict[str, Record], viewer: Viewer, policy: Policy,
+                  kind: type[Record]) -> set[str]:
+    """Names of the records of ``kind`` the viewer sees, read three ways that must agree."""
+    scope = policy.scope(viewer, kind.kind)
+    names = {record.id: name for name, record in world.items()}
+    listed = {names[r.id] for r in await store.find_all(kind, scope)}
+    assert await store.count(kind, scope) == len(listed)
+    all_ids = [r.id for r in world.values() if isinstance(r, kind)]
+    fetched = await store.get_many(kind, all_ids, scope)
+    assert {names[r.id] for r in fetched if r is not None} == listed
+    return listed
+
+
+@pytest.mark.parametrize("viewer_name", sorted(EXPECTED))
+async def test_scope_of_each_viewer(store: Store, world: dict[str, Record],
+                                    viewer_name: str) -> None:
+    viewer, policy = viewer_and_policy(viewer_name, world)
+    for kind in ENTITY_TYPES:
+        expected = EXPECTED[viewer_name].get(kind.kind, set())
+        assert await visible(store, world, viewer, policy, kind) == expected, kind.kind
+
+
+async def test_admin_sees_everything(store: Store, world: dict[str, Record]) -> None:
+    admin = Viewer.of(world["admin"])  # type: ignore[arg-type]
+    for kind in ENTITY_TYPES:
+        every = {name for name, r in world.items() if isinstance(r, kind)}
+        assert await visible(store, world, admin, Policy(), kind) == every, kind.kind
+
+
+async def test_operators_of_two_tenants_see_disjoint_stations(store: Store,
+                                                              world: dict[str, Record]) -> None:
+    policy = Policy(public_map=True)  # the public map never leaks across tenants
+    seen = {}
+    for name in ("opA", "opB"):
+        viewer = Viewer.of(world[name])  # type: ignore[arg-type]
+        seen[name] = {
+            kind.kind: await visible(store, world, viewer, policy, kind)
+            for kind in ENTITY_TYPES
+            if kind.kind in ("station", "connector", "session", "status_event")
+        }
+    for kind, names in seen["opA"].items():
+        assert not names & seen["opB"][kind], kind

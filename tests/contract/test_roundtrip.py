@@ -1,0 +1,264 @@
+"""What goes in comes out: every entity type, every field category, and reads by id."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+
+import pytest
+
+from domain.entities import (
+    ENTITY_TYPES,
+    AuditAction,
+    AuditEntry,
+    Company,
+    Connector,
+    ConnectorStatus,
+    ConnectorType,
+    IdTag,
+    IdTagStatus,
+    MeterSample,
+    Payment,
+    PaymentStatus,
+    Record,
+    Registration,
+    Reservation,
+    ReservationState,
+    Role,
+    Session,
+    SessionState,
+    Station,
+    StatusEvent,
+    Tariff,
+    User,
+    Vehicle,
+)
+from domain.ids import new_id
+from domain.ports import Store
+from domain.query import ALL, NONE, Eq
+from tests.contract.factories import T0, at, company, put, station, tariff, user
+
+# The four audit fields with values that differ from the defaults, for every sample.
+STAMPS = {
+    "created_at": datetime(2024, 12, 31, 23, 59, 59, 999000, tzinfo=UTC),
+    "updated_at": datetime(2025, 1, 2, 3, 4, 5, 6000, tzinfo=UTC),
+    "created_by": new_id(),
+    "updated_by": "ocpp:CP-1",
+}
+
+#: One record per entity type with every field set to a non-default value.
+FULL: dict[type[Record], Callable[[], Record]] = {
+    Company: lambda: Company(name="Stadtwerke Süd", **STAMPS),
+    User: lambda: User(email="ada@example.com", name="Ada", role=Role.OPERATOR,
+                       company_id=new_id(), password_hash="$argon2id$v=19$x",
+                       active=False, **STAMPS),
+    Vehicle: lambda: Vehicle(owner_id=new_id(), license_plate="BAB123", make="Renault",
+                             model="Zoe", battery_kwh=52.5, **STAMPS),
+    IdTag: lambda: IdTag(tag="04A2B3C4", user_id=new_id(), vehicle_id=new_id(),
+                         status=IdTagStatus.BLOCKED, expires_at=at(60 * 24 * 365),
+                         parent_tag="GROUP1", **STAMPS),
+    Station: lambda: Station(cp_id="CP-FULL", name="Alexanderplatz", owner_id=new_id(),
+                             company_id=new_id(), lat=52.521918, lon=13.413215,
+                             address="Alexanderplatz 1, Berlin", vendor="ABB",
+                             model="Terra 54", serial="SN-1", firmware="1.2.3",
+                             registration=Registration.PENDING, online=True,
+                             last_seen=at(1.5), auth_password_hash="hash",
+                             firmware_status="Installed", diagnostics_status="Uploaded",
+                             **STAMPS),
+    Connector: lambda: Connector(station_id=new_id(), cp_id="CP-FULL", connector_id=2,
+                                 status=ConnectorStatus.SUSPENDED_EV, error_code="OtherError",
+                                 info="lid open", status_at=at(2), type=ConnectorType.CCS2,
+                                 max_kw=150.0, **STAMPS),
+    Session: lambda: Session(transaction_id=987654, station_id=new_id(), cp_id="CP-FULL",
+                             connector_id=2, id_tag="04A2B3C4", start_time=at(3),
+                             meter_start_wh=1_000_000, user_id=new_id(), vehicle_id=new_id(),
+                             end_time=at(93), meter_stop_wh=1_042_500, energy_wh=42_500,
+                             power_w=11_000.5, stop_reason="EVDisconnected",
+                             state=SessionState.COMPLETED, reservation_id=77,
+                             cost_minor=1659, currency="EUR", **STAMPS),
+    MeterSample: lambda: MeterSample(session_id=new_id(), cp_id="CP-FULL", connector_id=2,
+                                     at=at(4), measurand="Power.Active.Import", value=7.25,
+                                     unit="kW", phase="L1", context="Sample.Periodic",
+                                     transaction_id=987654, **STAMPS),
+    StatusEvent: lambda: StatusEvent(station_id=new_id(), cp_id="CP-FULL", connector_id=2,
+                                     status=ConnectorStatus.FAULTED,
+                                     error_code="GroundFailure", info="RCD tripped",
+                                     at=at(5), **STAMPS),
+    Reservation: lambda: Reservation(reservation_id=4242, station_id=new_id(),
+                                     cp_id="CP-FULL", connector_id=2, id_tag="04A2B3C4",
+                                     expires_at=at(45), user_id=new_id(),
+                                     state=ReservationState.CANCELLED, **STAMPS),
+    Tariff: lambda: Tariff(company_id=new_id(), station_id=new_id(),
+                           price_per_kwh=Decimal("0.3450"), currency="EUR",
+                           price_per_minute=Decimal("0.050000"), session_fee=Decimal("1.00"),
+                           tax_rate=Decimal("0.19"), valid_from=at(-60), **STAMPS),
+    Payment: lambda: Payment(session_id=new_id(), station_id=new_id(), user_id=new_id(),
+                             amount_minor=1659, currency="EUR", status=PaymentStatus.REFUNDED,
+                             provider="stripe", provider_ref="pi_123", **STAMPS),
+    AuditEntry: lambda: AuditEntry(entity="station", entity_id=new_id(),
+                                   action=AuditAction.DELETE, actor=new_id(), at=at(6),
+                                   before={"name": "Alt", "lat": 52.5, "tags": ["a", "b"],
+                                           "nested": {"x": None, "ok": True, "n": 3}},
+                                   after={"name": "Neu ✓"}, **STAMPS),
+}
+
+
+def test_samples_cover_every_entity_type() -> None:
+    assert set(FULL) == set(ENTITY_TYPES)
+
+
+@pytest.mark.parametrize("kind", ENTITY_TYPES, ids=lambda k: k.kind)
+async def test_every_entity_type_round_trips_with_all_fields(store: Store,
+                                                             kind: type[Record]) -> None:
+    record = FULL[kind]()
+    await put(store, record)
+
+    assert await store.get_many(kind, [record.id]) == [record]
+    assert await store.find_one(kind, Eq("id", record.id)) == record
+    # Every non-default value survived (the samples set them all on purpose).
+    for f in dataclasses.fields(kind):
+        assert getattr((await store.get_many(kind, [record.id]))[0], f.name) == getattr(
+            record, f.name
+        ), f.name
+
+
+MINIMAL: dict[type[Record], Callable[[], Record]] = {
+    Company: lambda: Company(name="C"),
+    User: lambda: User(email="min@example.com", name="M", role=Role.DRIVER),
+    Vehicle: lambda: Vehicle(owner_id=new_id(), license_plate="MIN1"),
+    IdTag: lambda: IdTag(tag="MIN", user_id=new_id()),
+    Station: lambda: Station(cp_id="CP-MIN", name="S"),
+    Connector: lambda: Connector(station_id=new_id(), cp_id="CP-MIN", connector_id=1),
+    Session: lambda: Session(transaction_id=1, station_id=new_id(), cp_id="CP-MIN",
+                             connector_id=1, id_tag="MIN", start_time=T0, meter_start_wh=0),
+    MeterSample: lambda: MeterSample(session_id=None, cp_id="CP-MIN", connector_id=1, at=T0,
+                                     measurand="Energy.Active.Import.Register", value=0.0),
+    StatusEvent: lambda: StatusEvent(station_id=new_id(), cp_id="CP-MIN", connector_id=1,
+                                     status=ConnectorStatus.AVAILABLE),
+    Reservation: lambda: Reservation(reservation_id=1, station_id=new_id(), cp_id="CP-MIN",
+                                     connector_id=1, id_tag="MIN", expires_at=T0),
+    Tariff: lambda: Tariff(price_per_kwh=Decimal("0"), currency="EUR"),
+    Payment: lambda: Payment(session_id=new_id(), station_id=new_id(), user_id=None,
+                             amount_minor=0, currency="EUR"),
+    AuditEntry: lambda: AuditEntry(entity="user", entity_id=new_id(),
+                                   action=AuditAction.CREATE, actor="system"),
+}
+
+
+async def test_optional_fields_round_trip_as_none_and_defaults_survive(store: Store) -> None:
+    records = [make() for make in MINIMAL.values()]
+    await put(store, *records)
+    for record in records:
+        got = (await store.get_many(type(record), [record.id]))[0]
+        assert got == record
+        nullable = [f.name for f in dataclasses.fields(record) if getattr(record, f.name) is None]
+        assert nullable == [f.name for f in dataclasses.fields(got) if getattr(got, f.name) is None]
+
+
+async def test_datetimes_come_back_aware_utc_and_millisecond_exact(store: Store) -> None:
+    berlin = timezone(timedelta(hours=2))
+    local = datetime(2025, 6, 1, 14, 30, 15, 987000, tzinfo=berlin)  # 12:30:15.987 UTC
+    sample = MeterSample(session_id=None, cp_id="CP", connector_id=1, at=local,
+                         measurand="Voltage", value=230.0, created_at=local)
+    await put(store, sample)
+
+    got = (await store.get_many(MeterSample, [sample.id]))[0]
+    assert got is not None
+    assert got.at == datetime(2025, 6, 1, 12, 30, 15, 987000, tzinfo=UTC)
+    assert got.at.utcoffset() == timedelta(0)
+    assert got.at.microsecond == 987000
+    assert got.created_at == local
+
+
+async def test_decimals_keep_their_exact_digits(store: Store) -> None:
+    exact = tariff(price_per_kwh=Decimal("0.3450"), price_per_minute=Decimal("0.000001"),
+                   session_fee=Decimal("1234.5"), tax_rate=Decimal("0"))
+    await put(store, exact)
+
+    got = (await store.get_many(Tariff, [exact.id]))[0]
+    assert got is not None
+    assert isinstance(got.price_per_kwh, Decimal)
+    assert str(got.price_per_kwh) == "0.3450"
+    assert str(got.price_per_minute) == "0.000001"
+    assert str(got.session_fee) == "1234.5"
+    assert got.tax_rate == Decimal("0")
+
+
+async def test_enums_come_back_as_their_enum_type(store: Store) -> None:
+    st = station(registration=Registration.REJECTED)
+    await put(store, st)
+    got = (await store.get_many(Station, [st.id]))[0]
+    assert got is not None
+    assert type(got.registration) is Registration
+    assert got.registration is Registration.REJECTED
+
+
+async def test_json_snapshots_round_trip_before_and_after(store: Store) -> None:
+    created = AuditEntry(entity="user", entity_id=new_id(), action=AuditAction.CREATE,
+                         actor="system", before=None,
+                         after={"email": "a@b.c", "role": "DRIVER", "active": True,
+                                "battery": 52.5, "tags": [], "company": None})
+    changed = AuditEntry(entity="user", entity_id=created.entity_id,
+                         action=AuditAction.UPDATE, actor="system",
+                         before=created.after, after={"name": "Zoë \"Z\" O'Neil"})
+    await put(store, created, changed)
+
+    got = await store.get_many(AuditEntry, [created.id, changed.id])
+    assert got == [created, changed]
+    assert got[0] is not None and got[0].before is None
+    assert got[1] is not None and got[1].after == {"name": "Zoë \"Z\" O'Neil"}
+
+
+async def test_booleans_round_trip_both_ways(store: Store) -> None:
+    on, off = station(online=True), station(online=False)
+    active, inactive = user(active=True), user(active=False)
+    await put(store, on, off, active, inactive)
+
+    assert [s.online for s in await store.get_many(Station, [on.id, off.id]) if s] == [True, False]
+    assert [u.active for u in await store.get_many(User, [active.id, inactive.id]) if u] == [
+        True, False
+    ]
+
+
+async def test_get_many_is_aligned_with_ids_including_missing_and_repeated(store: Store
+                                                                           ) -> None:
+    a, b = company(name="A"), company(name="B")
+    await put(store, a, b)
+    missing = new_id()
+
+    got = await store.get_many(Company, [b.id, missing, a.id, b.id])
+    assert got == [b, None, a, b]
+
+
+async def test_get_many_applies_where_as_if_missing(store: Store) -> None:
+    mine, other = company(name="Mine"), company(name="Other")
+    await put(store, mine, other)
+
+    assert await store.get_many(Company, [mine.id, other.id], Eq("name", "Mine")) == [mine, None]
+    assert await store.get_many(Company, [mine.id, other.id], NONE) == [None, None]
+    assert await store.get_many(Company, [mine.id, other.id], ALL) == [mine, other]
+
+
+async def test_get_many_of_no_ids_is_empty(store: Store) -> None:
+    assert await store.get_many(Company, []) == []
+
+
+async def test_get_many_does_not_mix_kinds(store: Store) -> None:
+    c = company()
+    await put(store, c)
+    assert await store.get_many(User, [c.id]) == [None]
+
+
+async def test_find_one_and_count(store: Store) -> None:
+    a, b, c = company(name="Dup"), company(name="Dup"), company(name="Solo")
+    await put(store, a, b, c)
+
+    assert await store.find_one(Company, Eq("name", "Solo")) == c
+    assert await store.find_one(Company, Eq("name", "Nobody")) is None
+    assert await store.find_one(Company, Eq("name", "Dup")) in (a, b)
+    assert await store.count(Company, Eq("name", "Dup")) == 2
+    assert await store.count(Company, ALL) == 3
+    assert await store.count(Company, NONE) == 0
+    assert await store.count(User, ALL) == 0

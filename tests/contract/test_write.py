@@ -1,0 +1,262 @@
+"""Writes: all-or-nothing batches with their audit entries, unique rules enforced by the
+database, Update/Delete semantics, and the atomic counters."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Callable
+
+import pytest
+
+from domain.entities import (
+    AuditAction,
+    AuditEntry,
+    Company,
+    Connector,
+    IdTag,
+    Payment,
+    Record,
+    Reservation,
+    Session,
+    SessionState,
+    Station,
+    User,
+    Vehicle,
+)
+from domain.errors import Conflict, NotFound, UniqueViolation
+from domain.ports import UNIQUE_RULES, Delete, Insert, Store, Update
+from domain.query import ALL, Eq, all_of
+from tests.contract.factories import (
+    at,
+    audit,
+    company,
+    connector,
+    id_tag,
+    payment,
+    put,
+    reservation,
+    session,
+    station,
+    user,
+    vehicle,
+)
+
+_owner = user()
+_st = station(cp_id="CP-U")
+_sess = session(_st)
+
+#: For each unique rule: the kind, two records that clash on it, and the field reported.
+CLASHES: dict[str, tuple[type[Record], Callable[[], Record], Callable[[], Record], str]] = {
+    "user.email": (User, lambda: user(email="same@example.com"),
+                   lambda: user(email="same@example.com"), "email"),
+    "vehicle.license_plate": (Vehicle, lambda: vehicle(_owner, license_plate="BAB123"),
+                              lambda: vehicle(user(), license_plate="BAB123"), "license_plate"),
+    "id_tag.tag": (IdTag, lambda: id_tag(_owner, tag="04A2B3"),
+                   lambda: id_tag(user(), tag="04A2B3"), "tag"),
+    "station.cp_id": (Station, lambda: station(cp_id="CP-1"), lambda: station(cp_id="CP-1"),
+                      "cp_id"),
+    "connector.cp_id+connector_id": (Connector, lambda: connector(_st, 2),
+                                     lambda: connector(_st, 2), "cp_id"),
+    "session.transaction_id": (
+        Session, lambda: session(_st, 1, transaction_id=7, state=SessionState.COMPLETED),
+        lambda: session(_st, 2, transaction_id=7, state=SessionState.COMPLETED),
+        "transaction_id"),
+    "reservation.reservation_id": (Reservation, lambda: reservation(_st, reservation_id=9),
+                                   lambda: reservation(_st, reservation_id=9, connector_id=2),
+                                   "reservation_id"),
+    "payment.session_id": (Payment, lambda: payment(_sess), lambda: payment(_sess),
+                           "session_id"),
+}
+
+
+def test_every_unique_rule_has_a_clash_case() -> None:
+    rules = {f"{kind}.{'+'.join(rule)}" for kind, rs in UNIQUE_RULES.items() for rule in rs}
+    assert rules == set(CLASHES)
+
+
+@pytest.mark.parametrize("rule", sorted(CLASHES))
+async def test_unique_rule_rejects_the_second_record(store: Store, rule: str) -> None:
+    kind, first, second, field = CLASHES[rule]
+    kept, clashing = first(), second()
+    await put(store, kept)
+
+    with pytest.raises(UniqueViolation) as raised:
+        await store.write([Insert(clashing)], [audit(clashing, "system")])
+
+    assert raised.value.field == field
+    assert raised.value.code == "DUPLICATE"
+    assert isinstance(raised.value, Conflict)
+    assert await store.get_many(kind, [kept.id, clashing.id]) == [kept, None]
+    assert await store.count(kind, ALL) == 1
+    assert await store.count(AuditEntry, ALL) == 0
+
+
+async def test_an_update_that_breaks_a_unique_rule_is_rejected(store: Store) -> None:
+    ada, bob = user(email="ada@example.com"), user(email="bob@example.com")
+    await put(store, ada, bob)
+
+    with pytest.raises(UniqueViolation) as raised:
+        await store.write([Update(dataclasses.replace(bob, email="ada@example.com"))], [])
+
+    assert raised.value.field == "email"
+    assert await store.get_many(User, [ada.id, bob.id]) == [ada, bob]
+
+
+async def test_a_batch_whose_third_change_violates_leaves_nothing_behind(store: Store) -> None:
+    taken = station(cp_id="CP-TAKEN")
+    renamed = company(name="Before")
+    await put(store, taken, renamed)
+    first = company(name="New")
+    second = Update(dataclasses.replace(renamed, name="After"))
+    third = station(cp_id="CP-TAKEN")
+    changes = [Insert(first), second, Insert(third)]
+    entries = [audit(first, "system", action=AuditAction.CREATE),
+               audit(renamed, "system"), audit(third, "system", action=AuditAction.CREATE)]
+
+    with pytest.raises(UniqueViolation) as raised:
+        await store.write(changes, entries)
+
+    assert raised.value.field == "cp_id"
+    assert await store.get_many(Company, [first.id, renamed.id]) == [None, renamed]
+    assert await store.count(Station, ALL) == 1
+    assert await store.count(AuditEntry, ALL) == 0
+
+
+async def test_a_batch_with_a_missing_update_target_leaves_nothing_behind(store: Store
+                                                                          ) -> None:
+    inserted = company(name="New")
+    ghost = company(name="Never stored")
+
+    with pytest.raises(NotFound):
+        await store.write([Insert(inserted), Update(ghost)], [audit(inserted, "system")])
+
+    assert await store.count(Company, ALL) == 0
+    assert await store.count(AuditEntry, ALL) == 0
+
+
+async def test_audit_entries_are_written_with_their_changes(store: Store) -> None:
+    c = company(name="ACME")
+    s = station(company_id=c.id)
+    entries = [audit(c, "system", action=AuditAction.CREATE, after={"name": "ACME"}),
+               audit(s, "system", action=AuditAction.CREATE, at=at(1))]
+
+    await store.write([Insert(c), Insert(s)], entries)
+
+    assert await store.get_many(AuditEntry, [e.id for e in entries]) == entries
+    assert await store.find_all(AuditEntry, Eq("entity_id", s.id)) == [entries[1]]
+
+
+async def test_update_replaces_the_whole_record(store: Store) -> None:
+    st = station(name="Old", online=False, lat=52.0, lon=13.0)
+    await put(store, st)
+    new = dataclasses.replace(st, name="New", online=True, lat=None, lon=None,
+                              last_seen=at(5), updated_at=at(5), updated_by="ocpp:x")
+
+    await store.write([Update(new)], [])
+
+    assert await store.get_many(Station, [st.id]) == [new]
+    assert await store.count(Station, ALL) == 1
+
+
+async def test_delete_removes_the_record(store: Store) -> None:
+    a, b = company(name="A"), company(name="B")
+    await put(store, a, b)
+
+    await store.write([Delete(a)], [audit(a, "system", action=AuditAction.DELETE)])
+
+    assert await store.get_many(Company, [a.id, b.id]) == [None, b]
+    assert await store.count(AuditEntry, Eq("action", AuditAction.DELETE)) == 1
+
+
+@pytest.mark.parametrize("change", [Update, Delete])
+async def test_update_or_delete_of_a_missing_record_is_not_found(
+    store: Store, change: type[Update] | type[Delete]
+) -> None:
+    with pytest.raises(NotFound):
+        await store.write([change(company())], [])
+
+
+async def test_a_deleted_record_cannot_be_updated(store: Store) -> None:
+    c = company()
+    await put(store, c)
+    await store.write([Delete(c)], [])
+    with pytest.raises(NotFound):
+        await store.write([Update(c)], [])
+
+
+async def test_changes_of_one_batch_apply_in_order(store: Store) -> None:
+    c = company(name="v1")
+    v2 = dataclasses.replace(c, name="v2")
+    gone = company(name="short-lived")
+
+    await store.write([Insert(c), Update(v2), Insert(gone), Delete(gone)], [])
+
+    assert await store.get_many(Company, [c.id, gone.id]) == [v2, None]
+
+
+async def test_inserting_an_existing_id_is_rejected(store: Store) -> None:
+    c = company(name="First")
+    await put(store, c)
+    with pytest.raises(UniqueViolation):
+        await put(store, dataclasses.replace(c, name="Second"))
+    assert await store.get_many(Company, [c.id]) == [c]
+
+
+async def test_an_empty_write_is_a_no_op(store: Store) -> None:
+    await store.write([], [])
+    assert await store.count(AuditEntry, ALL) == 0
+
+
+async def test_one_active_session_per_connector(store: Store) -> None:
+    st = station()
+    done = session(st, 1, state=SessionState.COMPLETED)
+    done_too = session(st, 1, state=SessionState.COMPLETED)
+    active = session(st, 1)
+    other_connector = session(st, 2)
+    await put(store, done, done_too, active, other_connector)
+
+    second_active = session(st, 1)
+    with pytest.raises(UniqueViolation) as raised:
+        await put(store, second_active)
+    assert raised.value.field == "connector_id"
+    assert await store.count(Session, Eq("state", SessionState.ACTIVE)) == 2
+
+    # Once the running session completes, the connector takes a new one.
+    finished = dataclasses.replace(active, state=SessionState.COMPLETED, end_time=at(60))
+    await store.write([Update(finished), Insert(second_active)], [])
+    active_on_1 = all_of(Eq("state", SessionState.ACTIVE), Eq("connector_id", 1))
+    assert await store.find_all(Session, active_on_1) == [second_active]
+
+
+async def test_reactivating_a_completed_session_on_a_busy_connector_is_rejected(
+    store: Store
+) -> None:
+    st = station()
+    old = session(st, 1, state=SessionState.COMPLETED)
+    running = session(st, 1)
+    await put(store, old, running)
+
+    with pytest.raises(UniqueViolation) as raised:
+        await store.write([Update(dataclasses.replace(old, state=SessionState.ACTIVE))], [])
+
+    assert raised.value.field == "connector_id"
+    assert await store.get_many(Session, [old.id]) == [old]
+
+
+async def test_next_sequence_counts_from_one_per_name(store: Store) -> None:
+    assert [await store.next_sequence("transaction") for _ in range(3)] == [1, 2, 3]
+    assert await store.next_sequence("reservation") == 1
+    assert await store.next_sequence("transaction") == 4
+
+
+async def test_next_sequence_is_atomic_under_concurrency(store: Store) -> None:
+    values = await asyncio.gather(*(store.next_sequence("tx") for _ in range(50)))
+    assert sorted(values) == list(range(1, 51))
+    assert await store.next_sequence("tx") == 51
+
+
+async def test_concurrent_writes_all_land(store: Store) -> None:
+    companies = [company(name=f"C{i}") for i in range(20)]
+    await asyncio.gather(*(put(store, c) for c in companies))
+    assert await store.count(Company, ALL) == 20

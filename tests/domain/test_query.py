@@ -1,0 +1,51 @@
+from datetime import UTC, datetime
+
+import pytest
+
+from domain.errors import ValidationError
+from domain.query import (
+    ALL,
+    NONE,
+    And,
+    Eq,
+    Or,
+    PageRequest,
+    Sort,
+    all_of,
+    any_of,
+    decode_cursor,
+    encode_cursor,
+)
+
+
+def test_all_of_and_any_of_simplify() -> None:
+    a, b = Eq("x", 1), Eq("y", 2)
+    assert all_of(None, ALL, a) == a
+    assert all_of(a, b) == And((a, b))
+    assert all_of(a, NONE) == NONE
+    assert any_of(a, NONE) == a
+    assert any_of(a, ALL) == ALL
+    assert any_of() == NONE
+    assert any_of(a, Or((b,))) == Or((a, b))
+
+
+def test_cursor_round_trip_and_ordering_check() -> None:
+    sort = [Sort("start_time", descending=True)]
+    at = datetime(2026, 3, 29, 1, 30, tzinfo=UTC)
+    cursor = encode_cursor(sort, [at], "0" * 24)
+    key = decode_cursor(cursor, sort)
+    assert key.values == (at,) and key.id == "0" * 24
+    with pytest.raises(ValidationError) as err:
+        decode_cursor(cursor, [Sort("start_time")])
+    assert err.value.code == "INVALID_CURSOR"
+    with pytest.raises(ValidationError):
+        decode_cursor("%%%", sort)
+
+
+def test_page_request_bounds() -> None:
+    assert PageRequest(first=5).limit == 5
+    assert PageRequest(last=3).backward
+    with pytest.raises(ValidationError):
+        PageRequest(first=101)
+    with pytest.raises(ValidationError):
+        PageRequest(first=1, last=1)

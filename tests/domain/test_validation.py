@@ -1,0 +1,65 @@
+from decimal import Decimal
+
+import pytest
+
+from domain import validation as v
+from domain.errors import ValidationError
+
+
+def test_email_is_case_folded_and_checked() -> None:
+    assert v.email("  Ada@Example.COM ") == "ada@example.com"
+    for bad in ("", "no-at", "a@b", "a b@c.de", "a@@b.de"):
+        with pytest.raises(ValidationError) as err:
+            v.email(bad)
+        assert err.value.field == "email"
+
+
+@pytest.mark.parametrize(("raw", "plate"), [("b-ab 123", "BAB123"), ("M XY-42", "MXY42")])
+def test_plates_normalize(raw: str, plate: str) -> None:
+    assert v.license_plate(raw) == plate
+
+
+@pytest.mark.parametrize("bad", ["", " - ", "AB$12", "X" * 17])
+def test_bad_plates(bad: str) -> None:
+    with pytest.raises(ValidationError):
+        v.license_plate(bad)
+
+
+def test_cp_id_charset_and_length() -> None:
+    assert v.cp_id("CP-001_a.b:c") == "CP-001_a.b:c"
+    for bad, code in (("", "REQUIRED"), ("a" * 49, "TOO_LONG"), ("a/b", "INVALID"),
+                      ("a b", "INVALID"), ("ä", "INVALID")):
+        with pytest.raises(ValidationError) as err:
+            v.cp_id(bad)
+        assert err.value.code == code
+
+
+def test_id_tag_rules() -> None:
+    assert v.id_tag(" rfid-1 ") == "RFID-1"
+    with pytest.raises(ValidationError) as err:
+        v.id_tag("x" * 21)
+    assert err.value.code == "TOO_LONG"
+
+
+def test_connector_ids_start_at_one() -> None:
+    assert v.connector_id(1) == 1
+    with pytest.raises(ValidationError):
+        v.connector_id(0)
+
+
+@pytest.mark.parametrize(("lat", "lon", "field"), [(91, 0, "location.lat"),
+                                                   (0, -181, "location.lon"),
+                                                   (1, None, "location")])
+def test_coordinates(lat, lon, field) -> None:
+    with pytest.raises(ValidationError) as err:
+        v.coordinates(lat, lon)
+    assert err.value.field == field
+
+
+def test_money_is_exact() -> None:
+    assert v.money("0.3450", "p") == Decimal("0.3450")
+    assert v.money(0.1, "p") == Decimal("0.1")
+    for bad in ("-1", "NaN", "abc", "0.1234567"):
+        with pytest.raises(ValidationError):
+            v.money(bad, "p")
+    assert v.currency(" eur ") == "EUR"

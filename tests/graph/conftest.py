@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from argon2 import PasswordHasher as _Argon2
+from argon2.exceptions import Argon2Error, InvalidHashError
+
+from domain.policy import Policy
+from domain.services import ServiceContext, Services
+from graph import TokenService, create_graphql_app
+from store.sqlite import SqliteStore
+from tests.graph.world import World, build_world
+
+SECRET = "test-secret-that-is-long-enough-for-hs256-keys"
+
+
+class FastHasher:
+    """Argon2 with test-sized costs (the product's hasher lives in chargegraph.security)."""
+
+    def __init__(self) -> None:
+        self._argon = _Argon2(time_cost=1, memory_cost=1024, parallelism=1)
+
+    def hash(self, password: str) -> str:
+        return self._argon.hash(password)
+
+    def verify(self, password_hash: str, password: str) -> bool:
+        try:
+            return self._argon.verify(password_hash, password)
+        except (Argon2Error, InvalidHashError):
+            return False
+
+    def needs_rehash(self, password_hash: str) -> bool:
+        return False
+
+
+class CountingStore:
+    """Wraps a store and counts calls of its public methods."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.calls: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.inner, name)
+        if not callable(attr) or name.startswith("_"):
+            return attr
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls.append(name)
+            return await attr(*args, **kwargs)
+
+        return counted
+
+
+class Api:
+    """A GraphQL client over the real ASGI app (no network)."""
+
+    def __init__(self, app: Any, tokens: TokenService) -> None:
+        self.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                        base_url="http://testserver")
+        self.tokens = tokens
+
+    def token_for(self, user_id: str) -> str:
+        return self.tokens.issue(user_id).token
+
+    async def post(self, query: str, variables: dict[str, Any] | None = None,
+                   token: str | None = None, **headers: str) -> httpx.Response:
+        h = {"content-type": "application/json", **headers}
+        if token:
+            h["authorization"] = f"Bearer {token}"
+        return await self.client.post("/graphql", json={"query": query, "variables": variables},
+                                      headers=h)
+
+    async def gql(self, query: str, variables: dict[str, Any] | None = None,
+                  as_user: str | None = None) -> dict[str, Any]:
+        token = self.token_for(as_user) if as_user else None
+        response = await self.post(query, variables, token)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert "errors" not in body, body["errors"]
+        return body["data"]  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[CountingStore]:
+    inner = SqliteStore(str(tmp_path / "graph.db"))
+    await inner.start()
+    yield CountingStore(inner)
+    await inner.close()
+
+
+@pytest.fixture
+def services(store: CountingStore) -> Services:
+    return Services(ServiceContext(store=store, policy=Policy(public_map=False),  # type: ignore[arg-type]
+                                   hasher=FastHasher()))
+
+
+@pytest.fixture
+async def world(services: Services) -> World:
+    return await build_world(services)
+
+
+@pytest.fixture
+async def api(services: Services) -> AsyncIterator[Api]:
+    tokens = TokenService(SECRET, timedelta(hours=1))
+    client = Api(create_graphql_app(services, tokens), tokens)
+    yield client
+    await client.client.aclose()

@@ -1,0 +1,141 @@
+"""GraphQL over HTTP: media types, status codes and request validation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.graph.conftest import Api
+
+GQL_RESPONSE = "application/graphql-response+json"
+
+
+async def test_post_json_default_media_type(api: Api) -> None:
+    r = await api.client.post("/graphql", json={"query": "{ __typename }"})
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "application/json; charset=utf-8"
+    assert r.json() == {"data": {"__typename": "Query"}}
+
+
+async def test_graphql_response_media_type(api: Api) -> None:
+    r = await api.client.post("/graphql", json={"query": "{ __typename }"},
+                              headers={"accept": GQL_RESPONSE})
+    assert r.status_code == 200
+    assert r.headers["content-type"] == f"{GQL_RESPONSE}; charset=utf-8"
+
+
+@pytest.mark.parametrize(("accept", "expected"), [
+    (f"{GQL_RESPONSE}, application/json;q=0.9", GQL_RESPONSE),
+    ("application/json", "application/json"),
+    ("*/*", "application/json"),
+    (f"application/json;q=0.5, {GQL_RESPONSE};q=0.1", "application/json"),
+])
+async def test_accept_negotiation(api: Api, accept: str, expected: str) -> None:
+    r = await api.client.post("/graphql", json={"query": "{ __typename }"},
+                              headers={"accept": accept})
+    assert r.headers["content-type"].startswith(expected)
+
+
+async def test_unacceptable_media_is_406(api: Api) -> None:
+    r = await api.client.post("/graphql", json={"query": "{ __typename }"},
+                              headers={"accept": "text/plain"})
+    assert r.status_code == 406
+
+
+@pytest.mark.parametrize(("media", "status"), [(GQL_RESPONSE, 400), ("application/json", 200)])
+async def test_parse_and_validation_errors(api: Api, media: str, status: int) -> None:
+    for query in ("{", "{ nope }", "query($x: Int!) { __typename }"):
+        r = await api.client.post("/graphql", json={"query": query}, headers={"accept": media})
+        assert r.status_code == status, query
+        body = r.json()
+        assert "data" not in body and body["errors"], query
+
+
+@pytest.mark.parametrize("body", [
+    "not json", "[]", '{"query": 1}', '{"variables": {}}', '{"query": "{ __typename }", '
+    '"variables": []}', '{"query": "{ __typename }", "operationName": 3}',
+    '{"query": "{ __typename }", "extensions": "x"}',
+])
+async def test_malformed_requests_are_400(api: Api, body: str) -> None:
+    for media in (GQL_RESPONSE, "application/json"):
+        r = await api.client.post("/graphql", content=body, headers={
+            "content-type": "application/json", "accept": media})
+        assert r.status_code == 400, body
+        assert "data" not in r.json()
+
+
+async def test_content_type_required(api: Api) -> None:
+    r = await api.client.post("/graphql", content='{"query": "{ __typename }"}',
+                              headers={"content-type": "text/plain"})
+    assert r.status_code == 415
+
+
+async def test_get_queries_and_no_mutations(api: Api) -> None:
+    r = await api.client.get("/graphql", params={
+        "query": "query($n: Int) { stations(first: $n) { totalCount } }",
+        "variables": json.dumps({"n": 1})})
+    assert r.status_code == 200 and r.json() == {"data": {"stations": {"totalCount": 0}}}
+    r = await api.client.get("/graphql", params={
+        "query": 'mutation { login(email: "a@b.cd", password: "x") { token } }'})
+    assert r.status_code == 405
+    assert r.headers["allow"] == "POST"
+
+
+async def test_null_variables_and_extensions_allowed(api: Api) -> None:
+    r = await api.client.post("/graphql", json={"query": "{ __typename }", "variables": None,
+                                                "extensions": None, "operationName": None})
+    assert r.status_code == 200
+
+
+async def test_graphiql_for_browsers(api: Api) -> None:
+    r = await api.client.get("/graphql", headers={"accept": "text/html"})
+    assert r.status_code == 200 and "graphiql" in r.text.lower()
+
+
+async def test_bad_token_is_401(api: Api) -> None:
+    r = await api.post("{ me { id } }", token="nonsense")
+    assert r.status_code == 401
+    assert r.json()["errors"][0]["extensions"]["code"] == "INVALID_TOKEN"
+    r = await api.client.post("/graphql", json={"query": "{ __typename }"},
+                              headers={"authorization": "Basic abc"})
+    assert r.status_code == 401
+
+
+async def test_limits(api: Api) -> None:
+    deep = "company { name }"
+    for _ in range(8):
+        deep = f"company {{ users {{ nodes {{ {deep} }} }} }}"
+    deep = f"{{ me {{ {deep} }} }}"
+    r = await api.client.post("/graphql", json={"query": deep}, headers={"accept": GQL_RESPONSE})
+    assert r.status_code == 400 and "depth" in r.text
+    aliases = "{ " + " ".join(f"a{i}: __typename" for i in range(40)) + " }"
+    r = await api.client.post("/graphql", json={"query": aliases},
+                              headers={"accept": GQL_RESPONSE})
+    assert r.status_code == 400 and "alias" in r.text.lower()
+
+
+async def test_unexpected_errors_are_masked(api: Api, world, services, monkeypatch, caplog
+                                            ) -> None:
+    async def boom(*args, **kwargs):
+        raise RuntimeError("database password is hunter2")
+
+    monkeypatch.setattr(services.reads, "page", boom)
+    token = api.token_for(world.users["admin"].id)
+    r = await api.post("{ stations { totalCount } }", token=token)
+    assert r.status_code == 200
+    error = r.json()["errors"][0]
+    assert error["message"] == "Internal server error"
+    assert "hunter2" not in r.text
+    assert error["extensions"]["code"] == "INTERNAL_SERVER_ERROR"
+    assert error["extensions"]["errorId"] in caplog.text
+
+
+async def test_bad_cursor_is_a_coded_error(api: Api, world) -> None:
+    r = await api.post('{ stations(after: "bogus") { totalCount } }',
+                       token=api.token_for(world.users["admin"].id))
+    error = r.json()["errors"][0]
+    assert error["extensions"]["code"] == "INVALID_CURSOR"
+    r = await api.post("{ stations(first: 1000) { totalCount } }",
+                       token=api.token_for(world.users["admin"].id))
+    assert r.json()["errors"][0]["extensions"] == {"code": "INVALID", "field": "first"}

@@ -1,0 +1,266 @@
+"""Every mutation through HTTP: success, the audit trail, and coded user errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from graph.ids import to_global_id
+from tests.graph.conftest import Api
+from tests.graph.world import PASSWORD, World
+
+
+async def call(api: Api, world: World, who: str | None, mutation: str, input: dict[str, Any],
+               selection: str) -> dict[str, Any]:
+    name = mutation[0].upper() + mutation[1:]
+    query = f"""mutation($input: {name}Input!) {{ {mutation}(input: $input) {{ {selection}
+      errors {{ field message code }} }} }}"""
+    uid = world.users[who].id if who else None
+    return (await api.gql(query, {"input": input}, as_user=uid))[mutation]
+
+
+def codes(payload: dict[str, Any]) -> list[tuple[str | None, str]]:
+    return [(e["field"], e["code"]) for e in payload["errors"]]
+
+
+def gid(kind: str, record_id: str) -> str:
+    return to_global_id(kind, record_id)
+
+
+async def test_login_and_me(api: Api, world: World) -> None:
+    q = """mutation($e: String!, $p: String!) { login(email: $e, password: $p) {
+      token expiresAt user { name role } errors { field code } } }"""
+    ok = (await api.gql(q, {"e": "DRIVER1@example.com", "p": PASSWORD}))["login"]
+    assert ok["user"] == {"name": "Driver1", "role": "DRIVER"} and ok["errors"] == []
+    r = await api.post("{ me { name email } }", token=ok["token"])
+    assert r.json() == {"data": {"me": {"name": "Driver1", "email": "driver1@example.com"}}}
+    for email, password in (("driver1@example.com", "wrong password"),
+                            ("nobody@example.com", PASSWORD)):
+        bad = (await api.gql(q, {"e": email, "p": password}))["login"]
+        assert bad["token"] is None
+        assert bad["errors"] == [{"field": None, "code": "UNAUTHENTICATED"}]
+
+
+async def test_companies_and_users(api: Api, world: World) -> None:
+    created = await call(api, world, "admin", "createCompany", {"name": "  Gamma  GmbH "},
+                         "company { name createdBy }")
+    assert created["company"] == {"name": "Gamma GmbH", "createdBy": world.users["admin"].id}
+    assert codes(await call(api, world, "op_a", "createCompany", {"name": "X"}, "company { id }")
+                 ) == [(None, "FORBIDDEN")]
+    assert codes(await call(api, world, None, "createCompany", {"name": "X"}, "company { id }")
+                 ) == [(None, "UNAUTHENTICATED")]
+    new_user = {"email": "new@example.com", "password": "long enough pw", "name": "New",
+                "role": "DRIVER"}
+    made = await call(api, world, "op_a", "createUser", new_user,
+                      "user { email role company { name } }")
+    assert made["user"] == {"email": "new@example.com", "role": "DRIVER",
+                            "company": {"name": "Alpha Charging"}}
+    assert codes(await call(api, world, "admin", "createUser", new_user, "user { id }")
+                 ) == [("email", "DUPLICATE")]
+    assert codes(await call(api, world, "admin", "createUser", {**new_user, "email": "nope"},
+                            "user { id }")) == [("email", "INVALID")]
+    assert codes(await call(api, world, "admin", "createUser",
+                            {**new_user, "email": "x@example.com", "password": "short"},
+                            "user { id }")) == [("password", "TOO_SHORT")]
+    assert codes(await call(api, world, "op_a", "createUser",
+                            {**new_user, "email": "y@example.com", "role": "ADMIN"},
+                            "user { id }")) == [("role", "FORBIDDEN")]
+
+
+async def test_update_and_deactivate_user(api: Api, world: World) -> None:
+    me = gid("user", world.users["driver1"].id)
+    renamed = await call(api, world, "driver1", "updateUser", {"id": me, "name": "Dee"},
+                         "user { name }")
+    assert renamed["user"] == {"name": "Dee"}
+    assert codes(await call(api, world, "driver1", "updateUser", {"id": me, "role": "ADMIN"},
+                            "user { id }")) == [("role", "FORBIDDEN")]
+    other = gid("user", world.users["driver2"].id)
+    assert codes(await call(api, world, "driver1", "updateUser", {"id": other, "name": "X"},
+                            "user { id }")) == [("id", "NOT_FOUND")]
+    token = api.token_for(world.users["driver2"].id)
+    gone = await call(api, world, "admin", "deactivateUser", {"id": other}, "user { active }")
+    assert gone["user"] == {"active": False}
+    assert (await api.post("{ me { id } }", token=token)).status_code == 401
+    q = """mutation($p: String!) { login(email: "driver2@example.com", password: $p) {
+      token } }"""
+    assert (await api.gql(q, {"p": PASSWORD}))["login"]["token"] is None
+
+
+async def test_vehicles(api: Api, world: World) -> None:
+    added = await call(api, world, "driver1", "addVehicle",
+                       {"licensePlate": "m-xy 42", "make": "Tesla", "batteryKwh": 75},
+                       "vehicle { id licensePlate owner { name } }")
+    assert added["vehicle"]["licensePlate"] == "MXY42"
+    assert added["vehicle"]["owner"] == {"name": "Driver1"}
+    assert codes(await call(api, world, "driver2", "addVehicle", {"licensePlate": "MXY-42"},
+                            "vehicle { id }")) == [("licensePlate", "DUPLICATE")]
+    vid = added["vehicle"]["id"]
+    assert codes(await call(api, world, "driver2", "updateVehicle",
+                            {"id": vid, "make": "Fiat"}, "vehicle { id }")
+                 ) == [("id", "NOT_FOUND")]
+    updated = await call(api, world, "driver1", "updateVehicle", {"id": vid, "make": None},
+                         "vehicle { make }")
+    assert updated["vehicle"] == {"make": None}
+    removed = await call(api, world, "driver1", "removeVehicle", {"id": vid},
+                         "vehicle { licensePlate }")
+    assert removed["vehicle"] == {"licensePlate": "MXY42"}
+    log = await api.gql("""query($id: ID!) { auditLog(filter: {entityId: $id}) { nodes {
+      action actor before after } } }""", {"id": vid}, as_user=world.users["admin"].id)
+    actions = [n["action"] for n in log["auditLog"]["nodes"]]
+    assert actions == ["DELETE", "UPDATE", "CREATE"]
+    delete, update, _ = log["auditLog"]["nodes"]
+    assert update["before"]["make"] == "Tesla" and update["after"]["make"] is None
+    assert delete["after"] is None and delete["before"]["license_plate"] == "MXY42"
+    assert delete["actor"] == world.users["driver1"].id
+
+
+async def test_id_tags(api: Api, world: World) -> None:
+    issued = await call(api, world, "driver1", "issueIdTag",
+                        {"tag": "rfid-0001", "vehicleId": gid("vehicle",
+                                                              world.vehicles["driver1"].id)},
+                        "idTag { id tag status vehicle { licensePlate } user { name } }")
+    assert issued["idTag"]["tag"] == "RFID-0001" and issued["idTag"]["status"] == "ACCEPTED"
+    assert issued["idTag"]["vehicle"] == {"licensePlate": "BDR1"}
+    assert codes(await call(api, world, "driver2", "issueIdTag", {"tag": "RFID-0001"},
+                            "idTag { id }")) == [("tag", "DUPLICATE")]
+    assert codes(await call(api, world, "driver2", "issueIdTag", {"tag": "x" * 21},
+                            "idTag { id }")) == [("tag", "TOO_LONG")]
+    assert codes(await call(api, world, "driver2", "issueIdTag",
+                            {"tag": "OTHER", "vehicleId": gid("vehicle",
+                                                              world.vehicles["driver1"].id)},
+                            "idTag { id }")) == [("vehicleId", "NOT_FOUND")]
+    blocked = await call(api, world, "driver1", "updateIdTag",
+                         {"id": issued["idTag"]["id"], "status": "BLOCKED"}, "idTag { status }")
+    assert blocked["idTag"] == {"status": "BLOCKED"}
+    # An operator manages the tags of its company's drivers, not of others.
+    assert codes(await call(api, world, "op_a", "issueIdTag",
+                            {"tag": "FLEET-1", "userId": gid("user",
+                                                             world.users["driver_a"].id)},
+                            "idTag { id }")) == []
+    assert codes(await call(api, world, "op_a", "issueIdTag",
+                            {"tag": "FLEET-2", "userId": gid("user",
+                                                             world.users["driver1"].id)},
+                            "idTag { id }")) == [("userId", "FORBIDDEN")]
+
+
+STATION_INPUT = {
+    "cpId": "NEW-1", "name": "New Station",
+    "location": {"lat": 52.52, "lon": 13.405, "address": "Alexanderplatz 1"},
+    "connectors": [{"connectorId": 1, "type": "CCS2", "maxKw": 150},
+                   {"connectorId": 2, "type": "TYPE2", "maxKw": 22}],
+    "password": "a-station-password",
+}
+
+
+async def test_create_station_and_errors(api: Api, world: World, store) -> None:
+    made = await call(api, world, "op_a", "createStation", STATION_INPUT,
+                      "station { id cpId owner { name } company { name } connectors { "
+                      "connectorId type maxKw status } }")
+    station = made["station"]
+    assert station["owner"] == {"name": "Op_A"} and station["company"] == {"name":
+                                                                          "Alpha Charging"}
+    assert [c["type"] for c in station["connectors"]] == ["CCS2", "TYPE2"]
+    assert station["connectors"][0]["status"] == "UNAVAILABLE"
+    before = await store.inner.count(__import__("domain.entities").entities.Connector,
+                                     __import__("domain.query").query.ALL)
+    dup = await call(api, world, "admin", "createStation", STATION_INPUT, "station { id }")
+    assert codes(dup) == [("cpId", "DUPLICATE")]
+    after = await store.inner.count(__import__("domain.entities").entities.Connector,
+                                    __import__("domain.query").query.ALL)
+    assert before == after  # nothing half-written
+    bad = [
+        ({"cpId": "has space"}, ("cpId", "INVALID")),
+        ({"cpId": "x" * 49}, ("cpId", "TOO_LONG")),
+        ({"cpId": "OK-2", "location": {"lat": 91, "lon": 0}}, ("location.lat", "OUT_OF_RANGE")),
+        ({"cpId": "OK-3", "connectors": [{"connectorId": 1}, {"connectorId": 1}]},
+         ("connectors.1.connectorId", "DUPLICATE")),
+        ({"cpId": "OK-4", "connectors": [{"connectorId": 0}]},
+         ("connectors.0.connectorId", "OUT_OF_RANGE")),
+        ({"cpId": "OK-5", "password": "short"}, ("password", "INVALID_LENGTH")),
+        ({"cpId": "OK-6", "companyId": gid("company", world.companies["b"].id)},
+         ("companyId", "NOT_FOUND")),
+    ]
+    for change, expected in bad:
+        payload = await call(api, world, "op_a", "createStation", {**STATION_INPUT, **change},
+                             "station { id }")
+        assert codes(payload) == [expected], change
+        assert payload["station"] is None
+    assert codes(await call(api, world, "driver1", "createStation",
+                            {**STATION_INPUT, "cpId": "D-1"}, "station { id }")
+                 ) == [(None, "FORBIDDEN")]
+
+
+async def test_update_remove_station_and_connectors(api: Api, world: World) -> None:
+    sid = gid("station", world.stations["A-002"].id)
+    updated = await call(api, world, "op_a2", "updateStation",
+                         {"id": sid, "name": "Renamed", "location": {"lat": 1, "lon": 2}},
+                         "station { name location { lat lon address } }")
+    assert updated["station"] == {"name": "Renamed",
+                                  "location": {"lat": 1.0, "lon": 2.0, "address": None}}
+    assert codes(await call(api, world, "op_b", "updateStation", {"id": sid, "name": "X"},
+                            "station { id }")) == [("id", "NOT_FOUND")]
+    assert codes(await call(api, world, "driver1", "updateStation", {"id": sid, "name": "X"},
+                            "station { id }")) == [("id", "FORBIDDEN")]
+    added = await call(api, world, "op_a", "addConnector",
+                       {"stationId": sid, "connectorId": 3, "type": "CHADEMO", "maxKw": 50},
+                       "connector { id connectorId type station { cpId } }")
+    assert added["connector"]["type"] == "CHADEMO"
+    assert added["connector"]["station"] == {"cpId": "A-002"}
+    assert codes(await call(api, world, "op_a", "addConnector",
+                            {"stationId": sid, "connectorId": 3}, "connector { id }")
+                 ) == [("connectorId", "DUPLICATE")]
+    cid = added["connector"]["id"]
+    changed = await call(api, world, "op_a", "updateConnector", {"id": cid, "maxKw": 62.5},
+                         "connector { maxKw }")
+    assert changed["connector"] == {"maxKw": 62.5}
+    assert (await call(api, world, "op_a", "removeConnector", {"id": cid},
+                       "connector { connectorId }"))["connector"] == {"connectorId": 3}
+    busy = gid("station", world.stations["A-001"].id)  # has an active session
+    assert codes(await call(api, world, "op_a", "removeStation", {"id": busy},
+                            "station { id }")) == [("id", "IN_USE")]
+    removed = await call(api, world, "op_a", "removeStation", {"id": sid}, "station { cpId }")
+    assert removed["station"] == {"cpId": "A-002"}
+    data = await api.gql('{ station(cpId: "A-002") { id } connectors(filter: {cpId: "A-002"}) '
+                         '{ totalCount } sessions(filter: {cpId: "A-002"}) { totalCount } }',
+                         as_user=world.users["admin"].id)
+    # The station and its connectors are gone; its session history stays.
+    assert data == {"station": None, "connectors": {"totalCount": 0},
+                    "sessions": {"totalCount": 1}}
+
+
+async def test_tariffs(api: Api, world: World) -> None:
+    company = gid("company", world.companies["a"].id)
+    station = gid("station", world.stations["A-001"].id)
+    made = await call(api, world, "op_a", "setTariff",
+                      {"companyId": company, "pricePerKwh": "0.39", "currency": "eur",
+                       "taxRate": "0.19"}, "tariff { pricePerKwh currency taxRate }")
+    assert made["tariff"] == {"pricePerKwh": "0.39", "currency": "EUR", "taxRate": "0.19"}
+    q = '{ a: station(cpId: "A-001") { tariff { pricePerKwh } } ' \
+        'b: station(cpId: "A-002") { tariff { pricePerKwh } } }'
+    data = await api.gql(q, as_user=world.users["driver1"].id)
+    assert data == {"a": {"tariff": {"pricePerKwh": "0.39"}},
+                    "b": {"tariff": {"pricePerKwh": "0.39"}}}
+    await call(api, world, "op_a", "setTariff",
+               {"stationId": station, "pricePerKwh": "0.5900", "currency": "EUR"},
+               "tariff { id }")
+    data = await api.gql(q, as_user=world.users["driver1"].id)
+    assert data["a"] == {"tariff": {"pricePerKwh": "0.5900"}}  # the station's wins
+    assert data["b"] == {"tariff": {"pricePerKwh": "0.39"}}
+    assert codes(await call(api, world, "op_b", "setTariff",
+                            {"stationId": station, "pricePerKwh": "1", "currency": "EUR"},
+                            "tariff { id }")) == [("stationId", "NOT_FOUND")]
+    assert codes(await call(api, world, "op_a", "setTariff",
+                            {"pricePerKwh": "1", "currency": "EUR"}, "tariff { id }")
+                 ) == [("stationId", "REQUIRED")]
+    assert codes(await call(api, world, "op_a", "setTariff",
+                            {"companyId": company, "pricePerKwh": "-1", "currency": "EUR"},
+                            "tariff { id }")) == [("pricePerKwh", "OUT_OF_RANGE")]
+
+
+async def test_invalid_ids_are_user_errors(api: Api, world: World) -> None:
+    payload = await call(api, world, "admin", "updateStation", {"id": "nonsense", "name": "x"},
+                         "station { id }")
+    assert codes(payload) == [("id", "INVALID_ID")]
+    wrong_kind = gid("user", world.users["admin"].id)
+    payload = await call(api, world, "admin", "updateStation", {"id": wrong_kind, "name": "x"},
+                         "station { id }")
+    assert codes(payload) == [("id", "INVALID_ID")]

@@ -1,0 +1,186 @@
+"""Every role's view of the graph, as DESIGN.md section 3 says: lists, nested paths and
+``node(id:)`` on other people's ids."""
+
+from __future__ import annotations
+
+import pytest
+
+from graph.ids import to_global_id
+from tests.graph.conftest import Api
+from tests.graph.world import World
+
+STATIONS = "{ stations(first: 50) { totalCount nodes { cpId owner { name } } } }"
+SESSIONS = "{ sessions(first: 50) { totalCount nodes { transactionId cpId } } }"
+USERS = "{ users(first: 50) { nodes { name email } } }"
+
+
+def cp_ids(data: dict) -> set[str]:
+    return {n["cpId"] for n in data["stations"]["nodes"]}
+
+
+def session_cps(data: dict) -> set[str]:
+    return {n["cpId"] for n in data["sessions"]["nodes"]}
+
+
+@pytest.mark.parametrize(
+    ("who", "stations", "owner_visible", "sessions"),
+    [
+        ("admin", {"A-001", "A-002", "B-001", "B-002"}, True, {"A-001", "B-001", "A-002"}),
+        ("op_a", {"A-001", "A-002"}, True, {"A-001", "A-002"}),
+        ("op_a2", {"A-001", "A-002"}, True, {"A-001", "A-002"}),
+        ("op_b", {"B-001", "B-002"}, True, {"B-001"}),
+        ("driver1", {"A-001", "A-002", "B-001", "B-002"}, False, {"A-001", "B-001"}),
+        ("driver2", {"A-001", "A-002", "B-001", "B-002"}, False, {"A-002"}),
+        ("driver_a", {"A-001", "A-002", "B-001", "B-002"}, False, set()),
+    ],
+)
+async def test_lists_per_role(api: Api, world: World, who: str, stations: set[str],
+                              owner_visible: bool, sessions: set[str]) -> None:
+    uid = world.users[who].id
+    data = await api.gql(STATIONS, as_user=uid)
+    assert cp_ids(data) == stations
+    assert data["stations"]["totalCount"] == len(stations)
+    owners = [n["owner"] for n in data["stations"]["nodes"]]
+    assert all((o is not None) == owner_visible for o in owners)
+    data = await api.gql(SESSIONS, as_user=uid)
+    assert session_cps(data) == sessions
+    assert data["sessions"]["totalCount"] == len(sessions)
+
+
+async def test_anonymous_sees_nothing_without_public_map(api: Api, world: World) -> None:
+    data = await api.gql("{ me { id } stations { totalCount } sessions { totalCount } }")
+    assert data == {"me": None, "stations": {"totalCount": 0}, "sessions": {"totalCount": 0}}
+
+
+async def test_users_per_role_and_reduced_view(api: Api, world: World) -> None:
+    def names(data: dict) -> dict[str, str | None]:
+        return {n["name"]: n["email"] for n in data["users"]["nodes"]}
+
+    op_a = names(await api.gql(USERS, as_user=world.users["op_a"].id))
+    # Colleagues in full; drivers of sessions on A's stations by name only.
+    assert op_a == {"Op_A": "op_a@example.com", "Op_A2": "op_a2@example.com",
+                    "Driver_A": "driver_a@example.com", "Driver1": None, "Driver2": None}
+    op_b = names(await api.gql(USERS, as_user=world.users["op_b"].id))
+    assert op_b == {"Op_B": "op_b@example.com", "Driver1": None}
+    driver = names(await api.gql(USERS, as_user=world.users["driver2"].id))
+    assert driver == {"Driver2": "driver2@example.com"}
+    admin = names(await api.gql(USERS, as_user=world.users["admin"].id))
+    assert len(admin) == 7 and all(admin.values())
+
+
+async def test_node_on_others_ids_reads_null(api: Api, world: World) -> None:
+    query = "query($id: ID!) { node(id: $id) { id __typename } }"
+    hidden = {
+        "op_b": [("station", world.stations["A-001"].id), ("session", world.sessions["s1"].id),
+                 ("user", world.users["driver2"].id), ("company", world.companies["a"].id),
+                 ("connector", world.connectors["A-001"][0].id)],
+        "driver2": [("session", world.sessions["s1"].id), ("user", world.users["driver1"].id),
+                    ("vehicle", world.vehicles["driver1"].id),
+                    ("payment", world.payments["s2"].id), ("id_tag", world.tags["driver1"].id)],
+        "op_a": [("station", world.stations["B-001"].id), ("session", world.sessions["s2"].id),
+                 ("payment", world.payments["s2"].id), ("user", world.users["op_b"].id)],
+    }
+    for who, targets in hidden.items():
+        for kind, record_id in targets:
+            data = await api.gql(query, {"id": to_global_id(kind, record_id)},
+                                 as_user=world.users[who].id)
+            assert data["node"] is None, (who, kind)
+    visible = to_global_id("session", world.sessions["s1"].id)
+    data = await api.gql(query, {"id": visible}, as_user=world.users["op_a"].id)
+    assert data["node"] == {"id": visible, "__typename": "Session"}
+
+
+async def test_not_our_id_reads_null(api: Api, world: World) -> None:
+    data = await api.gql('{ a: node(id: "garbage") { id } b: node(id: "U3RhdGlvbjp4") { id } }',
+                         as_user=world.users["admin"].id)
+    assert data == {"a": None, "b": None}
+
+
+NESTED = """{ stations(first: 50) { nodes { cpId connectors { connectorId
+  activeSession { transactionId user { name email } vehicle { licensePlate batteryKwh } } } } } }"""
+
+
+async def test_nested_active_session_obeys_scope(api: Api, world: World) -> None:
+    def active(data: dict) -> dict[tuple[str, int], dict]:
+        return {(s["cpId"], c["connectorId"]): c["activeSession"]
+                for s in data["stations"]["nodes"] for c in s["connectors"]
+                if c["activeSession"]}
+
+    op_a = active(await api.gql(NESTED, as_user=world.users["op_a"].id))
+    assert list(op_a) == [("A-001", 1)]
+    assert op_a[("A-001", 1)]["user"] == {"name": "Driver1", "email": None}
+    assert op_a[("A-001", 1)]["vehicle"] == {"licensePlate": "BDR1", "batteryKwh": None}
+    driver1 = active(await api.gql(NESTED, as_user=world.users["driver1"].id))
+    assert driver1[("A-001", 1)]["user"] == {"name": "Driver1", "email": "driver1@example.com"}
+    assert driver1[("A-001", 1)]["vehicle"]["batteryKwh"] == 58
+    assert active(await api.gql(NESTED, as_user=world.users["driver2"].id)) == {}
+    assert active(await api.gql(NESTED, as_user=world.users["op_b"].id)) == {}
+
+
+async def test_nested_lists_are_scoped_per_viewer(api: Api, world: World) -> None:
+    query = """{ stations(first: 50) { nodes { cpId sessions { totalCount nodes { id } } } } }"""
+    data = await api.gql(query, as_user=world.users["driver1"].id)
+    counts = {s["cpId"]: s["sessions"]["totalCount"] for s in data["stations"]["nodes"]}
+    assert counts == {"A-001": 1, "A-002": 0, "B-001": 1, "B-002": 0}
+    query = """query($id: ID!) { node(id: $id) { ... on User { sessions { totalCount }
+      vehicles { totalCount } idTags { totalCount } } } }"""
+    uid = to_global_id("user", world.users["driver1"].id)
+    data = await api.gql(query, {"id": uid}, as_user=world.users["op_b"].id)
+    # op_b sees driver1 (a session on B-001) but only the session on its own station.
+    assert data["node"] == {"sessions": {"totalCount": 1}, "vehicles": {"totalCount": 1},
+                            "idTags": {"totalCount": 0}}
+
+
+async def test_station_by_cp_id_and_private_fields(api: Api, world: World) -> None:
+    query = """{ station(cpId: "A-001") { cpId owner { name } company { name } registration
+      location { lat lon address } createdBy } }"""
+    own = await api.gql(query, as_user=world.users["op_a2"].id)
+    assert own["station"]["owner"] == {"name": "Op_A"}
+    assert own["station"]["company"] == {"name": "Alpha Charging"}
+    assert own["station"]["registration"] == "ACCEPTED"
+    public = await api.gql(query, as_user=world.users["driver1"].id)
+    assert public["station"]["owner"] is None and public["station"]["registration"] is None
+    assert public["station"]["createdBy"] is None
+    assert public["station"]["location"]["address"] == "Street 1, Berlin"
+    assert (await api.gql(query, as_user=world.users["op_b"].id)) == {"station": None}
+
+
+async def test_payments_and_audit_scoped(api: Api, world: World) -> None:
+    query = "{ payments { nodes { amount { amountMinor amount currency } session { cpId } } } }"
+    data = await api.gql(query, as_user=world.users["driver1"].id)
+    assert data["payments"]["nodes"] == [
+        {"amount": {"amountMinor": 420, "amount": "4.20", "currency": "EUR"},
+         "session": {"cpId": "B-001"}}
+    ]
+    assert (await api.gql(query, as_user=world.users["driver2"].id))["payments"]["nodes"][0][
+        "session"] == {"cpId": "A-002"}
+    audit = "{ auditLog(first: 100) { nodes { entity actor } } }"
+    mine = await api.gql(audit, as_user=world.users["driver1"].id)
+    assert {n["actor"] for n in mine["auditLog"]["nodes"]} == {world.users["driver1"].id}
+    assert {n["entity"] for n in mine["auditLog"]["nodes"]} == {"vehicle", "id_tag"}
+    everything = await api.gql(audit, as_user=world.users["admin"].id)
+    assert len(everything["auditLog"]["nodes"]) > len(mine["auditLog"]["nodes"])
+
+
+async def test_public_map_for_anonymous(services, world: World) -> None:
+    from datetime import timedelta
+
+    from domain.policy import Policy
+    from domain.services import Services
+    from graph import TokenService, create_graphql_app
+    from tests.graph.conftest import SECRET
+
+    public = Services(services.ctx.__class__(store=services.ctx.store,
+                                             policy=Policy(public_map=True),
+                                             hasher=services.ctx.hasher))
+    tokens = TokenService(SECRET, timedelta(hours=1))
+    client = Api(create_graphql_app(public, tokens), tokens)
+    data = await client.gql("""{ stations(first: 50) { totalCount nodes { owner { id }
+      connectors { status activeSession { id } } } }
+      sessions { totalCount } users { totalCount } }""")
+    assert data["stations"]["totalCount"] == 4
+    assert all(n["owner"] is None for n in data["stations"]["nodes"])
+    assert all(c["activeSession"] is None for n in data["stations"]["nodes"]
+               for c in n["connectors"])
+    assert data["sessions"]["totalCount"] == 0 and data["users"]["totalCount"] == 0
+    await client.client.aclose()

@@ -1,0 +1,323 @@
+"""What only the SQLite backend has: a file that outlives the process, versioned
+migrations, WAL, its physical column format and its query plans."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+
+import aiosqlite
+import pytest
+
+from domain.entities import (
+    ENTITY_TYPES,
+    AuditEntry,
+    Company,
+    MeterSample,
+    Role,
+    Station,
+    Tariff,
+    User,
+)
+from domain.errors import UniqueViolation
+from domain.policy import Policy, Viewer
+from domain.ports import UNIQUE_RULES, Insert
+from domain.query import ALL, Eq, Filter, Near, PageRequest, Range, Search, Sort, Sub
+from store.fields import field_specs
+from store.sqlite import SqliteStore
+from store.sqlite.migrations import MIGRATIONS, apply_migrations, split_statements
+from store.sqlite.sql_filter import compile_where
+from tests.contract.factories import T0, audit, company, put, station, tariff, user
+
+SQL_TYPE = {"id": "TEXT", "str": "TEXT", "int": "INTEGER", "float": "REAL", "bool": "INTEGER",
+            "datetime": "INTEGER", "decimal": "TEXT", "enum": "TEXT", "json": "TEXT"}
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> str:
+    return str(tmp_path / "chargegraph.db")
+
+
+@pytest.fixture
+async def store(db_path: str) -> AsyncIterator[SqliteStore]:
+    s = SqliteStore(db_path)
+    await s.start()
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+def raw(db_path: str, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    """Look at the file with a plain sqlite3 connection, as another process would."""
+    with sqlite3.connect(db_path) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+# ---------------------------------------------------------------------------- the file
+
+
+async def test_data_and_counters_survive_close_and_reopen(db_path: str) -> None:
+    first = SqliteStore(db_path)
+    await first.start()
+    c = company(name="Persistent")
+    await first.write([Insert(c)], [audit(c, "system")])
+    assert await first.next_sequence("tx") == 1
+    await first.close()
+
+    second = SqliteStore(db_path)
+    await second.start()
+    try:
+        assert await second.get_many(Company, [c.id]) == [c]
+        assert await second.count(AuditEntry, ALL) == 1
+        assert await second.next_sequence("tx") == 2
+    finally:
+        await second.close()
+
+
+async def test_wal_normal_sync_and_busy_timeout(store: SqliteStore, db_path: str) -> None:
+    assert raw(db_path, "PRAGMA journal_mode") == [("wal",)]
+    for conn in (store._writer, store._reader):
+        assert conn is not None
+        assert list(await conn.execute_fetchall("PRAGMA synchronous")) == [(1,)]  # NORMAL
+        assert list(await conn.execute_fetchall("PRAGMA busy_timeout")) == [(5000,)]
+
+
+async def test_a_write_waits_for_another_process_holding_the_lock(store: SqliteStore,
+                                                                   db_path: str) -> None:
+    other = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    write = asyncio.create_task(put(store, company(name="Waited")))
+    await asyncio.sleep(0.2)
+    assert not write.done()
+    other.execute("COMMIT")
+    other.close()
+    await asyncio.wait_for(write, 5)
+    assert await store.count(Company, Eq("name", "Waited")) == 1
+
+
+async def test_readers_never_see_an_open_write_transaction(store: SqliteStore) -> None:
+    writer = store._writer
+    assert writer is not None
+    c = company(name="Uncommitted")
+    async with store._write_lock:  # stand in for a write batch paused mid-way
+        await writer.execute("BEGIN IMMEDIATE")
+        await writer.execute('INSERT INTO "company" VALUES (?, 0, 0, ?, ?, ?)',
+                             (c.id, "system", "system", c.name))
+        assert await store.get_many(Company, [c.id]) == [None]
+        await writer.rollback()
+    assert await store.count(Company, ALL) == 0
+
+
+def test_an_in_memory_database_is_refused() -> None:
+    with pytest.raises(ValueError):
+        SqliteStore(":memory:")
+
+
+async def test_use_before_start_and_after_close(db_path: str) -> None:
+    s = SqliteStore(db_path)
+    assert await s.ping() is False
+    with pytest.raises(RuntimeError):
+        await s.count(Company, ALL)
+    await s.start()
+    await s.start()  # idempotent
+    assert await s.ping() is True
+    await s.close()
+    await s.close()  # idempotent
+    assert await s.ping() is False
+
+
+# ---------------------------------------------------------------------------- migrations
+
+
+async def test_schema_version_is_recorded(store: SqliteStore, db_path: str) -> None:
+    rows = raw(db_path, 'SELECT "version" FROM "schema_version" ORDER BY 1')
+    assert rows == [(v,) for v, _ in MIGRATIONS]
+
+
+async def test_starting_again_applies_nothing(store: SqliteStore, db_path: str) -> None:
+    await put(store, company(name="Kept"))
+    async with aiosqlite.connect(db_path, isolation_level=None) as conn:
+        assert await apply_migrations(conn) == []
+    again = SqliteStore(db_path)
+    await again.start()
+    await again.close()
+    assert raw(db_path, 'SELECT COUNT(*) FROM "schema_version"') == [(len(MIGRATIONS),)]
+    assert raw(db_path, 'SELECT "name" FROM "company"') == [("Kept",)]
+
+
+async def test_a_failing_migration_leaves_no_trace_and_the_next_start_retries(
+    store: SqliteStore, db_path: str
+) -> None:
+    latest = MIGRATIONS[-1][0]
+    broken = (latest + 1, 'CREATE TABLE "extra" ("a" TEXT);\nSELEC nonsense;')
+    async with aiosqlite.connect(db_path, isolation_level=None) as conn:
+        with pytest.raises(sqlite3.OperationalError):
+            await apply_migrations(conn, [*MIGRATIONS, broken])
+        assert not raw(db_path, "SELECT name FROM sqlite_master WHERE name = 'extra'")
+        assert raw(db_path, 'SELECT MAX("version") FROM "schema_version"') == [(latest,)]
+
+        fixed = (latest + 1, 'CREATE TABLE "extra" ("a" TEXT);\n-- a comment; with a semicolon\n'
+                             'CREATE INDEX "extra_a" ON "extra" ("a");')
+        assert await apply_migrations(conn, [*MIGRATIONS, fixed]) == [latest + 1]
+    assert raw(db_path, 'SELECT MAX("version") FROM "schema_version"') == [(latest + 1,)]
+
+
+async def test_migrations_must_be_ascending(db_path: str) -> None:
+    async with aiosqlite.connect(db_path, isolation_level=None) as conn:
+        with pytest.raises(ValueError):
+            await apply_migrations(conn, [(2, "SELECT 1;"), (1, "SELECT 1;")])
+
+
+def test_statements_are_split_only_where_they_end() -> None:
+    script = "-- one; two\nCREATE TABLE a (x TEXT DEFAULT 'p;q');\n\nCREATE INDEX i ON a (x);\n"
+    assert split_statements(script) == [
+        "-- one; two\nCREATE TABLE a (x TEXT DEFAULT 'p;q');", "CREATE INDEX i ON a (x);"
+    ]
+    with pytest.raises(ValueError):
+        split_statements("CREATE TABLE b (x TEXT)")
+
+
+@pytest.mark.parametrize("kind", ENTITY_TYPES, ids=lambda k: k.kind)
+async def test_each_table_matches_its_entity(store: SqliteStore, db_path: str,
+                                             kind: type) -> None:
+    rows = raw(db_path, f'PRAGMA table_info("{kind.kind}")')
+    info = {name: (sql_type, bool(notnull)) for _, name, sql_type, notnull, *_ in rows}
+    expected = {s.name: (SQL_TYPE[s.category], not s.nullable) for s in field_specs(kind)}
+    assert info == expected
+
+
+def _unique_indexes(db_path: str, table: str) -> dict[tuple[str, ...], bool]:
+    """Unique indexes of ``table`` by their columns -> whether the index is partial."""
+    out = {}
+    for _, name, unique, _origin, partial in raw(db_path, f'PRAGMA index_list("{table}")'):
+        if unique:
+            cols = tuple(r[2] for r in raw(db_path, f'PRAGMA index_info("{name}")'))
+            out[cols] = bool(partial)
+    return out
+
+
+async def test_every_unique_rule_is_a_unique_index(store: SqliteStore, db_path: str) -> None:
+    for kind, rules in UNIQUE_RULES.items():
+        indexes = _unique_indexes(db_path, kind)
+        for rule in rules:
+            assert indexes.get(rule) is False, (kind, rule)
+    assert _unique_indexes(db_path, "session")[("cp_id", "connector_id")] is True
+
+
+# ---------------------------------------------------------------------------- format
+
+
+async def test_physical_column_format(store: SqliteStore, db_path: str) -> None:
+    t = tariff(price_per_kwh=Decimal("0.3450"), valid_from=T0)
+    st = station(online=True, lat=52.5)
+    e = audit(st, "system", after={"name": "x"})
+    await put(store, t, st, e)
+
+    micros = int((T0 - datetime(1970, 1, 1, tzinfo=T0.tzinfo)).total_seconds()) * 10**6 + 123000
+    assert raw(db_path, 'SELECT "price_per_kwh", "valid_from" FROM "tariff"') == [
+        ("0.3450", micros)
+    ]
+    assert raw(db_path, 'SELECT "online", "registration", "lat" FROM "station"') == [
+        (1, "Accepted", 52.5)
+    ]
+    assert raw(db_path, 'SELECT "action", "before", "after" FROM "audit_entry"') == [
+        ("UPDATE", None, '{"name":"x"}')
+    ]
+
+
+async def test_decimals_compare_as_numbers_in_ranges_and_sorting(store: SqliteStore) -> None:
+    cheap, dear = tariff(price_per_kwh=Decimal("9.5")), tariff(price_per_kwh=Decimal("10.25"))
+    await put(store, cheap, dear)
+
+    assert await store.find_all(Tariff, Range("price_per_kwh", gt=Decimal("10"))) == [dear]
+    by_price = await store.find_all(Tariff, ALL, [Sort("price_per_kwh", descending=True)])
+    assert by_price == [dear, cheap]
+    page = await store.find_page(Tariff, ALL, [Sort("price_per_kwh")],
+                                 PageRequest(first=1))
+    assert page.items == [cheap]
+    after = PageRequest(first=1, after=page.cursors[0])
+    assert (await store.find_page(Tariff, ALL, [Sort("price_per_kwh")], after)).items == [dear]
+
+
+# ---------------------------------------------------------------------------- safety
+
+
+async def test_values_are_bound_never_spliced_into_sql(store: SqliteStore) -> None:
+    evil = "x'); DROP TABLE \"company\"; --"
+    c = company(name=evil)
+    await put(store, c)
+
+    assert await store.find_all(Company, Eq("name", evil)) == [c]
+    assert await store.find_all(Company, Search(("name",), "'); drop")) == [c]
+
+
+@pytest.mark.parametrize("where", [
+    Eq("name; DROP TABLE company", "x"),
+    Eq("no_such_field", 1),
+    Sub("id", "no_such_kind", ALL),
+    Sub("id", "user", ALL, select="password; --"),
+    Near(52.5, 13.4, 5.0),  # companies have no coordinates
+])
+async def test_unknown_fields_and_kinds_are_refused(store: SqliteStore, where: Filter) -> None:
+    with pytest.raises(ValueError):
+        await store.count(Company, where)
+
+
+async def test_unknown_sort_fields_are_refused(store: SqliteStore) -> None:
+    with pytest.raises(ValueError):
+        await store.find_all(Company, ALL, [Sort('name" DESC --')])
+
+
+async def test_a_non_unique_integrity_error_propagates_and_rolls_back(store: SqliteStore
+                                                                       ) -> None:
+    ok = company(name="ok")
+    broken = company(name=None)  # type: ignore[arg-type]  # NOT NULL
+
+    with pytest.raises(sqlite3.IntegrityError) as raised:
+        await store.write([Insert(ok), Insert(broken)], [])
+
+    assert not isinstance(raised.value, UniqueViolation)
+    assert await store.count(Company, ALL) == 0
+
+
+async def test_a_naive_datetime_is_refused_before_anything_is_written(store: SqliteStore
+                                                                      ) -> None:
+    ok = company()
+    naive = MeterSample(session_id=None, cp_id="CP", connector_id=1, at=datetime(2025, 1, 1),
+                        measurand="Voltage", value=1.0)
+    with pytest.raises(ValueError):
+        await store.write([Insert(ok), Insert(naive)], [])
+    assert await store.count(Company, ALL) == 0
+
+
+# ---------------------------------------------------------------------------- plans
+
+
+async def _plan(store: SqliteStore, kind: type, where: Filter) -> str:
+    sql, params = compile_where(kind, where)
+    assert store._reader is not None
+    rows = await store._reader.execute_fetchall(
+        f'EXPLAIN QUERY PLAN SELECT * FROM "{kind.kind}" AS t0 WHERE {sql}', params
+    )
+    return "\n".join(str(r[3]) for r in rows)
+
+
+async def test_typical_queries_use_indexes(store: SqliteStore) -> None:
+    op = Viewer(user_id=user().id, role=Role.OPERATOR, company_id=company().id)
+    policy = Policy()
+    queries = [
+        (MeterSample, Eq("session_id", "x")),
+        (Station, Near(52.52, 13.40, 10)),
+        (User, Eq("email", "a@b.c")),
+        (AuditEntry, Eq("entity_id", "x")),
+        *((kind, policy.scope(op, kind.kind)) for kind in ENTITY_TYPES
+          if kind.kind not in ("company",)),
+    ]
+    for kind, where in queries:
+        plan = await _plan(store, kind, where)
+        assert "SCAN t0" not in plan, (kind.kind, plan)
