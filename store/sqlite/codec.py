@@ -20,15 +20,36 @@ what was stored.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from enum import Enum
-from functools import cache
-from typing import Any
+from typing import Any, TypeVar
 
 from domain.entities import ENTITY_BY_KIND, E, Record
-from store.fields import FieldSpec, build, field_specs, spec_by_name
+from store import fields
+from store.fields import FieldSpec, build
+
+T = TypeVar("T")
+
+# ``store.fields`` memoizes with functools.cache, whose stub wants Hashable arguments, and
+# mypy does not count entity classes as Hashable (a dataclass with eq sets ``__hash__`` to
+# None for its *instances*). One typed alias each instead of an ignore at every call.
+field_specs: Callable[[type[Record]], tuple[FieldSpec, ...]] = fields.field_specs  # type: ignore[assignment]
+spec_by_name: Callable[[type[Record]], dict[str, FieldSpec]] = fields.spec_by_name  # type: ignore[assignment]
+
+
+def per_kind(fn: Callable[[type[Record]], T]) -> Callable[[type[Record]], T]:
+    """Memoize a function of an entity class (SQL text, column lists): computed once per
+    kind, like ``functools.cache`` but typed for classes."""
+    memo: dict[type[Record], T] = {}
+
+    def cached(kind: type[Record]) -> T:
+        if kind not in memo:
+            memo[kind] = fn(kind)
+        return memo[kind]
+
+    return cached
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICRO = timedelta(microseconds=1)
@@ -90,7 +111,7 @@ def decode(spec: FieldSpec, raw: Any) -> Any:
             return raw
 
 
-@cache
+@per_kind
 def columns(kind: type[Record]) -> tuple[str, ...]:
     """Column names of ``kind``'s table, in dataclass field order."""
     return tuple(spec.name for spec in field_specs(kind))

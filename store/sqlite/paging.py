@@ -75,7 +75,7 @@ def beyond(kind: type[Record], sort: Sequence[Sort], key: CursorKey, *, after: b
         for (prev, _), value in zip(keys[:i], values[:i], strict=True):
             terms.append(f"{sortable(prev, column(alias, prev.name))} = {sortable(prev, '?')}")
             params.append(value)
-        op = ">=" if descending != after else "<"
+        op = ">" if descending != after else "<"
         terms.append(f"{sortable(spec, column(alias, spec.name))} {op} {sortable(spec, '?')}")
         params.append(values[i])
         disjuncts.append("(" + " AND ".join(terms) + ")")

@@ -16,7 +16,6 @@ import asyncio
 import json
 import sqlite3
 from collections.abc import Sequence
-from functools import cache
 from typing import Any
 
 import aiosqlite
@@ -26,7 +25,17 @@ from domain.errors import NotFound
 from domain.ports import Change, Delete, Insert, Update
 from domain.query import ALL, Filter, Page, PageRequest, Sort
 from store.sqlite import paging
-from store.sqlite.codec import SqlValue, columns, encode, from_row, kind_of, quote, spec_of, to_row
+from store.sqlite.codec import (
+    SqlValue,
+    columns,
+    encode,
+    from_row,
+    kind_of,
+    per_kind,
+    quote,
+    spec_of,
+    to_row,
+)
 from store.sqlite.constraints import unique_violation
 from store.sqlite.migrations import apply_migrations
 from store.sqlite.sql_filter import (
@@ -41,12 +50,12 @@ from store.sqlite.sql_filter import (
 _Statement = tuple[str, tuple[SqlValue, ...], Change | None]
 
 
-@cache
-def _select_list(kind: type[Record], alias: str = "t0") -> str:
-    return ", ".join(column(alias, name) for name in columns(kind))
+@per_kind
+def _select_list(kind: type[Record]) -> str:
+    return ", ".join(column("t0", name) for name in columns(kind))
 
 
-@cache
+@per_kind
 def _insert_sql(kind: type[Record]) -> str:
     names = columns(kind)
     return (
@@ -55,7 +64,7 @@ def _insert_sql(kind: type[Record]) -> str:
     )
 
 
-@cache
+@per_kind
 def _update_sql(kind: type[Record]) -> str:
     assignments = ", ".join(f"{quote(n)} = ?" for n in columns(kind) if n != "id")
     return f'UPDATE {quote(kind.kind)} SET {assignments} WHERE "id" = ?'

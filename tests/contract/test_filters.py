@@ -11,6 +11,7 @@ from domain.entities import (
     Connector,
     ConnectorStatus,
     MeterSample,
+    Record,
     Registration,
     Role,
     Session,
@@ -47,7 +48,7 @@ from tests.contract.factories import (
 )
 
 
-async def matching(store: Store, kind: type, where: Filter) -> set[str]:
+async def matching(store: Store, kind: type[Record], where: Filter) -> set[str]:
     """Ids matching ``where``, read two ways that must agree (list and count)."""
     found = {r.id for r in await store.find_all(kind, where)}
     assert await store.count(kind, where) == len(found)

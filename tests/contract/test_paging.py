@@ -68,7 +68,7 @@ async def test_backward_pages_with_ties(stations: Store) -> None:
 async def test_descending_sort_keeps_ascending_id_tie_breaker(stations: Store) -> None:
     forward: list[int] = []
     after = None
-    while True:
+    for _ in range(len(NAMES) + 1):  # bounded: a broken cursor must fail, not hang
         page = await page_of(stations, BY_NAME_DESC, first=2, after=after)
         forward.extend(nums(page))
         if not page.has_next:
@@ -92,17 +92,22 @@ async def test_descending_sort_keeps_ascending_id_tie_breaker(stations: Store) -
 async def test_walking_all_pages_either_way_visits_every_row_once(
     stations: Store, size: int, sort: list[Sort], expected: list[int]
 ) -> None:
+    # Bounded loops: a broken cursor must fail the test, not hang it.
     forward: list[int] = []
     page = await page_of(stations, sort, first=size)
     forward.extend(nums(page))
-    while page.has_next:
+    for _ in range(len(NAMES)):
+        if not page.has_next:
+            break
         page = await page_of(stations, sort, first=size, after=page.cursors[-1])
         forward.extend(nums(page))
 
     backward: list[int] = []
     page = await page_of(stations, sort, last=size)
     backward[:0] = nums(page)
-    while page.has_previous:
+    for _ in range(len(NAMES)):
+        if not page.has_previous:
+            break
         page = await page_of(stations, sort, last=size, before=page.cursors[0])
         backward[:0] = nums(page)
 

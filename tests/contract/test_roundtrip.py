@@ -6,6 +6,7 @@ import dataclasses
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
@@ -41,7 +42,7 @@ from domain.query import ALL, NONE, Eq
 from tests.contract.factories import T0, at, company, put, station, tariff, user
 
 # The four audit fields with values that differ from the defaults, for every sample.
-STAMPS = {
+STAMPS: dict[str, Any] = {
     "created_at": datetime(2024, 12, 31, 23, 59, 59, 999000, tzinfo=UTC),
     "updated_at": datetime(2025, 1, 2, 3, 4, 5, 6000, tzinfo=UTC),
     "created_by": new_id(),

@@ -25,7 +25,7 @@ from domain.entities import (
     Vehicle,
 )
 from domain.errors import Conflict, NotFound, UniqueViolation
-from domain.ports import UNIQUE_RULES, Delete, Insert, Store, Update
+from domain.ports import UNIQUE_RULES, Change, Delete, Insert, Store, Update
 from domain.query import ALL, Eq, all_of
 from tests.contract.factories import (
     at,
@@ -110,7 +110,7 @@ async def test_a_batch_whose_third_change_violates_leaves_nothing_behind(store: 
     first = company(name="New")
     second = Update(dataclasses.replace(renamed, name="After"))
     third = station(cp_id="CP-TAKEN")
-    changes = [Insert(first), second, Insert(third)]
+    changes: list[Change] = [Insert(first), second, Insert(third)]
     entries = [audit(first, "system", action=AuditAction.CREATE),
                audit(renamed, "system"), audit(third, "system", action=AuditAction.CREATE)]
 

@@ -18,6 +18,7 @@ from domain.entities import (
     AuditEntry,
     Company,
     MeterSample,
+    Record,
     Role,
     Station,
     Tariff,
@@ -27,8 +28,8 @@ from domain.errors import UniqueViolation
 from domain.policy import Policy, Viewer
 from domain.ports import UNIQUE_RULES, Insert
 from domain.query import ALL, Eq, Filter, Near, PageRequest, Range, Search, Sort, Sub
-from store.fields import field_specs
 from store.sqlite import SqliteStore
+from store.sqlite.codec import field_specs
 from store.sqlite.migrations import MIGRATIONS, apply_migrations, split_statements
 from store.sqlite.sql_filter import compile_where
 from tests.contract.factories import T0, audit, company, put, station, tariff, user
@@ -184,7 +185,7 @@ def test_statements_are_split_only_where_they_end() -> None:
 
 @pytest.mark.parametrize("kind", ENTITY_TYPES, ids=lambda k: k.kind)
 async def test_each_table_matches_its_entity(store: SqliteStore, db_path: str,
-                                             kind: type) -> None:
+                                             kind: type[Record]) -> None:
     rows = raw(db_path, f'PRAGMA table_info("{kind.kind}")')
     info = {name: (sql_type, bool(notnull)) for _, name, sql_type, notnull, *_ in rows}
     expected = {s.name: (SQL_TYPE[s.category], not s.nullable) for s in field_specs(kind)}
@@ -196,7 +197,7 @@ def _unique_indexes(db_path: str, table: str) -> dict[tuple[str, ...], bool]:
     out = {}
     for _, name, unique, _origin, partial in raw(db_path, f'PRAGMA index_list("{table}")'):
         if unique:
-            cols = tuple(r[2] for r in raw(db_path, f'PRAGMA index_info("{name}")'))
+            cols = tuple(str(r[2]) for r in raw(db_path, f'PRAGMA index_info("{name}")'))
             out[cols] = bool(partial)
     return out
 
@@ -298,7 +299,7 @@ async def test_a_naive_datetime_is_refused_before_anything_is_written(store: Sql
 # ---------------------------------------------------------------------------- plans
 
 
-async def _plan(store: SqliteStore, kind: type, where: Filter) -> str:
+async def _plan(store: SqliteStore, kind: type[Record], where: Filter) -> str:
     sql, params = compile_where(kind, where)
     assert store._reader is not None
     rows = await store._reader.execute_fetchall(
@@ -310,7 +311,7 @@ async def _plan(store: SqliteStore, kind: type, where: Filter) -> str:
 async def test_typical_queries_use_indexes(store: SqliteStore) -> None:
     op = Viewer(user_id=user().id, role=Role.OPERATOR, company_id=company().id)
     policy = Policy()
-    queries = [
+    queries: list[tuple[type[Record], Filter]] = [
         (MeterSample, Eq("session_id", "x")),
         (Station, Near(52.52, 13.40, 10)),
         (User, Eq("email", "a@b.c")),
