@@ -92,6 +92,8 @@ class AuditAction(StrEnum):
     CREATE = "CREATE"
     UPDATE = "UPDATE"
     DELETE = "DELETE"
+    #: An operator command sent to a charger (who reset which charger, and its answer).
+    COMMAND = "COMMAND"
 
 
 SYSTEM_ACTOR = "system"
@@ -239,6 +241,17 @@ class StatusEvent(Record):
 
 
 @dataclass(kw_only=True)
+class ConnectionEvent(Record):
+    """A charger's websocket connected or disconnected: the station's online history."""
+
+    kind: ClassVar[str] = "connection_event"
+    station_id: str
+    cp_id: str
+    online: bool
+    at: datetime = field(default_factory=utcnow)
+
+
+@dataclass(kw_only=True)
 class Reservation(Record):
     kind: ClassVar[str] = "reservation"
     reservation_id: int
@@ -305,6 +318,7 @@ ENTITY_TYPES: tuple[type[Record], ...] = (
     Session,
     MeterSample,
     StatusEvent,
+    ConnectionEvent,
     Reservation,
     Tariff,
     Payment,

@@ -17,6 +17,14 @@ class Insert:
 
 
 @dataclass(frozen=True, slots=True)
+class InsertIfAbsent:
+    """Insert unless a record with the same id exists (then do nothing). For telemetry
+    with ids derived from its content, so a repeated charger message is a no-op."""
+
+    record: Record
+
+
+@dataclass(frozen=True, slots=True)
 class Update:
     """Replace the stored record with the same id by ``record``."""
 
@@ -28,7 +36,7 @@ class Delete:
     record: Record
 
 
-Change = Insert | Update | Delete
+Change = Insert | InsertIfAbsent | Update | Delete
 
 #: Uniqueness rules every store enforces with a unique index, by entity kind. The name of
 #: the rule's first field is what ``UniqueViolation.field`` carries.
@@ -41,6 +49,11 @@ UNIQUE_RULES: dict[str, tuple[tuple[str, ...], ...]] = {
     "session": (("transaction_id",),),
     "reservation": (("reservation_id",),),
     "payment": (("session_id",),),
+}
+#: Partial unique rules: (fields, (condition field, value)). One ACTIVE session per
+#: connector; completed sessions on the same connector are history, not duplicates.
+PARTIAL_UNIQUE_RULES: dict[str, tuple[tuple[tuple[str, ...], tuple[str, str]], ...]] = {
+    "session": ((("cp_id", "connector_id"), ("state", "ACTIVE")),),
 }
 
 
@@ -113,6 +126,18 @@ class PasswordHasher(Protocol):
     def verify(self, password_hash: str, password: str) -> bool: ...
 
     def needs_rehash(self, password_hash: str) -> bool: ...
+
+
+class ChargerGateway(Protocol):
+    """Commands to connected chargers (implemented by the OCPP bridge). Payloads and
+    answers use OCPP 1.6 JSON field names."""
+
+    def is_connected(self, cp_id: str) -> bool: ...
+
+    async def call(self, cp_id: str, action: str, payload: dict[str, Any], timeout: float
+                   ) -> dict[str, Any]:
+        """The charger's answer. Raises ``ChargerOffline``, ``ChargerTimeout`` or
+        ``ChargerError`` (a CALLERROR or a malformed answer)."""
 
 
 class EventBus(Protocol):

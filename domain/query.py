@@ -5,7 +5,9 @@ translates them into its own query (SQL ``WHERE``, MongoDB filter documents), so
 sorting, paging and the viewer's scope all happen inside the database in one query.
 
 Field names are entity field names (``domain.entities``). Values are domain values
-(``str`` ids, aware ``datetime``, ``int``, ``float``, ``bool``, ``StrEnum``).
+(``str`` ids, aware ``datetime``, ``int``, ``float``, ``bool``, ``StrEnum``, ``Decimal``).
+Decimals compare and sort by numeric value in every backend; ``In`` with a ``None`` value
+matches null like ``Eq``; ``find_one`` returns the first match in id order.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any, Generic, TypeAlias, TypeVar
 
@@ -198,6 +201,8 @@ class CursorKey:
 def _encode_value(value: Any) -> Any:
     if isinstance(value, datetime):
         return {"t": value.isoformat()}
+    if isinstance(value, Decimal):
+        return {"d": str(value)}
     if isinstance(value, StrEnum):
         return value.value
     return value
@@ -206,6 +211,8 @@ def _encode_value(value: Any) -> Any:
 def _decode_value(value: Any) -> Any:
     if isinstance(value, dict) and "t" in value:
         return datetime.fromisoformat(value["t"])
+    if isinstance(value, dict) and "d" in value:
+        return Decimal(value["d"])
     return value
 
 
@@ -219,8 +226,9 @@ def encode_cursor(sort: Sequence[Sort], values: Sequence[Any], record_id: str) -
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str, sort: Sequence[Sort]) -> CursorKey:
-    """Decode a cursor and check it was made for this sort order."""
+def decode_cursor(cursor: str, sort: Sequence[Sort], field: str = "after") -> CursorKey:
+    """Decode a cursor and check it was made for this sort order; errors name ``field``
+    (``after`` or ``before``)."""
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         payload = json.loads(base64.urlsafe_b64decode(padded.encode()))
@@ -230,9 +238,9 @@ def decode_cursor(cursor: str, sort: Sequence[Sort]) -> CursorKey:
             sort=tuple((str(f), bool(d)) for f, d in payload["s"]),
         )
     except (ValueError, KeyError, TypeError) as exc:
-        raise ValidationError("malformed cursor", field="after", code="INVALID_CURSOR") from exc
+        raise ValidationError("malformed cursor", field=field, code="INVALID_CURSOR") from exc
     if key.sort != tuple((s.field, s.descending) for s in sort) or len(key.values) != len(sort):
         raise ValidationError(
-            "cursor belongs to another ordering", field="after", code="INVALID_CURSOR"
+            "cursor belongs to another ordering", field=field, code="INVALID_CURSOR"
         )
     return key

@@ -171,11 +171,19 @@ class ChargingService(Service):
 
     def password_ok(self, station: Station, password: str | None) -> bool:
         """HTTP Basic password check (OCPP security profiles 1 and 2). A station without a
-        password accepts only connections that send none."""
+        password (profile 0, the operator's choice) accepts any connection."""
         if station.auth_password_hash is None:
-            return password is None
+            return True
         return password is not None and self.ctx.hasher.verify(station.auth_password_hash,
                                                                password)
+
+    async def reset_connections(self) -> None:
+        """At start-up no charger is connected yet: clear ``online`` flags a crash left."""
+        stale = await self.store.find_all(Station, Eq("online", True), limit=100_000)
+        if stale:
+            await self.store.write(
+                [Update(changed(s, Viewer(user_id="system"), online=False)) for s in stale],
+                [])
 
     async def set_online(self, cp_id: str, online: bool) -> None:
         station = await self.station(cp_id)
@@ -433,6 +441,15 @@ class ChargingService(Service):
         station = await self._require_station(cp_id)
         actor = charger(cp_id)
         await self.commit(actor, [(Update(changed(station, actor, **values)), station)])
+
+    async def data_transfer(self, cp_id: str, vendor_id: str, message_id: str | None,
+                            data: str | None) -> tuple[str, str | None]:
+        """Vendor-specific messages. We define none of our own yet, so every vendor is
+        unknown (the answer OCPP 1.6 prescribes); the message is logged for operators."""
+        await self._require_station(cp_id)
+        log.info("DataTransfer from %s: vendor=%s message=%s data=%.200s", cp_id, vendor_id,
+                 message_id, data)
+        return "UnknownVendorId", None
 
     # ------------------------------------------------------------- helpers
     def _samples(self, station: Station, connector_id: int, transaction_id: int | None,

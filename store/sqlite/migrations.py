@@ -281,8 +281,26 @@ CREATE TABLE "sequence" (
 ) STRICT, WITHOUT ROWID;
 """
 
+# Version 2: the OCPP bridge records when chargers connect and disconnect (the input of
+# availability analytics).
+_V2 = """
+CREATE TABLE "connection_event" (
+    "id" TEXT PRIMARY KEY NOT NULL,
+    "created_at" INTEGER NOT NULL,
+    "updated_at" INTEGER NOT NULL,
+    "created_by" TEXT NOT NULL,
+    "updated_by" TEXT NOT NULL,
+    "station_id" TEXT NOT NULL,
+    "cp_id" TEXT NOT NULL,
+    "online" INTEGER NOT NULL,
+    "at" INTEGER NOT NULL
+) STRICT;
+CREATE INDEX "connection_event_station_at_idx" ON "connection_event" ("station_id", "at");
+CREATE INDEX "connection_event_cp_at_idx" ON "connection_event" ("cp_id", "at");
+"""
+
 #: Every migration, oldest first. Append only.
-MIGRATIONS: tuple[Migration, ...] = ((1, _V1),)
+MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2))
 
 _BOOTSTRAP = """
 CREATE TABLE IF NOT EXISTS "schema_version" (

@@ -22,7 +22,7 @@ import aiosqlite
 
 from domain.entities import AuditEntry, E, Record
 from domain.errors import NotFound
-from domain.ports import Change, Delete, Insert, Update
+from domain.ports import Change, Delete, Insert, InsertIfAbsent, Update
 from domain.query import ALL, Filter, Page, PageRequest, Sort
 from store.sqlite import paging
 from store.sqlite.codec import (
@@ -331,6 +331,10 @@ class SqliteStore:
         kind = _checked(change.record)
         if isinstance(change, Insert):
             return _insert_sql(kind), to_row(change.record), change
+        if isinstance(change, InsertIfAbsent):
+            # Only a repeated id is ignored: any other unique rule still raises.
+            return (_insert_sql(kind) + ' ON CONFLICT ("id") DO NOTHING',
+                    to_row(change.record), change)
         if isinstance(change, Update):
             return _update_sql(kind), _update_params(change.record), change
         if isinstance(change, Delete):

@@ -1,0 +1,155 @@
+"""OCPP-J 1.6 framing and payload validation, with the 1.6 error table.
+
+The ``ocpp`` package stays silent on frames that are not JSON and answers with OCPP 2.x
+error names (``FormatViolation``, ``OccurrenceConstraintViolation``); a 1.6 charger
+expects ``FormationViolation`` and the spec's own misspelling ``OccurenceConstraintViolation``.
+So frames are parsed and payloads validated here, against the package's 1.6 schemas.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from jsonschema.exceptions import ValidationError as SchemaError
+from ocpp.messages import get_validator
+
+CALL, CALLRESULT, CALLERROR = 2, 3, 4
+
+# The 1.6 error codes (OCPP-J 1.6 section 4.2.3), spelled as the spec spells them.
+NOT_IMPLEMENTED = "NotImplemented"
+NOT_SUPPORTED = "NotSupported"
+INTERNAL_ERROR = "InternalError"
+PROTOCOL_ERROR = "ProtocolError"
+SECURITY_ERROR = "SecurityError"
+FORMATION_VIOLATION = "FormationViolation"
+PROPERTY_CONSTRAINT_VIOLATION = "PropertyConstraintViolation"
+OCCURENCE_CONSTRAINT_VIOLATION = "OccurenceConstraintViolation"
+TYPE_CONSTRAINT_VIOLATION = "TypeConstraintViolation"
+GENERIC_ERROR = "GenericError"
+
+#: Actions a charge point may send in OCPP 1.6 (core and the profiles we serve).
+CHARGER_ACTIONS = frozenset({
+    "Authorize", "BootNotification", "DataTransfer", "DiagnosticsStatusNotification",
+    "FirmwareStatusNotification", "Heartbeat", "MeterValues", "StartTransaction",
+    "StatusNotification", "StopTransaction",
+})
+#: Actions OCPP 1.6 (with its security extension) knows, but a charger sends none we serve.
+KNOWN_UNSERVED = frozenset({
+    "LogStatusNotification", "SecurityEventNotification", "SignCertificate",
+    "SignedFirmwareStatusNotification",
+    # central-system-initiated actions a confused charger might send us
+    "CancelReservation", "ChangeAvailability", "ChangeConfiguration", "ClearCache",
+    "ClearChargingProfile", "GetCompositeSchedule", "GetConfiguration", "GetDiagnostics",
+    "GetLocalListVersion", "RemoteStartTransaction", "RemoteStopTransaction", "ReserveNow",
+    "Reset", "SendLocalList", "SetChargingProfile", "TriggerMessage", "UnlockConnector",
+    "UpdateFirmware", "CertificateSigned", "DeleteCertificate", "ExtendedTriggerMessage",
+    "GetInstalledCertificateIds", "GetLog", "InstallCertificate", "SignedUpdateFirmware",
+})
+
+
+class FrameError(Exception):
+    """A frame or payload we must answer with a CALLERROR."""
+
+    def __init__(self, code: str, description: str, unique_id: str = "-1",
+                 details: dict[str, Any] | None = None) -> None:
+        super().__init__(description)
+        self.code = code
+        self.description = description
+        self.unique_id = unique_id
+        self.details = details or {}
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    message_type: int
+    unique_id: str
+    action: str | None = None
+    payload: Any = None
+    error_code: str | None = None
+    error_description: str | None = None
+    error_details: Any = None
+
+
+def parse(raw: str | bytes) -> Frame:
+    """Parse one websocket message into a frame, or raise ``FrameError``."""
+    try:
+        message = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise FrameError(FORMATION_VIOLATION, "the message is not valid JSON") from exc
+    if not isinstance(message, list) or not message:
+        raise FrameError(FORMATION_VIOLATION, "an OCPP-J message is a non-empty JSON array")
+    unique_id = message[1] if len(message) > 1 and isinstance(message[1], str) else "-1"
+    kind = message[0]
+    if kind == CALL:
+        if len(message) != 4 or not isinstance(message[1], str) or not isinstance(
+                message[2], str):
+            raise FrameError(FORMATION_VIOLATION,
+                             "a CALL is [2, uniqueId, action, payload]", unique_id)
+        if len(message[1]) > 36:
+            raise FrameError(FORMATION_VIOLATION, "uniqueId is at most 36 characters",
+                             unique_id[:36])
+        if not isinstance(message[3], dict):
+            raise FrameError(FORMATION_VIOLATION, "the payload must be a JSON object",
+                             unique_id)
+        return Frame(CALL, message[1], message[2], message[3])
+    if kind == CALLRESULT:
+        if len(message) != 3 or not isinstance(message[1], str):
+            raise FrameError(FORMATION_VIOLATION, "a CALLRESULT is [3, uniqueId, payload]",
+                             unique_id)
+        return Frame(CALLRESULT, message[1], payload=message[2])
+    if kind == CALLERROR:
+        if len(message) != 5 or not isinstance(message[1], str):
+            raise FrameError(FORMATION_VIOLATION, "a CALLERROR is [4, uniqueId, errorCode, "
+                                                  "errorDescription, errorDetails]", unique_id)
+        return Frame(CALLERROR, message[1], error_code=str(message[2]),
+                     error_description=str(message[3]), error_details=message[4])
+    raise FrameError(FORMATION_VIOLATION, f"unknown message type {kind!r}", unique_id)
+
+
+def call_error(unique_id: str, code: str, description: str,
+               details: dict[str, Any] | None = None) -> str:
+    return json.dumps([CALLERROR, unique_id, code, description[:255], details or {}],
+                      separators=(",", ":"))
+
+
+def call_result(unique_id: str, payload: dict[str, Any]) -> str:
+    return json.dumps([CALLRESULT, unique_id, payload], separators=(",", ":"))
+
+
+def call(unique_id: str, action: str, payload: dict[str, Any]) -> str:
+    return json.dumps([CALL, unique_id, action, payload], separators=(",", ":"))
+
+
+#: jsonschema keyword → 1.6 error code, by what the 1.6 table says each code means.
+_SCHEMA_ERRORS = {
+    "required": OCCURENCE_CONSTRAINT_VIOLATION,  # a required field does not occur
+    "type": TYPE_CONSTRAINT_VIOLATION,  # "somestring": 12
+    "maxLength": TYPE_CONSTRAINT_VIOLATION,  # CiString20Type etc. are data types
+    "format": TYPE_CONSTRAINT_VIOLATION,  # dateTime is a data type
+    "enum": PROPERTY_CONSTRAINT_VIOLATION,  # a valid type with an invalid value
+    "minimum": PROPERTY_CONSTRAINT_VIOLATION,
+    "maximum": PROPERTY_CONSTRAINT_VIOLATION,
+    "multipleOf": PROPERTY_CONSTRAINT_VIOLATION,
+    "additionalProperties": FORMATION_VIOLATION,  # not the PDU's structure
+    "minItems": OCCURENCE_CONSTRAINT_VIOLATION,
+    "maxItems": OCCURENCE_CONSTRAINT_VIOLATION,
+}
+
+
+def validate(message_type: int, action: str, payload: dict[str, Any], unique_id: str) -> None:
+    """Validate a payload against the 1.6 JSON schema of ``action``. Synchronous on
+    purpose: the schemas are small and cached, and a thread hop per message costs more
+    than the validation (see docs/performance.md)."""
+    validator = get_validator(message_type, action, "1.6")
+    error = next(iter(validator.iter_errors(payload)), None)
+    if error is None:
+        return
+    code = _SCHEMA_ERRORS.get(str(error.validator), FORMATION_VIOLATION)
+    where = "/".join(str(p) for p in error.absolute_path) or "payload"
+    raise FrameError(code, f"{where}: {_short(error)}", unique_id)
+
+
+def _short(error: SchemaError) -> str:
+    return error.message if len(error.message) <= 200 else error.message[:197] + "..."

@@ -1,0 +1,89 @@
+"""The ``ChargerGateway`` port over live OCPP connections: which chargers are connected,
+and sending one command to one of them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime
+from typing import Any
+
+from ocpp.charge_point import camel_to_snake_case, remove_nones, serialize_as_dict
+from ocpp.charge_point import snake_to_camel_case
+from ocpp.exceptions import OCPPError
+from ocpp.v16 import call as ocpp_call
+
+from domain.errors import ChargerError, ChargerOffline, ChargerTimeout, ValidationError
+from ocpp_bridge.handler import ChargePointHandler
+from ocpp_bridge.timefmt import rfc3339
+
+log = logging.getLogger("chargegraph.ocpp")
+
+
+def _wire(value: Any) -> Any:
+    """Domain values to JSON-ready OCPP values (datetimes as RFC 3339 with a zone)."""
+    if isinstance(value, dict):
+        return {k: _wire(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_wire(v) for v in value]
+    if isinstance(value, datetime):
+        return rfc3339(value)
+    return value
+
+
+class OcppGateway:
+    def __init__(self) -> None:
+        self._handlers: dict[str, ChargePointHandler] = {}
+
+    # ------------------------------------------------------------- registry
+    def register(self, handler: ChargePointHandler) -> ChargePointHandler | None:
+        """Make ``handler`` the live connection of its charger; returns the one it
+        replaces (a charger that reconnected before its old socket timed out)."""
+        previous = self._handlers.get(handler.id)
+        self._handlers[handler.id] = handler
+        return previous if previous is not handler else None
+
+    def unregister(self, handler: ChargePointHandler) -> bool:
+        """Forget ``handler`` if it is still the live one; False if it was replaced."""
+        if self._handlers.get(handler.id) is handler:
+            del self._handlers[handler.id]
+            return True
+        return False
+
+    def is_connected(self, cp_id: str) -> bool:
+        return cp_id in self._handlers
+
+    def connected(self) -> list[str]:
+        return list(self._handlers)
+
+    # ------------------------------------------------------------- commands
+    async def call(self, cp_id: str, action: str, payload: dict[str, Any], timeout: float
+                   ) -> dict[str, Any]:
+        handler = self._handlers.get(cp_id)
+        if handler is None:
+            raise ChargerOffline(f"{cp_id} is not connected", field="cpId")
+        request_type = getattr(ocpp_call, action, None)
+        if request_type is None:
+            raise ValidationError(f"unknown OCPP action {action}", field="action")
+        try:
+            request = request_type(**camel_to_snake_case(_wire(payload)))
+        except TypeError as exc:
+            raise ValidationError(f"{action}: {exc}", field="input") from exc
+        try:
+            response = await asyncio.wait_for(handler.call(request, suppress=False), timeout)
+        except TimeoutError as exc:
+            raise ChargerTimeout(f"{cp_id} did not answer {action} within {timeout:g}s"
+                                 ) from exc
+        except OCPPError as exc:
+            # A CALLERROR from the charger, or an answer that breaks the 1.6 schema.
+            raise ChargerError(f"{cp_id} answered {action} with {exc.code}: "
+                               f"{exc.description}") from exc
+        except ChargerError:
+            raise
+        except Exception as exc:  # the socket closed under us, an unknown error code, …
+            log.warning("%s: %s failed: %r", cp_id, action, exc)
+            if not self.is_connected(cp_id):
+                raise ChargerOffline(f"{cp_id} went offline") from exc
+            raise ChargerError(f"{cp_id}: {action} failed ({exc.__class__.__name__})"
+                               ) from exc
+        return snake_to_camel_case(remove_nones(serialize_as_dict(response)))  # type: ignore[no-any-return]

@@ -1,0 +1,169 @@
+"""The OCPP 1.6J central system's websocket server.
+
+- Paths ``/ocpp/{cp_id}`` and ``/{cp_id}`` (percent-decoded).
+- Subprotocol ``ocpp1.6``: chosen when offered; otherwise the handshake completes without
+  the header and the connection is closed at once (OCPP-J 1.6 section 3.2).
+- HTTP Basic auth with the station's password, user name = cp_id (security profile 1;
+  profile 2 when a TLS certificate is configured). Unknown cp_id: 404, or a Pending
+  station when auto-registration is on.
+- One live connection per charger: a new one replaces the old cleanly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import logging
+import ssl
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import unquote
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from domain.services.charging import ChargingService
+from ocpp_bridge.gateway import OcppGateway
+from ocpp_bridge.handler import ChargePointHandler
+
+log = logging.getLogger("chargegraph.ocpp")
+
+SUBPROTOCOL = "ocpp1.6"
+MAX_MESSAGE = 256 * 1024  # the largest real 1.6 frames (local lists, transactionData) fit
+REALM = 'Basic realm="ChargeGraph OCPP", charset="UTF-8"'
+
+
+def cp_id_from_path(path: str) -> str | None:
+    path = path.split("?", 1)[0]
+    parts = [p for p in path.split("/") if p]
+    if len(parts) == 2 and parts[0] == "ocpp":
+        raw = parts[1]
+    elif len(parts) == 1:
+        raw = parts[0]
+    else:
+        return None
+    return unquote(raw) or None
+
+
+def basic_credentials(header: str | None) -> tuple[str, str] | None:
+    if not header:
+        return None
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    user, sep, password = decoded.partition(":")
+    return (user, password) if sep else None
+
+
+class OcppServer:
+    def __init__(self, charging: ChargingService, gateway: OcppGateway, host: str, port: int,
+                 *, ssl_context: ssl.SSLContext | None = None, ping_interval: float = 30,
+                 response_timeout: float = 30) -> None:
+        self.charging = charging
+        self.gateway = gateway
+        self.host = host
+        self.port = port
+        self.ssl_context = ssl_context
+        self.ping_interval = ping_interval
+        self.response_timeout = response_timeout
+        self._server: Server | None = None
+        # cp_id → (password hash, digest of the password that matched it): reconnect
+        # storms must not cost an argon2 verification each.
+        self._verified: dict[str, tuple[str, bytes]] = {}
+
+    @property
+    def bound_port(self) -> int:
+        assert self._server is not None
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def start(self) -> None:
+        await self.charging.reset_connections()
+        self._server = await serve(
+            self._connection, self.host, self.port,
+            subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
+            select_subprotocol=self._select_subprotocol,
+            process_request=self._process_request,
+            compression=None,  # chargers rarely negotiate it; it costs CPU per frame
+            max_size=MAX_MESSAGE,
+            ping_interval=self.ping_interval,
+            ping_timeout=self.ping_interval,
+            ssl=self.ssl_context,
+            server_header="ChargeGraph",
+        )
+        log.info("OCPP 1.6J central system on %s://%s:%d/ocpp/{cpId}",
+                 "wss" if self.ssl_context else "ws", self.host, self.bound_port)
+
+    async def stop(self) -> None:
+        if self._server is None:
+            return
+        self._server.close()
+        await self._server.wait_closed()
+        self._server = None
+
+    # ------------------------------------------------------------- handshake
+    @staticmethod
+    def _select_subprotocol(connection: ServerConnection, offered: Any) -> Any:
+        return SUBPROTOCOL if SUBPROTOCOL in offered else None
+
+    async def _process_request(self, connection: ServerConnection, request: Request
+                               ) -> Response | None:
+        cp_id = cp_id_from_path(request.path)
+        if cp_id is None:
+            return connection.respond(HTTPStatus.NOT_FOUND, "use /ocpp/{chargePointId}\n")
+        station = await self.charging.station_for_connection(cp_id)
+        if station is None:
+            return connection.respond(HTTPStatus.NOT_FOUND, "unknown charge point\n")
+        if station.auth_password_hash is None:
+            return None  # security profile 0: the operator chose no password
+        credentials = basic_credentials(request.headers.get("Authorization"))
+        if credentials is None or credentials[0] != cp_id \
+                or not await self._password_ok(station, credentials[1]):
+            response = connection.respond(HTTPStatus.UNAUTHORIZED, "authentication failed\n")
+            response.headers["WWW-Authenticate"] = REALM
+            return response
+        return None
+
+    async def _password_ok(self, station: Any, password: str) -> bool:
+        digest = hashlib.sha256(password.encode()).digest()
+        cached = self._verified.get(station.cp_id)
+        if cached is not None and cached[0] == station.auth_password_hash:
+            return hmac.compare_digest(cached[1], digest)
+        # argon2 costs tens of milliseconds of CPU: keep it off the event loop.
+        ok = await asyncio.to_thread(self.charging.password_ok, station, password)
+        if ok:
+            self._verified[station.cp_id] = (station.auth_password_hash, digest)
+        return ok
+
+    # ------------------------------------------------------------- connection
+    async def _connection(self, ws: ServerConnection) -> None:
+        if ws.subprotocol != SUBPROTOCOL:
+            await ws.close(1002, "subprotocol ocpp1.6 required")
+            return
+        cp_id = cp_id_from_path(ws.request.path if ws.request else "") or ""
+        handler = ChargePointHandler(cp_id, ws, self.charging,
+                                     response_timeout=self.response_timeout)
+        previous = self.gateway.register(handler)
+        if previous is not None:
+            log.info("%s reconnected: closing its previous connection", cp_id)
+            await previous._connection.close(1000, "replaced by a new connection")
+        log.info("%s connected from %s", cp_id, ws.remote_address)
+        try:
+            await self.charging.set_online(cp_id, True)
+            await handler.start()
+        except ConnectionClosed:
+            pass
+        finally:
+            if self.gateway.unregister(handler):
+                log.info("%s disconnected", cp_id)
+                try:
+                    await self.charging.set_online(cp_id, False)
+                except Exception:  # the store may already be closing at shutdown
+                    log.exception("%s: could not record the disconnect", cp_id)

@@ -1,0 +1,27 @@
+"""Timestamps on the wire: RFC 3339 with a zone, always."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from ocpp_bridge.frames import TYPE_CONSTRAINT_VIOLATION, FrameError
+
+
+def rfc3339(value: datetime) -> str:
+    """``2026-11-24T15:04:05.123Z``: UTC, milliseconds, explicit zone."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_timestamp(value: str, field: str, unique_id: str) -> datetime:
+    """A charger's timestamp. Many chargers omit the zone; OCPP times are UTC, so a
+    zoneless one is read as UTC rather than refused."""
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+    except (ValueError, AttributeError) as exc:
+        raise FrameError(TYPE_CONSTRAINT_VIOLATION, f"{field}: not an RFC 3339 date-time",
+                         unique_id) from exc
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
