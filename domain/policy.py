@@ -101,7 +101,8 @@ class Policy:
         match kind:
             case "station":
                 return stations
-            case "connector" | "session" | "reservation" | "payment" | "status_event":
+            case ("connector" | "session" | "reservation" | "payment" | "status_event"
+                  | "connection_event"):
                 return on_stations
             case "meter_sample":
                 # Samples of unknown transactions have no session: scope them by charger.

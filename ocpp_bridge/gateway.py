@@ -8,8 +8,12 @@ import logging
 from datetime import datetime
 from typing import Any
 
-from ocpp.charge_point import camel_to_snake_case, remove_nones, serialize_as_dict
-from ocpp.charge_point import snake_to_camel_case
+from ocpp.charge_point import (
+    camel_to_snake_case,
+    remove_nones,
+    serialize_as_dict,
+    snake_to_camel_case,
+)
 from ocpp.exceptions import OCPPError
 from ocpp.v16 import call as ocpp_call
 

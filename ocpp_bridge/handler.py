@@ -13,8 +13,12 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ocpp.charge_point import camel_to_snake_case, remove_nones, serialize_as_dict
-from ocpp.charge_point import snake_to_camel_case
+from ocpp.charge_point import (
+    camel_to_snake_case,
+    remove_nones,
+    serialize_as_dict,
+    snake_to_camel_case,
+)
 from ocpp.messages import CallError, CallResult
 from ocpp.routing import on
 from ocpp.v16 import ChargePoint
