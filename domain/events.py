@@ -102,3 +102,11 @@ EVENT_TYPES: dict[str, type[DomainEvent]] = {
     for t in (ConnectorStatusChanged, StationConnectionChanged, SessionChanged, FaultReported,
               ReservationChanged, CommandCompleted)
 }
+
+
+@dataclass(frozen=True, slots=True)
+class EventsDropped:
+    """Delivered in-band to a subscriber that fell behind: ``count`` events were dropped
+    right before the next one (a slow subscriber never blocks a charger)."""
+
+    count: int

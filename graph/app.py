@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
-from starlette.websockets import WebSocket
+from strawberry.asgi import GraphQL
+from strawberry.exceptions import ConnectionRejectionError
+from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
 
 from domain.errors import Unauthenticated
 from domain.policy import ANONYMOUS, Viewer
@@ -12,6 +16,7 @@ from domain.services import Services
 from graph.auth import TokenService, bearer_token
 from graph.context import GraphContext
 from graph.http import GraphQLHTTPHandler
+from graph.loaders import Loaders
 from graph.schema import schema
 
 
@@ -28,11 +33,41 @@ async def resolve_viewer(services: Services, tokens: TokenService, authorization
     return viewer
 
 
+class SubscriptionEndpoint(GraphQL):  # type: ignore[type-arg]
+    """Websocket subscriptions. The viewer comes from ``connection_init``'s
+    ``{"authorization": "Bearer …"}``; a bad token closes the socket (4403)."""
+
+    def __init__(self, services: Services, tokens: TokenService) -> None:
+        super().__init__(schema, graphql_ide=None,
+                         subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL,
+                                                 GRAPHQL_WS_PROTOCOL))
+        self.services = services
+        self.tokens = tokens
+
+    async def get_context(self, request: Any, response: Any) -> GraphContext:
+        return GraphContext.build(self.services, self.tokens, ANONYMOUS, request)
+
+    async def on_ws_connect(self, context: GraphContext) -> Any:
+        params = context.connection_params if isinstance(context.connection_params,
+                                                         dict) else {}
+        header = params.get("authorization") or params.get("Authorization")
+        try:
+            viewer = await resolve_viewer(self.services, self.tokens,
+                                          str(header) if header else None)
+        except Unauthenticated as exc:
+            raise ConnectionRejectionError({"code": exc.code, "message": exc.message}
+                                           ) from exc
+        context.viewer = viewer
+        context.loaders = Loaders(self.services.reads, viewer)
+        return await super().on_ws_connect(context)
+
+
 class GraphQLApp:
     def __init__(self, services: Services, tokens: TokenService, *, graphiql: bool) -> None:
         self.services = services
         self.tokens = tokens
         self.http = GraphQLHTTPHandler(schema, self.http_context, graphiql=graphiql)
+        self.websocket = SubscriptionEndpoint(services, tokens)
 
     async def http_context(self, request: Request) -> GraphContext:
         viewer = await resolve_viewer(self.services, self.tokens,
@@ -44,9 +79,7 @@ class GraphQLApp:
             response = await self.http(Request(scope, receive))
             await response(scope, receive, send)
         elif scope["type"] == "websocket":
-            # Subscriptions arrive with the OCPP bridge; until then refuse cleanly.
-            websocket = WebSocket(scope, receive, send)
-            await websocket.close(code=4406)
+            await self.websocket(scope, receive, send)
 
 
 def create_graphql_app(services: Services, tokens: TokenService, *, graphiql: bool = True

@@ -22,6 +22,8 @@ class GraphContext:
     #: The HTTP request or websocket, for adapters that need headers.
     request: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: The ``connection_init`` payload of a websocket (strawberry fills it in).
+    connection_params: Any = None
     #: One "now" per request, so time-dependent relations (the tariff in force) agree and
     #: batch into one loader.
     now: datetime = field(default_factory=utcnow)

@@ -12,6 +12,7 @@ import strawberry
 
 from domain.errors import DomainError, Forbidden, Unauthenticated
 from domain.services import UNSET, ConnectorSpec
+from graph.commands import CommandMutation
 from graph.context import GraphContext
 from graph.errors import UserError, user_error
 from graph.ids import expect_id
@@ -119,7 +120,7 @@ class TariffPayload:
 
 
 @strawberry.type
-class Mutation:
+class Mutation(CommandMutation):
     # ------------------------------------------------------------- sign-in
     @strawberry.mutation(description="Exchange email and password for a bearer token.")
     async def login(self, info: Info, email: str, password: str) -> LoginPayload:

@@ -10,6 +10,7 @@ from graph.errors import MaskUnexpectedErrors
 from graph.mutation import Mutation
 from graph.nodes import NODE_BY_KIND
 from graph.query import Query
+from graph.subscription import Subscription
 
 #: Deep enough for every real screen (map → station → connector → session → user →
 #: vehicles → node …), shallow enough that cyclic paths cannot fan out without bound.
@@ -23,6 +24,7 @@ def build_schema(extra_extensions: tuple[SchemaExtension | type[SchemaExtension]
     return strawberry.Schema(
         query=Query,
         mutation=Mutation,
+        subscription=Subscription,
         types=list(NODE_BY_KIND.values()),
         extensions=[
             lambda: QueryDepthLimiter(max_depth=MAX_DEPTH),

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from domain.ports import ChargerGateway
 from domain.services.accounts import AccountService
 from domain.services.base import UNSET, ServiceContext
+from domain.services.charging import ChargingService
+from domain.services.commands import CommandService
 from domain.services.fleet import FleetService
+from domain.services.live import LiveService
 from domain.services.reads import ReadService
 from domain.services.stations import ConnectorSpec, StationService
 from domain.services.tariffs import TariffService
@@ -15,7 +19,9 @@ __all__ = ["UNSET", "ConnectorSpec", "ServiceContext", "Services"]
 class Services:
     """Every use case of the API over one set of ports."""
 
-    def __init__(self, ctx: ServiceContext) -> None:
+    def __init__(self, ctx: ServiceContext, *, gateway: ChargerGateway | None = None,
+                 heartbeat_interval: int = 300, auto_register: bool = False,
+                 command_timeout: float = 30.0) -> None:
         self.ctx = ctx
         self.policy = ctx.policy
         self.reads = ReadService(ctx)
@@ -23,3 +29,11 @@ class Services:
         self.fleet = FleetService(ctx)
         self.stations = StationService(ctx)
         self.tariffs = TariffService(ctx)
+        self.charging = ChargingService(ctx, heartbeat_interval=heartbeat_interval,
+                                        auto_register=auto_register)
+        self.commands = CommandService(ctx, gateway, timeout=command_timeout)
+        self.live = LiveService(ctx)
+
+    def attach_gateway(self, gateway: ChargerGateway) -> None:
+        """The OCPP bridge starts after the services exist; it plugs itself in here."""
+        self.commands.gateway = gateway

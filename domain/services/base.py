@@ -62,10 +62,12 @@ class Service:
         raise NotFound(f"no such {kind.kind.replace('_', ' ')}", field=field)
 
     async def commit(self, viewer: Viewer, changes: Sequence[tuple[Change, Record | None]],
-                     unaudited: Sequence[Change] = ()) -> None:
+                     unaudited: Sequence[Change] = (),
+                     extra_audit: Sequence[AuditEntry] = ()) -> None:
         """Write ``changes`` (each with the record's before-image, ``None`` for inserts)
         and one audit entry per change, in a single store operation. ``unaudited`` changes
-        (telemetry with a history of its own) ride along in the same operation."""
+        (telemetry with a history of its own) ride along in the same operation, and so do
+        ``extra_audit`` entries that record actions rather than record changes."""
         now = utcnow()
         audit = []
         for change, before in changes:
@@ -91,7 +93,7 @@ class Service:
                     after=None if isinstance(change, Delete) else snapshot(record),
                 )
             )
-        await self.store.write([*(c for c, _ in changes), *unaudited], audit)
+        await self.store.write([*(c for c, _ in changes), *unaudited], [*audit, *extra_audit])
 
 
 def stamp_new(record: E, viewer: Viewer, now: datetime | None = None) -> E:

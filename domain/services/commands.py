@@ -198,8 +198,7 @@ class CommandService(Service):
                 updated = changed(reservation, viewer, state=state)
                 changes.append((Update(updated), reservation))
                 outcome.reservation = updated
-        await self.commit(viewer, changes)
-        await self.store.write([], [audit])
+        await self.commit(viewer, changes, extra_audit=[audit])
         owned = {"station_id": station.id, "cp_id": station.cp_id,
                  "company_id": station.company_id, "owner_id": station.owner_id}
         if changes and outcome.reservation is not None:

@@ -1,0 +1,147 @@
+"""GraphQL shapes of OCPP 1.6 commands: enums, nested inputs mirroring the OCPP schema,
+and result types."""
+
+from __future__ import annotations
+
+from dataclasses import fields, is_dataclass
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+import strawberry
+
+from domain import ocpp16
+
+ResetType = strawberry.enum(ocpp16.ResetType)
+ResetStatus = strawberry.enum(ocpp16.ResetStatus)
+UnlockStatus = strawberry.enum(ocpp16.UnlockStatus)
+AvailabilityType = strawberry.enum(ocpp16.AvailabilityType)
+AvailabilityStatus = strawberry.enum(ocpp16.AvailabilityStatus)
+ConfigurationStatus = strawberry.enum(ocpp16.ConfigurationStatus)
+ClearCacheStatus = strawberry.enum(ocpp16.ClearCacheStatus)
+MessageTrigger = strawberry.enum(ocpp16.MessageTrigger)
+TriggerMessageStatus = strawberry.enum(ocpp16.TriggerMessageStatus)
+DataTransferStatus = strawberry.enum(ocpp16.DataTransferStatus)
+ReservationStatus = strawberry.enum(ocpp16.ReservationStatus)
+CancelReservationStatus = strawberry.enum(ocpp16.CancelReservationStatus)
+ChargingProfileStatus = strawberry.enum(ocpp16.ChargingProfileStatus)
+ClearChargingProfileStatus = strawberry.enum(ocpp16.ClearChargingProfileStatus)
+GetCompositeScheduleStatus = strawberry.enum(ocpp16.GetCompositeScheduleStatus)
+UpdateType = strawberry.enum(ocpp16.UpdateType)
+UpdateStatus = strawberry.enum(ocpp16.UpdateStatus)
+ChargingProfilePurposeType = strawberry.enum(ocpp16.ChargingProfilePurposeType)
+ChargingProfileKindType = strawberry.enum(ocpp16.ChargingProfileKindType)
+RecurrencyKind = strawberry.enum(ocpp16.RecurrencyKind)
+ChargingRateUnitType = strawberry.enum(ocpp16.ChargingRateUnitType)
+RemoteStartStopStatus = strawberry.enum(ocpp16.RemoteStartStopStatus)
+AuthorizationStatus = strawberry.enum(ocpp16.AuthorizationStatus)
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
+def to_ocpp(value: Any) -> Any:
+    """A strawberry input (tree) as an OCPP payload: camelCase keys, enum values, fields
+    left out or null dropped."""
+    if is_dataclass(value) and not isinstance(value, type):
+        out = {}
+        for f in fields(value):
+            item = getattr(value, f.name)
+            if item is None or item is strawberry.UNSET:
+                continue
+            out[_camel(f.name)] = to_ocpp(item)
+        return out
+    if isinstance(value, list):
+        return [to_ocpp(v) for v in value]
+    if isinstance(value, Enum):
+        return value.value
+    return value
+
+
+# ------------------------------------------------------------------ smart charging inputs
+@strawberry.input(description="OCPP ChargingSchedulePeriod.")
+class ChargingSchedulePeriodInput:
+    start_period: int = strawberry.field(description="Seconds from the schedule's start.")
+    limit: float = strawberry.field(description="In the schedule's unit (W or A), 0.1 steps.")
+    number_phases: int | None = None
+
+
+@strawberry.input(description="OCPP ChargingSchedule.")
+class ChargingScheduleInput:
+    charging_rate_unit: ChargingRateUnitType  # type: ignore[valid-type]
+    charging_schedule_period: list[ChargingSchedulePeriodInput]
+    duration: int | None = None
+    start_schedule: datetime | None = None
+    min_charging_rate: float | None = None
+
+
+@strawberry.input(description="OCPP csChargingProfiles / chargingProfile.")
+class ChargingProfileInput:
+    charging_profile_id: int
+    stack_level: int
+    charging_profile_purpose: ChargingProfilePurposeType  # type: ignore[valid-type]
+    charging_profile_kind: ChargingProfileKindType  # type: ignore[valid-type]
+    charging_schedule: ChargingScheduleInput
+    transaction_id: int | None = None
+    recurrency_kind: RecurrencyKind | None = None  # type: ignore[valid-type]
+    valid_from: datetime | None = None
+    valid_to: datetime | None = None
+
+
+# ------------------------------------------------------------------ local list inputs
+@strawberry.input(description="OCPP IdTagInfo for a local authorization list entry.")
+class IdTagInfoInput:
+    status: AuthorizationStatus  # type: ignore[valid-type]
+    expiry_date: datetime | None = None
+    parent_id_tag: str | None = None
+
+
+@strawberry.input(description="OCPP AuthorizationData.")
+class AuthorizationDataInput:
+    id_tag: str
+    id_tag_info: IdTagInfoInput | None = strawberry.field(
+        default=None, description="Leave out to remove the tag (differential updates)."
+    )
+
+
+# ------------------------------------------------------------------ results
+@strawberry.type(description="One configuration key as the charger reports it.")
+class ConfigurationKey:
+    key: str
+    readonly: bool
+    value: str | None
+
+
+@strawberry.type
+class ChargingSchedulePeriod:
+    start_period: int
+    limit: float
+    number_phases: int | None
+
+
+@strawberry.type
+class ChargingSchedule:
+    charging_rate_unit: ChargingRateUnitType  # type: ignore[valid-type]
+    charging_schedule_period: list[ChargingSchedulePeriod]
+    duration: int | None
+    start_schedule: datetime | None
+    min_charging_rate: float | None
+
+    @classmethod
+    def from_ocpp(cls, data: dict[str, Any]) -> ChargingSchedule:
+        start = data.get("startSchedule")
+        return cls(
+            charging_rate_unit=ocpp16.ChargingRateUnitType(data["chargingRateUnit"]),
+            charging_schedule_period=[
+                ChargingSchedulePeriod(start_period=int(p["startPeriod"]),
+                                       limit=float(p["limit"]),
+                                       number_phases=p.get("numberPhases"))
+                for p in data.get("chargingSchedulePeriod", [])
+            ],
+            duration=data.get("duration"),
+            start_schedule=datetime.fromisoformat(start) if start else None,
+            min_charging_rate=float(data["minChargingRate"])
+            if data.get("minChargingRate") is not None else None,
+        )

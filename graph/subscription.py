@@ -1,0 +1,272 @@
+"""Live subscriptions (graphql-transport-ws, legacy graphql-ws accepted).
+
+Events come from the domain already filtered by the viewer's visibility; here they are
+narrowed by the client's filter and shaped. Each event gets fresh loaders, so a nested
+field reads the data as it is now, not as the connection first saw it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Callable
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+import strawberry
+from graphql import GraphQLError
+
+from domain import entities as d
+from domain.events import (
+    CommandCompleted,
+    ConnectorStatusChanged,
+    DomainEvent,
+    EventsDropped,
+    FaultReported,
+    SessionChanged,
+    StationConnectionChanged,
+)
+from graph.context import GraphContext
+from graph.enums import ConnectorStatus, SessionState
+from graph.ids import expect_id, to_global_id
+from graph.loaders import Loaders
+from graph.nodes import Connector, Session, Station
+
+Info = strawberry.Info
+PUBLIC_TOPICS = frozenset({ConnectorStatusChanged.topic, StationConnectionChanged.topic})
+
+
+@strawberry.enum(description="What happened to a session.")
+class SessionChange(Enum):
+    STARTED = "STARTED"
+    UPDATED = "UPDATED"
+    ENDED = "ENDED"
+
+
+@strawberry.input(description="Narrow a station feed; all the viewer may see if left out.")
+class StationEventFilter:
+    cp_ids: list[str] | None = None
+    station_ids: list[strawberry.ID] | None = None
+
+    def accepts(self) -> Callable[[Any], bool]:
+        cp_ids = set(self.cp_ids) if self.cp_ids is not None else None
+        station_ids = {expect_id(str(s), "station", "filter.stationIds")
+                       for s in self.station_ids} if self.station_ids is not None else None
+
+        def accept(event: Any) -> bool:
+            return (cp_ids is None or event.cp_id in cp_ids) and (
+                station_ids is None or event.station_id in station_ids)
+
+        return accept
+
+
+@strawberry.input
+class SessionEventFilter:
+    session_id: strawberry.ID | None = None
+    cp_id: str | None = None
+    mine: bool | None = strawberry.field(default=None,
+                                         description="Only the viewer's own sessions.")
+
+
+@strawberry.input
+class CommandEventFilter:
+    cp_id: str | None = None
+    command_id: strawberry.ID | None = None
+
+
+async def _station(info: Info, station_id: str | None) -> Station | None:
+    if station_id is None:
+        return None
+    ctx: GraphContext = info.context
+    record = await ctx.loaders.by_id(d.Station).load(station_id)
+    return Station.wrap(record, ctx) if record else None
+
+
+@strawberry.type(description="A connector changed status (the live availability map).")
+class ConnectorStatusEvent:
+    cp_id: str
+    connector_id: int
+    status: ConnectorStatus
+    error_code: str
+    info: str | None
+    at: datetime
+    dropped_before: int = strawberry.field(
+        description="Events this subscriber missed right before this one (it fell behind).")
+    _e: strawberry.Private[ConnectorStatusChanged]
+
+    @strawberry.field
+    def station_id(self) -> strawberry.ID | None:
+        return strawberry.ID(to_global_id("station", self._e.station_id)) \
+            if self._e.station_id else None
+
+    @strawberry.field
+    async def connector(self, info: Info) -> Connector | None:
+        if self._e.connector_record_id is None:
+            return None
+        ctx: GraphContext = info.context
+        record = await ctx.loaders.by_id(d.Connector).load(self._e.connector_record_id)
+        return Connector.wrap(record, ctx) if record else None
+
+    @strawberry.field
+    async def station(self, info: Info) -> Station | None:
+        return await _station(info, self._e.station_id)
+
+
+@strawberry.type(description="A charger connected or disconnected.")
+class StationConnectionEvent:
+    cp_id: str
+    online: bool
+    at: datetime
+    dropped_before: int
+    _e: strawberry.Private[StationConnectionChanged]
+
+    @strawberry.field
+    async def station(self, info: Info) -> Station | None:
+        return await _station(info, self._e.station_id)
+
+
+@strawberry.type(description="A session started, progressed (throttled) or ended.")
+class SessionEvent:
+    change: SessionChange
+    transaction_id: int
+    cp_id: str
+    connector_id: int
+    state: SessionState
+    energy_kwh: float = strawberry.field(description="Energy delivered so far.")
+    power_kw: float | None
+    at: datetime
+    dropped_before: int
+    _e: strawberry.Private[SessionChanged]
+
+    @strawberry.field
+    def session_id(self) -> strawberry.ID:
+        return strawberry.ID(to_global_id("session", self._e.session_id))
+
+    @strawberry.field
+    async def session(self, info: Info) -> Session | None:
+        ctx: GraphContext = info.context
+        record = await ctx.loaders.by_id(d.Session).load(self._e.session_id)
+        return Session.wrap(record, ctx) if record else None
+
+
+@strawberry.type(description="A connector reported an error code other than NoError.")
+class FaultEvent:
+    cp_id: str
+    connector_id: int
+    error_code: str
+    status: ConnectorStatus
+    info: str | None
+    vendor_error_code: str | None
+    at: datetime
+    dropped_before: int
+    _e: strawberry.Private[FaultReported]
+
+    @strawberry.field
+    async def station(self, info: Info) -> Station | None:
+        return await _station(info, self._e.station_id)
+
+
+@strawberry.type(description="A command reached its charger, or failed to.")
+class CommandEvent:
+    command_id: strawberry.ID
+    action: str
+    cp_id: str
+    status: str | None = strawberry.field(description="The charger's answer, OCPP spelling.")
+    error_code: str | None
+    requested_by: str
+    at: datetime
+    dropped_before: int
+
+
+async def _feed(info: Info, topic: str, accept: Callable[[Any], bool]
+                ) -> AsyncGenerator[tuple[Any, int], None]:
+    ctx: GraphContext = info.context
+    if ctx.viewer.anonymous and (topic not in PUBLIC_TOPICS
+                                 or not ctx.services.policy.public_map):
+        raise GraphQLError("sign in first", extensions={"code": "UNAUTHENTICATED"})
+    dropped = 0
+    async for event in ctx.services.live.events(ctx.viewer, [topic]):
+        if isinstance(event, EventsDropped):
+            dropped += event.count
+            continue
+        if not accept(event):
+            continue
+        ctx.loaders = Loaders(ctx.services.reads, ctx.viewer)
+        yield event, dropped
+        dropped = 0
+
+
+def _status(value: str) -> Any:
+    return d.ConnectorStatus(value)
+
+
+def _everything(event: DomainEvent) -> bool:
+    return True
+
+
+@strawberry.type
+class Subscription:
+    @strawberry.subscription(description="Connector status changes: the live map.")
+    async def connector_status_changed(self, info: Info,
+                                       filter: StationEventFilter | None = None
+                                       ) -> AsyncGenerator[ConnectorStatusEvent, None]:
+        accept = filter.accepts() if filter else _everything
+        async for e, dropped in _feed(info, ConnectorStatusChanged.topic, accept):
+            yield ConnectorStatusEvent(cp_id=e.cp_id, connector_id=e.connector_id,
+                                       status=_status(e.status), error_code=e.error_code,
+                                       info=e.info, at=e.at, dropped_before=dropped, _e=e)
+
+    @strawberry.subscription(description="Chargers going online and offline.")
+    async def station_connection_changed(self, info: Info,
+                                         filter: StationEventFilter | None = None
+                                         ) -> AsyncGenerator[StationConnectionEvent, None]:
+        accept = filter.accepts() if filter else _everything
+        async for e, dropped in _feed(info, StationConnectionChanged.topic, accept):
+            yield StationConnectionEvent(cp_id=e.cp_id, online=e.online, at=e.at,
+                                         dropped_before=dropped, _e=e)
+
+    @strawberry.subscription(description="Session started / energy so far / ended.")
+    async def session_updated(self, info: Info, filter: SessionEventFilter | None = None
+                              ) -> AsyncGenerator[SessionEvent, None]:
+        ctx: GraphContext = info.context
+        session_id = expect_id(str(filter.session_id), "session", "filter.sessionId") \
+            if filter and filter.session_id else None
+        cp_id = filter.cp_id if filter else None
+        mine = bool(filter and filter.mine)
+
+        def accept(e: SessionChanged) -> bool:
+            return (session_id is None or e.session_id == session_id) and (
+                cp_id is None or e.cp_id == cp_id) and (
+                not mine or e.user_id == ctx.viewer.user_id)
+
+        async for e, dropped in _feed(info, SessionChanged.topic, accept):
+            yield SessionEvent(change=SessionChange(e.change), transaction_id=e.transaction_id,
+                               cp_id=e.cp_id, connector_id=e.connector_id,
+                               state=d.SessionState(e.state),  # type: ignore[arg-type]
+                               energy_kwh=e.energy_wh / 1000,
+                               power_kw=e.power_w / 1000 if e.power_w is not None else None,
+                               at=e.at, dropped_before=dropped, _e=e)
+
+    @strawberry.subscription(description="Faults reported by connectors.")
+    async def fault_reported(self, info: Info, filter: StationEventFilter | None = None
+                             ) -> AsyncGenerator[FaultEvent, None]:
+        accept = filter.accepts() if filter else _everything
+        async for e, dropped in _feed(info, FaultReported.topic, accept):
+            yield FaultEvent(cp_id=e.cp_id, connector_id=e.connector_id,
+                             error_code=e.error_code, status=_status(e.status), info=e.info,
+                             vendor_error_code=e.vendor_error_code, at=e.at,
+                             dropped_before=dropped, _e=e)
+
+    @strawberry.subscription(description="Answers to commands sent to chargers.")
+    async def command_completed(self, info: Info, filter: CommandEventFilter | None = None
+                                ) -> AsyncGenerator[CommandEvent, None]:
+        cp_id = filter.cp_id if filter else None
+        command_id = str(filter.command_id) if filter and filter.command_id else None
+
+        def accept(e: CommandCompleted) -> bool:
+            return (cp_id is None or e.cp_id == cp_id) and (
+                command_id is None or e.command_id == command_id)
+
+        async for e, dropped in _feed(info, CommandCompleted.topic, accept):
+            yield CommandEvent(command_id=strawberry.ID(e.command_id), action=e.action,
+                               cp_id=e.cp_id, status=e.status, error_code=e.error_code,
+                               requested_by=e.requested_by, at=e.at, dropped_before=dropped)
