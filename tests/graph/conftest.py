@@ -7,35 +7,15 @@ from typing import Any
 
 import httpx
 import pytest
-from argon2 import PasswordHasher as _Argon2
-from argon2.exceptions import Argon2Error, InvalidHashError
 
 from domain.policy import Policy
 from domain.services import ServiceContext, Services
 from graph import TokenService, create_graphql_app
 from store.sqlite import SqliteStore
 from tests.graph.world import World, build_world
+from tests.helpers import FastHasher
 
 SECRET = "test-secret-that-is-long-enough-for-hs256-keys"
-
-
-class FastHasher:
-    """Argon2 with test-sized costs (the product's hasher lives in chargegraph.security)."""
-
-    def __init__(self) -> None:
-        self._argon = _Argon2(time_cost=1, memory_cost=1024, parallelism=1)
-
-    def hash(self, password: str) -> str:
-        return self._argon.hash(password)
-
-    def verify(self, password_hash: str, password: str) -> bool:
-        try:
-            return self._argon.verify(password_hash, password)
-        except (Argon2Error, InvalidHashError):
-            return False
-
-    def needs_rehash(self, password_hash: str) -> bool:
-        return False
 
 
 class CountingStore:

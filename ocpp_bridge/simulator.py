@@ -1,0 +1,508 @@
+"""Simulated OCPP 1.6J charge points, built on the ``ocpp`` package as a client.
+
+They boot, report status, charge with realistic meter values and answer every command a
+central system can send — for the demo, for load benchmarks, and as the real charger in
+end-to-end tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import random
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from ocpp.routing import after, on
+from ocpp.v16 import ChargePoint, call
+from ocpp.v16 import call_result as result
+from ocpp.v16.enums import Action
+from websockets.asyncio.client import ClientConnection, connect
+
+log = logging.getLogger("chargegraph.simulator")
+
+VENDOR = "ChargeGraph"
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class ConnectorState:
+    status: str = "Available"
+    error_code: str = "NoError"
+    transaction_id: int | None = None
+    id_tag: str | None = None
+    meter_wh: float = 0.0
+    power_w: float = 0.0
+    soc: float = 20.0
+    reservation_id: int | None = None
+    available: bool = True
+
+
+@dataclass
+class SimulatorConfig:
+    connectors: int = 2
+    max_power_w: float = 22_000.0
+    meter_interval_s: float = 10.0
+    vendor: str = VENDOR
+    model: str = "SimCharger 2"
+    firmware: str = "1.4.2"
+
+
+class SimulatedChargePoint(ChargePoint):
+    def __init__(self, cp_id: str, connection: Any, config: SimulatorConfig | None = None,
+                 response_timeout: float = 30) -> None:
+        super().__init__(cp_id, connection, response_timeout=response_timeout, logger=log)
+        self.config = config or SimulatorConfig()
+        self.connectors = {i: ConnectorState(meter_wh=random.uniform(1e5, 5e6))
+                           for i in range(1, self.config.connectors + 1)}
+        self.configuration: dict[str, tuple[str, bool]] = {
+            "HeartbeatInterval": ("300", False),
+            "MeterValueSampleInterval": (str(int(self.config.meter_interval_s)), False),
+            "NumberOfConnectors": (str(self.config.connectors), True),
+            "AuthorizeRemoteTxRequests": ("false", False),
+            "LocalAuthListEnabled": ("true", False),
+            "ChargeProfileMaxStackLevel": ("10", True),
+        }
+        self.local_list_version = 0
+        self.local_list: dict[str, dict[str, Any]] = {}
+        self.charging_profiles: dict[int, dict[str, Any]] = {}
+        self.received: list[tuple[str, dict[str, Any]]] = []
+        self.heartbeat_interval = 300
+        self._chargers: dict[int, asyncio.Task[None]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # ------------------------------------------------------------- charger → central system
+    async def boot(self) -> result.BootNotification:
+        response = await self.call(call.BootNotification(
+            charge_point_vendor=self.config.vendor, charge_point_model=self.config.model,
+            charge_point_serial_number=f"SIM-{self.id}", firmware_version=self.config.firmware))
+        self.heartbeat_interval = int(response.interval) or 300
+        return response
+
+    async def heartbeat(self) -> result.Heartbeat:
+        return await self.call(call.Heartbeat())
+
+    async def status(self, connector_id: int, status: str | None = None,
+                     error_code: str | None = None, info: str | None = None) -> None:
+        if connector_id:
+            state = self.connectors[connector_id]
+            state.status = status or state.status
+            state.error_code = error_code or state.error_code
+            status, error_code = state.status, state.error_code
+        await self.call(call.StatusNotification(
+            connector_id=connector_id, error_code=error_code or "NoError",
+            status=status or "Available", info=info, timestamp=now()))
+
+    async def report_all(self) -> None:
+        for connector_id in self.connectors:
+            await self.status(connector_id)
+
+    async def authorize(self, id_tag: str) -> str:
+        response = await self.call(call.Authorize(id_tag=id_tag))
+        return str(response.id_tag_info["status"])
+
+    async def start_transaction(self, connector_id: int, id_tag: str,
+                                timestamp: str | None = None,
+                                reservation_id: int | None = None) -> tuple[int, str]:
+        state = self.connectors[connector_id]
+        await self.status(connector_id, "Preparing")
+        response = await self.call(call.StartTransaction(
+            connector_id=connector_id, id_tag=id_tag, meter_start=int(state.meter_wh),
+            timestamp=timestamp or now(), reservation_id=reservation_id))
+        status = str(response.id_tag_info["status"])
+        state.transaction_id = int(response.transaction_id)
+        state.id_tag = id_tag
+        state.reservation_id = None
+        await self.status(connector_id, "Charging")
+        return state.transaction_id, status
+
+    async def meter_values(self, connector_id: int, seconds: float | None = None) -> None:
+        """One MeterValues with energy, power, current, voltage and SoC, after charging
+        ``seconds`` at the connector's power."""
+        state = self.connectors[connector_id]
+        if seconds:
+            state.meter_wh += state.power_w * seconds / 3600
+            state.soc = min(100.0, state.soc + state.power_w * seconds / 3600 / 600)
+        current = state.power_w / (3 * 230)
+        await self.call(call.MeterValues(
+            connector_id=connector_id, transaction_id=state.transaction_id,
+            meter_value=[{"timestamp": now(), "sampledValue": [
+                {"value": f"{state.meter_wh:.0f}", "measurand":
+                    "Energy.Active.Import.Register", "unit": "Wh",
+                 "context": "Sample.Periodic"},
+                {"value": f"{state.power_w:.0f}", "measurand": "Power.Active.Import",
+                 "unit": "W"},
+                {"value": f"{current:.1f}", "measurand": "Current.Import", "unit": "A",
+                 "phase": "L1"},
+                {"value": "230.0", "measurand": "Voltage", "unit": "V", "phase": "L1-N"},
+                {"value": f"{state.soc:.0f}", "measurand": "SoC", "unit": "Percent"},
+            ]}]))
+
+    async def stop_transaction(self, connector_id: int, reason: str = "Local") -> None:
+        state = self.connectors[connector_id]
+        if state.transaction_id is None:
+            return
+        transaction_id, state.transaction_id = state.transaction_id, None
+        state.power_w = 0.0
+        await self.status(connector_id, "Finishing")
+        await self.call(call.StopTransaction(
+            meter_stop=int(state.meter_wh), timestamp=now(), transaction_id=transaction_id,
+            reason=reason, id_tag=state.id_tag))
+        await self.status(connector_id, "Available")
+
+    async def charge(self, connector_id: int, id_tag: str, *, duration_s: float,
+                     step_s: float | None = None, power_w: float | None = None) -> int:
+        """A whole session: start, meter values every ``step_s`` for ``duration_s``, stop."""
+        transaction_id, _ = await self.start_transaction(connector_id, id_tag)
+        state = self.connectors[connector_id]
+        state.power_w = power_w or self.config.max_power_w * random.uniform(0.6, 1.0)
+        step = step_s or self.config.meter_interval_s
+        elapsed = 0.0
+        while elapsed < duration_s:
+            await asyncio.sleep(step)
+            elapsed += step
+            await self.meter_values(connector_id, step)
+        await self.stop_transaction(connector_id)
+        return transaction_id
+
+    def _later(self, coro: Any) -> None:
+        """Run a follow-up message after answering: never call the central system from
+        inside a handler (the receive loop would wait on itself)."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ------------------------------------------------------------- central system → charger
+    @on(Action.remote_start_transaction)
+    def on_remote_start(self, id_tag: str, connector_id: int | None = None,
+                        charging_profile: dict[str, Any] | None = None
+                        ) -> result.RemoteStartTransaction:
+        self.received.append(("RemoteStartTransaction", {"id_tag": id_tag,
+                                                         "connector_id": connector_id}))
+        target = connector_id or next((i for i, c in self.connectors.items()
+                                       if c.status == "Available"), None)
+        if target is None or target not in self.connectors \
+                or self.connectors[target].transaction_id is not None:
+            return result.RemoteStartTransaction(status="Rejected")  # type: ignore[arg-type]
+        self.connectors[target].id_tag = id_tag
+        self._remote_target = target
+        return result.RemoteStartTransaction(status="Accepted")  # type: ignore[arg-type]
+
+    @after(Action.remote_start_transaction)
+    async def after_remote_start(self, id_tag: str, **_: Any) -> None:
+        target = getattr(self, "_remote_target", None)
+        if target is not None and self.connectors[target].transaction_id is None:
+            self._remote_target = None
+            await self.start_transaction(target, id_tag)
+            self.connectors[target].power_w = self.config.max_power_w * 0.8
+
+    @on(Action.remote_stop_transaction)
+    def on_remote_stop(self, transaction_id: int) -> result.RemoteStopTransaction:
+        self.received.append(("RemoteStopTransaction", {"transaction_id": transaction_id}))
+        for connector_id, state in self.connectors.items():
+            if state.transaction_id == transaction_id:
+                self._later(self.stop_transaction(connector_id, "Remote"))
+                return result.RemoteStopTransaction(status="Accepted")  # type: ignore[arg-type]
+        return result.RemoteStopTransaction(status="Rejected")  # type: ignore[arg-type]
+
+    @on(Action.reset)
+    def on_reset(self, type: str) -> result.Reset:
+        self.received.append(("Reset", {"type": type}))
+        self._later(self._reboot())
+        return result.Reset(status="Accepted")  # type: ignore[arg-type]
+
+    async def _reboot(self) -> None:
+        await asyncio.sleep(0.05)
+        for connector_id, state in self.connectors.items():
+            if state.transaction_id is not None:
+                await self.stop_transaction(connector_id, "SoftReset")
+        await self.boot()
+        await self.report_all()
+
+    @on(Action.unlock_connector)
+    def on_unlock(self, connector_id: int) -> result.UnlockConnector:
+        self.received.append(("UnlockConnector", {"connector_id": connector_id}))
+        status = "Unlocked" if connector_id in self.connectors else "NotSupported"
+        return result.UnlockConnector(status=status)  # type: ignore[arg-type]
+
+    @on(Action.change_availability)
+    def on_change_availability(self, connector_id: int, type: str
+                               ) -> result.ChangeAvailability:
+        self.received.append(("ChangeAvailability", {"connector_id": connector_id,
+                                                     "type": type}))
+        targets = list(self.connectors) if connector_id == 0 else [connector_id]
+        if any(t not in self.connectors for t in targets):
+            return result.ChangeAvailability(status="Rejected")  # type: ignore[arg-type]
+        if any(self.connectors[t].transaction_id is not None for t in targets):
+            return result.ChangeAvailability(status="Scheduled")  # type: ignore[arg-type]
+        new = "Unavailable" if type == "Inoperative" else "Available"
+        for t in targets:
+            self._later(self.status(t, new))
+        return result.ChangeAvailability(status="Accepted")  # type: ignore[arg-type]
+
+    @on(Action.change_configuration)
+    def on_change_configuration(self, key: str, value: str) -> result.ChangeConfiguration:
+        self.received.append(("ChangeConfiguration", {"key": key, "value": value}))
+        if key not in self.configuration:
+            return result.ChangeConfiguration(status="NotSupported")  # type: ignore[arg-type]
+        if self.configuration[key][1]:
+            return result.ChangeConfiguration(status="Rejected")  # type: ignore[arg-type]
+        self.configuration[key] = (value, False)
+        return result.ChangeConfiguration(status="Accepted")  # type: ignore[arg-type]
+
+    @on(Action.get_configuration)
+    def on_get_configuration(self, key: list[str] | None = None) -> result.GetConfiguration:
+        self.received.append(("GetConfiguration", {"key": key}))
+        wanted = key or list(self.configuration)
+        known = [{"key": k, "readonly": self.configuration[k][1],
+                  "value": self.configuration[k][0]} for k in wanted if k in self.configuration]
+        unknown = [k for k in wanted if k not in self.configuration]
+        return result.GetConfiguration(configuration_key=known, unknown_key=unknown or None)
+
+    @on(Action.clear_cache)
+    def on_clear_cache(self) -> result.ClearCache:
+        self.received.append(("ClearCache", {}))
+        return result.ClearCache(status="Accepted")  # type: ignore[arg-type]
+
+    @on(Action.trigger_message)
+    def on_trigger_message(self, requested_message: str, connector_id: int | None = None
+                           ) -> result.TriggerMessage:
+        self.received.append(("TriggerMessage", {"requested_message": requested_message,
+                                                 "connector_id": connector_id}))
+        follow_ups = {
+            "Heartbeat": self.heartbeat,
+            "BootNotification": self.boot,
+            "StatusNotification": lambda: self.status(connector_id) if connector_id
+            else self.report_all(),
+            "MeterValues": lambda: self.meter_values(connector_id or 1),
+            "FirmwareStatusNotification": lambda: self.call(
+                call.FirmwareStatusNotification(status="Idle")),
+            "DiagnosticsStatusNotification": lambda: self.call(
+                call.DiagnosticsStatusNotification(status="Idle")),
+        }
+        action = follow_ups.get(requested_message)
+        if action is None:
+            return result.TriggerMessage(status="NotImplemented")  # type: ignore[arg-type]
+        self._later(action())
+        return result.TriggerMessage(status="Accepted")  # type: ignore[arg-type]
+
+    @on(Action.data_transfer)
+    def on_data_transfer(self, vendor_id: str, message_id: str | None = None,
+                         data: str | None = None) -> result.DataTransfer:
+        self.received.append(("DataTransfer", {"vendor_id": vendor_id, "data": data}))
+        if vendor_id != VENDOR:
+            return result.DataTransfer(status="UnknownVendorId")  # type: ignore[arg-type]
+        return result.DataTransfer(status="Accepted", data=data)  # type: ignore[arg-type]
+
+    @on(Action.reserve_now)
+    def on_reserve_now(self, connector_id: int, expiry_date: str, id_tag: str,
+                       reservation_id: int, parent_id_tag: str | None = None
+                       ) -> result.ReserveNow:
+        self.received.append(("ReserveNow", {"connector_id": connector_id,
+                                             "reservation_id": reservation_id}))
+        target = connector_id or next((i for i, c in self.connectors.items()
+                                       if c.status == "Available"), 0)
+        state = self.connectors.get(target)
+        if state is None:
+            return result.ReserveNow(status="Rejected")  # type: ignore[arg-type]
+        if state.error_code != "NoError":
+            return result.ReserveNow(status="Faulted")  # type: ignore[arg-type]
+        if state.transaction_id is not None or state.reservation_id is not None:
+            return result.ReserveNow(status="Occupied")  # type: ignore[arg-type]
+        state.reservation_id = reservation_id
+        self._later(self.status(target, "Reserved"))
+        return result.ReserveNow(status="Accepted")  # type: ignore[arg-type]
+
+    @on(Action.cancel_reservation)
+    def on_cancel_reservation(self, reservation_id: int) -> result.CancelReservation:
+        self.received.append(("CancelReservation", {"reservation_id": reservation_id}))
+        for connector_id, state in self.connectors.items():
+            if state.reservation_id == reservation_id:
+                state.reservation_id = None
+                self._later(self.status(connector_id, "Available"))
+                return result.CancelReservation(status="Accepted")  # type: ignore[arg-type]
+        return result.CancelReservation(status="Rejected")  # type: ignore[arg-type]
+
+    @on(Action.set_charging_profile)
+    def on_set_charging_profile(self, connector_id: int, cs_charging_profiles: dict[str, Any]
+                                ) -> result.SetChargingProfile:
+        self.received.append(("SetChargingProfile", {"connector_id": connector_id,
+                                                      "profile": cs_charging_profiles}))
+        profile_id = int(cs_charging_profiles["charging_profile_id"])
+        self.charging_profiles[profile_id] = {"connector_id": connector_id,
+                                              **cs_charging_profiles}
+        return result.SetChargingProfile(status="Accepted")  # type: ignore[arg-type]
+
+    @on(Action.clear_charging_profile)
+    def on_clear_charging_profile(self, id: int | None = None,
+                                  connector_id: int | None = None,
+                                  charging_profile_purpose: str | None = None,
+                                  stack_level: int | None = None
+                                  ) -> result.ClearChargingProfile:
+        self.received.append(("ClearChargingProfile", {"id": id}))
+        doomed = [pid for pid, p in self.charging_profiles.items()
+                  if (id is None or pid == id)
+                  and (connector_id is None or p["connector_id"] == connector_id)
+                  and (charging_profile_purpose is None
+                       or p["charging_profile_purpose"] == charging_profile_purpose)
+                  and (stack_level is None or p["stack_level"] == stack_level)]
+        for pid in doomed:
+            del self.charging_profiles[pid]
+        status = "Accepted" if doomed else "Unknown"
+        return result.ClearChargingProfile(status=status)  # type: ignore[arg-type]
+
+    @on(Action.get_composite_schedule)
+    def on_get_composite_schedule(self, connector_id: int, duration: int,
+                                  charging_rate_unit: str | None = None
+                                  ) -> result.GetCompositeSchedule:
+        self.received.append(("GetCompositeSchedule", {"connector_id": connector_id}))
+        if connector_id not in self.connectors and connector_id != 0:
+            return result.GetCompositeSchedule(status="Rejected")  # type: ignore[arg-type]
+        limit = min((float(p["charging_schedule"]["charging_schedule_period"][0]["limit"])
+                     for p in self.charging_profiles.values()
+                     if p["connector_id"] in (0, connector_id)), default=32.0)
+        return result.GetCompositeSchedule(
+            status="Accepted", connector_id=connector_id, schedule_start=now(),  # type: ignore[arg-type]
+            charging_schedule={"duration": duration,
+                               "chargingRateUnit": charging_rate_unit or "A",
+                               "chargingSchedulePeriod": [{"startPeriod": 0,
+                                                           "limit": limit}]})
+
+    @on(Action.get_local_list_version)
+    def on_get_local_list_version(self) -> result.GetLocalListVersion:
+        self.received.append(("GetLocalListVersion", {}))
+        return result.GetLocalListVersion(list_version=self.local_list_version)
+
+    @on(Action.send_local_list)
+    def on_send_local_list(self, list_version: int, update_type: str,
+                           local_authorization_list: list[dict[str, Any]] | None = None
+                           ) -> result.SendLocalList:
+        self.received.append(("SendLocalList", {"list_version": list_version,
+                                                "update_type": update_type,
+                                                "entries": local_authorization_list}))
+        if update_type == "Differential" and list_version <= self.local_list_version:
+            return result.SendLocalList(status="VersionMismatch")  # type: ignore[arg-type]
+        if update_type == "Full":
+            self.local_list = {}
+        for entry in local_authorization_list or []:
+            if entry.get("id_tag_info") is None:
+                self.local_list.pop(entry["id_tag"], None)
+            else:
+                self.local_list[entry["id_tag"]] = entry["id_tag_info"]
+        self.local_list_version = list_version
+        return result.SendLocalList(status="Accepted")  # type: ignore[arg-type]
+
+    @on(Action.get_diagnostics)
+    def on_get_diagnostics(self, location: str, **options: Any) -> result.GetDiagnostics:
+        self.received.append(("GetDiagnostics", {"location": location, **options}))
+        self._later(self._upload_diagnostics())
+        return result.GetDiagnostics(file_name=f"diagnostics-{self.id}.log")
+
+    async def _upload_diagnostics(self) -> None:
+        for status in ("Uploading", "Uploaded"):
+            await self.call(call.DiagnosticsStatusNotification(status=status))
+
+    @on(Action.update_firmware)
+    def on_update_firmware(self, location: str, retrieve_date: str, **options: Any
+                           ) -> result.UpdateFirmware:
+        self.received.append(("UpdateFirmware", {"location": location,
+                                                 "retrieve_date": retrieve_date}))
+        self._later(self._install_firmware())
+        return result.UpdateFirmware()
+
+    async def _install_firmware(self) -> None:
+        for status in ("Downloading", "Downloaded", "Installing", "Installed"):
+            await self.call(call.FirmwareStatusNotification(status=status))
+
+
+# ------------------------------------------------------------------ running simulators
+def basic_auth(cp_id: str, password: str) -> dict[str, str]:
+    token = base64.b64encode(f"{cp_id}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+@contextlib.asynccontextmanager
+async def connected(url: str, cp_id: str, *, password: str | None = None,
+                    config: SimulatorConfig | None = None, response_timeout: float = 30):  # type: ignore[no-untyped-def]
+    """A simulated charge point connected to ``{url}/{cp_id}``, its receive loop running."""
+    headers = basic_auth(cp_id, password) if password else None
+    ws: ClientConnection = await connect(f"{url.rstrip('/')}/{cp_id}",
+                                         subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+                                         additional_headers=headers, compression=None,
+                                         open_timeout=30)
+    cp = SimulatedChargePoint(cp_id, ws, config, response_timeout=response_timeout)
+    loop = asyncio.create_task(cp.start())
+    try:
+        yield cp
+    finally:
+        loop.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await loop
+        await ws.close()
+
+
+@dataclass
+class FleetPlan:
+    url: str
+    cp_ids: list[str]
+    password: str | None = None
+    connectors: int = 2
+    id_tags: list[str] = field(default_factory=list)
+    session_every_s: tuple[float, float] = (20.0, 90.0)
+    session_length_s: tuple[float, float] = (30.0, 180.0)
+    meter_interval_s: float = 10.0
+
+
+async def run_station(plan: FleetPlan, cp_id: str, stop: asyncio.Event) -> None:
+    """One simulated station living until ``stop``: reconnects, boots, reports, heartbeats
+    and now and then charges a car with one of the plan's id tags."""
+    config = SimulatorConfig(connectors=plan.connectors, meter_interval_s=plan.meter_interval_s)
+    while not stop.is_set():
+        try:
+            async with connected(plan.url, cp_id, password=plan.password, config=config) as cp:
+                await cp.boot()
+                await cp.report_all()
+                await _station_life(cp, plan, stop)
+        except Exception as exc:  # network blips: a real charger retries too
+            log.warning("%s: %r, reconnecting", cp_id, exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=5)
+
+
+async def _station_life(cp: SimulatedChargePoint, plan: FleetPlan, stop: asyncio.Event
+                        ) -> None:
+    next_beat = asyncio.get_running_loop().time() + cp.heartbeat_interval
+    sessions: set[asyncio.Task[int]] = set()
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=random.uniform(*plan.session_every_s))
+        if stop.is_set():
+            break
+        if asyncio.get_running_loop().time() >= next_beat:
+            await cp.heartbeat()
+            next_beat += cp.heartbeat_interval
+        free = [i for i, c in cp.connectors.items()
+                if c.transaction_id is None and c.status == "Available"]
+        if plan.id_tags and free:
+            task = asyncio.create_task(cp.charge(
+                random.choice(free), random.choice(plan.id_tags),
+                duration_s=random.uniform(*plan.session_length_s),
+                step_s=plan.meter_interval_s))
+            sessions.add(task)
+            task.add_done_callback(sessions.discard)
+    for task in sessions:
+        task.cancel()
+
+
+async def run_fleet(plan: FleetPlan, stop: asyncio.Event) -> None:
+    await asyncio.gather(*(run_station(plan, cp_id, stop) for cp_id in plan.cp_ids))
+
+
+def expiry(minutes: int) -> datetime:
+    return datetime.now(UTC) + timedelta(minutes=minutes)

@@ -1,0 +1,33 @@
+"""Small shared test helpers (no fixtures)."""
+
+from __future__ import annotations
+
+import socket
+
+from argon2 import PasswordHasher as _Argon2
+from argon2.exceptions import Argon2Error, InvalidHashError
+
+
+class FastHasher:
+    """Argon2 with test-sized costs; the product's hasher is chargegraph.security's."""
+
+    def __init__(self) -> None:
+        self._argon = _Argon2(time_cost=1, memory_cost=1024, parallelism=1)
+
+    def hash(self, password: str) -> str:
+        return self._argon.hash(password)
+
+    def verify(self, password_hash: str, password: str) -> bool:
+        try:
+            return self._argon.verify(password_hash, password)
+        except (Argon2Error, InvalidHashError):
+            return False
+
+    def needs_rehash(self, password_hash: str) -> bool:
+        return False
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

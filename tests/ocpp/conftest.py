@@ -1,0 +1,125 @@
+"""A real central system (SQLite file, OCPP websocket server on a free loopback port) and
+a GraphQL client over the same services."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from domain import entities as d
+from domain.clock import utcnow
+from domain.policy import SYSTEM, Policy, Viewer
+from domain.services import ConnectorSpec, ServiceContext, Services
+from graph import TokenService, create_graphql_app
+from ocpp_bridge.gateway import OcppGateway
+from ocpp_bridge.server import OcppServer
+from store.sqlite import SqliteStore
+from tests.helpers import FastHasher
+
+SECRET = "ocpp-test-secret-long-enough-for-hs256-keys"
+STATION_PASSWORD = "station-password-1"
+
+
+@dataclass
+class Central:
+    services: Services
+    store: SqliteStore
+    server: OcppServer
+    gateway: OcppGateway
+    url: str
+    tokens: TokenService
+    users: dict[str, d.User] = field(default_factory=dict)
+    tags: dict[str, d.IdTag] = field(default_factory=dict)
+    stations: dict[str, d.Station] = field(default_factory=dict)
+    vehicles: dict[str, d.Vehicle] = field(default_factory=dict)
+
+    async def gql(self, query: str, variables: dict[str, Any] | None = None,
+                  as_user: str | None = None) -> dict[str, Any]:
+        app = create_graphql_app(self.services, self.tokens)
+        headers = {}
+        if as_user:
+            headers["authorization"] = f"Bearer {self.tokens.issue(self.users[as_user].id).token}"
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://test") as client:
+            response = await client.post("/graphql", json={"query": query,
+                                                            "variables": variables},
+                                         headers=headers)
+        body = response.json()
+        assert "errors" not in body, body
+        return body["data"]  # type: ignore[no-any-return]
+
+    async def session(self, transaction_id: int) -> d.Session | None:
+        from domain.query import Eq
+
+        return await self.store.find_one(d.Session, Eq("transaction_id", transaction_id))
+
+
+async def start_central(path: Path, *, auto_register: bool = False, bus: Any = None,
+                        command_timeout: float = 5.0) -> Central:
+    store = SqliteStore(str(path))
+    await store.start()
+    services = Services(ServiceContext(store=store, policy=Policy(), hasher=FastHasher(),
+                                       bus=bus),
+                        heartbeat_interval=60, auto_register=auto_register,
+                        command_timeout=command_timeout)
+    gateway = OcppGateway()
+    services.attach_gateway(gateway)
+    server = OcppServer(services.charging, gateway, "127.0.0.1", 0, response_timeout=5)
+    await server.start()
+    return Central(services, store, server, gateway,
+                   f"ws://127.0.0.1:{server.bound_port}/ocpp",
+                   TokenService(SECRET, timedelta(hours=1)))
+
+
+async def stop_central(central: Central) -> None:
+    await central.server.stop()
+    await central.store.close()
+
+
+async def seed(c: Central) -> None:
+    acc = c.services.accounts
+    company = await acc.create_company(SYSTEM, name="Volt GmbH")
+    other = await acc.create_company(SYSTEM, name="Other AG")
+    for name, role, comp in (("admin", d.Role.ADMIN, None),
+                             ("op", d.Role.OPERATOR, company.id),
+                             ("op_other", d.Role.OPERATOR, other.id),
+                             ("driver", d.Role.DRIVER, None),
+                             ("driver2", d.Role.DRIVER, None)):
+        c.users[name] = await acc.create_user(SYSTEM, email=f"{name}@example.com",
+                                              password="password-123", name=name, role=role,
+                                              company_id=comp)
+    driver = Viewer.of(c.users["driver"])
+    c.vehicles["car"] = await c.services.fleet.add_vehicle(driver, license_plate="B-EV 1")
+    c.tags["ok"] = await c.services.fleet.issue_id_tag(driver, tag="TAG-OK",
+                                                       vehicle_id=c.vehicles["car"].id)
+    c.tags["blocked"] = await c.services.fleet.issue_id_tag(driver, tag="TAG-BLOCKED")
+    await c.services.fleet.update_id_tag(driver, c.tags["blocked"].id,
+                                         status=d.IdTagStatus.BLOCKED)
+    c.tags["other"] = await c.services.fleet.issue_id_tag(Viewer.of(c.users["driver2"]),
+                                                          tag="TAG-OTHER")
+    for cp_id, password in (("CP-1", STATION_PASSWORD), ("CP-OPEN", None)):
+        station, _ = await c.services.stations.create_station(
+            SYSTEM, cp_id=cp_id, name=cp_id, company_id=company.id,
+            owner_id=c.users["op"].id,
+            connectors=[ConnectorSpec(1, d.ConnectorType.CCS2, 150),
+                        ConnectorSpec(2, d.ConnectorType.TYPE2, 22)],
+            password=password)
+        c.stations[cp_id] = station
+    await c.services.tariffs.set_tariff(SYSTEM, company_id=company.id,
+                                        price_per_kwh=Decimal("0.40"), currency="EUR",
+                                        valid_from=utcnow() - timedelta(days=1))
+
+
+@pytest.fixture
+async def central(tmp_path: Path) -> AsyncIterator[Central]:
+    c = await start_central(tmp_path / "central.db")
+    await seed(c)
+    yield c
+    await stop_central(c)

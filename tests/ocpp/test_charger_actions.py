@@ -1,0 +1,196 @@
+"""Every charger-initiated action through a real websocket, with the ``ocpp`` package's
+client as the charge point, and what each does to the domain."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+
+from ocpp.v16 import call
+
+from domain import entities as d
+from domain.query import ALL, Eq
+from ocpp_bridge.simulator import connected, now
+from tests.ocpp.conftest import STATION_PASSWORD, Central
+
+RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$")
+
+
+async def test_boot_and_heartbeat(central: Central) -> None:
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        boot = await cp.boot()
+        assert boot.status == "Accepted" and boot.interval == 60
+        assert RFC3339.match(boot.current_time)
+        beat = await cp.heartbeat()
+        assert RFC3339.match(beat.current_time) and beat.current_time.endswith("Z")
+    station = await central.store.find_one(d.Station, Eq("cp_id", "CP-1"))
+    assert station is not None
+    assert (station.vendor, station.model, station.firmware) == ("ChargeGraph", "SimCharger 2",
+                                                                 "1.4.2")
+    assert station.serial == "SIM-CP-1" and station.last_seen is not None
+    audit = await central.store.find_all(d.AuditEntry, Eq("entity_id", station.id))
+    assert any(a.actor == "ocpp:CP-1" and a.after and a.after["vendor"] == "ChargeGraph"
+               for a in audit)
+
+
+async def test_online_offline_and_connection_history(central: Central) -> None:
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        station = await central.store.find_one(d.Station, Eq("cp_id", "CP-1"))
+        assert station is not None and station.online
+    # The disconnect is processed by the server after the socket closes.
+    for _ in range(50):
+        station = await central.store.find_one(d.Station, Eq("cp_id", "CP-1"))
+        if station is not None and not station.online:
+            break
+        import asyncio
+        await asyncio.sleep(0.02)
+    assert station is not None and not station.online
+    events = await central.store.find_all(d.ConnectionEvent, Eq("cp_id", "CP-1"))
+    assert [e.online for e in sorted(events, key=lambda e: e.at)] == [True, False]
+
+
+async def test_status_notifications_and_faults(central: Central) -> None:
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await cp.status(1, "Available")
+        await cp.status(2, "Faulted", "GroundFailure", info="RCD tripped")
+        await cp.status(0, "Available")  # the charge point as a whole
+    connectors = {c.connector_id: c for c in await central.store.find_all(
+        d.Connector, Eq("cp_id", "CP-1"))}
+    assert connectors[1].status is d.ConnectorStatus.AVAILABLE
+    assert connectors[2].status is d.ConnectorStatus.FAULTED
+    assert connectors[2].error_code == "GroundFailure" and connectors[2].info == "RCD tripped"
+    events = await central.store.find_all(d.StatusEvent, Eq("cp_id", "CP-1"))
+    assert sorted((e.connector_id, e.status.value) for e in events) == [
+        (0, "Available"), (1, "Available"), (2, "Faulted")]
+
+
+async def test_late_status_does_not_regress_state(central: Central) -> None:
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.call(call.StatusNotification(connector_id=1, error_code="NoError",
+                                              status="Charging", timestamp=now()))
+        old = (datetime.now(UTC) - timedelta(minutes=5)).isoformat()
+        await cp.call(call.StatusNotification(connector_id=1, error_code="NoError",
+                                              status="Available", timestamp=old))
+    connector = await central.store.find_one(d.Connector, Eq("cp_id", "CP-1"))
+    assert connector is not None and connector.status is d.ConnectorStatus.CHARGING
+    assert len(await central.store.find_all(d.StatusEvent, Eq("cp_id", "CP-1"))) == 2
+
+
+async def test_authorize_statuses(central: Central) -> None:
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        assert await cp.authorize("tag-ok") == "Accepted"  # idTags are case-insensitive
+        assert await cp.authorize("NOPE") == "Invalid"
+        assert await cp.authorize("TAG-BLOCKED") == "Blocked"
+        await central.services.fleet.update_id_tag(
+            __import__("domain.policy").policy.SYSTEM, central.tags["other"].id,
+            expires_at=datetime.now(UTC) - timedelta(days=1))
+        assert await cp.authorize("TAG-OTHER") == "Expired"
+        await cp.start_transaction(1, "TAG-OK")
+        assert await cp.authorize("TAG-OK") == "ConcurrentTx"
+
+
+async def test_full_session_with_meter_values_cost_and_payment(central: Central) -> None:
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        cp.connectors[1].meter_wh = 10_000
+        tx, status = await cp.start_transaction(1, "TAG-OK")
+        assert status == "Accepted"
+        session = await central.session(tx)
+        assert session is not None and session.state is d.SessionState.ACTIVE
+        assert session.user_id == central.users["driver"].id
+        assert session.vehicle_id == central.vehicles["car"].id
+        cp.connectors[1].power_w = 11_000
+        await cp.meter_values(1, seconds=3600)  # one hour at 11 kW
+        live = await central.session(tx)
+        assert live is not None and live.energy_wh == 11_000 and live.power_w == 11_000
+        await cp.stop_transaction(1)
+    done = await central.session(tx)
+    assert done is not None and done.state is d.SessionState.COMPLETED
+    assert done.meter_stop_wh == 21_000 and done.energy_wh == 11_000
+    assert done.stop_reason == "Local" and done.cost_minor == 440  # 11 kWh * 0.40 EUR
+    payment = await central.store.find_one(d.Payment, Eq("session_id", done.id))
+    assert payment is not None and payment.amount_minor == 440
+    assert payment.status is d.PaymentStatus.PENDING and payment.currency == "EUR"
+    samples = await central.store.find_all(d.MeterSample, Eq("session_id", done.id))
+    assert {s.measurand for s in samples} == {"Energy.Active.Import.Register",
+                                              "Power.Active.Import", "Current.Import",
+                                              "Voltage", "SoC"}
+    audit = await central.store.find_all(d.AuditEntry, Eq("entity_id", done.id))
+    assert sorted(a.action.value for a in audit) == ["CREATE", "UPDATE"]
+
+
+async def test_transaction_started_offline_arrives_late(central: Central) -> None:
+    started = datetime.now(UTC) - timedelta(hours=3)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        tx, status = await cp.start_transaction(1, "TAG-OK",
+                                                timestamp=started.isoformat())
+        assert status == "Accepted"
+    session = await central.session(tx)
+    assert session is not None
+    assert abs((session.start_time - started).total_seconds()) < 0.001
+
+
+async def test_repeated_start_returns_same_transaction(central: Central) -> None:
+    stamp = now()
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        first = await cp.call(call.StartTransaction(connector_id=1, id_tag="TAG-OK",
+                                                    meter_start=500, timestamp=stamp))
+        again = await cp.call(call.StartTransaction(connector_id=1, id_tag="TAG-OK",
+                                                    meter_start=500, timestamp=stamp))
+        assert again.transaction_id == first.transaction_id
+        assert again.id_tag_info["status"] == "Accepted"
+    assert await central.store.count(d.Session, ALL) == 1
+
+
+async def test_repeated_stop_and_meter_values_are_idempotent(central: Central) -> None:
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        tx, _ = await cp.start_transaction(1, "TAG-OK")
+        values = [{"timestamp": now(), "sampledValue": [{"value": "1234"}]}]
+        for _ in range(2):
+            await cp.call(call.MeterValues(connector_id=1, transaction_id=tx,
+                                           meter_value=values))
+        stop = call.StopTransaction(meter_stop=5_000, timestamp=now(), transaction_id=tx,
+                                    reason="EVDisconnected")
+        await cp.call(stop)
+        first = await central.session(tx)
+        response = await cp.call(stop)
+        assert response.id_tag_info is None
+    again = await central.session(tx)
+    assert first == again
+    assert await central.store.count(d.MeterSample, ALL) == 1
+    assert await central.store.count(d.Payment, ALL) == 1
+
+
+async def test_meter_values_of_unknown_transactions_are_kept(central: Central) -> None:
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.call(call.MeterValues(connector_id=2, transaction_id=987654, meter_value=[
+            {"timestamp": now(), "sampledValue": [{"value": "42.5", "unit": "kWh"}]}]))
+    samples = await central.store.find_all(d.MeterSample, ALL)
+    assert len(samples) == 1
+    assert samples[0].session_id is None and samples[0].transaction_id == 987654
+    assert samples[0].value == 42.5 and samples[0].unit == "kWh"
+
+
+async def test_lost_stop_is_closed_by_next_start(central: Central) -> None:
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        first, _ = await cp.start_transaction(1, "TAG-OK")
+        cp.connectors[1].transaction_id = None  # the charger lost it (power cut)
+        second, _ = await cp.start_transaction(1, "TAG-OTHER")
+    old = await central.session(first)
+    assert old is not None and old.state is d.SessionState.COMPLETED
+    assert old.stop_reason == "Other"
+    new = await central.session(second)
+    assert new is not None and new.state is d.SessionState.ACTIVE
+
+
+async def test_data_transfer_diagnostics_and_firmware_status(central: Central) -> None:
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        answer = await cp.call(call.DataTransfer(vendor_id="Acme", message_id="x", data="y"))
+        assert answer.status == "UnknownVendorId"
+        await cp.call(call.DiagnosticsStatusNotification(status="Uploaded"))
+        await cp.call(call.FirmwareStatusNotification(status="Installing"))
+    station = await central.store.find_one(d.Station, Eq("cp_id", "CP-1"))
+    assert station is not None
+    assert station.diagnostics_status == "Uploaded" and station.firmware_status == "Installing"
