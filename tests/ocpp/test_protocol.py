@@ -1,0 +1,167 @@
+"""Handshake, authentication, and protocol correctness on bad input (raw websockets)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from domain import entities as d
+from domain.query import Eq
+from ocpp_bridge.simulator import basic_auth, connected, now
+from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
+
+
+async def raw(central: Central, cp_id: str = "CP-1", password: str | None = STATION_PASSWORD):
+    headers = basic_auth(cp_id, password) if password else None
+    return await connect(f"{central.url}/{cp_id}", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+                         additional_headers=headers)
+
+
+async def exchange(ws, frame: str) -> list:
+    await ws.send(frame)
+    return json.loads(await asyncio.wait_for(ws.recv(), 5))
+
+
+async def test_unknown_station_is_404(central: Central) -> None:
+    with pytest.raises(InvalidStatus) as err:
+        await raw(central, "NOPE")
+    assert err.value.response.status_code == 404
+
+
+@pytest.mark.parametrize(("user", "password"), [("CP-1", "wrong-password"),
+                                                ("OTHER", STATION_PASSWORD), (None, None)])
+async def test_bad_credentials_are_401(central: Central, user, password) -> None:
+    headers = basic_auth(user, password) if user else None
+    with pytest.raises(InvalidStatus) as err:
+        await connect(f"{central.url}/CP-1", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+                      additional_headers=headers)
+    assert err.value.response.status_code == 401
+    assert "Basic" in err.value.response.headers["WWW-Authenticate"]
+
+
+async def test_station_without_password_and_short_path(central: Central) -> None:
+    url = central.url.removesuffix("/ocpp")
+    async with connected(url, "CP-OPEN") as cp:
+        assert (await cp.boot()).status == "Accepted"
+
+
+async def test_subprotocol_required(central: Central) -> None:
+    ws = await connect(f"{central.url}/CP-1", subprotocols=["ocpp2.0.1"],  # type: ignore[list-item]
+                       additional_headers=basic_auth("CP-1", STATION_PASSWORD))
+    assert ws.subprotocol is None  # handshake completed without the header …
+    with pytest.raises(ConnectionClosed) as err:
+        await asyncio.wait_for(ws.recv(), 5)  # … and the connection closed at once
+    assert err.value.rcvd is not None and err.value.rcvd.code == 1002
+
+
+async def test_auto_registration_makes_pending_station(tmp_path: Path) -> None:
+    central = await start_central(tmp_path / "auto.db", auto_register=True)
+    try:
+        async with connected(central.url, "NEW-CP-9") as cp:
+            assert (await cp.boot()).status == "Pending"
+        station = await central.store.find_one(d.Station, Eq("cp_id", "NEW-CP-9"))
+        assert station is not None and station.registration is d.Registration.PENDING
+    finally:
+        await stop_central(central)
+
+
+BAD_FRAMES = [
+    ("not json at all", "FormationViolation"),
+    ('{"an": "object"}', "FormationViolation"),
+    ('[2, "u1", "Heartbeat"', "FormationViolation"),  # truncated
+    ('[2, "u2", "Heartbeat"]', "FormationViolation"),  # missing payload
+    ('[2, "u3", "Heartbeat", []]', "FormationViolation"),  # payload not an object
+    ('[7, "u4", "Heartbeat", {}]', "FormationViolation"),  # unknown message type
+    ('[2, "u5", "FlyToTheMoon", {}]', "NotImplemented"),
+    ('[2, "u6", "SecurityEventNotification", {"type": "x", "timestamp": "2026-01-01T00:00:00Z"}]',
+     "NotSupported"),
+    ('[2, "u7", "BootNotification", {"chargePointVendor": "v"}]',
+     "OccurenceConstraintViolation"),
+    ('[2, "u8", "StatusNotification", {"connectorId": "1", "errorCode": "NoError", '
+     '"status": "Available"}]', "TypeConstraintViolation"),
+    ('[2, "u9", "StatusNotification", {"connectorId": 1, "errorCode": "Oops", '
+     '"status": "Available"}]', "PropertyConstraintViolation"),
+    ('[2, "u10", "Heartbeat", {"extra": 1}]', "FormationViolation"),
+    ('[2, "u11", "Authorize", {"idTag": "123456789012345678901"}]',
+     "TypeConstraintViolation"),
+    ('[2, "u12", "StatusNotification", {"connectorId": 9, "errorCode": "NoError", '
+     '"status": "Available"}]', "PropertyConstraintViolation"),  # only 2 connectors
+    ('[2, "u13", "StartTransaction", {"connectorId": 1, "idTag": "TAG-OK", "meterStart": 0, '
+     '"timestamp": "yesterday"}]', "TypeConstraintViolation"),
+]
+
+
+async def test_bad_frames_get_callerror_and_connection_stays(central: Central) -> None:
+    ws = await raw(central)
+    try:
+        for frame, code in BAD_FRAMES:
+            reply = await exchange(ws, frame)
+            assert reply[0] == 4 and reply[2] == code, (frame, reply)
+            assert isinstance(reply[3], str) and isinstance(reply[4], dict)
+        ok = await exchange(ws, '[2, "fine", "Heartbeat", {}]')
+        assert ok[0] == 3 and ok[1] == "fine" and ok[2]["currentTime"].endswith("Z")
+    finally:
+        await ws.close()
+
+
+async def test_callerror_keeps_unique_id(central: Central) -> None:
+    ws = await raw(central)
+    try:
+        reply = await exchange(ws, '[2, "abc-123", "Nope", {}]')
+        assert reply[:3] == [4, "abc-123", "NotImplemented"]
+    finally:
+        await ws.close()
+
+
+async def test_second_connection_replaces_first(central: Central) -> None:
+    first = await raw(central)
+    second = await raw(central)
+    try:
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(first.recv(), 5)
+        reply = await exchange(second, '[2, "h", "Heartbeat", {}]')
+        assert reply[0] == 3
+        assert central.gateway.connected() == ["CP-1"]
+        station = await central.store.find_one(d.Station, Eq("cp_id", "CP-1"))
+        assert station is not None and station.online  # the old socket's close is ignored
+    finally:
+        await second.close()
+
+
+async def test_restart_loses_no_session(tmp_path: Path) -> None:
+    path = tmp_path / "restart.db"
+    central = await start_central(path)
+    await seed(central)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        cp.connectors[1].meter_wh = 1_000
+        tx, _ = await cp.start_transaction(1, "TAG-OK")
+    await stop_central(central)
+
+    central = await start_central(path)  # a new process on the same database
+    try:
+        session = await central.session(tx)
+        assert session is not None and session.state is d.SessionState.ACTIVE
+        async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+            await cp.boot()
+            cp.connectors[1].transaction_id = tx
+            cp.connectors[1].meter_wh = 8_000
+            cp.connectors[1].id_tag = "TAG-OK"
+            await cp.stop_transaction(1)
+        done = await central.session(tx)
+        assert done is not None and done.state is d.SessionState.COMPLETED
+        assert done.energy_wh == 7_000
+    finally:
+        await stop_central(central)
+
+
+async def test_timestamps_without_zone_are_read_as_utc(central: Central) -> None:
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        tx, _ = await cp.start_transaction(1, "TAG-OK", timestamp="2026-03-01T10:00:00")
+    session = await central.session(tx)
+    assert session is not None and session.start_time.isoformat() == "2026-03-01T10:00:00+00:00"
+    assert now().endswith("Z")
