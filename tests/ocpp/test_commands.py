@@ -1,0 +1,217 @@
+"""All 19 central-system commands, driven through GraphQL mutations, reaching a real
+simulated charger over the websocket and returning its answer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import connect
+
+from domain import entities as d
+from domain.query import Eq
+from ocpp_bridge.simulator import basic_auth, connected
+from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
+
+
+def mutation(name: str, selection: str = "status") -> str:
+    type_name = name[0].upper() + name[1:]
+    return f"""mutation($input: {type_name}Input!) {{ {name}(input: $input) {{
+        commandId {selection} errors {{ field code message }} }} }}"""
+
+
+async def run(central: Central, name: str, input: dict[str, Any], selection: str = "status",
+              as_user: str = "op") -> dict[str, Any]:
+    data = await central.gql(mutation(name, selection), {"input": input}, as_user=as_user)
+    return data[name]  # type: ignore[no-any-return]
+
+
+async def settle() -> None:
+    """Let the simulator's follow-up messages (sent after answering) arrive."""
+    await asyncio.sleep(0.2)
+
+
+async def test_every_command_reaches_the_charger(central: Central) -> None:
+    future = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    profile = {"chargingProfileId": 7, "stackLevel": 1,
+               "chargingProfilePurpose": "TX_DEFAULT_PROFILE",
+               "chargingProfileKind": "ABSOLUTE",
+               "chargingSchedule": {"chargingRateUnit": "A",
+                                    "chargingSchedulePeriod": [{"startPeriod": 0,
+                                                                "limit": 16.0}]}}
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await cp.report_all()
+        base = {"cpId": "CP-1"}
+        checks: list[tuple[str, dict[str, Any], str, Any]] = [
+            ("reset", {"type": "SOFT"}, "status", "ACCEPTED"),
+            ("unlockConnector", {"connectorId": 1}, "status", "UNLOCKED"),
+            ("changeAvailability", {"connectorId": 2, "type": "INOPERATIVE"}, "status",
+             "ACCEPTED"),
+            ("changeConfiguration", {"key": "HeartbeatInterval", "value": "120"}, "status",
+             "ACCEPTED"),
+            ("changeConfiguration", {"key": "NumberOfConnectors", "value": "9"}, "status",
+             "REJECTED"),
+            ("clearCache", {}, "status", "ACCEPTED"),
+            ("triggerMessage", {"requestedMessage": "HEARTBEAT"}, "status", "ACCEPTED"),
+            ("dataTransfer", {"vendorId": "ChargeGraph", "messageId": "echo", "data": "hi"},
+             "status data", "ACCEPTED"),
+            ("setChargingProfile", {"connectorId": 1, "csChargingProfiles": profile},
+             "status", "ACCEPTED"),
+            ("getCompositeSchedule", {"connectorId": 1, "duration": 3600,
+                                      "chargingRateUnit": "A"},
+             "status connectorId scheduleStart chargingSchedule { chargingRateUnit "
+             "chargingSchedulePeriod { startPeriod limit } }", "ACCEPTED"),
+            ("clearChargingProfile", {"id": 7}, "status", "ACCEPTED"),
+            ("sendLocalList", {"listVersion": 3, "updateType": "FULL",
+                               "localAuthorizationList": [
+                                   {"idTag": "TAG-OK", "idTagInfo": {"status": "ACCEPTED"}}]},
+             "status", "ACCEPTED"),
+            ("remoteStartTransaction", {"connectorId": 1, "idTag": "TAG-OK"}, "status",
+             "ACCEPTED"),
+        ]
+        for name, extra, selection, expected in checks:
+            answer = await run(central, name, {**base, **extra}, selection)
+            assert answer["errors"] == [] or expected == "REJECTED", (name, answer)
+            assert answer["status"] == expected, (name, answer)
+            assert answer["commandId"]
+            await settle()
+        config = await run(central, "getConfiguration",
+                           {**base, "key": ["HeartbeatInterval", "Bogus"]},
+                           "configurationKey { key readonly value } unknownKey")
+        assert config["configurationKey"] == [{"key": "HeartbeatInterval", "readonly": False,
+                                               "value": "120"}]
+        assert config["unknownKey"] == ["Bogus"]
+        version = await run(central, "getLocalListVersion", base, "listVersion")
+        assert version["listVersion"] == 3
+        diag = await run(central, "getDiagnostics",
+                         {**base, "location": "ftp://diag.example.com/"}, "fileName")
+        assert diag["fileName"] == "diagnostics-CP-1.log"
+        firmware = await run(central, "updateFirmware",
+                             {**base, "location": "https://fw.example.com/1.5.bin",
+                              "retrieveDate": future}, "accepted")
+        assert firmware["accepted"] is True
+        reserve = await run(central, "reserveNow",
+                            {**base, "connectorId": 2, "expiryDate": future,
+                             "idTag": "TAG-OK"}, "status reservation { reservationId state }")
+        assert reserve["status"] == "ACCEPTED"
+        assert reserve["reservation"]["state"] == "ACTIVE"
+        reservation_id = reserve["reservation"]["reservationId"]
+        cancel = await run(central, "cancelReservation",
+                           {**base, "reservationId": reservation_id},
+                           "status reservation { state }")
+        assert cancel == {**cancel, "status": "ACCEPTED", "reservation": {"state": "CANCELLED"}}
+        await settle()
+        tx = cp.connectors[1].transaction_id
+        assert tx is not None  # the remote start became a real transaction
+        stop = await run(central, "remoteStopTransaction", {**base, "transactionId": tx})
+        assert stop["status"] == "ACCEPTED"
+        await settle()
+        actions = {name for name, _ in cp.received}
+        assert len(actions) == 19, sorted(actions)
+    session = await central.session(tx)
+    assert session is not None and session.state is d.SessionState.COMPLETED
+    assert session.stop_reason == "Remote"
+    station = await central.store.find_one(d.Station, Eq("cp_id", "CP-1"))
+    assert station is not None
+    assert station.firmware_status == "Installed" and station.diagnostics_status == "Uploaded"
+    audit = await central.store.find_all(d.AuditEntry, Eq("action", d.AuditAction.COMMAND),
+                                         limit=100)
+    assert len(audit) == 20 and all(a.actor == central.users["op"].id for a in audit)
+
+
+async def test_offline_and_refused(central: Central) -> None:
+    offline = await run(central, "reset", {"cpId": "CP-1", "type": "HARD"})
+    assert offline["status"] is None
+    assert offline["errors"][0]["code"] == "CHARGER_OFFLINE"
+    hidden = await run(central, "reset", {"cpId": "CP-1", "type": "HARD"}, as_user="op_other")
+    assert hidden["errors"] == [{"field": "cpId", "code": "NOT_FOUND",
+                                 "message": "no such station"}]
+    assert hidden["commandId"] is None
+    driver = await run(central, "reset", {"cpId": "CP-1", "type": "HARD"}, as_user="driver")
+    assert driver["errors"][0]["code"] == "FORBIDDEN"
+
+
+async def test_charger_rejection_and_callerror(central: Central) -> None:
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD):
+        rejected = await run(central, "cancelReservation", {"cpId": "CP-1",
+                                                            "reservationId": 999})
+        assert rejected["errors"][0]["code"] == "NOT_FOUND"  # not a reservation of ours
+        refused = await run(central, "changeConfiguration",
+                            {"cpId": "CP-1", "key": "Unknown", "value": "1"})
+        assert refused["status"] == "NOT_SUPPORTED"
+        assert refused["errors"][0]["code"] == "CHARGER_REJECTED"
+
+
+async def test_timeout_and_charger_callerror(tmp_path: Path) -> None:
+    central = await start_central(tmp_path / "t.db", command_timeout=0.5)
+    await seed(central)
+    ws = await connect(f"{central.url}/CP-1", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+                       additional_headers=basic_auth("CP-1", STATION_PASSWORD))
+    try:
+        silent = await run(central, "clearCache", {"cpId": "CP-1"})
+        assert silent["errors"][0]["code"] == "CHARGER_TIMEOUT"
+        request = json.loads(await ws.recv())  # the CALL arrived, we never answered it
+
+        async def answer_with_error() -> None:
+            frame = json.loads(await ws.recv())
+            await ws.send(json.dumps([4, frame[1], "InternalError", "boom", {}]))
+
+        responder = asyncio.create_task(answer_with_error())
+        failed = await run(central, "clearCache", {"cpId": "CP-1"})
+        await responder
+        assert request[2] == "ClearCache"
+        assert failed["errors"][0]["code"] == "CHARGER_ERROR"
+        assert "InternalError" in failed["errors"][0]["message"]
+    finally:
+        await ws.close()
+        await stop_central(central)
+
+
+async def test_driver_commands(central: Central) -> None:
+    future = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.report_all()
+        other_tag = await run(central, "remoteStartTransaction",
+                              {"cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OTHER"},
+                              as_user="driver")
+        assert other_tag["errors"] == [{"field": "idTag", "code": "NOT_FOUND",
+                                        "message": "no such id tag"}]
+        from graph.ids import to_global_id
+
+        by_vehicle = await run(central, "remoteStartTransaction",
+                               {"cpId": "CP-1", "connectorId": 1,
+                                "vehicleId": to_global_id("vehicle",
+                                                          central.vehicles["car"].id)},
+                               as_user="driver")
+        assert by_vehicle["status"] == "ACCEPTED"
+        await settle()
+        assert cp.connectors[1].id_tag == "TAG-OK"
+        tx = cp.connectors[1].transaction_id
+        not_theirs = await run(central, "remoteStopTransaction",
+                               {"cpId": "CP-1", "transactionId": tx}, as_user="driver2")
+        assert not_theirs["errors"][0]["code"] == "NOT_FOUND"
+        stop = await run(central, "remoteStopTransaction",
+                         {"cpId": "CP-1", "transactionId": tx}, as_user="driver")
+        assert stop["status"] == "ACCEPTED"
+        reserve = await run(central, "reserveNow",
+                            {"cpId": "CP-1", "connectorId": 2, "expiryDate": future},
+                            "status reservation { idTag state user { name } }",
+                            as_user="driver")
+        assert reserve["status"] == "ACCEPTED"
+        assert reserve["reservation"] == {"idTag": "TAG-OK", "state": "ACTIVE",
+                                          "user": {"name": "driver"}}
+    reservations = await central.store.find_all(d.Reservation, Eq("cp_id", "CP-1"))
+    assert [r.user_id for r in reservations] == [central.users["driver"].id]
+
+
+@pytest.mark.parametrize("bad", [{"connectorId": 1, "expiryDate": "2020-01-01T00:00:00Z",
+                                  "idTag": "TAG-OK"}])
+async def test_reservation_in_the_past_is_invalid(central: Central, bad: dict) -> None:
+    answer = await run(central, "reserveNow", {"cpId": "CP-1", **bad},
+                       "status reservation { id }")
+    assert answer["errors"][0]["field"] == "expiryDate"
