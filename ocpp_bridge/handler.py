@@ -38,6 +38,8 @@ from ocpp_bridge.frames import FrameError
 from ocpp_bridge.timefmt import parse_timestamp, rfc3339
 
 log = logging.getLogger("chargegraph.ocpp")
+#: Every frame in and out, at INFO: quiet unless this logger is turned up.
+wire_log = logging.getLogger("chargegraph.ocpp.wire")
 
 Send = Callable[[str], Awaitable[None]]
 
@@ -54,7 +56,8 @@ def id_tag_info(info: IdTagInfo) -> dict[str, Any]:
 class ChargePointHandler(ChargePoint):
     def __init__(self, cp_id: str, connection: Any, charging: ChargingService, *,
                  response_timeout: float = 30) -> None:
-        super().__init__(cp_id, connection, response_timeout=response_timeout, logger=log)
+        super().__init__(cp_id, connection, response_timeout=response_timeout,
+                         logger=wire_log)
         self.charging = charging
         self._highest_connector: int | None = None
         self._unique_id = ""

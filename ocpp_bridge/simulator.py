@@ -23,6 +23,7 @@ from ocpp.v16.enums import Action
 from websockets.asyncio.client import ClientConnection, connect
 
 log = logging.getLogger("chargegraph.simulator")
+wire_log = logging.getLogger("chargegraph.simulator.wire")
 
 VENDOR = "ChargeGraph"
 
@@ -57,7 +58,8 @@ class SimulatorConfig:
 class SimulatedChargePoint(ChargePoint):
     def __init__(self, cp_id: str, connection: Any, config: SimulatorConfig | None = None,
                  response_timeout: float = 30) -> None:
-        super().__init__(cp_id, connection, response_timeout=response_timeout, logger=log)
+        super().__init__(cp_id, connection, response_timeout=response_timeout,
+                         logger=wire_log)
         self.config = config or SimulatorConfig()
         self.connectors = {i: ConnectorState(meter_wh=random.uniform(1e5, 5e6))
                            for i in range(1, self.config.connectors + 1)}

@@ -1,0 +1,3 @@
+from chargegraph.cli import main
+
+main()

@@ -1,0 +1,125 @@
+"""The one place that wires everything: store, pubsub, domain services, the GraphQL app
+and the OCPP central system, started and stopped in order in one lifespan."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import timedelta
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.types import Receive, Scope, Send
+
+from chargegraph.secrets import resolve_jwt_secret
+from chargegraph.security import Argon2Hasher
+from chargegraph.settings import Settings
+from chargegraph.stores import open_store
+from domain.policy import Policy
+from domain.ports import PasswordHasher, Store
+from domain.services import ServiceContext, Services
+from graph import TokenService, create_graphql_app
+from pubsub.factory import open_event_bus
+
+log = logging.getLogger("chargegraph")
+
+
+def build_services(settings: Settings, store: Store, hasher: PasswordHasher,
+                   bus: Any = None) -> Services:
+    return Services(
+        ServiceContext(store=store, policy=Policy(public_map=settings.public_map),
+                       hasher=hasher, bus=bus),
+        heartbeat_interval=settings.heartbeat_interval,
+        auto_register=settings.auto_register,
+        command_timeout=settings.command_timeout,
+    )
+
+
+def _ocpp_ssl(settings: Settings) -> ssl.SSLContext | None:
+    if settings.ocpp_tls_cert is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(settings.ocpp_tls_cert, settings.ocpp_tls_key)
+    return context
+
+
+class _LateBound:
+    """The GraphQL app exists only once the lifespan has built the services."""
+
+    def __init__(self) -> None:
+        self.app: Any = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.app is None:
+            response = JSONResponse({"errors": [{"message": "starting up"}]}, status_code=503)
+            if scope["type"] == "http":
+                await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | None = None
+               ) -> Starlette:
+    settings = settings or Settings()
+    graphql = _LateBound()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            store = open_store(settings.database_url)
+            await store.start()
+            stack.push_async_callback(store.close)
+            bus = open_event_bus(settings.pubsub_url)
+            await bus.start()
+            stack.push_async_callback(bus.close)
+            services = build_services(settings, store, hasher or Argon2Hasher(), bus)
+            tokens = TokenService(resolve_jwt_secret(settings),
+                                  timedelta(minutes=settings.jwt_ttl_minutes))
+            app.state.services = services
+            app.state.store = store
+            graphql.app = create_graphql_app(services, tokens, graphiql=settings.graphiql)
+            if settings.ocpp_enabled:
+                from ocpp_bridge.gateway import OcppGateway
+                from ocpp_bridge.server import OcppServer
+
+                gateway = OcppGateway()
+                server = OcppServer(services.charging, gateway, settings.ocpp_host,
+                                    settings.ocpp_port, ssl_context=_ocpp_ssl(settings),
+                                    response_timeout=settings.command_timeout)
+                await server.start()
+                # Registered after the store's close: stopped first, so every charger's
+                # disconnect is still written.
+                stack.push_async_callback(server.stop)
+                services.attach_gateway(gateway)
+                app.state.ocpp_port = server.bound_port
+            log.info("ChargeGraph ready: GraphQL on http://%s:%d/graphql", settings.host,
+                     settings.port)
+            try:
+                yield
+            finally:
+                graphql.app = None
+
+    async def healthz(request: Request) -> Response:
+        store: Store | None = getattr(request.app.state, "store", None)
+        try:
+            healthy = store is not None and await store.ping()
+        except Exception:
+            healthy = False
+        status = "ok" if healthy else "unavailable"
+        return JSONResponse({"status": status, "store": status},
+                            status_code=200 if healthy else 503)
+
+    async def home(request: Request) -> Response:
+        return RedirectResponse("/graphql")
+
+    return Starlette(
+        routes=[Route("/", home), Route("/healthz", healthz),
+                Route("/graphql", graphql, methods=["GET", "POST"]),
+                WebSocketRoute("/graphql", graphql)],
+        lifespan=lifespan,
+    )

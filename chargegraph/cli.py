@@ -1,0 +1,197 @@
+"""The ``chargegraph`` command."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from enum import StrEnum
+from typing import Annotated
+
+import typer
+import uvicorn
+
+from chargegraph.settings import Settings
+
+app = typer.Typer(help="ChargeGraph: an EV charging backend (OCPP 1.6J + GraphQL).",
+                  no_args_is_help=True, add_completion=False)
+
+
+class RoleName(StrEnum):
+    admin = "admin"
+    operator = "operator"
+    driver = "driver"
+
+
+def _logging(settings: Settings) -> None:
+    level = settings.log_level.upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if level != "DEBUG":
+        # Per-frame and per-connection chatter: useful when debugging a charger only.
+        for noisy in ("chargegraph.ocpp.wire", "chargegraph.simulator.wire",
+                      "websockets.server", "websockets.client"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _settings(host: str | None, port: int | None, ocpp_port: int | None) -> Settings:
+    overrides = {k: v for k, v in (("host", host), ("port", port), ("ocpp_port", ocpp_port))
+                 if v is not None}
+    return Settings(**overrides)  # type: ignore[arg-type]
+
+
+def _uvicorn(settings: Settings) -> uvicorn.Server:
+    from chargegraph.app import create_app
+
+    config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
+                            log_level=settings.log_level.lower(), lifespan="on",
+                            timeout_graceful_shutdown=10, proxy_headers=True,
+                            ws_ping_interval=20, ws_ping_timeout=20)
+    return uvicorn.Server(config)
+
+
+HostOpt = Annotated[str | None, typer.Option(help="Interface for GraphQL (default 127.0.0.1).")]
+PortOpt = Annotated[int | None, typer.Option(help="GraphQL port (default 8000).")]
+OcppPortOpt = Annotated[int | None, typer.Option(help="OCPP websocket port (default 9000).")]
+
+
+@app.command()
+def serve(host: HostOpt = None, port: PortOpt = None, ocpp_port: OcppPortOpt = None) -> None:
+    """Run the service: GraphQL on /graphql, OCPP on its own port, /healthz."""
+    settings = _settings(host, port, ocpp_port)
+    _logging(settings)
+    _uvicorn(settings).run()
+
+
+@app.command("create-user")
+def create_user(
+    email: Annotated[str, typer.Option()],
+    password: Annotated[str, typer.Option()],
+    role: Annotated[RoleName, typer.Option()],
+    name: Annotated[str | None, typer.Option()] = None,
+    company: Annotated[str | None, typer.Option(help="Company name; created if needed.")] = None,
+) -> None:
+    """Create a user (prints its id)."""
+    from domain.entities import Role
+    from domain.errors import DomainError
+
+    settings = Settings()
+    _logging(settings)
+
+    async def run() -> str:
+        from chargegraph.app import build_services
+        from chargegraph.security import Argon2Hasher
+        from chargegraph.stores import open_store
+        from domain.policy import SYSTEM
+
+        store = open_store(settings.database_url)
+        await store.start()
+        try:
+            services = build_services(settings, store, Argon2Hasher())
+            company_id = None
+            if company:
+                company_id = (await services.accounts.ensure_company(SYSTEM, company)).id
+            user = await services.accounts.create_user(
+                SYSTEM, email=email, password=password, name=name or email.split("@")[0],
+                role=Role(role.value.upper()), company_id=company_id)
+            return user.id
+        finally:
+            await store.close()
+
+    try:
+        typer.echo(asyncio.run(run()))
+    except DomainError as exc:
+        field = f" ({exc.field})" if exc.field else ""
+        typer.echo(f"error{field}: {exc.message}", err=True)
+        raise typer.Exit(1) from exc
+
+
+@app.command("export-schema")
+def export_schema() -> None:
+    """Print the GraphQL SDL (schema.graphql equals it)."""
+    from graph import export_sdl
+
+    sys.stdout.write(export_sdl())
+
+
+@app.command()
+def demo(host: HostOpt = None, port: PortOpt = None, ocpp_port: OcppPortOpt = None,
+         chargers: Annotated[bool, typer.Option(help="Run simulated chargers.")] = True
+         ) -> None:
+    """Seed a demo world, serve it, and run simulated chargers against it."""
+    settings = _settings(host, port, ocpp_port)
+    if "CHARGEGRAPH_PUBLIC_MAP" not in __import__("os").environ:
+        settings.public_map = True  # the demo map is public unless told otherwise
+    _logging(settings)
+    asyncio.run(_demo(settings, chargers))
+
+
+async def _demo(settings: Settings, chargers: bool) -> None:
+    from chargegraph.app import build_services
+    from chargegraph.demo import STATION_PASSWORD, banner, seed_demo
+    from chargegraph.security import Argon2Hasher
+    from chargegraph.stores import open_store
+    from ocpp_bridge.simulator import FleetPlan, run_fleet
+
+    store = open_store(settings.database_url)
+    await store.start()
+    try:
+        summary = await seed_demo(build_services(settings, store, Argon2Hasher()))
+    finally:
+        await store.close()
+    server = _uvicorn(settings)
+    ocpp_url = f"ws://{settings.ocpp_host}:{settings.ocpp_port}/ocpp"
+    stop = asyncio.Event()
+
+    async def fleet() -> None:
+        while not server.started:  # noqa: ASYNC110 - uvicorn offers no "listening" event
+            await asyncio.sleep(0.1)
+        typer.echo(banner(summary, f"http://{settings.host}:{settings.port}/graphql",
+                          ocpp_url))
+        if chargers:
+            await run_fleet(FleetPlan(url=ocpp_url, cp_ids=summary.cp_ids,
+                                      password=STATION_PASSWORD, id_tags=summary.id_tags,
+                                      session_every_s=(15, 60), session_length_s=(30, 120),
+                                      meter_interval_s=5), stop)
+
+    fleet_task = asyncio.create_task(fleet())
+    try:
+        await server.serve()
+    finally:
+        stop.set()
+        fleet_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await fleet_task
+
+
+@app.command()
+def simulate(
+    url: Annotated[str, typer.Option(help="OCPP endpoint, e.g. ws://127.0.0.1:9000/ocpp")],
+    stations: Annotated[int, typer.Option(min=1, max=20_000)] = 1,
+    connectors: Annotated[int, typer.Option(min=1, max=10)] = 2,
+    prefix: Annotated[str, typer.Option(help="cpId prefix: PREFIX-0001 …")] = "SIM",
+    password: Annotated[str | None, typer.Option(help="HTTP Basic password")] = None,
+    id_tag: Annotated[list[str] | None, typer.Option(help="Tags to charge with")] = None,
+    meter_interval: Annotated[float, typer.Option(help="Seconds between meter values")] = 10,
+) -> None:
+    """Run simulated OCPP 1.6J charge points against a central system."""
+    from ocpp_bridge.simulator import FleetPlan, run_fleet
+
+    _logging(Settings())
+    plan = FleetPlan(url=url, cp_ids=[f"{prefix}-{i:04d}" for i in range(1, stations + 1)],
+                     password=password, connectors=connectors, id_tags=id_tag or [],
+                     meter_interval_s=meter_interval)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run_fleet(plan, stop)
+
+    asyncio.run(run())
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,118 @@
+"""A demo world: two operators' networks around Berlin, drivers with cars and cards, and
+simulated chargers that boot, report and charge."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import timedelta
+from decimal import Decimal
+
+from domain import entities as d
+from domain.clock import utcnow
+from domain.errors import UniqueViolation
+from domain.policy import SYSTEM, Viewer
+from domain.query import Eq
+from domain.services import ConnectorSpec, Services
+
+DEMO_PASSWORD = "chargegraph-demo"
+STATION_PASSWORD = "demo-station-secret"
+ADMIN_EMAIL = "admin@demo.chargegraph.dev"
+
+COMPANIES = {
+    "spree": ("Spree Charging GmbH", "ops@spree.demo.chargegraph.dev"),
+    "havel": ("Havel Power AG", "ops@havel.demo.chargegraph.dev"),
+}
+DRIVERS = [
+    ("Mia Driver", "mia@demo.chargegraph.dev", "B-MI 2024", "Volkswagen", "ID.4", 77.0),
+    ("Jonas Driver", "jonas@demo.chargegraph.dev", "P-JO 77", "Tesla", "Model 3", 60.0),
+    ("Lea Driver", "lea@demo.chargegraph.dev", "B-LE 123", "Renault", "Megane E-Tech", 60.0),
+]
+STATIONS = [
+    ("spree", "BER-ALEX-01", "Alexanderplatz", 52.5219, 13.4132, "Alexanderplatz 1, 10178 Berlin"),
+    ("spree", "BER-HBF-01", "Hauptbahnhof", 52.5251, 13.3694, "Europaplatz 1, 10557 Berlin"),
+    ("spree", "BER-POTS-01", "Potsdamer Platz", 52.5096, 13.3759,
+     "Potsdamer Platz 1, 10785 Berlin"),
+    ("spree", "BER-KUDA-01", "Kurfürstendamm", 52.5040, 13.3310,
+     "Kurfürstendamm 26, 10719 Berlin"),
+    ("havel", "BER-TEMP-01", "Tempelhofer Feld", 52.4730, 13.4010,
+     "Tempelhofer Damm 1, 12101 Berlin"),
+    ("havel", "BER-SPAN-01", "Spandau Altstadt", 52.5370, 13.2030,
+     "Carl-Schurz-Straße 2, 13597 Berlin"),
+    ("havel", "PDM-SANS-01", "Potsdam Sanssouci", 52.4043, 13.0386,
+     "Maulbeerallee 1, 14469 Potsdam"),
+    ("havel", "BER-TXL-01", "Urban Tech Republic", 52.5597, 13.2877,
+     "Flughafen Tegel 1, 13405 Berlin"),
+]
+
+
+@dataclass
+class DemoSummary:
+    created: bool
+    logins: list[tuple[str, str, str]] = field(default_factory=list)  # role, email, password
+    cp_ids: list[str] = field(default_factory=list)
+    id_tags: list[str] = field(default_factory=list)
+
+
+async def seed_demo(services: Services) -> DemoSummary:
+    """Seed once; later runs find the demo admin and change nothing."""
+    summary = DemoSummary(created=False)
+    summary.cp_ids = [s[1] for s in STATIONS]
+    summary.id_tags = [f"DEMO-{i + 1:04d}" for i in range(len(DRIVERS))]
+    summary.logins = [("ADMIN", ADMIN_EMAIL, DEMO_PASSWORD)]
+    summary.logins += [("OPERATOR", email, DEMO_PASSWORD) for _, email in COMPANIES.values()]
+    summary.logins += [("DRIVER", email, DEMO_PASSWORD) for _, email, *_ in DRIVERS]
+    if await services.ctx.store.find_one(d.User, Eq("email", ADMIN_EMAIL)) is not None:
+        return summary
+    summary.created = True
+    acc = services.accounts
+    await acc.create_user(SYSTEM, email=ADMIN_EMAIL, password=DEMO_PASSWORD,
+                          name="Demo Admin", role=d.Role.ADMIN)
+    operators: dict[str, d.User] = {}
+    companies: dict[str, d.Company] = {}
+    for key, (name, email) in COMPANIES.items():
+        companies[key] = await acc.ensure_company(SYSTEM, name)
+        operators[key] = await acc.create_user(
+            SYSTEM, email=email, password=DEMO_PASSWORD, name=f"{name} Operations",
+            role=d.Role.OPERATOR, company_id=companies[key].id)
+        await services.tariffs.set_tariff(
+            SYSTEM, company_id=companies[key].id, currency="EUR",
+            price_per_kwh=Decimal("0.49") if key == "spree" else Decimal("0.45"),
+            session_fee=Decimal("0.50") if key == "havel" else Decimal(0),
+            tax_rate=Decimal("0.19"), valid_from=utcnow() - timedelta(days=365))
+    for index, (company, cp_id, name, lat, lon, address) in enumerate(STATIONS):
+        fast = index % 2 == 0
+        try:
+            await services.stations.create_station(
+                SYSTEM, cp_id=cp_id, name=name, company_id=companies[company].id,
+                owner_id=operators[company].id, lat=lat, lon=lon, address=address,
+                password=STATION_PASSWORD,
+                connectors=[ConnectorSpec(1, d.ConnectorType.CCS2 if fast
+                                          else d.ConnectorType.TYPE2, 150 if fast else 22),
+                            ConnectorSpec(2, d.ConnectorType.TYPE2, 22)])
+        except UniqueViolation:
+            continue  # a station of that id exists already: keep it
+    for (name, email, plate, make, model, battery), tag in zip(DRIVERS, summary.id_tags,
+                                                               strict=True):
+        driver = await acc.create_user(SYSTEM, email=email, password=DEMO_PASSWORD, name=name,
+                                       role=d.Role.DRIVER)
+        viewer = Viewer.of(driver)
+        vehicle = await services.fleet.add_vehicle(viewer, license_plate=plate, make=make,
+                                                   model=model, battery_kwh=battery)
+        await services.fleet.issue_id_tag(viewer, tag=tag, vehicle_id=vehicle.id)
+    return summary
+
+
+def banner(summary: DemoSummary, graphql_url: str, ocpp_url: str) -> str:
+    lines = [
+        "ChargeGraph demo",
+        "",
+        f"GraphQL + GraphiQL  {graphql_url}",
+        f"OCPP 1.6J           {ocpp_url}/{{cpId}}",
+        f"Simulated chargers  {len(summary.cp_ids)} ({', '.join(summary.cp_ids[:3])}, …)",
+        "",
+        "Logins (mutation { login(email, password) { token } }):",
+        *(f"  {role:<9} {email:<34} {password}" for role, email, password in summary.logins),
+    ]
+    width = max(len(line) for line in lines)
+    rule = "+" + "-" * (width + 2) + "+"
+    return "\n".join([rule, *(f"| {line:<{width}} |" for line in lines), rule])

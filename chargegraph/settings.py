@@ -1,0 +1,47 @@
+"""Settings from ``CHARGEGRAPH_*`` environment variables (or a ``.env`` file)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CHARGEGRAPH_", env_file=".env",
+                                      extra="ignore")
+
+    database_url: str = Field("sqlite:///chargegraph.db",
+                              description="sqlite:///relative.db, sqlite:////abs.db or "
+                                          "mongodb://host/db")
+    pubsub_url: str = Field("memory://", description="memory:// or redis://host:6379/0")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    ocpp_host: str = "127.0.0.1"
+    ocpp_port: int = 9000
+    ocpp_enabled: bool = True
+    ocpp_tls_cert: Path | None = Field(None, description="PEM certificate: wss:// "
+                                                         "(OCPP security profile 2)")
+    ocpp_tls_key: Path | None = None
+    jwt_secret: SecretStr | None = None
+    jwt_ttl_minutes: int = 12 * 60
+    public_map: bool = Field(False, description="Anonymous users see the public station "
+                                                "map and its live availability")
+    auto_register: bool = Field(False, description="Unknown chargers are registered as "
+                                                   "Pending instead of refused")
+    heartbeat_interval: int = 300
+    command_timeout: float = 30.0
+    graphiql: bool = True
+    state_dir: Path | None = Field(None, description="Where generated state (the JWT "
+                                                     "secret) lives")
+    log_level: str = "INFO"
+
+    def resolved_state_dir(self) -> Path:
+        """``state_dir``, else ``.chargegraph`` beside the SQLite file, else the working
+        directory's ``.chargegraph``."""
+        if self.state_dir is not None:
+            return self.state_dir
+        if self.database_url.startswith("sqlite:///"):
+            return Path(self.database_url.removeprefix("sqlite:///")).parent / ".chargegraph"
+        return Path(".chargegraph")
