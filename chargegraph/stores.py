@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from domain.ports import Store
 
 
@@ -12,6 +14,7 @@ def open_store(database_url: str) -> Store:
         path = database_url.removeprefix("sqlite:///")
         if not path:
             raise ValueError("sqlite URL needs a file: sqlite:///chargegraph.db")
+        Path(path).parent.mkdir(parents=True, exist_ok=True)  # zero setup: make the folder
         return SqliteStore(path)
     if database_url.startswith(("mongodb://", "mongodb+srv://")):
         from store.mongo import MongoStore

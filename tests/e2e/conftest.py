@@ -1,0 +1,78 @@
+"""A real ChargeGraph (uvicorn, OCPP server, SQLite file) on free loopback ports."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from chargegraph.app import create_app
+from chargegraph.settings import Settings
+from domain.services import Services
+from tests.helpers import FastHasher, free_port
+from tests.ocpp.conftest import Central, seed
+
+
+@dataclass
+class Running:
+    settings: Settings
+    services: Services
+    http_url: str
+    ws_url: str
+    ocpp_url: str
+    central: Central
+
+    async def gql(self, query: str, variables: dict[str, Any] | None = None,
+                  token: str | None = None) -> dict[str, Any]:
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        async with httpx.AsyncClient() as client:
+            response = await client.post(f"{self.http_url}/graphql", headers=headers,
+                                         json={"query": query, "variables": variables})
+        body = response.json()
+        assert "errors" not in body, body
+        return body["data"]  # type: ignore[no-any-return]
+
+    async def token(self, name: str) -> str:
+        data = await self.gql("""mutation($e: String!) { login(email: $e,
+            password: "password-123") { token } }""", {"e": f"{name}@example.com"})
+        return str(data["login"]["token"])
+
+
+@contextlib.asynccontextmanager
+async def running_service(tmp_path: Path, **overrides: Any) -> AsyncIterator[Running]:
+    port, ocpp_port = free_port(), free_port()
+    settings = Settings(database_url=f"sqlite:///{tmp_path}/e2e.db", port=port,
+                        ocpp_port=ocpp_port, state_dir=tmp_path / "state",
+                        heartbeat_interval=60, **overrides)
+    app = create_app(settings, hasher=FastHasher())
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
+                                           log_level="warning", lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    for _ in range(200):
+        if server.started:
+            break
+        await asyncio.sleep(0.025)
+    assert server.started, "uvicorn did not start"
+    services: Services = app.state.services
+    central = Central(services, services.ctx.store, None, None,  # type: ignore[arg-type]
+                      f"ws://127.0.0.1:{ocpp_port}/ocpp", None)  # type: ignore[arg-type]
+    await seed(central)
+    try:
+        yield Running(settings, services, f"http://127.0.0.1:{port}",
+                      f"ws://127.0.0.1:{port}/graphql", central.url, central)
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 15)
+
+
+@pytest.fixture
+async def service(tmp_path: Path) -> AsyncIterator[Running]:
+    async with running_service(tmp_path) as running:
+        yield running

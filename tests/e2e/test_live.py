@@ -1,0 +1,137 @@
+"""Live subscriptions end to end: a simulated charger talks OCPP to a real uvicorn-served
+ChargeGraph, and websocket subscribers of each role see exactly what they may."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from ocpp_bridge.simulator import connected
+from tests.e2e.conftest import Running, running_service
+from tests.e2e.wsclient import GraphQLWS
+from tests.ocpp.conftest import STATION_PASSWORD
+
+STATUS = """subscription($f: StationEventFilter) { connectorStatusChanged(filter: $f) {
+  cpId connectorId status errorCode droppedBefore connector { status maxKw }
+  station { cpId owner { name } } } }"""
+SESSIONS = """subscription { sessionUpdated { change transactionId energyKwh state
+  session { idTag user { name } } } }"""
+FAULTS = "subscription { faultReported { cpId connectorId errorCode status } }"
+CONNECTIONS = "subscription { stationConnectionChanged { cpId online } }"
+
+
+async def until_subscribed(service: Running, count: int) -> None:
+    bus = service.services.ctx.bus
+    for _ in range(200):
+        if bus.subscriber_count >= count:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"only {bus.subscriber_count} subscribers")
+
+
+async def test_connector_status_feed_per_role(service: Running) -> None:
+    op = await GraphQLWS.open(service.ws_url, await service.token("op"))
+    other = await GraphQLWS.open(service.ws_url, await service.token("op_other"))
+    driver = await GraphQLWS.open(service.ws_url, await service.token("driver"))
+    try:
+        for client in (op, other, driver):
+            await client.subscribe(STATUS)
+        await until_subscribed(service, 3)
+        async with connected(service.ocpp_url, "CP-1", password=STATION_PASSWORD) as cp:
+            await cp.status(2, "Faulted", "GroundFailure")
+            got = await op.next()
+            event = got["payload"]["data"]["connectorStatusChanged"]
+            assert event["cpId"] == "CP-1" and event["status"] == "FAULTED"
+            assert event["connector"] == {"status": "FAULTED", "maxKw": 22.0}
+            assert event["station"]["owner"] == {"name": "op"}
+            assert event["droppedBefore"] == 0
+            public = (await driver.next())["payload"]["data"]["connectorStatusChanged"]
+            assert public["status"] == "FAULTED"
+            assert public["station"]["owner"] is None  # the driver's public view
+            with pytest.raises(TimeoutError):
+                await other.next(timeout=0.5)  # another tenant sees nothing at all
+    finally:
+        for client in (op, other, driver):
+            await client.close()
+
+
+async def test_session_updates_reach_only_their_driver(service: Running) -> None:
+    mine = await GraphQLWS.open(service.ws_url, await service.token("driver"))
+    theirs = await GraphQLWS.open(service.ws_url, await service.token("driver2"))
+    operator = await GraphQLWS.open(service.ws_url, await service.token("op"),
+                                    protocol="graphql-ws")  # legacy protocol
+    try:
+        for client in (mine, theirs, operator):
+            await client.subscribe(SESSIONS)
+        await until_subscribed(service, 3)
+        async with connected(service.ocpp_url, "CP-1", password=STATION_PASSWORD) as cp:
+            cp.connectors[1].meter_wh = 0
+            tx, _ = await cp.start_transaction(1, "TAG-OK")
+            cp.connectors[1].power_w = 7200
+            await cp.meter_values(1, seconds=1800)
+            await cp.stop_transaction(1)
+        changes = []
+        for _ in range(3):
+            data = (await mine.next())["payload"]["data"]["sessionUpdated"]
+            changes.append((data["change"], data["transactionId"], data["energyKwh"]))
+        assert changes == [("STARTED", tx, 0.0), ("UPDATED", tx, 3.6), ("ENDED", tx, 3.6)]
+        legacy = await operator.next()
+        assert legacy["type"] == "data"
+        assert legacy["payload"]["data"]["sessionUpdated"]["session"]["user"] == {
+            "name": "driver"}
+        with pytest.raises(TimeoutError):
+            await theirs.next(timeout=0.5)
+    finally:
+        for client in (mine, theirs, operator):
+            await client.close()
+
+
+async def test_faults_and_connections_for_operators(service: Running) -> None:
+    op = await GraphQLWS.open(service.ws_url, await service.token("op"))
+    driver = await GraphQLWS.open(service.ws_url, await service.token("driver"))
+    try:
+        await op.subscribe(FAULTS)
+        await op.subscribe(CONNECTIONS)
+        await driver.subscribe(FAULTS)
+        await until_subscribed(service, 3)
+        async with connected(service.ocpp_url, "CP-1", password=STATION_PASSWORD) as cp:
+            await cp.status(1, "Faulted", "HighTemperature")
+        messages = [(await op.next())["payload"]["data"] for _ in range(3)]
+        kinds = [next(iter(m)) for m in messages]
+        assert kinds.count("stationConnectionChanged") == 2
+        fault = next(m["faultReported"] for m in messages if "faultReported" in m)
+        assert fault == {"cpId": "CP-1", "connectorId": 1, "errorCode": "HighTemperature",
+                         "status": "FAULTED"}
+        with pytest.raises(TimeoutError):
+            await driver.next(timeout=0.5)  # faults are operators' business
+    finally:
+        await op.close()
+        await driver.close()
+
+
+async def test_bad_token_is_rejected_and_anonymous_needs_public_map(tmp_path: Path) -> None:
+    async with running_service(tmp_path / "a") as service:
+        from websockets.exceptions import ConnectionClosed
+
+        with pytest.raises((ConnectionClosed, AssertionError)):
+            await GraphQLWS.open(service.ws_url, "not-a-token")
+        anonymous = await GraphQLWS.open(service.ws_url)
+        await anonymous.subscribe(STATUS)
+        message = await anonymous.next()
+        errors = message["payload"] if message["type"] == "error" else message["payload"]["errors"]
+        assert errors[0]["extensions"]["code"] == "UNAUTHENTICATED"
+        await anonymous.close()
+    async with running_service(tmp_path / "b", public_map=True) as service:
+        anonymous = await GraphQLWS.open(service.ws_url)
+        await anonymous.subscribe(STATUS, {"f": {"cpIds": ["CP-1"]}})
+        await until_subscribed(service, 1)
+        async with connected(service.ocpp_url, "CP-OPEN") as cp:
+            await cp.status(1, "Charging")
+        async with connected(service.ocpp_url, "CP-1", password=STATION_PASSWORD) as cp:
+            await cp.status(1, "Available")
+        event = (await anonymous.next())["payload"]["data"]["connectorStatusChanged"]
+        assert event["cpId"] == "CP-1"  # the filter kept CP-OPEN's event out
+        assert event["station"]["owner"] is None
+        await anonymous.close()
