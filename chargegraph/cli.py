@@ -7,6 +7,7 @@ import contextlib
 import logging
 import signal
 import sys
+from collections.abc import Iterator
 from enum import StrEnum
 from typing import Annotated
 
@@ -41,6 +42,20 @@ def _settings(host: str | None, port: int | None, ocpp_port: int | None) -> Sett
     return Settings(**overrides)  # type: ignore[arg-type]
 
 
+class GracefulServer(uvicorn.Server):
+    """Exits 0 after a graceful shutdown on SIGTERM/SIGINT. Plain uvicorn re-raises the
+    signal once it has shut down, which makes a clean stop look like a crash (exit -15)
+    to supervisors and CI."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                self._captured_signals.clear()
+
+
 def _uvicorn(settings: Settings) -> uvicorn.Server:
     from chargegraph.app import create_app
 
@@ -48,7 +63,7 @@ def _uvicorn(settings: Settings) -> uvicorn.Server:
                             log_level=settings.log_level.lower(), lifespan="on",
                             timeout_graceful_shutdown=10, proxy_headers=True,
                             ws_ping_interval=20, ws_ping_timeout=20)
-    return uvicorn.Server(config)
+    return GracefulServer(config)
 
 
 HostOpt = Annotated[str | None, typer.Option(help="Interface for GraphQL (default 127.0.0.1).")]
