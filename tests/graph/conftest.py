@@ -66,12 +66,20 @@ class Api:
         return body["data"]  # type: ignore[no-any-return]
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[CountingStore]:
-    inner = SqliteStore(str(tmp_path / "graph.db"))
-    await inner.start()
-    yield CountingStore(inner)
-    await inner.close()
+@pytest.fixture(params=["sqlite", "mongo"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path
+                ) -> AsyncIterator[CountingStore]:
+    """The graph runs over both backends: visibility must not depend on the store."""
+    if request.param == "sqlite":
+        inner = SqliteStore(str(tmp_path / "graph.db"))
+        await inner.start()
+        yield CountingStore(inner)
+        await inner.close()
+    else:
+        from tests.support.mongo_backend import open_mongo_store
+
+        async with open_mongo_store() as mongo:
+            yield CountingStore(mongo)
 
 
 @pytest.fixture

@@ -1,0 +1,121 @@
+"""Records <-> MongoDB documents, generically from ``store.fields``.
+
+==========  ==============================================================
+id fields   ``ObjectId`` (``id`` is stored as ``_id``)
+datetime    BSON date (UTC; BSON keeps milliseconds, as the domain does)
+decimal     exact text, plus a numeric shadow ``_n_<field>`` that Range and sort use
+            (``Decimal128`` would do both, but mongomock cannot compare it)
+enum        the member's value
+json        embedded document
+==========  ==============================================================
+
+Stations also carry ``_geo``, the unit vector of their position: "within r km of P" is then
+the linear condition ``dot(_geo, P) >= cos(r / R)``, exact and expressible in every MongoDB
+(and in mongomock, which lacks ``$geoWithin``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from datetime import UTC, datetime
+from decimal import Decimal
+from enum import Enum
+from typing import Any
+
+from bson import Decimal128, ObjectId
+
+from domain.entities import Record
+from store import fields
+from store.fields import FieldSpec, build
+
+field_specs: Callable[[type[Record]], tuple[FieldSpec, ...]] = fields.field_specs  # type: ignore[assignment]
+spec_by_name: Callable[[type[Record]], dict[str, FieldSpec]] = fields.spec_by_name  # type: ignore[assignment]
+
+EARTH_RADIUS_KM = 6371.0088
+
+
+def storage_name(field: str) -> str:
+    return "_id" if field == "id" else field
+
+
+def spec_of(kind: type[Record], field: str) -> FieldSpec:
+    try:
+        return spec_by_name(kind)[field]
+    except KeyError:
+        raise ValueError(f"{kind.kind} has no field {field!r}") from None
+
+
+def encode(spec: FieldSpec, value: Any) -> Any:
+    """A domain value of field ``spec`` as stored (also for filter and cursor values)."""
+    if value is None:
+        return None
+    match spec.category:
+        case "id":
+            return value if isinstance(value, ObjectId) else ObjectId(str(value))
+        case "datetime":
+            if not isinstance(value, datetime) or value.tzinfo is None:
+                raise ValueError(f"{spec.name}: needs an aware datetime")
+            return value.astimezone(UTC)
+        case "decimal":
+            return str(value if isinstance(value, Decimal) else Decimal(str(value)))
+        case "enum":
+            return value.value if isinstance(value, Enum) else str(value)
+        case "bool":
+            return bool(value)
+        case _:
+            return value
+
+
+def shadow(spec: FieldSpec) -> str:
+    """The stored name a filter or sort on ``spec`` compares: decimals use their numeric
+    shadow, everything else itself."""
+    return f"_n_{spec.name}" if spec.category == "decimal" else storage_name(spec.name)
+
+
+def compared(spec: FieldSpec, value: Any) -> Any:
+    """A filter or cursor value in the form ``shadow(spec)`` holds."""
+    if spec.category == "decimal" and value is not None:
+        return float(Decimal(str(value)))
+    return encode(spec, value)
+
+
+def decode(spec: FieldSpec, value: Any) -> Any:
+    if value is None:
+        return None
+    match spec.category:
+        case "id":
+            return str(value)
+        case "datetime":
+            return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        case "decimal":
+            return value.to_decimal() if isinstance(value, Decimal128) else Decimal(str(value))
+        case "float":
+            return float(value)
+        case _:
+            return value
+
+
+def unit_vector(lat: float, lon: float) -> dict[str, float]:
+    phi, lam = math.radians(lat), math.radians(lon)
+    return {"x": math.cos(phi) * math.cos(lam), "y": math.cos(phi) * math.sin(lam),
+            "z": math.sin(phi)}
+
+
+def to_doc(record: Record) -> dict[str, Any]:
+    doc: dict[str, Any] = {}
+    for spec in field_specs(type(record)):
+        value = getattr(record, spec.name)
+        doc[storage_name(spec.name)] = encode(spec, value)
+        if spec.category == "decimal":
+            doc[shadow(spec)] = compared(spec, value)
+    lat, lon = doc.get("lat"), doc.get("lon")
+    if record.kind == "station" and lat is not None and lon is not None:
+        doc["_geo"] = unit_vector(lat, lon)
+    return doc
+
+
+def from_doc(kind: type[Record], doc: dict[str, Any]) -> Record:
+    values = {spec.name: decode(spec, doc.get(storage_name(spec.name)))
+              for spec in field_specs(kind)}
+    return build(kind, values)

@@ -1,0 +1,151 @@
+"""The domain query language as MongoDB filter documents, and keyset paging.
+
+``Sub`` (a sub-select) has no MongoDB equivalent in a find filter: its inner query is run
+first with ``distinct`` and becomes an ``$in`` list. Everything else is one filter document.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from bson import ObjectId
+
+from domain.entities import ENTITY_BY_KIND, Record
+from domain.errors import ValidationError
+from domain.query import (
+    And,
+    CursorKey,
+    Eq,
+    Filter,
+    In,
+    Near,
+    Or,
+    Range,
+    Search,
+    Sort,
+    Sub,
+)
+from store.mongo.codec import (
+    EARTH_RADIUS_KM,
+    compared,
+    shadow,
+    spec_of,
+    storage_name,
+    unit_vector,
+)
+
+NEVER: dict[str, Any] = {"_id": {"$in": []}}
+KM_PER_DEGREE_LAT = 111.19
+
+
+class FilterCompiler:
+    def __init__(self, db: Any) -> None:
+        self.db = db
+
+    async def compile(self, kind: type[Record], where: Filter) -> dict[str, Any]:
+        match where:
+            case Eq(field=field, value=value):
+                spec = spec_of(kind, field)
+                return {shadow(spec): compared(spec, value)}
+            case In(field=field, values=values):
+                if not values:
+                    return NEVER
+                spec = spec_of(kind, field)
+                return {shadow(spec): {"$in": [compared(spec, v) for v in values]}}
+            case Range(field=field):
+                spec = spec_of(kind, field)
+                bounds = {f"${op}": compared(spec, getattr(where, op))
+                          for op in ("gte", "gt", "lte", "lt")
+                          if getattr(where, op) is not None}
+                return {shadow(spec): bounds} if bounds else {}
+            case Search(fields=names, text=text):
+                pattern = {"$regex": re.escape(text), "$options": "i"}
+                return {"$or": [{storage_name(spec_of(kind, n).name): pattern}
+                                for n in names]}
+            case Near():
+                return self._near(where)
+            case Sub():
+                return await self._sub(kind, where)
+            case And(parts=parts):
+                compiled = [c for c in [await self.compile(kind, p) for p in parts] if c]
+                if any(c is NEVER for c in compiled):
+                    return NEVER
+                return {"$and": compiled} if len(compiled) > 1 else (
+                    compiled[0] if compiled else {})
+            case Or(parts=parts):
+                if not parts:
+                    return NEVER
+                compiled = [await self.compile(kind, p) for p in parts]
+                if any(c == {} for c in compiled):
+                    return {}
+                compiled = [c for c in compiled if c is not NEVER]
+                if not compiled:
+                    return NEVER
+                return {"$or": compiled} if len(compiled) > 1 else compiled[0]
+        raise TypeError(f"not a filter: {where!r}")
+
+    @staticmethod
+    def _near(near: Near) -> dict[str, Any]:
+        """Exact great-circle distance: the dot product of unit vectors is the cosine of the
+        central angle. A latitude band (indexed) narrows the candidates first."""
+        center = unit_vector(near.lat, near.lon)
+        band = near.radius_km / KM_PER_DEGREE_LAT + 1e-9
+        angle = min(near.radius_km / EARTH_RADIUS_KM, math.pi)
+        dot = {"$add": [{"$multiply": [f"$_geo.{axis}", center[axis]]} for axis in "xyz"]}
+        return {"lat": {"$gte": near.lat - band, "$lte": near.lat + band},
+                "_geo": {"$ne": None},
+                "$expr": {"$gte": [dot, math.cos(angle) - 1e-12]}}
+
+    async def _sub(self, kind: type[Record], sub: Sub) -> dict[str, Any]:
+        inner_kind = ENTITY_BY_KIND[sub.kind]
+        inner = await self.compile(inner_kind, sub.where)
+        if inner is NEVER:
+            return NEVER
+        values = await self.db[sub.kind].distinct(storage_name(sub.select), inner)
+        outer = spec_of(kind, sub.field)
+        converted = []
+        for value in values:
+            if value is None:
+                continue  # NULL never matches IN, as in SQL
+            if isinstance(value, ObjectId) and outer.category != "id":
+                value = str(value)  # e.g. audit ``actor`` (text) against user ids
+            converted.append(compared(outer, value))
+        if not converted:
+            return NEVER
+        return {shadow(outer): {"$in": converted}}
+
+
+def sort_spec(kind: type[Record], sort: Sequence[Sort], reverse: bool = False
+              ) -> list[tuple[str, int]]:
+    """Sort keys plus ``_id`` ascending as the tie-breaker; ``reverse`` flips them all."""
+    keys = [(shadow(spec_of(kind, s.field)), -1 if s.descending else 1) for s in sort]
+    if all(name != "_id" for name, _ in keys):
+        keys.append(("_id", 1))
+    return [(name, -direction if reverse else direction) for name, direction in keys]
+
+
+def beyond(kind: type[Record], sort: Sequence[Sort], key: CursorKey, *, after: bool,
+           field: str) -> dict[str, Any]:
+    """Documents strictly after (or before) the cursor's position in ``sort`` order."""
+    specs = [(spec_of(kind, s.field), s.descending) for s in sort]
+    values: list[Any] = list(key.values)
+    if all(spec.name != "id" for spec, _ in specs):
+        specs.append((spec_of(kind, "id"), False))
+        values.append(key.id)
+    try:
+        encoded = [compared(spec, v) for (spec, _), v in zip(specs, values, strict=True)]
+    except (TypeError, ValueError, ArithmeticError) as exc:
+        raise ValidationError("malformed cursor", field=field, code="INVALID_CURSOR") from exc
+    if any(v is None for v in encoded):
+        raise ValidationError("malformed cursor", field=field, code="INVALID_CURSOR")
+    disjuncts = []
+    for i, (spec, descending) in enumerate(specs):
+        term: dict[str, Any] = {shadow(s): v for (s, _), v in zip(specs[:i], encoded[:i],
+                                                                   strict=True)}
+        op = "$gt" if descending != after else "$lt"
+        term[shadow(spec)] = {op: encoded[i]}
+        disjuncts.append(term)
+    return {"$or": disjuncts}

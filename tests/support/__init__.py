@@ -1,0 +1,1 @@
+"""Test support: backends and servers the suites share."""
