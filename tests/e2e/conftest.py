@@ -46,11 +46,13 @@ class Running:
 
 
 @contextlib.asynccontextmanager
-async def running_service(tmp_path: Path, **overrides: Any) -> AsyncIterator[Running]:
+async def running_service(tmp_path: Path, *, seed_data: bool = True, **overrides: Any
+                          ) -> AsyncIterator[Running]:
     port, ocpp_port = free_port(), free_port()
-    settings = Settings(database_url=f"sqlite:///{tmp_path}/e2e.db", port=port,
-                        ocpp_port=ocpp_port, state_dir=tmp_path / "state",
-                        heartbeat_interval=60, **overrides)
+    values: dict[str, Any] = {"database_url": f"sqlite:///{tmp_path}/e2e.db",
+                              "state_dir": tmp_path / "state", "jwt_secret": "e" * 40,
+                              **overrides}
+    settings = Settings(port=port, ocpp_port=ocpp_port, heartbeat_interval=60, **values)
     app = create_app(settings, hasher=FastHasher())
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
                                            log_level="warning", lifespan="on"))
@@ -63,7 +65,8 @@ async def running_service(tmp_path: Path, **overrides: Any) -> AsyncIterator[Run
     services: Services = app.state.services
     central = Central(services, services.ctx.store, None, None,  # type: ignore[arg-type]
                       f"ws://127.0.0.1:{ocpp_port}/ocpp", None)  # type: ignore[arg-type]
-    await seed(central)
+    if seed_data:
+        await seed(central)
     try:
         yield Running(settings, services, f"http://127.0.0.1:{port}",
                       f"ws://127.0.0.1:{port}/graphql", central.url, central)

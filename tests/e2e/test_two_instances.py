@@ -1,0 +1,40 @@
+"""Two ChargeGraph instances on one database and one Redis: a charger on instance A, a
+map subscriber on instance B."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ocpp_bridge.simulator import connected
+from tests.e2e.conftest import running_service
+from tests.e2e.wsclient import GraphQLWS
+from tests.ocpp.conftest import STATION_PASSWORD
+from tests.support.redis_server import RedisServer
+
+STATUS = "subscription { connectorStatusChanged { cpId connectorId status } }"
+
+
+async def test_events_cross_instances_through_redis(tmp_path: Path) -> None:
+    redis = RedisServer().start()
+    try:
+        # B needs A's database URL, so the two cannot share one `with`.
+        async with running_service(tmp_path / "a", pubsub_url=redis.url) as a:  # noqa: SIM117
+            async with running_service(tmp_path / "b", pubsub_url=redis.url,
+                                       database_url=a.settings.database_url,
+                                       seed_data=False) as b:
+                watcher = await GraphQLWS.open(b.ws_url, await b.token("op"))
+                await watcher.subscribe(STATUS)
+                bus = b.services.ctx.bus
+                for _ in range(200):
+                    if bus.subscriber_count:
+                        break
+                    import asyncio
+                    await asyncio.sleep(0.01)
+                async with connected(a.ocpp_url, "CP-1", password=STATION_PASSWORD) as cp:
+                    await cp.status(1, "Charging")
+                message = await watcher.next()
+                assert message["payload"]["data"]["connectorStatusChanged"] == {
+                    "cpId": "CP-1", "connectorId": 1, "status": "CHARGING"}
+                await watcher.close()
+    finally:
+        redis.cleanup()
