@@ -33,7 +33,7 @@ async def resolve_viewer(services: Services, tokens: TokenService, authorization
     return viewer
 
 
-class SubscriptionEndpoint(GraphQL):  # type: ignore[type-arg]
+class SubscriptionEndpoint(GraphQL[GraphContext, None]):
     """Websocket subscriptions. The viewer comes from ``connection_init``'s
     ``{"authorization": "Bearer …"}``; a bad token closes the socket (4403)."""
 

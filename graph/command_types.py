@@ -12,29 +12,57 @@ import strawberry
 
 from domain import ocpp16
 
-ResetType = strawberry.enum(ocpp16.ResetType)
-ResetStatus = strawberry.enum(ocpp16.ResetStatus)
-UnlockStatus = strawberry.enum(ocpp16.UnlockStatus)
-AvailabilityType = strawberry.enum(ocpp16.AvailabilityType)
-AvailabilityStatus = strawberry.enum(ocpp16.AvailabilityStatus)
-ConfigurationStatus = strawberry.enum(ocpp16.ConfigurationStatus)
-ClearCacheStatus = strawberry.enum(ocpp16.ClearCacheStatus)
-MessageTrigger = strawberry.enum(ocpp16.MessageTrigger)
-TriggerMessageStatus = strawberry.enum(ocpp16.TriggerMessageStatus)
-DataTransferStatus = strawberry.enum(ocpp16.DataTransferStatus)
-ReservationStatus = strawberry.enum(ocpp16.ReservationStatus)
-CancelReservationStatus = strawberry.enum(ocpp16.CancelReservationStatus)
-ChargingProfileStatus = strawberry.enum(ocpp16.ChargingProfileStatus)
-ClearChargingProfileStatus = strawberry.enum(ocpp16.ClearChargingProfileStatus)
-GetCompositeScheduleStatus = strawberry.enum(ocpp16.GetCompositeScheduleStatus)
-UpdateType = strawberry.enum(ocpp16.UpdateType)
-UpdateStatus = strawberry.enum(ocpp16.UpdateStatus)
-ChargingProfilePurposeType = strawberry.enum(ocpp16.ChargingProfilePurposeType)
-ChargingProfileKindType = strawberry.enum(ocpp16.ChargingProfileKindType)
-RecurrencyKind = strawberry.enum(ocpp16.RecurrencyKind)
-ChargingRateUnitType = strawberry.enum(ocpp16.ChargingRateUnitType)
-RemoteStartStopStatus = strawberry.enum(ocpp16.RemoteStartStopStatus)
-AuthorizationStatus = strawberry.enum(ocpp16.AuthorizationStatus)
+# Registered as GraphQL enums; the names below are the classes themselves.
+for _enum in (
+    ocpp16.ResetType,
+    ocpp16.ResetStatus,
+    ocpp16.UnlockStatus,
+    ocpp16.AvailabilityType,
+    ocpp16.AvailabilityStatus,
+    ocpp16.ConfigurationStatus,
+    ocpp16.ClearCacheStatus,
+    ocpp16.MessageTrigger,
+    ocpp16.TriggerMessageStatus,
+    ocpp16.DataTransferStatus,
+    ocpp16.ReservationStatus,
+    ocpp16.CancelReservationStatus,
+    ocpp16.ChargingProfileStatus,
+    ocpp16.ClearChargingProfileStatus,
+    ocpp16.GetCompositeScheduleStatus,
+    ocpp16.UpdateType,
+    ocpp16.UpdateStatus,
+    ocpp16.ChargingProfilePurposeType,
+    ocpp16.ChargingProfileKindType,
+    ocpp16.RecurrencyKind,
+    ocpp16.ChargingRateUnitType,
+    ocpp16.RemoteStartStopStatus,
+    ocpp16.AuthorizationStatus,
+):
+    strawberry.enum(_enum)
+
+ResetType = ocpp16.ResetType
+ResetStatus = ocpp16.ResetStatus
+UnlockStatus = ocpp16.UnlockStatus
+AvailabilityType = ocpp16.AvailabilityType
+AvailabilityStatus = ocpp16.AvailabilityStatus
+ConfigurationStatus = ocpp16.ConfigurationStatus
+ClearCacheStatus = ocpp16.ClearCacheStatus
+MessageTrigger = ocpp16.MessageTrigger
+TriggerMessageStatus = ocpp16.TriggerMessageStatus
+DataTransferStatus = ocpp16.DataTransferStatus
+ReservationStatus = ocpp16.ReservationStatus
+CancelReservationStatus = ocpp16.CancelReservationStatus
+ChargingProfileStatus = ocpp16.ChargingProfileStatus
+ClearChargingProfileStatus = ocpp16.ClearChargingProfileStatus
+GetCompositeScheduleStatus = ocpp16.GetCompositeScheduleStatus
+UpdateType = ocpp16.UpdateType
+UpdateStatus = ocpp16.UpdateStatus
+ChargingProfilePurposeType = ocpp16.ChargingProfilePurposeType
+ChargingProfileKindType = ocpp16.ChargingProfileKindType
+RecurrencyKind = ocpp16.RecurrencyKind
+ChargingRateUnitType = ocpp16.ChargingRateUnitType
+RemoteStartStopStatus = ocpp16.RemoteStartStopStatus
+AuthorizationStatus = ocpp16.AuthorizationStatus
 
 
 def _camel(name: str) -> str:

@@ -1,5 +1,9 @@
 """The domain's enumerations as GraphQL enums. Member names are the SCREAMING_SNAKE_CASE
-GraphQL values (``SUSPENDED_EV``); member values stay the OCPP spelling (``SuspendedEV``)."""
+GraphQL values (``SUSPENDED_EV``); member values stay the OCPP spelling (``SuspendedEV``).
+
+``strawberry.enum`` registers the class itself, so the names below are the domain classes
+(plain aliases, which type checkers understand), not wrappers.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +11,22 @@ import strawberry
 
 from domain import entities as d
 
-Role = strawberry.enum(d.Role, description="What a user may do and see.")
-IdTagStatus = strawberry.enum(d.IdTagStatus, description="OCPP authorization status of a tag.")
-Registration = strawberry.enum(
-    d.Registration, description="OCPP registration status a station gets on boot."
-)
-ConnectorStatus = strawberry.enum(d.ConnectorStatus, description="OCPP 1.6 ChargePointStatus.")
-ConnectorType = strawberry.enum(d.ConnectorType, description="Plug standard.")
-SessionState = strawberry.enum(d.SessionState)
-ReservationState = strawberry.enum(d.ReservationState)
-PaymentStatus = strawberry.enum(d.PaymentStatus)
-AuditAction = strawberry.enum(d.AuditAction)
+strawberry.enum(d.Role, description="What a user may do and see.")
+strawberry.enum(d.IdTagStatus, description="OCPP authorization status of a tag.")
+strawberry.enum(d.Registration, description="OCPP registration status a station gets on boot.")
+strawberry.enum(d.ConnectorStatus, description="OCPP 1.6 ChargePointStatus.")
+strawberry.enum(d.ConnectorType, description="Plug standard.")
+strawberry.enum(d.SessionState)
+strawberry.enum(d.ReservationState)
+strawberry.enum(d.PaymentStatus)
+strawberry.enum(d.AuditAction)
+
+Role = d.Role
+IdTagStatus = d.IdTagStatus
+Registration = d.Registration
+ConnectorStatus = d.ConnectorStatus
+ConnectorType = d.ConnectorType
+SessionState = d.SessionState
+ReservationState = d.ReservationState
+PaymentStatus = d.PaymentStatus
+AuditAction = d.AuditAction

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import Enum
+from typing import Any
 
 import strawberry
 
@@ -50,8 +51,8 @@ def _window(field: str, start: datetime | None, end: datetime | None, name: str
 
 def _order(name: str, fields: dict[str, str], description: str) -> tuple[type, type]:
     """An ``<Name>OrderField`` enum (values are domain fields) and ``<Name>Order`` input."""
-    field_enum = strawberry.enum(Enum(f"{name}OrderField", fields),  # type: ignore[misc]
-                                 description=description)
+    field_enum: Any = strawberry.enum(Enum(f"{name}OrderField", fields),  # type: ignore[call-overload]
+                                      description=description)
 
     # Built with real (not string) annotations: the class is made at run time, where the
     # enum above is a local that postponed annotations could not resolve.

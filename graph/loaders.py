@@ -58,7 +58,7 @@ class Loaders:
                 found = await self._reads.grouped(
                     self._viewer, kind, key_field, list(keys), where, sort, limit
                 )
-                return [found.get(k, []) for k in keys]
+                return [list(found.get(k, [])) for k in keys]
 
             self._loaders[loader_key] = DataLoader(load)
         return self._loaders[loader_key]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import strawberry
 from strawberry.scalars import JSON
@@ -586,7 +586,8 @@ class AuditEntry(Node):
         return cls(id=strawberry.ID(to_global_id(r.kind, r.id)), entity=r.entity,
                    entity_id=strawberry.ID(entity_id),
                    action=r.action,  # type: ignore[arg-type]
-                   actor=r.actor, at=r.at, before=r.before, after=r.after, _r=r)
+                   actor=r.actor, at=r.at, before=cast(JSON, r.before),
+                   after=cast(JSON, r.after), _r=r)
 
     @strawberry.field(description="The user who made the change, when it was a user.")
     async def actor_user(self, info: Info) -> User | None:

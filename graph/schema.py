@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import strawberry
 from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter, QueryDepthLimiter
-from strawberry.extensions.base_extension import SchemaExtension
 
 from graph.errors import MaskUnexpectedErrors
 from graph.mutation import Mutation
@@ -19,8 +21,7 @@ MAX_TOKENS = 5_000
 MAX_ALIASES = 30
 
 
-def build_schema(extra_extensions: tuple[SchemaExtension | type[SchemaExtension], ...] = ()
-                 ) -> strawberry.Schema:
+def build_schema(extra_extensions: Sequence[Any] = ()) -> strawberry.Schema:
     return strawberry.Schema(
         query=Query,
         mutation=Mutation,

@@ -76,6 +76,8 @@ class SimulatedChargePoint(ChargePoint):
         self.charging_profiles: dict[int, dict[str, Any]] = {}
         self.received: list[tuple[str, dict[str, Any]]] = []
         self.heartbeat_interval = 300
+        # The connector a RemoteStartTransaction was accepted for, started right after.
+        self._remote_target: int | None = None
         self._chargers: dict[int, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -150,7 +152,8 @@ class SimulatedChargePoint(ChargePoint):
         state = self.connectors[connector_id]
         if state.transaction_id is None:
             return
-        transaction_id, state.transaction_id = state.transaction_id, None
+        transaction_id = state.transaction_id
+        state.transaction_id = None
         state.power_w = 0.0
         await self.status(connector_id, "Finishing")
         await self.call(call.StopTransaction(
@@ -198,7 +201,7 @@ class SimulatedChargePoint(ChargePoint):
 
     @after(Action.remote_start_transaction)
     async def after_remote_start(self, id_tag: str, **_: Any) -> None:
-        target = getattr(self, "_remote_target", None)
+        target = self._remote_target
         if target is not None and self.connectors[target].transaction_id is None:
             self._remote_target = None
             await self.start_transaction(target, id_tag)

@@ -26,8 +26,9 @@ def decode(raw: bytes | str) -> DomainEvent:
     try:
         body = json.loads(raw)
         event_type = EVENT_TYPES[body.pop("topic")]
-        values = {k: datetime.fromisoformat(v["$dt"]) if isinstance(v, dict) and "$dt" in v
-                  else v for k, v in body.items()}
+        values: dict[str, Any] = {
+            k: datetime.fromisoformat(v["$dt"]) if isinstance(v, dict) and "$dt" in v else v
+            for k, v in body.items()}
         return event_type(**values)
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise UndecodableEvent(f"not an event: {raw[:200]!r}") from exc

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
-from functools import cache
 from typing import Any, Literal
 
 from domain.entities import ENTITY_TYPES, Record
@@ -72,25 +71,35 @@ def _category(name: str, hint: Any) -> tuple[Category, type[StrEnum] | None]:
     return "json", None
 
 
-@cache
+_SPECS: dict[type[Record], tuple[FieldSpec, ...]] = {}
+
+
 def field_specs(kind: type[Record]) -> tuple[FieldSpec, ...]:
+    """Computed once per entity class (type hints are slow to evaluate)."""
+    if kind in _SPECS:
+        return _SPECS[kind]
     hints = typing.get_type_hints(kind)
     specs = []
     for f in dataclasses.fields(kind):
         inner, nullable = _unwrap(hints[f.name])
         category, enum_type = _category(f.name, inner)
         specs.append(FieldSpec(f.name, category, nullable, enum_type))
-    return tuple(specs)
+    _SPECS[kind] = tuple(specs)
+    return _SPECS[kind]
 
 
-@cache
+_BY_NAME: dict[type[Record], dict[str, FieldSpec]] = {}
+
+
 def spec_by_name(kind: type[Record]) -> dict[str, FieldSpec]:
-    return {s.name: s for s in field_specs(kind)}
+    if kind not in _BY_NAME:
+        _BY_NAME[kind] = {s.name: s for s in field_specs(kind)}
+    return _BY_NAME[kind]
 
 
 def build(kind: type[Record], values: dict[str, Any]) -> Record:
     """Construct a record from decoded python values (enums re-typed here)."""
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     for spec in field_specs(kind):
         value = values.get(spec.name)
         if value is not None and spec.enum_type is not None:

@@ -199,7 +199,7 @@ class CommandService(Service):
                 changes.append((Update(updated), reservation))
                 outcome.reservation = updated
         await self.commit(viewer, changes, extra_audit=[audit])
-        owned = {"station_id": station.id, "cp_id": station.cp_id,
+        owned: dict[str, Any] = {"station_id": station.id, "cp_id": station.cp_id,
                  "company_id": station.company_id, "owner_id": station.owner_id}
         if changes and outcome.reservation is not None:
             r = outcome.reservation

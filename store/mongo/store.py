@@ -148,7 +148,7 @@ class MongoStore:
         if not wanted:
             return [None] * len(ids)
         scope = await self._where(kind, where)
-        query = {"_id": {"$in": [ObjectId(i) for i in wanted]}}
+        query: dict[str, Any] = {"_id": {"$in": [ObjectId(i) for i in wanted]}}
         if scope is NEVER:
             return [None] * len(ids)
         if scope:
@@ -264,8 +264,9 @@ class MongoStore:
                 continue  # already there: nothing to do, nothing to undo
             undo.append({"kind": record.kind, "id": ObjectId(record.id), "before": before})
         journal_id = ObjectId()
-        await self.db[JOURNAL].insert_one({"_id": journal_id, "undo": undo,
-                                           "audit": [ObjectId(a.id) for a in audit]})
+        journal: dict[str, Any] = {"_id": journal_id, "undo": undo,
+                                   "audit": [ObjectId(a.id) for a in audit]}
+        await self.db[JOURNAL].insert_one(journal)
         applied = 0
         try:
             for change in changes:
