@@ -25,7 +25,7 @@ from graph.enums import (
     Role,
     SessionState,
 )
-from graph.ids import to_global_id
+from graph.ids import TYPE_BY_KIND, to_global_id
 from graph.relay import Connection, Node, PageArgs, nested_connection
 
 if TYPE_CHECKING:
@@ -567,7 +567,7 @@ class Payment(Node, Audited):
 
 
 @strawberry.type(description="One change of one record: who, what, when, before and after.")
-class AuditEntry(Node):
+class AuditEntry(Node, Audited):
     entity: str = strawberry.field(description="Entity kind, e.g. `station`, `id_tag`.")
     entity_id: strawberry.ID = strawberry.field(description="Global id of the changed record.")
     action: AuditAction
@@ -579,15 +579,13 @@ class AuditEntry(Node):
 
     @classmethod
     def wrap(cls, r: d.AuditEntry, ctx: GraphContext) -> AuditEntry:
-        from graph.ids import TYPE_BY_KIND
-
         entity_id = to_global_id(r.entity, r.entity_id) if r.entity in TYPE_BY_KIND \
             else r.entity_id
         return cls(id=strawberry.ID(to_global_id(r.kind, r.id)), entity=r.entity,
                    entity_id=strawberry.ID(entity_id),
                    action=r.action,  # type: ignore[arg-type]
                    actor=r.actor, at=r.at, before=cast(JSON, r.before),
-                   after=cast(JSON, r.after), _r=r)
+                   after=cast(JSON, r.after), _r=r, **_audit_fields(r))
 
     @strawberry.field(description="The user who made the change, when it was a user.")
     async def actor_user(self, info: Info) -> User | None:

@@ -12,8 +12,13 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from jsonschema.exceptions import ValidationError as SchemaError
-from ocpp.messages import get_validator
+import os
+import re
+from collections.abc import Callable
+from functools import cache
+
+import fastjsonschema
+import ocpp
 
 CALL, CALLRESULT, CALLERROR = 2, 3, 4
 
@@ -138,18 +143,32 @@ _SCHEMA_ERRORS = {
 }
 
 
+_SCHEMAS = os.path.join(os.path.dirname(ocpp.__file__), "v16", "schemas")
+# RFC 3339 date-time, with the zone optional: many chargers omit it and OCPP times are UTC
+# (the handler reads a zoneless time as UTC). Anything else is a TypeConstraintViolation.
+_DATE_TIME = re.compile(
+    r"^\d{4}-\d\d-\d\d[Tt ]\d\d:\d\d:\d\d(\.\d+)?([Zz]|[+-]\d\d:?\d\d)?$")
+
+
+@cache
+def _validator(message_type: int, action: str) -> Callable[[Any], Any]:
+    """The 1.6 schema of ``action`` (from the ``ocpp`` package) compiled to Python code by
+    fastjsonschema: about 17 times faster than the package's jsonschema validation, which
+    also hops to a thread pool per message (``python -m bench.ocpp_validation``)."""
+    name = action + ("Response" if message_type == CALLRESULT else "")
+    with open(os.path.join(_SCHEMAS, f"{name}.json"), encoding="utf-8") as handle:
+        schema = json.load(handle)
+    schema.pop("$schema", None)
+    return fastjsonschema.compile(schema, formats={"date-time": _DATE_TIME.pattern})
+
+
 def validate(message_type: int, action: str, payload: dict[str, Any], unique_id: str) -> None:
-    """Validate a payload against the 1.6 JSON schema of ``action``. Synchronous on
-    purpose: the schemas are small and cached, and a thread hop per message costs more
-    than the validation (see docs/performance.md)."""
-    validator = get_validator(message_type, action, "1.6")
-    error = next(iter(validator.iter_errors(payload)), None)
-    if error is None:
-        return
-    code = _SCHEMA_ERRORS.get(str(error.validator), FORMATION_VIOLATION)
-    where = "/".join(str(p) for p in error.absolute_path) or "payload"
-    raise FrameError(code, f"{where}: {_short(error)}", unique_id)
-
-
-def _short(error: SchemaError) -> str:
-    return error.message if len(error.message) <= 200 else error.message[:197] + "..."
+    """Validate a payload against the 1.6 JSON schema of ``action``, raising the CALLERROR
+    the 1.6 table prescribes for what is wrong."""
+    try:
+        _validator(message_type, action)(payload)
+    except fastjsonschema.JsonSchemaValueException as error:
+        code = _SCHEMA_ERRORS.get(str(error.rule), FORMATION_VIOLATION)
+        where = (error.name or "data").removeprefix("data").lstrip(".") or "payload"
+        message = error.message if len(error.message) <= 200 else error.message[:197] + "..."
+        raise FrameError(code, f"{where}: {message}", unique_id) from error
