@@ -226,6 +226,9 @@ class MeterSample(Record):
     phase: str | None = None
     context: str | None = None
     transaction_id: int | None = None
+    #: For energy register samples of a session: the Wh added since the session's previous
+    #: reading (materialized at ingest so energy per hour/day is a plain SUM in the store).
+    delta_wh: int | None = None
 
 
 @dataclass(kw_only=True)
@@ -238,6 +241,24 @@ class StatusEvent(Record):
     error_code: str = "NoError"
     info: str | None = None
     at: datetime = field(default_factory=utcnow)
+
+
+@dataclass(kw_only=True)
+class ConnectorInterval(Record):
+    """A stretch of time a connector spent in one state: its status and error code, and
+    whether its station was online. ``end`` is null for the current one. Maintained on
+    every status change and (dis)connect, so utilization, availability and fault durations
+    are sums of overlaps computed in the store."""
+
+    kind: ClassVar[str] = "connector_interval"
+    station_id: str
+    cp_id: str
+    connector_id: int
+    status: ConnectorStatus
+    error_code: str = "NoError"
+    online: bool = True
+    start: datetime
+    end: datetime | None = None
 
 
 @dataclass(kw_only=True)
@@ -319,6 +340,7 @@ ENTITY_TYPES: tuple[type[Record], ...] = (
     MeterSample,
     StatusEvent,
     ConnectionEvent,
+    ConnectorInterval,
     Reservation,
     Tariff,
     Payment,

@@ -102,7 +102,7 @@ class Policy:
             case "station":
                 return stations
             case ("connector" | "session" | "reservation" | "payment" | "status_event"
-                  | "connection_event"):
+                  | "connection_event" | "connector_interval"):
                 return on_stations
             case "meter_sample":
                 # Samples of unknown transactions have no session: scope them by charger.

@@ -3,10 +3,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from domain.aggregation import Group, Metric
 from domain.entities import AuditEntry, E, Record
 from domain.query import ALL, Filter, Page, PageRequest, Sort
 
@@ -118,6 +119,12 @@ class Store(Protocol):
 
     async def next_sequence(self, name: str) -> int:
         """Atomically increment and return the named counter (first value 1)."""
+
+    async def aggregate(self, kind: type[E], where: Filter, group: Sequence[Group],
+                        metrics: Mapping[str, Metric]) -> list[dict[str, Any]]:
+        """One row per group: keys ``g0``, ``g1``, … (domain values; ``ByTime`` gives int
+        bucket keys) and one key per metric (``Count``/``Sum``: numbers, ``Min``/``Max``:
+        domain values, ``OverlapSeconds``: float seconds). Computed in the database."""
 
 
 class PasswordHasher(Protocol):

@@ -9,13 +9,12 @@ So frames are parsed and payloads validated here, against the package's 1.6 sche
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from typing import Any
-
 import os
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cache
+from typing import Any
 
 import fastjsonschema
 import ocpp

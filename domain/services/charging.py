@@ -21,6 +21,7 @@ from domain.clock import as_utc, utcnow
 from domain.entities import (
     ConnectionEvent,
     Connector,
+    ConnectorInterval,
     ConnectorStatus,
     ConnectorType,
     IdTag,
@@ -190,10 +191,16 @@ class ChargingService(Service):
         if station is None:
             return
         now = utcnow()
-        updated = changed(station, charger(cp_id), online=online, last_seen=now)
+        actor = charger(cp_id)
+        updated = changed(station, actor, online=online, last_seen=now)
         event = ConnectionEvent(station_id=station.id, cp_id=cp_id, online=online, at=now)
-        await self.store.write([Update(updated), Insert(stamp_new(event, charger(cp_id), now))],
-                               [])
+        changes: list[Change] = [Update(updated), Insert(stamp_new(event, actor, now))]
+        for connector in await self.store.find_all(Connector, Eq("station_id", station.id),
+                                                   limit=100):
+            changes += await self._next_interval(station, connector.connector_id,
+                                                 connector.status, connector.error_code,
+                                                 online, now, actor)
+        await self.store.write(changes, [])
         await self.publish(StationConnectionChanged(**self._owned(station), online=online,
                                                     at=now))
 
@@ -252,6 +259,25 @@ class ChargingService(Service):
             raise ValidationError(f"connectorId {connector_id} exceeds this station's "
                                   f"{highest}", field="connectorId", code="OUT_OF_RANGE")
 
+    async def _next_interval(self, station: Station, connector_id: int,
+                             status: ConnectorStatus, error_code: str, online: bool,
+                             at: datetime, actor: Viewer) -> list[Change]:
+        """Close the connector's open state interval at ``at`` and open the next one,
+        unless nothing that analytics distinguishes changed."""
+        current = await self.store.find_one(ConnectorInterval, all_of(
+            Eq("cp_id", station.cp_id), Eq("connector_id", connector_id), Eq("end", None)))
+        changes: list[Change] = []
+        if current is not None:
+            if (current.status, current.error_code, current.online) == (status, error_code,
+                                                                        online):
+                return []
+            changes.append(Update(changed(current, actor, end=max(at, current.start))))
+        changes.append(Insert(stamp_new(ConnectorInterval(
+            station_id=station.id, cp_id=station.cp_id, connector_id=connector_id,
+            status=status, error_code=error_code, online=online,
+            start=max(at, current.start) if current else at), actor, at)))
+        return changes
+
     async def _connector(self, station: Station, connector_id: int
                          ) -> tuple[Connector, bool]:
         """The connector, or a new one for a station reporting a plug we did not know."""
@@ -290,6 +316,8 @@ class ChargingService(Service):
                     audited.append((Insert(connector), None))
                 else:
                     telemetry.append(Update(connector))
+                telemetry += await self._next_interval(station, connector_id, new_status,
+                                                       error_code, station.online, at, actor)
             # else: an older report arriving late is history, not the current state
         await self.commit(actor, audited, unaudited=telemetry)
         if connector is not None:
@@ -392,19 +420,23 @@ class ChargingService(Service):
         session = await self.store.find_one(Session, Eq("transaction_id", transaction_id))
         if session is not None and session.cp_id != cp_id:
             session = None
-        if readings:
-            samples = self._samples(station, session.connector_id if session else 0,
-                                    transaction_id, session, readings)
-            await self.store.write([InsertIfAbsent(s) for s in samples], [])
+        samples = self._samples(station, session.connector_id if session else 0,
+                                transaction_id, session, readings or [])
         if session is None or session.state is SessionState.COMPLETED:
+            if samples:
+                await self.store.write([InsertIfAbsent(s) for s in samples], [])
             return info
         actor = charger(cp_id)
-        closed, payment = await self._close(station, session, meter_stop, as_utc(timestamp),
+        end = as_utc(timestamp)
+        closing = self._closing_sample(station, session, samples, meter_stop, end)
+        if closing is not None:
+            samples.append(closing)
+        closed, payment = await self._close(station, session, meter_stop, end,
                                             reason or "Local", actor)
         changes: list[tuple[Change, Any]] = [(Update(closed), session)]
         if payment is not None:
             changes.append((Insert(payment), None))
-        await self.commit(actor, changes)
+        await self.commit(actor, changes, unaudited=[InsertIfAbsent(s) for s in samples])
         self._last_session_update.pop(session.id, None)
         await self.publish(self._session_event(station, closed, "ENDED"))
         return info
@@ -454,9 +486,15 @@ class ChargingService(Service):
     # ------------------------------------------------------------- helpers
     def _samples(self, station: Station, connector_id: int, transaction_id: int | None,
                  session: Session | None, readings: list[MeterReading]) -> list[MeterSample]:
+        """Every numeric sample; for an active session's total energy register also the
+        Wh it adds to the session (``delta_wh``), counted from the session's register so
+        far, so energy per period is a plain sum in the store."""
         samples = []
         actor = charger(station.cp_id)
-        for reading in readings:
+        running = None
+        if session is not None and session.state is SessionState.ACTIVE:
+            running = session.meter_start_wh + session.energy_wh
+        for reading in sorted(readings, key=lambda r: r.timestamp):
             at = as_utc(reading.timestamp)
             for sv in reading.values:
                 try:
@@ -472,8 +510,32 @@ class ChargingService(Service):
                     unit=sv.unit or ("Wh" if measurand == ENERGY_REGISTER else None),
                     phase=sv.phase, context=sv.context, transaction_id=transaction_id,
                 )
+                if running is not None and measurand == ENERGY_REGISTER and sv.phase is None \
+                        and sv.location in (None, "Outlet"):
+                    wh = round(_to_wh(value, sv.unit))
+                    sample.delta_wh = max(wh - running, 0)
+                    running = max(running, wh)
                 samples.append(stamp_new(sample, actor, at))
         return samples
+
+    def _closing_sample(self, station: Station, session: Session, samples: list[MeterSample],
+                        meter_stop: int, end: datetime) -> MeterSample | None:
+        """The energy between the last reading and meterStop, as a Transaction.End
+        register sample at the stop time (the whole energy, for a charger that sent no
+        meter values at all)."""
+        counted = sum(s.delta_wh or 0 for s in samples)
+        running = session.meter_start_wh + session.energy_wh + counted
+        if meter_stop <= running:
+            return None
+        sample = MeterSample(
+            id=_stable_id(station.cp_id, session.connector_id, session.transaction_id,
+                          end.isoformat(), ENERGY_REGISTER, None, None, "Transaction.End",
+                          "Wh"),
+            session_id=session.id, cp_id=station.cp_id, connector_id=session.connector_id,
+            at=end, measurand=ENERGY_REGISTER, value=float(meter_stop), unit="Wh",
+            context="Transaction.End", transaction_id=session.transaction_id,
+            delta_wh=meter_stop - running)
+        return stamp_new(sample, charger(station.cp_id), end)
 
     @staticmethod
     def _apply_readings(session: Session, readings: list[MeterReading], actor: Viewer

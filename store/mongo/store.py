@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.errors import DuplicateKeyError
 
+from domain.aggregation import Group, Metric
 from domain.entities import AuditEntry, E, Record
 from domain.errors import NotFound, UniqueViolation
 from domain.ports import (
@@ -31,6 +32,7 @@ from domain.ports import (
     Update,
 )
 from domain.query import ALL, Filter, Page, PageRequest, Sort, decode_cursor, encode_cursor
+from store.mongo import aggregate
 from store.mongo.codec import compared, from_doc, shadow, spec_of, to_doc
 from store.mongo.query import NEVER, FilterCompiler, beyond, sort_spec
 
@@ -52,10 +54,13 @@ INDEXES: dict[str, list[list[tuple[str, int]]]] = {
                 [("vehicle_id", ASCENDING)], [("cp_id", ASCENDING), ("state", ASCENDING)],
                 [("id_tag", ASCENDING), ("state", ASCENDING)]],
     "meter_sample": [[("session_id", ASCENDING), ("at", ASCENDING)],
-                     [("cp_id", ASCENDING), ("at", ASCENDING)]],
+                     [("cp_id", ASCENDING), ("at", ASCENDING)], [("at", ASCENDING)]],
     "status_event": [[("cp_id", ASCENDING), ("connector_id", ASCENDING), ("at", ASCENDING)],
                      [("station_id", ASCENDING), ("at", ASCENDING)]],
     "connection_event": [[("station_id", ASCENDING), ("at", ASCENDING)]],
+    "connector_interval": [[("station_id", ASCENDING), ("start", ASCENDING)],
+                           [("cp_id", ASCENDING), ("connector_id", ASCENDING),
+                            ("end", ASCENDING)], [("start", ASCENDING)]],
     "reservation": [[("station_id", ASCENDING)], [("user_id", ASCENDING)]],
     "tariff": [[("station_id", ASCENDING), ("valid_from", DESCENDING)],
                [("company_id", ASCENDING), ("valid_from", DESCENDING)]],
@@ -168,6 +173,18 @@ class MongoStore:
             return []
         cursor = self.db[kind.kind].find(query).sort(sort_spec(kind, sort)).limit(limit)
         return [from_doc(kind, doc) for doc in await cursor.to_list(None)]  # type: ignore[misc]
+
+    async def aggregate(self, kind: type[E], where: Filter, group: Sequence[Group],
+                        metrics: Mapping[str, Metric]) -> list[dict[str, Any]]:
+        query = await self._where(kind, where)
+        if query is NEVER:
+            rows: list[dict[str, Any]] = []
+        else:
+            stages = aggregate.pipeline(kind, query, group, metrics)
+            rows = await (await self.db[kind.kind].aggregate(stages)).to_list(None)
+        if not group and not rows:
+            rows = [{}]  # SQL's one row of zeros over no matches
+        return [aggregate.decode_row(kind, group, metrics, row) for row in rows]
 
     async def count(self, kind: type[E], where: Filter) -> int:
         query = await self._where(kind, where)

@@ -299,8 +299,37 @@ CREATE INDEX "connection_event_station_at_idx" ON "connection_event" ("station_i
 CREATE INDEX "connection_event_cp_at_idx" ON "connection_event" ("cp_id", "at");
 """
 
+# Version 3: analytics. Meter samples carry the energy they add; connector state intervals
+# (status x online) make utilization, availability and fault durations sums of overlaps.
+_V3 = """
+ALTER TABLE "meter_sample" ADD COLUMN "delta_wh" INTEGER;
+CREATE INDEX "meter_sample_at_idx" ON "meter_sample" ("at") WHERE "delta_wh" IS NOT NULL;
+CREATE TABLE "connector_interval" (
+    "id" TEXT PRIMARY KEY NOT NULL,
+    "created_at" INTEGER NOT NULL,
+    "updated_at" INTEGER NOT NULL,
+    "created_by" TEXT NOT NULL,
+    "updated_by" TEXT NOT NULL,
+    "station_id" TEXT NOT NULL,
+    "cp_id" TEXT NOT NULL,
+    "connector_id" INTEGER NOT NULL,
+    "status" TEXT NOT NULL,
+    "error_code" TEXT NOT NULL,
+    "online" INTEGER NOT NULL,
+    "start" INTEGER NOT NULL,
+    "end" INTEGER
+) STRICT;
+CREATE INDEX "connector_interval_station_start_idx"
+    ON "connector_interval" ("station_id", "start");
+CREATE INDEX "connector_interval_cp_connector_idx"
+    ON "connector_interval" ("cp_id", "connector_id", "end");
+CREATE INDEX "connector_interval_start_idx" ON "connector_interval" ("start");
+CREATE INDEX "session_end_idx" ON "session" ("end_time");
+CREATE INDEX "status_event_at_idx" ON "status_event" ("at");
+"""
+
 #: Every migration, oldest first. Append only.
-MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2))
+MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3))
 
 _BOOTSTRAP = """
 CREATE TABLE IF NOT EXISTS "schema_version" (

@@ -15,16 +15,17 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import aiosqlite
 
+from domain.aggregation import Group, Metric
 from domain.entities import AuditEntry, E, Record
 from domain.errors import NotFound
 from domain.ports import Change, Delete, Insert, InsertIfAbsent, Update
 from domain.query import ALL, Filter, Page, PageRequest, Sort
-from store.sqlite import paging
+from store.sqlite import aggregate, paging
 from store.sqlite.codec import (
     SqlValue,
     columns,
@@ -199,6 +200,12 @@ class SqliteStore:
             [*params, limit],
         )
         return [from_row(kind, row) for row in rows]
+
+    async def aggregate(self, kind: type[E], where: Filter, group: Sequence[Group],
+                        metrics: Mapping[str, Metric]) -> list[dict[str, Any]]:
+        sql, params = aggregate.build_query(kind, where, group, metrics)
+        rows = await self._read(sql, params)
+        return [aggregate.decode_row(kind, group, metrics, row) for row in rows]
 
     async def count(self, kind: type[E], where: Filter) -> int:
         where_sql, params = compile_where(kind, where)

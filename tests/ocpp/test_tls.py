@@ -11,8 +11,8 @@ from websockets.asyncio.client import connect
 
 from chargegraph.app import _ocpp_ssl
 from chargegraph.settings import Settings
-from ocpp_bridge.simulator import SimulatedChargePoint, basic_auth
 from ocpp_bridge.server import OcppServer
+from ocpp_bridge.simulator import SimulatedChargePoint, basic_auth
 from tests.ocpp.conftest import STATION_PASSWORD, Central
 
 

@@ -1,0 +1,70 @@
+"""Aggregations the stores compute in the database (``Store.aggregate``): group keys and
+metrics, backend-neutral like ``domain.query``. Analytics are built from these."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TypeAlias
+
+
+@dataclass(frozen=True, slots=True)
+class ByField:
+    """Group by a field's value."""
+
+    field: str
+
+
+@dataclass(frozen=True, slots=True)
+class ByTime:
+    """Group a datetime field into time buckets.
+
+    With ``size_s``: key = floor((epoch seconds + offset - origin_s) / size_s), where the
+    offset is the one of the last ``offsets`` entry whose instant is <= the value (the first
+    entry's offset applies before it too). With ``boundaries`` instead: key = index of the
+    last boundary <= the value (values before the first boundary get key 0).
+    """
+
+    field: str
+    offsets: tuple[tuple[datetime, int], ...] = ()
+    size_s: int | None = None
+    origin_s: int = 0
+    boundaries: tuple[datetime, ...] = ()
+
+
+Group: TypeAlias = ByField | ByTime
+
+
+@dataclass(frozen=True, slots=True)
+class Count:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Sum:
+    field: str
+
+
+@dataclass(frozen=True, slots=True)
+class Min:
+    field: str
+
+
+@dataclass(frozen=True, slots=True)
+class Max:
+    field: str
+
+
+@dataclass(frozen=True, slots=True)
+class OverlapSeconds:
+    """Σ seconds of overlap between each record's [start, end) and [lo, hi); a null end
+    means "still going" and counts up to ``open_end``."""
+
+    start: str
+    end: str
+    lo: datetime
+    hi: datetime
+    open_end: datetime
+
+
+Metric: TypeAlias = Count | Sum | Min | Max | OverlapSeconds

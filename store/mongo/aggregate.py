@@ -1,0 +1,101 @@
+"""``Store.aggregate`` as one MongoDB aggregation pipeline ($match, $group)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from domain.aggregation import (
+    ByField,
+    ByTime,
+    Count,
+    Group,
+    Max,
+    Metric,
+    Min,
+    OverlapSeconds,
+    Sum,
+)
+from domain.entities import Record
+from store.mongo.codec import decode, shadow, spec_of, storage_name
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _field(kind: type[Record], name: str) -> str:
+    return "$" + storage_name(spec_of(kind, name).name)
+
+
+def _time_key(kind: type[Record], group: ByTime) -> Any:
+    at = _field(kind, group.field)
+    if group.boundaries:
+        branches = [{"case": {"$lt": [at, boundary]}, "then": index}
+                    for index, boundary in enumerate(group.boundaries[1:])]
+        last = len(group.boundaries) - 1
+        return {"$switch": {"branches": branches, "default": last}} if branches else 0
+    if group.size_s is None:
+        raise ValueError("ByTime needs size_s or boundaries")
+    offset: Any = 0
+    if group.offsets:
+        branches = [{"case": {"$lt": [at, instant]}, "then": int(previous)}
+                    for (_, previous), (instant, _) in zip(group.offsets, group.offsets[1:],
+                                                           strict=False)]
+        last = int(group.offsets[-1][1])
+        offset = {"$switch": {"branches": branches, "default": last}} if branches else last
+    seconds = {"$divide": [{"$subtract": [at, EPOCH]}, 1000]}
+    local = {"$subtract": [{"$add": [seconds, offset]}, int(group.origin_s)]}
+    return {"$floor": {"$divide": [local, int(group.size_s)]}}
+
+
+def _metric(kind: type[Record], metric: Metric) -> Any:
+    match metric:
+        case Count():
+            return {"$sum": 1}
+        case Sum(field=field):
+            return {"$sum": "$" + shadow(spec_of(kind, field))}
+        case Min(field=field):
+            return {"$min": _field(kind, field)}
+        case Max(field=field):
+            return {"$max": _field(kind, field)}
+        case OverlapSeconds():
+            end = {"$min": [{"$ifNull": [_field(kind, metric.end), metric.open_end]},
+                            metric.hi]}
+            start = {"$max": [_field(kind, metric.start), metric.lo]}
+            return {"$sum": {"$max": [0, {"$subtract": [end, start]}]}}
+    raise TypeError(f"not a metric: {metric!r}")
+
+
+def pipeline(kind: type[Record], match: dict[str, Any], group: Sequence[Group],
+             metrics: Mapping[str, Metric]) -> list[dict[str, Any]]:
+    keys = {f"g{i}": (_field(kind, g.field) if isinstance(g, ByField) else _time_key(kind, g))
+            for i, g in enumerate(group)}
+    stage: dict[str, Any] = {"_id": keys or None}
+    stage.update({name: _metric(kind, m) for name, m in metrics.items()})
+    return [{"$match": match}, {"$group": stage}]
+
+
+def decode_row(kind: type[Record], group: Sequence[Group], metrics: Mapping[str, Metric],
+               row: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    ids = row.get("_id") or {}
+    for index, g in enumerate(group):
+        raw = ids.get(f"g{index}")
+        if isinstance(g, ByField):
+            spec = spec_of(kind, g.field)
+            value = decode(spec, raw)
+            out[f"g{index}"] = spec.enum_type(value) if spec.enum_type and value is not None \
+                else value
+        else:
+            out[f"g{index}"] = int(raw)
+    for name, metric in metrics.items():
+        raw = row.get(name)
+        if isinstance(metric, Min | Max):
+            out[name] = decode(spec_of(kind, metric.field), raw)
+        elif isinstance(metric, Count):
+            out[name] = int(raw or 0)
+        elif isinstance(metric, OverlapSeconds):
+            out[name] = float(raw or 0) / 1000
+        else:
+            out[name] = float(raw or 0)
+    return out

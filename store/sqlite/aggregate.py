@@ -1,0 +1,112 @@
+"""``Store.aggregate`` as one SQL ``GROUP BY`` query."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from domain.aggregation import (
+    ByField,
+    ByTime,
+    Count,
+    Group,
+    Max,
+    Metric,
+    Min,
+    OverlapSeconds,
+    Sum,
+)
+from domain.entities import Record
+from store.sqlite.codec import SqlValue, decode, encode, quote, spec_of
+from store.sqlite.sql_filter import column, compile_where, sortable
+
+MICROS = 1_000_000
+
+
+def _micros(kind: type[Record], field: str, value: datetime) -> SqlValue:
+    return encode(spec_of(kind, field), value)
+
+
+def _time_key(kind: type[Record], group: ByTime, params: list[SqlValue]) -> str:
+    col = column("t0", group.field)
+    if group.boundaries:
+        branches = []
+        for index, boundary in enumerate(group.boundaries[1:]):
+            branches.append(f"WHEN {col} < ? THEN {index}")
+            params.append(_micros(kind, group.field, boundary))
+        return f"(CASE {' '.join(branches)} ELSE {len(group.boundaries) - 1} END)" \
+            if branches else "0"
+    if group.size_s is None:
+        raise ValueError("ByTime needs size_s or boundaries")
+    offset = "0"
+    if group.offsets:
+        branches = []
+        for (_, previous), (instant, _) in zip(group.offsets, group.offsets[1:], strict=False):
+            branches.append(f"WHEN {col} < ? THEN {int(previous)}")
+            params.append(_micros(kind, group.field, instant))
+        last = int(group.offsets[-1][1])
+        offset = f"(CASE {' '.join(branches)} ELSE {last} END)" if branches else str(last)
+    # Times are after 1970, so integer division (truncating) is floor division here.
+    return f"(({col} / {MICROS} + {offset} - {int(group.origin_s)}) / {int(group.size_s)})"
+
+
+def _metric(kind: type[Record], metric: Metric, params: list[SqlValue]) -> str:
+    match metric:
+        case Count():
+            return "COUNT(*)"
+        case Sum(field=field):
+            return f"TOTAL({sortable(spec_of(kind, field), column('t0', field))})"
+        case Min(field=field):
+            return f"MIN({column('t0', field)})"
+        case Max(field=field):
+            return f"MAX({column('t0', field)})"
+        case OverlapSeconds():
+            start, end = column("t0", metric.start), column("t0", metric.end)
+            params.extend([_micros(kind, metric.end, metric.open_end),
+                           _micros(kind, metric.end, metric.hi),
+                           _micros(kind, metric.start, metric.lo)])
+            return (f"TOTAL(MAX(0, MIN(COALESCE({end}, ?), ?) - MAX({start}, ?))) "
+                    f"/ {float(MICROS)}")
+    raise TypeError(f"not a metric: {metric!r}")
+
+
+def build_query(kind: type[Record], where: Any, group: Sequence[Group],
+                metrics: Mapping[str, Metric]) -> tuple[str, list[SqlValue]]:
+    select_params: list[SqlValue] = []
+    keys = []
+    for index, g in enumerate(group):
+        if isinstance(g, ByField):
+            keys.append(f"{column('t0', g.field)} AS g{index}")
+        else:
+            keys.append(f"{_time_key(kind, g, select_params)} AS g{index}")
+    values = [f"{_metric(kind, m, select_params)} AS {quote(name)}"
+              for name, m in metrics.items()]
+    where_sql, where_params = compile_where(kind, where)
+    sql = f"SELECT {', '.join(keys + values)} FROM {quote(kind.kind)} AS t0 WHERE {where_sql}"
+    if keys:
+        sql += " GROUP BY " + ", ".join(f"g{i}" for i in range(len(keys)))
+    return sql, select_params + where_params
+
+
+def decode_row(kind: type[Record], group: Sequence[Group], metrics: Mapping[str, Metric],
+               row: Sequence[Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for index, g in enumerate(group):
+        raw = row[index]
+        if isinstance(g, ByField):
+            spec = spec_of(kind, g.field)
+            value = decode(spec, raw)
+            out[f"g{index}"] = spec.enum_type(value) if spec.enum_type and value is not None \
+                else value
+        else:
+            out[f"g{index}"] = int(raw)
+    for offset, (name, metric) in enumerate(metrics.items(), start=len(group)):
+        raw = row[offset]
+        if isinstance(metric, Min | Max):
+            out[name] = decode(spec_of(kind, metric.field), raw)
+        elif isinstance(metric, Count):
+            out[name] = int(raw or 0)
+        else:
+            out[name] = float(raw or 0)
+    return out

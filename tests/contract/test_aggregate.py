@@ -1,0 +1,102 @@
+"""``Store.aggregate``: group keys and metrics computed in the database, hand-checked."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from domain.aggregation import ByField, ByTime, Count, Max, Min, OverlapSeconds, Sum
+from domain.entities import (
+    ConnectorInterval,
+    ConnectorStatus,
+    MeterSample,
+    Session,
+    SessionState,
+)
+from domain.ids import new_id
+from domain.ports import Insert, Store
+from domain.query import ALL, Eq, Range
+
+T0 = datetime(2026, 3, 28, 22, 0, tzinfo=UTC)  # the night Berlin moves to summer time
+
+
+def sample(at: datetime, delta: int, cp: str = "CP-1") -> MeterSample:
+    return MeterSample(session_id=new_id(), cp_id=cp, connector_id=1, at=at,
+                       measurand="Energy.Active.Import.Register", value=0.0, delta_wh=delta)
+
+
+async def put(store: Store, *records) -> None:  # type: ignore[no-untyped-def]
+    await store.write([Insert(r) for r in records], [])
+
+
+async def test_group_by_field_with_count_sum_min_max(store: Store) -> None:
+    station = new_id()
+    sessions = [Session(transaction_id=i, station_id=station, cp_id=cp, connector_id=1,
+                        id_tag="T", start_time=T0 + timedelta(hours=i), meter_start_wh=0,
+                        energy_wh=energy, state=SessionState.COMPLETED)
+                for i, (cp, energy) in enumerate([("A", 100), ("A", 250), ("B", 40)], 1)]
+    await put(store, *sessions)
+    rows = await store.aggregate(Session, ALL, [ByField("cp_id")],
+                                 {"n": Count(), "wh": Sum("energy_wh"),
+                                  "first": Min("start_time"), "last": Max("start_time")})
+    by_cp = {r["g0"]: r for r in rows}
+    assert by_cp["A"]["n"] == 2 and by_cp["A"]["wh"] == 350
+    assert by_cp["A"]["first"] == T0 + timedelta(hours=1)
+    assert by_cp["A"]["last"] == T0 + timedelta(hours=2)
+    assert by_cp["B"] == {"g0": "B", "n": 1, "wh": 40, "first": T0 + timedelta(hours=3),
+                          "last": T0 + timedelta(hours=3)}
+
+
+async def test_time_buckets_with_offsets(store: Store) -> None:
+    # Berlin: UTC+1 until 2026-03-29 01:00 UTC, UTC+2 after.
+    switch = datetime(2026, 3, 29, 1, 0, tzinfo=UTC)
+    await put(store,
+              sample(T0 + timedelta(minutes=30), 10),  # 23:30 local, day 28
+              sample(T0 + timedelta(hours=1, minutes=30), 20),  # 00:30 local, day 29
+              sample(switch + timedelta(hours=20, minutes=59), 40),  # 23:59 CEST, day 29
+              sample(switch + timedelta(hours=21), 80))  # 00:00 CEST, day 30
+    day = ByTime("at", offsets=((T0, 3600), (switch, 7200)), size_s=86400)
+    rows = await store.aggregate(MeterSample, ALL, [day], {"wh": Sum("delta_wh")})
+    local_day = {r["g0"]: r["wh"] for r in rows}
+    base = (datetime(2026, 3, 28, tzinfo=UTC) - datetime(1970, 1, 1, tzinfo=UTC)).days
+    assert local_day == {base: 10, base + 1: 60, base + 2: 80}
+
+
+async def test_time_buckets_by_boundaries_and_window(store: Store) -> None:
+    await put(store, sample(T0, 1), sample(T0 + timedelta(days=3), 2),
+              sample(T0 + timedelta(days=20), 4))  # April 17
+    months = ByTime("at", boundaries=(datetime(2026, 3, 1, tzinfo=UTC),
+                                      datetime(2026, 4, 1, tzinfo=UTC),
+                                      datetime(2026, 5, 1, tzinfo=UTC)))
+    rows = await store.aggregate(
+        MeterSample, Range("at", gte=datetime(2026, 3, 1, tzinfo=UTC),
+                           lt=datetime(2026, 6, 1, tzinfo=UTC)),
+        [months], {"wh": Sum("delta_wh"), "n": Count()})
+    assert {r["g0"]: (r["wh"], r["n"]) for r in rows} == {0: (3, 2), 1: (4, 1)}
+
+
+async def test_overlap_seconds_with_open_intervals(store: Store) -> None:
+    station = new_id()
+
+    def interval(status: ConnectorStatus, start_h: float, end_h: float | None
+                 ) -> ConnectorInterval:
+        return ConnectorInterval(
+            station_id=station, cp_id="CP-1", connector_id=1, status=status,
+            start=T0 + timedelta(hours=start_h),
+            end=T0 + timedelta(hours=end_h) if end_h is not None else None)
+
+    await put(store, interval(ConnectorStatus.CHARGING, 0, 2),
+              interval(ConnectorStatus.AVAILABLE, 2, 5),
+              interval(ConnectorStatus.CHARGING, 5, None))
+    lo, hi = T0 + timedelta(hours=1), T0 + timedelta(hours=10)
+    metric = OverlapSeconds("start", "end", lo, hi, open_end=T0 + timedelta(hours=8))
+    rows = await store.aggregate(ConnectorInterval, ALL, [ByField("status")], {"s": metric})
+    seconds = {r["g0"]: r["s"] for r in rows}
+    # charging: 1h (1..2) + 3h (5..8, open until "now" = 8h); available: 3h (2..5)
+    assert seconds == {ConnectorStatus.CHARGING: 4 * 3600.0,
+                       ConnectorStatus.AVAILABLE: 3 * 3600.0}
+
+
+async def test_no_group_gives_one_row_even_without_matches(store: Store) -> None:
+    rows = await store.aggregate(MeterSample, Eq("cp_id", "nope"), [],
+                                 {"n": Count(), "wh": Sum("delta_wh")})
+    assert rows == [{"n": 0, "wh": 0.0}]
