@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from domain.ports import ChargerGateway
 from domain.services.accounts import AccountService
+from domain.services.analytics import AnalyticsService
 from domain.services.base import UNSET, ServiceContext
 from domain.services.charging import ChargingService
 from domain.services.commands import CommandService
@@ -33,6 +34,7 @@ class Services:
                                         auto_register=auto_register)
         self.commands = CommandService(ctx, gateway, timeout=command_timeout)
         self.live = LiveService(ctx)
+        self.analytics = AnalyticsService(ctx)
 
     def attach_gateway(self, gateway: ChargerGateway) -> None:
         """The OCPP bridge starts after the services exist; it plugs itself in here."""

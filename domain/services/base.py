@@ -4,8 +4,8 @@ together with its audit entries."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
@@ -42,6 +42,8 @@ class ServiceContext:
     policy: Policy
     hasher: PasswordHasher
     bus: EventBus | None = None
+    #: The time source; tests replace it to drive histories at chosen instants.
+    clock: Callable[[], datetime] = field(default=utcnow)
 
 
 class Service:
@@ -49,6 +51,9 @@ class Service:
         self.ctx = ctx
         self.store = ctx.store
         self.policy = ctx.policy
+
+    def now(self) -> datetime:
+        return self.ctx.clock()
 
     async def visible(self, viewer: Viewer, kind: type[E], record_id: str | None,
                       field: str = "id") -> E:

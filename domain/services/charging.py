@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from domain import validation as v
-from domain.clock import as_utc, utcnow
+from domain.clock import as_utc
 from domain.entities import (
     ConnectionEvent,
     Connector,
@@ -190,7 +190,7 @@ class ChargingService(Service):
         station = await self.station(cp_id)
         if station is None:
             return
-        now = utcnow()
+        now = self.now()
         actor = charger(cp_id)
         updated = changed(station, actor, online=online, last_seen=now)
         event = ConnectionEvent(station_id=station.id, cp_id=cp_id, online=online, at=now)
@@ -207,7 +207,7 @@ class ChargingService(Service):
     # ------------------------------------------------------------- boot and heartbeat
     async def boot(self, cp_id: str, info: BootInfo) -> BootResult:
         station = await self._require_station(cp_id)
-        now = utcnow()
+        now = self.now()
         details = {"vendor": info.vendor, "model": info.model, "serial": info.serial,
                    "firmware": info.firmware}
         actor = charger(cp_id)
@@ -220,7 +220,7 @@ class ChargingService(Service):
 
     async def heartbeat(self, cp_id: str) -> datetime:
         station = await self._require_station(cp_id)
-        now = utcnow()
+        now = self.now()
         await self.store.write([Update(changed(station, charger(cp_id), last_seen=now))], [])
         return now
 
@@ -234,7 +234,7 @@ class ChargingService(Service):
         if tag.status is IdTagStatus.BLOCKED or user is None or not user.active:
             return IdTagInfo("Blocked", tag.expires_at)
         if tag.status is IdTagStatus.EXPIRED or (
-            tag.expires_at is not None and tag.expires_at <= utcnow()
+            tag.expires_at is not None and tag.expires_at <= self.now()
         ):
             return IdTagInfo("Expired", tag.expires_at)
         busy = await self.store.find_all(
@@ -295,7 +295,7 @@ class ChargingService(Service):
                                   timestamp: datetime | None = None,
                                   vendor_error_code: str | None = None) -> None:
         station = await self._require_station(cp_id)
-        at = as_utc(timestamp) if timestamp else utcnow()
+        at = as_utc(timestamp) if timestamp else self.now()
         actor = charger(cp_id)
         new_status = ConnectorStatus(status)
         event = StatusEvent(id=_stable_id(cp_id, connector_id, at.isoformat(), status,
@@ -364,7 +364,7 @@ class ChargingService(Service):
             Eq("state", SessionState.ACTIVE)))
         ended: list[Session] = []
         if stale is not None:
-            closed, payment = await self._close(station, stale, None, min(start, utcnow()),
+            closed, payment = await self._close(station, stale, None, min(start, self.now()),
                                                 "Other", actor)
             changes.append((Update(closed), stale))
             if payment is not None:

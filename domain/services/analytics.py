@@ -1,0 +1,321 @@
+"""Analytics: energy trends, utilization, availability, faults and an overview.
+
+Every figure is an aggregation the store computes (``Store.aggregate``) over the viewer's
+scope from the policy; nothing loads the underlying rows into Python. What makes that
+possible is materialized at write time by the charging use cases: the Wh each meter sample
+adds (``MeterSample.delta_wh``) and the connector state intervals (``ConnectorInterval``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from domain.aggregation import ByField, Count, Max, Min, OverlapSeconds, Sum
+from domain.entities import (
+    Connector,
+    ConnectorInterval,
+    ConnectorStatus,
+    MeterSample,
+    Session,
+    SessionState,
+    Station,
+    StatusEvent,
+)
+from domain.errors import ValidationError
+from domain.policy import Viewer
+from domain.query import ALL, Eq, Filter, In, Or, Range, Sub, all_of
+from domain.services.base import Service
+from domain.timebuckets import Bucket, plan, zone
+
+#: OCPP 1.6 ChargePointErrorCode values other than NoError.
+FAULT_CODES = ("ConnectorLockFailure", "EVCommunicationError", "GroundFailure",
+               "HighTemperature", "InternalError", "LocalListConflict", "OtherError",
+               "OverCurrentFailure", "OverVoltage", "PowerMeterFailure", "PowerSwitchFailure",
+               "ReaderFailure", "ResetFailure", "UnderVoltage", "WeakSignal")
+UNUSABLE = (ConnectorStatus.FAULTED, ConnectorStatus.UNAVAILABLE)
+MAX_WINDOW = timedelta(days=3 * 366)
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """What the caller asked to look at (ids are record ids)."""
+
+    station_ids: tuple[str, ...] | None = None
+    cp_ids: tuple[str, ...] | None = None
+    company_id: str | None = None
+    user_id: str | None = None
+    vehicle_id: str | None = None
+
+    def stations(self) -> Filter:
+        """The asked-for stations, as a filter on stations."""
+        return all_of(
+            In("id", self.station_ids) if self.station_ids is not None else None,
+            In("cp_id", self.cp_ids) if self.cp_ids is not None else None,
+            Eq("company_id", self.company_id) if self.company_id else None,
+        )
+
+    def on_stations(self, field: str = "station_id") -> Filter:
+        wanted = self.stations()
+        return ALL if wanted == ALL else Sub(field, "station", wanted)
+
+    def sessions(self) -> Filter:
+        return all_of(self.on_stations(),
+                      Eq("user_id", self.user_id) if self.user_id else None,
+                      Eq("vehicle_id", self.vehicle_id) if self.vehicle_id else None)
+
+    def samples(self) -> Filter:
+        by_station = self.stations()
+        by_session = all_of(Eq("user_id", self.user_id) if self.user_id else None,
+                            Eq("vehicle_id", self.vehicle_id) if self.vehicle_id else None)
+        return all_of(
+            Sub("cp_id", "station", by_station, select="cp_id") if by_station != ALL
+            else None,
+            Sub("session_id", "session", by_session) if by_session != ALL else None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class EnergyBucket:
+    start: datetime
+    energy_wh: int
+    sessions: int
+    revenue_minor: int
+    currency: str
+
+
+@dataclass(frozen=True, slots=True)
+class ShareRow:
+    station_id: str
+    cp_id: str
+    connector_id: int | None
+    window_seconds: float
+    first_seconds: float  # occupied / available
+    second_seconds: float = 0.0  # charging (utilization only)
+
+    def share(self, seconds: float) -> float:
+        return seconds / self.window_seconds if self.window_seconds > 0 else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class FaultGroup:
+    station_id: str
+    cp_id: str
+    connector_id: int
+    error_code: str
+    count: int
+    first_seen: datetime
+    last_seen: datetime
+    duration_seconds: float
+    open: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Overview:
+    stations_online: int
+    stations_offline: int
+    connectors_by_status: dict[str, int]
+    active_sessions: int
+    energy_today_wh: int
+    revenue_today: dict[str, int]
+
+
+def _window(start: datetime, end: datetime) -> None:
+    for name, value in (("from", start), ("to", end)):
+        if value.tzinfo is None:
+            raise ValidationError("needs a time zone offset", field=name)
+    if end <= start:
+        raise ValidationError("`to` must be after `from`", field="to", code="OUT_OF_RANGE")
+    if end - start > MAX_WINDOW:
+        raise ValidationError("at most three years at once", field="to", code="OUT_OF_RANGE")
+
+
+def _overlapping(start_field: str, end_field: str, lo: datetime, hi: datetime) -> Filter:
+    return all_of(Range(start_field, lt=hi), Or((Eq(end_field, None),
+                                                 Range(end_field, gt=lo))))
+
+
+class AnalyticsService(Service):
+    def _scoped(self, viewer: Viewer, kind: str, where: Filter) -> Filter:
+        return all_of(self.policy.scope(viewer, kind), where)
+
+    # ------------------------------------------------------------- energy trend
+    async def energy_trend(self, viewer: Viewer, scope: Scope, start: datetime, end: datetime,
+                           bucket: Bucket, time_zone: str = "UTC",
+                           currency: str | None = None) -> list[EnergyBucket]:
+        """Energy per bucket from meter samples (a session over midnight counts on both
+        days), sessions started per bucket, and revenue of sessions that ended in it."""
+        _window(start, end)
+        tz = zone(time_zone)
+        energy_plan = plan("at", bucket, tz, start, end)
+        energy = await self.store.aggregate(
+            MeterSample,
+            self._scoped(viewer, "meter_sample",
+                         all_of(scope.samples(), Range("at", gte=start, lt=end))),
+            [energy_plan.grouping], {"wh": Sum("delta_wh")})
+        started_plan = plan("start_time", bucket, tz, start, end)
+        started = await self.store.aggregate(
+            Session, self._scoped(viewer, "session", all_of(
+                scope.sessions(), Range("start_time", gte=start, lt=end))),
+            [started_plan.grouping], {"n": Count()})
+        currency = currency or await self._main_currency(viewer, scope, start, end)
+        ended_plan = plan("end_time", bucket, tz, start, end)
+        revenue = await self.store.aggregate(
+            Session, self._scoped(viewer, "session", all_of(
+                scope.sessions(), Eq("state", SessionState.COMPLETED),
+                Eq("currency", currency), Range("end_time", gte=start, lt=end))),
+            [ended_plan.grouping], {"minor": Sum("cost_minor")})
+        wh = {r["g0"]: r["wh"] for r in energy}
+        n = {r["g0"]: r["n"] for r in started}
+        minor = {r["g0"]: r["minor"] for r in revenue}
+        return [EnergyBucket(start=instant,
+                             energy_wh=round(wh.get(energy_plan.keys[i], 0)),
+                             sessions=int(n.get(started_plan.keys[i], 0)),
+                             revenue_minor=round(minor.get(ended_plan.keys[i], 0)),
+                             currency=currency)
+                for i, instant in enumerate(energy_plan.starts)]
+
+    async def _main_currency(self, viewer: Viewer, scope: Scope, start: datetime,
+                             end: datetime) -> str:
+        rows = await self.store.aggregate(
+            Session, self._scoped(viewer, "session", all_of(
+                scope.sessions(), Range("end_time", gte=start, lt=end))),
+            [ByField("currency")], {"n": Count()})
+        counts = Counter({r["g0"]: r["n"] for r in rows if r["g0"]})
+        return counts.most_common(1)[0][0] if counts else "EUR"
+
+    # ------------------------------------------------------------- utilization, availability
+    async def _connectors(self, viewer: Viewer, scope: Scope) -> list[Connector]:
+        return await self.store.find_all(
+            Connector, self._scoped(viewer, "connector", scope.on_stations()), limit=100_000)
+
+    def _rows(self, connectors: list[Connector], by_connector: bool, window: float,
+              first: dict[tuple[Any, ...], float], second: dict[tuple[Any, ...], float]
+              ) -> list[ShareRow]:
+        rows: dict[tuple[Any, ...], ShareRow] = {}
+        for c in connectors:
+            key = (c.station_id, c.connector_id) if by_connector else (c.station_id,)
+            previous = rows.get(key)
+            rows[key] = ShareRow(
+                station_id=c.station_id, cp_id=c.cp_id,
+                connector_id=c.connector_id if by_connector else None,
+                window_seconds=window + (previous.window_seconds if previous else 0),
+                first_seconds=first.get(key, 0.0), second_seconds=second.get(key, 0.0))
+        return sorted(rows.values(), key=lambda r: (r.cp_id, r.connector_id or 0))
+
+    async def utilization(self, viewer: Viewer, scope: Scope, start: datetime, end: datetime,
+                          by_connector: bool) -> list[ShareRow]:
+        """Share of the window each connector (or station: all its connectors) was
+        occupied by a session, and was charging (status Charging)."""
+        _window(start, end)
+        now = min(self.now(), end)
+        group = [ByField("station_id"), ByField("connector_id")] if by_connector \
+            else [ByField("station_id")]
+        occupied = await self.store.aggregate(
+            Session, self._scoped(viewer, "session", all_of(
+                scope.sessions(), _overlapping("start_time", "end_time", start, end))),
+            group, {"s": OverlapSeconds("start_time", "end_time", start, end, now)})
+        charging = await self.store.aggregate(
+            ConnectorInterval, self._scoped(viewer, "connector_interval", all_of(
+                scope.on_stations(), Eq("status", ConnectorStatus.CHARGING),
+                _overlapping("start", "end", start, end))),
+            group, {"s": OverlapSeconds("start", "end", start, end, now)})
+        window = (end - start).total_seconds()
+        return self._rows(await self._connectors(viewer, scope), by_connector, window,
+                          self._by_key(occupied, len(group)), self._by_key(charging,
+                                                                           len(group)))
+
+    async def availability(self, viewer: Viewer, scope: Scope, start: datetime, end: datetime,
+                           by_connector: bool) -> list[ShareRow]:
+        """Share of the window each connector was usable: its station online and its
+        status neither Faulted nor Unavailable. Time before a connector's first report
+        counts as not usable (nothing was known)."""
+        _window(start, end)
+        now = min(self.now(), end)
+        group = [ByField("station_id"), ByField("connector_id")] if by_connector \
+            else [ByField("station_id")]
+        usable = [s for s in ConnectorStatus if s not in UNUSABLE]
+        available = await self.store.aggregate(
+            ConnectorInterval, self._scoped(viewer, "connector_interval", all_of(
+                scope.on_stations(), Eq("online", True), In("status", tuple(usable)),
+                _overlapping("start", "end", start, end))),
+            group, {"s": OverlapSeconds("start", "end", start, end, now)})
+        window = (end - start).total_seconds()
+        return self._rows(await self._connectors(viewer, scope), by_connector, window,
+                          self._by_key(available, len(group)), {})
+
+    @staticmethod
+    def _by_key(rows: list[dict[str, Any]], keys: int) -> dict[tuple[Any, ...], float]:
+        return {tuple(r[f"g{i}"] for i in range(keys)): float(r["s"]) for r in rows}
+
+    # ------------------------------------------------------------- faults
+    def fault_events_filter(self, scope: Scope, start: datetime, end: datetime) -> Filter:
+        """The individual fault reports (StatusEvents with an error code) in the window."""
+        _window(start, end)
+        return all_of(scope.on_stations(), In("error_code", FAULT_CODES),
+                      Range("at", gte=start, lt=end))
+
+    async def fault_reports(self, viewer: Viewer, scope: Scope, start: datetime,
+                            end: datetime) -> list[FaultGroup]:
+        """Faults by station, connector and error code: how often reported, first and last
+        report, total time in that fault within the window, and whether it is still open."""
+        keys = [ByField("station_id"), ByField("cp_id"), ByField("connector_id"),
+                ByField("error_code")]
+        reports = await self.store.aggregate(
+            StatusEvent, self._scoped(viewer, "status_event",
+                                      self.fault_events_filter(scope, start, end)),
+            keys, {"n": Count(), "first": Min("at"), "last": Max("at")})
+        now = min(self.now(), end)
+        faulted = all_of(scope.on_stations(), In("error_code", FAULT_CODES))
+        durations = await self.store.aggregate(
+            ConnectorInterval, self._scoped(viewer, "connector_interval", all_of(
+                faulted, _overlapping("start", "end", start, end))),
+            keys, {"s": OverlapSeconds("start", "end", start, end, now)})
+        still_open = await self.store.aggregate(
+            ConnectorInterval, self._scoped(viewer, "connector_interval", all_of(
+                faulted, Eq("end", None))), keys, {"n": Count()})
+
+        def key(row: dict[str, Any]) -> tuple[Any, ...]:
+            return tuple(row[f"g{i}"] for i in range(4))
+
+        seconds = {key(r): float(r["s"]) for r in durations}
+        open_keys = {key(r) for r in still_open if r["n"]}
+        return sorted(
+            (FaultGroup(station_id=r["g0"], cp_id=r["g1"], connector_id=r["g2"],
+                        error_code=r["g3"], count=r["n"], first_seen=r["first"],
+                        last_seen=r["last"], duration_seconds=seconds.get(key(r), 0.0),
+                        open=key(r) in open_keys) for r in reports),
+            key=lambda g: (g.cp_id, g.connector_id, g.error_code))
+
+    # ------------------------------------------------------------- overview
+    async def overview(self, viewer: Viewer, scope: Scope, time_zone: str = "UTC"
+                       ) -> Overview:
+        tz = zone(time_zone)
+        now = self.now()
+        local = now.astimezone(tz)
+        midnight = datetime(local.year, local.month, local.day, tzinfo=tz).astimezone(
+            now.tzinfo)
+        stations = await self.store.aggregate(
+            Station, self._scoped(viewer, "station", scope.stations()),
+            [ByField("online")], {"n": Count()})
+        online = {bool(r["g0"]): r["n"] for r in stations}
+        connectors = await self.store.aggregate(
+            Connector, self._scoped(viewer, "connector", scope.on_stations()),
+            [ByField("status")], {"n": Count()})
+        active = await self.store.count(Session, self._scoped(viewer, "session", all_of(
+            scope.sessions(), Eq("state", SessionState.ACTIVE))))
+        energy = await self.store.aggregate(
+            MeterSample, self._scoped(viewer, "meter_sample", all_of(
+                scope.samples(), Range("at", gte=midnight))), [], {"wh": Sum("delta_wh")})
+        revenue = await self.store.aggregate(
+            Session, self._scoped(viewer, "session", all_of(
+                scope.sessions(), Eq("state", SessionState.COMPLETED),
+                Range("end_time", gte=midnight))),
+            [ByField("currency")], {"minor": Sum("cost_minor")})
+        return Overview(
+            stations_online=online.get(True, 0), stations_offline=online.get(False, 0),
+            connectors_by_status={ConnectorStatus(r["g0"]).name: r["n"] for r in connectors},
+            active_sessions=active, energy_today_wh=round(energy[0]["wh"]) if energy else 0,
+            revenue_today={r["g0"]: round(r["minor"]) for r in revenue if r["g0"]})
