@@ -147,6 +147,18 @@ class ChargerGateway(Protocol):
         ``ChargerError`` (a CALLERROR or a malformed answer)."""
 
 
+class PaymentProvider(Protocol):
+    """Where money is actually moved (a card acquirer, an invoicing system)."""
+
+    name: str
+
+    async def capture(self, payment: Any) -> str:
+        """Collect the payment's amount; returns the provider's reference."""
+
+    async def refund(self, payment: Any) -> str:
+        """Pay a captured amount back; returns the provider's reference."""
+
+
 class EventBus(Protocol):
     """Delivery of domain events (``domain.events``) after their change committed."""
 

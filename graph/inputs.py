@@ -172,3 +172,18 @@ class SetTariffInput:
     tax_rate: Decimal = Decimal(0)
     valid_from: datetime | None = strawberry.field(default=None,
                                                    description="Defaults to now.")
+
+
+@strawberry.input
+class CapturePaymentInput:
+    id: strawberry.ID
+
+
+@strawberry.input
+class FailPaymentInput:
+    id: strawberry.ID
+
+
+@strawberry.input
+class RefundPaymentInput:
+    id: strawberry.ID

@@ -19,11 +19,14 @@ from graph.ids import expect_id
 from graph.inputs import (
     AddConnectorInput,
     AddVehicleInput,
+    CapturePaymentInput,
     CreateCompanyInput,
     CreateStationInput,
     CreateUserInput,
     DeactivateUserInput,
+    FailPaymentInput,
     IssueIdTagInput,
+    RefundPaymentInput,
     RemoveConnectorInput,
     RemoveStationInput,
     RemoveVehicleInput,
@@ -36,7 +39,7 @@ from graph.inputs import (
     UpdateVehicleInput,
     given,
 )
-from graph.nodes import Company, Connector, IdTag, Station, Tariff, User, Vehicle
+from graph.nodes import Company, Connector, IdTag, Payment, Station, Tariff, User, Vehicle
 
 Info = strawberry.Info
 T = TypeVar("T")
@@ -117,6 +120,24 @@ class ConnectorPayload:
 class TariffPayload:
     tariff: Tariff | None
     errors: list[UserError]
+
+
+@strawberry.type
+class PaymentPayload:
+    payment: Payment | None
+    errors: list[UserError]
+
+
+async def _settle(info: Info, payment_id: strawberry.ID, step: str) -> PaymentPayload:
+    ctx = _ctx(info)
+    action = getattr(ctx.services.payments, step)
+
+    async def run() -> Any:
+        return await action(ctx.viewer, expect_id(str(payment_id), "payment", "id"))
+
+    payment, errors = await attempt(ctx, run)
+    return PaymentPayload(payment=Payment.wrap(payment, ctx) if payment else None,
+                          errors=errors)
 
 
 @strawberry.type
@@ -402,3 +423,16 @@ class Mutation(CommandMutation):
         tariff, errors = await attempt(ctx, run)
         return TariffPayload(tariff=Tariff.wrap(tariff, ctx) if tariff else None,
                              errors=errors)
+
+    # ------------------------------------------------------------- payments
+    @strawberry.mutation(description="Collect a PENDING (or FAILED) payment.")
+    async def capture_payment(self, info: Info, input: CapturePaymentInput) -> PaymentPayload:
+        return await _settle(info, input.id, "capture")
+
+    @strawberry.mutation(description="Mark a PENDING payment as failed.")
+    async def fail_payment(self, info: Info, input: FailPaymentInput) -> PaymentPayload:
+        return await _settle(info, input.id, "fail")
+
+    @strawberry.mutation(description="Pay a CAPTURED payment back.")
+    async def refund_payment(self, info: Info, input: RefundPaymentInput) -> PaymentPayload:
+        return await _settle(info, input.id, "refund")

@@ -595,6 +595,28 @@ class AuditEntry(Node, Audited):
         return User.wrap(record, _ctx(info)) if record else None
 
 
+@strawberry.type(description="One status report of a connector (history, and faults).")
+class StatusEvent(Node):
+    cp_id: str
+    connector_id: int = strawberry.field(description="0 is the charge point as a whole.")
+    status: ConnectorStatus
+    error_code: str
+    info: str | None
+    at: datetime
+    _r: strawberry.Private[d.StatusEvent]
+
+    @classmethod
+    def wrap(cls, r: d.StatusEvent, ctx: GraphContext) -> StatusEvent:
+        return cls(id=strawberry.ID(to_global_id(r.kind, r.id)), cp_id=r.cp_id,
+                   connector_id=r.connector_id, status=r.status,  # type: ignore[arg-type]
+                   error_code=r.error_code, info=r.info, at=r.at, _r=r)
+
+    @strawberry.field
+    async def station(self, info: Info) -> Station | None:
+        record = await _load(info, d.Station, self._r.station_id)
+        return Station.wrap(record, _ctx(info)) if record else None
+
+
 #: Node type for each entity kind, for ``node(id:)`` and payloads.
 NODE_BY_KIND: dict[str, Any] = {
     "company": Company,
@@ -608,4 +630,5 @@ NODE_BY_KIND: dict[str, Any] = {
     "tariff": Tariff,
     "payment": Payment,
     "audit_entry": AuditEntry,
+    "status_event": StatusEvent,
 }

@@ -9,6 +9,7 @@ import strawberry
 from domain import entities as d
 from domain.errors import DomainError
 from domain.query import ALL, Eq, Sort
+from graph.analytics import AnalyticsQuery
 from graph.context import GraphContext
 from graph.filters import (
     AuditFilter,
@@ -81,7 +82,7 @@ async def _node(info: Info, global_id: str) -> Node | None:
 
 
 @strawberry.type
-class Query:
+class Query(AnalyticsQuery):
     @strawberry.field(description="The signed-in user; null when anonymous.")
     async def me(self, info: Info) -> User | None:
         viewer = _ctx(info).viewer

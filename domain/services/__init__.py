@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from domain.ports import ChargerGateway
+from domain.ports import ChargerGateway, PaymentProvider
 from domain.services.accounts import AccountService
 from domain.services.analytics import AnalyticsService
 from domain.services.base import UNSET, ServiceContext
@@ -10,6 +10,7 @@ from domain.services.charging import ChargingService
 from domain.services.commands import CommandService
 from domain.services.fleet import FleetService
 from domain.services.live import LiveService
+from domain.services.payments import PaymentService
 from domain.services.reads import ReadService
 from domain.services.stations import ConnectorSpec, StationService
 from domain.services.tariffs import TariffService
@@ -22,7 +23,8 @@ class Services:
 
     def __init__(self, ctx: ServiceContext, *, gateway: ChargerGateway | None = None,
                  heartbeat_interval: int = 300, auto_register: bool = False,
-                 command_timeout: float = 30.0) -> None:
+                 command_timeout: float = 30.0,
+                 payment_provider: PaymentProvider | None = None) -> None:
         self.ctx = ctx
         self.policy = ctx.policy
         self.reads = ReadService(ctx)
@@ -35,6 +37,7 @@ class Services:
         self.commands = CommandService(ctx, gateway, timeout=command_timeout)
         self.live = LiveService(ctx)
         self.analytics = AnalyticsService(ctx)
+        self.payments = PaymentService(ctx, payment_provider)
 
     def attach_gateway(self, gateway: ChargerGateway) -> None:
         """The OCPP bridge starts after the services exist; it plugs itself in here."""

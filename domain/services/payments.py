@@ -1,0 +1,73 @@
+"""Settling sessions: the payment state machine behind a ``PaymentProvider``.
+
+PENDING → CAPTURED (or FAILED, which may be captured on a later try); CAPTURED →
+REFUNDED. Nothing else: no refund of money never captured, no double capture.
+"""
+
+from __future__ import annotations
+
+from domain.entities import Payment, PaymentStatus, Station
+from domain.errors import Conflict, Forbidden
+from domain.policy import Viewer
+from domain.ports import PaymentProvider, Update
+from domain.services.base import Service, ServiceContext, changed
+
+TRANSITIONS: dict[str, tuple[frozenset[PaymentStatus], PaymentStatus]] = {
+    "capture": (frozenset({PaymentStatus.PENDING, PaymentStatus.FAILED}),
+                PaymentStatus.CAPTURED),
+    "fail": (frozenset({PaymentStatus.PENDING}), PaymentStatus.FAILED),
+    "refund": (frozenset({PaymentStatus.CAPTURED}), PaymentStatus.REFUNDED),
+}
+
+
+class ManualPaymentProvider:
+    """Money collected outside ChargeGraph (invoice, card terminal): an operator records
+    the outcome, the reference says so."""
+
+    name = "manual"
+
+    async def capture(self, payment: Payment) -> str:
+        return f"manual:capture:{payment.id}"
+
+    async def refund(self, payment: Payment) -> str:
+        return f"manual:refund:{payment.id}"
+
+
+class PaymentService(Service):
+    def __init__(self, ctx: ServiceContext, provider: PaymentProvider | None = None) -> None:
+        super().__init__(ctx)
+        self.provider: PaymentProvider = provider or ManualPaymentProvider()
+
+    async def _managed(self, viewer: Viewer, payment_id: str) -> Payment:
+        payment = await self.visible(viewer, Payment, payment_id)
+        station = (await self.store.get_many(Station, [payment.station_id]))[0]
+        allowed = viewer.is_admin or (station is not None
+                                      and self.policy.may_manage_station(viewer, station))
+        if not allowed:
+            raise Forbidden("only admins and the station's operator settle payments")
+        return payment
+
+    async def _move(self, viewer: Viewer, payment_id: str, step: str) -> Payment:
+        payment = await self._managed(viewer, payment_id)
+        sources, target = TRANSITIONS[step]
+        if payment.status not in sources:
+            raise Conflict(f"a {payment.status.value} payment cannot be {target.value.lower()}",
+                           field="id", code="INVALID_STATE")
+        reference = payment.provider_ref
+        if step == "capture":
+            reference = await self.provider.capture(payment)
+        elif step == "refund":
+            reference = await self.provider.refund(payment)
+        updated = changed(payment, viewer, status=target, provider=self.provider.name,
+                          provider_ref=reference)
+        await self.commit(viewer, [(Update(updated), payment)])
+        return updated
+
+    async def capture(self, viewer: Viewer, payment_id: str) -> Payment:
+        return await self._move(viewer, payment_id, "capture")
+
+    async def fail(self, viewer: Viewer, payment_id: str) -> Payment:
+        return await self._move(viewer, payment_id, "fail")
+
+    async def refund(self, viewer: Viewer, payment_id: str) -> Payment:
+        return await self._move(viewer, payment_id, "refund")

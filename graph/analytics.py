@@ -1,0 +1,258 @@
+"""Analytics queries: energy trends, utilization, availability, faults, overview. The
+numbers come from the domain's analytics use cases (computed in the store, scoped by the
+policy); this module only shapes them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from enum import Enum
+from typing import Annotated
+
+import strawberry
+
+from domain import entities as d
+from domain.services.analytics import FaultGroup, Scope, ShareRow
+from domain.timebuckets import Bucket
+from graph.context import GraphContext
+from graph.ids import expect_id
+from graph.nodes import Money, Station, StatusEvent
+from graph.relay import Connection, PageArgs, page_connection
+
+Info = strawberry.Info
+From = Annotated[datetime, strawberry.argument(name="from", description="Window start.")]
+strawberry.enum(Bucket, name="TimeBucket", description="Size of a trend bucket.")
+TimeBucket = Bucket
+
+
+@strawberry.enum(description="One row per station or per connector.")
+class AnalyticsGroup(Enum):
+    STATION = "STATION"
+    CONNECTOR = "CONNECTOR"
+
+
+@strawberry.input(description="Which stations, or whose charging, to count.")
+class AnalyticsFilter:
+    station_ids: list[strawberry.ID] | None = None
+    cp_ids: list[str] | None = None
+    company_id: strawberry.ID | None = None
+    user_id: strawberry.ID | None = None
+    vehicle_id: strawberry.ID | None = None
+
+    def to_domain(self) -> Scope:
+        return Scope(
+            station_ids=tuple(expect_id(str(s), "station", "filter.stationIds")
+                              for s in self.station_ids) if self.station_ids is not None
+            else None,
+            cp_ids=tuple(self.cp_ids) if self.cp_ids is not None else None,
+            company_id=expect_id(str(self.company_id), "company", "filter.companyId")
+            if self.company_id else None,
+            user_id=expect_id(str(self.user_id), "user", "filter.userId")
+            if self.user_id else None,
+            vehicle_id=expect_id(str(self.vehicle_id), "vehicle", "filter.vehicleId")
+            if self.vehicle_id else None,
+        )
+
+
+@strawberry.input(description="An analytics filter with its time window.")
+class EnergyTrendFilter(AnalyticsFilter):
+    from_: datetime = strawberry.field(name="from")
+    to: datetime
+
+
+@strawberry.type(description="Energy, sessions and revenue of one time bucket.")
+class EnergyBucket:
+    start: datetime = strawberry.field(description="Bucket start (UTC instant of the local "
+                                                   "midnight, hour, Monday or month start).")
+    energy_kwh: float = strawberry.field(description="Energy delivered in the bucket, from "
+                                                     "meter values.")
+    sessions: int = strawberry.field(description="Sessions that started in the bucket.")
+    revenue: Decimal = strawberry.field(description="Cost of sessions that ended in the "
+                                                    "bucket, in `currency`.")
+    currency: str
+
+
+async def _station(info: Info, station_id: str) -> Station | None:
+    ctx: GraphContext = info.context
+    record = await ctx.loaders.by_id(d.Station).load(station_id)
+    return Station.wrap(record, ctx) if record else None
+
+
+@strawberry.type(description="How much of the window connectors were occupied and charging.")
+class UtilizationRow:
+    cp_id: str
+    connector_id: int | None = strawberry.field(description="Null for station rows.")
+    window_seconds: float = strawberry.field(description="Window × connectors counted.")
+    occupied_seconds: float
+    charging_seconds: float
+    _station_id: strawberry.Private[str]
+
+    @strawberry.field(description="Share of the window a session was open (0..1).")
+    def occupied_share(self) -> float:
+        return self.occupied_seconds / self.window_seconds if self.window_seconds else 0.0
+
+    @strawberry.field(description="Share of the window the status was Charging (0..1).")
+    def charging_share(self) -> float:
+        return self.charging_seconds / self.window_seconds if self.window_seconds else 0.0
+
+    @strawberry.field
+    async def station(self, info: Info) -> Station | None:
+        return await _station(info, self._station_id)
+
+    @classmethod
+    def of(cls, row: ShareRow) -> UtilizationRow:
+        return cls(cp_id=row.cp_id, connector_id=row.connector_id,
+                   window_seconds=row.window_seconds, occupied_seconds=row.first_seconds,
+                   charging_seconds=row.second_seconds, _station_id=row.station_id)
+
+
+@strawberry.type(description="How much of the window connectors were usable: station "
+                             "online, status neither Faulted nor Unavailable.")
+class AvailabilityRow:
+    cp_id: str
+    connector_id: int | None
+    window_seconds: float
+    available_seconds: float
+    _station_id: strawberry.Private[str]
+
+    @strawberry.field(description="0..1")
+    def available_share(self) -> float:
+        return self.available_seconds / self.window_seconds if self.window_seconds else 0.0
+
+    @strawberry.field
+    async def station(self, info: Info) -> Station | None:
+        return await _station(info, self._station_id)
+
+    @classmethod
+    def of(cls, row: ShareRow) -> AvailabilityRow:
+        return cls(cp_id=row.cp_id, connector_id=row.connector_id,
+                   window_seconds=row.window_seconds, available_seconds=row.first_seconds,
+                   _station_id=row.station_id)
+
+
+@strawberry.type(description="Faults of one error code on one connector.")
+class FaultSummary:
+    cp_id: str
+    connector_id: int
+    error_code: str
+    count: int = strawberry.field(description="Reports of this error in the window.")
+    first_seen: datetime
+    last_seen: datetime
+    total_duration_seconds: float = strawberry.field(
+        description="Time spent in this fault within the window.")
+    open: bool = strawberry.field(description="The connector still reports it.")
+    _station_id: strawberry.Private[str]
+
+    @strawberry.field
+    async def station(self, info: Info) -> Station | None:
+        return await _station(info, self._station_id)
+
+    @classmethod
+    def of(cls, g: FaultGroup) -> FaultSummary:
+        return cls(cp_id=g.cp_id, connector_id=g.connector_id, error_code=g.error_code,
+                   count=g.count, first_seen=g.first_seen, last_seen=g.last_seen,
+                   total_duration_seconds=g.duration_seconds, open=g.open,
+                   _station_id=g.station_id)
+
+
+@strawberry.type
+class FaultReport:
+    groups: list[FaultSummary]
+    _scope: strawberry.Private[Scope]
+    _from: strawberry.Private[datetime]
+    _to: strawberry.Private[datetime]
+
+    @strawberry.field(description="The individual fault reports, newest first.")
+    async def events(self, info: Info, first: int | None = None, after: str | None = None,
+                     last: int | None = None, before: str | None = None
+                     ) -> Connection[StatusEvent]:
+        ctx: GraphContext = info.context
+        where = ctx.services.analytics.fault_events_filter(self._scope, self._from, self._to)
+        from domain.query import Sort
+
+        return await page_connection(ctx, d.StatusEvent, StatusEvent.wrap, where,
+                                     [Sort("at", descending=True)],
+                                     PageArgs(first=first, after=after, last=last,
+                                              before=before))
+
+
+@strawberry.type
+class StatusCount:
+    status: str
+    count: int
+
+
+@strawberry.type(description="The network right now.")
+class Overview:
+    stations_online: int
+    stations_offline: int
+    connectors_by_status: list[StatusCount]
+    active_sessions: int
+    energy_today_kwh: float
+    revenue_today: list[Money]
+
+
+@strawberry.type
+class AnalyticsQuery:
+    @strawberry.field(description="Energy, sessions and revenue per hour/day/week/month, "
+                                  "aligned in `timeZone` (IANA), empty buckets included.")
+    async def energy_trend(self, info: Info, filter: EnergyTrendFilter, bucket: TimeBucket,  # type: ignore[valid-type]
+                           time_zone: str = "UTC", currency: str | None = None
+                           ) -> list[EnergyBucket]:
+        ctx: GraphContext = info.context
+        buckets = await ctx.services.analytics.energy_trend(
+            ctx.viewer, filter.to_domain(), filter.from_, filter.to, bucket, time_zone,
+            currency.upper() if currency else None)
+        return [EnergyBucket(start=b.start, energy_kwh=b.energy_wh / 1000,
+                             sessions=b.sessions,
+                             revenue=Decimal(b.revenue_minor).scaleb(-2),
+                             currency=b.currency) for b in buckets]
+
+    @strawberry.field(description="Share of the window each connector was occupied and "
+                                  "charging.")
+    async def utilization(self, info: Info, from_: From, to: datetime,
+                          filter: AnalyticsFilter | None = None,
+                          group_by: AnalyticsGroup = AnalyticsGroup.STATION
+                          ) -> list[UtilizationRow]:
+        ctx: GraphContext = info.context
+        rows = await ctx.services.analytics.utilization(
+            ctx.viewer, filter.to_domain() if filter else Scope(), from_, to,
+            group_by is AnalyticsGroup.CONNECTOR)
+        return [UtilizationRow.of(r) for r in rows]
+
+    @strawberry.field(description="Share of the window each connector was usable.")
+    async def availability(self, info: Info,
+                           from_: From, to: datetime,
+                           filter: AnalyticsFilter | None = None,
+                           group_by: AnalyticsGroup = AnalyticsGroup.STATION
+                           ) -> list[AvailabilityRow]:
+        ctx: GraphContext = info.context
+        rows = await ctx.services.analytics.availability(
+            ctx.viewer, filter.to_domain() if filter else Scope(), from_, to,
+            group_by is AnalyticsGroup.CONNECTOR)
+        return [AvailabilityRow.of(r) for r in rows]
+
+    @strawberry.field(description="Faults by station, connector and error code.")
+    async def fault_reports(self, info: Info,
+                            from_: From, to: datetime,
+                            filter: AnalyticsFilter | None = None) -> FaultReport:
+        ctx: GraphContext = info.context
+        scope = filter.to_domain() if filter else Scope()
+        groups = await ctx.services.analytics.fault_reports(ctx.viewer, scope, from_, to)
+        return FaultReport(groups=[FaultSummary.of(g) for g in groups], _scope=scope,
+                           _from=from_, _to=to)
+
+    @strawberry.field(description="Stations online, connectors by status, sessions now, "
+                                  "energy and revenue today (in `timeZone`).")
+    async def overview(self, info: Info, time_zone: str = "UTC",
+                       filter: AnalyticsFilter | None = None) -> Overview:
+        ctx: GraphContext = info.context
+        o = await ctx.services.analytics.overview(
+            ctx.viewer, filter.to_domain() if filter else Scope(), time_zone)
+        return Overview(
+            stations_online=o.stations_online, stations_offline=o.stations_offline,
+            connectors_by_status=[StatusCount(status=k, count=v)
+                                  for k, v in sorted(o.connectors_by_status.items())],
+            active_sessions=o.active_sessions, energy_today_kwh=o.energy_today_wh / 1000,
+            revenue_today=[Money(amount_minor=v, currency=k)
+                           for k, v in sorted(o.revenue_today.items())])

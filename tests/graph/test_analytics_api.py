@@ -1,0 +1,123 @@
+"""Analytics and payments through GraphQL, per role, over the scripted history."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import pytest
+
+from domain import entities as d
+from domain.query import ALL
+from graph import TokenService, create_graphql_app
+from graph.ids import to_global_id
+from tests.graph.conftest import SECRET, Api, CountingStore
+from tests.support.history import History, build_history
+
+
+@pytest.fixture
+async def scripted(store: CountingStore) -> AsyncIterator[tuple[History, Api]]:
+    history = await build_history(store.inner)
+    tokens = TokenService(SECRET, timedelta(hours=1))
+    api = Api(create_graphql_app(history.services, tokens), tokens)
+    yield history, api
+    await api.client.aclose()
+
+
+TREND = """query($f: EnergyTrendFilter!) { energyTrend(filter: $f, bucket: DAY,
+  timeZone: "Europe/Berlin") { start energyKwh sessions revenue currency } }"""
+WINDOW = {"from": "2026-03-28T00:00:00+01:00", "to": "2026-03-31T00:00:00+02:00"}
+
+
+async def test_energy_trend_query(scripted: tuple[History, Api]) -> None:
+    history, api = scripted
+    data = await api.gql(TREND, {"f": WINDOW}, as_user=history.users["admin"].id)
+    assert data["energyTrend"] == [
+        {"start": "2026-03-27T23:00:00+00:00", "energyKwh": 2.0, "sessions": 1,
+         "revenue": "0.00", "currency": "EUR"},
+        {"start": "2026-03-28T23:00:00+00:00", "energyKwh": 27.0, "sessions": 1,
+         "revenue": "8.70", "currency": "EUR"},
+        {"start": "2026-03-29T22:00:00+00:00", "energyKwh": 5.0, "sessions": 1,
+         "revenue": "0.00", "currency": "EUR"},
+    ]
+    mine = await api.gql(TREND, {"f": WINDOW}, as_user=history.users["driver2"].id)
+    assert [b["energyKwh"] for b in mine["energyTrend"]] == [0.0, 22.0, 0.0]
+    s2 = to_global_id("station", history.stations["S2"].id)
+    other = await api.gql(TREND, {"f": {**WINDOW, "stationIds": [s2]}},
+                          as_user=history.users["op_a"].id)
+    assert [b["energyKwh"] for b in other["energyTrend"]] == [0.0, 0.0, 0.0]  # not theirs
+
+
+async def test_bad_time_zone_is_a_coded_error(scripted: tuple[History, Api]) -> None:
+    history, api = scripted
+    r = await api.post("""{ energyTrend(filter: {from: "2026-03-28T00:00:00Z",
+        to: "2026-03-29T00:00:00Z"}, bucket: DAY, timeZone: "Mars/Olympus") { start } }""",
+                       token=api.token_for(history.users["admin"].id))
+    assert r.json()["errors"][0]["extensions"] == {"code": "INVALID", "field": "timeZone"}
+
+
+async def test_utilization_availability_faults_overview(scripted: tuple[History, Api]
+                                                        ) -> None:
+    history, api = scripted
+    query = """query($from: DateTime!, $to: DateTime!) {
+      utilization(from: $from, to: $to) { cpId occupiedSeconds chargingSeconds
+        windowSeconds station { cpId } }
+      availability(from: $from, to: $to, groupBy: CONNECTOR) { cpId connectorId
+        availableSeconds }
+      faultReports(from: $from, to: $to) { groups { cpId connectorId errorCode count
+        totalDurationSeconds open } events { totalCount nodes { errorCode status } } }
+      overview(timeZone: "Europe/Berlin") { stationsOnline stationsOffline
+        connectorsByStatus { status count } activeSessions energyTodayKwh } }"""
+    data = await api.gql(query, WINDOW, as_user=history.users["op_a"].id)
+    assert data["utilization"] == [{"cpId": "S1", "occupiedSeconds": 14400.0,
+                                    "chargingSeconds": 14400.0, "windowSeconds": 511200.0,
+                                    "station": {"cpId": "S1"}}]
+    assert data["availability"] == [
+        {"cpId": "S1", "connectorId": 1, "availableSeconds": 93600.0},
+        {"cpId": "S1", "connectorId": 2, "availableSeconds": 86400.0}]
+    assert data["faultReports"]["groups"] == [
+        {"cpId": "S1", "connectorId": 2, "errorCode": "GroundFailure", "count": 1,
+         "totalDurationSeconds": 7200.0, "open": False}]
+    assert data["faultReports"]["events"] == {
+        "totalCount": 1, "nodes": [{"errorCode": "GroundFailure", "status": "FAULTED"}]}
+    assert data["overview"] == {"stationsOnline": 0, "stationsOffline": 1,
+                                "connectorsByStatus": [{"status": "AVAILABLE", "count": 2}],
+                                "activeSessions": 0, "energyTodayKwh": 0.0}
+
+
+PAY = """mutation($id: ID!) { %s(input: {id: $id}) { payment { status provider providerRef
+  amount { amount currency } } errors { field code } } }"""
+
+
+async def test_payment_state_machine(scripted: tuple[History, Api]) -> None:
+    history, api = scripted
+    payments = await history.services.ctx.store.find_all(d.Payment, ALL)
+    by_amount = {p.amount_minor: to_global_id("payment", p.id) for p in payments}
+    assert set(by_amount) == {210, 660}
+    first, second = by_amount[210], by_amount[660]
+    op = history.users["op_a"].id
+
+    async def step(name: str, payment: str, who: str = op) -> dict:
+        return (await api.gql(PAY % name, {"id": payment}, as_user=who))[name]
+
+    refused = await step("refundPayment", first)
+    assert refused["errors"] == [{"field": "id", "code": "INVALID_STATE"}]
+    captured = await step("capturePayment", first)
+    assert captured["payment"] == {"status": "CAPTURED", "provider": "manual",
+                                   "providerRef": f"manual:capture:{payments[0].id}"
+                                   if payments[0].amount_minor == 210
+                                   else f"manual:capture:{payments[1].id}",
+                                   "amount": {"amount": "2.10", "currency": "EUR"}}
+    assert (await step("capturePayment", first))["errors"][0]["code"] == "INVALID_STATE"
+    assert (await step("refundPayment", first))["payment"]["status"] == "REFUNDED"
+    assert (await step("failPayment", second))["payment"]["status"] == "FAILED"
+    assert (await step("capturePayment", second))["payment"]["status"] == "CAPTURED"
+    driver = await step("capturePayment", second, history.users["driver2"].id)
+    assert driver["errors"][0]["code"] == "FORBIDDEN"  # their payment, not theirs to settle
+    stranger = await step("capturePayment", second, history.users["op_b"].id)
+    assert stranger["errors"][0]["code"] == "NOT_FOUND"
+    log = await api.gql("""query($id: ID!) { auditLog(filter: {entityId: $id}) { nodes {
+        action before after actor } } }""", {"id": first}, as_user=history.users["admin"].id)
+    statuses = [(n["before"]["status"], n["after"]["status"]) for n in log["auditLog"]["nodes"]
+                if n["action"] == "UPDATE"]
+    assert statuses == [("CAPTURED", "REFUNDED"), ("PENDING", "CAPTURED")]
