@@ -87,7 +87,7 @@ def decode_row(kind: type[Record], group: Sequence[Group], metrics: Mapping[str,
             out[f"g{index}"] = spec.enum_type(value) if spec.enum_type and value is not None \
                 else value
         else:
-            out[f"g{index}"] = int(raw)
+            out[f"g{index}"] = int(raw or 0)
     for name, metric in metrics.items():
         raw = row.get(name)
         if isinstance(metric, Min | Max):
