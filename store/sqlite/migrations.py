@@ -303,7 +303,7 @@ CREATE INDEX "connection_event_cp_at_idx" ON "connection_event" ("cp_id", "at");
 # (status x online) make utilization, availability and fault durations sums of overlaps.
 _V3 = """
 ALTER TABLE "meter_sample" ADD COLUMN "delta_wh" INTEGER;
-CREATE INDEX "meter_sample_at_idx" ON "meter_sample" ("at") WHERE "delta_wh" IS NOT NULL;
+CREATE INDEX "meter_sample_at_delta_idx" ON "meter_sample" ("at", "delta_wh");
 CREATE TABLE "connector_interval" (
     "id" TEXT PRIMARY KEY NOT NULL,
     "created_at" INTEGER NOT NULL,
