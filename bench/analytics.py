@@ -63,12 +63,10 @@ def load(path: Path, samples: int) -> dict[str, Any]:
     insert(db, connectors)
     per_session = 20
     sessions_total = samples // per_session
-    tx = 0
     batch_sessions: list[d.Record] = []
     batch_samples: list[d.Record] = []
     batch_intervals: list[d.Record] = []
-    for _ in range(sessions_total):
-        tx += 1
+    for tx in range(1, sessions_total + 1):
         connector = connectors[rng.randrange(len(connectors))]
         start = START + timedelta(seconds=rng.randrange(DAYS * 86_400 - 7_200))
         minutes = rng.randrange(20, 120)

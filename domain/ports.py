@@ -27,9 +27,12 @@ class InsertIfAbsent:
 
 @dataclass(frozen=True, slots=True)
 class Update:
-    """Replace the stored record with the same id by ``record``."""
+    """Replace the stored record with the same id by ``record``; with ``fields``, write
+    only those fields (and the update stamps), so a heartbeat's ``last_seen`` cannot undo
+    an operator's rename that landed in between."""
 
     record: Record
+    fields: frozenset[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)

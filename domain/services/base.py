@@ -108,6 +108,14 @@ def stamp_new(record: E, viewer: Viewer, now: datetime | None = None) -> E:
     return record
 
 
+STAMPS = frozenset({"updated_at", "updated_by"})
+
+
+def patch(record: E, viewer: Viewer, **updates: Any) -> Update:
+    """An ``Update`` writing only ``updates`` (and the stamps) onto the stored record."""
+    return Update(changed(record, viewer, **updates), frozenset(updates) | STAMPS)
+
+
 def changed(record: E, viewer: Viewer, **updates: Any) -> E:
     """A copy of ``record`` with the given (non-UNSET) fields replaced and the update
     stamps set. The original stays untouched as the audit before-image."""

@@ -14,7 +14,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from domain import validation as v
 from domain.clock import as_utc
@@ -49,7 +49,8 @@ from domain.policy import Viewer
 from domain.ports import Change, Insert, InsertIfAbsent, Update
 from domain.pricing import session_cost_minor
 from domain.query import Eq, all_of
-from domain.services.base import Service, ServiceContext, changed, stamp_new
+from domain.services.base import Service, ServiceContext, changed, patch, stamp_new
+from domain.services.batching import GroupCommitter
 from domain.services.tariffs import TariffService
 
 log = logging.getLogger("chargegraph.charging")
@@ -128,6 +129,7 @@ class ChargingService(Service):
         self.heartbeat_interval = heartbeat_interval
         self.auto_register = auto_register
         self.tariffs = TariffService(ctx)
+        self.telemetry = GroupCommitter(ctx.store)
         self._last_session_update: dict[str, float] = {}
 
     # ------------------------------------------------------------- plumbing
@@ -183,8 +185,7 @@ class ChargingService(Service):
         stale = await self.store.find_all(Station, Eq("online", True), limit=100_000)
         if stale:
             await self.store.write(
-                [Update(changed(s, Viewer(user_id="system"), online=False)) for s in stale],
-                [])
+                [patch(s, Viewer(user_id="system"), online=False) for s in stale], [])
 
     async def set_online(self, cp_id: str, online: bool) -> None:
         station = await self.station(cp_id)
@@ -192,9 +193,9 @@ class ChargingService(Service):
             return
         now = self.now()
         actor = charger(cp_id)
-        updated = changed(station, actor, online=online, last_seen=now)
         event = ConnectionEvent(station_id=station.id, cp_id=cp_id, online=online, at=now)
-        changes: list[Change] = [Update(updated), Insert(stamp_new(event, actor, now))]
+        changes: list[Change] = [patch(station, actor, online=online, last_seen=now),
+                                 Insert(stamp_new(event, actor, now))]
         for connector in await self.store.find_all(Connector, Eq("station_id", station.id),
                                                    limit=100):
             changes += await self._next_interval(station, connector.connector_id,
@@ -215,13 +216,13 @@ class ChargingService(Service):
             updated = changed(station, actor, last_seen=now, **details)
             await self.commit(actor, [(Update(updated), station)])
         else:
-            await self.store.write([Update(changed(station, actor, last_seen=now))], [])
+            await self.store.write([patch(station, actor, last_seen=now)], [])
         return BootResult(station.registration, self.heartbeat_interval, now)
 
     async def heartbeat(self, cp_id: str) -> datetime:
         station = await self._require_station(cp_id)
         now = self.now()
-        await self.store.write([Update(changed(station, charger(cp_id), last_seen=now))], [])
+        await self.telemetry.write([patch(station, charger(cp_id), last_seen=now)])
         return now
 
     # ------------------------------------------------------------- authorization
@@ -271,7 +272,7 @@ class ChargingService(Service):
             if (current.status, current.error_code, current.online) == (status, error_code,
                                                                         online):
                 return []
-            changes.append(Update(changed(current, actor, end=max(at, current.start))))
+            changes.append(patch(current, actor, end=max(at, current.start)))
         changes.append(Insert(stamp_new(ConnectorInterval(
             station_id=station.id, cp_id=station.cp_id, connector_id=connector_id,
             status=status, error_code=error_code, online=online,
@@ -310,12 +311,13 @@ class ChargingService(Service):
             current, is_new = await self._connector(station, connector_id)
             previous_error = current.error_code
             if current.status_at is None or at >= current.status_at:
-                connector = changed(current, actor, status=new_status, error_code=error_code,
-                                    info=info, status_at=at)
+                update = patch(current, actor, status=new_status, error_code=error_code,
+                               info=info, status_at=at)
+                connector = cast(Connector, update.record)
                 if is_new:  # a plug we did not know: a record change worth auditing
                     audited.append((Insert(connector), None))
                 else:
-                    telemetry.append(Update(connector))
+                    telemetry.append(update)
                 telemetry += await self._next_interval(station, connector_id, new_status,
                                                        error_code, station.online, at, actor)
             # else: an older report arriving late is history, not the current state
@@ -398,11 +400,11 @@ class ChargingService(Service):
         changes: list[Change] = [InsertIfAbsent(s) for s in samples]
         updated = None
         if session is not None and session.state is SessionState.ACTIVE:
-            updated = self._apply_readings(session, readings, charger(cp_id))
-            if updated is not None:
-                changes.append(Update(updated))
-        if changes:
-            await self.store.write(changes, [])
+            live = self._apply_readings(session, readings, charger(cp_id))
+            if live is not None:
+                changes.append(live)
+                updated = cast(Session, live.record)
+        await self.telemetry.write(changes)
         if updated is not None and self._due(updated.id):
             await self.publish(self._session_event(station, updated, "UPDATED"))
 
@@ -539,7 +541,7 @@ class ChargingService(Service):
 
     @staticmethod
     def _apply_readings(session: Session, readings: list[MeterReading], actor: Viewer
-                        ) -> Session | None:
+                        ) -> Update | None:
         """Live energy from the newest total energy register; power from the newest
         total active power. ``None`` when nothing changed."""
         energy_at, energy, power_at, power = None, None, None, None
@@ -564,7 +566,7 @@ class ChargingService(Service):
             updates["power_w"] = power
         if not updates or all(getattr(session, k) == val for k, val in updates.items()):
             return None
-        return changed(session, actor, **updates)
+        return patch(session, actor, **updates)
 
     def _due(self, session_id: str) -> bool:
         now = time.monotonic()

@@ -33,7 +33,7 @@ from domain.ports import (
 )
 from domain.query import ALL, Filter, Page, PageRequest, Sort, decode_cursor, encode_cursor
 from store.mongo import aggregate
-from store.mongo.codec import compared, from_doc, shadow, spec_of, to_doc
+from store.mongo.codec import compared, from_doc, shadow, spec_of, storage_name, to_doc
 from store.mongo.query import NEVER, FilterCompiler, beyond, sort_spec
 
 log = logging.getLogger("chargegraph.store.mongo")
@@ -314,8 +314,17 @@ class MongoStore:
                     if existing is None:  # another unique rule, not the id
                         raise
             elif isinstance(change, Update):
-                result = await collection.replace_one({"_id": ObjectId(record.id)},
-                                                      to_doc(record))
+                doc = to_doc(record)
+                if change.fields is None:
+                    result = await collection.replace_one({"_id": ObjectId(record.id)}, doc)
+                else:
+                    names = {storage_name(f) for f in change.fields}
+                    names |= {f"_n_{f}" for f in change.fields if f"_n_{f}" in doc}
+                    if record.kind == "station" and {"lat", "lon"} & change.fields:
+                        names.add("_geo")
+                    values = {k: v for k, v in doc.items() if k in names}
+                    result = await collection.update_one({"_id": ObjectId(record.id)},
+                                                         {"$set": values})
                 if result.matched_count == 0:
                     raise NotFound(f"no such {record.kind.replace('_', ' ')}: {record.id}",
                                    field="id")

@@ -71,6 +71,27 @@ def _update_sql(kind: type[Record]) -> str:
     return f'UPDATE {quote(kind.kind)} SET {assignments} WHERE "id" = ?'
 
 
+_PARTIAL_SQL: dict[tuple[type[Record], frozenset[str]], tuple[str, tuple[int, ...]]] = {}
+
+
+def _partial_update(record: Record, fields: frozenset[str]) -> tuple[str, tuple[SqlValue, ...]]:
+    """``UPDATE … SET`` only ``fields``; the SQL is built once per (kind, fields)."""
+    kind = type(record)
+    key = (kind, fields)
+    if key not in _PARTIAL_SQL:
+        names = columns(kind)
+        unknown = fields - set(names)
+        if unknown or "id" in fields:
+            raise ValueError(f"cannot update {sorted(unknown or {'id'})} of {kind.kind}")
+        picked = tuple(i for i, name in enumerate(names) if name in fields)
+        assignments = ", ".join(f"{quote(names[i])} = ?" for i in picked)
+        _PARTIAL_SQL[key] = (f'UPDATE {quote(kind.kind)} SET {assignments} WHERE "id" = ?',
+                             picked)
+    sql, picked = _PARTIAL_SQL[key]
+    row = to_row(record)
+    return sql, (*(row[i] for i in picked), record.id)
+
+
 def _update_params(record: Record) -> tuple[SqlValue, ...]:
     """``to_row`` in ``_update_sql`` order: every column but ``id``, then ``id``."""
     row = dict(zip(columns(type(record)), to_row(record), strict=True))
@@ -88,6 +109,42 @@ def _checked(record: Record) -> type[Record]:
     if kind_of(kind.kind) is not kind:
         raise ValueError(f"{kind.__name__} is not a stored entity type")
     return kind
+
+
+def _missing(conn: sqlite3.Connection, run: list[_Statement]) -> str:
+    """Which record of an update/delete run was not there (for the error message)."""
+    for _, _, change in run:
+        if change is None:
+            continue
+        record = change.record
+        row = conn.execute(f'SELECT 1 FROM {quote(record.kind)} WHERE "id" = ?',
+                           (record.id,)).fetchone()
+        if row is None:
+            return f"no such {record.kind.replace('_', ' ')}: {record.id}"
+    return "a record to change is missing"
+
+
+def _apply_batch(conn: sqlite3.Connection, statements: list[_Statement]) -> None:
+    """One write transaction, on the writer's own thread. Runs of the same statement go
+    through ``executemany``; updates and deletes must each touch their row."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        index = 0
+        while index < len(statements):
+            sql = statements[index][0]
+            end = index + 1
+            while end < len(statements) and statements[end][0] == sql:
+                end += 1
+            run = statements[index:end]
+            cursor = conn.executemany(sql, [params for _, params, _ in run]) if len(run) > 1 \
+                else conn.execute(sql, run[0][1])
+            if isinstance(run[0][2], Update | Delete) and cursor.rowcount < len(run):
+                raise NotFound(_missing(conn, run), field="id")
+            index = end
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
 
 
 class SqliteStore:
@@ -312,26 +369,16 @@ class SqliteStore:
             return
         writer = self._writer_conn()
         async with self._write_lock:
-            await writer.execute("BEGIN IMMEDIATE")
             try:
-                for sql, params, change in statements:
-                    async with writer.execute(sql, params) as cursor:
-                        touched = cursor.rowcount
-                    if isinstance(change, Update | Delete) and touched == 0:
-                        kind = change.record.kind.replace("_", " ")
-                        raise NotFound(f"no such {kind}: {change.record.id}", field="id")
-                await writer.commit()
+                # The whole transaction runs as one call on the writer's thread: one hop
+                # instead of one per statement (aiosqlite's ``_execute`` is how its own
+                # methods reach that thread), so a burst of MeterValues costs little.
+                await writer._execute(_apply_batch, writer._conn, statements)
             except sqlite3.IntegrityError as exc:
-                await writer.rollback()
                 violation = unique_violation(exc)
                 if violation is None:
                     raise
                 raise violation from exc
-            except BaseException:
-                # Also on cancellation: the statements already queued on the connection's
-                # thread run first, then this rollback, so nothing of the batch survives.
-                await writer.rollback()
-                raise
 
     @staticmethod
     def _statement(change: Change) -> _Statement:
@@ -343,6 +390,9 @@ class SqliteStore:
             return (_insert_sql(kind) + ' ON CONFLICT ("id") DO NOTHING',
                     to_row(change.record), change)
         if isinstance(change, Update):
+            if change.fields is not None:
+                sql, params = _partial_update(change.record, change.fields)
+                return sql, params, change
             return _update_sql(kind), _update_params(change.record), change
         if isinstance(change, Delete):
             return f'DELETE FROM {quote(kind.kind)} WHERE "id" = ?', (change.record.id,), change

@@ -1,0 +1,75 @@
+"""Group commit for telemetry: concurrent small writes (one per MeterValues message from
+many chargers) share one store transaction.
+
+Each caller still waits until its own changes are committed — nothing is acknowledged to
+a charger before it is stored — but while one transaction runs, the writes that arrive
+queue up and go together in the next. An idle system writes at once; a busy one writes
+in batches, which is what the single SQLite writer needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+from domain.ports import Change, Store
+
+log = logging.getLogger("chargegraph.batching")
+
+MAX_BATCH_CHANGES = 2_000
+
+
+class GroupCommitter:
+    def __init__(self, store: Store, max_changes: int = MAX_BATCH_CHANGES) -> None:
+        self.store = store
+        self.max_changes = max_changes
+        self._pending: list[tuple[Sequence[Change], asyncio.Future[None]]] = []
+        self._worker: asyncio.Task[None] | None = None
+
+    async def write(self, changes: Sequence[Change]) -> None:
+        if not changes:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((changes, future))
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._drain())
+        await future
+
+    async def _drain(self) -> None:
+        while self._pending:
+            batch: list[tuple[Sequence[Change], asyncio.Future[None]]] = []
+            size = 0
+            while self._pending and (not batch or size + len(self._pending[0][0])
+                                     <= self.max_changes):
+                item = self._pending.pop(0)
+                batch.append(item)
+                size += len(item[0])
+            await self._commit(batch)
+
+    async def _commit(self, batch: list[tuple[Sequence[Change], asyncio.Future[None]]]
+                      ) -> None:
+        try:
+            await self.store.write([c for changes, _ in batch for c in changes], [])
+        except Exception as exc:
+            if len(batch) == 1:
+                if not batch[0][1].done():
+                    batch[0][1].set_exception(exc)
+                return
+            # One bad write must not fail its neighbours: retry each on its own.
+            for changes, future in batch:
+                try:
+                    await self.store.write(changes, [])
+                except Exception as exc:
+                    if not future.done():
+                        future.set_exception(exc)
+                else:
+                    self._settle(future)
+            return
+        for _, future in batch:
+            self._settle(future)
+
+    @staticmethod
+    def _settle(future: asyncio.Future[None]) -> None:
+        if not future.done():
+            future.set_result(None)
