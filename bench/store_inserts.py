@@ -1,8 +1,10 @@
-"""Meter samples into the embedded store, batched as the bridge batches them (one write
-per MeterValues message: its sampled values in one transaction), against raw sqlite3
-``executemany`` of the same batches, one transaction each, on the same file.
+"""Meter samples into the embedded store, written as the bridge writes them: each
+MeterValues message's samples in one write, messages from many chargers at once going
+through the group committer (``domain/services/batching.py``). Baselines on the same
+file in the same run: raw sqlite3 ``executemany`` with one transaction per message, and
+with 500-message transactions.
 
-    python -m bench.store_inserts [--messages 20000] [--per-message 5]
+    python -m bench.store_inserts [--messages 20000] [--per-message 5] [--chargers 200]
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 from bench.common import report
 from domain.entities import MeterSample
 from domain.ports import InsertIfAbsent
+from domain.services.batching import GroupCommitter
 from store.sqlite import SqliteStore
 from store.sqlite.codec import columns, quote, to_row
 
@@ -31,18 +34,24 @@ def batches(messages: int, per_message: int, cp_id: str) -> list[list[MeterSampl
             for m in range(messages)]
 
 
-async def ours(path: Path, work: list[list[MeterSample]]) -> float:
+async def ours(path: Path, work: list[list[MeterSample]], chargers: int) -> float:
+    """``chargers`` concurrent senders, each writing its messages one after the other."""
     store = SqliteStore(str(path))
     await store.start()
+    committer = GroupCommitter(store)
+
+    async def charger(mine: list[list[MeterSample]]) -> None:
+        for batch in mine:
+            await committer.write([InsertIfAbsent(s) for s in batch])
+
     start = time.perf_counter()
-    for batch in work:
-        await store.write([InsertIfAbsent(s) for s in batch], [])
+    await asyncio.gather(*(charger(work[i::chargers]) for i in range(chargers)))
     elapsed = time.perf_counter() - start
     await store.close()
     return elapsed
 
 
-def raw(path: Path, work: list[list[MeterSample]]) -> float:
+def raw(path: Path, work: list[list[MeterSample]], per_transaction: int = 1) -> float:
     names = columns(MeterSample)
     sql = (f"INSERT INTO {quote('meter_sample')} ({', '.join(quote(n) for n in names)}) "
            f"VALUES ({', '.join('?' * len(names))}) ON CONFLICT (\"id\") DO NOTHING")
@@ -50,29 +59,36 @@ def raw(path: Path, work: list[list[MeterSample]]) -> float:
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA synchronous = NORMAL")
     start = time.perf_counter()
-    for batch in rows:
+    for first in range(0, len(rows), per_transaction):
         conn.execute("BEGIN IMMEDIATE")
-        conn.executemany(sql, batch)
+        for batch in rows[first:first + per_transaction]:
+            conn.executemany(sql, batch)
         conn.execute("COMMIT")
     elapsed = time.perf_counter() - start
     conn.close()
     return elapsed
 
 
-async def main(messages: int, per_message: int) -> None:
+async def main(messages: int, per_message: int, chargers: int) -> None:
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "inserts.db"
         store = SqliteStore(str(path))
         await store.start()
         await store.close()
-        baseline = raw(path, batches(messages, per_message, "RAW"))
-        mine = await ours(path, batches(messages, per_message, "OURS"))
+        per_message_tx = raw(path, batches(messages, per_message, "RAW1"))
+        batched_tx = raw(path, batches(messages, per_message, "RAW500"), 500)
+        single = await ours(path, batches(messages, per_message, "ONE"), 1)
+        grouped = await ours(path, batches(messages, per_message, "MANY"), chargers)
     samples = messages * per_message
     report("store_inserts", [
-        {"writer": "raw sqlite3 executemany", "samples": samples,
-         "samples_per_s": samples / baseline, "ratio": 1.0},
-        {"writer": "SqliteStore.write", "samples": samples, "samples_per_s": samples / mine,
-         "ratio": baseline / mine},
+        {"writer": "raw executemany, 1 message per transaction", "samples": samples,
+         "samples_per_s": samples / per_message_tx, "ratio": 1.0},
+        {"writer": "raw executemany, 500 messages per transaction", "samples": samples,
+         "samples_per_s": samples / batched_tx, "ratio": per_message_tx / batched_tx},
+        {"writer": "store, 1 charger (a write per message)", "samples": samples,
+         "samples_per_s": samples / single, "ratio": per_message_tx / single},
+        {"writer": f"store, {chargers} chargers (group commit)", "samples": samples,
+         "samples_per_s": samples / grouped, "ratio": per_message_tx / grouped},
     ])
 
 
@@ -80,5 +96,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--messages", type=int, default=20_000)
     parser.add_argument("--per-message", type=int, default=5)
+    parser.add_argument("--chargers", type=int, default=200)
     arguments = parser.parse_args()
-    asyncio.run(main(arguments.messages, arguments.per_message))
+    asyncio.run(main(arguments.messages, arguments.per_message, arguments.chargers))
