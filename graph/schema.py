@@ -6,7 +6,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import strawberry
-from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter, QueryDepthLimiter
+from strawberry.extensions import (
+    MaxAliasesLimiter,
+    MaxTokensLimiter,
+    ParserCache,
+    QueryDepthLimiter,
+    ValidationCache,
+)
 
 from graph.errors import MaskUnexpectedErrors
 from graph.mutation import Mutation
@@ -32,6 +38,9 @@ def build_schema(extra_extensions: Sequence[Any] = ()) -> strawberry.Schema:
             lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
             lambda: MaxAliasesLimiter(max_alias_count=MAX_ALIASES),
             MaskUnexpectedErrors,
+            # Clients send the same few documents over and over: parse and validate once.
+            lambda: ParserCache(maxsize=256),
+            lambda: ValidationCache(maxsize=256),
             *extra_extensions,
         ],
     )
