@@ -75,11 +75,14 @@ async def open_all(port: int, count: int) -> list[ClientConnection]:
     return list(await asyncio.gather(*(one(i) for i in range(count))))
 
 
-async def charge_point(ws: ClientConnection, deadline: float, interval: float | None,
-                       latencies: list[float]) -> None:
+async def start_transaction(ws: ClientConnection) -> int:
     reply = await call(ws, "StartTransaction", {"connectorId": 1, "idTag": "BENCH",
                                                 "meterStart": 0, "timestamp": now()})
-    transaction = reply[2].get("transactionId", 1) if reply[0] == 3 else 1
+    return int(reply[2].get("transactionId", 1)) if reply[0] == 3 else 1
+
+
+async def charge_point(ws: ClientConnection, transaction: int, deadline: float,
+                       interval: float | None, latencies: list[float]) -> None:
     energy = 0
     next_at = time.perf_counter()
     while time.perf_counter() < deadline:
@@ -103,12 +106,20 @@ async def run(mode: str, cps: int, seconds: float, rate: float | None = None
     server, port = await start_server(mode, cps)
     try:
         sockets = await open_all(port, cps)
+        gate = asyncio.Semaphore(200)
+
+        async def started(ws: ClientConnection) -> int:
+            async with gate:
+                return await start_transaction(ws)
+
+        # Every charge point opens its transaction first; only MeterValues are timed.
+        transactions = await asyncio.gather(*(started(ws) for ws in sockets))
         latencies: list[float] = []
         interval = cps / rate if rate else None
         deadline = time.perf_counter() + seconds
         began = time.perf_counter()
-        await asyncio.gather(*(charge_point(ws, deadline, interval, latencies)
-                               for ws in sockets))
+        await asyncio.gather(*(charge_point(ws, tx, deadline, interval, latencies)
+                               for ws, tx in zip(sockets, transactions, strict=True)))
         elapsed = time.perf_counter() - began
         for ws in sockets:
             with contextlib.suppress(Exception):

@@ -9,15 +9,14 @@ from datetime import datetime
 from typing import Any
 
 from ocpp.charge_point import (
-    camel_to_snake_case,
     remove_nones,
     serialize_as_dict,
-    snake_to_camel_case,
 )
 from ocpp.exceptions import OCPPError
 from ocpp.v16 import call as ocpp_call
 
 from domain.errors import ChargerError, ChargerOffline, ChargerTimeout, ValidationError
+from ocpp_bridge.casing import to_camel, to_snake
 from ocpp_bridge.handler import ChargePointHandler
 from ocpp_bridge.timefmt import rfc3339
 
@@ -70,7 +69,7 @@ class OcppGateway:
         if request_type is None:
             raise ValidationError(f"unknown OCPP action {action}", field="action")
         try:
-            request = request_type(**camel_to_snake_case(_wire(payload)))
+            request = request_type(**to_snake(_wire(payload)))
         except TypeError as exc:
             raise ValidationError(f"{action}: {exc}", field="input") from exc
         try:
@@ -90,4 +89,4 @@ class OcppGateway:
                 raise ChargerOffline(f"{cp_id} went offline") from exc
             raise ChargerError(f"{cp_id}: {action} failed ({exc.__class__.__name__})"
                                ) from exc
-        return snake_to_camel_case(remove_nones(serialize_as_dict(response)))  # type: ignore[no-any-return]
+        return to_camel(remove_nones(serialize_as_dict(response)))  # type: ignore[no-any-return]

@@ -14,10 +14,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ocpp.charge_point import (
-    camel_to_snake_case,
     remove_nones,
     serialize_as_dict,
-    snake_to_camel_case,
 )
 from ocpp.messages import CallError, CallResult
 from ocpp.routing import on
@@ -34,6 +32,7 @@ from domain.services.charging import (
     SampledValue,
 )
 from ocpp_bridge import frames
+from ocpp_bridge.casing import to_camel, to_snake
 from ocpp_bridge.frames import FrameError
 from ocpp_bridge.timefmt import parse_timestamp, rfc3339
 
@@ -92,8 +91,8 @@ class ChargePointHandler(ChargePoint):
             frames.validate(frames.CALL, action, frame.payload, uid)
             handler = self.route_map[action]["_on_action"]
             self._unique_id = uid
-            response = await handler(**camel_to_snake_case(frame.payload))
-            payload = snake_to_camel_case(remove_nones(serialize_as_dict(response)))
+            response = await handler(**to_snake(frame.payload))
+            payload = to_camel(remove_nones(serialize_as_dict(response)))
         except FrameError as exc:
             await self._send(frames.call_error(uid, exc.code, exc.description))
             return

@@ -61,6 +61,11 @@ POWER = "Power.Active.Import"
 MAX_UNREGISTERED_CONNECTORS = 10
 #: Sub-second meter values would flood subscribers; one UPDATED event per session per this.
 SESSION_UPDATE_INTERVAL_S = 1.0
+#: How long the hot path (every charger message) may reuse a station or an active session
+#: it read, instead of asking the store again. This process is the only writer of what it
+#: caches for a connected charger (its own messages change it, and refresh the cache), so
+#: only operator edits of a station can be seen this much later.
+CACHE_TTL_S = 5.0
 
 
 def charger(cp_id: str) -> Viewer:
@@ -130,14 +135,30 @@ class ChargingService(Service):
         self.auto_register = auto_register
         self.tariffs = TariffService(ctx)
         self.telemetry = GroupCommitter(ctx.store)
+        self._stations: dict[str, tuple[Station, float]] = {}
+        self._sessions: dict[int, tuple[Session, float]] = {}
         self._last_session_update: dict[str, float] = {}
 
     # ------------------------------------------------------------- plumbing
     async def station(self, cp_id: str) -> Station | None:
         return await self.store.find_one(Station, Eq("cp_id", cp_id))
 
+    def _remember(self, record: Station | Session) -> None:
+        expires = time.monotonic() + CACHE_TTL_S
+        if isinstance(record, Station):
+            self._stations[record.cp_id] = (record, expires)
+        elif record.state is SessionState.ACTIVE:
+            self._sessions[record.transaction_id] = (record, expires)
+        else:
+            self._sessions.pop(record.transaction_id, None)
+
     async def _require_station(self, cp_id: str) -> Station:
+        hit = self._stations.get(cp_id)
+        if hit is not None and hit[1] > time.monotonic():
+            return hit[0]
         station = await self.station(cp_id)
+        if station is not None:
+            self._remember(station)
         if station is None:
             raise ValidationError(f"unknown charge point {cp_id}", field="cpId",
                                   code="NOT_FOUND")
@@ -194,14 +215,15 @@ class ChargingService(Service):
         now = self.now()
         actor = charger(cp_id)
         event = ConnectionEvent(station_id=station.id, cp_id=cp_id, online=online, at=now)
-        changes: list[Change] = [patch(station, actor, online=online, last_seen=now),
-                                 Insert(stamp_new(event, actor, now))]
+        update = patch(station, actor, online=online, last_seen=now)
+        changes: list[Change] = [update, Insert(stamp_new(event, actor, now))]
         for connector in await self.store.find_all(Connector, Eq("station_id", station.id),
                                                    limit=100):
             changes += await self._next_interval(station, connector.connector_id,
                                                  connector.status, connector.error_code,
                                                  online, now, actor)
         await self.store.write(changes, [])
+        self._remember(cast(Station, update.record))
         await self.publish(StationConnectionChanged(**self._owned(station), online=online,
                                                     at=now))
 
@@ -213,16 +235,20 @@ class ChargingService(Service):
                    "firmware": info.firmware}
         actor = charger(cp_id)
         if any(getattr(station, k) != val for k, val in details.items()):
-            updated = changed(station, actor, last_seen=now, **details)
-            await self.commit(actor, [(Update(updated), station)])
+            update = patch(station, actor, last_seen=now, **details)
+            await self.commit(actor, [(update, station)])
         else:
-            await self.store.write([patch(station, actor, last_seen=now)], [])
+            update = patch(station, actor, last_seen=now)
+            await self.store.write([update], [])
+        self._remember(cast(Station, update.record))
         return BootResult(station.registration, self.heartbeat_interval, now)
 
     async def heartbeat(self, cp_id: str) -> datetime:
         station = await self._require_station(cp_id)
         now = self.now()
-        await self.telemetry.write([patch(station, charger(cp_id), last_seen=now)])
+        update = patch(station, charger(cp_id), last_seen=now)
+        await self.telemetry.write([update])
+        self._remember(cast(Station, update.record))
         return now
 
     # ------------------------------------------------------------- authorization
@@ -382,6 +408,9 @@ class ChargingService(Service):
         changes.append((Insert(session), None))
         await self.commit(actor, changes)
         for old in ended:
+            self._remember(old)
+        self._remember(session)
+        for old in ended:
             await self.publish(self._session_event(station, old, "ENDED"))
         await self.publish(self._session_event(station, session, "STARTED"))
         return session.transaction_id, info
@@ -393,7 +422,12 @@ class ChargingService(Service):
         station = await self._require_station(cp_id)
         session = None
         if transaction_id is not None:
-            session = await self.store.find_one(Session, Eq("transaction_id", transaction_id))
+            hit = self._sessions.get(transaction_id)
+            if hit is not None and hit[1] > time.monotonic():
+                session = hit[0]
+            else:
+                session = await self.store.find_one(Session,
+                                                    Eq("transaction_id", transaction_id))
             if session is not None and session.cp_id != cp_id:
                 session = None  # another charger's transaction id: keep samples unlinked
         samples = self._samples(station, connector_id, transaction_id, session, readings)
@@ -405,6 +439,8 @@ class ChargingService(Service):
                 changes.append(live)
                 updated = cast(Session, live.record)
         await self.telemetry.write(changes)
+        if session is not None and session.state is SessionState.ACTIVE:
+            self._remember(updated or session)
         if updated is not None and self._due(updated.id):
             await self.publish(self._session_event(station, updated, "UPDATED"))
 
@@ -440,6 +476,7 @@ class ChargingService(Service):
             changes.append((Insert(payment), None))
         await self.commit(actor, changes, unaudited=[InsertIfAbsent(s) for s in samples])
         self._last_session_update.pop(session.id, None)
+        self._remember(closed)
         await self.publish(self._session_event(station, closed, "ENDED"))
         return info
 
@@ -474,7 +511,9 @@ class ChargingService(Service):
     async def _station_report(self, cp_id: str, **values: str) -> None:
         station = await self._require_station(cp_id)
         actor = charger(cp_id)
-        await self.commit(actor, [(Update(changed(station, actor, **values)), station)])
+        update = patch(station, actor, **values)
+        await self.commit(actor, [(update, station)])
+        self._remember(cast(Station, update.record))
 
     async def data_transfer(self, cp_id: str, vendor_id: str, message_id: str | None,
                             data: str | None) -> tuple[str, str | None]:
