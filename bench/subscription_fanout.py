@@ -87,7 +87,7 @@ async def chargegraph(subscribers: int, rate: float, seconds: float) -> dict[str
            "CHARGEGRAPH_PORT": str(port), "CHARGEGRAPH_OCPP_PORT": str(ocpp_port),
            "CHARGEGRAPH_JWT_SECRET": "f" * 40, "CHARGEGRAPH_LOG_LEVEL": "WARNING"}
     subprocess.run([sys.executable, "-m", "chargegraph", "create-user", "--email",
-                    "admin@bench", "--password", "bench-password", "--role", "admin"],
+                    "admin@bench.example", "--password", "bench-password", "--role", "admin"],
                    env=env, check=True, capture_output=True)
     server = subprocess.Popen([sys.executable, "-m", "chargegraph", "serve"], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -102,7 +102,7 @@ async def chargegraph(subscribers: int, rate: float, seconds: float) -> dict[str
                         break
                 await asyncio.sleep(0.1)
             token = (await http.post("/graphql", json={"query": 'mutation { login(email: '
-                     '"admin@bench", password: "bench-password") { token } }'})).json()[
+                     '"admin@bench.example", password: "bench-password") { token } }'})).json()[
                 "data"]["login"]["token"]
             for i in range(STATIONS):
                 await http.post("/graphql", headers={"authorization": f"Bearer {token}"},
@@ -121,10 +121,14 @@ async def chargegraph(subscribers: int, rate: float, seconds: float) -> dict[str
                                           compression=None))
         await asyncio.sleep(2)  # every subscription is registered on the server by now
 
+        locks = {id(ws): asyncio.Lock() for ws in chargers}
+
         async def send(ws: ClientConnection, key: str, seq: int) -> None:
-            await call(ws, "StatusNotification", {
-                "connectorId": 1, "errorCode": "NoError", "info": key, "timestamp": now(),
-                "status": "Available" if seq % 2 else "Preparing"})
+            async with locks[id(ws)]:  # a charger has one CALL outstanding at a time
+                tally.sent[key] = time.perf_counter()
+                await call(ws, "StatusNotification", {
+                    "connectorId": 1, "errorCode": "NoError", "info": key,
+                    "timestamp": now(), "status": "Available" if seq % 2 else "Preparing"})
 
         sent = await load(chargers, rate, seconds, tally, send)
         await asyncio.sleep(3)  # drain
@@ -170,9 +174,13 @@ async def baseline(subscribers: int, rate: float, seconds: float) -> dict[str, A
         publishers = [await connect(f"ws://127.0.0.1:{port}/pub", compression=None)
                       for _ in range(STATIONS)]
 
+        locks = {id(ws): asyncio.Lock() for ws in publishers}
+
         async def send(ws: ClientConnection, key: str, seq: int) -> None:
-            await ws.send(json.dumps({"cpId": "FAN", "info": key}))
-            await ws.recv()
+            async with locks[id(ws)]:
+                tally.sent[key] = time.perf_counter()
+                await ws.send(json.dumps({"cpId": "FAN", "info": key}))
+                await ws.recv()
 
         sent = await load(publishers, rate, seconds, tally, send)
         await asyncio.sleep(3)
