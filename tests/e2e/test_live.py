@@ -135,3 +135,27 @@ async def test_bad_token_is_rejected_and_anonymous_needs_public_map(tmp_path: Pa
         assert event["cpId"] == "CP-1"  # the filter kept CP-OPEN's event out
         assert event["station"]["owner"] is None
         await anonymous.close()
+
+
+async def test_command_completed_reaches_the_operator(service: Running) -> None:
+    operator = await GraphQLWS.open(service.ws_url, await service.token("op"))
+    driver = await GraphQLWS.open(service.ws_url, await service.token("driver"))
+    try:
+        query = "subscription { commandCompleted { action cpId status errorCode requestedBy } }"
+        await operator.subscribe(query)
+        await driver.subscribe(query)
+        await until_subscribed(service, 2)
+        async with connected(service.ocpp_url, "CP-1", password=STATION_PASSWORD):
+            token = await service.token("op")
+            answer = await service.gql("""mutation { unlockConnector(input: {cpId: "CP-1",
+                connectorId: 1}) { status errors { code } } }""", token=token)
+            assert answer["unlockConnector"] == {"status": "UNLOCKED", "errors": []}
+        event = (await operator.next())["payload"]["data"]["commandCompleted"]
+        assert event == {"action": "UnlockConnector", "cpId": "CP-1", "status": "Unlocked",
+                         "errorCode": None,
+                         "requestedBy": service.central.users["op"].id}
+        with pytest.raises(TimeoutError):
+            await driver.next(timeout=0.5)  # not the driver's command
+    finally:
+        await operator.close()
+        await driver.close()
