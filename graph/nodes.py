@@ -48,6 +48,13 @@ async def _load(info: Info, kind: type[d.Record], record_id: str | None) -> Any:
     return await _ctx(info).loaders.by_id(kind).load(record_id)
 
 
+async def _related(info: Info, node: Any, record_id: str | None) -> Any:
+    """The node of a to-one relation (``Session.user``, ``Payment.station`` …) through the
+    per-request loader of its kind; ``None`` when missing or hidden."""
+    record = await _load(info, RECORD_OF_NODE[node], record_id)
+    return node.wrap(record, _ctx(info)) if record is not None else None
+
+
 async def _station_connectors(info: Info, station_id: str) -> list[d.Connector]:
     loader = _ctx(info).loaders.many_by(d.Connector, "station_id", ALL, BY_CONNECTOR,
                                         MAX_CONNECTORS)
@@ -152,8 +159,7 @@ class User(Node, Audited):
     async def company(self, info: Info) -> Company | None:
         if not self._private:
             return None
-        record = await _load(info, d.Company, self._r.company_id)
-        return Company.wrap(record, _ctx(info)) if record else None
+        return await _related(info, Company, self._r.company_id)
 
     @strawberry.field
     async def vehicles(self, info: Info, first: int | None = None, after: str | None = None,
@@ -210,8 +216,7 @@ class Vehicle(Node, Audited):
 
     @strawberry.field
     async def owner(self, info: Info) -> User | None:
-        record = await _load(info, d.User, self._r.owner_id)
-        return User.wrap(record, _ctx(info)) if record else None
+        return await _related(info, User, self._r.owner_id)
 
     @strawberry.field
     async def sessions(self, info: Info, first: int | None = None, after: str | None = None,
@@ -244,13 +249,11 @@ class IdTag(Node, Audited):
 
     @strawberry.field
     async def user(self, info: Info) -> User | None:
-        record = await _load(info, d.User, self._r.user_id)
-        return User.wrap(record, _ctx(info)) if record else None
+        return await _related(info, User, self._r.user_id)
 
     @strawberry.field
     async def vehicle(self, info: Info) -> Vehicle | None:
-        record = await _load(info, d.Vehicle, self._r.vehicle_id)
-        return Vehicle.wrap(record, _ctx(info)) if record else None
+        return await _related(info, Vehicle, self._r.vehicle_id)
 
 
 # ------------------------------------------------------------------------- stations
@@ -307,15 +310,13 @@ class Station(Node, Audited):
     async def owner(self, info: Info) -> User | None:
         if not self._private:
             return None
-        record = await _load(info, d.User, self._r.owner_id)
-        return User.wrap(record, _ctx(info)) if record else None
+        return await _related(info, User, self._r.owner_id)
 
     @strawberry.field
     async def company(self, info: Info) -> Company | None:
         if not self._private:
             return None
-        record = await _load(info, d.Company, self._r.company_id)
-        return Company.wrap(record, _ctx(info)) if record else None
+        return await _related(info, Company, self._r.company_id)
 
     @strawberry.field(description="The price list in force now: the station's, else its "
                                   "company's.")
@@ -378,8 +379,7 @@ class Connector(Node, Audited):
 
     @strawberry.field
     async def station(self, info: Info) -> Station | None:
-        record = await _load(info, d.Station, self._r.station_id)
-        return Station.wrap(record, _ctx(info)) if record else None
+        return await _related(info, Station, self._r.station_id)
 
     @strawberry.field(description="The session charging on this connector now, if the "
                                   "viewer may see it.")
@@ -441,18 +441,15 @@ class Session(Node, Audited):
 
     @strawberry.field
     async def user(self, info: Info) -> User | None:
-        record = await _load(info, d.User, self._r.user_id)
-        return User.wrap(record, _ctx(info)) if record else None
+        return await _related(info, User, self._r.user_id)
 
     @strawberry.field
     async def vehicle(self, info: Info) -> Vehicle | None:
-        record = await _load(info, d.Vehicle, self._r.vehicle_id)
-        return Vehicle.wrap(record, _ctx(info)) if record else None
+        return await _related(info, Vehicle, self._r.vehicle_id)
 
     @strawberry.field
     async def station(self, info: Info) -> Station | None:
-        record = await _load(info, d.Station, self._r.station_id)
-        return Station.wrap(record, _ctx(info)) if record else None
+        return await _related(info, Station, self._r.station_id)
 
     @strawberry.field
     async def connector(self, info: Info) -> Connector | None:
@@ -494,13 +491,11 @@ class Reservation(Node, Audited):
 
     @strawberry.field
     async def station(self, info: Info) -> Station | None:
-        record = await _load(info, d.Station, self._r.station_id)
-        return Station.wrap(record, _ctx(info)) if record else None
+        return await _related(info, Station, self._r.station_id)
 
     @strawberry.field
     async def user(self, info: Info) -> User | None:
-        record = await _load(info, d.User, self._r.user_id)
-        return User.wrap(record, _ctx(info)) if record else None
+        return await _related(info, User, self._r.user_id)
 
 
 @strawberry.type(description="A price list of a company or a station, from `validFrom` on.")
@@ -529,13 +524,11 @@ class Tariff(Node, Audited):
 
     @strawberry.field
     async def station(self, info: Info) -> Station | None:
-        record = await _load(info, d.Station, self._r.station_id)
-        return Station.wrap(record, _ctx(info)) if record else None
+        return await _related(info, Station, self._r.station_id)
 
     @strawberry.field
     async def company(self, info: Info) -> Company | None:
-        record = await _load(info, d.Company, self._r.company_id)
-        return Company.wrap(record, _ctx(info)) if record else None
+        return await _related(info, Company, self._r.company_id)
 
 
 @strawberry.type(description="What a completed session costs, and its settlement state.")
@@ -557,13 +550,11 @@ class Payment(Node, Audited):
 
     @strawberry.field
     async def session(self, info: Info) -> Session | None:
-        record = await _load(info, d.Session, self._r.session_id)
-        return Session.wrap(record, _ctx(info)) if record else None
+        return await _related(info, Session, self._r.session_id)
 
     @strawberry.field
     async def user(self, info: Info) -> User | None:
-        record = await _load(info, d.User, self._r.user_id)
-        return User.wrap(record, _ctx(info)) if record else None
+        return await _related(info, User, self._r.user_id)
 
 
 @strawberry.type(description="One change of one record: who, what, when, before and after.")
@@ -591,8 +582,7 @@ class AuditEntry(Node, Audited):
     async def actor_user(self, info: Info) -> User | None:
         if not is_id(self._r.actor):
             return None
-        record = await _load(info, d.User, self._r.actor)
-        return User.wrap(record, _ctx(info)) if record else None
+        return await _related(info, User, self._r.actor)
 
 
 @strawberry.type(description="One status report of a connector (history, and faults).")
@@ -613,8 +603,7 @@ class StatusEvent(Node):
 
     @strawberry.field
     async def station(self, info: Info) -> Station | None:
-        record = await _load(info, d.Station, self._r.station_id)
-        return Station.wrap(record, _ctx(info)) if record else None
+        return await _related(info, Station, self._r.station_id)
 
 
 #: Node type for each entity kind, for ``node(id:)`` and payloads.
@@ -631,4 +620,9 @@ NODE_BY_KIND: dict[str, Any] = {
     "payment": Payment,
     "audit_entry": AuditEntry,
     "status_event": StatusEvent,
+}
+
+#: The entity class behind each node type.
+RECORD_OF_NODE: dict[Any, type[d.Record]] = {
+    node: d.ENTITY_BY_KIND[kind] for kind, node in NODE_BY_KIND.items()
 }
