@@ -202,11 +202,13 @@ class ChargingService(Service):
                                                                password)
 
     async def reset_connections(self) -> None:
-        """At start-up no charger is connected yet: clear ``online`` flags a crash left."""
+        """At start-up no charger is connected yet: a station still marked online lost its
+        connection with the previous process. Record that disconnect properly (flag,
+        connection history, state intervals), so availability does not count the outage
+        as online time."""
         stale = await self.store.find_all(Station, Eq("online", True), limit=100_000)
-        if stale:
-            await self.store.write(
-                [patch(s, Viewer(user_id="system"), online=False) for s in stale], [])
+        for station in stale:
+            await self.set_online(station.cp_id, False)
 
     async def set_online(self, cp_id: str, online: bool) -> None:
         station = await self.station(cp_id)

@@ -165,3 +165,26 @@ async def test_timestamps_without_zone_are_read_as_utc(central: Central) -> None
     session = await central.session(tx)
     assert session is not None and session.start_time.isoformat() == "2026-03-01T10:00:00+00:00"
     assert now().endswith("Z")
+
+
+async def test_start_up_closes_connections_a_crash_left_open(tmp_path: Path) -> None:
+    path = tmp_path / "crash.db"
+    central = await start_central(path)
+    await seed(central)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.status(1, "Available")
+        # The process dies here: no disconnect is ever recorded.
+        await central.store.close()
+        await central.server.stop()
+    central = await start_central(path)
+    try:
+        station = await central.store.find_one(d.Station, Eq("cp_id", "CP-1"))
+        assert station is not None and not station.online
+        events = await central.store.find_all(d.ConnectionEvent, Eq("cp_id", "CP-1"))
+        assert [e.online for e in sorted(events, key=lambda e: e.at)] == [True, False]
+        open_intervals = await central.store.find_all(
+            d.ConnectorInterval, Eq("cp_id", "CP-1"))
+        current = [i for i in open_intervals if i.end is None]
+        assert all(not i.online for i in current) and current
+    finally:
+        await stop_central(central)
