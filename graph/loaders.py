@@ -24,6 +24,17 @@ class Loaders:
         self._viewer = viewer
         self._loaders: dict[Hashable, DataLoader] = {}
 
+    @staticmethod
+    def peek(loader: DataLoader, key: Any) -> tuple[bool, Any]:
+        """(True, value) when this request already loaded ``key``; lets a resolver answer
+        at once instead of through another awaitable (graphql-core's per-awaitable cost
+        dominates deep lists)."""
+        future = loader._cache.get(key)  # aiodataloader keeps the futures it handed out here
+        if future is None or not future.done() or future.cancelled() \
+                or future.exception() is not None:
+            return False, None
+        return True, future.result()
+
     def by_id(self, kind: type[E]) -> DataLoader:
         """Records by id; ``None`` for missing or hidden ones."""
         key = ("id", kind)

@@ -4,6 +4,7 @@ viewer's scope applied by the domain. Fields a viewer may not see read as null."
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, cast
@@ -53,6 +54,37 @@ async def _related(info: Info, node: Any, record_id: str | None) -> Any:
     per-request loader of its kind; ``None`` when missing or hidden."""
     record = await _load(info, RECORD_OF_NODE[node], record_id)
     return node.wrap(record, _ctx(info)) if record is not None else None
+
+
+def _related_now(info: Info, node: Any, record_id: str | None) -> Any:
+    """A to-one relation, at once when the request already loaded it (a parent
+    prefetched it), else as an awaitable that loads it in the next batch."""
+    if record_id is None:
+        return None
+    ctx = _ctx(info)
+    hit, record = ctx.loaders.peek(ctx.loaders.by_id(RECORD_OF_NODE[node]), record_id)
+    if hit:
+        return node.wrap(record, ctx) if record is not None else None
+    return _related(info, node, record_id)
+
+
+def _wants(selections: Any, *path: str) -> bool:
+    """Whether the selection (through fragments) asks for the nested field ``path``."""
+    if not path:
+        return True
+    for selection in selections or ():
+        name = getattr(selection, "name", None)
+        children = getattr(selection, "selections", None)
+        if name == path[0] and _wants(children, *path[1:]):
+            return True
+        if name is None and _wants(children, *path):  # a fragment
+            return True
+    return False
+
+
+def _active_sessions(ctx: GraphContext) -> Any:
+    return ctx.loaders.many_by(d.Session, "station_id", Eq("state", d.SessionState.ACTIVE),
+                               (), MAX_CONNECTORS)
 
 
 async def _station_connectors(info: Info, station_id: str) -> list[d.Connector]:
@@ -304,7 +336,21 @@ class Station(Node, Audited):
     @strawberry.field
     async def connectors(self, info: Info) -> list[Connector]:
         ctx = _ctx(info)
-        return [Connector.wrap(c, ctx) for c in await _station_connectors(info, self._r.id)]
+        # ``connector { station }`` is this station: known already, no need to load it.
+        ctx.loaders.by_id(d.Station).prime(self._r.id, self._r)
+        connectors = [Connector.wrap(c, ctx)
+                      for c in await _station_connectors(info, self._r.id)]
+        selected = info.selected_fields[0].selections
+        if _wants(selected, "activeSession"):
+            # Load the levels below for all stations of the page now (each level is still
+            # one batched store call), so the per-connector fields answer synchronously.
+            sessions = await _active_sessions(ctx).load(self._r.id)
+            wanted = [(d.User, "user", "user_id"), (d.Vehicle, "vehicle", "vehicle_id")]
+            await asyncio.gather(*(
+                ctx.loaders.by_id(kind).load_many(
+                    [getattr(s, key) for s in sessions if getattr(s, key)])
+                for kind, field, key in wanted if _wants(selected, "activeSession", field)))
+        return connectors
 
     @strawberry.field
     async def owner(self, info: Info) -> User | None:
@@ -378,16 +424,24 @@ class Connector(Node, Audited):
         )
 
     @strawberry.field
-    async def station(self, info: Info) -> Station | None:
-        return await _related(info, Station, self._r.station_id)
+    def station(self, info: Info) -> Station | None:
+        return _related_now(info, Station, self._r.station_id)  # type: ignore[no-any-return]
 
     @strawberry.field(description="The session charging on this connector now, if the "
                                   "viewer may see it.")
-    async def active_session(self, info: Info) -> Session | None:
+    def active_session(self, info: Info) -> Session | None:
         ctx = _ctx(info)
-        loader = ctx.loaders.many_by(d.Session, "station_id", Eq("state", d.SessionState.ACTIVE),
-                                     (), MAX_CONNECTORS)
-        for session in await loader.load(self._r.station_id):
+        hit, sessions = ctx.loaders.peek(_active_sessions(ctx), self._r.station_id)
+        if hit:
+            return self._pick(sessions, ctx)
+        return self._load_active(info)  # type: ignore[return-value]
+
+    async def _load_active(self, info: Info) -> Session | None:
+        ctx = _ctx(info)
+        return self._pick(await _active_sessions(ctx).load(self._r.station_id), ctx)
+
+    def _pick(self, sessions: list[d.Session], ctx: GraphContext) -> Session | None:
+        for session in sessions:
             if session.connector_id == self._r.connector_id:
                 return Session.wrap(session, ctx)
         return None
@@ -440,12 +494,12 @@ class Session(Node, Audited):
         return Money(amount_minor=self._r.cost_minor, currency=self._r.currency)
 
     @strawberry.field
-    async def user(self, info: Info) -> User | None:
-        return await _related(info, User, self._r.user_id)
+    def user(self, info: Info) -> User | None:
+        return _related_now(info, User, self._r.user_id)  # type: ignore[no-any-return]
 
     @strawberry.field
-    async def vehicle(self, info: Info) -> Vehicle | None:
-        return await _related(info, Vehicle, self._r.vehicle_id)
+    def vehicle(self, info: Info) -> Vehicle | None:
+        return _related_now(info, Vehicle, self._r.vehicle_id)  # type: ignore[no-any-return]
 
     @strawberry.field
     async def station(self, info: Info) -> Station | None:

@@ -24,6 +24,7 @@ class CountingStore:
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.calls: list[str] = []
+        self.detail: list[str] = []
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self.inner, name)
@@ -32,6 +33,8 @@ class CountingStore:
 
         async def counted(*args: Any, **kwargs: Any) -> Any:
             self.calls.append(name)
+            kind = args[0].kind if args and hasattr(args[0], "kind") else ""
+            self.detail.append(f"{name}:{kind}")
             return await attr(*args, **kwargs)
 
         return counted
