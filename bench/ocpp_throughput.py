@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import random
 import subprocess
 import sys
 import time
@@ -85,6 +86,9 @@ async def charge_point(ws: ClientConnection, transaction: int, deadline: float,
                        interval: float | None, latencies: list[float]) -> None:
     energy = 0
     next_at = time.perf_counter()
+    if interval is not None:
+        # Spread the charge points over the interval: a fixed rate, not synchronized bursts.
+        next_at += random.uniform(0, interval)
     while time.perf_counter() < deadline:
         if interval is not None:
             next_at += interval
@@ -152,7 +156,7 @@ async def main(cps_list: list[int], seconds: float, rate: float) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--cps", type=int, nargs="+", default=[100, 1000, 5000])
+    parser.add_argument("--cps", type=int, nargs="*", default=[100, 1000, 5000])
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument("--rate", type=float, default=2000)
     arguments = parser.parse_args()
