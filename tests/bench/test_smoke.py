@@ -1,0 +1,32 @@
+"""Seconds-long runs of every benchmark, so they keep working (no timing asserted: the
+numbers belong in docs/performance.md, measured with the full runs)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+SMOKE = {
+    "ocpp_validation": ["--messages", "200"],
+    "store_inserts": ["--messages", "200", "--chargers", "10"],
+    "nested_query": ["--repeat", "1"],
+    "analytics": ["--samples", "20000", "--repeat", "1"],
+    "ocpp_throughput": ["--cps", "10", "--seconds", "1", "--rate", "0"],
+    "ocpp_density": ["--cps", "50"],
+    "subscription_fanout": ["--subscribers", "10", "--rate", "20", "--seconds", "1"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(SMOKE))
+def test_benchmark_runs(name: str) -> None:
+    result = subprocess.run([sys.executable, "-m", f"bench.{name}", *SMOKE[name]], cwd=ROOT,
+                            capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-2000:]
+    written = json.loads((ROOT / "bench" / "results" / f"{name}.json").read_text())
+    assert written["benchmark"] == name and written["rows"]
