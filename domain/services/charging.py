@@ -136,12 +136,33 @@ class ChargingService(Service):
         self.tariffs = TariffService(ctx)
         self.telemetry = GroupCommitter(ctx.store)
         self._stations: dict[str, tuple[Station, float]] = {}
+        # cp_id → (newest charger timestamp seen, server time then): where "now" is on the
+        # charger's clock, for state changes that carry no timestamp of their own.
+        self._charger_clock: dict[str, tuple[datetime, datetime]] = {}
         self._sessions: dict[int, tuple[Session, float]] = {}
         self._last_session_update: dict[str, float] = {}
 
     # ------------------------------------------------------------- plumbing
     async def station(self, cp_id: str) -> Station | None:
         return await self.store.find_one(Station, Eq("cp_id", cp_id))
+
+    def _observe_clock(self, cp_id: str, charger_time: datetime) -> bool:
+        """Track the charger's clock from its newest timestamps. Older ones (a queue
+        flushed after an outage) say nothing about its clock now and are ignored. True
+        for the first timestamp of this charger since the service started."""
+        seen = self._charger_clock.get(cp_id)
+        if seen is None or charger_time >= seen[0]:
+            self._charger_clock[cp_id] = (charger_time, self.now())
+        return seen is None
+
+    def charger_now(self, cp_id: str) -> datetime:
+        """The current instant on the charger's clock (our clock until it sent a
+        timestamp). Connector state intervals live on the charger's timeline, so that a
+        (dis)connect falls between the status reports around it even when the charger's
+        clock is off (or a test replays history)."""
+        seen = self._charger_clock.get(cp_id)
+        now = self.now()
+        return now if seen is None else seen[0] + (now - seen[1])
 
     def _remember(self, record: Station | Session) -> None:
         expires = time.monotonic() + CACHE_TTL_S
@@ -223,7 +244,7 @@ class ChargingService(Service):
                                                    limit=100):
             changes += await self._next_interval(station, connector.connector_id,
                                                  connector.status, connector.error_code,
-                                                 online, now, actor)
+                                                 online, self.charger_now(cp_id), actor)
         await self.store.write(changes, [])
         self._remember(cast(Station, update.record))
         await self.publish(StationConnectionChanged(**self._owned(station), online=online,
@@ -290,12 +311,19 @@ class ChargingService(Service):
 
     async def _next_interval(self, station: Station, connector_id: int,
                              status: ConnectorStatus, error_code: str, online: bool,
-                             at: datetime, actor: Viewer) -> list[Change]:
+                             at: datetime, actor: Viewer, *, rebase: bool = False
+                             ) -> list[Change]:
         """Close the connector's open state interval at ``at`` and open the next one,
-        unless nothing that analytics distinguishes changed."""
+        unless nothing that analytics distinguishes changed. With ``rebase`` (the
+        charger's first timestamp, earlier than the interval its connection opened on our
+        clock), the open interval is moved onto the charger's timeline first."""
         current = await self.store.find_one(ConnectorInterval, all_of(
             Eq("cp_id", station.cp_id), Eq("connector_id", connector_id), Eq("end", None)))
         changes: list[Change] = []
+        if rebase and current is not None and at < current.start:
+            moved = patch(current, actor, start=at)
+            changes.append(moved)
+            current = cast(ConnectorInterval, moved.record)
         if current is not None:
             if (current.status, current.error_code, current.online) == (status, error_code,
                                                                         online):
@@ -324,7 +352,8 @@ class ChargingService(Service):
                                   timestamp: datetime | None = None,
                                   vendor_error_code: str | None = None) -> None:
         station = await self._require_station(cp_id)
-        at = as_utc(timestamp) if timestamp else self.now()
+        at = as_utc(timestamp) if timestamp else self.charger_now(cp_id)
+        first_timestamp = self._observe_clock(cp_id, at) if timestamp else False
         actor = charger(cp_id)
         new_status = ConnectorStatus(status)
         event = StatusEvent(id=_stable_id(cp_id, connector_id, at.isoformat(), status,
@@ -347,7 +376,8 @@ class ChargingService(Service):
                 else:
                     telemetry.append(update)
                 telemetry += await self._next_interval(station, connector_id, new_status,
-                                                       error_code, station.online, at, actor)
+                                                       error_code, station.online, at, actor,
+                                                       rebase=first_timestamp)
             # else: an older report arriving late is history, not the current state
         await self.commit(actor, audited, unaudited=telemetry)
         if connector is not None:
@@ -369,6 +399,7 @@ class ChargingService(Service):
         the charger was offline arrives late and is accepted as it is."""
         station = await self._require_station(cp_id)
         start = as_utc(timestamp)
+        self._observe_clock(cp_id, start)
         tag = id_tag.strip().upper()
         same = await self.store.find_one(Session, all_of(
             Eq("cp_id", cp_id), Eq("connector_id", connector_id), Eq("id_tag", tag),
@@ -422,6 +453,8 @@ class ChargingService(Service):
         """Keeps every numeric sample (also for transactions we do not know: they may
         arrive before their StartTransaction) and updates the session's live energy."""
         station = await self._require_station(cp_id)
+        if readings:
+            self._observe_clock(cp_id, max(as_utc(r.timestamp) for r in readings))
         session = None
         if transaction_id is not None:
             hit = self._sessions.get(transaction_id)
@@ -468,6 +501,7 @@ class ChargingService(Service):
             return info
         actor = charger(cp_id)
         end = as_utc(timestamp)
+        self._observe_clock(cp_id, end)
         closing = self._closing_sample(station, session, samples, meter_stop, end)
         if closing is not None:
             samples.append(closing)

@@ -194,3 +194,32 @@ async def test_data_transfer_diagnostics_and_firmware_status(central: Central) -
     station = await central.store.find_one(d.Station, Eq("cp_id", "CP-1"))
     assert station is not None
     assert station.diagnostics_status == "Uploaded" and station.firmware_status == "Installing"
+
+
+async def test_a_charger_on_another_clock_keeps_a_consistent_timeline(central: Central
+                                                                      ) -> None:
+    """A charger whose clock is months behind ours (or a test replaying history): its
+    connector state intervals follow its own timestamps, and a disconnect lands after its
+    last report on that timeline instead of months later."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.call(call.StatusNotification(connector_id=1, error_code="NoError",
+                                              status="Available",
+                                              timestamp="2026-03-01T10:00:00Z"))
+        await cp.call(call.StatusNotification(connector_id=1, error_code="NoError",
+                                              status="Charging",
+                                              timestamp="2026-03-01T11:00:00Z"))
+    for _ in range(50):
+        intervals = await central.store.find_all(d.ConnectorInterval,
+                                                 Eq("connector_id", 1), limit=20)
+        if any(not i.online for i in intervals):
+            break
+        import asyncio
+        await asyncio.sleep(0.02)
+    ordered = sorted(intervals, key=lambda i: (i.start, i.end is None))
+    march = datetime(2026, 3, 1, tzinfo=UTC)
+    assert all(i.start >= march and i.start < march + timedelta(days=1) for i in ordered)
+    available = next(i for i in ordered if i.status is d.ConnectorStatus.AVAILABLE
+                     and i.online and i.end is not None and i.end > i.start)
+    assert (available.start.hour, available.end.hour) == (10, 11)
+    offline = [i for i in ordered if not i.online]
+    assert offline and offline[-1].end is None and offline[-1].start.hour == 11

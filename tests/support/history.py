@@ -81,30 +81,44 @@ async def build_history(store: Store) -> History:
         for c in connectors:
             await charging.status_notification(cp_id, c, "Available", "NoError",
                                                timestamp=utc(28, 22))
+    # The clock moves with the history, as it would in a live run: each message arrives
+    # when its timestamp says (so the chargers' clocks agree with ours).
     # Session A, S1 c1, driver1: 22:30 → 00:30 UTC, 1000 → 8000 Wh.
+    await at(utc(28, 22, 30))
     tx_a, _ = await charging.start_transaction("S1", 1, "TAG-driver1", 1000, utc(28, 22, 30))
     await charging.status_notification("S1", 1, "Charging", "NoError", timestamp=utc(28, 22, 30))
+    await at(utc(28, 22, 45))
     await charging.meter_values("S1", 1, tx_a, register(3000, utc(28, 22, 45)))
+    await at(utc(28, 23, 15))
     await charging.meter_values("S1", 1, tx_a, register(7000, utc(28, 23, 15)))
+    await at(utc(29, 0, 30))
     await charging.stop_transaction("S1", tx_a, 8000, utc(29, 0, 30))
     await charging.status_notification("S1", 1, "Available", "NoError", timestamp=utc(29, 0, 30))
     # Session B, S1 c2, driver2: 10:00 → 12:00 UTC on the 29th, 0 → 22000 Wh.
+    await at(utc(29, 10))
     tx_b, _ = await charging.start_transaction("S1", 2, "TAG-driver2", 0, utc(29, 10))
     await charging.status_notification("S1", 2, "Charging", "NoError", timestamp=utc(29, 10))
+    await at(utc(29, 11))
     await charging.meter_values("S1", 2, tx_b, register(11000, utc(29, 11)))
+    await at(utc(29, 12))
     await charging.stop_transaction("S1", tx_b, 22000, utc(29, 12))
     await charging.status_notification("S1", 2, "Available", "NoError", timestamp=utc(29, 12))
     # A ground fault on S1 c2 for two hours.
+    await at(utc(29, 14))
     await charging.status_notification("S1", 2, "Faulted", "GroundFailure",
                                        timestamp=utc(29, 14))
+    await at(utc(29, 16))
     await charging.status_notification("S1", 2, "Available", "NoError", timestamp=utc(29, 16))
     # S1 drops offline at midnight UTC on the 30th and stays away.
     await at(utc(30, 0))
     await charging.set_online("S1", False)
     # Session C, S2 c1, driver1: 08:00 → 09:00 UTC on the 30th, no meter values, 5000 Wh.
+    await at(utc(30, 8))
     tx_c, _ = await charging.start_transaction("S2", 1, "TAG-driver1", 0, utc(30, 8))
+    await at(utc(30, 9))
     await charging.stop_transaction("S2", tx_c, 5000, utc(30, 9))
     # An over-current fault on S2 from 20:00 UTC that never clears.
+    await at(utc(30, 20))
     await charging.status_notification("S2", 1, "Faulted", "OverCurrentFailure",
                                        timestamp=utc(30, 20))
     await at(utc(31, 12))  # analytics run the next day
