@@ -12,6 +12,7 @@ from typing import Annotated
 import strawberry
 
 from domain import entities as d
+from domain.query import Sort
 from domain.services.analytics import FaultGroup, Scope, ShareRow
 from domain.timebuckets import Bucket
 from graph.context import GraphContext
@@ -168,8 +169,6 @@ class FaultReport:
                      ) -> Connection[StatusEvent]:
         ctx: GraphContext = info.context
         where = ctx.services.analytics.fault_events_filter(self._scope, self._from, self._to)
-        from domain.query import Sort
-
         return await page_connection(ctx, d.StatusEvent, StatusEvent.wrap, where,
                                      [Sort("at", descending=True)],
                                      PageArgs(first=first, after=after, last=last,

@@ -10,6 +10,7 @@ from typing import Any
 import strawberry
 
 from domain.errors import ValidationError
+from domain.ids import is_id
 from domain.query import Eq, Filter, Near, Range, Search, all_of
 from graph.enums import (
     AuditAction,
@@ -20,7 +21,7 @@ from graph.enums import (
     Role,
     SessionState,
 )
-from graph.ids import expect_id
+from graph.ids import expect_id, from_global_id
 from graph.relay import OrderDirection
 
 
@@ -272,9 +273,6 @@ class AuditFilter:
     def to_domain(self) -> Filter:
         entity_id = None
         if self.entity_id is not None:
-            from domain.ids import is_id
-            from graph.ids import from_global_id
-
             raw = str(self.entity_id)
             entity_id = raw if is_id(raw) else from_global_id(raw, "filter.entityId")[1]
         actor = None

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import strawberry
 
 from domain.errors import DomainError, Forbidden, Unauthenticated
+from domain.policy import Viewer
 from domain.services import UNSET, ConnectorSpec
 from graph.commands import CommandMutation
 from graph.context import GraphContext
@@ -152,8 +153,6 @@ class Mutation(CommandMutation):
         if user is None:
             return LoginPayload(token=None, expires_at=None, user=None, errors=errors)
         issued = ctx.tokens.issue(user.id)
-        from domain.policy import Viewer
-
         own_view = GraphContext.build(ctx.services, ctx.tokens, Viewer.of(user))
         return LoginPayload(token=issued.token, expires_at=issued.expires_at,
                             user=User.wrap(user, own_view), errors=[])

@@ -27,6 +27,7 @@ from domain.entities import (
 )
 from domain.errors import (
     ChargerError,
+    ChargerOffline,
     ChargerRejected,
     DomainError,
     Forbidden,
@@ -93,8 +94,6 @@ class CommandService(Service):
 
     async def _call(self, outcome: CommandOutcome, payload: dict[str, Any]) -> None:
         if self.gateway is None:
-            from domain.errors import ChargerOffline
-
             outcome.error = ChargerOffline("no OCPP bridge runs in this process")
             return
         try:
