@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Iterator
@@ -136,7 +137,7 @@ def demo(host: HostOpt = None, port: PortOpt = None, ocpp_port: OcppPortOpt = No
          ) -> None:
     """Seed a demo world, serve it, and run simulated chargers against it."""
     settings = _settings(host, port, ocpp_port)
-    if "CHARGEGRAPH_PUBLIC_MAP" not in __import__("os").environ:
+    if "CHARGEGRAPH_PUBLIC_MAP" not in os.environ:
         settings.public_map = True  # the demo map is public unless told otherwise
     _logging(settings)
     asyncio.run(_demo(settings, chargers))

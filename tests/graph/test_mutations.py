@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from domain.entities import Connector
+from domain.query import ALL
 from graph.ids import to_global_id
 from tests.graph.conftest import Api
 from tests.graph.world import PASSWORD, World
@@ -160,12 +162,10 @@ async def test_create_station_and_errors(api: Api, world: World, store) -> None:
                                                                           "Alpha Charging"}
     assert [c["type"] for c in station["connectors"]] == ["CCS2", "TYPE2"]
     assert station["connectors"][0]["status"] == "UNAVAILABLE"
-    before = await store.inner.count(__import__("domain.entities").entities.Connector,
-                                     __import__("domain.query").query.ALL)
+    before = await store.inner.count(Connector, ALL)
     dup = await call(api, world, "admin", "createStation", STATION_INPUT, "station { id }")
     assert codes(dup) == [("cpId", "DUPLICATE")]
-    after = await store.inner.count(__import__("domain.entities").entities.Connector,
-                                    __import__("domain.query").query.ALL)
+    after = await store.inner.count(Connector, ALL)
     assert before == after  # nothing half-written
     bad = [
         ({"cpId": "has space"}, ("cpId", "INVALID")),

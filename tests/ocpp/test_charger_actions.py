@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from ocpp.v16 import call
 
 from domain import entities as d
+from domain.policy import SYSTEM
 from domain.query import ALL, Eq
 from ocpp_bridge.simulator import connected, now
 from tests.ocpp.conftest import STATION_PASSWORD, Central
@@ -84,7 +85,7 @@ async def test_authorize_statuses(central: Central) -> None:
         assert await cp.authorize("NOPE") == "Invalid"
         assert await cp.authorize("TAG-BLOCKED") == "Blocked"
         await central.services.fleet.update_id_tag(
-            __import__("domain.policy").policy.SYSTEM, central.tags["other"].id,
+            SYSTEM, central.tags["other"].id,
             expires_at=datetime.now(UTC) - timedelta(days=1))
         assert await cp.authorize("TAG-OTHER") == "Expired"
         await cp.start_transaction(1, "TAG-OK")
