@@ -102,6 +102,13 @@ def unit_vector(lat: float, lon: float) -> dict[str, float]:
             "z": math.sin(phi)}
 
 
+GEO = "_geo"
+
+
+def _has_geo(record: Record) -> bool:
+    return record.kind == "station"
+
+
 def to_doc(record: Record) -> dict[str, Any]:
     doc: dict[str, Any] = {}
     for spec in field_specs(type(record)):
@@ -110,9 +117,35 @@ def to_doc(record: Record) -> dict[str, Any]:
         if spec.category == "decimal":
             doc[shadow(spec)] = compared(spec, value)
     lat, lon = doc.get("lat"), doc.get("lon")
-    if record.kind == "station" and lat is not None and lon is not None:
-        doc["_geo"] = unit_vector(lat, lon)
+    if _has_geo(record) and lat is not None and lon is not None:
+        doc[GEO] = unit_vector(lat, lon)
     return doc
+
+
+def written_names(record: Record, fields: frozenset[str]) -> set[str]:
+    """The stored names a partial update of ``fields`` writes: the fields themselves, a
+    decimal's numeric shadow, and a station's ``_geo`` when its position moves."""
+    specs = spec_by_name(type(record))
+    unknown = fields - specs.keys()
+    if unknown or "id" in fields:
+        raise ValueError(f"cannot update {sorted(unknown or {'id'})} of {record.kind}")
+    names = {storage_name(name) for name in fields}
+    names |= {shadow(specs[name]) for name in fields if specs[name].category == "decimal"}
+    if _has_geo(record) and {"lat", "lon"} & fields:
+        names.add(GEO)
+    return names
+
+
+def partial_update(record: Record, fields: frozenset[str]) -> dict[str, Any]:
+    """The ``$set`` (and ``$unset``) document writing only ``fields`` of ``record``. A
+    station that loses its position loses ``_geo`` too, so ``Near`` cannot find it at the
+    old place."""
+    doc = to_doc(record)
+    names = written_names(record, fields)
+    update: dict[str, Any] = {"$set": {name: doc[name] for name in names if name in doc}}
+    if GEO in names and GEO not in doc:
+        update["$unset"] = {GEO: ""}
+    return update
 
 
 def from_doc(kind: type[Record], doc: dict[str, Any]) -> Record:

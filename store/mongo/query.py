@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from bson import ObjectId
+from bson.errors import InvalidId
 
 from domain.entities import ENTITY_BY_KIND, Record
 from domain.errors import ValidationError
@@ -28,6 +29,7 @@ from domain.query import (
     Sort,
     Sub,
 )
+from store.fields import FieldSpec
 from store.mongo.codec import (
     EARTH_RADIUS_KM,
     compared,
@@ -37,8 +39,17 @@ from store.mongo.codec import (
     unit_vector,
 )
 
+#: Matches nothing (an empty OR). Compared by identity: a compiled part that ``is NEVER``
+#: lets AND/OR and the reads short-circuit without asking the database.
 NEVER: dict[str, Any] = {"_id": {"$in": []}}
 KM_PER_DEGREE_LAT = 111.19
+
+
+def _storable(spec: FieldSpec, value: Any) -> bool:
+    """Whether ``value`` can be stored in ``spec``'s field. An id field holds ObjectIds, so
+    a string that is no ObjectId can never equal one: it matches nothing, as in SQLite."""
+    return spec.category != "id" or value is None or isinstance(value, ObjectId) or (
+        isinstance(value, str) and ObjectId.is_valid(value))
 
 
 class FilterCompiler:
@@ -49,12 +60,13 @@ class FilterCompiler:
         match where:
             case Eq(field=field, value=value):
                 spec = spec_of(kind, field)
+                if not _storable(spec, value):
+                    return NEVER
                 return {shadow(spec): compared(spec, value)}
             case In(field=field, values=values):
-                if not values:
-                    return NEVER
                 spec = spec_of(kind, field)
-                return {shadow(spec): {"$in": [compared(spec, v) for v in values]}}
+                kept = [compared(spec, v) for v in values if _storable(spec, v)]
+                return {shadow(spec): {"$in": kept}} if kept else NEVER
             case Range(field=field):
                 spec = spec_of(kind, field)
                 bounds = {f"${op}": compared(spec, getattr(where, op))
@@ -62,6 +74,8 @@ class FilterCompiler:
                           if getattr(where, op) is not None}
                 return {shadow(spec): bounds} if bounds else {}
             case Search(fields=names, text=text):
+                if not names:
+                    return NEVER  # an OR over no fields (MongoDB refuses an empty $or)
                 pattern = {"$regex": re.escape(text), "$options": "i"}
                 return {"$or": [{storage_name(spec_of(kind, n).name): pattern}
                                 for n in names]}
@@ -112,7 +126,8 @@ class FilterCompiler:
                 continue  # NULL never matches IN, as in SQL
             if isinstance(value, ObjectId) and outer.category != "id":
                 value = str(value)  # e.g. audit ``actor`` (text) against user ids
-            converted.append(compared(outer, value))
+            if _storable(outer, value):  # text that is no ObjectId cannot equal an id
+                converted.append(compared(outer, value))
         if not converted:
             return NEVER
         return {shadow(outer): {"$in": converted}}
@@ -137,7 +152,7 @@ def beyond(kind: type[Record], sort: Sequence[Sort], key: CursorKey, *, after: b
         values.append(key.id)
     try:
         encoded = [compared(spec, v) for (spec, _), v in zip(specs, values, strict=True)]
-    except (TypeError, ValueError, ArithmeticError) as exc:
+    except (TypeError, ValueError, ArithmeticError, InvalidId) as exc:
         raise ValidationError("malformed cursor", field=field, code="INVALID_CURSOR") from exc
     if any(v is None for v in encoded):
         raise ValidationError("malformed cursor", field=field, code="INVALID_CURSOR")

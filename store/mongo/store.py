@@ -1,146 +1,101 @@
 """``domain.ports.Store`` on MongoDB with PyMongo's async API (``AsyncMongoClient``).
 
-No multi-document transactions are assumed (standalone servers have none). A write batch
-is made all-or-nothing with an undo journal instead: before touching anything, the batch's
-before-images go into ``_journal``; then the changes and their audit entries are written;
-then the journal entry is deleted. If a change fails, the applied ones are undone at once;
-if the process dies half-way, ``start()`` undoes what the journal still lists. Readers may
-glimpse a batch in flight, but nothing half-written stays.
+One collection per entity kind, documents as ``store/mongo/codec.py`` describes, filters
+compiled by ``query.py``, analytics by ``aggregate.py``. No multi-document transactions are
+assumed (standalone servers have none): a write batch is made all-or-nothing by the undo
+journal in ``journal.py``; unique rules are unique indexes (``indexes.py``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-import re
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import pymongo
 from bson import ObjectId
-from pymongo import ASCENDING, DESCENDING, ReturnDocument
-from pymongo.errors import DuplicateKeyError
+from pymongo import ReturnDocument
+from pymongo.errors import PyMongoError
 
 from domain.aggregation import Group, Metric
 from domain.entities import AuditEntry, E, Record
-from domain.errors import NotFound, UniqueViolation
-from domain.ports import (
-    PARTIAL_UNIQUE_RULES,
-    UNIQUE_RULES,
-    Change,
-    Delete,
-    Insert,
-    InsertIfAbsent,
-    Update,
-)
+from domain.ports import Change, Insert
 from domain.query import ALL, Filter, Page, PageRequest, Sort, decode_cursor, encode_cursor
-from store.mongo import aggregate
-from store.mongo.codec import compared, from_doc, shadow, spec_of, storage_name, to_doc
+from store.mongo import aggregate, journal, writes
+from store.mongo.codec import compared, from_doc, shadow, spec_of
+from store.mongo.indexes import ensure_indexes
 from store.mongo.query import NEVER, FilterCompiler, beyond, sort_spec
 
 log = logging.getLogger("chargegraph.store.mongo")
 
-JOURNAL = "_journal"
 COUNTERS = "_counters"
-
-#: Lookup indexes besides the unique ones: foreign keys and time series.
-INDEXES: dict[str, list[list[tuple[str, int]]]] = {
-    "user": [[("company_id", ASCENDING)]],
-    "vehicle": [[("owner_id", ASCENDING)]],
-    "id_tag": [[("user_id", ASCENDING)], [("vehicle_id", ASCENDING)]],
-    "station": [[("company_id", ASCENDING)], [("owner_id", ASCENDING)],
-                [("lat", ASCENDING)], [("online", ASCENDING)]],
-    "connector": [[("station_id", ASCENDING), ("connector_id", ASCENDING)]],
-    "session": [[("station_id", ASCENDING), ("start_time", DESCENDING)],
-                [("user_id", ASCENDING), ("start_time", DESCENDING)],
-                [("vehicle_id", ASCENDING)], [("cp_id", ASCENDING), ("state", ASCENDING)],
-                [("id_tag", ASCENDING), ("state", ASCENDING)]],
-    "meter_sample": [[("session_id", ASCENDING), ("at", ASCENDING)],
-                     [("cp_id", ASCENDING), ("at", ASCENDING)], [("at", ASCENDING)]],
-    "status_event": [[("cp_id", ASCENDING), ("connector_id", ASCENDING), ("at", ASCENDING)],
-                     [("station_id", ASCENDING), ("at", ASCENDING)]],
-    "connection_event": [[("station_id", ASCENDING), ("at", ASCENDING)]],
-    "connector_interval": [[("station_id", ASCENDING), ("start", ASCENDING)],
-                           [("cp_id", ASCENDING), ("connector_id", ASCENDING),
-                            ("end", ASCENDING)], [("start", ASCENDING)]],
-    "reservation": [[("station_id", ASCENDING)], [("user_id", ASCENDING)]],
-    "tariff": [[("station_id", ASCENDING), ("valid_from", DESCENDING)],
-               [("company_id", ASCENDING), ("valid_from", DESCENDING)]],
-    "payment": [[("station_id", ASCENDING)], [("user_id", ASCENDING)]],
-    "audit_entry": [[("entity_id", ASCENDING), ("at", DESCENDING)],
-                    [("actor", ASCENDING), ("at", DESCENDING)], [("at", DESCENDING)]],
-}
+#: A health check answers quickly, also when the server is gone (instead of waiting out
+#: the 30 s server selection timeout).
+PING_TIMEOUT_S = 3.0
 
 
-def _index_name(kind: str, fields: Sequence[str], partial: bool = False) -> str:
-    return f"uniq_{kind}_{'_'.join(fields)}{'_active' if partial else ''}"
-
-
-_RULE_BY_INDEX: dict[str, tuple[str, str]] = {}
-for _kind, _rules in UNIQUE_RULES.items():
-    for _fields in _rules:
-        _RULE_BY_INDEX[_index_name(_kind, _fields)] = (_kind, _fields[0])
-for _kind, _partials in PARTIAL_UNIQUE_RULES.items():
-    for _fields, _condition in _partials:
-        # One active session per connector: the connector is what is taken.
-        _RULE_BY_INDEX[_index_name(_kind, _fields, True)] = (_kind, "connector_id")
-_INDEX_IN_MESSAGE = re.compile(r"index:\s+(\S+)")
-
-
-def _violation(kind: str, field: str) -> UniqueViolation:
-    if field == "id":
-        return UniqueViolation("a record with this id exists", field="id")
-    return UniqueViolation(f"another {kind.replace('_', ' ')} has the same {field}",
-                           field=field)
-
-
-def rule_of(exc: DuplicateKeyError) -> tuple[str, str] | None:
-    """(kind, field) of the unique index a server named in its error, if it did."""
-    details = exc.details or {}
-    match = _INDEX_IN_MESSAGE.search(str(details.get("errmsg", "")) or str(exc))
-    name = match.group(1) if match else None
-    if name in _RULE_BY_INDEX:
-        return _RULE_BY_INDEX[name]
-    if "_id" in (details.get("keyPattern") or {}) or name == "_id_":
-        return ("", "id")
-    return None
+class BatchTimeout(TimeoutError):
+    """A write batch ran past ``journal.BATCH_DEADLINE_S`` and was rolled back."""
 
 
 class MongoStore:
-    def __init__(self, db: Any, client: Any = None) -> None:
+    """``db`` is an async database (PyMongo's ``AsyncDatabase``, or the tests' mongomock
+    adapter); ``client`` is closed by ``close()`` when given. ``sweep_every``: seconds
+    between sweeps for batches a dead writer left (``None``: only at start)."""
+
+    def __init__(self, db: Any, client: Any = None, *,
+                 sweep_every: float | None = journal.SWEEP_EVERY_S) -> None:
         self.db = db
         self._client = client
         self._filters = FilterCompiler(db)
+        self._sweep_every = sweep_every
+        self._sweeper: asyncio.Task[None] | None = None
 
     @classmethod
     def connect(cls, url: str, database: str | None = None) -> MongoStore:
-        from pymongo import AsyncMongoClient
-
-        client: Any = AsyncMongoClient(url, tz_aware=True, appname="chargegraph")
-        name = database or (client.get_default_database(default="chargegraph").name)
+        """A store on its own client; the database is ``database``, else the URL's path,
+        else ``chargegraph``. Nothing is contacted before ``start()``."""
+        client: Any = pymongo.AsyncMongoClient(url, tz_aware=True, appname="chargegraph")
+        name = database or client.get_default_database(default="chargegraph").name
         return cls(client[name], client)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        for kind, rules in UNIQUE_RULES.items():
-            for fields in rules:
-                await self.db[kind].create_index([(f, ASCENDING) for f in fields], unique=True,
-                                                 name=_index_name(kind, fields))
-        for kind, partials in PARTIAL_UNIQUE_RULES.items():
-            for fields, (cond_field, cond_value) in partials:
-                await self.db[kind].create_index(
-                    [(f, ASCENDING) for f in fields], unique=True,
-                    name=_index_name(kind, fields, True),
-                    partialFilterExpression={cond_field: cond_value})
-        for kind, indexes in INDEXES.items():
-            for keys in indexes:
-                await self.db[kind].create_index(keys)
-        await self._recover()
+        """Creates the indexes and rolls back batches a crash left (idempotent)."""
+        await ensure_indexes(self.db)
+        await journal.sweep(self.db)
+        if self._sweep_every is not None and (self._sweeper is None or self._sweeper.done()):
+            self._sweeper = asyncio.create_task(self._sweep_forever(self._sweep_every),
+                                                name="chargegraph-mongo-journal-sweep")
+
+    async def _sweep_forever(self, every: float) -> None:
+        # Another instance may die while this one runs: its batches go stale and are
+        # rolled back here, not only when someone restarts.
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await journal.sweep(self.db)
+            except Exception:  # a server outage must not end the sweeping for good
+                log.warning("journal sweep failed; retrying later", exc_info=True)
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
         if self._client is not None:
             await self._client.close()
 
     async def ping(self) -> bool:
-        result = await self.db.command("ping")
+        try:
+            with pymongo.timeout(PING_TIMEOUT_S):
+                result = await self.db.command("ping")
+        except PyMongoError:
+            return False  # unreachable, or the client is closed
         return bool(result.get("ok"))
 
     # ------------------------------------------------------------------ reads
@@ -168,6 +123,8 @@ class MongoStore:
 
     async def find_all(self, kind: type[E], where: Filter, sort: Sequence[Sort] = (),
                        limit: int = 1000) -> list[E]:
+        if limit <= 0:
+            return []  # MongoDB reads limit(0) as "no limit"
         query = await self._where(kind, where)
         if query is NEVER:
             return []
@@ -266,125 +223,41 @@ class MongoStore:
         if not changes and not audit:
             return
         if len(changes) == 1 and not audit:
-            await self._apply(changes[0])  # one document: atomic by itself
+            await writes.apply(self.db, changes[0])  # one document: atomic by itself
             return
-        undo: list[dict[str, Any]] = []
-        touched: set[tuple[str, str]] = set()  # documents this batch already has undo for
-        for change in changes:
-            record = change.record
-            key = (record.kind, record.id)
-            if key in touched:
-                continue  # the earliest before-image is the one to restore
-            touched.add(key)
-            before = await self.db[record.kind].find_one({"_id": ObjectId(record.id)})
-            if isinstance(change, InsertIfAbsent) and before is not None:
-                continue  # already there: nothing to do, nothing to undo
-            undo.append({"kind": record.kind, "id": ObjectId(record.id), "before": before})
-        journal_id = ObjectId()
-        journal: dict[str, Any] = {"_id": journal_id, "undo": undo,
-                                   "audit": [ObjectId(a.id) for a in audit]}
-        await self.db[JOURNAL].insert_one(journal)
-        applied = 0
+        undo = await journal.plan(self.db, changes)
+        audit_ids = [ObjectId(entry.id) for entry in audit]
+        journal_id = await journal.open_batch(self.db, undo, audit_ids)
+        steps = writes.steps(changes)
+        if audit:
+            steps.append([Insert(entry) for entry in audit])
+        deadline = time.monotonic() + journal.BATCH_DEADLINE_S
         try:
-            for change in changes:
-                await self._apply(change)
-                applied += 1
-            if audit:
-                await self.db["audit_entry"].insert_many([to_doc(a) for a in audit],
-                                                         ordered=True)
+            for step in steps:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise BatchTimeout("a write batch ran past its deadline; rolled back")
+                # The server aborts an operation that would run past the deadline too, so
+                # nothing of this batch lands after a sweep could consider it abandoned.
+                with pymongo.timeout(remaining):
+                    await writes.apply(self.db, step)
         except BaseException:
-            await self._undo(undo, [ObjectId(a.id) for a in audit])
-            await self.db[JOURNAL].delete_one({"_id": journal_id})
+            await self._roll_back(journal_id, undo, audit_ids)
             raise
-        await self.db[JOURNAL].delete_one({"_id": journal_id})
+        await journal.close_batch(self.db, journal_id)
 
-    async def _apply(self, change: Change) -> None:
-        record = change.record
-        collection = self.db[record.kind]
+    async def _roll_back(self, journal_id: ObjectId, undo: list[dict[str, Any]],
+                         audit_ids: list[ObjectId]) -> None:
         try:
-            if isinstance(change, Insert):
-                await collection.insert_one(to_doc(record))
-            elif isinstance(change, InsertIfAbsent):
-                try:
-                    await collection.insert_one(to_doc(record))
-                except DuplicateKeyError as exc:
-                    if "_id" not in ((exc.details or {}).get("keyPattern") or {"_id": 1}):
-                        raise
-                    existing = await collection.find_one({"_id": ObjectId(record.id)})
-                    if existing is None:  # another unique rule, not the id
-                        raise
-            elif isinstance(change, Update):
-                doc = to_doc(record)
-                if change.fields is None:
-                    result = await collection.replace_one({"_id": ObjectId(record.id)}, doc)
-                else:
-                    names = {storage_name(f) for f in change.fields}
-                    names |= {f"_n_{f}" for f in change.fields if f"_n_{f}" in doc}
-                    if record.kind == "station" and {"lat", "lon"} & change.fields:
-                        names.add("_geo")
-                    values = {k: v for k, v in doc.items() if k in names}
-                    result = await collection.update_one({"_id": ObjectId(record.id)},
-                                                         {"$set": values})
-                if result.matched_count == 0:
-                    raise NotFound(f"no such {record.kind.replace('_', ' ')}: {record.id}",
-                                   field="id")
-            elif isinstance(change, Delete):
-                result = await collection.delete_one({"_id": ObjectId(record.id)})
-                if result.deleted_count == 0:
-                    raise NotFound(f"no such {record.kind.replace('_', ' ')}: {record.id}",
-                                   field="id")
-            else:
-                raise TypeError(f"not a change: {change!r}")
-        except DuplicateKeyError as exc:
-            inserting = isinstance(change, Insert | InsertIfAbsent)
-            raise await self._explain(record, exc, inserting=inserting) from exc
-
-    async def _explain(self, record: Record, exc: DuplicateKeyError, *, inserting: bool
-                       ) -> UniqueViolation:
-        """Which rule the unique index enforced. A real server names the index; mongomock
-        does not, so then the clashing record is looked up (to report, not to enforce)."""
-        known = rule_of(exc)
-        if known is not None:
-            return _violation(record.kind, known[1])
-        doc = to_doc(record)
-        collection = self.db[record.kind]
-        if inserting and await collection.find_one({"_id": doc["_id"]}) is not None:
-            return _violation(record.kind, "id")
-        others = {"_id": {"$ne": doc["_id"]}}
-        for fields in UNIQUE_RULES.get(record.kind, ()):
-            if await collection.find_one({**others, **{f: doc[f] for f in fields}}):
-                return _violation(record.kind, fields[0])
-        for fields, (cond_field, cond_value) in PARTIAL_UNIQUE_RULES.get(record.kind, ()):
-            if doc.get(cond_field) == cond_value and await collection.find_one(
-                    {**others, cond_field: cond_value, **{f: doc[f] for f in fields}}):
-                return _violation(record.kind, "connector_id")
-        return UniqueViolation("a unique rule rejected the change")
-
-    async def _undo(self, undo: list[dict[str, Any]], audit_ids: list[ObjectId]) -> None:
-        """Restore every listed document to its before-image (idempotent)."""
-        if audit_ids:
-            await self.db["audit_entry"].delete_many({"_id": {"$in": audit_ids}})
-        for entry in reversed(undo):
-            collection = self.db[entry["kind"]]
-            if entry["before"] is None:
-                await collection.delete_one({"_id": entry["id"]})
-            else:
-                await collection.replace_one({"_id": entry["id"]}, entry["before"],
-                                             upsert=True)
-
-    async def _recover(self) -> None:
-        """Undo batches a crash interrupted (their journal entries are still here)."""
-        left = await self.db[JOURNAL].find({}).to_list(None)
-        for journal in left:
-            log.warning("undoing a write batch interrupted by a crash (%d changes)",
-                        len(journal["undo"]))
-            await self._undo(journal["undo"], journal.get("audit", []))
-            await self.db[JOURNAL].delete_one({"_id": journal["_id"]})
+            await journal.roll_back(self.db, undo, audit_ids)
+            await journal.close_batch(self.db, journal_id)
+        except Exception:
+            # The journal document stays, so a sweep finishes the rollback; the caller
+            # gets the error that failed the batch, not this one.
+            log.exception("rolling back a failed write batch failed; a sweep will finish it")
 
     async def next_sequence(self, name: str) -> int:
         doc = await self.db[COUNTERS].find_one_and_update(
             {"_id": name}, {"$inc": {"value": 1}}, upsert=True,
             return_document=ReturnDocument.AFTER)
         return int(doc["value"])
-
-

@@ -1,60 +1,134 @@
-"""MongoDB backend specifics: ids as ObjectIds, index creation, the undo journal."""
+"""MongoDB backend specifics (the shared behaviour is in tests/contract): how values are
+stored, the indexes, the undo journal (rollback, crash recovery, several instances), the
+mapping of duplicate-key errors to rules, and the filter edge cases of ObjectId fields.
+
+Runs on mongomock through the async adapter; the tests that build server-shaped errors
+check what mongomock cannot produce."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from bson import ObjectId
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from domain.entities import (
     AuditAction,
     AuditEntry,
     Company,
     Connector,
+    MeterSample,
+    Registration,
+    Role,
+    Session,
+    SessionState,
     Station,
     Tariff,
+    User,
 )
-from domain.errors import UniqueViolation
-from domain.ports import Insert, Update
-from domain.query import ALL, Eq, Near
-from store.mongo import MongoStore
-from store.mongo.store import JOURNAL
-from tests.support.mongomock_async import async_mongomock_database
+from domain.errors import NotFound, UniqueViolation
+from domain.ports import PARTIAL_UNIQUE_RULES, UNIQUE_RULES, Delete, Insert, InsertIfAbsent, Update
+from domain.query import ALL, Eq, In, Near, Range, Search, Sort, Sub
+from store.mongo import MongoStore, journal, writes
+from store.mongo import store as store_module
+from store.mongo.codec import to_doc
+from store.mongo.indexes import index_name, violated_field
+from store.mongo.journal import JOURNAL
+from tests.support.mongomock_async import AsyncDatabase, async_mongomock_database
+
+T0 = datetime(2025, 3, 1, 12, 0, 0, 123000, tzinfo=UTC)
 
 
 @pytest.fixture
-async def mongo() -> MongoStore:
+async def mongo() -> AsyncIterator[MongoStore]:
     store = MongoStore(async_mongomock_database())
     await store.start()
-    return store
+    yield store
+    await store.close()
 
 
-def raw(store: MongoStore):  # type: ignore[no-untyped-def]
-    return store.db.sync()
+def raw(store: MongoStore) -> Any:
+    """The mongomock database behind the adapter, for looking at stored documents."""
+    db: AsyncDatabase = store.db
+    return db.sync()
+
+
+def audit_of(record: Any, action: AuditAction = AuditAction.UPDATE) -> AuditEntry:
+    return AuditEntry(entity=record.kind, entity_id=record.id, action=action, actor="system")
+
+
+def session_on(station: Station, connector_id: int, transaction_id: int,
+               state: SessionState = SessionState.ACTIVE) -> Session:
+    return Session(transaction_id=transaction_id, station_id=station.id, cp_id=station.cp_id,
+                   connector_id=connector_id, id_tag="TAG", start_time=T0, meter_start_wh=0,
+                   state=state)
+
+
+# ---------------------------------------------------------------------------- storage
 
 
 async def test_ids_and_foreign_keys_are_object_ids(mongo: MongoStore) -> None:
     company = Company(name="Acme")
     station = Station(cp_id="CP-1", name="One", company_id=company.id, lat=52.5, lon=13.4)
     await mongo.write([Insert(company), Insert(station)], [])
+
     doc = raw(mongo)["station"].find_one({"cp_id": "CP-1"})
     assert doc["_id"] == ObjectId(station.id)
+    assert "id" not in doc
     assert doc["company_id"] == ObjectId(company.id)
+    assert doc["owner_id"] is None  # a missing foreign key stays null
     assert set(doc["_geo"]) == {"x", "y", "z"}
     assert (await mongo.get_many(Station, [station.id]))[0] == station
 
 
-async def test_decimals_are_exact_and_compare_as_numbers(mongo: MongoStore) -> None:
-    cheap = Tariff(company_id=ObjectId().__str__(), price_per_kwh=Decimal("9.50"),
-                   currency="EUR")
-    dear = Tariff(company_id=ObjectId().__str__(), price_per_kwh=Decimal("10.0"),
-                  currency="EUR")
+async def test_values_are_stored_as_documented(mongo: MongoStore) -> None:
+    station = Station(cp_id="CP-2", name="Two", registration=Registration.PENDING,
+                      last_seen=T0)
+    tariff = Tariff(station_id=station.id, price_per_kwh=Decimal("0.3950"), currency="EUR")
+    entry = AuditEntry(entity="station", entity_id=station.id, action=AuditAction.CREATE,
+                       actor="system", after={"name": "Two", "last_seen": T0.isoformat()})
+    await mongo.write([Insert(station), Insert(tariff)], [entry])
+
+    db = raw(mongo)
+    s = db["station"].find_one({"_id": ObjectId(station.id)})
+    assert s["registration"] == "Pending"  # enums as their value
+    assert s["last_seen"] == T0  # a BSON date
+    t = db["tariff"].find_one({"_id": ObjectId(tariff.id)})
+    assert t["price_per_kwh"] == "0.3950"  # exact text ...
+    assert t["_n_price_per_kwh"] == pytest.approx(0.395)  # ... and a numeric shadow
+    a = db["audit_entry"].find_one({"_id": ObjectId(entry.id)})
+    assert a["entity_id"] == station.id  # text: audit entries name any kind of id
+    assert a["after"] == {"name": "Two", "last_seen": T0.isoformat()}  # kept as given
+    assert (await mongo.get_many(Tariff, [tariff.id]))[0] == tariff
+    assert (await mongo.get_many(AuditEntry, [entry.id]))[0] == entry
+
+
+async def test_naive_datetimes_from_the_driver_read_as_utc() -> None:
+    store = MongoStore(async_mongomock_database(tz_aware=False), sweep_every=None)
+    await store.start()
+    station = Station(cp_id="CP-3", name="Three", last_seen=T0)
+    await store.write([Insert(station)], [])
+
+    assert raw(store)["station"].find_one()["last_seen"].tzinfo is None
+    loaded = (await store.get_many(Station, [station.id]))[0]
+    assert loaded is not None and loaded.last_seen == T0
+    assert loaded.last_seen.tzinfo is UTC
+    await store.close()
+
+
+async def test_decimals_compare_as_numbers(mongo: MongoStore) -> None:
+    cheap = Tariff(company_id=str(ObjectId()), price_per_kwh=Decimal("9.50"), currency="EUR")
+    dear = Tariff(company_id=str(ObjectId()), price_per_kwh=Decimal("10.0"), currency="EUR")
     await mongo.write([Insert(cheap), Insert(dear)], [])
-    from domain.query import Range, Sort
 
     found = await mongo.find_all(Tariff, Range("price_per_kwh", gt=Decimal("9.6")))
-    assert [t.id for t in found] == [dear.id]  # as text "10.0" < "9.6"
+    assert [t.id for t in found] == [dear.id]  # as text, "10.0" < "9.6"
     ordered = await mongo.find_all(Tariff, ALL, [Sort("price_per_kwh")])
     assert [t.price_per_kwh for t in ordered] == [Decimal("9.50"), Decimal("10.0")]
 
@@ -63,45 +137,403 @@ async def test_near_is_exact_great_circle(mongo: MongoStore) -> None:
     berlin = Station(cp_id="BER", name="Berlin", lat=52.5200, lon=13.4050)
     potsdam = Station(cp_id="PDM", name="Potsdam", lat=52.3906, lon=13.0645)
     await mongo.write([Insert(berlin), Insert(potsdam)], [])
+
     assert {s.cp_id for s in await mongo.find_all(Station, Near(52.52, 13.405, 26))} == {"BER"}
     assert {s.cp_id for s in await mongo.find_all(Station, Near(52.52, 13.405, 28))} == {
         "BER", "PDM"}
 
 
+async def test_a_station_without_position_leaves_the_map(mongo: MongoStore) -> None:
+    station = Station(cp_id="GEO", name="Geo", lat=52.52, lon=13.405)
+    await mongo.write([Insert(station)], [])
+    moved = dataclasses.replace(station, lat=None, lon=None)
+
+    await mongo.write([Update(moved, frozenset({"lat", "lon"}))], [])
+
+    assert "_geo" not in raw(mongo)["station"].find_one({"cp_id": "GEO"})
+    assert await mongo.find_all(Station, Near(52.52, 13.405, 1)) == []
+
+
+async def test_counters_live_in_their_own_collection(mongo: MongoStore) -> None:
+    assert [await mongo.next_sequence("transaction") for _ in range(2)] == [1, 2]
+    assert raw(mongo)[store_module.COUNTERS].find_one({"_id": "transaction"})["value"] == 2
+
+
+# ---------------------------------------------------------------------------- indexes
+
+
+def index_snapshot(store: MongoStore) -> dict[str, Any]:
+    db = raw(store)
+    return {name: db[name].index_information() for name in sorted(db.list_collection_names())}
+
+
 async def test_start_is_idempotent(mongo: MongoStore) -> None:
+    before = index_snapshot(mongo)
     await mongo.start()
-    indexes = raw(mongo)["user"].index_information()
-    assert "uniq_user_email" in indexes
+    await mongo.start()
+    assert index_snapshot(mongo) == before
+    for kind, rules in UNIQUE_RULES.items():
+        for fields in rules:
+            assert before[kind][index_name(kind, fields)]["unique"] is True
 
 
-async def test_failed_batch_is_undone(mongo: MongoStore) -> None:
+async def test_one_active_session_per_connector_is_a_partial_unique_index(
+    mongo: MongoStore
+) -> None:
+    (fields, (cond_field, cond_value)), = PARTIAL_UNIQUE_RULES["session"]
+    info = raw(mongo)["session"].index_information()[index_name("session", fields, True)]
+    assert info["unique"] is True
+    assert info["partialFilterExpression"] == {cond_field: cond_value}
+
+    station = Station(cp_id="CP-S", name="S")
+    done = session_on(station, 1, 1, SessionState.COMPLETED)
+    also_done = session_on(station, 1, 2, SessionState.COMPLETED)
+    running = session_on(station, 1, 3)
+    await mongo.write([Insert(done), Insert(also_done), Insert(running)], [])
+    with pytest.raises(UniqueViolation) as raised:
+        await mongo.write([Insert(session_on(station, 1, 4))], [])
+    assert raised.value.field == "connector_id"
+
+
+# ---------------------------------------------------------------------------- rule mapping
+
+
+def server_error(index: str, key_pattern: dict[str, int]) -> dict[str, Any]:
+    """A duplicate-key error's details as a MongoDB server reports them."""
+    keys = ", ".join(f'{k}: "x"' for k in key_pattern)
+    return {"index": 0, "code": 11000, "keyPattern": key_pattern,
+            "keyValue": dict.fromkeys(key_pattern, "x"),
+            "errmsg": f"E11000 duplicate key error collection: cg.c index: {index} "
+                      f"dup key: {{ {keys} }}"}
+
+
+@pytest.mark.parametrize(("kind", "details", "field"), [
+    ("user", server_error("uniq_user_email", {"email": 1}), "email"),
+    ("connector", server_error("uniq_connector_cp_id_connector_id",
+                               {"cp_id": 1, "connector_id": 1}), "cp_id"),
+    ("session", server_error("uniq_session_cp_id_connector_id_active",
+                             {"cp_id": 1, "connector_id": 1}), "connector_id"),
+    ("session", server_error("uniq_session_transaction_id", {"transaction_id": 1}),
+     "transaction_id"),
+    ("station", server_error("_id_", {"_id": 1}), "id"),
+    # Without a known index name the key pattern decides (per kind).
+    ("station", {"code": 11000, "keyPattern": {"cp_id": 1}}, "cp_id"),
+    ("connector", {"code": 11000, "keyPattern": {"cp_id": 1, "connector_id": 1}}, "cp_id"),
+    ("session", {"code": 11000, "keyPattern": {"cp_id": 1, "connector_id": 1}},
+     "connector_id"),
+    ("company", {"code": 11000, "keyPattern": {"_id": 1}}, "id"),
+    # mongomock says nothing: the store has to look.
+    ("user", {"code": 11000, "errmsg": "E11000 Duplicate Key Error"}, None),
+    ("user", None, None),
+])
+def test_violated_field_reads_server_details(kind: str, details: dict[str, Any] | None,
+                                             field: str | None) -> None:
+    assert violated_field(kind, details) == field
+
+
+class RaisingCollection:
+    """Fails like a server would, so the mapping is checked without mongomock's gaps."""
+
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+        self.lookups = 0
+
+    async def insert_many(self, docs: Any, ordered: bool = True) -> None:
+        raise self.exc
+
+    async def update_one(self, *args: Any, **kwargs: Any) -> None:
+        raise self.exc
+
+    async def replace_one(self, *args: Any, **kwargs: Any) -> None:
+        raise self.exc
+
+    async def find_one(self, *args: Any, **kwargs: Any) -> None:
+        self.lookups += 1
+        return None
+
+
+class OneCollectionDb:
+    def __init__(self, collection: RaisingCollection) -> None:
+        self.collection = collection
+
+    def __getitem__(self, name: str) -> RaisingCollection:
+        return self.collection
+
+
+async def test_a_bulk_insert_error_names_the_rule() -> None:
+    station = Station(cp_id="CP-X", name="X")
+    connector = Connector(station_id=station.id, cp_id="CP-X", connector_id=1)
+    details = server_error("uniq_connector_cp_id_connector_id",
+                           {"cp_id": 1, "connector_id": 1})
+    collection = RaisingCollection(BulkWriteError({"writeErrors": [details],
+                                                   "nInserted": 0}))
+
+    with pytest.raises(UniqueViolation) as raised:
+        await writes.insert(OneCollectionDb(collection), [Insert(connector)])
+
+    assert raised.value.field == "cp_id"
+    assert collection.lookups == 0  # the server's details were enough
+
+
+async def test_an_update_error_names_the_rule() -> None:
+    user = User(email="a@example.com", name="A", role=Role.DRIVER)
+    details = server_error("uniq_user_email", {"email": 1})
+    collection = RaisingCollection(DuplicateKeyError(details["errmsg"], 11000, details))
+
+    for change in (Update(user), Update(user, frozenset({"email"}))):
+        with pytest.raises(UniqueViolation) as raised:
+            await writes.update(OneCollectionDb(collection), change)
+        assert raised.value.field == "email"
+    assert collection.lookups == 0
+
+
+@pytest.mark.parametrize("rule", sorted(f"{k}.{f[0]}" for k, rs in UNIQUE_RULES.items()
+                                         for f in rs))
+def test_every_unique_index_name_maps_to_its_rule(rule: str) -> None:
+    kind, field = rule.split(".")
+    (fields,) = [f for f in UNIQUE_RULES[kind] if f[0] == field]
+    pattern = dict.fromkeys(fields, 1)
+    assert violated_field(kind, server_error(index_name(kind, fields), pattern)) == field
+
+
+# ---------------------------------------------------------------------------- rollback
+
+
+async def test_a_second_change_breaking_a_unique_rule_undoes_the_first(
+    mongo: MongoStore
+) -> None:
     station = Station(cp_id="CP-1", name="One")
     await mongo.write([Insert(station)], [])
-    renamed = Station(**{**station.__dict__, "name": "Renamed"})
+    renamed = dataclasses.replace(station, name="Renamed")
     clash = Station(cp_id="CP-1", name="Copy")
-    audit = AuditEntry(entity="station", entity_id=station.id, action=AuditAction.UPDATE,
-                       actor="system")
-    with pytest.raises(UniqueViolation) as err:
-        await mongo.write([Update(renamed), Insert(clash)], [audit])
-    assert err.value.field == "cp_id"
-    assert (await mongo.get_many(Station, [station.id]))[0] == station  # rename undone
+
+    with pytest.raises(UniqueViolation) as raised:
+        await mongo.write([Update(renamed), Insert(clash)],
+                          [audit_of(renamed), audit_of(clash, AuditAction.CREATE)])
+
+    assert raised.value.field == "cp_id"
+    assert await mongo.get_many(Station, [station.id, clash.id]) == [station, None]
     assert await mongo.count(AuditEntry, ALL) == 0
     assert raw(mongo)[JOURNAL].count_documents({}) == 0
 
 
-async def test_crash_mid_batch_is_undone_on_start(mongo: MongoStore) -> None:
-    """Simulate a process that died after writing the journal and half the batch."""
+async def test_a_missing_target_restores_deleted_and_updated_records(
+    mongo: MongoStore
+) -> None:
+    gone, kept = Company(name="Gone"), Company(name="Kept")
+    await mongo.write([Insert(gone), Insert(kept)], [])
+    renamed = dataclasses.replace(kept, name="Renamed")
+    ghost = Company(name="Never stored")
+
+    with pytest.raises(NotFound):
+        await mongo.write([Delete(gone), Update(renamed, frozenset({"name"})), Update(ghost)],
+                          [audit_of(gone, AuditAction.DELETE), audit_of(renamed)])
+
+    assert await mongo.get_many(Company, [gone.id, kept.id, ghost.id]) == [gone, kept, None]
+    assert await mongo.count(AuditEntry, ALL) == 0
+
+
+async def test_a_run_of_inserts_is_undone_as_a_whole(mongo: MongoStore) -> None:
+    taken = Station(cp_id="TAKEN", name="T")
+    await mongo.write([Insert(taken)], [])
+    run = [Station(cp_id=f"NEW-{i}", name=str(i)) for i in range(3)]
+
+    with pytest.raises(UniqueViolation) as raised:
+        await mongo.write([*(Insert(s) for s in run), Insert(Station(cp_id="TAKEN", name="x")),
+                           Insert(Station(cp_id="NEW-9", name="after"))], [])
+
+    assert raised.value.field == "cp_id"
+    assert await mongo.count(Station, ALL) == 1
+
+
+async def test_insert_if_absent_skips_existing_and_repeated_records(mongo: MongoStore) -> None:
+    def sample(value: float) -> MeterSample:
+        return MeterSample(id=str(ObjectId()), session_id=None, cp_id="CP", connector_id=1,
+                           at=T0, measurand="Energy.Active.Import.Register", value=value)
+
+    old, new = sample(1), sample(2)
+    await mongo.write([Insert(old)], [])
+    changed_copy = dataclasses.replace(old, value=99)
+
+    await mongo.write([InsertIfAbsent(changed_copy), InsertIfAbsent(new), InsertIfAbsent(new),
+                       InsertIfAbsent(sample(3))], [])
+
+    assert await mongo.count(MeterSample, ALL) == 3
+    assert (await mongo.get_many(MeterSample, [old.id]))[0] == old  # not overwritten
+    await mongo.write([InsertIfAbsent(new)], [])  # alone (no journal) too
+    assert await mongo.count(MeterSample, ALL) == 3
+
+
+async def test_rollback_restores_only_what_a_partial_update_wrote(mongo: MongoStore) -> None:
+    station = Station(cp_id="CP-P", name="Before", online=False)
+    await mongo.write([Insert(station)], [])
+    renamed = dataclasses.replace(station, name="After")
+    change = Update(renamed, frozenset({"name", "updated_at", "updated_by"}))
+
+    undo = await journal.plan(mongo.db, [change])
+    await writes.apply(mongo.db, change)
+    # A heartbeat of another request lands in between.
+    raw(mongo)["station"].update_one({"_id": ObjectId(station.id)},
+                                      {"$set": {"online": True, "last_seen": T0}})
+    await journal.roll_back(mongo.db, undo, [])
+
+    loaded = (await mongo.get_many(Station, [station.id]))[0]
+    assert loaded is not None
+    assert loaded.name == "Before"  # the batch's own change is undone
+    assert (loaded.online, loaded.last_seen) == (True, T0)  # the heartbeat survives
+
+
+async def test_a_batch_past_its_deadline_is_rolled_back(mongo: MongoStore,
+                                                        monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
+    monkeypatch.setattr(journal, "BATCH_DEADLINE_S", 0.0)
+    company = Company(name="Late")
+
+    with pytest.raises(store_module.BatchTimeout):
+        await mongo.write([Insert(company)], [audit_of(company, AuditAction.CREATE)])
+
+    assert await mongo.count(Company, ALL) == 0
+    assert await mongo.count(AuditEntry, ALL) == 0
+    assert raw(mongo)[JOURNAL].count_documents({}) == 0
+
+
+# ---------------------------------------------------------------------------- crash recovery
+
+
+def leave_half_a_batch(store: MongoStore, at: datetime | None) -> tuple[Station, Connector]:
+    """What a writer that died half-way leaves: its journal and its first change."""
     station = Station(cp_id="CP-9", name="Nine")
     connector = Connector(station_id=station.id, cp_id="CP-9", connector_id=1)
-    db = raw(mongo)
-    from store.mongo.codec import to_doc
-
-    db[JOURNAL].insert_one({"_id": ObjectId(), "audit": [],
-                            "undo": [{"kind": "station", "id": ObjectId(station.id),
-                                      "before": None},
-                                     {"kind": "connector", "id": ObjectId(connector.id),
-                                      "before": None}]})
+    entry = audit_of(station, AuditAction.CREATE)
+    doc: dict[str, Any] = {
+        "_id": ObjectId(), "audit": [ObjectId(entry.id)],
+        "undo": [{"kind": "station", "id": ObjectId(station.id), "before": None,
+                  "fields": None},
+                 {"kind": "connector", "id": ObjectId(connector.id), "before": None,
+                  "fields": None}]}
+    if at is not None:
+        doc["at"] = at
+    db = raw(store)
+    db[JOURNAL].insert_one(doc)
     db["station"].insert_one(to_doc(station))  # the crash came before the connector
+    return station, connector
+
+
+async def test_start_rolls_back_a_batch_whose_writer_died(mongo: MongoStore) -> None:
+    leave_half_a_batch(mongo, datetime.now(UTC) - timedelta(minutes=10))
+
     await mongo.start()
+
     assert await mongo.find_one(Station, Eq("cp_id", "CP-9")) is None
-    assert db[JOURNAL].count_documents({}) == 0
+    assert raw(mongo)[JOURNAL].count_documents({}) == 0
+
+
+async def test_a_journal_without_a_time_counts_as_stale(mongo: MongoStore) -> None:
+    leave_half_a_batch(mongo, None)
+    await mongo.start()
+    assert await mongo.count(Station, ALL) == 0
+
+
+async def test_start_leaves_a_batch_another_instance_is_writing(mongo: MongoStore) -> None:
+    now = datetime.now(UTC)
+    station, _ = leave_half_a_batch(mongo, now)
+
+    await mongo.start()  # e.g. a second instance starting during a rolling deploy
+
+    assert (await mongo.get_many(Station, [station.id]))[0] == station
+    assert raw(mongo)[JOURNAL].count_documents({}) == 1
+    # Had that writer died, a later sweep (at start or periodic) rolls its batch back.
+    assert await journal.sweep(mongo.db, now + journal.STALE_AFTER + timedelta(seconds=1)) == 1
+    assert await mongo.count(Station, ALL) == 0
+    assert raw(mongo)[JOURNAL].count_documents({}) == 0
+
+
+async def test_concurrent_sweeps_roll_a_batch_back_once() -> None:
+    # Operations interleave as on a server: both sweeps see the stale batch, one claims it.
+    store = MongoStore(async_mongomock_database(interleave=True), sweep_every=None)
+    await store.start()
+    leave_half_a_batch(store, datetime.now(UTC) - timedelta(minutes=10))
+    counts = await asyncio.gather(journal.sweep(store.db), journal.sweep(store.db))
+    assert sorted(counts) == [0, 1]
+    assert await store.count(Station, ALL) == 0
+
+
+async def test_the_periodic_sweep_runs_while_open_and_stops_on_close() -> None:
+    store = MongoStore(async_mongomock_database(), sweep_every=0.01)
+    await store.start()
+    await store.start()  # idempotent: still one sweeper
+    leave_half_a_batch(store, datetime.now(UTC) - timedelta(minutes=10))
+    for _ in range(100):
+        if raw(store)[JOURNAL].count_documents({}) == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert await store.count(Station, ALL) == 0
+    sweeper = store._sweeper
+    await store.close()
+    assert sweeper is not None and sweeper.done()
+
+
+# ---------------------------------------------------------------------------- filters
+
+
+async def test_text_that_is_no_object_id_matches_no_id_field(mongo: MongoStore) -> None:
+    owner = User(email="o@example.com", name="O", role=Role.OPERATOR)
+    station = Station(cp_id="CP-O", name="O", owner_id=owner.id)
+    await mongo.write([Insert(owner), Insert(station)], [])
+
+    assert await mongo.find_all(Station, Eq("owner_id", "not-an-id")) == []
+    assert await mongo.find_all(Station, Eq("id", "not-an-id")) == []
+    assert await mongo.find_all(Station, In("owner_id", ("nope", owner.id))) == [station]
+    assert await mongo.find_all(Station, In("owner_id", ("nope",))) == []
+    assert await mongo.get_many(Station, ["nope", station.id]) == [None, station]
+
+
+async def test_sub_converts_between_object_ids_and_text(mongo: MongoStore) -> None:
+    ada = User(email="ada@example.com", name="Ada", role=Role.ADMIN)
+    bob = User(email="bob@example.com", name="Bob", role=Role.DRIVER)
+    by_ada = AuditEntry(entity="user", entity_id=bob.id, action=AuditAction.UPDATE,
+                        actor=ada.id)
+    by_system = AuditEntry(entity="station", entity_id="not-an-id", action=AuditAction.UPDATE,
+                           actor="system")
+    await mongo.write([Insert(ada), Insert(bob)], [by_ada, by_system])
+
+    # Outer text field (``actor``), inner ObjectIds (user ids).
+    admins = Sub("actor", "user", Eq("role", Role.ADMIN))
+    assert await mongo.find_all(AuditEntry, admins) == [by_ada]
+    # Outer ObjectId field, inner text (``entity_id``); text that is no id is dropped.
+    audited = Sub("id", "audit_entry", ALL, select="entity_id")
+    assert await mongo.find_all(User, audited) == [bob]
+
+
+async def test_search_over_no_fields_matches_nothing(mongo: MongoStore) -> None:
+    await mongo.write([Insert(Company(name="Acme"))], [])
+    assert await mongo.find_all(Company, Search((), "acme")) == []
+    assert len(await mongo.find_all(Company, Search(("name",), "ACM"))) == 1
+    assert await mongo.find_all(Company, ALL, limit=0) == []
+
+
+# ---------------------------------------------------------------------------- connection
+
+
+async def test_ping(mongo: MongoStore) -> None:
+    assert await mongo.ping() is True
+
+
+async def test_ping_is_false_quickly_without_a_server(monkeypatch: pytest.MonkeyPatch
+                                                      ) -> None:
+    monkeypatch.setattr(store_module, "PING_TIMEOUT_S", 0.2)
+    store = MongoStore.connect("mongodb://127.0.0.1:1/cg_ping?serverSelectionTimeoutMS=5000")
+    assert await store.ping() is False
+    await store.close()
+    assert await store.ping() is False
+
+
+@pytest.mark.parametrize(("url", "database", "name"), [
+    ("mongodb://127.0.0.1:1/fleet", None, "fleet"),
+    ("mongodb://127.0.0.1:1", None, "chargegraph"),
+    ("mongodb://127.0.0.1:1/fleet", "other", "other"),
+])
+async def test_connect_picks_the_database(url: str, database: str | None, name: str) -> None:
+    store = MongoStore.connect(url, database)
+    assert store.db.name == name
+    await store.close()

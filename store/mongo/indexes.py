@@ -1,0 +1,104 @@
+"""The indexes the MongoDB store needs, and which uniqueness rule a duplicate-key error broke.
+
+Unique rules (``domain.ports.UNIQUE_RULES``) are enforced by unique indexes named
+``uniq_<kind>_<fields>``; the partial "one ACTIVE session per connector" rule by a partial
+unique index (``partialFilterExpression``), which mongomock 4.3 enforces too (on insert,
+update and replace), so no read-then-write emulation is needed for tests.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from pymongo import ASCENDING, DESCENDING
+
+from domain.ports import PARTIAL_UNIQUE_RULES, UNIQUE_RULES
+from store.mongo.journal import JOURNAL
+
+#: Lookup indexes besides the unique ones: foreign keys, the policy's sub-selects and the
+#: time series (newest first where screens list them that way).
+INDEXES: dict[str, list[list[tuple[str, int]]]] = {
+    "user": [[("company_id", ASCENDING)]],
+    "vehicle": [[("owner_id", ASCENDING)]],
+    "id_tag": [[("user_id", ASCENDING)], [("vehicle_id", ASCENDING)]],
+    "station": [[("company_id", ASCENDING)], [("owner_id", ASCENDING)],
+                [("lat", ASCENDING)], [("online", ASCENDING)]],
+    "connector": [[("station_id", ASCENDING), ("connector_id", ASCENDING)]],
+    "session": [[("station_id", ASCENDING), ("start_time", DESCENDING)],
+                [("user_id", ASCENDING), ("start_time", DESCENDING)],
+                [("vehicle_id", ASCENDING)], [("cp_id", ASCENDING), ("state", ASCENDING)],
+                [("id_tag", ASCENDING), ("state", ASCENDING)]],
+    "meter_sample": [[("session_id", ASCENDING), ("at", ASCENDING)],
+                     [("cp_id", ASCENDING), ("at", ASCENDING)], [("at", ASCENDING)]],
+    "status_event": [[("cp_id", ASCENDING), ("connector_id", ASCENDING), ("at", ASCENDING)],
+                     [("station_id", ASCENDING), ("at", ASCENDING)]],
+    "connection_event": [[("station_id", ASCENDING), ("at", ASCENDING)]],
+    "connector_interval": [[("station_id", ASCENDING), ("start", ASCENDING)],
+                           [("cp_id", ASCENDING), ("connector_id", ASCENDING),
+                            ("end", ASCENDING)], [("start", ASCENDING)]],
+    "reservation": [[("station_id", ASCENDING)], [("user_id", ASCENDING)]],
+    "tariff": [[("station_id", ASCENDING), ("valid_from", DESCENDING)],
+               [("company_id", ASCENDING), ("valid_from", DESCENDING)]],
+    "payment": [[("station_id", ASCENDING)], [("user_id", ASCENDING)]],
+    "audit_entry": [[("entity_id", ASCENDING), ("at", DESCENDING)],
+                    [("actor", ASCENDING), ("at", DESCENDING)], [("at", DESCENDING)]],
+    # The sweep looks for batches whose writer died.
+    JOURNAL: [[("at", ASCENDING)]],
+}
+
+#: The field a partial rule reports: for one ACTIVE session per connector, the connector is
+#: what is taken (the contract suite expects ``connector_id``).
+PARTIAL_RULE_FIELD = "connector_id"
+
+
+def index_name(kind: str, fields: Sequence[str], partial: bool = False) -> str:
+    return f"uniq_{kind}_{'_'.join(fields)}{'_active' if partial else ''}"
+
+
+_FIELD_BY_INDEX: dict[str, str] = {"_id_": "id"}
+_FIELD_BY_PATTERN: dict[tuple[str, tuple[str, ...]], str] = {}
+for _kind, _rules in UNIQUE_RULES.items():
+    for _fields in _rules:
+        _FIELD_BY_INDEX[index_name(_kind, _fields)] = _fields[0]
+        _FIELD_BY_PATTERN[(_kind, tuple(_fields))] = _fields[0]
+for _kind, _partials in PARTIAL_UNIQUE_RULES.items():
+    for _fields, _condition in _partials:
+        _FIELD_BY_INDEX[index_name(_kind, _fields, True)] = PARTIAL_RULE_FIELD
+        _FIELD_BY_PATTERN.setdefault((_kind, tuple(_fields)), PARTIAL_RULE_FIELD)
+
+# "E11000 duplicate key error collection: db.user index: uniq_user_email dup key: {...}"
+_INDEX_IN_MESSAGE = re.compile(r"index:\s+(\S+)")
+
+
+def violated_field(kind: str, details: Mapping[str, Any] | None) -> str | None:
+    """``UniqueViolation.field`` for a duplicate-key error on ``kind``, read from the
+    server's error details: the index name in the message, else the ``keyPattern``.
+    ``None`` when the details say neither (mongomock gives no details at all)."""
+    details = details or {}
+    found = _INDEX_IN_MESSAGE.search(str(details.get("errmsg") or ""))
+    if found and found.group(1) in _FIELD_BY_INDEX:
+        return _FIELD_BY_INDEX[found.group(1)]
+    pattern = tuple(details.get("keyPattern") or ())
+    if pattern == ("_id",):
+        return "id"
+    return _FIELD_BY_PATTERN.get((kind, pattern)) if pattern else None
+
+
+async def ensure_indexes(db: Any) -> None:
+    """Creates every index; idempotent (an existing index with the same name and options is
+    left alone). Safe to run from several instances at once."""
+    for kind, rules in UNIQUE_RULES.items():
+        for fields in rules:
+            await db[kind].create_index([(f, ASCENDING) for f in fields], unique=True,
+                                        name=index_name(kind, fields))
+    for kind, partials in PARTIAL_UNIQUE_RULES.items():
+        for fields, (cond_field, cond_value) in partials:
+            await db[kind].create_index(
+                [(f, ASCENDING) for f in fields], unique=True,
+                name=index_name(kind, fields, True),
+                partialFilterExpression={cond_field: cond_value})
+    for kind, keys_list in INDEXES.items():
+        for keys in keys_list:
+            await db[kind].create_index(keys)
