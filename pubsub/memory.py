@@ -1,23 +1,27 @@
 """In-process fan-out with a bounded queue per subscriber.
 
-``publish`` never waits for a subscriber: a subscriber whose queue is full loses its
-oldest events and gets an ``EventsDropped`` marker before the next event it reads, so a
-slow browser tab can never hold up a charger.
+``publish`` hands the event to every interested queue synchronously and returns: it never
+awaits a subscriber. A subscriber whose queue is full loses its OLDEST events, and its
+stream yields ``EventsDropped(count)`` right before the next event it does get, so a slow
+browser tab learns it missed something and can never hold up a charger.
+
+The Redis backend reuses this class for its local fan-out (``deliver``).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable
 
-from domain.events import DomainEvent, EventsDropped
+from domain.events import EVENT_TYPES, DomainEvent, EventsDropped
 
-DEFAULT_QUEUE = 1000
+DEFAULT_QUEUE_SIZE = 1000
 
 
-class _Subscriber:
+class _Queue:
+    """One subscriber's pending events; ``dropped`` counts those lost since its last read."""
+
     __slots__ = ("closed", "dropped", "items", "maxsize", "topics", "wakeup")
 
     def __init__(self, topics: frozenset[str], maxsize: int) -> None:
@@ -37,70 +41,109 @@ class _Subscriber:
 
 
 class MemoryEventBus:
-    def __init__(self, queue_size: int = DEFAULT_QUEUE) -> None:
+    """``domain.ports.EventBus`` for one process. ``queue_size``: events each subscriber
+    may have pending before its oldest ones are dropped."""
+
+    def __init__(self, queue_size: int = DEFAULT_QUEUE_SIZE) -> None:
+        if queue_size < 1:
+            raise ValueError("queue_size must be at least 1")
         self.queue_size = queue_size
-        self._subscribers: set[_Subscriber] = set()
+        self._by_topic: dict[str, set[_Queue]] = {topic: set() for topic in EVENT_TYPES}
+        self._queues: set[_Queue] = set()
+        self._closed = False
 
     async def start(self) -> None:
-        return None
+        """Nothing to connect; here so both backends share one lifecycle."""
 
     async def close(self) -> None:
-        for subscriber in list(self._subscribers):
-            subscriber.closed = True
-            subscriber.wakeup.set()
-        self._subscribers.clear()
+        """End every stream: each yields what it already holds, then stops."""
+        self._closed = True
+        for queue in list(self._queues):
+            queue.closed = True
+            queue.wakeup.set()
+            self._forget(queue)
 
     @property
     def subscriber_count(self) -> int:
-        return len(self._subscribers)
+        return len(self._queues)
 
     async def publish(self, event: DomainEvent) -> None:
         self.deliver(event)
 
-    def deliver(self, event: Any) -> None:
-        """Hand ``event`` to every interested subscriber, synchronously, never blocking."""
-        for subscriber in self._subscribers:
-            if event.topic in subscriber.topics:
-                subscriber.offer(event)
+    def deliver(self, event: DomainEvent) -> None:
+        """Queue ``event`` for every subscriber of its topic, without blocking."""
+        # A snapshot: a stream garbage-collected while we loop (its ``__del__`` may run at
+        # any allocation) unsubscribes, and a set must not change under its iterator.
+        for queue in tuple(self._by_topic.get(event.topic, ())):
+            queue.offer(event)
 
-    def subscribe(self, topics: Sequence[str]) -> _Stream:
-        """Registered at once (not at the first read), so nothing published after this
-        call is missed."""
-        subscriber = _Subscriber(frozenset(topics), self.queue_size)
-        self._subscribers.add(subscriber)
-        return _Stream(self, subscriber)
+    def subscribe(self, topics: Iterable[str]) -> EventStream:
+        """Events on ``topics`` published from now on (registered here, not at the first
+        read, so nothing in between is missed). Close the stream with ``aclose()``; a
+        stream that is garbage-collected unsubscribes too."""
+        if isinstance(topics, str):  # "fault" would otherwise subscribe to "f", "a", ...
+            raise TypeError("subscribe() takes a list of topics, not one string")
+        wanted = frozenset(topics)
+        unknown = wanted - self._by_topic.keys()
+        if unknown:
+            raise ValueError(f"unknown topics {sorted(unknown)}; known: {sorted(EVENT_TYPES)}")
+        queue = _Queue(wanted, self.queue_size)
+        if self._closed:
+            queue.closed = True  # a stream of a closed bus ends at once instead of hanging
+        else:
+            self._queues.add(queue)
+            for topic in wanted:
+                self._by_topic[topic].add(queue)
+        return EventStream(self, queue)
 
-    def _forget(self, subscriber: _Subscriber) -> None:
-        self._subscribers.discard(subscriber)
+    def _forget(self, queue: _Queue) -> None:
+        self._queues.discard(queue)
+        for topic in queue.topics:
+            self._by_topic[topic].discard(queue)
 
 
-class _Stream:
-    """One subscriber's events as an async iterator; ``aclose`` unsubscribes."""
+class EventStream:
+    """One subscriber's events, an ``AsyncIterator[DomainEvent | EventsDropped]``.
 
-    def __init__(self, bus: MemoryEventBus, subscriber: _Subscriber) -> None:
+    Cancelling a pending ``__anext__`` (a timeout, say) leaves the subscription in place;
+    it ends with ``aclose()``, with the bus's ``close()``, or when the stream is
+    garbage-collected (a consumer task that was cancelled and dropped its reference)."""
+
+    def __init__(self, bus: MemoryEventBus, queue: _Queue) -> None:
         self._bus = bus
-        self._subscriber = subscriber
+        self._queue = queue
 
-    def __aiter__(self) -> _Stream:
+    def __aiter__(self) -> EventStream:
         return self
 
     async def __anext__(self) -> DomainEvent | EventsDropped:
-        subscriber = self._subscriber
-        while not subscriber.items:
-            if subscriber.closed:
-                self._bus._forget(subscriber)
+        queue = self._queue
+        while not queue.items:
+            if queue.closed:
                 raise StopAsyncIteration
-            subscriber.wakeup.clear()
-            await subscriber.wakeup.wait()
-        if subscriber.dropped:
-            dropped, subscriber.dropped = subscriber.dropped, 0
+            queue.wakeup.clear()
+            await queue.wakeup.wait()
+        if queue.dropped:
+            # Everything dropped was older than what is queued, so the marker goes first.
+            dropped, queue.dropped = queue.dropped, 0
             return EventsDropped(dropped)
-        return subscriber.items.popleft()
+        return queue.items.popleft()
 
     async def aclose(self) -> None:
-        self._subscriber.closed = True
-        self._bus._forget(self._subscriber)
+        """Unsubscribe now; pending events are discarded and a reader waiting in another
+        task gets ``StopAsyncIteration``."""
+        self._close()
+
+    def _close(self) -> None:
+        queue = self._queue
+        queue.closed = True
+        queue.items.clear()
+        queue.dropped = 0
+        queue.wakeup.set()
+        self._bus._forget(queue)
 
     def __del__(self) -> None:
-        # A consumer that vanished without closing must not leak its queue.
-        self._bus._forget(self._subscriber)
+        # A consumer that vanished without closing must not leave its queue filling up.
+        # Nobody can be waiting on a stream nobody references, so forgetting is enough
+        # (and touching the wakeup event could need a loop that is already closed).
+        self._bus._forget(self._queue)

@@ -1,8 +1,14 @@
 """Events between ChargeGraph instances through Redis pub/sub.
 
-One Redis subscription per process (not per subscriber): a single listener task receives
-every event and fans it out locally through a ``MemoryEventBus``. Events this process
-publishes come back the same way, so every instance delivers in the same order.
+One Redis subscription per process, not one per subscriber: a single listener task holds
+the only pub/sub connection, subscribed to the channels of every topic, and fans each
+event out locally through a ``MemoryEventBus`` (bounded queues, drop-oldest, the same
+``EventsDropped`` contract). Events this process publishes come back through Redis as
+well, so every instance and every subscriber sees one order: the server's.
+
+Redis pub/sub is at-most-once: events published while the listener is disconnected are
+lost (and not counted in ``EventsDropped``). The listener reconnects on its own, with
+backoff, and logs both the loss and the recovery.
 """
 
 from __future__ import annotations
@@ -10,75 +16,223 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+import random
+from collections.abc import Iterable
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from redis import asyncio as aioredis
+from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from domain.events import ALL_TOPICS, DomainEvent
+from domain.events import EVENT_TYPES, DomainEvent
 from pubsub.codec import UndecodableEvent, decode, encode
-from pubsub.memory import MemoryEventBus
+from pubsub.memory import DEFAULT_QUEUE_SIZE, EventStream, MemoryEventBus
 
 log = logging.getLogger("chargegraph.pubsub")
 
-PREFIX = "chargegraph:"
-MAX_BACKOFF_S = 5.0
+CHANNEL_PREFIX = "chargegraph:"
+MIN_BACKOFF_S = 0.1
 
 
 class RedisEventBus:
-    def __init__(self, url: str, queue_size: int = 1000) -> None:
+    """``domain.ports.EventBus`` across processes.
+
+    ``queue_size``: each local subscriber's queue (see ``MemoryEventBus``).
+    ``channel_prefix``: channels are ``<prefix><topic>``; pub/sub ignores the database
+    number in the URL, so deployments sharing one Redis need different prefixes.
+    ``publish_timeout``: connect and write timeout of ``publish``, which the domain awaits
+    on a charger's message path; an unreachable Redis must fail fast, not stall chargers.
+    ``health_interval``: after this much silence the listener PINGs; silence for another
+    interval means the connection is dead (a half-open TCP connection never errors).
+    ``start_timeout``: how long ``start()`` waits for the first subscription.
+    """
+
+    def __init__(self, url: str, *, queue_size: int = DEFAULT_QUEUE_SIZE,
+                 channel_prefix: str = CHANNEL_PREFIX, publish_timeout: float = 1.0,
+                 health_interval: float = 5.0, max_backoff: float = 5.0,
+                 start_timeout: float = 10.0) -> None:
         self.url = url
         self.local = MemoryEventBus(queue_size)
-        self._redis: Any = None
+        self.channel_prefix = channel_prefix
+        self.publish_timeout = publish_timeout
+        self.health_interval = health_interval
+        self.max_backoff = max_backoff
+        self.start_timeout = start_timeout
+        self._channels = {self._channel(topic): topic for topic in EVENT_TYPES}
+        self._publisher: aioredis.Redis | None = None
+        self._subscriber: aioredis.Redis | None = None
         self._listener: asyncio.Task[None] | None = None
-        self._ready = asyncio.Event()
+        self._subscribed = asyncio.Event()  # the first subscription, for start()
+        self._healthy = False  # the current connection has been subscribed
+        self._reconnecting = False
+        self._closed = False
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        """Connect and subscribe; raises ``ConnectionError`` when Redis cannot be reached
+        within ``start_timeout`` (a misconfigured URL stops the service at start)."""
+        if self._listener is not None or self._closed:
+            raise RuntimeError("a RedisEventBus starts once")
+        self._publisher = aioredis.Redis.from_url(
+            self.url, socket_timeout=self.publish_timeout,
+            socket_connect_timeout=self.publish_timeout,
+            # One retry: a pooled connection may be stale after a Redis restart.
+            retry=Retry(NoBackoff(), 1))
+        self._subscriber = aioredis.Redis.from_url(
+            self.url, socket_timeout=self.health_interval,
+            socket_connect_timeout=self.health_interval,
+            # No retries inside redis-py: the listener reconnects itself, so it can back
+            # off, log, and wait for the subscription to be confirmed again.
+            retry=Retry(NoBackoff(), 0), health_check_interval=0)
+        self._listener = asyncio.create_task(self._listen(), name="chargegraph-redis-events")
+        try:
+            await asyncio.wait_for(self._subscribed.wait(), self.start_timeout)
+        except TimeoutError:
+            await self.close()
+            raise ConnectionError(f"cannot subscribe to Redis at {redacted(self.url)} "
+                                  f"within {self.start_timeout:g}s") from None
+
+    async def close(self) -> None:
+        """Stop the listener, close both connections, end every local stream."""
+        self._closed = True
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.cancel()
+            # wait(), not `await listener`: its CancelledError is expected, and suppressing
+            # that would also swallow a cancellation of close() itself.
+            await asyncio.wait([listener])
+        for client in (self._publisher, self._subscriber):
+            if client is not None:
+                await client.aclose()
+        self._publisher = self._subscriber = None
+        await self.local.close()
 
     @property
     def subscriber_count(self) -> int:
         return self.local.subscriber_count
 
-    async def start(self) -> None:
-        self._redis = aioredis.from_url(self.url, health_check_interval=15,
-                                        socket_keepalive=True)
-        self._listener = asyncio.create_task(self._listen(), name="chargegraph-redis-events")
-        await asyncio.wait_for(self._ready.wait(), timeout=10)
-
-    async def close(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
-        if self._redis is not None:
-            await self._redis.aclose()
-        await self.local.close()
-
+    # ------------------------------------------------------------------ the port
     async def publish(self, event: DomainEvent) -> None:
-        await self._redis.publish(PREFIX + event.topic, encode(event))
+        """``PUBLISH <prefix><topic> <json>``. Raises on any failure (the domain logs it
+        and carries on: the change itself has committed)."""
+        if self._publisher is None:
+            raise RuntimeError("RedisEventBus.publish() before start() or after close()")
+        await self._publisher.publish(self._channel(event.topic), encode(event))
 
-    def subscribe(self, topics: Sequence[str]) -> Any:
+    def subscribe(self, topics: Iterable[str]) -> EventStream:
         return self.local.subscribe(topics)
 
+    # ------------------------------------------------------------------ the listener
+    def _channel(self, topic: str) -> str:
+        return self.channel_prefix + topic
+
     async def _listen(self) -> None:
-        backoff = 0.1
+        backoff = MIN_BACKOFF_S
         while True:
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            self._healthy = False
             try:
-                await pubsub.subscribe(*(PREFIX + t for t in ALL_TOPICS))
-                self._ready.set()
-                backoff = 0.1
-                async for message in pubsub.listen():
-                    if message.get("type") != "message":
-                        continue
-                    try:
-                        self.local.deliver(decode(message["data"]))
-                    except UndecodableEvent:
-                        log.warning("skipped a message that is not an event")
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                log.warning("lost Redis (%s); reconnecting in %.1fs", exc, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_S)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                await self._session()
+            except Exception as exc:  # whatever it was, the listener must live on
+                self._reconnecting = True
+                if self._healthy:
+                    backoff = MIN_BACKOFF_S
+                    log.warning("Redis pub/sub connection to %s lost (%s); events published "
+                                "until it is back are lost", redacted(self.url), _describe(exc))
+                else:
+                    log.warning("cannot subscribe at Redis %s (%s)", redacted(self.url),
+                                _describe(exc))
+            # Jitter, so instances do not reconnect in lockstep after a Redis restart.
+            await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
+            backoff = min(backoff * 2, self.max_backoff)
+
+    async def _session(self) -> None:
+        """One connection's life: subscribe, confirm, receive until it fails."""
+        assert self._subscriber is not None
+        pubsub = self._subscriber.pubsub()
+        try:
+            await pubsub.subscribe(*self._channels)
+            await self._confirm(pubsub)
+            if self._reconnecting:
+                log.info("Redis pub/sub at %s subscribed again", redacted(self.url))
+            self._healthy, self._reconnecting = True, False
+            self._subscribed.set()
+            await self._receive(pubsub)
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(pubsub.aclose(), self.health_interval)
+
+    async def _confirm(self, pubsub: PubSub) -> None:
+        """Wait until the server confirmed every channel. ``subscribe()`` only sends the
+        command: without this, an event published right after ``start()`` (on the other
+        connection) could reach Redis before the subscription does, and be lost."""
+        pending = set(self._channels)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.health_interval
+        while pending:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise RedisTimeoutError("Redis did not confirm the subscription")
+            message = await pubsub.get_message(timeout=remaining)
+            if message is None:
+                continue
+            if message["type"] == "subscribe":
+                pending.discard(_text(message["channel"]))
+            elif message["type"] == "message":
+                self._dispatch(message)
+
+    async def _receive(self, pubsub: PubSub) -> None:
+        loop = asyncio.get_running_loop()
+        heard = loop.time()
+        pinged = False
+        while True:
+            message = await pubsub.get_message(timeout=self.health_interval)
+            now = loop.time()
+            if message is not None:
+                heard, pinged = now, False
+                if message["type"] == "message":
+                    self._dispatch(message)
+                continue
+            if now - heard < self.health_interval:
+                continue
+            if pinged:
+                raise RedisConnectionError(f"no answer to PING for {now - heard:.1f}s")
+            await pubsub.ping()
+            pinged = True
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        """One message to the local subscribers; a bad one is logged and skipped."""
+        channel = _text(message["channel"])
+        try:
+            event = decode(message["data"])
+        except UndecodableEvent as exc:
+            log.warning("skipped a message on %s: %s", channel, exc)
+            return
+        except Exception:
+            log.exception("skipped a message on %s", channel)
+            return
+        if self._channels.get(channel) != event.topic:
+            log.warning("skipped a %r event that arrived on %s", event.topic, channel)
+            return
+        self.local.deliver(event)
+
+
+def redacted(url: str) -> str:
+    """``url`` without its password, for logs and error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
+def _text(value: bytes | str) -> str:
+    # Bytes unless the URL asks for ``decode_responses`` (URL options beat our kwargs).
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

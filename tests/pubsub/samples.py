@@ -1,0 +1,77 @@
+"""Events and stream helpers the pubsub suites share."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+from domain.events import (
+    CommandCompleted,
+    ConnectorStatusChanged,
+    DomainEvent,
+    EventsDropped,
+    FaultReported,
+    ReservationChanged,
+    SessionChanged,
+    StationConnectionChanged,
+)
+
+AT = datetime(2026, 3, 29, 1, 59, 59, 123456, tzinfo=UTC)
+STATION = "a" * 24
+COMPANY = "c" * 24
+OWNER = "0" * 24
+
+#: One of every event type, every optional field set to something, so a field the codec
+#: drops or mangles shows up as an inequality.
+SAMPLES: list[DomainEvent] = [
+    ConnectorStatusChanged(station_id=STATION, cp_id="CP-1", company_id=COMPANY,
+                           owner_id=OWNER, at=AT, connector_record_id="b" * 24,
+                           connector_id=2, status="Faulted", error_code="GroundFailure",
+                           info="RCD tripped – ünïcode"),
+    StationConnectionChanged(station_id=STATION, cp_id="CP-1", company_id=COMPANY,
+                             owner_id=OWNER, at=AT, online=False),
+    SessionChanged(station_id=STATION, cp_id="CP-1", company_id=None, owner_id=OWNER, at=AT,
+                   change="UPDATED", session_id="d" * 24, transaction_id=7, connector_id=1,
+                   user_id="e" * 24, vehicle_id=None, energy_wh=1234, power_w=7200.5,
+                   state="ACTIVE"),
+    FaultReported(station_id=None, cp_id="CP-2", company_id=COMPANY, owner_id=None, at=AT,
+                  connector_id=1, error_code="HighTemperature", status="Faulted",
+                  info="hot", vendor_error_code="E42"),
+    ReservationChanged(station_id=STATION, cp_id="CP-1", company_id=COMPANY, owner_id=OWNER,
+                       at=AT, reservation_record_id="f" * 24, reservation_id=3,
+                       connector_id=1, user_id=None, state="CANCELLED"),
+    CommandCompleted(station_id=STATION, cp_id="CP-1", company_id=COMPANY, owner_id=OWNER,
+                     at=AT, command_id="9" * 24, action="GetConfiguration",
+                     requested_by="e" * 24, status="Accepted", error_code=None,
+                     result={"configurationKey": [{"key": "HeartbeatInterval",
+                                                   "readonly": False, "value": "300"}],
+                             "unknownKey": [], "$dt": "not a date", "n": 1.5}),
+]
+ALL_TOPICS = [event.topic for event in SAMPLES]
+
+
+def connection(i: int, source: str = "P") -> StationConnectionChanged:
+    """The ``i``-th event of publisher ``source`` (its number is in ``cp_id``)."""
+    return StationConnectionChanged(station_id=STATION, cp_id=f"{source}-{i}", at=AT,
+                                    online=i % 2 == 0)
+
+
+def number(event: Any) -> int:
+    return int(event.cp_id.rsplit("-", 1)[1])
+
+
+async def take(stream: Any, n: int, timeout: float = 5) -> list[Any]:
+    return [await asyncio.wait_for(anext(stream), timeout) for _ in range(n)]
+
+
+async def read_until(stream: Any, last: DomainEvent, timeout: float = 10
+                     ) -> list[DomainEvent | EventsDropped]:
+    """Everything ``stream`` yields up to and including ``last``."""
+    seen: list[Any] = []
+    async with asyncio.timeout(timeout):
+        async for item in stream:
+            seen.append(item)
+            if item == last:
+                return seen
+    raise AssertionError(f"the stream ended before {last}")

@@ -1,0 +1,218 @@
+"""What only the Redis bus promises: several ChargeGraph processes (here: several buses in
+one test) share events through one server, with one pub/sub connection each, and the
+listener outlives a Redis restart or a connection that silently died."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import pytest
+from redis import asyncio as aioredis
+from redis.exceptions import RedisError
+
+from pubsub.codec import encode
+from pubsub.redis import RedisEventBus
+from tests.helpers import free_port
+from tests.pubsub.samples import SAMPLES, connection, take
+from tests.support.redis_server import RedisServer
+
+LOGGER = "chargegraph.pubsub"
+
+
+@pytest.fixture
+async def redis(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    """A plain client, to look at the server and to publish what no bus would."""
+    client = aioredis.Redis.from_url(redis_server.url)
+    yield client
+    await client.aclose()
+
+
+async def started(url: str, **options: float) -> RedisEventBus:
+    bus = RedisEventBus(url, **options)  # type: ignore[arg-type]
+    await bus.start()
+    return bus
+
+
+class LogWatch(logging.Handler):
+    """Sets ``seen`` when the pubsub logger says something containing ``needle``."""
+
+    def __init__(self, needle: str) -> None:
+        super().__init__()
+        self.needle = needle
+        self.seen = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.needle in record.getMessage():
+            self.seen.set()
+
+
+async def delivered_after_recovery(bus: RedisEventBus, timeout: float = 20) -> None:
+    """Publish until an event gets through: publishes fail while Redis is away, and the
+    listener needs a moment to subscribe again once it is back."""
+    stream = bus.subscribe(["station_connection"])
+    try:
+        async with asyncio.timeout(timeout):
+            for i in range(10**6):
+                event = connection(i, "R")
+                try:
+                    await bus.publish(event)
+                except RedisError:
+                    await asyncio.sleep(0.1)
+                    continue
+                try:
+                    async with asyncio.timeout(0.3):
+                        async for item in stream:
+                            if item == event:
+                                return
+                except TimeoutError:
+                    continue
+    finally:
+        await stream.aclose()
+
+
+async def test_an_event_published_on_one_instance_reaches_the_others(
+        redis_server: RedisServer) -> None:
+    a, b = await started(redis_server.url), await started(redis_server.url)
+    try:
+        on_a, on_b = a.subscribe(["fault"]), b.subscribe(["fault"])
+        await a.publish(SAMPLES[3])
+        assert await take(on_b, 1) == [SAMPLES[3]]
+        assert await take(on_a, 1) == [SAMPLES[3]]  # our own events come back via Redis
+        await b.publish(SAMPLES[3])
+        assert await take(on_a, 1) == [SAMPLES[3]]
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_every_instance_sees_one_order(redis_server: RedisServer) -> None:
+    a, b = await started(redis_server.url), await started(redis_server.url)
+    try:
+        on_a, on_b = a.subscribe(["station_connection"]), b.subscribe(["station_connection"])
+
+        async def publish(bus: RedisEventBus, source: str) -> None:
+            for i in range(50):
+                await bus.publish(connection(i, source))
+
+        await asyncio.gather(publish(a, "A"), publish(b, "B"))
+        seen_on_a, seen_on_b = await take(on_a, 100), await take(on_b, 100)
+        assert seen_on_a == seen_on_b
+        assert {e.cp_id[0] for e in seen_on_a} == {"A", "B"}
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_one_pubsub_connection_per_process_however_many_subscribers(
+        redis_server: RedisServer, redis: aioredis.Redis) -> None:
+    a, b = await started(redis_server.url), await started(redis_server.url)
+    try:
+        streams = [bus.subscribe(["fault"]) for bus in (a, b) for _ in range(10)]
+        assert a.subscriber_count == b.subscriber_count == 10
+        assert await redis.pubsub_numsub("chargegraph:fault") == [(b"chargegraph:fault", 2)]
+        clients = await redis.client_list()
+        assert sum("P" in c["flags"] for c in clients) == 2
+        for stream in streams:
+            await stream.aclose()
+    finally:
+        await a.close()
+        await b.close()
+    assert await redis.pubsub_numsub("chargegraph:fault") == [(b"chargegraph:fault", 0)]
+
+
+async def test_messages_that_are_not_events_are_logged_and_skipped(
+        redis_server: RedisServer, redis: aioredis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, LOGGER)
+    bus = await started(redis_server.url)
+    try:
+        stream = bus.subscribe(["fault", "session"])
+        await redis.publish("chargegraph:fault", b"\x00 not json")
+        await redis.publish("chargegraph:fault", b'{"topic": "no_such_topic"}')
+        await redis.publish("chargegraph:fault", encode(SAMPLES[2]))  # wrong channel
+        await bus.publish(SAMPLES[3])
+        assert await take(stream, 1) == [SAMPLES[3]]
+        skipped = [r.getMessage() for r in caplog.records if r.name == LOGGER]
+        assert len(skipped) == 3
+        assert all(m.startswith("skipped a") and "chargegraph:fault" in m for m in skipped)
+        assert "no_such_topic" in skipped[1]
+    finally:
+        await bus.close()
+
+
+async def test_channel_prefixes_keep_deployments_apart(redis_server: RedisServer) -> None:
+    staging = await started(redis_server.url)
+    other = RedisEventBus(redis_server.url, channel_prefix="other:")
+    await other.start()
+    try:
+        on_staging, on_other = staging.subscribe(["fault"]), other.subscribe(["fault"])
+        await other.publish(SAMPLES[3])
+        assert await take(on_other, 1) == [SAMPLES[3]]
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(anext(on_staging), 0.3)
+    finally:
+        await staging.close()
+        await other.close()
+
+
+async def test_publish_before_start_is_a_clear_error() -> None:
+    with pytest.raises(RuntimeError, match="before start"):
+        await RedisEventBus("redis://127.0.0.1:1/0").publish(SAMPLES[0])
+
+
+async def test_start_fails_clearly_when_redis_cannot_be_reached() -> None:
+    bus = RedisEventBus(f"redis://:s3cret@127.0.0.1:{free_port()}/0", start_timeout=0.5)
+    with pytest.raises(ConnectionError, match=r"cannot subscribe to Redis") as info:
+        await bus.start()
+    assert "s3cret" not in str(info.value)
+    assert not [t for t in asyncio.all_tasks() if t.get_name() == "chargegraph-redis-events"]
+
+
+async def test_the_listener_survives_a_redis_restart(caplog: pytest.LogCaptureFixture
+                                                     ) -> None:
+    caplog.set_level(logging.INFO, LOGGER)
+    with RedisServer() as server:
+        bus = await started(server.url, max_backoff=0.5)
+        try:
+            server.stop()
+            with pytest.raises(RedisError):  # publish fails fast and says so
+                await asyncio.wait_for(bus.publish(SAMPLES[0]), 5)
+            server.start()  # the same port
+            await delivered_after_recovery(bus)
+        finally:
+            await bus.close()
+    messages = [r.getMessage() for r in caplog.records if r.name == LOGGER]
+    assert any("connection to redis://127.0.0.1" in m and "lost" in m for m in messages)
+    assert any("subscribed again" in m for m in messages)
+
+
+async def test_a_connection_that_silently_died_is_replaced() -> None:
+    watch = LogWatch("no answer to PING")
+    logger = logging.getLogger(LOGGER)
+    logger.addHandler(watch)
+    with RedisServer() as server:
+        bus = await started(server.url, health_interval=0.2, max_backoff=0.5)
+        try:
+            server.pause()  # the socket stays open, nothing answers: a half-open peer
+            try:
+                await asyncio.wait_for(watch.seen.wait(), 15)
+            finally:
+                server.resume()
+            await delivered_after_recovery(bus)
+        finally:
+            await bus.close()
+            logger.removeHandler(watch)
+
+
+async def test_a_bus_starts_once(redis_server: RedisServer) -> None:
+    bus = await started(redis_server.url)
+    with pytest.raises(RuntimeError, match="starts once"):
+        await bus.start()
+    await bus.close()
+    await bus.close()  # idempotent
+    with pytest.raises(RuntimeError, match="starts once"):
+        await bus.start()
+    with pytest.raises(RuntimeError, match="after close"):
+        await bus.publish(SAMPLES[0])
