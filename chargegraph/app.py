@@ -16,15 +16,16 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 
+from chargegraph.errors import ConfigError
 from chargegraph.secrets import resolve_jwt_secret
 from chargegraph.security import Argon2Hasher
 from chargegraph.settings import Settings
-from chargegraph.stores import open_store
+from chargegraph.stores import check_database_url, open_store
 from domain.policy import Policy
 from domain.ports import PasswordHasher, Store
 from domain.services import ServiceContext, Services
 from graph import TokenService, create_graphql_app
-from pubsub.factory import open_event_bus
+from pubsub.factory import check_event_bus_url, open_event_bus
 
 log = logging.getLogger("chargegraph")
 
@@ -66,6 +67,15 @@ class _LateBound:
 def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | None = None
                ) -> Starlette:
     settings = settings or Settings()
+    # Configuration is checked before the server binds: a bad URL or a weak secret stops
+    # `chargegraph serve` with a message instead of a traceback from the lifespan.
+    check_database_url(settings.database_url)
+    try:
+        check_event_bus_url(settings.pubsub_url)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    tokens = TokenService(resolve_jwt_secret(settings),
+                          timedelta(minutes=settings.jwt_ttl_minutes))
     graphql = _LateBound()
 
     @asynccontextmanager
@@ -78,8 +88,6 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
             await bus.start()
             stack.push_async_callback(bus.close)
             services = build_services(settings, store, hasher or Argon2Hasher(), bus)
-            tokens = TokenService(resolve_jwt_secret(settings),
-                                  timedelta(minutes=settings.jwt_ttl_minutes))
             app.state.services = services
             app.state.store = store
             graphql.app = create_graphql_app(services, tokens, graphiql=settings.graphiql)

@@ -14,7 +14,9 @@ from typing import Annotated
 
 import typer
 import uvicorn
+from pydantic import ValidationError
 
+from chargegraph.errors import ConfigError
 from chargegraph.settings import Settings
 
 app = typer.Typer(help="ChargeGraph: an EV charging backend (OCPP 1.6J + GraphQL).",
@@ -35,6 +37,17 @@ def _logging(settings: Settings) -> None:
         for noisy in ("chargegraph.ocpp.wire", "chargegraph.simulator.wire",
                       "websockets.server", "websockets.client"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@contextlib.contextmanager
+def _config_errors() -> Iterator[None]:
+    """A configuration mistake is the user's to fix: say what is wrong, exit 2, no
+    traceback."""
+    try:
+        yield
+    except (ConfigError, ValidationError) as exc:
+        typer.echo(f"configuration error: {exc}", err=True)
+        raise typer.Exit(2) from exc
 
 
 def _settings(host: str | None, port: int | None, ocpp_port: int | None) -> Settings:
@@ -75,9 +88,11 @@ OcppPortOpt = Annotated[int | None, typer.Option(help="OCPP websocket port (defa
 @app.command()
 def serve(host: HostOpt = None, port: PortOpt = None, ocpp_port: OcppPortOpt = None) -> None:
     """Run the service: GraphQL on /graphql, OCPP on its own port, /healthz."""
-    settings = _settings(host, port, ocpp_port)
-    _logging(settings)
-    _uvicorn(settings).run()
+    with _config_errors():
+        settings = _settings(host, port, ocpp_port)
+        _logging(settings)
+        server = _uvicorn(settings)
+    server.run()
 
 
 @app.command("create-user")
@@ -92,7 +107,8 @@ def create_user(
     from domain.entities import Role
     from domain.errors import DomainError
 
-    settings = Settings()
+    with _config_errors():
+        settings = Settings()
     _logging(settings)
 
     async def run() -> str:
@@ -116,7 +132,8 @@ def create_user(
             await store.close()
 
     try:
-        typer.echo(asyncio.run(run()))
+        with _config_errors():
+            typer.echo(asyncio.run(run()))
     except DomainError as exc:
         field = f" ({exc.field})" if exc.field else ""
         typer.echo(f"error{field}: {exc.message}", err=True)
@@ -133,17 +150,27 @@ def export_schema() -> None:
 
 @app.command()
 def demo(host: HostOpt = None, port: PortOpt = None, ocpp_port: OcppPortOpt = None,
-         chargers: Annotated[bool, typer.Option(help="Run simulated chargers.")] = True
+         chargers: Annotated[bool, typer.Option(help="Run simulated chargers.")] = True,
+         reset: Annotated[bool, typer.Option(help="Delete the (SQLite) database first and "
+                                                  "seed a fresh demo.")] = False,
          ) -> None:
     """Seed a demo world, serve it, and run simulated chargers against it."""
-    settings = _settings(host, port, ocpp_port)
-    if "CHARGEGRAPH_PUBLIC_MAP" not in os.environ:
-        settings.public_map = True  # the demo map is public unless told otherwise
-    _logging(settings)
-    asyncio.run(_demo(settings, chargers))
+    from chargegraph.stores import remove_sqlite_database
+
+    with _config_errors():
+        settings = _settings(host, port, ocpp_port)
+        if "CHARGEGRAPH_PUBLIC_MAP" not in os.environ:
+            settings.public_map = True  # the demo map is public unless told otherwise
+        _logging(settings)
+        # Built (and so checked) first: a configuration error deletes and seeds nothing.
+        server = _uvicorn(settings)
+        if reset:
+            for path in remove_sqlite_database(settings.database_url):
+                logging.getLogger("chargegraph").info("--reset: removed %s", path)
+    asyncio.run(_demo(settings, server, chargers))
 
 
-async def _demo(settings: Settings, chargers: bool) -> None:
+async def _demo(settings: Settings, server: uvicorn.Server, chargers: bool) -> None:
     from chargegraph.app import build_services
     from chargegraph.demo import STATION_PASSWORD, banner, seed_demo
     from chargegraph.security import Argon2Hasher
@@ -156,7 +183,6 @@ async def _demo(settings: Settings, chargers: bool) -> None:
         summary = await seed_demo(build_services(settings, store, Argon2Hasher()))
     finally:
         await store.close()
-    server = _uvicorn(settings)
     ocpp_url = f"ws://{settings.ocpp_host}:{settings.ocpp_port}/ocpp"
     stop = asyncio.Event()
 
@@ -194,7 +220,8 @@ def simulate(
     """Run simulated OCPP 1.6J charge points against a central system."""
     from ocpp_bridge.simulator import FleetPlan, run_fleet
 
-    _logging(Settings())
+    with _config_errors():
+        _logging(Settings())
     plan = FleetPlan(url=url, cp_ids=[f"{prefix}-{i:04d}" for i in range(1, stations + 1)],
                      password=password, connectors=connectors, id_tags=id_tag or [],
                      meter_interval_s=meter_interval)

@@ -54,37 +54,39 @@ class DemoSummary:
 
 
 async def seed_demo(services: Services) -> DemoSummary:
-    """Seed once; later runs find the demo admin and change nothing."""
+    """Seeds the demo world through the domain services, as the system.
+
+    Idempotent: the demo admin is created last and marks a complete seed, so a later run
+    returns at once; a run that was interrupted half-way completes the world on the next
+    start, because every step skips what exists."""
     summary = DemoSummary(created=False)
     summary.cp_ids = [s[1] for s in STATIONS]
     summary.id_tags = [f"DEMO-{i + 1:04d}" for i in range(len(DRIVERS))]
     summary.logins = [("ADMIN", ADMIN_EMAIL, DEMO_PASSWORD)]
     summary.logins += [("OPERATOR", email, DEMO_PASSWORD) for _, email in COMPANIES.values()]
     summary.logins += [("DRIVER", email, DEMO_PASSWORD) for _, email, *_ in DRIVERS]
-    if await services.ctx.store.find_one(d.User, Eq("email", ADMIN_EMAIL)) is not None:
+    store = services.ctx.store
+    if await store.find_one(d.User, Eq("email", ADMIN_EMAIL)) is not None:
         return summary
     summary.created = True
-    acc = services.accounts
-    await acc.create_user(SYSTEM, email=ADMIN_EMAIL, password=DEMO_PASSWORD,
-                          name="Demo Admin", role=d.Role.ADMIN)
     operators: dict[str, d.User] = {}
     companies: dict[str, d.Company] = {}
     for key, (name, email) in COMPANIES.items():
-        companies[key] = await acc.ensure_company(SYSTEM, name)
-        operators[key] = await acc.create_user(
-            SYSTEM, email=email, password=DEMO_PASSWORD, name=f"{name} Operations",
-            role=d.Role.OPERATOR, company_id=companies[key].id)
-        await services.tariffs.set_tariff(
-            SYSTEM, company_id=companies[key].id, currency="EUR",
-            price_per_kwh=Decimal("0.49") if key == "spree" else Decimal("0.45"),
-            session_fee=Decimal("0.50") if key == "havel" else Decimal(0),
-            tax_rate=Decimal("0.19"), valid_from=utcnow() - timedelta(days=365))
-    for index, (company, cp_id, name, lat, lon, address) in enumerate(STATIONS):
-        fast = index % 2 == 0
+        companies[key] = company = await services.accounts.ensure_company(SYSTEM, name)
+        operators[key] = await _user(services, email, f"{name} Operations",
+                                     d.Role.OPERATOR, company.id)
+        if await store.find_one(d.Tariff, Eq("company_id", company.id)) is None:
+            await services.tariffs.set_tariff(
+                SYSTEM, company_id=company.id, currency="EUR",
+                price_per_kwh=Decimal("0.49") if key == "spree" else Decimal("0.45"),
+                session_fee=Decimal("0.50") if key == "havel" else Decimal(0),
+                tax_rate=Decimal("0.19"), valid_from=utcnow() - timedelta(days=365))
+    for index, (network, cp_id, name, lat, lon, address) in enumerate(STATIONS):
+        fast = index % 2 == 0  # every other station has a CCS2 fast charger
         try:
             await services.stations.create_station(
-                SYSTEM, cp_id=cp_id, name=name, company_id=companies[company].id,
-                owner_id=operators[company].id, lat=lat, lon=lon, address=address,
+                SYSTEM, cp_id=cp_id, name=name, company_id=companies[network].id,
+                owner_id=operators[network].id, lat=lat, lon=lon, address=address,
                 password=STATION_PASSWORD,
                 connectors=[ConnectorSpec(1, d.ConnectorType.CCS2 if fast
                                           else d.ConnectorType.TYPE2, 150 if fast else 22),
@@ -93,13 +95,23 @@ async def seed_demo(services: Services) -> DemoSummary:
             continue  # a station of that id exists already: keep it
     for (name, email, plate, make, model, battery), tag in zip(DRIVERS, summary.id_tags,
                                                                strict=True):
-        driver = await acc.create_user(SYSTEM, email=email, password=DEMO_PASSWORD, name=name,
-                                       role=d.Role.DRIVER)
+        driver = await _user(services, email, name, d.Role.DRIVER, None)
+        if await store.find_one(d.IdTag, Eq("tag", tag)) is not None:
+            continue  # vehicle and tag were made together
         viewer = Viewer.of(driver)
         vehicle = await services.fleet.add_vehicle(viewer, license_plate=plate, make=make,
                                                    model=model, battery_kwh=battery)
         await services.fleet.issue_id_tag(viewer, tag=tag, vehicle_id=vehicle.id)
+    await _user(services, ADMIN_EMAIL, "Demo Admin", d.Role.ADMIN, None)
     return summary
+
+
+async def _user(services: Services, email: str, name: str, role: d.Role,
+                company_id: str | None) -> d.User:
+    existing = await services.ctx.store.find_one(d.User, Eq("email", email))
+    return existing or await services.accounts.create_user(
+        SYSTEM, email=email, password=DEMO_PASSWORD, name=name, role=role,
+        company_id=company_id)
 
 
 def banner(summary: DemoSummary, graphql_url: str, ocpp_url: str) -> str:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+from pathlib import Path
 
+from chargegraph.errors import ConfigError
 from chargegraph.settings import Settings
 
 log = logging.getLogger("chargegraph")
@@ -13,22 +15,51 @@ MIN_SECRET = 32
 
 
 def resolve_jwt_secret(settings: Settings) -> str:
+    """``CHARGEGRAPH_JWT_SECRET``, else ``<state_dir>/jwt_secret``, else a new secret stored
+    there (mode 0600) with a warning."""
     if settings.jwt_secret is not None:
         secret = settings.jwt_secret.get_secret_value()
         if len(secret) < MIN_SECRET:
-            raise ValueError(f"CHARGEGRAPH_JWT_SECRET must be at least {MIN_SECRET} characters")
+            raise ConfigError(f"CHARGEGRAPH_JWT_SECRET must be at least {MIN_SECRET} "
+                              f"characters (it has {len(secret)})")
         return secret
     path = settings.resolved_state_dir() / "jwt_secret"
     if path.exists():
-        secret = path.read_text(encoding="utf-8").strip()
-        if len(secret) >= MIN_SECRET:
-            return secret
-    path.parent.mkdir(parents=True, exist_ok=True)
+        return _read(path)
+    created = _create(path)
+    if created is not None:
+        log.warning("No CHARGEGRAPH_JWT_SECRET set: generated one and stored it in %s. "
+                    "Set CHARGEGRAPH_JWT_SECRET when running several instances.", path)
+        return created
+    return _read(path)  # another process starting at the same moment created it first
+
+
+def _read(path: Path) -> str:
+    secret = path.read_text(encoding="utf-8").strip()
+    if len(secret) < MIN_SECRET:
+        # Not regenerated silently: a short file was written by someone, not by us.
+        raise ConfigError(f"{path} holds a secret shorter than {MIN_SECRET} characters; "
+                          "delete the file to generate a new one")
+    return secret
+
+
+def _create(path: Path) -> str | None:
+    """Writes a new secret to ``path`` atomically; ``None`` when the file appeared
+    meanwhile. The secret goes to a private temporary file first and is linked into place,
+    so nobody ever reads a half-written or world-readable secret."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     secret = secrets.token_urlsafe(48)
-    # Created with 0600 from the start: the secret is never readable by others.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(secret)
-    log.warning("No CHARGEGRAPH_JWT_SECRET set: generated one and stored it in %s. "
-                "Set CHARGEGRAPH_JWT_SECRET when running several instances.", path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(secret)
+        try:
+            os.link(temporary, path)  # fails if the file exists: the first process wins
+        except FileExistsError:
+            return None
+        except OSError:
+            os.replace(temporary, path)  # a filesystem without hard links: last one wins
+    finally:
+        temporary.unlink(missing_ok=True)
     return secret

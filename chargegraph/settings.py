@@ -7,6 +7,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from chargegraph.stores import sqlite_path
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CHARGEGRAPH_", env_file=".env",
@@ -38,10 +40,9 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
 
     def resolved_state_dir(self) -> Path:
-        """``state_dir``, else ``.chargegraph`` beside the SQLite file, else the working
-        directory's ``.chargegraph``."""
+        """``state_dir``, else ``.chargegraph`` beside the SQLite file (state travels with
+        the data), else the working directory's ``.chargegraph`` (MongoDB)."""
         if self.state_dir is not None:
             return self.state_dir
-        if self.database_url.startswith("sqlite:///"):
-            return Path(self.database_url.removeprefix("sqlite:///")).parent / ".chargegraph"
-        return Path(".chargegraph")
+        database = sqlite_path(self.database_url)
+        return (database.parent if database is not None else Path()) / ".chargegraph"

@@ -4,21 +4,55 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from chargegraph.errors import ConfigError
 from domain.ports import Store
+
+SQLITE = "sqlite:///"
+MONGO = ("mongodb://", "mongodb+srv://")
+USAGE = "use sqlite:///relative.db, sqlite:////absolute.db or mongodb://host:27017/db"
+
+
+def sqlite_path(database_url: str) -> Path | None:
+    """The file of a SQLite URL (``sqlite:///x.db`` is relative to the working directory,
+    ``sqlite:////x.db`` absolute); ``None`` for other backends."""
+    if not database_url.startswith(SQLITE):
+        return None
+    path = database_url.removeprefix(SQLITE)
+    if not path:
+        raise ConfigError(f"the SQLite URL names no file: {USAGE}")
+    return Path(path)
+
+
+def check_database_url(database_url: str) -> None:
+    """Fails on a URL no backend understands, before anything is started."""
+    if sqlite_path(database_url) is None and not database_url.startswith(MONGO):
+        raise ConfigError(f"unsupported database URL {database_url!r}: {USAGE}")
 
 
 def open_store(database_url: str) -> Store:
-    if database_url.startswith("sqlite:///"):
+    """The store for the URL, not yet started (``await store.start()``)."""
+    check_database_url(database_url)
+    path = sqlite_path(database_url)
+    if path is not None:
         from store.sqlite import SqliteStore
 
-        path = database_url.removeprefix("sqlite:///")
-        if not path:
-            raise ValueError("sqlite URL needs a file: sqlite:///chargegraph.db")
-        Path(path).parent.mkdir(parents=True, exist_ok=True)  # zero setup: make the folder
-        return SqliteStore(path)
-    if database_url.startswith(("mongodb://", "mongodb+srv://")):
-        from store.mongo import MongoStore
+        path.parent.mkdir(parents=True, exist_ok=True)  # zero setup: make the folder
+        return SqliteStore(str(path))
+    from store.mongo import MongoStore
 
-        return MongoStore.connect(database_url)  # type: ignore[no-any-return]
-    raise ValueError(f"unsupported database URL {database_url!r}: use sqlite:///file.db or "
-                     "mongodb://host/db")
+    return MongoStore.connect(database_url)  # type: ignore[no-any-return]
+
+
+def remove_sqlite_database(database_url: str) -> list[Path]:
+    """Deletes a SQLite database with its WAL side files; returns what was removed. Refuses
+    other backends: dropping a MongoDB database is too destructive to do on a flag."""
+    path = sqlite_path(database_url)
+    if path is None:
+        raise ConfigError("--reset works on SQLite databases only; drop the MongoDB "
+                          "database yourself to start over")
+    removed = []
+    for candidate in (path, *(path.with_name(path.name + s) for s in ("-wal", "-shm"))):
+        if candidate.exists():
+            candidate.unlink()
+            removed.append(candidate)
+    return removed

@@ -1,0 +1,65 @@
+"""The app factory: health, GraphQL through the wiring, configuration checked up front."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+
+from chargegraph.app import create_app
+from chargegraph.errors import ConfigError
+from chargegraph.security import Argon2Hasher
+from chargegraph.settings import Settings
+from domain.services import Services
+
+
+def settings_for(tmp_path: Path, **overrides: object) -> Settings:
+    values: dict[str, object] = {"database_url": f"sqlite:///{tmp_path}/app.db",
+                                 "ocpp_enabled": False, **overrides}
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def test_healthz_and_graphql_through_the_app(tmp_path: Path) -> None:
+    app = create_app(settings_for(tmp_path), hasher=Argon2Hasher.fast())
+    with TestClient(app) as client:
+        health = client.get("/healthz")
+        assert health.status_code == 200 and health.json() == {"status": "ok", "store": "ok"}
+        answer = client.post("/graphql", json={"query": "{ __typename }"})
+        assert answer.status_code == 200
+        assert answer.json() == {"data": {"__typename": "Query"}}
+        assert client.get("/", follow_redirects=False).headers["location"] == "/graphql"
+        assert isinstance(app.state.services, Services)
+    assert (tmp_path / "app.db").exists()
+    # The generated secret lives beside the SQLite file by default.
+    assert (tmp_path / ".chargegraph" / "jwt_secret").exists()
+
+
+def test_healthz_503_when_the_store_does_not_answer(tmp_path: Path) -> None:
+    with TestClient(create_app(settings_for(tmp_path), hasher=Argon2Hasher.fast())) as client:
+        async def down() -> bool:
+            raise OSError("database gone")
+
+        client.app.state.store.ping = down  # type: ignore[attr-defined]
+        health = client.get("/healthz")
+        assert health.status_code == 503
+        assert health.json() == {"status": "unavailable", "store": "unavailable"}
+
+
+def test_graphiql_follows_settings(tmp_path: Path) -> None:
+    browser = {"accept": "text/html"}
+    on = create_app(settings_for(tmp_path), hasher=Argon2Hasher.fast())
+    with TestClient(on) as client:
+        assert "graphiql" in client.get("/graphql", headers=browser).text.lower()
+    off = create_app(settings_for(tmp_path, graphiql=False), hasher=Argon2Hasher.fast())
+    with TestClient(off) as client:
+        assert "graphiql" not in client.get("/graphql", headers=browser).text.lower()
+
+
+@pytest.mark.parametrize("overrides", [{"jwt_secret": "short"},
+                                       {"database_url": "postgres://db/x"},
+                                       {"pubsub_url": "kafka://broker:9092"}])
+def test_bad_configuration_fails_before_serving(tmp_path: Path,
+                                                overrides: dict[str, str]) -> None:
+    with pytest.raises(ConfigError):
+        create_app(settings_for(tmp_path, **overrides))

@@ -1,0 +1,126 @@
+"""Settings, the JWT secret, password hashing and choosing the store from its URL."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from chargegraph.errors import ConfigError
+from chargegraph.secrets import resolve_jwt_secret
+from chargegraph.security import Argon2Hasher
+from chargegraph.settings import Settings
+from chargegraph.stores import open_store, remove_sqlite_database, sqlite_path
+from store.mongo import MongoStore
+from store.sqlite import SqliteStore
+
+
+def test_settings_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)  # no stray .env
+    for name in [n for n in os.environ if n.startswith("CHARGEGRAPH_")]:
+        monkeypatch.delenv(name)
+    settings = Settings()
+    assert (settings.database_url, settings.pubsub_url) == ("sqlite:///chargegraph.db",
+                                                            "memory://")
+    assert (settings.host, settings.port, settings.ocpp_host, settings.ocpp_port) == (
+        "127.0.0.1", 8000, "127.0.0.1", 9000)
+    assert settings.jwt_secret is None and settings.jwt_ttl_minutes == 720
+    assert not settings.public_map and not settings.auto_register and settings.graphiql
+    assert settings.heartbeat_interval == 300
+    assert settings.resolved_state_dir() == Path(".chargegraph")
+
+
+def test_settings_from_environment_and_dotenv(monkeypatch: pytest.MonkeyPatch,
+                                              tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("CHARGEGRAPH_AUTO_REGISTER=true\nCHARGEGRAPH_PORT=1\n")
+    monkeypatch.setenv("CHARGEGRAPH_PORT", "8123")  # the environment beats .env
+    monkeypatch.setenv("CHARGEGRAPH_PUBLIC_MAP", "true")
+    monkeypatch.setenv("CHARGEGRAPH_JWT_SECRET", "s" * 40)
+    monkeypatch.setenv("CHARGEGRAPH_DATABASE_URL", "sqlite:///data/x.db")
+    settings = Settings()
+    assert settings.port == 8123 and settings.public_map and settings.auto_register
+    assert settings.jwt_secret is not None and "s" * 40 not in repr(settings)
+    assert settings.resolved_state_dir() == Path("data/.chargegraph")
+    monkeypatch.setenv("CHARGEGRAPH_DATABASE_URL", "sqlite:////srv/cg/x.db")
+    assert Settings().resolved_state_dir() == Path("/srv/cg/.chargegraph")
+    monkeypatch.setenv("CHARGEGRAPH_DATABASE_URL", "mongodb://db:27017/cg")
+    assert Settings().resolved_state_dir() == Path(".chargegraph")
+
+
+def test_jwt_secret_generated_once_and_private(tmp_path: Path,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    settings = Settings(state_dir=tmp_path / "state")
+    first = resolve_jwt_secret(settings)
+    path = tmp_path / "state" / "jwt_secret"
+    assert len(first) >= 32 and path.read_text() == first
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert "generated" in caplog.text and str(path) in caplog.text
+    assert [p.name for p in path.parent.iterdir()] == ["jwt_secret"]  # no temporary left
+    caplog.clear()
+    assert resolve_jwt_secret(settings) == first
+    assert "generated" not in caplog.text
+    assert resolve_jwt_secret(Settings(state_dir=tmp_path / "other")) != first
+
+
+def test_configured_jwt_secret(tmp_path: Path) -> None:
+    settings = Settings(jwt_secret="x" * 40, state_dir=tmp_path)  # type: ignore[arg-type]
+    assert resolve_jwt_secret(settings) == "x" * 40
+    assert not (tmp_path / "jwt_secret").exists()
+    with pytest.raises(ConfigError, match="at least 32"):
+        resolve_jwt_secret(Settings(jwt_secret="too-short"))  # type: ignore[arg-type]
+
+
+def test_weak_stored_secret_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "jwt_secret").write_text("weak")
+    with pytest.raises(ConfigError, match="delete the file"):
+        resolve_jwt_secret(Settings(state_dir=tmp_path))
+
+
+def test_argon2_hasher() -> None:
+    hasher = Argon2Hasher.fast()
+    digest = hasher.hash("a secret phrase")
+    assert digest.startswith("$argon2id$") and "m=8192,t=1" in digest
+    assert hasher.verify(digest, "a secret phrase")
+    assert not hasher.verify(digest, "another phrase")
+    assert not hasher.verify("garbage", "a secret phrase")
+    assert not hasher.needs_rehash(digest) and not hasher.needs_rehash("garbage")
+    # Hashes made with the test profile are upgraded by the production one on next login.
+    assert Argon2Hasher().needs_rehash(digest)
+    assert Argon2Hasher().verify(digest, "a secret phrase")
+
+
+def test_sqlite_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert sqlite_path("sqlite:///chargegraph.db") == Path("chargegraph.db")
+    assert sqlite_path("sqlite:////var/lib/cg.db") == Path("/var/lib/cg.db")
+    assert sqlite_path("mongodb://localhost/x") is None
+    monkeypatch.chdir(tmp_path)
+    store = open_store("sqlite:///nested/dir/a.db")  # relative to the working directory
+    assert isinstance(store, SqliteStore) and (tmp_path / "nested" / "dir").is_dir()
+    assert isinstance(open_store(f"sqlite:///{tmp_path}/b.db"), SqliteStore)  # absolute
+
+
+async def test_mongodb_urls() -> None:
+    # The client connects lazily: nothing listens on port 1, and nothing needs to.
+    store = open_store("mongodb://127.0.0.1:1/cg_test")
+    assert isinstance(store, MongoStore)
+    await store.close()
+
+
+@pytest.mark.parametrize("url", ["postgres://db/x", "sqlite:///", "chargegraph.db", ""])
+def test_unsupported_urls(url: str) -> None:
+    with pytest.raises(ConfigError, match="sqlite:///"):
+        open_store(url)
+
+
+def test_remove_sqlite_database(tmp_path: Path) -> None:
+    for name in ("d.db", "d.db-wal", "d.db-shm", "keep.db"):
+        (tmp_path / name).write_text("x")
+    removed = remove_sqlite_database(f"sqlite:///{tmp_path}/d.db")
+    assert sorted(p.name for p in removed) == ["d.db", "d.db-shm", "d.db-wal"]
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.db"]
+    assert remove_sqlite_database(f"sqlite:///{tmp_path}/d.db") == []
+    with pytest.raises(ConfigError, match="SQLite"):
+        remove_sqlite_database("mongodb://localhost/cg")

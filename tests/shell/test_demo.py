@@ -1,0 +1,96 @@
+"""The demo world: seeded through the domain, complete, idempotent, and able to log in."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from chargegraph.app import build_services
+from chargegraph.demo import ADMIN_EMAIL, DEMO_PASSWORD, DemoSummary, banner, seed_demo
+from chargegraph.security import Argon2Hasher
+from chargegraph.settings import Settings
+from domain import entities as d
+from domain.ports import Delete
+from domain.query import ALL, Eq
+from domain.services import Services
+from store.sqlite import SqliteStore
+
+
+@pytest.fixture
+async def services(tmp_path: Path) -> AsyncIterator[Services]:
+    store = SqliteStore(str(tmp_path / "demo.db"))
+    await store.start()
+    try:
+        yield build_services(Settings(), store, Argon2Hasher.fast())
+    finally:
+        await store.close()
+
+
+async def counts(services: Services) -> dict[str, int]:
+    store = services.ctx.store
+    kinds = (d.Company, d.User, d.Station, d.Connector, d.Tariff, d.Vehicle, d.IdTag)
+    return {kind.__name__: await store.count(kind, ALL) for kind in kinds}
+
+
+async def test_seed_demo_builds_the_world_once(services: Services) -> None:
+    first = await seed_demo(services)
+    assert first.created
+    world = await counts(services)
+    assert world == {"Company": 2, "User": 6, "Station": 8, "Connector": 16, "Tariff": 2,
+                     "Vehicle": 3, "IdTag": 3}
+    again = await seed_demo(services)
+    assert not again.created and again.logins == first.logins
+    assert await counts(services) == world
+    stations = await services.ctx.store.find_all(d.Station, ALL)
+    assert all(s.lat is not None and s.lon is not None and s.address
+               and 52.3 < s.lat < 52.7 and 12.9 < s.lon < 13.8 for s in stations)
+    assert {c.type for c in await services.ctx.store.find_all(d.Connector, ALL)} == {
+        d.ConnectorType.TYPE2, d.ConnectorType.CCS2}
+
+
+async def test_every_demo_login_works(services: Services) -> None:
+    summary = await seed_demo(services)
+    roles = {role for role, *_ in summary.logins}
+    assert roles == {"ADMIN", "OPERATOR", "DRIVER"}
+    for role, email, password in summary.logins:
+        user = await services.accounts.authenticate(email, password)
+        assert user.role.value == role
+        if role == "OPERATOR":
+            assert user.company_id is not None
+
+
+async def test_an_interrupted_seed_is_completed(services: Services) -> None:
+    await seed_demo(services)
+    world = await counts(services)
+    store = services.ctx.store
+    # As if the last run stopped half-way: the admin (written last) and a driver's card and
+    # car are missing.
+    for kind, field, value in ((d.User, "email", ADMIN_EMAIL), (d.IdTag, "tag", "DEMO-0002"),
+                               (d.Vehicle, "license_plate", "PJO77")):
+        record = await store.find_one(kind, Eq(field, value))
+        assert record is not None, (kind, value)
+        await store.write([Delete(record)], [])
+    assert (await seed_demo(services)).created
+    assert await counts(services) == world
+    assert (await services.accounts.authenticate(ADMIN_EMAIL, DEMO_PASSWORD)).role.value == (
+        "ADMIN")
+
+
+def test_banner_is_a_box_with_every_login() -> None:
+    summary_lines = banner(seed_summary(), "http://127.0.0.1:8000/graphql",
+                           "ws://127.0.0.1:9000/ocpp").splitlines()
+    assert len({len(line) for line in summary_lines}) == 1  # a rectangle
+    text = "\n".join(summary_lines)
+    assert "http://127.0.0.1:8000/graphql" in text and ADMIN_EMAIL in text
+    assert text.count(DEMO_PASSWORD) == 6
+
+
+def seed_summary() -> DemoSummary:
+    from chargegraph.demo import COMPANIES, DRIVERS
+
+    logins = [("ADMIN", ADMIN_EMAIL, DEMO_PASSWORD)]
+    logins += [("OPERATOR", email, DEMO_PASSWORD) for _, email in COMPANIES.values()]
+    logins += [("DRIVER", email, DEMO_PASSWORD) for _, email, *_ in DRIVERS]
+    return DemoSummary(created=True, logins=logins, cp_ids=["A", "B", "C", "D"])

@@ -1,0 +1,114 @@
+"""`python -m chargegraph` as a user runs it: a real process on free loopback ports, stopped
+with SIGTERM like a container runtime or systemd would."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.helpers import free_port
+
+
+def clean_env(tmp_path: Path) -> dict[str, str]:
+    """The caller's CHARGEGRAPH_* variables stay out: the test decides the configuration."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHARGEGRAPH_")}
+    return {**env, "CHARGEGRAPH_DATABASE_URL": f"sqlite:///{tmp_path}/data/svc.db"}
+
+
+@pytest.fixture
+def launch(tmp_path: Path) -> Iterator[list[subprocess.Popen[str]]]:
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for process in started:  # only when a test failed half-way
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def start(launch: list[subprocess.Popen[str]], tmp_path: Path, *args: str
+          ) -> tuple[subprocess.Popen[str], str]:
+    port, ocpp_port = free_port(), free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "chargegraph", *args, "--port", str(port), "--ocpp-port",
+         str(ocpp_port)], cwd=tmp_path, env=clean_env(tmp_path), text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    launch.append(process)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"exited {process.returncode}: {process.communicate()}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("never healthy")
+
+
+def stop(process: subprocess.Popen[str]) -> tuple[str, str]:
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=10)
+    assert process.returncode == 0, stderr  # graceful: 0, not -15
+    return stdout, stderr
+
+
+def graphql(url: str, query: str, token: str | None = None) -> httpx.Response:
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    return httpx.post(f"{url}/graphql", json={"query": query}, headers=headers, timeout=10)
+
+
+def test_serve_answers_and_stops_gracefully(launch: list[subprocess.Popen[str]],
+                                            tmp_path: Path) -> None:
+    process, url = start(launch, tmp_path, "serve")
+    assert httpx.get(f"{url}/healthz").json() == {"status": "ok", "store": "ok"}
+    answer = graphql(url, "{ __typename }")
+    assert answer.status_code == 200 and answer.json() == {"data": {"__typename": "Query"}}
+    began = time.monotonic()
+    _, stderr = stop(process)
+    assert time.monotonic() - began < 10
+    # Zero setup: the database and a private generated secret appeared beside each other.
+    secret = tmp_path / "data" / ".chargegraph" / "jwt_secret"
+    assert (tmp_path / "data" / "svc.db").exists()
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert "WARNING" in stderr and str(secret) in stderr
+    assert secret.read_text() not in stderr
+
+
+def admin_id(url: str) -> str:
+    login = graphql(url, 'mutation { login(email: "admin@demo.chargegraph.dev", '
+                         'password: "chargegraph-demo") { token } }').json()
+    me = graphql(url, "{ me { id email role } }", login["data"]["login"]["token"]).json()
+    assert me["data"]["me"]["role"] == "ADMIN", me
+    return str(me["data"]["me"]["id"])
+
+
+def test_demo_seeds_serves_and_stops(launch: list[subprocess.Popen[str]],
+                                     tmp_path: Path) -> None:
+    process, url = start(launch, tmp_path, "demo", "--no-chargers")
+    stations = graphql(url, "{ stations { totalCount } }")  # the demo map is public
+    assert stations.json() == {"data": {"stations": {"totalCount": 8}}}
+    first_admin = admin_id(url)
+    stdout, _ = stop(process)
+    assert f"{url}/graphql" in stdout and "chargegraph-demo" in stdout
+    # A second start keeps the world it finds.
+    process, url = start(launch, tmp_path, "demo", "--no-chargers")
+    assert admin_id(url) == first_admin
+    stop(process)
+    # --reset deletes it and seeds a new one.
+    process, url = start(launch, tmp_path, "demo", "--no-chargers", "--reset")
+    assert graphql(url, "{ stations { totalCount } }").json()["data"]["stations"][
+        "totalCount"] == 8
+    assert admin_id(url) != first_admin
+    _, stderr = stop(process)
+    assert "--reset: removed" in stderr
