@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -16,6 +16,7 @@ import uvicorn
 from chargegraph.app import create_app
 from chargegraph.settings import Settings
 from domain.services import Services
+from pubsub.factory import ManagedEventBus
 from tests.helpers import FastHasher, free_port
 from tests.ocpp.conftest import Central, seed
 
@@ -43,6 +44,16 @@ class Running:
         data = await self.gql("""mutation($e: String!) { login(email: $e,
             password: "password-123") { token } }""", {"e": f"{name}@example.com"})
         return str(data["login"]["token"])
+
+    async def until_subscribed(self, count: int) -> None:
+        """Waits until this instance's bus holds ``count`` subscriptions (a subscribe
+        message is answered before the server has registered it on the bus)."""
+        bus = cast(ManagedEventBus, self.services.ctx.bus)
+        for _ in range(200):
+            if bus.subscriber_count >= count:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"only {bus.subscriber_count} subscribers")
 
 
 @contextlib.asynccontextmanager

@@ -3,7 +3,6 @@ ChargeGraph, and websocket subscribers of each role see exactly what they may.""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
@@ -22,15 +21,6 @@ FAULTS = "subscription { faultReported { cpId connectorId errorCode status } }"
 CONNECTIONS = "subscription { stationConnectionChanged { cpId online } }"
 
 
-async def until_subscribed(service: Running, count: int) -> None:
-    bus = service.services.ctx.bus
-    for _ in range(200):
-        if bus.subscriber_count >= count:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"only {bus.subscriber_count} subscribers")
-
-
 async def test_connector_status_feed_per_role(service: Running) -> None:
     op = await GraphQLWS.open(service.ws_url, await service.token("op"))
     other = await GraphQLWS.open(service.ws_url, await service.token("op_other"))
@@ -38,7 +28,7 @@ async def test_connector_status_feed_per_role(service: Running) -> None:
     try:
         for client in (op, other, driver):
             await client.subscribe(STATUS)
-        await until_subscribed(service, 3)
+        await service.until_subscribed(3)
         async with connected(service.ocpp_url, "CP-1", password=STATION_PASSWORD) as cp:
             await cp.status(2, "Faulted", "GroundFailure")
             got = await op.next()
@@ -65,7 +55,7 @@ async def test_session_updates_reach_only_their_driver(service: Running) -> None
     try:
         for client in (mine, theirs, operator):
             await client.subscribe(SESSIONS)
-        await until_subscribed(service, 3)
+        await service.until_subscribed(3)
         async with connected(service.ocpp_url, "CP-1", password=STATION_PASSWORD) as cp:
             cp.connectors[1].meter_wh = 0
             tx, _ = await cp.start_transaction(1, "TAG-OK")
@@ -95,7 +85,7 @@ async def test_faults_and_connections_for_operators(service: Running) -> None:
         await op.subscribe(FAULTS)
         await op.subscribe(CONNECTIONS)
         await driver.subscribe(FAULTS)
-        await until_subscribed(service, 3)
+        await service.until_subscribed(3)
         async with connected(service.ocpp_url, "CP-1", password=STATION_PASSWORD) as cp:
             await cp.status(1, "Faulted", "HighTemperature")
         messages = [(await op.next())["payload"]["data"] for _ in range(3)]
@@ -126,7 +116,7 @@ async def test_bad_token_is_rejected_and_anonymous_needs_public_map(tmp_path: Pa
     async with running_service(tmp_path / "b", public_map=True) as service:
         anonymous = await GraphQLWS.open(service.ws_url)
         await anonymous.subscribe(STATUS, {"f": {"cpIds": ["CP-1"]}})
-        await until_subscribed(service, 1)
+        await service.until_subscribed(1)
         async with connected(service.ocpp_url, "CP-OPEN") as cp:
             await cp.status(1, "Charging")
         async with connected(service.ocpp_url, "CP-1", password=STATION_PASSWORD) as cp:
@@ -144,7 +134,7 @@ async def test_command_completed_reaches_the_operator(service: Running) -> None:
         query = "subscription { commandCompleted { action cpId status errorCode requestedBy } }"
         await operator.subscribe(query)
         await driver.subscribe(query)
-        await until_subscribed(service, 2)
+        await service.until_subscribed(2)
         async with connected(service.ocpp_url, "CP-1", password=STATION_PASSWORD):
             token = await service.token("op")
             answer = await service.gql("""mutation { unlockConnector(input: {cpId: "CP-1",

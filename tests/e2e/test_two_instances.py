@@ -24,12 +24,7 @@ async def test_events_cross_instances_through_redis(tmp_path: Path) -> None:
                                        seed_data=False) as b:
                 watcher = await GraphQLWS.open(b.ws_url, await b.token("op"))
                 await watcher.subscribe(STATUS)
-                bus = b.services.ctx.bus
-                for _ in range(200):
-                    if bus.subscriber_count:
-                        break
-                    import asyncio
-                    await asyncio.sleep(0.01)
+                await b.until_subscribed(1)
                 async with connected(a.ocpp_url, "CP-1", password=STATION_PASSWORD) as cp:
                     await cp.status(1, "Charging")
                 message = await watcher.next()

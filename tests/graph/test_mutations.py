@@ -144,7 +144,7 @@ async def test_id_tags(api: Api, world: World) -> None:
                             "idTag { id }")) == [("userId", "FORBIDDEN")]
 
 
-STATION_INPUT = {
+STATION_INPUT: dict[str, Any] = {
     "cpId": "NEW-1", "name": "New Station",
     "location": {"lat": 52.52, "lon": 13.405, "address": "Alexanderplatz 1"},
     "connectors": [{"connectorId": 1, "type": "CCS2", "maxKw": 150},
@@ -167,7 +167,7 @@ async def test_create_station_and_errors(api: Api, world: World, store) -> None:
     assert codes(dup) == [("cpId", "DUPLICATE")]
     after = await store.inner.count(Connector, ALL)
     assert before == after  # nothing half-written
-    bad = [
+    bad: list[tuple[dict[str, Any], tuple[str, str]]] = [
         ({"cpId": "has space"}, ("cpId", "INVALID")),
         ({"cpId": "x" * 49}, ("cpId", "TOO_LONG")),
         ({"cpId": "OK-2", "location": {"lat": 91, "lon": 0}}, ("location.lat", "OUT_OF_RANGE")),

@@ -221,6 +221,7 @@ async def test_a_charger_on_another_clock_keeps_a_consistent_timeline(central: C
     assert all(i.start >= march and i.start < march + timedelta(days=1) for i in ordered)
     available = next(i for i in ordered if i.status is d.ConnectorStatus.AVAILABLE
                      and i.online and i.end is not None and i.end > i.start)
+    assert available.end is not None
     assert (available.start.hour, available.end.hour) == (10, 11)
     offline = [i for i in ordered if not i.online]
     assert offline and offline[-1].end is None and offline[-1].start.hour == 11

@@ -76,9 +76,9 @@ async def build_history(store: Store) -> History:
 
     # Both stations come online at 22:00 UTC on the 28th (23:00 Berlin).
     await at(utc(28, 22))
-    for cp_id, connectors in (("S1", (1, 2)), ("S2", (1,))):
+    for cp_id, connector_ids in (("S1", (1, 2)), ("S2", (1,))):
         await charging.set_online(cp_id, True)
-        for c in connectors:
+        for c in connector_ids:
             await charging.status_notification(cp_id, c, "Available", "NoError",
                                                timestamp=utc(28, 22))
     # The clock moves with the history, as it would in a live run: each message arrives
