@@ -112,6 +112,7 @@ if __name__ == "__main__":
     parser.add_argument("--stations", type=int, default=100)
     arguments = parser.parse_args()
     try:
-        asyncio.run(main(arguments.mode, arguments.stations))
+        import uvloop
+        uvloop.run(main(arguments.mode, arguments.stations))
     except KeyboardInterrupt:
         sys.exit(0)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 
 
 def utcnow() -> datetime:
-    # Millisecond precision: every store round-trips it exactly and OCPP timestamps carry no more.
-    now = datetime.now(UTC)
-    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+    # Millisecond precision: every store round-trips it exactly and OCPP timestamps carry no
+    # more. From integer milliseconds: a third of the cost of now() + replace(), and exact
+    # (a float's error at this magnitude is far below the microsecond it is rounded to).
+    return datetime.fromtimestamp(time.time_ns() // 1_000_000 / 1000, UTC)
 
 
 def as_utc(value: datetime) -> datetime:

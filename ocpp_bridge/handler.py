@@ -1,8 +1,12 @@
 """One connected charge point: routes its frames to the domain and carries commands to it.
 
-Built on the ``ocpp`` package's ``ChargePoint`` (route map, outgoing ``call()`` with its
-response queue and lock) with framing, validation and error codes done by
-``ocpp_bridge.frames`` for 1.6 correctness. Incoming messages of one charger are handled
+Built on the ``ocpp`` package's ``ChargePoint`` for what goes *to* the charger (outgoing
+``call()`` with its response queue and lock). What comes *from* the charger is framed,
+validated and answered here: ``frames`` gives 1.6-correct errors, and each action's
+handler reads the camelCase payload the schema just validated and returns the camelCase
+answer. The package's route map would convert every key to snake case, build a result
+dataclass and convert it back, per message — the larger part of a MeterValues frame's
+cost (``python -m bench.ocpp_throughput``). Incoming messages of one charger are handled
 one at a time, in order; handlers never call the charger (the package would deadlock
 until the timeout), they only talk to the domain.
 """
@@ -13,15 +17,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ocpp.charge_point import (
-    remove_nones,
-    serialize_as_dict,
-)
 from ocpp.messages import CallError, CallResult
-from ocpp.routing import on
 from ocpp.v16 import ChargePoint
-from ocpp.v16 import call_result as result
-from ocpp.v16.enums import Action
 
 from domain.errors import DomainError
 from domain.services.charging import (
@@ -32,7 +29,7 @@ from domain.services.charging import (
     SampledValue,
 )
 from ocpp_bridge import frames
-from ocpp_bridge.casing import to_camel, to_snake
+from ocpp_bridge.casing import to_snake
 from ocpp_bridge.frames import FrameError
 from ocpp_bridge.timefmt import parse_timestamp, rfc3339
 
@@ -40,11 +37,14 @@ log = logging.getLogger("chargegraph.ocpp")
 #: Every frame in and out, at INFO: quiet unless this logger is turned up.
 wire_log = logging.getLogger("chargegraph.ocpp.wire")
 
-Send = Callable[[str], Awaitable[None]]
+Payload = dict[str, Any]
+ActionHandler = Callable[["ChargePointHandler", Payload], Awaitable[Payload]]
+#: The answer to the notifications whose confirmation carries no fields.
+EMPTY: Payload = {}
 
 
-def id_tag_info(info: IdTagInfo) -> dict[str, Any]:
-    out: dict[str, Any] = {"status": info.status}
+def id_tag_info(info: IdTagInfo) -> Payload:
+    out: Payload = {"status": info.status}
     if info.expiry_date is not None:
         out["expiryDate"] = rfc3339(info.expiry_date)
     if info.parent_id_tag is not None:
@@ -84,15 +84,14 @@ class ChargePointHandler(ChargePoint):
         uid = frame.unique_id
         action = frame.action or ""
         try:
-            if action not in frames.CHARGER_ACTIONS:
+            handler = ACTIONS.get(action)
+            if handler is None:
                 code = frames.NOT_SUPPORTED if action in frames.KNOWN_UNSERVED \
                     else frames.NOT_IMPLEMENTED
                 raise FrameError(code, f"{action} is not served here", uid)
             frames.validate(frames.CALL, action, frame.payload, uid)
-            handler = self.route_map[action]["_on_action"]
             self._unique_id = uid
-            response = await handler(**to_snake(frame.payload))
-            payload = to_camel(remove_nones(serialize_as_dict(response)))
+            payload = await handler(self, frame.payload)
         except FrameError as exc:
             await self._send(frames.call_error(uid, exc.code, exc.description))
             return
@@ -128,101 +127,90 @@ class ChargePointHandler(ChargePoint):
             self._highest_connector = connector_id
 
     # ------------------------------------------------------------- charger → us
-    @on(Action.boot_notification)
-    async def on_boot_notification(self, charge_point_vendor: str, charge_point_model: str,
-                                   **extra: Any) -> result.BootNotification:
+    # Each reads the validated camelCase payload and returns the camelCase answer.
+    async def boot_notification(self, p: Payload) -> Payload:
         boot = await self.charging.boot(self.id, BootInfo(
-            vendor=charge_point_vendor, model=charge_point_model,
-            serial=extra.get("charge_point_serial_number")
-            or extra.get("charge_box_serial_number"),
-            firmware=extra.get("firmware_version"), extra=extra))
-        return result.BootNotification(current_time=rfc3339(boot.current_time),
-                                       interval=boot.interval,
-                                       status=boot.status.value)  # type: ignore[arg-type]
+            vendor=p["chargePointVendor"], model=p["chargePointModel"],
+            serial=p.get("chargePointSerialNumber") or p.get("chargeBoxSerialNumber"),
+            firmware=p.get("firmwareVersion"),
+            extra=to_snake({k: v for k, v in p.items()
+                            if k not in ("chargePointVendor", "chargePointModel")})))
+        return {"currentTime": rfc3339(boot.current_time), "interval": boot.interval,
+                "status": boot.status.value}
 
-    @on(Action.heartbeat)
-    async def on_heartbeat(self) -> result.Heartbeat:
-        now = await self.charging.heartbeat(self.id)
-        return result.Heartbeat(current_time=rfc3339(now))
+    async def heartbeat(self, p: Payload) -> Payload:
+        return {"currentTime": rfc3339(await self.charging.heartbeat(self.id))}
 
-    @on(Action.authorize)
-    async def on_authorize(self, id_tag: str) -> result.Authorize:
-        info = await self.charging.authorize(self.id, id_tag)
-        return result.Authorize(id_tag_info=id_tag_info(info))  # type: ignore[arg-type]
+    async def authorize(self, p: Payload) -> Payload:
+        return {"idTagInfo": id_tag_info(await self.charging.authorize(self.id, p["idTag"]))}
 
-    @on(Action.start_transaction)
-    async def on_start_transaction(self, connector_id: int, id_tag: str, meter_start: int,
-                                   timestamp: str, reservation_id: int | None = None
-                                   ) -> result.StartTransaction:
-        await self._connector_ok(connector_id, allow_zero=False)
+    async def start_transaction(self, p: Payload) -> Payload:
+        await self._connector_ok(p["connectorId"], allow_zero=False)
         transaction_id, info = await self.charging.start_transaction(
-            self.id, connector_id, id_tag, meter_start, self._time(timestamp, "timestamp"),
-            reservation_id)
-        return result.StartTransaction(transaction_id=transaction_id,
-                                       id_tag_info=id_tag_info(info))  # type: ignore[arg-type]
+            self.id, p["connectorId"], p["idTag"], p["meterStart"],
+            self._time(p["timestamp"], "timestamp"), p.get("reservationId"))
+        return {"transactionId": transaction_id, "idTagInfo": id_tag_info(info)}
 
-    @on(Action.stop_transaction)
-    async def on_stop_transaction(self, meter_stop: int, timestamp: str, transaction_id: int,
-                                  reason: str | None = None, id_tag: str | None = None,
-                                  transaction_data: list[dict[str, Any]] | None = None
-                                  ) -> result.StopTransaction:
+    async def stop_transaction(self, p: Payload) -> Payload:
         info = await self.charging.stop_transaction(
-            self.id, transaction_id, meter_stop, self._time(timestamp, "timestamp"),
-            reason=reason, id_tag=id_tag, readings=self._readings(transaction_data or []))
-        return result.StopTransaction(
-            id_tag_info=id_tag_info(info) if info else None)  # type: ignore[arg-type]
+            self.id, p["transactionId"], p["meterStop"], self._time(p["timestamp"], "timestamp"),
+            reason=p.get("reason"), id_tag=p.get("idTag"),
+            readings=self._readings(p.get("transactionData") or []))
+        return {"idTagInfo": id_tag_info(info)} if info else EMPTY
 
-    @on(Action.meter_values)
-    async def on_meter_values(self, connector_id: int, meter_value: list[dict[str, Any]],
-                              transaction_id: int | None = None) -> result.MeterValues:
+    async def meter_values(self, p: Payload) -> Payload:
+        connector_id = p["connectorId"]
         await self._connector_ok(connector_id, allow_zero=True)
-        await self.charging.meter_values(self.id, connector_id, transaction_id,
-                                         self._readings(meter_value))
-        return result.MeterValues()
+        await self.charging.meter_values(self.id, connector_id, p.get("transactionId"),
+                                         self._readings(p["meterValue"]))
+        return EMPTY
 
-    @on(Action.status_notification)
-    async def on_status_notification(self, connector_id: int, error_code: str, status: str,
-                                     info: str | None = None, timestamp: str | None = None,
-                                     vendor_id: str | None = None,
-                                     vendor_error_code: str | None = None
-                                     ) -> result.StatusNotification:
-        await self._connector_ok(connector_id, allow_zero=True)
+    async def status_notification(self, p: Payload) -> Payload:
+        await self._connector_ok(p["connectorId"], allow_zero=True)
+        timestamp = p.get("timestamp")
         await self.charging.status_notification(
-            self.id, connector_id, status, error_code, info=info,
+            self.id, p["connectorId"], p["status"], p["errorCode"], info=p.get("info"),
             timestamp=self._time(timestamp, "timestamp") if timestamp else None,
-            vendor_error_code=vendor_error_code)
-        return result.StatusNotification()
+            vendor_error_code=p.get("vendorErrorCode"))
+        return EMPTY
 
-    @on(Action.data_transfer)
-    async def on_data_transfer(self, vendor_id: str, message_id: str | None = None,
-                               data: str | None = None) -> result.DataTransfer:
-        status, reply = await self.charging.data_transfer(self.id, vendor_id, message_id, data)
-        return result.DataTransfer(status=status, data=reply)  # type: ignore[arg-type]
+    async def data_transfer(self, p: Payload) -> Payload:
+        status, reply = await self.charging.data_transfer(self.id, p["vendorId"],
+                                                          p.get("messageId"), p.get("data"))
+        return {"status": status} if reply is None else {"status": status, "data": reply}
 
-    @on(Action.diagnostics_status_notification)
-    async def on_diagnostics_status_notification(self, status: str
-                                                 ) -> result.DiagnosticsStatusNotification:
-        await self.charging.diagnostics_status(self.id, status)
-        return result.DiagnosticsStatusNotification()
+    async def diagnostics_status_notification(self, p: Payload) -> Payload:
+        await self.charging.diagnostics_status(self.id, p["status"])
+        return EMPTY
 
-    @on(Action.firmware_status_notification)
-    async def on_firmware_status_notification(self, status: str
-                                              ) -> result.FirmwareStatusNotification:
-        await self.charging.firmware_status(self.id, status)
-        return result.FirmwareStatusNotification()
+    async def firmware_status_notification(self, p: Payload) -> Payload:
+        await self.charging.firmware_status(self.id, p["status"])
+        return EMPTY
 
     # ------------------------------------------------------------- helpers
-    def _readings(self, meter_values: list[dict[str, Any]]) -> list[MeterReading]:
-        # camel_to_snake_case already turned nested keys into snake case.
-        readings = []
-        for mv in meter_values:
-            values = tuple(
+    def _readings(self, meter_values: list[Payload]) -> list[MeterReading]:
+        return [
+            MeterReading(self._time(mv["timestamp"], "meterValue.timestamp"), tuple(
                 SampledValue(value=str(sv["value"]), measurand=sv.get("measurand"),
                              unit=sv.get("unit"), phase=sv.get("phase"),
                              context=sv.get("context"), location=sv.get("location"),
                              format=sv.get("format"))
-                for sv in mv.get("sampled_value", [])
-            )
-            readings.append(MeterReading(self._time(mv["timestamp"], "meterValue.timestamp"),
-                                         values))
-        return readings
+                for sv in mv.get("sampledValue", ())))
+            for mv in meter_values
+        ]
+
+
+#: Every action a charger may send us (``frames.CHARGER_ACTIONS``) and its handler.
+ACTIONS: dict[str, ActionHandler] = {
+    "Authorize": ChargePointHandler.authorize,
+    "BootNotification": ChargePointHandler.boot_notification,
+    "DataTransfer": ChargePointHandler.data_transfer,
+    "DiagnosticsStatusNotification": ChargePointHandler.diagnostics_status_notification,
+    "FirmwareStatusNotification": ChargePointHandler.firmware_status_notification,
+    "Heartbeat": ChargePointHandler.heartbeat,
+    "MeterValues": ChargePointHandler.meter_values,
+    "StartTransaction": ChargePointHandler.start_transaction,
+    "StatusNotification": ChargePointHandler.status_notification,
+    "StopTransaction": ChargePointHandler.stop_transaction,
+}
+assert frozenset(ACTIONS) == frames.CHARGER_ACTIONS, "every served action has a handler"

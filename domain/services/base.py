@@ -118,6 +118,30 @@ def patch(record: E, viewer: Viewer, **updates: Any) -> Update:
 
 def changed(record: E, viewer: Viewer, **updates: Any) -> E:
     """A copy of ``record`` with the given (non-UNSET) fields replaced and the update
-    stamps set. The original stays untouched as the audit before-image."""
-    values = {k: v for k, v in updates.items() if v is not UNSET}
-    return dataclasses.replace(record, **values, updated_at=utcnow(), updated_by=viewer.actor)
+    stamps set. The original stays untouched as the audit before-image.
+
+    Like ``dataclasses.replace`` (unknown fields are a ``TypeError``) without re-running
+    ``__init__``: entities have no ``__post_init__`` and every field is set already, and
+    replace's generic path was a tenth of a MeterValues frame's cost."""
+    names = _field_names(type(record))
+    copy = object.__new__(type(record))
+    copy.__dict__.update(record.__dict__)
+    for key, value in updates.items():
+        if value is UNSET:
+            continue
+        if key not in names:
+            raise TypeError(f"{type(record).__name__} has no field {key!r}")
+        copy.__dict__[key] = value
+    copy.updated_at = utcnow()
+    copy.updated_by = viewer.actor
+    return copy
+
+
+_FIELD_NAMES: dict[type[Record], frozenset[str]] = {}
+
+
+def _field_names(kind: type[Record]) -> frozenset[str]:
+    names = _FIELD_NAMES.get(kind)
+    if names is None:
+        names = _FIELD_NAMES[kind] = frozenset(f.name for f in dataclasses.fields(kind))
+    return names

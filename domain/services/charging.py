@@ -9,7 +9,6 @@ entities (StatusEvent, MeterSample, ConnectionEvent) instead of the audit log.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -45,6 +44,7 @@ from domain.events import (
     SessionChanged,
     StationConnectionChanged,
 )
+from domain.ids import stable_id
 from domain.policy import Viewer
 from domain.ports import Change, Insert, InsertIfAbsent, Update
 from domain.pricing import session_cost_minor
@@ -119,12 +119,6 @@ def _to_wh(value: float, unit: str | None) -> float:
 
 def _to_w(value: float, unit: str | None) -> float:
     return value * 1000 if unit == "kW" else value
-
-
-def _stable_id(*parts: object) -> str:
-    """A 24-hex id derived from a record's natural key, so a repeated message writes the
-    same ids and ``InsertIfAbsent`` makes it a no-op."""
-    return hashlib.blake2b("|".join(map(str, parts)).encode(), digest_size=12).hexdigest()
 
 
 class ChargingService(Service):
@@ -356,8 +350,8 @@ class ChargingService(Service):
         first_timestamp = self._observe_clock(cp_id, at) if timestamp else False
         actor = charger(cp_id)
         new_status = ConnectorStatus(status)
-        event = StatusEvent(id=_stable_id(cp_id, connector_id, at.isoformat(), status,
-                                          error_code),
+        event = StatusEvent(id=stable_id(at, cp_id, connector_id, at.isoformat(), status,
+                                         error_code),
                             station_id=station.id, cp_id=cp_id, connector_id=connector_id,
                             status=new_status, error_code=error_code, info=info, at=at)
         telemetry: list[Change] = [InsertIfAbsent(stamp_new(event, actor, at))]
@@ -571,28 +565,35 @@ class ChargingService(Service):
         running = None
         if session is not None and session.state is SessionState.ACTIVE:
             running = session.meter_start_wh + session.energy_wh
+        session_id = session.id if session else None
         for reading in sorted(readings, key=lambda r: r.timestamp):
             at = as_utc(reading.timestamp)
+            at_text = at.isoformat()
             for sv in reading.values:
                 try:
                     value = float(sv.value)
                 except ValueError:
                     continue  # SignedData and other non-numeric formats: not a number
                 measurand = sv.measurand or ENERGY_REGISTER
-                sample = MeterSample(
-                    id=_stable_id(station.cp_id, connector_id, transaction_id, at.isoformat(),
-                                  measurand, sv.phase, sv.location, sv.context, sv.unit),
-                    session_id=session.id if session else None, cp_id=station.cp_id,
-                    connector_id=connector_id, at=at, measurand=measurand, value=value,
-                    unit=sv.unit or ("Wh" if measurand == ENERGY_REGISTER else None),
-                    phase=sv.phase, context=sv.context, transaction_id=transaction_id,
-                )
+                delta_wh = None
                 if running is not None and measurand == ENERGY_REGISTER and sv.phase is None \
                         and sv.location in (None, "Outlet"):
                     wh = round(_to_wh(value, sv.unit))
-                    sample.delta_wh = max(wh - running, 0)
+                    delta_wh = max(wh - running, 0)
                     running = max(running, wh)
-                samples.append(stamp_new(sample, actor, at))
+                # Stamped here rather than by stamp_new: the defaults would each read the
+                # clock only to be overwritten (three samples per frame add up).
+                samples.append(MeterSample(
+                    id=stable_id(at, station.cp_id, connector_id, transaction_id, at_text,
+                                 measurand, sv.phase, sv.location, sv.context, sv.unit),
+                    created_at=at, updated_at=at, created_by=actor.actor,
+                    updated_by=actor.actor,
+                    session_id=session_id, cp_id=station.cp_id,
+                    connector_id=connector_id, at=at, measurand=measurand, value=value,
+                    unit=sv.unit or ("Wh" if measurand == ENERGY_REGISTER else None),
+                    phase=sv.phase, context=sv.context, transaction_id=transaction_id,
+                    delta_wh=delta_wh,
+                ))
         return samples
 
     def _closing_sample(self, station: Station, session: Session, samples: list[MeterSample],
@@ -605,9 +606,9 @@ class ChargingService(Service):
         if meter_stop <= running:
             return None
         sample = MeterSample(
-            id=_stable_id(station.cp_id, session.connector_id, session.transaction_id,
-                          end.isoformat(), ENERGY_REGISTER, None, None, "Transaction.End",
-                          "Wh"),
+            id=stable_id(end, station.cp_id, session.connector_id, session.transaction_id,
+                         end.isoformat(), ENERGY_REGISTER, None, None, "Transaction.End",
+                         "Wh"),
             session_id=session.id, cp_id=station.cp_id, connector_id=session.connector_id,
             at=end, measurand=ENERGY_REGISTER, value=float(meter_stop), unit="Wh",
             context="Transaction.End", transaction_id=session.transaction_id,

@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 from domain.entities import ENTITY_BY_KIND, E, Record
 from store import fields
 from store.fields import FieldSpec, build
+from store.sqlite.row_encoder import RowEncoder, compile_row_encoder
 
 T = TypeVar("T")
 
@@ -117,30 +118,15 @@ def columns(kind: type[Record]) -> tuple[str, ...]:
     return tuple(spec.name for spec in field_specs(kind))
 
 
-def _plain(spec: FieldSpec) -> bool:
-    """Text and id columns are stored as they are once their type is right."""
-    return spec.category in ("id", "str")
-
-
 @per_kind
-def _row_plan(kind: type[Record]) -> tuple[tuple[str, FieldSpec | None], ...]:
-    """(field, spec to encode with, or None for text stored as it is) per column."""
-    return tuple((spec.name, None if _plain(spec) else spec) for spec in field_specs(kind))
+def _row_encoder(kind: type[Record]) -> RowEncoder:
+    return compile_row_encoder(field_specs(kind), encode)
 
 
 def to_row(record: Record) -> tuple[SqlValue, ...]:
-    """The record as a row in ``columns(type(record))`` order. Text fields skip the
-    generic encoder (the write path's hottest loop), after the same type check."""
-    row: list[SqlValue] = []
-    for name, spec in _row_plan(type(record)):
-        value = getattr(record, name)
-        if spec is None:
-            if value is not None and not isinstance(value, str):
-                raise TypeError(f"{name}: expected str, got {type(value).__name__}")
-            row.append(value)
-        else:
-            row.append(encode(spec, value))
-    return tuple(row)
+    """The record as a row in ``columns(type(record))`` order (through the kind's
+    generated encoder: the write path's hottest loop)."""
+    return _row_encoder(type(record))(record)
 
 
 def from_row(kind: type[E], row: Sequence[Any]) -> E:

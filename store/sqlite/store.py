@@ -1,18 +1,22 @@
-"""``domain.ports.Store`` on SQLite (aiosqlite): the embedded default backend.
+"""``domain.ports.Store`` on SQLite: the embedded default backend.
 
 Two connections to one WAL database file:
 
-* the **writer** runs every change inside ``BEGIN IMMEDIATE … COMMIT``, serialized by an
-  asyncio lock (SQLite has one writer anyway; the lock makes concurrent coroutines queue
-  here instead of failing with SQLITE_BUSY);
-* the **reader** runs every query in autocommit mode. Under WAL each read sees the last
-  committed state, so a reader interleaved with an open write transaction never sees a
-  half-applied batch, which sharing the writer's connection would allow.
+* the **writer** (``store.sqlite.writer``) runs every change inside ``BEGIN IMMEDIATE …
+  COMMIT``, serialized by an asyncio lock (SQLite has one writer anyway; the lock makes
+  concurrent coroutines queue here instead of failing with SQLITE_BUSY). Transactions run
+  inline on the event loop (short: no fsync per commit under WAL), falling back to a
+  thread only when another process holds the lock;
+* the **reader** (aiosqlite, its own thread: queries may be long) runs every query in
+  autocommit mode. Under WAL each read sees the last committed state, so a reader
+  interleaved with an open write transaction never sees a half-applied batch, which
+  sharing the writer's connection would allow.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import sqlite3
 from collections.abc import Mapping, Sequence
@@ -48,6 +52,7 @@ from store.sqlite.sql_filter import (
     haversine_km,
     unicode_lower,
 )
+from store.sqlite.writer import Writer
 
 _Statement = tuple[str, tuple[SqlValue, ...], Change | None]
 
@@ -125,9 +130,40 @@ def _missing(conn: sqlite3.Connection, run: list[_Statement]) -> str:
     return "a record to change is missing"
 
 
+#: Rows per multi-row INSERT, largest first: a run of inserts goes as a few statements of
+#: these sizes, so the prepared statements are reused from the connection's cache.
+_INSERT_CHUNKS = (64, 16, 4, 1)
+
+
+@functools.lru_cache(maxsize=512)
+def _multi_row(sql: str, rows: int) -> str:
+    """``INSERT … VALUES (?, …) [ON CONFLICT …]`` with ``rows`` value tuples."""
+    head, _, rest = sql.partition(" VALUES ")
+    end = rest.index(")") + 1
+    return f"{head} VALUES {', '.join([rest[:end]] * rows)}{rest[end:]}"
+
+
+def _insert_run(conn: sqlite3.Connection, sql: str, run: list[_Statement]) -> None:
+    """One statement per chunk instead of one step per row: SQLite inserts the rows of a
+    multi-row VALUES in one call, which is cheaper per row and, off the event loop,
+    releases the GIL once per chunk rather than once per row."""
+    limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    width = len(run[0][1])
+    index = 0
+    while index < len(run):
+        left = len(run) - index
+        size = next(c for c in _INSERT_CHUNKS if c <= left and c * width <= limit) \
+            if width <= limit else 1
+        chunk = run[index:index + size]
+        conn.execute(_multi_row(sql, size) if size > 1 else sql,
+                     [value for _, params, _ in chunk for value in params])
+        index += size
+
+
 def _apply_batch(conn: sqlite3.Connection, statements: list[_Statement]) -> None:
-    """One write transaction, on the writer's own thread. Runs of the same statement go
-    through ``executemany``; updates and deletes must each touch their row."""
+    """One write transaction. Runs of the same insert go as multi-row statements, runs of
+    the same update or delete through ``executemany``; updates and deletes must each
+    touch their row."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         index = 0
@@ -137,10 +173,13 @@ def _apply_batch(conn: sqlite3.Connection, statements: list[_Statement]) -> None
             while end < len(statements) and statements[end][0] == sql:
                 end += 1
             run = statements[index:end]
-            cursor = conn.executemany(sql, [params for _, params, _ in run]) if len(run) > 1 \
-                else conn.execute(sql, run[0][1])
-            if isinstance(run[0][2], Update | Delete) and cursor.rowcount < len(run):
-                raise NotFound(_missing(conn, run), field="id")
+            if isinstance(run[0][2], Insert | InsertIfAbsent) or run[0][2] is None:
+                _insert_run(conn, sql, run)
+            else:
+                cursor = conn.executemany(sql, [params for _, params, _ in run]) \
+                    if len(run) > 1 else conn.execute(sql, run[0][1])
+                if cursor.rowcount < len(run):
+                    raise NotFound(_missing(conn, run), field="id")
             index = end
         conn.commit()
     except BaseException:
@@ -161,7 +200,7 @@ class SqliteStore:
             raise ValueError("SqliteStore needs a database file path")
         self.path = path
         self.busy_timeout = busy_timeout
-        self._writer: aiosqlite.Connection | None = None
+        self._writer: Writer | None = None
         self._reader: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
 
@@ -169,11 +208,16 @@ class SqliteStore:
     async def start(self) -> None:
         if self._writer is not None:
             return
-        writer = await self._connect()
+        migrator = await self._connect()
         try:
             # Persistent in the file; only the first start actually switches the mode.
-            await writer.execute("PRAGMA journal_mode = WAL")
-            await apply_migrations(writer)
+            await migrator.execute("PRAGMA journal_mode = WAL")
+            await apply_migrations(migrator)
+        finally:
+            await migrator.close()
+        writer = Writer(self.path, busy_timeout=self.busy_timeout)
+        writer.open()
+        try:
             reader = await self._connect()
         except BaseException:
             await writer.close()
@@ -202,12 +246,7 @@ class SqliteStore:
         if reader is not None:
             await reader.close()
         if writer is not None:
-            try:
-                # Refreshes the planner's statistics where they are stale (SQLite's advice
-                # for long-lived connections at close); cheap when nothing changed.
-                await writer.execute("PRAGMA optimize")
-            finally:
-                await writer.close()
+            await writer.close()
 
     async def ping(self) -> bool:
         try:
@@ -371,10 +410,7 @@ class SqliteStore:
         writer = self._writer_conn()
         async with self._write_lock:
             try:
-                # The whole transaction runs as one call on the writer's thread: one hop
-                # instead of one per statement (aiosqlite's ``_execute`` is how its own
-                # methods reach that thread), so a burst of MeterValues costs little.
-                await writer._execute(_apply_batch, writer._conn, statements)
+                await writer.run(lambda conn: _apply_batch(conn, statements))
             except sqlite3.IntegrityError as exc:
                 violation = unique_violation(exc)
                 if violation is None:
@@ -404,14 +440,16 @@ class SqliteStore:
         # Under the write lock so it never runs inside another coroutine's open
         # transaction on the shared writer connection (and gets rolled back with it).
         async with self._write_lock:
-            rows = await writer.execute_fetchall(
+            # One statement in autocommit mode: its own transaction, complete once all
+            # its rows are fetched.
+            rows = await writer.run(lambda conn: conn.execute(
                 'INSERT INTO "sequence" ("name", "value") VALUES (?, 1) '
                 'ON CONFLICT ("name") DO UPDATE SET "value" = "value" + 1 RETURNING "value"',
                 (name,),
-            )
-        return int(next(iter(rows))[0])
+            ).fetchall())
+        return int(rows[0][0])
 
-    def _writer_conn(self) -> aiosqlite.Connection:
+    def _writer_conn(self) -> Writer:
         if self._writer is None:
             raise RuntimeError("SqliteStore is not started")
         return self._writer

@@ -4,6 +4,7 @@ migrations, WAL, its physical column format and its query plans."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -82,10 +83,15 @@ async def test_data_and_counters_survive_close_and_reopen(db_path: str) -> None:
 
 async def test_wal_normal_sync_and_busy_timeout(store: SqliteStore, db_path: str) -> None:
     assert raw(db_path, "PRAGMA journal_mode") == [("wal",)]
-    for conn in (store._writer, store._reader):
-        assert conn is not None
-        assert list(await conn.execute_fetchall("PRAGMA synchronous")) == [(1,)]  # NORMAL
-        assert list(await conn.execute_fetchall("PRAGMA busy_timeout")) == [(5000,)]
+    assert store._reader is not None and store._writer is not None
+    assert list(await store._reader.execute_fetchall("PRAGMA synchronous")) == [(1,)]
+    assert list(await store._reader.execute_fetchall("PRAGMA busy_timeout")) == [(5000,)]
+    writer = store._writer.conn
+    assert writer is not None
+    assert writer.execute("PRAGMA synchronous").fetchall() == [(1,)]  # NORMAL
+    # The writer never waits on the event loop: a busy lock sends it to a thread.
+    assert writer.execute("PRAGMA busy_timeout").fetchall() == [(0,)]
+    assert writer.execute("PRAGMA wal_autocheckpoint").fetchall() == [(0,)]
 
 
 async def test_a_write_waits_for_another_process_holding_the_lock(store: SqliteStore,
@@ -101,16 +107,46 @@ async def test_a_write_waits_for_another_process_holding_the_lock(store: SqliteS
     assert await store.count(Company, Eq("name", "Waited")) == 1
 
 
-async def test_readers_never_see_an_open_write_transaction(store: SqliteStore) -> None:
+async def test_a_counter_waits_for_another_process_holding_the_lock(store: SqliteStore,
+                                                                      db_path: str) -> None:
+    other = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    counter = asyncio.create_task(store.next_sequence("tx"))
+    await asyncio.sleep(0.2)
+    assert not counter.done()
+    other.execute("COMMIT")
+    other.close()
+    assert await asyncio.wait_for(counter, 5) == 1
+
+
+async def test_checkpoints_run_in_the_background_once_the_wal_grows(store: SqliteStore,
+                                                                    db_path: str) -> None:
     writer = store._writer
+    assert writer is not None
+    writer.checkpoint_bytes = 32 * 1024
+    pages_before = int(str(raw(db_path, "PRAGMA page_count")[0][0]))
+    for i in range(40):
+        await put(store, company(name=f"Company {i} " + "x" * 2000))
+        writer._next_size_check = 0.0  # look at the WAL after every commit
+    assert writer._checkpoint is not None
+    await asyncio.wait_for(asyncio.shield(writer._checkpoint), 5)
+    # The checkpoint copied the committed pages from the WAL into the database file.
+    size = await asyncio.to_thread(os.path.getsize, db_path)
+    assert size > pages_before * 4096
+    assert await store.count(Company, ALL) == 40
+
+
+async def test_readers_never_see_an_open_write_transaction(store: SqliteStore) -> None:
+    assert store._writer is not None
+    writer = store._writer.conn
     assert writer is not None
     c = company(name="Uncommitted")
     async with store._write_lock:  # stand in for a write batch paused mid-way
-        await writer.execute("BEGIN IMMEDIATE")
-        await writer.execute('INSERT INTO "company" VALUES (?, 0, 0, ?, ?, ?)',
-                             (c.id, "system", "system", c.name))
+        writer.execute("BEGIN IMMEDIATE")
+        writer.execute('INSERT INTO "company" VALUES (?, 0, 0, ?, ?, ?)',
+                       (c.id, "system", "system", c.name))
         assert await store.get_many(Company, [c.id]) == [None]
-        await writer.rollback()
+        writer.rollback()
     assert await store.count(Company, ALL) == 0
 
 

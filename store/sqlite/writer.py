@@ -1,0 +1,146 @@
+"""The SQLite store's one write connection, driven from the event loop.
+
+Write transactions run **inline on the event loop thread** when the database's write lock
+is free, which is nearly always: under WAL with ``synchronous = NORMAL`` a commit appends
+to the WAL without an fsync, so a group-committed batch of a few hundred rows takes about
+a millisecond. Running them on a worker thread instead (as aiosqlite does) looked cheaper
+but was not: the sqlite3 module releases the GIL around every row it steps, and a busy
+event loop thread then holds the worker at each re-acquisition for up to the interpreter's
+switch interval (5 ms) — a 300-row batch could take a second, which was the OCPP
+benchmark's p99 (``python -m bench.ocpp_throughput``).
+
+The two things that can take long are kept off the loop:
+
+* **another process holding the write lock** (a CLI command next to the server): the
+  inline attempt fails at once (busy timeout 0) and the transaction is retried on a
+  worker thread that waits up to ``busy_timeout`` for the lock;
+* **checkpoints** (copying the WAL back into the database, with the fsyncs): automatic
+  checkpoints are off on this connection; when the WAL grows past ``checkpoint_bytes``
+  a PASSIVE checkpoint runs on a worker thread with its own connection, concurrently with
+  further writes (that is what PASSIVE means).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+log = logging.getLogger("chargegraph.store.sqlite")
+
+T = TypeVar("T")
+
+#: SQLite's own default: an automatic checkpoint after 1,000 pages of 4 KiB.
+CHECKPOINT_BYTES = 4 * 1024 * 1024
+#: How often a commit looks at the WAL's size (a stat per commit would be wasted work).
+_SIZE_CHECK_INTERVAL_S = 0.1
+
+
+def is_busy(error: sqlite3.OperationalError) -> bool:
+    return getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY \
+        or "database is locked" in str(error)
+
+
+def connect(path: str) -> sqlite3.Connection:
+    """A connection in autocommit mode (every transaction here is an explicit BEGIN);
+    usable from the worker threads too, since the store never uses it concurrently."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        # NORMAL under WAL: a commit is durable once the WAL is synced at checkpoint;
+        # a power cut may lose the last commits but never corrupts the database.
+        conn.execute("PRAGMA synchronous = NORMAL")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+class Writer:
+    """Runs whole write transactions (functions of the connection that BEGIN, COMMIT and
+    roll back on error) one at a time; the caller serializes them (the store's lock)."""
+
+    def __init__(self, path: str, *, busy_timeout: float,
+                 checkpoint_bytes: int = CHECKPOINT_BYTES) -> None:
+        self.path = path
+        self.busy_timeout_ms = int(busy_timeout * 1000)
+        self.checkpoint_bytes = checkpoint_bytes
+        self.conn: sqlite3.Connection | None = None
+        self._checkpointer: sqlite3.Connection | None = None
+        self._checkpoint: asyncio.Future[None] | None = None
+        self._next_size_check = 0.0
+
+    def open(self) -> None:
+        conn = connect(self.path)
+        conn.execute("PRAGMA busy_timeout = 0")  # inline attempts never wait on the loop
+        conn.execute("PRAGMA wal_autocheckpoint = 0")  # checkpoints run off the loop
+        self.conn = conn
+
+    async def run(self, transaction: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._open_conn()
+        try:
+            result = transaction(conn)
+        except sqlite3.OperationalError as error:
+            if not is_busy(error):
+                raise
+            # Another process writes: wait for the lock on a worker thread. The inline
+            # attempt rolled back, so running the whole transaction again is safe.
+            result = await asyncio.to_thread(self._waiting, conn, transaction)
+        self._after_commit()
+        return result
+
+    def _waiting(self, conn: sqlite3.Connection,
+                 transaction: Callable[[sqlite3.Connection], T]) -> T:
+        conn.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
+        try:
+            return transaction(conn)
+        finally:
+            conn.execute("PRAGMA busy_timeout = 0")
+
+    # ------------------------------------------------------------- checkpoints
+    def _after_commit(self) -> None:
+        now = time.monotonic()
+        if now < self._next_size_check or (self._checkpoint is not None
+                                           and not self._checkpoint.done()):
+            return
+        self._next_size_check = now + _SIZE_CHECK_INTERVAL_S
+        try:
+            size = os.stat(self.path + "-wal").st_size
+        except OSError:
+            return
+        if size >= self.checkpoint_bytes:
+            self._checkpoint = asyncio.get_running_loop().run_in_executor(
+                None, self._run_checkpoint)
+
+    def _run_checkpoint(self) -> None:
+        try:
+            if self._checkpointer is None:
+                self._checkpointer = connect(self.path)
+            self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error:
+            # Busy (another checkpoint) or transient: the next commit tries again.
+            log.warning("WAL checkpoint failed", exc_info=True)
+
+    # ------------------------------------------------------------- lifecycle
+    def _open_conn(self) -> sqlite3.Connection:
+        if self.conn is None:
+            raise RuntimeError("SqliteStore is not started")
+        return self.conn
+
+    async def close(self) -> None:
+        if self._checkpoint is not None:
+            await asyncio.shield(self._checkpoint)
+        conn, checkpointer = self.conn, self._checkpointer
+        self.conn = self._checkpointer = None
+        if checkpointer is not None:
+            checkpointer.close()
+        if conn is not None:
+            try:
+                # Refreshes the planner's statistics where they are stale (SQLite's
+                # advice for long-lived connections at close); cheap when nothing changed.
+                conn.execute("PRAGMA optimize")
+            finally:
+                conn.close()
