@@ -12,6 +12,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime
 
 _ID_RE = re.compile(r"^[0-9a-f]{24}$")
@@ -34,9 +35,22 @@ def stable_id(at: datetime, *key: object) -> str:
     bytes are ``at``'s seconds, as in ``new_id``: ids of telemetry written now sort near
     each other, so the primary-key index grows at its end instead of taking inserts at
     random pages (which was most of a meter-sample insert's cost in SQLite)."""
-    seconds = min(max(int(at.timestamp()), 0), 0xFFFFFFFF)
-    digest = hashlib.blake2b("|".join(map(str, key)).encode(), digest_size=8).digest()
-    return (seconds.to_bytes(4, "big") + digest).hex()
+    return stable_ids(at)(*key)
+
+
+def stable_ids(at: datetime, *prefix: object) -> Callable[..., str]:
+    """``stable_id(at, *prefix, *rest)`` as a function of ``rest``: the readings of one
+    meter value share their time and charger, so that part is prepared once."""
+    head = min(max(int(at.timestamp()), 0), 0xFFFFFFFF).to_bytes(4, "big")
+    text = "|".join(map(str, prefix))
+
+    def make(*rest: object) -> str:
+        key = "|".join(map(str, rest))
+        if text:
+            key = f"{text}|{key}" if rest else text
+        return (head + hashlib.blake2b(key.encode(), digest_size=8).digest()).hex()
+
+    return make
 
 
 def is_id(value: object) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Sequence
 
 from domain.ports import Change, Store
@@ -24,7 +25,7 @@ class GroupCommitter:
     def __init__(self, store: Store, max_changes: int = MAX_BATCH_CHANGES) -> None:
         self.store = store
         self.max_changes = max_changes
-        self._pending: list[tuple[Sequence[Change], asyncio.Future[None]]] = []
+        self._pending: deque[tuple[Sequence[Change], asyncio.Future[None]]] = deque()
         self._worker: asyncio.Task[None] | None = None
 
     async def write(self, changes: Sequence[Change]) -> None:
@@ -42,7 +43,7 @@ class GroupCommitter:
             size = 0
             while self._pending and (not batch or size + len(self._pending[0][0])
                                      <= self.max_changes):
-                item = self._pending.pop(0)
+                item = self._pending.popleft()
                 batch.append(item)
                 size += len(item[0])
             await self._commit(batch)

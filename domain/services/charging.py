@@ -13,7 +13,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from domain import validation as v
 from domain.clock import as_utc
@@ -44,7 +44,7 @@ from domain.events import (
     SessionChanged,
     StationConnectionChanged,
 )
-from domain.ids import stable_id
+from domain.ids import stable_id, stable_ids
 from domain.policy import Viewer
 from domain.ports import Change, Insert, InsertIfAbsent, Update
 from domain.pricing import session_cost_minor
@@ -96,8 +96,11 @@ class BootResult:
     current_time: datetime
 
 
-@dataclass(frozen=True, slots=True)
-class SampledValue:
+class SampledValue(NamedTuple):
+    """One sampled value of a meter reading, as the charger sent it. Tuples: a MeterValues
+    frame makes several per message, and a frozen dataclass costs three times as much to
+    build."""
+
     value: str
     measurand: str | None = None
     unit: str | None = None
@@ -107,8 +110,7 @@ class SampledValue:
     format: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class MeterReading:
+class MeterReading(NamedTuple):
     timestamp: datetime
     values: tuple[SampledValue, ...]
 
@@ -568,7 +570,8 @@ class ChargingService(Service):
         session_id = session.id if session else None
         for reading in sorted(readings, key=lambda r: r.timestamp):
             at = as_utc(reading.timestamp)
-            at_text = at.isoformat()
+            sample_id = stable_ids(at, station.cp_id, connector_id, transaction_id,
+                                   at.isoformat())
             for sv in reading.values:
                 try:
                     value = float(sv.value)
@@ -584,8 +587,7 @@ class ChargingService(Service):
                 # Stamped here rather than by stamp_new: the defaults would each read the
                 # clock only to be overwritten (three samples per frame add up).
                 samples.append(MeterSample(
-                    id=stable_id(at, station.cp_id, connector_id, transaction_id, at_text,
-                                 measurand, sv.phase, sv.location, sv.context, sv.unit),
+                    id=sample_id(measurand, sv.phase, sv.location, sv.context, sv.unit),
                     created_at=at, updated_at=at, created_by=actor.actor,
                     updated_by=actor.actor,
                     session_id=session_id, cp_id=station.cp_id,
