@@ -20,6 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import uvloop
 from websockets.asyncio.server import ServerConnection, serve
 
 
@@ -112,7 +113,8 @@ if __name__ == "__main__":
     parser.add_argument("--stations", type=int, default=100)
     arguments = parser.parse_args()
     try:
-        import uvloop
+        # Both servers on uvloop, the loop ``chargegraph serve`` runs on (uvicorn picks it
+        # when installed, and uvicorn[standard] installs it).
         uvloop.run(main(arguments.mode, arguments.stations))
     except KeyboardInterrupt:
         sys.exit(0)

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
 import random
 import subprocess
 import sys
@@ -32,6 +33,16 @@ _ids = itertools.count()
 
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux ``/proc``; 0 elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def start_server(mode: str, stations: int) -> tuple[subprocess.Popen[bytes], int]:
@@ -122,9 +133,11 @@ async def run(mode: str, cps: int, seconds: float, rate: float | None = None
         interval = cps / rate if rate else None
         deadline = time.perf_counter() + seconds
         began = time.perf_counter()
+        cpu_before = process_cpu_seconds(server.pid)
         await asyncio.gather(*(charge_point(ws, tx, deadline, interval, latencies)
                                for ws, tx in zip(sockets, transactions, strict=True)))
         elapsed = time.perf_counter() - began
+        cpu = process_cpu_seconds(server.pid) - cpu_before
         for ws in sockets:
             with contextlib.suppress(Exception):
                 await ws.close()
@@ -134,7 +147,11 @@ async def run(mode: str, cps: int, seconds: float, rate: float | None = None
             "calls_per_s": len(latencies) / elapsed,
             "p50_ms": percentile(latencies, 50) * 1000,
             "p95_ms": percentile(latencies, 95) * 1000,
-            "p99_ms": percentile(latencies, 99) * 1000}
+            "p99_ms": percentile(latencies, 99) * 1000,
+            # CPU the server spent per call (all its threads): steadier than calls/s on a
+            # shared machine, and it shows whether the server or the client was the limit.
+            "server_cpu_us_per_call": cpu / max(len(latencies), 1) * 1e6,
+            "server_cpu_share": cpu / elapsed}
 
 
 async def main(cps_list: list[int], seconds: float, rate: float) -> None:

@@ -44,6 +44,9 @@ class ServiceContext:
     bus: EventBus | None = None
     #: The time source; tests replace it to drive histories at chosen instants.
     clock: Callable[[], datetime] = field(default=utcnow)
+    #: Called with the changes of every audited commit, once stored: caches of this
+    #: process (the OCPP hot path's) drop what an operator just changed.
+    committed: list[Callable[[Sequence[Change]], None]] = field(default_factory=list)
 
 
 class Service:
@@ -99,6 +102,8 @@ class Service:
                 )
             )
         await self.store.write([*(c for c, _ in changes), *unaudited], [*audit, *extra_audit])
+        for listener in self.ctx.committed:
+            listener([c for c, _ in changes])
 
 
 def stamp_new(record: E, viewer: Viewer, now: datetime | None = None) -> E:

@@ -225,3 +225,14 @@ async def test_a_charger_on_another_clock_keeps_a_consistent_timeline(central: C
     assert (available.start.hour, available.end.hour) == (10, 11)
     offline = [i for i in ordered if not i.online]
     assert offline and offline[-1].end is None and offline[-1].start.hour == 11
+
+
+async def test_an_operator_edit_reaches_a_connected_charger_at_once(central: Central) -> None:
+    """The hot path caches stations; an edit through the services drops the entry, so
+    the charger's next message sees it (not half a minute later)."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        assert (await cp.boot()).status == "Accepted"  # the station is cached now
+        station = central.stations["CP-1"]
+        await central.services.stations.update_station(
+            SYSTEM, station.id, registration=d.Registration.REJECTED)
+        assert (await cp.boot()).status == "Rejected"
