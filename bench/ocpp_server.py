@@ -23,6 +23,8 @@ from pathlib import Path
 import uvloop
 from websockets.asyncio.server import ServerConnection, serve
 
+from chargegraph.runtime import tune_garbage_collector
+
 
 def raise_fd_limit() -> None:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -113,8 +115,9 @@ if __name__ == "__main__":
     parser.add_argument("--stations", type=int, default=100)
     arguments = parser.parse_args()
     try:
-        # Both servers on uvloop, the loop ``chargegraph serve`` runs on (uvicorn picks it
-        # when installed, and uvicorn[standard] installs it).
+        # Both servers run as ``chargegraph serve`` runs: on uvloop (uvicorn picks it when
+        # installed, and uvicorn[standard] installs it), with its garbage-collector settings.
+        tune_garbage_collector()
         uvloop.run(main(arguments.mode, arguments.stations))
     except KeyboardInterrupt:
         sys.exit(0)

@@ -17,6 +17,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from chargegraph.errors import ConfigError
+from chargegraph.runtime import tune_garbage_collector
 from chargegraph.settings import Settings
 
 app = typer.Typer(help="ChargeGraph: an EV charging backend (OCPP 1.6J + GraphQL).",
@@ -92,6 +93,7 @@ def serve(host: HostOpt = None, port: PortOpt = None, ocpp_port: OcppPortOpt = N
         settings = _settings(host, port, ocpp_port)
         _logging(settings)
         server = _uvicorn(settings)
+    tune_garbage_collector()
     server.run()
 
 
@@ -167,6 +169,7 @@ def demo(host: HostOpt = None, port: PortOpt = None, ocpp_port: OcppPortOpt = No
         if reset:
             for path in remove_sqlite_database(settings.database_url):
                 logging.getLogger("chargegraph").info("--reset: removed %s", path)
+    tune_garbage_collector()
     asyncio.run(_demo(settings, server, chargers))
 
 
