@@ -19,12 +19,19 @@ from domain.ports import Change, Store
 log = logging.getLogger("chargegraph.batching")
 
 MAX_BATCH_CHANGES = 2_000
+#: How long the first write of a batch waits for company. A commit has a fixed cost (the
+#: transaction, the WAL frames of every page it dirtied) that a batch shares: at a steady
+#: 2,000 messages a second, one commit per message cost twice the CPU per message of
+#: batches a couple of milliseconds wide (``python -m bench.ocpp_throughput``).
+LINGER_S = 0.002
 
 
 class GroupCommitter:
-    def __init__(self, store: Store, max_changes: int = MAX_BATCH_CHANGES) -> None:
+    def __init__(self, store: Store, max_changes: int = MAX_BATCH_CHANGES,
+                 linger: float = LINGER_S) -> None:
         self.store = store
         self.max_changes = max_changes
+        self.linger = linger
         self._pending: deque[tuple[Sequence[Change], asyncio.Future[None]]] = deque()
         self._worker: asyncio.Task[None] | None = None
 
@@ -38,6 +45,8 @@ class GroupCommitter:
         await future
 
     async def _drain(self) -> None:
+        if self.linger > 0:
+            await asyncio.sleep(self.linger)
         while self._pending:
             batch: list[tuple[Sequence[Change], asyncio.Future[None]]] = []
             size = 0

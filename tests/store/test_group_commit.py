@@ -54,3 +54,24 @@ async def test_a_failing_write_does_not_fail_its_neighbours(store: SqliteStore) 
         return_exceptions=True)
     assert [type(r) for r in results].count(UniqueViolation) == 1
     assert await store.count(Station, ALL) == 6
+
+
+async def trickle(committer: GroupCommitter, prefix: str, count: int) -> None:
+    """``count`` writes, the i-th arriving i loop turns after the first (as messages from
+    separate sockets do)."""
+
+    async def later(i: int) -> None:
+        for _ in range(i):
+            await asyncio.sleep(0)
+        await committer.write([Insert(Station(cp_id=f"{prefix}-{i}", name=str(i)))])
+
+    await asyncio.gather(*(later(i) for i in range(count)))
+
+
+async def test_writes_arriving_within_the_linger_share_one_commit(store: SqliteStore) -> None:
+    lingering = Counting(store)
+    await trickle(GroupCommitter(lingering, linger=0.05), "L", 20)  # type: ignore[arg-type]
+    assert lingering.writes == 1
+    eager = Counting(store)
+    await trickle(GroupCommitter(eager, linger=0), "E", 20)  # type: ignore[arg-type]
+    assert eager.writes > 1  # without it, each loop turn's arrivals commit on their own
