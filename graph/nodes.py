@@ -10,6 +10,13 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, cast
 
 import strawberry
+from graphql import (
+    FieldNode,
+    FragmentDefinitionNode,
+    FragmentSpreadNode,
+    InlineFragmentNode,
+    SelectionSetNode,
+)
 from strawberry.scalars import JSON
 
 from domain import entities as d
@@ -68,17 +75,33 @@ def _related_now(info: Info, node: Any, record_id: str | None) -> Any:
     return _related(info, node, record_id)
 
 
-def _wants(selections: Any, *path: str) -> bool:
-    """Whether the selection (through fragments) asks for the nested field ``path``."""
+def _wants(info: Info, *path: str) -> bool:
+    """Whether this field's selection (through fragments) asks for the nested ``path``.
+    Read from graphql-core's AST: strawberry's ``info.selected_fields`` converts the whole
+    selection on every call, which per row of a page was a fifth of a nested query."""
+    raw = info._raw_info
+    return any(_ast_wants(node.selection_set, raw.fragments, path)
+               for node in raw.field_nodes)
+
+
+def _ast_wants(selection_set: SelectionSetNode | None,
+               fragments: dict[str, FragmentDefinitionNode], path: tuple[str, ...]) -> bool:
     if not path:
         return True
-    for selection in selections or ():
-        name = getattr(selection, "name", None)
-        children = getattr(selection, "selections", None)
-        if name == path[0] and _wants(children, *path[1:]):
-            return True
-        if name is None and _wants(children, *path):  # a fragment
-            return True
+    if selection_set is None:
+        return False
+    for selection in selection_set.selections:
+        if isinstance(selection, FieldNode):
+            if selection.name.value == path[0] and _ast_wants(selection.selection_set,
+                                                              fragments, path[1:]):
+                return True
+        elif isinstance(selection, InlineFragmentNode):
+            if _ast_wants(selection.selection_set, fragments, path):
+                return True
+        elif isinstance(selection, FragmentSpreadNode):
+            fragment = fragments.get(selection.name.value)
+            if fragment is not None and _ast_wants(fragment.selection_set, fragments, path):
+                return True
     return False
 
 
@@ -340,8 +363,7 @@ class Station(Node, Audited):
         ctx.loaders.by_id(d.Station).prime(self._r.id, self._r)
         connectors = [Connector.wrap(c, ctx)
                       for c in await _station_connectors(info, self._r.id)]
-        selected = info.selected_fields[0].selections
-        if _wants(selected, "activeSession"):
+        if _wants(info, "activeSession"):
             # Load the levels below for all stations of the page now (each level is still
             # one batched store call), so the per-connector fields answer synchronously.
             sessions = await _active_sessions(ctx).load(self._r.id)
@@ -349,7 +371,7 @@ class Station(Node, Audited):
             await asyncio.gather(*(
                 ctx.loaders.by_id(kind).load_many(
                     [getattr(s, key) for s in sessions if getattr(s, key)])
-                for kind, field, key in wanted if _wants(selected, "activeSession", field)))
+                for kind, field, key in wanted if _wants(info, "activeSession", field)))
         return connectors
 
     @strawberry.field
@@ -459,6 +481,12 @@ class Session(Node, Audited):
     meter_start_wh: int
     meter_stop_wh: int | None
     stop_reason: str | None
+    # Plain fields, computed when wrapped: a resolver per field and row costs more than
+    # the division (strawberry wraps every resolver call).
+    energy_kwh: float = strawberry.field(
+        description="Energy delivered so far (live while charging).")
+    power_kw: float | None = strawberry.field(
+        description="Charging power at the last meter value.")
     _r: strawberry.Private[d.Session]
 
     @classmethod
@@ -475,17 +503,11 @@ class Session(Node, Audited):
             meter_start_wh=r.meter_start_wh,
             meter_stop_wh=r.meter_stop_wh,
             stop_reason=r.stop_reason,
+            energy_kwh=r.energy_wh / 1000,
+            power_kw=r.power_w / 1000 if r.power_w is not None else None,
             _r=r,
             **_audit_fields(r),
         )
-
-    @strawberry.field(description="Energy delivered so far (live while charging).")
-    def energy_kwh(self) -> float:
-        return self._r.energy_wh / 1000
-
-    @strawberry.field(description="Charging power at the last meter value.")
-    def power_kw(self) -> float | None:
-        return self._r.power_w / 1000 if self._r.power_w is not None else None
 
     @strawberry.field
     def cost(self) -> Money | None:

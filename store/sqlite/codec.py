@@ -29,7 +29,12 @@ from typing import Any, TypeVar
 from domain.entities import ENTITY_BY_KIND, E, Record
 from store import fields
 from store.fields import FieldSpec, build
-from store.sqlite.row_encoder import RowEncoder, compile_row_encoder
+from store.sqlite.compiled_rows import (
+    RowDecoder,
+    RowEncoder,
+    compile_row_decoder,
+    compile_row_encoder,
+)
 
 T = TypeVar("T")
 
@@ -129,9 +134,16 @@ def to_row(record: Record) -> tuple[SqlValue, ...]:
     return _row_encoder(type(record))(record)
 
 
+@per_kind
+def _row_decoder(kind: type[Record]) -> RowDecoder:
+    return compile_row_decoder(kind, field_specs(kind))
+
+
 def from_row(kind: type[E], row: Sequence[Any]) -> E:
     """A row selected as ``columns(kind)`` (extra trailing columns are ignored)."""
-    values = {
+    if len(row) >= len(field_specs(kind)):
+        return _row_decoder(kind)(row)  # type: ignore[return-value]
+    values = {  # a shorter row: the fields it lacks are None, as ``build`` makes them
         spec.name: decode(spec, raw) for spec, raw in zip(field_specs(kind), row, strict=False)
     }
     return build(kind, values)  # type: ignore[return-value]
