@@ -1,22 +1,34 @@
 """Subscription fan-out: S subscribers to ``connectorStatusChanged`` over websockets while
 charge points send StatusNotifications at R per second; delivery latency (charger send →
-subscriber receive) p50/p99 and lost events. Baseline, same run: a bare ``websockets``
-broadcast server relaying the same messages to the same number of sockets.
+subscriber receive) p50/p99, lost events and the server's CPU per delivery. Baseline, same
+run and same client: a bare ``websockets`` server (its own process) broadcasting a message
+of the same size to the same number of sockets.
 
-    python -m bench.subscription_fanout [--subscribers 1000] [--rate 200] [--seconds 10]
+    python -m bench.subscription_fanout                      # the issue's case + a sweep
+    python -m bench.subscription_fanout --subscribers 1000 --rate 200 --seconds 5
+
+The client is built to measure the server, not itself: subscribers are spread over
+``--client-processes`` processes, each a bare asyncio protocol that parses websocket
+frames itself and finds the event's marker with ``bytes.find`` (no JSON decoding), and
+stamps every frame of a read with the read's time (CLOCK_MONOTONIC, shared by processes).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import json
+import multiprocessing
 import os
+import struct
 import subprocess
 import sys
 import tempfile
 import time
+from array import array
+from multiprocessing.connection import Connection
 from typing import Any
 
 import httpx
@@ -25,193 +37,433 @@ from websockets.asyncio.server import ServerConnection, broadcast, serve
 
 from bench.common import percentile, report
 from bench.ocpp_server import raise_fd_limit
-from bench.ocpp_throughput import call, now
+from bench.ocpp_throughput import call, now, process_cpu_seconds
 from tests.helpers import free_port
 
 STATIONS = 20
-SUBSCRIPTION = "subscription { connectorStatusChanged { cpId info } }"
+SUBSCRIPTION = "subscription { connectorStatusChanged { cpId info droppedBefore } }"
+TARGET_P99_MS = 50.0
+#: (subscribers, events per second) after the issue's own case.
+SWEEP = [(1000, 20), (1000, 50), (1000, 100), (100, 200)]
+MARKER = b'"info":"s'
+DROPPED = b'"droppedBefore":'
 
 
-class Tally:
+# ------------------------------------------------------------------ the client
+class Subscriber(asyncio.Protocol):
+    """One websocket subscriber: HTTP upgrade, connection_init, subscribe, then frames."""
+
+    def __init__(self, worker: Worker, path: str, host: str, init: bytes | None) -> None:
+        self.worker = worker
+        self.path = path
+        self.host = host
+        self.init = init
+        self.transport: asyncio.Transport | None = None
+        self.buffer = b""
+        self.upgraded = False
+        self.subscribed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        key = base64.b64encode(os.urandom(16)).decode()
+        protocol = "Sec-WebSocket-Protocol: graphql-transport-ws\r\n" if self.init else ""
+        self.transport.write((  # type: ignore[union-attr]
+            f"GET {self.path} HTTP/1.1\r\nHost: {self.host}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            f"Sec-WebSocket-Version: 13\r\n{protocol}\r\n").encode())
+
+    def send_text(self, payload: bytes) -> None:
+        mask = os.urandom(4)
+        length = len(payload)
+        header = struct.pack("!BB", 0x81, 0x80 | length) if length < 126 else \
+            struct.pack("!BBH", 0x81, 0x80 | 126, length)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        assert self.transport is not None
+        self.transport.write(header + mask + masked)
+
+    def send_control(self, opcode: int, payload: bytes) -> None:
+        mask = os.urandom(4)
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        assert self.transport is not None
+        self.transport.write(struct.pack("!BB", 0x80 | opcode, 0x80 | len(payload))
+                             + mask + masked)
+
+    def data_received(self, data: bytes) -> None:
+        at = time.monotonic()
+        buffer = self.buffer + data if self.buffer else data
+        if not self.upgraded:
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                self.buffer = buffer
+                return
+            if not buffer.startswith(b"HTTP/1.1 101"):
+                raise RuntimeError(buffer[:200].decode(errors="replace"))
+            self.upgraded = True
+            buffer = buffer[end + 4:]
+            if self.init is not None:
+                self.send_text(self.init)
+        worker = self.worker
+        position, size = 0, len(buffer)
+        while size - position >= 2:
+            opcode = buffer[position] & 0x0F
+            length = buffer[position + 1] & 0x7F
+            start = position + 2
+            if length == 126:
+                if size - position < 4:
+                    break
+                length = (buffer[position + 2] << 8) | buffer[position + 3]
+                start = position + 4
+            elif length == 127:
+                if size - position < 10:
+                    break
+                length = struct.unpack_from("!Q", buffer, position + 2)[0]
+                start = position + 10
+            end = start + length
+            if end > size:
+                break
+            if opcode == 0x1:
+                marker = buffer.find(MARKER, start, end)
+                if marker >= 0:
+                    digits = marker + len(MARKER)
+                    quote = buffer.find(b'"', digits, end)
+                    worker.seqs.append(int(buffer[digits:quote]))
+                    worker.times.append(at)
+                    dropped = buffer.find(DROPPED, quote, end)
+                    if dropped >= 0 and buffer[dropped + len(DROPPED)] != 0x30:  # "0"
+                        tail = dropped + len(DROPPED)
+                        stop = tail
+                        while 0x30 <= buffer[stop] <= 0x39:
+                            stop += 1
+                        worker.announced += int(buffer[tail:stop])
+                elif not self.subscribed:
+                    self.subscribed = True  # connection_ack (or the baseline's hello)
+                    if self.init is not None:
+                        self.send_text(json.dumps({"id": "1", "type": "subscribe",
+                                                   "payload": {"query": SUBSCRIPTION}}
+                                                  ).encode())
+                    worker.ready += 1
+            elif opcode == 0x9:  # ping: answer, or the server drops us
+                self.send_control(0xA, bytes(buffer[start:end]))
+            position = end
+        self.buffer = buffer[position:] if position < size else b""
+
+
+class Worker:
     def __init__(self) -> None:
-        self.sent: dict[str, float] = {}
-        self.latencies: list[float] = []
-        self.received = 0
-
-    def got(self, seq: str | None) -> None:
-        sent = self.sent.get(seq or "")
-        if sent is not None:
-            self.received += 1
-            self.latencies.append(time.perf_counter() - sent)
+        self.seqs = array("q")
+        self.times = array("d")
+        self.announced = 0
+        self.ready = 0
 
 
-async def subscriber(url: str, token: str, tally: Tally, ready: asyncio.Semaphore) -> None:
-    async with connect(url, subprotocols=["graphql-transport-ws"],  # type: ignore[list-item]
-                       compression=None, max_queue=None, open_timeout=60) as ws:
-        await ws.send(json.dumps({"type": "connection_init",
-                                  "payload": {"authorization": f"Bearer {token}"}}))
-        await ws.recv()
-        await ws.send(json.dumps({"id": "1", "type": "subscribe",
-                                  "payload": {"query": SUBSCRIPTION}}))
-        ready.release()
-        async for raw in ws:
-            message = json.loads(raw)
-            if message.get("type") == "next":
-                tally.got(message["payload"]["data"]["connectorStatusChanged"]["info"])
+def client_process(port: int, path: str, token: str | None, count: int,
+                   pipe: Connection) -> None:
+    """Opens ``count`` subscribers, says "ready", and on "stop" sends back what arrived."""
+    raise_fd_limit()
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        worker = Worker()
+        init = json.dumps({"type": "connection_init", "payload": {
+            "authorization": f"Bearer {token}"}}).encode() if token else None
+        transports = []
+        for index in range(count):
+            transport, _ = await loop.create_connection(
+                lambda: Subscriber(worker, path, f"127.0.0.1:{port}", init),
+                "127.0.0.1", port)
+            transports.append(transport)
+            if index % 50 == 49:
+                await asyncio.sleep(0.01)  # do not flood the accept queue
+        deadline = time.monotonic() + 120
+        while worker.ready < count and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        pipe.send(("ready", worker.ready))
+        stop = asyncio.Event()
+        loop.add_reader(pipe.fileno(), stop.set)
+        await stop.wait()
+        loop.remove_reader(pipe.fileno())
+        pipe.recv()
+        pipe.send((worker.seqs.tobytes(), worker.times.tobytes(), worker.announced))
+        for transport in transports:
+            transport.close()
+
+    asyncio.run(run())
 
 
-async def load(chargers: list[ClientConnection], rate: float, seconds: float, tally: Tally,
-               send: Any) -> int:
+class Clients:
+    """Subscribers spread over processes."""
+
+    def __init__(self, port: int, path: str, token: str | None, subscribers: int,
+                 processes: int) -> None:
+        context = multiprocessing.get_context("spawn")
+        processes = max(1, min(processes, subscribers))
+        shares = [subscribers // processes + (1 if i < subscribers % processes else 0)
+                  for i in range(processes)]
+        self.pipes: list[Connection] = []
+        self.processes = []
+        for share in shares:
+            mine, theirs = context.Pipe()
+            process = context.Process(target=client_process,
+                                      args=(port, path, token, share, theirs), daemon=True)
+            process.start()
+            self.pipes.append(mine)
+            self.processes.append(process)
+
+    async def ready(self) -> int:
+        loop = asyncio.get_running_loop()
+        answers = await asyncio.gather(*(loop.run_in_executor(None, p.recv)
+                                         for p in self.pipes))
+        return sum(count for _, count in answers)
+
+    async def collect(self) -> tuple[list[int], list[float], int]:
+        loop = asyncio.get_running_loop()
+        for pipe in self.pipes:
+            pipe.send("stop")
+        answers = await asyncio.gather(*(loop.run_in_executor(None, p.recv)
+                                         for p in self.pipes))
+        seqs: list[int] = []
+        times: list[float] = []
+        announced = 0
+        for raw_seqs, raw_times, dropped in answers:
+            seqs.extend(array("q", raw_seqs))
+            times.extend(array("d", raw_times))
+            announced += dropped
+        for process in self.processes:
+            process.join(timeout=30)
+        return seqs, times, announced
+
+
+# ------------------------------------------------------------------ the load
+async def load(senders: list[Any], rate: float, seconds: float,
+               sent_at: dict[int, float], send: Any) -> int:
+    """Sends ``rate`` events a second for ``seconds``, round-robin over ``senders``."""
+    locks = {id(s): asyncio.Lock() for s in senders}
     interval = 1 / rate
-    next_at = time.perf_counter()
+    next_at = time.monotonic()
     deadline = next_at + seconds
     seq = 0
     pending: set[asyncio.Task[Any]] = set()
-    while time.perf_counter() < deadline:
+
+    async def one(sender: Any, number: int) -> None:
+        async with locks[id(sender)]:  # a charger has one CALL outstanding at a time
+            sent_at[number] = time.monotonic()
+            await send(sender, number)
+
+    while time.monotonic() < deadline:
         seq += 1
-        key = f"s{seq}"
-        tally.sent[key] = time.perf_counter()
-        task = asyncio.create_task(send(chargers[seq % len(chargers)], key, seq))
+        task = asyncio.create_task(one(senders[seq % len(senders)], seq))
         pending.add(task)
         task.add_done_callback(pending.discard)
         next_at += interval
-        await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
+        await asyncio.sleep(max(0.0, next_at - time.monotonic()))
     await asyncio.gather(*pending)
     return seq
 
 
-async def chargegraph(subscribers: int, rate: float, seconds: float) -> dict[str, Any]:
-    folder = tempfile.mkdtemp(prefix="chargegraph-fanout-")
-    port, ocpp_port = free_port(), free_port()
-    env = {**os.environ, "CHARGEGRAPH_DATABASE_URL": f"sqlite:///{folder}/f.db",
-           "CHARGEGRAPH_PORT": str(port), "CHARGEGRAPH_OCPP_PORT": str(ocpp_port),
-           "CHARGEGRAPH_JWT_SECRET": "f" * 40, "CHARGEGRAPH_LOG_LEVEL": "WARNING"}
-    subprocess.run([sys.executable, "-m", "chargegraph", "create-user", "--email",
-                    "admin@bench.example", "--password", "bench-password", "--role", "admin"],
-                   env=env, check=True, capture_output=True)
-    server = subprocess.Popen([sys.executable, "-m", "chargegraph", "serve"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    tasks: list[asyncio.Task[Any]] = []
-    chargers: list[ClientConnection] = []
-    try:
-        async with httpx.AsyncClient(base_url=base, timeout=30) as http:
-            for _ in range(200):
+def summary(server: str, subscribers: int, rate: float, seconds: float, sent: int,
+            sent_at: dict[int, float], seqs: list[int], times: list[float], announced: int,
+            cpu: float | None, ready: int) -> dict[str, Any]:
+    latencies = [t - sent_at[s] for s, t in zip(seqs, times, strict=True) if s in sent_at]
+    delivered = len(latencies)
+    expected = sent * subscribers
+    p99 = percentile(latencies, 99) * 1000
+    lost = expected - delivered
+    holds = delivered > 0 and p99 <= TARGET_P99_MS and lost == 0
+    return {"server": server, "subscribers": subscribers, "rate_per_s": rate,
+            "deliveries_per_s": int(subscribers * rate), "subscribed": ready,
+            "events_sent": sent, "delivered": delivered, "lost": lost,
+            "dropped_announced": announced,
+            "p50_ms": percentile(latencies, 50) * 1000, "p99_ms": p99,
+            "server_us_per_delivery": (cpu / delivered * 1e6) if cpu is not None and delivered
+            else None,
+            "target_p99_50ms_no_loss": "MET" if holds else "MISSED"}
+
+
+# ------------------------------------------------------------------ ChargeGraph
+class ChargeGraph:
+    def __init__(self) -> None:
+        folder = tempfile.mkdtemp(prefix="chargegraph-fanout-")
+        self.port, self.ocpp_port = free_port(), free_port()
+        self.env = {**os.environ, "CHARGEGRAPH_DATABASE_URL": f"sqlite:///{folder}/f.db",
+                    "CHARGEGRAPH_PORT": str(self.port),
+                    "CHARGEGRAPH_OCPP_PORT": str(self.ocpp_port),
+                    "CHARGEGRAPH_JWT_SECRET": "f" * 40, "CHARGEGRAPH_LOG_LEVEL": "WARNING"}
+        self.token = ""
+        self.server: subprocess.Popen[bytes] | None = None
+
+    async def start(self) -> None:
+        subprocess.run([sys.executable, "-m", "chargegraph", "create-user", "--email",
+                        "admin@bench.example", "--password", "bench-password", "--role",
+                        "admin"], env=self.env, check=True, capture_output=True)
+        self.server = subprocess.Popen([sys.executable, "-m", "chargegraph", "serve"],
+                                       env=self.env, stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.DEVNULL)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.port}",
+                                     timeout=30) as http:
+            for _ in range(300):
                 with contextlib.suppress(httpx.TransportError):
                     if (await http.get("/healthz")).status_code == 200:
                         break
                 await asyncio.sleep(0.1)
-            token = (await http.post("/graphql", json={"query": 'mutation { login(email: '
-                     '"admin@bench.example", password: "bench-password") { token } }'})).json()[
-                "data"]["login"]["token"]
+            self.token = (await http.post("/graphql", json={
+                "query": 'mutation { login(email: "admin@bench.example", password: '
+                         '"bench-password") { token } }'})).json()["data"]["login"]["token"]
             for i in range(STATIONS):
-                await http.post("/graphql", headers={"authorization": f"Bearer {token}"},
+                await http.post("/graphql", headers={"authorization": f"Bearer {self.token}"},
                                 json={"query": f'mutation {{ createStation(input: {{cpId: '
                                       f'"FAN-{i:03d}", name: "Fan {i}", connectors: '
                                       f'[{{connectorId: 1}}]}}) {{ errors {{ code }} }} }}'})
-        tally = Tally()
-        ready = asyncio.Semaphore(0)
-        tasks = [asyncio.create_task(subscriber(f"ws://127.0.0.1:{port}/graphql", token, tally,
-                                                ready)) for _ in range(subscribers)]
-        for _ in range(subscribers):
-            await asyncio.wait_for(ready.acquire(), 120)
-        for i in range(STATIONS):
-            chargers.append(await connect(f"ws://127.0.0.1:{ocpp_port}/ocpp/FAN-{i:03d}",
-                                          subprotocols=["ocpp1.6"],  # type: ignore[list-item]
-                                          compression=None))
-        await asyncio.sleep(2)  # every subscription is registered on the server by now
 
-        locks = {id(ws): asyncio.Lock() for ws in chargers}
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.terminate()
+            self.server.wait(timeout=30)
 
-        async def send(ws: ClientConnection, key: str, seq: int) -> None:
-            async with locks[id(ws)]:  # a charger has one CALL outstanding at a time
-                tally.sent[key] = time.perf_counter()
-                await call(ws, "StatusNotification", {
-                    "connectorId": 1, "errorCode": "NoError", "info": key,
-                    "timestamp": now(), "status": "Available" if seq % 2 else "Preparing"})
+    async def run(self, subscribers: int, rate: float, seconds: float, processes: int
+                  ) -> dict[str, Any]:
+        assert self.server is not None
+        clients = Clients(self.port, "/graphql", self.token, subscribers, processes)
+        ready = await clients.ready()
+        chargers: list[ClientConnection] = [
+            await connect(f"ws://127.0.0.1:{self.ocpp_port}/ocpp/FAN-{i:03d}",
+                          subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+                          compression=None) for i in range(STATIONS)]
+        await asyncio.sleep(1.5)  # the subscribe messages are registered by now
 
-        sent = await load(chargers, rate, seconds, tally, send)
-        await asyncio.sleep(3)  # drain
-    finally:
-        for task in tasks:
-            task.cancel()
-        for ws in chargers:
-            with contextlib.suppress(Exception):
-                await ws.close()
-        server.terminate()
-        server.wait(timeout=30)
-    return summary("chargegraph", subscribers, rate, sent, tally)
+        async def send(ws: ClientConnection, seq: int) -> None:
+            await call(ws, "StatusNotification", {
+                "connectorId": 1, "errorCode": "NoError", "info": f"s{seq}",
+                "timestamp": now(), "status": "Available" if seq % 2 else "Preparing"})
 
-
-async def baseline(subscribers: int, rate: float, seconds: float) -> dict[str, Any]:
-    sockets: set[ServerConnection] = set()
-
-    async def handler(ws: ServerConnection) -> None:
-        if ws.request is not None and ws.request.path == "/pub":
-            async for message in ws:
-                broadcast(sockets, message)
-                await ws.send("ok")
-        else:
-            sockets.add(ws)
-            try:
-                await ws.wait_closed()
-            finally:
-                sockets.discard(ws)
-
-    tally = Tally()
-    async with serve(handler, "127.0.0.1", 0, compression=None) as server:
-        port = server.sockets[0].getsockname()[1]
-
-        async def listen() -> None:
-            async with connect(f"ws://127.0.0.1:{port}/sub", compression=None,
-                               max_queue=None) as ws:
-                async for raw in ws:
-                    tally.got(json.loads(raw)["info"])
-
-        tasks = [asyncio.create_task(listen()) for _ in range(subscribers)]
-        while len(sockets) < subscribers:
-            await asyncio.sleep(0.05)
-        publishers = [await connect(f"ws://127.0.0.1:{port}/pub", compression=None)
-                      for _ in range(STATIONS)]
-
-        locks = {id(ws): asyncio.Lock() for ws in publishers}
-
-        async def send(ws: ClientConnection, key: str, seq: int) -> None:
-            async with locks[id(ws)]:
-                tally.sent[key] = time.perf_counter()
-                await ws.send(json.dumps({"cpId": "FAN", "info": key}))
-                await ws.recv()
-
-        sent = await load(publishers, rate, seconds, tally, send)
-        await asyncio.sleep(3)
-        for task in tasks:
-            task.cancel()
-        for ws in publishers:
-            await ws.close()
-    return summary("baseline: bare websockets broadcast", subscribers, rate, sent, tally)
+        sent_at: dict[int, float] = {}
+        cpu_before = process_cpu_seconds(self.server.pid)
+        try:
+            sent = await load(chargers, rate, seconds, sent_at, send)
+            await asyncio.sleep(2 + subscribers * rate / 100_000)  # drain
+        finally:
+            cpu = process_cpu_seconds(self.server.pid) - cpu_before
+            for ws in chargers:
+                with contextlib.suppress(Exception):
+                    await ws.close()
+        seqs, times, announced = await clients.collect()
+        await asyncio.sleep(0.5)  # let the server forget the closed subscribers
+        return summary("chargegraph", subscribers, rate, seconds, sent, sent_at, seqs, times,
+                       announced, cpu, ready)
 
 
-def summary(name: str, subscribers: int, rate: float, sent: int, tally: Tally
-            ) -> dict[str, Any]:
-    expected = sent * subscribers
-    return {"server": name, "subscribers": subscribers, "rate_per_s": rate,
-            "events_sent": sent, "deliveries": tally.received,
-            "lost": expected - tally.received,
-            "p50_ms": percentile(tally.latencies, 50) * 1000,
-            "p99_ms": percentile(tally.latencies, 99) * 1000}
+# ------------------------------------------------------------------ the baseline
+def baseline_process(port: int) -> None:
+    """A bare websockets broadcast server: what relaying a message to S sockets costs."""
 
+    async def run() -> None:
+        sockets: set[ServerConnection] = set()
+        hello = '{"type":"connection_ack"}'
 
-async def main(subscribers: int, rate: float, seconds: float) -> None:
+        async def handler(ws: ServerConnection) -> None:
+            if ws.request is not None and ws.request.path == "/pub":
+                async for message in ws:
+                    seq = json.loads(message)["seq"]
+                    # The same shape and size as ChargeGraph's `next` message.
+                    broadcast(sockets, '{"id":"1","type":"next","payload":{"data":{'
+                                       '"connectorStatusChanged":{"cpId":"FAN-000",'
+                                       f'"info":"s{seq}","droppedBefore":0}}}}}}}}')
+                    await ws.send("ok")
+            else:
+                await ws.send(hello)
+                sockets.add(ws)
+                try:
+                    await ws.wait_closed()
+                finally:
+                    sockets.discard(ws)
+
+        async with serve(handler, "127.0.0.1", port, compression=None, max_queue=None):
+            await asyncio.Future()
+
     raise_fd_limit()
-    rows = [await baseline(subscribers, rate, seconds),
-            await chargegraph(subscribers, rate, seconds)]
-    report("subscription_fanout", rows)
+    asyncio.run(run())
+
+
+class Baseline:
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.process: Any = None
+
+    async def start(self) -> None:
+        self.process = multiprocessing.get_context("spawn").Process(
+            target=baseline_process, args=(self.port,), daemon=True)
+        self.process.start()
+        for _ in range(300):
+            with contextlib.suppress(OSError):
+                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
+                writer.close()
+                return
+            await asyncio.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.join(timeout=30)
+
+    async def run(self, subscribers: int, rate: float, seconds: float, processes: int
+                  ) -> dict[str, Any]:
+        clients = Clients(self.port, "/sub", None, subscribers, processes)
+        ready = await clients.ready()
+        publishers = [await connect(f"ws://127.0.0.1:{self.port}/pub", compression=None)
+                      for _ in range(STATIONS)]
+        await asyncio.sleep(0.5)
+
+        async def send(ws: ClientConnection, seq: int) -> None:
+            await ws.send(json.dumps({"seq": seq}))
+            await ws.recv()
+
+        sent_at: dict[int, float] = {}
+        cpu_before = process_cpu_seconds(self.process.pid)
+        try:
+            sent = await load(publishers, rate, seconds, sent_at, send)
+            await asyncio.sleep(2 + subscribers * rate / 100_000)
+        finally:
+            cpu = process_cpu_seconds(self.process.pid) - cpu_before
+            for ws in publishers:
+                await ws.close()
+        seqs, times, announced = await clients.collect()
+        await asyncio.sleep(0.5)
+        return summary("baseline: bare websockets broadcast", subscribers, rate, seconds,
+                       sent, sent_at, seqs, times, announced, cpu, ready)
+
+
+async def main(cases: list[tuple[int, float]], seconds: float, processes: int) -> None:
+    raise_fd_limit()
+    baseline, chargegraph = Baseline(), ChargeGraph()
+    rows: list[dict[str, Any]] = []
+    try:
+        await baseline.start()
+        await chargegraph.start()
+        for subscribers, rate in cases:
+            for server in (baseline, chargegraph):
+                row = await server.run(subscribers, rate, seconds, processes)
+                rows.append(row)
+                print(f"  {row['server'][:11]:<11} {subscribers:>5} x {rate:>5g}/s: "
+                      f"p50 {row['p50_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms, "
+                      f"lost {row['lost']}, {row['target_p99_50ms_no_loss']}", flush=True)
+    finally:
+        baseline.stop()
+        chargegraph.stop()
+    report("subscription_fanout", rows, {
+        "seconds": seconds, "client_processes": processes,
+        "target": f"p99 <= {TARGET_P99_MS:g} ms and no lost events"})
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--subscribers", type=int, default=1000)
-    parser.add_argument("--rate", type=float, default=200)
-    parser.add_argument("--seconds", type=float, default=10)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--subscribers", type=int, default=None,
+                        help="run only this case (with --rate) instead of the sweep")
+    parser.add_argument("--rate", type=float, default=None)
+    parser.add_argument("--seconds", type=float, default=5)
+    parser.add_argument("--client-processes", type=int, default=2)
     arguments = parser.parse_args()
-    asyncio.run(main(arguments.subscribers, arguments.rate, arguments.seconds))
+    if arguments.subscribers is None and arguments.rate is None:
+        chosen = [(1000, 200.0), *((s, float(r)) for s, r in SWEEP)]
+    else:
+        chosen = [(arguments.subscribers or 1000, arguments.rate or 200.0)]
+    asyncio.run(main(chosen, arguments.seconds, arguments.client_processes))

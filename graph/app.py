@@ -1,14 +1,11 @@
-"""The ASGI app behind ``/graphql``: GraphQL over HTTP, and GraphiQL for browsers."""
+"""The ASGI app behind ``/graphql``: GraphQL over HTTP, GraphiQL for browsers, and
+subscriptions over websockets (the viewer comes from ``connection_init``'s
+``{"authorization": "Bearer …"}``; a bad token closes the socket with 4403)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
-from strawberry.asgi import GraphQL
-from strawberry.exceptions import ConnectionRejectionError
-from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
 
 from domain.errors import Unauthenticated
 from domain.policy import ANONYMOUS, Viewer
@@ -16,7 +13,7 @@ from domain.services import Services
 from graph.auth import TokenService, bearer_token
 from graph.context import GraphContext
 from graph.http import GraphQLHTTPHandler
-from graph.loaders import Loaders
+from graph.live_ws import LiveEndpoint
 from graph.schema import schema
 
 
@@ -33,41 +30,17 @@ async def resolve_viewer(services: Services, tokens: TokenService, authorization
     return viewer
 
 
-class SubscriptionEndpoint(GraphQL[GraphContext, None]):
-    """Websocket subscriptions. The viewer comes from ``connection_init``'s
-    ``{"authorization": "Bearer …"}``; a bad token closes the socket (4403)."""
-
-    def __init__(self, services: Services, tokens: TokenService) -> None:
-        super().__init__(schema, graphql_ide=None,
-                         subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL,
-                                                 GRAPHQL_WS_PROTOCOL))
-        self.services = services
-        self.tokens = tokens
-
-    async def get_context(self, request: Any, response: Any) -> GraphContext:
-        return GraphContext.build(self.services, self.tokens, ANONYMOUS, request)
-
-    async def on_ws_connect(self, context: GraphContext) -> Any:
-        params = context.connection_params if isinstance(context.connection_params,
-                                                         dict) else {}
-        header = params.get("authorization") or params.get("Authorization")
-        try:
-            viewer = await resolve_viewer(self.services, self.tokens,
-                                          str(header) if header else None)
-        except Unauthenticated as exc:
-            raise ConnectionRejectionError({"code": exc.code, "message": exc.message}
-                                           ) from exc
-        context.viewer = viewer
-        context.loaders = Loaders(self.services.reads, viewer)
-        return await super().on_ws_connect(context)
-
-
 class GraphQLApp:
     def __init__(self, services: Services, tokens: TokenService, *, graphiql: bool) -> None:
         self.services = services
         self.tokens = tokens
         self.http = GraphQLHTTPHandler(schema, self.http_context, graphiql=graphiql)
-        self.websocket = SubscriptionEndpoint(services, tokens)
+        # Subscriptions (and anything else sent over the socket): our own protocol
+        # handling with shared fan-out, see graph/live_ws.py.
+        self.websocket = LiveEndpoint(services, tokens, schema, self.ws_viewer)
+
+    async def ws_viewer(self, authorization: str | None) -> Viewer:
+        return await resolve_viewer(self.services, self.tokens, authorization)
 
     async def http_context(self, request: Request) -> GraphContext:
         viewer = await resolve_viewer(self.services, self.tokens,

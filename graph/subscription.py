@@ -1,13 +1,14 @@
-"""Live subscriptions (graphql-transport-ws, legacy graphql-ws accepted).
+"""Live subscriptions: the schema's Subscription type and its event types.
 
 Events come from the domain already filtered by the viewer's visibility; here they are
 narrowed by the client's filter and shaped. Each event gets fresh loaders, so a nested
-field reads the data as it is now, not as the connection first saw it.
+field reads the data as it is now, not as the connection first saw it. The websocket
+protocols and the shared fan-out live in ``graph/live_ws.py``.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from datetime import datetime
 from enum import Enum
 from typing import Any
@@ -16,6 +17,7 @@ import strawberry
 from graphql import GraphQLError
 
 from domain import entities as d
+from domain.clock import utcnow
 from domain.events import (
     CommandCompleted,
     ConnectorStatusChanged,
@@ -177,22 +179,58 @@ class CommandEvent:
     dropped_before: int
 
 
-async def _feed(info: Info, topic: str, accept: Callable[[Any], bool]
-                ) -> AsyncGenerator[tuple[Any, int], None]:
+class LiveFeed(AsyncIterator[Any]):
+    """What every subscription field returns: the topic it listens to, the client's
+    filter (``accept``) and how an event becomes the field's object (``wrap``, given the
+    number of events the subscriber missed right before it).
+
+    ``graph/live_ws.py`` reads these three and fans events out itself, shaping each event
+    once for all subscribers that would get the same result. Iterated, the feed is an
+    ordinary per-subscriber stream (its own bus subscription, fresh loaders per event),
+    which is what Strawberry's and graphql-core's own subscription machinery use."""
+
+    def __init__(self, context: GraphContext, topic: str, accept: Callable[[Any], bool],
+                 wrap: Callable[[Any, int], Any]) -> None:
+        self.context = context
+        self.topic = topic
+        self.accept = accept
+        self.wrap = wrap
+        self._stream: AsyncGenerator[Any, None] | None = None
+
+    def __aiter__(self) -> LiveFeed:
+        return self
+
+    async def __anext__(self) -> Any:
+        if self._stream is None:
+            self._stream = self._iterate()  # subscribes at the first read, as before
+        return await self._stream.__anext__()
+
+    async def aclose(self) -> None:
+        if self._stream is not None:
+            await self._stream.aclose()
+
+    async def _iterate(self) -> AsyncGenerator[Any, None]:
+        ctx = self.context
+        dropped = 0
+        async for event in ctx.services.live.events(ctx.viewer, [self.topic]):
+            if isinstance(event, EventsDropped):
+                dropped += event.count
+                continue
+            if not self.accept(event):
+                continue
+            ctx.loaders = Loaders(ctx.services.reads, ctx.viewer)
+            ctx.now = utcnow()
+            yield self.wrap(event, dropped)
+            dropped = 0
+
+
+def _feed(info: Info, topic: str, accept: Callable[[Any], bool],
+          wrap: Callable[[Any, int], Any]) -> LiveFeed:
     ctx: GraphContext = info.context
     if ctx.viewer.anonymous and (topic not in PUBLIC_TOPICS
                                  or not ctx.services.policy.public_map):
         raise GraphQLError("sign in first", extensions={"code": "UNAUTHENTICATED"})
-    dropped = 0
-    async for event in ctx.services.live.events(ctx.viewer, [topic]):
-        if isinstance(event, EventsDropped):
-            dropped += event.count
-            continue
-        if not accept(event):
-            continue
-        ctx.loaders = Loaders(ctx.services.reads, ctx.viewer)
-        yield event, dropped
-        dropped = 0
+    return LiveFeed(ctx, topic, accept, wrap)
 
 
 def _status(value: str) -> Any:
@@ -203,62 +241,82 @@ def _everything(event: DomainEvent) -> bool:
     return True
 
 
+def _connector_status(e: ConnectorStatusChanged, dropped: int) -> ConnectorStatusEvent:
+    return ConnectorStatusEvent(cp_id=e.cp_id, connector_id=e.connector_id,
+                                status=_status(e.status), error_code=e.error_code,
+                                info=e.info, at=e.at, dropped_before=dropped, _e=e)
+
+
+def _station_connection(e: StationConnectionChanged, dropped: int) -> StationConnectionEvent:
+    return StationConnectionEvent(cp_id=e.cp_id, online=e.online, at=e.at,
+                                  dropped_before=dropped, _e=e)
+
+
+def _session(e: SessionChanged, dropped: int) -> SessionEvent:
+    return SessionEvent(change=SessionChange(e.change), transaction_id=e.transaction_id,
+                        cp_id=e.cp_id, connector_id=e.connector_id,
+                        state=d.SessionState(e.state),  # type: ignore[arg-type]
+                        energy_kwh=e.energy_wh / 1000,
+                        power_kw=e.power_w / 1000 if e.power_w is not None else None,
+                        at=e.at, dropped_before=dropped, _e=e)
+
+
+def _fault(e: FaultReported, dropped: int) -> FaultEvent:
+    return FaultEvent(cp_id=e.cp_id, connector_id=e.connector_id, error_code=e.error_code,
+                      status=_status(e.status), info=e.info,
+                      vendor_error_code=e.vendor_error_code, at=e.at,
+                      dropped_before=dropped, _e=e)
+
+
+def _command(e: CommandCompleted, dropped: int) -> CommandEvent:
+    return CommandEvent(command_id=strawberry.ID(e.command_id), action=e.action,
+                        cp_id=e.cp_id, status=e.status, error_code=e.error_code,
+                        requested_by=e.requested_by, at=e.at, dropped_before=dropped)
+
+
 @strawberry.type
 class Subscription:
+    # The resolvers are plain functions returning a LiveFeed (an async iterator): errors
+    # such as an anonymous viewer or a malformed filter id surface when the subscription
+    # starts, as an `error` message, not with its first event.
     @strawberry.subscription(description="Connector status changes: the live map.")
-    async def connector_status_changed(self, info: Info,
-                                       filter: StationEventFilter | None = None
-                                       ) -> AsyncGenerator[ConnectorStatusEvent, None]:
+    def connector_status_changed(self, info: Info, filter: StationEventFilter | None = None
+                                 ) -> AsyncIterator[ConnectorStatusEvent]:
         accept = filter.accepts() if filter else _everything
-        async for e, dropped in _feed(info, ConnectorStatusChanged.topic, accept):
-            yield ConnectorStatusEvent(cp_id=e.cp_id, connector_id=e.connector_id,
-                                       status=_status(e.status), error_code=e.error_code,
-                                       info=e.info, at=e.at, dropped_before=dropped, _e=e)
+        return _feed(info, ConnectorStatusChanged.topic, accept, _connector_status)
 
     @strawberry.subscription(description="Chargers going online and offline.")
-    async def station_connection_changed(self, info: Info,
-                                         filter: StationEventFilter | None = None
-                                         ) -> AsyncGenerator[StationConnectionEvent, None]:
+    def station_connection_changed(self, info: Info,
+                                   filter: StationEventFilter | None = None
+                                   ) -> AsyncIterator[StationConnectionEvent]:
         accept = filter.accepts() if filter else _everything
-        async for e, dropped in _feed(info, StationConnectionChanged.topic, accept):
-            yield StationConnectionEvent(cp_id=e.cp_id, online=e.online, at=e.at,
-                                         dropped_before=dropped, _e=e)
+        return _feed(info, StationConnectionChanged.topic, accept, _station_connection)
 
     @strawberry.subscription(description="Session started / energy so far / ended.")
-    async def session_updated(self, info: Info, filter: SessionEventFilter | None = None
-                              ) -> AsyncGenerator[SessionEvent, None]:
+    def session_updated(self, info: Info, filter: SessionEventFilter | None = None
+                        ) -> AsyncIterator[SessionEvent]:
         ctx: GraphContext = info.context
         session_id = expect_id(str(filter.session_id), "session", "filter.sessionId") \
             if filter and filter.session_id else None
         cp_id = filter.cp_id if filter else None
         mine = bool(filter and filter.mine)
+        me = ctx.viewer.user_id
 
         def accept(e: SessionChanged) -> bool:
             return (session_id is None or e.session_id == session_id) and (
-                cp_id is None or e.cp_id == cp_id) and (
-                not mine or e.user_id == ctx.viewer.user_id)
+                cp_id is None or e.cp_id == cp_id) and (not mine or e.user_id == me)
 
-        async for e, dropped in _feed(info, SessionChanged.topic, accept):
-            yield SessionEvent(change=SessionChange(e.change), transaction_id=e.transaction_id,
-                               cp_id=e.cp_id, connector_id=e.connector_id,
-                               state=d.SessionState(e.state),  # type: ignore[arg-type]
-                               energy_kwh=e.energy_wh / 1000,
-                               power_kw=e.power_w / 1000 if e.power_w is not None else None,
-                               at=e.at, dropped_before=dropped, _e=e)
+        return _feed(info, SessionChanged.topic, accept, _session)
 
     @strawberry.subscription(description="Faults reported by connectors.")
-    async def fault_reported(self, info: Info, filter: StationEventFilter | None = None
-                             ) -> AsyncGenerator[FaultEvent, None]:
+    def fault_reported(self, info: Info, filter: StationEventFilter | None = None
+                       ) -> AsyncIterator[FaultEvent]:
         accept = filter.accepts() if filter else _everything
-        async for e, dropped in _feed(info, FaultReported.topic, accept):
-            yield FaultEvent(cp_id=e.cp_id, connector_id=e.connector_id,
-                             error_code=e.error_code, status=_status(e.status), info=e.info,
-                             vendor_error_code=e.vendor_error_code, at=e.at,
-                             dropped_before=dropped, _e=e)
+        return _feed(info, FaultReported.topic, accept, _fault)
 
     @strawberry.subscription(description="Answers to commands sent to chargers.")
-    async def command_completed(self, info: Info, filter: CommandEventFilter | None = None
-                                ) -> AsyncGenerator[CommandEvent, None]:
+    def command_completed(self, info: Info, filter: CommandEventFilter | None = None
+                          ) -> AsyncIterator[CommandEvent]:
         cp_id = filter.cp_id if filter else None
         command_id = str(filter.command_id) if filter and filter.command_id else None
 
@@ -266,7 +324,4 @@ class Subscription:
             return (cp_id is None or e.cp_id == cp_id) and (
                 command_id is None or e.command_id == command_id)
 
-        async for e, dropped in _feed(info, CommandCompleted.topic, accept):
-            yield CommandEvent(command_id=strawberry.ID(e.command_id), action=e.action,
-                               cp_id=e.cp_id, status=e.status, error_code=e.error_code,
-                               requested_by=e.requested_by, at=e.at, dropped_before=dropped)
+        return _feed(info, CommandCompleted.topic, accept, _command)

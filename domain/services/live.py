@@ -1,26 +1,145 @@
-"""Live events for subscribers, filtered by the same visibility rules as every read."""
+"""Live events for subscribers, filtered by the same visibility rules as every read.
+
+Two ways to listen:
+
+* ``events(viewer, topics)``: one bus subscription per caller, an async iterator.
+* ``watch(viewer, topics, deliver, closed)``: push delivery for fan-out. Each topic has
+  ONE bus subscription per process, however many watchers it has; its pump decides
+  ``Policy.sees_event`` once per distinct viewer per event and calls the watchers'
+  ``deliver`` synchronously. A thousand map subscribers then cost the bus one queue, and
+  the caller can share the work of shaping one event between watchers.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from domain.errors import DomainError
 from domain.events import DomainEvent, EventsDropped
 from domain.policy import Viewer
-from domain.services.base import Service
+from domain.services.base import Service, ServiceContext
+
+log = logging.getLogger("chargegraph.live")
+
+Deliver = Callable[[DomainEvent | EventsDropped], None]
+
+
+class Watch:
+    """One watcher of ``watch()``. ``close()`` unregisters it (idempotent)."""
+
+    __slots__ = ("_pumps", "closed", "deliver", "ended", "viewer")
+
+    def __init__(self, viewer: Viewer, deliver: Deliver, ended: Callable[[], None]) -> None:
+        self.viewer = viewer
+        self.deliver = deliver
+        self.ended = ended
+        self.closed = False
+        self._pumps: list[_Pump] = []
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for pump in self._pumps:
+            pump.remove(self)
+        self._pumps.clear()
+
+
+class _Pump:
+    """Reads one topic's bus subscription and hands every event to the watchers whose
+    viewer may see it. Watchers are kept per viewer in tuples replaced on change, so a
+    watcher that unsubscribes while an event is being handed out changes nothing under
+    the loop's feet."""
+
+    def __init__(self, live: LiveService, topic: str, stream: Any) -> None:
+        self.live = live
+        self.topic = topic
+        self.stream = stream
+        self.by_viewer: dict[Viewer, tuple[Watch, ...]] = {}
+        self.count = 0
+        self.started = False
+        self.task: asyncio.Task[None] | None = None
+
+    def add(self, watch: Watch) -> None:
+        self.by_viewer[watch.viewer] = (*self.by_viewer.get(watch.viewer, ()), watch)
+        self.count += 1
+
+    def remove(self, watch: Watch) -> None:
+        current = self.by_viewer.get(watch.viewer, ())
+        if watch not in current:
+            return
+        rest = tuple(w for w in current if w is not watch)
+        if rest:
+            self.by_viewer[watch.viewer] = rest
+        else:
+            del self.by_viewer[watch.viewer]
+        self.count -= 1
+        if self.count == 0:
+            self.live._stop(self)
+
+    async def run(self) -> None:
+        self.started = True
+        sees = self.live.policy.sees_event
+        try:
+            async for event in self.stream:
+                if isinstance(event, EventsDropped):
+                    for watches in tuple(self.by_viewer.values()):
+                        self._hand_out(watches, event)
+                    continue
+                for viewer, watches in tuple(self.by_viewer.items()):
+                    if sees(viewer, event):
+                        self._hand_out(watches, event)
+        finally:
+            # The bus closed (shutdown) or we were stopped: tell whoever is still here.
+            self.live._forget(self)
+            for watches in tuple(self.by_viewer.values()):
+                for watch in watches:
+                    if not watch.closed:
+                        watch.closed = True
+                        self._call(watch.ended)
+            self.by_viewer.clear()
+            await self.stream.aclose()
+
+    @staticmethod
+    def _hand_out(watches: tuple[Watch, ...], event: DomainEvent | EventsDropped) -> None:
+        for watch in watches:
+            if watch.closed:
+                continue
+            try:
+                watch.deliver(event)
+            except Exception:
+                # One broken subscriber must not starve the others of events.
+                log.exception("live event delivery failed")
+
+    @staticmethod
+    def _call(callback: Callable[[], None]) -> None:
+        try:
+            callback()
+        except Exception:
+            log.exception("live watcher end callback failed")
 
 
 class LiveService(Service):
+    def __init__(self, ctx: ServiceContext) -> None:
+        super().__init__(ctx)
+        self._pumps: dict[str, _Pump] = {}
+        self._closing: set[asyncio.Future[Any]] = set()
+
+    def _bus(self) -> Any:
+        bus = self.ctx.bus
+        if bus is None:
+            raise DomainError("live events are not enabled", code="UNAVAILABLE")
+        return bus
+
     def events(self, viewer: Viewer, topics: Sequence[str]
                ) -> AsyncIterator[DomainEvent | EventsDropped]:
         """The events on ``topics`` this viewer may see, from this call on (the
         subscription is registered before the first read); ``EventsDropped`` markers pass
         through so clients learn they missed some."""
-        bus = self.ctx.bus
-        if bus is None:
-            raise DomainError("live events are not enabled", code="UNAVAILABLE")
-        return self._visible(viewer, bus.subscribe(list(topics)))
+        return self._visible(viewer, self._bus().subscribe(list(topics)))
 
     async def _visible(self, viewer: Viewer, stream: Any
                        ) -> AsyncIterator[DomainEvent | EventsDropped]:
@@ -30,3 +149,46 @@ class LiveService(Service):
                     yield event
         finally:
             await stream.aclose()
+
+    def watch(self, viewer: Viewer, topics: Sequence[str], deliver: Deliver,
+              ended: Callable[[], None]) -> Watch:
+        """Calls ``deliver`` with every event on ``topics`` this viewer may see, from this
+        call on, and with ``EventsDropped`` when the process-wide pump fell behind (the
+        count includes events the viewer would not have seen, as with ``events``).
+        ``deliver`` runs inside the pump and must not block; an exception it raises is
+        logged. ``ended`` is called once if the bus closes while the watch is open."""
+        if isinstance(topics, str):
+            raise TypeError("watch() takes a list of topics, not one string")
+        bus = self._bus()
+        watch = Watch(viewer, deliver, ended)
+        for topic in dict.fromkeys(topics):
+            pump = self._pumps.get(topic)
+            if pump is None:
+                # Subscribed here, synchronously: an event published right after watch()
+                # returns is already queued for the pump.
+                pump = _Pump(self, topic, bus.subscribe([topic]))
+                self._pumps[topic] = pump
+                pump.task = asyncio.get_running_loop().create_task(
+                    pump.run(), name=f"live-pump-{topic}")
+            pump.add(watch)
+            watch._pumps.append(pump)
+        return watch
+
+    @property
+    def watching(self) -> int:
+        """Open watches summed over topics (tests wait on it)."""
+        return sum(pump.count for pump in self._pumps.values())
+
+    def _stop(self, pump: _Pump) -> None:
+        # Nobody left: give the bus subscription back (a new watcher starts a new pump).
+        self._forget(pump)
+        if pump.task is not None:
+            pump.task.cancel()
+            if not pump.started:
+                # A task cancelled before its first step never enters ``run``'s finally.
+                self._closing.add(asyncio.ensure_future(pump.stream.aclose()))
+                self._closing = {t for t in self._closing if not t.done()}
+
+    def _forget(self, pump: _Pump) -> None:
+        if self._pumps.get(pump.topic) is pump:
+            del self._pumps[pump.topic]

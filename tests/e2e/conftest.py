@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import httpx
 import pytest
@@ -16,7 +16,6 @@ import uvicorn
 from chargegraph.app import create_app
 from chargegraph.settings import Settings
 from domain.services import Services
-from pubsub.factory import ManagedEventBus
 from tests.helpers import FastHasher, free_port
 from tests.ocpp.conftest import Central, seed
 
@@ -46,14 +45,14 @@ class Running:
         return str(data["login"]["token"])
 
     async def until_subscribed(self, count: int) -> None:
-        """Waits until this instance's bus holds ``count`` subscriptions (a subscribe
-        message is answered before the server has registered it on the bus)."""
-        bus = cast(ManagedEventBus, self.services.ctx.bus)
+        """Waits until this instance watches ``count`` subscriptions (a subscribe message
+        is not answered, so a client cannot know when the server has registered it)."""
+        live = self.services.live
         for _ in range(200):
-            if bus.subscriber_count >= count:
+            if live.watching >= count:
                 return
             await asyncio.sleep(0.01)
-        raise AssertionError(f"only {bus.subscriber_count} subscribers")
+        raise AssertionError(f"only {live.watching} subscriptions")
 
 
 @contextlib.asynccontextmanager

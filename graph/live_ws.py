@@ -1,0 +1,863 @@
+"""GraphQL over websockets: graphql-transport-ws and the legacy graphql-ws protocol, on raw
+ASGI, with subscription events fanned out once per event rather than once per subscriber.
+
+Why not Strawberry's handlers: they run graphql-core's execution of the selection, JSON
+encoding and an ASGI send for every subscriber and every event, which is ~70 µs per
+delivery; a live map with a thousand viewers cannot afford that. Here:
+
+* The domain (``LiveService.watch``) keeps ONE bus subscription per topic and decides
+  visibility (``Policy.sees_event``) per event once per distinct viewer, then calls each
+  operation's ``deliver`` synchronously.
+* Operations that would get the same result share a ``RenderGroup``: the selection runs
+  once per event per group, is encoded once, and every member gets the same text with
+  its own ``id`` spliced in. The key is (document, operation, variables) plus the viewer,
+  except when the selection reads only the event's own leaf fields (``cpId``, ``status``,
+  ``droppedBefore``…, see ``_local_fields``): those results cannot depend on who asks, so
+  every viewer shares them. Any nested object (``station { owner … }``) depends on the
+  viewer's scope and field views, so it is shared only between connections of one viewer.
+* Sends start eagerly: while a socket's transport is writable, uvicorn's ``send``
+  completes without suspending, so a delivery costs no task switch. A socket that is not
+  writable gets its messages queued (``Outbox``), at most ``queue_size`` per operation;
+  beyond that its oldest events are dropped and the next one it gets says so in
+  ``droppedBefore`` (shaped again for that subscriber alone). Nobody else waits for it.
+
+Pre-execution behaviour follows Strawberry's handlers (close codes 4400/4401/4403/4406/
+4408/4409/4429, ``error`` messages for validation errors); queries and mutations sent over
+the socket run through ``schema.execute``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine, Generator
+from datetime import timedelta
+from typing import Any, cast
+
+import orjson
+from graphql import (
+    DocumentNode,
+    ExecutionResult,
+    FieldNode,
+    FragmentSpreadNode,
+    GraphQLError,
+    GraphQLObjectType,
+    GraphQLSyntaxError,
+    InlineFragmentNode,
+    OperationType,
+    SelectionSetNode,
+    get_named_type,
+    get_operation_ast,
+    is_leaf_type,
+    parse,
+    specified_rules,
+    validate,
+)
+from graphql.execution import Executor, create_source_event_stream, execute_subscription_event
+from graphql.execution.collect_fields import collect_fields
+from starlette.requests import HTTPConnection
+from starlette.types import Receive, Scope, Send
+from strawberry.extensions import AddValidationRules, MaxTokensLimiter
+from strawberry.schema.schema_converter import GraphQLCoreConverter
+from strawberry.schema.validation_rules.maybe_null import MaybeNullValidationRule
+from strawberry.schema.validation_rules.one_of import OneOfInputValidationRule
+from strawberry.types.execution import PreExecutionError
+
+from domain.errors import Unauthenticated
+from domain.events import DomainEvent, EventsDropped
+from domain.policy import Viewer
+from domain.services import Services
+from graph.auth import TokenService
+from graph.context import GraphContext
+from graph.errors import MaskUnexpectedErrors
+from graph.loaders import Loaders
+from graph.subscription import LiveFeed
+
+log = logging.getLogger("chargegraph.graph")
+
+TRANSPORT_WS = "graphql-transport-ws"
+LEGACY_WS = "graphql-ws"
+PROTOCOLS = (TRANSPORT_WS, LEGACY_WS)
+DEFAULT_QUEUE_SIZE = 1000
+#: Renders of one non-shared group (nested fields: store reads) in flight at once; past
+#: this the group skips new events and counts them in its members' ``droppedBefore``.
+LANE_LIMIT = 64
+
+Authorize = Callable[[str | None], Awaitable[Viewer]]
+Message = dict[str, Any]
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+# ------------------------------------------------------------------ eager sends
+class _Resume:
+    """Awaitable that continues a coroutine ``start_eagerly`` ran to its first suspension
+    (what ``asyncio.eager_task_factory`` does on Python 3.12+)."""
+
+    __slots__ = ("coro", "yielded")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], yielded: Any) -> None:
+        self.coro = coro
+        self.yielded = yielded
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro, pending = self.coro, self.yielded
+        while True:
+            try:
+                value = yield pending
+            except BaseException as exc:  # cancellation and the like go into the coroutine
+                try:
+                    pending = coro.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+                continue
+            try:
+                pending = coro.send(value)
+            except StopIteration as stop:
+                return stop.value
+
+
+def start_eagerly(coro: Coroutine[Any, Any, Any]) -> _Resume | None:
+    """Runs ``coro`` until it first suspends. ``None`` if it finished (its exception, if
+    any, is raised here); otherwise an awaitable that finishes it, to be awaited by a
+    task."""
+    try:
+        yielded = coro.send(None)
+    except StopIteration:
+        return None
+    return _Resume(coro, yielded)
+
+
+# ------------------------------------------------------------------ outgoing queue
+class _Out:
+    """One message waiting for a socket. For events: the operation, the event and the
+    ``droppedBefore`` it was shaped with; ``message`` is None when it must be shaped again
+    (events before it were dropped after it was queued)."""
+
+    __slots__ = ("cancelled", "dropped_before", "event", "message", "op")
+
+    def __init__(self, message: Message | None, op: LiveOperation | None = None,
+                 event: DomainEvent | None = None, dropped_before: int = 0) -> None:
+        self.message = message
+        self.op = op
+        self.event = event
+        self.dropped_before = dropped_before
+        self.cancelled = False
+
+
+class Outbox:
+    """Everything a connection sends goes through here, in order. While idle, a message
+    is sent at once (eagerly, see ``start_eagerly``); while a send is suspended (socket
+    not writable) messages queue, and a writer task drains them."""
+
+    def __init__(self, send: Send, queue_size: int) -> None:
+        self._send = send
+        self.queue_size = queue_size
+        self._queue: deque[_Out] = deque()
+        self._writer: asyncio.Task[None] | None = None
+        self.dead = False
+
+    def control(self, message: Message) -> None:
+        self._push(_Out({"type": "websocket.send", "text": _dumps(message)}))
+
+    def event(self, op: LiveOperation, message: Message, event: DomainEvent,
+              dropped_before: int) -> None:
+        if self._writer is None and not self.dead:
+            self._now(message)  # the common case: the socket keeps up
+            return
+        if self.dead:
+            return
+        item = _Out(message, op, event, dropped_before)
+        pending = op.pending
+        if len(pending) >= self.queue_size:
+            # The subscriber is not keeping up: lose its oldest event; the event after it
+            # now carries the count and must be shaped again.
+            oldest = pending.popleft()
+            oldest.cancelled = True
+            heir = pending[0] if pending else item
+            heir.dropped_before += oldest.dropped_before + 1
+            heir.message = None
+        pending.append(item)
+        self._queue.append(item)
+
+    def _push(self, item: _Out) -> None:
+        if self.dead:
+            return
+        if self._writer is None:
+            assert item.message is not None
+            self._now(item.message)
+        else:
+            self._queue.append(item)
+
+    def _now(self, message: Message) -> None:
+        sending: Awaitable[None] = self._send(message)
+        rest: Awaitable[Any] | None = sending
+        if asyncio.iscoroutine(sending):  # an ASGI send may be any awaitable
+            try:
+                rest = start_eagerly(sending)
+            except Exception:
+                self._die()
+                return
+        if rest is not None:
+            self._writer = asyncio.get_running_loop().create_task(self._drain(rest))
+
+    async def _drain(self, first: Awaitable[Any]) -> None:
+        try:
+            await first
+            queue = self._queue
+            while queue:
+                item = queue.popleft()
+                if item.cancelled:
+                    continue
+                op = item.op
+                if op is not None and op.pending and op.pending[0] is item:
+                    op.pending.popleft()
+                message = item.message
+                if message is None:
+                    assert op is not None and item.event is not None
+                    message = await op.group.render_alone(op, item.event, item.dropped_before)
+                await self._send(message)
+        except Exception:
+            self._die()
+        finally:
+            self._writer = None
+
+    def _die(self) -> None:
+        # The socket is gone (or closed by us): nothing more will be sent.
+        self.dead = True
+        self._queue.clear()
+
+    async def close(self, code: int, reason: str = "") -> None:
+        if self.dead:
+            return
+        self._die()
+        writer = self._writer
+        if writer is not None and writer is not asyncio.current_task():
+            writer.cancel()
+        with contextlib.suppress(Exception):
+            await self._send({"type": "websocket.close", "code": code, "reason": reason})
+
+    def stop(self) -> None:
+        self._die()
+        if self._writer is not None:
+            self._writer.cancel()
+
+
+# ------------------------------------------------------------------ shared rendering
+class _Result:
+    """One event shaped for one group and one ``droppedBefore``. ``payload`` is the
+    encoded ``{"data": …}``; members waiting for it (async shaping, or queued behind an
+    earlier async result of the group) are in ``waiting``."""
+
+    __slots__ = ("dropped", "event", "messages", "payload", "released", "waiting")
+
+    def __init__(self, event: DomainEvent, dropped: int) -> None:
+        self.event = event
+        self.dropped = dropped
+        self.payload: str | None = None
+        self.released = False
+        self.waiting: list[LiveOperation] = []
+        self.messages: dict[str, Message] = {}
+
+    def give(self, op: LiveOperation) -> None:
+        if not self.released:
+            self.waiting.append(op)
+            return
+        message = self.messages.get(op.prefix)
+        if message is None:
+            # Operations with the same id and protocol (every client calls its first
+            # subscription "1") share the spliced text and the ASGI message too.
+            message = {"type": "websocket.send", "text": op.prefix + cast(str, self.payload)
+                       + "}"}
+            self.messages[op.prefix] = message
+        op.outbox.event(op, message, self.event, self.dropped)
+
+    def release(self) -> None:
+        self.released = True
+        waiting, self.waiting = self.waiting, []
+        for op in waiting:
+            if not op.stopped:
+                self.give(op)
+
+
+class RenderGroup:
+    """Operations whose results for an event are identical (see the module docstring):
+    the selection runs once per event (and per distinct ``droppedBefore``)."""
+
+    def __init__(self, hub: LiveHub, key: tuple[Any, ...], executor: Executor,
+                 feed: LiveFeed, context: GraphContext, shared: bool) -> None:
+        self.hub = hub
+        self.key = key
+        self.executor = executor
+        self.wrap = feed.wrap
+        self.context = context
+        self.shared = shared
+        self.members = 0
+        self._last: DomainEvent | None = None
+        self._results: dict[int, _Result] = {}
+        # Results not yet handed out, in event order: an async result holds back later
+        # ones so a member never sees events out of order.
+        self._lane: deque[_Result] = deque()
+
+    def render_for(self, event: DomainEvent, dropped: int, op: LiveOperation) -> None:
+        if event is not self._last:
+            self._last = event
+            self._results = {}
+        result = self._results.get(dropped)
+        if result is None:
+            if len(self._lane) >= LANE_LIMIT:
+                op.dropped += dropped + 1
+                return
+            result = self._results[dropped] = self._start(event, dropped)
+        result.give(op)
+
+    def _start(self, event: DomainEvent, dropped: int) -> _Result:
+        result = _Result(event, dropped)
+        outcome = self._execute(event, dropped)
+        if isinstance(outcome, str):
+            result.payload = outcome
+            if not self._lane:
+                result.release()
+                return result
+        else:
+            task = asyncio.get_running_loop().create_task(outcome)
+            task.add_done_callback(lambda t: self._finished(result, t))
+        self._lane.append(result)
+        return result
+
+    def _finished(self, result: _Result, task: asyncio.Task[str]) -> None:
+        if task.cancelled():
+            result.payload = _dumps(_internal_error_payload())
+        else:
+            result.payload = task.result()
+        lane = self._lane
+        while lane and lane[0].payload is not None:
+            lane.popleft().release()
+
+    def _context(self) -> GraphContext:
+        if self.shared:
+            return self.context  # the selection reads no context (event fields only)
+        base = self.context
+        return GraphContext(base.services, base.tokens, base.viewer,
+                            Loaders(base.services.reads, base.viewer), base.request,
+                            connection_params=base.connection_params)
+
+    def _execute(self, event: DomainEvent, dropped: int) -> str | Coroutine[Any, Any, str]:
+        try:
+            executor = self.executor.build_per_event_executor(self.wrap(event, dropped))
+            executor.context_value = self._context()
+            outcome = execute_subscription_event(executor)
+        except Exception:
+            log.exception("shaping a subscription event failed")
+            return _dumps(_internal_error_payload())
+        if isinstance(outcome, ExecutionResult):
+            return _encode(outcome)
+        return _finish(cast(Awaitable[ExecutionResult], outcome))
+
+    async def render_alone(self, op: LiveOperation, event: DomainEvent, dropped: int
+                           ) -> Message:
+        """The event shaped for one member only (its own ``droppedBefore``)."""
+        outcome = self._execute(event, dropped)
+        payload = outcome if isinstance(outcome, str) else await outcome
+        return {"type": "websocket.send", "text": op.prefix + payload + "}"}
+
+    def join(self) -> None:
+        self.members += 1
+
+    def leave(self) -> None:
+        self.members -= 1
+        if self.members <= 0:
+            self.hub.groups.pop(self.key, None)
+
+
+async def _finish(outcome: Awaitable[ExecutionResult]) -> str:
+    try:
+        return _encode(await outcome)
+    except Exception:
+        log.exception("shaping a subscription event failed")
+        return _dumps(_internal_error_payload())
+
+
+def _internal_error_payload() -> dict[str, Any]:
+    return {"data": None, "errors": [{"message": "Internal server error",
+                                      "extensions": {"code": "INTERNAL_SERVER_ERROR"}}]}
+
+
+def _result_payload(result: ExecutionResult) -> dict[str, Any]:
+    payload: dict[str, Any] = {"data": result.data}
+    if result.errors:
+        payload["errors"] = [MaskUnexpectedErrors._mask(e).formatted for e in result.errors]
+    if result.extensions:
+        payload["extensions"] = result.extensions
+    return payload
+
+
+def _encode(result: ExecutionResult) -> str:
+    return _dumps(_result_payload(result))
+
+
+_LOCAL_FIELDS: dict[str, frozenset[str]] = {}
+
+
+def _local_fields(event_type: GraphQLObjectType) -> frozenset[str]:
+    """Fields of an event type whose value comes from the event alone: leaves without
+    arguments whose resolver (if any) takes no ``info`` — without ``info`` nothing can
+    reach the viewer, the loaders or the store. Anything else is assumed to depend on the
+    viewer."""
+    known = _LOCAL_FIELDS.get(event_type.name)
+    if known is not None:
+        return known
+    names = {"__typename"}
+    for name, field in event_type.fields.items():
+        if field.args or not is_leaf_type(get_named_type(field.type)):
+            continue
+        definition = (field.extensions or {}).get(GraphQLCoreConverter.DEFINITION_BACKREF)
+        if definition is None or getattr(definition, "extensions", None) \
+                or getattr(definition, "permission_classes", None):
+            continue
+        resolver = getattr(definition, "base_resolver", None)
+        if resolver is not None and resolver.info_parameter is not None:
+            continue
+        names.add(name)
+    known = _LOCAL_FIELDS[event_type.name] = frozenset(names)
+    return known
+
+
+def _reads_event_only(selection_set: SelectionSetNode | None, local: frozenset[str],
+                      fragments: dict[str, Any], seen: frozenset[str] = frozenset()) -> bool:
+    if selection_set is None:
+        return True
+    for selection in selection_set.selections:
+        if isinstance(selection, FieldNode):
+            if selection.name.value not in local or selection.selection_set is not None:
+                return False
+        elif isinstance(selection, InlineFragmentNode):
+            if not _reads_event_only(selection.selection_set, local, fragments, seen):
+                return False
+        elif isinstance(selection, FragmentSpreadNode):
+            name = selection.name.value
+            if name in seen:
+                continue
+            fragment = fragments.get(name)
+            if fragment is None or not _reads_event_only(fragment.selection_set, local,
+                                                         fragments, seen | {name}):
+                return False
+        else:
+            return False
+    return True
+
+
+# ------------------------------------------------------------------ operations
+class LiveOperation:
+    """One subscription of one connection, fed by the domain's pump."""
+
+    __slots__ = (
+        "accept",
+        "connection",
+        "dropped",
+        "group",
+        "id",
+        "outbox",
+        "pending",
+        "prefix",
+        "stopped",
+        "watch",
+    )
+
+    def __init__(self, connection: Connection, op_id: str, group: RenderGroup,
+                 feed: LiveFeed) -> None:
+        self.connection = connection
+        self.outbox = connection.outbox
+        self.id = op_id
+        self.group = group
+        self.accept = feed.accept
+        kind = "next" if connection.protocol == TRANSPORT_WS else "data"
+        self.prefix = f'{{"id":{_dumps(op_id)},"type":"{kind}","payload":'
+        self.dropped = 0
+        self.pending: deque[_Out] = deque()
+        self.stopped = False
+        self.watch: Any = None
+
+    def deliver(self, event: DomainEvent | EventsDropped) -> None:
+        if type(event) is EventsDropped:
+            self.dropped += event.count
+            return
+        if self.stopped or not self.accept(event):
+            return
+        dropped, self.dropped = self.dropped, 0
+        self.group.render_for(cast(DomainEvent, event), dropped, self)
+
+    def ended(self) -> None:
+        # The bus closed under us (shutdown): the subscription is complete.
+        if not self.stopped:
+            self.connection.finish(self.id)
+
+    def stop(self) -> None:
+        if self.stopped:
+            return
+        self.stopped = True
+        if self.watch is not None:
+            self.watch.close()
+        for item in self.pending:
+            item.cancelled = True
+        self.pending.clear()
+        self.group.leave()
+
+
+class LiveHub:
+    """Per app: the parse/validate cache and the render groups."""
+
+    def __init__(self, services: Services, tokens: TokenService, schema: Any,
+                 queue_size: int = DEFAULT_QUEUE_SIZE) -> None:
+        self.services = services
+        self.tokens = tokens
+        self.schema = schema
+        self.queue_size = queue_size
+        self.groups: dict[tuple[Any, ...], RenderGroup] = {}
+        rules: list[Any] = list(specified_rules)
+        self.max_tokens: int | None = None
+        for extension in schema.get_extensions():
+            if isinstance(extension, AddValidationRules):
+                rules.extend(extension.validation_rules)
+            if isinstance(extension, MaxTokensLimiter):
+                self.max_tokens = extension.max_token_count
+        self.rules = (*rules, MaybeNullValidationRule, OneOfInputValidationRule)
+        self._documents: dict[str, tuple[DocumentNode, list[GraphQLError]]] = {}
+
+    def document(self, query: str) -> tuple[DocumentNode, list[GraphQLError]]:
+        """Parsed and validated once per distinct query (clients repeat a few);
+        ``GraphQLSyntaxError`` for a query that does not parse."""
+        known = self._documents.get(query)
+        if known is not None:
+            return known
+        document = parse(query, max_tokens=self.max_tokens)
+        errors = validate(self.schema._schema, document, self.rules)
+        if len(self._documents) >= 256:
+            self._documents.pop(next(iter(self._documents)))
+        self._documents[query] = (document, errors)
+        return document, errors
+
+
+# ------------------------------------------------------------------ connections
+class _Close(Exception):
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class Connection:
+    def __init__(self, endpoint: LiveEndpoint, scope: Scope, send: Send, protocol: str
+                 ) -> None:
+        self.endpoint = endpoint
+        self.hub = endpoint.hub
+        self.protocol = protocol
+        self.outbox = Outbox(send, self.hub.queue_size)
+        self.request = HTTPConnection(scope)
+        self.context: GraphContext | None = None
+        self.init_received = False
+        #: The init timeout's close, kept referenced until it ran.
+        self.closing: asyncio.Future[None] | None = None
+        self.operations: dict[str, LiveOperation | asyncio.Task[None]] = {}
+
+    # -- messages -----------------------------------------------------------
+    async def handle(self, raw: str) -> None:
+        try:
+            message = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            if self.protocol == LEGACY_WS:
+                return  # the legacy protocol ignores what it cannot parse
+            raise _Close(4400, "WebSocket message must be valid JSON") from None
+        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+            if self.protocol == LEGACY_WS:
+                return
+            raise _Close(4400, "Failed to parse message")
+        if self.protocol == TRANSPORT_WS:
+            await self._transport_ws(message)
+        else:
+            await self._legacy_ws(message)
+
+    async def _transport_ws(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "connection_init":
+            if self.init_received:
+                raise _Close(4429, "Too many initialisation requests")
+            payload = message.get("payload")
+            payload = {} if payload is None else payload
+            if not isinstance(payload, dict):
+                raise _Close(4400, "Invalid connection init payload")
+            self.init_received = True
+            try:
+                await self._authorize(payload)
+            except Unauthenticated:
+                raise _Close(4403, "Forbidden") from None
+            self.outbox.control({"type": "connection_ack"})
+        elif kind == "ping":
+            self.outbox.control({"type": "pong"})
+        elif kind == "pong":
+            pass
+        elif kind == "subscribe":
+            if self.context is None:
+                raise _Close(4401, "Unauthorized")
+            op_id, payload = message.get("id"), message.get("payload")
+            if not isinstance(op_id, str) or not isinstance(payload, dict):
+                raise _Close(4400, "Failed to parse message")
+            if op_id in self.operations:
+                raise _Close(4409, f"Subscriber for {op_id} already exists")
+            await self._start(op_id, payload)
+        elif kind == "complete":
+            op_id = message.get("id")
+            if not isinstance(op_id, str):
+                raise _Close(4400, "Failed to parse message")
+            self._stop(op_id)
+        else:
+            raise _Close(4400, f"Unknown message type: {kind}")
+
+    async def _legacy_ws(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "connection_init":
+            payload = message.get("payload")
+            if payload is not None and not isinstance(payload, dict):
+                self.outbox.control({"type": "connection_error"})
+                raise _Close(1000, "")
+            try:
+                await self._authorize(payload or {})
+            except Unauthenticated as exc:
+                self.outbox.control({"type": "connection_error",
+                                     "payload": {"code": exc.code, "message": exc.message}})
+                raise _Close(1011, "") from None
+            self.outbox.control({"type": "connection_ack"})
+        elif kind == "connection_terminate":
+            raise _Close(1000, "")
+        elif kind == "start":
+            op_id, payload = message.get("id"), message.get("payload")
+            if not isinstance(op_id, str) or not isinstance(payload, dict):
+                return
+            if self.context is None:
+                raise _Close(4401, "Unauthorized")
+            if op_id in self.operations:
+                self._stop(op_id)
+            await self._start(op_id, payload)
+        elif kind == "stop":
+            op_id = message.get("id")
+            if isinstance(op_id, str) and op_id in self.operations:
+                self._stop(op_id)
+                self.outbox.control({"type": "complete", "id": op_id})
+
+    async def _authorize(self, payload: dict[str, Any]) -> None:
+        header = payload.get("authorization") or payload.get("Authorization")
+        viewer = await self.endpoint.authorize(str(header) if header else None)
+        context = GraphContext.build(self.hub.services, self.hub.tokens, viewer, self.request)
+        context.connection_params = payload
+        self.context = context
+
+    # -- operations ---------------------------------------------------------
+    def _error(self, op_id: str, errors: list[GraphQLError]) -> None:
+        formatted = [MaskUnexpectedErrors._mask(e).formatted for e in errors]
+        payload: Any = formatted if self.protocol == TRANSPORT_WS else formatted[0]
+        self.outbox.control({"type": "error", "id": op_id, "payload": payload})
+
+    def finish(self, op_id: str) -> None:
+        """The operation ended on the server's side: forget it and say so."""
+        self._stop(op_id)
+        self.outbox.control({"type": "complete", "id": op_id})
+
+    def _stop(self, op_id: str) -> None:
+        operation = self.operations.pop(op_id, None)
+        if isinstance(operation, LiveOperation):
+            operation.stop()
+        elif operation is not None:
+            operation.cancel()
+
+    async def _start(self, op_id: str, payload: dict[str, Any]) -> None:
+        query = payload.get("query")
+        variables = payload.get("variables")
+        operation_name = payload.get("operationName")
+        if not isinstance(query, str) or (variables is not None
+                                          and not isinstance(variables, dict)) or (
+                operation_name is not None and not isinstance(operation_name, str)):
+            raise _Close(4400, "Invalid subscribe payload")
+        try:
+            document, errors = self.hub.document(query)
+        except GraphQLSyntaxError as exc:
+            if self.protocol == LEGACY_WS:
+                self._error(op_id, [exc])
+                return
+            raise _Close(4400, exc.message) from None
+        operation = get_operation_ast(document, operation_name)
+        if operation is None:
+            reason = (f"Unknown operation named '{operation_name}'." if operation_name
+                      else "Can't get GraphQL operation type")
+            if self.protocol == LEGACY_WS:
+                self._error(op_id, [GraphQLError(reason)])
+                return
+            raise _Close(4400, reason)
+        if errors:
+            self._error(op_id, errors)
+            return
+        if operation.operation is not OperationType.SUBSCRIPTION:
+            task = asyncio.get_running_loop().create_task(
+                self._single(op_id, query, variables, operation_name))
+            self.operations[op_id] = task
+            return
+        await self._subscribe(op_id, document, query, variables, operation_name)
+
+    async def _single(self, op_id: str, query: str, variables: dict[str, Any] | None,
+                      operation_name: str | None) -> None:
+        """A query or mutation sent over the socket: one result, then complete."""
+        assert self.context is not None
+        context = GraphContext.build(self.hub.services, self.hub.tokens, self.context.viewer,
+                                     self.request)
+        try:
+            result = await self.hub.schema.execute(query, variable_values=variables,
+                                                   context_value=context,
+                                                   operation_name=operation_name)
+        except Exception as exc:
+            result = PreExecutionError(data=None, errors=[GraphQLError(str(exc))])
+        if self.operations.get(op_id) is not asyncio.current_task():
+            return  # stopped meanwhile
+        if isinstance(result, PreExecutionError):
+            self.operations.pop(op_id, None)
+            self._error(op_id, list(result.errors or []))
+            return
+        kind = "next" if self.protocol == TRANSPORT_WS else "data"
+        payload: dict[str, Any] = {"data": result.data}
+        if result.errors:
+            payload["errors"] = [e.formatted for e in result.errors]
+        self.outbox.control({"type": kind, "id": op_id, "payload": payload})
+        self.operations.pop(op_id, None)
+        self.outbox.control({"type": "complete", "id": op_id})
+
+    async def _subscribe(self, op_id: str, document: DocumentNode, query: str,
+                         variables: dict[str, Any] | None, operation_name: str | None
+                         ) -> None:
+        assert self.context is not None
+        schema = self.hub.schema._schema
+        built = Executor.build(schema, document, None, self.context, variables,
+                               operation_name)
+        if isinstance(built, list):
+            self._error(op_id, built)
+            return
+        executor = built
+        source: Any = create_source_event_stream(executor)
+        if asyncio.iscoroutine(source) or isinstance(source, Awaitable):
+            source = await source
+        if isinstance(source, ExecutionResult):
+            self._error(op_id, list(source.errors or [GraphQLError("subscription failed")]))
+            return
+        if op_id in self.operations:  # the same id arrived while we awaited
+            raise _Close(4409, f"Subscriber for {op_id} already exists")
+        if not isinstance(source, LiveFeed):
+            # Not one of ours: run it per subscriber, the way graphql-core does.
+            self.operations[op_id] = asyncio.get_running_loop().create_task(
+                self._per_subscriber(op_id, executor, source))
+            return
+        root_type = schema.subscription_type
+        assert root_type is not None
+        fields = collect_fields(schema, executor.fragments, executor.variable_values,
+                                root_type, executor.operation, False).grouped_field_set
+        details = next(iter(fields.values()))
+        root_field = root_type.fields[details[0].node.name.value]
+        event_type = cast(GraphQLObjectType, get_named_type(root_field.type))
+        local = _local_fields(event_type)
+        shared = all(_reads_event_only(d.node.selection_set, local,
+                                       executor.fragment_definitions) for d in details)
+        variables_key = orjson.dumps(variables or {}, option=orjson.OPT_SORT_KEYS)
+        key: tuple[Any, ...] = (query, operation_name, variables_key)
+        if not shared:
+            key = (*key, self.context.viewer)
+        group = self.hub.groups.get(key)
+        if group is None:
+            group = RenderGroup(self.hub, key, executor, source, self.context, shared)
+            self.hub.groups[key] = group
+        group.join()
+        live = LiveOperation(self, op_id, group, source)
+        self.operations[op_id] = live
+        try:
+            live.watch = self.hub.services.live.watch(self.context.viewer, [source.topic],
+                                                      live.deliver, live.ended)
+        except Exception:
+            self.operations.pop(op_id, None)
+            live.stop()
+            raise
+
+    async def _per_subscriber(self, op_id: str, executor: Executor, source: Any) -> None:
+        kind = "next" if self.protocol == TRANSPORT_WS else "data"
+        try:
+            async for payload in source:
+                per_event = executor.build_per_event_executor(payload)
+                outcome = execute_subscription_event(per_event)
+                if not isinstance(outcome, ExecutionResult):
+                    outcome = await cast(Awaitable[ExecutionResult], outcome)
+                self.outbox.control({"type": kind, "id": op_id,
+                                     "payload": _result_payload(outcome)})
+        finally:
+            with contextlib.suppress(Exception):
+                await source.aclose()
+        if self.operations.get(op_id) is asyncio.current_task():
+            self.operations.pop(op_id, None)
+            self.outbox.control({"type": "complete", "id": op_id})
+
+    def close_all(self) -> None:
+        for op_id in list(self.operations):
+            self._stop(op_id)
+        self.outbox.stop()
+
+
+class LiveEndpoint:
+    """The ASGI websocket app for ``/graphql``. ``authorize`` turns ``connection_init``'s
+    ``authorization`` into a viewer, raising ``Unauthenticated`` for a bad token."""
+
+    def __init__(self, services: Services, tokens: TokenService, schema: Any,
+                 authorize: Authorize, *, queue_size: int = DEFAULT_QUEUE_SIZE,
+                 connection_init_timeout: timedelta = timedelta(minutes=1)) -> None:
+        self.hub = LiveHub(services, tokens, schema, queue_size)
+        self.authorize = authorize
+        self.connection_init_timeout = connection_init_timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        first = await receive()
+        if first["type"] != "websocket.connect":
+            return
+        offered = list(scope.get("subprotocols") or ())
+        protocol = next((p for p in offered if p in PROTOCOLS), None)
+        await send({"type": "websocket.accept", "subprotocol": protocol})
+        if protocol is None:
+            await send({"type": "websocket.close", "code": 4406,
+                        "reason": "Subprotocol not acceptable"})
+            return
+        connection = Connection(self, scope, send, protocol)
+        timer = asyncio.get_running_loop().call_later(
+            self.connection_init_timeout.total_seconds(), self._init_timeout, connection)
+        try:
+            while True:
+                message = await receive()
+                if message["type"] != "websocket.receive":
+                    break  # websocket.disconnect
+                text = message.get("text")
+                try:
+                    if text is None:
+                        if protocol == LEGACY_WS:
+                            raise _Close(1002, "WebSocket message type must be text")
+                        raise _Close(4400, "WebSocket message type must be text")
+                    await connection.handle(text)
+                    if connection.init_received or protocol == LEGACY_WS:
+                        timer.cancel()
+                except _Close as close:
+                    await connection.outbox.close(close.code, close.reason)
+                    break
+                if connection.outbox.dead:
+                    break
+        finally:
+            timer.cancel()
+            connection.close_all()
+
+    @staticmethod
+    def _init_timeout(connection: Connection) -> None:
+        if not connection.init_received and connection.protocol == TRANSPORT_WS:
+            connection.closing = asyncio.ensure_future(
+                connection.outbox.close(4408, "Connection initialisation timeout"))

@@ -1,0 +1,429 @@
+"""Subscriptions over websockets (graph/live_ws.py) in process, over raw ASGI: shared
+execution keeps every role's view exact, slow subscribers lose their oldest events without
+holding anyone up, and both protocols behave as Strawberry's handlers did."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from domain.events import ConnectorStatusChanged
+from domain.policy import Policy, Viewer
+from domain.services import ServiceContext, Services
+from graph import TokenService
+from graph.app import resolve_viewer
+from graph.context import GraphContext
+from graph.live_ws import LiveEndpoint, start_eagerly
+from graph.schema import schema
+from pubsub.memory import MemoryEventBus
+from tests.graph.conftest import SECRET, CountingStore
+from tests.graph.world import World, build_world
+from tests.helpers import FastHasher
+
+NESTED = """subscription($f: StationEventFilter) { connectorStatusChanged(filter: $f) {
+  cpId status droppedBefore connector { maxKw } station { cpId owner { name } } } }"""
+LOCAL = "subscription { connectorStatusChanged { cpId status info droppedBefore } }"
+LOCAL_FRAGMENT = """subscription { connectorStatusChanged { ...F __typename } }
+fragment F on ConnectorStatusEvent { cpId info stationId at }"""
+
+
+class Setup:
+    def __init__(self, services: Services, world: World, bus: MemoryEventBus,
+                 queue_size: int = 1000) -> None:
+        self.services = services
+        self.world = world
+        self.bus = bus
+        self.tokens = TokenService(SECRET, timedelta(hours=1))
+
+        async def authorize(header: str | None) -> Viewer:
+            return await resolve_viewer(services, self.tokens, header)
+
+        self.endpoint = LiveEndpoint(services, self.tokens, schema, authorize,
+                                     queue_size=queue_size)
+
+    def token(self, name: str) -> str:
+        return self.tokens.issue(self.world.users[name].id).token
+
+    async def open(self, name: str | None = None, protocol: str = "graphql-transport-ws"
+                   ) -> Socket:
+        socket = Socket(self.endpoint, protocol)
+        await socket.connect()
+        if name is not None or protocol:
+            await socket.init(self.token(name) if name else None)
+        return socket
+
+    async def subscribed(self, count: int) -> None:
+        for _ in range(500):
+            if self.services.live.watching >= count:
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"only {self.services.live.watching} subscriptions")
+
+    def status(self, cp_id: str, info: str, status: str = "Faulted") -> ConnectorStatusChanged:
+        station = self.world.stations[cp_id]
+        return ConnectorStatusChanged(
+            station_id=station.id, cp_id=cp_id, company_id=station.company_id,
+            owner_id=station.owner_id, connector_record_id=self.world.connectors[cp_id][0].id,
+            connector_id=1, status=status, info=info)
+
+
+class Socket:
+    """An ASGI websocket client. ``gate`` cleared makes the server's sends wait, as a
+    socket whose peer stopped reading does."""
+
+    def __init__(self, app: Any, protocol: str) -> None:
+        self.app = app
+        self.protocol = protocol
+        self.incoming: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.outgoing: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.task: asyncio.Task[None] | None = None
+
+    async def _receive(self) -> dict[str, Any]:
+        return await self.incoming.get()
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        if message["type"] == "websocket.send":
+            await self.gate.wait()
+        self.outgoing.put_nowait(message)
+
+    async def connect(self) -> None:
+        scope = {"type": "websocket", "path": "/graphql", "raw_path": b"/graphql",
+                 "query_string": b"", "headers": [], "subprotocols": [self.protocol],
+                 "scheme": "ws", "server": ("testserver", 80), "client": ("test", 1)}
+        self.task = asyncio.create_task(self.app(scope, self._receive, self._send))
+        self.incoming.put_nowait({"type": "websocket.connect"})
+        accept = await asyncio.wait_for(self.outgoing.get(), 5)
+        assert accept["type"] == "websocket.accept"
+        self.accepted = accept.get("subprotocol")
+
+    def put(self, message: dict[str, Any] | str) -> None:
+        text = message if isinstance(message, str) else json.dumps(message)
+        self.incoming.put_nowait({"type": "websocket.receive", "text": text})
+
+    async def raw(self, timeout: float = 5) -> dict[str, Any]:
+        return await asyncio.wait_for(self.outgoing.get(), timeout)
+
+    async def next(self, timeout: float = 5) -> dict[str, Any]:
+        message = await self.raw(timeout)
+        assert message["type"] == "websocket.send", message
+        return json.loads(message["text"])  # type: ignore[no-any-return]
+
+    async def init(self, token: str | None) -> dict[str, Any]:
+        payload = {"authorization": f"Bearer {token}"} if token else {}
+        self.put({"type": "connection_init", "payload": payload})
+        return await self.next()
+
+    def subscribe(self, op_id: str, query: str, variables: dict[str, Any] | None = None
+                  ) -> None:
+        kind = "subscribe" if self.protocol == "graphql-transport-ws" else "start"
+        self.put({"id": op_id, "type": kind, "payload": {"query": query,
+                                                         "variables": variables}})
+
+    def nothing_pending(self) -> bool:
+        return self.outgoing.empty()
+
+    async def close(self) -> None:
+        self.incoming.put_nowait({"type": "websocket.disconnect", "code": 1000})
+        if self.task is not None:
+            await asyncio.wait_for(self.task, 5)
+
+
+@pytest.fixture
+async def live(store: CountingStore) -> AsyncIterator[Setup]:
+    bus = MemoryEventBus()
+    services = Services(ServiceContext(store=store,  # type: ignore[arg-type]
+                                       policy=Policy(public_map=False),
+                                       hasher=FastHasher(), bus=bus))
+    world = await build_world(services)
+    yield Setup(services, world, bus)
+    await bus.close()
+
+
+def data(message: dict[str, Any]) -> dict[str, Any]:
+    assert message["type"] in ("next", "data"), message
+    return message["payload"]["data"]["connectorStatusChanged"]  # type: ignore[no-any-return]
+
+
+async def reference(live: Setup, name: str, query: str, event: ConnectorStatusChanged
+                    ) -> dict[str, Any] | None:
+    """What Strawberry's own per-subscriber subscription machinery answers this viewer."""
+    viewer = live.world.viewer(name)
+    context = GraphContext.build(live.services, live.tokens, viewer)
+    stream = await schema.subscribe(query, context_value=context)
+    waiter = asyncio.ensure_future(stream.__anext__())  # type: ignore[union-attr]
+    for _ in range(100):
+        await asyncio.sleep(0)
+    await live.bus.publish(event)
+    try:
+        result = await asyncio.wait_for(waiter, 0.5)
+    except TimeoutError:
+        return None
+    finally:
+        await stream.aclose()  # type: ignore[union-attr]
+    assert not result.errors, result.errors
+    return result.data["connectorStatusChanged"]  # type: ignore[no-any-return,index]
+
+
+async def test_shared_execution_keeps_each_roles_view(live: Setup) -> None:
+    names = ["admin", "admin", "op_a", "op_a2", "op_b", "driver1", "driver2"]
+    sockets = [await live.open(name) for name in names]
+    for socket in sockets:
+        socket.subscribe("1", NESTED)
+    await live.subscribed(len(names))
+    # Nested fields depend on the viewer: one execution per distinct viewer, not per socket.
+    assert len(live.endpoint.hub.groups) == len(set(names))
+    event = live.status("A-001", "first")
+    await live.bus.publish(event)
+    got = {}
+    for name, socket in zip(names, sockets, strict=True):
+        if name == "op_b":
+            continue
+        got[name] = data(await socket.next())
+    assert got["admin"]["station"]["owner"] == {"name": "Op_A"}
+    assert got["op_a"]["station"]["owner"] == {"name": "Op_A"}
+    assert got["op_a2"]["station"]["owner"] == {"name": "Op_A"}
+    assert got["driver1"]["station"]["owner"] is None  # the public view
+    assert got["driver1"]["connector"] == {"maxKw": 150.0}
+    await asyncio.sleep(0.05)
+    assert sockets[names.index("op_b")].nothing_pending()  # another tenant's station
+    for socket in sockets:
+        await socket.close()
+    assert live.services.live.watching == 0 and not live.endpoint.hub.groups
+    # Exactly what the per-subscriber path gives each of them.
+    for name in ("admin", "op_a", "op_b", "driver1"):
+        assert got.get(name) == await reference(live, name, NESTED,
+                                                live.status("A-001", "first")), name
+
+
+async def test_event_only_selections_are_shared_across_roles(live: Setup) -> None:
+    names = ["admin", "op_a", "op_b", "driver1"]
+    sockets = [await live.open(name) for name in names]
+    for socket in sockets:
+        socket.subscribe("1", LOCAL)
+        socket.subscribe("2", LOCAL_FRAGMENT)
+    await live.subscribed(2 * len(names))
+    assert len(live.endpoint.hub.groups) == 2  # one per document, whoever watches
+    await live.bus.publish(live.status("A-002", "shared"))
+    for name, socket in zip(names, sockets, strict=True):
+        if name == "op_b":
+            continue  # sharing the shape does not share visibility
+        first, second = await socket.next(), await socket.next()
+        by_id = {first["id"]: first, second["id"]: second}
+        assert data(by_id["1"]) == {"cpId": "A-002", "status": "FAULTED", "info": "shared",
+                                    "droppedBefore": 0}
+        assert data(by_id["2"])["info"] == "shared"
+        assert data(by_id["2"])["__typename"] == "ConnectorStatusEvent"
+    await asyncio.sleep(0.05)
+    assert sockets[2].nothing_pending()
+    for socket in sockets:
+        await socket.close()
+
+
+async def test_a_slow_subscriber_loses_its_oldest_events_and_delays_nobody(
+        store: CountingStore) -> None:
+    bus = MemoryEventBus()
+    services = Services(ServiceContext(store=store,  # type: ignore[arg-type]
+                                       policy=Policy(), hasher=FastHasher(), bus=bus))
+    live = Setup(services, await build_world(services), bus, queue_size=2)
+    fast, slow = await live.open("admin"), await live.open("admin")
+    fast.subscribe("1", LOCAL)
+    slow.subscribe("1", LOCAL)
+    await live.subscribed(2)
+    slow.gate.clear()  # slow's peer stops reading
+    for i in range(1, 7):
+        await bus.publish(live.status("A-001", f"s{i}"))
+    received = [data(await fast.next()) for _ in range(6)]
+    assert [r["info"] for r in received] == [f"s{i}" for i in range(1, 7)]
+    assert all(r["droppedBefore"] == 0 for r in received)
+    slow.gate.set()
+    late = [data(await slow.next()) for _ in range(3)]
+    # s1 was being sent when the socket stalled; s2–s4 fell out of the queue of two.
+    assert [(r["info"], r["droppedBefore"]) for r in late] == [
+        ("s1", 0), ("s5", 3), ("s6", 0)]
+    await fast.close()
+    await slow.close()
+    await bus.close()
+
+
+async def test_events_the_process_missed_are_announced(store: CountingStore) -> None:
+    bus = MemoryEventBus(queue_size=1)
+    services = Services(ServiceContext(store=store,  # type: ignore[arg-type]
+                                       policy=Policy(), hasher=FastHasher(), bus=bus))
+    live = Setup(services, await build_world(services), bus)
+    socket = await live.open("op_a")
+    socket.subscribe("1", NESTED)
+    await live.subscribed(1)
+    for i in range(1, 4):  # no await in between: the pump's queue of one overflows
+        bus.deliver(live.status("A-001", f"s{i}"))
+    got = data(await socket.next())
+    assert got["droppedBefore"] == 2 and got["station"]["owner"] == {"name": "Op_A"}
+    await socket.close()
+    await bus.close()
+
+
+async def test_nested_results_arrive_in_order(live: Setup) -> None:
+    socket = await live.open("driver1")
+    socket.subscribe("1", NESTED, {"f": {"cpIds": ["A-001", "B-001"]}})
+    await live.subscribed(1)
+    for i, cp_id in enumerate(["A-001", "A-002", "B-001", "A-001", "B-001"]):
+        await live.bus.publish(live.status(cp_id, f"s{i}"))
+    got = [data(await socket.next()) for _ in range(4)]
+    assert [g["cpId"] for g in got] == ["A-001", "B-001", "A-001", "B-001"]  # filtered
+    assert all(g["station"]["owner"] is None for g in got)
+    await socket.close()
+
+
+async def test_transport_ws_protocol(live: Setup) -> None:
+    socket = Socket(live.endpoint, "graphql-transport-ws")
+    await socket.connect()
+    assert socket.accepted == "graphql-transport-ws"
+    socket.subscribe("1", LOCAL)
+    assert await socket.raw() == {"type": "websocket.close", "code": 4401,
+                                  "reason": "Unauthorized"}
+
+    socket = await live.open("admin")
+    socket.put({"type": "ping"})
+    assert await socket.next() == {"type": "pong"}
+    socket.subscribe("bad", "subscription { connectorStatusChanged { nope } }")
+    error = await socket.next()
+    assert error["type"] == "error" and error["id"] == "bad"
+    assert "nope" in error["payload"][0]["message"]
+    socket.subscribe("q", "{ stations(first: 1) { totalCount } }")
+    assert (await socket.next())["payload"] == {"data": {"stations": {"totalCount": 4}}}
+    assert await socket.next() == {"type": "complete", "id": "q"}
+    socket.subscribe("1", LOCAL)
+    await live.subscribed(1)
+    socket.subscribe("1", LOCAL)
+    assert await socket.raw() == {"type": "websocket.close", "code": 4409,
+                                  "reason": "Subscriber for 1 already exists"}
+    await socket.close()
+    assert live.services.live.watching == 0
+
+    socket = await live.open("admin")
+    socket.subscribe("1", LOCAL)
+    await live.subscribed(1)
+    socket.put({"id": "1", "type": "complete"})
+    for _ in range(100):
+        if live.services.live.watching == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert live.services.live.watching == 0
+    socket.put({"type": "connection_init"})
+    assert (await socket.raw())["code"] == 4429
+    await socket.close()
+
+    socket = await live.open("admin")
+    socket.subscribe("1", "subscription { connectorStatusChanged {")
+    assert (await socket.raw())["code"] == 4400
+    await socket.close()
+    socket = await live.open("admin")
+    socket.put("not json")
+    assert await socket.raw() == {"type": "websocket.close", "code": 4400,
+                                  "reason": "WebSocket message must be valid JSON"}
+    await socket.close()
+
+
+async def test_connection_init_auth_and_subprotocols(live: Setup) -> None:
+    socket = Socket(live.endpoint, "graphql-transport-ws")
+    await socket.connect()
+    socket.put({"type": "connection_init", "payload": {"authorization": "Bearer nope"}})
+    assert await socket.raw() == {"type": "websocket.close", "code": 4403,
+                                  "reason": "Forbidden"}
+    await socket.close()
+
+    socket = Socket(live.endpoint, "mqtt")
+    await socket.connect()
+    assert socket.accepted is None
+    assert (await socket.raw())["code"] == 4406
+    await socket.task  # type: ignore[misc]
+
+    anonymous = await live.open(None)
+    anonymous.subscribe("1", LOCAL)
+    error = await anonymous.next()
+    assert error["type"] == "error"
+    assert error["payload"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+    await anonymous.close()
+
+    legacy = Socket(live.endpoint, "graphql-ws")
+    await legacy.connect()
+    legacy.put({"type": "connection_init", "payload": {"authorization": "Bearer nope"}})
+    rejected = await legacy.next()
+    assert rejected["type"] == "connection_error"
+    assert rejected["payload"]["code"] == "INVALID_TOKEN"
+    assert (await legacy.raw())["code"] == 1011
+    await legacy.close()
+
+
+async def test_legacy_graphql_ws(live: Setup) -> None:
+    socket = await live.open("op_a", protocol="graphql-ws")
+    socket.subscribe("7", NESTED)
+    socket.subscribe("8", LOCAL)
+    await live.subscribed(2)
+    await live.bus.publish(live.status("A-001", "legacy"))
+    messages = {m["id"]: m for m in [await socket.next(), await socket.next()]}
+    assert messages["7"]["type"] == "data"
+    assert data(messages["7"])["station"]["owner"] == {"name": "Op_A"}
+    assert data(messages["8"])["info"] == "legacy"
+    socket.put({"id": "7", "type": "stop"})
+    assert await socket.next() == {"type": "complete", "id": "7"}
+    socket.subscribe("9", "subscription { connectorStatusChanged { nope } }")
+    error = await socket.next()
+    assert error["type"] == "error" and "nope" in error["payload"]["message"]
+    socket.put({"type": "connection_terminate"})
+    assert (await socket.raw())["code"] == 1000
+    await socket.close()
+    assert live.services.live.watching == 0
+
+
+async def test_subscriptions_complete_when_the_bus_closes(live: Setup) -> None:
+    socket = await live.open("admin")
+    socket.subscribe("1", LOCAL)
+    await live.subscribed(1)
+    await live.bus.close()
+    assert await socket.next() == {"type": "complete", "id": "1"}
+    await socket.close()
+
+
+async def test_start_eagerly() -> None:
+    async def immediate() -> int:
+        return 1
+
+    assert start_eagerly(immediate()) is None
+    gate = asyncio.Event()
+    steps: list[str] = []
+
+    async def suspends() -> str:
+        steps.append("before")
+        await gate.wait()
+        steps.append("after")
+        return "done"
+
+    rest = start_eagerly(suspends())
+    assert rest is not None and steps == ["before"]  # ran up to its first suspension
+
+    async def finish() -> Any:
+        return await rest
+
+    task = asyncio.create_task(finish())
+    gate.set()
+    assert await task == "done" and steps == ["before", "after"]
+
+    gate.clear()
+    blocked = start_eagerly(suspends())
+    assert blocked is not None
+
+    async def cancelled() -> Any:
+        return await blocked
+
+    task = asyncio.create_task(cancelled())
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
