@@ -37,7 +37,7 @@ from websockets.asyncio.server import ServerConnection, broadcast, serve
 
 from bench.common import percentile, report
 from bench.ocpp_server import raise_fd_limit
-from bench.ocpp_throughput import call, now, process_cpu_seconds
+from bench.ocpp_throughput import call, now, process_cpu_seconds, stop_server
 from tests.helpers import free_port
 
 STATIONS = 20
@@ -316,8 +316,7 @@ class ChargeGraph:
 
     def stop(self) -> None:
         if self.server is not None:
-            self.server.terminate()
-            self.server.wait(timeout=30)
+            stop_server(self.server)  # terminate, and kill if it does not stop in time
 
     async def run(self, subscribers: int, rate: float, seconds: float, processes: int
                   ) -> dict[str, Any]:

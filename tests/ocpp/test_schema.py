@@ -16,6 +16,7 @@ import ocpp
 import pytest
 
 from ocpp_bridge import frames
+from ocpp_bridge.handler import ACTIONS
 from ocpp_bridge.schema import SchemaError, compile_schema
 
 SCHEMAS = os.path.join(os.path.dirname(ocpp.__file__), "v16", "schemas")
@@ -142,3 +143,7 @@ def test_errors_name_the_path() -> None:
 def test_unknown_keywords_are_refused() -> None:
     with pytest.raises(ValueError):
         compile_schema({"type": "string", "pattern": "^a"})
+
+
+def test_every_served_action_has_a_handler() -> None:
+    assert frozenset(ACTIONS) == frames.CHARGER_ACTIONS
