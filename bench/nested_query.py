@@ -18,6 +18,7 @@ from typing import Any
 from graphql import build_schema, graphql
 
 from bench.common import report
+from chargegraph.runtime import tune_garbage_collector
 from domain import entities as d
 from domain.policy import SYSTEM, Policy
 from domain.ports import Insert
@@ -97,6 +98,9 @@ async def measure(ours: Any, baseline: Any, repeat: int) -> tuple[float, float, 
 
 
 async def main(repeat: int) -> None:
+    # The garbage collector settings of `chargegraph serve`; the baseline runs in this
+    # same process, so it gets them too.
+    tune_garbage_collector()
     with tempfile.TemporaryDirectory() as folder:
         inner = SqliteStore(str(Path(folder) / "nested.db"))
         await inner.start()

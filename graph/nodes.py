@@ -5,6 +5,7 @@ viewer's scope applied by the domain. Fields a viewer may not see read as null."
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, cast
@@ -75,13 +76,19 @@ def _related_now(info: Info, node: Any, record_id: str | None) -> Any:
     return _related(info, node, record_id)
 
 
-def _wants(info: Info, *path: str) -> bool:
+def wants(info: Info, *path: str) -> bool:
     """Whether this field's selection (through fragments) asks for the nested ``path``.
-    Read from graphql-core's AST: strawberry's ``info.selected_fields`` converts the whole
-    selection on every call, which per row of a page was a fifth of a nested query."""
+    Read from graphql-core's AST (strawberry's ``info.selected_fields`` converts the whole
+    selection on every call, which per row of a page was a fifth of a nested query), and
+    answered once per request for each part of the document."""
     raw = info._raw_info
-    return any(_ast_wants(node.selection_set, raw.fragments, path)
-               for node in raw.field_nodes)
+    key = (tuple(map(id, raw.field_nodes)), path)
+    cache = _ctx(info).wants_cache
+    answer = cache.get(key)
+    if answer is None:
+        answer = cache[key] = any(_ast_wants(node.selection_set, raw.fragments, path)
+                                  for node in raw.field_nodes)
+    return answer
 
 
 def _ast_wants(selection_set: SelectionSetNode | None,
@@ -110,10 +117,25 @@ def _active_sessions(ctx: GraphContext) -> Any:
                                (), MAX_CONNECTORS)
 
 
+def _connectors_of(ctx: GraphContext) -> Any:
+    """The loader of a station's connectors (by station id)."""
+    return ctx.loaders.many_by(d.Connector, "station_id", ALL, BY_CONNECTOR, MAX_CONNECTORS)
+
+
 async def _station_connectors(info: Info, station_id: str) -> list[d.Connector]:
-    loader = _ctx(info).loaders.many_by(d.Connector, "station_id", ALL, BY_CONNECTOR,
-                                        MAX_CONNECTORS)
-    return await loader.load(station_id)  # type: ignore[no-any-return]
+    return await _connectors_of(_ctx(info)).load(station_id)  # type: ignore[no-any-return]
+
+
+async def _prefetch_session_people(ctx: GraphContext, sessions: Sequence[d.Session],
+                                   wants: Callable[[str], bool]) -> None:
+    """Loads the users and vehicles of ``sessions`` where ``wants(field)`` (one batched
+    call per kind), so ``Session.user``/``vehicle`` answer synchronously."""
+    await asyncio.gather(*(
+        ctx.loaders.by_id(kind).load_many([getattr(s, key) for s in sessions
+                                           if getattr(s, key)])
+        for kind, field, key in ((d.User, "user", "user_id"),
+                                 (d.Vehicle, "vehicle", "vehicle_id"))
+        if wants(field)))
 
 
 def _page(first: int | None, after: str | None, last: int | None, before: str | None
@@ -170,7 +192,7 @@ class Company(Node, Audited):
 
     @classmethod
     def wrap(cls, r: d.Company, ctx: GraphContext) -> Company:
-        return cls(id=strawberry.ID(to_global_id(r.kind, r.id)), name=r.name, _r=r,
+        return cls(name=r.name, _r=r,
                    **_audit_fields(r))
 
     @strawberry.field
@@ -200,7 +222,6 @@ class User(Node, Audited):
     def wrap(cls, r: d.User, ctx: GraphContext) -> User:
         private = ctx.services.policy.sees_user_private(ctx.viewer, r)
         return cls(
-            id=strawberry.ID(to_global_id(r.kind, r.id)),
             name=r.name,
             email=r.email if private else None,
             role=r.role if private else None,  # type: ignore[arg-type]
@@ -259,7 +280,6 @@ class Vehicle(Node, Audited):
     def wrap(cls, r: d.Vehicle, ctx: GraphContext) -> Vehicle:
         private = ctx.services.policy.sees_vehicle_private(ctx.viewer, r)
         return cls(
-            id=strawberry.ID(to_global_id(r.kind, r.id)),
             license_plate=r.license_plate,
             make=r.make,
             model=r.model,
@@ -298,7 +318,7 @@ class IdTag(Node, Audited):
 
     @classmethod
     def wrap(cls, r: d.IdTag, ctx: GraphContext) -> IdTag:
-        return cls(id=strawberry.ID(to_global_id(r.kind, r.id)), tag=r.tag,
+        return cls(tag=r.tag,
                    status=r.status,  # type: ignore[arg-type]
                    expires_at=r.expires_at, _r=r, **_audit_fields(r))
 
@@ -338,7 +358,6 @@ class Station(Node, Audited):
             else None
         )
         return cls(
-            id=strawberry.ID(to_global_id(r.kind, r.id)),
             cp_id=r.cp_id,
             name=r.name,
             location=location,
@@ -356,23 +375,40 @@ class Station(Node, Audited):
             **_audit_fields(r, private),
         )
 
+    @staticmethod
+    async def prefetch(ctx: GraphContext, stations: Sequence[d.Station],
+                       wants: Callable[..., bool]) -> None:
+        """Loads, for a whole page of stations, the levels below them that the selection
+        asks for (``wants(*path)``), one batched store call per level as always; their
+        fields then answer synchronously, which spares graphql-core a task per row."""
+        if not stations or not wants("connectors"):
+            return
+        by_id = ctx.loaders.by_id(d.Station)
+        for station in stations:
+            by_id.prime(station.id, station)  # ``connector { station }`` is known already
+        ids = [station.id for station in stations]
+        await _connectors_of(ctx).load_many(ids)
+        if wants("connectors", "activeSession"):
+            groups = await _active_sessions(ctx).load_many(ids)
+            await _prefetch_session_people(
+                ctx, [s for group in groups for s in group],
+                lambda field: wants("connectors", "activeSession", field))
+
     @strawberry.field
-    async def connectors(self, info: Info) -> list[Connector]:
+    def connectors(self, info: Info) -> list[Connector]:
         ctx = _ctx(info)
-        # ``connector { station }`` is this station: known already, no need to load it.
-        ctx.loaders.by_id(d.Station).prime(self._r.id, self._r)
-        connectors = [Connector.wrap(c, ctx)
-                      for c in await _station_connectors(info, self._r.id)]
-        if _wants(info, "activeSession"):
-            # Load the levels below for all stations of the page now (each level is still
-            # one batched store call), so the per-connector fields answer synchronously.
-            sessions = await _active_sessions(ctx).load(self._r.id)
-            wanted = [(d.User, "user", "user_id"), (d.Vehicle, "vehicle", "vehicle_id")]
-            await asyncio.gather(*(
-                ctx.loaders.by_id(kind).load_many(
-                    [getattr(s, key) for s in sessions if getattr(s, key)])
-                for kind, field, key in wanted if _wants(info, "activeSession", field)))
-        return connectors
+        hit, records = ctx.loaders.peek(_connectors_of(ctx), self._r.id)
+        if hit:  # a parent prefetched them
+            return [Connector.wrap(c, ctx) for c in records]
+        return self._load_connectors(info)  # type: ignore[return-value]
+
+    async def _load_connectors(self, info: Info) -> list[Connector]:
+        # Reached one station at a time (``session { station { connectors } }``): the
+        # same prefetch, which the loaders batch across the stations of this level.
+        ctx = _ctx(info)
+        await Station.prefetch(ctx, [self._r], lambda *path: wants(info, *path[1:]))
+        return [Connector.wrap(c, ctx)
+                for c in await _connectors_of(ctx).load(self._r.id)]
 
     @strawberry.field
     async def owner(self, info: Info) -> User | None:
@@ -432,7 +468,6 @@ class Connector(Node, Audited):
     @classmethod
     def wrap(cls, r: d.Connector, ctx: GraphContext) -> Connector:
         return cls(
-            id=strawberry.ID(to_global_id(r.kind, r.id)),
             cp_id=r.cp_id,
             connector_id=r.connector_id,
             status=r.status,  # type: ignore[arg-type]
@@ -492,7 +527,6 @@ class Session(Node, Audited):
     @classmethod
     def wrap(cls, r: d.Session, ctx: GraphContext) -> Session:
         return cls(
-            id=strawberry.ID(to_global_id(r.kind, r.id)),
             transaction_id=r.transaction_id,
             cp_id=r.cp_id,
             connector_id=r.connector_id,
@@ -554,7 +588,6 @@ class Reservation(Node, Audited):
     @classmethod
     def wrap(cls, r: d.Reservation, ctx: GraphContext) -> Reservation:
         return cls(
-            id=strawberry.ID(to_global_id(r.kind, r.id)),
             reservation_id=r.reservation_id,
             cp_id=r.cp_id,
             connector_id=r.connector_id,
@@ -587,7 +620,6 @@ class Tariff(Node, Audited):
     @classmethod
     def wrap(cls, r: d.Tariff, ctx: GraphContext) -> Tariff:
         return cls(
-            id=strawberry.ID(to_global_id(r.kind, r.id)),
             price_per_kwh=r.price_per_kwh,
             currency=r.currency,
             price_per_minute=r.price_per_minute,
@@ -616,8 +648,7 @@ class Payment(Node, Audited):
 
     @classmethod
     def wrap(cls, r: d.Payment, ctx: GraphContext) -> Payment:
-        return cls(id=strawberry.ID(to_global_id(r.kind, r.id)),
-                   status=r.status,  # type: ignore[arg-type]
+        return cls(status=r.status,  # type: ignore[arg-type]
                    provider=r.provider, provider_ref=r.provider_ref, _r=r, **_audit_fields(r))
 
     @strawberry.field
@@ -648,7 +679,7 @@ class AuditEntry(Node, Audited):
     def wrap(cls, r: d.AuditEntry, ctx: GraphContext) -> AuditEntry:
         entity_id = to_global_id(r.entity, r.entity_id) if r.entity in TYPE_BY_KIND \
             else r.entity_id
-        return cls(id=strawberry.ID(to_global_id(r.kind, r.id)), entity=r.entity,
+        return cls(entity=r.entity,
                    entity_id=strawberry.ID(entity_id),
                    action=r.action,  # type: ignore[arg-type]
                    actor=r.actor, at=r.at, before=cast(JSON, r.before),
@@ -673,7 +704,7 @@ class StatusEvent(Node):
 
     @classmethod
     def wrap(cls, r: d.StatusEvent, ctx: GraphContext) -> StatusEvent:
-        return cls(id=strawberry.ID(to_global_id(r.kind, r.id)), cp_id=r.cp_id,
+        return cls(cp_id=r.cp_id,
                    connector_id=r.connector_id, status=r.status,  # type: ignore[arg-type]
                    error_code=r.error_code, info=r.info, at=r.at, _r=r)
 

@@ -46,6 +46,7 @@ from graph.nodes import (
     Tariff,
     User,
     Vehicle,
+    wants,
 )
 from graph.relay import Connection, Node, PageArgs, page_connection, sort_keys
 
@@ -63,10 +64,18 @@ async def _list(info: Info, kind: type[d.Record], node: Any, filter: Any, order_
                 default_sort: tuple[Sort, ...], first: int | None, after: str | None,
                 last: int | None, before: str | None) -> Connection[Any]:
     where = filter.to_domain() if filter is not None else ALL
-    return await page_connection(
+    connection = await page_connection(
         _ctx(info), kind, node.wrap, where, sort_keys(order_by, default_sort),
         PageArgs(first=first, after=after, last=last, before=before),
     )
+    prefetch = getattr(node, "prefetch", None)
+    if prefetch is not None and connection.edges:
+        # Look ahead: the page's nested levels load now, one call per level, for
+        # ``nodes { … }`` and ``edges { node { … } }`` alike.
+        await prefetch(_ctx(info), [edge.node._r for edge in connection.edges],
+                       lambda *path: wants(info, "nodes", *path)
+                       or wants(info, "edges", "node", *path))
+    return connection
 
 
 async def _node(info: Info, global_id: str) -> Node | None:

@@ -13,6 +13,7 @@ from domain.entities import E, Record
 from domain.errors import DomainError
 from domain.query import MAX_PAGE_SIZE, Eq, Filter, PageRequest, Sort, all_of, encode_cursor
 from graph.errors import graphql_error
+from graph.ids import to_global_id
 
 if TYPE_CHECKING:
     from graph.context import GraphContext
@@ -22,7 +23,14 @@ N = TypeVar("N")
 
 @strawberry.interface(description="An object with a globally unique id (Relay).")
 class Node:
-    id: strawberry.ID = strawberry.field(description="Global id, opaque to clients.")
+    #: The record behind the node (every node type narrows it).
+    _r: strawberry.Private[Any]
+
+    # Encoded when asked for, not when a node is built: most nested rows of a page are
+    # never asked for their id.
+    @strawberry.field(description="Global id, opaque to clients.")
+    def id(self) -> strawberry.ID:
+        return strawberry.ID(to_global_id(self._r.kind, self._r.id))
 
 
 @strawberry.type(description="Paging state of a connection (Relay).")

@@ -7,6 +7,7 @@ from typing import Any
 
 import strawberry
 from strawberry.extensions import (
+    AddValidationRules,
     MaxAliasesLimiter,
     MaxTokensLimiter,
     ParserCache,
@@ -14,6 +15,7 @@ from strawberry.extensions import (
     ValidationCache,
 )
 
+from graph import lean
 from graph.errors import MaskUnexpectedErrors
 from graph.mutation import Mutation
 from graph.nodes import NODE_BY_KIND
@@ -26,17 +28,23 @@ MAX_DEPTH = 15
 MAX_TOKENS = 5_000
 MAX_ALIASES = 30
 
+#: The depth and alias limits as validation rules, built once. Strawberry's limiters build
+#: a new rule class per instance, i.e. per request, and the validation cache is keyed by
+#: the rules: with per-request limiters no document was ever found in it, and every
+#: request paid full validation again.
+LIMIT_RULES = (*QueryDepthLimiter(max_depth=MAX_DEPTH).validation_rules,
+               *MaxAliasesLimiter(max_alias_count=MAX_ALIASES).validation_rules)
+
 
 def build_schema(extra_extensions: Sequence[Any] = ()) -> strawberry.Schema:
-    return strawberry.Schema(
+    built = strawberry.Schema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
         types=list(NODE_BY_KIND.values()),
         extensions=[
-            lambda: QueryDepthLimiter(max_depth=MAX_DEPTH),
+            lambda: AddValidationRules(list(LIMIT_RULES)),
             lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
-            lambda: MaxAliasesLimiter(max_alias_count=MAX_ALIASES),
             MaskUnexpectedErrors,
             # Clients send the same few documents over and over: parse and validate once.
             lambda: ParserCache(maxsize=256),
@@ -44,6 +52,8 @@ def build_schema(extra_extensions: Sequence[Any] = ()) -> strawberry.Schema:
             *extra_extensions,
         ],
     )
+    lean.install(built)
+    return built
 
 
 schema = build_schema()

@@ -328,8 +328,14 @@ CREATE INDEX "session_end_idx" ON "session" ("end_time");
 CREATE INDEX "status_event_at_idx" ON "status_event" ("at");
 """
 
+# Version 4: a station's active sessions (``Connector.activeSession`` for a page of
+# stations) by index, without walking the station's whole session history.
+_V4 = """
+CREATE INDEX "session_station_state_idx" ON "session" ("station_id", "state");
+"""
+
 #: Every migration, oldest first. Append only.
-MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3))
+MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4))
 
 _BOOTSTRAP = """
 CREATE TABLE IF NOT EXISTS "schema_version" (

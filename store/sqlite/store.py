@@ -7,10 +7,12 @@ Two connections to one WAL database file:
   concurrent coroutines queue here instead of failing with SQLITE_BUSY). Transactions run
   inline on the event loop (short: no fsync per commit under WAL), falling back to a
   thread only when another process holds the lock;
-* the **reader** (aiosqlite, its own thread: queries may be long) runs every query in
-  autocommit mode. Under WAL each read sees the last committed state, so a reader
-  interleaved with an open write transaction never sees a half-applied batch, which
-  sharing the writer's connection would allow.
+* the **readers** run every query in autocommit mode: first inline on the event loop
+  under a 5 ms budget (``store.sqlite.reader``: nearly every read is an indexed page or
+  batch), and on aiosqlite's thread when the budget runs out (an analytics scan). Under
+  WAL each read sees the last committed state, so a reader interleaved with an open
+  write transaction never sees a half-applied batch, which sharing the writer's
+  connection would allow.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from store.sqlite.codec import (
 )
 from store.sqlite.constraints import unique_violation
 from store.sqlite.migrations import apply_migrations
+from store.sqlite.reader import InlineReader, open_inline_reader
 from store.sqlite.sql_filter import (
     HAVERSINE,
     UNICODE_LOWER,
@@ -55,6 +58,9 @@ from store.sqlite.sql_filter import (
 from store.sqlite.writer import Writer
 
 _Statement = tuple[str, tuple[SqlValue, ...], Change | None]
+
+#: The SQL functions our filters use, registered on every read connection.
+SQL_FUNCTIONS = ((HAVERSINE, 4, haversine_km), (UNICODE_LOWER, 1, unicode_lower))
 
 
 @per_kind
@@ -202,6 +208,7 @@ class SqliteStore:
         self.busy_timeout = busy_timeout
         self._writer: Writer | None = None
         self._reader: aiosqlite.Connection | None = None
+        self._inline: InlineReader | None = None
         self._write_lock = asyncio.Lock()
 
     # ------------------------------------------------------------------ lifecycle
@@ -222,7 +229,13 @@ class SqliteStore:
         except BaseException:
             await writer.close()
             raise
-        self._writer, self._reader = writer, reader
+        try:
+            inline = open_inline_reader(self.path, SQL_FUNCTIONS)
+        except BaseException:
+            await reader.close()
+            await writer.close()
+            raise
+        self._writer, self._reader, self._inline = writer, reader, inline
 
     async def _connect(self) -> aiosqlite.Connection:
         # isolation_level=None: no implicit transactions from the sqlite3 module; every
@@ -233,16 +246,18 @@ class SqliteStore:
             # NORMAL under WAL: a commit is durable once the WAL is synced at checkpoint;
             # a power cut may lose the last commits but never corrupts the database.
             await conn.execute("PRAGMA synchronous = NORMAL")
-            await conn.create_function(HAVERSINE, 4, haversine_km, deterministic=True)
-            await conn.create_function(UNICODE_LOWER, 1, unicode_lower, deterministic=True)
+            for name, arity, function in SQL_FUNCTIONS:
+                await conn.create_function(name, arity, function, deterministic=True)
         except BaseException:
             await conn.close()
             raise
         return conn
 
     async def close(self) -> None:
-        writer, reader = self._writer, self._reader
-        self._writer = self._reader = None
+        writer, reader, inline = self._writer, self._reader, self._inline
+        self._writer = self._reader = self._inline = None
+        if inline is not None:
+            inline.close()
         if reader is not None:
             await reader.close()
         if writer is not None:
@@ -257,8 +272,11 @@ class SqliteStore:
 
     # ------------------------------------------------------------------ reads
     async def _read(self, sql: str, params: Sequence[SqlValue]) -> list[Any]:
-        if self._reader is None:
+        if self._reader is None or self._inline is None:
             raise RuntimeError("SqliteStore is not started")
+        rows = self._inline.try_read(sql, params)
+        if rows is not None:
+            return rows
         return list(await self._reader.execute_fetchall(sql, tuple(params)))
 
     async def get_many(
@@ -358,14 +376,19 @@ class SqliteStore:
             return {}
         where_sql, params = compile_where(kind, where)
         n = len(columns(kind))
-        # One query for the whole batch: number the rows within each key in sort order
-        # and keep the first `limit` of every key.
+        table = quote(kind.kind)
+        outer = ", ".join(column("r", name) for name in columns(kind))
+        # One query for the whole batch: for every key, a correlated subquery takes the
+        # first `limit` rows in sort order (an index range scan that stops at the limit).
+        # It replaced ROW_NUMBER() OVER (PARTITION BY key), which numbered every matching
+        # row and sorted twice: 3x slower on a page of 100 stations' connectors.
+        # (Every entity table is a rowid table; rowid is the cheapest join back.)
         rows = await self._read(
-            f"SELECT * FROM (SELECT {_select_list(kind)}, {key_col} AS _key, "
-            f"ROW_NUMBER() OVER (PARTITION BY {key_col} ORDER BY {paging.order_by(kind, sort)})"
-            f" AS _rn FROM {_from(kind)} "
-            f"WHERE {key_col} IN (SELECT value FROM json_each(?)) AND {where_sql}) "
-            "WHERE _rn <= ? ORDER BY _key, _rn",
+            f"SELECT {outer}, {column('r', spec_of(kind, key_field).name)} AS _key "
+            f"FROM json_each(?) AS k JOIN {table} AS r ON r.rowid IN ("
+            f"SELECT t0.rowid FROM {table} AS t0 WHERE {key_col} = k.value AND {where_sql} "
+            f"ORDER BY {paging.order_by(kind, sort)} LIMIT ?) "
+            f"ORDER BY k.key, {paging.order_by(kind, sort, alias='r')}",
             [keys_param, *params, limit],
         )
         out: dict[Any, list[E]] = {}

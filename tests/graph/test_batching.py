@@ -45,3 +45,36 @@ async def test_grouped_loads_per_level(api: Api, world: World, store: CountingSt
     await api.gql("{ stations(first: 10) { nodes { connectors { connectorId } } } }",
                   as_user=world.users["admin"].id)
     assert store.calls == ["get_many", "find_page", "find_grouped"]
+
+
+async def test_a_page_prefetches_its_levels_whatever_the_selection_shape(
+        api: Api, world: World, store: CountingStore) -> None:
+    """``nodes``, ``edges { node }`` and fragments select the same levels: each loads them
+    up front for the whole page (one call per level), with the same answer as a station
+    reached on its own."""
+    admin = world.users["admin"].id
+    inner = "cpId connectors { connectorId activeSession { transactionId user { name } " \
+            "vehicle { licensePlate } } }"
+    shapes = [
+        f"{{ stations(first: 50) {{ nodes {{ {inner} }} }} }}",
+        f"{{ stations(first: 50) {{ edges {{ node {{ {inner} }} }} }} }}",
+        "{ stations(first: 50) { nodes { ...S } } } fragment S on Station { "
+        "cpId connectors { ...C } } fragment C on Connector { connectorId activeSession { "
+        "transactionId user { name } vehicle { licensePlate } } }",
+    ]
+    answers, calls = [], []
+    for document in shapes:
+        store.calls.clear()
+        data = await api.gql(document, as_user=admin)
+        page = data["stations"]
+        answers.append(page["nodes"] if "nodes" in page else [e["node"] for e in page["edges"]])
+        calls.append(list(store.calls))
+    assert answers[0] == answers[1] == answers[2]
+    assert any(c["activeSession"] for s in answers[0] for c in s["connectors"])
+    # token viewer, page, connectors, active sessions, users, vehicles
+    assert calls[0] == calls[1] == calls[2]
+    assert len(calls[0]) == 6
+    for station in answers[0]:
+        one = await api.gql(f'{{ station(cpId: "{station["cpId"]}") {{ {inner} }} }}',
+                            as_user=admin)
+        assert one["station"] == station

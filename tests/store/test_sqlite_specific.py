@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
@@ -21,6 +21,8 @@ from domain.entities import (
     MeterSample,
     Record,
     Role,
+    Session,
+    SessionState,
     Station,
     Tariff,
     User,
@@ -30,7 +32,7 @@ from domain.policy import Policy, Viewer
 from domain.ports import UNIQUE_RULES, Insert
 from domain.query import ALL, Eq, Filter, Near, PageRequest, Range, Search, Sort, Sub
 from store.sqlite import SqliteStore
-from store.sqlite.codec import field_specs
+from store.sqlite.codec import SqlValue, field_specs
 from store.sqlite.migrations import MIGRATIONS, apply_migrations, split_statements
 from store.sqlite.sql_filter import compile_where
 from tests.contract.factories import T0, audit, company, put, station, tariff, user
@@ -148,6 +150,59 @@ async def test_readers_never_see_an_open_write_transaction(store: SqliteStore) -
         assert await store.get_many(Company, [c.id]) == [None]
         writer.rollback()
     assert await store.count(Company, ALL) == 0
+
+
+async def _thread_reads(store: SqliteStore, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Records every statement that goes to the reader thread instead of inline."""
+    sent: list[str] = []
+    assert store._reader is not None
+    thread_read = store._reader.execute_fetchall
+
+    async def recording(sql: str, params: object = ()) -> object:
+        sent.append(sql)
+        return await thread_read(sql, params)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store._reader, "execute_fetchall", recording)
+    return sent
+
+
+async def test_short_reads_run_inline_and_long_ones_on_the_thread(
+        store: SqliteStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    await store.write([Insert(company(name=f"C{i}")) for i in range(3)], [])
+    sent = await _thread_reads(store, monkeypatch)
+    assert await store.count(Company, ALL) == 3
+    assert sent == []  # an indexed count: inline
+    # A statement still running after the budget is interrupted and runs on the thread,
+    # with the same answer; the next time it goes there directly.
+    assert store._inline is not None
+    monkeypatch.setattr(store._inline, "budget_s", 0.0)
+    slow = ("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 200000)"
+            " SELECT COUNT(*) FROM n")
+    assert await store._read(slow, ()) == [(200000,)]
+    assert sent == [slow]
+    monkeypatch.setattr(store._inline, "budget_s", 10.0)
+    assert await store._read(slow, ()) == [(200000,)]
+    assert sent == [slow, slow]
+    assert await store.count(Company, ALL) == 3
+    assert len(sent) == 2
+
+
+async def test_a_busy_file_sends_the_read_to_the_thread(
+        store: SqliteStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The inline reader never waits for a lock on the loop (busy timeout 0); a read that
+    finds the file busy (a recovery or an exclusive lock elsewhere) is answered from the
+    thread, which may wait."""
+    await store.write([Insert(company(name="Kept"))], [])
+    sent = await _thread_reads(store, monkeypatch)
+
+    class Busy:
+        def execute(self, sql: str, params: object) -> object:
+            raise sqlite3.OperationalError("database is locked")
+
+    assert store._inline is not None
+    monkeypatch.setattr(store._inline, "conn", Busy())
+    assert await store.count(Company, ALL) == 1
+    assert len(sent) == 1
 
 
 def test_an_in_memory_database_is_refused() -> None:
@@ -358,3 +413,24 @@ async def test_typical_queries_use_indexes(store: SqliteStore) -> None:
     for kind, where in queries:
         plan = await _plan(store, kind, where)
         assert "SCAN t0" not in plan, (kind.kind, plan)
+
+
+async def test_active_sessions_of_a_page_of_stations_use_the_state_index(
+        store: SqliteStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Connector.activeSession`` for a page: per station, only its active sessions are
+    read, however long its history."""
+    statements: list[tuple[str, Sequence[SqlValue]]] = []
+    real_read = store._read
+
+    async def recording(sql: str, params: Sequence[SqlValue]) -> list[object]:
+        statements.append((sql, params))
+        return await real_read(sql, params)
+
+    monkeypatch.setattr(store, "_read", recording)
+    await store.find_grouped(Session, "station_id", ["s1", "s2"],
+                             Eq("state", SessionState.ACTIVE), (), 100)
+    sql, params = statements[-1]
+    assert store._reader is not None
+    rows = await store._reader.execute_fetchall(f"EXPLAIN QUERY PLAN {sql}", params)
+    plan = "\n".join(str(r[3]) for r in rows)
+    assert "session_station_state_idx" in plan, plan

@@ -1,0 +1,87 @@
+"""Short reads inline on the event loop; long ones on a worker thread.
+
+Nearly every read the API and the OCPP bridge make is an indexed lookup of a page or a
+batch (a DataLoader's ``IN (…)``) that SQLite answers in well under a millisecond.
+Sending each to aiosqlite's thread cost more than the query: a hop there and back, and
+the GIL convoy the writer module describes (the thread waits for the loop at every row
+it steps). So a read first runs **inline** on its own connection, under a time budget
+that SQLite enforces through its progress handler: a query still running after
+``budget_s`` is interrupted (nothing was changed, it is a read) and runs again on the
+thread, where an analytics scan over a million rows may take what it needs without
+stalling the loop. A statement that overran goes to the thread directly for the next
+minute (then it may try again: the first run may only have been slow on a cold cache).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+#: Longer than a page or a batch lookup takes, short enough not to stall the event loop.
+INLINE_BUDGET_S = 0.005
+#: SQLite VM instructions between two budget checks (each check is a Python call).
+_CHECK_EVERY = 2_000
+#: Statements remembered as too slow for the inline path, and for how long.
+_SLOW_STATEMENTS = 256
+_SLOW_FOR_S = 60.0
+
+
+class InlineReader:
+    """A read connection used from the event loop thread only."""
+
+    def __init__(self, conn: sqlite3.Connection, *, budget_s: float = INLINE_BUDGET_S
+                 ) -> None:
+        self.conn = conn
+        self.budget_s = budget_s
+        self._deadline = 0.0
+        self._slow: OrderedDict[str, float] = OrderedDict()  # statement -> until when
+        # The handler runs inside sqlite3_step; a non-zero answer interrupts the statement.
+        conn.set_progress_handler(self._over_budget, _CHECK_EVERY)
+
+    def _over_budget(self) -> int:
+        return 1 if time.perf_counter() > self._deadline else 0
+
+    def try_read(self, sql: str, params: Sequence[Any]) -> list[Any] | None:
+        """The rows, or ``None`` when the statement is too slow (or the file busy) to run
+        on the loop: the caller runs it on the thread instead."""
+        now = time.perf_counter()
+        if sql in self._slow:
+            if now < self._slow[sql]:
+                return None
+            del self._slow[sql]
+        self._deadline = now + self.budget_s
+        try:
+            return self.conn.execute(sql, params).fetchall()
+        except sqlite3.OperationalError as error:
+            code = getattr(error, "sqlite_errorcode", None)
+            if code == sqlite3.SQLITE_INTERRUPT:
+                self._remember_slow(sql, now + _SLOW_FOR_S)
+                return None
+            if code == sqlite3.SQLITE_BUSY or "database is locked" in str(error):
+                return None
+            raise
+
+    def _remember_slow(self, sql: str, until: float) -> None:
+        self._slow[sql] = until
+        if len(self._slow) > _SLOW_STATEMENTS:
+            self._slow.popitem(last=False)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def open_inline_reader(path: str, functions: Sequence[tuple[str, int, Callable[..., Any]]],
+                       *, budget_s: float = INLINE_BUDGET_S) -> InlineReader:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        # Never wait for a lock on the loop: a busy file sends the read to the thread.
+        conn.execute("PRAGMA busy_timeout = 0")
+        for name, arity, function in functions:
+            conn.create_function(name, arity, function, deterministic=True)
+    except BaseException:
+        conn.close()
+        raise
+    return InlineReader(conn, budget_s=budget_s)

@@ -1,0 +1,125 @@
+"""Lean resolvers (graph/lean.py) and the schema's validation cache: the fast paths must
+answer exactly as Strawberry's own resolvers, and keep its wrapper wherever it has work."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import strawberry
+from graphql import GraphQLField, GraphQLObjectType
+from graphql import validate as graphql_validate
+from strawberry.permission import BasePermission
+
+from graph import lean
+from graph.schema import schema as chargegraph_schema
+
+
+class Deny(BasePermission):
+    message = "denied"
+
+    def has_permission(self, source: Any, info: strawberry.Info, **kwargs: Any) -> bool:
+        return False
+
+
+@strawberry.type
+class Item:
+    name: str
+    _secret: strawberry.Private[str]
+
+    @strawberry.field
+    def shout(self) -> str:
+        return self.name.upper()
+
+    @strawberry.field
+    def where(self, info: strawberry.Info) -> str:
+        return f"{info.path.key}:{info.context['suffix']}"
+
+    @strawberry.field
+    async def later(self, info: strawberry.Info) -> str:
+        return self.name + info.context["suffix"]
+
+    @strawberry.field
+    def repeat(self, times: int = 2) -> str:
+        return self.name * times
+
+    @strawberry.field(permission_classes=[Deny])
+    def secret(self) -> str | None:
+        return self._secret
+
+
+@strawberry.type
+class Query:
+    @strawberry.field
+    def items(self) -> list[Item]:
+        return [Item(name="a", _secret="x"), Item(name="b", _secret="y")]
+
+
+def _schema(with_lean: bool) -> strawberry.Schema:
+    built = strawberry.Schema(query=Query)
+    if with_lean:
+        lean.install(built)
+    return built
+
+
+DOCUMENT = "{ items { name shout where later repeat(times: 3) secret } }"
+
+
+async def _run(built: strawberry.Schema) -> tuple[Any, list[str]]:
+    result = await built.execute(DOCUMENT, context_value={"suffix": "!"})
+    return result.data, [e.message for e in result.errors or []]
+
+
+async def test_lean_resolvers_answer_as_strawberry_does() -> None:
+    assert await _run(_schema(True)) == await _run(_schema(False))
+    data, errors = await _run(_schema(True))
+    assert data == {"items": [
+        {"name": "a", "shout": "A", "where": "where:!", "later": "a!", "repeat": "aaa",
+         "secret": None},
+        {"name": "b", "shout": "B", "where": "where:!", "later": "b!", "repeat": "bbb",
+         "secret": None},
+    ]}
+    assert errors == ["denied", "denied"]
+
+
+def test_only_fields_without_arguments_or_extensions_are_replaced() -> None:
+    replaced = set(lean.install(_schema(False)))
+    assert {"Item.name", "Item.shout", "Item.where", "Item.later", "Query.items"} <= replaced
+    # Arguments to convert and permission extensions keep Strawberry's wrapper.
+    assert "Item.repeat" not in replaced
+    assert "Item.secret" not in replaced
+
+
+def _field(type_name: str, field_name: str) -> GraphQLField:
+    graphql_type = chargegraph_schema._schema.type_map[type_name]
+    assert isinstance(graphql_type, GraphQLObjectType)
+    return graphql_type.fields[field_name]
+
+
+def test_the_nested_page_fields_are_lean_in_our_schema() -> None:
+    for type_name, field_name in [("Station", "connectors"), ("Connector", "activeSession"),
+                                  ("Session", "user"), ("Session", "vehicle"),
+                                  ("Station", "cpId"), ("Station", "id")]:
+        resolve = _field(type_name, field_name).resolve
+        assert resolve is not None and resolve.__module__ == "graph.lean", (type_name,
+                                                                             field_name)
+    # Paged relations take arguments: Strawberry converts them.
+    sessions = _field("Station", "sessions")
+    assert sessions.resolve is not None and sessions.resolve.__module__ != "graph.lean"
+
+
+async def test_a_repeated_document_is_validated_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The depth and alias limits are built once: with per-request rule classes the
+    validation cache never hit and every request was validated again."""
+    calls: list[object] = []
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.append(args[1])
+        return graphql_validate(*args, **kwargs)
+
+    monkeypatch.setattr("strawberry.schema.schema.validate", counting)
+    document = "query RepeatedForTheCacheTest { __typename }"
+    for _ in range(3):
+        result = await chargegraph_schema.execute(document)
+        assert result.errors is None
+    assert len(calls) <= 1
