@@ -55,14 +55,16 @@ def _method(function: Callable[..., Any], field: StrawberryField,
     return resolve
 
 
-def lean_resolver(field: StrawberryField, info_class: type[strawberry.Info]
-                  ) -> Resolve | None:
+def lean_resolver(field: StrawberryField, info_class: type[strawberry.Info],
+                  default_resolver: Callable[..., Any] = getattr) -> Resolve | None:
     """The direct resolver for ``field``, or ``None`` where Strawberry's is needed."""
     if field.extensions:
         return None
     resolver = field.base_resolver
     if resolver is None:
-        return _attribute(field.python_name)
+        # Attribute fields read with the schema's default resolver; only the plain
+        # ``getattr`` one (Strawberry's default) has a direct form here.
+        return _attribute(field.python_name) if default_resolver is getattr else None
     if field.arguments or resolver.self_parameter is None \
             or resolver.root_parameter is not None or resolver.parent_parameter is not None:
         return None
@@ -79,6 +81,7 @@ def install(schema: strawberry.Schema) -> list[str]:
     if schema.exception_handlers:
         return []  # exception handlers need Strawberry's resolver wrapper
     info_class = schema.config.info_class
+    default_resolver = schema.config.default_resolver
     replaced = []
     for type_name, graphql_type in schema._schema.type_map.items():
         if not isinstance(graphql_type, GraphQLObjectType) or type_name.startswith("__") \
@@ -88,7 +91,7 @@ def install(schema: strawberry.Schema) -> list[str]:
             field = _strawberry_field(graphql_field)
             if field is None:
                 continue
-            lean = lean_resolver(field, info_class)
+            lean = lean_resolver(field, info_class, default_resolver)
             if lean is not None:
                 graphql_field.resolve = lean
                 replaced.append(f"{type_name}.{field_name}")

@@ -10,6 +10,7 @@ import strawberry
 from graphql import GraphQLField, GraphQLObjectType
 from graphql import validate as graphql_validate
 from strawberry.permission import BasePermission
+from strawberry.schema.config import StrawberryConfig
 
 from graph import lean
 from graph.schema import schema as chargegraph_schema
@@ -123,3 +124,14 @@ async def test_a_repeated_document_is_validated_once(monkeypatch: pytest.MonkeyP
         result = await chargegraph_schema.execute(document)
         assert result.errors is None
     assert len(calls) <= 1
+
+
+def test_a_custom_default_resolver_keeps_strawberrys_attribute_reads() -> None:
+    def dict_or_attribute(source: Any, name: str) -> Any:
+        return source[name] if isinstance(source, dict) else getattr(source, name)
+
+    built = strawberry.Schema(query=Query,
+                              config=StrawberryConfig(default_resolver=dict_or_attribute))
+    replaced = set(lean.install(built))
+    assert "Item.name" not in replaced
+    assert "Item.shout" in replaced
