@@ -122,20 +122,9 @@ def _connectors_of(ctx: GraphContext) -> Any:
     return ctx.loaders.many_by(d.Connector, "station_id", ALL, BY_CONNECTOR, MAX_CONNECTORS)
 
 
-async def _station_connectors(info: Info, station_id: str) -> list[d.Connector]:
-    return await _connectors_of(_ctx(info)).load(station_id)  # type: ignore[no-any-return]
-
-
-async def _prefetch_session_people(ctx: GraphContext, sessions: Sequence[d.Session],
-                                   wants: Callable[[str], bool]) -> None:
-    """Loads the users and vehicles of ``sessions`` where ``wants(field)`` (one batched
-    call per kind), so ``Session.user``/``vehicle`` answer synchronously."""
-    await asyncio.gather(*(
-        ctx.loaders.by_id(kind).load_many([getattr(s, key) for s in sessions
-                                           if getattr(s, key)])
-        for kind, field, key in ((d.User, "user", "user_id"),
-                                 (d.Vehicle, "vehicle", "vehicle_id"))
-        if wants(field)))
+def _payment_of(ctx: GraphContext) -> Any:
+    """The loader of a session's payment (by session id)."""
+    return ctx.loaders.one_by(d.Payment, "session_id", ALL)
 
 
 def _page(first: int | None, after: str | None, last: int | None, before: str | None
@@ -390,9 +379,8 @@ class Station(Node, Audited):
         await _connectors_of(ctx).load_many(ids)
         if wants("connectors", "activeSession"):
             groups = await _active_sessions(ctx).load_many(ids)
-            await _prefetch_session_people(
-                ctx, [s for group in groups for s in group],
-                lambda field: wants("connectors", "activeSession", field))
+            await Session.prefetch(ctx, [s for group in groups for s in group],
+                                   lambda *path: wants("connectors", "activeSession", *path))
 
     @strawberry.field
     def connectors(self, info: Info) -> list[Connector]:
@@ -480,6 +468,21 @@ class Connector(Node, Audited):
             **_audit_fields(r, _staff(ctx)),
         )
 
+    @staticmethod
+    async def prefetch(ctx: GraphContext, connectors: Sequence[d.Connector],
+                       wants: Callable[..., bool]) -> None:
+        """Loads the relations a page of connectors selects (station, active session and
+        below it), one batched call per level, so they answer synchronously."""
+        station_ids = list({c.station_id for c in connectors})
+        if not station_ids:
+            return
+        if wants("station"):
+            await ctx.loaders.by_id(d.Station).load_many(station_ids)
+        if wants("activeSession"):
+            groups = await _active_sessions(ctx).load_many(station_ids)
+            await Session.prefetch(ctx, [s for group in groups for s in group],
+                                   lambda *path: wants("activeSession", *path))
+
     @strawberry.field
     def station(self, info: Info) -> Station | None:
         return _related_now(info, Station, self._r.station_id)  # type: ignore[no-any-return]
@@ -549,6 +552,27 @@ class Session(Node, Audited):
             return None
         return Money(amount_minor=self._r.cost_minor, currency=self._r.currency)
 
+    @staticmethod
+    async def prefetch(ctx: GraphContext, sessions: Sequence[d.Session],
+                       wants: Callable[..., bool]) -> None:
+        """Loads the relations a page of sessions selects (driver, vehicle, station,
+        connector, payment), one batched call per relation, so they answer synchronously."""
+        if not sessions:
+            return
+        loads = []
+        for field, kind, key in (("user", d.User, "user_id"), ("vehicle", d.Vehicle,
+                                                                "vehicle_id"),
+                                 ("station", d.Station, "station_id")):
+            if wants(field):
+                loads.append(ctx.loaders.by_id(kind).load_many(
+                    list({getattr(s, key) for s in sessions if getattr(s, key)})))
+        if wants("connector"):
+            loads.append(_connectors_of(ctx).load_many(list({s.station_id
+                                                             for s in sessions})))
+        if wants("payment"):
+            loads.append(_payment_of(ctx).load_many([s.id for s in sessions]))
+        await asyncio.gather(*loads)
+
     @strawberry.field
     def user(self, info: Info) -> User | None:
         return _related_now(info, User, self._r.user_id)  # type: ignore[no-any-return]
@@ -558,20 +582,39 @@ class Session(Node, Audited):
         return _related_now(info, Vehicle, self._r.vehicle_id)  # type: ignore[no-any-return]
 
     @strawberry.field
-    async def station(self, info: Info) -> Station | None:
-        return await _related(info, Station, self._r.station_id)
+    def station(self, info: Info) -> Station | None:
+        return _related_now(info, Station, self._r.station_id)  # type: ignore[no-any-return]
 
     @strawberry.field
-    async def connector(self, info: Info) -> Connector | None:
-        for c in await _station_connectors(info, self._r.station_id):
+    def connector(self, info: Info) -> Connector | None:
+        ctx = _ctx(info)
+        hit, connectors = ctx.loaders.peek(_connectors_of(ctx), self._r.station_id)
+        if hit:
+            return self._pick_connector(connectors, ctx)
+        return self._load_connector(info)  # type: ignore[return-value]
+
+    async def _load_connector(self, info: Info) -> Connector | None:
+        ctx = _ctx(info)
+        return self._pick_connector(await _connectors_of(ctx).load(self._r.station_id), ctx)
+
+    def _pick_connector(self, connectors: list[d.Connector], ctx: GraphContext
+                        ) -> Connector | None:
+        for c in connectors:
             if c.connector_id == self._r.connector_id:
-                return Connector.wrap(c, _ctx(info))
+                return Connector.wrap(c, ctx)
         return None
 
     @strawberry.field
-    async def payment(self, info: Info) -> Payment | None:
+    def payment(self, info: Info) -> Payment | None:
         ctx = _ctx(info)
-        record = await ctx.loaders.one_by(d.Payment, "session_id", ALL).load(self._r.id)
+        hit, record = ctx.loaders.peek(_payment_of(ctx), self._r.id)
+        if hit:
+            return Payment.wrap(record, ctx) if record else None
+        return self._load_payment(info)  # type: ignore[return-value]
+
+    async def _load_payment(self, info: Info) -> Payment | None:
+        ctx = _ctx(info)
+        record = await _payment_of(ctx).load(self._r.id)
         return Payment.wrap(record, ctx) if record else None
 
 

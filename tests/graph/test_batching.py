@@ -78,3 +78,44 @@ async def test_a_page_prefetches_its_levels_whatever_the_selection_shape(
         one = await api.gql(f'{{ station(cpId: "{station["cpId"]}") {{ {inner} }} }}',
                             as_user=admin)
         assert one["station"] == station
+
+
+SESSION_FIELDS = """transactionId user { name } vehicle { licensePlate } station { cpId }
+  connector { connectorId } payment { status }"""
+
+
+async def test_a_page_of_sessions_loads_each_relation_once(
+        api: Api, world: World, store: CountingStore) -> None:
+    """``sessions { user vehicle station connector payment }``: one call per relation for
+    the page, and the same answers as each session read on its own (``node``)."""
+    admin = world.users["admin"].id
+    store.calls.clear()
+    data = await api.gql(f"{{ sessions(first: 50) {{ nodes {{ id {SESSION_FIELDS} }} }} }}",
+                         as_user=admin)
+    nodes = data["sessions"]["nodes"]
+    assert len(nodes) == len(world.sessions)
+    assert any(n["payment"] for n in nodes) and any(n["payment"] is None for n in nodes)
+    # token viewer, page, users, vehicles, stations, connectors, payments
+    assert len(store.calls) == 7
+    for node in nodes:
+        one = await api.gql(f'{{ node(id: "{node["id"]}") {{ id ... on Session {{ '
+                            f'{SESSION_FIELDS} }} }} }}', as_user=admin)
+        assert one["node"] == node
+
+
+async def test_a_page_of_connectors_loads_each_level_once(
+        api: Api, world: World, store: CountingStore) -> None:
+    admin = world.users["admin"].id
+    document = ("{ connectors(first: 50) { nodes { id connectorId station { cpId } "
+                f"activeSession {{ {SESSION_FIELDS} }} }} }} }}")
+    store.calls.clear()
+    nodes = (await api.gql(document, as_user=admin))["connectors"]["nodes"]
+    assert any(n["activeSession"] for n in nodes)
+    # token viewer, page, stations, active sessions, then the sessions' relations
+    # (users, vehicles, stations are known, connectors, payments)
+    assert len(store.calls) == 8
+    for node in nodes:
+        one = await api.gql(f'{{ node(id: "{node["id"]}") {{ id ... on Connector {{ '
+                            f'connectorId station {{ cpId }} activeSession {{ '
+                            f'{SESSION_FIELDS} }} }} }} }}', as_user=admin)
+        assert one["node"] == node
