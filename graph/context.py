@@ -29,7 +29,8 @@ class GraphContext:
     now: datetime = field(default_factory=utcnow)
     #: Answers of ``nodes.wants`` by (selection node, path): every row of a page asks the
     #: same question about the same part of the document.
-    wants_cache: dict[tuple[tuple[int, ...], tuple[str, ...]], bool] = field(default_factory=dict)
+    wants_cache: dict[tuple[tuple[int, ...], tuple[str, ...]], tuple[bool, Any]] = field(
+        default_factory=dict)
 
     @classmethod
     def build(cls, services: Services, tokens: TokenService, viewer: Viewer,

@@ -40,6 +40,8 @@ Resolve = Callable[..., Any]
 def _attribute(name: str) -> Resolve:
     def resolve(source: Any, _info: GraphQLResolveInfo) -> Any:
         return getattr(source, name)
+    # Strawberry's mark for a plain attribute read (its tracing extensions skip those).
+    resolve._is_default = True  # type: ignore[attr-defined]
     return resolve
 
 

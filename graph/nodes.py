@@ -84,11 +84,14 @@ def wants(info: Info, *path: str) -> bool:
     raw = info._raw_info
     key = (tuple(map(id, raw.field_nodes)), path)
     cache = _ctx(info).wants_cache
-    answer = cache.get(key)
-    if answer is None:
-        answer = cache[key] = any(_ast_wants(node.selection_set, raw.fragments, path)
-                                  for node in raw.field_nodes)
-    return answer
+    hit = cache.get(key)
+    if hit is None:
+        answer = any(_ast_wants(node.selection_set, raw.fragments, path)
+                     for node in raw.field_nodes)
+        # The nodes are kept with the answer: while the cache holds them, their ids
+        # cannot be reused by another document's nodes (a context may outlive one).
+        cache[key] = hit = (answer, raw.field_nodes)
+    return hit[0]
 
 
 def _ast_wants(selection_set: SelectionSetNode | None,
