@@ -35,6 +35,7 @@ from graph.enums import (
     SessionState,
 )
 from graph.ids import TYPE_BY_KIND, to_global_id
+from graph.loaders import Loaders
 from graph.relay import Connection, Node, PageArgs, nested_connection
 
 if TYPE_CHECKING:
@@ -70,10 +71,21 @@ def _related_now(info: Info, node: Any, record_id: str | None) -> Any:
     if record_id is None:
         return None
     ctx = _ctx(info)
-    hit, record = ctx.loaders.peek(ctx.loaders.by_id(RECORD_OF_NODE[node]), record_id)
+    return _now_or_later(ctx.loaders.by_id(RECORD_OF_NODE[node]), record_id,
+                         lambda record: node.wrap(record, ctx) if record is not None
+                         else None)
+
+
+def _now_or_later(loader: Any, key: Any, answer: Callable[[Any], Any]) -> Any:
+    """``answer(value)`` at once when the request already loaded ``key`` (a parent
+    prefetched it), else an awaitable of it that loads ``key`` in the next batch."""
+    hit, value = Loaders.peek(loader, key)
     if hit:
-        return node.wrap(record, ctx) if record is not None else None
-    return _related(info, node, record_id)
+        return answer(value)
+
+    async def later() -> Any:
+        return answer(await loader.load(key))
+    return later()
 
 
 def wants(info: Info, *path: str) -> bool:
@@ -494,14 +506,8 @@ class Connector(Node, Audited):
                                   "viewer may see it.")
     def active_session(self, info: Info) -> Session | None:
         ctx = _ctx(info)
-        hit, sessions = ctx.loaders.peek(_active_sessions(ctx), self._r.station_id)
-        if hit:
-            return self._pick(sessions, ctx)
-        return self._load_active(info)  # type: ignore[return-value]
-
-    async def _load_active(self, info: Info) -> Session | None:
-        ctx = _ctx(info)
-        return self._pick(await _active_sessions(ctx).load(self._r.station_id), ctx)
+        return _now_or_later(_active_sessions(ctx), self._r.station_id,  # type: ignore[no-any-return]
+                             lambda sessions: self._pick(sessions, ctx))
 
     def _pick(self, sessions: list[d.Session], ctx: GraphContext) -> Session | None:
         for session in sessions:
@@ -591,14 +597,8 @@ class Session(Node, Audited):
     @strawberry.field
     def connector(self, info: Info) -> Connector | None:
         ctx = _ctx(info)
-        hit, connectors = ctx.loaders.peek(_connectors_of(ctx), self._r.station_id)
-        if hit:
-            return self._pick_connector(connectors, ctx)
-        return self._load_connector(info)  # type: ignore[return-value]
-
-    async def _load_connector(self, info: Info) -> Connector | None:
-        ctx = _ctx(info)
-        return self._pick_connector(await _connectors_of(ctx).load(self._r.station_id), ctx)
+        return _now_or_later(_connectors_of(ctx), self._r.station_id,  # type: ignore[no-any-return]
+                             lambda connectors: self._pick_connector(connectors, ctx))
 
     def _pick_connector(self, connectors: list[d.Connector], ctx: GraphContext
                         ) -> Connector | None:
@@ -610,15 +610,8 @@ class Session(Node, Audited):
     @strawberry.field
     def payment(self, info: Info) -> Payment | None:
         ctx = _ctx(info)
-        hit, record = ctx.loaders.peek(_payment_of(ctx), self._r.id)
-        if hit:
-            return Payment.wrap(record, ctx) if record else None
-        return self._load_payment(info)  # type: ignore[return-value]
-
-    async def _load_payment(self, info: Info) -> Payment | None:
-        ctx = _ctx(info)
-        record = await _payment_of(ctx).load(self._r.id)
-        return Payment.wrap(record, ctx) if record else None
+        return _now_or_later(_payment_of(ctx), self._r.id,  # type: ignore[no-any-return]
+                             lambda record: Payment.wrap(record, ctx) if record else None)
 
 
 @strawberry.type(description="A connector held for a driver (OCPP ReserveNow).")
