@@ -196,8 +196,7 @@ class Company(Node, Audited):
 
     @classmethod
     def wrap(cls, r: d.Company, ctx: GraphContext) -> Company:
-        return cls(name=r.name, _r=r,
-                   **_audit_fields(r))
+        return cls(name=r.name, _r=r, **_audit_fields(r))
 
     @strawberry.field
     async def stations(self, info: Info, first: int | None = None, after: str | None = None,

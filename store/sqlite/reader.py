@@ -20,6 +20,8 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from store.sqlite.writer import connect
+
 #: Longer than a page or a batch lookup takes, short enough not to stall the event loop.
 INLINE_BUDGET_S = 0.005
 #: SQLite VM instructions between two budget checks (each check is a Python call).
@@ -75,7 +77,7 @@ class InlineReader:
 
 def open_inline_reader(path: str, functions: Sequence[tuple[str, int, Callable[..., Any]]],
                        *, budget_s: float = INLINE_BUDGET_S) -> InlineReader:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn = connect(path)  # the writer's settings: autocommit, usable from the loop
     try:
         # Never wait for a lock on the loop: a busy file sends the read to the thread.
         conn.execute("PRAGMA busy_timeout = 0")
