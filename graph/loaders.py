@@ -7,7 +7,7 @@ is only valid for one viewer at one moment.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 from aiodataloader import DataLoader
@@ -34,6 +34,16 @@ class Loaders:
                 or future.exception() is not None:
             return False, None
         return True, future.result()
+
+    def shared(self, build: Callable[[Loaders], DataLoader]) -> DataLoader:
+        """The loader ``build`` makes, made once per request and then found by one lookup
+        keyed by ``build`` itself. For loaders fetched once per row of a page (a
+        connector's active session): ``many_by``'s key hashes its filter and sort on every
+        call, which cost 2 µs a row."""
+        loader = self._loaders.get(build)
+        if loader is None:
+            loader = self._loaders[build] = build(self)
+        return loader
 
     def by_id(self, kind: type[E]) -> DataLoader:
         """Records by id; ``None`` for missing or hidden ones."""

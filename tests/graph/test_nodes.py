@@ -1,0 +1,70 @@
+"""Node objects are built without the dataclass ``__init__`` (``graph/nodes.py: _node``):
+each ``wrap`` must set exactly the fields of its type, as ``__init__`` would, for every
+viewer (fields a viewer may not see are present and null)."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from domain import entities as d
+from domain.policy import SYSTEM, Policy, Viewer
+from domain.services import ServiceContext, Services
+from graph import TokenService
+from graph.context import GraphContext
+from graph.nodes import NODE_BY_KIND
+from store.sqlite import SqliteStore
+from tests.contract import factories as f
+from tests.graph.conftest import SECRET
+from tests.helpers import FastHasher
+
+
+def one_record_of_each_kind() -> dict[str, d.Record]:
+    owner = f.user()
+    station = f.station(owner_id=owner.id, lat=52.5, lon=13.4, address="Street 1")
+    session = f.session(station, user_id=owner.id)
+    return {
+        "company": f.company(),
+        "user": owner,
+        "vehicle": f.vehicle(owner),
+        "id_tag": f.id_tag(owner),
+        "station": station,
+        "connector": f.connector(station),
+        "session": session,
+        "reservation": f.reservation(station),
+        "tariff": f.tariff(station_id=station.id),
+        "payment": f.payment(session),
+        "audit_entry": f.audit(station, "system"),
+        "status_event": f.status_event(station),
+    }
+
+
+RECORDS = one_record_of_each_kind()
+STRANGER = f.user(role=d.Role.DRIVER)
+
+
+def context(viewer: Viewer, tmp_path: Path) -> GraphContext:
+    services = Services(ServiceContext(store=SqliteStore(str(tmp_path / "unused.db")),
+                                       policy=Policy(), hasher=FastHasher()))
+    return GraphContext.build(services, TokenService(SECRET, timedelta(hours=1)), viewer)
+
+
+def test_every_node_type_is_covered() -> None:
+    assert set(RECORDS) == set(NODE_BY_KIND)
+
+
+@pytest.mark.parametrize("kind", sorted(NODE_BY_KIND))
+@pytest.mark.parametrize("who", ["system", "stranger"])
+def test_wrap_sets_exactly_the_dataclass_fields(kind: str, who: str, tmp_path: Path) -> None:
+    viewer = SYSTEM if who == "system" else Viewer.of(STRANGER)
+    node_type: Any = NODE_BY_KIND[kind]
+    node = node_type.wrap(RECORDS[kind], context(viewer, tmp_path))
+    fields = {field.name for field in dataclasses.fields(node_type) if field.init}
+    assert set(vars(node)) == fields
+    # The same object ``__init__`` makes from those values.
+    assert node_type(**vars(node)) == node
+    assert type(node) is node_type
