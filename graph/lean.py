@@ -26,6 +26,7 @@ graphql-core middleware around these resolvers.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -52,9 +53,24 @@ def _method(function: Callable[..., Any], field: StrawberryField,
             return function(source)
         return resolve_plain
 
+    if _second_positional(function) == info_name:
+        # The usual ``def field(self, info)``: positional, no keyword dict per call.
+        def resolve_positional(source: Any, info: GraphQLResolveInfo) -> Any:
+            return function(source, info_class(_raw_info=info, _field=field))
+        return resolve_positional
+
     def resolve(source: Any, info: GraphQLResolveInfo) -> Any:
         return function(source, **{info_name: info_class(_raw_info=info, _field=field)})
     return resolve
+
+
+def _second_positional(function: Callable[..., Any]) -> str | None:
+    """The name of ``function``'s second parameter when it may be passed by position."""
+    parameters = list(inspect.signature(function).parameters.values())
+    if len(parameters) < 2 or parameters[1].kind not in (
+            inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD):
+        return None
+    return parameters[1].name
 
 
 def lean_resolver(field: StrawberryField, info_class: type[strawberry.Info],

@@ -37,6 +37,10 @@ class Item:
         return f"{info.path.key}:{info.context['suffix']}"
 
     @strawberry.field
+    def tagged(self, *, info: strawberry.Info) -> str:  # ``info`` by keyword only
+        return f"{self.name}{info.context['suffix']}"
+
+    @strawberry.field
     async def later(self, info: strawberry.Info) -> str:
         return self.name + info.context["suffix"]
 
@@ -63,7 +67,7 @@ def _schema(with_lean: bool) -> strawberry.Schema:
     return built
 
 
-DOCUMENT = "{ items { name shout where later repeat(times: 3) secret } }"
+DOCUMENT = "{ items { name shout where tagged later repeat(times: 3) secret } }"
 
 
 async def _run(built: strawberry.Schema) -> tuple[Any, list[str]]:
@@ -75,17 +79,18 @@ async def test_lean_resolvers_answer_as_strawberry_does() -> None:
     assert await _run(_schema(True)) == await _run(_schema(False))
     data, errors = await _run(_schema(True))
     assert data == {"items": [
-        {"name": "a", "shout": "A", "where": "where:!", "later": "a!", "repeat": "aaa",
-         "secret": None},
-        {"name": "b", "shout": "B", "where": "where:!", "later": "b!", "repeat": "bbb",
-         "secret": None},
+        {"name": "a", "shout": "A", "where": "where:!", "tagged": "a!", "later": "a!",
+         "repeat": "aaa", "secret": None},
+        {"name": "b", "shout": "B", "where": "where:!", "tagged": "b!", "later": "b!",
+         "repeat": "bbb", "secret": None},
     ]}
     assert errors == ["denied", "denied"]
 
 
 def test_only_fields_without_arguments_or_extensions_are_replaced() -> None:
     replaced = set(lean.install(_schema(False)))
-    assert {"Item.name", "Item.shout", "Item.where", "Item.later", "Query.items"} <= replaced
+    assert {"Item.name", "Item.shout", "Item.where", "Item.tagged", "Item.later",
+            "Query.items"} <= replaced
     # Arguments to convert and permission extensions keep Strawberry's wrapper.
     assert "Item.repeat" not in replaced
     assert "Item.secret" not in replaced
