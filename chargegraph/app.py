@@ -22,9 +22,10 @@ from chargegraph.security import Argon2Hasher
 from chargegraph.settings import Settings
 from chargegraph.stores import check_database_url, open_store
 from domain.policy import Policy
-from domain.ports import PasswordHasher, Store
+from domain.ports import ChargerGateway, PasswordHasher, Store
 from domain.services import ServiceContext, Services
 from graph import TokenService, create_graphql_app
+from pubsub.command_relay import CommandRelay
 from pubsub.factory import check_event_bus_url, open_event_bus
 
 log = logging.getLogger("chargegraph")
@@ -91,6 +92,7 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
             app.state.services = services
             app.state.store = store
             graphql.app = create_graphql_app(services, tokens, graphiql=settings.graphiql)
+            gateway: ChargerGateway | None = None
             if settings.ocpp_enabled:
                 from ocpp_bridge.gateway import OcppGateway
                 from ocpp_bridge.server import OcppServer
@@ -103,8 +105,16 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
                 # Registered after the store's close: stopped first, so every charger's
                 # disconnect is still written.
                 stack.push_async_callback(server.stop)
-                services.attach_gateway(gateway)
                 app.state.ocpp_port = server.bound_port
+            if check_event_bus_url(settings.pubsub_url) == "redis":
+                # Several instances: a command reaches the charger wherever it is
+                # connected, also from an instance that serves only GraphQL.
+                relay = CommandRelay(bus, gateway)
+                await relay.start()
+                stack.push_async_callback(relay.close)
+                gateway = relay
+            if gateway is not None:
+                services.attach_gateway(gateway)
             log.info("ChargeGraph ready: GraphQL on http://%s:%d/graphql", settings.host,
                      settings.port)
             try:

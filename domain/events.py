@@ -89,6 +89,37 @@ class CommandCompleted(DomainEvent):
     result: dict[str, Any] | None = None
 
 
+@dataclass(frozen=True, kw_only=True)
+class ChargerCommandRelayed(DomainEvent):
+    """Between instances, never to clients: a command for a charger whose websocket
+    another instance may hold (``pubsub/command_relay.py``). ``origin`` is the asking
+    instance; ``payload`` is JSON (times as RFC 3339 text)."""
+
+    topic: ClassVar[str] = "charger_command"
+    request_id: str
+    origin: str
+    action: str
+    payload: dict[str, Any]
+    timeout: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChargerCommandAnswered(DomainEvent):
+    """Between instances, never to clients: the instance holding the charger took a
+    relayed command (``stage`` ``"claimed"``), then its answer (``"answered"``, with
+    ``result``) or its failure (``"failed"``, with the error's code, message and field)."""
+
+    topic: ClassVar[str] = "charger_command_answer"
+    request_id: str
+    origin: str
+    stage: str
+    result: dict[str, Any] | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    error_field: str | None = None
+
+
+#: The topics clients may subscribe to (the relay's two are internal).
 ALL_TOPICS: tuple[str, ...] = (
     ConnectorStatusChanged.topic,
     StationConnectionChanged.topic,
@@ -100,7 +131,8 @@ ALL_TOPICS: tuple[str, ...] = (
 EVENT_TYPES: dict[str, type[DomainEvent]] = {
     t.topic: t
     for t in (ConnectorStatusChanged, StationConnectionChanged, SessionChanged, FaultReported,
-              ReservationChanged, CommandCompleted)
+              ReservationChanged, CommandCompleted, ChargerCommandRelayed,
+              ChargerCommandAnswered)
 }
 
 

@@ -33,3 +33,25 @@ async def test_events_cross_instances_through_redis(tmp_path: Path) -> None:
                 await watcher.close()
     finally:
         redis.cleanup()
+
+
+async def test_a_command_sent_to_one_instance_reaches_a_charger_on_the_other(
+        tmp_path: Path) -> None:
+    redis = RedisServer().start()
+    try:
+        async with running_service(tmp_path / "a", pubsub_url=redis.url) as a:  # noqa: SIM117
+            async with running_service(tmp_path / "b", pubsub_url=redis.url,
+                                       database_url=a.settings.database_url,
+                                       seed_data=False) as b:
+                token = await b.token("op")
+                unlock = """mutation($cp: String!) { unlockConnector(input: {cpId: $cp,
+                    connectorId: 1}) { status errors { code field } } }"""
+                async with connected(a.ocpp_url, "CP-1", password=STATION_PASSWORD):
+                    answer = await b.gql(unlock, {"cp": "CP-1"}, token=token)
+                    assert answer["unlockConnector"] == {"status": "UNLOCKED", "errors": []}
+                # Connected nowhere now: B hears no claim and says so.
+                answer = await b.gql(unlock, {"cp": "CP-1"}, token=token)
+                assert answer["unlockConnector"]["errors"] == [
+                    {"code": "CHARGER_OFFLINE", "field": "cpId"}]
+    finally:
+        redis.cleanup()

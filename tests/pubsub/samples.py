@@ -7,6 +7,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from domain.events import (
+    ChargerCommandAnswered,
+    ChargerCommandRelayed,
     CommandCompleted,
     ConnectorStatusChanged,
     DomainEvent,
@@ -47,6 +49,14 @@ SAMPLES: list[DomainEvent] = [
                      result={"configurationKey": [{"key": "HeartbeatInterval",
                                                    "readonly": False, "value": "300"}],
                              "unknownKey": [], "$dt": "not a date", "n": 1.5}),
+    ChargerCommandRelayed(station_id=None, cp_id="CP-1", at=AT, request_id="1" * 24,
+                          origin="2" * 24, action="ReserveNow",
+                          payload={"connectorId": 1, "expiryDate": "2026-03-29T02:00:00+00:00",
+                                   "idTag": "TAG"}, timeout=30.0),
+    ChargerCommandAnswered(station_id=None, cp_id="CP-1", at=AT, request_id="1" * 24,
+                           origin="2" * 24, stage="failed", result={"status": "Accepted"},
+                           error_code="CHARGER_TIMEOUT", error_message="no answer",
+                           error_field="cpId"),
 ]
 ALL_TOPICS = [event.topic for event in SAMPLES]
 

@@ -1,0 +1,171 @@
+"""Commands across instances (``pubsub/command_relay.py``): two relays, each with its own
+local gateway, over one in-process bus and over two real Redis connections."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from domain.errors import ChargerError, ChargerOffline, ChargerTimeout, ValidationError
+from pubsub.command_relay import CommandRelay
+from pubsub.factory import ManagedEventBus
+from pubsub.memory import MemoryEventBus
+from pubsub.redis import RedisEventBus
+from tests.support.redis_server import RedisServer
+
+CLAIM_TIMEOUT = 0.5
+
+
+class FakeChargers:
+    """A local gateway: the chargers connected to one instance and how they answer."""
+
+    def __init__(self, *cp_ids: str) -> None:
+        self.cp_ids = set(cp_ids)
+        self.calls: list[tuple[str, str, dict[str, Any], float]] = []
+        self.answer: Any = {"status": "Accepted"}
+
+    def is_connected(self, cp_id: str) -> bool:
+        return cp_id in self.cp_ids
+
+    async def call(self, cp_id: str, action: str, payload: dict[str, Any], timeout: float
+                   ) -> dict[str, Any]:
+        self.calls.append((cp_id, action, payload, timeout))
+        if isinstance(self.answer, BaseException):
+            raise self.answer
+        if self.answer == "never":
+            await asyncio.sleep(3600)
+        return dict(self.answer)
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def buses(request: pytest.FixtureRequest
+                ) -> AsyncIterator[tuple[ManagedEventBus, ManagedEventBus]]:
+    """The buses of instances A and B: one shared in-process bus, or two Redis clients."""
+    if request.param == "memory":
+        shared = MemoryEventBus()
+        await shared.start()
+        yield shared, shared
+        await shared.close()
+        return
+    server: RedisServer = request.getfixturevalue("redis_server")
+    a, b = RedisEventBus(server.url), RedisEventBus(server.url)
+    await a.start()
+    await b.start()
+    yield a, b
+    await a.close()
+    await b.close()
+
+
+@pytest.fixture
+async def instances(buses: tuple[ManagedEventBus, ManagedEventBus]
+                    ) -> AsyncIterator[tuple[CommandRelay, CommandRelay, FakeChargers]]:
+    """Relay A with no chargers (an instance serving only GraphQL), relay B holding CP-B."""
+    on_b = FakeChargers("CP-B")
+    a = CommandRelay(buses[0], None, claim_timeout=CLAIM_TIMEOUT)
+    b = CommandRelay(buses[1], on_b, claim_timeout=CLAIM_TIMEOUT)
+    await a.start()
+    await b.start()
+    yield a, b, on_b
+    await a.close()
+    await b.close()
+
+
+async def test_a_command_reaches_the_charger_on_another_instance(
+        instances: tuple[CommandRelay, CommandRelay, FakeChargers]) -> None:
+    a, _, on_b = instances
+    on_b.answer = {"status": "Unlocked"}
+    answer = await a.call("CP-B", "UnlockConnector", {"connectorId": 1}, 5.0)
+    assert answer == {"status": "Unlocked"}
+    assert on_b.calls == [("CP-B", "UnlockConnector", {"connectorId": 1}, 5.0)]
+    assert not a.is_connected("CP-B")
+
+
+async def test_a_local_charger_is_called_directly(
+        instances: tuple[CommandRelay, CommandRelay, FakeChargers]) -> None:
+    _, b, on_b = instances
+    assert b.is_connected("CP-B")
+    assert await b.call("CP-B", "Reset", {"type": "Soft"}, 5.0) == {"status": "Accepted"}
+    assert len(on_b.calls) == 1
+
+
+async def test_times_travel_as_rfc3339_text(
+        instances: tuple[CommandRelay, CommandRelay, FakeChargers]) -> None:
+    a, _, on_b = instances
+    expiry = datetime(2026, 12, 3, 22, 30, tzinfo=UTC)
+    await a.call("CP-B", "ReserveNow", {"connectorId": 1, "expiryDate": expiry,
+                                        "idTag": "TAG", "nested": [{"at": expiry}]}, 5.0)
+    assert on_b.calls[0][2] == {"connectorId": 1, "expiryDate": "2026-12-03T22:30:00+00:00",
+                                "idTag": "TAG", "nested": [{"at": "2026-12-03T22:30:00+00:00"}]}
+
+
+@pytest.mark.parametrize("error", [
+    ChargerTimeout("CP-B did not answer Reset within 5s"),
+    ChargerError("CP-B answered Reset with NotSupported: no"),
+    ChargerOffline("CP-B went offline"),
+    ValidationError("Reset: bad type", field="input"),
+], ids=lambda e: type(e).__name__)
+async def test_the_chargers_failure_arrives_as_the_same_error(
+        instances: tuple[CommandRelay, CommandRelay, FakeChargers], error: Exception) -> None:
+    a, _, on_b = instances
+    on_b.answer = error
+    with pytest.raises(type(error)) as raised:
+        await a.call("CP-B", "Reset", {"type": "Soft"}, 5.0)
+    assert type(raised.value) is type(error)
+    assert str(raised.value) == str(error)
+    assert raised.value.field == error.field  # type: ignore[attr-defined]
+
+
+async def test_a_charger_no_instance_holds_is_offline(
+        instances: tuple[CommandRelay, CommandRelay, FakeChargers]) -> None:
+    a, _, on_b = instances
+    with pytest.raises(ChargerOffline, match="CP-X is not connected") as raised:
+        await a.call("CP-X", "Reset", {"type": "Soft"}, 5.0)
+    assert raised.value.field == "cpId"
+    assert on_b.calls == []
+
+
+async def test_a_claimed_command_without_an_answer_times_out(
+        instances: tuple[CommandRelay, CommandRelay, FakeChargers]) -> None:
+    a, _, on_b = instances
+    on_b.answer = "never"
+    with pytest.raises(ChargerTimeout, match=r"did not answer Reset within 0\.2s"):
+        await a.call("CP-B", "Reset", {"type": "Soft"}, 0.2)
+    assert len(on_b.calls) == 1
+
+
+async def test_an_unreachable_bus_is_reported_as_offline() -> None:
+    class BrokenBus(MemoryEventBus):
+        async def publish(self, event: Any) -> None:
+            raise ConnectionError("redis is down")
+
+    bus = BrokenBus()
+    relay = CommandRelay(bus, None, claim_timeout=CLAIM_TIMEOUT)
+    await relay.start()
+    try:
+        with pytest.raises(ChargerOffline, match="cannot be reached"):
+            await relay.call("CP-B", "Reset", {"type": "Soft"}, 5.0)
+    finally:
+        await relay.close()
+        await bus.close()
+
+
+async def test_concurrent_commands_get_their_own_answers(
+        instances: tuple[CommandRelay, CommandRelay, FakeChargers]) -> None:
+    a, _, on_b = instances
+
+    class Echo(FakeChargers):
+        async def call(self, cp_id: str, action: str, payload: dict[str, Any],
+                       timeout: float) -> dict[str, Any]:
+            await asyncio.sleep(0.01 * (5 - payload["n"]))  # answers out of order
+            return {"n": payload["n"]}
+
+    echo = Echo("CP-B")
+    instances[1].local = echo
+    answers = await asyncio.gather(*(a.call("CP-B", "DataTransfer", {"n": n}, 5.0)
+                                     for n in range(5)))
+    assert answers == [{"n": n} for n in range(5)]
+    assert on_b.calls == []
