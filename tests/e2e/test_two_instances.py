@@ -1,12 +1,14 @@
-"""Two ChargeGraph instances on one database and one Redis: a charger on instance A, a
-map subscriber on instance B."""
+"""Two ChargeGraph instances on one database and one Redis: events and commands cross
+from the instance holding a charger's websocket to the other."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from ocpp_bridge.simulator import connected
-from tests.e2e.conftest import running_service
+from tests.e2e.conftest import Running, running_service
 from tests.e2e.wsclient import GraphQLWS
 from tests.ocpp.conftest import STATION_PASSWORD
 from tests.support.redis_server import RedisServer
@@ -14,7 +16,9 @@ from tests.support.redis_server import RedisServer
 STATUS = "subscription { connectorStatusChanged { cpId connectorId status } }"
 
 
-async def test_events_cross_instances_through_redis(tmp_path: Path) -> None:
+@contextlib.asynccontextmanager
+async def two_instances(tmp_path: Path) -> AsyncIterator[tuple[Running, Running]]:
+    """Instances A (with the demo data) and B, sharing A's database and one Redis."""
     redis = RedisServer().start()
     try:
         # B needs A's database URL, so the two cannot share one `with`.
@@ -22,36 +26,34 @@ async def test_events_cross_instances_through_redis(tmp_path: Path) -> None:
             async with running_service(tmp_path / "b", pubsub_url=redis.url,
                                        database_url=a.settings.database_url,
                                        seed_data=False) as b:
-                watcher = await GraphQLWS.open(b.ws_url, await b.token("op"))
-                await watcher.subscribe(STATUS)
-                await b.until_subscribed(1)
-                async with connected(a.ocpp_url, "CP-1", password=STATION_PASSWORD) as cp:
-                    await cp.status(1, "Charging")
-                message = await watcher.next()
-                assert message["payload"]["data"]["connectorStatusChanged"] == {
-                    "cpId": "CP-1", "connectorId": 1, "status": "CHARGING"}
-                await watcher.close()
+                yield a, b
     finally:
         redis.cleanup()
+
+
+async def test_events_cross_instances_through_redis(tmp_path: Path) -> None:
+    async with two_instances(tmp_path) as (a, b):
+        watcher = await GraphQLWS.open(b.ws_url, await b.token("op"))
+        await watcher.subscribe(STATUS)
+        await b.until_subscribed(1)
+        async with connected(a.ocpp_url, "CP-1", password=STATION_PASSWORD) as cp:
+            await cp.status(1, "Charging")
+        message = await watcher.next()
+        assert message["payload"]["data"]["connectorStatusChanged"] == {
+            "cpId": "CP-1", "connectorId": 1, "status": "CHARGING"}
+        await watcher.close()
 
 
 async def test_a_command_sent_to_one_instance_reaches_a_charger_on_the_other(
         tmp_path: Path) -> None:
-    redis = RedisServer().start()
-    try:
-        async with running_service(tmp_path / "a", pubsub_url=redis.url) as a:  # noqa: SIM117
-            async with running_service(tmp_path / "b", pubsub_url=redis.url,
-                                       database_url=a.settings.database_url,
-                                       seed_data=False) as b:
-                token = await b.token("op")
-                unlock = """mutation($cp: String!) { unlockConnector(input: {cpId: $cp,
-                    connectorId: 1}) { status errors { code field } } }"""
-                async with connected(a.ocpp_url, "CP-1", password=STATION_PASSWORD):
-                    answer = await b.gql(unlock, {"cp": "CP-1"}, token=token)
-                    assert answer["unlockConnector"] == {"status": "UNLOCKED", "errors": []}
-                # Connected nowhere now: B hears no claim and says so.
-                answer = await b.gql(unlock, {"cp": "CP-1"}, token=token)
-                assert answer["unlockConnector"]["errors"] == [
-                    {"code": "CHARGER_OFFLINE", "field": "cpId"}]
-    finally:
-        redis.cleanup()
+    async with two_instances(tmp_path) as (a, b):
+        token = await b.token("op")
+        unlock = """mutation($cp: String!) { unlockConnector(input: {cpId: $cp,
+            connectorId: 1}) { status errors { code field } } }"""
+        async with connected(a.ocpp_url, "CP-1", password=STATION_PASSWORD):
+            answer = await b.gql(unlock, {"cp": "CP-1"}, token=token)
+            assert answer["unlockConnector"] == {"status": "UNLOCKED", "errors": []}
+        # Connected nowhere now: B hears no claim and says so.
+        answer = await b.gql(unlock, {"cp": "CP-1"}, token=token)
+        assert answer["unlockConnector"]["errors"] == [
+            {"code": "CHARGER_OFFLINE", "field": "cpId"}]
