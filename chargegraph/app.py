@@ -93,12 +93,24 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
             app.state.store = store
             graphql.app = create_graphql_app(services, tokens, graphiql=settings.graphiql)
             gateway: ChargerGateway | None = None
+            local = None
             if settings.ocpp_enabled:
                 from ocpp_bridge.gateway import OcppGateway
+
+                gateway = local = OcppGateway()
+            if check_event_bus_url(settings.pubsub_url) == "redis":
+                # Several instances: a command reaches the charger wherever it is
+                # connected, also from an instance that serves only GraphQL. Closed after
+                # the OCPP server stops, so it answers for this instance's chargers
+                # until they are gone.
+                relay = CommandRelay(bus, local)
+                await relay.start()
+                stack.push_async_callback(relay.close)
+                gateway = relay
+            if local is not None:
                 from ocpp_bridge.server import OcppServer
 
-                gateway = OcppGateway()
-                server = OcppServer(services.charging, gateway, settings.ocpp_host,
+                server = OcppServer(services.charging, local, settings.ocpp_host,
                                     settings.ocpp_port, ssl_context=_ocpp_ssl(settings),
                                     response_timeout=settings.command_timeout)
                 await server.start()
@@ -106,13 +118,6 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
                 # disconnect is still written.
                 stack.push_async_callback(server.stop)
                 app.state.ocpp_port = server.bound_port
-            if check_event_bus_url(settings.pubsub_url) == "redis":
-                # Several instances: a command reaches the charger wherever it is
-                # connected, also from an instance that serves only GraphQL.
-                relay = CommandRelay(bus, gateway)
-                await relay.start()
-                stack.push_async_callback(relay.close)
-                gateway = relay
             if gateway is not None:
                 services.attach_gateway(gateway)
             log.info("ChargeGraph ready: GraphQL on http://%s:%d/graphql", settings.host,

@@ -105,15 +105,18 @@ class ChargerCommandRelayed(DomainEvent):
 
 @dataclass(frozen=True, kw_only=True)
 class ChargerCommandAnswered(DomainEvent):
-    """Between instances, never to clients: the instance holding the charger took a
-    relayed command (``stage`` ``"claimed"``), then its answer (``"answered"``, with
-    ``result``) or its failure (``"failed"``, with the error's code, message and field)."""
+    """Between instances, never to clients: the instance holding the charger
+    (``holder``) took a relayed command (``stage`` ``"claimed"``), then its answer
+    (``"answered"``, with ``result``) or its failure (``"failed"``, with the error's
+    class name, code, message and field)."""
 
     topic: ClassVar[str] = "charger_command_answer"
     request_id: str
     origin: str
+    holder: str
     stage: str
     result: dict[str, Any] | None = None
+    error_type: str | None = None
     error_code: str | None = None
     error_message: str | None = None
     error_field: str | None = None

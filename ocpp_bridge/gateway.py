@@ -15,10 +15,10 @@ from ocpp.charge_point import (
 from ocpp.exceptions import OCPPError
 from ocpp.v16 import call as ocpp_call
 
+from domain.clock import rfc3339
 from domain.errors import ChargerError, ChargerOffline, ChargerTimeout, ValidationError
 from ocpp_bridge.casing import to_camel, to_snake
 from ocpp_bridge.handler import ChargePointHandler
-from ocpp_bridge.timefmt import rfc3339
 
 log = logging.getLogger("chargegraph.ocpp")
 

@@ -22,6 +22,7 @@ from ocpp.v16 import ChargePoint
 from websockets.asyncio.server import ServerConnection, broadcast
 from websockets.protocol import State
 
+from domain.clock import rfc3339
 from domain.errors import DomainError
 from domain.services.charging import (
     BootInfo,
@@ -33,7 +34,7 @@ from domain.services.charging import (
 from ocpp_bridge import frames
 from ocpp_bridge.casing import to_snake
 from ocpp_bridge.frames import FrameError
-from ocpp_bridge.timefmt import parse_timestamp, rfc3339
+from ocpp_bridge.timefmt import parse_timestamp
 
 log = logging.getLogger("chargegraph.ocpp")
 #: Every frame in and out, at INFO: quiet unless this logger is turned up.

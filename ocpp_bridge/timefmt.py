@@ -1,17 +1,10 @@
-"""Timestamps on the wire: RFC 3339 with a zone, always."""
+"""Timestamps from chargers (times going out: ``domain.clock.rfc3339``)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
 from ocpp_bridge.frames import TYPE_CONSTRAINT_VIOLATION, FrameError
-
-
-def rfc3339(value: datetime) -> str:
-    """``2026-11-24T15:04:05.123Z``: UTC, milliseconds, explicit zone."""
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def parse_timestamp(value: str, field: str, unique_id: str) -> datetime:

@@ -24,11 +24,14 @@ import asyncio
 import contextlib
 import logging
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
+from domain.clock import rfc3339
 from domain.errors import (
     ChargerError,
     ChargerOffline,
+    ChargerRejected,
     ChargerTimeout,
     DomainError,
     ValidationError,
@@ -43,20 +46,26 @@ log = logging.getLogger("chargegraph.commands")
 #: trip and a task switch; generous for a loaded instance).
 CLAIM_TIMEOUT_S = 1.0
 
-#: Errors that cross the wire by their code; anything else arrives as a ChargerError.
+#: Errors that cross the wire as themselves (by class name, with their code, message and
+#: field); any other arrives as a ChargerError with the same code.
 _ERRORS: dict[str, type[DomainError]] = {
-    cls.code: cls for cls in (ChargerError, ChargerOffline, ChargerTimeout, ValidationError)
+    cls.__name__: cls for cls in (ChargerError, ChargerOffline, ChargerTimeout,
+                                  ChargerRejected, ValidationError)
 }
 
 
 def _jsonable(value: Any) -> Any:
-    """Command payloads as JSON: times as RFC 3339 text (what the OCPP wire carries)."""
+    """Payloads and answers as JSON: times as the OCPP wire writes them (``rfc3339``),
+    decimals (the ``ocpp`` package parses a charger's numbers into ``Decimal``) as
+    numbers."""
     if isinstance(value, dict):
         return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list):
+    if isinstance(value, list | tuple):
         return [_jsonable(v) for v in value]
     if isinstance(value, datetime):
-        return value.isoformat()
+        return rfc3339(value)
+    if isinstance(value, Decimal):  # parsed from a JSON float: a float again
+        return float(value)
     return value
 
 
@@ -70,7 +79,7 @@ class CommandRelay:
         self.local = local
         self.claim_timeout = claim_timeout
         self.instance = new_id()
-        self._pending: dict[str, tuple[asyncio.Future[None], asyncio.Future[Any]]] = {}
+        self._pending: dict[str, _Pending] = {}
         self._serving: set[asyncio.Task[None]] = set()
         self._listener: asyncio.Task[None] | None = None
 
@@ -80,18 +89,19 @@ class CommandRelay:
                                      ChargerCommandAnswered.topic])
         self._listener = asyncio.create_task(self._listen(stream),
                                              name="chargegraph-command-relay")
+        self._listener.add_done_callback(_log_death)
 
     async def close(self) -> None:
-        tasks = [t for t in (self._listener, *self._serving) if t is not None]
-        self._listener = None
-        for task in tasks:
+        """Stops listening; commands this instance was carrying out for others are
+        answered ``CHARGER_OFFLINE``, and so are its own that still wait."""
+        listener, self._listener = self._listener, None
+        serving = list(self._serving)
+        for task in (*serving, *([listener] if listener else [])):
             task.cancel()
-        if tasks:
-            await asyncio.wait(tasks)
-        for claimed, answered in self._pending.values():
-            for future in (claimed, answered):
-                if not future.done():
-                    future.set_exception(ChargerOffline("the service is shutting down"))
+        if serving or listener:
+            await asyncio.wait([*serving, *([listener] if listener else [])])
+        for pending in self._pending.values():
+            pending.fail(ChargerOffline("the service is shutting down"))
 
     # ------------------------------------------------------------- the port
     def is_connected(self, cp_id: str) -> bool:
@@ -103,11 +113,8 @@ class CommandRelay:
                    ) -> dict[str, Any]:
         if self.local is not None and self.local.is_connected(cp_id):
             return await self.local.call(cp_id, action, payload, timeout)
-        loop = asyncio.get_running_loop()
         request_id = new_id()
-        claimed: asyncio.Future[None] = loop.create_future()
-        answered: asyncio.Future[Any] = loop.create_future()
-        self._pending[request_id] = (claimed, answered)
+        pending = self._pending[request_id] = _Pending(asyncio.get_running_loop())
         try:
             try:
                 await self.bus.publish(ChargerCommandRelayed(
@@ -119,18 +126,18 @@ class CommandRelay:
                 raise ChargerOffline(f"{cp_id} is not connected here and the other "
                                      "instances cannot be reached", field="cpId") from exc
             try:
-                await asyncio.wait_for(asyncio.shield(claimed), self.claim_timeout)
+                await asyncio.wait_for(asyncio.shield(pending.claimed), self.claim_timeout)
             except TimeoutError:
                 raise ChargerOffline(f"{cp_id} is not connected", field="cpId") from None
             try:
-                result: dict[str, Any] = await asyncio.wait_for(
-                    answered, timeout + self.claim_timeout)
+                return await asyncio.wait_for(asyncio.shield(pending.answered),
+                                              timeout + self.claim_timeout)
             except TimeoutError:
                 raise ChargerTimeout(f"{cp_id} did not answer {action} within "
                                      f"{timeout:g}s") from None
-            return result
         finally:
             self._pending.pop(request_id, None)
+            pending.forget()
 
     # ------------------------------------------------------------- the listener
     async def _listen(self, stream: Any) -> None:
@@ -156,7 +163,11 @@ class CommandRelay:
         async def reply(stage: str, **fields: Any) -> None:
             await self.bus.publish(ChargerCommandAnswered(
                 station_id=None, cp_id=request.cp_id, request_id=request.request_id,
-                origin=request.origin, stage=stage, **fields))
+                origin=request.origin, holder=self.instance, stage=stage, **fields))
+
+        async def fail(error: DomainError) -> None:
+            await reply("failed", error_type=type(error).__name__, error_code=error.code,
+                        error_message=str(error), error_field=error.field)
 
         try:
             await reply("claimed")
@@ -164,10 +175,24 @@ class CommandRelay:
                 result = await local.call(request.cp_id, request.action, request.payload,
                                           request.timeout)
             except DomainError as error:
-                await reply("failed", error_code=error.code, error_message=str(error),
-                            error_field=error.field)
-            else:
-                await reply("answered", result=result)
+                await fail(error)
+                return
+            except asyncio.CancelledError:
+                # This instance is stopping: say so now rather than let the asker wait.
+                await asyncio.shield(fail(ChargerOffline(f"{request.cp_id} went offline")))
+                raise
+            except Exception as exc:
+                log.warning("%s: relayed %s failed: %r", request.cp_id, request.action, exc)
+                await fail(ChargerError(f"{request.cp_id}: {request.action} failed "
+                                        f"({exc.__class__.__name__})"))
+                return
+            try:
+                await reply("answered", result=_jsonable(result))
+            except Exception as exc:  # an answer the wire cannot carry
+                log.warning("cannot relay the answer to %s for %s: %r", request.action,
+                            request.cp_id, exc)
+                await fail(ChargerError(f"{request.cp_id} answered {request.action}, but "
+                                        "the answer could not be relayed"))
         except Exception as exc:  # the bus failed: the asker times out and says so
             log.warning("cannot answer relayed %s for %s: %r", request.action,
                         request.cp_id, exc)
@@ -175,16 +200,50 @@ class CommandRelay:
     def _on_answer(self, answer: ChargerCommandAnswered) -> None:
         pending = self._pending.get(answer.request_id) \
             if answer.origin == self.instance else None
-        if pending is None:
-            return  # another instance's, or one that gave up waiting
-        claimed, answered = pending
-        if not claimed.done():
-            claimed.set_result(None)
-        if answered.done() or answer.stage == "claimed":
+        if pending is not None:
+            pending.hear(answer)
+
+
+class _Pending:
+    """One relayed command waiting: its claim, then its answer, from the first instance
+    that claimed it (should two hold the charger for a moment, during a reconnect, the
+    other's answers are ignored)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.claimed: asyncio.Future[None] = loop.create_future()
+        self.answered: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self.holder: str | None = None
+
+    def hear(self, answer: ChargerCommandAnswered) -> None:
+        if self.holder is None:
+            self.holder = answer.holder
+            self.claimed.set_result(None)
+        if answer.holder != self.holder or self.answered.done():
             return
         if answer.stage == "answered":
-            answered.set_result(answer.result or {})
-        else:
-            error_type = _ERRORS.get(answer.error_code or "", ChargerError)
-            answered.set_exception(error_type(answer.error_message or "relayed command "
-                                              "failed", field=answer.error_field))
+            self.answered.set_result(answer.result or {})
+        elif answer.stage == "failed":
+            error_type = _ERRORS.get(answer.error_type or "", ChargerError)
+            self.answered.set_exception(error_type(
+                answer.error_message or "the relayed command failed",
+                field=answer.error_field, code=answer.error_code))
+        # Any other stage (a newer instance's progress report) only counts as a claim.
+
+    def fail(self, error: DomainError) -> None:
+        """Ends the wait with ``error`` (this instance is closing)."""
+        waiting = self.answered if self.claimed.done() else self.claimed
+        if not waiting.done():
+            waiting.set_exception(error)
+
+    def forget(self) -> None:
+        """Retrieves what nobody awaited any more, so asyncio does not log it."""
+        for future in (self.claimed, self.answered):
+            if future.done() and not future.cancelled():
+                future.exception()
+            else:
+                future.cancel()
+
+
+def _log_death(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("the command relay stopped listening", exc_info=task.exception())

@@ -50,9 +50,20 @@ async def test_a_command_sent_to_one_instance_reaches_a_charger_on_the_other(
         token = await b.token("op")
         unlock = """mutation($cp: String!) { unlockConnector(input: {cpId: $cp,
             connectorId: 1}) { status errors { code field } } }"""
+        schedule = """mutation($cp: String!) { getCompositeSchedule(input: {cpId: $cp,
+            connectorId: 1, duration: 3600}) { status
+            chargingSchedule { chargingSchedulePeriod { limit } } errors { code } } }"""
         async with connected(a.ocpp_url, "CP-1", password=STATION_PASSWORD):
             answer = await b.gql(unlock, {"cp": "CP-1"}, token=token)
             assert answer["unlockConnector"] == {"status": "UNLOCKED", "errors": []}
+            # An answer with decimals in it (the ocpp package parses floats as Decimal),
+            # the same through the relay as on the instance holding the charger.
+            relayed = await b.gql(schedule, {"cp": "CP-1"}, token=token)
+            direct = await a.gql(schedule, {"cp": "CP-1"}, token=await a.token("op"))
+            assert relayed == direct
+            assert relayed["getCompositeSchedule"]["errors"] == []
+            assert relayed["getCompositeSchedule"]["chargingSchedule"][
+                "chargingSchedulePeriod"][0]["limit"] > 0
         # Connected nowhere now: B hears no claim and says so.
         answer = await b.gql(unlock, {"cp": "CP-1"}, token=token)
         assert answer["unlockConnector"]["errors"] == [

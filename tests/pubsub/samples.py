@@ -54,8 +54,10 @@ SAMPLES: list[DomainEvent] = [
                           payload={"connectorId": 1, "expiryDate": "2026-03-29T02:00:00+00:00",
                                    "idTag": "TAG"}, timeout=30.0),
     ChargerCommandAnswered(station_id=None, cp_id="CP-1", at=AT, request_id="1" * 24,
-                           origin="2" * 24, stage="failed", result={"status": "Accepted"},
-                           error_code="CHARGER_TIMEOUT", error_message="no answer",
+                           origin="2" * 24, holder="3" * 24, stage="failed",
+                           result={"status": "Accepted"},
+                           error_type="ChargerTimeout", error_code="CHARGER_TIMEOUT",
+                           error_message="no answer",
                            error_field="cpId"),
 ]
 ALL_TOPICS = [event.topic for event in SAMPLES]

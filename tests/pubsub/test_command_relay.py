@@ -1,16 +1,27 @@
 """Commands across instances (``pubsub/command_relay.py``): two relays, each with its own
-local gateway, over one in-process bus and over two real Redis connections."""
+local gateway, over one in-process bus (every event through the wire codec, as Redis
+carries it) and over two real Redis connections."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 from typing import Any
 
 import pytest
 
-from domain.errors import ChargerError, ChargerOffline, ChargerTimeout, ValidationError
+from domain.errors import (
+    ChargerError,
+    ChargerOffline,
+    ChargerRejected,
+    ChargerTimeout,
+    DomainError,
+    ValidationError,
+)
+from domain.events import ChargerCommandAnswered, ChargerCommandRelayed
+from pubsub.codec import decode, encode
 from pubsub.command_relay import CommandRelay
 from pubsub.factory import ManagedEventBus
 from pubsub.memory import MemoryEventBus
@@ -18,6 +29,18 @@ from pubsub.redis import RedisEventBus
 from tests.support.redis_server import RedisServer
 
 CLAIM_TIMEOUT = 0.5
+#: A command timeout far longer than any test waits: an answer that comes at all must
+#: come from the holder, not from the asker giving up.
+LONG = 60.0
+#: How long a test waits for an answer that must come at once.
+AT_ONCE = 10.0
+
+
+class CodecBus(MemoryEventBus):
+    """The in-process bus, with every event encoded and decoded as Redis carries it."""
+
+    async def publish(self, event: Any) -> None:
+        await super().publish(decode(encode(event)))
 
 
 class FakeChargers:
@@ -27,6 +50,7 @@ class FakeChargers:
         self.cp_ids = set(cp_ids)
         self.calls: list[tuple[str, str, dict[str, Any], float]] = []
         self.answer: Any = {"status": "Accepted"}
+        self.called = asyncio.Event()
 
     def is_connected(self, cp_id: str) -> bool:
         return cp_id in self.cp_ids
@@ -34,6 +58,7 @@ class FakeChargers:
     async def call(self, cp_id: str, action: str, payload: dict[str, Any], timeout: float
                    ) -> dict[str, Any]:
         self.calls.append((cp_id, action, payload, timeout))
+        self.called.set()
         if isinstance(self.answer, BaseException):
             raise self.answer
         if self.answer == "never":
@@ -46,7 +71,7 @@ async def buses(request: pytest.FixtureRequest
                 ) -> AsyncIterator[tuple[ManagedEventBus, ManagedEventBus]]:
     """The buses of instances A and B: one shared in-process bus, or two Redis clients."""
     if request.param == "memory":
-        shared = MemoryEventBus()
+        shared = CodecBus()
         await shared.start()
         yield shared, shared
         await shared.close()
@@ -92,31 +117,95 @@ async def test_a_local_charger_is_called_directly(
     assert len(on_b.calls) == 1
 
 
-async def test_times_travel_as_rfc3339_text(
+async def test_times_travel_as_the_ocpp_wire_writes_them(
         instances: tuple[CommandRelay, CommandRelay, FakeChargers]) -> None:
     a, _, on_b = instances
-    expiry = datetime(2026, 12, 3, 22, 30, tzinfo=UTC)
+    expiry = datetime(2026, 12, 3, 23, 30, 0, 123456, tzinfo=timezone(timedelta(hours=1)))
     await a.call("CP-B", "ReserveNow", {"connectorId": 1, "expiryDate": expiry,
                                         "idTag": "TAG", "nested": [{"at": expiry}]}, 5.0)
-    assert on_b.calls[0][2] == {"connectorId": 1, "expiryDate": "2026-12-03T22:30:00+00:00",
-                                "idTag": "TAG", "nested": [{"at": "2026-12-03T22:30:00+00:00"}]}
+    assert on_b.calls[0][2] == {"connectorId": 1, "expiryDate": "2026-12-03T22:30:00.123Z",
+                                "idTag": "TAG", "nested": [{"at": "2026-12-03T22:30:00.123Z"}]}
+
+
+async def test_decimals_in_a_chargers_answer_arrive_as_numbers(
+        instances: tuple[CommandRelay, CommandRelay, FakeChargers]) -> None:
+    # The ocpp package parses a charger's JSON floats into Decimal (GetCompositeSchedule).
+    a, _, on_b = instances
+    on_b.answer = {"status": "Accepted", "chargingSchedule": {"chargingSchedulePeriod": [
+        {"startPeriod": 0, "limit": Decimal("32.5")}]}}
+    answer = await asyncio.wait_for(a.call("CP-B", "GetCompositeSchedule",
+                                           {"connectorId": 1, "duration": 60}, LONG), AT_ONCE)
+    assert answer == {"status": "Accepted", "chargingSchedule": {"chargingSchedulePeriod": [
+        {"startPeriod": 0, "limit": 32.5}]}}
 
 
 @pytest.mark.parametrize("error", [
     ChargerTimeout("CP-B did not answer Reset within 5s"),
     ChargerError("CP-B answered Reset with NotSupported: no"),
     ChargerOffline("CP-B went offline"),
+    ChargerRejected("the charger answered Rejected"),
     ValidationError("Reset: bad type", field="input"),
-], ids=lambda e: type(e).__name__)
+    ValidationError("type is required", field="type", code="REQUIRED"),
+], ids=lambda e: f"{type(e).__name__}-{e.code}")
 async def test_the_chargers_failure_arrives_as_the_same_error(
         instances: tuple[CommandRelay, CommandRelay, FakeChargers], error: Exception) -> None:
     a, _, on_b = instances
     on_b.answer = error
-    with pytest.raises(type(error)) as raised:
-        await a.call("CP-B", "Reset", {"type": "Soft"}, 5.0)
-    assert type(raised.value) is type(error)
-    assert str(raised.value) == str(error)
-    assert raised.value.field == error.field  # type: ignore[attr-defined]
+    with pytest.raises(DomainError) as raised:
+        await asyncio.wait_for(a.call("CP-B", "Reset", {"type": "Soft"}, LONG), AT_ONCE)
+    same = raised.value
+    assert type(same) is type(error)
+    assert (str(same), same.field, same.code) == (str(error), error.field,  # type: ignore[attr-defined]
+                                                  error.code)  # type: ignore[attr-defined]
+
+
+async def test_an_unexpected_failure_on_the_holder_is_reported_at_once(
+        instances: tuple[CommandRelay, CommandRelay, FakeChargers]) -> None:
+    a, _, on_b = instances
+    on_b.answer = RuntimeError("a bug in the holder")
+    with pytest.raises(ChargerError, match=r"CP-B: Reset failed \(RuntimeError\)"):
+        await asyncio.wait_for(a.call("CP-B", "Reset", {"type": "Soft"}, LONG), AT_ONCE)
+
+
+async def test_a_holder_that_shuts_down_mid_command_reports_the_charger_offline(
+        instances: tuple[CommandRelay, CommandRelay, FakeChargers]) -> None:
+    a, b, on_b = instances
+    on_b.answer = "never"
+    asked = asyncio.create_task(a.call("CP-B", "Reset", {"type": "Soft"}, LONG))
+    await asyncio.wait_for(on_b.called.wait(), AT_ONCE)
+    await b.close()
+    with pytest.raises(ChargerOffline, match="CP-B went offline"):
+        await asyncio.wait_for(asked, AT_ONCE)
+
+
+async def test_only_the_first_claimers_answers_count(
+        buses: tuple[ManagedEventBus, ManagedEventBus]) -> None:
+    """Two instances may hold a charger for a moment (it reconnected to one before the
+    other noticed its old socket die): the asker listens to the first that claims."""
+    bus = buses[0]
+    relay = CommandRelay(bus, None, claim_timeout=AT_ONCE)
+    await relay.start()
+    requests = bus.subscribe([ChargerCommandRelayed.topic])
+    try:
+        asked = asyncio.create_task(relay.call("CP-B", "Reset", {"type": "Soft"}, LONG))
+        request = await anext(aiter(requests))
+        assert isinstance(request, ChargerCommandRelayed)
+
+        async def say(holder: str, stage: str, **fields: Any) -> None:
+            await bus.publish(ChargerCommandAnswered(
+                station_id=None, cp_id="CP-B", request_id=request.request_id,
+                origin=request.origin, holder=holder, stage=stage, **fields))
+
+        await say("live", "claimed")
+        await say("stale", "claimed")
+        await say("stale", "failed", error_code="CHARGER_OFFLINE",
+                  error_message="CP-B went offline")
+        await say("live", "progress")  # a stage this version does not know: ignored
+        await say("live", "answered", result={"status": "Accepted"})
+        assert await asyncio.wait_for(asked, AT_ONCE) == {"status": "Accepted"}
+    finally:
+        await requests.aclose()  # type: ignore[attr-defined]
+        await relay.close()
 
 
 async def test_a_charger_no_instance_holds_is_offline(
