@@ -20,8 +20,10 @@ from domain.services import ConnectorSpec, ServiceContext, Services
 from graph import TokenService, create_graphql_app
 from ocpp_bridge.gateway import OcppGateway
 from ocpp_bridge.server import OcppServer
+from pubsub.command_relay import CommandRelay
 from store.sqlite import SqliteStore
 from tests.helpers import FastHasher
+from tests.support.wire_bus import WireBus
 
 SECRET = "ocpp-test-secret-long-enough-for-hs256-keys"
 STATION_PASSWORD = "station-password-1"
@@ -35,6 +37,8 @@ class Central:
     gateway: OcppGateway
     url: str
     tokens: TokenService
+    #: Relays and the bus between them when commands go through ``CommandRelay``.
+    relays: list[Any] = field(default_factory=list)
     users: dict[str, d.User] = field(default_factory=dict)
     tags: dict[str, d.IdTag] = field(default_factory=dict)
     stations: dict[str, d.Station] = field(default_factory=dict)
@@ -62,7 +66,10 @@ class Central:
 
 
 async def start_central(path: Path, *, auto_register: bool = False, bus: Any = None,
-                        command_timeout: float = 5.0) -> Central:
+                        command_timeout: float = 5.0, relayed: bool = False) -> Central:
+    """A central system on ``path``. ``relayed``: commands go the way they go between two
+    instances, through a ``CommandRelay`` without chargers to one holding this server's
+    connections, over a bus that carries them as JSON."""
     store = SqliteStore(str(path))
     await store.start()
     services = Services(ServiceContext(store=store, policy=Policy(), hasher=FastHasher(),
@@ -70,16 +77,28 @@ async def start_central(path: Path, *, auto_register: bool = False, bus: Any = N
                         heartbeat_interval=60, auto_register=auto_register,
                         command_timeout=command_timeout)
     gateway = OcppGateway()
-    services.attach_gateway(gateway)
+    relays: list[Any] = []
+    if relayed:
+        wire = WireBus()
+        await wire.start()
+        holder, asker = CommandRelay(wire, gateway), CommandRelay(wire, None)
+        await holder.start()
+        await asker.start()
+        services.attach_gateway(asker)
+        relays = [asker, holder, wire]
+    else:
+        services.attach_gateway(gateway)
     server = OcppServer(services.charging, gateway, "127.0.0.1", 0, response_timeout=5)
     await server.start()
     return Central(services, store, server, gateway,
                    f"ws://127.0.0.1:{server.bound_port}/ocpp",
-                   TokenService(SECRET, timedelta(hours=1)))
+                   TokenService(SECRET, timedelta(hours=1)), relays)
 
 
 async def stop_central(central: Central) -> None:
     await central.server.stop()
+    for closing in central.relays:
+        await closing.close()
     await central.store.close()
 
 

@@ -1,10 +1,12 @@
 """All 19 central-system commands, driven through GraphQL mutations, reaching a real
-simulated charger over the websocket and returning its answer."""
+simulated charger over the websocket and returning its answer: sent directly, and relayed
+as from another instance (``pubsub/command_relay.py``), with the same answers."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,14 @@ from domain import entities as d
 from domain.query import Eq
 from ocpp_bridge.simulator import basic_auth, connected
 from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
+
+
+@pytest.fixture(params=["direct", "relayed"])
+async def central(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Central]:
+    c = await start_central(tmp_path / "central.db", relayed=request.param == "relayed")
+    await seed(c)
+    yield c
+    await stop_central(c)
 
 
 def mutation(name: str, selection: str = "status") -> str:
@@ -147,8 +157,9 @@ async def test_charger_rejection_and_callerror(central: Central) -> None:
         assert refused["errors"][0]["code"] == "CHARGER_REJECTED"
 
 
-async def test_timeout_and_charger_callerror(tmp_path: Path) -> None:
-    central = await start_central(tmp_path / "t.db", command_timeout=0.5)
+@pytest.mark.parametrize("relayed", [False, True], ids=["direct", "relayed"])
+async def test_timeout_and_charger_callerror(tmp_path: Path, relayed: bool) -> None:
+    central = await start_central(tmp_path / "t.db", command_timeout=0.5, relayed=relayed)
     await seed(central)
     ws = await connect(f"{central.url}/CP-1", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
                        additional_headers=basic_auth("CP-1", STATION_PASSWORD))

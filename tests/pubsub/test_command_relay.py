@@ -21,12 +21,12 @@ from domain.errors import (
     ValidationError,
 )
 from domain.events import ChargerCommandAnswered, ChargerCommandRelayed
-from pubsub.codec import decode, encode
 from pubsub.command_relay import CommandRelay
 from pubsub.factory import ManagedEventBus
 from pubsub.memory import MemoryEventBus
 from pubsub.redis import RedisEventBus
 from tests.support.redis_server import RedisServer
+from tests.support.wire_bus import WireBus
 
 CLAIM_TIMEOUT = 0.5
 #: A command timeout far longer than any test waits: an answer that comes at all must
@@ -34,13 +34,6 @@ CLAIM_TIMEOUT = 0.5
 LONG = 60.0
 #: How long a test waits for an answer that must come at once.
 AT_ONCE = 10.0
-
-
-class CodecBus(MemoryEventBus):
-    """The in-process bus, with every event encoded and decoded as Redis carries it."""
-
-    async def publish(self, event: Any) -> None:
-        await super().publish(decode(encode(event)))
 
 
 class FakeChargers:
@@ -71,7 +64,7 @@ async def buses(request: pytest.FixtureRequest
                 ) -> AsyncIterator[tuple[ManagedEventBus, ManagedEventBus]]:
     """The buses of instances A and B: one shared in-process bus, or two Redis clients."""
     if request.param == "memory":
-        shared = CodecBus()
+        shared = WireBus()
         await shared.start()
         yield shared, shared
         await shared.close()
