@@ -98,7 +98,8 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
                 from ocpp_bridge.gateway import OcppGateway
 
                 gateway = local = OcppGateway()
-            if check_event_bus_url(settings.pubsub_url) == "redis":
+            several_instances = check_event_bus_url(settings.pubsub_url) == "redis"
+            if several_instances:
                 # Several instances: a command reaches the charger wherever it is
                 # connected, also from an instance that serves only GraphQL. Closed after
                 # the OCPP server stops, so it answers for this instance's chargers
@@ -112,7 +113,8 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
 
                 server = OcppServer(services.charging, local, settings.ocpp_host,
                                     settings.ocpp_port, ssl_context=_ocpp_ssl(settings),
-                                    response_timeout=settings.command_timeout)
+                                    response_timeout=settings.command_timeout,
+                                    sole_instance=not several_instances)
                 await server.start()
                 # Registered after the store's close: stopped first, so every charger's
                 # disconnect is still written.

@@ -66,7 +66,11 @@ def basic_credentials(header: str | None) -> tuple[str, str] | None:
 class OcppServer:
     def __init__(self, charging: ChargingService, gateway: OcppGateway, host: str, port: int,
                  *, ssl_context: ssl.SSLContext | None = None, ping_interval: float = 30,
-                 response_timeout: float = 30) -> None:
+                 response_timeout: float = 30, sole_instance: bool = True) -> None:
+        # ``sole_instance``: no other instance shares the database, so a station still
+        # marked online at start-up lost its connection with the previous process. With
+        # several instances it may be connected to another one, and is left alone.
+        self.sole_instance = sole_instance
         self.charging = charging
         self.gateway = gateway
         self.host = host
@@ -85,7 +89,8 @@ class OcppServer:
         return int(self._server.sockets[0].getsockname()[1])
 
     async def start(self) -> None:
-        await self.charging.reset_connections()
+        if self.sole_instance:
+            await self.charging.reset_connections()
         self._server = await serve(
             self._connection, self.host, self.port,
             subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
@@ -155,8 +160,9 @@ class OcppServer:
             log.info("%s reconnected: closing its previous connection", cp_id)
             await previous._connection.close(1000, "replaced by a new connection")
         log.info("%s connected from %s", cp_id, ws.remote_address)
+        connected_at = None
         try:
-            await self.charging.set_online(cp_id, True)
+            connected_at = await self.charging.set_online(cp_id, True)
             await handler.start()
         except ConnectionClosed:
             pass
@@ -164,6 +170,6 @@ class OcppServer:
             if self.gateway.unregister(handler):
                 log.info("%s disconnected", cp_id)
                 try:
-                    await self.charging.set_online(cp_id, False)
+                    await self.charging.set_online(cp_id, False, connected_at=connected_at)
                 except Exception:  # the store may already be closing at shutdown
                     log.exception("%s: could not record the disconnect", cp_id)

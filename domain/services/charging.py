@@ -49,7 +49,7 @@ from domain.ids import stable_id, stable_ids
 from domain.policy import Viewer
 from domain.ports import Change, Insert, InsertIfAbsent, Update
 from domain.pricing import session_cost_minor
-from domain.query import Eq, all_of
+from domain.query import Eq, Sort, all_of
 from domain.services.base import Service, ServiceContext, changed, patch, stamp_new
 from domain.services.batching import GroupCommitter
 from domain.services.tariffs import TariffService
@@ -241,10 +241,22 @@ class ChargingService(Service):
         for station in stale:
             await self.set_online(station.cp_id, False)
 
-    async def set_online(self, cp_id: str, online: bool) -> None:
+    async def set_online(self, cp_id: str, online: bool, *,
+                         connected_at: datetime | None = None) -> datetime | None:
+        """Records a connect or a disconnect; returns its time (``None`` for an unknown
+        charger or a disconnect that is not one). ``connected_at``, for a disconnect: when
+        the closing connection was recorded. If the charger connected again since — to
+        another instance sharing this database, whose connection this instance cannot
+        see — the old socket closing does not make it offline."""
         station = await self.station(cp_id)
         if station is None:
-            return
+            return None
+        if not online and connected_at is not None:
+            newest = await self.store.find_all(
+                ConnectionEvent, Eq("station_id", station.id),
+                (Sort("at", descending=True),), limit=1)
+            if newest and newest[0].online and newest[0].at > connected_at:
+                return None
         now = self.now()
         actor = charger(cp_id)
         event = ConnectionEvent(station_id=station.id, cp_id=cp_id, online=online, at=now)
@@ -259,6 +271,7 @@ class ChargingService(Service):
         self._remember(cast(Station, update.record))
         await self.publish(StationConnectionChanged(**self._owned(station), online=online,
                                                     at=now))
+        return now
 
     # ------------------------------------------------------------- boot and heartbeat
     async def boot(self, cp_id: str, info: BootInfo) -> BootResult:
