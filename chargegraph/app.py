@@ -114,7 +114,8 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
                 server = OcppServer(services.charging, local, settings.ocpp_host,
                                     settings.ocpp_port, ssl_context=_ocpp_ssl(settings),
                                     response_timeout=settings.command_timeout,
-                                    sole_instance=not several_instances)
+                                    sole_instance=not several_instances,
+                                    events=bus if several_instances else None)
                 await server.start()
                 # Registered after the store's close: stopped first, so every charger's
                 # disconnect is still written.

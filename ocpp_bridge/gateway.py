@@ -56,6 +56,9 @@ class OcppGateway:
     def is_connected(self, cp_id: str) -> bool:
         return cp_id in self._handlers
 
+    def handler_of(self, cp_id: str) -> ChargePointHandler | None:
+        return self._handlers.get(cp_id)
+
     def connected(self) -> list[str]:
         return list(self._handlers)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 from ocpp.messages import CallError, CallResult
@@ -63,6 +64,8 @@ class ChargePointHandler(ChargePoint):
         super().__init__(cp_id, connection, response_timeout=response_timeout,
                          logger=wire_log)
         self.charging = charging
+        #: When this connection was recorded (``ChargingService.set_online``).
+        self.connected_at: datetime | None = None
         self._highest_connector: int | None = None
         self._unique_id = ""
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -26,6 +27,8 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from domain.events import StationConnectionChanged
+from domain.ports import EventBus
 from domain.services.charging import ChargingService
 from ocpp_bridge.gateway import OcppGateway
 from ocpp_bridge.handler import ChargePointHandler
@@ -66,11 +69,17 @@ def basic_credentials(header: str | None) -> tuple[str, str] | None:
 class OcppServer:
     def __init__(self, charging: ChargingService, gateway: OcppGateway, host: str, port: int,
                  *, ssl_context: ssl.SSLContext | None = None, ping_interval: float = 30,
-                 response_timeout: float = 30, sole_instance: bool = True) -> None:
+                 response_timeout: float = 30, sole_instance: bool = True,
+                 events: EventBus | None = None) -> None:
         # ``sole_instance``: no other instance shares the database, so a station still
         # marked online at start-up lost its connection with the previous process. With
         # several instances it may be connected to another one, and is left alone.
         self.sole_instance = sole_instance
+        # ``events``: the bus the instances share; a charger that connects to another
+        # instance after connecting here has left this socket (``_watch_elsewhere``).
+        self.events = events
+        self._watcher: asyncio.Task[None] | None = None
+        self._closing: set[asyncio.Task[None]] = set()
         self.charging = charging
         self.gateway = gateway
         self.host = host
@@ -105,13 +114,44 @@ class OcppServer:
         )
         log.info("OCPP 1.6J central system on %s://%s:%d/ocpp/{cpId}",
                  "wss" if self.ssl_context else "ws", self.host, self.bound_port)
+        if self.events is not None:
+            stream = self.events.subscribe([StationConnectionChanged.topic])
+            self._watcher = asyncio.create_task(self._watch_elsewhere(stream),
+                                                name="chargegraph-ocpp-elsewhere")
 
     async def stop(self) -> None:
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            watcher.cancel()
+            await asyncio.wait([watcher])
         if self._server is None:
             return
         self._server.close()
         await self._server.wait_closed()
         self._server = None
+
+    async def _watch_elsewhere(self, stream: Any) -> None:
+        """With several instances: a charger that connected to another instance after
+        its connection here was recorded has left this socket, even if it has not been
+        noticed dead yet. Closing it keeps commands from reaching the charger twice and
+        frees the connection at once (its disconnect is not recorded: the newer
+        connection is, see ``ChargingService.set_online``). This instance's own events
+        carry its own connection time, never a later one."""
+        async with contextlib.aclosing(stream):
+            async for event in stream:
+                if not isinstance(event, StationConnectionChanged) or not event.online:
+                    continue
+                handler = self.gateway.handler_of(event.cp_id)
+                if handler is None or handler.connected_at is None \
+                        or event.at <= handler.connected_at:
+                    continue
+                log.info("%s connected to another instance: closing its connection here",
+                         event.cp_id)
+                # In a task: the closing handshake with a dead peer may take a while.
+                task = asyncio.create_task(handler._connection.close(
+                    1000, "connected to another instance"))
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
 
     # ------------------------------------------------------------- handshake
     @staticmethod
@@ -162,7 +202,8 @@ class OcppServer:
         log.info("%s connected from %s", cp_id, ws.remote_address)
         connected_at = None
         try:
-            connected_at = await self.charging.set_online(cp_id, True)
+            connected_at = handler.connected_at = await self.charging.set_online(cp_id,
+                                                                                 True)
             await handler.start()
         except ConnectionClosed:
             pass

@@ -15,6 +15,7 @@ from domain.query import Eq
 from ocpp_bridge.gateway import OcppGateway
 from ocpp_bridge.server import OcppServer
 from ocpp_bridge.simulator import connected
+from pubsub.memory import MemoryEventBus
 from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
 
 
@@ -27,11 +28,12 @@ async def central(tmp_path: Path) -> AsyncIterator[Central]:
 
 
 @contextlib.asynccontextmanager
-async def second_instance(central: Central) -> AsyncIterator[tuple[OcppServer, str]]:
+async def second_instance(central: Central, events: MemoryEventBus | None = None
+                          ) -> AsyncIterator[tuple[OcppServer, str]]:
     """Another OCPP server on the same database (``sole_instance=False``, as
     ``chargegraph`` runs it with a Redis bus), with its own connections."""
     server = OcppServer(central.services.charging, OcppGateway(), "127.0.0.1", 0,
-                        response_timeout=5, sole_instance=False)
+                        response_timeout=5, sole_instance=False, events=events)
     await server.start()
     try:
         yield server, f"ws://127.0.0.1:{server.bound_port}/ocpp"
@@ -101,3 +103,34 @@ async def test_an_old_socket_closing_does_not_take_a_charger_offline_that_moved(
         async def offline_now() -> bool:
             return not await online(central)
         await until(offline_now)
+
+
+async def test_a_charger_that_connected_elsewhere_is_let_go_here(tmp_path: Path) -> None:
+    """With the instances' bus: instance A closes its old socket as soon as the charger's
+    connection to instance B is announced, without recording a disconnect."""
+    bus = MemoryEventBus()
+    await bus.start()
+    central = await start_central(tmp_path / "central.db", bus=bus)
+    await seed(central)
+    try:
+        async with second_instance(central, bus) as (a, a_url), \
+                second_instance(central, bus) as (b, b_url), \
+                connected(a_url, "CP-1", password=STATION_PASSWORD) as on_a:
+
+            async def a_holds() -> bool:
+                return a.gateway.is_connected("CP-1") and await online(central)
+            await until(a_holds)
+            async with connected(b_url, "CP-1", password=STATION_PASSWORD):
+
+                async def a_let_go() -> bool:
+                    return not a.gateway.is_connected("CP-1")
+                await until(a_let_go)
+                assert b.gateway.is_connected("CP-1")
+                assert on_a._connection.close_code == 1000  # type: ignore[attr-defined]
+                await asyncio.sleep(0.2)  # A's disconnect handling, had it written anything
+                assert await online(central)
+                assert await central.store.count(d.ConnectionEvent,
+                                                 Eq("online", False)) == 0
+    finally:
+        await stop_central(central)
+        await bus.close()
