@@ -8,8 +8,6 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
-
 from domain import entities as d
 from domain.query import Eq
 from ocpp_bridge.gateway import OcppGateway
@@ -17,14 +15,6 @@ from ocpp_bridge.server import OcppServer
 from ocpp_bridge.simulator import connected
 from pubsub.memory import MemoryEventBus
 from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
-
-
-@pytest.fixture
-async def central(tmp_path: Path) -> AsyncIterator[Central]:
-    c = await start_central(tmp_path / "central.db")
-    await seed(c)
-    yield c
-    await stop_central(c)
 
 
 @contextlib.asynccontextmanager
