@@ -92,30 +92,30 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
             app.state.services = services
             app.state.store = store
             graphql.app = create_graphql_app(services, tokens, graphiql=settings.graphiql)
-            gateway: ChargerGateway | None = None
             local = None
             if settings.ocpp_enabled:
                 from ocpp_bridge.gateway import OcppGateway
 
-                gateway = local = OcppGateway()
-            several_instances = check_event_bus_url(settings.pubsub_url) == "redis"
-            if several_instances:
-                # Several instances: a command reaches the charger wherever it is
-                # connected, also from an instance that serves only GraphQL. Closed after
-                # the OCPP server stops, so it answers for this instance's chargers
-                # until they are gone.
-                relay = CommandRelay(bus, local)
-                await relay.start()
-                stack.push_async_callback(relay.close)
-                gateway = relay
+                local = OcppGateway()
+            # With Redis, several instances share the database: a command reaches the
+            # charger wherever it is connected, also from an instance that serves only
+            # GraphQL.
+            instances_bus = bus if check_event_bus_url(settings.pubsub_url) == "redis" \
+                else None
+            gateway: ChargerGateway | None = local
+            if instances_bus is not None:
+                gateway = CommandRelay(instances_bus, local)
+                await gateway.start()
+                # Closed after the OCPP server stops: it answers for this instance's
+                # chargers until they are gone.
+                stack.push_async_callback(gateway.close)
             if local is not None:
                 from ocpp_bridge.server import OcppServer
 
                 server = OcppServer(services.charging, local, settings.ocpp_host,
                                     settings.ocpp_port, ssl_context=_ocpp_ssl(settings),
                                     response_timeout=settings.command_timeout,
-                                    sole_instance=not several_instances,
-                                    events=bus if several_instances else None)
+                                    instances_bus=instances_bus)
                 await server.start()
                 # Registered after the store's close: stopped first, so every charger's
                 # disconnect is still written.

@@ -19,10 +19,3 @@ def as_utc(value: datetime) -> datetime:
         raise ValueError("datetime without a time zone")
     return value.astimezone(UTC)
 
-
-def rfc3339(value: datetime) -> str:
-    """``2026-11-24T15:04:05.123Z``: UTC, milliseconds, explicit zone (how times go out
-    to chargers, also when a command is relayed through another instance)."""
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -47,30 +47,25 @@ def _attribute(name: str) -> Resolve:
 
 
 def _method(function: Callable[..., Any], field: StrawberryField,
-            info_class: type[strawberry.Info], info_name: str | None) -> Resolve:
-    if info_name is None:
+            info_class: type[strawberry.Info], info: inspect.Parameter | None,
+            parameters: list[inspect.Parameter]) -> Resolve:
+    if info is None:
         def resolve_plain(source: Any, _info: GraphQLResolveInfo) -> Any:
             return function(source)
         return resolve_plain
 
-    if _second_positional(function) == info_name:
+    if parameters[1:2] == [info] and info.kind in (inspect.Parameter.POSITIONAL_ONLY,
+                                                   inspect.Parameter.POSITIONAL_OR_KEYWORD):
         # The usual ``def field(self, info)``: positional, no keyword dict per call.
-        def resolve_positional(source: Any, info: GraphQLResolveInfo) -> Any:
-            return function(source, info_class(_raw_info=info, _field=field))
+        def resolve_positional(source: Any, raw: GraphQLResolveInfo) -> Any:
+            return function(source, info_class(_raw_info=raw, _field=field))
         return resolve_positional
 
-    def resolve(source: Any, info: GraphQLResolveInfo) -> Any:
-        return function(source, **{info_name: info_class(_raw_info=info, _field=field)})
+    info_name = info.name
+
+    def resolve(source: Any, raw: GraphQLResolveInfo) -> Any:
+        return function(source, **{info_name: info_class(_raw_info=raw, _field=field)})
     return resolve
-
-
-def _second_positional(function: Callable[..., Any]) -> str | None:
-    """The name of ``function``'s second parameter when it may be passed by position."""
-    parameters = list(inspect.signature(function).parameters.values())
-    if len(parameters) < 2 or parameters[1].kind not in (
-            inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD):
-        return None
-    return parameters[1].name
 
 
 def lean_resolver(field: StrawberryField, info_class: type[strawberry.Info],
@@ -90,8 +85,8 @@ def lean_resolver(field: StrawberryField, info_class: type[strawberry.Info],
     function = resolver.wrapped_func
     if not callable(function) or getattr(function, "__self__", None) is not None:
         return None
-    info = resolver.info_parameter
-    return _method(function, field, info_class, info.name if info is not None else None)
+    return _method(function, field, info_class, resolver.info_parameter,
+                   list(resolver.signature.parameters.values()))
 
 
 def install(schema: strawberry.Schema) -> list[str]:

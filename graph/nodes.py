@@ -59,11 +59,14 @@ async def _load(info: Info, kind: type[d.Record], record_id: str | None) -> Any:
     return await _ctx(info).loaders.by_id(kind).load(record_id)
 
 
+def _wrap_or_none(node: Any, record: d.Record | None, ctx: GraphContext) -> Any:
+    return node.wrap(record, ctx) if record is not None else None
+
+
 async def _related(info: Info, node: Any, record_id: str | None) -> Any:
     """The node of a to-one relation (``Session.user``, ``Payment.station`` …) through the
     per-request loader of its kind; ``None`` when missing or hidden."""
-    record = await _load(info, RECORD_OF_NODE[node], record_id)
-    return node.wrap(record, _ctx(info)) if record is not None else None
+    return _wrap_or_none(node, await _load(info, RECORD_OF_NODE[node], record_id), _ctx(info))
 
 
 def _related_now(info: Info, node: Any, record_id: str | None) -> Any:
@@ -73,8 +76,7 @@ def _related_now(info: Info, node: Any, record_id: str | None) -> Any:
         return None
     ctx = _ctx(info)
     return _now_or_later(ctx.loaders.by_id(RECORD_OF_NODE[node]), record_id,
-                         lambda record: node.wrap(record, ctx) if record is not None
-                         else None)
+                         lambda record: _wrap_or_none(node, record, ctx))
 
 
 def _now_or_later(loader: Any, key: Any, answer: Callable[[Any], Any]) -> Any:
@@ -154,6 +156,19 @@ def _new_connectors_loader(loaders: Loaders) -> Any:
 
 def _new_payment_loader(loaders: Loaders) -> Any:
     return loaders.one_by(d.Payment, "session_id", ALL)
+
+
+async def _prefetch_active_sessions(ctx: GraphContext, station_ids: list[str],
+                                    wants_below: Callable[..., bool]) -> None:
+    """The active sessions of these stations, and below them what ``wants_below(*path)``
+    selects: one batched call per level."""
+    groups = await _active_sessions(ctx).load_many(station_ids)
+    await Session.prefetch(ctx, [s for group in groups for s in group], wants_below)
+
+
+def _on_connector(records: Sequence[Any], connector_id: int) -> Any:
+    """The record of ``records`` (a station's connectors or sessions) on ``connector_id``."""
+    return next((r for r in records if r.connector_id == connector_id), None)
 
 
 def _page(first: int | None, after: str | None, last: int | None, before: str | None
@@ -420,9 +435,8 @@ class Station(Node, Audited):
         ids = [station.id for station in stations]
         await _connectors_of(ctx).load_many(ids)
         if wants("connectors", "activeSession"):
-            groups = await _active_sessions(ctx).load_many(ids)
-            await Session.prefetch(ctx, [s for group in groups for s in group],
-                                   lambda *path: wants("connectors", "activeSession", *path))
+            await _prefetch_active_sessions(
+                ctx, ids, lambda *path: wants("connectors", "activeSession", *path))
 
     @strawberry.field
     def connectors(self, info: Info) -> list[Connector]:
@@ -519,9 +533,8 @@ class Connector(Node, Audited):
         if wants("station"):
             await ctx.loaders.by_id(d.Station).load_many(station_ids)
         if wants("activeSession"):
-            groups = await _active_sessions(ctx).load_many(station_ids)
-            await Session.prefetch(ctx, [s for group in groups for s in group],
-                                   lambda *path: wants("activeSession", *path))
+            await _prefetch_active_sessions(ctx, station_ids,
+                                            lambda *path: wants("activeSession", *path))
 
     @strawberry.field
     def station(self, info: Info) -> Station | None:
@@ -532,13 +545,8 @@ class Connector(Node, Audited):
     def active_session(self, info: Info) -> Session | None:
         ctx = _ctx(info)
         return _now_or_later(_active_sessions(ctx), self._r.station_id,  # type: ignore[no-any-return]
-                             lambda sessions: self._pick(sessions, ctx))
-
-    def _pick(self, sessions: list[d.Session], ctx: GraphContext) -> Session | None:
-        for session in sessions:
-            if session.connector_id == self._r.connector_id:
-                return Session.wrap(session, ctx)
-        return None
+                             lambda sessions: _wrap_or_none(
+                                 Session, _on_connector(sessions, self._r.connector_id), ctx))
 
 
 @strawberry.type(description="One charging transaction.")
@@ -621,20 +629,15 @@ class Session(Node, Audited):
     def connector(self, info: Info) -> Connector | None:
         ctx = _ctx(info)
         return _now_or_later(_connectors_of(ctx), self._r.station_id,  # type: ignore[no-any-return]
-                             lambda connectors: self._pick_connector(connectors, ctx))
-
-    def _pick_connector(self, connectors: list[d.Connector], ctx: GraphContext
-                        ) -> Connector | None:
-        for c in connectors:
-            if c.connector_id == self._r.connector_id:
-                return Connector.wrap(c, ctx)
-        return None
+                             lambda connectors: _wrap_or_none(
+                                 Connector, _on_connector(connectors, self._r.connector_id),
+                                 ctx))
 
     @strawberry.field
     def payment(self, info: Info) -> Payment | None:
         ctx = _ctx(info)
         return _now_or_later(_payment_of(ctx), self._r.id,  # type: ignore[no-any-return]
-                             lambda record: Payment.wrap(record, ctx) if record else None)
+                             lambda record: _wrap_or_none(Payment, record, ctx))
 
 
 @strawberry.type(description="A connector held for a driver (OCPP ReserveNow).")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime
 from typing import Any
 
 from ocpp.charge_point import (
@@ -15,23 +14,12 @@ from ocpp.charge_point import (
 from ocpp.exceptions import OCPPError
 from ocpp.v16 import call as ocpp_call
 
-from domain.clock import rfc3339
 from domain.errors import ChargerError, ChargerOffline, ChargerTimeout, ValidationError
+from domain.wire import wire_json
 from ocpp_bridge.casing import to_camel, to_snake
 from ocpp_bridge.handler import ChargePointHandler
 
 log = logging.getLogger("chargegraph.ocpp")
-
-
-def _wire(value: Any) -> Any:
-    """Domain values to JSON-ready OCPP values (datetimes as RFC 3339 with a zone)."""
-    if isinstance(value, dict):
-        return {k: _wire(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return [_wire(v) for v in value]
-    if isinstance(value, datetime):
-        return rfc3339(value)
-    return value
 
 
 class OcppGateway:
@@ -72,7 +60,7 @@ class OcppGateway:
         if request_type is None:
             raise ValidationError(f"unknown OCPP action {action}", field="action")
         try:
-            request = request_type(**to_snake(_wire(payload)))
+            request = request_type(**to_snake(wire_json(payload)))
         except TypeError as exc:
             raise ValidationError(f"{action}: {exc}", field="input") from exc
         try:

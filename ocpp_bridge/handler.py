@@ -23,7 +23,6 @@ from ocpp.v16 import ChargePoint
 from websockets.asyncio.server import ServerConnection, broadcast
 from websockets.protocol import State
 
-from domain.clock import rfc3339
 from domain.errors import DomainError
 from domain.services.charging import (
     BootInfo,
@@ -32,6 +31,7 @@ from domain.services.charging import (
     MeterReading,
     SampledValue,
 )
+from domain.wire import rfc3339
 from ocpp_bridge import frames
 from ocpp_bridge.casing import to_snake
 from ocpp_bridge.frames import FrameError

@@ -69,15 +69,15 @@ def basic_credentials(header: str | None) -> tuple[str, str] | None:
 class OcppServer:
     def __init__(self, charging: ChargingService, gateway: OcppGateway, host: str, port: int,
                  *, ssl_context: ssl.SSLContext | None = None, ping_interval: float = 30,
-                 response_timeout: float = 30, sole_instance: bool = True,
-                 events: EventBus | None = None) -> None:
-        # ``sole_instance``: no other instance shares the database, so a station still
-        # marked online at start-up lost its connection with the previous process. With
-        # several instances it may be connected to another one, and is left alone.
-        self.sole_instance = sole_instance
-        # ``events``: the bus the instances share; a charger that connects to another
-        # instance after connecting here has left this socket (``_watch_elsewhere``).
-        self.events = events
+                 response_timeout: float = 30, instances_bus: EventBus | None = None
+                 ) -> None:
+        # ``instances_bus``: the bus of the other instances sharing the database, ``None``
+        # when this process is the only one. Alone, a station still marked online at
+        # start-up lost its connection with the previous process; with others, it may be
+        # connected to one of them and is left alone, and a charger that connects to
+        # another instance after connecting here has left this socket
+        # (``_watch_elsewhere``).
+        self.instances_bus = instances_bus
         self._watcher: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[None]] = set()
         self.charging = charging
@@ -98,7 +98,7 @@ class OcppServer:
         return int(self._server.sockets[0].getsockname()[1])
 
     async def start(self) -> None:
-        if self.sole_instance:
+        if self.instances_bus is None:
             await self.charging.reset_connections()
         self._server = await serve(
             self._connection, self.host, self.port,
@@ -114,8 +114,8 @@ class OcppServer:
         )
         log.info("OCPP 1.6J central system on %s://%s:%d/ocpp/{cpId}",
                  "wss" if self.ssl_context else "ws", self.host, self.bound_port)
-        if self.events is not None:
-            stream = self.events.subscribe([StationConnectionChanged.topic])
+        if self.instances_bus is not None:
+            stream = self.instances_bus.subscribe([StationConnectionChanged.topic])
             self._watcher = asyncio.create_task(self._watch_elsewhere(stream),
                                                 name="chargegraph-ocpp-elsewhere")
 

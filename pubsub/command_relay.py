@@ -23,11 +23,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from datetime import datetime
-from decimal import Decimal
 from typing import Any
 
-from domain.clock import rfc3339
 from domain.errors import (
     ChargerError,
     ChargerOffline,
@@ -39,6 +36,7 @@ from domain.errors import (
 from domain.events import ChargerCommandAnswered, ChargerCommandRelayed, EventsDropped
 from domain.ids import new_id
 from domain.ports import ChargerGateway, EventBus
+from domain.wire import wire_json
 
 log = logging.getLogger("chargegraph.commands")
 
@@ -52,21 +50,6 @@ _ERRORS: dict[str, type[DomainError]] = {
     cls.__name__: cls for cls in (ChargerError, ChargerOffline, ChargerTimeout,
                                   ChargerRejected, ValidationError)
 }
-
-
-def _jsonable(value: Any) -> Any:
-    """Payloads and answers as JSON: times as the OCPP wire writes them (``rfc3339``),
-    decimals (the ``ocpp`` package parses a charger's numbers into ``Decimal``) as
-    numbers."""
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, datetime):
-        return rfc3339(value)
-    if isinstance(value, Decimal):  # parsed from a JSON float: a float again
-        return float(value)
-    return value
 
 
 class CommandRelay:
@@ -94,12 +77,12 @@ class CommandRelay:
     async def close(self) -> None:
         """Stops listening; commands this instance was carrying out for others are
         answered ``CHARGER_OFFLINE``, and so are its own that still wait."""
-        listener, self._listener = self._listener, None
-        serving = list(self._serving)
-        for task in (*serving, *([listener] if listener else [])):
+        tasks = [*self._serving, *([self._listener] if self._listener else [])]
+        self._listener = None
+        for task in tasks:
             task.cancel()
-        if serving or listener:
-            await asyncio.wait([*serving, *([listener] if listener else [])])
+        if tasks:
+            await asyncio.wait(tasks)
         for pending in self._pending.values():
             pending.fail(ChargerOffline("the service is shutting down"))
 
@@ -119,7 +102,7 @@ class CommandRelay:
             try:
                 await self.bus.publish(ChargerCommandRelayed(
                     station_id=None, cp_id=cp_id, request_id=request_id,
-                    origin=self.instance, action=action, payload=_jsonable(payload),
+                    origin=self.instance, action=action, payload=wire_json(payload),
                     timeout=timeout))
             except Exception as exc:
                 log.warning("cannot relay %s to %s: %r", action, cp_id, exc)
@@ -187,7 +170,7 @@ class CommandRelay:
                                         f"({exc.__class__.__name__})"))
                 return
             try:
-                await reply("answered", result=_jsonable(result))
+                await reply("answered", result=wire_json(result))
             except Exception as exc:  # an answer the wire cannot carry
                 log.warning("cannot relay the answer to %s for %s: %r", request.action,
                             request.cp_id, exc)

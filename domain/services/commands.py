@@ -40,6 +40,7 @@ from domain.policy import Viewer
 from domain.ports import ChargerGateway, Insert, Update
 from domain.query import Eq, all_of
 from domain.services.base import Service, ServiceContext, changed, stamp_new
+from domain.wire import wire_json
 
 log = logging.getLogger("chargegraph.commands")
 
@@ -181,7 +182,7 @@ class CommandService(Service):
             entity="station", entity_id=station.id, action=AuditAction.COMMAND,
             actor=viewer.actor, created_by=viewer.actor, updated_by=viewer.actor,
             after={"command": outcome.action, "commandId": outcome.command_id,
-                   "request": _jsonable(payload), "status": outcome.status,
+                   "request": wire_json(payload), "status": outcome.status,
                    "error": outcome.error.code if outcome.error else None},
         )
         changes = []
@@ -209,7 +210,7 @@ class CommandService(Service):
             **owned, command_id=outcome.command_id, action=outcome.action,
             requested_by=viewer.actor, status=outcome.status,
             error_code=outcome.error.code if outcome.error else None,
-            result=_jsonable(outcome.result)))
+            result=wire_json(outcome.result)))
 
     async def _publish(self, event: Any) -> None:
         if self.ctx.bus is not None:
@@ -218,12 +219,3 @@ class CommandService(Service):
             except Exception:
                 log.exception("publishing %s failed", event.topic)
 
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return value

@@ -18,17 +18,25 @@ from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, 
 
 
 @contextlib.asynccontextmanager
-async def second_instance(central: Central, events: MemoryEventBus | None = None
+async def second_instance(central: Central, bus: MemoryEventBus | None = None
                           ) -> AsyncIterator[tuple[OcppServer, str]]:
-    """Another OCPP server on the same database (``sole_instance=False``, as
-    ``chargegraph`` runs it with a Redis bus), with its own connections."""
+    """Another OCPP server on the same database, with its own connections, told of the
+    other instances by ``bus`` (as ``chargegraph`` runs it with Redis; a bus of its own
+    when none is given)."""
+    if bus is None:
+        bus = own_bus = MemoryEventBus()
+        await own_bus.start()
+    else:
+        own_bus = None
     server = OcppServer(central.services.charging, OcppGateway(), "127.0.0.1", 0,
-                        response_timeout=5, sole_instance=False, events=events)
+                        response_timeout=5, instances_bus=bus)
     await server.start()
     try:
         yield server, f"ws://127.0.0.1:{server.bound_port}/ocpp"
     finally:
         await server.stop()
+        if own_bus is not None:
+            await own_bus.close()
 
 
 async def online(central: Central) -> bool:
