@@ -27,10 +27,6 @@ class GraphContext:
     #: One "now" per request, so time-dependent relations (the tariff in force) agree and
     #: batch into one loader.
     now: datetime = field(default_factory=utcnow)
-    #: Answers of ``nodes.wants`` by (selection node, path): every row of a page asks the
-    #: same question about the same part of the document.
-    wants_cache: dict[tuple[tuple[int, ...], tuple[str, ...]], tuple[bool, Any]] = field(
-        default_factory=dict)
 
     @classmethod
     def build(cls, services: Services, tokens: TokenService, viewer: Viewer,

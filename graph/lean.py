@@ -35,6 +35,8 @@ from graphql import GraphQLField, GraphQLObjectType, GraphQLResolveInfo
 from strawberry.schema.schema_converter import GraphQLCoreConverter
 from strawberry.types.field import StrawberryField
 
+from graph.executor import ATTRIBUTE_MARK
+
 Resolve = Callable[..., Any]
 
 
@@ -43,6 +45,8 @@ def _attribute(name: str) -> Resolve:
         return getattr(source, name)
     # Strawberry's mark for a plain attribute read (its tracing extensions skip those).
     resolve._is_default = True  # type: ignore[attr-defined]
+    # And ours: graph.executor answers such a field without calling the resolver.
+    setattr(resolve, ATTRIBUTE_MARK, name)
     return resolve
 
 

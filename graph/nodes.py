@@ -91,21 +91,33 @@ def _now_or_later(loader: Any, key: Any, answer: Callable[[Any], Any]) -> Any:
     return later()
 
 
+#: Answers of ``wants`` by (selection nodes, path). Every row of a page asks the same
+#: question about the same part of the document, and the parser cache hands the same
+#: document (the same node objects) to every request that sends it again; each answer
+#: keeps its nodes alive, so their ids cannot be reused by another document's nodes
+#: while it is cached. Bounded: emptied when full (a new document's answers cost a walk
+#: of its selection, microseconds).
+_WANTS: dict[tuple[tuple[int, ...], tuple[str, ...]], tuple[bool, list[FieldNode]]] = {}
+_WANTS_LIMIT = 4096
+
+
 def wants(info: Info, *path: str) -> bool:
     """Whether this field's selection (through fragments) asks for the nested ``path``.
     Read from graphql-core's AST (strawberry's ``info.selected_fields`` converts the whole
     selection on every call, which per row of a page was a fifth of a nested query), and
-    answered once per request for each part of the document."""
+    answered once for each part of each document. The answer depends on the document
+    alone: a fragment's name means one fragment within a document, and ``@skip``/
+    ``@include`` are not looked at (a prefetch of something skipped costs a load, not a
+    wrong answer)."""
     raw = info._raw_info
     key = (tuple(map(id, raw.field_nodes)), path)
-    cache = _ctx(info).wants_cache
-    hit = cache.get(key)
+    hit = _WANTS.get(key)
     if hit is None:
         answer = any(_ast_wants(node.selection_set, raw.fragments, path)
                      for node in raw.field_nodes)
-        # The nodes are kept with the answer: while the cache holds them, their ids
-        # cannot be reused by another document's nodes (a context may outlive one).
-        cache[key] = hit = (answer, raw.field_nodes)
+        if len(_WANTS) >= _WANTS_LIMIT:
+            _WANTS.clear()
+        _WANTS[key] = hit = (answer, list(raw.field_nodes))
     return hit[0]
 
 

@@ -17,6 +17,7 @@ from strawberry.extensions import (
 
 from graph import lean
 from graph.errors import MaskUnexpectedErrors
+from graph.executor import LeanExecutionContext
 from graph.mutation import Mutation
 from graph.nodes import NODE_BY_KIND
 from graph.query import Query
@@ -51,6 +52,7 @@ def build_schema(extra_extensions: Sequence[Any] = ()) -> strawberry.Schema:
             lambda: ValidationCache(maxsize=256),
             *extra_extensions,
         ],
+        execution_context_class=LeanExecutionContext,
     )
     lean.install(built)
     return built
