@@ -30,7 +30,7 @@ from domain.entities import (
 from domain.errors import UniqueViolation
 from domain.policy import Policy, Viewer
 from domain.ports import UNIQUE_RULES, Insert
-from domain.query import ALL, Eq, Filter, Near, PageRequest, Range, Search, Sort, Sub
+from domain.query import ALL, Eq, Filter, In, Near, PageRequest, Range, Search, Sort, Sub
 from store.sqlite import SqliteStore
 from store.sqlite.codec import SqlValue, field_specs
 from store.sqlite.migrations import MIGRATIONS, apply_migrations, split_statements
@@ -388,6 +388,19 @@ async def test_a_naive_datetime_is_refused_before_anything_is_written(store: Sql
 
 
 # ---------------------------------------------------------------------------- plans
+
+
+def test_enum_members_are_literals_and_other_values_parameters() -> None:
+    """A parameter compared with ``session.state`` (named by the partial index of active
+    sessions) would make SQLite prepare the statement again on every run."""
+    assert compile_where(Session, Eq("state", SessionState.ACTIVE)) == \
+        ("t0.\"state\" = 'ACTIVE'", [])
+    assert compile_where(Session, In("state", (SessionState.ACTIVE, None))) == \
+        ("(t0.\"state\" IN ('ACTIVE') OR t0.\"state\" IS NULL)", [])
+    # Not a member: a parameter, whatever it contains.
+    assert compile_where(Session, Eq("state", "ACTIVE' OR 1=1 --")) == \
+        ("t0.\"state\" = ?", ["ACTIVE' OR 1=1 --"])
+    assert compile_where(Session, Eq("cp_id", "CP-1")) == ("t0.\"cp_id\" = ?", ["CP-1"])
 
 
 async def _plan(store: SqliteStore, kind: type[Record], where: Filter) -> str:
