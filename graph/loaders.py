@@ -3,6 +3,11 @@ a nested query costs one store call per level whatever the number of rows.
 
 Loaders are built per request (and per subscription event) and never shared: their cache
 is only valid for one viewer at one moment.
+
+The batch functions hold the read service and the viewer, never the ``Loaders``, so
+loaders and their owner form no reference cycle: dropped or released (``release``, at
+the end of every request: ``graph.context.ReleaseLoaders``), what they loaded is freed at
+once instead of waiting for the garbage collector.
 """
 
 from __future__ import annotations
@@ -23,6 +28,11 @@ class Loaders:
         self._reads = reads
         self._viewer = viewer
         self._loaders: dict[Hashable, DataLoader] = {}
+
+    def release(self) -> None:
+        """Drops every loader and what it loaded (the request is done with them; a later
+        call builds them again)."""
+        self._loaders.clear()
 
     @staticmethod
     def peek(loader: DataLoader, key: Any) -> tuple[bool, Any]:
@@ -49,8 +59,10 @@ class Loaders:
         """Records by id; ``None`` for missing or hidden ones."""
         key = ("id", kind)
         if key not in self._loaders:
+            reads, viewer = self._reads, self._viewer
+
             async def load(ids: Sequence[str]) -> list[Record | None]:
-                return await self._reads.get_many(self._viewer, kind, list(ids))  # type: ignore[return-value]
+                return await reads.get_many(viewer, kind, list(ids))  # type: ignore[return-value]
 
             self._loaders[key] = DataLoader(load)
         return self._loaders[key]
@@ -61,9 +73,11 @@ class Loaders:
         session."""
         loader_key = ("one", kind, key_field, where, tuple(sort))
         if loader_key not in self._loaders:
+            reads, viewer = self._reads, self._viewer
+
             async def load(keys: Sequence[Any]) -> list[Record | None]:
-                found = await self._reads.grouped(
-                    self._viewer, kind, key_field, list(keys), where, sort, 1
+                found = await reads.grouped(
+                    viewer, kind, key_field, list(keys), where, sort, 1
                 )
                 return [found.get(k, [None])[0] for k in keys]
 
@@ -75,9 +89,11 @@ class Loaders:
         """Up to ``limit`` records per key value in ``sort`` order (nested lists)."""
         loader_key = ("many", kind, key_field, where, tuple(sort), limit)
         if loader_key not in self._loaders:
+            reads, viewer = self._reads, self._viewer
+
             async def load(keys: Sequence[Any]) -> list[list[Record]]:
-                found = await self._reads.grouped(
-                    self._viewer, kind, key_field, list(keys), where, sort, limit
+                found = await reads.grouped(
+                    viewer, kind, key_field, list(keys), where, sort, limit
                 )
                 return [list(found.get(k, [])) for k in keys]
 
@@ -88,9 +104,11 @@ class Loaders:
         """How many records per key value (``totalCount`` of nested connections)."""
         loader_key = ("count", kind, key_field, where)
         if loader_key not in self._loaders:
+            reads, viewer = self._reads, self._viewer
+
             async def load(keys: Sequence[Any]) -> list[int]:
-                found = await self._reads.count_grouped(
-                    self._viewer, kind, key_field, list(keys), where
+                found = await reads.count_grouped(
+                    viewer, kind, key_field, list(keys), where
                 )
                 return [found.get(k, 0) for k in keys]
 

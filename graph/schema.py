@@ -16,6 +16,7 @@ from strawberry.extensions import (
 )
 
 from graph import lean
+from graph.context import ReleaseLoaders
 from graph.errors import MaskUnexpectedErrors
 from graph.executor import LeanExecutionContext
 from graph.mutation import Mutation
@@ -47,6 +48,7 @@ def build_schema(extra_extensions: Sequence[Any] = ()) -> strawberry.Schema:
             lambda: AddValidationRules(list(LIMIT_RULES)),
             lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
             MaskUnexpectedErrors,
+            ReleaseLoaders,
             # Clients send the same few documents over and over: parse and validate once.
             lambda: ParserCache(maxsize=256),
             lambda: ValidationCache(maxsize=256),

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from domain.entities import Record
 from domain.events import ConnectorStatusChanged
 from domain.policy import Policy, Viewer
 from domain.services import ServiceContext, Services
@@ -24,6 +25,7 @@ from pubsub.memory import MemoryEventBus
 from tests.graph.conftest import SECRET, CountingStore
 from tests.graph.world import World, build_world
 from tests.helpers import FastHasher
+from tests.support.garbage import left_to_the_collector
 
 NESTED = """subscription($f: StationEventFilter) { connectorStatusChanged(filter: $f) {
   cpId status droppedBefore connector { maxKw } station { cpId owner { name } } } }"""
@@ -427,3 +429,18 @@ async def test_start_eagerly() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_an_events_loaded_records_go_with_its_rendering(live: Setup) -> None:
+    """Each nested rendering loads through loaders of its own, on a copy of the
+    subscription's executor; what it loaded goes when the rendering is done, not later
+    with the garbage collector (unlike a request's, which graph.context.ReleaseLoaders
+    has to release: a request's executor is a reference cycle)."""
+    socket = await live.open("admin")
+    socket.subscribe("1", NESTED)
+    await live.subscribed(1)
+    with left_to_the_collector() as garbage:
+        await live.bus.publish(live.status("A-001", "released"))
+        assert data(await socket.next())["station"]["owner"] == {"name": "Op_A"}
+    assert [r for r in garbage if isinstance(r, Record)] == []
+    await socket.close()
