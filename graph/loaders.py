@@ -12,6 +12,7 @@ once instead of waiting for the garbage collector.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
@@ -44,6 +45,25 @@ class Loaders:
                 or future.exception() is not None:
             return False, None
         return True, future.result()
+
+    @staticmethod
+    async def fetch(loader: DataLoader, keys: Sequence[Any]) -> list[Any]:
+        """``loader.load_many(keys)`` for a prefetch, which knows all its keys at once:
+        the keys not loaded yet go to the batch function in one call right away and are
+        primed into the loader, where the rows' resolvers find them as before. DataLoader's
+        own dispatch would only add a loop turn, a task and a future per key, about 40 µs
+        per level (``python -m bench.nested_query``). A key another load is already
+        fetching is awaited as DataLoader would; a failing batch raises here."""
+        cache = loader._cache
+        missing = list(dict.fromkeys(key for key in keys if key not in cache))
+        if missing:
+            values = await loader.batch_load_fn(missing)
+            for key, value in zip(missing, values, strict=True):
+                loader.prime(key, value)
+        futures = [cache[key] for key in keys]
+        if all(future.done() for future in futures):
+            return [future.result() for future in futures]
+        return list(await asyncio.gather(*futures))
 
     def shared(self, build: Callable[[Loaders], DataLoader]) -> DataLoader:
         """The loader ``build`` makes, made once per request and then found by one lookup

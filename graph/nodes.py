@@ -174,7 +174,7 @@ async def _prefetch_active_sessions(ctx: GraphContext, station_ids: list[str],
                                     wants_below: Callable[..., bool]) -> None:
     """The active sessions of these stations, and below them what ``wants_below(*path)``
     selects: one batched call per level."""
-    groups = await _active_sessions(ctx).load_many(station_ids)
+    groups = await Loaders.fetch(_active_sessions(ctx), station_ids)
     await Session.prefetch(ctx, [s for group in groups for s in group], wants_below)
 
 
@@ -445,7 +445,7 @@ class Station(Node, Audited):
         for station in stations:
             by_id.prime(station.id, station)  # ``connector { station }`` is known already
         ids = [station.id for station in stations]
-        await _connectors_of(ctx).load_many(ids)
+        await Loaders.fetch(_connectors_of(ctx), ids)
         if wants("connectors", "activeSession"):
             await _prefetch_active_sessions(
                 ctx, ids, lambda *path: wants("connectors", "activeSession", *path))
@@ -543,7 +543,7 @@ class Connector(Node, Audited):
         if not station_ids:
             return
         if wants("station"):
-            await ctx.loaders.by_id(d.Station).load_many(station_ids)
+            await Loaders.fetch(ctx.loaders.by_id(d.Station), station_ids)
         if wants("activeSession"):
             await _prefetch_active_sessions(ctx, station_ids,
                                             lambda *path: wants("activeSession", *path))
@@ -616,14 +616,19 @@ class Session(Node, Audited):
                                                                 "vehicle_id"),
                                  ("station", d.Station, "station_id")):
             if wants(field):
-                loads.append(ctx.loaders.by_id(kind).load_many(
-                    list({getattr(s, key) for s in sessions if getattr(s, key)})))
+                loads.append(Loaders.fetch(ctx.loaders.by_id(kind), list(
+                    {getattr(s, key) for s in sessions if getattr(s, key)})))
         if wants("connector"):
-            loads.append(_connectors_of(ctx).load_many(list({s.station_id
-                                                             for s in sessions})))
+            loads.append(Loaders.fetch(_connectors_of(ctx),
+                                       list({s.station_id for s in sessions})))
         if wants("payment"):
-            loads.append(_payment_of(ctx).load_many([s.id for s in sessions]))
-        await asyncio.gather(*loads)
+            loads.append(Loaders.fetch(_payment_of(ctx), [s.id for s in sessions]))
+        # Together (a store with network round trips overlaps them); one alone is awaited
+        # as it is, without a task.
+        if len(loads) == 1:
+            await loads[0]
+        elif loads:
+            await asyncio.gather(*loads)
 
     @strawberry.field
     def user(self, info: Info) -> User | None:
