@@ -25,12 +25,14 @@ INDEXES: dict[str, list[list[tuple[str, int]]]] = {
     "id_tag": [[("user_id", ASCENDING)], [("vehicle_id", ASCENDING)]],
     "station": [[("company_id", ASCENDING)], [("owner_id", ASCENDING)],
                 [("lat", ASCENDING)], [("online", ASCENDING)]],
-    "connector": [[("station_id", ASCENDING), ("connector_id", ASCENDING)]],
+    # The per-key loads of a nested page end with the ``_id`` tie-breaker every ordering
+    # ends with, so each key's documents come out of the index in order.
+    "connector": [[("station_id", ASCENDING), ("connector_id", ASCENDING), ("_id", ASCENDING)]],
     "session": [[("station_id", ASCENDING), ("start_time", DESCENDING)],
                 [("user_id", ASCENDING), ("start_time", DESCENDING)],
                 [("vehicle_id", ASCENDING)], [("cp_id", ASCENDING), ("state", ASCENDING)],
                 [("id_tag", ASCENDING), ("state", ASCENDING)],
-                [("station_id", ASCENDING), ("state", ASCENDING)]],
+                [("station_id", ASCENDING), ("state", ASCENDING), ("_id", ASCENDING)]],
     "meter_sample": [[("session_id", ASCENDING), ("at", ASCENDING)],
                      [("cp_id", ASCENDING), ("at", ASCENDING)], [("at", ASCENDING)]],
     "status_event": [[("cp_id", ASCENDING), ("connector_id", ASCENDING), ("at", ASCENDING)],

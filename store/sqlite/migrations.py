@@ -334,8 +334,21 @@ _V4 = """
 CREATE INDEX "session_station_state_idx" ON "session" ("station_id", "state");
 """
 
+# Version 5: the indexes of the per-key loads of a nested page (a page's connectors, its
+# active sessions) end with ``id``, the tie-breaker every ordering ends with. Without it
+# SQLite sorted each key's rows in a temporary B-tree ("RIGHT PART OF ORDER BY"): for ten
+# stations the connectors took 154 us and the active sessions 114 us, with it 86 and 65
+# (``python -m bench.nested_query``; the index is then also covering for the per-key
+# subquery).
+_V5 = """
+DROP INDEX "connector_station_idx";
+CREATE INDEX "connector_station_idx" ON "connector" ("station_id", "connector_id", "id");
+DROP INDEX "session_station_state_idx";
+CREATE INDEX "session_station_state_idx" ON "session" ("station_id", "state", "id");
+"""
+
 #: Every migration, oldest first. Append only.
-MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4))
+MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5))
 
 _BOOTSTRAP = """
 CREATE TABLE IF NOT EXISTS "schema_version" (

@@ -18,6 +18,7 @@ from domain.entities import (
     ENTITY_TYPES,
     AuditEntry,
     Company,
+    Connector,
     MeterSample,
     Record,
     Role,
@@ -442,8 +443,32 @@ async def test_active_sessions_of_a_page_of_stations_use_the_state_index(
     monkeypatch.setattr(store, "_read", recording)
     await store.find_grouped(Session, "station_id", ["s1", "s2"],
                              Eq("state", SessionState.ACTIVE), (), 100)
-    sql, params = statements[-1]
+    plan = await _plan_of(store, *statements[-1])
+    assert "session_station_state_idx" in plan, plan
+    # Each station's rows come out of the index in order (it ends with the ``id``
+    # tie-breaker): no sort per station.
+    assert "RIGHT PART OF ORDER BY" not in plan and "CORRELATED LIST SUBQUERY" in plan
+    assert plan.count("TEMP B-TREE") == 1, plan  # only the outer merge of the stations
+
+
+async def test_a_page_of_stations_connectors_come_out_of_the_index_in_order(
+        store: SqliteStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    statements: list[tuple[str, Sequence[SqlValue]]] = []
+    real_read = store._read
+
+    async def recording(sql: str, params: Sequence[SqlValue]) -> list[object]:
+        statements.append((sql, params))
+        return await real_read(sql, params)
+
+    monkeypatch.setattr(store, "_read", recording)
+    await store.find_grouped(Connector, "station_id", ["s1", "s2"], ALL,
+                             (Sort("connector_id"),), 100)
+    plan = await _plan_of(store, *statements[-1])
+    assert "COVERING INDEX connector_station_idx" in plan, plan
+    assert plan.count("TEMP B-TREE") == 1, plan
+
+
+async def _plan_of(store: SqliteStore, sql: str, params: Sequence[SqlValue]) -> str:
     assert store._reader is not None
     rows = await store._reader.execute_fetchall(f"EXPLAIN QUERY PLAN {sql}", params)
-    plan = "\n".join(str(r[3]) for r in rows)
-    assert "session_station_state_idx" in plan, plan
+    return "\n".join(str(r[3]) for r in rows)
