@@ -21,6 +21,8 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any, Generic, TypeAlias, TypeVar
 
+import orjson
+
 from domain.errors import ValidationError
 
 T = TypeVar("T")
@@ -222,7 +224,10 @@ def encode_cursor(sort: Sequence[Sort], values: Sequence[Any], record_id: str) -
         "v": [_encode_value(v) for v in values],
         "i": record_id,
     }
-    raw = json.dumps(payload, separators=(",", ":")).encode()
+    # orjson: the standard library's encoder is built anew on every call (~3 µs, and a
+    # page of 100 rows needs 100 cursors). Compact like ``separators=(",", ":")``; JSON
+    # either way, so cursors made before still decode.
+    raw = orjson.dumps(payload)
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 

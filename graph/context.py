@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
-
-from strawberry.extensions import SchemaExtension
 
 from domain.clock import utcnow
 from domain.policy import Viewer
@@ -35,19 +32,3 @@ class GraphContext:
     def build(cls, services: Services, tokens: TokenService, viewer: Viewer,
               request: Any = None) -> GraphContext:
         return cls(services, tokens, viewer, Loaders(services.reads, viewer), request)
-
-
-class ReleaseLoaders(SchemaExtension):
-    """Drops the request's loaders, and the records they hold, once the operation is done.
-
-    graphql-core's executor is a reference cycle (its resolve-info helpers are bound
-    methods of the executor) and holds the context, so everything a request loaded used
-    to wait for the cyclic garbage collector: about 400 objects per ten-station nested
-    page, a quarter of a millisecond per request in collector pauses
-    (``python -m bench.nested_query``). Released here, they go with the request."""
-
-    def on_operation(self) -> Iterator[None]:
-        yield
-        context = self.execution_context.context
-        if isinstance(context, GraphContext):
-            context.loaders.release()

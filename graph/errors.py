@@ -6,11 +6,9 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from collections.abc import Iterator
 
 import strawberry
 from graphql import GraphQLError
-from strawberry.extensions import SchemaExtension
 
 from domain.errors import DomainError
 
@@ -50,32 +48,24 @@ def graphql_error(error: DomainError) -> GraphQLError:
     return GraphQLError(error.message, extensions=extensions)
 
 
-class MaskUnexpectedErrors(SchemaExtension):
-    """Replaces the message of any error not raised on purpose (a bug, a database outage)
-    by a generic one with an error id, and logs the exception under that id, so clients
-    learn nothing internal and operators can still find the cause."""
-
-    def on_operation(self) -> Iterator[None]:
-        yield
-        result = self.execution_context.result
-        if result is None or not result.errors:
-            return
-        result.errors = [self._mask(error) for error in result.errors]
-
-    @staticmethod
-    def _mask(error: GraphQLError) -> GraphQLError:
-        original = error.original_error
-        if original is None or isinstance(original, GraphQLError):
-            return error  # syntax, validation and deliberate GraphQL errors
-        if isinstance(original, DomainError):
-            return GraphQLError(
-                original.message, nodes=error.nodes, path=error.path,
-                extensions={"code": original.code,
-                            **({"field": camel(original.field)} if original.field else {})},
-            )
-        error_id = uuid.uuid4().hex[:12]
-        log.error("unexpected error %s at %s", error_id, error.path, exc_info=original)
+def mask(error: GraphQLError) -> GraphQLError:
+    """``error`` as a client may see it. Errors not raised on purpose (a bug, a database
+    outage) get a generic message with an error id, and the exception is logged under that
+    id, so clients learn nothing internal and operators can still find the cause. Domain
+    errors carry their code (and field); syntax, validation and deliberate GraphQL errors
+    pass unchanged."""
+    original = error.original_error
+    if original is None or isinstance(original, GraphQLError):
+        return error
+    if isinstance(original, DomainError):
         return GraphQLError(
-            "Internal server error", nodes=error.nodes, path=error.path,
-            extensions={"code": "INTERNAL_SERVER_ERROR", "errorId": error_id},
+            original.message, nodes=error.nodes, path=error.path,
+            extensions={"code": original.code,
+                        **({"field": camel(original.field)} if original.field else {})},
         )
+    error_id = uuid.uuid4().hex[:12]
+    log.error("unexpected error %s at %s", error_id, error.path, exc_info=original)
+    return GraphQLError(
+        "Internal server error", nodes=error.nodes, path=error.path,
+        extensions={"code": "INTERNAL_SERVER_ERROR", "errorId": error_id},
+    )

@@ -1,5 +1,5 @@
 """The execution context our schema runs with: graphql-core's executor (as Strawberry
-configures it), with a short path for plain attribute leaves.
+configures it), with short paths for plain attribute leaves and for objects.
 
 Most fields of a nested page are scalars read straight off a node object (``cpId``,
 ``status``, ``energyKwh``…). For each of them graphql-core makes a path entry, looks the
@@ -12,22 +12,41 @@ So for each selection (graphql-core hands the same grouped field set to every ob
 a list) a plan is worked out once per execution: which fields are **plain reads** — the
 resolver is one of ``graph.lean``'s attribute reads, the field takes no arguments,
 middleware does not wrap it, and it returns a scalar or enum, nullable or not. Those are
-answered here: read the attribute, coerce it. Every other field of the selection goes
-through graphql-core's own ``execute_fields``, and the answers are put back in the
-selection's order. So does a plain read that is not the plain case this time — the read
-or the coercion raising, ``None`` for a non-null field, a coercion answering nothing:
-graphql-core then reads the attribute again (reads have no side effects) and reports the
-error exactly as it always has, at the same path.
+answered here: read the attribute, coerce it. Every other field goes through
+graphql-core's own ``execute_field``, in the selection's order, and its awaitable answers
+are awaited together as graphql-core's ``execute_fields`` does. So does a plain read that
+is not the plain case this time — the read or the coercion raising, ``None`` for a
+non-null field, a coercion answering nothing: graphql-core then reads the attribute again
+(reads have no side effects) and reports the error exactly as it always has, at the same
+path.
+
+Objects (a connector of a station, a session's user) are completed on a short path too.
+graphql-core walks ``complete_value`` through the non-null wrapper, asks whether the type
+is a list, a leaf, abstract or an object, then goes through ``complete_object_value``,
+``collect_and_execute_subfields`` and ``execute_collected_subfields`` to the object's
+fields: five calls per object. For a concrete object type (nullable or not), a value that
+its ``is_type_of`` accepts and a selection outside any ``@defer``, the object's fields are
+executed at once. Everything else (None, a rejected value, lists, leaves, abstract types,
+deferred parts) takes graphql-core's ``complete_value`` as before.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any, NamedTuple, cast
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
-from graphql import GraphQLObjectType, Undefined, is_leaf_type, is_non_null_type
+from graphql import (
+    GraphQLObjectType,
+    GraphQLOutputType,
+    GraphQLResolveInfo,
+    Undefined,
+    is_leaf_type,
+    is_non_null_type,
+    is_object_type,
+)
 from graphql.execution.collect_fields import FieldDetailsList, GroupedFieldSet
 from graphql.pyutils import Path
+from graphql.pyutils.gather_with_cancel import gather_with_cancel
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
 #: The mark ``graph.lean`` puts on its attribute resolvers: the attribute they read.
@@ -49,13 +68,15 @@ class _Plan(NamedTuple):
     grouped: GroupedFieldSet
     parent_type: GraphQLObjectType
     fields: tuple[tuple[str, FieldDetailsList, _Read | None], ...]
-    has_reads: bool
 
 
 class LeanExecutionContext(StrawberryGraphQLCoreExecutionContext):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._plans: dict[int, _Plan] = {}
+        # By the id of a field's return type (pinned by the entry): the object type its
+        # values are completed as on the short path, or None for any other type.
+        self._objects: dict[int, tuple[GraphQLOutputType, GraphQLObjectType | None]] = {}
 
     def execute_fields(self, parent_type: GraphQLObjectType, source_value: Any,
                        path: Path | None, grouped_field_set: GroupedFieldSet,
@@ -64,42 +85,81 @@ class LeanExecutionContext(StrawberryGraphQLCoreExecutionContext):
         if plan is None or plan.grouped is not grouped_field_set \
                 or plan.parent_type is not parent_type:
             plan = self._plan(parent_type, grouped_field_set)
-        if not plan.has_reads:
-            return super().execute_fields(parent_type, source_value, path,
-                                          grouped_field_set, position_context)
-        answered: dict[str, Any] = {}
-        general: GroupedFieldSet | None = None
-        for name, fields, read in plan.fields:
-            if read is not None:
-                try:
-                    value = getattr(source_value, read.attribute)
-                    if value is None:
-                        if read.nullable:
-                            answered[name] = None
-                            continue
-                    else:
-                        coerced = read.coerce(value)
-                        if coerced is not None and coerced is not Undefined:
-                            answered[name] = coerced
-                            continue
-                except Exception:  # graphql-core reports it: the field goes its way below
-                    pass
-            if general is None:
-                general = {}
-            general[name] = fields
-        if general is None:
-            return answered
-        rest = super().execute_fields(parent_type, source_value, path, general,
-                                      position_context)
-        if self.is_awaitable(rest):
-            return _merged_later(plan, answered, cast("Awaitable[dict[str, Any]]", rest))
-        return _merged(plan, answered, cast("dict[str, Any]", rest))
+        results: dict[str, Any] = {}
+        pending: list[str] | None = None
+        is_awaitable = self.is_awaitable
+        try:
+            for name, fields, read in plan.fields:
+                if read is not None:
+                    try:
+                        value = getattr(source_value, read.attribute)
+                        if value is None:
+                            if read.nullable:
+                                results[name] = None
+                                continue
+                        else:
+                            coerced = read.coerce(value)
+                            if coerced is not None and coerced is not Undefined:
+                                results[name] = coerced
+                                continue
+                    except Exception:  # graphql-core reports it: the field goes its way
+                        pass
+                result = self.execute_field(parent_type, source_value, fields,
+                                            Path(path, name, parent_type.name),
+                                            position_context)
+                if result is not Undefined:  # graphql-core leaves out unknown fields
+                    results[name] = result
+                    if is_awaitable(result):
+                        if pending is None:
+                            pending = []
+                        pending.append(name)
+        except Exception:
+            if pending:  # settled, as graphql-core does: they may fail too
+                self.settle_in_background([results[name] for name in pending])
+            raise
+        if pending is None:
+            return results
+        return _awaited(results, pending)
+
+    def complete_value(self, return_type: GraphQLOutputType,
+                       field_details_list: FieldDetailsList, info: GraphQLResolveInfo,
+                       path: Path, result: Any, position_context: Any) -> Any:
+        entry = self._objects.get(id(return_type))
+        if entry is None or entry[0] is not return_type:
+            entry = self._object_entry(return_type)
+        object_type = entry[1]
+        if object_type is None or result is None or position_context is not None \
+                or isinstance(result, Exception):
+            return super().complete_value(return_type, field_details_list, info, path,
+                                          result, position_context)
+        is_type_of = object_type.is_type_of
+        if is_type_of is not None:
+            verdict = is_type_of(result, info)
+            if verdict is not True:
+                # Rejected, or asked asynchronously: graphql-core's own way, which asks
+                # again (a type check has no side effects) and reports a rejection.
+                close = getattr(verdict, "close", None)
+                if close is not None:
+                    close()
+                return super().complete_value(return_type, field_details_list, info,
+                                              path, result, position_context)
+        grouped, defer_usages, _ = self.collect_subfields(object_type, field_details_list)
+        if defer_usages:
+            return super().complete_value(return_type, field_details_list, info, path,
+                                          result, position_context)
+        return self.execute_fields(object_type, result, path, grouped, None)
+
+    def _object_entry(self, return_type: GraphQLOutputType
+                      ) -> tuple[GraphQLOutputType, GraphQLObjectType | None]:
+        inner = return_type.of_type if is_non_null_type(return_type) else return_type  # type: ignore[attr-defined]
+        entry = (return_type, inner if is_object_type(inner) else None)
+        self._objects[id(return_type)] = entry
+        return entry
 
     def _plan(self, parent_type: GraphQLObjectType, grouped: GroupedFieldSet) -> _Plan:
         fields = tuple((name, details, self._read(parent_type, details))
                        for name, details in grouped.items())
-        plan = _Plan(grouped, parent_type, fields,
-                     any(read is not None for _, _, read in fields))
+        plan = _Plan(grouped, parent_type, fields)
         self._plans[id(grouped)] = plan
         return plan
 
@@ -124,18 +184,13 @@ class LeanExecutionContext(StrawberryGraphQLCoreExecutionContext):
         return _Read(attribute, leaf.coerce_output_value, nullable)
 
 
-def _merged(plan: _Plan, answered: dict[str, Any], rest: dict[str, Any]) -> dict[str, Any]:
-    """Both halves in the selection's order (graphql-core leaves out a field it cannot
-    find, so a name may be in neither)."""
-    merged: dict[str, Any] = {}
-    for name, _, _ in plan.fields:
-        if name in answered:
-            merged[name] = answered[name]
-        elif name in rest:
-            merged[name] = rest[name]
-    return merged
-
-
-async def _merged_later(plan: _Plan, answered: dict[str, Any],
-                        rest: Awaitable[dict[str, Any]]) -> dict[str, Any]:
-    return _merged(plan, answered, await rest)
+async def _awaited(results: dict[str, Any], pending: list[str]) -> dict[str, Any]:
+    """``results`` with its awaitable answers awaited in place (so in selection order),
+    together, as graphql-core's ``execute_fields`` does."""
+    if len(pending) == 1:
+        name = pending[0]
+        results[name] = await results[name]
+    else:
+        values = await gather_with_cancel(*(results[name] for name in pending))
+        results.update(zip(pending, values, strict=True))
+    return results

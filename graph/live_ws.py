@@ -71,7 +71,7 @@ from domain.policy import Viewer
 from domain.services import Services
 from graph.auth import TokenService
 from graph.context import GraphContext
-from graph.errors import MaskUnexpectedErrors
+from graph.errors import mask
 from graph.loaders import Loaders
 from graph.subscription import LiveFeed
 
@@ -390,7 +390,7 @@ def _internal_error_payload() -> dict[str, Any]:
 def _result_payload(result: ExecutionResult) -> dict[str, Any]:
     payload: dict[str, Any] = {"data": result.data}
     if result.errors:
-        payload["errors"] = [MaskUnexpectedErrors._mask(e).formatted for e in result.errors]
+        payload["errors"] = [mask(e).formatted for e in result.errors]
     if result.extensions:
         payload["extensions"] = result.extensions
     return payload
@@ -657,7 +657,7 @@ class Connection:
 
     # -- operations ---------------------------------------------------------
     def _error(self, op_id: str, errors: list[GraphQLError]) -> None:
-        formatted = [MaskUnexpectedErrors._mask(e).formatted for e in errors]
+        formatted = [mask(e).formatted for e in errors]
         payload: Any = formatted if self.protocol == TRANSPORT_WS else formatted[0]
         self.outbox.control({"type": "error", "id": op_id, "payload": payload})
 

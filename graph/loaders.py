@@ -6,7 +6,7 @@ is only valid for one viewer at one moment.
 
 The batch functions hold the read service and the viewer, never the ``Loaders``, so
 loaders and their owner form no reference cycle: dropped or released (``release``, at
-the end of every request: ``graph.context.ReleaseLoaders``), what they loaded is freed at
+the end of every request: ``graph.pipeline.RequestPipeline``), what they loaded is freed at
 once instead of waiting for the garbage collector.
 """
 

@@ -6,36 +6,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import strawberry
-from strawberry.extensions import (
-    AddValidationRules,
-    MaxAliasesLimiter,
-    MaxTokensLimiter,
-    ParserCache,
-    QueryDepthLimiter,
-    ValidationCache,
-)
 
 from graph import lean
-from graph.context import ReleaseLoaders
-from graph.errors import MaskUnexpectedErrors
 from graph.executor import LeanExecutionContext
 from graph.mutation import Mutation
 from graph.nodes import NODE_BY_KIND
+from graph.pipeline import RequestPipeline
 from graph.query import Query
 from graph.subscription import Subscription
-
-#: Deep enough for every real screen (map → station → connector → session → user →
-#: vehicles → node …), shallow enough that cyclic paths cannot fan out without bound.
-MAX_DEPTH = 15
-MAX_TOKENS = 5_000
-MAX_ALIASES = 30
-
-#: The depth and alias limits as validation rules, built once. Strawberry's limiters build
-#: a new rule class per instance, i.e. per request, and the validation cache is keyed by
-#: the rules: with per-request limiters no document was ever found in it, and every
-#: request paid full validation again.
-LIMIT_RULES = (*QueryDepthLimiter(max_depth=MAX_DEPTH).validation_rules,
-               *MaxAliasesLimiter(max_alias_count=MAX_ALIASES).validation_rules)
 
 
 def build_schema(extra_extensions: Sequence[Any] = ()) -> strawberry.Schema:
@@ -44,16 +22,9 @@ def build_schema(extra_extensions: Sequence[Any] = ()) -> strawberry.Schema:
         mutation=Mutation,
         subscription=Subscription,
         types=list(NODE_BY_KIND.values()),
-        extensions=[
-            lambda: AddValidationRules(list(LIMIT_RULES)),
-            lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
-            MaskUnexpectedErrors,
-            ReleaseLoaders,
-            # Clients send the same few documents over and over: parse and validate once.
-            lambda: ParserCache(maxsize=256),
-            lambda: ValidationCache(maxsize=256),
-            *extra_extensions,
-        ],
+        # The limits, the parse and validation caches, error masking and releasing the
+        # request's loaders: one extension (graph/pipeline.py says why).
+        extensions=[RequestPipeline, *extra_extensions],
         execution_context_class=LeanExecutionContext,
     )
     lean.install(built)

@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import aiosqlite
+import orjson
 
 from domain.aggregation import Group, Metric
 from domain.entities import AuditEntry, E, Record
@@ -109,6 +110,16 @@ def _update_params(record: Record) -> tuple[SqlValue, ...]:
     row = dict(zip(columns(type(record)), to_row(record), strict=True))
     record_id = row.pop("id")
     return (*row.values(), record_id)
+
+
+def _json_array(values: list[Any]) -> str:
+    """The JSON array parameter of a batch lookup (``json_each(?)``). orjson: the standard
+    library's encoder cost ~3.6 µs per batch of ten keys, orjson 0.3. Integers beyond 64
+    bits, which orjson refuses, are left to the standard library."""
+    try:
+        return orjson.dumps(values).decode()
+    except TypeError:
+        return json.dumps(values)
 
 
 def _from(kind: type[Record]) -> str:
@@ -291,7 +302,7 @@ class SqliteStore:
         rows = await self._read(
             f"SELECT {_select_list(kind)} FROM {_from(kind)} "
             f"WHERE t0.\"id\" IN (SELECT value FROM json_each(?)) AND {where_sql}",
-            [json.dumps(wanted), *params],
+            [_json_array(wanted), *params],
         )
         found = {record.id: record for record in (from_row(kind, row) for row in rows)}
         return [found.get(i) if isinstance(i, str) else None for i in ids]
@@ -421,7 +432,7 @@ class SqliteStore:
         for key in keys:
             if key is not None:
                 originals.setdefault(encode(spec, key), key)
-        return column("t0", spec.name), originals, json.dumps(list(originals))
+        return column("t0", spec.name), originals, _json_array(list(originals))
 
     # ------------------------------------------------------------------ writes
     async def write(self, changes: Sequence[Change], audit: Sequence[AuditEntry]) -> None:

@@ -1,3 +1,5 @@
+import base64
+import json
 from datetime import UTC, datetime
 
 import pytest
@@ -40,6 +42,18 @@ def test_cursor_round_trip_and_ordering_check() -> None:
     assert err.value.code == "INVALID_CURSOR"
     with pytest.raises(ValidationError):
         decode_cursor("%%%", sort)
+
+
+def test_cursors_keep_any_text_and_decode_the_compact_json_of_earlier_versions() -> None:
+    sort = [Sort("name")]
+    cursor = encode_cursor(sort, ["Zürich Süd ⚡"], "abc")
+    assert decode_cursor(cursor, sort).values == ("Zürich Süd ⚡",)
+    # A cursor made with ``json.dumps(..., separators=(",", ":"))`` (ASCII escapes).
+    earlier = base64.urlsafe_b64encode(json.dumps(
+        {"s": [["name", False]], "v": ["Zürich"], "i": "abc"},
+        separators=(",", ":")).encode()).decode().rstrip("=")
+    key = decode_cursor(earlier, sort)
+    assert key.values == ("Zürich",) and key.id == "abc"
 
 
 def test_page_request_bounds() -> None:

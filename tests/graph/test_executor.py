@@ -10,7 +10,9 @@ from typing import Any
 import pytest
 import strawberry
 from graphql import GraphQLObjectType
+from graphql.execution.types import ExperimentalIncrementalExecutionResults
 from strawberry.extensions import SchemaExtension
+from strawberry.schema.config import StrawberryConfig
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
 from graph import lean
@@ -24,9 +26,13 @@ class Mood(enum.Enum):
     GRUMPY = "grumpy"
 
 
-@strawberry.type
-class Pet:
+@strawberry.interface
+class Named:
     name: str
+
+
+@strawberry.type
+class Pet(Named):  # implementing an interface gives Pet an ``is_type_of`` check
     age: int | None
     mood: Mood
     nickname: str  # non-null, but the data below has a None for one pet
@@ -47,6 +53,19 @@ class Pet:
     @strawberry.field
     async def later(self) -> str:
         return self.name + "!"
+
+    @strawberry.field
+    async def buddy(self) -> Pet:
+        return PETS[1]
+
+    @strawberry.field
+    def toy(self) -> Toy:
+        return Toy(label=f"{self.name}'s ball")
+
+
+@strawberry.type
+class Toy:
+    label: str
 
 
 PETS = [
@@ -76,11 +95,34 @@ class Query:
     def strays(self) -> list[Pet | None]:
         return STRAYS
 
+    # Objects the short path of object completion must leave to graphql-core: a value of
+    # another type (its ``is_type_of`` says no), a None for a non-null object, a resolver
+    # that raises, and a union (an abstract type).
+    @strawberry.field
+    def impostor(self) -> Pet | None:
+        return Toy(label="not a pet")  # type: ignore[return-value]
 
-def _schema(context_class: type | None, extensions: list[Any] | None = None
-            ) -> strawberry.Schema:
+    @strawberry.field
+    def lost(self) -> Pet:
+        return None  # type: ignore[return-value]
+
+    @strawberry.field
+    def broken(self) -> Pet | None:
+        raise ValueError("no pet today")
+
+    @strawberry.field
+    def things(self) -> list[Pet | Toy]:
+        return [PETS[0], Toy(label="rope")]
+
+    @strawberry.field
+    def lost_toy(self) -> Toy:  # Toy implements nothing: no ``is_type_of`` to say no
+        return None  # type: ignore[return-value]
+
+
+def _schema(context_class: type | None, extensions: list[Any] | None = None,
+            config: StrawberryConfig | None = None) -> strawberry.Schema:
     built = strawberry.Schema(query=Query, execution_context_class=context_class,
-                              extensions=extensions or [])
+                              extensions=extensions or [], config=config)
     lean.install(built)
     return built
 
@@ -100,6 +142,15 @@ DOCUMENTS = [
     "{ strays { age weight } }",
     # Directives decide what is selected.
     "query($yes: Boolean!) { pets { name @include(if: $yes) age @skip(if: $yes) } }",
+    # Objects: nested, async, through a fragment, of a union; a value of the wrong type,
+    # a non-null None and a raising resolver, beside answers that stand.
+    "{ pet { buddy { name buddy { name } } toy { label } ... on Pet { friend { age } } } }",
+    "{ things { __typename ... on Pet { name } ... on Toy { label } } }",
+    "{ pets { name } impostor { name } }",
+    "{ pets { name } lost { name } }",
+    "{ pets { name } lostToy { label } }",
+    "{ pet { name } broken { name } }",
+    "{ strays { name buddy { nickname } } }",
 ]
 
 
@@ -174,6 +225,52 @@ async def test_plain_reads_skip_the_resolver() -> None:
     # Mood — graphql-core's path runs, for that object only.
     await _run(built, "{ strays { name nickname mood } }")
     assert calls == {"nickname": 1, "mood": 1}
+
+
+class CountingObjects(LeanExecutionContext):
+    """Counts the objects that reach graphql-core's ``complete_object_value``."""
+
+    completed: list[str] = []
+
+    def complete_object_value(self, return_type: Any, *args: Any) -> Any:
+        CountingObjects.completed.append(return_type.name)
+        return super().complete_object_value(return_type, *args)
+
+
+async def test_objects_skip_graphql_cores_completion_unless_it_has_something_to_say() -> None:
+    CountingObjects.completed = []
+    built = _schema(CountingObjects)
+    data, errors = await _run(built, "{ pets { friend { name } toy { label } } pet { name } }")
+    assert not errors and data["pets"][0] == {"friend": {"name": "Tom"},
+                                              "toy": {"label": "Rex's ball"}}
+    assert CountingObjects.completed == []
+    # A value its type rejects goes graphql-core's way, which reports it.
+    _, errors = await _run(built, "{ impostor { name } }")
+    assert CountingObjects.completed == ["Pet"]
+    assert [message for message, _, _ in errors] == [
+        "Expected value of type 'Pet' but got: <Toy instance>."]
+
+
+async def _incremental(context_class: type, document: str) -> list[Any]:
+    built = _schema(context_class,
+                    config=StrawberryConfig(enable_experimental_incremental_execution=True))
+    result = await built.execute(document)
+    assert isinstance(result, ExperimentalIncrementalExecutionResults), result
+    parts = [result.initial_result.formatted]
+    parts += [later.formatted async for later in result.subsequent_results]
+    return _ordered(parts)
+
+
+@pytest.mark.parametrize("document", [
+    "{ pets { name ... @defer { buddy { name } } } }",
+    "{ pet { ... @defer(label: \"more\") { toy { label } friend { name } } name } }",
+    # The same object in the first answer and in a deferred part, with more fields there.
+    "{ pet { buddy { name } ... @defer { buddy { name age buddy { mood } } } } }",
+])
+async def test_deferred_parts_come_as_graphql_core_sends_them(document: str) -> None:
+    parts = await _incremental(LeanExecutionContext, document)
+    assert parts == await _incremental(StrawberryGraphQLCoreExecutionContext, document)
+    assert len(parts) > 1  # something was deferred
 
 
 class Shouting(SchemaExtension):

@@ -434,7 +434,7 @@ async def test_start_eagerly() -> None:
 async def test_an_events_loaded_records_go_with_its_rendering(live: Setup) -> None:
     """Each nested rendering loads through loaders of its own, on a copy of the
     subscription's executor; what it loaded goes when the rendering is done, not later
-    with the garbage collector (unlike a request's, which graph.context.ReleaseLoaders
+    with the garbage collector (unlike a request's, which graph.pipeline.RequestPipeline
     has to release: a request's executor is a reference cycle)."""
     socket = await live.open("admin")
     socket.subscribe("1", NESTED)

@@ -1,4 +1,4 @@
-"""A request's loaded records go with the request (graph.context.ReleaseLoaders): they
+"""A request's loaded records go with the request (graph.pipeline.RequestPipeline): they
 are not left in reference cycles for the garbage collector, whose pauses grew with every
 row a request had loaded."""
 

@@ -468,6 +468,17 @@ async def test_a_page_of_stations_connectors_come_out_of_the_index_in_order(
     assert plan.count("TEMP B-TREE") == 1, plan
 
 
+async def test_batch_lookups_take_keys_orjson_cannot_write(store: SqliteStore) -> None:
+    """The keys of a batch travel as one JSON array; an integer beyond 64 bits (orjson
+    refuses it) goes through the standard library's encoder and still finds nothing."""
+    one = station()
+    await put(store, one)
+    found = await store.get_many(Station, [one.id, "nope"])
+    assert [s.id if s else None for s in found] == [one.id, None]
+    grouped = await store.find_grouped(Session, "transaction_id", [2**70, 7], ALL, (), 5)
+    assert grouped == {}
+
+
 async def _plan_of(store: SqliteStore, sql: str, params: Sequence[SqlValue]) -> str:
     assert store._reader is not None
     rows = await store._reader.execute_fetchall(f"EXPLAIN QUERY PLAN {sql}", params)
