@@ -1,0 +1,49 @@
+"""The request pipeline extension (graph/pipeline.py): the document limits hold, parse and
+validation run once per document text, and errors come out masked."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from graphql import parse as graphql_parse
+
+from graph.pipeline import MAX_TOKENS
+from graph.schema import schema
+
+
+async def test_a_document_over_the_token_limit_is_refused_before_validation() -> None:
+    fields = " ".join("__typename" for _ in range(MAX_TOKENS))
+    result = await schema.execute("{ " + fields + " }")
+    assert result.errors is not None and result.data is None
+    assert [e.message for e in result.errors] == [
+        f"Syntax Error: Document contains more than {MAX_TOKENS} tokens. Parsing aborted."]
+
+
+async def test_a_repeated_text_is_parsed_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+
+    def counting(source: Any, **kwargs: Any) -> Any:
+        calls.append(str(source))
+        return graphql_parse(source, **kwargs)
+
+    monkeypatch.setattr("graph.pipeline.parse", counting)
+    document = "query ParsedOnceForTheCacheTest { __typename }"
+    for _ in range(3):
+        result = await schema.execute(document)
+        assert result.errors is None and result.data == {"__typename": "Query"}
+    assert calls == [document]
+
+
+async def test_an_invalid_document_answers_its_validation_errors_every_time() -> None:
+    for _ in range(2):
+        result = await schema.execute("{ stations { nodes { noSuchField } } }")
+        assert result.errors is not None
+        assert [e.message for e in result.errors] == [
+            "Cannot query field 'noSuchField' on type 'Station'."]
+
+
+async def test_a_syntax_error_is_reported_as_such() -> None:
+    result = await schema.execute("{ stations { ")
+    assert result.errors is not None
+    assert result.errors[0].message.startswith("Syntax Error")
