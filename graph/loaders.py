@@ -1,5 +1,6 @@
-"""Per-request DataLoaders: every relation of the graph resolves through one of these, so
-a nested query costs one store call per level whatever the number of rows.
+"""Per-request loaders (``graph.batch_loader.BatchLoader``): every relation of the graph
+resolves through one of these, so a nested query costs one store call per level whatever
+the number of rows.
 
 Loaders are built per request (and per subscription event) and never shared: their cache
 is only valid for one viewer at one moment.
@@ -12,60 +13,28 @@ once instead of waiting for the garbage collector.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
-
-from aiodataloader import DataLoader
 
 from domain.entities import E, Record
 from domain.policy import Viewer
 from domain.query import Filter, Sort
 from domain.services.reads import ReadService
+from graph.batch_loader import BatchLoader
 
 
 class Loaders:
     def __init__(self, reads: ReadService, viewer: Viewer) -> None:
         self._reads = reads
         self._viewer = viewer
-        self._loaders: dict[Hashable, DataLoader] = {}
+        self._loaders: dict[Hashable, BatchLoader[Any, Any]] = {}
 
     def release(self) -> None:
         """Drops every loader and what it loaded (the request is done with them; a later
         call builds them again)."""
         self._loaders.clear()
 
-    @staticmethod
-    def peek(loader: DataLoader, key: Any) -> tuple[bool, Any]:
-        """(True, value) when this request already loaded ``key``; lets a resolver answer
-        at once instead of through another awaitable (graphql-core's per-awaitable cost
-        dominates deep lists)."""
-        future = loader._cache.get(key)  # aiodataloader keeps the futures it handed out here
-        if future is None or not future.done() or future.cancelled() \
-                or future.exception() is not None:
-            return False, None
-        return True, future.result()
-
-    @staticmethod
-    async def fetch(loader: DataLoader, keys: Sequence[Any]) -> list[Any]:
-        """``loader.load_many(keys)`` for a prefetch, which knows all its keys at once:
-        the keys not loaded yet go to the batch function in one call right away and are
-        primed into the loader, where the rows' resolvers find them as before. DataLoader's
-        own dispatch would only add a loop turn, a task and a future per key, about 40 µs
-        per level (``python -m bench.nested_query``). A key another load is already
-        fetching is awaited as DataLoader would; a failing batch raises here."""
-        cache = loader._cache
-        missing = list(dict.fromkeys(key for key in keys if key not in cache))
-        if missing:
-            values = await loader.batch_load_fn(missing)
-            for key, value in zip(missing, values, strict=True):
-                loader.prime(key, value)
-        futures = [cache[key] for key in keys]
-        if all(future.done() for future in futures):
-            return [future.result() for future in futures]
-        return list(await asyncio.gather(*futures))
-
-    def shared(self, build: Callable[[Loaders], DataLoader]) -> DataLoader:
+    def shared(self, build: Callable[[Loaders], BatchLoader[Any, Any]]) -> BatchLoader[Any, Any]:
         """The loader ``build`` makes, made once per request and then found by one lookup
         keyed by ``build`` itself. For loaders fetched once per row of a page (a
         connector's active session): ``many_by``'s key hashes its filter and sort on every
@@ -75,7 +44,7 @@ class Loaders:
             loader = self._loaders[build] = build(self)
         return loader
 
-    def by_id(self, kind: type[E]) -> DataLoader:
+    def by_id(self, kind: type[E]) -> BatchLoader[Any, Any]:
         """Records by id; ``None`` for missing or hidden ones."""
         key = ("id", kind)
         if key not in self._loaders:
@@ -84,11 +53,11 @@ class Loaders:
             async def load(ids: Sequence[str]) -> list[Record | None]:
                 return await reads.get_many(viewer, kind, list(ids))  # type: ignore[return-value]
 
-            self._loaders[key] = DataLoader(load)
+            self._loaders[key] = BatchLoader(load)
         return self._loaders[key]
 
     def one_by(self, kind: type[E], key_field: str, where: Filter,
-               sort: Sequence[Sort] = ()) -> DataLoader:
+               sort: Sequence[Sort] = ()) -> BatchLoader[Any, Any]:
         """The first record (in ``sort`` order) per key value, e.g. a connector's active
         session."""
         loader_key = ("one", kind, key_field, where, tuple(sort))
@@ -101,11 +70,11 @@ class Loaders:
                 )
                 return [found.get(k, [None])[0] for k in keys]
 
-            self._loaders[loader_key] = DataLoader(load)
+            self._loaders[loader_key] = BatchLoader(load)
         return self._loaders[loader_key]
 
     def many_by(self, kind: type[E], key_field: str, where: Filter, sort: Sequence[Sort],
-                limit: int) -> DataLoader:
+                limit: int) -> BatchLoader[Any, Any]:
         """Up to ``limit`` records per key value in ``sort`` order (nested lists)."""
         loader_key = ("many", kind, key_field, where, tuple(sort), limit)
         if loader_key not in self._loaders:
@@ -117,10 +86,10 @@ class Loaders:
                 )
                 return [list(found.get(k, [])) for k in keys]
 
-            self._loaders[loader_key] = DataLoader(load)
+            self._loaders[loader_key] = BatchLoader(load)
         return self._loaders[loader_key]
 
-    def count_by(self, kind: type[E], key_field: str, where: Filter) -> DataLoader:
+    def count_by(self, kind: type[E], key_field: str, where: Filter) -> BatchLoader[Any, Any]:
         """How many records per key value (``totalCount`` of nested connections)."""
         loader_key = ("count", kind, key_field, where)
         if loader_key not in self._loaders:
@@ -132,5 +101,5 @@ class Loaders:
                 )
                 return [found.get(k, 0) for k in keys]
 
-            self._loaders[loader_key] = DataLoader(load)
+            self._loaders[loader_key] = BatchLoader(load)
         return self._loaders[loader_key]

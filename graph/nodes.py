@@ -82,7 +82,7 @@ def _related_now(info: Info, node: Any, record_id: str | None) -> Any:
 def _now_or_later(loader: Any, key: Any, answer: Callable[[Any], Any]) -> Any:
     """``answer(value)`` at once when the request already loaded ``key`` (a parent
     prefetched it), else an awaitable of it that loads ``key`` in the next batch."""
-    hit, value = Loaders.peek(loader, key)
+    hit, value = loader.peek(key)
     if hit:
         return answer(value)
 
@@ -174,7 +174,7 @@ async def _prefetch_active_sessions(ctx: GraphContext, station_ids: list[str],
                                     wants_below: Callable[..., bool]) -> None:
     """The active sessions of these stations, and below them what ``wants_below(*path)``
     selects: one batched call per level."""
-    groups = await Loaders.fetch(_active_sessions(ctx), station_ids)
+    groups = await _active_sessions(ctx).fetch(station_ids)
     await Session.prefetch(ctx, [s for group in groups for s in group], wants_below)
 
 
@@ -445,7 +445,7 @@ class Station(Node, Audited):
         for station in stations:
             by_id.prime(station.id, station)  # ``connector { station }`` is known already
         ids = [station.id for station in stations]
-        await Loaders.fetch(_connectors_of(ctx), ids)
+        await _connectors_of(ctx).fetch(ids)
         if wants("connectors", "activeSession"):
             await _prefetch_active_sessions(
                 ctx, ids, lambda *path: wants("connectors", "activeSession", *path))
@@ -453,7 +453,7 @@ class Station(Node, Audited):
     @strawberry.field
     def connectors(self, info: Info) -> list[Connector]:
         ctx = _ctx(info)
-        hit, records = ctx.loaders.peek(_connectors_of(ctx), self._r.id)
+        hit, records = _connectors_of(ctx).peek(self._r.id)
         if hit:  # a parent prefetched them
             return [Connector.wrap(c, ctx) for c in records]
         return self._load_connectors(info)  # type: ignore[return-value]
@@ -543,7 +543,7 @@ class Connector(Node, Audited):
         if not station_ids:
             return
         if wants("station"):
-            await Loaders.fetch(ctx.loaders.by_id(d.Station), station_ids)
+            await ctx.loaders.by_id(d.Station).fetch(station_ids)
         if wants("activeSession"):
             await _prefetch_active_sessions(ctx, station_ids,
                                             lambda *path: wants("activeSession", *path))
@@ -616,13 +616,12 @@ class Session(Node, Audited):
                                                                 "vehicle_id"),
                                  ("station", d.Station, "station_id")):
             if wants(field):
-                loads.append(Loaders.fetch(ctx.loaders.by_id(kind), list(
+                loads.append(ctx.loaders.by_id(kind).fetch(list(
                     {getattr(s, key) for s in sessions if getattr(s, key)})))
         if wants("connector"):
-            loads.append(Loaders.fetch(_connectors_of(ctx),
-                                       list({s.station_id for s in sessions})))
+            loads.append(_connectors_of(ctx).fetch(list({s.station_id for s in sessions})))
         if wants("payment"):
-            loads.append(Loaders.fetch(_payment_of(ctx), [s.id for s in sessions]))
+            loads.append(_payment_of(ctx).fetch([s.id for s in sessions]))
         # Together (a store with network round trips overlaps them); one alone is awaited
         # as it is, without a task.
         if len(loads) == 1:

@@ -1,4 +1,5 @@
-"""``Loaders.fetch``: a prefetch's loads, one batch call at once, primed for the rows."""
+"""``BatchLoader`` (graph/batch_loader.py): loads batched per loop turn and cached;
+``fetch``, a prefetch's loads, one batch call at once, cached for the rows."""
 
 from __future__ import annotations
 
@@ -6,46 +7,88 @@ import asyncio
 from collections.abc import Sequence
 
 import pytest
-from aiodataloader import DataLoader
 
-from graph.loaders import Loaders
+from graph.batch_loader import BatchLoader
 
 
 class Counting:
-    def __init__(self, fail: bool = False) -> None:
+    def __init__(self, fail: bool = False, short: bool = False) -> None:
         self.batches: list[list[int]] = []
         self.fail = fail
+        self.short = short
 
     async def load(self, keys: Sequence[int]) -> list[int]:
         self.batches.append(list(keys))
         if self.fail:
             raise RuntimeError("store down")
-        return [key * 10 for key in keys]
+        return [key * 10 for key in keys][: -1 if self.short else None]
 
 
-async def test_fetch_loads_the_missing_keys_in_one_call_and_primes_them() -> None:
+async def test_loads_of_one_turn_and_of_the_tasks_it_starts_make_one_batch() -> None:
     batch = Counting()
-    loader = DataLoader(batch.load)
+    loader: BatchLoader[int, int] = BatchLoader(batch.load)
+
+    async def resolver(key: int) -> int:  # graphql-core starts these as tasks
+        return await loader.load(key)
+
+    first = loader.load(1)
+    values = await asyncio.gather(first, resolver(2), resolver(3), resolver(1))
+    assert values == [10, 20, 30, 10]
+    assert batch.batches == [[1, 2, 3]]
+    # Cached for the rest of the request.
+    assert await loader.load(2) == 20 and batch.batches == [[1, 2, 3]]
+    assert loader.peek(3) == (True, 30) and loader.peek(4) == (False, None)
+
+
+async def test_a_failing_batch_fails_its_keys_and_caches_none_of_them() -> None:
+    batch = Counting(fail=True)
+    loader: BatchLoader[int, int] = BatchLoader(batch.load)
+    loads = [loader.load(1), loader.load(2)]
+    for load in loads:
+        with pytest.raises(RuntimeError, match="store down"):
+            await load
+    assert loader.peek(1) == (False, None)
+    batch.fail = False
+    assert await loader.load(1) == 10  # tried again
+    assert batch.batches == [[1, 2], [1]]
+
+
+async def test_a_batch_answering_too_few_values_fails_its_keys() -> None:
+    loader: BatchLoader[int, int] = BatchLoader(Counting(short=True).load)
+    with pytest.raises(TypeError, match="1 values for 2 keys"):
+        # Bounded: a batch that fails after answering nothing would leave them waiting.
+        await asyncio.wait_for(asyncio.gather(loader.load(1), loader.load(2)), 5)
+
+
+async def test_fetch_loads_the_missing_keys_in_one_call_and_caches_them() -> None:
+    batch = Counting()
+    loader: BatchLoader[int, int] = BatchLoader(batch.load)
     assert await loader.load(1) == 10
-    assert await Loaders.fetch(loader, [1, 2, 3, 2]) == [10, 20, 30, 20]
+    assert await loader.fetch([1, 2, 3, 2]) == [10, 20, 30, 20]
     assert batch.batches == [[1], [2, 3]]  # 1 was loaded, 2 asked for once
     # The rows' own loads find them: no further batch.
-    assert await loader.load_many([2, 3]) == [20, 30]
+    assert await asyncio.gather(loader.load(2), loader.load(3)) == [20, 30]
     assert batch.batches == [[1], [2, 3]]
 
 
 async def test_fetch_waits_for_a_key_another_load_is_fetching() -> None:
     batch = Counting()
-    loader = DataLoader(batch.load)
-    pending = loader.load(5)  # dispatched on the next loop turn
+    loader: BatchLoader[int, int] = BatchLoader(batch.load)
+    pending = loader.load(5)  # dispatched two loop turns later
     assert not pending.done()
-    assert await Loaders.fetch(loader, [5, 6]) == [50, 60]
+    assert await loader.fetch([5, 6]) == [50, 60]
     assert sorted(batch.batches) == [[5], [6]]
 
 
-async def test_a_failing_batch_raises_and_primes_nothing() -> None:
-    loader = DataLoader(Counting(fail=True).load)
+async def test_a_failing_fetch_raises_and_caches_nothing() -> None:
+    loader: BatchLoader[int, int] = BatchLoader(Counting(fail=True).load)
     with pytest.raises(RuntimeError, match="store down"):
-        await Loaders.fetch(loader, [1, 2])
-    assert loader._cache == {}
-    await asyncio.sleep(0)
+        await loader.fetch([1, 2])
+    assert loader.peek(1) == (False, None) and loader.peek(2) == (False, None)
+
+
+async def test_prime_keeps_what_the_request_already_has() -> None:
+    loader: BatchLoader[int, int] = BatchLoader(Counting().load)
+    loader.prime(1, 7)
+    loader.prime(1, 8)
+    assert await loader.load(1) == 7
