@@ -25,58 +25,67 @@ BatchFunction = Callable[[list[K]], Awaitable[Sequence[V]]]
 
 
 class BatchLoader(Generic[K, V]):
-    __slots__ = ("_batch", "_cache", "_queue", "_running")
+    __slots__ = ("_batch", "_known", "_pending", "_queue", "_running")
 
     def __init__(self, batch: BatchFunction[K, V]) -> None:
         self._batch = batch
-        self._cache: dict[K, asyncio.Future[V]] = {}
+        # What the request has loaded, as plain values: a prefetch fills in a page's rows
+        # and their resolvers read them back (``peek``) without a future per key.
+        self._known: dict[K, V] = {}
+        # Keys being loaded, each with the future its loads wait on.
+        self._pending: dict[K, asyncio.Future[V]] = {}
         self._queue: list[K] = []
         # The batches in flight (the loop keeps only weak references to tasks).
         self._running: set[asyncio.Task[None]] = set()
 
     def load(self, key: K) -> asyncio.Future[V]:
-        """The value for ``key``: cached, or loaded in the open batch."""
-        future = self._cache.get(key)
-        if future is None:
-            loop = asyncio.get_running_loop()
-            future = self._cache[key] = loop.create_future()
-            self._queue.append(key)
-            if len(self._queue) == 1:
-                loop.call_soon(loop.call_soon, self._dispatch)
+        """The value for ``key``: known, being loaded, or loaded in the open batch."""
+        future = self._pending.get(key)
+        if future is not None:
+            return future
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        if key in self._known:
+            future.set_result(self._known[key])
+            return future
+        self._pending[key] = future
+        self._queue.append(key)
+        if len(self._queue) == 1:
+            loop.call_soon(loop.call_soon, self._dispatch)
         return future
 
     def prime(self, key: K, value: V) -> None:
         """Caches ``value`` for ``key`` unless the request has it (or is loading it)."""
-        if key not in self._cache:
-            future: asyncio.Future[V] = asyncio.get_running_loop().create_future()
-            future.set_result(value)
-            self._cache[key] = future
+        if key not in self._known and key not in self._pending:
+            self._known[key] = value
 
     def peek(self, key: K) -> tuple[bool, V | None]:
         """(True, value) when this request already loaded ``key``: a resolver answers at
         once instead of through an awaitable (graphql-core's cost per awaitable dominates
         deep lists)."""
-        future = self._cache.get(key)
-        if future is None or not future.done() or future.cancelled() \
-                or future.exception() is not None:
-            return False, None
-        return True, future.result()
+        known = self._known
+        if key in known:
+            return True, known[key]
+        return False, None
 
     async def fetch(self, keys: Sequence[K]) -> list[V]:
         """The values of ``keys`` for a prefetch, which knows all its keys at once: the
-        ones not loaded yet go to the batch function in one call right away (no waiting
-        for the batch to close) and are cached for the rows' resolvers. A key another load
-        is fetching is awaited; a failing batch raises here and caches nothing."""
-        cache = self._cache
-        missing = list(dict.fromkeys(key for key in keys if key not in cache))
+        ones neither known nor being loaded go to the batch function in one call right
+        away (no waiting for the batch to close) and are cached for the rows' resolvers.
+        A key another load is fetching is awaited; a failing batch raises here and caches
+        nothing."""
+        known, pending = self._known, self._pending
+        missing = list(dict.fromkeys(
+            key for key in keys if key not in known and key not in pending))
         if missing:
-            values = _checked(missing, await self._batch(missing))
-            for key, value in zip(missing, values, strict=True):
-                self.prime(key, value)
-        futures = [cache[key] for key in keys]
-        if all(future.done() for future in futures):
-            return [future.result() for future in futures]
-        return list(await asyncio.gather(*futures))
+            loop = asyncio.get_running_loop()
+            for key in missing:  # a load meanwhile waits for this batch
+                pending[key] = loop.create_future()
+            await self._run(missing, raising=True)
+        waiting = [pending[key] for key in keys if key not in known]
+        if waiting:
+            await asyncio.gather(*waiting)
+        return [known[key] for key in keys]
 
     def _dispatch(self) -> None:
         keys, self._queue = self._queue, []
@@ -84,20 +93,27 @@ class BatchLoader(Generic[K, V]):
         self._running.add(task)
         task.add_done_callback(self._running.discard)
 
-    async def _run(self, keys: list[K]) -> None:
+    async def _run(self, keys: list[K], raising: bool = False) -> None:
+        """Loads ``keys`` (each has its future in ``_pending``) and settles them; a failure
+        fails them all and caches none, so a later load tries again. ``raising``: the
+        caller (a prefetch) gets the failure too."""
+        pending = self._pending
         try:
             values = _checked(keys, await self._batch(keys))
         except BaseException as error:
-            # Every key of the batch fails; none stays cached, so a later load tries again.
             for key in keys:
-                future = self._cache.pop(key, None)
+                future = pending.pop(key, None)
                 if future is not None and not future.done():
                     future.set_exception(error)
-            if not isinstance(error, Exception):
-                raise  # cancellation and exits go on
+                    if raising:
+                        future.exception()  # reported by the caller: not "never retrieved"
+            if raising or not isinstance(error, Exception):
+                raise  # and cancellation and exits always go on
             return
+        known = self._known
         for key, value in zip(keys, values, strict=True):
-            future = self._cache.get(key)
+            known[key] = value
+            future = pending.pop(key, None)
             if future is not None and not future.done():
                 future.set_result(value)
 

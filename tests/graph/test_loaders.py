@@ -92,3 +92,23 @@ async def test_prime_keeps_what_the_request_already_has() -> None:
     loader.prime(1, 7)
     loader.prime(1, 8)
     assert await loader.load(1) == 7
+
+
+async def test_a_load_during_a_fetch_waits_for_the_fetchs_batch() -> None:
+    gate = asyncio.Event()
+    batches: list[list[int]] = []
+
+    async def slow(keys: Sequence[int]) -> list[int]:
+        batches.append(list(keys))
+        await gate.wait()
+        return [key * 10 for key in keys]
+
+    loader: BatchLoader[int, int] = BatchLoader(slow)
+    fetching = asyncio.ensure_future(loader.fetch([1, 2]))
+    await asyncio.sleep(0)  # the fetch's batch is under way
+    meanwhile = loader.load(2)
+    gate.set()
+    assert await fetching == [10, 20] and await meanwhile == 20
+    for _ in range(5):  # long enough for any batch of the load to go out
+        await asyncio.sleep(0)
+    assert batches == [[1, 2]]
