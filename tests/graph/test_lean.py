@@ -3,12 +3,14 @@ answer exactly as Strawberry's own resolvers, and keep its wrapper wherever it h
 
 from __future__ import annotations
 
+import enum
 from typing import Any
 
 import pytest
 import strawberry
 from graphql import GraphQLField, GraphQLObjectType
 from graphql import validate as graphql_validate
+from strawberry import relay
 from strawberry.permission import BasePermission
 from strawberry.schema.config import StrawberryConfig
 
@@ -87,13 +89,70 @@ async def test_lean_resolvers_answer_as_strawberry_does() -> None:
     assert errors == ["denied", "denied"]
 
 
-def test_only_fields_without_arguments_or_extensions_are_replaced() -> None:
+def test_only_fields_without_extensions_are_replaced() -> None:
     replaced = set(lean.install(_schema(False)))
     assert {"Item.name", "Item.shout", "Item.where", "Item.tagged", "Item.later",
-            "Query.items"} <= replaced
-    # Arguments to convert and permission extensions keep Strawberry's wrapper.
-    assert "Item.repeat" not in replaced
+            "Item.repeat", "Query.items"} <= replaced
+    # Permission extensions keep Strawberry's wrapper.
     assert "Item.secret" not in replaced
+
+
+@strawberry.enum
+class Size(enum.Enum):
+    SMALL = "small"
+    LARGE = "large"
+
+
+@strawberry.input
+class Range:
+    low: int
+    high: int | None = None
+    size: Size = Size.SMALL
+
+
+@strawberry.type
+class Arguments:
+    @strawberry.field
+    def echo(self, info: strawberry.Info, count: int = 1, label: str | None = "x",
+             ratio: float | None = None, flag: bool = False, size: Size | None = None,
+             numbers: list[int] | None = None, window: Range | None = None,
+             windows: list[Range] | None = None, node_id: strawberry.ID | None = None,
+             relay_id: relay.GlobalID | None = None,
+             maybe_note: strawberry.Maybe[str | None] = None) -> str:
+        return repr((info.path.key, count, label, ratio, flag, size, numbers, window,
+                     windows, node_id, relay_id, maybe_note))
+
+
+@strawberry.type
+class ArgumentsQuery:
+    @strawberry.field
+    def arguments(self) -> Arguments:
+        return Arguments()
+
+
+ARGUMENT_DOCUMENTS = [
+    "{ arguments { echo } }",  # every default
+    "{ arguments { echo(count: 3, label: null, ratio: 1, flag: true, size: LARGE) } }",
+    "{ arguments { echo(numbers: [1, 2], window: {low: 1}, "
+    "windows: [{low: 2, high: 3, size: LARGE}]) } }",
+    "{ arguments { echo(nodeId: 7, relayId: \"U3RhdGlvbjox\", maybeNote: null) } }",
+    "{ arguments { echo(maybeNote: \"hi\") } }",
+    "query($c: Int, $w: Range) { arguments { echo(count: $c, window: $w) } }",
+    "{ arguments { echo(relayId: \"not a global id\") } }",  # a conversion that fails
+]
+
+
+@pytest.mark.parametrize("document", ARGUMENT_DOCUMENTS)
+async def test_arguments_reach_the_resolver_as_strawberry_passes_them(document: str) -> None:
+    answers = []
+    for with_lean in (True, False):
+        built = strawberry.Schema(query=ArgumentsQuery)
+        if with_lean:
+            assert "Arguments.echo" in lean.install(built)
+        result = await built.execute(document,
+                                     variable_values={"c": 5, "w": {"low": 4, "size": "LARGE"}})
+        answers.append((result.data, [e.message for e in result.errors or []]))
+    assert answers[0] == answers[1]
 
 
 def _field(type_name: str, field_name: str) -> GraphQLField:
@@ -109,9 +168,10 @@ def test_the_nested_page_fields_are_lean_in_our_schema() -> None:
         resolve = _field(type_name, field_name).resolve
         assert resolve is not None and resolve.__module__ == "graph.lean", (type_name,
                                                                              field_name)
-    # Paged relations take arguments: Strawberry converts them.
-    sessions = _field("Station", "sessions")
-    assert sessions.resolve is not None and sessions.resolve.__module__ != "graph.lean"
+    # Paged relations and the root lists take arguments: lean too.
+    for type_name, field_name in [("Station", "sessions"), ("Query", "stations")]:
+        resolve = _field(type_name, field_name).resolve
+        assert resolve is not None and resolve.__module__ == "graph.lean"
 
 
 async def test_a_repeated_document_is_validated_once(monkeypatch: pytest.MonkeyPatch) -> None:
