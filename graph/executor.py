@@ -12,9 +12,11 @@ So for each selection (graphql-core hands the same grouped field set to every ob
 a list) a plan is worked out once per execution: which fields are **plain reads** — the
 resolver is one of ``graph.lean``'s attribute reads, the field takes no arguments,
 middleware does not wrap it, and it returns a scalar or enum, nullable or not. Those are
-answered here: read the attribute, coerce it. Every other field goes through
-graphql-core's own ``execute_field``, in the selection's order, and its awaitable answers
-are awaited together as graphql-core's ``execute_fields`` does. So does a plain read that
+answered here: read the attribute, coerce it. Every other field is executed in the
+selection's order as graphql-core's ``execute_field`` does it, with what that looks up
+for every object (the field, its resolver through middleware, its nodes) taken from the
+plan for fields without arguments; its awaitable answers are awaited together as
+graphql-core's ``execute_fields`` does. So does a plain read that
 is not the plain case this time — the read or the coercion raising, ``None`` for a
 non-null field, a coercion answering nothing: graphql-core then reads the attribute again
 (reads have no side effects) and reports the error exactly as it always has, at the same
@@ -36,6 +38,8 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from graphql import (
+    FieldNode,
+    GraphQLField,
     GraphQLObjectType,
     GraphQLOutputType,
     GraphQLResolveInfo,
@@ -61,13 +65,22 @@ class _Read(NamedTuple):
     nullable: bool
 
 
+class _Call(NamedTuple):
+    """A field without arguments that is not a plain read, looked up once: what
+    graphql-core's ``execute_field`` looks up for every object."""
+
+    field: GraphQLField
+    resolve: Callable[..., Any]
+    nodes: list[FieldNode]
+
+
 class _Plan(NamedTuple):
     """One selection on one parent type. It keeps its grouped field set alive: plans are
     found by the set's identity."""
 
     grouped: GroupedFieldSet
     parent_type: GraphQLObjectType
-    fields: tuple[tuple[str, FieldDetailsList, _Read | None], ...]
+    fields: tuple[tuple[str, FieldDetailsList, _Read | None, _Call | None], ...]
 
 
 class LeanExecutionContext(StrawberryGraphQLCoreExecutionContext):
@@ -89,7 +102,7 @@ class LeanExecutionContext(StrawberryGraphQLCoreExecutionContext):
         pending: list[str] | None = None
         is_awaitable = self.is_awaitable
         try:
-            for name, fields, read in plan.fields:
+            for name, fields, read, call in plan.fields:
                 if read is not None:
                     try:
                         value = getattr(source_value, read.attribute)
@@ -104,9 +117,12 @@ class LeanExecutionContext(StrawberryGraphQLCoreExecutionContext):
                                 continue
                     except Exception:  # graphql-core reports it: the field goes its way
                         pass
-                result = self.execute_field(parent_type, source_value, fields,
-                                            Path(path, name, parent_type.name),
-                                            position_context)
+                field_path = Path(path, name, parent_type.name)
+                result = self.execute_field(
+                    parent_type, source_value, fields, field_path, position_context) \
+                    if call is None else self._execute_call(
+                        call, parent_type, source_value, fields, field_path,
+                        position_context)
                 if result is not Undefined:  # graphql-core leaves out unknown fields
                     results[name] = result
                     if is_awaitable(result):
@@ -149,6 +165,28 @@ class LeanExecutionContext(StrawberryGraphQLCoreExecutionContext):
                                           result, position_context)
         return self.execute_fields(object_type, result, path, grouped, None)
 
+    def _execute_call(self, call: _Call, parent_type: GraphQLObjectType, source: Any,
+                      fields: FieldDetailsList, path: Path, position_context: Any) -> Any:
+        """graphql-core's ``execute_field`` for a field without arguments, with what it
+        looks up per object (the field, its resolver through middleware, the field
+        nodes) taken from the plan."""
+        field = call.field
+        return_type = field.type
+        info = self.build_resolve_info(field, call.nodes, parent_type, path)
+        try:
+            result = call.resolve(source, info)
+            if self.is_awaitable(result):
+                return self.complete_awaitable_value(return_type, fields, info, path,
+                                                     result, position_context)
+            completed = self.complete_value(return_type, fields, info, path, result,
+                                            position_context)
+            if self.is_awaitable(completed):
+                return _completed_later(self, completed, return_type, fields, path)
+        except Exception as raw_error:
+            self.handle_field_error(raw_error, return_type, fields, path)
+            return None
+        return completed
+
     def _object_entry(self, return_type: GraphQLOutputType
                       ) -> tuple[GraphQLOutputType, GraphQLObjectType | None]:
         inner = return_type.of_type if is_non_null_type(return_type) else return_type  # type: ignore[attr-defined]
@@ -157,31 +195,46 @@ class LeanExecutionContext(StrawberryGraphQLCoreExecutionContext):
         return entry
 
     def _plan(self, parent_type: GraphQLObjectType, grouped: GroupedFieldSet) -> _Plan:
-        fields = tuple((name, details, self._read(parent_type, details))
+        fields = tuple((name, details, *self._field_plan(parent_type, details))
                        for name, details in grouped.items())
         plan = _Plan(grouped, parent_type, fields)
         self._plans[id(grouped)] = plan
         return plan
 
-    def _read(self, parent_type: GraphQLObjectType,
-              field_details_list: FieldDetailsList) -> _Read | None:
+    def _field_plan(self, parent_type: GraphQLObjectType, field_details_list: FieldDetailsList
+                    ) -> tuple[_Read | None, _Call | None]:
+        """How the field is answered: a plain read, a planned call, or (neither: unknown
+        fields, arguments) graphql-core's ``execute_field``."""
         field_def = self.schema.get_field(parent_type, field_details_list[0].node.name.value)
         if field_def is None or field_def.args \
                 or any(details.node.arguments for details in field_details_list):
-            return None
-        resolve = field_def.resolve
-        attribute = getattr(resolve, ATTRIBUTE_MARK, None)
+            return None, None
+        resolve = field_def.resolve or self.field_resolver
         middleware = self.middleware_manager
-        if attribute is None or resolve is None or (
-                middleware is not None and middleware.get_field_resolver(resolve)
-                is not resolve):
-            return None
+        wrapped = middleware.get_field_resolver(resolve) if middleware is not None \
+            else resolve
+        call = _Call(field_def, wrapped, [details.node for details in field_details_list])
+        attribute = getattr(resolve, ATTRIBUTE_MARK, None)
+        if attribute is None or wrapped is not resolve:
+            return None, call
         return_type = field_def.type
         nullable = not is_non_null_type(return_type)
         leaf = return_type if nullable else return_type.of_type  # type: ignore[union-attr]
         if not is_leaf_type(leaf):
-            return None
-        return _Read(attribute, leaf.coerce_output_value, nullable)
+            return None, call
+        return _Read(attribute, leaf.coerce_output_value, nullable), call
+
+
+async def _completed_later(executor: LeanExecutionContext, completed: Any,
+                           return_type: GraphQLOutputType, fields: FieldDetailsList,
+                           path: Path) -> Any:
+    """A completion that turned out awaitable, its error handled as graphql-core's
+    ``execute_field`` handles it."""
+    try:
+        return await completed
+    except Exception as raw_error:
+        executor.handle_field_error(raw_error, return_type, fields, path)
+        return None
 
 
 async def _awaited(results: dict[str, Any], pending: list[str]) -> dict[str, Any]:

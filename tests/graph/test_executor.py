@@ -59,6 +59,10 @@ class Pet(Named):  # implementing an interface gives Pet an ``is_type_of`` check
         return PETS[1]
 
     @strawberry.field
+    async def explode(self) -> str:  # non-null: its error nulls the nearest nullable parent
+        raise ValueError(f"{self.name} exploded")
+
+    @strawberry.field
     def toy(self) -> Toy:
         return Toy(label=f"{self.name}'s ball")
 
@@ -151,6 +155,9 @@ DOCUMENTS = [
     "{ pets { name } lostToy { label } }",
     "{ pet { name } broken { name } }",
     "{ strays { name buddy { nickname } } }",
+    # A sync relation whose completion is awaitable and fails: the error stops at it.
+    "{ pets { name friend { name explode } } }",
+    "{ pet { buddy { explode } } }",
 ]
 
 
