@@ -40,6 +40,7 @@ from typing import Any, NamedTuple
 from graphql import (
     FieldNode,
     GraphQLField,
+    GraphQLLeafType,
     GraphQLObjectType,
     GraphQLOutputType,
     GraphQLResolveInfo,
@@ -52,6 +53,7 @@ from graphql.execution.collect_fields import FieldDetailsList, GroupedFieldSet
 from graphql.pyutils import Path
 from graphql.pyutils.gather_with_cancel import gather_with_cancel
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
+from strawberry.schema.schema_converter import CustomGraphQLEnumType
 
 #: The mark ``graph.lean`` puts on its attribute resolvers: the attribute they read.
 ATTRIBUTE_MARK = "lean_attribute"
@@ -222,7 +224,36 @@ class LeanExecutionContext(StrawberryGraphQLCoreExecutionContext):
         leaf = return_type if nullable else return_type.of_type  # type: ignore[union-attr]
         if not is_leaf_type(leaf):
             return None, call
-        return _Read(attribute, leaf.coerce_output_value, nullable), call
+        return _Read(attribute, _coercion(leaf), nullable), call
+
+
+#: Output coercions of Strawberry enum types, by the type's id (the entry pins the type).
+_ENUM_COERCIONS: dict[int, tuple[GraphQLLeafType, Callable[[Any], Any]]] = {}
+
+
+def _coercion(leaf: GraphQLLeafType) -> Callable[[Any], Any]:
+    """The leaf type's output coercion. Strawberry's enum types look a member's name up
+    by comparing it with each of the enum's values in turn (a connector's status: nine);
+    here a dict answers for the members, and anything else is left to the type."""
+    if not isinstance(leaf, CustomGraphQLEnumType):
+        return leaf.coerce_output_value
+    entry = _ENUM_COERCIONS.get(id(leaf))
+    if entry is not None and entry[0] is leaf:
+        return entry[1]
+    names: dict[Any, str] = {}
+    try:
+        for name, value in leaf.values.items():
+            names.setdefault(value.value, name)  # the first name, as Strawberry finds it
+    except TypeError:  # an unhashable value
+        return leaf.coerce_output_value
+    members, general = leaf.wrapped_cls, leaf.coerce_output_value
+
+    def coerce(value: Any) -> Any:
+        if isinstance(value, members):
+            return names[value.value]  # a KeyError goes the general way, which reports
+        return general(value)
+    _ENUM_COERCIONS[id(leaf)] = (leaf, coerce)
+    return coerce
 
 
 async def _completed_later(executor: LeanExecutionContext, completed: Any,

@@ -298,3 +298,19 @@ def test_chargegraph_schema_runs_with_it() -> None:
     station = chargegraph_schema._schema.type_map["Station"]
     assert isinstance(station, GraphQLObjectType)
     assert getattr(station.fields["cpId"].resolve, ATTRIBUTE_MARK) == "cp_id"
+
+
+def test_enum_reads_coerce_as_the_enum_type_does() -> None:
+    from graph.executor import _coercion
+
+    mood_type = _schema(LeanExecutionContext)._schema.type_map["Mood"]
+    coerce = _coercion(mood_type)  # type: ignore[arg-type]
+    assert coerce is not mood_type.coerce_output_value  # type: ignore[attr-defined]
+    for member in Mood:
+        assert coerce(member) == mood_type.coerce_output_value(member)  # type: ignore[attr-defined]
+    for stray in ("sleepy", 3):
+        with pytest.raises(Exception) as ours:
+            coerce(stray)
+        with pytest.raises(Exception) as theirs:
+            mood_type.coerce_output_value(stray)  # type: ignore[attr-defined]
+        assert str(ours.value) == str(theirs.value)
