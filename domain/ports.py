@@ -68,6 +68,12 @@ class Store(Protocol):
     ``domain.policy``, so visibility is decided inside the same database query.
     """
 
+    #: Whether reads started together overlap: a database over the network answers two
+    #: at once. An embedded one whose reads run on the event loop (SQLite) says False,
+    #: and callers with several independent reads await them one by one instead of
+    #: paying for tasks and loop turns that could not overlap anything.
+    overlapping_reads: bool
+
     async def start(self) -> None:
         """Open connections, run migrations / create indexes, finish interrupted writes."""
 

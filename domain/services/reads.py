@@ -13,6 +13,11 @@ from domain.services.base import Service
 
 
 class ReadService(Service):
+    @property
+    def overlapping(self) -> bool:
+        """Whether independent reads are worth starting together (``Store.overlapping_reads``)."""
+        return self.store.overlapping_reads
+
     def scoped(self, viewer: Viewer, kind: type[E], where: Filter = ALL) -> Filter:
         return all_of(self.policy.scope(viewer, kind.kind), where)
 

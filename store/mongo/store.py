@@ -46,6 +46,9 @@ class MongoStore:
     adapter); ``client`` is closed by ``close()`` when given. ``sweep_every``: seconds
     between sweeps for batches a dead writer left (``None``: only at start)."""
 
+    #: Each read is a round trip to the server: started together, they overlap.
+    overlapping_reads = True
+
     def __init__(self, db: Any, client: Any = None, *,
                  sweep_every: float | None = journal.SWEEP_EVERY_S) -> None:
         self.db = db

@@ -211,6 +211,10 @@ class SqliteStore:
     the write lock (a CLI command next to the server) before failing.
     """
 
+    #: Reads run inline on the event loop (or, when slow, one at a time on one thread):
+    #: started together, they would still run one after the other.
+    overlapping_reads = False
+
     def __init__(self, path: str, *, busy_timeout: float = 5.0) -> None:
         if path == ":memory:" or not path:
             # Two connections to ":memory:" would be two different databases.

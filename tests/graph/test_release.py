@@ -33,3 +33,4 @@ async def test_the_context_loads_again_after_release(services: Services,
     first = await schema.execute(NESTED, context_value=context)
     second = await schema.execute(NESTED, context_value=context)
     assert first.errors is None and first.data == second.data
+
