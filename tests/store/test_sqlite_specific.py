@@ -433,14 +433,7 @@ async def test_active_sessions_of_a_page_of_stations_use_the_state_index(
         store: SqliteStore, monkeypatch: pytest.MonkeyPatch) -> None:
     """``Connector.activeSession`` for a page: per station, only its active sessions are
     read, however long its history."""
-    statements: list[tuple[str, Sequence[SqlValue]]] = []
-    real_read = store._read
-
-    async def recording(sql: str, params: Sequence[SqlValue]) -> list[object]:
-        statements.append((sql, params))
-        return await real_read(sql, params)
-
-    monkeypatch.setattr(store, "_read", recording)
+    statements = _recorded_reads(store, monkeypatch)
     await store.find_grouped(Session, "station_id", ["s1", "s2"],
                              Eq("state", SessionState.ACTIVE), (), 100)
     plan = await _plan_of(store, *statements[-1])
@@ -453,14 +446,7 @@ async def test_active_sessions_of_a_page_of_stations_use_the_state_index(
 
 async def test_a_page_of_stations_connectors_come_out_of_the_index_in_order(
         store: SqliteStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    statements: list[tuple[str, Sequence[SqlValue]]] = []
-    real_read = store._read
-
-    async def recording(sql: str, params: Sequence[SqlValue]) -> list[object]:
-        statements.append((sql, params))
-        return await real_read(sql, params)
-
-    monkeypatch.setattr(store, "_read", recording)
+    statements = _recorded_reads(store, monkeypatch)
     await store.find_grouped(Connector, "station_id", ["s1", "s2"], ALL,
                              (Sort("connector_id"),), 100)
     plan = await _plan_of(store, *statements[-1])
@@ -477,6 +463,20 @@ async def test_batch_lookups_take_keys_orjson_cannot_write(store: SqliteStore) -
     assert [s.id if s else None for s in found] == [one.id, None]
     grouped = await store.find_grouped(Session, "transaction_id", [2**70, 7], ALL, (), 5)
     assert grouped == {}
+
+
+def _recorded_reads(store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+                    ) -> list[tuple[str, Sequence[SqlValue]]]:
+    """The statements and parameters of the store's reads from now on."""
+    statements: list[tuple[str, Sequence[SqlValue]]] = []
+    real_read = store._read
+
+    async def recording(sql: str, params: Sequence[SqlValue]) -> list[object]:
+        statements.append((sql, params))
+        return await real_read(sql, params)
+
+    monkeypatch.setattr(store, "_read", recording)
+    return statements
 
 
 async def _plan_of(store: SqliteStore, sql: str, params: Sequence[SqlValue]) -> str:
