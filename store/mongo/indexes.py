@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING
+from pymongo.errors import OperationFailure
 
 from domain.ports import PARTIAL_UNIQUE_RULES, UNIQUE_RULES
 from store.mongo.journal import JOURNAL
@@ -51,6 +52,14 @@ INDEXES: dict[str, list[list[tuple[str, int]]]] = {
     JOURNAL: [[("at", ASCENDING)]],
 }
 
+#: Indexes an earlier version created that a longer one above now covers, by their default
+#: names: the per-key loads' indexes gained the ``_id`` tie-breaker. ``create_index`` only
+#: adds, so a database made before would keep both and pay for both on every write.
+SUPERSEDED: dict[str, tuple[str, ...]] = {
+    "connector": ("station_id_1_connector_id_1",),
+    "session": ("station_id_1_state_1",),
+}
+
 #: The field a partial rule reports: for one ACTIVE session per connector, the connector is
 #: what is taken (the contract suite expects ``connector_id``).
 PARTIAL_RULE_FIELD = "connector_id"
@@ -70,6 +79,9 @@ for _kind, _partials in PARTIAL_UNIQUE_RULES.items():
     for _fields, _condition in _partials:
         _FIELD_BY_INDEX[index_name(_kind, _fields, True)] = PARTIAL_RULE_FIELD
         _FIELD_BY_PATTERN.setdefault((_kind, tuple(_fields)), PARTIAL_RULE_FIELD)
+
+#: The server's code for dropping an index that is not there (any more).
+_INDEX_NOT_FOUND = 27
 
 # "E11000 duplicate key error collection: db.user index: uniq_user_email dup key: {...}"
 _INDEX_IN_MESSAGE = re.compile(r"index:\s+(\S+)")
@@ -105,3 +117,12 @@ async def ensure_indexes(db: Any) -> None:
     for kind, keys_list in INDEXES.items():
         for keys in keys_list:
             await db[kind].create_index(keys)
+    for kind, names in SUPERSEDED.items():
+        existing = await db[kind].index_information()
+        for name in names:
+            if name in existing:
+                try:
+                    await db[kind].drop_index(name)
+                except OperationFailure as error:  # another instance dropped it first
+                    if error.code != _INDEX_NOT_FOUND:
+                        raise

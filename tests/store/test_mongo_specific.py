@@ -38,7 +38,7 @@ from domain.query import ALL, Eq, In, Near, Range, Search, Sort, Sub
 from store.mongo import MongoStore, journal, writes
 from store.mongo import store as store_module
 from store.mongo.codec import to_doc
-from store.mongo.indexes import index_name, violated_field
+from store.mongo.indexes import SUPERSEDED, index_name, violated_field
 from store.mongo.journal import JOURNAL
 from tests.support.mongomock_async import AsyncDatabase, async_mongomock_database
 
@@ -175,6 +175,21 @@ async def test_start_is_idempotent(mongo: MongoStore) -> None:
     for kind, rules in UNIQUE_RULES.items():
         for fields in rules:
             assert before[kind][index_name(kind, fields)]["unique"] is True
+
+
+async def test_start_drops_the_indexes_longer_ones_replaced(mongo: MongoStore) -> None:
+    """A database made by an earlier version had the per-key loads' indexes without the
+    ``_id`` tie-breaker: ``start`` drops them (and only them)."""
+    db = raw(mongo)
+    db["connector"].create_index([("station_id", 1), ("connector_id", 1)])
+    db["session"].create_index([("station_id", 1), ("state", 1)])
+    assert "station_id_1_state_1" in db["session"].index_information()
+    await mongo.start()
+    snapshot = index_snapshot(mongo)
+    for kind, names in SUPERSEDED.items():
+        assert not set(names) & set(snapshot[kind]), snapshot[kind]
+    assert "station_id_1_connector_id_1__id_1" in snapshot["connector"]
+    assert "station_id_1_state_1__id_1" in snapshot["session"]
 
 
 async def test_one_active_session_per_connector_is_a_partial_unique_index(

@@ -20,7 +20,7 @@ import mongomock
 COROUTINES = frozenset({
     "insert_one", "insert_many", "replace_one", "update_one", "delete_one", "delete_many",
     "find_one", "find_one_and_update", "count_documents", "distinct", "create_index",
-    "index_information",
+    "index_information", "drop_index",
 })
 
 
