@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from decimal import Decimal
@@ -32,7 +33,7 @@ from domain.errors import UniqueViolation
 from domain.policy import Policy, Viewer
 from domain.ports import UNIQUE_RULES, Insert
 from domain.query import ALL, Eq, Filter, In, Near, PageRequest, Range, Search, Sort, Sub
-from store.sqlite import SqliteStore
+from store.sqlite import SqliteStore, reader
 from store.sqlite.codec import SqlValue, field_specs
 from store.sqlite.migrations import MIGRATIONS, apply_migrations, split_statements
 from store.sqlite.sql_filter import compile_where
@@ -186,6 +187,31 @@ async def test_short_reads_run_inline_and_long_ones_on_the_thread(
     assert sent == [slow, slow]
     assert await store.count(Company, ALL) == 3
     assert len(sent) == 2
+
+
+@pytest.mark.parametrize(("paused_s", "inline"), [(0.010, True), (1.0, False)])
+async def test_the_budget_is_cpu_time_and_a_pause_only_counts_past_the_wall_ceiling(
+        store: SqliteStore, monkeypatch: pytest.MonkeyPatch, paused_s: float,
+        inline: bool) -> None:
+    """The scheduler pausing the process for 10 ms in the middle of a read leaves it
+    inline (it used no more CPU than before); a read still not done after the wall-clock
+    ceiling (20 ms: it waits, say, for a cold disk) goes to the thread."""
+    sent = await _thread_reads(store, monkeypatch)
+    assert store._inline is not None
+    monkeypatch.setattr(store._inline, "budget_s", 10.0)  # no CPU limit in the way
+    calls = 0
+
+    def paused_wall_clock() -> float:
+        nonlocal calls
+        calls += 1  # the first reading starts the statement; the pause comes after it
+        return time.perf_counter() + (paused_s if calls > 1 else 0.0)
+
+    monkeypatch.setattr(reader, "_wall_clock", paused_wall_clock)
+    slow = ("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 5000)"
+            " SELECT COUNT(*) FROM n")
+    assert await store._read(slow, ()) == [(5000,)]
+    assert calls >= 2  # the progress handler looked at the clock during the statement
+    assert sent == ([] if inline else [slow])
 
 
 async def test_a_busy_file_sends_the_read_to_the_thread(
