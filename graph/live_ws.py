@@ -51,18 +51,12 @@ from graphql import (
     get_named_type,
     get_operation_ast,
     is_leaf_type,
-    parse,
-    specified_rules,
-    validate,
 )
 from graphql.execution import Executor, create_source_event_stream, execute_subscription_event
 from graphql.execution.collect_fields import collect_fields
 from starlette.requests import HTTPConnection
 from starlette.types import Receive, Scope, Send
-from strawberry.extensions import AddValidationRules, MaxTokensLimiter
 from strawberry.schema.schema_converter import GraphQLCoreConverter
-from strawberry.schema.validation_rules.maybe_null import MaybeNullValidationRule
-from strawberry.schema.validation_rules.one_of import OneOfInputValidationRule
 from strawberry.types.execution import PreExecutionError
 
 from domain.errors import Unauthenticated
@@ -73,6 +67,7 @@ from graph.auth import TokenService
 from graph.context import GraphContext
 from graph.errors import mask
 from graph.loaders import Loaders
+from graph.pipeline import prepared
 from graph.subscription import LiveFeed
 
 log = logging.getLogger("chargegraph.graph")
@@ -509,7 +504,7 @@ class LiveOperation:
 
 
 class LiveHub:
-    """Per app: the parse/validate cache and the render groups."""
+    """Per app: the render groups (and the way to the request pipeline's documents)."""
 
     def __init__(self, services: Services, tokens: TokenService, schema: Any,
                  queue_size: int = DEFAULT_QUEUE_SIZE) -> None:
@@ -518,28 +513,12 @@ class LiveHub:
         self.schema = schema
         self.queue_size = queue_size
         self.groups: dict[tuple[Any, ...], RenderGroup] = {}
-        rules: list[Any] = list(specified_rules)
-        self.max_tokens: int | None = None
-        for extension in schema.get_extensions():
-            if isinstance(extension, AddValidationRules):
-                rules.extend(extension.validation_rules)
-            if isinstance(extension, MaxTokensLimiter):
-                self.max_tokens = extension.max_token_count
-        self.rules = (*rules, MaybeNullValidationRule, OneOfInputValidationRule)
-        self._documents: dict[str, tuple[DocumentNode, list[GraphQLError]]] = {}
 
     def document(self, query: str) -> tuple[DocumentNode, list[GraphQLError]]:
-        """Parsed and validated once per distinct query (clients repeat a few);
-        ``GraphQLSyntaxError`` for a query that does not parse."""
-        known = self._documents.get(query)
-        if known is not None:
-            return known
-        document = parse(query, max_tokens=self.max_tokens)
-        errors = validate(self.schema._schema, document, self.rules)
-        if len(self._documents) >= 256:
-            self._documents.pop(next(iter(self._documents)))
-        self._documents[query] = (document, errors)
-        return document, errors
+        """Parsed and validated once per distinct query (clients repeat a few), with the
+        limits of a request over HTTP; ``GraphQLSyntaxError`` for a query that does not
+        parse."""
+        return prepared(self.schema._schema, query)
 
 
 # ------------------------------------------------------------------ connections

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from functools import lru_cache
 
-from graphql import DocumentNode, GraphQLError, GraphQLSchema, parse
+from graphql import DocumentNode, GraphQLError, GraphQLSchema, parse, specified_rules
 from graphql.validation import ASTValidationRule
 from strawberry.extensions import MaxAliasesLimiter, QueryDepthLimiter, SchemaExtension
 from strawberry.schema.schema import validate_document
@@ -43,6 +43,19 @@ CACHED_DOCUMENTS = 256
 LIMIT_RULES: tuple[type[ASTValidationRule], ...] = (
     *QueryDepthLimiter(max_depth=MAX_DEPTH).validation_rules,
     *MaxAliasesLimiter(max_alias_count=MAX_ALIASES).validation_rules)
+
+
+#: The rules an operation is validated with: graphql-core's (Strawberry's default) and the
+#: limits (Strawberry adds its own two in ``validate_document``).
+RULES: tuple[type[ASTValidationRule], ...] = (*specified_rules, *LIMIT_RULES)
+
+
+def prepared(schema: GraphQLSchema, query: str) -> tuple[DocumentNode, list[GraphQLError]]:
+    """``query`` parsed and validated as a request over HTTP is, from the same caches: for
+    the operations of a websocket (``graph.live_ws``), so both doors have the same limits.
+    Raises ``GraphQLSyntaxError`` for a query that does not parse (or has too many
+    tokens)."""
+    return _parsed(query), _validated(schema, query, RULES)
 
 
 @lru_cache(maxsize=CACHED_DOCUMENTS)

@@ -20,6 +20,7 @@ from graph import TokenService
 from graph.app import resolve_viewer
 from graph.context import GraphContext
 from graph.live_ws import LiveEndpoint, start_eagerly
+from graph.pipeline import MAX_TOKENS
 from graph.schema import schema
 from pubsub.memory import MemoryEventBus
 from tests.graph.conftest import SECRET, CountingStore
@@ -280,6 +281,30 @@ async def test_nested_results_arrive_in_order(live: Setup) -> None:
     assert [g["cpId"] for g in got] == ["A-001", "B-001", "A-001", "B-001"]  # filtered
     assert all(g["station"]["owner"] is None for g in got)
     await socket.close()
+
+
+async def test_websocket_operations_have_the_limits_of_http_ones(live: Setup) -> None:
+    """Depth, aliases and tokens are limited over websockets as over HTTP (one request
+    pipeline parses and validates for both doors)."""
+    socket = await live.open("admin")
+    deep = ("subscription { sessionUpdated { session { "
+            + "station { connectors { " * 8 + "connectorId" + " } }" * 8 + " } } }")
+    socket.subscribe("deep", deep)
+    error = await socket.next()
+    assert error["type"] == "error" and error["id"] == "deep"
+    assert "exceeds maximum operation depth" in error["payload"][0]["message"]
+    aliases = "subscription { " + " ".join(
+        f"a{i}: connectorStatusChanged {{ cpId }}" for i in range(40)) + " }"
+    socket.subscribe("aliases", aliases)
+    error = await socket.next()
+    assert error["type"] == "error" and error["id"] == "aliases"
+    assert "aliases" in error["payload"][0]["message"]
+    tokens = "subscription { connectorStatusChanged { " + " ".join(
+        "cpId" for _ in range(MAX_TOKENS)) + " } }"
+    socket.subscribe("tokens", tokens)
+    closed = await socket.raw()
+    assert closed["type"] == "websocket.close" and closed["code"] == 4400
+    assert "tokens" in closed["reason"]
 
 
 async def test_transport_ws_protocol(live: Setup) -> None:
