@@ -115,7 +115,9 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
                 server = OcppServer(services.charging, local, settings.ocpp_host,
                                     settings.ocpp_port, ssl_context=_ocpp_ssl(settings),
                                     response_timeout=settings.command_timeout,
-                                    instances_bus=instances_bus)
+                                    instances_bus=instances_bus,
+                                    instances=services.instances,
+                                    lease_seconds=settings.instance_lease_seconds)
                 await server.start()
                 # Registered after the store's close: stopped first, so every charger's
                 # disconnect is still written.

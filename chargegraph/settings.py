@@ -34,6 +34,9 @@ class Settings(BaseSettings):
                                                    "Pending instead of refused")
     heartbeat_interval: int = 300
     command_timeout: float = 30.0
+    instance_lease_seconds: float = Field(
+        30.0, gt=0, description="How long after an instance stops renewing its lease "
+                                "(it crashed) another one records its chargers offline")
     graphiql: bool = True
     state_dir: Path | None = Field(None, description="Where generated state (the JWT "
                                                      "secret) lives")

@@ -174,6 +174,9 @@ class Station(Record):
     auth_password_hash: str | None = None
     firmware_status: str | None = None
     diagnostics_status: str | None = None
+    #: The central-system instance holding the charger's websocket (its ``InstanceLease``
+    #: id) while ``online``: when that instance dies, another one records the disconnect.
+    connected_instance: str | None = None
 
 
 @dataclass(kw_only=True)
@@ -273,6 +276,18 @@ class ConnectionEvent(Record):
 
 
 @dataclass(kw_only=True)
+class InstanceLease(Record):
+    """A running central-system instance, renewed while it lives (the record id is the
+    instance's id). Stations it holds (``Station.connected_instance``) outlive a crash only
+    until the lease expires: then another instance records them offline."""
+
+    kind: ClassVar[str] = "instance_lease"
+    host: str
+    started_at: datetime
+    expires_at: datetime
+
+
+@dataclass(kw_only=True)
 class Reservation(Record):
     kind: ClassVar[str] = "reservation"
     reservation_id: int
@@ -345,6 +360,7 @@ ENTITY_TYPES: tuple[type[Record], ...] = (
     Tariff,
     Payment,
     AuditEntry,
+    InstanceLease,
 )
 ENTITY_BY_KIND: dict[str, type[Record]] = {t.kind: t for t in ENTITY_TYPES}
 

@@ -18,7 +18,10 @@ import contextlib
 import hashlib
 import hmac
 import logging
+import os
+import socket
 import ssl
+from datetime import timedelta
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import unquote
@@ -28,8 +31,10 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from domain.events import StationConnectionChanged
+from domain.ids import new_id
 from domain.ports import EventBus
 from domain.services.charging import ChargingService
+from domain.services.instances import InstanceService
 from ocpp_bridge.gateway import OcppGateway
 from ocpp_bridge.handler import ChargePointHandler
 
@@ -69,7 +74,8 @@ def basic_credentials(header: str | None) -> tuple[str, str] | None:
 class OcppServer:
     def __init__(self, charging: ChargingService, gateway: OcppGateway, host: str, port: int,
                  *, ssl_context: ssl.SSLContext | None = None, ping_interval: float = 30,
-                 response_timeout: float = 30, instances_bus: EventBus | None = None
+                 response_timeout: float = 30, instances_bus: EventBus | None = None,
+                 instances: InstanceService | None = None, lease_seconds: float = 30.0
                  ) -> None:
         # ``instances_bus``: the bus of the other instances sharing the database, ``None``
         # when this process is the only one. Alone, a station still marked online at
@@ -78,6 +84,13 @@ class OcppServer:
         # another instance after connecting here has left this socket
         # (``_watch_elsewhere``).
         self.instances_bus = instances_bus
+        # ``instances``: the lease this instance holds while it serves chargers, and the
+        # sweep for those of dead instances (``domain.services.instances``); ``None``
+        # runs without (tests of a single server).
+        self.instances = instances
+        self.instance_id = new_id()
+        self.lease = timedelta(seconds=lease_seconds)
+        self._lease_keeper: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[None]] = set()
         self.charging = charging
@@ -100,6 +113,8 @@ class OcppServer:
     async def start(self) -> None:
         if self.instances_bus is None:
             await self.charging.reset_connections()
+        if self.instances is not None:
+            await self.instances.renew(self.instance_id, _host_label(), self.lease)
         self._server = await serve(
             self._connection, self.host, self.port,
             subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
@@ -118,17 +133,62 @@ class OcppServer:
             stream = self.instances_bus.subscribe([StationConnectionChanged.topic])
             self._watcher = asyncio.create_task(self._watch_elsewhere(stream),
                                                 name="chargegraph-ocpp-elsewhere")
+        if self.instances is not None:
+            self._lease_keeper = asyncio.create_task(self._keep_lease(),
+                                                     name="chargegraph-ocpp-lease")
 
     async def stop(self) -> None:
-        watcher, self._watcher = self._watcher, None
-        if watcher is not None:
-            watcher.cancel()
-            await asyncio.wait([watcher])
+        for task in (self._watcher, self._lease_keeper):
+            if task is not None:
+                task.cancel()
+                await asyncio.wait([task])
+        self._watcher = self._lease_keeper = None
         if self._server is None:
             return
         self._server.close()
         await self._server.wait_closed()
         self._server = None
+        if self.instances is not None:
+            try:
+                await self.instances.release(self.instance_id)
+            except Exception:  # the store may be closing; the lease expires on its own
+                log.exception("could not release the instance lease")
+
+    async def _keep_lease(self) -> None:
+        """``upkeep`` a few times per lease period. A failed round (the database out of
+        reach) is retried in the next one."""
+        while True:
+            await asyncio.sleep(self.lease.total_seconds() / 3)
+            try:
+                await self.upkeep()
+            except Exception:
+                log.exception("instance lease upkeep failed")
+
+    async def upkeep(self) -> list[str]:
+        """One round: renews this instance's lease (had it lapsed, it may have been swept,
+        so this instance's connections are recorded again) and records offline the
+        chargers of instances whose lease expired; returns their ids."""
+        if self.instances is None:
+            return []
+        if await self.instances.renew(self.instance_id, _host_label(), self.lease):
+            lost = await self.instances.lost(self.gateway.connected())
+            if lost:
+                log.warning("the instance lease had lapsed and %d connections were recorded "
+                            "offline meanwhile: recording them again", len(lost))
+            await self._record_connections_again(lost)
+        swept = await self.instances.sweep(self.instance_id)
+        if swept:
+            log.warning("recorded offline %d chargers of an instance that stopped renewing "
+                        "its lease: %s", len(swept), ", ".join(swept[:20]))
+        return swept
+
+    async def _record_connections_again(self, cp_ids: list[str]) -> None:
+        for cp_id in cp_ids:
+            handler = self.gateway.handler_of(cp_id)
+            if handler is not None:
+                at = await self.charging.set_online(cp_id, True, instance=self.instance_id)
+                if self.gateway.handler_of(cp_id) is handler:
+                    handler.connected_at = at
 
     async def _watch_elsewhere(self, stream: Any) -> None:
         """With several instances: a charger that connected to another instance after
@@ -200,10 +260,9 @@ class OcppServer:
             log.info("%s reconnected: closing its previous connection", cp_id)
             await previous._connection.close(1000, "replaced by a new connection")
         log.info("%s connected from %s", cp_id, ws.remote_address)
-        connected_at = None
         try:
-            connected_at = handler.connected_at = await self.charging.set_online(cp_id,
-                                                                                 True)
+            handler.connected_at = await self.charging.set_online(
+                cp_id, True, instance=self.instance_id)
             await handler.start()
         except ConnectionClosed:
             pass
@@ -211,6 +270,13 @@ class OcppServer:
             if self.gateway.unregister(handler):
                 log.info("%s disconnected", cp_id)
                 try:
-                    await self.charging.set_online(cp_id, False, connected_at=connected_at)
+                    # The connection's latest record: a lapsed lease records it again.
+                    await self.charging.set_online(cp_id, False,
+                                                   connected_at=handler.connected_at)
                 except Exception:  # the store may already be closing at shutdown
                     log.exception("%s: could not record the disconnect", cp_id)
+
+
+def _host_label() -> str:
+    """Which process holds a lease, for an operator reading the store."""
+    return f"{socket.gethostname()}:{os.getpid()}"

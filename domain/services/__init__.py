@@ -9,6 +9,7 @@ from domain.services.base import UNSET, ServiceContext
 from domain.services.charging import ChargingService
 from domain.services.commands import CommandService
 from domain.services.fleet import FleetService
+from domain.services.instances import InstanceService
 from domain.services.live import LiveService
 from domain.services.payments import PaymentService
 from domain.services.reads import ReadService
@@ -35,6 +36,7 @@ class Services:
         self.charging = ChargingService(ctx, heartbeat_interval=heartbeat_interval,
                                         auto_register=auto_register)
         self.commands = CommandService(ctx, gateway, timeout=command_timeout)
+        self.instances = InstanceService(ctx, self.charging)
         self.live = LiveService(ctx)
         self.analytics = AnalyticsService(ctx)
         self.payments = PaymentService(ctx, payment_provider)

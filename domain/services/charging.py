@@ -242,12 +242,14 @@ class ChargingService(Service):
             await self.set_online(station.cp_id, False)
 
     async def set_online(self, cp_id: str, online: bool, *,
-                         connected_at: datetime | None = None) -> datetime | None:
+                         connected_at: datetime | None = None,
+                         instance: str | None = None) -> datetime | None:
         """Records a connect or a disconnect; returns its time (``None`` for an unknown
         charger or a disconnect that is not one). ``connected_at``, for a disconnect: when
         the closing connection was recorded. If the charger connected again since — to
         another instance sharing this database, whose connection this instance cannot
-        see — the old socket closing does not make it offline."""
+        see — the old socket closing does not make it offline. ``instance``: the instance
+        holding the connection (``domain.services.instances``)."""
         station = await self.station(cp_id)
         if station is None:
             return None
@@ -260,7 +262,8 @@ class ChargingService(Service):
         now = self.now()
         actor = charger(cp_id)
         event = ConnectionEvent(station_id=station.id, cp_id=cp_id, online=online, at=now)
-        update = patch(station, actor, online=online, last_seen=now)
+        update = patch(station, actor, online=online, last_seen=now,
+                       connected_instance=instance if online else None)
         changes: list[Change] = [update, Insert(stamp_new(event, actor, now))]
         for connector in await self.store.find_all(Connector, Eq("station_id", station.id),
                                                    limit=100):

@@ -25,7 +25,8 @@ INDEXES: dict[str, list[list[tuple[str, int]]]] = {
     "vehicle": [[("owner_id", ASCENDING)]],
     "id_tag": [[("user_id", ASCENDING)], [("vehicle_id", ASCENDING)]],
     "station": [[("company_id", ASCENDING)], [("owner_id", ASCENDING)],
-                [("lat", ASCENDING)], [("online", ASCENDING)]],
+                [("lat", ASCENDING)], [("online", ASCENDING)],
+                [("connected_instance", ASCENDING)]],
     # The per-key loads of a nested page end with the ``_id`` tie-breaker every ordering
     # ends with, so each key's documents come out of the index in order.
     "connector": [[("station_id", ASCENDING), ("connector_id", ASCENDING), ("_id", ASCENDING)]],

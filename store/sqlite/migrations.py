@@ -347,8 +347,27 @@ DROP INDEX "session_station_state_idx";
 CREATE INDEX "session_station_state_idx" ON "session" ("station_id", "state", "id");
 """
 
+# Version 6: instance leases. A station records which instance holds its charger's
+# websocket; when that instance's lease expires (it crashed), another one finds the
+# stations it held by index and records them offline.
+_V6 = """
+ALTER TABLE "station" ADD COLUMN "connected_instance" TEXT;
+CREATE INDEX "station_connected_instance_idx" ON "station" ("connected_instance");
+CREATE TABLE "instance_lease" (
+    "id" TEXT PRIMARY KEY NOT NULL,
+    "created_at" INTEGER NOT NULL,
+    "updated_at" INTEGER NOT NULL,
+    "created_by" TEXT NOT NULL,
+    "updated_by" TEXT NOT NULL,
+    "host" TEXT NOT NULL,
+    "started_at" INTEGER NOT NULL,
+    "expires_at" INTEGER NOT NULL
+) STRICT;
+"""
+
 #: Every migration, oldest first. Append only.
-MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5))
+MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
+                                     (6, _V6))
 
 _BOOTSTRAP = """
 CREATE TABLE IF NOT EXISTS "schema_version" (

@@ -22,6 +22,7 @@ from domain.entities import (
     ConnectorType,
     IdTag,
     IdTagStatus,
+    InstanceLease,
     MeterSample,
     Payment,
     PaymentStatus,
@@ -69,7 +70,7 @@ FULL: dict[type[Record], Callable[[], Record]] = {
                              registration=Registration.PENDING, online=True,
                              last_seen=at(1.5), auth_password_hash="hash",
                              firmware_status="Installed", diagnostics_status="Uploaded",
-                             **STAMPS),
+                             connected_instance=new_id(), **STAMPS),
     Connector: lambda: Connector(station_id=new_id(), cp_id="CP-FULL", connector_id=2,
                                  status=ConnectorStatus.SUSPENDED_EV, error_code="OtherError",
                                  info="lid open", status_at=at(2), type=ConnectorType.CCS2,
@@ -110,6 +111,8 @@ FULL: dict[type[Record], Callable[[], Record]] = {
                                    before={"name": "Alt", "lat": 52.5, "tags": ["a", "b"],
                                            "nested": {"x": None, "ok": True, "n": 3}},
                                    after={"name": "Neu ✓"}, **STAMPS),
+    InstanceLease: lambda: InstanceLease(host="node-1:4242", started_at=at(-1),
+                                         expires_at=at(0.5), **STAMPS),
 }
 
 

@@ -5,11 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 
+import pytest
+
+import domain.services.instances as instances_module
 from domain import entities as d
-from domain.query import Eq
+from domain.clock import utcnow
+from domain.ports import Update
+from domain.query import ALL, Eq, Sort
 from ocpp_bridge.gateway import OcppGateway
 from ocpp_bridge.server import OcppServer
 from ocpp_bridge.simulator import connected
@@ -132,3 +139,133 @@ async def test_a_charger_that_connected_elsewhere_is_let_go_here(tmp_path: Path)
     finally:
         await stop_central(central)
         await bus.close()
+
+
+# ------------------------------------------------------------------ instance leases
+@contextlib.asynccontextmanager
+async def leased_instance(central: Central) -> AsyncIterator[tuple[OcppServer, str]]:
+    """An instance holding a lease of an hour: its own renewals never run during a test,
+    which drives them (``upkeep``) and the clock instead."""
+    server = OcppServer(central.services.charging, OcppGateway(), "127.0.0.1", 0,
+                        response_timeout=5, instances_bus=MemoryEventBus(),
+                        instances=central.services.instances, lease_seconds=3600)
+    await server.start()
+    try:
+        yield server, f"ws://127.0.0.1:{server.bound_port}/ocpp"
+    finally:
+        await server.stop()
+
+
+async def station(central: Central) -> d.Station:
+    found = await central.store.find_one(d.Station, Eq("cp_id", "CP-1"))
+    assert found is not None
+    return found
+
+
+async def leases(central: Central) -> set[str]:
+    return {lease.id for lease in await central.store.find_all(d.InstanceLease, ALL)}
+
+
+def later(central: Central, hours: float) -> None:
+    """Moves the services' clock: leases written before look that much older."""
+    central.services.ctx.clock = lambda: utcnow() + timedelta(hours=hours)
+
+
+async def test_the_chargers_of_an_instance_whose_lease_expired_are_recorded_offline(
+        central: Central) -> None:
+    async with leased_instance(central) as (a, a_url), leased_instance(central) as (b, _), \
+            connected(a_url, "CP-1", password=STATION_PASSWORD):
+        await until(lambda: online(central))
+        assert (await station(central)).connected_instance == a.instance_id
+        assert await leases(central) == {a.instance_id, b.instance_id}
+        # Both leases are valid: nothing to sweep.
+        assert await b.upkeep() == []
+        assert await online(central)
+
+        # An hour and more later A has not renewed (it crashed, as far as B can tell).
+        later(central, 2)
+        assert await b.upkeep() == ["CP-1"]
+        swept = await station(central)
+        assert (swept.online, swept.connected_instance) == (False, None)
+        newest = await central.store.find_all(d.ConnectionEvent, Eq("cp_id", "CP-1"),
+                                              (Sort("at", descending=True),), limit=1)
+        assert newest[0].online is False
+        assert newest[0].at > utcnow() + timedelta(hours=1)  # recorded at sweep time
+        assert await leases(central) == {b.instance_id}  # none of A's stations is online
+        assert await b.upkeep() == []  # swept once
+
+        # A was only stalled: its charger is still connected. Renewing, it finds its lease
+        # gone and records the connection again.
+        assert await a.upkeep() == []
+        back = await station(central)
+        assert (back.online, back.connected_instance) == (True, a.instance_id)
+        assert await leases(central) == {a.instance_id, b.instance_id}
+    # The charger left A (recorded as usual, against A's newest record of it), and both
+    # instances stopped cleanly: their leases went with them.
+    assert not await online(central)
+    assert await leases(central) == set()
+
+
+async def test_a_sweep_leaves_alone_the_chargers_of_live_instances_and_unknown_holders(
+        central: Central) -> None:
+    async with leased_instance(central) as (a, a_url), leased_instance(central) as (b, b_url):
+        async with connected(b_url, "CP-1", password=STATION_PASSWORD):
+            await until(lambda: online(central))
+            # A's lease expires while B renews its own: CP-1, on B, stays online.
+            later(central, 2)
+            assert await b.upkeep() == []
+            assert await a.upkeep() == []
+            assert (await station(central)).connected_instance == b.instance_id
+            assert await online(central)
+        # A lapsed lease does not make A take back a charger that moved on: its old socket
+        # to A is stale (A has not heard of the move yet), and the store shows it on B.
+        later(central, 0)
+        async with connected(a_url, "CP-1", password=STATION_PASSWORD), \
+                connected(b_url, "CP-1", password=STATION_PASSWORD):
+
+            async def on_b() -> bool:
+                return (await station(central)).connected_instance == b.instance_id
+            await until(on_b)
+            assert a.gateway.is_connected("CP-1")
+            later(central, 5)  # A's lease (renewed at +2 h) has lapsed; B renews in time
+            assert await b.upkeep() == []
+            assert await a.upkeep() == []
+            assert (await station(central)).connected_instance == b.instance_id
+        # A station online without a holder (written by a version before leases) is not
+        # anyone's to sweep.
+        await central.store.write([Update(dataclasses.replace(
+            await station(central), online=True, connected_instance=None))], [])
+        later(central, 8)
+        assert await a.upkeep() == []
+        assert await online(central)
+
+
+async def test_an_instance_stopping_releases_its_lease(central: Central) -> None:
+    async with leased_instance(central) as (a, _):
+        assert await leases(central) == {a.instance_id}
+    assert await leases(central) == set()
+
+
+async def test_an_instance_whose_lapsed_lease_was_partly_swept_records_those_again(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One station per sweep: B's first sweep takes CP-1 and leaves A's lease (CP-OPEN
+    still online on it). A renews before B comes back and records CP-1 again, and only
+    CP-1: a connection the store still shows on A gets no new history."""
+    monkeypatch.setattr(instances_module, "SWEEP_BATCH", 1)
+    async with leased_instance(central) as (a, a_url), leased_instance(central) as (b, _), \
+            connected(a_url, "CP-1", password=STATION_PASSWORD), \
+            connected(a_url, "CP-OPEN"):
+
+        async def both_online() -> bool:
+            return await central.store.count(d.Station, Eq("online", True)) == 2
+        await until(both_online)
+        later(central, 2)
+        swept = await b.upkeep()
+        assert len(swept) == 1
+        assert await central.store.count(d.Station, Eq("online", True)) == 1
+        assert a.instance_id in await leases(central)
+        events = await central.store.count(d.ConnectionEvent, Eq("online", True))
+        assert await a.upkeep() == []
+        assert await central.store.count(d.Station, Eq("online", True)) == 2
+        assert await central.store.count(d.ConnectionEvent, Eq("online", True)) == events + 1
+        assert await b.upkeep() == []  # A's lease is valid again

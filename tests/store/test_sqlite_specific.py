@@ -32,7 +32,7 @@ from domain.entities import (
 from domain.errors import UniqueViolation
 from domain.policy import Policy, Viewer
 from domain.ports import UNIQUE_RULES, Insert
-from domain.query import ALL, Eq, Filter, In, Near, PageRequest, Range, Search, Sort, Sub
+from domain.query import ALL, NONE, Eq, Filter, In, Near, PageRequest, Range, Search, Sort, Sub
 from store.sqlite import SqliteStore, reader
 from store.sqlite.codec import SqlValue, field_specs
 from store.sqlite.migrations import MIGRATIONS, apply_migrations, split_statements
@@ -448,7 +448,8 @@ async def test_typical_queries_use_indexes(store: SqliteStore) -> None:
         (User, Eq("email", "a@b.c")),
         (AuditEntry, Eq("entity_id", "x")),
         *((kind, policy.scope(op, kind.kind)) for kind in ENTITY_TYPES
-          if kind.kind not in ("company",)),
+          # NONE compiles to a constant false: SQLite plans a scan it never runs.
+          if kind.kind not in ("company",) and policy.scope(op, kind.kind) is not NONE),
     ]
     for kind, where in queries:
         plan = await _plan(store, kind, where)

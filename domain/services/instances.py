@@ -1,0 +1,104 @@
+"""Instance leases: which central-system instance holds which charger, and what becomes of
+the chargers of one that dies.
+
+Every instance running the OCPP server holds a lease (``InstanceLease``) that it renews a
+few times per lease period, and a station records the instance holding its websocket
+(``Station.connected_instance``). An instance that crashes (killed, its host lost) records
+no disconnects. Its stations would stay online until their chargers connect again, and a
+charger that went down with it never does. So every instance sweeps for expired leases of
+others and records their stations offline: a disconnect at sweep time, with its connection
+history and state intervals, and the live map's event. A lease is deleted once none of its
+stations is online any more.
+
+An instance whose own lease lapsed (a long stall, the database out of reach) may have been
+swept meanwhile although its chargers are still connected: ``renew`` says so, and the
+instance records again those of its connections the store no longer shows on it
+(``lost``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+from domain.entities import InstanceLease, Station
+from domain.errors import NotFound
+from domain.policy import SYSTEM
+from domain.ports import Delete, Insert
+from domain.query import Eq, In, Range, all_of
+from domain.services.base import Service, ServiceContext, patch, stamp_new
+from domain.services.charging import ChargingService
+
+#: Stations of one dead instance recorded offline per sweep (the rest in the next one).
+SWEEP_BATCH = 500
+
+
+class InstanceService(Service):
+    def __init__(self, ctx: ServiceContext, charging: ChargingService) -> None:
+        super().__init__(ctx)
+        self.charging = charging
+
+    async def renew(self, instance_id: str, host: str, lease: timedelta) -> bool:
+        """Extends the instance's lease to ``lease`` from now. True when there was no valid
+        lease (first start, or it lapsed and may have been swept): the caller then records
+        its connections again."""
+        now = self.now()
+        current = (await self.store.get_many(InstanceLease, [instance_id]))[0]
+        if current is not None:
+            try:
+                await self.store.write([patch(current, SYSTEM, expires_at=now + lease)], [])
+            except NotFound:
+                pass  # swept between the read and the write: start a new lease
+            else:
+                return current.expires_at <= now
+        await self.store.write([Insert(stamp_new(
+            InstanceLease(id=instance_id, host=host, started_at=now, expires_at=now + lease),
+            SYSTEM, now))], [])
+        return True
+
+    async def lost(self, cp_ids: Sequence[str]) -> list[str]:
+        """Those of ``cp_ids`` (connected here) that the store shows offline: swept while
+        this instance's lease had lapsed. One shown online on another instance connected
+        there after it connected here: this socket is stale and is left to close."""
+        lost: list[str] = []
+        for first in range(0, len(cp_ids), SWEEP_BATCH):
+            chunk = cp_ids[first:first + SWEEP_BATCH]
+            online = {s.cp_id for s in await self.store.find_all(
+                Station, all_of(In("cp_id", tuple(chunk)), Eq("online", True)),
+                limit=len(chunk))}
+            lost += [cp_id for cp_id in chunk if cp_id not in online]
+        return lost
+
+    async def release(self, instance_id: str) -> None:
+        """At a clean stop, once every disconnect is recorded: the lease is of no more use."""
+        current = (await self.store.get_many(InstanceLease, [instance_id]))[0]
+        if current is not None:
+            with contextlib.suppress(NotFound):  # another instance swept it
+                await self.store.write([Delete(current)], [])
+
+    async def sweep(self, instance_id: str) -> list[str]:
+        """Records offline the stations of every other instance whose lease has expired and
+        returns their charge point ids."""
+        swept: list[str] = []
+        expired = await self.store.find_all(InstanceLease, Range("expires_at", lt=self.now()),
+                                            limit=100)
+        for lease in expired:
+            if lease.id == instance_id:
+                continue  # our own: ``renew`` finds it lapsed and records ours again
+            held = all_of(Eq("connected_instance", lease.id), Eq("online", True))
+            for station in await self.store.find_all(Station, held, limit=SWEEP_BATCH):
+                if await self._disconnect(station, lease.id):
+                    swept.append(station.cp_id)
+            if not await self.store.find_all(Station, held, limit=1):
+                with contextlib.suppress(NotFound):  # another sweep deleted it first
+                    await self.store.write([Delete(lease)], [])
+        return swept
+
+    async def _disconnect(self, station: Station, instance_id: str) -> bool:
+        # Connected when last seen (its connection, or a heartbeat since): a charger that
+        # has connected to another instance since then stays online (``set_online``).
+        seen: datetime | None = station.last_seen
+        at = await self.charging.set_online(station.cp_id, False, connected_at=seen,
+                                            instance=instance_id)
+        return at is not None

@@ -1,0 +1,82 @@
+"""An instance killed with its chargers connected: another instance, on the same database
+and Redis, records them offline once the dead one's lease expires, and the live map hears
+of it. The victim is a real ``chargegraph serve`` process, killed with SIGKILL so it writes
+nothing on its way out."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from domain import entities as d
+from domain.query import Eq
+from ocpp_bridge.simulator import connected
+from tests.e2e.conftest import running_service
+from tests.e2e.test_process import wait_healthy
+from tests.e2e.wsclient import GraphQLWS
+from tests.helpers import free_port
+from tests.ocpp.conftest import STATION_PASSWORD
+from tests.support.redis_server import RedisServer
+
+LEASE_S = 1.0
+CONNECTIONS = "subscription { stationConnectionChanged { cpId online } }"
+
+
+def serve(tmp_path: Path, database_url: str, redis_url: str) -> tuple[subprocess.Popen[bytes],
+                                                                      int, int]:
+    port, ocpp_port = free_port(), free_port()
+    env = {**os.environ, "CHARGEGRAPH_DATABASE_URL": database_url,
+           "CHARGEGRAPH_PUBSUB_URL": redis_url, "CHARGEGRAPH_PORT": str(port),
+           "CHARGEGRAPH_OCPP_PORT": str(ocpp_port), "CHARGEGRAPH_JWT_SECRET": "e" * 40,
+           "CHARGEGRAPH_INSTANCE_LEASE_SECONDS": str(LEASE_S),
+           "CHARGEGRAPH_LOG_LEVEL": "WARNING"}
+    process = subprocess.Popen([sys.executable, "-m", "chargegraph", "serve"], env=env,
+                               cwd=tmp_path, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    return process, port, ocpp_port
+
+
+async def test_a_killed_instances_chargers_are_recorded_offline_by_another(
+        tmp_path: Path) -> None:
+    redis = RedisServer().start()
+    victim = None
+    try:
+        async with running_service(tmp_path / "b", pubsub_url=redis.url,
+                                   instance_lease_seconds=LEASE_S) as b:
+            (tmp_path / "a").mkdir()
+            victim, port, ocpp_port = serve(tmp_path / "a", b.settings.database_url,
+                                            redis.url)
+            await wait_healthy(f"http://127.0.0.1:{port}", victim)
+            watcher = await GraphQLWS.open(b.ws_url, await b.token("op"))
+            await watcher.subscribe(CONNECTIONS)
+            await b.until_subscribed(1)
+            store = b.services.ctx.store
+            async with connected(f"ws://127.0.0.1:{ocpp_port}/ocpp", "CP-1",
+                                 password=STATION_PASSWORD):
+                assert (await watcher.next())["payload"]["data"][
+                    "stationConnectionChanged"] == {"cpId": "CP-1", "online": True}
+                station = await store.find_one(d.Station, Eq("cp_id", "CP-1"))
+                assert station is not None and station.online
+                holder = station.connected_instance
+                assert holder is not None
+                assert await store.get_many(d.InstanceLease, [holder]) != [None]
+
+                victim.kill()
+                victim.wait(timeout=10)
+                # Nothing recorded the disconnect; B does once A's lease has expired.
+                message = await asyncio.wait_for(watcher.next(), 10 * LEASE_S)
+                assert message["payload"]["data"]["stationConnectionChanged"] == {
+                    "cpId": "CP-1", "online": False}
+                station = await store.find_one(d.Station, Eq("cp_id", "CP-1"))
+                assert station is not None
+                assert (station.online, station.connected_instance) == (False, None)
+                assert await store.get_many(d.InstanceLease, [holder]) == [None]
+            await watcher.close()
+    finally:
+        if victim is not None and victim.poll() is None:
+            victim.kill()
+            victim.wait()
+        redis.cleanup()
