@@ -12,8 +12,7 @@ stations is online any more.
 
 An instance whose own lease lapsed (a long stall, the database out of reach) may have been
 swept meanwhile although its chargers are still connected: ``renew`` says so, and the
-instance records again those of its connections the store no longer shows on it
-(``lost``).
+instance records again those of its connections the store shows offline (``lost``).
 """
 
 from __future__ import annotations
