@@ -89,6 +89,7 @@ class OcppServer:
         # runs without (tests of a single server).
         self.instances = instances
         self.instance_id = new_id()
+        self.host_label = _host_label()
         self.lease = timedelta(seconds=lease_seconds)
         self._lease_keeper: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
@@ -114,7 +115,7 @@ class OcppServer:
         if self.instances_bus is None:
             await self.charging.reset_connections()
         if self.instances is not None:
-            await self.instances.renew(self.instance_id, _host_label(), self.lease)
+            await self.instances.renew(self.instance_id, self.host_label, self.lease)
         self._server = await serve(
             self._connection, self.host, self.port,
             subprotocols=[SUBPROTOCOL],  # type: ignore[list-item]
@@ -170,7 +171,7 @@ class OcppServer:
         chargers of instances whose lease expired; returns their ids."""
         if self.instances is None:
             return []
-        if await self.instances.renew(self.instance_id, _host_label(), self.lease):
+        if await self.instances.renew(self.instance_id, self.host_label, self.lease):
             lost = await self.instances.lost(self.gateway.connected())
             if lost:
                 log.warning("the instance lease had lapsed and %d connections were recorded "

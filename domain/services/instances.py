@@ -43,7 +43,7 @@ class InstanceService(Service):
         lease (first start, or it lapsed and may have been swept): the caller then records
         its connections again."""
         now = self.now()
-        current = (await self.store.get_many(InstanceLease, [instance_id]))[0]
+        current = await self._lease(instance_id)
         if current is not None:
             try:
                 await self.store.write([patch(current, SYSTEM, expires_at=now + lease)], [])
@@ -71,7 +71,7 @@ class InstanceService(Service):
 
     async def release(self, instance_id: str) -> None:
         """At a clean stop, once every disconnect is recorded: the lease is of no more use."""
-        current = (await self.store.get_many(InstanceLease, [instance_id]))[0]
+        current = await self._lease(instance_id)
         if current is not None:
             with contextlib.suppress(NotFound):  # another instance swept it
                 await self.store.write([Delete(current)], [])
@@ -93,6 +93,9 @@ class InstanceService(Service):
                 with contextlib.suppress(NotFound):  # another sweep deleted it first
                     await self.store.write([Delete(lease)], [])
         return swept
+
+    async def _lease(self, instance_id: str) -> InstanceLease | None:
+        return (await self.store.get_many(InstanceLease, [instance_id]))[0]
 
     async def _disconnect(self, station: Station, instance_id: str) -> bool:
         # Connected when last seen (its connection, or a heartbeat since): a charger that
