@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 
 from domain.errors import ValidationError
@@ -19,6 +19,15 @@ MAX_ID_TAG = 20
 MIN_PASSWORD = 8
 MAX_PASSWORD = 256
 MAX_PLATE = 16
+#: Instants a record may carry. The Unix epoch is a charger whose clock was never set (its
+#: reports are real and kept); anything outside is a corrupt clock or a typo, and dates
+#: near years 1 and 9999 overflow as soon as a time zone is applied.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+#: The largest meter reading (Wh, W, A, V, ... as the charger sent it) we keep: a terawatt
+#: hour register is far beyond any real meter, and sums of such values stay exact in
+#: floating point. Meter registers of long-lived DC chargers do exceed 32 bits of Wh.
+MAX_READING = 10**12
 
 
 def email(value: str, field: str = "email") -> str:
@@ -149,7 +158,32 @@ def rate(value: Decimal | str | float, field: str) -> Decimal:
     return amount
 
 
-def aware(value: datetime | None, field: str) -> datetime | None:
-    if value is not None and value.tzinfo is None:
+def instant(value: datetime, field: str) -> datetime:
+    """A zoned instant within ``EARLIEST`` .. ``LATEST``."""
+    if value.tzinfo is None:
         raise ValidationError("needs a time zone offset", field=field)
+    if not EARLIEST <= value < LATEST:
+        raise ValidationError(f"must be within {EARLIEST.year}..{LATEST.year - 1}",
+                              field=field, code="OUT_OF_RANGE")
     return value
+
+
+def meter_register(value: int, field: str) -> int:
+    """A meter register in Wh (OCPP meterStart / meterStop): never negative."""
+    if not 0 <= value <= MAX_READING:
+        raise ValidationError(f"must be within 0..{MAX_READING}", field=field,
+                              code="OUT_OF_RANGE")
+    return value
+
+
+def reading(value: float, field: str) -> float:
+    """A sampled meter value: finite (no NaN, no infinity) and within ±``MAX_READING``.
+    Negative values are real (power exported to the grid)."""
+    if not -MAX_READING <= value <= MAX_READING:  # False for NaN too
+        raise ValidationError(f"must be a finite number within ±{MAX_READING}",
+                              field=field, code="OUT_OF_RANGE")
+    return value
+
+
+def aware(value: datetime | None, field: str) -> datetime | None:
+    return None if value is None else instant(value, field)

@@ -19,6 +19,7 @@ from graph.context import GraphContext
 from graph.ids import expect_id
 from graph.nodes import Money, Station, StatusEvent
 from graph.relay import Connection, PageArgs, page_connection
+from graph.scalars import BigInt
 
 Info = strawberry.Info
 From = Annotated[datetime, strawberry.argument(name="from", description="Window start.")]
@@ -253,5 +254,5 @@ class AnalyticsQuery:
             connectors_by_status=[StatusCount(status=k, count=v)
                                   for k, v in sorted(o.connectors_by_status.items())],
             active_sessions=o.active_sessions, energy_today_kwh=o.energy_today_wh / 1000,
-            revenue_today=[Money(amount_minor=v, currency=k)
+            revenue_today=[Money(amount_minor=BigInt(v), currency=k)
                            for k, v in sorted(o.revenue_today.items())])

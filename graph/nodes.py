@@ -37,6 +37,7 @@ from graph.enums import (
 from graph.ids import TYPE_BY_KIND, to_global_id
 from graph.loaders import Loaders
 from graph.relay import Connection, Node, PageArgs, nested_connection
+from graph.scalars import BigInt
 
 if TYPE_CHECKING:
     from graph.context import GraphContext
@@ -232,7 +233,7 @@ def _audited(cls: type[NodeT], r: d.Record, fields: dict[str, Any], visible: boo
 
 @strawberry.type(description="A money amount, exact.")
 class Money:
-    amount_minor: int = strawberry.field(description="In the currency's minor unit (cents).")
+    amount_minor: BigInt = strawberry.field(description="In the currency's minor unit (cents).")
     currency: str
 
     @strawberry.field(description="The amount in major units, e.g. 12.34.")
@@ -570,8 +571,8 @@ class Session(Node, Audited):
     state: SessionState
     start_time: datetime
     end_time: datetime | None
-    meter_start_wh: int
-    meter_stop_wh: int | None
+    meter_start_wh: BigInt
+    meter_stop_wh: BigInt | None
     stop_reason: str | None
     # Plain fields, computed when wrapped: a resolver per field and row costs more than
     # the division (strawberry wraps every resolver call).
@@ -602,7 +603,7 @@ class Session(Node, Audited):
     def cost(self) -> Money | None:
         if self._r.cost_minor is None or self._r.currency is None:
             return None
-        return Money(amount_minor=self._r.cost_minor, currency=self._r.currency)
+        return Money(amount_minor=BigInt(self._r.cost_minor), currency=self._r.currency)
 
     @staticmethod
     async def prefetch(ctx: GraphContext, sessions: Sequence[d.Session],
@@ -735,7 +736,7 @@ class Payment(Node, Audited):
 
     @strawberry.field
     def amount(self) -> Money:
-        return Money(amount_minor=self._r.amount_minor, currency=self._r.currency)
+        return Money(amount_minor=BigInt(self._r.amount_minor), currency=self._r.currency)
 
     @strawberry.field
     async def session(self, info: Info) -> Session | None:

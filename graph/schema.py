@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import strawberry
+from strawberry.schema.config import StrawberryConfig
 
 from graph import lean
 from graph.executor import LeanExecutionContext
@@ -13,6 +14,7 @@ from graph.mutation import Mutation
 from graph.nodes import NODE_BY_KIND
 from graph.pipeline import RequestPipeline
 from graph.query import Query
+from graph.scalars import SCALARS
 from graph.subscription import Subscription
 
 
@@ -26,6 +28,7 @@ def build_schema(extra_extensions: Sequence[Any] = ()) -> strawberry.Schema:
         # request's loaders: one extension (graph/pipeline.py says why).
         extensions=[RequestPipeline, *extra_extensions],
         execution_context_class=LeanExecutionContext,
+        config=StrawberryConfig(scalar_map=SCALARS),
     )
     lean.install(built)
     return built

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from ocpp_bridge.frames import TYPE_CONSTRAINT_VIOLATION, FrameError
+from ocpp_bridge.frames import (
+    PROPERTY_CONSTRAINT_VIOLATION,
+    TYPE_CONSTRAINT_VIOLATION,
+    FrameError,
+)
 
 
 def parse_timestamp(value: str, field: str, unique_id: str) -> datetime:
@@ -16,5 +20,9 @@ def parse_timestamp(value: str, field: str, unique_id: str) -> datetime:
         raise FrameError(TYPE_CONSTRAINT_VIOLATION, f"{field}: not an RFC 3339 date-time",
                          unique_id) from exc
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+        return parsed.replace(tzinfo=UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError as exc:  # e.g. 0001-01-01T00:00:00+01:00: before year 1 in UTC
+        raise FrameError(PROPERTY_CONSTRAINT_VIOLATION, f"{field}: out of range",
+                         unique_id) from exc

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from domain import validation as v
 from domain.aggregation import ByField, Count, Max, Min, OverlapSeconds, Sum
 from domain.entities import (
     Connector,
@@ -123,9 +124,8 @@ class Overview:
 
 
 def _window(start: datetime, end: datetime) -> None:
-    for name, value in (("from", start), ("to", end)):
-        if value.tzinfo is None:
-            raise ValidationError("needs a time zone offset", field=name)
+    v.instant(start, "from")
+    v.instant(end, "to")
     if end <= start:
         raise ValidationError("`to` must be after `from`", field="to", code="OUT_OF_RANGE")
     if end - start > MAX_WINDOW:

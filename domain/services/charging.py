@@ -377,8 +377,9 @@ class ChargingService(Service):
                                   error_code: str, *, info: str | None = None,
                                   timestamp: datetime | None = None,
                                   vendor_error_code: str | None = None) -> None:
+        at = v.instant(as_utc(timestamp), "timestamp") if timestamp \
+            else self.charger_now(cp_id)
         station = await self._require_station(cp_id)
-        at = as_utc(timestamp) if timestamp else self.charger_now(cp_id)
         first_timestamp = self._observe_clock(cp_id, at) if timestamp else False
         actor = charger(cp_id)
         new_status = ConnectorStatus(status)
@@ -423,8 +424,9 @@ class ChargingService(Service):
         """Opens a session and returns its transaction id. A repeated message (same
         connector, tag, time and meter) returns the same id; a transaction started while
         the charger was offline arrives late and is accepted as it is."""
+        v.meter_register(meter_start, "meterStart")
+        start = v.instant(as_utc(timestamp), "timestamp")
         station = await self._require_station(cp_id)
-        start = as_utc(timestamp)
         self._observe_clock(cp_id, start)
         tag = id_tag.strip().upper()
         same = await self.store.find_one(Session, all_of(
@@ -512,6 +514,8 @@ class ChargingService(Service):
                                ) -> IdTagInfo | None:
         """Closes the session, prices it with the tariff in force at its start and opens a
         PENDING payment. A repeated stop changes nothing."""
+        v.meter_register(meter_stop, "meterStop")
+        end = v.instant(as_utc(timestamp), "timestamp")
         station = await self._require_station(cp_id)
         info = await self.authorize(cp_id, id_tag) if id_tag else None
         if info is not None and info.status == "ConcurrentTx":
@@ -526,7 +530,6 @@ class ChargingService(Service):
                 await self.store.write([InsertIfAbsent(s) for s in samples], [])
             return info
         actor = charger(cp_id)
-        end = as_utc(timestamp)
         self._observe_clock(cp_id, end)
         closing = self._closing_sample(station, session, samples, meter_stop, end)
         if closing is not None:
@@ -545,13 +548,15 @@ class ChargingService(Service):
     async def _close(self, station: Station, session: Session, meter_stop: int | None,
                      end: datetime, reason: str, actor: Viewer
                      ) -> tuple[Session, Payment | None]:
+        # A stop stamped before the start (a clock reset mid-session) ends the session
+        # when it began, so no duration anywhere comes out negative.
+        end = max(end, session.start_time)
         energy = session.energy_wh if meter_stop is None \
             else max(meter_stop - session.meter_start_wh, 0)
         tariff = await self.tariffs.tariff_at(station, session.start_time)
         cost = None
         if tariff is not None:
-            cost = session_cost_minor(tariff, energy, session.start_time,
-                                      max(end, session.start_time))
+            cost = session_cost_minor(tariff, energy, session.start_time, end)
         closed = changed(session, actor, state=SessionState.COMPLETED, end_time=end,
                          meter_stop_wh=meter_stop, energy_wh=energy, power_w=None,
                          stop_reason=reason, cost_minor=cost,
@@ -599,7 +604,7 @@ class ChargingService(Service):
             running = session.meter_start_wh + session.energy_wh
         session_id = session.id if session else None
         for reading in sorted(readings, key=lambda r: r.timestamp):
-            at = as_utc(reading.timestamp)
+            at = v.instant(as_utc(reading.timestamp), "meterValue.timestamp")
             sample_id = stable_ids(at, station.cp_id, connector_id, transaction_id,
                                    at.isoformat())
             for sv in reading.values:
@@ -607,6 +612,7 @@ class ChargingService(Service):
                     value = float(sv.value)
                 except ValueError:
                     continue  # SignedData and other non-numeric formats: not a number
+                v.reading(value, "meterValue.sampledValue.value")
                 measurand = sv.measurand or ENERGY_REGISTER
                 delta_wh = None
                 if running is not None and measurand == ENERGY_REGISTER and sv.phase is None \

@@ -56,6 +56,20 @@ async def test_bad_time_zone_is_a_coded_error(scripted: tuple[History, Api]) -> 
     assert r.json()["errors"][0]["extensions"] == {"code": "INVALID", "field": "timeZone"}
 
 
+@pytest.mark.parametrize("window", [
+    {"from": "0001-01-01T00:00:00Z", "to": "0001-01-02T00:00:00Z"},
+    {"from": "9999-12-30T00:00:00Z", "to": "9999-12-31T00:00:00+00:00"},
+    {"from": "2199-12-31T00:00:00Z", "to": "2200-01-01T00:00:01Z"},
+])
+async def test_windows_at_the_calendar_edges_are_out_of_range(
+        scripted: tuple[History, Api], window: dict[str, str]) -> None:
+    history, api = scripted
+    r = await api.post(TREND, {"f": window}, token=api.token_for(history.users["admin"].id))
+    [error] = r.json()["errors"]
+    assert error["extensions"]["code"] == "OUT_OF_RANGE", error
+    assert error["extensions"]["field"] in ("from", "to")
+
+
 async def test_utilization_availability_faults_overview(scripted: tuple[History, Api]
                                                         ) -> None:
     history, api = scripted

@@ -174,6 +174,18 @@ async def test_meter_values_of_unknown_transactions_are_kept(central: Central) -
     assert samples[0].value == 42.5 and samples[0].unit == "kWh"
 
 
+async def test_stop_stamped_before_its_start_ends_when_it_began(central: Central) -> None:
+    started = datetime(2026, 3, 1, 10, tzinfo=UTC)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        tx, _ = await cp.start_transaction(1, "TAG-OK", timestamp=started.isoformat())
+        await cp.call(call.StopTransaction(  # the charger's clock was reset meanwhile
+            meter_stop=2_000, timestamp=(started - timedelta(hours=1)).isoformat(),
+            transaction_id=tx))
+    session = await central.session(tx)
+    assert session is not None and session.state is d.SessionState.COMPLETED
+    assert session.end_time == started
+
+
 async def test_lost_stop_is_closed_by_next_start(central: Central) -> None:
     async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
         first, _ = await cp.start_transaction(1, "TAG-OK")

@@ -93,6 +93,31 @@ BAD_FRAMES = [
      '"status": "Available"}]', "PropertyConstraintViolation"),  # only 2 connectors
     ('[2, "u13", "StartTransaction", {"connectorId": 1, "idTag": "TAG-OK", "meterStart": 0, '
      '"timestamp": "yesterday"}]', "TypeConstraintViolation"),
+    *[(frame, "PropertyConstraintViolation") for frame in [
+        # registers beyond any meter, or negative
+        '[2, "r1", "StartTransaction", {"connectorId": 1, "idTag": "TAG-OK", '
+        '"meterStart": 10000000000000000, "timestamp": "2026-01-01T00:00:00Z"}]',
+        '[2, "r2", "StartTransaction", {"connectorId": 1, "idTag": "TAG-OK", '
+        '"meterStart": -5, "timestamp": "2026-01-01T00:00:00Z"}]',
+        '[2, "r3", "StopTransaction", {"transactionId": 1, "meterStop": -1, '
+        '"timestamp": "2026-01-01T00:00:00Z"}]',
+        # instants overflowing in UTC, or outside 1970..2199
+        '[2, "t1", "StartTransaction", {"connectorId": 1, "idTag": "TAG-OK", '
+        '"meterStart": 0, "timestamp": "0001-01-01T00:00:00+01:00"}]',
+        '[2, "t2", "StartTransaction", {"connectorId": 1, "idTag": "TAG-OK", '
+        '"meterStart": 0, "timestamp": "9999-12-31T23:59:59-01:00"}]',
+        '[2, "t3", "StatusNotification", {"connectorId": 1, "errorCode": "NoError", '
+        '"status": "Available", "timestamp": "1969-12-31T23:59:59Z"}]',
+        '[2, "t4", "StopTransaction", {"transactionId": 1, "meterStop": 5, '
+        '"timestamp": "2200-01-01T00:00:00Z"}]',
+        # sampled values that are not finite numbers of a sane size
+        *[json.dumps([2, f"v{i}", "MeterValues", {"connectorId": 1, "meterValue": [{
+            "timestamp": "2026-01-01T00:00:00Z",
+            "sampledValue": [{"value": "1"}, {"value": value}]}]}])
+          for i, value in enumerate(["NaN", "1e309", "-inf", "-1e308"])],
+        '[2, "v9", "MeterValues", {"connectorId": 1, "meterValue": [{"timestamp": '
+        '"0001-01-01T00:00:00Z", "sampledValue": [{"value": "1"}]}]}]',
+    ]],
 ]
 
 
@@ -107,6 +132,42 @@ async def test_bad_frames_get_callerror_and_connection_stays(central: Central) -
         assert ok[0] == 3 and ok[1] == "fine" and ok[2]["currentTime"].endswith("Z")
     finally:
         await ws.close()
+    # Refused frames left nothing behind: not the good value beside a bad one either.
+    for kind in (d.Session, d.MeterSample, d.StatusEvent):
+        assert await central.store.count(kind, Eq("cp_id", "CP-1")) == 0, kind
+
+
+async def test_sane_edge_values_are_kept(central: Central) -> None:
+    """An unset charger clock (the Unix epoch), a register beyond 32 bits and exported
+    power (a negative sample) are real reports, not errors."""
+    ws = await raw(central)
+
+    async def call(action: str, payload: dict) -> list:
+        return await exchange(ws, json.dumps([2, action, action, payload]))
+
+    try:
+        start = await call("StartTransaction", {
+            "connectorId": 1, "idTag": "TAG-OK", "meterStart": 5_000_000_000,
+            "timestamp": "1970-01-01T00:00:00Z"})
+        assert start[0] == 3, start
+        tx = start[2]["transactionId"]
+        values = await call("MeterValues", {
+            "connectorId": 1, "transactionId": tx, "meterValue": [{
+                "timestamp": "1970-01-01T00:10:00Z", "sampledValue": [{
+                    "value": "-7400", "measurand": "Power.Active.Import", "unit": "W"}]}]})
+        assert values[0] == 3, values
+        stop = {"transactionId": tx, "meterStop": 5_000_001_000}
+        refused = await call("StopTransaction", {**stop, "timestamp": "1969-12-31T23:59:59Z"})
+        assert refused[0] == 4 and refused[2] == "PropertyConstraintViolation", refused
+        stopped = await call("StopTransaction", {**stop, "timestamp": "1970-01-01T00:20:00Z"})
+        assert stopped[0] == 3, stopped
+    finally:
+        await ws.close()
+    session = await central.session(tx)
+    assert session is not None and session.meter_start_wh == 5_000_000_000
+    assert session.energy_wh == 1000 and session.end_time is not None
+    samples = await central.store.find_all(d.MeterSample, Eq("transaction_id", tx))
+    assert -7400.0 in [sample.value for sample in samples]
 
 
 async def test_callerror_keeps_unique_id(central: Central) -> None:

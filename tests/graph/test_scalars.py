@@ -1,0 +1,48 @@
+"""Values beyond GraphQL's 32-bit ``Int`` read as ``BigInt``."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from domain import entities as d
+from domain.ids import new_id
+from domain.ports import Insert
+from domain.services import Services
+from graph.ids import to_global_id
+from graph.scalars import SCALARS, BigInt
+from tests.graph.conftest import Api
+from tests.graph.world import World
+
+REGISTER = 5_000_000_000  # Wh: the register of a DC charger after some years
+
+
+async def test_meter_registers_and_amounts_beyond_32_bits(api: Api, world: World,
+                                                          services: Services) -> None:
+    base = world.sessions["s3"]
+    session = replace(base, id=new_id(), transaction_id=base.transaction_id + 1000,
+                      meter_start_wh=REGISTER, meter_stop_wh=REGISTER + 12_000,
+                      cost_minor=3_000_000_000, currency="EUR")
+    payment = d.Payment(session_id=session.id, station_id=session.station_id,
+                        user_id=session.user_id, amount_minor=3_000_000_000, currency="EUR")
+    await services.ctx.store.write([Insert(session), Insert(payment)], [])
+    data = await api.gql("""query($id: ID!) { node(id: $id) { ... on Session {
+        meterStartWh meterStopWh energyKwh cost { amountMinor amount }
+        payment { amount { amountMinor } } } } }""",
+                         {"id": to_global_id("session", session.id)},
+                         as_user=world.users["driver2"].id)
+    assert data["node"] == {
+        "meterStartWh": REGISTER, "meterStopWh": REGISTER + 12_000, "energyKwh": 12.0,
+        "cost": {"amountMinor": 3_000_000_000, "amount": "30000000.00"},
+        "payment": {"amount": {"amountMinor": 3_000_000_000}},
+    }
+
+
+def test_big_int_refuses_what_is_not_a_whole_number() -> None:
+    scalar = SCALARS[BigInt]
+    assert scalar.serialize(2**40) == 2**40
+    for bad in (1.5, "12", True):
+        try:
+            scalar.serialize(bad)
+        except ValueError:
+            continue
+        raise AssertionError(f"BigInt serialized {bad!r}")
