@@ -123,13 +123,16 @@ class Company(Record):
 @dataclass(kw_only=True)
 class User(Record):
     kind: ClassVar[str] = "user"
-    secret_fields: ClassVar[frozenset[str]] = frozenset({"password_hash"})
+    secret_fields: ClassVar[frozenset[str]] = frozenset({"password_hash", "token_epoch"})
     email: str
     name: str
     role: Role
     company_id: str | None = None
     password_hash: str = ""
     active: bool = True
+    #: Tokens carry the epoch they were issued in; raising it (a password change, a
+    #: deactivation) revokes every token issued before.
+    token_epoch: int = 0
 
 
 @dataclass(kw_only=True)

@@ -30,33 +30,52 @@ LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 MAX_READING = 10**12
 
 
-def email(value: str, field: str = "email") -> str:
+def _given(value: str | None, field: str) -> str:
+    """A required text: an explicit null (``updateUser(input: {name: null})``) is refused
+    like an empty one, not failed on."""
+    if value is None:
+        raise ValidationError("must not be null", field=field, code="REQUIRED")
+    return value
+
+
+def email(value: str | None, field: str = "email") -> str:
     """Trimmed and case-folded, so uniqueness ignores case."""
-    cleaned = value.strip().casefold()
+    cleaned = _given(value, field).strip().casefold()
     if len(cleaned) > MAX_EMAIL or not _EMAIL_RE.match(cleaned):
         raise ValidationError("not a valid email address", field=field)
     return cleaned
 
 
-def name(value: str, field: str = "name") -> str:
-    cleaned = " ".join(value.split())
+def name(value: str | None, field: str = "name") -> str:
+    cleaned = " ".join(_given(value, field).split())
     if not cleaned:
         raise ValidationError("must not be empty", field=field, code="REQUIRED")
     if len(cleaned) > MAX_NAME:
         raise ValidationError(f"at most {MAX_NAME} characters", field=field, code="TOO_LONG")
-    return cleaned
+    return _printable(cleaned, field)
+
+
+def _printable(value: str, field: str, allowed: str = "") -> str:
+    """No control characters (NUL, escapes, ...): they end strings in C clients, corrupt
+    terminals and CSV exports, and no name or address needs one."""
+    if not value.isprintable() and any(
+            not c.isprintable() and c not in allowed for c in value):
+        raise ValidationError("no control characters", field=field, code="INVALID")
+    return value
 
 
 def optional_text(value: str | None, field: str, max_len: int = MAX_NAME) -> str | None:
+    """Free text such as an address: lines and tabs are fine, other controls are not."""
     if value is None:
         return None
     cleaned = value.strip()
     if len(cleaned) > max_len:
         raise ValidationError(f"at most {max_len} characters", field=field, code="TOO_LONG")
-    return cleaned or None
+    return _printable(cleaned, field, allowed="\n\t") or None
 
 
-def password(value: str, field: str = "password") -> str:
+def password(value: str | None, field: str = "password") -> str:
+    value = _given(value, field)
     if len(value) < MIN_PASSWORD:
         raise ValidationError(
             f"at least {MIN_PASSWORD} characters", field=field, code="TOO_SHORT"
@@ -66,9 +85,9 @@ def password(value: str, field: str = "password") -> str:
     return value
 
 
-def license_plate(value: str, field: str = "licensePlate") -> str:
+def license_plate(value: str | None, field: str = "licensePlate") -> str:
     """Upper case without spaces or dashes: "b-ab 123" and "BAB123" are the same car."""
-    cleaned = re.sub(r"[\s\-]", "", value).upper()
+    cleaned = re.sub(r"[\s\-]", "", _given(value, field)).upper()
     if not cleaned:
         raise ValidationError("must not be empty", field=field, code="REQUIRED")
     if len(cleaned) > MAX_PLATE or not cleaned.isalnum():
@@ -78,9 +97,10 @@ def license_plate(value: str, field: str = "licensePlate") -> str:
     return cleaned
 
 
-def cp_id(value: str, field: str = "cpId") -> str:
+def cp_id(value: str | None, field: str = "cpId") -> str:
     """OCPP charge point identity: printable ASCII without spaces or URL-special characters
     (it is a path segment of the websocket URL), at most 48 characters."""
+    value = _given(value, field)
     if not value:
         raise ValidationError("must not be empty", field=field, code="REQUIRED")
     if len(value) > MAX_CP_ID:
@@ -92,9 +112,9 @@ def cp_id(value: str, field: str = "cpId") -> str:
     return value
 
 
-def id_tag(value: str, field: str = "tag") -> str:
+def id_tag(value: str | None, field: str = "tag") -> str:
     """OCPP 1.6 IdToken: CiString20Type, case-insensitive by the spec; stored upper-case."""
-    cleaned = value.strip()
+    cleaned = _given(value, field).strip()
     if not cleaned:
         raise ValidationError("must not be empty", field=field, code="REQUIRED")
     if len(cleaned) > MAX_ID_TAG:
@@ -146,8 +166,8 @@ def money(value: Decimal | str | float, field: str, *, max_value: Decimal = Deci
     return amount
 
 
-def currency(value: str, field: str = "currency") -> str:
-    cleaned = value.strip().upper()
+def currency(value: str | None, field: str = "currency") -> str:
+    cleaned = _given(value, field).strip().upper()
     if not _CURRENCY_RE.match(cleaned):
         raise ValidationError("an ISO 4217 code such as EUR", field=field)
     return cleaned

@@ -24,9 +24,11 @@ async def resolve_viewer(services: Services, tokens: TokenService, authorization
     token = bearer_token(authorization)
     if token is None:
         return ANONYMOUS
-    viewer = await services.accounts.viewer_for(tokens.subject(token))
+    subject = tokens.subject(token)
+    viewer = await services.accounts.viewer_for(subject.user_id, subject.epoch)
     if viewer is None:
-        raise Unauthenticated("the account is not active", code="INVALID_TOKEN")
+        raise Unauthenticated("the account is not active or the token was revoked",
+                              code="INVALID_TOKEN")
     return viewer
 
 

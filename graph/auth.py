@@ -1,5 +1,7 @@
-"""Bearer tokens: HS256 JWTs naming the user. The token only carries identity; role and
-company are read fresh on every request, so a demotion or deactivation takes effect at once."""
+"""Bearer tokens: HS256 JWTs naming the user and the user's token epoch. The token only
+carries identity; role and company are read fresh on every request, so a demotion takes
+effect at once, and a password change or deactivation raises the epoch, which revokes
+every token issued before (also once the account is active again)."""
 
 from __future__ import annotations
 
@@ -21,6 +23,13 @@ class IssuedToken:
     expires_at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class TokenSubject:
+    user_id: str
+    #: The user's token epoch when it was issued (0 for tokens older than epochs).
+    epoch: int
+
+
 class TokenService:
     def __init__(self, secret: str, ttl: timedelta) -> None:
         if len(secret) < 32:
@@ -28,7 +37,7 @@ class TokenService:
         self._secret = secret
         self._ttl = ttl
 
-    def issue(self, user_id: str) -> IssuedToken:
+    def issue(self, user_id: str, epoch: int = 0) -> IssuedToken:
         now = datetime.now(UTC)
         expires = now + self._ttl
         claims = {
@@ -39,11 +48,12 @@ class TokenService:
             "iss": ISSUER,
             "aud": AUDIENCE,
             "jti": uuid.uuid4().hex,
+            "epoch": epoch,
         }
         return IssuedToken(jwt.encode(claims, self._secret, algorithm="HS256"), expires)
 
-    def subject(self, token: str) -> str:
-        """The user id of a valid token; ``Unauthenticated`` for anything else."""
+    def subject(self, token: str) -> TokenSubject:
+        """Who a valid token names; ``Unauthenticated`` for anything else."""
         try:
             claims = jwt.decode(
                 token,
@@ -58,7 +68,10 @@ class TokenService:
             raise Unauthenticated("the token has expired", code="TOKEN_EXPIRED") from exc
         except jwt.PyJWTError as exc:
             raise Unauthenticated("the token is not valid", code="INVALID_TOKEN") from exc
-        return str(claims["sub"])
+        epoch = claims.get("epoch", 0)
+        if not isinstance(epoch, int) or isinstance(epoch, bool):
+            raise Unauthenticated("the token is not valid", code="INVALID_TOKEN")
+        return TokenSubject(str(claims["sub"]), epoch)
 
 
 def bearer_token(header: str | None) -> str | None:

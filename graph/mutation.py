@@ -152,7 +152,7 @@ class Mutation(CommandMutation):
         )
         if user is None:
             return LoginPayload(token=None, expires_at=None, user=None, errors=errors)
-        issued = ctx.tokens.issue(user.id)
+        issued = ctx.tokens.issue(user.id, user.token_epoch)
         own_view = GraphContext.build(ctx.services, ctx.tokens, Viewer.of(user))
         return LoginPayload(token=issued.token, expires_at=issued.expires_at,
                             user=User.wrap(user, own_view), errors=[])

@@ -40,6 +40,9 @@ class FieldSpec:
     category: Category
     nullable: bool
     enum_type: type[StrEnum] | None = None
+    #: The dataclass default stands in for a missing value of a non-nullable field: a
+    #: document written before the field existed (MongoDB adds no column with a default).
+    defaulted: bool = False
 
 
 def _unwrap(hint: Any) -> tuple[Any, bool]:
@@ -83,7 +86,9 @@ def field_specs(kind: type[Record]) -> tuple[FieldSpec, ...]:
     for f in dataclasses.fields(kind):
         inner, nullable = _unwrap(hints[f.name])
         category, enum_type = _category(f.name, inner)
-        specs.append(FieldSpec(f.name, category, nullable, enum_type))
+        defaulted = not nullable and (f.default is not dataclasses.MISSING
+                                      or f.default_factory is not dataclasses.MISSING)
+        specs.append(FieldSpec(f.name, category, nullable, enum_type, defaulted))
     _SPECS[kind] = tuple(specs)
     return _SPECS[kind]
 
@@ -102,6 +107,8 @@ def build(kind: type[Record], values: dict[str, Any]) -> Record:
     kwargs: dict[str, Any] = {}
     for spec in field_specs(kind):
         value = values.get(spec.name)
+        if value is None and spec.defaulted:
+            continue
         if value is not None and spec.enum_type is not None:
             value = spec.enum_type(value)
         kwargs[spec.name] = value

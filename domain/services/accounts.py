@@ -98,9 +98,14 @@ class AccountService(Service):
             raise Forbidden("you cannot deactivate yourself", field="active")
         if active is None:
             raise ValidationError("active cannot be empty", field="active", code="REQUIRED")
+        # A new password or a deactivation revokes the user's tokens: one stolen with the
+        # old password, or held by someone whose access was withdrawn, must not come back
+        # to life when the account is reactivated.
+        revoke = password is not UNSET or (active is False and user.active)
         updated = changed(
             user,
             viewer,
+            token_epoch=user.token_epoch + 1 if revoke else UNSET,
             name=UNSET if name is UNSET else v.name(name),
             email=UNSET if email is UNSET else v.email(email),
             password_hash=UNSET if password is UNSET
@@ -136,11 +141,11 @@ class AccountService(Service):
             user = upgraded
         return user
 
-    async def viewer_for(self, user_id: str) -> Viewer | None:
+    async def viewer_for(self, user_id: str, token_epoch: int = 0) -> Viewer | None:
         """The viewer behind a token's subject, or ``None`` when the user is gone or
-        deactivated (a token outlives neither)."""
+        deactivated, or the token is of an older epoch (revoked)."""
         user = (await self.store.get_many(User, [user_id]))[0]
-        if user is None or not user.active:
+        if user is None or not user.active or user.token_epoch != token_epoch:
             return None
         return Viewer.of(user)
 

@@ -365,9 +365,14 @@ CREATE TABLE "instance_lease" (
 ) STRICT;
 """
 
+# Version 7: a user's token epoch; tokens of an older epoch are revoked.
+_V7 = """
+ALTER TABLE "user" ADD COLUMN "token_epoch" INTEGER NOT NULL DEFAULT 0;
+"""
+
 #: Every migration, oldest first. Append only.
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
-                                     (6, _V6))
+                                     (6, _V6), (7, _V7))
 
 _BOOTSTRAP = """
 CREATE TABLE IF NOT EXISTS "schema_version" (

@@ -87,6 +87,75 @@ async def test_update_and_deactivate_user(api: Api, world: World) -> None:
     assert (await api.gql(q, {"p": PASSWORD}))["login"]["token"] is None
 
 
+async def login(api: Api, email: str, password: str) -> str | None:
+    q = """mutation($e: String!, $p: String!) { login(email: $e, password: $p) { token } }"""
+    return (await api.gql(q, {"e": email, "p": password}))["login"]["token"]  # type: ignore[no-any-return]
+
+
+async def test_deactivation_and_password_change_revoke_tokens(api: Api, world: World
+                                                              ) -> None:
+    other = gid("user", world.users["driver2"].id)
+    before = await login(api, "driver2@example.com", PASSWORD)
+    await call(api, world, "admin", "deactivateUser", {"id": other}, "user { active }")
+    back = await call(api, world, "admin", "updateUser", {"id": other, "active": True},
+                      "user { active }")
+    assert back["user"] == {"active": True}
+    # Reactivation does not bring back a token issued before the deactivation.
+    revoked = await api.post("{ me { id } }", token=before)
+    assert revoked.status_code == 401
+    assert revoked.json()["errors"][0]["extensions"]["code"] == "INVALID_TOKEN"
+    after = await login(api, "driver2@example.com", PASSWORD)
+    assert (await api.post("{ me { name } }", token=after)).status_code == 200
+
+    me = gid("user", world.users["driver1"].id)
+    old = await login(api, "driver1@example.com", PASSWORD)
+    other_device = await login(api, "driver1@example.com", PASSWORD)
+    renamed = await api.post(
+        """mutation($i: UpdateUserInput!) { updateUser(input: $i) { user { name } } }""",
+        {"i": {"id": me, "name": "Dee"}}, token=old)
+    assert renamed.json()["data"]["updateUser"]["user"] == {"name": "Dee"}
+    assert (await api.post("{ me { id } }", token=old)).status_code == 200  # not revoked
+    changed = await api.post(
+        """mutation($i: UpdateUserInput!) { updateUser(input: $i) { errors { code } } }""",
+        {"i": {"id": me, "password": "a brand new secret"}}, token=old)
+    assert changed.json()["data"]["updateUser"]["errors"] == []
+    for token in (old, other_device):
+        assert (await api.post("{ me { id } }", token=token)).status_code == 401
+    assert await login(api, "driver1@example.com", PASSWORD) is None
+    fresh = await login(api, "driver1@example.com", "a brand new secret")
+    assert (await api.post("{ me { id } }", token=fresh)).status_code == 200
+
+
+async def test_explicit_null_for_a_required_field_is_a_user_error(api: Api, world: World
+                                                                   ) -> None:
+    me = gid("user", world.users["driver1"].id)
+    for field in ("name", "email", "password"):
+        assert codes(await call(api, world, "driver1", "updateUser", {"id": me, field: None},
+                                "user { id }")) == [(field, "REQUIRED")], field
+    station = gid("station", world.stations["A-001"].id)
+    assert codes(await call(api, world, "op_a", "updateStation",
+                            {"id": station, "name": None}, "station { id }")
+                 ) == [("name", "REQUIRED")]
+    vehicle = gid("vehicle", world.vehicles["driver1"].id)
+    assert codes(await call(api, world, "driver1", "updateVehicle",
+                            {"id": vehicle, "licensePlate": None}, "vehicle { id }")
+                 ) == [("licensePlate", "REQUIRED")]
+    for value in ("Dee\x00", "Line\x1bname"):
+        assert codes(await call(api, world, "driver1", "updateUser",
+                                {"id": me, "name": value}, "user { id }")
+                     ) == [("name", "INVALID")], value
+    located = {"id": station, "location": {"lat": 52.5, "lon": 13.4}}
+    assert codes(await call(api, world, "op_a", "updateStation",
+                            {**located, "location": {"lat": 52.5, "lon": 13.4,
+                                                     "address": "Street 1\x00"}},
+                            "station { id }")) == [("location.address", "INVALID")]
+    kept = await call(api, world, "op_a", "updateStation",
+                      {**located, "location": {"lat": 52.5, "lon": 13.4,
+                                               "address": "Street 1\n10115 Berlin"}},
+                      "station { location { address } }")
+    assert kept["station"] == {"location": {"address": "Street 1\n10115 Berlin"}}
+
+
 async def test_vehicles(api: Api, world: World) -> None:
     added = await call(api, world, "driver1", "addVehicle",
                        {"licensePlate": "m-xy 42", "make": "Tesla", "batteryKwh": 75},

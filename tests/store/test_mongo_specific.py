@@ -122,6 +122,17 @@ async def test_naive_datetimes_from_the_driver_read_as_utc() -> None:
     await store.close()
 
 
+async def test_a_field_added_later_reads_as_its_default(mongo: MongoStore) -> None:
+    """MongoDB has no ALTER TABLE ... DEFAULT: a user written before ``token_epoch``
+    existed reads with the dataclass default, not None."""
+    user = User(email="old@example.com", name="Old", role=Role.DRIVER, password_hash="x")
+    await mongo.write([Insert(user)], [])
+    raw(mongo)["user"].update_one({"_id": ObjectId(user.id)}, {"$unset": {"token_epoch": ""}})
+    assert "token_epoch" not in raw(mongo)["user"].find_one()
+    loaded = (await mongo.get_many(User, [user.id]))[0]
+    assert loaded is not None and loaded.token_epoch == 0
+
+
 async def test_decimals_compare_as_numbers(mongo: MongoStore) -> None:
     cheap = Tariff(company_id=str(ObjectId()), price_per_kwh=Decimal("9.50"), currency="EUR")
     dear = Tariff(company_id=str(ObjectId()), price_per_kwh=Decimal("10.0"), currency="EUR")
