@@ -111,6 +111,15 @@ class FleetService(Service):
         owner = await self.visible(viewer, User, id_tag.user_id)
         if not self.policy.may_act_for_user(viewer, owner):
             raise Forbidden("you may not change this id tag")
+        if not self.policy.may_manage_user(viewer, owner):
+            # Drivers may block their own card (it was lost) but not lift a block or an
+            # expiry that an operator or admin set: those decide who may charge.
+            if status not in (UNSET, IdTagStatus.BLOCKED, id_tag.status):
+                raise Forbidden("only operators and admins unblock or re-validate id tags",
+                                field="status")
+            if expires_at is not UNSET and expires_at != id_tag.expires_at:
+                raise Forbidden("only operators and admins change an id tag's expiry",
+                                field="expiresAt")
         if status is None:
             raise ValidationError("status cannot be empty", field="status", code="REQUIRED")
         if status is not UNSET and not isinstance(status, IdTagStatus):

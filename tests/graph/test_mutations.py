@@ -202,6 +202,30 @@ async def test_id_tags(api: Api, world: World) -> None:
     blocked = await call(api, world, "driver1", "updateIdTag",
                          {"id": issued["idTag"]["id"], "status": "BLOCKED"}, "idTag { status }")
     assert blocked["idTag"] == {"status": "BLOCKED"}
+    # A driver cannot lift the block or move the expiry; an operator of the company or an
+    # admin can.
+    tag = issued["idTag"]["id"]
+    assert codes(await call(api, world, "driver1", "updateIdTag",
+                            {"id": tag, "status": "ACCEPTED"}, "idTag { id }")
+                 ) == [("status", "FORBIDDEN")]
+    assert codes(await call(api, world, "driver1", "updateIdTag",
+                            {"id": tag, "expiresAt": "2030-01-01T00:00:00Z"}, "idTag { id }")
+                 ) == [("expiresAt", "FORBIDDEN")]
+    vehicle_moved = await call(api, world, "driver1", "updateIdTag",
+                               {"id": tag, "vehicleId": None, "status": "BLOCKED"},
+                               "idTag { status vehicle { id } }")
+    assert vehicle_moved["idTag"] == {"status": "BLOCKED", "vehicle": None}
+    lifted = await call(api, world, "admin", "updateIdTag",
+                        {"id": tag, "status": "ACCEPTED", "expiresAt": "2030-01-01T00:00:00Z"},
+                        "idTag { status expiresAt }")
+    assert lifted["idTag"] == {"status": "ACCEPTED", "expiresAt": "2030-01-01T00:00:00+00:00"}
+    fleet_tag = world.tags["driver_a"].id
+    assert codes(await call(api, world, "driver_a", "updateIdTag",
+                            {"id": gid("id_tag", fleet_tag), "status": "BLOCKED"},
+                            "idTag { id }")) == []
+    assert codes(await call(api, world, "op_a", "updateIdTag",
+                            {"id": gid("id_tag", fleet_tag), "status": "ACCEPTED"},
+                            "idTag { id }")) == []
     # An operator manages the tags of its company's drivers, not of others.
     assert codes(await call(api, world, "op_a", "issueIdTag",
                             {"tag": "FLEET-1", "userId": gid("user",
