@@ -52,6 +52,7 @@ from domain.pricing import session_cost_minor
 from domain.query import Eq, Sort, all_of
 from domain.services.base import Service, ServiceContext, changed, patch, stamp_new
 from domain.services.batching import GroupCommitter
+from domain.services.stations import connector_in_range
 from domain.services.tariffs import TariffService
 
 log = logging.getLogger("chargegraph.charging")
@@ -59,7 +60,6 @@ log = logging.getLogger("chargegraph.charging")
 ENERGY_REGISTER = "Energy.Active.Import.Register"
 POWER = "Power.Active.Import"
 #: Connectors a station without registered connectors may report before we refuse.
-MAX_UNREGISTERED_CONNECTORS = 10
 #: Sub-second meter values would flood subscribers; one UPDATED event per session per this.
 SESSION_UPDATE_INTERVAL_S = 1.0
 #: How long the hot path (every charger message) may reuse a station or an active session
@@ -328,12 +328,7 @@ class ChargingService(Service):
         if connector_id < low:
             raise ValidationError(f"connectorId must be ≥ {low}", field="connectorId",
                                   code="OUT_OF_RANGE")
-        station = await self._require_station(cp_id)
-        known = await self.store.find_all(Connector, Eq("station_id", station.id), limit=100)
-        highest = max((c.connector_id for c in known), default=MAX_UNREGISTERED_CONNECTORS)
-        if connector_id > highest:
-            raise ValidationError(f"connectorId {connector_id} exceeds this station's "
-                                  f"{highest}", field="connectorId", code="OUT_OF_RANGE")
+        await connector_in_range(self.store, await self._require_station(cp_id), connector_id)
 
     async def _next_interval(self, station: Station, connector_id: int,
                              status: ConnectorStatus, error_code: str, online: bool,

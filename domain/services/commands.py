@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from domain.clock import utcnow
+from domain.command_rules import check_command
 from domain.entities import (
     AuditAction,
     AuditEntry,
@@ -40,6 +41,7 @@ from domain.policy import Viewer
 from domain.ports import ChargerGateway, Insert, Update
 from domain.query import Eq, all_of
 from domain.services.base import Service, ServiceContext, changed, stamp_new
+from domain.services.stations import connector_in_range
 from domain.wire import wire_json
 
 log = logging.getLogger("chargegraph.commands")
@@ -78,11 +80,14 @@ class CommandService(Service):
             Station, all_of(self.policy.scope(viewer, "station"), Eq("cp_id", cp_id)))
         if station is None:
             raise NotFound("no such station", field="cpId")
-        payload = dict(payload)
-        if not self.policy.may_manage_station(viewer, station):
-            if not (viewer.is_driver and action in DRIVER_ACTIONS):
-                raise Forbidden(f"you may not send {action} to this station", field="cpId")
+        manages = self.policy.may_manage_station(viewer, station)
+        if not manages and not (viewer.is_driver and action in DRIVER_ACTIONS):
+            raise Forbidden(f"you may not send {action} to this station", field="cpId")
+        payload = check_command(action, payload)  # a copy: the driver rules edit it
+        if not manages:
             await self._check_driver(viewer, station, action, payload)
+        if payload.get("connectorId"):
+            await connector_in_range(self.store, station, payload["connectorId"])
         outcome = CommandOutcome(command_id=new_id(), action=action, station=station)
         if action == "ReserveNow":
             outcome.reservation = await self._new_reservation(viewer, station, payload)

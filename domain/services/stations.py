@@ -18,12 +18,26 @@ from domain.entities import (
 )
 from domain.errors import Conflict, Forbidden, UniqueViolation, ValidationError
 from domain.policy import Viewer
-from domain.ports import Change, Delete, Insert, Update
+from domain.ports import Change, Delete, Insert, Store, Update
 from domain.query import Eq, all_of
 from domain.services.base import UNSET, Service, changed, stamp_new
 
+#: The connector ids a station with none registered yet may use (a charger that connected
+#: before reporting its connectors' status).
+MAX_UNREGISTERED_CONNECTORS = 10
 MIN_STATION_PASSWORD = 8
 MAX_STATION_PASSWORD = 40  # OCPP 1.6 security whitepaper: AuthorizationKey up to 40 chars
+
+
+async def connector_in_range(store: Store, station: Station, connector_id: int) -> None:
+    """Refuse connector ids the station cannot have: above its highest registered
+    connector, or above a small cap while it has none registered. The same rule for what
+    a charger reports and for the commands sent to it."""
+    known = await store.find_all(Connector, Eq("station_id", station.id), limit=100)
+    highest = max((c.connector_id for c in known), default=MAX_UNREGISTERED_CONNECTORS)
+    if connector_id > highest:
+        raise ValidationError(f"connectorId {connector_id} exceeds this station's "
+                              f"{highest}", field="connectorId", code="OUT_OF_RANGE")
 
 
 @dataclass(frozen=True, slots=True)

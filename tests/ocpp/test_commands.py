@@ -226,3 +226,75 @@ async def test_reservation_in_the_past_is_invalid(central: Central, bad: dict) -
     answer = await run(central, "reserveNow", {"cpId": "CP-1", **bad},
                        "status reservation { id }")
     assert answer["errors"][0]["field"] == "expiryDate"
+
+
+PROFILE: dict[str, Any] = {
+    "chargingProfileId": 7, "stackLevel": 1, "chargingProfilePurpose": "TX_DEFAULT_PROFILE",
+    "chargingProfileKind": "ABSOLUTE",
+    "chargingSchedule": {"chargingRateUnit": "A", "chargingSchedulePeriod": [
+        {"startPeriod": 0, "limit": 16.0}, {"startPeriod": 600, "limit": 8.0}]}}
+LATER = "2030-01-01T00:00:00Z"
+BAD_COMMANDS: list[tuple[str, dict[str, Any], str, str]] = [
+    ("unlockConnector", {"connectorId": -3}, "connectorId", "OUT_OF_RANGE"),
+    ("unlockConnector", {"connectorId": 0}, "connectorId", "OUT_OF_RANGE"),
+    ("unlockConnector", {"connectorId": 3}, "connectorId", "OUT_OF_RANGE"),  # has 2
+    ("reserveNow", {"connectorId": -3, "expiryDate": LATER, "idTag": "TAG-OK"},
+     "connectorId", "OUT_OF_RANGE"),
+    ("reserveNow", {"connectorId": 1, "expiryDate": LATER, "idTag": "T" * 21},
+     "idTag", "TOO_LONG"),
+    ("reserveNow", {"connectorId": 1, "expiryDate": "9999-12-31T00:00:00Z",
+                    "idTag": "TAG-OK"}, "expiryDate", "OUT_OF_RANGE"),
+    ("remoteStartTransaction", {"connectorId": 1, "idTag": "TAG\u0007"}, "idTag", "INVALID"),
+    ("changeConfiguration", {"key": "K" * 51, "value": "1"}, "key", "TOO_LONG"),
+    ("changeConfiguration", {"key": "HeartbeatInterval", "value": "9" * 501}, "value",
+     "TOO_LONG"),
+    ("getConfiguration", {"key": ["HeartbeatInterval", "K" * 51]}, "key.1", "TOO_LONG"),
+    ("dataTransfer", {"vendorId": "V" * 256}, "vendorId", "TOO_LONG"),
+    ("getCompositeSchedule", {"connectorId": 1, "duration": -60}, "duration", "OUT_OF_RANGE"),
+    ("getDiagnostics", {"location": "ftp://diag.example.com/", "retries": -1}, "retries",
+     "OUT_OF_RANGE"),
+    ("getDiagnostics", {"location": "not a url"}, "location", "INVALID"),
+    ("getDiagnostics", {"location": "https://d.example.com/", "startTime": LATER,
+                        "stopTime": "2029-01-01T00:00:00Z"}, "stopTime", "OUT_OF_RANGE"),
+    ("updateFirmware", {"location": "https://fw.example.com/x.bin", "retrieveDate": LATER,
+                        "retryInterval": -5}, "retryInterval", "OUT_OF_RANGE"),
+    ("sendLocalList", {"listVersion": -1, "updateType": "FULL"}, "listVersion",
+     "OUT_OF_RANGE"),
+    ("sendLocalList", {"listVersion": 1, "updateType": "FULL", "localAuthorizationList": [
+        {"idTag": "OK"}, {"idTag": "X" * 21}]}, "localAuthorizationList.1.idTag", "TOO_LONG"),
+    ("setChargingProfile", {"connectorId": 1, "csChargingProfiles": {
+        **PROFILE, "stackLevel": -1}}, "csChargingProfiles.stackLevel", "OUT_OF_RANGE"),
+    ("setChargingProfile", {"connectorId": 1, "csChargingProfiles": {
+        **PROFILE, "chargingSchedule": {"chargingRateUnit": "W", "chargingSchedulePeriod": [
+            {"startPeriod": 0, "limit": -1.0}]}}},
+     "csChargingProfiles.chargingSchedule.chargingSchedulePeriod.0.limit", "OUT_OF_RANGE"),
+    ("setChargingProfile", {"connectorId": 1, "csChargingProfiles": {
+        **PROFILE, "chargingSchedule": {"chargingRateUnit": "W", "chargingSchedulePeriod": [
+            {"startPeriod": 0, "limit": 1.0}, {"startPeriod": 0, "limit": 2.0}]}}},
+     "csChargingProfiles.chargingSchedule.chargingSchedulePeriod.1.startPeriod", "INVALID"),
+    ("setChargingProfile", {"connectorId": 1, "csChargingProfiles": {
+        **PROFILE, "chargingSchedule": {"chargingRateUnit": "W", "chargingSchedulePeriod": [
+            {"startPeriod": 0, "limit": 1.0, "numberPhases": 4}]}}},
+     "csChargingProfiles.chargingSchedule.chargingSchedulePeriod.0.numberPhases",
+     "OUT_OF_RANGE"),
+]
+
+
+async def test_bad_command_input_is_a_user_error_and_nothing_is_sent(central: Central
+                                                                      ) -> None:
+    """Checked before anything is stored or sent, with the field's path: never the
+    charger's error, never a reservation for connector -3."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await cp.report_all()
+        for name, extra, field, code in BAD_COMMANDS:
+            answer = await run(central, name, {"cpId": "CP-1", **extra}, "__typename")
+            assert [(e["field"], e["code"]) for e in answer["errors"]] == [(field, code)], (
+                name, extra, answer)
+            assert answer["commandId"] is None
+        await settle()
+        assert cp.received == []
+        good = await run(central, "setChargingProfile",
+                         {"cpId": "CP-1", "connectorId": 0, "csChargingProfiles": PROFILE})
+        assert good["errors"] == [] and good["status"] == "ACCEPTED"
+    assert await central.store.count(d.Reservation, Eq("cp_id", "CP-1")) == 0

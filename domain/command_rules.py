@@ -1,0 +1,180 @@
+"""What a command's payload must satisfy before it is sent to a charger.
+
+The OCPP 1.6 schemas type the fields but bound almost none of them: a negative connector,
+duration or retry count, or an id tag of 21 characters, would reach the charger and come
+back as its error (or, worse, be acted on). Each field is checked here by its OCPP name,
+wherever it sits in the payload, and refused as a user error naming the field's path
+(``csChargingProfiles.chargingSchedule.chargingSchedulePeriod.1.startPeriod``) before
+anything is stored or sent. Lengths follow the 1.6 CiString types.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from domain import validation as v
+from domain.errors import ValidationError
+
+#: OCPP integers are 32-bit signed on most chargers.
+MAX_INT = 2**31 - 1
+#: A charging limit in W (or A): far above any charger, low enough to be a typo's end.
+MAX_LIMIT = 10_000_000.0
+MAX_URL = 2000
+#: Actions whose connectorId 0 means the charge point as a whole (or "any connector").
+WHOLE_STATION_ACTIONS = frozenset({"ChangeAvailability", "ReserveNow", "TriggerMessage",
+                                   "SetChargingProfile", "ClearChargingProfile",
+                                   "GetCompositeSchedule"})
+
+Rule = Callable[[Any, str], Any]
+
+
+def _whole(low: int, high: int = MAX_INT) -> Rule:
+    def check(value: Any, path: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValidationError("must be a whole number", field=path, code="INVALID")
+        if not low <= value <= high:
+            raise ValidationError(f"must be within {low}..{high}", field=path,
+                                  code="OUT_OF_RANGE")
+        return value
+    return check
+
+
+def _text(max_len: int) -> Rule:
+    def check(value: Any, path: str) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise ValidationError("must not be empty", field=path, code="REQUIRED")
+        if len(value) > max_len:
+            raise ValidationError(f"at most {max_len} characters", field=path,
+                                  code="TOO_LONG")
+        if not value.isprintable():
+            raise ValidationError("no control characters", field=path, code="INVALID")
+        return value
+    return check
+
+
+def _free_text(max_len: int) -> Rule:
+    def check(value: Any, path: str) -> str:
+        if not isinstance(value, str) or len(value) > max_len:
+            raise ValidationError(f"at most {max_len} characters", field=path,
+                                  code="TOO_LONG")
+        return value
+    return check
+
+
+def _amount(value: Any, path: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) \
+            or not math.isfinite(value) or not 0 <= value <= MAX_LIMIT:
+        raise ValidationError(f"must be within 0..{MAX_LIMIT:g}", field=path,
+                              code="OUT_OF_RANGE")
+    return value
+
+
+def _url(value: Any, path: str) -> str:
+    """Where the charger uploads or downloads a file: an absolute URL it can reach."""
+    text = _text(MAX_URL)(value, path)
+    parts = urlsplit(text)
+    if parts.scheme not in ("ftp", "ftps", "sftp", "http", "https") or not parts.netloc:
+        raise ValidationError("an absolute ftp(s), sftp or http(s) URL", field=path,
+                              code="INVALID")
+    return text
+
+
+def _instant(value: Any, path: str) -> datetime:
+    if not isinstance(value, datetime):
+        raise ValidationError("must be a date-time", field=path, code="INVALID")
+    return v.instant(value, path)
+
+
+def _tag(value: Any, path: str) -> str:
+    return v.id_tag(value if isinstance(value, str) else None, path)
+
+
+RULES: dict[str, Rule] = {
+    "idTag": _tag,
+    "parentIdTag": _tag,
+    "key": _text(50),  # CiString50
+    "value": _free_text(500),  # CiString500
+    "vendorId": _text(255),
+    "messageId": _text(50),
+    "location": _url,
+    "duration": _whole(0),
+    "retries": _whole(0, 100),
+    "retryInterval": _whole(0, 86_400),
+    "reservationId": _whole(0),
+    "transactionId": _whole(0),
+    "listVersion": _whole(0),
+    "chargingProfileId": _whole(0),
+    "id": _whole(0),
+    "stackLevel": _whole(0, 100),
+    "startPeriod": _whole(0),
+    "numberPhases": _whole(1, 3),
+    "limit": _amount,
+    "minChargingRate": _amount,
+    "expiryDate": _instant,
+    "validFrom": _instant,
+    "validTo": _instant,
+    "startSchedule": _instant,
+    "startTime": _instant,
+    "stopTime": _instant,
+    "retrieveDate": _instant,
+}
+
+
+def check_command(action: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """The payload with every known field checked (id tags upper-cased, as stored);
+    ``ValidationError`` on the first field that breaks its rule."""
+    checked = _walk(payload, "")
+    connector = checked.get("connectorId")
+    if connector is not None:
+        low = 0 if action in WHOLE_STATION_ACTIONS else 1
+        checked["connectorId"] = _whole(low, 100)(connector, "connectorId")
+    _ordered(checked)
+    return checked
+
+
+def _walk(value: Any, path: str) -> Any:
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else key
+            if isinstance(item, list) and key == "key":  # GetConfiguration: a list of keys
+                out[key] = [RULES["key"](k, f"{where}.{i}") for i, k in enumerate(item)]
+            elif key in RULES and item is not None and not isinstance(item, dict | list):
+                out[key] = RULES[key](item, where)
+            else:
+                out[key] = _walk(item, where)
+        return out
+    if isinstance(value, list):
+        return [_walk(item, f"{path}.{i}") for i, item in enumerate(value)]
+    return value
+
+
+def _ordered(payload: dict[str, Any]) -> None:
+    """Pairs of fields that only make sense in order, wherever a profile sits."""
+    for profile_key in ("csChargingProfiles", "chargingProfile"):
+        profile = payload.get(profile_key)
+        if not isinstance(profile, dict):
+            continue
+        start, end = profile.get("validFrom"), profile.get("validTo")
+        if start is not None and end is not None and end <= start:
+            raise ValidationError("must be after validFrom", field=f"{profile_key}.validTo",
+                                  code="OUT_OF_RANGE")
+        periods = (profile.get("chargingSchedule") or {}).get("chargingSchedulePeriod")
+        if periods is None:
+            continue
+        where = f"{profile_key}.chargingSchedule.chargingSchedulePeriod"
+        if not periods:
+            raise ValidationError("at least one period", field=where, code="REQUIRED")
+        # Each period's start is the previous one's end (OCPP 1.6 ChargingSchedulePeriod).
+        for i in range(1, len(periods)):
+            if periods[i].get("startPeriod", 0) <= periods[i - 1].get("startPeriod", 0):
+                raise ValidationError("periods must start in increasing order",
+                                      field=f"{where}.{i}.startPeriod", code="INVALID")
+    start, stop = payload.get("startTime"), payload.get("stopTime")
+    if start is not None and stop is not None and stop <= start:
+        raise ValidationError("must be after startTime", field="stopTime",
+                              code="OUT_OF_RANGE")
