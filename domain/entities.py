@@ -217,6 +217,10 @@ class Session(Record):
     reservation_id: int | None = None
     cost_minor: int | None = None
     currency: str | None = None
+    #: Who ran the station when this happened (its company and owner then): operators
+    #: keep their books when a station is removed or changes hands.
+    company_id: str | None = None
+    station_owner_id: str | None = None
 
 
 @dataclass(kw_only=True)
@@ -331,6 +335,10 @@ class Payment(Record):
     status: PaymentStatus = PaymentStatus.PENDING
     provider: str = "manual"
     provider_ref: str | None = None
+    #: Who ran the station when this happened (its company and owner then): operators
+    #: keep their books when a station is removed or changes hands.
+    company_id: str | None = None
+    station_owner_id: str | None = None
 
 
 @dataclass(kw_only=True)

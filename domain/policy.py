@@ -98,11 +98,18 @@ class Policy:
     def _operator_scope(self, viewer: Viewer, kind: str) -> Filter:
         stations = self.operator_stations(viewer)
         on_stations: Filter = Sub("station_id", "station", stations)
+        # Sessions and payments also by who ran their station then: the books stay with
+        # the operator after the station is removed (its telemetry goes with it).
+        books: Filter = any_of(
+            on_stations, Eq("station_owner_id", viewer.user_id),
+            Eq("company_id", viewer.company_id) if viewer.company_id else NONE)
         match kind:
             case "station":
                 return stations
-            case ("connector" | "session" | "reservation" | "payment" | "status_event"
-                  | "connection_event" | "connector_interval"):
+            case "session" | "payment":
+                return books
+            case ("connector" | "reservation" | "status_event" | "connection_event"
+                  | "connector_interval"):
                 return on_stations
             case "meter_sample":
                 # Samples of unknown transactions have no session: scope them by charger.
@@ -115,7 +122,7 @@ class Policy:
                 return any_of(
                     Eq("id", viewer.user_id),
                     Eq("company_id", viewer.company_id) if viewer.company_id else NONE,
-                    Sub("id", "session", on_stations, select="user_id"),
+                    Sub("id", "session", books, select="user_id"),
                 )
             case "vehicle":
                 return any_of(
@@ -123,7 +130,7 @@ class Policy:
                     Sub("owner_id", "user", Eq("company_id", viewer.company_id))
                     if viewer.company_id
                     else NONE,
-                    Sub("id", "session", on_stations, select="vehicle_id"),
+                    Sub("id", "session", books, select="vehicle_id"),
                 )
             case "id_tag":
                 return any_of(

@@ -45,6 +45,8 @@ Payload = dict[str, Any]
 ActionHandler = Callable[["ChargePointHandler", Payload], Awaitable[Payload]]
 #: Below this many bytes waiting in a socket's write buffer, frames skip flow control.
 FAST_SEND_BUFFER = 64 * 1024
+#: Close code for a charger whose station was removed (1008: policy violation).
+CLOSE_UNKNOWN_STATION = 1008
 #: The answer to the notifications whose confirmation carries no fields.
 EMPTY: Payload = {}
 
@@ -127,6 +129,11 @@ class ChargePointHandler(ChargePoint):
             code = frames.PROPERTY_CONSTRAINT_VIOLATION if exc.code in (
                 "OUT_OF_RANGE", "INVALID", "NOT_FOUND") else frames.GENERIC_ERROR
             await self._send(frames.call_error(uid, code, exc.message))
+            if exc.code == "NOT_FOUND" and exc.field == "cpId":
+                # The station was removed while its charger was connected: hang up, so
+                # it reconnects and meets the 404 of an unknown charge point.
+                log.info("%s: the station no longer exists; closing", self.id)
+                await self._connection.close(CLOSE_UNKNOWN_STATION, "unknown charge point")
             return
         except Exception:
             log.exception("%s: %s failed", self.id, action)

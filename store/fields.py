@@ -26,6 +26,7 @@ ID_FIELDS = frozenset(
         "id",
         "company_id",
         "owner_id",
+        "station_owner_id",
         "user_id",
         "vehicle_id",
         "station_id",

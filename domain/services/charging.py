@@ -438,7 +438,8 @@ class ChargingService(Service):
             start_time=start, meter_start_wh=meter_start,
             user_id=id_tag_record.user_id if id_tag_record else None,
             vehicle_id=id_tag_record.vehicle_id if id_tag_record else None,
-            reservation_id=reservation_id,
+            reservation_id=reservation_id, company_id=station.company_id,
+            station_owner_id=station.owner_id,
         ), actor)
         changes: list[tuple[Change, Any]] = []
         # A session still open on this connector lost its StopTransaction: close it first,
@@ -560,7 +561,9 @@ class ChargingService(Service):
         if tariff is not None and cost is not None:
             payment = stamp_new(Payment(session_id=session.id, station_id=station.id,
                                         user_id=session.user_id, amount_minor=cost,
-                                        currency=tariff.currency), actor)
+                                        currency=tariff.currency,
+                                        company_id=session.company_id,
+                                        station_owner_id=session.station_owner_id), actor)
         return closed, payment
 
     # ------------------------------------------------------------- station-level reports

@@ -370,9 +370,27 @@ _V7 = """
 ALTER TABLE "user" ADD COLUMN "token_epoch" INTEGER NOT NULL DEFAULT 0;
 """
 
+# Version 8: sessions and payments keep who ran their station (company and owner), so
+# an operator still sees them after the station is removed; existing rows are filled in
+# from their station where it still exists.
+_V8 = """
+ALTER TABLE "session" ADD COLUMN "company_id" TEXT;
+ALTER TABLE "session" ADD COLUMN "station_owner_id" TEXT;
+ALTER TABLE "payment" ADD COLUMN "company_id" TEXT;
+ALTER TABLE "payment" ADD COLUMN "station_owner_id" TEXT;
+UPDATE "session" SET ("company_id", "station_owner_id") = (
+    SELECT "company_id", "owner_id" FROM "station" WHERE "station"."id" = "session"."station_id");
+UPDATE "payment" SET ("company_id", "station_owner_id") = (
+    SELECT "company_id", "owner_id" FROM "station" WHERE "station"."id" = "payment"."station_id");
+CREATE INDEX "session_company_start_idx" ON "session" ("company_id", "start_time");
+CREATE INDEX "session_station_owner_start_idx" ON "session" ("station_owner_id", "start_time");
+CREATE INDEX "payment_company_idx" ON "payment" ("company_id");
+CREATE INDEX "payment_station_owner_idx" ON "payment" ("station_owner_id");
+"""
+
 #: Every migration, oldest first. Append only.
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
-                                     (6, _V6), (7, _V7))
+                                     (6, _V6), (7, _V7), (8, _V8))
 
 _BOOTSTRAP = """
 CREATE TABLE IF NOT EXISTS "schema_version" (

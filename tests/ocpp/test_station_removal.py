@@ -1,0 +1,69 @@
+"""Removing a station: its operator keeps the books, its charger is hung up on."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from graph.ids import to_global_id
+from ocpp_bridge.handler import CLOSE_UNKNOWN_STATION
+from ocpp_bridge.simulator import basic_auth, connected
+from tests.ocpp.conftest import STATION_PASSWORD, Central
+
+BOOKS = """{ sessions(first: 10) { nodes { transactionId cpId station { id }
+    user { name } vehicle { licensePlate } cost { amountMinor } } }
+  payments(first: 10) { nodes { amount { amountMinor currency } session { transactionId } } }
+}"""
+
+
+async def test_operator_keeps_the_books_of_a_removed_station(central: Central) -> None:
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        tx, _ = await cp.start_transaction(1, "TAG-OK")
+        cp.connectors[1].power_w = 11_000
+        await cp.meter_values(1, seconds=3600)  # the meter moves on an hour at once
+        await cp.stop_transaction(1)
+    before = await central.gql(BOOKS, as_user="op")
+    [session] = before["sessions"]["nodes"]
+    assert session["transactionId"] == tx and session["user"] == {"name": "driver"}
+    assert len(before["payments"]["nodes"]) == 1
+
+    station_id = to_global_id("station", central.stations["CP-1"].id)
+    removed = await central.gql("""mutation($id: ID!) { removeStation(input: {id: $id}) {
+        errors { code } } }""", {"id": station_id}, as_user="op")
+    assert removed["removeStation"]["errors"] == []
+
+    after = await central.gql(BOOKS, as_user="op")
+    [kept] = after["sessions"]["nodes"]
+    assert kept == {**session, "station": None}  # the station itself is gone
+    assert after["payments"]["nodes"] == before["payments"]["nodes"]
+    assert (await central.gql(BOOKS, as_user="op_other"))["sessions"]["nodes"] == []
+    driver = await central.gql(BOOKS, as_user="driver")
+    assert [s["transactionId"] for s in driver["sessions"]["nodes"]] == [tx]
+
+
+async def test_the_charger_of_a_removed_station_is_hung_up_on(central: Central) -> None:
+    ws = await connect(f"{central.url}/CP-1", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+                       additional_headers=basic_auth("CP-1", STATION_PASSWORD))
+    try:
+        await ws.send('[2, "b", "Heartbeat", {}]')
+        assert str(await asyncio.wait_for(ws.recv(), 5)).startswith("[3")
+        station_id = to_global_id("station", central.stations["CP-1"].id)
+        await central.gql("""mutation($id: ID!) { removeStation(input: {id: $id}) {
+            errors { code } } }""", {"id": station_id}, as_user="op")
+        await ws.send('[2, "h", "Heartbeat", {}]')
+        refused = str(await asyncio.wait_for(ws.recv(), 5))
+        assert '"PropertyConstraintViolation"' in refused and '"h"' in refused
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), 5)
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == CLOSE_UNKNOWN_STATION
+    finally:
+        await ws.close()
+    with pytest.raises(InvalidStatus) as again:
+        await connect(f"{central.url}/CP-1", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+                      additional_headers=basic_auth("CP-1", STATION_PASSWORD))
+    assert again.value.response.status_code == 404
