@@ -1,13 +1,13 @@
-"""What a session costs. Exact decimal arithmetic, rounded once, half up, to cents."""
+"""What a session costs. Exact decimal arithmetic, rounded once, half up, to the minor
+unit of the tariff's currency (cents, whole yen, fils)."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
 
+from domain.currencies import minor_digits
 from domain.entities import Tariff
-
-MINOR_UNITS = Decimal(100)  # two-decimal currencies (EUR, USD, GBP, CHF, …)
 
 
 def session_cost_minor(tariff: Tariff, energy_wh: int, start: datetime, end: datetime) -> int:
@@ -18,4 +18,5 @@ def session_cost_minor(tariff: Tariff, energy_wh: int, start: datetime, end: dat
     net = (energy_kwh * tariff.price_per_kwh + minutes * tariff.price_per_minute
            + tariff.session_fee)
     gross = net * (Decimal(1) + tariff.tax_rate)
-    return int((gross * MINOR_UNITS).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+    minor = gross.scaleb(minor_digits(tariff.currency))
+    return int(minor.quantize(Decimal(1), rounding=ROUND_HALF_UP))

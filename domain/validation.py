@@ -6,12 +6,12 @@ import re
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 
+from domain.currencies import MINOR_DIGITS
 from domain.errors import ValidationError
 
 # Deliberately simple: one @, a dot in the domain, no spaces. Deliverability is the mail
 # system's job; this catches typos and garbage.
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-_CURRENCY_RE = re.compile(r"^[A-Z]{3}$")
 MAX_EMAIL = 254
 MAX_NAME = 200
 MAX_CP_ID = 48
@@ -163,13 +163,14 @@ def money(value: Decimal | str | float, field: str, *, max_value: Decimal = Deci
         raise ValidationError(f"must be within 0..{max_value}", field=field, code="OUT_OF_RANGE")
     if amount.as_tuple().exponent < -6:  # type: ignore[operator]
         raise ValidationError("at most 6 decimals", field=field, code="INVALID")
-    return amount
+    return amount.copy_abs()  # "-0" is zero
 
 
 def currency(value: str | None, field: str = "currency") -> str:
     cleaned = _given(value, field).strip().upper()
-    if not _CURRENCY_RE.match(cleaned):
-        raise ValidationError("an ISO 4217 code such as EUR", field=field)
+    if cleaned not in MINOR_DIGITS:
+        raise ValidationError("an ISO 4217 currency in circulation, such as EUR",
+                              field=field)
     return cleaned
 
 

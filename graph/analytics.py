@@ -12,6 +12,7 @@ from typing import Annotated
 import strawberry
 
 from domain import entities as d
+from domain.currencies import major_units
 from domain.query import Sort
 from domain.services.analytics import FaultGroup, Scope, ShareRow
 from domain.timebuckets import Bucket
@@ -205,7 +206,7 @@ class AnalyticsQuery:
             currency.upper() if currency else None)
         return [EnergyBucket(start=b.start, energy_kwh=b.energy_wh / 1000,
                              sessions=b.sessions,
-                             revenue=Decimal(b.revenue_minor).scaleb(-2),
+                             revenue=major_units(b.revenue_minor, b.currency),
                              currency=b.currency) for b in buckets]
 
     @strawberry.field(description="Share of the window each connector was occupied and "

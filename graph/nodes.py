@@ -21,6 +21,7 @@ from graphql import (
 from strawberry.scalars import JSON
 
 from domain import entities as d
+from domain.currencies import major_units
 from domain.ids import is_id
 from domain.query import ALL, Eq, Range, Sort
 from graph.enums import (
@@ -233,12 +234,13 @@ def _audited(cls: type[NodeT], r: d.Record, fields: dict[str, Any], visible: boo
 
 @strawberry.type(description="A money amount, exact.")
 class Money:
-    amount_minor: BigInt = strawberry.field(description="In the currency's minor unit (cents).")
+    amount_minor: BigInt = strawberry.field(
+        description="In the currency's minor unit (cents; whole yen for JPY).")
     currency: str
 
     @strawberry.field(description="The amount in major units, e.g. 12.34.")
     def amount(self) -> Decimal:
-        return Decimal(self.amount_minor).scaleb(-2)
+        return major_units(self.amount_minor, self.currency)
 
 
 @strawberry.type(description="Where a station stands.")

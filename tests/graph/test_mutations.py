@@ -347,6 +347,15 @@ async def test_tariffs(api: Api, world: World) -> None:
     assert codes(await call(api, world, "op_a", "setTariff",
                             {"companyId": company, "pricePerKwh": "-1", "currency": "EUR"},
                             "tariff { id }")) == [("pricePerKwh", "OUT_OF_RANGE")]
+    for currency in ("XYZ", "XAU", "EU"):  # unknown, a metal, not a code
+        assert codes(await call(api, world, "op_a", "setTariff",
+                                {"companyId": company, "pricePerKwh": "1",
+                                 "currency": currency}, "tariff { id }")
+                     ) == [("currency", "INVALID")], currency
+    zero = await call(api, world, "op_a", "setTariff",
+                      {"companyId": company, "pricePerKwh": "-0", "currency": "JPY"},
+                      "tariff { pricePerKwh currency }")
+    assert zero["tariff"] == {"pricePerKwh": "0", "currency": "JPY"}
 
 
 async def test_invalid_ids_are_user_errors(api: Api, world: World) -> None:

@@ -1,0 +1,41 @@
+"""ISO 4217 currencies in circulation and the digits of their minor unit.
+
+A tariff's currency decides how a cost is rounded and what ``amountMinor`` counts: cents
+for EUR, whole yen for JPY, fils (1/1000) for KWD. Funds and precious-metal codes (XAU,
+XDR, ...) are not money a driver pays and are refused.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+_ZERO = ("BIF CLP DJF GNF ISK JPY KMF KRW PYG RWF UGX UYI VND VUV XAF XOF XPF")
+_THREE = ("BHD IQD JOD KWD LYD OMR TND")
+_FOUR = ("CLF UYW")
+_TWO = (
+    "AED AFN ALL AMD ANG AOA ARS AUD AWG AZN BAM BBD BDT BGN BMD BND BOB BRL BSD BTN BWP "
+    "BYN BZD CAD CDF CHF CNY COP CRC CUP CVE CZK DKK DOP DZD EGP ERN ETB EUR FJD FKP GBP "
+    "GEL GHS GIP GMD GTQ GYD HKD HNL HTG HUF IDR ILS INR IRR JMD KES KGS KHR KPW KYD KZT "
+    "LAK LBP LKR LRD LSL MAD MDL MGA MKD MMK MNT MOP MRU MUR MVR MWK MXN MYR MZN NAD NGN "
+    "NIO NOK NPR NZD PAB PEN PGK PHP PKR PLN QAR RON RSD RUB SAR SBD SCR SDG SEK SGD SHP "
+    "SLE SOS SRD SSP STN SVC SYP SZL THB TJS TMT TOP TRY TTD TWD TZS UAH USD UYU UZS VED "
+    "VES WST XCD XCG YER ZAR ZMW ZWG"
+)
+
+#: Code → digits after the decimal point of its minor unit.
+MINOR_DIGITS: dict[str, int] = {
+    code: digits
+    for codes, digits in ((_TWO, 2), (_ZERO, 0), (_THREE, 3), (_FOUR, 4))
+    for code in codes.split()
+}
+
+
+def minor_digits(code: str) -> int:
+    """Digits of the minor unit; 2 for a code not in the table (stored before currencies
+    were checked), the most common case."""
+    return MINOR_DIGITS.get(code, 2)
+
+
+def major_units(amount_minor: int, code: str | None) -> Decimal:
+    """12.34 for 1234 EUR cents; 1234 for 1234 JPY."""
+    return Decimal(amount_minor).scaleb(-minor_digits(code or ""))
