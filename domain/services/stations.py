@@ -10,6 +10,7 @@ from domain.entities import (
     Company,
     Connector,
     ConnectorType,
+    Role,
     Session,
     SessionState,
     Station,
@@ -58,6 +59,14 @@ def _station_password(value: str, field: str = "password") -> str:
     return value
 
 
+def _may_own(owner: User) -> None:
+    """Owners run their stations (commands, tariffs, history): an operator or an admin,
+    never a driver, whose scope would not even show the station's sessions."""
+    if owner.role is Role.DRIVER:
+        raise ValidationError("a driver cannot own a station; make them an operator",
+                              field="ownerId", code="INVALID")
+
+
 class StationService(Service):
     async def create_station(self, viewer: Viewer, *, cp_id: str, name: str,
                              company_id: str | None = None, owner_id: str | None = None,
@@ -82,6 +91,7 @@ class StationService(Service):
             if viewer.is_operator and owner.id != viewer.user_id \
                     and owner.company_id != viewer.company_id:
                 raise Forbidden("the owner must work for your company", field="ownerId")
+            _may_own(owner)
         v.coordinates(lat, lon)
         station = stamp_new(
             Station(
@@ -148,6 +158,7 @@ class StationService(Service):
             owner = await self.visible(viewer, User, owner_id, field="ownerId")
             if viewer.is_operator and owner.company_id != viewer.company_id:
                 raise Forbidden("the owner must work for your company", field="ownerId")
+            _may_own(owner)
         new_lat = station.lat if lat is UNSET else lat
         new_lon = station.lon if lon is UNSET else lon
         v.coordinates(new_lat, new_lon)

@@ -271,6 +271,8 @@ async def test_create_station_and_errors(api: Api, world: World, store) -> None:
         ({"cpId": "OK-5", "password": "short"}, ("password", "INVALID_LENGTH")),
         ({"cpId": "OK-6", "companyId": gid("company", world.companies["b"].id)},
          ("companyId", "NOT_FOUND")),
+        ({"cpId": "OK-7", "ownerId": gid("user", world.users["driver_a"].id)},
+         ("ownerId", "INVALID")),  # a driver of the company
     ]
     for change, expected in bad:
         payload = await call(api, world, "op_a", "createStation", {**STATION_INPUT, **change},
@@ -293,6 +295,9 @@ async def test_update_remove_station_and_connectors(api: Api, world: World) -> N
                             "station { id }")) == [("id", "NOT_FOUND")]
     assert codes(await call(api, world, "driver1", "updateStation", {"id": sid, "name": "X"},
                             "station { id }")) == [("id", "FORBIDDEN")]
+    assert codes(await call(api, world, "admin", "updateStation",
+                            {"id": sid, "ownerId": gid("user", world.users["driver1"].id)},
+                            "station { id }")) == [("ownerId", "INVALID")]
     added = await call(api, world, "op_a", "addConnector",
                        {"stationId": sid, "connectorId": 3, "type": "CHADEMO", "maxKw": 50},
                        "connector { id connectorId type station { cpId } }")
