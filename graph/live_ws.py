@@ -76,6 +76,8 @@ TRANSPORT_WS = "graphql-transport-ws"
 LEGACY_WS = "graphql-ws"
 PROTOCOLS = (TRANSPORT_WS, LEGACY_WS)
 DEFAULT_QUEUE_SIZE = 1000
+#: How often a signed-in connection's token and user are checked again.
+REVALIDATE_EVERY = timedelta(seconds=60)
 #: Renders of one non-shared group (nested fields: store reads) in flight at once; past
 #: this the group skips new events and counts them in its members' ``droppedBefore``.
 LANE_LIMIT = 64
@@ -538,6 +540,8 @@ class Connection:
         self.outbox = Outbox(send, self.hub.queue_size)
         self.request = HTTPConnection(scope)
         self.context: GraphContext | None = None
+        #: The ``authorization`` of ``connection_init``, checked again now and then.
+        self.authorization: str | None = None
         self.init_received = False
         #: The init timeout's close, kept referenced until it ran.
         self.closing: asyncio.Future[None] | None = None
@@ -629,7 +633,8 @@ class Connection:
 
     async def _authorize(self, payload: dict[str, Any]) -> None:
         header = payload.get("authorization") or payload.get("Authorization")
-        viewer = await self.endpoint.authorize(str(header) if header else None)
+        self.authorization = str(header) if header else None
+        viewer = await self.endpoint.authorize(self.authorization)
         context = GraphContext.build(self.hub.services, self.hub.tokens, viewer, self.request)
         context.connection_params = payload
         self.context = context
@@ -793,10 +798,12 @@ class LiveEndpoint:
 
     def __init__(self, services: Services, tokens: TokenService, schema: Any,
                  authorize: Authorize, *, queue_size: int = DEFAULT_QUEUE_SIZE,
-                 connection_init_timeout: timedelta = timedelta(minutes=1)) -> None:
+                 connection_init_timeout: timedelta = timedelta(minutes=1),
+                 revalidate_every: timedelta = REVALIDATE_EVERY) -> None:
         self.hub = LiveHub(services, tokens, schema, queue_size)
         self.authorize = authorize
         self.connection_init_timeout = connection_init_timeout
+        self.revalidate_every = revalidate_every
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         first = await receive()
@@ -812,6 +819,8 @@ class LiveEndpoint:
         connection = Connection(self, scope, send, protocol)
         timer = asyncio.get_running_loop().call_later(
             self.connection_init_timeout.total_seconds(), self._init_timeout, connection)
+        revalidation = asyncio.create_task(self._revalidate(connection),
+                                           name="chargegraph-live-revalidate")
         try:
             while True:
                 message = await receive()
@@ -833,7 +842,30 @@ class LiveEndpoint:
                     break
         finally:
             timer.cancel()
+            revalidation.cancel()
             connection.close_all()
+
+    async def _revalidate(self, connection: Connection) -> None:
+        """A subscription outlives the request that authorized it: every
+        ``revalidate_every`` the connection's token is checked again, and the socket is
+        closed (4403) once it has expired or been revoked (deactivation, new password) or
+        its user's role or company changed. Subscribers reconnect with a fresh token and
+        see what they may see now."""
+        period = self.revalidate_every.total_seconds()
+        while True:
+            await asyncio.sleep(period)
+            if connection.context is None or connection.authorization is None:
+                continue  # not signed in: nothing to withdraw
+            try:
+                viewer = await self.authorize(connection.authorization)
+            except Unauthenticated:
+                viewer = None
+            except Exception:  # the store out of reach: try again next round
+                log.exception("re-validating a live connection failed")
+                continue
+            if viewer != connection.context.viewer:
+                await connection.outbox.close(4403, "Forbidden")
+                return
 
     @staticmethod
     def _init_timeout(connection: Connection) -> None:

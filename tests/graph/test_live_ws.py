@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from domain.entities import Record
+from domain.entities import Record, Role
 from domain.events import ConnectorStatusChanged
 from domain.policy import Policy, Viewer
 from domain.services import ServiceContext, Services
@@ -47,7 +47,8 @@ class Setup:
             return await resolve_viewer(services, self.tokens, header)
 
         self.endpoint = LiveEndpoint(services, self.tokens, schema, authorize,
-                                     queue_size=queue_size)
+                                     queue_size=queue_size,
+                                     revalidate_every=timedelta(milliseconds=50))
 
     def token(self, name: str) -> str:
         return self.tokens.issue(self.world.users[name].id).token
@@ -386,6 +387,32 @@ async def test_connection_init_auth_and_subprotocols(live: Setup) -> None:
     assert rejected["payload"]["code"] == "INVALID_TOKEN"
     assert (await legacy.raw())["code"] == 1011
     await legacy.close()
+
+
+async def test_withdrawn_access_closes_the_subscription(live: Setup) -> None:
+    """Deactivation, a demotion or a new password reach an open socket too: within a
+    re-validation period it is closed (4403), and its subscriber gets nothing more."""
+    accounts = live.services.accounts
+    admin = live.world.viewer("admin")
+    kept = await live.open("op_b")  # untouched: stays open and keeps receiving
+    kept.subscribe("1", LOCAL)
+    sockets = {}
+    for name in ("op_a", "op_a2", "driver1"):
+        sockets[name] = await live.open(name)
+        sockets[name].subscribe("1", LOCAL)
+    await live.subscribed(4)
+    await asyncio.sleep(0.2)  # a few re-validation rounds that change nothing
+    await accounts.deactivate_user(admin, live.world.users["op_a"].id)
+    await accounts.update_user(admin, live.world.users["op_a2"].id, role=Role.DRIVER)
+    driver = live.world.users["driver1"]
+    await accounts.update_user(Viewer.of(driver), driver.id, password="another password")
+    for name, socket in sockets.items():
+        closed = await socket.raw(timeout=5)
+        assert closed == {"type": "websocket.close", "code": 4403, "reason": "Forbidden"}, name
+        await socket.close()
+    await live.bus.publish(live.status("B-001", "still here"))
+    assert data(await kept.next())["info"] == "still here"
+    await kept.close()
 
 
 async def test_legacy_graphql_ws(live: Setup) -> None:
