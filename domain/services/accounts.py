@@ -10,7 +10,8 @@ from domain.errors import Forbidden, Unauthenticated, ValidationError
 from domain.policy import Viewer
 from domain.ports import Insert, Update
 from domain.query import Eq
-from domain.services.base import UNSET, Service, changed, stamp_new
+from domain.services.base import UNSET, Service, ServiceContext, changed, stamp_new
+from domain.services.throttle import SignInThrottle
 
 # Verifying against a fixed hash when the email is unknown keeps login time the same for
 # known and unknown emails, so the response time does not reveal who has an account.
@@ -19,6 +20,10 @@ _DUMMY_PASSWORD = "not-a-real-password-but-long-enough"
 
 class AccountService(Service):
     _dummy_hash: str | None = None
+
+    def __init__(self, ctx: ServiceContext) -> None:
+        super().__init__(ctx)
+        self.throttle = SignInThrottle(ctx.clock)
 
     # ---------------------------------------------------------------- companies
     async def create_company(self, viewer: Viewer, *, name: str) -> Company:
@@ -128,12 +133,21 @@ class AccountService(Service):
             cleaned = v.email(email)
         except ValidationError:
             cleaned = None
+        key = cleaned or email
+        locked = self.throttle.locked_for(key)
+        if locked is not None:
+            minutes = max(1, round(locked.total_seconds() / 60))
+            raise Unauthenticated(f"too many failed sign-ins: try again in {minutes} min",
+                                  code="TOO_MANY_ATTEMPTS")
         user = await self.store.find_one(User, Eq("email", cleaned)) if cleaned else None
         if user is None or not user.password_hash:
             self.ctx.hasher.verify(self._dummy(), password)
+            self.throttle.failed(key)
             raise Unauthenticated("wrong email or password")
         if not self.ctx.hasher.verify(user.password_hash, password) or not user.active:
+            self.throttle.failed(key)
             raise Unauthenticated("wrong email or password")
+        self.throttle.succeeded(key)
         if self.ctx.hasher.needs_rehash(user.password_hash):
             upgraded = changed(user, Viewer.of(user),
                                password_hash=self.ctx.hasher.hash(password))

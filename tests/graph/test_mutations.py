@@ -42,6 +42,19 @@ async def test_login_and_me(api: Api, world: World) -> None:
         assert bad["errors"] == [{"field": None, "code": "UNAUTHENTICATED"}]
 
 
+async def test_repeated_failed_sign_ins_lock_the_email(api: Api, world: World) -> None:
+    q = """mutation($e: String!, $p: String!) { login(email: $e, password: $p) {
+      token errors { code } } }"""
+    for email in ("driver1@example.com", "nobody@example.com"):  # known or not: the same
+        for _ in range(5):
+            bad = (await api.gql(q, {"e": email, "p": "wrong password"}))["login"]
+            assert bad["errors"] == [{"code": "UNAUTHENTICATED"}]
+        locked = (await api.gql(q, {"e": email.upper(), "p": PASSWORD}))["login"]
+        assert locked == {"token": None, "errors": [{"code": "TOO_MANY_ATTEMPTS"}]}
+    other = (await api.gql(q, {"e": "driver2@example.com", "p": PASSWORD}))["login"]
+    assert other["token"] is not None
+
+
 async def test_companies_and_users(api: Api, world: World) -> None:
     created = await call(api, world, "admin", "createCompany", {"name": "  Gamma  GmbH "},
                          "company { name createdBy }")
