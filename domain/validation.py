@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 
@@ -41,7 +42,8 @@ def _given(value: str | None, field: str) -> str:
 def email(value: str | None, field: str = "email") -> str:
     """Trimmed and case-folded, so uniqueness ignores case."""
     cleaned = _given(value, field).strip().casefold()
-    if len(cleaned) > MAX_EMAIL or not _EMAIL_RE.match(cleaned):
+    if len(cleaned) > MAX_EMAIL or not _EMAIL_RE.match(cleaned) \
+            or not cleaned.isprintable():
         raise ValidationError("not a valid email address", field=field)
     return cleaned
 
@@ -55,12 +57,23 @@ def name(value: str | None, field: str = "name") -> str:
     return _printable(cleaned, field)
 
 
+#: Bidirectional embeddings, overrides and isolates: they make text read differently from
+#: how it is stored ("Trojan source"); no name needs them. Joiners (ZWJ, ZWNJ) stay: emoji
+#: sequences and Persian or Indic names do.
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
 def _printable(value: str, field: str, allowed: str = "") -> str:
-    """No control characters (NUL, escapes, ...): they end strings in C clients, corrupt
-    terminals and CSV exports, and no name or address needs one."""
-    if not value.isprintable() and any(
-            not c.isprintable() and c not in allowed for c in value):
-        raise ValidationError("no control characters", field=field, code="INVALID")
+    """No control characters (NUL, escapes, ...: they end strings in C clients, corrupt
+    terminals and CSV exports), lone surrogates (no database stores them as UTF-8) or
+    bidi overrides."""
+    if value.isprintable():
+        return value
+    for c in value:
+        if c in allowed:
+            continue
+        if c in _BIDI_CONTROLS or unicodedata.category(c) in ("Cc", "Cs"):
+            raise ValidationError("no control characters", field=field, code="INVALID")
     return value
 
 

@@ -18,6 +18,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
 from graphql import GraphQLError
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
@@ -94,8 +95,8 @@ def _json_param(raw: Any, name: str) -> dict[str, Any] | None:
     """``variables``/``extensions``: a map, null, or (from GET) a JSON-encoded map."""
     if isinstance(raw, str):
         try:
-            raw = json.loads(raw)
-        except ValueError as exc:
+            raw = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
             raise RequestError(f"'{name}' is not valid JSON") from exc
     if raw is not None and not isinstance(raw, dict):
         raise RequestError(f"'{name}' must be a map")
@@ -129,8 +130,10 @@ async def read_post(request: Request) -> dict[str, Any]:
     if len(body) > MAX_BODY:
         raise RequestError("request body too large", status=413)
     try:
-        parsed = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
+        # orjson, not json: it refuses lone surrogates ("\ud800"), which no database can
+        # store as UTF-8, and NaN/Infinity, which are not JSON.
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
         raise RequestError("the request body is not valid JSON") from exc
     if not isinstance(parsed, dict):
         raise RequestError("the request body must be a JSON object")

@@ -8,7 +8,7 @@ from domain.errors import ValidationError
 
 def test_email_is_case_folded_and_checked() -> None:
     assert v.email("  Ada@Example.COM ") == "ada@example.com"
-    for bad in ("", "no-at", "a@b", "a b@c.de", "a@@b.de"):
+    for bad in ("", "no-at", "a@b", "a b@c.de", "a@@b.de", "a\x00@b.de", "a\ud800@b.de"):
         with pytest.raises(ValidationError) as err:
             v.email(bad)
         assert err.value.field == "email"
@@ -63,3 +63,14 @@ def test_money_is_exact() -> None:
         with pytest.raises(ValidationError):
             v.money(bad, "p")
     assert v.currency(" eur ") == "EUR"
+
+
+def test_names_refuse_controls_surrogates_and_bidi_overrides_but_keep_joiners() -> None:
+    for bad in ("Dee\x00", "Esc\x1b[31m", "half\ud800", "evil\u202eexe.txt"):
+        with pytest.raises(ValidationError) as err:
+            v.name(bad)
+        assert err.value.code == "INVALID", bad
+    for good in ("Family \U0001f468\u200d\U0001f469\u200d\U0001f467",
+                 "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645", "Zoë Ångström"):
+        assert v.name(good) == good
+    assert v.optional_text("Street 1\n10115 Berlin", "address") == "Street 1\n10115 Berlin"

@@ -93,6 +93,17 @@ async def test_graphiql_for_browsers(api: Api) -> None:
     assert r.status_code == 200 and "graphiql" in r.text.lower()
 
 
+async def test_json_that_cannot_be_stored_is_a_bad_request(api: Api) -> None:
+    """A lone surrogate is valid to Python's json but no UTF-8 database can store it; NaN
+    is not JSON. Both are refused at the door instead of failing deep inside."""
+    for body in (b'{"query": "{ __typename }", "variables": {"x": "\\ud800"}}',
+                 b'{"query": "{ __typename }", "variables": {"x": NaN}}'):
+        r = await api.client.post("/graphql", content=body,
+                                  headers={"content-type": "application/json"})
+        assert r.status_code == 400, body
+        assert "not valid JSON" in r.json()["errors"][0]["message"]
+
+
 async def test_bad_token_is_401(api: Api) -> None:
     r = await api.post("{ me { id } }", token="nonsense")
     assert r.status_code == 401
