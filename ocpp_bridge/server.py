@@ -35,6 +35,7 @@ from domain.ids import new_id
 from domain.ports import EventBus
 from domain.services.charging import ChargingService
 from domain.services.instances import InstanceService
+from domain.services.throttle import SignInThrottle
 from ocpp_bridge.gateway import OcppGateway
 from ocpp_bridge.handler import ChargePointHandler
 
@@ -43,6 +44,10 @@ log = logging.getLogger("chargegraph.ocpp")
 SUBPROTOCOL = "ocpp1.6"
 MAX_MESSAGE = 256 * 1024  # the largest real 1.6 frames (local lists, transactionData) fit
 REALM = 'Basic realm="ChargeGraph OCPP", charset="UTF-8"'
+#: Wrong station passwords within ``AUTH_WINDOW`` before the station's unverified
+#: passwords are refused unchecked for ``AUTH_WINDOW``.
+AUTH_FAILURES = 5
+AUTH_WINDOW = timedelta(minutes=1)
 
 
 def cp_id_from_path(path: str) -> str | None:
@@ -105,6 +110,8 @@ class OcppServer:
         # cp_id → (password hash, digest of the password that matched it): reconnect
         # storms must not cost an argon2 verification each.
         self._verified: dict[str, tuple[str, bytes]] = {}
+        self._auth_failures = SignInThrottle(charging.now, limit=AUTH_FAILURES,
+                                             window=AUTH_WINDOW, lockout=AUTH_WINDOW)
 
     @property
     def bound_port(self) -> int:
@@ -242,10 +249,18 @@ class OcppServer:
         cached = self._verified.get(station.cp_id)
         if cached is not None and cached[0] == station.auth_password_hash:
             return hmac.compare_digest(cached[1], digest)
+        # Guessing costs us an argon2 verification per try: after a few failures the
+        # station's unverified passwords are refused unchecked for a while. A charger
+        # whose password was verified before (the cache above) still gets in.
+        if self._auth_failures.locked_for(station.cp_id) is not None:
+            return False
         # argon2 costs tens of milliseconds of CPU: keep it off the event loop.
         ok = await asyncio.to_thread(self.charging.password_ok, station, password)
         if ok:
             self._verified[station.cp_id] = (station.auth_password_hash, digest)
+            self._auth_failures.succeeded(station.cp_id)
+        else:
+            self._auth_failures.failed(station.cp_id)
         return ok
 
     # ------------------------------------------------------------- connection

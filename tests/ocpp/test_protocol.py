@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -42,6 +43,43 @@ async def test_bad_credentials_are_401(central: Central, user, password) -> None
                       additional_headers=headers)
     assert err.value.response.status_code == 401
     assert "Basic" in err.value.response.headers["WWW-Authenticate"]
+
+
+async def test_password_guessing_is_cut_short(central: Central,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """After five wrong passwords a station's unverified passwords are refused without
+    argon2 for a minute, even the right one; a charger verified before still gets in."""
+    checked: list[str] = []
+    real = central.services.charging.password_ok
+
+    def counting(station: d.Station, password: str | None) -> bool:
+        checked.append(station.cp_id)
+        return real(station, password)
+
+    monkeypatch.setattr(central.services.charging, "password_ok", counting)
+
+    async def attempt(password: str) -> int:
+        try:
+            ws = await connect(f"{central.url}/CP-1", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+                               additional_headers=basic_auth("CP-1", password))
+        except InvalidStatus as err:
+            return err.response.status_code
+        await ws.close()
+        return 101
+
+    for _ in range(5):
+        assert await attempt("wrong-password") == 401
+    assert len(checked) == 5
+    assert await attempt(STATION_PASSWORD) == 401  # locked: not even checked
+    assert len(checked) == 5
+    throttle = central.server._auth_failures
+    later = throttle.clock() + timedelta(minutes=1, seconds=1)
+    monkeypatch.setattr(throttle, "clock", lambda: later)
+    assert await attempt(STATION_PASSWORD) == 101
+    # Verified once, the charger is let in by its cached digest during a new lockout.
+    for _ in range(5):
+        assert await attempt("another-wrong-one") == 401
+    assert await attempt(STATION_PASSWORD) == 101
 
 
 async def test_station_without_password_and_short_path(central: Central) -> None:
