@@ -122,7 +122,17 @@ class ChargerCommandAnswered(DomainEvent):
     error_field: str | None = None
 
 
-#: The topics clients may subscribe to (the relay's two are internal).
+@dataclass(frozen=True, kw_only=True)
+class AccessChanged(DomainEvent):
+    """Never to clients: a user's rights changed (role, company, deactivation, revoked
+    tokens), so every instance re-checks that user's open GraphQL sockets at once. Not
+    about a station: ``station_id`` is None and ``cp_id`` empty."""
+
+    topic: ClassVar[str] = "access"
+    user_id: str
+
+
+#: The topics clients may subscribe to (the relay's two and ``access`` are internal).
 ALL_TOPICS: tuple[str, ...] = (
     ConnectorStatusChanged.topic,
     StationConnectionChanged.topic,
@@ -135,7 +145,7 @@ EVENT_TYPES: dict[str, type[DomainEvent]] = {
     t.topic: t
     for t in (ConnectorStatusChanged, StationConnectionChanged, SessionChanged, FaultReported,
               ReservationChanged, CommandCompleted, ChargerCommandRelayed,
-              ChargerCommandAnswered)
+              ChargerCommandAnswered, AccessChanged)
 }
 
 

@@ -60,9 +60,10 @@ from strawberry.schema.schema_converter import GraphQLCoreConverter
 from strawberry.types.execution import PreExecutionError
 
 from domain.errors import Unauthenticated
-from domain.events import DomainEvent, EventsDropped
-from domain.policy import Viewer
+from domain.events import AccessChanged, DomainEvent, EventsDropped
+from domain.policy import SYSTEM, Viewer
 from domain.services import Services
+from domain.services.live import Watch
 from graph.auth import TokenService
 from graph.context import GraphContext
 from graph.errors import mask
@@ -542,6 +543,9 @@ class Connection:
         self.context: GraphContext | None = None
         #: The ``authorization`` of ``connection_init``, checked again now and then.
         self.authorization: str | None = None
+        #: Set when this user's rights changed somewhere: re-check without waiting.
+        self.recheck = asyncio.Event()
+        self.access_watch: Watch | None = None
         self.init_received = False
         #: The init timeout's close, kept referenced until it ran.
         self.closing: asyncio.Future[None] | None = None
@@ -638,6 +642,27 @@ class Connection:
         context = GraphContext.build(self.hub.services, self.hub.tokens, viewer, self.request)
         context.connection_params = payload
         self.context = context
+        if viewer.user_id is not None and self.hub.services.ctx.bus is not None:
+            # A change of this user's rights anywhere wakes the re-check at once.
+            self.access_watch = self.hub.services.live.watch(
+                SYSTEM, [AccessChanged.topic], self._on_access, lambda: None)
+
+    def _on_access(self, event: DomainEvent | EventsDropped) -> None:
+        if isinstance(event, EventsDropped) or (
+                isinstance(event, AccessChanged) and self.context is not None
+                and event.user_id == self.context.viewer.user_id):
+            self.recheck.set()
+
+    async def still_valid(self) -> bool:
+        """Whether the ``connection_init`` token still stands for the same rights: not
+        expired or revoked, the user active with the same role and company."""
+        if self.context is None or self.authorization is None:
+            return True  # anonymous: nothing to withdraw
+        try:
+            viewer = await self.endpoint.authorize(self.authorization)
+        except Unauthenticated:
+            return False
+        return viewer == self.context.viewer
 
     # -- operations ---------------------------------------------------------
     def _error(self, op_id: str, errors: list[GraphQLError]) -> None:
@@ -692,8 +717,13 @@ class Connection:
 
     async def _single(self, op_id: str, query: str, variables: dict[str, Any] | None,
                       operation_name: str | None) -> None:
-        """A query or mutation sent over the socket: one result, then complete."""
+        """A query or mutation sent over the socket: one result, then complete. The
+        connection's rights are checked first (as an HTTP request would be)."""
         assert self.context is not None
+        if not await self.still_valid():
+            self.operations.pop(op_id, None)
+            await self.outbox.close(4403, "Forbidden")
+            return
         context = GraphContext.build(self.hub.services, self.hub.tokens, self.context.viewer,
                                      self.request)
         try:
@@ -789,6 +819,8 @@ class Connection:
     def close_all(self) -> None:
         for op_id in list(self.operations):
             self._stop(op_id)
+        if self.access_watch is not None:
+            self.access_watch.close()
         self.outbox.stop()
 
 
@@ -847,23 +879,22 @@ class LiveEndpoint:
 
     async def _revalidate(self, connection: Connection) -> None:
         """A subscription outlives the request that authorized it: every
-        ``revalidate_every`` the connection's token is checked again, and the socket is
+        ``revalidate_every``, and at once when the user's rights change anywhere
+        (``AccessChanged``), the connection's token is checked again, and the socket is
         closed (4403) once it has expired or been revoked (deactivation, new password) or
         its user's role or company changed. Subscribers reconnect with a fresh token and
         see what they may see now."""
         period = self.revalidate_every.total_seconds()
         while True:
-            await asyncio.sleep(period)
-            if connection.context is None or connection.authorization is None:
-                continue  # not signed in: nothing to withdraw
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(connection.recheck.wait(), period)
+            connection.recheck.clear()
             try:
-                viewer = await self.authorize(connection.authorization)
-            except Unauthenticated:
-                viewer = None
+                valid = await connection.still_valid()
             except Exception:  # the store out of reach: try again next round
                 log.exception("re-validating a live connection failed")
                 continue
-            if viewer != connection.context.viewer:
+            if not valid:
                 await connection.outbox.close(4403, "Forbidden")
                 return
 

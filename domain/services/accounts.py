@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from domain import validation as v
 from domain.entities import Company, Role, User
 from domain.errors import Forbidden, Unauthenticated, ValidationError
+from domain.events import AccessChanged
 from domain.policy import Viewer
 from domain.ports import Insert, Update
 from domain.query import Eq
 from domain.services.base import UNSET, Service, ServiceContext, changed, stamp_new
 from domain.services.throttle import SignInThrottle
+
+log = logging.getLogger("chargegraph.accounts")
 
 # Verifying against a fixed hash when the email is unknown keeps login time the same for
 # known and unknown emails, so the response time does not reveal who has an account.
@@ -120,7 +124,20 @@ class AccountService(Service):
             active=active,
         )
         await self.commit(viewer, [(Update(updated), user)])
+        if (updated.role, updated.company_id, updated.active, updated.token_epoch) != \
+                (user.role, user.company_id, user.active, user.token_epoch):
+            await self._access_changed(user.id)
         return updated
+
+    async def _access_changed(self, user_id: str) -> None:
+        """Open GraphQL sockets of this user, on every instance, are checked again now."""
+        if self.ctx.bus is None:
+            return
+        try:
+            await self.ctx.bus.publish(AccessChanged(station_id=None, cp_id="",
+                                                     user_id=user_id))
+        except Exception:  # the periodic re-check still catches it within a minute
+            log.exception("publishing an access change failed")
 
     async def deactivate_user(self, viewer: Viewer, user_id: str) -> User:
         return await self.update_user(viewer, user_id, active=False)

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from domain.errors import DomainError
-from domain.events import DomainEvent, EventsDropped
+from domain.events import ALL_TOPICS, DomainEvent, EventsDropped
 from domain.policy import Viewer
 from domain.services.base import Service, ServiceContext
 
@@ -176,8 +176,8 @@ class LiveService(Service):
 
     @property
     def watching(self) -> int:
-        """Open watches summed over topics (tests wait on it)."""
-        return sum(pump.count for pump in self._pumps.values())
+        """Open watches of client topics, summed over topics (tests wait on it)."""
+        return sum(pump.count for pump in self._pumps.values() if pump.topic in ALL_TOPICS)
 
     def _stop(self, pump: _Pump) -> None:
         # Nobody left: give the bus subscription back (a new watcher starts a new pump).

@@ -14,8 +14,10 @@ import pytest
 
 from domain.entities import Record, Role
 from domain.events import ConnectorStatusChanged
-from domain.policy import Policy, Viewer
+from domain.policy import SYSTEM, Policy, Viewer
+from domain.ports import Update
 from domain.services import ServiceContext, Services
+from domain.services.base import changed
 from graph import TokenService
 from graph.app import resolve_viewer
 from graph.context import GraphContext
@@ -37,7 +39,8 @@ fragment F on ConnectorStatusEvent { cpId info stationId at }"""
 
 class Setup:
     def __init__(self, services: Services, world: World, bus: MemoryEventBus,
-                 queue_size: int = 1000) -> None:
+                 queue_size: int = 1000,
+                 revalidate_every: timedelta = timedelta(hours=1)) -> None:
         self.services = services
         self.world = world
         self.bus = bus
@@ -48,7 +51,7 @@ class Setup:
 
         self.endpoint = LiveEndpoint(services, self.tokens, schema, authorize,
                                      queue_size=queue_size,
-                                     revalidate_every=timedelta(milliseconds=50))
+                                     revalidate_every=revalidate_every)
 
     def token(self, name: str) -> str:
         return self.tokens.issue(self.world.users[name].id).token
@@ -389,23 +392,24 @@ async def test_connection_init_auth_and_subprotocols(live: Setup) -> None:
     await legacy.close()
 
 
-async def test_withdrawn_access_closes_the_subscription(live: Setup) -> None:
-    """Deactivation, a demotion or a new password reach an open socket too: within a
-    re-validation period it is closed (4403), and its subscriber gets nothing more."""
-    accounts = live.services.accounts
-    admin = live.world.viewer("admin")
-    kept = await live.open("op_b")  # untouched: stays open and keeps receiving
+async def test_the_periodic_re_check_catches_what_was_not_announced(live: Setup) -> None:
+    """A change no ``AccessChanged`` announced (written by another instance whose bus
+    message was lost, here straight into the store): within a re-validation period the
+    socket is closed (4403). Untouched users keep their subscriptions."""
+    fast = Setup(live.services, live.world, live.bus,
+                 revalidate_every=timedelta(milliseconds=50))
+    store = live.services.ctx.store
+    kept = await fast.open("op_b")
     kept.subscribe("1", LOCAL)
-    sockets = {}
-    for name in ("op_a", "op_a2", "driver1"):
-        sockets[name] = await live.open(name)
-        sockets[name].subscribe("1", LOCAL)
+    sockets = {name: await fast.open(name) for name in ("op_a", "op_a2", "driver1")}
+    for socket in sockets.values():
+        socket.subscribe("1", LOCAL)
     await live.subscribed(4)
     await asyncio.sleep(0.2)  # a few re-validation rounds that change nothing
-    await accounts.deactivate_user(admin, live.world.users["op_a"].id)
-    await accounts.update_user(admin, live.world.users["op_a2"].id, role=Role.DRIVER)
-    driver = live.world.users["driver1"]
-    await accounts.update_user(Viewer.of(driver), driver.id, password="another password")
+    users = live.world.users
+    for name, change in (("op_a", {"active": False}), ("op_a2", {"role": Role.DRIVER}),
+                         ("driver1", {"token_epoch": 1})):
+        await store.write([Update(changed(users[name], SYSTEM, **change))], [])
     for name, socket in sockets.items():
         closed = await socket.raw(timeout=5)
         assert closed == {"type": "websocket.close", "code": 4403, "reason": "Forbidden"}, name
@@ -413,6 +417,35 @@ async def test_withdrawn_access_closes_the_subscription(live: Setup) -> None:
     await live.bus.publish(live.status("B-001", "still here"))
     assert data(await kept.next())["info"] == "still here"
     await kept.close()
+
+
+async def test_a_rights_change_closes_sockets_at_once_and_ops_are_checked(
+        live: Setup) -> None:
+    """Without waiting for the periodic re-check: the account change is announced on
+    the bus (``AccessChanged``) and the user's sockets close at once; and a query sent
+    over a socket is checked like an HTTP request, announced or not."""
+    slow = Setup(live.services, live.world, live.bus, revalidate_every=timedelta(hours=1))
+    accounts = live.services.accounts
+    admin = live.world.viewer("admin")
+    watcher = await slow.open("op_a")
+    watcher.subscribe("1", LOCAL)
+    other = await slow.open("op_b")
+    other.subscribe("1", LOCAL)
+    await live.subscribed(2)
+    await accounts.deactivate_user(admin, live.world.users["op_a"].id)
+    closed = await watcher.raw(timeout=2)
+    assert closed == {"type": "websocket.close", "code": 4403, "reason": "Forbidden"}
+    await watcher.close()
+    assert other.nothing_pending()
+
+    asker = await slow.open("driver1")
+    driver = live.world.users["driver1"]  # its password changed, unannounced:
+    await live.services.ctx.store.write([Update(changed(driver, SYSTEM, token_epoch=1))], [])
+    asker.put({"id": "q", "type": "subscribe", "payload": {"query": "{ me { name } }"}})
+    refused = await asker.raw(timeout=2)
+    assert refused == {"type": "websocket.close", "code": 4403, "reason": "Forbidden"}
+    await asker.close()
+    await other.close()
 
 
 async def test_legacy_graphql_ws(live: Setup) -> None:

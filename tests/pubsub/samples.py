@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from domain.events import (
+    AccessChanged,
     ChargerCommandAnswered,
     ChargerCommandRelayed,
     CommandCompleted,
@@ -59,6 +60,7 @@ SAMPLES: list[DomainEvent] = [
                            error_type="ChargerTimeout", error_code="CHARGER_TIMEOUT",
                            error_message="no answer",
                            error_field="cpId"),
+    AccessChanged(station_id=None, cp_id="", at=AT, user_id="e" * 24),
 ]
 ALL_TOPICS = [event.topic for event in SAMPLES]
 
