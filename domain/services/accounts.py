@@ -99,10 +99,13 @@ class AccountService(Service):
                 raise Forbidden("only admins grant the admin role", field="role")
             if is_self and role is not user.role:
                 raise Forbidden("you cannot change your own role", field="role")
-        if company_id is not UNSET and company_id is not None:
+        if company_id is not UNSET and company_id != user.company_id:
+            # Taking someone out of a company (null) is a move as well: an operator could
+            # otherwise strand a colleague, or themselves, outside every company.
             if not viewer.is_admin:
                 raise Forbidden("only admins move users between companies", field="companyId")
-            await self.visible(viewer, Company, company_id, field="companyId")
+            if company_id is not None:
+                await self.visible(viewer, Company, company_id, field="companyId")
         if active is False and is_self:
             raise Forbidden("you cannot deactivate yourself", field="active")
         if active is None:

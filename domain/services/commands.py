@@ -65,6 +65,15 @@ class CommandOutcome:
     reservation: Reservation | None = None
 
 
+def _usable(tag: IdTag, now: datetime) -> bool:
+    return tag.status is IdTagStatus.ACCEPTED and (tag.expires_at is None
+                                                   or tag.expires_at > now)
+
+
+def _state(tag: IdTag, now: datetime) -> str:
+    return "expired" if tag.status is IdTagStatus.ACCEPTED else tag.status.value.lower()
+
+
 class CommandService(Service):
     def __init__(self, ctx: ServiceContext, gateway: ChargerGateway | None = None,
                  timeout: float = COMMAND_TIMEOUT_S) -> None:
@@ -132,15 +141,22 @@ class CommandService(Service):
         given (``vehicleId``), or their first usable tag."""
         vehicle_id = payload.pop("vehicleId", None)
         tag_value = payload.get("idTag")
+        now = utcnow()
         if tag_value:
             tag = await self.store.find_one(IdTag, Eq("tag", str(tag_value).strip().upper()))
             if tag is None or tag.user_id != viewer.user_id:
                 raise NotFound("no such id tag", field="idTag")
+            if not _usable(tag, now):
+                # The charger would refuse it anyway (Authorize); a reservation would
+                # hold the connector for a card that cannot charge.
+                raise ValidationError(f"this id tag is {_state(tag, now)}", field="idTag",
+                                      code="INVALID_STATE")
         else:
             where = all_of(Eq("user_id", viewer.user_id), Eq("status", IdTagStatus.ACCEPTED))
             if vehicle_id is not None:
                 where = all_of(where, Eq("vehicle_id", vehicle_id))
-            tags = await self.store.find_all(IdTag, where, limit=1)
+            tags = [t for t in await self.store.find_all(IdTag, where, limit=20)
+                    if _usable(t, now)]
             if not tags:
                 raise ValidationError("no usable id tag for this driver or vehicle",
                                       field="vehicleId" if vehicle_id else "idTag",

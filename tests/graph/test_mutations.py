@@ -88,6 +88,16 @@ async def test_update_and_deactivate_user(api: Api, world: World) -> None:
     assert renamed["user"] == {"name": "Dee"}
     assert codes(await call(api, world, "driver1", "updateUser", {"id": me, "role": "ADMIN"},
                             "user { id }")) == [("role", "FORBIDDEN")]
+    for who in ("op_a", "op_a2"):  # out of the company: themselves or a colleague
+        target = gid("user", world.users[who].id)
+        assert codes(await call(api, world, "op_a", "updateUser",
+                                {"id": target, "companyId": None}, "user { id }")
+                     ) == [("companyId", "FORBIDDEN")], who
+    same = await call(api, world, "op_a", "updateUser",
+                      {"id": gid("user", world.users["op_a2"].id),
+                       "companyId": gid("company", world.companies["a"].id)},
+                      "user { company { name } }")
+    assert same["user"] == {"company": {"name": "Alpha Charging"}}  # no move, no refusal
     other = gid("user", world.users["driver2"].id)
     assert codes(await call(api, world, "driver1", "updateUser", {"id": other, "name": "X"},
                             "user { id }")) == [("id", "NOT_FOUND")]

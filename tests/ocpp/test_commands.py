@@ -192,6 +192,13 @@ async def test_driver_commands(central: Central) -> None:
                               as_user="driver")
         assert other_tag["errors"] == [{"field": "idTag", "code": "NOT_FOUND",
                                         "message": "no such id tag"}]
+        for name, extra in (("remoteStartTransaction", {"connectorId": 1}),
+                            ("reserveNow", {"connectorId": 2, "expiryDate": future})):
+            blocked = await run(central, name, {"cpId": "CP-1", "idTag": "TAG-BLOCKED",
+                                                **extra}, "__typename", as_user="driver")
+            assert blocked["errors"] == [{"field": "idTag", "code": "INVALID_STATE",
+                                          "message": "this id tag is blocked"}], name
+        assert cp.received == []
         from graph.ids import to_global_id
 
         by_vehicle = await run(central, "remoteStartTransaction",
