@@ -29,6 +29,7 @@ from strawberry.types.graphql import OperationType
 
 from domain.errors import Unauthenticated
 from graph.context import GraphContext
+from graph.pipeline import operations_in
 
 log = logging.getLogger("chargegraph.graph")
 
@@ -190,6 +191,10 @@ class GraphQLHTTPHandler:
     async def execute(self, query: str, variables: dict[str, Any] | None,
                       operation_name: str | None, allowed: set[OperationType],
                       context: GraphContext, media: str, method: str) -> Response:
+        if operation_name is None and operations_in(query) > 1:
+            # Strawberry would run the first one; the GraphQL spec asks for an error.
+            return self._request_failure(
+                "Must provide operation name if query contains multiple operations.", media)
         try:
             result = await self.schema.execute(
                 query, variable_values=variables, context_value=context,

@@ -20,7 +20,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from functools import lru_cache
 
-from graphql import DocumentNode, GraphQLError, GraphQLSchema, parse, specified_rules
+from graphql import (
+    DocumentNode,
+    GraphQLError,
+    GraphQLSchema,
+    OperationDefinitionNode,
+    parse,
+    specified_rules,
+)
 from graphql.validation import ASTValidationRule
 from strawberry.extensions import MaxAliasesLimiter, QueryDepthLimiter, SchemaExtension
 from strawberry.schema.schema import validate_document
@@ -56,6 +63,16 @@ def prepared(schema: GraphQLSchema, query: str) -> tuple[DocumentNode, list[Grap
     Raises ``GraphQLSyntaxError`` for a query that does not parse (or has too many
     tokens)."""
     return _parsed(query), _validated(schema, query, RULES)
+
+
+def operations_in(query: str) -> int:
+    """How many operations ``query`` defines (0 when it does not parse: the execution
+    reports that)."""
+    try:
+        document = _parsed(query)
+    except GraphQLError:
+        return 0
+    return sum(isinstance(d, OperationDefinitionNode) for d in document.definitions)
 
 
 @lru_cache(maxsize=CACHED_DOCUMENTS)

@@ -104,6 +104,16 @@ async def test_json_that_cannot_be_stored_is_a_bad_request(api: Api) -> None:
         assert "not valid JSON" in r.json()["errors"][0]["message"]
 
 
+async def test_several_operations_need_an_operation_name(api: Api) -> None:
+    query = "query a { __typename } query b { __typename }"
+    r = await api.post(query)
+    assert r.json()["errors"][0]["message"] == \
+        "Must provide operation name if query contains multiple operations."
+    assert "data" not in r.json()
+    named = await api.client.post("/graphql", json={"query": query, "operationName": "b"})
+    assert named.json() == {"data": {"__typename": "Query"}}
+
+
 async def test_bad_token_is_401(api: Api) -> None:
     r = await api.post("{ me { id } }", token="nonsense")
     assert r.status_code == 401
