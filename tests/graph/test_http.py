@@ -150,6 +150,18 @@ async def test_unexpected_errors_are_masked(api: Api, world, services, monkeypat
     assert "hunter2" not in r.text
     assert error["extensions"]["code"] == "INTERNAL_SERVER_ERROR"
     assert error["extensions"]["errorId"] in caplog.text
+    # Logged once, under its id, not again by Strawberry.
+    assert [r.levelname for r in caplog.records if "hunter2" in str(r.exc_info)] == ["ERROR"]
+
+
+async def test_client_errors_do_not_fill_the_log(api: Api, world, caplog) -> None:
+    """Syntax, validation, limit and domain errors are the client's: none is logged at
+    WARNING or above (an anonymous client could flood the log with tracebacks)."""
+    token = api.token_for(world.users["admin"].id)
+    for query in ("{ stations {", "{ nope }", '{ stations(first: -1) { totalCount } }',
+                  "{ " + " ".join(f"a{i}: me {{ id }}" for i in range(40)) + " }"):
+        await api.post(query, token=token)
+    assert [r for r in caplog.records if r.levelno >= 30] == []
 
 
 async def test_bad_cursor_is_a_coded_error(api: Api, world) -> None:
