@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from functools import lru_cache
+from typing import Any
 
 from graphql import (
     DocumentNode,
@@ -33,6 +34,7 @@ from strawberry.extensions import MaxAliasesLimiter, QueryDepthLimiter, SchemaEx
 from strawberry.schema.schema import validate_document
 
 from graph.context import GraphContext
+from graph.cost import MAX_OBJECTS, estimated_objects
 from graph.errors import mask
 
 #: Deep enough for every real screen (map → station → connector → session → user →
@@ -114,6 +116,24 @@ class RequestPipeline(SchemaExtension):
     def on_validate(self) -> Iterator[None]:
         context = self.execution_context
         if context.query and context.pre_execution_errors is None:
-            context.pre_execution_errors = _validated(
-                context.schema._schema, context.query, tuple(context.validation_rules))
+            errors = _validated(context.schema._schema, context.query,
+                                tuple(context.validation_rules))
+            if not errors and context.graphql_document is not None:
+                errors = _too_complex(context.schema._schema, context.query,
+                                      context.graphql_document, context.operation_name,
+                                      context.variables)
+            context.pre_execution_errors = errors
         yield
+
+
+def _too_complex(schema: GraphQLSchema, query: str, document: DocumentNode,
+                 operation_name: str | None, variables: dict[str, Any] | None
+                 ) -> list[GraphQLError]:
+    """The size limit (``graph.cost``): checked with the variables, so after validation."""
+    objects = estimated_objects(schema, query, document, operation_name, variables)
+    if objects <= MAX_OBJECTS:
+        return []
+    return [GraphQLError(
+        f"the query may ask for about {objects:,} objects; at most {MAX_OBJECTS:,} at once:"
+        " ask for smaller pages, or fewer nested lists",
+        extensions={"code": "QUERY_TOO_COMPLEX"})]

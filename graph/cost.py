@@ -1,0 +1,138 @@
+"""How many objects a query may ask for, estimated before it runs.
+
+Depth, alias and token limits (``graph.pipeline``) do not bound a query's size: thirty
+aliases of ``stations(first: 100) { nodes { company { stations(first: 100) … } } }`` four
+levels deep stay within all three and ask for billions of objects. Here every field that
+returns objects counts how many it may return: a page (``first``/``last``, else the default
+page size) under each of its parents, a plain list ``LIST_GUESS`` per parent, a single
+object one. A query whose estimate exceeds ``MAX_OBJECTS`` is refused before execution
+with ``QUERY_TOO_COMPLEX``. Estimates err high (fragments on different types all count);
+a normal screen asks for a few thousand objects at most.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from graphql import (
+    DocumentNode,
+    FieldNode,
+    FragmentDefinitionNode,
+    FragmentSpreadNode,
+    GraphQLInterfaceType,
+    GraphQLNamedType,
+    GraphQLObjectType,
+    GraphQLSchema,
+    InlineFragmentNode,
+    IntValueNode,
+    OperationType,
+    SelectionSetNode,
+    VariableNode,
+    get_named_type,
+    get_nullable_type,
+    get_operation_ast,
+    is_list_type,
+)
+
+from domain.query import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
+
+MAX_OBJECTS = 20_000
+#: A plain list under one parent (a station's connectors): a generous typical size.
+LIST_GUESS = 10
+
+
+def estimated_objects(schema: GraphQLSchema, query: str, document: DocumentNode,
+                      operation_name: str | None, variables: dict[str, Any] | None) -> int:
+    """Objects the operation (``document``, parsed from ``query``) may return at most;
+    0 for subscriptions (each event is one small result). Remembered per query text,
+    operation and page-size variables: a repeated request costs a dictionary lookup."""
+    sizes = tuple(sorted((name, value) for name, value in (variables or {}).items()
+                         if isinstance(value, int) and not isinstance(value, bool)))
+    key = (id(schema), query, operation_name, sizes)
+    found = _ESTIMATES.get(key)
+    if found is None:
+        found = _estimate(schema, document, operation_name, dict(sizes))
+        if len(_ESTIMATES) >= CACHED_ESTIMATES:
+            _ESTIMATES.pop(next(iter(_ESTIMATES)))  # the oldest
+        _ESTIMATES[key] = found
+    return found
+
+
+CACHED_ESTIMATES = 512
+_ESTIMATES: dict[tuple[Any, ...], int] = {}
+
+
+def _estimate(schema: GraphQLSchema, document: DocumentNode, operation_name: str | None,
+              sizes: dict[str, int]) -> int:
+    operation = get_operation_ast(document, operation_name)
+    if operation is None or operation.operation is OperationType.SUBSCRIPTION:
+        return 0
+    root = schema.get_root_type(operation.operation)
+    if root is None:
+        return 0
+    fragments = {d.name.value: d for d in document.definitions
+                 if isinstance(d, FragmentDefinitionNode)}
+    return _Estimator(schema, fragments, sizes).selection(root, operation.selection_set, 1,
+                                                          None)
+
+
+class _Estimator:
+    def __init__(self, schema: GraphQLSchema, fragments: dict[str, FragmentDefinitionNode],
+                 sizes: dict[str, int]) -> None:
+        self.schema = schema
+        self.fragments = fragments
+        self.sizes = sizes
+
+    def selection(self, parent: GraphQLNamedType, selection_set: SelectionSetNode,
+                  parents: int, page: int | None) -> int:
+        """Objects below ``parents`` objects of type ``parent``. ``page``: inside a
+        connection, its lists (``nodes``, ``edges``) hold a page, not ``LIST_GUESS``."""
+        total = 0
+        for node in selection_set.selections:
+            if isinstance(node, FieldNode):
+                total += self.field(parent, node, parents, page)
+            elif isinstance(node, InlineFragmentNode):
+                condition = node.type_condition
+                typed = self.schema.get_type(condition.name.value) if condition else parent
+                total += self.selection(typed or parent, node.selection_set, parents, page)
+            elif isinstance(node, FragmentSpreadNode):
+                fragment = self.fragments.get(node.name.value)
+                if fragment is not None:
+                    typed = self.schema.get_type(fragment.type_condition.name.value)
+                    total += self.selection(typed or parent, fragment.selection_set, parents,
+                                            page)
+        return total
+
+    def field(self, parent: GraphQLNamedType, node: FieldNode, parents: int,
+              page: int | None) -> int:
+        if node.selection_set is None or not isinstance(
+                parent, GraphQLObjectType | GraphQLInterfaceType):
+            return 0  # a leaf, or a union's own fields (only __typename)
+        definition = parent.fields.get(node.name.value)
+        if definition is None:
+            return 0
+        paged = "first" in definition.args or "last" in definition.args
+        if paged:
+            count, inner_page = parents, self._page(node)
+        elif is_list_type(get_nullable_type(definition.type)):
+            count, inner_page = parents * (page or LIST_GUESS), None
+        else:
+            count, inner_page = parents, None
+        return count + self.selection(get_named_type(definition.type), node.selection_set,
+                                      count, inner_page)
+
+    def _page(self, node: FieldNode) -> int:
+        for name in ("first", "last"):
+            for argument in node.arguments or ():
+                if argument.name.value != name:
+                    continue
+                value = argument.value
+                if isinstance(value, IntValueNode):
+                    return _clamped(int(value.value))
+                if isinstance(value, VariableNode) and value.name.value in self.sizes:
+                    return _clamped(self.sizes[value.name.value])
+        return DEFAULT_PAGE_SIZE
+
+
+def _clamped(size: int) -> int:
+    return max(0, min(size, MAX_PAGE_SIZE))

@@ -1,0 +1,61 @@
+"""The query size limit: estimates, and refusal before anything runs."""
+
+from __future__ import annotations
+
+from graphql import parse
+
+from graph.cost import LIST_GUESS, MAX_OBJECTS, estimated_objects
+from graph.schema import schema
+from tests.graph.conftest import Api, CountingStore
+from tests.graph.world import World
+
+
+def estimate(query: str, variables: dict | None = None, name: str | None = None) -> int:
+    return estimated_objects(schema._schema, query, parse(query), name, variables)
+
+
+def test_pages_lists_and_single_objects_multiply_down_the_tree() -> None:
+    # 20 stations (the default page), their connectors (a guess each), one active
+    # session per connector with its user and vehicle.
+    query = """{ stations { nodes { name connectors { status
+        activeSession { user { name } vehicle { licensePlate } } } } } }"""
+    stations = 20
+    connectors = stations * LIST_GUESS
+    assert estimate(query) == 1 + stations + connectors + 3 * connectors
+    # The page size comes from the argument or the variable, clamped to the largest page.
+    assert estimate("{ stations(first: 5) { nodes { id } } }") == 1 + 5
+    assert estimate("query($n: Int) { stations(first: $n) { edges { node { id } } } }",
+                    {"n": 100}) == 1 + 100 + 100
+    assert estimate("{ stations(last: 1000) { nodes { id } } }") == 1 + 100
+    # Fragments count like the fields they stand for; leaves cost nothing.
+    fragment = """query { me { ...M } } fragment M on User { name company { name } }"""
+    assert estimate(fragment) == 2
+    assert estimate("subscription { connectorStatusChanged { station { name } } }") == 0
+
+
+def test_the_names_operation_is_estimated() -> None:
+    query = "query a { me { id } } query b { stations(first: 50) { nodes { id } } }"
+    assert estimate(query, name="a") == 1
+    assert estimate(query, name="b") == 51
+
+
+NESTED = "stations(first: 100) { nodes { company { %s } } }"
+
+
+async def test_a_query_too_large_is_refused_before_it_runs(api: Api, world: World,
+                                                           store: CountingStore) -> None:
+    inner = "name"
+    for _ in range(3):
+        inner = NESTED % inner
+    aliases = " ".join(f"a{i}: {NESTED % inner}" for i in range(30))
+    huge = f"{{ {aliases} }}"
+    assert estimate(huge) > MAX_OBJECTS
+    token = api.token_for(world.users["op_a"].id)
+    store.calls.clear()
+    r = await api.post(huge, token=token)
+    [error] = r.json()["errors"]
+    assert error["extensions"] == {"code": "QUERY_TOO_COMPLEX"}
+    assert "data" not in r.json()
+    assert store.calls == ["get_many"]  # the viewer's user: nothing of the query ran
+    fine = await api.post("{ " + NESTED % "name" + " }", token=token)
+    assert "errors" not in fine.json()
