@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from domain.clock import utcnow
@@ -30,6 +30,7 @@ from domain.errors import (
     ChargerError,
     ChargerOffline,
     ChargerRejected,
+    Conflict,
     DomainError,
     Forbidden,
     NotFound,
@@ -39,7 +40,7 @@ from domain.events import CommandCompleted, ReservationChanged
 from domain.ids import new_id
 from domain.policy import Viewer
 from domain.ports import ChargerGateway, Insert, Update
-from domain.query import Eq, all_of
+from domain.query import Eq, In, Range, all_of
 from domain.services.base import Service, ServiceContext, changed, stamp_new
 from domain.services.stations import connector_in_range
 from domain.wire import wire_json
@@ -52,6 +53,8 @@ DRIVER_ACTIONS = frozenset({"RemoteStartTransaction", "RemoteStopTransaction", "
 #: Answers that mean yes. Everything else with a ``status`` is a refusal.
 POSITIVE = frozenset({"Accepted", "Unlocked", "Scheduled"})
 COMMAND_TIMEOUT_S = 30.0
+MAX_RESERVATION_HOURS = 24
+MAX_RESERVATION = timedelta(hours=MAX_RESERVATION_HOURS)
 
 
 @dataclass(slots=True)
@@ -173,9 +176,23 @@ class CommandService(Service):
                 raise ValidationError("give the id tag to reserve for", field="idTag",
                                       code="REQUIRED")
         expiry = payload.get("expiryDate")
-        if not isinstance(expiry, datetime) or expiry <= utcnow():
+        now = utcnow()
+        if not isinstance(expiry, datetime) or expiry <= now:
             raise ValidationError("expiryDate must be in the future", field="expiryDate")
+        if expiry > now + MAX_RESERVATION:
+            raise ValidationError(f"a reservation lasts at most {MAX_RESERVATION_HOURS} h",
+                                  field="expiryDate", code="OUT_OF_RANGE")
         connector_id = int(payload.get("connectorId", 0))
+        held = await self.store.find_all(Reservation, all_of(
+            Eq("cp_id", station.cp_id),
+            In("state", (ReservationState.PENDING, ReservationState.ACTIVE)),
+            Range("expires_at", gt=now)), limit=10)
+        # One reservation per connector at a time; connector 0 (any connector) holds
+        # the station's first free one, so it overlaps with everything on the station.
+        if any(r.connector_id == connector_id or 0 in (r.connector_id, connector_id)
+               for r in held):
+            raise Conflict("the connector is reserved already", field="connectorId",
+                           code="IN_USE")
         tag = await self.store.find_one(IdTag, Eq("tag", str(payload["idTag"]).upper()))
         reservation = stamp_new(Reservation(
             reservation_id=await self.store.next_sequence("reservation"),

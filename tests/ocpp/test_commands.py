@@ -305,3 +305,29 @@ async def test_bad_command_input_is_a_user_error_and_nothing_is_sent(central: Ce
                          {"cpId": "CP-1", "connectorId": 0, "csChargingProfiles": PROFILE})
         assert good["errors"] == [] and good["status"] == "ACCEPTED"
     assert await central.store.count(d.Reservation, Eq("cp_id", "CP-1")) == 0
+
+
+async def test_reservations_are_bounded_and_do_not_overlap(central: Central) -> None:
+    soon = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await cp.report_all()
+        too_long = await run(central, "reserveNow", {
+            "cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OK",
+            "expiryDate": (datetime.now(UTC) + timedelta(hours=25)).isoformat()})
+        assert [(e["field"], e["code"]) for e in too_long["errors"]] == [
+            ("expiryDate", "OUT_OF_RANGE")]
+        first = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": 1,
+                                                  "idTag": "TAG-OK", "expiryDate": soon})
+        assert first["status"] == "ACCEPTED"
+        for connector in (1, 0):  # the same connector, or "any" while one is held
+            again = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": connector,
+                                                      "idTag": "TAG-OTHER", "expiryDate": soon})
+            assert [(e["field"], e["code"]) for e in again["errors"]] == [
+                ("connectorId", "IN_USE")], connector
+        other = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": 2,
+                                                  "idTag": "TAG-OTHER", "expiryDate": soon})
+        assert other["status"] == "ACCEPTED"
+        await settle()
+        assert [name for name, _ in cp.received] == ["ReserveNow", "ReserveNow"]
+    assert await central.store.count(d.Reservation, Eq("cp_id", "CP-1")) == 2
