@@ -77,6 +77,21 @@ def _printable(value: str, field: str, allowed: str = "") -> str:
     return value
 
 
+def shown_text(value: str | None) -> str | None:
+    """Text a charger reports (status info, vendor, model): kept, but without the
+    characters ``_printable`` refuses from people. A charger's report is not refused
+    over a stray escape code; it is shown in dashboards and exports, so those go."""
+    if value is None or value.isprintable():
+        return value
+    kept = []
+    for c in value:
+        if c.isspace():
+            kept.append(" ")  # a line break in a report reads as a space
+        elif not (c in _BIDI_CONTROLS or unicodedata.category(c) in ("Cc", "Cs")):
+            kept.append(c)
+    return "".join(kept) or None
+
+
 def optional_text(value: str | None, field: str, max_len: int = MAX_NAME) -> str | None:
     """Free text such as an address: lines and tabs are fine, other controls are not."""
     if value is None:

@@ -280,8 +280,9 @@ class ChargingService(Service):
     async def boot(self, cp_id: str, info: BootInfo) -> BootResult:
         station = await self._require_station(cp_id)
         now = self.now()
-        details = {"vendor": info.vendor, "model": info.model, "serial": info.serial,
-                   "firmware": info.firmware}
+        details = {"vendor": v.shown_text(info.vendor), "model": v.shown_text(info.model),
+                   "serial": v.shown_text(info.serial),
+                   "firmware": v.shown_text(info.firmware)}
         actor = charger(cp_id)
         if any(getattr(station, k) != val for k, val in details.items()):
             update = patch(station, actor, last_seen=now, **details)
@@ -374,6 +375,7 @@ class ChargingService(Service):
                                   vendor_error_code: str | None = None) -> None:
         at = v.instant(as_utc(timestamp), "timestamp") if timestamp \
             else self.charger_now(cp_id)
+        info, vendor_error_code = v.shown_text(info), v.shown_text(vendor_error_code)
         station = await self._require_station(cp_id)
         first_timestamp = self._observe_clock(cp_id, at) if timestamp else False
         actor = charger(cp_id)

@@ -74,3 +74,11 @@ def test_names_refuse_controls_surrogates_and_bidi_overrides_but_keep_joiners() 
                  "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645", "Zoë Ångström"):
         assert v.name(good) == good
     assert v.optional_text("Street 1\n10115 Berlin", "address") == "Street 1\n10115 Berlin"
+
+
+def test_charger_text_keeps_what_can_be_shown() -> None:
+    assert v.shown_text("RCD tripped – ünïcode") == "RCD tripped – ünïcode"
+    assert v.shown_text("\x1b[2J\x00evil\u202e") == "[2Jevil"
+    assert v.shown_text("two\nlines") == "two lines"
+    assert v.shown_text("\x00") is None
+    assert v.shown_text(None) is None

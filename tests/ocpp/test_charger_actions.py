@@ -67,6 +67,18 @@ async def test_status_notifications_and_faults(central: Central) -> None:
         (0, "Available"), (1, "Available"), (2, "Faulted")]
 
 
+async def test_charger_text_is_stored_without_control_characters(central: Central) -> None:
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.call(call.StatusNotification(
+            connector_id=1, error_code="OtherError", status="Faulted",
+            info="\x1b[2J\x00evil", vendor_error_code="E\x0742", timestamp=now()))
+    events = await central.store.find_all(d.StatusEvent, Eq("cp_id", "CP-1"))
+    assert [e.info for e in events] == ["[2Jevil"]
+    [connector] = [c for c in await central.store.find_all(d.Connector, ALL)
+                   if c.connector_id == 1 and c.cp_id == "CP-1"]
+    assert connector.info == "[2Jevil"
+
+
 async def test_late_status_does_not_regress_state(central: Central) -> None:
     async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
         await cp.call(call.StatusNotification(connector_id=1, error_code="NoError",
