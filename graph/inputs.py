@@ -71,6 +71,13 @@ class RemoveStationInput:
     id: strawberry.ID
 
 
+@strawberry.input(description="Close a session its charger will never stop.")
+class EndSessionInput:
+    id: strawberry.ID
+    end_time: datetime | None = strawberry.field(
+        default=None, description="When it ended (default now); not before its start.")
+
+
 @strawberry.input
 class RemoveConnectorInput:
     id: strawberry.ID

@@ -25,6 +25,7 @@ from graph.inputs import (
     CreateStationInput,
     CreateUserInput,
     DeactivateUserInput,
+    EndSessionInput,
     FailPaymentInput,
     IssueIdTagInput,
     RefundPaymentInput,
@@ -40,7 +41,17 @@ from graph.inputs import (
     UpdateVehicleInput,
     given,
 )
-from graph.nodes import Company, Connector, IdTag, Payment, Station, Tariff, User, Vehicle
+from graph.nodes import (
+    Company,
+    Connector,
+    IdTag,
+    Payment,
+    Session,
+    Station,
+    Tariff,
+    User,
+    Vehicle,
+)
 
 Info = strawberry.Info
 T = TypeVar("T")
@@ -120,6 +131,12 @@ class ConnectorPayload:
 @strawberry.type
 class TariffPayload:
     tariff: Tariff | None
+    errors: list[UserError]
+
+
+@strawberry.type
+class SessionPayload:
+    session: Session | None
     errors: list[UserError]
 
 
@@ -402,6 +419,23 @@ class Mutation(CommandMutation):
         connector, errors = await attempt(ctx, run)
         return ConnectorPayload(connector=Connector.wrap(connector, ctx) if connector else None,
                                 errors=errors)
+
+    # ------------------------------------------------------------- sessions
+    @strawberry.mutation(description=(
+        "End an ACTIVE session its charger will never stop (it lost the transaction or "
+        "is gone): closed with the energy last metered, priced, reason `Other`. For the "
+        "station's operators and admins; the charger is not asked (see "
+        "`remoteStopTransaction`)."))
+    async def end_session(self, info: Info, input: EndSessionInput) -> SessionPayload:
+        ctx = _ctx(info)
+
+        async def run() -> Any:
+            return await ctx.services.charging.end_session(
+                ctx.viewer, expect_id(str(input.id), "session", "id"), input.end_time)
+
+        session, errors = await attempt(ctx, run)
+        return SessionPayload(session=Session.wrap(session, ctx) if session else None,
+                              errors=errors)
 
     # ------------------------------------------------------------- prices
     @strawberry.mutation(description="A new price list for a company or one station, in "

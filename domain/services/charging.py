@@ -37,7 +37,7 @@ from domain.entities import (
     StatusEvent,
     User,
 )
-from domain.errors import ValidationError
+from domain.errors import Forbidden, ValidationError
 from domain.events import (
     ConnectorStatusChanged,
     DomainEvent,
@@ -542,6 +542,34 @@ class ChargingService(Service):
         self._remember(closed)
         await self.publish(self._session_event(station, closed, "ENDED"))
         return info
+
+    async def end_session(self, viewer: Viewer, session_id: str,
+                          end_time: datetime | None = None) -> Session:
+        """Closes an ACTIVE session its charger will never stop (it lost the transaction,
+        or went away for good), as a lost StopTransaction is closed: with the energy last
+        metered, priced, a payment opened, reason ``Other``, audited under the operator.
+        For the station's operators and admins; the charger is not asked. A stop the
+        charger sends later only adds its meter values."""
+        session = await self.visible(viewer, Session, session_id)
+        station = (await self.store.get_many(Station, [session.station_id]))[0]
+        if station is None or not self.policy.may_manage_station(viewer, station):
+            raise Forbidden("only the station's operators end its sessions")
+        if session.state is not SessionState.ACTIVE:
+            raise ValidationError("the session has ended", field="id", code="INVALID_STATE")
+        now = self.now()
+        end = now if end_time is None else v.instant(end_time, "endTime")
+        if not session.start_time <= end <= now:
+            raise ValidationError("between the session's start and now", field="endTime",
+                                  code="OUT_OF_RANGE")
+        closed, payment = await self._close(station, session, None, end, "Other", viewer)
+        changes: list[tuple[Change, Any]] = [(Update(closed), session)]
+        if payment is not None:
+            changes.append((Insert(payment), None))
+        await self.commit(viewer, changes)
+        self._last_session_update.pop(session.id, None)
+        self._remember(closed)
+        await self.publish(self._session_event(station, closed, "ENDED"))
+        return closed
 
     async def _close(self, station: Station, session: Session, meter_stop: int | None,
                      end: datetime, reason: str, actor: Viewer

@@ -8,6 +8,8 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from domain import entities as d
+from domain.query import Eq
 from graph.ids import to_global_id
 from ocpp_bridge.handler import CLOSE_UNKNOWN_STATION
 from ocpp_bridge.simulator import basic_auth, connected
@@ -67,3 +69,43 @@ async def test_the_charger_of_a_removed_station_is_hung_up_on(central: Central) 
         await connect(f"{central.url}/CP-1", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
                       additional_headers=basic_auth("CP-1", STATION_PASSWORD))
     assert again.value.response.status_code == 404
+
+
+END = """mutation($i: EndSessionInput!) { endSession(input: $i) {
+    session { state stopReason energyKwh endTime cost { amountMinor } }
+    errors { field code } } }"""
+
+
+async def test_a_session_its_charger_never_stops_can_be_ended(central: Central) -> None:
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        tx, _ = await cp.start_transaction(1, "TAG-OK")
+        cp.connectors[1].power_w = 11_000
+        await cp.meter_values(1, seconds=3600)
+    # The charger went away for good: its session stays ACTIVE and blocks the removal.
+    session = await central.session(tx)
+    assert session is not None and session.state.value == "ACTIVE"
+    sid = to_global_id("session", session.id)
+    station_id = to_global_id("station", central.stations["CP-1"].id)
+    remove = """mutation($id: ID!) { removeStation(input: {id: $id}) { errors { code } } }"""
+    assert (await central.gql(remove, {"id": station_id}, as_user="op")
+            )["removeStation"]["errors"] == [{"code": "IN_USE"}]
+
+    async def end(who: str, **extra: str) -> dict:
+        data = await central.gql(END, {"i": {"id": sid, **extra}}, as_user=who)
+        return data["endSession"]  # type: ignore[no-any-return]
+
+    assert (await end("driver"))["errors"] == [{"field": None, "code": "FORBIDDEN"}]
+    assert (await end("op_other"))["errors"] == [{"field": "id", "code": "NOT_FOUND"}]
+    assert (await end("op", endTime="2020-01-01T00:00:00Z"))["errors"] == [
+        {"field": "endTime", "code": "OUT_OF_RANGE"}]
+    ended = await end("op")
+    assert ended["errors"] == []
+    assert ended["session"]["state"] == "COMPLETED"
+    assert ended["session"]["stopReason"] == "Other"
+    assert ended["session"]["energyKwh"] == 11.0  # as last metered
+    assert ended["session"]["cost"] == {"amountMinor": 440}  # 11 kWh at 0.40 EUR
+    assert (await end("op"))["errors"] == [{"field": "id", "code": "INVALID_STATE"}]
+    assert await central.store.count(d.Payment, Eq("session_id", session.id)) == 1
+    assert (await central.gql(remove, {"id": station_id}, as_user="op")
+            )["removeStation"]["errors"] == []
