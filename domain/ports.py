@@ -46,7 +46,8 @@ Change = Insert | InsertIfAbsent | Update | Delete
 #: the rule's first field is what ``UniqueViolation.field`` carries.
 UNIQUE_RULES: dict[str, tuple[tuple[str, ...], ...]] = {
     "user": (("email",),),
-    "vehicle": (("license_plate",),),
+    # Per owner: a family car is registered by each driver who charges it.
+    "vehicle": (("license_plate", "owner_id"),),
     "id_tag": (("tag",),),
     "station": (("cp_id",),),
     "connector": (("cp_id", "connector_id"),),

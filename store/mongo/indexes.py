@@ -56,12 +56,15 @@ INDEXES: dict[str, list[list[tuple[str, int]]]] = {
     JOURNAL: [[("at", ASCENDING)]],
 }
 
-#: Indexes an earlier version created that a longer one above now covers, by their default
-#: names: the per-key loads' indexes gained the ``_id`` tie-breaker. ``create_index`` only
-#: adds, so a database made before would keep both and pay for both on every write.
+#: Indexes an earlier version created that are covered by others now (the per-key loads'
+#: indexes gained the ``_id`` tie-breaker) or no longer wanted, by their names.
+#: ``create_index`` only adds: a database made before would keep them and pay for them on
+#: every write, or keep enforcing a rule that changed.
 SUPERSEDED: dict[str, tuple[str, ...]] = {
     "connector": ("station_id_1_connector_id_1",),
     "session": ("station_id_1_state_1",),
+    # License plates became unique per owner (a shared car).
+    "vehicle": ("uniq_vehicle_license_plate",),
 }
 
 #: The field a partial rule reports: for one ACTIVE session per connector, the connector is

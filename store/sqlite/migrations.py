@@ -388,9 +388,15 @@ CREATE INDEX "payment_company_idx" ON "payment" ("company_id");
 CREATE INDEX "payment_station_owner_idx" ON "payment" ("station_owner_id");
 """
 
+# Version 9: a license plate is unique per owner, not across all drivers (a shared car).
+_V9 = """
+DROP INDEX "vehicle_license_plate_key";
+CREATE UNIQUE INDEX "vehicle_license_plate_owner_key" ON "vehicle" ("license_plate", "owner_id");
+"""
+
 #: Every migration, oldest first. Append only.
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
-                                     (6, _V6), (7, _V7), (8, _V8))
+                                     (6, _V6), (7, _V7), (8, _V8), (9, _V9))
 
 _BOOTSTRAP = """
 CREATE TABLE IF NOT EXISTS "schema_version" (

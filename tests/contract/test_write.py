@@ -50,8 +50,9 @@ _sess = session(_st)
 CLASHES: dict[str, tuple[type[Record], Callable[[], Record], Callable[[], Record], str]] = {
     "user.email": (User, lambda: user(email="same@example.com"),
                    lambda: user(email="same@example.com"), "email"),
-    "vehicle.license_plate": (Vehicle, lambda: vehicle(_owner, license_plate="BAB123"),
-                              lambda: vehicle(user(), license_plate="BAB123"), "license_plate"),
+    "vehicle.license_plate+owner_id": (
+        Vehicle, lambda: vehicle(_owner, license_plate="BAB123"),
+        lambda: vehicle(_owner, license_plate="BAB123"), "license_plate"),
     "id_tag.tag": (IdTag, lambda: id_tag(_owner, tag="04A2B3"),
                    lambda: id_tag(user(), tag="04A2B3"), "tag"),
     "station.cp_id": (Station, lambda: station(cp_id="CP-1"), lambda: station(cp_id="CP-1"),

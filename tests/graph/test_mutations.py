@@ -185,8 +185,11 @@ async def test_vehicles(api: Api, world: World) -> None:
                        "vehicle { id licensePlate owner { name } }")
     assert added["vehicle"]["licensePlate"] == "MXY42"
     assert added["vehicle"]["owner"] == {"name": "Driver1"}
-    assert codes(await call(api, world, "driver2", "addVehicle", {"licensePlate": "MXY-42"},
+    # Unique per driver: a shared car is registered by each of its drivers.
+    assert codes(await call(api, world, "driver1", "addVehicle", {"licensePlate": "MXY-42"},
                             "vehicle { id }")) == [("licensePlate", "DUPLICATE")]
+    assert codes(await call(api, world, "driver2", "addVehicle", {"licensePlate": "MXY-42"},
+                            "vehicle { id }")) == []
     vid = added["vehicle"]["id"]
     assert codes(await call(api, world, "driver2", "updateVehicle",
                             {"id": vid, "make": "Fiat"}, "vehicle { id }")
