@@ -217,8 +217,9 @@ class Session(Record):
     reservation_id: int | None = None
     cost_minor: int | None = None
     currency: str | None = None
-    #: Who ran the station when this happened (its company and owner then): operators
-    #: keep their books when a station is removed or changes hands.
+    #: Whose books this is, from its station when it happened: the station's company, or
+    #: for a station of no company its owner (``charging.books_of``). Operators keep
+    #: their books when a station is removed or changes hands.
     company_id: str | None = None
     station_owner_id: str | None = None
 
@@ -335,8 +336,9 @@ class Payment(Record):
     status: PaymentStatus = PaymentStatus.PENDING
     provider: str = "manual"
     provider_ref: str | None = None
-    #: Who ran the station when this happened (its company and owner then): operators
-    #: keep their books when a station is removed or changes hands.
+    #: Whose books this is, from its station when it happened: the station's company, or
+    #: for a station of no company its owner (``charging.books_of``). Operators keep
+    #: their books when a station is removed or changes hands.
     company_id: str | None = None
     station_owner_id: str | None = None
 

@@ -71,6 +71,16 @@ SESSION_UPDATE_INTERVAL_S = 1.0
 CACHE_TTL_S = 30.0
 
 
+def books_of(station: Station) -> tuple[str | None, str | None]:
+    """Whose books a session on ``station`` goes to (``Session.company_id`` and
+    ``station_owner_id``): its company's; a station of no company, its owner's. The
+    owner of a company's station keeps no claim of their own: one who moves to another
+    company must not take its sessions along."""
+    if station.company_id is not None:
+        return station.company_id, None
+    return None, station.owner_id
+
+
 def charger(cp_id: str) -> Viewer:
     """The audit actor for changes a charger causes."""
     return Viewer(user_id=f"ocpp:{cp_id}")
@@ -426,6 +436,7 @@ class ChargingService(Service):
         station = await self._require_station(cp_id)
         self._observe_clock(cp_id, start)
         tag = id_tag.strip().upper()
+        company_id, station_owner_id = books_of(station)
         same = await self.store.find_one(Session, all_of(
             Eq("cp_id", cp_id), Eq("connector_id", connector_id), Eq("id_tag", tag),
             Eq("start_time", start), Eq("meter_start_wh", meter_start)))
@@ -440,8 +451,8 @@ class ChargingService(Service):
             start_time=start, meter_start_wh=meter_start,
             user_id=id_tag_record.user_id if id_tag_record else None,
             vehicle_id=id_tag_record.vehicle_id if id_tag_record else None,
-            reservation_id=reservation_id, company_id=station.company_id,
-            station_owner_id=station.owner_id,
+            reservation_id=reservation_id, company_id=company_id,
+            station_owner_id=station_owner_id,
         ), actor)
         changes: list[tuple[Change, Any]] = []
         # A session still open on this connector lost its StopTransaction: close it first,

@@ -370,18 +370,20 @@ _V7 = """
 ALTER TABLE "user" ADD COLUMN "token_epoch" INTEGER NOT NULL DEFAULT 0;
 """
 
-# Version 8: sessions and payments keep who ran their station (company and owner), so
-# an operator still sees them after the station is removed; existing rows are filled in
-# from their station where it still exists.
+# Version 8: sessions and payments keep whose books they are (the station's company, or
+# for a station of no company its owner), so an operator still sees them after the
+# station is removed; existing rows are filled in from their station where it still exists.
 _V8 = """
 ALTER TABLE "session" ADD COLUMN "company_id" TEXT;
 ALTER TABLE "session" ADD COLUMN "station_owner_id" TEXT;
 ALTER TABLE "payment" ADD COLUMN "company_id" TEXT;
 ALTER TABLE "payment" ADD COLUMN "station_owner_id" TEXT;
 UPDATE "session" SET ("company_id", "station_owner_id") = (
-    SELECT "company_id", "owner_id" FROM "station" WHERE "station"."id" = "session"."station_id");
+    SELECT "company_id", CASE WHEN "company_id" IS NULL THEN "owner_id" END FROM "station"
+    WHERE "station"."id" = "session"."station_id");
 UPDATE "payment" SET ("company_id", "station_owner_id") = (
-    SELECT "company_id", "owner_id" FROM "station" WHERE "station"."id" = "payment"."station_id");
+    SELECT "company_id", CASE WHEN "company_id" IS NULL THEN "owner_id" END FROM "station"
+    WHERE "station"."id" = "payment"."station_id");
 CREATE INDEX "session_company_start_idx" ON "session" ("company_id", "start_time");
 CREATE INDEX "session_station_owner_start_idx" ON "session" ("station_owner_id", "start_time");
 CREATE INDEX "payment_company_idx" ON "payment" ("company_id");

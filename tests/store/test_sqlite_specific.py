@@ -286,19 +286,21 @@ async def test_a_failing_migration_leaves_no_trace_and_the_next_start_retries(
     assert raw(db_path, 'SELECT MAX("version") FROM "schema_version"') == [(latest + 1,)]
 
 
-async def test_version_8_gives_existing_sessions_and_payments_their_station_runner(
+async def test_version_8_gives_existing_sessions_and_payments_their_books(
         db_path: str) -> None:
-    """Rows written before version 8 get the company and owner of their station, where
-    the station still exists."""
+    """Rows written before version 8 get their station's company, or for a station of no
+    company its owner, where the station still exists."""
     async with aiosqlite.connect(db_path, isolation_level=None) as conn:
         await apply_migrations(conn, MIGRATIONS[:7])
         stamps = "0, 0, 'system', 'system'"
-        await conn.execute(
-            'INSERT INTO "station" ("id", "created_at", "updated_at", "created_by", '
-            f'"updated_by", "cp_id", "name", "registration", "online", "company_id", '
-            f"\"owner_id\") VALUES ('st1', {stamps}, 'CP-1', 'One', 'ACCEPTED', 0, 'co1', "
-            "'u1')")
-        for tx, (sid, station_id) in enumerate((("s1", "st1"), ("s2", "gone"))):
+        for station_id, company in (("st1", "'co1'"), ("st2", "NULL")):
+            await conn.execute(
+                'INSERT INTO "station" ("id", "created_at", "updated_at", "created_by", '
+                '"updated_by", "cp_id", "name", "registration", "online", "company_id", '
+                f"\"owner_id\") VALUES ('{station_id}', {stamps}, '{station_id}', 'One', "
+                f"'ACCEPTED', 0, {company}, 'u1')")
+        for tx, (sid, station_id) in enumerate((("s1", "st1"), ("s2", "gone"),
+                                                ("s3", "st2"))):
             await conn.execute(
                 'INSERT INTO "session" ("id", "created_at", "updated_at", "created_by", '
                 '"updated_by", "transaction_id", "station_id", "cp_id", "connector_id", '
@@ -314,7 +316,7 @@ async def test_version_8_gives_existing_sessions_and_payments_their_station_runn
     for table in ("session", "payment"):
         assert raw(db_path, f'SELECT "station_id", "company_id", "station_owner_id" '
                             f'FROM "{table}" ORDER BY "station_id"') == [
-            ("gone", None, None), ("st1", "co1", "u1")], table
+            ("gone", None, None), ("st1", "co1", None), ("st2", None, "u1")], table
 
 
 async def test_migrations_must_be_ascending(db_path: str) -> None:
