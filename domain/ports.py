@@ -29,10 +29,14 @@ class InsertIfAbsent:
 class Update:
     """Replace the stored record with the same id by ``record``; with ``fields``, write
     only those fields (and the update stamps), so a heartbeat's ``last_seen`` cannot undo
-    an operator's rename that landed in between."""
+    an operator's rename that landed in between. With ``only_if`` (a field and a value,
+    ``fields`` required) the write happens only while the stored record still holds that
+    value, and is skipped without error otherwise: a charger's live energy must not land
+    on a session another instance has just ended."""
 
     record: Record
     fields: frozenset[str] | None = None
+    only_if: tuple[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

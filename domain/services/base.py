@@ -116,9 +116,11 @@ def stamp_new(record: E, viewer: Viewer, now: datetime | None = None) -> E:
 STAMPS = frozenset({"updated_at", "updated_by"})
 
 
-def patch(record: E, viewer: Viewer, **updates: Any) -> Update:
-    """An ``Update`` writing only ``updates`` (and the stamps) onto the stored record."""
-    return Update(changed(record, viewer, **updates), frozenset(updates) | STAMPS)
+def patch(record: E, viewer: Viewer, *, only_if: tuple[str, Any] | None = None,
+          **updates: Any) -> Update:
+    """An ``Update`` writing only ``updates`` (and the stamps) onto the stored record;
+    ``only_if``: see ``Update``."""
+    return Update(changed(record, viewer, **updates), frozenset(updates) | STAMPS, only_if)
 
 
 def changed(record: E, viewer: Viewer, **updates: Any) -> E:

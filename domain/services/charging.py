@@ -174,12 +174,18 @@ class ChargingService(Service):
         now = self.now()
         return now if seen is None else seen[0] + (now - seen[1])
 
-    def _remember(self, record: Station | Session) -> None:
+    def _remember(self, record: Station | Session, *, renew: bool = True) -> None:
+        """Cache ``record`` for ``CACHE_TTL_S``. ``renew=False`` (the charger's own
+        telemetry writes) keeps a cached copy's expiry: a charger that reports every few
+        seconds must not keep its copy from ever being read again, or an edit made on
+        another instance (an operator's, ``endSession``) would never reach it."""
         expires = time.monotonic() + CACHE_TTL_S
         if isinstance(record, Station):
-            self._stations[record.cp_id] = (record, expires)
+            station = None if renew else self._stations.get(record.cp_id)
+            self._stations[record.cp_id] = (record, station[1] if station else expires)
         elif record.state is SessionState.ACTIVE:
-            self._sessions[record.transaction_id] = (record, expires)
+            session = None if renew else self._sessions.get(record.transaction_id)
+            self._sessions[record.transaction_id] = (record, session[1] if session else expires)
         else:
             self._sessions.pop(record.transaction_id, None)
 
@@ -290,9 +296,9 @@ class ChargingService(Service):
     async def boot(self, cp_id: str, info: BootInfo) -> BootResult:
         station = await self._require_station(cp_id)
         now = self.now()
-        details = {"vendor": v.shown_text(info.vendor), "model": v.shown_text(info.model),
-                   "serial": v.shown_text(info.serial),
-                   "firmware": v.shown_text(info.firmware)}
+        details: dict[str, Any] = {
+            "vendor": v.shown_text(info.vendor), "model": v.shown_text(info.model),
+            "serial": v.shown_text(info.serial), "firmware": v.shown_text(info.firmware)}
         actor = charger(cp_id)
         if any(getattr(station, k) != val for k, val in details.items()):
             update = patch(station, actor, last_seen=now, **details)
@@ -308,7 +314,7 @@ class ChargingService(Service):
         now = self.now()
         update = patch(station, charger(cp_id), last_seen=now)
         await self.telemetry.write([update])
-        self._remember(cast(Station, update.record))
+        self._remember(cast(Station, update.record), renew=False)
         return now
 
     # ------------------------------------------------------------- authorization
@@ -512,7 +518,7 @@ class ChargingService(Service):
                 updated = cast(Session, live.record)
         await self.telemetry.write(changes)
         if session is not None and session.state is SessionState.ACTIVE:
-            self._remember(updated or session)
+            self._remember(updated or session, renew=False)
         if updated is not None and self._due(updated.id):
             await self.publish(self._session_event(station, updated, "UPDATED"))
 
@@ -614,7 +620,7 @@ class ChargingService(Service):
     async def diagnostics_status(self, cp_id: str, status: str) -> None:
         await self._station_report(cp_id, diagnostics_status=status)
 
-    async def _station_report(self, cp_id: str, **values: str) -> None:
+    async def _station_report(self, cp_id: str, **values: Any) -> None:
         station = await self._require_station(cp_id)
         actor = charger(cp_id)
         update = patch(station, actor, **values)
@@ -719,7 +725,9 @@ class ChargingService(Service):
             updates["power_w"] = power
         if not updates or all(getattr(session, k) == val for k, val in updates.items()):
             return None
-        return patch(session, actor, **updates)
+        # Only onto a session still ACTIVE in the store: this one may be a cached copy,
+        # and another instance may have ended it (endSession) since.
+        return patch(session, actor, only_if=("state", SessionState.ACTIVE), **updates)
 
     def _due(self, session_id: str) -> bool:
         now = time.monotonic()

@@ -21,7 +21,8 @@ from domain.ports import (
     InsertIfAbsent,
     Update,
 )
-from store.mongo.codec import partial_update, to_doc
+from store.fields import spec_by_name
+from store.mongo.codec import compared, partial_update, shadow, to_doc
 from store.mongo.indexes import PARTIAL_RULE_FIELD, violated_field
 
 DUPLICATE_KEY = 11000
@@ -92,7 +93,13 @@ async def _id_taken(collection: Any, record: Record, error: Mapping[str, Any]) -
 
 async def update(db: Any, change: Update) -> None:
     record = change.record
-    target = {"_id": ObjectId(record.id)}
+    target: dict[str, Any] = {"_id": ObjectId(record.id)}
+    if change.only_if is not None:
+        if change.fields is None:
+            raise ValueError("only_if needs the fields to write")
+        field, value = change.only_if
+        spec = spec_by_name(type(record))[field]
+        target[shadow(spec)] = compared(spec, value)
     try:
         if change.fields is None:
             result = await db[record.kind].replace_one(target, to_doc(record))
@@ -101,7 +108,7 @@ async def update(db: Any, change: Update) -> None:
                 target, partial_update(record, change.fields))
     except DuplicateKeyError as exc:
         raise await explain(db, record, exc.details, inserting=False) from exc
-    if result.matched_count == 0:
+    if result.matched_count == 0 and change.only_if is None:
         raise _not_found(record)
 
 

@@ -84,25 +84,33 @@ def _update_sql(kind: type[Record]) -> str:
     return f'UPDATE {quote(kind.kind)} SET {assignments} WHERE "id" = ?'
 
 
-_PARTIAL_SQL: dict[tuple[type[Record], frozenset[str]], tuple[str, tuple[FieldSpec, ...]]] = {}
+_PARTIAL_SQL: dict[tuple[type[Record], frozenset[str], str | None],
+                   tuple[str, tuple[FieldSpec, ...]]] = {}
 
 
-def _partial_update(record: Record, fields: frozenset[str]) -> tuple[str, tuple[SqlValue, ...]]:
-    """``UPDATE … SET`` only ``fields``; the SQL is built once per (kind, fields)."""
+def _partial_update(record: Record, fields: frozenset[str],
+                    only_if: tuple[str, Any] | None = None) -> tuple[str, tuple[SqlValue, ...]]:
+    """``UPDATE … SET`` only ``fields`` (``AND`` the ``only_if`` field still holding its
+    value); the SQL is built once per (kind, fields, guard field)."""
     kind = type(record)
-    key = (kind, fields)
+    guard = only_if[0] if only_if is not None else None
+    key = (kind, fields, guard)
     if key not in _PARTIAL_SQL:
         names = columns(kind)
-        unknown = fields - set(names)
+        unknown = fields - set(names) | ({guard} - set(names) if guard else set())
         if unknown or "id" in fields:
             raise ValueError(f"cannot update {sorted(unknown or {'id'})} of {kind.kind}")
         picked = tuple(spec_of(kind, name) for name in names if name in fields)
         assignments = ", ".join(f"{quote(spec.name)} = ?" for spec in picked)
-        _PARTIAL_SQL[key] = (f'UPDATE {quote(kind.kind)} SET {assignments} WHERE "id" = ?',
-                             picked)
+        condition = f' AND {quote(guard)} = ?' if guard else ""
+        _PARTIAL_SQL[key] = (
+            f'UPDATE {quote(kind.kind)} SET {assignments} WHERE "id" = ?{condition}', picked)
     sql, picked = _PARTIAL_SQL[key]
     # Only the written fields are encoded: a live-energy update touches 4 of 24.
-    return sql, (*(encode(spec, getattr(record, spec.name)) for spec in picked), record.id)
+    values = (*(encode(spec, getattr(record, spec.name)) for spec in picked), record.id)
+    if only_if is not None:
+        values = (*values, encode(spec_of(kind, only_if[0]), only_if[1]))
+    return sql, values
 
 
 def _update_params(record: Record) -> tuple[SqlValue, ...]:
@@ -195,7 +203,8 @@ def _apply_batch(conn: sqlite3.Connection, statements: list[_Statement]) -> None
             else:
                 cursor = conn.executemany(sql, [params for _, params, _ in run]) \
                     if len(run) > 1 else conn.execute(sql, run[0][1])
-                if cursor.rowcount < len(run):
+                guarded = isinstance(run[0][2], Update) and run[0][2].only_if is not None
+                if cursor.rowcount < len(run) and not guarded:
                     raise NotFound(_missing(conn, run), field="id")
             index = end
         conn.commit()
@@ -466,8 +475,10 @@ class SqliteStore:
                     to_row(change.record), change)
         if isinstance(change, Update):
             if change.fields is not None:
-                sql, params = _partial_update(change.record, change.fields)
+                sql, params = _partial_update(change.record, change.fields, change.only_if)
                 return sql, params, change
+            if change.only_if is not None:
+                raise ValueError("only_if needs the fields to write")
             return _update_sql(kind), _update_params(change.record), change
         if isinstance(change, Delete):
             return f'DELETE FROM {quote(kind.kind)} WHERE "id" = ?', (change.record.id,), change

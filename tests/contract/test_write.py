@@ -93,6 +93,27 @@ async def test_unique_rule_rejects_the_second_record(store: Store, rule: str) ->
     assert await store.count(AuditEntry, ALL) == 0
 
 
+async def test_a_guarded_update_is_skipped_once_its_condition_no_longer_holds(
+        store: Store) -> None:
+    """``Update.only_if``: a charger's live energy lands on a session still ACTIVE, and
+    is dropped without error on one another instance ended meanwhile."""
+    st = station(cp_id="CP-G")
+    live = session(st, energy_wh=100)
+    await put(store, st, live)
+    guard = ("state", SessionState.ACTIVE)
+    await store.write([Update(dataclasses.replace(live, energy_wh=200),
+                              frozenset({"energy_wh"}), guard)], [])
+    assert (await store.get_many(Session, [live.id]))[0].energy_wh == 200  # type: ignore[union-attr]
+    ended = dataclasses.replace(live, energy_wh=200, state=SessionState.COMPLETED)
+    await store.write([Update(ended)], [])
+    await store.write([Update(dataclasses.replace(live, energy_wh=999),
+                              frozenset({"energy_wh"}), guard)], [])
+    assert (await store.get_many(Session, [live.id]))[0] == ended
+    # Without a guard a missing record is still an error.
+    with pytest.raises(NotFound):
+        await store.write([Update(session(st, energy_wh=1), frozenset({"energy_wh"}))], [])
+
+
 async def test_an_update_that_breaks_a_unique_rule_is_rejected(store: Store) -> None:
     ada, bob = user(email="ada@example.com"), user(email="bob@example.com")
     await put(store, ada, bob)
