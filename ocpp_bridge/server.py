@@ -21,6 +21,7 @@ import logging
 import os
 import socket
 import ssl
+from collections import deque
 from datetime import timedelta
 from http import HTTPStatus
 from typing import Any
@@ -35,7 +36,6 @@ from domain.ids import new_id
 from domain.ports import EventBus
 from domain.services.charging import ChargingService
 from domain.services.instances import InstanceService
-from domain.services.throttle import SignInThrottle
 from ocpp_bridge.gateway import OcppGateway
 from ocpp_bridge.handler import ChargePointHandler
 
@@ -44,10 +44,10 @@ log = logging.getLogger("chargegraph.ocpp")
 SUBPROTOCOL = "ocpp1.6"
 MAX_MESSAGE = 256 * 1024  # the largest real 1.6 frames (local lists, transactionData) fit
 REALM = 'Basic realm="ChargeGraph OCPP", charset="UTF-8"'
-#: Wrong station passwords within ``AUTH_WINDOW`` before the station's unverified
-#: passwords are refused unchecked for ``AUTH_WINDOW``.
-AUTH_FAILURES = 5
-AUTH_WINDOW = timedelta(minutes=1)
+#: Password verifications (argon2) running at once, whatever the number of handshakes.
+HASHING_AT_ONCE = 2
+#: Refused passwords remembered per station (repeated guesses are refused for free).
+REFUSED_REMEMBERED = 32
 
 
 def cp_id_from_path(path: str) -> str | None:
@@ -110,8 +110,9 @@ class OcppServer:
         # cp_id → (password hash, digest of the password that matched it): reconnect
         # storms must not cost an argon2 verification each.
         self._verified: dict[str, tuple[str, bytes]] = {}
-        self._auth_failures = SignInThrottle(charging.now, limit=AUTH_FAILURES,
-                                             window=AUTH_WINDOW, lockout=AUTH_WINDOW)
+        # cp_id → (password hash, digests of passwords it refused lately).
+        self._refused: dict[str, tuple[str, deque[bytes]]] = {}
+        self._hashing = asyncio.Semaphore(HASHING_AT_ONCE)
 
     @property
     def bound_port(self) -> int:
@@ -248,19 +249,25 @@ class OcppServer:
         digest = hashlib.sha256(password.encode()).digest()
         cached = self._verified.get(station.cp_id)
         if cached is not None and cached[0] == station.auth_password_hash:
-            return hmac.compare_digest(cached[1], digest)
-        # Guessing costs us an argon2 verification per try: after a few failures the
-        # station's unverified passwords are refused unchecked for a while. A charger
-        # whose password was verified before (the cache above) still gets in.
-        if self._auth_failures.locked_for(station.cp_id) is not None:
+            return hmac.compare_digest(cached[1], digest)  # the password it was set to
+        # A guess already refused for this password hash costs nothing the second time.
+        refused = self._refused.get(station.cp_id)
+        if refused is not None and refused[0] == station.auth_password_hash \
+                and digest in refused[1]:
             return False
-        # argon2 costs tens of milliseconds of CPU: keep it off the event loop.
-        ok = await asyncio.to_thread(self.charging.password_ok, station, password)
+        # argon2 costs tens of milliseconds of CPU: off the event loop, and at most
+        # ``HASHING_AT_ONCE`` at a time, so a flood of guesses cannot take every core.
+        # Every other password is checked: refusing unchecked ones after failures would
+        # let anyone who knows a cpId lock its charger out.
+        async with self._hashing:
+            ok = await asyncio.to_thread(self.charging.password_ok, station, password)
         if ok:
             self._verified[station.cp_id] = (station.auth_password_hash, digest)
-            self._auth_failures.succeeded(station.cp_id)
         else:
-            self._auth_failures.failed(station.cp_id)
+            if refused is None or refused[0] != station.auth_password_hash:
+                refused = (station.auth_password_hash, deque(maxlen=REFUSED_REMEMBERED))
+                self._refused[station.cp_id] = refused
+            refused[1].append(digest)
         return ok
 
     # ------------------------------------------------------------- connection
