@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
 from domain import validation as v
 from domain.entities import Company, Role, User
@@ -12,7 +12,7 @@ from domain.events import AccessChanged
 from domain.policy import Viewer
 from domain.ports import Insert, Update
 from domain.query import Eq
-from domain.services.base import UNSET, Service, ServiceContext, changed, stamp_new
+from domain.services.base import UNSET, Service, ServiceContext, changed, patch, stamp_new
 from domain.services.throttle import SignInThrottle
 
 log = logging.getLogger("chargegraph.accounts")
@@ -153,8 +153,10 @@ class AccountService(Service):
             cleaned = v.email(email)
         except ValidationError:
             cleaned = None
-        key = cleaned or email
-        locked = self.throttle.locked_for(key)
+        # Keyed by the cleaned email: text that is not an email matches no account and is
+        # not counted (a megabyte of it per request must not pile up in the throttle).
+        key = cleaned or ""
+        locked = self.throttle.locked_for(key) if cleaned else None
         if locked is not None:
             minutes = max(1, round(locked.total_seconds() / 60))
             raise Unauthenticated(f"too many failed sign-ins: try again in {minutes} min",
@@ -162,17 +164,21 @@ class AccountService(Service):
         user = await self.store.find_one(User, Eq("email", cleaned)) if cleaned else None
         if user is None or not user.password_hash:
             self.ctx.hasher.verify(self._dummy(), password)
-            self.throttle.failed(key)
+            if cleaned:
+                self.throttle.failed(key)
             raise Unauthenticated("wrong email or password")
         if not self.ctx.hasher.verify(user.password_hash, password) or not user.active:
             self.throttle.failed(key)
             raise Unauthenticated("wrong email or password")
         self.throttle.succeeded(key)
         if self.ctx.hasher.needs_rehash(user.password_hash):
-            upgraded = changed(user, Viewer.of(user),
-                               password_hash=self.ctx.hasher.hash(password))
-            await self.commit(Viewer.of(user), [(Update(upgraded), user)])
-            user = upgraded
+            # Only the hash, and only while it is still the one just verified: a whole
+            # record written back could undo a deactivation or a new password that
+            # another instance stored meanwhile.
+            upgrade = patch(user, Viewer.of(user), only_if=("password_hash", user.password_hash),
+                            password_hash=self.ctx.hasher.hash(password))
+            await self.commit(Viewer.of(user), [(upgrade, user)])
+            user = cast(User, upgrade.record)
         return user
 
     async def viewer_for(self, user_id: str, token_epoch: int = 0) -> Viewer | None:

@@ -1,0 +1,103 @@
+"""Signing in upgrades an outdated password hash, without undoing a concurrent change."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from argon2 import PasswordHasher as Argon2
+
+from domain import entities as d
+from domain.policy import SYSTEM, Policy
+from domain.ports import Update
+from domain.services import ServiceContext, Services
+from domain.services.base import changed
+from store.sqlite import SqliteStore
+from tests.helpers import FastHasher
+
+
+class Upgrading(FastHasher):
+    """Hashes with a higher time cost and calls the old cost outdated."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._argon = Argon2(time_cost=2, memory_cost=1024, parallelism=1)
+
+    def needs_rehash(self, password_hash: str) -> bool:
+        return ",t=1," in password_hash
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    s = SqliteStore(str(tmp_path / "sign-in.db"))
+    await s.start()
+    yield s
+    await s.close()
+
+
+async def user_with_old_hash(store: SqliteStore) -> d.User:
+    old = Services(ServiceContext(store=store, policy=Policy(), hasher=FastHasher()))
+    return await old.accounts.create_user(SYSTEM, email="ada@example.com",
+                                          password="first password", name="Ada",
+                                          role=d.Role.DRIVER)
+
+
+async def stored(store: SqliteStore, user: d.User) -> d.User:
+    found = (await store.get_many(d.User, [user.id]))[0]
+    assert found is not None
+    return found
+
+
+async def test_an_outdated_hash_is_upgraded_at_sign_in(store: SqliteStore) -> None:
+    user = await user_with_old_hash(store)
+    hasher = Upgrading()
+    services = Services(ServiceContext(store=store, policy=Policy(), hasher=hasher))
+    await services.accounts.authenticate("ada@example.com", "first password")
+    upgraded = (await stored(store, user)).password_hash
+    assert ",t=2," in upgraded and hasher.verify(upgraded, "first password")
+
+
+async def test_the_upgrade_does_not_undo_a_password_changed_meanwhile(
+        store: SqliteStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    user = await user_with_old_hash(store)
+    hasher = Upgrading()
+    services = Services(ServiceContext(store=store, policy=Policy(), hasher=hasher))
+    elsewhere = hasher.hash("second password")
+    real_hash = hasher.hash
+
+    async def changed_on_another_instance() -> None:
+        current = await stored(store, user)
+        await store.write([Update(changed(current, SYSTEM, password_hash=elsewhere,
+                                          token_epoch=1))], [])
+
+    pending: list[object] = []
+
+    def hash_then_race(password: str) -> str:
+        pending.append(changed_on_another_instance())  # lands before the upgrade's write
+        return real_hash(password)
+
+    monkeypatch.setattr(hasher, "hash", hash_then_race)
+    real_commit = services.accounts.commit
+
+    async def commit_after_the_race(*args: object, **kwargs: object) -> None:
+        for race in pending:
+            await race  # type: ignore[misc]
+        await real_commit(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(services.accounts, "commit", commit_after_the_race)
+    await services.accounts.authenticate("ada@example.com", "first password")
+    after = await stored(store, user)
+    assert after.password_hash == elsewhere and after.token_epoch == 1
+
+
+async def test_text_that_is_no_email_is_not_counted(store: SqliteStore) -> None:
+    services = Services(ServiceContext(store=store, policy=Policy(), hasher=FastHasher()))
+    from domain.errors import Unauthenticated
+    for text in ("x" * 100_000, "not an email"):
+        with pytest.raises(Unauthenticated):
+            await services.accounts.authenticate(text, "whatever password")
+    assert services.accounts.throttle._failures == {}
+    with pytest.raises(Unauthenticated):
+        await services.accounts.authenticate("nobody@example.com", "whatever password")
+    assert list(services.accounts.throttle._failures) == ["nobody@example.com"]
