@@ -25,8 +25,10 @@ from graphql import (
     GraphQLSchema,
     InlineFragmentNode,
     IntValueNode,
+    ListValueNode,
     OperationType,
     SelectionSetNode,
+    ValueNode,
     VariableNode,
     get_named_type,
     get_nullable_type,
@@ -46,8 +48,8 @@ def estimated_objects(schema: GraphQLSchema, query: str, document: DocumentNode,
     """Objects the operation (``document``, parsed from ``query``) may return at most;
     0 for subscriptions (each event is one small result). Remembered per query text,
     operation and page-size variables: a repeated request costs a dictionary lookup."""
-    sizes = tuple(sorted((name, value) for name, value in (variables or {}).items()
-                         if isinstance(value, int) and not isinstance(value, bool)))
+    sizes = tuple(sorted((name, size) for name, value in (variables or {}).items()
+                         if (size := _size(value)) is not None))
     key = (id(schema), query, operation_name, sizes)
     found = _ESTIMATES.get(key)
     if found is None:
@@ -62,6 +64,20 @@ CACHED_ESTIMATES = 512
 _ESTIMATES: dict[tuple[Any, ...], int] = {}
 
 
+def _size(value: Any) -> int | None:
+    """What a variable says about a page: a whole number (GraphQL takes 100.0 for an
+    Int), or a list's length (``nodes(ids: $ids)``)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return len(value)
+    return None
+
+
 def _estimate(schema: GraphQLSchema, document: DocumentNode, operation_name: str | None,
               sizes: dict[str, int]) -> int:
     operation = get_operation_ast(document, operation_name)
@@ -72,8 +88,23 @@ def _estimate(schema: GraphQLSchema, document: DocumentNode, operation_name: str
         return 0
     fragments = {d.name.value: d for d in document.definitions
                  if isinstance(d, FragmentDefinitionNode)}
+    # A variable left out takes its default: ``query($n: Int = 100)``.
+    for definition in operation.variable_definitions or ():
+        name, default = definition.variable.name.value, definition.default_value
+        if name not in sizes and default is not None:
+            size = _literal_size(default)
+            if size is not None:
+                sizes = {**sizes, name: size}
     return _Estimator(schema, fragments, sizes).selection(root, operation.selection_set, 1,
                                                           None)
+
+
+def _literal_size(value: ValueNode) -> int | None:
+    if isinstance(value, IntValueNode):
+        return int(value.value)
+    if isinstance(value, ListValueNode):
+        return len(value.values)
+    return None
 
 
 class _Estimator:
@@ -114,6 +145,8 @@ class _Estimator:
         paged = "first" in definition.args or "last" in definition.args
         if paged:
             count, inner_page = parents, self._page(node)
+        elif "ids" in definition.args:  # nodes(ids: [...]): one object per id
+            count, inner_page = parents * self._ids(node), None
         elif is_list_type(get_nullable_type(definition.type)):
             count, inner_page = parents * (page or LIST_GUESS), None
         else:
@@ -123,16 +156,21 @@ class _Estimator:
 
     def _page(self, node: FieldNode) -> int:
         for name in ("first", "last"):
-            for argument in node.arguments or ():
-                if argument.name.value != name:
-                    continue
-                value = argument.value
-                if isinstance(value, IntValueNode):
-                    return _clamped(int(value.value))
-                if isinstance(value, VariableNode) and value.name.value in self.sizes:
-                    return _clamped(self.sizes[value.name.value])
+            size = self._argument(node, name)
+            if size is not None:
+                return max(0, min(size, MAX_PAGE_SIZE))
         return DEFAULT_PAGE_SIZE
 
+    def _ids(self, node: FieldNode) -> int:
+        size = self._argument(node, "ids")
+        return MAX_PAGE_SIZE if size is None else max(0, size)
 
-def _clamped(size: int) -> int:
-    return max(0, min(size, MAX_PAGE_SIZE))
+    def _argument(self, node: FieldNode, name: str) -> int | None:
+        for argument in node.arguments or ():
+            if argument.name.value == name:
+                value = argument.value
+                if isinstance(value, VariableNode):
+                    return self.sizes.get(value.name.value)
+                return _literal_size(value)
+        return None
+

@@ -27,6 +27,15 @@ def test_pages_lists_and_single_objects_multiply_down_the_tree() -> None:
     assert estimate("query($n: Int) { stations(first: $n) { edges { node { id } } } }",
                     {"n": 100}) == 1 + 100 + 100
     assert estimate("{ stations(last: 1000) { nodes { id } } }") == 1 + 100
+    # A variable's default, or a whole float (GraphQL takes 100.0 for an Int), counts too.
+    paged = "query($n: Int = 100) { stations(first: $n) { nodes { id } } }"
+    assert estimate(paged) == 1 + 100
+    assert estimate(paged, {"n": 100.0}) == 1 + 100
+    assert estimate(paged, {"n": 3}) == 1 + 3
+    # nodes(ids:) returns one object per id.
+    assert estimate('{ nodes(ids: ["a", "b", "c"]) { id } }') == 3
+    assert estimate("query($ids: [ID!]!) { nodes(ids: $ids) { id } }",
+                    {"ids": ["x"] * 50}) == 50
     # Fragments count like the fields they stand for; leaves cost nothing.
     fragment = """query { me { ...M } } fragment M on User { name company { name } }"""
     assert estimate(fragment) == 2
