@@ -27,6 +27,7 @@ from domain.query import ALL, Filter, Page, PageRequest, Sort, decode_cursor, en
 from store.mongo import aggregate, journal, writes
 from store.mongo.codec import compared, from_doc, shadow, spec_of
 from store.mongo.indexes import ensure_indexes
+from store.mongo.migrations import migrate
 from store.mongo.query import NEVER, FilterCompiler, beyond, sort_spec
 
 log = logging.getLogger("chargegraph.store.mongo")
@@ -67,9 +68,11 @@ class MongoStore:
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        """Creates the indexes and rolls back batches a crash left (idempotent)."""
+        """Creates the indexes, rolls back batches a crash left and brings documents
+        written under older rules up to date (``store/mongo/migrations.py``); idempotent."""
         await ensure_indexes(self.db)
         await journal.sweep(self.db)
+        await migrate(self.db)
         if self._sweep_every is not None and (self._sweeper is None or self._sweeper.done()):
             self._sweeper = asyncio.create_task(self._sweep_forever(self._sweep_every),
                                                 name="chargegraph-mongo-journal-sweep")

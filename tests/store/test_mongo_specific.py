@@ -24,6 +24,7 @@ from domain.entities import (
     Company,
     Connector,
     MeterSample,
+    Payment,
     Registration,
     Role,
     Session,
@@ -35,7 +36,7 @@ from domain.entities import (
 from domain.errors import NotFound, UniqueViolation
 from domain.ports import PARTIAL_UNIQUE_RULES, UNIQUE_RULES, Delete, Insert, InsertIfAbsent, Update
 from domain.query import ALL, Eq, In, Near, Range, Search, Sort, Sub
-from store.mongo import MongoStore, journal, writes
+from store.mongo import MongoStore, journal, migrations, writes
 from store.mongo import store as store_module
 from store.mongo.codec import to_doc
 from store.mongo.indexes import SUPERSEDED, index_name, violated_field
@@ -563,3 +564,43 @@ async def test_connect_picks_the_database(url: str, database: str | None, name: 
     store = MongoStore.connect(url, database)
     assert store.db.name == name
     await store.close()
+
+
+# ---------------------------------------------------------------------------- migrations
+
+
+async def test_documents_from_before_get_their_books_and_minor_units(mongo: MongoStore
+                                                                     ) -> None:
+    """What SQLite migrations 8 and 10 do, on documents: books from the station (its
+    company, or its owner for a station of no company), amounts rescaled to the
+    currency's minor unit; once, however often instances start."""
+    from tests.contract.factories import company, payment, session, station, user
+
+    co, owner = company(), user()
+    of_company, own = station(cp_id="CP-C", company_id=co.id, owner_id=owner.id), \
+        station(cp_id="CP-O", owner_id=owner.id)
+    done = {"state": SessionState.COMPLETED, "updated_at": T0, "created_at": T0}
+    yen = session(of_company, cost_minor=50_049, currency="JPY", **done)
+    dinar = session(own, 2, cost_minor=123, currency="KWD", **done)
+    euro = session(own, 3, cost_minor=440, currency="EUR", **done)
+    paid = payment(yen, amount_minor=50_049, currency="JPY", created_at=T0, updated_at=T0)
+    await mongo.write([Insert(r) for r in (co, owner, of_company, own, yen, dinar, euro,
+                                           paid)], [])
+    db = raw(mongo)
+    for kind in ("session", "payment"):  # as written before these fields existed
+        db[kind].update_many({}, {"$unset": {"company_id": "", "station_owner_id": ""}})
+    db[migrations.MIGRATIONS].delete_many({})  # a database from before the migrations
+
+    await migrations.migrate(mongo.db)
+    later = payment(dinar, amount_minor=1230, currency="KWD")  # new rules: fils already
+    await mongo.write([Insert(later)], [])
+    await migrations.migrate(mongo.db)  # another start
+
+    got = {s.id: s for s in await mongo.find_all(Session, ALL)}
+    assert (got[yen.id].cost_minor, got[yen.id].company_id, got[yen.id].station_owner_id) \
+        == (500, co.id, None)
+    assert (got[dinar.id].cost_minor, got[dinar.id].company_id,
+            got[dinar.id].station_owner_id) == (1230, None, owner.id)
+    assert got[euro.id].cost_minor == 440
+    amounts = {p.id: p.amount_minor for p in await mongo.find_all(Payment, ALL)}
+    assert amounts == {paid.id: 500, later.id: 1230}

@@ -319,6 +319,35 @@ async def test_version_8_gives_existing_sessions_and_payments_their_books(
             ("gone", None, None), ("st1", "co1", None), ("st2", None, "u1")], table
 
 
+async def test_version_10_rescales_amounts_to_each_currencys_minor_unit(
+        db_path: str) -> None:
+    """Amounts stored as hundredths keep their value: 500.00 JPY is 500 yen, 1.23 KWD is
+    1230 fils; two-decimal currencies are untouched."""
+    async with aiosqlite.connect(db_path, isolation_level=None) as conn:
+        await apply_migrations(conn, MIGRATIONS[:9])
+        stamps = "0, 0, 'system', 'system'"
+        for tx, (currency, minor) in enumerate((("JPY", 50_049), ("KWD", 123),
+                                                ("EUR", 440), ("EUR", None))):
+            await conn.execute(
+                'INSERT INTO "session" ("id", "created_at", "updated_at", "created_by", '
+                '"updated_by", "transaction_id", "station_id", "cp_id", "connector_id", '
+                '"id_tag", "start_time", "meter_start_wh", "energy_wh", "state", '
+                f'"cost_minor", "currency") VALUES (?, {stamps}, ?, \'st\', \'CP-1\', 1, '
+                "'T', 0, 0, 0, 'COMPLETED', ?, ?)", (f"s{tx}", tx, minor, currency))
+            if minor is not None:
+                await conn.execute(
+                    'INSERT INTO "payment" ("id", "created_at", "updated_at", "created_by", '
+                    '"updated_by", "session_id", "station_id", "amount_minor", "currency", '
+                    f'"status", "provider") VALUES (?, {stamps}, ?, \'st\', ?, ?, '
+                    "'PENDING', 'manual')", (f"p{tx}", f"s{tx}", minor, currency))
+        assert await apply_migrations(conn, MIGRATIONS[:10]) == [10]
+    expected = [(500, "JPY"), (1230, "KWD"), (440, "EUR")]
+    assert raw(db_path, 'SELECT "cost_minor", "currency" FROM "session" ORDER BY "id"') == \
+        [*expected, (None, "EUR")]
+    assert raw(db_path, 'SELECT "amount_minor", "currency" FROM "payment" ORDER BY "id"') == \
+        expected
+
+
 async def test_migrations_must_be_ascending(db_path: str) -> None:
     async with aiosqlite.connect(db_path, isolation_level=None) as conn:
         with pytest.raises(ValueError):

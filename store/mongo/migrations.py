@@ -1,0 +1,86 @@
+"""Data changes the MongoDB store makes when the model changes (SQLite makes the same in its
+schema migrations, ``store/sqlite/migrations.py``: versions 8 and 10).
+
+MongoDB has no schema to migrate, only documents written under older rules. Each step
+here runs at every start, is idempotent, and is safe from several instances at once: it
+only changes a document that still lacks the step's mark, with that absence in the
+update's own filter, so a document is changed once whoever gets there first.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from pymongo import ReturnDocument
+
+#: Where a step that must not touch documents written after it began records when that was.
+MIGRATIONS = "schema_migrations"
+#: Documents are read in pages of this many.
+BATCH = 1_000
+
+
+async def migrate(db: Any) -> None:
+    await _books(db)
+    await _minor_units(db)
+
+
+async def _books(db: Any) -> None:
+    """Sessions and payments written before they recorded whose books they are get the
+    company of their station, or for a station of no company its owner (``books_of``).
+    Marked by the field itself: new documents always carry ``company_id``, possibly null."""
+    for kind in ("session", "payment"):
+        while True:
+            docs = await db[kind].find({"company_id": {"$exists": False}},
+                                       {"station_id": 1}).limit(BATCH).to_list()
+            if not docs:
+                break
+            ids = list({doc["station_id"] for doc in docs})
+            stations = {s["_id"]: s for s in await db["station"].find(
+                {"_id": {"$in": ids}}, {"company_id": 1, "owner_id": 1}).to_list()}
+            for doc in docs:
+                station = stations.get(doc["station_id"]) or {}
+                company = station.get("company_id")
+                owner = station.get("owner_id") if company is None else None
+                await db[kind].update_one(
+                    {"_id": doc["_id"], "company_id": {"$exists": False}},
+                    {"$set": {"company_id": company, "station_owner_id": owner}})
+
+
+#: Currencies whose minor unit is not a hundredth, when amounts started counting it.
+_SCALE = {**{code: 0.01 for code in (
+    "BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX", "UYI",
+    "VND", "VUV", "XAF", "XOF", "XPF")},
+          **{code: 10.0 for code in ("BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND")},
+          "CLF": 100.0, "UYW": 100.0}
+_RESCALED = "_minor_units_rescaled"
+
+
+async def _minor_units(db: Any) -> None:
+    """Amounts count each currency's own minor unit (whole yen, fils); before, every
+    currency counted hundredths. Amounts written before the first instance got here are
+    rescaled, once each: a payment's amount is set when it is created, a session's cost
+    when it completes (it is not written again)."""
+    claim = await db[MIGRATIONS].find_one_and_update(
+        {"_id": "minor_units"}, {"$setOnInsert": {"at": datetime.now(UTC), "done": False}},
+        upsert=True, return_document=ReturnDocument.AFTER)
+    if claim.get("done"):
+        # Finished once: never again, since a later full write of a document drops the
+        # per-document mark (it is not an entity field).
+        return
+    began: datetime = claim["at"]
+    for kind, field, written in (("session", "cost_minor", "updated_at"),
+                                 ("payment", "amount_minor", "created_at")):
+        while True:
+            docs = await db[kind].find({
+                "currency": {"$in": list(_SCALE)}, field: {"$ne": None},
+                _RESCALED: {"$exists": False}, written: {"$lt": began},
+            }, {field: 1, "currency": 1}).limit(BATCH).to_list()
+            if not docs:
+                break
+            for doc in docs:
+                await db[kind].update_one(
+                    {"_id": doc["_id"], _RESCALED: {"$exists": False}},
+                    {"$set": {field: round(doc[field] * _SCALE[doc["currency"]]),
+                              _RESCALED: True}})
+    await db[MIGRATIONS].update_one({"_id": "minor_units"}, {"$set": {"done": True}})
