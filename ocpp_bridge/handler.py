@@ -156,6 +156,8 @@ class ChargePointHandler(ChargePoint):
             await self.charging.check_connector_id(self.id, connector_id,
                                                    allow_zero=allow_zero)
         except DomainError as exc:
+            if exc.field == "cpId":
+                raise  # the station itself is gone: ``_answer`` hangs up
             raise FrameError(frames.PROPERTY_CONSTRAINT_VIOLATION, exc.message,
                              self._unique_id) from exc
         if connector_id > (self._highest_connector or 0):

@@ -497,7 +497,10 @@ class ChargingService(Service):
         arrive before their StartTransaction) and updates the session's live energy."""
         station = await self._require_station(cp_id)
         if readings:
-            self._observe_clock(cp_id, max(as_utc(r.timestamp) for r in readings))
+            # Checked before the clock is observed: a refused frame must not move it.
+            self._observe_clock(cp_id, max(v.instant(as_utc(r.timestamp),
+                                                     "meterValue.timestamp")
+                                           for r in readings))
         session = None
         if transaction_id is not None:
             hit = self._sessions.get(transaction_id)
@@ -573,7 +576,8 @@ class ChargingService(Service):
             raise Forbidden("only the station's operators end its sessions")
         if session.state is not SessionState.ACTIVE:
             raise ValidationError("the session has ended", field="id", code="INVALID_STATE")
-        now = self.now()
+        # The start is on the charger's clock, which may run ahead of ours.
+        now = max(self.now(), session.start_time)
         end = now if end_time is None else v.instant(end_time, "endTime")
         if not session.start_time <= end <= now:
             raise ValidationError("between the session's start and now", field="endTime",

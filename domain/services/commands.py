@@ -40,7 +40,7 @@ from domain.events import CommandCompleted, ReservationChanged
 from domain.ids import new_id
 from domain.policy import Viewer
 from domain.ports import ChargerGateway, Insert, Update
-from domain.query import Eq, In, Range, all_of
+from domain.query import ALL, Eq, In, Range, all_of
 from domain.services.base import Service, ServiceContext, changed, stamp_new
 from domain.services.stations import connector_in_range
 from domain.wire import wire_json
@@ -183,14 +183,14 @@ class CommandService(Service):
             raise ValidationError(f"a reservation lasts at most {MAX_RESERVATION_HOURS} h",
                                   field="expiryDate", code="OUT_OF_RANGE")
         connector_id = int(payload.get("connectorId", 0))
-        held = await self.store.find_all(Reservation, all_of(
-            Eq("cp_id", station.cp_id),
-            In("state", (ReservationState.PENDING, ReservationState.ACTIVE)),
-            Range("expires_at", gt=now)), limit=10)
         # One reservation per connector at a time; connector 0 (any connector) holds
         # the station's first free one, so it overlaps with everything on the station.
-        if any(r.connector_id == connector_id or 0 in (r.connector_id, connector_id)
-               for r in held):
+        clash = await self.store.find_one(Reservation, all_of(
+            Eq("cp_id", station.cp_id),
+            In("state", (ReservationState.PENDING, ReservationState.ACTIVE)),
+            Range("expires_at", gt=now),
+            ALL if connector_id == 0 else In("connector_id", (connector_id, 0))))
+        if clash is not None:
             raise Conflict("the connector is reserved already", field="connectorId",
                            code="IN_USE")
         tag = await self.store.find_one(IdTag, Eq("tag", str(payload["idTag"]).upper()))

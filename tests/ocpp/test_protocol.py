@@ -153,6 +153,8 @@ BAD_FRAMES = [
           for i, value in enumerate(["NaN", "1e309", "-inf", "-1e308"])],
         '[2, "v9", "MeterValues", {"connectorId": 1, "meterValue": [{"timestamp": '
         '"0001-01-01T00:00:00Z", "sampledValue": [{"value": "1"}]}]}]',
+        '[2, "v10", "MeterValues", {"connectorId": 1, "meterValue": [{"timestamp": '
+        '"2250-01-01T00:00:00Z", "sampledValue": [{"value": "1"}]}]}]',
     ]],
 ]
 
@@ -171,6 +173,8 @@ async def test_bad_frames_get_callerror_and_connection_stays(central: Central) -
     # Refused frames left nothing behind: not the good value beside a bad one either.
     for kind in (d.Session, d.MeterSample, d.StatusEvent):
         assert await central.store.count(kind, Eq("cp_id", "CP-1")) == 0, kind
+    # Nor did they move the charger's clock (what timestamps of later reports go by).
+    assert central.services.charging.charger_now("CP-1").year < 2200
 
 
 async def test_sane_edge_values_are_kept(central: Central) -> None:

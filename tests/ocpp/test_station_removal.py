@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from websockets.asyncio.client import connect
@@ -56,7 +57,13 @@ async def test_operator_keeps_the_books_of_a_removed_station(central: Central) -
     assert moved["sessions"]["nodes"] == [] and moved["payments"]["nodes"] == []
 
 
-async def test_the_charger_of_a_removed_station_is_hung_up_on(central: Central) -> None:
+@pytest.mark.parametrize("frame", [
+    '[2, "h", "Heartbeat", {}]',
+    '[2, "h", "StatusNotification", {"connectorId": 1, "errorCode": "NoError", '
+    '"status": "Available"}]',  # the connector check meets the missing station first
+])
+async def test_the_charger_of_a_removed_station_is_hung_up_on(central: Central,
+                                                              frame: str) -> None:
     ws = await connect(f"{central.url}/CP-1", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
                        additional_headers=basic_auth("CP-1", STATION_PASSWORD))
     try:
@@ -65,7 +72,7 @@ async def test_the_charger_of_a_removed_station_is_hung_up_on(central: Central) 
         station_id = to_global_id("station", central.stations["CP-1"].id)
         await central.gql("""mutation($id: ID!) { removeStation(input: {id: $id}) {
             errors { code } } }""", {"id": station_id}, as_user="op")
-        await ws.send('[2, "h", "Heartbeat", {}]')
+        await ws.send(frame)
         refused = str(await asyncio.wait_for(ws.recv(), 5))
         assert '"PropertyConstraintViolation"' in refused and '"h"' in refused
         with pytest.raises(ConnectionClosed) as closed:
@@ -118,3 +125,17 @@ async def test_a_session_its_charger_never_stops_can_be_ended(central: Central) 
     assert await central.store.count(d.Payment, Eq("session_id", session.id)) == 1
     assert (await central.gql(remove, {"id": station_id}, as_user="op")
             )["removeStation"]["errors"] == []
+
+
+async def test_a_session_started_on_a_clock_ahead_of_ours_can_be_ended(central: Central
+                                                                       ) -> None:
+    ahead = datetime.now(UTC) + timedelta(hours=2)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        tx, _ = await cp.start_transaction(1, "TAG-OK", timestamp=ahead.isoformat())
+    session = await central.session(tx)
+    assert session is not None
+    data = await central.gql(END, {"i": {"id": to_global_id("session", session.id)}},
+                             as_user="op")
+    assert data["endSession"]["errors"] == []
+    ended = await central.session(tx)
+    assert ended is not None and ended.end_time == ended.start_time  # never before it

@@ -579,7 +579,7 @@ async def test_documents_from_before_get_their_books_and_minor_units(mongo: Mong
     co, owner = company(), user()
     of_company, own = station(cp_id="CP-C", company_id=co.id, owner_id=owner.id), \
         station(cp_id="CP-O", owner_id=owner.id)
-    done = {"state": SessionState.COMPLETED, "updated_at": T0, "created_at": T0}
+    done: dict[str, Any] = {"state": SessionState.COMPLETED, "updated_at": T0, "created_at": T0}
     yen = session(of_company, cost_minor=50_049, currency="JPY", **done)
     dinar = session(own, 2, cost_minor=123, currency="KWD", **done)
     euro = session(own, 3, cost_minor=440, currency="EUR", **done)
