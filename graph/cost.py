@@ -6,7 +6,8 @@ levels deep stay within all three and ask for billions of objects. Here every fi
 returns objects counts how many it may return: a page (``first``/``last``, else the default
 page size) under each of its parents, a plain list ``LIST_GUESS`` per parent, a single
 object one. A query whose estimate exceeds ``MAX_OBJECTS`` is refused before execution
-with ``QUERY_TOO_COMPLEX``. Estimates err high (fragments on different types all count);
+with ``QUERY_TOO_COMPLEX``; a subscription whose every event would exceed it, likewise.
+Estimates err high (fragments on different types all count);
 a normal screen asks for a few thousand objects at most.
 """
 
@@ -26,7 +27,6 @@ from graphql import (
     InlineFragmentNode,
     IntValueNode,
     ListValueNode,
-    OperationType,
     SelectionSetNode,
     ValueNode,
     VariableNode,
@@ -45,9 +45,9 @@ LIST_GUESS = 10
 
 def estimated_objects(schema: GraphQLSchema, query: str, document: DocumentNode,
                       operation_name: str | None, variables: dict[str, Any] | None) -> int:
-    """Objects the operation (``document``, parsed from ``query``) may return at most;
-    0 for subscriptions (each event is one small result). Remembered per query text,
-    operation and page-size variables: a repeated request costs a dictionary lookup."""
+    """Objects the operation (``document``, parsed from ``query``) may return at most,
+    for a subscription per event. Remembered per query text, operation and page-size
+    variables: a repeated request costs a dictionary lookup."""
     sizes = tuple(sorted((name, size) for name, value in (variables or {}).items()
                          if (size := _size(value)) is not None))
     key = (id(schema), query, operation_name, sizes)
@@ -66,7 +66,10 @@ _ESTIMATES: dict[tuple[Any, ...], int] = {}
 
 def _size(value: Any) -> int | None:
     """What a variable says about a page: a whole number (GraphQL takes 100.0 for an
-    Int), or a list's length (``nodes(ids: $ids)``)."""
+    Int), a list's length (``nodes(ids: $ids)``), or for an explicit null the default page
+    (a null given replaces the declared default, and the resolvers then page by theirs)."""
+    if value is None:
+        return DEFAULT_PAGE_SIZE
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
@@ -81,7 +84,7 @@ def _size(value: Any) -> int | None:
 def _estimate(schema: GraphQLSchema, document: DocumentNode, operation_name: str | None,
               sizes: dict[str, int]) -> int:
     operation = get_operation_ast(document, operation_name)
-    if operation is None or operation.operation is OperationType.SUBSCRIPTION:
+    if operation is None:
         return 0
     root = schema.get_root_type(operation.operation)
     if root is None:

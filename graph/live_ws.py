@@ -68,7 +68,7 @@ from graph.auth import TokenService
 from graph.context import GraphContext
 from graph.errors import mask
 from graph.loaders import Loaders
-from graph.pipeline import prepared
+from graph.pipeline import prepared, too_complex
 from graph.subscription import LiveFeed
 
 log = logging.getLogger("chargegraph.graph")
@@ -607,6 +607,12 @@ class Connection:
     async def _legacy_ws(self, message: dict[str, Any]) -> None:
         kind = message["type"]
         if kind == "connection_init":
+            if self.init_received:
+                # A second init would swap the rights the re-checks look at, while the
+                # running subscriptions keep the first ones: refused as the newer
+                # protocol refuses it.
+                raise _Close(4429, "Too many initialisation requests")
+            self.init_received = True
             payload = message.get("payload")
             if payload is not None and not isinstance(payload, dict):
                 self.outbox.control({"type": "connection_error"})
@@ -712,6 +718,11 @@ class Connection:
             task = asyncio.get_running_loop().create_task(
                 self._single(op_id, query, variables, operation_name))
             self.operations[op_id] = task
+            return
+        too_large = too_complex(self.hub.schema._schema, query, document, operation_name,
+                                variables)
+        if too_large:  # per event: queries and mutations are checked by the pipeline
+            self._error(op_id, too_large)
             return
         await self._subscribe(op_id, document, query, variables, operation_name)
 

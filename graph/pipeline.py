@@ -119,17 +119,18 @@ class RequestPipeline(SchemaExtension):
             errors = _validated(context.schema._schema, context.query,
                                 tuple(context.validation_rules))
             if not errors and context.graphql_document is not None:
-                errors = _too_complex(context.schema._schema, context.query,
+                errors = too_complex(context.schema._schema, context.query,
                                       context.graphql_document, context.operation_name,
                                       context.variables)
             context.pre_execution_errors = errors
         yield
 
 
-def _too_complex(schema: GraphQLSchema, query: str, document: DocumentNode,
+def too_complex(schema: GraphQLSchema, query: str, document: DocumentNode,
                  operation_name: str | None, variables: dict[str, Any] | None
                  ) -> list[GraphQLError]:
-    """The size limit (``graph.cost``): checked with the variables, so after validation."""
+    """The size limit (``graph.cost``): checked with the variables, so after validation;
+    also for subscriptions over the socket (``graph.live_ws``), per event."""
     objects = estimated_objects(schema, query, document, operation_name, variables)
     if objects <= MAX_OBJECTS:
         return []

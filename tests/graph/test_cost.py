@@ -32,6 +32,9 @@ def test_pages_lists_and_single_objects_multiply_down_the_tree() -> None:
     assert estimate(paged) == 1 + 100
     assert estimate(paged, {"n": 100.0}) == 1 + 100
     assert estimate(paged, {"n": 3}) == 1 + 3
+    # An explicit null replaces the declared default: the resolvers page by theirs.
+    assert estimate("query($n: Int = 1) { stations(first: $n) { nodes { id } } }",
+                    {"n": None}) == 1 + 20
     # nodes(ids:) returns one object per id.
     assert estimate('{ nodes(ids: ["a", "b", "c"]) { id } }') == 3
     assert estimate("query($ids: [ID!]!) { nodes(ids: $ids) { id } }",
@@ -39,7 +42,8 @@ def test_pages_lists_and_single_objects_multiply_down_the_tree() -> None:
     # Fragments count like the fields they stand for; leaves cost nothing.
     fragment = """query { me { ...M } } fragment M on User { name company { name } }"""
     assert estimate(fragment) == 2
-    assert estimate("subscription { connectorStatusChanged { station { name } } }") == 0
+    # A subscription: per event.
+    assert estimate("subscription { connectorStatusChanged { station { name } } }") == 2
 
 
 def test_the_names_operation_is_estimated() -> None:

@@ -448,6 +448,27 @@ async def test_a_rights_change_closes_sockets_at_once_and_ops_are_checked(
     await other.close()
 
 
+async def test_one_connection_init_per_socket_and_subscriptions_are_size_checked(
+        live: Setup) -> None:
+    legacy = await live.open("driver1", protocol="graphql-ws")
+    legacy.put({"type": "connection_init", "payload": {}})  # would swap the rights checked
+    closed = await legacy.raw()
+    assert closed == {"type": "websocket.close", "code": 4429,
+                      "reason": "Too many initialisation requests"}
+    await legacy.close()
+
+    socket = await live.open("op_a")
+    nested = "name"
+    for _ in range(3):
+        nested = f"sessions(first: 100) {{ nodes {{ station {{ {nested} }} }} }}"
+    socket.subscribe("1", "subscription { sessionUpdated { session { station { "
+                          f"{nested} }} }} }} }}")
+    error = await socket.next()
+    assert error["type"] == "error"
+    assert error["payload"][0]["extensions"]["code"] == "QUERY_TOO_COMPLEX"
+    await socket.close()
+
+
 async def test_legacy_graphql_ws(live: Setup) -> None:
     socket = await live.open("op_a", protocol="graphql-ws")
     socket.subscribe("7", NESTED)
