@@ -71,7 +71,7 @@ class AccountService(Service):
                 name=v.name(name),
                 role=role,
                 company_id=company_id,
-                password_hash=self.ctx.hasher.hash(v.password(password)),
+                password_hash=await self.hash_password(v.password(password)),
             ),
             viewer,
         )
@@ -121,7 +121,7 @@ class AccountService(Service):
             name=UNSET if name is UNSET else v.name(name),
             email=UNSET if email is UNSET else v.email(email),
             password_hash=UNSET if password is UNSET
-            else self.ctx.hasher.hash(v.password(password)),
+            else await self.hash_password(v.password(password)),
             role=role,
             company_id=company_id,
             active=active,
@@ -163,11 +163,11 @@ class AccountService(Service):
                                   code="TOO_MANY_ATTEMPTS")
         user = await self.store.find_one(User, Eq("email", cleaned)) if cleaned else None
         if user is None or not user.password_hash:
-            self.ctx.hasher.verify(self._dummy(), password)
+            await self.password_matches(await self._dummy(), password)
             if cleaned:
                 self.throttle.failed(key)
             raise Unauthenticated("wrong email or password")
-        if not self.ctx.hasher.verify(user.password_hash, password) or not user.active:
+        if not await self.password_matches(user.password_hash, password) or not user.active:
             self.throttle.failed(key)
             raise Unauthenticated("wrong email or password")
         self.throttle.succeeded(key)
@@ -176,7 +176,7 @@ class AccountService(Service):
             # record written back could undo a deactivation or a new password that
             # another instance stored meanwhile.
             upgrade = patch(user, Viewer.of(user), only_if=("password_hash", user.password_hash),
-                            password_hash=self.ctx.hasher.hash(password))
+                            password_hash=await self.hash_password(password))
             await self.commit(Viewer.of(user), [(upgrade, user)])
             user = cast(User, upgrade.record)
         return user
@@ -189,7 +189,7 @@ class AccountService(Service):
             return None
         return Viewer.of(user)
 
-    def _dummy(self) -> str:
+    async def _dummy(self) -> str:
         if AccountService._dummy_hash is None:
-            AccountService._dummy_hash = self.ctx.hasher.hash(_DUMMY_PASSWORD)
+            AccountService._dummy_hash = await self.hash_password(_DUMMY_PASSWORD)
         return AccountService._dummy_hash

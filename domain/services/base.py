@@ -3,6 +3,7 @@ together with its audit entries."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +48,9 @@ class ServiceContext:
     #: Called with the changes of every audited commit, once stored: caches of this
     #: process (the OCPP hot path's) drop what an operator just changed.
     committed: list[Callable[[Sequence[Change]], None]] = field(default_factory=list)
+    #: Password hashing (argon2, tens of milliseconds of CPU each) runs on worker threads,
+    #: this many at once: sign-ins cannot stall the event loop or take every core.
+    hashing: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))
 
 
 class Service:
@@ -57,6 +61,14 @@ class Service:
 
     def now(self) -> datetime:
         return self.ctx.clock()
+
+    async def hash_password(self, password: str) -> str:
+        async with self.ctx.hashing:
+            return await asyncio.to_thread(self.ctx.hasher.hash, password)
+
+    async def password_matches(self, password_hash: str, password: str) -> bool:
+        async with self.ctx.hashing:
+            return await asyncio.to_thread(self.ctx.hasher.verify, password_hash, password)
 
     async def visible(self, viewer: Viewer, kind: type[E], record_id: str | None,
                       field: str = "id") -> E:

@@ -102,7 +102,7 @@ class StationService(Service):
                 lat=lat,
                 lon=lon,
                 address=v.optional_text(address, "location.address", 500),
-                auth_password_hash=self.ctx.hasher.hash(_station_password(password))
+                auth_password_hash=await self.hash_password(_station_password(password))
                 if password
                 else None,
             ),
@@ -176,7 +176,7 @@ class StationService(Service):
             company_id=company_id,
             owner_id=owner_id,
             auth_password_hash=UNSET if password is UNSET
-            else (self.ctx.hasher.hash(_station_password(password)) if password else None),
+            else (await self.hash_password(_station_password(password)) if password else None),
             registration=registration,
         )
         await self.commit(viewer, [(Update(updated), station)])

@@ -101,3 +101,38 @@ async def test_text_that_is_no_email_is_not_counted(store: SqliteStore) -> None:
     with pytest.raises(Unauthenticated):
         await services.accounts.authenticate("nobody@example.com", "whatever password")
     assert list(services.accounts.throttle._failures) == ["nobody@example.com"]
+
+
+async def test_password_hashing_leaves_the_event_loop_free(store: SqliteStore) -> None:
+    """argon2 takes tens of milliseconds of CPU per sign-in: on worker threads, a few at
+    a time, the loop keeps serving chargers and requests meanwhile."""
+    import asyncio
+    import time
+
+    class Slow(FastHasher):
+        def verify(self, password_hash: str, password: str) -> bool:
+            time.sleep(0.2)  # holds its thread, as argon2's C code does
+            return super().verify(password_hash, password)
+
+    services = Services(ServiceContext(store=store, policy=Policy(), hasher=Slow()))
+    await services.accounts.create_user(SYSTEM, email="ada@example.com",
+                                        password="first password", name="Ada",
+                                        role=d.Role.DRIVER)
+    gaps: list[float] = []
+
+    async def ticker() -> None:
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(0.005)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+    ticking = asyncio.create_task(ticker())
+    from domain.errors import Unauthenticated
+    attempts = [services.accounts.authenticate(f"u{i}@example.com", "wrong password")
+                for i in range(6)]
+    results = await asyncio.gather(*attempts, return_exceptions=True)
+    ticking.cancel()
+    assert all(isinstance(r, Unauthenticated) for r in results)
+    assert max(gaps) < 0.1, max(gaps)  # on the loop, each check would stop it 200 ms
