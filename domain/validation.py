@@ -189,8 +189,11 @@ def money(value: Decimal | str | float, field: str, *, max_value: Decimal = Deci
         raise ValidationError("not a number", field=field) from exc
     if not amount.is_finite() or amount < 0 or amount > max_value:
         raise ValidationError(f"must be within 0..{max_value}", field=field, code="OUT_OF_RANGE")
-    if amount.as_tuple().exponent < -6:  # type: ignore[operator]
+    exponent = amount.as_tuple().exponent
+    if exponent < -6:  # type: ignore[operator]
         raise ValidationError("at most 6 decimals", field=field, code="INVALID")
+    if exponent > 0:  # type: ignore[operator]
+        amount = amount.quantize(Decimal(1))  # "1E+3" is stored and shown as 1000
     return amount.copy_abs()  # "-0" is zero
 
 

@@ -441,7 +441,9 @@ class ChargingService(Service):
         start = v.instant(as_utc(timestamp), "timestamp")
         station = await self._require_station(cp_id)
         self._observe_clock(cp_id, start)
-        tag = id_tag.strip().upper()
+        # Kept even when unknown (the charge happened), without control or bidi characters:
+        # operators read it in sessions and the audit log.
+        tag = (v.shown_text(id_tag) or "").strip().upper()
         company_id, station_owner_id = books_of(station)
         same = await self.store.find_one(Session, all_of(
             Eq("cp_id", cp_id), Eq("connector_id", connector_id), Eq("id_tag", tag),
@@ -576,8 +578,9 @@ class ChargingService(Service):
             raise Forbidden("only the station's operators end its sessions")
         if session.state is not SessionState.ACTIVE:
             raise ValidationError("the session has ended", field="id", code="INVALID_STATE")
-        # The start is on the charger's clock, which may run ahead of ours.
-        now = max(self.now(), session.start_time)
+        # The start is on the charger's clock, which may run ahead of ours: "now" is the
+        # later of the two clocks (never before the start).
+        now = max(self.now(), self.charger_now(session.cp_id), session.start_time)
         end = now if end_time is None else v.instant(end_time, "endTime")
         if not session.start_time <= end <= now:
             raise ValidationError("between the session's start and now", field="endTime",

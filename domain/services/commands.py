@@ -193,6 +193,14 @@ class CommandService(Service):
         if clash is not None:
             raise Conflict("the connector is reserved already", field="connectorId",
                            code="IN_USE")
+        if viewer.is_driver and await self.store.find_one(Reservation, all_of(
+                Eq("user_id", viewer.user_id),
+                In("state", (ReservationState.PENDING, ReservationState.ACTIVE)),
+                Range("expires_at", gt=now))) is not None:
+            # One at a time: a driver holding connectors on many stations keeps everyone
+            # else from charging there.
+            raise Conflict("you hold a reservation already: cancel it first",
+                           code="LIMIT_REACHED")
         tag = await self.store.find_one(IdTag, Eq("tag", str(payload["idTag"]).upper()))
         reservation = stamp_new(Reservation(
             reservation_id=await self.store.next_sequence("reservation"),

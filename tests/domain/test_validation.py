@@ -82,3 +82,9 @@ def test_charger_text_keeps_what_can_be_shown() -> None:
     assert v.shown_text("two\nlines") == "two lines"
     assert v.shown_text("\x00") is None
     assert v.shown_text(None) is None
+
+
+def test_amounts_are_stored_in_plain_notation() -> None:
+    assert str(v.money("1E+3", "price")) == "1000"
+    assert str(v.money(Decimal("-0"), "price")) == "0"
+    assert str(v.money("0.390", "price")) == "0.390"

@@ -77,6 +77,11 @@ async def test_charger_text_is_stored_without_control_characters(central: Centra
     [connector] = [c for c in await central.store.find_all(d.Connector, ALL)
                    if c.connector_id == 1 and c.cp_id == "CP-1"]
     assert connector.info == "[2Jevil"
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        started = await cp.call(call.StartTransaction(
+            connector_id=2, id_tag="\u202egit\x07\x00", meter_start=0, timestamp=now()))
+    session = await central.session(started.transaction_id)
+    assert session is not None and session.id_tag == "GIT"
 
 
 async def test_late_status_does_not_regress_state(central: Central) -> None:

@@ -223,6 +223,11 @@ async def test_driver_commands(central: Central) -> None:
         assert reserve["status"] == "ACCEPTED"
         assert reserve["reservation"] == {"idTag": "TAG-OK", "state": "ACTIVE",
                                           "user": {"name": "driver"}}
+        second = await run(central, "reserveNow",
+                           {"cpId": "CP-1", "connectorId": 1, "expiryDate": future},
+                           "__typename", as_user="driver")
+        assert [(e["field"], e["code"]) for e in second["errors"]] == [
+            (None, "LIMIT_REACHED")]  # one reservation per driver at a time
     reservations = await central.store.find_all(d.Reservation, Eq("cp_id", "CP-1"))
     assert [r.user_id for r in reservations] == [central.users["driver"].id]
 
