@@ -113,6 +113,7 @@ class OcppServer:
         # cp_id → (password hash, digests of passwords it refused lately).
         self._refused: dict[str, tuple[str, deque[bytes]]] = {}
         self._hashing = asyncio.Semaphore(HASHING_AT_ONCE)
+        self._checking: set[str] = set()  # stations whose password is being checked
 
     @property
     def bound_port(self) -> int:
@@ -255,12 +256,20 @@ class OcppServer:
         if refused is not None and refused[0] == station.auth_password_hash \
                 and digest in refused[1]:
             return False
-        # argon2 costs tens of milliseconds of CPU: off the event loop, and at most
-        # ``HASHING_AT_ONCE`` at a time, so a flood of guesses cannot take every core.
-        # Every other password is checked: refusing unchecked ones after failures would
-        # let anyone who knows a cpId lock its charger out.
-        async with self._hashing:
-            ok = await asyncio.to_thread(self.charging.password_ok, station, password)
+        # argon2 costs tens of milliseconds of CPU: off the event loop, at most
+        # ``HASHING_AT_ONCE`` at a time so a flood of guesses cannot take every core, and
+        # one per station so a flood against one station cannot take every slot (a
+        # handshake arriving while its station's check runs is refused unchecked; the
+        # charger retries). No lockout: it would let anyone who knows a cpId keep its
+        # charger out for good.
+        if station.cp_id in self._checking:
+            return False
+        self._checking.add(station.cp_id)
+        try:
+            async with self._hashing:
+                ok = await asyncio.to_thread(self.charging.password_ok, station, password)
+        finally:
+            self._checking.discard(station.cp_id)
         if ok:
             self._verified[station.cp_id] = (station.auth_password_hash, digest)
         else:

@@ -11,6 +11,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from domain import entities as d
+from domain.policy import SYSTEM
 from domain.query import Eq
 from ocpp_bridge.simulator import basic_auth, connected, now
 from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
@@ -78,6 +79,44 @@ async def test_password_guessing_costs_no_lockout_and_repeats_cost_nothing(
     assert await attempt("yet-another-guess") == 401  # the right one is known: free
     assert await attempt(STATION_PASSWORD) == 101
     assert len(checked) == 7
+
+
+async def test_a_flood_against_one_station_leaves_the_others_a_slot(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One check per station at a time: guesses against CP-1 wait for nothing and take
+    at most one of the two slots, so CP-OPEN2's first connection is checked at once."""
+    import time
+
+    central = await start_central(tmp_path / "flood.db")
+    try:
+        await seed(central)
+        await central.services.stations.update_station(
+            SYSTEM, central.stations["CP-OPEN"].id, password="other-password-1")
+        real = central.services.charging.password_ok
+
+        def slow(station: d.Station, password: str | None) -> bool:
+            time.sleep(0.3)
+            return real(station, password)
+
+        monkeypatch.setattr(central.services.charging, "password_ok", slow)
+
+        async def attempt(cp_id: str, password: str) -> int:
+            try:
+                ws = await connect(f"{central.url}/{cp_id}", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+                                   additional_headers=basic_auth(cp_id, password))
+            except InvalidStatus as err:
+                return err.response.status_code
+            await ws.close()
+            return 101
+
+        flood = [asyncio.ensure_future(attempt("CP-1", f"guess-{i}-long")) for i in range(20)]
+        await asyncio.sleep(0.05)
+        started = time.monotonic()
+        assert await attempt("CP-OPEN", "other-password-1") == 101
+        assert time.monotonic() - started < 0.9  # its own check, not the queue's
+        assert set(await asyncio.gather(*flood)) == {401}
+    finally:
+        await stop_central(central)
 
 
 async def test_station_without_password_and_short_path(central: Central) -> None:
