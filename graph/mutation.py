@@ -164,8 +164,9 @@ class Mutation(CommandMutation):
     @strawberry.mutation(description="Exchange email and password for a bearer token.")
     async def login(self, info: Info, email: str, password: str) -> LoginPayload:
         ctx = _ctx(info)
+        client = getattr(getattr(ctx.request, "client", None), "host", None)
         user, errors = await attempt(
-            ctx, lambda: ctx.services.accounts.authenticate(email, password)
+            ctx, lambda: ctx.services.accounts.authenticate(email, password, client)
         )
         if user is None:
             return LoginPayload(token=None, expires_at=None, user=None, errors=errors)

@@ -16,6 +16,8 @@ from domain.services.base import UNSET, Service, ServiceContext, changed, patch,
 from domain.services.throttle import SignInThrottle
 
 log = logging.getLogger("chargegraph.accounts")
+#: Failed sign-ins for one email, from all clients together, before it is locked.
+EMAIL_LIMIT = 50
 
 # Verifying against a fixed hash when the email is unknown keeps login time the same for
 # known and unknown emails, so the response time does not reveal who has an account.
@@ -27,7 +29,11 @@ class AccountService(Service):
 
     def __init__(self, ctx: ServiceContext) -> None:
         super().__init__(ctx)
+        # Per email and client: a guesser is stopped after a few tries, but cannot lock
+        # the account's owner out from elsewhere. Per email across all clients, a much
+        # higher limit stops guessing spread over many addresses.
         self.throttle = SignInThrottle(ctx.clock)
+        self.email_throttle = SignInThrottle(ctx.clock, limit=EMAIL_LIMIT)
 
     # ---------------------------------------------------------------- companies
     async def create_company(self, viewer: Viewer, *, name: str) -> Company:
@@ -146,7 +152,8 @@ class AccountService(Service):
         return await self.update_user(viewer, user_id, active=False)
 
     # ---------------------------------------------------------------- authentication
-    async def authenticate(self, email: str, password: str) -> User:
+    async def authenticate(self, email: str, password: str, client: str | None = None
+                           ) -> User:
         """The active user with these credentials, or ``Unauthenticated`` — the same error
         whatever was wrong, so accounts cannot be enumerated."""
         try:
@@ -155,8 +162,9 @@ class AccountService(Service):
             cleaned = None
         # Keyed by the cleaned email: text that is not an email matches no account and is
         # not counted (a megabyte of it per request must not pile up in the throttle).
-        key = cleaned or ""
-        locked = self.throttle.locked_for(key) if cleaned else None
+        key = f"{cleaned} {client or ''}"
+        locked = None if cleaned is None else (
+            self.throttle.locked_for(key) or self.email_throttle.locked_for(cleaned))
         if locked is not None:
             minutes = max(1, round(locked.total_seconds() / 60))
             raise Unauthenticated(f"too many failed sign-ins: try again in {minutes} min",
@@ -165,10 +173,10 @@ class AccountService(Service):
         if user is None or not user.password_hash:
             await self.password_matches(await self._dummy(), password)
             if cleaned:
-                self.throttle.failed(key)
+                self._failed(key, cleaned)
             raise Unauthenticated("wrong email or password")
         if not await self.password_matches(user.password_hash, password) or not user.active:
-            self.throttle.failed(key)
+            self._failed(key, user.email)
             raise Unauthenticated("wrong email or password")
         self.throttle.succeeded(key)
         if self.ctx.hasher.needs_rehash(user.password_hash):
@@ -180,6 +188,10 @@ class AccountService(Service):
             await self.commit(Viewer.of(user), [(upgrade, user)])
             user = cast(User, upgrade.record)
         return user
+
+    def _failed(self, key: str, email: str) -> None:
+        self.throttle.failed(key)
+        self.email_throttle.failed(email)
 
     async def viewer_for(self, user_id: str, token_epoch: int = 0) -> Viewer | None:
         """The viewer behind a token's subject, or ``None`` when the user is gone or

@@ -100,7 +100,7 @@ async def test_text_that_is_no_email_is_not_counted(store: SqliteStore) -> None:
     assert services.accounts.throttle._failures == {}
     with pytest.raises(Unauthenticated):
         await services.accounts.authenticate("nobody@example.com", "whatever password")
-    assert list(services.accounts.throttle._failures) == ["nobody@example.com"]
+    assert list(services.accounts.email_throttle._failures) == ["nobody@example.com"]
 
 
 async def test_password_hashing_leaves_the_event_loop_free(store: SqliteStore) -> None:
@@ -136,3 +136,21 @@ async def test_password_hashing_leaves_the_event_loop_free(store: SqliteStore) -
     ticking.cancel()
     assert all(isinstance(r, Unauthenticated) for r in results)
     assert max(gaps) < 0.1, max(gaps)  # on the loop, each check would stop it 200 ms
+
+
+async def test_guessing_spread_over_many_clients_still_meets_a_limit(store: SqliteStore
+                                                                     ) -> None:
+    from domain.errors import Unauthenticated
+    from domain.services.accounts import EMAIL_LIMIT
+
+    services = Services(ServiceContext(store=store, policy=Policy(), hasher=FastHasher()))
+    await services.accounts.create_user(SYSTEM, email="ada@example.com",
+                                        password="first password", name="Ada",
+                                        role=d.Role.DRIVER)
+    for i in range(EMAIL_LIMIT):  # one try each from many addresses: none is locked alone
+        with pytest.raises(Unauthenticated) as err:
+            await services.accounts.authenticate("ada@example.com", "guess", f"10.0.{i}.1")
+        assert err.value.code == "UNAUTHENTICATED"
+    with pytest.raises(Unauthenticated) as err:
+        await services.accounts.authenticate("ada@example.com", "first password", "10.9.9.9")
+    assert err.value.code == "TOO_MANY_ATTEMPTS"

@@ -54,6 +54,11 @@ async def test_repeated_failed_sign_ins_lock_the_email(api: Api, world: World) -
     other = (await api.gql(q, {"e": "driver2@example.com", "p": PASSWORD}))["login"]
     assert other["token"] is not None
 
+    # The lock is per client: the owner signing in from elsewhere is not locked out.
+    services = api.client._transport.app.services  # type: ignore[attr-defined]
+    assert (await services.accounts.authenticate("driver1@example.com", PASSWORD,
+                                                 "203.0.113.7")).email == "driver1@example.com"
+
 
 async def test_companies_and_users(api: Api, world: World) -> None:
     created = await call(api, world, "admin", "createCompany", {"name": "  Gamma  GmbH "},
