@@ -1,9 +1,10 @@
-"""Failed sign-ins per account, so a password cannot be guessed at the speed of the API.
+"""Failed sign-ins per key, so a password cannot be guessed at the speed of the API.
 
-After ``limit`` failures within ``window`` an email is locked for ``lockout``: further
+After ``limit`` failures within ``window`` a key is locked for ``lockout``: further
 attempts are refused without checking the password (a right guess during the lockout
-learns nothing). Counted per email whether or not the account exists, so the answer
-never tells which emails are registered. A success clears the count.
+learns nothing). ``AccountService`` keys one throttle by email and client address and
+another, with a higher limit, by email alone; emails are counted whether or not the
+account exists, so the answer never tells which are registered. A success clears the key.
 
 Per process: behind a load balancer each instance counts its own attempts, so the limit
 is per instance (still bounding a guesser to a handful of tries per lockout each).
@@ -16,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-#: Emails tracked at most; the least recently failed are forgotten first.
+#: Keys tracked at most; the least recently failed are forgotten first.
 MAX_TRACKED = 100_000
 
 
@@ -36,26 +37,26 @@ class SignInThrottle:
         self.lockout = lockout
         self._failures: OrderedDict[str, _Failures] = OrderedDict()
 
-    def locked_for(self, email: str) -> timedelta | None:
-        """How long ``email`` stays locked; ``None`` when it may try."""
-        entry = self._failures.get(email)
+    def locked_for(self, key: str) -> timedelta | None:
+        """How long ``key`` stays locked; ``None`` when it may try."""
+        entry = self._failures.get(key)
         if entry is None or entry.locked_until is None:
             return None
         left = entry.locked_until - self.clock()
         if left <= timedelta(0):
-            del self._failures[email]  # served its time: a fresh start
+            del self._failures[key]  # served its time: a fresh start
             return None
         return left
 
-    def failed(self, email: str) -> None:
+    def failed(self, key: str) -> None:
         now = self.clock()
-        entry = self._failures.pop(email, None) or _Failures()
+        entry = self._failures.pop(key, None) or _Failures()
         entry.times = [t for t in entry.times if now - t < self.window] + [now]
         if len(entry.times) >= self.limit:
             entry.locked_until = now + self.lockout
-        self._failures[email] = entry  # most recent last
+        self._failures[key] = entry  # most recent last
         while len(self._failures) > MAX_TRACKED:
             self._failures.popitem(last=False)
 
-    def succeeded(self, email: str) -> None:
-        self._failures.pop(email, None)
+    def succeeded(self, key: str) -> None:
+        self._failures.pop(key, None)
