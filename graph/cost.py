@@ -64,12 +64,16 @@ CACHED_ESTIMATES = 512
 _ESTIMATES: dict[tuple[Any, ...], int] = {}
 
 
+#: A variable given as an explicit null: it replaces the declared default, and the
+#: argument then counts as not given (the resolvers page by ``last`` or their default).
+NULL = -1
+
+
 def _size(value: Any) -> int | None:
     """What a variable says about a page: a whole number (GraphQL takes 100.0 for an
-    Int), a list's length (``nodes(ids: $ids)``), or for an explicit null the default page
-    (a null given replaces the declared default, and the resolvers then page by theirs)."""
+    Int), a list's length (``nodes(ids: $ids)``), or ``NULL``."""
     if value is None:
-        return DEFAULT_PAGE_SIZE
+        return NULL
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
@@ -158,11 +162,11 @@ class _Estimator:
                                       count, inner_page)
 
     def _page(self, node: FieldNode) -> int:
-        for name in ("first", "last"):
-            size = self._argument(node, name)
-            if size is not None:
-                return max(0, min(size, MAX_PAGE_SIZE))
-        return DEFAULT_PAGE_SIZE
+        sizes = [size for name in ("first", "last")
+                 if (size := self._argument(node, name)) is not None]
+        if not sizes:
+            return DEFAULT_PAGE_SIZE
+        return max(0, min(max(sizes), MAX_PAGE_SIZE))  # both given: the larger
 
     def _ids(self, node: FieldNode) -> int:
         size = self._argument(node, "ids")
@@ -173,7 +177,8 @@ class _Estimator:
             if argument.name.value == name:
                 value = argument.value
                 if isinstance(value, VariableNode):
-                    return self.sizes.get(value.name.value)
+                    size = self.sizes.get(value.name.value)
+                    return None if size == NULL else size
                 return _literal_size(value)
         return None
 

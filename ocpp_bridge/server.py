@@ -44,8 +44,6 @@ log = logging.getLogger("chargegraph.ocpp")
 SUBPROTOCOL = "ocpp1.6"
 MAX_MESSAGE = 256 * 1024  # the largest real 1.6 frames (local lists, transactionData) fit
 REALM = 'Basic realm="ChargeGraph OCPP", charset="UTF-8"'
-#: Password verifications (argon2) running at once, whatever the number of handshakes.
-HASHING_AT_ONCE = 2
 #: Refused passwords remembered per station (repeated guesses are refused for free).
 REFUSED_REMEMBERED = 32
 
@@ -112,8 +110,7 @@ class OcppServer:
         self._verified: dict[str, tuple[str, bytes]] = {}
         # cp_id → (password hash, digests of passwords it refused lately).
         self._refused: dict[str, tuple[str, deque[bytes]]] = {}
-        self._hashing = asyncio.Semaphore(HASHING_AT_ONCE)
-        self._checking: set[str] = set()  # stations whose password is being checked
+        self._checking: dict[str, asyncio.Lock] = {}  # one password check per station
 
     @property
     def bound_port(self) -> int:
@@ -256,20 +253,14 @@ class OcppServer:
         if refused is not None and refused[0] == station.auth_password_hash \
                 and digest in refused[1]:
             return False
-        # argon2 costs tens of milliseconds of CPU: off the event loop, at most
-        # ``HASHING_AT_ONCE`` at a time so a flood of guesses cannot take every core, and
-        # one per station so a flood against one station cannot take every slot (a
-        # handshake arriving while its station's check runs is refused unchecked; the
-        # charger retries). No lockout: it would let anyone who knows a cpId keep its
-        # charger out for good.
-        if station.cp_id in self._checking:
-            return False
-        self._checking.add(station.cp_id)
-        try:
-            async with self._hashing:
-                ok = await asyncio.to_thread(self.charging.password_ok, station, password)
-        finally:
-            self._checking.discard(station.cp_id)
+        # argon2 costs tens of milliseconds of CPU: on the services' hashing threads (a
+        # few at a time, shared with sign-ins), and one check per station at a time, so
+        # a flood against one station waits behind itself rather than taking every
+        # thread. Every password is checked in turn: refusing unchecked ones would let
+        # anyone who knows a cpId keep its charger out.
+        lock = self._checking.setdefault(station.cp_id, asyncio.Lock())
+        async with lock:
+            ok = await self.charging.station_password_ok(station, password)
         if ok:
             self._verified[station.cp_id] = (station.auth_password_hash, digest)
         else:

@@ -89,6 +89,9 @@ class AccountService(Service):
                           company_id: Any = UNSET, active: Any = UNSET) -> User:
         """Users change their own name, email and password; managers (admins, and operators
         for their company's people) also role, company and activity."""
+        # Hashed before the user is read: the record written below is the one read.
+        password_hash = UNSET if password is UNSET \
+            else await self.hash_password(v.password(password))
         user = await self.visible(viewer, User, user_id)
         is_self = viewer.user_id == user.id
         manages = self.policy.may_manage_user(viewer, user)
@@ -126,8 +129,7 @@ class AccountService(Service):
             token_epoch=user.token_epoch + 1 if revoke else UNSET,
             name=UNSET if name is UNSET else v.name(name),
             email=UNSET if email is UNSET else v.email(email),
-            password_hash=UNSET if password is UNSET
-            else await self.hash_password(v.password(password)),
+            password_hash=password_hash,
             role=role,
             company_id=company_id,
             active=active,

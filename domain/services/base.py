@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
@@ -37,6 +38,10 @@ class _Unset:
 UNSET: Final = _Unset()
 
 
+#: Password hashes computed at once (each keeps a core busy for tens of milliseconds).
+HASHING_THREADS = 2
+
+
 @dataclass
 class ServiceContext:
     store: Store
@@ -48,9 +53,12 @@ class ServiceContext:
     #: Called with the changes of every audited commit, once stored: caches of this
     #: process (the OCPP hot path's) drop what an operator just changed.
     committed: list[Callable[[Sequence[Change]], None]] = field(default_factory=list)
-    #: Password hashing (argon2, tens of milliseconds of CPU each) runs on worker threads,
-    #: this many at once: sign-ins cannot stall the event loop or take every core.
-    hashing: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))
+    #: Password hashing (argon2, tens of milliseconds of CPU each) runs on these threads,
+    #: for sign-ins and chargers alike: it cannot stall the event loop or take every core.
+    #: A pool rather than a semaphore: a cancelled caller's hashing still holds its thread
+    #: until done (a queued one is dropped), so the bound holds whatever clients do.
+    hashing: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(
+        max_workers=HASHING_THREADS, thread_name_prefix="chargegraph-hashing"))
 
 
 class Service:
@@ -63,12 +71,13 @@ class Service:
         return self.ctx.clock()
 
     async def hash_password(self, password: str) -> str:
-        async with self.ctx.hashing:
-            return await asyncio.to_thread(self.ctx.hasher.hash, password)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.ctx.hashing, self.ctx.hasher.hash, password)
 
     async def password_matches(self, password_hash: str, password: str) -> bool:
-        async with self.ctx.hashing:
-            return await asyncio.to_thread(self.ctx.hasher.verify, password_hash, password)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.ctx.hashing, self.ctx.hasher.verify,
+                                          password_hash, password)
 
     async def visible(self, viewer: Viewer, kind: type[E], record_id: str | None,
                       field: str = "id") -> E:

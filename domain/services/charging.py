@@ -9,11 +9,12 @@ entities (StatusEvent, MeterSample, ConnectionEvent) instead of the audit log.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple, cast
 
 from domain import validation as v
@@ -242,11 +243,17 @@ class ChargingService(Service):
 
     def password_ok(self, station: Station, password: str | None) -> bool:
         """HTTP Basic password check (OCPP security profiles 1 and 2). A station without a
-        password (profile 0, the operator's choice) accepts any connection."""
+        password (profile 0, the operator's choice) accepts any connection. Synchronous
+        argon2: ``station_password_ok`` runs it on the hashing threads."""
         if station.auth_password_hash is None:
             return True
         return password is not None and self.ctx.hasher.verify(station.auth_password_hash,
                                                                password)
+
+    async def station_password_ok(self, station: Station, password: str | None) -> bool:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.ctx.hashing, self.password_ok, station,
+                                          password)
 
     async def reset_connections(self) -> None:
         """At start-up no charger is connected yet: a station still marked online lost its
@@ -441,17 +448,20 @@ class ChargingService(Service):
         start = v.instant(as_utc(timestamp), "timestamp")
         station = await self._require_station(cp_id)
         self._observe_clock(cp_id, start)
-        # Kept even when unknown (the charge happened), without control or bidi characters:
-        # operators read it in sessions and the audit log.
-        tag = (v.shown_text(id_tag) or "").strip().upper()
+        presented = id_tag.strip().upper()  # authorized as presented, as Authorize does
+        # Stored with its unprintable characters (controls, bidi overrides) shown as U+FFFD:
+        # operators read it in sessions and the audit log, and it must not read as another
+        # card's (such a tag matches no card and is Invalid anyway).
+        tag = presented if presented.isprintable() else "".join(
+            c if c.isprintable() else "\ufffd" for c in presented)
         company_id, station_owner_id = books_of(station)
         same = await self.store.find_one(Session, all_of(
             Eq("cp_id", cp_id), Eq("connector_id", connector_id), Eq("id_tag", tag),
             Eq("start_time", start), Eq("meter_start_wh", meter_start)))
         if same is not None:
-            return same.transaction_id, await self.authorize(cp_id, tag, same.id)
-        info = await self.authorize(cp_id, tag)
-        id_tag_record = await self.store.find_one(IdTag, Eq("tag", tag))
+            return same.transaction_id, await self.authorize(cp_id, presented, same.id)
+        info = await self.authorize(cp_id, presented)
+        id_tag_record = await self.store.find_one(IdTag, Eq("tag", presented))
         actor = charger(cp_id)
         session = stamp_new(Session(
             transaction_id=await self.store.next_sequence("transaction"),
@@ -578,9 +588,12 @@ class ChargingService(Service):
             raise Forbidden("only the station's operators end its sessions")
         if session.state is not SessionState.ACTIVE:
             raise ValidationError("the session has ended", field="id", code="INVALID_STATE")
-        # The start is on the charger's clock, which may run ahead of ours: "now" is the
-        # later of the two clocks (never before the start).
-        now = max(self.now(), self.charger_now(session.cp_id), session.start_time)
+        # The start is on the charger's clock, which may run ahead of ours. "Now" on its
+        # timeline is the start plus the time our clock saw pass since the session was
+        # recorded (``created_at``, ours), or our clock if later: one odd timestamp the
+        # charger sent since cannot move the end (and the price) anywhere.
+        ours = self.now()
+        now = max(ours, session.start_time + max(ours - session.created_at, timedelta(0)))
         end = now if end_time is None else v.instant(end_time, "endTime")
         if not session.start_time <= end <= now:
             raise ValidationError("between the session's start and now", field="endTime",

@@ -147,6 +147,10 @@ class StationService(Service):
                              lat: Any = UNSET, lon: Any = UNSET, address: Any = UNSET,
                              company_id: Any = UNSET, owner_id: Any = UNSET,
                              password: Any = UNSET, registration: Any = UNSET) -> Station:
+        # Hashed before the station is read: the record written below is the one read,
+        # and a charger's connect landing during a slow hash must not be overwritten.
+        password_hash = UNSET if password is UNSET else (
+            await self.hash_password(_station_password(password)) if password else None)
         station = await self.managed_station(viewer, station_id)
         if company_id is not UNSET:
             if not viewer.is_admin:
@@ -175,8 +179,7 @@ class StationService(Service):
             else v.optional_text(address, "location.address", 500),
             company_id=company_id,
             owner_id=owner_id,
-            auth_password_hash=UNSET if password is UNSET
-            else (await self.hash_password(_station_password(password)) if password else None),
+            auth_password_hash=password_hash,
             registration=registration,
         )
         await self.commit(viewer, [(Update(updated), station)])

@@ -32,9 +32,13 @@ def test_pages_lists_and_single_objects_multiply_down_the_tree() -> None:
     assert estimate(paged) == 1 + 100
     assert estimate(paged, {"n": 100.0}) == 1 + 100
     assert estimate(paged, {"n": 3}) == 1 + 3
-    # An explicit null replaces the declared default: the resolvers page by theirs.
+    # An explicit null replaces the declared default: the argument counts as not given,
+    # and the page is ``last`` or the resolvers' default.
     assert estimate("query($n: Int = 1) { stations(first: $n) { nodes { id } } }",
                     {"n": None}) == 1 + 20
+    assert estimate("query($n: Int) { stations(first: $n, last: 100) { nodes { id } } }",
+                    {"n": None}) == 1 + 100
+    assert estimate("{ stations(first: 5, last: 50) { nodes { id } } }") == 1 + 50
     # nodes(ids:) returns one object per id.
     assert estimate('{ nodes(ids: ["a", "b", "c"]) { id } }') == 3
     assert estimate("query($ids: [ID!]!) { nodes(ids: $ids) { id } }",

@@ -79,9 +79,12 @@ async def test_charger_text_is_stored_without_control_characters(central: Centra
     assert connector.info == "[2Jevil"
     async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
         started = await cp.call(call.StartTransaction(
-            connector_id=2, id_tag="\u202egit\x07\x00", meter_start=0, timestamp=now()))
+            connector_id=2, id_tag="\u202etag-ok\x07", meter_start=0, timestamp=now()))
+        # Not TAG-OK's: a tag is authorized as presented, and only stored cleaned.
+        assert started.id_tag_info["status"] == "Invalid"
     session = await central.session(started.transaction_id)
-    assert session is not None and session.id_tag == "GIT"
+    assert session is not None and session.user_id is None
+    assert session.id_tag == "\ufffdTAG-OK\ufffd"  # not to be read as TAG-OK's
 
 
 async def test_late_status_does_not_regress_state(central: Central) -> None:

@@ -6,6 +6,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from ocpp.v16 import call
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -132,6 +133,10 @@ async def test_a_session_started_on_a_clock_ahead_of_ours_can_be_ended(central: 
     ahead = datetime.now(UTC) + timedelta(hours=2)
     async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
         tx, _ = await cp.start_transaction(1, "TAG-OK", timestamp=ahead.isoformat())
+        # One odd report later must not carry the end (and the price) to 2150.
+        await cp.call(call.StatusNotification(connector_id=2, error_code="NoError",
+                                              status="Available",
+                                              timestamp="2150-01-01T00:00:00Z"))
     session = await central.session(tx)
     assert session is not None
     data = await central.gql(END, {"i": {"id": to_global_id("session", session.id)}},
