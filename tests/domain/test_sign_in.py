@@ -154,3 +154,36 @@ async def test_guessing_spread_over_many_clients_still_meets_a_limit(store: Sqli
     with pytest.raises(Unauthenticated) as err:
         await services.accounts.authenticate("ada@example.com", "first password", "10.9.9.9")
     assert err.value.code == "TOO_MANY_ATTEMPTS"
+
+
+async def test_cancelled_sign_ins_cannot_run_more_hashing_at_once(store: SqliteStore) -> None:
+    """A client that starts sign-ins and cancels them at once (a websocket ``complete``)
+    leaves its hashing running, but never more than the pool's threads at a time."""
+    import asyncio
+    import threading
+    import time
+
+    from domain.services.base import HASHING_THREADS
+
+    running, peak, guard = [0], [0], threading.Lock()
+
+    class Counting(FastHasher):
+        def verify(self, password_hash: str, password: str) -> bool:
+            with guard:
+                running[0] += 1
+                peak[0] = max(peak[0], running[0])
+            time.sleep(0.05)
+            with guard:
+                running[0] -= 1
+            return False
+
+    services = Services(ServiceContext(store=store, policy=Policy(), hasher=Counting()))
+    for _ in range(3):
+        tasks = [asyncio.ensure_future(
+            services.accounts.authenticate(f"u{i}@example.com", "guess")) for i in range(8)]
+        await asyncio.sleep(0.01)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    await asyncio.sleep(0.3)  # what was still running finishes
+    assert 1 <= peak[0] <= HASHING_THREADS
