@@ -57,10 +57,13 @@ def name(value: str | None, field: str = "name") -> str:
     return _printable(cleaned, field)
 
 
-#: Bidirectional embeddings, overrides and isolates: they make text read differently from
-#: how it is stored ("Trojan source"); no name needs them. Joiners (ZWJ, ZWNJ) stay: emoji
-#: sequences and Persian or Indic names do.
-_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+#: Characters that make text read differently from how it is stored: bidirectional
+#: embeddings, overrides and isolates ("Trojan source"), and the invisible ones behind
+#: look-alike names (byte order mark, zero-width space, soft hyphen, word joiner,
+#: direction marks). No name needs them. Joiners (ZWJ, ZWNJ) stay: emoji sequences and
+#: Persian or Indic names do.
+_INVISIBLE = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+                       "\ufeff\u200b\u00ad\u2060\u061c\u200e\u200f")
 
 
 def _printable(value: str, field: str, allowed: str = "") -> str:
@@ -72,8 +75,10 @@ def _printable(value: str, field: str, allowed: str = "") -> str:
     for c in value:
         if c in allowed:
             continue
-        if c in _BIDI_CONTROLS or unicodedata.category(c) in ("Cc", "Cs"):
-            raise ValidationError("no control characters", field=field, code="INVALID")
+        if c in _INVISIBLE or unicodedata.category(c) in ("Cc", "Cs") \
+                or "\U000e0000" <= c <= "\U000e007f":  # tag characters: invisible too
+            raise ValidationError("no control or invisible characters", field=field,
+                                  code="INVALID")
     return value
 
 
@@ -87,7 +92,7 @@ def shown_text(value: str | None) -> str | None:
     for c in value:
         if c.isspace():
             kept.append(" ")  # a line break in a report reads as a space
-        elif not (c in _BIDI_CONTROLS or unicodedata.category(c) in ("Cc", "Cs")):
+        elif not (c in _INVISIBLE or unicodedata.category(c) in ("Cc", "Cs")):
             kept.append(c)
     return "".join(kept) or None
 

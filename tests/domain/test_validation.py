@@ -66,7 +66,8 @@ def test_money_is_exact() -> None:
 
 
 def test_names_refuse_controls_surrogates_and_bidi_overrides_but_keep_joiners() -> None:
-    for bad in ("Dee\x00", "Esc\x1b[31m", "half\ud800", "evil\u202eexe.txt"):
+    for bad in ("Dee\x00", "Esc\x1b[31m", "half\ud800", "evil\u202eexe.txt",
+                "Ad\u200bmin", "\ufeffAdmin", "Ad\u00admin", "Admin\U000e0001"):
         with pytest.raises(ValidationError) as err:
             v.name(bad)
         assert err.value.code == "INVALID", bad
