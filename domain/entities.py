@@ -155,6 +155,14 @@ class IdTag(Record):
     expires_at: datetime | None = None
     parent_tag: str | None = None
 
+    def status_at(self, now: datetime) -> IdTagStatus:
+        """Its status as a charger should be told it at ``now``: EXPIRED once past its
+        expiry, whatever is stored. The one rule for OCPP Authorize and for commands."""
+        if self.status is IdTagStatus.ACCEPTED and self.expires_at is not None \
+                and self.expires_at <= now:
+            return IdTagStatus.EXPIRED
+        return self.status
+
 
 @dataclass(kw_only=True)
 class Station(Record):

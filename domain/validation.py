@@ -69,17 +69,20 @@ _INVISIBLE = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
 def _printable(value: str, field: str, allowed: str = "") -> str:
     """No control characters (NUL, escapes, ...: they end strings in C clients, corrupt
     terminals and CSV exports), lone surrogates (no database stores them as UTF-8) or
-    bidi overrides."""
+    invisible ones (``_INVISIBLE``)."""
     if value.isprintable():
         return value
-    for c in value:
-        if c in allowed:
-            continue
-        if c in _INVISIBLE or unicodedata.category(c) in ("Cc", "Cs") \
-                or "\U000e0000" <= c <= "\U000e007f":  # tag characters: invisible too
-            raise ValidationError("no control or invisible characters", field=field,
-                                  code="INVALID")
+    if any(c not in allowed and _hidden(c) for c in value):
+        raise ValidationError("no control or invisible characters", field=field,
+                              code="INVALID")
     return value
+
+
+def _hidden(c: str) -> bool:
+    """A control character, a lone surrogate, or one of ``_INVISIBLE`` or the invisible
+    tag characters."""
+    return c in _INVISIBLE or unicodedata.category(c) in ("Cc", "Cs") \
+        or "\U000e0000" <= c <= "\U000e007f"
 
 
 def shown_text(value: str | None) -> str | None:
@@ -92,7 +95,7 @@ def shown_text(value: str | None) -> str | None:
     for c in value:
         if c.isspace():
             kept.append(" ")  # a line break in a report reads as a space
-        elif not (c in _INVISIBLE or unicodedata.category(c) in ("Cc", "Cs")):
+        elif not _hidden(c):
             kept.append(c)
     return "".join(kept) or None
 

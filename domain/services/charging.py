@@ -331,11 +331,10 @@ class ChargingService(Service):
         if tag is None:
             return IdTagInfo("Invalid")
         user = (await self.store.get_many(User, [tag.user_id]))[0]
-        if tag.status is IdTagStatus.BLOCKED or user is None or not user.active:
+        status = tag.status_at(self.now())
+        if status is IdTagStatus.BLOCKED or user is None or not user.active:
             return IdTagInfo("Blocked", tag.expires_at)
-        if tag.status is IdTagStatus.EXPIRED or (
-            tag.expires_at is not None and tag.expires_at <= self.now()
-        ):
+        if status is IdTagStatus.EXPIRED:
             return IdTagInfo("Expired", tag.expires_at)
         busy = await self.store.find_all(
             Session, all_of(Eq("id_tag", tag.tag), Eq("state", SessionState.ACTIVE)), limit=2)
@@ -508,11 +507,6 @@ class ChargingService(Service):
         """Keeps every numeric sample (also for transactions we do not know: they may
         arrive before their StartTransaction) and updates the session's live energy."""
         station = await self._require_station(cp_id)
-        if readings:
-            # Checked before the clock is observed: a refused frame must not move it.
-            self._observe_clock(cp_id, max(v.instant(as_utc(r.timestamp),
-                                                     "meterValue.timestamp")
-                                           for r in readings))
         session = None
         if transaction_id is not None:
             hit = self._sessions.get(transaction_id)
@@ -524,6 +518,9 @@ class ChargingService(Service):
             if session is not None and session.cp_id != cp_id:
                 session = None  # another charger's transaction id: keep samples unlinked
         samples = self._samples(station, connector_id, transaction_id, session, readings)
+        if readings:
+            # After ``_samples`` checked every timestamp: a refused frame must not move it.
+            self._observe_clock(cp_id, max(as_utc(r.timestamp) for r in readings))
         changes: list[Change] = [InsertIfAbsent(s) for s in samples]
         updated = None
         if session is not None and session.state is SessionState.ACTIVE:

@@ -68,15 +68,6 @@ class CommandOutcome:
     reservation: Reservation | None = None
 
 
-def _usable(tag: IdTag, now: datetime) -> bool:
-    return tag.status is IdTagStatus.ACCEPTED and (tag.expires_at is None
-                                                   or tag.expires_at > now)
-
-
-def _state(tag: IdTag, now: datetime) -> str:
-    return "expired" if tag.status is IdTagStatus.ACCEPTED else tag.status.value.lower()
-
-
 class CommandService(Service):
     def __init__(self, ctx: ServiceContext, gateway: ChargerGateway | None = None,
                  timeout: float = COMMAND_TIMEOUT_S) -> None:
@@ -149,17 +140,18 @@ class CommandService(Service):
             tag = await self.store.find_one(IdTag, Eq("tag", str(tag_value).strip().upper()))
             if tag is None or tag.user_id != viewer.user_id:
                 raise NotFound("no such id tag", field="idTag")
-            if not _usable(tag, now):
+            status = tag.status_at(now)
+            if status is not IdTagStatus.ACCEPTED:
                 # The charger would refuse it anyway (Authorize); a reservation would
                 # hold the connector for a card that cannot charge.
-                raise ValidationError(f"this id tag is {_state(tag, now)}", field="idTag",
-                                      code="INVALID_STATE")
+                raise ValidationError(f"this id tag is {status.value.lower()}",
+                                      field="idTag", code="INVALID_STATE")
         else:
             where = all_of(Eq("user_id", viewer.user_id), Eq("status", IdTagStatus.ACCEPTED))
             if vehicle_id is not None:
                 where = all_of(where, Eq("vehicle_id", vehicle_id))
             tags = [t for t in await self.store.find_all(IdTag, where, limit=20)
-                    if _usable(t, now)]
+                    if t.status_at(now) is IdTagStatus.ACCEPTED]
             if not tags:
                 raise ValidationError("no usable id tag for this driver or vehicle",
                                       field="vehicleId" if vehicle_id else "idTag",

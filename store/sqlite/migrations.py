@@ -399,24 +399,23 @@ CREATE UNIQUE INDEX "vehicle_license_plate_owner_key" ON "vehicle" ("license_pla
 # Version 10: amounts count each currency's own minor unit (whole yen, fils); before, every
 # currency counted hundredths. Stored costs and payments are rescaled to keep their value.
 # The codes are those of ``domain.currencies`` when this was written, frozen here.
-_V10 = """
-UPDATE "session" SET "cost_minor" = CASE
-    WHEN "currency" IN ('BIF', 'CLP', 'DJF', 'GNF', 'ISK', 'JPY', 'KMF', 'KRW', 'PYG',
-                        'RWF', 'UGX', 'UYI', 'VND', 'VUV', 'XAF', 'XOF', 'XPF')
-        THEN CAST(ROUND("cost_minor" / 100.0) AS INTEGER)
-    WHEN "currency" IN ('BHD', 'IQD', 'JOD', 'KWD', 'LYD', 'OMR', 'TND') THEN "cost_minor" * 10
-    WHEN "currency" IN ('CLF', 'UYW') THEN "cost_minor" * 100
-    ELSE "cost_minor" END
-WHERE "cost_minor" IS NOT NULL;
-UPDATE "payment" SET "amount_minor" = CASE
-    WHEN "currency" IN ('BIF', 'CLP', 'DJF', 'GNF', 'ISK', 'JPY', 'KMF', 'KRW', 'PYG',
-                        'RWF', 'UGX', 'UYI', 'VND', 'VUV', 'XAF', 'XOF', 'XPF')
-        THEN CAST(ROUND("amount_minor" / 100.0) AS INTEGER)
-    WHEN "currency" IN ('BHD', 'IQD', 'JOD', 'KWD', 'LYD', 'OMR', 'TND') THEN "amount_minor" * 10
-    WHEN "currency" IN ('CLF', 'UYW') THEN "amount_minor" * 100
-    ELSE "amount_minor" END
-WHERE "amount_minor" IS NOT NULL;
-"""
+_ZERO_DIGITS = ("'BIF', 'CLP', 'DJF', 'GNF', 'ISK', 'JPY', 'KMF', 'KRW', 'PYG', 'RWF', "
+                "'UGX', 'UYI', 'VND', 'VUV', 'XAF', 'XOF', 'XPF'")
+_THREE_DIGITS = "'BHD', 'IQD', 'JOD', 'KWD', 'LYD', 'OMR', 'TND'"
+_FOUR_DIGITS = "'CLF', 'UYW'"
+
+
+def _rescaled(table: str, column: str) -> str:
+    return f"""
+UPDATE "{table}" SET "{column}" = CASE
+    WHEN "currency" IN ({_ZERO_DIGITS}) THEN CAST(ROUND("{column}" / 100.0) AS INTEGER)
+    WHEN "currency" IN ({_THREE_DIGITS}) THEN "{column}" * 10
+    WHEN "currency" IN ({_FOUR_DIGITS}) THEN "{column}" * 100
+    ELSE "{column}" END
+WHERE "{column}" IS NOT NULL;"""
+
+
+_V10 = _rescaled("session", "cost_minor") + _rescaled("payment", "amount_minor") + "\n"
 
 #: Every migration, oldest first. Append only.
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
