@@ -236,6 +236,26 @@ def meter_register(value: int, field: str) -> int:
     return value
 
 
+#: A plain ASCII decimal, as OCPP's "Raw" sampled values are written. Python's ``float``
+#: also reads ``1_000``, surrounding spaces and other scripts' digits, which no meter
+#: sends: such a value is refused rather than counted as energy.
+_DECIMAL_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
+def sampled_number(text: str, field: str) -> float | None:
+    """The number a sampled value's text writes (checked by ``reading``), or ``None`` for
+    a value that is no number at all (SignedData and other formats are not counted)."""
+    if _DECIMAL_RE.fullmatch(text) is not None:
+        return reading(float(text), field)
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    if value != value or value in (float("inf"), float("-inf")):
+        return reading(value, field)  # NaN and infinities: refused as out of range
+    raise ValidationError("must be a plain decimal number", field=field, code="INVALID")
+
+
 def reading(value: float, field: str) -> float:
     """A sampled meter value: finite (no NaN, no infinity) and within ±``MAX_READING``.
     Negative values are real (power exported to the grid)."""

@@ -670,11 +670,9 @@ class ChargingService(Service):
             sample_id = stable_ids(at, station.cp_id, connector_id, transaction_id,
                                    at.isoformat())
             for sv in reading.values:
-                try:
-                    value = float(sv.value)
-                except ValueError:
+                value = v.sampled_number(sv.value, "meterValue.sampledValue.value")
+                if value is None:
                     continue  # SignedData and other non-numeric formats: not a number
-                v.reading(value, "meterValue.sampledValue.value")
                 measurand = sv.measurand or ENERGY_REGISTER
                 delta_wh = None
                 if running is not None and measurand == ENERGY_REGISTER and sv.phase is None \
@@ -725,9 +723,8 @@ class ChargingService(Service):
             for sv in reading.values:
                 if sv.phase is not None or (sv.location not in (None, "Outlet")):
                     continue
-                try:
-                    value = float(sv.value)
-                except ValueError:
+                value = v.sampled_number(sv.value, "meterValue.sampledValue.value")
+                if value is None:
                     continue
                 measurand = sv.measurand or ENERGY_REGISTER
                 if measurand == ENERGY_REGISTER and (energy_at is None

@@ -89,3 +89,17 @@ def test_amounts_are_stored_in_plain_notation() -> None:
     assert str(v.money("1E+3", "price")) == "1000"
     assert str(v.money(Decimal("-0"), "price")) == "0"
     assert str(v.money("0.390", "price")) == "0.390"
+
+
+def test_sampled_numbers_are_plain_decimals() -> None:
+    for text, number in (("1", 1.0), ("-2.5", -2.5), ("+3", 3.0), ("1e3", 1000.0),
+                         (".5", 0.5), ("5.", 5.0), ("7E-1", 0.7)):
+        assert v.sampled_number(text, "value") == number
+    for text in ("", "abc", "0xDEADBEEF", "SIGNED:ab12"):  # not numbers: not counted
+        assert v.sampled_number(text, "value") is None
+    for text, code in (("1_000", "INVALID"), (" 5", "INVALID"), ("\u0661\u0662", "INVALID"),
+                       ("NaN", "OUT_OF_RANGE"), ("-inf", "OUT_OF_RANGE"),
+                       ("1e13", "OUT_OF_RANGE")):
+        with pytest.raises(ValidationError) as caught:
+            v.sampled_number(text, "value")
+        assert caught.value.code == code and caught.value.field == "value", text

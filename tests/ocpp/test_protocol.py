@@ -192,7 +192,9 @@ BAD_FRAMES = [
         *[json.dumps([2, f"v{i}", "MeterValues", {"connectorId": 1, "meterValue": [{
             "timestamp": "2026-01-01T00:00:00Z",
             "sampledValue": [{"value": "1"}, {"value": value}]}]}])
-          for i, value in enumerate(["NaN", "1e309", "-inf", "-1e308"])],
+          for i, value in enumerate(["NaN", "1e309", "-inf", "-1e308",
+                                     # numbers Python reads but no meter writes
+                                     "1_000", " 5", "\u0661\u0662", "12\n"])],
         '[2, "v9", "MeterValues", {"connectorId": 1, "meterValue": [{"timestamp": '
         '"0001-01-01T00:00:00Z", "sampledValue": [{"value": "1"}]}]}]',
         '[2, "v10", "MeterValues", {"connectorId": 1, "meterValue": [{"timestamp": '
