@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
 from datetime import UTC, datetime
@@ -251,7 +252,7 @@ def sampled_number(text: str, field: str) -> float | None:
         value = float(text)
     except ValueError:
         return None
-    if value != value or value in (float("inf"), float("-inf")):
+    if not math.isfinite(value):
         return reading(value, field)  # NaN and infinities: refused as out of range
     raise ValidationError("must be a plain decimal number", field=field, code="INVALID")
 
