@@ -132,7 +132,16 @@ class AccessChanged(DomainEvent):
     user_id: str
 
 
-#: The topics clients may subscribe to (the relay's two and ``access`` are internal).
+@dataclass(frozen=True, kw_only=True)
+class StationRemoved(DomainEvent):
+    """Never to clients: a station was removed, so the instance holding its charger's
+    websocket hangs up at once instead of at the charger's next message."""
+
+    topic: ClassVar[str] = "station_removed"
+
+
+#: The topics clients may subscribe to (the relay's two, ``access`` and
+#: ``station_removed`` are internal).
 ALL_TOPICS: tuple[str, ...] = (
     ConnectorStatusChanged.topic,
     StationConnectionChanged.topic,
@@ -145,7 +154,7 @@ EVENT_TYPES: dict[str, type[DomainEvent]] = {
     t.topic: t
     for t in (ConnectorStatusChanged, StationConnectionChanged, SessionChanged, FaultReported,
               ReservationChanged, CommandCompleted, ChargerCommandRelayed,
-              ChargerCommandAnswered, AccessChanged)
+              ChargerCommandAnswered, AccessChanged, StationRemoved)
 }
 
 

@@ -91,6 +91,10 @@ class ChargePointHandler(ChargePoint):
                 pass
         await connection.send(message)
 
+    async def hang_up(self, code: int, reason: str) -> None:
+        """Close the websocket (the charger is expected to reconnect)."""
+        await self._connection.close(code, reason)
+
     # ------------------------------------------------------------- routing
     async def route_message(self, raw_msg: str | bytes) -> None:
         """Every frame gets an answer: a CALLRESULT, or a CALLERROR with the 1.6 code.
@@ -133,7 +137,7 @@ class ChargePointHandler(ChargePoint):
                 # The station was removed while its charger was connected: hang up, so
                 # it reconnects and meets the 404 of an unknown charge point.
                 log.info("%s: the station no longer exists; closing", self.id)
-                await self._connection.close(CLOSE_UNKNOWN_STATION, "unknown charge point")
+                await self.hang_up(CLOSE_UNKNOWN_STATION, "unknown charge point")
             return
         except Exception:
             log.exception("%s: %s failed", self.id, action)

@@ -31,13 +31,13 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from domain.events import StationConnectionChanged
+from domain.events import StationConnectionChanged, StationRemoved
 from domain.ids import new_id
 from domain.ports import EventBus
 from domain.services.charging import ChargingService
 from domain.services.instances import InstanceService
 from ocpp_bridge.gateway import OcppGateway
-from ocpp_bridge.handler import ChargePointHandler
+from ocpp_bridge.handler import CLOSE_UNKNOWN_STATION, ChargePointHandler
 
 log = logging.getLogger("chargegraph.ocpp")
 
@@ -96,6 +96,7 @@ class OcppServer:
         self.lease = timedelta(seconds=lease_seconds)
         self._lease_keeper: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
+        self._removals: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[None]] = set()
         self.charging = charging
         self.gateway = gateway
@@ -140,16 +141,20 @@ class OcppServer:
             stream = self.instances_bus.subscribe([StationConnectionChanged.topic])
             self._watcher = asyncio.create_task(self._watch_elsewhere(stream),
                                                 name="chargegraph-ocpp-elsewhere")
+        if self.charging.ctx.bus is not None:
+            removals = self.charging.ctx.bus.subscribe([StationRemoved.topic])
+            self._removals = asyncio.create_task(self._watch_removals(removals),
+                                                 name="chargegraph-ocpp-removals")
         if self.instances is not None:
             self._lease_keeper = asyncio.create_task(self._keep_lease(),
                                                      name="chargegraph-ocpp-lease")
 
     async def stop(self) -> None:
-        for task in (self._watcher, self._lease_keeper):
+        for task in (self._watcher, self._removals, self._lease_keeper):
             if task is not None:
                 task.cancel()
                 await asyncio.wait([task])
-        self._watcher = self._lease_keeper = None
+        self._watcher = self._removals = self._lease_keeper = None
         if self._server is None:
             return
         self._server.close()
@@ -214,11 +219,27 @@ class OcppServer:
                     continue
                 log.info("%s connected to another instance: closing its connection here",
                          event.cp_id)
-                # In a task: the closing handshake with a dead peer may take a while.
-                task = asyncio.create_task(handler._connection.close(
-                    1000, "connected to another instance"))
-                self._closing.add(task)
-                task.add_done_callback(self._closing.discard)
+                self._hang_up(handler, 1000, "connected to another instance")
+
+    async def _watch_removals(self, stream: Any) -> None:
+        """A removed station's charger is hung up on at once, by whichever instance holds
+        it; reconnecting, it meets the 404 of an unknown charge point. (Had this event
+        been lost, its next message would still find the station gone.)"""
+        async with contextlib.aclosing(stream):
+            async for event in stream:
+                if not isinstance(event, StationRemoved):
+                    continue
+                handler = self.gateway.handler_of(event.cp_id)
+                if handler is None:
+                    continue
+                log.info("%s: its station was removed; closing", event.cp_id)
+                self._hang_up(handler, CLOSE_UNKNOWN_STATION, "unknown charge point")
+
+    def _hang_up(self, handler: ChargePointHandler, code: int, reason: str) -> None:
+        # In a task: the closing handshake with a dead peer may take a while.
+        task = asyncio.create_task(handler.hang_up(code, reason))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     # ------------------------------------------------------------- handshake
     @staticmethod
@@ -281,7 +302,7 @@ class OcppServer:
         previous = self.gateway.register(handler)
         if previous is not None:
             log.info("%s reconnected: closing its previous connection", cp_id)
-            await previous._connection.close(1000, "replaced by a new connection")
+            await previous.hang_up(1000, "replaced by a new connection")
         log.info("%s connected from %s", cp_id, ws.remote_address)
         try:
             handler.connected_at = await self.charging.set_online(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,10 +19,13 @@ from domain.entities import (
     User,
 )
 from domain.errors import Conflict, Forbidden, UniqueViolation, ValidationError
+from domain.events import StationRemoved
 from domain.policy import Viewer
 from domain.ports import Change, Delete, Insert, Store, Update
 from domain.query import Eq, all_of
 from domain.services.base import UNSET, Service, changed, stamp_new
+
+log = logging.getLogger("chargegraph.stations")
 
 #: The connector ids a station with none registered yet may use (a charger that connected
 #: before reporting its connectors' status).
@@ -196,7 +200,19 @@ class StationService(Service):
         changes += [(Delete(t), t) for t in tariffs]
         changes.append((Delete(station), station))
         await self.commit(viewer, changes)
+        await self._hang_up_charger(station)
         return station
+
+    async def _hang_up_charger(self, station: Station) -> None:
+        """Whichever instance holds the removed station's charger closes its socket now."""
+        if self.ctx.bus is None:
+            return
+        try:
+            await self.ctx.bus.publish(StationRemoved(
+                station_id=station.id, cp_id=station.cp_id, company_id=station.company_id,
+                owner_id=station.owner_id))
+        except Exception:  # the charger's next message still meets the missing station
+            log.exception("publishing a station's removal failed")
 
     async def _refuse_if_charging(self, where: Any) -> None:
         active = await self.store.find_one(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from ocpp.v16 import call
@@ -16,7 +17,9 @@ from domain.query import Eq
 from graph.ids import to_global_id
 from ocpp_bridge.handler import CLOSE_UNKNOWN_STATION
 from ocpp_bridge.simulator import basic_auth, connected
-from tests.ocpp.conftest import STATION_PASSWORD, Central
+from pubsub.memory import MemoryEventBus
+from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
+from tests.ocpp.test_instances import second_instance
 
 BOOKS = """{ sessions(first: 10) { nodes { transactionId cpId station { id }
     user { name } vehicle { licensePlate } cost { amountMinor } } }
@@ -86,6 +89,37 @@ async def test_the_charger_of_a_removed_station_is_hung_up_on(central: Central,
         await connect(f"{central.url}/CP-1", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
                       additional_headers=basic_auth("CP-1", STATION_PASSWORD))
     assert again.value.response.status_code == 404
+
+
+async def test_the_instance_holding_the_charger_hangs_up_when_its_station_is_removed(
+        tmp_path: Path) -> None:
+    """With the event bus, the charger is hung up on at once, without sending anything,
+    by the instance it is connected to, though the removal came through another."""
+    bus = MemoryEventBus()
+    await bus.start()
+    central = await start_central(tmp_path / "central.db", bus=bus)
+    await seed(central)
+    try:
+        async with second_instance(central, bus) as (_, b_url):
+            ws = await connect(f"{b_url}/CP-1", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+                               additional_headers=basic_auth("CP-1", STATION_PASSWORD))
+            try:
+                await ws.send('[2, "b", "Heartbeat", {}]')
+                assert str(await asyncio.wait_for(ws.recv(), 5)).startswith("[3")
+                station_id = to_global_id("station", central.stations["CP-1"].id)
+                removed = await central.gql("""mutation($id: ID!) {
+                    removeStation(input: {id: $id}) { errors { code } } }""",
+                                            {"id": station_id}, as_user="op")
+                assert removed["removeStation"]["errors"] == []
+                with pytest.raises(ConnectionClosed) as closed:
+                    await asyncio.wait_for(ws.recv(), 5)
+                assert closed.value.rcvd is not None
+                assert closed.value.rcvd.code == CLOSE_UNKNOWN_STATION
+            finally:
+                await ws.close()
+    finally:
+        await stop_central(central)
+        await bus.close()
 
 
 END = """mutation($i: EndSessionInput!) { endSession(input: $i) {

@@ -18,6 +18,7 @@ from domain.events import (
     ReservationChanged,
     SessionChanged,
     StationConnectionChanged,
+    StationRemoved,
 )
 
 AT = datetime(2026, 3, 29, 1, 59, 59, 123456, tzinfo=UTC)
@@ -61,6 +62,8 @@ SAMPLES: list[DomainEvent] = [
                            error_message="no answer",
                            error_field="cpId"),
     AccessChanged(station_id=None, cp_id="", at=AT, user_id="e" * 24),
+    StationRemoved(station_id=STATION, cp_id="CP-9", company_id=COMPANY, owner_id=None,
+                   at=AT),
 ]
 ALL_TOPICS = [event.topic for event in SAMPLES]
 
