@@ -39,8 +39,8 @@ from domain.errors import (
 from domain.events import CommandCompleted, ReservationChanged
 from domain.ids import new_id
 from domain.policy import Viewer
-from domain.ports import ChargerGateway, Insert, Update
-from domain.query import ALL, Eq, In, Range, all_of
+from domain.ports import ChargerGateway, Delete, Insert, Update
+from domain.query import ALL, Eq, Filter, In, Range, all_of
 from domain.services.base import Service, ServiceContext, changed, stamp_new
 from domain.services.stations import connector_in_range
 from domain.wire import wire_json
@@ -175,24 +175,7 @@ class CommandService(Service):
             raise ValidationError(f"a reservation lasts at most {MAX_RESERVATION_HOURS} h",
                                   field="expiryDate", code="OUT_OF_RANGE")
         connector_id = int(payload.get("connectorId", 0))
-        # One reservation per connector at a time; connector 0 (any connector) holds
-        # the station's first free one, so it overlaps with everything on the station.
-        clash = await self.store.find_one(Reservation, all_of(
-            Eq("cp_id", station.cp_id),
-            In("state", (ReservationState.PENDING, ReservationState.ACTIVE)),
-            Range("expires_at", gt=now),
-            ALL if connector_id == 0 else In("connector_id", (connector_id, 0))))
-        if clash is not None:
-            raise Conflict("the connector is reserved already", field="connectorId",
-                           code="IN_USE")
-        if viewer.is_driver and await self.store.find_one(Reservation, all_of(
-                Eq("user_id", viewer.user_id),
-                In("state", (ReservationState.PENDING, ReservationState.ACTIVE)),
-                Range("expires_at", gt=now))) is not None:
-            # One at a time: a driver holding connectors on many stations keeps everyone
-            # else from charging there.
-            raise Conflict("you hold a reservation already: cancel it first",
-                           code="LIMIT_REACHED")
+        await self._refuse_clash(viewer, station, connector_id, now)
         tag = await self.store.find_one(IdTag, Eq("tag", str(payload["idTag"]).upper()))
         reservation = stamp_new(Reservation(
             reservation_id=await self.store.next_sequence("reservation"),
@@ -201,7 +184,39 @@ class CommandService(Service):
             user_id=tag.user_id if tag else None), viewer)
         payload["reservationId"] = reservation.reservation_id
         await self.commit(viewer, [(Insert(reservation), None)])
+        try:
+            # Checked again with ours stored: two requests (here or on another instance)
+            # can both pass the first check, but of two stored clashing reservations each
+            # request sees at least the other's, so at most one is kept (or, in a dead
+            # heat, neither: the caller may retry).
+            await self._refuse_clash(viewer, station, connector_id, now, own=reservation.id)
+        except Conflict:
+            await self.commit(viewer, [(Delete(reservation), reservation)])
+            raise
         return reservation
+
+    async def _refuse_clash(self, viewer: Viewer, station: Station, connector_id: int,
+                            now: datetime, own: str | None = None) -> None:
+        """Raises the Conflict of a reservation other than ``own`` that this one would
+        overlap, or (for a driver) of one the driver holds already."""
+        live = all_of(In("state", (ReservationState.PENDING, ReservationState.ACTIVE)),
+                      Range("expires_at", gt=now))
+
+        async def other(where: Filter) -> bool:
+            found = await self.store.find_all(Reservation, all_of(where, live), limit=2)
+            return any(r.id != own for r in found)
+
+        # One reservation per connector at a time; connector 0 (any connector) holds
+        # the station's first free one, so it overlaps with everything on the station.
+        if await other(all_of(Eq("cp_id", station.cp_id), ALL if connector_id == 0
+                              else In("connector_id", (connector_id, 0)))):
+            raise Conflict("the connector is reserved already", field="connectorId",
+                           code="IN_USE")
+        if viewer.is_driver and await other(Eq("user_id", viewer.user_id)):
+            # One at a time: a driver holding connectors on many stations keeps everyone
+            # else from charging there.
+            raise Conflict("you hold a reservation already: cancel it first",
+                           code="LIMIT_REACHED")
 
     async def _reservation(self, viewer: Viewer, station: Station, reservation_id: Any
                            ) -> Reservation:

@@ -312,6 +312,47 @@ async def test_bad_command_input_is_a_user_error_and_nothing_is_sent(central: Ce
     assert await central.store.count(d.Reservation, Eq("cp_id", "CP-1")) == 0
 
 
+@pytest.mark.parametrize(("who", "first", "second", "code"), [
+    (("op", "TAG-OK"), 1, 1, ("connectorId", "IN_USE")),  # two drivers' tags, one connector
+    (("op", "TAG-OK"), 1, 0, ("connectorId", "IN_USE")),  # connector 1, and "any"
+    (("driver", None), 1, 2, (None, "LIMIT_REACHED")),  # one driver, two connectors
+])
+async def test_reservations_made_at_the_same_moment_never_both_hold(
+        central: Central, monkeypatch: pytest.MonkeyPatch, who: tuple[str, str | None],
+        first: int, second: int, code: tuple[str | None, str]) -> None:
+    """Both requests pass the first check before either is stored (as two instances, or
+    two coroutines, can): the check made again after storing keeps at most one."""
+    soon = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    both_checked = asyncio.Barrier(2)
+    numbering = central.store.next_sequence
+
+    async def after_both_checked(name: str) -> int:
+        if name == "reservation":
+            await asyncio.wait_for(both_checked.wait(), 5)
+        return await numbering(name)
+
+    monkeypatch.setattr(central.store, "next_sequence", after_both_checked)
+    user, tag = who
+    tags = [tag, "TAG-OTHER"] if tag else [None, None]
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await cp.report_all()
+        answers = await asyncio.gather(*(
+            run(central, "reserveNow", {"cpId": "CP-1", "connectorId": connector,
+                                        "expiryDate": soon,
+                                        **({"idTag": t} if t else {})}, as_user=user)
+            for connector, t in ((first, tags[0]), (second, tags[1]))))
+        await settle()
+        held = [a for a in answers if a["status"] == "ACCEPTED"]
+        refused = [a for a in answers if a["errors"]]
+        assert len(held) <= 1 and len(held) + len(refused) == 2, answers
+        assert all([(e["field"], e["code"]) for e in a["errors"]] == [code]
+                   for a in refused), answers
+        assert [name for name, _ in cp.received] == ["ReserveNow"] * len(held)
+    # A refused request leaves nothing behind.
+    assert await central.store.count(d.Reservation, Eq("cp_id", "CP-1")) == len(held)
+
+
 async def test_reservations_are_bounded_and_do_not_overlap(central: Central) -> None:
     soon = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
