@@ -345,13 +345,14 @@ class ChargingService(Service):
     # ------------------------------------------------------------- connectors
     async def check_connector_id(self, cp_id: str, connector_id: int, *,
                                  allow_zero: bool = False) -> None:
-        """Refuse connector ids the station cannot have: above its highest registered
-        connector, or above a small cap while it has none registered."""
+        """Refuse connector ids the charger cannot have: above its highest registered
+        connector and the cap up to which reports register new ones."""
         low = 0 if allow_zero else 1
         if connector_id < low:
             raise ValidationError(f"connectorId must be ≥ {low}", field="connectorId",
                                   code="OUT_OF_RANGE")
-        await connector_in_range(self.store, await self._require_station(cp_id), connector_id)
+        await connector_in_range(self.store, await self._require_station(cp_id), connector_id,
+                                 reported=True)
 
     async def _next_interval(self, station: Station, connector_id: int,
                              status: ConnectorStatus, error_code: str, online: bool,

@@ -27,19 +27,23 @@ from domain.services.base import UNSET, Service, changed, stamp_new
 
 log = logging.getLogger("chargegraph.stations")
 
-#: The connector ids a station with none registered yet may use (a charger that connected
-#: before reporting its connectors' status).
+#: The highest connector id a charger may report, and so register, beyond those the
+#: station has (chargers report their connectors one by one: 1, then 2, ...); also the
+#: cap for commands while the station has none registered.
 MAX_UNREGISTERED_CONNECTORS = 10
 MIN_STATION_PASSWORD = 8
 MAX_STATION_PASSWORD = 40  # OCPP 1.6 security whitepaper: AuthorizationKey up to 40 chars
 
 
-async def connector_in_range(store: Store, station: Station, connector_id: int) -> None:
-    """Refuse connector ids the station cannot have: above its highest registered
-    connector, or above a small cap while it has none registered. The same rule for what
-    a charger reports and for the commands sent to it."""
+async def connector_in_range(store: Store, station: Station, connector_id: int, *,
+                             reported: bool = False) -> None:
+    """Refuse connector ids the station cannot have. A command may address its
+    registered connectors (any up to the cap while it has none); what the charger
+    ``reported`` may also name a connector not registered yet, up to the cap."""
     known = await store.find_all(Connector, Eq("station_id", station.id), limit=100)
     highest = max((c.connector_id for c in known), default=MAX_UNREGISTERED_CONNECTORS)
+    if reported:
+        highest = max(highest, MAX_UNREGISTERED_CONNECTORS)
     if connector_id > highest:
         raise ValidationError(f"connectorId {connector_id} exceeds this station's "
                               f"{highest}", field="connectorId", code="OUT_OF_RANGE")

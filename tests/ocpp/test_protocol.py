@@ -7,10 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
+from ocpp.v16 import call
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from domain import entities as d
+from domain.errors import ValidationError
 from domain.policy import SYSTEM
 from domain.query import Eq
 from ocpp_bridge.simulator import basic_auth, connected, now
@@ -148,6 +150,36 @@ async def test_auto_registration_makes_pending_station(tmp_path: Path) -> None:
         await stop_central(central)
 
 
+async def test_a_charger_registers_its_connectors_one_by_one(tmp_path: Path) -> None:
+    """A station with no connectors (auto-registered, or created without them) learns
+    them from the charger's reports, in the order chargers send them; commands may only
+    address those it has."""
+    central = await start_central(tmp_path / "auto.db", auto_register=True)
+    try:
+        async with connected(central.url, "NEW-CP-2") as cp:
+            await cp.boot()
+            for connector_id in (0, 1, 2, 3):
+                await cp.call(call.StatusNotification(connector_id=connector_id,
+                                                      error_code="NoError",
+                                                      status="Available"))
+            station = await central.store.find_one(d.Station, Eq("cp_id", "NEW-CP-2"))
+            assert station is not None
+            await central.services.stations.update_station(
+                SYSTEM, station.id, registration=d.Registration.ACCEPTED)
+            transaction, _ = await cp.start_transaction(2, "ANY-TAG")
+            assert transaction > 0
+            registered = await central.store.find_all(d.Connector,
+                                                      Eq("station_id", station.id))
+            assert sorted(c.connector_id for c in registered) == [1, 2, 3]
+            with pytest.raises(ValidationError) as refused:
+                await central.services.commands.send(SYSTEM, "NEW-CP-2", "UnlockConnector",
+                                                     {"connectorId": 4})
+            assert (refused.value.field, refused.value.code) == ("connectorId",
+                                                                 "OUT_OF_RANGE")
+    finally:
+        await stop_central(central)
+
+
 BAD_FRAMES = [
     ("not json at all", "FormationViolation"),
     ('{"an": "object"}', "FormationViolation"),
@@ -167,8 +199,8 @@ BAD_FRAMES = [
     ('[2, "u10", "Heartbeat", {"extra": 1}]', "FormationViolation"),
     ('[2, "u11", "Authorize", {"idTag": "123456789012345678901"}]',
      "TypeConstraintViolation"),
-    ('[2, "u12", "StatusNotification", {"connectorId": 9, "errorCode": "NoError", '
-     '"status": "Available"}]', "PropertyConstraintViolation"),  # only 2 connectors
+    ('[2, "u12", "StatusNotification", {"connectorId": 11, "errorCode": "NoError", '
+     '"status": "Available"}]', "PropertyConstraintViolation"),  # beyond what registers
     ('[2, "u13", "StartTransaction", {"connectorId": 1, "idTag": "TAG-OK", "meterStart": 0, '
      '"timestamp": "yesterday"}]', "TypeConstraintViolation"),
     *[(frame, "PropertyConstraintViolation") for frame in [
