@@ -45,6 +45,10 @@ class ConnectorState:
     available: bool = True
 
 
+#: Settings that, like on many real chargers, take effect only after a reboot.
+REBOOT_KEYS = frozenset({"WebSocketPingInterval"})
+
+
 @dataclass
 class SimulatorConfig:
     connectors: int = 2
@@ -70,6 +74,7 @@ class SimulatedChargePoint(ChargePoint):
             "AuthorizeRemoteTxRequests": ("false", False),
             "LocalAuthListEnabled": ("true", False),
             "ChargeProfileMaxStackLevel": ("10", True),
+            "WebSocketPingInterval": ("60", False),
         }
         self.local_list_version = 0
         self.local_list: dict[str, dict[str, Any]] = {}
@@ -259,6 +264,8 @@ class SimulatedChargePoint(ChargePoint):
         if self.configuration[key][1]:
             return result.ChangeConfiguration(status="Rejected")  # type: ignore[arg-type]
         self.configuration[key] = (value, False)
+        if key in REBOOT_KEYS:
+            return result.ChangeConfiguration(status="RebootRequired")  # type: ignore[arg-type]
         return result.ChangeConfiguration(status="Accepted")  # type: ignore[arg-type]
 
     @on(Action.get_configuration)

@@ -20,6 +20,7 @@ from domain.entities import (
     AuditEntry,
     IdTag,
     IdTagStatus,
+    Registration,
     Reservation,
     ReservationState,
     Session,
@@ -51,10 +52,26 @@ log = logging.getLogger("chargegraph.commands")
 DRIVER_ACTIONS = frozenset({"RemoteStartTransaction", "RemoteStopTransaction", "ReserveNow",
                             "CancelReservation"})
 #: Answers that mean yes. Everything else with a ``status`` is a refusal.
-POSITIVE = frozenset({"Accepted", "Unlocked", "Scheduled"})
+#: Answers that mean the charger did (or will do) what was asked. RebootRequired
+#: (ChangeConfiguration): the setting is stored and applies after the next reboot.
+POSITIVE = frozenset({"Accepted", "Unlocked", "Scheduled", "RebootRequired"})
 COMMAND_TIMEOUT_S = 30.0
 MAX_RESERVATION_HOURS = 24
 MAX_RESERVATION = timedelta(hours=MAX_RESERVATION_HOURS)
+
+
+#: What a station that is not Accepted may not be asked: OCPP 1.6 (4.2) has the central
+#: system initiate nothing while a station is Rejected, and while it is Pending it may
+#: only read or change its configuration, not have it charge or hold a connector.
+_CHARGING_ACTIONS = frozenset({"RemoteStartTransaction", "ReserveNow"})
+
+
+def _refuse_unregistered(station: Station, action: str) -> None:
+    if station.registration is Registration.REJECTED or (
+            station.registration is Registration.PENDING and action in _CHARGING_ACTIONS):
+        raise ValidationError(f"the station's registration is "
+                              f"{station.registration.value.lower()}: accept it first",
+                              field="cpId", code="INVALID_STATE")
 
 
 @dataclass(slots=True)
@@ -86,6 +103,7 @@ class CommandService(Service):
         manages = self.policy.may_manage_station(viewer, station)
         if not manages and not (viewer.is_driver and action in DRIVER_ACTIONS):
             raise Forbidden(f"you may not send {action} to this station", field="cpId")
+        _refuse_unregistered(station, action)
         payload = check_command(action, payload)  # a copy: the driver rules edit it
         if not manages:
             await self._check_driver(viewer, station, action, payload)

@@ -15,6 +15,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from domain import entities as d
+from domain.policy import SYSTEM
 from domain.query import Eq
 from ocpp_bridge.simulator import basic_auth, connected
 from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
@@ -66,6 +67,9 @@ async def test_every_command_reaches_the_charger(central: Central) -> None:
              "ACCEPTED"),
             ("changeConfiguration", {"key": "NumberOfConnectors", "value": "9"}, "status",
              "REJECTED"),
+            # Stored, applied at the next reboot: a success, not a refusal.
+            ("changeConfiguration", {"key": "WebSocketPingInterval", "value": "30"}, "status",
+             "REBOOT_REQUIRED"),
             ("clearCache", {}, "status", "ACCEPTED"),
             ("triggerMessage", {"requestedMessage": "HEARTBEAT"}, "status", "ACCEPTED"),
             ("dataTransfer", {"vendorId": "ChargeGraph", "messageId": "echo", "data": "hi"},
@@ -131,7 +135,29 @@ async def test_every_command_reaches_the_charger(central: Central) -> None:
     assert station.firmware_status == "Installed" and station.diagnostics_status == "Uploaded"
     audit = await central.store.find_all(d.AuditEntry, Eq("action", d.AuditAction.COMMAND),
                                          limit=100)
-    assert len(audit) == 20 and all(a.actor == central.users["op"].id for a in audit)
+    assert len(audit) == 21 and all(a.actor == central.users["op"].id for a in audit)
+
+
+async def test_a_station_not_accepted_is_asked_only_what_ocpp_allows(central: Central
+                                                                      ) -> None:
+    """Rejected: nothing at all. Pending: its configuration, but no charging."""
+    station_id = central.stations["CP-1"].id
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        for registration, name, extra, allowed in (
+                (d.Registration.PENDING, "getConfiguration", {}, True),
+                (d.Registration.PENDING, "remoteStartTransaction",
+                 {"connectorId": 1, "idTag": "TAG-OK"}, False),
+                (d.Registration.REJECTED, "getConfiguration", {}, False),
+                (d.Registration.REJECTED, "reset", {"type": "SOFT"}, False)):
+            await central.services.stations.update_station(SYSTEM, station_id,
+                                                           registration=registration)
+            answer = await run(central, name, {"cpId": "CP-1", **extra}, "__typename")
+            errors = [(e["field"], e["code"]) for e in answer["errors"]]
+            assert errors == ([] if allowed else [("cpId", "INVALID_STATE")]), (
+                registration, name, answer)
+        await settle()
+        assert [name for name, _ in cp.received] == ["GetConfiguration"]
 
 
 async def test_offline_and_refused(central: Central) -> None:
