@@ -8,6 +8,7 @@ A hidden record reads exactly like a missing one.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from domain.entities import Record, Role, Station, User, Vehicle
@@ -19,7 +20,33 @@ from domain.events import (
     SessionChanged,
     StationConnectionChanged,
 )
-from domain.query import ALL, NONE, Eq, Filter, Sub, any_of
+from domain.query import (
+    ALL,
+    NONE,
+    And,
+    Eq,
+    Filter,
+    In,
+    Or,
+    Range,
+    Search,
+    Sort,
+    Sub,
+    all_of,
+    any_of,
+)
+
+#: Fields only the viewers of a record's private view (``sees_*_private``) may read. A
+#: filter or sort key on one matches only such records: otherwise it would tell what the
+#: field hides (an email guessed a letter at a time by search, a role by filtering on
+#: it, an email in the cursor of a list sorted by it).
+PRIVATE_FIELDS: dict[str, frozenset[str]] = {
+    "user": frozenset({"email", "role", "active", "company_id", "created_by",
+                       "updated_by"}),
+    "station": frozenset({"owner_id", "company_id", "registration", "vendor", "model",
+                          "serial", "firmware", "firmware_status", "diagnostics_status",
+                          "last_seen", "created_by", "updated_by"}),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +204,35 @@ class Policy:
             case _:
                 return NONE
 
+    # ---------------------------------------------------------------- private fields
+    def private_view(self, viewer: Viewer, kind: str) -> Filter:
+        """The records of ``kind`` whose private fields ``viewer`` sees: ``sees_*_private``
+        as a filter."""
+        if viewer.is_admin:
+            return ALL
+        if viewer.user_id is None:
+            return NONE
+        if kind == "user":
+            return any_of(Eq("id", viewer.user_id),
+                          Eq("company_id", viewer.company_id)
+                          if viewer.is_operator and viewer.company_id else NONE)
+        if kind == "station":
+            return self.operator_stations(viewer) if viewer.is_operator else NONE
+        return ALL
+
+    def guard_private(self, viewer: Viewer, kind: str, where: Filter,
+                      sort: Sequence[Sort] = ()) -> Filter:
+        """``where`` with every condition on a private field (and, when ``sort`` uses
+        one, the whole query) limited to the records whose private view ``viewer`` has."""
+        private = PRIVATE_FIELDS.get(kind)
+        if not private or viewer.is_admin:
+            return where
+        view = self.private_view(viewer, kind)
+        guarded = _guard(where, private, view)
+        if any(key.field in private for key in sort):
+            guarded = all_of(guarded, view)
+        return guarded
+
     # ---------------------------------------------------------------- live events
     def sees_event(self, viewer: Viewer, event: DomainEvent) -> bool:
         """The subscription-side twin of ``scope``: the same rules, decided on the event's
@@ -216,7 +272,8 @@ class Policy:
 
     @staticmethod
     def sees_vehicle_private(viewer: Viewer, vehicle: Vehicle) -> bool:
-        """Owner and battery details; operators of a session see plate, make and model."""
+        """Battery details. Operators of a session see plate, make and model, and the
+        owner by name only (the session names its driver anyway)."""
         return viewer.is_admin or viewer.user_id == vehicle.owner_id
 
     # ---------------------------------------------------------------- permissions
@@ -260,3 +317,24 @@ class Policy:
     @staticmethod
     def owns(viewer: Viewer, record: Record, owner_field: str) -> bool:
         return viewer.user_id is not None and getattr(record, owner_field) == viewer.user_id
+
+
+def _guard(where: Filter, private: frozenset[str], view: Filter) -> Filter:
+    """Each condition of ``where`` on a ``private`` field ANDed with ``view``; a search
+    across public and private fields keeps matching the public ones for everyone."""
+    match where:
+        case And(parts):
+            return all_of(*(_guard(part, private, view) for part in parts))
+        case Or(parts):
+            return any_of(*(_guard(part, private, view) for part in parts))
+        case Search(fields, text):
+            hidden = tuple(f for f in fields if f in private)
+            if not hidden:
+                return where
+            shown = tuple(f for f in fields if f not in private)
+            return any_of(Search(shown, text) if shown else NONE,
+                          all_of(Search(hidden, text), view))
+        case Eq(field) | In(field) | Range(field) | Sub(field) if field in private:
+            return all_of(where, view)
+        case _:
+            return where

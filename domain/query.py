@@ -242,7 +242,8 @@ def decode_cursor(cursor: str, sort: Sequence[Sort], field: str = "after") -> Cu
             id=str(payload["i"]),
             sort=tuple((str(f), bool(d)) for f, d in payload["s"]),
         )
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, ArithmeticError) as exc:
+        # ArithmeticError: decimal.InvalidOperation, a decimal value that is no number.
         raise ValidationError("malformed cursor", field=field, code="INVALID_CURSOR") from exc
     if key.sort != tuple((s.field, s.descending) for s in sort) or len(key.values) != len(sort):
         raise ValidationError(

@@ -18,8 +18,10 @@ class ReadService(Service):
         """Whether independent reads are worth starting together (``Store.overlapping_reads``)."""
         return self.store.overlapping_reads
 
-    def scoped(self, viewer: Viewer, kind: type[E], where: Filter = ALL) -> Filter:
-        return all_of(self.policy.scope(viewer, kind.kind), where)
+    def scoped(self, viewer: Viewer, kind: type[E], where: Filter = ALL,
+               sort: Sequence[Sort] = ()) -> Filter:
+        return all_of(self.policy.scope(viewer, kind.kind),
+                      self.policy.guard_private(viewer, kind.kind, where, sort))
 
     async def get(self, viewer: Viewer, kind: type[E], record_id: str) -> E | None:
         return (await self.get_many(viewer, kind, [record_id]))[0]
@@ -33,7 +35,8 @@ class ReadService(Service):
 
     async def page(self, viewer: Viewer, kind: type[E], where: Filter, sort: Sequence[Sort],
                    page: PageRequest) -> Page[E]:
-        return await self.store.find_page(kind, self.scoped(viewer, kind, where), sort, page)
+        return await self.store.find_page(kind, self.scoped(viewer, kind, where, sort), sort,
+                                          page)
 
     async def count(self, viewer: Viewer, kind: type[E], where: Filter) -> int:
         return await self.store.count(kind, self.scoped(viewer, kind, where))
@@ -41,7 +44,7 @@ class ReadService(Service):
     async def grouped(self, viewer: Viewer, kind: type[E], key_field: str, keys: Sequence[Any],
                       where: Filter, sort: Sequence[Sort], limit: int) -> dict[Any, list[E]]:
         return await self.store.find_grouped(
-            kind, key_field, keys, self.scoped(viewer, kind, where), sort, limit
+            kind, key_field, keys, self.scoped(viewer, kind, where, sort), sort, limit
         )
 
     async def count_grouped(self, viewer: Viewer, kind: type[E], key_field: str,

@@ -44,6 +44,15 @@ def test_cursor_round_trip_and_ordering_check() -> None:
         decode_cursor("%%%", sort)
 
 
+def test_a_cursor_with_a_decimal_that_is_no_number_is_a_user_error() -> None:
+    sort = [Sort("name")]
+    forged = base64.urlsafe_b64encode(json.dumps(
+        {"s": [["name", False]], "v": [{"d": "nope"}], "i": "x"}).encode()).decode()
+    with pytest.raises(ValidationError) as err:
+        decode_cursor(forged, sort)
+    assert (err.value.field, err.value.code) == ("after", "INVALID_CURSOR")
+
+
 def test_cursors_keep_any_text_and_decode_the_compact_json_of_earlier_versions() -> None:
     sort = [Sort("name")]
     cursor = encode_cursor(sort, ["Zürich Süd ⚡"], "abc")

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 
 from graph.ids import to_global_id
@@ -66,6 +68,51 @@ async def test_users_per_role_and_reduced_view(api: Api, world: World) -> None:
     assert driver == {"Driver2": "driver2@example.com"}
     admin = names(await api.gql(USERS, as_user=world.users["admin"].id))
     assert len(admin) == 7 and all(admin.values())
+
+
+USER_NAMES = """query($f: UserFilter, $o: [UserOrder!]) {
+    users(first: 50, filter: $f, orderBy: $o) { edges { cursor node { name } } } }"""
+
+
+@pytest.mark.parametrize(("who", "variables", "names"), [
+    # Op_A sees Driver1 and Driver2 by name only: their emails and roles cannot be
+    # found out by searching, filtering or sorting on them.
+    ("op_a", {"f": {"search": "driver1@"}}, set()),
+    ("op_a", {"f": {"search": "driver"}}, {"Driver_A", "Driver1", "Driver2"}),  # names
+    ("op_a", {"f": {"search": "example.com"}}, {"Op_A", "Op_A2", "Driver_A"}),
+    ("op_a", {"f": {"role": "DRIVER"}}, {"Driver_A"}),
+    ("op_a", {"o": [{"field": "EMAIL"}]}, {"Op_A", "Op_A2", "Driver_A"}),
+    ("op_a", {"o": [{"field": "NAME"}]}, {"Op_A", "Op_A2", "Driver_A", "Driver1", "Driver2"}),
+    ("admin", {"f": {"search": "driver1@"}}, {"Driver1"}),
+    ("admin", {"f": {"role": "DRIVER"}}, {"Driver_A", "Driver1", "Driver2"}),
+])
+async def test_hidden_user_fields_cannot_be_searched_filtered_or_sorted(
+        api: Api, world: World, who: str, variables: dict, names: set[str]) -> None:
+    data = await api.gql(USER_NAMES, variables, as_user=world.users[who].id)
+    edges = data["users"]["edges"]
+    assert {e["node"]["name"] for e in edges} == names
+    if who != "admin":  # cursors carry the sort values: never a hidden one
+        hidden = {"driver1@example.com", "driver2@example.com"}
+        cursors = [base64.urlsafe_b64decode(e["cursor"] + "=" * (-len(e["cursor"]) % 4))
+                   for e in edges]
+        assert not any(email.encode() in cursor for cursor in cursors for email in hidden)
+
+
+async def test_hidden_station_fields_cannot_be_filtered_on(api: Api, world: World) -> None:
+    """A driver sees the map, not who runs it: filtering on the owner or company finds
+    nothing, as it does for an operator of another company."""
+    query = """query($f: StationFilter) { stations(first: 50, filter: $f) {
+        nodes { cpId } } }"""
+    company = to_global_id("company", world.companies["a"].id)
+    owner = to_global_id("user", world.users["op_a"].id)
+    for who, expected in (("driver1", set()), ("op_b", set()),
+                          ("op_a", {"A-001", "A-002"}), ("admin", {"A-001", "A-002"})):
+        for variables in ({"f": {"companyId": company}}, {"f": {"ownerId": owner}}):
+            data = await api.gql(query, variables, as_user=world.users[who].id)
+            assert cp_ids(data) == expected, (who, variables)
+    data = await api.gql(query, {"f": {"search": "A Station"}},
+                         as_user=world.users["driver1"].id)
+    assert cp_ids(data) == {"A-001", "A-002"}  # the public fields still search
 
 
 async def test_node_on_others_ids_reads_null(api: Api, world: World) -> None:
