@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from domain import validation as v
+from domain.clock import utcnow
 from domain.entities import IdTag, IdTagStatus, Session, SessionState, User, Vehicle
 from domain.errors import Conflict, Forbidden, ValidationError
 from domain.policy import Viewer
@@ -93,17 +94,33 @@ class FleetService(Service):
         owner = await self._owner(viewer, user_id, "userId")
         if vehicle_id is not None:
             await self._vehicle_of(viewer, owner, vehicle_id)
+        expires_at = v.aware(expires_at, "expiresAt")
+        if expires_at is not None and expires_at <= utcnow():
+            raise ValidationError("expiresAt must be in the future", field="expiresAt",
+                                  code="OUT_OF_RANGE")
+        if not self.policy.may_manage_user(viewer, owner):
+            await self._refuse_if_withdrawn(owner)
         id_tag = stamp_new(
             IdTag(
                 tag=v.id_tag(tag),
                 user_id=owner.id,
                 vehicle_id=vehicle_id,
-                expires_at=v.aware(expires_at, "expiresAt"),
+                expires_at=expires_at,
             ),
             viewer,
         )
         await self.commit(viewer, [(Insert(id_tag), None)])
         return id_tag
+
+    async def _refuse_if_withdrawn(self, owner: User) -> None:
+        """A driver issuing their own tag while one of theirs stands blocked by an operator
+        or admin would be charging around the block. (A card they blocked themselves,
+        lost, is what a new one replaces.)"""
+        blocked = await self.store.find_all(IdTag, all_of(
+            Eq("user_id", owner.id), Eq("status", IdTagStatus.BLOCKED)), limit=100)
+        if any(tag.updated_by != owner.id for tag in blocked):
+            raise Forbidden("a card of yours was blocked by your operator: ask them for a "
+                            "new one", field="tag")
 
     async def update_id_tag(self, viewer: Viewer, id_tag_id: str, *, status: Any = UNSET,
                             vehicle_id: Any = UNSET, expires_at: Any = UNSET) -> IdTag:

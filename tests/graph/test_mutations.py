@@ -268,6 +268,33 @@ async def test_id_tags(api: Api, world: World) -> None:
                             "idTag { id }")) == [("userId", "FORBIDDEN")]
 
 
+async def test_a_driver_cannot_issue_a_card_around_an_operators_block(api: Api,
+                                                                       world: World) -> None:
+    own = world.tags["driver1"].id
+    # Their own block (a lost card) is what a new card replaces.
+    assert codes(await call(api, world, "driver1", "updateIdTag",
+                            {"id": gid("id_tag", own), "status": "BLOCKED"},
+                            "idTag { id }")) == []
+    assert codes(await call(api, world, "driver1", "issueIdTag", {"tag": "REPLACEMENT-1"},
+                            "idTag { id }")) == []
+    assert codes(await call(api, world, "driver1", "issueIdTag",
+                            {"tag": "LATE-1", "expiresAt": "2020-01-01T00:00:00Z"},
+                            "idTag { id }")) == [("expiresAt", "OUT_OF_RANGE")]
+    # An admin's block holds: no new card of their own until it is lifted.
+    assert codes(await call(api, world, "admin", "updateIdTag",
+                            {"id": gid("id_tag", own), "status": "BLOCKED"},
+                            "idTag { id }")) == []
+    assert codes(await call(api, world, "driver1", "issueIdTag", {"tag": "AROUND-1"},
+                            "idTag { id }")) == [("tag", "FORBIDDEN")]
+    assert codes(await call(api, world, "admin", "issueIdTag",
+                            {"tag": "GRANTED-1", "userId": gid("user", world.users["driver1"].id)},
+                            "idTag { id }")) == []
+    tags = await api.gql("{ idTags(first: 20) { nodes { tag } } }",
+                         as_user=world.users["driver1"].id)
+    assert {n["tag"] for n in tags["idTags"]["nodes"]} >= {"REPLACEMENT-1", "GRANTED-1"}
+    assert "AROUND-1" not in {n["tag"] for n in tags["idTags"]["nodes"]}
+
+
 STATION_INPUT: dict[str, Any] = {
     "cpId": "NEW-1", "name": "New Station",
     "location": {"lat": 52.52, "lon": 13.405, "address": "Alexanderplatz 1"},
