@@ -146,6 +146,9 @@ class _Compiler:
             return lambda v: v.__class__ is int
         return None
 
+    def _deref(self, schema: dict[str, Any]) -> dict[str, Any]:
+        return self._deref(self._resolve(schema["$ref"])) if "$ref" in schema else schema
+
     def _resolve(self, ref: str) -> dict[str, Any]:
         if not ref.startswith("#/"):
             raise ValueError(f"only local $ref is supported: {ref}")
@@ -283,6 +286,17 @@ class _Compiler:
             return None
         ordered = tuple(properties.items())
         is_object = types == "object"
+        # Integer fields sent as 2.0 pass (JSON has one number type) and are handed on
+        # as 2: the store and the domain take an int, and some firmware writes
+        # ``"meterStart": 12345.0``.
+        integers = tuple(name for name, sub in schema.get("properties", {}).items()
+                         if self._deref(sub).get("type") == "integer")
+
+        def as_ints(value: dict[str, Any]) -> None:
+            for name in integers:
+                element = value.get(name)
+                if element.__class__ is float:
+                    value[name] = int(element)
 
         def check_in_order(value: Any) -> None:
             if not isinstance(value, dict):
@@ -308,6 +322,8 @@ class _Compiler:
                 extra = [name for name in value if name not in properties]
                 raise _Invalid("additionalProperties",
                                f"must not contain {set(extra)!r} properties")
+            if integers:
+                as_ints(value)
 
         def check(value: Any) -> None:
             # The fast pass walks the value's few keys rather than the schema's many;
@@ -324,6 +340,8 @@ class _Compiler:
                                 raise _Retry
                             continue
                         check_property(element)
+                    if integers:
+                        as_ints(value)
                     return
                 except (_Invalid, _Retry):
                     pass

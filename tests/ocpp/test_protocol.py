@@ -286,6 +286,39 @@ async def test_sane_edge_values_are_kept(central: Central) -> None:
     assert -7400.0 in [sample.value for sample in samples]
 
 
+async def test_whole_numbers_written_as_decimals_are_read_as_integers(central: Central
+                                                                      ) -> None:
+    """JSON has one number type: ``1.0`` where OCPP wants an integer is that integer."""
+    ws = await raw(central)
+
+    async def call(action: str, payload: dict) -> list:
+        return await exchange(ws, json.dumps([2, action, action, payload]))
+
+    try:
+        status = await call("StatusNotification", {"connectorId": 1.0, "errorCode": "NoError",
+                                                   "status": "Preparing"})
+        assert status[0] == 3, status
+        start = await call("StartTransaction", {"connectorId": 1.0, "idTag": "TAG-OK",
+                                                "meterStart": 1000.0, "timestamp": now()})
+        assert start[0] == 3, start
+        tx = start[2]["transactionId"]
+        values = await call("MeterValues", {
+            "connectorId": 1.0, "transactionId": float(tx), "meterValue": [{
+                "timestamp": now(), "sampledValue": [{"value": "1500"}]}]})
+        assert values[0] == 3, values
+        stopped = await call("StopTransaction", {"transactionId": float(tx),
+                                                 "meterStop": 3000.0, "timestamp": now()})
+        assert stopped[0] == 3, stopped
+        fraction = await call("StopTransaction", {"transactionId": tx, "meterStop": 3000.5,
+                                                  "timestamp": now()})
+        assert fraction[0] == 4 and fraction[2] == "TypeConstraintViolation", fraction
+    finally:
+        await ws.close()
+    session = await central.session(tx)
+    assert session is not None and session.state is d.SessionState.COMPLETED
+    assert (session.meter_start_wh, session.energy_wh) == (1000, 2000)
+
+
 async def test_callerror_keeps_unique_id(central: Central) -> None:
     ws = await raw(central)
     try:
