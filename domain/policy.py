@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from domain.entities import Record, Role, Station, User, Vehicle
+from domain.entities import Payment, Record, Role, Session, Station, User, Vehicle
 from domain.events import (
     CommandCompleted,
     ConnectorStatusChanged,
@@ -125,10 +125,12 @@ class Policy:
     def _operator_scope(self, viewer: Viewer, kind: str) -> Filter:
         stations = self.operator_stations(viewer)
         on_stations: Filter = Sub("station_id", "station", stations)
-        # Sessions and payments also by who ran their station then: the books stay with
-        # the operator after the station is removed (its telemetry goes with it).
+        # Sessions and payments by whose books they went to when they happened
+        # (``charging.books_of``), not by who runs their station now: the books stay
+        # with the operator after the station is removed or handed to another company,
+        # and a new operator does not see the drivers who charged under the old one.
         books: Filter = any_of(
-            on_stations, Eq("station_owner_id", viewer.user_id),
+            Eq("station_owner_id", viewer.user_id),
             Eq("company_id", viewer.company_id) if viewer.company_id else NONE)
         match kind:
             case "station":
@@ -291,6 +293,13 @@ class Policy:
 
     def may_manage_station(self, viewer: Viewer, station: Station) -> bool:
         return viewer.is_admin or (viewer.is_operator and self.runs_station(viewer, station))
+
+    @staticmethod
+    def keeps_books(viewer: Viewer, record: Session | Payment) -> bool:
+        """Whether the session or payment is in the operator's books (see the scope)."""
+        return viewer.is_admin or (viewer.is_operator and viewer.user_id is not None and (
+            record.station_owner_id == viewer.user_id
+            or (viewer.company_id is not None and record.company_id == viewer.company_id)))
 
     @staticmethod
     def may_manage_user(viewer: Viewer, target: User) -> bool:

@@ -6,7 +6,7 @@ REFUNDED. Nothing else: no refund of money never captured, no double capture.
 
 from __future__ import annotations
 
-from domain.entities import Payment, PaymentStatus, Station
+from domain.entities import Payment, PaymentStatus
 from domain.errors import Conflict, Forbidden
 from domain.policy import Viewer
 from domain.ports import PaymentProvider, Update
@@ -40,11 +40,9 @@ class PaymentService(Service):
 
     async def _managed(self, viewer: Viewer, payment_id: str) -> Payment:
         payment = await self.visible(viewer, Payment, payment_id)
-        station = (await self.store.get_many(Station, [payment.station_id]))[0]
-        allowed = viewer.is_admin or (station is not None
-                                      and self.policy.may_manage_station(viewer, station))
-        if not allowed:
-            raise Forbidden("only admins and the station's operator settle payments")
+        if not self.policy.keeps_books(viewer, payment):
+            raise Forbidden("only admins and the operator whose books it is in settle "
+                            "payments")
         return payment
 
     async def _move(self, viewer: Viewer, payment_id: str, step: str) -> Payment:

@@ -33,6 +33,7 @@ from domain.entities import (
     Vehicle,
 )
 from domain.ports import Insert, Store
+from domain.services.charging import books_of
 
 T0 = datetime(2025, 3, 1, 12, 0, 0, 123000, tzinfo=UTC)
 
@@ -97,6 +98,9 @@ def session(st: Station, connector_id: int = 1, **kw: Any) -> Session:
     kw.setdefault("id_tag", "TAG")
     kw.setdefault("start_time", T0)
     kw.setdefault("meter_start_wh", 0)
+    company_id, station_owner_id = books_of(st)  # as the charging service sets them
+    kw.setdefault("company_id", company_id)
+    kw.setdefault("station_owner_id", station_owner_id)
     return Session(station_id=st.id, cp_id=st.cp_id, connector_id=connector_id, **kw)
 
 
@@ -134,6 +138,8 @@ def payment(sess: Session, **kw: Any) -> Payment:
     kw.setdefault("amount_minor", 1234)
     kw.setdefault("currency", "EUR")
     kw.setdefault("user_id", sess.user_id)
+    kw.setdefault("company_id", sess.company_id)
+    kw.setdefault("station_owner_id", sess.station_owner_id)
     return Payment(session_id=sess.id, station_id=sess.station_id, **kw)
 
 

@@ -115,6 +115,34 @@ async def test_hidden_station_fields_cannot_be_filtered_on(api: Api, world: Worl
     assert cp_ids(data) == {"A-001", "A-002"}  # the public fields still search
 
 
+async def test_a_station_handed_to_another_company_leaves_its_books_behind(
+        api: Api, world: World) -> None:
+    """Sessions and payments stay in the books they went to when they happened: the old
+    company keeps and settles them, the new one sees none of the drivers who charged
+    under the old one."""
+    station = to_global_id("station", world.stations["A-002"].id)
+    moved = await api.gql("""mutation($id: ID!, $c: ID!, $o: ID!) { updateStation(input:
+        {id: $id, companyId: $c, ownerId: $o}) { errors { code } } }""",
+                          {"id": station, "c": to_global_id("company", world.companies["b"].id),
+                           "o": to_global_id("user", world.users["op_b"].id)},
+                          as_user=world.users["admin"].id)
+    assert moved["updateStation"]["errors"] == []
+    books = """{ sessions(first: 50) { nodes { cpId } } payments(first: 50) { nodes { id } }
+        users(first: 50) { nodes { name } } }"""
+    op_b = await api.gql(books, as_user=world.users["op_b"].id)
+    assert session_cps(op_b) == {"B-001"}  # not A-002's session of driver2
+    assert "Driver2" not in {n["name"] for n in op_b["users"]["nodes"]}
+    op_a = await api.gql(books, as_user=world.users["op_a"].id)
+    assert session_cps(op_a) == {"A-001", "A-002"}
+    payment = to_global_id("payment", world.payments["s3"].id)
+    capture = """mutation($id: ID!) { capturePayment(input: {id: $id}) {
+        payment { status } errors { code } } }"""
+    refused = await api.gql(capture, {"id": payment}, as_user=world.users["op_b"].id)
+    assert refused["capturePayment"]["errors"] == [{"code": "NOT_FOUND"}]
+    settled = await api.gql(capture, {"id": payment}, as_user=world.users["op_a"].id)
+    assert settled["capturePayment"] == {"payment": {"status": "CAPTURED"}, "errors": []}
+
+
 async def test_node_on_others_ids_reads_null(api: Api, world: World) -> None:
     query = "query($id: ID!) { node(id: $id) { id __typename } }"
     hidden = {

@@ -10,6 +10,7 @@ from domain.clock import utcnow
 from domain.policy import SYSTEM, Viewer
 from domain.ports import Insert
 from domain.services import ConnectorSpec, Services
+from domain.services.charging import books_of
 
 PASSWORD = "correct horse battery"
 
@@ -78,6 +79,7 @@ async def _session(services: Services, w: World, key: str, driver: str, cp_id: s
                    connector_id: int, *, active: bool) -> None:
     station = w.stations[cp_id]
     start = utcnow() - timedelta(hours=2)
+    company_id, station_owner_id = books_of(station)  # as the charging service sets them
     session = d.Session(
         transaction_id=await services.ctx.store.next_sequence("transaction"),
         station_id=station.id, cp_id=cp_id, connector_id=connector_id,
@@ -88,11 +90,13 @@ async def _session(services: Services, w: World, key: str, driver: str, cp_id: s
         end_time=None if active else start + timedelta(hours=1),
         meter_stop_wh=None if active else 13000,
         created_by=f"ocpp:{cp_id}", updated_by=f"ocpp:{cp_id}",
+        company_id=company_id, station_owner_id=station_owner_id,
     )
     changes = [Insert(session)]
     if not active:
         payment = d.Payment(session_id=session.id, station_id=station.id,
-                            user_id=session.user_id, amount_minor=420, currency="EUR")
+                            user_id=session.user_id, amount_minor=420, currency="EUR",
+                            company_id=company_id, station_owner_id=station_owner_id)
         w.payments[key] = payment
         changes.append(Insert(payment))
     await services.ctx.store.write(changes, [])
