@@ -149,6 +149,10 @@ class AnalyticsService(Service):
         days), sessions started per bucket, and revenue of sessions that ended in it."""
         _window(start, end)
         tz = zone(time_zone)
+        # The same ISO 4217 check as setTariff: an unknown code would only ever match no
+        # session and answer a revenue of 0 in a currency that does not exist.
+        if currency is not None:
+            currency = v.currency(currency)
         energy_plan = plan("at", bucket, tz, start, end)
         energy = await self.store.aggregate(
             MeterSample,
