@@ -116,6 +116,47 @@ async def test_fault_reports(history: History) -> None:
         history.viewer("driver1"), Scope(), WINDOW_FROM, WINDOW_TO) == []
 
 
+async def test_fault_reports_count_faults_carried_into_the_window(history: History) -> None:
+    faults = history.services.analytics.fault_reports
+
+    def rows(groups: list[Any]) -> list[tuple[Any, ...]]:
+        return [(g.cp_id, g.connector_id, g.error_code, g.count, g.first_seen, g.last_seen,
+                 g.duration_seconds / H, g.open) for g in groups]
+
+    # From 15:00 on the 29th: S1 c2's ground fault (14:00 → 16:00) ends inside the window,
+    # S2's over-current fault (from 20:00 on the 30th) is reported inside it.
+    admin = history.viewer("admin")
+    assert rows(await faults(admin, Scope(), utc(29, 15), utc(31, 12))) == [
+        ("S1", 2, "GroundFailure", 0, utc(29, 14), utc(29, 14), 1.0, False),
+        ("S2", 1, "OverCurrentFailure", 1, utc(30, 20), utc(30, 20), 16.0, True)]
+    # The day after: S2's fault is still going, with no new report.
+    next_day = (utc(31, 0), utc(31, 12))
+    assert rows(await faults(admin, Scope(), *next_day)) == [
+        ("S2", 1, "OverCurrentFailure", 0, utc(30, 20), utc(30, 20), 12.0, True)]
+    assert [g.cp_id for g in await faults(history.viewer("op_b"), Scope(), *next_day)] \
+        == ["S2"]
+    for who in ("op_a", "driver1"):  # not their station, or no station history at all
+        assert await faults(history.viewer(who), Scope(), *next_day) == [], who
+    assert await faults(admin, Scope(cp_ids=("S1",)), *next_day) == []
+    # A window after a fault cleared has no group for it.
+    assert await faults(admin, Scope(cp_ids=("S1",)), utc(29, 16), utc(30, 0)) == []
+
+
+async def test_carried_fault_first_seen_is_its_report_across_a_disconnect(
+        history: History) -> None:
+    # S2 drops offline at 12:00 on the 31st, still faulted: its state interval starts
+    # again then, but the fault was reported at 20:00 the day before.
+    await history.services.charging.set_online("S2", False)
+    history.clock.now = utc(31, 14)
+    faults = history.services.analytics.fault_reports
+    [group] = await faults(history.viewer("admin"), Scope(), utc(31, 13), utc(31, 14))
+    assert (group.cp_id, group.error_code, group.count, group.first_seen, group.last_seen,
+            group.duration_seconds, group.open) == (
+        "S2", "OverCurrentFailure", 0, utc(30, 20), utc(30, 20), H, True)
+    # A window after "now" has had no time in the fault yet.
+    assert await faults(history.viewer("admin"), Scope(), utc(31, 15), utc(31, 16)) == []
+
+
 async def test_overview(history: History) -> None:
     overview = await history.services.analytics.overview(history.viewer("admin"), Scope(),
                                                          "Europe/Berlin")
