@@ -192,8 +192,15 @@ class AnalyticsService(Service):
 
     # ------------------------------------------------------------- utilization, availability
     async def _connectors(self, viewer: Viewer, scope: Scope) -> list[Connector]:
+        """The connectors to give rows for: those whose state history (the intervals) the
+        viewer may see. Drivers and the public map see every connector's live status but
+        no station's history; a row for them would read 0 seconds available or charging
+        as if measured, so they get no row, as a hidden record reads like a missing one.
+        The interval scope is by station (``station_id``), which connectors share."""
         return await self.store.find_all(
-            Connector, self._scoped(viewer, "connector", scope.on_stations()), limit=100_000)
+            Connector, all_of(self._scoped(viewer, "connector", scope.on_stations()),
+                              self.policy.scope(viewer, "connector_interval")),
+            limit=100_000)
 
     def _rows(self, connectors: list[Connector], by_connector: bool, window: float,
               first: dict[tuple[Any, ...], float], second: dict[tuple[Any, ...], float]
@@ -212,7 +219,8 @@ class AnalyticsService(Service):
     async def utilization(self, viewer: Viewer, scope: Scope, start: datetime, end: datetime,
                           by_connector: bool) -> list[ShareRow]:
         """Share of the window each connector (or station: all its connectors) was
-        occupied by a session, and was charging (status Charging)."""
+        occupied by a session, and was charging (status Charging). Only connectors whose
+        state history the viewer may see (``_connectors``)."""
         _window(start, end)
         now = min(self.now(), end)
         group = [ByField("station_id"), ByField("connector_id")] if by_connector \
@@ -235,7 +243,8 @@ class AnalyticsService(Service):
                            by_connector: bool) -> list[ShareRow]:
         """Share of the window each connector was usable: its station online and its
         status neither Faulted nor Unavailable. Time before a connector's first report
-        counts as not usable (nothing was known)."""
+        counts as not usable (nothing was known). Only connectors whose state history the
+        viewer may see (``_connectors``)."""
         _window(start, end)
         now = min(self.now(), end)
         group = [ByField("station_id"), ByField("connector_id")] if by_connector \

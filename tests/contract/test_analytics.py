@@ -7,9 +7,13 @@ from typing import Any
 
 import pytest
 
+from domain.entities import Connector
+from domain.policy import ANONYMOUS, Policy
 from domain.ports import Store
+from domain.services import ServiceContext, Services
 from domain.services.analytics import Scope
 from domain.timebuckets import Bucket
+from tests.helpers import FastHasher
 from tests.support.history import (
     WINDOW_FROM,
     WINDOW_TO,
@@ -92,14 +96,29 @@ async def test_availability(history: History) -> None:
     # fault; S2 c1: online from 22:00 (28th) to the window's end minus the open fault.
     assert shares(rows, "first_seconds") == {("S1", 1): 26.0, ("S1", 2): 24.0,
                                              ("S2", 1): 46.0}
-    # Drivers see the public connectors, but no operator's state history.
-    driver_rows = await history.services.analytics.availability(
-        history.viewer("driver1"), Scope(), WINDOW_FROM, WINDOW_TO, by_connector=True)
-    assert shares(driver_rows, "first_seconds") == {("S1", 1): 0.0, ("S1", 2): 0.0,
-                                                    ("S2", 1): 0.0}
     op_b = await history.services.analytics.availability(
         history.viewer("op_b"), Scope(), WINDOW_FROM, WINDOW_TO, by_connector=False)
     assert shares(op_b, "first_seconds") == {("S2", None): 46.0}
+
+
+async def test_no_rows_without_the_state_history(history: History) -> None:
+    # Drivers and the public map see every connector's live status but no station's state
+    # history: rows of 0 seconds available or charging would read as measured.
+    public = Services(ServiceContext(store=history.services.ctx.store,
+                                     policy=Policy(public_map=True), hasher=FastHasher(),
+                                     clock=history.clock))
+    store = history.services.ctx.store
+    for policy, viewer in ((public.ctx.policy, ANONYMOUS),
+                           (history.services.ctx.policy, history.viewer("driver1"))):
+        assert await store.count(Connector, policy.scope(viewer, "connector")) == 3
+    for analytics, viewer in ((history.services.analytics, history.viewer("driver1")),
+                              (public.analytics, ANONYMOUS)):
+        for group_by_connector in (False, True):
+            for query in (analytics.availability, analytics.utilization):
+                assert await query(viewer, Scope(), WINDOW_FROM, WINDOW_TO,
+                                   group_by_connector) == [], (viewer, query)
+    # Their own charging stays in the energy trend.
+    assert (await trend(history, "driver1"))[0][1] == 2000
 
 
 async def test_fault_reports(history: History) -> None:
