@@ -203,7 +203,7 @@ class AnalyticsQuery:
         ctx: GraphContext = info.context
         buckets = await ctx.services.analytics.energy_trend(
             ctx.viewer, filter.to_domain(), filter.from_, filter.to, bucket, time_zone,
-            currency.upper() if currency else None)
+            currency)
         return [EnergyBucket(start=b.start, energy_kwh=b.energy_wh / 1000,
                              sessions=b.sessions,
                              revenue=major_units(b.revenue_minor, b.currency),

@@ -149,6 +149,10 @@ class AnalyticsService(Service):
         days), sessions started per bucket, and revenue of sessions that ended in it."""
         _window(start, end)
         tz = zone(time_zone)
+        # The same ISO 4217 check as setTariff: an unknown code would only ever match no
+        # session and answer a revenue of 0 in a currency that does not exist.
+        if currency is not None:
+            currency = v.currency(currency)
         energy_plan = plan("at", bucket, tz, start, end)
         energy = await self.store.aggregate(
             MeterSample,
@@ -188,8 +192,15 @@ class AnalyticsService(Service):
 
     # ------------------------------------------------------------- utilization, availability
     async def _connectors(self, viewer: Viewer, scope: Scope) -> list[Connector]:
+        """The connectors to give rows for: those whose state history (the intervals) the
+        viewer may see. Drivers and the public map see every connector's live status but
+        no station's history; a row for them would read 0 seconds available or charging
+        as if measured, so they get no row, as a hidden record reads like a missing one.
+        The interval scope is by station (``station_id``), which connectors share."""
         return await self.store.find_all(
-            Connector, self._scoped(viewer, "connector", scope.on_stations()), limit=100_000)
+            Connector, all_of(self._scoped(viewer, "connector", scope.on_stations()),
+                              self.policy.scope(viewer, "connector_interval")),
+            limit=100_000)
 
     def _rows(self, connectors: list[Connector], by_connector: bool, window: float,
               first: dict[tuple[Any, ...], float], second: dict[tuple[Any, ...], float]
@@ -208,7 +219,8 @@ class AnalyticsService(Service):
     async def utilization(self, viewer: Viewer, scope: Scope, start: datetime, end: datetime,
                           by_connector: bool) -> list[ShareRow]:
         """Share of the window each connector (or station: all its connectors) was
-        occupied by a session, and was charging (status Charging)."""
+        occupied by a session, and was charging (status Charging). Only connectors whose
+        state history the viewer may see (``_connectors``)."""
         _window(start, end)
         now = min(self.now(), end)
         group = [ByField("station_id"), ByField("connector_id")] if by_connector \
@@ -231,7 +243,8 @@ class AnalyticsService(Service):
                            by_connector: bool) -> list[ShareRow]:
         """Share of the window each connector was usable: its station online and its
         status neither Faulted nor Unavailable. Time before a connector's first report
-        counts as not usable (nothing was known)."""
+        counts as not usable (nothing was known). Only connectors whose state history the
+        viewer may see (``_connectors``)."""
         _window(start, end)
         now = min(self.now(), end)
         group = [ByField("station_id"), ByField("connector_id")] if by_connector \
@@ -260,7 +273,12 @@ class AnalyticsService(Service):
     async def fault_reports(self, viewer: Viewer, scope: Scope, start: datetime,
                             end: datetime) -> list[FaultGroup]:
         """Faults by station, connector and error code: how often reported, first and last
-        report, total time in that fault within the window, and whether it is still open."""
+        report, total time in that fault within the window, and whether it is still open.
+
+        A fault already going when the window opens (reported before it, cleared inside
+        it or not at all) is a group too, from its state intervals: no report in the
+        window (count 0), the time it spent inside the window, and as first and last seen
+        the last report of it before the window."""
         keys = [ByField("station_id"), ByField("cp_id"), ByField("connector_id"),
                 ByField("error_code")]
         reports = await self.store.aggregate(
@@ -272,7 +290,8 @@ class AnalyticsService(Service):
         durations = await self.store.aggregate(
             ConnectorInterval, self._scoped(viewer, "connector_interval", all_of(
                 faulted, _overlapping("start", "end", start, end))),
-            keys, {"s": OverlapSeconds("start", "end", start, end, now)})
+            keys, {"s": OverlapSeconds("start", "end", start, end, now),
+                   "since": Min("start")})
         still_open = await self.store.aggregate(
             ConnectorInterval, self._scoped(viewer, "connector_interval", all_of(
                 faulted, Eq("end", None))), keys, {"n": Count()})
@@ -282,12 +301,40 @@ class AnalyticsService(Service):
 
         seconds = {key(r): float(r["s"]) for r in durations}
         open_keys = {key(r) for r in still_open if r["n"]}
+        groups = {key(r): (int(r["n"]), r["first"], r["last"]) for r in reports}
+        # Faults carried into the window: time inside it but no report in it. (A stretch
+        # with no time inside, one starting after "now" on a charger clock ahead of ours,
+        # is left out like the window's future.)
+        carried = {key(r): r["since"] for r in durations
+                   if key(r) not in groups and float(r["s"]) > 0}
+        if carried:
+            before = await self._last_reports_before(viewer, scope, start, carried)
+            for k, since in carried.items():
+                seen = before.get(k, since)  # no report kept: when its interval began
+                groups[k] = (0, seen, seen)
         return sorted(
-            (FaultGroup(station_id=r["g0"], cp_id=r["g1"], connector_id=r["g2"],
-                        error_code=r["g3"], count=r["n"], first_seen=r["first"],
-                        last_seen=r["last"], duration_seconds=seconds.get(key(r), 0.0),
-                        open=key(r) in open_keys) for r in reports),
+            (FaultGroup(station_id=k[0], cp_id=k[1], connector_id=k[2], error_code=k[3],
+                        count=n, first_seen=first, last_seen=last,
+                        duration_seconds=seconds.get(k, 0.0), open=k in open_keys)
+             for k, (n, first, last) in groups.items()),
             key=lambda g: (g.cp_id, g.connector_id, g.error_code))
+
+    async def _last_reports_before(self, viewer: Viewer, scope: Scope, start: datetime,
+                                   wanted: dict[tuple[Any, ...], Any]
+                                   ) -> dict[tuple[Any, ...], datetime]:
+        """The newest report before ``start`` of each (station, cp, connector, error code)
+        in ``wanted``; narrowed by station and code, so it reads only those stations'
+        history of those faults."""
+        rows = await self.store.aggregate(
+            StatusEvent, self._scoped(viewer, "status_event", all_of(
+                scope.on_stations(),
+                In("station_id", tuple(sorted({k[0] for k in wanted}))),
+                In("error_code", tuple(sorted({k[3] for k in wanted}))),
+                Range("at", lt=start))),
+            [ByField("station_id"), ByField("cp_id"), ByField("connector_id"),
+             ByField("error_code")], {"last": Max("at")})
+        return {k: r["last"] for r in rows
+                if (k := tuple(r[f"g{i}"] for i in range(4))) in wanted}
 
     # ------------------------------------------------------------- overview
     async def overview(self, viewer: Viewer, scope: Scope, time_zone: str = "UTC"

@@ -22,6 +22,10 @@ from store.sqlite.codec import SqlValue, decode, encode, quote, spec_of
 from store.sqlite.sql_filter import column, compile_where, sortable
 
 MICROS = 1_000_000
+#: More seconds than lie between 0001-01-01 (the earliest datetime) and 1970, plus the
+#: largest bucket origin and zone offset (the shift keeps local microseconds positive and
+#: below 2**63 up to the year 9999).
+_LOWEST_S = 63_000_000_000
 
 
 def _micros(kind: type[Record], field: str, value: datetime) -> SqlValue:
@@ -47,8 +51,16 @@ def _time_key(kind: type[Record], group: ByTime, params: list[SqlValue]) -> str:
             params.append(_micros(kind, group.field, instant))
         last = int(group.offsets[-1][1])
         offset = f"(CASE {' '.join(branches)} ELSE {last} END)" if branches else str(last)
-    # Times are after 1970, so integer division (truncating) is floor division here.
-    return f"(({col} / {MICROS} + {offset} - {int(group.origin_s)}) / {int(group.size_s)})"
+    # The key is floor(local seconds / size). SQLite's integer division truncates toward
+    # zero, which is not floor for a negative dividend: an instant before the bucket origin
+    # (weeks count from Monday 1970-01-05) or pushed before 1970 by a zone behind UTC.
+    # Adding a whole number of buckets that lifts every storable instant (year 1 on) above
+    # zero, and taking it off the quotient again, makes truncation and floor agree. In
+    # microseconds, so a fraction of a second before 1970 is floored as well.
+    size = int(group.size_s)
+    shift = -(-_LOWEST_S // size)  # buckets, rounded up
+    local = f"({col} + ({offset} - {int(group.origin_s)} + {shift * size}) * {MICROS})"
+    return f"({local} / {size * MICROS} - {shift})"
 
 
 def _metric(kind: type[Record], metric: Metric, params: list[SqlValue]) -> str:

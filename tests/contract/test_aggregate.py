@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 from domain.aggregation import ByField, ByTime, Count, Max, Min, OverlapSeconds, Sum
 from domain.entities import (
@@ -15,6 +16,7 @@ from domain.entities import (
 from domain.ids import new_id
 from domain.ports import Insert, Store
 from domain.query import ALL, Eq, Range
+from domain.timebuckets import Bucket, plan
 
 T0 = datetime(2026, 3, 28, 22, 0, tzinfo=UTC)  # the night Berlin moves to summer time
 
@@ -100,3 +102,32 @@ async def test_no_group_gives_one_row_even_without_matches(store: Store) -> None
     rows = await store.aggregate(MeterSample, Eq("cp_id", "nope"), [],
                                  {"n": Count(), "wh": Sum("delta_wh")})
     assert rows == [{"n": 0, "wh": 0.0}]
+
+
+async def test_time_buckets_floor_before_their_origin(store: Store) -> None:
+    # Keys are floor(local seconds / size), also where local seconds fall before the
+    # bucket origin: weeks count from Monday 1970-01-05, so 1970-01-02 is in week -1
+    # (from Monday 1969-12-29); and on New York's 1970-01-01 (UTC-5) the first hours of
+    # UTC are still the last day of 1969 locally.
+    jan = datetime(1970, 1, 1, tzinfo=UTC)
+    await put(store, sample(jan + timedelta(days=1), 2000, cp="WEEK"),
+              sample(jan + timedelta(hours=2), 10, cp="NY"),
+              sample(jan + timedelta(hours=6), 20, cp="NY"),
+              sample(jan - timedelta(milliseconds=500), 40, cp="HOUR"))
+    week = plan("at", Bucket.WEEK, ZoneInfo("UTC"), jan, jan + timedelta(days=14))
+    assert week.keys == (-1, 0, 1)
+    rows = await store.aggregate(MeterSample, Eq("cp_id", "WEEK"), [week.grouping],
+                                 {"wh": Sum("delta_wh")})
+    assert [(week.start_of(r["g0"]), r["wh"]) for r in rows] == [
+        (datetime(1969, 12, 29, tzinfo=UTC), 2000)]
+    new_york = ZoneInfo("America/New_York")
+    day = plan("at", Bucket.DAY, new_york, jan, jan + timedelta(days=1))
+    rows = await store.aggregate(MeterSample, Eq("cp_id", "NY"), [day.grouping],
+                                 {"wh": Sum("delta_wh")})
+    assert sorted((day.start_of(r["g0"]), r["wh"]) for r in rows) == [
+        (datetime(1969, 12, 31, 5, tzinfo=UTC), 10), (datetime(1970, 1, 1, 5, tzinfo=UTC), 20)]
+    # Half a second before 1970 is in the hour before it, not the one from 00:00.
+    hour = ByTime("at", offsets=((jan, 0),), size_s=3600)
+    rows = await store.aggregate(MeterSample, Eq("cp_id", "HOUR"), [hour],
+                                 {"wh": Sum("delta_wh")})
+    assert [(r["g0"], r["wh"]) for r in rows] == [(-1, 40)]

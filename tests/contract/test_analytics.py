@@ -7,9 +7,13 @@ from typing import Any
 
 import pytest
 
+from domain.entities import Connector
+from domain.policy import ANONYMOUS, Policy
 from domain.ports import Store
+from domain.services import ServiceContext, Services
 from domain.services.analytics import Scope
 from domain.timebuckets import Bucket
+from tests.helpers import FastHasher
 from tests.support.history import (
     WINDOW_FROM,
     WINDOW_TO,
@@ -92,14 +96,29 @@ async def test_availability(history: History) -> None:
     # fault; S2 c1: online from 22:00 (28th) to the window's end minus the open fault.
     assert shares(rows, "first_seconds") == {("S1", 1): 26.0, ("S1", 2): 24.0,
                                              ("S2", 1): 46.0}
-    # Drivers see the public connectors, but no operator's state history.
-    driver_rows = await history.services.analytics.availability(
-        history.viewer("driver1"), Scope(), WINDOW_FROM, WINDOW_TO, by_connector=True)
-    assert shares(driver_rows, "first_seconds") == {("S1", 1): 0.0, ("S1", 2): 0.0,
-                                                    ("S2", 1): 0.0}
     op_b = await history.services.analytics.availability(
         history.viewer("op_b"), Scope(), WINDOW_FROM, WINDOW_TO, by_connector=False)
     assert shares(op_b, "first_seconds") == {("S2", None): 46.0}
+
+
+async def test_no_rows_without_the_state_history(history: History) -> None:
+    # Drivers and the public map see every connector's live status but no station's state
+    # history: rows of 0 seconds available or charging would read as measured.
+    public = Services(ServiceContext(store=history.services.ctx.store,
+                                     policy=Policy(public_map=True), hasher=FastHasher(),
+                                     clock=history.clock))
+    store = history.services.ctx.store
+    for policy, viewer in ((public.ctx.policy, ANONYMOUS),
+                           (history.services.ctx.policy, history.viewer("driver1"))):
+        assert await store.count(Connector, policy.scope(viewer, "connector")) == 3
+    for analytics, viewer in ((history.services.analytics, history.viewer("driver1")),
+                              (public.analytics, ANONYMOUS)):
+        for group_by_connector in (False, True):
+            for query in (analytics.availability, analytics.utilization):
+                assert await query(viewer, Scope(), WINDOW_FROM, WINDOW_TO,
+                                   group_by_connector) == [], (viewer, query)
+    # Their own charging stays in the energy trend.
+    assert (await trend(history, "driver1"))[0][1] == 2000
 
 
 async def test_fault_reports(history: History) -> None:
@@ -114,6 +133,47 @@ async def test_fault_reports(history: History) -> None:
     assert [g.cp_id for g in op_b] == ["S2"]
     assert await history.services.analytics.fault_reports(
         history.viewer("driver1"), Scope(), WINDOW_FROM, WINDOW_TO) == []
+
+
+async def test_fault_reports_count_faults_carried_into_the_window(history: History) -> None:
+    faults = history.services.analytics.fault_reports
+
+    def rows(groups: list[Any]) -> list[tuple[Any, ...]]:
+        return [(g.cp_id, g.connector_id, g.error_code, g.count, g.first_seen, g.last_seen,
+                 g.duration_seconds / H, g.open) for g in groups]
+
+    # From 15:00 on the 29th: S1 c2's ground fault (14:00 → 16:00) ends inside the window,
+    # S2's over-current fault (from 20:00 on the 30th) is reported inside it.
+    admin = history.viewer("admin")
+    assert rows(await faults(admin, Scope(), utc(29, 15), utc(31, 12))) == [
+        ("S1", 2, "GroundFailure", 0, utc(29, 14), utc(29, 14), 1.0, False),
+        ("S2", 1, "OverCurrentFailure", 1, utc(30, 20), utc(30, 20), 16.0, True)]
+    # The day after: S2's fault is still going, with no new report.
+    next_day = (utc(31, 0), utc(31, 12))
+    assert rows(await faults(admin, Scope(), *next_day)) == [
+        ("S2", 1, "OverCurrentFailure", 0, utc(30, 20), utc(30, 20), 12.0, True)]
+    assert [g.cp_id for g in await faults(history.viewer("op_b"), Scope(), *next_day)] \
+        == ["S2"]
+    for who in ("op_a", "driver1"):  # not their station, or no station history at all
+        assert await faults(history.viewer(who), Scope(), *next_day) == [], who
+    assert await faults(admin, Scope(cp_ids=("S1",)), *next_day) == []
+    # A window after a fault cleared has no group for it.
+    assert await faults(admin, Scope(cp_ids=("S1",)), utc(29, 16), utc(30, 0)) == []
+
+
+async def test_carried_fault_first_seen_is_its_report_across_a_disconnect(
+        history: History) -> None:
+    # S2 drops offline at 12:00 on the 31st, still faulted: its state interval starts
+    # again then, but the fault was reported at 20:00 the day before.
+    await history.services.charging.set_online("S2", False)
+    history.clock.now = utc(31, 14)
+    faults = history.services.analytics.fault_reports
+    [group] = await faults(history.viewer("admin"), Scope(), utc(31, 13), utc(31, 14))
+    assert (group.cp_id, group.error_code, group.count, group.first_seen, group.last_seen,
+            group.duration_seconds, group.open) == (
+        "S2", "OverCurrentFailure", 0, utc(30, 20), utc(30, 20), H, True)
+    # A window after "now" has had no time in the fault yet.
+    assert await faults(history.viewer("admin"), Scope(), utc(31, 15), utc(31, 16)) == []
 
 
 async def test_overview(history: History) -> None:

@@ -56,6 +56,22 @@ async def test_bad_time_zone_is_a_coded_error(scripted: tuple[History, Api]) -> 
     assert r.json()["errors"][0]["extensions"] == {"code": "INVALID", "field": "timeZone"}
 
 
+@pytest.mark.parametrize("currency", ["xx", "XAU", ""])
+async def test_energy_trend_currency_is_checked_like_a_tariffs(
+        scripted: tuple[History, Api], currency: str) -> None:
+    history, api = scripted
+    query = """query($f: EnergyTrendFilter!, $c: String) { energyTrend(filter: $f,
+      bucket: DAY, timeZone: "Europe/Berlin", currency: $c) { revenue currency } }"""
+    r = await api.post(query, {"f": WINDOW, "c": currency},
+                       token=api.token_for(history.users["admin"].id))
+    [error] = r.json()["errors"]
+    assert error["extensions"] == {"code": "INVALID", "field": "currency"}
+    # Codes are case-insensitive, as for setTariff.
+    data = await api.gql(query, {"f": WINDOW, "c": "eur"}, as_user=history.users["admin"].id)
+    assert [(b["revenue"], b["currency"]) for b in data["energyTrend"]] == [
+        ("0.00", "EUR"), ("8.70", "EUR"), ("0.00", "EUR")]
+
+
 @pytest.mark.parametrize("window", [
     {"from": "0001-01-01T00:00:00Z", "to": "0001-01-02T00:00:00Z"},
     {"from": "9999-12-30T00:00:00Z", "to": "9999-12-31T00:00:00+00:00"},
