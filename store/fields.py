@@ -117,3 +117,10 @@ def build(kind: type[Record], values: dict[str, Any]) -> Record:
 
 
 ALL_KINDS: tuple[type[Record], ...] = ENTITY_TYPES
+
+
+def duplicate_message(kind: str, fields: tuple[str, ...]) -> str:
+    """The words of a unique-rule violation, without column names: "another vehicle has
+    the same license plate and owner"."""
+    named = [f.removesuffix("_id").replace("_", " ") if f != "id" else "id" for f in fields]
+    return f"another {kind.replace('_', ' ')} has the same {' and '.join(named)}"

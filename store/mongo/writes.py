@@ -21,7 +21,7 @@ from domain.ports import (
     InsertIfAbsent,
     Update,
 )
-from store.fields import spec_by_name
+from store.fields import duplicate_message, spec_by_name
 from store.mongo.codec import compared, partial_update, shadow, to_doc
 from store.mongo.indexes import PARTIAL_RULE_FIELD, violated_field
 
@@ -126,8 +126,8 @@ def _not_found(record: Record) -> NotFound:
 def violation(kind: str, field: str) -> UniqueViolation:
     if field == "id":
         return UniqueViolation("a record with this id exists", field="id")
-    return UniqueViolation(f"another {kind.replace('_', ' ')} has the same {field}",
-                           field=field)
+    rule = next((r for r in UNIQUE_RULES.get(kind, ()) if r[0] == field), (field,))
+    return UniqueViolation(duplicate_message(kind, rule), field=field)
 
 
 async def explain(db: Any, record: Record, details: Mapping[str, Any] | None, *,

@@ -13,6 +13,7 @@ import sqlite3
 
 from domain.errors import UniqueViolation
 from domain.ports import UNIQUE_RULES
+from store.fields import duplicate_message
 
 _UNIQUE_FAILED = re.compile(r"UNIQUE constraint failed: (?P<columns>.+)$")
 
@@ -44,7 +45,5 @@ def unique_violation(exc: sqlite3.IntegrityError) -> UniqueViolation | None:
     table = tables.pop()
     # An insert reusing an existing id fails on the primary key: report it as "id".
     field = _FIELD_BY_RULE.get((table, columns), columns[0])
-    message = _MESSAGES.get(
-        (table, field), f"another {table.replace('_', ' ')} has the same {', '.join(columns)}"
-    )
+    message = _MESSAGES.get((table, field), duplicate_message(table, columns))
     return UniqueViolation(message, field=field)

@@ -125,6 +125,15 @@ async def test_an_update_that_breaks_a_unique_rule_is_rejected(store: Store) -> 
     assert await store.get_many(User, [ada.id, bob.id]) == [ada, bob]
 
 
+async def test_a_unique_violation_is_told_in_words_not_column_names(store: Store) -> None:
+    owner = user()
+    await put(store, owner, vehicle(owner, license_plate="BEV1"))
+    with pytest.raises(UniqueViolation) as raised:
+        await store.write([Insert(vehicle(owner, license_plate="BEV1"))], [])
+    assert raised.value.field == "license_plate"
+    assert str(raised.value) == "another vehicle has the same license plate and owner"
+
+
 async def test_a_batch_whose_third_change_violates_leaves_nothing_behind(store: Store) -> None:
     taken = station(cp_id="CP-TAKEN")
     renamed = company(name="Before")
