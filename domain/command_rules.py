@@ -133,7 +133,43 @@ def check_command(action: str, payload: dict[str, Any]) -> dict[str, Any]:
         low = 0 if action in WHOLE_STATION_ACTIONS else 1
         checked["connectorId"] = _whole(low, 100)(connector, "connectorId")
     _ordered(checked)
+    _consistent(action, checked)
     return checked
+
+
+def _consistent(action: str, payload: dict[str, Any]) -> None:
+    """Rules OCPP 1.6 states across fields, which a charger would refuse (its compliance
+    tests check that it does), or worse, read its own way."""
+    if action == "RemoteStartTransaction":
+        profile = payload.get("chargingProfile")
+        if isinstance(profile, dict):
+            # 5.11: the profile of a remote start is the transaction's own.
+            if profile.get("chargingProfilePurpose") != "TxProfile":
+                raise ValidationError("a remote start's profile must be a TxProfile",
+                                      field="chargingProfile.chargingProfilePurpose",
+                                      code="INVALID")
+            if profile.get("transactionId") is not None:
+                raise ValidationError("there is no transaction yet",
+                                      field="chargingProfile.transactionId", code="INVALID")
+    if action == "SetChargingProfile":
+        profile = payload.get("csChargingProfiles")
+        if isinstance(profile, dict) and profile.get("chargingProfilePurpose") == "TxProfile" \
+                and payload.get("connectorId") == 0:
+            raise ValidationError("a TxProfile is for a connector's transaction, not "
+                                  "connector 0", field="connectorId", code="INVALID")
+    for key in ("csChargingProfiles", "chargingProfile"):
+        profile = payload.get(key)
+        if isinstance(profile, dict) and profile.get("chargingProfileKind") == "Recurring" \
+                and profile.get("recurrencyKind") is None:
+            raise ValidationError("a Recurring profile needs its recurrencyKind",
+                                  field=f"{key}.recurrencyKind", code="REQUIRED")
+    if action == "SendLocalList" and payload.get("updateType") == "Full":
+        # A Differential entry without idTagInfo removes the tag; a Full list has none.
+        for i, entry in enumerate(payload.get("localAuthorizationList") or ()):
+            if isinstance(entry, dict) and entry.get("idTagInfo") is None:
+                raise ValidationError("a full list gives every tag's idTagInfo",
+                                      field=f"localAuthorizationList.{i}.idTagInfo",
+                                      code="REQUIRED")
 
 
 def _walk(value: Any, path: str) -> Any:

@@ -31,6 +31,7 @@ from domain.errors import (
     ChargerError,
     ChargerOffline,
     ChargerRejected,
+    ChargerTimeout,
     Conflict,
     DomainError,
     Forbidden,
@@ -243,6 +244,12 @@ class CommandService(Service):
             Eq("reservation_id", reservation_id)))
         if reservation is None:
             raise NotFound("no such reservation", field="reservationId")
+        if reservation.state not in (ReservationState.PENDING, ReservationState.ACTIVE) \
+                or reservation.expires_at <= utcnow():
+            raise ValidationError(f"the reservation is {reservation.state.value.lower()}"
+                                  if reservation.expires_at > utcnow()
+                                  else "the reservation has expired",
+                                  field="reservationId", code="INVALID_STATE")
         return reservation
 
     # ------------------------------------------------------------- bookkeeping
@@ -260,8 +267,13 @@ class CommandService(Service):
         reservation = outcome.reservation
         if reservation is not None:
             if outcome.action == "ReserveNow":
-                state = ReservationState.ACTIVE if outcome.error is None \
-                    else ReservationState.REJECTED
+                error = outcome.error
+                # No answer, or one we could not read: the charger may hold it. It stays
+                # PENDING (holding the connector until it expires; it can be cancelled)
+                # rather than be called REJECTED while the charger keeps the plug.
+                uncertain = isinstance(error, ChargerTimeout) or type(error) is ChargerError
+                state = ReservationState.ACTIVE if error is None \
+                    else reservation.state if uncertain else ReservationState.REJECTED
             else:
                 state = ReservationState.CANCELLED if outcome.error is None \
                     else reservation.state

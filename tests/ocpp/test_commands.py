@@ -119,6 +119,9 @@ async def test_every_command_reaches_the_charger(central: Central) -> None:
                            {**base, "reservationId": reservation_id},
                            "status reservation { state }")
         assert cancel == {**cancel, "status": "ACCEPTED", "reservation": {"state": "CANCELLED"}}
+        ended = await run(central, "cancelReservation", {**base, "reservationId": reservation_id})
+        assert [(e["field"], e["code"]) for e in ended["errors"]] == [
+            ("reservationId", "INVALID_STATE")]
         await settle()
         tx = cp.connectors[1].transaction_id
         assert tx is not None  # the remote start became a real transaction
@@ -315,6 +318,20 @@ BAD_COMMANDS: list[tuple[str, dict[str, Any], str, str]] = [
             {"startPeriod": 0, "limit": 1.0, "numberPhases": 4}]}}},
      "csChargingProfiles.chargingSchedule.chargingSchedulePeriod.0.numberPhases",
      "OUT_OF_RANGE"),
+    # Rules OCPP 1.6 states across fields.
+    ("remoteStartTransaction", {"connectorId": 1, "idTag": "TAG-OK", "chargingProfile": PROFILE},
+     "chargingProfile.chargingProfilePurpose", "INVALID"),  # must be a TxProfile
+    ("remoteStartTransaction", {"connectorId": 1, "idTag": "TAG-OK", "chargingProfile": {
+        **PROFILE, "chargingProfilePurpose": "TX_PROFILE", "transactionId": 5}},
+     "chargingProfile.transactionId", "INVALID"),
+    ("setChargingProfile", {"connectorId": 0, "csChargingProfiles": {
+        **PROFILE, "chargingProfilePurpose": "TX_PROFILE"}}, "connectorId", "INVALID"),
+    ("setChargingProfile", {"connectorId": 1, "csChargingProfiles": {
+        **PROFILE, "chargingProfileKind": "RECURRING"}},
+     "csChargingProfiles.recurrencyKind", "REQUIRED"),
+    ("sendLocalList", {"listVersion": 1, "updateType": "FULL", "localAuthorizationList": [
+        {"idTag": "OK", "idTagInfo": {"status": "ACCEPTED"}}, {"idTag": "GONE"}]},
+     "localAuthorizationList.1.idTagInfo", "REQUIRED"),
 ]
 
 
@@ -377,6 +394,43 @@ async def test_reservations_made_at_the_same_moment_never_both_hold(
         assert [name for name, _ in cp.received] == ["ReserveNow"] * len(held)
     # A refused request leaves nothing behind.
     assert await central.store.count(d.Reservation, Eq("cp_id", "CP-1")) == len(held)
+
+
+async def test_a_reservation_the_charger_left_unanswered_still_holds(tmp_path: Path
+                                                                     ) -> None:
+    """No answer to ReserveNow: the charger may hold the plug, so the reservation stays
+    PENDING (blocking the connector until it expires, and cancellable), not REJECTED. An
+    ended reservation cannot be cancelled."""
+    central = await start_central(tmp_path / "central.db", command_timeout=0.5)
+    await seed(central)
+    soon = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    try:
+        ws = await connect(f"{central.url}/CP-1", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+                           additional_headers=basic_auth("CP-1", STATION_PASSWORD))
+        try:
+            silent = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": 1,
+                                                       "idTag": "TAG-OK", "expiryDate": soon},
+                               "status reservation { state reservationId }")
+            assert [e["code"] for e in silent["errors"]] == ["CHARGER_TIMEOUT"]
+            [held] = await central.store.find_all(d.Reservation, Eq("cp_id", "CP-1"))
+            assert held.state is d.ReservationState.PENDING
+            again = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": 1,
+                                                      "idTag": "TAG-OTHER",
+                                                      "expiryDate": soon})
+            assert [(e["field"], e["code"]) for e in again["errors"]] == [
+                ("connectorId", "IN_USE")]
+            assert '"ReserveNow"' in str(await asyncio.wait_for(ws.recv(), 5))
+        finally:
+            await ws.close()
+        async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+            # Still cancellable: the charger is asked (this one, reconnected, answers that
+            # it holds no such reservation).
+            cancel = await run(central, "cancelReservation",
+                               {"cpId": "CP-1", "reservationId": held.reservation_id})
+            assert cancel["status"] == "REJECTED"
+            assert [name for name, _ in cp.received] == ["CancelReservation"]
+    finally:
+        await stop_central(central)
 
 
 async def test_reservations_are_bounded_and_do_not_overlap(central: Central) -> None:
