@@ -7,7 +7,7 @@ from typing import Any, cast
 
 from domain import validation as v
 from domain.entities import Company, Role, User
-from domain.errors import Forbidden, Unauthenticated, ValidationError
+from domain.errors import Conflict, Forbidden, Unauthenticated, ValidationError
 from domain.events import AccessChanged
 from domain.policy import Viewer
 from domain.ports import Insert, Update
@@ -40,14 +40,23 @@ class AccountService(Service):
         if not viewer.is_admin:
             raise Forbidden("only admins create companies")
         company = stamp_new(Company(name=v.name(name)), viewer)
+        await self._refuse_taken_name(company)
         await self.commit(viewer, [(Insert(company), None)])
         return company
+
+    async def _refuse_taken_name(self, company: Company) -> None:
+        """Company names are how people (and ``create-user --company``) tell companies
+        apart: two of one name would make every such choice a guess."""
+        other = await self.store.find_one(Company, Eq("name", company.name))
+        if other is not None and other.id != company.id:
+            raise Conflict("another company has this name", field="name", code="DUPLICATE")
 
     async def update_company(self, viewer: Viewer, company_id: str, *, name: str) -> Company:
         company = await self.visible(viewer, Company, company_id)
         if not self.policy.may_manage_company(viewer, company.id):
             raise Forbidden("you may not change this company")
         updated = changed(company, viewer, name=v.name(name))
+        await self._refuse_taken_name(updated)
         await self.commit(viewer, [(Update(updated), company)])
         return updated
 

@@ -64,6 +64,14 @@ async def test_companies_and_users(api: Api, world: World) -> None:
     created = await call(api, world, "admin", "createCompany", {"name": "  Gamma  GmbH "},
                          "company { name createdBy }")
     assert created["company"] == {"name": "Gamma GmbH", "createdBy": world.users["admin"].id}
+    assert codes(await call(api, world, "admin", "createCompany", {"name": "Gamma GmbH"},
+                            "company { id }")) == [("name", "DUPLICATE")]
+    assert codes(await call(api, world, "op_a", "updateCompany",
+                            {"id": gid("company", world.companies["a"].id),
+                             "name": "Beta Power"}, "company { id }")) == [("name", "DUPLICATE")]
+    assert codes(await call(api, world, "op_a", "updateCompany",
+                            {"id": gid("company", world.companies["a"].id),
+                             "name": "Alpha Charging"}, "company { id }")) == []  # its own
     assert codes(await call(api, world, "op_a", "createCompany", {"name": "X"}, "company { id }")
                  ) == [(None, "FORBIDDEN")]
     assert codes(await call(api, world, None, "createCompany", {"name": "X"}, "company { id }")
