@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from ocpp.v16 import call
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from domain import entities as d
@@ -61,6 +61,24 @@ async def test_operator_keeps_the_books_of_a_removed_station(central: Central) -
     assert moved["sessions"]["nodes"] == [] and moved["payments"]["nodes"] == []
 
 
+REMOVE = """mutation($id: ID!) { removeStation(input: {id: $id}) { errors { code } } }"""
+
+
+async def booted_charger(url: str) -> ClientConnection:
+    """CP-1 connected to ``url`` and answered once (so its connection is recorded)."""
+    ws = await connect(f"{url}/CP-1", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+                       additional_headers=basic_auth("CP-1", STATION_PASSWORD))
+    await ws.send('[2, "b", "Heartbeat", {}]')
+    assert str(await asyncio.wait_for(ws.recv(), 5)).startswith("[3")
+    return ws
+
+
+async def remove_cp1(central: Central) -> None:
+    station_id = to_global_id("station", central.stations["CP-1"].id)
+    removed = await central.gql(REMOVE, {"id": station_id}, as_user="op")
+    assert removed["removeStation"]["errors"] == []
+
+
 @pytest.mark.parametrize("frame", [
     '[2, "h", "Heartbeat", {}]',
     '[2, "h", "StatusNotification", {"connectorId": 1, "errorCode": "NoError", '
@@ -68,14 +86,9 @@ async def test_operator_keeps_the_books_of_a_removed_station(central: Central) -
 ])
 async def test_the_charger_of_a_removed_station_is_hung_up_on(central: Central,
                                                               frame: str) -> None:
-    ws = await connect(f"{central.url}/CP-1", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
-                       additional_headers=basic_auth("CP-1", STATION_PASSWORD))
+    ws = await booted_charger(central.url)
     try:
-        await ws.send('[2, "b", "Heartbeat", {}]')
-        assert str(await asyncio.wait_for(ws.recv(), 5)).startswith("[3")
-        station_id = to_global_id("station", central.stations["CP-1"].id)
-        await central.gql("""mutation($id: ID!) { removeStation(input: {id: $id}) {
-            errors { code } } }""", {"id": station_id}, as_user="op")
+        await remove_cp1(central)
         await ws.send(frame)
         refused = str(await asyncio.wait_for(ws.recv(), 5))
         assert '"PropertyConstraintViolation"' in refused and '"h"' in refused
@@ -101,16 +114,9 @@ async def test_the_instance_holding_the_charger_hangs_up_when_its_station_is_rem
     await seed(central)
     try:
         async with second_instance(central, bus) as (_, b_url):
-            ws = await connect(f"{b_url}/CP-1", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
-                               additional_headers=basic_auth("CP-1", STATION_PASSWORD))
+            ws = await booted_charger(b_url)
             try:
-                await ws.send('[2, "b", "Heartbeat", {}]')
-                assert str(await asyncio.wait_for(ws.recv(), 5)).startswith("[3")
-                station_id = to_global_id("station", central.stations["CP-1"].id)
-                removed = await central.gql("""mutation($id: ID!) {
-                    removeStation(input: {id: $id}) { errors { code } } }""",
-                                            {"id": station_id}, as_user="op")
-                assert removed["removeStation"]["errors"] == []
+                await remove_cp1(central)
                 with pytest.raises(ConnectionClosed) as closed:
                     await asyncio.wait_for(ws.recv(), 5)
                 assert closed.value.rcvd is not None
