@@ -137,6 +137,11 @@ def _to_w(value: float, unit: str | None) -> float:
     return value * 1000 if unit == "kW" else value
 
 
+def _added_wh(samples: list[MeterSample]) -> int:
+    """The Wh a batch of samples adds to its session."""
+    return sum(s.delta_wh for s in samples if s.delta_wh)
+
+
 class ChargingService(Service):
     def __init__(self, ctx: ServiceContext, *, heartbeat_interval: int = 300,
                  auto_register: bool = False) -> None:
@@ -525,7 +530,7 @@ class ChargingService(Service):
         changes: list[Change] = [InsertIfAbsent(s) for s in samples]
         updated = None
         if session is not None and session.state is SessionState.ACTIVE:
-            live = self._apply_readings(session, readings, charger(cp_id))
+            live = self._apply_readings(session, readings, _added_wh(samples), charger(cp_id))
             if live is not None:
                 changes.append(live)
                 updated = cast(Session, live.record)
@@ -562,8 +567,12 @@ class ChargingService(Service):
         closing = self._closing_sample(station, session, samples, meter_stop, end)
         if closing is not None:
             samples.append(closing)
+        # What the samples add up to, by construction: meterStop when it is above every
+        # reading; a register that went back (meterStop below a reading, or below
+        # meterStart after a meter swap) takes back no energy already counted.
+        energy = session.energy_wh + _added_wh(samples)
         closed, payment = await self._close(station, session, meter_stop, end,
-                                            reason or "Local", actor)
+                                            reason or "Local", actor, energy_wh=energy)
         changes: list[tuple[Change, Any]] = [(Update(closed), session)]
         if payment is not None:
             changes.append((Insert(payment), None))
@@ -607,13 +616,13 @@ class ChargingService(Service):
         return closed
 
     async def _close(self, station: Station, session: Session, meter_stop: int | None,
-                     end: datetime, reason: str, actor: Viewer
-                     ) -> tuple[Session, Payment | None]:
+                     end: datetime, reason: str, actor: Viewer, *,
+                     energy_wh: int | None = None) -> tuple[Session, Payment | None]:
+        """``energy_wh``: the session's energy at its close (default: as last metered)."""
         # A stop stamped before the start (a clock reset mid-session) ends the session
         # when it began, so no duration anywhere comes out negative.
         end = max(end, session.start_time)
-        energy = session.energy_wh if meter_stop is None \
-            else max(meter_stop - session.meter_start_wh, 0)
+        energy = session.energy_wh if energy_wh is None else energy_wh
         tariff = await self.tariffs.tariff_at(station, session.start_time)
         cost = None
         if tariff is not None:
@@ -658,8 +667,9 @@ class ChargingService(Service):
     def _samples(self, station: Station, connector_id: int, transaction_id: int | None,
                  session: Session | None, readings: list[MeterReading]) -> list[MeterSample]:
         """Every numeric sample; for an active session's total energy register also the
-        Wh it adds to the session (``delta_wh``), counted from the session's register so
-        far, so energy per period is a plain sum in the store."""
+        Wh it adds to the session (``delta_wh``), counted from the highest register so far
+        (``meter_start_wh + energy_wh``), so energy per period is a plain sum in the store.
+        A reading at or below it (late, or a register that went back) adds nothing."""
         samples = []
         actor = charger(station.cp_id)
         running = None
@@ -715,27 +725,24 @@ class ChargingService(Service):
         return stamp_new(sample, charger(station.cp_id), end)
 
     @staticmethod
-    def _apply_readings(session: Session, readings: list[MeterReading], actor: Viewer
-                        ) -> Update | None:
-        """Live energy from the newest total energy register; power from the newest
-        total active power. ``None`` when nothing changed."""
-        energy_at, energy, power_at, power = None, None, None, None
+    def _apply_readings(session: Session, readings: list[MeterReading], added_wh: int,
+                        actor: Viewer) -> Update | None:
+        """Live energy grows by what the frame's samples add (``added_wh``, their
+        ``delta_wh``): never from the newest reading alone, which a late or lower one would
+        take back, and always equal to the sum of the session's increments. Power from
+        the newest total active power. ``None`` when nothing changed."""
+        power_at, power = None, None
         for reading in readings:
             for sv in reading.values:
-                if sv.phase is not None or (sv.location not in (None, "Outlet")):
+                if sv.measurand != POWER or sv.phase is not None \
+                        or sv.location not in (None, "Outlet"):
                     continue
                 value = v.sampled_number(sv.value, "meterValue.sampledValue.value")
-                if value is None:
-                    continue
-                measurand = sv.measurand or ENERGY_REGISTER
-                if measurand == ENERGY_REGISTER and (energy_at is None
-                                                     or reading.timestamp >= energy_at):
-                    energy_at, energy = reading.timestamp, _to_wh(value, sv.unit)
-                elif measurand == POWER and (power_at is None or reading.timestamp >= power_at):
+                if value is not None and (power_at is None or reading.timestamp >= power_at):
                     power_at, power = reading.timestamp, _to_w(value, sv.unit)
         updates: dict[str, Any] = {}
-        if energy is not None and energy >= session.meter_start_wh:
-            updates["energy_wh"] = round(energy) - session.meter_start_wh
+        if added_wh:
+            updates["energy_wh"] = session.energy_wh + added_wh
         if power is not None:
             updates["power_w"] = power
         if not updates or all(getattr(session, k) == val for k, val in updates.items()):
