@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any, NamedTuple, cast
 
 from domain import validation as v
@@ -60,8 +61,8 @@ log = logging.getLogger("chargegraph.charging")
 
 ENERGY_REGISTER = "Energy.Active.Import.Register"
 POWER = "Power.Active.Import"
-#: Connectors a station without registered connectors may report before we refuse.
-#: Sub-second meter values would flood subscribers; one UPDATED event per session per this.
+#: Sub-second meter values would flood subscribers: at most one UPDATED event per session
+#: per this many seconds; what arrives in between goes out, newest only, when it ends.
 SESSION_UPDATE_INTERVAL_S = 1.0
 #: How long the hot path (every charger message) may reuse a station or an active session
 #: it read, instead of asking the store again. This process is the only writer of what it
@@ -142,6 +143,87 @@ def _added_wh(samples: list[MeterSample]) -> int:
     return sum(s.delta_wh for s in samples if s.delta_wh)
 
 
+class LatestUpdates:
+    """Throttles a session's UPDATED events to one per ``interval_s`` without ever losing
+    the newest: an update within the window is held (replacing one held before) and
+    published when the window ends. Dropping it instead left subscribers with a stale
+    session whenever a charger's last frames came less than a window apart.
+
+    Keys are session ids; ``group`` (the charger) lets a disconnect flush its sessions.
+    ``clock`` is monotonic seconds (tests replace it to hold frames in one window)."""
+
+    def __init__(self, publish: Callable[[DomainEvent], Awaitable[None]], *,
+                 interval_s: float = SESSION_UPDATE_INTERVAL_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.publish = publish
+        self.interval_s = interval_s
+        self.clock = clock
+        self._last: dict[str, float] = {}  # key → when its last event went out
+        self._held: dict[str, tuple[str, Callable[[], DomainEvent]]] = {}  # key → (group, event)
+        # A key's trailing publish is either waiting for its window to end (cancelled
+        # freely) or publishing (never cancelled mid-publish: awaited instead).
+        self._waiting: dict[str, asyncio.Task[None]] = {}
+        self._sending: dict[str, asyncio.Task[None]] = {}
+
+    async def offer(self, key: str, group: str, event: Callable[[], DomainEvent]) -> None:
+        """Publish ``event()`` now if the key's window is over, else when it is. The event
+        is built only when it goes out (most offers are replaced before)."""
+        if key in self._waiting:
+            self._held[key] = (group, event)
+            return
+        now = self.clock()
+        last = self._last.get(key)
+        if last is None or now - last >= self.interval_s:
+            self._last[key] = now
+            await self.publish(event())
+            return
+        self._held[key] = (group, event)
+        # A clock stepping back must not hold an update for longer than one window.
+        delay = min(max(last + self.interval_s - now, 0.0), self.interval_s)
+        self._waiting[key] = asyncio.create_task(self._trail(key, delay))
+
+    async def _trail(self, key: str, delay: float) -> None:
+        await asyncio.sleep(delay)
+        task = self._waiting.pop(key)
+        held = self._held.pop(key, None)
+        if held is None:
+            return
+        self._sending[key] = task
+        try:
+            self._last[key] = self.clock()
+            await self.publish(held[1]())
+        finally:
+            if self._sending.get(key) is task:
+                del self._sending[key]
+
+    async def flush(self, group: str) -> None:
+        """Publish the group's held updates now (its charger went away: no later frame
+        will, and nothing must be left waiting when the server stops)."""
+        for key in [k for k, (g, _) in self._held.items() if g == group]:
+            await self._stop_waiting(key)
+            held = self._held.pop(key, None)  # the session may have ended meanwhile
+            if held is not None:
+                self._last[key] = self.clock()
+                await self.publish(held[1]())
+
+    async def end(self, key: str) -> None:
+        """The session ended: drop what is held, and let a publish already under way
+        finish first, so the caller's ENDED is the session's last event."""
+        self._held.pop(key, None)
+        self._last.pop(key, None)
+        await self._stop_waiting(key)
+        sending = self._sending.get(key)
+        if sending is not None:
+            await asyncio.wait([sending])
+
+    async def _stop_waiting(self, key: str) -> None:
+        """Cancel the key's trailing publish that waits for its window, and see it gone."""
+        waiting = self._waiting.pop(key, None)
+        if waiting is not None:
+            waiting.cancel()
+            await asyncio.wait([waiting])
+
+
 class ChargingService(Service):
     def __init__(self, ctx: ServiceContext, *, heartbeat_interval: int = 300,
                  auto_register: bool = False) -> None:
@@ -155,7 +237,7 @@ class ChargingService(Service):
         # charger's clock, for state changes that carry no timestamp of their own.
         self._charger_clock: dict[str, tuple[datetime, datetime]] = {}
         self._sessions: dict[int, tuple[Session, float]] = {}
-        self._last_session_update: dict[str, float] = {}
+        self.session_updates = LatestUpdates(self.publish)
         ctx.committed.append(self._forget)
 
     # ------------------------------------------------------------- plumbing
@@ -278,6 +360,8 @@ class ChargingService(Service):
         another instance sharing this database, whose connection this instance cannot
         see — the old socket closing does not make it offline. ``instance``: the instance
         holding the connection (``domain.services.instances``)."""
+        if not online:  # no frame of this connection will publish what it held
+            await self.session_updates.flush(cp_id)
         station = await self.station(cp_id)
         if station is None:
             return None
@@ -504,6 +588,7 @@ class ChargingService(Service):
             self._remember(old)
         self._remember(session)
         for old in ended:
+            await self.session_updates.end(old.id)
             await self.publish(self._session_event(station, old, "ENDED"))
         await self.publish(self._session_event(station, session, "STARTED"))
         return session.transaction_id, info
@@ -537,8 +622,9 @@ class ChargingService(Service):
         await self.telemetry.write(changes)
         if session is not None and session.state is SessionState.ACTIVE:
             self._remember(updated or session, renew=False)
-        if updated is not None and self._due(updated.id):
-            await self.publish(self._session_event(station, updated, "UPDATED"))
+        if updated is not None:
+            await self.session_updates.offer(
+                updated.id, cp_id, partial(self._session_event, station, updated, "UPDATED"))
 
     async def stop_transaction(self, cp_id: str, transaction_id: int, meter_stop: int,
                                timestamp: datetime, *, reason: str | None = None,
@@ -577,7 +663,7 @@ class ChargingService(Service):
         if payment is not None:
             changes.append((Insert(payment), None))
         await self.commit(actor, changes, unaudited=[InsertIfAbsent(s) for s in samples])
-        self._last_session_update.pop(session.id, None)
+        await self.session_updates.end(session.id)
         self._remember(closed)
         await self.publish(self._session_event(station, closed, "ENDED"))
         return info
@@ -610,7 +696,7 @@ class ChargingService(Service):
         if payment is not None:
             changes.append((Insert(payment), None))
         await self.commit(viewer, changes)
-        self._last_session_update.pop(session.id, None)
+        await self.session_updates.end(session.id)
         self._remember(closed)
         await self.publish(self._session_event(station, closed, "ENDED"))
         return closed
@@ -750,14 +836,6 @@ class ChargingService(Service):
         # Only onto a session still ACTIVE in the store: this one may be a cached copy,
         # and another instance may have ended it (endSession) since.
         return patch(session, actor, only_if=("state", SessionState.ACTIVE), **updates)
-
-    def _due(self, session_id: str) -> bool:
-        now = time.monotonic()
-        last = self._last_session_update.get(session_id)
-        if last is not None and now - last < SESSION_UPDATE_INTERVAL_S:
-            return False
-        self._last_session_update[session_id] = now
-        return True
 
     def _session_event(self, station: Station, session: Session, change: str
                        ) -> SessionChanged:
