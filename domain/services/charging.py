@@ -253,6 +253,12 @@ class ChargingService(Service):
             self._charger_clock[cp_id] = (charger_time, self.now())
         return seen is None
 
+    async def _clock_report(self, station: Station, charger_time: datetime) -> None:
+        """``_observe_clock``; and on the charger's first timestamp, whichever message
+        carries it, moves onto its timeline the intervals its connection opened on ours."""
+        if self._observe_clock(station.cp_id, charger_time):
+            await self._rebase_intervals(station, charger_time)
+
     def charger_now(self, cp_id: str) -> datetime:
         """The current instant on the charger's clock (our clock until it sent a
         timestamp). Connector state intervals live on the charger's timeline, so that a
@@ -445,19 +451,12 @@ class ChargingService(Service):
 
     async def _next_interval(self, station: Station, connector_id: int,
                              status: ConnectorStatus, error_code: str, online: bool,
-                             at: datetime, actor: Viewer, *, rebase: bool = False
-                             ) -> list[Change]:
+                             at: datetime, actor: Viewer) -> list[Change]:
         """Close the connector's open state interval at ``at`` and open the next one,
-        unless nothing that analytics distinguishes changed. With ``rebase`` (the
-        charger's first timestamp, earlier than the interval its connection opened on our
-        clock), the open interval is moved onto the charger's timeline first."""
+        unless nothing that analytics distinguishes changed."""
         current = await self.store.find_one(ConnectorInterval, all_of(
             Eq("cp_id", station.cp_id), Eq("connector_id", connector_id), Eq("end", None)))
         changes: list[Change] = []
-        if rebase and current is not None and at < current.start:
-            moved = patch(current, actor, start=at)
-            changes.append(moved)
-            current = cast(ConnectorInterval, moved.record)
         if current is not None:
             if (current.status, current.error_code, current.online) == (status, error_code,
                                                                         online):
@@ -467,6 +466,38 @@ class ChargingService(Service):
             station_id=station.id, cp_id=station.cp_id, connector_id=connector_id,
             status=status, error_code=error_code, online=online,
             start=max(at, current.start) if current else at), actor, at)))
+        return changes
+
+    async def _rebase_intervals(self, station: Station, at: datetime) -> None:
+        """The charger's first timestamp ``at`` came after its connection opened an
+        interval for every connector at "now" on our clock (nothing better was known).
+        If its clock is behind ours, each open interval that starts after ``at`` is moved
+        back to it, so that the charger's reports, of any connector, fall inside the
+        intervals instead of being clamped to their start. Once per charger and process:
+        a few store reads, never on every message."""
+        actor = charger(station.cp_id)
+        changes: list[Change] = []
+        for current in await self.store.find_all(ConnectorInterval, all_of(
+                Eq("cp_id", station.cp_id), Eq("end", None)), limit=100):
+            if current.start > at:
+                changes += await self._move_start(current, at, actor)
+        if changes:
+            await self.store.write(changes, [])
+
+    async def _move_start(self, current: ConnectorInterval, to: datetime, actor: Viewer
+                          ) -> list[Change]:
+        """Start the open interval ``current`` at ``to`` and end the one before it there
+        too: intervals stay contiguous and never overlap. Not before the previous one's
+        start, which was placed on the charger's timeline (an earlier connection's)."""
+        before = await self.store.find_all(ConnectorInterval, all_of(
+            Eq("cp_id", current.cp_id), Eq("connector_id", current.connector_id),
+            Eq("end", current.start)), (Sort("start", descending=True),), limit=1)
+        start = max(to, before[0].start) if before else to
+        if start >= current.start:
+            return []
+        changes: list[Change] = [patch(current, actor, start=start)]
+        if before:
+            changes.append(patch(before[0], actor, end=start))
         return changes
 
     async def _connector(self, station: Station, connector_id: int
@@ -489,7 +520,8 @@ class ChargingService(Service):
             else self.charger_now(cp_id)
         info, vendor_error_code = v.shown_text(info), v.shown_text(vendor_error_code)
         station = await self._require_station(cp_id)
-        first_timestamp = self._observe_clock(cp_id, at) if timestamp else False
+        if timestamp:
+            await self._clock_report(station, at)
         actor = charger(cp_id)
         new_status = ConnectorStatus(status)
         event = StatusEvent(id=stable_id(at, cp_id, connector_id, at.isoformat(), status,
@@ -512,8 +544,7 @@ class ChargingService(Service):
                 else:
                     telemetry.append(update)
                 telemetry += await self._next_interval(station, connector_id, new_status,
-                                                       error_code, station.online, at, actor,
-                                                       rebase=first_timestamp)
+                                                       error_code, station.online, at, actor)
             # else: an older report arriving late is history, not the current state
         await self.commit(actor, audited, unaudited=telemetry)
         if connector is not None:
@@ -536,7 +567,7 @@ class ChargingService(Service):
         v.meter_register(meter_start, "meterStart")
         start = v.instant(as_utc(timestamp), "timestamp")
         station = await self._require_station(cp_id)
-        self._observe_clock(cp_id, start)
+        await self._clock_report(station, start)
         presented = id_tag.strip().upper()  # authorized as presented, as Authorize does
         # Stored with its unprintable characters (controls, bidi overrides) shown as U+FFFD:
         # operators read it in sessions and the audit log, and it must not read as another
@@ -611,7 +642,7 @@ class ChargingService(Service):
         samples = self._samples(station, connector_id, transaction_id, session, readings)
         if readings:
             # After ``_samples`` checked every timestamp: a refused frame must not move it.
-            self._observe_clock(cp_id, max(as_utc(r.timestamp) for r in readings))
+            await self._clock_report(station, max(as_utc(r.timestamp) for r in readings))
         changes: list[Change] = [InsertIfAbsent(s) for s in samples]
         updated = None
         if session is not None and session.state is SessionState.ACTIVE:
@@ -649,7 +680,7 @@ class ChargingService(Service):
                 await self.store.write([InsertIfAbsent(s) for s in samples], [])
             return info
         actor = charger(cp_id)
-        self._observe_clock(cp_id, end)
+        await self._clock_report(station, end)
         closing = self._closing_sample(station, session, samples, meter_stop, end)
         if closing is not None:
             samples.append(closing)
