@@ -64,6 +64,10 @@ POWER = "Power.Active.Import"
 #: Sub-second meter values would flood subscribers: at most one UPDATED event per session
 #: per this many seconds; what arrives in between goes out, newest only, when it ends.
 SESSION_UPDATE_INTERVAL_S = 1.0
+#: How far ahead of our clock a charger's timestamp may be and still be believed as its
+#: clock (network delay, drift between NTP syncs). Beyond it the timestamp is a glitch
+#: (``ChargingService._believable``).
+MAX_CLOCK_AHEAD = timedelta(minutes=5)
 #: How long the hot path (every charger message) may reuse a station or an active session
 #: it read, instead of asking the store again. This process is the only writer of what it
 #: caches for a connected charger (its own messages change it, and refresh the cache), and
@@ -244,13 +248,29 @@ class ChargingService(Service):
     async def station(self, cp_id: str) -> Station | None:
         return await self.store.find_one(Station, Eq("cp_id", cp_id))
 
+    def _believable(self, charger_time: datetime, now: datetime | None = None) -> bool:
+        """Whether a charger's timestamp can be its clock: not more than
+        ``MAX_CLOCK_AHEAD`` ahead of ours. A clock may be behind ours by any amount (never
+        set, a queue flushed after an outage, a test replaying history), and a jump
+        forward towards ours is what a corrected clock looks like, so the charger's
+        tracked offset cannot bound it; but nothing real is stamped in our future. One
+        such glitch (2150) believed would freeze the connector's state, since every
+        later report would look older, and carry every later interval there with the
+        tracked clock. The price: a charger whose clock runs hours ahead has its status
+        reports placed at their arrival, on our clock."""
+        return charger_time <= (now or self.now()) + MAX_CLOCK_AHEAD
+
     def _observe_clock(self, cp_id: str, charger_time: datetime) -> bool:
-        """Track the charger's clock from its newest timestamps. Older ones (a queue
-        flushed after an outage) say nothing about its clock now and are ignored. True
-        for the first timestamp of this charger since the service started."""
+        """Track the charger's clock from its newest believable timestamps. Older ones (a
+        queue flushed after an outage) say nothing about its clock now and are ignored.
+        True for the first believable timestamp of this charger since the service
+        started."""
+        now = self.now()
+        if not self._believable(charger_time, now):
+            return False
         seen = self._charger_clock.get(cp_id)
         if seen is None or charger_time >= seen[0]:
-            self._charger_clock[cp_id] = (charger_time, self.now())
+            self._charger_clock[cp_id] = (charger_time, now)
         return seen is None
 
     async def _clock_report(self, station: Station, charger_time: datetime) -> None:
@@ -516,26 +536,34 @@ class ChargingService(Service):
                                   error_code: str, *, info: str | None = None,
                                   timestamp: datetime | None = None,
                                   vendor_error_code: str | None = None) -> None:
-        at = v.instant(as_utc(timestamp), "timestamp") if timestamp \
-            else self.charger_now(cp_id)
+        reported = v.instant(as_utc(timestamp), "timestamp") if timestamp else None
         info, vendor_error_code = v.shown_text(info), v.shown_text(vendor_error_code)
         station = await self._require_station(cp_id)
-        if timestamp:
-            await self._clock_report(station, at)
+        # The state changes at the report's timestamp; one we cannot believe (far in our
+        # future: a clock glitch) is taken as made on arrival, so the next sane report
+        # wins. Its history (the StatusEvent) keeps the timestamp as reported.
+        if reported is not None and self._believable(reported):
+            await self._clock_report(station, reported)
+            at = reported
+        else:
+            at = self.charger_now(cp_id)
+        reported = reported if reported is not None else at
         actor = charger(cp_id)
         new_status = ConnectorStatus(status)
-        event = StatusEvent(id=stable_id(at, cp_id, connector_id, at.isoformat(), status,
-                                         error_code),
+        event = StatusEvent(id=stable_id(reported, cp_id, connector_id, reported.isoformat(),
+                                         status, error_code),
                             station_id=station.id, cp_id=cp_id, connector_id=connector_id,
-                            status=new_status, error_code=error_code, info=info, at=at)
-        telemetry: list[Change] = [InsertIfAbsent(stamp_new(event, actor, at))]
+                            status=new_status, error_code=error_code, info=info, at=reported)
+        telemetry: list[Change] = [InsertIfAbsent(stamp_new(event, actor, reported))]
         audited: list[tuple[Change, Any]] = []
         connector: Connector | None = None
         previous_error = "NoError"
         if connector_id > 0:  # 0 is the charge point as a whole: history only
             current, is_new = await self._connector(station, connector_id)
             previous_error = current.error_code
-            if current.status_at is None or at >= current.status_at:
+            # A state stamped in our future (kept before glitches were recognized) yields.
+            if current.status_at is None or at >= current.status_at \
+                    or not self._believable(current.status_at):
                 update = patch(current, actor, status=new_status, error_code=error_code,
                                info=info, status_at=at)
                 connector = cast(Connector, update.record)

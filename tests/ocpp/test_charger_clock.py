@@ -1,5 +1,6 @@
-"""The charger's clock: connector state intervals follow its timestamps, and a clock that
-is behind ours keeps every connector's history."""
+"""The charger's clock: connector state and intervals follow its timestamps, a clock that is
+behind ours keeps every connector's history, and a glitch into the future poisons
+nothing."""
 
 from __future__ import annotations
 
@@ -13,9 +14,14 @@ import pytest
 from ocpp.v16 import call
 
 from domain import entities as d
+from domain.policy import SYSTEM
 from domain.query import Eq
-from ocpp_bridge.simulator import SimulatedChargePoint, connected
+from domain.services.base import patch
+from ocpp_bridge.simulator import SimulatedChargePoint, connected, now
 from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
+
+GLITCH = "2150-01-01T00:00:00Z"
+CONNECTORS = '{ station(cpId: "CP-1") { connectors { connectorId status } } }'
 
 
 def iso(at: datetime) -> str:
@@ -26,6 +32,11 @@ async def report(cp: SimulatedChargePoint, connector_id: int, status: str,
                  timestamp: str) -> None:
     await cp.call(call.StatusNotification(connector_id=connector_id, error_code="NoError",
                                           status=status, timestamp=timestamp))
+
+
+async def statuses(central: Central) -> dict[int, str]:
+    data = await central.gql(CONNECTORS, as_user="admin")
+    return {c["connectorId"]: c["status"] for c in data["station"]["connectors"]}
 
 
 async def intervals(central: Central, connector_id: int) -> list[d.ConnectorInterval]:
@@ -49,6 +60,45 @@ def assert_contiguous(rows: list[d.ConnectorInterval]) -> None:
     assert rows and rows[-1].end is None and all(r.end is not None for r in rows[:-1])
     for earlier, later in itertools.pairwise(rows):
         assert earlier.end is not None and earlier.start <= earlier.end == later.start
+
+
+async def test_a_status_stamped_far_in_the_future_does_not_freeze_the_connector(
+        central: Central) -> None:
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await report(cp, 2, "Available", now())
+        await report(cp, 2, "Preparing", GLITCH)  # the charger's clock glitched once
+        assert (await statuses(central))[2] == "PREPARING"  # still the newest report
+        await report(cp, 2, "Available", now())  # and is right again (NTP)
+        assert (await statuses(central))[2] == "AVAILABLE"
+    await offline_recorded(central)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await report(cp, 2, "Charging", now())
+        assert (await statuses(central))[2] == "CHARGING"
+    await offline_recorded(central)
+    # Every interval, (dis)connects included, is on a sane timeline, not in 2150.
+    horizon = datetime.now(UTC) + timedelta(minutes=5)
+    rows = await intervals(central, 2)
+    assert_contiguous(rows)
+    assert all(r.start <= horizon and (r.end is None or r.end <= horizon) for r in rows)
+    assert (rows[-1].status, rows[-1].online) == (d.ConnectorStatus.CHARGING, False)
+    assert central.services.charging.charger_now("CP-1") <= horizon
+    # The history keeps the report as the charger stamped it.
+    events = await central.store.find_all(d.StatusEvent, Eq("cp_id", "CP-1"))
+    assert [e.at.year for e in events if e.status is d.ConnectorStatus.PREPARING] == [2150]
+
+
+async def test_a_state_stamped_in_our_future_yields_to_the_next_report(
+        central: Central) -> None:
+    """A connector frozen by a glitch stored before glitches were recognized is freed by
+    the next report."""
+    connector = await central.store.find_one(d.Connector, Eq("cp_id", "CP-1"))
+    assert connector is not None
+    await central.store.write([patch(connector, SYSTEM, status=d.ConnectorStatus.PREPARING,
+                                     status_at=datetime(2150, 1, 1, tzinfo=UTC))], [])
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await report(cp, connector.connector_id, "Available", now())
+        assert (await statuses(central))[connector.connector_id] == "AVAILABLE"
 
 
 def first_message(kind: str, at: datetime) -> Any:
