@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any, NamedTuple, cast
 
 from domain import validation as v
@@ -60,9 +61,13 @@ log = logging.getLogger("chargegraph.charging")
 
 ENERGY_REGISTER = "Energy.Active.Import.Register"
 POWER = "Power.Active.Import"
-#: Connectors a station without registered connectors may report before we refuse.
-#: Sub-second meter values would flood subscribers; one UPDATED event per session per this.
+#: Sub-second meter values would flood subscribers: at most one UPDATED event per session
+#: per this many seconds; what arrives in between goes out, newest only, when it ends.
 SESSION_UPDATE_INTERVAL_S = 1.0
+#: How far ahead of our clock a charger's timestamp may be and still be believed as its
+#: clock (network delay, drift between NTP syncs). Beyond it the timestamp is a glitch
+#: (``ChargingService._believable``).
+MAX_CLOCK_AHEAD = timedelta(minutes=5)
 #: How long the hot path (every charger message) may reuse a station or an active session
 #: it read, instead of asking the store again. This process is the only writer of what it
 #: caches for a connected charger (its own messages change it, and refresh the cache), and
@@ -137,6 +142,92 @@ def _to_w(value: float, unit: str | None) -> float:
     return value * 1000 if unit == "kW" else value
 
 
+def _added_wh(samples: list[MeterSample]) -> int:
+    """The Wh a batch of samples adds to its session."""
+    return sum(s.delta_wh for s in samples if s.delta_wh)
+
+
+class LatestUpdates:
+    """Throttles a session's UPDATED events to one per ``interval_s`` without ever losing
+    the newest: an update within the window is held (replacing one held before) and
+    published when the window ends. Dropping it instead left subscribers with a stale
+    session whenever a charger's last frames came less than a window apart.
+
+    Keys are session ids; ``group`` (the charger) lets a disconnect flush its sessions.
+    ``clock`` is monotonic seconds (tests replace it to hold frames in one window)."""
+
+    def __init__(self, publish: Callable[[DomainEvent], Awaitable[None]], *,
+                 interval_s: float = SESSION_UPDATE_INTERVAL_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.publish = publish
+        self.interval_s = interval_s
+        self.clock = clock
+        self._last: dict[str, float] = {}  # key → when its last event went out
+        self._held: dict[str, tuple[str, Callable[[], DomainEvent]]] = {}  # key → (group, event)
+        # A key's trailing publish is either waiting for its window to end (cancelled
+        # freely) or publishing (never cancelled mid-publish: awaited instead).
+        self._waiting: dict[str, asyncio.Task[None]] = {}
+        self._sending: dict[str, asyncio.Task[None]] = {}
+
+    async def offer(self, key: str, group: str, event: Callable[[], DomainEvent]) -> None:
+        """Publish ``event()`` now if the key's window is over, else when it is. The event
+        is built only when it goes out (most offers are replaced before)."""
+        if key in self._waiting:
+            self._held[key] = (group, event)
+            return
+        now = self.clock()
+        last = self._last.get(key)
+        if last is None or now - last >= self.interval_s:
+            self._last[key] = now
+            await self.publish(event())
+            return
+        self._held[key] = (group, event)
+        # A clock stepping back must not hold an update for longer than one window.
+        delay = min(max(last + self.interval_s - now, 0.0), self.interval_s)
+        self._waiting[key] = asyncio.create_task(self._trail(key, delay))
+
+    async def _trail(self, key: str, delay: float) -> None:
+        await asyncio.sleep(delay)
+        task = self._waiting.pop(key)
+        held = self._held.pop(key, None)
+        if held is None:
+            return
+        self._sending[key] = task
+        try:
+            self._last[key] = self.clock()
+            await self.publish(held[1]())
+        finally:
+            if self._sending.get(key) is task:
+                del self._sending[key]
+
+    async def flush(self, group: str) -> None:
+        """Publish the group's held updates now (its charger went away: no later frame
+        will, and nothing must be left waiting when the server stops)."""
+        for key in [k for k, (g, _) in self._held.items() if g == group]:
+            await self._stop_waiting(key)
+            held = self._held.pop(key, None)  # the session may have ended meanwhile
+            if held is not None:
+                self._last[key] = self.clock()
+                await self.publish(held[1]())
+
+    async def end(self, key: str) -> None:
+        """The session ended: drop what is held, and let a publish already under way
+        finish first, so the caller's ENDED is the session's last event."""
+        self._held.pop(key, None)
+        self._last.pop(key, None)
+        await self._stop_waiting(key)
+        sending = self._sending.get(key)
+        if sending is not None:
+            await asyncio.wait([sending])
+
+    async def _stop_waiting(self, key: str) -> None:
+        """Cancel the key's trailing publish that waits for its window, and see it gone."""
+        waiting = self._waiting.pop(key, None)
+        if waiting is not None:
+            waiting.cancel()
+            await asyncio.wait([waiting])
+
+
 class ChargingService(Service):
     def __init__(self, ctx: ServiceContext, *, heartbeat_interval: int = 300,
                  auto_register: bool = False) -> None:
@@ -150,21 +241,43 @@ class ChargingService(Service):
         # charger's clock, for state changes that carry no timestamp of their own.
         self._charger_clock: dict[str, tuple[datetime, datetime]] = {}
         self._sessions: dict[int, tuple[Session, float]] = {}
-        self._last_session_update: dict[str, float] = {}
+        self.session_updates = LatestUpdates(self.publish)
         ctx.committed.append(self._forget)
 
     # ------------------------------------------------------------- plumbing
     async def station(self, cp_id: str) -> Station | None:
         return await self.store.find_one(Station, Eq("cp_id", cp_id))
 
+    def _believable(self, charger_time: datetime, now: datetime | None = None) -> bool:
+        """Whether a charger's timestamp can be its clock: not more than
+        ``MAX_CLOCK_AHEAD`` ahead of ours. A clock may be behind ours by any amount (never
+        set, a queue flushed after an outage, a test replaying history), and a jump
+        forward towards ours is what a corrected clock looks like, so the charger's
+        tracked offset cannot bound it; but nothing real is stamped in our future. One
+        such glitch (2150) believed would freeze the connector's state, since every
+        later report would look older, and carry every later interval there with the
+        tracked clock. The price: a charger whose clock runs hours ahead has its status
+        reports placed at their arrival, on our clock."""
+        return charger_time <= (now or self.now()) + MAX_CLOCK_AHEAD
+
     def _observe_clock(self, cp_id: str, charger_time: datetime) -> bool:
-        """Track the charger's clock from its newest timestamps. Older ones (a queue
-        flushed after an outage) say nothing about its clock now and are ignored. True
-        for the first timestamp of this charger since the service started."""
+        """Track the charger's clock from its newest believable timestamps. Older ones (a
+        queue flushed after an outage) say nothing about its clock now and are ignored.
+        True for the first believable timestamp of this charger since the service
+        started."""
+        now = self.now()
+        if not self._believable(charger_time, now):
+            return False
         seen = self._charger_clock.get(cp_id)
         if seen is None or charger_time >= seen[0]:
-            self._charger_clock[cp_id] = (charger_time, self.now())
+            self._charger_clock[cp_id] = (charger_time, now)
         return seen is None
+
+    async def _clock_report(self, station: Station, charger_time: datetime) -> None:
+        """``_observe_clock``; and on the charger's first timestamp, whichever message
+        carries it, moves onto its timeline the intervals its connection opened on ours."""
+        if self._observe_clock(station.cp_id, charger_time):
+            await self._rebase_intervals(station, charger_time)
 
     def charger_now(self, cp_id: str) -> datetime:
         """The current instant on the charger's clock (our clock until it sent a
@@ -273,6 +386,8 @@ class ChargingService(Service):
         another instance sharing this database, whose connection this instance cannot
         see — the old socket closing does not make it offline. ``instance``: the instance
         holding the connection (``domain.services.instances``)."""
+        if not online:  # no frame of this connection will publish what it held
+            await self.session_updates.flush(cp_id)
         station = await self.station(cp_id)
         if station is None:
             return None
@@ -356,19 +471,12 @@ class ChargingService(Service):
 
     async def _next_interval(self, station: Station, connector_id: int,
                              status: ConnectorStatus, error_code: str, online: bool,
-                             at: datetime, actor: Viewer, *, rebase: bool = False
-                             ) -> list[Change]:
+                             at: datetime, actor: Viewer) -> list[Change]:
         """Close the connector's open state interval at ``at`` and open the next one,
-        unless nothing that analytics distinguishes changed. With ``rebase`` (the
-        charger's first timestamp, earlier than the interval its connection opened on our
-        clock), the open interval is moved onto the charger's timeline first."""
+        unless nothing that analytics distinguishes changed."""
         current = await self.store.find_one(ConnectorInterval, all_of(
             Eq("cp_id", station.cp_id), Eq("connector_id", connector_id), Eq("end", None)))
         changes: list[Change] = []
-        if rebase and current is not None and at < current.start:
-            moved = patch(current, actor, start=at)
-            changes.append(moved)
-            current = cast(ConnectorInterval, moved.record)
         if current is not None:
             if (current.status, current.error_code, current.online) == (status, error_code,
                                                                         online):
@@ -378,6 +486,38 @@ class ChargingService(Service):
             station_id=station.id, cp_id=station.cp_id, connector_id=connector_id,
             status=status, error_code=error_code, online=online,
             start=max(at, current.start) if current else at), actor, at)))
+        return changes
+
+    async def _rebase_intervals(self, station: Station, at: datetime) -> None:
+        """The charger's first timestamp ``at`` came after its connection opened an
+        interval for every connector at "now" on our clock (nothing better was known).
+        If its clock is behind ours, each open interval that starts after ``at`` is moved
+        back to it, so that the charger's reports, of any connector, fall inside the
+        intervals instead of being clamped to their start. Once per charger and process:
+        a few store reads, never on every message."""
+        actor = charger(station.cp_id)
+        changes: list[Change] = []
+        for current in await self.store.find_all(ConnectorInterval, all_of(
+                Eq("cp_id", station.cp_id), Eq("end", None)), limit=100):
+            if current.start > at:
+                changes += await self._move_start(current, at, actor)
+        if changes:
+            await self.store.write(changes, [])
+
+    async def _move_start(self, current: ConnectorInterval, to: datetime, actor: Viewer
+                          ) -> list[Change]:
+        """Start the open interval ``current`` at ``to`` and end the one before it there
+        too: intervals stay contiguous and never overlap. Not before the previous one's
+        start, which was placed on the charger's timeline (an earlier connection's)."""
+        before = await self.store.find_all(ConnectorInterval, all_of(
+            Eq("cp_id", current.cp_id), Eq("connector_id", current.connector_id),
+            Eq("end", current.start)), (Sort("start", descending=True),), limit=1)
+        start = max(to, before[0].start) if before else to
+        if start >= current.start:
+            return []
+        changes: list[Change] = [patch(current, actor, start=start)]
+        if before:
+            changes.append(patch(before[0], actor, end=start))
         return changes
 
     async def _connector(self, station: Station, connector_id: int
@@ -396,25 +536,34 @@ class ChargingService(Service):
                                   error_code: str, *, info: str | None = None,
                                   timestamp: datetime | None = None,
                                   vendor_error_code: str | None = None) -> None:
-        at = v.instant(as_utc(timestamp), "timestamp") if timestamp \
-            else self.charger_now(cp_id)
+        reported = v.instant(as_utc(timestamp), "timestamp") if timestamp else None
         info, vendor_error_code = v.shown_text(info), v.shown_text(vendor_error_code)
         station = await self._require_station(cp_id)
-        first_timestamp = self._observe_clock(cp_id, at) if timestamp else False
+        # The state changes at the report's timestamp; one we cannot believe (far in our
+        # future: a clock glitch) is taken as made on arrival, so the next sane report
+        # wins. Its history (the StatusEvent) keeps the timestamp as reported.
+        if reported is not None and self._believable(reported):
+            await self._clock_report(station, reported)
+            at = reported
+        else:
+            at = self.charger_now(cp_id)
+        reported = reported if reported is not None else at
         actor = charger(cp_id)
         new_status = ConnectorStatus(status)
-        event = StatusEvent(id=stable_id(at, cp_id, connector_id, at.isoformat(), status,
-                                         error_code),
+        event = StatusEvent(id=stable_id(reported, cp_id, connector_id, reported.isoformat(),
+                                         status, error_code),
                             station_id=station.id, cp_id=cp_id, connector_id=connector_id,
-                            status=new_status, error_code=error_code, info=info, at=at)
-        telemetry: list[Change] = [InsertIfAbsent(stamp_new(event, actor, at))]
+                            status=new_status, error_code=error_code, info=info, at=reported)
+        telemetry: list[Change] = [InsertIfAbsent(stamp_new(event, actor, reported))]
         audited: list[tuple[Change, Any]] = []
         connector: Connector | None = None
         previous_error = "NoError"
         if connector_id > 0:  # 0 is the charge point as a whole: history only
             current, is_new = await self._connector(station, connector_id)
             previous_error = current.error_code
-            if current.status_at is None or at >= current.status_at:
+            # A state stamped in our future (kept before glitches were recognized) yields.
+            if current.status_at is None or at >= current.status_at \
+                    or not self._believable(current.status_at):
                 update = patch(current, actor, status=new_status, error_code=error_code,
                                info=info, status_at=at)
                 connector = cast(Connector, update.record)
@@ -423,8 +572,7 @@ class ChargingService(Service):
                 else:
                     telemetry.append(update)
                 telemetry += await self._next_interval(station, connector_id, new_status,
-                                                       error_code, station.online, at, actor,
-                                                       rebase=first_timestamp)
+                                                       error_code, station.online, at, actor)
             # else: an older report arriving late is history, not the current state
         await self.commit(actor, audited, unaudited=telemetry)
         if connector is not None:
@@ -447,7 +595,7 @@ class ChargingService(Service):
         v.meter_register(meter_start, "meterStart")
         start = v.instant(as_utc(timestamp), "timestamp")
         station = await self._require_station(cp_id)
-        self._observe_clock(cp_id, start)
+        await self._clock_report(station, start)
         presented = id_tag.strip().upper()  # authorized as presented, as Authorize does
         # Stored with its unprintable characters (controls, bidi overrides) shown as U+FFFD:
         # operators read it in sessions and the audit log, and it must not read as another
@@ -499,6 +647,7 @@ class ChargingService(Service):
             self._remember(old)
         self._remember(session)
         for old in ended:
+            await self.session_updates.end(old.id)
             await self.publish(self._session_event(station, old, "ENDED"))
         await self.publish(self._session_event(station, session, "STARTED"))
         return session.transaction_id, info
@@ -521,19 +670,20 @@ class ChargingService(Service):
         samples = self._samples(station, connector_id, transaction_id, session, readings)
         if readings:
             # After ``_samples`` checked every timestamp: a refused frame must not move it.
-            self._observe_clock(cp_id, max(as_utc(r.timestamp) for r in readings))
+            await self._clock_report(station, max(as_utc(r.timestamp) for r in readings))
         changes: list[Change] = [InsertIfAbsent(s) for s in samples]
         updated = None
         if session is not None and session.state is SessionState.ACTIVE:
-            live = self._apply_readings(session, readings, charger(cp_id))
+            live = self._apply_readings(session, readings, _added_wh(samples), charger(cp_id))
             if live is not None:
                 changes.append(live)
                 updated = cast(Session, live.record)
         await self.telemetry.write(changes)
         if session is not None and session.state is SessionState.ACTIVE:
             self._remember(updated or session, renew=False)
-        if updated is not None and self._due(updated.id):
-            await self.publish(self._session_event(station, updated, "UPDATED"))
+        if updated is not None:
+            await self.session_updates.offer(
+                updated.id, cp_id, partial(self._session_event, station, updated, "UPDATED"))
 
     async def stop_transaction(self, cp_id: str, transaction_id: int, meter_stop: int,
                                timestamp: datetime, *, reason: str | None = None,
@@ -558,17 +708,21 @@ class ChargingService(Service):
                 await self.store.write([InsertIfAbsent(s) for s in samples], [])
             return info
         actor = charger(cp_id)
-        self._observe_clock(cp_id, end)
+        await self._clock_report(station, end)
         closing = self._closing_sample(station, session, samples, meter_stop, end)
         if closing is not None:
             samples.append(closing)
+        # What the samples add up to, by construction: meterStop when it is above every
+        # reading; a register that went back (meterStop below a reading, or below
+        # meterStart after a meter swap) takes back no energy already counted.
+        energy = session.energy_wh + _added_wh(samples)
         closed, payment = await self._close(station, session, meter_stop, end,
-                                            reason or "Local", actor)
+                                            reason or "Local", actor, energy_wh=energy)
         changes: list[tuple[Change, Any]] = [(Update(closed), session)]
         if payment is not None:
             changes.append((Insert(payment), None))
         await self.commit(actor, changes, unaudited=[InsertIfAbsent(s) for s in samples])
-        self._last_session_update.pop(session.id, None)
+        await self.session_updates.end(session.id)
         self._remember(closed)
         await self.publish(self._session_event(station, closed, "ENDED"))
         return info
@@ -601,19 +755,19 @@ class ChargingService(Service):
         if payment is not None:
             changes.append((Insert(payment), None))
         await self.commit(viewer, changes)
-        self._last_session_update.pop(session.id, None)
+        await self.session_updates.end(session.id)
         self._remember(closed)
         await self.publish(self._session_event(station, closed, "ENDED"))
         return closed
 
     async def _close(self, station: Station, session: Session, meter_stop: int | None,
-                     end: datetime, reason: str, actor: Viewer
-                     ) -> tuple[Session, Payment | None]:
+                     end: datetime, reason: str, actor: Viewer, *,
+                     energy_wh: int | None = None) -> tuple[Session, Payment | None]:
+        """``energy_wh``: the session's energy at its close (default: as last metered)."""
         # A stop stamped before the start (a clock reset mid-session) ends the session
         # when it began, so no duration anywhere comes out negative.
         end = max(end, session.start_time)
-        energy = session.energy_wh if meter_stop is None \
-            else max(meter_stop - session.meter_start_wh, 0)
+        energy = session.energy_wh if energy_wh is None else energy_wh
         tariff = await self.tariffs.tariff_at(station, session.start_time)
         cost = None
         if tariff is not None:
@@ -658,8 +812,9 @@ class ChargingService(Service):
     def _samples(self, station: Station, connector_id: int, transaction_id: int | None,
                  session: Session | None, readings: list[MeterReading]) -> list[MeterSample]:
         """Every numeric sample; for an active session's total energy register also the
-        Wh it adds to the session (``delta_wh``), counted from the session's register so
-        far, so energy per period is a plain sum in the store."""
+        Wh it adds to the session (``delta_wh``), counted from the highest register so far
+        (``meter_start_wh + energy_wh``), so energy per period is a plain sum in the store.
+        A reading at or below it (late, or a register that went back) adds nothing."""
         samples = []
         actor = charger(station.cp_id)
         running = None
@@ -715,27 +870,24 @@ class ChargingService(Service):
         return stamp_new(sample, charger(station.cp_id), end)
 
     @staticmethod
-    def _apply_readings(session: Session, readings: list[MeterReading], actor: Viewer
-                        ) -> Update | None:
-        """Live energy from the newest total energy register; power from the newest
-        total active power. ``None`` when nothing changed."""
-        energy_at, energy, power_at, power = None, None, None, None
+    def _apply_readings(session: Session, readings: list[MeterReading], added_wh: int,
+                        actor: Viewer) -> Update | None:
+        """Live energy grows by what the frame's samples add (``added_wh``, their
+        ``delta_wh``): never from the newest reading alone, which a late or lower one would
+        take back, and always equal to the sum of the session's increments. Power from
+        the newest total active power. ``None`` when nothing changed."""
+        power_at, power = None, None
         for reading in readings:
             for sv in reading.values:
-                if sv.phase is not None or (sv.location not in (None, "Outlet")):
+                if sv.measurand != POWER or sv.phase is not None \
+                        or sv.location not in (None, "Outlet"):
                     continue
                 value = v.sampled_number(sv.value, "meterValue.sampledValue.value")
-                if value is None:
-                    continue
-                measurand = sv.measurand or ENERGY_REGISTER
-                if measurand == ENERGY_REGISTER and (energy_at is None
-                                                     or reading.timestamp >= energy_at):
-                    energy_at, energy = reading.timestamp, _to_wh(value, sv.unit)
-                elif measurand == POWER and (power_at is None or reading.timestamp >= power_at):
+                if value is not None and (power_at is None or reading.timestamp >= power_at):
                     power_at, power = reading.timestamp, _to_w(value, sv.unit)
         updates: dict[str, Any] = {}
-        if energy is not None and energy >= session.meter_start_wh:
-            updates["energy_wh"] = round(energy) - session.meter_start_wh
+        if added_wh:
+            updates["energy_wh"] = session.energy_wh + added_wh
         if power is not None:
             updates["power_w"] = power
         if not updates or all(getattr(session, k) == val for k, val in updates.items()):
@@ -743,14 +895,6 @@ class ChargingService(Service):
         # Only onto a session still ACTIVE in the store: this one may be a cached copy,
         # and another instance may have ended it (endSession) since.
         return patch(session, actor, only_if=("state", SessionState.ACTIVE), **updates)
-
-    def _due(self, session_id: str) -> bool:
-        now = time.monotonic()
-        last = self._last_session_update.get(session_id)
-        if last is not None and now - last < SESSION_UPDATE_INTERVAL_S:
-            return False
-        self._last_session_update[session_id] = now
-        return True
 
     def _session_event(self, station: Station, session: Session, change: str
                        ) -> SessionChanged:

@@ -1,0 +1,179 @@
+"""Meter telemetry of a session, through the charging service over a real SQLite file and
+the in-process event bus: energy only grows and is the sum of its increments, and live
+updates are throttled without ever losing the newest."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from pathlib import Path
+
+import pytest
+
+from domain import entities as d
+from domain.events import DomainEvent, SessionChanged
+from domain.policy import SYSTEM, Policy, Viewer
+from domain.query import Eq
+from domain.services import ConnectorSpec, ServiceContext, Services
+from domain.services.analytics import Scope
+from domain.services.charging import LatestUpdates, MeterReading, SampledValue
+from domain.timebuckets import Bucket
+from pubsub.memory import EventStream, MemoryEventBus
+from store.sqlite import SqliteStore
+from tests.helpers import FastHasher
+
+CP = "CP-T"
+T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+
+
+@dataclass
+class World:
+    services: Services
+    store: SqliteStore
+    events: EventStream
+
+    async def session(self, transaction_id: int) -> d.Session:
+        found = await self.store.find_one(d.Session, Eq("transaction_id", transaction_id))
+        assert found is not None
+        return found
+
+    async def events_until(self, last: Callable[[SessionChanged], bool]
+                           ) -> list[SessionChanged]:
+        """The session events published up to the first that is ``last``, or those that
+        came within a bounded wait."""
+        seen: list[SessionChanged] = []
+        while not seen or not last(seen[-1]):
+            try:
+                event = await asyncio.wait_for(anext(self.events), timeout=5)
+            except TimeoutError:
+                break
+            assert isinstance(event, SessionChanged)
+            seen.append(event)
+        return seen
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[World]:
+    store = SqliteStore(str(tmp_path / "telemetry.db"))
+    await store.start()
+    bus = MemoryEventBus()
+    await bus.start()
+    services = Services(ServiceContext(store=store, policy=Policy(), hasher=FastHasher(),
+                                       bus=bus))
+    driver = await services.accounts.create_user(
+        SYSTEM, email="driver@example.com", password="password-123", name="driver",
+        role=d.Role.DRIVER)
+    await services.fleet.issue_id_tag(Viewer.of(driver), tag="TAG-1")
+    await services.stations.create_station(SYSTEM, cp_id=CP, name=CP,
+                                           connectors=[ConnectorSpec(1), ConnectorSpec(2)])
+    events = bus.subscribe(["session"])
+    try:
+        yield World(services, store, events)
+    finally:
+        await bus.close()
+        await store.close()
+
+
+def register(wh: int, seconds: int) -> list[MeterReading]:
+    return [MeterReading(T0 + timedelta(seconds=seconds),
+                         (SampledValue(str(wh), "Energy.Active.Import.Register", "Wh"),))]
+
+
+def power(kw: float, seconds: int) -> list[MeterReading]:
+    return [MeterReading(T0 + timedelta(seconds=seconds),
+                         (SampledValue(str(kw), "Power.Active.Import", "kW"),))]
+
+
+async def added_wh(world: World, transaction_id: int) -> int:
+    samples = await world.store.find_all(d.MeterSample, Eq("transaction_id", transaction_id))
+    return sum(s.delta_wh or 0 for s in samples)
+
+
+async def test_readings_late_or_lower_never_lower_energy_and_increments_add_up(
+        world: World) -> None:
+    charging = world.services.charging
+    # A frame of the charger's queue arrives after a newer one.
+    first, _ = await charging.start_transaction(CP, 1, "TAG-1", 1000, T0)
+    live = []
+    for wh, seconds in ((3000, 60), (2000, 30), (4000, 90)):
+        await charging.meter_values(CP, 1, first, register(wh, seconds))
+        live.append((await world.session(first)).energy_wh)
+    assert live == [2000, 2000, 3000]
+    await charging.stop_transaction(CP, first, 4000, T0 + timedelta(seconds=120))
+    # A register that goes back within a frame, and a meterStop below its highest reading.
+    second, _ = await charging.start_transaction(CP, 2, "TAG-1", 0, T0)
+    await charging.meter_values(CP, 2, second, [*register(1000, 10), *register(800, 20)])
+    assert (await world.session(second)).energy_wh == 1000
+    await charging.stop_transaction(CP, second, 900, T0 + timedelta(seconds=30))
+
+    sessions = [await world.session(first), await world.session(second)]
+    assert [s.energy_wh for s in sessions] == [3000, 1000]
+    for session in sessions:
+        assert await added_wh(world, session.transaction_id) == session.energy_wh
+    trend = await world.services.analytics.energy_trend(
+        Viewer(user_id="admin", role=d.Role.ADMIN), Scope(cp_ids=(CP,)),
+        T0 - timedelta(days=1), T0 + timedelta(days=1), Bucket.DAY)
+    assert sum(b.energy_wh for b in trend) == 4000
+
+
+async def test_the_newest_update_goes_out_when_the_window_ends(world: World) -> None:
+    charging = world.services.charging
+    charging.session_updates.clock = lambda: 0.0  # every frame within one window
+    tx, _ = await charging.start_transaction(CP, 1, "TAG-1", 0, T0)
+    await charging.meter_values(CP, 1, tx, register(1000, 10))  # published at once
+    await charging.meter_values(CP, 1, tx, power(22, 11))  # held
+    await charging.meter_values(CP, 1, tx, register(1500, 12))  # replaces it
+    events = await world.events_until(lambda e: e.energy_wh == 1500)
+    updated = [(e.energy_wh, e.power_w) for e in events if e.change == "UPDATED"]
+    assert updated[0] == (1000, None) and updated[-1] == (1500, 22_000.0)
+    stored = await world.session(tx)
+    assert (stored.energy_wh, stored.power_w) == (1500, 22_000.0)
+
+
+async def test_held_updates_go_out_on_disconnect_and_never_after_the_end(
+        world: World) -> None:
+    charging = world.services.charging
+    charging.session_updates.clock = lambda: 0.0
+    charging.session_updates.interval_s = 3600.0  # the window never ends by itself here
+    tx, _ = await charging.start_transaction(CP, 1, "TAG-1", 0, T0)
+    await charging.meter_values(CP, 1, tx, register(1000, 10))
+    await charging.meter_values(CP, 1, tx, register(2000, 20))  # held
+    await charging.set_online(CP, False)  # no later frame will come: it goes out now
+    await charging.meter_values(CP, 1, tx, register(3000, 30))  # held again
+    await charging.stop_transaction(CP, tx, 3500, T0 + timedelta(seconds=40))
+    events = await world.events_until(lambda e: e.change == "ENDED")
+    assert [(e.change, e.energy_wh) for e in events] == [
+        ("STARTED", 0), ("UPDATED", 1000), ("UPDATED", 2000), ("ENDED", 3500)]
+    # Nothing is left that could publish the held 3000 Wh after the ENDED.
+    assert not [t for t in asyncio.all_tasks() if "_trail" in repr(t.get_coro())]
+
+
+async def test_latest_updates_bounds_the_rate_per_session() -> None:
+    published: list[tuple[str, int]] = []
+
+    async def publish(event: DomainEvent) -> None:
+        assert isinstance(event, SessionChanged)
+        published.append((event.session_id, event.energy_wh))
+
+    def update(session_id: str, wh: int) -> SessionChanged:
+        return SessionChanged(station_id="s", cp_id=CP, company_id=None, owner_id=None,
+                              at=T0, change="UPDATED", session_id=session_id,
+                              transaction_id=1, connector_id=1, user_id=None,
+                              vehicle_id=None, energy_wh=wh, power_w=None, state="ACTIVE")
+
+    now = [0.0]
+    updates = LatestUpdates(publish, interval_s=0.01, clock=lambda: now[0])
+    for wh in range(1, 101):  # a hundred frames within one window, of two sessions
+        await updates.offer("a", CP, partial(update, "a", wh))
+        await updates.offer("b", CP, partial(update, "b", wh * 10))
+    for _ in range(500):
+        if len(published) == 4:
+            break
+        await asyncio.sleep(0.01)
+    assert sorted(published) == [("a", 1), ("a", 100), ("b", 10), ("b", 1000)]
+    now[0] = 1.0  # a window later: the next goes out at once
+    await updates.offer("a", CP, partial(update, "a", 101))
+    assert published[-1] == ("a", 101)

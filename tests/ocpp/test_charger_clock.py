@@ -1,0 +1,172 @@
+"""The charger's clock: connector state and intervals follow its timestamps, a clock that is
+behind ours keeps every connector's history, and a glitch into the future poisons
+nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ocpp.v16 import call
+
+from domain import entities as d
+from domain.policy import SYSTEM
+from domain.query import Eq
+from domain.services.base import patch
+from ocpp_bridge.simulator import SimulatedChargePoint, connected, now
+from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
+
+GLITCH = "2150-01-01T00:00:00Z"
+CONNECTORS = '{ station(cpId: "CP-1") { connectors { connectorId status } } }'
+
+
+def iso(at: datetime) -> str:
+    return at.isoformat().replace("+00:00", "Z")
+
+
+async def report(cp: SimulatedChargePoint, connector_id: int, status: str,
+                 timestamp: str) -> None:
+    await cp.call(call.StatusNotification(connector_id=connector_id, error_code="NoError",
+                                          status=status, timestamp=timestamp))
+
+
+async def statuses(central: Central) -> dict[int, str]:
+    data = await central.gql(CONNECTORS, as_user="admin")
+    return {c["connectorId"]: c["status"] for c in data["station"]["connectors"]}
+
+
+async def intervals(central: Central, connector_id: int) -> list[d.ConnectorInterval]:
+    found = await central.store.find_all(d.ConnectorInterval, Eq("cp_id", "CP-1"), limit=100)
+    return sorted((i for i in found if i.connector_id == connector_id),
+                  key=lambda i: (i.start, i.end is None, i.end))
+
+
+async def offline_recorded(central: Central) -> None:
+    """Waits (bounded) until the server has written the charger's disconnect."""
+    for _ in range(250):
+        station = await central.store.find_one(d.Station, Eq("cp_id", "CP-1"))
+        if station is not None and not station.online:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the disconnect was never recorded")
+
+
+def assert_contiguous(rows: list[d.ConnectorInterval]) -> None:
+    """One open interval, last; each closed one ends where the next starts."""
+    assert rows and rows[-1].end is None and all(r.end is not None for r in rows[:-1])
+    for earlier, later in itertools.pairwise(rows):
+        assert earlier.end is not None and earlier.start <= earlier.end == later.start
+
+
+async def test_a_status_stamped_far_in_the_future_does_not_freeze_the_connector(
+        central: Central) -> None:
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await report(cp, 2, "Available", now())
+        await report(cp, 2, "Preparing", GLITCH)  # the charger's clock glitched once
+        assert (await statuses(central))[2] == "PREPARING"  # still the newest report
+        await report(cp, 2, "Available", now())  # and is right again (NTP)
+        assert (await statuses(central))[2] == "AVAILABLE"
+    await offline_recorded(central)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await report(cp, 2, "Charging", now())
+        assert (await statuses(central))[2] == "CHARGING"
+    await offline_recorded(central)
+    # Every interval, (dis)connects included, is on a sane timeline, not in 2150.
+    horizon = datetime.now(UTC) + timedelta(minutes=5)
+    rows = await intervals(central, 2)
+    assert_contiguous(rows)
+    assert all(r.start <= horizon and (r.end is None or r.end <= horizon) for r in rows)
+    assert (rows[-1].status, rows[-1].online) == (d.ConnectorStatus.CHARGING, False)
+    assert central.services.charging.charger_now("CP-1") <= horizon
+    # The history keeps the report as the charger stamped it.
+    events = await central.store.find_all(d.StatusEvent, Eq("cp_id", "CP-1"))
+    assert [e.at.year for e in events if e.status is d.ConnectorStatus.PREPARING] == [2150]
+
+
+async def test_a_state_stamped_in_our_future_yields_to_the_next_report(
+        central: Central) -> None:
+    """A connector frozen by a glitch stored before glitches were recognized is freed by
+    the next report."""
+    connector = await central.store.find_one(d.Connector, Eq("cp_id", "CP-1"))
+    assert connector is not None
+    await central.store.write([patch(connector, SYSTEM, status=d.ConnectorStatus.PREPARING,
+                                     status_at=datetime(2150, 1, 1, tzinfo=UTC))], [])
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await report(cp, connector.connector_id, "Available", now())
+        assert (await statuses(central))[connector.connector_id] == "AVAILABLE"
+
+
+def first_message(kind: str, at: datetime) -> Any:
+    """The charger's first timestamped message after connecting, on connector 1."""
+    if kind == "StatusNotification":
+        return call.StatusNotification(connector_id=1, error_code="NoError",
+                                       status="Available", timestamp=iso(at))
+    if kind == "MeterValues":
+        return call.MeterValues(connector_id=1, meter_value=[
+            {"timestamp": iso(at), "sampledValue": [{"value": "1000"}]}])
+    return call.StartTransaction(connector_id=1, id_tag="TAG-OK", meter_start=0,
+                                 timestamp=iso(at))
+
+
+@pytest.mark.parametrize("kind", ["StatusNotification", "MeterValues", "StartTransaction"])
+async def test_a_clock_behind_ours_keeps_every_connectors_history(central: Central,
+                                                                 kind: str) -> None:
+    """Connecting opens an interval for every connector on our clock; the charger's
+    first timestamp, an hour behind, moves all of them onto its timeline, so the reports
+    of connector 2 count, not only those of the connector that carried it."""
+    t = datetime.now(UTC).replace(microsecond=0)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await cp.call(first_message(kind, t - timedelta(minutes=60)))
+        await report(cp, 2, "Available", iso(t - timedelta(minutes=60)))
+        await report(cp, 2, "Charging", iso(t - timedelta(minutes=50)))
+        await report(cp, 2, "Available", iso(t - timedelta(minutes=40)))
+        window = {"from": iso(t - timedelta(minutes=70)), "to": iso(t - timedelta(minutes=30))}
+        data = await central.gql(
+            """query($from: DateTime!, $to: DateTime!) {
+                 u: utilization(from: $from, to: $to, groupBy: CONNECTOR) {
+                   cpId connectorId chargingSeconds }
+                 a: availability(from: $from, to: $to, groupBy: CONNECTOR) {
+                   cpId connectorId availableSeconds } }""", window, as_user="admin")
+    charging = {r["connectorId"]: r["chargingSeconds"] for r in data["u"]
+                if r["cpId"] == "CP-1"}
+    available = {r["connectorId"]: r["availableSeconds"] for r in data["a"]
+                 if r["cpId"] == "CP-1"}
+    assert charging[2] == 600 and available[2] == 1800
+    if kind == "StatusNotification":
+        assert available[1] == 1800
+    await offline_recorded(central)
+    for connector_id in (1, 2):
+        rows = await intervals(central, connector_id)
+        assert_contiguous(rows)
+        assert rows[0].start == t - timedelta(minutes=60)  # moved, not clamped
+
+
+async def test_the_move_stops_at_the_interval_before(tmp_path: Path) -> None:
+    """The intervals of a connection opened on our clock move back to the charger's first
+    timestamp, but not past the interval before them (written by an earlier process on
+    the charger's timeline, whose clock was set back further meanwhile): that one ends
+    where they start, nothing overlaps."""
+    t = datetime.now(UTC).replace(microsecond=0)
+    central = await start_central(tmp_path / "restarted.db")
+    await seed(central)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await report(cp, 1, "Available", iso(t - timedelta(minutes=90)))
+    await offline_recorded(central)
+    await stop_central(central)
+    central = await start_central(tmp_path / "restarted.db")
+    try:
+        async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+            await report(cp, 2, "Available", iso(t - timedelta(minutes=200)))
+        await offline_recorded(central)
+        for connector_id in (1, 2):
+            rows = await intervals(central, connector_id)
+            assert_contiguous(rows)
+            assert rows[0].start == t - timedelta(minutes=90)
+    finally:
+        await stop_central(central)
