@@ -709,13 +709,14 @@ class ChargingService(Service):
             return info
         actor = charger(cp_id)
         await self._clock_report(station, end)
-        closing = self._closing_sample(station, session, samples, meter_stop, end)
+        # meterStop is the transaction's own final register (what the charger signs and
+        # bills by), so it decides the energy; a reading above it (a glitch, a late
+        # frame of another kind) was counted live and is taken back by the closing
+        # sample, which makes the samples add up to the billed energy.
+        energy = max(meter_stop - session.meter_start_wh, 0)
+        closing = self._closing_sample(station, session, samples, energy, meter_stop, end)
         if closing is not None:
             samples.append(closing)
-        # What the samples add up to, by construction: meterStop when it is above every
-        # reading; a register that went back (meterStop below a reading, or below
-        # meterStart after a meter swap) takes back no energy already counted.
-        energy = session.energy_wh + _added_wh(samples)
         closed, payment = await self._close(station, session, meter_stop, end,
                                             reason or "Local", actor, energy_wh=energy)
         changes: list[tuple[Change, Any]] = [(Update(closed), session)]
@@ -851,13 +852,13 @@ class ChargingService(Service):
         return samples
 
     def _closing_sample(self, station: Station, session: Session, samples: list[MeterSample],
-                        meter_stop: int, end: datetime) -> MeterSample | None:
-        """The energy between the last reading and meterStop, as a Transaction.End
-        register sample at the stop time (the whole energy, for a charger that sent no
-        meter values at all)."""
-        counted = sum(s.delta_wh or 0 for s in samples)
-        running = session.meter_start_wh + session.energy_wh + counted
-        if meter_stop <= running:
+                        energy: int, meter_stop: int, end: datetime) -> MeterSample | None:
+        """A Transaction.End register sample at the stop time with what the session's
+        samples still miss of its ``energy``: the rest up to meterStop (the whole energy,
+        for a charger that sent no meter values at all), or, when readings went above
+        meterStop, a negative amount taking the excess back."""
+        rest = energy - session.energy_wh - _added_wh(samples)
+        if rest == 0:
             return None
         sample = MeterSample(
             id=stable_id(end, station.cp_id, session.connector_id, session.transaction_id,
@@ -866,7 +867,7 @@ class ChargingService(Service):
             session_id=session.id, cp_id=station.cp_id, connector_id=session.connector_id,
             at=end, measurand=ENERGY_REGISTER, value=float(meter_stop), unit="Wh",
             context="Transaction.End", transaction_id=session.transaction_id,
-            delta_wh=meter_stop - running)
+            delta_wh=rest)
         return stamp_new(sample, charger(station.cp_id), end)
 
     @staticmethod
