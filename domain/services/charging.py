@@ -778,7 +778,8 @@ class ChargingService(Service):
                          stop_reason=reason, cost_minor=cost,
                          currency=tariff.currency if tariff else None)
         payment = None
-        if tariff is not None and cost is not None:
+        # Nothing to collect (no energy and no fees): no payment for anyone to settle.
+        if tariff is not None and cost is not None and cost > 0:
             payment = stamp_new(Payment(session_id=session.id, station_id=station.id,
                                         user_id=session.user_id, amount_minor=cost,
                                         currency=tariff.currency,

@@ -168,20 +168,35 @@ async def test_repeated_start_returns_same_transaction(central: Central) -> None
 async def test_repeated_stop_and_meter_values_are_idempotent(central: Central) -> None:
     async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
         tx, _ = await cp.start_transaction(1, "TAG-OK")
-        values = [{"timestamp": now(), "sampledValue": [{"value": "1234"}]}]
+        started = int(cp.connectors[1].meter_wh)
+        values = [{"timestamp": now(), "sampledValue": [{"value": str(started + 1234)}]}]
         for _ in range(2):
             await cp.call(call.MeterValues(connector_id=1, transaction_id=tx,
                                            meter_value=values))
-        stop = call.StopTransaction(meter_stop=5_000, timestamp=now(), transaction_id=tx,
-                                    reason="EVDisconnected")
+        stop = call.StopTransaction(meter_stop=started + 5_000, timestamp=now(),
+                                    transaction_id=tx, reason="EVDisconnected")
         await cp.call(stop)
         first = await central.session(tx)
         response = await cp.call(stop)
         assert response.id_tag_info is None
     again = await central.session(tx)
     assert first == again
-    assert await central.store.count(d.MeterSample, ALL) == 1
+    assert first is not None and first.energy_wh == 5_000
+    # The reading, once, and the stop's Transaction.End sample with the rest.
+    assert await central.store.count(d.MeterSample, ALL) == 2
     assert await central.store.count(d.Payment, ALL) == 1
+
+
+async def test_a_session_that_charged_nothing_leaves_nothing_to_settle(central: Central
+                                                                       ) -> None:
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        tx, _ = await cp.start_transaction(1, "TAG-OK")
+        await cp.call(call.StopTransaction(meter_stop=int(cp.connectors[1].meter_wh),
+                                           timestamp=now(), transaction_id=tx))
+    session = await central.session(tx)
+    assert session is not None and session.state is d.SessionState.COMPLETED
+    assert (session.energy_wh, session.cost_minor) == (0, 0)  # priced: 0 EUR
+    assert await central.store.count(d.Payment, ALL) == 0
 
 
 async def test_meter_values_of_unknown_transactions_are_kept(central: Central) -> None:
