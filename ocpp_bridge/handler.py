@@ -9,11 +9,17 @@ dataclass and convert it back, per message — the larger part of a MeterValues 
 cost (``python -m bench.ocpp_throughput``). Incoming messages of one charger are handled
 one at a time, in order; handlers never call the charger (the package would deadlock
 until the timeout), they only talk to the domain.
+
+Commands (``command``) go through the package's ``call()``, which waits out its timeout
+when no answer comes. So each command also waits on a failure of its own, set at once
+when the socket closes (``ChargerOffline``, ``connection_closed``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
@@ -21,9 +27,10 @@ from typing import Any
 from ocpp.messages import CallError, CallResult
 from ocpp.v16 import ChargePoint
 from websockets.asyncio.server import ServerConnection, broadcast
+from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
-from domain.errors import DomainError
+from domain.errors import ChargerError, ChargerOffline, DomainError
 from domain.services.charging import (
     BootInfo,
     ChargingService,
@@ -70,6 +77,44 @@ class ChargePointHandler(ChargePoint):
         self.connected_at: datetime | None = None
         self._highest_connector: int | None = None
         self._unique_id = ""
+        #: Commands in progress (sent, or waiting to be sent after the one in flight):
+        #: unique id → where the error that ends it at once goes.
+        self._pending: dict[str, asyncio.Future[ChargerError]] = {}
+        self._closed = False
+
+    # ------------------------------------------------------------- commands
+    async def command(self, request: Any) -> Any:
+        """Send ``request`` with the package's ``call()`` and return its validated answer
+        (raising the package's errors, e.g. ``OCPPError`` for a CALLERROR), or raise
+        ``ChargerOffline`` as soon as the socket closes. No timeout of its own beyond the
+        package's: the caller bounds it."""
+        if self._closed:
+            raise ChargerOffline(f"{self.id} went offline")
+        unique_id = str(uuid.uuid4())
+        failed: asyncio.Future[ChargerError] = asyncio.get_running_loop().create_future()
+        self._pending[unique_id] = failed
+        call = asyncio.ensure_future(self.call(request, suppress=False, unique_id=unique_id))
+        try:
+            await asyncio.wait((call, failed), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            del self._pending[unique_id]
+            # Cancelled here (by a failure, or the caller's timeout), the package's call
+            # leaves its lock and the queue of answers as they were.
+            call.cancel()
+        if not call.done():  # the failure came first
+            raise failed.result()
+        try:
+            return call.result()
+        except ConnectionClosed as exc:  # sent after the socket closed, before we knew
+            raise ChargerOffline(f"{self.id} went offline") from exc
+
+    def connection_closed(self) -> None:
+        """The socket is closed: commands waiting for answers (or for their turn) fail
+        with ``ChargerOffline`` at once, and later ones are refused."""
+        self._closed = True
+        for failed in self._pending.values():
+            if not failed.done():
+                failed.set_result(ChargerOffline(f"{self.id} went offline"))
 
     # ------------------------------------------------------------- sending
     async def _send(self, message: str) -> None:

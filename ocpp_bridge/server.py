@@ -317,6 +317,9 @@ class OcppServer:
         except ConnectionClosed:
             pass
         finally:
+            # First: a command waiting for this charger's answer fails now with
+            # CHARGER_OFFLINE, not at its timeout.
+            handler.connection_closed()
             if self.gateway.unregister(handler):
                 log.info("%s disconnected", cp_id)
                 try:

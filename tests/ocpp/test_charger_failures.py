@@ -77,6 +77,27 @@ async def still_answered_normally(ws: ClientConnection) -> None:
     assert reply[:2] == [3, "hb-after"], reply
 
 
+# ----------------------------------------------------------------- dropped sockets
+@pytest.mark.parametrize("how", ["close", "abort"])
+async def test_a_socket_dropped_mid_command_is_charger_offline_at_once(
+        slow_central: Central, how: str) -> None:
+    """A closing handshake, or the TCP connection simply gone: the command waiting for
+    the answer, and the one queued behind it, are CHARGER_OFFLINE at once."""
+    ws = await charger(slow_central)
+    first = command(slow_central, "ClearCache")
+    request = await receive(ws)
+    assert request[:3] == [2, request[1], "ClearCache"]
+    second = command(slow_central, "Reset", {"type": "Soft"})  # waits behind the first
+    await asyncio.sleep(0.1)  # lets it reach the charger's queue (not needed to pass)
+    if how == "close":
+        await ws.close()
+    else:
+        ws.transport.abort()
+    assert await outcome_code(first) == "CHARGER_OFFLINE"
+    assert await outcome_code(second) == "CHARGER_OFFLINE"
+    assert await outcome_code(command(slow_central)) == "CHARGER_OFFLINE"
+
+
 # ----------------------------------------------------------------- frame size
 def stop_transaction_frame(transaction_id: int, start: datetime, minutes: int) -> str:
     """A StopTransaction whose transactionData holds ``minutes`` one-minute samples of five
