@@ -64,8 +64,8 @@ class OcppGateway:
         except TypeError as exc:
             raise ValidationError(f"{action}: {exc}", field="input") from exc
         try:
-            # ``command`` fails at once when the socket closes (ChargerOffline), rather
-            # than at the timeout.
+            # ``command`` fails at once when the socket closes (ChargerOffline) or the
+            # answer is malformed (ChargerError), rather than at the timeout.
             response = await asyncio.wait_for(handler.command(request), timeout)
         except TimeoutError as exc:
             raise ChargerTimeout(f"{cp_id} did not answer {action} within {timeout:g}s"
@@ -77,8 +77,9 @@ class OcppGateway:
         except ChargerOffline as exc:
             raise ChargerOffline(f"{cp_id} went offline before answering {action}"
                                  ) from exc
-        except ChargerError:
-            raise
+        except ChargerError as exc:  # the only other failure ``command`` raises
+            raise ChargerError(f"{cp_id} answered {action} with a malformed frame: "
+                               f"{exc.message}") from exc
         except Exception as exc:  # the socket closed under us, an unknown error code, …
             log.warning("%s: %s failed: %r", cp_id, action, exc)
             if not self.is_connected(cp_id):

@@ -98,6 +98,62 @@ async def test_a_socket_dropped_mid_command_is_charger_offline_at_once(
     assert await outcome_code(command(slow_central)) == "CHARGER_OFFLINE"
 
 
+# ----------------------------------------------------------------- malformed answers
+MALFORMED_ANSWERS = [
+    '[3, "{uid}"]',  # a CALLRESULT without its payload
+    '[3, "{uid}", {{}}, "more"]',  # one element too many
+    '[4, "{uid}", "InternalError", "boom"]',  # a CALLERROR without its details
+    '[4, "{uid}"]',
+    '[3, "{uid}", {{',  # broken JSON that still reads as a CALLRESULT for this call
+    '[4 , "{uid}", "Intern',
+]
+
+
+@pytest.mark.parametrize("answer", MALFORMED_ANSWERS)
+async def test_a_malformed_answer_is_charger_error_at_once_and_not_answered(
+        slow_central: Central, answer: str) -> None:
+    ws = await charger(slow_central)
+    try:
+        pending = command(slow_central)
+        request = await receive(ws)
+        await ws.send(answer.format(uid=request[1]))
+        assert await outcome_code(pending) == "CHARGER_ERROR"
+        outcome = pending.result()
+        assert outcome.error is not None and "malformed" in outcome.error.message
+        await still_answered_normally(ws)
+        # The next command is sent and answered as usual.
+        following = command(slow_central)
+        request = await receive(ws)
+        await ws.send(json.dumps([3, request[1], {"status": "Accepted"}]))
+        assert await outcome_code(following) is None
+        assert following.result().status == "Accepted"
+    finally:
+        await ws.close()
+
+
+async def test_answers_that_match_no_command_are_ignored_not_answered(
+        slow_central: Central) -> None:
+    """Malformed or not, a CALLRESULT or CALLERROR never gets a CALLERROR back (OCPP-J
+    answers CALLs only), and one for another call leaves the pending command waiting for
+    its own answer."""
+    ws = await charger(slow_central)
+    try:
+        for stray in ('[3, "nobody-asked"]', '[4, "nobody-asked", "GenericError"]',
+                      '[3, 17, {}]', '[4]', '[3, "nobody-asked", {}]', '[3, "cut", {'):
+            await ws.send(stray)
+        await still_answered_normally(ws)
+        pending = command(slow_central)
+        request = await receive(ws)
+        await ws.send('[3, "not-this-call"]')
+        await ws.send('[4, "not-this-call", "GenericError", "x", {}, 5')
+        await ws.send(json.dumps([3, request[1], {"status": "Accepted"}]))
+        assert await outcome_code(pending) is None
+        assert pending.result().status == "Accepted"
+        await still_answered_normally(ws)
+    finally:
+        await ws.close()
+
+
 # ----------------------------------------------------------------- frame size
 def stop_transaction_frame(transaction_id: int, start: datetime, minutes: int) -> str:
     """A StopTransaction whose transactionData holds ``minutes`` one-minute samples of five
