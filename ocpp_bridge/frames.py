@@ -56,15 +56,24 @@ KNOWN_UNSERVED = frozenset({
 
 
 class FrameError(Exception):
-    """A frame or payload we must answer with a CALLERROR."""
+    """A frame or payload we must answer with a CALLERROR, unless ``message_type`` says
+    it is a malformed CALLRESULT or CALLERROR: OCPP-J answers CALLs only."""
 
     def __init__(self, code: str, description: str, unique_id: str = "-1",
-                 details: dict[str, Any] | None = None) -> None:
+                 details: dict[str, Any] | None = None, *,
+                 message_type: int | None = None) -> None:
         super().__init__(description)
         self.code = code
         self.description = description
         self.unique_id = unique_id
         self.details = details or {}
+        #: The frame's message type, when it could be read.
+        self.message_type = message_type
+
+    @property
+    def is_answer(self) -> bool:
+        """A CALLRESULT or CALLERROR, however malformed otherwise."""
+        return self.message_type in (CALLRESULT, CALLERROR)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +87,13 @@ class Frame:
     error_details: Any = None
 
 
+#: The start of a CALLRESULT or CALLERROR, read from text that is not JSON: the message
+#: type, then the unique id when it is there whole (a JSON string without escapes).
+_ANSWER_HEAD = re.compile(r'\s*\[\s*(?P<type>[34])\s*(?:,\s*"(?P<uid>[^"\\]*)"|,|$)')
+#: Enough text for the message type and a unique id (at most 36 characters).
+_HEAD_CHARS = 128
+
+
 def parse(raw: str | bytes) -> Frame:
     """Parse one websocket message into a frame, or raise ``FrameError``."""
     try:
@@ -85,7 +101,14 @@ def parse(raw: str | bytes) -> Frame:
         # no lone surrogates), which OCPP-J's plain JSON never needs.
         message = orjson.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise FrameError(FORMATION_VIOLATION, "the message is not valid JSON") from exc
+        # Text that is not JSON may still begin as an answer ('[3, "<uid>", {' cut off):
+        # then it is a broken answer to that call, not a frame to answer.
+        head = _ANSWER_HEAD.match(raw[:_HEAD_CHARS] if isinstance(raw, str)
+                                  else raw[:_HEAD_CHARS].decode("utf-8", "replace"))
+        if head is None:
+            raise FrameError(FORMATION_VIOLATION, "the message is not valid JSON") from exc
+        raise FrameError(FORMATION_VIOLATION, "the message is not valid JSON",
+                         head["uid"] or "-1", message_type=int(head["type"])) from exc
     if not isinstance(message, list) or not message:
         raise FrameError(FORMATION_VIOLATION, "an OCPP-J message is a non-empty JSON array")
     unique_id = message[1] if len(message) > 1 and isinstance(message[1], str) else "-1"
@@ -105,12 +128,13 @@ def parse(raw: str | bytes) -> Frame:
     if kind == CALLRESULT:
         if len(message) != 3 or not isinstance(message[1], str):
             raise FrameError(FORMATION_VIOLATION, "a CALLRESULT is [3, uniqueId, payload]",
-                             unique_id)
+                             unique_id, message_type=CALLRESULT)
         return Frame(CALLRESULT, message[1], payload=message[2])
     if kind == CALLERROR:
         if len(message) != 5 or not isinstance(message[1], str):
             raise FrameError(FORMATION_VIOLATION, "a CALLERROR is [4, uniqueId, errorCode, "
-                                                  "errorDescription, errorDetails]", unique_id)
+                                                  "errorDescription, errorDetails]", unique_id,
+                             message_type=CALLERROR)
         return Frame(CALLERROR, message[1], error_code=str(message[2]),
                      error_description=str(message[3]), error_details=message[4])
     raise FrameError(FORMATION_VIOLATION, f"unknown message type {kind!r}", unique_id)

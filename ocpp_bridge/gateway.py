@@ -64,7 +64,9 @@ class OcppGateway:
         except TypeError as exc:
             raise ValidationError(f"{action}: {exc}", field="input") from exc
         try:
-            response = await asyncio.wait_for(handler.call(request, suppress=False), timeout)
+            # ``command`` fails at once when the socket closes (ChargerOffline) or the
+            # answer is malformed (ChargerError), rather than at the timeout.
+            response = await asyncio.wait_for(handler.command(request), timeout)
         except TimeoutError as exc:
             raise ChargerTimeout(f"{cp_id} did not answer {action} within {timeout:g}s"
                                  ) from exc
@@ -72,8 +74,12 @@ class OcppGateway:
             # A CALLERROR from the charger, or an answer that breaks the 1.6 schema.
             raise ChargerError(f"{cp_id} answered {action} with {exc.code}: "
                                f"{exc.description}") from exc
-        except ChargerError:
-            raise
+        except ChargerOffline as exc:
+            raise ChargerOffline(f"{cp_id} went offline before answering {action}"
+                                 ) from exc
+        except ChargerError as exc:  # the only other failure ``command`` raises
+            raise ChargerError(f"{cp_id} answered {action} with a malformed frame: "
+                               f"{exc.message}") from exc
         except Exception as exc:  # the socket closed under us, an unknown error code, …
             log.warning("%s: %s failed: %r", cp_id, action, exc)
             if not self.is_connected(cp_id):

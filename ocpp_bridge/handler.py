@@ -9,11 +9,18 @@ dataclass and convert it back, per message — the larger part of a MeterValues 
 cost (``python -m bench.ocpp_throughput``). Incoming messages of one charger are handled
 one at a time, in order; handlers never call the charger (the package would deadlock
 until the timeout), they only talk to the domain.
+
+Commands (``command``) go through the package's ``call()``, which only ever hears of an
+answer that parses, and waits out its timeout otherwise. So each command also waits on a
+failure of its own, set at once when the charger's answer to it is malformed
+(``ChargerError``) or the socket closes (``ChargerOffline``, ``connection_closed``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
@@ -21,9 +28,10 @@ from typing import Any
 from ocpp.messages import CallError, CallResult
 from ocpp.v16 import ChargePoint
 from websockets.asyncio.server import ServerConnection, broadcast
+from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
-from domain.errors import DomainError
+from domain.errors import ChargerError, ChargerOffline, DomainError
 from domain.services.charging import (
     BootInfo,
     ChargingService,
@@ -70,6 +78,69 @@ class ChargePointHandler(ChargePoint):
         self.connected_at: datetime | None = None
         self._highest_connector: int | None = None
         self._unique_id = ""
+        #: Commands in progress (sent, or waiting to be sent after the one in flight):
+        #: unique id → where the error that ends it at once goes.
+        self._pending: dict[str, asyncio.Future[ChargerError]] = {}
+        self._closed = False
+
+    # ------------------------------------------------------------- commands
+    async def command(self, request: Any) -> Any:
+        """Send ``request`` with the package's ``call()`` and return its validated answer
+        (raising the package's errors, e.g. ``OCPPError`` for a CALLERROR), or raise
+        ``ChargerOffline`` as soon as the socket closes and ``ChargerError`` as soon as
+        the charger answers it with a malformed frame. No timeout of its own beyond the
+        package's: the caller bounds it."""
+        if self._closed:
+            raise ChargerOffline(f"{self.id} went offline")
+        unique_id = str(uuid.uuid4())
+        failed: asyncio.Future[ChargerError] = asyncio.get_running_loop().create_future()
+        self._pending[unique_id] = failed
+        call = asyncio.ensure_future(self.call(request, suppress=False, unique_id=unique_id))
+        try:
+            await asyncio.wait((call, failed), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            del self._pending[unique_id]
+            # Cancelled here (by a failure, or the caller's timeout), the package's call
+            # leaves its lock and the queue of answers as they were.
+            call.cancel()
+        if not call.done():  # the failure came first
+            raise failed.result()
+        try:
+            return call.result()
+        except ConnectionClosed as exc:  # sent after the socket closed, before we knew
+            raise ChargerOffline(f"{self.id} went offline") from exc
+
+    def connection_closed(self) -> None:
+        """The socket is closed: commands waiting for answers (or for their turn) fail
+        with ``ChargerOffline`` at once, and later ones are refused."""
+        self._closed = True
+        for failed in self._pending.values():
+            if not failed.done():
+                failed.set_result(ChargerOffline(f"{self.id} went offline"))
+
+    def _malformed_answer(self, error: FrameError) -> None:
+        """A CALLRESULT or CALLERROR we cannot read. If its unique id names a command
+        waiting for its answer, that command fails now with ``ChargerError``; else it is
+        dropped, as any stray answer. Never answered: OCPP-J answers CALLs only."""
+        failed = self._pending.get(error.unique_id)
+        if failed is None or failed.done():
+            log.info("%s: malformed answer to no command waiting (%s), dropped",
+                     self.id, error.description)
+            return
+        log.info("%s: malformed answer to command %s (%s)", self.id, error.unique_id,
+                 error.description)
+        failed.set_result(ChargerError(error.description))
+
+    def _deliver(self, response: CallResult | CallError) -> None:
+        """Hand an answer to the command waiting for it. One to no command in progress
+        (late, or never asked) is dropped here rather than left in the package's queue
+        until the next command reads past it."""
+        failed = self._pending.get(response.unique_id)
+        if failed is None or failed.done():
+            log.info("%s: answer %s matches no command waiting, dropped", self.id,
+                     response.unique_id)
+            return
+        self._response_queue.put_nowait(response)
 
     # ------------------------------------------------------------- sending
     async def _send(self, message: str) -> None:
@@ -97,22 +168,27 @@ class ChargePointHandler(ChargePoint):
 
     # ------------------------------------------------------------- routing
     async def route_message(self, raw_msg: str | bytes) -> None:
-        """Every frame gets an answer: a CALLRESULT, or a CALLERROR with the 1.6 code.
-        The connection stays up whatever arrives."""
+        """Every CALL gets an answer: a CALLRESULT, or a CALLERROR with the 1.6 code, and
+        so does a frame whose message type cannot be read. A CALLRESULT or CALLERROR goes
+        to the command waiting for it, malformed or not, and is never answered (OCPP-J
+        answers CALLs only). The connection stays up whatever arrives."""
         try:
             frame = frames.parse(raw_msg)
         except FrameError as exc:
             log.info("%s: bad frame (%s): %.200r", self.id, exc.description, raw_msg)
-            await self._send(frames.call_error(exc.unique_id, exc.code, exc.description))
+            if exc.is_answer:
+                self._malformed_answer(exc)
+            else:
+                await self._send(frames.call_error(exc.unique_id, exc.code,
+                                                   exc.description))
             return
         if frame.message_type == frames.CALL:
             await self._answer(frame)
         elif frame.message_type == frames.CALLRESULT:
-            self._response_queue.put_nowait(CallResult(frame.unique_id, frame.payload))
+            self._deliver(CallResult(frame.unique_id, frame.payload))
         else:
-            self._response_queue.put_nowait(CallError(
-                frame.unique_id, frame.error_code, frame.error_description,
-                frame.error_details))
+            self._deliver(CallError(frame.unique_id, frame.error_code,
+                                    frame.error_description, frame.error_details))
 
     async def _answer(self, frame: frames.Frame) -> None:
         uid = frame.unique_id

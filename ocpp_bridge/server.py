@@ -42,7 +42,13 @@ from ocpp_bridge.handler import CLOSE_UNKNOWN_STATION, ChargePointHandler
 log = logging.getLogger("chargegraph.ocpp")
 
 SUBPROTOCOL = "ocpp1.6"
-MAX_MESSAGE = 256 * 1024  # the largest real 1.6 frames (local lists, transactionData) fit
+#: The largest frame read (websockets closes with 1009 beyond it). A StopTransaction's
+#: transactionData grows with the session: 12 h of one-minute samples of five measurands
+#: is 450 KB, and a charger refused with 1009 retries the same frame forever, so the
+#: session never closes. 4 MiB holds a few days of such samples. It bounds one frame and
+#: reserves nothing: memory is taken as frames arrive (websockets buffers at most
+#: ``max_queue``, 16, unread frames per connection before it stops reading).
+MAX_MESSAGE = 4 * 1024 * 1024
 REALM = 'Basic realm="ChargeGraph OCPP", charset="UTF-8"'
 #: Refused passwords remembered per station (repeated guesses are refused for free).
 REFUSED_REMEMBERED = 32
@@ -311,6 +317,9 @@ class OcppServer:
         except ConnectionClosed:
             pass
         finally:
+            # First: a command waiting for this charger's answer fails now with
+            # CHARGER_OFFLINE, not at its timeout.
+            handler.connection_closed()
             if self.gateway.unregister(handler):
                 log.info("%s disconnected", cp_id)
                 try:

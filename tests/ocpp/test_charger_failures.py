@@ -1,0 +1,224 @@
+"""What a command meets when its charger fails it, and frames at the size limit: a socket
+dropped while a command waits, answers too malformed to read, a StopTransaction carrying
+a long session's meter values. Raw websocket chargers against a real central system.
+
+A command that must fail "at once" runs with a 30 s command timeout (and 30 s for the
+charger's answer) and is given a few seconds: waiting for the timeout fails the test."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from domain import entities as d
+from domain.policy import SYSTEM
+from domain.services.commands import CommandOutcome
+from ocpp_bridge.server import MAX_MESSAGE
+from ocpp_bridge.simulator import basic_auth
+from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
+
+#: Long enough that a command failing only at its timeout fails the test.
+LONG_TIMEOUT = 30.0
+#: How long a command that fails at once may take.
+AT_ONCE = 5.0
+
+
+@pytest.fixture(params=["direct", "relayed"])
+async def slow_central(request: pytest.FixtureRequest, tmp_path: Path
+                       ) -> AsyncIterator[Central]:
+    """A central system whose commands wait ``LONG_TIMEOUT`` for an answer, sent directly
+    and relayed as from another instance."""
+    c = await start_central(tmp_path / "central.db", command_timeout=LONG_TIMEOUT,
+                            relayed=request.param == "relayed")
+    # Read per connection: chargers connecting from now on get 30 s to answer too.
+    c.server.response_timeout = LONG_TIMEOUT
+    await seed(c)
+    yield c
+    await stop_central(c)
+
+
+async def charger(central: Central, cp_id: str = "CP-1") -> ClientConnection:
+    return await connect(f"{central.url}/{cp_id}", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+                         additional_headers=basic_auth(cp_id, STATION_PASSWORD),
+                         max_size=None)
+
+
+async def receive(ws: ClientConnection) -> list[Any]:
+    frame = json.loads(await asyncio.wait_for(ws.recv(), AT_ONCE))
+    assert isinstance(frame, list)
+    return frame
+
+
+def command(central: Central, action: str = "ClearCache",
+            payload: dict[str, Any] | None = None) -> asyncio.Task[CommandOutcome]:
+    return asyncio.create_task(central.services.commands.send(SYSTEM, "CP-1", action,
+                                                              payload or {}))
+
+
+async def outcome_code(task: asyncio.Task[CommandOutcome]) -> str | None:
+    """The error code the command ends with, within ``AT_ONCE`` seconds."""
+    outcome = await asyncio.wait_for(task, AT_ONCE)
+    return outcome.error.code if outcome.error is not None else None
+
+
+async def still_answered_normally(ws: ClientConnection) -> None:
+    """The charger got no CALLERROR for what it sent before: the next frame it receives
+    is the answer to a Heartbeat, and the connection is still up."""
+    await ws.send('[2, "hb-after", "Heartbeat", {}]')
+    reply = await receive(ws)
+    assert reply[:2] == [3, "hb-after"], reply
+
+
+# ----------------------------------------------------------------- dropped sockets
+@pytest.mark.parametrize("how", ["close", "abort"])
+async def test_a_socket_dropped_mid_command_is_charger_offline_at_once(
+        slow_central: Central, how: str) -> None:
+    """A closing handshake, or the TCP connection simply gone: the command waiting for
+    the answer, and the one queued behind it, are CHARGER_OFFLINE at once."""
+    ws = await charger(slow_central)
+    first = command(slow_central, "ClearCache")
+    request = await receive(ws)
+    assert request[:3] == [2, request[1], "ClearCache"]
+    second = command(slow_central, "Reset", {"type": "Soft"})  # waits behind the first
+    await asyncio.sleep(0.1)  # lets it reach the charger's queue (not needed to pass)
+    if how == "close":
+        await ws.close()
+    else:
+        ws.transport.abort()
+    assert await outcome_code(first) == "CHARGER_OFFLINE"
+    assert await outcome_code(second) == "CHARGER_OFFLINE"
+    assert await outcome_code(command(slow_central)) == "CHARGER_OFFLINE"
+
+
+# ----------------------------------------------------------------- malformed answers
+MALFORMED_ANSWERS = [
+    '[3, "{uid}"]',  # a CALLRESULT without its payload
+    '[3, "{uid}", {{}}, "more"]',  # one element too many
+    '[4, "{uid}", "InternalError", "boom"]',  # a CALLERROR without its details
+    '[4, "{uid}"]',
+    '[3, "{uid}", {{',  # broken JSON that still reads as a CALLRESULT for this call
+    '[4 , "{uid}", "Intern',
+]
+
+
+@pytest.mark.parametrize("answer", MALFORMED_ANSWERS)
+async def test_a_malformed_answer_is_charger_error_at_once_and_not_answered(
+        slow_central: Central, answer: str) -> None:
+    ws = await charger(slow_central)
+    try:
+        pending = command(slow_central)
+        request = await receive(ws)
+        await ws.send(answer.format(uid=request[1]))
+        assert await outcome_code(pending) == "CHARGER_ERROR"
+        outcome = pending.result()
+        assert outcome.error is not None and "malformed" in outcome.error.message
+        await still_answered_normally(ws)
+        # The next command is sent and answered as usual.
+        following = command(slow_central)
+        request = await receive(ws)
+        await ws.send(json.dumps([3, request[1], {"status": "Accepted"}]))
+        assert await outcome_code(following) is None
+        assert following.result().status == "Accepted"
+    finally:
+        await ws.close()
+
+
+async def test_answers_that_match_no_command_are_ignored_not_answered(
+        slow_central: Central) -> None:
+    """Malformed or not, a CALLRESULT or CALLERROR never gets a CALLERROR back (OCPP-J
+    answers CALLs only), and one for another call leaves the pending command waiting for
+    its own answer."""
+    ws = await charger(slow_central)
+    try:
+        for stray in ('[3, "nobody-asked"]', '[4, "nobody-asked", "GenericError"]',
+                      '[3, 17, {}]', '[4]', '[3, "nobody-asked", {}]', '[3, "cut", {'):
+            await ws.send(stray)
+        await still_answered_normally(ws)
+        pending = command(slow_central)
+        request = await receive(ws)
+        await ws.send('[3, "not-this-call"]')
+        await ws.send('[4, "not-this-call", "GenericError", "x", {}, 5')
+        await ws.send(json.dumps([3, request[1], {"status": "Accepted"}]))
+        assert await outcome_code(pending) is None
+        assert pending.result().status == "Accepted"
+        await still_answered_normally(ws)
+    finally:
+        await ws.close()
+
+
+# ----------------------------------------------------------------- frame size
+def stop_transaction_frame(transaction_id: int, start: datetime, minutes: int) -> str:
+    """A StopTransaction whose transactionData holds ``minutes`` one-minute samples of five
+    measurands (about 620 bytes a minute), ending with the session."""
+    def at(minute: int) -> str:
+        return (start + timedelta(minutes=minute)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    data = [{"timestamp": at(m), "sampledValue": [
+        {"value": str(m * 50), "context": "Sample.Periodic",
+         "measurand": "Energy.Active.Import.Register", "unit": "Wh", "location": "Outlet"},
+        {"value": "3000", "context": "Sample.Periodic", "measurand": "Power.Active.Import",
+         "unit": "W", "location": "Outlet"},
+        {"value": "13.0", "context": "Sample.Periodic", "measurand": "Current.Import",
+         "unit": "A", "phase": "L1"},
+        {"value": "230.0", "context": "Sample.Periodic", "measurand": "Voltage", "unit": "V",
+         "phase": "L1-N"},
+        {"value": "40", "context": "Sample.Periodic", "measurand": "SoC", "unit": "Percent",
+         "location": "EV"}]} for m in range(1, minutes + 1)]
+    return json.dumps([2, "stop-1", "StopTransaction", {
+        "transactionId": transaction_id, "meterStop": minutes * 50, "timestamp": at(minutes),
+        "transactionData": data}])
+
+
+async def start_session(ws: ClientConnection, start: datetime) -> int:
+    await ws.send(json.dumps([2, "start-1", "StartTransaction", {
+        "connectorId": 1, "idTag": "TAG-OK", "meterStart": 0,
+        "timestamp": start.strftime("%Y-%m-%dT%H:%M:%SZ")}]))
+    reply = await receive(ws)
+    assert reply[0] == 3, reply
+    transaction_id = reply[2]["transactionId"]
+    assert isinstance(transaction_id, int)
+    return transaction_id
+
+
+async def test_a_megabyte_stop_transaction_closes_its_session(central: Central) -> None:
+    """28 hours of one-minute samples of five measurands: about 1 MB in one frame."""
+    minutes = 28 * 60
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=minutes + 1)
+    ws = await charger(central)
+    try:
+        transaction_id = await start_session(ws, start)
+        frame = stop_transaction_frame(transaction_id, start, minutes)
+        assert 1_000_000 < len(frame) < 1_200_000
+        await ws.send(frame)
+        reply = json.loads(await asyncio.wait_for(ws.recv(), 30))
+        assert reply[:2] == [3, "stop-1"], reply
+    finally:
+        await ws.close()
+    session = await central.session(transaction_id)
+    assert session is not None and session.state is d.SessionState.COMPLETED
+    assert session.energy_wh == minutes * 50
+
+
+async def test_a_frame_just_beyond_the_limit_closes_the_socket_with_1009(
+        central: Central) -> None:
+    """The limit still holds: a frame a few samples beyond it is refused unread."""
+    minutes = MAX_MESSAGE // 620 + 10  # about 620 bytes a minute
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=minutes)
+    ws = await charger(central)
+    transaction_id = await start_session(ws, start)
+    frame = stop_transaction_frame(transaction_id, start, minutes)
+    assert MAX_MESSAGE < len(frame) < MAX_MESSAGE + 64 * 1024
+    await ws.send(frame)
+    with pytest.raises(ConnectionClosed) as closed:
+        await asyncio.wait_for(ws.recv(), 30)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
+    session = await central.session(transaction_id)
+    assert session is not None and session.state is d.SessionState.ACTIVE
