@@ -32,11 +32,14 @@ class Update:
     an operator's rename that landed in between. With ``only_if`` (a field and a value,
     ``fields`` required) the write happens only while the stored record still holds that
     value, and is skipped without error otherwise: a charger's live energy must not land
-    on a session another instance has just ended."""
+    on a session another instance has just ended. With ``required`` as well, a guard that
+    no longer holds fails the whole write with ``Conflict`` (code ``CHANGED``): a state
+    change two requests raced for (two captures of one payment) happens once."""
 
     record: Record
     fields: frozenset[str] | None = None
     only_if: tuple[str, Any] | None = None
+    required: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +170,9 @@ class PaymentProvider(Protocol):
     name: str
 
     async def capture(self, payment: Any) -> str:
-        """Collect the payment's amount; returns the provider's reference."""
+        """Collect the payment's amount; returns the provider's reference. Asked again for
+        the same payment (a retried or raced request), it must not move money twice:
+        the payment's id and the step are the idempotency key."""
 
     async def refund(self, payment: Any) -> str:
         """Pay a captured amount back; returns the provider's reference."""

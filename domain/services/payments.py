@@ -58,7 +58,18 @@ class PaymentService(Service):
             reference = await self.provider.refund(payment)
         updated = changed(payment, viewer, status=target, provider=self.provider.name,
                           provider_ref=reference)
-        await self.commit(viewer, [(Update(updated), payment)])
+        # Only from the status read above: of two requests racing (two captures, a capture
+        # and a fail), one moves the payment and the other is told it moved meanwhile.
+        # (The provider, asked twice, keys its idempotency on the payment and the step.)
+        move = Update(updated, frozenset({"status", "provider", "provider_ref"}),
+                      ("status", payment.status), required=True)
+        try:
+            await self.commit(viewer, [(move, payment)])
+        except Conflict as exc:
+            if exc.code != "CHANGED":
+                raise
+            raise Conflict("the payment was settled meanwhile", field="id",
+                           code="INVALID_STATE") from exc
         return updated
 
     async def capture(self, viewer: Viewer, payment_id: str) -> Payment:

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import pymongo
 from bson import ObjectId
@@ -22,7 +22,8 @@ from pymongo.errors import PyMongoError
 
 from domain.aggregation import Group, Metric
 from domain.entities import AuditEntry, E, Record
-from domain.ports import Change, Insert
+from domain.errors import Conflict
+from domain.ports import Change, Insert, Update
 from domain.query import ALL, Filter, Page, PageRequest, Sort, decode_cursor, encode_cursor
 from store.mongo import aggregate, journal, writes
 from store.mongo.codec import compared, from_doc, shadow, spec_of
@@ -238,6 +239,7 @@ class MongoStore:
         if audit:
             steps.append([Insert(entry) for entry in audit])
         deadline = time.monotonic() + journal.BATCH_DEADLINE_S
+        untouched: set[tuple[str, ObjectId]] = set()
         try:
             for step in steps:
                 remaining = deadline - time.monotonic()
@@ -246,9 +248,21 @@ class MongoStore:
                 # The server aborts an operation that would run past the deadline too, so
                 # nothing of this batch lands after a sweep could consider it abandoned.
                 with pymongo.timeout(remaining):
-                    await writes.apply(self.db, step)
-        except BaseException:
-            await self._roll_back(journal_id, undo, audit_ids)
+                    if not await writes.apply(self.db, step):
+                        assert isinstance(step, Update)
+                        untouched.add((step.record.kind, ObjectId(step.record.id)))
+                    elif isinstance(step, Update):
+                        untouched.discard((step.record.kind, ObjectId(step.record.id)))
+        except BaseException as exc:
+            if isinstance(exc, Conflict) and exc.code == "CHANGED":
+                # The update that failed its guard wrote nothing either.
+                failed = cast(Update, step)
+                untouched.add((failed.record.kind, ObjectId(failed.record.id)))
+            # A guarded update that wrote nothing must not be "put back": its before-image
+            # is older than what another writer stored since (a capture racing this fail).
+            kept = [u for u in undo if (u["kind"], u["id"]) not in untouched
+                    or _written_otherwise(changes, u)]
+            await self._roll_back(journal_id, kept, audit_ids)
             raise
         await journal.close_batch(self.db, journal_id)
 
@@ -267,3 +281,10 @@ class MongoStore:
             {"_id": name}, {"$inc": {"value": 1}}, upsert=True,
             return_document=ReturnDocument.AFTER)
         return int(doc["value"])
+
+
+def _written_otherwise(changes: Sequence[Change], entry: dict[str, Any]) -> bool:
+    """Whether a change of the batch other than a guarded update touched the undo
+    entry's document (then it was written, and is put back)."""
+    return any((c.record.kind, ObjectId(c.record.id)) == (entry["kind"], entry["id"])
+               and not (isinstance(c, Update) and c.only_if is not None) for c in changes)

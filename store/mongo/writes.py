@@ -11,7 +11,7 @@ from bson import ObjectId
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from domain.entities import Record
-from domain.errors import NotFound, UniqueViolation
+from domain.errors import Conflict, NotFound, UniqueViolation
 from domain.ports import (
     PARTIAL_UNIQUE_RULES,
     UNIQUE_RULES,
@@ -46,17 +46,20 @@ def steps(changes: Sequence[Change]) -> list[Step]:
     return out
 
 
-async def apply(db: Any, step: Step) -> None:
+async def apply(db: Any, step: Step) -> bool:
+    """Writes one step; False when it was a guarded update whose guard no longer held
+    (nothing written)."""
     if isinstance(step, list):
         await insert(db, step)
     elif isinstance(step, Insert | InsertIfAbsent):
         await insert(db, [step])
     elif isinstance(step, Update):
-        await update(db, step)
+        return await update(db, step)
     elif isinstance(step, Delete):
         await delete(db, step)
     else:
         raise TypeError(f"not a change: {step!r}")
+    return True
 
 
 async def insert(db: Any, run: Sequence[Insert | InsertIfAbsent]) -> None:
@@ -91,9 +94,11 @@ async def _id_taken(collection: Any, record: Record, error: Mapping[str, Any]) -
     return await collection.find_one({"_id": ObjectId(record.id)}, {"_id": 1}) is not None
 
 
-async def update(db: Any, change: Update) -> None:
+async def update(db: Any, change: Update) -> bool:
     record = change.record
     target: dict[str, Any] = {"_id": ObjectId(record.id)}
+    if change.required and change.only_if is None:
+        raise ValueError("required needs only_if")
     if change.only_if is not None:
         if change.fields is None:
             raise ValueError("only_if needs the fields to write")
@@ -108,8 +113,13 @@ async def update(db: Any, change: Update) -> None:
                 target, partial_update(record, change.fields))
     except DuplicateKeyError as exc:
         raise await explain(db, record, exc.details, inserting=False) from exc
-    if result.matched_count == 0 and change.only_if is None:
-        raise _not_found(record)
+    if result.matched_count == 0:
+        if change.only_if is None:
+            raise _not_found(record)
+        if change.required:
+            raise changed_meanwhile(record)
+        return False
+    return True
 
 
 async def delete(db: Any, change: Delete) -> None:
@@ -117,6 +127,11 @@ async def delete(db: Any, change: Delete) -> None:
     result = await db[record.kind].delete_one({"_id": ObjectId(record.id)})
     if result.deleted_count == 0:
         raise _not_found(record)
+
+
+def changed_meanwhile(record: Record) -> Conflict:
+    return Conflict(f"the {record.kind.replace('_', ' ')} changed meanwhile", field="id",
+                    code="CHANGED")
 
 
 def _not_found(record: Record) -> NotFound:

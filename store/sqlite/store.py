@@ -29,7 +29,7 @@ import orjson
 
 from domain.aggregation import Group, Metric
 from domain.entities import AuditEntry, E, Record
-from domain.errors import NotFound
+from domain.errors import Conflict, NotFound
 from domain.ports import Change, Delete, Insert, InsertIfAbsent, Update
 from domain.query import ALL, Filter, Page, PageRequest, Sort
 from store.fields import FieldSpec
@@ -185,6 +185,20 @@ def _insert_run(conn: sqlite3.Connection, sql: str, run: list[_Statement]) -> No
         index += size
 
 
+def _apply_required(conn: sqlite3.Connection, run: list[_Statement]) -> None:
+    """Updates one at a time, each that must apply checked on its own (a run may mix
+    them with updates whose guard may fail quietly)."""
+    for sql, params, change in run:
+        if conn.execute(sql, params).rowcount:
+            continue
+        assert isinstance(change, Update)
+        if change.required:
+            raise Conflict(f"the {change.record.kind.replace('_', ' ')} changed meanwhile",
+                           field="id", code="CHANGED")
+        if change.only_if is None:
+            raise NotFound(_missing(conn, [(sql, params, change)]), field="id")
+
+
 def _apply_batch(conn: sqlite3.Connection, statements: list[_Statement]) -> None:
     """One write transaction. Runs of the same insert go as multi-row statements, runs of
     the same update or delete through ``executemany``; updates and deletes must each
@@ -201,6 +215,10 @@ def _apply_batch(conn: sqlite3.Connection, statements: list[_Statement]) -> None
             if isinstance(run[0][2], Insert | InsertIfAbsent) or run[0][2] is None:
                 _insert_run(conn, sql, run)
             else:
+                if any(isinstance(c, Update) and c.required for _, _, c in run):
+                    _apply_required(conn, run)
+                    index = end
+                    continue
                 cursor = conn.executemany(sql, [params for _, params, _ in run]) \
                     if len(run) > 1 else conn.execute(sql, run[0][1])
                 guarded = isinstance(run[0][2], Update) and run[0][2].only_if is not None
@@ -474,6 +492,8 @@ class SqliteStore:
             return (_insert_sql(kind) + ' ON CONFLICT ("id") DO NOTHING',
                     to_row(change.record), change)
         if isinstance(change, Update):
+            if change.required and change.only_if is None:
+                raise ValueError("required needs only_if")
             if change.fields is not None:
                 sql, params = _partial_update(change.record, change.fields, change.only_if)
                 return sql, params, change

@@ -16,6 +16,7 @@ from domain.entities import (
     Connector,
     IdTag,
     Payment,
+    PaymentStatus,
     Record,
     Reservation,
     Session,
@@ -123,6 +124,31 @@ async def test_an_update_that_breaks_a_unique_rule_is_rejected(store: Store) -> 
 
     assert raised.value.field == "email"
     assert await store.get_many(User, [ada.id, bob.id]) == [ada, bob]
+
+
+async def test_a_required_guard_that_no_longer_holds_fails_the_whole_write(
+        store: Store) -> None:
+    """``Update.required``: of two requests racing for one state change, the second
+    fails with CHANGED and nothing of its write stays, while a quiet guard in the same
+    batch still just skips."""
+    st = station(cp_id="CP-R")
+    pay = payment(session(st), status=PaymentStatus.PENDING)
+    await put(store, st, pay)
+    fields = frozenset({"status"})
+    captured = dataclasses.replace(pay, status=PaymentStatus.CAPTURED)
+    first = Update(captured, fields, ("status", PaymentStatus.PENDING), required=True)
+    await store.write([first], [])
+    bystander = company(name="Written with the loser")
+    quiet = Update(dataclasses.replace(pay, amount_minor=1), frozenset({"amount_minor"}),
+                   ("status", PaymentStatus.PENDING))
+    failed = Update(dataclasses.replace(pay, status=PaymentStatus.FAILED), fields,
+                    ("status", PaymentStatus.PENDING), required=True)
+    with pytest.raises(Conflict) as raised:
+        await store.write([Insert(bystander), quiet, failed], [])
+    assert (raised.value.code, raised.value.field) == ("CHANGED", "id")
+    assert (await store.get_many(Payment, [pay.id]))[0] == captured
+    assert await store.get_many(Company, [bystander.id]) == [None]
+    await store.write([quiet], [])  # alone, a quiet guard that fails is no error
 
 
 async def test_a_unique_violation_is_told_in_words_not_column_names(store: Store) -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
 
 from domain import entities as d
+from domain.policy import Viewer
 from domain.query import ALL
 from graph import TokenService, create_graphql_app
 from graph.ids import to_global_id
@@ -117,6 +119,42 @@ async def test_utilization_availability_faults_overview(scripted: tuple[History,
 
 PAY = """mutation($id: ID!) { %s(input: {id: $id}) { payment { status provider providerRef
   amount { amount currency } } errors { field code } } }"""
+
+
+async def test_two_settlements_at_once_move_a_payment_once(
+        scripted: tuple[History, Api], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A capture and a fail of one payment, both past the status check before either
+    writes: one moves it, the other is told it was settled meanwhile."""
+    history, api = scripted
+    [first, *_] = await history.services.ctx.store.find_all(d.Payment, ALL)
+    both_asked = asyncio.Barrier(2)
+
+    class SlowProvider:
+        name = "manual"
+
+        async def capture(self, payment: d.Payment) -> str:
+            await asyncio.wait_for(both_asked.wait(), 5)
+            return f"manual:capture:{payment.id}"
+
+    async def fail_after_capture_checked(viewer: Viewer, payment_id: str) -> d.Payment:
+        await asyncio.wait_for(both_asked.wait(), 5)
+        return await moves(viewer, payment_id, "fail")
+
+    payments = history.services.payments
+    moves = payments._move
+    monkeypatch.setattr(payments, "provider", SlowProvider())
+    monkeypatch.setattr(payments, "fail", fail_after_capture_checked)
+    gid = to_global_id("payment", first.id)
+    op = history.users["op_a"].id
+    answers = await asyncio.gather(
+        api.gql(PAY % "capturePayment", {"id": gid}, as_user=op),
+        api.gql(PAY % "failPayment", {"id": gid}, as_user=op))
+    results = [answers[0]["capturePayment"], answers[1]["failPayment"]]
+    moved = [r["payment"]["status"] for r in results if r["payment"]]
+    refused = [r["errors"] for r in results if r["errors"]]
+    assert len(moved) == 1 and refused == [[{"field": "id", "code": "INVALID_STATE"}]]
+    stored = (await history.services.ctx.store.get_many(d.Payment, [first.id]))[0]
+    assert stored is not None and stored.status.value == moved[0]
 
 
 async def test_payment_state_machine(scripted: tuple[History, Api]) -> None:
