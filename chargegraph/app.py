@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 
+from chargegraph import housekeeping
 from chargegraph.errors import ConfigError
 from chargegraph.secrets import resolve_jwt_secret
 from chargegraph.security import Argon2Hasher
@@ -125,6 +126,10 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
                 app.state.ocpp_port = server.bound_port
             if gateway is not None:
                 services.attach_gateway(gateway)
+            # Entered last, left first: no sweep runs while the store closes.
+            await stack.enter_async_context(housekeeping.every(
+                housekeeping.RESERVATION_SWEEP_S, services.commands.expire_reservations,
+                "reservation-expiry"))
             log.info("ChargeGraph ready: GraphQL on http://%s:%d/graphql", settings.host,
                      settings.port)
             try:

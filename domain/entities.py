@@ -315,6 +315,14 @@ class Reservation(Record):
     user_id: str | None = None
     state: ReservationState = ReservationState.PENDING
 
+    def state_at(self, now: datetime) -> ReservationState:
+        """EXPIRED once a live (PENDING or ACTIVE) reservation is past its expiry, before
+        the sweep (``CommandService.expire_reservations``) has stored it."""
+        if self.state in (ReservationState.PENDING, ReservationState.ACTIVE) \
+                and self.expires_at <= now:
+            return ReservationState.EXPIRED
+        return self.state
+
 
 @dataclass(kw_only=True)
 class Tariff(Record):

@@ -679,7 +679,7 @@ class Reservation(Node, Audited):
             "connector_id": r.connector_id,
             "id_tag": r.id_tag,
             "expires_at": r.expires_at,
-            "state": r.state,
+            "state": r.state_at(ctx.now),
         })
 
     @strawberry.field

@@ -40,7 +40,7 @@ from domain.errors import (
 )
 from domain.events import CommandCompleted, ReservationChanged
 from domain.ids import new_id
-from domain.policy import Viewer
+from domain.policy import SYSTEM, Viewer
 from domain.ports import ChargerGateway, Delete, Insert, Update
 from domain.query import ALL, Eq, Filter, In, Range, all_of
 from domain.services.base import Service, ServiceContext, changed, stamp_new
@@ -251,6 +251,34 @@ class CommandService(Service):
                                   else "the reservation has expired",
                                   field="reservationId", code="INVALID_STATE")
         return reservation
+
+    async def expire_reservations(self, limit: int = 500) -> int:
+        """Stores EXPIRED on live reservations past their expiry (the charger frees the
+        connector by itself) and announces each; returns how many. Several instances may
+        sweep at once: each reservation moves once, and only its mover announces it."""
+        now = utcnow()
+        due = await self.store.find_all(Reservation, all_of(
+            In("state", (ReservationState.PENDING, ReservationState.ACTIVE)),
+            Range("expires_at", lte=now)), limit=limit)
+        expired = 0
+        for reservation in due:
+            updated = changed(reservation, SYSTEM, state=ReservationState.EXPIRED)
+            move = Update(updated, frozenset({"state"}), ("state", reservation.state),
+                          required=True)
+            try:
+                await self.commit(SYSTEM, [(move, reservation)])
+            except Conflict:
+                continue  # another instance, or the charger's StartTransaction, was first
+            expired += 1
+            station = (await self.store.get_many(Station, [reservation.station_id]))[0]
+            await self._publish(ReservationChanged(
+                station_id=reservation.station_id, cp_id=reservation.cp_id,
+                company_id=station.company_id if station else None,
+                owner_id=station.owner_id if station else None,
+                reservation_record_id=updated.id, reservation_id=updated.reservation_id,
+                connector_id=updated.connector_id, user_id=updated.user_id,
+                state=updated.state.value))
+        return expired
 
     # ------------------------------------------------------------- bookkeeping
     async def _after(self, viewer: Viewer, outcome: CommandOutcome, payload: dict[str, Any]

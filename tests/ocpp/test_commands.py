@@ -15,9 +15,13 @@ import pytest
 from websockets.asyncio.client import connect
 
 from domain import entities as d
+from domain.clock import utcnow
+from domain.events import ReservationChanged
 from domain.policy import SYSTEM
+from domain.ports import Insert
 from domain.query import Eq
 from ocpp_bridge.simulator import basic_auth, connected
+from pubsub.memory import MemoryEventBus
 from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
 
 
@@ -431,6 +435,62 @@ async def test_a_reservation_the_charger_left_unanswered_still_holds(tmp_path: P
             assert [name for name, _ in cp.received] == ["CancelReservation"]
     finally:
         await stop_central(central)
+
+
+async def test_reservations_past_their_expiry_read_and_are_stored_expired(
+        tmp_path: Path) -> None:
+    bus = MemoryEventBus()
+    await bus.start()
+    central = await start_central(tmp_path / "central.db", bus=bus)
+    await seed(central)
+    station = central.stations["CP-1"]
+    past, later = utcnow() - timedelta(minutes=1), utcnow() + timedelta(hours=1)
+
+    def reservation(number: int, state: d.ReservationState, expires: datetime
+                    ) -> d.Reservation:
+        return d.Reservation(reservation_id=number, station_id=station.id, cp_id="CP-1",
+                             connector_id=number, id_tag="TAG-OK", expires_at=expires,
+                             state=state)
+
+    lapsed = reservation(1, d.ReservationState.ACTIVE, past)
+    live = reservation(2, d.ReservationState.ACTIVE, later)
+    used = reservation(3, d.ReservationState.USED, past)
+    events = bus.subscribe(["reservation"])
+    try:
+        await central.store.write([Insert(r) for r in (lapsed, live, used)], [])
+        listed = await central.gql("{ reservations(first: 10) { nodes { reservationId state } } }",
+                                   as_user="op")
+        assert {n["reservationId"]: n["state"] for n in listed["reservations"]["nodes"]} == {
+            1: "EXPIRED", 2: "ACTIVE", 3: "USED"}  # read as of now, before any sweep
+        # Two instances sweeping at once, both reading before either writes: it moves
+        # once, and is announced once.
+        both_read = asyncio.Barrier(2)
+        reading = central.store.find_all
+
+        async def read_then_wait(kind: Any, *args: Any, **kwargs: Any) -> Any:
+            found = await reading(kind, *args, **kwargs)
+            if kind is d.Reservation:
+                await asyncio.wait_for(both_read.wait(), 5)
+            return found
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(central.store, "find_all", read_then_wait)
+            swept = await asyncio.gather(*(central.services.commands.expire_reservations()
+                                           for _ in range(2)))
+        assert sorted(swept) == [0, 1]
+        stored = await central.store.get_many(d.Reservation, [lapsed.id, live.id, used.id])
+        assert [r.state for r in stored if r] == [d.ReservationState.EXPIRED,
+                                                  d.ReservationState.ACTIVE,
+                                                  d.ReservationState.USED]
+        event = await asyncio.wait_for(anext(events), 5)
+        assert isinstance(event, ReservationChanged)
+        assert (event.reservation_id, event.state, event.company_id) == (
+            1, "EXPIRED", station.company_id)
+        assert await central.services.commands.expire_reservations() == 0
+    finally:
+        await events.aclose()
+        await stop_central(central)
+        await bus.close()
 
 
 async def test_reservations_are_bounded_and_do_not_overlap(central: Central) -> None:

@@ -1,0 +1,35 @@
+"""Chores the service runs on a timer while it is up (stored states that time changes)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+log = logging.getLogger("chargegraph.housekeeping")
+
+#: How often reservations past their expiry are stored EXPIRED (reads show EXPIRED at once
+#: anyway; this is for filters on the stored state and for the live event).
+RESERVATION_SWEEP_S = 30.0
+
+
+@contextlib.asynccontextmanager
+async def every(seconds: float, chore: Callable[[], Awaitable[object]], name: str
+                ) -> AsyncIterator[None]:
+    """Runs ``chore`` at once and then every ``seconds`` until the block exits. A failed
+    round (the database out of reach) is logged and retried in the next one."""
+    async def loop() -> None:
+        while True:
+            try:
+                await chore()
+            except Exception:
+                log.exception("%s failed; retrying in %gs", name, seconds)
+            await asyncio.sleep(seconds)
+
+    task = asyncio.create_task(loop(), name=f"chargegraph-{name}")
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.wait([task])
