@@ -24,14 +24,15 @@ from domain.events import (
     DomainEvent,
     EventsDropped,
     FaultReported,
+    ReservationChanged,
     SessionChanged,
     StationConnectionChanged,
 )
 from graph.context import GraphContext
-from graph.enums import ConnectorStatus, SessionState
+from graph.enums import ConnectorStatus, ReservationState, SessionState
 from graph.ids import expect_id, to_global_id
 from graph.loaders import Loaders
-from graph.nodes import Connector, Session, Station
+from graph.nodes import Connector, Reservation, Session, Station
 
 Info = strawberry.Info
 PUBLIC_TOPICS = frozenset({ConnectorStatusChanged.topic, StationConnectionChanged.topic})
@@ -167,6 +168,28 @@ class FaultEvent:
         return await _station(info, self._e.station_id)
 
 
+@strawberry.type(description="A reservation was accepted, refused, used, cancelled or "
+                               "expired.")
+class ReservationEvent:
+    reservation_id: int = strawberry.field(description="The OCPP reservationId.")
+    cp_id: str
+    connector_id: int
+    state: ReservationState
+    at: datetime
+    dropped_before: int
+    _e: strawberry.Private[ReservationChanged]
+
+    @strawberry.field
+    async def reservation(self, info: Info) -> Reservation | None:
+        ctx: GraphContext = info.context
+        record = await ctx.loaders.by_id(d.Reservation).load(self._e.reservation_record_id)
+        return Reservation.wrap(record, ctx) if record else None
+
+    @strawberry.field
+    async def station(self, info: Info) -> Station | None:
+        return await _station(info, self._e.station_id)
+
+
 @strawberry.type(description="A command reached its charger, or failed to.")
 class CommandEvent:
     command_id: strawberry.ID
@@ -268,6 +291,13 @@ def _fault(e: FaultReported, dropped: int) -> FaultEvent:
                       dropped_before=dropped, _e=e)
 
 
+def _reservation(e: ReservationChanged, dropped: int) -> ReservationEvent:
+    return ReservationEvent(reservation_id=e.reservation_id, cp_id=e.cp_id,
+                            connector_id=e.connector_id,
+                            state=d.ReservationState(e.state),  # type: ignore[arg-type]
+                            at=e.at, dropped_before=dropped, _e=e)
+
+
 def _command(e: CommandCompleted, dropped: int) -> CommandEvent:
     return CommandEvent(command_id=strawberry.ID(e.command_id), action=e.action,
                         cp_id=e.cp_id, status=e.status, error_code=e.error_code,
@@ -313,6 +343,14 @@ class Subscription:
                        ) -> AsyncIterator[FaultEvent]:
         accept = filter.accepts() if filter else _everything
         return _feed(info, FaultReported.topic, accept, _fault)
+
+    @strawberry.subscription(description="Reservations accepted, refused, used, cancelled "
+                                         "or expired: a driver's own, an operator's "
+                                         "stations'.")
+    def reservation_changed(self, info: Info, filter: StationEventFilter | None = None
+                            ) -> AsyncIterator[ReservationEvent]:
+        accept = filter.accepts() if filter else _everything
+        return _feed(info, ReservationChanged.topic, accept, _reservation)
 
     @strawberry.subscription(description="Answers to commands sent to chargers.")
     def command_completed(self, info: Info, filter: CommandEventFilter | None = None

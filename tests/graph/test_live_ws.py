@@ -12,10 +12,12 @@ from typing import Any
 
 import pytest
 
+from domain import entities as d
+from domain.clock import utcnow
 from domain.entities import Record, Role
-from domain.events import ConnectorStatusChanged
+from domain.events import ConnectorStatusChanged, ReservationChanged
 from domain.policy import SYSTEM, Policy, Viewer
-from domain.ports import Update
+from domain.ports import Insert, Update
 from domain.services import ServiceContext, Services
 from domain.services.base import changed
 from graph import TokenService
@@ -207,6 +209,37 @@ async def test_shared_execution_keeps_each_roles_view(live: Setup) -> None:
     for name in ("admin", "op_a", "op_b", "driver1"):
         assert got.get(name) == await reference(live, name, NESTED,
                                                 live.status("A-001", "first")), name
+
+
+async def test_reservation_changes_reach_their_driver_and_the_stations_operators(
+        live: Setup) -> None:
+    station = live.world.stations["A-001"]
+    record = d.Reservation(reservation_id=7, station_id=station.id, cp_id="A-001",
+                           connector_id=1, id_tag="TAG", user_id=live.world.users["driver1"].id,
+                           expires_at=utcnow() + timedelta(hours=1),
+                           state=d.ReservationState.ACTIVE)
+    await live.services.ctx.store.write([Insert(record)], [])
+    names = ["driver1", "driver2", "op_a", "op_b"]
+    sockets = [await live.open(name) for name in names]
+    for socket in sockets:
+        socket.subscribe("1", """subscription { reservationChanged { reservationId cpId
+            state reservation { idTag state } station { cpId } } }""")
+    await live.subscribed(len(names))
+    await live.bus.publish(ReservationChanged(
+        station_id=station.id, cp_id="A-001", company_id=station.company_id,
+        owner_id=station.owner_id, reservation_record_id=record.id, reservation_id=7,
+        connector_id=1, user_id=record.user_id, state="ACTIVE"))
+    expected = {"reservationId": 7, "cpId": "A-001", "state": "ACTIVE",
+                "reservation": {"idTag": "TAG", "state": "ACTIVE"},
+                "station": {"cpId": "A-001"}}
+    for name in ("driver1", "op_a"):
+        message = await sockets[names.index(name)].next()
+        assert message["payload"]["data"]["reservationChanged"] == expected, name
+    await asyncio.sleep(0.05)
+    assert sockets[names.index("driver2")].nothing_pending()  # another driver's
+    assert sockets[names.index("op_b")].nothing_pending()  # another company's station
+    for socket in sockets:
+        await socket.close()
 
 
 async def test_event_only_selections_are_shared_across_roles(live: Setup) -> None:
