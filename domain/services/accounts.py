@@ -180,16 +180,19 @@ class AccountService(Service):
             minutes = max(1, round(locked.total_seconds() / 60))
             raise Unauthenticated(f"too many failed sign-ins: try again in {minutes} min",
                                   code="TOO_MANY_ATTEMPTS")
+        if cleaned is not None:
+            # Counted as failed before the slow check, in the same step as the lock test:
+            # guesses sent all at once would otherwise all pass the test while the first
+            # ones are still being hashed. A success takes it back.
+            self._failed(key, cleaned)
         user = await self.store.find_one(User, Eq("email", cleaned)) if cleaned else None
         if user is None or not user.password_hash:
             await self.password_matches(await self._dummy(), password)
-            if cleaned:
-                self._failed(key, cleaned)
             raise Unauthenticated("wrong email or password")
         if not await self.password_matches(user.password_hash, password) or not user.active:
-            self._failed(key, user.email)
             raise Unauthenticated("wrong email or password")
         self.throttle.succeeded(key)
+        self.email_throttle.forgive(user.email)
         if self.ctx.hasher.needs_rehash(user.password_hash):
             # Only the hash, and only while it is still the one just verified: a whole
             # record written back could undo a deactivation or a new password that

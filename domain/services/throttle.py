@@ -60,3 +60,13 @@ class SignInThrottle:
 
     def succeeded(self, key: str) -> None:
         self._failures.pop(key, None)
+
+    def forgive(self, key: str) -> None:
+        """Take back the newest failure counted for ``key`` (an attempt counted before its
+        check, which then succeeded), lifting a lock that failure set."""
+        entry = self._failures.get(key)
+        if entry is None or not entry.times:
+            return
+        entry.times.pop()
+        if entry.locked_until is not None and len(entry.times) < self.limit:
+            entry.locked_until = None

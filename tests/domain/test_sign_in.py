@@ -187,3 +187,52 @@ async def test_cancelled_sign_ins_cannot_run_more_hashing_at_once(store: SqliteS
         await asyncio.gather(*tasks, return_exceptions=True)
     await asyncio.sleep(0.3)  # what was still running finishes
     assert 1 <= peak[0] <= HASHING_THREADS
+
+
+async def test_guesses_sent_all_at_once_meet_the_same_limit(store: SqliteStore) -> None:
+    """Sixty sign-ins at once from one client, the right password last: only the first
+    few are checked, the rest are refused before hashing, and the right one among them
+    finds the account locked."""
+    import asyncio
+
+    from domain.errors import Unauthenticated
+
+    checked = [0]
+
+    class Counting(FastHasher):
+        def verify(self, password_hash: str, password: str) -> bool:
+            checked[0] += 1
+            return super().verify(password_hash, password)
+
+    services = Services(ServiceContext(store=store, policy=Policy(), hasher=Counting()))
+    await services.accounts.create_user(SYSTEM, email="ada@example.com",
+                                        password="first password", name="Ada",
+                                        role=d.Role.DRIVER)
+    checked[0] = 0
+    guesses = [f"guess {i}" for i in range(59)] + ["first password"]
+    outcomes = await asyncio.gather(
+        *(services.accounts.authenticate("ada@example.com", g, "10.0.0.1") for g in guesses),
+        return_exceptions=True)
+    codes = [o.code if isinstance(o, Unauthenticated) else "SIGNED_IN" for o in outcomes]
+    limit = services.accounts.throttle.limit
+    assert checked[0] == limit and codes.count("UNAUTHENTICATED") == limit
+    assert codes[-1] == "TOO_MANY_ATTEMPTS"
+
+
+async def test_a_right_password_counted_before_its_check_is_forgiven(store: SqliteStore
+                                                                     ) -> None:
+    from domain.errors import Unauthenticated
+
+    services = Services(ServiceContext(store=store, policy=Policy(), hasher=FastHasher()))
+    await services.accounts.create_user(SYSTEM, email="ada@example.com",
+                                        password="first password", name="Ada",
+                                        role=d.Role.DRIVER)
+    limit = services.accounts.throttle.limit
+    for _ in range(limit - 1):
+        with pytest.raises(Unauthenticated):
+            await services.accounts.authenticate("ada@example.com", "guess", "10.0.0.1")
+    # The last try before the lock is the right one: it signs in, and is not held against
+    # the email for others.
+    await services.accounts.authenticate("ada@example.com", "first password", "10.0.0.1")
+    assert services.accounts.email_throttle.locked_for("ada@example.com") is None
+    await services.accounts.authenticate("ada@example.com", "first password", "10.0.0.2")
