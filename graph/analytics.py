@@ -14,7 +14,7 @@ import strawberry
 from domain import entities as d
 from domain.currencies import major_units
 from domain.query import Sort
-from domain.services.analytics import FaultGroup, Scope, ShareRow
+from domain.services.analytics import BucketBudget, FaultGroup, Scope, ShareRow
 from domain.timebuckets import Bucket
 from graph.context import GraphContext
 from graph.ids import expect_id
@@ -201,9 +201,10 @@ class AnalyticsQuery:
                            time_zone: str = "UTC", currency: str | None = None
                            ) -> list[EnergyBucket]:
         ctx: GraphContext = info.context
+        budget = ctx.extra.setdefault("bucket_budget", BucketBudget())
         buckets = await ctx.services.analytics.energy_trend(
             ctx.viewer, filter.to_domain(), filter.from_, filter.to, bucket, time_zone,
-            currency)
+            currency, budget)
         return [EnergyBucket(start=b.start, energy_kwh=b.energy_wh / 1000,
                              sessions=b.sessions,
                              revenue=major_units(b.revenue_minor, b.currency),

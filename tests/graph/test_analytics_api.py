@@ -50,6 +50,28 @@ async def test_energy_trend_query(scripted: tuple[History, Api]) -> None:
     assert [b["energyKwh"] for b in other["energyTrend"]] == [0.0, 0.0, 0.0]  # not theirs
 
 
+YEAR_BY_HOUR = """energyTrend(filter: {from: "2025-01-01T00:00:00Z",
+    to: "2026-01-01T00:00:00Z"}, bucket: HOUR) { start }"""
+
+
+async def test_a_request_asks_for_a_bounded_number_of_buckets(scripted: tuple[History, Api]
+                                                              ) -> None:
+    """Two years by the hour in one request are fine; a third is refused before any of
+    it is computed; anyone not signed in gets no trend at all."""
+    history, api = scripted
+    admin = api.token_for(history.users["admin"].id)
+    two = await api.post("{ " + " ".join(f"t{i}: {YEAR_BY_HOUR}" for i in range(2)) + " }",
+                         token=admin)
+    assert "errors" not in two.json() and len(two.json()["data"]["t0"]) == 8760
+    three = await api.post("{ " + " ".join(f"t{i}: {YEAR_BY_HOUR}" for i in range(3)) + " }",
+                           token=admin)
+    errors = three.json()["errors"]
+    assert [e["extensions"] for e in errors] == [{"code": "QUERY_TOO_COMPLEX",
+                                                  "field": "bucket"}]
+    anonymous = await api.post("{ " + YEAR_BY_HOUR + " }")
+    assert anonymous.json()["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
+
+
 async def test_bad_time_zone_is_a_coded_error(scripted: tuple[History, Api]) -> None:
     history, api = scripted
     r = await api.post("""{ energyTrend(filter: {from: "2026-03-28T00:00:00Z",
