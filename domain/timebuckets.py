@@ -28,10 +28,17 @@ class Bucket(StrEnum):
     MONTH = "MONTH"
 
 
+#: Longer than any IANA name ("America/Argentina/ComodRivadavia" is 32).
+MAX_ZONE_NAME = 64
+
+
 def zone(name: str, field: str = "timeZone") -> ZoneInfo:
+    if len(name) > MAX_ZONE_NAME:
+        raise ValidationError("unknown time zone", field=field)
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
+    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
+        # OSError: a name the file system refuses (too long a path component, ...).
         raise ValidationError(f"unknown time zone {name!r}", field=field) from exc
 
 

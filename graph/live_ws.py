@@ -77,6 +77,8 @@ TRANSPORT_WS = "graphql-transport-ws"
 LEGACY_WS = "graphql-ws"
 PROTOCOLS = (TRANSPORT_WS, LEGACY_WS)
 DEFAULT_QUEUE_SIZE = 1000
+#: Operations one socket may run at once (a map screen needs a handful).
+MAX_OPERATIONS_PER_SOCKET = 100
 #: How often a signed-in connection's token and user are checked again.
 REVALIDATE_EVERY = timedelta(seconds=60)
 #: Renders of one non-shared group (nested fields: store reads) in flight at once; past
@@ -595,7 +597,8 @@ class Connection:
                 raise _Close(4400, "Failed to parse message")
             if op_id in self.operations:
                 raise _Close(4409, f"Subscriber for {op_id} already exists")
-            await self._start(op_id, payload)
+            if self._room_for(op_id):
+                await self._start(op_id, payload)
         elif kind == "complete":
             op_id = message.get("id")
             if not isinstance(op_id, str):
@@ -634,7 +637,8 @@ class Connection:
                 raise _Close(4401, "Unauthorized")
             if op_id in self.operations:
                 self._stop(op_id)
-            await self._start(op_id, payload)
+            if self._room_for(op_id):
+                await self._start(op_id, payload)
         elif kind == "stop":
             op_id = message.get("id")
             if isinstance(op_id, str) and op_id in self.operations:
@@ -671,6 +675,17 @@ class Connection:
         return viewer == self.context.viewer
 
     # -- operations ---------------------------------------------------------
+    def _room_for(self, op_id: str) -> bool:
+        """Whether the socket may run one more operation; if not, the op gets an error.
+        Each live operation costs rendering per event: thousands on one socket that never
+        reads made every status change cost a third of a second of the event loop."""
+        if len(self.operations) < MAX_OPERATIONS_PER_SOCKET:
+            return True
+        self._error(op_id, [GraphQLError(
+            f"at most {MAX_OPERATIONS_PER_SOCKET} operations per connection",
+            extensions={"code": "TOO_MANY_OPERATIONS"})])
+        return False
+
     def _error(self, op_id: str, errors: list[GraphQLError]) -> None:
         formatted = [mask(e).formatted for e in errors]
         payload: Any = formatted if self.protocol == TRANSPORT_WS else formatted[0]

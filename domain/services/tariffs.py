@@ -4,16 +4,20 @@ that was in force when they started."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from domain import validation as v
+from domain.clock import utcnow
 from domain.entities import Company, Station, Tariff
 from domain.errors import Forbidden, ValidationError
 from domain.policy import Viewer
 from domain.ports import Insert
 from domain.query import Eq, Range, Sort, all_of
 from domain.services.base import Service, stamp_new
+
+#: How far before "now" an operator's validFrom may be (clocks of client and server).
+BACKDATE_SLACK = timedelta(minutes=1)
 
 
 class TariffService(Service):
@@ -46,6 +50,12 @@ class TariffService(Service):
         )
         if valid_from is not None:
             tariff.valid_from = v.aware(valid_from, "validFrom") or tariff.valid_from
+            # A session is priced by the tariff in force when it started: a version dated
+            # back would re-price sessions under way (and their drivers agreed to the old
+            # price). Admins may correct history; operators price from now on.
+            if not viewer.is_admin and tariff.valid_from < utcnow() - BACKDATE_SLACK:
+                raise ValidationError("validFrom cannot be in the past", field="validFrom",
+                                      code="OUT_OF_RANGE")
         stamp_new(tariff, viewer)
         await self.commit(viewer, [(Insert(tariff), None)])
         return tariff

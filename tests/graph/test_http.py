@@ -172,3 +172,28 @@ async def test_bad_cursor_is_a_coded_error(api: Api, world) -> None:
     r = await api.post("{ stations(first: 1000) { totalCount } }",
                        token=api.token_for(world.users["admin"].id))
     assert r.json()["errors"][0]["extensions"] == {"code": "INVALID", "field": "first"}
+
+
+async def test_a_body_too_large_is_refused_without_reading_it_all(api: Api) -> None:
+    declared = await api.client.post("/graphql", content=b"{}", headers={
+        "content-type": "application/json", "content-length": "200000000"})
+    assert declared.status_code == 413
+    read = [0]
+
+    async def chunks():  # no length declared: chunked, read only up to the cap
+        for _ in range(400):
+            read[0] += 1
+            yield b" " * 10_000
+
+    streamed = await api.client.post("/graphql", content=chunks(),
+                                     headers={"content-type": "application/json"})
+    assert streamed.status_code == 413
+    assert read[0] < 400  # the rest was never asked for
+
+
+async def test_a_time_zone_name_no_zone_has_is_a_user_error(api: Api, world) -> None:
+    token = api.token_for(world.users["admin"].id)
+    for name in ("A" * 5000, "Europe/" + "x" * 300):
+        r = await api.post("""query($z: String!) { overview(timeZone: $z) {
+            stationsOnline } }""", {"z": name}, token)
+        assert r.json()["errors"][0]["extensions"] == {"code": "INVALID", "field": "timeZone"}

@@ -242,6 +242,25 @@ async def test_reservation_changes_reach_their_driver_and_the_stations_operators
         await socket.close()
 
 
+async def test_a_socket_runs_a_bounded_number_of_operations(live: Setup) -> None:
+    from graph.live_ws import MAX_OPERATIONS_PER_SOCKET
+
+    socket = await live.open("admin")
+    for i in range(MAX_OPERATIONS_PER_SOCKET):
+        socket.subscribe(str(i), LOCAL)
+    await live.subscribed(MAX_OPERATIONS_PER_SOCKET)
+    socket.subscribe("one too many", LOCAL)
+    refused = await socket.next()
+    assert refused["type"] == "error" and refused["id"] == "one too many"
+    assert refused["payload"][0]["extensions"]["code"] == "TOO_MANY_OPERATIONS"
+    socket.put({"id": "0", "type": "complete"})  # one ends: there is room again
+    socket.subscribe("now fits", LOCAL)
+    await live.subscribed(MAX_OPERATIONS_PER_SOCKET)
+    await asyncio.sleep(0.05)
+    assert socket.nothing_pending()
+    await socket.close()
+
+
 async def test_event_only_selections_are_shared_across_roles(live: Setup) -> None:
     names = ["admin", "op_a", "op_b", "driver1"]
     sockets = [await live.open(name) for name in names]

@@ -418,6 +418,17 @@ async def test_tariffs(api: Api, world: World) -> None:
     assert codes(await call(api, world, "op_a", "setTariff",
                             {"companyId": company, "pricePerKwh": "-1", "currency": "EUR"},
                             "tariff { id }")) == [("pricePerKwh", "OUT_OF_RANGE")]
+    # Dated back, a version would re-price the sessions under way: operators price from
+    # now on; an admin may correct history.
+    backdated = {"stationId": station, "pricePerKwh": "99", "currency": "EUR",
+                 "validFrom": "2020-01-01T00:00:00Z"}
+    assert codes(await call(api, world, "op_a", "setTariff", backdated, "tariff { id }")
+                 ) == [("validFrom", "OUT_OF_RANGE")]
+    assert codes(await call(api, world, "admin", "setTariff", backdated, "tariff { id }")
+                 ) == []
+    assert codes(await call(api, world, "op_a", "setTariff",
+                            {**backdated, "validFrom": "2099-01-01T00:00:00Z"},
+                            "tariff { id }")) == []
     for currency in ("XYZ", "XAU", "EU"):  # unknown, a metal, not a code
         assert codes(await call(api, world, "op_a", "setTariff",
                                 {"companyId": company, "pricePerKwh": "1",
