@@ -174,13 +174,21 @@ class Policy:
                     Sub("station_id", "station", stations),
                 )
             case "audit_entry":
+                # Their own actions, and what happened to what they run: by the entity,
+                # not by who acted, since an actor who moves to another company takes
+                # their past entries (the old company's records, emails included) along.
+                company = viewer.company_id
+                people: Filter = Eq("company_id", company) if company else NONE
                 return any_of(
                     Eq("actor", viewer.user_id),
-                    Sub("actor", "user", Eq("company_id", viewer.company_id))
-                    if viewer.company_id
-                    else NONE,
                     Sub("entity_id", "station", stations),
                     Sub("entity_id", "connector", on_stations),
+                    Sub("entity_id", "tariff", any_of(
+                        people, Sub("station_id", "station", stations))),
+                    Eq("entity_id", company) if company else NONE,
+                    Sub("entity_id", "user", people) if company else NONE,
+                    Sub("entity_id", "id_tag", Sub("user_id", "user", people))
+                    if company else NONE,
                 )
             case _:
                 return NONE

@@ -74,6 +74,10 @@ def build_world() -> dict[str, Record]:
     w.a_d1 = audit(w.v1, w.d1.id)
     w.a_ocpp_x2 = audit(w.x2, "ocpp:" + w.S3.cp_id)
     w.a_sys_s4 = audit(w.S4, "system")
+    # opA2 worked for B (on S3) before joining A: A does not inherit that entry, B keeps it.
+    w.a_moved = audit(w.S3, w.opA2.id)
+    w.a_b_person = audit(w.d3, w.opB.id)  # about one of B's people
+    w.a_a_tariff = audit(w.tA, w.opA2.id)
     return dict(vars(w))
 
 
@@ -92,7 +96,7 @@ EXPECTED: dict[str, dict[str, set[str]]] = {
         "reservation": {"r1"},
         "tariff": {"tA", "tS5"},
         "payment": {"p1"},
-        "audit_entry": {"a_opA", "a_opA2", "a_sys_c2"},
+        "audit_entry": {"a_opA", "a_opA2", "a_sys_c2", "a_a_tariff"},
     },
     "opB": {
         "company": {"B"},
@@ -107,7 +111,7 @@ EXPECTED: dict[str, dict[str, set[str]]] = {
         "reservation": {"r3"},
         "tariff": {"tS3"},
         "payment": {"p2"},
-        "audit_entry": {"a_opB"},
+        "audit_entry": {"a_opB", "a_moved", "a_b_person"},
     },
     "opSolo": {
         "user": {"opSolo", "d2"},
