@@ -41,8 +41,9 @@ def _given(value: str | None, field: str) -> str:
 
 
 def email(value: str | None, field: str = "email") -> str:
-    """Trimmed and case-folded, so uniqueness ignores case."""
-    cleaned = _given(value, field).strip().casefold()
+    """Trimmed, composed (NFC) and case-folded, so uniqueness ignores case and how an
+    accented letter was typed: "rené" and "rene" + combining acute are one address."""
+    cleaned = unicodedata.normalize("NFC", _given(value, field).strip().casefold())
     if len(cleaned) > MAX_EMAIL or not _EMAIL_RE.match(cleaned) \
             or not cleaned.isprintable():
         raise ValidationError("not a valid email address", field=field)

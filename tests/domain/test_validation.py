@@ -8,6 +8,8 @@ from domain.errors import ValidationError
 
 def test_email_is_case_folded_and_checked() -> None:
     assert v.email("  Ada@Example.COM ") == "ada@example.com"
+    # One address however the accent was typed (composed, or e + combining acute).
+    assert v.email("Ren\u00e9@example.com") == v.email("rene\u0301@example.com")
     for bad in ("", "no-at", "a@b", "a b@c.de", "a@@b.de", "a\x00@b.de", "a\ud800@b.de"):
         with pytest.raises(ValidationError) as err:
             v.email(bad)
