@@ -11,6 +11,7 @@ from datetime import timedelta
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route, WebSocketRoute
@@ -18,6 +19,7 @@ from starlette.types import Receive, Scope, Send
 
 from chargegraph import housekeeping
 from chargegraph.errors import ConfigError
+from chargegraph.headers import SecurityHeaders
 from chargegraph.secrets import resolve_jwt_secret
 from chargegraph.security import Argon2Hasher
 from chargegraph.settings import Settings
@@ -154,5 +156,6 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
         routes=[Route("/", home), Route("/healthz", healthz),
                 Route("/graphql", graphql, methods=["GET", "POST"]),
                 WebSocketRoute("/graphql", graphql)],
+        middleware=[Middleware(SecurityHeaders)],
         lifespan=lifespan,
     )

@@ -35,6 +35,20 @@ def test_healthz_and_graphql_through_the_app(tmp_path: Path) -> None:
     assert (tmp_path / ".chargegraph" / "jwt_secret").exists()
 
 
+def test_every_http_answer_carries_the_security_headers(tmp_path: Path) -> None:
+    from chargegraph.headers import SECURITY_HEADERS
+
+    with TestClient(create_app(settings_for(tmp_path), hasher=Argon2Hasher.fast())) as client:
+        answers = [client.get("/healthz"), client.get("/graphql", headers={"accept":
+                                                                            "text/html"}),
+                   client.post("/graphql", json={"query": "{ __typename }"}),
+                   client.post("/graphql", content=b"not json",
+                               headers={"content-type": "application/json"})]
+        for answer in answers:
+            for name, value in SECURITY_HEADERS:
+                assert answer.headers[name.decode()] == value.decode(), (answer.url, name)
+
+
 def test_healthz_503_when_the_store_does_not_answer(tmp_path: Path) -> None:
     with TestClient(create_app(settings_for(tmp_path), hasher=Argon2Hasher.fast())) as client:
         async def down() -> bool:
