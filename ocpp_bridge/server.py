@@ -118,6 +118,7 @@ class OcppServer:
         # cp_id → (password hash, digests of passwords it refused lately).
         self._refused: dict[str, tuple[str, deque[bytes]]] = {}
         self._checking: dict[str, asyncio.Lock] = {}  # one password check per station
+        self._in_flight: set[tuple[str, str]] = set()  # (cp_id, peer address) being checked
 
     @property
     def bound_port(self) -> int:
@@ -263,14 +264,24 @@ class OcppServer:
         if station.auth_password_hash is None:
             return None  # security profile 0: the operator chose no password
         credentials = basic_credentials(request.headers.get("Authorization"))
-        if credentials is None or credentials[0] != cp_id \
-                or not await self._password_ok(station, credentials[1]):
+        peer = connection.remote_address[0] if connection.remote_address else ""
+        ok = credentials is not None and credentials[0] == cp_id and \
+            await self._password_ok(station, credentials[1], peer)
+        if ok is None:
+            response = connection.respond(HTTPStatus.TOO_MANY_REQUESTS,
+                                          "a password check from here is under way\n")
+            response.headers["Retry-After"] = "1"
+            return response
+        if not ok:
             response = connection.respond(HTTPStatus.UNAUTHORIZED, "authentication failed\n")
             response.headers["WWW-Authenticate"] = REALM
             return response
         return None
 
-    async def _password_ok(self, station: Any, password: str) -> bool:
+    async def _password_ok(self, station: Any, password: str, peer: str = ""
+                           ) -> bool | None:
+        """Whether ``password`` is the station's; ``None`` (not checked) while a check
+        for the same station from the same address is still under way."""
         digest = hashlib.sha256(password.encode()).digest()
         cached = self._verified.get(station.cp_id)
         if cached is not None and cached[0] == station.auth_password_hash:
@@ -285,9 +296,20 @@ class OcppServer:
         # a flood against one station waits behind itself rather than taking every
         # thread. Every password is checked in turn: refusing unchecked ones would let
         # anyone who knows a cpId keep its charger out.
-        lock = self._checking.setdefault(station.cp_id, asyncio.Lock())
-        async with lock:
-            ok = await self.charging.station_password_ok(station, password)
+        # And one check in flight per station and address: a flood of distinct guesses
+        # from a few addresses queues a few checks, so a real charger connecting from its
+        # own address waits behind them, not behind hundreds (the handshake times out in
+        # 10 s); the flood's extra attempts are told to come back (429).
+        slot = (station.cp_id, peer)
+        if slot in self._in_flight:
+            return None
+        self._in_flight.add(slot)
+        try:
+            lock = self._checking.setdefault(station.cp_id, asyncio.Lock())
+            async with lock:
+                ok = await self.charging.station_password_ok(station, password)
+        finally:
+            self._in_flight.discard(slot)
         if ok:
             self._verified[station.cp_id] = (station.auth_password_hash, digest)
         else:
