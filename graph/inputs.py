@@ -51,6 +51,9 @@ class UpdateUserInput:
     name: str | None = strawberry.UNSET
     email: str | None = strawberry.UNSET
     password: str | None = strawberry.UNSET
+    current_password: str | None = strawberry.field(
+        default=strawberry.UNSET,
+        description="Your password, to change your own email or password.")
     role: Role | None = strawberry.UNSET
     company_id: strawberry.ID | None = strawberry.UNSET
     active: bool | None = strawberry.UNSET

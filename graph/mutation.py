@@ -222,7 +222,7 @@ class Mutation(CommandMutation):
                 name=given(input.name), email=given(input.email),
                 password=given(input.password), role=given(input.role),
                 company_id=_opt_id(input.company_id, "company", "companyId"),
-                active=given(input.active),
+                active=given(input.active), current_password=given(input.current_password),
             )
 
         user, errors = await attempt(ctx, run)

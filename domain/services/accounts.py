@@ -95,9 +95,11 @@ class AccountService(Service):
 
     async def update_user(self, viewer: Viewer, user_id: str, *, name: Any = UNSET,
                           email: Any = UNSET, password: Any = UNSET, role: Any = UNSET,
-                          company_id: Any = UNSET, active: Any = UNSET) -> User:
-        """Users change their own name, email and password; managers (admins, and operators
-        for their company's people) also role, company and activity."""
+                          company_id: Any = UNSET, active: Any = UNSET,
+                          current_password: Any = UNSET) -> User:
+        """Users change their own name, email and password (the last two with their
+        ``current_password``); managers (admins, and operators for their company's
+        people) also role, company and activity, and reset others' passwords."""
         # Hashed before the user is read: the record written below is the one read.
         password_hash = UNSET if password is UNSET \
             else await self.hash_password(v.password(password))
@@ -106,6 +108,8 @@ class AccountService(Service):
         manages = self.policy.may_manage_user(viewer, user)
         if not (is_self or manages):
             raise Forbidden("you may not change this user")
+        if is_self and (email not in (UNSET, None) or password not in (UNSET, None)):
+            await self._confirm_current_password(user, current_password)
         privileged = {"role": role, "companyId": company_id, "active": active}
         for field, value in privileged.items():
             if value is not UNSET and not manages:
@@ -202,6 +206,20 @@ class AccountService(Service):
             await self.commit(Viewer.of(user), [(upgrade, user)])
             user = cast(User, upgrade.record)
         return user
+
+    async def _confirm_current_password(self, user: User, given: Any) -> None:
+        """A token alone must not take an account over for good: changing one's own email
+        or password asks for the password as well (throttled like a sign-in)."""
+        if given is UNSET or given is None or given == "":
+            raise ValidationError("give your current password to change this",
+                                  field="currentPassword", code="REQUIRED")
+        if self.email_throttle.locked_for(user.email) is not None:
+            raise Unauthenticated("too many failed attempts: try again later",
+                                  code="TOO_MANY_ATTEMPTS")
+        self.email_throttle.failed(user.email)  # counted before the slow check
+        if not await self.password_matches(user.password_hash, str(given)):
+            raise Forbidden("the current password is not right", field="currentPassword")
+        self.email_throttle.forgive(user.email)
 
     def _failed(self, key: str, email: str) -> None:
         self.throttle.failed(key)

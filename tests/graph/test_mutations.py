@@ -151,9 +151,19 @@ async def test_deactivation_and_password_change_revoke_tokens(api: Api, world: W
         {"i": {"id": me, "name": "Dee"}}, token=old)
     assert renamed.json()["data"]["updateUser"]["user"] == {"name": "Dee"}
     assert (await api.post("{ me { id } }", token=old)).status_code == 200  # not revoked
-    changed = await api.post(
-        """mutation($i: UpdateUserInput!) { updateUser(input: $i) { errors { code } } }""",
-        {"i": {"id": me, "password": "a brand new secret"}}, token=old)
+    change = """mutation($i: UpdateUserInput!) { updateUser(input: $i) {
+        errors { field code } } }"""
+    # A token alone does not change the password or the email: the password does.
+    for extra, error in (({}, {"field": "currentPassword", "code": "REQUIRED"}),
+                         ({"currentPassword": "not it"},
+                          {"field": "currentPassword", "code": "FORBIDDEN"})):
+        for field, value in (("password", "a brand new secret"),
+                             ("email", "taken.over@example.com")):
+            refused = await api.post(change, {"i": {"id": me, field: value, **extra}},
+                                     token=old)
+            assert refused.json()["data"]["updateUser"]["errors"] == [error], (field, extra)
+    changed = await api.post(change, {"i": {"id": me, "password": "a brand new secret",
+                                            "currentPassword": PASSWORD}}, token=old)
     assert changed.json()["data"]["updateUser"]["errors"] == []
     for token in (old, other_device):
         assert (await api.post("{ me { id } }", token=token)).status_code == 401
