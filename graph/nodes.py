@@ -409,6 +409,9 @@ class Station(Node, Audited):
     last_seen: datetime | None
     firmware_status: str | None
     diagnostics_status: str | None
+    password_required: bool | None = strawberry.field(description=(
+        "Whether its charger must present the station's password (HTTP Basic, OCPP "
+        "security profile 1 or 2). False: anyone who knows the cpId can connect as it."))
     _r: strawberry.Private[d.Station]
     _private: strawberry.Private[bool]
 
@@ -433,6 +436,7 @@ class Station(Node, Audited):
             "last_seen": r.last_seen if private else None,
             "firmware_status": r.firmware_status if private else None,
             "diagnostics_status": r.diagnostics_status if private else None,
+            "password_required": (r.auth_password_hash is not None) if private else None,
             "_private": private,
         }, private)
 

@@ -7,6 +7,7 @@ import base64
 
 import pytest
 
+from domain.policy import SYSTEM
 from graph.ids import to_global_id
 from tests.graph.conftest import Api
 from tests.graph.world import World
@@ -141,6 +142,20 @@ async def test_a_station_handed_to_another_company_leaves_its_books_behind(
     assert refused["capturePayment"]["errors"] == [{"code": "NOT_FOUND"}]
     settled = await api.gql(capture, {"id": payment}, as_user=world.users["op_a"].id)
     assert settled["capturePayment"] == {"payment": {"status": "CAPTURED"}, "errors": []}
+
+
+async def test_which_stations_take_any_charger_is_the_operators_to_know(
+        api: Api, world: World, services) -> None:
+    await services.stations.create_station(  # security profile 0: no password
+        SYSTEM, cp_id="A-OPEN", name="A Station open", company_id=world.companies["a"].id,
+        owner_id=world.users["op_a"].id)
+    query = """{ stations(first: 10, filter: {search: "A Station"}) {
+        nodes { cpId passwordRequired } } }"""
+    op = await api.gql(query, as_user=world.users["op_a"].id)
+    assert {n["cpId"]: n["passwordRequired"] for n in op["stations"]["nodes"]} == {
+        "A-001": True, "A-002": True, "A-OPEN": False}
+    driver = await api.gql(query, as_user=world.users["driver1"].id)
+    assert {n["passwordRequired"] for n in driver["stations"]["nodes"]} == {None}
 
 
 async def test_node_on_others_ids_reads_null(api: Api, world: World) -> None:
