@@ -123,6 +123,19 @@ class ChargerCommandAnswered(DomainEvent):
 
 
 @dataclass(frozen=True, kw_only=True)
+class ChargerCommandConfirmed(DomainEvent):
+    """Between instances, never to clients: the asking instance (``origin``), still
+    waiting, tells the first instance that claimed a relayed command (``holder``) to send
+    it. A holder that hears nothing in time drops the command: the asker gave up (and
+    told its client so), and the charger must not act on it after all."""
+
+    topic: ClassVar[str] = "charger_command_go"
+    request_id: str
+    origin: str
+    holder: str
+
+
+@dataclass(frozen=True, kw_only=True)
 class AccessChanged(DomainEvent):
     """Never to clients: a user's rights changed (role, company, deactivation, revoked
     tokens), so every instance re-checks that user's open GraphQL sockets at once. Not
@@ -140,7 +153,7 @@ class StationRemoved(DomainEvent):
     topic: ClassVar[str] = "station_removed"
 
 
-#: The topics clients may subscribe to (the relay's two, ``access`` and
+#: The topics clients may subscribe to (the relay's three, ``access`` and
 #: ``station_removed`` are internal).
 ALL_TOPICS: tuple[str, ...] = (
     ConnectorStatusChanged.topic,
@@ -154,7 +167,8 @@ EVENT_TYPES: dict[str, type[DomainEvent]] = {
     t.topic: t
     for t in (ConnectorStatusChanged, StationConnectionChanged, SessionChanged, FaultReported,
               ReservationChanged, CommandCompleted, ChargerCommandRelayed,
-              ChargerCommandAnswered, AccessChanged, StationRemoved)
+              ChargerCommandAnswered, ChargerCommandConfirmed, AccessChanged,
+              StationRemoved)
 }
 
 

@@ -4,13 +4,17 @@ several ChargeGraph instances behind a load balancer, over the event bus.
 A charger's websocket lives on one instance, but its operator's GraphQL mutation may land
 on any. A command for a charger connected here goes straight to the local gateway;
 otherwise it is published as ``ChargerCommandRelayed``. Every instance's relay listens:
-the one holding the charger answers at once with a ``"claimed"`` ``ChargerCommandAnswered``
-and, once the charger has answered, with ``"answered"`` (its result) or ``"failed"`` (the
-error's code, message and field). The asking instance turns that back into the result or
-the same ``ChargerError`` the local gateway would have raised, so the mutation reads the
-same wherever it ran.
+the one holding the charger answers at once with a ``"claimed"`` ``ChargerCommandAnswered``.
+The asker, if still waiting, confirms to the first claimer (``ChargerCommandConfirmed``),
+and only then is the command sent to the charger; the holder then answers ``"answered"``
+(its result) or ``"failed"`` (the error's code, message and field). Without the
+confirmation a holder that heard the request late (it stalled, or Redis did) would send a
+command its asker had already reported failed: it drops it instead. The asking instance
+turns the answer back into the result or the same ``ChargerError`` the local gateway
+would have raised, so the mutation reads the same wherever it ran.
 
 * No claim within ``claim_timeout``: no instance holds the charger, ``ChargerOffline``.
+  A holder whose claim got no confirmation within ``claim_timeout`` drops the command.
 * Claimed but no answer within the command's timeout (plus ``claim_timeout`` for the
   trip): ``ChargerTimeout`` (the holder enforces the timeout on the charger itself).
 * The bus cannot publish: ``ChargerOffline`` naming the cause; nothing was sent.
@@ -33,7 +37,12 @@ from domain.errors import (
     DomainError,
     ValidationError,
 )
-from domain.events import ChargerCommandAnswered, ChargerCommandRelayed, EventsDropped
+from domain.events import (
+    ChargerCommandAnswered,
+    ChargerCommandConfirmed,
+    ChargerCommandRelayed,
+    EventsDropped,
+)
 from domain.ids import new_id
 from domain.ports import ChargerGateway, EventBus
 from domain.wire import wire_json
@@ -63,13 +72,16 @@ class CommandRelay:
         self.claim_timeout = claim_timeout
         self.instance = new_id()
         self._pending: dict[str, _Pending] = {}
+        #: Commands this instance claimed, waiting for their asker's confirmation.
+        self._confirmations: dict[str, asyncio.Future[None]] = {}
         self._serving: set[asyncio.Task[None]] = set()
         self._listener: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         # Subscribed before start() returns: a command sent right after is heard.
         stream = self.bus.subscribe([ChargerCommandRelayed.topic,
-                                     ChargerCommandAnswered.topic])
+                                     ChargerCommandAnswered.topic,
+                                     ChargerCommandConfirmed.topic])
         self._listener = asyncio.create_task(self._listen(stream),
                                              name="chargegraph-command-relay")
         self._listener.add_done_callback(_log_death)
@@ -112,6 +124,14 @@ class CommandRelay:
                 await asyncio.wait_for(asyncio.shield(pending.claimed), self.claim_timeout)
             except TimeoutError:
                 raise ChargerOffline(f"{cp_id} is not connected", field="cpId") from None
+            assert pending.holder is not None
+            try:
+                await self.bus.publish(ChargerCommandConfirmed(
+                    station_id=None, cp_id=cp_id, request_id=request_id,
+                    origin=self.instance, holder=pending.holder))
+            except Exception as exc:  # unconfirmed, the holder drops it: nothing was sent
+                raise ChargerOffline(f"{cp_id} is connected to another instance that "
+                                     "cannot be reached now", field="cpId") from exc
             try:
                 return await asyncio.wait_for(asyncio.shield(pending.answered),
                                               timeout + self.claim_timeout)
@@ -130,6 +150,8 @@ class CommandRelay:
                     self._on_request(event)
                 elif isinstance(event, ChargerCommandAnswered):
                     self._on_answer(event)
+                elif isinstance(event, ChargerCommandConfirmed):
+                    self._on_confirmed(event)
                 elif isinstance(event, EventsDropped):
                     log.warning("command relay fell behind: %d messages dropped",
                                 event.count)
@@ -152,8 +174,20 @@ class CommandRelay:
             await reply("failed", error_type=type(error).__name__, error_code=error.code,
                         error_message=str(error), error_field=error.field)
 
+        confirmed = asyncio.get_running_loop().create_future()
+        self._confirmations[request.request_id] = confirmed
         try:
             await reply("claimed")
+            try:
+                await asyncio.wait_for(confirmed, self.claim_timeout)
+            except TimeoutError:
+                # The asker gave up (and told its client the command failed), or chose
+                # another claimer: the charger must not get it.
+                log.warning("%s: relayed %s not confirmed in time; dropped", request.cp_id,
+                            request.action)
+                return
+            finally:
+                self._confirmations.pop(request.request_id, None)
             try:
                 result = await local.call(request.cp_id, request.action, request.payload,
                                           request.timeout)
@@ -179,6 +213,12 @@ class CommandRelay:
         except Exception as exc:  # the bus failed: the asker times out and says so
             log.warning("cannot answer relayed %s for %s: %r", request.action,
                         request.cp_id, exc)
+
+    def _on_confirmed(self, event: ChargerCommandConfirmed) -> None:
+        confirmed = self._confirmations.get(event.request_id) \
+            if event.holder == self.instance else None
+        if confirmed is not None and not confirmed.done():
+            confirmed.set_result(None)
 
     def _on_answer(self, answer: ChargerCommandAnswered) -> None:
         pending = self._pending.get(answer.request_id) \

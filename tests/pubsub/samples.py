@@ -9,6 +9,7 @@ from typing import Any
 from domain.events import (
     AccessChanged,
     ChargerCommandAnswered,
+    ChargerCommandConfirmed,
     ChargerCommandRelayed,
     CommandCompleted,
     ConnectorStatusChanged,
@@ -61,6 +62,8 @@ SAMPLES: list[DomainEvent] = [
                            error_type="ChargerTimeout", error_code="CHARGER_TIMEOUT",
                            error_message="no answer",
                            error_field="cpId"),
+    ChargerCommandConfirmed(station_id=None, cp_id="CP-1", at=AT, request_id="1" * 24,
+                            origin="2" * 24, holder="3" * 24),
     AccessChanged(station_id=None, cp_id="", at=AT, user_id="e" * 24),
     StationRemoved(station_id=STATION, cp_id="CP-9", company_id=COMPANY, owner_id=None,
                    at=AT),

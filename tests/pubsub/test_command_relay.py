@@ -20,7 +20,11 @@ from domain.errors import (
     DomainError,
     ValidationError,
 )
-from domain.events import ChargerCommandAnswered, ChargerCommandRelayed
+from domain.events import (
+    ChargerCommandAnswered,
+    ChargerCommandConfirmed,
+    ChargerCommandRelayed,
+)
 from pubsub.command_relay import CommandRelay
 from pubsub.factory import ManagedEventBus
 from pubsub.memory import MemoryEventBus
@@ -199,6 +203,44 @@ async def test_only_the_first_claimers_answers_count(
     finally:
         await requests.aclose()  # type: ignore[attr-defined]
         await relay.close()
+
+
+async def test_a_holder_sends_only_what_its_asker_confirms(
+        buses: tuple[ManagedEventBus, ManagedEventBus]) -> None:
+    """A request heard late (the holder or Redis stalled past the asker's claim timeout,
+    and the asker told its client the charger is offline) is claimed, not confirmed, and
+    dropped: the charger never gets it. A confirmed one is sent."""
+    asker_bus, holder_bus = buses
+    on_b = FakeChargers("CP-B")
+    holder = CommandRelay(holder_bus, on_b, claim_timeout=CLAIM_TIMEOUT)
+    await holder.start()
+    answers = asker_bus.subscribe([ChargerCommandAnswered.topic])
+    try:
+        async def ask(request_id: str) -> ChargerCommandAnswered:
+            await asker_bus.publish(ChargerCommandRelayed(
+                station_id=None, cp_id="CP-B", request_id=request_id, origin="gone",
+                action="Reset", payload={"type": "Soft"}, timeout=LONG))
+            claim = await asyncio.wait_for(anext(aiter(answers)), AT_ONCE)
+            assert isinstance(claim, ChargerCommandAnswered) and claim.stage == "claimed"
+            return claim
+
+        await ask("late")
+        # Another holder's confirmation is not this one's.
+        await asker_bus.publish(ChargerCommandConfirmed(
+            station_id=None, cp_id="CP-B", request_id="late", origin="gone", holder="other"))
+        await asyncio.sleep(CLAIM_TIMEOUT * 3)
+        assert on_b.calls == []  # never confirmed: dropped
+        claim = await ask("wanted")
+        await asker_bus.publish(ChargerCommandConfirmed(
+            station_id=None, cp_id="CP-B", request_id="wanted", origin="gone",
+            holder=claim.holder))
+        answered = await asyncio.wait_for(anext(aiter(answers)), AT_ONCE)
+        assert isinstance(answered, ChargerCommandAnswered)
+        assert (answered.request_id, answered.stage) == ("wanted", "answered")
+        assert [call[1] for call in on_b.calls] == ["Reset"]
+    finally:
+        await answers.aclose()  # type: ignore[attr-defined]
+        await holder.close()
 
 
 async def test_a_charger_no_instance_holds_is_offline(
