@@ -76,6 +76,13 @@ class CommandEventFilter:
     command_id: strawberry.ID | None = None
 
 
+async def _record(info: Info, entity: type[Any], node: Any, record_id: str) -> Any:
+    """The event's record as it reads now, in the viewer's scope (``None`` if hidden)."""
+    ctx: GraphContext = info.context
+    record = await ctx.loaders.by_id(entity).load(record_id)
+    return node.wrap(record, ctx) if record else None
+
+
 async def _station(info: Info, station_id: str | None) -> Station | None:
     if station_id is None:
         return None
@@ -146,9 +153,7 @@ class SessionEvent:
 
     @strawberry.field
     async def session(self, info: Info) -> Session | None:
-        ctx: GraphContext = info.context
-        record = await ctx.loaders.by_id(d.Session).load(self._e.session_id)
-        return Session.wrap(record, ctx) if record else None
+        return await _record(info, d.Session, Session, self._e.session_id)
 
 
 @strawberry.type(description="A connector reported an error code other than NoError.")
@@ -181,9 +186,7 @@ class ReservationEvent:
 
     @strawberry.field
     async def reservation(self, info: Info) -> Reservation | None:
-        ctx: GraphContext = info.context
-        record = await ctx.loaders.by_id(d.Reservation).load(self._e.reservation_record_id)
-        return Reservation.wrap(record, ctx) if record else None
+        return await _record(info, d.Reservation, Reservation, self._e.reservation_record_id)
 
     @strawberry.field
     async def station(self, info: Info) -> Station | None:

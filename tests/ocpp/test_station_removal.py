@@ -79,6 +79,13 @@ async def remove_cp1(central: Central) -> None:
     assert removed["removeStation"]["errors"] == []
 
 
+async def hung_up_as_unknown(ws: ClientConnection) -> None:
+    with pytest.raises(ConnectionClosed) as closed:
+        await asyncio.wait_for(ws.recv(), 5)
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == CLOSE_UNKNOWN_STATION
+
+
 @pytest.mark.parametrize("frame", [
     '[2, "h", "Heartbeat", {}]',
     '[2, "h", "StatusNotification", {"connectorId": 1, "errorCode": "NoError", '
@@ -92,10 +99,7 @@ async def test_the_charger_of_a_removed_station_is_hung_up_on(central: Central,
         await ws.send(frame)
         refused = str(await asyncio.wait_for(ws.recv(), 5))
         assert '"PropertyConstraintViolation"' in refused and '"h"' in refused
-        with pytest.raises(ConnectionClosed) as closed:
-            await asyncio.wait_for(ws.recv(), 5)
-        assert closed.value.rcvd is not None
-        assert closed.value.rcvd.code == CLOSE_UNKNOWN_STATION
+        await hung_up_as_unknown(ws)
     finally:
         await ws.close()
     with pytest.raises(InvalidStatus) as again:
@@ -117,10 +121,7 @@ async def test_the_instance_holding_the_charger_hangs_up_when_its_station_is_rem
             ws = await booted_charger(b_url)
             try:
                 await remove_cp1(central)
-                with pytest.raises(ConnectionClosed) as closed:
-                    await asyncio.wait_for(ws.recv(), 5)
-                assert closed.value.rcvd is not None
-                assert closed.value.rcvd.code == CLOSE_UNKNOWN_STATION
+                await hung_up_as_unknown(ws)
             finally:
                 await ws.close()
     finally:
