@@ -67,3 +67,10 @@ class ChargerRejected(ChargerError):
     """The charger answered, and its answer was no (Rejected, Occupied, Faulted, …)."""
 
     code = "CHARGER_REJECTED"
+
+
+class StoreBusy(DomainError):
+    """The database stayed locked by another process past the store's busy timeout:
+    nothing was written, and the same request may simply be sent again."""
+
+    code = "STORE_BUSY"

@@ -30,6 +30,8 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from domain.errors import StoreBusy
+
 log = logging.getLogger("chargegraph.store.sqlite")
 
 T = TypeVar("T")
@@ -88,7 +90,13 @@ class Writer:
                 raise
             # Another process writes: wait for the lock on a worker thread. The inline
             # attempt rolled back, so running the whole transaction again is safe.
-            result = await asyncio.to_thread(self._waiting, conn, transaction)
+            try:
+                result = await asyncio.to_thread(self._waiting, conn, transaction)
+            except sqlite3.OperationalError as still:
+                if not is_busy(still):
+                    raise
+                raise StoreBusy("the database is busy (another process holds it): "
+                                "nothing was written; try again") from still
         self._after_commit()
         return result
 

@@ -29,7 +29,7 @@ from domain.entities import (
     Tariff,
     User,
 )
-from domain.errors import UniqueViolation
+from domain.errors import StoreBusy, UniqueViolation
 from domain.policy import Policy, Viewer
 from domain.ports import UNIQUE_RULES, Insert
 from domain.query import ALL, NONE, Eq, Filter, In, Near, PageRequest, Range, Search, Sort, Sub
@@ -109,6 +109,26 @@ async def test_a_write_waits_for_another_process_holding_the_lock(store: SqliteS
     other.close()
     await asyncio.wait_for(write, 5)
     assert await store.count(Company, Eq("name", "Waited")) == 1
+
+
+async def test_a_lock_held_past_the_busy_timeout_is_a_clear_retryable_error(
+        tmp_path: Path) -> None:
+    path = str(tmp_path / "busy.db")
+    store = SqliteStore(path, busy_timeout=0.2)
+    await store.start()
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(StoreBusy) as raised:
+            await put(store, company(name="Refused"))
+        assert raised.value.code == "STORE_BUSY"
+        other.execute("COMMIT")
+        assert await store.count(Company, Eq("name", "Refused")) == 0  # nothing written
+        await put(store, company(name="Refused"))  # sent again, it goes through
+        assert await store.count(Company, Eq("name", "Refused")) == 1
+    finally:
+        other.close()
+        await store.close()
 
 
 async def test_a_counter_waits_for_another_process_holding_the_lock(store: SqliteStore,
