@@ -17,6 +17,7 @@ from enum import StrEnum
 from typing import Any, Literal
 
 from domain.entities import ENTITY_TYPES, Record
+from domain.errors import Conflict
 
 Category = Literal["id", "str", "int", "float", "bool", "datetime", "decimal", "enum", "json"]
 
@@ -124,3 +125,9 @@ def duplicate_message(kind: str, fields: tuple[str, ...]) -> str:
     the same license plate and owner"."""
     named = [f.removesuffix("_id").replace("_", " ") if f != "id" else "id" for f in fields]
     return f"another {kind.replace('_', ' ')} has the same {' and '.join(named)}"
+
+
+def changed_meanwhile(kind: str) -> Conflict:
+    """A required guard (``Update.required``) that no longer held: the whole write fails."""
+    return Conflict(f"the {kind.replace('_', ' ')} changed meanwhile", field="id",
+                    code="CHANGED")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any, cast
 
 from domain import validation as v
@@ -15,7 +14,6 @@ from domain.query import Eq
 from domain.services.base import UNSET, Service, ServiceContext, changed, patch, stamp_new
 from domain.services.throttle import SignInThrottle
 
-log = logging.getLogger("chargegraph.accounts")
 #: Failed sign-ins for one email, from all clients together, before it is locked.
 EMAIL_LIMIT = 50
 
@@ -154,14 +152,9 @@ class AccountService(Service):
         return updated
 
     async def _access_changed(self, user_id: str) -> None:
-        """Open GraphQL sockets of this user, on every instance, are checked again now."""
-        if self.ctx.bus is None:
-            return
-        try:
-            await self.ctx.bus.publish(AccessChanged(station_id=None, cp_id="",
-                                                     user_id=user_id))
-        except Exception:  # the periodic re-check still catches it within a minute
-            log.exception("publishing an access change failed")
+        """Open GraphQL sockets of this user, on every instance, are checked again now
+        (had this been lost, the periodic re-check still catches it within a minute)."""
+        await self.publish(AccessChanged(station_id=None, cp_id="", user_id=user_id))
 
     async def deactivate_user(self, viewer: Viewer, user_id: str) -> User:
         return await self.update_user(viewer, user_id, active=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -16,6 +17,8 @@ from domain.entities import AuditAction, AuditEntry, E, Record, snapshot
 from domain.errors import NotFound
 from domain.policy import Policy, Viewer
 from domain.ports import Change, Delete, EventBus, Insert, PasswordHasher, Store, Update
+
+log = logging.getLogger("chargegraph.services")
 
 
 class _Unset:
@@ -61,6 +64,12 @@ class ServiceContext:
         max_workers=HASHING_THREADS, thread_name_prefix="chargegraph-hashing"))
 
 
+def owned_by(station: Any) -> dict[str, Any]:
+    """The station fields every domain event carries (``DomainEvent``): who may see it."""
+    return {"station_id": station.id, "cp_id": station.cp_id,
+            "company_id": station.company_id, "owner_id": station.owner_id}
+
+
 class Service:
     def __init__(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
@@ -69,6 +78,16 @@ class Service:
 
     def now(self) -> datetime:
         return self.ctx.clock()
+
+    async def publish(self, event: Any) -> None:
+        """Announce ``event`` (after its change committed), best effort: a lost live
+        update must not undo the change, and every reader has a slower way to learn it."""
+        if self.ctx.bus is None:
+            return
+        try:
+            await self.ctx.bus.publish(event)
+        except Exception:
+            log.exception("publishing %s failed", event.topic)
 
     async def hash_password(self, password: str) -> str:
         loop = asyncio.get_running_loop()

@@ -52,7 +52,7 @@ from domain.policy import Viewer
 from domain.ports import Change, Insert, InsertIfAbsent, Update
 from domain.pricing import session_cost_minor
 from domain.query import Eq, Sort, all_of
-from domain.services.base import Service, ServiceContext, changed, patch, stamp_new
+from domain.services.base import Service, ServiceContext, changed, owned_by, patch, stamp_new
 from domain.services.batching import GroupCommitter
 from domain.services.stations import connector_in_range
 from domain.services.tariffs import TariffService
@@ -325,18 +325,6 @@ class ChargingService(Service):
                                   code="NOT_FOUND")
         return station
 
-    async def publish(self, event: DomainEvent) -> None:
-        if self.ctx.bus is not None:
-            try:
-                await self.ctx.bus.publish(event)
-            except Exception:  # the change committed; a lost live update must not undo it
-                log.exception("publishing %s failed", event.topic)
-
-    @staticmethod
-    def _owned(station: Station) -> dict[str, Any]:
-        return {"station_id": station.id, "cp_id": station.cp_id,
-                "company_id": station.company_id, "owner_id": station.owner_id}
-
     # ------------------------------------------------------------- connections
     async def station_for_connection(self, cp_id: str) -> Station | None:
         """The station a connecting charger claims to be; with auto-registration on, an
@@ -410,7 +398,7 @@ class ChargingService(Service):
                                                  online, self.charger_now(cp_id), actor)
         await self.store.write(changes, [])
         self._remember(cast(Station, update.record))
-        await self.publish(StationConnectionChanged(**self._owned(station), online=online,
+        await self.publish(StationConnectionChanged(**owned_by(station), online=online,
                                                     at=now))
         return now
 
@@ -577,11 +565,11 @@ class ChargingService(Service):
         await self.commit(actor, audited, unaudited=telemetry)
         if connector is not None:
             await self.publish(ConnectorStatusChanged(
-                **self._owned(station), at=at, connector_record_id=connector.id,
+                **owned_by(station), at=at, connector_record_id=connector.id,
                 connector_id=connector_id, status=status, error_code=error_code, info=info))
         if error_code != "NoError" and error_code != previous_error:
             await self.publish(FaultReported(
-                **self._owned(station), at=at, connector_id=connector_id,
+                **owned_by(station), at=at, connector_id=connector_id,
                 error_code=error_code, status=status, info=info,
                 vendor_error_code=vendor_error_code))
 
@@ -901,7 +889,7 @@ class ChargingService(Service):
     def _session_event(self, station: Station, session: Session, change: str
                        ) -> SessionChanged:
         return SessionChanged(
-            **self._owned(station), at=session.updated_at, change=change,
+            **owned_by(station), at=session.updated_at, change=change,
             session_id=session.id, transaction_id=session.transaction_id,
             connector_id=session.connector_id, user_id=session.user_id,
             vehicle_id=session.vehicle_id, energy_wh=session.energy_wh,

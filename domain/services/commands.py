@@ -8,7 +8,6 @@ the ``ChargerGateway`` port, judges the answer, audits the command and publishes
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -43,11 +42,9 @@ from domain.ids import new_id
 from domain.policy import SYSTEM, Viewer
 from domain.ports import ChargerGateway, Delete, Insert, Update
 from domain.query import ALL, Eq, Filter, In, Range, all_of
-from domain.services.base import Service, ServiceContext, changed, stamp_new
+from domain.services.base import Service, ServiceContext, changed, owned_by, stamp_new
 from domain.services.stations import connector_in_range
 from domain.wire import wire_json
-
-log = logging.getLogger("chargegraph.commands")
 
 #: Actions a driver may send, on any station they can see.
 DRIVER_ACTIONS = frozenset({"RemoteStartTransaction", "RemoteStopTransaction", "ReserveNow",
@@ -260,6 +257,8 @@ class CommandService(Service):
         due = await self.store.find_all(Reservation, all_of(
             In("state", (ReservationState.PENDING, ReservationState.ACTIVE)),
             Range("expires_at", lte=now)), limit=limit)
+        stations = {st.id: st for st in await self.store.get_many(
+            Station, list({r.station_id for r in due})) if st is not None}
         expired = 0
         for reservation in due:
             updated = changed(reservation, SYSTEM, state=ReservationState.EXPIRED)
@@ -270,14 +269,8 @@ class CommandService(Service):
             except Conflict:
                 continue  # another instance, or the charger's StartTransaction, was first
             expired += 1
-            station = (await self.store.get_many(Station, [reservation.station_id]))[0]
-            await self._publish(ReservationChanged(
-                station_id=reservation.station_id, cp_id=reservation.cp_id,
-                company_id=station.company_id if station else None,
-                owner_id=station.owner_id if station else None,
-                reservation_record_id=updated.id, reservation_id=updated.reservation_id,
-                connector_id=updated.connector_id, user_id=updated.user_id,
-                state=updated.state.value))
+            await self.publish(_reservation_changed(
+                updated, stations.get(reservation.station_id)))
         return expired
 
     # ------------------------------------------------------------- bookkeeping
@@ -310,23 +303,21 @@ class CommandService(Service):
                 changes.append((Update(updated), reservation))
                 outcome.reservation = updated
         await self.commit(viewer, changes, extra_audit=[audit])
-        owned: dict[str, Any] = {"station_id": station.id, "cp_id": station.cp_id,
-                 "company_id": station.company_id, "owner_id": station.owner_id}
         if changes and outcome.reservation is not None:
-            r = outcome.reservation
-            await self._publish(ReservationChanged(
-                **owned, reservation_record_id=r.id, reservation_id=r.reservation_id,
-                connector_id=r.connector_id, user_id=r.user_id, state=r.state.value))
-        await self._publish(CommandCompleted(
-            **owned, command_id=outcome.command_id, action=outcome.action,
+            await self.publish(_reservation_changed(outcome.reservation, station))
+        await self.publish(CommandCompleted(
+            **owned_by(station), command_id=outcome.command_id, action=outcome.action,
             requested_by=viewer.actor, status=outcome.status,
             error_code=outcome.error.code if outcome.error else None,
             result=wire_json(outcome.result)))
 
-    async def _publish(self, event: Any) -> None:
-        if self.ctx.bus is not None:
-            try:
-                await self.ctx.bus.publish(event)
-            except Exception:
-                log.exception("publishing %s failed", event.topic)
 
+def _reservation_changed(reservation: Reservation, station: Station | None
+                         ) -> ReservationChanged:
+    """The event for ``reservation``'s state now (its station may have been removed)."""
+    owned = owned_by(station) if station is not None else {
+        "station_id": reservation.station_id, "cp_id": reservation.cp_id}
+    return ReservationChanged(
+        **owned, reservation_record_id=reservation.id,
+        reservation_id=reservation.reservation_id, connector_id=reservation.connector_id,
+        user_id=reservation.user_id, state=reservation.state.value)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,9 +22,7 @@ from domain.events import StationRemoved
 from domain.policy import Viewer
 from domain.ports import Change, Delete, Insert, Store, Update
 from domain.query import Eq, all_of
-from domain.services.base import UNSET, Service, changed, stamp_new
-
-log = logging.getLogger("chargegraph.stations")
+from domain.services.base import UNSET, Service, changed, owned_by, stamp_new
 
 #: The highest connector id a charger may report, and so register, beyond those the
 #: station has (chargers report their connectors one by one: 1, then 2, ...); also the
@@ -208,15 +205,9 @@ class StationService(Service):
         return station
 
     async def _hang_up_charger(self, station: Station) -> None:
-        """Whichever instance holds the removed station's charger closes its socket now."""
-        if self.ctx.bus is None:
-            return
-        try:
-            await self.ctx.bus.publish(StationRemoved(
-                station_id=station.id, cp_id=station.cp_id, company_id=station.company_id,
-                owner_id=station.owner_id))
-        except Exception:  # the charger's next message still meets the missing station
-            log.exception("publishing a station's removal failed")
+        """Whichever instance holds the removed station's charger closes its socket now
+        (had this been lost, the charger's next message still meets the missing station)."""
+        await self.publish(StationRemoved(**owned_by(station)))
 
     async def _refuse_if_charging(self, where: Any) -> None:
         active = await self.store.find_one(

@@ -11,7 +11,7 @@ from bson import ObjectId
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from domain.entities import Record
-from domain.errors import Conflict, NotFound, UniqueViolation
+from domain.errors import NotFound, UniqueViolation
 from domain.ports import (
     PARTIAL_UNIQUE_RULES,
     UNIQUE_RULES,
@@ -21,7 +21,7 @@ from domain.ports import (
     InsertIfAbsent,
     Update,
 )
-from store.fields import duplicate_message, spec_by_name
+from store.fields import changed_meanwhile, duplicate_message, spec_by_name
 from store.mongo.codec import compared, partial_update, shadow, to_doc
 from store.mongo.indexes import PARTIAL_RULE_FIELD, violated_field
 
@@ -117,7 +117,7 @@ async def update(db: Any, change: Update) -> bool:
         if change.only_if is None:
             raise _not_found(record)
         if change.required:
-            raise changed_meanwhile(record)
+            raise changed_meanwhile(record.kind)
         return False
     return True
 
@@ -127,11 +127,6 @@ async def delete(db: Any, change: Delete) -> None:
     result = await db[record.kind].delete_one({"_id": ObjectId(record.id)})
     if result.deleted_count == 0:
         raise _not_found(record)
-
-
-def changed_meanwhile(record: Record) -> Conflict:
-    return Conflict(f"the {record.kind.replace('_', ' ')} changed meanwhile", field="id",
-                    code="CHANGED")
 
 
 def _not_found(record: Record) -> NotFound:

@@ -29,10 +29,10 @@ import orjson
 
 from domain.aggregation import Group, Metric
 from domain.entities import AuditEntry, E, Record
-from domain.errors import Conflict, NotFound
+from domain.errors import NotFound
 from domain.ports import Change, Delete, Insert, InsertIfAbsent, Update
 from domain.query import ALL, Filter, Page, PageRequest, Sort
-from store.fields import FieldSpec
+from store.fields import FieldSpec, changed_meanwhile
 from store.sqlite import aggregate, paging
 from store.sqlite.codec import (
     SqlValue,
@@ -193,8 +193,7 @@ def _apply_required(conn: sqlite3.Connection, run: list[_Statement]) -> None:
             continue
         assert isinstance(change, Update)
         if change.required:
-            raise Conflict(f"the {change.record.kind.replace('_', ' ')} changed meanwhile",
-                           field="id", code="CHANGED")
+            raise changed_meanwhile(change.record.kind)
         if change.only_if is None:
             raise NotFound(_missing(conn, [(sql, params, change)]), field="id")
 
