@@ -23,6 +23,7 @@ from chargegraph.headers import SecurityHeaders
 from chargegraph.secrets import resolve_jwt_secret
 from chargegraph.security import Argon2Hasher
 from chargegraph.settings import Settings
+from chargegraph.startup import PlainStartupFailures, starting
 from chargegraph.stores import check_database_url, open_store
 from domain.policy import Policy
 from domain.ports import ChargerGateway, PasswordHasher, Store
@@ -30,6 +31,7 @@ from domain.services import ServiceContext, Services
 from graph import TokenService, create_graphql_app
 from pubsub.command_relay import CommandRelay
 from pubsub.factory import check_event_bus_url, open_event_bus
+from pubsub.redis import redacted
 
 log = logging.getLogger("chargegraph")
 
@@ -86,10 +88,12 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             store = open_store(settings.database_url)
-            await store.start()
+            with starting(f"the store at {redacted(settings.database_url)}"):
+                await store.start()
             stack.push_async_callback(store.close)
             bus = open_event_bus(settings.pubsub_url)
-            await bus.start()
+            with starting("the event bus"):
+                await bus.start()
             stack.push_async_callback(bus.close)
             services = build_services(settings, store, hasher or Argon2Hasher(), bus)
             app.state.services = services
@@ -108,20 +112,22 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
             gateway: ChargerGateway | None = local
             if instances_bus is not None:
                 gateway = CommandRelay(instances_bus, local)
-                await gateway.start()
+                with starting("the command relay"):
+                    await gateway.start()
                 # Closed after the OCPP server stops: it answers for this instance's
                 # chargers until they are gone.
                 stack.push_async_callback(gateway.close)
             if local is not None:
                 from ocpp_bridge.server import OcppServer
 
-                server = OcppServer(services.charging, local, settings.ocpp_host,
-                                    settings.ocpp_port, ssl_context=_ocpp_ssl(settings),
-                                    response_timeout=settings.command_timeout,
-                                    instances_bus=instances_bus,
-                                    instances=services.instances,
-                                    lease_seconds=settings.instance_lease_seconds)
-                await server.start()
+                with starting(f"the OCPP server on {settings.ocpp_host}:{settings.ocpp_port}"):
+                    server = OcppServer(services.charging, local, settings.ocpp_host,
+                                        settings.ocpp_port, ssl_context=_ocpp_ssl(settings),
+                                        response_timeout=settings.command_timeout,
+                                        instances_bus=instances_bus,
+                                        instances=services.instances,
+                                        lease_seconds=settings.instance_lease_seconds)
+                    await server.start()
                 # Registered after the store's close: stopped first, so every charger's
                 # disconnect is still written.
                 stack.push_async_callback(server.stop)
@@ -156,6 +162,6 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
         routes=[Route("/", home), Route("/healthz", healthz),
                 Route("/graphql", graphql, methods=["GET", "POST"]),
                 WebSocketRoute("/graphql", graphql)],
-        middleware=[Middleware(SecurityHeaders)],
+        middleware=[Middleware(PlainStartupFailures), Middleware(SecurityHeaders)],
         lifespan=lifespan,
     )

@@ -77,3 +77,49 @@ def test_bad_configuration_fails_before_serving(tmp_path: Path,
                                                 overrides: dict[str, str]) -> None:
     with pytest.raises(ConfigError):
         create_app(settings_for(tmp_path, **overrides))
+
+
+async def startup_messages(app: object) -> list[dict[str, object]]:
+    """What the server hears from the app's lifespan when it asks it to start."""
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "lifespan.startup"}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    with pytest.raises(Exception):  # noqa: B017 - Starlette re-raises the failure
+        await app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}},  # type: ignore[operator]
+                  receive, send)
+    return sent
+
+
+async def test_an_unreachable_redis_fails_start_up_with_one_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import chargegraph.app
+    from pubsub.redis import RedisEventBus
+    from tests.helpers import free_port
+
+    monkeypatch.setattr(chargegraph.app, "open_event_bus",
+                        lambda url: RedisEventBus(url, start_timeout=0.3))
+    url = f"redis://user:hunter2@127.0.0.1:{free_port()}/0"
+    app = create_app(settings_for(tmp_path, pubsub_url=url), hasher=Argon2Hasher.fast())
+    [failed] = await startup_messages(app)
+    assert failed["type"] == "lifespan.startup.failed"
+    assert failed["message"] == (
+        f"cannot start the event bus: cannot subscribe to Redis at "
+        f"{url.replace('hunter2', '***')} within 0.3s")
+
+
+async def test_a_bug_at_start_up_keeps_its_traceback(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import chargegraph.app
+
+    def broken(url: str) -> object:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(chargegraph.app, "open_event_bus", broken)
+    app = create_app(settings_for(tmp_path), hasher=Argon2Hasher.fast())
+    [failed] = await startup_messages(app)
+    assert "Traceback" in str(failed["message"]) and "KeyError" in str(failed["message"])

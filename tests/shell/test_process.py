@@ -112,3 +112,34 @@ def test_demo_seeds_serves_and_stops(launch: list[subprocess.Popen[str]],
     assert admin_id(url) != first_admin
     _, stderr = stop(process)
     assert "--reset: removed" in stderr
+
+
+def fails_to_start(tmp_path: Path, *args: str, ocpp_port: int | None = None
+                   ) -> tuple[int, str]:
+    process = subprocess.run(
+        [sys.executable, "-m", "chargegraph", "serve", "--port", str(free_port()),
+         "--ocpp-port", str(ocpp_port or free_port()), *args], cwd=tmp_path,
+        env=clean_env(tmp_path), text=True, capture_output=True, timeout=60)
+    return process.returncode, process.stderr
+
+
+def test_a_taken_ocpp_port_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, stderr = fails_to_start(tmp_path, ocpp_port=port)
+    assert code != 0
+    assert f"cannot start the OCPP server on 127.0.0.1:{port}:" in stderr
+    assert "address already in use" in stderr and "Traceback" not in stderr
+
+
+def test_a_corrupt_database_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "svc.db").write_text("this is not a database\n" * 100)
+    code, stderr = fails_to_start(tmp_path)
+    assert code != 0
+    assert "cannot start the store at sqlite:///" in stderr
+    assert "file is not a database" in stderr and "Traceback" not in stderr
