@@ -175,6 +175,12 @@ EVENT_TYPES: dict[str, type[DomainEvent]] = {
 @dataclass(frozen=True, slots=True)
 class EventsDropped:
     """Delivered in-band to a subscriber that fell behind: ``count`` events were dropped
-    right before the next one (a slow subscriber never blocks a charger)."""
+    right before the next one (a slow subscriber never blocks a charger).
+
+    ``interrupted``: the feed itself broke (the event bus between instances lost its
+    connection, or got it back after events went past it): an unknown number of events is
+    lost, so whoever shows live state must read it again. Delivered at once, not before
+    the next event, since none may come for a while."""
 
     count: int
+    interrupted: bool = False

@@ -69,7 +69,7 @@ from graph.context import GraphContext
 from graph.errors import mask
 from graph.loaders import Loaders
 from graph.pipeline import prepared, too_complex
-from graph.subscription import LiveFeed
+from graph.subscription import LiveFeed, events_lost
 
 log = logging.getLogger("chargegraph.graph")
 
@@ -484,6 +484,9 @@ class LiveOperation:
 
     def deliver(self, event: DomainEvent | EventsDropped) -> None:
         if type(event) is EventsDropped:
+            if event.interrupted and not self.stopped:
+                self.connection.lose(self.id)
+                return
             self.dropped += event.count
             return
         if self.stopped or not self.accept(event):
@@ -695,6 +698,13 @@ class Connection:
         """The operation ended on the server's side: forget it and say so."""
         self._stop(op_id)
         self.outbox.control({"type": "complete", "id": op_id})
+
+    def lose(self, op_id: str) -> None:
+        """The operation's feed broke and events were lost: end it with an error, so the
+        client reads the current state and subscribes again, rather than show a live map
+        that silently stopped being true."""
+        self._stop(op_id)
+        self._error(op_id, [events_lost()])
 
     def _stop(self, op_id: str) -> None:
         operation = self.operations.pop(op_id, None)

@@ -240,6 +240,8 @@ class LiveFeed(AsyncIterator[Any]):
         dropped = 0
         async for event in ctx.services.live.events(ctx.viewer, [self.topic]):
             if isinstance(event, EventsDropped):
+                if event.interrupted:
+                    raise events_lost()
                 dropped += event.count
                 continue
             if not self.accept(event):
@@ -248,6 +250,13 @@ class LiveFeed(AsyncIterator[Any]):
             ctx.now = utcnow()
             yield self.wrap(event, dropped)
             dropped = 0
+
+
+def events_lost() -> GraphQLError:
+    """How a subscription ends when its feed broke (``EventsDropped.interrupted``)."""
+    return GraphQLError(
+        "the live feed was interrupted and events were lost: read the current state and "
+        "subscribe again", extensions={"code": "EVENTS_LOST"})
 
 
 def _feed(info: Info, topic: str, accept: Callable[[Any], bool],

@@ -22,13 +22,14 @@ DEFAULT_QUEUE_SIZE = 1000
 class _Queue:
     """One subscriber's pending events; ``dropped`` counts those lost since its last read."""
 
-    __slots__ = ("closed", "dropped", "items", "maxsize", "topics", "wakeup")
+    __slots__ = ("closed", "dropped", "interrupted", "items", "maxsize", "topics", "wakeup")
 
     def __init__(self, topics: frozenset[str], maxsize: int) -> None:
         self.topics = topics
         self.maxsize = maxsize
         self.items: deque[DomainEvent] = deque()
         self.dropped = 0
+        self.interrupted = False
         self.closed = False
         self.wakeup = asyncio.Event()
 
@@ -77,6 +78,14 @@ class MemoryEventBus:
         for queue in tuple(self._by_topic.get(event.topic, ())):
             queue.offer(event)
 
+    def interrupt(self) -> None:
+        """Tell every subscriber, at once, that events may have been lost: each stream
+        yields ``EventsDropped(count, interrupted=True)`` as its next item (the Redis
+        backend calls this when its connection breaks and when it is back)."""
+        for queue in tuple(self._queues):
+            queue.interrupted = True
+            queue.wakeup.set()
+
     def subscribe(self, topics: Iterable[str]) -> EventStream:
         """Events on ``topics`` published from now on (registered here, not at the first
         read, so nothing in between is missed). Close the stream with ``aclose()``; a
@@ -118,15 +127,17 @@ class EventStream:
 
     async def __anext__(self) -> DomainEvent | EventsDropped:
         queue = self._queue
-        while not queue.items:
+        while not queue.items and not queue.interrupted:
             if queue.closed:
                 raise StopAsyncIteration
             queue.wakeup.clear()
             await queue.wakeup.wait()
-        if queue.dropped:
-            # Everything dropped was older than what is queued, so the marker goes first.
+        if queue.dropped or queue.interrupted:
+            # Everything dropped was older than what is queued, so the marker goes first;
+            # an interruption jumps the queue too: the reader will read the state afresh.
             dropped, queue.dropped = queue.dropped, 0
-            return EventsDropped(dropped)
+            interrupted, queue.interrupted = queue.interrupted, False
+            return EventsDropped(dropped, interrupted)
         return queue.items.popleft()
 
     async def aclose(self) -> None:
@@ -139,6 +150,7 @@ class EventStream:
         queue.closed = True
         queue.items.clear()
         queue.dropped = 0
+        queue.interrupted = False
         queue.wakeup.set()
         self._bus._forget(queue)
 

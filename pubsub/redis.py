@@ -7,8 +7,10 @@ event out locally through a ``MemoryEventBus`` (bounded queues, drop-oldest, the
 well, so every instance and every subscriber sees one order: the server's.
 
 Redis pub/sub is at-most-once: events published while the listener is disconnected are
-lost (and not counted in ``EventsDropped``). The listener reconnects on its own, with
-backoff, and logs both the loss and the recovery.
+lost, and nobody can count them. So when the connection breaks, and again when it is
+back, every local subscriber gets ``EventsDropped(0, interrupted=True)`` at once: whoever
+shows live state reads it afresh (twice, so the second read sees what the outage hid).
+The listener reconnects on its own, with backoff, and logs both the loss and the recovery.
 """
 
 from __future__ import annotations
@@ -139,6 +141,7 @@ class RedisEventBus:
             except Exception as exc:  # whatever it was, the listener must live on
                 self._reconnecting = True
                 if self._healthy:
+                    self.local.interrupt()
                     backoff = MIN_BACKOFF_S
                     log.warning("Redis pub/sub connection to %s lost (%s); events published "
                                 "until it is back are lost", redacted(self.url), _describe(exc))
@@ -158,6 +161,7 @@ class RedisEventBus:
             await self._confirm(pubsub)
             if self._reconnecting:
                 log.info("Redis pub/sub at %s subscribed again", redacted(self.url))
+                self.local.interrupt()
             self._healthy, self._reconnecting = True, False
             self._subscribed.set()
             await self._receive(pubsub)

@@ -602,3 +602,52 @@ async def test_an_events_loaded_records_go_with_its_rendering(live: Setup) -> No
         assert data(await socket.next())["station"]["owner"] == {"name": "Op_A"}
     assert [r for r in garbage if isinstance(r, Record)] == []
     await socket.close()
+
+
+@pytest.mark.parametrize("protocol", ["graphql-transport-ws", "graphql-ws"])
+async def test_an_interrupted_feed_ends_its_subscriptions_with_events_lost(
+        live: Setup, protocol: str) -> None:
+    """A broken bus connection loses an unknown number of events: a live map must read the
+    state again, so every subscription ends at once with EVENTS_LOST, and a new one works."""
+    socket = await live.open("op_a", protocol=protocol)
+    socket.subscribe("1", NESTED)
+    socket.subscribe("2", LOCAL)
+    await live.subscribed(2)
+    live.bus.interrupt()
+    errors = {m["id"]: m for m in [await socket.next(), await socket.next()]}
+    for op_id in ("1", "2"):
+        assert errors[op_id]["type"] == "error"
+        payload = errors[op_id]["payload"]
+        first = payload[0] if isinstance(payload, list) else payload
+        assert first["extensions"]["code"] == "EVENTS_LOST"
+    for _ in range(100):
+        if live.services.live.watching == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert live.services.live.watching == 0
+    socket.subscribe("3", LOCAL)
+    await live.subscribed(1)
+    await live.bus.publish(live.status("A-001", "again"))
+    assert data(await socket.next())["info"] == "again"
+    assert socket.nothing_pending()
+    await socket.close()
+
+
+async def test_an_iterated_feed_raises_events_lost(live: Setup) -> None:
+    """The per-subscriber path (graphql-core's own subscription machinery) says the same."""
+    from graphql import GraphQLError
+
+    from graph.subscription import LiveFeed
+
+    context = GraphContext.build(live.services, live.tokens, SYSTEM, None)
+    feed = LiveFeed(context, "connector_status", lambda event: True,
+                    lambda event, dropped: (event.info, dropped))
+    first = asyncio.ensure_future(feed.__anext__())
+    await asyncio.sleep(0.05)  # subscribed at the first read
+    await live.bus.publish(live.status("A-001", "before"))
+    assert await asyncio.wait_for(first, 5) == ("before", 0)
+    live.bus.interrupt()
+    with pytest.raises(GraphQLError) as info:
+        await asyncio.wait_for(feed.__anext__(), 5)
+    assert info.value.extensions == {"code": "EVENTS_LOST"}
+    await feed.aclose()

@@ -42,3 +42,26 @@ async def test_publish_after_close_reaches_nobody_and_does_not_fail() -> None:
     await bus.close()
     await bus.publish(connection(1))  # a charger event during shutdown is not an error
     assert bus.subscriber_count == 0
+
+
+async def test_an_interruption_is_announced_at_once_and_first() -> None:
+    bus = MemoryEventBus()
+    idle = bus.subscribe(["station_connection"])
+    busy = bus.subscribe(["station_connection"])
+    await bus.publish(connection(1))
+    busy_items = [await busy.__anext__()]
+    await bus.publish(connection(2))
+    bus.interrupt()
+    await bus.publish(connection(3))
+    # The marker jumps the queue: the reader is going to read the state afresh anyway.
+    assert await take(idle, 4) == [EventsDropped(0, interrupted=True), connection(1),
+                                   connection(2), connection(3)]
+    busy_items += await take(busy, 3)
+    assert busy_items == [connection(1), EventsDropped(0, interrupted=True), connection(2),
+                          connection(3)]
+    # With nothing queued, it comes without waiting for an event.
+    lonely = bus.subscribe(["station_connection"])
+    bus.interrupt()
+    assert await take(lonely, 1) == [EventsDropped(0, interrupted=True)]
+    for stream in (idle, busy, lonely):
+        await stream.aclose()

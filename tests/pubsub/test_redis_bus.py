@@ -12,6 +12,7 @@ import pytest
 from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
+from pubsub import EventsDropped
 from pubsub.codec import encode
 from pubsub.redis import RedisEventBus
 from tests.helpers import free_port
@@ -175,13 +176,19 @@ async def test_the_listener_survives_a_redis_restart(caplog: pytest.LogCaptureFi
     caplog.set_level(logging.INFO, LOGGER)
     with RedisServer() as server:
         bus = await started(server.url, max_backoff=0.5)
+        watcher = bus.subscribe(["station_connection"])
         try:
             server.stop()
             with pytest.raises(RedisError):  # publish fails fast and says so
                 await asyncio.wait_for(bus.publish(SAMPLES[0]), 5)
+            # Told at once that the feed broke (no event needs to come first) ...
+            assert await asyncio.wait_for(anext(watcher), 10) == EventsDropped(0, True)
             server.start()  # the same port
+            # ... and again once it is back: what it read meanwhile may be stale.
+            assert await asyncio.wait_for(anext(watcher), 20) == EventsDropped(0, True)
             await delivered_after_recovery(bus)
         finally:
+            await watcher.aclose()
             await bus.close()
     messages = [r.getMessage() for r in caplog.records if r.name == LOGGER]
     assert any("connection to redis://127.0.0.1" in m and "lost" in m for m in messages)
