@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,6 +25,7 @@ MAX_INT = 2**31 - 1
 #: A charging limit in W (or A): far above any charger, low enough to be a typo's end.
 MAX_LIMIT = 10_000_000.0
 MAX_URL = 2000
+TENTH = Decimal("0.1")
 #: Actions whose connectorId 0 means the charge point as a whole (or "any connector").
 WHOLE_STATION_ACTIONS = frozenset({"ChangeAvailability", "ReserveNow", "TriggerMessage",
                                    "SetChargingProfile", "ClearChargingProfile",
@@ -70,6 +72,11 @@ def _amount(value: Any, path: str) -> float:
             or not math.isfinite(value) or not 0 <= value <= MAX_LIMIT:
         raise ValidationError(f"must be within 0..{MAX_LIMIT:g}", field=path,
                               code="OUT_OF_RANGE")
+    # The 1.6 schema's ``multipleOf: 0.1``, judged on the decimal the client wrote
+    # (16.3 is not a multiple of 0.1 in binary floating point).
+    if Decimal(str(value)) % TENTH:
+        raise ValidationError("at most one decimal place (OCPP 1.6 limits go in steps "
+                              "of 0.1)", field=path, code="INVALID")
     return value
 
 

@@ -50,13 +50,26 @@ class UniqueViolation(Conflict):
 
 
 class ChargerError(DomainError):
-    """The charger answered a command with a CALLERROR (its code is in the message)."""
+    """The command failed at the charger's end: an answer we could not read, or (as
+    ``ChargerCallError``) a CALLERROR."""
 
     code = "CHARGER_ERROR"
 
 
+class ChargerCallError(ChargerError):
+    """The charger answered with a CALLERROR (its code is in the message): a definite
+    "not done", unlike an answer we could not read."""
+
+
 class ChargerOffline(ChargerError):
     code = "CHARGER_OFFLINE"
+
+
+class ChargerBusy(ChargerError):
+    """The command waited its turn behind others to the same charger (OCPP allows one
+    at a time) until its time ran out: it was never sent."""
+
+    code = "CHARGER_BUSY"
 
 
 class ChargerTimeout(ChargerError):

@@ -3,7 +3,6 @@ and sending one command to one of them."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
@@ -11,13 +10,21 @@ from ocpp.charge_point import (
     remove_nones,
     serialize_as_dict,
 )
-from ocpp.exceptions import OCPPError
 from ocpp.v16 import call as ocpp_call
 
-from domain.errors import ChargerError, ChargerOffline, ChargerTimeout, ValidationError
-from domain.wire import wire_json
+from domain.errors import (
+    ChargerBusy,
+    ChargerCallError,
+    ChargerError,
+    ChargerOffline,
+    ChargerTimeout,
+    ValidationError,
+)
+from domain.wire import rfc3339, wire_json
 from ocpp_bridge.casing import to_camel, to_snake
+from ocpp_bridge.frames import FrameError
 from ocpp_bridge.handler import ChargePointHandler
+from ocpp_bridge.timefmt import parse_timestamp
 
 log = logging.getLogger("chargegraph.ocpp")
 
@@ -64,26 +71,52 @@ class OcppGateway:
         except TypeError as exc:
             raise ValidationError(f"{action}: {exc}", field="input") from exc
         try:
-            # ``command`` fails at once when the socket closes (ChargerOffline) or the
-            # answer is malformed (ChargerError), rather than at the timeout.
-            response = await asyncio.wait_for(handler.command(request), timeout)
+            response = await handler.command(request, timeout)
         except TimeoutError as exc:
             raise ChargerTimeout(f"{cp_id} did not answer {action} within {timeout:g}s"
                                  ) from exc
-        except OCPPError as exc:
-            # A CALLERROR from the charger, or an answer that breaks the 1.6 schema.
-            raise ChargerError(f"{cp_id} answered {action} with {exc.code}: "
-                               f"{exc.description}") from exc
         except ChargerOffline as exc:
             raise ChargerOffline(f"{cp_id} went offline before answering {action}"
                                  ) from exc
-        except ChargerError as exc:  # the only other failure ``command`` raises
+        except ChargerBusy as exc:
+            raise ChargerBusy(f"{action} was not sent: {cp_id} was busy with other commands "
+                              f"for {timeout:g}s") from exc
+        except ChargerCallError as exc:
+            raise ChargerCallError(f"{cp_id} answered {action} with {exc.message}"
+                                   ) from exc
+        except ChargerError as exc:
             raise ChargerError(f"{cp_id} answered {action} with a malformed frame: "
                                f"{exc.message}") from exc
-        except Exception as exc:  # the socket closed under us, an unknown error code, …
+        except ValidationError:
+            raise
+        except Exception as exc:  # the socket closed under us, …
             log.warning("%s: %s failed: %r", cp_id, action, exc)
             if not self.is_connected(cp_id):
                 raise ChargerOffline(f"{cp_id} went offline") from exc
             raise ChargerError(f"{cp_id}: {action} failed ({exc.__class__.__name__})"
                                ) from exc
-        return to_camel(remove_nones(serialize_as_dict(response)))  # type: ignore[no-any-return]
+        answer: dict[str, Any] = to_camel(remove_nones(serialize_as_dict(response)))
+        try:
+            return _times_in_utc(answer)
+        except FrameError as exc:
+            raise ChargerError(f"{cp_id} answered {action} with a malformed frame: "
+                               f"{exc.description}") from exc
+
+
+#: Date-times in the answers of commands (GetCompositeSchedule's); the 1.6 schemas only
+#: type them as strings.
+ANSWER_TIMES = frozenset({"scheduleStart", "startSchedule"})
+
+
+def _times_in_utc(value: Any, path: str = "") -> Any:
+    """``value`` with every date-time of ``ANSWER_TIMES`` as RFC 3339 in UTC, read as
+    chargers write them (zoneless is UTC, "t"/"z" in lower case); ``FrameError`` for one
+    that is no date-time, so a bad answer is the charger's error and not ours."""
+    if isinstance(value, dict):
+        return {key: (rfc3339(parse_timestamp(item, f"{path}{key}", ""))
+                      if key in ANSWER_TIMES and isinstance(item, str)
+                      else _times_in_utc(item, f"{path}{key}."))
+                for key, item in value.items()}
+    if isinstance(value, list):
+        return [_times_in_utc(item, f"{path}{i}.") for i, item in enumerate(value)]
+    return value

@@ -19,19 +19,30 @@ failure of its own, set at once when the charger's answer to it is malformed
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
-from ocpp.messages import CallError, CallResult
+import orjson
+from ocpp.charge_point import remove_nones, serialize_as_dict, snake_to_camel_case
+from ocpp.exceptions import OCPPError
+from ocpp.messages import Call, CallError, CallResult, validate_payload
 from ocpp.v16 import ChargePoint
 from websockets.asyncio.server import ServerConnection, broadcast
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
-from domain.errors import ChargerError, ChargerOffline, DomainError
+from domain.errors import (
+    ChargerBusy,
+    ChargerCallError,
+    ChargerError,
+    ChargerOffline,
+    DomainError,
+    ValidationError,
+)
 from domain.services.charging import (
     BootInfo,
     ChargingService,
@@ -68,6 +79,18 @@ def id_tag_info(info: IdTagInfo) -> Payload:
     return out
 
 
+async def _check_outgoing(request: Any, unique_id: str) -> None:
+    """The package's own check of a request we send, done before it is queued so that a
+    failure is reported as ours (``ValidationError``), not as the charger's answer."""
+    call = Call(unique_id=unique_id, action=request.__class__.__name__,
+                payload=remove_nones(snake_to_camel_case(serialize_as_dict(request))))
+    try:
+        await validate_payload(call, "1.6")
+    except OCPPError as exc:
+        raise ValidationError(f"{call.action} breaks the OCPP 1.6 schema: "
+                              f"{exc.description}", field="input") from exc
+
+
 class ChargePointHandler(ChargePoint):
     def __init__(self, cp_id: str, connection: Any, charging: ChargingService, *,
                  response_timeout: float = 30) -> None:
@@ -81,34 +104,69 @@ class ChargePointHandler(ChargePoint):
         #: Commands in progress (sent, or waiting to be sent after the one in flight):
         #: unique id → where the error that ends it at once goes.
         self._pending: dict[str, asyncio.Future[ChargerError]] = {}
+        #: Commands waiting for their turn: unique id → set once their frame is written.
+        self._sending: dict[str, asyncio.Future[None]] = {}
+        #: Commands the charger answered with a CALLERROR (a definite "not done").
+        self._call_errors: set[str] = set()
         self._closed = False
 
     # ------------------------------------------------------------- commands
-    async def command(self, request: Any) -> Any:
-        """Send ``request`` with the package's ``call()`` and return its validated answer
-        (raising the package's errors, e.g. ``OCPPError`` for a CALLERROR), or raise
-        ``ChargerOffline`` as soon as the socket closes and ``ChargerError`` as soon as
-        the charger answers it with a malformed frame. No timeout of its own beyond the
-        package's: the caller bounds it."""
+    async def command(self, request: Any, timeout: float) -> Any:
+        """Send ``request`` with the package's ``call()`` and return its validated answer.
+
+        ``timeout`` bounds two waits apart: for the command's turn (OCPP allows one
+        command in flight per charger; ``ChargerBusy`` when it never got sent), and for
+        the answer once the frame is out (``TimeoutError``). Fails at once with
+        ``ChargerOffline`` when the socket closes, ``ChargerCallError`` when the charger
+        answers with a CALLERROR and ``ChargerError`` when its answer cannot be read. A
+        request that breaks the 1.6 schema is our caller's mistake, never the charger's:
+        ``ValidationError``, nothing sent."""
         if self._closed:
             raise ChargerOffline(f"{self.id} went offline")
         unique_id = str(uuid.uuid4())
-        failed: asyncio.Future[ChargerError] = asyncio.get_running_loop().create_future()
+        await _check_outgoing(request, unique_id)
+        loop = asyncio.get_running_loop()
+        failed: asyncio.Future[ChargerError] = loop.create_future()
+        sent: asyncio.Future[None] = loop.create_future()
         self._pending[unique_id] = failed
+        self._sending[unique_id] = sent
         call = asyncio.ensure_future(self.call(request, suppress=False, unique_id=unique_id))
         try:
-            await asyncio.wait((call, failed), return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait((call, failed, sent), timeout=timeout,
+                               return_when=asyncio.FIRST_COMPLETED)
+            if not (call.done() or failed.done() or sent.done()):
+                raise ChargerBusy(f"not sent within {timeout:g}s")
+            if not (call.done() or failed.done()):
+                await asyncio.wait((call, failed), timeout=timeout,
+                                   return_when=asyncio.FIRST_COMPLETED)
         finally:
             del self._pending[unique_id]
-            # Cancelled here (by a failure, or the caller's timeout), the package's call
-            # leaves its lock and the queue of answers as they were.
+            self._sending.pop(unique_id, None)
+            answered_with_error = unique_id in self._call_errors
+            self._call_errors.discard(unique_id)
+            # Cancelled here (by a failure, or the timeout), the package's call leaves its
+            # lock and the queue of answers as they were.
             call.cancel()
-        if not call.done():  # the failure came first
+        if failed.done():  # the failure came first
             raise failed.result()
+        if not call.done():
+            raise TimeoutError(f"no answer within {timeout:g}s")
         try:
             return call.result()
         except ConnectionClosed as exc:  # sent after the socket closed, before we knew
             raise ChargerOffline(f"{self.id} went offline") from exc
+        except OCPPError as exc:
+            if answered_with_error:
+                raise ChargerCallError(f"{exc.code}: {exc.description}") from exc
+            raise ChargerError(f"an answer that breaks the 1.6 schema ({exc.code}: "
+                               f"{exc.description})") from exc
+        except (TimeoutError, ChargerError):
+            raise
+        except Exception as exc:  # e.g. a CALLERROR code the package does not know
+            if answered_with_error:
+                raise ChargerCallError(f"a CALLERROR the package cannot read "
+                                       f"({exc.__class__.__name__})") from exc
+            raise
 
     def connection_closed(self) -> None:
         """The socket is closed: commands waiting for answers (or for their turn) fail
@@ -140,6 +198,8 @@ class ChargePointHandler(ChargePoint):
             log.info("%s: answer %s matches no command waiting, dropped", self.id,
                      response.unique_id)
             return
+        if isinstance(response, CallError):
+            self._call_errors.add(response.unique_id)
         self._response_queue.put_nowait(response)
 
     # ------------------------------------------------------------- sending
@@ -151,6 +211,8 @@ class ChargePointHandler(ChargePoint):
         async context manager per frame: a tenth of a MeterValues frame's cost."""
         if wire_log.isEnabledFor(logging.INFO):
             wire_log.info("%s: send %s", self.id, message)
+        if self._sending:
+            self._mark_sent(message)
         connection = self._connection
         if isinstance(connection, ServerConnection) \
                 and connection.protocol.state is State.OPEN \
@@ -161,6 +223,16 @@ class ChargePointHandler(ChargePoint):
             except Exception:  # the write failed: send() reports it properly
                 pass
         await connection.send(message)
+
+    def _mark_sent(self, message: str) -> None:
+        """A command's frame is going out: its wait for an answer starts now. (Looked
+        for only while commands wait, so answers to the charger pay nothing.)"""
+        if not message.startswith("[2,"):
+            return
+        with contextlib.suppress(ValueError, IndexError, TypeError):
+            sent = self._sending.pop(str(orjson.loads(message)[1]), None)
+            if sent is not None and not sent.done():
+                sent.set_result(None)
 
     async def hang_up(self, code: int, reason: str) -> None:
         """Close the websocket (the charger is expected to reconnect)."""

@@ -16,7 +16,13 @@ def parse_timestamp(value: str, field: str, unique_id: str) -> datetime:
     zoneless one is read as UTC rather than refused."""
     try:
         parsed = datetime.fromisoformat(value.strip())
-    except (ValueError, AttributeError) as exc:
+    except ValueError:
+        try:  # RFC 3339 allows a lower-case "t" and "z"; fromisoformat does not
+            parsed = datetime.fromisoformat(value.strip().upper())
+        except ValueError as exc:
+            raise FrameError(TYPE_CONSTRAINT_VIOLATION,
+                             f"{field}: not an RFC 3339 date-time", unique_id) from exc
+    except AttributeError as exc:
         raise FrameError(TYPE_CONSTRAINT_VIOLATION, f"{field}: not an RFC 3339 date-time",
                          unique_id) from exc
     if parsed.tzinfo is None:

@@ -30,6 +30,8 @@ import logging
 from typing import Any
 
 from domain.errors import (
+    ChargerBusy,
+    ChargerCallError,
     ChargerError,
     ChargerOffline,
     ChargerRejected,
@@ -56,8 +58,9 @@ CLAIM_TIMEOUT_S = 1.0
 #: Errors that cross the wire as themselves (by class name, with their code, message and
 #: field); any other arrives as a ChargerError with the same code.
 _ERRORS: dict[str, type[DomainError]] = {
-    cls.__name__: cls for cls in (ChargerError, ChargerOffline, ChargerTimeout,
-                                  ChargerRejected, ValidationError)
+    cls.__name__: cls for cls in (ChargerError, ChargerCallError, ChargerOffline,
+                                  ChargerTimeout, ChargerBusy, ChargerRejected,
+                                  ValidationError)
 }
 
 
@@ -133,8 +136,9 @@ class CommandRelay:
                 raise ChargerOffline(f"{cp_id} is connected to another instance that "
                                      "cannot be reached now", field="cpId") from exc
             try:
+                # The holder bounds the command's turn and its answer by ``timeout`` each.
                 return await asyncio.wait_for(asyncio.shield(pending.answered),
-                                              timeout + self.claim_timeout)
+                                              2 * timeout + self.claim_timeout)
             except TimeoutError:
                 raise ChargerTimeout(f"{cp_id} did not answer {action} within "
                                      f"{timeout:g}s") from None

@@ -13,8 +13,17 @@ from datetime import datetime
 from typing import Any, Final
 
 from domain.clock import utcnow
-from domain.entities import AuditAction, AuditEntry, E, Record, snapshot
+from domain.entities import (
+    AuditAction,
+    AuditEntry,
+    E,
+    Record,
+    Reservation,
+    Station,
+    snapshot,
+)
 from domain.errors import NotFound
+from domain.events import ReservationChanged
 from domain.policy import Policy, Viewer
 from domain.ports import Change, Delete, EventBus, Insert, PasswordHasher, Store, Update
 
@@ -68,6 +77,17 @@ def owned_by(station: Any) -> dict[str, Any]:
     """The station fields every domain event carries (``DomainEvent``): who may see it."""
     return {"station_id": station.id, "cp_id": station.cp_id,
             "company_id": station.company_id, "owner_id": station.owner_id}
+
+
+def reservation_changed(reservation: Reservation, station: Station | None
+                        ) -> ReservationChanged:
+    """The event for ``reservation``'s state now (its station may have been removed)."""
+    owned = owned_by(station) if station is not None else {
+        "station_id": reservation.station_id, "cp_id": reservation.cp_id}
+    return ReservationChanged(
+        **owned, reservation_record_id=reservation.id,
+        reservation_id=reservation.reservation_id, connector_id=reservation.connector_id,
+        user_id=reservation.user_id, state=reservation.state.value)
 
 
 class Service:

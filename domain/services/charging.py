@@ -52,7 +52,15 @@ from domain.policy import Viewer
 from domain.ports import Change, Insert, InsertIfAbsent, Update
 from domain.pricing import session_cost_minor
 from domain.query import Eq, Sort, all_of
-from domain.services.base import Service, ServiceContext, changed, owned_by, patch, stamp_new
+from domain.services.base import (
+    Service,
+    ServiceContext,
+    changed,
+    owned_by,
+    patch,
+    reservation_changed,
+    stamp_new,
+)
 from domain.services.batching import GroupCommitter
 from domain.services.stations import connector_in_range
 from domain.services.tariffs import TariffService
@@ -140,6 +148,14 @@ def _to_wh(value: float, unit: str | None) -> float:
 
 def _to_w(value: float, unit: str | None) -> float:
     return value * 1000 if unit == "kW" else value
+
+
+def _number(sv: SampledValue) -> float | None:
+    """The number a sampled value writes; ``None`` for SignedData (a signed blob, even
+    one made of digits alone, is no reading) and other text that is no number."""
+    if sv.format == "SignedData":
+        return None
+    return v.sampled_number(sv.value, "meterValue.sampledValue.value")
 
 
 def _added_wh(samples: list[MeterSample]) -> int:
@@ -622,15 +638,18 @@ class ChargingService(Service):
             if payment is not None:
                 changes.append((Insert(payment), None))
             ended.append(closed)
+        used = None
         if reservation_id is not None:
             reservation = await self.store.find_one(
                 Reservation, all_of(Eq("cp_id", cp_id), Eq("reservation_id", reservation_id)))
             if reservation is not None and reservation.state in (ReservationState.ACTIVE,
                                                                  ReservationState.PENDING):
-                changes.append((Update(changed(reservation, actor,
-                                               state=ReservationState.USED)), reservation))
+                used = changed(reservation, actor, state=ReservationState.USED)
+                changes.append((Update(used), reservation))
         changes.append((Insert(session), None))
         await self.commit(actor, changes)
+        if used is not None:
+            await self.publish(reservation_changed(used, station))
         for old in ended:
             self._remember(old)
         self._remember(session)
@@ -816,7 +835,7 @@ class ChargingService(Service):
             sample_id = stable_ids(at, station.cp_id, connector_id, transaction_id,
                                    at.isoformat())
             for sv in reading.values:
-                value = v.sampled_number(sv.value, "meterValue.sampledValue.value")
+                value = _number(sv)
                 if value is None:
                     continue  # SignedData and other non-numeric formats: not a number
                 measurand = sv.measurand or ENERGY_REGISTER
@@ -872,7 +891,7 @@ class ChargingService(Service):
                 if sv.measurand != POWER or sv.phase is not None \
                         or sv.location not in (None, "Outlet"):
                     continue
-                value = v.sampled_number(sv.value, "meterValue.sampledValue.value")
+                value = _number(sv)
                 if value is not None and (power_at is None or reading.timestamp >= power_at):
                     power_at, power = reading.timestamp, _to_w(value, sv.unit)
         updates: dict[str, Any] = {}

@@ -27,6 +27,7 @@ from domain.entities import (
     Station,
 )
 from domain.errors import (
+    ChargerCallError,
     ChargerError,
     ChargerOffline,
     ChargerRejected,
@@ -37,12 +38,19 @@ from domain.errors import (
     NotFound,
     ValidationError,
 )
-from domain.events import CommandCompleted, ReservationChanged
+from domain.events import CommandCompleted
 from domain.ids import new_id
 from domain.policy import SYSTEM, Viewer
 from domain.ports import ChargerGateway, Delete, Insert, Update
 from domain.query import ALL, Eq, Filter, In, Range, all_of
-from domain.services.base import Service, ServiceContext, changed, owned_by, stamp_new
+from domain.services.base import (
+    Service,
+    ServiceContext,
+    changed,
+    owned_by,
+    reservation_changed,
+    stamp_new,
+)
 from domain.services.stations import connector_in_range
 from domain.wire import wire_json
 
@@ -269,7 +277,7 @@ class CommandService(Service):
             except Conflict:
                 continue  # another instance, or the charger's StartTransaction, was first
             expired += 1
-            await self.publish(_reservation_changed(
+            await self.publish(reservation_changed(
                 updated, stations.get(reservation.station_id)))
         return expired
 
@@ -291,33 +299,27 @@ class CommandService(Service):
                 error = outcome.error
                 # No answer, or one we could not read: the charger may hold it. It stays
                 # PENDING (holding the connector until it expires; it can be cancelled)
-                # rather than be called REJECTED while the charger keeps the plug.
+                # rather than be called REJECTED while the charger keeps the plug. A
+                # CALLERROR (say NotSupported) is a definite no, like Rejected.
                 uncertain = isinstance(error, ChargerTimeout) or type(error) is ChargerError
                 state = ReservationState.ACTIVE if error is None \
                     else reservation.state if uncertain else ReservationState.REJECTED
             else:
-                state = ReservationState.CANCELLED if outcome.error is None \
-                    else reservation.state
+                # Done, or a definite answer that the charger holds no such reservation
+                # (Rejected: "not found"; a CALLERROR: it keeps none): either way it is
+                # over. Without an answer the charger may still hold it.
+                ended = outcome.error is None \
+                    or isinstance(outcome.error, ChargerRejected | ChargerCallError)
+                state = ReservationState.CANCELLED if ended else reservation.state
             if state is not reservation.state:
                 updated = changed(reservation, viewer, state=state)
                 changes.append((Update(updated), reservation))
                 outcome.reservation = updated
         await self.commit(viewer, changes, extra_audit=[audit])
         if changes and outcome.reservation is not None:
-            await self.publish(_reservation_changed(outcome.reservation, station))
+            await self.publish(reservation_changed(outcome.reservation, station))
         await self.publish(CommandCompleted(
             **owned_by(station), command_id=outcome.command_id, action=outcome.action,
             requested_by=viewer.actor, status=outcome.status,
             error_code=outcome.error.code if outcome.error else None,
             result=wire_json(outcome.result)))
-
-
-def _reservation_changed(reservation: Reservation, station: Station | None
-                         ) -> ReservationChanged:
-    """The event for ``reservation``'s state now (its station may have been removed)."""
-    owned = owned_by(station) if station is not None else {
-        "station_id": reservation.station_id, "cp_id": reservation.cp_id}
-    return ReservationChanged(
-        **owned, reservation_record_id=reservation.id,
-        reservation_id=reservation.reservation_id, connector_id=reservation.connector_id,
-        user_id=reservation.user_id, state=reservation.state.value)

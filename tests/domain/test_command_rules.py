@@ -30,3 +30,32 @@ def test_a_recurring_profile_with_its_kind_and_a_full_list_with_its_info_pass() 
     check_command("SendLocalList", {
         "listVersion": 2, "updateType": ocpp16.UpdateType.DIFFERENTIAL,
         "localAuthorizationList": [{"idTag": "GONE"}]})  # a removal
+
+
+def test_limits_go_in_steps_of_a_tenth_as_the_client_wrote_them() -> None:
+    import pytest
+
+    from domain.errors import ValidationError
+
+    def profile(limit: float, minimum: float = 6.0) -> dict[str, object]:
+        return {"connectorId": 1, "csChargingProfiles": {
+            "chargingProfileId": 1, "stackLevel": 0,
+            "chargingProfilePurpose": ocpp16.ChargingProfilePurposeType.TX_DEFAULT_PROFILE,
+            "chargingProfileKind": ocpp16.ChargingProfileKindType.ABSOLUTE,
+            "chargingSchedule": {**PERIODS, "minChargingRate": minimum,
+                                 "chargingSchedulePeriod": [
+                                     {"startPeriod": 0, "limit": 16.0},
+                                     {"startPeriod": 60, "limit": limit}]}}}
+
+    for fine in (16.3, 7400.5, 0.1, 32, 0):
+        check_command("SetChargingProfile", profile(fine))
+    for wrong, field in ((16.35, "csChargingProfiles.chargingSchedule."
+                                 "chargingSchedulePeriod.1.limit"),
+                         (0.05, "csChargingProfiles.chargingSchedule."
+                                "chargingSchedulePeriod.1.limit")):
+        with pytest.raises(ValidationError) as info:
+            check_command("SetChargingProfile", profile(wrong))
+        assert (info.value.field, info.value.code) == (field, "INVALID")
+    with pytest.raises(ValidationError) as info:
+        check_command("SetChargingProfile", profile(16.0, minimum=6.25))
+    assert info.value.field == "csChargingProfiles.chargingSchedule.minChargingRate"

@@ -187,6 +187,24 @@ async def test_repeated_stop_and_meter_values_are_idempotent(central: Central) -
     assert await central.store.count(d.Payment, ALL) == 1
 
 
+async def test_signed_meter_data_is_never_read_as_a_number(central: Central) -> None:
+    """SignedData carries a signed blob in ``value``: made only of digits, or parsable as a
+    float, it is still no reading. The frame's plain readings count; the blobs do not."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        tx, _ = await cp.start_transaction(1, "TAG-OK")
+        started = int(cp.connectors[1].meter_wh)
+        signed = [{"value": blob, "format": "SignedData", "context": "Sample.Periodic"}
+                  for blob in ("30450221009", "30450221E0987654", "3045.0221")]
+        values = [{"timestamp": now(),
+                   "sampledValue": [{"value": str(started + 1500)}, *signed]}]
+        await cp.call(call.MeterValues(connector_id=1, transaction_id=tx,
+                                       meter_value=values))
+        live = await central.session(tx)
+        assert live is not None and live.energy_wh == 1_500
+    samples = await central.store.find_all(d.MeterSample, Eq("session_id", live.id))
+    assert [s.value for s in samples] == [started + 1500]
+
+
 async def test_a_session_that_charged_nothing_leaves_nothing_to_settle(central: Central
                                                                        ) -> None:
     async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:

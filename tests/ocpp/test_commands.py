@@ -517,3 +517,200 @@ async def test_reservations_are_bounded_and_do_not_overlap(central: Central) -> 
         await settle()
         assert [name for name, _ in cp.received] == ["ReserveNow", "ReserveNow"]
     assert await central.store.count(d.Reservation, Eq("cp_id", "CP-1")) == 2
+
+
+class ScriptedCharger:
+    """A raw websocket charger that answers each command frame with ``answer(frame)``
+    after ``delay`` seconds (``None``: it stays silent), and records what it got."""
+
+    def __init__(self, ws: Any, delay: float = 0.0) -> None:
+        self.ws = ws
+        self.delay = delay
+        self.received: list[list[Any]] = []
+        self.answers: list[Any] = []
+        self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        async for raw in self.ws:
+            frame = json.loads(raw)
+            self.received.append(frame)
+            answer = self.answers.pop(0) if self.answers else None
+            if answer is None:
+                continue
+            await asyncio.sleep(self.delay)
+            if answer[0] == "error":
+                await self.ws.send(json.dumps([4, frame[1], answer[1], "refused", {}]))
+            else:
+                await self.ws.send(json.dumps([3, frame[1], answer[1]]))
+
+
+@pytest.mark.parametrize("relayed", [False, True], ids=["direct", "relayed"])
+async def test_a_callerror_is_a_definite_no_for_reservations(tmp_path: Path, relayed: bool
+                                                             ) -> None:
+    """A charger that answers ReserveNow with a CALLERROR (NotSupported) holds nothing:
+    REJECTED, the connector free. A refused cancel means the charger holds no such
+    reservation, so a PENDING one (or one it held) ends; silence leaves it as it was."""
+    central = await start_central(tmp_path / "c.db", command_timeout=0.5, relayed=relayed)
+    await seed(central)
+    soon = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    reserve = {"cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OK", "expiryDate": soon}
+    ws = await connect(f"{central.url}/CP-1", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+                       additional_headers=basic_auth("CP-1", STATION_PASSWORD))
+    charger = ScriptedCharger(ws)
+
+    async def states() -> list[d.ReservationState]:
+        found = await central.store.find_all(d.Reservation, Eq("cp_id", "CP-1"))
+        return [r.state for r in sorted(found, key=lambda r: r.reservation_id)]
+
+    selection = "status reservation { reservationId state }"
+    try:
+        charger.answers.append(("error", "NotSupported"))
+        refused = await run(central, "reserveNow", reserve, selection)
+        assert [e["code"] for e in refused["errors"]] == ["CHARGER_ERROR"]
+        assert "NotSupported" in refused["errors"][0]["message"]
+        assert await states() == [d.ReservationState.REJECTED]
+
+        charger.answers.append(None)  # silence: the charger may hold it
+        silent = await run(central, "reserveNow", reserve, selection)
+        assert [e["code"] for e in silent["errors"]] == ["CHARGER_TIMEOUT"]
+        pending_id = (await central.store.find_all(
+            d.Reservation, Eq("state", d.ReservationState.PENDING)))[0].reservation_id
+        charger.answers.append(None)
+        unsure = await run(central, "cancelReservation",
+                           {"cpId": "CP-1", "reservationId": pending_id})
+        assert [e["code"] for e in unsure["errors"]] == ["CHARGER_TIMEOUT"]
+        assert await states() == [d.ReservationState.REJECTED, d.ReservationState.PENDING]
+        charger.answers.append(("error", "NotSupported"))
+        ended = await run(central, "cancelReservation",
+                          {"cpId": "CP-1", "reservationId": pending_id})
+        assert [e["code"] for e in ended["errors"]] == ["CHARGER_ERROR"]
+        assert await states() == [d.ReservationState.REJECTED, d.ReservationState.CANCELLED]
+
+        charger.answers.append(("result", {"status": "Accepted"}))
+        held = await run(central, "reserveNow", reserve, selection)
+        assert held["reservation"]["state"] == "ACTIVE"
+        charger.answers.append(("result", {"status": "Rejected"}))  # "not found"
+        gone = await run(central, "cancelReservation",
+                         {"cpId": "CP-1",
+                          "reservationId": held["reservation"]["reservationId"]})
+        assert gone["status"] == "REJECTED"
+        assert (await states())[-1] is d.ReservationState.CANCELLED
+        assert [f[2] for f in charger.received] == [
+            "ReserveNow", "ReserveNow", "CancelReservation", "CancelReservation",
+            "ReserveNow", "CancelReservation"]
+    finally:
+        await ws.close()
+        charger.task.cancel()
+        await stop_central(central)
+
+
+@pytest.mark.parametrize("relayed", [False, True], ids=["direct", "relayed"])
+async def test_a_commands_time_for_an_answer_starts_when_it_is_sent(tmp_path: Path,
+                                                                    relayed: bool) -> None:
+    """OCPP allows one command in flight per charger. A slow charger (0.6 s per answer,
+    timeout 1 s) answers the second of three commands sent at once in time, counted from
+    its sending; the third never gets its turn within 1 s: CHARGER_BUSY, never sent."""
+    central = await start_central(tmp_path / "c.db", command_timeout=1.0, relayed=relayed)
+    await seed(central)
+    ws = await connect(f"{central.url}/CP-1", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+                       additional_headers=basic_auth("CP-1", STATION_PASSWORD))
+    charger = ScriptedCharger(ws, delay=0.6)
+    charger.answers.extend([("result", {"status": "Accepted"})] * 3)
+    try:
+        first = asyncio.create_task(run(central, "clearCache", {"cpId": "CP-1"}))
+        await asyncio.sleep(0.05)  # queued in this order
+        second = asyncio.create_task(run(central, "clearCache", {"cpId": "CP-1"}))
+        await asyncio.sleep(0.05)
+        third = asyncio.create_task(run(central, "clearCache", {"cpId": "CP-1"}))
+        answers = await asyncio.gather(first, second, third)
+        assert [a["status"] for a in answers[:2]] == ["ACCEPTED", "ACCEPTED"], answers
+        [busy] = answers[2]["errors"]
+        assert busy["code"] == "CHARGER_BUSY" and "not sent" in busy["message"], busy
+        await asyncio.sleep(0.3)
+        assert len(charger.received) == 2
+    finally:
+        await ws.close()
+        charger.task.cancel()
+        await stop_central(central)
+
+
+async def test_a_request_that_breaks_the_schema_is_ours_and_never_sent(central: Central
+                                                                       ) -> None:
+    """The package's own check of an outgoing request (a limit off the 0.1 grid, here
+    sent past the domain's rules) is a user error, not the charger's answer."""
+    from domain.errors import ValidationError
+
+    profile = {"chargingProfileId": 1, "stackLevel": 0,
+               "chargingProfilePurpose": "TxDefaultProfile", "chargingProfileKind": "Absolute",
+               "chargingSchedule": {"chargingRateUnit": "A", "chargingSchedulePeriod": [
+                   {"startPeriod": 0, "limit": 16.35}]}}
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        with pytest.raises(ValidationError) as info:
+            await central.gateway.call("CP-1", "SetChargingProfile",
+                                       {"connectorId": 1, "csChargingProfiles": profile}, 2)
+        assert info.value.field == "input"
+        assert "breaks the OCPP 1.6 schema" in info.value.message
+        await settle()
+        assert cp.received == []
+
+
+async def test_a_reservation_used_by_its_transaction_is_announced(tmp_path: Path) -> None:
+    bus = MemoryEventBus()
+    await bus.start()
+    central = await start_central(tmp_path / "central.db", bus=bus)
+    await seed(central)
+    soon = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    events = bus.subscribe(["reservation"])
+    try:
+        async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+            await cp.report_all()
+            held = await run(central, "reserveNow",
+                             {"cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OK",
+                              "expiryDate": soon}, "reservation { reservationId state }")
+            number = held["reservation"]["reservationId"]
+            await cp.start_transaction(1, "TAG-OK", reservation_id=number)
+        states = [(e.reservation_id, e.state) for e in [
+            await asyncio.wait_for(anext(events), 5) for _ in range(2)]
+            if isinstance(e, ReservationChanged)]
+        assert states == [(number, "ACTIVE"), (number, "USED")]
+    finally:
+        await events.aclose()
+        await stop_central(central)
+        await bus.close()
+
+
+async def test_times_in_a_chargers_answer_are_read_as_chargers_write_them(tmp_path: Path
+                                                                         ) -> None:
+    """GetCompositeSchedule's times: lower-case RFC 3339 and zoneless (UTC) are read and
+    returned in UTC; one that is no date-time is the charger's error, not ours."""
+    central = await start_central(tmp_path / "c.db", command_timeout=2)
+    await seed(central)
+    ws = await connect(f"{central.url}/CP-1", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+                       additional_headers=basic_auth("CP-1", STATION_PASSWORD))
+    charger = ScriptedCharger(ws)
+    selection = "status scheduleStart chargingSchedule { startSchedule }"
+    ask = {"cpId": "CP-1", "connectorId": 1, "duration": 600}
+
+    def answer(start: str) -> tuple[str, dict[str, Any]]:
+        return ("result", {"status": "Accepted", "connectorId": 1, "scheduleStart": start,
+                           "chargingSchedule": {
+                               "chargingRateUnit": "A", "startSchedule": start,
+                               "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 16}]}})
+
+    try:
+        for written in ("2026-12-04t15:00:00z", "2026-12-04T15:00:00",
+                        "2026-12-04T16:00:00+01:00"):
+            charger.answers.append(answer(written))
+            got = await run(central, "getCompositeSchedule", ask, selection)
+            assert got["errors"] == [], got
+            assert datetime.fromisoformat(got["scheduleStart"]) == datetime(
+                2026, 12, 4, 15, tzinfo=UTC), written
+            assert got["chargingSchedule"]["startSchedule"] == got["scheduleStart"]
+        charger.answers.append(answer("tomorrow"))
+        bad = await run(central, "getCompositeSchedule", ask, selection)
+        [error] = bad["errors"]
+        assert error["code"] == "CHARGER_ERROR" and "scheduleStart" in error["message"]
+    finally:
+        await ws.close()
+        charger.task.cancel()
+        await stop_central(central)
