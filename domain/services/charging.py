@@ -907,8 +907,12 @@ class ChargingService(Service):
 
     def _session_event(self, station: Station, session: Session, change: str
                        ) -> SessionChanged:
+        # Seen by whoever keeps the session's books (as its reads are), not by whoever
+        # runs the station now: a station handed over mid-session leaves the session's
+        # live updates with the operator who will bill it.
         return SessionChanged(
-            **owned_by(station), at=session.updated_at, change=change,
+            station_id=station.id, cp_id=station.cp_id, company_id=session.company_id,
+            owner_id=session.station_owner_id, at=session.updated_at, change=change,
             session_id=session.id, transaction_id=session.transaction_id,
             connector_id=session.connector_id, user_id=session.user_id,
             vehicle_id=session.vehicle_id, energy_wh=session.energy_wh,

@@ -187,3 +187,48 @@ async def test_a_session_started_on_a_clock_ahead_of_ours_can_be_ended(central: 
     assert ended is not None and ended.end_time is not None
     # "Now" on the charger's clock: the session lasted the seconds it did, not zero or less.
     assert timedelta(0) < ended.end_time - ended.start_time < timedelta(minutes=1)
+
+
+async def test_a_session_live_updates_stay_with_its_books_when_the_station_moves(
+        tmp_path: Path) -> None:
+    """Handed to another company mid-session, a station's running session keeps
+    reporting to the operator who will bill it, as its reads do, and never to the new
+    one (who cannot read it)."""
+    from domain.events import SessionChanged
+    from domain.policy import Viewer
+
+    bus = MemoryEventBus()
+    await bus.start()
+    central = await start_central(tmp_path / "central.db", bus=bus)
+    await seed(central)
+    events = bus.subscribe(["session"])
+    op, op_other = Viewer.of(central.users["op"]), Viewer.of(central.users["op_other"])
+    try:
+        async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+            await cp.boot()
+            await cp.start_transaction(1, "TAG-OK")
+            await central.services.stations.update_station(
+                SYSTEM, central.stations["CP-1"].id,
+                company_id=central.users["op_other"].company_id,
+                owner_id=central.users["op_other"].id)
+            cp.connectors[1].power_w = 11_000
+            await cp.meter_values(1, seconds=600)
+            await cp.stop_transaction(1)
+        seen = []
+        while len(seen) < 3:
+            event = await asyncio.wait_for(anext(events), 5)
+            if isinstance(event, SessionChanged) and event.change in (
+                    "STARTED", "UPDATED", "ENDED") and event.change not in [
+                    e.change for e in seen]:
+                seen.append(event)
+        policy = central.services.policy
+        for event in seen:
+            assert policy.sees_event(op, event), event.change
+            assert not policy.sees_event(op_other, event), event.change
+        ops = (await central.gql("{ sessions(first: 5) { totalCount } }", as_user="op"),
+               await central.gql("{ sessions(first: 5) { totalCount } }", as_user="op_other"))
+        assert [o["sessions"]["totalCount"] for o in ops] == [1, 0]
+    finally:
+        await events.aclose()
+        await stop_central(central)
+        await bus.close()
