@@ -11,7 +11,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from domain.entities import Payment, Record, Role, Session, Station, User, Vehicle
+from domain.entities import (
+    AuditAction,
+    Payment,
+    Record,
+    Role,
+    Session,
+    Station,
+    User,
+    Vehicle,
+)
 from domain.events import (
     CommandCompleted,
     ConnectorStatusChanged,
@@ -174,13 +183,18 @@ class Policy:
                     Sub("station_id", "station", stations),
                 )
             case "audit_entry":
-                # Their own actions, and what happened to what they run: by the entity,
-                # not by who acted, since an actor who moves to another company takes
+                # What happened to what they run or keep the books of: by the entity, not
+                # by who acted, since an actor who moves to another company would take
                 # their past entries (the old company's records, emails included) along.
+                # Their own removals stay theirs: no scope can name a record that is gone.
                 company = viewer.company_id
                 people: Filter = Eq("company_id", company) if company else NONE
                 return any_of(
-                    Eq("actor", viewer.user_id),
+                    all_of(Eq("actor", viewer.user_id), Eq("action", AuditAction.DELETE)),
+                    Eq("entity_id", viewer.user_id),
+                    Sub("entity_id", "session", books),
+                    Sub("entity_id", "payment", books),
+                    Sub("entity_id", "reservation", on_stations),
                     Sub("entity_id", "station", stations),
                     Sub("entity_id", "connector", on_stations),
                     Sub("entity_id", "tariff", any_of(
@@ -231,15 +245,16 @@ class Policy:
         return ALL
 
     def guard_private(self, viewer: Viewer, kind: str, where: Filter,
-                      sort: Sequence[Sort] = ()) -> Filter:
-        """``where`` with every condition on a private field (and, when ``sort`` uses
-        one, the whole query) limited to the records whose private view ``viewer`` has."""
+                      sort: Sequence[Sort] = (), grouped_by: str | None = None) -> Filter:
+        """``where`` with every condition on a private field (and, when ``sort`` or the
+        grouping of a batched nested list uses one, the whole query) limited to the
+        records whose private view ``viewer`` has."""
         private = PRIVATE_FIELDS.get(kind)
         if not private or viewer.is_admin:
             return where
         view = self.private_view(viewer, kind)
         guarded = _guard(where, private, view)
-        if any(key.field in private for key in sort):
+        if grouped_by in private or any(key.field in private for key in sort):
             guarded = all_of(guarded, view)
         return guarded
 

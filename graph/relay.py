@@ -133,7 +133,7 @@ async def page_connection(ctx: GraphContext, kind: type[E], wrap: Wrap, where: F
         raise graphql_error(exc) from exc
 
     async def total() -> int:
-        return await reads.count(ctx.viewer, kind, where)
+        return await reads.count(ctx.viewer, kind, where, sort)
 
     return _connection(ctx, page.items, page.cursors, page.has_next, page.has_previous,
                        wrap, total)

@@ -19,9 +19,12 @@ class ReadService(Service):
         return self.store.overlapping_reads
 
     def scoped(self, viewer: Viewer, kind: type[E], where: Filter = ALL,
-               sort: Sequence[Sort] = ()) -> Filter:
+               sort: Sequence[Sort] = (), grouped_by: str | None = None) -> Filter:
+        """The viewer's scope AND ``where``, with conditions on private fields guarded:
+        also the sort (an order reveals what it sorts by) and the key a batched nested
+        list is grouped by (``company.stations`` is ``station.company_id`` IN …)."""
         return all_of(self.policy.scope(viewer, kind.kind),
-                      self.policy.guard_private(viewer, kind.kind, where, sort))
+                      self.policy.guard_private(viewer, kind.kind, where, sort, grouped_by))
 
     async def get(self, viewer: Viewer, kind: type[E], record_id: str) -> E | None:
         return (await self.get_many(viewer, kind, [record_id]))[0]
@@ -38,17 +41,19 @@ class ReadService(Service):
         return await self.store.find_page(kind, self.scoped(viewer, kind, where, sort), sort,
                                           page)
 
-    async def count(self, viewer: Viewer, kind: type[E], where: Filter) -> int:
-        return await self.store.count(kind, self.scoped(viewer, kind, where))
+    async def count(self, viewer: Viewer, kind: type[E], where: Filter,
+                    sort: Sequence[Sort] = ()) -> int:
+        """How many records ``page`` would go through with the same ``where`` and
+        ``sort`` (a sort on a private field narrows both alike)."""
+        return await self.store.count(kind, self.scoped(viewer, kind, where, sort))
 
     async def grouped(self, viewer: Viewer, kind: type[E], key_field: str, keys: Sequence[Any],
                       where: Filter, sort: Sequence[Sort], limit: int) -> dict[Any, list[E]]:
         return await self.store.find_grouped(
-            kind, key_field, keys, self.scoped(viewer, kind, where, sort), sort, limit
-        )
+            kind, key_field, keys, self.scoped(viewer, kind, where, sort, key_field), sort,
+            limit)
 
     async def count_grouped(self, viewer: Viewer, kind: type[E], key_field: str,
                             keys: Sequence[Any], where: Filter) -> dict[Any, int]:
         return await self.store.count_grouped(
-            kind, key_field, keys, self.scoped(viewer, kind, where)
-        )
+            kind, key_field, keys, self.scoped(viewer, kind, where, grouped_by=key_field))

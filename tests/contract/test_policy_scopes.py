@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from domain.entities import ENTITY_TYPES, Record, Role
+from domain.entities import ENTITY_TYPES, AuditAction, Record, Role
 from domain.policy import ANONYMOUS, Policy, Viewer
 from domain.ports import Store
 from tests.contract.factories import (
@@ -78,6 +78,11 @@ def build_world() -> dict[str, Record]:
     w.a_moved = audit(w.S3, w.opA2.id)
     w.a_b_person = audit(w.d3, w.opB.id)  # about one of B's people
     w.a_a_tariff = audit(w.tA, w.opA2.id)
+    # opA2, still in B, changed one of B's people: no longer opA2's to read.
+    w.a_moved_person = audit(w.d3, w.opA2.id)
+    # opA2 removed a station: gone, so only its own actor can find the entry.
+    w.a_removal = audit(station(company_id=w.A.id), w.opA2.id, action=AuditAction.DELETE)
+    w.a_x1_ended = audit(w.x1, w.opA.id)  # a session in A's books
     return dict(vars(w))
 
 
@@ -96,7 +101,24 @@ EXPECTED: dict[str, dict[str, set[str]]] = {
         "reservation": {"r1"},
         "tariff": {"tA", "tS5"},
         "payment": {"p1"},
-        "audit_entry": {"a_opA", "a_opA2", "a_sys_c2", "a_a_tariff"},
+        "audit_entry": {"a_opA", "a_opA2", "a_sys_c2", "a_a_tariff", "a_x1_ended"},
+    },
+    # Moved from B to A: A's records, B's left behind (a_moved, a_moved_person).
+    "opA2": {
+        "company": {"A"},
+        "user": {"opA", "opA2", "d1", "d3"},
+        "vehicle": {"v1", "v3"},
+        "id_tag": {"t4"},
+        "station": {"S1", "S2"},
+        "connector": {"C1", "C2"},
+        "session": {"x1", "x3", "x5"},
+        "meter_sample": {"m1", "m_orphan"},
+        "status_event": {"e1"},
+        "reservation": {"r1"},
+        "tariff": {"tA"},
+        "payment": {"p1"},
+        "audit_entry": {"a_opA", "a_opA2", "a_sys_c2", "a_a_tariff", "a_removal",
+                        "a_x1_ended"},
     },
     "opB": {
         "company": {"B"},
@@ -111,7 +133,7 @@ EXPECTED: dict[str, dict[str, set[str]]] = {
         "reservation": {"r3"},
         "tariff": {"tS3"},
         "payment": {"p2"},
-        "audit_entry": {"a_opB", "a_moved", "a_b_person"},
+        "audit_entry": {"a_opB", "a_moved", "a_b_person", "a_moved_person", "a_ocpp_x2"},
     },
     "opSolo": {
         "user": {"opSolo", "d2"},

@@ -274,3 +274,24 @@ async def test_public_map_for_anonymous(services, world: World) -> None:
                for c in n["connectors"])
     assert data["sessions"]["totalCount"] == 0 and data["users"]["totalCount"] == 0
     await client.client.aclose()
+
+
+async def test_lists_grouped_or_sorted_by_a_hidden_field_are_guarded_like_their_pages(
+        api: Api, world: World) -> None:
+    """A driver of a company cannot learn its stations through the batched first page of
+    ``company.stations`` (grouped by the hidden ``station.company_id``) any more than
+    through the next page or a filter; and ``totalCount`` counts what a sort on a hidden
+    field lets the pages show."""
+    nested = """{ me { company { stations(first: 1) { totalCount pageInfo { hasNextPage }
+        nodes { cpId } } } } }"""
+    driver = await api.gql(nested, as_user=world.users["driver_a"].id)
+    assert driver["me"]["company"]["stations"] == {
+        "totalCount": 0, "pageInfo": {"hasNextPage": False}, "nodes": []}
+    operator = await api.gql(nested, as_user=world.users["op_a"].id)
+    assert operator["me"]["company"]["stations"]["totalCount"] == 2
+    assert operator["me"]["company"]["stations"]["pageInfo"]["hasNextPage"] is True
+    for order in ("", "orderBy: [{field: EMAIL}]"):
+        data = await api.gql(f"{{ users(first: 50, {order}) {{ totalCount nodes {{ name }} }} }}"
+                             .replace("(first: 50, )", "(first: 50)"),
+                             as_user=world.users["op_b"].id)
+        assert data["users"]["totalCount"] == len(data["users"]["nodes"]), order
