@@ -188,6 +188,11 @@ class Station(Record):
     #: The central-system instance holding the charger's websocket (its ``InstanceLease``
     #: id) while ``online``: when that instance dies, another one records the disconnect.
     connected_instance: str | None = None
+    #: The charge point as a whole, from its StatusNotifications for connector 0
+    #: (Available, Unavailable or Faulted); ``None`` until it sent one.
+    status: ConnectorStatus | None = None
+    error_code: str | None = None
+    status_at: datetime | None = None
 
 
 @dataclass(kw_only=True)

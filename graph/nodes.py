@@ -412,6 +412,14 @@ class Station(Node, Audited):
     password_required: bool | None = strawberry.field(description=(
         "Whether its charger must present the station's password (HTTP Basic, OCPP "
         "security profile 1 or 2). False: anyone who knows the cpId can connect as it."))
+    status: ConnectorStatus | None = strawberry.field(description=(
+        "The charge point as a whole (OCPP connector 0): AVAILABLE, UNAVAILABLE or "
+        "FAULTED; null until its charger reported one. UNAVAILABLE or FAULTED: none of "
+        "its connectors can charge, whatever they report."))
+    error_code: str | None = strawberry.field(description=(
+        "OCPP ChargePointErrorCode of the charge point as a whole, `NoError` when "
+        "healthy; null until reported."))
+    status_at: datetime | None
     _r: strawberry.Private[d.Station]
     _private: strawberry.Private[bool]
 
@@ -437,6 +445,9 @@ class Station(Node, Audited):
             "firmware_status": r.firmware_status if private else None,
             "diagnostics_status": r.diagnostics_status if private else None,
             "password_required": (r.auth_password_hash is not None) if private else None,
+            "status": r.status,
+            "error_code": r.error_code,
+            "status_at": r.status_at,
             "_private": private,
         }, private)
 

@@ -561,8 +561,18 @@ class ChargingService(Service):
         telemetry: list[Change] = [InsertIfAbsent(stamp_new(event, actor, reported))]
         audited: list[tuple[Change, Any]] = []
         connector: Connector | None = None
-        previous_error = "NoError"
-        if connector_id > 0:  # 0 is the charge point as a whole: history only
+        reported_station: Station | None = None
+        previous_error = station.error_code or "NoError"
+        if connector_id == 0:
+            # The charge point as a whole (its main controller): Unavailable or Faulted
+            # here means none of its connectors can charge, whatever they report.
+            if station.status_at is None or at >= station.status_at \
+                    or not self._believable(station.status_at):
+                update = patch(station, actor, status=new_status, error_code=error_code,
+                               status_at=at)
+                reported_station = cast(Station, update.record)
+                telemetry.append(update)
+        else:
             current, is_new = await self._connector(station, connector_id)
             previous_error = current.error_code
             # A state stamped in our future (kept before glitches were recognized) yields.
@@ -579,9 +589,12 @@ class ChargingService(Service):
                                                        error_code, station.online, at, actor)
             # else: an older report arriving late is history, not the current state
         await self.commit(actor, audited, unaudited=telemetry)
-        if connector is not None:
+        if reported_station is not None:
+            self._remember(reported_station)
+        if connector is not None or reported_station is not None:
             await self.publish(ConnectorStatusChanged(
-                **owned_by(station), at=at, connector_record_id=connector.id,
+                **owned_by(station), at=at,
+                connector_record_id=connector.id if connector is not None else None,
                 connector_id=connector_id, status=status, error_code=error_code, info=info))
         if error_code != "NoError" and error_code != previous_error:
             await self.publish(FaultReported(

@@ -417,9 +417,17 @@ WHERE "{column}" IS NOT NULL;"""
 
 _V10 = _rescaled("session", "cost_minor") + _rescaled("payment", "amount_minor") + "\n"
 
+# Version 11: the charge point's own status, from its StatusNotifications for connector 0.
+_V11 = """
+ALTER TABLE "station" ADD COLUMN "status" TEXT;
+ALTER TABLE "station" ADD COLUMN "error_code" TEXT;
+ALTER TABLE "station" ADD COLUMN "status_at" INTEGER;
+"""
+
 #: Every migration, oldest first. Append only.
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
-                                     (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10))
+                                     (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
+                                     (11, _V11))
 
 _BOOTSTRAP = """
 CREATE TABLE IF NOT EXISTS "schema_version" (

@@ -3,8 +3,10 @@ client as the charge point, and what each does to the domain."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from ocpp.v16 import call
 
@@ -12,7 +14,7 @@ from domain import entities as d
 from domain.policy import SYSTEM
 from domain.query import ALL, Eq
 from ocpp_bridge.simulator import connected, now
-from tests.ocpp.conftest import STATION_PASSWORD, Central
+from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
 
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$")
 
@@ -65,6 +67,49 @@ async def test_status_notifications_and_faults(central: Central) -> None:
     events = await central.store.find_all(d.StatusEvent, Eq("cp_id", "CP-1"))
     assert sorted((e.connector_id, e.status.value) for e in events) == [
         (0, "Available"), (1, "Available"), (2, "Faulted")]
+
+
+async def test_the_charge_points_own_status_is_its_stations(tmp_path: Path) -> None:
+    """Connector 0 is the charge point as a whole: its status and error are the
+    station's, announced like a connector's (with no connector record), and a fault it
+    repeats is reported once, as a connector's is; an older report arriving late does
+    not move it back."""
+    from domain.events import ConnectorStatusChanged, FaultReported
+    from pubsub.memory import MemoryEventBus
+
+    bus = MemoryEventBus()
+    await bus.start()
+    central = await start_central(tmp_path / "central.db", bus=bus)
+    await seed(central)
+    events = bus.subscribe(["connector_status", "fault"])
+    earlier = (datetime.now(UTC) - timedelta(minutes=5)).isoformat()
+    try:
+        async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+            await cp.boot()
+            for _ in range(3):
+                await cp.status(0, "Faulted", "PowerSwitchFailure", info="main contactor")
+            await cp.call(call.StatusNotification(connector_id=0, error_code="NoError",
+                                                  status="Available", timestamp=earlier))
+        [station] = await central.store.get_many(d.Station, [central.stations["CP-1"].id])
+        assert station is not None and station.status is d.ConnectorStatus.FAULTED
+        assert station.error_code == "PowerSwitchFailure" and station.status_at is not None
+        got = []
+        for _ in range(4):
+            got.append(await asyncio.wait_for(anext(events), 5))
+        statuses = [e for e in got if isinstance(e, ConnectorStatusChanged)]
+        faults = [e for e in got if isinstance(e, FaultReported)]
+        assert [(e.connector_id, e.connector_record_id, e.status) for e in statuses] == [
+            (0, None, "Faulted")] * 3
+        assert [(f.connector_id, f.error_code) for f in faults] == [
+            (0, "PowerSwitchFailure")]
+        shown = await central.gql("""{ stations(first: 5, filter: {search: "CP-1"}) {
+            nodes { cpId status errorCode statusAt } } }""", as_user="driver")
+        [node] = [n for n in shown["stations"]["nodes"] if n["cpId"] == "CP-1"]
+        assert (node["status"], node["errorCode"]) == ("FAULTED", "PowerSwitchFailure")
+    finally:
+        await events.aclose()
+        await stop_central(central)
+        await bus.close()
 
 
 async def test_charger_text_is_stored_without_control_characters(central: Central) -> None:

@@ -214,7 +214,7 @@ async def test_a_session_live_updates_stay_with_its_books_when_the_station_moves
             cp.connectors[1].power_w = 11_000
             await cp.meter_values(1, seconds=600)
             await cp.stop_transaction(1)
-        seen = []
+        seen: list[SessionChanged] = []
         while len(seen) < 3:
             event = await asyncio.wait_for(anext(events), 5)
             if isinstance(event, SessionChanged) and event.change in (
