@@ -33,8 +33,19 @@ def _eq(field: str, value: object) -> Filter | None:
     return Eq(field, value) if value is not None else None
 
 
+#: Longer than any name, plate or address; a real MongoDB server refuses patterns past
+#: 32 KiB (and the escaped text can be twice as long as the text).
+MAX_SEARCH = 200
+
+
 def _search(fields: tuple[str, ...], text: str | None) -> Filter | None:
     text = (text or "").strip()
+    if len(text) > MAX_SEARCH:
+        raise ValidationError(f"at most {MAX_SEARCH} characters", field="filter.search",
+                              code="TOO_LONG")
+    if not text.isprintable():  # a NUL, which MongoDB refuses in a pattern, and the like
+        raise ValidationError("no control characters", field="filter.search",
+                              code="INVALID")
     return Search(fields, text) if text else None
 
 

@@ -3,8 +3,10 @@ in the schema's config (``SCALARS``)."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, NewType
 
+import dateutil.parser
 import strawberry
 
 #: GraphQL's ``Int`` is 32 bits by the spec: a meter register of a long-lived DC charger
@@ -19,7 +21,26 @@ def _whole(value: Any) -> int:
     return value
 
 
+def _instant(value: Any) -> datetime:
+    """An ISO 8601 date-time as Strawberry reads it, kept to the millisecond: every
+    instant the service makes has that precision and MongoDB stores no finer, so a
+    bound like ``12:00:00.000001`` would mean one thing on SQLite and another there."""
+    if not isinstance(value, str):
+        raise ValueError(f"DateTime cannot represent {value!r}: expected a string")
+    try:
+        parsed = dateutil.parser.isoparse(value)
+    except (ValueError, OverflowError) as exc:
+        raise ValueError(f"DateTime cannot represent {value!r}: {exc}") from None
+    return parsed.replace(microsecond=parsed.microsecond // 1000 * 1000)
+
+
 SCALARS: dict[object, Any] = {
+    datetime: strawberry.scalar(
+        name="DateTime",
+        description="Date with time (isoformat), to the millisecond",
+        serialize=datetime.isoformat,
+        parse_value=_instant,
+    ),
     BigInt: strawberry.scalar(
         name="BigInt",
         description="A whole number that may exceed 32 bits; a JSON number, exact up to "

@@ -25,6 +25,9 @@ def parse_timestamp(value: str, field: str, unique_id: str) -> datetime:
     except AttributeError as exc:
         raise FrameError(TYPE_CONSTRAINT_VIOLATION, f"{field}: not an RFC 3339 date-time",
                          unique_id) from exc
+    # To the millisecond, as every instant of the service (MongoDB stores no finer).
+    if parsed.microsecond % 1000:
+        parsed = parsed.replace(microsecond=parsed.microsecond // 1000 * 1000)
     if parsed.tzinfo is None:
         return parsed.replace(tzinfo=UTC)
     try:

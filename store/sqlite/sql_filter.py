@@ -47,7 +47,9 @@ def haversine_km(lat1: float | None, lon1: float | None, lat2: float | None,
 
 
 def unicode_lower(text: str | None) -> str | None:
-    return text.lower() if isinstance(text, str) else None
+    # "İ" (Turkish dotted capital I) is the one letter whose lower case is two code points,
+    # "i" and a combining dot: folded to a plain "i", "istanbul" finds "İstanbul".
+    return text.lower().replace("i\u0307", "i") if isinstance(text, str) else None
 
 
 def column(alias: str, name: str) -> str:
@@ -141,7 +143,7 @@ def _range(kind: type[Record], node: Range, alias: str, params: list[SqlValue]) 
 def _search(kind: type[Record], node: Search, alias: str, params: list[SqlValue]) -> str:
     # instr() takes the needle literally, so % _ . * in the text match only themselves
     # (LIKE would need escaping). The needle is lower-cased once, here, not per row.
-    needle = node.text.lower()
+    needle = unicode_lower(node.text)
     parts = []
     for name in node.fields:
         spec = spec_of(kind, name)

@@ -183,6 +183,12 @@ async def test_search_folds_non_ascii_case(store: Store) -> None:
     await put(store, mueller, user(name="Juergen Mueller"))
 
     assert await matching(store, User, Search(("name",), "MÜLLER")) == {mueller.id}
+    # The Turkish dotted capital I, whose lower case is two code points, finds and is
+    # found by a plain i.
+    istanbul = user(name="İstanbul Merkez")
+    await put(store, istanbul)
+    for needle in ("istanbul", "ISTANBUL", "İstanbul"):
+        assert await matching(store, User, Search(("name",), needle)) == {istanbul.id}, needle
 
 
 # ---------------------------------------------------------------------------- Near

@@ -46,3 +46,20 @@ def test_big_int_refuses_what_is_not_a_whole_number() -> None:
         except ValueError:
             continue
         raise AssertionError(f"BigInt serialized {bad!r}")
+
+
+def test_date_times_are_read_to_the_millisecond() -> None:
+    """What the service stores: MongoDB keeps no finer, so a bound of 12:00:00.000001
+    would include 12:00 on SQLite and exclude it there."""
+    from datetime import UTC, datetime, timedelta, timezone
+
+    import pytest
+
+    parse = SCALARS[datetime].parse_value
+    assert parse("2026-12-04T12:00:00.000001Z") == datetime(2026, 12, 4, 12, tzinfo=UTC)
+    assert parse("2026-12-04T13:00:00.123999+01:00") == datetime(
+        2026, 12, 4, 13, 0, 0, 123000, tzinfo=timezone(timedelta(hours=1)))
+    assert parse("2026-12-04T12:00:00Z") == datetime(2026, 12, 4, 12, tzinfo=UTC)
+    for bad in ("tomorrow", "2026-13-01T00:00:00Z", 1700000000):
+        with pytest.raises(ValueError, match="DateTime cannot represent"):
+            parse(bad)

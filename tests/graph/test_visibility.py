@@ -295,3 +295,15 @@ async def test_lists_grouped_or_sorted_by_a_hidden_field_are_guarded_like_their_
                              .replace("(first: 50, )", "(first: 50)"),
                              as_user=world.users["op_b"].id)
         assert data["users"]["totalCount"] == len(data["users"]["nodes"]), order
+
+
+async def test_search_text_is_bounded_and_printable(api: Api, world: World) -> None:
+    query = """query($s: String) { stations(first: 5, filter: {search: $s}) {
+        nodes { cpId } } }"""
+    token = api.token_for(world.users["admin"].id)
+    for text, code in (("." * 201, "TOO_LONG"), ("A\x00Station", "INVALID")):
+        response = await api.post(query, {"s": text}, token)
+        [error] = response.json()["errors"]
+        assert error["extensions"] == {"code": code, "field": "filter.search"}, error
+    fine = await api.gql(query, {"s": "  A Station  "}, as_user=world.users["admin"].id)
+    assert {n["cpId"] for n in fine["stations"]["nodes"]} == {"A-001", "A-002"}

@@ -69,6 +69,16 @@ async def test_status_notifications_and_faults(central: Central) -> None:
         (0, "Available"), (1, "Available"), (2, "Faulted")]
 
 
+async def test_charger_times_are_kept_to_the_millisecond(central: Central) -> None:
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        answer = await cp.call(call.StartTransaction(
+            connector_id=1, id_tag="TAG-OK", meter_start=0,
+            timestamp="2026-12-04T10:00:00.000700Z"))
+    session = await central.session(answer.transaction_id)
+    assert session is not None
+    assert session.start_time == datetime(2026, 12, 4, 10, tzinfo=UTC)
+
+
 async def test_the_charge_points_own_status_is_its_stations(tmp_path: Path) -> None:
     """Connector 0 is the charge point as a whole: its status and error are the
     station's, announced like a connector's (with no connector record), and a fault it
