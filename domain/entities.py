@@ -225,6 +225,8 @@ class Session(Record):
     meter_stop_wh: int | None = None
     energy_wh: int = 0
     power_w: float | None = None
+    #: The charger's time of the reading ``power_w`` comes from.
+    power_at: datetime | None = None
     stop_reason: str | None = None
     state: SessionState = SessionState.ACTIVE
     reservation_id: int | None = None

@@ -694,7 +694,8 @@ class ChargingService(Service):
         changes: list[Change] = [InsertIfAbsent(s) for s in samples]
         updated = None
         if session is not None and session.state is SessionState.ACTIVE:
-            live = self._apply_readings(session, readings, _added_wh(samples), charger(cp_id))
+            live = self._apply_readings(session, readings, _added_wh(samples), charger(cp_id),
+                                        self._believable)
             if live is not None:
                 changes.append(live)
                 updated = cast(Session, live.record)
@@ -893,18 +894,26 @@ class ChargingService(Service):
 
     @staticmethod
     def _apply_readings(session: Session, readings: list[MeterReading], added_wh: int,
-                        actor: Viewer) -> Update | None:
+                        actor: Viewer, believable: Callable[[datetime], bool]
+                        ) -> Update | None:
         """Live energy grows by what the frame's samples add (``added_wh``, their
         ``delta_wh``): never from the newest reading alone, which a late or lower one would
         take back, and always equal to the sum of the session's increments. Power from
-        the newest total active power. ``None`` when nothing changed."""
-        power_at, power = None, None
+        the newest total active power, unless the power shown is newer (a believable
+        time: one stamped in our future by a glitching clock must not freeze it). ``None``
+        when nothing changed."""
+        power_at = session.power_at
+        if power_at is not None and not believable(power_at):
+            power_at = None
+        power = None
         for reading in readings:
             for sv in reading.values:
                 if sv.measurand != POWER or sv.phase is not None \
                         or sv.location not in (None, "Outlet"):
                     continue
                 value = _number(sv)
+                # Only a reading newer than the power shown: a frame flushed late (after
+                # an outage) must not put an old value over the current one.
                 if value is not None and (power_at is None or reading.timestamp >= power_at):
                     power_at, power = reading.timestamp, _to_w(value, sv.unit)
         updates: dict[str, Any] = {}
@@ -912,6 +921,7 @@ class ChargingService(Service):
             updates["energy_wh"] = session.energy_wh + added_wh
         if power is not None:
             updates["power_w"] = power
+            updates["power_at"] = as_utc(power_at) if power_at is not None else None
         if not updates or all(getattr(session, k) == val for k, val in updates.items()):
             return None
         # Only onto a session still ACTIVE in the store: this one may be a cached copy,

@@ -424,10 +424,15 @@ ALTER TABLE "station" ADD COLUMN "error_code" TEXT;
 ALTER TABLE "station" ADD COLUMN "status_at" INTEGER;
 """
 
+# Version 12: when the live power was metered, so a frame flushed late does not replace it.
+_V12 = """
+ALTER TABLE "session" ADD COLUMN "power_at" INTEGER;
+"""
+
 #: Every migration, oldest first. Append only.
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
-                                     (11, _V11))
+                                     (11, _V11), (12, _V12))
 
 _BOOTSTRAP = """
 CREATE TABLE IF NOT EXISTS "schema_version" (

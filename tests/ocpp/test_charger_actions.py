@@ -69,6 +69,29 @@ async def test_status_notifications_and_faults(central: Central) -> None:
         (0, "Available"), (1, "Available"), (2, "Faulted")]
 
 
+async def test_a_late_frame_does_not_put_old_power_over_newer(central: Central) -> None:
+    def frame(tx: int, at: datetime, kw: str) -> call.MeterValues:
+        return call.MeterValues(connector_id=1, transaction_id=tx, meter_value=[{
+            "timestamp": at.isoformat(), "sampledValue": [
+                {"value": kw, "measurand": "Power.Active.Import", "unit": "kW"}]}])
+
+    now_ = datetime.now(UTC)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        tx, _ = await cp.start_transaction(1, "TAG-OK")
+        await cp.call(frame(tx, now_ - timedelta(seconds=10), "7.4"))
+        await cp.call(frame(tx, now_ - timedelta(seconds=60), "22"))  # flushed late
+        late = await central.session(tx)
+        await cp.call(frame(tx, now_ - timedelta(seconds=5), "11"))
+        newer = await central.session(tx)
+        # A clock glitch far in our future does not freeze power for good.
+        await cp.call(frame(tx, now_ + timedelta(days=365), "3.7"))
+        await cp.call(frame(tx, now_, "6"))
+        after_glitch = await central.session(tx)
+    assert late is not None and late.power_w == 7_400
+    assert newer is not None and newer.power_w == 11_000
+    assert after_glitch is not None and after_glitch.power_w == 6_000
+
+
 async def test_charger_times_are_kept_to_the_millisecond(central: Central) -> None:
     async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
         answer = await cp.call(call.StartTransaction(
