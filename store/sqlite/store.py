@@ -305,11 +305,16 @@ class SqliteStore:
             await writer.close()
 
     async def ping(self) -> bool:
+        """Whether the database answers a read of a real table (``SELECT 1`` would not
+        touch the file) and its last write transaction did not fail in the database
+        (disk full, I/O error, corruption)."""
+        if self._writer is not None and self._writer.failing is not None:
+            return False
         try:
-            rows = await self._read("SELECT 1", ())
+            rows = await self._read('SELECT COUNT(*) FROM "schema_version"', ())
         except (sqlite3.Error, ValueError, RuntimeError):
             return False
-        return list(rows) == [(1,)]
+        return len(rows) == 1
 
     # ------------------------------------------------------------------ reads
     async def _read(self, sql: str, params: Sequence[SqlValue]) -> list[Any]:

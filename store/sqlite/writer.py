@@ -74,6 +74,8 @@ class Writer:
         self._checkpointer: sqlite3.Connection | None = None
         self._checkpoint: asyncio.Future[None] | None = None
         self._next_size_check = 0.0
+        #: Why the last write transaction failed, if the database itself refused it.
+        self.failing: sqlite3.DatabaseError | None = None
 
     def open(self) -> None:
         conn = connect(self.path)
@@ -82,6 +84,19 @@ class Writer:
         self.conn = conn
 
     async def run(self, transaction: Callable[[sqlite3.Connection], T]) -> T:
+        try:
+            result = await self._run(transaction)
+        except sqlite3.IntegrityError:
+            raise  # a unique rule said no: the request's problem, not the database's
+        except sqlite3.DatabaseError as error:
+            # Disk full, an I/O error, a corrupt page: /healthz says so until a write
+            # goes through again.
+            self.failing = error
+            raise
+        self.failing = None
+        return result
+
+    async def _run(self, transaction: Callable[[sqlite3.Connection], T]) -> T:
         conn = self._open_conn()
         try:
             result = transaction(conn)

@@ -270,6 +270,30 @@ async def test_use_before_start_and_after_close(db_path: str) -> None:
     assert await s.ping() is False
 
 
+async def test_ping_says_unhealthy_while_the_database_refuses_writes(db_path: str) -> None:
+    """A full disk (here: a page limit) fails writes: ping is False until one goes
+    through again. A unique rule saying no is the request's problem, not the store's."""
+    s = SqliteStore(db_path)
+    await s.start()
+    try:
+        await put(s, user(email="taken@example.com"))
+        with pytest.raises(UniqueViolation):
+            await put(s, user(email="taken@example.com"))
+        assert await s.ping() is True
+        assert s._writer is not None and s._writer.conn is not None
+        conn = s._writer.conn
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count = {pages}")
+        with pytest.raises(sqlite3.OperationalError, match="full"):
+            await put(s, *(company(name=f"C{i} " + "x" * 2000) for i in range(50)))
+        assert await s.ping() is False
+        conn.execute("PRAGMA max_page_count = 1073741823")
+        await put(s, company(name="After"))
+        assert await s.ping() is True
+    finally:
+        await s.close()
+
+
 # ---------------------------------------------------------------------------- migrations
 
 
