@@ -127,7 +127,19 @@ class OcppServer:
 
     async def start(self) -> None:
         if self.instances_bus is None:
-            await self.charging.reset_connections()
+            # One instance: what is still online lost its connection with the previous
+            # process. Unless another process serves chargers on this database too (its
+            # lease is live): its stations stay its own, and without a shared event bus
+            # neither instance's events or commands reach the other's chargers.
+            alive = await self.instances.others_alive(self.instance_id) \
+                if self.instances is not None else []
+            for other in alive:
+                log.error("another ChargeGraph instance (%s, lease until %s) serves chargers "
+                          "on this database without a shared event bus: events and "
+                          "commands will not reach across; run several instances with "
+                          "CHARGEGRAPH_PUBSUB_URL=redis://…", other.host,
+                          other.expires_at.isoformat())
+            await self.charging.reset_connections({other.id for other in alive})
         if self.instances is not None:
             await self.instances.renew(self.instance_id, self.host_label, self.lease)
         self._server = await serve(

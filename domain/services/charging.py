@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
@@ -372,14 +372,16 @@ class ChargingService(Service):
         return await loop.run_in_executor(self.ctx.hashing, self.password_ok, station,
                                           password)
 
-    async def reset_connections(self) -> None:
+    async def reset_connections(self, alive: Collection[str] = ()) -> None:
         """At start-up no charger is connected yet: a station still marked online lost its
         connection with the previous process. Record that disconnect properly (flag,
         connection history, state intervals), so availability does not count the outage
-        as online time."""
+        as online time. Stations held by one of the ``alive`` instances (another process
+        on this database whose lease is live) are that one's, and stay as they are."""
         stale = await self.store.find_all(Station, Eq("online", True), limit=100_000)
         for station in stale:
-            await self.set_online(station.cp_id, False)
+            if station.connected_instance not in alive:
+                await self.set_online(station.cp_id, False)
 
     async def set_online(self, cp_id: str, online: bool, *,
                          connected_at: datetime | None = None,

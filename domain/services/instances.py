@@ -69,6 +69,13 @@ class InstanceService(Service):
             lost += [cp_id for cp_id in chunk if cp_id not in online]
         return lost
 
+    async def others_alive(self, instance_id: str) -> list[InstanceLease]:
+        """The leases of other instances that have not expired: processes serving
+        chargers on this database right now."""
+        live = await self.store.find_all(InstanceLease, Range("expires_at", gte=self.now()),
+                                         limit=100)
+        return [lease for lease in live if lease.id != instance_id]
+
     async def release(self, instance_id: str) -> None:
         """At a clean stop, once every disconnect is recorded: the lease is of no more use."""
         current = await self._lease(instance_id)

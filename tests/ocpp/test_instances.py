@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -269,3 +270,35 @@ async def test_an_instance_whose_lapsed_lease_was_partly_swept_records_those_aga
         assert await central.store.count(d.Station, Eq("online", True)) == 2
         assert await central.store.count(d.ConnectionEvent, Eq("online", True)) == events + 1
         assert await b.upkeep() == []  # A's lease is valid again
+
+
+async def test_a_second_instance_without_a_shared_bus_leaves_the_firsts_chargers_be(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Two processes on one database and no Redis (an accidental second container, an
+    overlapping restart): the one starting must not record the other's chargers offline,
+    and it says loudly that commands and events will not reach across."""
+    central = await start_central(tmp_path / "central.db")
+    await seed(central)
+    instances = central.services.instances
+
+    def server() -> OcppServer:
+        return OcppServer(central.services.charging, OcppGateway(), "127.0.0.1", 0,
+                          instances=instances)
+
+    first = server()
+    await first.start()
+    try:
+        async with connected(f"ws://127.0.0.1:{first.bound_port}/ocpp", "CP-1",
+                             password=STATION_PASSWORD):
+            await until(lambda: online(central))
+            second = server()
+            with caplog.at_level(logging.ERROR, "chargegraph.ocpp"):
+                await second.start()
+            try:
+                assert await online(central)
+                assert "without a shared event bus" in caplog.text
+            finally:
+                await second.stop()
+    finally:
+        await first.stop()
+        await stop_central(central)
