@@ -8,6 +8,7 @@ the ``ChargerGateway`` port, judges the answer, audits the command and publishes
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -121,7 +122,15 @@ class CommandService(Service):
         elif action == "CancelReservation":
             outcome.reservation = await self._reservation(viewer, station,
                                                           payload.get("reservationId"))
-        await self._call(outcome, payload)
+        try:
+            await self._call(outcome, payload)
+        except asyncio.CancelledError:
+            # The request ended (the service stopping, the client gone) while the charger
+            # had the command: it may have acted on it, so it is audited as unanswered
+            # (a reservation stays PENDING) before the cancellation goes on.
+            outcome.error = ChargerTimeout("the request ended before the charger answered")
+            await asyncio.shield(self._after(viewer, outcome, payload))
+            raise
         await self._after(viewer, outcome, payload)
         return outcome
 

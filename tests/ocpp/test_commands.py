@@ -714,3 +714,38 @@ async def test_times_in_a_chargers_answer_are_read_as_chargers_write_them(tmp_pa
         await ws.close()
         charger.task.cancel()
         await stop_central(central)
+
+
+async def test_a_command_cut_short_by_the_request_ending_is_still_audited(tmp_path: Path
+                                                                          ) -> None:
+    """The service stopping (or the client going away) cancels a request whose command
+    the charger already has: the charger may act on it, so it is in the audit log, as
+    unanswered."""
+    from domain.policy import Viewer
+
+    central = await start_central(tmp_path / "c.db", command_timeout=30)
+    await seed(central)
+    ws = await connect(f"{central.url}/CP-1", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+                       additional_headers=basic_auth("CP-1", STATION_PASSWORD))
+    charger = ScriptedCharger(ws)
+    charger.answers.append(None)
+    try:
+        request = asyncio.create_task(central.services.commands.send(
+            Viewer.of(central.users["op"]), "CP-1", "Reset", {"type": "Soft"}))
+        for _ in range(200):
+            if charger.received:
+                break
+            await asyncio.sleep(0.01)
+        assert [frame[2] for frame in charger.received] == ["Reset"]
+        request.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await request
+        entries = await central.store.find_all(
+            d.AuditEntry, Eq("entity_id", central.stations["CP-1"].id))
+        commands = [e.after for e in entries if e.action is d.AuditAction.COMMAND]
+        assert len(commands) == 1 and commands[0] is not None
+        assert (commands[0]["command"], commands[0]["error"]) == ("Reset", "CHARGER_TIMEOUT")
+    finally:
+        await ws.close()
+        charger.task.cancel()
+        await stop_central(central)
