@@ -458,6 +458,10 @@ def split_statements(script: str) -> list[str]:
     return statements
 
 
+class NewerSchema(sqlite3.DatabaseError):
+    """The database was migrated by a newer ChargeGraph than this one."""
+
+
 async def current_version(conn: aiosqlite.Connection) -> int:
     rows = await conn.execute_fetchall('SELECT MAX("version") FROM "schema_version"')
     value = next(iter(rows))[0]
@@ -474,6 +478,13 @@ async def apply_migrations(
     if versions != sorted(set(versions)):
         raise ValueError("migration versions must be unique and ascending")
     await conn.execute(_BOOTSTRAP)
+    found = await current_version(conn)
+    if versions and found > versions[-1]:
+        # A rollback to an older ChargeGraph: it would write rows without the columns
+        # and rules the newer one relies on, or misread what it finds.
+        raise NewerSchema(f"the database has schema version {found}, written by a newer "
+                          f"ChargeGraph (this one knows up to {versions[-1]}): run that "
+                          "version, or restore a backup made with this one")
     applied: list[int] = []
     for version, script in migrations:
         statements = split_statements(script)

@@ -330,6 +330,23 @@ async def test_a_failing_migration_leaves_no_trace_and_the_next_start_retries(
     assert raw(db_path, 'SELECT MAX("version") FROM "schema_version"') == [(latest + 1,)]
 
 
+async def test_a_database_of_a_newer_chargegraph_is_refused(store: SqliteStore,
+                                                            db_path: str) -> None:
+    """After a rollback to an older release: refused with a message, nothing changed."""
+    from store.sqlite.migrations import NewerSchema
+
+    latest = MIGRATIONS[-1][0]
+    await store.close()
+    with sqlite3.connect(db_path) as conn:
+        conn.execute('INSERT INTO "schema_version" ("version", "applied_at") VALUES (?, 0)',
+                     (latest + 1,))
+    older = SqliteStore(db_path)
+    with pytest.raises(NewerSchema, match=rf"schema version {latest + 1}.*up to {latest}"):
+        await older.start()
+    await older.close()
+    assert raw(db_path, 'SELECT MAX("version") FROM "schema_version"') == [(latest + 1,)]
+
+
 async def test_version_8_gives_existing_sessions_and_payments_their_books(
         db_path: str) -> None:
     """Rows written before version 8 get their station's company, or for a station of no
