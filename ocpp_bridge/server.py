@@ -21,6 +21,7 @@ import logging
 import os
 import socket
 import ssl
+import time
 from collections import deque
 from datetime import timedelta
 from http import HTTPStatus
@@ -119,6 +120,7 @@ class OcppServer:
         self._refused: dict[str, tuple[str, deque[bytes]]] = {}
         self._checking: dict[str, asyncio.Lock] = {}  # one password check per station
         self._in_flight: set[tuple[str, str]] = set()  # (cp_id, peer address) being checked
+        self.refusals = RefusalLog()
 
     @property
     def bound_port(self) -> int:
@@ -270,13 +272,14 @@ class OcppServer:
         cp_id = cp_id_from_path(request.path)
         if cp_id is None:
             return connection.respond(HTTPStatus.NOT_FOUND, "use /ocpp/{chargePointId}\n")
+        peer = connection.remote_address[0] if connection.remote_address else ""
         station = await self.charging.station_for_connection(cp_id)
         if station is None:
+            self.refusals.note(cp_id, peer, "unknown charge point")
             return connection.respond(HTTPStatus.NOT_FOUND, "unknown charge point\n")
         if station.auth_password_hash is None:
             return None  # security profile 0: the operator chose no password
         credentials = basic_credentials(request.headers.get("Authorization"))
-        peer = connection.remote_address[0] if connection.remote_address else ""
         ok = credentials is not None and credentials[0] == cp_id and \
             await self._password_ok(station, credentials[1], peer)
         if ok is None:
@@ -285,6 +288,8 @@ class OcppServer:
             response.headers["Retry-After"] = "1"
             return response
         if not ok:
+            self.refusals.note(cp_id, peer, "no credentials" if credentials is None
+                               else "wrong user name or password")
             response = connection.respond(HTTPStatus.UNAUTHORIZED, "authentication failed\n")
             response.headers["WWW-Authenticate"] = REALM
             return response
@@ -355,13 +360,38 @@ class OcppServer:
             # CHARGER_OFFLINE, not at its timeout.
             handler.connection_closed()
             if self.gateway.unregister(handler):
-                log.info("%s disconnected", cp_id)
+                log.info("%s disconnected (close code %s%s)", cp_id, ws.close_code,
+                         f": {ws.close_reason!r}" if ws.close_reason else "")
                 try:
                     # The connection's latest record: a lapsed lease records it again.
                     await self.charging.set_online(cp_id, False,
                                                    connected_at=handler.connected_at)
                 except Exception:  # the store may already be closing at shutdown
                     log.exception("%s: could not record the disconnect", cp_id)
+
+
+class RefusalLog:
+    """Logs refused handshakes (unknown cpId, bad credentials) so an operator can see why
+    a charger does not connect, at most once a minute per charge point and reason: a
+    charger retrying every few seconds, or a scan of made-up ids, must not flood the log.
+    Never the credentials themselves."""
+
+    EVERY_S = 60.0
+    REMEMBERED = 10_000
+
+    def __init__(self) -> None:
+        self._last: dict[tuple[str, str], float] = {}
+
+    def note(self, cp_id: str, peer: str, reason: str) -> None:
+        now = time.monotonic()
+        key = (cp_id, reason)
+        last = self._last.get(key)
+        if last is not None and now - last < self.EVERY_S:
+            return
+        if len(self._last) >= self.REMEMBERED:
+            self._last.clear()
+        self._last[key] = now
+        log.info("refused charge point %r from %s: %s", cp_id, peer or "?", reason)
 
 
 def _host_label() -> str:

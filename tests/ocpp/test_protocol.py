@@ -47,6 +47,33 @@ async def test_bad_credentials_are_401(central: Central, user, password) -> None
     assert "Basic" in err.value.response.headers["WWW-Authenticate"]
 
 
+async def test_refusals_and_disconnects_say_why_in_the_log_once_a_minute(
+        central: Central, caplog: pytest.LogCaptureFixture) -> None:
+    """An operator must see why a charger does not connect; a retrying charger or a scan
+    must not flood the log; credentials never appear."""
+    import logging
+
+    caplog.set_level(logging.INFO, "chargegraph.ocpp")
+    for _ in range(3):
+        with pytest.raises(InvalidStatus):
+            await raw(central, "NOPE")
+        with pytest.raises(InvalidStatus):
+            await raw(central, "CP-1", "not-the-password")
+    ws = await raw(central)
+    await ws.close(1000, "going home")
+    for _ in range(100):
+        if "CP-1 disconnected" in caplog.text:
+            break
+        await asyncio.sleep(0.01)
+    lines = [r.getMessage() for r in caplog.records if r.name == "chargegraph.ocpp"]
+    refused = [line for line in lines if line.startswith("refused")]
+    assert len(refused) == 2, refused
+    assert "refused charge point 'NOPE' from 127.0.0.1: unknown charge point" in refused
+    assert "refused charge point 'CP-1' from 127.0.0.1: wrong user name or password" in refused
+    assert "CP-1 disconnected (close code 1000: 'going home')" in lines
+    assert "not-the-password" not in caplog.text and STATION_PASSWORD not in caplog.text
+
+
 async def test_password_guessing_costs_no_lockout_and_repeats_cost_nothing(
         central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every new password is checked (argon2), so guesses never lock the real charger
