@@ -79,6 +79,12 @@ def id_tag_info(info: IdTagInfo) -> Payload:
     return out
 
 
+#: The ``ocpp`` package names the errors of its schema checks as OCPP 2.x does; what our
+#: messages say is in 1.6's words (the spec's own misspelling included).
+OCPP16_SPELLING = {"FormatViolation": "FormationViolation",
+                   "OccurrenceConstraintViolation": "OccurenceConstraintViolation"}
+
+
 async def _check_outgoing(request: Any, unique_id: str) -> None:
     """The package's own check of a request we send, done before it is queued so that a
     failure is reported as ours (``ValidationError``), not as the charger's answer."""
@@ -158,7 +164,8 @@ class ChargePointHandler(ChargePoint):
         except OCPPError as exc:
             if answered_with_error:
                 raise ChargerCallError(f"{exc.code}: {exc.description}") from exc
-            raise ChargerError(f"an answer that breaks the 1.6 schema ({exc.code}: "
+            code = OCPP16_SPELLING.get(exc.code, exc.code)
+            raise ChargerError(f"an answer that breaks the 1.6 schema ({code}: "
                                f"{exc.description})") from exc
         except (TimeoutError, ChargerError):
             raise

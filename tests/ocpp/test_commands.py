@@ -749,3 +749,23 @@ async def test_a_command_cut_short_by_the_request_ending_is_still_audited(tmp_pa
         await ws.close()
         charger.task.cancel()
         await stop_central(central)
+
+
+async def test_an_answer_that_breaks_the_schema_is_named_in_ocpp_16_words(
+        tmp_path: Path) -> None:
+    central = await start_central(tmp_path / "c.db", command_timeout=2)
+    await seed(central)
+    ws = await connect(f"{central.url}/CP-1", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+                       additional_headers=basic_auth("CP-1", STATION_PASSWORD))
+    charger = ScriptedCharger(ws)
+    charger.answers.append(("result", {"status": "Accepted", "surprise": 1}))
+    try:
+        answer = await run(central, "clearCache", {"cpId": "CP-1"})
+        [error] = answer["errors"]
+        assert error["code"] == "CHARGER_ERROR", error
+        assert "FormationViolation" in error["message"], error
+        assert "FormatViolation" not in error["message"]
+    finally:
+        await ws.close()
+        charger.task.cancel()
+        await stop_central(central)
