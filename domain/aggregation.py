@@ -42,6 +42,9 @@ class Count:
 
 @dataclass(frozen=True, slots=True)
 class Sum:
+    """The sum of ``field`` over the group: an exact ``int`` for a whole-number field
+    (Wh, minor units), else a ``float``; 0 over no rows."""
+
     field: str
 
 

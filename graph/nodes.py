@@ -24,6 +24,7 @@ from domain import entities as d
 from domain.currencies import major_units
 from domain.ids import is_id
 from domain.query import ALL, Eq, Range, Sort
+from domain.services.tariffs import LATEST_VERSION_FIRST
 from graph.enums import (
     AuditAction,
     ConnectorStatus,
@@ -501,7 +502,7 @@ class Station(Node, Audited):
     async def tariff(self, info: Info) -> Tariff | None:
         ctx = _ctx(info)
         in_force = Range("valid_from", lte=ctx.now)
-        newest = (Sort("valid_from", descending=True),)
+        newest = LATEST_VERSION_FIRST  # the version set last wins a tie, as in pricing
         own = await ctx.loaders.one_by(d.Tariff, "station_id", in_force, newest).load(self._r.id)
         if own is None and self._r.company_id is not None:
             own = await ctx.loaders.one_by(d.Tariff, "company_id", in_force, newest).load(

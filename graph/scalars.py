@@ -3,7 +3,9 @@ in the schema's config (``SCALARS``)."""
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, NewType
 
 import dateutil.parser
@@ -34,7 +36,28 @@ def _instant(value: Any) -> datetime:
     return parsed.replace(microsecond=parsed.microsecond // 1000 * 1000)
 
 
+#: A plain ASCII decimal. ``decimal.Decimal`` also reads "1_000", other scripts' digits
+#: and "NaN"; a price written so is far more likely a mistake than meant.
+_PLAIN_DECIMAL = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
+
+
+def _decimal(value: Any) -> Decimal:
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ValueError(f"Decimal cannot represent {value!r}")
+    text = str(value).strip()  # a JSON number arrives as an int or float
+    if _PLAIN_DECIMAL.fullmatch(text) is None:
+        raise ValueError(f"Decimal cannot represent {value!r}: write a plain decimal "
+                         "number such as 0.35")
+    return Decimal(text)
+
+
 SCALARS: dict[object, Any] = {
+    Decimal: strawberry.scalar(
+        name="Decimal",
+        description="Decimal (fixed-point)",
+        serialize=str,
+        parse_value=_decimal,
+    ),
     datetime: strawberry.scalar(
         name="DateTime",
         description="Date with time (isoformat), to the millisecond",

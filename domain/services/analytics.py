@@ -9,7 +9,7 @@ adds (``MeterSample.delta_wh``) and the connector state intervals (``ConnectorIn
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -63,9 +63,18 @@ class Scope:
         return ALL if wanted == ALL else Sub(field, "station", wanted)
 
     def sessions(self) -> Filter:
+        """Sessions on the asked-for stations (what happened at the plugs)."""
         return all_of(self.on_stations(),
                       Eq("user_id", self.user_id) if self.user_id else None,
                       Eq("vehicle_id", self.vehicle_id) if self.vehicle_id else None)
+
+    def booked_sessions(self) -> Filter:
+        """Sessions counted as business (started, revenue): a company's are those in its
+        books, as its reads are, also on a station it has since handed to another one."""
+        if not self.company_id:
+            return self.sessions()
+        plugs = replace(self, company_id=None)
+        return all_of(plugs.sessions(), Eq("company_id", self.company_id))
 
     def samples(self) -> Filter:
         by_station = self.stations()
@@ -189,13 +198,13 @@ class AnalyticsService(Service):
         started_plan = plan("start_time", bucket, tz, start, end)
         started = await self.store.aggregate(
             Session, self._scoped(viewer, "session", all_of(
-                scope.sessions(), Range("start_time", gte=start, lt=end))),
+                scope.booked_sessions(), Range("start_time", gte=start, lt=end))),
             [started_plan.grouping], {"n": Count()})
         currency = currency or await self._main_currency(viewer, scope, start, end)
         ended_plan = plan("end_time", bucket, tz, start, end)
         revenue = await self.store.aggregate(
             Session, self._scoped(viewer, "session", all_of(
-                scope.sessions(), Eq("state", SessionState.COMPLETED),
+                scope.booked_sessions(), Eq("state", SessionState.COMPLETED),
                 Eq("currency", currency), Range("end_time", gte=start, lt=end))),
             [ended_plan.grouping], {"minor": Sum("cost_minor")})
         wh = {r["g0"]: r["wh"] for r in energy}
@@ -212,7 +221,7 @@ class AnalyticsService(Service):
                              end: datetime) -> str:
         rows = await self.store.aggregate(
             Session, self._scoped(viewer, "session", all_of(
-                scope.sessions(), Range("end_time", gte=start, lt=end))),
+                scope.booked_sessions(), Range("end_time", gte=start, lt=end))),
             [ByField("currency")], {"n": Count()})
         counts = Counter({r["g0"]: r["n"] for r in rows if r["g0"]})
         return counts.most_common(1)[0][0] if counts else "EUR"
@@ -371,6 +380,8 @@ class AnalyticsService(Service):
         local = now.astimezone(tz)
         midnight = datetime(local.year, local.month, local.day, tzinfo=tz).astimezone(
             now.tzinfo)
+        tomorrow = (datetime(local.year, local.month, local.day, tzinfo=tz)
+                    + timedelta(days=1)).astimezone(now.tzinfo)
         stations = await self.store.aggregate(
             Station, self._scoped(viewer, "station", scope.stations()),
             [ByField("online")], {"n": Count()})
@@ -379,14 +390,14 @@ class AnalyticsService(Service):
             Connector, self._scoped(viewer, "connector", scope.on_stations()),
             [ByField("status")], {"n": Count()})
         active = await self.store.count(Session, self._scoped(viewer, "session", all_of(
-            scope.sessions(), Eq("state", SessionState.ACTIVE))))
+            scope.booked_sessions(), Eq("state", SessionState.ACTIVE))))
         energy = await self.store.aggregate(
             MeterSample, self._scoped(viewer, "meter_sample", all_of(
                 scope.samples(), Range("at", gte=midnight))), [], {"wh": Sum("delta_wh")})
         revenue = await self.store.aggregate(
             Session, self._scoped(viewer, "session", all_of(
-                scope.sessions(), Eq("state", SessionState.COMPLETED),
-                Range("end_time", gte=midnight))),
+                scope.booked_sessions(), Eq("state", SessionState.COMPLETED),
+                Range("end_time", gte=midnight, lt=tomorrow))),
             [ByField("currency")], {"minor": Sum("cost_minor")})
         return Overview(
             stations_online=online.get(True, 0), stations_offline=online.get(False, 0),

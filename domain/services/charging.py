@@ -731,6 +731,10 @@ class ChargingService(Service):
                 await self.store.write([InsertIfAbsent(s) for s in samples], [])
             return info
         actor = charger(cp_id)
+        if not self._believable(end):
+            # A clock glitch (a stop stamped 2150) must not bill decades: the session ends
+            # at "now" on its own timeline, as an operator's endSession would end it.
+            end = self._timeline_now(session)
         await self._clock_report(station, end)
         # meterStop is the transaction's own final register (what the charger signs and
         # bills by), so it decides the energy; a reading above it (a glitch, a late
@@ -760,16 +764,13 @@ class ChargingService(Service):
         charger sends later only adds its meter values."""
         session = await self.visible(viewer, Session, session_id)
         station = (await self.store.get_many(Station, [session.station_id]))[0]
-        if station is None or not self.policy.may_manage_station(viewer, station):
-            raise Forbidden("only the station's operators end its sessions")
+        # Whoever keeps its books ends it: after a station changed hands mid-session, the
+        # operator who will bill the session, not the one who runs the station now.
+        if station is None or not self.policy.keeps_books(viewer, session):
+            raise Forbidden("only the operators who keep a session's books end it")
         if session.state is not SessionState.ACTIVE:
             raise ValidationError("the session has ended", field="id", code="INVALID_STATE")
-        # The start is on the charger's clock, which may run ahead of ours. "Now" on its
-        # timeline is the start plus the time our clock saw pass since the session was
-        # recorded (``created_at``, ours), or our clock if later: one odd timestamp the
-        # charger sent since cannot move the end (and the price) anywhere.
-        ours = self.now()
-        now = max(ours, session.start_time + max(ours - session.created_at, timedelta(0)))
+        now = self._timeline_now(session)
         end = now if end_time is None else v.instant(end_time, "endTime")
         if not session.start_time <= end <= now:
             raise ValidationError("between the session's start and now", field="endTime",
@@ -784,6 +785,14 @@ class ChargingService(Service):
         await self.publish(self._session_event(station, closed, "ENDED"))
         return closed
 
+    def _timeline_now(self, session: Session) -> datetime:
+        """"Now" on the session's timeline. Its start is on the charger's clock, which may
+        run ahead of ours: the start plus the time our clock saw pass since the session
+        was recorded (``created_at``, ours), or our clock if later. One odd timestamp the
+        charger sent since cannot move the end (and the price) anywhere."""
+        ours = self.now()
+        return max(ours, session.start_time + max(ours - session.created_at, timedelta(0)))
+
     async def _close(self, station: Station, session: Session, meter_stop: int | None,
                      end: datetime, reason: str, actor: Viewer, *,
                      energy_wh: int | None = None) -> tuple[Session, Payment | None]:
@@ -792,7 +801,10 @@ class ChargingService(Service):
         # when it began, so no duration anywhere comes out negative.
         end = max(end, session.start_time)
         energy = session.energy_wh if energy_wh is None else energy_wh
-        tariff = await self.tariffs.tariff_at(station, session.start_time)
+        # The tariff of whoever keeps the session's books, in force at its start: a
+        # station handed to another company mid-session is still priced as agreed.
+        tariff = await self.tariffs.tariff_at(station, session.start_time,
+                                              company_id=session.company_id)
         cost = None
         if tariff is not None:
             cost = session_cost_minor(tariff, energy, session.start_time, end)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 from domain import validation as v
 from domain.clock import utcnow
@@ -14,10 +15,15 @@ from domain.errors import Forbidden, ValidationError
 from domain.policy import Viewer
 from domain.ports import Insert
 from domain.query import Eq, Range, Sort, all_of
-from domain.services.base import Service, stamp_new
+from domain.services.base import UNSET, Service, stamp_new
 
 #: How far before "now" an operator's validFrom may be (clocks of client and server).
 BACKDATE_SLACK = timedelta(minutes=1)
+#: The version in force is the latest ``valid_from``; of two with the same one, the one
+#: set last (a correction of a typo made with the same start).
+LATEST_VERSION_FIRST = (Sort("valid_from", descending=True),
+                        Sort("created_at", descending=True),
+                        Sort("id", descending=True))  # ids count up within a millisecond
 
 
 class TariffService(Service):
@@ -60,18 +66,18 @@ class TariffService(Service):
         await self.commit(viewer, [(Insert(tariff), None)])
         return tariff
 
-    async def tariff_at(self, station: Station, at: datetime) -> Tariff | None:
+    async def tariff_at(self, station: Station, at: datetime, company_id: Any = UNSET
+                        ) -> Tariff | None:
         """The tariff in force for ``station`` at ``at``: the station's latest version from
-        before ``at``, else its company's."""
-        newest_first = [Sort("valid_from", descending=True)]
+        before ``at``, else its company's (``company_id``, default the station's now)."""
+        company = station.company_id if company_id is UNSET else company_id
         found = await self.store.find_all(
             Tariff, all_of(Eq("station_id", station.id), Range("valid_from", lte=at)),
-            newest_first, limit=1,
+            LATEST_VERSION_FIRST, limit=1,
         )
-        if not found and station.company_id is not None:
+        if not found and company is not None:
             found = await self.store.find_all(
-                Tariff,
-                all_of(Eq("company_id", station.company_id), Range("valid_from", lte=at)),
-                newest_first, limit=1,
+                Tariff, all_of(Eq("company_id", company), Range("valid_from", lte=at)),
+                LATEST_VERSION_FIRST, limit=1,
             )
         return found[0] if found else None

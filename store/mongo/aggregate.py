@@ -96,6 +96,8 @@ def decode_row(kind: type[Record], group: Sequence[Group], metrics: Mapping[str,
             out[name] = int(raw or 0)
         elif isinstance(metric, OverlapSeconds):
             out[name] = float(raw or 0) / 1000
+        elif isinstance(metric, Sum) and spec_of(kind, metric.field).category == "int":
+            out[name] = int(raw or 0)  # whole units (Wh, minor units) stay exact
         else:
             out[name] = float(raw or 0)
     return out

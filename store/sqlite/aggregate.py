@@ -68,7 +68,12 @@ def _metric(kind: type[Record], metric: Metric, params: list[SqlValue]) -> str:
         case Count():
             return "COUNT(*)"
         case Sum(field=field):
-            return f"TOTAL({sortable(spec_of(kind, field), column('t0', field))})"
+            spec = spec_of(kind, field)
+            if spec.category == "int":
+                # Exact: TOTAL() adds in floating point, which loses whole units past 2^53
+                # (amounts in minor units), where MongoDB's $sum stays exact.
+                return f"COALESCE(SUM({column('t0', field)}), 0)"
+            return f"TOTAL({sortable(spec, column('t0', field))})"
         case Min(field=field):
             return f"MIN({column('t0', field)})"
         case Max(field=field):
@@ -119,6 +124,8 @@ def decode_row(kind: type[Record], group: Sequence[Group], metrics: Mapping[str,
             out[name] = decode(spec_of(kind, metric.field), raw)
         elif isinstance(metric, Count):
             out[name] = int(raw or 0)
+        elif isinstance(metric, Sum) and spec_of(kind, metric.field).category == "int":
+            out[name] = int(raw or 0)  # whole units (Wh, minor units) stay exact
         else:
             out[name] = float(raw or 0)
     return out

@@ -48,6 +48,22 @@ async def test_group_by_field_with_count_sum_min_max(store: Store) -> None:
                           "last": T0 + timedelta(hours=3)}
 
 
+async def test_sums_of_whole_numbers_stay_exact_beyond_two_to_the_53(store: Store) -> None:
+    """Amounts in minor units add up exactly, as each session's does; and a sum over no
+    rows is 0."""
+    big = 2**53 + 1
+    station = new_id()
+    await put(store, *(Session(transaction_id=i, station_id=station, cp_id="A",
+                               connector_id=1, id_tag="T", start_time=T0, meter_start_wh=0,
+                               cost_minor=cost, currency="EUR", state=SessionState.COMPLETED)
+                       for i, cost in enumerate([big, 2], 1)))
+    [row] = await store.aggregate(Session, ALL, [], {"minor": Sum("cost_minor")})
+    assert row["minor"] == big + 2 and isinstance(row["minor"], int)
+    [none] = await store.aggregate(Session, Eq("cp_id", "nobody"), [],
+                                   {"minor": Sum("cost_minor")})
+    assert none["minor"] == 0
+
+
 async def test_time_buckets_with_offsets(store: Store) -> None:
     # Berlin: UTC+1 until 2026-03-29 01:00 UTC, UTC+2 after.
     switch = datetime(2026, 3, 29, 1, 0, tzinfo=UTC)

@@ -63,3 +63,19 @@ def test_date_times_are_read_to_the_millisecond() -> None:
     for bad in ("tomorrow", "2026-13-01T00:00:00Z", 1700000000):
         with pytest.raises(ValueError, match="DateTime cannot represent"):
             parse(bad)
+
+
+def test_decimals_are_plain_ascii_numbers() -> None:
+    """A price is written as digits with one point; what else ``decimal.Decimal`` reads
+    (underscores, other scripts' digits, NaN) is far more likely a mistake."""
+    from decimal import Decimal
+
+    import pytest
+
+    parse = SCALARS[Decimal].parse_value
+    for text, value in (("0.35", "0.35"), (" 12 ", "12"), ("1e3", "1E+3"), (".5", "0.5"),
+                        (0.35, "0.35"), (7, "7"), ("-0.10", "-0.10")):
+        assert parse(text) == Decimal(value), text
+    for bad in ("0.3_5", "1_000", "\u0663.\u0665", "NaN", "Infinity", "", "1.2.3", True):
+        with pytest.raises(ValueError, match="Decimal cannot represent"):
+            parse(bad)

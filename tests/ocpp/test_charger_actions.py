@@ -92,6 +92,32 @@ async def test_a_late_frame_does_not_put_old_power_over_newer(central: Central) 
     assert after_glitch is not None and after_glitch.power_w == 6_000
 
 
+async def test_a_stop_stamped_far_ahead_bills_no_more_than_the_session_lasted(
+        central: Central) -> None:
+    """A clock glitch at the stop (2150) would bill a per-minute price for decades: the
+    session ends at "now" on its own timeline instead. A tariff corrected with the same
+    validFrom prices with the correction (the version set last)."""
+    from decimal import Decimal
+
+    from domain.clock import utcnow
+
+    since = utcnow() - timedelta(hours=1)
+    company = central.users["op"].company_id
+    for per_minute in ("9.99", "0.10"):  # a typo, then its correction from the same time
+        await central.services.tariffs.set_tariff(
+            SYSTEM, company_id=company, price_per_kwh=Decimal("0.30"), currency="EUR",
+            price_per_minute=Decimal(per_minute), valid_from=since)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        tx, _ = await cp.start_transaction(1, "TAG-OK")
+        started = int(cp.connectors[1].meter_wh)
+        await cp.call(call.StopTransaction(meter_stop=started + 10_000, transaction_id=tx,
+                                           timestamp="2150-01-01T00:00:00Z"))
+    done = await central.session(tx)
+    assert done is not None and done.end_time is not None
+    assert done.end_time - done.start_time < timedelta(minutes=1)
+    assert done.cost_minor is not None and done.cost_minor <= 300 + 10  # 10 kWh, < 1 min
+
+
 async def test_charger_times_are_kept_to_the_millisecond(central: Central) -> None:
     async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
         answer = await cp.call(call.StartTransaction(

@@ -232,3 +232,51 @@ async def test_a_session_live_updates_stay_with_its_books_when_the_station_moves
         await events.aclose()
         await stop_central(central)
         await bus.close()
+
+
+async def test_a_station_handed_over_mid_session_is_billed_as_its_books_agreed(
+        central: Central) -> None:
+    """Priced with the tariff of the company whose books the session is in (in force at
+    its start), ended by that company's operator, and counted in that company's
+    analytics, after the station went to another company with a dearer tariff."""
+    from decimal import Decimal
+
+    from domain.clock import utcnow
+    from domain.services.analytics import Scope
+    from domain.timebuckets import Bucket
+
+    other = central.users["op_other"]
+    await central.services.tariffs.set_tariff(
+        SYSTEM, company_id=other.company_id, price_per_kwh=Decimal("2.00"), currency="USD",
+        valid_from=utcnow() - timedelta(days=2))
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        ended_by_charger, _ = await cp.start_transaction(1, "TAG-OK")
+        lost, _ = await cp.start_transaction(2, "TAG-OK")
+        await central.services.stations.update_station(
+            SYSTEM, central.stations["CP-1"].id, company_id=other.company_id,
+            owner_id=other.id)
+        cp.connectors[1].power_w = 10_000
+        await cp.meter_values(1, seconds=3600)
+        await cp.stop_transaction(1)
+    stopped = await central.session(ended_by_charger)
+    assert stopped is not None and stopped.energy_wh == 10_000
+    assert (stopped.cost_minor, stopped.currency) == (400, "EUR")  # 10 kWh at 0.40 EUR
+    left_open = await central.session(lost)
+    assert left_open is not None
+    session_id = to_global_id("session", left_open.id)
+    end = """mutation($id: ID!) { endSession(input: {id: $id}) {
+        session { state cost { currency } } errors { code } } }"""
+    refused = await central.gql(end, {"id": session_id}, as_user="op_other")
+    assert [e["code"] for e in refused["endSession"]["errors"]] == ["NOT_FOUND"]
+    ended = await central.gql(end, {"id": session_id}, as_user="op")
+    assert ended["endSession"]["errors"] == []
+    assert ended["endSession"]["session"]["state"] == "COMPLETED"
+    analytics = central.services.analytics
+    volt, moved_to = central.users["op"].company_id, other.company_id
+    day = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    for company, sessions in ((volt, 2), (moved_to, 0)):
+        trend = await analytics.energy_trend(SYSTEM, Scope(company_id=company), day,
+                                             day + timedelta(days=1), Bucket.DAY, "UTC", "EUR")
+        assert sum(b.sessions for b in trend) == sessions, company
+        assert sum(b.revenue_minor for b in trend) == (400 if sessions else 0), company
