@@ -123,10 +123,13 @@ class Policy:
         return ALL if kind in ("station", "connector", "tariff") else NONE
 
     def operator_stations(self, viewer: Viewer) -> Filter:
-        """Stations an operator runs: their own, and every station of their company."""
+        """Stations an operator runs: every station of their company, and their own among
+        the stations of no company. A company's station is the company's, whoever is
+        named its owner: an owner who moved to another company, or a station handed to
+        another company, must not leave them running it (as ``books_of`` decides)."""
         if viewer.user_id is None:
             return NONE
-        own: Filter = Eq("owner_id", viewer.user_id)
+        own: Filter = all_of(Eq("owner_id", viewer.user_id), Eq("company_id", None))
         if viewer.company_id is None:
             return own
         return any_of(own, Eq("company_id", viewer.company_id))
@@ -304,12 +307,13 @@ class Policy:
     # ---------------------------------------------------------------- permissions
     @staticmethod
     def runs(viewer: Viewer, owner_id: str | None, company_id: str | None) -> bool:
-        """Whether an operator runs a station with this owner and company."""
+        """Whether an operator runs a station with this owner and company (the record
+        form of ``operator_stations``)."""
         if viewer.user_id is None:
             return False
-        return owner_id == viewer.user_id or (
-            viewer.company_id is not None and company_id == viewer.company_id
-        )
+        if company_id is not None:
+            return company_id == viewer.company_id
+        return owner_id == viewer.user_id
 
     def runs_station(self, viewer: Viewer, station: Station) -> bool:
         return self.runs(viewer, station.owner_id, station.company_id)

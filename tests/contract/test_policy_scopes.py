@@ -52,6 +52,8 @@ def build_world() -> dict[str, Record]:
     w.S3 = station(company_id=w.B.id, owner_id=w.opB.id)
     w.S4 = station(owner_id=w.opSolo.id)
     w.S5 = station(owner_id=w.opA.id)
+    # B's station still naming opA its owner (handed over, or opA moved away): B's only.
+    w.S6 = station(company_id=w.B.id, owner_id=w.opA.id)
     w.C1, w.C2, w.C3, w.C4, w.C5 = (connector(s) for s in (w.S1, w.S2, w.S3, w.S4, w.S5))
     w.x1 = session(w.S1, 1, user_id=w.d1.id, vehicle_id=w.v1.id)
     w.x2 = session(w.S3, 1, user_id=w.d2.id, vehicle_id=w.v2.id)
@@ -125,7 +127,7 @@ EXPECTED: dict[str, dict[str, set[str]]] = {
         "user": {"opB", "d3", "d2"},
         "vehicle": {"v2", "v3"},
         "id_tag": {"t3"},
-        "station": {"S3"},
+        "station": {"S3", "S6"},
         "connector": {"C3"},
         "session": {"x2"},
         "meter_sample": {"m2"},
@@ -155,7 +157,7 @@ EXPECTED: dict[str, dict[str, set[str]]] = {
         "payment": {"p1"},
         "audit_entry": {"a_d1"},
         # The public map: every station, connector and price.
-        "station": {"S1", "S2", "S3", "S4", "S5"},
+        "station": {"S1", "S2", "S3", "S4", "S5", "S6"},
         "connector": {"C1", "C2", "C3", "C4", "C5"},
         "tariff": {"tA", "tS3", "tS4", "tS5"},
     },
@@ -165,12 +167,12 @@ EXPECTED: dict[str, dict[str, set[str]]] = {
         "vehicle": {"v3"},
         "id_tag": {"t3"},
         "session": {"x5"},
-        "station": {"S1", "S2", "S3", "S4", "S5"},
+        "station": {"S1", "S2", "S3", "S4", "S5", "S6"},
         "connector": {"C1", "C2", "C3", "C4", "C5"},
         "tariff": {"tA", "tS3", "tS4", "tS5"},
     },
     "anonymous, public map": {
-        "station": {"S1", "S2", "S3", "S4", "S5"},
+        "station": {"S1", "S2", "S3", "S4", "S5", "S6"},
         "connector": {"C1", "C2", "C3", "C4", "C5"},
         "tariff": {"tA", "tS3", "tS4", "tS5"},
     },
