@@ -9,9 +9,9 @@ from domain.entities import Company, Role, User
 from domain.errors import Conflict, Forbidden, Unauthenticated, ValidationError
 from domain.events import AccessChanged
 from domain.policy import Viewer
-from domain.ports import Insert, Update
+from domain.ports import Insert
 from domain.query import Eq
-from domain.services.base import UNSET, Service, ServiceContext, changed, patch, stamp_new
+from domain.services.base import UNSET, Service, ServiceContext, patch, stamp_new
 from domain.services.throttle import SignInThrottle
 
 #: Failed sign-ins for one email, from all clients together, before it is locked.
@@ -53,9 +53,10 @@ class AccountService(Service):
         company = await self.visible(viewer, Company, company_id)
         if not self.policy.may_manage_company(viewer, company.id):
             raise Forbidden("you may not change this company")
-        updated = changed(company, viewer, name=v.name(name))
+        update = patch(company, viewer, name=v.name(name))
+        updated = cast(Company, update.record)
         await self._refuse_taken_name(updated)
-        await self.commit(viewer, [(Update(updated), company)])
+        await self.commit(viewer, [(update, company)])
         return updated
 
     async def ensure_company(self, viewer: Viewer, name: str) -> Company:
@@ -134,9 +135,15 @@ class AccountService(Service):
         # old password, or held by someone whose access was withdrawn, must not come back
         # to life when the account is reactivated.
         revoke = password is not UNSET or (active is False and user.active)
-        updated = changed(
+        # Only the fields given are written: a deactivation or password reset landing
+        # while this request checked a password must not be undone by it. A revocation
+        # moves the token epoch on from the one read, or fails (CHANGED) if another one
+        # moved it meanwhile, so no revoked token comes back.
+        update = patch(
             user,
             viewer,
+            only_if=("token_epoch", user.token_epoch) if revoke else None,
+            required=revoke,
             token_epoch=user.token_epoch + 1 if revoke else UNSET,
             name=UNSET if name is UNSET else v.name(name),
             email=UNSET if email is UNSET else v.email(email),
@@ -145,7 +152,8 @@ class AccountService(Service):
             company_id=company_id,
             active=active,
         )
-        await self.commit(viewer, [(Update(updated), user)])
+        updated = cast(User, update.record)
+        await self.commit(viewer, [(update, user)])
         if (updated.role, updated.company_id, updated.active, updated.token_epoch) != \
                 (user.role, user.company_id, user.active, user.token_epoch):
             await self._access_changed(user.id)

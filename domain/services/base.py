@@ -177,10 +177,12 @@ STAMPS = frozenset({"updated_at", "updated_by"})
 
 
 def patch(record: E, viewer: Viewer, *, only_if: tuple[str, Any] | None = None,
-          **updates: Any) -> Update:
-    """An ``Update`` writing only ``updates`` (and the stamps) onto the stored record;
-    ``only_if``: see ``Update``."""
-    return Update(changed(record, viewer, **updates), frozenset(updates) | STAMPS, only_if)
+          required: bool = False, **updates: Any) -> Update:
+    """An ``Update`` writing only ``updates`` (those not ``UNSET``, and the stamps) onto
+    the stored record, so a change made meanwhile to another field stays; ``only_if``
+    and ``required``: see ``Update``."""
+    given = frozenset(key for key, value in updates.items() if value is not UNSET)
+    return Update(changed(record, viewer, **updates), given | STAMPS, only_if, required)
 
 
 def changed(record: E, viewer: Viewer, **updates: Any) -> E:

@@ -4,16 +4,16 @@ transaction to a user and a vehicle."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from domain import validation as v
 from domain.clock import utcnow
 from domain.entities import IdTag, IdTagStatus, Session, SessionState, User, Vehicle
 from domain.errors import Conflict, Forbidden, ValidationError
 from domain.policy import Viewer
-from domain.ports import Delete, Insert, Update
+from domain.ports import Delete, Insert
 from domain.query import Eq, all_of
-from domain.services.base import UNSET, Service, changed, stamp_new
+from domain.services.base import UNSET, Service, patch, stamp_new
 
 
 class FleetService(Service):
@@ -58,7 +58,7 @@ class FleetService(Service):
         vehicle = await self._own_vehicle(viewer, vehicle_id)
         if license_plate is None:
             raise ValidationError("must not be empty", field="licensePlate", code="REQUIRED")
-        updated = changed(
+        update = patch(
             vehicle,
             viewer,
             license_plate=UNSET if license_plate is UNSET else v.license_plate(license_plate),
@@ -67,7 +67,8 @@ class FleetService(Service):
             battery_kwh=UNSET if battery_kwh is UNSET
             else v.positive(battery_kwh, "batteryKwh", max_value=1000),
         )
-        await self.commit(viewer, [(Update(updated), vehicle)])
+        updated = cast(Vehicle, update.record)
+        await self.commit(viewer, [(update, vehicle)])
         return updated
 
     async def remove_vehicle(self, viewer: Viewer, vehicle_id: str) -> Vehicle:
@@ -81,7 +82,7 @@ class FleetService(Service):
             raise Conflict("the vehicle is charging right now", field="id", code="IN_USE")
         tags = await self.store.find_all(IdTag, Eq("vehicle_id", vehicle.id))
         changes: list[Any] = [
-            (Update(changed(tag, viewer, vehicle_id=None)), tag) for tag in tags
+            (patch(tag, viewer, vehicle_id=None), tag) for tag in tags
         ]
         changes.append((Delete(vehicle), vehicle))
         await self.commit(viewer, changes)
@@ -143,14 +144,15 @@ class FleetService(Service):
             raise ValidationError("unknown status", field="status")
         if vehicle_id not in (UNSET, None):
             await self._vehicle_of(viewer, owner, vehicle_id)
-        updated = changed(
+        update = patch(
             id_tag,
             viewer,
             status=status,
             vehicle_id=vehicle_id,
             expires_at=expires_at if expires_at is UNSET else v.aware(expires_at, "expiresAt"),
         )
-        await self.commit(viewer, [(Update(updated), id_tag)])
+        updated = cast(IdTag, update.record)
+        await self.commit(viewer, [(update, id_tag)])
         return updated
 
     async def _vehicle_of(self, viewer: Viewer, owner: User, vehicle_id: str) -> Vehicle:

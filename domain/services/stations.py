@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from domain import validation as v
 from domain.entities import (
@@ -20,9 +20,9 @@ from domain.entities import (
 from domain.errors import Conflict, Forbidden, UniqueViolation, ValidationError
 from domain.events import StationRemoved
 from domain.policy import Viewer
-from domain.ports import Change, Delete, Insert, Store, Update
+from domain.ports import Change, Delete, Insert, Store
 from domain.query import Eq, all_of
-from domain.services.base import UNSET, Service, changed, owned_by, stamp_new
+from domain.services.base import UNSET, Service, owned_by, patch, stamp_new
 
 #: The highest connector id a charger may report, and so register, beyond those the
 #: station has (chargers report their connectors one by one: 1, then 2, ...); also the
@@ -174,7 +174,7 @@ class StationService(Service):
         if registration is None:
             raise ValidationError("registration cannot be empty", field="registration",
                                   code="REQUIRED")
-        updated = changed(
+        update = patch(
             station,
             viewer,
             name=UNSET if name is UNSET else v.name(name),
@@ -187,7 +187,8 @@ class StationService(Service):
             auth_password_hash=password_hash,
             registration=registration,
         )
-        await self.commit(viewer, [(Update(updated), station)])
+        updated = cast(Station, update.record)
+        await self.commit(viewer, [(update, station)])
         return updated
 
     async def remove_station(self, viewer: Viewer, station_id: str) -> Station:
@@ -239,13 +240,14 @@ class StationService(Service):
         connector = await self.managed_connector(viewer, connector_id)
         if type is None:
             raise ValidationError("type cannot be empty", field="type", code="REQUIRED")
-        updated = changed(
+        update = patch(
             connector,
             viewer,
             type=type,
             max_kw=max_kw if max_kw is UNSET else v.positive(max_kw, "maxKw", max_value=1000),
         )
-        await self.commit(viewer, [(Update(updated), connector)])
+        updated = cast(Connector, update.record)
+        await self.commit(viewer, [(update, connector)])
         return updated
 
     async def remove_connector(self, viewer: Viewer, connector_id: str) -> Connector:

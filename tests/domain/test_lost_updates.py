@@ -1,0 +1,117 @@
+"""Two requests changing one record at once each keep their change: an edit writes only
+the fields it was given, so one landing between another's read and write survives."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from domain import entities as d
+from domain.errors import Conflict
+from domain.policy import SYSTEM, Policy, Viewer
+from domain.services import ServiceContext, Services
+from store.sqlite import SqliteStore
+from tests.helpers import FastHasher
+
+
+@pytest.fixture
+async def services(tmp_path: Path) -> AsyncIterator[Services]:
+    store = SqliteStore(str(tmp_path / "lost.db"))
+    await store.start()
+    yield Services(ServiceContext(store=store, policy=Policy(), hasher=FastHasher()))
+    await store.close()
+
+
+async def stored_user(services: Services, user_id: str) -> d.User:
+    [user] = await services.ctx.store.get_many(d.User, [user_id])
+    assert user is not None
+    return user
+
+
+async def test_an_email_change_never_undoes_a_deactivation_made_while_it_ran(
+        services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The owner's email change waits on its password check; an admin deactivates the
+    account meanwhile. The deactivation and its token revocation stand."""
+    accounts = services.accounts
+    user = await accounts.create_user(SYSTEM, email="mia@example.com", password="pass-word-1",
+                                      name="Mia", role=d.Role.DRIVER)
+    checking, go_on = asyncio.Event(), asyncio.Event()
+    confirm = accounts._confirm_current_password
+
+    async def slow_confirm(*args: Any) -> None:
+        await confirm(*args)
+        checking.set()
+        await go_on.wait()
+
+    monkeypatch.setattr(accounts, "_confirm_current_password", slow_confirm)
+    change = asyncio.create_task(accounts.update_user(
+        Viewer.of(user), user.id, email="mia@new.example.com",
+        current_password="pass-word-1"))
+    await asyncio.wait_for(checking.wait(), 5)
+    await accounts.deactivate_user(SYSTEM, user.id)
+    go_on.set()
+    await change
+    final = await stored_user(services, user.id)
+    assert final.email == "mia@new.example.com"
+    assert final.active is False and final.token_epoch == user.token_epoch + 1
+
+
+async def test_two_revocations_at_once_move_the_token_epoch_once_each_or_fail(
+        services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A password reset read before a deactivation committed: writing its epoch + 1 would
+    equal the deactivation's and quietly merge two revocations; it fails instead."""
+    accounts = services.accounts
+    user = await accounts.create_user(SYSTEM, email="jo@example.com", password="pass-word-1",
+                                      name="Jo", role=d.Role.DRIVER)
+    stale = await stored_user(services, user.id)
+    await accounts.deactivate_user(SYSTEM, user.id)
+    visible = accounts.visible
+
+    async def read_before(viewer: Viewer, kind: Any, record_id: str, **kw: Any) -> Any:
+        return stale if kind is d.User else await visible(viewer, kind, record_id, **kw)
+
+    monkeypatch.setattr(accounts, "visible", read_before)
+    with pytest.raises(Conflict) as info:
+        await accounts.update_user(SYSTEM, user.id, password="pass-word-2")
+    assert info.value.code == "CHANGED"
+    final = await stored_user(services, user.id)
+    assert final.active is False and final.token_epoch == user.token_epoch + 1
+
+
+async def test_edits_of_other_fields_made_meanwhile_stay(
+        services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each edit below works on a copy read before the other one committed."""
+    stations, fleet = services.stations, services.fleet
+    station, _ = await stations.create_station(SYSTEM, cp_id="CP-1", name="Old name")
+    stale_station = station
+    await stations.update_station(SYSTEM, station.id, lat=52.5, lon=13.4)
+    monkeypatch.setattr(stations, "managed_station",
+                        lambda viewer, station_id: _ready(stale_station))
+    await stations.update_station(SYSTEM, station.id, name="New name")
+    [final] = await services.ctx.store.get_many(d.Station, [station.id])
+    assert final is not None and (final.name, final.lat, final.lon) == ("New name", 52.5, 13.4)
+
+    driver = await services.accounts.create_user(
+        SYSTEM, email="lea@example.com", password="pass-word-1", name="Lea",
+        role=d.Role.DRIVER)
+    tag = await fleet.issue_id_tag(Viewer.of(driver), tag="LOST-CARD")
+    await fleet.update_id_tag(Viewer.of(driver), tag.id, status=d.IdTagStatus.BLOCKED)
+    visible = fleet.visible
+
+    async def stale_tag(viewer: Viewer, kind: Any, record_id: str, **kw: Any) -> Any:
+        return tag if kind is d.IdTag else await visible(viewer, kind, record_id, **kw)
+
+    monkeypatch.setattr(fleet, "visible", stale_tag)
+    soon = tag.created_at.replace(year=tag.created_at.year + 1)
+    await fleet.update_id_tag(SYSTEM, tag.id, expires_at=soon)
+    [card] = await services.ctx.store.get_many(d.IdTag, [tag.id])
+    assert card is not None and card.status is d.IdTagStatus.BLOCKED
+    assert card.expires_at == soon
+
+
+async def _ready(value: Any) -> Any:
+    return value
