@@ -39,7 +39,7 @@ from domain.entities import (
     StatusEvent,
     User,
 )
-from domain.errors import Forbidden, ValidationError
+from domain.errors import Conflict, Forbidden, ValidationError
 from domain.events import (
     ConnectorStatusChanged,
     DomainEvent,
@@ -93,6 +93,19 @@ def books_of(station: Station) -> tuple[str | None, str | None]:
     if station.company_id is not None:
         return station.company_id, None
     return None, station.owner_id
+
+
+#: What closing a session writes (``ChargingService._close``).
+CLOSE_FIELDS = frozenset({"state", "end_time", "meter_stop_wh", "energy_wh", "power_w",
+                          "stop_reason", "cost_minor", "currency", "updated_at",
+                          "updated_by"})
+
+
+def _closing(closed: Session) -> Update:
+    """The write of a session's close, only onto a session still ACTIVE: of a charger's
+    StopTransaction and an operator's endSession racing, one closes it, and the other
+    fails with ``Conflict`` (``CHANGED``) instead of closing it a second time."""
+    return Update(closed, CLOSE_FIELDS, ("state", SessionState.ACTIVE), required=True)
 
 
 def charger(cp_id: str) -> Viewer:
@@ -622,12 +635,50 @@ class ChargingService(Service):
         tag = presented if presented.isprintable() else "".join(
             c if c.isprintable() else "\ufffd" for c in presented)
         company_id, station_owner_id = books_of(station)
-        same = await self.store.find_one(Session, all_of(
-            Eq("cp_id", cp_id), Eq("connector_id", connector_id), Eq("id_tag", tag),
-            Eq("start_time", start), Eq("meter_start_wh", meter_start)))
-        if same is not None:
-            return same.transaction_id, await self.authorize(cp_id, presented, same.id)
-        info = await self.authorize(cp_id, presented)
+        identity = (tag, start, meter_start)
+        for attempt in (1, 2):
+            same = await self.store.find_one(Session, all_of(
+                Eq("cp_id", cp_id), Eq("connector_id", connector_id), Eq("id_tag", tag),
+                Eq("start_time", start), Eq("meter_start_wh", meter_start)))
+            if same is not None:
+                return same.transaction_id, await self.authorize(cp_id, presented, same.id)
+            info = await self.authorize(cp_id, presented)
+            try:
+                opened = await self._open_session(
+                    station, connector_id, presented, identity, reservation_id, company_id,
+                    station_owner_id)
+            except Conflict:
+                # Another socket's copy of this very start (a charger retrying on a second
+                # connection, to another instance) or a stop won the race for the
+                # connector: read again, once, and answer as the winner's copy.
+                if attempt == 2:
+                    raise
+                continue
+            if isinstance(opened, Session):  # the copy committed while we waited
+                return opened.transaction_id, await self.authorize(cp_id, presented,
+                                                                   opened.id)
+            session, ended, used = opened
+            break
+        if used is not None:
+            await self.publish(reservation_changed(used, station))
+        for old in ended:
+            self._remember(old)
+        self._remember(session)
+        for old in ended:
+            await self.session_updates.end(old.id)
+            await self.publish(self._session_event(station, old, "ENDED"))
+        await self.publish(self._session_event(station, session, "STARTED"))
+        return session.transaction_id, info
+
+    async def _open_session(self, station: Station, connector_id: int, presented: str,
+                            identity: tuple[str, datetime, int], reservation_id: int | None,
+                            company_id: str | None, station_owner_id: str | None
+                            ) -> Session | tuple[Session, list[Session], Reservation | None]:
+        """Writes a new session, closing one its connector still has open (its stop was
+        lost) and using its reservation; or returns the open session if it is this very
+        start, committed by another socket while the transaction id was drawn."""
+        cp_id = station.cp_id
+        tag, start, meter_start = identity
         id_tag_record = await self.store.find_one(IdTag, Eq("tag", presented))
         actor = charger(cp_id)
         session = stamp_new(Session(
@@ -645,11 +696,14 @@ class ChargingService(Service):
         stale = await self.store.find_one(Session, all_of(
             Eq("cp_id", cp_id), Eq("connector_id", connector_id),
             Eq("state", SessionState.ACTIVE)))
+        if stale is not None and (stale.id_tag, stale.start_time, stale.meter_start_wh) \
+                == identity:
+            return stale
         ended: list[Session] = []
         if stale is not None:
             closed, payment = await self._close(station, stale, None, min(start, self.now()),
                                                 "Other", actor)
-            changes.append((Update(closed), stale))
+            changes.append((_closing(closed), stale))
             if payment is not None:
                 changes.append((Insert(payment), None))
             ended.append(closed)
@@ -663,16 +717,7 @@ class ChargingService(Service):
                 changes.append((Update(used), reservation))
         changes.append((Insert(session), None))
         await self.commit(actor, changes)
-        if used is not None:
-            await self.publish(reservation_changed(used, station))
-        for old in ended:
-            self._remember(old)
-        self._remember(session)
-        for old in ended:
-            await self.session_updates.end(old.id)
-            await self.publish(self._session_event(station, old, "ENDED"))
-        await self.publish(self._session_event(station, session, "STARTED"))
-        return session.transaction_id, info
+        return session, ended, used
 
     async def meter_values(self, cp_id: str, connector_id: int, transaction_id: int | None,
                            readings: list[MeterReading]) -> None:
@@ -746,10 +791,17 @@ class ChargingService(Service):
             samples.append(closing)
         closed, payment = await self._close(station, session, meter_stop, end,
                                             reason or "Local", actor, energy_wh=energy)
-        changes: list[tuple[Change, Any]] = [(Update(closed), session)]
+        changes: list[tuple[Change, Any]] = [(_closing(closed), session)]
         if payment is not None:
             changes.append((Insert(payment), None))
-        await self.commit(actor, changes, unaudited=[InsertIfAbsent(s) for s in samples])
+        try:
+            await self.commit(actor, changes, unaudited=[InsertIfAbsent(s) for s in samples])
+        except Conflict:
+            # Ended meanwhile (an operator's endSession): answered as a repeated stop
+            # would be, its meter values kept.
+            if samples:
+                await self.store.write([InsertIfAbsent(s) for s in samples], [])
+            return info
         await self.session_updates.end(session.id)
         self._remember(closed)
         await self.publish(self._session_event(station, closed, "ENDED"))
@@ -766,8 +818,14 @@ class ChargingService(Service):
         station = (await self.store.get_many(Station, [session.station_id]))[0]
         # Whoever keeps its books ends it: after a station changed hands mid-session, the
         # operator who will bill the session, not the one who runs the station now.
-        if station is None or not self.policy.keeps_books(viewer, session):
+        if not self.policy.keeps_books(viewer, session):
             raise Forbidden("only the operators who keep a session's books end it")
+        if station is None:
+            # Removed while a start raced its removal: the session must still be ended
+            # and billed (its company's tariff), or it would hold its driver's card.
+            station = Station(id=session.station_id, cp_id=session.cp_id,
+                              name=session.cp_id, company_id=session.company_id,
+                              owner_id=session.station_owner_id)
         if session.state is not SessionState.ACTIVE:
             raise ValidationError("the session has ended", field="id", code="INVALID_STATE")
         now = self._timeline_now(session)
@@ -776,10 +834,14 @@ class ChargingService(Service):
             raise ValidationError("between the session's start and now", field="endTime",
                                   code="OUT_OF_RANGE")
         closed, payment = await self._close(station, session, None, end, "Other", viewer)
-        changes: list[tuple[Change, Any]] = [(Update(closed), session)]
+        changes: list[tuple[Change, Any]] = [(_closing(closed), session)]
         if payment is not None:
             changes.append((Insert(payment), None))
-        await self.commit(viewer, changes)
+        try:
+            await self.commit(viewer, changes)
+        except Conflict as exc:  # its charger's stop closed it meanwhile
+            raise ValidationError("the session has ended", field="id",
+                                  code="INVALID_STATE") from exc
         await self.session_updates.end(session.id)
         self._remember(closed)
         await self.publish(self._session_event(station, closed, "ENDED"))

@@ -20,6 +20,7 @@ from websockets.exceptions import ConnectionClosed
 
 from domain import entities as d
 from domain.policy import SYSTEM
+from domain.query import ALL, Eq
 from domain.services.commands import CommandOutcome
 from ocpp_bridge.server import MAX_MESSAGE
 from ocpp_bridge.simulator import basic_auth
@@ -222,3 +223,57 @@ async def test_a_frame_just_beyond_the_limit_closes_the_socket_with_1009(
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
     session = await central.session(transaction_id)
     assert session is not None and session.state is d.SessionState.ACTIVE
+
+
+async def test_one_start_sent_twice_at_once_opens_one_session(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A charger retrying a StartTransaction on a second socket: both copies get the one
+    transaction, and no copy closes the other as a lost stop (a phantom session fee).
+    Both copies looked for themselves before either was written (as on two instances)."""
+    from domain.clock import utcnow
+
+    both_looked = asyncio.Barrier(2)
+    next_sequence = central.store.next_sequence
+
+    async def after_both_looked(name: str) -> int:
+        await asyncio.wait_for(both_looked.wait(), 5)
+        return await next_sequence(name)
+
+    monkeypatch.setattr(central.store, "next_sequence", after_both_looked)
+    at = utcnow()
+    answers = await asyncio.gather(*(
+        central.services.charging.start_transaction("CP-1", 1, "TAG-OK", 1000, at)
+        for _ in range(2)))
+    assert len({tx for tx, _ in answers}) == 1, answers
+    sessions = await central.store.find_all(d.Session, Eq("cp_id", "CP-1"))
+    assert [(s.state, s.stop_reason) for s in sessions] == [(d.SessionState.ACTIVE, None)]
+    assert await central.store.count(d.Payment, ALL) == 0
+
+
+async def test_a_stop_and_an_end_session_racing_close_the_session_once(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The charger's stop read the session while it was still open; an operator ended it
+    before the stop wrote: the stop is answered as a repeated one, the session stays as
+    the operator closed it, with one payment."""
+    from domain.clock import utcnow
+    from domain.policy import Viewer
+
+    charging = central.services.charging
+    tx, _ = await charging.start_transaction("CP-1", 1, "TAG-OK", 1000, utcnow())
+    session = await central.session(tx)
+    assert session is not None
+    find_one = central.store.find_one
+
+    async def operator_ends_meanwhile(kind: Any, where: Any) -> Any:
+        found = await find_one(kind, where)
+        if kind is d.Session and found is not None and found.state is d.SessionState.ACTIVE:
+            monkeypatch.setattr(central.store, "find_one", find_one)
+            await charging.end_session(Viewer.of(central.users["op"]), session.id)
+        return found
+
+    monkeypatch.setattr(central.store, "find_one", operator_ends_meanwhile)
+    await charging.stop_transaction("CP-1", tx, 9000, utcnow(), reason="EVDisconnected")
+    done = await central.session(tx)
+    assert done is not None and done.state is d.SessionState.COMPLETED
+    assert done.stop_reason == "Other"
+    assert await central.store.count(d.Payment, Eq("session_id", session.id)) <= 1

@@ -280,3 +280,25 @@ async def test_a_station_handed_over_mid_session_is_billed_as_its_books_agreed(
                                              day + timedelta(days=1), Bucket.DAY, "UTC", "EUR")
         assert sum(b.sessions for b in trend) == sessions, company
         assert sum(b.revenue_minor for b in trend) == (400 if sessions else 0), company
+
+
+async def test_a_session_whose_station_was_removed_under_it_can_still_be_ended(
+        central: Central) -> None:
+    """A start that raced the station's removal leaves an ACTIVE session on a station that
+    is gone: whoever keeps its books ends and bills it, freeing the driver's card."""
+    from domain.clock import utcnow
+    from domain.ports import Delete
+
+    charging = central.services.charging
+    tx, _ = await charging.start_transaction("CP-1", 1, "TAG-OK", 0, utcnow())
+    [station] = await central.store.get_many(d.Station, [central.stations["CP-1"].id])
+    assert station is not None
+    await central.store.write([Delete(station)], [])  # removed as if no session were open
+    session = await central.session(tx)
+    assert session is not None
+    end = """mutation($id: ID!) { endSession(input: {id: $id}) {
+        session { state } errors { code } } }"""
+    ended = await central.gql(end, {"id": to_global_id("session", session.id)}, as_user="op")
+    assert ended["endSession"] == {"session": {"state": "COMPLETED"}, "errors": []}
+    authorized = await charging.authorize("CP-OPEN", "TAG-OK")
+    assert authorized.status == "Accepted"  # no longer ConcurrentTx
