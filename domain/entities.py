@@ -255,6 +255,10 @@ class MeterSample(Record):
     #: For energy register samples of a session: the Wh added since the session's previous
     #: reading (materialized at ingest so energy per hour/day is a plain SUM in the store).
     delta_wh: int | None = None
+    #: The station that metered it: a cpId may be given to a new station after the old one
+    #: was removed, and that station's operators must not see the old one's samples.
+    #: ``None`` for samples stored before it was recorded.
+    station_id: str | None = None
 
 
 @dataclass(kw_only=True)

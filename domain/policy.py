@@ -58,6 +58,13 @@ PRIVATE_FIELDS: dict[str, frozenset[str]] = {
 }
 
 
+def metered_on(stations: Filter) -> Filter:
+    """Meter samples of ``stations``: by cpId (indexed) and by the station that metered
+    them, for a cpId that passed from a removed station to a new one."""
+    return all_of(Sub("cp_id", "station", stations, select="cp_id"),
+                  any_of(Eq("station_id", None), Sub("station_id", "station", stations)))
+
+
 @dataclass(frozen=True, slots=True)
 class Viewer:
     """The resolved caller of one request or subscription."""
@@ -153,8 +160,10 @@ class Policy:
                   | "connector_interval"):
                 return on_stations
             case "meter_sample":
-                # Samples of unknown transactions have no session: scope them by charger.
-                return Sub("cp_id", "station", stations, select="cp_id")
+                # Samples of unknown transactions have no session: scope them by charger,
+                # through its cpId index, and by the station that metered them, since a
+                # cpId may have passed to a new station (older samples carry none).
+                return metered_on(stations)
             case "company":
                 return Eq("id", viewer.company_id) if viewer.company_id else NONE
             case "user":

@@ -26,7 +26,7 @@ from domain.entities import (
     StatusEvent,
 )
 from domain.errors import Unauthenticated, ValidationError
-from domain.policy import Viewer
+from domain.policy import Viewer, metered_on
 from domain.query import ALL, Eq, Filter, In, Or, Range, Sub, all_of
 from domain.services.base import Service
 from domain.timebuckets import Bucket, plan, zone
@@ -81,8 +81,7 @@ class Scope:
         by_session = all_of(Eq("user_id", self.user_id) if self.user_id else None,
                             Eq("vehicle_id", self.vehicle_id) if self.vehicle_id else None)
         return all_of(
-            Sub("cp_id", "station", by_station, select="cp_id") if by_station != ALL
-            else None,
+            metered_on(by_station) if by_station != ALL else None,
             Sub("session_id", "session", by_session) if by_session != ALL else None,
         )
 

@@ -945,7 +945,7 @@ class ChargingService(Service):
                     connector_id=connector_id, at=at, measurand=measurand, value=value,
                     unit=sv.unit or ("Wh" if measurand == ENERGY_REGISTER else None),
                     phase=sv.phase, context=sv.context, transaction_id=transaction_id,
-                    delta_wh=delta_wh,
+                    delta_wh=delta_wh, station_id=station.id,
                 ))
         return samples
 
@@ -965,7 +965,7 @@ class ChargingService(Service):
             session_id=session.id, cp_id=station.cp_id, connector_id=session.connector_id,
             at=end, measurand=ENERGY_REGISTER, value=float(meter_stop), unit="Wh",
             context="Transaction.End", transaction_id=session.transaction_id,
-            delta_wh=rest)
+            delta_wh=rest, station_id=station.id)
         return stamp_new(sample, charger(station.cp_id), end)
 
     @staticmethod

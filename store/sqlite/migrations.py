@@ -429,10 +429,17 @@ _V12 = """
 ALTER TABLE "session" ADD COLUMN "power_at" INTEGER;
 """
 
+# Version 13: which station metered a sample (a cpId may pass to a new station). Older
+# samples keep NULL: back-filling every row would hold up the start of a large database.
+_V13 = """
+ALTER TABLE "meter_sample" ADD COLUMN "station_id" TEXT;
+"""
+
 #: Every migration, oldest first. Append only.
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
-                                     (11, _V11), (12, _V12))
+                                     (11, _V11), (12, _V12),
+                                     (13, _V13))
 
 _BOOTSTRAP = """
 CREATE TABLE IF NOT EXISTS "schema_version" (

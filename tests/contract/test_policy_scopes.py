@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import pytest
 
 from domain.entities import ENTITY_TYPES, AuditAction, Record, Role
+from domain.ids import new_id
 from domain.policy import ANONYMOUS, Policy, Viewer
 from domain.ports import Store
 from tests.contract.factories import (
@@ -63,6 +64,9 @@ def build_world() -> dict[str, Record]:
     w.m1, w.m2 = meter_sample(w.S1, w.x1), meter_sample(w.S3, w.x2)
     w.m_orphan = meter_sample(w.S2, None)
     w.m4 = meter_sample(w.S4, w.x4)
+    # Metered by a removed station whose cpId S3 now has: not S3's operators' to see.
+    w.m_reused = meter_sample(w.S3, None, station_id=new_id())
+    w.m3_own = meter_sample(w.S3, None, station_id=w.S3.id)
     w.e1, w.e3, w.e4 = status_event(w.S1), status_event(w.S3), status_event(w.S4)
     w.r1 = reservation(w.S1, user_id=w.d1.id)
     w.r3 = reservation(w.S3, user_id=w.d2.id)
@@ -130,7 +134,7 @@ EXPECTED: dict[str, dict[str, set[str]]] = {
         "station": {"S3", "S6"},
         "connector": {"C3"},
         "session": {"x2"},
-        "meter_sample": {"m2"},
+        "meter_sample": {"m2", "m3_own"},
         "status_event": {"e3"},
         "reservation": {"r3"},
         "tariff": {"tS3"},
