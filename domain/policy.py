@@ -236,7 +236,17 @@ class Policy:
             case "meter_sample":
                 return Sub("session_id", "session", Eq("user_id", me))
             case "audit_entry":
-                return Eq("actor", me)
+                # About what is theirs, whoever acted; not every entry they ever wrote:
+                # an operator or admin demoted to driver must not keep reading the people
+                # and cards they once managed. Their own removals stay theirs.
+                mine: Filter = Eq("user_id", me)
+                return any_of(
+                    all_of(Eq("actor", me), Eq("action", AuditAction.DELETE)),
+                    Eq("entity_id", me),
+                    Sub("entity_id", "vehicle", Eq("owner_id", me)),
+                    *(Sub("entity_id", kind_, mine)
+                      for kind_ in ("id_tag", "session", "reservation", "payment")),
+                )
             case _:
                 return NONE
 

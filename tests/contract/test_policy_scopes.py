@@ -89,6 +89,8 @@ def build_world() -> dict[str, Record]:
     # opA2 removed a station: gone, so only its own actor can find the entry.
     w.a_removal = audit(station(company_id=w.A.id), w.opA2.id, action=AuditAction.DELETE)
     w.a_x1_ended = audit(w.x1, w.opA.id)  # a session in A's books
+    # d1, an operator of B before being demoted to driver, changed d3's card: d1's no more.
+    w.a_demoted = audit(w.t3, w.d1.id)
     return dict(vars(w))
 
 
@@ -139,7 +141,8 @@ EXPECTED: dict[str, dict[str, set[str]]] = {
         "reservation": {"r3"},
         "tariff": {"tS3"},
         "payment": {"p2"},
-        "audit_entry": {"a_opB", "a_moved", "a_b_person", "a_moved_person", "a_ocpp_x2"},
+        "audit_entry": {"a_opB", "a_moved", "a_b_person", "a_moved_person", "a_ocpp_x2",
+                        "a_demoted"},
     },
     "opSolo": {
         "user": {"opSolo", "d2"},
@@ -159,7 +162,8 @@ EXPECTED: dict[str, dict[str, set[str]]] = {
         "meter_sample": {"m1"},
         "reservation": {"r1"},
         "payment": {"p1"},
-        "audit_entry": {"a_d1"},
+        # About what is theirs, whoever acted (their session, ended by its operator).
+        "audit_entry": {"a_d1", "a_x1_ended"},
         # The public map: every station, connector and price.
         "station": {"S1", "S2", "S3", "S4", "S5", "S6"},
         "connector": {"C1", "C2", "C3", "C4", "C5"},
@@ -174,6 +178,8 @@ EXPECTED: dict[str, dict[str, set[str]]] = {
         "station": {"S1", "S2", "S3", "S4", "S5", "S6"},
         "connector": {"C1", "C2", "C3", "C4", "C5"},
         "tariff": {"tA", "tS3", "tS4", "tS5"},
+        # Entries about themselves, by their operators.
+        "audit_entry": {"a_b_person", "a_moved_person", "a_demoted"},
     },
     "anonymous, public map": {
         "station": {"S1", "S2", "S3", "S4", "S5", "S6"},

@@ -246,8 +246,11 @@ async def test_payments_and_audit_scoped(api: Api, world: World) -> None:
         "session"] == {"cpId": "A-002"}
     audit = "{ auditLog(first: 100) { nodes { entity actor } } }"
     mine = await api.gql(audit, as_user=world.users["driver1"].id)
-    assert {n["actor"] for n in mine["auditLog"]["nodes"]} == {world.users["driver1"].id}
-    assert {n["entity"] for n in mine["auditLog"]["nodes"]} == {"vehicle", "id_tag"}
+    # What is theirs, whoever acted: their account (created by the system), their car and
+    # card (by themselves).
+    assert {n["actor"] for n in mine["auditLog"]["nodes"]} == {world.users["driver1"].id,
+                                                               "system"}
+    assert {n["entity"] for n in mine["auditLog"]["nodes"]} == {"user", "vehicle", "id_tag"}
     everything = await api.gql(audit, as_user=world.users["admin"].id)
     assert len(everything["auditLog"]["nodes"]) > len(mine["auditLog"]["nodes"])
 
