@@ -9,9 +9,10 @@ from typing import Any
 
 import strawberry
 
+from domain.clock import utcnow
 from domain.errors import ValidationError
 from domain.ids import is_id
-from domain.query import Eq, Filter, Near, Range, Search, all_of
+from domain.query import Eq, Filter, In, Near, Range, Search, all_of, any_of
 from graph.enums import (
     AuditAction,
     ConnectorStatus,
@@ -152,9 +153,21 @@ class IdTagFilter:
         return all_of(
             _eq("user_id", _id(self.user_id, "user", "filter.userId")),
             _eq("vehicle_id", _id(self.vehicle_id, "vehicle", "filter.vehicleId")),
-            _eq("status", self.status),
+            _tag_status(self.status, utcnow()) if self.status is not None else None,
             _search(("tag",), self.search),
         )
+
+
+def _tag_status(status: IdTagStatus, now: datetime) -> Filter:
+    """Tags whose status reads ``status`` now (``IdTag.status_at``): an ACCEPTED tag past
+    its expiry reads, and is found as, EXPIRED, as chargers are told."""
+    lapsed = all_of(Eq("status", IdTagStatus.ACCEPTED), Range("expires_at", lte=now))
+    if status is IdTagStatus.EXPIRED:
+        return any_of(Eq("status", IdTagStatus.EXPIRED), lapsed)
+    if status is IdTagStatus.ACCEPTED:
+        return all_of(Eq("status", IdTagStatus.ACCEPTED),
+                      any_of(Eq("expires_at", None), Range("expires_at", gt=now)))
+    return Eq("status", status)
 
 
 @strawberry.input(description="A circle on the map.")
@@ -247,8 +260,20 @@ class ReservationFilter:
             _eq("cp_id", self.cp_id),
             _eq("station_id", _id(self.station_id, "station", "filter.stationId")),
             _eq("user_id", _id(self.user_id, "user", "filter.userId")),
-            _eq("state", self.state),
+            _reservation_state(self.state, utcnow()) if self.state is not None else None,
         )
+
+
+def _reservation_state(state: ReservationState, now: datetime) -> Filter:
+    """Reservations whose state reads ``state`` now (``Reservation.state_at``): a live one
+    past its expiry is EXPIRED before the sweep has stored it."""
+    live = (ReservationState.PENDING, ReservationState.ACTIVE)
+    if state is ReservationState.EXPIRED:
+        return any_of(Eq("state", ReservationState.EXPIRED),
+                      all_of(In("state", live), Range("expires_at", lte=now)))
+    if state in live:
+        return all_of(Eq("state", state), Range("expires_at", gt=now))
+    return Eq("state", state)
 
 
 @strawberry.input

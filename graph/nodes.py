@@ -374,7 +374,8 @@ class Vehicle(Node, Audited):
 @strawberry.type(description="An RFID card or app token (OCPP idTag) of a user.")
 class IdTag(Node, Audited):
     tag: str
-    status: IdTagStatus
+    status: IdTagStatus = strawberry.field(description=(
+        "As chargers are told it now: EXPIRED once past `expiresAt`."))
     expires_at: datetime | None
     _r: strawberry.Private[d.IdTag]
 
@@ -382,7 +383,7 @@ class IdTag(Node, Audited):
     def wrap(cls, r: d.IdTag, ctx: GraphContext) -> IdTag:
         return _audited(cls, r, {
             "tag": r.tag,
-            "status": r.status,
+            "status": r.status_at(ctx.now),
             "expires_at": r.expires_at,
         })
 

@@ -310,3 +310,39 @@ async def test_search_text_is_bounded_and_printable(api: Api, world: World) -> N
         assert error["extensions"] == {"code": code, "field": "filter.search"}, error
     fine = await api.gql(query, {"s": "  A Station  "}, as_user=world.users["admin"].id)
     assert {n["cpId"] for n in fine["stations"]["nodes"]} == {"A-001", "A-002"}
+
+
+async def test_statuses_read_and_filter_as_they_are_now(api: Api, world: World,
+                                                        services) -> None:
+    """A card past its expiry reads EXPIRED (as chargers are told) and is found as such;
+    a reservation past its expiry likewise, before the sweep has stored it."""
+    from dataclasses import replace
+    from datetime import timedelta
+
+    from domain import entities as d
+    from domain.clock import utcnow
+    from domain.ports import Insert, Update
+
+    past = utcnow() - timedelta(minutes=1)
+    tag = world.tags["driver1"]
+    await services.ctx.store.write([Update(replace(tag, expires_at=past))], [])
+    admin = world.users["admin"].id
+    query = """query($s: IdTagStatus) { idTags(first: 50, filter: {status: $s}) {
+        nodes { tag status } } }"""
+    expired = await api.gql(query, {"s": "EXPIRED"}, as_user=admin)
+    assert {"tag": tag.tag, "status": "EXPIRED"} in expired["idTags"]["nodes"]
+    accepted = await api.gql(query, {"s": "ACCEPTED"}, as_user=admin)
+    assert tag.tag not in {n["tag"] for n in accepted["idTags"]["nodes"]}
+    assert {n["status"] for n in accepted["idTags"]["nodes"]} == {"ACCEPTED"}
+
+    station = world.stations["A-001"]
+    lapsed = d.Reservation(reservation_id=9001, station_id=station.id, cp_id="A-001",
+                           connector_id=1, id_tag=tag.tag, expires_at=past,
+                           state=d.ReservationState.ACTIVE)
+    await services.ctx.store.write([Insert(lapsed)], [])
+    reservations = """query($s: ReservationState) { reservations(first: 50,
+        filter: {state: $s}) { nodes { reservationId state } } }"""
+    active = await api.gql(reservations, {"s": "ACTIVE"}, as_user=admin)
+    assert 9001 not in {n["reservationId"] for n in active["reservations"]["nodes"]}
+    gone = await api.gql(reservations, {"s": "EXPIRED"}, as_user=admin)
+    assert {"reservationId": 9001, "state": "EXPIRED"} in gone["reservations"]["nodes"]
