@@ -36,6 +36,7 @@ class Services:
         self.charging = ChargingService(ctx, heartbeat_interval=heartbeat_interval,
                                         auto_register=auto_register)
         self.commands = CommandService(ctx, gateway, timeout=command_timeout)
+        self.accounts.on_deactivated = self.commands.release_reservations_of
         self.instances = InstanceService(ctx, self.charging)
         self.live = LiveService(ctx)
         self.analytics = AnalyticsService(ctx)

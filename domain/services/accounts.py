@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from domain import validation as v
@@ -13,6 +16,8 @@ from domain.ports import Insert
 from domain.query import Eq
 from domain.services.base import UNSET, Service, ServiceContext, patch, stamp_new
 from domain.services.throttle import SignInThrottle
+
+log = logging.getLogger("chargegraph.accounts")
 
 #: Failed sign-ins for one email, from all clients together, before it is locked.
 EMAIL_LIMIT = 50
@@ -32,6 +37,11 @@ class AccountService(Service):
         # higher limit stops guessing spread over many addresses.
         self.throttle = SignInThrottle(ctx.clock)
         self.email_throttle = SignInThrottle(ctx.clock, limit=EMAIL_LIMIT)
+        #: What else a deactivation releases (``Services`` wires the user's reservations
+        #: in); run in the background, so the deactivation itself never waits on a
+        #: charger.
+        self.on_deactivated: Callable[[User], Awaitable[None]] | None = None
+        self._releasing: set[asyncio.Task[None]] = set()
 
     # ---------------------------------------------------------------- companies
     async def create_company(self, viewer: Viewer, *, name: str) -> Company:
@@ -157,7 +167,24 @@ class AccountService(Service):
         if (updated.role, updated.company_id, updated.active, updated.token_epoch) != \
                 (user.role, user.company_id, user.active, user.token_epoch):
             await self._access_changed(user.id)
+        if active is False and user.active and self.on_deactivated is not None:
+            task = asyncio.create_task(self._release(updated),
+                                       name=f"release-deactivated-{user.id}")
+            self._releasing.add(task)
+            task.add_done_callback(self._releasing.discard)
         return updated
+
+    async def _release(self, user: User) -> None:
+        assert self.on_deactivated is not None
+        try:
+            await self.on_deactivated(user)
+        except Exception:  # the deactivation stands; what it holds expires on its own
+            log.exception("releasing what deactivated user %s held failed", user.id)
+
+    async def settled(self) -> None:
+        """Waits for what deactivations release in the background (tests, shutdown)."""
+        while self._releasing:
+            await asyncio.wait(set(self._releasing))
 
     async def _access_changed(self, user_id: str) -> None:
         """Open GraphQL sockets of this user, on every instance, are checked again now

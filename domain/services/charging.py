@@ -709,8 +709,8 @@ class ChargingService(Service):
             ended.append(closed)
         used = None
         if reservation_id is not None:
-            reservation = await self.store.find_one(
-                Reservation, all_of(Eq("cp_id", cp_id), Eq("reservation_id", reservation_id)))
+            reservation = await self.store.find_one(Reservation, all_of(
+                Eq("station_id", station.id), Eq("reservation_id", reservation_id)))
             if reservation is not None and reservation.state in (ReservationState.ACTIVE,
                                                                  ReservationState.PENDING):
                 used = changed(reservation, actor, state=ReservationState.USED)

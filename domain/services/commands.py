@@ -9,6 +9,7 @@ the ``ChargerGateway`` port, judges the answer, audits the command and publishes
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -26,6 +27,7 @@ from domain.entities import (
     Session,
     SessionState,
     Station,
+    User,
 )
 from domain.errors import (
     ChargerCallError,
@@ -54,6 +56,8 @@ from domain.services.base import (
 )
 from domain.services.stations import connector_in_range
 from domain.wire import wire_json
+
+log = logging.getLogger("chargegraph.commands")
 
 #: Actions a driver may send, on any station they can see.
 DRIVER_ACTIONS = frozenset({"RemoteStartTransaction", "RemoteStopTransaction", "ReserveNow",
@@ -210,6 +214,11 @@ class CommandService(Service):
         connector_id = int(payload.get("connectorId", 0))
         await self._refuse_clash(viewer, station, connector_id, now)
         tag = await self.store.find_one(IdTag, Eq("tag", str(payload["idTag"]).upper()))
+        if tag is not None:
+            # A charger holds the plug for whatever tag it is given: not for a card that
+            # may not charge (blocked, expired) or one of a deactivated user. (A tag we do
+            # not know may still be in the charger's local list.)
+            await self._refuse_unusable_tag(tag, now)
         reservation = stamp_new(Reservation(
             reservation_id=await self.store.next_sequence("reservation"),
             station_id=station.id, cp_id=station.cp_id, connector_id=connector_id,
@@ -228,6 +237,33 @@ class CommandService(Service):
             raise
         return reservation
 
+    async def _refuse_unusable_tag(self, tag: IdTag, now: datetime) -> None:
+        status = tag.status_at(now)
+        if status is not IdTagStatus.ACCEPTED:
+            raise ValidationError(f"this id tag is {status.value.lower()}", field="idTag",
+                                  code="INVALID_STATE")
+        [owner] = await self.store.get_many(User, [tag.user_id])
+        if owner is None or not owner.active:
+            raise ValidationError("this id tag's user is deactivated", field="idTag",
+                                  code="INVALID_STATE")
+
+    async def release_reservations_of(self, user: User) -> None:
+        """A deactivated user's live reservations are cancelled at their chargers (as the
+        system: the user's operator may not run those stations), so the plugs they hold
+        are free again. One whose charger cannot be reached keeps its state, as any
+        unanswered cancel, until it expires."""
+        held = await self.store.find_all(Reservation, all_of(
+            Eq("user_id", user.id),
+            In("state", (ReservationState.PENDING, ReservationState.ACTIVE)),
+            Range("expires_at", gt=utcnow())), limit=100)
+        for reservation in held:
+            try:
+                await self.send(SYSTEM, reservation.cp_id, "CancelReservation",
+                                {"reservationId": reservation.reservation_id})
+            except DomainError as exc:
+                log.info("could not cancel reservation %d of deactivated user %s: %s",
+                         reservation.reservation_id, user.id, exc.message)
+
     async def _refuse_clash(self, viewer: Viewer, station: Station, connector_id: int,
                             now: datetime, own: str | None = None) -> None:
         """Raises the Conflict of a reservation other than ``own`` that this one would
@@ -241,7 +277,7 @@ class CommandService(Service):
 
         # One reservation per connector at a time; connector 0 (any connector) holds
         # the station's first free one, so it overlaps with everything on the station.
-        if await other(all_of(Eq("cp_id", station.cp_id), ALL if connector_id == 0
+        if await other(all_of(Eq("station_id", station.id), ALL if connector_id == 0
                               else In("connector_id", (connector_id, 0)))):
             raise Conflict("the connector is reserved already", field="connectorId",
                            code="IN_USE")
@@ -254,7 +290,7 @@ class CommandService(Service):
     async def _reservation(self, viewer: Viewer, station: Station, reservation_id: Any
                            ) -> Reservation:
         reservation = await self.store.find_one(Reservation, all_of(
-            self.policy.scope(viewer, "reservation"), Eq("cp_id", station.cp_id),
+            self.policy.scope(viewer, "reservation"), Eq("station_id", station.id),
             Eq("reservation_id", reservation_id)))
         if reservation is None:
             raise NotFound("no such reservation", field="reservationId")

@@ -10,6 +10,8 @@ from domain.entities import (
     Company,
     Connector,
     ConnectorType,
+    Reservation,
+    ReservationState,
     Role,
     Session,
     SessionState,
@@ -21,8 +23,15 @@ from domain.errors import Conflict, Forbidden, UniqueViolation, ValidationError
 from domain.events import StationRemoved
 from domain.policy import Viewer
 from domain.ports import Change, Delete, Insert, Store
-from domain.query import Eq, all_of
-from domain.services.base import UNSET, Service, owned_by, patch, stamp_new
+from domain.query import Eq, In, all_of
+from domain.services.base import (
+    UNSET,
+    Service,
+    owned_by,
+    patch,
+    reservation_changed,
+    stamp_new,
+)
 
 #: The highest connector id a charger may report, and so register, beyond those the
 #: station has (chargers report their connectors one by one: 1, then 2, ...); also the
@@ -200,10 +209,34 @@ class StationService(Service):
         tariffs = await self.store.find_all(Tariff, Eq("station_id", station.id))
         changes: list[tuple[Change, Any]] = [(Delete(c), c) for c in connectors]
         changes += [(Delete(t), t) for t in tariffs]
+        cancelled = await self._cancel_reservations(viewer, Eq("station_id", station.id),
+                                                    changes)
         changes.append((Delete(station), station))
         await self.commit(viewer, changes)
+        await self._announce(cancelled, station)
         await self._hang_up_charger(station)
         return station
+
+    async def _cancel_reservations(self, viewer: Viewer, where: Any,
+                                   changes: list[tuple[Change, Any]]) -> list[Reservation]:
+        """Adds to ``changes`` the cancelling of the live reservations ``where`` (on what is
+        being removed): left live, one would keep its driver from reserving elsewhere,
+        and the plug (a cpId or connector id used again) from being reserved, until it
+        expired. Guarded: one the charger ended meanwhile stays as it is."""
+        live = await self.store.find_all(Reservation, all_of(where, In(
+            "state", (ReservationState.PENDING, ReservationState.ACTIVE))), limit=1000)
+        cancelled = []
+        for reservation in live:
+            update = patch(reservation, viewer, only_if=("state", reservation.state),
+                           state=ReservationState.CANCELLED)
+            changes.append((update, reservation))
+            cancelled.append(cast(Reservation, update.record))
+        return cancelled
+
+    async def _announce(self, cancelled: list[Reservation], station: Station | None
+                        ) -> None:
+        for reservation in cancelled:
+            await self.publish(reservation_changed(reservation, station))
 
     async def _hang_up_charger(self, station: Station) -> None:
         """Whichever instance holds the removed station's charger closes its socket now
@@ -255,5 +288,13 @@ class StationService(Service):
         await self._refuse_if_charging(
             all_of(Eq("cp_id", connector.cp_id), Eq("connector_id", connector.connector_id))
         )
-        await self.commit(viewer, [(Delete(connector), connector)])
+        changes: list[tuple[Change, Any]] = []
+        cancelled = await self._cancel_reservations(viewer, all_of(
+            Eq("station_id", connector.station_id),
+            Eq("connector_id", connector.connector_id)), changes)
+        changes.append((Delete(connector), connector))
+        await self.commit(viewer, changes)
+        if cancelled:
+            [station] = await self.store.get_many(Station, [connector.station_id])
+            await self._announce(cancelled, station)
         return connector

@@ -19,7 +19,8 @@ from domain.clock import utcnow
 from domain.events import ReservationChanged
 from domain.policy import SYSTEM
 from domain.ports import Insert
-from domain.query import Eq
+from domain.query import Eq, all_of
+from graph.ids import to_global_id
 from ocpp_bridge.simulator import basic_auth, connected
 from pubsub.memory import MemoryEventBus
 from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
@@ -769,3 +770,59 @@ async def test_an_answer_that_breaks_the_schema_is_named_in_ocpp_16_words(
         await ws.close()
         charger.task.cancel()
         await stop_central(central)
+
+
+async def test_reservations_end_with_what_they_hold(tmp_path: Path) -> None:
+    """A removed station's (or connector's) live reservations are cancelled with it, so
+    neither its driver nor its cpId stays blocked; a deactivated driver's reservation is
+    cancelled at the charger; and no one reserves with a card that may not charge."""
+    bus = MemoryEventBus()
+    await bus.start()
+    central = await start_central(tmp_path / "central.db", bus=bus)
+    await seed(central)
+    soon = (datetime.now(UTC) + timedelta(hours=20)).isoformat()
+    events = bus.subscribe(["reservation"])
+    selection = "reservation { reservationId state }"
+    try:
+        async with connected(central.url, "CP-OPEN") as cp:
+            await cp.report_all()
+            held = await run(central, "reserveNow", {"cpId": "CP-OPEN", "connectorId": 1,
+                                                     "expiryDate": soon}, selection,
+                             as_user="driver")
+            assert held["reservation"]["state"] == "ACTIVE", held
+            plug = await central.store.find_one(d.Connector, all_of(
+                Eq("cp_id", "CP-OPEN"), Eq("connector_id", 1)))
+            assert plug is not None
+            removed = await central.gql("""mutation($id: ID!) { removeConnector(input:
+                {id: $id}) { errors { code } } }""", {"id": to_global_id("connector", plug.id)},
+                                        as_user="op")
+            assert removed["removeConnector"]["errors"] == []
+            [gone] = await central.store.find_all(d.Reservation, Eq("cp_id", "CP-OPEN"))
+            assert gone.state is d.ReservationState.CANCELLED
+            event = await asyncio.wait_for(anext(events), 5)
+            while not (isinstance(event, ReservationChanged) and event.state == "CANCELLED"):
+                event = await asyncio.wait_for(anext(events), 5)
+
+        async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+            await cp.report_all()
+            again = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": 2,
+                                                      "expiryDate": soon}, selection,
+                              as_user="driver")  # not LIMIT_REACHED: the old one ended
+            assert again["reservation"]["state"] == "ACTIVE", again
+            await central.services.accounts.deactivate_user(SYSTEM, central.users["driver"].id)
+            await central.services.accounts.settled()
+            assert [name for name, _ in cp.received][-1] == "CancelReservation"
+            number = again["reservation"]["reservationId"]
+            [released] = await central.store.find_all(
+                d.Reservation, Eq("reservation_id", number))
+            assert released.state is d.ReservationState.CANCELLED
+            for tag in ("TAG-OK", "TAG-BLOCKED"):  # a deactivated user's card; a blocked one
+                refused = await run(central, "reserveNow",
+                                    {"cpId": "CP-1", "connectorId": 1, "idTag": tag,
+                                     "expiryDate": soon}, selection, as_user="op")
+                assert [(e["field"], e["code"]) for e in refused["errors"]] == [
+                    ("idTag", "INVALID_STATE")], (tag, refused)
+    finally:
+        await events.aclose()
+        await stop_central(central)
+        await bus.close()
