@@ -11,9 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Mapping, Sequence
-from typing import Any, cast
+from typing import Any
 
 import pymongo
 from bson import ObjectId
@@ -22,10 +21,10 @@ from pymongo.errors import PyMongoError
 
 from domain.aggregation import Group, Metric
 from domain.entities import AuditEntry, E, Record
-from domain.errors import Conflict
-from domain.ports import Change, Insert, Update
+from domain.ports import Change
 from domain.query import ALL, Filter, Page, PageRequest, Sort, decode_cursor, encode_cursor
 from store.mongo import aggregate, journal, writes
+from store.mongo.batch import Batch
 from store.mongo.codec import compared, from_doc, shadow, spec_of
 from store.mongo.indexes import ensure_indexes
 from store.mongo.migrations import migrate
@@ -37,10 +36,6 @@ COUNTERS = "_counters"
 #: A health check answers quickly, also when the server is gone (instead of waiting out
 #: the 30 s server selection timeout).
 PING_TIMEOUT_S = 3.0
-
-
-class BatchTimeout(TimeoutError):
-    """A write batch ran past ``journal.BATCH_DEADLINE_S`` and was rolled back."""
 
 
 class MongoStore:
@@ -232,49 +227,8 @@ class MongoStore:
         if len(changes) == 1 and not audit:
             await writes.apply(self.db, changes[0])  # one document: atomic by itself
             return
-        undo = await journal.plan(self.db, changes)
-        audit_ids = [ObjectId(entry.id) for entry in audit]
-        journal_id = await journal.open_batch(self.db, undo, audit_ids)
-        steps = writes.steps(changes)
-        if audit:
-            steps.append([Insert(entry) for entry in audit])
-        deadline = time.monotonic() + journal.BATCH_DEADLINE_S
-        untouched: set[tuple[str, ObjectId]] = set()
-        try:
-            for step in steps:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise BatchTimeout("a write batch ran past its deadline; rolled back")
-                # The server aborts an operation that would run past the deadline too, so
-                # nothing of this batch lands after a sweep could consider it abandoned.
-                with pymongo.timeout(remaining):
-                    if not await writes.apply(self.db, step):
-                        assert isinstance(step, Update)
-                        untouched.add((step.record.kind, ObjectId(step.record.id)))
-                    elif isinstance(step, Update):
-                        untouched.discard((step.record.kind, ObjectId(step.record.id)))
-        except BaseException as exc:
-            if isinstance(exc, Conflict) and exc.code == "CHANGED":
-                # The update that failed its guard wrote nothing either.
-                failed = cast(Update, step)
-                untouched.add((failed.record.kind, ObjectId(failed.record.id)))
-            # A guarded update that wrote nothing must not be "put back": its before-image
-            # is older than what another writer stored since (a capture racing this fail).
-            kept = [u for u in undo if (u["kind"], u["id"]) not in untouched
-                    or _written_otherwise(changes, u)]
-            await self._roll_back(journal_id, kept, audit_ids)
-            raise
-        await journal.close_batch(self.db, journal_id)
-
-    async def _roll_back(self, journal_id: ObjectId, undo: list[dict[str, Any]],
-                         audit_ids: list[ObjectId]) -> None:
-        try:
-            await journal.roll_back(self.db, undo, audit_ids)
-            await journal.close_batch(self.db, journal_id)
-        except Exception:
-            # The journal document stays, so a sweep finishes the rollback; the caller
-            # gets the error that failed the batch, not this one.
-            log.exception("rolling back a failed write batch failed; a sweep will finish it")
+        batch = await Batch.open(self.db, changes, audit)
+        await batch.run(changes, audit)
 
     async def next_sequence(self, name: str) -> int:
         doc = await self.db[COUNTERS].find_one_and_update(
@@ -283,8 +237,3 @@ class MongoStore:
         return int(doc["value"])
 
 
-def _written_otherwise(changes: Sequence[Change], entry: dict[str, Any]) -> bool:
-    """Whether a change of the batch other than a guarded update touched the undo
-    entry's document (then it was written, and is put back)."""
-    return any((c.record.kind, ObjectId(c.record.id)) == (entry["kind"], entry["id"])
-               and not (isinstance(c, Update) and c.only_if is not None) for c in changes)
