@@ -10,6 +10,7 @@ update's own filter, so a document is changed once whoever gets there first.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from pymongo import ReturnDocument
@@ -48,11 +49,11 @@ async def _books(db: Any) -> None:
 
 
 #: Currencies whose minor unit is not a hundredth, when amounts started counting it.
-_SCALE = {**{code: 0.01 for code in (
+_SCALE = {**{code: Decimal("0.01") for code in (
     "BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX", "UYI",
     "VND", "VUV", "XAF", "XOF", "XPF")},
-          **{code: 10.0 for code in ("BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND")},
-          "CLF": 100.0, "UYW": 100.0}
+          **{code: Decimal(10) for code in ("BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND")},
+          "CLF": Decimal(100), "UYW": Decimal(100)}
 _RESCALED = "_minor_units_rescaled"
 
 
@@ -81,6 +82,14 @@ async def _minor_units(db: Any) -> None:
             for doc in docs:
                 await db[kind].update_one(
                     {"_id": doc["_id"], _RESCALED: {"$exists": False}},
-                    {"$set": {field: round(doc[field] * _SCALE[doc["currency"]]),
+                    {"$set": {field: _rescaled(doc[field], doc["currency"]),
                               _RESCALED: True}})
     await db[MIGRATIONS].update_one({"_id": "minor_units"}, {"$set": {"done": True}})
+
+
+def _rescaled(amount: int, currency: str) -> int:
+    """``amount`` in hundredths as ``currency``'s minor units, rounded as SQLite's migration
+    10 rounds (``ROUND``: half away from zero; Python's ``round`` goes half to even, which
+    made 50 hundredths of a yen 0 yen here and 1 there). Exact in decimal arithmetic."""
+    scaled = Decimal(amount) * _SCALE[currency]
+    return int(scaled.quantize(Decimal(1), rounding=ROUND_HALF_UP))

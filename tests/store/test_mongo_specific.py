@@ -8,7 +8,9 @@ check what mongomock cannot produce."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -42,6 +44,7 @@ from store.mongo import store as store_module
 from store.mongo.codec import to_doc
 from store.mongo.indexes import SUPERSEDED, index_name, violated_field
 from store.mongo.journal import JOURNAL
+from store.sqlite import migrations as sqlite_migrations
 from tests.support.mongomock_async import AsyncDatabase, async_mongomock_database
 
 T0 = datetime(2025, 3, 1, 12, 0, 0, 123000, tzinfo=UTC)
@@ -853,3 +856,43 @@ async def test_documents_from_before_get_their_books_and_minor_units(mongo: Mong
     assert got[euro.id].cost_minor == 440
     amounts = {p.id: p.amount_minor for p in await mongo.find_all(Payment, ALL)}
     assert amounts == {paid.id: 500, later.id: 1230}
+
+
+#: Legacy amounts in hundredths, halves among them (JPY: whole yen; KWD: fils).
+LEGACY_AMOUNTS = [0, 49, 50, 51, 150, 250, 350, 1050, 2050, 12345, 50_049, 50_050]
+
+
+def sqlite_rescaled(currency: str, amounts: list[int]) -> list[int]:
+    """What SQLite migration 10 makes of the same amounts (its own SQL, on a bare table)."""
+    script = dict(sqlite_migrations.MIGRATIONS)[10]
+    with contextlib.closing(sqlite3.connect(":memory:")) as conn:
+        conn.execute('CREATE TABLE "session" ("id" INTEGER, "cost_minor" INTEGER, '
+                     '"currency" TEXT)')
+        conn.execute('CREATE TABLE "payment" ("amount_minor" INTEGER, "currency" TEXT)')
+        conn.executemany('INSERT INTO "session" VALUES (?, ?, ?)',
+                         [(i, amount, currency) for i, amount in enumerate(amounts)])
+        for statement in sqlite_migrations.split_statements(script):
+            conn.execute(statement)
+        rows = conn.execute('SELECT "cost_minor" FROM "session" ORDER BY "id"').fetchall()
+    return [row[0] for row in rows]
+
+
+@pytest.mark.parametrize("currency", ["JPY", "KWD", "EUR"])
+async def test_minor_units_round_half_up_as_sqlite_does(mongo: MongoStore, currency: str
+                                                        ) -> None:
+    from tests.contract.factories import session, station
+
+    st = station()
+    done: dict[str, Any] = {"state": SessionState.COMPLETED, "updated_at": T0, "created_at": T0,
+                            "currency": currency}
+    legacy = [session(st, i + 1, cost_minor=amount, **done)
+              for i, amount in enumerate(LEGACY_AMOUNTS)]
+    await mongo.write([Insert(s) for s in legacy], [])
+    raw(mongo)[migrations.MIGRATIONS].delete_many({})  # a database from before the migration
+
+    await migrations.migrate(mongo.db)
+
+    got = {s.id: s.cost_minor for s in await mongo.find_all(Session, ALL)}
+    assert [got[s.id] for s in legacy] == sqlite_rescaled(currency, LEGACY_AMOUNTS)
+    if currency == "JPY":  # half a yen and more is a yen
+        assert [got[s.id] for s in legacy[:4]] == [0, 0, 1, 1]
