@@ -4,7 +4,9 @@ schema migrations, ``store/sqlite/migrations.py``: versions 8 and 10).
 MongoDB has no schema to migrate, only documents written under older rules. Each step
 here runs at every start, is idempotent, and is safe from several instances at once: it
 only changes a document that still lacks the step's mark, with that absence in the
-update's own filter, so a document is changed once whoever gets there first.
+update's own filter, so a document is changed once whoever gets there first. Like every
+write, a step gives the document a new version (``journal.MARK``), so a batch of another
+instance writing it meanwhile journals the migrated image, not the one from before.
 """
 
 from __future__ import annotations
@@ -13,7 +15,10 @@ from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
+from bson import ObjectId
 from pymongo import ReturnDocument
+
+from store.mongo.journal import MARK
 
 #: Where a step that must not touch documents written after it began records when that was.
 MIGRATIONS = "schema_migrations"
@@ -45,7 +50,8 @@ async def _books(db: Any) -> None:
                 owner = station.get("owner_id") if company is None else None
                 await db[kind].update_one(
                     {"_id": doc["_id"], "company_id": {"$exists": False}},
-                    {"$set": {"company_id": company, "station_owner_id": owner}})
+                    {"$set": {"company_id": company, "station_owner_id": owner,
+                              MARK: ObjectId()}})
 
 
 #: Currencies whose minor unit is not a hundredth, when amounts started counting it.
@@ -83,7 +89,7 @@ async def _minor_units(db: Any) -> None:
                 await db[kind].update_one(
                     {"_id": doc["_id"], _RESCALED: {"$exists": False}},
                     {"$set": {field: _rescaled(doc[field], doc["currency"]),
-                              _RESCALED: True}})
+                              _RESCALED: True, MARK: ObjectId()}})
     await db[MIGRATIONS].update_one({"_id": "minor_units"}, {"$set": {"done": True}})
 
 

@@ -896,3 +896,23 @@ async def test_minor_units_round_half_up_as_sqlite_does(mongo: MongoStore, curre
     assert [got[s.id] for s in legacy] == sqlite_rescaled(currency, LEGACY_AMOUNTS)
     if currency == "JPY":  # half a yen and more is a yen
         assert [got[s.id] for s in legacy[:4]] == [0, 0, 1, 1]
+
+
+async def test_a_migrated_document_gets_a_new_version(mongo: MongoStore) -> None:
+    """So a batch that read the document before the step journals it again before it
+    writes (an undo then puts back the migrated document, not the one from before)."""
+    from tests.contract.factories import session, station
+
+    yen = session(station(), cost_minor=150, currency="JPY", state=SessionState.COMPLETED,
+                  updated_at=T0, created_at=T0)
+    await mongo.write([Insert(yen)], [])
+    db = raw(mongo)
+    db["session"].update_one({}, {"$unset": {"company_id": ""}})  # from before the books
+    db[migrations.MIGRATIONS].delete_many({})
+    before = db["session"].find_one().get(journal.MARK)
+
+    await migrations.migrate(mongo.db)
+
+    doc = db["session"].find_one()
+    assert (doc["cost_minor"], "company_id" in doc) == (2, True)
+    assert doc[journal.MARK] not in (None, before)
