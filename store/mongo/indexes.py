@@ -19,7 +19,8 @@ from domain.ports import PARTIAL_UNIQUE_RULES, UNIQUE_RULES
 from store.mongo.journal import JOURNAL
 
 #: Lookup indexes besides the unique ones: foreign keys, the policy's sub-selects and the
-#: time series (newest first where screens list them that way).
+#: time series (newest first where screens list them that way). Every index of the SQLite
+#: schema has one here starting with the same fields (tests/store/test_index_parity.py).
 INDEXES: dict[str, list[list[tuple[str, int]]]] = {
     "user": [[("company_id", ASCENDING)]],
     "vehicle": [[("owner_id", ASCENDING)]],
@@ -36,16 +37,23 @@ INDEXES: dict[str, list[list[tuple[str, int]]]] = {
                 [("id_tag", ASCENDING), ("state", ASCENDING)],
                 [("station_id", ASCENDING), ("state", ASCENDING), ("_id", ASCENDING)],
                 [("company_id", ASCENDING), ("start_time", DESCENDING)],
-                [("station_owner_id", ASCENDING), ("start_time", DESCENDING)]],
+                [("station_owner_id", ASCENDING), ("start_time", DESCENDING)],
+                # An admin's analytics range over all sessions by start or end.
+                [("start_time", ASCENDING)], [("end_time", ASCENDING)]],
     "meter_sample": [[("session_id", ASCENDING), ("at", ASCENDING)],
                      [("cp_id", ASCENDING), ("at", ASCENDING)], [("at", ASCENDING)]],
     "status_event": [[("cp_id", ASCENDING), ("connector_id", ASCENDING), ("at", ASCENDING)],
-                     [("station_id", ASCENDING), ("at", ASCENDING)]],
-    "connection_event": [[("station_id", ASCENDING), ("at", ASCENDING)]],
+                     [("station_id", ASCENDING), ("at", ASCENDING)], [("at", ASCENDING)]],
+    # By charger too: lists and analytics filtered by cpId.
+    "connection_event": [[("station_id", ASCENDING), ("at", ASCENDING)],
+                         [("cp_id", ASCENDING), ("at", ASCENDING)]],
     "connector_interval": [[("station_id", ASCENDING), ("start", ASCENDING)],
                            [("cp_id", ASCENDING), ("connector_id", ASCENDING),
                             ("end", ASCENDING)], [("start", ASCENDING)]],
-    "reservation": [[("station_id", ASCENDING)], [("user_id", ASCENDING)]],
+    # A new reservation looks for live ones on its connector (expires_at > now).
+    "reservation": [[("station_id", ASCENDING)], [("user_id", ASCENDING)],
+                    [("cp_id", ASCENDING), ("connector_id", ASCENDING),
+                     ("expires_at", ASCENDING)]],
     "tariff": [[("station_id", ASCENDING), ("valid_from", DESCENDING)],
                [("company_id", ASCENDING), ("valid_from", DESCENDING)]],
     "payment": [[("station_id", ASCENDING)], [("user_id", ASCENDING)],
