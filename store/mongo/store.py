@@ -36,6 +36,9 @@ COUNTERS = "_counters"
 #: A health check answers quickly, also when the server is gone (instead of waiting out
 #: the 30 s server selection timeout).
 PING_TIMEOUT_S = 3.0
+#: The per-key reads of one grouped load in flight at once: enough to overlap their round
+#: trips, few enough to leave most of the connection pool (100) to other requests.
+GROUPED_READS_IN_FLIGHT = 16
 
 
 class MongoStore:
@@ -181,6 +184,11 @@ class MongoStore:
     async def find_grouped(self, kind: type[E], key_field: str, keys: Sequence[Any],
                            where: Filter, sort: Sequence[Sort], limit: int
                            ) -> dict[Any, list[E]]:
+        # One find per key, each an index range that stops at ``limit`` (the key's index
+        # ends with the sort and the ``_id`` tie-breaker), started together. A single
+        # $group pushing every matching document would read each parent's whole history
+        # (a server refuses a $push past 100 MiB: ~245k sessions on one station), and
+        # $topN, which would not, is not in mongomock.
         spec = spec_of(kind, key_field)
         originals = {compared(spec, k): k for k in keys if k is not None}
         if not originals or limit <= 0:
@@ -188,19 +196,19 @@ class MongoStore:
         query = await self._where(kind, where)
         if query is NEVER:
             return {}
-        key_name = shadow(spec)
-        match: dict[str, Any] = {key_name: {"$in": list(originals)}}
-        if query:
-            match = {"$and": [match, query]}
-        pipeline = [
-            {"$match": match},
-            {"$sort": dict(sort_spec(kind, sort))},
-            {"$group": {"_id": f"${key_name}", "docs": {"$push": "$$ROOT"}}},
-            {"$project": {"docs": {"$slice": ["$docs", limit]}}},
-        ]
-        rows = await (await self.db[kind.kind].aggregate(pipeline)).to_list(None)
-        return {originals[row["_id"]]: [from_doc(kind, d) for d in row["docs"]]  # type: ignore[misc]
-                for row in rows if row["_id"] in originals}
+        order = sort_spec(kind, sort)
+        in_flight = asyncio.Semaphore(GROUPED_READS_IN_FLIGHT)
+
+        async def first_rows(value: Any) -> list[E]:
+            match: dict[str, Any] = {shadow(spec): value}
+            cursor = self.db[kind.kind].find({"$and": [match, query]} if query else match)
+            async with in_flight:
+                docs = await cursor.sort(order).limit(limit).to_list(None)
+            return [from_doc(kind, doc) for doc in docs]  # type: ignore[misc]
+
+        found = await asyncio.gather(*(first_rows(value) for value in originals))
+        return {originals[value]: rows
+                for value, rows in zip(originals, found, strict=True) if rows}
 
     async def count_grouped(self, kind: type[E], key_field: str, keys: Sequence[Any],
                             where: Filter) -> dict[Any, int]:

@@ -27,6 +27,7 @@ from domain.entities import (
     Connector,
     MeterSample,
     Payment,
+    Record,
     Registration,
     Role,
     Session,
@@ -38,14 +39,21 @@ from domain.entities import (
 from domain.errors import Conflict, NotFound, UniqueViolation
 from domain.ports import PARTIAL_UNIQUE_RULES, UNIQUE_RULES, Delete, Insert, InsertIfAbsent, Update
 from domain.query import ALL, Eq, In, Near, Range, Search, Sort, Sub
+from graph.nodes import BY_CONNECTOR, NEWEST_FIRST
 from store.mongo import MongoStore, journal, migrations, writes
 from store.mongo import batch as batch_module
 from store.mongo import store as store_module
 from store.mongo.codec import to_doc
 from store.mongo.indexes import SUPERSEDED, index_name, violated_field
 from store.mongo.journal import JOURNAL
+from store.mongo.query import sort_spec
 from store.sqlite import migrations as sqlite_migrations
-from tests.support.mongomock_async import AsyncDatabase, async_mongomock_database
+from tests.support.mongomock_async import (
+    AsyncCollection,
+    AsyncCursor,
+    AsyncDatabase,
+    async_mongomock_database,
+)
 
 T0 = datetime(2025, 3, 1, 12, 0, 0, 123000, tzinfo=UTC)
 
@@ -199,6 +207,9 @@ async def test_start_drops_the_indexes_longer_ones_replaced(mongo: MongoStore) -
     db = raw(mongo)
     db["connector"].create_index([("station_id", 1), ("connector_id", 1)])
     db["session"].create_index([("station_id", 1), ("state", 1)])
+    for key in ("station_id", "user_id"):
+        db["session"].create_index([(key, 1), ("start_time", -1)])
+    db["session"].create_index([("vehicle_id", 1)])
     assert "station_id_1_state_1" in db["session"].index_information()
     await mongo.start()
     snapshot = index_snapshot(mongo)
@@ -206,6 +217,8 @@ async def test_start_drops_the_indexes_longer_ones_replaced(mongo: MongoStore) -
         assert not set(names) & set(snapshot[kind]), snapshot[kind]
     assert "station_id_1_connector_id_1__id_1" in snapshot["connector"]
     assert "station_id_1_state_1__id_1" in snapshot["session"]
+    for key in ("station_id", "user_id", "vehicle_id"):
+        assert f"{key}_1_start_time_-1__id_1" in snapshot["session"]
 
 
 async def test_one_active_session_per_connector_is_a_partial_unique_index(
@@ -224,6 +237,62 @@ async def test_one_active_session_per_connector_is_a_partial_unique_index(
     with pytest.raises(UniqueViolation) as raised:
         await mongo.write([Insert(session_on(station, 1, 4))], [])
     assert raised.value.field == "connector_id"
+
+
+# ---------------------------------------------------------------------------- grouped reads
+#: The nested lists of the graph (``graph/nodes.py``): kind, key, the fields the filter
+#: holds equal, sort. Each is a ``find_grouped`` whose per-key read an index must serve.
+NESTED_LISTS = [
+    pytest.param(Session, "station_id", (), NEWEST_FIRST, id="Station.sessions"),
+    pytest.param(Session, "user_id", (), NEWEST_FIRST, id="User.sessions"),
+    pytest.param(Session, "vehicle_id", (), NEWEST_FIRST, id="Vehicle.sessions"),
+    pytest.param(Session, "station_id", ("state",), (), id="Connector.activeSession"),
+    pytest.param(Connector, "station_id", (), BY_CONNECTOR, id="Station.connectors"),
+]
+
+
+@pytest.mark.parametrize(("kind", "key", "equal", "sort"), NESTED_LISTS)
+async def test_each_nested_list_reads_its_first_rows_from_an_index(
+    mongo: MongoStore, kind: type[Record], key: str, equal: tuple[str, ...],
+    sort: tuple[Sort, ...]
+) -> None:
+    """The key and the equal fields, then the sort with the ``_id`` tie-breaker (in its
+    direction or wholly reversed): the server walks the index and stops at the limit."""
+    order = sort_spec(kind, sort)
+    backward = [(name, -direction) for name, direction in order]
+    indexes = [list(info["key"]) for info in raw(mongo)[kind.kind].index_information().values()]
+    assert any({name for name, _ in keys[:1 + len(equal)]} == {key, *equal}
+               and keys[1 + len(equal):] in (order, backward) for keys in indexes), indexes
+
+
+async def test_a_grouped_read_takes_each_key_s_first_rows_only(
+    mongo: MongoStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One limited find per key, no aggregation of every matching document (a $group
+    pushing a station's whole history, which a server refuses past 100 MiB)."""
+    busy, quiet = Station(cp_id="CP-BUSY", name="Busy"), Station(cp_id="CP-Q", name="Quiet")
+    sessions = [session_on(busy, 1, n, SessionState.COMPLETED) for n in range(1, 31)]
+    sessions.append(session_on(quiet, 1, 99, SessionState.COMPLETED))
+    await mongo.write([Insert(r) for r in sessions], [])
+    reads: list[tuple[str, Any]] = []
+    original_limit, original_aggregate = AsyncCursor.limit, AsyncCollection.aggregate
+
+    def limit(cursor: AsyncCursor, n: int) -> AsyncCursor:
+        reads.append(("find", n))
+        return original_limit(cursor, n)
+
+    async def aggregate(collection: AsyncCollection, pipeline: list[dict[str, Any]]) -> Any:
+        reads.append(("aggregate", pipeline))
+        return await original_aggregate(collection, pipeline)
+
+    monkeypatch.setattr(AsyncCursor, "limit", limit)
+    monkeypatch.setattr(AsyncCollection, "aggregate", aggregate)
+
+    got = await mongo.find_grouped(Session, "station_id", [busy.id, quiet.id, busy.id],
+                                   ALL, NEWEST_FIRST, 3)
+
+    assert reads == [("find", 3), ("find", 3)]
+    assert {k: len(v) for k, v in got.items()} == {busy.id: 3, quiet.id: 1}
 
 
 # ---------------------------------------------------------------------------- rule mapping
