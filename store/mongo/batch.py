@@ -78,7 +78,7 @@ class Batch:
                 continue
             for key in _keys(records):
                 self.written.add(key)
-                self.versions[key] = Expect.ABSENT if isinstance(step, Delete) else self.id
+                self.versions[key] = Expect.ABSENT if isinstance(step, Delete) else mark
             return
 
     async def _apply(self, step: Step, mark: ObjectId | None) -> list[Record]:
