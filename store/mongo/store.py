@@ -3,7 +3,8 @@
 One collection per entity kind, documents as ``store/mongo/codec.py`` describes, filters
 compiled by ``query.py``, analytics by ``aggregate.py``. No multi-document transactions are
 assumed (standalone servers have none): a write batch is made all-or-nothing by the undo
-journal in ``journal.py``; unique rules are unique indexes (``indexes.py``).
+journal in ``journal.py`` (written by ``batch.py``); unique rules are unique indexes
+(``indexes.py``).
 """
 
 from __future__ import annotations
