@@ -10,8 +10,8 @@ json        embedded document
 ==========  ==============================================================
 
 Stations also carry ``_geo``, the unit vector of their position: "within r km of P" is then
-the linear condition ``dot(_geo, P) >= cos(r / R)``, exact and expressible in every MongoDB
-(and in mongomock, which lacks ``$geoWithin``).
+``|_geo - P|² <= (2 sin(r / 2R))²`` (the squared chord), exact at a metre as at a continent
+and expressible in every MongoDB (and in mongomock, which lacks ``$geoWithin``).
 """
 
 from __future__ import annotations

@@ -19,7 +19,8 @@ from domain.ports import PARTIAL_UNIQUE_RULES, UNIQUE_RULES
 from store.mongo.journal import JOURNAL
 
 #: Lookup indexes besides the unique ones: foreign keys, the policy's sub-selects and the
-#: time series (newest first where screens list them that way).
+#: time series (newest first where screens list them that way). Every index of the SQLite
+#: schema has one here starting with the same fields (tests/store/test_index_parity.py).
 INDEXES: dict[str, list[list[tuple[str, int]]]] = {
     "user": [[("company_id", ASCENDING)]],
     "vehicle": [[("owner_id", ASCENDING)]],
@@ -27,25 +28,35 @@ INDEXES: dict[str, list[list[tuple[str, int]]]] = {
     "station": [[("company_id", ASCENDING)], [("owner_id", ASCENDING)],
                 [("lat", ASCENDING)], [("online", ASCENDING)],
                 [("connected_instance", ASCENDING)]],
-    # The per-key loads of a nested page end with the ``_id`` tie-breaker every ordering
-    # ends with, so each key's documents come out of the index in order.
+    # The per-key loads of a nested page (a station's connectors, active sessions, newest
+    # sessions; a driver's or a car's sessions) end with the sort and the ``_id``
+    # tie-breaker every ordering ends with: each key's first rows come out of the index in
+    # order, and the read stops at the limit instead of sorting the key's whole history.
     "connector": [[("station_id", ASCENDING), ("connector_id", ASCENDING), ("_id", ASCENDING)]],
-    "session": [[("station_id", ASCENDING), ("start_time", DESCENDING)],
-                [("user_id", ASCENDING), ("start_time", DESCENDING)],
-                [("vehicle_id", ASCENDING)], [("cp_id", ASCENDING), ("state", ASCENDING)],
+    "session": [[("station_id", ASCENDING), ("start_time", DESCENDING), ("_id", ASCENDING)],
+                [("user_id", ASCENDING), ("start_time", DESCENDING), ("_id", ASCENDING)],
+                [("vehicle_id", ASCENDING), ("start_time", DESCENDING), ("_id", ASCENDING)],
+                [("cp_id", ASCENDING), ("state", ASCENDING)],
                 [("id_tag", ASCENDING), ("state", ASCENDING)],
                 [("station_id", ASCENDING), ("state", ASCENDING), ("_id", ASCENDING)],
                 [("company_id", ASCENDING), ("start_time", DESCENDING)],
-                [("station_owner_id", ASCENDING), ("start_time", DESCENDING)]],
+                [("station_owner_id", ASCENDING), ("start_time", DESCENDING)],
+                # An admin's analytics range over all sessions by start or end.
+                [("start_time", ASCENDING)], [("end_time", ASCENDING)]],
     "meter_sample": [[("session_id", ASCENDING), ("at", ASCENDING)],
                      [("cp_id", ASCENDING), ("at", ASCENDING)], [("at", ASCENDING)]],
     "status_event": [[("cp_id", ASCENDING), ("connector_id", ASCENDING), ("at", ASCENDING)],
-                     [("station_id", ASCENDING), ("at", ASCENDING)]],
-    "connection_event": [[("station_id", ASCENDING), ("at", ASCENDING)]],
+                     [("station_id", ASCENDING), ("at", ASCENDING)], [("at", ASCENDING)]],
+    # By charger too: lists and analytics filtered by cpId.
+    "connection_event": [[("station_id", ASCENDING), ("at", ASCENDING)],
+                         [("cp_id", ASCENDING), ("at", ASCENDING)]],
     "connector_interval": [[("station_id", ASCENDING), ("start", ASCENDING)],
                            [("cp_id", ASCENDING), ("connector_id", ASCENDING),
                             ("end", ASCENDING)], [("start", ASCENDING)]],
-    "reservation": [[("station_id", ASCENDING)], [("user_id", ASCENDING)]],
+    # A new reservation looks for live ones on its connector (expires_at > now).
+    "reservation": [[("station_id", ASCENDING)], [("user_id", ASCENDING)],
+                    [("cp_id", ASCENDING), ("connector_id", ASCENDING),
+                     ("expires_at", ASCENDING)]],
     "tariff": [[("station_id", ASCENDING), ("valid_from", DESCENDING)],
                [("company_id", ASCENDING), ("valid_from", DESCENDING)]],
     "payment": [[("station_id", ASCENDING)], [("user_id", ASCENDING)],
@@ -62,7 +73,8 @@ INDEXES: dict[str, list[list[tuple[str, int]]]] = {
 #: every write, or keep enforcing a rule that changed.
 SUPERSEDED: dict[str, tuple[str, ...]] = {
     "connector": ("station_id_1_connector_id_1",),
-    "session": ("station_id_1_state_1",),
+    "session": ("station_id_1_state_1", "station_id_1_start_time_-1",
+                "user_id_1_start_time_-1", "vehicle_id_1"),
     # License plates became unique per owner (a shared car).
     "vehicle": ("uniq_vehicle_license_plate",),
 }

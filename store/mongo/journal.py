@@ -15,6 +15,20 @@ delete) instead of one extra update per changed document, and deletes need no sp
 case. Without transactions readers may still glimpse a batch in flight; no half-written
 batch stays.
 
+Other requests keep writing while a batch runs, so an undo must never put an image back
+over what someone else committed since, nor delete a record someone else inserted. Every
+write stores its id in the document's ``MARK`` (``store/mongo/writes.py``), which makes
+the mark a version: a batch writes a document only while it is the version the journal
+holds the image of (else the batch reads it again and records the new image first), and
+an undo applies only while the document still carries the batch's mark. A document
+another writer changed, deleted, or inserted in the batch's stead (an ``InsertIfAbsent``
+that found it there) since the batch wrote it is left alone and logged: the committed
+write wins, even where that keeps a field of the failed batch the other writer did not
+write. The sweep follows the same rule, not knowing how far a dead writer got. A deleted
+document is the one undo the mark cannot guard (nothing is left to carry it): the writer
+re-inserts only what it deleted itself, the sweep each deletion of the batch it finds
+missing.
+
 Several instances may share one database, and one instance starting must not roll back a
 batch another is still writing. So a writer gives up on its batch (and rolls it back) once
 ``BATCH_DEADLINE_S`` has passed, and sweeps only roll back journal documents older than
@@ -33,13 +47,20 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bson import ObjectId
+from pymongo.errors import DuplicateKeyError
 
-from domain.ports import Change, InsertIfAbsent, Update
+from domain.ports import Change, Delete, InsertIfAbsent, Update
 from store.mongo.codec import written_names
 
 log = logging.getLogger("chargegraph.store.mongo")
 
 JOURNAL = "_journal"
+#: The field holding the id of the write that last stored a document: its version (a
+#: batch's journal id, or a fresh id for an update written alone; see ``writes.py``).
+MARK = "_w"
+#: Set on journal documents whose batch marks what it writes. One without it was written
+#: by a version before the marks: its batch is rolled back as then, unconditionally.
+MARKED = "marked"
 #: A batch not finished after this long gives up and rolls itself back...
 BATCH_DEADLINE_S = 30.0
 #: ...so a journal document this old belongs to a writer that died.
@@ -55,6 +76,13 @@ class _Touched:
     before: dict[str, Any] | None
     #: Stored names to restore; ``None`` restores the whole document.
     fields: set[str] | None = field(default_factory=set)
+    #: Whether the batch's last change of the document deletes it.
+    deleted: bool = False
+
+
+def key_of(entry: dict[str, Any]) -> tuple[str, ObjectId]:
+    """The document an undo entry puts back, as (collection, ``_id``)."""
+    return entry["kind"], entry["id"]
 
 
 async def plan(db: Any, changes: Sequence[Change]) -> list[dict[str, Any]]:
@@ -78,50 +106,84 @@ async def plan(db: Any, changes: Sequence[Change]) -> list[dict[str, Any]]:
             entry = touched[key] = _Touched(key[0], key[1], images.get(key))
         if isinstance(change, InsertIfAbsent) and entry.before is not None:
             continue  # already there: the insert is a no-op
+        entry.deleted = isinstance(change, Delete)
         if isinstance(change, Update) and change.fields is not None:
             if entry.fields is not None:
                 entry.fields |= written_names(change.record, change.fields)
         else:
             entry.fields = None
     return [{"kind": t.kind, "id": t.id, "before": t.before,
-             "fields": None if t.fields is None else sorted(t.fields)}
+             "fields": None if t.fields is None else sorted(t.fields), "deleted": t.deleted}
             for t in touched.values() if t.before is None or t.fields != set()]
 
 
 async def open_batch(db: Any, undo: list[dict[str, Any]], audit_ids: list[ObjectId]
                      ) -> ObjectId:
+    """Records the batch's undo entries; returns its id, the ``MARK`` its writes carry."""
     journal_id = ObjectId()
     await db[JOURNAL].insert_one({"_id": journal_id, "at": datetime.now(UTC),
-                                  "undo": undo, "audit": audit_ids})
+                                  "undo": undo, "audit": audit_ids, MARKED: True})
     return journal_id
+
+
+async def record_image(db: Any, journal_id: ObjectId, index: int,
+                       image: dict[str, Any] | None) -> None:
+    """Replaces the image of undo entry ``index``: its document changed before the batch
+    wrote it. Recorded before the batch's write, like the journal itself."""
+    await db[JOURNAL].update_one({"_id": journal_id}, {"$set": {f"undo.{index}.before": image}})
 
 
 async def close_batch(db: Any, journal_id: ObjectId) -> None:
     await db[JOURNAL].delete_one({"_id": journal_id})
 
 
-async def roll_back(db: Any, undo: list[dict[str, Any]], audit_ids: list[ObjectId]) -> None:
-    """Puts every listed document back (idempotent), newest change first.
+async def roll_back(db: Any, journal_id: ObjectId, undo: list[dict[str, Any]],
+                    audit_ids: list[ObjectId], *, marked: bool = True
+                    ) -> list[dict[str, Any]]:
+    """Puts back, newest change first, every listed document that still carries the
+    batch's mark (idempotent); returns the entries left alone. ``marked=False`` is for
+    journals of versions that did not mark their writes: those are put back regardless.
 
-    A partial update restores only the fields it wrote, so a concurrent write to other
-    fields of the same document (a heartbeat's ``last_seen``) survives the rollback.
+    A partial update restores only the fields it wrote (and the mark the document had):
+    what the batch did not write is not its to undo.
     """
     if audit_ids:
         await db["audit_entry"].delete_many({"_id": {"$in": audit_ids}})
+    left = []
     for entry in reversed(undo):
-        collection = db[entry["kind"]]
-        before = entry["before"]
-        if before is None:
-            await collection.delete_one({"_id": entry["id"]})  # the batch inserted it
-        elif entry.get("fields") is None:
-            await collection.replace_one({"_id": entry["id"]}, before, upsert=True)
-        else:
-            restore = {name: before[name] for name in entry["fields"] if name in before}
-            drop = {name: "" for name in entry["fields"] if name not in before}
-            update = {op: values for op, values in (("$set", restore), ("$unset", drop))
-                      if values}
-            if update:
-                await collection.update_one({"_id": entry["id"]}, update)
+        ours: dict[str, Any] = {"_id": entry["id"]}
+        if marked:
+            ours[MARK] = journal_id
+        if not await _undo(db[entry["kind"]], entry, ours, marked):
+            left.append(entry)
+    return left
+
+
+async def _undo(collection: Any, entry: dict[str, Any], ours: dict[str, Any],
+                marked: bool) -> bool:
+    """Undoes one entry on the document ``ours`` selects; False when none matched."""
+    before = entry["before"]
+    if before is None:  # the batch inserted it
+        return bool((await collection.delete_one(ours)).deleted_count)
+    if entry.get("fields") is None:
+        # Gone is "changed since" too, unless the batch deleted it itself; then it comes
+        # back, unless another writer has put a record with its id (or unique key) there.
+        try:
+            result = await collection.replace_one(
+                ours, before, upsert=bool(entry.get("deleted")) or not marked)
+        except DuplicateKeyError:
+            return False
+        return bool(result.matched_count) or result.upserted_id is not None
+    result = await collection.update_one(ours, _restoring(before, entry["fields"]))
+    return bool(result.matched_count)
+
+
+def _restoring(before: dict[str, Any], names: Sequence[str]) -> dict[str, Any]:
+    """The update putting ``names`` (and the mark) back as ``before`` had them."""
+    names = [*names, MARK]
+    restore = {name: before[name] for name in names if name in before}
+    drop = {name: "" for name in names if name not in before}
+    return {op: values for op, values in (("$set", restore), ("$unset", drop)) if values}
 
 
 async def sweep(db: Any, now: datetime | None = None,
@@ -140,9 +202,17 @@ async def sweep(db: Any, now: datetime | None = None,
             {"_id": journal["_id"], "at": journal.get("at")}, {"$set": {"at": now}})
         if claimed is None:
             continue
+        undo = journal.get("undo", [])
         log.warning("rolling back a write batch its writer left unfinished (%d documents)",
-                    len(journal.get("undo", [])))
-        await roll_back(db, journal.get("undo", []), journal.get("audit", []))
+                    len(undo))
+        left = await roll_back(db, journal["_id"], undo, journal.get("audit", []),
+                               marked=bool(journal.get(MARKED)))
+        if left:
+            # Not knowing how far the writer got, these are documents it never reached
+            # as well as ones another writer changed since.
+            log.info("left %d documents of that batch as they are (not written by it, or "
+                     "changed by another writer since): %s", len(left),
+                     ", ".join(f"{e['kind']} {e['id']}" for e in left))
         await db[JOURNAL].delete_one({"_id": journal["_id"]})
         rolled_back += 1
     return rolled_back

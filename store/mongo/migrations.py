@@ -4,15 +4,21 @@ schema migrations, ``store/sqlite/migrations.py``: versions 8 and 10).
 MongoDB has no schema to migrate, only documents written under older rules. Each step
 here runs at every start, is idempotent, and is safe from several instances at once: it
 only changes a document that still lacks the step's mark, with that absence in the
-update's own filter, so a document is changed once whoever gets there first.
+update's own filter, so a document is changed once whoever gets there first. Like every
+write, a step gives the document a new version (``journal.MARK``), so a batch of another
+instance writing it meanwhile journals the migrated image, not the one from before.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
+from bson import ObjectId
 from pymongo import ReturnDocument
+
+from store.mongo.journal import MARK
 
 #: Where a step that must not touch documents written after it began records when that was.
 MIGRATIONS = "schema_migrations"
@@ -44,15 +50,16 @@ async def _books(db: Any) -> None:
                 owner = station.get("owner_id") if company is None else None
                 await db[kind].update_one(
                     {"_id": doc["_id"], "company_id": {"$exists": False}},
-                    {"$set": {"company_id": company, "station_owner_id": owner}})
+                    {"$set": {"company_id": company, "station_owner_id": owner,
+                              MARK: ObjectId()}})
 
 
 #: Currencies whose minor unit is not a hundredth, when amounts started counting it.
-_SCALE = {**{code: 0.01 for code in (
+_SCALE = {**{code: Decimal("0.01") for code in (
     "BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX", "UYI",
     "VND", "VUV", "XAF", "XOF", "XPF")},
-          **{code: 10.0 for code in ("BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND")},
-          "CLF": 100.0, "UYW": 100.0}
+          **{code: Decimal(10) for code in ("BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND")},
+          "CLF": Decimal(100), "UYW": Decimal(100)}
 _RESCALED = "_minor_units_rescaled"
 
 
@@ -81,6 +88,14 @@ async def _minor_units(db: Any) -> None:
             for doc in docs:
                 await db[kind].update_one(
                     {"_id": doc["_id"], _RESCALED: {"$exists": False}},
-                    {"$set": {field: round(doc[field] * _SCALE[doc["currency"]]),
-                              _RESCALED: True}})
+                    {"$set": {field: _rescaled(doc[field], doc["currency"]),
+                              _RESCALED: True, MARK: ObjectId()}})
     await db[MIGRATIONS].update_one({"_id": "minor_units"}, {"$set": {"done": True}})
+
+
+def _rescaled(amount: int, currency: str) -> int:
+    """``amount`` in hundredths as ``currency``'s minor units, rounded as SQLite's migration
+    10 rounds (``ROUND``: half away from zero; Python's ``round`` goes half to even, which
+    made 50 hundredths of a yen 0 yen here and 1 there). Exact in decimal arithmetic."""
+    scaled = Decimal(amount) * _SCALE[currency]
+    return int(scaled.quantize(Decimal(1), rounding=ROUND_HALF_UP))

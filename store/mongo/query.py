@@ -43,6 +43,9 @@ from store.mongo.codec import (
 #: lets AND/OR and the reads short-circuit without asking the database.
 NEVER: dict[str, Any] = {"_id": {"$in": []}}
 KM_PER_DEGREE_LAT = 111.19
+#: How far past its radius a Near circle may reach, relative to the radius: far below the
+#: metre a charger's position is good for, far above the rounding of the arithmetic.
+NEAR_TOLERANCE = 1e-9
 
 
 def _storable(spec: FieldSpec, value: Any) -> bool:
@@ -103,15 +106,25 @@ class FilterCompiler:
 
     @staticmethod
     def _near(near: Near) -> dict[str, Any]:
-        """Exact great-circle distance: the dot product of unit vectors is the cosine of the
-        central angle. A latitude band (indexed) narrows the candidates first."""
+        """Exact great-circle distance, compared as the chord between unit vectors: a
+        central angle ``a`` is a chord of ``2 sin(a / 2)``, and the squared chord is a sum
+        of squared differences, accurate for a metre as for a continent. (The cosine of a
+        few metres' angle differs from 1 by less than a double resolves: ``dot >= cos(a)``
+        counted stations up to ~9 m outside the circle.) A latitude band (indexed) narrows
+        the candidates first."""
+        if near.radius_km < 0:
+            return NEVER  # as in SQLite (a cosine would have read it as its absolute value)
         center = unit_vector(near.lat, near.lon)
         band = near.radius_km / KM_PER_DEGREE_LAT + 1e-9
         angle = min(near.radius_km / EARTH_RADIUS_KM, math.pi)
-        dot = {"$add": [{"$multiply": [f"$_geo.{axis}", center[axis]]} for axis in "xyz"]}
+        # Float rounding must not cut off a point on the circle itself: a relative margin,
+        # plus an absolute one of a few ulps of a unit vector's components (nanometres).
+        chord = 2 * math.sin(angle / 2) * (1 + NEAR_TOLERANCE) + 1e-15
+        squared = {"$add": [{"$multiply": [difference, difference]} for difference in (
+            {"$subtract": [f"$_geo.{axis}", center[axis]]} for axis in "xyz")]}
         return {"lat": {"$gte": near.lat - band, "$lte": near.lat + band},
                 "_geo": {"$ne": None},
-                "$expr": {"$gte": [dot, math.cos(angle) - 1e-12]}}
+                "$expr": {"$lte": [squared, chord * chord]}}
 
     async def _sub(self, kind: type[Record], sub: Sub) -> dict[str, Any]:
         inner_kind = ENTITY_BY_KIND[sub.kind]

@@ -3,7 +3,8 @@
 One collection per entity kind, documents as ``store/mongo/codec.py`` describes, filters
 compiled by ``query.py``, analytics by ``aggregate.py``. No multi-document transactions are
 assumed (standalone servers have none): a write batch is made all-or-nothing by the undo
-journal in ``journal.py``; unique rules are unique indexes (``indexes.py``).
+journal in ``journal.py`` (written by ``batch.py``); unique rules are unique indexes
+(``indexes.py``).
 """
 
 from __future__ import annotations
@@ -11,9 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Mapping, Sequence
-from typing import Any, cast
+from typing import Any
 
 import pymongo
 from bson import ObjectId
@@ -22,10 +22,10 @@ from pymongo.errors import PyMongoError
 
 from domain.aggregation import Group, Metric
 from domain.entities import AuditEntry, E, Record
-from domain.errors import Conflict
-from domain.ports import Change, Insert, Update
+from domain.ports import Change
 from domain.query import ALL, Filter, Page, PageRequest, Sort, decode_cursor, encode_cursor
 from store.mongo import aggregate, journal, writes
+from store.mongo.batch import Batch
 from store.mongo.codec import compared, from_doc, shadow, spec_of
 from store.mongo.indexes import ensure_indexes
 from store.mongo.migrations import migrate
@@ -37,10 +37,9 @@ COUNTERS = "_counters"
 #: A health check answers quickly, also when the server is gone (instead of waiting out
 #: the 30 s server selection timeout).
 PING_TIMEOUT_S = 3.0
-
-
-class BatchTimeout(TimeoutError):
-    """A write batch ran past ``journal.BATCH_DEADLINE_S`` and was rolled back."""
+#: The per-key reads of one grouped load in flight at once: enough to overlap their round
+#: trips, few enough to leave most of the connection pool (100) to other requests.
+GROUPED_READS_IN_FLIGHT = 16
 
 
 class MongoStore:
@@ -186,6 +185,11 @@ class MongoStore:
     async def find_grouped(self, kind: type[E], key_field: str, keys: Sequence[Any],
                            where: Filter, sort: Sequence[Sort], limit: int
                            ) -> dict[Any, list[E]]:
+        # One find per key, each an index range that stops at ``limit`` (the key's index
+        # ends with the sort and the ``_id`` tie-breaker), started together. A single
+        # $group pushing every matching document would read each parent's whole history
+        # (a server refuses a $push past 100 MiB: ~245k sessions on one station), and
+        # $topN, which would not, is not in mongomock.
         spec = spec_of(kind, key_field)
         originals = {compared(spec, k): k for k in keys if k is not None}
         if not originals or limit <= 0:
@@ -193,19 +197,19 @@ class MongoStore:
         query = await self._where(kind, where)
         if query is NEVER:
             return {}
-        key_name = shadow(spec)
-        match: dict[str, Any] = {key_name: {"$in": list(originals)}}
-        if query:
-            match = {"$and": [match, query]}
-        pipeline = [
-            {"$match": match},
-            {"$sort": dict(sort_spec(kind, sort))},
-            {"$group": {"_id": f"${key_name}", "docs": {"$push": "$$ROOT"}}},
-            {"$project": {"docs": {"$slice": ["$docs", limit]}}},
-        ]
-        rows = await (await self.db[kind.kind].aggregate(pipeline)).to_list(None)
-        return {originals[row["_id"]]: [from_doc(kind, d) for d in row["docs"]]  # type: ignore[misc]
-                for row in rows if row["_id"] in originals}
+        order = sort_spec(kind, sort)
+        in_flight = asyncio.Semaphore(GROUPED_READS_IN_FLIGHT)
+
+        async def first_rows(value: Any) -> list[E]:
+            match: dict[str, Any] = {shadow(spec): value}
+            cursor = self.db[kind.kind].find({"$and": [match, query]} if query else match)
+            async with in_flight:
+                docs = await cursor.sort(order).limit(limit).to_list(None)
+            return [from_doc(kind, doc) for doc in docs]  # type: ignore[misc]
+
+        found = await asyncio.gather(*(first_rows(value) for value in originals))
+        return {originals[value]: rows
+                for value, rows in zip(originals, found, strict=True) if rows}
 
     async def count_grouped(self, kind: type[E], key_field: str, keys: Sequence[Any],
                             where: Filter) -> dict[Any, int]:
@@ -232,49 +236,8 @@ class MongoStore:
         if len(changes) == 1 and not audit:
             await writes.apply(self.db, changes[0])  # one document: atomic by itself
             return
-        undo = await journal.plan(self.db, changes)
-        audit_ids = [ObjectId(entry.id) for entry in audit]
-        journal_id = await journal.open_batch(self.db, undo, audit_ids)
-        steps = writes.steps(changes)
-        if audit:
-            steps.append([Insert(entry) for entry in audit])
-        deadline = time.monotonic() + journal.BATCH_DEADLINE_S
-        untouched: set[tuple[str, ObjectId]] = set()
-        try:
-            for step in steps:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise BatchTimeout("a write batch ran past its deadline; rolled back")
-                # The server aborts an operation that would run past the deadline too, so
-                # nothing of this batch lands after a sweep could consider it abandoned.
-                with pymongo.timeout(remaining):
-                    if not await writes.apply(self.db, step):
-                        assert isinstance(step, Update)
-                        untouched.add((step.record.kind, ObjectId(step.record.id)))
-                    elif isinstance(step, Update):
-                        untouched.discard((step.record.kind, ObjectId(step.record.id)))
-        except BaseException as exc:
-            if isinstance(exc, Conflict) and exc.code == "CHANGED":
-                # The update that failed its guard wrote nothing either.
-                failed = cast(Update, step)
-                untouched.add((failed.record.kind, ObjectId(failed.record.id)))
-            # A guarded update that wrote nothing must not be "put back": its before-image
-            # is older than what another writer stored since (a capture racing this fail).
-            kept = [u for u in undo if (u["kind"], u["id"]) not in untouched
-                    or _written_otherwise(changes, u)]
-            await self._roll_back(journal_id, kept, audit_ids)
-            raise
-        await journal.close_batch(self.db, journal_id)
-
-    async def _roll_back(self, journal_id: ObjectId, undo: list[dict[str, Any]],
-                         audit_ids: list[ObjectId]) -> None:
-        try:
-            await journal.roll_back(self.db, undo, audit_ids)
-            await journal.close_batch(self.db, journal_id)
-        except Exception:
-            # The journal document stays, so a sweep finishes the rollback; the caller
-            # gets the error that failed the batch, not this one.
-            log.exception("rolling back a failed write batch failed; a sweep will finish it")
+        batch = await Batch.open(self.db, changes, audit)
+        await batch.run(changes, audit)
 
     async def next_sequence(self, name: str) -> int:
         doc = await self.db[COUNTERS].find_one_and_update(
@@ -283,8 +246,3 @@ class MongoStore:
         return int(doc["value"])
 
 
-def _written_otherwise(changes: Sequence[Change], entry: dict[str, Any]) -> bool:
-    """Whether a change of the batch other than a guarded update touched the undo
-    entry's document (then it was written, and is put back)."""
-    return any((c.record.kind, ObjectId(c.record.id)) == (entry["kind"], entry["id"])
-               and not (isinstance(c, Update) and c.only_if is not None) for c in changes)

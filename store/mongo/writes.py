@@ -1,9 +1,17 @@
 """Applying changes to MongoDB, one single-document operation each (runs of inserts into
 one collection go as one ``insert_many``), and turning duplicate-key errors into
-``UniqueViolation`` with the rule's field."""
+``UniqueViolation`` with the rule's field.
+
+Every write stores its id in ``journal.MARK``: a journaled batch's id for the documents the
+batch writes, a fresh one for an update or replacement written alone (a document inserted
+alone has none, which reads as its first version). The mark is thus a document's version,
+and the undo journal relies on it (``store/mongo/journal.py``): a batch's write is made
+only on the version whose image its journal holds (``expected``; ``Stale`` otherwise),
+and an undo only while the document still holds the batch's own mark."""
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -24,10 +32,32 @@ from domain.ports import (
 from store.fields import changed_meanwhile, duplicate_message, spec_by_name
 from store.mongo.codec import compared, partial_update, shadow, to_doc
 from store.mongo.indexes import PARTIAL_RULE_FIELD, violated_field
+from store.mongo.journal import MARK
 
 DUPLICATE_KEY = 11000
 
 Step = Change | list[Insert | InsertIfAbsent]
+
+
+class Expect(enum.Enum):
+    #: Whatever version is stored (a change written alone).
+    ANY = "any"
+    #: No document: the batch's journal has none to put back.
+    ABSENT = "absent"
+
+
+#: The version an update or delete is made on: a mark, ``None`` for a document that has
+#: none, or an ``Expect``.
+Version = ObjectId | None | Expect
+
+
+class Stale(Exception):
+    """The document is no longer the version the batch's journal holds the image of:
+    another writer changed (or inserted) it since the batch read it."""
+
+    def __init__(self, record: Record) -> None:
+        super().__init__(f"{record.kind} {record.id} changed since the batch read it")
+        self.record = record
 
 
 def steps(changes: Sequence[Change]) -> list[Step]:
@@ -46,32 +76,43 @@ def steps(changes: Sequence[Change]) -> list[Step]:
     return out
 
 
-async def apply(db: Any, step: Step) -> bool:
-    """Writes one step; False when it was a guarded update whose guard no longer held
-    (nothing written)."""
+async def apply(db: Any, step: Step, mark: ObjectId | None = None,
+                expected: Version = Expect.ANY) -> list[Record]:
+    """Writes one step with ``mark`` (``None``: written alone); returns the records it wrote
+    (not a guarded update whose guard no longer held, nor an ``InsertIfAbsent`` of a
+    record that was there). ``expected``: the version an update or delete is made on."""
     if isinstance(step, list):
-        await insert(db, step)
-    elif isinstance(step, Insert | InsertIfAbsent):
-        await insert(db, [step])
-    elif isinstance(step, Update):
-        return await update(db, step)
-    elif isinstance(step, Delete):
-        await delete(db, step)
-    else:
-        raise TypeError(f"not a change: {step!r}")
-    return True
+        return await insert(db, step, mark)
+    if isinstance(step, Insert | InsertIfAbsent):
+        return await insert(db, [step], mark)
+    if isinstance(step, Update):
+        return [step.record] if await update(db, step, mark, expected) else []
+    if isinstance(step, Delete):
+        await delete(db, step, expected)
+        return [step.record]
+    raise TypeError(f"not a change: {step!r}")
 
 
-async def insert(db: Any, run: Sequence[Insert | InsertIfAbsent]) -> None:
+def marked(doc: dict[str, Any], mark: ObjectId | None) -> dict[str, Any]:
+    """``doc`` as a whole-document write stores it (with its mark, if any)."""
+    if mark is not None:
+        doc[MARK] = mark
+    return doc
+
+
+async def insert(db: Any, run: Sequence[Insert | InsertIfAbsent],
+                 mark: ObjectId | None = None) -> list[Record]:
     """Ordered ``insert_many``; an ``InsertIfAbsent`` whose id exists is skipped and the
-    rest of the run resumes after it."""
+    rest of the run resumes after it. Returns the records inserted."""
     collection = db[run[0].record.kind]
-    docs = [to_doc(change.record) for change in run]
+    docs = [marked(to_doc(change.record), mark) for change in run]
+    skipped: set[int] = set()
+    retried: set[int] = set()
     start = 0
     while start < len(docs):
         try:
             await collection.insert_many(docs[start:], ordered=True)
-            return
+            break
         except BulkWriteError as exc:
             errors = (exc.details or {}).get("writeErrors") or []
             if not errors or errors[0].get("code") != DUPLICATE_KEY:
@@ -79,22 +120,72 @@ async def insert(db: Any, run: Sequence[Insert | InsertIfAbsent]) -> None:
             error = errors[0]
             failed = start + int(error["index"])
             change = run[failed]
-            if isinstance(change, InsertIfAbsent) and await _id_taken(
-                    collection, change.record, error):
-                start = failed + 1
-                continue
+            if isinstance(change, InsertIfAbsent) and _maybe_the_id(change.record, error):
+                if await _keep_existing(collection, change.record, mark):
+                    skipped.add(failed)
+                    start = failed + 1
+                    continue
+                if failed not in retried:
+                    # Gone since it clashed: the batch that had inserted it undid that.
+                    retried.add(failed)
+                    start = failed
+                    continue
             raise await explain(db, change.record, error, inserting=True) from exc
+    return [change.record for i, change in enumerate(run) if i not in skipped]
 
 
-async def _id_taken(collection: Any, record: Record, error: Mapping[str, Any]) -> bool:
-    """Whether the duplicate key is the record's id (so an ``InsertIfAbsent`` is a no-op)."""
-    field = violated_field(record.kind, error)
-    if field is not None and field != "id":
-        return False
-    return await collection.find_one({"_id": ObjectId(record.id)}, {"_id": 1}) is not None
+def _maybe_the_id(record: Record, error: Mapping[str, Any]) -> bool:
+    """Whether the duplicate key may be the record's id (mongomock does not say)."""
+    return violated_field(record.kind, error) in (None, "id")
 
 
-async def update(db: Any, change: Update) -> bool:
+async def _keep_existing(collection: Any, record: Record, mark: ObjectId | None) -> bool:
+    """Whether the record is there, which makes an ``InsertIfAbsent`` a no-op.
+
+    It may be another batch's insert, still in flight: that batch's mark is replaced, so
+    its rollback leaves the record this write now counts as stored (SQLite would have
+    waited for the other batch instead). This write's own mark stays: its own rollback
+    is to undo its own insert."""
+    ident = ObjectId(record.id)
+    result = await collection.update_one({"_id": ident, MARK: {"$nin": [None, mark]}},
+                                         {"$set": {MARK: ObjectId()}})
+    if result.matched_count:
+        return True
+    return await collection.find_one({"_id": ident}, {"_id": 1}) is not None
+
+
+async def update(db: Any, change: Update, mark: ObjectId | None = None,
+                 expected: Version = Expect.ANY) -> bool:
+    """False when a guarded update's guard no longer held (nothing written)."""
+    record = change.record
+    collection = db[record.kind]
+    target = _target(change)
+    version = _version_filter(expected)
+    matched = False
+    if version is not None:
+        mark = mark if mark is not None else ObjectId()
+        try:
+            if change.fields is None:
+                result = await collection.replace_one({**target, **version},
+                                                      marked(to_doc(record), mark))
+            else:
+                result = await collection.update_one(
+                    {**target, **version}, _marking(partial_update(record, change.fields), mark))
+        except DuplicateKeyError as exc:
+            raise await explain(db, record, exc.details, inserting=False) from exc
+        matched = bool(result.matched_count)
+    if matched:
+        return True
+    await _raise_if_stale(collection, record, expected)
+    if change.only_if is None:
+        raise _not_found(record)
+    if change.required:
+        raise changed_meanwhile(record.kind)
+    return False
+
+
+def _target(change: Update) -> dict[str, Any]:
+    """The filter of the updated document, with the update's guard."""
     record = change.record
     target: dict[str, Any] = {"_id": ObjectId(record.id)}
     if change.required and change.only_if is None:
@@ -105,28 +196,44 @@ async def update(db: Any, change: Update) -> bool:
         field, value = change.only_if
         spec = spec_by_name(type(record))[field]
         target[shadow(spec)] = compared(spec, value)
-    try:
-        if change.fields is None:
-            result = await db[record.kind].replace_one(target, to_doc(record))
-        else:
-            result = await db[record.kind].update_one(
-                target, partial_update(record, change.fields))
-    except DuplicateKeyError as exc:
-        raise await explain(db, record, exc.details, inserting=False) from exc
-    if result.matched_count == 0:
-        if change.only_if is None:
-            raise _not_found(record)
-        if change.required:
-            raise changed_meanwhile(record.kind)
-        return False
-    return True
+    return target
 
 
-async def delete(db: Any, change: Delete) -> None:
+def _marking(update: dict[str, Any], mark: ObjectId) -> dict[str, Any]:
+    update["$set"][MARK] = mark
+    return update
+
+
+def _version_filter(expected: Version) -> dict[str, Any] | None:
+    """The filter part making a write apply to the ``expected`` version only; ``None``
+    when no stored document can be it."""
+    if expected is Expect.ANY:
+        return {}
+    if expected is Expect.ABSENT:
+        return None
+    return {MARK: expected}  # ``None`` matches a document without a mark too
+
+
+async def _raise_if_stale(collection: Any, record: Record, expected: Version) -> None:
+    """After a write matched nothing: raises ``Stale`` when the document is there in
+    another version than ``expected`` (so it is neither missing nor failing a guard)."""
+    if expected is Expect.ANY:
+        return
+    doc = await collection.find_one({"_id": ObjectId(record.id)}, {MARK: 1})
+    if doc is not None and (expected is Expect.ABSENT or doc.get(MARK) != expected):
+        raise Stale(record)
+
+
+async def delete(db: Any, change: Delete, expected: Version = Expect.ANY) -> None:
     record = change.record
-    result = await db[record.kind].delete_one({"_id": ObjectId(record.id)})
-    if result.deleted_count == 0:
-        raise _not_found(record)
+    collection = db[record.kind]
+    version = _version_filter(expected)
+    if version is not None:
+        result = await collection.delete_one({"_id": ObjectId(record.id), **version})
+        if result.deleted_count:
+            return
+    await _raise_if_stale(collection, record, expected)
+    raise _not_found(record)
 
 
 def _not_found(record: Record) -> NotFound:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta, timezone
 from types import SimpleNamespace
 
@@ -196,6 +197,7 @@ async def test_search_folds_non_ascii_case(store: Store) -> None:
 BERLIN = (52.5200, 13.4050)
 POTSDAM = (52.3906, 13.0645)  # 27.2 km from BERLIN (great circle)
 MUNICH = (48.1372, 11.5756)  # 504 km
+EARTH_RADIUS_KM = 6371.0088  # the mean radius both backends measure with
 
 
 async def test_near_uses_great_circle_distance(store: Store) -> None:
@@ -216,6 +218,30 @@ async def test_near_uses_great_circle_distance(store: Store) -> None:
         berlin.id, potsdam.id, munich.id
     }
     assert await matching(store, Station, Near(*MUNICH, radius_km=1.0)) == {munich.id}
+
+
+def east_of(origin: tuple[float, float], metres: float) -> tuple[float, float]:
+    """The point ``metres`` east of ``origin`` (along its parallel: for a few metres the
+    great-circle distance is the same to well under a micrometre)."""
+    lat, lon = origin
+    return lat, lon + math.degrees(metres / 1000 / EARTH_RADIUS_KM / math.cos(math.radians(lat)))
+
+
+async def test_near_is_exact_at_a_few_metres(store: Store) -> None:
+    """A charging bay is a few metres wide: a radius of 1 or 5 m means just that (the
+    cosine of such an angle is 1 to within a double's resolution)."""
+    offsets = (0.0, 0.5, 0.95, 1.05, 3.0, 4.9, 5.1, 6.0, 8.0, 12.0)
+    near = {m: station(name=f"{m} m", lat=east_of(BERLIN, m)[0], lon=east_of(BERLIN, m)[1])
+            for m in offsets}
+    await put(store, *near.values())
+
+    def within(metres: float) -> set[str]:
+        return {s.id for m, s in near.items() if m <= metres}
+
+    assert await matching(store, Station, Near(*BERLIN, radius_km=0.001)) == within(1)
+    assert await matching(store, Station, Near(*BERLIN, radius_km=0.005)) == within(5)
+    assert await matching(store, Station, Near(*BERLIN, radius_km=0.0)) == within(0)
+    assert await matching(store, Station, Near(*BERLIN, radius_km=-0.005)) == set()
 
 
 async def test_near_combines_with_other_filters(store: Store) -> None:

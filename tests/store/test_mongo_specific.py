@@ -8,8 +8,10 @@ check what mongomock cannot produce."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
-from collections.abc import AsyncIterator
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -25,6 +27,7 @@ from domain.entities import (
     Connector,
     MeterSample,
     Payment,
+    Record,
     Registration,
     Role,
     Session,
@@ -33,15 +36,24 @@ from domain.entities import (
     Tariff,
     User,
 )
-from domain.errors import NotFound, UniqueViolation
+from domain.errors import Conflict, NotFound, UniqueViolation
 from domain.ports import PARTIAL_UNIQUE_RULES, UNIQUE_RULES, Delete, Insert, InsertIfAbsent, Update
 from domain.query import ALL, Eq, In, Near, Range, Search, Sort, Sub
+from graph.nodes import BY_CONNECTOR, NEWEST_FIRST
 from store.mongo import MongoStore, journal, migrations, writes
+from store.mongo import batch as batch_module
 from store.mongo import store as store_module
 from store.mongo.codec import to_doc
 from store.mongo.indexes import SUPERSEDED, index_name, violated_field
 from store.mongo.journal import JOURNAL
-from tests.support.mongomock_async import AsyncDatabase, async_mongomock_database
+from store.mongo.query import sort_spec
+from store.sqlite import migrations as sqlite_migrations
+from tests.support.mongomock_async import (
+    AsyncCollection,
+    AsyncCursor,
+    AsyncDatabase,
+    async_mongomock_database,
+)
 
 T0 = datetime(2025, 3, 1, 12, 0, 0, 123000, tzinfo=UTC)
 
@@ -195,6 +207,9 @@ async def test_start_drops_the_indexes_longer_ones_replaced(mongo: MongoStore) -
     db = raw(mongo)
     db["connector"].create_index([("station_id", 1), ("connector_id", 1)])
     db["session"].create_index([("station_id", 1), ("state", 1)])
+    for key in ("station_id", "user_id"):
+        db["session"].create_index([(key, 1), ("start_time", -1)])
+    db["session"].create_index([("vehicle_id", 1)])
     assert "station_id_1_state_1" in db["session"].index_information()
     await mongo.start()
     snapshot = index_snapshot(mongo)
@@ -202,6 +217,8 @@ async def test_start_drops_the_indexes_longer_ones_replaced(mongo: MongoStore) -
         assert not set(names) & set(snapshot[kind]), snapshot[kind]
     assert "station_id_1_connector_id_1__id_1" in snapshot["connector"]
     assert "station_id_1_state_1__id_1" in snapshot["session"]
+    for key in ("station_id", "user_id", "vehicle_id"):
+        assert f"{key}_1_start_time_-1__id_1" in snapshot["session"]
 
 
 async def test_one_active_session_per_connector_is_a_partial_unique_index(
@@ -220,6 +237,62 @@ async def test_one_active_session_per_connector_is_a_partial_unique_index(
     with pytest.raises(UniqueViolation) as raised:
         await mongo.write([Insert(session_on(station, 1, 4))], [])
     assert raised.value.field == "connector_id"
+
+
+# ---------------------------------------------------------------------------- grouped reads
+#: The nested lists of the graph (``graph/nodes.py``): kind, key, the fields the filter
+#: holds equal, sort. Each is a ``find_grouped`` whose per-key read an index must serve.
+NESTED_LISTS = [
+    pytest.param(Session, "station_id", (), NEWEST_FIRST, id="Station.sessions"),
+    pytest.param(Session, "user_id", (), NEWEST_FIRST, id="User.sessions"),
+    pytest.param(Session, "vehicle_id", (), NEWEST_FIRST, id="Vehicle.sessions"),
+    pytest.param(Session, "station_id", ("state",), (), id="Connector.activeSession"),
+    pytest.param(Connector, "station_id", (), BY_CONNECTOR, id="Station.connectors"),
+]
+
+
+@pytest.mark.parametrize(("kind", "key", "equal", "sort"), NESTED_LISTS)
+async def test_each_nested_list_reads_its_first_rows_from_an_index(
+    mongo: MongoStore, kind: type[Record], key: str, equal: tuple[str, ...],
+    sort: tuple[Sort, ...]
+) -> None:
+    """The key and the equal fields, then the sort with the ``_id`` tie-breaker (in its
+    direction or wholly reversed): the server walks the index and stops at the limit."""
+    order = sort_spec(kind, sort)
+    backward = [(name, -direction) for name, direction in order]
+    indexes = [list(info["key"]) for info in raw(mongo)[kind.kind].index_information().values()]
+    assert any({name for name, _ in keys[:1 + len(equal)]} == {key, *equal}
+               and keys[1 + len(equal):] in (order, backward) for keys in indexes), indexes
+
+
+async def test_a_grouped_read_takes_each_key_s_first_rows_only(
+    mongo: MongoStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One limited find per key, no aggregation of every matching document (a $group
+    pushing a station's whole history, which a server refuses past 100 MiB)."""
+    busy, quiet = Station(cp_id="CP-BUSY", name="Busy"), Station(cp_id="CP-Q", name="Quiet")
+    sessions = [session_on(busy, 1, n, SessionState.COMPLETED) for n in range(1, 31)]
+    sessions.append(session_on(quiet, 1, 99, SessionState.COMPLETED))
+    await mongo.write([Insert(r) for r in sessions], [])
+    reads: list[tuple[str, Any]] = []
+    original_limit, original_aggregate = AsyncCursor.limit, AsyncCollection.aggregate
+
+    def limit(cursor: AsyncCursor, n: int) -> AsyncCursor:
+        reads.append(("find", n))
+        return original_limit(cursor, n)
+
+    async def aggregate(collection: AsyncCollection, pipeline: list[dict[str, Any]]) -> Any:
+        reads.append(("aggregate", pipeline))
+        return await original_aggregate(collection, pipeline)
+
+    monkeypatch.setattr(AsyncCursor, "limit", limit)
+    monkeypatch.setattr(AsyncCollection, "aggregate", aggregate)
+
+    got = await mongo.find_grouped(Session, "station_id", [busy.id, quiet.id, busy.id],
+                                   ALL, NEWEST_FIRST, 3)
+
+    assert reads == [("find", 3), ("find", 3)]
+    assert {k: len(v) for k, v in got.items()} == {busy.id: 3, quiet.id: 1}
 
 
 # ---------------------------------------------------------------------------- rule mapping
@@ -398,16 +471,19 @@ async def test_rollback_restores_only_what_a_partial_update_wrote(mongo: MongoSt
     change = Update(renamed, frozenset({"name", "updated_at", "updated_by"}))
 
     undo = await journal.plan(mongo.db, [change])
-    await writes.apply(mongo.db, change)
-    # A heartbeat of another request lands in between.
+    batch = ObjectId()
+    await writes.apply(mongo.db, change, batch)
+    # Other fields written in between, not by a store write (which would take the batch's
+    # mark away: see the tests below), but as a migration's update does.
     raw(mongo)["station"].update_one({"_id": ObjectId(station.id)},
                                       {"$set": {"online": True, "last_seen": T0}})
-    await journal.roll_back(mongo.db, undo, [])
+    assert await journal.roll_back(mongo.db, batch, undo, []) == []
 
     loaded = (await mongo.get_many(Station, [station.id]))[0]
     assert loaded is not None
     assert loaded.name == "Before"  # the batch's own change is undone
-    assert (loaded.online, loaded.last_seen) == (True, T0)  # the heartbeat survives
+    assert (loaded.online, loaded.last_seen) == (True, T0)  # the other fields survive
+    assert journal.MARK not in raw(mongo)["station"].find_one()  # as before the batch
 
 
 async def test_a_batch_past_its_deadline_is_rolled_back(mongo: MongoStore,
@@ -416,7 +492,7 @@ async def test_a_batch_past_its_deadline_is_rolled_back(mongo: MongoStore,
     monkeypatch.setattr(journal, "BATCH_DEADLINE_S", 0.0)
     company = Company(name="Late")
 
-    with pytest.raises(store_module.BatchTimeout):
+    with pytest.raises(batch_module.BatchTimeout):
         await mongo.write([Insert(company)], [audit_of(company, AuditAction.CREATE)])
 
     assert await mongo.count(Company, ALL) == 0
@@ -424,11 +500,220 @@ async def test_a_batch_past_its_deadline_is_rolled_back(mongo: MongoStore,
     assert raw(mongo)[JOURNAL].count_documents({}) == 0
 
 
+# ---------------------------------------------------------------------------- concurrent writers
+# Two batches interleaved at a fixed point: the other request's write lands while batch A
+# is paused inside ``MongoStore.write``, then A goes on and fails. What the other request
+# committed must survive A's rollback, as it does on SQLite (where A holds the lock).
+
+
+class Paused:
+    """Pauses the first call of ``module.name`` after it returned and the predicate holds
+    for its arguments, until ``resume``; ``reached`` is set when it is paused."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, module: Any, name: str,
+                 when: Callable[..., bool] = lambda *args: True) -> None:
+        self.reached, self.resume = asyncio.Event(), asyncio.Event()
+        original = getattr(module, name)
+
+        async def paused(*args: Any, **kwargs: Any) -> Any:
+            result = await original(*args, **kwargs)
+            if not self.reached.is_set() and when(*args):
+                self.reached.set()
+                await asyncio.wait_for(self.resume.wait(), 5)
+            return result
+
+        monkeypatch.setattr(module, name, paused)
+
+    async def meanwhile(self, batch: Coroutine[Any, Any, None],
+                        other: Callable[[], Awaitable[None]],
+                        fails: type[Exception] = NotFound) -> None:
+        """Runs ``batch`` up to the pause, then ``other`` to its end, then the rest of
+        ``batch``, which is expected to fail with ``fails``."""
+        task = asyncio.create_task(batch)
+        await asyncio.wait_for(self.reached.wait(), 5)
+        await other()
+        self.resume.set()
+        with pytest.raises(fails):
+            await task
+
+
+def writing(record_id: str, name: str) -> Callable[..., bool]:
+    """Whether a step of ``writes.apply`` is the update naming ``record_id`` ``name``."""
+    return lambda db, step, *rest: (isinstance(step, Update) and step.record.id == record_id
+                                    and getattr(step.record, "name", None) == name)
+
+
+def rename(station: Station, name: str, whole: bool = False) -> Update:
+    renamed = dataclasses.replace(station, name=name)
+    return Update(renamed) if whole else Update(renamed, frozenset({"name"}))
+
+
+GHOST = Company(name="Never stored")  # an update of it fails the batch with NotFound
+
+
+async def stored(store: MongoStore, station: Station) -> Station:
+    loaded = (await store.get_many(Station, [station.id]))[0]
+    assert loaded is not None
+    return loaded
+
+
+@pytest.mark.parametrize("whole", [False, True], ids=["partial", "replace"])
+@pytest.mark.parametrize("audited", [False, True], ids=["alone", "batch"])
+async def test_an_update_committed_after_the_batch_wrote_survives_its_rollback(
+    mongo: MongoStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    whole: bool, audited: bool
+) -> None:
+    station = Station(cp_id="CP-L", name="original")
+    await mongo.write([Insert(station)], [])
+    pause = Paused(monkeypatch, writes, "apply", writing(station.id, "A"))
+    entry = audit_of(station)
+
+    async def other() -> None:
+        await mongo.write([rename(station, "B", whole)], [entry] if audited else [])
+
+    await pause.meanwhile(mongo.write([rename(station, "A", whole), Update(GHOST)], []), other)
+
+    assert (await stored(mongo, station)).name == "B"
+    assert (await mongo.get_many(AuditEntry, [entry.id]))[0] == (entry if audited else None)
+    assert raw(mongo)[JOURNAL].count_documents({}) == 0
+    assert f"station {station.id}" in caplog.text  # left alone, and said so
+
+
+async def test_a_document_changed_elsewhere_after_the_batch_wrote_it_is_left_as_it_is(
+    mongo: MongoStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Even when the other writer wrote other fields only (a heartbeat): which fields it
+    wrote is not recorded, so the batch cannot tell its own rename apart (a logged leftover
+    beats undoing a committed write)."""
+    station = Station(cp_id="CP-H", name="original")
+    await mongo.write([Insert(station)], [])
+    pause = Paused(monkeypatch, writes, "apply", writing(station.id, "A"))
+    heartbeat = Update(dataclasses.replace(station, last_seen=T0), frozenset({"last_seen"}))
+
+    async def other() -> None:
+        await mongo.write([heartbeat], [])
+
+    await pause.meanwhile(mongo.write([rename(station, "A"), Update(GHOST)], []), other)
+
+    loaded = await stored(mongo, station)
+    assert (loaded.name, loaded.last_seen) == ("A", T0)
+
+
+@pytest.mark.parametrize("whole", [False, True], ids=["partial", "replace"])
+async def test_an_update_committed_before_the_batch_wrote_is_what_its_rollback_restores(
+    mongo: MongoStore, monkeypatch: pytest.MonkeyPatch, whole: bool
+) -> None:
+    """The other write lands between the batch reading its images and writing: the batch
+    reads that document again (and journals it) before it writes over it."""
+    station = Station(cp_id="CP-R", name="original", online=False)
+    await mongo.write([Insert(station)], [])
+    pause = Paused(monkeypatch, journal, "plan")
+    online = Update(dataclasses.replace(station, name="B", online=True),
+                    frozenset({"name", "online"}))
+
+    async def other() -> None:
+        await mongo.write([online], [])
+
+    await pause.meanwhile(mongo.write([rename(station, "A", whole), Update(GHOST)], []), other)
+
+    loaded = await stored(mongo, station)
+    assert (loaded.name, loaded.online) == ("B", True)
+
+
+async def test_a_record_deleted_after_the_batch_wrote_it_stays_deleted(
+    mongo: MongoStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    station = Station(cp_id="CP-D", name="original")
+    await mongo.write([Insert(station)], [])
+    pause = Paused(monkeypatch, writes, "apply", writing(station.id, "A"))
+
+    async def other() -> None:
+        await mongo.write([Delete(station)], [])
+
+    await pause.meanwhile(mongo.write([rename(station, "A", True), Update(GHOST)], []),
+                          other)
+
+    assert await mongo.count(Station, ALL) == 0
+
+
+async def test_a_document_changed_between_two_writes_of_a_batch_fails_it(
+    mongo: MongoStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Neither image could undo the batch without undoing the other writer too."""
+    station = Station(cp_id="CP-2W", name="original")
+    await mongo.write([Insert(station)], [])
+    pause = Paused(monkeypatch, writes, "apply", writing(station.id, "A"))
+
+    async def other() -> None:
+        await mongo.write([rename(station, "B")], [])
+
+    await pause.meanwhile(mongo.write([rename(station, "A"), rename(station, "A2")], []),
+                          other, Conflict)
+
+    assert (await stored(mongo, station)).name == "B"
+
+
+def sample(value: float = 1.0) -> MeterSample:
+    return MeterSample(id=str(ObjectId()), session_id=None, cp_id="CP", connector_id=1, at=T0,
+                       measurand="Energy.Active.Import.Register", value=value)
+
+
+@pytest.mark.parametrize("audited", [False, True], ids=["alone", "batch"])
+@pytest.mark.parametrize("insert", [InsertIfAbsent, Insert])
+async def test_a_record_inserted_by_another_write_first_survives_the_rollback(
+    mongo: MongoStore, monkeypatch: pytest.MonkeyPatch, audited: bool,
+    insert: type[Insert] | type[InsertIfAbsent]
+) -> None:
+    """The other write inserts the same record (a charger message handled twice) after the
+    batch read its images: the batch's insert is skipped (``InsertIfAbsent``) or fails
+    (``Insert``), and either way the record is not the batch's to delete."""
+    x = sample()
+    entry = audit_of(x, AuditAction.CREATE)
+    pause = Paused(monkeypatch, journal, "plan", lambda db, changes: len(changes) == 2)
+
+    async def other() -> None:
+        await mongo.write([InsertIfAbsent(x)], [entry] if audited else [])
+
+    await pause.meanwhile(mongo.write([insert(x), Update(GHOST)], []), other,
+                          NotFound if insert is InsertIfAbsent else UniqueViolation)
+
+    assert (await mongo.get_many(MeterSample, [x.id]))[0] == x
+    assert (await mongo.get_many(AuditEntry, [entry.id]))[0] == (entry if audited else None)
+
+
+@pytest.mark.parametrize("audited", [False, True], ids=["alone", "batch"])
+async def test_a_record_another_write_found_in_flight_survives_the_rollback(
+    mongo: MongoStore, monkeypatch: pytest.MonkeyPatch, audited: bool
+) -> None:
+    """The batch inserted the record; the other write's ``InsertIfAbsent`` found it there
+    and counted it as stored; then the batch failed. Deleting it would lose the other
+    write's record (SQLite would have made the other write wait and then insert it)."""
+    x = sample()
+    pause = Paused(monkeypatch, writes, "apply", lambda db, step, *rest: isinstance(
+        step, list) and step[0].record.id == x.id)
+
+    async def other() -> None:
+        await mongo.write([InsertIfAbsent(x)], [audit_of(x)] if audited else [])
+
+    await pause.meanwhile(mongo.write([InsertIfAbsent(x), Update(GHOST)], []), other)
+
+    assert (await mongo.get_many(MeterSample, [x.id]))[0] == x
+
+
+async def test_the_batch_own_repeated_insert_is_still_undone(mongo: MongoStore) -> None:
+    x = sample()
+    with pytest.raises(NotFound):
+        await mongo.write([InsertIfAbsent(x), InsertIfAbsent(x), Update(GHOST)], [])
+    assert await mongo.count(MeterSample, ALL) == 0
+
+
 # ---------------------------------------------------------------------------- crash recovery
 
 
-def leave_half_a_batch(store: MongoStore, at: datetime | None) -> tuple[Station, Connector]:
-    """What a writer that died half-way leaves: its journal and its first change."""
+def leave_half_a_batch(store: MongoStore, at: datetime | None, marked: bool = True
+                       ) -> tuple[Station, Connector]:
+    """What a writer that died half-way leaves: its journal and its first change. Not
+    ``marked``: as a version before the marks left it (no mark on either)."""
     station = Station(cp_id="CP-9", name="Nine")
     connector = Connector(station_id=station.id, cp_id="CP-9", connector_id=1)
     entry = audit_of(station, AuditAction.CREATE)
@@ -440,14 +725,19 @@ def leave_half_a_batch(store: MongoStore, at: datetime | None) -> tuple[Station,
                   "fields": None}]}
     if at is not None:
         doc["at"] = at
+    if marked:
+        doc[journal.MARKED] = True
     db = raw(store)
     db[JOURNAL].insert_one(doc)
-    db["station"].insert_one(to_doc(station))  # the crash came before the connector
+    # The crash came before the connector.
+    db["station"].insert_one(writes.marked(to_doc(station), doc["_id"] if marked else None))
     return station, connector
 
 
-async def test_start_rolls_back_a_batch_whose_writer_died(mongo: MongoStore) -> None:
-    leave_half_a_batch(mongo, datetime.now(UTC) - timedelta(minutes=10))
+@pytest.mark.parametrize("marked", [True, False], ids=["marked", "before-marks"])
+async def test_start_rolls_back_a_batch_whose_writer_died(mongo: MongoStore, marked: bool
+                                                          ) -> None:
+    leave_half_a_batch(mongo, datetime.now(UTC) - timedelta(minutes=10), marked)
 
     await mongo.start()
 
@@ -498,6 +788,37 @@ async def test_the_periodic_sweep_runs_while_open_and_stops_on_close() -> None:
     sweeper = store._sweeper
     await store.close()
     assert sweeper is not None and sweeper.done()
+
+
+async def test_a_sweep_undoes_what_a_dead_writer_wrote_and_nobody_changed_since(
+    mongo: MongoStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kept, renamed, later = Company(name="Kept"), Company(name="Renamed"), Company(name="Later")
+    await mongo.write([Insert(kept), Insert(renamed), Insert(later)], [])
+    fresh, touched = Company(name="Fresh"), Company(name="Touched")
+
+    async def dies(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        raise ConnectionError("the writer is gone")  # its journal stays, nothing undone
+
+    monkeypatch.setattr(journal, "roll_back", dies)
+    with pytest.raises(NotFound):
+        await mongo.write([Update(dataclasses.replace(kept, name="A"), frozenset({"name"})),
+                           Update(dataclasses.replace(renamed, name="A")),
+                           Insert(fresh), Insert(touched), Update(GHOST),
+                           Update(dataclasses.replace(later, name="A"))], [])
+    monkeypatch.undo()
+    # Other requests go on writing: some of what the dead writer wrote, and a record its
+    # batch would have changed after the failure.
+    for record in (renamed, touched, later):
+        await mongo.write([Update(dataclasses.replace(record, name="B"),
+                                  frozenset({"name"}))], [])
+
+    assert await journal.sweep(mongo.db, datetime.now(UTC) + journal.STALE_AFTER
+                               + timedelta(seconds=1)) == 1
+
+    names = {c.id: c.name for c in await mongo.find_all(Company, ALL)}
+    assert names == {kept.id: "Kept", renamed.id: "B", touched.id: "B", later.id: "B"}
+    assert raw(mongo)[JOURNAL].count_documents({}) == 0
 
 
 # ---------------------------------------------------------------------------- filters
@@ -604,3 +925,63 @@ async def test_documents_from_before_get_their_books_and_minor_units(mongo: Mong
     assert got[euro.id].cost_minor == 440
     amounts = {p.id: p.amount_minor for p in await mongo.find_all(Payment, ALL)}
     assert amounts == {paid.id: 500, later.id: 1230}
+
+
+#: Legacy amounts in hundredths, halves among them (JPY: whole yen; KWD: fils).
+LEGACY_AMOUNTS = [0, 49, 50, 51, 150, 250, 350, 1050, 2050, 12345, 50_049, 50_050]
+
+
+def sqlite_rescaled(currency: str, amounts: list[int]) -> list[int]:
+    """What SQLite migration 10 makes of the same amounts (its own SQL, on a bare table)."""
+    script = dict(sqlite_migrations.MIGRATIONS)[10]
+    with contextlib.closing(sqlite3.connect(":memory:")) as conn:
+        conn.execute('CREATE TABLE "session" ("id" INTEGER, "cost_minor" INTEGER, '
+                     '"currency" TEXT)')
+        conn.execute('CREATE TABLE "payment" ("amount_minor" INTEGER, "currency" TEXT)')
+        conn.executemany('INSERT INTO "session" VALUES (?, ?, ?)',
+                         [(i, amount, currency) for i, amount in enumerate(amounts)])
+        for statement in sqlite_migrations.split_statements(script):
+            conn.execute(statement)
+        rows = conn.execute('SELECT "cost_minor" FROM "session" ORDER BY "id"').fetchall()
+    return [row[0] for row in rows]
+
+
+@pytest.mark.parametrize("currency", ["JPY", "KWD", "EUR"])
+async def test_minor_units_round_half_up_as_sqlite_does(mongo: MongoStore, currency: str
+                                                        ) -> None:
+    from tests.contract.factories import session, station
+
+    st = station()
+    done: dict[str, Any] = {"state": SessionState.COMPLETED, "updated_at": T0, "created_at": T0,
+                            "currency": currency}
+    legacy = [session(st, i + 1, cost_minor=amount, **done)
+              for i, amount in enumerate(LEGACY_AMOUNTS)]
+    await mongo.write([Insert(s) for s in legacy], [])
+    raw(mongo)[migrations.MIGRATIONS].delete_many({})  # a database from before the migration
+
+    await migrations.migrate(mongo.db)
+
+    got = {s.id: s.cost_minor for s in await mongo.find_all(Session, ALL)}
+    assert [got[s.id] for s in legacy] == sqlite_rescaled(currency, LEGACY_AMOUNTS)
+    if currency == "JPY":  # half a yen and more is a yen
+        assert [got[s.id] for s in legacy[:4]] == [0, 0, 1, 1]
+
+
+async def test_a_migrated_document_gets_a_new_version(mongo: MongoStore) -> None:
+    """So a batch that read the document before the step journals it again before it
+    writes (an undo then puts back the migrated document, not the one from before)."""
+    from tests.contract.factories import session, station
+
+    yen = session(station(), cost_minor=150, currency="JPY", state=SessionState.COMPLETED,
+                  updated_at=T0, created_at=T0)
+    await mongo.write([Insert(yen)], [])
+    db = raw(mongo)
+    db["session"].update_one({}, {"$unset": {"company_id": ""}})  # from before the books
+    db[migrations.MIGRATIONS].delete_many({})
+    before = db["session"].find_one().get(journal.MARK)
+
+    await migrations.migrate(mongo.db)
+
+    doc = db["session"].find_one()
+    assert (doc["cost_minor"], "company_id" in doc) == (2, True)
+    assert doc[journal.MARK] not in (None, before)

@@ -1,0 +1,152 @@
+"""Writing one journaled batch: its changes in order, on the versions its journal holds the
+images of, and on failure the undo of what it wrote (``journal.py`` has the why)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import pymongo
+from bson import ObjectId
+
+from domain.entities import AuditEntry, Record
+from domain.errors import DomainError
+from domain.ports import Change, Delete, Insert
+from store.fields import changed_meanwhile
+from store.mongo import journal, writes
+from store.mongo.journal import MARK, key_of
+from store.mongo.writes import Expect, Step, Version
+
+log = logging.getLogger("chargegraph.store.mongo")
+
+#: A document: (collection, ``_id``).
+Key = tuple[str, ObjectId]
+
+
+class BatchTimeout(TimeoutError):
+    """A write batch ran past ``journal.BATCH_DEADLINE_S`` and was rolled back."""
+
+
+class Batch:
+    """One batch between ``open`` and ``run``. Tracks the version each document is expected
+    in (its image's mark until the batch writes it, then the batch's own) and what the
+    batch wrote, which is all a failure undoes."""
+
+    def __init__(self, db: Any, journal_id: ObjectId, undo: list[dict[str, Any]],
+                 audit_ids: list[ObjectId]) -> None:
+        self.db = db
+        self.id = journal_id
+        self.undo = undo
+        self.audit_ids = audit_ids
+        self.entries = {key_of(entry): index for index, entry in enumerate(undo)}
+        self.versions: dict[Key, Version] = {key_of(e): _version(e["before"]) for e in undo}
+        self.written: set[Key] = set()
+        self.deadline = time.monotonic() + journal.BATCH_DEADLINE_S
+
+    @classmethod
+    async def open(cls, db: Any, changes: Sequence[Change], audit: Sequence[AuditEntry]
+                   ) -> Batch:
+        """Reads the images and records the journal; nothing is written yet."""
+        undo = await journal.plan(db, changes)
+        audit_ids = [ObjectId(entry.id) for entry in audit]
+        return cls(db, await journal.open_batch(db, undo, audit_ids), undo, audit_ids)
+
+    async def run(self, changes: Sequence[Change], audit: Sequence[AuditEntry]) -> None:
+        """Writes everything, or (raising what failed it) undoes what it wrote."""
+        steps: list[tuple[Step, ObjectId | None]] = [
+            (step, self.id) for step in writes.steps(changes)]
+        if audit:
+            # Unmarked: an undo deletes the batch's audit entries by their ids.
+            steps.append(([Insert(entry) for entry in audit], None))
+        step: Step = []  # (none yet)
+        try:
+            for step, mark in steps:
+                await self._write(step, mark)
+        except BaseException as exc:
+            await self.roll_back(set() if _wrote_nothing(step, exc) else _keys(_records(step)))
+            raise
+        await journal.close_batch(self.db, self.id)
+
+    async def _write(self, step: Step, mark: ObjectId | None) -> None:
+        while True:
+            try:
+                records = await self._apply(step, mark)
+            except writes.Stale as stale:
+                await self._read_again(stale.record)
+                continue
+            for key in _keys(records):
+                self.written.add(key)
+                self.versions[key] = Expect.ABSENT if isinstance(step, Delete) else mark
+            return
+
+    async def _apply(self, step: Step, mark: ObjectId | None) -> list[Record]:
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise BatchTimeout("a write batch ran past its deadline; rolled back")
+        expected: Version = Expect.ANY
+        if not isinstance(step, list):
+            expected = self.versions.get(_key(step.record), Expect.ANY)
+        # The server aborts an operation that would run past the deadline too, so nothing
+        # of this batch lands after a sweep could consider it abandoned.
+        with pymongo.timeout(remaining):
+            return await writes.apply(self.db, step, mark, expected)
+
+    async def _read_again(self, record: Record) -> None:
+        """Another writer changed the document since the batch read its image: the image
+        to put back is the new one (recorded before the batch writes on it)."""
+        key = _key(record)
+        if key in self.written:
+            # Changed between two writes of this batch: neither image undoes the batch
+            # without undoing the other writer too.
+            raise changed_meanwhile(record.kind)
+        image = await self.db[record.kind].find_one({"_id": key[1]})
+        index = self.entries[key]
+        await journal.record_image(self.db, self.id, index, image)
+        self.undo[index]["before"] = image
+        self.versions[key] = _version(image)
+
+    async def roll_back(self, maybe: set[Key]) -> None:
+        """Undoes what the batch wrote, or may have written when it failed (``maybe``: a
+        run of inserts half done, an operation whose answer never came). Only that: a
+        guarded update that wrote nothing, an ``InsertIfAbsent`` that found its record
+        there, a change never reached are not the batch's to undo."""
+        reached = self.written | maybe
+        try:
+            left = await journal.roll_back(
+                self.db, self.id, [e for e in self.undo if key_of(e) in reached],
+                self.audit_ids)
+            await journal.close_batch(self.db, self.id)
+        except Exception:
+            # The journal document stays, so a sweep finishes the rollback; the caller
+            # gets the error that failed the batch, not this one.
+            log.exception("rolling back a failed write batch failed; a sweep will finish it")
+            return
+        changed = [key_of(e) for e in left if key_of(e) in self.written]
+        if changed:
+            log.warning("a failed write batch left %d documents as another writer changed "
+                        "them after the batch wrote them: %s", len(changed),
+                        ", ".join(f"{kind} {ident}" for kind, ident in changed))
+
+
+def _version(image: dict[str, Any] | None) -> Version:
+    return Expect.ABSENT if image is None else image.get(MARK)
+
+
+def _key(record: Record) -> Key:
+    return record.kind, ObjectId(record.id)
+
+
+def _keys(records: Sequence[Record]) -> set[Key]:
+    return {_key(record) for record in records}
+
+
+def _records(step: Step) -> list[Record]:
+    return [change.record for change in step] if isinstance(step, list) else [step.record]
+
+
+def _wrote_nothing(step: Step, exc: BaseException) -> bool:
+    """Whether the failed step certainly wrote nothing: a single change the store refused
+    (a missing record, a unique rule, a guard) fails before or instead of its one write."""
+    return not isinstance(step, list) and isinstance(exc, DomainError)
