@@ -17,11 +17,18 @@ import pytest
 
 from tests.helpers import free_port
 
+#: The checkout these tests belong to. An editable install may point `chargegraph` at
+#: another checkout (a second git worktree, say); PYTHONPATH wins over it, so the process
+#: runs the code under test.
+CHECKOUT = Path(__file__).resolve().parents[2]
+
 
 def clean_env(tmp_path: Path) -> dict[str, str]:
     """The caller's CHARGEGRAPH_* variables stay out: the test decides the configuration."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHARGEGRAPH_")}
-    return {**env, "CHARGEGRAPH_DATABASE_URL": f"sqlite:///{tmp_path}/data/svc.db"}
+    path = os.pathsep.join(p for p in (str(CHECKOUT), env.get("PYTHONPATH")) if p)
+    return {**env, "PYTHONPATH": path,
+            "CHARGEGRAPH_DATABASE_URL": f"sqlite:///{tmp_path}/data/svc.db"}
 
 
 @pytest.fixture
@@ -143,3 +150,10 @@ def test_a_corrupt_database_is_one_line_not_a_traceback(tmp_path: Path) -> None:
     assert code != 0
     assert "cannot start the store at sqlite:///" in stderr
     assert "file is not a database" in stderr and "Traceback" not in stderr
+
+
+def test_the_process_runs_this_checkout(tmp_path: Path) -> None:
+    found = subprocess.run(
+        [sys.executable, "-c", "import chargegraph; print(chargegraph.__file__)"],
+        cwd=tmp_path, env=clean_env(tmp_path), text=True, capture_output=True, check=True)
+    assert Path(found.stdout.strip()) == CHECKOUT / "chargegraph" / "__init__.py"
