@@ -16,6 +16,7 @@ import typer
 import uvicorn
 from pydantic import ValidationError
 
+from chargegraph import logs
 from chargegraph.errors import ConfigError
 from chargegraph.runtime import tune_garbage_collector
 from chargegraph.settings import Settings
@@ -31,13 +32,7 @@ class RoleName(StrEnum):
 
 
 def _logging(settings: Settings) -> None:
-    level = settings.log_level.upper()
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if level != "DEBUG":
-        # Per-frame and per-connection chatter: useful when debugging a charger only.
-        for noisy in ("chargegraph.ocpp.wire", "chargegraph.simulator.wire",
-                      "websockets.server", "websockets.client"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
+    logs.configure(settings.log_level.upper())
 
 
 @contextlib.contextmanager
