@@ -72,6 +72,7 @@ def _uvicorn(settings: Settings) -> uvicorn.Server:
     config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
                             log_level=settings.log_level.lower(), lifespan="on",
                             timeout_graceful_shutdown=10, proxy_headers=True,
+                            forwarded_allow_ips=settings.trusted_proxies,
                             ws_ping_interval=20, ws_ping_timeout=20)
     return GracefulServer(config)
 

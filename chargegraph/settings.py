@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from chargegraph.stores import sqlite_path
@@ -20,6 +21,10 @@ class Settings(BaseSettings):
     pubsub_url: str = Field("memory://", description="memory:// or redis://host:6379/0")
     host: str = "127.0.0.1"
     port: int = 8000
+    trusted_proxies: str = Field(
+        "127.0.0.1,::1", description="Comma-separated addresses or networks (CIDR) of the "
+                                     "proxies whose X-Forwarded-For/-Proto is believed; * for "
+                                     "any. Sign-in limits count per client address")
     ocpp_host: str = "127.0.0.1"
     ocpp_port: int = 9000
     ocpp_enabled: bool = True
@@ -41,6 +46,22 @@ class Settings(BaseSettings):
     state_dir: Path | None = Field(None, description="Where generated state (the JWT "
                                                      "secret) lives")
     log_level: str = "INFO"
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxy_addresses(cls, value: str) -> str:
+        """Addresses and networks in the form uvicorn matches: it would take a typo, or a
+        network with host bits set (10.0.0.1/8), for a literal name that never matches,
+        and every client would again share the proxy's address."""
+        entries = [entry.strip() for entry in value.split(",") if entry.strip()]
+        if "*" in entries:
+            return "*"  # uvicorn trusts everyone only when "*" stands alone
+        try:
+            return ",".join(str(ipaddress.ip_network(entry, strict=False)) if "/" in entry
+                            else str(ipaddress.ip_address(entry)) for entry in entries)
+        except ValueError as error:
+            raise ValueError(f"use IP addresses or networks (CIDR), comma-separated: {error}"
+                             ) from None
 
     def resolved_state_dir(self) -> Path:
         """``state_dir``, else ``.chargegraph`` beside the SQLite file (state travels with
