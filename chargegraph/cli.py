@@ -78,8 +78,11 @@ def _uvicorn(settings: Settings) -> uvicorn.Server:
 
 
 HostOpt = Annotated[str | None, typer.Option(help="Interface for GraphQL (default 127.0.0.1).")]
-PortOpt = Annotated[int | None, typer.Option(help="GraphQL port (default 8000).")]
-OcppPortOpt = Annotated[int | None, typer.Option(help="OCPP websocket port (default 9000).")]
+# Ranged here as in Settings: a port above 65535 would otherwise wrap (70000 binds 4464).
+PortOpt = Annotated[int | None, typer.Option(min=1, max=65535,
+                                             help="GraphQL port (default 8000).")]
+OcppPortOpt = Annotated[int | None, typer.Option(min=1, max=65535,
+                                                 help="OCPP websocket port (default 9000).")]
 
 
 @app.command()

@@ -20,13 +20,15 @@ class Settings(BaseSettings):
                                           "mongodb://host/db")
     pubsub_url: str = Field("memory://", description="memory:// or redis://host:6379/0")
     host: str = "127.0.0.1"
-    port: int = 8000
+    # 0 ("any free port") is refused too: the banner, the ready line and chargers need
+    # the real port, and nothing passes 0 (tests pick a free port themselves).
+    port: int = Field(8000, ge=1, le=65535)
     trusted_proxies: str = Field(
         "127.0.0.1,::1", description="Comma-separated addresses or networks (CIDR) of the "
                                      "proxies whose X-Forwarded-For/-Proto is believed; * for "
                                      "any. Sign-in limits count per client address")
     ocpp_host: str = "127.0.0.1"
-    ocpp_port: int = 9000
+    ocpp_port: int = Field(9000, ge=1, le=65535)
     ocpp_enabled: bool = True
     ocpp_tls_cert: Path | None = Field(None, description="PEM certificate: wss:// "
                                                          "(OCPP security profile 2)")

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from chargegraph.cli import app as cli
 from graph import export_sdl
+from tests.shell.guards import never_serve
 
 PASSWORD = "long enough password"
 
@@ -77,3 +78,26 @@ def test_export_schema(runner: CliRunner) -> None:
     schema = runner.invoke(cli, ["export-schema"])
     assert schema.exit_code == 0
     assert schema.stdout == export_sdl() and "type Query" in schema.stdout
+
+
+@pytest.mark.parametrize("args", [["--port", "70000"], ["--port", "-1"], ["--ocpp-port", "0"],
+                                  ["--ocpp-port", "65536"]])
+def test_ports_out_of_range_are_refused(runner: CliRunner, monkeypatch: pytest.MonkeyPatch,
+                                        args: list[str]) -> None:
+    never_serve(monkeypatch)  # 70000 used to wrap around and bind 4464
+    for command in ("serve", "demo"):
+        refused = runner.invoke(cli, [command, *args])
+        assert refused.exit_code == 2, refused.output
+        assert f"Invalid value for '{args[0]}'" in refused.stderr
+
+
+@pytest.mark.parametrize(("variable", "value"), [("CHARGEGRAPH_PORT", "70000"),
+                                                 ("CHARGEGRAPH_OCPP_PORT", "0")])
+def test_ports_out_of_range_in_the_environment_are_refused(
+        runner: CliRunner, monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:
+    never_serve(monkeypatch)
+    monkeypatch.setenv(variable, value)
+    refused = runner.invoke(cli, ["serve"])
+    assert refused.exit_code == 2, refused.output
+    assert refused.stderr.startswith("configuration error:")
+    assert variable.removeprefix("CHARGEGRAPH_").lower() in refused.stderr
