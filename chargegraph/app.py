@@ -23,7 +23,7 @@ from chargegraph.secrets import resolve_jwt_secret
 from chargegraph.security import Argon2Hasher
 from chargegraph.settings import Settings
 from chargegraph.startup import PlainStartupFailures, starting
-from chargegraph.stores import check_database_url, open_store
+from chargegraph.stores import check_database_url, started_store
 from chargegraph.tls import ocpp_ssl_context
 from domain.policy import Policy
 from domain.ports import ChargerGateway, PasswordHasher, Store
@@ -31,7 +31,6 @@ from domain.services import ServiceContext, Services
 from graph import TokenService, create_graphql_app
 from pubsub.command_relay import CommandRelay
 from pubsub.factory import check_event_bus_url, open_event_bus
-from pubsub.redis import redacted
 
 log = logging.getLogger("chargegraph")
 
@@ -86,10 +85,8 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            store = open_store(settings.database_url)
-            with starting(f"the store at {redacted(settings.database_url)}"):
-                await store.start()
-            stack.push_async_callback(store.close)
+            # Opening is inside `starting` too: making the SQLite file's folder can fail.
+            store = await stack.enter_async_context(started_store(settings.database_url))
             bus = open_event_bus(settings.pubsub_url)
             with starting("the event bus"):
                 await bus.start()

@@ -19,7 +19,8 @@ from pydantic import ValidationError
 from chargegraph import logs
 from chargegraph.errors import ConfigError
 from chargegraph.runtime import tune_garbage_collector
-from chargegraph.settings import Settings
+from chargegraph.settings import Settings, problems
+from chargegraph.startup import StartupFailed
 
 app = typer.Typer(help="ChargeGraph: an EV charging backend (OCPP 1.6J + GraphQL).",
                   no_args_is_help=True, add_completion=False)
@@ -35,15 +36,28 @@ def _logging(settings: Settings) -> None:
     logs.configure(settings.log_level.upper())
 
 
+#: What `serve` exits with when the lifespan fails (uvicorn's STARTUP_FAILURE); the other
+#: commands use it for the same failures.
+STARTUP_FAILURE = 3
+
+
 @contextlib.contextmanager
 def _config_errors() -> Iterator[None]:
-    """A configuration mistake is the user's to fix: say what is wrong, exit 2, no
-    traceback."""
+    """A mistake the user must fix outside the code is one line per problem, not a
+    traceback: a configuration error exits 2; a store that cannot be opened exits 3, with
+    the same "cannot start …" line `serve` logs for it."""
     try:
         yield
-    except (ConfigError, ValidationError) as exc:
+    except ConfigError as exc:
         typer.echo(f"configuration error: {exc}", err=True)
         raise typer.Exit(2) from exc
+    except ValidationError as exc:
+        for problem in problems(exc):
+            typer.echo(f"configuration error: {problem}", err=True)
+        raise typer.Exit(2) from exc
+    except StartupFailed as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(STARTUP_FAILURE) from exc
 
 
 def _settings(host: str | None, port: int | None, ocpp_port: int | None) -> Settings:
@@ -115,12 +129,10 @@ def create_user(
     async def run() -> str:
         from chargegraph.app import build_services
         from chargegraph.security import Argon2Hasher
-        from chargegraph.stores import open_store
+        from chargegraph.stores import started_store
         from domain.policy import SYSTEM
 
-        store = open_store(settings.database_url)
-        await store.start()
-        try:
+        async with started_store(settings.database_url) as store:
             services = build_services(settings, store, Argon2Hasher())
             company_id = None
             if company:
@@ -129,8 +141,6 @@ def create_user(
                 SYSTEM, email=email, password=password, name=name or email.split("@")[0],
                 role=Role(role.value.upper()), company_id=company_id)
             return user.id
-        finally:
-            await store.close()
 
     try:
         with _config_errors():
@@ -169,22 +179,19 @@ def demo(host: HostOpt = None, port: PortOpt = None, ocpp_port: OcppPortOpt = No
             for path in remove_sqlite_database(settings.database_url):
                 logging.getLogger("chargegraph").info("--reset: removed %s", path)
     tune_garbage_collector()
-    asyncio.run(_demo(settings, server, chargers))
+    with _config_errors():  # the store is opened for seeding, outside the server's lifespan
+        asyncio.run(_demo(settings, server, chargers))
 
 
 async def _demo(settings: Settings, server: uvicorn.Server, chargers: bool) -> None:
     from chargegraph.app import build_services
     from chargegraph.demo import STATION_PASSWORD, banner, seed_demo
     from chargegraph.security import Argon2Hasher
-    from chargegraph.stores import open_store
+    from chargegraph.stores import started_store
     from ocpp_bridge.simulator import FleetPlan, run_fleet
 
-    store = open_store(settings.database_url)
-    await store.start()
-    try:
+    async with started_store(settings.database_url) as store:
         summary = await seed_demo(build_services(settings, store, Argon2Hasher()))
-    finally:
-        await store.close()
     ocpp_url = f"ws://{settings.ocpp_host}:{settings.ocpp_port}/ocpp"
     stop = asyncio.Event()
 

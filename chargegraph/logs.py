@@ -79,6 +79,7 @@ def configure(level: str) -> None:
     logging.basicConfig(level=level, format=FORMAT)
     for name, guard in _GUARDED.items():
         logging.getLogger(name).addFilter(guard)  # the same object: adding twice is a no-op
-    if level != "DEBUG":
-        for noisy in NOISY:
-            logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Set either way, so configuring again (tests, one process) leaves no stale level.
+    for noisy in NOISY:
+        logging.getLogger(noisy).setLevel(logging.NOTSET if level == "DEBUG"
+                                          else logging.WARNING)

@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
+from typing import Literal, get_args
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from chargegraph.stores import sqlite_path
 
+ENV_PREFIX = "CHARGEGRAPH_"
+
+#: Python's level names. uvicorn's extra TRACE is left out on purpose: at TRACE it logs
+#: every request and response body, passwords and tokens included.
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="CHARGEGRAPH_", env_file=".env",
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=".env",
                                       extra="ignore")
 
     database_url: str = Field("sqlite:///chargegraph.db",
@@ -47,7 +54,14 @@ class Settings(BaseSettings):
     graphiql: bool = True
     state_dir: Path | None = Field(None, description="Where generated state (the JWT "
                                                      "secret) lives")
-    log_level: str = "INFO"
+    log_level: LogLevel = "INFO"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_in_any_case(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().upper() in get_args(LogLevel):
+            return value.strip().upper()
+        return value  # refused as given, so the message shows what was written
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -72,3 +86,21 @@ class Settings(BaseSettings):
             return self.state_dir
         database = sqlite_path(self.database_url)
         return (database.parent if database is not None else Path()) / ".chargegraph"
+
+
+def problems(error: ValidationError) -> list[str]:
+    """One line per invalid setting, named as the operator sets it
+    (``CHARGEGRAPH_PORT: Input should be …``), without pydantic's multi-line layout and
+    documentation links."""
+    lines = []
+    for problem in error.errors(include_url=False):
+        field = ".".join(str(part) for part in problem["loc"])
+        name = f"{ENV_PREFIX}{field.upper()}" if field else "settings"
+        message = problem["msg"].removeprefix("Value error, ")
+        given = problem.get("input")
+        # The value helps spot a typo; a secret's value is never echoed.
+        if isinstance(given, str) and "secret" not in field:
+            shown = given if len(given) <= 60 else given[:57] + "..."
+            message += f" (got {shown!r})"
+        lines.append(f"{name}: {message}")
+    return lines

@@ -13,3 +13,13 @@ def never_serve(monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError("the command started serving")
 
     monkeypatch.setattr(uvicorn.Server, "serve", serve)
+
+
+def never_simulate(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same for `simulate`, whose chargers would otherwise retry forever."""
+    import ocpp_bridge.simulator
+
+    async def run_fleet(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the command started simulating")
+
+    monkeypatch.setattr(ocpp_bridge.simulator, "run_fleet", run_fleet)

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from chargegraph.cli import app as cli
 from graph import export_sdl
-from tests.shell.guards import never_serve
+from tests.shell.guards import never_serve, never_simulate
 
 PASSWORD = "long enough password"
 
@@ -64,7 +64,9 @@ def test_configuration_errors_are_messages(runner: CliRunner,
     monkeypatch.delenv("CHARGEGRAPH_JWT_SECRET")
     monkeypatch.setenv("CHARGEGRAPH_PORT", "not-a-port")
     port = runner.invoke(cli, ["demo"])
-    assert port.exit_code == 2 and "port" in port.stderr
+    assert port.exit_code == 2 and port.stderr == (
+        "configuration error: CHARGEGRAPH_PORT: Input should be a valid integer, unable to "
+        "parse string as an integer (got 'not-a-port')\n")
 
 
 def test_demo_reset_refuses_mongodb(runner: CliRunner,
@@ -99,5 +101,69 @@ def test_ports_out_of_range_in_the_environment_are_refused(
     monkeypatch.setenv(variable, value)
     refused = runner.invoke(cli, ["serve"])
     assert refused.exit_code == 2, refused.output
-    assert refused.stderr.startswith("configuration error:")
-    assert variable.removeprefix("CHARGEGRAPH_").lower() in refused.stderr
+    assert refused.stderr.startswith(f"configuration error: {variable}: ")
+
+
+@pytest.mark.parametrize("command", [
+    ["serve"], ["demo"], ["create-user", "--email", "x@example.com", "--password", PASSWORD,
+                          "--role", "admin"],
+    ["simulate", "--url", "ws://127.0.0.1:1/ocpp"]])
+def test_an_unknown_log_level_is_one_line(runner: CliRunner, monkeypatch: pytest.MonkeyPatch,
+                                          command: list[str]) -> None:
+    never_serve(monkeypatch)
+    never_simulate(monkeypatch)
+    monkeypatch.setenv("CHARGEGRAPH_LOG_LEVEL", "verbose")
+    refused = runner.invoke(cli, command)
+    assert refused.exit_code == 2, refused.output
+    assert refused.stderr == (
+        "configuration error: CHARGEGRAPH_LOG_LEVEL: Input should be 'DEBUG', 'INFO', "
+        "'WARNING', 'ERROR' or 'CRITICAL' (got 'verbose')\n")
+
+
+def test_every_invalid_setting_is_one_line(runner: CliRunner,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHARGEGRAPH_PORT", "abc")
+    monkeypatch.setenv("CHARGEGRAPH_OCPP_ENABLED", "maybe")
+    monkeypatch.setenv("CHARGEGRAPH_JWT_SECRET", "s" * 40)
+    refused = runner.invoke(cli, ["serve"])
+    assert refused.exit_code == 2
+    lines = refused.stderr.splitlines()
+    assert [line.split(": ")[1] for line in lines] == ["CHARGEGRAPH_PORT",
+                                                       "CHARGEGRAPH_OCPP_ENABLED"]
+    assert all(line.startswith("configuration error: ") for line in lines)
+    assert "errors.pydantic.dev" not in refused.stderr and "s" * 40 not in refused.stderr
+
+
+def test_an_unusable_state_dir_is_one_line(runner: CliRunner, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    never_serve(monkeypatch)
+    (tmp_path / "a-file").write_text("not a folder")
+    monkeypatch.setenv("CHARGEGRAPH_STATE_DIR", str(tmp_path / "a-file" / "state"))
+    refused = runner.invoke(cli, ["serve"])
+    assert refused.exit_code == 2, refused.output
+    assert refused.stderr == (
+        f"configuration error: cannot keep the JWT secret in {tmp_path}/a-file/state/"
+        f"jwt_secret: Not a directory: {tmp_path}/a-file/state; make CHARGEGRAPH_STATE_DIR "
+        "a writable folder or set CHARGEGRAPH_JWT_SECRET\n")
+
+
+@pytest.mark.parametrize("command", [
+    ["create-user", "--email", "x@example.com", "--password", PASSWORD, "--role", "admin"],
+    ["demo", "--no-chargers"]])
+def test_a_store_that_cannot_be_opened_is_one_line(
+        runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        command: list[str]) -> None:
+    never_serve(monkeypatch)
+    (tmp_path / "cli.db").write_text("this is not a database\n" * 100)
+    corrupt = runner.invoke(cli, command)
+    assert corrupt.exit_code == 3, corrupt.output  # as `serve` exits on it
+    assert corrupt.stderr.splitlines()[-1] == (
+        f"cannot start the store at sqlite:///{tmp_path}/cli.db: file is not a database")
+    assert "Traceback" not in corrupt.output
+    monkeypatch.setenv("CHARGEGRAPH_DATABASE_URL", f"sqlite:///{tmp_path}/cli.db/x/cg.db")
+    monkeypatch.setenv("CHARGEGRAPH_JWT_SECRET", "s" * 40)  # not beside that database
+    unopenable = runner.invoke(cli, command)
+    assert unopenable.exit_code == 3, unopenable.output
+    assert unopenable.stderr.splitlines()[-1].startswith(
+        f"cannot start the store at sqlite:///{tmp_path}/cli.db/x/cg.db: [Errno 20] Not a "
+        "directory")

@@ -11,7 +11,7 @@ import pytest
 from chargegraph.errors import ConfigError
 from chargegraph.secrets import resolve_jwt_secret
 from chargegraph.security import Argon2Hasher
-from chargegraph.settings import Settings
+from chargegraph.settings import Settings, problems
 from chargegraph.stores import open_store, remove_sqlite_database, sqlite_path
 from store.mongo import MongoStore
 from store.sqlite import SqliteStore
@@ -124,3 +124,28 @@ def test_remove_sqlite_database(tmp_path: Path) -> None:
     assert remove_sqlite_database(f"sqlite:///{tmp_path}/d.db") == []
     with pytest.raises(ConfigError, match="SQLite"):
         remove_sqlite_database("mongodb://localhost/cg")
+
+
+def test_a_state_dir_that_cannot_be_written_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("not a folder")
+    with pytest.raises(ConfigError, match=r"cannot keep the JWT secret in .*a-file/state/"
+                                          r"jwt_secret: Not a directory: .*set "
+                                          r"CHARGEGRAPH_JWT_SECRET"):
+        resolve_jwt_secret(Settings(state_dir=tmp_path / "a-file" / "state"))
+
+
+@pytest.mark.parametrize(("given", "kept"), [("debug", "DEBUG"), (" Warning ", "WARNING"),
+                                             ("INFO", "INFO")])
+def test_log_levels_in_any_case(given: str, kept: str) -> None:
+    assert Settings(log_level=given).log_level == kept  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("wrong", ["verbose", "TRACE", "warn ing", ""])
+def test_unknown_log_levels_are_refused(wrong: str) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as refused:
+        Settings(log_level=wrong)  # type: ignore[arg-type]
+    assert problems(refused.value) == [
+        f"CHARGEGRAPH_LOG_LEVEL: Input should be 'DEBUG', 'INFO', 'WARNING', 'ERROR' or "
+        f"'CRITICAL' (got {wrong!r})"]
