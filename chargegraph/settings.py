@@ -41,13 +41,17 @@ class Settings(BaseSettings):
                                                          "(OCPP security profile 2)")
     ocpp_tls_key: Path | None = None
     jwt_secret: SecretStr | None = None
-    jwt_ttl_minutes: int = 12 * 60
+    # Upper bounds: beyond a year a token is no longer a session, and a huge value would
+    # overflow the expiry date.
+    jwt_ttl_minutes: int = Field(12 * 60, gt=0, le=365 * 24 * 60)
     public_map: bool = Field(False, description="Anonymous users see the public station "
                                                 "map and its live availability")
     auto_register: bool = Field(False, description="Unknown chargers are registered as "
                                                    "Pending instead of refused")
-    heartbeat_interval: int = 300
-    command_timeout: float = 30.0
+    heartbeat_interval: int = Field(300, gt=0, le=24 * 60 * 60,
+                                    description="Seconds, sent to chargers on boot")
+    command_timeout: float = Field(30.0, gt=0, le=3600,
+                                   description="Seconds to wait for a charger's answer")
     instance_lease_seconds: float = Field(
         30.0, gt=0, description="How long after an instance stops renewing its lease "
                                 "(it crashed) another one records its chargers offline")

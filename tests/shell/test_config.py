@@ -149,3 +149,36 @@ def test_unknown_log_levels_are_refused(wrong: str) -> None:
     assert problems(refused.value) == [
         f"CHARGEGRAPH_LOG_LEVEL: Input should be 'DEBUG', 'INFO', 'WARNING', 'ERROR' or "
         f"'CRITICAL' (got {wrong!r})"]
+
+
+@pytest.mark.parametrize(("variable", "value", "message"), [
+    ("CHARGEGRAPH_JWT_TTL_MINUTES", "0", "Input should be greater than 0"),
+    ("CHARGEGRAPH_JWT_TTL_MINUTES", "-5", "Input should be greater than 0"),
+    ("CHARGEGRAPH_JWT_TTL_MINUTES", "9999999999", "Input should be less than or equal to "
+                                                  "525600"),
+    ("CHARGEGRAPH_HEARTBEAT_INTERVAL", "-1", "Input should be greater than 0"),
+    ("CHARGEGRAPH_HEARTBEAT_INTERVAL", "0", "Input should be greater than 0"),
+    ("CHARGEGRAPH_COMMAND_TIMEOUT", "-1", "Input should be greater than 0"),
+    ("CHARGEGRAPH_COMMAND_TIMEOUT", "0", "Input should be greater than 0"),
+    ("CHARGEGRAPH_INSTANCE_LEASE_SECONDS", "0", "Input should be greater than 0"),
+])
+def test_nonsense_durations_are_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                        variable: str, value: str, message: str) -> None:
+    from pydantic import ValidationError
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValidationError) as refused:
+        Settings()
+    assert problems(refused.value) == [f"{variable}: {message} (got {value!r})"]
+
+
+def test_sensible_durations_are_kept(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    for variable, value in (("CHARGEGRAPH_JWT_TTL_MINUTES", "1"),
+                            ("CHARGEGRAPH_HEARTBEAT_INTERVAL", "86400"),
+                            ("CHARGEGRAPH_COMMAND_TIMEOUT", "0.5")):
+        monkeypatch.setenv(variable, value)
+    settings = Settings()
+    assert (settings.jwt_ttl_minutes, settings.heartbeat_interval,
+            settings.command_timeout) == (1, 86400, 0.5)
