@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import sys
 from collections.abc import Iterator
@@ -170,8 +169,9 @@ def demo(host: HostOpt = None, port: PortOpt = None, ocpp_port: OcppPortOpt = No
 
     with _config_errors():
         settings = _settings(host, port, ocpp_port)
-        if "CHARGEGRAPH_PUBLIC_MAP" not in os.environ:
-            settings.public_map = True  # the demo map is public unless told otherwise
+        if "public_map" not in settings.model_fields_set:
+            # The demo map is public unless told otherwise, by the environment or .env.
+            settings.public_map = True
         _logging(settings)
         # Built (and so checked) first: a configuration error deletes and seeds nothing.
         server = _uvicorn(settings)

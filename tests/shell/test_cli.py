@@ -167,3 +167,30 @@ def test_a_store_that_cannot_be_opened_is_one_line(
     assert unopenable.stderr.splitlines()[-1].startswith(
         f"cannot start the store at sqlite:///{tmp_path}/cli.db/x/cg.db: [Errno 20] Not a "
         "directory")
+
+
+@pytest.mark.parametrize(("dotenv", "environment", "public"), [
+    (None, None, True),  # the demo map is public by default
+    ("false", None, False),  # told otherwise in .env
+    (None, "false", False),  # or in the environment
+    ("false", "true", True),  # the environment beats .env
+])
+def test_demo_public_map_follows_settings(runner: CliRunner, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch, dotenv: str | None,
+                                          environment: str | None, public: bool) -> None:
+    import chargegraph.cli
+    from chargegraph.settings import Settings
+
+    served: list[Settings] = []
+
+    async def demo(settings: Settings, server: object, chargers: bool) -> None:
+        served.append(settings)
+
+    monkeypatch.setattr(chargegraph.cli, "_demo", demo)
+    monkeypatch.delenv("CHARGEGRAPH_PUBLIC_MAP", raising=False)
+    if dotenv is not None:
+        (tmp_path / ".env").write_text(f"CHARGEGRAPH_PUBLIC_MAP={dotenv}\n")
+    if environment is not None:
+        monkeypatch.setenv("CHARGEGRAPH_PUBLIC_MAP", environment)
+    assert runner.invoke(cli, ["demo"]).exit_code == 0
+    assert [settings.public_map for settings in served] == [public]
