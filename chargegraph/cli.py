@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterator
 from enum import StrEnum
 from typing import Annotated
+from urllib.parse import urlsplit
 
 import typer
 import uvicorn
@@ -216,9 +217,26 @@ async def _demo(settings: Settings, server: uvicorn.Server, chargers: bool) -> N
             await fleet_task
 
 
+def _websocket_url(url: str) -> str:
+    """Checked up front: each simulated charger retries a failed connection forever, which
+    is right for a server that is down and wrong for a URL that can never work."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("ws", "wss"):
+        raise typer.BadParameter(f"{url!r} is not a ws:// or wss:// URL, e.g. "
+                                 "ws://127.0.0.1:9000/ocpp")
+    try:
+        parts.port  # noqa: B018 - parsing it is the check
+    except ValueError:
+        raise typer.BadParameter(f"{url!r} has an invalid port") from None
+    if not parts.hostname:
+        raise typer.BadParameter(f"{url!r} names no host")
+    return url
+
+
 @app.command()
 def simulate(
-    url: Annotated[str, typer.Option(help="OCPP endpoint, e.g. ws://127.0.0.1:9000/ocpp")],
+    url: Annotated[str, typer.Option(help="OCPP endpoint, e.g. ws://127.0.0.1:9000/ocpp",
+                                     callback=_websocket_url)],
     stations: Annotated[int, typer.Option(min=1, max=20_000)] = 1,
     connectors: Annotated[int, typer.Option(min=1, max=10)] = 2,
     prefix: Annotated[str, typer.Option(help="cpId prefix: PREFIX-0001 …")] = "SIM",

@@ -194,3 +194,29 @@ def test_demo_public_map_follows_settings(runner: CliRunner, tmp_path: Path,
         monkeypatch.setenv("CHARGEGRAPH_PUBLIC_MAP", environment)
     assert runner.invoke(cli, ["demo"]).exit_code == 0
     assert [settings.public_map for settings in served] == [public]
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:9000/ocpp", "notaurl", "ws://:9000/ocpp",
+                                 "ws://127.0.0.1:port/ocpp", "127.0.0.1:9000"])
+def test_simulate_refuses_a_url_that_can_never_work(runner: CliRunner, url: str,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    never_simulate(monkeypatch)  # it used to retry such a URL forever
+    refused = runner.invoke(cli, ["simulate", "--url", url])
+    assert refused.exit_code == 2, refused.output
+    assert "Invalid value for '--url'" in refused.stderr
+
+
+@pytest.mark.parametrize("url", ["ws://127.0.0.1:9000/ocpp", "wss://cs.example.com/ocpp",
+                                 "ws://[::1]:9000"])
+def test_simulate_takes_websocket_urls(runner: CliRunner, url: str,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import ocpp_bridge.simulator
+
+    planned: list[str] = []
+
+    async def run_fleet(plan: ocpp_bridge.simulator.FleetPlan, stop: object) -> None:
+        planned.append(plan.url)
+
+    monkeypatch.setattr(ocpp_bridge.simulator, "run_fleet", run_fleet)
+    assert runner.invoke(cli, ["simulate", "--url", url]).exit_code == 0
+    assert planned == [url]
