@@ -9,7 +9,7 @@ import signal
 import sys
 from collections.abc import Iterator
 from enum import StrEnum
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 from urllib.parse import urlsplit
 
 import typer
@@ -20,7 +20,11 @@ from chargegraph import logs
 from chargegraph.errors import ConfigError
 from chargegraph.runtime import tune_garbage_collector
 from chargegraph.settings import Settings, problems
+from chargegraph.signals import cancelled_by_signals
 from chargegraph.startup import StartupFailed
+
+if TYPE_CHECKING:
+    from chargegraph.demo import DemoSummary
 
 app = typer.Typer(help="ChargeGraph: an EV charging backend (OCPP 1.6J + GraphQL).",
                   no_args_is_help=True, add_completion=False)
@@ -186,13 +190,31 @@ def demo(host: HostOpt = None, port: PortOpt = None, ocpp_port: OcppPortOpt = No
 
 async def _demo(settings: Settings, server: uvicorn.Server, chargers: bool) -> None:
     from chargegraph.app import build_services
-    from chargegraph.demo import STATION_PASSWORD, banner, seed_demo
+    from chargegraph.demo import seed_demo
     from chargegraph.security import Argon2Hasher
     from chargegraph.stores import started_store
+
+    async def seed() -> DemoSummary:
+        async with started_store(settings.database_url) as store:
+            return await seed_demo(build_services(settings, store, Argon2Hasher()))
+
+    # Seeding hashes a dozen passwords before uvicorn handles signals: a stop meanwhile
+    # cancels it (the next start completes the world) and the command exits 0.
+    seeding = asyncio.create_task(seed())
+    with cancelled_by_signals(seeding):
+        await asyncio.wait([seeding])
+        if seeding.cancelled():
+            logging.getLogger("chargegraph").info(
+                "Stopped while seeding the demo; the next start completes it")
+            return
+        await _serve_demo(settings, server, seeding.result(), chargers)
+
+
+async def _serve_demo(settings: Settings, server: uvicorn.Server, summary: DemoSummary,
+                      chargers: bool) -> None:
+    from chargegraph.demo import STATION_PASSWORD, banner
     from ocpp_bridge.simulator import FleetPlan, run_fleet
 
-    async with started_store(settings.database_url) as store:
-        summary = await seed_demo(build_services(settings, store, Argon2Hasher()))
     ocpp_url = f"ws://{settings.ocpp_host}:{settings.ocpp_port}/ocpp"
     stop = asyncio.Event()
 

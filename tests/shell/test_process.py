@@ -157,3 +157,30 @@ def test_the_process_runs_this_checkout(tmp_path: Path) -> None:
         [sys.executable, "-c", "import chargegraph; print(chargegraph.__file__)"],
         cwd=tmp_path, env=clean_env(tmp_path), text=True, capture_output=True, check=True)
     assert Path(found.stdout.strip()) == CHECKOUT / "chargegraph" / "__init__.py"
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_while_the_demo_seeds_exits_0(launch: list[subprocess.Popen[str]],
+                                             tmp_path: Path, stop_signal: signal.Signals
+                                             ) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "chargegraph", "demo", "--no-chargers", "--port",
+         str(free_port()), "--ocpp-port", str(free_port())], cwd=tmp_path,
+        env=clean_env(tmp_path), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    launch.append(process)
+    database = tmp_path / "data" / "svc.db"
+    deadline = time.monotonic() + 30
+    while not database.exists():  # the store is open: seeding (a dozen hashes) has begun
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.01)
+    process.send_signal(stop_signal)
+    stdout, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr  # it used to be killed (-15) or raise
+    assert "Stopped while seeding the demo" in stderr
+    assert "Traceback" not in stderr and "Uvicorn running" not in stderr and stdout == ""
+    # The next start completes the world the stop interrupted.
+    process, url = start(launch, tmp_path, "demo", "--no-chargers")
+    assert graphql(url, "{ stations { totalCount } }").json() == {
+        "data": {"stations": {"totalCount": 8}}}
+    admin_id(url)
+    stop(process)
