@@ -88,7 +88,8 @@ def _uvicorn(settings: Settings) -> uvicorn.Server:
     from chargegraph.app import create_app
 
     config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
-                            log_level=settings.log_level.lower(), lifespan="on",
+                            log_level=settings.log_level.lower(),
+                            log_config=logs.uvicorn_log_config(), lifespan="on",
                             timeout_graceful_shutdown=10, proxy_headers=True,
                             forwarded_allow_ips=settings.trusted_proxies,
                             ws_ping_interval=20, ws_ping_timeout=20)

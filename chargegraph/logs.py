@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -83,3 +84,16 @@ def configure(level: str) -> None:
     for noisy in NOISY:
         logging.getLogger(noisy).setLevel(logging.NOTSET if level == "DEBUG"
                                           else logging.WARNING)
+
+
+def uvicorn_log_config() -> dict[str, Any]:
+    """uvicorn's ``log_config``: its loggers keep no handlers or formats of their own
+    ("INFO:     …" without a time, access lines on stdout) and pass their records up to
+    the root handler ``configure`` installed, so every line of the process has ``FORMAT``.
+    uvicorn still sets their levels from its ``log_level``."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "loggers": {name: {"handlers": [], "propagate": True}
+                    for name in ("uvicorn", "uvicorn.error", "uvicorn.access")},
+    }

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import base64
 import logging
+from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.frames import Frame, Opcode
 
-from chargegraph.cli import _logging
+from chargegraph.cli import _logging, _uvicorn
 from chargegraph.logs import HideCredentials
 from chargegraph.settings import Settings
 
@@ -69,3 +70,16 @@ async def test_a_debug_handshake_logs_no_password(caplog: pytest.LogCaptureFixtu
     assert "> Authorization: Basic [hidden]" in lines  # what the client sent
     assert any(line.startswith("< Sec-WebSocket-Key: ") for line in lines)  # detail kept
     assert credential not in caplog.text and PASSWORD not in caplog.text
+
+
+def test_uvicorn_logs_through_the_apps_handler(tmp_path: Path) -> None:
+    settings = Settings(database_url=f"sqlite:///{tmp_path}/logs.db", jwt_secret="l" * 40,  # type: ignore[arg-type]
+                        ocpp_enabled=False)
+    _logging(settings)
+    _uvicorn(settings)  # uvicorn applies its log_config when its Config is made
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        assert logger.handlers == [] and logger.propagate, name  # up to the root handler
+    assert logging.getLogger("uvicorn.access").level == logging.INFO
+    # Its configuration keeps the credential filter on the logger that needs it.
+    assert any(isinstance(f, HideCredentials) for f in logging.getLogger("uvicorn.error").filters)

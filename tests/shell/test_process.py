@@ -4,6 +4,7 @@ with SIGTERM like a container runtime or systemd would."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -184,3 +185,19 @@ def test_a_stop_while_the_demo_seeds_exits_0(launch: list[subprocess.Popen[str]]
         "data": {"stations": {"totalCount": 8}}}
     admin_id(url)
     stop(process)
+
+
+def test_every_log_line_has_the_apps_format(launch: list[subprocess.Popen[str]],
+                                            tmp_path: Path) -> None:
+    process, url = start(launch, tmp_path, "serve")
+    assert graphql(url, "{ __typename }").status_code == 200
+    stdout, stderr = stop(process)
+    # uvicorn's own lines ("Started server process", access lines) used to be
+    # "INFO:     …" without a time, the access lines on stdout.
+    line = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|"
+                      r"CRITICAL) [\w.]+: .+")
+    assert [text for text in stderr.splitlines() if not line.fullmatch(text)] == []
+    assert stdout == ""
+    assert "INFO uvicorn.error: Started server process" in stderr
+    assert 'INFO uvicorn.access: 127.0.0.1:' in stderr
+    assert '"POST /graphql HTTP/1.1" 200' in stderr
