@@ -37,7 +37,7 @@ class RoleName(StrEnum):
 
 
 def _logging(settings: Settings) -> None:
-    logs.configure(settings.log_level.upper())
+    logs.configure(settings.log_level)
 
 
 #: What `serve` exits with when the lifespan fails (uvicorn's STARTUP_FAILURE); the other
@@ -46,7 +46,7 @@ STARTUP_FAILURE = 3
 
 
 @contextlib.contextmanager
-def _config_errors() -> Iterator[None]:
+def _plain_failures() -> Iterator[None]:
     """A mistake the user must fix outside the code is one line per problem, not a
     traceback: a configuration error exits 2; a store that cannot be opened exits 3, with
     the same "cannot start …" line `serve` logs for it."""
@@ -107,7 +107,7 @@ OcppPortOpt = Annotated[int | None, typer.Option(min=1, max=65535,
 @app.command()
 def serve(host: HostOpt = None, port: PortOpt = None, ocpp_port: OcppPortOpt = None) -> None:
     """Run the service: GraphQL on /graphql, OCPP on its own port, /healthz."""
-    with _config_errors():
+    with _plain_failures():
         settings = _settings(host, port, ocpp_port)
         _logging(settings)
         server = _uvicorn(settings)
@@ -127,7 +127,7 @@ def create_user(
     from domain.entities import Role
     from domain.errors import DomainError
 
-    with _config_errors():
+    with _plain_failures():
         settings = Settings()
     _logging(settings)
 
@@ -148,7 +148,7 @@ def create_user(
             return user.id
 
     try:
-        with _config_errors():
+        with _plain_failures():
             typer.echo(asyncio.run(run()))
     except DomainError as exc:
         field = f" ({exc.field})" if exc.field else ""
@@ -173,7 +173,7 @@ def demo(host: HostOpt = None, port: PortOpt = None, ocpp_port: OcppPortOpt = No
     """Seed a demo world, serve it, and run simulated chargers against it."""
     from chargegraph.stores import remove_sqlite_database
 
-    with _config_errors():
+    with _plain_failures():
         settings = _settings(host, port, ocpp_port)
         if "public_map" not in settings.model_fields_set:
             # The demo map is public unless told otherwise, by the environment or .env.
@@ -185,7 +185,7 @@ def demo(host: HostOpt = None, port: PortOpt = None, ocpp_port: OcppPortOpt = No
             for path in remove_sqlite_database(settings.database_url):
                 logging.getLogger("chargegraph").info("--reset: removed %s", path)
     tune_garbage_collector()
-    with _config_errors():  # the store is opened for seeding, outside the server's lifespan
+    with _plain_failures():  # seeding opens the store outside the server's lifespan
         asyncio.run(_demo(settings, server, chargers))
 
 
@@ -270,7 +270,7 @@ def simulate(
     """Run simulated OCPP 1.6J charge points against a central system."""
     from ocpp_bridge.simulator import FleetPlan, run_fleet
 
-    with _config_errors():
+    with _plain_failures():
         _logging(Settings())
     plan = FleetPlan(url=url, cp_ids=[f"{prefix}-{i:04d}" for i in range(1, stations + 1)],
                      password=password, connectors=connectors, id_tags=id_tag or [],

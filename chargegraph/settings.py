@@ -74,8 +74,10 @@ class Settings(BaseSettings):
         network with host bits set (10.0.0.1/8), for a literal name that never matches,
         and every client would again share the proxy's address."""
         entries = [entry.strip() for entry in value.split(",") if entry.strip()]
-        if "*" in entries:
-            return "*"  # uvicorn trusts everyone only when "*" stands alone
+        if entries == ["*"]:
+            return "*"
+        if "*" in entries:  # uvicorn would trust only the others: say which was meant
+            raise ValueError("* (any address) stands alone, not in a list")
         try:
             return ",".join(str(ipaddress.ip_network(entry, strict=False)) if "/" in entry
                             else str(ipaddress.ip_address(entry)) for entry in entries)
