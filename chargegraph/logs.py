@@ -11,6 +11,10 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 NOISY = ("chargegraph.ocpp.wire", "chargegraph.simulator.wire", "websockets.server",
          "websockets.client")
 
+#: Database drivers log every statement with its parameters at DEBUG: password hashes,
+#: station secrets' hashes and personal data. Their DEBUG is not ours to turn on.
+DRIVERS = ("aiosqlite", "pymongo")
+
 #: Request and response headers that carry a credential: a charger's HTTP Basic password,
 #: a bearer token, a session cookie.
 SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
@@ -84,6 +88,8 @@ def configure(level: str) -> None:
     for noisy in NOISY:
         logging.getLogger(noisy).setLevel(logging.NOTSET if level == "DEBUG"
                                           else logging.WARNING)
+    for driver in DRIVERS:
+        logging.getLogger(driver).setLevel(logging.INFO)
 
 
 def uvicorn_log_config() -> dict[str, Any]:

@@ -83,3 +83,13 @@ def test_uvicorn_logs_through_the_apps_handler(tmp_path: Path) -> None:
     assert logging.getLogger("uvicorn.access").level == logging.INFO
     # Its configuration keeps the credential filter on the logger that needs it.
     assert any(isinstance(f, HideCredentials) for f in logging.getLogger("uvicorn.error").filters)
+
+
+def test_database_drivers_never_log_statements(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)  # the root level, which basicConfig leaves to pytest
+    _logging(Settings(log_level="DEBUG"))
+    for driver in ("aiosqlite", "pymongo", "pymongo.command"):
+        # Their DEBUG lines carry every statement's parameters, password hashes included.
+        assert not logging.getLogger(driver).isEnabledFor(logging.DEBUG), driver
+    assert logging.getLogger("websockets.server").isEnabledFor(logging.DEBUG)
+    assert logging.getLogger("chargegraph.ocpp.wire").isEnabledFor(logging.DEBUG)
