@@ -4,7 +4,6 @@ and the OCPP central system, started and stopped in order in one lifespan."""
 from __future__ import annotations
 
 import logging
-import ssl
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import timedelta
@@ -24,14 +23,14 @@ from chargegraph.secrets import resolve_jwt_secret
 from chargegraph.security import Argon2Hasher
 from chargegraph.settings import Settings
 from chargegraph.startup import PlainStartupFailures, starting
-from chargegraph.stores import check_database_url, open_store
+from chargegraph.stores import check_database_url, started_store
+from chargegraph.tls import ocpp_ssl_context
 from domain.policy import Policy
 from domain.ports import ChargerGateway, PasswordHasher, Store
 from domain.services import ServiceContext, Services
 from graph import TokenService, create_graphql_app
 from pubsub.command_relay import CommandRelay
 from pubsub.factory import check_event_bus_url, open_event_bus
-from pubsub.redis import redacted
 
 log = logging.getLogger("chargegraph")
 
@@ -47,12 +46,8 @@ def build_services(settings: Settings, store: Store, hasher: PasswordHasher,
     )
 
 
-def _ocpp_ssl(settings: Settings) -> ssl.SSLContext | None:
-    if settings.ocpp_tls_cert is None:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(settings.ocpp_tls_cert, settings.ocpp_tls_key)
-    return context
+#: The name tests/ocpp/test_tls.py builds its server's context with.
+_ocpp_ssl = ocpp_ssl_context
 
 
 class _LateBound:
@@ -80,6 +75,9 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
         check_event_bus_url(settings.pubsub_url)
     except ValueError as error:
         raise ConfigError(str(error)) from None
+    # An instance that runs no OCPP server needs no certificate (GraphQL-only instances
+    # behind a load balancer often have none mounted).
+    ocpp_ssl = ocpp_ssl_context(settings) if settings.ocpp_enabled else None
     tokens = TokenService(resolve_jwt_secret(settings),
                           timedelta(minutes=settings.jwt_ttl_minutes))
     graphql = _LateBound()
@@ -87,10 +85,8 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            store = open_store(settings.database_url)
-            with starting(f"the store at {redacted(settings.database_url)}"):
-                await store.start()
-            stack.push_async_callback(store.close)
+            # Opening is inside `starting` too: making the SQLite file's folder can fail.
+            store = await stack.enter_async_context(started_store(settings.database_url))
             bus = open_event_bus(settings.pubsub_url)
             with starting("the event bus"):
                 await bus.start()
@@ -122,7 +118,7 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
 
                 with starting(f"the OCPP server on {settings.ocpp_host}:{settings.ocpp_port}"):
                     server = OcppServer(services.charging, local, settings.ocpp_host,
-                                        settings.ocpp_port, ssl_context=_ocpp_ssl(settings),
+                                        settings.ocpp_port, ssl_context=ocpp_ssl,
                                         response_timeout=settings.command_timeout,
                                         instances_bus=instances_bus,
                                         instances=services.instances,

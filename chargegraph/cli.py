@@ -5,20 +5,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
 import sys
 from collections.abc import Iterator
 from enum import StrEnum
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
+from urllib.parse import urlsplit
 
 import typer
 import uvicorn
 from pydantic import ValidationError
 
+from chargegraph import logs
 from chargegraph.errors import ConfigError
 from chargegraph.runtime import tune_garbage_collector
-from chargegraph.settings import Settings
+from chargegraph.settings import Settings, problems
+from chargegraph.signals import cancelled_by_signals
+from chargegraph.startup import StartupFailed
+
+if TYPE_CHECKING:
+    from chargegraph.demo import DemoSummary
 
 app = typer.Typer(help="ChargeGraph: an EV charging backend (OCPP 1.6J + GraphQL).",
                   no_args_is_help=True, add_completion=False)
@@ -31,24 +37,31 @@ class RoleName(StrEnum):
 
 
 def _logging(settings: Settings) -> None:
-    level = settings.log_level.upper()
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if level != "DEBUG":
-        # Per-frame and per-connection chatter: useful when debugging a charger only.
-        for noisy in ("chargegraph.ocpp.wire", "chargegraph.simulator.wire",
-                      "websockets.server", "websockets.client"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
+    logs.configure(settings.log_level)
+
+
+#: What `serve` exits with when the lifespan fails (uvicorn's STARTUP_FAILURE); the other
+#: commands use it for the same failures.
+STARTUP_FAILURE = 3
 
 
 @contextlib.contextmanager
-def _config_errors() -> Iterator[None]:
-    """A configuration mistake is the user's to fix: say what is wrong, exit 2, no
-    traceback."""
+def _plain_failures() -> Iterator[None]:
+    """A mistake the user must fix outside the code is one line per problem, not a
+    traceback: a configuration error exits 2; a store that cannot be opened exits 3, with
+    the same "cannot start …" line `serve` logs for it."""
     try:
         yield
-    except (ConfigError, ValidationError) as exc:
+    except ConfigError as exc:
         typer.echo(f"configuration error: {exc}", err=True)
         raise typer.Exit(2) from exc
+    except ValidationError as exc:
+        for problem in problems(exc):
+            typer.echo(f"configuration error: {problem}", err=True)
+        raise typer.Exit(2) from exc
+    except StartupFailed as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(STARTUP_FAILURE) from exc
 
 
 def _settings(host: str | None, port: int | None, ocpp_port: int | None) -> Settings:
@@ -75,21 +88,26 @@ def _uvicorn(settings: Settings) -> uvicorn.Server:
     from chargegraph.app import create_app
 
     config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
-                            log_level=settings.log_level.lower(), lifespan="on",
+                            log_level=settings.log_level.lower(),
+                            log_config=logs.uvicorn_log_config(), lifespan="on",
                             timeout_graceful_shutdown=10, proxy_headers=True,
+                            forwarded_allow_ips=settings.trusted_proxies,
                             ws_ping_interval=20, ws_ping_timeout=20)
     return GracefulServer(config)
 
 
 HostOpt = Annotated[str | None, typer.Option(help="Interface for GraphQL (default 127.0.0.1).")]
-PortOpt = Annotated[int | None, typer.Option(help="GraphQL port (default 8000).")]
-OcppPortOpt = Annotated[int | None, typer.Option(help="OCPP websocket port (default 9000).")]
+# Ranged here as in Settings: a port above 65535 would otherwise wrap (70000 binds 4464).
+PortOpt = Annotated[int | None, typer.Option(min=1, max=65535,
+                                             help="GraphQL port (default 8000).")]
+OcppPortOpt = Annotated[int | None, typer.Option(min=1, max=65535,
+                                                 help="OCPP websocket port (default 9000).")]
 
 
 @app.command()
 def serve(host: HostOpt = None, port: PortOpt = None, ocpp_port: OcppPortOpt = None) -> None:
     """Run the service: GraphQL on /graphql, OCPP on its own port, /healthz."""
-    with _config_errors():
+    with _plain_failures():
         settings = _settings(host, port, ocpp_port)
         _logging(settings)
         server = _uvicorn(settings)
@@ -109,19 +127,17 @@ def create_user(
     from domain.entities import Role
     from domain.errors import DomainError
 
-    with _config_errors():
+    with _plain_failures():
         settings = Settings()
     _logging(settings)
 
     async def run() -> str:
         from chargegraph.app import build_services
         from chargegraph.security import Argon2Hasher
-        from chargegraph.stores import open_store
+        from chargegraph.stores import started_store
         from domain.policy import SYSTEM
 
-        store = open_store(settings.database_url)
-        await store.start()
-        try:
+        async with started_store(settings.database_url) as store:
             services = build_services(settings, store, Argon2Hasher())
             company_id = None
             if company:
@@ -130,11 +146,9 @@ def create_user(
                 SYSTEM, email=email, password=password, name=name or email.split("@")[0],
                 role=Role(role.value.upper()), company_id=company_id)
             return user.id
-        finally:
-            await store.close()
 
     try:
-        with _config_errors():
+        with _plain_failures():
             typer.echo(asyncio.run(run()))
     except DomainError as exc:
         field = f" ({exc.field})" if exc.field else ""
@@ -159,10 +173,11 @@ def demo(host: HostOpt = None, port: PortOpt = None, ocpp_port: OcppPortOpt = No
     """Seed a demo world, serve it, and run simulated chargers against it."""
     from chargegraph.stores import remove_sqlite_database
 
-    with _config_errors():
+    with _plain_failures():
         settings = _settings(host, port, ocpp_port)
-        if "CHARGEGRAPH_PUBLIC_MAP" not in os.environ:
-            settings.public_map = True  # the demo map is public unless told otherwise
+        if "public_map" not in settings.model_fields_set:
+            # The demo map is public unless told otherwise, by the environment or .env.
+            settings.public_map = True
         _logging(settings)
         # Built (and so checked) first: a configuration error deletes and seeds nothing.
         server = _uvicorn(settings)
@@ -170,22 +185,37 @@ def demo(host: HostOpt = None, port: PortOpt = None, ocpp_port: OcppPortOpt = No
             for path in remove_sqlite_database(settings.database_url):
                 logging.getLogger("chargegraph").info("--reset: removed %s", path)
     tune_garbage_collector()
-    asyncio.run(_demo(settings, server, chargers))
+    with _plain_failures():  # seeding opens the store outside the server's lifespan
+        asyncio.run(_demo(settings, server, chargers))
 
 
 async def _demo(settings: Settings, server: uvicorn.Server, chargers: bool) -> None:
     from chargegraph.app import build_services
-    from chargegraph.demo import STATION_PASSWORD, banner, seed_demo
+    from chargegraph.demo import seed_demo
     from chargegraph.security import Argon2Hasher
-    from chargegraph.stores import open_store
+    from chargegraph.stores import started_store
+
+    async def seed() -> DemoSummary:
+        async with started_store(settings.database_url) as store:
+            return await seed_demo(build_services(settings, store, Argon2Hasher()))
+
+    # Seeding hashes a dozen passwords before uvicorn handles signals: a stop meanwhile
+    # cancels it (the next start completes the world) and the command exits 0.
+    seeding = asyncio.create_task(seed())
+    with cancelled_by_signals(seeding):
+        await asyncio.wait([seeding])
+        if seeding.cancelled():
+            logging.getLogger("chargegraph").info(
+                "Stopped while seeding the demo; the next start completes it")
+            return
+        await _serve_demo(settings, server, seeding.result(), chargers)
+
+
+async def _serve_demo(settings: Settings, server: uvicorn.Server, summary: DemoSummary,
+                      chargers: bool) -> None:
+    from chargegraph.demo import STATION_PASSWORD, banner
     from ocpp_bridge.simulator import FleetPlan, run_fleet
 
-    store = open_store(settings.database_url)
-    await store.start()
-    try:
-        summary = await seed_demo(build_services(settings, store, Argon2Hasher()))
-    finally:
-        await store.close()
     ocpp_url = f"ws://{settings.ocpp_host}:{settings.ocpp_port}/ocpp"
     stop = asyncio.Event()
 
@@ -210,9 +240,26 @@ async def _demo(settings: Settings, server: uvicorn.Server, chargers: bool) -> N
             await fleet_task
 
 
+def _websocket_url(url: str) -> str:
+    """Checked up front: each simulated charger retries a failed connection forever, which
+    is right for a server that is down and wrong for a URL that can never work."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("ws", "wss"):
+        raise typer.BadParameter(f"{url!r} is not a ws:// or wss:// URL, e.g. "
+                                 "ws://127.0.0.1:9000/ocpp")
+    try:
+        parts.port  # noqa: B018 - parsing it is the check
+    except ValueError:
+        raise typer.BadParameter(f"{url!r} has an invalid port") from None
+    if not parts.hostname:
+        raise typer.BadParameter(f"{url!r} names no host")
+    return url
+
+
 @app.command()
 def simulate(
-    url: Annotated[str, typer.Option(help="OCPP endpoint, e.g. ws://127.0.0.1:9000/ocpp")],
+    url: Annotated[str, typer.Option(help="OCPP endpoint, e.g. ws://127.0.0.1:9000/ocpp",
+                                     callback=_websocket_url)],
     stations: Annotated[int, typer.Option(min=1, max=20_000)] = 1,
     connectors: Annotated[int, typer.Option(min=1, max=10)] = 2,
     prefix: Annotated[str, typer.Option(help="cpId prefix: PREFIX-0001 …")] = "SIM",
@@ -223,7 +270,7 @@ def simulate(
     """Run simulated OCPP 1.6J charge points against a central system."""
     from ocpp_bridge.simulator import FleetPlan, run_fleet
 
-    with _config_errors():
+    with _plain_failures():
         _logging(Settings())
     plan = FleetPlan(url=url, cp_ids=[f"{prefix}-{i:04d}" for i in range(1, stations + 1)],
                      password=password, connectors=connectors, id_tags=id_tag or [],

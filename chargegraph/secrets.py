@@ -24,14 +24,21 @@ def resolve_jwt_secret(settings: Settings) -> str:
                               f"characters (it has {len(secret)})")
         return secret
     path = settings.resolved_state_dir() / "jwt_secret"
-    if path.exists():
-        return _read(path)
-    created = _create(path)
-    if created is not None:
-        log.warning("No CHARGEGRAPH_JWT_SECRET set: generated one and stored it in %s. "
-                    "Set CHARGEGRAPH_JWT_SECRET when running several instances.", path)
-        return created
-    return _read(path)  # another process starting at the same moment created it first
+    try:
+        if path.exists():
+            return _read(path)
+        created = _create(path)
+        if created is not None:
+            log.warning("No CHARGEGRAPH_JWT_SECRET set: generated one and stored it in %s. "
+                        "Set CHARGEGRAPH_JWT_SECRET when running several instances.", path)
+            return created
+        return _read(path)  # another process starting at the same moment created it first
+    except OSError as error:
+        # A state dir that cannot be made, written or read is the operator's to fix.
+        where = f": {error.filename}" if error.filename else ""
+        raise ConfigError(f"cannot keep the JWT secret in {path}: "
+                          f"{error.strerror or error}{where}; make CHARGEGRAPH_STATE_DIR a "
+                          "writable folder or set CHARGEGRAPH_JWT_SECRET") from None
 
 
 def _read(path: Path) -> str:

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
+from typing import Literal, get_args
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from chargegraph.stores import sqlite_path
 
+ENV_PREFIX = "CHARGEGRAPH_"
+
+#: Python's level names. uvicorn's extra TRACE is left out on purpose: at TRACE it logs
+#: every request and response body, passwords and tokens included.
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="CHARGEGRAPH_", env_file=".env",
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=".env",
                                       extra="ignore")
 
     database_url: str = Field("sqlite:///chargegraph.db",
@@ -19,28 +27,63 @@ class Settings(BaseSettings):
                                           "mongodb://host/db")
     pubsub_url: str = Field("memory://", description="memory:// or redis://host:6379/0")
     host: str = "127.0.0.1"
-    port: int = 8000
+    # 0 ("any free port") is refused too: the banner, the ready line and chargers need
+    # the real port, and nothing passes 0 (tests pick a free port themselves).
+    port: int = Field(8000, ge=1, le=65535)
+    trusted_proxies: str = Field(
+        "127.0.0.1,::1", description="Comma-separated addresses or networks (CIDR) of the "
+                                     "proxies whose X-Forwarded-For/-Proto is believed; * for "
+                                     "any. Sign-in limits count per client address")
     ocpp_host: str = "127.0.0.1"
-    ocpp_port: int = 9000
+    ocpp_port: int = Field(9000, ge=1, le=65535)
     ocpp_enabled: bool = True
     ocpp_tls_cert: Path | None = Field(None, description="PEM certificate: wss:// "
                                                          "(OCPP security profile 2)")
     ocpp_tls_key: Path | None = None
     jwt_secret: SecretStr | None = None
-    jwt_ttl_minutes: int = 12 * 60
+    # Upper bounds: beyond a year a token is no longer a session, and a huge value would
+    # overflow the expiry date.
+    jwt_ttl_minutes: int = Field(12 * 60, gt=0, le=365 * 24 * 60)
     public_map: bool = Field(False, description="Anonymous users see the public station "
                                                 "map and its live availability")
     auto_register: bool = Field(False, description="Unknown chargers are registered as "
                                                    "Pending instead of refused")
-    heartbeat_interval: int = 300
-    command_timeout: float = 30.0
+    heartbeat_interval: int = Field(300, gt=0, le=24 * 60 * 60,
+                                    description="Seconds, sent to chargers on boot")
+    command_timeout: float = Field(30.0, gt=0, le=3600,
+                                   description="Seconds to wait for a charger's answer")
     instance_lease_seconds: float = Field(
         30.0, gt=0, description="How long after an instance stops renewing its lease "
                                 "(it crashed) another one records its chargers offline")
     graphiql: bool = True
     state_dir: Path | None = Field(None, description="Where generated state (the JWT "
                                                      "secret) lives")
-    log_level: str = "INFO"
+    log_level: LogLevel = "INFO"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_in_any_case(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().upper() in get_args(LogLevel):
+            return value.strip().upper()
+        return value  # refused as given, so the message shows what was written
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxy_addresses(cls, value: str) -> str:
+        """Addresses and networks in the form uvicorn matches: it would take a typo, or a
+        network with host bits set (10.0.0.1/8), for a literal name that never matches,
+        and every client would again share the proxy's address."""
+        entries = [entry.strip() for entry in value.split(",") if entry.strip()]
+        if entries == ["*"]:
+            return "*"
+        if "*" in entries:  # uvicorn would trust only the others: say which was meant
+            raise ValueError("* (any address) stands alone, not in a list")
+        try:
+            return ",".join(str(ipaddress.ip_network(entry, strict=False)) if "/" in entry
+                            else str(ipaddress.ip_address(entry)) for entry in entries)
+        except ValueError as error:
+            raise ValueError(f"use IP addresses or networks (CIDR), comma-separated: {error}"
+                             ) from None
 
     def resolved_state_dir(self) -> Path:
         """``state_dir``, else ``.chargegraph`` beside the SQLite file (state travels with
@@ -49,3 +92,21 @@ class Settings(BaseSettings):
             return self.state_dir
         database = sqlite_path(self.database_url)
         return (database.parent if database is not None else Path()) / ".chargegraph"
+
+
+def problems(error: ValidationError) -> list[str]:
+    """One line per invalid setting, named as the operator sets it
+    (``CHARGEGRAPH_PORT: Input should be …``), without pydantic's multi-line layout and
+    documentation links."""
+    lines = []
+    for problem in error.errors(include_url=False):
+        field = ".".join(str(part) for part in problem["loc"])
+        name = f"{ENV_PREFIX}{field.upper()}" if field else "settings"
+        message = problem["msg"].removeprefix("Value error, ")
+        given = problem.get("input")
+        # The value helps spot a typo; a secret's value is never echoed.
+        if isinstance(given, str) and "secret" not in field:
+            shown = given if len(given) <= 60 else given[:57] + "..."
+            message += f" (got {shown!r})"
+        lines.append(f"{name}: {message}")
+    return lines

@@ -1,6 +1,7 @@
 """Start-up failures the operator must fix outside the code (a Redis or MongoDB server that
-does not answer, a port already taken, an unreadable certificate or database file) end
-``chargegraph serve`` with one line naming what failed, not with a traceback."""
+does not answer, a port already taken, an unreadable database file) end ``chargegraph
+serve`` with one line naming what failed, not with a traceback. (The OCPP certificate is
+checked earlier, with the configuration: ``chargegraph/tls.py``.)"""
 
 from __future__ import annotations
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from chargegraph.errors import ConfigError
+from chargegraph.startup import starting
 from domain.ports import Store
 
 SQLITE = "sqlite:///"
@@ -41,6 +44,23 @@ def open_store(database_url: str) -> Store:
     from store.mongo import MongoStore
 
     return MongoStore.connect(database_url)  # type: ignore[no-any-return]
+
+
+@contextlib.asynccontextmanager
+async def started_store(database_url: str) -> AsyncIterator[Store]:
+    """The started store, closed on exit, for commands that use it without the app's
+    lifespan (create-user, demo's seeding). A store that cannot be opened (an unwritable
+    folder, a corrupt file, MongoDB not answering) is ``StartupFailed``, worded as `serve`
+    words it."""
+    from pubsub.redis import redacted
+
+    with starting(f"the store at {redacted(database_url)}"):
+        store = open_store(database_url)
+        await store.start()
+    try:
+        yield store
+    finally:
+        await store.close()
 
 
 def remove_sqlite_database(database_url: str) -> list[Path]:

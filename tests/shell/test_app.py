@@ -123,3 +123,14 @@ async def test_a_bug_at_start_up_keeps_its_traceback(
     app = create_app(settings_for(tmp_path), hasher=Argon2Hasher.fast())
     [failed] = await startup_messages(app)
     assert "Traceback" in str(failed["message"]) and "KeyError" in str(failed["message"])
+
+
+async def test_a_database_folder_that_cannot_be_made_fails_start_up_with_one_line(
+        tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("not a folder")
+    url = f"sqlite:///{tmp_path}/a-file/data/app.db"
+    app = create_app(settings_for(tmp_path, database_url=url, jwt_secret="j" * 40),
+                     hasher=Argon2Hasher.fast())
+    [failed] = await startup_messages(app)
+    assert failed["message"] == (f"cannot start the store at {url}: [Errno 20] Not a "
+                                 f"directory: '{tmp_path}/a-file/data'")

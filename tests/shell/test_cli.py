@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from chargegraph.cli import app as cli
 from graph import export_sdl
+from tests.shell.guards import never_serve, never_simulate
 
 PASSWORD = "long enough password"
 
@@ -63,7 +64,9 @@ def test_configuration_errors_are_messages(runner: CliRunner,
     monkeypatch.delenv("CHARGEGRAPH_JWT_SECRET")
     monkeypatch.setenv("CHARGEGRAPH_PORT", "not-a-port")
     port = runner.invoke(cli, ["demo"])
-    assert port.exit_code == 2 and "port" in port.stderr
+    assert port.exit_code == 2 and port.stderr == (
+        "configuration error: CHARGEGRAPH_PORT: Input should be a valid integer, unable to "
+        "parse string as an integer (got 'not-a-port')\n")
 
 
 def test_demo_reset_refuses_mongodb(runner: CliRunner,
@@ -77,3 +80,143 @@ def test_export_schema(runner: CliRunner) -> None:
     schema = runner.invoke(cli, ["export-schema"])
     assert schema.exit_code == 0
     assert schema.stdout == export_sdl() and "type Query" in schema.stdout
+
+
+@pytest.mark.parametrize("args", [["--port", "70000"], ["--port", "-1"], ["--ocpp-port", "0"],
+                                  ["--ocpp-port", "65536"]])
+def test_ports_out_of_range_are_refused(runner: CliRunner, monkeypatch: pytest.MonkeyPatch,
+                                        args: list[str]) -> None:
+    never_serve(monkeypatch)  # 70000 used to wrap around and bind 4464
+    for command in ("serve", "demo"):
+        refused = runner.invoke(cli, [command, *args])
+        assert refused.exit_code == 2, refused.output
+        assert f"Invalid value for '{args[0]}'" in refused.stderr
+
+
+@pytest.mark.parametrize(("variable", "value"), [("CHARGEGRAPH_PORT", "70000"),
+                                                 ("CHARGEGRAPH_OCPP_PORT", "0")])
+def test_ports_out_of_range_in_the_environment_are_refused(
+        runner: CliRunner, monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:
+    never_serve(monkeypatch)
+    monkeypatch.setenv(variable, value)
+    refused = runner.invoke(cli, ["serve"])
+    assert refused.exit_code == 2, refused.output
+    assert refused.stderr.startswith(f"configuration error: {variable}: ")
+
+
+@pytest.mark.parametrize("command", [
+    ["serve"], ["demo"], ["create-user", "--email", "x@example.com", "--password", PASSWORD,
+                          "--role", "admin"],
+    ["simulate", "--url", "ws://127.0.0.1:1/ocpp"]])
+def test_an_unknown_log_level_is_one_line(runner: CliRunner, monkeypatch: pytest.MonkeyPatch,
+                                          command: list[str]) -> None:
+    never_serve(monkeypatch)
+    never_simulate(monkeypatch)
+    monkeypatch.setenv("CHARGEGRAPH_LOG_LEVEL", "verbose")
+    refused = runner.invoke(cli, command)
+    assert refused.exit_code == 2, refused.output
+    assert refused.stderr == (
+        "configuration error: CHARGEGRAPH_LOG_LEVEL: Input should be 'DEBUG', 'INFO', "
+        "'WARNING', 'ERROR' or 'CRITICAL' (got 'verbose')\n")
+
+
+def test_every_invalid_setting_is_one_line(runner: CliRunner,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHARGEGRAPH_PORT", "abc")
+    monkeypatch.setenv("CHARGEGRAPH_OCPP_ENABLED", "maybe")
+    monkeypatch.setenv("CHARGEGRAPH_JWT_SECRET", "s" * 40)
+    refused = runner.invoke(cli, ["serve"])
+    assert refused.exit_code == 2
+    lines = refused.stderr.splitlines()
+    assert [line.split(": ")[1] for line in lines] == ["CHARGEGRAPH_PORT",
+                                                       "CHARGEGRAPH_OCPP_ENABLED"]
+    assert all(line.startswith("configuration error: ") for line in lines)
+    assert "errors.pydantic.dev" not in refused.stderr and "s" * 40 not in refused.stderr
+
+
+def test_an_unusable_state_dir_is_one_line(runner: CliRunner, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    never_serve(monkeypatch)
+    (tmp_path / "a-file").write_text("not a folder")
+    monkeypatch.setenv("CHARGEGRAPH_STATE_DIR", str(tmp_path / "a-file" / "state"))
+    refused = runner.invoke(cli, ["serve"])
+    assert refused.exit_code == 2, refused.output
+    assert refused.stderr == (
+        f"configuration error: cannot keep the JWT secret in {tmp_path}/a-file/state/"
+        f"jwt_secret: Not a directory: {tmp_path}/a-file/state; make CHARGEGRAPH_STATE_DIR "
+        "a writable folder or set CHARGEGRAPH_JWT_SECRET\n")
+
+
+@pytest.mark.parametrize("command", [
+    ["create-user", "--email", "x@example.com", "--password", PASSWORD, "--role", "admin"],
+    ["demo", "--no-chargers"]])
+def test_a_store_that_cannot_be_opened_is_one_line(
+        runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        command: list[str]) -> None:
+    never_serve(monkeypatch)
+    (tmp_path / "cli.db").write_text("this is not a database\n" * 100)
+    corrupt = runner.invoke(cli, command)
+    assert corrupt.exit_code == 3, corrupt.output  # as `serve` exits on it
+    assert corrupt.stderr.splitlines()[-1] == (
+        f"cannot start the store at sqlite:///{tmp_path}/cli.db: file is not a database")
+    assert "Traceback" not in corrupt.output
+    monkeypatch.setenv("CHARGEGRAPH_DATABASE_URL", f"sqlite:///{tmp_path}/cli.db/x/cg.db")
+    monkeypatch.setenv("CHARGEGRAPH_JWT_SECRET", "s" * 40)  # not beside that database
+    unopenable = runner.invoke(cli, command)
+    assert unopenable.exit_code == 3, unopenable.output
+    assert unopenable.stderr.splitlines()[-1].startswith(
+        f"cannot start the store at sqlite:///{tmp_path}/cli.db/x/cg.db: [Errno 20] Not a "
+        "directory")
+
+
+@pytest.mark.parametrize(("dotenv", "environment", "public"), [
+    (None, None, True),  # the demo map is public by default
+    ("false", None, False),  # told otherwise in .env
+    (None, "false", False),  # or in the environment
+    ("false", "true", True),  # the environment beats .env
+])
+def test_demo_public_map_follows_settings(runner: CliRunner, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch, dotenv: str | None,
+                                          environment: str | None, public: bool) -> None:
+    import chargegraph.cli
+    from chargegraph.settings import Settings
+
+    served: list[Settings] = []
+
+    async def demo(settings: Settings, server: object, chargers: bool) -> None:
+        served.append(settings)
+
+    monkeypatch.setattr(chargegraph.cli, "_demo", demo)
+    monkeypatch.delenv("CHARGEGRAPH_PUBLIC_MAP", raising=False)
+    if dotenv is not None:
+        (tmp_path / ".env").write_text(f"CHARGEGRAPH_PUBLIC_MAP={dotenv}\n")
+    if environment is not None:
+        monkeypatch.setenv("CHARGEGRAPH_PUBLIC_MAP", environment)
+    assert runner.invoke(cli, ["demo"]).exit_code == 0
+    assert [settings.public_map for settings in served] == [public]
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:9000/ocpp", "notaurl", "ws://:9000/ocpp",
+                                 "ws://127.0.0.1:port/ocpp", "127.0.0.1:9000"])
+def test_simulate_refuses_a_url_that_can_never_work(runner: CliRunner, url: str,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    never_simulate(monkeypatch)  # it used to retry such a URL forever
+    refused = runner.invoke(cli, ["simulate", "--url", url])
+    assert refused.exit_code == 2, refused.output
+    assert "Invalid value for '--url'" in refused.stderr
+
+
+@pytest.mark.parametrize("url", ["ws://127.0.0.1:9000/ocpp", "wss://cs.example.com/ocpp",
+                                 "ws://[::1]:9000"])
+def test_simulate_takes_websocket_urls(runner: CliRunner, url: str,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import ocpp_bridge.simulator
+
+    planned: list[str] = []
+
+    async def run_fleet(plan: ocpp_bridge.simulator.FleetPlan, stop: object) -> None:
+        planned.append(plan.url)
+
+    monkeypatch.setattr(ocpp_bridge.simulator, "run_fleet", run_fleet)
+    assert runner.invoke(cli, ["simulate", "--url", url]).exit_code == 0
+    assert planned == [url]

@@ -11,7 +11,7 @@ import pytest
 from chargegraph.errors import ConfigError
 from chargegraph.secrets import resolve_jwt_secret
 from chargegraph.security import Argon2Hasher
-from chargegraph.settings import Settings
+from chargegraph.settings import Settings, problems
 from chargegraph.stores import open_store, remove_sqlite_database, sqlite_path
 from store.mongo import MongoStore
 from store.sqlite import SqliteStore
@@ -124,3 +124,61 @@ def test_remove_sqlite_database(tmp_path: Path) -> None:
     assert remove_sqlite_database(f"sqlite:///{tmp_path}/d.db") == []
     with pytest.raises(ConfigError, match="SQLite"):
         remove_sqlite_database("mongodb://localhost/cg")
+
+
+def test_a_state_dir_that_cannot_be_written_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("not a folder")
+    with pytest.raises(ConfigError, match=r"cannot keep the JWT secret in .*a-file/state/"
+                                          r"jwt_secret: Not a directory: .*set "
+                                          r"CHARGEGRAPH_JWT_SECRET"):
+        resolve_jwt_secret(Settings(state_dir=tmp_path / "a-file" / "state"))
+
+
+@pytest.mark.parametrize(("given", "kept"), [("debug", "DEBUG"), (" Warning ", "WARNING"),
+                                             ("INFO", "INFO")])
+def test_log_levels_in_any_case(given: str, kept: str) -> None:
+    assert Settings(log_level=given).log_level == kept  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("wrong", ["verbose", "TRACE", "warn ing", ""])
+def test_unknown_log_levels_are_refused(wrong: str) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as refused:
+        Settings(log_level=wrong)  # type: ignore[arg-type]
+    assert problems(refused.value) == [
+        f"CHARGEGRAPH_LOG_LEVEL: Input should be 'DEBUG', 'INFO', 'WARNING', 'ERROR' or "
+        f"'CRITICAL' (got {wrong!r})"]
+
+
+@pytest.mark.parametrize(("variable", "value", "message"), [
+    ("CHARGEGRAPH_JWT_TTL_MINUTES", "0", "Input should be greater than 0"),
+    ("CHARGEGRAPH_JWT_TTL_MINUTES", "-5", "Input should be greater than 0"),
+    ("CHARGEGRAPH_JWT_TTL_MINUTES", "9999999999", "Input should be less than or equal to "
+                                                  "525600"),
+    ("CHARGEGRAPH_HEARTBEAT_INTERVAL", "-1", "Input should be greater than 0"),
+    ("CHARGEGRAPH_HEARTBEAT_INTERVAL", "0", "Input should be greater than 0"),
+    ("CHARGEGRAPH_COMMAND_TIMEOUT", "-1", "Input should be greater than 0"),
+    ("CHARGEGRAPH_COMMAND_TIMEOUT", "0", "Input should be greater than 0"),
+    ("CHARGEGRAPH_INSTANCE_LEASE_SECONDS", "0", "Input should be greater than 0"),
+])
+def test_nonsense_durations_are_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                        variable: str, value: str, message: str) -> None:
+    from pydantic import ValidationError
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValidationError) as refused:
+        Settings()
+    assert problems(refused.value) == [f"{variable}: {message} (got {value!r})"]
+
+
+def test_sensible_durations_are_kept(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    for variable, value in (("CHARGEGRAPH_JWT_TTL_MINUTES", "1"),
+                            ("CHARGEGRAPH_HEARTBEAT_INTERVAL", "86400"),
+                            ("CHARGEGRAPH_COMMAND_TIMEOUT", "0.5")):
+        monkeypatch.setenv(variable, value)
+    settings = Settings()
+    assert (settings.jwt_ttl_minutes, settings.heartbeat_interval,
+            settings.command_timeout) == (1, 86400, 0.5)

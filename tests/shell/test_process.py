@@ -4,6 +4,7 @@ with SIGTERM like a container runtime or systemd would."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -17,11 +18,18 @@ import pytest
 
 from tests.helpers import free_port
 
+#: The checkout these tests belong to. An editable install may point `chargegraph` at
+#: another checkout (a second git worktree, say); PYTHONPATH wins over it, so the process
+#: runs the code under test.
+CHECKOUT = Path(__file__).resolve().parents[2]
+
 
 def clean_env(tmp_path: Path) -> dict[str, str]:
     """The caller's CHARGEGRAPH_* variables stay out: the test decides the configuration."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHARGEGRAPH_")}
-    return {**env, "CHARGEGRAPH_DATABASE_URL": f"sqlite:///{tmp_path}/data/svc.db"}
+    path = os.pathsep.join(p for p in (str(CHECKOUT), env.get("PYTHONPATH")) if p)
+    return {**env, "PYTHONPATH": path,
+            "CHARGEGRAPH_DATABASE_URL": f"sqlite:///{tmp_path}/data/svc.db"}
 
 
 @pytest.fixture
@@ -143,3 +151,53 @@ def test_a_corrupt_database_is_one_line_not_a_traceback(tmp_path: Path) -> None:
     assert code != 0
     assert "cannot start the store at sqlite:///" in stderr
     assert "file is not a database" in stderr and "Traceback" not in stderr
+
+
+def test_the_process_runs_this_checkout(tmp_path: Path) -> None:
+    found = subprocess.run(
+        [sys.executable, "-c", "import chargegraph; print(chargegraph.__file__)"],
+        cwd=tmp_path, env=clean_env(tmp_path), text=True, capture_output=True, check=True)
+    assert Path(found.stdout.strip()) == CHECKOUT / "chargegraph" / "__init__.py"
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_while_the_demo_seeds_exits_0(launch: list[subprocess.Popen[str]],
+                                             tmp_path: Path, stop_signal: signal.Signals
+                                             ) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "chargegraph", "demo", "--no-chargers", "--port",
+         str(free_port()), "--ocpp-port", str(free_port())], cwd=tmp_path,
+        env=clean_env(tmp_path), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    launch.append(process)
+    database = tmp_path / "data" / "svc.db"
+    deadline = time.monotonic() + 30
+    while not database.exists():  # the store is open: seeding (a dozen hashes) has begun
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.01)
+    process.send_signal(stop_signal)
+    stdout, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr  # it used to be killed (-15) or raise
+    assert "Stopped while seeding the demo" in stderr
+    assert "Traceback" not in stderr and "Uvicorn running" not in stderr and stdout == ""
+    # The next start completes the world the stop interrupted.
+    process, url = start(launch, tmp_path, "demo", "--no-chargers")
+    assert graphql(url, "{ stations { totalCount } }").json() == {
+        "data": {"stations": {"totalCount": 8}}}
+    admin_id(url)
+    stop(process)
+
+
+def test_every_log_line_has_the_apps_format(launch: list[subprocess.Popen[str]],
+                                            tmp_path: Path) -> None:
+    process, url = start(launch, tmp_path, "serve")
+    assert graphql(url, "{ __typename }").status_code == 200
+    stdout, stderr = stop(process)
+    # uvicorn's own lines ("Started server process", access lines) used to be
+    # "INFO:     …" without a time, the access lines on stdout.
+    line = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|"
+                      r"CRITICAL) [\w.]+: .+")
+    assert [text for text in stderr.splitlines() if not line.fullmatch(text)] == []
+    assert stdout == ""
+    assert "INFO uvicorn.error: Started server process" in stderr
+    assert 'INFO uvicorn.access: 127.0.0.1:' in stderr
+    assert '"POST /graphql HTTP/1.1" 200' in stderr

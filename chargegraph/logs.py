@@ -1,0 +1,105 @@
+"""Process logging: one format, and no credentials in the log at any level."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+#: Per-frame and per-connection chatter: useful when debugging a charger only.
+NOISY = ("chargegraph.ocpp.wire", "chargegraph.simulator.wire", "websockets.server",
+         "websockets.client")
+
+#: Database drivers log every statement with its parameters at DEBUG: password hashes,
+#: station secrets' hashes and personal data. Their DEBUG is not ours to turn on.
+DRIVERS = ("aiosqlite", "pymongo")
+
+#: Request and response headers that carry a credential: a charger's HTTP Basic password,
+#: a bearer token, a session cookie.
+SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
+HIDDEN = "[hidden]"
+
+#: The websockets handshake lines ("< Name: value" received, "> Name: value" sent) as the
+#: websockets library logs them at DEBUG, in its own loggers and in uvicorn's.
+_HEADER_LINES = frozenset({"< %s: %s", "> %s: %s"})
+_FRAME_LINES = frozenset({"< %s", "> %s"})
+
+
+class HideCredentials(logging.Filter):
+    """Masks the value of credential headers in websockets' handshake logging, keeping the
+    scheme ("Authorization: Basic [hidden]") so a wrong scheme can still be debugged.
+
+    With ``payloads``, data frames are logged by kind and size only: on the GraphQL
+    websocket they carry bearer tokens (``connection_init``) and mutation variables such as
+    passwords, and websockets shows a frame's head and tail (all of it when
+    ``WEBSOCKETS_MAX_LOG_SIZE`` is raised)."""
+
+    def __init__(self, *, payloads: bool = False) -> None:
+        super().__init__()
+        self.payloads = payloads
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if not isinstance(args, tuple):
+            return True
+        if record.msg in _HEADER_LINES and len(args) == 2 \
+                and str(args[0]).lower() in SECRET_HEADERS:
+            record.args = (args[0], _masked(str(args[1])))
+        elif self.payloads and record.msg in _FRAME_LINES and len(args) == 1:
+            record.args = (_frame_summary(args[0]),)
+        return True
+
+
+def _masked(value: str) -> str:
+    scheme, _, credential = value.partition(" ")
+    return f"{scheme} {HIDDEN}" if credential else HIDDEN
+
+
+def _frame_summary(frame: object) -> object:
+    """``TEXT [389 bytes]`` for a data frame; control frames (close codes, pings) as they
+    are, since they carry no user data worth hiding and help debugging."""
+    opcode, data = getattr(frame, "opcode", None), getattr(frame, "data", None)
+    if opcode is None or not isinstance(data, bytes | bytearray | memoryview):
+        return frame
+    name = getattr(opcode, "name", str(opcode))
+    if name not in ("TEXT", "BINARY", "CONT"):
+        return frame
+    return f"{name} [{len(data)} bytes]"
+
+
+#: Where websockets logs handshakes: its own server (OCPP) and client (simulator) loggers,
+#: and uvicorn's error logger, which the GraphQL websocket's protocol logs through.
+_GUARDED: dict[str, HideCredentials] = {
+    "websockets.server": HideCredentials(),
+    "websockets.client": HideCredentials(),
+    "uvicorn.error": HideCredentials(payloads=True),
+}
+
+
+def configure(level: str) -> None:
+    """Logs ``level`` and above to stderr in ``FORMAT``; credentials are masked whatever
+    the level. Filters sit on the emitting loggers, not on a handler, so every handler
+    (ours, uvicorn's, a test's) sees the masked record."""
+    logging.basicConfig(level=level, format=FORMAT)
+    for name, guard in _GUARDED.items():
+        logging.getLogger(name).addFilter(guard)  # the same object: adding twice is a no-op
+    # Set either way, so configuring again (tests, one process) leaves no stale level.
+    for noisy in NOISY:
+        logging.getLogger(noisy).setLevel(logging.NOTSET if level == "DEBUG"
+                                          else logging.WARNING)
+    for driver in DRIVERS:
+        logging.getLogger(driver).setLevel(logging.INFO)
+
+
+def uvicorn_log_config() -> dict[str, Any]:
+    """uvicorn's ``log_config``: its loggers keep no handlers or formats of their own
+    ("INFO:     …" without a time, access lines on stdout) and pass their records up to
+    the root handler ``configure`` installed, so every line of the process has ``FORMAT``.
+    uvicorn still sets their levels from its ``log_level``."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "loggers": {name: {"handlers": [], "propagate": True}
+                    for name in ("uvicorn", "uvicorn.error", "uvicorn.access")},
+    }

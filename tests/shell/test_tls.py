@@ -1,0 +1,97 @@
+"""The OCPP TLS files are configuration: checked when the app is built, before anything binds,
+and a mistake names the file instead of failing inside the lifespan."""
+
+from __future__ import annotations
+
+import ssl
+import subprocess
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from chargegraph.app import create_app
+from chargegraph.cli import app as cli
+from chargegraph.errors import ConfigError
+from chargegraph.settings import Settings
+from chargegraph.tls import ocpp_ssl_context
+from tests.shell.guards import never_serve
+
+
+def certificate(folder: Path, name: str, *, passphrase: str | None = None
+                ) -> tuple[Path, Path]:
+    cert, key = folder / f"{name}.crt", folder / f"{name}.key"
+    secrecy = ["-passout", f"pass:{passphrase}"] if passphrase else ["-nodes"]
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", *secrecy, "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+@pytest.fixture(scope="module")
+def pem(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("pem")
+    cert, key = certificate(folder, "server")
+    (folder / "combined.pem").write_bytes(cert.read_bytes() + key.read_bytes())
+    certificate(folder, "other")
+    certificate(folder, "locked", passphrase="a passphrase")
+    return folder
+
+
+def settings(tmp_path: Path, cert: Path | None, key: Path | None, *,
+             ocpp_enabled: bool = True) -> Settings:
+    return Settings(database_url=f"sqlite:///{tmp_path}/tls.db", jwt_secret="j" * 40,  # type: ignore[arg-type]
+                    ocpp_tls_cert=cert, ocpp_tls_key=key, ocpp_enabled=ocpp_enabled)
+
+
+def test_a_certificate_and_its_key(pem: Path, tmp_path: Path) -> None:
+    context = ocpp_ssl_context(settings(tmp_path, pem / "server.crt", pem / "server.key"))
+    assert isinstance(context, ssl.SSLContext)
+    assert ocpp_ssl_context(settings(tmp_path, None, None)) is None  # plain ws://
+
+
+def test_one_file_holding_certificate_and_key(pem: Path, tmp_path: Path) -> None:
+    # load_cert_chain takes the key from the certificate's file when no key file is given.
+    assert ocpp_ssl_context(settings(tmp_path, pem / "combined.pem", None)) is not None
+
+
+@pytest.mark.parametrize(("cert", "key", "message"), [
+    (None, "server.key", "CHARGEGRAPH_OCPP_TLS_KEY is set but CHARGEGRAPH_OCPP_TLS_CERT is "
+                         "not"),
+    ("server.crt", None, "server.crt holds no private key: set CHARGEGRAPH_OCPP_TLS_KEY"),
+    ("server.key", "server.crt", "server.key holds no PEM certificate (swapped with "
+                                 "CHARGEGRAPH_OCPP_TLS_KEY?)"),
+    ("server.crt", "other.crt", "CHARGEGRAPH_OCPP_TLS_KEY {pem}/other.crt holds no PEM "
+                                "private key"),
+    ("server.crt", "other.key", "the private key in {pem}/other.key does not belong to the "
+                                "certificate in {pem}/server.crt"),
+    ("missing.crt", "server.key", "cannot read CHARGEGRAPH_OCPP_TLS_CERT {pem}/missing.crt: "
+                                  "No such file or directory"),
+    ("server.crt", "missing.key", "cannot read CHARGEGRAPH_OCPP_TLS_KEY {pem}/missing.key"),
+    (".", "server.key", "cannot read CHARGEGRAPH_OCPP_TLS_CERT {pem}: Is a directory"),
+    ("locked.crt", "locked.key", "the private key in {pem}/locked.key is encrypted"),
+])
+def test_a_wrong_pair_fails_when_the_app_is_built(pem: Path, tmp_path: Path, cert: str | None,
+                                                  key: str | None, message: str) -> None:
+    configured = settings(tmp_path, None if cert is None else pem / cert,
+                          None if key is None else pem / key)
+    with pytest.raises(ConfigError) as raised:
+        create_app(configured)
+    assert message.format(pem=pem) in str(raised.value)
+    assert not (tmp_path / "tls.db").exists()
+
+
+def test_an_instance_without_ocpp_needs_no_certificate(tmp_path: Path) -> None:
+    create_app(settings(tmp_path, tmp_path / "missing.crt", None, ocpp_enabled=False))
+
+
+def test_serve_with_a_key_but_no_certificate_exits_2(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CHARGEGRAPH_DATABASE_URL", f"sqlite:///{tmp_path}/cli.db")
+    monkeypatch.delenv("CHARGEGRAPH_OCPP_TLS_CERT", raising=False)
+    monkeypatch.setenv("CHARGEGRAPH_OCPP_TLS_KEY", str(tmp_path / "key.pem"))
+    never_serve(monkeypatch)
+    refused = CliRunner().invoke(cli, ["serve"])
+    assert refused.exit_code == 2
+    assert refused.stderr.startswith("configuration error: CHARGEGRAPH_OCPP_TLS_KEY is set")
