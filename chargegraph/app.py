@@ -116,6 +116,13 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
             if local is not None:
                 from ocpp_bridge.server import OcppServer
 
+                # Called by the server when a stop begins, before it waits for requests
+                # in flight (``cli.GracefulServer``): a command waiting on a charger then
+                # answers at once instead of holding the shutdown up until it is cut off.
+                gateway_stopping = local.stop_commands
+                app.state.begin_shutdown = lambda: gateway_stopping(
+                    "the service is shutting down: try again in a moment")
+
                 with starting(f"the OCPP server on {settings.ocpp_host}:{settings.ocpp_port}"):
                     server = OcppServer(services.charging, local, settings.ocpp_host,
                                         settings.ocpp_port, ssl_context=ocpp_ssl,

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import sys
 from collections.abc import Iterator
 from enum import StrEnum
@@ -82,6 +83,15 @@ class GracefulServer(uvicorn.Server):
                 yield
             finally:
                 self._captured_signals.clear()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # Before uvicorn waits (up to 10 s) for requests in flight: those waiting on a
+        # charger's answer are answered now (``app.state.begin_shutdown``).
+        state = getattr(self.config.app, "state", None)
+        begin = getattr(state, "begin_shutdown", None)
+        if callable(begin):
+            begin()
+        await super().shutdown(sockets)
 
 
 def _uvicorn(settings: Settings) -> uvicorn.Server:

@@ -32,6 +32,7 @@ log = logging.getLogger("chargegraph.ocpp")
 class OcppGateway:
     def __init__(self) -> None:
         self._handlers: dict[str, ChargePointHandler] = {}
+        self._stopping: str | None = None
 
     # ------------------------------------------------------------- registry
     def register(self, handler: ChargePointHandler) -> ChargePointHandler | None:
@@ -40,6 +41,15 @@ class OcppGateway:
         previous = self._handlers.get(handler.id)
         self._handlers[handler.id] = handler
         return previous if previous is not handler else None
+
+    def stop_commands(self, reason: str) -> None:
+        """The service is stopping: commands waiting on a charger fail now with
+        ``reason`` (``ChargerOffline``) and new ones are refused, so the requests that
+        sent them answer (and are audited) instead of holding up the shutdown until
+        they are cut off. Chargers' own messages are still served until the server stops."""
+        self._stopping = reason
+        for handler in self._handlers.values():
+            handler.connection_closed(reason)
 
     def unregister(self, handler: ChargePointHandler) -> bool:
         """Forget ``handler`` if it is still the live one; False if it was replaced."""
@@ -60,6 +70,8 @@ class OcppGateway:
     # ------------------------------------------------------------- commands
     async def call(self, cp_id: str, action: str, payload: dict[str, Any], timeout: float
                    ) -> dict[str, Any]:
+        if self._stopping is not None:
+            raise ChargerOffline(self._stopping)
         handler = self._handlers.get(cp_id)
         if handler is None:
             raise ChargerOffline(f"{cp_id} is not connected", field="cpId")
@@ -76,8 +88,8 @@ class OcppGateway:
             raise ChargerTimeout(f"{cp_id} did not answer {action} within {timeout:g}s"
                                  ) from exc
         except ChargerOffline as exc:
-            raise ChargerOffline(f"{cp_id} went offline before answering {action}"
-                                 ) from exc
+            raise ChargerOffline(self._stopping or f"{cp_id} went offline before "
+                                 f"answering {action}") from exc
         except ChargerBusy as exc:
             raise ChargerBusy(f"{action} was not sent: {cp_id} was busy with other commands "
                               f"for {timeout:g}s") from exc

@@ -175,13 +175,14 @@ class ChargePointHandler(ChargePoint):
                                        f"({exc.__class__.__name__})") from exc
             raise
 
-    def connection_closed(self) -> None:
-        """The socket is closed: commands waiting for answers (or for their turn) fail
-        with ``ChargerOffline`` at once, and later ones are refused."""
+    def connection_closed(self, reason: str | None = None) -> None:
+        """The socket is closed (or the service is stopping: ``reason``): commands waiting
+        for answers (or for their turn) fail with ``ChargerOffline`` at once, and later
+        ones are refused."""
         self._closed = True
         for failed in self._pending.values():
             if not failed.done():
-                failed.set_result(ChargerOffline(f"{self.id} went offline"))
+                failed.set_result(ChargerOffline(reason or f"{self.id} went offline"))
 
     def _malformed_answer(self, error: FrameError) -> None:
         """A CALLRESULT or CALLERROR we cannot read. If its unique id names a command

@@ -201,3 +201,55 @@ def test_every_log_line_has_the_apps_format(launch: list[subprocess.Popen[str]],
     assert "INFO uvicorn.error: Started server process" in stderr
     assert 'INFO uvicorn.access: 127.0.0.1:' in stderr
     assert '"POST /graphql HTTP/1.1" 200' in stderr
+
+
+def test_a_stop_answers_commands_waiting_on_chargers_at_once(
+        launch: list[subprocess.Popen[str]], tmp_path: Path) -> None:
+    """SIGTERM while an operator's command waits for a charger that never answers: the
+    request gets its GraphQL answer (CHARGER_OFFLINE, "shutting down") when the stop
+    begins, not a bare 500 when uvicorn cuts it off after its 10 s of waiting."""
+    import json
+    import threading
+
+    from websockets.sync.client import connect
+
+    port, ocpp_port = free_port(), free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "chargegraph", "demo", "--no-chargers", "--port", str(port),
+         "--ocpp-port", str(ocpp_port)], cwd=tmp_path, env=clean_env(tmp_path), text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    launch.append(process)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.1)
+    login = graphql(url, 'mutation { login(email: "admin@demo.chargegraph.dev", '
+                         'password: "chargegraph-demo") { token } }').json()
+    token = login["data"]["login"]["token"]
+    created = graphql(url, 'mutation { createStation(input: {cpId: "SHUT-1", name: "Shut"})'
+                           " { errors { code } } }", token).json()
+    assert created["data"]["createStation"]["errors"] == [], created
+    answer: dict[str, httpx.Response] = {}
+
+    def reset() -> None:
+        answer["reset"] = httpx.post(
+            f"{url}/graphql", headers={"authorization": f"Bearer {token}"}, timeout=60,
+            json={"query": 'mutation { reset(input: {cpId: "SHUT-1", type: SOFT}) {'
+                           " status errors { code message } } }"})
+
+    with connect(f"ws://127.0.0.1:{ocpp_port}/ocpp/SHUT-1", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+                 open_timeout=10) as charger:
+        asking = threading.Thread(target=reset)
+        asking.start()
+        frame = json.loads(charger.recv(timeout=10))
+        while frame[0] != 2 or frame[2] != "Reset":  # what else it is told
+            frame = json.loads(charger.recv(timeout=10))
+        stop(process)  # never answered
+        asking.join(timeout=30)
+    response = answer["reset"]
+    assert response.status_code == 200, response.text
+    [error] = response.json()["data"]["reset"]["errors"]
+    assert error["code"] == "CHARGER_OFFLINE" and "shutting down" in error["message"]
