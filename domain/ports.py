@@ -53,6 +53,8 @@ Change = Insert | InsertIfAbsent | Update | Delete
 #: the rule's first field is what ``UniqueViolation.field`` carries.
 UNIQUE_RULES: dict[str, tuple[tuple[str, ...], ...]] = {
     "user": (("email",),),
+    # How people (and ``create-user --company``) tell companies apart.
+    "company": (("name",),),
     # Per owner: a family car is registered by each driver who charges it.
     "vehicle": (("license_plate", "owner_id"),),
     "id_tag": (("tag",),),

@@ -26,6 +26,20 @@ MIGRATIONS = "schema_migrations"
 BATCH = 1_000
 
 
+async def before_indexes(db: Any) -> None:
+    """What must hold before the unique indexes are built. Company names became unique
+    in the store: duplicates made before keep their history, every one but the oldest
+    with its id appended, for an admin to rename."""
+    duplicates = await (await db["company"].aggregate([
+        {"$group": {"_id": "$name", "ids": {"$push": "$_id"}, "n": {"$sum": 1}}},
+        {"$match": {"n": {"$gt": 1}}}])).to_list(None)
+    for group in duplicates:
+        for extra in sorted(group["ids"])[1:]:
+            await db["company"].update_one(
+                {"_id": extra}, {"$set": {"name": f"{group['_id']} ({extra})",
+                                          MARK: ObjectId()}})
+
+
 async def migrate(db: Any) -> None:
     await _books(db)
     await _minor_units(db)

@@ -28,7 +28,7 @@ from store.mongo import aggregate, journal, writes
 from store.mongo.batch import Batch
 from store.mongo.codec import compared, from_doc, shadow, spec_of
 from store.mongo.indexes import ensure_indexes
-from store.mongo.migrations import migrate
+from store.mongo.migrations import before_indexes, migrate
 from store.mongo.query import NEVER, FilterCompiler, beyond, sort_spec
 
 log = logging.getLogger("chargegraph.store.mongo")
@@ -70,6 +70,7 @@ class MongoStore:
     async def start(self) -> None:
         """Creates the indexes, rolls back batches a crash left and brings documents
         written under older rules up to date (``store/mongo/migrations.py``); idempotent."""
+        await before_indexes(self.db)
         await ensure_indexes(self.db)
         await journal.sweep(self.db)
         await migrate(self.db)

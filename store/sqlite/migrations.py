@@ -435,11 +435,20 @@ _V13 = """
 ALTER TABLE "meter_sample" ADD COLUMN "station_id" TEXT;
 """
 
+# Version 14: company names are unique in the store too (the service's check alone let
+# two requests at once through). Duplicates made before keep their history: every one but
+# the oldest gets its id appended, for an admin to rename.
+_V14 = """
+UPDATE "company" SET "name" = "name" || ' (' || "id" || ')'
+WHERE "id" NOT IN (SELECT MIN("id") FROM "company" GROUP BY "name");
+CREATE UNIQUE INDEX "company_name_key" ON "company" ("name");
+"""
+
 #: Every migration, oldest first. Append only.
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
                                      (11, _V11), (12, _V12),
-                                     (13, _V13))
+                                     (13, _V13), (14, _V14))
 
 _BOOTSTRAP = """
 CREATE TABLE IF NOT EXISTS "schema_version" (

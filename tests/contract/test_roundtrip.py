@@ -268,13 +268,13 @@ async def test_get_many_does_not_mix_kinds(store: Store) -> None:
 
 
 async def test_find_one_and_count(store: Store) -> None:
-    a, b, c = company(name="Dup"), company(name="Dup"), company(name="Solo")
+    a, b, c = user(name="Dup"), user(name="Dup"), user(name="Solo")
     await put(store, a, b, c)
 
-    assert await store.find_one(Company, Eq("name", "Solo")) == c
-    assert await store.find_one(Company, Eq("name", "Nobody")) is None
-    assert await store.find_one(Company, Eq("name", "Dup")) in (a, b)
-    assert await store.count(Company, Eq("name", "Dup")) == 2
-    assert await store.count(Company, ALL) == 3
-    assert await store.count(Company, NONE) == 0
-    assert await store.count(User, ALL) == 0
+    assert await store.find_one(User, Eq("name", "Solo")) == c
+    assert await store.find_one(User, Eq("name", "Nobody")) is None
+    assert await store.find_one(User, Eq("name", "Dup")) in (a, b)
+    assert await store.count(User, Eq("name", "Dup")) == 2
+    assert await store.count(User, ALL) == 3
+    assert await store.count(User, NONE) == 0
+    assert await store.count(Company, ALL) == 0

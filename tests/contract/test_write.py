@@ -51,6 +51,8 @@ _sess = session(_st)
 CLASHES: dict[str, tuple[type[Record], Callable[[], Record], Callable[[], Record], str]] = {
     "user.email": (User, lambda: user(email="same@example.com"),
                    lambda: user(email="same@example.com"), "email"),
+    "company.name": (Company, lambda: company(name="Same GmbH"),
+                     lambda: company(name="Same GmbH"), "name"),
     "vehicle.license_plate+owner_id": (
         Vehicle, lambda: vehicle(_owner, license_plate="BAB123"),
         lambda: vehicle(_owner, license_plate="BAB123"), "license_plate"),

@@ -802,22 +802,23 @@ async def test_a_sweep_undoes_what_a_dead_writer_wrote_and_nobody_changed_since(
 
     monkeypatch.setattr(journal, "roll_back", dies)
     with pytest.raises(NotFound):
-        await mongo.write([Update(dataclasses.replace(kept, name="A"), frozenset({"name"})),
-                           Update(dataclasses.replace(renamed, name="A")),
+        await mongo.write([Update(dataclasses.replace(kept, name="A1"), frozenset({"name"})),
+                           Update(dataclasses.replace(renamed, name="A2")),
                            Insert(fresh), Insert(touched), Update(GHOST),
-                           Update(dataclasses.replace(later, name="A"))], [])
+                           Update(dataclasses.replace(later, name="A3"))], [])
     monkeypatch.undo()
     # Other requests go on writing: some of what the dead writer wrote, and a record its
     # batch would have changed after the failure.
     for record in (renamed, touched, later):
-        await mongo.write([Update(dataclasses.replace(record, name="B"),
+        await mongo.write([Update(dataclasses.replace(record, name=f"B {record.name}"),
                                   frozenset({"name"}))], [])
 
     assert await journal.sweep(mongo.db, datetime.now(UTC) + journal.STALE_AFTER
                                + timedelta(seconds=1)) == 1
 
     names = {c.id: c.name for c in await mongo.find_all(Company, ALL)}
-    assert names == {kept.id: "Kept", renamed.id: "B", touched.id: "B", later.id: "B"}
+    assert names == {kept.id: "Kept", renamed.id: "B Renamed", touched.id: "B Touched",
+                     later.id: "B Later"}
     assert raw(mongo)[JOURNAL].count_documents({}) == 0
 
 
@@ -985,3 +986,25 @@ async def test_a_migrated_document_gets_a_new_version(mongo: MongoStore) -> None
     doc = db["session"].find_one()
     assert (doc["cost_minor"], "company_id" in doc) == (2, True)
     assert doc[journal.MARK] not in (None, before)
+
+
+async def test_duplicate_company_names_from_before_the_rule_are_kept_renamed(
+        mongo: MongoStore) -> None:
+    """What SQLite migration 14 does: before the unique index is built, every duplicate
+    but the oldest gets its id appended; the index then holds."""
+    from domain.errors import UniqueViolation
+    from store.mongo.indexes import ensure_indexes
+
+    db = raw(mongo)
+    db["company"].drop_indexes()  # a database from before the rule
+    first, second, solo = Company(name="Acme"), Company(name="Acme"), Company(name="Solo")
+    for record in (first, second, solo):
+        db["company"].insert_one({"_id": ObjectId(record.id), "name": record.name,
+                                  "created_at": T0, "updated_at": T0,
+                                  "created_by": "system", "updated_by": "system"})
+    await migrations.before_indexes(mongo.db)
+    await ensure_indexes(mongo.db)
+    names = {c.id: c.name for c in await mongo.find_all(Company, ALL)}
+    assert names == {first.id: "Acme", second.id: f"Acme ({second.id})", solo.id: "Solo"}
+    with pytest.raises(UniqueViolation):
+        await mongo.write([Insert(Company(name="Solo"))], [])

@@ -347,6 +347,28 @@ async def test_a_database_of_a_newer_chargegraph_is_refused(store: SqliteStore,
     assert raw(db_path, 'SELECT MAX("version") FROM "schema_version"') == [(latest + 1,)]
 
 
+async def test_version_14_makes_company_names_unique_keeping_every_company(
+        db_path: str) -> None:
+    """Duplicates made before the rule keep their history: the oldest keeps the name, the
+    others get their id appended (for an admin to rename); from then on the store refuses
+    a duplicate itself."""
+    async with aiosqlite.connect(db_path, isolation_level=None) as conn:
+        await apply_migrations(conn, MIGRATIONS[:13])
+        for company_id, name in (("c1", "Acme"), ("c2", "Acme"), ("c3", "Solo"),
+                                 ("c4", "Acme")):
+            await conn.execute(
+                'INSERT INTO "company" ("id", "created_at", "updated_at", "created_by", '
+                "\"updated_by\", \"name\") VALUES (?, 0, 0, 'system', 'system', ?)",
+                (company_id, name))
+        assert await apply_migrations(conn, MIGRATIONS[:14]) == [14]
+    assert raw(db_path, 'SELECT "id", "name" FROM "company" ORDER BY "id"') == [
+        ("c1", "Acme"), ("c2", "Acme (c2)"), ("c3", "Solo"), ("c4", "Acme (c4)")]
+    with pytest.raises(sqlite3.IntegrityError):
+        raw(db_path, 'INSERT INTO "company" ("id", "created_at", "updated_at", '
+                     "\"created_by\", \"updated_by\", \"name\") VALUES ('c5', 0, 0, 's', 's', "
+                     "'Solo')")
+
+
 async def test_version_8_gives_existing_sessions_and_payments_their_books(
         db_path: str) -> None:
     """Rows written before version 8 get their station's company, or for a station of no
