@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, NamedTuple, cast
@@ -659,8 +659,11 @@ class ChargingService(Service):
                                                                    opened.id)
             session, ended, used = opened
             break
-        if used is not None:
-            await self.publish(reservation_changed(used, station))
+        if used is not None:  # announced if the guarded write did use it
+            [now] = await self.store.get_many(Reservation, [used.id])
+            if now is not None and now.state is ReservationState.USED \
+                    and now.updated_at == used.updated_at:
+                await self.publish(reservation_changed(now, station))
         for old in ended:
             self._remember(old)
         self._remember(session)
@@ -713,8 +716,12 @@ class ChargingService(Service):
                 Eq("station_id", station.id), Eq("reservation_id", reservation_id)))
             if reservation is not None and reservation.state in (ReservationState.ACTIVE,
                                                                  ReservationState.PENDING):
-                used = changed(reservation, actor, state=ReservationState.USED)
-                changes.append((Update(used), reservation))
+                # From the state read: a cancel or a removal that ended it meanwhile
+                # stands (the session starts anyway, as the charger decided).
+                use = patch(reservation, actor, only_if=("state", reservation.state),
+                            state=ReservationState.USED)
+                used = cast(Reservation, use.record)
+                changes.append((use, reservation))
         changes.append((Insert(session), None))
         await self.commit(actor, changes)
         return session, ended, used
@@ -797,10 +804,13 @@ class ChargingService(Service):
         try:
             await self.commit(actor, changes, unaudited=[InsertIfAbsent(s) for s in samples])
         except Conflict:
-            # Ended meanwhile (an operator's endSession): answered as a repeated stop
-            # would be, its meter values kept.
-            if samples:
-                await self.store.write([InsertIfAbsent(s) for s in samples], [])
+            # Ended meanwhile (an operator's endSession, which billed what was metered):
+            # answered as a repeated stop would be, its meter values kept as a repeated
+            # stop keeps them, adding no energy (and no closing sample) to a session
+            # that is closed.
+            kept = [replace(s, delta_wh=None) for s in samples if s is not closing]
+            if kept:
+                await self.store.write([InsertIfAbsent(s) for s in kept], [])
             return info
         await self.session_updates.end(session.id)
         self._remember(closed)

@@ -12,7 +12,7 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from domain.clock import utcnow
 from domain.command_rules import check_command
@@ -51,6 +51,7 @@ from domain.services.base import (
     ServiceContext,
     changed,
     owned_by,
+    patch,
     reservation_changed,
     stamp_new,
 )
@@ -357,12 +358,20 @@ class CommandService(Service):
                     or isinstance(outcome.error, ChargerRejected | ChargerCallError)
                 state = ReservationState.CANCELLED if ended else reservation.state
             if state is not reservation.state:
-                updated = changed(reservation, viewer, state=state)
-                changes.append((Update(updated), reservation))
-                outcome.reservation = updated
+                # Only from the state read before the command was sent: a charger that
+                # used the reservation meanwhile (StartTransaction: USED), or a removal
+                # that cancelled it, is not overwritten by this answer.
+                update = patch(reservation, viewer, only_if=("state", reservation.state),
+                               state=state)
+                changes.append((update, reservation))
         await self.commit(viewer, changes, extra_audit=[audit])
-        if changes and outcome.reservation is not None:
-            await self.publish(reservation_changed(outcome.reservation, station))
+        if changes and reservation is not None:
+            [current] = await self.store.get_many(Reservation, [reservation.id])
+            wrote = changes[0][0].record
+            if current is not None and current.updated_at == wrote.updated_at \
+                    and current.state is cast(Reservation, wrote).state:
+                await self.publish(reservation_changed(current, station))
+            outcome.reservation = current or outcome.reservation
         await self.publish(CommandCompleted(
             **owned_by(station), command_id=outcome.command_id, action=outcome.action,
             requested_by=viewer.actor, status=outcome.status,

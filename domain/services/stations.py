@@ -235,8 +235,13 @@ class StationService(Service):
 
     async def _announce(self, cancelled: list[Reservation], station: Station | None
                         ) -> None:
-        for reservation in cancelled:
-            await self.publish(reservation_changed(reservation, station))
+        """Announces those the write did cancel (its guard skips one the charger used or
+        ended meanwhile)."""
+        stored = await self.store.get_many(Reservation, [r.id for r in cancelled])
+        for wrote, now in zip(cancelled, stored, strict=True):
+            if now is not None and now.state is ReservationState.CANCELLED \
+                    and now.updated_at == wrote.updated_at:
+                await self.publish(reservation_changed(now, station))
 
     async def _hang_up_charger(self, station: Station) -> None:
         """Whichever instance holds the removed station's charger closes its socket now

@@ -277,3 +277,7 @@ async def test_a_stop_and_an_end_session_racing_close_the_session_once(
     assert done is not None and done.state is d.SessionState.COMPLETED
     assert done.stop_reason == "Other"
     assert await central.store.count(d.Payment, Eq("session_id", session.id)) <= 1
+    # The losing stop adds no energy to the closed session: its increments still add up
+    # to what was billed.
+    samples = await central.store.find_all(d.MeterSample, Eq("session_id", session.id))
+    assert sum(s.delta_wh or 0 for s in samples) == done.energy_wh

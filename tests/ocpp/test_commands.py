@@ -826,3 +826,38 @@ async def test_reservations_end_with_what_they_hold(tmp_path: Path) -> None:
         await events.aclose()
         await stop_central(central)
         await bus.close()
+
+
+async def test_a_cancel_answered_after_the_reservation_was_used_leaves_it_used(
+        tmp_path: Path) -> None:
+    """The driver plugs in while the operator's cancel is on its way: the charger uses the
+    reservation (StartTransaction) and answers the cancel Rejected ("not found"). The
+    reservation stays USED, not CANCELLED."""
+    central = await start_central(tmp_path / "c.db", command_timeout=5)
+    await seed(central)
+    soon = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    ws = await connect(f"{central.url}/CP-1", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+                       additional_headers=basic_auth("CP-1", STATION_PASSWORD))
+    charger = ScriptedCharger(ws, delay=0.3)
+    try:
+        charger.answers.append(("result", {"status": "Accepted"}))
+        held = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": 1,
+                                                 "idTag": "TAG-OK", "expiryDate": soon},
+                         "reservation { reservationId state }")
+        number = held["reservation"]["reservationId"]
+        charger.answers.append(("result", {"status": "Rejected"}))
+        cancel = asyncio.create_task(run(central, "cancelReservation",
+                                         {"cpId": "CP-1", "reservationId": number}))
+        for _ in range(200):  # the cancel is at the charger, not answered yet
+            if len(charger.received) == 2:
+                break
+            await asyncio.sleep(0.01)
+        await central.services.charging.start_transaction(
+            "CP-1", 1, "TAG-OK", 0, datetime.now(UTC), reservation_id=number)
+        assert (await cancel)["status"] == "REJECTED"
+        [stored] = await central.store.find_all(d.Reservation, Eq("reservation_id", number))
+        assert stored.state is d.ReservationState.USED
+    finally:
+        await ws.close()
+        charger.task.cancel()
+        await stop_central(central)
