@@ -49,7 +49,7 @@ class OcppGateway:
         they are cut off. Chargers' own messages are still served until the server stops."""
         self._stopping = reason
         for handler in self._handlers.values():
-            handler.connection_closed(reason)
+            handler.stop_commands(reason)
 
     def unregister(self, handler: ChargePointHandler) -> bool:
         """Forget ``handler`` if it is still the live one; False if it was replaced."""
@@ -90,6 +90,8 @@ class OcppGateway:
         except ChargerOffline as exc:
             raise ChargerOffline(self._stopping or f"{cp_id} went offline before "
                                  f"answering {action}") from exc
+        except ChargerTimeout:
+            raise  # sent, never answered: the service is stopping (``stop_commands``)
         except ChargerBusy as exc:
             raise ChargerBusy(f"{action} was not sent: {cp_id} was busy with other commands "
                               f"for {timeout:g}s") from exc

@@ -40,6 +40,7 @@ from domain.errors import (
     ChargerCallError,
     ChargerError,
     ChargerOffline,
+    ChargerTimeout,
     DomainError,
     ValidationError,
 )
@@ -153,8 +154,8 @@ class ChargePointHandler(ChargePoint):
             # Cancelled here (by a failure, or the timeout), the package's call leaves its
             # lock and the queue of answers as they were.
             call.cancel()
-        if failed.done():  # the failure came first
-            raise failed.result()
+        if failed.done() and not (call.done() and not call.cancelled()):
+            raise failed.result()  # the failure came first (an answer that came wins)
         if not call.done():
             raise TimeoutError(f"no answer within {timeout:g}s")
         try:
@@ -174,6 +175,17 @@ class ChargePointHandler(ChargePoint):
                 raise ChargerCallError(f"a CALLERROR the package cannot read "
                                        f"({exc.__class__.__name__})") from exc
             raise
+
+    def stop_commands(self, reason: str) -> None:
+        """The service is stopping (the socket stays open meanwhile): a command not sent
+        yet fails as never sent (``ChargerOffline``); one the charger has already got
+        fails as unanswered (``ChargerTimeout``: it may still act on it, so a reservation
+        stays PENDING); later ones are refused."""
+        self._closed = True
+        for unique_id, failed in self._pending.items():
+            if not failed.done():
+                failed.set_result(ChargerOffline(reason) if unique_id in self._sending
+                                  else ChargerTimeout(reason))
 
     def connection_closed(self, reason: str | None = None) -> None:
         """The socket is closed (or the service is stopping: ``reason``): commands waiting

@@ -861,3 +861,36 @@ async def test_a_cancel_answered_after_the_reservation_was_used_leaves_it_used(
         await ws.close()
         charger.task.cancel()
         await stop_central(central)
+
+
+async def test_a_stop_fails_sent_commands_as_unanswered_and_queued_ones_as_unsent(
+        tmp_path: Path) -> None:
+    """When the service stops, a ReserveNow the charger already has may still be acted on:
+    unanswered, the reservation PENDING. One still waiting for its turn was never sent."""
+    central = await start_central(tmp_path / "c.db", command_timeout=5)
+    await seed(central)
+    soon = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    ws = await connect(f"{central.url}/CP-1", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+                       additional_headers=basic_auth("CP-1", STATION_PASSWORD))
+    charger = ScriptedCharger(ws)
+    charger.answers.extend([None, None])
+    try:
+        sent = asyncio.create_task(run(central, "reserveNow", {
+            "cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OK", "expiryDate": soon},
+            "reservation { state }"))
+        for _ in range(200):
+            if charger.received:
+                break
+            await asyncio.sleep(0.01)
+        queued = asyncio.create_task(run(central, "clearCache", {"cpId": "CP-1"}))
+        await asyncio.sleep(0.1)  # waiting behind the ReserveNow
+        central.gateway.stop_commands("the service is shutting down")
+        reserved, cleared = await sent, await queued
+        assert [e["code"] for e in reserved["errors"]] == ["CHARGER_TIMEOUT"]
+        assert reserved["reservation"]["state"] == "PENDING"
+        assert [e["code"] for e in cleared["errors"]] == ["CHARGER_OFFLINE"]
+        assert [f[2] for f in charger.received] == ["ReserveNow"]
+    finally:
+        await ws.close()
+        charger.task.cancel()
+        await stop_central(central)

@@ -206,8 +206,9 @@ def test_every_log_line_has_the_apps_format(launch: list[subprocess.Popen[str]],
 def test_a_stop_answers_commands_waiting_on_chargers_at_once(
         launch: list[subprocess.Popen[str]], tmp_path: Path) -> None:
     """SIGTERM while an operator's command waits for a charger that never answers: the
-    request gets its GraphQL answer (CHARGER_OFFLINE, "shutting down") when the stop
-    begins, not a bare 500 when uvicorn cuts it off after its 10 s of waiting."""
+    request gets its GraphQL answer (unanswered, "shutting down": the charger has the
+    command) when the stop begins, not a bare 500 when uvicorn cuts it off after its
+    10 s of waiting."""
     import json
     import threading
 
@@ -252,4 +253,4 @@ def test_a_stop_answers_commands_waiting_on_chargers_at_once(
     response = answer["reset"]
     assert response.status_code == 200, response.text
     [error] = response.json()["data"]["reset"]["errors"]
-    assert error["code"] == "CHARGER_OFFLINE" and "shutting down" in error["message"]
+    assert error["code"] == "CHARGER_TIMEOUT" and "shutting down" in error["message"]
