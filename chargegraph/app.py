@@ -3,6 +3,7 @@ and the OCPP central system, started and stopped in order in one lifespan."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -65,6 +66,18 @@ class _LateBound:
         await self.app(scope, receive, send)
 
 
+async def _settle(services: Services) -> None:
+    try:
+        await asyncio.wait_for(services.accounts.settled(), SETTLE_TIMEOUT_S)
+    except TimeoutError:
+        log.warning("background releases of deactivated users still running at stop")
+
+
+#: How long a stop waits for background work of the services (their commands have
+#: already been failed by ``begin_shutdown``, so this is short).
+SETTLE_TIMEOUT_S = 5.0
+
+
 def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | None = None
                ) -> Starlette:
     settings = settings or Settings()
@@ -94,6 +107,9 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
             services = build_services(settings, store, hasher or Argon2Hasher(), bus)
             app.state.services = services
             app.state.store = store
+            # Left after the OCPP server stops, before the bus and the store close: what
+            # deactivations release in the background finishes (or fails) on an open store.
+            stack.push_async_callback(_settle, services)
             graphql.app = create_graphql_app(services, tokens, graphiql=settings.graphiql)
             local = None
             if settings.ocpp_enabled:

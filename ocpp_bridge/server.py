@@ -133,8 +133,9 @@ class OcppServer:
             # process. Unless another process serves chargers on this database too (its
             # lease is live): its stations stay its own, and without a shared event bus
             # neither instance's events or commands reach the other's chargers.
-            alive = await self.instances.others_alive(self.instance_id) \
-                if self.instances is not None else []
+            alive = [lease for lease in (
+                await self.instances.others_alive(self.instance_id)
+                if self.instances is not None else []) if not _gone(lease.host)]
             for other in alive:
                 log.error("another ChargeGraph instance (%s, lease until %s) serves chargers "
                           "on this database without a shared event bus: events and "
@@ -392,6 +393,25 @@ class RefusalLog:
             self._last.clear()
         self._last[key] = now
         log.info("refused charge point %r from %s: %s", cp_id, peer or "?", reason)
+
+
+def _gone(host: str) -> bool:
+    """Whether the process holding a lease is known to be gone: one of this host whose
+    pid no longer runs, or is ours (a container restarted gets pid 1 again). Such a lease
+    is a crashed predecessor's, still unexpired, not another live instance. Of another
+    host nothing is known: it is taken as alive."""
+    name, _, pid = host.rpartition(":")
+    if name != socket.gethostname() or not pid.isdigit():
+        return False
+    if int(pid) == os.getpid():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # it runs, as another user
+        return False
+    return False
 
 
 def _host_label() -> str:

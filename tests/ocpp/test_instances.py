@@ -286,6 +286,7 @@ async def test_a_second_instance_without_a_shared_bus_leaves_the_firsts_chargers
                           instances=instances)
 
     first = server()
+    first.host_label = "elsewhere:1"  # another process (both run in this test's)
     await first.start()
     try:
         async with connected(f"ws://127.0.0.1:{first.bound_port}/ocpp", "CP-1",
@@ -301,4 +302,33 @@ async def test_a_second_instance_without_a_shared_bus_leaves_the_firsts_chargers
                 await second.stop()
     finally:
         await first.stop()
+        await stop_central(central)
+
+
+async def test_a_restart_after_a_crash_records_what_the_dead_predecessor_held(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The usual restart after a crash, within the predecessor's lease: its lease is of
+    this host and its process is gone, so it is no live instance. What it held is
+    recorded offline at once (its outage is not online time), without a false alarm."""
+    import socket
+    import subprocess
+
+    central = await start_central(tmp_path / "central.db")
+    await seed(central)
+    instances = central.services.instances
+    finished = subprocess.Popen(["true"])
+    finished.wait()  # a pid that no longer runs
+    await instances.renew("crashed", f"{socket.gethostname()}:{finished.pid}",
+                          timedelta(seconds=30))
+    await central.services.charging.set_online("CP-1", True, instance="crashed")
+    assert await online(central)
+    restarted = OcppServer(central.services.charging, OcppGateway(), "127.0.0.1", 0,
+                           instances=instances)
+    with caplog.at_level(logging.ERROR, "chargegraph.ocpp"):
+        await restarted.start()
+    try:
+        assert not await online(central)
+        assert "without a shared event bus" not in caplog.text
+    finally:
+        await restarted.stop()
         await stop_central(central)

@@ -134,3 +134,26 @@ async def test_a_database_folder_that_cannot_be_made_fails_start_up_with_one_lin
     [failed] = await startup_messages(app)
     assert failed["message"] == (f"cannot start the store at {url}: [Errno 20] Not a "
                                  f"directory: '{tmp_path}/a-file/data'")
+
+
+def test_a_stop_lets_background_releases_finish_on_an_open_store(tmp_path: Path) -> None:
+    """What a deactivation releases in the background (the user's reservations) finishes
+    before the store closes, not against a closed one."""
+    import asyncio
+
+    app = create_app(settings_for(tmp_path), hasher=Argon2Hasher.fast())
+    finished: list[bool] = []
+    with TestClient(app) as client:
+        accounts = app.state.services.accounts
+
+        async def release() -> None:
+            await asyncio.sleep(0.2)
+            finished.append(await app.state.store.ping())
+
+        async def start() -> None:
+            task = asyncio.create_task(release())
+            accounts._releasing.add(task)
+            task.add_done_callback(accounts._releasing.discard)
+
+        client.portal.call(start)  # type: ignore[union-attr]
+    assert finished == [True]
