@@ -145,7 +145,8 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
                                         response_timeout=settings.command_timeout,
                                         instances_bus=instances_bus,
                                         instances=services.instances,
-                                        lease_seconds=settings.instance_lease_seconds)
+                                        lease_seconds=settings.instance_lease_seconds,
+                                        trusted_proxies=settings.trusted_proxies)
                     await server.start()
                 # Registered after the store's close: stopped first, so every charger's
                 # disconnect is still written.

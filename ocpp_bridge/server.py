@@ -39,6 +39,7 @@ from domain.services.charging import ChargingService
 from domain.services.instances import InstanceService
 from ocpp_bridge.gateway import OcppGateway
 from ocpp_bridge.handler import CLOSE_UNKNOWN_STATION, ChargePointHandler
+from ocpp_bridge.peers import TrustedProxies
 
 log = logging.getLogger("chargegraph.ocpp")
 
@@ -85,8 +86,8 @@ class OcppServer:
     def __init__(self, charging: ChargingService, gateway: OcppGateway, host: str, port: int,
                  *, ssl_context: ssl.SSLContext | None = None, ping_interval: float = 30,
                  response_timeout: float = 30, instances_bus: EventBus | None = None,
-                 instances: InstanceService | None = None, lease_seconds: float = 30.0
-                 ) -> None:
+                 instances: InstanceService | None = None, lease_seconds: float = 30.0,
+                 trusted_proxies: str = "127.0.0.1,::1") -> None:
         # ``instances_bus``: the bus of the other instances sharing the database, ``None``
         # when this process is the only one. Alone, a station still marked online at
         # start-up lost its connection with the previous process; with others, it may be
@@ -121,6 +122,7 @@ class OcppServer:
         self._checking: dict[str, asyncio.Lock] = {}  # one password check per station
         self._in_flight: set[tuple[str, str]] = set()  # (cp_id, peer address) being checked
         self.refusals = RefusalLog()
+        self.proxies = TrustedProxies(trusted_proxies)
 
     @property
     def bound_port(self) -> int:
@@ -273,7 +275,9 @@ class OcppServer:
         cp_id = cp_id_from_path(request.path)
         if cp_id is None:
             return connection.respond(HTTPStatus.NOT_FOUND, "use /ocpp/{chargePointId}\n")
-        peer = connection.remote_address[0] if connection.remote_address else ""
+        peer = self.proxies.client(
+            connection.remote_address[0] if connection.remote_address else "",
+            request.headers.get("X-Forwarded-For"))
         station = await self.charging.station_for_connection(cp_id)
         if station is None:
             self.refusals.note(cp_id, peer, "unknown charge point")

@@ -72,6 +72,12 @@ async def test_refusals_and_disconnects_say_why_in_the_log_once_a_minute(
     assert "refused charge point 'CP-1' from 127.0.0.1: wrong user name or password" in refused
     assert "CP-1 disconnected (close code 1000: 'going home')" in lines
     assert "not-the-password" not in caplog.text and STATION_PASSWORD not in caplog.text
+    # Behind a trusted load balancer (127.0.0.1 by default) the charger's own address.
+    with pytest.raises(InvalidStatus):
+        await connect(f"{central.url}/NOPE-2", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+                      additional_headers={"X-Forwarded-For": "203.0.113.7"})
+    assert "refused charge point 'NOPE-2' from 203.0.113.7: unknown charge point" in [
+        r.getMessage() for r in caplog.records]
 
 
 async def test_password_guessing_costs_no_lockout_and_repeats_cost_nothing(
