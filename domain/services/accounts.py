@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
@@ -41,6 +42,8 @@ class AccountService(Service):
         #: in); run in the background, so the deactivation itself never waits on a
         #: charger.
         self.on_deactivated: Callable[[User], Awaitable[None]] | None = None
+        #: Sign-ins being checked now, per (email, client): a lock they set is theirs.
+        self._checking: Counter[str] = Counter()
         self._releasing: set[asyncio.Task[None]] = set()
 
     # ---------------------------------------------------------------- companies
@@ -209,14 +212,30 @@ class AccountService(Service):
         locked = None if cleaned is None else (
             self.throttle.locked_for(key) or self.email_throttle.locked_for(cleaned))
         if locked is not None:
+            if self._checking[key]:
+                # Locked by attempts still being checked (counted as failed until they
+                # succeed): they may well be right, so no claim of failures or of minutes.
+                raise Unauthenticated("too many sign-in attempts at once: try again in a "
+                                      "moment", code="TOO_MANY_ATTEMPTS")
             minutes = max(1, round(locked.total_seconds() / 60))
             raise Unauthenticated(f"too many failed sign-ins: try again in {minutes} min",
                                   code="TOO_MANY_ATTEMPTS")
-        if cleaned is not None:
-            # Counted as failed before the slow check, in the same step as the lock test:
-            # guesses sent all at once would otherwise all pass the test while the first
-            # ones are still being hashed. A success takes it back.
-            self._failed(key, cleaned)
+        if cleaned is None:
+            return await self._check(key, cleaned, password)
+        # Counted as failed before the slow check, in the same step as the lock test:
+        # guesses sent all at once would otherwise all pass the test while the first ones
+        # are still being hashed. A success takes it back.
+        self._failed(key, cleaned)
+        self._checking[key] += 1
+        try:
+            return await self._check(key, cleaned, password)
+        finally:
+            self._checking[key] -= 1
+            if not self._checking[key]:
+                del self._checking[key]
+
+    async def _check(self, key: str, cleaned: str | None, password: str) -> User:
+        """The user of these credentials (``authenticate`` without its throttling)."""
         user = await self.store.find_one(User, Eq("email", cleaned)) if cleaned else None
         if user is None or not user.password_hash:
             await self.password_matches(await self._dummy(), password)

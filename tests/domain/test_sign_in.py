@@ -236,3 +236,25 @@ async def test_a_right_password_counted_before_its_check_is_forgiven(store: Sqli
     await services.accounts.authenticate("ada@example.com", "first password", "10.0.0.1")
     assert services.accounts.email_throttle.locked_for("ada@example.com") is None
     await services.accounts.authenticate("ada@example.com", "first password", "10.0.0.2")
+
+
+async def test_right_sign_ins_all_at_once_are_told_to_wait_a_moment_not_15_min(
+        store: SqliteStore) -> None:
+    """Twenty right sign-ins at once (a client retrying in parallel): those over the limit
+    are refused while the first are checked, with no claim of failures; once those are
+    through, the account is not locked."""
+    import asyncio
+
+    from domain.errors import Unauthenticated
+
+    services = Services(ServiceContext(store=store, policy=Policy(), hasher=FastHasher()))
+    await services.accounts.create_user(SYSTEM, email="ada@example.com",
+                                        password="first password", name="Ada",
+                                        role=d.Role.DRIVER)
+    outcomes = await asyncio.gather(
+        *(services.accounts.authenticate("ada@example.com", "first password", "10.0.0.1")
+          for _ in range(20)), return_exceptions=True)
+    refused = [o for o in outcomes if isinstance(o, Unauthenticated)]
+    assert refused and all(o.code == "TOO_MANY_ATTEMPTS" for o in refused)
+    assert all("a moment" in o.message and "failed" not in o.message for o in refused)
+    await services.accounts.authenticate("ada@example.com", "first password", "10.0.0.1")
