@@ -95,6 +95,20 @@ def books_of(station: Station) -> tuple[str | None, str | None]:
     return None, station.owner_id
 
 
+#: The charge point's own statuses (connector 0) under which none of its connectors can
+#: charge, whatever they report.
+POINT_DOWN = frozenset({ConnectorStatus.UNAVAILABLE, ConnectorStatus.FAULTED})
+
+
+def _effective(station: Station, status: ConnectorStatus, error_code: str
+               ) -> tuple[ConnectorStatus, str]:
+    """A connector's state as its history records it: the charge point's own when that
+    is down (Unavailable or Faulted on connector 0), else its own."""
+    if station.status in POINT_DOWN:
+        return cast(ConnectorStatus, station.status), station.error_code or "NoError"
+    return status, error_code
+
+
 #: What closing a session writes (``ChargingService._close``).
 CLOSE_FIELDS = frozenset({"state", "end_time", "meter_stop_wh", "energy_wh", "power_w",
                           "stop_reason", "cost_minor", "currency", "updated_at",
@@ -424,9 +438,10 @@ class ChargingService(Service):
         changes: list[Change] = [update, Insert(stamp_new(event, actor, now))]
         for connector in await self.store.find_all(Connector, Eq("station_id", station.id),
                                                    limit=100):
-            changes += await self._next_interval(station, connector.connector_id,
-                                                 connector.status, connector.error_code,
-                                                 online, self.charger_now(cp_id), actor)
+            changes += await self._next_interval(
+                station, connector.connector_id,
+                *_effective(station, connector.status, connector.error_code), online,
+                self.charger_now(cp_id), actor)
         await self.store.write(changes, [])
         self._remember(cast(Station, update.record))
         await self.publish(StationConnectionChanged(**owned_by(station), online=online,
@@ -587,6 +602,14 @@ class ChargingService(Service):
                                status_at=at)
                 reported_station = cast(Station, update.record)
                 telemetry.append(update)
+                # Its connectors' state history follows: a whole-point outage is time
+                # none of them could charge (availability, faults).
+                for plug in await self.store.find_all(
+                        Connector, Eq("station_id", station.id), limit=100):
+                    telemetry += await self._next_interval(
+                        reported_station, plug.connector_id,
+                        *_effective(reported_station, plug.status, plug.error_code),
+                        station.online, at, actor)
         else:
             current, is_new = await self._connector(station, connector_id)
             previous_error = current.error_code
@@ -600,8 +623,9 @@ class ChargingService(Service):
                     audited.append((Insert(connector), None))
                 else:
                     telemetry.append(update)
-                telemetry += await self._next_interval(station, connector_id, new_status,
-                                                       error_code, station.online, at, actor)
+                telemetry += await self._next_interval(
+                    station, connector_id, *_effective(station, new_status, error_code),
+                    station.online, at, actor)
             # else: an older report arriving late is history, not the current state
         await self.commit(actor, audited, unaudited=telemetry)
         if reported_station is not None:

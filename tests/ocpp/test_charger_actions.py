@@ -12,7 +12,7 @@ from ocpp.v16 import call
 
 from domain import entities as d
 from domain.policy import SYSTEM
-from domain.query import ALL, Eq
+from domain.query import ALL, Eq, all_of
 from ocpp_bridge.simulator import connected, now
 from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
 
@@ -126,6 +126,30 @@ async def test_charger_times_are_kept_to_the_millisecond(central: Central) -> No
     session = await central.session(answer.transaction_id)
     assert session is not None
     assert session.start_time == datetime(2026, 12, 4, 10, tzinfo=UTC)
+
+
+async def test_a_whole_point_outage_is_in_every_connectors_history(central: Central
+                                                                      ) -> None:
+    """Faulted on connector 0: none of the connectors can charge, so their state history
+    (availability, fault time) says so until the point is back, whatever they report."""
+    async def open_states() -> dict[int, tuple[str, str]]:
+        found = await central.store.find_all(d.ConnectorInterval, all_of(
+            Eq("cp_id", "CP-1"), Eq("end", None)))
+        return {i.connector_id: (i.status.value, i.error_code) for i in found}
+
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await cp.report_all()
+        assert await open_states() == {1: ("Available", "NoError"),
+                                       2: ("Available", "NoError")}
+        await cp.status(0, "Faulted", "PowerSwitchFailure")
+        assert await open_states() == {1: ("Faulted", "PowerSwitchFailure"),
+                                       2: ("Faulted", "PowerSwitchFailure")}
+        await cp.status(2, "Available")  # a connector's own report changes nothing yet
+        assert (await open_states())[2] == ("Faulted", "PowerSwitchFailure")
+        await cp.status(0, "Available")
+        assert await open_states() == {1: ("Available", "NoError"),
+                                       2: ("Available", "NoError")}
 
 
 async def test_the_charge_points_own_status_is_its_stations(tmp_path: Path) -> None:
