@@ -5,6 +5,7 @@ as from another instance (``pubsub/command_relay.py``), with the same answers.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -520,6 +521,20 @@ async def test_reservations_are_bounded_and_do_not_overlap(central: Central) -> 
     assert await central.store.count(d.Reservation, Eq("cp_id", "CP-1")) == 2
 
 
+@contextlib.asynccontextmanager
+async def scripted_charger(central: Central, delay: float = 0.0
+                           ) -> AsyncIterator[ScriptedCharger]:
+    """CP-1 on a raw websocket, answering as each test scripts it."""
+    ws = await connect(f"{central.url}/CP-1", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+                       additional_headers=basic_auth("CP-1", STATION_PASSWORD))
+    charger = ScriptedCharger(ws, delay)
+    try:
+        yield charger
+    finally:
+        await ws.close()
+        charger.task.cancel()
+
+
 class ScriptedCharger:
     """A raw websocket charger that answers each command frame with ``answer(frame)``
     after ``delay`` seconds (``None``: it stays silent), and records what it got."""
@@ -555,53 +570,49 @@ async def test_a_callerror_is_a_definite_no_for_reservations(tmp_path: Path, rel
     await seed(central)
     soon = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     reserve = {"cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OK", "expiryDate": soon}
-    ws = await connect(f"{central.url}/CP-1", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
-                       additional_headers=basic_auth("CP-1", STATION_PASSWORD))
-    charger = ScriptedCharger(ws)
-
-    async def states() -> list[d.ReservationState]:
-        found = await central.store.find_all(d.Reservation, Eq("cp_id", "CP-1"))
-        return [r.state for r in sorted(found, key=lambda r: r.reservation_id)]
-
-    selection = "status reservation { reservationId state }"
     try:
-        charger.answers.append(("error", "NotSupported"))
-        refused = await run(central, "reserveNow", reserve, selection)
-        assert [e["code"] for e in refused["errors"]] == ["CHARGER_ERROR"]
-        assert "NotSupported" in refused["errors"][0]["message"]
-        assert await states() == [d.ReservationState.REJECTED]
+        async with scripted_charger(central) as charger:
 
-        charger.answers.append(None)  # silence: the charger may hold it
-        silent = await run(central, "reserveNow", reserve, selection)
-        assert [e["code"] for e in silent["errors"]] == ["CHARGER_TIMEOUT"]
-        pending_id = (await central.store.find_all(
-            d.Reservation, Eq("state", d.ReservationState.PENDING)))[0].reservation_id
-        charger.answers.append(None)
-        unsure = await run(central, "cancelReservation",
-                           {"cpId": "CP-1", "reservationId": pending_id})
-        assert [e["code"] for e in unsure["errors"]] == ["CHARGER_TIMEOUT"]
-        assert await states() == [d.ReservationState.REJECTED, d.ReservationState.PENDING]
-        charger.answers.append(("error", "NotSupported"))
-        ended = await run(central, "cancelReservation",
-                          {"cpId": "CP-1", "reservationId": pending_id})
-        assert [e["code"] for e in ended["errors"]] == ["CHARGER_ERROR"]
-        assert await states() == [d.ReservationState.REJECTED, d.ReservationState.CANCELLED]
+            async def states() -> list[d.ReservationState]:
+                found = await central.store.find_all(d.Reservation, Eq("cp_id", "CP-1"))
+                return [r.state for r in sorted(found, key=lambda r: r.reservation_id)]
 
-        charger.answers.append(("result", {"status": "Accepted"}))
-        held = await run(central, "reserveNow", reserve, selection)
-        assert held["reservation"]["state"] == "ACTIVE"
-        charger.answers.append(("result", {"status": "Rejected"}))  # "not found"
-        gone = await run(central, "cancelReservation",
-                         {"cpId": "CP-1",
-                          "reservationId": held["reservation"]["reservationId"]})
-        assert gone["status"] == "REJECTED"
-        assert (await states())[-1] is d.ReservationState.CANCELLED
-        assert [f[2] for f in charger.received] == [
-            "ReserveNow", "ReserveNow", "CancelReservation", "CancelReservation",
-            "ReserveNow", "CancelReservation"]
+            selection = "status reservation { reservationId state }"
+            charger.answers.append(("error", "NotSupported"))
+            refused = await run(central, "reserveNow", reserve, selection)
+            assert [e["code"] for e in refused["errors"]] == ["CHARGER_ERROR"]
+            assert "NotSupported" in refused["errors"][0]["message"]
+            assert await states() == [d.ReservationState.REJECTED]
+
+            charger.answers.append(None)  # silence: the charger may hold it
+            silent = await run(central, "reserveNow", reserve, selection)
+            assert [e["code"] for e in silent["errors"]] == ["CHARGER_TIMEOUT"]
+            pending_id = (await central.store.find_all(
+                d.Reservation, Eq("state", d.ReservationState.PENDING)))[0].reservation_id
+            charger.answers.append(None)
+            unsure = await run(central, "cancelReservation",
+                               {"cpId": "CP-1", "reservationId": pending_id})
+            assert [e["code"] for e in unsure["errors"]] == ["CHARGER_TIMEOUT"]
+            assert await states() == [d.ReservationState.REJECTED, d.ReservationState.PENDING]
+            charger.answers.append(("error", "NotSupported"))
+            ended = await run(central, "cancelReservation",
+                              {"cpId": "CP-1", "reservationId": pending_id})
+            assert [e["code"] for e in ended["errors"]] == ["CHARGER_ERROR"]
+            assert await states() == [d.ReservationState.REJECTED, d.ReservationState.CANCELLED]
+
+            charger.answers.append(("result", {"status": "Accepted"}))
+            held = await run(central, "reserveNow", reserve, selection)
+            assert held["reservation"]["state"] == "ACTIVE"
+            charger.answers.append(("result", {"status": "Rejected"}))  # "not found"
+            gone = await run(central, "cancelReservation",
+                             {"cpId": "CP-1",
+                              "reservationId": held["reservation"]["reservationId"]})
+            assert gone["status"] == "REJECTED"
+            assert (await states())[-1] is d.ReservationState.CANCELLED
+            assert [f[2] for f in charger.received] == [
+                "ReserveNow", "ReserveNow", "CancelReservation", "CancelReservation",
+                "ReserveNow", "CancelReservation"]
     finally:
-        await ws.close()
-        charger.task.cancel()
         await stop_central(central)
 
 
@@ -613,25 +624,21 @@ async def test_a_commands_time_for_an_answer_starts_when_it_is_sent(tmp_path: Pa
     its sending; the third never gets its turn within 1 s: CHARGER_BUSY, never sent."""
     central = await start_central(tmp_path / "c.db", command_timeout=1.0, relayed=relayed)
     await seed(central)
-    ws = await connect(f"{central.url}/CP-1", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
-                       additional_headers=basic_auth("CP-1", STATION_PASSWORD))
-    charger = ScriptedCharger(ws, delay=0.6)
-    charger.answers.extend([("result", {"status": "Accepted"})] * 3)
     try:
-        first = asyncio.create_task(run(central, "clearCache", {"cpId": "CP-1"}))
-        await asyncio.sleep(0.05)  # queued in this order
-        second = asyncio.create_task(run(central, "clearCache", {"cpId": "CP-1"}))
-        await asyncio.sleep(0.05)
-        third = asyncio.create_task(run(central, "clearCache", {"cpId": "CP-1"}))
-        answers = await asyncio.gather(first, second, third)
-        assert [a["status"] for a in answers[:2]] == ["ACCEPTED", "ACCEPTED"], answers
-        [busy] = answers[2]["errors"]
-        assert busy["code"] == "CHARGER_BUSY" and "not sent" in busy["message"], busy
-        await asyncio.sleep(0.3)
-        assert len(charger.received) == 2
+        async with scripted_charger(central, delay=0.6) as charger:
+            charger.answers.extend([("result", {"status": "Accepted"})] * 3)
+            first = asyncio.create_task(run(central, "clearCache", {"cpId": "CP-1"}))
+            await asyncio.sleep(0.05)  # queued in this order
+            second = asyncio.create_task(run(central, "clearCache", {"cpId": "CP-1"}))
+            await asyncio.sleep(0.05)
+            third = asyncio.create_task(run(central, "clearCache", {"cpId": "CP-1"}))
+            answers = await asyncio.gather(first, second, third)
+            assert [a["status"] for a in answers[:2]] == ["ACCEPTED", "ACCEPTED"], answers
+            [busy] = answers[2]["errors"]
+            assert busy["code"] == "CHARGER_BUSY" and "not sent" in busy["message"], busy
+            await asyncio.sleep(0.3)
+            assert len(charger.received) == 2
     finally:
-        await ws.close()
-        charger.task.cancel()
         await stop_central(central)
 
 
@@ -686,34 +693,31 @@ async def test_times_in_a_chargers_answer_are_read_as_chargers_write_them(tmp_pa
     returned in UTC; one that is no date-time is the charger's error, not ours."""
     central = await start_central(tmp_path / "c.db", command_timeout=2)
     await seed(central)
-    ws = await connect(f"{central.url}/CP-1", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
-                       additional_headers=basic_auth("CP-1", STATION_PASSWORD))
-    charger = ScriptedCharger(ws)
-    selection = "status scheduleStart chargingSchedule { startSchedule }"
-    ask = {"cpId": "CP-1", "connectorId": 1, "duration": 600}
-
-    def answer(start: str) -> tuple[str, dict[str, Any]]:
-        return ("result", {"status": "Accepted", "connectorId": 1, "scheduleStart": start,
-                           "chargingSchedule": {
-                               "chargingRateUnit": "A", "startSchedule": start,
-                               "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 16}]}})
-
     try:
-        for written in ("2026-12-04t15:00:00z", "2026-12-04T15:00:00",
-                        "2026-12-04T16:00:00+01:00"):
-            charger.answers.append(answer(written))
-            got = await run(central, "getCompositeSchedule", ask, selection)
-            assert got["errors"] == [], got
-            assert datetime.fromisoformat(got["scheduleStart"]) == datetime(
-                2026, 12, 4, 15, tzinfo=UTC), written
-            assert got["chargingSchedule"]["startSchedule"] == got["scheduleStart"]
-        charger.answers.append(answer("tomorrow"))
-        bad = await run(central, "getCompositeSchedule", ask, selection)
-        [error] = bad["errors"]
-        assert error["code"] == "CHARGER_ERROR" and "scheduleStart" in error["message"]
+        async with scripted_charger(central) as charger:
+            selection = "status scheduleStart chargingSchedule { startSchedule }"
+            ask = {"cpId": "CP-1", "connectorId": 1, "duration": 600}
+
+            def answer(start: str) -> tuple[str, dict[str, Any]]:
+                periods = [{"startPeriod": 0, "limit": 16}]
+                return ("result", {"status": "Accepted", "connectorId": 1,
+                                   "scheduleStart": start, "chargingSchedule": {
+                                       "chargingRateUnit": "A", "startSchedule": start,
+                                       "chargingSchedulePeriod": periods}})
+
+            for written in ("2026-12-04t15:00:00z", "2026-12-04T15:00:00",
+                            "2026-12-04T16:00:00+01:00"):
+                charger.answers.append(answer(written))
+                got = await run(central, "getCompositeSchedule", ask, selection)
+                assert got["errors"] == [], got
+                assert datetime.fromisoformat(got["scheduleStart"]) == datetime(
+                    2026, 12, 4, 15, tzinfo=UTC), written
+                assert got["chargingSchedule"]["startSchedule"] == got["scheduleStart"]
+            charger.answers.append(answer("tomorrow"))
+            bad = await run(central, "getCompositeSchedule", ask, selection)
+            [error] = bad["errors"]
+            assert error["code"] == "CHARGER_ERROR" and "scheduleStart" in error["message"]
     finally:
-        await ws.close()
-        charger.task.cancel()
         await stop_central(central)
 
 
@@ -726,29 +730,25 @@ async def test_a_command_cut_short_by_the_request_ending_is_still_audited(tmp_pa
 
     central = await start_central(tmp_path / "c.db", command_timeout=30)
     await seed(central)
-    ws = await connect(f"{central.url}/CP-1", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
-                       additional_headers=basic_auth("CP-1", STATION_PASSWORD))
-    charger = ScriptedCharger(ws)
-    charger.answers.append(None)
     try:
-        request = asyncio.create_task(central.services.commands.send(
-            Viewer.of(central.users["op"]), "CP-1", "Reset", {"type": "Soft"}))
-        for _ in range(200):
-            if charger.received:
-                break
-            await asyncio.sleep(0.01)
-        assert [frame[2] for frame in charger.received] == ["Reset"]
-        request.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await request
-        entries = await central.store.find_all(
-            d.AuditEntry, Eq("entity_id", central.stations["CP-1"].id))
-        commands = [e.after for e in entries if e.action is d.AuditAction.COMMAND]
-        assert len(commands) == 1 and commands[0] is not None
-        assert (commands[0]["command"], commands[0]["error"]) == ("Reset", "CHARGER_TIMEOUT")
+        async with scripted_charger(central) as charger:
+            charger.answers.append(None)
+            request = asyncio.create_task(central.services.commands.send(
+                Viewer.of(central.users["op"]), "CP-1", "Reset", {"type": "Soft"}))
+            for _ in range(200):
+                if charger.received:
+                    break
+                await asyncio.sleep(0.01)
+            assert [frame[2] for frame in charger.received] == ["Reset"]
+            request.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await request
+            entries = await central.store.find_all(
+                d.AuditEntry, Eq("entity_id", central.stations["CP-1"].id))
+            commands = [e.after for e in entries if e.action is d.AuditAction.COMMAND]
+            assert len(commands) == 1 and commands[0] is not None
+            assert (commands[0]["command"], commands[0]["error"]) == ("Reset", "CHARGER_TIMEOUT")
     finally:
-        await ws.close()
-        charger.task.cancel()
         await stop_central(central)
 
 
@@ -756,19 +756,15 @@ async def test_an_answer_that_breaks_the_schema_is_named_in_ocpp_16_words(
         tmp_path: Path) -> None:
     central = await start_central(tmp_path / "c.db", command_timeout=2)
     await seed(central)
-    ws = await connect(f"{central.url}/CP-1", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
-                       additional_headers=basic_auth("CP-1", STATION_PASSWORD))
-    charger = ScriptedCharger(ws)
-    charger.answers.append(("result", {"status": "Accepted", "surprise": 1}))
     try:
-        answer = await run(central, "clearCache", {"cpId": "CP-1"})
-        [error] = answer["errors"]
-        assert error["code"] == "CHARGER_ERROR", error
-        assert "FormationViolation" in error["message"], error
-        assert "FormatViolation" not in error["message"]
+        async with scripted_charger(central) as charger:
+            charger.answers.append(("result", {"status": "Accepted", "surprise": 1}))
+            answer = await run(central, "clearCache", {"cpId": "CP-1"})
+            [error] = answer["errors"]
+            assert error["code"] == "CHARGER_ERROR", error
+            assert "FormationViolation" in error["message"], error
+            assert "FormatViolation" not in error["message"]
     finally:
-        await ws.close()
-        charger.task.cancel()
         await stop_central(central)
 
 
@@ -836,30 +832,26 @@ async def test_a_cancel_answered_after_the_reservation_was_used_leaves_it_used(
     central = await start_central(tmp_path / "c.db", command_timeout=5)
     await seed(central)
     soon = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
-    ws = await connect(f"{central.url}/CP-1", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
-                       additional_headers=basic_auth("CP-1", STATION_PASSWORD))
-    charger = ScriptedCharger(ws, delay=0.3)
     try:
-        charger.answers.append(("result", {"status": "Accepted"}))
-        held = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": 1,
-                                                 "idTag": "TAG-OK", "expiryDate": soon},
-                         "reservation { reservationId state }")
-        number = held["reservation"]["reservationId"]
-        charger.answers.append(("result", {"status": "Rejected"}))
-        cancel = asyncio.create_task(run(central, "cancelReservation",
-                                         {"cpId": "CP-1", "reservationId": number}))
-        for _ in range(200):  # the cancel is at the charger, not answered yet
-            if len(charger.received) == 2:
-                break
-            await asyncio.sleep(0.01)
-        await central.services.charging.start_transaction(
-            "CP-1", 1, "TAG-OK", 0, datetime.now(UTC), reservation_id=number)
-        assert (await cancel)["status"] == "REJECTED"
-        [stored] = await central.store.find_all(d.Reservation, Eq("reservation_id", number))
-        assert stored.state is d.ReservationState.USED
+        async with scripted_charger(central, delay=0.3) as charger:
+            charger.answers.append(("result", {"status": "Accepted"}))
+            held = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": 1,
+                                                     "idTag": "TAG-OK", "expiryDate": soon},
+                             "reservation { reservationId state }")
+            number = held["reservation"]["reservationId"]
+            charger.answers.append(("result", {"status": "Rejected"}))
+            cancel = asyncio.create_task(run(central, "cancelReservation",
+                                             {"cpId": "CP-1", "reservationId": number}))
+            for _ in range(200):  # the cancel is at the charger, not answered yet
+                if len(charger.received) == 2:
+                    break
+                await asyncio.sleep(0.01)
+            await central.services.charging.start_transaction(
+                "CP-1", 1, "TAG-OK", 0, datetime.now(UTC), reservation_id=number)
+            assert (await cancel)["status"] == "REJECTED"
+            [stored] = await central.store.find_all(d.Reservation, Eq("reservation_id", number))
+            assert stored.state is d.ReservationState.USED
     finally:
-        await ws.close()
-        charger.task.cancel()
         await stop_central(central)
 
 
@@ -870,27 +862,23 @@ async def test_a_stop_fails_sent_commands_as_unanswered_and_queued_ones_as_unsen
     central = await start_central(tmp_path / "c.db", command_timeout=5)
     await seed(central)
     soon = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
-    ws = await connect(f"{central.url}/CP-1", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
-                       additional_headers=basic_auth("CP-1", STATION_PASSWORD))
-    charger = ScriptedCharger(ws)
-    charger.answers.extend([None, None])
     try:
-        sent = asyncio.create_task(run(central, "reserveNow", {
-            "cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OK", "expiryDate": soon},
-            "reservation { state }"))
-        for _ in range(200):
-            if charger.received:
-                break
-            await asyncio.sleep(0.01)
-        queued = asyncio.create_task(run(central, "clearCache", {"cpId": "CP-1"}))
-        await asyncio.sleep(0.1)  # waiting behind the ReserveNow
-        central.gateway.stop_commands("the service is shutting down")
-        reserved, cleared = await sent, await queued
-        assert [e["code"] for e in reserved["errors"]] == ["CHARGER_TIMEOUT"]
-        assert reserved["reservation"]["state"] == "PENDING"
-        assert [e["code"] for e in cleared["errors"]] == ["CHARGER_OFFLINE"]
-        assert [f[2] for f in charger.received] == ["ReserveNow"]
+        async with scripted_charger(central) as charger:
+            charger.answers.extend([None, None])
+            sent = asyncio.create_task(run(central, "reserveNow", {
+                "cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OK", "expiryDate": soon},
+                "reservation { state }"))
+            for _ in range(200):
+                if charger.received:
+                    break
+                await asyncio.sleep(0.01)
+            queued = asyncio.create_task(run(central, "clearCache", {"cpId": "CP-1"}))
+            await asyncio.sleep(0.1)  # waiting behind the ReserveNow
+            central.gateway.stop_commands("the service is shutting down")
+            reserved, cleared = await sent, await queued
+            assert [e["code"] for e in reserved["errors"]] == ["CHARGER_TIMEOUT"]
+            assert reserved["reservation"]["state"] == "PENDING"
+            assert [e["code"] for e in cleared["errors"]] == ["CHARGER_OFFLINE"]
+            assert [f[2] for f in charger.received] == ["ReserveNow"]
     finally:
-        await ws.close()
-        charger.task.cancel()
         await stop_central(central)
