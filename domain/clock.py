@@ -13,6 +13,14 @@ def utcnow() -> datetime:
     return datetime.fromtimestamp(time.time_ns() // 1_000_000 / 1000, UTC)
 
 
+def to_millisecond(value: datetime) -> datetime:
+    """``value`` cut to the millisecond: the precision every instant of the service has
+    (and the most MongoDB stores), applied where times come in, at both doors."""
+    if value.microsecond % 1000:
+        return value.replace(microsecond=value.microsecond // 1000 * 1000)
+    return value
+
+
 def as_utc(value: datetime) -> datetime:
     """Normalize an aware datetime to UTC; naive datetimes are rejected, never guessed."""
     if value.tzinfo is None:

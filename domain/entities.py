@@ -81,6 +81,10 @@ class ReservationState(StrEnum):
     REJECTED = "REJECTED"
 
 
+#: A reservation that holds (or may hold) its plug: the charger has it, or may have it.
+LIVE_RESERVATION_STATES = (ReservationState.PENDING, ReservationState.ACTIVE)
+
+
 class PaymentStatus(StrEnum):
     PENDING = "PENDING"
     CAPTURED = "CAPTURED"
@@ -329,7 +333,7 @@ class Reservation(Record):
     def state_at(self, now: datetime) -> ReservationState:
         """EXPIRED once a live (PENDING or ACTIVE) reservation is past its expiry, before
         the sweep (``CommandService.expire_reservations``) has stored it."""
-        if self.state in (ReservationState.PENDING, ReservationState.ACTIVE) \
+        if self.state in LIVE_RESERVATION_STATES \
                 and self.expires_at <= now:
             return ReservationState.EXPIRED
         return self.state

@@ -10,6 +10,7 @@ from typing import Any
 import strawberry
 
 from domain.clock import utcnow
+from domain.entities import LIVE_RESERVATION_STATES
 from domain.errors import ValidationError
 from domain.ids import is_id
 from domain.query import Eq, Filter, In, Near, Range, Search, all_of, any_of
@@ -267,7 +268,7 @@ class ReservationFilter:
 def _reservation_state(state: ReservationState, now: datetime) -> Filter:
     """Reservations whose state reads ``state`` now (``Reservation.state_at``): a live one
     past its expiry is EXPIRED before the sweep has stored it."""
-    live = (ReservationState.PENDING, ReservationState.ACTIVE)
+    live = LIVE_RESERVATION_STATES
     if state is ReservationState.EXPIRED:
         return any_of(Eq("state", ReservationState.EXPIRED),
                       all_of(In("state", live), Range("expires_at", lte=now)))

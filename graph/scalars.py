@@ -11,6 +11,8 @@ from typing import Any, NewType
 import dateutil.parser
 import strawberry
 
+from domain.clock import to_millisecond
+
 #: GraphQL's ``Int`` is 32 bits by the spec: a meter register of a long-lived DC charger
 #: (billions of Wh) or a large amount in minor units does not fit, and one such value
 #: would fail the whole field for every viewer. Sent as a JSON number, exact to 2^53.
@@ -33,7 +35,7 @@ def _instant(value: Any) -> datetime:
         parsed = dateutil.parser.isoparse(value)
     except (ValueError, OverflowError) as exc:
         raise ValueError(f"DateTime cannot represent {value!r}: {exc}") from None
-    return parsed.replace(microsecond=parsed.microsecond // 1000 * 1000)
+    return to_millisecond(parsed)
 
 
 #: A plain ASCII decimal. ``decimal.Decimal`` also reads "1_000", other scripts' digits

@@ -181,20 +181,19 @@ class ChargePointHandler(ChargePoint):
         yet fails as never sent (``ChargerOffline``); one the charger has already got
         fails as unanswered (``ChargerTimeout``: it may still act on it, so a reservation
         stays PENDING); later ones are refused."""
+        self._fail_all(lambda unique_id: ChargerOffline(reason) if unique_id in self._sending
+                       else ChargerTimeout(reason))
+
+    def connection_closed(self) -> None:
+        """The socket is closed: commands waiting for answers (or for their turn) fail
+        with ``ChargerOffline`` at once, and later ones are refused."""
+        self._fail_all(lambda unique_id: ChargerOffline(f"{self.id} went offline"))
+
+    def _fail_all(self, error_for: Callable[[str], ChargerError]) -> None:
         self._closed = True
         for unique_id, failed in self._pending.items():
             if not failed.done():
-                failed.set_result(ChargerOffline(reason) if unique_id in self._sending
-                                  else ChargerTimeout(reason))
-
-    def connection_closed(self, reason: str | None = None) -> None:
-        """The socket is closed (or the service is stopping: ``reason``): commands waiting
-        for answers (or for their turn) fail with ``ChargerOffline`` at once, and later
-        ones are refused."""
-        self._closed = True
-        for failed in self._pending.values():
-            if not failed.done():
-                failed.set_result(ChargerOffline(reason or f"{self.id} went offline"))
+                failed.set_result(error_for(unique_id))
 
     def _malformed_answer(self, error: FrameError) -> None:
         """A CALLRESULT or CALLERROR we cannot read. If its unique id names a command

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from domain.clock import to_millisecond
 from ocpp_bridge.frames import (
     PROPERTY_CONSTRAINT_VIOLATION,
     TYPE_CONSTRAINT_VIOLATION,
@@ -25,9 +26,7 @@ def parse_timestamp(value: str, field: str, unique_id: str) -> datetime:
     except AttributeError as exc:
         raise FrameError(TYPE_CONSTRAINT_VIOLATION, f"{field}: not an RFC 3339 date-time",
                          unique_id) from exc
-    # To the millisecond, as every instant of the service (MongoDB stores no finer).
-    if parsed.microsecond % 1000:
-        parsed = parsed.replace(microsecond=parsed.microsecond // 1000 * 1000)
+    parsed = to_millisecond(parsed)
     if parsed.tzinfo is None:
         return parsed.replace(tzinfo=UTC)
     try:

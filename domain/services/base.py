@@ -129,6 +129,16 @@ class Service:
                 return found[0]
         raise NotFound(f"no such {kind.kind.replace('_', ' ')}", field=field)
 
+    async def landed(self, written: Sequence[E]) -> list[E]:
+        """Of records written by guarded updates (``only_if`` without ``required``, which
+        the store skips silently), those the store holds as written: what to announce."""
+        if not written:
+            return []
+        stored = await self.store.get_many(type(written[0]), [r.id for r in written])
+        return [now for wrote, now in zip(written, stored, strict=True)
+                if now is not None and now.updated_at == wrote.updated_at
+                and now.updated_by == wrote.updated_by]
+
     async def commit(self, viewer: Viewer, changes: Sequence[tuple[Change, Record | None]],
                      unaudited: Sequence[Change] = (),
                      extra_audit: Sequence[AuditEntry] = ()) -> None:

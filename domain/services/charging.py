@@ -21,6 +21,7 @@ from typing import Any, NamedTuple, cast
 from domain import validation as v
 from domain.clock import as_utc
 from domain.entities import (
+    LIVE_RESERVATION_STATES,
     ConnectionEvent,
     Connector,
     ConnectorInterval,
@@ -55,7 +56,6 @@ from domain.query import Eq, Sort, all_of
 from domain.services.base import (
     Service,
     ServiceContext,
-    changed,
     owned_by,
     patch,
     reservation_changed,
@@ -107,19 +107,6 @@ def _effective(station: Station, status: ConnectorStatus, error_code: str
     if station.status in POINT_DOWN:
         return cast(ConnectorStatus, station.status), station.error_code or "NoError"
     return status, error_code
-
-
-#: What closing a session writes (``ChargingService._close``).
-CLOSE_FIELDS = frozenset({"state", "end_time", "meter_stop_wh", "energy_wh", "power_w",
-                          "stop_reason", "cost_minor", "currency", "updated_at",
-                          "updated_by"})
-
-
-def _closing(closed: Session) -> Update:
-    """The write of a session's close, only onto a session still ACTIVE: of a charger's
-    StopTransaction and an operator's endSession racing, one closes it, and the other
-    fails with ``Conflict`` (``CHANGED``) instead of closing it a second time."""
-    return Update(closed, CLOSE_FIELDS, ("state", SessionState.ACTIVE), required=True)
 
 
 def charger(cp_id: str) -> Viewer:
@@ -683,11 +670,8 @@ class ChargingService(Service):
                                                                    opened.id)
             session, ended, used = opened
             break
-        if used is not None:  # announced if the guarded write did use it
-            [now] = await self.store.get_many(Reservation, [used.id])
-            if now is not None and now.state is ReservationState.USED \
-                    and now.updated_at == used.updated_at:
-                await self.publish(reservation_changed(now, station))
+        for now in await self.landed([used] if used is not None else []):
+            await self.publish(reservation_changed(now, station))  # if its guard held
         for old in ended:
             self._remember(old)
         self._remember(session)
@@ -728,9 +712,10 @@ class ChargingService(Service):
             return stale
         ended: list[Session] = []
         if stale is not None:
-            closed, payment = await self._close(station, stale, None, min(start, self.now()),
-                                                "Other", actor)
-            changes.append((_closing(closed), stale))
+            close, payment = await self._close(station, stale, None, min(start, self.now()),
+                                               "Other", actor)
+            closed = cast(Session, close.record)
+            changes.append((close, stale))
             if payment is not None:
                 changes.append((Insert(payment), None))
             ended.append(closed)
@@ -738,8 +723,7 @@ class ChargingService(Service):
         if reservation_id is not None:
             reservation = await self.store.find_one(Reservation, all_of(
                 Eq("station_id", station.id), Eq("reservation_id", reservation_id)))
-            if reservation is not None and reservation.state in (ReservationState.ACTIVE,
-                                                                 ReservationState.PENDING):
+            if reservation is not None and reservation.state in LIVE_RESERVATION_STATES:
                 # From the state read: a cancel or a removal that ended it meanwhile
                 # stands (the session starts anyway, as the charger decided).
                 use = patch(reservation, actor, only_if=("state", reservation.state),
@@ -820,9 +804,10 @@ class ChargingService(Service):
         closing = self._closing_sample(station, session, samples, energy, meter_stop, end)
         if closing is not None:
             samples.append(closing)
-        closed, payment = await self._close(station, session, meter_stop, end,
-                                            reason or "Local", actor, energy_wh=energy)
-        changes: list[tuple[Change, Any]] = [(_closing(closed), session)]
+        close, payment = await self._close(station, session, meter_stop, end,
+                                           reason or "Local", actor, energy_wh=energy)
+        closed = cast(Session, close.record)
+        changes: list[tuple[Change, Any]] = [(close, session)]
         if payment is not None:
             changes.append((Insert(payment), None))
         try:
@@ -867,8 +852,9 @@ class ChargingService(Service):
         if not session.start_time <= end <= now:
             raise ValidationError("between the session's start and now", field="endTime",
                                   code="OUT_OF_RANGE")
-        closed, payment = await self._close(station, session, None, end, "Other", viewer)
-        changes: list[tuple[Change, Any]] = [(_closing(closed), session)]
+        close, payment = await self._close(station, session, None, end, "Other", viewer)
+        closed = cast(Session, close.record)
+        changes: list[tuple[Change, Any]] = [(close, session)]
         if payment is not None:
             changes.append((Insert(payment), None))
         try:
@@ -891,8 +877,11 @@ class ChargingService(Service):
 
     async def _close(self, station: Station, session: Session, meter_stop: int | None,
                      end: datetime, reason: str, actor: Viewer, *,
-                     energy_wh: int | None = None) -> tuple[Session, Payment | None]:
-        """``energy_wh``: the session's energy at its close (default: as last metered)."""
+                     energy_wh: int | None = None) -> tuple[Update, Payment | None]:
+        """The close's write and the payment it opens. ``energy_wh``: the session's energy
+        at its close (default: as last metered). Written only onto a session still ACTIVE:
+        of a charger's StopTransaction and an operator's endSession racing, one closes it,
+        and the other fails with ``Conflict`` (``CHANGED``) instead of closing it twice."""
         # A stop stamped before the start (a clock reset mid-session) ends the session
         # when it began, so no duration anywhere comes out negative.
         end = max(end, session.start_time)
@@ -904,10 +893,10 @@ class ChargingService(Service):
         cost = None
         if tariff is not None:
             cost = session_cost_minor(tariff, energy, session.start_time, end)
-        closed = changed(session, actor, state=SessionState.COMPLETED, end_time=end,
-                         meter_stop_wh=meter_stop, energy_wh=energy, power_w=None,
-                         stop_reason=reason, cost_minor=cost,
-                         currency=tariff.currency if tariff else None)
+        close = patch(session, actor, only_if=("state", SessionState.ACTIVE), required=True,
+                      state=SessionState.COMPLETED, end_time=end, meter_stop_wh=meter_stop,
+                      energy_wh=energy, power_w=None, stop_reason=reason, cost_minor=cost,
+                      currency=tariff.currency if tariff else None)
         payment = None
         # Nothing to collect (no energy and no fees): no payment for anyone to settle.
         if tariff is not None and cost is not None and cost > 0:
@@ -916,7 +905,7 @@ class ChargingService(Service):
                                         currency=tariff.currency,
                                         company_id=session.company_id,
                                         station_owner_id=session.station_owner_id), actor)
-        return closed, payment
+        return close, payment
 
     # ------------------------------------------------------------- station-level reports
     async def firmware_status(self, cp_id: str, status: str) -> None:

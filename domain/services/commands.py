@@ -17,6 +17,7 @@ from typing import Any, cast
 from domain.clock import utcnow
 from domain.command_rules import check_command
 from domain.entities import (
+    LIVE_RESERVATION_STATES,
     AuditAction,
     AuditEntry,
     IdTag,
@@ -255,7 +256,7 @@ class CommandService(Service):
         unanswered cancel, until it expires."""
         held = await self.store.find_all(Reservation, all_of(
             Eq("user_id", user.id),
-            In("state", (ReservationState.PENDING, ReservationState.ACTIVE)),
+            In("state", LIVE_RESERVATION_STATES),
             Range("expires_at", gt=utcnow())), limit=100)
         for reservation in held:
             try:
@@ -269,7 +270,7 @@ class CommandService(Service):
                             now: datetime, own: str | None = None) -> None:
         """Raises the Conflict of a reservation other than ``own`` that this one would
         overlap, or (for a driver) of one the driver holds already."""
-        live = all_of(In("state", (ReservationState.PENDING, ReservationState.ACTIVE)),
+        live = all_of(In("state", LIVE_RESERVATION_STATES),
                       Range("expires_at", gt=now))
 
         async def other(where: Filter) -> bool:
@@ -295,7 +296,7 @@ class CommandService(Service):
             Eq("reservation_id", reservation_id)))
         if reservation is None:
             raise NotFound("no such reservation", field="reservationId")
-        if reservation.state not in (ReservationState.PENDING, ReservationState.ACTIVE) \
+        if reservation.state not in LIVE_RESERVATION_STATES \
                 or reservation.expires_at <= utcnow():
             raise ValidationError(f"the reservation is {reservation.state.value.lower()}"
                                   if reservation.expires_at > utcnow()
@@ -309,7 +310,7 @@ class CommandService(Service):
         sweep at once: each reservation moves once, and only its mover announces it."""
         now = utcnow()
         due = await self.store.find_all(Reservation, all_of(
-            In("state", (ReservationState.PENDING, ReservationState.ACTIVE)),
+            In("state", LIVE_RESERVATION_STATES),
             Range("expires_at", lte=now)), limit=limit)
         stations = {st.id: st for st in await self.store.get_many(
             Station, list({r.station_id for r in due})) if st is not None}
@@ -365,12 +366,13 @@ class CommandService(Service):
                                state=state)
                 changes.append((update, reservation))
         await self.commit(viewer, changes, extra_audit=[audit])
-        if changes and reservation is not None:
-            [current] = await self.store.get_many(Reservation, [reservation.id])
-            wrote = changes[0][0].record
-            if current is not None and current.updated_at == wrote.updated_at \
-                    and current.state is cast(Reservation, wrote).state:
-                await self.publish(reservation_changed(current, station))
+        if changes:
+            wrote = cast(Reservation, changes[0][0].record)
+            landed = await self.landed([wrote])
+            for now in landed:  # announced if its guard held
+                await self.publish(reservation_changed(now, station))
+            # What the client is shown: as written, or as someone else left it meanwhile.
+            [current] = landed or await self.store.get_many(Reservation, [wrote.id])
             outcome.reservation = current or outcome.reservation
         await self.publish(CommandCompleted(
             **owned_by(station), command_id=outcome.command_id, action=outcome.action,

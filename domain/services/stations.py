@@ -7,6 +7,7 @@ from typing import Any, cast
 
 from domain import validation as v
 from domain.entities import (
+    LIVE_RESERVATION_STATES,
     Company,
     Connector,
     ConnectorType,
@@ -223,8 +224,8 @@ class StationService(Service):
         being removed): left live, one would keep its driver from reserving elsewhere,
         and the plug (a cpId or connector id used again) from being reserved, until it
         expired. Guarded: one the charger ended meanwhile stays as it is."""
-        live = await self.store.find_all(Reservation, all_of(where, In(
-            "state", (ReservationState.PENDING, ReservationState.ACTIVE))), limit=1000)
+        live = await self.store.find_all(
+            Reservation, all_of(where, In("state", LIVE_RESERVATION_STATES)), limit=1000)
         cancelled = []
         for reservation in live:
             update = patch(reservation, viewer, only_if=("state", reservation.state),
@@ -237,11 +238,8 @@ class StationService(Service):
                         ) -> None:
         """Announces those the write did cancel (its guard skips one the charger used or
         ended meanwhile)."""
-        stored = await self.store.get_many(Reservation, [r.id for r in cancelled])
-        for wrote, now in zip(cancelled, stored, strict=True):
-            if now is not None and now.state is ReservationState.CANCELLED \
-                    and now.updated_at == wrote.updated_at:
-                await self.publish(reservation_changed(now, station))
+        for now in await self.landed(cancelled):
+            await self.publish(reservation_changed(now, station))
 
     async def _hang_up_charger(self, station: Station) -> None:
         """Whichever instance holds the removed station's charger closes its socket now
