@@ -275,7 +275,10 @@ def simulate(
     prefix: Annotated[str, typer.Option(help="cpId prefix: PREFIX-0001 …")] = "SIM",
     password: Annotated[str | None, typer.Option(help="HTTP Basic password")] = None,
     id_tag: Annotated[list[str] | None, typer.Option(help="Tags to charge with")] = None,
-    meter_interval: Annotated[float, typer.Option(help="Seconds between meter values")] = 10,
+    # At least a second: OCPP's MeterValueSampleInterval counts whole seconds, and 0 (which
+    # OCPP reads as "no sampling") made the simulator flood the central system.
+    meter_interval: Annotated[float, typer.Option(min=1, max=86_400,
+                                                  help="Seconds between meter values")] = 10,
 ) -> None:
     """Run simulated OCPP 1.6J charge points against a central system."""
     from ocpp_bridge.simulator import FleetPlan, run_fleet

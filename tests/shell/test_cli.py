@@ -220,3 +220,13 @@ def test_simulate_takes_websocket_urls(runner: CliRunner, url: str,
     monkeypatch.setattr(ocpp_bridge.simulator, "run_fleet", run_fleet)
     assert runner.invoke(cli, ["simulate", "--url", url]).exit_code == 0
     assert planned == [url]
+
+
+@pytest.mark.parametrize("interval", ["0", "-1", "0.01", "100000"])
+def test_simulate_refuses_a_meter_interval_that_floods_or_never_samples(
+        runner: CliRunner, interval: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    never_simulate(monkeypatch)  # 0 used to send meter values in a tight loop
+    refused = runner.invoke(cli, ["simulate", "--url", "ws://127.0.0.1:9000/ocpp",
+                                  "--meter-interval", interval])
+    assert refused.exit_code == 2, refused.output
+    assert "Invalid value for '--meter-interval'" in refused.stderr
