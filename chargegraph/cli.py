@@ -19,10 +19,11 @@ from pydantic import ValidationError
 
 from chargegraph import logs
 from chargegraph.errors import ConfigError
+from chargegraph.listening import listening_sockets
 from chargegraph.runtime import tune_garbage_collector
 from chargegraph.settings import Settings, problems
 from chargegraph.signals import cancelled_by_signals
-from chargegraph.startup import StartupFailed
+from chargegraph.startup import StartupFailed, starting
 
 if TYPE_CHECKING:
     from chargegraph.demo import DemoSummary
@@ -83,6 +84,21 @@ class GracefulServer(uvicorn.Server):
                 yield
             finally:
                 self._captured_signals.clear()
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        if sockets is not None:
+            await super().startup(sockets)
+            return
+        host, port = self.config.host, self.config.port
+        try:
+            with starting(f"the GraphQL server on {host}:{port}"):
+                sockets = listening_sockets(host, port)
+        except StartupFailed as failure:
+            logging.getLogger("chargegraph").error("%s", failure)
+            sys.exit(STARTUP_FAILURE)
+        await super().startup(sockets)
+        # uvicorn names the address only for sockets it bound itself.
+        self._log_started_message(sockets)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         # Before uvicorn waits (up to 10 s) for requests in flight: those waiting on a

@@ -144,6 +144,24 @@ def test_a_taken_ocpp_port_is_one_line_not_a_traceback(tmp_path: Path) -> None:
     assert "address already in use" in stderr and "Traceback" not in stderr
 
 
+def test_a_taken_graphql_port_is_one_line_before_anything_starts(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        process = subprocess.run(
+            [sys.executable, "-m", "chargegraph", "serve", "--port", str(port),
+             "--ocpp-port", str(free_port())], cwd=tmp_path, env=clean_env(tmp_path),
+            text=True, capture_output=True, timeout=60)
+    assert process.returncode == 3, process.stderr
+    assert f"cannot start the GraphQL server on 127.0.0.1:{port}:" in process.stderr
+    assert "Address already in use" in process.stderr and "Traceback" not in process.stderr
+    # It used to start the OCPP server and log "ready" first, then fail to bind.
+    assert "ChargeGraph ready" not in process.stderr and "OCPP 1.6J central system" not in process.stderr
+
+
 def test_a_corrupt_database_is_one_line_not_a_traceback(tmp_path: Path) -> None:
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "svc.db").write_text("this is not a database\n" * 100)

@@ -1,0 +1,32 @@
+"""The GraphQL port is bound before anything starts, so a taken port is one line naming it
+and the service never announces itself ready on a port it cannot serve (uvicorn binds only
+after the lifespan has started the store, the OCPP server and its "ready" log line)."""
+
+from __future__ import annotations
+
+import socket
+
+
+def listening_sockets(host: str, port: int) -> list[socket.socket]:
+    """Bound TCP sockets for ``host`` (an address or a name: every address it resolves to,
+    as asyncio's ``create_server`` would bind) and ``port``. Raises ``OSError`` with the
+    system's reason; no socket stays open then."""
+    bound: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in socket.getaddrinfo(
+                host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE):
+            sock = socket.socket(family, kind, proto)
+            bound.append(sock)
+            # As asyncio and uvicorn do: a restart may reuse a port whose old connections
+            # are still in TIME_WAIT; IPv6 sockets leave IPv4 to their own socket.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            if port == 0:  # every address on the port the first one was given
+                port = sock.getsockname()[1]
+    except OSError:
+        for sock in bound:
+            sock.close()
+        raise
+    return bound
