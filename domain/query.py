@@ -218,8 +218,11 @@ def _decode_value(value: Any) -> Any:
     return value
 
 
-def encode_cursor(sort: Sequence[Sort], values: Sequence[Any], record_id: str) -> str:
+def encode_cursor(kind: str, sort: Sequence[Sort], values: Sequence[Any], record_id: str
+                  ) -> str:
+    """The cursor of one row of a list of ``kind`` records in ``sort`` order."""
     payload = {
+        "k": kind,
         "s": [[s.field, s.descending] for s in sort],
         "v": [_encode_value(v) for v in values],
         "i": record_id,
@@ -231,9 +234,10 @@ def encode_cursor(sort: Sequence[Sort], values: Sequence[Any], record_id: str) -
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str, sort: Sequence[Sort], field: str = "after") -> CursorKey:
-    """Decode a cursor and check it was made for this sort order; errors name ``field``
-    (``after`` or ``before``)."""
+def decode_cursor(cursor: str, kind: str, sort: Sequence[Sort], field: str = "after"
+                  ) -> CursorKey:
+    """Decode a cursor and check it was made for a list of ``kind`` in this sort order;
+    errors name ``field`` (``after`` or ``before``)."""
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         payload = json.loads(base64.urlsafe_b64decode(padded.encode()))
@@ -242,9 +246,16 @@ def decode_cursor(cursor: str, sort: Sequence[Sort], field: str = "after") -> Cu
             id=str(payload["i"]),
             sort=tuple((str(f), bool(d)) for f, d in payload["s"]),
         )
+        # Cursors made before they named their kind carry none; they still decode.
+        made_for = str(payload.get("k", kind))
     except (ValueError, KeyError, TypeError, ArithmeticError) as exc:
         # ArithmeticError: decimal.InvalidOperation, a decimal value that is no number.
         raise ValidationError("malformed cursor", field=field, code="INVALID_CURSOR") from exc
+    if made_for != kind:
+        # A cursor of another list (users' cursor on stations) is a client's mistake: its
+        # values would silently position this list somewhere arbitrary.
+        raise ValidationError(f"cursor belongs to another list ({made_for})", field=field,
+                              code="INVALID_CURSOR")
     if key.sort != tuple((s.field, s.descending) for s in sort) or len(key.values) != len(sort):
         raise ValidationError(
             "cursor belongs to another ordering", field=field, code="INVALID_CURSOR"

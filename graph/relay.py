@@ -153,7 +153,8 @@ async def nested_connection(ctx: GraphContext, kind: type[E], wrap: Wrap, key_fi
         args.request()  # raises the same error as a top-level list
     rows = await ctx.loaders.many_by(kind, key_field, where, tuple(sort), limit + 1).load(key)
     records = rows[:limit]
-    cursors = [encode_cursor(sort, [getattr(r, s.field) for s in sort], r.id) for r in records]
+    cursors = [encode_cursor(kind.kind, sort, [getattr(r, s.field) for s in sort], r.id)
+               for r in records]
 
     async def total() -> int:
         return int(await ctx.loaders.count_by(kind, key_field, where).load(key))

@@ -165,7 +165,7 @@ class MongoStore:
         for cursor_value, is_after, field in ((page.after, True, "after"),
                                               (page.before, False, "before")):
             if cursor_value is not None:
-                key = decode_cursor(cursor_value, sort, field)
+                key = decode_cursor(cursor_value, kind.kind, sort, field)
                 parts.append(beyond(kind, sort, key, after=is_after, field=field))
         combined = {"$and": parts} if len(parts) > 1 else (parts[0] if parts else {})
         backward = page.backward
@@ -177,7 +177,7 @@ class MongoStore:
         if backward:
             docs.reverse()
         items: list[E] = [from_doc(kind, doc) for doc in docs]  # type: ignore[misc]
-        cursors = [encode_cursor(sort, [getattr(r, s.field) for s in sort], r.id)
+        cursors = [encode_cursor(kind.kind, sort, [getattr(r, s.field) for s in sort], r.id)
                    for r in items]
         if backward:
             return Page(items, cursors, has_next=page.before is not None, has_previous=more)

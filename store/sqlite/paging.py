@@ -41,10 +41,10 @@ def order_by(kind: type[Record], sort: Sequence[Sort], alias: str = "t0",
     return ", ".join(terms)
 
 
-def decode(cursor: str, sort: Sequence[Sort], field: str) -> CursorKey:
+def decode(cursor: str, kind: type[Record], sort: Sequence[Sort], field: str) -> CursorKey:
     """``decode_cursor`` naming the argument the bad cursor came in (``after``/``before``)."""
     try:
-        return decode_cursor(cursor, sort)
+        return decode_cursor(cursor, kind.kind, sort)
     except ValidationError as exc:
         raise ValidationError(exc.message, field=field, code=exc.code) from exc
 
@@ -85,7 +85,7 @@ def beyond(kind: type[Record], sort: Sequence[Sort], key: CursorKey, *, after: b
 def cursor_of(record: Record, sort: Sequence[Sort]) -> str:
     """The cursor of ``record`` in ``sort`` order (the values ``beyond`` compares)."""
     values = [_cursor_value(getattr(record, s.field)) for s in sort]
-    return encode_cursor(sort, values, record.id)
+    return encode_cursor(record.kind, sort, values, record.id)
 
 
 def _cursor_value(value: Any) -> Any:

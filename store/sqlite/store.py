@@ -380,8 +380,8 @@ class SqliteStore:
         where_sql, params = compile_where(kind, where)
         conditions = [where_sql]
         # Relay: both cursors bound the list, then first/last cut it.
-        after = paging.decode(page.after, sort, "after") if page.after else None
-        before = paging.decode(page.before, sort, "before") if page.before else None
+        after = paging.decode(page.after, kind, sort, "after") if page.after else None
+        before = paging.decode(page.before, kind, sort, "before") if page.before else None
         for key, is_after, name in ((after, True, "after"), (before, False, "before")):
             if key is not None:
                 sql, extra = paging.beyond(kind, sort, key, after=is_after, field=name)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from domain.entities import Company, Connector, Session, Station
+from domain.entities import Company, Connector, Session, Station, User
 from domain.errors import ValidationError
 from domain.ports import Delete, Store
 from domain.query import ALL, Eq, Filter, Page, PageRequest, Sort
@@ -203,6 +203,16 @@ async def test_a_cursor_of_another_ordering_is_rejected(stations: Store) -> None
         with pytest.raises(ValidationError) as raised:
             await page_of(stations, other, first=2, after=by_name.cursors[-1])
         assert raised.value.code == "INVALID_CURSOR"
+
+
+async def test_a_cursor_of_another_list_is_rejected(stations: Store) -> None:
+    by_name = await page_of(stations, BY_NAME, first=2)
+    cursor = by_name.cursors[-1]
+    for direction, request in (("after", PageRequest(first=2, after=cursor)),
+                               ("before", PageRequest(last=2, before=cursor))):
+        with pytest.raises(ValidationError) as raised:  # a station's cursor on users
+            await stations.find_page(User, ALL, BY_NAME, request)
+        assert (raised.value.field, raised.value.code) == (direction, "INVALID_CURSOR")
 
 
 @pytest.mark.parametrize("cursor", ["garbage!", "=", "eyJ4IjoxfQ"])

@@ -34,14 +34,23 @@ def test_all_of_and_any_of_simplify() -> None:
 def test_cursor_round_trip_and_ordering_check() -> None:
     sort = [Sort("start_time", descending=True)]
     at = datetime(2026, 3, 29, 1, 30, tzinfo=UTC)
-    cursor = encode_cursor(sort, [at], "0" * 24)
-    key = decode_cursor(cursor, sort)
+    cursor = encode_cursor("session", sort, [at], "0" * 24)
+    key = decode_cursor(cursor, "session", sort)
     assert key.values == (at,) and key.id == "0" * 24
     with pytest.raises(ValidationError) as err:
-        decode_cursor(cursor, [Sort("start_time")])
+        decode_cursor(cursor, "session", [Sort("start_time")])
     assert err.value.code == "INVALID_CURSOR"
     with pytest.raises(ValidationError):
-        decode_cursor("%%%", sort)
+        decode_cursor("%%%", "session", sort)
+
+
+def test_a_cursor_of_another_list_is_a_user_error() -> None:
+    sort = [Sort("name")]
+    cursor = encode_cursor("user", sort, ["Mia"], "abc")
+    with pytest.raises(ValidationError) as err:
+        decode_cursor(cursor, "station", sort, "before")
+    assert (err.value.field, err.value.code) == ("before", "INVALID_CURSOR")
+    assert "another list" in err.value.message
 
 
 def test_a_cursor_with_a_decimal_that_is_no_number_is_a_user_error() -> None:
@@ -49,19 +58,19 @@ def test_a_cursor_with_a_decimal_that_is_no_number_is_a_user_error() -> None:
     forged = base64.urlsafe_b64encode(json.dumps(
         {"s": [["name", False]], "v": [{"d": "nope"}], "i": "x"}).encode()).decode()
     with pytest.raises(ValidationError) as err:
-        decode_cursor(forged, sort)
+        decode_cursor(forged, "station", sort)
     assert (err.value.field, err.value.code) == ("after", "INVALID_CURSOR")
 
 
 def test_cursors_keep_any_text_and_decode_the_compact_json_of_earlier_versions() -> None:
     sort = [Sort("name")]
-    cursor = encode_cursor(sort, ["Zürich Süd ⚡"], "abc")
-    assert decode_cursor(cursor, sort).values == ("Zürich Süd ⚡",)
+    cursor = encode_cursor("station", sort, ["Zürich Süd ⚡"], "abc")
+    assert decode_cursor(cursor, "station", sort).values == ("Zürich Süd ⚡",)
     # A cursor made with ``json.dumps(..., separators=(",", ":"))`` (ASCII escapes).
     earlier = base64.urlsafe_b64encode(json.dumps(
         {"s": [["name", False]], "v": ["Zürich"], "i": "abc"},
         separators=(",", ":")).encode()).decode().rstrip("=")
-    key = decode_cursor(earlier, sort)
+    key = decode_cursor(earlier, "station", sort)  # made before cursors named their list
     assert key.values == ("Zürich",) and key.id == "abc"
 
 
