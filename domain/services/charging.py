@@ -52,7 +52,7 @@ from domain.ids import stable_id, stable_ids
 from domain.policy import Viewer
 from domain.ports import Change, Insert, InsertIfAbsent, Update
 from domain.pricing import session_cost_minor
-from domain.query import Eq, Sort, all_of
+from domain.query import Eq, Range, Sort, all_of
 from domain.services.base import (
     Service,
     ServiceContext,
@@ -85,6 +85,58 @@ MAX_CLOCK_AHEAD = timedelta(minutes=5)
 CACHE_TTL_S = 30.0
 
 
+#: The most power a connector of unknown rating is believed to deliver (megawatt charging
+#: tops out at 3.75 MW). A register that rose faster since the session's start is a
+#: glitch (0xFFFFFFFF, a meter counting from 0 at the start and from its total after):
+#: kept as a sample, but it adds nothing to the session, its energy or its bill.
+MAX_BELIEVABLE_KW = 4000.0
+#: Headroom over a connector's rating (meter and rating disagree a little).
+RATING_HEADROOM = 1.25
+#: What a session may add whatever the time: a truck's battery. Only a register beyond
+#: it is judged by the rating and the time, which clocks make rough (a coarse or reset
+#: clock, a replayed history); below it, a glitch is corrected by meterStop at the stop.
+METER_SLACK_WH = 1_000_000
+
+
+def believable_register(session: Session, wh: float, at: datetime, rated_kw: float) -> bool:
+    """Whether the energy register can read ``wh`` at ``at`` in ``session`` on a connector
+    rated ``rated_kw``: no more above its start than that power could deliver since."""
+    seconds = max((at - session.start_time).total_seconds(), 0.0)
+    return wh <= session.meter_start_wh + rated_kw * RATING_HEADROOM * seconds / 3.6 \
+        + METER_SLACK_WH
+
+
+#: Stored increments a stop may take an excess back from (newest first); what is left
+#: beyond them is taken back by a negative closing sample.
+MAX_TRIMMED_SAMPLES = 1000
+
+#: Sessions read when a start closes those its connector left open: more than one only
+#: while an older transaction flushed late awaits its stop.
+MAX_OPEN_PER_CONNECTOR = 10
+
+
+class _StartIdentity(NamedTuple):
+    """What makes two StartTransactions the same start: a charger's retry repeats its tag,
+    time and meter. ``glitch``: the time it sent was unbelievable and replaced by the
+    arrival, which a retry does not repeat, so an open session with the same tag and meter
+    is this start."""
+
+    tag: str
+    start: datetime
+    meter_start: int
+    glitch: bool
+
+    def matches(self, session: Session) -> bool:
+        return (session.id_tag, session.meter_start_wh) == (self.tag, self.meter_start) \
+            and (self.glitch or session.start_time == self.start)
+
+
+def awaits_stop(session: Session) -> bool:
+    """A transaction the charger flushed late, after a newer one had started on its
+    connector: ended before that one began, its stop still to come."""
+    return session.state is SessionState.COMPLETED and session.stop_reason is None
+
+
 def books_of(station: Station) -> tuple[str | None, str | None]:
     """Whose books a session on ``station`` goes to (``Session.company_id`` and
     ``station_owner_id``): its company's; a station of no company, its owner's. The
@@ -98,6 +150,8 @@ def books_of(station: Station) -> tuple[str | None, str | None]:
 #: The charge point's own statuses (connector 0) under which none of its connectors can
 #: charge, whatever they report.
 POINT_DOWN = frozenset({ConnectorStatus.UNAVAILABLE, ConnectorStatus.FAULTED})
+#: The statuses OCPP 1.6 gives connector 0.
+POINT_STATUSES = POINT_DOWN | {ConnectorStatus.AVAILABLE}
 
 
 def _effective(station: Station, status: ConnectorStatus, error_code: str
@@ -271,6 +325,9 @@ class ChargingService(Service):
         # charger's clock, for state changes that carry no timestamp of their own.
         self._charger_clock: dict[str, tuple[datetime, datetime]] = {}
         self._sessions: dict[int, tuple[Session, float]] = {}
+        # (station id, connector id) → (its rating in kW, cache expiry): what a register
+        # may believably rise by (``believable_register``).
+        self._ratings: dict[tuple[str, int], tuple[float, float]] = {}
         self.session_updates = LatestUpdates(self.publish)
         ctx.committed.append(self._forget)
 
@@ -342,6 +399,21 @@ class ChargingService(Service):
                 self._stations.pop(record.cp_id, None)
             elif isinstance(record, Session):
                 self._sessions.pop(record.transaction_id, None)
+            elif isinstance(record, Connector):
+                self._ratings.pop((record.station_id, record.connector_id), None)
+
+    async def _rated_kw(self, station: Station, connector_id: int) -> float:
+        """The connector's rating (``MAX_BELIEVABLE_KW`` when not known), cached as
+        stations are: read once per ``CACHE_TTL_S``, not on every meter value."""
+        key = (station.id, connector_id)
+        hit = self._ratings.get(key)
+        if hit is not None and hit[1] > time.monotonic():
+            return hit[0]
+        found = await self.store.find_one(Connector, all_of(
+            Eq("station_id", station.id), Eq("connector_id", connector_id)))
+        rated = found.max_kw if found is not None and found.max_kw else MAX_BELIEVABLE_KW
+        self._ratings[key] = (rated, time.monotonic() + CACHE_TTL_S)
+        return rated
 
     async def _require_station(self, cp_id: str) -> Station:
         hit = self._stations.get(cp_id)
@@ -582,7 +654,12 @@ class ChargingService(Service):
         previous_error = station.error_code or "NoError"
         if connector_id == 0:
             # The charge point as a whole (its main controller): Unavailable or Faulted
-            # here means none of its connectors can charge, whatever they report.
+            # here means none of its connectors can charge, whatever they report. OCPP
+            # allows no other status here; a charger mirroring its one connector's
+            # (Charging) says its controller works: Available (history keeps the report).
+            new_status = new_status if new_status in POINT_STATUSES \
+                else ConnectorStatus.AVAILABLE
+            status = new_status.value
             if station.status_at is None or at >= station.status_at \
                     or not self._believable(station.status_at):
                 update = patch(station, actor, status=new_status, error_code=error_code,
@@ -638,6 +715,13 @@ class ChargingService(Service):
         v.meter_register(meter_start, "meterStart")
         start = v.instant(as_utc(timestamp), "timestamp")
         station = await self._require_station(cp_id)
+        # A start stamped far in our future (a clock glitch: 2099) would date the session
+        # there, out of every list and day it belongs to: it started on arrival, as an
+        # unbelievable stop or status report is taken. Its retries then carry the same
+        # glitch but no longer the same start: they are told apart by tag and meter.
+        glitch = not self._believable(start)
+        if glitch:
+            start = self.charger_now(cp_id)
         await self._clock_report(station, start)
         presented = id_tag.strip().upper()  # authorized as presented, as Authorize does
         # Stored with its unprintable characters (controls, bidi overrides) shown as U+FFFD:
@@ -646,14 +730,14 @@ class ChargingService(Service):
         tag = presented if presented.isprintable() else "".join(
             c if c.isprintable() else "\ufffd" for c in presented)
         company_id, station_owner_id = books_of(station)
-        identity = (tag, start, meter_start)
+        identity = _StartIdentity(tag, start, meter_start, glitch)
         for attempt in (1, 2):
             same = await self.store.find_one(Session, all_of(
                 Eq("cp_id", cp_id), Eq("connector_id", connector_id), Eq("id_tag", tag),
-                Eq("start_time", start), Eq("meter_start_wh", meter_start)))
+                Eq("state", SessionState.ACTIVE) if glitch else Eq("start_time", start),
+                Eq("meter_start_wh", meter_start)))
             if same is not None:
                 return same.transaction_id, await self.authorize(cp_id, presented, same.id)
-            info = await self.authorize(cp_id, presented)
             try:
                 opened = await self._open_session(
                     station, connector_id, presented, identity, reservation_id, company_id,
@@ -670,6 +754,10 @@ class ChargingService(Service):
                                                                    opened.id)
             session, ended, used = opened
             break
+        # Asked once the session is written, leaving it out: the stale session this start
+        # closed (its stop was lost) holds the card no longer, and must not have the new
+        # charge refused as ConcurrentTx (chargers stop a transaction so answered).
+        info = await self.authorize(cp_id, presented, session.id)
         for now in await self.landed([used] if used is not None else []):
             await self.publish(reservation_changed(now, station))  # if its guard held
         for old in ended:
@@ -682,14 +770,17 @@ class ChargingService(Service):
         return session.transaction_id, info
 
     async def _open_session(self, station: Station, connector_id: int, presented: str,
-                            identity: tuple[str, datetime, int], reservation_id: int | None,
+                            identity: _StartIdentity, reservation_id: int | None,
                             company_id: str | None, station_owner_id: str | None
                             ) -> Session | tuple[Session, list[Session], Reservation | None]:
-        """Writes a new session, closing one its connector still has open (its stop was
-        lost) and using its reservation; or returns the open session if it is this very
-        start, committed by another socket while the transaction id was drawn."""
+        """Writes a new session, closing those its connector still has open from before
+        it (their stops were lost) and using its reservation; or returns the open session
+        if it is this very start, committed by another socket while the transaction id was
+        drawn. A session open since later than this start stays open: this is an older
+        transaction the charger flushed late, written as ended and awaiting its stop
+        (``COMPLETED`` without a stop reason, ``awaits_stop``), which follows it."""
         cp_id = station.cp_id
-        tag, start, meter_start = identity
+        tag, start, meter_start = identity.tag, identity.start, identity.meter_start
         id_tag_record = await self.store.find_one(IdTag, Eq("tag", presented))
         actor = charger(cp_id)
         session = stamp_new(Session(
@@ -702,16 +793,20 @@ class ChargingService(Service):
             station_owner_id=station_owner_id,
         ), actor)
         changes: list[tuple[Change, Any]] = []
-        # A session still open on this connector lost its StopTransaction: close it first,
-        # so the connector never has two active sessions.
-        stale = await self.store.find_one(Session, all_of(
+        open_here = await self.store.find_all(Session, all_of(
             Eq("cp_id", cp_id), Eq("connector_id", connector_id),
-            Eq("state", SessionState.ACTIVE)))
-        if stale is not None and (stale.id_tag, stale.start_time, stale.meter_start_wh) \
-                == identity:
-            return stale
+            Eq("state", SessionState.ACTIVE)), limit=MAX_OPEN_PER_CONNECTOR)
+        for other in open_here:
+            if identity.matches(other):
+                return other
         ended: list[Session] = []
-        if stale is not None:
+        if any(s.start_time > start for s in open_here):
+            # Over before the open session began, so not active (a connector charges one
+            # at a time): it waits for its stop, which prices it as any other.
+            session = replace(session, state=SessionState.COMPLETED, end_time=start)
+        # A session open on this connector since before this start lost its
+        # StopTransaction: closed first, so the connector never has two active sessions.
+        for stale in (s for s in open_here if s.start_time <= start):
             close, payment = await self._close(station, stale, None, min(start, self.now()),
                                                "Other", actor)
             closed = cast(Session, close.record)
@@ -749,7 +844,19 @@ class ChargingService(Service):
                                                     Eq("transaction_id", transaction_id))
             if session is not None and session.cp_id != cp_id:
                 session = None  # another charger's transaction id: keep samples unlinked
-        samples = self._samples(station, connector_id, transaction_id, session, readings)
+        elif connector_id > 0:
+            # transactionId is optional: chargers leave it out of clock-aligned samples.
+            # They are the session's on that connector all the same (its live energy, its
+            # hours in the trends), not a lump added at its stop.
+            newest = await self.store.find_all(Session, all_of(
+                Eq("cp_id", cp_id), Eq("connector_id", connector_id),
+                Eq("state", SessionState.ACTIVE)), (Sort("start_time", descending=True),),
+                limit=1)
+            session = newest[0] if newest else None
+        rated_kw = await self._rated_kw(station, connector_id) if session is not None \
+            else MAX_BELIEVABLE_KW
+        samples = self._samples(station, connector_id, transaction_id, session, readings,
+                                rated_kw)
         if readings:
             # After ``_samples`` checked every timestamp: a refused frame must not move it.
             await self._clock_report(station, max(as_utc(r.timestamp) for r in readings))
@@ -784,9 +891,12 @@ class ChargingService(Service):
         session = await self.store.find_one(Session, Eq("transaction_id", transaction_id))
         if session is not None and session.cp_id != cp_id:
             session = None
+        rated_kw = MAX_BELIEVABLE_KW if session is None \
+            else await self._rated_kw(station, session.connector_id)
         samples = self._samples(station, session.connector_id if session else 0,
-                                transaction_id, session, readings or [])
-        if session is None or session.state is SessionState.COMPLETED:
+                                transaction_id, session, readings or [], rated_kw)
+        if session is None or (session.state is SessionState.COMPLETED
+                               and not awaits_stop(session)):
             if samples:
                 await self.store.write([InsertIfAbsent(s) for s in samples], [])
             return info
@@ -801,17 +911,29 @@ class ChargingService(Service):
         # frame of another kind) was counted live and is taken back by the closing
         # sample, which makes the samples add up to the billed energy.
         energy = max(meter_stop - session.meter_start_wh, 0)
-        closing = self._closing_sample(station, session, samples, energy, meter_stop, end)
+        if not believable_register(session, meter_stop, end, rated_kw):
+            # A glitching final register (0xFFFFFFFF) must not bill megawatt-hours: the
+            # session is billed what it believably metered, as a lost stop would be.
+            log.warning("%s: meterStop %s Wh of transaction %s is more than its connector "
+                        "could deliver since the start; billing the %s Wh metered",
+                        cp_id, meter_stop, transaction_id,
+                        session.energy_wh + _added_wh(samples))
+            energy = session.energy_wh + _added_wh(samples)
+        samples, trimmed, stored_wh = await self._settled_samples(session, samples, energy)
+        closing = self._closing_sample(station, session, samples, stored_wh, energy,
+                                       meter_stop, end)
         if closing is not None:
             samples.append(closing)
         close, payment = await self._close(station, session, meter_stop, end,
-                                           reason or "Local", actor, energy_wh=energy)
+                                           reason or "Local", actor, energy_wh=energy,
+                                           awaited=awaits_stop(session))
         closed = cast(Session, close.record)
         changes: list[tuple[Change, Any]] = [(close, session)]
         if payment is not None:
             changes.append((Insert(payment), None))
         try:
-            await self.commit(actor, changes, unaudited=[InsertIfAbsent(s) for s in samples])
+            await self.commit(actor, changes,
+                              unaudited=[*trimmed, *(InsertIfAbsent(s) for s in samples)])
         except Conflict:
             # Ended meanwhile (an operator's endSession, which billed what was metered):
             # answered as a repeated stop would be, its meter values kept as a repeated
@@ -877,11 +999,13 @@ class ChargingService(Service):
 
     async def _close(self, station: Station, session: Session, meter_stop: int | None,
                      end: datetime, reason: str, actor: Viewer, *,
-                     energy_wh: int | None = None) -> tuple[Update, Payment | None]:
+                     energy_wh: int | None = None, awaited: bool = False
+                     ) -> tuple[Update, Payment | None]:
         """The close's write and the payment it opens. ``energy_wh``: the session's energy
-        at its close (default: as last metered). Written only onto a session still ACTIVE:
-        of a charger's StopTransaction and an operator's endSession racing, one closes it,
-        and the other fails with ``Conflict`` (``CHANGED``) instead of closing it twice."""
+        at its close (default: as last metered). Written only onto a session still ACTIVE
+        (``awaited``: still awaiting its stop): of a charger's StopTransaction and an
+        operator's endSession racing, one closes it, and the other fails with ``Conflict``
+        (``CHANGED``) instead of closing it twice."""
         # A stop stamped before the start (a clock reset mid-session) ends the session
         # when it began, so no duration anywhere comes out negative.
         end = max(end, session.start_time)
@@ -893,7 +1017,8 @@ class ChargingService(Service):
         cost = None
         if tariff is not None:
             cost = session_cost_minor(tariff, energy, session.start_time, end)
-        close = patch(session, actor, only_if=("state", SessionState.ACTIVE), required=True,
+        guard = ("stop_reason", None) if awaited else ("state", SessionState.ACTIVE)
+        close = patch(session, actor, only_if=guard, required=True,
                       state=SessionState.COMPLETED, end_time=end, meter_stop_wh=meter_stop,
                       energy_wh=energy, power_w=None, stop_reason=reason, cost_minor=cost,
                       currency=tariff.currency if tariff else None)
@@ -932,11 +1057,15 @@ class ChargingService(Service):
 
     # ------------------------------------------------------------- helpers
     def _samples(self, station: Station, connector_id: int, transaction_id: int | None,
-                 session: Session | None, readings: list[MeterReading]) -> list[MeterSample]:
+                 session: Session | None, readings: list[MeterReading],
+                 rated_kw: float = MAX_BELIEVABLE_KW) -> list[MeterSample]:
         """Every numeric sample; for an active session's total energy register also the
         Wh it adds to the session (``delta_wh``), counted from the highest register so far
         (``meter_start_wh + energy_wh``), so energy per period is a plain sum in the store.
-        A reading at or below it (late, or a register that went back) adds nothing."""
+        A reading at or below it (late, or a register that went back) adds nothing; nor
+        does one no meter could show: above what the connector (``rated_kw``) could have
+        delivered since the start, both on the charger's clock (one running ahead of ours
+        still meters live)."""
         samples = []
         actor = charger(station.cp_id)
         running = None
@@ -956,12 +1085,18 @@ class ChargingService(Service):
                 if running is not None and measurand == ENERGY_REGISTER and sv.phase is None \
                         and sv.location in (None, "Outlet"):
                     wh = round(_to_wh(value, sv.unit))
-                    delta_wh = max(wh - running, 0)
-                    running = max(running, wh)
+                    assert session is not None and running is not None
+                    if believable_register(session, wh, at, rated_kw):
+                        delta_wh = max(wh - running, 0)
+                        running = max(running, wh)
                 # Stamped here rather than by stamp_new: the defaults would each read the
                 # clock only to be overwritten (three samples per frame add up).
                 samples.append(MeterSample(
-                    id=sample_id(measurand, sv.phase, sv.location, sv.context, sv.unit),
+                    # The value is part of the key: a repeated frame writes nothing new,
+                    # but a second reading stamped the same second (clock-aligned and
+                    # periodic samples together) is a sample of its own, as its delta is.
+                    id=sample_id(measurand, sv.phase, sv.location, sv.context, sv.unit,
+                                 value),
                     created_at=at, updated_at=at, created_by=actor.actor,
                     updated_by=actor.actor,
                     session_id=session_id, cp_id=station.cp_id,
@@ -972,13 +1107,48 @@ class ChargingService(Service):
                 ))
         return samples
 
+    async def _settled_samples(self, session: Session, samples: list[MeterSample],
+                               energy: int) -> tuple[list[MeterSample], list[Change], int]:
+        """When the session's readings went above its final ``energy`` (a glitch below
+        the believable ceiling, a reading of another kind), the excess is taken back from
+        the newest increments, where it was added: the stop frame's ``samples`` and the
+        stored ones. So the hours of the trends never go below zero, as a negative
+        closing sample at the stop would make them. Returns the frame's samples, the
+        stored ones' updates and what the stored ones add up to then."""
+        stored_wh = session.energy_wh
+        excess = stored_wh + _added_wh(samples) - energy
+        if excess <= 0:
+            return samples, [], stored_wh
+        stored = await self.store.find_all(MeterSample, all_of(
+            Eq("session_id", session.id), Range("delta_wh", gt=0)),
+            (Sort("at", descending=True),), limit=MAX_TRIMMED_SAMPLES)
+        frame = sorted((s for s in samples if s.delta_wh), key=lambda s: s.at, reverse=True)
+        kept = {id(s): s for s in samples}
+        updates: list[Change] = []
+        actor = charger(session.cp_id)
+        for sample in sorted([*frame, *stored], key=lambda s: s.at, reverse=True):
+            if excess <= 0:
+                break
+            delta = sample.delta_wh or 0
+            cut = min(delta, excess)
+            excess -= cut
+            if id(sample) in kept:
+                kept[id(sample)] = replace(sample, delta_wh=delta - cut)
+            else:
+                updates.append(patch(sample, actor, delta_wh=delta - cut))
+                stored_wh -= cut
+        return [kept[id(s)] for s in samples], updates, stored_wh
+
     def _closing_sample(self, station: Station, session: Session, samples: list[MeterSample],
-                        energy: int, meter_stop: int, end: datetime) -> MeterSample | None:
+                        stored_wh: int, energy: int, meter_stop: int, end: datetime
+                        ) -> MeterSample | None:
         """A Transaction.End register sample at the stop time with what the session's
         samples still miss of its ``energy``: the rest up to meterStop (the whole energy,
         for a charger that sent no meter values at all), or, when readings went above
-        meterStop, a negative amount taking the excess back."""
-        rest = energy - session.energy_wh - _added_wh(samples)
+        meterStop by more than ``_settled_samples`` could take back, a negative amount
+        taking the rest of the excess back. ``stored_wh``: what the session's stored
+        samples add up to."""
+        rest = energy - stored_wh - _added_wh(samples)
         if rest == 0:
             return None
         sample = MeterSample(

@@ -102,7 +102,8 @@ def _partial_update(record: Record, fields: frozenset[str],
             raise ValueError(f"cannot update {sorted(unknown or {'id'})} of {kind.kind}")
         picked = tuple(spec_of(kind, name) for name in names if name in fields)
         assignments = ", ".join(f"{quote(spec.name)} = ?" for spec in picked)
-        condition = f' AND {quote(guard)} = ?' if guard else ""
+        # IS, not =: a guard may hold NULL (a session still without its stop reason).
+        condition = f' AND {quote(guard)} IS ?' if guard else ""
         _PARTIAL_SQL[key] = (
             f'UPDATE {quote(kind.kind)} SET {assignments} WHERE "id" = ?{condition}', picked)
     sql, picked = _PARTIAL_SQL[key]

@@ -117,6 +117,21 @@ async def test_a_guarded_update_is_skipped_once_its_condition_no_longer_holds(
         await store.write([Update(session(st, energy_wh=1), frozenset({"energy_wh"}))], [])
 
 
+async def test_a_guard_may_expect_an_empty_field(store: Store) -> None:
+    """A session flushed late awaits its stop as COMPLETED without a stop reason: the
+    stop that lands is guarded on the reason still being empty, so a second copy of it
+    is skipped."""
+    st = station(cp_id="CP-N")
+    waiting = session(st, state=SessionState.COMPLETED, stop_reason=None)
+    await put(store, st, waiting)
+    guard = ("stop_reason", None)
+    stopped = dataclasses.replace(waiting, stop_reason="Local", energy_wh=5000)
+    await store.write([Update(stopped, frozenset({"stop_reason", "energy_wh"}), guard)], [])
+    again = dataclasses.replace(waiting, stop_reason="Remote", energy_wh=9999)
+    await store.write([Update(again, frozenset({"stop_reason", "energy_wh"}), guard)], [])
+    assert (await store.get_many(Session, [waiting.id]))[0] == stopped
+
+
 async def test_an_update_that_breaks_a_unique_rule_is_rejected(store: Store) -> None:
     ada, bob = user(email="ada@example.com"), user(email="bob@example.com")
     await put(store, ada, bob)

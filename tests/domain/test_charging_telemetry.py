@@ -179,3 +179,122 @@ async def test_latest_updates_bounds_the_rate_per_session() -> None:
     now[0] = 1.0  # a window later: the next goes out at once
     await updates.offer("a", CP, partial(update, "a", 101))
     assert published[-1] == ("a", 101)
+
+
+ADMIN = Viewer(user_id="admin", role=d.Role.ADMIN)
+
+
+async def hourly(world: World) -> list[int]:
+    trend = await world.services.analytics.energy_trend(
+        ADMIN, Scope(cp_ids=(CP,)), T0 - timedelta(hours=2), T0 + timedelta(hours=3),
+        Bucket.HOUR)
+    return [b.energy_wh for b in trend]
+
+
+async def test_a_register_no_meter_could_show_adds_nothing_live_or_billed(
+        world: World) -> None:
+    charging = world.services.charging
+    tx, _ = await charging.start_transaction(CP, 1, "TAG-1", 20_000, T0)
+    # 0xFFFFFFFF between two sane readings: a classic glitch (it used to bill 4.29 GWh).
+    for wh, seconds in ((21_000, 60), (4_294_967_295, 120), (23_000, 180)):
+        await charging.meter_values(CP, 1, tx, register(wh, seconds))
+    assert (await world.session(tx)).energy_wh == 3000
+    # Its stop is lost: ended by the operator, billed as believably metered.
+    ended = await charging.end_session(ADMIN, (await world.session(tx)).id)
+    assert ended.energy_wh == 3000
+    # A glitching meterStop bills what was metered, not megawatt-hours.
+    second, _ = await charging.start_transaction(CP, 2, "TAG-1", 0, T0)
+    await charging.meter_values(CP, 2, second, register(1500, 60))
+    await charging.stop_transaction(CP, second, 4_294_967_295, T0 + timedelta(seconds=90))
+    assert (await world.session(second)).energy_wh == 1500
+    for transaction_id in (tx, second):
+        assert await added_wh(world, transaction_id) \
+            == (await world.session(transaction_id)).energy_wh
+    assert min(await hourly(world)) >= 0
+
+
+async def test_readings_above_meter_stop_are_taken_back_where_they_were_added(
+        world: World) -> None:
+    charging = world.services.charging
+    tx, _ = await charging.start_transaction(CP, 1, "TAG-1", 0, T0)
+    await charging.meter_values(CP, 1, tx, register(1000, 600))
+    await charging.meter_values(CP, 1, tx, register(9000, 1800))  # believable, yet wrong
+    await charging.stop_transaction(CP, tx, 2000, T0 + timedelta(seconds=3000))
+    samples = await world.store.find_all(d.MeterSample, Eq("transaction_id", tx))
+    # The excess comes off the reading that added it; no negative closing sample, so no
+    # hour of the trend goes below zero (one used to read -7 kWh).
+    assert sorted(s.delta_wh for s in samples if s.delta_wh is not None) == [1000, 1000]
+    assert min(await hourly(world)) >= 0 and sum(await hourly(world)) == 2000
+
+
+async def test_a_second_reading_stamped_the_same_second_is_a_sample_of_its_own(
+        world: World) -> None:
+    charging = world.services.charging
+    tx, _ = await charging.start_transaction(CP, 1, "TAG-1", 1000, T0)
+    await charging.meter_values(CP, 1, tx, register(2500, 60))
+    await charging.meter_values(CP, 1, tx, register(2500, 60))  # a repeated frame
+    await charging.meter_values(CP, 1, tx, register(2600, 60))  # clock-aligned, same second
+    await charging.stop_transaction(CP, tx, 4000, T0 + timedelta(seconds=120))
+    assert (await world.session(tx)).energy_wh == 3000
+    assert await added_wh(world, tx) == 3000 and sum(await hourly(world)) == 3000
+
+
+async def test_meter_values_without_a_transaction_id_meter_the_connectors_session(
+        world: World) -> None:
+    charging = world.services.charging
+    tx, _ = await charging.start_transaction(CP, 1, "TAG-1", 0, T0)
+    await charging.meter_values(CP, 1, None, register(1200, 600))  # transactionId optional
+    assert (await world.session(tx)).energy_wh == 1200
+    await charging.meter_values(CP, 2, None, register(5000, 600))  # no session there
+    assert (await world.session(tx)).energy_wh == 1200
+
+
+async def test_a_start_after_a_lost_stop_is_accepted_not_concurrent(world: World) -> None:
+    charging = world.services.charging
+    lost, _ = await charging.start_transaction(CP, 1, "TAG-1", 0, T0)
+    again, info = await charging.start_transaction(CP, 1, "TAG-1", 500,
+                                                   T0 + timedelta(minutes=10))
+    # It closed the session whose stop was lost; that one must not make this ConcurrentTx
+    # (chargers stop a transaction so answered).
+    assert info.status == "Accepted"
+    assert (await world.session(lost)).state is d.SessionState.COMPLETED
+    # On another connector the card is busy indeed.
+    _, elsewhere = await charging.start_transaction(CP, 2, "TAG-1", 0, T0 + timedelta(minutes=11))
+    assert elsewhere.status == "ConcurrentTx"
+    assert (await world.session(again)).state is d.SessionState.ACTIVE
+
+
+async def test_an_older_transaction_flushed_late_leaves_the_live_one_open(
+        world: World) -> None:
+    charging = world.services.charging
+    live, _ = await charging.start_transaction(CP, 1, "TAG-1", 50_000,
+                                               T0 + timedelta(minutes=50))
+    await charging.meter_values(CP, 1, live, register(51_000, 3060))
+    older, _ = await charging.start_transaction(CP, 1, "TAG-2", 40_000, T0)
+    assert (await world.session(live)).state is d.SessionState.ACTIVE  # it used to close
+    await charging.stop_transaction(CP, older, 45_000, T0 + timedelta(minutes=40))
+    await charging.stop_transaction(CP, live, 54_000, T0 + timedelta(minutes=55))
+    assert [(await world.session(t)).energy_wh for t in (older, live)] == [5000, 4000]
+    assert (await world.session(live)).stop_reason != "Other"
+
+
+async def test_a_start_stamped_far_ahead_starts_on_arrival_and_its_retry_is_the_same(
+        world: World) -> None:
+    charging = world.services.charging
+    glitch = datetime(2099, 1, 1, tzinfo=UTC)
+    tx, _ = await charging.start_transaction(CP, 1, "TAG-1", 0, glitch)
+    session = await world.session(tx)
+    assert abs(session.start_time - datetime.now(UTC)) < timedelta(minutes=1)
+    retry, _ = await charging.start_transaction(CP, 1, "TAG-1", 0, glitch)
+    assert retry == tx
+    assert (await world.session(tx)).state is d.SessionState.ACTIVE
+
+
+async def test_connector_zero_is_available_unavailable_or_faulted(world: World) -> None:
+    charging = world.services.charging
+    await charging.status_notification(CP, 0, "Charging", "NoError")  # mirrors connector 1
+    station = await world.store.find_one(d.Station, Eq("cp_id", CP))
+    assert station is not None and station.status is d.ConnectorStatus.AVAILABLE
+    await charging.status_notification(CP, 0, "Faulted", "GroundFailure")
+    station = await world.store.find_one(d.Station, Eq("cp_id", CP))
+    assert station is not None and station.status is d.ConnectorStatus.FAULTED
