@@ -16,6 +16,13 @@ from domain.query import Eq, all_of
 from domain.services.base import UNSET, Service, patch, stamp_new
 
 
+def blocked_by_others(tag: IdTag, owner: User) -> bool:
+    """Whether ``tag`` stands blocked by someone other than its owner (an operator or
+    admin: who may charge is theirs to decide). Its last writer is its blocker: its owner
+    may not write to a card someone else blocked."""
+    return tag.status is IdTagStatus.BLOCKED and tag.updated_by != owner.id
+
+
 class FleetService(Service):
     async def _owner(self, viewer: Viewer, owner_id: str | None, field: str) -> User:
         """The user the viewer acts for: themselves unless another id is given."""
@@ -119,7 +126,7 @@ class FleetService(Service):
         lost, is what a new one replaces.)"""
         blocked = await self.store.find_all(IdTag, all_of(
             Eq("user_id", owner.id), Eq("status", IdTagStatus.BLOCKED)), limit=100)
-        if any(tag.updated_by != owner.id for tag in blocked):
+        if any(blocked_by_others(tag, owner) for tag in blocked):
             raise Forbidden("a card of yours was blocked by your operator: ask them for a "
                             "new one", field="tag")
 
@@ -132,6 +139,13 @@ class FleetService(Service):
         if not self.policy.may_manage_user(viewer, owner):
             # Drivers may block their own card (it was lost) but not lift a block or an
             # expiry that an operator or admin set: those decide who may charge.
+            if blocked_by_others(id_tag, owner):
+                # Not even rewritten as it is: the block's author (``updated_by``) is what
+                # tells a driver's own block from their operator's (``_refuse_if_withdrawn``),
+                # and a no-op rewrite by the driver made it theirs, and let them issue
+                # themselves a new card.
+                raise Forbidden("your operator blocked this card: ask them about it",
+                                field="id")
             if status not in (UNSET, IdTagStatus.BLOCKED, id_tag.status):
                 raise Forbidden("only operators and admins unblock or re-validate id tags",
                                 field="status")

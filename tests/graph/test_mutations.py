@@ -304,6 +304,13 @@ async def test_a_driver_cannot_issue_a_card_around_an_operators_block(api: Api,
                             "idTag { id }")) == []
     assert codes(await call(api, world, "driver1", "issueIdTag", {"tag": "AROUND-1"},
                             "idTag { id }")) == [("tag", "FORBIDDEN")]
+    # Nor by writing the block again as it is, which made it look like their own.
+    for rewrite in ({"status": "BLOCKED"}, {"vehicleId": None}):
+        assert codes(await call(api, world, "driver1", "updateIdTag",
+                                {"id": gid("id_tag", own), **rewrite},
+                                "idTag { id }")) == [("id", "FORBIDDEN")]
+    assert codes(await call(api, world, "driver1", "issueIdTag", {"tag": "AROUND-2"},
+                            "idTag { id }")) == [("tag", "FORBIDDEN")]
     assert codes(await call(api, world, "admin", "issueIdTag",
                             {"tag": "GRANTED-1", "userId": gid("user", world.users["driver1"].id)},
                             "idTag { id }")) == []
