@@ -6,11 +6,13 @@ REFUNDED. Nothing else: no refund of money never captured, no double capture.
 
 from __future__ import annotations
 
+from typing import cast
+
 from domain.entities import Payment, PaymentStatus
 from domain.errors import Conflict, Forbidden
 from domain.policy import Viewer
-from domain.ports import PaymentProvider, Update
-from domain.services.base import Service, ServiceContext, changed
+from domain.ports import PaymentProvider
+from domain.services.base import Service, ServiceContext, patch
 
 TRANSITIONS: dict[str, tuple[frozenset[PaymentStatus], PaymentStatus]] = {
     "capture": (frozenset({PaymentStatus.PENDING, PaymentStatus.FAILED}),
@@ -56,13 +58,13 @@ class PaymentService(Service):
             reference = await self.provider.capture(payment)
         elif step == "refund":
             reference = await self.provider.refund(payment)
-        updated = changed(payment, viewer, status=target, provider=self.provider.name,
-                          provider_ref=reference)
         # Only from the status read above: of two requests racing (two captures, a capture
         # and a fail), one moves the payment and the other is told it moved meanwhile.
         # (The provider, asked twice, keys its idempotency on the payment and the step.)
-        move = Update(updated, frozenset({"status", "provider", "provider_ref"}),
-                      ("status", payment.status), required=True)
+        # ``patch`` writes the update stamps too: who settled it, and when.
+        move = patch(payment, viewer, only_if=("status", payment.status), required=True,
+                     status=target, provider=self.provider.name, provider_ref=reference)
+        updated = cast(Payment, move.record)
         try:
             await self.commit(viewer, [(move, payment)])
         except Conflict as exc:

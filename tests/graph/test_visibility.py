@@ -7,7 +7,9 @@ import base64
 
 import pytest
 
+from domain.entities import Payment
 from domain.policy import SYSTEM
+from domain.services import Services
 from graph.ids import to_global_id
 from tests.graph.conftest import Api
 from tests.graph.world import World
@@ -117,7 +119,7 @@ async def test_hidden_station_fields_cannot_be_filtered_on(api: Api, world: Worl
 
 
 async def test_a_station_handed_to_another_company_leaves_its_books_behind(
-        api: Api, world: World) -> None:
+        api: Api, world: World, services: Services) -> None:
     """Sessions and payments stay in the books they went to when they happened: the old
     company keeps and settles them, the new one sees none of the drivers who charged
     under the old one."""
@@ -142,6 +144,10 @@ async def test_a_station_handed_to_another_company_leaves_its_books_behind(
     assert refused["capturePayment"]["errors"] == [{"code": "NOT_FOUND"}]
     settled = await api.gql(capture, {"id": payment}, as_user=world.users["op_a"].id)
     assert settled["capturePayment"] == {"payment": {"status": "CAPTURED"}, "errors": []}
+    # Stored with who settled it and when, as the answer and the audit log say.
+    stored = await services.payments.store.get_many(Payment, [world.payments["s3"].id])
+    assert stored[0] is not None and stored[0].updated_by == world.users["op_a"].id
+    assert stored[0].updated_at > world.payments["s3"].updated_at
 
 
 async def test_which_stations_take_any_charger_is_the_operators_to_know(
