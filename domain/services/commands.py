@@ -45,12 +45,11 @@ from domain.errors import (
 from domain.events import CommandCompleted
 from domain.ids import new_id
 from domain.policy import SYSTEM, Viewer
-from domain.ports import ChargerGateway, Delete, Insert, Update
+from domain.ports import ChargerGateway, Delete, Insert
 from domain.query import ALL, Eq, Filter, In, Range, all_of
 from domain.services.base import (
     Service,
     ServiceContext,
-    changed,
     owned_by,
     patch,
     reservation_changed,
@@ -316,9 +315,9 @@ class CommandService(Service):
             Station, list({r.station_id for r in due})) if st is not None}
         expired = 0
         for reservation in due:
-            updated = changed(reservation, SYSTEM, state=ReservationState.EXPIRED)
-            move = Update(updated, frozenset({"state"}), ("state", reservation.state),
-                          required=True)
+            move = patch(reservation, SYSTEM, only_if=("state", reservation.state),
+                         required=True, state=ReservationState.EXPIRED)  # with its stamps
+            updated = cast(Reservation, move.record)
             try:
                 await self.commit(SYSTEM, [(move, reservation)])
             except Conflict:

@@ -484,6 +484,8 @@ async def test_reservations_past_their_expiry_read_and_are_stored_expired(
         assert [r.state for r in stored if r] == [d.ReservationState.EXPIRED,
                                                   d.ReservationState.ACTIVE,
                                                   d.ReservationState.USED]
+        assert stored[0] is not None and stored[0].updated_by == "system"  # the sweep's
+        assert stored[0].updated_at > lapsed.updated_at
         event = await asyncio.wait_for(anext(events), 5)
         assert isinstance(event, ReservationChanged)
         assert (event.reservation_id, event.state, event.company_id) == (
