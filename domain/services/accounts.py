@@ -22,6 +22,14 @@ log = logging.getLogger("chargegraph.accounts")
 
 #: Failed sign-ins for one email, from all clients together, before it is locked.
 EMAIL_LIMIT = 50
+#: Failed sign-ins from one client, whatever the emails, before it is locked: a guesser
+#: trying one password on many accounts (or random emails, to keep every per-email count
+#: low) from one address. Generous, for offices behind one NAT address.
+CLIENT_LIMIT = 100
+#: Sign-ins being checked at once (each tens of milliseconds of argon2) before more are
+#: told to try again in a moment instead of queueing: a flood must not make every
+#: sign-in wait for seconds, nor pile up requests in memory.
+MAX_PENDING_SIGN_INS = 16
 
 # Verifying against a fixed hash when the email is unknown keeps login time the same for
 # known and unknown emails, so the response time does not reveal who has an account.
@@ -38,6 +46,9 @@ class AccountService(Service):
         # higher limit stops guessing spread over many addresses.
         self.throttle = SignInThrottle(ctx.clock)
         self.email_throttle = SignInThrottle(ctx.clock, limit=EMAIL_LIMIT)
+        self.client_throttle = SignInThrottle(ctx.clock, limit=CLIENT_LIMIT)
+        #: Sign-ins whose password is being checked now (``MAX_PENDING_SIGN_INS``).
+        self._pending = 0
         #: What else a deactivation releases (``Services`` wires the user's reservations
         #: in); run in the background, so the deactivation itself never waits on a
         #: charger.
@@ -205,12 +216,14 @@ class AccountService(Service):
         try:
             cleaned = v.email(email)
         except ValidationError:
-            cleaned = None
-        # Keyed by the cleaned email: text that is not an email matches no account and is
-        # not counted (a megabyte of it per request must not pile up in the throttle).
+            # No account has it, and saying so at once reveals nothing: no password is
+            # checked (a flood of such sign-ins used to keep the hashing threads busy),
+            # and it is not counted (a megabyte of it per request must not pile up in the
+            # throttle).
+            raise Unauthenticated("wrong email or password") from None
         key = f"{cleaned} {client or ''}"
-        locked = None if cleaned is None else (
-            self.throttle.locked_for(key) or self.email_throttle.locked_for(cleaned))
+        locked = self.throttle.locked_for(key) or self.email_throttle.locked_for(cleaned) \
+            or (self.client_throttle.locked_for(client) if client else None)
         if locked is not None:
             if self._checking[key]:
                 # Locked by attempts still being checked (counted as failed until they
@@ -220,23 +233,27 @@ class AccountService(Service):
             minutes = max(1, round(locked.total_seconds() / 60))
             raise Unauthenticated(f"too many failed sign-ins: try again in {minutes} min",
                                   code="TOO_MANY_ATTEMPTS")
-        if cleaned is None:
-            return await self._check(key, cleaned, password)
+        if self._pending >= MAX_PENDING_SIGN_INS:
+            raise Unauthenticated("too many sign-ins at once: try again in a moment",
+                                  code="TOO_MANY_ATTEMPTS")
         # Counted as failed before the slow check, in the same step as the lock test:
         # guesses sent all at once would otherwise all pass the test while the first ones
         # are still being hashed. A success takes it back.
-        self._failed(key, cleaned)
+        self._failed(key, cleaned, client)
         self._checking[key] += 1
+        self._pending += 1
         try:
-            return await self._check(key, cleaned, password)
+            return await self._check(key, cleaned, password, client)
         finally:
+            self._pending -= 1
             self._checking[key] -= 1
             if not self._checking[key]:
                 del self._checking[key]
 
-    async def _check(self, key: str, cleaned: str | None, password: str) -> User:
+    async def _check(self, key: str, cleaned: str, password: str, client: str | None
+                     ) -> User:
         """The user of these credentials (``authenticate`` without its throttling)."""
-        user = await self.store.find_one(User, Eq("email", cleaned)) if cleaned else None
+        user = await self.store.find_one(User, Eq("email", cleaned))
         if user is None or not user.password_hash:
             await self.password_matches(await self._dummy(), password)
             raise Unauthenticated("wrong email or password")
@@ -244,6 +261,8 @@ class AccountService(Service):
             raise Unauthenticated("wrong email or password")
         self.throttle.succeeded(key)
         self.email_throttle.forgive(user.email)
+        if client:
+            self.client_throttle.forgive(client)
         if self.ctx.hasher.needs_rehash(user.password_hash):
             # Only the hash, and only while it is still the one just verified: a whole
             # record written back could undo a deactivation or a new password that
@@ -268,9 +287,11 @@ class AccountService(Service):
             raise Forbidden("the current password is not right", field="currentPassword")
         self.email_throttle.forgive(user.email)
 
-    def _failed(self, key: str, email: str) -> None:
+    def _failed(self, key: str, email: str, client: str | None) -> None:
         self.throttle.failed(key)
         self.email_throttle.failed(email)
+        if client:
+            self.client_throttle.failed(client)
 
     async def viewer_for(self, user_id: str, token_epoch: int = 0) -> Viewer | None:
         """The viewer behind a token's subject, or ``None`` when the user is gone or

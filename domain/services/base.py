@@ -71,6 +71,10 @@ class ServiceContext:
     #: until done (a queued one is dropped), so the bound holds whatever clients do.
     hashing: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(
         max_workers=HASHING_THREADS, thread_name_prefix="chargegraph-hashing"))
+    #: Chargers' Basic-auth checks have threads of their own: a flood of sign-ins queued
+    #: on ``hashing`` must not keep chargers from connecting.
+    charger_hashing: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(
+        max_workers=HASHING_THREADS, thread_name_prefix="chargegraph-charger-hashing"))
 
 
 def owned_by(station: Any) -> dict[str, Any]:

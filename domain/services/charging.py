@@ -447,7 +447,7 @@ class ChargingService(Service):
     def password_ok(self, station: Station, password: str | None) -> bool:
         """HTTP Basic password check (OCPP security profiles 1 and 2). A station without a
         password (profile 0, the operator's choice) accepts any connection. Synchronous
-        argon2: ``station_password_ok`` runs it on the hashing threads."""
+        argon2: ``station_password_ok`` runs it on the chargers' hashing threads."""
         if station.auth_password_hash is None:
             return True
         return password is not None and self.ctx.hasher.verify(station.auth_password_hash,
@@ -455,8 +455,8 @@ class ChargingService(Service):
 
     async def station_password_ok(self, station: Station, password: str | None) -> bool:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.ctx.hashing, self.password_ok, station,
-                                          password)
+        return await loop.run_in_executor(self.ctx.charger_hashing, self.password_ok,
+                                          station, password)
 
     async def reset_connections(self, alive: Collection[str] = ()) -> None:
         """At start-up no charger is connected yet: a station still marked online lost its

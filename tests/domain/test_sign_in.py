@@ -258,3 +258,99 @@ async def test_right_sign_ins_all_at_once_are_told_to_wait_a_moment_not_15_min(
     assert refused and all(o.code == "TOO_MANY_ATTEMPTS" for o in refused)
     assert all("a moment" in o.message and "failed" not in o.message for o in refused)
     await services.accounts.authenticate("ada@example.com", "first password", "10.0.0.1")
+
+
+async def test_text_that_is_no_email_is_refused_without_checking_a_password(
+        store: SqliteStore) -> None:
+    """No account can have it: a flood of such sign-ins used to keep the hashing threads
+    busy with dummy checks."""
+    from domain.errors import Unauthenticated
+
+    checked = [0]
+
+    class Counting(FastHasher):
+        def verify(self, password_hash: str, password: str) -> bool:
+            checked[0] += 1
+            return super().verify(password_hash, password)
+
+    services = Services(ServiceContext(store=store, policy=Policy(), hasher=Counting()))
+    with pytest.raises(Unauthenticated) as err:
+        await services.accounts.authenticate("not-an-email", "y", "10.0.0.1")
+    assert (err.value.code, checked[0]) == ("UNAUTHENTICATED", 0)
+
+
+async def test_one_client_guessing_across_many_emails_meets_a_limit(store: SqliteStore
+                                                                    ) -> None:
+    from domain.errors import Unauthenticated
+    from domain.services.accounts import CLIENT_LIMIT
+
+    services = Services(ServiceContext(store=store, policy=Policy(), hasher=FastHasher()))
+    await services.accounts.create_user(SYSTEM, email="ada@example.com",
+                                        password="first password", name="Ada",
+                                        role=d.Role.DRIVER)
+    for i in range(CLIENT_LIMIT):  # a fresh email each time: no per-email count grows
+        with pytest.raises(Unauthenticated):
+            await services.accounts.authenticate(f"u{i}@example.com", "guess", "10.0.0.1")
+    with pytest.raises(Unauthenticated) as err:
+        await services.accounts.authenticate("ada@example.com", "first password", "10.0.0.1")
+    assert err.value.code == "TOO_MANY_ATTEMPTS"
+    # Another client is not held to it.
+    await services.accounts.authenticate("ada@example.com", "first password", "10.0.0.2")
+
+
+async def test_sign_ins_beyond_those_being_checked_are_told_to_wait(store: SqliteStore
+                                                                    ) -> None:
+    """A flood from many clients queues no more than ``MAX_PENDING_SIGN_INS`` checks:
+    the rest are refused at once rather than waiting behind it for seconds."""
+    import asyncio
+
+    from domain.errors import Unauthenticated
+    from domain.services.accounts import MAX_PENDING_SIGN_INS
+
+    release = asyncio.Event()
+    services = Services(ServiceContext(store=store, policy=Policy(), hasher=FastHasher()))
+
+    async def held(password_hash: str, password: str) -> bool:
+        await release.wait()
+        return False
+
+    services.accounts.password_matches = held  # type: ignore[method-assign]
+    flood = [asyncio.ensure_future(services.accounts.authenticate(
+        f"u{i}@example.com", "guess", f"10.0.{i}.1")) for i in range(MAX_PENDING_SIGN_INS)]
+    for _ in range(500):  # until all of them are being checked (bounded)
+        if services.accounts._pending == MAX_PENDING_SIGN_INS:
+            break
+        await asyncio.sleep(0.01)
+    with pytest.raises(Unauthenticated) as err:  # bounded: queued, it would wait for ever
+        await asyncio.wait_for(
+            services.accounts.authenticate("late@example.com", "guess", "10.9.9.9"), 5)
+    assert err.value.code == "TOO_MANY_ATTEMPTS" and "a moment" in err.value.message
+    release.set()
+    await asyncio.gather(*flood, return_exceptions=True)
+    with pytest.raises(Unauthenticated) as err:  # checked again once they are through
+        await services.accounts.authenticate("late@example.com", "guess", "10.9.9.9")
+    assert err.value.code == "UNAUTHENTICATED"
+
+
+async def test_chargers_connect_while_sign_ins_fill_the_hashing_threads(
+        store: SqliteStore) -> None:
+    import asyncio
+    import threading
+
+    from domain.services import ConnectorSpec
+    from domain.services.base import HASHING_THREADS
+
+    services = Services(ServiceContext(store=store, policy=Policy(), hasher=FastHasher()))
+    station, _ = await services.stations.create_station(
+        SYSTEM, cp_id="CP-1", name="CP-1", password="station-secret-1",
+        connectors=[ConnectorSpec(1)])
+    busy = threading.Event()
+    loop = asyncio.get_running_loop()
+    hogs = [loop.run_in_executor(services.accounts.ctx.hashing, busy.wait, 10)
+            for _ in range(HASHING_THREADS)]
+    try:  # every sign-in thread is taken: a charger's check still runs
+        assert await asyncio.wait_for(
+            services.charging.station_password_ok(station, "station-secret-1"), 5)
+    finally:
+        busy.set()
+        await asyncio.gather(*hogs)
