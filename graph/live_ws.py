@@ -428,9 +428,15 @@ def _local_fields(event_type: GraphQLObjectType) -> frozenset[str]:
 
 
 def _reads_event_only(selection_set: SelectionSetNode | None, local: frozenset[str],
-                      fragments: dict[str, Any], seen: frozenset[str] = frozenset()) -> bool:
+                      fragments: dict[str, Any], seen: dict[str, bool] | None = None
+                      ) -> bool:
+    """``seen``: the answer for each fragment already looked into, so each is looked
+    into once however often it is spread (a chain of fragments each spreading the next
+    twice would take exponential time)."""
     if selection_set is None:
         return True
+    if seen is None:
+        seen = {}
     for selection in selection_set.selections:
         if isinstance(selection, FieldNode):
             if selection.name.value not in local or selection.selection_set is not None:
@@ -440,11 +446,13 @@ def _reads_event_only(selection_set: SelectionSetNode | None, local: frozenset[s
                 return False
         elif isinstance(selection, FragmentSpreadNode):
             name = selection.name.value
-            if name in seen:
-                continue
-            fragment = fragments.get(name)
-            if fragment is None or not _reads_event_only(fragment.selection_set, local,
-                                                         fragments, seen | {name}):
+            answer = seen.get(name)
+            if answer is None:
+                fragment = fragments.get(name)
+                seen[name] = True  # a cycle (refused by validation) adds nothing
+                answer = seen[name] = fragment is not None and _reads_event_only(
+                    fragment.selection_set, local, fragments, seen)
+            if not answer:
                 return False
         else:
             return False

@@ -30,12 +30,13 @@ from graphql import (
     specified_rules,
 )
 from graphql.validation import ASTValidationRule
-from strawberry.extensions import MaxAliasesLimiter, QueryDepthLimiter, SchemaExtension
+from strawberry.extensions import SchemaExtension
 from strawberry.schema.schema import validate_document
 
 from graph.context import GraphContext
 from graph.cost import MAX_OBJECTS, estimated_objects
 from graph.errors import mask
+from graph.limits import limit_rule
 
 #: Deep enough for every real screen (map → station → connector → session → user →
 #: vehicles → node …), shallow enough that cyclic paths cannot fan out without bound.
@@ -46,12 +47,10 @@ MAX_ALIASES = 30
 #: and over; bounded, so unique texts cannot grow memory.
 CACHED_DOCUMENTS = 256
 
-#: The depth and alias limits as validation rules, built once. Strawberry's limiters build
-#: a new rule class per instance, and validation is cached by its rules: with per-request
-#: limiters no document was ever found in the cache.
-LIMIT_RULES: tuple[type[ASTValidationRule], ...] = (
-    *QueryDepthLimiter(max_depth=MAX_DEPTH).validation_rules,
-    *MaxAliasesLimiter(max_alias_count=MAX_ALIASES).validation_rules)
+#: The depth and alias limits as a validation rule, built once: validation is cached by
+#: its rules (a rule class per request would never be found in the cache). Ours rather than
+#: Strawberry's limiters, which walk a fragment again at every spread (``graph.limits``).
+LIMIT_RULES: tuple[type[ASTValidationRule], ...] = (limit_rule(MAX_DEPTH, MAX_ALIASES),)
 
 
 #: The rules an operation is validated with: graphql-core's (Strawberry's default) and the

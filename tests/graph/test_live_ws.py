@@ -30,6 +30,7 @@ from pubsub.memory import MemoryEventBus
 from tests.graph.conftest import SECRET, CountingStore
 from tests.graph.world import World, build_world
 from tests.helpers import FastHasher
+from tests.support.fragments import counting_parser, doubling
 from tests.support.garbage import left_to_the_collector
 
 NESTED = """subscription($f: StationEventFilter) { connectorStatusChanged(filter: $f) {
@@ -651,3 +652,22 @@ async def test_an_iterated_feed_raises_events_lost(live: Setup) -> None:
         await asyncio.wait_for(feed.__anext__(), 5)
     assert info.value.extensions == {"code": "EVENTS_LOST"}
     await feed.aclose()
+
+
+async def test_doubled_fragments_of_a_subscription_are_looked_into_once(
+        live: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over the socket as over HTTP (tests/graph/test_fragments.py): the limits, the
+    estimate and the question whether the selection reads the event only look into each
+    fragment a bounded number of times, however often it is spread."""
+    reads = counting_parser(monkeypatch)
+    levels = 16
+    socket = await live.open("admin")
+    socket.subscribe("1", doubling(levels, "ConnectorStatusEvent", "cpId info",
+                                   "subscription Doubled { connectorStatusChanged { ...F0 } }"))
+    await live.subscribed(1)
+    assert len(live.endpoint.hub.groups) == 1
+    assert next(iter(live.endpoint.hub.groups.values())).shared  # the event's fields only
+    await live.bus.publish(live.status("A-001", "doubled"))
+    assert data(await socket.next()) == {"cpId": "A-001", "info": "doubled"}
+    assert len(reads) == levels and max(reads.values()) <= 100, reads
+    await socket.close()
