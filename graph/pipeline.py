@@ -85,7 +85,20 @@ def _parsed(query: str) -> DocumentNode:
 def _validated(schema: GraphQLSchema, query: str,
                rules: tuple[type[ASTValidationRule], ...]) -> list[GraphQLError]:
     # Strawberry's validation: graphql-core's with Strawberry's own rules added.
-    return validate_document(schema, _parsed(query), rules)
+    return [_the_clients(error) for error in validate_document(schema, _parsed(query), rules)]
+
+
+def _the_clients(error: GraphQLError) -> GraphQLError:
+    """A validation error as the client's mistake, whatever raised it. A literal a scalar
+    refuses (``from: "yesterday"`` for a ``DateTime``) is reported by graphql-core with the
+    scalar's ``ValueError`` as its original error, which ``mask`` takes for a bug: the
+    client got "Internal server error" and the log a traceback at ERROR, where the same
+    value as a variable gave the scalar's message. The message already says it all."""
+    original = error.original_error
+    if original is None or isinstance(original, GraphQLError):
+        return error
+    return GraphQLError(error.message, error.nodes, error.source, error.positions,
+                        error.path, None, error.extensions)
 
 
 class RequestPipeline(SchemaExtension):

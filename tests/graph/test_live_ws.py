@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -670,4 +671,19 @@ async def test_doubled_fragments_of_a_subscription_are_looked_into_once(
     await live.bus.publish(live.status("A-001", "doubled"))
     assert data(await socket.next()) == {"cpId": "A-001", "info": "doubled"}
     assert len(reads) == levels and max(reads.values()) <= 100, reads
+    await socket.close()
+
+
+@pytest.mark.parametrize("protocol", ["graphql-transport-ws", "graphql-ws"])
+async def test_a_literal_a_scalar_refuses_is_a_validation_error_over_the_socket(
+        live: Setup, protocol: str, caplog: pytest.LogCaptureFixture) -> None:
+    socket = await live.open("admin", protocol=protocol)
+    socket.subscribe("1", '{ sessions(filter: {from: "yesterday"}) { totalCount } }')
+    error = await socket.next()
+    assert error["type"] == "error" and error["id"] == "1"
+    payload = error["payload"]
+    first = payload[0] if isinstance(payload, list) else payload
+    assert "DateTime cannot represent 'yesterday'" in first["message"]
+    assert "errorId" not in first.get("extensions", {})
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     await socket.close()
