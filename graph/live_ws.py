@@ -661,7 +661,10 @@ class Connection:
         self.authorization = str(header) if header else None
         viewer = await self.endpoint.authorize(self.authorization)
         context = GraphContext.build(self.hub.services, self.hub.tokens, viewer, self.request)
-        context.connection_params = payload
+        # Only what is used, not the payload: it lives as long as the socket, and a client
+        # could make it as large as a message may be.
+        context.connection_params = ({"authorization": self.authorization}
+                                     if self.authorization else {})
         self.context = context
         if viewer.user_id is not None and self.hub.services.ctx.bus is not None:
             # A change of this user's rights anywhere wakes the re-check at once.

@@ -687,3 +687,19 @@ async def test_a_literal_a_scalar_refuses_is_a_validation_error_over_the_socket(
     assert "errorId" not in first.get("extensions", {})
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     await socket.close()
+
+
+async def test_only_the_authorization_of_connection_init_is_kept(live: Setup) -> None:
+    """The payload lives as long as the socket: whatever else a client puts in it (up to
+    a message's size) is not held."""
+    socket = Socket(live.endpoint, "graphql-transport-ws")
+    await socket.connect()
+    authorization = f"Bearer {live.token('admin')}"
+    socket.put({"type": "connection_init",
+                "payload": {"authorization": authorization, "padding": "x" * 100_000}})
+    assert await socket.next() == {"type": "connection_ack"}
+    socket.subscribe("1", NESTED)  # a group of its own, with the connection's context
+    await live.subscribed(1)
+    [group] = live.endpoint.hub.groups.values()
+    assert group.context.connection_params == {"authorization": authorization}
+    await socket.close()
