@@ -912,7 +912,7 @@ class LiveEndpoint:
                             raise _Close(1002, "WebSocket message type must be text")
                         raise _Close(4400, "WebSocket message type must be text")
                     await connection.handle(text)
-                    if connection.init_received or protocol == LEGACY_WS:
+                    if connection.init_received:
                         timer.cancel()
                 except _Close as close:
                     await connection.outbox.close(close.code, close.reason)
@@ -947,6 +947,8 @@ class LiveEndpoint:
 
     @staticmethod
     def _init_timeout(connection: Connection) -> None:
-        if not connection.init_received and connection.protocol == TRANSPORT_WS:
+        # Both protocols: a legacy socket that never sends connection_init (whatever else
+        # it sends) would otherwise be held open for ever.
+        if not connection.init_received:
             connection.closing = asyncio.ensure_future(
                 connection.outbox.close(4408, "Connection initialisation timeout"))

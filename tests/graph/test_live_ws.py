@@ -703,3 +703,29 @@ async def test_only_the_authorization_of_connection_init_is_kept(live: Setup) ->
     [group] = live.endpoint.hub.groups.values()
     assert group.context.connection_params == {"authorization": authorization}
     await socket.close()
+
+
+@pytest.mark.parametrize("protocol", ["graphql-transport-ws", "graphql-ws"])
+async def test_a_socket_without_connection_init_is_closed_on_both_protocols(
+        live: Setup, protocol: str) -> None:
+    """Other messages before ``connection_init`` (a legacy client's unknown ones, which
+    that protocol ignores) do not keep a socket open; an initialised one stays."""
+    async def authorize(header: str | None) -> Viewer:
+        return await resolve_viewer(live.services, live.tokens, header)
+
+    endpoint = LiveEndpoint(live.services, live.tokens, schema, authorize,
+                            connection_init_timeout=timedelta(milliseconds=50))
+    silent = Socket(endpoint, protocol)
+    await silent.connect()
+    silent.put({"type": "ka"} if protocol == "graphql-ws" else {"type": "ping"})
+    messages = [await silent.raw() for _ in range(1 if protocol == "graphql-ws" else 2)]
+    assert messages[-1] == {"type": "websocket.close", "code": 4408,
+                            "reason": "Connection initialisation timeout"}
+    await silent.close()
+
+    initialised = Socket(endpoint, protocol)
+    await initialised.connect()
+    await initialised.init(None)
+    await asyncio.sleep(0.2)  # the timeout's time has passed
+    assert initialised.nothing_pending()
+    await initialised.close()
