@@ -87,9 +87,10 @@ class Socket:
     """An ASGI websocket client. ``gate`` cleared makes the server's sends wait, as a
     socket whose peer stopped reading does."""
 
-    def __init__(self, app: Any, protocol: str) -> None:
+    def __init__(self, app: Any, protocol: str, client: str = "test") -> None:
         self.app = app
         self.protocol = protocol
+        self.client = client
         self.incoming: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.outgoing: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.gate = asyncio.Event()
@@ -107,7 +108,8 @@ class Socket:
     async def connect(self) -> None:
         scope = {"type": "websocket", "path": "/graphql", "raw_path": b"/graphql",
                  "query_string": b"", "headers": [], "subprotocols": [self.protocol],
-                 "scheme": "ws", "server": ("testserver", 80), "client": ("test", 1)}
+                 "scheme": "ws", "server": ("testserver", 80),
+                 "client": (self.client, 1)}
         self.task = asyncio.create_task(self.app(scope, self._receive, self._send))
         self.incoming.put_nowait({"type": "websocket.connect"})
         accept = await asyncio.wait_for(self.outgoing.get(), 5)
@@ -729,3 +731,54 @@ async def test_a_socket_without_connection_init_is_closed_on_both_protocols(
     await asyncio.sleep(0.2)  # the timeout's time has passed
     assert initialised.nothing_pending()
     await initialised.close()
+
+
+async def test_operations_are_limited_per_client_address_and_in_all(live: Setup) -> None:
+    """However many sockets they open: a client address runs at most so many operations
+    at once, and all sockets together at most so many, each refused with
+    TOO_MANY_OPERATIONS; what ends makes room again."""
+    async def authorize(header: str | None) -> Viewer:
+        return await resolve_viewer(live.services, live.tokens, header)
+
+    endpoint = LiveEndpoint(live.services, live.tokens, schema, authorize,
+                            max_operations=5, max_operations_per_client=3)
+    hub = endpoint.hub
+
+    async def opened(client: str) -> Socket:
+        socket = Socket(endpoint, "graphql-transport-ws", client)
+        await socket.connect()
+        await socket.init(live.token("admin"))
+        return socket
+
+    async def refused(socket: Socket, op_id: str) -> str:
+        socket.subscribe(op_id, LOCAL)
+        error = await socket.next()
+        assert error["type"] == "error" and error["id"] == op_id, error
+        [reason] = error["payload"]
+        assert reason["extensions"] == {"code": "TOO_MANY_OPERATIONS"}
+        return str(reason["message"])
+
+    first, second = await opened("198.51.100.7"), await opened("198.51.100.7")
+    first.subscribe("1", LOCAL)
+    first.subscribe("2", LOCAL)
+    second.subscribe("1", LOCAL)
+    await live.subscribed(3)
+    assert "per client address" in await refused(second, "2")
+    other = await opened("203.0.113.9")  # another address has room of its own
+    other.subscribe("1", LOCAL)
+    other.subscribe("2", LOCAL)
+    await live.subscribed(5)
+    assert "try again later" in await refused(other, "3")  # five in all
+    second.put({"id": "1", "type": "complete"})
+    for _ in range(100):
+        if hub.running == 4:
+            break
+        await asyncio.sleep(0.01)
+    other.subscribe("3", LOCAL)  # room again
+    await live.subscribed(5)
+    assert hub.running_by_client == {"198.51.100.7": 2, "203.0.113.9": 3}
+    await live.bus.publish(live.status("A-001", "limited"))
+    assert data(await other.next())["info"] == "limited"
+    for socket in (first, second, other):
+        await socket.close()
+    assert hub.running == 0 and hub.running_by_client == {}
