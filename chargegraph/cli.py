@@ -112,13 +112,19 @@ class GracefulServer(uvicorn.Server):
 
 def _uvicorn(settings: Settings) -> uvicorn.Server:
     from chargegraph.app import create_app
+    from graph.http import MAX_BODY
 
     config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
                             log_level=settings.log_level.lower(),
                             log_config=logs.uvicorn_log_config(), lifespan="on",
                             timeout_graceful_shutdown=10, proxy_headers=True,
                             forwarded_allow_ips=settings.trusted_proxies,
-                            ws_ping_interval=20, ws_ping_timeout=20)
+                            ws_ping_interval=20, ws_ping_timeout=20,
+                            # A websocket message is at most what a request over HTTP may
+                            # be: uvicorn's 16 MiB let thirty sockets hold half a gigabyte
+                            # of connection_init payloads. Beyond it the socket is closed
+                            # with 1009 (message too big) before the message is read.
+                            ws_max_size=MAX_BODY)
     return GracefulServer(config)
 
 

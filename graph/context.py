@@ -22,7 +22,8 @@ class GraphContext:
     #: The HTTP request or websocket, for adapters that need headers.
     request: Any = None
     extra: dict[str, Any] = field(default_factory=dict)
-    #: The ``connection_init`` payload of a websocket (strawberry fills it in).
+    #: What a websocket's ``connection_init`` payload gave that is used: its
+    #: ``authorization`` (``graph.live_ws``), not the whole payload.
     connection_params: Any = None
     #: One "now" per request, so time-dependent relations (the tariff in force) agree and
     #: batch into one loader.

@@ -79,6 +79,15 @@ PROTOCOLS = (TRANSPORT_WS, LEGACY_WS)
 DEFAULT_QUEUE_SIZE = 1000
 #: Operations one socket may run at once (a map screen needs a handful).
 MAX_OPERATIONS_PER_SOCKET = 100
+#: Operations all sockets from one client address may run at once (the address uvicorn
+#: reports: ``X-Forwarded-For`` from a trusted proxy). Sockets are not limited in number:
+#: thirty sockets of a hundred subscriptions, each aliased apart so that none shared a
+#: render group, made every status change cost seconds, and chargers waited 10 s for
+#: answers. Two hundred leave an office behind one address room for dozens of screens.
+MAX_OPERATIONS_PER_CLIENT = 200
+#: Operations all sockets of the process may run at once: what many addresses together
+#: may make an event cost (a thousand viewers of a live map with a few each).
+MAX_OPERATIONS = 10_000
 #: How often a signed-in connection's token and user are checked again.
 REVALIDATE_EVERY = timedelta(seconds=60)
 #: Renders of one non-shared group (nested fields: store reads) in flight at once; past
@@ -428,9 +437,15 @@ def _local_fields(event_type: GraphQLObjectType) -> frozenset[str]:
 
 
 def _reads_event_only(selection_set: SelectionSetNode | None, local: frozenset[str],
-                      fragments: dict[str, Any], seen: frozenset[str] = frozenset()) -> bool:
+                      fragments: dict[str, Any], seen: dict[str, bool] | None = None
+                      ) -> bool:
+    """``seen``: the answer for each fragment already looked into, so each is looked
+    into once however often it is spread (a chain of fragments each spreading the next
+    twice would take exponential time)."""
     if selection_set is None:
         return True
+    if seen is None:
+        seen = {}
     for selection in selection_set.selections:
         if isinstance(selection, FieldNode):
             if selection.name.value not in local or selection.selection_set is not None:
@@ -440,11 +455,13 @@ def _reads_event_only(selection_set: SelectionSetNode | None, local: frozenset[s
                 return False
         elif isinstance(selection, FragmentSpreadNode):
             name = selection.name.value
-            if name in seen:
-                continue
-            fragment = fragments.get(name)
-            if fragment is None or not _reads_event_only(fragment.selection_set, local,
-                                                         fragments, seen | {name}):
+            answer = seen.get(name)
+            if answer is None:
+                fragment = fragments.get(name)
+                seen[name] = True  # a cycle (refused by validation) adds nothing
+                answer = seen[name] = fragment is not None and _reads_event_only(
+                    fragment.selection_set, local, fragments, seen)
+            if not answer:
                 return False
         else:
             return False
@@ -515,12 +532,44 @@ class LiveHub:
     """Per app: the render groups (and the way to the request pipeline's documents)."""
 
     def __init__(self, services: Services, tokens: TokenService, schema: Any,
-                 queue_size: int = DEFAULT_QUEUE_SIZE) -> None:
+                 queue_size: int = DEFAULT_QUEUE_SIZE, *,
+                 max_operations: int = MAX_OPERATIONS,
+                 max_operations_per_client: int = MAX_OPERATIONS_PER_CLIENT) -> None:
         self.services = services
         self.tokens = tokens
         self.schema = schema
         self.queue_size = queue_size
         self.groups: dict[tuple[Any, ...], RenderGroup] = {}
+        self.max_operations = max_operations
+        self.max_operations_per_client = max_operations_per_client
+        #: Operations running on all sockets, and per client address.
+        self.running = 0
+        self.running_by_client: dict[str, int] = {}
+
+    def refusal(self, client: str) -> GraphQLError | None:
+        """Why one more operation from ``client`` may not start now, if it may not."""
+        if self.running_by_client.get(client, 0) >= self.max_operations_per_client:
+            return GraphQLError(
+                f"at most {self.max_operations_per_client} operations at once per client "
+                "address", extensions={"code": "TOO_MANY_OPERATIONS"})
+        if self.running >= self.max_operations:
+            return GraphQLError(
+                f"the service runs at most {self.max_operations:,} operations over "
+                "websockets at once: try again later",
+                extensions={"code": "TOO_MANY_OPERATIONS"})
+        return None
+
+    def started(self, client: str) -> None:
+        self.running += 1
+        self.running_by_client[client] = self.running_by_client.get(client, 0) + 1
+
+    def ended(self, client: str) -> None:
+        self.running -= 1
+        left = self.running_by_client[client] - 1
+        if left:
+            self.running_by_client[client] = left
+        else:
+            del self.running_by_client[client]  # addresses come and go: no growth
 
     def document(self, query: str) -> tuple[DocumentNode, list[GraphQLError]]:
         """Parsed and validated once per distinct query (clients repeat a few), with the
@@ -545,6 +594,8 @@ class Connection:
         self.protocol = protocol
         self.outbox = Outbox(send, self.hub.queue_size)
         self.request = HTTPConnection(scope)
+        #: Whose operations these are, for ``LiveHub``'s per-address limit.
+        self.client = self.request.client.host if self.request.client else ""
         self.context: GraphContext | None = None
         #: The ``authorization`` of ``connection_init``, checked again now and then.
         self.authorization: str | None = None
@@ -653,7 +704,10 @@ class Connection:
         self.authorization = str(header) if header else None
         viewer = await self.endpoint.authorize(self.authorization)
         context = GraphContext.build(self.hub.services, self.hub.tokens, viewer, self.request)
-        context.connection_params = payload
+        # Only what is used, not the payload: it lives as long as the socket, and a client
+        # could make it as large as a message may be.
+        context.connection_params = ({"authorization": self.authorization}
+                                     if self.authorization else {})
         self.context = context
         if viewer.user_id is not None and self.hub.services.ctx.bus is not None:
             # A change of this user's rights anywhere wakes the re-check at once.
@@ -679,15 +733,31 @@ class Connection:
 
     # -- operations ---------------------------------------------------------
     def _room_for(self, op_id: str) -> bool:
-        """Whether the socket may run one more operation; if not, the op gets an error.
-        Each live operation costs rendering per event: thousands on one socket that never
-        reads made every status change cost a third of a second of the event loop."""
-        if len(self.operations) < MAX_OPERATIONS_PER_SOCKET:
+        """Whether the socket may run one more operation (per socket, per client address
+        and in all: ``LiveHub.refusal``); if not, the op gets an error. Each live
+        operation costs rendering per event: thousands on one socket that never reads made
+        every status change cost a third of a second of the event loop."""
+        if len(self.operations) >= MAX_OPERATIONS_PER_SOCKET:
+            refusal: GraphQLError | None = GraphQLError(
+                f"at most {MAX_OPERATIONS_PER_SOCKET} operations per connection",
+                extensions={"code": "TOO_MANY_OPERATIONS"})
+        else:
+            refusal = self.hub.refusal(self.client)
+        if refusal is None:
             return True
-        self._error(op_id, [GraphQLError(
-            f"at most {MAX_OPERATIONS_PER_SOCKET} operations per connection",
-            extensions={"code": "TOO_MANY_OPERATIONS"})])
+        self._error(op_id, [refusal])
         return False
+
+    def _add(self, op_id: str, operation: LiveOperation | asyncio.Task[None]) -> None:
+        if op_id not in self.operations:
+            self.hub.started(self.client)
+        self.operations[op_id] = operation
+
+    def _drop(self, op_id: str) -> LiveOperation | asyncio.Task[None] | None:
+        operation = self.operations.pop(op_id, None)
+        if operation is not None:
+            self.hub.ended(self.client)
+        return operation
 
     def _error(self, op_id: str, errors: list[GraphQLError]) -> None:
         formatted = [mask(e).formatted for e in errors]
@@ -707,7 +777,7 @@ class Connection:
         self._error(op_id, [events_lost()])
 
     def _stop(self, op_id: str) -> None:
-        operation = self.operations.pop(op_id, None)
+        operation = self._drop(op_id)
         if isinstance(operation, LiveOperation):
             operation.stop()
         elif operation is not None:
@@ -742,7 +812,7 @@ class Connection:
         if operation.operation is not OperationType.SUBSCRIPTION:
             task = asyncio.get_running_loop().create_task(
                 self._single(op_id, query, variables, operation_name))
-            self.operations[op_id] = task
+            self._add(op_id, task)
             return
         too_large = too_complex(self.hub.schema._schema, query, document, operation_name,
                                 variables)
@@ -757,7 +827,7 @@ class Connection:
         connection's rights are checked first (as an HTTP request would be)."""
         assert self.context is not None
         if not await self.still_valid():
-            self.operations.pop(op_id, None)
+            self._drop(op_id)
             await self.outbox.close(4403, "Forbidden")
             return
         context = GraphContext.build(self.hub.services, self.hub.tokens, self.context.viewer,
@@ -771,7 +841,7 @@ class Connection:
         if self.operations.get(op_id) is not asyncio.current_task():
             return  # stopped meanwhile
         if isinstance(result, PreExecutionError):
-            self.operations.pop(op_id, None)
+            self._drop(op_id)
             self._error(op_id, list(result.errors or []))
             return
         kind = "next" if self.protocol == TRANSPORT_WS else "data"
@@ -779,7 +849,7 @@ class Connection:
         if result.errors:
             payload["errors"] = [e.formatted for e in result.errors]
         self.outbox.control({"type": kind, "id": op_id, "payload": payload})
-        self.operations.pop(op_id, None)
+        self._drop(op_id)
         self.outbox.control({"type": "complete", "id": op_id})
 
     async def _subscribe(self, op_id: str, document: DocumentNode, query: str,
@@ -801,10 +871,15 @@ class Connection:
             return
         if op_id in self.operations:  # the same id arrived while we awaited
             raise _Close(4409, f"Subscriber for {op_id} already exists")
+        if not self._room_for(op_id):  # other sockets' operations started while we awaited
+            if not isinstance(source, LiveFeed):
+                with contextlib.suppress(Exception):
+                    await source.aclose()
+            return
         if not isinstance(source, LiveFeed):
             # Not one of ours: run it per subscriber, the way graphql-core does.
-            self.operations[op_id] = asyncio.get_running_loop().create_task(
-                self._per_subscriber(op_id, executor, source))
+            self._add(op_id, asyncio.get_running_loop().create_task(
+                self._per_subscriber(op_id, executor, source)))
             return
         root_type = schema.subscription_type
         assert root_type is not None
@@ -826,12 +901,12 @@ class Connection:
             self.hub.groups[key] = group
         group.join()
         live = LiveOperation(self, op_id, group, source)
-        self.operations[op_id] = live
+        self._add(op_id, live)
         try:
             live.watch = self.hub.services.live.watch(self.context.viewer, [source.topic],
                                                       live.deliver, live.ended)
         except Exception:
-            self.operations.pop(op_id, None)
+            self._drop(op_id)
             live.stop()
             raise
 
@@ -849,7 +924,7 @@ class Connection:
             with contextlib.suppress(Exception):
                 await source.aclose()
         if self.operations.get(op_id) is asyncio.current_task():
-            self.operations.pop(op_id, None)
+            self._drop(op_id)
             self.outbox.control({"type": "complete", "id": op_id})
 
     def close_all(self) -> None:
@@ -867,8 +942,12 @@ class LiveEndpoint:
     def __init__(self, services: Services, tokens: TokenService, schema: Any,
                  authorize: Authorize, *, queue_size: int = DEFAULT_QUEUE_SIZE,
                  connection_init_timeout: timedelta = timedelta(minutes=1),
-                 revalidate_every: timedelta = REVALIDATE_EVERY) -> None:
-        self.hub = LiveHub(services, tokens, schema, queue_size)
+                 revalidate_every: timedelta = REVALIDATE_EVERY,
+                 max_operations: int = MAX_OPERATIONS,
+                 max_operations_per_client: int = MAX_OPERATIONS_PER_CLIENT) -> None:
+        self.hub = LiveHub(services, tokens, schema, queue_size,
+                           max_operations=max_operations,
+                           max_operations_per_client=max_operations_per_client)
         self.authorize = authorize
         self.connection_init_timeout = connection_init_timeout
         self.revalidate_every = revalidate_every
@@ -901,7 +980,7 @@ class LiveEndpoint:
                             raise _Close(1002, "WebSocket message type must be text")
                         raise _Close(4400, "WebSocket message type must be text")
                     await connection.handle(text)
-                    if connection.init_received or protocol == LEGACY_WS:
+                    if connection.init_received:
                         timer.cancel()
                 except _Close as close:
                     await connection.outbox.close(close.code, close.reason)
@@ -936,6 +1015,8 @@ class LiveEndpoint:
 
     @staticmethod
     def _init_timeout(connection: Connection) -> None:
-        if not connection.init_received and connection.protocol == TRANSPORT_WS:
+        # Both protocols: a legacy socket that never sends connection_init (whatever else
+        # it sends) would otherwise be held open for ever.
+        if not connection.init_received:
             connection.closing = asyncio.ensure_future(
                 connection.outbox.close(4408, "Connection initialisation timeout"))

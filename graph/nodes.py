@@ -125,22 +125,34 @@ def wants(info: Info, *path: str) -> bool:
 
 
 def _ast_wants(selection_set: SelectionSetNode | None,
-               fragments: dict[str, FragmentDefinitionNode], path: tuple[str, ...]) -> bool:
+               fragments: dict[str, FragmentDefinitionNode], path: tuple[str, ...],
+               seen: dict[tuple[str, int], bool] | None = None) -> bool:
+    """``seen``: the answer for each fragment and remaining path already looked into.
+    A fragment is looked into once per path, not at each of its spreads: a chain of
+    fragments each spreading the next twice would take exponential time."""
     if not path:
         return True
     if selection_set is None:
         return False
+    if seen is None:
+        seen = {}
     for selection in selection_set.selections:
         if isinstance(selection, FieldNode):
-            if selection.name.value == path[0] and _ast_wants(selection.selection_set,
-                                                              fragments, path[1:]):
+            if selection.name.value == path[0] and _ast_wants(
+                    selection.selection_set, fragments, path[1:], seen):
                 return True
         elif isinstance(selection, InlineFragmentNode):
-            if _ast_wants(selection.selection_set, fragments, path):
+            if _ast_wants(selection.selection_set, fragments, path, seen):
                 return True
         elif isinstance(selection, FragmentSpreadNode):
-            fragment = fragments.get(selection.name.value)
-            if fragment is not None and _ast_wants(fragment.selection_set, fragments, path):
+            key = (selection.name.value, len(path))
+            answer = seen.get(key)
+            if answer is None:
+                fragment = fragments.get(key[0])
+                seen[key] = False  # a cycle (refused by validation) ends here
+                answer = seen[key] = fragment is not None and _ast_wants(
+                    fragment.selection_set, fragments, path, seen)
+            if answer:
                 return True
     return False
 

@@ -30,12 +30,13 @@ from graphql import (
     specified_rules,
 )
 from graphql.validation import ASTValidationRule
-from strawberry.extensions import MaxAliasesLimiter, QueryDepthLimiter, SchemaExtension
+from strawberry.extensions import SchemaExtension
 from strawberry.schema.schema import validate_document
 
 from graph.context import GraphContext
 from graph.cost import MAX_OBJECTS, estimated_objects
 from graph.errors import mask
+from graph.limits import limit_rule
 
 #: Deep enough for every real screen (map → station → connector → session → user →
 #: vehicles → node …), shallow enough that cyclic paths cannot fan out without bound.
@@ -46,12 +47,10 @@ MAX_ALIASES = 30
 #: and over; bounded, so unique texts cannot grow memory.
 CACHED_DOCUMENTS = 256
 
-#: The depth and alias limits as validation rules, built once. Strawberry's limiters build
-#: a new rule class per instance, and validation is cached by its rules: with per-request
-#: limiters no document was ever found in the cache.
-LIMIT_RULES: tuple[type[ASTValidationRule], ...] = (
-    *QueryDepthLimiter(max_depth=MAX_DEPTH).validation_rules,
-    *MaxAliasesLimiter(max_alias_count=MAX_ALIASES).validation_rules)
+#: The depth and alias limits as a validation rule, built once: validation is cached by
+#: its rules (a rule class per request would never be found in the cache). Ours rather than
+#: Strawberry's limiters, which walk a fragment again at every spread (``graph.limits``).
+LIMIT_RULES: tuple[type[ASTValidationRule], ...] = (limit_rule(MAX_DEPTH, MAX_ALIASES),)
 
 
 #: The rules an operation is validated with: graphql-core's (Strawberry's default) and the
@@ -86,7 +85,20 @@ def _parsed(query: str) -> DocumentNode:
 def _validated(schema: GraphQLSchema, query: str,
                rules: tuple[type[ASTValidationRule], ...]) -> list[GraphQLError]:
     # Strawberry's validation: graphql-core's with Strawberry's own rules added.
-    return validate_document(schema, _parsed(query), rules)
+    return [_the_clients(error) for error in validate_document(schema, _parsed(query), rules)]
+
+
+def _the_clients(error: GraphQLError) -> GraphQLError:
+    """A validation error as the client's mistake, whatever raised it. A literal a scalar
+    refuses (``from: "yesterday"`` for a ``DateTime``) is reported by graphql-core with the
+    scalar's ``ValueError`` as its original error, which ``mask`` takes for a bug: the
+    client got "Internal server error" and the log a traceback at ERROR, where the same
+    value as a variable gave the scalar's message. The message already says it all."""
+    original = error.original_error
+    if original is None or isinstance(original, GraphQLError):
+        return error
+    return GraphQLError(error.message, error.nodes, error.source, error.positions,
+                        error.path, None, error.extensions)
 
 
 class RequestPipeline(SchemaExtension):

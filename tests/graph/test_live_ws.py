@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -30,6 +31,7 @@ from pubsub.memory import MemoryEventBus
 from tests.graph.conftest import SECRET, CountingStore
 from tests.graph.world import World, build_world
 from tests.helpers import FastHasher
+from tests.support.fragments import counting_parser, doubling
 from tests.support.garbage import left_to_the_collector
 
 NESTED = """subscription($f: StationEventFilter) { connectorStatusChanged(filter: $f) {
@@ -85,9 +87,10 @@ class Socket:
     """An ASGI websocket client. ``gate`` cleared makes the server's sends wait, as a
     socket whose peer stopped reading does."""
 
-    def __init__(self, app: Any, protocol: str) -> None:
+    def __init__(self, app: Any, protocol: str, client: str = "test") -> None:
         self.app = app
         self.protocol = protocol
+        self.client = client
         self.incoming: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.outgoing: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.gate = asyncio.Event()
@@ -105,7 +108,8 @@ class Socket:
     async def connect(self) -> None:
         scope = {"type": "websocket", "path": "/graphql", "raw_path": b"/graphql",
                  "query_string": b"", "headers": [], "subprotocols": [self.protocol],
-                 "scheme": "ws", "server": ("testserver", 80), "client": ("test", 1)}
+                 "scheme": "ws", "server": ("testserver", 80),
+                 "client": (self.client, 1)}
         self.task = asyncio.create_task(self.app(scope, self._receive, self._send))
         self.incoming.put_nowait({"type": "websocket.connect"})
         accept = await asyncio.wait_for(self.outgoing.get(), 5)
@@ -651,3 +655,130 @@ async def test_an_iterated_feed_raises_events_lost(live: Setup) -> None:
         await asyncio.wait_for(feed.__anext__(), 5)
     assert info.value.extensions == {"code": "EVENTS_LOST"}
     await feed.aclose()
+
+
+async def test_doubled_fragments_of_a_subscription_are_looked_into_once(
+        live: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over the socket as over HTTP (tests/graph/test_fragments.py): the limits, the
+    estimate and the question whether the selection reads the event only look into each
+    fragment a bounded number of times, however often it is spread."""
+    reads = counting_parser(monkeypatch)
+    levels = 16
+    socket = await live.open("admin")
+    socket.subscribe("1", doubling(levels, "ConnectorStatusEvent", "cpId info",
+                                   "subscription Doubled { connectorStatusChanged { ...F0 } }"))
+    await live.subscribed(1)
+    assert len(live.endpoint.hub.groups) == 1
+    assert next(iter(live.endpoint.hub.groups.values())).shared  # the event's fields only
+    await live.bus.publish(live.status("A-001", "doubled"))
+    assert data(await socket.next()) == {"cpId": "A-001", "info": "doubled"}
+    assert len(reads) == levels and max(reads.values()) <= 100, reads
+    await socket.close()
+
+
+@pytest.mark.parametrize("protocol", ["graphql-transport-ws", "graphql-ws"])
+async def test_a_literal_a_scalar_refuses_is_a_validation_error_over_the_socket(
+        live: Setup, protocol: str, caplog: pytest.LogCaptureFixture) -> None:
+    socket = await live.open("admin", protocol=protocol)
+    socket.subscribe("1", '{ sessions(filter: {from: "yesterday"}) { totalCount } }')
+    error = await socket.next()
+    assert error["type"] == "error" and error["id"] == "1"
+    payload = error["payload"]
+    first = payload[0] if isinstance(payload, list) else payload
+    assert "DateTime cannot represent 'yesterday'" in first["message"]
+    assert "errorId" not in first.get("extensions", {})
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    await socket.close()
+
+
+async def test_only_the_authorization_of_connection_init_is_kept(live: Setup) -> None:
+    """The payload lives as long as the socket: whatever else a client puts in it (up to
+    a message's size) is not held."""
+    socket = Socket(live.endpoint, "graphql-transport-ws")
+    await socket.connect()
+    authorization = f"Bearer {live.token('admin')}"
+    socket.put({"type": "connection_init",
+                "payload": {"authorization": authorization, "padding": "x" * 100_000}})
+    assert await socket.next() == {"type": "connection_ack"}
+    socket.subscribe("1", NESTED)  # a group of its own, with the connection's context
+    await live.subscribed(1)
+    [group] = live.endpoint.hub.groups.values()
+    assert group.context.connection_params == {"authorization": authorization}
+    await socket.close()
+
+
+@pytest.mark.parametrize("protocol", ["graphql-transport-ws", "graphql-ws"])
+async def test_a_socket_without_connection_init_is_closed_on_both_protocols(
+        live: Setup, protocol: str) -> None:
+    """Other messages before ``connection_init`` (a legacy client's unknown ones, which
+    that protocol ignores) do not keep a socket open; an initialised one stays."""
+    async def authorize(header: str | None) -> Viewer:
+        return await resolve_viewer(live.services, live.tokens, header)
+
+    endpoint = LiveEndpoint(live.services, live.tokens, schema, authorize,
+                            connection_init_timeout=timedelta(milliseconds=50))
+    silent = Socket(endpoint, protocol)
+    await silent.connect()
+    silent.put({"type": "ka"} if protocol == "graphql-ws" else {"type": "ping"})
+    messages = [await silent.raw() for _ in range(1 if protocol == "graphql-ws" else 2)]
+    assert messages[-1] == {"type": "websocket.close", "code": 4408,
+                            "reason": "Connection initialisation timeout"}
+    await silent.close()
+
+    initialised = Socket(endpoint, protocol)
+    await initialised.connect()
+    await initialised.init(None)
+    await asyncio.sleep(0.2)  # the timeout's time has passed
+    assert initialised.nothing_pending()
+    await initialised.close()
+
+
+async def test_operations_are_limited_per_client_address_and_in_all(live: Setup) -> None:
+    """However many sockets they open: a client address runs at most so many operations
+    at once, and all sockets together at most so many, each refused with
+    TOO_MANY_OPERATIONS; what ends makes room again."""
+    async def authorize(header: str | None) -> Viewer:
+        return await resolve_viewer(live.services, live.tokens, header)
+
+    endpoint = LiveEndpoint(live.services, live.tokens, schema, authorize,
+                            max_operations=5, max_operations_per_client=3)
+    hub = endpoint.hub
+
+    async def opened(client: str) -> Socket:
+        socket = Socket(endpoint, "graphql-transport-ws", client)
+        await socket.connect()
+        await socket.init(live.token("admin"))
+        return socket
+
+    async def refused(socket: Socket, op_id: str) -> str:
+        socket.subscribe(op_id, LOCAL)
+        error = await socket.next()
+        assert error["type"] == "error" and error["id"] == op_id, error
+        [reason] = error["payload"]
+        assert reason["extensions"] == {"code": "TOO_MANY_OPERATIONS"}
+        return str(reason["message"])
+
+    first, second = await opened("198.51.100.7"), await opened("198.51.100.7")
+    first.subscribe("1", LOCAL)
+    first.subscribe("2", LOCAL)
+    second.subscribe("1", LOCAL)
+    await live.subscribed(3)
+    assert "per client address" in await refused(second, "2")
+    other = await opened("203.0.113.9")  # another address has room of its own
+    other.subscribe("1", LOCAL)
+    other.subscribe("2", LOCAL)
+    await live.subscribed(5)
+    assert "try again later" in await refused(other, "3")  # five in all
+    second.put({"id": "1", "type": "complete"})
+    for _ in range(100):
+        if hub.running == 4:
+            break
+        await asyncio.sleep(0.01)
+    other.subscribe("3", LOCAL)  # room again
+    await live.subscribed(5)
+    assert hub.running_by_client == {"198.51.100.7": 2, "203.0.113.9": 3}
+    await live.bus.publish(live.status("A-001", "limited"))
+    assert data(await other.next())["info"] == "limited"
+    for socket in (first, second, other):
+        await socket.close()
+    assert hub.running == 0 and hub.running_by_client == {}

@@ -3,6 +3,7 @@ validation run once per document text, and errors come out masked."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
@@ -47,3 +48,27 @@ async def test_a_syntax_error_is_reported_as_such() -> None:
     result = await schema.execute("{ stations { ")
     assert result.errors is not None
     assert result.errors[0].message.startswith("Syntax Error")
+
+
+INLINE_LITERALS = [
+    ('{ sessions(filter: {from: "yesterday"}) { totalCount } }',
+     "DateTime cannot represent 'yesterday'"),
+    ('{ utilization(from: "2026-13-01", to: "2026-12-31T00:00:00Z") { cpId } }',
+     "DateTime cannot represent '2026-13-01'"),
+    ('mutation { setTariff(input: {pricePerKwh: "NaN", currency: "EUR"}) { errors { code } } }',
+     "Decimal cannot represent 'NaN'"),
+]
+
+
+@pytest.mark.parametrize(("query", "reason"), INLINE_LITERALS)
+async def test_a_literal_a_scalar_refuses_is_a_validation_error(
+        query: str, reason: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Written in the query as given in a variable: the scalar's reason, nothing masked,
+    nothing logged as an unexpected error."""
+    for _ in range(2):  # the second from the validation cache
+        result = await schema.execute(query)
+        assert result.data is None and result.errors is not None
+        [error] = result.errors
+        assert reason in error.message and error.message.startswith("Expected value of type")
+        assert error.locations and not (error.extensions or {}).get("errorId")
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
