@@ -381,6 +381,9 @@ class AnalyticsService(Service):
             now.tzinfo)
         tomorrow = (datetime(local.year, local.month, local.day, tzinfo=tz)
                     + timedelta(days=1)).astimezone(now.tzinfo)
+        # "Today" is [midnight, tomorrow) for energy as for revenue: samples a charger
+        # stamped after today (its clock ahead, or history replayed) are another day's,
+        # so the overview and the energy trend's day agree.
         stations = await self.store.aggregate(
             Station, self._scoped(viewer, "station", scope.stations()),
             [ByField("online")], {"n": Count()})
@@ -392,7 +395,8 @@ class AnalyticsService(Service):
             scope.booked_sessions(), Eq("state", SessionState.ACTIVE))))
         energy = await self.store.aggregate(
             MeterSample, self._scoped(viewer, "meter_sample", all_of(
-                scope.samples(), Range("at", gte=midnight))), [], {"wh": Sum("delta_wh")})
+                scope.samples(), Range("at", gte=midnight, lt=tomorrow))), [],
+            {"wh": Sum("delta_wh")})
         revenue = await self.store.aggregate(
             Session, self._scoped(viewer, "session", all_of(
                 scope.booked_sessions(), Eq("state", SessionState.COMPLETED),

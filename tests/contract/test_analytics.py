@@ -188,3 +188,15 @@ async def test_overview(history: History) -> None:
                                                          "Europe/Berlin")
     assert overview.energy_today_wh == 27000
     assert overview.revenue_today == {"EUR": 870}
+
+
+async def test_overview_energy_today_ends_at_midnight(history: History) -> None:
+    # "Today" (the 29th in Berlin) ends at the next local midnight, as its revenue does:
+    # the session on S2 metered on the 30th is not today's energy, so the overview and
+    # the energy trend's day agree.
+    history.clock.now = utc(29, 20)
+    admin = history.viewer("admin")
+    overview = await history.services.analytics.overview(admin, Scope(), "Europe/Berlin")
+    [day] = await history.services.analytics.energy_trend(
+        admin, Scope(), utc(28, 23), utc(29, 22), Bucket.DAY, "Europe/Berlin")
+    assert overview.energy_today_wh == day.energy_wh == 27000
