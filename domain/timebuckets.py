@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from functools import cache
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from domain.aggregation import ByTime
 from domain.errors import ValidationError
@@ -32,9 +33,25 @@ class Bucket(StrEnum):
 MAX_ZONE_NAME = 64
 
 
+#: Names ``available_timezones`` lists that are no place to align buckets in: the host's
+#: own setting (a link to whatever the machine is set to, so it answers differently per
+#: host) and IANA's placeholder for machines not configured yet (offset 0, "-00").
+NOT_PLACES = frozenset({"localtime", "Factory", "posixrules"})
+
+
+@cache
+def known_zones() -> frozenset[str]:
+    """The IANA zone names: the tzdata package's list and the host's zoneinfo tree
+    without its ``right/`` (leap seconds) and ``posix/`` copies. Read once: it lists
+    the tree's files."""
+    return frozenset(available_timezones()) - NOT_PLACES
+
+
 def zone(name: str, field: str = "timeZone") -> ZoneInfo:
-    if len(name) > MAX_ZONE_NAME:
-        raise ValidationError("unknown time zone", field=field)
+    """The IANA zone ``name``. Only listed names: ``ZoneInfo`` loads any file under the
+    zoneinfo tree, and "right/Europe/Berlin" counts leap seconds into its offsets."""
+    if len(name) > MAX_ZONE_NAME or name not in known_zones():
+        raise ValidationError(f"unknown time zone {name[:MAX_ZONE_NAME]!r}", field=field)
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
