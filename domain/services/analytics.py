@@ -165,6 +165,14 @@ class BucketBudget:
         self.left -= count
 
 
+def _signed_in(viewer: Viewer) -> None:
+    """Analytics are for signed-in viewers. The public map shows stations and their live
+    status, not history: anyone else would get zeros and empty lists that read as
+    measured (no energy today, no faults)."""
+    if viewer.anonymous:
+        raise Unauthenticated("sign in first")
+
+
 class AnalyticsService(Service):
     def _scoped(self, viewer: Viewer, kind: str, where: Filter) -> Filter:
         return all_of(self.policy.scope(viewer, kind), where)
@@ -178,8 +186,7 @@ class AnalyticsService(Service):
         days), sessions started per bucket, and revenue of sessions that ended in it.
         For signed-in viewers only (anyone else would get a window of zeros); ``budget``:
         the request's (``BucketBudget``)."""
-        if viewer.anonymous:
-            raise Unauthenticated("sign in first")
+        _signed_in(viewer)
         _window(start, end)
         tz = zone(time_zone)
         # The same ISO 4217 check as setTariff: an unknown code would only ever match no
@@ -256,6 +263,7 @@ class AnalyticsService(Service):
         """Share of the window each connector (or station: all its connectors) was
         occupied by a session, and was charging (status Charging). Only connectors whose
         state history the viewer may see (``_connectors``)."""
+        _signed_in(viewer)
         _window(start, end)
         now = min(self.now(), end)
         group = [ByField("station_id"), ByField("connector_id")] if by_connector \
@@ -280,6 +288,7 @@ class AnalyticsService(Service):
         status neither Faulted nor Unavailable. Time before a connector's first report
         counts as not usable (nothing was known). Only connectors whose state history the
         viewer may see (``_connectors``)."""
+        _signed_in(viewer)
         _window(start, end)
         now = min(self.now(), end)
         group = [ByField("station_id"), ByField("connector_id")] if by_connector \
@@ -314,6 +323,7 @@ class AnalyticsService(Service):
         it or not at all) is a group too, from its state intervals: no report in the
         window (count 0), the time it spent inside the window, and as first and last seen
         the last report of it before the window."""
+        _signed_in(viewer)
         keys = [ByField("station_id"), ByField("cp_id"), ByField("connector_id"),
                 ByField("error_code")]
         reports = await self.store.aggregate(
@@ -374,6 +384,8 @@ class AnalyticsService(Service):
     # ------------------------------------------------------------- overview
     async def overview(self, viewer: Viewer, scope: Scope, time_zone: str = "UTC"
                        ) -> Overview:
+        """The network now and today in ``time_zone``: for signed-in viewers only."""
+        _signed_in(viewer)
         tz = zone(time_zone)
         now = self.now()
         local = now.astimezone(tz)

@@ -3,11 +3,13 @@ compared with figures worked out by hand."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
 from domain.entities import Connector
+from domain.errors import Unauthenticated
 from domain.policy import ANONYMOUS, Policy
 from domain.ports import Store
 from domain.services import ServiceContext, Services
@@ -102,23 +104,41 @@ async def test_availability(history: History) -> None:
 
 
 async def test_no_rows_without_the_state_history(history: History) -> None:
-    # Drivers and the public map see every connector's live status but no station's state
-    # history: rows of 0 seconds available or charging would read as measured.
+    # Drivers see every connector's live status but no station's state history: rows of
+    # 0 seconds available or charging would read as measured.
+    store = history.services.ctx.store
+    driver = history.viewer("driver1")
+    assert await store.count(Connector, history.services.ctx.policy.scope(
+        driver, "connector")) == 3
+    analytics = history.services.analytics
+    for group_by_connector in (False, True):
+        for query in (analytics.availability, analytics.utilization):
+            assert await query(driver, Scope(), WINDOW_FROM, WINDOW_TO,
+                               group_by_connector) == [], query
+    # Their own charging stays in the energy trend.
+    assert (await trend(history, "driver1"))[0][1] == 2000
+
+
+async def test_analytics_are_for_signed_in_viewers(history: History) -> None:
+    # The public map shows stations and their live status, not analytics: anyone not
+    # signed in is told to sign in, as by the energy trend, rather than given zeros or
+    # empty lists that read as measured.
     public = Services(ServiceContext(store=history.services.ctx.store,
                                      policy=Policy(public_map=True), hasher=FastHasher(),
                                      clock=history.clock))
-    store = history.services.ctx.store
-    for policy, viewer in ((public.ctx.policy, ANONYMOUS),
-                           (history.services.ctx.policy, history.viewer("driver1"))):
-        assert await store.count(Connector, policy.scope(viewer, "connector")) == 3
-    for analytics, viewer in ((history.services.analytics, history.viewer("driver1")),
-                              (public.analytics, ANONYMOUS)):
-        for group_by_connector in (False, True):
-            for query in (analytics.availability, analytics.utilization):
-                assert await query(viewer, Scope(), WINDOW_FROM, WINDOW_TO,
-                                   group_by_connector) == [], (viewer, query)
-    # Their own charging stays in the energy trend.
-    assert (await trend(history, "driver1"))[0][1] == 2000
+    assert await history.services.ctx.store.count(
+        Connector, public.ctx.policy.scope(ANONYMOUS, "connector")) == 3
+    analytics = public.analytics
+    queries: list[Callable[[], Awaitable[object]]] = [
+        lambda: analytics.overview(ANONYMOUS, Scope(), "Europe/Berlin"),
+        lambda: analytics.utilization(ANONYMOUS, Scope(), WINDOW_FROM, WINDOW_TO, False),
+        lambda: analytics.availability(ANONYMOUS, Scope(), WINDOW_FROM, WINDOW_TO, True),
+        lambda: analytics.fault_reports(ANONYMOUS, Scope(), WINDOW_FROM, WINDOW_TO),
+        lambda: analytics.energy_trend(ANONYMOUS, Scope(), WINDOW_FROM, WINDOW_TO,
+                                       Bucket.DAY)]
+    for query in queries:
+        with pytest.raises(Unauthenticated, match="sign in first"):
+            await query()
 
 
 async def test_fault_reports(history: History) -> None:

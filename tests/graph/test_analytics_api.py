@@ -139,6 +139,21 @@ async def test_utilization_availability_faults_overview(scripted: tuple[History,
                                 "activeSessions": 0, "energyTodayKwh": 0.0}
 
 
+async def test_analytics_refuse_anyone_not_signed_in(scripted: tuple[History, Api]) -> None:
+    _, api = scripted
+    for field in ('overview(timeZone: "Europe/Berlin") { stationsOnline energyTodayKwh }',
+                  'utilization(from: "2026-03-28T00:00:00Z", to: "2026-03-29T00:00:00Z") '
+                  '{ cpId }',
+                  'availability(from: "2026-03-28T00:00:00Z", to: "2026-03-29T00:00:00Z") '
+                  '{ cpId }',
+                  'faultReports(from: "2026-03-28T00:00:00Z", to: "2026-03-29T00:00:00Z") '
+                  '{ groups { cpId } }'):
+        r = await api.post("{ " + field + " }")
+        [error] = r.json()["errors"]
+        assert (error["message"], error["extensions"]["code"]) == (
+            "sign in first", "UNAUTHENTICATED"), field
+
+
 PAY = """mutation($id: ID!) { %s(input: {id: $id}) { payment { status provider providerRef
   amount { amount currency } } errors { field code } } }"""
 
