@@ -34,13 +34,18 @@ class AnalyticsGroup(Enum):
     CONNECTOR = "CONNECTOR"
 
 
+_WHOSE = ("Count this driver's (vehicle's) charging: energy, sessions and revenue. Not "
+          "accepted by utilization, availability and faultReports (UNSUPPORTED): they come "
+          "from the connectors' state history, which names no driver.")
+
+
 @strawberry.input(description="Which stations, or whose charging, to count.")
 class AnalyticsFilter:
     station_ids: list[strawberry.ID] | None = None
     cp_ids: list[str] | None = None
     company_id: strawberry.ID | None = None
-    user_id: strawberry.ID | None = None
-    vehicle_id: strawberry.ID | None = None
+    user_id: strawberry.ID | None = strawberry.field(default=None, description=_WHOSE)
+    vehicle_id: strawberry.ID | None = strawberry.field(default=None, description=_WHOSE)
 
     def to_domain(self) -> Scope:
         return Scope(

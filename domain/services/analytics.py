@@ -173,6 +173,21 @@ def _signed_in(viewer: Viewer) -> None:
         raise Unauthenticated("sign in first")
 
 
+def _per_connector(scope: Scope) -> None:
+    """Utilization, availability and faults come from the connectors' state history
+    (``ConnectorInterval``, ``StatusEvent``), which names no driver or vehicle: a
+    Charging stretch cannot be told to be this driver's. Filtering only the sessions
+    would count other drivers' charging against one driver's occupancy, and ignoring the
+    filter would answer for everyone, so it is refused."""
+    for value, field in ((scope.user_id, "filter.userId"),
+                         (scope.vehicle_id, "filter.vehicleId")):
+        if value:
+            raise ValidationError(
+                "connector state history is per station and connector, not per driver or "
+                "vehicle: filter by stations here (energyTrend follows drivers)",
+                field=field, code="UNSUPPORTED")
+
+
 class AnalyticsService(Service):
     def _scoped(self, viewer: Viewer, kind: str, where: Filter) -> Filter:
         return all_of(self.policy.scope(viewer, kind), where)
@@ -264,6 +279,7 @@ class AnalyticsService(Service):
         occupied by a session, and was charging (status Charging). Only connectors whose
         state history the viewer may see (``_connectors``)."""
         _signed_in(viewer)
+        _per_connector(scope)
         _window(start, end)
         now = min(self.now(), end)
         group = [ByField("station_id"), ByField("connector_id")] if by_connector \
@@ -289,6 +305,7 @@ class AnalyticsService(Service):
         counts as not usable (nothing was known). Only connectors whose state history the
         viewer may see (``_connectors``)."""
         _signed_in(viewer)
+        _per_connector(scope)
         _window(start, end)
         now = min(self.now(), end)
         group = [ByField("station_id"), ByField("connector_id")] if by_connector \
@@ -310,6 +327,7 @@ class AnalyticsService(Service):
     # ------------------------------------------------------------- faults
     def fault_events_filter(self, scope: Scope, start: datetime, end: datetime) -> Filter:
         """The individual fault reports (StatusEvents with an error code) in the window."""
+        _per_connector(scope)
         _window(start, end)
         return all_of(scope.on_stations(), In("error_code", FAULT_CODES),
                       Range("at", gte=start, lt=end))
