@@ -188,6 +188,26 @@ def _per_connector(scope: Scope) -> None:
                 field=field, code="UNSUPPORTED")
 
 
+def _per_station(rows: list[ShareRow]) -> list[ShareRow]:
+    """One row per station: the sums of its connector rows."""
+    stations: dict[str, ShareRow] = {}
+    for row in rows:
+        total = stations.get(row.station_id)
+        stations[row.station_id] = replace(row, connector_id=None) if total is None else \
+            replace(total, window_seconds=total.window_seconds + row.window_seconds,
+                    first_seconds=total.first_seconds + row.first_seconds,
+                    second_seconds=total.second_seconds + row.second_seconds)
+    return list(stations.values())
+
+
+#: The store sums state and session time per connector (``AnalyticsService._rows``).
+PER_CONNECTOR = [ByField("station_id"), ByField("connector_id")]
+
+
+def _by_connector(rows: list[dict[str, Any]]) -> dict[tuple[Any, ...], float]:
+    return {(r["g0"], r["g1"]): float(r["s"]) for r in rows}
+
+
 class AnalyticsService(Service):
     def _scoped(self, viewer: Viewer, kind: str, where: Filter) -> Filter:
         return all_of(self.policy.scope(viewer, kind), where)
@@ -259,19 +279,26 @@ class AnalyticsService(Service):
                               self.policy.scope(viewer, "connector_interval")),
             limit=100_000)
 
-    def _rows(self, connectors: list[Connector], by_connector: bool, window: float,
+    @staticmethod
+    def _rows(connectors: list[Connector], by_connector: bool, window: float,
               first: dict[tuple[Any, ...], float], second: dict[tuple[Any, ...], float]
               ) -> list[ShareRow]:
-        rows: dict[tuple[Any, ...], ShareRow] = {}
+        """A row per connector that exists, or per station the sum of its connectors'
+        rows, so the two add up and a station's share is the mean of its connectors'.
+        The store sums per connector; a connector counts at most the whole window, also
+        when its records overlap (sessions of a charger whose clock stepped back).
+        History of a removed connector is not counted: it has no row, and its time is not
+        part of its station's window either."""
+        rows = []
         for c in connectors:
-            key = (c.station_id, c.connector_id) if by_connector else (c.station_id,)
-            previous = rows.get(key)
-            rows[key] = ShareRow(
-                station_id=c.station_id, cp_id=c.cp_id,
-                connector_id=c.connector_id if by_connector else None,
-                window_seconds=window + (previous.window_seconds if previous else 0),
-                first_seconds=first.get(key, 0.0), second_seconds=second.get(key, 0.0))
-        return sorted(rows.values(), key=lambda r: (r.cp_id, r.connector_id or 0))
+            key = (c.station_id, c.connector_id)
+            rows.append(ShareRow(station_id=c.station_id, cp_id=c.cp_id,
+                                 connector_id=c.connector_id, window_seconds=window,
+                                 first_seconds=min(first.get(key, 0.0), window),
+                                 second_seconds=min(second.get(key, 0.0), window)))
+        if not by_connector:
+            rows = _per_station(rows)
+        return sorted(rows, key=lambda r: (r.cp_id, r.connector_id or 0))
 
     async def utilization(self, viewer: Viewer, scope: Scope, start: datetime, end: datetime,
                           by_connector: bool) -> list[ShareRow]:
@@ -282,21 +309,18 @@ class AnalyticsService(Service):
         _per_connector(scope)
         _window(start, end)
         now = min(self.now(), end)
-        group = [ByField("station_id"), ByField("connector_id")] if by_connector \
-            else [ByField("station_id")]
         occupied = await self.store.aggregate(
             Session, self._scoped(viewer, "session", all_of(
                 scope.sessions(), _overlapping("start_time", "end_time", start, end))),
-            group, {"s": OverlapSeconds("start_time", "end_time", start, end, now)})
+            PER_CONNECTOR, {"s": OverlapSeconds("start_time", "end_time", start, end, now)})
         charging = await self.store.aggregate(
             ConnectorInterval, self._scoped(viewer, "connector_interval", all_of(
                 scope.on_stations(), Eq("status", ConnectorStatus.CHARGING),
                 _overlapping("start", "end", start, end))),
-            group, {"s": OverlapSeconds("start", "end", start, end, now)})
+            PER_CONNECTOR, {"s": OverlapSeconds("start", "end", start, end, now)})
         window = (end - start).total_seconds()
         return self._rows(await self._connectors(viewer, scope), by_connector, window,
-                          self._by_key(occupied, len(group)), self._by_key(charging,
-                                                                           len(group)))
+                          _by_connector(occupied), _by_connector(charging))
 
     async def availability(self, viewer: Viewer, scope: Scope, start: datetime, end: datetime,
                            by_connector: bool) -> list[ShareRow]:
@@ -308,21 +332,15 @@ class AnalyticsService(Service):
         _per_connector(scope)
         _window(start, end)
         now = min(self.now(), end)
-        group = [ByField("station_id"), ByField("connector_id")] if by_connector \
-            else [ByField("station_id")]
         usable = [s for s in ConnectorStatus if s not in UNUSABLE]
         available = await self.store.aggregate(
             ConnectorInterval, self._scoped(viewer, "connector_interval", all_of(
                 scope.on_stations(), Eq("online", True), In("status", tuple(usable)),
                 _overlapping("start", "end", start, end))),
-            group, {"s": OverlapSeconds("start", "end", start, end, now)})
+            PER_CONNECTOR, {"s": OverlapSeconds("start", "end", start, end, now)})
         window = (end - start).total_seconds()
         return self._rows(await self._connectors(viewer, scope), by_connector, window,
-                          self._by_key(available, len(group)), {})
-
-    @staticmethod
-    def _by_key(rows: list[dict[str, Any]], keys: int) -> dict[tuple[Any, ...], float]:
-        return {tuple(r[f"g{i}"] for i in range(keys)): float(r["s"]) for r in rows}
+                          _by_connector(available), {})
 
     # ------------------------------------------------------------- faults
     def fault_events_filter(self, scope: Scope, start: datetime, end: datetime) -> Filter:

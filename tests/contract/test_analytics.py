@@ -4,15 +4,18 @@ compared with figures worked out by hand."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 import pytest
 
+from domain import entities as d
 from domain.entities import Connector
 from domain.errors import Unauthenticated
-from domain.policy import ANONYMOUS, Policy
+from domain.policy import ANONYMOUS, SYSTEM, Policy
 from domain.ports import Store
-from domain.services import ServiceContext, Services
+from domain.query import Eq, all_of
+from domain.services import ConnectorSpec, ServiceContext, Services
 from domain.services.analytics import Scope
 from domain.timebuckets import Bucket
 from tests.helpers import FastHasher
@@ -220,3 +223,101 @@ async def test_overview_energy_today_ends_at_midnight(history: History) -> None:
     [day] = await history.services.analytics.energy_trend(
         admin, Scope(), utc(28, 23), utc(29, 22), Bucket.DAY, "Europe/Berlin")
     assert overview.energy_today_wh == day.energy_wh == 27000
+
+
+def at_31(hour: int, minute: int = 0) -> datetime:
+    return utc(31, hour, minute)
+
+
+async def two_plug_station(h: History) -> tuple[d.Station, list[d.Connector]]:
+    """R1, two connectors, online from 13:00 on the 31st; both charge 14:00 → 15:00
+    (driver1 on 1, driver2 on 2)."""
+    charging = h.services.charging
+    h.clock.now = at_31(13)
+    station, connectors = await h.services.stations.create_station(
+        SYSTEM, cp_id="R1", name="R1", connectors=[ConnectorSpec(1), ConnectorSpec(2)])
+    await charging.set_online("R1", True)
+    for c in (1, 2):
+        await charging.status_notification("R1", c, "Available", "NoError",
+                                           timestamp=at_31(13))
+    h.clock.now = at_31(14)
+    transactions = []
+    for c, tag in ((1, "TAG-driver1"), (2, "TAG-driver2")):
+        tx, _ = await charging.start_transaction("R1", c, tag, 0, at_31(14))
+        transactions.append(tx)
+        await charging.status_notification("R1", c, "Charging", "NoError",
+                                           timestamp=at_31(14))
+    h.clock.now = at_31(15)
+    for c, tx in zip((1, 2), transactions, strict=True):
+        await charging.stop_transaction("R1", tx, 1000, at_31(15))
+        await charging.status_notification("R1", c, "Available", "NoError",
+                                           timestamp=at_31(15))
+    return station, connectors
+
+
+def figures(rows: list[Any]) -> list[tuple[Any, ...]]:
+    return [(r.connector_id, r.window_seconds / H, r.first_seconds / H, r.second_seconds / H,
+             r.share(r.first_seconds)) for r in rows]
+
+
+async def test_station_rows_are_the_sum_of_their_connectors_rows(history: History) -> None:
+    station, connectors = await two_plug_station(history)
+    analytics, admin = history.services.analytics, history.viewer("admin")
+    r1 = Scope(cp_ids=("R1",))
+    hour = (at_31(14), at_31(15))
+    assert figures(await analytics.utilization(admin, r1, *hour, False)) == [
+        (None, 2.0, 2.0, 2.0, 1.0)]
+    # A removed connector is no longer counted, neither its window nor its sessions and
+    # states: the station row stays the sum of the connector rows, shares within 0..1.
+    history.clock.now = at_31(16)
+    await history.services.stations.remove_connector(SYSTEM, connectors[1].id)
+    for by_connector in (True, False):
+        assert figures(await analytics.utilization(admin, r1, *hour, by_connector)) == [
+            (1 if by_connector else None, 1.0, 1.0, 1.0, 1.0)]
+    day = (at_31(13), at_31(16))
+    assert figures(await analytics.availability(admin, r1, *day, False)) == [
+        (None, 3.0, 3.0, 0.0, 1.0)]
+    # Connector 2 is added again: the same plug, its history counts again.
+    await history.services.stations.add_connector(SYSTEM, station.id, ConnectorSpec(2))
+    assert figures(await analytics.utilization(admin, r1, *hour, False)) == [
+        (None, 2.0, 2.0, 2.0, 1.0)]
+
+
+async def test_a_connector_is_at_most_the_whole_window(history: History) -> None:
+    # R1's first connector gets a second session stamped 14:30 → 15:30 after the first
+    # (14:00 → 15:00) stopped: the charger's clock stepped back. A connector is occupied
+    # at most the whole window, whatever its sessions overlap.
+    await two_plug_station(history)
+    charging = history.services.charging
+    history.clock.now = at_31(15, 40)
+    tx, _ = await charging.start_transaction("R1", 1, "TAG-driver1", 0, at_31(14, 30))
+    await charging.stop_transaction("R1", tx, 100, at_31(15, 30))
+    rows = await history.services.analytics.utilization(
+        history.viewer("admin"), Scope(cp_ids=("R1",)), at_31(14), at_31(15), True)
+    assert figures(rows) == [(1, 1.0, 1.0, 1.0, 1.0), (2, 1.0, 1.0, 1.0, 1.0)]
+    [station] = await history.services.analytics.utilization(
+        history.viewer("admin"), Scope(cp_ids=("R1",)), at_31(14), at_31(15), False)
+    assert station.share(station.first_seconds) == 1.0
+
+
+async def test_removing_a_connector_ends_its_state_history(history: History) -> None:
+    # R1 #2 faults at 15:30 and is removed at 16:00: its fault ends with it rather than
+    # staying open (and growing) in every fault report from then on.
+    _, connectors = await two_plug_station(history)
+    history.clock.now = at_31(15, 30)
+    await history.services.charging.status_notification(
+        "R1", 2, "Faulted", "GroundFailure", timestamp=at_31(15, 30))
+    history.clock.now = at_31(16)
+    await history.services.stations.remove_connector(SYSTEM, connectors[1].id)
+    history.clock.now = at_31(20)
+    groups = await history.services.analytics.fault_reports(
+        history.viewer("admin"), Scope(cp_ids=("R1",)), at_31(13), at_31(20))
+    assert [(g.connector_id, g.error_code, g.count, g.duration_seconds / H, g.open)
+            for g in groups] == [(2, "GroundFailure", 1, 0.5, False)]
+    store = history.services.ctx.store
+    assert await store.count(d.ConnectorInterval, all_of(
+        Eq("cp_id", "R1"), Eq("connector_id", 2), Eq("end", None))) == 0
+    # So does removing the station: none of its connectors' states stays open.
+    await history.services.stations.remove_station(SYSTEM, connectors[0].station_id)
+    assert await store.count(d.ConnectorInterval, all_of(
+        Eq("cp_id", "R1"), Eq("end", None))) == 0
