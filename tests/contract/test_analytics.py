@@ -4,8 +4,9 @@ compared with figures worked out by hand."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -25,6 +26,7 @@ from tests.support.history import (
     H,
     History,
     build_history,
+    register,
     utc,
 )
 
@@ -321,3 +323,32 @@ async def test_removing_a_connector_ends_its_state_history(history: History) -> 
     await history.services.stations.remove_station(SYSTEM, connectors[0].station_id)
     assert await store.count(d.ConnectorInterval, all_of(
         Eq("cp_id", "R1"), Eq("end", None))) == 0
+
+
+async def test_hourly_energy_across_a_half_hour_clock_change(history: History) -> None:
+    # Lord Howe moves from +10:30 to +11:00 at 02:00 local on 2026-10-04 (15:30 UTC on
+    # the 3rd). Readings at 15:10, 15:40 and 16:10 UTC and a stop at 16:20 fall into the
+    # local hours 01:00, 02:30 (a half hour) and 03:00; the hours add up to the day.
+    charging = history.services.charging
+    october = datetime(2026, 10, 3, 14, 50, tzinfo=UTC)
+    history.clock.now = october
+    await history.services.stations.create_station(SYSTEM, cp_id="LH", name="LH",
+                                                   connectors=[ConnectorSpec(1)])
+    tx, _ = await charging.start_transaction("LH", 1, "TAG-driver1", 0, october)
+    for minutes, wh in ((20, 500), (50, 1000), (80, 1500)):
+        history.clock.now = october + timedelta(minutes=minutes)
+        await charging.meter_values("LH", 1, tx, register(wh, history.clock.now))
+    history.clock.now = october + timedelta(minutes=90)
+    await charging.stop_transaction("LH", tx, 1900, history.clock.now)
+    day = (datetime(2026, 10, 3, 13, 30, tzinfo=UTC), datetime(2026, 10, 4, 13, tzinfo=UTC))
+    trend = history.services.analytics.energy_trend
+    admin, lh = history.viewer("admin"), Scope(cp_ids=("LH",))
+    [whole_day] = await trend(admin, lh, *day, Bucket.DAY, "Australia/Lord_Howe")
+    hours = await trend(admin, lh, *day, Bucket.HOUR, "Australia/Lord_Howe")
+    assert whole_day.energy_wh == sum(h.energy_wh for h in hours) == 1900
+    tz = ZoneInfo("Australia/Lord_Howe")
+    assert [(h.start.astimezone(tz).isoformat()[11:], h.energy_wh) for h in hours[:5]] == [
+        ("00:00:00+10:30", 0), ("01:00:00+10:30", 500), ("02:30:00+11:00", 500),
+        ("03:00:00+11:00", 900), ("04:00:00+11:00", 0)]
+    # A day of 23½ hours: every local hour from 00 to 23, hour 02 the half.
+    assert [h.start.astimezone(tz).hour for h in hours] == list(range(24))
