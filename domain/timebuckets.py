@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from functools import cache
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from domain.aggregation import ByTime
 from domain.errors import ValidationError
@@ -32,9 +33,25 @@ class Bucket(StrEnum):
 MAX_ZONE_NAME = 64
 
 
+#: Names ``available_timezones`` lists that are no place to align buckets in: the host's
+#: own setting (a link to whatever the machine is set to, so it answers differently per
+#: host) and IANA's placeholder for machines not configured yet (offset 0, "-00").
+NOT_PLACES = frozenset({"localtime", "Factory", "posixrules"})
+
+
+@cache
+def known_zones() -> frozenset[str]:
+    """The IANA zone names: the tzdata package's list and the host's zoneinfo tree
+    without its ``right/`` (leap seconds) and ``posix/`` copies. Read once: it lists
+    the tree's files."""
+    return frozenset(available_timezones()) - NOT_PLACES
+
+
 def zone(name: str, field: str = "timeZone") -> ZoneInfo:
-    if len(name) > MAX_ZONE_NAME:
-        raise ValidationError("unknown time zone", field=field)
+    """The IANA zone ``name``. Only listed names: ``ZoneInfo`` loads any file under the
+    zoneinfo tree, and "right/Europe/Berlin" counts leap seconds into its offsets."""
+    if len(name) > MAX_ZONE_NAME or name not in known_zones():
+        raise ValidationError(f"unknown time zone {name[:MAX_ZONE_NAME]!r}", field=field)
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
@@ -90,46 +107,83 @@ def plan(field: str, bucket: Bucket, tz: ZoneInfo, start: datetime, end: datetim
     same keys in the store."""
     if end <= start:
         raise ValidationError("`to` must be after `from`", field="to", code="OUT_OF_RANGE")
-    local_start = start.astimezone(tz)
-    starts: list[datetime] = []
     if bucket is Bucket.HOUR:
-        first = local_start.replace(minute=0, second=0, microsecond=0).astimezone(UTC)
-        count = int((end - first).total_seconds() // 3600) + 1
-        _check(count)
-        starts = [first + timedelta(hours=i) for i in range(count) if
-                  first + timedelta(hours=i) < end]
-    else:
-        day = local_start.date()
-        if bucket is Bucket.WEEK:
-            day -= timedelta(days=day.weekday())
-        elif bucket is Bucket.MONTH:
-            day = day.replace(day=1)
-        while True:
-            instant = _local_midnight(tz, day)
-            if instant >= end:
-                break
-            starts.append(instant)
-            _check(len(starts))
-            if bucket is Bucket.DAY:
-                day += timedelta(days=1)
-            elif bucket is Bucket.WEEK:
-                day += timedelta(days=7)
-            else:
-                day = (day.replace(day=28) + timedelta(days=4)).replace(day=1)
-    spans = offsets(tz, starts[0] - timedelta(days=1), end + timedelta(days=1))
+        return _hours(field, tz, start, end)
+    day = start.astimezone(tz).date()
+    if bucket is Bucket.WEEK:
+        day -= timedelta(days=day.weekday())
+    elif bucket is Bucket.MONTH:
+        day = day.replace(day=1)
+    starts: list[datetime] = []
+    while True:
+        instant = _local_midnight(tz, day)
+        if instant >= end:
+            break
+        starts.append(instant)
+        _check(len(starts))
+        if bucket is Bucket.DAY:
+            day += timedelta(days=1)
+        elif bucket is Bucket.WEEK:
+            day += timedelta(days=7)
+        else:
+            day = (day.replace(day=28) + timedelta(days=4)).replace(day=1)
     if bucket is Bucket.MONTH:
-        grouping = ByTime(field, boundaries=tuple(starts))
-        keys = tuple(range(len(starts)))
-    else:
-        if bucket is Bucket.HOUR:
-            # Only the sub-hour part of the offset: local hours that repeat when the
-            # clocks go back stay two separate buckets.
-            spans = tuple((instant, offset % 3600) for instant, offset in spans)
-        size = {Bucket.HOUR: 3600, Bucket.DAY: 86_400, Bucket.WEEK: 604_800}[bucket]
-        origin = MONDAY_ORIGIN_S if bucket is Bucket.WEEK else 0
-        grouping = ByTime(field, offsets=spans, size_s=size, origin_s=origin)
-        keys = tuple(_key(instant, grouping) for instant in starts)
-    return BucketPlan(grouping, tuple(starts), keys)
+        return BucketPlan(ByTime(field, boundaries=tuple(starts)), tuple(starts),
+                          tuple(range(len(starts))))
+    spans = offsets(tz, starts[0] - timedelta(days=1), end + timedelta(days=1))
+    size = {Bucket.DAY: 86_400, Bucket.WEEK: 604_800}[bucket]
+    origin = MONDAY_ORIGIN_S if bucket is Bucket.WEEK else 0
+    grouping = ByTime(field, offsets=spans, size_s=size, origin_s=origin)
+    return BucketPlan(grouping, tuple(starts), tuple(_key(s, grouping) for s in starts))
+
+
+def _hours(field: str, tz: ZoneInfo, start: datetime, end: datetime) -> BucketPlan:
+    """Local hours: a bucket from each whole local hour, and from each offset change,
+    to the next of either. Where the clocks move by half an hour (Lord Howe, Caracas in
+    2016) the local hour around the change is a half-hour bucket; a repeated hour is
+    two buckets."""
+    grouping = ByTime(field, size_s=3600, offsets=_hour_offsets(
+        offsets(tz, start - timedelta(days=1), end + timedelta(days=1))))
+    spans = grouping.offsets
+    span = max(i for i, (since, _) in enumerate(spans) if since <= start)  # [0]: a day before
+    at = _seconds(start)
+    at -= (at + spans[span][1]) % 3600  # back to the local hour's start ...
+    if span > 0:
+        at = max(at, _seconds(spans[span][0]))  # ... or the change it began with
+    starts: list[datetime] = []
+    while (instant := EPOCH + timedelta(seconds=at)) < end:
+        starts.append(instant)
+        _check(len(starts))
+        at += 3600 - (at + spans[span][1]) % 3600  # the next whole local hour ...
+        if span + 1 < len(spans) and _seconds(spans[span + 1][0]) <= at:
+            span += 1  # ... or the next change, if that comes first
+            at = _seconds(spans[span][0])
+    return BucketPlan(grouping, tuple(starts), tuple(_key(s, grouping) for s in starts))
+
+
+def _hour_offsets(spans: tuple[tuple[datetime, int], ...]) -> tuple[tuple[datetime, int], ...]:
+    """What the store adds to the UTC seconds before dividing by an hour, per stretch.
+
+    The zone's offset within the hour (``offset % 3600``): its whole hours would move
+    the keys of a repeated local hour onto those of the hour before, while keys in UTC
+    hours keep it two buckets. Where the offset changes by a part of an hour, the first
+    local hour after the change would get the key of the last one before it (Lord Howe
+    at +10:30 → +11:00: 01:00 → 02:00 and 02:30 → 03:00 both the UTC hour from 15:00),
+    so that stretch's keys move on by whole hours until they follow the ones before."""
+    result: list[tuple[datetime, int]] = []
+    for since, offset in spans:
+        shift = offset % 3600
+        if result:
+            last_before = (_seconds(since) - 1 + result[-1][1]) // 3600
+            while (_seconds(since) + shift) // 3600 <= last_before:
+                shift += 3600
+        result.append((since, shift))
+    return tuple(result)
+
+
+def _seconds(instant: datetime) -> int:
+    """Whole seconds since the epoch, floored (as the stores floor)."""
+    return (instant - EPOCH) // timedelta(seconds=1)
 
 
 def _key(instant: datetime, grouping: ByTime) -> int:

@@ -34,13 +34,18 @@ class AnalyticsGroup(Enum):
     CONNECTOR = "CONNECTOR"
 
 
+_WHOSE = ("Count this driver's (vehicle's) charging: energy, sessions and revenue. Not "
+          "accepted by utilization, availability and faultReports (UNSUPPORTED): they come "
+          "from the connectors' state history, which names no driver.")
+
+
 @strawberry.input(description="Which stations, or whose charging, to count.")
 class AnalyticsFilter:
     station_ids: list[strawberry.ID] | None = None
     cp_ids: list[str] | None = None
     company_id: strawberry.ID | None = None
-    user_id: strawberry.ID | None = None
-    vehicle_id: strawberry.ID | None = None
+    user_id: strawberry.ID | None = strawberry.field(default=None, description=_WHOSE)
+    vehicle_id: strawberry.ID | None = strawberry.field(default=None, description=_WHOSE)
 
     def to_domain(self) -> Scope:
         return Scope(
@@ -81,11 +86,17 @@ async def _station(info: Info, station_id: str) -> Station | None:
     return Station.wrap(record, ctx) if record else None
 
 
+_WINDOW = ("The window, once per connector counted: a station row counts the connectors "
+           "the station has now and adds up their rows.")
+_ROWS = ("A row per connector the station has now (its seconds at most the window), or per "
+         "station the sum of those rows; a removed connector's history is not counted.")
+
+
 @strawberry.type(description="How much of the window connectors were occupied and charging.")
 class UtilizationRow:
     cp_id: str
     connector_id: int | None = strawberry.field(description="Null for station rows.")
-    window_seconds: float = strawberry.field(description="Window × connectors counted.")
+    window_seconds: float = strawberry.field(description=_WINDOW)
     occupied_seconds: float
     charging_seconds: float
     _station_id: strawberry.Private[str]
@@ -113,8 +124,8 @@ class UtilizationRow:
                              "online, status neither Faulted nor Unavailable.")
 class AvailabilityRow:
     cp_id: str
-    connector_id: int | None
-    window_seconds: float
+    connector_id: int | None = strawberry.field(description="Null for station rows.")
+    window_seconds: float = strawberry.field(description=_WINDOW)
     available_seconds: float
     _station_id: strawberry.Private[str]
 
@@ -211,7 +222,7 @@ class AnalyticsQuery:
                              currency=b.currency) for b in buckets]
 
     @strawberry.field(description="Share of the window each connector was occupied and "
-                                  "charging.")
+                                  "charging. " + _ROWS)
     async def utilization(self, info: Info, from_: From, to: datetime,
                           filter: AnalyticsFilter | None = None,
                           group_by: AnalyticsGroup = AnalyticsGroup.STATION
@@ -222,7 +233,7 @@ class AnalyticsQuery:
             group_by is AnalyticsGroup.CONNECTOR)
         return [UtilizationRow.of(r) for r in rows]
 
-    @strawberry.field(description="Share of the window each connector was usable.")
+    @strawberry.field(description="Share of the window each connector was usable. " + _ROWS)
     async def availability(self, info: Info,
                            from_: From, to: datetime,
                            filter: AnalyticsFilter | None = None,

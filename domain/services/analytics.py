@@ -165,6 +165,49 @@ class BucketBudget:
         self.left -= count
 
 
+def _signed_in(viewer: Viewer) -> None:
+    """Analytics are for signed-in viewers. The public map shows stations and their live
+    status, not history: anyone else would get zeros and empty lists that read as
+    measured (no energy today, no faults)."""
+    if viewer.anonymous:
+        raise Unauthenticated("sign in first")
+
+
+def _per_connector(scope: Scope) -> None:
+    """Utilization, availability and faults come from the connectors' state history
+    (``ConnectorInterval``, ``StatusEvent``), which names no driver or vehicle: a
+    Charging stretch cannot be told to be this driver's. Filtering only the sessions
+    would count other drivers' charging against one driver's occupancy, and ignoring the
+    filter would answer for everyone, so it is refused."""
+    for value, field in ((scope.user_id, "filter.userId"),
+                         (scope.vehicle_id, "filter.vehicleId")):
+        if value:
+            raise ValidationError(
+                "connector state history is per station and connector, not per driver or "
+                "vehicle: filter by stations here (energyTrend follows drivers)",
+                field=field, code="UNSUPPORTED")
+
+
+def _per_station(rows: list[ShareRow]) -> list[ShareRow]:
+    """One row per station: the sums of its connector rows."""
+    stations: dict[str, ShareRow] = {}
+    for row in rows:
+        total = stations.get(row.station_id)
+        stations[row.station_id] = replace(row, connector_id=None) if total is None else \
+            replace(total, window_seconds=total.window_seconds + row.window_seconds,
+                    first_seconds=total.first_seconds + row.first_seconds,
+                    second_seconds=total.second_seconds + row.second_seconds)
+    return list(stations.values())
+
+
+#: The store sums state and session time per connector (``AnalyticsService._rows``).
+PER_CONNECTOR = [ByField("station_id"), ByField("connector_id")]
+
+
+def _by_connector(rows: list[dict[str, Any]]) -> dict[tuple[Any, ...], float]:
+    return {(r["g0"], r["g1"]): float(r["s"]) for r in rows}
+
+
 class AnalyticsService(Service):
     def _scoped(self, viewer: Viewer, kind: str, where: Filter) -> Filter:
         return all_of(self.policy.scope(viewer, kind), where)
@@ -178,8 +221,7 @@ class AnalyticsService(Service):
         days), sessions started per bucket, and revenue of sessions that ended in it.
         For signed-in viewers only (anyone else would get a window of zeros); ``budget``:
         the request's (``BucketBudget``)."""
-        if viewer.anonymous:
-            raise Unauthenticated("sign in first")
+        _signed_in(viewer)
         _window(start, end)
         tz = zone(time_zone)
         # The same ISO 4217 check as setTariff: an unknown code would only ever match no
@@ -237,42 +279,48 @@ class AnalyticsService(Service):
                               self.policy.scope(viewer, "connector_interval")),
             limit=100_000)
 
-    def _rows(self, connectors: list[Connector], by_connector: bool, window: float,
+    @staticmethod
+    def _rows(connectors: list[Connector], by_connector: bool, window: float,
               first: dict[tuple[Any, ...], float], second: dict[tuple[Any, ...], float]
               ) -> list[ShareRow]:
-        rows: dict[tuple[Any, ...], ShareRow] = {}
+        """A row per connector that exists, or per station the sum of its connectors'
+        rows, so the two add up and a station's share is the mean of its connectors'.
+        The store sums per connector; a connector counts at most the whole window, also
+        when its records overlap (sessions of a charger whose clock stepped back).
+        History of a removed connector is not counted: it has no row, and its time is not
+        part of its station's window either."""
+        rows = []
         for c in connectors:
-            key = (c.station_id, c.connector_id) if by_connector else (c.station_id,)
-            previous = rows.get(key)
-            rows[key] = ShareRow(
-                station_id=c.station_id, cp_id=c.cp_id,
-                connector_id=c.connector_id if by_connector else None,
-                window_seconds=window + (previous.window_seconds if previous else 0),
-                first_seconds=first.get(key, 0.0), second_seconds=second.get(key, 0.0))
-        return sorted(rows.values(), key=lambda r: (r.cp_id, r.connector_id or 0))
+            key = (c.station_id, c.connector_id)
+            rows.append(ShareRow(station_id=c.station_id, cp_id=c.cp_id,
+                                 connector_id=c.connector_id, window_seconds=window,
+                                 first_seconds=min(first.get(key, 0.0), window),
+                                 second_seconds=min(second.get(key, 0.0), window)))
+        if not by_connector:
+            rows = _per_station(rows)
+        return sorted(rows, key=lambda r: (r.cp_id, r.connector_id or 0))
 
     async def utilization(self, viewer: Viewer, scope: Scope, start: datetime, end: datetime,
                           by_connector: bool) -> list[ShareRow]:
         """Share of the window each connector (or station: all its connectors) was
         occupied by a session, and was charging (status Charging). Only connectors whose
         state history the viewer may see (``_connectors``)."""
+        _signed_in(viewer)
+        _per_connector(scope)
         _window(start, end)
         now = min(self.now(), end)
-        group = [ByField("station_id"), ByField("connector_id")] if by_connector \
-            else [ByField("station_id")]
         occupied = await self.store.aggregate(
             Session, self._scoped(viewer, "session", all_of(
                 scope.sessions(), _overlapping("start_time", "end_time", start, end))),
-            group, {"s": OverlapSeconds("start_time", "end_time", start, end, now)})
+            PER_CONNECTOR, {"s": OverlapSeconds("start_time", "end_time", start, end, now)})
         charging = await self.store.aggregate(
             ConnectorInterval, self._scoped(viewer, "connector_interval", all_of(
                 scope.on_stations(), Eq("status", ConnectorStatus.CHARGING),
                 _overlapping("start", "end", start, end))),
-            group, {"s": OverlapSeconds("start", "end", start, end, now)})
+            PER_CONNECTOR, {"s": OverlapSeconds("start", "end", start, end, now)})
         window = (end - start).total_seconds()
         return self._rows(await self._connectors(viewer, scope), by_connector, window,
-                          self._by_key(occupied, len(group)), self._by_key(charging,
-                                                                           len(group)))
+                          _by_connector(occupied), _by_connector(charging))
 
     async def availability(self, viewer: Viewer, scope: Scope, start: datetime, end: datetime,
                            by_connector: bool) -> list[ShareRow]:
@@ -280,27 +328,24 @@ class AnalyticsService(Service):
         status neither Faulted nor Unavailable. Time before a connector's first report
         counts as not usable (nothing was known). Only connectors whose state history the
         viewer may see (``_connectors``)."""
+        _signed_in(viewer)
+        _per_connector(scope)
         _window(start, end)
         now = min(self.now(), end)
-        group = [ByField("station_id"), ByField("connector_id")] if by_connector \
-            else [ByField("station_id")]
         usable = [s for s in ConnectorStatus if s not in UNUSABLE]
         available = await self.store.aggregate(
             ConnectorInterval, self._scoped(viewer, "connector_interval", all_of(
                 scope.on_stations(), Eq("online", True), In("status", tuple(usable)),
                 _overlapping("start", "end", start, end))),
-            group, {"s": OverlapSeconds("start", "end", start, end, now)})
+            PER_CONNECTOR, {"s": OverlapSeconds("start", "end", start, end, now)})
         window = (end - start).total_seconds()
         return self._rows(await self._connectors(viewer, scope), by_connector, window,
-                          self._by_key(available, len(group)), {})
-
-    @staticmethod
-    def _by_key(rows: list[dict[str, Any]], keys: int) -> dict[tuple[Any, ...], float]:
-        return {tuple(r[f"g{i}"] for i in range(keys)): float(r["s"]) for r in rows}
+                          _by_connector(available), {})
 
     # ------------------------------------------------------------- faults
     def fault_events_filter(self, scope: Scope, start: datetime, end: datetime) -> Filter:
         """The individual fault reports (StatusEvents with an error code) in the window."""
+        _per_connector(scope)
         _window(start, end)
         return all_of(scope.on_stations(), In("error_code", FAULT_CODES),
                       Range("at", gte=start, lt=end))
@@ -314,6 +359,7 @@ class AnalyticsService(Service):
         it or not at all) is a group too, from its state intervals: no report in the
         window (count 0), the time it spent inside the window, and as first and last seen
         the last report of it before the window."""
+        _signed_in(viewer)
         keys = [ByField("station_id"), ByField("cp_id"), ByField("connector_id"),
                 ByField("error_code")]
         reports = await self.store.aggregate(
@@ -374,6 +420,8 @@ class AnalyticsService(Service):
     # ------------------------------------------------------------- overview
     async def overview(self, viewer: Viewer, scope: Scope, time_zone: str = "UTC"
                        ) -> Overview:
+        """The network now and today in ``time_zone``: for signed-in viewers only."""
+        _signed_in(viewer)
         tz = zone(time_zone)
         now = self.now()
         local = now.astimezone(tz)
@@ -381,6 +429,9 @@ class AnalyticsService(Service):
             now.tzinfo)
         tomorrow = (datetime(local.year, local.month, local.day, tzinfo=tz)
                     + timedelta(days=1)).astimezone(now.tzinfo)
+        # "Today" is [midnight, tomorrow) for energy as for revenue: samples a charger
+        # stamped after today (its clock ahead, or history replayed) are another day's,
+        # so the overview and the energy trend's day agree.
         stations = await self.store.aggregate(
             Station, self._scoped(viewer, "station", scope.stations()),
             [ByField("online")], {"n": Count()})
@@ -392,7 +443,8 @@ class AnalyticsService(Service):
             scope.booked_sessions(), Eq("state", SessionState.ACTIVE))))
         energy = await self.store.aggregate(
             MeterSample, self._scoped(viewer, "meter_sample", all_of(
-                scope.samples(), Range("at", gte=midnight))), [], {"wh": Sum("delta_wh")})
+                scope.samples(), Range("at", gte=midnight, lt=tomorrow))), [],
+            {"wh": Sum("delta_wh")})
         revenue = await self.store.aggregate(
             Session, self._scoped(viewer, "session", all_of(
                 scope.booked_sessions(), Eq("state", SessionState.COMPLETED),

@@ -10,6 +10,7 @@ from domain.entities import (
     LIVE_RESERVATION_STATES,
     Company,
     Connector,
+    ConnectorInterval,
     ConnectorType,
     Reservation,
     ReservationState,
@@ -213,7 +214,8 @@ class StationService(Service):
         cancelled = await self._cancel_reservations(viewer, Eq("station_id", station.id),
                                                     changes)
         changes.append((Delete(station), station))
-        await self.commit(viewer, changes)
+        await self.commit(viewer, changes, unaudited=await self._end_state_history(
+            viewer, all_of(Eq("cp_id", station.cp_id), Eq("station_id", station.id))))
         await self._announce(cancelled, station)
         await self._hang_up_charger(station)
         return station
@@ -245,6 +247,16 @@ class StationService(Service):
         """Whichever instance holds the removed station's charger closes its socket now
         (had this been lost, the charger's next message still meets the missing station)."""
         await self.publish(StationRemoved(**owned_by(station)))
+
+    async def _end_state_history(self, viewer: Viewer, where: Any) -> list[Change]:
+        """Ends, now, the open state intervals ``where`` (of what is being removed): left
+        open, a removed connector's state would go on for ever, its fault open and
+        growing in every fault report. Telemetry (history of its own), so not audited;
+        guarded, so one the charger closed meanwhile keeps its end."""
+        now = self.now()
+        return [patch(interval, viewer, only_if=("end", None), end=max(now, interval.start))
+                for interval in await self.store.find_all(
+                    ConnectorInterval, all_of(where, Eq("end", None)), limit=1000)]
 
     async def _refuse_if_charging(self, where: Any) -> None:
         active = await self.store.find_one(
@@ -296,7 +308,10 @@ class StationService(Service):
             Eq("station_id", connector.station_id),
             Eq("connector_id", connector.connector_id)), changes)
         changes.append((Delete(connector), connector))
-        await self.commit(viewer, changes)
+        await self.commit(viewer, changes, unaudited=await self._end_state_history(
+            viewer, all_of(Eq("cp_id", connector.cp_id),
+                           Eq("connector_id", connector.connector_id),
+                           Eq("station_id", connector.station_id))))
         if cancelled:
             [station] = await self.store.get_many(Station, [connector.station_id])
             await self._announce(cancelled, station)

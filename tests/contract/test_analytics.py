@@ -3,14 +3,20 @@ compared with figures worked out by hand."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
+from domain import entities as d
 from domain.entities import Connector
-from domain.policy import ANONYMOUS, Policy
+from domain.errors import Unauthenticated
+from domain.policy import ANONYMOUS, SYSTEM, Policy
 from domain.ports import Store
-from domain.services import ServiceContext, Services
+from domain.query import Eq, all_of
+from domain.services import ConnectorSpec, ServiceContext, Services
 from domain.services.analytics import Scope
 from domain.timebuckets import Bucket
 from tests.helpers import FastHasher
@@ -20,6 +26,7 @@ from tests.support.history import (
     H,
     History,
     build_history,
+    register,
     utc,
 )
 
@@ -102,23 +109,41 @@ async def test_availability(history: History) -> None:
 
 
 async def test_no_rows_without_the_state_history(history: History) -> None:
-    # Drivers and the public map see every connector's live status but no station's state
-    # history: rows of 0 seconds available or charging would read as measured.
+    # Drivers see every connector's live status but no station's state history: rows of
+    # 0 seconds available or charging would read as measured.
+    store = history.services.ctx.store
+    driver = history.viewer("driver1")
+    assert await store.count(Connector, history.services.ctx.policy.scope(
+        driver, "connector")) == 3
+    analytics = history.services.analytics
+    for group_by_connector in (False, True):
+        for query in (analytics.availability, analytics.utilization):
+            assert await query(driver, Scope(), WINDOW_FROM, WINDOW_TO,
+                               group_by_connector) == [], query
+    # Their own charging stays in the energy trend.
+    assert (await trend(history, "driver1"))[0][1] == 2000
+
+
+async def test_analytics_are_for_signed_in_viewers(history: History) -> None:
+    # The public map shows stations and their live status, not analytics: anyone not
+    # signed in is told to sign in, as by the energy trend, rather than given zeros or
+    # empty lists that read as measured.
     public = Services(ServiceContext(store=history.services.ctx.store,
                                      policy=Policy(public_map=True), hasher=FastHasher(),
                                      clock=history.clock))
-    store = history.services.ctx.store
-    for policy, viewer in ((public.ctx.policy, ANONYMOUS),
-                           (history.services.ctx.policy, history.viewer("driver1"))):
-        assert await store.count(Connector, policy.scope(viewer, "connector")) == 3
-    for analytics, viewer in ((history.services.analytics, history.viewer("driver1")),
-                              (public.analytics, ANONYMOUS)):
-        for group_by_connector in (False, True):
-            for query in (analytics.availability, analytics.utilization):
-                assert await query(viewer, Scope(), WINDOW_FROM, WINDOW_TO,
-                                   group_by_connector) == [], (viewer, query)
-    # Their own charging stays in the energy trend.
-    assert (await trend(history, "driver1"))[0][1] == 2000
+    assert await history.services.ctx.store.count(
+        Connector, public.ctx.policy.scope(ANONYMOUS, "connector")) == 3
+    analytics = public.analytics
+    queries: list[Callable[[], Awaitable[object]]] = [
+        lambda: analytics.overview(ANONYMOUS, Scope(), "Europe/Berlin"),
+        lambda: analytics.utilization(ANONYMOUS, Scope(), WINDOW_FROM, WINDOW_TO, False),
+        lambda: analytics.availability(ANONYMOUS, Scope(), WINDOW_FROM, WINDOW_TO, True),
+        lambda: analytics.fault_reports(ANONYMOUS, Scope(), WINDOW_FROM, WINDOW_TO),
+        lambda: analytics.energy_trend(ANONYMOUS, Scope(), WINDOW_FROM, WINDOW_TO,
+                                       Bucket.DAY)]
+    for query in queries:
+        with pytest.raises(Unauthenticated, match="sign in first"):
+            await query()
 
 
 async def test_fault_reports(history: History) -> None:
@@ -188,3 +213,142 @@ async def test_overview(history: History) -> None:
                                                          "Europe/Berlin")
     assert overview.energy_today_wh == 27000
     assert overview.revenue_today == {"EUR": 870}
+
+
+async def test_overview_energy_today_ends_at_midnight(history: History) -> None:
+    # "Today" (the 29th in Berlin) ends at the next local midnight, as its revenue does:
+    # the session on S2 metered on the 30th is not today's energy, so the overview and
+    # the energy trend's day agree.
+    history.clock.now = utc(29, 20)
+    admin = history.viewer("admin")
+    overview = await history.services.analytics.overview(admin, Scope(), "Europe/Berlin")
+    [day] = await history.services.analytics.energy_trend(
+        admin, Scope(), utc(28, 23), utc(29, 22), Bucket.DAY, "Europe/Berlin")
+    assert overview.energy_today_wh == day.energy_wh == 27000
+
+
+def at_31(hour: int, minute: int = 0) -> datetime:
+    return utc(31, hour, minute)
+
+
+async def two_plug_station(h: History) -> tuple[d.Station, list[d.Connector]]:
+    """R1, two connectors, online from 13:00 on the 31st; both charge 14:00 → 15:00
+    (driver1 on 1, driver2 on 2)."""
+    charging = h.services.charging
+    h.clock.now = at_31(13)
+    station, connectors = await h.services.stations.create_station(
+        SYSTEM, cp_id="R1", name="R1", connectors=[ConnectorSpec(1), ConnectorSpec(2)])
+    await charging.set_online("R1", True)
+    for c in (1, 2):
+        await charging.status_notification("R1", c, "Available", "NoError",
+                                           timestamp=at_31(13))
+    h.clock.now = at_31(14)
+    transactions = []
+    for c, tag in ((1, "TAG-driver1"), (2, "TAG-driver2")):
+        tx, _ = await charging.start_transaction("R1", c, tag, 0, at_31(14))
+        transactions.append(tx)
+        await charging.status_notification("R1", c, "Charging", "NoError",
+                                           timestamp=at_31(14))
+    h.clock.now = at_31(15)
+    for c, tx in zip((1, 2), transactions, strict=True):
+        await charging.stop_transaction("R1", tx, 1000, at_31(15))
+        await charging.status_notification("R1", c, "Available", "NoError",
+                                           timestamp=at_31(15))
+    return station, connectors
+
+
+def figures(rows: list[Any]) -> list[tuple[Any, ...]]:
+    return [(r.connector_id, r.window_seconds / H, r.first_seconds / H, r.second_seconds / H,
+             r.share(r.first_seconds)) for r in rows]
+
+
+async def test_station_rows_are_the_sum_of_their_connectors_rows(history: History) -> None:
+    station, connectors = await two_plug_station(history)
+    analytics, admin = history.services.analytics, history.viewer("admin")
+    r1 = Scope(cp_ids=("R1",))
+    hour = (at_31(14), at_31(15))
+    assert figures(await analytics.utilization(admin, r1, *hour, False)) == [
+        (None, 2.0, 2.0, 2.0, 1.0)]
+    # A removed connector is no longer counted, neither its window nor its sessions and
+    # states: the station row stays the sum of the connector rows, shares within 0..1.
+    history.clock.now = at_31(16)
+    await history.services.stations.remove_connector(SYSTEM, connectors[1].id)
+    for by_connector in (True, False):
+        assert figures(await analytics.utilization(admin, r1, *hour, by_connector)) == [
+            (1 if by_connector else None, 1.0, 1.0, 1.0, 1.0)]
+    day = (at_31(13), at_31(16))
+    assert figures(await analytics.availability(admin, r1, *day, False)) == [
+        (None, 3.0, 3.0, 0.0, 1.0)]
+    # Connector 2 is added again: the same plug, its history counts again.
+    await history.services.stations.add_connector(SYSTEM, station.id, ConnectorSpec(2))
+    assert figures(await analytics.utilization(admin, r1, *hour, False)) == [
+        (None, 2.0, 2.0, 2.0, 1.0)]
+
+
+async def test_a_connector_is_at_most_the_whole_window(history: History) -> None:
+    # R1's first connector gets a second session stamped 14:30 → 15:30 after the first
+    # (14:00 → 15:00) stopped: the charger's clock stepped back. A connector is occupied
+    # at most the whole window, whatever its sessions overlap.
+    await two_plug_station(history)
+    charging = history.services.charging
+    history.clock.now = at_31(15, 40)
+    tx, _ = await charging.start_transaction("R1", 1, "TAG-driver1", 0, at_31(14, 30))
+    await charging.stop_transaction("R1", tx, 100, at_31(15, 30))
+    rows = await history.services.analytics.utilization(
+        history.viewer("admin"), Scope(cp_ids=("R1",)), at_31(14), at_31(15), True)
+    assert figures(rows) == [(1, 1.0, 1.0, 1.0, 1.0), (2, 1.0, 1.0, 1.0, 1.0)]
+    [station] = await history.services.analytics.utilization(
+        history.viewer("admin"), Scope(cp_ids=("R1",)), at_31(14), at_31(15), False)
+    assert station.share(station.first_seconds) == 1.0
+
+
+async def test_removing_a_connector_ends_its_state_history(history: History) -> None:
+    # R1 #2 faults at 15:30 and is removed at 16:00: its fault ends with it rather than
+    # staying open (and growing) in every fault report from then on.
+    _, connectors = await two_plug_station(history)
+    history.clock.now = at_31(15, 30)
+    await history.services.charging.status_notification(
+        "R1", 2, "Faulted", "GroundFailure", timestamp=at_31(15, 30))
+    history.clock.now = at_31(16)
+    await history.services.stations.remove_connector(SYSTEM, connectors[1].id)
+    history.clock.now = at_31(20)
+    groups = await history.services.analytics.fault_reports(
+        history.viewer("admin"), Scope(cp_ids=("R1",)), at_31(13), at_31(20))
+    assert [(g.connector_id, g.error_code, g.count, g.duration_seconds / H, g.open)
+            for g in groups] == [(2, "GroundFailure", 1, 0.5, False)]
+    store = history.services.ctx.store
+    assert await store.count(d.ConnectorInterval, all_of(
+        Eq("cp_id", "R1"), Eq("connector_id", 2), Eq("end", None))) == 0
+    # So does removing the station: none of its connectors' states stays open.
+    await history.services.stations.remove_station(SYSTEM, connectors[0].station_id)
+    assert await store.count(d.ConnectorInterval, all_of(
+        Eq("cp_id", "R1"), Eq("end", None))) == 0
+
+
+async def test_hourly_energy_across_a_half_hour_clock_change(history: History) -> None:
+    # Lord Howe moves from +10:30 to +11:00 at 02:00 local on 2026-10-04 (15:30 UTC on
+    # the 3rd). Readings at 15:10, 15:40 and 16:10 UTC and a stop at 16:20 fall into the
+    # local hours 01:00, 02:30 (a half hour) and 03:00; the hours add up to the day.
+    charging = history.services.charging
+    october = datetime(2026, 10, 3, 14, 50, tzinfo=UTC)
+    history.clock.now = october
+    await history.services.stations.create_station(SYSTEM, cp_id="LH", name="LH",
+                                                   connectors=[ConnectorSpec(1)])
+    tx, _ = await charging.start_transaction("LH", 1, "TAG-driver1", 0, october)
+    for minutes, wh in ((20, 500), (50, 1000), (80, 1500)):
+        history.clock.now = october + timedelta(minutes=minutes)
+        await charging.meter_values("LH", 1, tx, register(wh, history.clock.now))
+    history.clock.now = october + timedelta(minutes=90)
+    await charging.stop_transaction("LH", tx, 1900, history.clock.now)
+    day = (datetime(2026, 10, 3, 13, 30, tzinfo=UTC), datetime(2026, 10, 4, 13, tzinfo=UTC))
+    trend = history.services.analytics.energy_trend
+    admin, lh = history.viewer("admin"), Scope(cp_ids=("LH",))
+    [whole_day] = await trend(admin, lh, *day, Bucket.DAY, "Australia/Lord_Howe")
+    hours = await trend(admin, lh, *day, Bucket.HOUR, "Australia/Lord_Howe")
+    assert whole_day.energy_wh == sum(h.energy_wh for h in hours) == 1900
+    tz = ZoneInfo("Australia/Lord_Howe")
+    assert [(h.start.astimezone(tz).isoformat()[11:], h.energy_wh) for h in hours[:5]] == [
+        ("00:00:00+10:30", 0), ("01:00:00+10:30", 500), ("02:30:00+11:00", 500),
+        ("03:00:00+11:00", 900), ("04:00:00+11:00", 0)]
+    # A day of 23½ hours: every local hour from 00 to 23, hour 02 the half.
+    assert [h.start.astimezone(tz).hour for h in hours] == list(range(24))

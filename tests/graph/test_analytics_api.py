@@ -139,6 +139,46 @@ async def test_utilization_availability_faults_overview(scripted: tuple[History,
                                 "activeSessions": 0, "energyTodayKwh": 0.0}
 
 
+async def test_analytics_refuse_anyone_not_signed_in(scripted: tuple[History, Api]) -> None:
+    _, api = scripted
+    for field in ('overview(timeZone: "Europe/Berlin") { stationsOnline energyTodayKwh }',
+                  'utilization(from: "2026-03-28T00:00:00Z", to: "2026-03-29T00:00:00Z") '
+                  '{ cpId }',
+                  'availability(from: "2026-03-28T00:00:00Z", to: "2026-03-29T00:00:00Z") '
+                  '{ cpId }',
+                  'faultReports(from: "2026-03-28T00:00:00Z", to: "2026-03-29T00:00:00Z") '
+                  '{ groups { cpId } }'):
+        r = await api.post("{ " + field + " }")
+        [error] = r.json()["errors"]
+        assert (error["message"], error["extensions"]["code"]) == (
+            "sign in first", "UNAUTHENTICATED"), field
+
+
+@pytest.mark.parametrize("who", [("userId", "user", "driver2"),
+                                 ("vehicleId", "vehicle", None)])
+async def test_state_history_cannot_be_filtered_by_driver_or_vehicle(
+        scripted: tuple[History, Api], who: tuple[str, str, str | None]) -> None:
+    """Utilization, availability and faults come from the connectors' state history,
+    which names no driver: a userId or vehicleId filter would count other drivers'
+    charging (or be ignored), so it is refused rather than answered."""
+    history, api = scripted
+    name, kind, user = who
+    record_id = history.users[user].id if user else "0" * 24
+    f = {name: to_global_id(kind, record_id)}
+    window = 'from: "2026-03-28T00:00:00Z", to: "2026-03-31T00:00:00Z"'
+    for field in (f"utilization({window}, filter: $f) {{ cpId }}",
+                  f"availability({window}, filter: $f, groupBy: CONNECTOR) {{ cpId }}",
+                  f"faultReports({window}, filter: $f) {{ groups {{ cpId }} }}"):
+        r = await api.post("query($f: AnalyticsFilter!) { " + field + " }", {"f": f},
+                           token=api.token_for(history.users["admin"].id))
+        [error] = r.json()["errors"]
+        assert error["extensions"] == {"code": "UNSUPPORTED", "field": f"filter.{name}"}, \
+            field
+    # Energy, sessions and revenue do follow the driver (meter samples name the session).
+    trend = await api.gql(TREND, {"f": {**WINDOW, **f}}, as_user=history.users["admin"].id)
+    assert len(trend["energyTrend"]) == 3
+
+
 PAY = """mutation($id: ID!) { %s(input: {id: $id}) { payment { status provider providerRef
   amount { amount currency } } errors { field code } } }"""
 
