@@ -55,6 +55,7 @@ from domain.wire import rfc3339
 from ocpp_bridge import frames
 from ocpp_bridge.casing import to_snake
 from ocpp_bridge.frames import FrameError
+from ocpp_bridge.pacing import FRAME_RATE, FramePacer
 from ocpp_bridge.timefmt import parse_timestamp
 
 log = logging.getLogger("chargegraph.ocpp")
@@ -116,6 +117,22 @@ class ChargePointHandler(ChargePoint):
         #: Commands the charger answered with a CALLERROR (a definite "not done").
         self._call_errors: set[str] = set()
         self._closed = False
+        self.pacer = FramePacer()
+
+    async def start(self) -> None:
+        """The package's receive loop, paced (``ocpp_bridge/pacing.py``): a charger sending
+        frames faster than any compliant one waits, so that it cannot hold the event loop
+        every other charger and request shares."""
+        while True:
+            message = await self._connection.recv()
+            wire_log.info("%s: receive message %s", self.id, message)
+            wait = self.pacer.delay()
+            if wait > 0:
+                if self.pacer.delayed == 1:
+                    log.warning("%s: sends frames faster than %d a second; taking them at "
+                                "that rate", self.id, FRAME_RATE)
+                await asyncio.sleep(wait)
+            await self.route_message(message)
 
     # ------------------------------------------------------------- commands
     async def command(self, request: Any, timeout: float) -> Any:
