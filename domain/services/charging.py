@@ -324,6 +324,8 @@ class ChargingService(Service):
         # cp_id → (newest charger timestamp seen, server time then): where "now" is on the
         # charger's clock, for state changes that carry no timestamp of their own.
         self._charger_clock: dict[str, tuple[datetime, datetime]] = {}
+        # cp_id → when it last booted, on its clock (``_ended_by_reboot``).
+        self._booted: dict[str, datetime] = {}
         self._sessions: dict[int, tuple[Session, float]] = {}
         # (station id, connector id) → (its rating in kW, cache expiry): what a register
         # may believably rise by (``believable_register``).
@@ -522,6 +524,7 @@ class ChargingService(Service):
             update = patch(station, actor, last_seen=now)
             await self.store.write([update], [])
         self._remember(cast(Station, update.record))
+        self._booted[cp_id] = self.charger_now(cp_id)
         return BootResult(station.registration, self.heartbeat_interval, now)
 
     async def heartbeat(self, cp_id: str) -> datetime:
@@ -704,6 +707,37 @@ class ChargingService(Service):
                 **owned_by(station), at=at, connector_id=connector_id,
                 error_code=error_code, status=status, info=info,
                 vendor_error_code=vendor_error_code))
+        if connector is not None and new_status is ConnectorStatus.AVAILABLE:
+            await self._ended_by_reboot(station, connector_id)
+
+    async def _ended_by_reboot(self, station: Station, connector_id: int) -> None:
+        """A charger that rebooted and reports a connector Available has no transaction
+        there any more: one still open since before the reboot lost its StopTransaction
+        with the reboot, and is closed as a lost stop is (energy as metered, reason
+        ``Other``), ending at the reboot. Left open, it held its driver's card everywhere
+        (``ConcurrentTx``) until an operator ended it. A stop the charger sends later from
+        its queue is answered as a repeated stop."""
+        booted = self._booted.get(station.cp_id)
+        if booted is None:
+            return
+        lost = await self.store.find_all(Session, all_of(
+            Eq("cp_id", station.cp_id), Eq("connector_id", connector_id),
+            Eq("state", SessionState.ACTIVE), Range("start_time", lt=booted)),
+            limit=MAX_OPEN_PER_CONNECTOR)
+        actor = charger(station.cp_id)
+        for session in lost:
+            close, payment = await self._close(station, session, None, booted, "Other", actor)
+            changes: list[tuple[Change, Any]] = [(close, session)]
+            if payment is not None:
+                changes.append((Insert(payment), None))
+            try:
+                await self.commit(actor, changes)
+            except Conflict:
+                continue  # its stop (or an operator) closed it meanwhile
+            closed = cast(Session, close.record)
+            await self.session_updates.end(session.id)
+            self._remember(closed)
+            await self.publish(self._session_event(station, closed, "ENDED"))
 
     # ------------------------------------------------------------- transactions
     async def start_transaction(self, cp_id: str, connector_id: int, id_tag: str,

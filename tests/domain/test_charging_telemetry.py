@@ -298,3 +298,28 @@ async def test_connector_zero_is_available_unavailable_or_faulted(world: World) 
     await charging.status_notification(CP, 0, "Faulted", "GroundFailure")
     station = await world.store.find_one(d.Station, Eq("cp_id", CP))
     assert station is not None and station.status is d.ConnectorStatus.FAULTED
+
+
+async def test_a_reboot_then_available_ends_the_session_the_charger_lost(
+        world: World) -> None:
+    from domain.services.charging import BootInfo
+
+    charging = world.services.charging
+    lost, _ = await charging.start_transaction(CP, 1, "TAG-1", 0, T0)
+    await charging.meter_values(CP, 1, lost, register(2000, 600))
+    # Available without a reboot says nothing about the transaction: it stays open.
+    await charging.status_notification(CP, 1, "Available", "NoError",
+                                       timestamp=T0 + timedelta(minutes=20))
+    assert (await world.session(lost)).state is d.SessionState.ACTIVE
+    await charging.boot(CP, BootInfo(vendor="V", model="M"))
+    await charging.status_notification(CP, 2, "Available", "NoError")  # another connector
+    assert (await world.session(lost)).state is d.SessionState.ACTIVE
+    await charging.status_notification(CP, 1, "Available", "NoError")
+    ended = await world.session(lost)
+    assert (ended.state, ended.stop_reason, ended.energy_wh) == (
+        d.SessionState.COMPLETED, "Other", 2000)
+    # The driver's card is free again, elsewhere too.
+    assert (await charging.authorize(CP, "TAG-1")).status == "Accepted"
+    # Its stop, flushed from the charger's queue later, is a repeated stop.
+    await charging.stop_transaction(CP, lost, 2500, T0 + timedelta(minutes=30))
+    assert (await world.session(lost)).energy_wh == 2000
