@@ -28,6 +28,18 @@ class Upgrading(FastHasher):
         return ",t=1," in password_hash
 
 
+class CountingHasher(FastHasher):
+    """Counts the passwords it checks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.checked = 0
+
+    def verify(self, password_hash: str, password: str) -> bool:
+        self.checked += 1
+        return super().verify(password_hash, password)
+
+
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
     s = SqliteStore(str(tmp_path / "sign-in.db"))
@@ -197,25 +209,19 @@ async def test_guesses_sent_all_at_once_meet_the_same_limit(store: SqliteStore) 
 
     from domain.errors import Unauthenticated
 
-    checked = [0]
-
-    class Counting(FastHasher):
-        def verify(self, password_hash: str, password: str) -> bool:
-            checked[0] += 1
-            return super().verify(password_hash, password)
-
-    services = Services(ServiceContext(store=store, policy=Policy(), hasher=Counting()))
+    hasher = CountingHasher()
+    services = Services(ServiceContext(store=store, policy=Policy(), hasher=hasher))
     await services.accounts.create_user(SYSTEM, email="ada@example.com",
                                         password="first password", name="Ada",
                                         role=d.Role.DRIVER)
-    checked[0] = 0
+    hasher.checked = 0
     guesses = [f"guess {i}" for i in range(59)] + ["first password"]
     outcomes = await asyncio.gather(
         *(services.accounts.authenticate("ada@example.com", g, "10.0.0.1") for g in guesses),
         return_exceptions=True)
     codes = [o.code if isinstance(o, Unauthenticated) else "SIGNED_IN" for o in outcomes]
     limit = services.accounts.throttle.limit
-    assert checked[0] == limit and codes.count("UNAUTHENTICATED") == limit
+    assert hasher.checked == limit and codes.count("UNAUTHENTICATED") == limit
     assert codes[-1] == "TOO_MANY_ATTEMPTS"
 
 
@@ -266,17 +272,11 @@ async def test_text_that_is_no_email_is_refused_without_checking_a_password(
     busy with dummy checks."""
     from domain.errors import Unauthenticated
 
-    checked = [0]
-
-    class Counting(FastHasher):
-        def verify(self, password_hash: str, password: str) -> bool:
-            checked[0] += 1
-            return super().verify(password_hash, password)
-
-    services = Services(ServiceContext(store=store, policy=Policy(), hasher=Counting()))
+    hasher = CountingHasher()
+    services = Services(ServiceContext(store=store, policy=Policy(), hasher=hasher))
     with pytest.raises(Unauthenticated) as err:
         await services.accounts.authenticate("not-an-email", "y", "10.0.0.1")
-    assert (err.value.code, checked[0]) == ("UNAUTHENTICATED", 0)
+    assert (err.value.code, hasher.checked) == ("UNAUTHENTICATED", 0)
 
 
 async def test_one_client_guessing_across_many_emails_meets_a_limit(store: SqliteStore
