@@ -86,8 +86,9 @@ async def _station(info: Info, station_id: str) -> Station | None:
     return Station.wrap(record, ctx) if record else None
 
 
-_WINDOW = ("The window, once per connector counted: a station row counts the connectors "
-           "the station has now and adds up their rows.")
+_WINDOW = ("The window up to now (its end, or the present if earlier), once per connector "
+           "counted: a station row counts the connectors the station has now and adds up "
+           "their rows.")
 _ROWS = ("A row per connector the station has now (its seconds at most the window), or per "
          "station the sum of those rows; a removed connector's history is not counted.")
 

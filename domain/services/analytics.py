@@ -188,6 +188,13 @@ def _per_connector(scope: Scope) -> None:
                 field=field, code="UNSUPPORTED")
 
 
+def _elapsed(start: datetime, now: datetime) -> float:
+    """The seconds of a window that have passed (``now``: its end, or the present if
+    earlier): what shares are of. "Today" at 18:00 is 18 hours, so a connector busy all
+    day so far reads 1.0, not 0.75 of a day that has not happened."""
+    return max((now - start).total_seconds(), 0.0)
+
+
 def _per_station(rows: list[ShareRow]) -> list[ShareRow]:
     """One row per station: the sums of its connector rows."""
     stations: dict[str, ShareRow] = {}
@@ -318,9 +325,9 @@ class AnalyticsService(Service):
                 scope.on_stations(), Eq("status", ConnectorStatus.CHARGING),
                 _overlapping("start", "end", start, end))),
             PER_CONNECTOR, {"s": OverlapSeconds("start", "end", start, end, now)})
-        window = (end - start).total_seconds()
-        return self._rows(await self._connectors(viewer, scope), by_connector, window,
-                          _by_connector(occupied), _by_connector(charging))
+        return self._rows(await self._connectors(viewer, scope), by_connector,
+                          _elapsed(start, now), _by_connector(occupied),
+                          _by_connector(charging))
 
     async def availability(self, viewer: Viewer, scope: Scope, start: datetime, end: datetime,
                            by_connector: bool) -> list[ShareRow]:
@@ -338,9 +345,8 @@ class AnalyticsService(Service):
                 scope.on_stations(), Eq("online", True), In("status", tuple(usable)),
                 _overlapping("start", "end", start, end))),
             PER_CONNECTOR, {"s": OverlapSeconds("start", "end", start, end, now)})
-        window = (end - start).total_seconds()
-        return self._rows(await self._connectors(viewer, scope), by_connector, window,
-                          _by_connector(available), {})
+        return self._rows(await self._connectors(viewer, scope), by_connector,
+                          _elapsed(start, now), _by_connector(available), {})
 
     # ------------------------------------------------------------- faults
     def fault_events_filter(self, scope: Scope, start: datetime, end: datetime) -> Filter:

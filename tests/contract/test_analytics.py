@@ -352,3 +352,19 @@ async def test_hourly_energy_across_a_half_hour_clock_change(history: History) -
         ("03:00:00+11:00", 900), ("04:00:00+11:00", 0)]
     # A day of 23½ hours: every local hour from 00 to 23, hour 02 the half.
     assert [h.start.astimezone(tz).hour for h in hours] == list(range(24))
+
+
+async def test_shares_are_of_the_window_up_to_now(history: History) -> None:
+    """"Today" asked at 15:00 is the hours so far: a connector charging all of them reads
+    1.0, not the 0.2 of a day that has not happened (the window used to run to its end)."""
+    await two_plug_station(history)
+    history.clock.now = at_31(15)
+    analytics, admin, r1 = history.services.analytics, history.viewer("admin"), \
+        Scope(cp_ids=("R1",))
+    rows = await analytics.utilization(admin, r1, at_31(14), at_31(19), True)
+    assert figures(rows) == [(1, 1.0, 1.0, 1.0, 1.0), (2, 1.0, 1.0, 1.0, 1.0)]
+    [station] = await analytics.availability(admin, r1, at_31(14), at_31(19), False)
+    assert (station.window_seconds / H, station.share(station.first_seconds)) == (2.0, 1.0)
+    # A window wholly ahead of now has nothing to share yet.
+    [ahead] = await analytics.utilization(admin, r1, at_31(16), at_31(18), False)
+    assert (ahead.window_seconds, ahead.share(ahead.first_seconds)) == (0.0, 0.0)
