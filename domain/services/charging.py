@@ -827,6 +827,11 @@ class ChargingService(Service):
             station_owner_id=station_owner_id,
         ), actor)
         changes: list[tuple[Change, Any]] = []
+        plug, is_new = await self._connector(station, connector_id)
+        if is_new:
+            # A plug we did not know (within the cap reports may register): recorded as a
+            # status report would, so the session has a connector on the map and in lists.
+            changes.append((Insert(plug), None))
         open_here = await self.store.find_all(Session, all_of(
             Eq("cp_id", cp_id), Eq("connector_id", connector_id),
             Eq("state", SessionState.ACTIVE)), limit=MAX_OPEN_PER_CONNECTOR)

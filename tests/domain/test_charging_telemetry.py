@@ -16,7 +16,7 @@ import pytest
 from domain import entities as d
 from domain.events import DomainEvent, SessionChanged
 from domain.policy import SYSTEM, Policy, Viewer
-from domain.query import Eq
+from domain.query import Eq, all_of
 from domain.services import ConnectorSpec, ServiceContext, Services
 from domain.services.analytics import Scope
 from domain.services.charging import LatestUpdates, MeterReading, SampledValue
@@ -323,3 +323,12 @@ async def test_a_reboot_then_available_ends_the_session_the_charger_lost(
     # Its stop, flushed from the charger's queue later, is a repeated stop.
     await charging.stop_transaction(CP, lost, 2500, T0 + timedelta(minutes=30))
     assert (await world.session(lost)).energy_wh == 2000
+
+
+async def test_a_start_on_a_plug_not_yet_known_registers_it(world: World) -> None:
+    charging = world.services.charging
+    tx, _ = await charging.start_transaction(CP, 5, "TAG-1", 0, T0)  # within the cap of 10
+    plug = await world.store.find_one(d.Connector, all_of(
+        Eq("cp_id", CP), Eq("connector_id", 5)))
+    assert plug is not None and plug.type is d.ConnectorType.OTHER
+    assert (await world.session(tx)).connector_id == 5
