@@ -168,12 +168,14 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
     async def healthz(request: Request) -> Response:
         store: Store | None = getattr(request.app.state, "store", None)
         try:
-            healthy = store is not None and await store.ping()
+            problem = "the store is not open" if store is None else await store.health()
         except Exception:
-            healthy = False
-        status = "ok" if healthy else "unavailable"
-        return JSONResponse({"status": status, "store": status},
-                            status_code=200 if healthy else 503)
+            problem = "the store does not answer"
+        if problem is None:
+            return JSONResponse({"status": "ok", "store": "ok"})
+        # The reason tells an operator what to fix (a full disk, a deleted database file).
+        return JSONResponse({"status": "unavailable", "store": "unavailable",
+                             "reason": problem}, status_code=503)
 
     async def home(request: Request) -> Response:
         return RedirectResponse("/graphql")
