@@ -24,7 +24,7 @@ from chargegraph.secrets import resolve_jwt_secret
 from chargegraph.security import Argon2Hasher
 from chargegraph.settings import Settings
 from chargegraph.startup import PlainStartupFailures, starting
-from chargegraph.stores import check_database_url, started_store
+from chargegraph.stores import check_database_url, started_store, store_label
 from chargegraph.tls import ocpp_ssl_context
 from domain.policy import Policy
 from domain.ports import ChargerGateway, PasswordHasher, Store
@@ -139,7 +139,10 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
                 app.state.begin_shutdown = lambda: gateway_stopping(
                     "the service is shutting down: try again in a moment")
 
-                with starting(f"the OCPP server on {settings.ocpp_host}:{settings.ocpp_port}"):
+                # Its start writes (every charger recorded offline): a store that cannot
+                # write is named in the line, not only the OCPP server.
+                with starting(f"the OCPP server on {settings.ocpp_host}:{settings.ocpp_port}",
+                              store=store_label(settings.database_url)):
                     server = OcppServer(services.charging, local, settings.ocpp_host,
                                         settings.ocpp_port, ssl_context=ocpp_ssl,
                                         response_timeout=settings.command_timeout,

@@ -46,15 +46,20 @@ def open_store(database_url: str) -> Store:
     return MongoStore.connect(database_url)  # type: ignore[no-any-return]
 
 
+def store_label(database_url: str) -> str:
+    """How start-up lines name the store: ``the store at <url without its password>``."""
+    from pubsub.redis import redacted
+
+    return f"the store at {redacted(database_url)}"
+
+
 @contextlib.asynccontextmanager
 async def started_store(database_url: str) -> AsyncIterator[Store]:
     """The started store, closed on exit, for commands that use it without the app's
     lifespan (create-user, demo's seeding). A store that cannot be opened (an unwritable
     folder, a corrupt file, MongoDB not answering) is ``StartupFailed``, worded as `serve`
     words it."""
-    from pubsub.redis import redacted
-
-    with starting(f"the store at {redacted(database_url)}"):
+    with starting(store_label(database_url)):
         store = open_store(database_url)
         await store.start()
     try:

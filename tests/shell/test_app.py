@@ -201,3 +201,28 @@ def test_a_database_file_deleted_while_serving_is_a_503_and_refused_writes(
              "message": "the store cannot write now (the database file was deleted while "
                         "the service ran): nothing was written"}]}}}
 
+
+async def test_a_store_that_cannot_write_at_start_up_is_named_in_the_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The OCPP server's start writes first (every charger recorded offline). On a full
+    disk that was "cannot start the OCPP server on …: database or disk is full", as if
+    the port were at fault. Here the file refuses writes as a read-only mount would."""
+    from store.sqlite import SqliteStore
+    from tests.helpers import free_port
+
+    started = SqliteStore.start
+
+    async def read_only(self: SqliteStore) -> None:
+        await started(self)
+        assert self._writer is not None and self._writer.conn is not None
+        self._writer.conn.execute("PRAGMA query_only = 1")  # SQLITE_READONLY on writes
+
+    monkeypatch.setattr(SqliteStore, "start", read_only)
+    port = free_port()
+    url = f"sqlite:///{tmp_path}/app.db"
+    app = create_app(settings_for(tmp_path, ocpp_enabled=True, ocpp_port=port),
+                     hasher=Argon2Hasher.fast())
+    [failed] = await startup_messages(app)
+    assert failed["message"] == (f"cannot start the OCPP server on 127.0.0.1:{port}: the "
+                                 f"store at {url} cannot write: attempt to write a readonly "
+                                 "database")
