@@ -5,10 +5,14 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from chargegraph.errors import ConfigError
 from chargegraph.startup import starting
 from domain.ports import Store
+
+if TYPE_CHECKING:
+    from store.sqlite.backup import BackupReport
 
 SQLITE = "sqlite:///"
 MONGO = ("mongodb://", "mongodb+srv://")
@@ -81,3 +85,17 @@ def remove_sqlite_database(database_url: str) -> list[Path]:
             candidate.unlink()
             removed.append(candidate)
     return removed
+
+
+def backup_sqlite_database(database_url: str, target: Path, *, overwrite: bool
+                           ) -> BackupReport:
+    """A consistent copy of the SQLite database, also while the service writes to it
+    (``store.sqlite.backup``). MongoDB has its own tools for that."""
+    path = sqlite_path(database_url)
+    if path is None:
+        raise ConfigError("backup copies SQLite databases; for MongoDB use mongodump "
+                          "(mongodump --uri=URL --archive=FILE), and mongorestore to "
+                          "restore")
+    from store.sqlite.backup import backup
+
+    return backup(path, target, overwrite=overwrite)
