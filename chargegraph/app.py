@@ -18,6 +18,8 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 
 from chargegraph import housekeeping
+from chargegraph.cors import cross_origin
+from chargegraph.cors import methods as cors_methods
 from chargegraph.errors import ConfigError
 from chargegraph.headers import SecurityHeaders
 from chargegraph.secrets import resolve_jwt_secret
@@ -185,7 +187,8 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
 
     return Starlette(
         routes=[Route("/", home), Route("/healthz", healthz),
-                Route("/graphql", graphql, methods=["GET", "POST"]),
+                Route("/graphql", cross_origin(graphql, settings.cors_allowed_origins),
+                      methods=cors_methods(settings.cors_allowed_origins)),
                 WebSocketRoute("/graphql", graphql)],
         middleware=[Middleware(PlainStartupFailures), Middleware(SecurityHeaders)],
         lifespan=lifespan,
