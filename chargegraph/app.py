@@ -18,13 +18,15 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 
 from chargegraph import housekeeping
+from chargegraph.cors import cross_origin
+from chargegraph.cors import methods as cors_methods
 from chargegraph.errors import ConfigError
 from chargegraph.headers import SecurityHeaders
 from chargegraph.secrets import resolve_jwt_secret
 from chargegraph.security import Argon2Hasher
 from chargegraph.settings import Settings
 from chargegraph.startup import PlainStartupFailures, starting
-from chargegraph.stores import check_database_url, started_store
+from chargegraph.stores import check_database_url, started_store, store_label
 from chargegraph.tls import ocpp_ssl_context
 from domain.policy import Policy
 from domain.ports import ChargerGateway, PasswordHasher, Store
@@ -139,7 +141,10 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
                 app.state.begin_shutdown = lambda: gateway_stopping(
                     "the service is shutting down: try again in a moment")
 
-                with starting(f"the OCPP server on {settings.ocpp_host}:{settings.ocpp_port}"):
+                # Its start writes (every charger recorded offline): a store that cannot
+                # write is named in the line, not only the OCPP server.
+                with starting(f"the OCPP server on {settings.ocpp_host}:{settings.ocpp_port}",
+                              store=store_label(settings.database_url)):
                     server = OcppServer(services.charging, local, settings.ocpp_host,
                                         settings.ocpp_port, ssl_context=ocpp_ssl,
                                         response_timeout=settings.command_timeout,
@@ -168,19 +173,22 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
     async def healthz(request: Request) -> Response:
         store: Store | None = getattr(request.app.state, "store", None)
         try:
-            healthy = store is not None and await store.ping()
+            problem = "the store is not open" if store is None else await store.health()
         except Exception:
-            healthy = False
-        status = "ok" if healthy else "unavailable"
-        return JSONResponse({"status": status, "store": status},
-                            status_code=200 if healthy else 503)
+            problem = "the store does not answer"
+        if problem is None:
+            return JSONResponse({"status": "ok", "store": "ok"})
+        # The reason tells an operator what to fix (a full disk, a deleted database file).
+        return JSONResponse({"status": "unavailable", "store": "unavailable",
+                             "reason": problem}, status_code=503)
 
     async def home(request: Request) -> Response:
         return RedirectResponse("/graphql")
 
     return Starlette(
         routes=[Route("/", home), Route("/healthz", healthz),
-                Route("/graphql", graphql, methods=["GET", "POST"]),
+                Route("/graphql", cross_origin(graphql, settings.cors_allowed_origins),
+                      methods=cors_methods(settings.cors_allowed_origins)),
                 WebSocketRoute("/graphql", graphql)],
         middleware=[Middleware(PlainStartupFailures), Middleware(SecurityHeaders)],
         lifespan=lifespan,

@@ -10,6 +10,7 @@ import socket
 import sys
 from collections.abc import Iterator
 from enum import StrEnum
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 from urllib.parse import urlsplit
 
@@ -186,6 +187,27 @@ def create_user(
         field = f" ({exc.field})" if exc.field else ""
         typer.echo(f"error{field}: {exc.message}", err=True)
         raise typer.Exit(1) from exc
+
+
+@app.command()
+def backup(
+    path: Annotated[Path, typer.Argument(help="The file to write (a new one).")],
+    force: Annotated[bool, typer.Option(help="Overwrite PATH if it exists.")] = False,
+) -> None:
+    """Copy the SQLite database to PATH, consistently, also while the service runs."""
+    from chargegraph.stores import backup_sqlite_database
+    from store.sqlite.backup import BackupError
+
+    with _plain_failures():
+        settings = Settings()
+        _logging(settings)
+        try:
+            report = backup_sqlite_database(settings.database_url, path, overwrite=force)
+        except BackupError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from exc
+    typer.echo(f"backed up to {report.target} ({report.size} bytes, schema version "
+               f"{report.schema_version})")
 
 
 @app.command("export-schema")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 from typing import Literal, get_args
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -34,6 +35,10 @@ class Settings(BaseSettings):
         "127.0.0.1,::1", description="Comma-separated addresses or networks (CIDR) of the "
                                      "proxies whose X-Forwarded-For/-Proto is believed; * for "
                                      "any. Sign-in limits count per client address")
+    cors_origins: str = Field(
+        "", description="Comma-separated origins (scheme://host[:port]) of browser apps "
+                        "allowed to call /graphql from another origin; * for any; empty: "
+                        "none (no CORS headers)")
     ocpp_host: str = "127.0.0.1"
     ocpp_port: int = Field(9000, ge=1, le=65535)
     ocpp_enabled: bool = True
@@ -85,6 +90,24 @@ class Settings(BaseSettings):
             raise ValueError(f"use IP addresses or networks (CIDR), comma-separated: {error}"
                              ) from None
 
+    @field_validator("cors_origins")
+    @classmethod
+    def _cors_origins(cls, value: str) -> str:
+        """Origins as browsers send them in ``Origin`` (lower case, no path, no default
+        port), since CORSMiddleware compares the header with each entry as a string:
+        ``http://localhost:3000/`` or ``HTTPS://App.example.com:443`` would never match."""
+        entries = [entry.strip() for entry in value.split(",") if entry.strip()]
+        if entries == ["*"]:
+            return "*"
+        if "*" in entries:  # a list next to * would mean nothing: say which was meant
+            raise ValueError("* (any origin) stands alone, not in a list")
+        return ",".join(dict.fromkeys(_origin(entry) for entry in entries))
+
+    @property
+    def cors_allowed_origins(self) -> list[str]:
+        """``cors_origins`` as a list; empty when cross-origin calls are not allowed."""
+        return self.cors_origins.split(",") if self.cors_origins else []
+
     def resolved_state_dir(self) -> Path:
         """``state_dir``, else ``.chargegraph`` beside the SQLite file (state travels with
         the data), else the working directory's ``.chargegraph`` (MongoDB)."""
@@ -92,6 +115,33 @@ class Settings(BaseSettings):
             return self.state_dir
         database = sqlite_path(self.database_url)
         return (database.parent if database is not None else Path()) / ".chargegraph"
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin(entry: str) -> str:
+    """One allowed CORS origin, normalised; ValueError naming the entry if it is none."""
+    usage = f"{entry!r} is not an origin: use scheme://host[:port], e.g. http://localhost:3000"
+    try:
+        parts = urlsplit(entry)
+        port = parts.port
+    except ValueError:
+        raise ValueError(usage) from None
+    scheme, host = parts.scheme.lower(), parts.hostname
+    if scheme not in _DEFAULT_PORTS or not host or "*" in host or parts.username \
+            or parts.password is not None or parts.path not in ("", "/") or parts.query \
+            or parts.fragment or entry.endswith(("?", "#")):
+        raise ValueError(usage)
+    if ":" in host:
+        host = f"[{host}]"  # an IPv6 address, as the Origin header writes it
+    else:
+        try:  # browsers send an international name in its ASCII (punycode) form
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError:
+            raise ValueError(usage) from None
+    return f"{scheme}://{host}" + ("" if port in (None, _DEFAULT_PORTS[scheme])
+                                   else f":{port}")
 
 
 def problems(error: ValidationError) -> list[str]:

@@ -12,6 +12,8 @@ from collections.abc import Iterator
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from domain.errors import StoreUnavailable
+
 
 class StartupFailed(Exception):
     """A dependency of the service is unavailable at start; the message says which."""
@@ -29,10 +31,17 @@ def _environmental() -> tuple[type[BaseException], ...]:
 
 
 @contextlib.contextmanager
-def starting(what: str) -> Iterator[None]:
-    """Turns an environmental failure while starting ``what`` into ``StartupFailed``."""
+def starting(what: str, *, store: str = "the store") -> Iterator[None]:
+    """Turns an environmental failure while starting ``what`` into ``StartupFailed``.
+
+    A step that writes to the store (the OCPP server records every charger offline
+    first) on a store that cannot write (a full disk, a read-only file) names the store
+    as well, ``store`` being how: the step is only where it showed."""
     try:
         yield
+    except StoreUnavailable as error:
+        raise StartupFailed(f"cannot start {what}: {store} cannot write: {error.reason}"
+                            ) from error
     except _environmental() as error:
         reason = str(error).strip() or type(error).__name__
         raise StartupFailed(f"cannot start {what}: {reason}") from error

@@ -5,10 +5,14 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from chargegraph.errors import ConfigError
 from chargegraph.startup import starting
 from domain.ports import Store
+
+if TYPE_CHECKING:
+    from store.sqlite.backup import BackupReport
 
 SQLITE = "sqlite:///"
 MONGO = ("mongodb://", "mongodb+srv://")
@@ -46,15 +50,20 @@ def open_store(database_url: str) -> Store:
     return MongoStore.connect(database_url)  # type: ignore[no-any-return]
 
 
+def store_label(database_url: str) -> str:
+    """How start-up lines name the store: ``the store at <url without its password>``."""
+    from pubsub.redis import redacted
+
+    return f"the store at {redacted(database_url)}"
+
+
 @contextlib.asynccontextmanager
 async def started_store(database_url: str) -> AsyncIterator[Store]:
     """The started store, closed on exit, for commands that use it without the app's
     lifespan (create-user, demo's seeding). A store that cannot be opened (an unwritable
     folder, a corrupt file, MongoDB not answering) is ``StartupFailed``, worded as `serve`
     words it."""
-    from pubsub.redis import redacted
-
-    with starting(f"the store at {redacted(database_url)}"):
+    with starting(store_label(database_url)):
         store = open_store(database_url)
         await store.start()
     try:
@@ -76,3 +85,17 @@ def remove_sqlite_database(database_url: str) -> list[Path]:
             candidate.unlink()
             removed.append(candidate)
     return removed
+
+
+def backup_sqlite_database(database_url: str, target: Path, *, overwrite: bool
+                           ) -> BackupReport:
+    """A consistent copy of the SQLite database, also while the service writes to it
+    (``store.sqlite.backup``). MongoDB has its own tools for that."""
+    path = sqlite_path(database_url)
+    if path is None:
+        raise ConfigError("backup copies SQLite databases; for MongoDB use mongodump "
+                          "(mongodump --uri=URL --archive=FILE), and mongorestore to "
+                          "restore")
+    from store.sqlite.backup import backup
+
+    return backup(path, target, overwrite=overwrite)

@@ -87,3 +87,15 @@ class StoreBusy(DomainError):
     nothing was written, and the same request may simply be sent again."""
 
     code = "STORE_BUSY"
+
+
+class StoreUnavailable(DomainError):
+    """The database cannot take writes now (a full disk, an I/O error, a read-only file, a
+    database file deleted under the running service): nothing was written. ``reason``
+    says why in the database's own words, for start-up lines and logs."""
+
+    code = "STORE_UNAVAILABLE"
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason

@@ -90,7 +90,11 @@ class Store(Protocol):
     async def close(self) -> None: ...
 
     async def ping(self) -> bool:
-        """True when the database answers (health checks)."""
+        """True when the database answers (``health()`` finds nothing wrong)."""
+
+    async def health(self) -> str | None:
+        """None when the database answers and can take writes, else why not, in words
+        for operators (``/healthz`` shows them): no paths, hosts or credentials."""
 
     async def get_many(
         self, kind: type[E], ids: Sequence[str], where: Filter = ALL

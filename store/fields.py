@@ -120,10 +120,25 @@ def build(kind: type[Record], values: dict[str, Any]) -> Record:
 ALL_KINDS: tuple[type[Record], ...] = ENTITY_TYPES
 
 
+#: Fields whose words are not their column's: "cp" alone means nothing to anyone.
+_FIELD_WORDS = {"cp_id": "charge point id (cpId)"}
+
+
+def field_words(name: str) -> str:
+    """A field as people know it: a reference by what it names ("owner", "session"), an
+    identifier of the entity itself with its "id" ("transaction id", "connector id")."""
+    if name in _FIELD_WORDS:
+        return _FIELD_WORDS[name]
+    if name in ID_FIELDS and name != "id":
+        return name.removesuffix("_id").replace("_", " ")
+    return name.replace("_", " ")
+
+
 def duplicate_message(kind: str, fields: tuple[str, ...]) -> str:
     """The words of a unique-rule violation, without column names: "another vehicle has
-    the same license plate and owner"."""
-    named = [f.removesuffix("_id").replace("_", " ") if f != "id" else "id" for f in fields]
+    the same license plate and owner", "another station has the same charge point id
+    (cpId)"."""
+    named = [field_words(f) for f in fields]
     return f"another {kind.replace('_', ' ')} has the same {' and '.join(named)}"
 
 

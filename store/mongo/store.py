@@ -98,12 +98,17 @@ class MongoStore:
             await self._client.close()
 
     async def ping(self) -> bool:
+        return await self.health() is None
+
+    async def health(self) -> str | None:
         try:
             with pymongo.timeout(PING_TIMEOUT_S):
                 result = await self.db.command("ping")
         except PyMongoError:
-            return False  # unreachable, or the client is closed
-        return bool(result.get("ok"))
+            # Unreachable, or the client is closed. The driver's text names hosts: not
+            # for an unauthenticated health check.
+            return "the database does not answer"
+        return None if result.get("ok") else "the database does not answer"
 
     # ------------------------------------------------------------------ reads
     async def _where(self, kind: type[Record], where: Filter) -> dict[str, Any]:

@@ -306,16 +306,22 @@ class SqliteStore:
             await writer.close()
 
     async def ping(self) -> bool:
+        return await self.health() is None
+
+    async def health(self) -> str | None:
         """Whether the database answers a read of a real table (``SELECT 1`` would not
-        touch the file) and its last write transaction did not fail in the database
-        (disk full, I/O error, corruption)."""
-        if self._writer is not None and self._writer.failing is not None:
-            return False
+        touch the file), its file is still where it was opened, and its last write
+        transaction did not fail in the database (disk full, I/O error, corruption)."""
+        if self._writer is None:
+            return "the store is not open"
+        problem = self._writer.problem()
+        if problem is not None:
+            return problem
         try:
             rows = await self._read('SELECT COUNT(*) FROM "schema_version"', ())
-        except (sqlite3.Error, ValueError, RuntimeError):
-            return False
-        return len(rows) == 1
+        except (sqlite3.Error, ValueError, RuntimeError) as error:
+            return f"the database does not answer: {error}"
+        return None if len(rows) == 1 else "the database does not answer"
 
     # ------------------------------------------------------------------ reads
     async def _read(self, sql: str, params: Sequence[SqlValue]) -> list[Any]:

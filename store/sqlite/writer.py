@@ -18,6 +18,11 @@ The two things that can take long are kept off the loop:
   checkpoints are off on this connection; when the WAL grows past ``checkpoint_bytes``
   a PASSIVE checkpoint runs on a worker thread with its own connection, concurrently with
   further writes (that is what PASSIVE means).
+
+A database that cannot write now (disk full, an I/O error, a read-only file) fails the
+write with the domain's ``StoreUnavailable`` rather than a bare ``sqlite3`` error, and so
+does a database file deleted or replaced under the running service: SQLite keeps writing
+into the open (unlinked) file in WAL mode, and all of it would be gone at the next start.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from domain.errors import StoreBusy
+from domain.errors import StoreBusy, StoreUnavailable
 
 log = logging.getLogger("chargegraph.store.sqlite")
 
@@ -40,6 +45,35 @@ T = TypeVar("T")
 CHECKPOINT_BYTES = 4 * 1024 * 1024
 #: How often a commit looks at the WAL's size (a stat per commit would be wasted work).
 _SIZE_CHECK_INTERVAL_S = 0.1
+
+
+#: SQLite's primary result codes for "the database cannot write now": the request was
+#: fine, the disk or the file is not (extended codes such as SQLITE_IOERR_WRITE or
+#: SQLITE_READONLY_DBMOVED share their primary code's low byte).
+_CANNOT_WRITE = frozenset({sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY})
+
+#: (st_dev, st_ino): which file a path leads to.
+FileIdentity = tuple[int, int]
+
+
+def cannot_write(error: sqlite3.DatabaseError) -> StoreUnavailable | None:
+    """The user-visible error for a write the database refused for want of disk, an I/O
+    error or a read-only file; None for anything else (a bug, a corrupt page)."""
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is None or code & 0xFF not in _CANNOT_WRITE:
+        return None
+    reason = str(error).strip() or type(error).__name__
+    return StoreUnavailable(f"the store cannot write now ({reason}): nothing was written; "
+                            "try again later", reason=reason)
+
+
+def file_identity(path: str) -> FileIdentity | None:
+    """The file at ``path`` now, or None when nothing is there."""
+    try:
+        status = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return status.st_dev, status.st_ino
 
 
 def is_busy(error: sqlite3.OperationalError) -> bool:
@@ -76,25 +110,77 @@ class Writer:
         self._next_size_check = 0.0
         #: Why the last write transaction failed, if the database itself refused it.
         self.failing: sqlite3.DatabaseError | None = None
+        #: The file the connection opened: the path must still lead to it.
+        self._identity: FileIdentity | None = None
+        self._moved_told = False
 
     def open(self) -> None:
-        conn = connect(self.path)
+        conn = connect(self.path)  # opens the file: what is at the path now is ours
+        self._identity = file_identity(self.path)
         conn.execute("PRAGMA busy_timeout = 0")  # inline attempts never wait on the loop
         conn.execute("PRAGMA wal_autocheckpoint = 0")  # checkpoints run off the loop
         self.conn = conn
 
     async def run(self, transaction: Callable[[sqlite3.Connection], T]) -> T:
+        moved = self.moved()
+        if moved is not None:
+            raise StoreUnavailable(f"the store cannot write now ({moved}): nothing was "
+                                   "written", reason=moved)
         try:
             result = await self._run(transaction)
         except sqlite3.IntegrityError:
             raise  # a unique rule said no: the request's problem, not the database's
         except sqlite3.DatabaseError as error:
             # Disk full, an I/O error, a corrupt page: /healthz says so until a write
-            # goes through again.
+            # goes through again, and the log says it once (not once per request).
+            if self.failing is None:
+                log.error("the database refuses writes: %s (health checks fail until a "
+                          "write goes through again)", error)
             self.failing = error
+            unavailable = cannot_write(error)
+            if unavailable is not None:
+                raise unavailable from error
             raise
-        self.failing = None
+        if self.failing is not None:
+            log.warning("the database takes writes again")
+            self.failing = None
         return result
+
+    def moved(self) -> str | None:
+        """Why the database's path no longer leads to the file this connection writes
+        (deleted, or another file put there), else None. Under WAL, SQLite does not look:
+        it would go on acknowledging writes into a file nobody can open again. A stat per
+        write transaction costs about a microsecond."""
+        if self._identity is None:
+            return None
+        now = file_identity(self.path)
+        if now == self._identity:
+            if self._moved_told:
+                log.warning("the database file %s is back: writes go through again",
+                            self.path)
+                self._moved_told = False
+            return None
+        reason = ("the database file was deleted while the service ran" if now is None
+                  else "the database file was replaced while the service ran")
+        if not self._moved_told:
+            self._moved_told = True
+            # The data is not lost yet: this process still holds the file open.
+            log.error("%s (%s): every write is refused from now on. Until this process "
+                      "(pid %d) stops, the old file and its -wal can still be copied "
+                      "back from /proc/%d/fd (see \"Backup and restore\" in "
+                      "docs/architecture.md); otherwise restore a backup. Started again "
+                      "now, the service would use whatever is at that path",
+                      reason, self.path, os.getpid(), os.getpid())
+        return reason
+
+    def problem(self) -> str | None:
+        """What keeps the database from taking writes, as far as the writer knows."""
+        moved = self.moved()
+        if moved is not None:
+            return f"{moved}: writes are refused"
+        if self.failing is not None:
+            return f"the last write failed: {self.failing}"
+        return None
 
     async def _run(self, transaction: Callable[[sqlite3.Connection], T]) -> T:
         conn = self._open_conn()

@@ -192,6 +192,7 @@ async def test_a_batch_whose_third_change_violates_leaves_nothing_behind(store: 
         await store.write(changes, entries)
 
     assert raised.value.field == "cp_id"
+    assert str(raised.value) == "another station has the same charge point id (cpId)"
     assert await store.get_many(Company, [first.id, renamed.id]) == [None, renamed]
     assert await store.count(Station, ALL) == 1
     assert await store.count(AuditEntry, ALL) == 0

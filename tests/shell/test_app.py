@@ -51,13 +51,14 @@ def test_every_http_answer_carries_the_security_headers(tmp_path: Path) -> None:
 
 def test_healthz_503_when_the_store_does_not_answer(tmp_path: Path) -> None:
     with TestClient(create_app(settings_for(tmp_path), hasher=Argon2Hasher.fast())) as client:
-        async def down() -> bool:
+        async def down() -> str | None:
             raise OSError("database gone")
 
-        client.app.state.store.ping = down  # type: ignore[attr-defined]
+        client.app.state.store.health = down  # type: ignore[attr-defined]
         health = client.get("/healthz")
         assert health.status_code == 503
-        assert health.json() == {"status": "unavailable", "store": "unavailable"}
+        assert health.json() == {"status": "unavailable", "store": "unavailable",
+                                 "reason": "the store does not answer"}
 
 
 def test_graphiql_follows_settings(tmp_path: Path) -> None:
@@ -157,3 +158,71 @@ def test_a_stop_lets_background_releases_finish_on_an_open_store(tmp_path: Path)
 
         client.portal.call(start)  # type: ignore[union-attr]
     assert finished == [True]
+
+
+def _sign_in_admin(client: TestClient, app: object) -> str:
+    from domain.entities import Role
+    from domain.policy import SYSTEM
+
+    services = app.state.services  # type: ignore[attr-defined]
+
+    async def make() -> None:
+        await services.accounts.create_user(SYSTEM, email="root@example.com",
+                                            password="root-pass-123", name="Root",
+                                            role=Role.ADMIN)
+
+    client.portal.call(make)  # type: ignore[union-attr]
+    answer = client.post("/graphql", json={"query": 'mutation { login(email: '
+                                                    '"root@example.com", password: '
+                                                    '"root-pass-123") { token } }'})
+    return str(answer.json()["data"]["login"]["token"])
+
+
+def test_a_database_file_deleted_while_serving_is_a_503_and_refused_writes(
+        tmp_path: Path) -> None:
+    """Health said ok and every write was acknowledged into the unlinked file, all of it
+    gone at the next start. Now health names the problem and writes are refused."""
+    app = create_app(settings_for(tmp_path), hasher=Argon2Hasher.fast())
+    create = ('mutation { createUser(input: {email: "new@example.com", password: '
+              '"driver-pass-123", name: "New"}) { user { id } errors { field message code } } }')
+    with TestClient(app) as client:
+        token = _sign_in_admin(client, app)
+        for suffix in ("", "-wal", "-shm"):
+            (tmp_path / f"app.db{suffix}").unlink(missing_ok=True)
+        health = client.get("/healthz")
+        assert health.status_code == 503
+        assert health.json() == {"status": "unavailable", "store": "unavailable",
+                                 "reason": "the database file was deleted while the "
+                                           "service ran: writes are refused"}
+        answer = client.post("/graphql", json={"query": create},
+                             headers={"authorization": f"Bearer {token}"}).json()
+        assert answer == {"data": {"createUser": {"user": None, "errors": [
+            {"field": None, "code": "STORE_UNAVAILABLE",
+             "message": "the store cannot write now (the database file was deleted while "
+                        "the service ran): nothing was written"}]}}}
+
+
+async def test_a_store_that_cannot_write_at_start_up_is_named_in_the_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The OCPP server's start writes first (every charger recorded offline). On a full
+    disk that was "cannot start the OCPP server on …: database or disk is full", as if
+    the port were at fault. Here the file refuses writes as a read-only mount would."""
+    from store.sqlite import SqliteStore
+    from tests.helpers import free_port
+
+    started = SqliteStore.start
+
+    async def read_only(self: SqliteStore) -> None:
+        await started(self)
+        assert self._writer is not None and self._writer.conn is not None
+        self._writer.conn.execute("PRAGMA query_only = 1")  # SQLITE_READONLY on writes
+
+    monkeypatch.setattr(SqliteStore, "start", read_only)
+    port = free_port()
+    url = f"sqlite:///{tmp_path}/app.db"
+    app = create_app(settings_for(tmp_path, ocpp_enabled=True, ocpp_port=port),
+                     hasher=Argon2Hasher.fast())
+    [failed] = await startup_messages(app)
+    assert failed["message"] == (f"cannot start the OCPP server on 127.0.0.1:{port}: the "
+                                 f"store at {url} cannot write: attempt to write a readonly "
+                                 "database")

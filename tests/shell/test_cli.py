@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -230,3 +231,35 @@ def test_simulate_refuses_a_meter_interval_that_floods_or_never_samples(
                                   "--meter-interval", interval])
     assert refused.exit_code == 2, refused.output
     assert "Invalid value for '--meter-interval'" in refused.stderr
+
+
+def test_backup_copies_the_database_and_keeps_an_existing_file_unless_forced(
+        runner: CliRunner, tmp_path: Path) -> None:
+    assert runner.invoke(cli, ["create-user", "--email", "root@example.com", "--password",
+                               PASSWORD, "--role", "admin"]).exit_code == 0
+    made = runner.invoke(cli, ["backup", "copy.db"])
+    assert made.exit_code == 0, made.output
+    assert re.fullmatch(r"backed up to copy\.db \(\d+ bytes, schema version \d+\)\n",
+                        made.stdout)
+    again = runner.invoke(cli, ["backup", "copy.db"])
+    assert again.exit_code == 1
+    assert again.stderr == "error: copy.db exists: pass --force to overwrite it\n"
+    assert runner.invoke(cli, ["backup", "copy.db", "--force"]).exit_code == 0
+    # The copy serves as the database: the user is there.
+    with sqlite3.connect(tmp_path / "copy.db") as conn:
+        assert conn.execute('SELECT "email" FROM "user"').fetchall() == [
+            ("root@example.com",)]
+
+
+def test_backup_of_no_database_creates_none(runner: CliRunner, tmp_path: Path) -> None:
+    missing = runner.invoke(cli, ["backup", "copy.db"])
+    assert missing.exit_code == 1
+    assert missing.stderr == f"error: there is no database at {tmp_path}/cli.db\n"
+    assert not (tmp_path / "cli.db").exists() and not (tmp_path / "copy.db").exists()
+
+
+def test_backup_of_mongodb_points_to_mongodump(runner: CliRunner,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHARGEGRAPH_DATABASE_URL", "mongodb://127.0.0.1:1/cg")
+    refused = runner.invoke(cli, ["backup", "copy.db"])
+    assert refused.exit_code == 2 and "mongodump" in refused.stderr

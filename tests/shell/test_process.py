@@ -273,3 +273,62 @@ def test_a_stop_answers_commands_waiting_on_chargers_at_once(
     assert response.status_code == 200, response.text
     [error] = response.json()["data"]["reset"]["errors"]
     assert error["code"] == "CHARGER_TIMEOUT" and "shutting down" in error["message"]
+
+
+def test_backup_while_the_service_takes_writes(launch: list[subprocess.Popen[str]],
+                                               tmp_path: Path) -> None:
+    """`chargegraph backup` next to a running `serve` that creates users all along: the
+    copy has every user whose creation was answered before the backup began, each with
+    its audit entry (whole transactions), though they are still in the WAL, which a
+    plain `cp` of the database file misses."""
+    import contextlib
+    import sqlite3
+    import threading
+
+    env = clean_env(tmp_path)
+    cli = [sys.executable, "-m", "chargegraph"]
+    subprocess.run([*cli, "create-user", "--email", "root@example.com", "--password",
+                    "root-pass-123", "--role", "admin"], cwd=tmp_path, env=env,
+                   check=True, capture_output=True, timeout=60)
+    process, url = start(launch, tmp_path, "serve")
+    token = graphql(url, 'mutation { login(email: "root@example.com", password: '
+                         '"root-pass-123") { token } }').json()["data"]["login"]["token"]
+    created: list[str] = []
+    refused: list[object] = []
+    stopping = threading.Event()
+
+    def create_users() -> None:
+        while not stopping.is_set():
+            email = f"driver{len(created)}@example.com"
+            answer = graphql(url, f'mutation {{ createUser(input: {{email: "{email}", '
+                                  f'password: "driver-pass-123", name: "D"}}) '
+                                  "{ user { id } errors { code } } }", token).json()
+            if answer.get("data", {}).get("createUser", {}).get("errors") != []:
+                refused.append(answer)
+                return
+            created.append(email)
+
+    writer = threading.Thread(target=create_users)
+    writer.start()
+    try:
+        deadline = time.monotonic() + 60
+        while len(created) < 20:
+            assert not refused and time.monotonic() < deadline, refused
+            time.sleep(0.01)
+        answered_before = list(created)
+        made = subprocess.run([*cli, "backup", "backup.db"], cwd=tmp_path, env=env,
+                              text=True, capture_output=True, timeout=60)
+    finally:
+        stopping.set()
+        writer.join()
+    assert made.returncode == 0, made.stderr
+    assert not refused, refused
+    assert made.stdout.startswith("backed up to backup.db (")
+    with contextlib.closing(sqlite3.connect(tmp_path / "backup.db")) as copy:
+        assert copy.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        emails = {row[0] for row in copy.execute('SELECT "email" FROM "user"')}
+        audited = copy.execute('SELECT COUNT(*) FROM "audit_entry" WHERE "entity" = '
+                               "'user' AND \"action\" = 'CREATE'").fetchone()[0]
+    assert set(answered_before) <= emails
+    assert audited == len(emails)  # the admin's too: create-user audits as well
+    stop(process)

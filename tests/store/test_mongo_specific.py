@@ -866,6 +866,7 @@ async def test_search_over_no_fields_matches_nothing(mongo: MongoStore) -> None:
 
 async def test_ping(mongo: MongoStore) -> None:
     assert await mongo.ping() is True
+    assert await mongo.health() is None
 
 
 async def test_ping_is_false_quickly_without_a_server(monkeypatch: pytest.MonkeyPatch
@@ -873,6 +874,8 @@ async def test_ping_is_false_quickly_without_a_server(monkeypatch: pytest.Monkey
     monkeypatch.setattr(store_module, "PING_TIMEOUT_S", 0.2)
     store = MongoStore.connect("mongodb://127.0.0.1:1/cg_ping?serverSelectionTimeoutMS=5000")
     assert await store.ping() is False
+    # No host or driver text for an unauthenticated health check.
+    assert await store.health() == "the database does not answer"
     await store.close()
     assert await store.ping() is False
 

@@ -4,6 +4,8 @@ migrations, WAL, its physical column format and its query plans."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import sqlite3
 import time
@@ -29,7 +31,7 @@ from domain.entities import (
     Tariff,
     User,
 )
-from domain.errors import StoreBusy, UniqueViolation
+from domain.errors import StoreBusy, StoreUnavailable, UniqueViolation
 from domain.policy import Policy, Viewer
 from domain.ports import UNIQUE_RULES, Insert
 from domain.query import ALL, NONE, Eq, Filter, In, Near, PageRequest, Range, Search, Sort, Sub
@@ -37,6 +39,7 @@ from store.sqlite import SqliteStore, reader
 from store.sqlite.codec import SqlValue, field_specs
 from store.sqlite.migrations import MIGRATIONS, apply_migrations, split_statements
 from store.sqlite.sql_filter import compile_where
+from store.sqlite.writer import cannot_write
 from tests.contract.factories import T0, audit, company, put, station, tariff, user
 
 SQL_TYPE = {"id": "TEXT", "str": "TEXT", "int": "INTEGER", "float": "REAL", "bool": "INTEGER",
@@ -284,14 +287,119 @@ async def test_ping_says_unhealthy_while_the_database_refuses_writes(db_path: st
         conn = s._writer.conn
         pages = conn.execute("PRAGMA page_count").fetchone()[0]
         conn.execute(f"PRAGMA max_page_count = {pages}")
-        with pytest.raises(sqlite3.OperationalError, match="full"):
+        with pytest.raises(StoreUnavailable) as raised:
             await put(s, *(company(name=f"C{i} " + "x" * 2000) for i in range(50)))
+        # A user-visible error with its code, not a bare sqlite3 error masked as a bug.
+        assert raised.value.code == "STORE_UNAVAILABLE"
+        assert raised.value.message == ("the store cannot write now (database or disk is "
+                                        "full): nothing was written; try again later")
+        assert raised.value.reason == "database or disk is full"
         assert await s.ping() is False
+        assert await s.health() == "the last write failed: database or disk is full"
         conn.execute("PRAGMA max_page_count = 1073741823")
         await put(s, company(name="After"))
         assert await s.ping() is True
+        assert await s.health() is None
     finally:
         await s.close()
+
+
+async def test_a_read_only_database_refuses_a_write_with_a_clear_error(
+        store: SqliteStore) -> None:
+    assert store._writer is not None and store._writer.conn is not None
+    store._writer.conn.execute("PRAGMA query_only = 1")  # SQLITE_READONLY, as a ro mount
+    with pytest.raises(StoreUnavailable, match="readonly database"):
+        await put(store, company(name="Refused"))
+    with pytest.raises(StoreUnavailable):
+        await store.next_sequence("tx")
+    assert await store.count(Company, ALL) == 0
+
+
+@pytest.mark.parametrize(("code", "mapped"), [(sqlite3.SQLITE_IOERR | (3 << 8), True),
+                                              (sqlite3.SQLITE_FULL, True),
+                                              (sqlite3.SQLITE_READONLY_DBMOVED, True),
+                                              (sqlite3.SQLITE_CORRUPT, False),
+                                              (sqlite3.SQLITE_ERROR, False)])
+def test_which_database_failures_mean_the_store_cannot_write(code: int, mapped: bool) -> None:
+    """An I/O error (here SQLITE_IOERR_WRITE) cannot be made on demand; its code is what
+    decides. A corrupt page or an SQL error stays a bug to look into (masked, logged)."""
+    error = sqlite3.OperationalError("disk I/O error")
+    error.sqlite_errorcode = code  # type: ignore[attr-defined]
+    unavailable = cannot_write(error)
+    assert (unavailable is not None) is mapped
+    if unavailable is not None:
+        assert unavailable.code == "STORE_UNAVAILABLE"
+        assert unavailable.reason == "disk I/O error"
+
+
+def _remove_database(db_path: str) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(db_path + suffix)
+
+
+async def test_a_database_file_deleted_under_the_store_refuses_writes_and_health(
+        db_path: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Under WAL, SQLite goes on writing into the unlinked file: every write would be
+    acknowledged and gone at the next start. The store notices the path no longer leads
+    to its file, says so once at ERROR, fails health and refuses every write."""
+    s = SqliteStore(db_path)
+    await s.start()
+    try:
+        await put(s, company(name="Before"))
+        assert await s.health() is None
+        _remove_database(db_path)
+        with caplog.at_level(logging.ERROR, logger="chargegraph.store.sqlite"):
+            assert await s.ping() is False
+            assert await s.health() == ("the database file was deleted while the service "
+                                        "ran: writes are refused")
+            with pytest.raises(StoreUnavailable) as raised:
+                await put(s, company(name="Lost"))
+            with pytest.raises(StoreUnavailable):
+                await s.next_sequence("tx")
+        assert raised.value.code == "STORE_UNAVAILABLE"
+        assert raised.value.message == ("the store cannot write now (the database file was "
+                                        "deleted while the service ran): nothing was written")
+        told = [r for r in caplog.records if r.levelno == logging.ERROR]
+        assert len(told) == 1 and db_path in told[0].getMessage()
+        # Nothing recreated an empty file there.
+        assert Path(db_path).name not in os.listdir(Path(db_path).parent)
+    finally:
+        await s.close()
+
+
+async def test_a_database_file_replaced_under_the_store_refuses_writes(
+        tmp_path: Path, db_path: str) -> None:
+    other = str(tmp_path / "other.db")
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE t (a)")
+    s = SqliteStore(db_path)
+    await s.start()
+    try:
+        os.replace(other, db_path)  # a `mv` over the live file
+        assert await s.health() == ("the database file was replaced while the service "
+                                    "ran: writes are refused")
+        with pytest.raises(StoreUnavailable, match="replaced"):
+            await put(s, company(name="Lost"))
+    finally:
+        await s.close()
+
+
+async def test_a_database_file_put_back_takes_writes_again(tmp_path: Path,
+                                                           db_path: str) -> None:
+    aside = str(tmp_path / "aside.db")
+    s = SqliteStore(db_path)
+    await s.start()
+    try:
+        os.rename(db_path, aside)
+        with pytest.raises(StoreUnavailable):
+            await put(s, company(name="Refused"))
+        os.rename(aside, db_path)
+        await put(s, company(name="Kept"))
+        assert await s.health() is None
+    finally:
+        await s.close()
+    assert raw(db_path, 'SELECT "name" FROM "company"') == [("Kept",)]
 
 
 # ---------------------------------------------------------------------------- migrations

@@ -1,0 +1,35 @@
+"""Cross-origin calls to ``/graphql`` from browser apps served elsewhere (a dev server on
+http://localhost:3000, a dashboard on its own domain), allowed per origin by
+``CHARGEGRAPH_CORS_ORIGINS``.
+
+Credentials mode is never allowed: the API's credential is a bearer token the app puts in
+``Authorization`` itself, not a cookie the browser would attach, so there is nothing for
+``credentials: "include"`` to carry; and ``*`` is safe only without credentials."""
+
+from __future__ import annotations
+
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp
+
+#: What a GraphQL client sends: queries over GET or POST (mutations over POST), JSON
+#: bodies and a bearer token. Accept is safelisted by the CORS standard already.
+METHODS = ("GET", "POST", "OPTIONS")
+HEADERS = ("Authorization", "Content-Type")
+#: How long a browser may keep a preflight's answer (Chromium caps it at 2 hours).
+PREFLIGHT_MAX_AGE_S = 600
+
+
+def cross_origin(app: ASGIApp, origins: list[str]) -> ASGIApp:
+    """``app`` answering preflights and marking answers for ``origins`` (``["*"]``: any);
+    ``app`` itself when there are none, so no CORS header is ever sent."""
+    if not origins:
+        return app
+    return CORSMiddleware(app, allow_origins=origins, allow_methods=METHODS,
+                          allow_headers=HEADERS, allow_credentials=False,
+                          max_age=PREFLIGHT_MAX_AGE_S)
+
+
+def methods(origins: list[str]) -> list[str]:
+    """The methods the ``/graphql`` route takes: OPTIONS only for CORS preflights (the
+    router would answer 405 before the middleware saw one)."""
+    return list(METHODS) if origins else ["GET", "POST"]

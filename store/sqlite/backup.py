@@ -1,0 +1,122 @@
+"""A consistent copy of a live SQLite database (``chargegraph backup``).
+
+Copying ``chargegraph.db`` with ``cp`` while the service runs misses every commit still in
+``chargegraph.db-wal`` (the writer checkpoints only every 4 MiB of WAL), and a copy taken
+during a checkpoint may be torn. SQLite's online backup API reads the database as one
+read transaction: the WAL's committed frames included, nothing half-committed, and the
+service's writes go on meanwhile (under WAL a reader blocks no writer).
+
+The copy is written to a private temporary file beside the target and renamed into place
+once complete and checked, so a backup interrupted half-way never leaves a file that looks
+like one. It is created 0600: it holds password hashes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+#: How long the copy waits for a lock (a recovery or an exclusive lock elsewhere): the
+#: service's own busy timeout.
+BUSY_TIMEOUT_MS = 5000
+
+
+class BackupError(Exception):
+    """The backup could not be made; the message says why. Nothing was left behind."""
+
+
+@dataclass(frozen=True, slots=True)
+class BackupReport:
+    target: Path
+    size: int
+    schema_version: int
+
+
+def backup(source: str | Path, target: str | Path, *, overwrite: bool = False
+           ) -> BackupReport:
+    """Copies the database at ``source`` to ``target``, consistently, also while other
+    connections (the service) write to it. An existing ``target`` is refused unless
+    ``overwrite``; the source itself never is."""
+    source, target = Path(source), Path(target)
+    if not source.is_file():
+        raise BackupError(f"there is no database at {source}")
+    _check_target(source, target, overwrite=overwrite)
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part",
+                                             dir=target.parent)
+    os.close(descriptor)
+    try:
+        _copy(source, temporary)
+        version = _checked_version(source, temporary)
+        _sync(temporary)
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(temporary)
+        raise
+    _sync_folder(target.parent)
+    return BackupReport(target=target, size=target.stat().st_size, schema_version=version)
+
+
+def _check_target(source: Path, target: Path, *, overwrite: bool) -> None:
+    if not target.parent.is_dir():
+        raise BackupError(f"the folder {target.parent} does not exist")
+    if target.is_dir():
+        raise BackupError(f"{target} is a folder: name the backup file")
+    if not target.exists():
+        return
+    if target.samefile(source):
+        # --force would put a copy in place of the live file the service writes to.
+        raise BackupError(f"{target} is the database itself: name another file")
+    if not overwrite:
+        raise BackupError(f"{target} exists: pass --force to overwrite it")
+
+
+def _copy(source: Path, temporary: str) -> None:
+    # mode=rw: never creates a database where there was none (a plain connect would), and
+    # the last connection to close cleans up the WAL files as usual.
+    uri = f"file:{quote(str(source.resolve()))}?mode=rw"
+    try:
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as origin, \
+                contextlib.closing(sqlite3.connect(temporary)) as copy:
+            origin.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            # pages=-1: the whole database in one step, so in one read transaction of the
+            # origin; stepping page by page would restart whenever the service commits.
+            origin.backup(copy, pages=-1)
+    except sqlite3.Error as error:
+        raise BackupError(f"cannot back up {source}: {error}") from error
+
+
+def _checked_version(source: Path, temporary: str) -> int:
+    """The copy's schema version, after SQLite's quick check of its pages: a backup that
+    cannot be read back is refused now, not found out at the restore."""
+    try:
+        with contextlib.closing(sqlite3.connect(temporary)) as copy:
+            problems = copy.execute("PRAGMA quick_check").fetchall()
+            if problems != [("ok",)]:
+                raise BackupError(f"the copy of {source} fails SQLite's check: "
+                                  f"{'; '.join(str(row[0]) for row in problems[:3])}")
+            row = copy.execute('SELECT MAX("version") FROM "schema_version"').fetchone()
+    except sqlite3.Error as error:
+        raise BackupError(f"{source} is not a ChargeGraph database: {error}") from error
+    if row is None or row[0] is None:
+        raise BackupError(f"{source} is not a ChargeGraph database: no schema version")
+    return int(row[0])
+
+
+def _sync(path: str) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Makes the rename durable (a power cut right after would otherwise lose it)."""
+    with contextlib.suppress(OSError):  # some filesystems cannot open a folder
+        _sync(str(folder))

@@ -1,0 +1,128 @@
+"""CHARGEGRAPH_CORS_ORIGINS: a browser app on another origin (a dev server on
+http://localhost:3000) may call /graphql; without the setting no CORS header is sent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+from pydantic import ValidationError
+from starlette.testclient import TestClient
+from typer.testing import CliRunner
+
+from chargegraph.app import create_app
+from chargegraph.cli import app as cli
+from chargegraph.security import Argon2Hasher
+from chargegraph.settings import Settings
+
+APP = "http://localhost:3000"
+STRANGER = "https://evil.example"
+QUERY = {"query": "{ __typename }"}
+
+
+def preflight(client: TestClient, origin: str, headers: str = "authorization,content-type"
+              ) -> httpx.Response:
+    return client.options("/graphql", headers={
+        "origin": origin, "access-control-request-method": "POST",
+        "access-control-request-headers": headers})
+
+
+def client_for(tmp_path: Path, origins: str) -> TestClient:
+    settings = Settings(database_url=f"sqlite:///{tmp_path}/cors.db",  # type: ignore[arg-type]
+                        jwt_secret="c" * 40, ocpp_enabled=False, cors_origins=origins)
+    return TestClient(create_app(settings, hasher=Argon2Hasher.fast()))
+
+
+def test_an_allowed_origin_passes_the_preflight_and_reads_the_answer(tmp_path: Path) -> None:
+    with client_for(tmp_path, f"{APP},https://dashboard.example") as client:
+        allowed = preflight(client, APP)
+        assert allowed.status_code == 200
+        headers = allowed.headers
+        assert headers["access-control-allow-origin"] == APP
+        assert set(headers["access-control-allow-methods"].split(", ")) == {
+            "GET", "POST", "OPTIONS"}
+        assert {h.strip().lower() for h in headers["access-control-allow-headers"].split(",")
+                } >= {"authorization", "content-type"}
+        assert "access-control-allow-credentials" not in headers
+        answer = client.post("/graphql", json=QUERY, headers={"origin": APP})
+        assert answer.status_code == 200 and answer.json() == {"data": {"__typename": "Query"}}
+        assert answer.headers["access-control-allow-origin"] == APP
+        assert "origin" in answer.headers["vary"].lower()  # caches keep origins apart
+        # The security headers stay on every answer, the preflight's too.
+        assert headers["x-content-type-options"] == "nosniff"
+
+
+def test_another_origin_is_refused_and_its_answers_stay_unreadable(tmp_path: Path) -> None:
+    with client_for(tmp_path, APP) as client:
+        refused = preflight(client, STRANGER)
+        assert refused.status_code == 400
+        assert "access-control-allow-origin" not in refused.headers
+        # A simple request still runs (CORS is the browser's rule), but the browser keeps
+        # the answer from the page: no Access-Control-Allow-Origin.
+        answer = client.post("/graphql", json=QUERY, headers={"origin": STRANGER})
+        assert "access-control-allow-origin" not in answer.headers
+        # A header the API does not take is refused in the preflight.
+        assert preflight(client, APP, "x-custom").status_code == 400
+
+
+def test_any_origin_without_credentials(tmp_path: Path) -> None:
+    with client_for(tmp_path, "*") as client:
+        allowed = preflight(client, STRANGER)
+        assert allowed.status_code == 200
+        assert allowed.headers["access-control-allow-origin"] == "*"
+        assert "access-control-allow-credentials" not in allowed.headers
+        answer = client.post("/graphql", json=QUERY, headers={"origin": STRANGER})
+        assert answer.headers["access-control-allow-origin"] == "*"
+
+
+def test_without_the_setting_there_is_no_cors(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CHARGEGRAPH_CORS_ORIGINS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert Settings().cors_origins == ""
+    with client_for(tmp_path, "") as client:
+        refused = preflight(client, APP)
+        assert refused.status_code == 405
+        assert "access-control-allow-origin" not in refused.headers
+        answer = client.post("/graphql", json=QUERY, headers={"origin": APP})
+        assert "access-control-allow-origin" not in answer.headers
+
+
+@pytest.mark.parametrize(("given", "kept"), [
+    (f" {APP}/ , HTTPS://Dashboard.Example:443", f"{APP},https://dashboard.example"),
+    ("http://[::1]:3000,http://localhost:3000,http://localhost:3000",
+     "http://[::1]:3000,http://localhost:3000"),
+    ("https://bücher.example", "https://xn--bcher-kva.example"),
+    (" * ", "*"),
+    ("", ""),
+])
+def test_origins_are_kept_as_browsers_send_them(given: str, kept: str) -> None:
+    """CORSMiddleware compares the Origin header with each entry as text: a trailing
+    slash, capitals or a default port would never match."""
+    assert Settings(cors_origins=given).cors_origins == kept
+
+
+@pytest.mark.parametrize(("given", "line"), [
+    ("localhost:3000", "'localhost:3000' is not an origin: use scheme://host[:port], e.g. "
+                       "http://localhost:3000 (got 'localhost:3000')"),
+    (f"{APP},https://app.example/path", "'https://app.example/path' is not an origin: use "
+                                        "scheme://host[:port], e.g. http://localhost:3000 "
+                                        f"(got '{APP},https://app.example/path')"),
+    (f"*,{APP}", f"* (any origin) stands alone, not in a list (got '*,{APP}')"),
+])
+def test_a_wrong_origin_is_one_configuration_line(given: str, line: str, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CHARGEGRAPH_CORS_ORIGINS", given)
+    refused = CliRunner().invoke(cli, ["serve"])
+    assert refused.exit_code == 2
+    assert refused.stderr == f"configuration error: CHARGEGRAPH_CORS_ORIGINS: {line}\n"
+
+
+@pytest.mark.parametrize("wrong", ["null", "ftp://app.example", "http://*.example.com",
+                                   "http://user:pw@app.example", "http://app.example:99999",
+                                   "http://app.example?x=1", "file:///index.html"])
+def test_what_is_no_origin_is_refused(wrong: str) -> None:
+    with pytest.raises(ValidationError, match="is not an origin"):
+        Settings(cors_origins=wrong)

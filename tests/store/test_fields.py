@@ -1,0 +1,32 @@
+"""The words both stores use for a unique rule that said no."""
+
+from __future__ import annotations
+
+from domain.ports import UNIQUE_RULES
+from store.fields import duplicate_message
+
+#: Every unique rule's message, as a person reads it: no column names, no "cp".
+EXPECTED = {
+    ("user", ("email",)): "another user has the same email",
+    ("company", ("name",)): "another company has the same name",
+    ("vehicle", ("license_plate", "owner_id")):
+        "another vehicle has the same license plate and owner",
+    ("id_tag", ("tag",)): "another id tag has the same tag",
+    ("station", ("cp_id",)): "another station has the same charge point id (cpId)",
+    ("connector", ("cp_id", "connector_id")):
+        "another connector has the same charge point id (cpId) and connector id",
+    ("session", ("transaction_id",)): "another session has the same transaction id",
+    ("reservation", ("reservation_id",)):
+        "another reservation has the same reservation id",
+    ("payment", ("session_id",)): "another payment has the same session",
+}
+
+
+def test_every_unique_rule_is_told_in_the_words_people_use() -> None:
+    rules = {(kind, rule) for kind, kind_rules in UNIQUE_RULES.items() for rule in kind_rules}
+    assert rules == set(EXPECTED)  # a new rule gets its message checked here
+    assert {rule: duplicate_message(*rule) for rule in rules} == EXPECTED
+
+
+def test_a_repeated_id_is_the_id() -> None:
+    assert duplicate_message("station", ("id",)) == "another station has the same id"

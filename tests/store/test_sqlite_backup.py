@@ -1,0 +1,136 @@
+"""``store.sqlite.backup``: a consistent copy of a database the store is writing to."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import sqlite3
+import stat
+from pathlib import Path
+
+import pytest
+
+from domain.entities import AuditAction
+from domain.ports import Insert
+from store.sqlite import SqliteStore
+from store.sqlite.backup import BackupError, BackupReport, backup
+from store.sqlite.migrations import MIGRATIONS
+from tests.contract.factories import audit, company
+
+
+def counts(path: Path) -> tuple[int, int]:
+    """(companies, audit entries) in the file at ``path``, read as a restore would."""
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        return (conn.execute('SELECT COUNT(*) FROM "company"').fetchone()[0],
+                conn.execute('SELECT COUNT(*) FROM "audit_entry"').fetchone()[0])
+
+
+async def test_a_backup_during_writes_is_whole_and_holds_what_is_still_in_the_wal(
+        tmp_path: Path) -> None:
+    """Writes go on while three backups are taken. Each write is a company with its audit
+    entry in one transaction: a copy holding one without the other would be torn. Every
+    write acknowledged before a backup began is in it, though none has been checkpointed
+    into the database file yet: a plain copy of that file (what QA's `cp` got) has none."""
+    live = tmp_path / "live.db"
+    store = SqliteStore(str(live))
+    await store.start()
+    assert store._writer is not None
+    store._writer.checkpoint_bytes = 1 << 40  # everything stays in the WAL
+    acknowledged = 0
+    stop, under_way = asyncio.Event(), asyncio.Event()
+
+    async def keep_writing() -> None:
+        nonlocal acknowledged
+        while not stop.is_set():
+            made = company(name=f"Written {acknowledged}")
+            await store.write([Insert(made)], [audit(made, "system",
+                                                     action=AuditAction.CREATE)])
+            acknowledged += 1
+            if acknowledged == 100:
+                under_way.set()
+            await store.next_sequence("tx")
+            await asyncio.sleep(0)
+
+    writing = asyncio.create_task(keep_writing())
+    try:
+        await under_way.wait()
+        taken = []
+        for n in range(3):
+            before = acknowledged
+            report = await asyncio.to_thread(backup, live, tmp_path / f"copy{n}.db")
+            taken.append((before, acknowledged, report))
+        plain = tmp_path / "plain.db"
+        shutil.copyfile(live, plain)
+    finally:
+        stop.set()
+        await writing
+        await store.close()
+
+    check_copies(tmp_path, taken, plain)
+
+
+def check_copies(tmp_path: Path, taken: list[tuple[int, int, BackupReport]],
+                 plain: Path) -> None:
+    # Nothing but the copies: no temporary file or WAL of a copy left behind.
+    assert sorted(p.name for p in tmp_path.iterdir() if "copy" in p.name) == [
+        "copy0.db", "copy1.db", "copy2.db"]
+    for before, after, report in taken:
+        companies, entries = counts(report.target)
+        assert companies == entries  # whole transactions only
+        assert before <= companies <= after
+        assert report.schema_version == MIGRATIONS[-1][0]
+        assert report.size == report.target.stat().st_size
+        assert stat.S_IMODE(report.target.stat().st_mode) == 0o600  # password hashes
+    assert taken[-1][0] > taken[0][0]  # the writes went on during the backups
+    assert counts(plain) == (0, 0)
+
+
+@pytest.fixture
+async def database(tmp_path: Path) -> Path:
+    path = tmp_path / "live.db"
+    store = SqliteStore(str(path))
+    await store.start()
+    made = company(name="Kept")
+    await store.write([Insert(made)], [audit(made, "system")])
+    await store.close()
+    return path
+
+
+def test_an_existing_file_is_overwritten_only_when_asked(database: Path,
+                                                          tmp_path: Path) -> None:
+    target = tmp_path / "backup.db"
+    target.write_text("an older backup")
+    with pytest.raises(BackupError, match="exists: pass --force to overwrite it"):
+        backup(database, target)
+    assert target.read_text() == "an older backup"
+    backup(database, target, overwrite=True)
+    assert counts(target) == (1, 1)
+
+
+def test_the_database_itself_is_never_the_target(database: Path) -> None:
+    with pytest.raises(BackupError, match="is the database itself"):
+        backup(database, database, overwrite=True)
+    assert counts(database) == (1, 1)
+
+
+def test_no_database_is_created_where_there_was_none(tmp_path: Path) -> None:
+    with pytest.raises(BackupError, match="there is no database at"):
+        backup(tmp_path / "missing.db", tmp_path / "backup.db")
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_file_that_is_no_chargegraph_database_leaves_no_copy(tmp_path: Path) -> None:
+    other = tmp_path / "other.db"
+    with sqlite3.connect(other) as conn:
+        conn.execute("CREATE TABLE t (a)")
+    with pytest.raises(BackupError, match="not a ChargeGraph database"):
+        backup(other, tmp_path / "backup.db")
+    assert sorted(os.listdir(tmp_path)) == ["other.db"]
+
+
+def test_a_missing_folder_is_named(database: Path, tmp_path: Path) -> None:
+    with pytest.raises(BackupError, match="does not exist"):
+        backup(database, tmp_path / "nowhere" / "backup.db")
