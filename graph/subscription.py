@@ -28,11 +28,12 @@ from domain.events import (
     SessionChanged,
     StationConnectionChanged,
 )
+from domain.ids import is_id
 from graph.context import GraphContext
 from graph.enums import ConnectorStatus, ReservationState, SessionState
 from graph.ids import expect_id, to_global_id
 from graph.loaders import Loaders
-from graph.nodes import Connector, Reservation, Session, Station
+from graph.nodes import Connector, Reservation, Session, Station, User, _related
 
 Info = strawberry.Info
 PUBLIC_TOPICS = frozenset({ConnectorStatusChanged.topic, StationConnectionChanged.topic})
@@ -200,9 +201,16 @@ class CommandEvent:
     cp_id: str
     status: str | None = strawberry.field(description="The charger's answer, OCPP spelling.")
     error_code: str | None
-    requested_by: str
+    requested_by: str = strawberry.field(description="User id of who asked, or `system`.")
     at: datetime
     dropped_before: int
+
+    @strawberry.field(description="Who asked for it, if the viewer may see them (a console "
+                                  "names them without another request).")
+    async def requested_by_user(self, info: Info) -> User | None:
+        if not is_id(self.requested_by):
+            return None
+        return await _related(info, User, self.requested_by)  # type: ignore[no-any-return]
 
 
 class LiveFeed(AsyncIterator[Any]):

@@ -131,7 +131,8 @@ async def test_command_completed_reaches_the_operator(service: Running) -> None:
     operator = await GraphQLWS.open(service.ws_url, await service.token("op"))
     driver = await GraphQLWS.open(service.ws_url, await service.token("driver"))
     try:
-        query = "subscription { commandCompleted { action cpId status errorCode requestedBy } }"
+        query = """subscription { commandCompleted { action cpId status errorCode requestedBy
+            requestedByUser { name } } }"""
         await operator.subscribe(query)
         await driver.subscribe(query)
         await service.until_subscribed(2)
@@ -143,7 +144,8 @@ async def test_command_completed_reaches_the_operator(service: Running) -> None:
         event = (await operator.next())["payload"]["data"]["commandCompleted"]
         assert event == {"action": "UnlockConnector", "cpId": "CP-1", "status": "Unlocked",
                          "errorCode": None,
-                         "requestedBy": service.central.users["op"].id}
+                         "requestedBy": service.central.users["op"].id,
+                         "requestedByUser": {"name": service.central.users["op"].name}}
         with pytest.raises(TimeoutError):
             await driver.next(timeout=0.5)  # not the driver's command
     finally:
