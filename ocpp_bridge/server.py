@@ -105,6 +105,7 @@ class OcppServer:
         self._lease_keeper: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._removals: asyncio.Task[None] | None = None
+        self._cache_follower: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[None]] = set()
         self.charging = charging
         self.gateway = gateway
@@ -169,16 +170,22 @@ class OcppServer:
             removals = self.charging.ctx.bus.subscribe([StationRemoved.topic])
             self._removals = asyncio.create_task(self._watch_removals(removals),
                                                  name="chargegraph-ocpp-removals")
+            # The charging use cases cache what this server's chargers use: what other
+            # instances announce they changed is dropped at once (``follow``).
+            changes = self.charging.ctx.bus.subscribe(ChargingService.CACHED_TOPICS)
+            self._cache_follower = asyncio.create_task(
+                self._follow_changes(changes), name="chargegraph-ocpp-cache")
         if self.instances is not None:
             self._lease_keeper = asyncio.create_task(self._keep_lease(),
                                                      name="chargegraph-ocpp-lease")
 
     async def stop(self) -> None:
-        for task in (self._watcher, self._removals, self._lease_keeper):
+        for task in (self._watcher, self._removals, self._cache_follower,
+                     self._lease_keeper):
             if task is not None:
                 task.cancel()
                 await asyncio.wait([task])
-        self._watcher = self._removals = self._lease_keeper = None
+        self._watcher = self._removals = self._cache_follower = self._lease_keeper = None
         if self._server is None:
             return
         self._server.close()
@@ -258,6 +265,10 @@ class OcppServer:
                     continue
                 log.info("%s: its station was removed; closing", event.cp_id)
                 self._hang_up(handler, CLOSE_UNKNOWN_STATION, "unknown charge point")
+
+    async def _follow_changes(self, stream: Any) -> None:
+        async with contextlib.aclosing(stream):
+            await self.charging.follow(stream)
 
     def _hang_up(self, handler: ChargePointHandler, code: int, reason: str) -> None:
         # In a task: the closing handshake with a dead peer may take a while.

@@ -18,6 +18,7 @@ from domain.events import (
     FaultReported,
     ReservationChanged,
     SessionChanged,
+    StationChanged,
     StationConnectionChanged,
     StationRemoved,
 )
@@ -66,6 +67,8 @@ SAMPLES: list[DomainEvent] = [
                             origin="2" * 24, holder="3" * 24),
     AccessChanged(station_id=None, cp_id="", at=AT, user_id="e" * 24),
     StationRemoved(station_id=STATION, cp_id="CP-9", company_id=COMPANY, owner_id=None,
+                   at=AT),
+    StationChanged(station_id=STATION, cp_id="CP-9", company_id=COMPANY, owner_id=OWNER,
                    at=AT),
 ]
 ALL_TOPICS = [event.topic for event in SAMPLES]
