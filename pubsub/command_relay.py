@@ -18,6 +18,8 @@ would have raised, so the mutation reads the same wherever it ran.
 * Claimed but no answer within the command's timeout (plus ``claim_timeout`` for the
   trip): ``ChargerTimeout`` (the holder enforces the timeout on the charger itself).
 * The bus cannot publish: ``ChargerOffline`` naming the cause; nothing was sent.
+* This instance begins to stop (``stop_commands``): its commands fail at once,
+  ``ChargerOffline`` if not yet confirmed to a holder, ``ChargerTimeout`` if confirmed.
 
 Redis pub/sub is at-most-once, so a relayed command is sent at most once as well.
 """
@@ -79,6 +81,7 @@ class CommandRelay:
         self._confirmations: dict[str, asyncio.Future[None]] = {}
         self._serving: set[asyncio.Task[None]] = set()
         self._listener: asyncio.Task[None] | None = None
+        self._stopping: str | None = None
 
     async def start(self) -> None:
         # Subscribed before start() returns: a command sent right after is heard.
@@ -88,6 +91,24 @@ class CommandRelay:
         self._listener = asyncio.create_task(self._listen(stream),
                                              name="chargegraph-command-relay")
         self._listener.add_done_callback(_log_death)
+
+    def stop_commands(self, reason: str) -> None:
+        """The service is stopping (``app.state.begin_shutdown``, before uvicorn waits for
+        requests in flight): this instance's commands waiting on a charger elsewhere fail
+        now with ``reason``, as the local gateway's do, instead of holding their requests
+        until the relay closes after the 10 s wait (a bare 500). One no holder has claimed
+        yet, or not confirmed to it, was never sent: ``ChargerOffline``; one confirmed to
+        its holder may have reached the charger, which may still act on it:
+        ``ChargerTimeout``. An answer that came first wins. New commands are refused
+        (``ChargerOffline``). Those this instance carries out for others fail through the
+        local gateway (``stop_commands`` there), and their askers hear it."""
+        self._stopping = reason
+        # The local gateway (``OcppGateway``) stops too; the port does not require it.
+        stop_local = getattr(self.local, "stop_commands", None)
+        if callable(stop_local):
+            stop_local(reason)
+        for pending in self._pending.values():
+            pending.stop(reason)
 
     async def close(self) -> None:
         """Stops listening; commands this instance was carrying out for others are
@@ -111,6 +132,8 @@ class CommandRelay:
                    ) -> dict[str, Any]:
         if self.local is not None and self.local.is_connected(cp_id):
             return await self.local.call(cp_id, action, payload, timeout)
+        if self._stopping is not None:
+            raise ChargerOffline(self._stopping)
         request_id = new_id()
         pending = self._pending[request_id] = _Pending(asyncio.get_running_loop())
         try:
@@ -128,6 +151,9 @@ class CommandRelay:
             except TimeoutError:
                 raise ChargerOffline(f"{cp_id} is not connected", field="cpId") from None
             assert pending.holder is not None
+            if self._stopping is not None:  # unconfirmed, the holder drops it
+                raise ChargerOffline(self._stopping)
+            pending.confirmed = True
             try:
                 await self.bus.publish(ChargerCommandConfirmed(
                     station_id=None, cp_id=cp_id, request_id=request_id,
@@ -242,6 +268,8 @@ class _Pending:
         self.claimed: asyncio.Future[None] = loop.create_future()
         self.answered: asyncio.Future[dict[str, Any]] = loop.create_future()
         self.holder: str | None = None
+        #: Confirmed to its holder: the charger may have got it.
+        self.confirmed = False
 
     def hear(self, answer: ChargerCommandAnswered) -> None:
         if self.holder is None:
@@ -263,6 +291,15 @@ class _Pending:
         waiting = self.answered if self.claimed.done() else self.claimed
         if not waiting.done():
             waiting.set_exception(error)
+
+    def stop(self, reason: str) -> None:
+        """Ends the wait because this instance is stopping: never claimed,
+        ``ChargerOffline``; confirmed to its holder (maybe sent), ``ChargerTimeout``. One
+        claimed but not confirmed yet is refused by ``call`` before it confirms."""
+        if not self.claimed.done():
+            self.claimed.set_exception(ChargerOffline(reason))
+        elif self.confirmed and not self.answered.done():
+            self.answered.set_exception(ChargerTimeout(reason))
 
     def forget(self) -> None:
         """Retrieves what nobody awaited any more, so asyncio does not log it."""

@@ -293,3 +293,63 @@ async def test_concurrent_commands_get_their_own_answers(
                                      for n in range(5)))
     assert answers == [{"n": n} for n in range(5)]
     assert on_b.calls == []
+
+
+# ------------------------------------------------------------------ a stop beginning
+STOPPING = "the service is shutting down: try again in a moment"
+
+
+async def test_a_stop_answers_a_command_the_holder_has_at_once_as_unanswered(
+        instances: tuple[CommandRelay, CommandRelay, FakeChargers]) -> None:
+    """QA: SIGTERM of the instance that sent a relayed command held its request until
+    uvicorn gave up (10 s, a bare 500): its relay failed it only when it closed."""
+    a, _, on_b = instances
+    on_b.answer = "never"
+    asked = asyncio.create_task(a.call("CP-B", "Reset", {"type": "Soft"}, LONG))
+    await asyncio.wait_for(on_b.called.wait(), AT_ONCE)  # confirmed and sent
+    a.stop_commands(STOPPING)
+    with pytest.raises(ChargerTimeout, match="shutting down"):  # the charger may act on it
+        await asyncio.wait_for(asked, AT_ONCE)
+
+
+async def test_a_stop_answers_a_command_nobody_claimed_yet_as_not_sent(
+        buses: tuple[ManagedEventBus, ManagedEventBus]) -> None:
+    relay = CommandRelay(buses[0], None, claim_timeout=LONG)
+    await relay.start()
+    requests = buses[0].subscribe([ChargerCommandRelayed.topic])
+    try:
+        asked = asyncio.create_task(relay.call("CP-B", "Reset", {"type": "Soft"}, LONG))
+        await asyncio.wait_for(anext(aiter(requests)), AT_ONCE)  # published, unclaimed
+        relay.stop_commands(STOPPING)
+        with pytest.raises(ChargerOffline, match="shutting down"):
+            await asyncio.wait_for(asked, AT_ONCE)
+    finally:
+        await requests.aclose()  # type: ignore[attr-defined]
+        await relay.close()
+
+
+async def test_a_stop_refuses_new_commands_and_keeps_answers_that_came_first(
+        instances: tuple[CommandRelay, CommandRelay, FakeChargers]) -> None:
+    a, _, on_b = instances
+    assert await a.call("CP-B", "Reset", {"type": "Soft"}, LONG) == {"status": "Accepted"}
+    a.stop_commands(STOPPING)
+    with pytest.raises(ChargerOffline, match="shutting down"):
+        await a.call("CP-B", "Reset", {"type": "Soft"}, LONG)
+    assert len(on_b.calls) == 1  # nothing relayed
+
+
+async def test_a_stop_reaches_the_local_gateway(
+        instances: tuple[CommandRelay, CommandRelay, FakeChargers]) -> None:
+    """Its chargers' commands fail there (``OcppGateway.stop_commands``), also those
+    carried out for other instances, whose askers hear the failure."""
+    _, b, on_b = instances
+    stopped: list[str] = []
+
+    class Stoppable(FakeChargers):
+        def stop_commands(self, reason: str) -> None:
+            stopped.append(reason)
+
+    b.local = Stoppable("CP-B")
+    b.stop_commands(STOPPING)
+    assert stopped == [STOPPING]
+    assert on_b.calls == []
