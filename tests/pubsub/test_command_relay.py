@@ -353,3 +353,78 @@ async def test_a_stop_reaches_the_local_gateway(
     b.stop_commands(STOPPING)
     assert stopped == [STOPPING]
     assert on_b.calls == []
+
+
+# ------------------------------------------------------------------ a holder gone
+async def claimed_by_a_silent_holder(bus: ManagedEventBus, requests: Any) -> str:
+    """Claims the next relayed command as a holder would, confirms nothing back, and then
+    says nothing more: a holder killed (SIGKILL) right after its claim."""
+    request = await asyncio.wait_for(anext(aiter(requests)), AT_ONCE)
+    assert isinstance(request, ChargerCommandRelayed)
+    await bus.publish(ChargerCommandAnswered(
+        station_id=None, cp_id=request.cp_id, request_id=request.request_id,
+        origin=request.origin, holder="killed", stage="claimed"))
+    return request.request_id
+
+
+async def test_a_holder_killed_mid_command_is_given_up_after_its_silence(
+        buses: tuple[ManagedEventBus, ManagedEventBus]) -> None:
+    """QA: the asker waited twice the timeout plus the claim (60 s by default) for a
+    holder that was gone; a load balancer answered 504 first. Silence for the timeout
+    (plus the claim's margin) now ends the wait."""
+    relay = CommandRelay(buses[0], None, claim_timeout=CLAIM_TIMEOUT)
+    await relay.start()
+    requests = buses[1].subscribe([ChargerCommandRelayed.topic])
+    try:
+        asked = asyncio.create_task(relay.call("CP-B", "Reset", {"type": "Soft"}, 0.5))
+        await claimed_by_a_silent_holder(buses[1], requests)
+        with pytest.raises(ChargerTimeout, match="has not been heard from"):
+            await asyncio.wait_for(asked, AT_ONCE)
+    finally:
+        await requests.aclose()  # type: ignore[attr-defined]
+        await relay.close()
+
+
+async def test_a_holder_still_at_it_is_waited_for(
+        instances: tuple[CommandRelay, CommandRelay, FakeChargers]) -> None:
+    """A command that waited its turn on the holder (which bounds the turn and the answer
+    by the timeout each) is answered after longer than the timeout: the holder's progress
+    reports keep its asker waiting."""
+    a, _, on_b = instances
+
+    class Slow(FakeChargers):
+        async def call(self, cp_id: str, action: str, payload: dict[str, Any],
+                       timeout: float) -> dict[str, Any]:
+            await asyncio.sleep(timeout * 1.4 + CLAIM_TIMEOUT)  # past timeout + claim
+            return {"status": "Accepted"}
+
+    instances[1].local = Slow("CP-B")
+    answer = await asyncio.wait_for(a.call("CP-B", "Reset", {"type": "Soft"}, 1.0), AT_ONCE)
+    assert answer == {"status": "Accepted"}
+
+
+async def test_a_charger_recorded_offline_ends_the_wait_at_once(
+        buses: tuple[ManagedEventBus, ManagedEventBus]) -> None:
+    """Its holder's socket closed, or the holder's lease expired and another instance
+    recorded its chargers offline: no answer will come."""
+    from domain.events import StationConnectionChanged
+
+    relay = CommandRelay(buses[0], None, claim_timeout=CLAIM_TIMEOUT)
+    await relay.start()
+    requests = buses[1].subscribe([ChargerCommandRelayed.topic])
+    try:
+        asked = asyncio.create_task(relay.call("CP-B", "Reset", {"type": "Soft"}, LONG))
+        await claimed_by_a_silent_holder(buses[1], requests)
+        await buses[1].publish(StationConnectionChanged(station_id=None, cp_id="CP-C",
+                                                        online=False))
+        await buses[1].publish(StationConnectionChanged(station_id=None, cp_id="CP-B",
+                                                        online=True))
+        await asyncio.sleep(0.2)
+        assert not asked.done()  # another charger, or a connect: nothing to do with it
+        await buses[1].publish(StationConnectionChanged(station_id=None, cp_id="CP-B",
+                                                        online=False))
+        with pytest.raises(ChargerOffline, match="CP-B went offline before answering Reset"):
+            await asyncio.wait_for(asked, AT_ONCE)
+    finally:
+        await requests.aclose()  # type: ignore[attr-defined]
+        await relay.close()
