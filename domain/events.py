@@ -38,6 +38,10 @@ class ConnectorStatusChanged(DomainEvent):
 class StationConnectionChanged(DomainEvent):
     topic: ClassVar[str] = "station_connection"
     online: bool
+    #: The connection recorded (``Station.connection``): between instances, the higher
+    #: number is the newer connection, whatever their clocks. ``None`` from versions
+    #: before it, and for a disconnect recorded without one (start-up).
+    connection: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

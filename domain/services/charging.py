@@ -219,6 +219,16 @@ class BootInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class Connected:
+    """A connection as ``ChargingService.connect`` recorded it: when, its number, and
+    whether it is the station's newest (a newer one recorded first: not written)."""
+
+    at: datetime
+    number: int
+    newest: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class BootResult:
     status: Registration
     interval: int
@@ -364,6 +374,9 @@ class ChargingService(Service):
         self._ratings: dict[tuple[str, int], tuple[float, float]] = {}
         self.session_updates = LatestUpdates(self.publish)
         ctx.committed.append(self._forget)
+        #: Set by the OCPP server: records again the connection it holds for a charger
+        #: whose station a message found recorded offline (``_still_connected``).
+        self.still_connected: Callable[[str], Awaitable[None]] | None = None
 
     # ------------------------------------------------------------- plumbing
     async def station(self, cp_id: str) -> Station | None:
@@ -539,31 +552,86 @@ class ChargingService(Service):
             if station.connected_instance not in alive:
                 await self.set_online(station.cp_id, False)
 
-    async def set_online(self, cp_id: str, online: bool, *,
-                         connected_at: datetime | None = None,
-                         instance: str | None = None) -> datetime | None:
-        """Records a connect or a disconnect; returns its time (``None`` for an unknown
-        charger or a disconnect that is not one). ``connected_at``, for a disconnect: when
-        the closing connection was recorded. If the charger connected again since — to
-        another instance sharing this database, whose connection this instance cannot
-        see — the old socket closing does not make it offline. ``instance``: the instance
-        holding the connection (``domain.services.instances``)."""
-        if not online:  # no frame of this connection will publish what it held
-            await self.session_updates.flush(cp_id)
-        station = await self.station(cp_id)
-        if station is None:
-            return None
-        if not online and connected_at is not None:
-            newest = await self.store.find_all(
-                ConnectionEvent, Eq("station_id", station.id),
-                (Sort("at", descending=True),), limit=1)
-            if newest and newest[0].online and newest[0].at > connected_at:
+    async def set_online(self, cp_id: str, online: bool, *, instance: str | None = None
+                         ) -> datetime | None:
+        """Records a connect (a new connection, ``connect``) or a disconnect of whichever
+        connection is recorded (``disconnect``, unguarded: at start-up, in tests); returns
+        its time, ``None`` when nothing was recorded."""
+        if online:
+            connected = await self.connect(cp_id, instance=instance)
+            return connected.at if connected is not None and connected.newest else None
+        return await self.disconnect(cp_id)
+
+    async def connect(self, cp_id: str, *, instance: str | None = None,
+                      number: int | None = None) -> Connected | None:
+        """Records a connection of the charger, held by ``instance``; ``None`` for an
+        unknown charger. Each connection gets a number the store draws, so that of two
+        connections (two instances at one moment, clocks seconds apart) the newer one is
+        the higher: the station keeps the newest (``Station.connection``), and one that
+        finds a newer one recorded is not written (``Connected.newest`` False: its socket
+        is to be closed). ``number``: record this connection again (its record was
+        written offline while it stayed connected: a sweep while this instance's lease
+        had lapsed), only while it is still the station's newest."""
+        again = number is not None
+        if number is None:
+            number = await self.store.next_sequence("connection")
+        while True:
+            station = await self.station(cp_id)
+            if station is None:
                 return None
+            current = station.connection
+            if (current is not None and current > number) or (again and current != number):
+                return Connected(self.now(), number, newest=False)
+            if again and station.online and station.connected_instance == instance:
+                return Connected(station.last_seen or self.now(), number)  # nothing lost
+            try:
+                # Compare-and-set: a connection another instance recorded meanwhile is
+                # read and weighed again, never overwritten blindly.
+                at = await self._record_connection(station, True, instance=instance,
+                                                   number=number, guard=("connection",
+                                                                         current))
+            except Conflict:
+                continue
+            return Connected(at, number)
+
+    async def disconnect(self, cp_id: str, *, number: int | None = None,
+                         instance: str | None = None) -> datetime | None:
+        """Records that the charger's connection ``number`` (held by ``instance``) closed;
+        returns the time, or ``None`` when nothing was recorded: it is not the station's
+        connection any more (the charger connected again, here or to another instance,
+        whose connection this one cannot see), or the station is offline already. A
+        connection without a number (recorded before numbers existed) is judged by the
+        instance holding it; neither given, the station goes offline whatever holds it."""
+        await self.session_updates.flush(cp_id)  # no frame of it will publish what it held
+        station = await self.station(cp_id)
+        if station is None or not station.online:
+            return None
+        guard: tuple[str, Any] | None = None
+        if number is not None:
+            guard = ("connection", number)
+        elif instance is not None:
+            guard = ("connected_instance", instance)
+        if guard is not None and getattr(station, guard[0]) != guard[1]:
+            return None
+        try:
+            return await self._record_connection(station, False, guard=guard)
+        except Conflict:  # a newer connection was recorded meanwhile
+            return None
+
+    async def _record_connection(self, station: Station, online: bool, *,
+                                 instance: str | None = None, number: int | None = None,
+                                 guard: tuple[str, Any] | None = None) -> datetime:
+        """Writes the connect or disconnect (flag, connection history, state intervals;
+        only while ``guard`` holds, else ``Conflict``) and announces it."""
+        cp_id = station.cp_id
         now = self.now()
         actor = charger(cp_id)
         event = ConnectionEvent(station_id=station.id, cp_id=cp_id, online=online, at=now)
-        update = patch(station, actor, online=online, last_seen=now,
-                       connected_instance=instance if online else None)
+        fields: dict[str, Any] = {"online": online, "last_seen": now,
+                                  "connected_instance": instance if online else None}
+        if online:
+            fields["connection"] = number
+        update = patch(station, actor, only_if=guard, required=guard is not None, **fields)
         changes: list[Change] = [update, Insert(stamp_new(event, actor, now))]
         for connector in await self.store.find_all(Connector, Eq("station_id", station.id),
                                                    limit=100):
@@ -573,14 +641,24 @@ class ChargingService(Service):
                 self.charger_now(cp_id), actor)
         await self.store.write(changes, [])
         self._remember(cast(Station, update.record), renew=False)
-        await self.publish(StationConnectionChanged(**owned_by(station), online=online,
-                                                    at=now))
+        await self.publish(StationConnectionChanged(
+            **owned_by(station), online=online, at=now, connection=station.connection
+            if number is None else number))
         return now
+
+    async def _still_connected(self, station: Station) -> None:
+        """A message from the charger came over a live connection: if its station is
+        recorded offline meanwhile, the OCPP server holding the connection records it
+        again (``still_connected``), as far as it is still the station's newest."""
+        if not station.online and self.still_connected is not None:
+            await self.still_connected(station.cp_id)
+            self._stations.pop(station.cp_id, None)  # read what it recorded
 
     # ------------------------------------------------------------- boot and heartbeat
     @_station_must_exist
     async def boot(self, cp_id: str, info: BootInfo) -> BootResult:
         station = await self._require_station(cp_id)
+        await self._still_connected(station)
         now = self.now()
         details: dict[str, Any] = {
             "vendor": v.shown_text(info.vendor), "model": v.shown_text(info.model),
@@ -598,6 +676,7 @@ class ChargingService(Service):
     @_station_must_exist
     async def heartbeat(self, cp_id: str) -> datetime:
         station = await self._require_station(cp_id)
+        await self._still_connected(station)
         now = self.now()
         update = patch(station, charger(cp_id), last_seen=now)
         await self.telemetry.write([update])

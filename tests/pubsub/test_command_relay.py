@@ -390,7 +390,7 @@ async def test_a_holder_still_at_it_is_waited_for(
     """A command that waited its turn on the holder (which bounds the turn and the answer
     by the timeout each) is answered after longer than the timeout: the holder's progress
     reports keep its asker waiting."""
-    a, _, on_b = instances
+    a, _, _ = instances
 
     class Slow(FakeChargers):
         async def call(self, cp_id: str, action: str, payload: dict[str, Any],
