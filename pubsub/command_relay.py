@@ -13,7 +13,8 @@ command its asker had already reported failed: it drops it instead. The asking i
 turns the answer back into the result or the same ``ChargerError`` the local gateway
 would have raised, so the mutation reads the same wherever it ran.
 
-* No claim within ``claim_timeout``: no instance holds the charger, ``ChargerOffline``.
+* No claim within ``claim_timeout``: no instance holds the charger, or the one holding it
+  does not hear the bus now (``ChargerUnclaimed``, a ``ChargerOffline``).
   A holder whose claim got no confirmation within ``claim_timeout`` drops the command.
 * Claimed but no answer: the holder enforces the command's timeout on the charger
   itself (its turn behind other commands and the charger's answer, ``timeout`` each), and
@@ -46,6 +47,7 @@ from domain.errors import (
     ChargerOffline,
     ChargerRejected,
     ChargerTimeout,
+    ChargerUnclaimed,
     DomainError,
     ValidationError,
 )
@@ -163,7 +165,7 @@ class CommandRelay:
             try:
                 await asyncio.wait_for(asyncio.shield(pending.claimed), self.claim_timeout)
             except TimeoutError:
-                raise ChargerOffline(f"{cp_id} is not connected", field="cpId") from None
+                raise ChargerUnclaimed(f"{cp_id} is not connected", field="cpId") from None
             assert pending.holder is not None
             if self._stopping is not None:  # unconfirmed, the holder drops it
                 raise ChargerOffline(self._stopping)
