@@ -8,7 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -34,6 +34,9 @@ from domain.services import ServiceContext, Services
 from graph import TokenService, create_graphql_app
 from pubsub.command_relay import CommandRelay
 from pubsub.factory import check_event_bus_url, open_event_bus
+
+if TYPE_CHECKING:  # imported when OCPP is enabled (an instance may serve only GraphQL)
+    from ocpp_bridge.gateway import OcppGateway
 
 log = logging.getLogger("chargegraph")
 
@@ -113,7 +116,7 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
             # deactivations release in the background finishes (or fails) on an open store.
             stack.push_async_callback(_settle, services)
             graphql.app = create_graphql_app(services, tokens, graphiql=settings.graphiql)
-            local = None
+            local: OcppGateway | None = None
             if settings.ocpp_enabled:
                 from ocpp_bridge.gateway import OcppGateway
 
@@ -124,22 +127,25 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
             instances_bus = bus if check_event_bus_url(settings.pubsub_url) == "redis" \
                 else None
             gateway: ChargerGateway | None = local
+            stoppable: OcppGateway | CommandRelay | None = local
             if instances_bus is not None:
-                gateway = CommandRelay(instances_bus, local)
+                gateway = stoppable = relay = CommandRelay(instances_bus, local)
                 with starting("the command relay"):
-                    await gateway.start()
+                    await relay.start()
                 # Closed after the OCPP server stops: it answers for this instance's
                 # chargers until they are gone.
-                stack.push_async_callback(gateway.close)
+                stack.push_async_callback(relay.close)
+            if stoppable is not None:
+                # Called by the server when a stop begins, before it waits for requests
+                # in flight (``cli.GracefulServer``): a command waiting on a charger, here
+                # or (through the relay, also on a GraphQL-only instance) on another
+                # instance, then answers at once instead of holding the shutdown up
+                # until it is cut off with a bare 500.
+                stop_commands = stoppable.stop_commands
+                app.state.begin_shutdown = lambda: stop_commands(
+                    "the service is shutting down: try again in a moment")
             if local is not None:
                 from ocpp_bridge.server import OcppServer
-
-                # Called by the server when a stop begins, before it waits for requests
-                # in flight (``cli.GracefulServer``): a command waiting on a charger then
-                # answers at once instead of holding the shutdown up until it is cut off.
-                gateway_stopping = local.stop_commands
-                app.state.begin_shutdown = lambda: gateway_stopping(
-                    "the service is shutting down: try again in a moment")
 
                 # Its start writes (every charger recorded offline): a store that cannot
                 # write is named in the line, not only the OCPP server.

@@ -192,6 +192,11 @@ class Station(Record):
     #: The central-system instance holding the charger's websocket (its ``InstanceLease``
     #: id) while ``online``: when that instance dies, another one records the disconnect.
     connected_instance: str | None = None
+    #: Which connection of its charger was recorded last (online, or since closed): a
+    #: number the store draws per connection (``Store.next_sequence("connection")``), so
+    #: of two connections the newer is the higher whatever the instances' clocks say. A
+    #: disconnect is recorded only for this connection; ``None`` before any was.
+    connection: int | None = None
     #: The charge point as a whole, from its StatusNotifications for connector 0
     #: (Available, Unavailable or Faulted); ``None`` until it sent one.
     status: ConnectorStatus | None = None

@@ -65,6 +65,13 @@ class ChargerOffline(ChargerError):
     code = "CHARGER_OFFLINE"
 
 
+class ChargerUnclaimed(ChargerOffline):
+    """A command relayed between instances that no instance took: none holds the charger's
+    connection, or the one holding it cannot hear the relay right now (its event bus is
+    reconnecting). Nothing was sent. Which of the two, the store's ``Station.online``
+    says (``CommandService``)."""
+
+
 class ChargerBusy(ChargerError):
     """The command waited its turn behind others to the same charger (OCPP allows one
     at a time) until its time ran out: it was never sent."""

@@ -38,6 +38,10 @@ class ConnectorStatusChanged(DomainEvent):
 class StationConnectionChanged(DomainEvent):
     topic: ClassVar[str] = "station_connection"
     online: bool
+    #: The connection recorded (``Station.connection``): between instances, the higher
+    #: number is the newer connection, whatever their clocks. ``None`` from versions
+    #: before it, and for a disconnect recorded without one (start-up).
+    connection: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -153,8 +157,18 @@ class StationRemoved(DomainEvent):
     topic: ClassVar[str] = "station_removed"
 
 
-#: The topics clients may subscribe to (the relay's three, ``access`` and
-#: ``station_removed`` are internal).
+@dataclass(frozen=True, kw_only=True)
+class StationChanged(DomainEvent):
+    """Never to clients: an operator edited a station or its connectors (registration,
+    company, owner, password, ratings, …), so every instance drops what it caches of the
+    station for its charger's messages (``ChargingService.follow``) instead of using a
+    stale copy until the cache's expiry."""
+
+    topic: ClassVar[str] = "station_changed"
+
+
+#: The topics clients may subscribe to (the relay's three, ``access``,
+#: ``station_removed`` and ``station_changed`` are internal).
 ALL_TOPICS: tuple[str, ...] = (
     ConnectorStatusChanged.topic,
     StationConnectionChanged.topic,
@@ -168,7 +182,7 @@ EVENT_TYPES: dict[str, type[DomainEvent]] = {
     for t in (ConnectorStatusChanged, StationConnectionChanged, SessionChanged, FaultReported,
               ReservationChanged, CommandCompleted, ChargerCommandRelayed,
               ChargerCommandAnswered, ChargerCommandConfirmed, AccessChanged,
-              StationRemoved)
+              StationRemoved, StationChanged)
 }
 
 

@@ -105,7 +105,13 @@ class OcppServer:
         self._lease_keeper: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._removals: asyncio.Task[None] | None = None
+        self._cache_follower: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[None]] = set()
+        # handler → the number of its connection (``ChargingService.connect``), once
+        # recorded; cp_id → the highest number another instance announced for it while
+        # this instance was still recording its own.
+        self._numbers: dict[ChargePointHandler, int] = {}
+        self._newer_elsewhere: dict[str, int] = {}
         self.charging = charging
         self.gateway = gateway
         self.host = host
@@ -169,16 +175,25 @@ class OcppServer:
             removals = self.charging.ctx.bus.subscribe([StationRemoved.topic])
             self._removals = asyncio.create_task(self._watch_removals(removals),
                                                  name="chargegraph-ocpp-removals")
+            # The charging use cases cache what this server's chargers use: what other
+            # instances announce they changed is dropped at once (``follow``).
+            changes = self.charging.ctx.bus.subscribe(ChargingService.CACHED_TOPICS)
+            self._cache_follower = asyncio.create_task(
+                self._follow_changes(changes), name="chargegraph-ocpp-cache")
+        self.charging.still_connected = self._still_connected
         if self.instances is not None:
             self._lease_keeper = asyncio.create_task(self._keep_lease(),
                                                      name="chargegraph-ocpp-lease")
 
     async def stop(self) -> None:
-        for task in (self._watcher, self._removals, self._lease_keeper):
+        for task in (self._watcher, self._removals, self._cache_follower,
+                     self._lease_keeper):
             if task is not None:
                 task.cancel()
                 await asyncio.wait([task])
-        self._watcher = self._removals = self._lease_keeper = None
+        self._watcher = self._removals = self._cache_follower = self._lease_keeper = None
+        if self.charging.still_connected == self._still_connected:
+            self.charging.still_connected = None
         if self._server is None:
             return
         self._server.close()
@@ -206,12 +221,16 @@ class OcppServer:
         chargers of instances whose lease expired; returns their ids."""
         if self.instances is None:
             return []
-        if await self.instances.renew(self.instance_id, self.host_label, self.lease):
-            lost = await self.instances.lost(self.gateway.connected())
-            if lost:
-                log.warning("the instance lease had lapsed and %d connections were recorded "
-                            "offline meanwhile: recording them again", len(lost))
-            await self._record_connections_again(lost)
+        lapsed = await self.instances.renew(self.instance_id, self.host_label, self.lease)
+        # Every round, not only after a lapse: a connection recorded offline while its
+        # socket is still here (a sweep while this instance stalled, a race lost to an
+        # old socket's disconnect) is recorded again, if it is still the newest.
+        lost = await self.instances.lost(self.gateway.connected())
+        if lost:
+            log.warning("%d connections here were recorded offline%s: recording them "
+                        "again", len(lost), " while the instance lease had lapsed"
+                        if lapsed else "")
+        await self._record_connections_again(lost)
         swept = await self.instances.sweep(self.instance_id)
         if swept:
             log.warning("recorded offline %d chargers of an instance that stopped renewing "
@@ -220,30 +239,60 @@ class OcppServer:
 
     async def _record_connections_again(self, cp_ids: list[str]) -> None:
         for cp_id in cp_ids:
-            handler = self.gateway.handler_of(cp_id)
-            if handler is not None:
-                at = await self.charging.set_online(cp_id, True, instance=self.instance_id)
-                if self.gateway.handler_of(cp_id) is handler:
-                    handler.connected_at = at
+            await self._still_connected(cp_id)
+
+    async def _still_connected(self, cp_id: str) -> None:
+        """Records again this instance's connection of ``cp_id``, found recorded offline
+        while its socket is open, unless it is no longer the station's newest (then this
+        socket is stale, and closed)."""
+        handler = self.gateway.handler_of(cp_id)
+        number = self._numbers.get(handler) if handler is not None else None
+        if handler is None or number is None:
+            return
+        connected = await self.charging.connect(cp_id, instance=self.instance_id,
+                                                number=number)
+        if connected is None or self.gateway.handler_of(cp_id) is not handler:
+            return
+        if connected.newest:
+            handler.connected_at = connected.at
+        else:
+            self._hang_up(handler, 1000, "connected to another instance")
 
     async def _watch_elsewhere(self, stream: Any) -> None:
         """With several instances: a charger that connected to another instance after
-        its connection here was recorded has left this socket, even if it has not been
-        noticed dead yet. Closing it keeps commands from reaching the charger twice and
-        frees the connection at once (its disconnect is not recorded: the newer
-        connection is, see ``ChargingService.set_online``). This instance's own events
-        carry its own connection time, never a later one."""
+        it connected here has left this socket, even if it has not been noticed dead yet.
+        Closing it keeps commands from reaching the charger twice and frees the
+        connection at once (its disconnect is not recorded: the newer connection is, see
+        ``ChargingService.disconnect``). Newer is the higher connection number the store
+        drew, not a later clock: two connections at one moment, or instances whose clocks
+        are seconds apart, still have exactly one winner. An announcement heard while
+        this instance is still recording its own connection is kept for when it is done
+        (``_connection``). This instance's own events carry its own number."""
         async with contextlib.aclosing(stream):
             async for event in stream:
                 if not isinstance(event, StationConnectionChanged) or not event.online:
                     continue
                 handler = self.gateway.handler_of(event.cp_id)
-                if handler is None or handler.connected_at is None \
-                        or event.at <= handler.connected_at:
+                if handler is None:
                     continue
-                log.info("%s connected to another instance: closing its connection here",
-                         event.cp_id)
-                self._hang_up(handler, 1000, "connected to another instance")
+                if event.connection is None:
+                    # From a version without numbers: by its clock, as it did.
+                    if handler.connected_at is None or event.at <= handler.connected_at:
+                        continue
+                else:
+                    mine = self._numbers.get(handler)
+                    if mine is None:
+                        newest = self._newer_elsewhere.get(event.cp_id, 0)
+                        self._newer_elsewhere[event.cp_id] = max(newest, event.connection)
+                        continue
+                    if event.connection <= mine:
+                        continue
+                self._lost_to_elsewhere(handler)
+
+    def _lost_to_elsewhere(self, handler: ChargePointHandler) -> None:
+        log.info("%s connected to another instance: closing its connection here",
+                 handler.id)
+        self._hang_up(handler, 1000, "connected to another instance")
 
     async def _watch_removals(self, stream: Any) -> None:
         """A removed station's charger is hung up on at once, by whichever instance holds
@@ -258,6 +307,10 @@ class OcppServer:
                     continue
                 log.info("%s: its station was removed; closing", event.cp_id)
                 self._hang_up(handler, CLOSE_UNKNOWN_STATION, "unknown charge point")
+
+    async def _follow_changes(self, stream: Any) -> None:
+        async with contextlib.aclosing(stream):
+            await self.charging.follow(stream)
 
     def _hang_up(self, handler: ChargePointHandler, code: int, reason: str) -> None:
         # In a task: the closing handshake with a dead peer may take a while.
@@ -355,8 +408,15 @@ class OcppServer:
             await previous.hang_up(1000, "replaced by a new connection")
         log.info("%s connected from %s", cp_id, ws.remote_address)
         try:
-            handler.connected_at = await self.charging.set_online(
-                cp_id, True, instance=self.instance_id)
+            connected = await self.charging.connect(cp_id, instance=self.instance_id)
+            if connected is not None:
+                self._numbers[handler] = connected.number
+                handler.connected_at = connected.at
+                newer = self._newer_elsewhere.pop(cp_id, None)
+                if not connected.newest or (newer is not None and newer > connected.number):
+                    # Connected to another instance at the same moment, and that
+                    # connection is the newer: this one goes.
+                    self._lost_to_elsewhere(handler)
             await handler.start()
         except ConnectionClosed:
             pass
@@ -364,13 +424,15 @@ class OcppServer:
             # First: a command waiting for this charger's answer fails now with
             # CHARGER_OFFLINE, not at its timeout.
             handler.connection_closed()
+            number = self._numbers.pop(handler, None)
             if self.gateway.unregister(handler):
+                self._newer_elsewhere.pop(cp_id, None)
                 log.info("%s disconnected (close code %s%s)", cp_id, ws.close_code,
                          f": {ws.close_reason!r}" if ws.close_reason else "")
                 try:
-                    # The connection's latest record: a lapsed lease records it again.
-                    await self.charging.set_online(cp_id, False,
-                                                   connected_at=handler.connected_at)
+                    # Only if this connection is still the station's newest.
+                    await self.charging.disconnect(cp_id, number=number,
+                                                   instance=self.instance_id)
                 except Exception:  # the store may already be closing at shutdown
                     log.exception("%s: could not record the disconnect", cp_id)
 

@@ -13,11 +13,21 @@ command its asker had already reported failed: it drops it instead. The asking i
 turns the answer back into the result or the same ``ChargerError`` the local gateway
 would have raised, so the mutation reads the same wherever it ran.
 
-* No claim within ``claim_timeout``: no instance holds the charger, ``ChargerOffline``.
+* No claim within ``claim_timeout``: no instance holds the charger, or the one holding it
+  does not hear the bus now (``ChargerUnclaimed``, a ``ChargerOffline``).
   A holder whose claim got no confirmation within ``claim_timeout`` drops the command.
-* Claimed but no answer within the command's timeout (plus ``claim_timeout`` for the
-  trip): ``ChargerTimeout`` (the holder enforces the timeout on the charger itself).
+* Claimed but no answer: the holder enforces the command's timeout on the charger
+  itself (its turn behind other commands and the charger's answer, ``timeout`` each), and
+  says it is still at it (``"progress"``) every third of the timeout. An asker that hears
+  nothing from its holder for ``timeout`` plus ``claim_timeout`` (the holder was killed, or
+  cut off) answers ``ChargerTimeout`` then, not after the holder's whole bound (twice the
+  timeout): behind a load balancer that was a 504.
+* The charger is recorded offline meanwhile (``StationConnectionChanged``: its socket
+  closed, or the holder's lease expired and another instance swept it): ``ChargerOffline``
+  at once, as the local gateway says when a socket closes under a command.
 * The bus cannot publish: ``ChargerOffline`` naming the cause; nothing was sent.
+* This instance begins to stop (``stop_commands``): its commands fail at once,
+  ``ChargerOffline`` if not yet confirmed to a holder, ``ChargerTimeout`` if confirmed.
 
 Redis pub/sub is at-most-once, so a relayed command is sent at most once as well.
 """
@@ -27,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from domain.errors import (
@@ -36,6 +47,7 @@ from domain.errors import (
     ChargerOffline,
     ChargerRejected,
     ChargerTimeout,
+    ChargerUnclaimed,
     DomainError,
     ValidationError,
 )
@@ -44,6 +56,7 @@ from domain.events import (
     ChargerCommandConfirmed,
     ChargerCommandRelayed,
     EventsDropped,
+    StationConnectionChanged,
 )
 from domain.ids import new_id
 from domain.ports import ChargerGateway, EventBus
@@ -54,6 +67,9 @@ log = logging.getLogger("chargegraph.commands")
 #: How long the instance holding a charger may take to claim a command (a Redis round
 #: trip and a task switch; generous for a loaded instance).
 CLAIM_TIMEOUT_S = 1.0
+#: How often, as a share of the command's timeout, a holder tells its asker it is still
+#: carrying a command out (three reports per timeout: one lost one is no silence).
+PROGRESS_SHARE = 1 / 3
 
 #: Errors that cross the wire as themselves (by class name, with their code, message and
 #: field); any other arrives as a ChargerError with the same code.
@@ -79,15 +95,35 @@ class CommandRelay:
         self._confirmations: dict[str, asyncio.Future[None]] = {}
         self._serving: set[asyncio.Task[None]] = set()
         self._listener: asyncio.Task[None] | None = None
+        self._stopping: str | None = None
 
     async def start(self) -> None:
         # Subscribed before start() returns: a command sent right after is heard.
         stream = self.bus.subscribe([ChargerCommandRelayed.topic,
                                      ChargerCommandAnswered.topic,
-                                     ChargerCommandConfirmed.topic])
+                                     ChargerCommandConfirmed.topic,
+                                     StationConnectionChanged.topic])
         self._listener = asyncio.create_task(self._listen(stream),
                                              name="chargegraph-command-relay")
         self._listener.add_done_callback(_log_death)
+
+    def stop_commands(self, reason: str) -> None:
+        """The service is stopping (``app.state.begin_shutdown``, before uvicorn waits for
+        requests in flight): this instance's commands waiting on a charger elsewhere fail
+        now with ``reason``, as the local gateway's do, instead of holding their requests
+        until the relay closes after the 10 s wait (a bare 500). One no holder has claimed
+        yet, or not confirmed to it, was never sent: ``ChargerOffline``; one confirmed to
+        its holder may have reached the charger, which may still act on it:
+        ``ChargerTimeout``. An answer that came first wins. New commands are refused
+        (``ChargerOffline``). Those this instance carries out for others fail through the
+        local gateway (``stop_commands`` there), and their askers hear it."""
+        self._stopping = reason
+        # The local gateway (``OcppGateway``) stops too; the port does not require it.
+        stop_local = getattr(self.local, "stop_commands", None)
+        if callable(stop_local):
+            stop_local(reason)
+        for pending in self._pending.values():
+            pending.stop(reason)
 
     async def close(self) -> None:
         """Stops listening; commands this instance was carrying out for others are
@@ -111,8 +147,11 @@ class CommandRelay:
                    ) -> dict[str, Any]:
         if self.local is not None and self.local.is_connected(cp_id):
             return await self.local.call(cp_id, action, payload, timeout)
+        if self._stopping is not None:
+            raise ChargerOffline(self._stopping)
         request_id = new_id()
-        pending = self._pending[request_id] = _Pending(asyncio.get_running_loop())
+        pending = self._pending[request_id] = _Pending(asyncio.get_running_loop(), cp_id,
+                                                       action)
         try:
             try:
                 await self.bus.publish(ChargerCommandRelayed(
@@ -126,8 +165,11 @@ class CommandRelay:
             try:
                 await asyncio.wait_for(asyncio.shield(pending.claimed), self.claim_timeout)
             except TimeoutError:
-                raise ChargerOffline(f"{cp_id} is not connected", field="cpId") from None
+                raise ChargerUnclaimed(f"{cp_id} is not connected", field="cpId") from None
             assert pending.holder is not None
+            if self._stopping is not None:  # unconfirmed, the holder drops it
+                raise ChargerOffline(self._stopping)
+            pending.confirmed = True
             try:
                 await self.bus.publish(ChargerCommandConfirmed(
                     station_id=None, cp_id=cp_id, request_id=request_id,
@@ -135,16 +177,34 @@ class CommandRelay:
             except Exception as exc:  # unconfirmed, the holder drops it: nothing was sent
                 raise ChargerOffline(f"{cp_id} is connected to another instance that "
                                      "cannot be reached now", field="cpId") from exc
-            try:
-                # The holder bounds the command's turn and its answer by ``timeout`` each.
-                return await asyncio.wait_for(asyncio.shield(pending.answered),
-                                              2 * timeout + self.claim_timeout)
-            except TimeoutError:
-                raise ChargerTimeout(f"{cp_id} did not answer {action} within "
-                                     f"{timeout:g}s") from None
+            return await self._answer(pending, timeout)
         finally:
             self._pending.pop(request_id, None)
             pending.forget()
+
+    async def _answer(self, pending: _Pending, timeout: float) -> dict[str, Any]:
+        """The holder's answer. It bounds the command's turn and the charger's answer by
+        ``timeout`` each, and reports progress meanwhile: silence for ``timeout`` (plus
+        ``claim_timeout`` for the trips) means it is gone, and the charger may have the
+        command."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 2 * timeout + self.claim_timeout
+        quiet = timeout + self.claim_timeout
+        while True:
+            now = loop.time()
+            if now >= deadline:
+                raise ChargerTimeout(f"{pending.cp_id} did not answer {pending.action} "
+                                     f"within {timeout:g}s")
+            if now >= pending.heard + quiet:
+                raise ChargerTimeout(f"{pending.cp_id} did not answer {pending.action}: "
+                                     f"the instance holding it has not been heard from "
+                                     f"for {quiet:g}s")
+            try:
+                return await asyncio.wait_for(
+                    asyncio.shield(pending.answered),
+                    min(deadline, pending.heard + quiet) - now)
+            except TimeoutError:
+                continue  # heard from meanwhile, or the limit: the loop decides
 
     # ------------------------------------------------------------- the listener
     async def _listen(self, stream: Any) -> None:
@@ -156,6 +216,8 @@ class CommandRelay:
                     self._on_answer(event)
                 elif isinstance(event, ChargerCommandConfirmed):
                     self._on_confirmed(event)
+                elif isinstance(event, StationConnectionChanged) and not event.online:
+                    self._on_offline(event.cp_id)
                 elif isinstance(event, EventsDropped) and event.count:
                     # (An interruption is logged by the bus; commands whose messages it
                     # lost time out like any unanswered command.)
@@ -194,6 +256,11 @@ class CommandRelay:
                 return
             finally:
                 self._confirmations.pop(request.request_id, None)
+            finished = asyncio.Event()
+            progress = asyncio.create_task(self._report_progress(reply, request.timeout,
+                                                                 finished))
+            self._serving.add(progress)
+            progress.add_done_callback(self._serving.discard)
             try:
                 result = await local.call(request.cp_id, request.action, request.payload,
                                           request.timeout)
@@ -209,6 +276,8 @@ class CommandRelay:
                 await fail(ChargerError(f"{request.cp_id}: {request.action} failed "
                                         f"({exc.__class__.__name__})"))
                 return
+            finally:
+                finished.set()  # not cancelled: a publish under way completes
             try:
                 await reply("answered", result=wire_json(result))
             except Exception as exc:  # an answer the wire cannot carry
@@ -219,6 +288,30 @@ class CommandRelay:
         except Exception as exc:  # the bus failed: the asker times out and says so
             log.warning("cannot answer relayed %s for %s: %r", request.action,
                         request.cp_id, exc)
+
+    @staticmethod
+    async def _report_progress(reply: Callable[..., Awaitable[None]], timeout: float,
+                               finished: asyncio.Event) -> None:
+        """Until ``finished``, while the charger has the command (or it waits its turn):
+        "still at it", so the asker can tell a holder that is slow from one that is
+        gone."""
+        while True:
+            try:
+                await asyncio.wait_for(finished.wait(), timeout * PROGRESS_SHARE)
+                return
+            except TimeoutError:
+                pass
+            try:
+                await reply("progress")
+            except Exception as exc:  # the bus: the asker may time out, and says so
+                log.debug("cannot report progress: %r", exc)
+
+    def _on_offline(self, cp_id: str) -> None:
+        """The charger was recorded offline: a command claimed for it will get no answer
+        (its holder's socket closed, or the holder is dead and was swept)."""
+        for pending in self._pending.values():
+            if pending.cp_id == cp_id:
+                pending.went_offline()
 
     def _on_confirmed(self, event: ChargerCommandConfirmed) -> None:
         confirmed = self._confirmations.get(event.request_id) \
@@ -238,10 +331,17 @@ class _Pending:
     that claimed it (should two hold the charger for a moment, during a reconnect, the
     other's answers are ignored)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, cp_id: str, action: str) -> None:
+        self.loop = loop
+        self.cp_id = cp_id
+        self.action = action
         self.claimed: asyncio.Future[None] = loop.create_future()
         self.answered: asyncio.Future[dict[str, Any]] = loop.create_future()
         self.holder: str | None = None
+        #: When the holder was last heard from (its claim, its progress reports).
+        self.heard = loop.time()
+        #: Confirmed to its holder: the charger may have got it.
+        self.confirmed = False
 
     def hear(self, answer: ChargerCommandAnswered) -> None:
         if self.holder is None:
@@ -249,6 +349,7 @@ class _Pending:
             self.claimed.set_result(None)
         if answer.holder != self.holder or self.answered.done():
             return
+        self.heard = self.loop.time()
         if answer.stage == "answered":
             self.answered.set_result(answer.result or {})
         elif answer.stage == "failed":
@@ -263,6 +364,21 @@ class _Pending:
         waiting = self.answered if self.claimed.done() else self.claimed
         if not waiting.done():
             waiting.set_exception(error)
+
+    def went_offline(self) -> None:
+        """Its charger was recorded offline after the claim: no answer will come."""
+        if self.claimed.done() and not self.answered.done():
+            self.answered.set_exception(ChargerOffline(
+                f"{self.cp_id} went offline before answering {self.action}"))
+
+    def stop(self, reason: str) -> None:
+        """Ends the wait because this instance is stopping: never claimed,
+        ``ChargerOffline``; confirmed to its holder (maybe sent), ``ChargerTimeout``. One
+        claimed but not confirmed yet is refused by ``call`` before it confirms."""
+        if not self.claimed.done():
+            self.claimed.set_exception(ChargerOffline(reason))
+        elif self.confirmed and not self.answered.done():
+            self.answered.set_exception(ChargerTimeout(reason))
 
     def forget(self) -> None:
         """Retrieves what nobody awaited any more, so asyncio does not log it."""

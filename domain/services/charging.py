@@ -12,11 +12,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from functools import partial
-from typing import Any, NamedTuple, cast
+from functools import partial, wraps
+from typing import Any, Concatenate, NamedTuple, ParamSpec, TypeVar, cast
 
 from domain import validation as v
 from domain.clock import as_utc
@@ -40,13 +40,16 @@ from domain.entities import (
     StatusEvent,
     User,
 )
-from domain.errors import Conflict, Forbidden, ValidationError
+from domain.errors import Conflict, Forbidden, NotFound, ValidationError
 from domain.events import (
     ConnectorStatusChanged,
     DomainEvent,
+    EventsDropped,
     FaultReported,
     SessionChanged,
+    StationChanged,
     StationConnectionChanged,
+    StationRemoved,
 )
 from domain.ids import stable_id, stable_ids
 from domain.policy import Viewer
@@ -77,11 +80,12 @@ SESSION_UPDATE_INTERVAL_S = 1.0
 #: (``ChargingService._believable``).
 MAX_CLOCK_AHEAD = timedelta(minutes=5)
 #: How long the hot path (every charger message) may reuse a station or an active session
-#: it read, instead of asking the store again. This process is the only writer of what it
-#: caches for a connected charger (its own messages change it, and refresh the cache), and
-#: edits made through this process's services drop the entry at once (``_forget``); only
-#: an edit made by another instance can take this long to reach a charger. Short TTLs cost
-#: a store read per charger per TTL: with 5,000 chargers and 5 s, 2,000 reads a second.
+#: it read, instead of asking the store again. Edits made through this process's services
+#: drop the entry at once (``_forget``), and so do those other instances announce on the
+#: bus (``follow``: a session's end, a station's edit, removal or connection); the charger's
+#: own writes update a cached copy but never extend its expiry. So this is only the
+#: fallback for a change no event announced. Short TTLs cost a store read per charger per
+#: TTL: with 5,000 chargers and 5 s, 2,000 reads a second.
 CACHE_TTL_S = 30.0
 
 
@@ -163,6 +167,36 @@ def _effective(station: Station, status: ConnectorStatus, error_code: str
     return status, error_code
 
 
+def _unknown(cp_id: str) -> ValidationError:
+    """What a charger whose station does not exist (any more) is told; its handler hangs
+    up on it (``field`` ``cpId``, ``NOT_FOUND``)."""
+    return ValidationError(f"unknown charge point {cp_id}", field="cpId", code="NOT_FOUND")
+
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _station_must_exist(
+        method: Callable[Concatenate[ChargingService, str, P], Coroutine[Any, Any, T]]
+) -> Callable[Concatenate[ChargingService, str, P], Coroutine[Any, Any, T]]:
+    """For charger messages that write the station: one removed while its copy was
+    cached (a removal on another instance whose event was lost, or raced the message)
+    fails the write with the store's "no such station: <id>". The charger is told
+    instead that its charge point is unknown (no internal id), and hung up on."""
+    @wraps(method)
+    async def checked(self: ChargingService, cp_id: str, /, *args: P.args,
+                      **kwargs: P.kwargs) -> T:
+        try:
+            return await method(self, cp_id, *args, **kwargs)
+        except NotFound:
+            self._stations.pop(cp_id, None)
+            if await self.station(cp_id) is None:
+                raise _unknown(cp_id) from None
+            raise
+    return checked
+
+
 def charger(cp_id: str) -> Viewer:
     """The audit actor for changes a charger causes."""
     return Viewer(user_id=f"ocpp:{cp_id}")
@@ -182,6 +216,16 @@ class BootInfo:
     serial: str | None = None
     firmware: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Connected:
+    """A connection as ``ChargingService.connect`` recorded it: when, its number, and
+    whether it is the station's newest (a newer one recorded first: not written)."""
+
+    at: datetime
+    number: int
+    newest: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,6 +376,9 @@ class ChargingService(Service):
         self._ratings: dict[tuple[str, int], tuple[float, float]] = {}
         self.session_updates = LatestUpdates(self.publish)
         ctx.committed.append(self._forget)
+        #: Set by the OCPP server: records again the connection it holds for a charger
+        #: whose station a message found recorded offline (``_still_connected``).
+        self.still_connected: Callable[[str], Awaitable[None]] | None = None
 
     # ------------------------------------------------------------- plumbing
     async def station(self, cp_id: str) -> Station | None:
@@ -378,17 +425,25 @@ class ChargingService(Service):
         return now if seen is None else seen[0] + (now - seen[1])
 
     def _remember(self, record: Station | Session, *, renew: bool = True) -> None:
-        """Cache ``record`` for ``CACHE_TTL_S``. ``renew=False`` (the charger's own
-        telemetry writes) keeps a cached copy's expiry: a charger that reports every few
-        seconds must not keep its copy from ever being read again, or an edit made on
-        another instance (an operator's, ``endSession``) would never reach it."""
-        expires = time.monotonic() + CACHE_TTL_S
+        """Cache ``record`` for ``CACHE_TTL_S`` (``renew``: a copy just read from the
+        store, or a new session). ``renew=False``, for a copy the charger's own write
+        patched onto the cached one: that base may be stale (an edit made on another
+        instance), so it replaces the cached copy but keeps its expiry; a charger that
+        reports every few seconds must not keep its copy from ever being read again.
+        An entry dropped meanwhile (an edit was announced while the write ran) stays
+        dropped."""
         if isinstance(record, Station):
-            station = None if renew else self._stations.get(record.cp_id)
-            self._stations[record.cp_id] = (record, station[1] if station else expires)
+            station = self._stations.get(record.cp_id)
+            if renew or station is not None:
+                expires = station[1] if station is not None and not renew \
+                    else time.monotonic() + CACHE_TTL_S
+                self._stations[record.cp_id] = (record, expires)
         elif record.state is SessionState.ACTIVE:
-            session = None if renew else self._sessions.get(record.transaction_id)
-            self._sessions[record.transaction_id] = (record, session[1] if session else expires)
+            session = self._sessions.get(record.transaction_id)
+            if renew or session is not None:
+                expires = session[1] if session is not None and not renew \
+                    else time.monotonic() + CACHE_TTL_S
+                self._sessions[record.transaction_id] = (record, expires)
         else:
             self._sessions.pop(record.transaction_id, None)
 
@@ -403,6 +458,36 @@ class ChargingService(Service):
                 self._sessions.pop(record.transaction_id, None)
             elif isinstance(record, Connector):
                 self._ratings.pop((record.station_id, record.connector_id), None)
+
+    #: What ``follow`` listens to: the changes other instances announce to what the
+    #: charging use cases cache.
+    CACHED_TOPICS = (SessionChanged.topic, StationChanged.topic, StationRemoved.topic,
+                     StationConnectionChanged.topic)
+
+    async def follow(self, events: AsyncIterator[DomainEvent | EventsDropped]) -> None:
+        """Drop what another instance changed as soon as it announces it (``events``: a
+        subscription to ``CACHED_TOPICS``), so the charger this instance holds meets the
+        change at its next message, not up to ``CACHE_TTL_S`` later: a registration
+        Rejected or a station handed to another company on another instance, a session
+        ended there (``endSession``: its meter values must not go on adding energy), a
+        station removed there. Events lost (a subscriber that fell behind, the bus between
+        instances interrupted) may have been such changes: everything is dropped."""
+        async for event in events:
+            self.drop_cached(event)
+
+    def drop_cached(self, event: DomainEvent | EventsDropped) -> None:
+        if isinstance(event, EventsDropped):
+            self._stations.clear()
+            self._sessions.clear()
+            self._ratings.clear()
+        elif isinstance(event, SessionChanged):
+            if event.change == "ENDED":
+                self._sessions.pop(event.transaction_id, None)
+        elif isinstance(event, (StationChanged, StationRemoved, StationConnectionChanged)):
+            self._stations.pop(event.cp_id, None)
+            if isinstance(event, (StationChanged, StationRemoved)):
+                for key in [k for k in self._ratings if k[0] == event.station_id]:
+                    del self._ratings[key]
 
     async def _rated_kw(self, station: Station, connector_id: int) -> float:
         """The connector's rating (``MAX_BELIEVABLE_KW`` when not known), cached as
@@ -422,11 +507,9 @@ class ChargingService(Service):
         if hit is not None and hit[1] > time.monotonic():
             return hit[0]
         station = await self.station(cp_id)
-        if station is not None:
-            self._remember(station)
         if station is None:
-            raise ValidationError(f"unknown charge point {cp_id}", field="cpId",
-                                  code="NOT_FOUND")
+            raise _unknown(cp_id)
+        self._remember(station)
         return station
 
     # ------------------------------------------------------------- connections
@@ -471,31 +554,86 @@ class ChargingService(Service):
             if station.connected_instance not in alive:
                 await self.set_online(station.cp_id, False)
 
-    async def set_online(self, cp_id: str, online: bool, *,
-                         connected_at: datetime | None = None,
-                         instance: str | None = None) -> datetime | None:
-        """Records a connect or a disconnect; returns its time (``None`` for an unknown
-        charger or a disconnect that is not one). ``connected_at``, for a disconnect: when
-        the closing connection was recorded. If the charger connected again since — to
-        another instance sharing this database, whose connection this instance cannot
-        see — the old socket closing does not make it offline. ``instance``: the instance
-        holding the connection (``domain.services.instances``)."""
-        if not online:  # no frame of this connection will publish what it held
-            await self.session_updates.flush(cp_id)
-        station = await self.station(cp_id)
-        if station is None:
-            return None
-        if not online and connected_at is not None:
-            newest = await self.store.find_all(
-                ConnectionEvent, Eq("station_id", station.id),
-                (Sort("at", descending=True),), limit=1)
-            if newest and newest[0].online and newest[0].at > connected_at:
+    async def set_online(self, cp_id: str, online: bool, *, instance: str | None = None
+                         ) -> datetime | None:
+        """Records a connect (a new connection, ``connect``) or a disconnect of whichever
+        connection is recorded (``disconnect``, unguarded: at start-up, in tests); returns
+        its time, ``None`` when nothing was recorded."""
+        if online:
+            connected = await self.connect(cp_id, instance=instance)
+            return connected.at if connected is not None and connected.newest else None
+        return await self.disconnect(cp_id)
+
+    async def connect(self, cp_id: str, *, instance: str | None = None,
+                      number: int | None = None) -> Connected | None:
+        """Records a connection of the charger, held by ``instance``; ``None`` for an
+        unknown charger. Each connection gets a number the store draws, so that of two
+        connections (two instances at one moment, clocks seconds apart) the newer one is
+        the higher: the station keeps the newest (``Station.connection``), and one that
+        finds a newer one recorded is not written (``Connected.newest`` False: its socket
+        is to be closed). ``number``: record this connection again (its record was
+        written offline while it stayed connected: a sweep while this instance's lease
+        had lapsed), only while it is still the station's newest."""
+        again = number is not None
+        if number is None:
+            number = await self.store.next_sequence("connection")
+        while True:
+            station = await self.station(cp_id)
+            if station is None:
                 return None
+            current = station.connection
+            if (current is not None and current > number) or (again and current != number):
+                return Connected(self.now(), number, newest=False)
+            if again and station.online and station.connected_instance == instance:
+                return Connected(station.last_seen or self.now(), number)  # nothing lost
+            try:
+                # Compare-and-set: a connection another instance recorded meanwhile is
+                # read and weighed again, never overwritten blindly.
+                at = await self._record_connection(station, True, instance=instance,
+                                                   number=number, guard=("connection",
+                                                                         current))
+            except Conflict:
+                continue
+            return Connected(at, number)
+
+    async def disconnect(self, cp_id: str, *, number: int | None = None,
+                         instance: str | None = None) -> datetime | None:
+        """Records that the charger's connection ``number`` (held by ``instance``) closed;
+        returns the time, or ``None`` when nothing was recorded: it is not the station's
+        connection any more (the charger connected again, here or to another instance,
+        whose connection this one cannot see), or the station is offline already. A
+        connection without a number (recorded before numbers existed) is judged by the
+        instance holding it; neither given, the station goes offline whatever holds it."""
+        await self.session_updates.flush(cp_id)  # no frame of it will publish what it held
+        station = await self.station(cp_id)
+        if station is None or not station.online:
+            return None
+        guard: tuple[str, Any] | None = None
+        if number is not None:
+            guard = ("connection", number)
+        elif instance is not None:
+            guard = ("connected_instance", instance)
+        if guard is not None and getattr(station, guard[0]) != guard[1]:
+            return None
+        try:
+            return await self._record_connection(station, False, guard=guard)
+        except Conflict:  # a newer connection was recorded meanwhile
+            return None
+
+    async def _record_connection(self, station: Station, online: bool, *,
+                                 instance: str | None = None, number: int | None = None,
+                                 guard: tuple[str, Any] | None = None) -> datetime:
+        """Writes the connect or disconnect (flag, connection history, state intervals;
+        only while ``guard`` holds, else ``Conflict``) and announces it."""
+        cp_id = station.cp_id
         now = self.now()
         actor = charger(cp_id)
         event = ConnectionEvent(station_id=station.id, cp_id=cp_id, online=online, at=now)
-        update = patch(station, actor, online=online, last_seen=now,
-                       connected_instance=instance if online else None)
+        fields: dict[str, Any] = {"online": online, "last_seen": now,
+                                  "connected_instance": instance if online else None}
+        if online:
+            fields["connection"] = number
+        update = patch(station, actor, only_if=guard, required=guard is not None, **fields)
         changes: list[Change] = [update, Insert(stamp_new(event, actor, now))]
         for connector in await self.store.find_all(Connector, Eq("station_id", station.id),
                                                    limit=100):
@@ -504,14 +642,25 @@ class ChargingService(Service):
                 *_effective(station, connector.status, connector.error_code), online,
                 self.charger_now(cp_id), actor)
         await self.store.write(changes, [])
-        self._remember(cast(Station, update.record))
-        await self.publish(StationConnectionChanged(**owned_by(station), online=online,
-                                                    at=now))
+        self._remember(cast(Station, update.record), renew=False)
+        await self.publish(StationConnectionChanged(
+            **owned_by(station), online=online, at=now, connection=station.connection
+            if number is None else number))
         return now
 
+    async def _still_connected(self, station: Station) -> None:
+        """A message from the charger came over a live connection: if its station is
+        recorded offline meanwhile, the OCPP server holding the connection records it
+        again (``still_connected``), as far as it is still the station's newest."""
+        if not station.online and self.still_connected is not None:
+            await self.still_connected(station.cp_id)
+            self._stations.pop(station.cp_id, None)  # read what it recorded
+
     # ------------------------------------------------------------- boot and heartbeat
+    @_station_must_exist
     async def boot(self, cp_id: str, info: BootInfo) -> BootResult:
         station = await self._require_station(cp_id)
+        await self._still_connected(station)
         now = self.now()
         details: dict[str, Any] = {
             "vendor": v.shown_text(info.vendor), "model": v.shown_text(info.model),
@@ -523,12 +672,14 @@ class ChargingService(Service):
         else:
             update = patch(station, actor, last_seen=now)
             await self.store.write([update], [])
-        self._remember(cast(Station, update.record))
+        self._remember(cast(Station, update.record), renew=False)
         self._booted[cp_id] = self.charger_now(cp_id)
         return BootResult(station.registration, self.heartbeat_interval, now)
 
+    @_station_must_exist
     async def heartbeat(self, cp_id: str) -> datetime:
         station = await self._require_station(cp_id)
+        await self._still_connected(station)
         now = self.now()
         update = patch(station, charger(cp_id), last_seen=now)
         await self.telemetry.write([update])
@@ -628,6 +779,7 @@ class ChargingService(Service):
                         charger(station.cp_id))
         return new, True
 
+    @_station_must_exist
     async def status_notification(self, cp_id: str, connector_id: int, status: str,
                                   error_code: str, *, info: str | None = None,
                                   timestamp: datetime | None = None,
@@ -696,7 +848,7 @@ class ChargingService(Service):
             # else: an older report arriving late is history, not the current state
         await self.commit(actor, audited, unaudited=telemetry)
         if reported_station is not None:
-            self._remember(reported_station)
+            self._remember(reported_station, renew=False)
         if connector is not None or reported_station is not None:
             await self.publish(ConnectorStatusChanged(
                 **owned_by(station), at=at,
@@ -881,6 +1033,8 @@ class ChargingService(Service):
             else:
                 session = await self.store.find_one(Session,
                                                     Eq("transaction_id", transaction_id))
+                if session is not None:
+                    self._remember(session)  # read afresh: cached from here on
             if session is not None and session.cp_id != cp_id:
                 session = None  # another charger's transaction id: keep samples unlinked
         elif connector_id > 0:
@@ -1078,12 +1232,13 @@ class ChargingService(Service):
     async def diagnostics_status(self, cp_id: str, status: str) -> None:
         await self._station_report(cp_id, diagnostics_status=status)
 
+    @_station_must_exist
     async def _station_report(self, cp_id: str, **values: Any) -> None:
         station = await self._require_station(cp_id)
         actor = charger(cp_id)
         update = patch(station, actor, **values)
         await self.commit(actor, [(update, station)])
-        self._remember(cast(Station, update.record))
+        self._remember(cast(Station, update.record), renew=False)
 
     async def data_transfer(self, cp_id: str, vendor_id: str, message_id: str | None,
                             data: str | None) -> tuple[str, str | None]:

@@ -36,6 +36,7 @@ from domain.errors import (
     ChargerOffline,
     ChargerRejected,
     ChargerTimeout,
+    ChargerUnclaimed,
     Conflict,
     DomainError,
     Forbidden,
@@ -146,6 +147,9 @@ class CommandService(Service):
         try:
             result = await self.gateway.call(outcome.station.cp_id, outcome.action, payload,
                                              self.timeout)
+        except ChargerUnclaimed as exc:
+            outcome.error = await self._unclaimed(outcome.station, exc)
+            return
         except ChargerError as exc:
             outcome.error = exc
             return
@@ -153,6 +157,17 @@ class CommandService(Service):
         outcome.status = result.get("status")
         if outcome.status is not None and outcome.status not in POSITIVE:
             outcome.error = ChargerRejected(f"the charger answered {outcome.status}")
+
+    async def _unclaimed(self, station: Station, error: ChargerUnclaimed) -> ChargerError:
+        """No instance took the relayed command. With the station recorded online (read
+        now: it may have gone during the wait), its charger is connected to an instance
+        that cannot hear the relay right now (its Redis connection is coming back), and
+        "not connected" would contradict what every client is shown."""
+        [now] = await self.store.get_many(Station, [station.id])
+        if now is None or not now.online:
+            return error
+        return ChargerOffline(f"{station.cp_id} is connected to another instance that does "
+                              "not answer now; try again in a moment", field="cpId")
 
     # ------------------------------------------------------------- driver rules
     async def _check_driver(self, viewer: Viewer, station: Station, action: str,

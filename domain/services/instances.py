@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from domain.entities import InstanceLease, Station
 from domain.errors import NotFound
@@ -105,9 +105,8 @@ class InstanceService(Service):
         return (await self.store.get_many(InstanceLease, [instance_id]))[0]
 
     async def _disconnect(self, station: Station, instance_id: str) -> bool:
-        # Connected when last seen (its connection, or a heartbeat since): a charger that
-        # has connected to another instance since then stays online (``set_online``).
-        seen: datetime | None = station.last_seen
-        at = await self.charging.set_online(station.cp_id, False, connected_at=seen,
+        # Only the connection the dead instance held: a charger that has connected to
+        # another instance since stays online (``ChargingService.disconnect``).
+        at = await self.charging.disconnect(station.cp_id, number=station.connection,
                                             instance=instance_id)
         return at is not None

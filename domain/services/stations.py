@@ -22,7 +22,7 @@ from domain.entities import (
     User,
 )
 from domain.errors import Conflict, Forbidden, UniqueViolation, ValidationError
-from domain.events import StationRemoved
+from domain.events import StationChanged, StationRemoved
 from domain.policy import Viewer
 from domain.ports import Change, Delete, Insert, Store
 from domain.query import Eq, In, all_of
@@ -200,6 +200,7 @@ class StationService(Service):
         )
         updated = cast(Station, update.record)
         await self.commit(viewer, [(update, station)])
+        await self._changed(updated)
         return updated
 
     async def remove_station(self, viewer: Viewer, station_id: str) -> Station:
@@ -243,6 +244,19 @@ class StationService(Service):
         for now in await self.landed(cancelled):
             await self.publish(reservation_changed(now, station))
 
+    async def _changed(self, station: Station | None) -> None:
+        """Every instance drops its cached copy of the station now (the one holding its
+        charger would otherwise answer from it, a registration or a company it no longer
+        has, until the cache expires)."""
+        if station is not None:
+            await self.publish(StationChanged(**owned_by(station)))
+
+    async def _connector_changed(self, connector: Connector) -> None:
+        """``_changed`` for an edit of a connector (its rating is cached with the
+        station)."""
+        [station] = await self.store.get_many(Station, [connector.station_id])
+        await self._changed(station)
+
     async def _hang_up_charger(self, station: Station) -> None:
         """Whichever instance holds the removed station's charger closes its socket now
         (had this been lost, the charger's next message still meets the missing station)."""
@@ -276,6 +290,7 @@ class StationService(Service):
         except UniqueViolation as exc:
             raise UniqueViolation("this station has that connector already",
                                   field="connectorId") from exc
+        await self._changed(station)
         return connector
 
     async def managed_connector(self, viewer: Viewer, connector_id: str) -> Connector:
@@ -296,6 +311,7 @@ class StationService(Service):
         )
         updated = cast(Connector, update.record)
         await self.commit(viewer, [(update, connector)])
+        await self._connector_changed(updated)
         return updated
 
     async def remove_connector(self, viewer: Viewer, connector_id: str) -> Connector:
@@ -312,7 +328,8 @@ class StationService(Service):
             viewer, all_of(Eq("cp_id", connector.cp_id),
                            Eq("connector_id", connector.connector_id),
                            Eq("station_id", connector.station_id))))
+        [station] = await self.store.get_many(Station, [connector.station_id])
         if cancelled:
-            [station] = await self.store.get_many(Station, [connector.station_id])
             await self._announce(cancelled, station)
+        await self._changed(station)
         return connector

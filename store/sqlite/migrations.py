@@ -444,11 +444,18 @@ WHERE "id" NOT IN (SELECT MIN("id") FROM "company" GROUP BY "name");
 CREATE UNIQUE INDEX "company_name_key" ON "company" ("name");
 """
 
+# Version 15: which connection of a charger was recorded last, by a number the store
+# draws (``Station.connection``): connects and disconnects of several instances are told
+# apart by it, not by their clocks.
+_V15 = """
+ALTER TABLE "station" ADD COLUMN "connection" INTEGER;
+"""
+
 #: Every migration, oldest first. Append only.
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
                                      (11, _V11), (12, _V12),
-                                     (13, _V13), (14, _V14))
+                                     (13, _V13), (14, _V14), (15, _V15))
 
 _BOOTSTRAP = """
 CREATE TABLE IF NOT EXISTS "schema_version" (

@@ -884,3 +884,33 @@ async def test_a_stop_fails_sent_commands_as_unanswered_and_queued_ones_as_unsen
             assert [f[2] for f in charger.received] == ["ReserveNow"]
     finally:
         await stop_central(central)
+
+
+async def test_a_relayed_command_nobody_took_says_whether_the_station_is_online(
+        tmp_path: Path) -> None:
+    """QA: for a few seconds after Redis came back, the instance holding a charger did
+    not hear the relay yet, and its commands failed with "is not connected" while the
+    station read online everywhere."""
+    central = await start_central(tmp_path / "c.db", relayed=True)
+    await seed(central)
+    try:
+        await central.relays[1].close()  # the holder's relay hears nothing for now
+        async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+            await cp.boot()
+            deaf = await run(central, "reset", {"cpId": "CP-1", "type": "SOFT"})
+        [error] = deaf["errors"]
+        assert (error["code"], error["field"]) == ("CHARGER_OFFLINE", "cpId")
+        assert error["message"] == ("CP-1 is connected to another instance that does not "
+                                    "answer now; try again in a moment")
+
+        async def offline() -> bool:
+            station = await central.store.find_one(d.Station, Eq("cp_id", "CP-1"))
+            return station is not None and not station.online
+        for _ in range(200):
+            if await offline():
+                break
+            await asyncio.sleep(0.01)
+        gone = await run(central, "reset", {"cpId": "CP-1", "type": "SOFT"})
+        assert gone["errors"][0]["message"] == "CP-1 is not connected"
+    finally:
+        await stop_central(central)

@@ -18,6 +18,7 @@ from domain.events import (
     FaultReported,
     ReservationChanged,
     SessionChanged,
+    StationChanged,
     StationConnectionChanged,
     StationRemoved,
 )
@@ -35,7 +36,7 @@ SAMPLES: list[DomainEvent] = [
                            connector_id=2, status="Faulted", error_code="GroundFailure",
                            info="RCD tripped – ünïcode"),
     StationConnectionChanged(station_id=STATION, cp_id="CP-1", company_id=COMPANY,
-                             owner_id=OWNER, at=AT, online=False),
+                             owner_id=OWNER, at=AT, online=False, connection=42),
     SessionChanged(station_id=STATION, cp_id="CP-1", company_id=None, owner_id=OWNER, at=AT,
                    change="UPDATED", session_id="d" * 24, transaction_id=7, connector_id=1,
                    user_id="e" * 24, vehicle_id=None, energy_wh=1234, power_w=7200.5,
@@ -66,6 +67,8 @@ SAMPLES: list[DomainEvent] = [
                             origin="2" * 24, holder="3" * 24),
     AccessChanged(station_id=None, cp_id="", at=AT, user_id="e" * 24),
     StationRemoved(station_id=STATION, cp_id="CP-9", company_id=COMPANY, owner_id=None,
+                   at=AT),
+    StationChanged(station_id=STATION, cp_id="CP-9", company_id=COMPANY, owner_id=OWNER,
                    at=AT),
 ]
 ALL_TOPICS = [event.topic for event in SAMPLES]

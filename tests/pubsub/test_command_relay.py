@@ -293,3 +293,138 @@ async def test_concurrent_commands_get_their_own_answers(
                                      for n in range(5)))
     assert answers == [{"n": n} for n in range(5)]
     assert on_b.calls == []
+
+
+# ------------------------------------------------------------------ a stop beginning
+STOPPING = "the service is shutting down: try again in a moment"
+
+
+async def test_a_stop_answers_a_command_the_holder_has_at_once_as_unanswered(
+        instances: tuple[CommandRelay, CommandRelay, FakeChargers]) -> None:
+    """QA: SIGTERM of the instance that sent a relayed command held its request until
+    uvicorn gave up (10 s, a bare 500): its relay failed it only when it closed."""
+    a, _, on_b = instances
+    on_b.answer = "never"
+    asked = asyncio.create_task(a.call("CP-B", "Reset", {"type": "Soft"}, LONG))
+    await asyncio.wait_for(on_b.called.wait(), AT_ONCE)  # confirmed and sent
+    a.stop_commands(STOPPING)
+    with pytest.raises(ChargerTimeout, match="shutting down"):  # the charger may act on it
+        await asyncio.wait_for(asked, AT_ONCE)
+
+
+async def test_a_stop_answers_a_command_nobody_claimed_yet_as_not_sent(
+        buses: tuple[ManagedEventBus, ManagedEventBus]) -> None:
+    relay = CommandRelay(buses[0], None, claim_timeout=LONG)
+    await relay.start()
+    requests = buses[0].subscribe([ChargerCommandRelayed.topic])
+    try:
+        asked = asyncio.create_task(relay.call("CP-B", "Reset", {"type": "Soft"}, LONG))
+        await asyncio.wait_for(anext(aiter(requests)), AT_ONCE)  # published, unclaimed
+        relay.stop_commands(STOPPING)
+        with pytest.raises(ChargerOffline, match="shutting down"):
+            await asyncio.wait_for(asked, AT_ONCE)
+    finally:
+        await requests.aclose()  # type: ignore[attr-defined]
+        await relay.close()
+
+
+async def test_a_stop_refuses_new_commands_and_keeps_answers_that_came_first(
+        instances: tuple[CommandRelay, CommandRelay, FakeChargers]) -> None:
+    a, _, on_b = instances
+    assert await a.call("CP-B", "Reset", {"type": "Soft"}, LONG) == {"status": "Accepted"}
+    a.stop_commands(STOPPING)
+    with pytest.raises(ChargerOffline, match="shutting down"):
+        await a.call("CP-B", "Reset", {"type": "Soft"}, LONG)
+    assert len(on_b.calls) == 1  # nothing relayed
+
+
+async def test_a_stop_reaches_the_local_gateway(
+        instances: tuple[CommandRelay, CommandRelay, FakeChargers]) -> None:
+    """Its chargers' commands fail there (``OcppGateway.stop_commands``), also those
+    carried out for other instances, whose askers hear the failure."""
+    _, b, on_b = instances
+    stopped: list[str] = []
+
+    class Stoppable(FakeChargers):
+        def stop_commands(self, reason: str) -> None:
+            stopped.append(reason)
+
+    b.local = Stoppable("CP-B")
+    b.stop_commands(STOPPING)
+    assert stopped == [STOPPING]
+    assert on_b.calls == []
+
+
+# ------------------------------------------------------------------ a holder gone
+async def claimed_by_a_silent_holder(bus: ManagedEventBus, requests: Any) -> str:
+    """Claims the next relayed command as a holder would, confirms nothing back, and then
+    says nothing more: a holder killed (SIGKILL) right after its claim."""
+    request = await asyncio.wait_for(anext(aiter(requests)), AT_ONCE)
+    assert isinstance(request, ChargerCommandRelayed)
+    await bus.publish(ChargerCommandAnswered(
+        station_id=None, cp_id=request.cp_id, request_id=request.request_id,
+        origin=request.origin, holder="killed", stage="claimed"))
+    return request.request_id
+
+
+async def test_a_holder_killed_mid_command_is_given_up_after_its_silence(
+        buses: tuple[ManagedEventBus, ManagedEventBus]) -> None:
+    """QA: the asker waited twice the timeout plus the claim (60 s by default) for a
+    holder that was gone; a load balancer answered 504 first. Silence for the timeout
+    (plus the claim's margin) now ends the wait."""
+    relay = CommandRelay(buses[0], None, claim_timeout=CLAIM_TIMEOUT)
+    await relay.start()
+    requests = buses[1].subscribe([ChargerCommandRelayed.topic])
+    try:
+        asked = asyncio.create_task(relay.call("CP-B", "Reset", {"type": "Soft"}, 0.5))
+        await claimed_by_a_silent_holder(buses[1], requests)
+        with pytest.raises(ChargerTimeout, match="has not been heard from"):
+            await asyncio.wait_for(asked, AT_ONCE)
+    finally:
+        await requests.aclose()  # type: ignore[attr-defined]
+        await relay.close()
+
+
+async def test_a_holder_still_at_it_is_waited_for(
+        instances: tuple[CommandRelay, CommandRelay, FakeChargers]) -> None:
+    """A command that waited its turn on the holder (which bounds the turn and the answer
+    by the timeout each) is answered after longer than the timeout: the holder's progress
+    reports keep its asker waiting."""
+    a, _, _ = instances
+
+    class Slow(FakeChargers):
+        async def call(self, cp_id: str, action: str, payload: dict[str, Any],
+                       timeout: float) -> dict[str, Any]:
+            await asyncio.sleep(timeout * 1.4 + CLAIM_TIMEOUT)  # past timeout + claim
+            return {"status": "Accepted"}
+
+    instances[1].local = Slow("CP-B")
+    answer = await asyncio.wait_for(a.call("CP-B", "Reset", {"type": "Soft"}, 1.0), AT_ONCE)
+    assert answer == {"status": "Accepted"}
+
+
+async def test_a_charger_recorded_offline_ends_the_wait_at_once(
+        buses: tuple[ManagedEventBus, ManagedEventBus]) -> None:
+    """Its holder's socket closed, or the holder's lease expired and another instance
+    recorded its chargers offline: no answer will come."""
+    from domain.events import StationConnectionChanged
+
+    relay = CommandRelay(buses[0], None, claim_timeout=CLAIM_TIMEOUT)
+    await relay.start()
+    requests = buses[1].subscribe([ChargerCommandRelayed.topic])
+    try:
+        asked = asyncio.create_task(relay.call("CP-B", "Reset", {"type": "Soft"}, LONG))
+        await claimed_by_a_silent_holder(buses[1], requests)
+        await buses[1].publish(StationConnectionChanged(station_id=None, cp_id="CP-C",
+                                                        online=False))
+        await buses[1].publish(StationConnectionChanged(station_id=None, cp_id="CP-B",
+                                                        online=True))
+        await asyncio.sleep(0.2)
+        assert not asked.done()  # another charger, or a connect: nothing to do with it
+        await buses[1].publish(StationConnectionChanged(station_id=None, cp_id="CP-B",
+                                                        online=False))
+        with pytest.raises(ChargerOffline, match="CP-B went offline before answering Reset"):
+            await asyncio.wait_for(asked, AT_ONCE)
+    finally:
+        await requests.aclose()  # type: ignore[attr-defined]
+        await relay.close()

@@ -1,0 +1,226 @@
+"""What the charging use cases cache for a connected charger, with two instances on one
+database: instance A holds the charger, an operator works on instance B. A change made on
+B reaches A's charger at its next message when B announces it on the bus, and within the
+cache's expiry when the announcement is lost, however often the charger reports."""
+
+from __future__ import annotations
+
+import asyncio
+import types
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import domain.services.charging as charging_module
+from domain import entities as d
+from domain.clock import utcnow
+from domain.errors import ValidationError
+from domain.events import EventsDropped
+from domain.policy import SYSTEM, Policy
+from domain.query import Eq
+from domain.services import ConnectorSpec, ServiceContext, Services
+from domain.services.charging import CACHE_TTL_S, BootInfo, MeterReading, SampledValue
+from pubsub.memory import MemoryEventBus
+from store.sqlite import SqliteStore
+from tests.helpers import FastHasher
+
+
+@dataclass
+class Instances:
+    a: Services  # holds the charger
+    b: Services  # where operators work
+    stores: list[SqliteStore]
+    station: d.Station
+    companies: list[d.Company]
+
+
+class FakeMonotonic:
+    """The cache's clock, moved by the test (``time.monotonic`` itself drives the loop)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeMonotonic:
+    fake = FakeMonotonic()
+    monkeypatch.setattr(charging_module, "time", types.SimpleNamespace(
+        monotonic=fake.monotonic))
+    return fake
+
+
+async def _instances(path: Path, bus: MemoryEventBus | None) -> AsyncIterator[Instances]:
+    stores = [SqliteStore(str(path)), SqliteStore(str(path))]
+    for store in stores:
+        await store.start()
+    a, b = (Services(ServiceContext(store=s, policy=Policy(), hasher=FastHasher(), bus=bus))
+            for s in stores)
+    follower = None
+    if bus is not None:
+        follower = asyncio.create_task(a.charging.follow(
+            bus.subscribe(charging_module.ChargingService.CACHED_TOPICS)))
+    try:
+        companies = [await b.accounts.create_company(SYSTEM, name=name)
+                     for name in ("Volt GmbH", "Other AG")]
+        station, _ = await b.stations.create_station(
+            SYSTEM, cp_id="CP-1", name="One", company_id=companies[0].id,
+            connectors=[ConnectorSpec(1, d.ConnectorType.CCS2, 150)])
+        yield Instances(a, b, stores, station, companies)
+    finally:
+        if follower is not None:
+            follower.cancel()
+            await asyncio.wait([follower])
+        for store in stores:
+            await store.close()
+
+
+@pytest.fixture
+async def alone(tmp_path: Path) -> AsyncIterator[Instances]:
+    """Two instances whose changes are announced nowhere (a lost event)."""
+    async for instances in _instances(tmp_path / "shared.db", None):
+        yield instances
+
+
+@pytest.fixture
+async def linked(tmp_path: Path) -> AsyncIterator[Instances]:
+    """Two instances on one bus, as with Redis; A follows what is announced."""
+    bus = MemoryEventBus()
+    await bus.start()
+    try:
+        async for instances in _instances(tmp_path / "shared.db", bus):
+            yield instances
+    finally:
+        await bus.close()
+
+
+async def delivered() -> None:
+    """Let A's follower take what the bus holds (delivery is in-process and at once)."""
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
+def register(wh: int) -> list[MeterReading]:
+    return [MeterReading(utcnow(), (SampledValue(str(wh), unit="Wh"),))]
+
+
+async def boot(services: Services) -> d.Registration:
+    return (await services.charging.boot("CP-1", BootInfo(vendor="V", model="M"))).status
+
+
+async def reject_on_b(x: Instances) -> None:
+    await x.b.stations.update_station(SYSTEM, x.station.id,
+                                      registration=d.Registration.REJECTED)
+
+
+REPORTS: dict[str, Callable[[Services], Awaitable[Any]]] = {
+    "boot": boot,
+    "connector 0": lambda s: s.charging.status_notification(
+        "CP-1", 0, "Available", "NoError", timestamp=utcnow()),
+    "firmware status": lambda s: s.charging.firmware_status("CP-1", "Idle"),
+}
+
+
+# ------------------------------------------------------------------ the expiry, unannounced
+@pytest.mark.parametrize("report", REPORTS)
+async def test_a_chargers_own_reports_do_not_keep_its_cached_station_alive(
+        alone: Instances, clock: FakeMonotonic, report: str) -> None:
+    """QA: a charger booting (or reporting connector 0) every 10 s was never told of
+    its registration Rejected on another instance: each report cached its stale copy for
+    another 30 s."""
+    assert await boot(alone.a) is d.Registration.ACCEPTED  # cached from here on
+    await reject_on_b(alone)
+    for _ in range(3):  # within the expiry of the copy the first boot read
+        clock.now += CACHE_TTL_S / 3 - 1
+        await REPORTS[report](alone.a)
+    clock.now += 4  # past it: read again, whatever the charger sent meanwhile
+    assert await boot(alone.a) is d.Registration.REJECTED
+
+
+async def test_a_station_removed_unannounced_is_an_unknown_charge_point(
+        alone: Instances) -> None:
+    """Its cached copy still answers the charger, but the write fails: the charger is
+    told its charge point is unknown (and hung up on), not "no such station: <id>"."""
+    await boot(alone.a)
+    await alone.b.stations.remove_station(SYSTEM, alone.station.id)
+    for message in (alone.a.charging.heartbeat("CP-1"), boot(alone.a)):
+        with pytest.raises(ValidationError) as raised:
+            await message
+        assert (raised.value.field, raised.value.code) == ("cpId", "NOT_FOUND")
+        assert raised.value.message == "unknown charge point CP-1"
+        assert alone.station.id not in raised.value.message
+
+
+# ------------------------------------------------------------------ announced on the bus
+async def test_a_registration_rejected_elsewhere_reaches_the_charger_at_once(
+        linked: Instances) -> None:
+    assert await boot(linked.a) is d.Registration.ACCEPTED
+    await reject_on_b(linked)
+    await delivered()
+    assert await boot(linked.a) is d.Registration.REJECTED
+
+
+async def test_a_station_handed_over_elsewhere_books_the_next_session_to_its_new_company(
+        linked: Instances) -> None:
+    """QA: a session 50 s after a handover on B went to the old company's books."""
+    await linked.a.charging.status_notification("CP-1", 0, "Available", "NoError",
+                                                timestamp=utcnow())
+    new = linked.companies[1]
+    await linked.b.stations.update_station(SYSTEM, linked.station.id, company_id=new.id)
+    await delivered()
+    tx, _ = await linked.a.charging.start_transaction("CP-1", 1, "TAG", 0, utcnow())
+    session = await linked.stores[1].find_one(d.Session, Eq("transaction_id", tx))
+    assert session is not None and session.company_id == new.id
+
+
+async def test_a_session_ended_elsewhere_gets_no_more_energy_from_its_charger(
+        linked: Instances) -> None:
+    """QA: after endSession on B, A's meter values from its cached session added
+    increments: the energy trend counted 500 Wh of a 250 Wh session."""
+    charging = linked.a.charging
+    tx, _ = await charging.start_transaction("CP-1", 1, "TAG", 1_000,
+                                             utcnow() - timedelta(minutes=5))
+    await charging.meter_values("CP-1", 1, tx, register(1_250))  # cached from here on
+    session = await linked.stores[1].find_one(d.Session, Eq("transaction_id", tx))
+    assert session is not None
+    ended = await linked.b.charging.end_session(SYSTEM, session.id)
+    assert ended.energy_wh == 250
+    await delivered()
+    await charging.meter_values("CP-1", 1, tx, register(1_500))
+    samples = await linked.stores[0].find_all(d.MeterSample, Eq("session_id", session.id))
+    assert len(samples) == 2
+    assert sum(s.delta_wh or 0 for s in samples) == ended.energy_wh
+
+
+async def test_a_station_removed_elsewhere_is_unknown_at_the_chargers_next_message(
+        linked: Instances) -> None:
+    await boot(linked.a)
+    await linked.b.stations.remove_station(SYSTEM, linked.station.id)
+    await delivered()
+    with pytest.raises(ValidationError) as raised:
+        await linked.a.charging.heartbeat("CP-1")
+    assert (raised.value.field, raised.value.code) == ("cpId", "NOT_FOUND")
+
+
+async def test_a_connector_rating_changed_elsewhere_is_read_again(linked: Instances) -> None:
+    charging = linked.a.charging
+    assert await charging._rated_kw(linked.station, 1) == 150
+    [connector] = await linked.stores[1].find_all(d.Connector,
+                                                  Eq("station_id", linked.station.id))
+    await linked.b.stations.update_connector(SYSTEM, connector.id, max_kw=22)
+    await delivered()
+    assert await charging._rated_kw(linked.station, 1) == 22
+
+
+async def test_events_lost_drop_everything_cached(alone: Instances) -> None:
+    """An interrupted bus (Redis away) may have lost any of those announcements."""
+    assert await boot(alone.a) is d.Registration.ACCEPTED
+    await reject_on_b(alone)
+    alone.a.charging.drop_cached(EventsDropped(0, interrupted=True))
+    assert await boot(alone.a) is d.Registration.REJECTED

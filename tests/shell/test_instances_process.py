@@ -1,0 +1,99 @@
+"""Several `chargegraph` processes on one database with Redis, stopped with SIGTERM as a
+container runtime does."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.helpers import free_port
+from tests.shell.test_process import clean_env, graphql, launch, stop
+from tests.support.redis_server import RedisServer
+
+__all__ = ["launch"]  # the fixture, used by name
+
+SECRET = "instances-process-secret-0123456789abcdefghij"
+
+
+@pytest.fixture
+def redis() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+def start_instance(launch: list[subprocess.Popen[str]], tmp_path: Path, redis: RedisServer,
+                   *args: str, ocpp: bool = True) -> tuple[subprocess.Popen[str], str, int]:
+    port, ocpp_port = free_port(), free_port()
+    env = {**clean_env(tmp_path), "CHARGEGRAPH_PUBSUB_URL": redis.url,
+           "CHARGEGRAPH_JWT_SECRET": SECRET,
+           "CHARGEGRAPH_OCPP_ENABLED": "true" if ocpp else "false"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "chargegraph", *args, "--port", str(port), "--ocpp-port",
+         str(ocpp_port)], cwd=tmp_path, env=env, text=True, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE)
+    launch.append(process)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"exited {process.returncode}: {process.communicate()}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return process, url, ocpp_port
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("never healthy")
+
+
+def test_stopping_the_instance_that_relayed_a_command_answers_it_at_once(
+        launch: list[subprocess.Popen[str]], tmp_path: Path, redis: RedisServer) -> None:
+    """QA: SIGTERM of a GraphQL-only instance while its relayed Reset waited for a charger
+    on another instance held the request 10 s, then a bare 500: its stop installed no
+    ``begin_shutdown``, and the relay failed its commands only when it closed. Now the
+    request gets its GraphQL answer when the stop begins: unanswered, "shutting down"
+    (the charger has the command)."""
+    from websockets.sync.client import connect
+
+    holder, holder_url, ocpp_port = start_instance(launch, tmp_path, redis, "demo",
+                                                   "--no-chargers")
+    asker, asker_url, _ = start_instance(launch, tmp_path, redis, "serve", ocpp=False)
+    login = graphql(asker_url, 'mutation { login(email: "admin@demo.chargegraph.dev", '
+                               'password: "chargegraph-demo") { token } }').json()
+    token = login["data"]["login"]["token"]
+    created = graphql(asker_url, 'mutation { createStation(input: {cpId: "RELAY-1", '
+                                 'name: "Relay"}) { errors { code } } }', token).json()
+    assert created["data"]["createStation"]["errors"] == [], created
+    answer: dict[str, httpx.Response] = {}
+
+    def reset() -> None:
+        answer["reset"] = httpx.post(
+            f"{asker_url}/graphql", headers={"authorization": f"Bearer {token}"},
+            timeout=60, json={"query": 'mutation { reset(input: {cpId: "RELAY-1", '
+                                       "type: SOFT}) { status errors { code message } } }"})
+
+    with connect(f"ws://127.0.0.1:{ocpp_port}/ocpp/RELAY-1", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+                 open_timeout=10) as charger:
+        asking = threading.Thread(target=reset)
+        asking.start()
+        frame = json.loads(charger.recv(timeout=20))
+        while frame[0] != 2 or frame[2] != "Reset":  # the relayed command reached it
+            frame = json.loads(charger.recv(timeout=20))
+        stop(asker)  # never answered
+        asking.join(timeout=30)
+    response = answer["reset"]
+    assert response.status_code == 200, response.text
+    [error] = response.json()["data"]["reset"]["errors"]
+    assert error["code"] == "CHARGER_TIMEOUT" and "shutting down" in error["message"]
+    audit = graphql(holder_url, "{ auditLog(filter: {action: COMMAND}) { totalCount } }",
+                    token).json()
+    assert audit["data"]["auditLog"]["totalCount"] == 1, audit  # audited as it ended
+    stop(holder)
