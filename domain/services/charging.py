@@ -110,9 +110,18 @@ def believable_register(session: Session, wh: float, at: datetime, rated_kw: flo
         + METER_SLACK_WH
 
 
+#: How long after a rebooted charger reports a connector Available the session it left
+#: open there waits for its StopTransaction (queued chargers send it within seconds of
+#: their boot) before it is closed as lost.
+REBOOT_STOP_GRACE_S = 120.0
+
 #: Stored increments a stop may take an excess back from (newest first); what is left
 #: beyond them is taken back by a negative closing sample.
 MAX_TRIMMED_SAMPLES = 1000
+
+#: How soon a copy of a StartTransaction stamped far in our future may follow the first
+#: (a charger retrying an unanswered CALL) and still be taken for the same start.
+GLITCH_RETRY_WINDOW = timedelta(minutes=5)
 
 #: Sessions read when a start closes those its connector left open: more than one only
 #: while an older transaction flushed late awaits its stop.
@@ -130,9 +139,24 @@ class _StartIdentity(NamedTuple):
     meter_start: int
     glitch: bool
 
-    def matches(self, session: Session) -> bool:
-        return (session.id_tag, session.meter_start_wh) == (self.tag, self.meter_start) \
-            and (self.glitch or session.start_time == self.start)
+    def matches(self, session: Session, now: datetime) -> bool:
+        """``session`` is this start, written by an earlier copy. For a glitching start,
+        only a copy recorded moments ago: an open session of the same card and meter from
+        long before (many chargers send meterStart 0) is another transaction, whose stop
+        was lost."""
+        if (session.id_tag, session.meter_start_wh) != (self.tag, self.meter_start):
+            return False
+        if self.glitch:
+            return now - session.created_at <= GLITCH_RETRY_WINDOW
+        return session.start_time == self.start
+
+    def flushed_before(self, session: Session) -> bool:
+        """This start is an older transaction the charger flushed late, before the open
+        ``session`` began: earlier by the clock *and* by the meter (a register only grows).
+        A start only earlier by the clock (the charger's clock stepped back) is newer: it
+        closes ``session`` as one whose stop was lost. Chargers that count every
+        transaction from 0 cannot tell: their starts are taken as newer, as before."""
+        return session.start_time > self.start and session.meter_start_wh > self.meter_start
 
 
 def awaits_stop(session: Session) -> bool:
@@ -370,6 +394,10 @@ class ChargingService(Service):
         self._charger_clock: dict[str, tuple[datetime, datetime]] = {}
         # cp_id → when it last booted, on its clock (``_ended_by_reboot``).
         self._booted: dict[str, datetime] = {}
+        #: How long a rebooted charger's queued StopTransaction may take to come after it
+        #: reported the connector Available (tests shorten it).
+        self.reboot_stop_grace_s = REBOOT_STOP_GRACE_S
+        self._reboot_checks: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._sessions: dict[int, tuple[Session, float]] = {}
         # (station id, connector id) → (its rating in kW, cache expiry): what a register
         # may believably rise by (``believable_register``).
@@ -688,7 +716,9 @@ class ChargingService(Service):
 
     # ------------------------------------------------------------- authorization
     async def authorize(self, cp_id: str, id_tag: str,
-                        exclude_session: str | None = None) -> IdTagInfo:
+                        exclude_sessions: Collection[str] = ()) -> IdTagInfo:
+        """The card's status for a charger. ``exclude_sessions``: open sessions that do not
+        hold the card (the one this very start opened, those it closes)."""
         tag = await self.store.find_one(IdTag, Eq("tag", id_tag.strip().upper()))
         if tag is None:
             return IdTagInfo("Invalid")
@@ -699,8 +729,9 @@ class ChargingService(Service):
         if status is IdTagStatus.EXPIRED:
             return IdTagInfo("Expired", tag.expires_at)
         busy = await self.store.find_all(
-            Session, all_of(Eq("id_tag", tag.tag), Eq("state", SessionState.ACTIVE)), limit=2)
-        if any(s.id != exclude_session for s in busy):
+            Session, all_of(Eq("id_tag", tag.tag), Eq("state", SessionState.ACTIVE)),
+            limit=len(exclude_sessions) + 1)
+        if any(s.id not in exclude_sessions for s in busy):
             return IdTagInfo("ConcurrentTx", tag.expires_at, tag.parent_tag)
         return IdTagInfo("Accepted", tag.expires_at, tag.parent_tag)
 
@@ -859,18 +890,44 @@ class ChargingService(Service):
                 **owned_by(station), at=at, connector_id=connector_id,
                 error_code=error_code, status=status, info=info,
                 vendor_error_code=vendor_error_code))
-        if connector is not None and new_status is ConnectorStatus.AVAILABLE:
-            await self._ended_by_reboot(station, connector_id)
+        if connector is not None and new_status is ConnectorStatus.AVAILABLE \
+                and station.cp_id in self._booted:
+            self._check_after_reboot(station.cp_id, connector_id)
 
-    async def _ended_by_reboot(self, station: Station, connector_id: int) -> None:
+    def _check_after_reboot(self, cp_id: str, connector_id: int) -> None:
         """A charger that rebooted and reports a connector Available has no transaction
-        there any more: one still open since before the reboot lost its StopTransaction
-        with the reboot, and is closed as a lost stop is (energy as metered, reason
-        ``Other``), ending at the reboot. Left open, it held its driver's card everywhere
-        (``ConcurrentTx``) until an operator ended it. A stop the charger sends later from
-        its queue is answered as a repeated stop."""
-        booted = self._booted.get(station.cp_id)
-        if booted is None:
+        there any more. Its StopTransaction usually follows from its queue, with the
+        real meterStop and reason (PowerLoss): it gets ``reboot_stop_grace_s`` to come
+        before ``_ended_by_reboot`` closes what is still open, in the background."""
+        key = (cp_id, connector_id)
+        if key in self._reboot_checks:
+            return
+        task = asyncio.create_task(self._ended_by_reboot(cp_id, connector_id),
+                                   name=f"reboot-check-{cp_id}-{connector_id}")
+        self._reboot_checks[key] = task
+        task.add_done_callback(lambda _: self._reboot_checks.pop(key, None))
+
+    async def reboot_checks_done(self) -> None:
+        """Waits for the pending ``_check_after_reboot`` tasks (tests)."""
+        while self._reboot_checks:
+            await asyncio.wait(set(self._reboot_checks.values()))
+
+    async def _ended_by_reboot(self, cp_id: str, connector_id: int) -> None:
+        """After the grace: a session open on the connector since before the reboot lost
+        its StopTransaction with the reboot, and is closed as a lost stop is (energy as
+        metered, reason ``Other``), ending at the reboot. Left open, it held its
+        driver's card everywhere (``ConcurrentTx``) until an operator ended it. A stop the
+        charger sends later still is answered as a repeated stop."""
+        await asyncio.sleep(self.reboot_stop_grace_s)
+        try:
+            await self._close_lost_at_reboot(cp_id, connector_id)
+        except Exception:  # the session stays open: its stop or an operator ends it
+            log.exception("%s: closing the session lost at its reboot failed", cp_id)
+
+    async def _close_lost_at_reboot(self, cp_id: str, connector_id: int) -> None:
+        booted = self._booted.get(cp_id)
+        station = await self.station(cp_id)
+        if booted is None or station is None:
             return
         lost = await self.store.find_all(Session, all_of(
             Eq("cp_id", station.cp_id), Eq("connector_id", connector_id),
@@ -922,8 +979,9 @@ class ChargingService(Service):
                 Eq("cp_id", cp_id), Eq("connector_id", connector_id), Eq("id_tag", tag),
                 Eq("state", SessionState.ACTIVE) if glitch else Eq("start_time", start),
                 Eq("meter_start_wh", meter_start)))
-            if same is not None:
-                return same.transaction_id, await self.authorize(cp_id, presented, same.id)
+            if same is not None and identity.matches(same, self.now()):
+                return same.transaction_id, await self.authorize(cp_id, presented,
+                                                                 (same.id,))
             try:
                 opened = await self._open_session(
                     station, connector_id, presented, identity, reservation_id, company_id,
@@ -937,13 +995,9 @@ class ChargingService(Service):
                 continue
             if isinstance(opened, Session):  # the copy committed while we waited
                 return opened.transaction_id, await self.authorize(cp_id, presented,
-                                                                   opened.id)
-            session, ended, used = opened
+                                                                   (opened.id,))
+            session, ended, used, info = opened
             break
-        # Asked once the session is written, leaving it out: the stale session this start
-        # closed (its stop was lost) holds the card no longer, and must not have the new
-        # charge refused as ConcurrentTx (chargers stop a transaction so answered).
-        info = await self.authorize(cp_id, presented, session.id)
         for now in await self.landed([used] if used is not None else []):
             await self.publish(reservation_changed(now, station))  # if its guard held
         for old in ended:
@@ -958,13 +1012,18 @@ class ChargingService(Service):
     async def _open_session(self, station: Station, connector_id: int, presented: str,
                             identity: _StartIdentity, reservation_id: int | None,
                             company_id: str | None, station_owner_id: str | None
-                            ) -> Session | tuple[Session, list[Session], Reservation | None]:
+                            ) -> Session | tuple[Session, list[Session], Reservation | None,
+                                                 IdTagInfo]:
         """Writes a new session, closing those its connector still has open from before
         it (their stops were lost) and using its reservation; or returns the open session
         if it is this very start, committed by another socket while the transaction id was
-        drawn. A session open since later than this start stays open: this is an older
-        transaction the charger flushed late, written as ended and awaiting its stop
-        (``COMPLETED`` without a stop reason, ``awaits_stop``), which follows it."""
+        drawn. A session open since later than this start, by clock and meter, stays
+        open: this is an older transaction the charger flushed late, written as ended and
+        awaiting its stop (``COMPLETED`` without a stop reason, ``awaits_stop``), which
+        follows it. Also returns the card's authorization, asked before the write but
+        leaving out the sessions this start closes (their stops were lost: they hold the
+        card no longer, and must not have it refused as ConcurrentTx, which chargers
+        stop a transaction for)."""
         cp_id = station.cp_id
         tag, start, meter_start = identity.tag, identity.start, identity.meter_start
         id_tag_record = await self.store.find_one(IdTag, Eq("tag", presented))
@@ -987,17 +1046,21 @@ class ChargingService(Service):
         open_here = await self.store.find_all(Session, all_of(
             Eq("cp_id", cp_id), Eq("connector_id", connector_id),
             Eq("state", SessionState.ACTIVE)), limit=MAX_OPEN_PER_CONNECTOR)
+        now = self.now()
         for other in open_here:
-            if identity.matches(other):
+            if identity.matches(other, now):
                 return other
         ended: list[Session] = []
-        if any(s.start_time > start for s in open_here):
+        newer = [s for s in open_here if identity.flushed_before(s)]
+        if newer:
             # Over before the open session began, so not active (a connector charges one
             # at a time): it waits for its stop, which prices it as any other.
             session = replace(session, state=SessionState.COMPLETED, end_time=start)
         # A session open on this connector since before this start lost its
         # StopTransaction: closed first, so the connector never has two active sessions.
-        for stale in (s for s in open_here if s.start_time <= start):
+        stale_ones = [s for s in open_here if s not in newer]
+        info = await self.authorize(cp_id, presented, [s.id for s in stale_ones])
+        for stale in stale_ones:
             close, payment = await self._close(station, stale, None, min(start, self.now()),
                                                "Other", actor)
             closed = cast(Session, close.record)
@@ -1018,7 +1081,7 @@ class ChargingService(Service):
                 changes.append((use, reservation))
         changes.append((Insert(session), None))
         await self.commit(actor, changes)
-        return session, ended, used
+        return session, ended, used, info
 
     async def meter_values(self, cp_id: str, connector_id: int, transaction_id: int | None,
                            readings: list[MeterReading]) -> None:
@@ -1160,14 +1223,19 @@ class ChargingService(Service):
             station = Station(id=session.station_id, cp_id=session.cp_id,
                               name=session.cp_id, company_id=session.company_id,
                               owner_id=session.station_owner_id)
-        if session.state is not SessionState.ACTIVE:
+        awaited = awaits_stop(session)  # flushed late, its stop never came: billed too
+        if session.state is not SessionState.ACTIVE and not awaited:
             raise ValidationError("the session has ended", field="id", code="INVALID_STATE")
         now = self._timeline_now(session)
-        end = now if end_time is None else v.instant(end_time, "endTime")
+        # One awaiting its stop ended before the newer session began: by default, as
+        # recorded (at its start; no later time is known).
+        default = session.end_time if awaited and session.end_time is not None else now
+        end = default if end_time is None else v.instant(end_time, "endTime")
         if not session.start_time <= end <= now:
             raise ValidationError("between the session's start and now", field="endTime",
                                   code="OUT_OF_RANGE")
-        close, payment = await self._close(station, session, None, end, "Other", viewer)
+        close, payment = await self._close(station, session, None, end, "Other", viewer,
+                                           awaited=awaited)
         closed = cast(Session, close.record)
         changes: list[tuple[Change, Any]] = [(close, session)]
         if payment is not None:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from domain import entities as d
+from domain.clock import utcnow
 from domain.events import DomainEvent, SessionChanged
 from domain.policy import SYSTEM, Policy, Viewer
 from domain.query import Eq, all_of
@@ -305,24 +306,47 @@ async def test_a_reboot_then_available_ends_the_session_the_charger_lost(
     from domain.services.charging import BootInfo
 
     charging = world.services.charging
+    charging.reboot_stop_grace_s = 0.0
     lost, _ = await charging.start_transaction(CP, 1, "TAG-1", 0, T0)
     await charging.meter_values(CP, 1, lost, register(2000, 600))
     # Available without a reboot says nothing about the transaction: it stays open.
     await charging.status_notification(CP, 1, "Available", "NoError",
                                        timestamp=T0 + timedelta(minutes=20))
+    await charging.reboot_checks_done()
     assert (await world.session(lost)).state is d.SessionState.ACTIVE
     await charging.boot(CP, BootInfo(vendor="V", model="M"))
     await charging.status_notification(CP, 2, "Available", "NoError")  # another connector
+    await charging.reboot_checks_done()
     assert (await world.session(lost)).state is d.SessionState.ACTIVE
     await charging.status_notification(CP, 1, "Available", "NoError")
+    await charging.reboot_checks_done()
     ended = await world.session(lost)
     assert (ended.state, ended.stop_reason, ended.energy_wh) == (
         d.SessionState.COMPLETED, "Other", 2000)
     # The driver's card is free again, elsewhere too.
     assert (await charging.authorize(CP, "TAG-1")).status == "Accepted"
-    # Its stop, flushed from the charger's queue later, is a repeated stop.
-    await charging.stop_transaction(CP, lost, 2500, T0 + timedelta(minutes=30))
-    assert (await world.session(lost)).energy_wh == 2000
+
+
+async def test_a_stop_queued_through_a_reboot_still_bills_its_meter_stop(
+        world: World) -> None:
+    """The usual order after a power loss: BootNotification, StatusNotification
+    Available, then the StopTransaction from the charger's queue with the real meterStop.
+    The grace lets it close the session (a close at Available lost half the energy)."""
+    from domain.services.charging import BootInfo
+
+    charging = world.services.charging
+    charging.reboot_stop_grace_s = 30.0  # longer than this test: the stop comes first
+    tx, _ = await charging.start_transaction(CP, 1, "TAG-1", 0, T0)
+    await charging.meter_values(CP, 1, tx, register(5000, 600))
+    await charging.boot(CP, BootInfo(vendor="V", model="M"))
+    await charging.status_notification(CP, 1, "Available", "NoError")
+    await charging.stop_transaction(CP, tx, 10_000, T0 + timedelta(minutes=20),
+                                    reason="PowerLoss")
+    stopped = await world.session(tx)
+    assert (stopped.energy_wh, stopped.stop_reason) == (10_000, "PowerLoss")
+    charging.reboot_stop_grace_s = 0.0
+    for task in list(charging._reboot_checks.values()):
+        task.cancel()  # what the grace would find: nothing open any more
 
 
 async def test_a_start_on_a_plug_not_yet_known_registers_it(world: World) -> None:
@@ -332,3 +356,47 @@ async def test_a_start_on_a_plug_not_yet_known_registers_it(world: World) -> Non
         Eq("cp_id", CP), Eq("connector_id", 5)))
     assert plug is not None and plug.type is d.ConnectorType.OTHER
     assert (await world.session(tx)).connector_id == 5
+
+
+async def test_a_start_earlier_by_the_clock_only_is_newer_and_closes_the_lost_one(
+        world: World) -> None:
+    """The charger's clock stepped back (NTP) after a stop was lost: the new start is
+    stamped before the open session's, but its meter says it came after. It closes that
+    session and charges live; it is no late flush awaiting its stop."""
+    charging = world.services.charging
+    lost, _ = await charging.start_transaction(CP, 1, "TAG-1", 0, T0 + timedelta(seconds=240))
+    await charging.meter_values(CP, 1, lost, register(3000, 300))
+    new, info = await charging.start_transaction(CP, 1, "TAG-1", 3000,
+                                                 T0 + timedelta(seconds=200))
+    assert info.status == "Accepted"  # the session it closed holds the card no longer
+    assert (await world.session(lost)).state is d.SessionState.COMPLETED
+    assert (await world.session(new)).state is d.SessionState.ACTIVE
+
+
+async def test_a_glitching_start_is_a_retry_only_of_a_start_moments_ago(
+        world: World) -> None:
+    charging = world.services.charging
+    earlier, _ = await charging.start_transaction(CP, 1, "TAG-1", 0, T0)
+    await charging.meter_values(CP, 1, earlier, register(7000, 600))
+    later = datetime.now(UTC) + timedelta(minutes=30)  # its stop was lost long ago
+    charging.ctx.clock = lambda: later
+    glitch = datetime(2099, 1, 1, tzinfo=UTC)
+    tx, _ = await charging.start_transaction(CP, 1, "TAG-1", 0, glitch)  # meterStart 0 again
+    assert tx != earlier  # a new transaction, not a retry of the old one
+    assert (await world.session(earlier)).energy_wh == 7000
+    assert (await world.session(earlier)).state is d.SessionState.COMPLETED
+    charging.ctx.clock = utcnow  # the charger retries at once
+    retry, _ = await charging.start_transaction(CP, 1, "TAG-1", 0, glitch)
+    assert retry == tx
+
+
+async def test_a_late_flushed_session_whose_stop_never_comes_can_be_ended(
+        world: World) -> None:
+    charging = world.services.charging
+    await charging.start_transaction(CP, 1, "TAG-1", 50_000, T0 + timedelta(minutes=50))
+    older, _ = await charging.start_transaction(CP, 1, "TAG-2", 40_000, T0)
+    waiting = await world.session(older)
+    assert waiting.state is d.SessionState.COMPLETED and waiting.stop_reason is None
+    ended = await charging.end_session(ADMIN, waiting.id)
+    assert (ended.stop_reason, ended.end_time) == ("Other", waiting.start_time)
+
