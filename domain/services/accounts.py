@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -34,6 +35,23 @@ MAX_PENDING_SIGN_INS = 16
 # Verifying against a fixed hash when the email is unknown keeps login time the same for
 # known and unknown emails, so the response time does not reveal who has an account.
 _DUMMY_PASSWORD = "not-a-real-password-but-long-enough"
+
+
+def client_key(address: str | None) -> str | None:
+    """What sign-in limits count a client by: its IPv4 address, or the /64 network of an
+    IPv6 one (a single host is given a whole /64 and may send from any address in it).
+    Anything else (a name, nothing) as it is."""
+    if not address:
+        return None
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(parsed, ipaddress.IPv6Address):
+        if parsed.ipv4_mapped is not None:
+            return str(parsed.ipv4_mapped)
+        return str(ipaddress.IPv6Network((parsed, 64), strict=False))
+    return str(parsed)
 
 
 class AccountService(Service):
@@ -221,6 +239,7 @@ class AccountService(Service):
             # and it is not counted (a megabyte of it per request must not pile up in the
             # throttle).
             raise Unauthenticated("wrong email or password") from None
+        client = client_key(client)
         key = f"{cleaned} {client or ''}"
         locked = self.throttle.locked_for(key) or self.email_throttle.locked_for(cleaned) \
             or (self.client_throttle.locked_for(client) if client else None)

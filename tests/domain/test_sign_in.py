@@ -354,3 +354,32 @@ async def test_chargers_connect_while_sign_ins_fill_the_hashing_threads(
     finally:
         busy.set()
         await asyncio.gather(*hogs)
+
+
+def test_sign_in_limits_count_an_ipv6_host_by_its_64() -> None:
+    from domain.services.accounts import client_key
+
+    assert client_key("2001:db8:1:2:aaaa::1") == client_key("2001:db8:1:2:bbbb::7") \
+        == "2001:db8:1:2::/64"
+    assert client_key("2001:db8:1:3::1") != client_key("2001:db8:1:2::1")
+    assert client_key("::ffff:192.0.2.7") == client_key("192.0.2.7") == "192.0.2.7"
+    assert client_key(None) is None and client_key("testclient") == "testclient"
+
+
+async def test_a_guesser_rotating_addresses_in_one_64_is_one_client(store: SqliteStore
+                                                                    ) -> None:
+    from domain.errors import Unauthenticated
+
+    services = Services(ServiceContext(store=store, policy=Policy(), hasher=FastHasher()))
+    await services.accounts.create_user(SYSTEM, email="ada@example.com",
+                                        password="first password", name="Ada",
+                                        role=d.Role.DRIVER)
+    for i in range(services.accounts.throttle.limit):
+        with pytest.raises(Unauthenticated):
+            await services.accounts.authenticate("ada@example.com", "guess",
+                                                 f"2001:db8:1:2::{i + 1:x}")
+    with pytest.raises(Unauthenticated) as err:
+        await services.accounts.authenticate("ada@example.com", "first password",
+                                             "2001:db8:1:2::ffff")
+    assert err.value.code == "TOO_MANY_ATTEMPTS"
+    await services.accounts.authenticate("ada@example.com", "first password", "2001:db8:9::1")
