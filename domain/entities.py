@@ -158,6 +158,9 @@ class IdTag(Record):
     status: IdTagStatus = IdTagStatus.ACCEPTED
     expires_at: datetime | None = None
     parent_tag: str | None = None
+    #: Who blocked it (while BLOCKED): its owner (a lost card) or their operator or an
+    #: admin, whose block the owner may not get round (``fleet.blocked_by_others``).
+    blocked_by: str | None = None
 
     def status_at(self, now: datetime) -> IdTagStatus:
         """Its status as a charger should be told it at ``now``: EXPIRED once past its

@@ -18,9 +18,8 @@ from domain.services.base import UNSET, Service, patch, stamp_new
 
 def blocked_by_others(tag: IdTag, owner: User) -> bool:
     """Whether ``tag`` stands blocked by someone other than its owner (an operator or
-    admin: who may charge is theirs to decide). Its last writer is its blocker: its owner
-    may not write to a card someone else blocked."""
-    return tag.status is IdTagStatus.BLOCKED and tag.updated_by != owner.id
+    admin: who may charge is theirs to decide)."""
+    return tag.status is IdTagStatus.BLOCKED and tag.blocked_by != owner.id
 
 
 class FleetService(Service):
@@ -140,10 +139,8 @@ class FleetService(Service):
             # Drivers may block their own card (it was lost) but not lift a block or an
             # expiry that an operator or admin set: those decide who may charge.
             if blocked_by_others(id_tag, owner):
-                # Not even rewritten as it is: the block's author (``updated_by``) is what
-                # tells a driver's own block from their operator's (``_refuse_if_withdrawn``),
-                # and a no-op rewrite by the driver made it theirs, and let them issue
-                # themselves a new card.
+                # Not even rewritten as it is: the card is their operator's to decide on
+                # now (a no-op rewrite once made the block look like the driver's own).
                 raise Forbidden("your operator blocked this card: ask them about it",
                                 field="id")
             if status not in (UNSET, IdTagStatus.BLOCKED, id_tag.status):
@@ -158,10 +155,17 @@ class FleetService(Service):
             raise ValidationError("unknown status", field="status")
         if vehicle_id not in (UNSET, None):
             await self._vehicle_of(viewer, owner, vehicle_id)
+        blocked_by: Any = UNSET  # who blocked it stays, whoever writes to it later
+        if status is IdTagStatus.BLOCKED and (id_tag.status is not IdTagStatus.BLOCKED
+                                              or self.policy.may_manage_user(viewer, owner)):
+            blocked_by = viewer.actor  # an operator blocking a self-blocked card makes it theirs
+        elif status is not UNSET and status is not IdTagStatus.BLOCKED:
+            blocked_by = None
         update = patch(
             id_tag,
             viewer,
             status=status,
+            blocked_by=blocked_by,
             vehicle_id=vehicle_id,
             expires_at=expires_at if expires_at is UNSET else v.aware(expires_at, "expiresAt"),
         )

@@ -451,11 +451,19 @@ _V15 = """
 ALTER TABLE "station" ADD COLUMN "connection" INTEGER;
 """
 
+# Version 16: who blocked a card (``IdTag.blocked_by``). Its last writer stood for that,
+# and any later write (a vehicle removed, unlinking it) made a block its owner's own.
+# Blocked cards take their last writer, as the service read it before.
+_V16 = """
+ALTER TABLE "id_tag" ADD COLUMN "blocked_by" TEXT;
+UPDATE "id_tag" SET "blocked_by" = "updated_by" WHERE "status" = 'BLOCKED';
+"""
+
 #: Every migration, oldest first. Append only.
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
                                      (11, _V11), (12, _V12),
-                                     (13, _V13), (14, _V14), (15, _V15))
+                                     (13, _V13), (14, _V14), (15, _V15), (16, _V16))
 
 _BOOTSTRAP = """
 CREATE TABLE IF NOT EXISTS "schema_version" (

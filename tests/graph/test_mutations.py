@@ -311,6 +311,16 @@ async def test_a_driver_cannot_issue_a_card_around_an_operators_block(api: Api,
                                 "idTag { id }")) == [("id", "FORBIDDEN")]
     assert codes(await call(api, world, "driver1", "issueIdTag", {"tag": "AROUND-2"},
                             "idTag { id }")) == [("tag", "FORBIDDEN")]
+    # Nor by removing the car the card is linked to, which rewrites the card as theirs.
+    added = await call(api, world, "driver1", "addVehicle", {"licensePlate": "B-JO-123"},
+                       "vehicle { id }")
+    car = added["vehicle"]["id"]
+    assert codes(await call(api, world, "admin", "updateIdTag",
+                            {"id": gid("id_tag", own), "vehicleId": car}, "idTag { id }")) == []
+    assert codes(await call(api, world, "driver1", "removeVehicle", {"id": car},
+                            "vehicle { id }")) == []
+    assert codes(await call(api, world, "driver1", "issueIdTag", {"tag": "AROUND-3"},
+                            "idTag { id }")) == [("tag", "FORBIDDEN")]
     assert codes(await call(api, world, "admin", "issueIdTag",
                             {"tag": "GRANTED-1", "userId": gid("user", world.users["driver1"].id)},
                             "idTag { id }")) == []

@@ -477,6 +477,21 @@ async def test_version_14_makes_company_names_unique_keeping_every_company(
                      "'Solo')")
 
 
+async def test_version_16_records_who_blocked_each_blocked_card(db_path: str) -> None:
+    """Until then a blocked card's last writer stood for its blocker: blocked cards take
+    it, the others none."""
+    async with aiosqlite.connect(db_path, isolation_level=None) as conn:
+        await apply_migrations(conn, MIGRATIONS[:15])
+        for tag_id, status, writer in (("t1", "BLOCKED", "op-1"), ("t2", "ACCEPTED", "u-1")):
+            await conn.execute(
+                'INSERT INTO "id_tag" ("id", "created_at", "updated_at", "created_by", '
+                '"updated_by", "tag", "user_id", "status") '
+                "VALUES (?, 0, 0, 'system', ?, ?, 'u-1', ?)", (tag_id, writer, tag_id, status))
+        assert await apply_migrations(conn, MIGRATIONS[:16]) == [16]
+    assert raw(db_path, 'SELECT "id", "blocked_by" FROM "id_tag" ORDER BY "id"') == [
+        ("t1", "op-1"), ("t2", None)]
+
+
 async def test_version_8_gives_existing_sessions_and_payments_their_books(
         db_path: str) -> None:
     """Rows written before version 8 get their station's company, or for a station of no
