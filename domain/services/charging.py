@@ -96,18 +96,24 @@ CACHE_TTL_S = 30.0
 MAX_BELIEVABLE_KW = 4000.0
 #: Headroom over a connector's rating (meter and rating disagree a little).
 RATING_HEADROOM = 1.25
-#: What a session may add whatever the time: a truck's battery. Only a register beyond
-#: it is judged by the rating and the time, which clocks make rough (a coarse or reset
-#: clock, a replayed history); below it, a glitch is corrected by meterStop at the stop.
+#: What a session on a connector of unknown rating may add whatever the time: a truck's
+#: battery. Clocks make the time rough (a coarse or reset clock, a replayed history, a
+#: simulator compressing hours): only a register beyond it is judged by the time.
 METER_SLACK_WH = 1_000_000
+#: On a connector whose rating is known, the slack is this long at full power (a clock a
+#: quarter of an hour off): a single-bit glitch of half a megawatt-hour on a 22 kW
+#: connector is no reading, and a close without a stop must not bill it.
+RATED_SLACK = timedelta(minutes=15)
 
 
 def believable_register(session: Session, wh: float, at: datetime, rated_kw: float) -> bool:
     """Whether the energy register can read ``wh`` at ``at`` in ``session`` on a connector
-    rated ``rated_kw``: no more above its start than that power could deliver since."""
+    rated ``rated_kw`` (``MAX_BELIEVABLE_KW``: not known): no more above its start than
+    that power could deliver since, with a slack for clocks."""
     seconds = max((at - session.start_time).total_seconds(), 0.0)
-    return wh <= session.meter_start_wh + rated_kw * RATING_HEADROOM * seconds / 3.6 \
-        + METER_SLACK_WH
+    slack = METER_SLACK_WH if rated_kw >= MAX_BELIEVABLE_KW \
+        else rated_kw * RATING_HEADROOM * RATED_SLACK.total_seconds() / 3.6
+    return wh <= session.meter_start_wh + rated_kw * RATING_HEADROOM * seconds / 3.6 + slack
 
 
 #: How long after a rebooted charger reports a connector Available the session it left

@@ -400,3 +400,18 @@ async def test_a_late_flushed_session_whose_stop_never_comes_can_be_ended(
     ended = await charging.end_session(ADMIN, waiting.id)
     assert (ended.stop_reason, ended.end_time) == ("Other", waiting.start_time)
 
+
+
+async def test_on_a_rated_connector_a_smaller_glitch_is_no_reading_either(
+        world: World) -> None:
+    """A single-bit glitch (+524 kWh in ten minutes) on a 22 kW connector: far below the
+    megawatt-hour an unrated connector is allowed, far above what this one can deliver."""
+    charging = world.services.charging
+    await world.services.stations.create_station(
+        SYSTEM, cp_id="CP-AC", name="CP-AC", connectors=[ConnectorSpec(1, max_kw=22)])
+    tx, _ = await charging.start_transaction("CP-AC", 1, "TAG-1", 20_000, T0)
+    for wh, seconds in ((21_000, 300), (544_288, 600), (23_000, 900)):
+        await charging.meter_values("CP-AC", 1, tx, register(wh, seconds))
+    assert (await world.session(tx)).energy_wh == 3000
+    ended = await charging.end_session(ADMIN, (await world.session(tx)).id)
+    assert ended.energy_wh == 3000
