@@ -31,6 +31,9 @@ CLIENT_LIMIT = 100
 #: told to try again in a moment instead of queueing: a flood must not make every
 #: sign-in wait for seconds, nor pile up requests in memory.
 MAX_PENDING_SIGN_INS = 16
+#: Of those, at most this many from one client (``client_key``): one address flooding
+#: with random emails took every slot until its failures locked it.
+MAX_PENDING_PER_CLIENT = 5
 
 # Verifying against a fixed hash when the email is unknown keeps login time the same for
 # known and unknown emails, so the response time does not reveal who has an account.
@@ -65,8 +68,10 @@ class AccountService(Service):
         self.throttle = SignInThrottle(ctx.clock)
         self.email_throttle = SignInThrottle(ctx.clock, limit=EMAIL_LIMIT)
         self.client_throttle = SignInThrottle(ctx.clock, limit=CLIENT_LIMIT)
-        #: Sign-ins whose password is being checked now (``MAX_PENDING_SIGN_INS``).
+        #: Sign-ins whose password is being checked now (``MAX_PENDING_SIGN_INS``), in
+        #: all and per client.
         self._pending = 0
+        self._pending_of: Counter[str] = Counter()
         #: What else a deactivation releases (``Services`` wires the user's reservations
         #: in); run in the background, so the deactivation itself never waits on a
         #: charger.
@@ -252,7 +257,8 @@ class AccountService(Service):
             minutes = max(1, round(locked.total_seconds() / 60))
             raise Unauthenticated(f"too many failed sign-ins: try again in {minutes} min",
                                   code="TOO_MANY_ATTEMPTS")
-        if self._pending >= MAX_PENDING_SIGN_INS:
+        if self._pending >= MAX_PENDING_SIGN_INS \
+                or self._pending_of[client or ""] >= MAX_PENDING_PER_CLIENT:
             raise Unauthenticated("too many sign-ins at once: try again in a moment",
                                   code="TOO_MANY_ATTEMPTS")
         # Counted as failed before the slow check, in the same step as the lock test:
@@ -261,10 +267,14 @@ class AccountService(Service):
         self._failed(key, cleaned, client)
         self._checking[key] += 1
         self._pending += 1
+        self._pending_of[client or ""] += 1
         try:
             return await self._check(key, cleaned, password, client)
         finally:
             self._pending -= 1
+            self._pending_of[client or ""] -= 1
+            if not self._pending_of[client or ""]:
+                del self._pending_of[client or ""]
             self._checking[key] -= 1
             if not self._checking[key]:
                 del self._checking[key]

@@ -383,3 +383,40 @@ async def test_a_guesser_rotating_addresses_in_one_64_is_one_client(store: Sqlit
                                              "2001:db8:1:2::ffff")
     assert err.value.code == "TOO_MANY_ATTEMPTS"
     await services.accounts.authenticate("ada@example.com", "first password", "2001:db8:9::1")
+
+
+async def test_one_client_takes_at_most_its_share_of_the_sign_ins_being_checked(
+        store: SqliteStore) -> None:
+    """One address flooding with random emails used to take every slot until its
+    failures locked it: everyone else was told to wait meanwhile."""
+    import asyncio
+
+    from domain.errors import Unauthenticated
+    from domain.services.accounts import MAX_PENDING_PER_CLIENT
+
+    release = asyncio.Event()
+    services = Services(ServiceContext(store=store, policy=Policy(), hasher=FastHasher()))
+
+    async def held(password_hash: str, password: str) -> bool:
+        await release.wait()
+        return False
+
+    services.accounts.password_matches = held  # type: ignore[method-assign]
+    flood = [asyncio.ensure_future(services.accounts.authenticate(
+        f"u{i}@example.com", "guess", "10.7.7.7")) for i in range(MAX_PENDING_PER_CLIENT)]
+    for _ in range(500):  # until all of them are being checked (bounded)
+        if services.accounts._pending == MAX_PENDING_PER_CLIENT:
+            break
+        await asyncio.sleep(0.01)
+    with pytest.raises(Unauthenticated) as err:  # the same client, once more
+        await asyncio.wait_for(
+            services.accounts.authenticate("more@example.com", "guess", "10.7.7.7"), 5)
+    assert err.value.code == "TOO_MANY_ATTEMPTS" and "a moment" in err.value.message
+    other = asyncio.ensure_future(
+        services.accounts.authenticate("ada@example.com", "guess", "10.8.8.8"))
+    await asyncio.sleep(0.05)
+    assert not other.done()  # another client's sign-in is being checked, not refused
+    release.set()
+    outcomes = await asyncio.gather(*flood, other, return_exceptions=True)
+    assert all(isinstance(o, Unauthenticated) and o.code == "UNAUTHENTICATED"
+               for o in outcomes)
