@@ -51,11 +51,15 @@ class RedisEventBus:
     ``health_interval``: after this much silence the listener PINGs; silence for another
     interval means the connection is dead (a half-open TCP connection never errors).
     ``start_timeout``: how long ``start()`` waits for the first subscription.
+    ``max_backoff``: the longest wait between the listener's reconnect attempts. A second:
+    until it is back, commands relayed to this instance's chargers find no one to take
+    them (5 s made them fail for up to 5 s after Redis returned); an attempt a second is
+    nothing for Redis.
     """
 
     def __init__(self, url: str, *, queue_size: int = DEFAULT_QUEUE_SIZE,
                  channel_prefix: str = CHANNEL_PREFIX, publish_timeout: float = 1.0,
-                 health_interval: float = 5.0, max_backoff: float = 5.0,
+                 health_interval: float = 5.0, max_backoff: float = 1.0,
                  start_timeout: float = 10.0) -> None:
         self.url = url
         self.local = MemoryEventBus(queue_size)
