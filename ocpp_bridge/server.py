@@ -32,6 +32,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from domain.errors import StoreUnavailable
 from domain.events import StationConnectionChanged, StationRemoved
 from domain.ids import new_id
 from domain.ports import EventBus
@@ -52,6 +53,9 @@ SUBPROTOCOL = "ocpp1.6"
 #: ``max_queue``, 16, unread frames per connection before it stops reading).
 MAX_MESSAGE = 4 * 1024 * 1024
 REALM = 'Basic realm="ChargeGraph OCPP", charset="UTF-8"'
+#: Close code for a charger whose connection cannot be recorded now (1013: try again
+#: later): it reconnects, as it does after any drop.
+CLOSE_TRY_AGAIN_LATER = 1013
 #: Refused passwords remembered per station (repeated guesses are refused for free).
 REFUSED_REMEMBERED = 32
 
@@ -420,6 +424,11 @@ class OcppServer:
             await handler.start()
         except ConnectionClosed:
             pass
+        except StoreUnavailable as exc:
+            # The connection cannot be recorded (a full disk): the charger is told to come
+            # back later, as a server error; the store's own log line says why, once.
+            log.warning("%s: closing, the store cannot write now (%s)", cp_id, exc.reason)
+            await ws.close(CLOSE_TRY_AGAIN_LATER, "the central system cannot store now")
         finally:
             # First: a command waiting for this charger's answer fails now with
             # CHARGER_OFFLINE, not at its timeout.
@@ -433,6 +442,9 @@ class OcppServer:
                     # Only if this connection is still the station's newest.
                     await self.charging.disconnect(cp_id, number=number,
                                                    instance=self.instance_id)
+                except StoreUnavailable as exc:
+                    log.warning("%s: could not record the disconnect: %s", cp_id,
+                                exc.reason)
                 except Exception:  # the store may already be closing at shutdown
                     log.exception("%s: could not record the disconnect", cp_id)
 

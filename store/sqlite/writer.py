@@ -45,6 +45,8 @@ T = TypeVar("T")
 CHECKPOINT_BYTES = 4 * 1024 * 1024
 #: How often a commit looks at the WAL's size (a stat per commit would be wasted work).
 _SIZE_CHECK_INTERVAL_S = 0.1
+#: The least time between two log lines saying the database refuses writes.
+REFUSAL_LOG_INTERVAL_S = 60.0
 
 
 #: SQLite's primary result codes for "the database cannot write now": the request was
@@ -112,6 +114,8 @@ class Writer:
         self.failing: sqlite3.DatabaseError | None = None
         #: The file the connection opened: the path must still lead to it.
         self._identity: FileIdentity | None = None
+        self._next_refusal_log = 0.0
+        self._refusal_told = False
         self._moved_told = False
 
     def open(self) -> None:
@@ -133,7 +137,12 @@ class Writer:
         except sqlite3.DatabaseError as error:
             # Disk full, an I/O error, a corrupt page: /healthz says so until a write
             # goes through again, and the log says it once (not once per request).
-            if self.failing is None:
+            now = time.monotonic()
+            if self.failing is None and now >= self._next_refusal_log:
+                # Once a minute at most: a disk that is nearly full lets a small write
+                # through now and then, and every one would start the tale again.
+                self._next_refusal_log = now + REFUSAL_LOG_INTERVAL_S
+                self._refusal_told = True
                 log.error("the database refuses writes: %s (health checks fail until a "
                           "write goes through again)", error)
             self.failing = error
@@ -142,7 +151,9 @@ class Writer:
                 raise unavailable from error
             raise
         if self.failing is not None:
-            log.warning("the database takes writes again")
+            if self._refusal_told:  # one recovery line per refusal line
+                log.warning("the database takes writes again")
+                self._refusal_told = False
             self.failing = None
         return result
 
@@ -229,9 +240,14 @@ class Writer:
             if self._checkpointer is None:
                 self._checkpointer = connect(self.path)
             self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-        except sqlite3.Error:
-            # Busy (another checkpoint) or transient: the next commit tries again.
-            log.warning("WAL checkpoint failed", exc_info=True)
+        except sqlite3.Error as error:
+            # Busy (another checkpoint) or transient: the next commit tries again. A disk
+            # that cannot take writes is already said once by ``run`` and /healthz: no
+            # traceback per commit while it lasts.
+            if isinstance(error, sqlite3.DatabaseError) and cannot_write(error) is not None:
+                log.debug("WAL checkpoint failed: %s", error)
+            else:
+                log.warning("WAL checkpoint failed", exc_info=True)
 
     # ------------------------------------------------------------- lifecycle
     def _open_conn(self) -> sqlite3.Connection:

@@ -281,3 +281,27 @@ async def test_a_stop_and_an_end_session_racing_close_the_session_once(
     # to what was billed.
     samples = await central.store.find_all(d.MeterSample, Eq("session_id", session.id))
     assert sum(s.delta_wh or 0 for s in samples) == done.energy_wh
+
+
+async def test_a_connection_the_store_cannot_record_is_closed_to_try_again_later(
+        central: Central, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A full disk while a charger connects: it is told to come back (1013), in one log
+    line, not dropped by an unhandled error with a traceback."""
+    import logging
+
+    from domain.errors import StoreUnavailable
+    from tests.ocpp.test_protocol import raw
+
+    async def cannot_write(*args: object, **kwargs: object) -> None:
+        raise StoreUnavailable("the store cannot write now", reason="database or disk is full")
+
+    monkeypatch.setattr(central.services.charging, "connect", cannot_write)
+    caplog.set_level(logging.INFO)
+    ws = await raw(central)
+    with pytest.raises(ConnectionClosed):
+        await asyncio.wait_for(ws.recv(), 5)
+    assert ws.close_code == 1013
+    assert "the store cannot write now (database or disk is full)" in caplog.text
+    assert "Traceback" not in caplog.text and not any(
+        r.levelno >= logging.ERROR for r in caplog.records)

@@ -304,6 +304,32 @@ async def test_ping_says_unhealthy_while_the_database_refuses_writes(db_path: st
         await s.close()
 
 
+async def test_a_disk_that_keeps_filling_is_logged_once_a_minute(
+        db_path: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Nearly full, a disk lets a small write through now and then: the refusal is told
+    once (and its recovery once), not at every flap."""
+    import logging
+
+    s = SqliteStore(db_path)
+    await s.start()
+    try:
+        assert s._writer is not None and s._writer.conn is not None
+        conn = s._writer.conn
+        caplog.set_level(logging.INFO, "chargegraph.store.sqlite")
+        for round_ in range(3):
+            pages = conn.execute("PRAGMA page_count").fetchone()[0]
+            conn.execute(f"PRAGMA max_page_count = {pages}")
+            with pytest.raises(StoreUnavailable):
+                await put(s, *(company(name=f"C{i} " + "x" * 2000) for i in range(50)))
+            conn.execute("PRAGMA max_page_count = 1073741823")
+            await put(s, company(name=f"Between {round_}"))
+        lines = [r.getMessage() for r in caplog.records]
+        assert sum("refuses writes" in line for line in lines) == 1, lines
+        assert sum("takes writes again" in line for line in lines) == 1, lines
+    finally:
+        await s.close()
+
+
 async def test_a_read_only_database_refuses_a_write_with_a_clear_error(
         store: SqliteStore) -> None:
     assert store._writer is not None and store._writer.conn is not None
