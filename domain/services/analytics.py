@@ -316,8 +316,11 @@ class AnalyticsService(Service):
         _per_connector(scope)
         _window(start, end)
         now = min(self.now(), end)
+        # Occupancy is the station's, as its charging time is: scoped by the stations the
+        # viewer runs, not by the books the sessions went to (a station handed over read
+        # an hour of charging and no occupancy for its new operator).
         occupied = await self.store.aggregate(
-            Session, self._scoped(viewer, "session", all_of(
+            Session, self._scoped(viewer, "connector_interval", all_of(
                 scope.sessions(), _overlapping("start_time", "end_time", start, end))),
             PER_CONNECTOR, {"s": OverlapSeconds("start_time", "end_time", start, end, now)})
         charging = await self.store.aggregate(

@@ -368,3 +368,16 @@ async def test_shares_are_of_the_window_up_to_now(history: History) -> None:
     # A window wholly ahead of now has nothing to share yet.
     [ahead] = await analytics.utilization(admin, r1, at_31(16), at_31(18), False)
     assert (ahead.window_seconds, ahead.share(ahead.first_seconds)) == (0.0, 0.0)
+
+
+async def test_a_station_handed_over_keeps_its_occupancy_with_its_charging_time(
+        history: History) -> None:
+    """Utilization is the station's: its new operator sees the hour it was occupied as
+    well as the hour it was charging (occupancy used to follow the sessions' books)."""
+    station, _ = await two_plug_station(history)
+    op_b = history.users["op_b"]
+    await history.services.stations.update_station(SYSTEM, station.id,
+                                                   company_id=op_b.company_id)
+    rows = await history.services.analytics.utilization(
+        history.viewer("op_b"), Scope(cp_ids=("R1",)), at_31(14), at_31(15), True)
+    assert figures(rows) == [(1, 1.0, 1.0, 1.0, 1.0), (2, 1.0, 1.0, 1.0, 1.0)]
