@@ -398,8 +398,6 @@ class ChargingService(Service):
         # cp_id → (newest charger timestamp seen, server time then): where "now" is on the
         # charger's clock, for state changes that carry no timestamp of their own.
         self._charger_clock: dict[str, tuple[datetime, datetime]] = {}
-        # cp_id → when it last booted, on its clock (``_ended_by_reboot``).
-        self._booted: dict[str, datetime] = {}
         #: How long a rebooted charger's queued StopTransaction may take to come after it
         #: reported the connector Available (tests shorten it).
         self.reboot_stop_grace_s = REBOOT_STOP_GRACE_S
@@ -700,14 +698,14 @@ class ChargingService(Service):
             "vendor": v.shown_text(info.vendor), "model": v.shown_text(info.model),
             "serial": v.shown_text(info.serial), "firmware": v.shown_text(info.firmware)}
         actor = charger(cp_id)
+        booted = self.charger_now(cp_id)  # stored: a restart of ours must not forget it
         if any(getattr(station, k) != val for k, val in details.items()):
-            update = patch(station, actor, last_seen=now, **details)
+            update = patch(station, actor, last_seen=now, booted_at=booted, **details)
             await self.commit(actor, [(update, station)])
         else:
-            update = patch(station, actor, last_seen=now)
+            update = patch(station, actor, last_seen=now, booted_at=booted)
             await self.store.write([update], [])
         self._remember(cast(Station, update.record), renew=False)
-        self._booted[cp_id] = self.charger_now(cp_id)
         return BootResult(station.registration, self.heartbeat_interval, now)
 
     @_station_must_exist
@@ -897,7 +895,7 @@ class ChargingService(Service):
                 error_code=error_code, status=status, info=info,
                 vendor_error_code=vendor_error_code))
         if connector is not None and new_status is ConnectorStatus.AVAILABLE \
-                and station.cp_id in self._booted:
+                and station.booted_at is not None:
             self._check_after_reboot(station.cp_id, connector_id)
 
     def _check_after_reboot(self, cp_id: str, connector_id: int) -> None:
@@ -931,9 +929,9 @@ class ChargingService(Service):
             log.exception("%s: closing the session lost at its reboot failed", cp_id)
 
     async def _close_lost_at_reboot(self, cp_id: str, connector_id: int) -> None:
-        booted = self._booted.get(cp_id)
         station = await self.station(cp_id)
-        if booted is None or station is None:
+        booted = station.booted_at if station is not None else None
+        if station is None or booted is None:
             return
         lost = await self.store.find_all(Session, all_of(
             Eq("cp_id", station.cp_id), Eq("connector_id", connector_id),

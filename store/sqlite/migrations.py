@@ -459,11 +459,17 @@ ALTER TABLE "id_tag" ADD COLUMN "blocked_by" TEXT;
 UPDATE "id_tag" SET "blocked_by" = "updated_by" WHERE "status" = 'BLOCKED';
 """
 
+# Version 17: when a charger last booted (``Station.booted_at``): a restart of the service
+# must not forget that a session open on an Available connector was lost with a reboot.
+_V17 = """
+ALTER TABLE "station" ADD COLUMN "booted_at" INTEGER;
+"""
+
 #: Every migration, oldest first. Append only.
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
                                      (11, _V11), (12, _V12),
-                                     (13, _V13), (14, _V14), (15, _V15), (16, _V16))
+                                     (13, _V13), (14, _V14), (15, _V15), (16, _V16), (17, _V17))
 
 _BOOTSTRAP = """
 CREATE TABLE IF NOT EXISTS "schema_version" (

@@ -415,3 +415,20 @@ async def test_on_a_rated_connector_a_smaller_glitch_is_no_reading_either(
     assert (await world.session(tx)).energy_wh == 3000
     ended = await charging.end_session(ADMIN, (await world.session(tx)).id)
     assert ended.energy_wh == 3000
+
+
+async def test_a_restart_of_the_service_does_not_forget_the_reboot(world: World) -> None:
+    """The service restarted within the grace: the charger, not rebooted again, reports
+    the connector Available on its new connection; the lost session still closes (it
+    stayed open for ever, holding the card)."""
+    from domain.services.charging import BootInfo
+
+    charging = world.services.charging
+    lost, _ = await charging.start_transaction(CP, 1, "TAG-1", 0, T0)
+    await charging.boot(CP, BootInfo(vendor="V", model="M"))
+    restarted = Services(ServiceContext(store=world.store, policy=Policy(),
+                                        hasher=FastHasher())).charging
+    restarted.reboot_stop_grace_s = 0.0
+    await restarted.status_notification(CP, 1, "Available", "NoError")
+    await restarted.reboot_checks_done()
+    assert (await world.session(lost)).state is d.SessionState.COMPLETED
