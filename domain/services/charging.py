@@ -121,6 +121,9 @@ def believable_register(session: Session, wh: float, at: datetime, rated_kw: flo
 #: their boot) before it is closed as lost.
 REBOOT_STOP_GRACE_S = 120.0
 
+#: How often ``endSession`` reads a session again that changed under it before it gives up.
+END_ATTEMPTS = 3
+
 #: Stored increments a stop may take an excess back from (newest first); what is left
 #: beyond them is taken back by a negative closing sample.
 MAX_TRIMMED_SAMPLES = 1000
@@ -1227,28 +1230,37 @@ class ChargingService(Service):
             station = Station(id=session.station_id, cp_id=session.cp_id,
                               name=session.cp_id, company_id=session.company_id,
                               owner_id=session.station_owner_id)
-        awaited = awaits_stop(session)  # flushed late, its stop never came: billed too
-        if session.state is not SessionState.ACTIVE and not awaited:
-            raise ValidationError("the session has ended", field="id", code="INVALID_STATE")
-        now = self._timeline_now(session)
-        # One awaiting its stop ended before the newer session began: by default, as
-        # recorded (at its start; no later time is known).
-        default = session.end_time if awaited and session.end_time is not None else now
-        end = default if end_time is None else v.instant(end_time, "endTime")
-        if not session.start_time <= end <= now:
-            raise ValidationError("between the session's start and now", field="endTime",
-                                  code="OUT_OF_RANGE")
-        close, payment = await self._close(station, session, None, end, "Other", viewer,
-                                           awaited=awaited)
-        closed = cast(Session, close.record)
-        changes: list[tuple[Change, Any]] = [(close, session)]
-        if payment is not None:
-            changes.append((Insert(payment), None))
-        try:
-            await self.commit(viewer, changes)
-        except Conflict as exc:  # its charger's stop closed it meanwhile
-            raise ValidationError("the session has ended", field="id",
-                                  code="INVALID_STATE") from exc
+        for attempt in range(1, END_ATTEMPTS + 1):
+            awaited = awaits_stop(session)  # flushed late, its stop never came: billed too
+            if session.state is not SessionState.ACTIVE and not awaited:
+                raise ValidationError("the session has ended", field="id",
+                                      code="INVALID_STATE")
+            now = self._timeline_now(session)
+            # One awaiting its stop ended before the newer session began: by default, as
+            # recorded (at its start; no later time is known).
+            default = session.end_time if awaited and session.end_time is not None else now
+            end = default if end_time is None else v.instant(end_time, "endTime")
+            if not session.start_time <= end <= now:
+                raise ValidationError("between the session's start and now",
+                                      field="endTime", code="OUT_OF_RANGE")
+            # Only onto the session as read: a meter value that grew its energy meanwhile
+            # (its charger is still sending) would otherwise be billed short of what its
+            # samples add up to; its stop, or another operator, ends it otherwise.
+            close, payment = await self._close(station, session, None, end, "Other", viewer,
+                                               unchanged_since=session.updated_at)
+            closed = cast(Session, close.record)
+            changes: list[tuple[Change, Any]] = [(close, session)]
+            if payment is not None:
+                changes.append((Insert(payment), None))
+            try:
+                await self.commit(viewer, changes)
+                break
+            except Conflict as exc:
+                if attempt == END_ATTEMPTS:
+                    raise Conflict("the session keeps changing (its charger is still "
+                                   "metering): try again, or stop it remotely",
+                                   field="id", code="CHANGED") from exc
+                session = await self.visible(viewer, Session, session_id)  # read again
         await self.session_updates.end(session.id)
         self._remember(closed)
         await self.publish(self._session_event(station, closed, "ENDED"))
@@ -1264,13 +1276,15 @@ class ChargingService(Service):
 
     async def _close(self, station: Station, session: Session, meter_stop: int | None,
                      end: datetime, reason: str, actor: Viewer, *,
-                     energy_wh: int | None = None, awaited: bool = False
+                     energy_wh: int | None = None, awaited: bool = False,
+                     unchanged_since: datetime | None = None
                      ) -> tuple[Update, Payment | None]:
         """The close's write and the payment it opens. ``energy_wh``: the session's energy
         at its close (default: as last metered). Written only onto a session still ACTIVE
         (``awaited``: still awaiting its stop): of a charger's StopTransaction and an
         operator's endSession racing, one closes it, and the other fails with ``Conflict``
-        (``CHANGED``) instead of closing it twice."""
+        (``CHANGED``) instead of closing it twice. ``unchanged_since``: written only onto
+        the session as it was read, last updated then (any change since moves it)."""
         # A stop stamped before the start (a clock reset mid-session) ends the session
         # when it began, so no duration anywhere comes out negative.
         end = max(end, session.start_time)
@@ -1282,7 +1296,10 @@ class ChargingService(Service):
         cost = None
         if tariff is not None:
             cost = session_cost_minor(tariff, energy, session.start_time, end)
-        guard = ("stop_reason", None) if awaited else ("state", SessionState.ACTIVE)
+        guard: tuple[str, Any] = ("stop_reason", None) if awaited \
+            else ("state", SessionState.ACTIVE)
+        if unchanged_since is not None:  # nothing written to it since it was read
+            guard = ("updated_at", unchanged_since)
         close = patch(session, actor, only_if=guard, required=True,
                       state=SessionState.COMPLETED, end_time=end, meter_stop_wh=meter_stop,
                       energy_wh=energy, power_w=None, stop_reason=reason, cost_minor=cost,

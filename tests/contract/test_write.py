@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Callable
+from datetime import timedelta
 
 import pytest
 
@@ -130,6 +131,30 @@ async def test_a_guard_may_expect_an_empty_field(store: Store) -> None:
     again = dataclasses.replace(waiting, stop_reason="Remote", energy_wh=9999)
     await store.write([Update(again, frozenset({"stop_reason", "energy_wh"}), guard)], [])
     assert (await store.get_many(Session, [waiting.id]))[0] == stopped
+
+
+async def test_a_guard_may_expect_the_time_a_record_was_last_written(store: Store) -> None:
+    """``endSession`` closes a session only as it read it: guarded on ``updated_at`` as
+    read back from the store (whatever precision the store keeps), any write since fails
+    the guard."""
+    st = station(cp_id="CP-U")
+    live = session(st, energy_wh=100)
+    await put(store, st, live)
+    read = (await store.get_many(Session, [live.id]))[0]
+    assert read is not None
+    grown = dataclasses.replace(read, energy_wh=150, updated_at=read.updated_at
+                                + timedelta(seconds=1))
+    await store.write([Update(grown, frozenset({"energy_wh", "updated_at"}))], [])
+    stale_close = dataclasses.replace(read, state=SessionState.COMPLETED)
+    with pytest.raises(Conflict):
+        await store.write([Update(stale_close, frozenset({"state"}),
+                                  ("updated_at", read.updated_at), required=True)], [])
+    fresh = (await store.get_many(Session, [live.id]))[0]
+    assert fresh is not None and fresh.state is SessionState.ACTIVE
+    closed = dataclasses.replace(fresh, state=SessionState.COMPLETED)
+    await store.write([Update(closed, frozenset({"state"}), ("updated_at", fresh.updated_at),
+                              required=True)], [])
+    assert (await store.get_many(Session, [live.id]))[0].state is SessionState.COMPLETED  # type: ignore[union-attr]
 
 
 async def test_an_update_that_breaks_a_unique_rule_is_rejected(store: Store) -> None:

@@ -432,3 +432,25 @@ async def test_a_restart_of_the_service_does_not_forget_the_reboot(world: World)
     await restarted.status_notification(CP, 1, "Available", "NoError")
     await restarted.reboot_checks_done()
     assert (await world.session(lost)).state is d.SessionState.COMPLETED
+
+
+async def test_end_session_racing_a_meter_value_bills_what_the_samples_add_up_to(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A MeterValues frame committed between endSession's read and its write: the close
+    used to write the energy it had read, below the samples' sum (billed short)."""
+    charging = world.services.charging
+    tx, _ = await charging.start_transaction(CP, 1, "TAG-1", 0, T0)
+    await charging.meter_values(CP, 1, tx, register(150, 60))
+    pricing = charging.tariffs.tariff_at
+    raced = []
+
+    async def meter_value_meanwhile(*args: object, **kwargs: object) -> object:
+        if not raced:
+            raced.append(True)
+            await charging.meter_values(CP, 1, tx, register(200, 120))
+        return await pricing(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(charging.tariffs, "tariff_at", meter_value_meanwhile)
+    ended = await charging.end_session(ADMIN, (await world.session(tx)).id)
+    assert raced and ended.energy_wh == 200
+    assert await added_wh(world, tx) == (await world.session(tx)).energy_wh == 200
