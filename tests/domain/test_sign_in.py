@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from argon2 import PasswordHasher as Argon2
@@ -26,6 +27,39 @@ class Upgrading(FastHasher):
 
     def needs_rehash(self, password_hash: str) -> bool:
         return ",t=1," in password_hash
+
+
+async def services_with_ada(store: SqliteStore, hasher: FastHasher | None = None
+                            ) -> Services:
+    """Services over ``store`` with one driver, ada@example.com ("first password")."""
+    services = Services(ServiceContext(store=store, policy=Policy(),
+                                       hasher=hasher or FastHasher()))
+    await services.accounts.create_user(SYSTEM, email="ada@example.com",
+                                        password="first password", name="Ada",
+                                        role=d.Role.DRIVER)
+    return services
+
+
+async def checks_held(store: SqliteStore, release: Any, count: int,
+                      client: Callable[[int], str]) -> tuple[Services, list[Any]]:
+    """``count`` sign-ins (of ``client(i)``) being checked, each held until ``release``
+    is set: the services and the sign-ins' futures."""
+    import asyncio
+
+    services = Services(ServiceContext(store=store, policy=Policy(), hasher=FastHasher()))
+
+    async def held(password_hash: str, password: str) -> bool:
+        await release.wait()
+        return False
+
+    services.accounts.password_matches = held  # type: ignore[method-assign]
+    flood = [asyncio.ensure_future(services.accounts.authenticate(
+        f"u{i}@example.com", "guess", client(i))) for i in range(count)]
+    for _ in range(500):  # until all of them are being checked (bounded)
+        if services.accounts._pending == count:
+            break
+        await asyncio.sleep(0.01)
+    return services, flood
 
 
 class CountingHasher(FastHasher):
@@ -126,10 +160,7 @@ async def test_password_hashing_leaves_the_event_loop_free(store: SqliteStore) -
             time.sleep(0.2)  # holds its thread, as argon2's C code does
             return super().verify(password_hash, password)
 
-    services = Services(ServiceContext(store=store, policy=Policy(), hasher=Slow()))
-    await services.accounts.create_user(SYSTEM, email="ada@example.com",
-                                        password="first password", name="Ada",
-                                        role=d.Role.DRIVER)
+    services = await services_with_ada(store, Slow())
     gaps: list[float] = []
 
     async def ticker() -> None:
@@ -155,10 +186,7 @@ async def test_guessing_spread_over_many_clients_still_meets_a_limit(store: Sqli
     from domain.errors import Unauthenticated
     from domain.services.accounts import EMAIL_LIMIT
 
-    services = Services(ServiceContext(store=store, policy=Policy(), hasher=FastHasher()))
-    await services.accounts.create_user(SYSTEM, email="ada@example.com",
-                                        password="first password", name="Ada",
-                                        role=d.Role.DRIVER)
+    services = await services_with_ada(store)
     for i in range(EMAIL_LIMIT):  # one try each from many addresses: none is locked alone
         with pytest.raises(Unauthenticated) as err:
             await services.accounts.authenticate("ada@example.com", "guess", f"10.0.{i}.1")
@@ -210,10 +238,7 @@ async def test_guesses_sent_all_at_once_meet_the_same_limit(store: SqliteStore) 
     from domain.errors import Unauthenticated
 
     hasher = CountingHasher()
-    services = Services(ServiceContext(store=store, policy=Policy(), hasher=hasher))
-    await services.accounts.create_user(SYSTEM, email="ada@example.com",
-                                        password="first password", name="Ada",
-                                        role=d.Role.DRIVER)
+    services = await services_with_ada(store, hasher)
     hasher.checked = 0
     guesses = [f"guess {i}" for i in range(59)] + ["first password"]
     outcomes = await asyncio.gather(
@@ -229,10 +254,7 @@ async def test_a_right_password_counted_before_its_check_is_forgiven(store: Sqli
                                                                      ) -> None:
     from domain.errors import Unauthenticated
 
-    services = Services(ServiceContext(store=store, policy=Policy(), hasher=FastHasher()))
-    await services.accounts.create_user(SYSTEM, email="ada@example.com",
-                                        password="first password", name="Ada",
-                                        role=d.Role.DRIVER)
+    services = await services_with_ada(store)
     limit = services.accounts.throttle.limit
     for _ in range(limit - 1):
         with pytest.raises(Unauthenticated):
@@ -253,10 +275,7 @@ async def test_right_sign_ins_all_at_once_are_told_to_wait_a_moment_not_15_min(
 
     from domain.errors import Unauthenticated
 
-    services = Services(ServiceContext(store=store, policy=Policy(), hasher=FastHasher()))
-    await services.accounts.create_user(SYSTEM, email="ada@example.com",
-                                        password="first password", name="Ada",
-                                        role=d.Role.DRIVER)
+    services = await services_with_ada(store)
     outcomes = await asyncio.gather(
         *(services.accounts.authenticate("ada@example.com", "first password", "10.0.0.1")
           for _ in range(20)), return_exceptions=True)
@@ -284,10 +303,7 @@ async def test_one_client_guessing_across_many_emails_meets_a_limit(store: Sqlit
     from domain.errors import Unauthenticated
     from domain.services.accounts import CLIENT_LIMIT
 
-    services = Services(ServiceContext(store=store, policy=Policy(), hasher=FastHasher()))
-    await services.accounts.create_user(SYSTEM, email="ada@example.com",
-                                        password="first password", name="Ada",
-                                        role=d.Role.DRIVER)
+    services = await services_with_ada(store)
     for i in range(CLIENT_LIMIT):  # a fresh email each time: no per-email count grows
         with pytest.raises(Unauthenticated):
             await services.accounts.authenticate(f"u{i}@example.com", "guess", "10.0.0.1")
@@ -308,19 +324,8 @@ async def test_sign_ins_beyond_those_being_checked_are_told_to_wait(store: Sqlit
     from domain.services.accounts import MAX_PENDING_SIGN_INS
 
     release = asyncio.Event()
-    services = Services(ServiceContext(store=store, policy=Policy(), hasher=FastHasher()))
-
-    async def held(password_hash: str, password: str) -> bool:
-        await release.wait()
-        return False
-
-    services.accounts.password_matches = held  # type: ignore[method-assign]
-    flood = [asyncio.ensure_future(services.accounts.authenticate(
-        f"u{i}@example.com", "guess", f"10.0.{i}.1")) for i in range(MAX_PENDING_SIGN_INS)]
-    for _ in range(500):  # until all of them are being checked (bounded)
-        if services.accounts._pending == MAX_PENDING_SIGN_INS:
-            break
-        await asyncio.sleep(0.01)
+    services, flood = await checks_held(store, release, MAX_PENDING_SIGN_INS,
+                                        lambda i: f"10.0.{i}.1")
     with pytest.raises(Unauthenticated) as err:  # bounded: queued, it would wait for ever
         await asyncio.wait_for(
             services.accounts.authenticate("late@example.com", "guess", "10.9.9.9"), 5)
@@ -370,10 +375,7 @@ async def test_a_guesser_rotating_addresses_in_one_64_is_one_client(store: Sqlit
                                                                     ) -> None:
     from domain.errors import Unauthenticated
 
-    services = Services(ServiceContext(store=store, policy=Policy(), hasher=FastHasher()))
-    await services.accounts.create_user(SYSTEM, email="ada@example.com",
-                                        password="first password", name="Ada",
-                                        role=d.Role.DRIVER)
+    services = await services_with_ada(store)
     for i in range(services.accounts.throttle.limit):
         with pytest.raises(Unauthenticated):
             await services.accounts.authenticate("ada@example.com", "guess",
@@ -395,19 +397,8 @@ async def test_one_client_takes_at_most_its_share_of_the_sign_ins_being_checked(
     from domain.services.accounts import MAX_PENDING_PER_CLIENT
 
     release = asyncio.Event()
-    services = Services(ServiceContext(store=store, policy=Policy(), hasher=FastHasher()))
-
-    async def held(password_hash: str, password: str) -> bool:
-        await release.wait()
-        return False
-
-    services.accounts.password_matches = held  # type: ignore[method-assign]
-    flood = [asyncio.ensure_future(services.accounts.authenticate(
-        f"u{i}@example.com", "guess", "10.7.7.7")) for i in range(MAX_PENDING_PER_CLIENT)]
-    for _ in range(500):  # until all of them are being checked (bounded)
-        if services.accounts._pending == MAX_PENDING_PER_CLIENT:
-            break
-        await asyncio.sleep(0.01)
+    services, flood = await checks_held(store, release, MAX_PENDING_PER_CLIENT,
+                                        lambda i: "10.7.7.7")
     with pytest.raises(Unauthenticated) as err:  # the same client, once more
         await asyncio.wait_for(
             services.accounts.authenticate("more@example.com", "guess", "10.7.7.7"), 5)
