@@ -442,7 +442,7 @@ async def test_end_session_racing_a_meter_value_bills_what_the_samples_add_up_to
     tx, _ = await charging.start_transaction(CP, 1, "TAG-1", 0, T0)
     await charging.meter_values(CP, 1, tx, register(150, 60))
     pricing = charging.tariffs.tariff_at
-    raced = []
+    raced: list[bool] = []
 
     async def meter_value_meanwhile(*args: object, **kwargs: object) -> object:
         if not raced:
