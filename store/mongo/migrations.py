@@ -1,5 +1,5 @@
 """Data changes the MongoDB store makes when the model changes (SQLite makes the same in its
-schema migrations, ``store/sqlite/migrations.py``: versions 8 and 10).
+schema migrations, ``store/sqlite/migrations.py``: versions 8, 10 and 16).
 
 MongoDB has no schema to migrate, only documents written under older rules. Each step
 here runs at every start, is idempotent, and is safe from several instances at once: it
@@ -43,6 +43,23 @@ async def before_indexes(db: Any) -> None:
 async def migrate(db: Any) -> None:
     await _books(db)
     await _minor_units(db)
+    await _blockers(db)
+
+
+async def _blockers(db: Any) -> None:
+    """Blocked cards written before they recorded who blocked them (``IdTag.blocked_by``)
+    take their last writer, who stood for that until then. Marked by the field itself:
+    new documents always carry ``blocked_by``, possibly null."""
+    while True:
+        docs = await db["id_tag"].find(
+            {"status": "Blocked", "blocked_by": {"$exists": False}},
+            {"updated_by": 1}).limit(BATCH).to_list()
+        if not docs:
+            break
+        for doc in docs:
+            await db["id_tag"].update_one(
+                {"_id": doc["_id"], "blocked_by": {"$exists": False}},
+                {"$set": {"blocked_by": doc.get("updated_by"), MARK: ObjectId()}})
 
 
 async def _books(db: Any) -> None:

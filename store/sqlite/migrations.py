@@ -456,7 +456,7 @@ ALTER TABLE "station" ADD COLUMN "connection" INTEGER;
 # Blocked cards take their last writer, as the service read it before.
 _V16 = """
 ALTER TABLE "id_tag" ADD COLUMN "blocked_by" TEXT;
-UPDATE "id_tag" SET "blocked_by" = "updated_by" WHERE "status" = 'BLOCKED';
+UPDATE "id_tag" SET "blocked_by" = "updated_by" WHERE "status" = 'Blocked';
 """
 
 # Version 17: when a charger last booted (``Station.booted_at``): a restart of the service

@@ -931,6 +931,25 @@ async def test_documents_from_before_get_their_books_and_minor_units(mongo: Mong
     assert amounts == {paid.id: 500, later.id: 1230}
 
 
+async def test_blocked_cards_from_before_take_their_last_writer_as_blocker(
+        mongo: MongoStore) -> None:
+    """What SQLite migration 16 does: a card blocked before ``blocked_by`` existed keeps
+    whose block it was (a driver's own block of a lost card stays theirs)."""
+    from domain.entities import IdTag, IdTagStatus
+    from tests.contract.factories import user
+
+    driver = user()
+    own = IdTag(tag="LOST-1", user_id=driver.id, status=IdTagStatus.BLOCKED,
+                updated_by=driver.id)
+    fine = IdTag(tag="FINE-1", user_id=driver.id, updated_by="op-1")
+    await mongo.write([Insert(r) for r in (driver, own, fine)], [])
+    raw(mongo)["id_tag"].update_many({}, {"$unset": {"blocked_by": ""}})  # as written before
+    await migrations.migrate(mongo.db)
+    await migrations.migrate(mongo.db)  # another start
+    got = {t.tag: t.blocked_by for t in await mongo.find_all(IdTag, ALL)}
+    assert got == {"LOST-1": driver.id, "FINE-1": None}
+
+
 #: Legacy amounts in hundredths, halves among them (JPY: whole yen; KWD: fils).
 LEGACY_AMOUNTS = [0, 49, 50, 51, 150, 250, 350, 1050, 2050, 12345, 50_049, 50_050]
 

@@ -22,6 +22,7 @@ from domain.entities import (
     AuditEntry,
     Company,
     Connector,
+    IdTagStatus,
     MeterSample,
     Record,
     Role,
@@ -508,7 +509,8 @@ async def test_version_16_records_who_blocked_each_blocked_card(db_path: str) ->
     it, the others none."""
     async with aiosqlite.connect(db_path, isolation_level=None) as conn:
         await apply_migrations(conn, MIGRATIONS[:15])
-        for tag_id, status, writer in (("t1", "BLOCKED", "op-1"), ("t2", "ACCEPTED", "u-1")):
+        for tag_id, status, writer in (("t1", IdTagStatus.BLOCKED.value, "op-1"),
+                                       ("t2", IdTagStatus.ACCEPTED.value, "u-1")):
             await conn.execute(
                 'INSERT INTO "id_tag" ("id", "created_at", "updated_at", "created_by", '
                 '"updated_by", "tag", "user_id", "status") '
