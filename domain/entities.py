@@ -200,8 +200,8 @@ class Station(Record):
     #: of two connections the newer is the higher whatever the instances' clocks say. A
     #: disconnect is recorded only for this connection; ``None`` before any was.
     connection: int | None = None
-    #: When its charger last booted (BootNotification), on the charger's clock: a session
-    #: open since before it, on a connector then reported Available, lost its stop.
+    #: When its charger last booted (BootNotification), on our clock: a session recorded
+    #: before it and still open on a connector then reported Available lost its stop.
     booted_at: datetime | None = None
     #: The charge point as a whole, from its StatusNotifications for connector 0
     #: (Available, Unavailable or Faulted); ``None`` until it sent one.

@@ -161,11 +161,12 @@ class _StartIdentity(NamedTuple):
 
     def flushed_before(self, session: Session) -> bool:
         """This start is an older transaction the charger flushed late, before the open
-        ``session`` began: earlier by the clock *and* by the meter (a register only grows).
-        A start only earlier by the clock (the charger's clock stepped back) is newer: it
-        closes ``session`` as one whose stop was lost. Chargers that count every
-        transaction from 0 cannot tell: their starts are taken as newer, as before."""
-        return session.start_time > self.start and session.meter_start_wh > self.meter_start
+        ``session`` began: earlier by the clock, and not later by the meter (a register
+        only grows). A start earlier by the clock but later by the meter is newer (the
+        charger's clock stepped back): it closes ``session`` as one whose stop was lost.
+        Where the meter cannot tell (chargers that count every transaction from 0), the
+        clock decides: a live session is not closed by a flushed one."""
+        return session.start_time > self.start and session.meter_start_wh >= self.meter_start
 
 
 def awaits_stop(session: Session) -> bool:
@@ -404,7 +405,8 @@ class ChargingService(Service):
         #: How long a rebooted charger's queued StopTransaction may take to come after it
         #: reported the connector Available (tests shorten it).
         self.reboot_stop_grace_s = REBOOT_STOP_GRACE_S
-        self._reboot_checks: dict[tuple[str, int], asyncio.Task[None]] = {}
+        #: (cp_id, connector) → (the boot it is for, the check's task).
+        self._reboot_checks: dict[tuple[str, int], tuple[datetime, asyncio.Task[None]]] = {}
         self._sessions: dict[int, tuple[Session, float]] = {}
         # (station id, connector id) → (its rating in kW, cache expiry): what a register
         # may believably rise by (``believable_register``).
@@ -701,7 +703,7 @@ class ChargingService(Service):
             "vendor": v.shown_text(info.vendor), "model": v.shown_text(info.model),
             "serial": v.shown_text(info.serial), "firmware": v.shown_text(info.firmware)}
         actor = charger(cp_id)
-        booted = self.charger_now(cp_id)  # stored: a restart of ours must not forget it
+        booted = now  # our clock, as sessions' created_at; stored, for a restart of ours
         if any(getattr(station, k) != val for k, val in details.items()):
             update = patch(station, actor, last_seen=now, booted_at=booted, **details)
             await self.commit(actor, [(update, station)])
@@ -723,9 +725,11 @@ class ChargingService(Service):
 
     # ------------------------------------------------------------- authorization
     async def authorize(self, cp_id: str, id_tag: str,
-                        exclude_sessions: Collection[str] = ()) -> IdTagInfo:
+                        exclude_sessions: Collection[str] = (), *,
+                        before: int | None = None) -> IdTagInfo:
         """The card's status for a charger. ``exclude_sessions``: open sessions that do not
-        hold the card (the one this very start opened, those it closes)."""
+        hold the card (the one this very start opened, those it closed); ``before``: only
+        open sessions of earlier transactions hold it (a start's own view)."""
         tag = await self.store.find_one(IdTag, Eq("tag", id_tag.strip().upper()))
         if tag is None:
             return IdTagInfo("Invalid")
@@ -736,7 +740,8 @@ class ChargingService(Service):
         if status is IdTagStatus.EXPIRED:
             return IdTagInfo("Expired", tag.expires_at)
         busy = await self.store.find_all(
-            Session, all_of(Eq("id_tag", tag.tag), Eq("state", SessionState.ACTIVE)),
+            Session, all_of(Eq("id_tag", tag.tag), Eq("state", SessionState.ACTIVE),
+                            Range("transaction_id", lt=before) if before is not None else None),
             limit=len(exclude_sessions) + 1)
         if any(s.id not in exclude_sessions for s in busy):
             return IdTagInfo("ConcurrentTx", tag.expires_at, tag.parent_tag)
@@ -899,50 +904,73 @@ class ChargingService(Service):
                 vendor_error_code=vendor_error_code))
         if connector is not None and new_status is ConnectorStatus.AVAILABLE \
                 and station.booted_at is not None:
-            self._check_after_reboot(station.cp_id, connector_id)
+            self._check_after_reboot(station.cp_id, connector_id, station.booted_at)
 
-    def _check_after_reboot(self, cp_id: str, connector_id: int) -> None:
-        """A charger that rebooted and reports a connector Available has no transaction
-        there any more. Its StopTransaction usually follows from its queue, with the
-        real meterStop and reason (PowerLoss): it gets ``reboot_stop_grace_s`` to come
-        before ``_ended_by_reboot`` closes what is still open, in the background."""
+    def _check_after_reboot(self, cp_id: str, connector_id: int, booted: datetime) -> None:
+        """A charger that rebooted (at ``booted``, our clock) and reports a connector
+        Available has no transaction there any more. Its StopTransaction usually follows
+        from its queue, with the real meterStop and reason (PowerLoss): it gets
+        ``reboot_stop_grace_s`` to come before ``_ended_by_reboot`` closes what is still
+        open, in the background. A check pending for an earlier boot gives way: the new
+        boot's stop gets its whole grace."""
         key = (cp_id, connector_id)
-        if key in self._reboot_checks:
-            return
-        task = asyncio.create_task(self._ended_by_reboot(cp_id, connector_id),
+        pending = self._reboot_checks.get(key)
+        if pending is not None:
+            if pending[0] == booted:
+                return
+            pending[1].cancel()
+        task = asyncio.create_task(self._ended_by_reboot(cp_id, connector_id, booted),
                                    name=f"reboot-check-{cp_id}-{connector_id}")
-        self._reboot_checks[key] = task
-        task.add_done_callback(lambda _: self._reboot_checks.pop(key, None))
+        self._reboot_checks[key] = (booted, task)
+
+        def done(_: object) -> None:
+            if self._reboot_checks.get(key, (None, None))[1] is task:
+                del self._reboot_checks[key]
+
+        task.add_done_callback(done)
 
     async def reboot_checks_done(self) -> None:
         """Waits for the pending ``_check_after_reboot`` tasks (tests)."""
         while self._reboot_checks:
-            await asyncio.wait(set(self._reboot_checks.values()))
+            await asyncio.wait({task for _, task in self._reboot_checks.values()})
 
-    async def _ended_by_reboot(self, cp_id: str, connector_id: int) -> None:
-        """After the grace: a session open on the connector since before the reboot lost
-        its StopTransaction with the reboot, and is closed as a lost stop is (energy as
-        metered, reason ``Other``), ending at the reboot. Left open, it held its
+    def stop_reboot_checks(self) -> None:
+        """Drops the pending checks (at shutdown: the store is closing). A charger that
+        reports the connector Available again, to this instance or another, starts its
+        check again (the boot time is stored)."""
+        for _, task in self._reboot_checks.values():
+            task.cancel()
+
+    async def _ended_by_reboot(self, cp_id: str, connector_id: int, booted: datetime
+                               ) -> None:
+        """After the grace: a session open on the connector, recorded before the reboot,
+        lost its StopTransaction with the reboot, and is closed as a lost stop is (energy
+        as metered, reason ``Other``), ending at the reboot. Left open, it held its
         driver's card everywhere (``ConcurrentTx``) until an operator ended it. A stop the
         charger sends later still is answered as a repeated stop."""
         await asyncio.sleep(self.reboot_stop_grace_s)
         try:
-            await self._close_lost_at_reboot(cp_id, connector_id)
+            await self._close_lost_at_reboot(cp_id, connector_id, booted)
         except Exception:  # the session stays open: its stop or an operator ends it
             log.exception("%s: closing the session lost at its reboot failed", cp_id)
 
-    async def _close_lost_at_reboot(self, cp_id: str, connector_id: int) -> None:
+    async def _close_lost_at_reboot(self, cp_id: str, connector_id: int, booted: datetime
+                                    ) -> None:
         station = await self.station(cp_id)
-        booted = station.booted_at if station is not None else None
-        if station is None or booted is None:
-            return
+        if station is None or station.booted_at != booted:
+            return  # removed, or booted again since: that boot's check decides
+        # By when we recorded it (``created_at``), on our clock as the boot time is: a
+        # session's start is on the charger's clock, which may be behind ours by any
+        # amount (a session begun after the boot would read as begun before it).
         lost = await self.store.find_all(Session, all_of(
             Eq("cp_id", station.cp_id), Eq("connector_id", connector_id),
-            Eq("state", SessionState.ACTIVE), Range("start_time", lt=booted)),
+            Eq("state", SessionState.ACTIVE), Range("created_at", lt=booted)),
             limit=MAX_OPEN_PER_CONNECTOR)
         actor = charger(station.cp_id)
         for session in lost:
-            close, payment = await self._close(station, session, None, booted, "Other", actor)
+            # The reboot on the session's own timeline (its start is the charger's).
+            end = session.start_time + max(booted - session.created_at, timedelta(0))
+            close, payment = await self._close(station, session, None, end, "Other", actor)
             changes: list[tuple[Change, Any]] = [(close, session)]
             if payment is not None:
                 changes.append((Insert(payment), None))
@@ -1003,8 +1031,15 @@ class ChargingService(Service):
             if isinstance(opened, Session):  # the copy committed while we waited
                 return opened.transaction_id, await self.authorize(cp_id, presented,
                                                                    (opened.id,))
-            session, ended, used, info = opened
+            session, ended, used = opened
             break
+        # Asked once the session is written: of two starts with one card at once (two
+        # connectors), the later transaction meets the earlier, whatever the timing, and
+        # is the one told ConcurrentTx. The sessions this start closed (their stops were
+        # lost) hold the card no longer: never ConcurrentTx because of them (chargers stop
+        # a transaction so answered).
+        info = await self.authorize(cp_id, presented, (session.id, *(o.id for o in ended)),
+                                    before=session.transaction_id)
         for now in await self.landed([used] if used is not None else []):
             await self.publish(reservation_changed(now, station))  # if its guard held
         for old in ended:
@@ -1019,18 +1054,14 @@ class ChargingService(Service):
     async def _open_session(self, station: Station, connector_id: int, presented: str,
                             identity: _StartIdentity, reservation_id: int | None,
                             company_id: str | None, station_owner_id: str | None
-                            ) -> Session | tuple[Session, list[Session], Reservation | None,
-                                                 IdTagInfo]:
+                            ) -> Session | tuple[Session, list[Session], Reservation | None]:
         """Writes a new session, closing those its connector still has open from before
         it (their stops were lost) and using its reservation; or returns the open session
         if it is this very start, committed by another socket while the transaction id was
         drawn. A session open since later than this start, by clock and meter, stays
         open: this is an older transaction the charger flushed late, written as ended and
         awaiting its stop (``COMPLETED`` without a stop reason, ``awaits_stop``), which
-        follows it. Also returns the card's authorization, asked before the write but
-        leaving out the sessions this start closes (their stops were lost: they hold the
-        card no longer, and must not have it refused as ConcurrentTx, which chargers
-        stop a transaction for)."""
+        follows it."""
         cp_id = station.cp_id
         tag, start, meter_start = identity.tag, identity.start, identity.meter_start
         id_tag_record = await self.store.find_one(IdTag, Eq("tag", presented))
@@ -1065,9 +1096,7 @@ class ChargingService(Service):
             session = replace(session, state=SessionState.COMPLETED, end_time=start)
         # A session open on this connector since before this start lost its
         # StopTransaction: closed first, so the connector never has two active sessions.
-        stale_ones = [s for s in open_here if s not in newer]
-        info = await self.authorize(cp_id, presented, [s.id for s in stale_ones])
-        for stale in stale_ones:
+        for stale in (s for s in open_here if s not in newer):
             close, payment = await self._close(station, stale, None, min(start, self.now()),
                                                "Other", actor)
             closed = cast(Session, close.record)
@@ -1088,7 +1117,7 @@ class ChargingService(Service):
                 changes.append((use, reservation))
         changes.append((Insert(session), None))
         await self.commit(actor, changes)
-        return session, ended, used, info
+        return session, ended, used
 
     async def meter_values(self, cp_id: str, connector_id: int, transaction_id: int | None,
                            readings: list[MeterReading]) -> None:

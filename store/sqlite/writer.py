@@ -138,9 +138,11 @@ class Writer:
             # Disk full, an I/O error, a corrupt page: /healthz says so until a write
             # goes through again, and the log says it once (not once per request).
             now = time.monotonic()
-            if self.failing is None and now >= self._next_refusal_log:
-                # Once a minute at most: a disk that is nearly full lets a small write
-                # through now and then, and every one would start the tale again.
+            if now >= self._next_refusal_log:
+                # Once a minute at most while it lasts: a disk that is nearly full lets
+                # a small write through now and then, and every one would start the tale
+                # again (and one that stays full must still be said, not only the first
+                # minute).
                 self._next_refusal_log = now + REFUSAL_LOG_INTERVAL_S
                 self._refusal_told = True
                 log.error("the database refuses writes: %s (health checks fail until a "

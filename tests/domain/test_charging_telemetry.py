@@ -344,9 +344,7 @@ async def test_a_stop_queued_through_a_reboot_still_bills_its_meter_stop(
                                     reason="PowerLoss")
     stopped = await world.session(tx)
     assert (stopped.energy_wh, stopped.stop_reason) == (10_000, "PowerLoss")
-    charging.reboot_stop_grace_s = 0.0
-    for task in list(charging._reboot_checks.values()):
-        task.cancel()  # what the grace would find: nothing open any more
+    charging.stop_reboot_checks()  # what the grace would find: nothing open any more
 
 
 async def test_a_start_on_a_plug_not_yet_known_registers_it(world: World) -> None:
@@ -454,3 +452,72 @@ async def test_end_session_racing_a_meter_value_bills_what_the_samples_add_up_to
     ended = await charging.end_session(ADMIN, (await world.session(tx)).id)
     assert raced and ended.energy_wh == 200
     assert await added_wh(world, tx) == (await world.session(tx)).energy_wh == 200
+
+
+
+async def test_a_session_begun_after_the_reboot_on_a_clock_behind_ours_stays_open(
+        world: World) -> None:
+    """The boot is on our clock, as sessions' ``created_at``: a charger whose clock is
+    ten minutes behind ours stamps a session begun after its reboot as begun before it,
+    and that session was closed as lost."""
+    from domain.services.charging import BootInfo
+
+    charging = world.services.charging
+    charging.reboot_stop_grace_s = 0.0
+    await charging.boot(CP, BootInfo(vendor="V", model="M"))
+    behind = datetime.now(UTC) - timedelta(minutes=10)
+    await charging.status_notification(CP, 1, "Available", "NoError", timestamp=behind)
+    live, _ = await charging.start_transaction(CP, 1, "TAG-1", 0, behind)
+    await charging.reboot_checks_done()
+    assert (await world.session(live)).state is d.SessionState.ACTIVE
+
+
+async def test_a_second_reboot_gives_its_stop_the_whole_grace(world: World) -> None:
+    """A check pending for an earlier boot used to fire on its own deadline against the
+    newer boot, closing a session whose queued stop was still to come."""
+    from domain.services.charging import BootInfo
+
+    charging = world.services.charging
+    charging.reboot_stop_grace_s = 30.0
+    await charging.boot(CP, BootInfo(vendor="V", model="M"))
+    await charging.status_notification(CP, 1, "Available", "NoError")  # check for boot 1
+    tx, _ = await charging.start_transaction(CP, 1, "TAG-1", 0, datetime.now(UTC))
+    first = charging._reboot_checks[(CP, 1)][1]
+    charging.ctx.clock = lambda: datetime.now(UTC) + timedelta(seconds=1)
+    await charging.boot(CP, BootInfo(vendor="V", model="M"))  # power loss, boot 2
+    await charging.status_notification(CP, 1, "Available", "NoError")
+    await asyncio.sleep(0)
+    assert first.cancelled() or first.cancelling()  # boot 1's check gave way
+    await charging.stop_transaction(CP, tx, 9000, datetime.now(UTC), reason="PowerLoss")
+    assert (await world.session(tx)).stop_reason == "PowerLoss"
+    charging.stop_reboot_checks()
+
+
+async def test_one_card_started_on_two_connectors_at_once_is_refused_once(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both starts written before either asks about the card: the later transaction is
+    the one told ConcurrentTx, not both (nor neither, when each asked before writing)."""
+    charging = world.services.charging
+    commit = charging.commit
+    both_written = asyncio.Barrier(2)
+
+    async def commit_then_wait(*args: object, **kwargs: object) -> None:
+        await commit(*args, **kwargs)  # type: ignore[arg-type]
+        await asyncio.wait_for(both_written.wait(), 5)
+
+    monkeypatch.setattr(charging, "commit", commit_then_wait)
+    answers = await asyncio.gather(
+        charging.start_transaction(CP, 1, "TAG-1", 0, T0),
+        charging.start_transaction(CP, 2, "TAG-1", 0, T0 + timedelta(seconds=1)))
+    by_transaction = sorted((tx, info.status) for tx, info in answers)
+    assert [status for _, status in by_transaction] == ["Accepted", "ConcurrentTx"]
+
+
+async def test_a_late_flush_from_a_charger_counting_from_zero_leaves_the_live_one_open(
+        world: World) -> None:
+    """Every transaction from meterStart 0: the meter cannot tell, the clock does."""
+    charging = world.services.charging
+    live, _ = await charging.start_transaction(CP, 1, "TAG-1", 0, T0 + timedelta(minutes=50))
+    older, _ = await charging.start_transaction(CP, 1, "TAG-2", 0, T0)
+    assert (await world.session(live)).state is d.SessionState.ACTIVE
+    assert (await world.session(older)).stop_reason is None  # awaiting its stop

@@ -327,6 +327,16 @@ async def test_a_disk_that_keeps_filling_is_logged_once_a_minute(
         lines = [r.getMessage() for r in caplog.records]
         assert sum("refuses writes" in line for line in lines) == 1, lines
         assert sum("takes writes again" in line for line in lines) == 1, lines
+        # Still refusing a minute later (a disk that stays full): said again.
+        s._writer._next_refusal_log = 0.0
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count = {pages}")
+        for _ in range(2):
+            with pytest.raises(StoreUnavailable):
+                await put(s, *(company(name=f"D{i} " + "x" * 2000) for i in range(50)))
+            s._writer._next_refusal_log = 0.0
+        lines = [r.getMessage() for r in caplog.records]
+        assert sum("refuses writes" in line for line in lines) == 3, lines
     finally:
         await s.close()
 
