@@ -533,9 +533,8 @@ class ChargingService(Service):
         hit = self._ratings.get(key)
         if hit is not None and hit[1] > time.monotonic():
             return hit[0]
-        found = await self.store.find_one(Connector, all_of(
-            Eq("station_id", station.id), Eq("connector_id", connector_id)))
-        rated = found.max_kw if found is not None and found.max_kw else MAX_BELIEVABLE_KW
+        found, unknown = await self._connector(station, connector_id)
+        rated = found.max_kw if not unknown and found.max_kw else MAX_BELIEVABLE_KW
         self._ratings[key] = (rated, time.monotonic() + CACHE_TTL_S)
         return rated
 
