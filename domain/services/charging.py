@@ -969,18 +969,12 @@ class ChargingService(Service):
         for session in lost:
             # The reboot on the session's own timeline (its start is the charger's).
             end = session.start_time + max(booted - session.created_at, timedelta(0))
-            close, payment = await self._close(station, session, None, end, "Other", actor)
-            changes: list[tuple[Change, Any]] = [(close, session)]
-            if payment is not None:
-                changes.append((Insert(payment), None))
+            closed, changes = await self._close(station, session, None, end, "Other", actor)
             try:
                 await self.commit(actor, changes)
             except Conflict:
                 continue  # its stop (or an operator) closed it meanwhile
-            closed = cast(Session, close.record)
-            await self.session_updates.end(session.id)
-            self._remember(closed)
-            await self.publish(self._session_event(station, closed, "ENDED"))
+            await self._announce_end(station, closed)
 
     # ------------------------------------------------------------- transactions
     async def start_transaction(self, cp_id: str, connector_id: int, id_tag: str,
@@ -1041,12 +1035,9 @@ class ChargingService(Service):
                                     before=session.transaction_id)
         for now in await self.landed([used] if used is not None else []):
             await self.publish(reservation_changed(now, station))  # if its guard held
-        for old in ended:
-            self._remember(old)
         self._remember(session)
         for old in ended:
-            await self.session_updates.end(old.id)
-            await self.publish(self._session_event(station, old, "ENDED"))
+            await self._announce_end(station, old)
         await self.publish(self._session_event(station, session, "STARTED"))
         return session.transaction_id, info
 
@@ -1096,12 +1087,9 @@ class ChargingService(Service):
         # A session open on this connector since before this start lost its
         # StopTransaction: closed first, so the connector never has two active sessions.
         for stale in (s for s in open_here if s not in newer):
-            close, payment = await self._close(station, stale, None, min(start, self.now()),
-                                               "Other", actor)
-            closed = cast(Session, close.record)
-            changes.append((close, stale))
-            if payment is not None:
-                changes.append((Insert(payment), None))
+            closed, closing = await self._close(station, stale, None, min(start, self.now()),
+                                                "Other", actor)
+            changes += closing
             ended.append(closed)
         used = None
         if reservation_id is not None:
@@ -1215,13 +1203,9 @@ class ChargingService(Service):
                                        meter_stop, end)
         if closing is not None:
             samples.append(closing)
-        close, payment = await self._close(station, session, meter_stop, end,
-                                           reason or "Local", actor, energy_wh=energy,
-                                           awaited=awaits_stop(session))
-        closed = cast(Session, close.record)
-        changes: list[tuple[Change, Any]] = [(close, session)]
-        if payment is not None:
-            changes.append((Insert(payment), None))
+        closed, changes = await self._close(station, session, meter_stop, end,
+                                            reason or "Local", actor, energy_wh=energy,
+                                            awaited=awaits_stop(session))
         try:
             await self.commit(actor, changes,
                               unaudited=[*trimmed, *(InsertIfAbsent(s) for s in samples)])
@@ -1234,9 +1218,7 @@ class ChargingService(Service):
             if kept:
                 await self.store.write([InsertIfAbsent(s) for s in kept], [])
             return info
-        await self.session_updates.end(session.id)
-        self._remember(closed)
-        await self.publish(self._session_event(station, closed, "ENDED"))
+        await self._announce_end(station, closed)
         return info
 
     async def end_session(self, viewer: Viewer, session_id: str,
@@ -1274,12 +1256,8 @@ class ChargingService(Service):
             # Only onto the session as read: a meter value that grew its energy meanwhile
             # (its charger is still sending) would otherwise be billed short of what its
             # samples add up to; its stop, or another operator, ends it otherwise.
-            close, payment = await self._close(station, session, None, end, "Other", viewer,
-                                               unchanged_since=session.updated_at)
-            closed = cast(Session, close.record)
-            changes: list[tuple[Change, Any]] = [(close, session)]
-            if payment is not None:
-                changes.append((Insert(payment), None))
+            closed, changes = await self._close(station, session, None, end, "Other", viewer,
+                                                unchanged_since=session.updated_at)
             try:
                 await self.commit(viewer, changes)
                 break
@@ -1289,9 +1267,7 @@ class ChargingService(Service):
                                    "metering): try again, or stop it remotely",
                                    field="id", code="CHANGED") from exc
                 session = await self.visible(viewer, Session, session_id)  # read again
-        await self.session_updates.end(session.id)
-        self._remember(closed)
-        await self.publish(self._session_event(station, closed, "ENDED"))
+        await self._announce_end(station, closed)
         return closed
 
     def _timeline_now(self, session: Session) -> datetime:
@@ -1306,8 +1282,9 @@ class ChargingService(Service):
                      end: datetime, reason: str, actor: Viewer, *,
                      energy_wh: int | None = None, awaited: bool = False,
                      unchanged_since: datetime | None = None
-                     ) -> tuple[Update, Payment | None]:
-        """The close's write and the payment it opens. ``energy_wh``: the session's energy
+                     ) -> tuple[Session, list[tuple[Change, Any]]]:
+        """The closed session, and its write with the payment it opens (the changes to
+        commit). ``energy_wh``: the session's energy
         at its close (default: as last metered). Written only onto a session still ACTIVE
         (``awaited``: still awaiting its stop): of a charger's StopTransaction and an
         operator's endSession racing, one closes it, and the other fails with ``Conflict``
@@ -1340,7 +1317,10 @@ class ChargingService(Service):
                                         currency=tariff.currency,
                                         company_id=session.company_id,
                                         station_owner_id=session.station_owner_id), actor)
-        return close, payment
+        changes: list[tuple[Change, Any]] = [(close, session)]
+        if payment is not None:
+            changes.append((Insert(payment), None))
+        return cast(Session, close.record), changes
 
     # ------------------------------------------------------------- station-level reports
     async def firmware_status(self, cp_id: str, status: str) -> None:
@@ -1507,6 +1487,13 @@ class ChargingService(Service):
         # Only onto a session still ACTIVE in the store: this one may be a cached copy,
         # and another instance may have ended it (endSession) since.
         return patch(session, actor, only_if=("state", SessionState.ACTIVE), **updates)
+
+    async def _announce_end(self, station: Station, closed: Session) -> None:
+        """After a close committed: no held live update goes out after it, the cache
+        forgets the session, and ENDED is announced (its last event)."""
+        await self.session_updates.end(closed.id)
+        self._remember(closed)
+        await self.publish(self._session_event(station, closed, "ENDED"))
 
     def _session_event(self, station: Station, session: Session, change: str
                        ) -> SessionChanged:

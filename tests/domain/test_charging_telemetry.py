@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -185,6 +186,16 @@ async def test_latest_updates_bounds_the_rate_per_session() -> None:
 ADMIN = Viewer(user_id="admin", role=d.Role.ADMIN)
 
 
+async def booted_later(charging: Any) -> None:
+    """The charger reboots, at least a millisecond (our clock's step) after what was
+    recorded before: a session recorded in the boot's own millisecond is not known to
+    be older than it."""
+    from domain.services.charging import BootInfo
+
+    await asyncio.sleep(0.002)
+    await charging.boot(CP, BootInfo(vendor="V", model="M"))
+
+
 async def hourly(world: World) -> list[int]:
     trend = await world.services.analytics.energy_trend(
         ADMIN, Scope(cp_ids=(CP,)), T0 - timedelta(hours=2), T0 + timedelta(hours=3),
@@ -303,7 +314,6 @@ async def test_connector_zero_is_available_unavailable_or_faulted(world: World) 
 
 async def test_a_reboot_then_available_ends_the_session_the_charger_lost(
         world: World) -> None:
-    from domain.services.charging import BootInfo
 
     charging = world.services.charging
     charging.reboot_stop_grace_s = 0.0
@@ -314,7 +324,7 @@ async def test_a_reboot_then_available_ends_the_session_the_charger_lost(
                                        timestamp=T0 + timedelta(minutes=20))
     await charging.reboot_checks_done()
     assert (await world.session(lost)).state is d.SessionState.ACTIVE
-    await charging.boot(CP, BootInfo(vendor="V", model="M"))
+    await booted_later(charging)
     await charging.status_notification(CP, 2, "Available", "NoError")  # another connector
     await charging.reboot_checks_done()
     assert (await world.session(lost)).state is d.SessionState.ACTIVE
@@ -332,13 +342,12 @@ async def test_a_stop_queued_through_a_reboot_still_bills_its_meter_stop(
     """The usual order after a power loss: BootNotification, StatusNotification
     Available, then the StopTransaction from the charger's queue with the real meterStop.
     The grace lets it close the session (a close at Available lost half the energy)."""
-    from domain.services.charging import BootInfo
 
     charging = world.services.charging
     charging.reboot_stop_grace_s = 30.0  # longer than this test: the stop comes first
     tx, _ = await charging.start_transaction(CP, 1, "TAG-1", 0, T0)
     await charging.meter_values(CP, 1, tx, register(5000, 600))
-    await charging.boot(CP, BootInfo(vendor="V", model="M"))
+    await booted_later(charging)
     await charging.status_notification(CP, 1, "Available", "NoError")
     await charging.stop_transaction(CP, tx, 10_000, T0 + timedelta(minutes=20),
                                     reason="PowerLoss")
@@ -419,11 +428,10 @@ async def test_a_restart_of_the_service_does_not_forget_the_reboot(world: World)
     """The service restarted within the grace: the charger, not rebooted again, reports
     the connector Available on its new connection; the lost session still closes (it
     stayed open for ever, holding the card)."""
-    from domain.services.charging import BootInfo
 
     charging = world.services.charging
     lost, _ = await charging.start_transaction(CP, 1, "TAG-1", 0, T0)
-    await charging.boot(CP, BootInfo(vendor="V", model="M"))
+    await booted_later(charging)
     restarted = Services(ServiceContext(store=world.store, policy=Policy(),
                                         hasher=FastHasher())).charging
     restarted.reboot_stop_grace_s = 0.0
