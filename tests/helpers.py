@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
+from typing import Any
 
 from argon2 import PasswordHasher as _Argon2
 from argon2.exceptions import Argon2Error, InvalidHashError
@@ -31,3 +33,12 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+async def until_started(server: Any) -> None:
+    """Waits (bounded, 5 s) until a ``uvicorn.Server`` serving in a task is listening."""
+    for _ in range(200):
+        if server.started:
+            return
+        await asyncio.sleep(0.025)
+    raise AssertionError("uvicorn did not start")

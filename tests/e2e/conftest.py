@@ -16,7 +16,7 @@ import uvicorn
 from chargegraph.app import create_app
 from chargegraph.settings import Settings
 from domain.services import Services
-from tests.helpers import FastHasher, free_port
+from tests.helpers import FastHasher, free_port, until_started
 from tests.ocpp.conftest import Central, seed
 
 
@@ -67,11 +67,7 @@ async def running_service(tmp_path: Path, *, seed_data: bool = True, **overrides
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
                                            log_level="warning", lifespan="on"))
     task = asyncio.create_task(server.serve())
-    for _ in range(200):
-        if server.started:
-            break
-        await asyncio.sleep(0.025)
-    assert server.started, "uvicorn did not start"
+    await until_started(server)
     services: Services = app.state.services
     central = Central(services, services.ctx.store, None, None,  # type: ignore[arg-type]
                       f"ws://127.0.0.1:{ocpp_port}/ocpp", None)  # type: ignore[arg-type]

@@ -3,10 +3,8 @@ container runtime does."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +13,13 @@ import httpx
 import pytest
 
 from tests.helpers import free_port
-from tests.shell.test_process import clean_env, graphql, launch, stop
+from tests.shell.test_process import (
+    clean_env,
+    graphql,
+    launch,
+    reset_answered_by_a_stop,
+    stop,
+)
 from tests.support.redis_server import RedisServer
 
 __all__ = ["launch"]  # the fixture, used by name
@@ -61,8 +65,6 @@ def test_stopping_the_instance_that_relayed_a_command_answers_it_at_once(
     ``begin_shutdown``, and the relay failed its commands only when it closed. Now the
     request gets its GraphQL answer when the stop begins: unanswered, "shutting down"
     (the charger has the command)."""
-    from websockets.sync.client import connect
-
     holder, holder_url, ocpp_port = start_instance(launch, tmp_path, redis, "demo",
                                                    "--no-chargers")
     asker, asker_url, _ = start_instance(launch, tmp_path, redis, "serve", ocpp=False)
@@ -72,26 +74,7 @@ def test_stopping_the_instance_that_relayed_a_command_answers_it_at_once(
     created = graphql(asker_url, 'mutation { createStation(input: {cpId: "RELAY-1", '
                                  'name: "Relay"}) { errors { code } } }', token).json()
     assert created["data"]["createStation"]["errors"] == [], created
-    answer: dict[str, httpx.Response] = {}
-
-    def reset() -> None:
-        answer["reset"] = httpx.post(
-            f"{asker_url}/graphql", headers={"authorization": f"Bearer {token}"},
-            timeout=60, json={"query": 'mutation { reset(input: {cpId: "RELAY-1", '
-                                       "type: SOFT}) { status errors { code message } } }"})
-
-    with connect(f"ws://127.0.0.1:{ocpp_port}/ocpp/RELAY-1", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
-                 open_timeout=10) as charger:
-        asking = threading.Thread(target=reset)
-        asking.start()
-        frame = json.loads(charger.recv(timeout=20))
-        while frame[0] != 2 or frame[2] != "Reset":  # the relayed command reached it
-            frame = json.loads(charger.recv(timeout=20))
-        stop(asker)  # never answered
-        asking.join(timeout=30)
-    response = answer["reset"]
-    assert response.status_code == 200, response.text
-    [error] = response.json()["data"]["reset"]["errors"]
+    error = reset_answered_by_a_stop(asker_url, token, ocpp_port, "RELAY-1", asker)
     assert error["code"] == "CHARGER_TIMEOUT" and "shutting down" in error["message"]
     audit = graphql(holder_url, "{ auditLog(filter: {action: COMMAND}) { totalCount } }",
                     token).json()

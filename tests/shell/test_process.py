@@ -228,11 +228,6 @@ def test_a_stop_answers_commands_waiting_on_chargers_at_once(
     request gets its GraphQL answer (unanswered, "shutting down": the charger has the
     command) when the stop begins, not a bare 500 when uvicorn cuts it off after its
     10 s of waiting."""
-    import json
-    import threading
-
-    from websockets.sync.client import connect
-
     port, ocpp_port = free_port(), free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "chargegraph", "demo", "--no-chargers", "--port", str(port),
@@ -252,27 +247,42 @@ def test_a_stop_answers_commands_waiting_on_chargers_at_once(
     created = graphql(url, 'mutation { createStation(input: {cpId: "SHUT-1", name: "Shut"})'
                            " { errors { code } } }", token).json()
     assert created["data"]["createStation"]["errors"] == [], created
+    error = reset_answered_by_a_stop(url, token, ocpp_port, "SHUT-1", process)
+    assert error["code"] == "CHARGER_TIMEOUT" and "shutting down" in error["message"]
+
+
+def reset_answered_by_a_stop(url: str, token: str, ocpp_port: int, cp_id: str,
+                             asker: subprocess.Popen[str]) -> dict[str, str]:
+    """A Reset asked of ``url`` for charger ``cp_id``, which connects to ``ocpp_port``
+    and never answers; ``asker`` (the process serving ``url``) is stopped once the Reset
+    reached the charger. The one error the answer carries (the answer itself must be a
+    GraphQL answer, not a bare 500)."""
+    import json
+    import threading
+
+    from websockets.sync.client import connect
+
     answer: dict[str, httpx.Response] = {}
 
     def reset() -> None:
         answer["reset"] = httpx.post(
             f"{url}/graphql", headers={"authorization": f"Bearer {token}"}, timeout=60,
-            json={"query": 'mutation { reset(input: {cpId: "SHUT-1", type: SOFT}) {'
+            json={"query": f'mutation {{ reset(input: {{cpId: "{cp_id}", type: SOFT}}) {{'
                            " status errors { code message } } }"})
 
-    with connect(f"ws://127.0.0.1:{ocpp_port}/ocpp/SHUT-1", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+    with connect(f"ws://127.0.0.1:{ocpp_port}/ocpp/{cp_id}", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
                  open_timeout=10) as charger:
         asking = threading.Thread(target=reset)
         asking.start()
-        frame = json.loads(charger.recv(timeout=10))
+        frame = json.loads(charger.recv(timeout=20))
         while frame[0] != 2 or frame[2] != "Reset":  # what else it is told
-            frame = json.loads(charger.recv(timeout=10))
-        stop(process)  # never answered
+            frame = json.loads(charger.recv(timeout=20))
+        stop(asker)  # never answered
         asking.join(timeout=30)
     response = answer["reset"]
     assert response.status_code == 200, response.text
     [error] = response.json()["data"]["reset"]["errors"]
-    assert error["code"] == "CHARGER_TIMEOUT" and "shutting down" in error["message"]
+    return dict(error)
 
 
 def test_backup_while_the_service_takes_writes(launch: list[subprocess.Popen[str]],

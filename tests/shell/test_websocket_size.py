@@ -15,7 +15,7 @@ from websockets.exceptions import ConnectionClosed
 from chargegraph.cli import _uvicorn
 from chargegraph.settings import Settings
 from graph.http import MAX_BODY
-from tests.helpers import free_port
+from tests.helpers import free_port, until_started
 
 
 @pytest.fixture
@@ -26,11 +26,7 @@ async def served(tmp_path: Path) -> AsyncIterator[str]:
                         log_level="WARNING")
     server = _uvicorn(settings)
     task = asyncio.create_task(server.serve())
-    for _ in range(200):
-        if server.started:
-            break
-        await asyncio.sleep(0.025)
-    assert server.started, "uvicorn did not start"
+    await until_started(server)
     try:
         yield f"ws://127.0.0.1:{port}/graphql"
     finally:
