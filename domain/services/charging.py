@@ -1110,10 +1110,25 @@ class ChargingService(Service):
                            readings: list[MeterReading]) -> None:
         """Keeps every numeric sample (also for transactions we do not know: they may
         arrive before their StartTransaction) and updates the session's live energy."""
+        try:
+            await self._meter_values(cp_id, connector_id, transaction_id, readings)
+        except Conflict as exc:
+            if exc.code != "CHANGED":
+                raise
+            # The session was ended (endSession, here or on another instance) after this
+            # frame read it: written again onto the session as it is now, its samples are
+            # history adding nothing, as a repeated stop's are.
+            if transaction_id is not None:
+                self._sessions.pop(transaction_id, None)
+            await self._meter_values(cp_id, connector_id, transaction_id, readings,
+                                     cached=False)
+
+    async def _meter_values(self, cp_id: str, connector_id: int, transaction_id: int | None,
+                            readings: list[MeterReading], *, cached: bool = True) -> None:
         station = await self._require_station(cp_id)
         session = None
         if transaction_id is not None:
-            hit = self._sessions.get(transaction_id)
+            hit = self._sessions.get(transaction_id) if cached else None
             if hit is not None and hit[1] > time.monotonic():
                 session = hit[0]
             else:
@@ -1485,8 +1500,11 @@ class ChargingService(Service):
         if not updates or all(getattr(session, k) == val for k, val in updates.items()):
             return None
         # Only onto a session still ACTIVE in the store: this one may be a cached copy,
-        # and another instance may have ended it (endSession) since.
-        return patch(session, actor, only_if=("state", SessionState.ACTIVE), **updates)
+        # and another instance may have ended it (endSession) since. Required: the
+        # frame's samples, written with it, must not add Wh to a session closed without
+        # them (``meter_values`` writes them again, adding nothing).
+        return patch(session, actor, only_if=("state", SessionState.ACTIVE), required=True,
+                     **updates)
 
     async def _announce_end(self, station: Station, closed: Session) -> None:
         """After a close committed: no held live update goes out after it, the cache

@@ -463,6 +463,34 @@ async def test_end_session_racing_a_meter_value_bills_what_the_samples_add_up_to
 
 
 
+async def test_a_meter_value_racing_end_session_adds_nothing_to_the_ended_session(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """endSession committed between a MeterValues frame's read of the session and its
+    write: the frame's samples kept the Wh they added while the session's energy was
+    closed without them, so its samples added up to more than was billed."""
+    charging = world.services.charging
+    tx, _ = await charging.start_transaction(CP, 1, "TAG-1", 0, T0)
+    await charging.meter_values(CP, 1, tx, register(150, 60))
+    rating = charging._rated_kw
+    raced: list[bool] = []
+
+    async def ended_meanwhile(*args: Any, **kwargs: Any) -> float:
+        if not raced:
+            raced.append(True)
+            await charging.end_session(ADMIN, (await world.session(tx)).id)
+        return await rating(*args, **kwargs)
+
+    monkeypatch.setattr(charging, "_rated_kw", ended_meanwhile)
+    await charging.meter_values(CP, 1, tx, register(200, 120))
+    ended = await world.session(tx)
+    assert raced and ended.state is d.SessionState.COMPLETED and ended.energy_wh == 150
+    assert await added_wh(world, tx) == 150
+    # The reading itself is kept, as history of the (ended) session.
+    values = {s.value for s in await world.store.find_all(
+        d.MeterSample, Eq("transaction_id", tx))}
+    assert values == {150.0, 200.0}
+
+
 async def test_a_session_begun_after_the_reboot_on_a_clock_behind_ours_stays_open(
         world: World) -> None:
     """The boot is on our clock, as sessions' ``created_at``: a charger whose clock is
