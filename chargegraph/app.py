@@ -72,7 +72,7 @@ class _LateBound:
 
 
 async def _settle(services: Services) -> None:
-    services.charging.stop_reboot_checks()  # the store is closing; the boot time is stored
+    services.charging.reboot_checks.stop()  # the store is closing; the boot time is stored
     try:
         await asyncio.wait_for(services.accounts.settled(), SETTLE_TIMEOUT_S)
     except TimeoutError:

@@ -44,13 +44,8 @@ from domain.errors import (
     DomainError,
     ValidationError,
 )
-from domain.services.charging import (
-    BootInfo,
-    ChargingService,
-    IdTagInfo,
-    MeterReading,
-    SampledValue,
-)
+from domain.services.charging import BootInfo, ChargingService, IdTagInfo
+from domain.services.metering import MeterReading, SampledValue
 from domain.wire import rfc3339
 from ocpp_bridge import frames
 from ocpp_bridge.casing import to_snake

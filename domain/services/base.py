@@ -180,6 +180,11 @@ class Service:
             listener([c for c, _ in changes])
 
 
+def charger(cp_id: str) -> Viewer:
+    """The audit actor for changes a charger causes."""
+    return Viewer(user_id=f"ocpp:{cp_id}")
+
+
 def stamp_new(record: E, viewer: Viewer, now: datetime | None = None) -> E:
     now = now or utcnow()
     record.created_at = record.updated_at = now

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import partial, wraps
@@ -24,7 +23,6 @@ from domain.entities import (
     LIVE_RESERVATION_STATES,
     ConnectionEvent,
     Connector,
-    ConnectorInterval,
     ConnectorStatus,
     ConnectorType,
     IdTag,
@@ -47,79 +45,46 @@ from domain.events import (
     EventsDropped,
     FaultReported,
     SessionChanged,
-    StationChanged,
     StationConnectionChanged,
-    StationRemoved,
 )
-from domain.ids import stable_id, stable_ids
+from domain.ids import stable_id
 from domain.policy import Viewer
-from domain.ports import Change, Insert, InsertIfAbsent, Update
+from domain.ports import Change, Insert, InsertIfAbsent
 from domain.pricing import session_cost_minor
 from domain.query import Eq, Range, Sort, all_of
 from domain.services.base import (
     Service,
     ServiceContext,
+    charger,
     owned_by,
     patch,
     reservation_changed,
     stamp_new,
 )
 from domain.services.batching import GroupCommitter
+from domain.services.charger_cache import CACHED_TOPICS, ChargerCache
+from domain.services.charger_clocks import ChargerClocks
+from domain.services.intervals import (
+    POINT_STATUSES,
+    effective_state,
+    next_interval,
+    rebase_intervals,
+)
+from domain.services.live_updates import LatestUpdates
+from domain.services.metering import (
+    MAX_BELIEVABLE_KW,
+    MeterReading,
+    added_wh,
+    believable_register,
+    closing_sample,
+    live_patch,
+    samples_of,
+)
+from domain.services.reboot_checks import RebootChecks
 from domain.services.stations import connector_in_range
 from domain.services.tariffs import TariffService
 
 log = logging.getLogger("chargegraph.charging")
-
-ENERGY_REGISTER = "Energy.Active.Import.Register"
-POWER = "Power.Active.Import"
-#: Sub-second meter values would flood subscribers: at most one UPDATED event per session
-#: per this many seconds; what arrives in between goes out, newest only, when it ends.
-SESSION_UPDATE_INTERVAL_S = 1.0
-#: How far ahead of our clock a charger's timestamp may be and still be believed as its
-#: clock (network delay, drift between NTP syncs). Beyond it the timestamp is a glitch
-#: (``ChargingService._believable``).
-MAX_CLOCK_AHEAD = timedelta(minutes=5)
-#: How long the hot path (every charger message) may reuse a station or an active session
-#: it read, instead of asking the store again. Edits made through this process's services
-#: drop the entry at once (``_forget``), and so do those other instances announce on the
-#: bus (``follow``: a session's end, a station's edit, removal or connection); the charger's
-#: own writes update a cached copy but never extend its expiry. So this is only the
-#: fallback for a change no event announced. Short TTLs cost a store read per charger per
-#: TTL: with 5,000 chargers and 5 s, 2,000 reads a second.
-CACHE_TTL_S = 30.0
-
-
-#: The most power a connector of unknown rating is believed to deliver (megawatt charging
-#: tops out at 3.75 MW). A register that rose faster since the session's start is a
-#: glitch (0xFFFFFFFF, a meter counting from 0 at the start and from its total after):
-#: kept as a sample, but it adds nothing to the session, its energy or its bill.
-MAX_BELIEVABLE_KW = 4000.0
-#: Headroom over a connector's rating (meter and rating disagree a little).
-RATING_HEADROOM = 1.25
-#: What a session on a connector of unknown rating may add whatever the time: a truck's
-#: battery. Clocks make the time rough (a coarse or reset clock, a replayed history, a
-#: simulator compressing hours): only a register beyond it is judged by the time.
-METER_SLACK_WH = 1_000_000
-#: On a connector whose rating is known, the slack is this long at full power (a clock a
-#: quarter of an hour off): a single-bit glitch of half a megawatt-hour on a 22 kW
-#: connector is no reading, and a close without a stop must not bill it.
-RATED_SLACK = timedelta(minutes=15)
-
-
-def believable_register(session: Session, wh: float, at: datetime, rated_kw: float) -> bool:
-    """Whether the energy register can read ``wh`` at ``at`` in ``session`` on a connector
-    rated ``rated_kw`` (``MAX_BELIEVABLE_KW``: not known): no more above its start than
-    that power could deliver since, with a slack for clocks."""
-    seconds = max((at - session.start_time).total_seconds(), 0.0)
-    slack = METER_SLACK_WH if rated_kw >= MAX_BELIEVABLE_KW \
-        else rated_kw * RATING_HEADROOM * RATED_SLACK.total_seconds() / 3.6
-    return wh <= session.meter_start_wh + rated_kw * RATING_HEADROOM * seconds / 3.6 + slack
-
-
-#: How long after a rebooted charger reports a connector Available the session it left
-#: open there waits for its StopTransaction (queued chargers send it within seconds of
-#: their boot) before it is closed as lost.
-REBOOT_STOP_GRACE_S = 120.0
 
 #: How often ``endSession`` reads a session again that changed under it before it gives up.
 END_ATTEMPTS = 3
@@ -185,22 +150,6 @@ def books_of(station: Station) -> tuple[str | None, str | None]:
     return None, station.owner_id
 
 
-#: The charge point's own statuses (connector 0) under which none of its connectors can
-#: charge, whatever they report.
-POINT_DOWN = frozenset({ConnectorStatus.UNAVAILABLE, ConnectorStatus.FAULTED})
-#: The statuses OCPP 1.6 gives connector 0.
-POINT_STATUSES = POINT_DOWN | {ConnectorStatus.AVAILABLE}
-
-
-def _effective(station: Station, status: ConnectorStatus, error_code: str
-               ) -> tuple[ConnectorStatus, str]:
-    """A connector's state as its history records it: the charge point's own when that
-    is down (Unavailable or Faulted on connector 0), else its own."""
-    if station.status in POINT_DOWN:
-        return cast(ConnectorStatus, station.status), station.error_code or "NoError"
-    return status, error_code
-
-
 def _unknown(cp_id: str) -> ValidationError:
     """What a charger whose station does not exist (any more) is told; its handler hangs
     up on it (``field`` ``cpId``, ``NOT_FOUND``)."""
@@ -224,16 +173,11 @@ def _station_must_exist(
         try:
             return await method(self, cp_id, *args, **kwargs)
         except NotFound:
-            self._stations.pop(cp_id, None)
+            self.cache.drop_station(cp_id)
             if await self.station(cp_id) is None:
                 raise _unknown(cp_id) from None
             raise
     return checked
-
-
-def charger(cp_id: str) -> Viewer:
-    """The audit actor for changes a charger causes."""
-    return Viewer(user_id=f"ocpp:{cp_id}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,127 +213,6 @@ class BootResult:
     current_time: datetime
 
 
-class SampledValue(NamedTuple):
-    """One sampled value of a meter reading, as the charger sent it. Tuples: a MeterValues
-    frame makes several per message, and a frozen dataclass costs three times as much to
-    build."""
-
-    value: str
-    measurand: str | None = None
-    unit: str | None = None
-    phase: str | None = None
-    context: str | None = None
-    location: str | None = None
-    format: str | None = None
-
-
-class MeterReading(NamedTuple):
-    timestamp: datetime
-    values: tuple[SampledValue, ...]
-
-
-def _to_wh(value: float, unit: str | None) -> float:
-    return value * 1000 if unit == "kWh" else value
-
-
-def _to_w(value: float, unit: str | None) -> float:
-    return value * 1000 if unit == "kW" else value
-
-
-def _number(sv: SampledValue) -> float | None:
-    """The number a sampled value writes; ``None`` for SignedData (a signed blob, even
-    one made of digits alone, is no reading) and other text that is no number."""
-    if sv.format == "SignedData":
-        return None
-    return v.sampled_number(sv.value, "meterValue.sampledValue.value")
-
-
-def _added_wh(samples: list[MeterSample]) -> int:
-    """The Wh a batch of samples adds to its session."""
-    return sum(s.delta_wh for s in samples if s.delta_wh)
-
-
-class LatestUpdates:
-    """Throttles a session's UPDATED events to one per ``interval_s`` without ever losing
-    the newest: an update within the window is held (replacing one held before) and
-    published when the window ends. Dropping it instead left subscribers with a stale
-    session whenever a charger's last frames came less than a window apart.
-
-    Keys are session ids; ``group`` (the charger) lets a disconnect flush its sessions.
-    ``clock`` is monotonic seconds (tests replace it to hold frames in one window)."""
-
-    def __init__(self, publish: Callable[[DomainEvent], Awaitable[None]], *,
-                 interval_s: float = SESSION_UPDATE_INTERVAL_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.publish = publish
-        self.interval_s = interval_s
-        self.clock = clock
-        self._last: dict[str, float] = {}  # key → when its last event went out
-        self._held: dict[str, tuple[str, Callable[[], DomainEvent]]] = {}  # key → (group, event)
-        # A key's trailing publish is either waiting for its window to end (cancelled
-        # freely) or publishing (never cancelled mid-publish: awaited instead).
-        self._waiting: dict[str, asyncio.Task[None]] = {}
-        self._sending: dict[str, asyncio.Task[None]] = {}
-
-    async def offer(self, key: str, group: str, event: Callable[[], DomainEvent]) -> None:
-        """Publish ``event()`` now if the key's window is over, else when it is. The event
-        is built only when it goes out (most offers are replaced before)."""
-        if key in self._waiting:
-            self._held[key] = (group, event)
-            return
-        now = self.clock()
-        last = self._last.get(key)
-        if last is None or now - last >= self.interval_s:
-            self._last[key] = now
-            await self.publish(event())
-            return
-        self._held[key] = (group, event)
-        # A clock stepping back must not hold an update for longer than one window.
-        delay = min(max(last + self.interval_s - now, 0.0), self.interval_s)
-        self._waiting[key] = asyncio.create_task(self._trail(key, delay))
-
-    async def _trail(self, key: str, delay: float) -> None:
-        await asyncio.sleep(delay)
-        task = self._waiting.pop(key)
-        held = self._held.pop(key, None)
-        if held is None:
-            return
-        self._sending[key] = task
-        try:
-            self._last[key] = self.clock()
-            await self.publish(held[1]())
-        finally:
-            if self._sending.get(key) is task:
-                del self._sending[key]
-
-    async def flush(self, group: str) -> None:
-        """Publish the group's held updates now (its charger went away: no later frame
-        will, and nothing must be left waiting when the server stops)."""
-        for key in [k for k, (g, _) in self._held.items() if g == group]:
-            await self._stop_waiting(key)
-            held = self._held.pop(key, None)  # the session may have ended meanwhile
-            if held is not None:
-                self._last[key] = self.clock()
-                await self.publish(held[1]())
-
-    async def end(self, key: str) -> None:
-        """The session ended: drop what is held, and let a publish already under way
-        finish first, so the caller's ENDED is the session's last event."""
-        self._held.pop(key, None)
-        self._last.pop(key, None)
-        await self._stop_waiting(key)
-        sending = self._sending.get(key)
-        if sending is not None:
-            await asyncio.wait([sending])
-
-    async def _stop_waiting(self, key: str) -> None:
-        """Cancel the key's trailing publish that waits for its window, and see it gone."""
-        waiting = self._waiting.pop(key, None)
-        if waiting is not None:
-            waiting.cancel()
-            await asyncio.wait([waiting])
-
-
 class ChargingService(Service):
     def __init__(self, ctx: ServiceContext, *, heartbeat_interval: int = 300,
                  auto_register: bool = False) -> None:
@@ -398,21 +221,11 @@ class ChargingService(Service):
         self.auto_register = auto_register
         self.tariffs = TariffService(ctx)
         self.telemetry = GroupCommitter(ctx.store)
-        self._stations: dict[str, tuple[Station, float]] = {}
-        # cp_id → (newest charger timestamp seen, server time then): where "now" is on the
-        # charger's clock, for state changes that carry no timestamp of their own.
-        self._charger_clock: dict[str, tuple[datetime, datetime]] = {}
-        #: How long a rebooted charger's queued StopTransaction may take to come after it
-        #: reported the connector Available (tests shorten it).
-        self.reboot_stop_grace_s = REBOOT_STOP_GRACE_S
-        #: (cp_id, connector) → (the boot it is for, the check's task).
-        self._reboot_checks: dict[tuple[str, int], tuple[datetime, asyncio.Task[None]]] = {}
-        self._sessions: dict[int, tuple[Session, float]] = {}
-        # (station id, connector id) → (its rating in kW, cache expiry): what a register
-        # may believably rise by (``believable_register``).
-        self._ratings: dict[tuple[str, int], tuple[float, float]] = {}
+        self.cache = ChargerCache()
+        self.clocks = ChargerClocks(self.now)
+        self.reboot_checks = RebootChecks(self._close_lost_at_reboot)
         self.session_updates = LatestUpdates(self.publish)
-        ctx.committed.append(self._forget)
+        ctx.committed.append(self.cache.forget)
         #: Set by the OCPP server: records again the connection it holds for a charger
         #: whose station a message found recorded offline (``_still_connected``).
         self.still_connected: Callable[[str], Awaitable[None]] | None = None
@@ -421,85 +234,15 @@ class ChargingService(Service):
     async def station(self, cp_id: str) -> Station | None:
         return await self.store.find_one(Station, Eq("cp_id", cp_id))
 
-    def _believable(self, charger_time: datetime, now: datetime | None = None) -> bool:
-        """Whether a charger's timestamp can be its clock: not more than
-        ``MAX_CLOCK_AHEAD`` ahead of ours. A clock may be behind ours by any amount (never
-        set, a queue flushed after an outage, a test replaying history), and a jump
-        forward towards ours is what a corrected clock looks like, so the charger's
-        tracked offset cannot bound it; but nothing real is stamped in our future. One
-        such glitch (2150) believed would freeze the connector's state, since every
-        later report would look older, and carry every later interval there with the
-        tracked clock. The price: a charger whose clock runs hours ahead has its status
-        reports placed at their arrival, on our clock."""
-        return charger_time <= (now or self.now()) + MAX_CLOCK_AHEAD
-
-    def _observe_clock(self, cp_id: str, charger_time: datetime) -> bool:
-        """Track the charger's clock from its newest believable timestamps. Older ones (a
-        queue flushed after an outage) say nothing about its clock now and are ignored.
-        True for the first believable timestamp of this charger since the service
-        started."""
-        now = self.now()
-        if not self._believable(charger_time, now):
-            return False
-        seen = self._charger_clock.get(cp_id)
-        if seen is None or charger_time >= seen[0]:
-            self._charger_clock[cp_id] = (charger_time, now)
-        return seen is None
-
     async def _clock_report(self, station: Station, charger_time: datetime) -> None:
-        """``_observe_clock``; and on the charger's first timestamp, whichever message
-        carries it, moves onto its timeline the intervals its connection opened on ours."""
-        if self._observe_clock(station.cp_id, charger_time):
-            await self._rebase_intervals(station, charger_time)
+        """``ChargerClocks.observe``; and on the charger's first timestamp, whichever
+        message carries it, moves onto its timeline the intervals its connection opened
+        on ours."""
+        if self.clocks.observe(station.cp_id, charger_time):
+            await rebase_intervals(self.store, station, charger_time)
 
-    def charger_now(self, cp_id: str) -> datetime:
-        """The current instant on the charger's clock (our clock until it sent a
-        timestamp). Connector state intervals live on the charger's timeline, so that a
-        (dis)connect falls between the status reports around it even when the charger's
-        clock is off (or a test replays history)."""
-        seen = self._charger_clock.get(cp_id)
-        now = self.now()
-        return now if seen is None else seen[0] + (now - seen[1])
-
-    def _remember(self, record: Station | Session, *, renew: bool = True) -> None:
-        """Cache ``record`` for ``CACHE_TTL_S`` (``renew``: a copy just read from the
-        store, or a new session). ``renew=False``, for a copy the charger's own write
-        patched onto the cached one: that base may be stale (an edit made on another
-        instance), so it replaces the cached copy but keeps its expiry; a charger that
-        reports every few seconds must not keep its copy from ever being read again.
-        An entry dropped meanwhile (an edit was announced while the write ran) stays
-        dropped."""
-        if isinstance(record, Station):
-            station = self._stations.get(record.cp_id)
-            if renew or station is not None:
-                expires = station[1] if station is not None and not renew \
-                    else time.monotonic() + CACHE_TTL_S
-                self._stations[record.cp_id] = (record, expires)
-        elif record.state is SessionState.ACTIVE:
-            session = self._sessions.get(record.transaction_id)
-            if renew or session is not None:
-                expires = session[1] if session is not None and not renew \
-                    else time.monotonic() + CACHE_TTL_S
-                self._sessions[record.transaction_id] = (record, expires)
-        else:
-            self._sessions.pop(record.transaction_id, None)
-
-    def _forget(self, changes: Sequence[Change]) -> None:
-        """Drop cached stations and sessions a commit changed (the next message reads
-        them again); this service's own writes re-``_remember`` right after."""
-        for change in changes:
-            record = change.record
-            if isinstance(record, Station):
-                self._stations.pop(record.cp_id, None)
-            elif isinstance(record, Session):
-                self._sessions.pop(record.transaction_id, None)
-            elif isinstance(record, Connector):
-                self._ratings.pop((record.station_id, record.connector_id), None)
-
-    #: What ``follow`` listens to: the changes other instances announce to what the
-    #: charging use cases cache.
-    CACHED_TOPICS = (SessionChanged.topic, StationChanged.topic, StationRemoved.topic,
-                     StationConnectionChanged.topic)
+    #: What ``follow`` listens to.
+    CACHED_TOPICS = CACHED_TOPICS
 
     async def follow(self, events: AsyncIterator[DomainEvent | EventsDropped]) -> None:
         """Drop what another instance changed as soon as it announces it (``events``: a
@@ -507,45 +250,29 @@ class ChargingService(Service):
         change at its next message, not up to ``CACHE_TTL_S`` later: a registration
         Rejected or a station handed to another company on another instance, a session
         ended there (``endSession``: its meter values must not go on adding energy), a
-        station removed there. Events lost (a subscriber that fell behind, the bus between
-        instances interrupted) may have been such changes: everything is dropped."""
+        station removed there."""
         async for event in events:
-            self.drop_cached(event)
-
-    def drop_cached(self, event: DomainEvent | EventsDropped) -> None:
-        if isinstance(event, EventsDropped):
-            self._stations.clear()
-            self._sessions.clear()
-            self._ratings.clear()
-        elif isinstance(event, SessionChanged):
-            if event.change == "ENDED":
-                self._sessions.pop(event.transaction_id, None)
-        elif isinstance(event, (StationChanged, StationRemoved, StationConnectionChanged)):
-            self._stations.pop(event.cp_id, None)
-            if isinstance(event, (StationChanged, StationRemoved)):
-                for key in [k for k in self._ratings if k[0] == event.station_id]:
-                    del self._ratings[key]
+            self.cache.drop(event)
 
     async def _rated_kw(self, station: Station, connector_id: int) -> float:
         """The connector's rating (``MAX_BELIEVABLE_KW`` when not known), cached as
         stations are: read once per ``CACHE_TTL_S``, not on every meter value."""
-        key = (station.id, connector_id)
-        hit = self._ratings.get(key)
-        if hit is not None and hit[1] > time.monotonic():
-            return hit[0]
+        rated = self.cache.rating(station.id, connector_id)
+        if rated is not None:
+            return rated
         found, unknown = await self._connector(station, connector_id)
         rated = found.max_kw if not unknown and found.max_kw else MAX_BELIEVABLE_KW
-        self._ratings[key] = (rated, time.monotonic() + CACHE_TTL_S)
+        self.cache.keep_rating(station.id, connector_id, rated)
         return rated
 
     async def _require_station(self, cp_id: str) -> Station:
-        hit = self._stations.get(cp_id)
-        if hit is not None and hit[1] > time.monotonic():
-            return hit[0]
+        cached = self.cache.station(cp_id)
+        if cached is not None:
+            return cached
         station = await self.station(cp_id)
         if station is None:
             raise _unknown(cp_id)
-        self._remember(station)
+        self.cache.remember(station)
         return station
 
     # ------------------------------------------------------------- connections
@@ -673,12 +400,12 @@ class ChargingService(Service):
         changes: list[Change] = [update, Insert(stamp_new(event, actor, now))]
         for connector in await self.store.find_all(Connector, Eq("station_id", station.id),
                                                    limit=100):
-            changes += await self._next_interval(
+            changes += await next_interval(self.store,
                 station, connector.connector_id,
-                *_effective(station, connector.status, connector.error_code), online,
-                self.charger_now(cp_id), actor)
+                *effective_state(station, connector.status, connector.error_code), online,
+                self.clocks.charger_now(cp_id), actor)
         await self.store.write(changes, [])
-        self._remember(cast(Station, update.record), renew=False)
+        self.cache.remember(cast(Station, update.record), renew=False)
         await self.publish(StationConnectionChanged(
             **owned_by(station), online=online, at=now, connection=station.connection
             if number is None else number))
@@ -690,7 +417,7 @@ class ChargingService(Service):
         again (``still_connected``), as far as it is still the station's newest."""
         if not station.online and self.still_connected is not None:
             await self.still_connected(station.cp_id)
-            self._stations.pop(station.cp_id, None)  # read what it recorded
+            self.cache.drop_station(station.cp_id)  # read what it recorded
 
     # ------------------------------------------------------------- boot and heartbeat
     @_station_must_exist
@@ -709,7 +436,7 @@ class ChargingService(Service):
         else:
             update = patch(station, actor, last_seen=now, booted_at=booted)
             await self.store.write([update], [])
-        self._remember(cast(Station, update.record), renew=False)
+        self.cache.remember(cast(Station, update.record), renew=False)
         return BootResult(station.registration, self.heartbeat_interval, now)
 
     @_station_must_exist
@@ -719,7 +446,7 @@ class ChargingService(Service):
         now = self.now()
         update = patch(station, charger(cp_id), last_seen=now)
         await self.telemetry.write([update])
-        self._remember(cast(Station, update.record), renew=False)
+        self.cache.remember(cast(Station, update.record), renew=False)
         return now
 
     # ------------------------------------------------------------- authorization
@@ -758,57 +485,6 @@ class ChargingService(Service):
         await connector_in_range(self.store, await self._require_station(cp_id), connector_id,
                                  reported=True)
 
-    async def _next_interval(self, station: Station, connector_id: int,
-                             status: ConnectorStatus, error_code: str, online: bool,
-                             at: datetime, actor: Viewer) -> list[Change]:
-        """Close the connector's open state interval at ``at`` and open the next one,
-        unless nothing that analytics distinguishes changed."""
-        current = await self.store.find_one(ConnectorInterval, all_of(
-            Eq("cp_id", station.cp_id), Eq("connector_id", connector_id), Eq("end", None)))
-        changes: list[Change] = []
-        if current is not None:
-            if (current.status, current.error_code, current.online) == (status, error_code,
-                                                                        online):
-                return []
-            changes.append(patch(current, actor, end=max(at, current.start)))
-        changes.append(Insert(stamp_new(ConnectorInterval(
-            station_id=station.id, cp_id=station.cp_id, connector_id=connector_id,
-            status=status, error_code=error_code, online=online,
-            start=max(at, current.start) if current else at), actor, at)))
-        return changes
-
-    async def _rebase_intervals(self, station: Station, at: datetime) -> None:
-        """The charger's first timestamp ``at`` came after its connection opened an
-        interval for every connector at "now" on our clock (nothing better was known).
-        If its clock is behind ours, each open interval that starts after ``at`` is moved
-        back to it, so that the charger's reports, of any connector, fall inside the
-        intervals instead of being clamped to their start. Once per charger and process:
-        a few store reads, never on every message."""
-        actor = charger(station.cp_id)
-        changes: list[Change] = []
-        for current in await self.store.find_all(ConnectorInterval, all_of(
-                Eq("cp_id", station.cp_id), Eq("end", None)), limit=100):
-            if current.start > at:
-                changes += await self._move_start(current, at, actor)
-        if changes:
-            await self.store.write(changes, [])
-
-    async def _move_start(self, current: ConnectorInterval, to: datetime, actor: Viewer
-                          ) -> list[Change]:
-        """Start the open interval ``current`` at ``to`` and end the one before it there
-        too: intervals stay contiguous and never overlap. Not before the previous one's
-        start, which was placed on the charger's timeline (an earlier connection's)."""
-        before = await self.store.find_all(ConnectorInterval, all_of(
-            Eq("cp_id", current.cp_id), Eq("connector_id", current.connector_id),
-            Eq("end", current.start)), (Sort("start", descending=True),), limit=1)
-        start = max(to, before[0].start) if before else to
-        if start >= current.start:
-            return []
-        changes: list[Change] = [patch(current, actor, start=start)]
-        if before:
-            changes.append(patch(before[0], actor, end=start))
-        return changes
-
     async def _connector(self, station: Station, connector_id: int
                          ) -> tuple[Connector, bool]:
         """The connector, or a new one for a station reporting a plug we did not know."""
@@ -832,11 +508,11 @@ class ChargingService(Service):
         # The state changes at the report's timestamp; one we cannot believe (far in our
         # future: a clock glitch) is taken as made on arrival, so the next sane report
         # wins. Its history (the StatusEvent) keeps the timestamp as reported.
-        if reported is not None and self._believable(reported):
+        if reported is not None and self.clocks.believable(reported):
             await self._clock_report(station, reported)
             at = reported
         else:
-            at = self.charger_now(cp_id)
+            at = self.clocks.charger_now(cp_id)
         reported = reported if reported is not None else at
         actor = charger(cp_id)
         new_status = ConnectorStatus(status)
@@ -858,7 +534,7 @@ class ChargingService(Service):
                 else ConnectorStatus.AVAILABLE
             status = new_status.value
             if station.status_at is None or at >= station.status_at \
-                    or not self._believable(station.status_at):
+                    or not self.clocks.believable(station.status_at):
                 update = patch(station, actor, status=new_status, error_code=error_code,
                                status_at=at)
                 reported_station = cast(Station, update.record)
@@ -867,16 +543,16 @@ class ChargingService(Service):
                 # none of them could charge (availability, faults).
                 for plug in await self.store.find_all(
                         Connector, Eq("station_id", station.id), limit=100):
-                    telemetry += await self._next_interval(
+                    telemetry += await next_interval(self.store,
                         reported_station, plug.connector_id,
-                        *_effective(reported_station, plug.status, plug.error_code),
+                        *effective_state(reported_station, plug.status, plug.error_code),
                         station.online, at, actor)
         else:
             current, is_new = await self._connector(station, connector_id)
             previous_error = current.error_code
             # A state stamped in our future (kept before glitches were recognized) yields.
             if current.status_at is None or at >= current.status_at \
-                    or not self._believable(current.status_at):
+                    or not self.clocks.believable(current.status_at):
                 update = patch(current, actor, status=new_status, error_code=error_code,
                                info=info, status_at=at)
                 connector = cast(Connector, update.record)
@@ -884,13 +560,13 @@ class ChargingService(Service):
                     audited.append((Insert(connector), None))
                 else:
                     telemetry.append(update)
-                telemetry += await self._next_interval(
-                    station, connector_id, *_effective(station, new_status, error_code),
+                telemetry += await next_interval(self.store,
+                    station, connector_id, *effective_state(station, new_status, error_code),
                     station.online, at, actor)
             # else: an older report arriving late is history, not the current state
         await self.commit(actor, audited, unaudited=telemetry)
         if reported_station is not None:
-            self._remember(reported_station, renew=False)
+            self.cache.remember(reported_station, renew=False)
         if connector is not None or reported_station is not None:
             await self.publish(ConnectorStatusChanged(
                 **owned_by(station), at=at,
@@ -903,58 +579,16 @@ class ChargingService(Service):
                 vendor_error_code=vendor_error_code))
         if connector is not None and new_status is ConnectorStatus.AVAILABLE \
                 and station.booted_at is not None:
-            self._check_after_reboot(station.cp_id, connector_id, station.booted_at)
-
-    def _check_after_reboot(self, cp_id: str, connector_id: int, booted: datetime) -> None:
-        """A charger that rebooted (at ``booted``, our clock) and reports a connector
-        Available has no transaction there any more. Its StopTransaction usually follows
-        from its queue, with the real meterStop and reason (PowerLoss): it gets
-        ``reboot_stop_grace_s`` to come before ``_ended_by_reboot`` closes what is still
-        open, in the background. A check pending for an earlier boot gives way: the new
-        boot's stop gets its whole grace."""
-        key = (cp_id, connector_id)
-        pending = self._reboot_checks.get(key)
-        if pending is not None:
-            if pending[0] == booted:
-                return
-            pending[1].cancel()
-        task = asyncio.create_task(self._ended_by_reboot(cp_id, connector_id, booted),
-                                   name=f"reboot-check-{cp_id}-{connector_id}")
-        self._reboot_checks[key] = (booted, task)
-
-        def done(_: object) -> None:
-            if self._reboot_checks.get(key, (None, None))[1] is task:
-                del self._reboot_checks[key]
-
-        task.add_done_callback(done)
-
-    async def reboot_checks_done(self) -> None:
-        """Waits for the pending ``_check_after_reboot`` tasks (tests)."""
-        while self._reboot_checks:
-            await asyncio.wait({task for _, task in self._reboot_checks.values()})
-
-    def stop_reboot_checks(self) -> None:
-        """Drops the pending checks (at shutdown: the store is closing). A charger that
-        reports the connector Available again, to this instance or another, starts its
-        check again (the boot time is stored)."""
-        for _, task in self._reboot_checks.values():
-            task.cancel()
-
-    async def _ended_by_reboot(self, cp_id: str, connector_id: int, booted: datetime
-                               ) -> None:
-        """After the grace: a session open on the connector, recorded before the reboot,
-        lost its StopTransaction with the reboot, and is closed as a lost stop is (energy
-        as metered, reason ``Other``), ending at the reboot. Left open, it held its
-        driver's card everywhere (``ConcurrentTx``) until an operator ended it. A stop the
-        charger sends later still is answered as a repeated stop."""
-        await asyncio.sleep(self.reboot_stop_grace_s)
-        try:
-            await self._close_lost_at_reboot(cp_id, connector_id, booted)
-        except Exception:  # the session stays open: its stop or an operator ends it
-            log.exception("%s: closing the session lost at its reboot failed", cp_id)
+            self.reboot_checks.schedule(station.cp_id, connector_id, station.booted_at)
 
     async def _close_lost_at_reboot(self, cp_id: str, connector_id: int, booted: datetime
                                     ) -> None:
+        """After the reboot's grace (``RebootChecks``): a session open on the connector,
+        recorded before the reboot, lost its StopTransaction with the reboot, and is
+        closed as a lost stop is (energy as metered, reason ``Other``), ending at the
+        reboot. Left open, it held its driver's card everywhere (``ConcurrentTx``) until
+        an operator ended it. A stop the charger sends later still is answered as a
+        repeated stop."""
         station = await self.station(cp_id)
         if station is None or station.booted_at != booted:
             return  # removed, or booted again since: that boot's check decides
@@ -990,9 +624,9 @@ class ChargingService(Service):
         # there, out of every list and day it belongs to: it started on arrival, as an
         # unbelievable stop or status report is taken. Its retries then carry the same
         # glitch but no longer the same start: they are told apart by tag and meter.
-        glitch = not self._believable(start)
+        glitch = not self.clocks.believable(start)
         if glitch:
-            start = self.charger_now(cp_id)
+            start = self.clocks.charger_now(cp_id)
         await self._clock_report(station, start)
         presented = id_tag.strip().upper()  # authorized as presented, as Authorize does
         # Stored with its unprintable characters (controls, bidi overrides) shown as U+FFFD:
@@ -1035,7 +669,7 @@ class ChargingService(Service):
                                     before=session.transaction_id)
         for now in await self.landed([used] if used is not None else []):
             await self.publish(reservation_changed(now, station))  # if its guard held
-        self._remember(session)
+        self.cache.remember(session)
         for old in ended:
             await self._announce_end(station, old)
         await self.publish(self._session_event(station, session, "STARTED"))
@@ -1119,7 +753,7 @@ class ChargingService(Service):
             # frame read it: written again onto the session as it is now, its samples are
             # history adding nothing, as a repeated stop's are.
             if transaction_id is not None:
-                self._sessions.pop(transaction_id, None)
+                self.cache.drop_session(transaction_id)
             await self._meter_values(cp_id, connector_id, transaction_id, readings,
                                      cached=False)
 
@@ -1128,14 +762,12 @@ class ChargingService(Service):
         station = await self._require_station(cp_id)
         session = None
         if transaction_id is not None:
-            hit = self._sessions.get(transaction_id) if cached else None
-            if hit is not None and hit[1] > time.monotonic():
-                session = hit[0]
-            else:
+            session = self.cache.session(transaction_id) if cached else None
+            if session is None:
                 session = await self.store.find_one(Session,
                                                     Eq("transaction_id", transaction_id))
                 if session is not None:
-                    self._remember(session)  # read afresh: cached from here on
+                    self.cache.remember(session)  # read afresh: cached from here on
             if session is not None and session.cp_id != cp_id:
                 session = None  # another charger's transaction id: keep samples unlinked
         elif connector_id > 0:
@@ -1149,7 +781,7 @@ class ChargingService(Service):
             session = newest[0] if newest else None
         rated_kw = await self._rated_kw(station, connector_id) if session is not None \
             else MAX_BELIEVABLE_KW
-        samples = self._samples(station, connector_id, transaction_id, session, readings,
+        samples = samples_of(station, connector_id, transaction_id, session, readings,
                                 rated_kw)
         if readings:
             # After ``_samples`` checked every timestamp: a refused frame must not move it.
@@ -1157,14 +789,14 @@ class ChargingService(Service):
         changes: list[Change] = [InsertIfAbsent(s) for s in samples]
         updated = None
         if session is not None and session.state is SessionState.ACTIVE:
-            live = self._apply_readings(session, readings, _added_wh(samples), charger(cp_id),
-                                        self._believable)
+            live = live_patch(session, readings, added_wh(samples), charger(cp_id),
+                                        self.clocks.believable)
             if live is not None:
                 changes.append(live)
                 updated = cast(Session, live.record)
         await self.telemetry.write(changes)
         if session is not None and session.state is SessionState.ACTIVE:
-            self._remember(updated or session, renew=False)
+            self.cache.remember(updated or session, renew=False)
         if updated is not None:
             await self.session_updates.offer(
                 updated.id, cp_id, partial(self._session_event, station, updated, "UPDATED"))
@@ -1187,7 +819,7 @@ class ChargingService(Service):
             session = None
         rated_kw = MAX_BELIEVABLE_KW if session is None \
             else await self._rated_kw(station, session.connector_id)
-        samples = self._samples(station, session.connector_id if session else 0,
+        samples = samples_of(station, session.connector_id if session else 0,
                                 transaction_id, session, readings or [], rated_kw)
         if session is None or (session.state is SessionState.COMPLETED
                                and not awaits_stop(session)):
@@ -1195,7 +827,7 @@ class ChargingService(Service):
                 await self.store.write([InsertIfAbsent(s) for s in samples], [])
             return info
         actor = charger(cp_id)
-        if not self._believable(end):
+        if not self.clocks.believable(end):
             # A clock glitch (a stop stamped 2150) must not bill decades: the session ends
             # at "now" on its own timeline, as an operator's endSession would end it.
             end = self._timeline_now(session)
@@ -1211,10 +843,10 @@ class ChargingService(Service):
             log.warning("%s: meterStop %s Wh of transaction %s is more than its connector "
                         "could deliver since the start; billing the %s Wh metered",
                         cp_id, meter_stop, transaction_id,
-                        session.energy_wh + _added_wh(samples))
-            energy = session.energy_wh + _added_wh(samples)
+                        session.energy_wh + added_wh(samples))
+            energy = session.energy_wh + added_wh(samples)
         samples, trimmed, stored_wh = await self._settled_samples(session, samples, energy)
-        closing = self._closing_sample(station, session, samples, stored_wh, energy,
+        closing = closing_sample(station, session, samples, stored_wh, energy,
                                        meter_stop, end)
         if closing is not None:
             samples.append(closing)
@@ -1350,7 +982,7 @@ class ChargingService(Service):
         actor = charger(cp_id)
         update = patch(station, actor, **values)
         await self.commit(actor, [(update, station)])
-        self._remember(cast(Station, update.record), renew=False)
+        self.cache.remember(cast(Station, update.record), renew=False)
 
     async def data_transfer(self, cp_id: str, vendor_id: str, message_id: str | None,
                             data: str | None) -> tuple[str, str | None]:
@@ -1362,57 +994,6 @@ class ChargingService(Service):
         return "UnknownVendorId", None
 
     # ------------------------------------------------------------- helpers
-    def _samples(self, station: Station, connector_id: int, transaction_id: int | None,
-                 session: Session | None, readings: list[MeterReading],
-                 rated_kw: float = MAX_BELIEVABLE_KW) -> list[MeterSample]:
-        """Every numeric sample; for an active session's total energy register also the
-        Wh it adds to the session (``delta_wh``), counted from the highest register so far
-        (``meter_start_wh + energy_wh``), so energy per period is a plain sum in the store.
-        A reading at or below it (late, or a register that went back) adds nothing; nor
-        does one no meter could show: above what the connector (``rated_kw``) could have
-        delivered since the start, both on the charger's clock (one running ahead of ours
-        still meters live)."""
-        samples = []
-        actor = charger(station.cp_id)
-        running = None
-        if session is not None and session.state is SessionState.ACTIVE:
-            running = session.meter_start_wh + session.energy_wh
-        session_id = session.id if session else None
-        for reading in sorted(readings, key=lambda r: r.timestamp):
-            at = v.instant(as_utc(reading.timestamp), "meterValue.timestamp")
-            sample_id = stable_ids(at, station.cp_id, connector_id, transaction_id,
-                                   at.isoformat())
-            for sv in reading.values:
-                value = _number(sv)
-                if value is None:
-                    continue  # SignedData and other non-numeric formats: not a number
-                measurand = sv.measurand or ENERGY_REGISTER
-                delta_wh = None
-                if running is not None and measurand == ENERGY_REGISTER and sv.phase is None \
-                        and sv.location in (None, "Outlet"):
-                    wh = round(_to_wh(value, sv.unit))
-                    assert session is not None and running is not None
-                    if believable_register(session, wh, at, rated_kw):
-                        delta_wh = max(wh - running, 0)
-                        running = max(running, wh)
-                # Stamped here rather than by stamp_new: the defaults would each read the
-                # clock only to be overwritten (three samples per frame add up).
-                samples.append(MeterSample(
-                    # The value is part of the key: a repeated frame writes nothing new,
-                    # but a second reading stamped the same second (clock-aligned and
-                    # periodic samples together) is a sample of its own, as its delta is.
-                    id=sample_id(measurand, sv.phase, sv.location, sv.context, sv.unit,
-                                 value),
-                    created_at=at, updated_at=at, created_by=actor.actor,
-                    updated_by=actor.actor,
-                    session_id=session_id, cp_id=station.cp_id,
-                    connector_id=connector_id, at=at, measurand=measurand, value=value,
-                    unit=sv.unit or ("Wh" if measurand == ENERGY_REGISTER else None),
-                    phase=sv.phase, context=sv.context, transaction_id=transaction_id,
-                    delta_wh=delta_wh, station_id=station.id,
-                ))
-        return samples
-
     async def _settled_samples(self, session: Session, samples: list[MeterSample],
                                energy: int) -> tuple[list[MeterSample], list[Change], int]:
         """When the session's readings went above its final ``energy`` (a glitch below
@@ -1422,7 +1003,7 @@ class ChargingService(Service):
         closing sample at the stop would make them. Returns the frame's samples, the
         stored ones' updates and what the stored ones add up to then."""
         stored_wh = session.energy_wh
-        excess = stored_wh + _added_wh(samples) - energy
+        excess = stored_wh + added_wh(samples) - energy
         if excess <= 0:
             return samples, [], stored_wh
         stored = await self.store.find_all(MeterSample, all_of(
@@ -1445,72 +1026,11 @@ class ChargingService(Service):
                 stored_wh -= cut
         return [kept[id(s)] for s in samples], updates, stored_wh
 
-    def _closing_sample(self, station: Station, session: Session, samples: list[MeterSample],
-                        stored_wh: int, energy: int, meter_stop: int, end: datetime
-                        ) -> MeterSample | None:
-        """A Transaction.End register sample at the stop time with what the session's
-        samples still miss of its ``energy``: the rest up to meterStop (the whole energy,
-        for a charger that sent no meter values at all), or, when readings went above
-        meterStop by more than ``_settled_samples`` could take back, a negative amount
-        taking the rest of the excess back. ``stored_wh``: what the session's stored
-        samples add up to."""
-        rest = energy - stored_wh - _added_wh(samples)
-        if rest == 0:
-            return None
-        sample = MeterSample(
-            id=stable_id(end, station.cp_id, session.connector_id, session.transaction_id,
-                         end.isoformat(), ENERGY_REGISTER, None, None, "Transaction.End",
-                         "Wh"),
-            session_id=session.id, cp_id=station.cp_id, connector_id=session.connector_id,
-            at=end, measurand=ENERGY_REGISTER, value=float(meter_stop), unit="Wh",
-            context="Transaction.End", transaction_id=session.transaction_id,
-            delta_wh=rest, station_id=station.id)
-        return stamp_new(sample, charger(station.cp_id), end)
-
-    @staticmethod
-    def _apply_readings(session: Session, readings: list[MeterReading], added_wh: int,
-                        actor: Viewer, believable: Callable[[datetime], bool]
-                        ) -> Update | None:
-        """Live energy grows by what the frame's samples add (``added_wh``, their
-        ``delta_wh``): never from the newest reading alone, which a late or lower one would
-        take back, and always equal to the sum of the session's increments. Power from
-        the newest total active power, unless the power shown is newer (a believable
-        time: one stamped in our future by a glitching clock must not freeze it). ``None``
-        when nothing changed."""
-        power_at = session.power_at
-        if power_at is not None and not believable(power_at):
-            power_at = None
-        power = None
-        for reading in readings:
-            for sv in reading.values:
-                if sv.measurand != POWER or sv.phase is not None \
-                        or sv.location not in (None, "Outlet"):
-                    continue
-                value = _number(sv)
-                # Only a reading newer than the power shown: a frame flushed late (after
-                # an outage) must not put an old value over the current one.
-                if value is not None and (power_at is None or reading.timestamp >= power_at):
-                    power_at, power = reading.timestamp, _to_w(value, sv.unit)
-        updates: dict[str, Any] = {}
-        if added_wh:
-            updates["energy_wh"] = session.energy_wh + added_wh
-        if power is not None:
-            updates["power_w"] = power
-            updates["power_at"] = as_utc(power_at) if power_at is not None else None
-        if not updates or all(getattr(session, k) == val for k, val in updates.items()):
-            return None
-        # Only onto a session still ACTIVE in the store: this one may be a cached copy,
-        # and another instance may have ended it (endSession) since. Required: the
-        # frame's samples, written with it, must not add Wh to a session closed without
-        # them (``meter_values`` writes them again, adding nothing).
-        return patch(session, actor, only_if=("state", SessionState.ACTIVE), required=True,
-                     **updates)
-
     async def _announce_end(self, station: Station, closed: Session) -> None:
         """After a close committed: no held live update goes out after it, the cache
         forgets the session, and ENDED is announced (its last event)."""
         await self.session_updates.end(closed.id)
-        self._remember(closed)
+        self.cache.remember(closed)
         await self.publish(self._session_event(station, closed, "ENDED"))
 
     def _session_event(self, station: Station, session: Session, change: str

@@ -21,7 +21,8 @@ from domain.policy import SYSTEM, Policy, Viewer
 from domain.query import Eq, all_of
 from domain.services import ConnectorSpec, ServiceContext, Services
 from domain.services.analytics import Scope
-from domain.services.charging import LatestUpdates, MeterReading, SampledValue
+from domain.services.live_updates import LatestUpdates
+from domain.services.metering import MeterReading, SampledValue
 from domain.timebuckets import Bucket
 from pubsub.memory import EventStream, MemoryEventBus
 from store.sqlite import SqliteStore
@@ -316,20 +317,20 @@ async def test_a_reboot_then_available_ends_the_session_the_charger_lost(
         world: World) -> None:
 
     charging = world.services.charging
-    charging.reboot_stop_grace_s = 0.0
+    charging.reboot_checks.grace_s = 0.0
     lost, _ = await charging.start_transaction(CP, 1, "TAG-1", 0, T0)
     await charging.meter_values(CP, 1, lost, register(2000, 600))
     # Available without a reboot says nothing about the transaction: it stays open.
     await charging.status_notification(CP, 1, "Available", "NoError",
                                        timestamp=T0 + timedelta(minutes=20))
-    await charging.reboot_checks_done()
+    await charging.reboot_checks.done()
     assert (await world.session(lost)).state is d.SessionState.ACTIVE
     await booted_later(charging)
     await charging.status_notification(CP, 2, "Available", "NoError")  # another connector
-    await charging.reboot_checks_done()
+    await charging.reboot_checks.done()
     assert (await world.session(lost)).state is d.SessionState.ACTIVE
     await charging.status_notification(CP, 1, "Available", "NoError")
-    await charging.reboot_checks_done()
+    await charging.reboot_checks.done()
     ended = await world.session(lost)
     assert (ended.state, ended.stop_reason, ended.energy_wh) == (
         d.SessionState.COMPLETED, "Other", 2000)
@@ -344,7 +345,7 @@ async def test_a_stop_queued_through_a_reboot_still_bills_its_meter_stop(
     The grace lets it close the session (a close at Available lost half the energy)."""
 
     charging = world.services.charging
-    charging.reboot_stop_grace_s = 30.0  # longer than this test: the stop comes first
+    charging.reboot_checks.grace_s = 30.0  # longer than this test: the stop comes first
     tx, _ = await charging.start_transaction(CP, 1, "TAG-1", 0, T0)
     await charging.meter_values(CP, 1, tx, register(5000, 600))
     await booted_later(charging)
@@ -353,7 +354,7 @@ async def test_a_stop_queued_through_a_reboot_still_bills_its_meter_stop(
                                     reason="PowerLoss")
     stopped = await world.session(tx)
     assert (stopped.energy_wh, stopped.stop_reason) == (10_000, "PowerLoss")
-    charging.stop_reboot_checks()  # what the grace would find: nothing open any more
+    charging.reboot_checks.stop()  # what the grace would find: nothing open any more
 
 
 async def test_a_start_on_a_plug_not_yet_known_registers_it(world: World) -> None:
@@ -434,9 +435,9 @@ async def test_a_restart_of_the_service_does_not_forget_the_reboot(world: World)
     await booted_later(charging)
     restarted = Services(ServiceContext(store=world.store, policy=Policy(),
                                         hasher=FastHasher())).charging
-    restarted.reboot_stop_grace_s = 0.0
+    restarted.reboot_checks.grace_s = 0.0
     await restarted.status_notification(CP, 1, "Available", "NoError")
-    await restarted.reboot_checks_done()
+    await restarted.reboot_checks.done()
     assert (await world.session(lost)).state is d.SessionState.COMPLETED
 
 
@@ -499,12 +500,12 @@ async def test_a_session_begun_after_the_reboot_on_a_clock_behind_ours_stays_ope
     from domain.services.charging import BootInfo
 
     charging = world.services.charging
-    charging.reboot_stop_grace_s = 0.0
+    charging.reboot_checks.grace_s = 0.0
     await charging.boot(CP, BootInfo(vendor="V", model="M"))
     behind = datetime.now(UTC) - timedelta(minutes=10)
     await charging.status_notification(CP, 1, "Available", "NoError", timestamp=behind)
     live, _ = await charging.start_transaction(CP, 1, "TAG-1", 0, behind)
-    await charging.reboot_checks_done()
+    await charging.reboot_checks.done()
     assert (await world.session(live)).state is d.SessionState.ACTIVE
 
 
@@ -514,11 +515,11 @@ async def test_a_second_reboot_gives_its_stop_the_whole_grace(world: World) -> N
     from domain.services.charging import BootInfo
 
     charging = world.services.charging
-    charging.reboot_stop_grace_s = 30.0
+    charging.reboot_checks.grace_s = 30.0
     await charging.boot(CP, BootInfo(vendor="V", model="M"))
     await charging.status_notification(CP, 1, "Available", "NoError")  # check for boot 1
     tx, _ = await charging.start_transaction(CP, 1, "TAG-1", 0, datetime.now(UTC))
-    first = charging._reboot_checks[(CP, 1)][1]
+    first = charging.reboot_checks.pending[(CP, 1)][1]
     charging.ctx.clock = lambda: datetime.now(UTC) + timedelta(seconds=1)
     await charging.boot(CP, BootInfo(vendor="V", model="M"))  # power loss, boot 2
     await charging.status_notification(CP, 1, "Available", "NoError")
@@ -526,7 +527,7 @@ async def test_a_second_reboot_gives_its_stop_the_whole_grace(world: World) -> N
     assert first.cancelled() or first.cancelling()  # boot 1's check gave way
     await charging.stop_transaction(CP, tx, 9000, datetime.now(UTC), reason="PowerLoss")
     assert (await world.session(tx)).stop_reason == "PowerLoss"
-    charging.stop_reboot_checks()
+    charging.reboot_checks.stop()
 
 
 async def test_one_card_started_on_two_connectors_at_once_is_refused_once(

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-import domain.services.charging as charging_module
+import domain.services.charger_cache as cache_module
 from domain import entities as d
 from domain.clock import utcnow
 from domain.errors import ValidationError
@@ -23,7 +23,9 @@ from domain.events import EventsDropped
 from domain.policy import SYSTEM, Policy
 from domain.query import Eq
 from domain.services import ConnectorSpec, ServiceContext, Services
-from domain.services.charging import CACHE_TTL_S, BootInfo, MeterReading, SampledValue
+from domain.services.charger_cache import CACHE_TTL_S
+from domain.services.charging import BootInfo
+from domain.services.metering import MeterReading, SampledValue
 from pubsub.memory import MemoryEventBus
 from store.sqlite import SqliteStore
 from tests.helpers import FastHasher
@@ -51,7 +53,7 @@ class FakeMonotonic:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> FakeMonotonic:
     fake = FakeMonotonic()
-    monkeypatch.setattr(charging_module, "time", types.SimpleNamespace(
+    monkeypatch.setattr(cache_module, "time", types.SimpleNamespace(
         monotonic=fake.monotonic))
     return fake
 
@@ -65,7 +67,7 @@ async def _instances(path: Path, bus: MemoryEventBus | None) -> AsyncIterator[In
     follower = None
     if bus is not None:
         follower = asyncio.create_task(a.charging.follow(
-            bus.subscribe(charging_module.ChargingService.CACHED_TOPICS)))
+            bus.subscribe(cache_module.CACHED_TOPICS)))
     try:
         companies = [await b.accounts.create_company(SYSTEM, name=name)
                      for name in ("Volt GmbH", "Other AG")]
@@ -222,5 +224,5 @@ async def test_events_lost_drop_everything_cached(alone: Instances) -> None:
     """An interrupted bus (Redis away) may have lost any of those announcements."""
     assert await boot(alone.a) is d.Registration.ACCEPTED
     await reject_on_b(alone)
-    alone.a.charging.drop_cached(EventsDropped(0, interrupted=True))
+    alone.a.charging.cache.drop(EventsDropped(0, interrupted=True))
     assert await boot(alone.a) is d.Registration.REJECTED

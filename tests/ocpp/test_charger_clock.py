@@ -82,7 +82,7 @@ async def test_a_status_stamped_far_in_the_future_does_not_freeze_the_connector(
     assert_contiguous(rows)
     assert all(r.start <= horizon and (r.end is None or r.end <= horizon) for r in rows)
     assert (rows[-1].status, rows[-1].online) == (d.ConnectorStatus.CHARGING, False)
-    assert central.services.charging.charger_now("CP-1") <= horizon
+    assert central.services.charging.clocks.charger_now("CP-1") <= horizon
     # The history keeps the report as the charger stamped it.
     events = await central.store.find_all(d.StatusEvent, Eq("cp_id", "CP-1"))
     assert [e.at.year for e in events if e.status is d.ConnectorStatus.PREPARING] == [2150]

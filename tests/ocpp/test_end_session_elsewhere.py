@@ -11,7 +11,7 @@ from domain.clock import utcnow
 from domain.policy import SYSTEM, Policy
 from domain.query import Eq
 from domain.services import ConnectorSpec, ServiceContext, Services
-from domain.services.charging import MeterReading, SampledValue
+from domain.services.metering import MeterReading, SampledValue
 from store.sqlite import SqliteStore
 from tests.helpers import FastHasher
 

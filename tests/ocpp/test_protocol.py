@@ -294,7 +294,7 @@ async def test_bad_frames_get_callerror_and_connection_stays(central: Central) -
     for kind in (d.Session, d.MeterSample, d.StatusEvent):
         assert await central.store.count(kind, Eq("cp_id", "CP-1")) == 0, kind
     # Nor did they move the charger's clock (what timestamps of later reports go by).
-    assert central.services.charging.charger_now("CP-1").year < 2200
+    assert central.services.charging.clocks.charger_now("CP-1").year < 2200
 
 
 async def test_sane_edge_values_are_kept(central: Central) -> None:

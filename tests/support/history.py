@@ -12,7 +12,7 @@ from domain import entities as d
 from domain.policy import SYSTEM, Policy, Viewer
 from domain.ports import Store
 from domain.services import ConnectorSpec, ServiceContext, Services
-from domain.services.charging import MeterReading, SampledValue
+from domain.services.metering import MeterReading, SampledValue
 from tests.helpers import FastHasher
 
 H = 3600.0

@@ -1,0 +1,52 @@
+"""Chargers' clocks, as their timestamps show them: which timestamps can be believed, and
+what "now" is on a charger's clock for state changes that carry no time of their own."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+#: How far ahead of our clock a charger's timestamp may be and still be believed as its
+#: clock (network delay, drift between NTP syncs). Beyond it the timestamp is a glitch.
+MAX_CLOCK_AHEAD = timedelta(minutes=5)
+
+
+class ChargerClocks:
+    def __init__(self, now: Callable[[], datetime]) -> None:
+        self.now = now
+        # cp_id → (newest charger timestamp seen, our time then).
+        self._seen: dict[str, tuple[datetime, datetime]] = {}
+
+    def believable(self, charger_time: datetime, now: datetime | None = None) -> bool:
+        """Whether a charger's timestamp can be its clock: not more than
+        ``MAX_CLOCK_AHEAD`` ahead of ours. A clock may be behind ours by any amount (never
+        set, a queue flushed after an outage, a test replaying history), and a jump
+        forward towards ours is what a corrected clock looks like, so the charger's
+        tracked offset cannot bound it; but nothing real is stamped in our future. One
+        such glitch (2150) believed would freeze the connector's state, since every
+        later report would look older, and carry every later interval there with the
+        tracked clock. The price: a charger whose clock runs hours ahead has its status
+        reports placed at their arrival, on our clock."""
+        return charger_time <= (now or self.now()) + MAX_CLOCK_AHEAD
+
+    def observe(self, cp_id: str, charger_time: datetime) -> bool:
+        """Track the charger's clock from its newest believable timestamps. Older ones (a
+        queue flushed after an outage) say nothing about its clock now and are ignored.
+        True for the first believable timestamp of this charger since the service
+        started."""
+        now = self.now()
+        if not self.believable(charger_time, now):
+            return False
+        seen = self._seen.get(cp_id)
+        if seen is None or charger_time >= seen[0]:
+            self._seen[cp_id] = (charger_time, now)
+        return seen is None
+
+    def charger_now(self, cp_id: str) -> datetime:
+        """The current instant on the charger's clock (our clock until it sent a
+        timestamp). Connector state intervals live on the charger's timeline, so that a
+        (dis)connect falls between the status reports around it even when the charger's
+        clock is off (or a test replays history)."""
+        seen = self._seen.get(cp_id)
+        now = self.now()
+        return now if seen is None else seen[0] + (now - seen[1])
