@@ -6,6 +6,7 @@ service reads and writes the store around them."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
@@ -19,6 +20,10 @@ from domain.services.base import charger, patch, stamp_new
 
 ENERGY_REGISTER = "Energy.Active.Import.Register"
 POWER = "Power.Active.Import"
+#: The phases whose readings add up to a total (per line, to neutral or unspecified).
+#: Line-to-line and neutral readings do not.
+LINE_OF_PHASE = {"L1": "L1", "L2": "L2", "L3": "L3",
+                 "L1-N": "L1", "L2-N": "L2", "L3-N": "L3"}
 
 
 #: The most power a connector of unknown rating is believed to deliver (megawatt charging
@@ -91,14 +96,15 @@ def added_wh(samples: list[MeterSample]) -> int:
 def samples_of(station: Station, connector_id: int, transaction_id: int | None,
                session: Session | None, readings: list[MeterReading],
                rated_kw: float = MAX_BELIEVABLE_KW) -> list[MeterSample]:
-    """Every numeric sample; for an active session's total energy register also the
-    Wh it adds to the session (``delta_wh``), counted from the highest register so far
+    """Every numeric sample; for an active session's total energy register (or, from a
+    charger that meters per phase only, the sum of its lines') also the Wh it adds to
+    the session (``delta_wh``), counted from the highest register so far
     (``meter_start_wh + energy_wh``), so energy per period is a plain sum in the store.
     A reading at or below it (late, or a register that went back) adds nothing; nor
     does one no meter could show: above what the connector (``rated_kw``) could have
     delivered since the start, both on the charger's clock (one running ahead of ours
     still meters live)."""
-    samples = []
+    samples: list[MeterSample] = []
     actor = charger(station.cp_id)
     running = None
     if session is not None and session.state is SessionState.ACTIVE:
@@ -108,19 +114,26 @@ def samples_of(station: Station, connector_id: int, transaction_id: int | None,
         at = v.instant(as_utc(reading.timestamp), "meterValue.timestamp")
         sample_id = stable_ids(at, station.cp_id, connector_id, transaction_id,
                                at.isoformat())
+        total_seen = False
+        lines: dict[str, tuple[float, int]] = {}  # line → (its register in Wh, its sample)
         for sv in reading.values:
             value = reading_number(sv)
             if value is None:
                 continue  # SignedData and other non-numeric formats: not a number
             measurand = sv.measurand or ENERGY_REGISTER
             delta_wh = None
-            if running is not None and measurand == ENERGY_REGISTER and sv.phase is None \
+            if running is not None and measurand == ENERGY_REGISTER \
                     and sv.location in (None, "Outlet"):
-                wh = round(to_wh(value, sv.unit))
-                assert session is not None and running is not None
-                if believable_register(session, wh, at, rated_kw):
-                    delta_wh = max(wh - running, 0)
-                    running = max(running, wh)
+                assert session is not None
+                if sv.phase is None:
+                    total_seen = True
+                    wh = round(to_wh(value, sv.unit))
+                    if believable_register(session, wh, at, rated_kw):
+                        delta_wh = max(wh - running, 0)
+                        running = max(running, wh)
+                elif sv.phase in LINE_OF_PHASE:
+                    lines.setdefault(LINE_OF_PHASE[sv.phase],
+                                     (to_wh(value, sv.unit), len(samples)))
             # Stamped here rather than by stamp_new: the defaults would each read the
             # clock only to be overwritten (three samples per frame add up).
             samples.append(MeterSample(
@@ -137,6 +150,17 @@ def samples_of(station: Station, connector_id: int, transaction_id: int | None,
                 phase=sv.phase, context=sv.context, transaction_id=transaction_id,
                 delta_wh=delta_wh, station_id=station.id,
             ))
+        if lines and not total_seen and running is not None:
+            # A charger that meters per phase only: its total register is the sum of
+            # its lines' (without it, the session metered nothing live and all its
+            # energy landed at the stop). The increment goes on the reading's last
+            # line sample, so energy per period stays a plain sum of increments.
+            assert session is not None
+            wh = round(sum(line_wh for line_wh, _ in lines.values()))
+            if believable_register(session, wh, at, rated_kw) and wh > running:
+                last = max(index for _, index in lines.values())
+                samples[last] = replace(samples[last], delta_wh=wh - running)
+                running = wh
     return samples
 
 
@@ -163,12 +187,29 @@ def closing_sample(station: Station, session: Session, samples: list[MeterSample
     return stamp_new(sample, charger(station.cp_id), end)
 
 
+def reading_power(reading: MeterReading) -> float | None:
+    """The reading's total active power in W: its total, else (a charger that meters per
+    phase only) the sum of its lines'; ``None`` when it has neither."""
+    lines: dict[str, float] = {}
+    for sv in reading.values:
+        if sv.measurand != POWER or sv.location not in (None, "Outlet"):
+            continue
+        value = reading_number(sv)
+        if value is None:
+            continue
+        if sv.phase is None:
+            return to_w(value, sv.unit)
+        if sv.phase in LINE_OF_PHASE:
+            lines.setdefault(LINE_OF_PHASE[sv.phase], to_w(value, sv.unit))
+    return sum(lines.values()) if lines else None
+
+
 def live_patch(session: Session, readings: list[MeterReading], added: int,
                actor: Viewer, believable: Callable[[datetime], bool]) -> Update | None:
     """Live energy grows by what the frame's samples add (``added``, their
     ``delta_wh``): never from the newest reading alone, which a late or lower one would
     take back, and always equal to the sum of the session's increments. Power from
-    the newest total active power, unless the power shown is newer (a believable
+    the newest total active power (``reading_power``), unless the power shown is newer (a believable
     time: one stamped in our future by a glitching clock must not freeze it). ``None``
     when nothing changed."""
     power_at = session.power_at
@@ -176,15 +217,11 @@ def live_patch(session: Session, readings: list[MeterReading], added: int,
         power_at = None
     power = None
     for reading in readings:
-        for sv in reading.values:
-            if sv.measurand != POWER or sv.phase is not None \
-                    or sv.location not in (None, "Outlet"):
-                continue
-            value = reading_number(sv)
-            # Only a reading newer than the power shown: a frame flushed late (after
-            # an outage) must not put an old value over the current one.
-            if value is not None and (power_at is None or reading.timestamp >= power_at):
-                power_at, power = reading.timestamp, to_w(value, sv.unit)
+        value = reading_power(reading)
+        # Only a reading newer than the power shown: a frame flushed late (after an
+        # outage) must not put an old value over the current one.
+        if value is not None and (power_at is None or reading.timestamp >= power_at):
+            power_at, power = reading.timestamp, value
     updates: dict[str, Any] = {}
     if added:
         updates["energy_wh"] = session.energy_wh + added

@@ -464,6 +464,51 @@ async def test_end_session_racing_a_meter_value_bills_what_the_samples_add_up_to
 
 
 
+def per_phase(measurand: str, unit: str, seconds: int, *values: float,
+              phases: tuple[str, ...] = ("L1", "L2", "L3")) -> list[MeterReading]:
+    return [MeterReading(T0 + timedelta(seconds=seconds), tuple(
+        SampledValue(str(value), measurand, unit, phase)
+        for value, phase in zip(values, phases, strict=True)))]
+
+
+async def test_a_charger_metering_per_phase_only_meters_live_energy_and_power(
+        world: World) -> None:
+    """A charger that sends its registers and power per phase only (no total) metered
+    nothing live: its session showed 0 kWh and no power until the stop billed it all."""
+    charging = world.services.charging
+    tx, _ = await charging.start_transaction(CP, 1, "TAG-1", 3000, T0)
+    await charging.meter_values(CP, 1, tx, per_phase(
+        "Energy.Active.Import.Register", "Wh", 60, 1100, 1050, 1000))
+    await charging.meter_values(CP, 1, tx, [
+        *per_phase("Energy.Active.Import.Register", "kWh", 120, 1.3, 1.2, 1.1,
+                   phases=("L1-N", "L2-N", "L3-N")),
+        *per_phase("Power.Active.Import", "kW", 120, 3.6, 3.7, 3.5),
+    ])
+    live = await world.session(tx)
+    assert (live.energy_wh, live.power_w) == (600, 10_800)
+    assert await added_wh(world, tx) == 600
+    # Line-to-line and neutral readings are no part of a total.
+    await charging.meter_values(CP, 1, tx, per_phase(
+        "Energy.Active.Import.Register", "Wh", 180, 9000, 9000, 9000,
+        phases=("L1-L2", "L2-L3", "N")))
+    await charging.stop_transaction(CP, tx, 3700, T0 + timedelta(seconds=240))
+    assert (await world.session(tx)).energy_wh == await added_wh(world, tx) == 700
+
+
+async def test_a_total_register_beside_per_phase_ones_is_the_one_counted(
+        world: World) -> None:
+    charging = world.services.charging
+    tx, _ = await charging.start_transaction(CP, 1, "TAG-1", 0, T0)
+    await charging.meter_values(CP, 1, tx, [MeterReading(T0 + timedelta(seconds=60), (
+        SampledValue("500", "Energy.Active.Import.Register", "Wh"),
+        SampledValue("170", "Energy.Active.Import.Register", "Wh", "L1"),
+        SampledValue("160", "Energy.Active.Import.Register", "Wh", "L2"),
+        SampledValue("7", "Power.Active.Import", "kW"),
+        SampledValue("9", "Power.Active.Import", "kW", "L1")))])
+    live = await world.session(tx)
+    assert (live.energy_wh, live.power_w) == (500, 7000)
+
+
 async def test_a_meter_value_racing_end_session_adds_nothing_to_the_ended_session(
         world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     """endSession committed between a MeterValues frame's read of the session and its
