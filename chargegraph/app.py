@@ -33,7 +33,7 @@ from domain.ports import ChargerGateway, PasswordHasher, Store
 from domain.services import ServiceContext, Services
 from graph import TokenService, create_graphql_app
 from pubsub.command_relay import CommandRelay
-from pubsub.factory import check_event_bus_url, open_event_bus
+from pubsub.factory import check_channel_prefix, check_event_bus_url, open_event_bus
 
 if TYPE_CHECKING:  # imported when OCPP is enabled (an instance may serve only GraphQL)
     from ocpp_bridge.gateway import OcppGateway
@@ -92,6 +92,8 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
     check_database_url(settings.database_url)
     try:
         check_event_bus_url(settings.pubsub_url)
+        if settings.pubsub_prefix is not None:
+            check_channel_prefix(settings.pubsub_prefix)
     except ValueError as error:
         raise ConfigError(str(error)) from None
     # An instance that runs no OCPP server needs no certificate (GraphQL-only instances
@@ -106,7 +108,7 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
         async with AsyncExitStack() as stack:
             # Opening is inside `starting` too: making the SQLite file's folder can fail.
             store = await stack.enter_async_context(started_store(settings.database_url))
-            bus = open_event_bus(settings.pubsub_url)
+            bus = open_event_bus(settings.pubsub_url, prefix=settings.pubsub_prefix)
             with starting("the event bus"):
                 await bus.start()
             stack.push_async_callback(bus.close)

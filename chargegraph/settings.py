@@ -27,6 +27,12 @@ class Settings(BaseSettings):
                               description="sqlite:///relative.db, sqlite:////abs.db or "
                                           "mongodb://host/db")
     pubsub_url: str = Field("memory://", description="memory:// or redis://host:6379/0")
+    pubsub_prefix: str | None = Field(
+        None, description="Redis channel prefix of this deployment (all its instances "
+                          "use the same); default chargegraph: on database 0, "
+                          "chargegraph:<n>: on database n. Redis pub/sub ignores the "
+                          "database number: deployments sharing one Redis need "
+                          "different ones")
     host: str = "127.0.0.1"
     # 0 ("any free port") is refused too: the banner, the ready line and chargers need
     # the real port, and nothing passes 0 (tests pick a free port themselves).

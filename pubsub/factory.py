@@ -7,7 +7,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from pubsub.memory import DEFAULT_QUEUE_SIZE, EventStream, MemoryEventBus
-from pubsub.redis import RedisEventBus, redacted
+from pubsub.redis import CHANNEL_PREFIX, RedisEventBus, redacted
 
 REDIS_SCHEMES = ("redis", "rediss")
 
@@ -40,8 +40,32 @@ def check_event_bus_url(url: str) -> str:
                      "instance) or redis://host:6379/0 / rediss://… (several instances)")
 
 
-def open_event_bus(url: str, *, queue_size: int = DEFAULT_QUEUE_SIZE) -> ManagedEventBus:
-    """A new, not yet started bus: ``memory://`` or ``redis://…`` / ``rediss://…``."""
+def channel_prefix(url: str, prefix: str | None = None) -> str:
+    """The channel prefix of a deployment on the Redis at ``url``: ``prefix`` when set
+    (``CHARGEGRAPH_PUBSUB_PREFIX``), else one per database number. Redis pub/sub ignores
+    the database number, so two deployments given their own databases of one server
+    (staging on /1, production on /0) received each other's events and relayed
+    commands to each other's chargers. Database 0 keeps the historical prefix, so
+    instances of an existing deployment still talk to each other across an upgrade."""
+    if prefix is not None:
+        return check_channel_prefix(prefix)
+    database = urlsplit(url.strip()).path.strip("/")
+    return CHANNEL_PREFIX if database in ("", "0") else f"{CHANNEL_PREFIX}{database}:"
+
+
+def check_channel_prefix(prefix: str) -> str:
+    if not 0 < len(prefix) <= 64 or not prefix.isprintable() or any(c.isspace()
+                                                                     for c in prefix):
+        raise ValueError("the pubsub prefix must be 1 to 64 printable characters without "
+                         "spaces, e.g. chargegraph-staging:")
+    return prefix
+
+
+def open_event_bus(url: str, *, queue_size: int = DEFAULT_QUEUE_SIZE,
+                   prefix: str | None = None) -> ManagedEventBus:
+    """A new, not yet started bus: ``memory://`` or ``redis://…`` / ``rediss://…``
+    (its channels prefixed per deployment: ``channel_prefix``)."""
     if check_event_bus_url(url) == "memory":
         return MemoryEventBus(queue_size)
-    return RedisEventBus(url.strip(), queue_size=queue_size)
+    return RedisEventBus(url.strip(), queue_size=queue_size,
+                         channel_prefix=channel_prefix(url, prefix))

@@ -37,3 +37,22 @@ def test_the_error_does_not_show_a_password() -> None:
         check_event_bus_url("redis+sentinel://user:s3cret@host")
     assert "s3cret" not in str(info.value)
     assert "user:***@host" in str(info.value)
+
+
+@pytest.mark.parametrize(("url", "prefix", "expected"), [
+    ("redis://localhost:6379/0", None, "chargegraph:"),  # as before: upgrades still talk
+    ("redis://localhost:6379", None, "chargegraph:"),
+    ("redis://localhost:6379/3", None, "chargegraph:3:"),
+    ("rediss://:pw@host:6380/3", "staging:", "staging:"),
+])
+def test_each_deployment_gets_its_channel_prefix(url: str, prefix: str | None,
+                                                 expected: str) -> None:
+    bus = open_event_bus(url, prefix=prefix)
+    assert isinstance(bus, RedisEventBus)
+    assert bus.channel_prefix == expected
+
+
+@pytest.mark.parametrize("prefix", ["", "two words:", "x" * 65, "tab\t"])
+def test_a_bad_prefix_is_a_clear_value_error(prefix: str) -> None:
+    with pytest.raises(ValueError, match="pubsub prefix"):
+        open_event_bus("redis://localhost/0", prefix=prefix)

@@ -14,6 +14,7 @@ from redis.exceptions import RedisError
 
 from pubsub import EventsDropped
 from pubsub.codec import encode
+from pubsub.factory import open_event_bus
 from pubsub.redis import RedisEventBus
 from tests.helpers import free_port
 from tests.pubsub.samples import SAMPLES, connection, take
@@ -162,6 +163,30 @@ async def test_channel_prefixes_keep_deployments_apart(redis_server: RedisServer
     finally:
         await staging.close()
         await other.close()
+
+
+async def test_deployments_on_databases_of_one_redis_are_apart(
+        redis_server: RedisServer) -> None:
+    """Pub/sub ignores the database number: a staging deployment on /1 received the
+    production deployment's (/0) events, and relayed commands to its chargers."""
+    base = redis_server.url.rsplit("/", 1)[0]
+    buses = [open_event_bus(f"{base}/{db}") for db in (0, 1, 1)]
+    for bus in buses:
+        await bus.start()
+    try:
+        production, staging, staging_peer = (bus.subscribe(["fault"]) for bus in buses)
+        await buses[2].publish(SAMPLES[3])
+        assert await take(staging, 1) == [SAMPLES[3]]  # one deployment: still shared
+        assert await take(staging_peer, 1) == [SAMPLES[3]]
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(anext(production), 0.3)
+        await buses[0].publish(SAMPLES[3])
+        assert await take(production, 1) == [SAMPLES[3]]
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(anext(staging_peer), 0.3)
+    finally:
+        for bus in buses:
+            await bus.close()
 
 
 async def test_publish_before_start_is_a_clear_error() -> None:

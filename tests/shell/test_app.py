@@ -73,7 +73,8 @@ def test_graphiql_follows_settings(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("overrides", [{"jwt_secret": "short"},
                                        {"database_url": "postgres://db/x"},
-                                       {"pubsub_url": "kafka://broker:9092"}])
+                                       {"pubsub_url": "kafka://broker:9092"},
+                                       {"pubsub_url": "redis://r/0", "pubsub_prefix": "a b"}])
 def test_bad_configuration_fails_before_serving(tmp_path: Path,
                                                 overrides: dict[str, str]) -> None:
     with pytest.raises(ConfigError):
@@ -103,7 +104,7 @@ async def test_an_unreachable_redis_fails_start_up_with_one_line(
     from tests.helpers import free_port
 
     monkeypatch.setattr(chargegraph.app, "open_event_bus",
-                        lambda url: RedisEventBus(url, start_timeout=0.3))
+                        lambda url, **_: RedisEventBus(url, start_timeout=0.3))
     url = f"redis://user:hunter2@127.0.0.1:{free_port()}/0"
     app = create_app(settings_for(tmp_path, pubsub_url=url), hasher=Argon2Hasher.fast())
     [failed] = await startup_messages(app)
@@ -117,7 +118,7 @@ async def test_a_bug_at_start_up_keeps_its_traceback(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import chargegraph.app
 
-    def broken(url: str) -> object:
+    def broken(url: str, **_: object) -> object:
         raise KeyError("a bug")
 
     monkeypatch.setattr(chargegraph.app, "open_event_bus", broken)
