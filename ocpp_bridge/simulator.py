@@ -14,6 +14,7 @@ import logging
 import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 from ocpp.routing import after, on
@@ -168,18 +169,39 @@ class SimulatedChargePoint(ChargePoint):
 
     async def charge(self, connector_id: int, id_tag: str, *, duration_s: float,
                      step_s: float | None = None, power_w: float | None = None) -> int:
-        """A whole session: start, meter values every ``step_s`` for ``duration_s``, stop."""
-        transaction_id, _ = await self.start_transaction(connector_id, id_tag)
+        """A whole session: start, meter values every ``step_s`` for ``duration_s``, stop.
+        A start the central system does not accept (ConcurrentTx, Blocked, …) is stopped
+        at once, as chargers do (``StopTransactionOnInvalidId``)."""
+        transaction_id, status = await self.start_transaction(connector_id, id_tag)
+        if status != "Accepted":
+            await self.stop_transaction(connector_id, "DeAuthorized")
+            return transaction_id
         state = self.connectors[connector_id]
         state.power_w = power_w or self.config.max_power_w * random.uniform(0.6, 1.0)
         step = step_s or self.config.meter_interval_s
         elapsed = 0.0
-        while elapsed < duration_s:
+        while elapsed < duration_s and state.transaction_id == transaction_id:
             await asyncio.sleep(step)
             elapsed += step
+            if state.transaction_id != transaction_id:
+                break  # stopped meanwhile (remotely, by a reset)
             await self.meter_values(connector_id, step)
-        await self.stop_transaction(connector_id)
+        if state.transaction_id == transaction_id:
+            await self.stop_transaction(connector_id)
         return transaction_id
+
+    async def meter_until_stopped(self, connector_id: int, transaction_id: int) -> None:
+        """Meter values every ``meter_interval_s`` while the transaction runs (one started
+        remotely ends by a remote stop, or when the car is full: then it draws nothing)."""
+        state = self.connectors[connector_id]
+        step = self.config.meter_interval_s
+        while True:
+            await asyncio.sleep(step)
+            if state.transaction_id != transaction_id:
+                return
+            if state.soc >= 100.0:
+                state.power_w = 0.0
+            await self.meter_values(connector_id, step)
 
     def _later(self, coro: Any) -> None:
         """Run a follow-up message after answering: never call the central system from
@@ -209,8 +231,12 @@ class SimulatedChargePoint(ChargePoint):
         target = self._remote_target
         if target is not None and self.connectors[target].transaction_id is None:
             self._remote_target = None
-            await self.start_transaction(target, id_tag)
+            transaction_id, status = await self.start_transaction(target, id_tag)
+            if status != "Accepted":
+                await self.stop_transaction(target, "DeAuthorized")
+                return
             self.connectors[target].power_w = self.config.max_power_w * 0.8
+            self._later(self.meter_until_stopped(target, transaction_id))
 
     @on(Action.remote_stop_transaction)
     def on_remote_stop(self, transaction_id: int) -> result.RemoteStopTransaction:
@@ -469,6 +495,8 @@ class FleetPlan:
     session_every_s: tuple[float, float] = (20.0, 90.0)
     session_length_s: tuple[float, float] = (30.0, 180.0)
     meter_interval_s: float = 10.0
+    #: The cards charging now, across the plan's stations.
+    charging: set[str] = field(default_factory=set)
 
 
 async def run_station(plan: FleetPlan, cp_id: str, stop: asyncio.Event) -> None:
@@ -501,15 +529,23 @@ async def _station_life(cp: SimulatedChargePoint, plan: FleetPlan, stop: asyncio
             next_beat += cp.heartbeat_interval
         free = [i for i, c in cp.connectors.items()
                 if c.transaction_id is None and c.status == "Available"]
-        if plan.id_tags and free:
+        # A card charges one car at a time: the fleet's drivers wait for theirs.
+        cards = [tag for tag in plan.id_tags if tag not in plan.charging]
+        if cards and free:
+            tag = random.choice(cards)
+            plan.charging.add(tag)
             task = asyncio.create_task(cp.charge(
-                random.choice(free), random.choice(plan.id_tags),
-                duration_s=random.uniform(*plan.session_length_s),
+                random.choice(free), tag, duration_s=random.uniform(*plan.session_length_s),
                 step_s=plan.meter_interval_s))
             sessions.add(task)
             task.add_done_callback(sessions.discard)
+            task.add_done_callback(partial(_card_free, plan, tag))
     for task in sessions:
         task.cancel()
+
+
+def _card_free(plan: FleetPlan, tag: str, _: object) -> None:
+    plan.charging.discard(tag)
 
 
 async def run_fleet(plan: FleetPlan, stop: asyncio.Event) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from argon2 import PasswordHasher as _Argon2
@@ -42,3 +43,13 @@ async def until_started(server: Any) -> None:
             return
         await asyncio.sleep(0.025)
     raise AssertionError("uvicorn did not start")
+
+
+async def until(condition: Callable[[], Awaitable[Any]], attempts: int = 500,
+                step: float = 0.01) -> None:
+    """Waits (bounded: ``attempts`` × ``step`` seconds) until ``condition()`` holds."""
+    for _ in range(attempts):
+        if await condition():
+            return
+        await asyncio.sleep(step)
+    raise AssertionError("condition never held")

@@ -24,7 +24,7 @@ from ocpp_bridge.server import OcppServer
 from ocpp_bridge.simulator import connected
 from pubsub.memory import MemoryEventBus
 from store.sqlite import SqliteStore
-from tests.helpers import FastHasher
+from tests.helpers import FastHasher, until
 
 
 @dataclass
@@ -78,14 +78,6 @@ async def station(at: Instance) -> d.Station:
     found = await at.store.find_one(d.Station, Eq("cp_id", "CP-1"))
     assert found is not None
     return found
-
-
-async def until(condition: Callable[[], Any], attempts: int = 500) -> None:
-    for _ in range(attempts):
-        if await condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition never held")
 
 
 def is_open(cp: Any) -> bool:

@@ -22,6 +22,7 @@ from ocpp_bridge.gateway import OcppGateway
 from ocpp_bridge.server import OcppServer
 from ocpp_bridge.simulator import connected
 from pubsub.memory import MemoryEventBus
+from tests.helpers import until
 from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
 
 
@@ -51,14 +52,6 @@ async def online(central: Central) -> bool:
     station = await central.store.find_one(d.Station, Eq("cp_id", "CP-1"))
     assert station is not None
     return station.online
-
-
-async def until(condition: object, attempts: int = 200) -> None:
-    for _ in range(attempts):
-        if await condition():  # type: ignore[operator]
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition never held")
 
 
 async def test_an_instance_starting_leaves_chargers_of_the_others_online(
