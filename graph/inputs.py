@@ -70,6 +70,11 @@ class RemoveVehicleInput:
 
 
 @strawberry.input
+class RemoveIdTagInput:
+    id: strawberry.ID
+
+
+@strawberry.input
 class RemoveStationInput:
     id: strawberry.ID
 

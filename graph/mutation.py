@@ -30,6 +30,7 @@ from graph.inputs import (
     IssueIdTagInput,
     RefundPaymentInput,
     RemoveConnectorInput,
+    RemoveIdTagInput,
     RemoveStationInput,
     RemoveVehicleInput,
     SetTariffInput,
@@ -310,6 +311,19 @@ class Mutation(CommandMutation):
                 vehicle_id=_opt_id(input.vehicle_id, "vehicle", "vehicleId"),
                 expires_at=given(input.expires_at),
             )
+
+        id_tag, errors = await attempt(ctx, run)
+        return IdTagPayload(id_tag=IdTag.wrap(id_tag, ctx) if id_tag else None, errors=errors)
+
+    @strawberry.mutation(description="Removes a card (its sessions keep the tag they were "
+                                     "charged with); not while it charges or holds a "
+                                     "reservation (IN_USE). Returns it as it was.")
+    async def remove_id_tag(self, info: Info, input: RemoveIdTagInput) -> IdTagPayload:
+        ctx = _ctx(info)
+
+        async def run() -> Any:
+            return await ctx.services.fleet.remove_id_tag(
+                ctx.viewer, expect_id(str(input.id), "id_tag", "id"))
 
         id_tag, errors = await attempt(ctx, run)
         return IdTagPayload(id_tag=IdTag.wrap(id_tag, ctx) if id_tag else None, errors=errors)

@@ -8,11 +8,20 @@ from typing import Any, cast
 
 from domain import validation as v
 from domain.clock import utcnow
-from domain.entities import IdTag, IdTagStatus, Session, SessionState, User, Vehicle
+from domain.entities import (
+    LIVE_RESERVATION_STATES,
+    IdTag,
+    IdTagStatus,
+    Reservation,
+    Session,
+    SessionState,
+    User,
+    Vehicle,
+)
 from domain.errors import Conflict, Forbidden, ValidationError
 from domain.policy import Viewer
 from domain.ports import Delete, Insert
-from domain.query import Eq, all_of
+from domain.query import Eq, In, all_of
 from domain.services.base import UNSET, Service, patch, stamp_new
 
 
@@ -143,7 +152,10 @@ class FleetService(Service):
                 # now (a no-op rewrite once made the block look like the driver's own).
                 raise Forbidden("your operator blocked this card: ask them about it",
                                 field="id")
-            if status not in (UNSET, IdTagStatus.BLOCKED, id_tag.status):
+            # A card they blocked themselves (they found it again) they may unblock.
+            own_block = id_tag.status is IdTagStatus.BLOCKED and id_tag.blocked_by == owner.id
+            if status not in (UNSET, IdTagStatus.BLOCKED, id_tag.status) \
+                    and not (own_block and status is IdTagStatus.ACCEPTED):
                 raise Forbidden("only operators and admins unblock or re-validate id tags",
                                 field="status")
             if expires_at is not UNSET and expires_at != id_tag.expires_at:
@@ -172,6 +184,29 @@ class FleetService(Service):
         updated = cast(IdTag, update.record)
         await self.commit(viewer, [(update, id_tag)])
         return updated
+
+    async def remove_id_tag(self, viewer: Viewer, id_tag_id: str) -> IdTag:
+        """Removes a card (mistyped, lost for good, replaced). Its sessions keep the tag
+        as it was charged with (history); the tag may be issued again. Not while it is
+        charging or holds a reservation; and a driver cannot remove a card their
+        operator blocked (issuing a new one would then get round the block)."""
+        id_tag = await self.visible(viewer, IdTag, id_tag_id)
+        owner = await self.visible(viewer, User, id_tag.user_id)
+        if not self.policy.may_act_for_user(viewer, owner):
+            raise Forbidden("you may not change this id tag")
+        if not self.policy.may_manage_user(viewer, owner) and blocked_by_others(id_tag, owner):
+            raise Forbidden("your operator blocked this card: ask them about it", field="id")
+        charging = await self.store.find_one(Session, all_of(
+            Eq("id_tag", id_tag.tag), Eq("state", SessionState.ACTIVE)))
+        if charging is not None:
+            raise Conflict("the card is charging right now", field="id", code="IN_USE")
+        held = await self.store.find_all(Reservation, all_of(
+            Eq("id_tag", id_tag.tag), In("state", LIVE_RESERVATION_STATES)), limit=100)
+        if any(r.state_at(self.now()) in LIVE_RESERVATION_STATES for r in held):
+            raise Conflict("the card holds a reservation: cancel it first", field="id",
+                           code="IN_USE")
+        await self.commit(viewer, [(Delete(id_tag), id_tag)])
+        return id_tag
 
     async def _vehicle_of(self, viewer: Viewer, owner: User, vehicle_id: str) -> Vehicle:
         vehicle = await self.visible(viewer, Vehicle, vehicle_id, field="vehicleId")

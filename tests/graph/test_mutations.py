@@ -251,12 +251,13 @@ async def test_id_tags(api: Api, world: World) -> None:
     blocked = await call(api, world, "driver1", "updateIdTag",
                          {"id": issued["idTag"]["id"], "status": "BLOCKED"}, "idTag { status }")
     assert blocked["idTag"] == {"status": "BLOCKED"}
-    # A driver cannot lift the block or move the expiry; an operator of the company or an
-    # admin can.
+    # A driver lifts a block of their own (the card turned up again), but does not move
+    # the expiry; an operator of the company or an admin does.
     tag = issued["idTag"]["id"]
     assert codes(await call(api, world, "driver1", "updateIdTag",
-                            {"id": tag, "status": "ACCEPTED"}, "idTag { id }")
-                 ) == [("status", "FORBIDDEN")]
+                            {"id": tag, "status": "ACCEPTED"}, "idTag { id }")) == []
+    assert codes(await call(api, world, "driver1", "updateIdTag",
+                            {"id": tag, "status": "BLOCKED"}, "idTag { id }")) == []
     assert codes(await call(api, world, "driver1", "updateIdTag",
                             {"id": tag, "expiresAt": "2030-01-01T00:00:00Z"}, "idTag { id }")
                  ) == [("expiresAt", "FORBIDDEN")]
@@ -328,6 +329,47 @@ async def test_a_driver_cannot_issue_a_card_around_an_operators_block(api: Api,
                          as_user=world.users["driver1"].id)
     assert {n["tag"] for n in tags["idTags"]["nodes"]} >= {"REPLACEMENT-1", "GRANTED-1"}
     assert "AROUND-1" not in {n["tag"] for n in tags["idTags"]["nodes"]}
+
+
+async def test_a_driver_lifts_only_their_own_block(api: Api, world: World) -> None:
+    own = gid("id_tag", world.tags["driver1"].id)
+    assert codes(await call(api, world, "admin", "updateIdTag",
+                            {"id": own, "status": "BLOCKED"}, "idTag { id }")) == []
+    assert codes(await call(api, world, "driver1", "updateIdTag",
+                            {"id": own, "status": "ACCEPTED"}, "idTag { id }")
+                 ) == [("id", "FORBIDDEN")]
+
+
+async def test_cards_are_removed_but_not_while_they_charge_or_around_a_block(
+        api: Api, world: World) -> None:
+    selection = "idTag { tag }"
+    charging = gid("id_tag", world.tags["driver1"].id)  # in session s1, ACTIVE
+    assert codes(await call(api, world, "driver1", "removeIdTag", {"id": charging},
+                            selection)) == [("id", "IN_USE")]
+    spare = await call(api, world, "driver1", "issueIdTag", {"tag": "SPARE-1"},
+                       "idTag { id }")
+    spare_id = spare["idTag"]["id"]
+    # Another company's operator does not see the card; a driver not someone else's.
+    for who in ("op_b", "driver2"):
+        assert codes(await call(api, world, who, "removeIdTag", {"id": spare_id},
+                                selection)) == [("id", "NOT_FOUND")], who
+    assert codes(await call(api, world, "admin", "updateIdTag",
+                            {"id": spare_id, "status": "BLOCKED"}, "idTag { id }")) == []
+    assert codes(await call(api, world, "driver1", "removeIdTag", {"id": spare_id},
+                            selection)) == [("id", "FORBIDDEN")]
+    removed = await call(api, world, "admin", "removeIdTag", {"id": spare_id}, selection)
+    assert removed == {"idTag": {"tag": "SPARE-1"}, "errors": []}
+    tags = await api.gql("{ idTags(first: 20) { nodes { tag } } }",
+                         as_user=world.users["driver1"].id)
+    assert "SPARE-1" not in {n["tag"] for n in tags["idTags"]["nodes"]}
+    # The tag is free again, and the audit log keeps what was removed.
+    assert codes(await call(api, world, "driver2", "issueIdTag", {"tag": "SPARE-1"},
+                            "idTag { id }")) == []
+    audit = await api.gql('{ auditLog(first: 5, filter: {action: DELETE}) '
+                          '{ nodes { entity before } } }',
+                          as_user=world.users["admin"].id)
+    assert any(n["entity"] == "id_tag" and n["before"]["tag"] == "SPARE-1"
+               for n in audit["auditLog"]["nodes"])
 
 
 STATION_INPUT: dict[str, Any] = {
