@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 
-from chargegraph import housekeeping
+from chargegraph import __version__, housekeeping
 from chargegraph.cors import cross_origin
 from chargegraph.cors import methods as cors_methods
 from chargegraph.errors import ConfigError
@@ -185,11 +185,12 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
             problem = "the store is not open" if store is None else await store.health()
         except Exception:
             problem = "the store does not answer"
+        # The version: which build a load balancer's instance runs (rolling upgrades).
         if problem is None:
-            return JSONResponse({"status": "ok", "store": "ok"})
+            return JSONResponse({"status": "ok", "store": "ok", "version": __version__})
         # The reason tells an operator what to fix (a full disk, a deleted database file).
         return JSONResponse({"status": "unavailable", "store": "unavailable",
-                             "reason": problem}, status_code=503)
+                             "reason": problem, "version": __version__}, status_code=503)
 
     async def home(request: Request) -> Response:
         return RedirectResponse("/graphql")

@@ -18,7 +18,7 @@ import typer
 import uvicorn
 from pydantic import ValidationError
 
-from chargegraph import logs
+from chargegraph import __version__, logs
 from chargegraph.errors import ConfigError
 from chargegraph.listening import listening_sockets
 from chargegraph.runtime import tune_garbage_collector
@@ -31,6 +31,19 @@ if TYPE_CHECKING:
 
 app = typer.Typer(help="ChargeGraph: an EV charging backend (OCPP 1.6J + GraphQL).",
                   no_args_is_help=True, add_completion=False)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"chargegraph {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: Annotated[bool, typer.Option(
+        "--version", help="Print the version and exit.", callback=_show_version,
+        is_eager=True)] = False) -> None:
+    """ChargeGraph: an EV charging backend (OCPP 1.6J + GraphQL)."""
 
 
 class RoleName(StrEnum):

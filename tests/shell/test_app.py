@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
+from chargegraph import __version__
 from chargegraph.app import create_app
 from chargegraph.errors import ConfigError
 from chargegraph.security import Argon2Hasher
@@ -24,7 +25,8 @@ def test_healthz_and_graphql_through_the_app(tmp_path: Path) -> None:
     app = create_app(settings_for(tmp_path), hasher=Argon2Hasher.fast())
     with TestClient(app) as client:
         health = client.get("/healthz")
-        assert health.status_code == 200 and health.json() == {"status": "ok", "store": "ok"}
+        assert health.status_code == 200
+        assert health.json() == {"status": "ok", "store": "ok", "version": __version__}
         answer = client.post("/graphql", json={"query": "{ __typename }"})
         assert answer.status_code == 200
         assert answer.json() == {"data": {"__typename": "Query"}}
@@ -58,7 +60,8 @@ def test_healthz_503_when_the_store_does_not_answer(tmp_path: Path) -> None:
         health = client.get("/healthz")
         assert health.status_code == 503
         assert health.json() == {"status": "unavailable", "store": "unavailable",
-                                 "reason": "the store does not answer"}
+                                 "reason": "the store does not answer",
+                                 "version": __version__}
 
 
 def test_graphiql_follows_settings(tmp_path: Path) -> None:
@@ -194,7 +197,8 @@ def test_a_database_file_deleted_while_serving_is_a_503_and_refused_writes(
         assert health.status_code == 503
         assert health.json() == {"status": "unavailable", "store": "unavailable",
                                  "reason": "the database file was deleted while the "
-                                           "service ran: writes are refused"}
+                                           "service ran: writes are refused",
+                                 "version": __version__}
         answer = client.post("/graphql", json={"query": create},
                              headers={"authorization": f"Bearer {token}"}).json()
         assert answer == {"data": {"createUser": {"user": None, "errors": [

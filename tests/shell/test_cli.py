@@ -23,6 +23,13 @@ def runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
     return CliRunner()
 
 
+def test_version_is_the_packages(runner: CliRunner) -> None:
+    from importlib.metadata import version
+
+    shown = runner.invoke(cli, ["--version"])
+    assert shown.exit_code == 0 and shown.stdout == f"chargegraph {version('chargegraph')}\n"
+
+
 def test_create_user(runner: CliRunner, tmp_path: Path) -> None:
     made = runner.invoke(cli, ["create-user", "--email", "root@example.com", "--password",
                                PASSWORD, "--role", "admin"])

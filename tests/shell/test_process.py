@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from chargegraph import __version__
 from tests.helpers import free_port
 
 #: The checkout these tests belong to. An editable install may point `chargegraph` at
@@ -79,7 +80,8 @@ def graphql(url: str, query: str, token: str | None = None) -> httpx.Response:
 def test_serve_answers_and_stops_gracefully(launch: list[subprocess.Popen[str]],
                                             tmp_path: Path) -> None:
     process, url = start(launch, tmp_path, "serve")
-    assert httpx.get(f"{url}/healthz").json() == {"status": "ok", "store": "ok"}
+    assert httpx.get(f"{url}/healthz").json() == {"status": "ok", "store": "ok",
+                                                  "version": __version__}
     answer = graphql(url, "{ __typename }")
     assert answer.status_code == 200 and answer.json() == {"data": {"__typename": "Query"}}
     began = time.monotonic()
