@@ -9,6 +9,7 @@ from typing import Any
 
 import strawberry
 
+from domain import validation as v
 from domain.clock import utcnow
 from domain.entities import LIVE_RESERVATION_STATES
 from domain.errors import ValidationError
@@ -33,6 +34,19 @@ def _id(value: strawberry.ID | None, kind: str, field: str) -> str | None:
 
 def _eq(field: str, value: object) -> Filter | None:
     return Eq(field, value) if value is not None else None
+
+
+#: Ids one filter may list (a page of a console's selection, not a whole network).
+MAX_FILTER_IDS = 100
+
+
+def _ids(values: list[strawberry.ID] | None, kind: str, field: str) -> Filter | None:
+    """``In`` over the listed global ids of ``kind``; an empty list matches nothing."""
+    if values is None:
+        return None
+    if len(values) > MAX_FILTER_IDS:
+        raise ValidationError(f"at most {MAX_FILTER_IDS} ids", field=field, code="TOO_LONG")
+    return In(f"{kind}_id", tuple(expect_id(str(value), kind, field) for value in values))
 
 
 #: Longer than any name, plate or address; a real MongoDB server refuses patterns past
@@ -236,12 +250,20 @@ class SessionFilter:
     from_: datetime | None = strawberry.field(default=None, name="from",
                                               description="Sessions started at or after.")
     to: datetime | None = strawberry.field(default=None, description="Started before.")
+    station_ids: list[strawberry.ID] | None = strawberry.field(
+        default=None, description=f"Sessions at any of these stations (at most "
+                                  f"{MAX_FILTER_IDS}).")
+    id_tag: str | None = strawberry.field(
+        default=None, description="Sessions charged with this card (its tag, in any case).")
 
     def to_domain(self) -> Filter:
         return all_of(
             _eq("cp_id", self.cp_id),
             _eq("connector_id", self.connector_id),
             _eq("station_id", _id(self.station_id, "station", "filter.stationId")),
+            _ids(self.station_ids, "station", "filter.stationIds"),
+            _eq("id_tag", v.id_tag(self.id_tag, "filter.idTag")
+                if self.id_tag is not None else None),
             _eq("user_id", _id(self.user_id, "user", "filter.userId")),
             _eq("vehicle_id", _id(self.vehicle_id, "vehicle", "filter.vehicleId")),
             _eq("state", self.state),
@@ -283,6 +305,9 @@ class PaymentFilter:
     user_id: strawberry.ID | None = None
     session_id: strawberry.ID | None = None
     station_id: strawberry.ID | None = None
+    from_: datetime | None = strawberry.field(default=None, name="from",
+                                              description="Payments opened at or after.")
+    to: datetime | None = strawberry.field(default=None, description="Opened before.")
 
     def to_domain(self) -> Filter:
         return all_of(
@@ -290,6 +315,7 @@ class PaymentFilter:
             _eq("user_id", _id(self.user_id, "user", "filter.userId")),
             _eq("session_id", _id(self.session_id, "session", "filter.sessionId")),
             _eq("station_id", _id(self.station_id, "station", "filter.stationId")),
+            _window("created_at", self.from_, self.to, "filter"),
         )
 
 

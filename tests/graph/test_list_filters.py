@@ -1,0 +1,73 @@
+"""List filters a console or an export needs: sessions by several stations and by card,
+payments by when they were opened. Visibility still decides first (the filters only
+narrow what the viewer's scope lets through)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from graph.ids import to_global_id
+from tests.graph.conftest import Api
+from tests.graph.world import World
+
+SESSIONS = "query($f: SessionFilter) { sessions(first: 50, filter: $f) { nodes { id } } }"
+PAYMENTS = "query($f: PaymentFilter) { payments(first: 50, filter: $f) { nodes { id } } }"
+
+
+async def ids(api: Api, world: World, who: str, query: str, f: dict[str, Any]) -> set[str]:
+    data = await api.gql(query, {"f": f}, as_user=world.users[who].id)
+    return {node["id"] for node in next(iter(data.values()))["nodes"]}
+
+
+def session(world: World, key: str) -> str:
+    return to_global_id("session", world.sessions[key].id)
+
+
+def station(world: World, cp_id: str) -> str:
+    return to_global_id("station", world.stations[cp_id].id)
+
+
+async def errors(api: Api, world: World, query: str, f: dict[str, Any]
+                 ) -> list[tuple[str, str]]:
+    response = await api.post(query, {"f": f}, api.token_for(world.users["admin"].id))
+    return [(e["extensions"]["field"], e["extensions"]["code"])
+            for e in response.json()["errors"]]
+
+
+async def test_sessions_by_several_stations(api: Api, world: World) -> None:
+    both = {"stationIds": [station(world, "A-001"), station(world, "A-002")]}
+    assert await ids(api, world, "admin", SESSIONS, both) == {session(world, "s1"),
+                                                              session(world, "s3")}
+    assert await ids(api, world, "admin", SESSIONS, {"stationIds": []}) == set()
+    # The other company's operator sees none of them, listed or not.
+    assert await ids(api, world, "op_b", SESSIONS, both) == set()
+    too_many = {"stationIds": [station(world, "A-001")] * 101}
+    assert await errors(api, world, SESSIONS, too_many) == [("filter.stationIds", "TOO_LONG")]
+    wrong_kind = {"stationIds": [session(world, "s1")]}
+    assert [field for field, _ in await errors(api, world, SESSIONS, wrong_kind)] == [
+        "filter.stationIds"]
+
+
+async def test_sessions_by_card(api: Api, world: World) -> None:
+    card = {"idTag": " tag-driver1 "}  # as a person types it
+    assert await ids(api, world, "admin", SESSIONS, card) == {session(world, "s1"),
+                                                              session(world, "s2")}
+    # Company A's operator: only the card's sessions on its own stations.
+    assert await ids(api, world, "op_a", SESSIONS, card) == {session(world, "s1")}
+    assert await ids(api, world, "driver2", SESSIONS, card) == set()
+    assert await errors(api, world, SESSIONS, {"idTag": "x" * 21}) == [
+        ("filter.idTag", "TOO_LONG")]
+
+
+async def test_payments_by_when_they_were_opened(api: Api, world: World) -> None:
+    now = datetime.now(UTC)
+    everything = await ids(api, world, "admin", PAYMENTS, {})
+    assert len(everything) == 2
+    hour = {"from": (now - timedelta(hours=1)).isoformat(),
+            "to": (now + timedelta(hours=1)).isoformat()}
+    assert await ids(api, world, "admin", PAYMENTS, hour) == everything
+    later = {"from": (now + timedelta(hours=1)).isoformat()}
+    assert await ids(api, world, "admin", PAYMENTS, later) == set()
+    backwards = {"from": hour["to"], "to": hour["from"]}
+    assert await errors(api, world, PAYMENTS, backwards) == [("filter.to", "OUT_OF_RANGE")]
