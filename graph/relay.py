@@ -11,7 +11,16 @@ import strawberry
 
 from domain.entities import E, Record
 from domain.errors import DomainError
-from domain.query import MAX_PAGE_SIZE, Eq, Filter, PageRequest, Sort, all_of, encode_cursor
+from domain.query import (
+    MAX_PAGE_SIZE,
+    Eq,
+    Filter,
+    PageRequest,
+    Sort,
+    all_of,
+    encode_cursor,
+    sort_value,
+)
 from graph.errors import graphql_error
 from graph.ids import to_global_id
 
@@ -153,7 +162,7 @@ async def nested_connection(ctx: GraphContext, kind: type[E], wrap: Wrap, key_fi
         args.request()  # raises the same error as a top-level list
     rows = await ctx.loaders.many_by(kind, key_field, where, tuple(sort), limit + 1).load(key)
     records = rows[:limit]
-    cursors = [encode_cursor(kind.kind, sort, [getattr(r, s.field) for s in sort], r.id)
+    cursors = [encode_cursor(kind.kind, sort, [sort_value(r, s) for s in sort], r.id)
                for r in records]
 
     async def total() -> int:
