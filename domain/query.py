@@ -24,6 +24,7 @@ from typing import Any, Generic, TypeAlias, TypeVar
 import orjson
 
 from domain.errors import ValidationError
+from domain.geo import distance_km
 
 T = TypeVar("T")
 
@@ -135,13 +136,60 @@ def any_of(*parts: Filter) -> Filter:
     return Or(tuple(kept))
 
 
+#: The field name of a distance sort key (``Sort.by_distance``): no stored field, but the
+#: great-circle distance of a record's position (``lat``, ``lon``) from the key's origin.
+DISTANCE = "distance"
+
+
 @dataclass(frozen=True, slots=True)
 class Sort:
     """One sort key. Sortable fields must be non-null; ``id`` is always the final
-    tie-breaker (added by the store), which makes every order total and keyset-pageable."""
+    tie-breaker (added by the store), which makes every order total and keyset-pageable.
+
+    A distance key (``field`` is ``DISTANCE``, ``origin`` the point measured from) orders
+    records that have a position: its callers filter by ``Near`` (``ReadService`` also
+    keeps records without one out of such a list and its count)."""
 
     field: str
     descending: bool = False
+    origin: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.field == DISTANCE) != (self.origin is not None):
+            raise ValueError("a distance sort key, and only it, has an origin")
+
+    @classmethod
+    def by_distance(cls, lat: float, lon: float, descending: bool = False) -> Sort:
+        """Nearest first from (``lat``, ``lon``); farthest first when ``descending``."""
+        return cls(DISTANCE, descending, (float(lat), float(lon)))
+
+    @property
+    def signature(self) -> tuple[Any, ...]:
+        """What a cursor records of this key, to refuse it under another ordering: a
+        distance cursor taken from another point would position the list anywhere."""
+        if self.origin is None:
+            return (self.field, self.descending)
+        return (self.field, self.descending, *self.origin)
+
+
+def sort_value(record: Any, key: Sort) -> Any:
+    """The value ``record`` is ordered by under ``key`` (what its cursor carries): the
+    field, or for a distance key the distance in km (``None`` without a position)."""
+    if key.origin is None:
+        return getattr(record, key.field)
+    lat, lon = record.lat, record.lon
+    if lat is None or lon is None:
+        return None
+    return distance_km(lat, lon, *key.origin)
+
+
+def sorts_by_distance(sort: Sequence[Sort]) -> bool:
+    return any(key.origin is not None for key in sort)
+
+
+#: Records with a position, the ones a distance order can place.
+POSITIONED: Filter = And((Range("lat", gte=-90.0, lte=90.0),
+                          Range("lon", gte=-180.0, lte=180.0)))
 
 
 MAX_PAGE_SIZE = 100
@@ -197,7 +245,7 @@ class CursorKey:
 
     values: tuple[Any, ...]
     id: str
-    sort: tuple[tuple[str, bool], ...] = field(default=())
+    sort: tuple[tuple[Any, ...], ...] = field(default=())
 
 
 def _encode_value(value: Any) -> Any:
@@ -218,12 +266,19 @@ def _decode_value(value: Any) -> Any:
     return value
 
 
+def _signature(raw: Any) -> tuple[Any, ...]:
+    """A sort key's signature as a cursor carries it: field and direction, then a
+    distance key's origin (``Sort.signature``)."""
+    field_name, descending, *origin = raw
+    return (str(field_name), bool(descending), *(float(o) for o in origin))
+
+
 def encode_cursor(kind: str, sort: Sequence[Sort], values: Sequence[Any], record_id: str
                   ) -> str:
     """The cursor of one row of a list of ``kind`` records in ``sort`` order."""
     payload = {
         "k": kind,
-        "s": [[s.field, s.descending] for s in sort],
+        "s": [list(s.signature) for s in sort],
         "v": [_encode_value(v) for v in values],
         "i": record_id,
     }
@@ -244,7 +299,7 @@ def decode_cursor(cursor: str, kind: str, sort: Sequence[Sort], field: str = "af
         key = CursorKey(
             values=tuple(_decode_value(v) for v in payload["v"]),
             id=str(payload["i"]),
-            sort=tuple((str(f), bool(d)) for f, d in payload["s"]),
+            sort=tuple(_signature(s) for s in payload["s"]),
         )
         # Cursors made before they named their kind carry none; they still decode.
         made_for = str(payload.get("k", kind))
@@ -256,7 +311,7 @@ def decode_cursor(cursor: str, kind: str, sort: Sequence[Sort], field: str = "af
         # values would silently position this list somewhere arbitrary.
         raise ValidationError(f"cursor belongs to another list ({made_for})", field=field,
                               code="INVALID_CURSOR")
-    if key.sort != tuple((s.field, s.descending) for s in sort) or len(key.values) != len(sort):
+    if key.sort != tuple(s.signature for s in sort) or len(key.values) != len(sort):
         raise ValidationError(
             "cursor belongs to another ordering", field=field, code="INVALID_CURSOR"
         )

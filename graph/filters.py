@@ -3,6 +3,7 @@ The translation is the only thing done here: filtering itself happens in the dat
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from enum import Enum
 from typing import Any
@@ -10,14 +11,21 @@ from typing import Any
 import strawberry
 
 from domain import validation as v
+from domain.availability import (
+    connector_fits,
+    connectors_available_now,
+    connectors_not_available_now,
+    stations_with,
+)
 from domain.clock import utcnow
 from domain.entities import LIVE_RESERVATION_STATES
 from domain.errors import ValidationError
 from domain.ids import is_id
-from domain.query import Eq, Filter, In, Near, Range, Search, all_of, any_of
+from domain.query import DISTANCE, Eq, Filter, In, Near, Range, Search, all_of, any_of
 from graph.enums import (
     AuditAction,
     ConnectorStatus,
+    ConnectorType,
     IdTagStatus,
     PaymentStatus,
     ReservationState,
@@ -104,7 +112,9 @@ VehicleOrderField, VehicleOrder = _order(
 IdTagOrderField, IdTagOrder = _order("IdTag", {"TAG": "tag", **_AUDIT_TIMES},
                                      "Sortable id tag fields.")
 StationOrderField, StationOrder = _order(
-    "Station", {"NAME": "name", "CP_ID": "cp_id", **_AUDIT_TIMES}, "Sortable station fields."
+    "Station", {"NAME": "name", "CP_ID": "cp_id", "DISTANCE": DISTANCE, **_AUDIT_TIMES},
+    "Sortable station fields. DISTANCE: great-circle distance from the point of "
+    "`filter.near` (required with it), nearest first when ASC.",
 )
 SessionOrderField, SessionOrder = _order(
     "Session",
@@ -185,19 +195,34 @@ def _tag_status(status: IdTagStatus, now: datetime) -> Filter:
     return Eq("status", status)
 
 
+def check_point(lat: float, lon: float, field: str) -> None:
+    """A point on the map, or a user error naming ``field``'s ``lat`` or ``lon``."""
+    if not -90 <= lat <= 90:
+        raise ValidationError("lat must be within -90..90", field=f"{field}.lat",
+                              code="OUT_OF_RANGE")
+    if not -180 <= lon <= 180:
+        raise ValidationError("lon must be within -180..180", field=f"{field}.lon",
+                              code="OUT_OF_RANGE")
+
+
+@strawberry.input(description="A point on the map.")
+class GeoPointInput:
+    lat: float
+    lon: float
+
+
 @strawberry.input(description="A circle on the map.")
 class NearInput:
     lat: float
     lon: float
     radius_km: float
 
+    @property
+    def point(self) -> tuple[float, float]:
+        return self.lat, self.lon
+
     def to_domain(self) -> Filter:
-        if not -90 <= self.lat <= 90:
-            raise ValidationError("lat must be within -90..90", field="filter.near.lat",
-                                  code="OUT_OF_RANGE")
-        if not -180 <= self.lon <= 180:
-            raise ValidationError("lon must be within -180..180", field="filter.near.lon",
-                                  code="OUT_OF_RANGE")
+        check_point(self.lat, self.lon, "filter.near")
         if not 0 < self.radius_km <= 20_000:
             raise ValidationError("radiusKm must be > 0 and ≤ 20000",
                                   field="filter.near.radiusKm", code="OUT_OF_RANGE")
@@ -212,7 +237,17 @@ class StationFilter:
     online: bool | None = None
     search: str | None = strawberry.field(default=None,
                                           description="In name, cpId and address.")
-    near: NearInput | None = None
+    near: NearInput | None = strawberry.field(default=None, description=(
+        "Within `radiusKm` of a point; order by `DISTANCE` from it with `orderBy`."))
+    connector_types: list[ConnectorType] | None = strawberry.field(default=None, description=(
+        "With a connector of one of these types (null or empty: any)."))
+    min_kw: float | None = strawberry.field(default=None, description=(
+        "With a connector giving at least this power (`maxKw`; unknown power does not)."))
+    available_now: bool | None = strawberry.field(default=None, description=(
+        "true: with a connector available now (its last report was AVAILABLE, the "
+        "station is online and not UNAVAILABLE or FAULTED as a whole). The connector "
+        "conditions hold for one connector together: a CCS2 of 150 kW free now. false "
+        "is refused."))
 
     def to_domain(self) -> Filter:
         return all_of(
@@ -222,21 +257,65 @@ class StationFilter:
             _eq("online", self.online),
             _search(("name", "cp_id", "address"), self.search),
             self.near.to_domain() if self.near else None,
+            self._connectors(),
         )
+
+    def _connectors(self) -> Filter:
+        if self.available_now is False:
+            # "No connector free now" is a NOT EXISTS, which the query language (and so
+            # every store) has no form for; silently ignoring it would mislead.
+            raise ValidationError("only true: stations with a connector available now",
+                                  field="filter.availableNow", code="UNSUPPORTED")
+        fits = connector_fits(self.connector_types or (),
+                              _min_kw(self.min_kw, "filter.minKw"))
+        return stations_with(fits, available_now=bool(self.available_now))
+
+
+def _min_kw(value: float | None, field: str) -> float | None:
+    if value is not None and not 0 <= value < math.inf:
+        raise ValidationError("must be 0 or more", field=field, code="OUT_OF_RANGE")
+    return value
 
 
 @strawberry.input
 class ConnectorFilter:
     cp_id: str | None = None
     station_id: strawberry.ID | None = None
-    status: ConnectorStatus | None = None
+    status: ConnectorStatus | None = strawberry.field(default=None, description=(
+        "AVAILABLE: available now, as `availableNow: true`; any other status: the last "
+        "one reported, as `Connector.status` shows it."))
+    types: list[ConnectorType] | None = strawberry.field(default=None, description=(
+        "One of these types (null or empty: any)."))
+    min_kw: float | None = strawberry.field(default=None, description=(
+        "At least this power (`maxKw`; unknown power does not match)."))
+    available_now: bool | None = strawberry.field(default=None, description=(
+        "true: a driver can plug in now: it last reported AVAILABLE, its station is "
+        "online and its charge point as a whole (connector 0) is not UNAVAILABLE or "
+        "FAULTED. `Connector.status` stays what the charger last reported, so a "
+        "connector of an offline station may read AVAILABLE and not match. false: the "
+        "others."))
 
     def to_domain(self) -> Filter:
         return all_of(
             _eq("cp_id", self.cp_id),
             _eq("station_id", _id(self.station_id, "station", "filter.stationId")),
-            _eq("status", self.status),
+            self._status(),
+            connector_fits(self.types or (), _min_kw(self.min_kw, "filter.minKw")),
+            _available(self.available_now),
         )
+
+    def _status(self) -> Filter | None:
+        # What a driver filtering AVAILABLE means is "can I charge there now": a
+        # connector of a charger that went offline still reads its last report.
+        if self.status is ConnectorStatus.AVAILABLE:
+            return connectors_available_now()
+        return _eq("status", self.status)
+
+
+def _available(available_now: bool | None) -> Filter | None:
+    if available_now is None:
+        return None
+    return connectors_available_now() if available_now else connectors_not_available_now()
 
 
 @strawberry.input

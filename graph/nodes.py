@@ -8,7 +8,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast
 
 import strawberry
 from graphql import (
@@ -22,6 +22,7 @@ from strawberry.scalars import JSON
 
 from domain import entities as d
 from domain.currencies import major_units
+from domain.geo import distance_km
 from domain.ids import is_id
 from domain.query import ALL, Eq, Range, Sort
 from domain.services.tariffs import LATEST_VERSION_FIRST
@@ -36,6 +37,7 @@ from graph.enums import (
     Role,
     SessionState,
 )
+from graph.filters import GeoPointInput, check_point
 from graph.ids import TYPE_BY_KIND, to_global_id
 from graph.loaders import Loaders
 from graph.relay import Connection, Node, PageArgs, nested_connection
@@ -437,6 +439,18 @@ class Station(Node, Audited):
     _r: strawberry.Private[d.Station]
     _private: strawberry.Private[bool]
 
+    @strawberry.field(description=(
+        "Great-circle distance in km from a point (a map list's `filter.near` point: "
+        "the distance `orderBy: DISTANCE` sorts by); null without a location."))
+    def distance_km(self, from_: Annotated[GeoPointInput, strawberry.argument(name="from")]
+                    ) -> float | None:
+        # An argument, not a value the list fills in: the same station answers alike on
+        # every path (node, nested lists, subscriptions), and needs no state per row.
+        check_point(from_.lat, from_.lon, "from")
+        if self._r.lat is None or self._r.lon is None:
+            return None
+        return distance_km(self._r.lat, self._r.lon, from_.lat, from_.lon)
+
     @classmethod
     def wrap(cls, r: d.Station, ctx: GraphContext) -> Station:
         private = ctx.services.policy.sees_station_private(ctx.viewer, r)
@@ -544,7 +558,10 @@ class Station(Node, Audited):
 class Connector(Node, Audited):
     cp_id: str
     connector_id: int = strawberry.field(description="OCPP connector id, from 1.")
-    status: ConnectorStatus
+    status: ConnectorStatus = strawberry.field(description=(
+        "What its charger last reported, kept while the charger is offline. Whether a "
+        "driver can plug in now also needs its station online and not UNAVAILABLE or "
+        "FAULTED as a whole: filter with `availableNow`."))
     error_code: str = strawberry.field(description="OCPP ChargePointErrorCode, `NoError` "
                                                    "when healthy.")
     info: str | None

@@ -64,8 +64,11 @@ async def _list(info: Info, kind: type[d.Record], node: Any, filter: Any, order_
                 default_sort: tuple[Sort, ...], first: int | None, after: str | None,
                 last: int | None, before: str | None) -> Connection[Any]:
     where = filter.to_domain() if filter is not None else ALL
+    # A list filtered by ``near`` may be ordered by DISTANCE from its point.
+    near = getattr(filter, "near", None)
     connection = await page_connection(
-        _ctx(info), kind, node.wrap, where, sort_keys(order_by, default_sort),
+        _ctx(info), kind, node.wrap, where,
+        sort_keys(order_by, default_sort, near.point if near is not None else None),
         PageArgs(first=first, after=after, last=last, before=before),
     )
     prefetch = getattr(node, "prefetch", None)

@@ -10,8 +10,18 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import strawberry
 
 from domain.entities import E, Record
-from domain.errors import DomainError
-from domain.query import MAX_PAGE_SIZE, Eq, Filter, PageRequest, Sort, all_of, encode_cursor
+from domain.errors import DomainError, ValidationError
+from domain.query import (
+    DISTANCE,
+    MAX_PAGE_SIZE,
+    Eq,
+    Filter,
+    PageRequest,
+    Sort,
+    all_of,
+    encode_cursor,
+    sort_value,
+)
 from graph.errors import graphql_error
 from graph.ids import to_global_id
 
@@ -91,18 +101,28 @@ class PageArgs:
 Wrap = Callable[[Any, "GraphContext"], Any]
 
 
-def sort_keys(order_by: Sequence[Any] | None, default: Sequence[Sort]) -> list[Sort]:
+def sort_keys(order_by: Sequence[Any] | None, default: Sequence[Sort],
+              origin: tuple[float, float] | None = None) -> list[Sort]:
     """``orderBy`` inputs (``field`` enum whose value is the domain field, ``direction``)
-    as store sort keys; duplicates keep their first use."""
+    as store sort keys; duplicates keep their first use. ``DISTANCE`` measures from
+    ``origin``, the point of the list's ``filter.near``: without one it is a user error."""
     if not order_by:
         return list(default)
     keys: list[Sort] = []
     seen: set[str] = set()
     for item in order_by:
         name = item.field.value
-        if name not in seen:
-            seen.add(name)
-            keys.append(Sort(name, item.direction is OrderDirection.DESC))
+        if name in seen:
+            continue
+        seen.add(name)
+        descending = item.direction is OrderDirection.DESC
+        if name != DISTANCE:
+            keys.append(Sort(name, descending))
+        elif origin is None:
+            raise ValidationError("ordering by DISTANCE measures from filter.near: give one",
+                              field="filter.near", code="REQUIRED")
+        else:
+            keys.append(Sort.by_distance(*origin, descending=descending))
     return keys
 
 
@@ -153,7 +173,7 @@ async def nested_connection(ctx: GraphContext, kind: type[E], wrap: Wrap, key_fi
         args.request()  # raises the same error as a top-level list
     rows = await ctx.loaders.many_by(kind, key_field, where, tuple(sort), limit + 1).load(key)
     records = rows[:limit]
-    cursors = [encode_cursor(kind.kind, sort, [getattr(r, s.field) for s in sort], r.id)
+    cursors = [encode_cursor(kind.kind, sort, [sort_value(r, s) for s in sort], r.id)
                for r in records]
 
     async def total() -> int:

@@ -6,15 +6,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import cast
 
+from domain.availability import POINT_DOWN
 from domain.entities import ConnectorInterval, ConnectorStatus, Station
 from domain.policy import Viewer
 from domain.ports import Change, Insert, Store
 from domain.query import Eq, Sort, all_of
 from domain.services.base import charger, patch, stamp_new
 
-#: The charge point's own statuses (connector 0) under which none of its connectors can
-#: charge, whatever they report.
-POINT_DOWN = frozenset({ConnectorStatus.UNAVAILABLE, ConnectorStatus.FAULTED})
 #: The statuses OCPP 1.6 gives connector 0.
 POINT_STATUSES = POINT_DOWN | {ConnectorStatus.AVAILABLE}
 

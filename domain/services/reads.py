@@ -8,7 +8,16 @@ from typing import Any
 
 from domain.entities import E
 from domain.policy import Viewer
-from domain.query import ALL, Filter, Page, PageRequest, Sort, all_of
+from domain.query import (
+    ALL,
+    POSITIONED,
+    Filter,
+    Page,
+    PageRequest,
+    Sort,
+    all_of,
+    sorts_by_distance,
+)
 from domain.services.base import Service
 
 
@@ -22,9 +31,12 @@ class ReadService(Service):
                sort: Sequence[Sort] = (), grouped_by: str | None = None) -> Filter:
         """The viewer's scope AND ``where``, with conditions on private fields guarded:
         also the sort (an order reveals what it sorts by) and the key a batched nested
-        list is grouped by (``company.stations`` is ``station.company_id`` IN …)."""
+        list is grouped by (``company.stations`` is ``station.company_id`` IN …). A
+        distance order lists only records with a position (one without has no distance
+        to be placed by), and its count counts the same."""
         return all_of(self.policy.scope(viewer, kind.kind),
-                      self.policy.guard_private(viewer, kind.kind, where, sort, grouped_by))
+                      self.policy.guard_private(viewer, kind.kind, where, sort, grouped_by),
+                      POSITIONED if sorts_by_distance(sort) else None)
 
     async def get(self, viewer: Viewer, kind: type[E], record_id: str) -> E | None:
         return (await self.get_many(viewer, kind, [record_id]))[0]

@@ -25,6 +25,7 @@ from typing import Any
 
 from bson import Decimal128, ObjectId
 
+from domain import geo
 from domain.entities import Record
 from store import fields
 from store.fields import FieldSpec, build
@@ -32,7 +33,7 @@ from store.fields import FieldSpec, build
 field_specs: Callable[[type[Record]], tuple[FieldSpec, ...]] = fields.field_specs  # type: ignore[assignment]
 spec_by_name: Callable[[type[Record]], dict[str, FieldSpec]] = fields.spec_by_name  # type: ignore[assignment]
 
-EARTH_RADIUS_KM = 6371.0088
+EARTH_RADIUS_KM = geo.EARTH_RADIUS_KM
 
 
 def storage_name(field: str) -> str:

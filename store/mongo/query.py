@@ -120,8 +120,7 @@ class FilterCompiler:
         # Float rounding must not cut off a point on the circle itself: a relative margin,
         # plus an absolute one of a few ulps of a unit vector's components (nanometres).
         chord = 2 * math.sin(angle / 2) * (1 + NEAR_TOLERANCE) + 1e-15
-        squared = {"$add": [{"$multiply": [difference, difference]} for difference in (
-            {"$subtract": [f"$_geo.{axis}", center[axis]]} for axis in "xyz")]}
+        squared = squared_chord(center)
         return {"lat": {"$gte": near.lat - band, "$lte": near.lat + band},
                 "_geo": {"$ne": None},
                 "$expr": {"$lte": [squared, chord * chord]}}
@@ -146,10 +145,38 @@ class FilterCompiler:
         return {shadow(outer): {"$in": converted}}
 
 
+def squared_chord(center: dict[str, float]) -> dict[str, Any]:
+    """The squared chord between a station's ``_geo`` and ``center`` (unit vectors), as an
+    aggregation expression: the great-circle distance grows with it."""
+    return {"$add": [{"$multiply": [difference, difference]} for difference in (
+        {"$subtract": [f"$_geo.{axis}", center[axis]]} for axis in "xyz")]}
+
+
+def computed_name(index: int) -> str:
+    """The field a computed sort key (a distance) is added under, by its place in the sort."""
+    return f"_sort{index}"
+
+
+def computed_keys(kind: type[Record], sort: Sequence[Sort]) -> dict[str, Any]:
+    """The ``$addFields`` document of the sort keys that are no stored field: a distance
+    key orders by the squared chord from its origin (no trigonometry: plain arithmetic
+    the server repeats to the bit, and the cursor carries the value the server computed,
+    so "after it" compares equal values exactly)."""
+    if any(key.origin is not None for key in sort):
+        for name in ("lat", "lon"):
+            spec_of(kind, name)  # raises for a kind without a position, as SQLite does
+    return {computed_name(i): squared_chord(unit_vector(*key.origin))
+            for i, key in enumerate(sort) if key.origin is not None}
+
+
+def _sort_name(kind: type[Record], index: int, key: Sort) -> str:
+    return computed_name(index) if key.origin is not None else shadow(spec_of(kind, key.field))
+
+
 def sort_spec(kind: type[Record], sort: Sequence[Sort], reverse: bool = False
               ) -> list[tuple[str, int]]:
     """Sort keys plus ``_id`` ascending as the tie-breaker; ``reverse`` flips them all."""
-    keys = [(shadow(spec_of(kind, s.field)), -1 if s.descending else 1) for s in sort]
+    keys = [(_sort_name(kind, i, s), -1 if s.descending else 1) for i, s in enumerate(sort)]
     if all(name != "_id" for name, _ in keys):
         keys.append(("_id", 1))
     return [(name, -direction if reverse else direction) for name, direction in keys]
@@ -157,23 +184,38 @@ def sort_spec(kind: type[Record], sort: Sequence[Sort], reverse: bool = False
 
 def beyond(kind: type[Record], sort: Sequence[Sort], key: CursorKey, *, after: bool,
            field: str) -> dict[str, Any]:
-    """Documents strictly after (or before) the cursor's position in ``sort`` order."""
-    specs = [(spec_of(kind, s.field), s.descending) for s in sort]
+    """Documents strictly after (or before) the cursor's position in ``sort`` order (a
+    distance key compares its ``computed_keys`` field: the filter must follow them)."""
+    # (name, descending, spec): spec encodes the cursor's value; None for a distance.
+    keys: list[tuple[str, bool, FieldSpec | None]] = [
+        (_sort_name(kind, i, s), s.descending,
+         None if s.origin is not None else spec_of(kind, s.field))
+        for i, s in enumerate(sort)]
     values: list[Any] = list(key.values)
-    if all(spec.name != "id" for spec, _ in specs):
-        specs.append((spec_of(kind, "id"), False))
+    if all(spec is None or spec.name != "id" for _, _, spec in keys):
+        keys.append(("_id", False, spec_of(kind, "id")))
         values.append(key.id)
     try:
-        encoded = [compared(spec, v) for (spec, _), v in zip(specs, values, strict=True)]
+        encoded = [_compared(spec, v) for (_, _, spec), v in zip(keys, values, strict=True)]
     except (TypeError, ValueError, ArithmeticError, InvalidId) as exc:
         raise ValidationError("malformed cursor", field=field, code="INVALID_CURSOR") from exc
     if any(v is None for v in encoded):
         raise ValidationError("malformed cursor", field=field, code="INVALID_CURSOR")
     disjuncts = []
-    for i, (spec, descending) in enumerate(specs):
-        term: dict[str, Any] = {shadow(s): v for (s, _), v in zip(specs[:i], encoded[:i],
-                                                                   strict=True)}
+    for i, (name, descending, _) in enumerate(keys):
+        term: dict[str, Any] = {n: v for (n, _, _), v in zip(keys[:i], encoded[:i],
+                                                             strict=True)}
         op = "$gt" if descending != after else "$lt"
-        term[shadow(spec)] = {op: encoded[i]}
+        term[name] = {op: encoded[i]}
         disjuncts.append(term)
     return {"$or": disjuncts}
+
+
+def _compared(spec: FieldSpec | None, value: Any) -> Any:
+    if spec is not None:
+        return compared(spec, value)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError("a distance is a number")
+    return float(value)

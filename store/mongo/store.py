@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pymongo
-from bson import ObjectId
+from bson import SON, ObjectId
 from pymongo import ReturnDocument
 from pymongo.errors import PyMongoError
 
@@ -29,7 +29,14 @@ from store.mongo.batch import Batch
 from store.mongo.codec import compared, from_doc, shadow, spec_of
 from store.mongo.indexes import ensure_indexes
 from store.mongo.migrations import before_indexes, migrate
-from store.mongo.query import NEVER, FilterCompiler, beyond, sort_spec
+from store.mongo.query import (
+    NEVER,
+    FilterCompiler,
+    beyond,
+    computed_keys,
+    computed_name,
+    sort_spec,
+)
 
 log = logging.getLogger("chargegraph.store.mongo")
 
@@ -140,8 +147,30 @@ class MongoStore:
         query = await self._where(kind, where)
         if query is NEVER:
             return []
-        cursor = self.db[kind.kind].find(query).sort(sort_spec(kind, sort)).limit(limit)
-        return [from_doc(kind, doc) for doc in await cursor.to_list(None)]  # type: ignore[misc]
+        docs = await self._sorted(kind, query, sort, limit=limit)
+        return [from_doc(kind, doc) for doc in docs]  # type: ignore[misc]
+
+    async def _sorted(self, kind: type[Record], query: dict[str, Any], sort: Sequence[Sort],
+                      *, limit: int, positions: Sequence[dict[str, Any]] = (),
+                      reverse: bool = False) -> list[dict[str, Any]]:
+        """The first ``limit`` documents matching ``query`` and the cursor ``positions``
+        in ``sort`` order (reversed). A find where every key is a stored field; with a
+        distance key an aggregation that adds it (``computed_keys``) after the filter
+        (whose latitude band uses its index), so the cursor compares it, and sorts by it:
+        no index serves a distance, the ``Near`` filter bounds what is sorted."""
+        order = sort_spec(kind, sort, reverse)
+        computed = computed_keys(kind, sort)
+        if not computed:
+            parts = [part for part in (query, *positions) if part]
+            combined = {"$and": parts} if len(parts) > 1 else (parts[0] if parts else {})
+            cursor = self.db[kind.kind].find(combined).sort(order).limit(limit)
+            return await cursor.to_list(None)  # type: ignore[no-any-return]
+        stages: list[dict[str, Any]] = [{"$match": query}] if query else []
+        stages.append({"$addFields": computed})
+        if positions:
+            stages.append({"$match": {"$and": list(positions)}})
+        stages += [{"$sort": SON(order)}, {"$limit": limit}]
+        return await (await self.db[kind.kind].aggregate(stages)).to_list(None)  # type: ignore[no-any-return]
 
     async def aggregate(self, kind: type[E], where: Filter, group: Sequence[Group],
                         metrics: Mapping[str, Metric]) -> list[dict[str, Any]]:
@@ -166,24 +195,27 @@ class MongoStore:
         query = await self._where(kind, where)
         if query is NEVER:
             return Page([], [], False, False)
-        parts = [query] if query else []
+        positions = []
         for cursor_value, is_after, field in ((page.after, True, "after"),
                                               (page.before, False, "before")):
             if cursor_value is not None:
                 key = decode_cursor(cursor_value, kind.kind, sort, field)
-                parts.append(beyond(kind, sort, key, after=is_after, field=field))
-        combined = {"$and": parts} if len(parts) > 1 else (parts[0] if parts else {})
+                positions.append(beyond(kind, sort, key, after=is_after, field=field))
         backward = page.backward
         limit = page.limit
-        cursor = self.db[kind.kind].find(combined).sort(sort_spec(kind, sort, backward))
-        docs = await cursor.limit(limit + 1).to_list(None)
+        docs = await self._sorted(kind, query, sort, limit=limit + 1, positions=positions,
+                                  reverse=backward)
         more = len(docs) > limit
         docs = docs[:limit]
         if backward:
             docs.reverse()
         items: list[E] = [from_doc(kind, doc) for doc in docs]  # type: ignore[misc]
-        cursors = [encode_cursor(kind.kind, sort, [getattr(r, s.field) for s in sort], r.id)
-                   for r in items]
+        # A distance's cursor value is the one the server computed and compares (its
+        # ``computed_keys`` field), not one recomputed here.
+        cursors = [encode_cursor(kind.kind, sort,
+                                 [doc[computed_name(i)] if s.origin is not None
+                                  else getattr(r, s.field) for i, s in enumerate(sort)], r.id)
+                   for r, doc in zip(items, docs, strict=True)]
         if backward:
             return Page(items, cursors, has_next=page.before is not None, has_previous=more)
         return Page(items, cursors, has_next=more, has_previous=page.after is not None)
@@ -203,14 +235,13 @@ class MongoStore:
         query = await self._where(kind, where)
         if query is NEVER:
             return {}
-        order = sort_spec(kind, sort)
         in_flight = asyncio.Semaphore(GROUPED_READS_IN_FLIGHT)
 
         async def first_rows(value: Any) -> list[E]:
             match: dict[str, Any] = {shadow(spec): value}
-            cursor = self.db[kind.kind].find({"$and": [match, query]} if query else match)
             async with in_flight:
-                docs = await cursor.sort(order).limit(limit).to_list(None)
+                docs = await self._sorted(kind, {"$and": [match, query]} if query else match,
+                                          sort, limit=limit)
             return [from_doc(kind, doc) for doc in docs]  # type: ignore[misc]
 
         found = await asyncio.gather(*(first_rows(value) for value in originals))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 
 from domain.entities import Record
+from domain.geo import EARTH_RADIUS_KM, distance_km
 from domain.query import And, Eq, Filter, In, Near, Or, Range, Search, Sub
 from store.fields import FieldSpec
 from store.sqlite.codec import SqlValue, encode, kind_of, quote, spec_of
@@ -26,8 +27,6 @@ from store.sqlite.codec import SqlValue, encode, kind_of, quote, spec_of
 TRUE = "1"
 FALSE = "0"
 
-#: Mean earth radius (IUGG), km.
-EARTH_RADIUS_KM = 6371.0088
 #: Name of the SQL function computing great-circle distances (registered per connection).
 HAVERSINE = "haversine_km"
 #: Name of the SQL function lower-casing text Unicode-aware. SQLite's own ``lower`` only
@@ -40,10 +39,9 @@ def haversine_km(lat1: float | None, lon1: float | None, lat2: float | None,
     """Great-circle distance in km; NULL when a coordinate is missing (never matches)."""
     if lat1 is None or lon1 is None or lat2 is None or lon2 is None:
         return None
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    dp, dl = p2 - p1, math.radians(lon2 - lon1)
-    h = math.sin(dp / 2) ** 2 + math.cos(p1) * math.cos(p2) * math.sin(dl / 2) ** 2
-    return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(h)))
+    # The domain's function itself: a distance sort's cursor, computed in Python from the
+    # record, equals to the last bit what SQLite compares it with.
+    return distance_km(lat1, lon1, lat2, lon2)
 
 
 def unicode_lower(text: str | None) -> str | None:

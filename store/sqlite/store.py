@@ -362,10 +362,11 @@ class SqliteStore:
         if limit <= 0:
             return []
         where_sql, params = compile_where(kind, where)
+        order, order_params = paging.order_by(kind, sort)
         rows = await self._read(
             f"SELECT {_select_list(kind)} FROM {_from(kind)} WHERE {where_sql} "
-            f"ORDER BY {paging.order_by(kind, sort)} LIMIT ?",
-            [*params, limit],
+            f"ORDER BY {order} LIMIT ?",
+            [*params, *order_params, limit],
         )
         return [from_row(kind, row) for row in rows]
 
@@ -397,10 +398,11 @@ class SqliteStore:
         backward, limit = page.backward, page.limit
         # A backward page is the first `last` rows of the reversed order, flipped back.
         # One row more than asked tells whether there is more beyond the page.
+        order, order_params = paging.order_by(kind, sort, reverse=backward)
         rows = await self._read(
             f"SELECT {_select_list(kind)} FROM {_from(kind)} WHERE {' AND '.join(conditions)} "
-            f"ORDER BY {paging.order_by(kind, sort, reverse=backward)} LIMIT ?",
-            [*params, limit + 1],
+            f"ORDER BY {order} LIMIT ?",
+            [*params, *order_params, limit + 1],
         )
         items = [from_row(kind, row) for row in rows[:limit]]
         more = len(rows) > limit
@@ -436,13 +438,15 @@ class SqliteStore:
         # It replaced ROW_NUMBER() OVER (PARTITION BY key), which numbered every matching
         # row and sorted twice: 3x slower on a page of 100 stations' connectors.
         # (Every entity table is a rowid table; rowid is the cheapest join back.)
+        inner_order, inner_params = paging.order_by(kind, sort)
+        outer_order, outer_params = paging.order_by(kind, sort, alias="r")
         rows = await self._read(
             f"SELECT {outer}, {column('r', spec_of(kind, key_field).name)} AS _key "
             f"FROM json_each(?) AS k JOIN {table} AS r ON r.rowid IN ("
             f"SELECT t0.rowid FROM {table} AS t0 WHERE {key_col} = k.value AND {where_sql} "
-            f"ORDER BY {paging.order_by(kind, sort)} LIMIT ?) "
-            f"ORDER BY k.key, {paging.order_by(kind, sort, alias='r')}",
-            [keys_param, *params, limit],
+            f"ORDER BY {inner_order} LIMIT ?) "
+            f"ORDER BY k.key, {outer_order}",
+            [keys_param, *params, *inner_params, limit, *outer_params],
         )
         out: dict[Any, list[E]] = {}
         for row in rows:

@@ -1,0 +1,66 @@
+"""What "available now" means to a driver looking for a charger: the one rule the API's
+filters (``connectors``, ``stations``) apply, as query-language filters that run in the
+store with the viewer's scope like any other.
+
+A connector is available now when its last report was Available **and** its charger can
+take a car now: the station is connected (``online``) and the charge point as a whole
+(OCPP connector 0, ``Station.status``) is not Unavailable or Faulted. A charger that
+dropped its connection keeps the status its connectors last reported (``Connector.status``
+stays what the charger said), but nobody can start a session there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from domain.entities import ConnectorStatus, ConnectorType
+from domain.query import ALL, Eq, Filter, In, Range, Sub, all_of, any_of
+
+#: The charge point's own statuses (connector 0) under which none of its connectors can
+#: charge, whatever they report.
+POINT_DOWN = frozenset({ConnectorStatus.UNAVAILABLE, ConnectorStatus.FAULTED})
+#: What ``Station.status`` may hold while its connectors can charge (``None``: its charger
+#: never reported connector 0, as many report their connectors only).
+_POINT_UP = (None, *(s for s in ConnectorStatus if s not in POINT_DOWN))
+
+
+def stations_in_service() -> Filter:
+    """Stations whose connectors can charge now: connected, and not down as a whole."""
+    return all_of(Eq("online", True), In("status", _POINT_UP))
+
+
+def stations_out_of_service() -> Filter:
+    """The complement of ``stations_in_service``."""
+    return any_of(Eq("online", False), In("status", tuple(POINT_DOWN)))
+
+
+def connectors_available_now() -> Filter:
+    return all_of(Eq("status", ConnectorStatus.AVAILABLE),
+                  Sub("station_id", "station", stations_in_service()))
+
+
+def connectors_not_available_now() -> Filter:
+    """Reported something else than Available, or on a station out of service."""
+    others = tuple(s for s in ConnectorStatus if s is not ConnectorStatus.AVAILABLE)
+    return any_of(In("status", others),
+                  Sub("station_id", "station", stations_out_of_service()))
+
+
+def connector_fits(types: Sequence[ConnectorType] = (), min_kw: float | None = None
+                   ) -> Filter:
+    """Connectors of one of ``types`` (any when none) giving at least ``min_kw`` (a
+    connector of unknown power does not)."""
+    return all_of(In("type", tuple(types)) if types else None,
+                  Range("max_kw", gte=min_kw) if min_kw is not None else None)
+
+
+def stations_with(connectors: Filter, *, available_now: bool = False) -> Filter:
+    """Stations with one connector matching ``connectors`` (and, with ``available_now``,
+    available now: the same connector, so "a CCS2 of 150 kW free now" is one plug)."""
+    if available_now:
+        return all_of(stations_in_service(), Sub(
+            "id", "connector", all_of(connectors, Eq("status", ConnectorStatus.AVAILABLE)),
+            select="station_id"))
+    if connectors == ALL:
+        return ALL
+    return Sub("id", "connector", connectors, select="station_id")

@@ -1,0 +1,67 @@
+"""The "available now" rule (``domain.availability``) evaluated in each store: a
+connector that reported Available counts only on a connected station that is not down as
+a whole (connector 0 Unavailable or Faulted); never reported (null) is not down."""
+
+from __future__ import annotations
+
+from domain.availability import (
+    connector_fits,
+    connectors_available_now,
+    connectors_not_available_now,
+    stations_in_service,
+    stations_out_of_service,
+    stations_with,
+)
+from domain.entities import Connector, ConnectorStatus, ConnectorType, Station
+from domain.ports import Store
+from tests.contract.factories import connector, put, station
+
+A = ConnectorStatus.AVAILABLE
+
+
+async def ids(store: Store, kind: type[Connector] | type[Station], where: object) -> set[str]:
+    found = {r.id for r in await store.find_all(kind, where)}  # type: ignore[arg-type]
+    assert await store.count(kind, where) == len(found)  # type: ignore[arg-type]
+    return found
+
+
+async def test_available_now_needs_a_connected_station_that_is_up(store: Store) -> None:
+    up = station(online=True)  # never reported connector 0
+    up_too = station(online=True, status=A)
+    offline = station(online=False, status=A)
+    faulted = station(online=True, status=ConnectorStatus.FAULTED)
+    unavailable = station(online=True, status=ConnectorStatus.UNAVAILABLE)
+    plugs = {st.cp_id: connector(st, 1, status=A) for st in
+             (up, up_too, offline, faulted, unavailable)}
+    busy = connector(up, 2, status=ConnectorStatus.CHARGING)
+    await put(store, up, up_too, offline, faulted, unavailable, *plugs.values(), busy)
+
+    assert await ids(store, Station, stations_in_service()) == {up.id, up_too.id}
+    assert await ids(store, Station, stations_out_of_service()) == {
+        offline.id, faulted.id, unavailable.id}
+    free = {plugs[up.cp_id].id, plugs[up_too.cp_id].id}
+    assert await ids(store, Connector, connectors_available_now()) == free
+    every = {c.id for c in plugs.values()} | {busy.id}
+    assert await ids(store, Connector, connectors_not_available_now()) == every - free
+
+
+async def test_stations_with_one_connector_meeting_every_condition(store: Store) -> None:
+    fast = station(online=True)
+    slow = station(online=True)
+    unknown = station(online=True)
+    await put(store, fast, slow, unknown,
+              connector(fast, 1, type=ConnectorType.CCS2, max_kw=150.0,
+                        status=ConnectorStatus.CHARGING),
+              connector(fast, 2, type=ConnectorType.TYPE2, max_kw=22.0, status=A),
+              connector(slow, 1, type=ConnectorType.TYPE2, max_kw=11.0, status=A),
+              connector(unknown, 1, type=ConnectorType.CCS2, status=A))
+
+    ccs = connector_fits([ConnectorType.CCS2])
+    assert await ids(store, Station, stations_with(ccs)) == {fast.id, unknown.id}
+    assert await ids(store, Station, stations_with(ccs, available_now=True)) == {unknown.id}
+    strong = connector_fits(min_kw=20)  # unknown power does not qualify
+    assert await ids(store, Station, stations_with(strong)) == {fast.id}
+    assert await ids(store, Station, stations_with(
+        connector_fits([ConnectorType.TYPE2], 20), available_now=True)) == {fast.id}
+    assert await ids(store, Station, stations_with(connector_fits())) == {
+        fast.id, slow.id, unknown.id}
