@@ -914,3 +914,51 @@ async def test_a_relayed_command_nobody_took_says_whether_the_station_is_online(
         assert gone["errors"][0]["message"] == "CP-1 is not connected"
     finally:
         await stop_central(central)
+
+
+# ----------------------------------------------------------------- QA s14: commands
+async def test_a_reservation_ends_only_with_its_own_start(central: Central) -> None:
+    """QA (s14): a StartTransaction carrying a reservation's id used it up whatever its
+    card or connector. OCPP 1.6 (5.13): only the reserved card (or one with the same
+    parentIdTag) on the reserved connector (any, for connector 0) ends it; any other
+    start leaves it ACTIVE and is not its session."""
+    driver = central.users["driver"].id
+    await central.store.write([Insert(d.IdTag(tag=tag, user_id=driver, parent_tag="TAG-GROUP"))
+                               for tag in ("TAG-FLEET-1", "TAG-FLEET-2")], [])
+    soon = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    charging = central.services.charging
+
+    async def reserve(connector: int, tag: str) -> int:
+        held = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": connector,
+                                                 "idTag": tag, "expiryDate": soon},
+                         "reservation { reservationId state }")
+        assert held["reservation"]["state"] == "ACTIVE", held
+        return int(held["reservation"]["reservationId"])
+
+    async def state(number: int) -> d.ReservationState:
+        [found] = await central.store.find_all(d.Reservation, Eq("reservation_id", number))
+        return found.state
+
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.report_all()
+        number = await reserve(1, "TAG-OK")
+        at = datetime.now(UTC)
+        for connector, tag in ((1, "TAG-OTHER"), (2, "TAG-OK")):  # another card, plug
+            tx, _ = await charging.start_transaction("CP-1", connector, tag, 0, at,
+                                                     reservation_id=number)
+            assert await state(number) is d.ReservationState.ACTIVE, (connector, tag)
+            session = await central.session(tx)
+            assert session is not None and session.reservation_id is None
+            await charging.stop_transaction("CP-1", tx, 10, at)
+        tx, _ = await charging.start_transaction("CP-1", 1, "tag-ok", 0, at,
+                                                 reservation_id=number)
+        assert await state(number) is d.ReservationState.USED
+        session = await central.session(tx)
+        assert session is not None and session.reservation_id == number
+        await charging.stop_transaction("CP-1", tx, 10, at)
+        # Connector 0: any plug of the station; a card of the reserved card's group.
+        number = await reserve(0, "TAG-FLEET-1")
+        tx, _ = await charging.start_transaction("CP-1", 2, "TAG-FLEET-2", 0, at,
+                                                 reservation_id=number)
+        assert await state(number) is d.ReservationState.USED
+        await charging.stop_transaction("CP-1", tx, 10, at)
