@@ -338,6 +338,34 @@ BAD_COMMANDS: list[tuple[str, dict[str, Any], str, str]] = [
     ("sendLocalList", {"listVersion": 1, "updateType": "FULL", "localAuthorizationList": [
         {"idTag": "OK", "idTagInfo": {"status": "ACCEPTED"}}, {"idTag": "GONE"}]},
      "localAuthorizationList.1.idTagInfo", "REQUIRED"),
+    # QA s14: one card twice (the second in lower case, as chargers compare them) ...
+    ("sendLocalList", {"listVersion": 1, "updateType": "FULL", "localAuthorizationList": [
+        {"idTag": "TAG-A", "idTagInfo": {"status": "ACCEPTED"}},
+        {"idTag": "tag-a", "idTagInfo": {"status": "BLOCKED"}}]},
+     "localAuthorizationList.1.idTag", "DUPLICATE"),
+    # ... and version 0 ("no list") for a list with tags.
+    ("sendLocalList", {"listVersion": 0, "updateType": "FULL", "localAuthorizationList": [
+        {"idTag": "TAG-A", "idTagInfo": {"status": "ACCEPTED"}}]}, "listVersion",
+     "OUT_OF_RANGE"),
+    # The charger's password is not a configuration key we send.
+    ("changeConfiguration", {"key": "AuthorizationKey", "value": "0123456789abcdef0123"},
+     "key", "INVALID"),
+    # Profiles OCPP 1.6 forbids: a default profile naming a transaction; the station's
+    # maximum on a connector.
+    ("setChargingProfile", {"connectorId": 1, "csChargingProfiles": {
+        **PROFILE, "transactionId": 5}}, "csChargingProfiles.transactionId", "INVALID"),
+    ("setChargingProfile", {"connectorId": 1, "csChargingProfiles": {
+        **PROFILE, "chargingProfilePurpose": "CHARGE_POINT_MAX_PROFILE"}}, "connectorId",
+     "INVALID"),
+    # A schedule begins with its first period, and 5,000,000 A is nobody's limit.
+    ("setChargingProfile", {"connectorId": 1, "csChargingProfiles": {
+        **PROFILE, "chargingSchedule": {"chargingRateUnit": "A", "chargingSchedulePeriod": [
+            {"startPeriod": 60, "limit": 16.0}]}}},
+     "csChargingProfiles.chargingSchedule.chargingSchedulePeriod.0.startPeriod", "INVALID"),
+    ("setChargingProfile", {"connectorId": 1, "csChargingProfiles": {
+        **PROFILE, "chargingSchedule": {"chargingRateUnit": "A", "chargingSchedulePeriod": [
+            {"startPeriod": 0, "limit": 5_000_000.0}]}}},
+     "csChargingProfiles.chargingSchedule.chargingSchedulePeriod.0.limit", "OUT_OF_RANGE"),
 ]
 
 
