@@ -749,8 +749,8 @@ class ChargingService(Service):
                             presented: str, card: IdTag | None) -> bool:
         """Whether this start is the one ``reservation`` waits for (OCPP 1.6, 5.13): on
         its connector (any, for connector 0), by its card, or by one whose parentIdTag is
-        the reserved id or the reserved card's. A charger may send the reservation's id with any start on the
-        station; only this one ends it."""
+        the reserved id or the reserved card's. A charger may send the reservation's id
+        with any start on the station; only this one ends it."""
         if reservation.connector_id not in (0, connector_id):
             return False
         if reservation.id_tag == presented:

@@ -426,8 +426,8 @@ async def test_a_charger_recorded_offline_ends_the_wait_at_once(
         await buses[1].publish(StationConnectionChanged(station_id=None, cp_id="CP-B",
                                                         online=False))
         # Confirmed to its holder, which says nothing more: the charger may have got it.
-        with pytest.raises(ChargerTimeout, match="^the charger went offline after "
-                           "receiving the command; its outcome is unknown$"):
+        with pytest.raises(ChargerTimeout, match=r"^the charger went offline after "
+                           r"receiving the command; its outcome is unknown$"):
             await asyncio.wait_for(asked, AT_ONCE)
     finally:
         await requests.aclose()  # type: ignore[attr-defined]
