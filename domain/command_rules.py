@@ -24,6 +24,9 @@ from domain.errors import ValidationError
 MAX_INT = 2**31 - 1
 #: A charging limit in W (or A): far above any charger, low enough to be a typo's end.
 MAX_LIMIT = 10_000_000.0
+#: The same per unit of a charging schedule: 10 MW, and 3,000 A (a megawatt charging
+#: system's plug). 5,000,000 A is no limit anyone means.
+MAX_LIMIT_PER_UNIT = {"W": MAX_LIMIT, "A": 3_000.0}
 MAX_URL = 2000
 TENTH = Decimal("0.1")
 #: Actions whose connectorId 0 means the charge point as a whole (or "any connector").
@@ -159,24 +162,66 @@ def _consistent(action: str, payload: dict[str, Any]) -> None:
                 raise ValidationError("there is no transaction yet",
                                       field="chargingProfile.transactionId", code="INVALID")
     if action == "SetChargingProfile":
-        profile = payload.get("csChargingProfiles")
-        if isinstance(profile, dict) and profile.get("chargingProfilePurpose") == "TxProfile" \
-                and payload.get("connectorId") == 0:
-            raise ValidationError("a TxProfile is for a connector's transaction, not "
-                                  "connector 0", field="connectorId", code="INVALID")
+        _profile_fits_connector(payload)
     for key in ("csChargingProfiles", "chargingProfile"):
         profile = payload.get(key)
         if isinstance(profile, dict) and profile.get("chargingProfileKind") == "Recurring" \
                 and profile.get("recurrencyKind") is None:
             raise ValidationError("a Recurring profile needs its recurrencyKind",
                                   field=f"{key}.recurrencyKind", code="REQUIRED")
-    if action == "SendLocalList" and payload.get("updateType") == "Full":
+    if action == "SendLocalList":
+        _local_list(payload)
+    if action == "ChangeConfiguration" and str(payload.get("key", "")).lower() \
+            == "authorizationkey":
+        # The charger's Basic-auth password: changed here, our stored hash would not
+        # follow, and the charger would be refused with its new key (and a change
+        # whose answer is lost leaves nobody knowing which key it has).
+        raise ValidationError("the charger's password is not changed by a command: set it "
+                              "with updateStation(password:) and on the charger itself",
+                              field="key", code="INVALID")
+
+
+def _profile_fits_connector(payload: dict[str, Any]) -> None:
+    """OCPP 1.6 (3.13.2): a ChargePointMaxProfile is the station's (connector 0), a
+    TxProfile a connector's transaction, and a TxDefaultProfile is for transactions to
+    come, so it names none."""
+    profile = payload.get("csChargingProfiles")
+    if not isinstance(profile, dict):
+        return
+    purpose, connector = profile.get("chargingProfilePurpose"), payload.get("connectorId")
+    if purpose == "TxProfile" and connector == 0:
+        raise ValidationError("a TxProfile is for a connector's transaction, not "
+                              "connector 0", field="connectorId", code="INVALID")
+    if purpose == "ChargePointMaxProfile" and connector != 0:
+        raise ValidationError("a ChargePointMaxProfile limits the whole station: "
+                              "connector 0", field="connectorId", code="INVALID")
+    if purpose == "TxDefaultProfile" and profile.get("transactionId") is not None:
+        raise ValidationError("a TxDefaultProfile is for transactions to come, not one "
+                              "(use a TxProfile)", field="csChargingProfiles.transactionId",
+                              code="INVALID")
+
+
+def _local_list(payload: dict[str, Any]) -> None:
+    entries = [e for e in payload.get("localAuthorizationList") or () if isinstance(e, dict)]
+    if entries and payload.get("listVersion") == 0:
+        # GetLocalListVersion answers 0 for "no list": a list with tags has a version.
+        raise ValidationError("a list with tags has version 1 or more (0 means no list)",
+                              field="listVersion", code="OUT_OF_RANGE")
+    seen: set[str] = set()
+    for i, entry in enumerate(entries):
+        # Id tags are upper-cased by now, as chargers compare them (case-insensitive):
+        # two entries for one card, each with its own idTagInfo, contradict each other.
+        tag = str(entry.get("idTag"))
+        if tag in seen:
+            raise ValidationError("this id tag is in the list already",
+                                  field=f"localAuthorizationList.{i}.idTag",
+                                  code="DUPLICATE")
+        seen.add(tag)
         # A Differential entry without idTagInfo removes the tag; a Full list has none.
-        for i, entry in enumerate(payload.get("localAuthorizationList") or ()):
-            if isinstance(entry, dict) and entry.get("idTagInfo") is None:
-                raise ValidationError("a full list gives every tag's idTagInfo",
-                                      field=f"localAuthorizationList.{i}.idTagInfo",
-                                      code="REQUIRED")
+        if payload.get("updateType") == "Full" and entry.get("idTagInfo") is None:
+            raise ValidationError("a full list gives every tag's idTagInfo",
+                                  field=f"localAuthorizationList.{i}.idTagInfo",
+                                  code="REQUIRED")
 
 
 def _walk(value: Any, path: str) -> Any:
@@ -196,6 +241,19 @@ def _walk(value: Any, path: str) -> Any:
     return value
 
 
+def _within_unit(schedule: dict[str, Any], where: str) -> None:
+    """Limits within what the schedule's unit makes believable (``MAX_LIMIT_PER_UNIT``)."""
+    cap = MAX_LIMIT_PER_UNIT.get(schedule.get("chargingRateUnit", ""), MAX_LIMIT)
+    unit = schedule.get("chargingRateUnit", "")
+    limits = [(f"{where}.chargingSchedulePeriod.{i}.limit", period.get("limit"))
+              for i, period in enumerate(schedule.get("chargingSchedulePeriod") or ())]
+    limits.append((f"{where}.minChargingRate", schedule.get("minChargingRate")))
+    for path, value in limits:
+        if isinstance(value, int | float) and value > cap:
+            raise ValidationError(f"at most {cap:g} {unit}".rstrip(), field=path,
+                                  code="OUT_OF_RANGE")
+
+
 def _ordered(payload: dict[str, Any]) -> None:
     """Pairs of fields that only make sense in order, wherever a profile sits."""
     for profile_key in ("csChargingProfiles", "chargingProfile"):
@@ -206,12 +264,18 @@ def _ordered(payload: dict[str, Any]) -> None:
         if start is not None and end is not None and end <= start:
             raise ValidationError("must be after validFrom", field=f"{profile_key}.validTo",
                                   code="OUT_OF_RANGE")
-        periods = (profile.get("chargingSchedule") or {}).get("chargingSchedulePeriod")
+        schedule = profile.get("chargingSchedule") or {}
+        periods = schedule.get("chargingSchedulePeriod")
         if periods is None:
             continue
         where = f"{profile_key}.chargingSchedule.chargingSchedulePeriod"
         if not periods:
             raise ValidationError("at least one period", field=where, code="REQUIRED")
+        # The schedule starts with its first period: before it, no limit would apply.
+        if periods[0].get("startPeriod", 0) != 0:
+            raise ValidationError("the first period starts at 0", field=f"{where}.0.startPeriod",
+                                  code="INVALID")
+        _within_unit(schedule, f"{profile_key}.chargingSchedule")
         # Each period's start is the previous one's end (OCPP 1.6 ChargingSchedulePeriod).
         for i in range(1, len(periods)):
             if periods[i].get("startPeriod", 0) <= periods[i - 1].get("startPeriod", 0):

@@ -80,7 +80,15 @@ class ChargerBusy(ChargerError):
 
 
 class ChargerTimeout(ChargerError):
+    """No answer: the charger may have carried the command out (or may still)."""
+
     code = "CHARGER_TIMEOUT"
+
+
+#: A ``ChargerTimeout``'s message when the charger's socket closed after it got the
+#: command (the local gateway, and a relay whose holder did not say more).
+OUTCOME_UNKNOWN = ("the charger went offline after receiving the command; its outcome is "
+                   "unknown")
 
 
 class ChargerRejected(ChargerError):

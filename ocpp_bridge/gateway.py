@@ -89,9 +89,11 @@ class OcppGateway:
                                  ) from exc
         except ChargerOffline as exc:
             raise ChargerOffline(self._stopping or f"{cp_id} went offline before "
-                                 f"answering {action}") from exc
+                                 f"{action} was sent") from exc
         except ChargerTimeout:
-            raise  # sent, never answered: the service is stopping (``stop_commands``)
+            # Sent, never answered: the service is stopping (``stop_commands``), or the
+            # socket closed after the charger got it (``connection_closed``).
+            raise
         except ChargerBusy as exc:
             raise ChargerBusy(f"{action} was not sent: {cp_id} was busy with other commands "
                               f"for {timeout:g}s") from exc

@@ -13,7 +13,8 @@ until the timeout), they only talk to the domain.
 Commands (``command``) go through the package's ``call()``, which only ever hears of an
 answer that parses, and waits out its timeout otherwise. So each command also waits on a
 failure of its own, set at once when the charger's answer to it is malformed
-(``ChargerError``) or the socket closes (``ChargerOffline``, ``connection_closed``).
+(``ChargerError``) or the socket closes (``connection_closed``: ``ChargerOffline`` if it
+was not sent yet, ``ChargerTimeout`` if the charger got it).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
 from domain.errors import (
+    OUTCOME_UNKNOWN,
     ChargerBusy,
     ChargerCallError,
     ChargerError,
@@ -197,9 +199,13 @@ class ChargePointHandler(ChargePoint):
                        else ChargerTimeout(reason))
 
     def connection_closed(self) -> None:
-        """The socket is closed: commands waiting for answers (or for their turn) fail
-        with ``ChargerOffline`` at once, and later ones are refused."""
-        self._fail_all(lambda unique_id: ChargerOffline(f"{self.id} went offline"))
+        """The socket is closed: commands fail at once, and later ones are refused. One
+        still waiting for its turn was never sent (``ChargerOffline``); one the charger
+        got may have been carried out, its answer lost with the socket: unanswered
+        (``ChargerTimeout``, as at a stop), so a ReserveNow stays PENDING rather than be
+        called REJECTED while the charger may hold the plug."""
+        self._fail_all(lambda unique_id: ChargerOffline(f"{self.id} went offline")
+                       if unique_id in self._sending else ChargerTimeout(OUTCOME_UNKNOWN))
 
     def _fail_all(self, error_for: Callable[[str], ChargerError]) -> None:
         self._closed = True

@@ -23,8 +23,11 @@ would have raised, so the mutation reads the same wherever it ran.
   cut off) answers ``ChargerTimeout`` then, not after the holder's whole bound (twice the
   timeout): behind a load balancer that was a 504.
 * The charger is recorded offline meanwhile (``StationConnectionChanged``: its socket
-  closed, or the holder's lease expired and another instance swept it): ``ChargerOffline``
-  at once, as the local gateway says when a socket closes under a command.
+  closed, or the holder's lease expired and another instance swept it): the holder's
+  own answer is waited for ``claim_timeout`` more (it knows whether the charger got the
+  command: ``ChargerOffline`` if not, ``ChargerTimeout`` if it did, as the local gateway
+  says when a socket closes under a command); without it, a command confirmed to its
+  holder may have reached the charger: ``ChargerTimeout``, its outcome unknown.
 * The bus cannot publish: ``ChargerOffline`` naming the cause; nothing was sent.
 * This instance begins to stop (``stop_commands``): its commands fail at once,
   ``ChargerOffline`` if not yet confirmed to a holder, ``ChargerTimeout`` if confirmed.
@@ -41,6 +44,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from domain.errors import (
+    OUTCOME_UNKNOWN,
     ChargerBusy,
     ChargerCallError,
     ChargerError,
@@ -151,7 +155,7 @@ class CommandRelay:
             raise ChargerOffline(self._stopping)
         request_id = new_id()
         pending = self._pending[request_id] = _Pending(asyncio.get_running_loop(), cp_id,
-                                                       action)
+                                                       action, self.claim_timeout)
         try:
             try:
                 await self.bus.publish(ChargerCommandRelayed(
@@ -331,10 +335,14 @@ class _Pending:
     that claimed it (should two hold the charger for a moment, during a reconnect, the
     other's answers are ignored)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, cp_id: str, action: str) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, cp_id: str, action: str,
+                 grace: float) -> None:
         self.loop = loop
         self.cp_id = cp_id
         self.action = action
+        #: How long the holder's own answer is awaited once the charger went offline.
+        self.grace = grace
+        self._offline: asyncio.TimerHandle | None = None
         self.claimed: asyncio.Future[None] = loop.create_future()
         self.answered: asyncio.Future[dict[str, Any]] = loop.create_future()
         self.holder: str | None = None
@@ -366,10 +374,22 @@ class _Pending:
             waiting.set_exception(error)
 
     def went_offline(self) -> None:
-        """Its charger was recorded offline after the claim: no answer will come."""
-        if self.claimed.done() and not self.answered.done():
+        """Its charger was recorded offline after the claim: the charger will not answer.
+        Not confirmed to the holder, the command was never sent (``ChargerOffline``).
+        Confirmed, the charger may have got it: the holder, which knows, says so within
+        ``grace`` (its answer and the offline record travel apart); if it does not, its
+        outcome is unknown (``ChargerTimeout``, as the local gateway says)."""
+        if not self.claimed.done() or self.answered.done():
+            return
+        if not self.confirmed:
             self.answered.set_exception(ChargerOffline(
-                f"{self.cp_id} went offline before answering {self.action}"))
+                f"{self.cp_id} went offline before {self.action} was sent"))
+        elif self._offline is None:
+            self._offline = self.loop.call_later(self.grace, self._outcome_unknown)
+
+    def _outcome_unknown(self) -> None:
+        if not self.answered.done():
+            self.answered.set_exception(ChargerTimeout(OUTCOME_UNKNOWN))
 
     def stop(self, reason: str) -> None:
         """Ends the wait because this instance is stopping: never claimed,
@@ -382,6 +402,8 @@ class _Pending:
 
     def forget(self) -> None:
         """Retrieves what nobody awaited any more, so asyncio does not log it."""
+        if self._offline is not None:
+            self._offline.cancel()
         for future in (self.claimed, self.answered):
             if future.done() and not future.cancelled():
                 future.exception()

@@ -690,6 +690,14 @@ class ChargingService(Service):
         tag, start, meter_start = identity.tag, identity.start, identity.meter_start
         id_tag_record = await self.store.find_one(IdTag, Eq("tag", presented))
         actor = charger(cp_id)
+        reservation = None if reservation_id is None else await self.store.find_one(
+            Reservation, all_of(Eq("station_id", station.id),
+                                Eq("reservation_id", reservation_id)))
+        if reservation is not None and not await self._reserved_for(
+                reservation, connector_id, presented, id_tag_record):
+            # Another card's, or another connector's: it goes on holding the plug for
+            # whom it was made, and the session is not its (1.6, 5.13).
+            reservation_id, reservation = None, None
         session = stamp_new(Session(
             transaction_id=await self.store.next_sequence("transaction"),
             station_id=station.id, cp_id=cp_id, connector_id=connector_id, id_tag=tag,
@@ -726,19 +734,33 @@ class ChargingService(Service):
             changes += closing
             ended.append(closed)
         used = None
-        if reservation_id is not None:
-            reservation = await self.store.find_one(Reservation, all_of(
-                Eq("station_id", station.id), Eq("reservation_id", reservation_id)))
-            if reservation is not None and reservation.state in LIVE_RESERVATION_STATES:
-                # From the state read: a cancel or a removal that ended it meanwhile
-                # stands (the session starts anyway, as the charger decided).
-                use = patch(reservation, actor, only_if=("state", reservation.state),
-                            state=ReservationState.USED)
-                used = cast(Reservation, use.record)
-                changes.append((use, reservation))
+        if reservation is not None and reservation.state in LIVE_RESERVATION_STATES:
+            # From the state read: a cancel or a removal that ended it meanwhile
+            # stands (the session starts anyway, as the charger decided).
+            use = patch(reservation, actor, only_if=("state", reservation.state),
+                        state=ReservationState.USED)
+            used = cast(Reservation, use.record)
+            changes.append((use, reservation))
         changes.append((Insert(session), None))
         await self.commit(actor, changes)
         return session, ended, used
+
+    async def _reserved_for(self, reservation: Reservation, connector_id: int,
+                            presented: str, card: IdTag | None) -> bool:
+        """Whether this start is the one ``reservation`` waits for (OCPP 1.6, 5.13): on
+        its connector (any, for connector 0), by its card, or by one whose parentIdTag is
+        the reserved id or the reserved card's. A charger may send the reservation's id
+        with any start on the station; only this one ends it."""
+        if reservation.connector_id not in (0, connector_id):
+            return False
+        if reservation.id_tag == presented:
+            return True
+        if card is None or card.parent_tag is None:
+            return False
+        if card.parent_tag == reservation.id_tag:  # reserved for the group's parent id
+            return True
+        reserved = await self.store.find_one(IdTag, Eq("tag", reservation.id_tag))
+        return reserved is not None and reserved.parent_tag == card.parent_tag
 
     async def meter_values(self, cp_id: str, connector_id: int, transaction_id: int | None,
                            readings: list[MeterReading]) -> None:

@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
+from urllib.parse import urlsplit, urlunsplit
 
 from domain.clock import utcnow
 from domain.command_rules import check_command
@@ -31,7 +32,6 @@ from domain.entities import (
     User,
 )
 from domain.errors import (
-    ChargerCallError,
     ChargerError,
     ChargerOffline,
     ChargerRejected,
@@ -41,6 +41,7 @@ from domain.errors import (
     DomainError,
     Forbidden,
     NotFound,
+    Unauthenticated,
     ValidationError,
 )
 from domain.events import CommandCompleted
@@ -75,8 +76,44 @@ MAX_RESERVATION = timedelta(hours=MAX_RESERVATION_HOURS)
 
 #: What a station that is not Accepted may not be asked: OCPP 1.6 (4.2) has the central
 #: system initiate nothing while a station is Rejected, and while it is Pending it may
-#: only read or change its configuration, not have it charge or hold a connector.
-_CHARGING_ACTIONS = frozenset({"RemoteStartTransaction", "ReserveNow"})
+#: only read or change its configuration: no remote start or stop, no reservation.
+_CHARGING_ACTIONS = frozenset({"RemoteStartTransaction", "RemoteStopTransaction",
+                               "ReserveNow"})
+
+
+#: Written in an audit entry instead of a secret a command carries.
+HIDDEN = "[hidden]"
+
+
+def masked(action: str, request: dict[str, Any]) -> dict[str, Any]:
+    """A command's request as the audit log keeps it: without the secrets it may carry
+    (the audit log is read by every operator of the station and kept for good). A
+    charger's AuthorizationKey (refused anyway: ``command_rules``), and the user
+    information of an upload or download URL (``ftp://user:password@host/``)."""
+    out = dict(request)
+    if action == "ChangeConfiguration" and str(out.get("key", "")).lower() == \
+            "authorizationkey" and "value" in out:
+        out["value"] = HIDDEN
+    if isinstance(out.get("location"), str):
+        out["location"] = _without_user_info(out["location"])
+    return out
+
+
+def _without_user_info(url: str) -> str:
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{HIDDEN}@{host}"))
+
+
+def _refuse_driver_profile(action: str, payload: dict[str, Any]) -> None:
+    """A profile is smart charging, which drivers may not set (SetChargingProfile is not
+    theirs): through a remote start it would reach the charger all the same, at up to
+    stackLevel 100, or replacing an operator's profile by its id. Refused before its
+    fields are checked: whatever it says, it is not the driver's to send."""
+    if action == "RemoteStartTransaction" and payload.get("chargingProfile") is not None:
+        raise Forbidden("drivers may not set a charging profile", field="chargingProfile")
 
 
 def _refuse_unregistered(station: Station, action: str) -> None:
@@ -109,19 +146,28 @@ class CommandService(Service):
                    ) -> CommandOutcome:
         """Authorize, send and judge one command. Refusals before sending raise; what the
         charger (or its absence) says comes back in the outcome's ``error``."""
+        if viewer.anonymous:
+            # No command is anyone's without signing in. Said before the station is looked
+            # up: with the public map off, "no such station" would send them looking.
+            raise Unauthenticated("sign in first")
         station = await self.store.find_one(
             Station, all_of(self.policy.scope(viewer, "station"), Eq("cp_id", cp_id)))
         if station is None:
+            await self._refuse_stop_elsewhere(viewer, cp_id, action, payload)
             raise NotFound("no such station", field="cpId")
         manages = self.policy.may_manage_station(viewer, station)
         if not manages and not (viewer.is_driver and action in DRIVER_ACTIONS):
             raise Forbidden(f"you may not send {action} to this station", field="cpId")
         _refuse_unregistered(station, action)
+        if not manages:
+            _refuse_driver_profile(action, payload)
         payload = check_command(action, payload)  # a copy: the driver rules edit it
         if not manages:
             await self._check_driver(viewer, station, action, payload)
         if payload.get("connectorId"):
             await connector_in_range(self.store, station, payload["connectorId"])
+        if action == "SetChargingProfile":
+            await self._check_tx_profile(station, payload)
         outcome = CommandOutcome(command_id=new_id(), action=action, station=station)
         if action == "ReserveNow":
             outcome.reservation = await self._new_reservation(viewer, station, payload)
@@ -173,7 +219,7 @@ class CommandService(Service):
     async def _check_driver(self, viewer: Viewer, station: Station, action: str,
                             payload: dict[str, Any]) -> None:
         if action in ("RemoteStartTransaction", "ReserveNow"):
-            await self._own_tag(viewer, payload)
+            await self._own_tag(viewer, payload, starting=action == "RemoteStartTransaction")
         elif action == "RemoteStopTransaction":
             session = await self.store.find_one(Session, all_of(
                 Eq("transaction_id", payload.get("transactionId")), Eq("cp_id", station.cp_id)))
@@ -183,9 +229,12 @@ class CommandService(Service):
                 raise ValidationError("the session has ended", field="transactionId",
                                       code="INVALID_STATE")
 
-    async def _own_tag(self, viewer: Viewer, payload: dict[str, Any]) -> None:
+    async def _own_tag(self, viewer: Viewer, payload: dict[str, Any], *, starting: bool
+                       ) -> None:
         """A driver charges with their own tag: the one given, or the one of the vehicle
-        given (``vehicleId``), or their first usable tag."""
+        given (``vehicleId``), or their first usable tag. To start charging (``starting``)
+        it must not be charging already: the charger would accept the remote start and
+        then refuse its StartTransaction (ConcurrentTx), the driver left at a dead plug."""
         vehicle_id = payload.pop("vehicleId", None)
         tag_value = payload.get("idTag")
         now = utcnow()
@@ -199,6 +248,8 @@ class CommandService(Service):
                 # hold the connector for a card that cannot charge.
                 raise ValidationError(f"this id tag is {status.value.lower()}",
                                       field="idTag", code="INVALID_STATE")
+            if starting:
+                await self._refuse_charging(tag)
         else:
             where = all_of(Eq("user_id", viewer.user_id), Eq("status", IdTagStatus.ACCEPTED))
             if vehicle_id is not None:
@@ -210,7 +261,81 @@ class CommandService(Service):
                                       field="vehicleId" if vehicle_id else "idTag",
                                       code="REQUIRED")
             tag = tags[0]
+            if starting:
+                # The first card that is not charging now; if all are, why not.
+                for candidate in tags:
+                    if await self._charging_with(candidate) is None:
+                        tag = candidate
+                        break
+                else:
+                    await self._refuse_charging(tag)
         payload["idTag"] = tag.tag
+
+    async def _charging_with(self, tag: IdTag) -> Session | None:
+        return await self.store.find_one(Session, all_of(
+            Eq("id_tag", tag.tag), Eq("state", SessionState.ACTIVE)))
+
+    async def _refuse_charging(self, tag: IdTag) -> None:
+        session = await self._charging_with(tag)
+        if session is None:
+            return
+        [where] = await self.store.get_many(Station, [session.station_id])
+        raise Conflict(f"this card is charging at {where.name if where else session.cp_id}",
+                       field="idTag", code="IN_USE")
+
+    async def _refuse_stop_elsewhere(self, viewer: Viewer, cp_id: str, action: str,
+                                     payload: dict[str, Any]) -> None:
+        """An operator stopping a transaction in their books on a station their company
+        no longer runs (it was handed over mid-session) is told who may, rather than "no
+        such station": the station's operators now stop what charges on it (it is their
+        hardware), and the session's books stay with them (``endSession``). Only said
+        about a session the viewer sees already, so nothing is revealed."""
+        transaction_id = payload.get("transactionId")
+        if action != "RemoteStopTransaction" or not viewer.is_operator \
+                or isinstance(transaction_id, bool) or not isinstance(transaction_id, int):
+            return
+        session = await self.store.find_one(Session, all_of(
+            self.policy.scope(viewer, "session"), Eq("cp_id", cp_id),
+            Eq("transaction_id", transaction_id), Eq("state", SessionState.ACTIVE)))
+        if session is not None:
+            raise Forbidden("another company runs this station now: its operators stop "
+                            "the transaction at the charger; endSession closes it in "
+                            "your books", field="cpId")
+
+    # ------------------------------------------------------------- smart charging
+    async def _check_tx_profile(self, station: Station, payload: dict[str, Any]) -> None:
+        """OCPP 1.6 (3.13.4): a TxProfile limits a transaction under way on its
+        connector, the one it names if it names one. A charger refuses it otherwise
+        (or, read its own way, applies it to the next transaction)."""
+        profile = payload.get("csChargingProfiles")
+        if not isinstance(profile, dict) or profile.get("chargingProfilePurpose") != "TxProfile":
+            return
+        connector_id = payload.get("connectorId")
+        transaction_id = profile.get("transactionId")
+        if transaction_id is not None:
+            named = await self.store.find_one(Session, all_of(
+                Eq("cp_id", station.cp_id), Eq("station_id", station.id),
+                Eq("transaction_id", transaction_id)))
+            if named is None:
+                raise NotFound("no such transaction on this station",
+                               field="csChargingProfiles.transactionId")
+            if named.connector_id != connector_id:
+                raise ValidationError(f"transaction {transaction_id} is on connector "
+                                      f"{named.connector_id}",
+                                      field="csChargingProfiles.transactionId",
+                                      code="INVALID")
+            if named.state is not SessionState.ACTIVE:
+                raise ValidationError("the transaction has ended",
+                                      field="csChargingProfiles.transactionId",
+                                      code="INVALID_STATE")
+            return
+        active = await self.store.find_one(Session, all_of(
+            Eq("cp_id", station.cp_id), Eq("connector_id", connector_id),
+            Eq("station_id", station.id), Eq("state", SessionState.ACTIVE)))
+        if active is None:
+            raise ValidationError("no transaction under way on this connector: a TxProfile "
+                                  "is for one (a TxDefaultProfile is for those to come)",
+                                  field="connectorId", code="INVALID_STATE")
 
     # ------------------------------------------------------------- reservations
     async def _new_reservation(self, viewer: Viewer, station: Station, payload: dict[str, Any]
@@ -350,7 +475,7 @@ class CommandService(Service):
             entity="station", entity_id=station.id, action=AuditAction.COMMAND,
             actor=viewer.actor, created_by=viewer.actor, updated_by=viewer.actor,
             after={"command": outcome.action, "commandId": outcome.command_id,
-                   "request": wire_json(payload), "status": outcome.status,
+                   "request": masked(outcome.action, wire_json(payload)), "status": outcome.status,
                    "error": outcome.error.code if outcome.error else None},
         )
         changes = []
@@ -366,11 +491,11 @@ class CommandService(Service):
                 state = ReservationState.ACTIVE if error is None \
                     else reservation.state if uncertain else ReservationState.REJECTED
             else:
-                # Done, or a definite answer that the charger holds no such reservation
-                # (Rejected: "not found"; a CALLERROR: it keeps none): either way it is
-                # over. Without an answer the charger may still hold it.
-                ended = outcome.error is None \
-                    or isinstance(outcome.error, ChargerRejected | ChargerCallError)
+                # Done, or the charger's word that it holds no such reservation (Rejected:
+                # "not found"): either way it is over. A CALLERROR ("InternalError: try
+                # again") says nothing about the reservation, and without an answer the
+                # charger may still hold it: both leave it as it was.
+                ended = outcome.error is None or isinstance(outcome.error, ChargerRejected)
                 state = ReservationState.CANCELLED if ended else reservation.state
             if state is not reservation.state:
                 # Only from the state read before the command was sent: a charger that

@@ -47,7 +47,7 @@ def test_limits_go_in_steps_of_a_tenth_as_the_client_wrote_them() -> None:
                                      {"startPeriod": 0, "limit": 16.0},
                                      {"startPeriod": 60, "limit": limit}]}}}
 
-    for fine in (16.3, 7400.5, 0.1, 32, 0):
+    for fine in (16.3, 2999.5, 0.1, 32, 0):
         check_command("SetChargingProfile", profile(fine))
     for wrong, field in ((16.35, "csChargingProfiles.chargingSchedule."
                                  "chargingSchedulePeriod.1.limit"),

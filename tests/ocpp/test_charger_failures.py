@@ -19,6 +19,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from domain import entities as d
+from domain.errors import Conflict
 from domain.policy import SYSTEM
 from domain.query import ALL, Eq
 from domain.services.commands import CommandOutcome
@@ -80,10 +81,12 @@ async def still_answered_normally(ws: ClientConnection) -> None:
 
 # ----------------------------------------------------------------- dropped sockets
 @pytest.mark.parametrize("how", ["close", "abort"])
-async def test_a_socket_dropped_mid_command_is_charger_offline_at_once(
+async def test_a_socket_dropped_mid_command_ends_it_at_once(
         slow_central: Central, how: str) -> None:
-    """A closing handshake, or the TCP connection simply gone: the command waiting for
-    the answer, and the one queued behind it, are CHARGER_OFFLINE at once."""
+    """A closing handshake, or the TCP connection simply gone, ends the commands at once.
+    The one the charger got may have been carried out (QA: a ReserveNow so answered was
+    REJECTED while the charger held the plug): unanswered, CHARGER_TIMEOUT, its outcome
+    unknown. The one queued behind it was never sent: CHARGER_OFFLINE."""
     ws = await charger(slow_central)
     first = command(slow_central, "ClearCache")
     request = await receive(ws)
@@ -94,9 +97,36 @@ async def test_a_socket_dropped_mid_command_is_charger_offline_at_once(
         await ws.close()
     else:
         ws.transport.abort()
-    assert await outcome_code(first) == "CHARGER_OFFLINE"
+    assert await outcome_code(first) == "CHARGER_TIMEOUT"
+    error = first.result().error
+    assert error is not None and error.message == ("the charger went offline after "
+                                                   "receiving the command; its outcome is "
+                                                   "unknown")
     assert await outcome_code(second) == "CHARGER_OFFLINE"
     assert await outcome_code(command(slow_central)) == "CHARGER_OFFLINE"
+
+
+async def test_a_reservation_sent_before_the_socket_dropped_stays_pending(
+        slow_central: Central) -> None:
+    """QA (t18): the charger got ReserveNow and its socket dropped before it answered.
+    It may hold the plug: PENDING (cancellable; the connector stays reserved), not
+    REJECTED."""
+    soon = datetime.now(UTC) + timedelta(hours=1)
+    ws = await charger(slow_central)
+    reserve = command(slow_central, "ReserveNow", {"connectorId": 1, "idTag": "TAG-OK",
+                                                   "expiryDate": soon})
+    request = await receive(ws)
+    assert request[2] == "ReserveNow"
+    ws.transport.abort()
+    outcome = await asyncio.wait_for(reserve, AT_ONCE)
+    assert outcome.error is not None and outcome.error.code == "CHARGER_TIMEOUT"
+    assert outcome.reservation is not None
+    assert outcome.reservation.state is d.ReservationState.PENDING
+    with pytest.raises(Conflict) as clash:  # the connector stays held
+        await slow_central.services.commands.send(
+            SYSTEM, "CP-1", "ReserveNow", {"connectorId": 1, "idTag": "TAG-OTHER",
+                                           "expiryDate": soon})
+    assert (clash.value.field, clash.value.code) == ("connectorId", "IN_USE")
 
 
 # ----------------------------------------------------------------- malformed answers

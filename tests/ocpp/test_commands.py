@@ -42,7 +42,7 @@ def mutation(name: str, selection: str = "status") -> str:
 
 
 async def run(central: Central, name: str, input: dict[str, Any], selection: str = "status",
-              as_user: str = "op") -> dict[str, Any]:
+              as_user: str | None = "op") -> dict[str, Any]:
     data = await central.gql(mutation(name, selection), {"input": input}, as_user=as_user)
     return data[name]  # type: ignore[no-any-return]
 
@@ -149,7 +149,8 @@ async def test_every_command_reaches_the_charger(central: Central) -> None:
 
 async def test_a_station_not_accepted_is_asked_only_what_ocpp_allows(central: Central
                                                                       ) -> None:
-    """Rejected: nothing at all. Pending: its configuration, but no charging."""
+    """Rejected: nothing at all. Pending: its configuration, but no charging (no remote
+    start or stop, no reservation)."""
     station_id = central.stations["CP-1"].id
     async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
         await cp.boot()
@@ -157,6 +158,8 @@ async def test_a_station_not_accepted_is_asked_only_what_ocpp_allows(central: Ce
                 (d.Registration.PENDING, "getConfiguration", {}, True),
                 (d.Registration.PENDING, "remoteStartTransaction",
                  {"connectorId": 1, "idTag": "TAG-OK"}, False),
+                (d.Registration.PENDING, "remoteStopTransaction", {"transactionId": 1},
+                 False),  # OCPP 1.6 (4.2): no remote start or stop while Pending
                 (d.Registration.REJECTED, "getConfiguration", {}, False),
                 (d.Registration.REJECTED, "reset", {"type": "SOFT"}, False)):
             await central.services.stations.update_station(SYSTEM, station_id,
@@ -179,6 +182,13 @@ async def test_offline_and_refused(central: Central) -> None:
     assert hidden["commandId"] is None
     driver = await run(central, "reset", {"cpId": "CP-1", "type": "HARD"}, as_user="driver")
     assert driver["errors"][0]["code"] == "FORBIDDEN"
+    # Signed out, with the public map off (no station visible): "sign in", not "no such
+    # station", for a command of any kind.
+    for name, extra in (("reset", {"type": "HARD"}),
+                        ("remoteStartTransaction", {"connectorId": 1, "idTag": "TAG-OK"})):
+        anonymous = await run(central, name, {"cpId": "CP-1", **extra}, as_user=None)
+        assert [(e["field"], e["code"]) for e in anonymous["errors"]] == [
+            (None, "UNAUTHENTICATED")], (name, anonymous)
 
 
 async def test_charger_rejection_and_callerror(central: Central) -> None:
@@ -338,6 +348,40 @@ BAD_COMMANDS: list[tuple[str, dict[str, Any], str, str]] = [
     ("sendLocalList", {"listVersion": 1, "updateType": "FULL", "localAuthorizationList": [
         {"idTag": "OK", "idTagInfo": {"status": "ACCEPTED"}}, {"idTag": "GONE"}]},
      "localAuthorizationList.1.idTagInfo", "REQUIRED"),
+    # QA s14: one card twice (the second in lower case, as chargers compare them) ...
+    ("sendLocalList", {"listVersion": 1, "updateType": "FULL", "localAuthorizationList": [
+        {"idTag": "TAG-A", "idTagInfo": {"status": "ACCEPTED"}},
+        {"idTag": "tag-a", "idTagInfo": {"status": "BLOCKED"}}]},
+     "localAuthorizationList.1.idTag", "DUPLICATE"),
+    # ... and version 0 ("no list") for a list with tags.
+    ("sendLocalList", {"listVersion": 0, "updateType": "FULL", "localAuthorizationList": [
+        {"idTag": "TAG-A", "idTagInfo": {"status": "ACCEPTED"}}]}, "listVersion",
+     "OUT_OF_RANGE"),
+    # The charger's password is not a configuration key we send.
+    ("changeConfiguration", {"key": "AuthorizationKey", "value": "0123456789abcdef0123"},
+     "key", "INVALID"),
+    # Profiles OCPP 1.6 forbids: a TxProfile for a connector that charges nothing (CP-1
+    # has no transaction here), or for a transaction that does not exist; a default
+    # profile naming a transaction; the station's maximum on a connector.
+    ("setChargingProfile", {"connectorId": 1, "csChargingProfiles": {
+        **PROFILE, "chargingProfilePurpose": "TX_PROFILE"}}, "connectorId", "INVALID_STATE"),
+    ("setChargingProfile", {"connectorId": 1, "csChargingProfiles": {
+        **PROFILE, "chargingProfilePurpose": "TX_PROFILE", "transactionId": 424242}},
+     "csChargingProfiles.transactionId", "NOT_FOUND"),
+    ("setChargingProfile", {"connectorId": 1, "csChargingProfiles": {
+        **PROFILE, "transactionId": 5}}, "csChargingProfiles.transactionId", "INVALID"),
+    ("setChargingProfile", {"connectorId": 1, "csChargingProfiles": {
+        **PROFILE, "chargingProfilePurpose": "CHARGE_POINT_MAX_PROFILE"}}, "connectorId",
+     "INVALID"),
+    # A schedule begins with its first period, and 5,000,000 A is nobody's limit.
+    ("setChargingProfile", {"connectorId": 1, "csChargingProfiles": {
+        **PROFILE, "chargingSchedule": {"chargingRateUnit": "A", "chargingSchedulePeriod": [
+            {"startPeriod": 60, "limit": 16.0}]}}},
+     "csChargingProfiles.chargingSchedule.chargingSchedulePeriod.0.startPeriod", "INVALID"),
+    ("setChargingProfile", {"connectorId": 1, "csChargingProfiles": {
+        **PROFILE, "chargingSchedule": {"chargingRateUnit": "A", "chargingSchedulePeriod": [
+            {"startPeriod": 0, "limit": 5_000_000.0}]}}},
+     "csChargingProfiles.chargingSchedule.chargingSchedulePeriod.0.limit", "OUT_OF_RANGE"),
 ]
 
 
@@ -566,8 +610,9 @@ class ScriptedCharger:
 async def test_a_callerror_is_a_definite_no_for_reservations(tmp_path: Path, relayed: bool
                                                              ) -> None:
     """A charger that answers ReserveNow with a CALLERROR (NotSupported) holds nothing:
-    REJECTED, the connector free. A refused cancel means the charger holds no such
-    reservation, so a PENDING one (or one it held) ends; silence leaves it as it was."""
+    REJECTED, the connector free. A cancel answered Accepted, or Rejected (the charger
+    holds no such reservation), ends a PENDING one (or one it held); silence or a
+    CALLERROR to the cancel leaves it as it was."""
     central = await start_central(tmp_path / "c.db", command_timeout=0.5, relayed=relayed)
     await seed(central)
     soon = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
@@ -596,10 +641,17 @@ async def test_a_callerror_is_a_definite_no_for_reservations(tmp_path: Path, rel
                                {"cpId": "CP-1", "reservationId": pending_id})
             assert [e["code"] for e in unsure["errors"]] == ["CHARGER_TIMEOUT"]
             assert await states() == [d.ReservationState.REJECTED, d.ReservationState.PENDING]
-            charger.answers.append(("error", "NotSupported"))
+            # QA: a CALLERROR to a cancel ("InternalError: try again") says nothing about
+            # the reservation: it stays as it was, and can be cancelled again.
+            charger.answers.append(("error", "InternalError"))
+            retry = await run(central, "cancelReservation",
+                              {"cpId": "CP-1", "reservationId": pending_id})
+            assert [e["code"] for e in retry["errors"]] == ["CHARGER_ERROR"]
+            assert await states() == [d.ReservationState.REJECTED, d.ReservationState.PENDING]
+            charger.answers.append(("result", {"status": "Accepted"}))
             ended = await run(central, "cancelReservation",
                               {"cpId": "CP-1", "reservationId": pending_id})
-            assert [e["code"] for e in ended["errors"]] == ["CHARGER_ERROR"]
+            assert ended["errors"] == [] and ended["status"] == "ACCEPTED"
             assert await states() == [d.ReservationState.REJECTED, d.ReservationState.CANCELLED]
 
             charger.answers.append(("result", {"status": "Accepted"}))
@@ -613,7 +665,7 @@ async def test_a_callerror_is_a_definite_no_for_reservations(tmp_path: Path, rel
             assert (await states())[-1] is d.ReservationState.CANCELLED
             assert [f[2] for f in charger.received] == [
                 "ReserveNow", "ReserveNow", "CancelReservation", "CancelReservation",
-                "ReserveNow", "CancelReservation"]
+                "CancelReservation", "ReserveNow", "CancelReservation"]
     finally:
         await stop_central(central)
 
@@ -914,3 +966,196 @@ async def test_a_relayed_command_nobody_took_says_whether_the_station_is_online(
         assert gone["errors"][0]["message"] == "CP-1 is not connected"
     finally:
         await stop_central(central)
+
+
+# ----------------------------------------------------------------- QA s14: commands
+async def test_a_driver_sends_no_charging_profile_with_a_remote_start(central: Central
+                                                                      ) -> None:
+    """QA (s14): a driver's remote start carried a TxProfile at stackLevel 100 and 9.9 MW
+    to the charger (SetChargingProfile itself is not theirs); with an operator's
+    chargingProfileId it replaced the operator's profile."""
+    profile = {**PROFILE, "chargingProfileId": 7, "stackLevel": 100,
+               "chargingProfilePurpose": "TX_PROFILE",
+               "chargingSchedule": {"chargingRateUnit": "W", "chargingSchedulePeriod": [
+                   {"startPeriod": 0, "limit": 9_999_999.0}]}}
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.report_all()
+        refused = await run(central, "remoteStartTransaction",
+                            {"cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OK",
+                             "chargingProfile": profile}, as_user="driver")
+        assert [(e["field"], e["code"]) for e in refused["errors"]] == [
+            ("chargingProfile", "FORBIDDEN")]
+        assert refused["commandId"] is None
+        # The operator may (a TxProfile within the limits).
+        allowed = await run(central, "remoteStartTransaction",
+                            {"cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OK",
+                             "chargingProfile": {**profile, "stackLevel": 1,
+                                                 "chargingSchedule": PROFILE[
+                                                     "chargingSchedule"]}})
+        assert allowed["errors"] == [] and allowed["status"] == "ACCEPTED", allowed
+        await settle()
+        assert [name for name, _ in cp.received] == ["RemoteStartTransaction"]
+
+
+async def test_a_driver_cannot_remote_start_a_card_that_is_charging(central: Central
+                                                                    ) -> None:
+    """Product review: the charger accepted the remote start, then refused its
+    StartTransaction (ConcurrentTx). The card charging elsewhere is refused up front."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.report_all()
+        await cp.start_transaction(1, "TAG-OK")
+        for extra in ({"idTag": "TAG-OK"},
+                      {"vehicleId": to_global_id("vehicle", central.vehicles["car"].id)},
+                      {}):  # the card given, the vehicle's, or the driver's first
+            busy = await run(central, "remoteStartTransaction",
+                             {"cpId": "CP-1", "connectorId": 2, **extra}, as_user="driver")
+            assert busy["errors"] == [{"field": "idTag", "code": "IN_USE",
+                                       "message": "this card is charging at CP-1"}], extra
+        await settle()
+        assert cp.received == []
+        await cp.stop_transaction(1)
+        free = await run(central, "remoteStartTransaction",
+                         {"cpId": "CP-1", "connectorId": 2, "idTag": "TAG-OK"},
+                         as_user="driver")
+        assert free["errors"] == [] and free["status"] == "ACCEPTED", free
+
+
+async def test_a_tx_profile_is_for_the_transaction_under_way(central: Central) -> None:
+    """OCPP 1.6: a TxProfile limits the transaction on its connector, the one it names."""
+    tx_profile = {**PROFILE, "chargingProfilePurpose": "TX_PROFILE"}
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.report_all()
+        tx, _ = await cp.start_transaction(1, "TAG-OK")
+        wrong_plug = await run(central, "setChargingProfile", {
+            "cpId": "CP-1", "connectorId": 2,
+            "csChargingProfiles": {**tx_profile, "transactionId": tx}})
+        assert [(e["field"], e["code"]) for e in wrong_plug["errors"]] == [
+            ("csChargingProfiles.transactionId", "INVALID")]
+        for named in ({}, {"transactionId": tx}):
+            fine = await run(central, "setChargingProfile", {
+                "cpId": "CP-1", "connectorId": 1, "csChargingProfiles": {**tx_profile,
+                                                                         **named}})
+            assert fine["errors"] == [] and fine["status"] == "ACCEPTED", fine
+        await cp.stop_transaction(1)
+        ended = await run(central, "setChargingProfile", {
+            "cpId": "CP-1", "connectorId": 1,
+            "csChargingProfiles": {**tx_profile, "transactionId": tx}})
+        assert [(e["field"], e["code"]) for e in ended["errors"]] == [
+            ("csChargingProfiles.transactionId", "INVALID_STATE")]
+        await settle()
+        assert [name for name, _ in cp.received] == ["SetChargingProfile"] * 2
+
+
+async def test_secrets_in_a_commands_request_are_not_audited(central: Central) -> None:
+    """QA (s14): the audit log kept ftp://user:password@… of diagnostics and firmware
+    locations in clear (every operator of the station reads it)."""
+    future = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        diag = await run(central, "getDiagnostics",
+                         {"cpId": "CP-1", "location": "ftp://diag:s3cret@diag.example.com/up"},
+                         "fileName")
+        assert diag["errors"] == []
+        firmware = await run(central, "updateFirmware",
+                             {"cpId": "CP-1", "location": "https://fw:pw@fw.example.com/1.bin",
+                              "retrieveDate": future}, "accepted")
+        assert firmware["errors"] == []
+        await settle()
+        sent = dict(cp.received)
+        assert sent["GetDiagnostics"]["location"] == "ftp://diag:s3cret@diag.example.com/up"
+    audit = await central.store.find_all(d.AuditEntry, Eq("action", d.AuditAction.COMMAND))
+    locations = sorted(a.after["request"]["location"] for a in audit if a.after)
+    assert locations == ["ftp://[hidden]@diag.example.com/up",
+                         "https://[hidden]@fw.example.com/1.bin"]
+    assert "s3cret" not in str([a.after for a in audit])
+
+
+def test_an_authorization_key_is_masked_in_the_audit() -> None:
+    """Refused before sending (``command_rules``), and masked should one be audited."""
+    from domain.services.commands import masked
+
+    assert masked("ChangeConfiguration", {"key": "authorizationKey", "value": "0123"}) == {
+        "key": "authorizationKey", "value": "[hidden]"}
+    assert masked("ChangeConfiguration", {"key": "HeartbeatInterval", "value": "60"}) == {
+        "key": "HeartbeatInterval", "value": "60"}
+
+
+async def test_a_reservation_ends_only_with_its_own_start(central: Central) -> None:
+    """QA (s14): a StartTransaction carrying a reservation's id used it up whatever its
+    card or connector. OCPP 1.6 (5.13): only the reserved card (or one with the same
+    parentIdTag) on the reserved connector (any, for connector 0) ends it; any other
+    start leaves it ACTIVE and is not its session."""
+    driver = central.users["driver"].id
+    await central.store.write([Insert(d.IdTag(tag=tag, user_id=driver, parent_tag="TAG-GROUP"))
+                               for tag in ("TAG-FLEET-1", "TAG-FLEET-2")], [])
+    soon = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    charging = central.services.charging
+
+    async def reserve(connector: int, tag: str) -> int:
+        held = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": connector,
+                                                 "idTag": tag, "expiryDate": soon},
+                         "reservation { reservationId state }")
+        assert held["reservation"]["state"] == "ACTIVE", held
+        return int(held["reservation"]["reservationId"])
+
+    async def state(number: int) -> d.ReservationState:
+        [found] = await central.store.find_all(d.Reservation, Eq("reservation_id", number))
+        return found.state
+
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.report_all()
+        number = await reserve(1, "TAG-OK")
+        at = datetime.now(UTC)
+        for connector, tag in ((1, "TAG-OTHER"), (2, "TAG-OK")):  # another card, plug
+            tx, _ = await charging.start_transaction("CP-1", connector, tag, 0, at,
+                                                     reservation_id=number)
+            assert await state(number) is d.ReservationState.ACTIVE, (connector, tag)
+            session = await central.session(tx)
+            assert session is not None and session.reservation_id is None
+            await charging.stop_transaction("CP-1", tx, 10, at)
+        tx, _ = await charging.start_transaction("CP-1", 1, "tag-ok", 0, at,
+                                                 reservation_id=number)
+        assert await state(number) is d.ReservationState.USED
+        session = await central.session(tx)
+        assert session is not None and session.reservation_id == number
+        await charging.stop_transaction("CP-1", tx, 10, at)
+        # Connector 0: any plug of the station; a card of the reserved card's group.
+        number = await reserve(0, "TAG-FLEET-1")
+        tx, _ = await charging.start_transaction("CP-1", 2, "TAG-FLEET-2", 0, at,
+                                                 reservation_id=number)
+        assert await state(number) is d.ReservationState.USED
+        await charging.stop_transaction("CP-1", tx, 10, at)
+
+
+async def test_a_handed_over_stations_charging_is_stopped_by_who_runs_it(central: Central
+                                                                         ) -> None:
+    """Visibility review: a station handed to another company mid-session. Its new
+    operators run the hardware and may stop what charges on it (physical safety), though
+    the session stays in the old company's books; the old company, which can no longer
+    command the station, is told so (not "no such station") and ends the session in its
+    books with endSession."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.report_all()
+        tx, _ = await cp.start_transaction(1, "TAG-OK")
+        await cp.start_transaction(2, "TAG-OTHER")
+        other_company = central.users["op_other"].company_id
+        await central.services.stations.update_station(
+            SYSTEM, central.stations["CP-1"].id, company_id=other_company,
+            owner_id=central.users["op_other"].id)
+        old = await run(central, "remoteStopTransaction", {"cpId": "CP-1",
+                                                           "transactionId": tx})
+        assert [(e["field"], e["code"]) for e in old["errors"]] == [("cpId", "FORBIDDEN")]
+        assert "endSession" in old["errors"][0]["message"]
+        # Not for a transaction outside the viewer's books: no station they may see.
+        probe = await run(central, "remoteStopTransaction",
+                          {"cpId": "CP-1", "transactionId": tx + 1000})
+        assert probe["errors"] == [{"field": "cpId", "code": "NOT_FOUND",
+                                    "message": "no such station"}]
+        await settle()
+        assert cp.received == []
+        new = await run(central, "remoteStopTransaction", {"cpId": "CP-1",
+                                                           "transactionId": tx},
+                        as_user="op_other")
+        assert new["errors"] == [] and new["status"] == "ACCEPTED", new
+        await settle()
+        assert [name for name, _ in cp.received] == ["RemoteStopTransaction"]

@@ -406,7 +406,9 @@ async def test_a_holder_still_at_it_is_waited_for(
 async def test_a_charger_recorded_offline_ends_the_wait_at_once(
         buses: tuple[ManagedEventBus, ManagedEventBus]) -> None:
     """Its holder's socket closed, or the holder's lease expired and another instance
-    recorded its chargers offline: no answer will come."""
+    recorded its chargers offline: the charger will not answer. Its holder (silent here:
+    killed) did not say whether the charger got the command, so its outcome is unknown
+    (``CHARGER_TIMEOUT``), as the local gateway says of a command the charger got."""
     from domain.events import StationConnectionChanged
 
     relay = CommandRelay(buses[0], None, claim_timeout=CLAIM_TIMEOUT)
@@ -423,7 +425,37 @@ async def test_a_charger_recorded_offline_ends_the_wait_at_once(
         assert not asked.done()  # another charger, or a connect: nothing to do with it
         await buses[1].publish(StationConnectionChanged(station_id=None, cp_id="CP-B",
                                                         online=False))
-        with pytest.raises(ChargerOffline, match="CP-B went offline before answering Reset"):
+        # Confirmed to its holder, which says nothing more: the charger may have got it.
+        with pytest.raises(ChargerTimeout, match=r"^the charger went offline after "
+                           r"receiving the command; its outcome is unknown$"):
+            await asyncio.wait_for(asked, AT_ONCE)
+    finally:
+        await requests.aclose()  # type: ignore[attr-defined]
+        await relay.close()
+
+
+async def test_a_holder_that_answers_after_its_charger_went_offline_is_heard(
+        buses: tuple[ManagedEventBus, ManagedEventBus]) -> None:
+    """The offline record and the holder's answer travel apart. A holder that says,
+    just after, that its command was never sent (it waited its turn) is believed:
+    ``CHARGER_OFFLINE``, as the local gateway says; not an unknown outcome."""
+    from domain.events import StationConnectionChanged
+
+    relay = CommandRelay(buses[0], None, claim_timeout=CLAIM_TIMEOUT)
+    await relay.start()
+    requests = buses[1].subscribe([ChargerCommandRelayed.topic])
+    try:
+        asked = asyncio.create_task(relay.call("CP-B", "Reset", {"type": "Soft"}, LONG))
+        request_id = await claimed_by_a_silent_holder(buses[1], requests)
+        await buses[1].publish(StationConnectionChanged(station_id=None, cp_id="CP-B",
+                                                        online=False))
+        await asyncio.sleep(0.1)  # the offline record heard first (as it may be)
+        await buses[1].publish(ChargerCommandAnswered(
+            station_id=None, cp_id="CP-B", request_id=request_id, origin=relay.instance,
+            holder="killed", stage="failed", error_type="ChargerOffline",
+            error_code="CHARGER_OFFLINE", error_message="CP-B went offline before Reset "
+            "was sent"))
+        with pytest.raises(ChargerOffline, match="before Reset was sent"):
             await asyncio.wait_for(asked, AT_ONCE)
     finally:
         await requests.aclose()  # type: ignore[attr-defined]
