@@ -248,7 +248,7 @@ class Session(Record):
     cost_minor: int | None = None
     currency: str | None = None
     #: Whose books this is, from its station when it happened: the station's company, or
-    #: for a station of no company its owner (``charging.books_of``). Operators keep
+    #: for a station of no company its owner (``base.books_of``). Operators keep
     #: their books when a station is removed or changes hands.
     company_id: str | None = None
     station_owner_id: str | None = None
@@ -379,7 +379,7 @@ class Payment(Record):
     provider: str = "manual"
     provider_ref: str | None = None
     #: Whose books this is, from its station when it happened: the station's company, or
-    #: for a station of no company its owner (``charging.books_of``). Operators keep
+    #: for a station of no company its owner (``base.books_of``). Operators keep
     #: their books when a station is removed or changes hands.
     company_id: str | None = None
     station_owner_id: str | None = None
@@ -397,6 +397,14 @@ class AuditEntry(Record):
     at: datetime = field(default_factory=utcnow)
     before: dict[str, Any] | None = None
     after: dict[str, Any] | None = None
+    #: Whose books the entry was written in, for what happens at a station (its record,
+    #: commands to its charger, its reservations): the station's company then, or for a
+    #: station of no company its owner (``base.books_of``), as sessions record theirs.
+    #: Operators read these entries by their books, not by who runs the station now: a
+    #: company a station is handed to must not learn the drivers and cards of the old
+    #: one's commands, and the old one keeps its history. ``None`` for other entries.
+    company_id: str | None = None
+    station_owner_id: str | None = None
 
 
 ENTITY_TYPES: tuple[type[Record], ...] = (

@@ -58,6 +58,10 @@ PRIVATE_FIELDS: dict[str, frozenset[str]] = {
 }
 
 
+#: Audit actions that change a record (``COMMAND`` records an action instead).
+RECORD_CHANGES = (AuditAction.CREATE, AuditAction.UPDATE, AuditAction.DELETE)
+
+
 def metered_on(stations: Filter) -> Filter:
     """Meter samples of ``stations``: by cpId (indexed) and by the station that metered
     them, for a cpId that passed from a removed station to a new one."""
@@ -145,7 +149,7 @@ class Policy:
         stations = self.operator_stations(viewer)
         on_stations: Filter = Sub("station_id", "station", stations)
         # Sessions and payments by whose books they went to when they happened
-        # (``charging.books_of``), not by who runs their station now: the books stay
+        # (``base.books_of``), not by who runs their station now: the books stay
         # with the operator after the station is removed or handed to another company,
         # and a new operator does not see the drivers who charged under the old one.
         books: Filter = any_of(
@@ -206,8 +210,14 @@ class Policy:
                     Eq("entity_id", viewer.user_id),
                     Sub("entity_id", "session", books),
                     Sub("entity_id", "payment", books),
-                    Sub("entity_id", "reservation", on_stations),
-                    Sub("entity_id", "station", stations),
+                    # What happened at a station (commands to its charger, its
+                    # reservations: drivers' ids and cards) by the books it was written
+                    # in (``AuditEntry.company_id``), not by who runs the station now.
+                    books,
+                    # The station's own record carries no driver's data: its changes
+                    # are also its current operators', who run it with that history.
+                    all_of(Eq("entity", "station"), In("action", RECORD_CHANGES),
+                           Sub("entity_id", "station", stations)),
                     Sub("entity_id", "connector", on_stations),
                     Sub("entity_id", "tariff", any_of(
                         people, Sub("station_id", "station", stations))),

@@ -4,9 +4,11 @@
 from __future__ import annotations
 
 import base64
+from datetime import timedelta
 
 import pytest
 
+from domain.clock import utcnow
 from domain.entities import Payment
 from domain.policy import SYSTEM
 from domain.services import Services
@@ -148,6 +150,47 @@ async def test_a_station_handed_to_another_company_leaves_its_books_behind(
     stored = await services.payments.store.get_many(Payment, [world.payments["s3"].id])
     assert stored[0] is not None and stored[0].updated_by == world.users["op_a"].id
     assert stored[0].updated_at > world.payments["s3"].updated_at
+
+
+AUDIT = """{ auditLog(first: 100) { totalCount nodes { entity action after } } }"""
+HAND_OVER = """mutation($id: ID!, $c: ID!) { updateStation(input: {id: $id, companyId: $c}) {
+    errors { code } } }"""
+
+
+def commands(data: dict) -> list[str]:
+    return [n["after"]["command"] for n in data["auditLog"]["nodes"]
+            if n["action"] == "COMMAND"]
+
+
+async def test_a_station_handed_over_leaves_its_command_history_in_the_old_books(
+        api: Api, world: World, services: Services) -> None:
+    """QA: after a hand-over the new company read the old one's commands (a driver's
+    remote start with their card) and the old one lost them. Commands stay in the books
+    they were written in; the station's own record changes are its operators' now."""
+    station = world.stations["A-002"]
+    await services.commands.send(world.viewer("op_a"), station.cp_id, "RemoteStartTransaction",
+                                 {"idTag": world.tags["driver2"].tag, "connectorId": 1})
+    await services.commands.send(world.viewer("op_a"), station.cp_id, "ReserveNow", {
+        "connectorId": 2, "idTag": world.tags["driver2"].tag,
+        "expiryDate": utcnow() + timedelta(hours=1)})
+    moved = await api.gql(HAND_OVER, {"id": to_global_id("station", station.id),
+                                      "c": to_global_id("company", world.companies["b"].id)},
+                          as_user=world.users["admin"].id)
+    assert moved["updateStation"]["errors"] == []
+    await services.commands.send(world.viewer("op_b"), station.cp_id, "Reset",
+                                 {"type": "Soft"})
+    op_a = await api.gql(AUDIT, as_user=world.users["op_a"].id)
+    assert sorted(commands(op_a)) == ["RemoteStartTransaction", "ReserveNow"]
+    reserved = [n["action"] for n in op_a["auditLog"]["nodes"] if n["entity"] == "reservation"]
+    assert sorted(reserved) == ["CREATE", "UPDATE"]  # made, then refused (no charger)
+    op_b = await api.gql(AUDIT, as_user=world.users["op_b"].id)
+    assert commands(op_b) == ["Reset"]
+    assert "TAG-DRIVER2" not in str(op_b)
+    handed = [n for n in op_b["auditLog"]["nodes"] if n["entity"] == "station"
+              and n["action"] == "UPDATE" and n["after"]["cp_id"] == station.cp_id]
+    assert len(handed) == 1  # the station's record: B runs it with its history
+    assert any(n["entity"] == "station" and n["action"] == "UPDATE"
+               for n in op_a["auditLog"]["nodes"])  # A keeps its hand-over too
 
 
 async def test_which_stations_take_any_charger_is_the_operators_to_know(
