@@ -164,10 +164,14 @@ class Policy:
                   | "connector_interval"):
                 return on_stations
             case "meter_sample":
+                # A session's samples follow its books, as the session and its revenue do:
+                # the energy of a station handed over mid-history stays with the sessions
+                # it was billed in, and samples never name a driver the viewer cannot see.
                 # Samples of unknown transactions have no session: scope them by charger,
                 # through its cpId index, and by the station that metered them, since a
                 # cpId may have passed to a new station (older samples carry none).
-                return metered_on(stations)
+                return any_of(Sub("session_id", "session", books),
+                              all_of(Eq("session_id", None), metered_on(stations)))
             case "company":
                 return Eq("id", viewer.company_id) if viewer.company_id else NONE
             case "user":

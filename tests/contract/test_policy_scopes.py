@@ -67,6 +67,9 @@ def build_world() -> dict[str, Record]:
     # Metered by a removed station whose cpId S3 now has: not S3's operators' to see.
     w.m_reused = meter_sample(w.S3, None, station_id=new_id())
     w.m3_own = meter_sample(w.S3, None, station_id=w.S3.id)
+    # d1 charged at S6 while A ran it: the session and its samples stay in A's books.
+    w.x6 = session(w.S6, 1, user_id=w.d1.id, company_id=w.A.id, station_owner_id=None)
+    w.m6 = meter_sample(w.S6, w.x6, station_id=w.S6.id)
     w.e1, w.e3, w.e4 = status_event(w.S1), status_event(w.S3), status_event(w.S4)
     w.r1 = reservation(w.S1, user_id=w.d1.id)
     w.r3 = reservation(w.S3, user_id=w.d2.id)
@@ -111,8 +114,8 @@ EXPECTED: dict[str, dict[str, set[str]]] = {
         "id_tag": {"t4"},
         "station": {"S1", "S2", "S5"},
         "connector": {"C1", "C2", "C5"},
-        "session": {"x1", "x3", "x5"},
-        "meter_sample": {"m1", "m_orphan"},
+        "session": {"x1", "x3", "x5", "x6"},
+        "meter_sample": {"m1", "m_orphan", "m6"},
         "status_event": {"e1"},
         "reservation": {"r1"},
         "tariff": {"tA", "tS5"},
@@ -128,8 +131,8 @@ EXPECTED: dict[str, dict[str, set[str]]] = {
         "id_tag": {"t4"},
         "station": {"S1", "S2"},
         "connector": {"C1", "C2"},
-        "session": {"x1", "x3", "x5"},
-        "meter_sample": {"m1", "m_orphan"},
+        "session": {"x1", "x3", "x5", "x6"},
+        "meter_sample": {"m1", "m_orphan", "m6"},
         "status_event": {"e1"},
         "reservation": {"r1"},
         "tariff": {"tA"},
@@ -167,8 +170,8 @@ EXPECTED: dict[str, dict[str, set[str]]] = {
         "user": {"d1"},
         "vehicle": {"v1"},
         "id_tag": {"t1"},
-        "session": {"x1"},
-        "meter_sample": {"m1"},
+        "session": {"x1", "x6"},
+        "meter_sample": {"m1", "m6"},
         "reservation": {"r1"},
         "payment": {"p1"},
         # About what is theirs, whoever acted (their session, ended by its operator).
