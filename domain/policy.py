@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from domain.entities import (
     AuditAction,
@@ -55,6 +56,9 @@ PRIVATE_FIELDS: dict[str, frozenset[str]] = {
     "station": frozenset({"owner_id", "company_id", "registration", "vendor", "model",
                           "serial", "firmware", "firmware_status", "diagnostics_status",
                           "last_seen", "created_by", "updated_by"}),
+    # Whose books: who ran the station then, which a driver is not told of any station.
+    "session": frozenset({"company_id", "station_owner_id"}),
+    "payment": frozenset({"company_id", "station_owner_id"}),
 }
 
 
@@ -278,6 +282,9 @@ class Policy:
                           if viewer.is_operator and viewer.company_id else NONE)
         if kind == "station":
             return self.operator_stations(viewer) if viewer.is_operator else NONE
+        if kind in ("session", "payment"):
+            # An operator reads only those in their books; nobody else keeps any.
+            return ALL if viewer.is_operator else NONE
         return ALL
 
     def guard_private(self, viewer: Viewer, kind: str, where: Filter,
@@ -293,6 +300,37 @@ class Policy:
         if grouped_by in private or any(key.field in private for key in sort):
             guarded = all_of(guarded, view)
         return guarded
+
+    def guard_nested(self, viewer: Viewer, kind: str, where: Filter) -> Filter:
+        """``guard_private`` through subqueries too: a condition on a private field of
+        the records a ``Sub`` selects ("samples metered on company X's stations") tells
+        as much as one on the records themselves. For filters built from what a caller
+        asked (analytics), not for scopes."""
+        if viewer.is_admin:
+            return where
+        return self.guard_private(viewer, kind, self._guard_subqueries(viewer, where))
+
+    def _guard_subqueries(self, viewer: Viewer, where: Filter) -> Filter:
+        match where:
+            case And(parts):
+                return all_of(*(self._guard_subqueries(viewer, part) for part in parts))
+            case Or(parts):
+                return any_of(*(self._guard_subqueries(viewer, part) for part in parts))
+            case Sub(field, kind, inner, select):
+                return Sub(field, kind, self.guard_nested(viewer, kind, inner), select)
+            case _:
+                return where
+
+    def audit_snapshot(self, viewer: Viewer, entity: str, snapshot: dict[str, Any] | None
+                       ) -> dict[str, Any] | None:
+        """An audit entry's before or after image as ``viewer`` may read it: without the
+        private fields of a kind whose private view they have of no record (a driver
+        reading their own session's entries is not told whose books it went to, as no
+        read of the session tells them)."""
+        private = PRIVATE_FIELDS.get(entity)
+        if snapshot is None or not private or self.private_view(viewer, entity) != NONE:
+            return snapshot
+        return {key: value for key, value in snapshot.items() if key not in private}
 
     # ---------------------------------------------------------------- live events
     def sees_event(self, viewer: Viewer, event: DomainEvent) -> bool:

@@ -793,14 +793,15 @@ class AuditEntry(Node, Audited):
     def wrap(cls, r: d.AuditEntry, ctx: GraphContext) -> AuditEntry:
         entity_id = to_global_id(r.entity, r.entity_id) if r.entity in TYPE_BY_KIND \
             else r.entity_id
+        policy = ctx.services.policy  # private fields as reads hide them
         return _audited(cls, r, {
             "entity": r.entity,
             "entity_id": strawberry.ID(entity_id),
             "action": r.action,
             "actor": r.actor,
             "at": r.at,
-            "before": cast(JSON, r.before),
-            "after": cast(JSON, r.after),
+            "before": cast(JSON, policy.audit_snapshot(ctx.viewer, r.entity, r.before)),
+            "after": cast(JSON, policy.audit_snapshot(ctx.viewer, r.entity, r.after)),
         })
 
     @strawberry.field(description="The user who made the change, when it was a user.")

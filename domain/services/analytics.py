@@ -225,7 +225,11 @@ def _by_connector(rows: list[dict[str, Any]]) -> dict[tuple[Any, ...], float]:
 
 class AnalyticsService(Service):
     def _scoped(self, viewer: Viewer, kind: str, where: Filter) -> Filter:
-        return all_of(self.policy.scope(viewer, kind), where)
+        """The viewer's scope AND what they asked for, conditions on private fields
+        guarded as reads guard them, also inside subqueries: a driver filtering the
+        overview by company and cpIds must not learn who runs a station from its count."""
+        return all_of(self.policy.scope(viewer, kind),
+                      self.policy.guard_nested(viewer, kind, where))
 
     # ------------------------------------------------------------- energy trend
     async def energy_trend(self, viewer: Viewer, scope: Scope, start: datetime, end: datetime,

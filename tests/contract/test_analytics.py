@@ -83,6 +83,26 @@ async def test_energy_follows_the_books_of_its_sessions_after_a_hand_over(
         (29000, 2, 870), (0, 0, 0)]
 
 
+async def test_a_driver_learns_from_no_figure_who_runs_a_station(history: History) -> None:
+    """QA: overview(filter: {companyId, cpIds}) counted S1 for A and not for B, telling a
+    driver who runs it (a station's company is hidden from drivers). A company filter
+    matches only what the viewer may know the company of: for a driver, nothing."""
+    analytics, a = history.services.analytics, history.users["op_a"].company_id
+    b = history.users["op_b"].company_id
+    for company in (a, b):
+        seen = await analytics.overview(history.viewer("driver1"),
+                                        Scope(company_id=company, cp_ids=("S1",)))
+        assert (seen.stations_online + seen.stations_offline, seen.connectors_by_status) \
+            == (0, {}), company
+        days = await analytics.energy_trend(
+            history.viewer("driver1"), Scope(company_id=company), WINDOW_FROM, WINDOW_TO,
+            Bucket.WEEK, "Europe/Berlin")
+        assert [(x.energy_wh, x.sessions) for x in days] == [(0, 0), (0, 0)], company
+    known = await analytics.overview(history.viewer("op_a"), Scope(company_id=a,
+                                                                   cp_ids=("S1",)))
+    assert known.stations_online + known.stations_offline == 1
+
+
 async def test_energy_trend_hourly_across_the_switch(history: History) -> None:
     buckets = await history.services.analytics.energy_trend(
         history.viewer("admin"), Scope(cp_ids=("S1",)), utc(28, 22), utc(29, 2), Bucket.HOUR,

@@ -193,6 +193,21 @@ async def test_a_station_handed_over_leaves_its_command_history_in_the_old_books
                for n in op_a["auditLog"]["nodes"])  # A keeps its hand-over too
 
 
+async def test_a_driver_reads_their_sessions_audit_without_whose_books_it_is(
+        api: Api, world: World, services: Services) -> None:
+    """A session's books (the company that ran its station) are no driver's to read in
+    its audit entries, as in no read of the session; its operators read them."""
+    await services.charging.end_session(world.viewer("op_a"), world.sessions["s1"].id)
+    query = """{ auditLog(first: 20, filter: {entity: "session"}) {
+        nodes { before after } } }"""
+    for who, shown in (("driver1", False), ("op_a", True), ("admin", True)):
+        data = await api.gql(query, as_user=world.users[who].id)
+        [entry] = data["auditLog"]["nodes"]
+        for image in (entry["before"], entry["after"]):
+            assert ("company_id" in image, "station_owner_id" in image) == (shown, shown), who
+            assert image["user_id"] == world.users["driver1"].id
+
+
 async def test_which_stations_take_any_charger_is_the_operators_to_know(
         api: Api, world: World, services) -> None:
     await services.stations.create_station(  # security profile 0: no password
