@@ -110,6 +110,9 @@ class Record:
     kind: ClassVar[str] = "record"
     #: Fields never copied into audit snapshots (secrets).
     secret_fields: ClassVar[frozenset[str]] = frozenset()
+    #: (secret field, marker): an update's audit image says ``marker: true`` when the
+    #: secret changed (``audit_after``), so a password reset shows without the secret.
+    secret_markers: ClassVar[tuple[tuple[str, str], ...]] = ()
 
     id: str = field(default_factory=new_id)
     created_at: datetime = field(default_factory=utcnow)
@@ -128,6 +131,8 @@ class Company(Record):
 class User(Record):
     kind: ClassVar[str] = "user"
     secret_fields: ClassVar[frozenset[str]] = frozenset({"password_hash", "token_epoch"})
+    secret_markers: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("password_hash", "password_changed"), ("token_epoch", "tokens_revoked"))
     email: str
     name: str
     role: Role
@@ -175,6 +180,8 @@ class IdTag(Record):
 class Station(Record):
     kind: ClassVar[str] = "station"
     secret_fields: ClassVar[frozenset[str]] = frozenset({"auth_password_hash"})
+    secret_markers: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("auth_password_hash", "password_changed"),)
     cp_id: str
     name: str
     owner_id: str | None = None
@@ -445,3 +452,15 @@ def snapshot(record: Record) -> dict[str, Any]:
             value = value.value
         out[f.name] = value
     return out
+
+
+def audit_after(before: Record | None, after: Record) -> dict[str, Any]:
+    """The after image of a change: ``snapshot(after)`` and, for an update, a marker for
+    each secret that changed (``Record.secret_markers``). Without it a password reset
+    left an entry whose images differed only in ``updated_at``."""
+    image = snapshot(after)
+    if before is not None:
+        for name, marker in after.secret_markers:
+            if getattr(before, name) != getattr(after, name):
+                image[marker] = True
+    return image

@@ -20,6 +20,7 @@ from domain.entities import (
     Record,
     Reservation,
     Station,
+    audit_after,
     snapshot,
 )
 from domain.errors import NotFound
@@ -188,7 +189,7 @@ class Service:
                     created_by=viewer.actor,
                     updated_by=viewer.actor,
                     before=snapshot(before) if before is not None else None,
-                    after=None if isinstance(change, Delete) else snapshot(record),
+                    after=None if isinstance(change, Delete) else audit_after(before, record),
                     company_id=company_id,
                     station_owner_id=station_owner_id,
                 )
