@@ -175,6 +175,14 @@ class IdTag(Record):
             return IdTagStatus.EXPIRED
         return self.status
 
+    def charger_status(self, owner: User | None, now: datetime) -> IdTagStatus:
+        """What a charger is told of it at ``now`` (``ChargingService.authorize``):
+        BLOCKED while its owner is deactivated or gone, whatever is stored; else
+        ``status_at``."""
+        if owner is None or not owner.active:
+            return IdTagStatus.BLOCKED
+        return self.status_at(now)
+
 
 @dataclass(kw_only=True)
 class Station(Record):

@@ -386,8 +386,6 @@ class Vehicle(Node, Audited):
 @strawberry.type(description="An RFID card or app token (OCPP idTag) of a user.")
 class IdTag(Node, Audited):
     tag: str
-    status: IdTagStatus = strawberry.field(description=(
-        "As chargers are told it now: EXPIRED once past `expiresAt`."))
     expires_at: datetime | None
     _r: strawberry.Private[d.IdTag]
 
@@ -395,9 +393,19 @@ class IdTag(Node, Audited):
     def wrap(cls, r: d.IdTag, ctx: GraphContext) -> IdTag:
         return _audited(cls, r, {
             "tag": r.tag,
-            "status": r.status_at(ctx.now),
             "expires_at": r.expires_at,
         })
+
+    @strawberry.field(description=(
+        "As chargers are told it now: EXPIRED once past `expiresAt`, BLOCKED while its "
+        "user is deactivated."))
+    def status(self, info: Info) -> IdTagStatus:
+        # The owners of a page of cards load in one batch (the tag's viewer sees its
+        # owner: a missing one is gone, and chargers are told Blocked then too).
+        ctx = _ctx(info)
+        return cast(IdTagStatus, _now_or_later(
+            ctx.loaders.by_id(d.User), self._r.user_id,
+            lambda owner: self._r.charger_status(owner, ctx.now)))
 
     @strawberry.field
     async def user(self, info: Info) -> User | None:

@@ -451,8 +451,8 @@ class ChargingService(Service):
         if tag is None:
             return IdTagInfo("Invalid")
         user = (await self.store.get_many(User, [tag.user_id]))[0]
-        status = tag.status_at(self.now())
-        if status is IdTagStatus.BLOCKED or user is None or not user.active:
+        status = tag.charger_status(user, self.now())
+        if status is IdTagStatus.BLOCKED:
             return IdTagInfo("Blocked", tag.expires_at)
         if status is IdTagStatus.EXPIRED:
             return IdTagInfo("Expired", tag.expires_at)

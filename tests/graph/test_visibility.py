@@ -13,7 +13,7 @@ from domain.entities import Payment
 from domain.policy import SYSTEM
 from domain.services import Services
 from graph.ids import to_global_id
-from tests.graph.conftest import Api
+from tests.graph.conftest import Api, CountingStore
 from tests.graph.world import World
 
 STATIONS = "{ stations(first: 50) { totalCount nodes { cpId owner { name } } } }"
@@ -374,6 +374,31 @@ async def test_search_text_is_bounded_and_printable(api: Api, world: World) -> N
         assert error["extensions"] == {"code": code, "field": "filter.search"}, error
     fine = await api.gql(query, {"s": "  A Station  "}, as_user=world.users["admin"].id)
     assert {n["cpId"] for n in fine["stations"]["nodes"]} == {"A-001", "A-002"}
+
+
+async def test_a_deactivated_users_cards_read_blocked_as_chargers_are_told(
+        api: Api, world: World, services: Services, store: CountingStore) -> None:
+    """QA: a deactivated user's card read ACCEPTED while chargers were told Blocked. It
+    reads and is found as BLOCKED; the owners of a page of cards load in one call."""
+    driver = world.users["driver_a"]
+    await services.accounts.deactivate_user(world.viewer("op_a"), driver.id)
+    await services.accounts.settled()
+    tag = world.tags["driver_a"].tag
+    assert (await services.charging.authorize("A-001", tag)).status == "Blocked"
+    query = """query($s: IdTagStatus) { idTags(first: 50, filter: {status: $s}) {
+        nodes { tag status } } }"""
+    admin = world.users["admin"].id
+    store.calls.clear()
+    every = await api.gql(query, {"s": None}, as_user=admin)
+    assert {n["tag"]: n["status"] for n in every["idTags"]["nodes"]} == {
+        "TAG-DRIVER1": "ACCEPTED", "TAG-DRIVER2": "ACCEPTED", tag: "BLOCKED"}
+    assert store.calls == ["get_many", "find_page", "get_many"]  # viewer, page, owners
+    for status, tags in (("BLOCKED", {tag}), ("ACCEPTED", {"TAG-DRIVER1", "TAG-DRIVER2"}),
+                         ("EXPIRED", set())):
+        found = await api.gql(query, {"s": status}, as_user=admin)
+        assert {n["tag"] for n in found["idTags"]["nodes"]} == tags, status
+    mine = await api.gql(query, {"s": None}, as_user=world.users["op_a"].id)
+    assert mine["idTags"]["nodes"] == [{"tag": tag, "status": "BLOCKED"}]
 
 
 async def test_statuses_read_and_filter_as_they_are_now(api: Api, world: World,
