@@ -110,6 +110,9 @@ class Record:
     kind: ClassVar[str] = "record"
     #: Fields never copied into audit snapshots (secrets).
     secret_fields: ClassVar[frozenset[str]] = frozenset()
+    #: (secret field, marker): an update's audit image says ``marker: true`` when the
+    #: secret changed (``audit_after``), so a password reset shows without the secret.
+    secret_markers: ClassVar[tuple[tuple[str, str], ...]] = ()
 
     id: str = field(default_factory=new_id)
     created_at: datetime = field(default_factory=utcnow)
@@ -128,6 +131,8 @@ class Company(Record):
 class User(Record):
     kind: ClassVar[str] = "user"
     secret_fields: ClassVar[frozenset[str]] = frozenset({"password_hash", "token_epoch"})
+    secret_markers: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("password_hash", "password_changed"), ("token_epoch", "tokens_revoked"))
     email: str
     name: str
     role: Role
@@ -170,11 +175,21 @@ class IdTag(Record):
             return IdTagStatus.EXPIRED
         return self.status
 
+    def charger_status(self, owner: User | None, now: datetime) -> IdTagStatus:
+        """What a charger is told of it at ``now`` (``ChargingService.authorize``):
+        BLOCKED while its owner is deactivated or gone, whatever is stored; else
+        ``status_at``."""
+        if owner is None or not owner.active:
+            return IdTagStatus.BLOCKED
+        return self.status_at(now)
+
 
 @dataclass(kw_only=True)
 class Station(Record):
     kind: ClassVar[str] = "station"
     secret_fields: ClassVar[frozenset[str]] = frozenset({"auth_password_hash"})
+    secret_markers: ClassVar[tuple[tuple[str, str], ...]] = (
+        ("auth_password_hash", "password_changed"),)
     cp_id: str
     name: str
     owner_id: str | None = None
@@ -248,7 +263,7 @@ class Session(Record):
     cost_minor: int | None = None
     currency: str | None = None
     #: Whose books this is, from its station when it happened: the station's company, or
-    #: for a station of no company its owner (``charging.books_of``). Operators keep
+    #: for a station of no company its owner (``base.books_of``). Operators keep
     #: their books when a station is removed or changes hands.
     company_id: str | None = None
     station_owner_id: str | None = None
@@ -379,7 +394,7 @@ class Payment(Record):
     provider: str = "manual"
     provider_ref: str | None = None
     #: Whose books this is, from its station when it happened: the station's company, or
-    #: for a station of no company its owner (``charging.books_of``). Operators keep
+    #: for a station of no company its owner (``base.books_of``). Operators keep
     #: their books when a station is removed or changes hands.
     company_id: str | None = None
     station_owner_id: str | None = None
@@ -397,6 +412,14 @@ class AuditEntry(Record):
     at: datetime = field(default_factory=utcnow)
     before: dict[str, Any] | None = None
     after: dict[str, Any] | None = None
+    #: Whose books the entry was written in, for what happens at a station (its record,
+    #: commands to its charger, its reservations): the station's company then, or for a
+    #: station of no company its owner (``base.books_of``), as sessions record theirs.
+    #: Operators read these entries by their books, not by who runs the station now: a
+    #: company a station is handed to must not learn the drivers and cards of the old
+    #: one's commands, and the old one keeps its history. ``None`` for other entries.
+    company_id: str | None = None
+    station_owner_id: str | None = None
 
 
 ENTITY_TYPES: tuple[type[Record], ...] = (
@@ -437,3 +460,15 @@ def snapshot(record: Record) -> dict[str, Any]:
             value = value.value
         out[f.name] = value
     return out
+
+
+def audit_after(before: Record | None, after: Record) -> dict[str, Any]:
+    """The after image of a change: ``snapshot(after)`` and, for an update, a marker for
+    each secret that changed (``Record.secret_markers``). Without it a password reset
+    left an entry whose images differed only in ``updated_at``."""
+    image = snapshot(after)
+    if before is not None:
+        for name, marker in after.secret_markers:
+            if getattr(before, name) != getattr(after, name):
+                image[marker] = True
+    return image

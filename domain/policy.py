@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from domain.entities import (
     AuditAction,
@@ -55,7 +56,14 @@ PRIVATE_FIELDS: dict[str, frozenset[str]] = {
     "station": frozenset({"owner_id", "company_id", "registration", "vendor", "model",
                           "serial", "firmware", "firmware_status", "diagnostics_status",
                           "last_seen", "created_by", "updated_by"}),
+    # Whose books: who ran the station then, which a driver is not told of any station.
+    "session": frozenset({"company_id", "station_owner_id"}),
+    "payment": frozenset({"company_id", "station_owner_id"}),
 }
+
+
+#: Audit actions that change a record (``COMMAND`` records an action instead).
+RECORD_CHANGES = (AuditAction.CREATE, AuditAction.UPDATE, AuditAction.DELETE)
 
 
 def metered_on(stations: Filter) -> Filter:
@@ -145,7 +153,7 @@ class Policy:
         stations = self.operator_stations(viewer)
         on_stations: Filter = Sub("station_id", "station", stations)
         # Sessions and payments by whose books they went to when they happened
-        # (``charging.books_of``), not by who runs their station now: the books stay
+        # (``base.books_of``), not by who runs their station now: the books stay
         # with the operator after the station is removed or handed to another company,
         # and a new operator does not see the drivers who charged under the old one.
         books: Filter = any_of(
@@ -160,10 +168,14 @@ class Policy:
                   | "connector_interval"):
                 return on_stations
             case "meter_sample":
+                # A session's samples follow its books, as the session and its revenue do:
+                # the energy of a station handed over mid-history stays with the sessions
+                # it was billed in, and samples never name a driver the viewer cannot see.
                 # Samples of unknown transactions have no session: scope them by charger,
                 # through its cpId index, and by the station that metered them, since a
                 # cpId may have passed to a new station (older samples carry none).
-                return metered_on(stations)
+                return any_of(Sub("session_id", "session", books),
+                              all_of(Eq("session_id", None), metered_on(stations)))
             case "company":
                 return Eq("id", viewer.company_id) if viewer.company_id else NONE
             case "user":
@@ -206,8 +218,14 @@ class Policy:
                     Eq("entity_id", viewer.user_id),
                     Sub("entity_id", "session", books),
                     Sub("entity_id", "payment", books),
-                    Sub("entity_id", "reservation", on_stations),
-                    Sub("entity_id", "station", stations),
+                    # What happened at a station (commands to its charger, its
+                    # reservations: drivers' ids and cards) by the books it was written
+                    # in (``AuditEntry.company_id``), not by who runs the station now.
+                    books,
+                    # The station's own record carries no driver's data: its changes
+                    # are also its current operators', who run it with that history.
+                    all_of(Eq("entity", "station"), In("action", RECORD_CHANGES),
+                           Sub("entity_id", "station", stations)),
                     Sub("entity_id", "connector", on_stations),
                     Sub("entity_id", "tariff", any_of(
                         people, Sub("station_id", "station", stations))),
@@ -264,6 +282,9 @@ class Policy:
                           if viewer.is_operator and viewer.company_id else NONE)
         if kind == "station":
             return self.operator_stations(viewer) if viewer.is_operator else NONE
+        if kind in ("session", "payment"):
+            # An operator reads only those in their books; nobody else keeps any.
+            return ALL if viewer.is_operator else NONE
         return ALL
 
     def guard_private(self, viewer: Viewer, kind: str, where: Filter,
@@ -279,6 +300,37 @@ class Policy:
         if grouped_by in private or any(key.field in private for key in sort):
             guarded = all_of(guarded, view)
         return guarded
+
+    def guard_nested(self, viewer: Viewer, kind: str, where: Filter) -> Filter:
+        """``guard_private`` through subqueries too: a condition on a private field of
+        the records a ``Sub`` selects ("samples metered on company X's stations") tells
+        as much as one on the records themselves. For filters built from what a caller
+        asked (analytics), not for scopes."""
+        if viewer.is_admin:
+            return where
+        return self.guard_private(viewer, kind, self._guard_subqueries(viewer, where))
+
+    def _guard_subqueries(self, viewer: Viewer, where: Filter) -> Filter:
+        match where:
+            case And(parts):
+                return all_of(*(self._guard_subqueries(viewer, part) for part in parts))
+            case Or(parts):
+                return any_of(*(self._guard_subqueries(viewer, part) for part in parts))
+            case Sub(field, kind, inner, select):
+                return Sub(field, kind, self.guard_nested(viewer, kind, inner), select)
+            case _:
+                return where
+
+    def audit_snapshot(self, viewer: Viewer, entity: str, snapshot: dict[str, Any] | None
+                       ) -> dict[str, Any] | None:
+        """An audit entry's before or after image as ``viewer`` may read it: without the
+        private fields of a kind whose private view they have of no record (a driver
+        reading their own session's entries is not told whose books it went to, as no
+        read of the session tells them)."""
+        private = PRIVATE_FIELDS.get(entity)
+        if snapshot is None or not private or self.private_view(viewer, entity) != NONE:
+            return snapshot
+        return {key: value for key, value in snapshot.items() if key not in private}
 
     # ---------------------------------------------------------------- live events
     def sees_event(self, viewer: Viewer, event: DomainEvent) -> bool:

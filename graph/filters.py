@@ -21,7 +21,7 @@ from domain.clock import utcnow
 from domain.entities import LIVE_RESERVATION_STATES
 from domain.errors import ValidationError
 from domain.ids import is_id
-from domain.query import DISTANCE, Eq, Filter, In, Near, Range, Search, all_of, any_of
+from domain.query import DISTANCE, Eq, Filter, In, Near, Range, Search, Sub, all_of, any_of
 from graph.enums import (
     AuditAction,
     ConnectorStatus,
@@ -184,15 +184,17 @@ class IdTagFilter:
 
 
 def _tag_status(status: IdTagStatus, now: datetime) -> Filter:
-    """Tags whose status reads ``status`` now (``IdTag.status_at``): an ACCEPTED tag past
-    its expiry reads, and is found as, EXPIRED, as chargers are told."""
+    """Tags whose status reads ``status`` now (``IdTag.charger_status``): an ACCEPTED tag
+    past its expiry reads, and is found as, EXPIRED, and any tag of a deactivated user as
+    BLOCKED, as chargers are told. (Users are never removed, so an owner is there.)"""
+    active = Sub("user_id", "user", Eq("active", True))
     lapsed = all_of(Eq("status", IdTagStatus.ACCEPTED), Range("expires_at", lte=now))
     if status is IdTagStatus.EXPIRED:
-        return any_of(Eq("status", IdTagStatus.EXPIRED), lapsed)
+        return all_of(any_of(Eq("status", IdTagStatus.EXPIRED), lapsed), active)
     if status is IdTagStatus.ACCEPTED:
         return all_of(Eq("status", IdTagStatus.ACCEPTED),
-                      any_of(Eq("expires_at", None), Range("expires_at", gt=now)))
-    return Eq("status", status)
+                      any_of(Eq("expires_at", None), Range("expires_at", gt=now)), active)
+    return any_of(Eq("status", status), Sub("user_id", "user", Eq("active", False)))
 
 
 def check_point(lat: float, lon: float, field: str) -> None:

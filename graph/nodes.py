@@ -388,8 +388,6 @@ class Vehicle(Node, Audited):
 @strawberry.type(description="An RFID card or app token (OCPP idTag) of a user.")
 class IdTag(Node, Audited):
     tag: str
-    status: IdTagStatus = strawberry.field(description=(
-        "As chargers are told it now: EXPIRED once past `expiresAt`."))
     expires_at: datetime | None
     _r: strawberry.Private[d.IdTag]
 
@@ -397,9 +395,19 @@ class IdTag(Node, Audited):
     def wrap(cls, r: d.IdTag, ctx: GraphContext) -> IdTag:
         return _audited(cls, r, {
             "tag": r.tag,
-            "status": r.status_at(ctx.now),
             "expires_at": r.expires_at,
         })
+
+    @strawberry.field(description=(
+        "As chargers are told it now: EXPIRED once past `expiresAt`, BLOCKED while its "
+        "user is deactivated."))
+    def status(self, info: Info) -> IdTagStatus:
+        # The owners of a page of cards load in one batch (the tag's viewer sees its
+        # owner: a missing one is gone, and chargers are told Blocked then too).
+        ctx = _ctx(info)
+        return cast(IdTagStatus, _now_or_later(
+            ctx.loaders.by_id(d.User), self._r.user_id,
+            lambda owner: self._r.charger_status(owner, ctx.now)))
 
     @strawberry.field
     async def user(self, info: Info) -> User | None:
@@ -810,14 +818,15 @@ class AuditEntry(Node, Audited):
     def wrap(cls, r: d.AuditEntry, ctx: GraphContext) -> AuditEntry:
         entity_id = to_global_id(r.entity, r.entity_id) if r.entity in TYPE_BY_KIND \
             else r.entity_id
+        policy = ctx.services.policy  # private fields as reads hide them
         return _audited(cls, r, {
             "entity": r.entity,
             "entity_id": strawberry.ID(entity_id),
             "action": r.action,
             "actor": r.actor,
             "at": r.at,
-            "before": cast(JSON, r.before),
-            "after": cast(JSON, r.after),
+            "before": cast(JSON, policy.audit_snapshot(ctx.viewer, r.entity, r.before)),
+            "after": cast(JSON, policy.audit_snapshot(ctx.viewer, r.entity, r.after)),
         })
 
     @strawberry.field(description="The user who made the change, when it was a user.")

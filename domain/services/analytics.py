@@ -27,7 +27,7 @@ from domain.entities import (
 )
 from domain.errors import Unauthenticated, ValidationError
 from domain.policy import Viewer, metered_on
-from domain.query import ALL, Eq, Filter, In, Or, Range, Sub, all_of
+from domain.query import ALL, NONE, Eq, Filter, In, Or, Range, Sub, all_of, any_of
 from domain.services.base import Service
 from domain.timebuckets import Bucket, plan, zone
 
@@ -77,12 +77,20 @@ class Scope:
         return all_of(plugs.sessions(), Eq("company_id", self.company_id))
 
     def samples(self) -> Filter:
-        by_station = self.stations()
-        by_session = all_of(Eq("user_id", self.user_id) if self.user_id else None,
+        """Meter samples metered on the asked-for plugs. A session's samples follow it, as
+        the policy's scope does: a company's are those of the sessions in its books (on a
+        station since handed over too), a driver's or vehicle's those of their sessions;
+        samples of no session (an unknown transaction) are their station's company's."""
+        plugs = replace(self, company_id=None).stations()
+        by_session = all_of(Eq("company_id", self.company_id) if self.company_id else None,
+                            Eq("user_id", self.user_id) if self.user_id else None,
                             Eq("vehicle_id", self.vehicle_id) if self.vehicle_id else None)
+        unlinked = NONE if self.user_id or self.vehicle_id else all_of(
+            Eq("session_id", None), metered_on(Eq("company_id", self.company_id)))
         return all_of(
-            metered_on(by_station) if by_station != ALL else None,
-            Sub("session_id", "session", by_session) if by_session != ALL else None,
+            metered_on(plugs) if plugs != ALL else None,
+            any_of(Sub("session_id", "session", by_session), unlinked)
+            if by_session != ALL else None,
         )
 
 
@@ -217,7 +225,11 @@ def _by_connector(rows: list[dict[str, Any]]) -> dict[tuple[Any, ...], float]:
 
 class AnalyticsService(Service):
     def _scoped(self, viewer: Viewer, kind: str, where: Filter) -> Filter:
-        return all_of(self.policy.scope(viewer, kind), where)
+        """The viewer's scope AND what they asked for, conditions on private fields
+        guarded as reads guard them, also inside subqueries: a driver filtering the
+        overview by company and cpIds must not learn who runs a station from its count."""
+        return all_of(self.policy.scope(viewer, kind),
+                      self.policy.guard_nested(viewer, kind, where))
 
     # ------------------------------------------------------------- energy trend
     async def energy_trend(self, viewer: Viewer, scope: Scope, start: datetime, end: datetime,

@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from domain.clock import utcnow
 from domain.entities import (
@@ -20,6 +20,7 @@ from domain.entities import (
     Record,
     Reservation,
     Station,
+    audit_after,
     snapshot,
 )
 from domain.errors import NotFound
@@ -81,6 +82,20 @@ def owned_by(station: Any) -> dict[str, Any]:
     """The station fields every domain event carries (``DomainEvent``): who may see it."""
     return {"station_id": station.id, "cp_id": station.cp_id,
             "company_id": station.company_id, "owner_id": station.owner_id}
+
+
+def books_of(station: Station) -> tuple[str | None, str | None]:
+    """Whose books a session on ``station`` goes to (``Session.company_id`` and
+    ``station_owner_id``): its company's; a station of no company, its owner's. The
+    owner of a company's station keeps no claim of their own: one who moves to another
+    company must not take its sessions along."""
+    if station.company_id is not None:
+        return station.company_id, None
+    return None, station.owner_id
+
+
+#: The books of an audit entry about nothing that happens at a station.
+NO_BOOKS: tuple[str | None, str | None] = (None, None)
 
 
 def reservation_changed(reservation: Reservation, station: Station | None
@@ -151,6 +166,7 @@ class Service:
         (telemetry with a history of its own) ride along in the same operation, and so do
         ``extra_audit`` entries that record actions rather than record changes."""
         now = utcnow()
+        books = await self._books(changes)
         audit = []
         for change, before in changes:
             record = change.record
@@ -160,6 +176,7 @@ class Service:
                 action = AuditAction.UPDATE
             else:
                 action = AuditAction.DELETE
+            company_id, station_owner_id = books.get(record.id, NO_BOOKS)
             audit.append(
                 AuditEntry(
                     entity=record.kind,
@@ -172,12 +189,39 @@ class Service:
                     created_by=viewer.actor,
                     updated_by=viewer.actor,
                     before=snapshot(before) if before is not None else None,
-                    after=None if isinstance(change, Delete) else snapshot(record),
+                    after=None if isinstance(change, Delete) else audit_after(before, record),
+                    company_id=company_id,
+                    station_owner_id=station_owner_id,
                 )
             )
         await self.store.write([*(c for c, _ in changes), *unaudited], [*audit, *extra_audit])
         for listener in self.ctx.committed:
             listener([c for c, _ in changes])
+
+    async def _books(self, changes: Sequence[tuple[Change, Record | None]]
+                     ) -> dict[str, tuple[str | None, str | None]]:
+        """The books each audited change of a station or a reservation is written in
+        (``AuditEntry.company_id``), by record id: the station's as it was before the
+        change (its hand-over is in the books it leaves). A reservation's station is
+        read, unless it is in the same write (one read for the whole write)."""
+        stations: dict[str, Station] = {}
+        for change, before in changes:
+            if isinstance(change.record, Station):
+                stations[change.record.id] = cast(Station, before or change.record)
+        wanted = {change.record.station_id for change, _ in changes
+                  if isinstance(change.record, Reservation)} - stations.keys()
+        if wanted:
+            stations.update((st.id, st) for st in await self.store.get_many(
+                Station, sorted(wanted)) if st is not None)
+        books: dict[str, tuple[str | None, str | None]] = {}
+        for change, _ in changes:
+            record = change.record
+            station_id = record.id if isinstance(record, Station) \
+                else record.station_id if isinstance(record, Reservation) else None
+            station = stations.get(station_id) if station_id is not None else None
+            if station is not None:
+                books[record.id] = books_of(station)
+        return books
 
 
 def charger(cp_id: str) -> Viewer:

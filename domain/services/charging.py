@@ -55,6 +55,7 @@ from domain.query import Eq, Range, Sort, all_of
 from domain.services.base import (
     Service,
     ServiceContext,
+    books_of,
     charger,
     owned_by,
     patch,
@@ -138,16 +139,6 @@ def awaits_stop(session: Session) -> bool:
     """A transaction the charger flushed late, after a newer one had started on its
     connector: ended before that one began, its stop still to come."""
     return session.state is SessionState.COMPLETED and session.stop_reason is None
-
-
-def books_of(station: Station) -> tuple[str | None, str | None]:
-    """Whose books a session on ``station`` goes to (``Session.company_id`` and
-    ``station_owner_id``): its company's; a station of no company, its owner's. The
-    owner of a company's station keeps no claim of their own: one who moves to another
-    company must not take its sessions along."""
-    if station.company_id is not None:
-        return station.company_id, None
-    return None, station.owner_id
 
 
 def _unknown(cp_id: str) -> ValidationError:
@@ -460,8 +451,8 @@ class ChargingService(Service):
         if tag is None:
             return IdTagInfo("Invalid")
         user = (await self.store.get_many(User, [tag.user_id]))[0]
-        status = tag.status_at(self.now())
-        if status is IdTagStatus.BLOCKED or user is None or not user.active:
+        status = tag.charger_status(user, self.now())
+        if status is IdTagStatus.BLOCKED:
             return IdTagInfo("Blocked", tag.expires_at)
         if status is IdTagStatus.EXPIRED:
             return IdTagInfo("Expired", tag.expires_at)

@@ -52,6 +52,7 @@ from domain.query import ALL, Eq, Filter, In, Range, all_of
 from domain.services.base import (
     Service,
     ServiceContext,
+    books_of,
     owned_by,
     patch,
     reservation_changed,
@@ -471,9 +472,11 @@ class CommandService(Service):
     async def _after(self, viewer: Viewer, outcome: CommandOutcome, payload: dict[str, Any]
                      ) -> None:
         station = outcome.station
+        company_id, station_owner_id = books_of(station)  # the books it is written in
         audit = AuditEntry(
             entity="station", entity_id=station.id, action=AuditAction.COMMAND,
             actor=viewer.actor, created_by=viewer.actor, updated_by=viewer.actor,
+            company_id=company_id, station_owner_id=station_owner_id,
             after={"command": outcome.action, "commandId": outcome.command_id,
                    "request": masked(outcome.action, wire_json(payload)), "status": outcome.status,
                    "error": outcome.error.code if outcome.error else None},

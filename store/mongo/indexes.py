@@ -62,7 +62,9 @@ INDEXES: dict[str, list[list[tuple[str, int]]]] = {
     "payment": [[("station_id", ASCENDING)], [("user_id", ASCENDING)],
                 [("company_id", ASCENDING)], [("station_owner_id", ASCENDING)]],
     "audit_entry": [[("entity_id", ASCENDING), ("at", DESCENDING)],
-                    [("actor", ASCENDING), ("at", DESCENDING)], [("at", DESCENDING)]],
+                    [("actor", ASCENDING), ("at", DESCENDING)], [("at", DESCENDING)],
+                    [("company_id", ASCENDING), ("at", DESCENDING)],
+                    [("station_owner_id", ASCENDING), ("at", DESCENDING)]],
     # The sweep looks for batches whose writer died.
     JOURNAL: [[("at", ASCENDING)]],
 }

@@ -1,5 +1,5 @@
 """Data changes the MongoDB store makes when the model changes (SQLite makes the same in its
-schema migrations, ``store/sqlite/migrations.py``: versions 8, 10 and 16).
+schema migrations, ``store/sqlite/migrations.py``: versions 8, 10, 16 and 18).
 
 MongoDB has no schema to migrate, only documents written under older rules. Each step
 here runs at every start, is idempotent, and is safe from several instances at once: it
@@ -44,6 +44,7 @@ async def migrate(db: Any) -> None:
     await _books(db)
     await _minor_units(db)
     await _blockers(db)
+    await _audit_books(db)
 
 
 async def _blockers(db: Any) -> None:
@@ -60,6 +61,39 @@ async def _blockers(db: Any) -> None:
             await db["id_tag"].update_one(
                 {"_id": doc["_id"], "blocked_by": {"$exists": False}},
                 {"$set": {"blocked_by": doc.get("updated_by"), MARK: ObjectId()}})
+
+
+async def _audit_books(db: Any) -> None:
+    """Audit entries of a station or a reservation written before they recorded whose
+    books they are (``AuditEntry.company_id``) take their station's books now, where it
+    still exists (what they were read by until then), else none. Marked by the field
+    itself: new documents always carry ``company_id``, possibly null."""
+    while True:
+        docs = await db["audit_entry"].find(
+            {"entity": {"$in": ["station", "reservation"]}, "company_id": {"$exists": False}},
+            {"entity": 1, "entity_id": 1}).limit(BATCH).to_list()
+        if not docs:
+            break
+        # ``entity_id`` is text (it may name records of any kind); record ids are ObjectIds.
+        entity = {d["_id"]: ObjectId(d["entity_id"]) if ObjectId.is_valid(d["entity_id"])
+                  else None for d in docs}
+        reservations = {r["_id"]: r["station_id"] for r in await db["reservation"].find(
+            {"_id": {"$in": [entity[d["_id"]] for d in docs
+                             if d["entity"] == "reservation"]}},
+            {"station_id": 1}).to_list()}
+        station_of = {d["_id"]: entity[d["_id"]] if d["entity"] == "station"
+                      else reservations.get(entity[d["_id"]]) for d in docs}
+        stations = {s["_id"]: s for s in await db["station"].find(
+            {"_id": {"$in": [i for i in station_of.values() if i is not None]}},
+            {"company_id": 1, "owner_id": 1}).to_list()}
+        for doc in docs:
+            station = stations.get(station_of[doc["_id"]]) or {}
+            company = station.get("company_id")
+            owner = station.get("owner_id") if company is None else None
+            await db["audit_entry"].update_one(
+                {"_id": doc["_id"], "company_id": {"$exists": False}},
+                {"$set": {"company_id": company, "station_owner_id": owner,
+                          MARK: ObjectId()}})
 
 
 async def _books(db: Any) -> None:

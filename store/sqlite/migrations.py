@@ -465,11 +465,34 @@ _V17 = """
 ALTER TABLE "station" ADD COLUMN "booted_at" INTEGER;
 """
 
+# Version 18: audit entries of what happens at a station (its record, commands to its
+# charger, its reservations) record whose books they were written in
+# (``AuditEntry.company_id``/``station_owner_id``), so a station handed to another company
+# does not take its history (drivers' cards in commands) along. Older entries take their
+# station's books now, where it still exists: what they were read by until then.
+_V18 = """
+ALTER TABLE "audit_entry" ADD COLUMN "company_id" TEXT;
+ALTER TABLE "audit_entry" ADD COLUMN "station_owner_id" TEXT;
+UPDATE "audit_entry" SET ("company_id", "station_owner_id") = (
+    SELECT "company_id", CASE WHEN "company_id" IS NULL THEN "owner_id" END FROM "station"
+    WHERE "station"."id" = "audit_entry"."entity_id")
+WHERE "entity" = 'station';
+UPDATE "audit_entry" SET ("company_id", "station_owner_id") = (
+    SELECT "station"."company_id",
+           CASE WHEN "station"."company_id" IS NULL THEN "station"."owner_id" END
+    FROM "reservation" JOIN "station" ON "station"."id" = "reservation"."station_id"
+    WHERE "reservation"."id" = "audit_entry"."entity_id")
+WHERE "entity" = 'reservation';
+CREATE INDEX "audit_entry_company_at_idx" ON "audit_entry" ("company_id", "at");
+CREATE INDEX "audit_entry_station_owner_at_idx" ON "audit_entry" ("station_owner_id", "at");
+"""
+
 #: Every migration, oldest first. Append only.
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
                                      (11, _V11), (12, _V12),
-                                     (13, _V13), (14, _V14), (15, _V15), (16, _V16), (17, _V17))
+                                     (13, _V13), (14, _V14), (15, _V15), (16, _V16), (17, _V17),
+                                     (18, _V18))
 
 _BOOTSTRAP = """
 CREATE TABLE IF NOT EXISTS "schema_version" (

@@ -33,7 +33,7 @@ from domain.entities import (
     Vehicle,
 )
 from domain.ports import Insert, Store
-from domain.services.charging import books_of
+from domain.services.base import books_of
 
 T0 = datetime(2025, 3, 1, 12, 0, 0, 123000, tzinfo=UTC)
 

@@ -57,6 +57,52 @@ async def test_energy_trend_per_role(history: History) -> None:
         (days[0], 0, 0, 0), (days[1], 22000, 1, 660), (days[2], 0, 0, 0)]
 
 
+async def test_energy_follows_the_books_of_its_sessions_after_a_hand_over(
+        history: History) -> None:
+    """QA: after S1 went from A to B, A's trend read 0 kWh for its own sessions, B read
+    energy of sessions it has no record of, and B's trend filtered by a driver it cannot
+    see told that driver's energy. Samples of a session are in its books, as the session
+    and its revenue are."""
+    before = {who: await trend(history, who) for who in ("op_a", "op_b")}
+    b = history.users["op_b"].company_id
+    await history.services.stations.update_station(SYSTEM, history.stations["S1"].id,
+                                                   company_id=b)
+    for who in ("op_a", "op_b"):
+        assert await trend(history, who) == before[who], who
+    analytics = history.services.analytics
+    hidden = await analytics.energy_trend(
+        history.viewer("op_b"), Scope(user_id=history.users["driver2"].id), WINDOW_FROM,
+        WINDOW_TO, Bucket.WEEK, "Europe/Berlin")
+    assert [x.energy_wh for x in hidden] == [0, 0]
+    # A company's energy is that of the sessions in its books, as its revenue is.
+    a = history.users["op_a"].company_id
+    by_company = await analytics.energy_trend(
+        history.viewer("admin"), Scope(company_id=a), WINDOW_FROM, WINDOW_TO, Bucket.WEEK,
+        "Europe/Berlin")
+    assert [(x.energy_wh, x.sessions, x.revenue_minor) for x in by_company] == [
+        (29000, 2, 870), (0, 0, 0)]
+
+
+async def test_a_driver_learns_from_no_figure_who_runs_a_station(history: History) -> None:
+    """QA: overview(filter: {companyId, cpIds}) counted S1 for A and not for B, telling a
+    driver who runs it (a station's company is hidden from drivers). A company filter
+    matches only what the viewer may know the company of: for a driver, nothing."""
+    analytics, a = history.services.analytics, history.users["op_a"].company_id
+    b = history.users["op_b"].company_id
+    for company in (a, b):
+        seen = await analytics.overview(history.viewer("driver1"),
+                                        Scope(company_id=company, cp_ids=("S1",)))
+        assert (seen.stations_online + seen.stations_offline, seen.connectors_by_status) \
+            == (0, {}), company
+        days = await analytics.energy_trend(
+            history.viewer("driver1"), Scope(company_id=company), WINDOW_FROM, WINDOW_TO,
+            Bucket.WEEK, "Europe/Berlin")
+        assert [(x.energy_wh, x.sessions) for x in days] == [(0, 0), (0, 0)], company
+    known = await analytics.overview(history.viewer("op_a"), Scope(company_id=a,
+                                                                   cp_ids=("S1",)))
+    assert known.stations_online + known.stations_offline == 1
+
+
 async def test_energy_trend_hourly_across_the_switch(history: History) -> None:
     buckets = await history.services.analytics.energy_trend(
         history.viewer("admin"), Scope(cp_ids=("S1",)), utc(28, 22), utc(29, 2), Bucket.HOUR,

@@ -67,6 +67,9 @@ def build_world() -> dict[str, Record]:
     # Metered by a removed station whose cpId S3 now has: not S3's operators' to see.
     w.m_reused = meter_sample(w.S3, None, station_id=new_id())
     w.m3_own = meter_sample(w.S3, None, station_id=w.S3.id)
+    # d1 charged at S6 while A ran it: the session and its samples stay in A's books.
+    w.x6 = session(w.S6, 1, user_id=w.d1.id, company_id=w.A.id, station_owner_id=None)
+    w.m6 = meter_sample(w.S6, w.x6, station_id=w.S6.id)
     w.e1, w.e3, w.e4 = status_event(w.S1), status_event(w.S3), status_event(w.S4)
     w.r1 = reservation(w.S1, user_id=w.d1.id)
     w.r3 = reservation(w.S3, user_id=w.d2.id)
@@ -91,6 +94,14 @@ def build_world() -> dict[str, Record]:
     w.a_x1_ended = audit(w.x1, w.opA.id)  # a session in A's books
     # d1, an operator of B before being demoted to driver, changed d3's card: d1's no more.
     w.a_demoted = audit(w.t3, w.d1.id)
+    # Written in A's books while A ran S6, before it was handed to B: a command (drivers'
+    # cards in its request) and a reservation stay A's; the station's own record is B's too.
+    w.a_command_s6 = audit(w.S6, w.opA.id, action=AuditAction.COMMAND, company_id=w.A.id)
+    w.a_record_s6 = audit(w.S6, w.opA.id, company_id=w.A.id)
+    w.a_reserved_r1 = audit(w.r1, w.d1.id, action=AuditAction.CREATE, company_id=w.A.id)
+    # A command to opSolo's own station, in their books.
+    w.a_command_s4 = audit(w.S4, w.opSolo.id, action=AuditAction.COMMAND,
+                           station_owner_id=w.opSolo.id)
     return dict(vars(w))
 
 
@@ -103,13 +114,14 @@ EXPECTED: dict[str, dict[str, set[str]]] = {
         "id_tag": {"t4"},
         "station": {"S1", "S2", "S5"},
         "connector": {"C1", "C2", "C5"},
-        "session": {"x1", "x3", "x5"},
-        "meter_sample": {"m1", "m_orphan"},
+        "session": {"x1", "x3", "x5", "x6"},
+        "meter_sample": {"m1", "m_orphan", "m6"},
         "status_event": {"e1"},
         "reservation": {"r1"},
         "tariff": {"tA", "tS5"},
         "payment": {"p1"},
-        "audit_entry": {"a_opA", "a_opA2", "a_sys_c2", "a_a_tariff", "a_x1_ended"},
+        "audit_entry": {"a_opA", "a_opA2", "a_sys_c2", "a_a_tariff", "a_x1_ended",
+                        "a_command_s6", "a_record_s6", "a_reserved_r1"},
     },
     # Moved from B to A: A's records, B's left behind (a_moved, a_moved_person).
     "opA2": {
@@ -119,14 +131,14 @@ EXPECTED: dict[str, dict[str, set[str]]] = {
         "id_tag": {"t4"},
         "station": {"S1", "S2"},
         "connector": {"C1", "C2"},
-        "session": {"x1", "x3", "x5"},
-        "meter_sample": {"m1", "m_orphan"},
+        "session": {"x1", "x3", "x5", "x6"},
+        "meter_sample": {"m1", "m_orphan", "m6"},
         "status_event": {"e1"},
         "reservation": {"r1"},
         "tariff": {"tA"},
         "payment": {"p1"},
         "audit_entry": {"a_opA", "a_opA2", "a_sys_c2", "a_a_tariff", "a_removal",
-                        "a_x1_ended"},
+                        "a_x1_ended", "a_command_s6", "a_record_s6", "a_reserved_r1"},
     },
     "opB": {
         "company": {"B"},
@@ -142,7 +154,7 @@ EXPECTED: dict[str, dict[str, set[str]]] = {
         "tariff": {"tS3"},
         "payment": {"p2"},
         "audit_entry": {"a_opB", "a_moved", "a_b_person", "a_moved_person", "a_ocpp_x2",
-                        "a_demoted"},
+                        "a_demoted", "a_record_s6"},
     },
     "opSolo": {
         "user": {"opSolo", "d2"},
@@ -152,18 +164,18 @@ EXPECTED: dict[str, dict[str, set[str]]] = {
         "meter_sample": {"m4"},
         "status_event": {"e4"},
         "tariff": {"tS4"},
-        "audit_entry": {"a_sys_s4"},
+        "audit_entry": {"a_sys_s4", "a_command_s4"},
     },
     "d1": {
         "user": {"d1"},
         "vehicle": {"v1"},
         "id_tag": {"t1"},
-        "session": {"x1"},
-        "meter_sample": {"m1"},
+        "session": {"x1", "x6"},
+        "meter_sample": {"m1", "m6"},
         "reservation": {"r1"},
         "payment": {"p1"},
         # About what is theirs, whoever acted (their session, ended by its operator).
-        "audit_entry": {"a_d1", "a_x1_ended"},
+        "audit_entry": {"a_d1", "a_x1_ended", "a_reserved_r1"},
         # The public map: every station, connector and price.
         "station": {"S1", "S2", "S3", "S4", "S5", "S6"},
         "connector": {"C1", "C2", "C3", "C4", "C5"},

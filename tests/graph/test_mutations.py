@@ -517,3 +517,34 @@ async def test_invalid_ids_are_user_errors(api: Api, world: World) -> None:
     payload = await call(api, world, "admin", "updateStation", {"id": wrong_kind, "name": "x"},
                          "station { id }")
     assert codes(payload) == [("id", "INVALID_ID")]
+
+
+async def test_password_resets_leave_a_marker_in_the_audit_log(api: Api, world: World
+                                                               ) -> None:
+    """QA: a reset's audit entry differed from what it changed only in ``updated_at``
+    (secrets are left out of the images). It says that the password changed and, for a
+    user, that their tokens were revoked; never the secret."""
+    driver, station = world.users["driver_a"], world.stations["A-001"]
+    user = await call(api, world, "op_a", "updateUser",
+                      {"id": gid("user", driver.id), "password": "another fine secret"},
+                      "user { id }")
+    assert user["errors"] == []
+    reset = await call(api, world, "op_a", "updateStation",
+                       {"id": gid("station", station.id), "password": "new-station-pw"},
+                       "station { id }")
+    assert reset["errors"] == []
+    renamed = await call(api, world, "op_a", "updateStation",
+                         {"id": gid("station", station.id), "name": "Renamed"},
+                         "station { id }")
+    assert renamed["errors"] == []
+    query = """query($e: ID!) { auditLog(first: 10, filter: {entityId: $e},
+        orderBy: [{field: AT, direction: ASC}]) { nodes { action after } } }"""
+    for record, kind, markers in ((driver, "user", [{"password_changed": True,
+                                                      "tokens_revoked": True}]),
+                                  (station, "station", [{"password_changed": True}, {}])):
+        data = await api.gql(query, {"e": gid(kind, record.id)},
+                             as_user=world.users["admin"].id)
+        updates = [n["after"] for n in data["auditLog"]["nodes"] if n["action"] == "UPDATE"]
+        assert [{k: v for k, v in after.items() if k in ("password_changed", "tokens_revoked")}
+                for after in updates] == markers, kind
+        assert "hash" not in str(updates) and "token_epoch" not in str(updates)

@@ -4,14 +4,16 @@
 from __future__ import annotations
 
 import base64
+from datetime import timedelta
 
 import pytest
 
+from domain.clock import utcnow
 from domain.entities import Payment
 from domain.policy import SYSTEM
 from domain.services import Services
 from graph.ids import to_global_id
-from tests.graph.conftest import Api
+from tests.graph.conftest import Api, CountingStore
 from tests.graph.world import World
 
 STATIONS = "{ stations(first: 50) { totalCount nodes { cpId owner { name } } } }"
@@ -148,6 +150,62 @@ async def test_a_station_handed_to_another_company_leaves_its_books_behind(
     stored = await services.payments.store.get_many(Payment, [world.payments["s3"].id])
     assert stored[0] is not None and stored[0].updated_by == world.users["op_a"].id
     assert stored[0].updated_at > world.payments["s3"].updated_at
+
+
+AUDIT = """{ auditLog(first: 100) { totalCount nodes { entity action after } } }"""
+HAND_OVER = """mutation($id: ID!, $c: ID!) { updateStation(input: {id: $id, companyId: $c}) {
+    errors { code } } }"""
+
+
+def commands(data: dict) -> list[str]:
+    return [n["after"]["command"] for n in data["auditLog"]["nodes"]
+            if n["action"] == "COMMAND"]
+
+
+async def test_a_station_handed_over_leaves_its_command_history_in_the_old_books(
+        api: Api, world: World, services: Services) -> None:
+    """QA: after a hand-over the new company read the old one's commands (a driver's
+    remote start with their card) and the old one lost them. Commands stay in the books
+    they were written in; the station's own record changes are its operators' now."""
+    station = world.stations["A-002"]
+    await services.commands.send(world.viewer("op_a"), station.cp_id, "RemoteStartTransaction",
+                                 {"idTag": world.tags["driver2"].tag, "connectorId": 1})
+    await services.commands.send(world.viewer("op_a"), station.cp_id, "ReserveNow", {
+        "connectorId": 2, "idTag": world.tags["driver2"].tag,
+        "expiryDate": utcnow() + timedelta(hours=1)})
+    moved = await api.gql(HAND_OVER, {"id": to_global_id("station", station.id),
+                                      "c": to_global_id("company", world.companies["b"].id)},
+                          as_user=world.users["admin"].id)
+    assert moved["updateStation"]["errors"] == []
+    await services.commands.send(world.viewer("op_b"), station.cp_id, "Reset",
+                                 {"type": "Soft"})
+    op_a = await api.gql(AUDIT, as_user=world.users["op_a"].id)
+    assert sorted(commands(op_a)) == ["RemoteStartTransaction", "ReserveNow"]
+    reserved = [n["action"] for n in op_a["auditLog"]["nodes"] if n["entity"] == "reservation"]
+    assert sorted(reserved) == ["CREATE", "UPDATE"]  # made, then refused (no charger)
+    op_b = await api.gql(AUDIT, as_user=world.users["op_b"].id)
+    assert commands(op_b) == ["Reset"]
+    assert "TAG-DRIVER2" not in str(op_b)
+    handed = [n for n in op_b["auditLog"]["nodes"] if n["entity"] == "station"
+              and n["action"] == "UPDATE" and n["after"]["cp_id"] == station.cp_id]
+    assert len(handed) == 1  # the station's record: B runs it with its history
+    assert any(n["entity"] == "station" and n["action"] == "UPDATE"
+               for n in op_a["auditLog"]["nodes"])  # A keeps its hand-over too
+
+
+async def test_a_driver_reads_their_sessions_audit_without_whose_books_it_is(
+        api: Api, world: World, services: Services) -> None:
+    """A session's books (the company that ran its station) are no driver's to read in
+    its audit entries, as in no read of the session; its operators read them."""
+    await services.charging.end_session(world.viewer("op_a"), world.sessions["s1"].id)
+    query = """{ auditLog(first: 20, filter: {entity: "session"}) {
+        nodes { before after } } }"""
+    for who, shown in (("driver1", False), ("op_a", True), ("admin", True)):
+        data = await api.gql(query, as_user=world.users[who].id)
+        [entry] = data["auditLog"]["nodes"]
+        for image in (entry["before"], entry["after"]):
+            assert ("company_id" in image, "station_owner_id" in image) == (shown, shown), who
+            assert image["user_id"] == world.users["driver1"].id
 
 
 async def test_which_stations_take_any_charger_is_the_operators_to_know(
@@ -316,6 +374,31 @@ async def test_search_text_is_bounded_and_printable(api: Api, world: World) -> N
         assert error["extensions"] == {"code": code, "field": "filter.search"}, error
     fine = await api.gql(query, {"s": "  A Station  "}, as_user=world.users["admin"].id)
     assert {n["cpId"] for n in fine["stations"]["nodes"]} == {"A-001", "A-002"}
+
+
+async def test_a_deactivated_users_cards_read_blocked_as_chargers_are_told(
+        api: Api, world: World, services: Services, store: CountingStore) -> None:
+    """QA: a deactivated user's card read ACCEPTED while chargers were told Blocked. It
+    reads and is found as BLOCKED; the owners of a page of cards load in one call."""
+    driver = world.users["driver_a"]
+    await services.accounts.deactivate_user(world.viewer("op_a"), driver.id)
+    await services.accounts.settled()
+    tag = world.tags["driver_a"].tag
+    assert (await services.charging.authorize("A-001", tag)).status == "Blocked"
+    query = """query($s: IdTagStatus) { idTags(first: 50, filter: {status: $s}) {
+        nodes { tag status } } }"""
+    admin = world.users["admin"].id
+    store.calls.clear()
+    every = await api.gql(query, {"s": None}, as_user=admin)
+    assert {n["tag"]: n["status"] for n in every["idTags"]["nodes"]} == {
+        "TAG-DRIVER1": "ACCEPTED", "TAG-DRIVER2": "ACCEPTED", tag: "BLOCKED"}
+    assert store.calls == ["get_many", "find_page", "get_many"]  # viewer, page, owners
+    for status, tags in (("BLOCKED", {tag}), ("ACCEPTED", {"TAG-DRIVER1", "TAG-DRIVER2"}),
+                         ("EXPIRED", set())):
+        found = await api.gql(query, {"s": status}, as_user=admin)
+        assert {n["tag"] for n in found["idTags"]["nodes"]} == tags, status
+    mine = await api.gql(query, {"s": None}, as_user=world.users["op_a"].id)
+    assert mine["idTags"]["nodes"] == [{"tag": tag, "status": "BLOCKED"}]
 
 
 async def test_statuses_read_and_filter_as_they_are_now(api: Api, world: World,

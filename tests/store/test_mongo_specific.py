@@ -950,6 +950,29 @@ async def test_blocked_cards_from_before_take_their_last_writer_as_blocker(
     assert got == {"LOST-1": driver.id, "FINE-1": None}
 
 
+async def test_station_audit_entries_from_before_get_their_books(mongo: MongoStore) -> None:
+    """What SQLite migration 18 does: entries of a station or a reservation take the
+    station's books (none when it is gone), other entries are left alone; once."""
+    from domain.entities import AuditAction, AuditEntry
+    from tests.contract.factories import audit, company, reservation, station, user
+
+    co, owner = company(), user()
+    of_company, own = station(company_id=co.id), station(owner_id=owner.id)
+    booked = reservation(own)
+    entries = [audit(of_company, owner.id, action=AuditAction.COMMAND),
+               audit(booked, owner.id), audit(station(), owner.id), audit(owner, owner.id)]
+    await mongo.write([Insert(r) for r in (co, owner, of_company, own, booked)], entries)
+    raw(mongo)["audit_entry"].update_many(  # as written before these fields existed
+        {}, {"$unset": {"company_id": "", "station_owner_id": ""}})
+    await migrations.migrate(mongo.db)
+    await migrations.migrate(mongo.db)  # another start
+    got = {e.id: (e.company_id, e.station_owner_id)
+           for e in await mongo.find_all(AuditEntry, ALL)}
+    assert got == {entries[0].id: (co.id, None), entries[1].id: (None, owner.id),
+                   entries[2].id: (None, None), entries[3].id: (None, None)}
+    assert raw(mongo)["audit_entry"].count_documents({"company_id": {"$exists": False}}) == 1
+
+
 #: Legacy amounts in hundredths, halves among them (JPY: whole yen; KWD: fils).
 LEGACY_AMOUNTS = [0, 49, 50, 51, 150, 250, 350, 1050, 2050, 12345, 50_049, 50_050]
 

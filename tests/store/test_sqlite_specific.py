@@ -530,6 +530,39 @@ async def test_version_16_records_who_blocked_each_blocked_card(db_path: str) ->
         ("t1", "op-1"), ("t2", None)]
 
 
+async def test_version_18_gives_station_and_reservation_audit_entries_their_books(
+        db_path: str) -> None:
+    """Audit entries of a station (its record, commands) or a reservation written before
+    version 18 take their station's books, where it still exists; others none."""
+    async with aiosqlite.connect(db_path, isolation_level=None) as conn:
+        await apply_migrations(conn, MIGRATIONS[:17])
+        stamps = "0, 0, 'system', 'system'"
+        for station_id, company in (("st1", "'co1'"), ("st2", "NULL")):
+            await conn.execute(
+                'INSERT INTO "station" ("id", "created_at", "updated_at", "created_by", '
+                '"updated_by", "cp_id", "name", "registration", "online", "company_id", '
+                f"\"owner_id\") VALUES ('{station_id}', {stamps}, '{station_id}', 'One', "
+                f"'ACCEPTED', 0, {company}, 'u1')")
+        await conn.execute(
+            'INSERT INTO "reservation" ("id", "created_at", "updated_at", "created_by", '
+            '"updated_by", "reservation_id", "station_id", "cp_id", "connector_id", '
+            f"\"id_tag\", \"expires_at\", \"state\") VALUES ('r1', {stamps}, 1, 'st2', "
+            "'st2', 1, 'T', 0, 'EXPIRED')")
+        for entry_id, entity, entity_id, action in (
+                ("a1", "station", "st1", "COMMAND"), ("a2", "station", "st2", "UPDATE"),
+                ("a3", "reservation", "r1", "CREATE"), ("a4", "station", "gone", "COMMAND"),
+                ("a5", "user", "u1", "UPDATE")):
+            await conn.execute(
+                'INSERT INTO "audit_entry" ("id", "created_at", "updated_at", "created_by", '
+                '"updated_by", "entity", "entity_id", "action", "actor", "at") '
+                f"VALUES (?, {stamps}, ?, ?, ?, 'u1', 0)", (entry_id, entity, entity_id, action))
+        assert await apply_migrations(conn, MIGRATIONS[:18]) == [18]
+    assert raw(db_path, 'SELECT "id", "company_id", "station_owner_id" FROM "audit_entry" '
+                        'ORDER BY "id"') == [
+        ("a1", "co1", None), ("a2", None, "u1"), ("a3", None, "u1"), ("a4", None, None),
+        ("a5", None, None)]
+
+
 async def test_version_8_gives_existing_sessions_and_payments_their_books(
         db_path: str) -> None:
     """Rows written before version 8 get their station's company, or for a station of no
