@@ -285,6 +285,9 @@ class StatusEvent(Record):
     status: ConnectorStatus
     error_code: str = "NoError"
     info: str | None = None
+    #: The charger's own code for the error (StatusNotification.vendorErrorCode), as
+    #: reported; null when it sent none (and in history stored before it was kept).
+    vendor_error_code: str | None = None
     at: datetime = field(default_factory=utcnow)
 
 

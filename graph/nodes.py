@@ -817,6 +817,10 @@ class StatusEvent(Node):
     status: ConnectorStatus
     error_code: str
     info: str | None
+    vendor_error_code: str | None = strawberry.field(
+        description="The charger's own code for the error (OCPP vendorErrorCode), as it "
+                    "reported it; null when it sent none, and for reports stored before "
+                    "ChargeGraph kept it.")
     at: datetime
     _r: strawberry.Private[d.StatusEvent]
 
@@ -828,6 +832,7 @@ class StatusEvent(Node):
             "status": r.status,
             "error_code": r.error_code,
             "info": r.info,
+            "vendor_error_code": r.vendor_error_code,
             "at": r.at,
             "_r": r,
         })

@@ -465,11 +465,19 @@ _V17 = """
 ALTER TABLE "station" ADD COLUMN "booted_at" INTEGER;
 """
 
+# Version 18: the charger's own code for an error (``StatusEvent.vendor_error_code``):
+# before, it reached only the live ``faultReported`` event and was lost to fault reports.
+# Older events keep NULL (their code was never stored).
+_V18 = """
+ALTER TABLE "status_event" ADD COLUMN "vendor_error_code" TEXT;
+"""
+
 #: Every migration, oldest first. Append only.
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
                                      (11, _V11), (12, _V12),
-                                     (13, _V13), (14, _V14), (15, _V15), (16, _V16), (17, _V17))
+                                     (13, _V13), (14, _V14), (15, _V15), (16, _V16), (17, _V17),
+                                     (18, _V18))
 
 _BOOTSTRAP = """
 CREATE TABLE IF NOT EXISTS "schema_version" (

@@ -119,7 +119,8 @@ async def test_utilization_availability_faults_overview(scripted: tuple[History,
       availability(from: $from, to: $to, groupBy: CONNECTOR) { cpId connectorId
         availableSeconds }
       faultReports(from: $from, to: $to) { groups { cpId connectorId errorCode count
-        totalDurationSeconds open } events { totalCount nodes { errorCode status } } }
+        totalDurationSeconds open } events { totalCount nodes { errorCode status
+        vendorErrorCode } } }
       overview(timeZone: "Europe/Berlin") { stationsOnline stationsOffline
         connectorsByStatus { status count } activeSessions energyTodayKwh } }"""
     data = await api.gql(query, WINDOW, as_user=history.users["op_a"].id)
@@ -133,7 +134,8 @@ async def test_utilization_availability_faults_overview(scripted: tuple[History,
         {"cpId": "S1", "connectorId": 2, "errorCode": "GroundFailure", "count": 1,
          "totalDurationSeconds": 7200.0, "open": False}]
     assert data["faultReports"]["events"] == {
-        "totalCount": 1, "nodes": [{"errorCode": "GroundFailure", "status": "FAULTED"}]}
+        "totalCount": 1, "nodes": [{"errorCode": "GroundFailure", "status": "FAULTED",
+                                     "vendorErrorCode": "RCD-12"}]}
     assert data["overview"] == {"stationsOnline": 0, "stationsOffline": 1,
                                 "connectorsByStatus": [{"status": "AVAILABLE", "count": 2}],
                                 "activeSessions": 0, "energyTodayKwh": 0.0}
