@@ -145,17 +145,31 @@ class AvailabilityRow:
                    _station_id=row.station_id)
 
 
-@strawberry.type(description="Faults of one error code on one connector.")
+@strawberry.type(description="Faults of one error code on one connector, or on the charge "
+                             "point as a whole (connector 0).")
 class FaultSummary:
     cp_id: str
-    connector_id: int
+    connector_id: int = strawberry.field(
+        description="0 is the charge point as a whole: a charger-wide fault, one group, "
+                    "its time the point's. A connector's groups are its own reports: the "
+                    "time the charge point was down is the point's, not theirs.")
     error_code: str
-    count: int = strawberry.field(description="Reports of this error in the window.")
+    count: int = strawberry.field(
+        description="Reports of this error on this connector in the window; 0 for a fault "
+                    "reported before the window and still going in it.")
     first_seen: datetime
     last_seen: datetime
     total_duration_seconds: float = strawberry.field(
-        description="Time spent in this fault within the window.")
-    open: bool = strawberry.field(description="The connector still reports it.")
+        description="Time spent in this fault within the window (up to now). A fault stays "
+                    "open while its station is offline (the charger's last report stands "
+                    "until a report clears it), and that time counts here too: "
+                    "`offlineSeconds` is how much of it the station was offline.")
+    offline_seconds: float = strawberry.field(
+        description="Of `totalDurationSeconds`, the time the station was offline with the "
+                    "fault still open.")
+    open: bool = strawberry.field(
+        description="The charger reports it now: the connector's `errorCode`, for "
+                    "connector 0 the station's. An offline station's fault stays open.")
     _station_id: strawberry.Private[str]
 
     @strawberry.field
@@ -166,7 +180,8 @@ class FaultSummary:
     def of(cls, g: FaultGroup) -> FaultSummary:
         return cls(cp_id=g.cp_id, connector_id=g.connector_id, error_code=g.error_code,
                    count=g.count, first_seen=g.first_seen, last_seen=g.last_seen,
-                   total_duration_seconds=g.duration_seconds, open=g.open,
+                   total_duration_seconds=g.duration_seconds,
+                   offline_seconds=g.offline_seconds, open=g.open,
                    _station_id=g.station_id)
 
 

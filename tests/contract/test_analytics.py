@@ -14,7 +14,7 @@ from domain import entities as d
 from domain.entities import Connector
 from domain.errors import Unauthenticated
 from domain.policy import ANONYMOUS, SYSTEM, Policy
-from domain.ports import Store
+from domain.ports import Insert, Store
 from domain.query import Eq, all_of
 from domain.services import ConnectorSpec, ServiceContext, Services
 from domain.services.analytics import Scope
@@ -195,8 +195,8 @@ async def test_carried_fault_first_seen_is_its_report_across_a_disconnect(
     faults = history.services.analytics.fault_reports
     [group] = await faults(history.viewer("admin"), Scope(), utc(31, 13), utc(31, 14))
     assert (group.cp_id, group.error_code, group.count, group.first_seen, group.last_seen,
-            group.duration_seconds, group.open) == (
-        "S2", "OverCurrentFailure", 0, utc(30, 20), utc(30, 20), H, True)
+            group.duration_seconds, group.offline_seconds, group.open) == (
+        "S2", "OverCurrentFailure", 0, utc(30, 20), utc(30, 20), H, H, True)
     # A window after "now" has had no time in the fault yet.
     assert await faults(history.viewer("admin"), Scope(), utc(31, 15), utc(31, 16)) == []
 
@@ -323,6 +323,88 @@ async def test_removing_a_connector_ends_its_state_history(history: History) -> 
     await history.services.stations.remove_station(SYSTEM, connectors[0].station_id)
     assert await store.count(d.ConnectorInterval, all_of(
         Eq("cp_id", "R1"), Eq("end", None))) == 0
+
+
+def fault_rows(groups: list[Any]) -> list[tuple[Any, ...]]:
+    return [(g.connector_id, g.error_code, g.count, g.first_seen, g.duration_seconds / H,
+             g.offline_seconds / H, g.open) for g in groups]
+
+
+async def test_a_charger_wide_fault_is_one_group_on_connector_0(history: History) -> None:
+    """R1's charge point reports PowerMeterFailure on connector 0 at 15:30 and goes
+    offline at 16:00. That is one group, connector 0's, as long and as open as the
+    station reports it; its connectors, which reported nothing of it, get no group of it
+    (they used to: count 0, open, their time growing, while reporting NoError)."""
+    await two_plug_station(history)
+    charging, analytics = history.services.charging, history.services.analytics
+    admin, r1 = history.viewer("admin"), Scope(cp_ids=("R1",))
+    history.clock.now = at_31(15, 10)  # connector 1's own fault, before the point's
+    await charging.status_notification("R1", 1, "Faulted", "GroundFailure",
+                                       timestamp=at_31(15, 10))
+    history.clock.now = at_31(15, 30)
+    await charging.status_notification("R1", 0, "Faulted", "PowerMeterFailure",
+                                       timestamp=at_31(15, 30))
+    history.clock.now = at_31(16)
+    await charging.set_online("R1", False)
+    history.clock.now = at_31(17)
+    # The point's fault stays open while the station is away (its last report stands),
+    # its offline hour counted and told apart. Connector 1 still reports its own fault;
+    # its time is the 20 minutes before the point went down (then it was the point's).
+    assert fault_rows(await analytics.fault_reports(admin, r1, at_31(13), at_31(17))) == [
+        (0, "PowerMeterFailure", 1, at_31(15, 30), 1.5, 1.0, True),
+        (1, "GroundFailure", 1, at_31(15, 10), 1 / 3, 0.0, True)]
+    [station] = await history.services.ctx.store.find_all(d.Station, Eq("cp_id", "R1"))
+    assert (station.status, station.error_code) == (d.ConnectorStatus.FAULTED,
+                                                    "PowerMeterFailure")
+    # Carried into a later window: count 0, its time in that window, still open.
+    assert fault_rows(await analytics.fault_reports(admin, r1, at_31(16), at_31(17))) == [
+        (0, "PowerMeterFailure", 0, at_31(15, 30), 1.0, 1.0, True)]
+    # Back at 18:00, the charger clears both: the point's fault ended then.
+    history.clock.now = at_31(18)
+    await charging.set_online("R1", True)
+    for c in (0, 1):
+        await charging.status_notification("R1", c, "Available", "NoError",
+                                           timestamp=at_31(18))
+    history.clock.now = at_31(19)
+    assert fault_rows(await analytics.fault_reports(admin, r1, at_31(13), at_31(19))) == [
+        (0, "PowerMeterFailure", 1, at_31(15, 30), 2.5, 2.0, False),
+        (1, "GroundFailure", 1, at_31(15, 10), 1 / 3, 0.0, False)]
+    # Availability still counts the point's outage against every connector.
+    rows = await analytics.availability(admin, r1, at_31(15), at_31(19), True)
+    assert shares(rows, "first_seconds") == {("R1", 1): 1.167, ("R1", 2): 1.5}
+
+
+async def test_state_history_from_before_the_point_state_counts_as_the_connectors(
+        history: History) -> None:
+    """An interval recorded before the charge point's state was kept beside it (SQLite
+    migration 19; a MongoDB document without the keys) has none: which of them were the
+    point's is not known, so it counts as the connector's own, as it always did."""
+    station, _ = await two_plug_station(history)
+    store = history.services.ctx.store
+    await store.write([Insert(d.ConnectorInterval(
+        station_id=station.id, cp_id="R1", connector_id=2,
+        status=d.ConnectorStatus.FAULTED, error_code="HighTemperature", online=True,
+        start=at_31(12), end=at_31(12, 30)))], [])
+    groups = await history.services.analytics.fault_reports(
+        history.viewer("admin"), Scope(cp_ids=("R1",)), at_31(12), at_31(13))
+    assert fault_rows(groups) == [(2, "HighTemperature", 0, at_31(12), 0.5, 0.0, False)]
+
+
+async def test_a_warning_on_connector_0_is_timed_like_any_fault(history: History) -> None:
+    """An error code the point reports while Available (a warning: its plugs go on
+    charging) is connector 0's group with its time, open while reported, and leaves the
+    connectors' own groups and availability alone."""
+    await two_plug_station(history)
+    charging, analytics = history.services.charging, history.services.analytics
+    admin, r1 = history.viewer("admin"), Scope(cp_ids=("R1",))
+    history.clock.now = at_31(16)
+    await charging.status_notification("R1", 0, "Available", "WeakSignal",
+                                       timestamp=at_31(16))
+    history.clock.now = at_31(17)
+    assert fault_rows(await analytics.fault_reports(admin, r1, at_31(13), at_31(17))) == [
+        (0, "WeakSignal", 1, at_31(16), 1.0, 0.0, True)]
+    rows = await analytics.availability(admin, r1, at_31(16), at_31(17), True)
+    assert shares(rows, "first_seconds") == {("R1", 1): 1.0, ("R1", 2): 1.0}
 
 
 async def test_hourly_energy_across_a_half_hour_clock_change(history: History) -> None:

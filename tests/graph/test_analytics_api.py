@@ -119,7 +119,7 @@ async def test_utilization_availability_faults_overview(scripted: tuple[History,
       availability(from: $from, to: $to, groupBy: CONNECTOR) { cpId connectorId
         availableSeconds }
       faultReports(from: $from, to: $to) { groups { cpId connectorId errorCode count
-        totalDurationSeconds open } events { totalCount nodes { errorCode status
+        totalDurationSeconds offlineSeconds open } events { totalCount nodes { errorCode status
         vendorErrorCode } } }
       overview(timeZone: "Europe/Berlin") { stationsOnline stationsOffline
         connectorsByStatus { status count } activeSessions energyTodayKwh } }"""
@@ -132,7 +132,7 @@ async def test_utilization_availability_faults_overview(scripted: tuple[History,
         {"cpId": "S1", "connectorId": 2, "availableSeconds": 86400.0}]
     assert data["faultReports"]["groups"] == [
         {"cpId": "S1", "connectorId": 2, "errorCode": "GroundFailure", "count": 1,
-         "totalDurationSeconds": 7200.0, "open": False}]
+         "totalDurationSeconds": 7200.0, "offlineSeconds": 0.0, "open": False}]
     assert data["faultReports"]["events"] == {
         "totalCount": 1, "nodes": [{"errorCode": "GroundFailure", "status": "FAULTED",
                                      "vendorErrorCode": "RCD-12"}]}
