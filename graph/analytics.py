@@ -204,9 +204,11 @@ class FaultReport:
                                               before=before))
 
 
-@strawberry.type
+@strawberry.type(description="Connectors in one status, or of offline stations.")
 class StatusCount:
-    status: str
+    status: str = strawberry.field(
+        description="A `ConnectorStatus` name, or `OFFLINE`: the connectors of stations "
+                    "that are offline, whatever they last reported.")
     count: int
 
 
@@ -214,7 +216,10 @@ class StatusCount:
 class Overview:
     stations_online: int
     stations_offline: int
-    connectors_by_status: list[StatusCount]
+    connectors_by_status: list[StatusCount] = strawberry.field(
+        description="Connectors of online stations by status, and those of offline "
+                    "stations under `OFFLINE` (never counted as available: a charger "
+                    "that is away cannot start a session); each connector once.")
     active_sessions: int
     energy_today_kwh: float
     revenue_today: list[Money]

@@ -544,7 +544,10 @@ class Station(Node, Audited):
 class Connector(Node, Audited):
     cp_id: str
     connector_id: int = strawberry.field(description="OCPP connector id, from 1.")
-    status: ConnectorStatus
+    status: ConnectorStatus = strawberry.field(
+        description="The status the charger last reported for this connector (see "
+                    "`statusAt`). It stays as reported while the station is offline: "
+                    "read `station { online }` too before showing it as usable.")
     error_code: str = strawberry.field(description="OCPP ChargePointErrorCode, `NoError` "
                                                    "when healthy.")
     info: str | None

@@ -38,6 +38,8 @@ FAULT_CODES = ("ConnectorLockFailure", "EVCommunicationError", "GroundFailure",
                "OverCurrentFailure", "OverVoltage", "PowerMeterFailure", "PowerSwitchFailure",
                "ReaderFailure", "ResetFailure", "UnderVoltage", "WeakSignal")
 UNUSABLE = (ConnectorStatus.FAULTED, ConnectorStatus.UNAVAILABLE)
+#: The overview's bucket for the connectors of offline stations (no ConnectorStatus).
+OFFLINE = "OFFLINE"
 MAX_WINDOW = timedelta(days=3 * 366)
 
 
@@ -531,9 +533,7 @@ class AnalyticsService(Service):
             Station, self._scoped(viewer, "station", scope.stations()),
             [ByField("online")], {"n": Count()})
         online = {bool(r["g0"]): r["n"] for r in stations}
-        connectors = await self.store.aggregate(
-            Connector, self._scoped(viewer, "connector", scope.on_stations()),
-            [ByField("status")], {"n": Count()})
+        connectors = await self._connectors_by_status(viewer, scope)
         active = await self.store.count(Session, self._scoped(viewer, "session", all_of(
             scope.booked_sessions(), Eq("state", SessionState.ACTIVE))))
         energy = await self.store.aggregate(
@@ -547,6 +547,20 @@ class AnalyticsService(Service):
             [ByField("currency")], {"minor": Sum("cost_minor")})
         return Overview(
             stations_online=online.get(True, 0), stations_offline=online.get(False, 0),
-            connectors_by_status={ConnectorStatus(r["g0"]).name: r["n"] for r in connectors},
+            connectors_by_status=connectors,
             active_sessions=active, energy_today_wh=round(energy[0]["wh"]) if energy else 0,
             revenue_today={r["g0"]: round(r["minor"]) for r in revenue if r["g0"]})
+
+    async def _connectors_by_status(self, viewer: Viewer, scope: Scope) -> dict[str, int]:
+        """Connectors of online stations by their status, those of offline stations
+        under ``OFFLINE``: their status is the last one reported, and a connector of a
+        charger that is away cannot be started, whatever it said last (a map would
+        advertise it as available)."""
+        on = await self.store.aggregate(
+            Connector, self._scoped(viewer, "connector", all_of(
+                scope.on_stations(), Sub("station_id", "station", Eq("online", True)))),
+            [ByField("status")], {"n": Count()})
+        off = await self.store.count(Connector, self._scoped(viewer, "connector", all_of(
+            scope.on_stations(), Sub("station_id", "station", Eq("online", False)))))
+        counts = {ConnectorStatus(r["g0"]).name: int(r["n"]) for r in on}
+        return counts | ({OFFLINE: off} if off else {})

@@ -205,7 +205,15 @@ async def test_overview(history: History) -> None:
     overview = await history.services.analytics.overview(history.viewer("admin"), Scope(),
                                                          "Europe/Berlin")
     assert (overview.stations_online, overview.stations_offline) == (1, 1)
+    # S1 is offline: its two connectors, last reported Available, are not advertised
+    # as such; each connector counts once.
+    assert overview.connectors_by_status == {"OFFLINE": 2, "FAULTED": 1}
+    history.clock.now = utc(31, 13)
+    await history.services.charging.set_online("S1", True)  # back: as last reported
+    overview = await history.services.analytics.overview(history.viewer("admin"), Scope(),
+                                                         "Europe/Berlin")
     assert overview.connectors_by_status == {"AVAILABLE": 2, "FAULTED": 1}
+    history.clock.now = utc(31, 12)
     assert overview.active_sessions == 0
     assert overview.energy_today_wh == 0 and overview.revenue_today == {}
     history.clock.now = utc(29, 20)  # "today" is now the 29th in Berlin

@@ -137,7 +137,7 @@ async def test_utilization_availability_faults_overview(scripted: tuple[History,
         "totalCount": 1, "nodes": [{"errorCode": "GroundFailure", "status": "FAULTED",
                                      "vendorErrorCode": "RCD-12"}]}
     assert data["overview"] == {"stationsOnline": 0, "stationsOffline": 1,
-                                "connectorsByStatus": [{"status": "AVAILABLE", "count": 2}],
+                                "connectorsByStatus": [{"status": "OFFLINE", "count": 2}],
                                 "activeSessions": 0, "energyTodayKwh": 0.0}
 
 
