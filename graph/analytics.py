@@ -128,11 +128,30 @@ class AvailabilityRow:
     connector_id: int | None = strawberry.field(description="Null for station rows.")
     window_seconds: float = strawberry.field(description=_WINDOW)
     available_seconds: float
+    reported_seconds: float = strawberry.field(
+        description="The part of the window the connector's state was known: from when "
+                    "its state history began (its charger's first connection or report "
+                    "after it was added), offline time included (known to be offline).")
     _station_id: strawberry.Private[str]
 
-    @strawberry.field(description="0..1")
+    @strawberry.field(description="`windowSeconds` less `reportedSeconds`: before the "
+                                  "connector's state history began (a station added or "
+                                  "first connected inside the window). It counts as not "
+                                  "available in `availableShare`.")
+    def unknown_seconds(self) -> float:
+        return max(self.window_seconds - self.reported_seconds, 0.0)
+
+    @strawberry.field(description="`availableSeconds` / `windowSeconds` (0..1): time "
+                                  "nothing was known counts as not available.")
     def available_share(self) -> float:
         return self.available_seconds / self.window_seconds if self.window_seconds else 0.0
+
+    @strawberry.field(description="`availableSeconds` / `reportedSeconds` (0..1): the "
+                                  "uptime KPI, of the time the state was known (offline "
+                                  "time counts as not available); 0 when nothing was.")
+    def reported_available_share(self) -> float:
+        return self.available_seconds / self.reported_seconds if self.reported_seconds \
+            else 0.0
 
     @strawberry.field
     async def station(self, info: Info) -> Station | None:
@@ -142,7 +161,7 @@ class AvailabilityRow:
     def of(cls, row: ShareRow) -> AvailabilityRow:
         return cls(cp_id=row.cp_id, connector_id=row.connector_id,
                    window_seconds=row.window_seconds, available_seconds=row.first_seconds,
-                   _station_id=row.station_id)
+                   reported_seconds=row.second_seconds, _station_id=row.station_id)
 
 
 @strawberry.type(description="Faults of one error code on one connector, or on the charge "

@@ -105,7 +105,7 @@ class ShareRow:
     connector_id: int | None
     window_seconds: float
     first_seconds: float  # occupied / available
-    second_seconds: float = 0.0  # charging (utilization only)
+    second_seconds: float = 0.0  # charging (utilization) / state known (availability)
 
     def share(self, seconds: float) -> float:
         return seconds / self.window_seconds if self.window_seconds > 0 else 0.0
@@ -398,21 +398,30 @@ class AnalyticsService(Service):
     async def availability(self, viewer: Viewer, scope: Scope, start: datetime, end: datetime,
                            by_connector: bool) -> list[ShareRow]:
         """Share of the window each connector was usable: its station online and its
-        status neither Faulted nor Unavailable. Time before a connector's first report
-        counts as not usable (nothing was known). Only connectors whose state history the
-        viewer may see (``_connectors``)."""
+        status neither Faulted nor Unavailable; and (``second_seconds``) the time its
+        state was known at all. Time before a connector's state history began (its
+        station added later, its charger not yet connected) counts as not usable in the
+        share, and is the window less the known time: an uptime KPI divides by the known
+        time instead. Only connectors whose state history the viewer may see
+        (``_connectors``)."""
         _signed_in(viewer)
         _per_connector(scope)
         _window(start, end)
         now = min(self.now(), end)
         usable = [s for s in ConnectorStatus if s not in UNUSABLE]
+        within = all_of(scope.on_stations(), _overlapping("start", "end", start, end))
+        overlap = {"s": OverlapSeconds("start", "end", start, end, now)}
         available = await self.store.aggregate(
             ConnectorInterval, self._scoped(viewer, "connector_interval", all_of(
-                scope.on_stations(), Eq("online", True), In("status", tuple(usable)),
-                _overlapping("start", "end", start, end))),
-            PER_CONNECTOR, {"s": OverlapSeconds("start", "end", start, end, now)})
+                within, Eq("online", True), In("status", tuple(usable)))),
+            PER_CONNECTOR, overlap)
+        # Every stretch of state history, offline ones included: known to be offline.
+        known = await self.store.aggregate(
+            ConnectorInterval, self._scoped(viewer, "connector_interval", within),
+            PER_CONNECTOR, overlap)
         return self._rows(await self._connectors(viewer, scope), by_connector,
-                          _elapsed(start, now), _by_connector(available), {})
+                          _elapsed(start, now), _by_connector(available),
+                          _by_connector(known))
 
     # ------------------------------------------------------------- faults
     def fault_events_filter(self, scope: Scope, start: datetime, end: datetime) -> Filter:

@@ -286,7 +286,7 @@ async def test_station_rows_are_the_sum_of_their_connectors_rows(history: Histor
             (1 if by_connector else None, 1.0, 1.0, 1.0, 1.0)]
     day = (at_31(13), at_31(16))
     assert figures(await analytics.availability(admin, r1, *day, False)) == [
-        (None, 3.0, 3.0, 0.0, 1.0)]
+        (None, 3.0, 3.0, 3.0, 1.0)]  # available, and known, the whole 3 hours
     # Connector 2 is added again: the same plug, its history counts again.
     await history.services.stations.add_connector(SYSTEM, station.id, ConnectorSpec(2))
     assert figures(await analytics.utilization(admin, r1, *hour, False)) == [
@@ -458,6 +458,24 @@ async def test_shares_are_of_the_window_up_to_now(history: History) -> None:
     # A window wholly ahead of now has nothing to share yet.
     [ahead] = await analytics.utilization(admin, r1, at_31(16), at_31(18), False)
     assert (ahead.window_seconds, ahead.share(ahead.first_seconds)) == (0.0, 0.0)
+
+
+async def test_availability_tells_the_time_nothing_was_known(history: History) -> None:
+    """R1 was added and came online at 13:00: of a window from 11:00 to 17:00 its
+    connectors were available 4 of 6 hours, but their state was known only for those 4
+    (it used to be indistinguishable from 2 hours down). Offline time is known time."""
+    await two_plug_station(history)
+    analytics, admin, r1 = history.services.analytics, history.viewer("admin"), \
+        Scope(cp_ids=("R1",))
+    history.clock.now = at_31(17)
+    await history.services.charging.set_online("R1", False)
+    history.clock.now = at_31(18)
+    rows = await analytics.availability(admin, r1, at_31(11), at_31(18), True)
+    assert [(r.connector_id, r.window_seconds / H, r.first_seconds / H, r.second_seconds / H)
+            for r in rows] == [(1, 7.0, 4.0, 5.0), (2, 7.0, 4.0, 5.0)]
+    [station] = await analytics.availability(admin, r1, at_31(11), at_31(18), False)
+    assert (station.window_seconds / H, station.first_seconds / H,
+            station.second_seconds / H) == (14.0, 8.0, 10.0)
 
 
 async def test_a_station_handed_over_keeps_its_occupancy_with_its_charging_time(
