@@ -300,6 +300,9 @@ class StatusEvent(Record):
     status: ConnectorStatus
     error_code: str = "NoError"
     info: str | None = None
+    #: The charger's own code for the error (StatusNotification.vendorErrorCode), as
+    #: reported; null when it sent none (and in history stored before it was kept).
+    vendor_error_code: str | None = None
     at: datetime = field(default_factory=utcnow)
 
 
@@ -308,7 +311,13 @@ class ConnectorInterval(Record):
     """A stretch of time a connector spent in one state: its status and error code, and
     whether its station was online. ``end`` is null for the current one. Maintained on
     every status change and (dis)connect, so utilization, availability and fault durations
-    are sums of overlaps computed in the store."""
+    are sums of overlaps computed in the store.
+
+    ``status`` and ``error_code`` are the charge point's own while it is down (connector 0
+    Unavailable or Faulted: no plug can charge), else the connector's. ``point_status``
+    and ``point_error_code`` are the charge point's state during the stretch, so a fault
+    report tells the point's outage (connector 0) from the connector's own faults; null
+    in history recorded before they were (SQLite migration 20)."""
 
     kind: ClassVar[str] = "connector_interval"
     station_id: str
@@ -317,6 +326,8 @@ class ConnectorInterval(Record):
     status: ConnectorStatus
     error_code: str = "NoError"
     online: bool = True
+    point_status: ConnectorStatus | None = None
+    point_error_code: str | None = None
     start: datetime
     end: datetime | None = None
 

@@ -128,11 +128,30 @@ class AvailabilityRow:
     connector_id: int | None = strawberry.field(description="Null for station rows.")
     window_seconds: float = strawberry.field(description=_WINDOW)
     available_seconds: float
+    reported_seconds: float = strawberry.field(
+        description="The part of the window the connector's state was known: from when "
+                    "its state history began (its charger's first connection or report "
+                    "after it was added), offline time included (known to be offline).")
     _station_id: strawberry.Private[str]
 
-    @strawberry.field(description="0..1")
+    @strawberry.field(description="`windowSeconds` less `reportedSeconds`: before the "
+                                  "connector's state history began (a station added or "
+                                  "first connected inside the window). It counts as not "
+                                  "available in `availableShare`.")
+    def unknown_seconds(self) -> float:
+        return max(self.window_seconds - self.reported_seconds, 0.0)
+
+    @strawberry.field(description="`availableSeconds` / `windowSeconds` (0..1): time "
+                                  "nothing was known counts as not available.")
     def available_share(self) -> float:
         return self.available_seconds / self.window_seconds if self.window_seconds else 0.0
+
+    @strawberry.field(description="`availableSeconds` / `reportedSeconds` (0..1): the "
+                                  "uptime KPI, of the time the state was known (offline "
+                                  "time counts as not available); 0 when nothing was.")
+    def reported_available_share(self) -> float:
+        return self.available_seconds / self.reported_seconds if self.reported_seconds \
+            else 0.0
 
     @strawberry.field
     async def station(self, info: Info) -> Station | None:
@@ -142,20 +161,34 @@ class AvailabilityRow:
     def of(cls, row: ShareRow) -> AvailabilityRow:
         return cls(cp_id=row.cp_id, connector_id=row.connector_id,
                    window_seconds=row.window_seconds, available_seconds=row.first_seconds,
-                   _station_id=row.station_id)
+                   reported_seconds=row.second_seconds, _station_id=row.station_id)
 
 
-@strawberry.type(description="Faults of one error code on one connector.")
+@strawberry.type(description="Faults of one error code on one connector, or on the charge "
+                             "point as a whole (connector 0).")
 class FaultSummary:
     cp_id: str
-    connector_id: int
+    connector_id: int = strawberry.field(
+        description="0 is the charge point as a whole: a charger-wide fault, one group, "
+                    "its time the point's. A connector's groups are its own reports: the "
+                    "time the charge point was down is the point's, not theirs.")
     error_code: str
-    count: int = strawberry.field(description="Reports of this error in the window.")
+    count: int = strawberry.field(
+        description="Reports of this error on this connector in the window; 0 for a fault "
+                    "reported before the window and still going in it.")
     first_seen: datetime
     last_seen: datetime
     total_duration_seconds: float = strawberry.field(
-        description="Time spent in this fault within the window.")
-    open: bool = strawberry.field(description="The connector still reports it.")
+        description="Time spent in this fault within the window (up to now). A fault stays "
+                    "open while its station is offline (the charger's last report stands "
+                    "until a report clears it), and that time counts here too: "
+                    "`offlineSeconds` is how much of it the station was offline.")
+    offline_seconds: float = strawberry.field(
+        description="Of `totalDurationSeconds`, the time the station was offline with the "
+                    "fault still open.")
+    open: bool = strawberry.field(
+        description="The charger reports it now: the connector's `errorCode`, for "
+                    "connector 0 the station's. An offline station's fault stays open.")
     _station_id: strawberry.Private[str]
 
     @strawberry.field
@@ -166,7 +199,8 @@ class FaultSummary:
     def of(cls, g: FaultGroup) -> FaultSummary:
         return cls(cp_id=g.cp_id, connector_id=g.connector_id, error_code=g.error_code,
                    count=g.count, first_seen=g.first_seen, last_seen=g.last_seen,
-                   total_duration_seconds=g.duration_seconds, open=g.open,
+                   total_duration_seconds=g.duration_seconds,
+                   offline_seconds=g.offline_seconds, open=g.open,
                    _station_id=g.station_id)
 
 
@@ -189,9 +223,11 @@ class FaultReport:
                                               before=before))
 
 
-@strawberry.type
+@strawberry.type(description="Connectors in one status, or of offline stations.")
 class StatusCount:
-    status: str
+    status: str = strawberry.field(
+        description="A `ConnectorStatus` name, or `OFFLINE`: the connectors of stations "
+                    "that are offline, whatever they last reported.")
     count: int
 
 
@@ -199,7 +235,10 @@ class StatusCount:
 class Overview:
     stations_online: int
     stations_offline: int
-    connectors_by_status: list[StatusCount]
+    connectors_by_status: list[StatusCount] = strawberry.field(
+        description="Connectors of online stations by status, and those of offline "
+                    "stations under `OFFLINE` (never counted as available: a charger "
+                    "that is away cannot start a session); each connector once.")
     active_sessions: int
     energy_today_kwh: float
     revenue_today: list[Money]

@@ -567,9 +567,9 @@ class Connector(Node, Audited):
     cp_id: str
     connector_id: int = strawberry.field(description="OCPP connector id, from 1.")
     status: ConnectorStatus = strawberry.field(description=(
-        "What its charger last reported, kept while the charger is offline. Whether a "
-        "driver can plug in now also needs its station online and not UNAVAILABLE or "
-        "FAULTED as a whole: filter with `availableNow`."))
+        "What its charger last reported (see `statusAt`), kept while the charger is "
+        "offline. Whether a driver can plug in now also needs its station online and not "
+        "UNAVAILABLE or FAULTED as a whole: filter with `availableNow`."))
     error_code: str = strawberry.field(description="OCPP ChargePointErrorCode, `NoError` "
                                                    "when healthy.")
     info: str | None
@@ -843,6 +843,10 @@ class StatusEvent(Node):
     status: ConnectorStatus
     error_code: str
     info: str | None
+    vendor_error_code: str | None = strawberry.field(
+        description="The charger's own code for the error (OCPP vendorErrorCode), as it "
+                    "reported it; null when it sent none, and for reports stored before "
+                    "ChargeGraph kept it.")
     at: datetime
     _r: strawberry.Private[d.StatusEvent]
 
@@ -854,6 +858,7 @@ class StatusEvent(Node):
             "status": r.status,
             "error_code": r.error_code,
             "info": r.info,
+            "vendor_error_code": r.vendor_error_code,
             "at": r.at,
             "_r": r,
         })

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from domain import validation as v
-from domain.aggregation import ByField, Count, Max, Min, OverlapSeconds, Sum
+from domain.aggregation import ByField, Count, Max, Metric, Min, OverlapSeconds, Sum
 from domain.entities import (
     Connector,
     ConnectorInterval,
@@ -29,6 +29,7 @@ from domain.errors import Unauthenticated, ValidationError
 from domain.policy import Viewer, metered_on
 from domain.query import ALL, NONE, Eq, Filter, In, Or, Range, Sub, all_of, any_of
 from domain.services.base import Service
+from domain.services.intervals import POINT_DOWN
 from domain.timebuckets import Bucket, plan, zone
 
 #: OCPP 1.6 ChargePointErrorCode values other than NoError.
@@ -37,6 +38,8 @@ FAULT_CODES = ("ConnectorLockFailure", "EVCommunicationError", "GroundFailure",
                "OverCurrentFailure", "OverVoltage", "PowerMeterFailure", "PowerSwitchFailure",
                "ReaderFailure", "ResetFailure", "UnderVoltage", "WeakSignal")
 UNUSABLE = (ConnectorStatus.FAULTED, ConnectorStatus.UNAVAILABLE)
+#: The overview's bucket for the connectors of offline stations (no ConnectorStatus).
+OFFLINE = "OFFLINE"
 MAX_WINDOW = timedelta(days=3 * 366)
 
 
@@ -110,7 +113,7 @@ class ShareRow:
     connector_id: int | None
     window_seconds: float
     first_seconds: float  # occupied / available
-    second_seconds: float = 0.0  # charging (utilization only)
+    second_seconds: float = 0.0  # charging (utilization) / state known (availability)
 
     def share(self, seconds: float) -> float:
         return seconds / self.window_seconds if self.window_seconds > 0 else 0.0
@@ -120,13 +123,73 @@ class ShareRow:
 class FaultGroup:
     station_id: str
     cp_id: str
-    connector_id: int
+    connector_id: int  # 0: the charge point as a whole
     error_code: str
     count: int
     first_seen: datetime
     last_seen: datetime
     duration_seconds: float
+    #: Of ``duration_seconds``, the time its station was offline (the fault still open).
+    offline_seconds: float
     open: bool
+
+
+#: A fault group: station id, charge point id, connector id (0: the point), error code.
+FaultKey = tuple[str, str, int, str]
+FAULT_KEYS = [ByField("station_id"), ByField("cp_id"), ByField("connector_id"),
+              ByField("error_code")]
+
+
+@dataclass(frozen=True, slots=True)
+class _FaultTime:
+    """Time in one fault within a window, the offline part of it, and when its first
+    state interval overlapping the window began."""
+
+    seconds: float
+    offline_seconds: float
+    since: datetime
+
+
+def _key(row: dict[str, Any]) -> FaultKey:
+    return (row["g0"], row["g1"], int(row["g2"]), row["g3"])
+
+
+def _connector_own_state() -> Filter:
+    """Intervals whose status and error are the connector's own: the charge point was
+    not down. (History recorded before the point's state was kept beside it counts as
+    the connector's, as it always did.)"""
+    up = tuple(s for s in ConnectorStatus if s not in POINT_DOWN)
+    return Or((Eq("point_status", None), In("point_status", up)))
+
+
+def _fault_time_by_key(rows: list[dict[str, Any]]) -> dict[FaultKey, _FaultTime]:
+    """Rows grouped by a fault's key and ``online`` (``g4``), added up per key."""
+    times: dict[FaultKey, _FaultTime] = {}
+    for row in rows:
+        k, seconds = _key(row), float(row["s"])
+        offline = 0.0 if row["g4"] else seconds
+        seen = times.get(k)
+        times[k] = _FaultTime(seconds, offline, row["since"]) if seen is None else \
+            _FaultTime(seen.seconds + seconds, seen.offline_seconds + offline,
+                       min(seen.since, row["since"]))
+    return times
+
+
+def _point_time_by_key(by_plug: dict[FaultKey, _FaultTime]) -> dict[FaultKey, _FaultTime]:
+    """The charge point's fault time, keyed by connector 0: every connector records the
+    point's state beside its own, so each has the same stretches while it existed; the
+    connector that has the most of it stands for the point (one added during an outage
+    has less of it). A station without connectors has no state history."""
+    points: dict[FaultKey, _FaultTime] = {}
+    for (station_id, cp_id, _, code), t in by_plug.items():
+        k = (station_id, cp_id, 0, code)
+        best = points.get(k)
+        if best is None or t.seconds > best.seconds:
+            points[k] = _FaultTime(t.seconds, t.offline_seconds,
+                                   t.since if best is None else min(t.since, best.since))
+        else:
+            points[k] = replace(best, since=min(t.since, best.since))
+    return points
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,21 +410,30 @@ class AnalyticsService(Service):
     async def availability(self, viewer: Viewer, scope: Scope, start: datetime, end: datetime,
                            by_connector: bool) -> list[ShareRow]:
         """Share of the window each connector was usable: its station online and its
-        status neither Faulted nor Unavailable. Time before a connector's first report
-        counts as not usable (nothing was known). Only connectors whose state history the
-        viewer may see (``_connectors``)."""
+        status neither Faulted nor Unavailable; and (``second_seconds``) the time its
+        state was known at all. Time before a connector's state history began (its
+        station added later, its charger not yet connected) counts as not usable in the
+        share, and is the window less the known time: an uptime KPI divides by the known
+        time instead. Only connectors whose state history the viewer may see
+        (``_connectors``)."""
         _signed_in(viewer)
         _per_connector(scope)
         _window(start, end)
         now = min(self.now(), end)
         usable = [s for s in ConnectorStatus if s not in UNUSABLE]
+        within = all_of(scope.on_stations(), _overlapping("start", "end", start, end))
+        overlap = {"s": OverlapSeconds("start", "end", start, end, now)}
         available = await self.store.aggregate(
             ConnectorInterval, self._scoped(viewer, "connector_interval", all_of(
-                scope.on_stations(), Eq("online", True), In("status", tuple(usable)),
-                _overlapping("start", "end", start, end))),
-            PER_CONNECTOR, {"s": OverlapSeconds("start", "end", start, end, now)})
+                within, Eq("online", True), In("status", tuple(usable)))),
+            PER_CONNECTOR, overlap)
+        # Every stretch of state history, offline ones included: known to be offline.
+        known = await self.store.aggregate(
+            ConnectorInterval, self._scoped(viewer, "connector_interval", within),
+            PER_CONNECTOR, overlap)
         return self._rows(await self._connectors(viewer, scope), by_connector,
-                          _elapsed(start, now), _by_connector(available), {})
+                          _elapsed(start, now), _by_connector(available),
+                          _by_connector(known))
 
     # ------------------------------------------------------------- faults
     def fault_events_filter(self, scope: Scope, start: datetime, end: datetime) -> Filter:
@@ -374,56 +446,83 @@ class AnalyticsService(Service):
     async def fault_reports(self, viewer: Viewer, scope: Scope, start: datetime,
                             end: datetime) -> list[FaultGroup]:
         """Faults by station, connector and error code: how often reported, first and last
-        report, total time in that fault within the window, and whether it is still open.
+        report, total time in that fault within the window (and how much of it the
+        station was offline), and whether it is still reported now.
+
+        A charger-wide fault (reported on connector 0) is one group on connector 0: its
+        time is the charge point's, from its connectors' state history, and it is open
+        while the station reports it. A connector's groups are its own reports: the time
+        the point was down is not theirs. A fault stays open, and its time counts, while
+        its station is offline: the last thing the charger said stands until a report
+        clears it.
 
         A fault already going when the window opens (reported before it, cleared inside
         it or not at all) is a group too, from its state intervals: no report in the
         window (count 0), the time it spent inside the window, and as first and last seen
         the last report of it before the window."""
         _signed_in(viewer)
-        keys = [ByField("station_id"), ByField("cp_id"), ByField("connector_id"),
-                ByField("error_code")]
         reports = await self.store.aggregate(
             StatusEvent, self._scoped(viewer, "status_event",
                                       self.fault_events_filter(scope, start, end)),
-            keys, {"n": Count(), "first": Min("at"), "last": Max("at")})
-        now = min(self.now(), end)
-        faulted = all_of(scope.on_stations(), In("error_code", FAULT_CODES))
-        durations = await self.store.aggregate(
-            ConnectorInterval, self._scoped(viewer, "connector_interval", all_of(
-                faulted, _overlapping("start", "end", start, end))),
-            keys, {"s": OverlapSeconds("start", "end", start, end, now),
-                   "since": Min("start")})
-        still_open = await self.store.aggregate(
-            ConnectorInterval, self._scoped(viewer, "connector_interval", all_of(
-                faulted, Eq("end", None))), keys, {"n": Count()})
-
-        def key(row: dict[str, Any]) -> tuple[Any, ...]:
-            return tuple(row[f"g{i}"] for i in range(4))
-
-        seconds = {key(r): float(r["s"]) for r in durations}
-        open_keys = {key(r) for r in still_open if r["n"]}
-        groups = {key(r): (int(r["n"]), r["first"], r["last"]) for r in reports}
+            FAULT_KEYS, {"n": Count(), "first": Min("at"), "last": Max("at")})
+        groups = {_key(r): (int(r["n"]), r["first"], r["last"]) for r in reports}
+        times = await self._fault_times(viewer, scope, start, end)
         # Faults carried into the window: time inside it but no report in it. (A stretch
         # with no time inside, one starting after "now" on a charger clock ahead of ours,
         # is left out like the window's future.)
-        carried = {key(r): r["since"] for r in durations
-                   if key(r) not in groups and float(r["s"]) > 0}
+        carried = {k: t.since for k, t in times.items() if k not in groups and t.seconds > 0}
         if carried:
             before = await self._last_reports_before(viewer, scope, start, carried)
             for k, since in carried.items():
                 seen = before.get(k, since)  # no report kept: when its interval began
                 groups[k] = (0, seen, seen)
+        open_now = await self._open_faults(viewer, scope)
+        none = _FaultTime(0.0, 0.0, start)
         return sorted(
             (FaultGroup(station_id=k[0], cp_id=k[1], connector_id=k[2], error_code=k[3],
                         count=n, first_seen=first, last_seen=last,
-                        duration_seconds=seconds.get(k, 0.0), open=k in open_keys)
+                        duration_seconds=times.get(k, none).seconds,
+                        offline_seconds=times.get(k, none).offline_seconds,
+                        open=k in open_now)
              for k, (n, first, last) in groups.items()),
             key=lambda g: (g.cp_id, g.connector_id, g.error_code))
 
+    async def _fault_times(self, viewer: Viewer, scope: Scope, start: datetime,
+                           end: datetime) -> dict[FaultKey, _FaultTime]:
+        """Time in each fault within the window, from the state intervals: a connector's
+        own faults (its error code while the charge point was not down), and the charge
+        point's (connector 0: its error code beside every connector's stretch)."""
+        now = min(self.now(), end)
+        within = all_of(scope.on_stations(), _overlapping("start", "end", start, end))
+        metrics: dict[str, Metric] = {"s": OverlapSeconds("start", "end", start, end, now),
+                                      "since": Min("start")}
+        own = await self.store.aggregate(
+            ConnectorInterval, self._scoped(viewer, "connector_interval", all_of(
+                within, In("error_code", FAULT_CODES), _connector_own_state())),
+            [*FAULT_KEYS, ByField("online")], metrics)
+        point = await self.store.aggregate(
+            ConnectorInterval, self._scoped(viewer, "connector_interval", all_of(
+                within, In("point_error_code", FAULT_CODES))),
+            [*FAULT_KEYS[:3], ByField("point_error_code"), ByField("online")], metrics)
+        return _fault_time_by_key(own) | _point_time_by_key(_fault_time_by_key(point))
+
+    async def _open_faults(self, viewer: Viewer, scope: Scope) -> set[FaultKey]:
+        """The faults reported now: each connector's own error code, and the charge
+        point's (connector 0, ``Station.error_code``); what ``station { errorCode }``
+        and ``connector { errorCode }`` read. Removed connectors and stations report
+        nothing."""
+        plugs = await self.store.aggregate(
+            Connector, all_of(self._scoped(viewer, "connector", scope.on_stations()),
+                              In("error_code", FAULT_CODES)), FAULT_KEYS, {"n": Count()})
+        points = await self.store.aggregate(
+            Station, all_of(self._scoped(viewer, "station", scope.stations()),
+                            In("error_code", FAULT_CODES)),
+            [ByField("id"), ByField("cp_id"), ByField("error_code")], {"n": Count()})
+        return {_key(r) for r in plugs} | {(r["g0"], r["g1"], 0, r["g2"]) for r in points}
+
     async def _last_reports_before(self, viewer: Viewer, scope: Scope, start: datetime,
-                                   wanted: dict[tuple[Any, ...], Any]
-                                   ) -> dict[tuple[Any, ...], datetime]:
+                                   wanted: dict[FaultKey, Any]
+                                   ) -> dict[FaultKey, datetime]:
         """The newest report before ``start`` of each (station, cp, connector, error code)
         in ``wanted``; narrowed by station and code, so it reads only those stations'
         history of those faults."""
@@ -433,10 +532,8 @@ class AnalyticsService(Service):
                 In("station_id", tuple(sorted({k[0] for k in wanted}))),
                 In("error_code", tuple(sorted({k[3] for k in wanted}))),
                 Range("at", lt=start))),
-            [ByField("station_id"), ByField("cp_id"), ByField("connector_id"),
-             ByField("error_code")], {"last": Max("at")})
-        return {k: r["last"] for r in rows
-                if (k := tuple(r[f"g{i}"] for i in range(4))) in wanted}
+            FAULT_KEYS, {"last": Max("at")})
+        return {k: r["last"] for r in rows if (k := _key(r)) in wanted}
 
     # ------------------------------------------------------------- overview
     async def overview(self, viewer: Viewer, scope: Scope, time_zone: str = "UTC"
@@ -457,9 +554,7 @@ class AnalyticsService(Service):
             Station, self._scoped(viewer, "station", scope.stations()),
             [ByField("online")], {"n": Count()})
         online = {bool(r["g0"]): r["n"] for r in stations}
-        connectors = await self.store.aggregate(
-            Connector, self._scoped(viewer, "connector", scope.on_stations()),
-            [ByField("status")], {"n": Count()})
+        connectors = await self._connectors_by_status(viewer, scope)
         active = await self.store.count(Session, self._scoped(viewer, "session", all_of(
             scope.booked_sessions(), Eq("state", SessionState.ACTIVE))))
         energy = await self.store.aggregate(
@@ -473,6 +568,20 @@ class AnalyticsService(Service):
             [ByField("currency")], {"minor": Sum("cost_minor")})
         return Overview(
             stations_online=online.get(True, 0), stations_offline=online.get(False, 0),
-            connectors_by_status={ConnectorStatus(r["g0"]).name: r["n"] for r in connectors},
+            connectors_by_status=connectors,
             active_sessions=active, energy_today_wh=round(energy[0]["wh"]) if energy else 0,
             revenue_today={r["g0"]: round(r["minor"]) for r in revenue if r["g0"]})
+
+    async def _connectors_by_status(self, viewer: Viewer, scope: Scope) -> dict[str, int]:
+        """Connectors of online stations by their status, those of offline stations
+        under ``OFFLINE``: their status is the last one reported, and a connector of a
+        charger that is away cannot be started, whatever it said last (a map would
+        advertise it as available)."""
+        on = await self.store.aggregate(
+            Connector, self._scoped(viewer, "connector", all_of(
+                scope.on_stations(), Sub("station_id", "station", Eq("online", True)))),
+            [ByField("status")], {"n": Count()})
+        off = await self.store.count(Connector, self._scoped(viewer, "connector", all_of(
+            scope.on_stations(), Sub("station_id", "station", Eq("online", False)))))
+        counts = {ConnectorStatus(r["g0"]).name: int(r["n"]) for r in on}
+        return counts | ({OFFLINE: off} if off else {})

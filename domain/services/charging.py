@@ -510,7 +510,8 @@ class ChargingService(Service):
         event = StatusEvent(id=stable_id(reported, cp_id, connector_id, reported.isoformat(),
                                          status, error_code),
                             station_id=station.id, cp_id=cp_id, connector_id=connector_id,
-                            status=new_status, error_code=error_code, info=info, at=reported)
+                            status=new_status, error_code=error_code, info=info,
+                            vendor_error_code=vendor_error_code, at=reported)
         telemetry: list[Change] = [InsertIfAbsent(stamp_new(event, actor, reported))]
         audited: list[tuple[Change, Any]] = []
         connector: Connector | None = None

@@ -487,12 +487,28 @@ CREATE INDEX "audit_entry_company_at_idx" ON "audit_entry" ("company_id", "at");
 CREATE INDEX "audit_entry_station_owner_at_idx" ON "audit_entry" ("station_owner_id", "at");
 """
 
+# Version 19: the charger's own code for an error (``StatusEvent.vendor_error_code``):
+# before, it reached only the live ``faultReported`` event and was lost to fault reports.
+# Older events keep NULL (their code was never stored).
+_V19 = """
+ALTER TABLE "status_event" ADD COLUMN "vendor_error_code" TEXT;
+"""
+
+# Version 20: the charge point's own state (connector 0) beside each connector's state
+# interval. A connector's interval carries the point's status and error while the point
+# is down, and fault reports could not tell that outage from the connector's own faults.
+# Older intervals keep NULL: which of them were the point's is not known.
+_V20 = """
+ALTER TABLE "connector_interval" ADD COLUMN "point_status" TEXT;
+ALTER TABLE "connector_interval" ADD COLUMN "point_error_code" TEXT;
+"""
+
 #: Every migration, oldest first. Append only.
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
                                      (11, _V11), (12, _V12),
                                      (13, _V13), (14, _V14), (15, _V15), (16, _V16), (17, _V17),
-                                     (18, _V18))
+                                     (18, _V18), (19, _V19), (20, _V20))
 
 _BOOTSTRAP = """
 CREATE TABLE IF NOT EXISTS "schema_version" (

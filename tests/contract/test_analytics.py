@@ -14,7 +14,7 @@ from domain import entities as d
 from domain.entities import Connector
 from domain.errors import Unauthenticated
 from domain.policy import ANONYMOUS, SYSTEM, Policy
-from domain.ports import Store
+from domain.ports import Insert, Store
 from domain.query import Eq, all_of
 from domain.services import ConnectorSpec, ServiceContext, Services
 from domain.services.analytics import Scope
@@ -241,8 +241,8 @@ async def test_carried_fault_first_seen_is_its_report_across_a_disconnect(
     faults = history.services.analytics.fault_reports
     [group] = await faults(history.viewer("admin"), Scope(), utc(31, 13), utc(31, 14))
     assert (group.cp_id, group.error_code, group.count, group.first_seen, group.last_seen,
-            group.duration_seconds, group.open) == (
-        "S2", "OverCurrentFailure", 0, utc(30, 20), utc(30, 20), H, True)
+            group.duration_seconds, group.offline_seconds, group.open) == (
+        "S2", "OverCurrentFailure", 0, utc(30, 20), utc(30, 20), H, H, True)
     # A window after "now" has had no time in the fault yet.
     assert await faults(history.viewer("admin"), Scope(), utc(31, 15), utc(31, 16)) == []
 
@@ -251,7 +251,15 @@ async def test_overview(history: History) -> None:
     overview = await history.services.analytics.overview(history.viewer("admin"), Scope(),
                                                          "Europe/Berlin")
     assert (overview.stations_online, overview.stations_offline) == (1, 1)
+    # S1 is offline: its two connectors, last reported Available, are not advertised
+    # as such; each connector counts once.
+    assert overview.connectors_by_status == {"OFFLINE": 2, "FAULTED": 1}
+    history.clock.now = utc(31, 13)
+    await history.services.charging.set_online("S1", True)  # back: as last reported
+    overview = await history.services.analytics.overview(history.viewer("admin"), Scope(),
+                                                         "Europe/Berlin")
     assert overview.connectors_by_status == {"AVAILABLE": 2, "FAULTED": 1}
+    history.clock.now = utc(31, 12)
     assert overview.active_sessions == 0
     assert overview.energy_today_wh == 0 and overview.revenue_today == {}
     history.clock.now = utc(29, 20)  # "today" is now the 29th in Berlin
@@ -324,7 +332,7 @@ async def test_station_rows_are_the_sum_of_their_connectors_rows(history: Histor
             (1 if by_connector else None, 1.0, 1.0, 1.0, 1.0)]
     day = (at_31(13), at_31(16))
     assert figures(await analytics.availability(admin, r1, *day, False)) == [
-        (None, 3.0, 3.0, 0.0, 1.0)]
+        (None, 3.0, 3.0, 3.0, 1.0)]  # available, and known, the whole 3 hours
     # Connector 2 is added again: the same plug, its history counts again.
     await history.services.stations.add_connector(SYSTEM, station.id, ConnectorSpec(2))
     assert figures(await analytics.utilization(admin, r1, *hour, False)) == [
@@ -371,6 +379,88 @@ async def test_removing_a_connector_ends_its_state_history(history: History) -> 
         Eq("cp_id", "R1"), Eq("end", None))) == 0
 
 
+def fault_rows(groups: list[Any]) -> list[tuple[Any, ...]]:
+    return [(g.connector_id, g.error_code, g.count, g.first_seen, g.duration_seconds / H,
+             g.offline_seconds / H, g.open) for g in groups]
+
+
+async def test_a_charger_wide_fault_is_one_group_on_connector_0(history: History) -> None:
+    """R1's charge point reports PowerMeterFailure on connector 0 at 15:30 and goes
+    offline at 16:00. That is one group, connector 0's, as long and as open as the
+    station reports it; its connectors, which reported nothing of it, get no group of it
+    (they used to: count 0, open, their time growing, while reporting NoError)."""
+    await two_plug_station(history)
+    charging, analytics = history.services.charging, history.services.analytics
+    admin, r1 = history.viewer("admin"), Scope(cp_ids=("R1",))
+    history.clock.now = at_31(15, 10)  # connector 1's own fault, before the point's
+    await charging.status_notification("R1", 1, "Faulted", "GroundFailure",
+                                       timestamp=at_31(15, 10))
+    history.clock.now = at_31(15, 30)
+    await charging.status_notification("R1", 0, "Faulted", "PowerMeterFailure",
+                                       timestamp=at_31(15, 30))
+    history.clock.now = at_31(16)
+    await charging.set_online("R1", False)
+    history.clock.now = at_31(17)
+    # The point's fault stays open while the station is away (its last report stands),
+    # its offline hour counted and told apart. Connector 1 still reports its own fault;
+    # its time is the 20 minutes before the point went down (then it was the point's).
+    assert fault_rows(await analytics.fault_reports(admin, r1, at_31(13), at_31(17))) == [
+        (0, "PowerMeterFailure", 1, at_31(15, 30), 1.5, 1.0, True),
+        (1, "GroundFailure", 1, at_31(15, 10), 1 / 3, 0.0, True)]
+    [station] = await history.services.ctx.store.find_all(d.Station, Eq("cp_id", "R1"))
+    assert (station.status, station.error_code) == (d.ConnectorStatus.FAULTED,
+                                                    "PowerMeterFailure")
+    # Carried into a later window: count 0, its time in that window, still open.
+    assert fault_rows(await analytics.fault_reports(admin, r1, at_31(16), at_31(17))) == [
+        (0, "PowerMeterFailure", 0, at_31(15, 30), 1.0, 1.0, True)]
+    # Back at 18:00, the charger clears both: the point's fault ended then.
+    history.clock.now = at_31(18)
+    await charging.set_online("R1", True)
+    for c in (0, 1):
+        await charging.status_notification("R1", c, "Available", "NoError",
+                                           timestamp=at_31(18))
+    history.clock.now = at_31(19)
+    assert fault_rows(await analytics.fault_reports(admin, r1, at_31(13), at_31(19))) == [
+        (0, "PowerMeterFailure", 1, at_31(15, 30), 2.5, 2.0, False),
+        (1, "GroundFailure", 1, at_31(15, 10), 1 / 3, 0.0, False)]
+    # Availability still counts the point's outage against every connector.
+    rows = await analytics.availability(admin, r1, at_31(15), at_31(19), True)
+    assert shares(rows, "first_seconds") == {("R1", 1): 1.167, ("R1", 2): 1.5}
+
+
+async def test_state_history_from_before_the_point_state_counts_as_the_connectors(
+        history: History) -> None:
+    """An interval recorded before the charge point's state was kept beside it (SQLite
+    migration 19; a MongoDB document without the keys) has none: which of them were the
+    point's is not known, so it counts as the connector's own, as it always did."""
+    station, _ = await two_plug_station(history)
+    store = history.services.ctx.store
+    await store.write([Insert(d.ConnectorInterval(
+        station_id=station.id, cp_id="R1", connector_id=2,
+        status=d.ConnectorStatus.FAULTED, error_code="HighTemperature", online=True,
+        start=at_31(12), end=at_31(12, 30)))], [])
+    groups = await history.services.analytics.fault_reports(
+        history.viewer("admin"), Scope(cp_ids=("R1",)), at_31(12), at_31(13))
+    assert fault_rows(groups) == [(2, "HighTemperature", 0, at_31(12), 0.5, 0.0, False)]
+
+
+async def test_a_warning_on_connector_0_is_timed_like_any_fault(history: History) -> None:
+    """An error code the point reports while Available (a warning: its plugs go on
+    charging) is connector 0's group with its time, open while reported, and leaves the
+    connectors' own groups and availability alone."""
+    await two_plug_station(history)
+    charging, analytics = history.services.charging, history.services.analytics
+    admin, r1 = history.viewer("admin"), Scope(cp_ids=("R1",))
+    history.clock.now = at_31(16)
+    await charging.status_notification("R1", 0, "Available", "WeakSignal",
+                                       timestamp=at_31(16))
+    history.clock.now = at_31(17)
+    assert fault_rows(await analytics.fault_reports(admin, r1, at_31(13), at_31(17))) == [
+        (0, "WeakSignal", 1, at_31(16), 1.0, 0.0, True)]
+    rows = await analytics.availability(admin, r1, at_31(16), at_31(17), True)
+    assert shares(rows, "first_seconds") == {("R1", 1): 1.0, ("R1", 2): 1.0}
+
+
 async def test_hourly_energy_across_a_half_hour_clock_change(history: History) -> None:
     # Lord Howe moves from +10:30 to +11:00 at 02:00 local on 2026-10-04 (15:30 UTC on
     # the 3rd). Readings at 15:10, 15:40 and 16:10 UTC and a stop at 16:20 fall into the
@@ -414,6 +504,24 @@ async def test_shares_are_of_the_window_up_to_now(history: History) -> None:
     # A window wholly ahead of now has nothing to share yet.
     [ahead] = await analytics.utilization(admin, r1, at_31(16), at_31(18), False)
     assert (ahead.window_seconds, ahead.share(ahead.first_seconds)) == (0.0, 0.0)
+
+
+async def test_availability_tells_the_time_nothing_was_known(history: History) -> None:
+    """R1 was added and came online at 13:00: of a window from 11:00 to 17:00 its
+    connectors were available 4 of 6 hours, but their state was known only for those 4
+    (it used to be indistinguishable from 2 hours down). Offline time is known time."""
+    await two_plug_station(history)
+    analytics, admin, r1 = history.services.analytics, history.viewer("admin"), \
+        Scope(cp_ids=("R1",))
+    history.clock.now = at_31(17)
+    await history.services.charging.set_online("R1", False)
+    history.clock.now = at_31(18)
+    rows = await analytics.availability(admin, r1, at_31(11), at_31(18), True)
+    assert [(r.connector_id, r.window_seconds / H, r.first_seconds / H, r.second_seconds / H)
+            for r in rows] == [(1, 7.0, 4.0, 5.0), (2, 7.0, 4.0, 5.0)]
+    [station] = await analytics.availability(admin, r1, at_31(11), at_31(18), False)
+    assert (station.window_seconds / H, station.first_seconds / H,
+            station.second_seconds / H) == (14.0, 8.0, 10.0)
 
 
 async def test_a_station_handed_over_keeps_its_occupancy_with_its_charging_time(

@@ -117,25 +117,33 @@ async def test_utilization_availability_faults_overview(scripted: tuple[History,
       utilization(from: $from, to: $to) { cpId occupiedSeconds chargingSeconds
         windowSeconds station { cpId } }
       availability(from: $from, to: $to, groupBy: CONNECTOR) { cpId connectorId
-        availableSeconds }
+        availableSeconds reportedSeconds unknownSeconds reportedAvailableShare }
       faultReports(from: $from, to: $to) { groups { cpId connectorId errorCode count
-        totalDurationSeconds open } events { totalCount nodes { errorCode status } } }
+        totalDurationSeconds offlineSeconds open } events { totalCount nodes { errorCode status
+        vendorErrorCode } } }
       overview(timeZone: "Europe/Berlin") { stationsOnline stationsOffline
         connectorsByStatus { status count } activeSessions energyTodayKwh } }"""
     data = await api.gql(query, WINDOW, as_user=history.users["op_a"].id)
     assert data["utilization"] == [{"cpId": "S1", "occupiedSeconds": 14400.0,
                                     "chargingSeconds": 14400.0, "windowSeconds": 511200.0,
                                     "station": {"cpId": "S1"}}]
+    # S1 came online at 22:00 on the 28th (its history begins there) and went offline at
+    # midnight on the 30th: 26 of the 48 known hours available (c2 24: its 2 h fault).
     assert data["availability"] == [
-        {"cpId": "S1", "connectorId": 1, "availableSeconds": 93600.0},
-        {"cpId": "S1", "connectorId": 2, "availableSeconds": 86400.0}]
+        {"cpId": "S1", "connectorId": 1, "availableSeconds": 93600.0,
+         "reportedSeconds": 172800.0, "unknownSeconds": 82800.0,
+         "reportedAvailableShare": 93600.0 / 172800.0},
+        {"cpId": "S1", "connectorId": 2, "availableSeconds": 86400.0,
+         "reportedSeconds": 172800.0, "unknownSeconds": 82800.0,
+         "reportedAvailableShare": 86400.0 / 172800.0}]
     assert data["faultReports"]["groups"] == [
         {"cpId": "S1", "connectorId": 2, "errorCode": "GroundFailure", "count": 1,
-         "totalDurationSeconds": 7200.0, "open": False}]
+         "totalDurationSeconds": 7200.0, "offlineSeconds": 0.0, "open": False}]
     assert data["faultReports"]["events"] == {
-        "totalCount": 1, "nodes": [{"errorCode": "GroundFailure", "status": "FAULTED"}]}
+        "totalCount": 1, "nodes": [{"errorCode": "GroundFailure", "status": "FAULTED",
+                                     "vendorErrorCode": "RCD-12"}]}
     assert data["overview"] == {"stationsOnline": 0, "stationsOffline": 1,
-                                "connectorsByStatus": [{"status": "AVAILABLE", "count": 2}],
+                                "connectorsByStatus": [{"status": "OFFLINE", "count": 2}],
                                 "activeSessions": 0, "energyTodayKwh": 0.0}
 
 

@@ -202,6 +202,7 @@ async def test_charger_text_is_stored_without_control_characters(central: Centra
             info="\x1b[2J\x00evil", vendor_error_code="E\x0742", timestamp=now()))
     events = await central.store.find_all(d.StatusEvent, Eq("cp_id", "CP-1"))
     assert [e.info for e in events] == ["[2Jevil"]
+    assert [e.vendor_error_code for e in events] == ["E42"]  # kept, cleaned like info
     [connector] = [c for c in await central.store.find_all(d.Connector, ALL)
                    if c.connector_id == 1 and c.cp_id == "CP-1"]
     assert connector.info == "[2Jevil"

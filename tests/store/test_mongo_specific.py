@@ -25,6 +25,7 @@ from domain.entities import (
     AuditEntry,
     Company,
     Connector,
+    ConnectorStatus,
     MeterSample,
     Payment,
     Record,
@@ -33,6 +34,7 @@ from domain.entities import (
     Session,
     SessionState,
     Station,
+    StatusEvent,
     Tariff,
     User,
 )
@@ -144,6 +146,22 @@ async def test_a_field_added_later_reads_as_its_default(mongo: MongoStore) -> No
     assert "token_epoch" not in raw(mongo)["user"].find_one()
     loaded = (await mongo.get_many(User, [user.id]))[0]
     assert loaded is not None and loaded.token_epoch == 0
+
+
+async def test_a_status_event_stored_before_vendor_codes_reads_as_none(mongo: MongoStore
+                                                                        ) -> None:
+    """``StatusEvent.vendor_error_code`` came later: an older document has no such key
+    and reads as "none reported", not as a broken record."""
+    event = StatusEvent(station_id=str(ObjectId()), cp_id="CP-1", connector_id=1,
+                        status=ConnectorStatus.FAULTED, error_code="GroundFailure",
+                        vendor_error_code="E42", at=T0)
+    await mongo.write([Insert(event)], [])
+    raw(mongo)["status_event"].update_one({"_id": ObjectId(event.id)},
+                                          {"$unset": {"vendor_error_code": ""}})
+    assert "vendor_error_code" not in raw(mongo)["status_event"].find_one()
+    [loaded] = await mongo.get_many(StatusEvent, [event.id])
+    assert loaded is not None and loaded.vendor_error_code is None
+    assert loaded.error_code == "GroundFailure"
 
 
 async def test_decimals_compare_as_numbers(mongo: MongoStore) -> None:

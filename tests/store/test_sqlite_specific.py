@@ -22,6 +22,7 @@ from domain.entities import (
     AuditEntry,
     Company,
     Connector,
+    ConnectorStatus,
     IdTagStatus,
     MeterSample,
     Record,
@@ -29,6 +30,7 @@ from domain.entities import (
     Session,
     SessionState,
     Station,
+    StatusEvent,
     Tariff,
     User,
 )
@@ -561,6 +563,34 @@ async def test_version_18_gives_station_and_reservation_audit_entries_their_book
                         'ORDER BY "id"') == [
         ("a1", "co1", None), ("a2", None, "u1"), ("a3", None, "u1"), ("a4", None, None),
         ("a5", None, None)]
+
+
+async def test_version_19_keeps_older_status_events_without_a_vendor_code(
+        db_path: str) -> None:
+    """The vendor's error code is a new column: events stored before it read as having
+    none (their code was never kept), and new ones keep it."""
+    async with aiosqlite.connect(db_path, isolation_level=None) as conn:
+        await apply_migrations(conn, MIGRATIONS[:18])
+        await conn.execute(
+            'INSERT INTO "status_event" ("id", "created_at", "updated_at", "created_by", '
+            '"updated_by", "station_id", "cp_id", "connector_id", "status", "error_code", '
+            "\"at\") VALUES ('e1', 0, 0, 'system', 'system', 's1', 'CP-1', 1, 'Faulted', "
+            "'GroundFailure', 0)")
+        assert await apply_migrations(conn, MIGRATIONS[:19]) == [19]
+    store = SqliteStore(db_path)
+    await store.start()
+    try:
+        [old] = await store.get_many(StatusEvent, ["e1"])
+        assert old is not None and (old.error_code, old.vendor_error_code) == (
+            "GroundFailure", None)
+        new = StatusEvent(station_id="s1", cp_id="CP-1", connector_id=1,
+                            status=ConnectorStatus.FAULTED, error_code="GroundFailure",
+                            vendor_error_code="E42", at=T0)
+        await store.write([Insert(new)], [])
+        [stored] = await store.get_many(StatusEvent, [new.id])
+        assert stored is not None and stored.vendor_error_code == "E42"
+    finally:
+        await store.close()
 
 
 async def test_version_8_gives_existing_sessions_and_payments_their_books(

@@ -106,7 +106,7 @@ async def build_history(store: Store) -> History:
     # A ground fault on S1 c2 for two hours.
     await at(utc(29, 14))
     await charging.status_notification("S1", 2, "Faulted", "GroundFailure",
-                                       timestamp=utc(29, 14))
+                                       timestamp=utc(29, 14), vendor_error_code="RCD-12")
     await at(utc(29, 16))
     await charging.status_notification("S1", 2, "Available", "NoError", timestamp=utc(29, 16))
     # S1 drops offline at midnight UTC on the 30th and stays away.
