@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from domain.entities import ENTITY_TYPES, AuditAction, MeterSample, Record, Role
+from domain.entities import ENTITY_TYPES, AuditAction, MeterSample, Record, Role, Station
 from domain.ids import new_id
 from domain.policy import ANONYMOUS, Policy, Viewer
 from domain.ports import Store
@@ -274,8 +274,10 @@ async def test_a_session_s_samples_are_seen_by_whoever_sees_the_session(
         store: Store, world: dict[str, Record], viewer_name: str) -> None:
     """``Policy.scope_under``: a session's samples follow the session's books, not the
     station that metered them (the ``meter_sample`` scope, which analytics keep)."""
-    handed = session(world["S6"], 1, company_id=world["A"].id, station_owner_id=None)
-    m_handed = meter_sample(world["S6"], handed, station_id=world["S6"].id)
+    s6 = world["S6"]
+    assert isinstance(s6, Station)
+    handed = session(s6, 1, company_id=world["A"].id, station_owner_id=None)
+    m_handed = meter_sample(s6, handed, station_id=s6.id)
     await put(store, handed, m_handed)
     names = {r.id: name for name, r in world.items()} | {m_handed.id: "m_handed"}
     keys = [r.id for r in world.values() if r.kind == "session"] + [handed.id]
