@@ -65,6 +65,15 @@ PRIVATE_FIELDS: dict[str, frozenset[str]] = {
 #: Audit actions that change a record (``COMMAND`` records an action instead).
 RECORD_CHANGES = (AuditAction.CREATE, AuditAction.UPDATE, AuditAction.DELETE)
 
+#: Nested lists whose records are seen by whoever sees their parent: (kind, key field)
+#: -> the parent's kind (``Policy.scope_under``). A session's samples follow the session,
+#: which follows the books it went to (``Session.company_id``): the operator who keeps a
+#: session's books after its station passed to another company still draws its charging
+#: curve, and the station's new operator, who does not see the session, sees none of it
+#: through it (the ``meter_sample`` scope says the same for samples read on their own,
+#: as analytics read them; a session's own list asks its parent's scope, one lookup).
+FOLLOW_PARENT: dict[tuple[str, str], str] = {("meter_sample", "session_id"): "session"}
+
 
 def metered_on(stations: Filter) -> Filter:
     """Meter samples of ``stations``: by cpId (indexed) and by the station that metered
@@ -131,6 +140,19 @@ class Policy:
         if viewer.is_driver:
             return self._driver_scope(viewer, kind)
         return NONE
+
+    def scope_under(self, viewer: Viewer, kind: str, key_field: str, keys: Sequence[Any]
+                    ) -> Filter:
+        """The scope of ``kind`` listed under its parents, the records whose ``key_field``
+        is one of ``keys`` (a nested list of the graph): the kind's own scope, except where
+        ``FOLLOW_PARENT`` says the records are seen by whoever sees their parent."""
+        parent = FOLLOW_PARENT.get((kind, key_field))
+        if parent is None or viewer.is_admin:
+            return self.scope(viewer, kind)
+        # The parents among ``keys`` this viewer sees: a sub-select of a handful of ids
+        # (all of an operator's sessions would be a long list for MongoDB's ``$in``).
+        return Sub(key_field, parent, all_of(self.scope(viewer, parent),
+                                             In("id", tuple(keys))))
 
     @staticmethod
     def _public_scope(kind: str) -> Filter:

@@ -73,13 +73,16 @@ def _search(fields: tuple[str, ...], text: str | None) -> Filter | None:
     return Search(fields, text) if text else None
 
 
-def _window(field: str, start: datetime | None, end: datetime | None, name: str
-            ) -> Filter | None:
+def window(field: str, start: datetime | None, end: datetime | None, name: str | None = None
+           ) -> Filter | None:
+    """``field`` from ``start`` (inclusive) to ``end`` (exclusive), given as the ``from``
+    and ``to`` of the input ``name`` (or, without one, of the field's own arguments)."""
+    prefix = f"{name}." if name else ""
     for label, value in (("from", start), ("to", end)):
         if value is not None and value.tzinfo is None:
-            raise ValidationError("needs a time zone offset", field=f"{name}.{label}")
+            raise ValidationError("needs a time zone offset", field=f"{prefix}{label}")
     if start is not None and end is not None and end < start:
-        raise ValidationError("`to` is before `from`", field=f"{name}.to", code="OUT_OF_RANGE")
+        raise ValidationError("`to` is before `from`", field=f"{prefix}to", code="OUT_OF_RANGE")
     if start is None and end is None:
         return None
     return Range(field, gte=start, lt=end)
@@ -348,7 +351,7 @@ class SessionFilter:
             _eq("user_id", _id(self.user_id, "user", "filter.userId")),
             _eq("vehicle_id", _id(self.vehicle_id, "vehicle", "filter.vehicleId")),
             _eq("state", self.state),
-            _window("start_time", self.from_, self.to, "filter"),
+            window("start_time", self.from_, self.to, "filter"),
         )
 
 
@@ -396,7 +399,7 @@ class PaymentFilter:
             _eq("user_id", _id(self.user_id, "user", "filter.userId")),
             _eq("session_id", _id(self.session_id, "session", "filter.sessionId")),
             _eq("station_id", _id(self.station_id, "station", "filter.stationId")),
-            _window("created_at", self.from_, self.to, "filter"),
+            window("created_at", self.from_, self.to, "filter"),
         )
 
 
@@ -429,5 +432,5 @@ class AuditFilter:
             _eq("entity_id", entity_id),
             _eq("actor", actor),
             _eq("action", self.action),
-            _window("at", self.from_, self.to, "filter"),
+            window("at", self.from_, self.to, "filter"),
         )

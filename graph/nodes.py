@@ -26,6 +26,7 @@ from domain.geo import distance_km
 from domain.ids import is_id
 from domain.query import ALL, Eq, Range, Sort
 from domain.services.tariffs import LATEST_VERSION_FIRST
+from graph import history
 from graph.enums import (
     AuditAction,
     ConnectorStatus,
@@ -38,6 +39,7 @@ from graph.enums import (
     SessionState,
 )
 from graph.filters import GeoPointInput, check_point
+from graph.history import ConnectionEvent, Measurand, MeterSample, Since, Until
 from graph.ids import TYPE_BY_KIND, to_global_id
 from graph.loaders import Loaders
 from graph.relay import Connection, Node, PageArgs, nested_connection
@@ -561,6 +563,15 @@ class Station(Node, Audited):
                                        "station_id", self._r.id, ALL, (),
                                        _page(first, after, last, before))
 
+    @strawberry.field(description="When the charger connected and disconnected, newest "
+                                  "first (admins and the station's operators).")
+    async def connection_history(self, info: Info, from_: Since = None, to: Until = None,
+                                 first: int | None = None, after: str | None = None,
+                                 last: int | None = None, before: str | None = None
+                                 ) -> Connection[ConnectionEvent]:
+        return await history.connection_history(_ctx(info), self._r, from_, to,
+                                                _page(first, after, last, before))
+
 
 @strawberry.type(description="One plug of a station; `(cpId, connectorId)` is unique.")
 class Connector(Node, Audited):
@@ -616,6 +627,15 @@ class Connector(Node, Audited):
         return _now_or_later(_active_sessions(ctx), self._r.station_id,  # type: ignore[no-any-return]
                              lambda sessions: _wrap_or_none(
                                  Session, _on_connector(sessions, self._r.connector_id), ctx))
+
+    @strawberry.field(description="The connector's status reports, newest first (admins "
+                                  "and the station's operators).")
+    async def status_history(self, info: Info, from_: Since = None, to: Until = None,
+                             first: int | None = None, after: str | None = None,
+                             last: int | None = None, before: str | None = None
+                             ) -> Connection[StatusEvent]:
+        return await history.status_history(_ctx(info), self._r, StatusEvent.wrap, from_, to,
+                                            _page(first, after, last, before))
 
 
 @strawberry.type(description="One charging transaction.")
@@ -679,6 +699,8 @@ class Session(Node, Audited):
             loads.append(_connectors_of(ctx).fetch(list({s.station_id for s in sessions})))
         if wants("payment"):
             loads.append(_payment_of(ctx).fetch([s.id for s in sessions]))
+        if wants("socPercent"):
+            loads.append(history.latest_soc(ctx).fetch([s.id for s in sessions]))
         # Together where the store overlaps reads (network round trips); else one by one,
         # without tasks and loop turns that would overlap nothing (SQLite: 3 % of a
         # ten-station page).
@@ -713,6 +735,21 @@ class Session(Node, Audited):
         ctx = _ctx(info)
         return _now_or_later(_payment_of(ctx), self._r.id,  # type: ignore[no-any-return]
                              lambda record: _wrap_or_none(Payment, record, ctx))
+
+    @strawberry.field(description="The latest State of Charge the charger reported for "
+                                  "this session, in percent; null when it reports none.")
+    def soc_percent(self, info: Info) -> float | None:
+        return _now_or_later(history.latest_soc(_ctx(info)), self._r.id,  # type: ignore[no-any-return]
+                             history.soc_value)
+
+    @strawberry.field(description="The session's meter samples, oldest first: its charging "
+                                  "curve. Seen by whoever sees the session.")
+    async def meter_values(self, info: Info, measurands: list[Measurand] | None = None,
+                           from_: Since = None, to: Until = None, first: int | None = None,
+                           after: str | None = None, last: int | None = None,
+                           before: str | None = None) -> Connection[MeterSample]:
+        return await history.meter_values(_ctx(info), self._r, measurands, from_, to,
+                                          _page(first, after, last, before))
 
 
 @strawberry.type(description="A connector held for a driver (OCPP ReserveNow).")

@@ -14,11 +14,9 @@ from domain.errors import DomainError, ValidationError
 from domain.query import (
     DISTANCE,
     MAX_PAGE_SIZE,
-    Eq,
     Filter,
     PageRequest,
     Sort,
-    all_of,
     encode_cursor,
     sort_value,
 )
@@ -143,17 +141,18 @@ def _connection(ctx: GraphContext, records: Sequence[Record], cursors: Sequence[
 
 
 async def page_connection(ctx: GraphContext, kind: type[E], wrap: Wrap, where: Filter,
-                          sort: Sequence[Sort], args: PageArgs) -> Connection[Any]:
-    """A top-level list: one store query for the page, one more only if ``totalCount`` is
-    selected."""
+                          sort: Sequence[Sort], args: PageArgs,
+                          under: tuple[str, Any] | None = None) -> Connection[Any]:
+    """A top-level list (or, ``under`` its key field and value, one parent's nested list):
+    one store query for the page, one more only if ``totalCount`` is selected."""
     reads = ctx.services.reads
     try:
-        page = await reads.page(ctx.viewer, kind, where, sort, args.request())
+        page = await reads.page(ctx.viewer, kind, where, sort, args.request(), under)
     except DomainError as exc:
         raise graphql_error(exc) from exc
 
     async def total() -> int:
-        return await reads.count(ctx.viewer, kind, where, sort)
+        return await reads.count(ctx.viewer, kind, where, sort, under)
 
     return _connection(ctx, page.items, page.cursors, page.has_next, page.has_previous,
                        wrap, total)
@@ -166,8 +165,7 @@ async def nested_connection(ctx: GraphContext, kind: type[E], wrap: Wrap, key_fi
     parents come from one batched query; paging within one parent's list with cursors is
     a query of its own (clients do that for one parent at a time)."""
     if not args.simple_first:
-        return await page_connection(ctx, kind, wrap, all_of(Eq(key_field, key), where), sort,
-                                     args)
+        return await page_connection(ctx, kind, wrap, where, sort, args, (key_field, key))
     limit = args.first if args.first is not None else 20
     if not 0 <= limit <= MAX_PAGE_SIZE:
         args.request()  # raises the same error as a top-level list

@@ -11,6 +11,7 @@ from domain.policy import Viewer
 from domain.query import (
     ALL,
     POSITIONED,
+    Eq,
     Filter,
     Page,
     PageRequest,
@@ -28,15 +29,30 @@ class ReadService(Service):
         return self.store.overlapping_reads
 
     def scoped(self, viewer: Viewer, kind: type[E], where: Filter = ALL,
-               sort: Sequence[Sort] = (), grouped_by: str | None = None) -> Filter:
+               sort: Sequence[Sort] = (), grouped_by: str | None = None,
+               keys: Sequence[Any] | None = None) -> Filter:
         """The viewer's scope AND ``where``, with conditions on private fields guarded:
         also the sort (an order reveals what it sorts by) and the key a batched nested
-        list is grouped by (``company.stations`` is ``station.company_id`` IN …). A
-        distance order lists only records with a position (one without has no distance
-        to be placed by), and its count counts the same."""
-        return all_of(self.policy.scope(viewer, kind.kind),
+        list is grouped by (``company.stations`` is ``station.company_id`` IN …). With
+        the ``keys`` of a nested list, the scope of its records under those parents
+        (``Policy.scope_under``: a session's samples follow the session). A distance
+        order lists only records with a position (one without has no distance to be
+        placed by), and its count counts the same."""
+        scope = self.policy.scope(viewer, kind.kind) if grouped_by is None or keys is None \
+            else self.policy.scope_under(viewer, kind.kind, grouped_by, keys)
+        return all_of(scope,
                       self.policy.guard_private(viewer, kind.kind, where, sort, grouped_by),
                       POSITIONED if sorts_by_distance(sort) else None)
+
+    def _under(self, viewer: Viewer, kind: type[E], where: Filter, sort: Sequence[Sort],
+               under: tuple[str, Any] | None) -> Filter:
+        """``scoped`` for a top-level list, or for one parent's nested list (``under``:
+        its key field and value) paged with cursors."""
+        if under is None:
+            return self.scoped(viewer, kind, where, sort)
+        key_field, key = under
+        return self.scoped(viewer, kind, all_of(Eq(key_field, key), where), sort,
+                           key_field, (key,))
 
     async def get(self, viewer: Viewer, kind: type[E], record_id: str) -> E | None:
         return (await self.get_many(viewer, kind, [record_id]))[0]
@@ -49,23 +65,25 @@ class ReadService(Service):
         return await self.store.find_one(kind, self.scoped(viewer, kind, where))
 
     async def page(self, viewer: Viewer, kind: type[E], where: Filter, sort: Sequence[Sort],
-                   page: PageRequest) -> Page[E]:
-        return await self.store.find_page(kind, self.scoped(viewer, kind, where, sort), sort,
-                                          page)
+                   page: PageRequest, under: tuple[str, Any] | None = None) -> Page[E]:
+        """A page of a list; ``under`` (key field, value): of one parent's nested list."""
+        return await self.store.find_page(
+            kind, self._under(viewer, kind, where, sort, under), sort, page)
 
     async def count(self, viewer: Viewer, kind: type[E], where: Filter,
-                    sort: Sequence[Sort] = ()) -> int:
-        """How many records ``page`` would go through with the same ``where`` and
-        ``sort`` (a sort on a private field narrows both alike)."""
-        return await self.store.count(kind, self.scoped(viewer, kind, where, sort))
+                    sort: Sequence[Sort] = (), under: tuple[str, Any] | None = None) -> int:
+        """How many records ``page`` would go through with the same ``where``, ``sort``
+        and ``under`` (a sort on a private field narrows both alike)."""
+        return await self.store.count(kind, self._under(viewer, kind, where, sort, under))
 
     async def grouped(self, viewer: Viewer, kind: type[E], key_field: str, keys: Sequence[Any],
                       where: Filter, sort: Sequence[Sort], limit: int) -> dict[Any, list[E]]:
         return await self.store.find_grouped(
-            kind, key_field, keys, self.scoped(viewer, kind, where, sort, key_field), sort,
-            limit)
+            kind, key_field, keys, self.scoped(viewer, kind, where, sort, key_field, keys),
+            sort, limit)
 
     async def count_grouped(self, viewer: Viewer, kind: type[E], key_field: str,
                             keys: Sequence[Any], where: Filter) -> dict[Any, int]:
         return await self.store.count_grouped(
-            kind, key_field, keys, self.scoped(viewer, kind, where, grouped_by=key_field))
+            kind, key_field, keys,
+            self.scoped(viewer, kind, where, grouped_by=key_field, keys=keys))

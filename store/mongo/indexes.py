@@ -43,12 +43,19 @@ INDEXES: dict[str, list[list[tuple[str, int]]]] = {
                 [("station_owner_id", ASCENDING), ("start_time", DESCENDING)],
                 # An admin's analytics range over all sessions by start or end.
                 [("start_time", ASCENDING)], [("end_time", ASCENDING)]],
-    "meter_sample": [[("session_id", ASCENDING), ("at", ASCENDING)],
+    # A session's samples oldest first, and by measurand (its latest State of Charge);
+    # a connector's status history and a station's connection history newest first
+    # (``at`` and ``_id`` both descending: the index walked backwards).
+    "meter_sample": [[("session_id", ASCENDING), ("at", ASCENDING), ("_id", ASCENDING)],
+                     [("session_id", ASCENDING), ("measurand", ASCENDING), ("at", ASCENDING),
+                      ("_id", ASCENDING)],
                      [("cp_id", ASCENDING), ("at", ASCENDING)], [("at", ASCENDING)]],
     "status_event": [[("cp_id", ASCENDING), ("connector_id", ASCENDING), ("at", ASCENDING)],
-                     [("station_id", ASCENDING), ("at", ASCENDING)], [("at", ASCENDING)]],
+                     [("station_id", ASCENDING), ("at", ASCENDING)],
+                     [("station_id", ASCENDING), ("connector_id", ASCENDING),
+                      ("at", ASCENDING), ("_id", ASCENDING)], [("at", ASCENDING)]],
     # By charger too: lists and analytics filtered by cpId.
-    "connection_event": [[("station_id", ASCENDING), ("at", ASCENDING)],
+    "connection_event": [[("station_id", ASCENDING), ("at", ASCENDING), ("_id", ASCENDING)],
                          [("cp_id", ASCENDING), ("at", ASCENDING)]],
     "connector_interval": [[("station_id", ASCENDING), ("start", ASCENDING)],
                            [("cp_id", ASCENDING), ("connector_id", ASCENDING),
@@ -79,6 +86,9 @@ SUPERSEDED: dict[str, tuple[str, ...]] = {
                 "user_id_1_start_time_-1", "vehicle_id_1"),
     # License plates became unique per owner (a shared car).
     "vehicle": ("uniq_vehicle_license_plate",),
+    # The history lists' indexes gained the ``_id`` tie-breaker.
+    "meter_sample": ("session_id_1_at_1",),
+    "connection_event": ("station_id_1_at_1",),
 }
 
 #: The field a partial rule reports: for one ACTIVE session per connector, the connector is

@@ -503,12 +503,30 @@ ALTER TABLE "connector_interval" ADD COLUMN "point_status" TEXT;
 ALTER TABLE "connector_interval" ADD COLUMN "point_error_code" TEXT;
 """
 
+# Version 21: the telemetry history lists of the graph (``Session.meterValues`` and
+# ``socPercent``, ``Connector.statusHistory``, ``Station.connectionHistory``) read each
+# parent's first rows in order, from an index that ends with the ``id`` tie-breaker (as
+# version 5 did for connectors): without it SQLite sorted the ties of every parent in a
+# temporary B-tree, and a connector's history walked its whole station's. The session's
+# samples by measurand find its latest State of Charge without reading the rest of its
+# samples (a charger that reports none, most AC ones, made that a walk of the session).
+_V21 = """
+DROP INDEX "meter_sample_session_at_idx";
+CREATE INDEX "meter_sample_session_at_idx" ON "meter_sample" ("session_id", "at", "id");
+CREATE INDEX "meter_sample_session_measurand_at_idx"
+    ON "meter_sample" ("session_id", "measurand", "at", "id");
+CREATE INDEX "status_event_station_connector_at_idx"
+    ON "status_event" ("station_id", "connector_id", "at", "id");
+DROP INDEX "connection_event_station_at_idx";
+CREATE INDEX "connection_event_station_at_idx" ON "connection_event" ("station_id", "at", "id");
+"""
+
 #: Every migration, oldest first. Append only.
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
                                      (11, _V11), (12, _V12),
                                      (13, _V13), (14, _V14), (15, _V15), (16, _V16), (17, _V17),
-                                     (18, _V18), (19, _V19), (20, _V20))
+                                     (18, _V18), (19, _V19), (20, _V20), (21, _V21))
 
 _BOOTSTRAP = """
 CREATE TABLE IF NOT EXISTS "schema_version" (

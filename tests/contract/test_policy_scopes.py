@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from domain.entities import ENTITY_TYPES, AuditAction, Record, Role
+from domain.entities import ENTITY_TYPES, AuditAction, MeterSample, Record, Role
 from domain.ids import new_id
 from domain.policy import ANONYMOUS, Policy, Viewer
 from domain.ports import Store
@@ -262,3 +262,38 @@ async def test_operators_of_two_tenants_see_disjoint_stations(store: Store,
         }
     for kind, names in seen["opA"].items():
         assert not names & seen["opB"][kind], kind
+
+
+#: viewer -> the samples it sees listed under their sessions (``Session.meterValues``).
+SAMPLES_UNDER_SESSIONS: dict[str, set[str]] = {
+    "admin": {"m1", "m2", "m4", "m6"},
+    # Their books: A's sessions, also x6 on S6, which B runs now.
+    "opA": {"m1", "m6"},
+    "opA2": {"m1", "m6"},
+    "opB": {"m2"},
+    "opSolo": {"m4"},
+    "d1": {"m1", "m6"},
+    "d2": {"m2", "m4"},
+    "d3": set(),  # x5 is d3's session, metered by nothing here
+    "anonymous, public map": set(),
+    "anonymous, no map": set(),
+    "no role": set(),
+}
+
+
+@pytest.mark.parametrize("viewer_name", sorted(SAMPLES_UNDER_SESSIONS))
+async def test_a_session_s_samples_are_seen_by_whoever_sees_the_session(
+        store: Store, world: dict[str, Record], viewer_name: str) -> None:
+    """``Policy.scope_under``: a session's samples follow the session's books, not the
+    station that metered them (x6 was charged at S6 while A ran it; B runs it now)."""
+    names = {r.id: name for name, r in world.items()}
+    keys = [r.id for r in world.values() if r.kind == "session"]
+    viewer, policy = viewer_and_policy(viewer_name, world)
+
+    scope = policy.scope_under(viewer, "meter_sample", "session_id", keys)
+    found = await store.find_grouped(MeterSample, "session_id", keys, scope, (), 10)
+    counted = await store.count_grouped(MeterSample, "session_id", keys, scope)
+
+    listed = {names[m.id] for rows in found.values() for m in rows}
+    assert listed == SAMPLES_UNDER_SESSIONS[viewer_name]
+    assert sum(counted.values()) == len(listed)

@@ -24,6 +24,7 @@ from domain.entities import (
     AuditAction,
     AuditEntry,
     Company,
+    ConnectionEvent,
     Connector,
     ConnectorStatus,
     MeterSample,
@@ -41,6 +42,8 @@ from domain.entities import (
 from domain.errors import Conflict, NotFound, UniqueViolation
 from domain.ports import PARTIAL_UNIQUE_RULES, UNIQUE_RULES, Delete, Insert, InsertIfAbsent, Update
 from domain.query import ALL, Eq, In, Near, Range, Search, Sort, Sub
+from graph.history import NEWEST_FIRST as HISTORY_NEWEST_FIRST
+from graph.history import OLDEST_FIRST
 from graph.nodes import BY_CONNECTOR, NEWEST_FIRST
 from store.mongo import MongoStore, journal, migrations, writes
 from store.mongo import batch as batch_module
@@ -228,6 +231,8 @@ async def test_start_drops_the_indexes_longer_ones_replaced(mongo: MongoStore) -
     for key in ("station_id", "user_id"):
         db["session"].create_index([(key, 1), ("start_time", -1)])
     db["session"].create_index([("vehicle_id", 1)])
+    db["meter_sample"].create_index([("session_id", 1), ("at", 1)])
+    db["connection_event"].create_index([("station_id", 1), ("at", 1)])
     assert "station_id_1_state_1" in db["session"].index_information()
     await mongo.start()
     snapshot = index_snapshot(mongo)
@@ -237,6 +242,8 @@ async def test_start_drops_the_indexes_longer_ones_replaced(mongo: MongoStore) -
     assert "station_id_1_state_1__id_1" in snapshot["session"]
     for key in ("station_id", "user_id", "vehicle_id"):
         assert f"{key}_1_start_time_-1__id_1" in snapshot["session"]
+    assert "session_id_1_at_1__id_1" in snapshot["meter_sample"]
+    assert "station_id_1_at_1__id_1" in snapshot["connection_event"]
 
 
 async def test_one_active_session_per_connector_is_a_partial_unique_index(
@@ -266,6 +273,13 @@ NESTED_LISTS = [
     pytest.param(Session, "vehicle_id", (), NEWEST_FIRST, id="Vehicle.sessions"),
     pytest.param(Session, "station_id", ("state",), (), id="Connector.activeSession"),
     pytest.param(Connector, "station_id", (), BY_CONNECTOR, id="Station.connectors"),
+    pytest.param(MeterSample, "session_id", (), OLDEST_FIRST, id="Session.meterValues"),
+    pytest.param(MeterSample, "session_id", ("measurand",), HISTORY_NEWEST_FIRST,
+                 id="Session.socPercent"),
+    pytest.param(StatusEvent, "station_id", ("connector_id",), HISTORY_NEWEST_FIRST,
+                 id="Connector.statusHistory"),
+    pytest.param(ConnectionEvent, "station_id", (), HISTORY_NEWEST_FIRST,
+                 id="Station.connectionHistory"),
 ]
 
 

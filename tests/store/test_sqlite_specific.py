@@ -21,6 +21,7 @@ from domain.entities import (
     ENTITY_TYPES,
     AuditEntry,
     Company,
+    ConnectionEvent,
     Connector,
     ConnectorStatus,
     IdTagStatus,
@@ -37,7 +38,21 @@ from domain.entities import (
 from domain.errors import StoreBusy, StoreUnavailable, UniqueViolation
 from domain.policy import Policy, Viewer
 from domain.ports import UNIQUE_RULES, Insert
-from domain.query import ALL, NONE, Eq, Filter, In, Near, PageRequest, Range, Search, Sort, Sub
+from domain.query import (
+    ALL,
+    NONE,
+    Eq,
+    Filter,
+    In,
+    Near,
+    PageRequest,
+    Range,
+    Search,
+    Sort,
+    Sub,
+    all_of,
+)
+from graph.history import NEWEST_FIRST, OLDEST_FIRST, STATE_OF_CHARGE
 from store.sqlite import SqliteStore, reader
 from store.sqlite.codec import SqlValue, field_specs
 from store.sqlite.migrations import MIGRATIONS, apply_migrations, split_statements
@@ -848,6 +863,33 @@ async def test_a_page_of_stations_connectors_come_out_of_the_index_in_order(
     plan = await _plan_of(store, *statements[-1])
     assert "COVERING INDEX connector_station_idx" in plan, plan
     assert plan.count("TEMP B-TREE") == 1, plan
+
+
+@pytest.mark.parametrize(("kind", "key", "where", "sort", "index"), [
+    pytest.param(MeterSample, "session_id", ALL, OLDEST_FIRST, "meter_sample_session_at_idx",
+                 id="Session.meterValues"),
+    pytest.param(MeterSample, "session_id", STATE_OF_CHARGE, NEWEST_FIRST,
+                 "meter_sample_session_measurand_at_idx", id="Session.socPercent"),
+    pytest.param(StatusEvent, "station_id", Eq("connector_id", 1), NEWEST_FIRST,
+                 "status_event_station_connector_at_idx", id="Connector.statusHistory"),
+    pytest.param(ConnectionEvent, "station_id", ALL, NEWEST_FIRST,
+                 "connection_event_station_at_idx", id="Station.connectionHistory"),
+])
+async def test_a_page_s_history_comes_out_of_an_index_in_order(
+        store: SqliteStore, monkeypatch: pytest.MonkeyPatch, kind: type[Record], key: str,
+        where: Filter, sort: tuple[Sort, ...], index: str) -> None:
+    """Per parent, the first rows of its history straight from an index ending with the
+    ``id`` tie-breaker (migration 18): however long the history, no sort per parent,
+    and a connector's reports without its station's other connectors'. With the
+    viewer's scope, as the graph reads them."""
+    op = Viewer(user_id=user().id, role=Role.OPERATOR, company_id=company().id)
+    scope = Policy().scope_under(op, kind.kind, key, ["s1", "s2"])
+    statements = _recorded_reads(store, monkeypatch)
+    await store.find_grouped(kind, key, ["s1", "s2"], all_of(scope, where), sort, 21)
+    plan = await _plan_of(store, *statements[-1])
+    assert f"COVERING INDEX {index} " in plan, plan
+    assert "RIGHT PART OF ORDER BY" not in plan and "CORRELATED LIST SUBQUERY" in plan
+    assert plan.count("TEMP B-TREE") == 1, plan  # only the outer merge of the parents
 
 
 async def test_batch_lookups_take_keys_orjson_cannot_write(store: SqliteStore) -> None:

@@ -1,0 +1,130 @@
+"""Telemetry history under its parents: a session's meter samples and its latest State of
+Charge (``Session.meterValues``, ``Session.socPercent``), a connector's status reports
+(``Connector.statusHistory``) and a station's connections (``Station.connectionHistory``).
+
+They are nested connections like the others (``relay.nested_connection``): with only
+``first``, the rows of every parent of a page come from one batched store call, and a
+session's State of Charge from one more for the page. Who sees what is the policy's: a
+session's samples are seen by whoever sees the session (``Policy.scope_under``), status
+and connection history by the scopes of ``status_event`` and ``connection_event``
+(admins, and the operators running the station; no driver, nobody anonymous).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Annotated, Any
+
+import strawberry
+
+from domain import entities as d
+from domain.errors import ValidationError
+from domain.ocpp16 import Measurand
+from domain.query import ALL, Eq, Filter, In, Sort, all_of
+from graph.filters import window
+from graph.loaders import Loaders
+from graph.relay import Connection, PageArgs, Wrap, nested_connection
+
+if TYPE_CHECKING:
+    from graph.context import GraphContext
+
+strawberry.enum(Measurand, description="OCPP 1.6 Measurand: what a sampled value measures.")
+
+#: The ``from`` argument of a history (``to`` needs no other name).
+Since = Annotated[datetime | None, strawberry.argument(
+    name="from", description="From this instant on (inclusive).")]
+Until = Annotated[datetime | None, strawberry.argument(
+    description="Before this instant (exclusive).")]
+
+#: A session's samples oldest first: a charging curve is drawn from its start.
+OLDEST_FIRST = (Sort("at"),)
+#: Newest first, ``id`` descending too: each parent's rows then come out of its index
+#: ``(parent, …, at, id)`` read backwards, with no sort of the ties.
+NEWEST_FIRST = (Sort("at", descending=True), Sort("id", descending=True))
+#: State of Charge samples (a plain string: the stored value, on both stores).
+STATE_OF_CHARGE: Filter = Eq("measurand", Measurand.SOC.value)
+
+
+@strawberry.type(description="One sampled value of a session's meter (OCPP MeterValues).")
+class MeterSample:
+    at: datetime = strawberry.field(description="When it was measured, on the charger's "
+                                                "clock.")
+    measurand: Measurand
+    value: float
+    unit: str | None = strawberry.field(description="OCPP UnitOfMeasure, e.g. `Wh`, `kW`, "
+                                                    "`Percent`.")
+    phase: str | None = strawberry.field(description="OCPP Phase, e.g. `L1`, `L1-N`; null "
+                                                     "for a total.")
+    context: str | None = strawberry.field(description="OCPP ReadingContext, e.g. "
+                                                       "`Sample.Periodic`.")
+    _r: strawberry.Private[d.MeterSample]
+
+    @classmethod
+    def wrap(cls, r: d.MeterSample, ctx: GraphContext) -> MeterSample:
+        return cls(at=r.at, measurand=Measurand(r.measurand), value=r.value, unit=r.unit,
+                   phase=r.phase, context=r.context, _r=r)
+
+
+@strawberry.type(description="A station's charger connected (online) or disconnected.")
+class ConnectionEvent:
+    online: bool
+    at: datetime
+    _r: strawberry.Private[d.ConnectionEvent]
+
+    @classmethod
+    def wrap(cls, r: d.ConnectionEvent, ctx: GraphContext) -> ConnectionEvent:
+        return cls(online=r.online, at=r.at, _r=r)
+
+
+def _measured(measurands: Sequence[Measurand] | None) -> Filter:
+    if measurands is None:
+        return ALL
+    if not measurands:
+        raise ValidationError("name at least one measurand, or leave the argument out",
+                              field="measurands", code="INVALID")
+    return In("measurand", tuple(sorted({m.value for m in measurands})))
+
+
+async def meter_values(ctx: GraphContext, session: d.Session,
+                       measurands: Sequence[Measurand] | None, start: datetime | None,
+                       end: datetime | None, args: PageArgs) -> Connection[MeterSample]:
+    """The session's samples from ``start`` (inclusive) to ``end`` (exclusive), oldest
+    first."""
+    where = all_of(_measured(measurands), window("at", start, end))
+    return await nested_connection(ctx, d.MeterSample, MeterSample.wrap, "session_id",
+                                   session.id, where, OLDEST_FIRST, args)
+
+
+async def status_history(ctx: GraphContext, connector: d.Connector, wrap: Wrap,
+                         start: datetime | None, end: datetime | None, args: PageArgs
+                         ) -> Connection[Any]:
+    """The connector's status reports (``wrap``: as ``StatusEvent`` nodes), newest first.
+    Batched by station, one store call per connector number among a page's connectors:
+    a report names its station (a cpId passed to a new station starts with none) and
+    connector number, not the connector's record."""
+    where = all_of(Eq("connector_id", connector.connector_id), window("at", start, end))
+    return await nested_connection(ctx, d.StatusEvent, wrap, "station_id",
+                                   connector.station_id, where, NEWEST_FIRST, args)
+
+
+async def connection_history(ctx: GraphContext, station: d.Station, start: datetime | None,
+                             end: datetime | None, args: PageArgs
+                             ) -> Connection[ConnectionEvent]:
+    """The station's connects and disconnects, newest first."""
+    return await nested_connection(ctx, d.ConnectionEvent, ConnectionEvent.wrap,
+                                   "station_id", station.id, window("at", start, end) or ALL,
+                                   NEWEST_FIRST, args)
+
+
+def latest_soc(ctx: GraphContext) -> Any:
+    """The loader of a session's newest State of Charge sample (by session id)."""
+    return ctx.loaders.shared(_new_latest_soc_loader)
+
+
+def _new_latest_soc_loader(loaders: Loaders) -> Any:
+    return loaders.one_by(d.MeterSample, "session_id", STATE_OF_CHARGE, NEWEST_FIRST)
+
+
+def soc_value(sample: d.MeterSample | None) -> float | None:
+    return sample.value if sample is not None else None
