@@ -161,20 +161,28 @@ async def roll_back(db: Any, journal_id: ObjectId, undo: list[dict[str, Any]],
 
 async def _undo(collection: Any, entry: dict[str, Any], ours: dict[str, Any],
                 marked: bool) -> bool:
-    """Undoes one entry on the document ``ours`` selects; False when none matched."""
+    """Undoes one entry on the document ``ours`` selects; False when none matched, or
+    when putting it back would break a unique rule.
+
+    The latter is another writer's committed record holding the key the batch gave up
+    (a new ACTIVE session on the connector a failed stop had freed): that record wins, as
+    any committed write does, and the document stays as the batch left it. Raising instead
+    would leave the journal behind, and every sweep (every start) would fail on it."""
     before = entry["before"]
     if before is None:  # the batch inserted it
         return bool((await collection.delete_one(ours)).deleted_count)
-    if entry.get("fields") is None:
-        # Gone is "changed since" too, unless the batch deleted it itself; then it comes
-        # back, unless another writer has put a record with its id (or unique key) there.
-        try:
+    try:
+        if entry.get("fields") is None:
+            # Gone is "changed since" too, unless the batch deleted it itself; then it
+            # comes back, unless another writer has put a record with its id there.
             result = await collection.replace_one(
                 ours, before, upsert=bool(entry.get("deleted")) or not marked)
-        except DuplicateKeyError:
-            return False
-        return bool(result.matched_count) or result.upserted_id is not None
-    result = await collection.update_one(ours, _restoring(before, entry["fields"]))
+            return bool(result.matched_count) or result.upserted_id is not None
+        result = await collection.update_one(ours, _restoring(before, entry["fields"]))
+    except DuplicateKeyError:
+        log.warning("could not put back %s %s: another record now holds one of its unique "
+                    "keys; left as the failed batch wrote it", entry["kind"], entry["id"])
+        return False
     return bool(result.matched_count)
 
 
@@ -205,8 +213,14 @@ async def sweep(db: Any, now: datetime | None = None,
         undo = journal.get("undo", [])
         log.warning("rolling back a write batch its writer left unfinished (%d documents)",
                     len(undo))
-        left = await roll_back(db, journal["_id"], undo, journal.get("audit", []),
-                               marked=bool(journal.get(MARKED)))
+        try:
+            left = await roll_back(db, journal["_id"], undo, journal.get("audit", []),
+                                   marked=bool(journal.get(MARKED)))
+        except Exception:
+            # Claimed, so it goes stale again and a later sweep retries it; the other
+            # batches need not wait for that one.
+            log.exception("rolling back an unfinished write batch failed; retrying later")
+            continue
         if left:
             # Not knowing how far the writer got, these are documents it never reached
             # as well as ones another writer changed since.

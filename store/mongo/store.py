@@ -72,7 +72,7 @@ class MongoStore:
         written under older rules up to date (``store/mongo/migrations.py``); idempotent."""
         await before_indexes(self.db)
         await ensure_indexes(self.db)
-        await journal.sweep(self.db)
+        await self._sweep_once()
         await migrate(self.db)
         if self._sweep_every is not None and (self._sweeper is None or self._sweeper.done()):
             self._sweeper = asyncio.create_task(self._sweep_forever(self._sweep_every),
@@ -83,10 +83,16 @@ class MongoStore:
         # rolled back here, not only when someone restarts.
         while True:
             await asyncio.sleep(every)
-            try:
-                await journal.sweep(self.db)
-            except Exception:  # a server outage must not end the sweeping for good
-                log.warning("journal sweep failed; retrying later", exc_info=True)
+            await self._sweep_once()
+
+    async def _sweep_once(self) -> None:
+        # Neither a start nor the sweeping depends on a sweep: what it cannot roll back
+        # now stays in the journal for the next one (a server outage, which would fail a
+        # start at its next step anyway, must not end the periodic sweeping for good).
+        try:
+            await journal.sweep(self.db)
+        except Exception:
+            log.warning("journal sweep failed; retrying later", exc_info=True)
 
     async def close(self) -> None:
         if self._sweeper is not None:

@@ -822,6 +822,75 @@ async def test_a_sweep_undoes_what_a_dead_writer_wrote_and_nobody_changed_since(
     assert raw(mongo)[JOURNAL].count_documents({}) == 0
 
 
+def completing(session: Session) -> Update:
+    """The stop of ``session`` as the charging service writes it (a partial update)."""
+    done = dataclasses.replace(session, state=SessionState.COMPLETED,
+                               end_time=T0 + timedelta(hours=1))
+    return Update(done, frozenset({"state", "end_time"}))
+
+
+async def test_a_restore_a_unique_rule_refuses_leaves_the_document_and_closes_the_journal(
+    mongo: MongoStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stop batch fails after completing the session; meanwhile a new ACTIVE session
+    took the connector. Putting ``state: ACTIVE`` back would break the one-active-session
+    index: the rollback raised, kept its journal, and every sweep (every start) failed."""
+    station = Station(cp_id="CP-U", name="U")
+    old = session_on(station, 1, 1)
+    await mongo.write([Insert(station), Insert(old)], [])
+    new = session_on(station, 1, 2)
+    pause = Paused(monkeypatch, writes, "apply", lambda db, step, *rest: isinstance(
+        step, Update) and step.record.id == old.id)
+
+    async def other() -> None:
+        await mongo.write([Insert(new)], [])
+
+    await pause.meanwhile(mongo.write([completing(old), Update(GHOST)], [audit_of(old)]),
+                          other)
+
+    states = {s.transaction_id: s.state for s in await mongo.find_all(Session, ALL)}
+    assert states == {1: SessionState.COMPLETED, 2: SessionState.ACTIVE}
+    assert await mongo.count(AuditEntry, ALL) == 0
+    assert raw(mongo)[JOURNAL].count_documents({}) == 0
+    assert f"could not put back session {old.id}" in caplog.text
+
+
+async def test_a_sweep_a_unique_rule_refuses_still_closes_the_journal_and_starts(
+    mongo: MongoStore
+) -> None:
+    """The same, left by a writer that died after its first write: the sweep must not
+    raise, and a store starting afterwards must start."""
+    station = Station(cp_id="CP-V", name="V")
+    old = session_on(station, 1, 1)
+    await mongo.write([Insert(station), Insert(old)], [])
+    changes = [completing(old), rename(station, "x")]
+    dead = await batch_module.Batch.open(mongo.db, changes, [])
+    await dead._write(writes.steps(changes)[0], dead.id)  # then the writer dies
+    await mongo.write([Insert(session_on(station, 1, 2))], [])
+
+    later = datetime.now(UTC) + journal.STALE_AFTER + timedelta(seconds=1)
+    assert await journal.sweep(mongo.db, later) == 1
+
+    assert raw(mongo)[JOURNAL].count_documents({}) == 0
+    restarted = MongoStore(mongo.db, sweep_every=None)
+    await restarted.start()
+    states = {s.transaction_id: s.state for s in await restarted.find_all(Session, ALL)}
+    assert states == {1: SessionState.COMPLETED, 2: SessionState.ACTIVE}
+
+
+async def test_a_start_does_not_fail_on_a_batch_its_sweep_cannot_roll_back(
+    mongo: MongoStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    leave_half_a_batch(mongo, datetime.now(UTC) - timedelta(minutes=10))
+
+    async def fails(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        raise RuntimeError("cannot roll back now")
+
+    monkeypatch.setattr(journal, "roll_back", fails)
+    await mongo.start()  # logged; the journal waits for a later sweep
+    assert raw(mongo)[JOURNAL].count_documents({}) == 1
+
+
 # ---------------------------------------------------------------------------- filters
 
 

@@ -19,7 +19,7 @@ import mongomock
 #: Collection methods that are coroutines in ``pymongo.asynchronous.collection``.
 COROUTINES = frozenset({
     "insert_one", "insert_many", "replace_one", "update_one", "delete_one", "delete_many",
-    "find_one", "find_one_and_update", "count_documents", "distinct", "create_index",
+    "find_one", "find_one_and_update", "count_documents", "distinct",
     "index_information", "drop_index",
 })
 
@@ -70,6 +70,20 @@ class AsyncCollection:
     async def aggregate(self, pipeline: list[dict[str, Any]]) -> AsyncCommandCursor:
         await _io(self._interleave)
         return AsyncCommandCursor(self._c.aggregate(pipeline))
+
+    async def create_index(self, keys: list[tuple[str, int]], **options: Any) -> str:
+        """As a server: an index that exists with the same keys and options is left alone.
+        mongomock checks a unique index against every document again, ignoring its
+        ``partialFilterExpression``, so a second start on a database holding a COMPLETED
+        and an ACTIVE session of one connector failed there (and only there)."""
+        await _io(self._interleave)
+        name = options.get("name")
+        existing = self._c.index_information().get(name) if name else None
+        if existing is not None and [tuple(k) for k in existing["key"]] == list(keys) and all(
+                existing.get(option) == value for option, value in options.items()
+                if option != "name"):
+            return str(name)
+        return str(self._c.create_index(keys, **options))
 
     def __getattr__(self, name: str) -> Any:
         if name not in COROUTINES:
