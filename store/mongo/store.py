@@ -29,7 +29,7 @@ from store.mongo.batch import Batch
 from store.mongo.codec import compared, from_doc, shadow, spec_of
 from store.mongo.indexes import ensure_indexes
 from store.mongo.migrations import before_indexes, migrate
-from store.mongo.query import NEVER, FilterCompiler, beyond, sort_spec
+from store.mongo.query import Query, all_of, beyond, compile_query, sort_spec
 
 log = logging.getLogger("chargegraph.store.mongo")
 
@@ -54,7 +54,6 @@ class MongoStore:
                  sweep_every: float | None = journal.SWEEP_EVERY_S) -> None:
         self.db = db
         self._client = client
-        self._filters = FilterCompiler(db)
         self._sweep_every = sweep_every
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -117,21 +116,31 @@ class MongoStore:
         return None if result.get("ok") else "the database does not answer"
 
     # ------------------------------------------------------------------ reads
-    async def _where(self, kind: type[Record], where: Filter) -> dict[str, Any]:
-        return await self._filters.compile(kind, where)
+    async def _read(self, kind: type[Record], query: Query, extra: dict[str, Any] | None = None,
+                    sort: Sequence[tuple[str, int]] = (), limit: int | None = None
+                    ) -> list[dict[str, Any]]:
+        """The documents matching ``query`` and ``extra``: one ``find``, or an aggregation
+        when the query joins (``query.py``)."""
+        collection = self.db[kind.kind]
+        if query.stages:
+            pipeline = query.pipeline(extra, sort, limit)
+            return list(await (await collection.aggregate(pipeline)).to_list(None))
+        cursor = collection.find(all_of(query.before, extra))
+        if sort:
+            cursor = cursor.sort(list(sort))
+        if limit is not None:
+            cursor = cursor.limit(limit)
+        return list(await cursor.to_list(None))
 
     async def get_many(self, kind: type[E], ids: Sequence[str], where: Filter = ALL
                        ) -> list[E | None]:
         wanted = {str(i) for i in ids if ObjectId.is_valid(str(i))}
         if not wanted:
             return [None] * len(ids)
-        scope = await self._where(kind, where)
-        query: dict[str, Any] = {"_id": {"$in": [ObjectId(i) for i in wanted]}}
-        if scope is NEVER:
+        query = compile_query(kind, where)
+        if query.never:
             return [None] * len(ids)
-        if scope:
-            query = {"$and": [query, scope]}
-        docs = await self.db[kind.kind].find(query).to_list(None)
+        docs = await self._read(kind, query, {"_id": {"$in": [ObjectId(i) for i in wanted]}})
         found = {str(doc["_id"]): from_doc(kind, doc) for doc in docs}
         return [found.get(str(i)) for i in ids]  # type: ignore[misc]
 
@@ -143,46 +152,49 @@ class MongoStore:
                        limit: int = 1000) -> list[E]:
         if limit <= 0:
             return []  # MongoDB reads limit(0) as "no limit"
-        query = await self._where(kind, where)
-        if query is NEVER:
+        query = compile_query(kind, where)
+        if query.never:
             return []
-        cursor = self.db[kind.kind].find(query).sort(sort_spec(kind, sort)).limit(limit)
-        return [from_doc(kind, doc) for doc in await cursor.to_list(None)]  # type: ignore[misc]
+        docs = await self._read(kind, query, sort=sort_spec(kind, sort), limit=limit)
+        return [from_doc(kind, doc) for doc in docs]  # type: ignore[misc]
 
     async def aggregate(self, kind: type[E], where: Filter, group: Sequence[Group],
                         metrics: Mapping[str, Metric]) -> list[dict[str, Any]]:
-        query = await self._where(kind, where)
-        if query is NEVER:
+        query = compile_query(kind, where)
+        if query.never:
             rows: list[dict[str, Any]] = []
         else:
-            stages = aggregate.pipeline(kind, query, group, metrics)
+            stages = aggregate.pipeline(kind, query.pipeline(), group, metrics)
             rows = await (await self.db[kind.kind].aggregate(stages)).to_list(None)
         if not group and not rows:
             rows = [{}]  # SQL's one row of zeros over no matches
         return [aggregate.decode_row(kind, group, metrics, row) for row in rows]
 
     async def count(self, kind: type[E], where: Filter) -> int:
-        query = await self._where(kind, where)
-        if query is NEVER:
+        query = compile_query(kind, where)
+        if query.never:
             return 0
-        return int(await self.db[kind.kind].count_documents(query))
+        if not query.stages:
+            return int(await self.db[kind.kind].count_documents(query.before))
+        pipeline = [*query.pipeline(), {"$count": "n"}]
+        rows = await (await self.db[kind.kind].aggregate(pipeline)).to_list(None)
+        return int(rows[0]["n"]) if rows else 0
 
     async def find_page(self, kind: type[E], where: Filter, sort: Sequence[Sort],
                         page: PageRequest) -> Page[E]:
-        query = await self._where(kind, where)
-        if query is NEVER:
+        query = compile_query(kind, where)
+        if query.never:
             return Page([], [], False, False)
-        parts = [query] if query else []
+        bounds = []
         for cursor_value, is_after, field in ((page.after, True, "after"),
                                               (page.before, False, "before")):
             if cursor_value is not None:
                 key = decode_cursor(cursor_value, kind.kind, sort, field)
-                parts.append(beyond(kind, sort, key, after=is_after, field=field))
-        combined = {"$and": parts} if len(parts) > 1 else (parts[0] if parts else {})
+                bounds.append(beyond(kind, sort, key, after=is_after, field=field))
         backward = page.backward
         limit = page.limit
-        cursor = self.db[kind.kind].find(combined).sort(sort_spec(kind, sort, backward))
-        docs = await cursor.limit(limit + 1).to_list(None)
+        docs = await self._read(kind, query, all_of(*bounds),
+                                sort_spec(kind, sort, backward), limit + 1)
         more = len(docs) > limit
         docs = docs[:limit]
         if backward:
@@ -206,17 +218,15 @@ class MongoStore:
         originals = {compared(spec, k): k for k in keys if k is not None}
         if not originals or limit <= 0:
             return {}
-        query = await self._where(kind, where)
-        if query is NEVER:
+        query = compile_query(kind, where)
+        if query.never:
             return {}
         order = sort_spec(kind, sort)
         in_flight = asyncio.Semaphore(GROUPED_READS_IN_FLIGHT)
 
         async def first_rows(value: Any) -> list[E]:
-            match: dict[str, Any] = {shadow(spec): value}
-            cursor = self.db[kind.kind].find({"$and": [match, query]} if query else match)
             async with in_flight:
-                docs = await cursor.sort(order).limit(limit).to_list(None)
+                docs = await self._read(kind, query, {shadow(spec): value}, order, limit)
             return [from_doc(kind, doc) for doc in docs]  # type: ignore[misc]
 
         found = await asyncio.gather(*(first_rows(value) for value in originals))
@@ -229,14 +239,12 @@ class MongoStore:
         originals = {compared(spec, k): k for k in keys if k is not None}
         if not originals:
             return {}
-        query = await self._where(kind, where)
-        if query is NEVER:
+        query = compile_query(kind, where)
+        if query.never:
             return {}
         key_name = shadow(spec)
-        match: dict[str, Any] = {key_name: {"$in": list(originals)}}
-        if query:
-            match = {"$and": [match, query]}
-        pipeline = [{"$match": match}, {"$group": {"_id": f"${key_name}", "n": {"$sum": 1}}}]
+        pipeline = [*query.pipeline({key_name: {"$in": list(originals)}}),
+                    {"$group": {"_id": f"${key_name}", "n": {"$sum": 1}}}]
         rows = await (await self.db[kind.kind].aggregate(pipeline)).to_list(None)
         return {originals[row["_id"]]: int(row["n"]) for row in rows
                 if row["_id"] in originals}

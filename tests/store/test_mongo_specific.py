@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import bson
 import pytest
 from bson import ObjectId
 from pymongo.errors import BulkWriteError, DuplicateKeyError
@@ -37,8 +38,9 @@ from domain.entities import (
     User,
 )
 from domain.errors import Conflict, NotFound, UniqueViolation
+from domain.policy import Policy, Viewer
 from domain.ports import PARTIAL_UNIQUE_RULES, UNIQUE_RULES, Delete, Insert, InsertIfAbsent, Update
-from domain.query import ALL, Eq, In, Near, Range, Search, Sort, Sub
+from domain.query import ALL, Eq, In, Near, PageRequest, Range, Search, Sort, Sub
 from graph.nodes import BY_CONNECTOR, NEWEST_FIRST
 from store.mongo import MongoStore, journal, migrations, writes
 from store.mongo import batch as batch_module
@@ -1043,6 +1045,72 @@ async def test_sub_converts_between_object_ids_and_text(mongo: MongoStore) -> No
     # Outer ObjectId field, inner text (``entity_id``); text that is no id is dropped.
     audited = Sub("id", "audit_entry", ALL, select="entity_id")
     assert await mongo.find_all(User, audited) == [bob]
+
+
+class CommandSizes:
+    """The BSON size of every query a store sends (find filters, pipelines, distinct)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.sizes: list[int] = []
+        find, aggregate, getattr_ = (AsyncCollection.find, AsyncCollection.aggregate,
+                                     AsyncCollection.__getattr__)
+
+        def sized(*args: Any) -> None:
+            self.sizes.append(len(bson.encode({"args": list(args)})))
+
+        def finding(collection: AsyncCollection, *args: Any, **kwargs: Any) -> AsyncCursor:
+            sized(*args)
+            return find(collection, *args, **kwargs)
+
+        async def aggregating(collection: AsyncCollection, pipeline: list[dict[str, Any]]
+                              ) -> Any:
+            sized(pipeline)
+            return await aggregate(collection, pipeline)
+
+        def other(collection: AsyncCollection, name: str) -> Any:
+            method = getattr_(collection, name)
+
+            async def call(*args: Any, **kwargs: Any) -> Any:
+                sized(*args)
+                return await method(*args, **kwargs)
+
+            return call
+
+        monkeypatch.setattr(AsyncCollection, "find", finding)
+        monkeypatch.setattr(AsyncCollection, "aggregate", aggregating)
+        monkeypatch.setattr(AsyncCollection, "__getattr__", other)
+
+
+async def test_an_operator_audit_read_stays_small_whatever_their_books_hold(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each ``Sub`` used to be run first and inlined as an ``$in`` of every id: past ~240k
+    sessions and payments in a company's books the operator's audit read was over the
+    16 MiB command limit. Here 2,000 sessions (stored before the indexes, which mongomock
+    checks in one pass then): the commands must stay the size of the filter."""
+    company = Company(name="Big")
+    operator = User(email="op@example.com", name="Op", role=Role.OPERATOR,
+                    company_id=company.id)
+    station = Station(cp_id="CP-BIG", name="Big", company_id=company.id)
+    sessions = [dataclasses.replace(session_on(station, n, n, SessionState.COMPLETED),
+                                    company_id=company.id) for n in range(2000)]
+    db = async_mongomock_database()
+    db.sync()["session"].insert_many([to_doc(s) for s in sessions])
+    mongo = MongoStore(db, sweep_every=None)
+    await mongo.start()
+    elsewhere = dataclasses.replace(session_on(station, 0, 9999), company_id=str(ObjectId()))
+    mine, theirs = audit_of(sessions[1234]), audit_of(elsewhere)
+    await mongo.write([Insert(company), Insert(operator), Insert(station), Insert(elsewhere)],
+                      [mine, theirs])
+    scope = Policy().scope(Viewer(operator.id, Role.OPERATOR, company.id), "audit_entry")
+    sizes = CommandSizes(monkeypatch)
+
+    page = await mongo.find_page(AuditEntry, scope, [Sort("at", descending=True)],
+                                 PageRequest(first=10))
+    counted = await mongo.count(AuditEntry, scope)
+
+    assert [entry.id for entry in page.items] == [mine.id] and counted == 1
+    assert sizes.sizes and max(sizes.sizes) < 8 * 1024  # 2,000 ids inlined: ~40 KiB more
 
 
 async def test_search_over_no_fields_matches_nothing(mongo: MongoStore) -> None:
