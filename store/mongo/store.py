@@ -4,7 +4,8 @@ One collection per entity kind, documents as ``store/mongo/codec.py`` describes,
 compiled by ``query.py``, analytics by ``aggregate.py``. No multi-document transactions are
 assumed (standalone servers have none): a write batch is made all-or-nothing by the undo
 journal in ``journal.py`` (written by ``batch.py``); unique rules are unique indexes
-(``indexes.py``).
+(``indexes.py``). A server outage leaves every read and write as ``StoreUnavailable``
+(``outage.py``).
 """
 
 from __future__ import annotations
@@ -29,13 +30,14 @@ from store.mongo.batch import Batch
 from store.mongo.codec import compared, from_doc, shadow, spec_of
 from store.mongo.indexes import ensure_indexes
 from store.mongo.migrations import before_indexes, migrate
+from store.mongo.outage import client_options, mapping_outages
 from store.mongo.query import Query, all_of, beyond, compile_query, sort_spec
 
 log = logging.getLogger("chargegraph.store.mongo")
 
 COUNTERS = "_counters"
 #: A health check answers quickly, also when the server is gone (instead of waiting out
-#: the 30 s server selection timeout).
+#: the server selection timeout, ``outage.DEFAULT_TIMEOUTS_MS``).
 PING_TIMEOUT_S = 3.0
 #: The per-key reads of one grouped load in flight at once: enough to overlap their round
 #: trips, few enough to leave most of the connection pool (100) to other requests.
@@ -61,7 +63,8 @@ class MongoStore:
     def connect(cls, url: str, database: str | None = None) -> MongoStore:
         """A store on its own client; the database is ``database``, else the URL's path,
         else ``chargegraph``. Nothing is contacted before ``start()``."""
-        client: Any = pymongo.AsyncMongoClient(url, tz_aware=True, appname="chargegraph")
+        client: Any = pymongo.AsyncMongoClient(url, tz_aware=True, appname="chargegraph",
+                                               **client_options(url))
         name = database or client.get_default_database(default="chargegraph").name
         return cls(client[name], client)
 
@@ -132,6 +135,7 @@ class MongoStore:
             cursor = cursor.limit(limit)
         return list(await cursor.to_list(None))
 
+    @mapping_outages
     async def get_many(self, kind: type[E], ids: Sequence[str], where: Filter = ALL
                        ) -> list[E | None]:
         wanted = {str(i) for i in ids if ObjectId.is_valid(str(i))}
@@ -144,10 +148,12 @@ class MongoStore:
         found = {str(doc["_id"]): from_doc(kind, doc) for doc in docs}
         return [found.get(str(i)) for i in ids]  # type: ignore[misc]
 
+    @mapping_outages
     async def find_one(self, kind: type[E], where: Filter) -> E | None:
         found = await self.find_all(kind, where, (), limit=1)
         return found[0] if found else None
 
+    @mapping_outages
     async def find_all(self, kind: type[E], where: Filter, sort: Sequence[Sort] = (),
                        limit: int = 1000) -> list[E]:
         if limit <= 0:
@@ -158,6 +164,7 @@ class MongoStore:
         docs = await self._read(kind, query, sort=sort_spec(kind, sort), limit=limit)
         return [from_doc(kind, doc) for doc in docs]  # type: ignore[misc]
 
+    @mapping_outages
     async def aggregate(self, kind: type[E], where: Filter, group: Sequence[Group],
                         metrics: Mapping[str, Metric]) -> list[dict[str, Any]]:
         query = compile_query(kind, where)
@@ -170,6 +177,7 @@ class MongoStore:
             rows = [{}]  # SQL's one row of zeros over no matches
         return [aggregate.decode_row(kind, group, metrics, row) for row in rows]
 
+    @mapping_outages
     async def count(self, kind: type[E], where: Filter) -> int:
         query = compile_query(kind, where)
         if query.never:
@@ -180,6 +188,7 @@ class MongoStore:
         rows = await (await self.db[kind.kind].aggregate(pipeline)).to_list(None)
         return int(rows[0]["n"]) if rows else 0
 
+    @mapping_outages
     async def find_page(self, kind: type[E], where: Filter, sort: Sequence[Sort],
                         page: PageRequest) -> Page[E]:
         query = compile_query(kind, where)
@@ -206,6 +215,7 @@ class MongoStore:
             return Page(items, cursors, has_next=page.before is not None, has_previous=more)
         return Page(items, cursors, has_next=more, has_previous=page.after is not None)
 
+    @mapping_outages
     async def find_grouped(self, kind: type[E], key_field: str, keys: Sequence[Any],
                            where: Filter, sort: Sequence[Sort], limit: int
                            ) -> dict[Any, list[E]]:
@@ -233,6 +243,7 @@ class MongoStore:
         return {originals[value]: rows
                 for value, rows in zip(originals, found, strict=True) if rows}
 
+    @mapping_outages
     async def count_grouped(self, kind: type[E], key_field: str, keys: Sequence[Any],
                             where: Filter) -> dict[Any, int]:
         spec = spec_of(kind, key_field)
@@ -250,6 +261,7 @@ class MongoStore:
                 if row["_id"] in originals}
 
     # ------------------------------------------------------------------ writes
+    @mapping_outages
     async def write(self, changes: Sequence[Change], audit: Sequence[AuditEntry]) -> None:
         if not changes and not audit:
             return
@@ -259,6 +271,7 @@ class MongoStore:
         batch = await Batch.open(self.db, changes, audit)
         await batch.run(changes, audit)
 
+    @mapping_outages
     async def next_sequence(self, name: str) -> int:
         doc = await self.db[COUNTERS].find_one_and_update(
             {"_id": name}, {"$inc": {"value": 1}}, upsert=True,

@@ -19,7 +19,15 @@ from typing import Any
 import bson
 import pytest
 from bson import ObjectId
-from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.errors import (
+    AutoReconnect,
+    BulkWriteError,
+    DuplicateKeyError,
+    NetworkTimeout,
+    NotPrimaryError,
+    OperationFailure,
+    ServerSelectionTimeoutError,
+)
 
 from domain.entities import (
     AuditAction,
@@ -37,7 +45,7 @@ from domain.entities import (
     Tariff,
     User,
 )
-from domain.errors import Conflict, NotFound, UniqueViolation
+from domain.errors import Conflict, NotFound, StoreUnavailable, UniqueViolation
 from domain.policy import Policy, Viewer
 from domain.ports import PARTIAL_UNIQUE_RULES, UNIQUE_RULES, Delete, Insert, InsertIfAbsent, Update
 from domain.query import ALL, Eq, In, Near, PageRequest, Range, Search, Sort, Sub
@@ -1148,6 +1156,124 @@ async def test_connect_picks_the_database(url: str, database: str | None, name: 
     store = MongoStore.connect(url, database)
     assert store.db.name == name
     await store.close()
+
+
+class Outage:
+    """Makes every call of ``method`` on the adapter's collections raise ``error``."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, method: str, error: Exception
+                 ) -> None:
+        getattr_ = AsyncCollection.__getattr__
+
+        def failing(collection: AsyncCollection, name: str) -> Any:
+            if name != method:
+                return getattr_(collection, name)
+
+            async def call(*args: Any, **kwargs: Any) -> Any:
+                raise error
+
+            return call
+
+        monkeypatch.setattr(AsyncCollection, "__getattr__", failing)
+
+
+OUTAGES = [
+    ServerSelectionTimeoutError("127.0.0.1:27017: [Errno 111] Connection refused"),
+    AutoReconnect("connection closed"),
+    NetworkTimeout("127.0.0.1:27017: timed out"),
+    NotPrimaryError("not primary"),
+    OperationFailure("Out of disk space", code=14031),
+    BulkWriteError({"writeErrors": [{"index": 0, "code": 14031,
+                                     "errmsg": "Out of disk space"}]}),
+]
+
+
+@pytest.mark.parametrize("error", OUTAGES, ids=lambda e: type(e).__name__)
+async def test_an_outage_is_store_unavailable(mongo: MongoStore, monkeypatch: pytest.MonkeyPatch,
+                                              error: Exception) -> None:
+    """As the SQLite store reports a full disk: a user error with its code (a charger
+    connecting is then told 1013), not an unexpected error with a traceback."""
+    station = Station(cp_id="CP-O", name="O")
+    Outage(monkeypatch, "insert_many", error)
+    with pytest.raises(StoreUnavailable) as raised:
+        await mongo.write([Insert(station)], [])
+    assert raised.value.code == "STORE_UNAVAILABLE"
+    assert raised.value.reason == str(error)
+    assert "127.0.0.1" not in raised.value.message  # hosts go to logs, not to clients
+
+
+@pytest.mark.parametrize("read", ["count", "get_many", "find_all", "find_page", "sub"])
+async def test_reads_in_an_outage_are_store_unavailable(
+    mongo: MongoStore, monkeypatch: pytest.MonkeyPatch, read: str
+) -> None:
+    station = Station(cp_id="CP-R", name="R")
+    await mongo.write([Insert(station)], [])
+    error = ServerSelectionTimeoutError("no server")
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        raise error
+
+    monkeypatch.setattr(AsyncCursor, "to_list", failing)
+    Outage(monkeypatch, "count_documents", error)
+    calls = {
+        "count": lambda: mongo.count(Station, ALL),
+        "get_many": lambda: mongo.get_many(Station, [station.id]),
+        "find_all": lambda: mongo.find_all(Station, ALL),
+        "find_page": lambda: mongo.find_page(Station, ALL, [], PageRequest(first=1)),
+        "sub": lambda: mongo.find_all(Connector, Sub("station_id", "station", ALL)),
+    }
+    if read == "sub":
+        async def aggregating(*args: Any) -> Any:
+            raise error
+
+        monkeypatch.setattr(AsyncCollection, "aggregate", aggregating)
+    with pytest.raises(StoreUnavailable):
+        await calls[read]()
+
+
+async def test_other_driver_errors_are_not_outages(mongo: MongoStore,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    Outage(monkeypatch, "count_documents", OperationFailure("bad query", code=2))
+    with pytest.raises(OperationFailure):
+        await mongo.count(Station, ALL)
+
+
+@pytest.mark.parametrize(("url", "expected"), [
+    ("mongodb://127.0.0.1:1/fleet", 5.0),
+    ("mongodb://127.0.0.1:1/fleet?serverSelectionTimeoutMS=12000", 12.0),
+    ("mongodb://127.0.0.1:1/fleet?appname=x&SERVERSELECTIONTIMEOUTMS=700", 0.7),
+])
+async def test_server_selection_waits_seconds_unless_the_url_says(url: str, expected: float
+                                                                  ) -> None:
+    store = MongoStore.connect(url)
+    client = store.db.client
+    assert client.options.server_selection_timeout == expected
+    assert client.options.pool_options.connect_timeout == 5.0
+    await store.close()
+
+
+async def test_a_store_that_fails_to_start_closes_its_client(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from chargegraph.startup import StartupFailed
+    from chargegraph.stores import started_store
+
+    closed: list[MongoStore] = []
+    close = MongoStore.close
+
+    async def failing_start(self: MongoStore) -> None:
+        raise ServerSelectionTimeoutError("127.0.0.1:1: Connection refused")
+
+    async def recording_close(self: MongoStore) -> None:
+        closed.append(self)
+        await close(self)
+
+    monkeypatch.setattr(MongoStore, "start", failing_start)
+    monkeypatch.setattr(MongoStore, "close", recording_close)
+    with pytest.raises(StartupFailed, match="Connection refused"):
+        async with started_store("mongodb://127.0.0.1:1/cg_fail"):
+            pass
+    assert len(closed) == 1
 
 
 # ---------------------------------------------------------------------------- migrations
