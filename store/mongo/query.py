@@ -133,6 +133,9 @@ class FilterCompiler:
     def __init__(self) -> None:
         self.stages: list[dict[str, Any]] = []
         self.added: list[str] = []
+        #: (field, type) -> the added field holding it converted, made once per filter
+        #: (an operator's audit scope joins ``entity_id`` with eight kinds).
+        self._converted: dict[tuple[str, str], str] = {}
 
     def compile(self, kind: type[Record], where: Filter) -> dict[str, Any]:
         match where:
@@ -216,11 +219,7 @@ class FilterCompiler:
         to = "string" if outer.category == "id" and selected.category != "id" else (
             "objectId" if outer.category != "id" and selected.category == "id" else None)
         if to is not None:
-            key = f"_k{number}"
-            self.stages.append({"$addFields": {key: {"$convert": {
-                "input": f"${local}", "to": to, "onError": None, "onNull": None}}}})
-            self.added.append(key)
-            local = key
+            local = self._converted_field(local, to)
         found = f"_j{number}"
         foreign = storage_name(selected.name)
         # NULL never matches IN, as in SQL (a null key would find the null ones).
@@ -230,6 +229,15 @@ class FilterCompiler:
             "pipeline": [*matching, {"$project": {"_id": 1}}], "as": found}})
         self.added.append(found)
         return {found: {"$ne": []}}
+
+    def _converted_field(self, name: str, to: str) -> str:
+        key = self._converted.get((name, to))
+        if key is None:
+            key = self._converted[(name, to)] = f"_k{len(self.stages)}"
+            self.stages.append({"$addFields": {key: {"$convert": {
+                "input": f"${name}", "to": to, "onError": None, "onNull": None}}}})
+            self.added.append(key)
+        return key
 
 
 def sort_spec(kind: type[Record], sort: Sequence[Sort], reverse: bool = False
