@@ -65,7 +65,13 @@ async def started_store(database_url: str) -> AsyncIterator[Store]:
     words it."""
     with starting(store_label(database_url)):
         store = open_store(database_url)
-        await store.start()
+        try:
+            await store.start()
+        except BaseException:
+            # Its client (MongoDB's connection pool and monitor tasks) would be left
+            # running for a store nobody can use.
+            await store.close()
+            raise
     try:
         yield store
     finally:

@@ -1,4 +1,5 @@
-"""``Store.aggregate`` as one MongoDB aggregation pipeline ($match, $group)."""
+"""``Store.aggregate`` as one MongoDB aggregation pipeline ($match, or the lookups of a
+filter with a ``Sub``, then $group)."""
 
 from __future__ import annotations
 
@@ -66,13 +67,14 @@ def _metric(kind: type[Record], metric: Metric) -> Any:
     raise TypeError(f"not a metric: {metric!r}")
 
 
-def pipeline(kind: type[Record], match: dict[str, Any], group: Sequence[Group],
+def pipeline(kind: type[Record], matching: Sequence[dict[str, Any]], group: Sequence[Group],
              metrics: Mapping[str, Metric]) -> list[dict[str, Any]]:
+    """``matching``: the stages selecting the documents (``Query.pipeline()``)."""
     keys = {f"g{i}": (_field(kind, g.field) if isinstance(g, ByField) else _time_key(kind, g))
             for i, g in enumerate(group)}
     stage: dict[str, Any] = {"_id": keys or None}
     stage.update({name: _metric(kind, m) for name, m in metrics.items()})
-    return [{"$match": match}, {"$group": stage}]
+    return [*matching, {"$group": stage}]
 
 
 def decode_row(kind: type[Record], group: Sequence[Group], metrics: Mapping[str, Metric],

@@ -48,8 +48,23 @@ class Batch:
     @classmethod
     async def open(cls, db: Any, changes: Sequence[Change], audit: Sequence[AuditEntry]
                    ) -> Batch:
-        """Reads the images and records the journal; nothing is written yet."""
-        undo = await journal.plan(db, changes)
+        """Reads the images and records the journal; nothing is written yet.
+
+        An image another batch in flight wrote is that batch's uncommitted write: put
+        back by this batch's undo, it would bring back what that batch's own rollback
+        undid; built upon, it makes that rollback leave the document (another writer's
+        mark), so two failed batches left the first one's write with no audit. So the
+        batch waits for that one to finish, as SQLite's write lock would have made it,
+        and reads again; one that does not finish within ``SETTLE_WAIT_S`` (a deadlock of
+        two batches, a dead writer) fails this batch with ``CHANGED`` before it wrote."""
+        deadline = time.monotonic() + journal.SETTLE_WAIT_S
+        while True:
+            undo = await journal.plan(db, changes)
+            busy = await journal.in_flight(db, (entry["before"] for entry in undo))
+            if not busy:
+                break
+            if not await journal.wait_settled(db, busy, deadline - time.monotonic()):
+                raise changed_meanwhile(_written_by(undo, busy))
         audit_ids = [ObjectId(entry.id) for entry in audit]
         return cls(db, await journal.open_batch(db, undo, audit_ids), undo, audit_ids)
 
@@ -101,11 +116,25 @@ class Batch:
             # Changed between two writes of this batch: neither image undoes the batch
             # without undoing the other writer too.
             raise changed_meanwhile(record.kind)
-        image = await self.db[record.kind].find_one({"_id": key[1]})
+        image = await self._committed_image(record)
         index = self.entries[key]
         await journal.record_image(self.db, self.id, index, image)
         self.undo[index]["before"] = image
         self.versions[key] = _version(image)
+
+    async def _committed_image(self, record: Record) -> dict[str, Any] | None:
+        """The document as stored, once no other batch in flight wrote it last (as in
+        ``open``: never an uncommitted image to restore)."""
+        wait = min(journal.SETTLE_WAIT_S, self.deadline - time.monotonic())
+        deadline = time.monotonic() + wait
+        while True:
+            image: dict[str, Any] | None = await self.db[record.kind].find_one(
+                {"_id": ObjectId(record.id)})
+            busy = await journal.in_flight(self.db, [image], own=self.id)
+            if not busy:
+                return image
+            if not await journal.wait_settled(self.db, busy, deadline - time.monotonic()):
+                raise changed_meanwhile(record.kind)
 
     async def roll_back(self, maybe: set[Key]) -> None:
         """Undoes what the batch wrote, or may have written when it failed (``maybe``: a
@@ -128,6 +157,12 @@ class Batch:
             log.warning("a failed write batch left %d documents as another writer changed "
                         "them after the batch wrote them: %s", len(changed),
                         ", ".join(f"{kind} {ident}" for kind, ident in changed))
+
+
+def _written_by(undo: list[dict[str, Any]], batches: set[ObjectId]) -> str:
+    """The kind of a document one of ``batches`` wrote last (for the error's message)."""
+    return next(entry["kind"] for entry in undo
+                if entry["before"] is not None and entry["before"].get(MARK) in batches)
 
 
 def _version(image: dict[str, Any] | None) -> Version:

@@ -24,7 +24,20 @@ an undo applies only while the document still carries the batch's mark. A docume
 another writer changed, deleted, or inserted in the batch's stead (an ``InsertIfAbsent``
 that found it there) since the batch wrote it is left alone and logged: the committed
 write wins, even where that keeps a field of the failed batch the other writer did not
-write. The sweep follows the same rule, not knowing how far a dead writer got. A deleted
+write. The sweep follows the same rule, not knowing how far a dead writer got.
+
+That rule needs every image a journal holds to be committed: a batch that took another
+batch's uncommitted write as its image would, on failing, put that write back after its
+writer had rolled it back (the writer, finding the second batch's mark, left the document
+alone), so two failed batches left the first one's change with no audit. A batch
+therefore never builds on a batch in flight: when a document it is about to journal
+carries the mark of a batch whose journal is still there, it waits for that batch to
+commit or roll back (``SETTLE_WAIT_S``, polling the journal; a stale journal is swept at
+once), reads the document again, and fails with ``CHANGED`` if it waited in vain (two
+batches waiting on each other, a writer that died recently). Locks or versions per
+document would serialise the same way; the journal is what already says which batches
+are in flight. Changes written alone are single-document writes and do not wait: they
+are committed the moment they land. A deleted
 document is the one undo the mark cannot guard (nothing is left to carry it): the writer
 re-inserts only what it deleted itself, the sweep each deletion of the batch it finds
 missing.
@@ -40,8 +53,10 @@ clock: instances' clocks must agree to well within ``STALE_AFTER - BATCH_DEADLIN
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -67,6 +82,11 @@ BATCH_DEADLINE_S = 30.0
 STALE_AFTER = timedelta(minutes=2)
 #: How often an open store sweeps for batches a dead writer (of any instance) left behind.
 SWEEP_EVERY_S = 60.0
+#: How long a batch waits for another batch in flight, whose write it found on a document
+#: it is about to write, to finish (a batch takes milliseconds) before failing ``CHANGED``.
+SETTLE_WAIT_S = 2.0
+#: The longest pause between two looks at whether such a batch has finished.
+SETTLE_POLL_MAX_S = 0.1
 
 
 @dataclass(slots=True)
@@ -133,6 +153,38 @@ async def record_image(db: Any, journal_id: ObjectId, index: int,
     await db[JOURNAL].update_one({"_id": journal_id}, {"$set": {f"undo.{index}.before": image}})
 
 
+async def in_flight(db: Any, images: Iterable[dict[str, Any] | None],
+                    own: ObjectId | None = None) -> set[ObjectId]:
+    """The batches still in flight (their journal is there) that wrote one of ``images``
+    last, other than ``own``: those images are uncommitted writes, not to build on."""
+    marks = {image.get(MARK) for image in images if image is not None} - {None, own}
+    if not marks:
+        return set()
+    found = await db[JOURNAL].find({"_id": {"$in": list(marks)}}, {"_id": 1}).to_list(None)
+    return {doc["_id"] for doc in found}
+
+
+async def wait_settled(db: Any, batches: set[ObjectId], within: float) -> bool:
+    """Waits up to ``within`` seconds for ``batches`` to commit or roll back (their
+    journals to go); False when one is still there. A batch whose journal is already
+    stale (its writer died) is swept at once rather than waited for."""
+    deadline = time.monotonic() + within
+    pause = 0.005
+    while True:
+        left = await db[JOURNAL].find({"_id": {"$in": list(batches)}}, {"at": 1}
+                                      ).to_list(None)
+        if not left:
+            return True
+        cutoff = datetime.now(UTC) - STALE_AFTER
+        if any(doc.get("at") is None or doc["at"] < cutoff for doc in left):
+            await sweep(db)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        await asyncio.sleep(min(pause, remaining))
+        pause = min(pause * 2, SETTLE_POLL_MAX_S)
+
+
 async def close_batch(db: Any, journal_id: ObjectId) -> None:
     await db[JOURNAL].delete_one({"_id": journal_id})
 
@@ -161,20 +213,28 @@ async def roll_back(db: Any, journal_id: ObjectId, undo: list[dict[str, Any]],
 
 async def _undo(collection: Any, entry: dict[str, Any], ours: dict[str, Any],
                 marked: bool) -> bool:
-    """Undoes one entry on the document ``ours`` selects; False when none matched."""
+    """Undoes one entry on the document ``ours`` selects; False when none matched, or
+    when putting it back would break a unique rule.
+
+    The latter is another writer's committed record holding the key the batch gave up
+    (a new ACTIVE session on the connector a failed stop had freed): that record wins, as
+    any committed write does, and the document stays as the batch left it. Raising instead
+    would leave the journal behind, and every sweep (every start) would fail on it."""
     before = entry["before"]
     if before is None:  # the batch inserted it
         return bool((await collection.delete_one(ours)).deleted_count)
-    if entry.get("fields") is None:
-        # Gone is "changed since" too, unless the batch deleted it itself; then it comes
-        # back, unless another writer has put a record with its id (or unique key) there.
-        try:
+    try:
+        if entry.get("fields") is None:
+            # Gone is "changed since" too, unless the batch deleted it itself; then it
+            # comes back, unless another writer has put a record with its id there.
             result = await collection.replace_one(
                 ours, before, upsert=bool(entry.get("deleted")) or not marked)
-        except DuplicateKeyError:
-            return False
-        return bool(result.matched_count) or result.upserted_id is not None
-    result = await collection.update_one(ours, _restoring(before, entry["fields"]))
+            return bool(result.matched_count) or result.upserted_id is not None
+        result = await collection.update_one(ours, _restoring(before, entry["fields"]))
+    except DuplicateKeyError:
+        log.warning("could not put back %s %s: another record now holds one of its unique "
+                    "keys; left as the failed batch wrote it", entry["kind"], entry["id"])
+        return False
     return bool(result.matched_count)
 
 
@@ -205,8 +265,14 @@ async def sweep(db: Any, now: datetime | None = None,
         undo = journal.get("undo", [])
         log.warning("rolling back a write batch its writer left unfinished (%d documents)",
                     len(undo))
-        left = await roll_back(db, journal["_id"], undo, journal.get("audit", []),
-                               marked=bool(journal.get(MARKED)))
+        try:
+            left = await roll_back(db, journal["_id"], undo, journal.get("audit", []),
+                                   marked=bool(journal.get(MARKED)))
+        except Exception:
+            # Claimed, so it goes stale again and a later sweep retries it; the other
+            # batches need not wait for that one.
+            log.exception("rolling back an unfinished write batch failed; retrying later")
+            continue
         if left:
             # Not knowing how far the writer got, these are documents it never reached
             # as well as ones another writer changed since.

@@ -1,7 +1,15 @@
 """The domain query language as MongoDB filter documents, and keyset paging.
 
-``Sub`` (a sub-select) has no MongoDB equivalent in a find filter: its inner query is run
-first with ``distinct`` and becomes an ``$in`` list. Everything else is one filter document.
+``Sub`` (a sub-select) has no MongoDB equivalent in a find filter. It used to be run first
+with ``distinct`` and inlined as an ``$in`` list, which grows with the data: an operator's
+audit scope (the entries of every session and payment in their books) passed the 16 MiB
+command limit at ~240k sessions and payments, ``distinct`` itself failed at ~840k ids, and
+every page moved megabytes. Now a filter with a ``Sub`` is read by an aggregation: each
+``Sub`` is a ``$lookup`` into its kind's collection, joined on the selected field (an
+index: ``_id`` or an indexed foreign key) and running the inner filter as its pipeline
+(``$limit`` 1: only whether one matches counts), and the outer filter tests that the
+lookup found one. The command stays the size of the filter, whatever the data.
+A filter without one is still one ``find`` document.
 """
 
 from __future__ import annotations
@@ -9,6 +17,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from bson import ObjectId
@@ -55,11 +64,80 @@ def _storable(spec: FieldSpec, value: Any) -> bool:
         isinstance(value, str) and ObjectId.is_valid(value))
 
 
-class FilterCompiler:
-    def __init__(self, db: Any) -> None:
-        self.db = db
+def all_of(*parts: dict[str, Any] | None) -> dict[str, Any]:
+    """The conjunction of compiled parts (``None`` and ``{}`` match everything)."""
+    kept = [part for part in parts if part]
+    if any(part is NEVER for part in kept):
+        return NEVER
+    return {"$and": kept} if len(kept) > 1 else (kept[0] if kept else {})
 
-    async def compile(self, kind: type[Record], where: Filter) -> dict[str, Any]:
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """A compiled filter. ``before`` needs no join; ``stages`` are the ``$lookup``s (and
+    key conversions) of its ``Sub``s, and ``after`` tests what they found. Without a
+    ``Sub``, ``stages`` and ``after`` are empty and ``before`` is a ``find`` filter.
+    ``before is NEVER``: matches nothing, nothing need be asked."""
+
+    before: dict[str, Any]
+    stages: tuple[dict[str, Any], ...] = ()
+    after: dict[str, Any] | None = None
+    #: The fields the stages add to each document, dropped before it is decoded.
+    added: tuple[str, ...] = ()
+
+    @property
+    def never(self) -> bool:
+        return self.before is NEVER
+
+    def pipeline(self, extra: dict[str, Any] | None = None,
+                 sort: Sequence[tuple[str, int]] = (), limit: int | None = None
+                 ) -> list[dict[str, Any]]:
+        """The aggregation reading the matching documents, ANDed with ``extra`` (no
+        ``Sub`` in it), in ``sort`` order, at most ``limit``. What needs no join (a
+        keyset bound, the sort's index) comes first, so the lookups run only for the
+        documents that reach them, and stop at the limit."""
+        before = all_of(self.before, extra)
+        stages: list[dict[str, Any]] = [{"$match": before}] if before else []
+        if sort:
+            stages.append({"$sort": dict(sort)})
+        stages.extend(self.stages)
+        if self.after:
+            stages.append({"$match": self.after})
+        if limit is not None:
+            stages.append({"$limit": limit})
+        if self.added:
+            stages.append({"$project": dict.fromkeys(self.added, 0)})
+        return stages
+
+
+def compile_query(kind: type[Record], where: Filter) -> Query:
+    """``where`` on ``kind``: its top-level conjuncts without a ``Sub`` go ``before`` the
+    lookups, the others ``after``."""
+    compiler = FilterCompiler()
+    before: list[dict[str, Any]] = []
+    after: list[dict[str, Any]] = []
+    for part in where.parts if isinstance(where, And) else (where,):
+        joins = len(compiler.stages)
+        compiled = compiler.compile(kind, part)
+        if compiled is NEVER:
+            return Query(NEVER)
+        (after if len(compiler.stages) > joins else before).append(compiled)
+    return Query(all_of(*before), tuple(compiler.stages), all_of(*after) or None,
+                 tuple(compiler.added))
+
+
+class FilterCompiler:
+    """Compiles one filter; the ``Sub``s in it add their ``stages`` (and the fields those
+    add, named apart per filter) as they are met."""
+
+    def __init__(self) -> None:
+        self.stages: list[dict[str, Any]] = []
+        self.added: list[str] = []
+        #: (field, type) -> the added field holding it converted, made once per filter
+        #: (an operator's audit scope joins ``entity_id`` with eight kinds).
+        self._converted: dict[tuple[str, str], str] = {}
+
+    def compile(self, kind: type[Record], where: Filter) -> dict[str, Any]:
         match where:
             case Eq(field=field, value=value):
                 spec = spec_of(kind, field)
@@ -85,9 +163,9 @@ class FilterCompiler:
             case Near():
                 return self._near(where)
             case Sub():
-                return await self._sub(kind, where)
+                return self._sub(kind, where)
             case And(parts=parts):
-                compiled = [c for c in [await self.compile(kind, p) for p in parts] if c]
+                compiled = [c for c in [self.compile(kind, p) for p in parts] if c]
                 if any(c is NEVER for c in compiled):
                     return NEVER
                 return {"$and": compiled} if len(compiled) > 1 else (
@@ -95,7 +173,7 @@ class FilterCompiler:
             case Or(parts=parts):
                 if not parts:
                     return NEVER
-                compiled = [await self.compile(kind, p) for p in parts]
+                compiled = [self.compile(kind, p) for p in parts]
                 if any(c == {} for c in compiled):
                     return {}
                 compiled = [c for c in compiled if c is not NEVER]
@@ -125,24 +203,40 @@ class FilterCompiler:
                 "_geo": {"$ne": None},
                 "$expr": {"$lte": [squared, chord * chord]}}
 
-    async def _sub(self, kind: type[Record], sub: Sub) -> dict[str, Any]:
+    def _sub(self, kind: type[Record], sub: Sub) -> dict[str, Any]:
         inner_kind = ENTITY_BY_KIND[sub.kind]
-        inner = await self.compile(inner_kind, sub.where)
-        if inner is NEVER:
+        inner = compile_query(inner_kind, sub.where)
+        if inner.never:
             return NEVER
-        values = await self.db[sub.kind].distinct(storage_name(sub.select), inner)
         outer = spec_of(kind, sub.field)
-        converted = []
-        for value in values:
-            if value is None:
-                continue  # NULL never matches IN, as in SQL
-            if isinstance(value, ObjectId) and outer.category != "id":
-                value = str(value)  # e.g. audit ``actor`` (text) against user ids
-            if _storable(outer, value):  # text that is no ObjectId cannot equal an id
-                converted.append(compared(outer, value))
-        if not converted:
-            return NEVER
-        return {shadow(outer): {"$in": converted}}
+        selected = spec_of(inner_kind, sub.select)
+        local = storage_name(outer.name)
+        number = len(self.stages)
+        # Ids are ObjectIds, some text fields hold them too (audit ``entity_id``,
+        # ``actor``): the join compares the outer value in the selected field's type. Text
+        # that is no ObjectId becomes null, which matches nothing (as in SQLite).
+        to = "string" if outer.category == "id" and selected.category != "id" else (
+            "objectId" if outer.category != "id" and selected.category == "id" else None)
+        if to is not None:
+            local = self._converted_field(local, to)
+        found = f"_j{number}"
+        foreign = storage_name(selected.name)
+        # NULL never matches IN, as in SQL (a null key would find the null ones).
+        matching = inner.pipeline(extra={foreign: {"$ne": None}}, limit=1)
+        self.stages.append({"$lookup": {
+            "from": sub.kind, "localField": local, "foreignField": foreign,
+            "pipeline": [*matching, {"$project": {"_id": 1}}], "as": found}})
+        self.added.append(found)
+        return {found: {"$ne": []}}
+
+    def _converted_field(self, name: str, to: str) -> str:
+        key = self._converted.get((name, to))
+        if key is None:
+            key = self._converted[(name, to)] = f"_k{len(self.stages)}"
+            self.stages.append({"$addFields": {key: {"$convert": {
+                "input": f"${name}", "to": to, "onError": None, "onNull": None}}}})
+            self.added.append(key)
+        return key
 
 
 def squared_chord(center: dict[str, float]) -> dict[str, Any]:

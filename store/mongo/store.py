@@ -4,7 +4,8 @@ One collection per entity kind, documents as ``store/mongo/codec.py`` describes,
 compiled by ``query.py``, analytics by ``aggregate.py``. No multi-document transactions are
 assumed (standalone servers have none): a write batch is made all-or-nothing by the undo
 journal in ``journal.py`` (written by ``batch.py``); unique rules are unique indexes
-(``indexes.py``).
+(``indexes.py``). A server outage leaves every read and write as ``StoreUnavailable``
+(``outage.py``).
 """
 
 from __future__ import annotations
@@ -29,10 +30,12 @@ from store.mongo.batch import Batch
 from store.mongo.codec import compared, from_doc, shadow, spec_of
 from store.mongo.indexes import ensure_indexes
 from store.mongo.migrations import before_indexes, migrate
+from store.mongo.outage import client_options, mapping_outages
 from store.mongo.query import (
-    NEVER,
-    FilterCompiler,
+    Query,
+    all_of,
     beyond,
+    compile_query,
     computed_keys,
     computed_name,
     sort_spec,
@@ -42,7 +45,7 @@ log = logging.getLogger("chargegraph.store.mongo")
 
 COUNTERS = "_counters"
 #: A health check answers quickly, also when the server is gone (instead of waiting out
-#: the 30 s server selection timeout).
+#: the server selection timeout, ``outage.DEFAULT_TIMEOUTS_MS``).
 PING_TIMEOUT_S = 3.0
 #: The per-key reads of one grouped load in flight at once: enough to overlap their round
 #: trips, few enough to leave most of the connection pool (100) to other requests.
@@ -61,7 +64,6 @@ class MongoStore:
                  sweep_every: float | None = journal.SWEEP_EVERY_S) -> None:
         self.db = db
         self._client = client
-        self._filters = FilterCompiler(db)
         self._sweep_every = sweep_every
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -69,7 +71,8 @@ class MongoStore:
     def connect(cls, url: str, database: str | None = None) -> MongoStore:
         """A store on its own client; the database is ``database``, else the URL's path,
         else ``chargegraph``. Nothing is contacted before ``start()``."""
-        client: Any = pymongo.AsyncMongoClient(url, tz_aware=True, appname="chargegraph")
+        client: Any = pymongo.AsyncMongoClient(url, tz_aware=True, appname="chargegraph",
+                                               **client_options(url))
         name = database or client.get_default_database(default="chargegraph").name
         return cls(client[name], client)
 
@@ -79,7 +82,7 @@ class MongoStore:
         written under older rules up to date (``store/mongo/migrations.py``); idempotent."""
         await before_indexes(self.db)
         await ensure_indexes(self.db)
-        await journal.sweep(self.db)
+        await self._sweep_once()
         await migrate(self.db)
         if self._sweep_every is not None and (self._sweeper is None or self._sweeper.done()):
             self._sweeper = asyncio.create_task(self._sweep_forever(self._sweep_every),
@@ -90,10 +93,16 @@ class MongoStore:
         # rolled back here, not only when someone restarts.
         while True:
             await asyncio.sleep(every)
-            try:
-                await journal.sweep(self.db)
-            except Exception:  # a server outage must not end the sweeping for good
-                log.warning("journal sweep failed; retrying later", exc_info=True)
+            await self._sweep_once()
+
+    async def _sweep_once(self) -> None:
+        # Neither a start nor the sweeping depends on a sweep: what it cannot roll back
+        # now stays in the journal for the next one (a server outage, which would fail a
+        # start at its next step anyway, must not end the periodic sweeping for good).
+        try:
+            await journal.sweep(self.db)
+        except Exception:
+            log.warning("journal sweep failed; retrying later", exc_info=True)
 
     async def close(self) -> None:
         if self._sweeper is not None:
@@ -118,82 +127,101 @@ class MongoStore:
         return None if result.get("ok") else "the database does not answer"
 
     # ------------------------------------------------------------------ reads
-    async def _where(self, kind: type[Record], where: Filter) -> dict[str, Any]:
-        return await self._filters.compile(kind, where)
+    async def _read(self, kind: type[Record], query: Query, extra: dict[str, Any] | None = None,
+                    sort: Sequence[tuple[str, int]] = (), limit: int | None = None
+                    ) -> list[dict[str, Any]]:
+        """The documents matching ``query`` and ``extra``: one ``find``, or an aggregation
+        when the query joins (``query.py``)."""
+        collection = self.db[kind.kind]
+        if query.stages:
+            pipeline = query.pipeline(extra, sort, limit)
+            return list(await (await collection.aggregate(pipeline)).to_list(None))
+        cursor = collection.find(all_of(query.before, extra))
+        if sort:
+            cursor = cursor.sort(list(sort))
+        if limit is not None:
+            cursor = cursor.limit(limit)
+        return list(await cursor.to_list(None))
 
+    @mapping_outages
     async def get_many(self, kind: type[E], ids: Sequence[str], where: Filter = ALL
                        ) -> list[E | None]:
         wanted = {str(i) for i in ids if ObjectId.is_valid(str(i))}
         if not wanted:
             return [None] * len(ids)
-        scope = await self._where(kind, where)
-        query: dict[str, Any] = {"_id": {"$in": [ObjectId(i) for i in wanted]}}
-        if scope is NEVER:
+        query = compile_query(kind, where)
+        if query.never:
             return [None] * len(ids)
-        if scope:
-            query = {"$and": [query, scope]}
-        docs = await self.db[kind.kind].find(query).to_list(None)
+        docs = await self._read(kind, query, {"_id": {"$in": [ObjectId(i) for i in wanted]}})
         found = {str(doc["_id"]): from_doc(kind, doc) for doc in docs}
         return [found.get(str(i)) for i in ids]  # type: ignore[misc]
 
+    @mapping_outages
     async def find_one(self, kind: type[E], where: Filter) -> E | None:
         found = await self.find_all(kind, where, (), limit=1)
         return found[0] if found else None
 
+    @mapping_outages
     async def find_all(self, kind: type[E], where: Filter, sort: Sequence[Sort] = (),
                        limit: int = 1000) -> list[E]:
         if limit <= 0:
             return []  # MongoDB reads limit(0) as "no limit"
-        query = await self._where(kind, where)
-        if query is NEVER:
+        query = compile_query(kind, where)
+        if query.never:
             return []
         docs = await self._sorted(kind, query, sort, limit=limit)
         return [from_doc(kind, doc) for doc in docs]  # type: ignore[misc]
 
-    async def _sorted(self, kind: type[Record], query: dict[str, Any], sort: Sequence[Sort],
-                      *, limit: int, positions: Sequence[dict[str, Any]] = (),
-                      reverse: bool = False) -> list[dict[str, Any]]:
-        """The first ``limit`` documents matching ``query`` and the cursor ``positions``
-        in ``sort`` order (reversed). A find where every key is a stored field; with a
-        distance key an aggregation that adds it (``computed_keys``) after the filter
-        (whose latitude band uses its index), so the cursor compares it, and sorts by it:
-        no index serves a distance, the ``Near`` filter bounds what is sorted."""
+    async def _sorted(self, kind: type[Record], query: Query, sort: Sequence[Sort], *,
+                      limit: int, extra: dict[str, Any] | None = None,
+                      positions: Sequence[dict[str, Any]] = (), reverse: bool = False
+                      ) -> list[dict[str, Any]]:
+        """The first ``limit`` documents matching ``query``, ``extra`` and the cursor
+        ``positions`` in ``sort`` order (reversed). ``_read`` where every key is a stored
+        field; with a distance key an aggregation that adds it (``computed_keys``) after
+        the filter (whose latitude band uses its index), so the cursor compares it, and
+        sorts by it: no index serves a distance, the ``Near`` filter bounds what is
+        sorted."""
         order = sort_spec(kind, sort, reverse)
         computed = computed_keys(kind, sort)
         if not computed:
-            parts = [part for part in (query, *positions) if part]
-            combined = {"$and": parts} if len(parts) > 1 else (parts[0] if parts else {})
-            cursor = self.db[kind.kind].find(combined).sort(order).limit(limit)
-            return await cursor.to_list(None)  # type: ignore[no-any-return]
-        stages: list[dict[str, Any]] = [{"$match": query}] if query else []
+            return await self._read(kind, query, all_of(extra, *positions), order, limit)
+        stages = query.pipeline(extra)
         stages.append({"$addFields": computed})
         if positions:
             stages.append({"$match": {"$and": list(positions)}})
         stages += [{"$sort": SON(order)}, {"$limit": limit}]
         return await (await self.db[kind.kind].aggregate(stages)).to_list(None)  # type: ignore[no-any-return]
 
+    @mapping_outages
     async def aggregate(self, kind: type[E], where: Filter, group: Sequence[Group],
                         metrics: Mapping[str, Metric]) -> list[dict[str, Any]]:
-        query = await self._where(kind, where)
-        if query is NEVER:
+        query = compile_query(kind, where)
+        if query.never:
             rows: list[dict[str, Any]] = []
         else:
-            stages = aggregate.pipeline(kind, query, group, metrics)
+            stages = aggregate.pipeline(kind, query.pipeline(), group, metrics)
             rows = await (await self.db[kind.kind].aggregate(stages)).to_list(None)
         if not group and not rows:
             rows = [{}]  # SQL's one row of zeros over no matches
         return [aggregate.decode_row(kind, group, metrics, row) for row in rows]
 
+    @mapping_outages
     async def count(self, kind: type[E], where: Filter) -> int:
-        query = await self._where(kind, where)
-        if query is NEVER:
+        query = compile_query(kind, where)
+        if query.never:
             return 0
-        return int(await self.db[kind.kind].count_documents(query))
+        if not query.stages:
+            return int(await self.db[kind.kind].count_documents(query.before))
+        pipeline = [*query.pipeline(), {"$count": "n"}]
+        rows = await (await self.db[kind.kind].aggregate(pipeline)).to_list(None)
+        return int(rows[0]["n"]) if rows else 0
 
+    @mapping_outages
     async def find_page(self, kind: type[E], where: Filter, sort: Sequence[Sort],
                         page: PageRequest) -> Page[E]:
-        query = await self._where(kind, where)
-        if query is NEVER:
+        query = compile_query(kind, where)
+        if query.never:
             return Page([], [], False, False)
         positions = []
         for cursor_value, is_after, field in ((page.after, True, "after"),
@@ -220,6 +248,7 @@ class MongoStore:
             return Page(items, cursors, has_next=page.before is not None, has_previous=more)
         return Page(items, cursors, has_next=more, has_previous=page.after is not None)
 
+    @mapping_outages
     async def find_grouped(self, kind: type[E], key_field: str, keys: Sequence[Any],
                            where: Filter, sort: Sequence[Sort], limit: int
                            ) -> dict[Any, list[E]]:
@@ -232,41 +261,40 @@ class MongoStore:
         originals = {compared(spec, k): k for k in keys if k is not None}
         if not originals or limit <= 0:
             return {}
-        query = await self._where(kind, where)
-        if query is NEVER:
+        query = compile_query(kind, where)
+        if query.never:
             return {}
         in_flight = asyncio.Semaphore(GROUPED_READS_IN_FLIGHT)
 
         async def first_rows(value: Any) -> list[E]:
-            match: dict[str, Any] = {shadow(spec): value}
             async with in_flight:
-                docs = await self._sorted(kind, {"$and": [match, query]} if query else match,
-                                          sort, limit=limit)
+                docs = await self._sorted(kind, query, sort, limit=limit,
+                                          extra={shadow(spec): value})
             return [from_doc(kind, doc) for doc in docs]  # type: ignore[misc]
 
         found = await asyncio.gather(*(first_rows(value) for value in originals))
         return {originals[value]: rows
                 for value, rows in zip(originals, found, strict=True) if rows}
 
+    @mapping_outages
     async def count_grouped(self, kind: type[E], key_field: str, keys: Sequence[Any],
                             where: Filter) -> dict[Any, int]:
         spec = spec_of(kind, key_field)
         originals = {compared(spec, k): k for k in keys if k is not None}
         if not originals:
             return {}
-        query = await self._where(kind, where)
-        if query is NEVER:
+        query = compile_query(kind, where)
+        if query.never:
             return {}
         key_name = shadow(spec)
-        match: dict[str, Any] = {key_name: {"$in": list(originals)}}
-        if query:
-            match = {"$and": [match, query]}
-        pipeline = [{"$match": match}, {"$group": {"_id": f"${key_name}", "n": {"$sum": 1}}}]
+        pipeline = [*query.pipeline({key_name: {"$in": list(originals)}}),
+                    {"$group": {"_id": f"${key_name}", "n": {"$sum": 1}}}]
         rows = await (await self.db[kind.kind].aggregate(pipeline)).to_list(None)
         return {originals[row["_id"]]: int(row["n"]) for row in rows
                 if row["_id"] in originals}
 
     # ------------------------------------------------------------------ writes
+    @mapping_outages
     async def write(self, changes: Sequence[Change], audit: Sequence[AuditEntry]) -> None:
         if not changes and not audit:
             return
@@ -276,6 +304,7 @@ class MongoStore:
         batch = await Batch.open(self.db, changes, audit)
         await batch.run(changes, audit)
 
+    @mapping_outages
     async def next_sequence(self, name: str) -> int:
         doc = await self.db[COUNTERS].find_one_and_update(
             {"_id": name}, {"$inc": {"value": 1}}, upsert=True,

@@ -16,9 +16,18 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import bson
 import pytest
 from bson import ObjectId
-from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.errors import (
+    AutoReconnect,
+    BulkWriteError,
+    DuplicateKeyError,
+    NetworkTimeout,
+    NotPrimaryError,
+    OperationFailure,
+    ServerSelectionTimeoutError,
+)
 
 from domain.entities import (
     AuditAction,
@@ -39,9 +48,10 @@ from domain.entities import (
     Tariff,
     User,
 )
-from domain.errors import Conflict, NotFound, UniqueViolation
+from domain.errors import Conflict, NotFound, StoreUnavailable, UniqueViolation
+from domain.policy import Policy, Viewer
 from domain.ports import PARTIAL_UNIQUE_RULES, UNIQUE_RULES, Delete, Insert, InsertIfAbsent, Update
-from domain.query import ALL, Eq, In, Near, Range, Search, Sort, Sub
+from domain.query import ALL, Eq, In, Near, PageRequest, Range, Search, Sort, Sub
 from graph.history import NEWEST_FIRST as HISTORY_NEWEST_FIRST
 from graph.history import OLDEST_FIRST
 from graph.nodes import BY_CONNECTOR, NEWEST_FIRST
@@ -590,25 +600,147 @@ async def stored(store: MongoStore, station: Station) -> Station:
 
 
 @pytest.mark.parametrize("whole", [False, True], ids=["partial", "replace"])
-@pytest.mark.parametrize("audited", [False, True], ids=["alone", "batch"])
 async def test_an_update_committed_after_the_batch_wrote_survives_its_rollback(
     mongo: MongoStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
-    whole: bool, audited: bool
+    whole: bool
 ) -> None:
     station = Station(cp_id="CP-L", name="original")
     await mongo.write([Insert(station)], [])
     pause = Paused(monkeypatch, writes, "apply", writing(station.id, "A"))
-    entry = audit_of(station)
 
     async def other() -> None:
-        await mongo.write([rename(station, "B", whole)], [entry] if audited else [])
+        await mongo.write([rename(station, "B", whole)], [])
 
     await pause.meanwhile(mongo.write([rename(station, "A", whole), Update(GHOST)], []), other)
 
     assert (await stored(mongo, station)).name == "B"
-    assert (await mongo.get_many(AuditEntry, [entry.id]))[0] == (entry if audited else None)
     assert raw(mongo)[JOURNAL].count_documents({}) == 0
     assert f"station {station.id}" in caplog.text  # left alone, and said so
+
+
+class Blocked:
+    """Set when a batch cannot go on: it waits for another batch in flight to finish
+    (``journal.wait_settled``), or it reached a write the test holds back."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.event = asyncio.Event()
+        original = journal.wait_settled
+
+        async def waiting(*args: Any, **kwargs: Any) -> bool:
+            self.event.set()
+            return await original(*args, **kwargs)
+
+        monkeypatch.setattr(journal, "wait_settled", waiting)
+
+
+@pytest.mark.parametrize("whole", [False, True], ids=["partial", "replace"])
+async def test_a_batch_writes_over_another_batch_in_flight_only_once_it_is_settled(
+    mongo: MongoStore, monkeypatch: pytest.MonkeyPatch, whole: bool
+) -> None:
+    """Batch B meets A's uncommitted rename: it waits for A (which fails) and then writes
+    on the document as A's rollback left it, as SQLite's write lock orders them."""
+    station = Station(cp_id="CP-W", name="original")
+    await mongo.write([Insert(station)], [])
+    pause = Paused(monkeypatch, writes, "apply", writing(station.id, "A"))
+    blocked = Blocked(monkeypatch)
+    entry = audit_of(station)
+    a = asyncio.create_task(mongo.write([rename(station, "A", whole), Update(GHOST)], []))
+    await asyncio.wait_for(pause.reached.wait(), 5)
+    b = asyncio.create_task(mongo.write([rename(station, "B", whole)], [entry]))
+    await asyncio.wait_for(blocked.event.wait(), 5)
+
+    pause.resume.set()
+    with pytest.raises(NotFound):
+        await a
+    await asyncio.wait_for(b, 5)
+
+    assert (await stored(mongo, station)).name == "B"
+    assert (await mongo.get_many(AuditEntry, [entry.id]))[0] == entry
+    assert raw(mongo)[JOURNAL].count_documents({}) == 0
+
+
+@pytest.mark.parametrize("whole", [False, True], ids=["partial", "replace"])
+@pytest.mark.parametrize("b_read", ["after", "before"])
+async def test_two_failing_batches_on_one_document_leave_nothing_of_either(
+    mongo: MongoStore, monkeypatch: pytest.MonkeyPatch, whole: bool, b_read: str
+) -> None:
+    """A renames the station, B (another request) sets its address; A fails, then B
+    fails. B used to take A's uncommitted rename as its image: A's rollback left the
+    document (B's mark), B's restored A's rename, and name 'A' stayed with no audit.
+    ``b_read``: whether B read its images after A wrote (``Batch.open``) or before (its
+    write then finds the document changed and reads it again)."""
+    station = Station(cp_id="CP-C", name="original")
+    await mongo.write([Insert(station)], [])
+    b_ghost = Company(name="Never stored either")
+    b_planned = Paused(monkeypatch, journal, "plan", lambda db, changes: any(
+        change.record is b_ghost for change in changes))
+    if b_read == "after":
+        b_planned.resume.set()
+    a_wrote = Paused(monkeypatch, writes, "apply", writing(station.id, "A"))
+    blocked = Blocked(monkeypatch)
+    a_done = asyncio.Event()
+    apply = writes.apply
+
+    async def b_fails_after_a(db: Any, step: Any, *rest: Any) -> list[Record]:
+        if isinstance(step, Update) and step.record is b_ghost:
+            blocked.event.set()
+            await asyncio.wait_for(a_done.wait(), 5)
+        return await apply(db, step, *rest)
+
+    monkeypatch.setattr(writes, "apply", b_fails_after_a)
+    addressed = dataclasses.replace(station, address="B street")
+    b_change = Update(addressed) if whole else Update(addressed, frozenset({"address"}))
+
+    async def batch_a() -> None:
+        try:
+            await mongo.write([rename(station, "A", whole), Update(GHOST)], [audit_of(station)])
+        finally:
+            a_done.set()
+
+    async def batch_b() -> None:
+        await mongo.write([b_change, Update(b_ghost)], [audit_of(station)])
+
+    if b_read == "before":
+        b = asyncio.create_task(batch_b())
+        await asyncio.wait_for(b_planned.reached.wait(), 5)
+    a = asyncio.create_task(batch_a())
+    await asyncio.wait_for(a_wrote.reached.wait(), 5)
+    if b_read == "after":
+        b = asyncio.create_task(batch_b())
+    b_planned.resume.set()
+    await asyncio.wait_for(blocked.event.wait(), 5)  # B waits for A, or wrote and waits
+    a_wrote.resume.set()
+    for task in (a, b):
+        with pytest.raises(NotFound):
+            await asyncio.wait_for(task, 5)
+
+    assert await stored(mongo, station) == station
+    assert await mongo.count(AuditEntry, ALL) == 0
+    assert raw(mongo)[JOURNAL].count_documents({}) == 0
+
+
+async def test_a_batch_another_batch_holds_up_too_long_fails_changed(
+    mongo: MongoStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rather than capture an uncommitted image (a batch paused here, a writer that died
+    and is not yet stale): the request may be sent again."""
+    station = Station(cp_id="CP-T", name="original")
+    await mongo.write([Insert(station)], [])
+    pause = Paused(monkeypatch, writes, "apply", writing(station.id, "A"))
+    monkeypatch.setattr(journal, "SETTLE_WAIT_S", 0.05)
+    a = asyncio.create_task(mongo.write([rename(station, "A"), Update(GHOST)], []))
+    await asyncio.wait_for(pause.reached.wait(), 5)
+
+    with pytest.raises(Conflict) as raised:
+        await mongo.write([rename(station, "B")], [audit_of(station)])
+
+    assert (raised.value.code, raised.value.field) == ("CHANGED", "id")
+    pause.resume.set()
+    with pytest.raises(NotFound):
+        await a
+    assert await stored(mongo, station) == station
+    assert await mongo.count(AuditEntry, ALL) == 0
+    assert raw(mongo)[JOURNAL].count_documents({}) == 0
 
 
 async def test_a_document_changed_elsewhere_after_the_batch_wrote_it_is_left_as_it_is(
@@ -854,6 +986,75 @@ async def test_a_sweep_undoes_what_a_dead_writer_wrote_and_nobody_changed_since(
     assert raw(mongo)[JOURNAL].count_documents({}) == 0
 
 
+def completing(session: Session) -> Update:
+    """The stop of ``session`` as the charging service writes it (a partial update)."""
+    done = dataclasses.replace(session, state=SessionState.COMPLETED,
+                               end_time=T0 + timedelta(hours=1))
+    return Update(done, frozenset({"state", "end_time"}))
+
+
+async def test_a_restore_a_unique_rule_refuses_leaves_the_document_and_closes_the_journal(
+    mongo: MongoStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A stop batch fails after completing the session; meanwhile a new ACTIVE session
+    took the connector. Putting ``state: ACTIVE`` back would break the one-active-session
+    index: the rollback raised, kept its journal, and every sweep (every start) failed."""
+    station = Station(cp_id="CP-U", name="U")
+    old = session_on(station, 1, 1)
+    await mongo.write([Insert(station), Insert(old)], [])
+    new = session_on(station, 1, 2)
+    pause = Paused(monkeypatch, writes, "apply", lambda db, step, *rest: isinstance(
+        step, Update) and step.record.id == old.id)
+
+    async def other() -> None:
+        await mongo.write([Insert(new)], [])
+
+    await pause.meanwhile(mongo.write([completing(old), Update(GHOST)], [audit_of(old)]),
+                          other)
+
+    states = {s.transaction_id: s.state for s in await mongo.find_all(Session, ALL)}
+    assert states == {1: SessionState.COMPLETED, 2: SessionState.ACTIVE}
+    assert await mongo.count(AuditEntry, ALL) == 0
+    assert raw(mongo)[JOURNAL].count_documents({}) == 0
+    assert f"could not put back session {old.id}" in caplog.text
+
+
+async def test_a_sweep_a_unique_rule_refuses_still_closes_the_journal_and_starts(
+    mongo: MongoStore
+) -> None:
+    """The same, left by a writer that died after its first write: the sweep must not
+    raise, and a store starting afterwards must start."""
+    station = Station(cp_id="CP-V", name="V")
+    old = session_on(station, 1, 1)
+    await mongo.write([Insert(station), Insert(old)], [])
+    changes = [completing(old), rename(station, "x")]
+    dead = await batch_module.Batch.open(mongo.db, changes, [])
+    await dead._write(writes.steps(changes)[0], dead.id)  # then the writer dies
+    await mongo.write([Insert(session_on(station, 1, 2))], [])
+
+    later = datetime.now(UTC) + journal.STALE_AFTER + timedelta(seconds=1)
+    assert await journal.sweep(mongo.db, later) == 1
+
+    assert raw(mongo)[JOURNAL].count_documents({}) == 0
+    restarted = MongoStore(mongo.db, sweep_every=None)
+    await restarted.start()
+    states = {s.transaction_id: s.state for s in await restarted.find_all(Session, ALL)}
+    assert states == {1: SessionState.COMPLETED, 2: SessionState.ACTIVE}
+
+
+async def test_a_start_does_not_fail_on_a_batch_its_sweep_cannot_roll_back(
+    mongo: MongoStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    leave_half_a_batch(mongo, datetime.now(UTC) - timedelta(minutes=10))
+
+    async def fails(*args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        raise RuntimeError("cannot roll back now")
+
+    monkeypatch.setattr(journal, "roll_back", fails)
+    await mongo.start()  # logged; the journal waits for a later sweep
+    assert raw(mongo)[JOURNAL].count_documents({}) == 1
+
+
 # ---------------------------------------------------------------------------- filters
 
 
@@ -884,6 +1085,72 @@ async def test_sub_converts_between_object_ids_and_text(mongo: MongoStore) -> No
     # Outer ObjectId field, inner text (``entity_id``); text that is no id is dropped.
     audited = Sub("id", "audit_entry", ALL, select="entity_id")
     assert await mongo.find_all(User, audited) == [bob]
+
+
+class CommandSizes:
+    """The BSON size of every query a store sends (find filters, pipelines, distinct)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.sizes: list[int] = []
+        find, aggregate, getattr_ = (AsyncCollection.find, AsyncCollection.aggregate,
+                                     AsyncCollection.__getattr__)
+
+        def sized(*args: Any) -> None:
+            self.sizes.append(len(bson.encode({"args": list(args)})))
+
+        def finding(collection: AsyncCollection, *args: Any, **kwargs: Any) -> AsyncCursor:
+            sized(*args)
+            return find(collection, *args, **kwargs)
+
+        async def aggregating(collection: AsyncCollection, pipeline: list[dict[str, Any]]
+                              ) -> Any:
+            sized(pipeline)
+            return await aggregate(collection, pipeline)
+
+        def other(collection: AsyncCollection, name: str) -> Any:
+            method = getattr_(collection, name)
+
+            async def call(*args: Any, **kwargs: Any) -> Any:
+                sized(*args)
+                return await method(*args, **kwargs)
+
+            return call
+
+        monkeypatch.setattr(AsyncCollection, "find", finding)
+        monkeypatch.setattr(AsyncCollection, "aggregate", aggregating)
+        monkeypatch.setattr(AsyncCollection, "__getattr__", other)
+
+
+async def test_an_operator_audit_read_stays_small_whatever_their_books_hold(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each ``Sub`` used to be run first and inlined as an ``$in`` of every id: past ~240k
+    sessions and payments in a company's books the operator's audit read was over the
+    16 MiB command limit. Here 2,000 sessions (stored before the indexes, which mongomock
+    checks in one pass then): the commands must stay the size of the filter."""
+    company = Company(name="Big")
+    operator = User(email="op@example.com", name="Op", role=Role.OPERATOR,
+                    company_id=company.id)
+    station = Station(cp_id="CP-BIG", name="Big", company_id=company.id)
+    sessions = [dataclasses.replace(session_on(station, n, n, SessionState.COMPLETED),
+                                    company_id=company.id) for n in range(2000)]
+    db = async_mongomock_database()
+    db.sync()["session"].insert_many([to_doc(s) for s in sessions])
+    mongo = MongoStore(db, sweep_every=None)
+    await mongo.start()
+    elsewhere = dataclasses.replace(session_on(station, 0, 9999), company_id=str(ObjectId()))
+    mine, theirs = audit_of(sessions[1234]), audit_of(elsewhere)
+    await mongo.write([Insert(company), Insert(operator), Insert(station), Insert(elsewhere)],
+                      [mine, theirs])
+    scope = Policy().scope(Viewer(operator.id, Role.OPERATOR, company.id), "audit_entry")
+    sizes = CommandSizes(monkeypatch)
+
+    page = await mongo.find_page(AuditEntry, scope, [Sort("at", descending=True)],
+                                 PageRequest(first=10))
+    counted = await mongo.count(AuditEntry, scope)
+
+    assert [entry.id for entry in page.items] == [mine.id] and counted == 1
+    assert sizes.sizes and max(sizes.sizes) < 8 * 1024  # 2,000 ids inlined: ~40 KiB more
 
 
 async def test_search_over_no_fields_matches_nothing(mongo: MongoStore) -> None:
@@ -921,6 +1188,124 @@ async def test_connect_picks_the_database(url: str, database: str | None, name: 
     store = MongoStore.connect(url, database)
     assert store.db.name == name
     await store.close()
+
+
+class Outage:
+    """Makes every call of ``method`` on the adapter's collections raise ``error``."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, method: str, error: Exception
+                 ) -> None:
+        getattr_ = AsyncCollection.__getattr__
+
+        def failing(collection: AsyncCollection, name: str) -> Any:
+            if name != method:
+                return getattr_(collection, name)
+
+            async def call(*args: Any, **kwargs: Any) -> Any:
+                raise error
+
+            return call
+
+        monkeypatch.setattr(AsyncCollection, "__getattr__", failing)
+
+
+OUTAGES = [
+    ServerSelectionTimeoutError("127.0.0.1:27017: [Errno 111] Connection refused"),
+    AutoReconnect("connection closed"),
+    NetworkTimeout("127.0.0.1:27017: timed out"),
+    NotPrimaryError("not primary"),
+    OperationFailure("Out of disk space", code=14031),
+    BulkWriteError({"writeErrors": [{"index": 0, "code": 14031,
+                                     "errmsg": "Out of disk space"}]}),
+]
+
+
+@pytest.mark.parametrize("error", OUTAGES, ids=lambda e: type(e).__name__)
+async def test_an_outage_is_store_unavailable(mongo: MongoStore, monkeypatch: pytest.MonkeyPatch,
+                                              error: Exception) -> None:
+    """As the SQLite store reports a full disk: a user error with its code (a charger
+    connecting is then told 1013), not an unexpected error with a traceback."""
+    station = Station(cp_id="CP-O", name="O")
+    Outage(monkeypatch, "insert_many", error)
+    with pytest.raises(StoreUnavailable) as raised:
+        await mongo.write([Insert(station)], [])
+    assert raised.value.code == "STORE_UNAVAILABLE"
+    assert raised.value.reason == str(error)
+    assert "127.0.0.1" not in raised.value.message  # hosts go to logs, not to clients
+
+
+@pytest.mark.parametrize("read", ["count", "get_many", "find_all", "find_page", "sub"])
+async def test_reads_in_an_outage_are_store_unavailable(
+    mongo: MongoStore, monkeypatch: pytest.MonkeyPatch, read: str
+) -> None:
+    station = Station(cp_id="CP-R", name="R")
+    await mongo.write([Insert(station)], [])
+    error = ServerSelectionTimeoutError("no server")
+
+    def failing(*args: Any, **kwargs: Any) -> Any:
+        raise error
+
+    monkeypatch.setattr(AsyncCursor, "to_list", failing)
+    Outage(monkeypatch, "count_documents", error)
+    calls = {
+        "count": lambda: mongo.count(Station, ALL),
+        "get_many": lambda: mongo.get_many(Station, [station.id]),
+        "find_all": lambda: mongo.find_all(Station, ALL),
+        "find_page": lambda: mongo.find_page(Station, ALL, [], PageRequest(first=1)),
+        "sub": lambda: mongo.find_all(Connector, Sub("station_id", "station", ALL)),
+    }
+    if read == "sub":
+        async def aggregating(*args: Any) -> Any:
+            raise error
+
+        monkeypatch.setattr(AsyncCollection, "aggregate", aggregating)
+    with pytest.raises(StoreUnavailable):
+        await calls[read]()
+
+
+async def test_other_driver_errors_are_not_outages(mongo: MongoStore,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    Outage(monkeypatch, "count_documents", OperationFailure("bad query", code=2))
+    with pytest.raises(OperationFailure):
+        await mongo.count(Station, ALL)
+
+
+@pytest.mark.parametrize(("url", "expected"), [
+    ("mongodb://127.0.0.1:1/fleet", 5.0),
+    ("mongodb://127.0.0.1:1/fleet?serverSelectionTimeoutMS=12000", 12.0),
+    ("mongodb://127.0.0.1:1/fleet?appname=x&SERVERSELECTIONTIMEOUTMS=700", 0.7),
+])
+async def test_server_selection_waits_seconds_unless_the_url_says(url: str, expected: float
+                                                                  ) -> None:
+    store = MongoStore.connect(url)
+    client = store.db.client
+    assert client.options.server_selection_timeout == expected
+    assert client.options.pool_options.connect_timeout == 5.0
+    await store.close()
+
+
+async def test_a_store_that_fails_to_start_closes_its_client(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from chargegraph.startup import StartupFailed
+    from chargegraph.stores import started_store
+
+    closed: list[MongoStore] = []
+    close = MongoStore.close
+
+    async def failing_start(self: MongoStore) -> None:
+        raise ServerSelectionTimeoutError("127.0.0.1:1: Connection refused")
+
+    async def recording_close(self: MongoStore) -> None:
+        closed.append(self)
+        await close(self)
+
+    monkeypatch.setattr(MongoStore, "start", failing_start)
+    monkeypatch.setattr(MongoStore, "close", recording_close)
+    with pytest.raises(StartupFailed, match="Connection refused"):
+        async with started_store("mongodb://127.0.0.1:1/cg_fail"):
+            pass
+    assert len(closed) == 1
 
 
 # ---------------------------------------------------------------------------- migrations
