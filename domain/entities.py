@@ -257,6 +257,11 @@ class Session(Record):
     power_w: float | None = None
     #: The charger's time of the reading ``power_w`` comes from.
     power_at: datetime | None = None
+    #: The vehicle's latest State of Charge (percent) the charger reported, and the
+    #: charger's time of that reading: kept with the live energy, so a page of sessions
+    #: shows it without reading their samples.
+    soc_percent: float | None = None
+    soc_at: datetime | None = None
     stop_reason: str | None = None
     state: SessionState = SessionState.ACTIVE
     reservation_id: int | None = None

@@ -23,7 +23,6 @@ from domain.errors import ValidationError
 from domain.ocpp16 import Measurand
 from domain.query import ALL, Eq, Filter, In, Sort, all_of
 from graph.filters import window
-from graph.loaders import Loaders
 from graph.relay import Connection, PageArgs, Wrap, nested_connection
 
 if TYPE_CHECKING:
@@ -42,8 +41,6 @@ OLDEST_FIRST = (Sort("at"),)
 #: Newest first, ``id`` descending too: each parent's rows then come out of its index
 #: ``(parent, …, at, id)`` read backwards, with no sort of the ties.
 NEWEST_FIRST = (Sort("at", descending=True), Sort("id", descending=True))
-#: State of Charge samples (a plain string: the stored value, on both stores).
-STATE_OF_CHARGE: Filter = Eq("measurand", Measurand.SOC.value)
 
 
 @strawberry.type(description="One sampled value of a session's meter (OCPP MeterValues).")
@@ -115,16 +112,3 @@ async def connection_history(ctx: GraphContext, station: d.Station, start: datet
     return await nested_connection(ctx, d.ConnectionEvent, ConnectionEvent.wrap,
                                    "station_id", station.id, window("at", start, end) or ALL,
                                    NEWEST_FIRST, args)
-
-
-def latest_soc(ctx: GraphContext) -> Any:
-    """The loader of a session's newest State of Charge sample (by session id)."""
-    return ctx.loaders.shared(_new_latest_soc_loader)
-
-
-def _new_latest_soc_loader(loaders: Loaders) -> Any:
-    return loaders.one_by(d.MeterSample, "session_id", STATE_OF_CHARGE, NEWEST_FIRST)
-
-
-def soc_value(sample: d.MeterSample | None) -> float | None:
-    return sample.value if sample is not None else None

@@ -699,8 +699,6 @@ class Session(Node, Audited):
             loads.append(_connectors_of(ctx).fetch(list({s.station_id for s in sessions})))
         if wants("payment"):
             loads.append(_payment_of(ctx).fetch([s.id for s in sessions]))
-        if wants("socPercent"):
-            loads.append(history.latest_soc(ctx).fetch([s.id for s in sessions]))
         # Together where the store overlaps reads (network round trips); else one by one,
         # without tasks and loop turns that would overlap nothing (SQLite: 3 % of a
         # ten-station page).
@@ -738,9 +736,8 @@ class Session(Node, Audited):
 
     @strawberry.field(description="The latest State of Charge the charger reported for "
                                   "this session, in percent; null when it reports none.")
-    def soc_percent(self, info: Info) -> float | None:
-        return _now_or_later(history.latest_soc(_ctx(info)), self._r.id,  # type: ignore[no-any-return]
-                             history.soc_value)
+    def soc_percent(self) -> float | None:
+        return self._r.soc_percent
 
     @strawberry.field(description="The session's meter samples, oldest first: its charging "
                                   "curve. Seen by whoever sees the session.")

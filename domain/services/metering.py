@@ -20,6 +20,7 @@ from domain.services.base import charger, patch, stamp_new
 
 ENERGY_REGISTER = "Energy.Active.Import.Register"
 POWER = "Power.Active.Import"
+SOC = "SoC"
 #: The phases whose readings add up to a total (per line, to neutral or unspecified).
 #: Line-to-line and neutral readings do not.
 LINE_OF_PHASE = {"L1": "L1", "L2": "L2", "L3": "L3",
@@ -204,12 +205,24 @@ def reading_power(reading: MeterReading) -> float | None:
     return sum(lines.values()) if lines else None
 
 
+def reading_soc(reading: MeterReading) -> float | None:
+    """The vehicle's State of Charge in the reading (percent), ``None`` without one or
+    with one no battery can show."""
+    for sv in reading.values:
+        if sv.measurand == SOC and sv.phase is None:
+            value = reading_number(sv)
+            if value is not None and 0 <= value <= 100:
+                return value
+    return None
+
+
 def live_patch(session: Session, readings: list[MeterReading], added: int,
                actor: Viewer, believable: Callable[[datetime], bool]) -> Update | None:
     """Live energy grows by what the frame's samples add (``added``, their
     ``delta_wh``): never from the newest reading alone, which a late or lower one would
     take back, and always equal to the sum of the session's increments. Power from
-    the newest total active power (``reading_power``), unless the power shown is newer (a believable
+    the newest total active power (``reading_power``), State of Charge from the newest
+    reading of it (``reading_soc``), each unless the one shown is newer (a believable
     time: one stamped in our future by a glitching clock must not freeze it). ``None``
     when nothing changed."""
     power_at = session.power_at
@@ -222,7 +235,18 @@ def live_patch(session: Session, readings: list[MeterReading], added: int,
         # outage) must not put an old value over the current one.
         if value is not None and (power_at is None or reading.timestamp >= power_at):
             power_at, power = reading.timestamp, value
+    soc_at = session.soc_at
+    if soc_at is not None and not believable(soc_at):
+        soc_at = None
+    soc = None
+    for reading in readings:
+        value = reading_soc(reading)
+        if value is not None and (soc_at is None or reading.timestamp >= soc_at):
+            soc_at, soc = reading.timestamp, value
     updates: dict[str, Any] = {}
+    if soc is not None:
+        updates["soc_percent"] = soc
+        updates["soc_at"] = as_utc(soc_at) if soc_at is not None else None
     if added:
         updates["energy_wh"] = session.energy_wh + added
     if power is not None:

@@ -43,12 +43,10 @@ INDEXES: dict[str, list[list[tuple[str, int]]]] = {
                 [("station_owner_id", ASCENDING), ("start_time", DESCENDING)],
                 # An admin's analytics range over all sessions by start or end.
                 [("start_time", ASCENDING)], [("end_time", ASCENDING)]],
-    # A session's samples oldest first, and by measurand (its latest State of Charge);
+    # A session's samples oldest first;
     # a connector's status history and a station's connection history newest first
     # (``at`` and ``_id`` both descending: the index walked backwards).
     "meter_sample": [[("session_id", ASCENDING), ("at", ASCENDING), ("_id", ASCENDING)],
-                     [("session_id", ASCENDING), ("measurand", ASCENDING), ("at", ASCENDING),
-                      ("_id", ASCENDING)],
                      [("cp_id", ASCENDING), ("at", ASCENDING)], [("at", ASCENDING)]],
     "status_event": [[("cp_id", ASCENDING), ("connector_id", ASCENDING), ("at", ASCENDING)],
                      [("station_id", ASCENDING), ("at", ASCENDING)],

@@ -507,14 +507,19 @@ ALTER TABLE "connector_interval" ADD COLUMN "point_error_code" TEXT;
 # ``socPercent``, ``Connector.statusHistory``, ``Station.connectionHistory``) read each
 # parent's first rows in order, from an index that ends with the ``id`` tie-breaker (as
 # version 5 did for connectors): without it SQLite sorted the ties of every parent in a
-# temporary B-tree, and a connector's history walked its whole station's. The session's
-# samples by measurand find its latest State of Charge without reading the rest of its
-# samples (a charger that reports none, most AC ones, made that a walk of the session).
+# temporary B-tree, and a connector's history walked its whole station's. A session
+# keeps its latest State of Charge (``Session.soc_percent``, set with its live energy),
+# taken here from the samples of sessions recorded before: one walk of the samples now
+# rather than an index by measurand that every sample written would pay for.
 _V21 = """
 DROP INDEX "meter_sample_session_at_idx";
 CREATE INDEX "meter_sample_session_at_idx" ON "meter_sample" ("session_id", "at", "id");
-CREATE INDEX "meter_sample_session_measurand_at_idx"
-    ON "meter_sample" ("session_id", "measurand", "at", "id");
+ALTER TABLE "session" ADD COLUMN "soc_percent" REAL;
+ALTER TABLE "session" ADD COLUMN "soc_at" INTEGER;
+UPDATE "session" SET ("soc_percent", "soc_at") = (
+    SELECT "value", "at" FROM "meter_sample"
+    WHERE "meter_sample"."session_id" = "session"."id" AND "measurand" = 'SoC'
+    ORDER BY "at" DESC, "id" DESC LIMIT 1);
 CREATE INDEX "status_event_station_connector_at_idx"
     ON "status_event" ("station_id", "connector_id", "at", "id");
 DROP INDEX "connection_event_station_at_idx";

@@ -509,6 +509,26 @@ async def test_a_total_register_beside_per_phase_ones_is_the_one_counted(
     assert (live.energy_wh, live.power_w) == (500, 7000)
 
 
+def soc(percent: str, seconds: int) -> list[MeterReading]:
+    return [MeterReading(T0 + timedelta(seconds=seconds),
+                         (SampledValue(percent, "SoC", "Percent", location="EV"),))]
+
+
+async def test_the_session_keeps_its_latest_state_of_charge(world: World) -> None:
+    """A page of sessions shows their State of Charge without reading their samples: the
+    session keeps the newest reading, as it keeps its live power."""
+    charging = world.services.charging
+    tx, _ = await charging.start_transaction(CP, 1, "TAG-1", 0, T0)
+    await charging.meter_values(CP, 1, tx, soc("41", 60))
+    await charging.meter_values(CP, 1, tx, soc("44.5", 120))
+    live = await world.session(tx)
+    assert (live.soc_percent, live.soc_at) == (44.5, T0 + timedelta(seconds=120))
+    # A frame flushed late does not take it back; no battery shows 140 %.
+    await charging.meter_values(CP, 1, tx, soc("30", 90))
+    await charging.meter_values(CP, 1, tx, soc("140", 180))
+    assert (await world.session(tx)).soc_percent == 44.5
+
+
 async def test_a_meter_value_racing_end_session_adds_nothing_to_the_ended_session(
         world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     """endSession committed between a MeterValues frame's read of the session and its

@@ -284,8 +284,6 @@ NESTED_LISTS = [
     pytest.param(Session, "station_id", ("state",), (), id="Connector.activeSession"),
     pytest.param(Connector, "station_id", (), BY_CONNECTOR, id="Station.connectors"),
     pytest.param(MeterSample, "session_id", (), OLDEST_FIRST, id="Session.meterValues"),
-    pytest.param(MeterSample, "session_id", ("measurand",), HISTORY_NEWEST_FIRST,
-                 id="Session.socPercent"),
     pytest.param(StatusEvent, "station_id", ("connector_id",), HISTORY_NEWEST_FIRST,
                  id="Connector.statusHistory"),
     pytest.param(ConnectionEvent, "station_id", (), HISTORY_NEWEST_FIRST,

@@ -52,7 +52,7 @@ from domain.query import (
     Sub,
     all_of,
 )
-from graph.history import NEWEST_FIRST, OLDEST_FIRST, STATE_OF_CHARGE
+from graph.history import NEWEST_FIRST, OLDEST_FIRST
 from store.sqlite import SqliteStore, reader
 from store.sqlite.codec import SqlValue, field_specs
 from store.sqlite.migrations import MIGRATIONS, apply_migrations, split_statements
@@ -608,6 +608,32 @@ async def test_version_19_keeps_older_status_events_without_a_vendor_code(
         await store.close()
 
 
+async def test_version_21_gives_sessions_their_latest_state_of_charge(db_path: str) -> None:
+    """Sessions recorded before version 21 take their newest SoC sample; one without a
+    SoC sample keeps none."""
+    async with aiosqlite.connect(db_path, isolation_level=None) as conn:
+        await apply_migrations(conn, MIGRATIONS[:20])
+        stamps = "0, 0, 'system', 'system'"
+        for tx, sid in enumerate(("s1", "s2")):
+            await conn.execute(
+                'INSERT INTO "session" ("id", "created_at", "updated_at", "created_by", '
+                '"updated_by", "transaction_id", "station_id", "cp_id", "connector_id", '
+                '"id_tag", "start_time", "meter_start_wh", "energy_wh", "state") '
+                f"VALUES (?, {stamps}, ?, 'st1', 'CP-1', 1, 'T', 0, 0, 0, 'COMPLETED')",
+                (sid, tx))
+        for sample_id, session_id, at, measurand, value in (
+                ("m1", "s1", 1000, "SoC", 40.0), ("m2", "s1", 3000, "SoC", 62.0),
+                ("m3", "s1", 4000, "Voltage", 230.0), ("m4", "s2", 2000, "Voltage", 231.0)):
+            await conn.execute(
+                'INSERT INTO "meter_sample" ("id", "created_at", "updated_at", "created_by", '
+                '"updated_by", "session_id", "cp_id", "connector_id", "at", "measurand", '
+                f"\"value\") VALUES (?, {stamps}, ?, 'CP-1', 1, ?, ?, ?)",
+                (sample_id, session_id, at, measurand, value))
+        assert await apply_migrations(conn, MIGRATIONS[:21]) == [21]
+    assert raw(db_path, 'SELECT "id", "soc_percent", "soc_at" FROM "session" ORDER BY "id"'
+               ) == [("s1", 62.0, 3000), ("s2", None, None)]
+
+
 async def test_version_8_gives_existing_sessions_and_payments_their_books(
         db_path: str) -> None:
     """Rows written before version 8 get their station's company, or for a station of no
@@ -868,8 +894,6 @@ async def test_a_page_of_stations_connectors_come_out_of_the_index_in_order(
 @pytest.mark.parametrize(("kind", "key", "where", "sort", "index"), [
     pytest.param(MeterSample, "session_id", ALL, OLDEST_FIRST, "meter_sample_session_at_idx",
                  id="Session.meterValues"),
-    pytest.param(MeterSample, "session_id", STATE_OF_CHARGE, NEWEST_FIRST,
-                 "meter_sample_session_measurand_at_idx", id="Session.socPercent"),
     pytest.param(StatusEvent, "station_id", Eq("connector_id", 1), NEWEST_FIRST,
                  "status_event_station_connector_at_idx", id="Connector.statusHistory"),
     pytest.param(ConnectionEvent, "station_id", ALL, NEWEST_FIRST,
