@@ -529,6 +529,7 @@ class RenderGroup:
             # Nobody left to get them: renders not started yet are not run.
             self.hub.renders.taken(len(self._queued))
             self._queued.clear()
+            self._lane.clear()
 
 
 async def _finish(outcome: Awaitable[ExecutionResult]) -> str:

@@ -798,11 +798,13 @@ class HeldReads:
         self.inner = inner
         self.now = 0
         self.most = 0
+        self.calls = 0
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
     async def get_many(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
         self.now += 1
         self.most = max(self.most, self.now)
         try:
@@ -902,4 +904,38 @@ async def test_past_the_render_backlog_groups_coalesce_to_the_newest_event(
     assert (hub.renders.running, hub.renders.waiting) == (0, 0)
     await socket.close()
     await light.close()
+    await bus.close()
+
+
+async def test_renders_waiting_for_subscriptions_that_ended_are_not_run(
+        store: CountingStore) -> None:
+    held = HeldReads(store)
+    bus = MemoryEventBus()
+    services = Services(ServiceContext(store=held,  # type: ignore[arg-type]
+                                       policy=Policy(), hasher=FastHasher(), bus=bus))
+    live = Setup(services, await build_world(services), bus)
+
+    async def authorize(header: str | None) -> Viewer:
+        return await resolve_viewer(services, live.tokens, header)
+
+    live.endpoint = LiveEndpoint(services, live.tokens, schema, authorize, max_renders=1)
+    renders = live.endpoint.hub.renders
+    socket = await live.open("admin")
+    for i in range(10):
+        socket.subscribe(str(i), nested(i))
+    await live.subscribed(10)
+    await bus.publish(live.status("A-001", "gone"))
+    for _ in range(100):
+        if renders.running:
+            break
+        await asyncio.sleep(0)
+    assert renders.running == 1 and renders.waiting == 9
+    reads = held.calls
+    await socket.close()
+    assert renders.waiting == 0
+    for _ in range(100):
+        if not renders.running:
+            break
+        await asyncio.sleep(0)
+    assert renders.running == 0 and held.calls <= reads + 1  # the one under way at most
     await bus.close()
