@@ -46,6 +46,10 @@ TARGET_P99_MS = 50.0
 #: (subscribers, events per second) after the issue's own case.
 SWEEP = [(1000, 20), (1000, 50), (1000, 100), (100, 200)]
 MARKER = b'"info":"s'
+#: Subscribers per client source address (127.0.0.2, .3, …): under the server's per-address
+#: cap (``graph.live_ws.MAX_OPERATIONS_PER_CLIENT``, 200), which refused 800 of 1,000
+#: subscribers all connecting from 127.0.0.1.
+PER_ADDRESS = 100
 DROPPED = b'"droppedBefore":'
 
 
@@ -156,9 +160,15 @@ class Worker:
         self.ready = 0
 
 
-def client_process(port: int, path: str, token: str | None, count: int,
+def source_address(index: int) -> str:
+    """The loopback address subscriber ``index`` connects from (Linux routes 127/8)."""
+    return f"127.0.{(2 + index // PER_ADDRESS) // 256}.{(2 + index // PER_ADDRESS) % 256}"
+
+
+def client_process(port: int, path: str, token: str | None, count: int, first: int,
                    pipe: Connection) -> None:
-    """Opens ``count`` subscribers, says "ready", and on "stop" sends back what arrived."""
+    """Opens ``count`` subscribers (numbered from ``first``, for their source addresses),
+    says "ready", and on "stop" sends back what arrived."""
     raise_fd_limit()
 
     async def run() -> None:
@@ -170,7 +180,7 @@ def client_process(port: int, path: str, token: str | None, count: int,
         for index in range(count):
             transport, _ = await loop.create_connection(
                 lambda: Subscriber(worker, path, f"127.0.0.1:{port}", init),
-                "127.0.0.1", port)
+                "127.0.0.1", port, local_addr=(source_address(first + index), 0))
             transports.append(transport)
             if index % 50 == 49:
                 await asyncio.sleep(0.01)  # do not flood the accept queue
@@ -201,10 +211,11 @@ class Clients:
                   for i in range(processes)]
         self.pipes: list[Connection] = []
         self.processes = []
-        for share in shares:
+        for number, share in enumerate(shares):
             mine, theirs = context.Pipe()
             process = context.Process(target=client_process,
-                                      args=(port, path, token, share, theirs), daemon=True)
+                                      args=(port, path, token, share, sum(shares[:number]),
+                                            theirs), daemon=True)
             process.start()
             self.pipes.append(mine)
             self.processes.append(process)

@@ -15,6 +15,12 @@ delivery; a live map with a thousand viewers cannot afford that. Here:
   ``droppedBefore``…, see ``_local_fields``): those results cannot depend on who asks, so
   every viewer shares them. Any nested object (``station { owner … }``) depends on the
   viewer's scope and field views, so it is shared only between connections of one viewer.
+* Nested selections (store reads, resolvers) render through the process's
+  ``RenderQueue``: at most ``MAX_RENDERS`` at once, started one per loop turn, groups
+  taking turns; chargers' frames and queries run between them. Past ``RENDER_BACKLOG``
+  renders waiting, a group's render still waiting is coalesced into the newest event
+  (the newest state, with ``droppedBefore`` counting what was skipped). Event-only
+  selections are not queued: they cost no store read and are rendered at once.
 * Sends start eagerly: while a socket's transport is writable, uvicorn's ``send``
   completes without suspending, so a delivery costs no task switch. A socket that is not
   writable gets its messages queued (``Outbox``), at most ``queue_size`` per operation;
@@ -90,9 +96,21 @@ MAX_OPERATIONS_PER_CLIENT = 200
 MAX_OPERATIONS = 10_000
 #: How often a signed-in connection's token and user are checked again.
 REVALIDATE_EVERY = timedelta(seconds=60)
-#: Renders of one non-shared group (nested fields: store reads) in flight at once; past
-#: this the group skips new events and counts them in its members' ``droppedBefore``.
+#: Results of one non-shared group (nested fields: store reads) not yet handed out; past
+#: this the group's renders still waiting are coalesced into the newest event (see
+#: ``RenderQueue``), and if none is waiting the new event is skipped and counted in its
+#: members' ``droppedBefore``.
 LANE_LIMIT = 64
+#: Renders of nested selections running at once in the process. Each is a task whose steps
+#: share the event loop with chargers' frames and queries: thirty addresses of a hundred
+#: nested subscriptions, none sharing a group, started 3,000 of them per status change and
+#: a charger's Heartbeat waited seconds behind them for each of its loop turns.
+MAX_RENDERS = 4
+#: Renders waiting for one of those slots, in the process. Past this, a group with a render
+#: still waiting coalesces it into the newest event: its members get the newest state
+#: with the events skipped counted in ``droppedBefore``, instead of a queue that grows
+#: while events come faster than they can be rendered.
+RENDER_BACKLOG = 256
 
 Authorize = Callable[[str | None], Awaitable[Viewer]]
 Message = dict[str, Any]
@@ -293,9 +311,77 @@ class _Result:
                 self.give(op)
 
 
+class RenderQueue:
+    """The process's budget for rendering nested selections (the groups that are not
+    ``shared``; event-only selections are synchronous and go at once).
+
+    At most ``limit`` renders run at once, and they are started one per turn of the event
+    loop (a start runs the selection's synchronous part): whatever else is ready, a
+    charger's frame or a query's next step, runs between two starts and between the steps
+    of the renders running, instead of waiting behind thousands of them. Groups with
+    renders waiting take turns, one render each (round robin), so one group's backlog
+    does not hold the others up. While ``backlog`` renders wait (``crowded``), a group
+    with a render still waiting for an older event coalesces it into the newest
+    (``RenderGroup.render_for``), so what waits stays under ``backlog`` plus one per
+    group however fast events come."""
+
+    def __init__(self, limit: int = MAX_RENDERS, backlog: int = RENDER_BACKLOG) -> None:
+        self.limit = limit
+        self.backlog = backlog
+        #: Renders started and not finished; renders waiting for a start.
+        self.running = 0
+        self.waiting = 0
+        self._turns: deque[RenderGroup] = deque()
+        self._next: asyncio.Handle | None = None
+
+    @property
+    def crowded(self) -> bool:
+        return self.waiting >= self.backlog
+
+    def queued(self, group: RenderGroup) -> None:
+        """``group`` has one more render waiting."""
+        self.waiting += 1
+        if not group.in_turn:
+            group.in_turn = True
+            self._turns.append(group)
+        self._schedule()
+
+    def taken(self, count: int) -> None:
+        """``count`` renders no longer wait (started, coalesced or their group gone)."""
+        self.waiting -= count
+
+    def started(self) -> None:
+        self.running += 1
+
+    def finished(self) -> None:
+        self.running -= 1
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self._next is None and self._turns and self.running < self.limit:
+            self._next = asyncio.get_running_loop().call_soon(self._start_one)
+
+    def _start_one(self) -> None:
+        # One start per loop turn: ``call_soon`` from here runs after everything that was
+        # ready before it.
+        self._next = None
+        turns = self._turns
+        while turns and self.running < self.limit:
+            group = turns.popleft()
+            started = group.start_next()
+            if group.has_waiting():
+                turns.append(group)
+            else:
+                group.in_turn = False
+            if started:
+                break
+        self._schedule()
+
+
 class RenderGroup:
     """Operations whose results for an event are identical (see the module docstring):
-    the selection runs once per event (and per distinct ``droppedBefore``)."""
+    the selection runs once per event (and per distinct ``droppedBefore``); for a group
+    that is not ``shared``, when the process's ``RenderQueue`` gives it a turn."""
 
     def __init__(self, hub: LiveHub, key: tuple[Any, ...], executor: Executor,
                  feed: LiveFeed, context: GraphContext, shared: bool) -> None:
@@ -311,12 +397,20 @@ class RenderGroup:
         # Results not yet handed out, in event order: an async result holds back later
         # ones so a member never sees events out of order.
         self._lane: deque[_Result] = deque()
+        # The lane's tail not started yet (not ``shared``): waiting for the render queue.
+        self._queued: deque[_Result] = deque()
+        #: Whether the render queue has this group in its turns.
+        self.in_turn = False
 
     def render_for(self, event: DomainEvent, dropped: int, op: LiveOperation) -> None:
         if event is not self._last:
             self._last = event
             self._results = {}
         result = self._results.get(dropped)
+        if result is None and self._queued and self._queued[0].event is not event and (
+                self.hub.renders.crowded or len(self._lane) >= LANE_LIMIT):
+            dropped += self._coalesce(op)
+            result = self._results.get(dropped)
         if result is None:
             if len(self._lane) >= LANE_LIMIT:
                 op.dropped += dropped + 1
@@ -324,8 +418,31 @@ class RenderGroup:
             result = self._results[dropped] = self._start(event, dropped)
         result.give(op)
 
+    def _coalesce(self, op: LiveOperation) -> int:
+        """Drops the renders still waiting for events before this one: their members are
+        told they missed those events by the ``droppedBefore`` of the next they get (the
+        newest state, since nested fields read the records as they are when rendered).
+        Returns ``op``'s count, to be shaped into this event; the other members pick
+        theirs up when this event reaches them."""
+        queued, skipped = self._queued, set()
+        while queued and queued[0].event is not self._last:
+            result = queued.popleft()
+            skipped.add(result)
+            for member in result.waiting:
+                if not member.stopped:
+                    member.dropped += result.dropped + 1
+        self.hub.renders.taken(len(skipped))
+        self._lane = deque(r for r in self._lane if r not in skipped)
+        own, op.dropped = op.dropped, 0
+        return own
+
     def _start(self, event: DomainEvent, dropped: int) -> _Result:
         result = _Result(event, dropped)
+        if not self.shared:
+            self._lane.append(result)
+            self._queued.append(result)
+            self.hub.renders.queued(self)
+            return result
         outcome = self._execute(event, dropped)
         if isinstance(outcome, str):
             result.payload = outcome
@@ -338,11 +455,39 @@ class RenderGroup:
         self._lane.append(result)
         return result
 
+    def has_waiting(self) -> bool:
+        return bool(self._queued)
+
+    def start_next(self) -> bool:
+        """The render queue's turn: starts the oldest render waiting, if any."""
+        if not self._queued:
+            return False
+        result = self._queued.popleft()
+        renders = self.hub.renders
+        renders.taken(1)
+        outcome = self._execute(result.event, result.dropped)
+        if isinstance(outcome, str):
+            result.payload = outcome
+            self._release_ready()
+            return True
+        renders.started()
+        task = asyncio.get_running_loop().create_task(outcome)
+
+        def done(task: asyncio.Task[str]) -> None:
+            renders.finished()
+            self._finished(result, task)
+
+        task.add_done_callback(done)
+        return True
+
     def _finished(self, result: _Result, task: asyncio.Task[str]) -> None:
         if task.cancelled():
             result.payload = _dumps(_internal_error_payload())
         else:
             result.payload = task.result()
+        self._release_ready()
+
+    def _release_ready(self) -> None:
         lane = self._lane
         while lane and lane[0].payload is not None:
             lane.popleft().release()
@@ -381,6 +526,10 @@ class RenderGroup:
         self.members -= 1
         if self.members <= 0:
             self.hub.groups.pop(self.key, None)
+            # Nobody left to get them: renders not started yet are not run.
+            self.hub.renders.taken(len(self._queued))
+            self._queued.clear()
+            self._lane.clear()
 
 
 async def _finish(outcome: Awaitable[ExecutionResult]) -> str:
@@ -534,12 +683,15 @@ class LiveHub:
     def __init__(self, services: Services, tokens: TokenService, schema: Any,
                  queue_size: int = DEFAULT_QUEUE_SIZE, *,
                  max_operations: int = MAX_OPERATIONS,
-                 max_operations_per_client: int = MAX_OPERATIONS_PER_CLIENT) -> None:
+                 max_operations_per_client: int = MAX_OPERATIONS_PER_CLIENT,
+                 max_renders: int = MAX_RENDERS,
+                 render_backlog: int = RENDER_BACKLOG) -> None:
         self.services = services
         self.tokens = tokens
         self.schema = schema
         self.queue_size = queue_size
         self.groups: dict[tuple[Any, ...], RenderGroup] = {}
+        self.renders = RenderQueue(max_renders, render_backlog)
         self.max_operations = max_operations
         self.max_operations_per_client = max_operations_per_client
         #: Operations running on all sockets, and per client address.
@@ -944,10 +1096,13 @@ class LiveEndpoint:
                  connection_init_timeout: timedelta = timedelta(minutes=1),
                  revalidate_every: timedelta = REVALIDATE_EVERY,
                  max_operations: int = MAX_OPERATIONS,
-                 max_operations_per_client: int = MAX_OPERATIONS_PER_CLIENT) -> None:
+                 max_operations_per_client: int = MAX_OPERATIONS_PER_CLIENT,
+                 max_renders: int = MAX_RENDERS,
+                 render_backlog: int = RENDER_BACKLOG) -> None:
         self.hub = LiveHub(services, tokens, schema, queue_size,
                            max_operations=max_operations,
-                           max_operations_per_client=max_operations_per_client)
+                           max_operations_per_client=max_operations_per_client,
+                           max_renders=max_renders, render_backlog=render_backlog)
         self.authorize = authorize
         self.connection_init_timeout = connection_init_timeout
         self.revalidate_every = revalidate_every

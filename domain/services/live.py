@@ -6,8 +6,9 @@ Two ways to listen:
 * ``watch(viewer, topics, deliver, closed)``: push delivery for fan-out. Each topic has
   ONE bus subscription per process, however many watchers it has; its pump decides
   ``Policy.sees_event`` once per distinct viewer per event and calls the watchers'
-  ``deliver`` synchronously. A thousand map subscribers then cost the bus one queue, and
-  the caller can share the work of shaping one event between watchers.
+  ``deliver`` (plain calls, in order; after every ``HAND_OUT_SLICE`` of them it lets the
+  loop run what else is ready). A thousand map subscribers then cost the bus one queue,
+  and the caller can share the work of shaping one event between watchers.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ from domain.services.base import Service, ServiceContext
 log = logging.getLogger("chargegraph.live")
 
 Deliver = Callable[[DomainEvent | EventsDropped], None]
+#: Deliveries of one event made before the pump lets the loop run whatever else is ready
+#: (a charger's frame, a query's next step): an event watched by the 10,000 operations a
+#: process allows would otherwise hold the loop for the whole hand-out.
+HAND_OUT_SLICE = 256
 
 
 class Watch:
@@ -85,13 +90,20 @@ class _Pump:
         sees = self.live.policy.sees_event
         try:
             async for event in self.stream:
-                if isinstance(event, EventsDropped):
-                    for watches in tuple(self.by_viewer.values()):
-                        self._hand_out(watches, event)
-                    continue
+                everyone = isinstance(event, EventsDropped)
+                handed = 0
                 for viewer, watches in tuple(self.by_viewer.items()):
-                    if sees(viewer, event):
-                        self._hand_out(watches, event)
+                    if not everyone and not sees(viewer, event):
+                        continue
+                    for watch in watches:
+                        if watch.closed:  # also while we let others run, below
+                            continue
+                        self._deliver(watch, event)
+                        handed += 1
+                        if handed % HAND_OUT_SLICE == 0:
+                            # Watchers are handed events in order all the same: this
+                            # task is the only one handing out this topic's.
+                            await asyncio.sleep(0)
         finally:
             # The bus closed (shutdown) or we were stopped: tell whoever is still here.
             self.live._forget(self)
@@ -104,15 +116,12 @@ class _Pump:
             await self.stream.aclose()
 
     @staticmethod
-    def _hand_out(watches: tuple[Watch, ...], event: DomainEvent | EventsDropped) -> None:
-        for watch in watches:
-            if watch.closed:
-                continue
-            try:
-                watch.deliver(event)
-            except Exception:
-                # One broken subscriber must not starve the others of events.
-                log.exception("live event delivery failed")
+    def _deliver(watch: Watch, event: DomainEvent | EventsDropped) -> None:
+        try:
+            watch.deliver(event)
+        except Exception:
+            # One broken subscriber must not starve the others of events.
+            log.exception("live event delivery failed")
 
     @staticmethod
     def _call(callback: Callable[[], None]) -> None:

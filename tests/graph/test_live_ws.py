@@ -782,3 +782,160 @@ async def test_operations_are_limited_per_client_address_and_in_all(live: Setup)
     for socket in (first, second, other):
         await socket.close()
     assert hub.running == 0 and hub.running_by_client == {}
+
+
+def nested(i: int) -> str:
+    """A nested selection of its own (the alias): a render group per subscription."""
+    return (f"subscription {{ connectorStatusChanged {{ info droppedBefore "
+            f"c{i}: connector {{ maxKw }} }} }}")
+
+
+class HeldReads:
+    """A store whose batch loads take a few loop turns, counting how many are under way at
+    once (each nested render below has at most one)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.now = 0
+        self.most = 0
+        self.calls = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def get_many(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        self.now += 1
+        self.most = max(self.most, self.now)
+        try:
+            for _ in range(3):
+                await asyncio.sleep(0)
+            return await self.inner.get_many(*args, **kwargs)
+        finally:
+            self.now -= 1
+
+
+async def test_nested_renders_run_a_bounded_number_at_once(store: CountingStore) -> None:
+    """Thirty subscriptions with selections of their own are thirty renders per event:
+    they run at most ``max_renders`` at once (each a task sharing the loop with chargers
+    and queries), not all at once, and every subscriber still gets every event."""
+    held = HeldReads(store)
+    bus = MemoryEventBus()
+    services = Services(ServiceContext(store=held,  # type: ignore[arg-type]
+                                       policy=Policy(), hasher=FastHasher(), bus=bus))
+    live = Setup(services, await build_world(services), bus)
+
+    async def authorize(header: str | None) -> Viewer:
+        return await resolve_viewer(services, live.tokens, header)
+
+    live.endpoint = LiveEndpoint(services, live.tokens, schema, authorize, max_renders=3)
+    socket = await live.open("admin")
+    for i in range(30):
+        socket.subscribe(str(i), nested(i))
+    await live.subscribed(30)
+    assert len(live.endpoint.hub.groups) == 30
+    held.most = 0
+    for n in range(2):
+        await bus.publish(live.status("A-001", f"s{n}"))
+    got = [await socket.next() for _ in range(60)]
+    assert held.most <= 3
+    by_op: dict[str, list[str]] = {}
+    for message in got:
+        event = data(message)
+        assert event["droppedBefore"] == 0 and event[f"c{message['id']}"] == {"maxKw": 150.0}
+        by_op.setdefault(message["id"], []).append(event["info"])
+    assert by_op == {str(i): ["s0", "s1"] for i in range(30)}
+    hub = live.endpoint.hub
+    assert (hub.renders.running, hub.renders.waiting) == (0, 0)
+    await socket.close()
+    await bus.close()
+
+
+async def test_past_the_render_backlog_groups_coalesce_to_the_newest_event(
+        store: CountingStore) -> None:
+    """Events faster than nested selections can be rendered: past the process's backlog,
+    a group's render still waiting is replaced by the newest event's, whose
+    ``droppedBefore`` counts what its members missed, so what waits stays bounded. The
+    shared selection (event fields only) misses nothing."""
+    held = HeldReads(store)
+    bus = MemoryEventBus()
+    services = Services(ServiceContext(store=held,  # type: ignore[arg-type]
+                                       policy=Policy(), hasher=FastHasher(), bus=bus))
+    live = Setup(services, await build_world(services), bus)
+
+    async def authorize(header: str | None) -> Viewer:
+        return await resolve_viewer(services, live.tokens, header)
+
+    live.endpoint = LiveEndpoint(services, live.tokens, schema, authorize, max_renders=1,
+                                 render_backlog=4)
+    hub = live.endpoint.hub
+    groups = 10
+    socket, light = await live.open("admin"), await live.open("admin")
+    for i in range(groups):
+        socket.subscribe(str(i), nested(i))
+    light.subscribe("1", LOCAL)
+    await live.subscribed(groups + 1)
+    events = 6
+    most_waiting = 0
+    for n in range(events):
+        await bus.publish(live.status("A-001", f"s{n}"))
+        for _ in range(5):  # the pump hands the event out
+            await asyncio.sleep(0)
+        most_waiting = max(most_waiting, hub.renders.waiting)
+    # At most the backlog plus one render per group waits, however many events come.
+    assert most_waiting <= 4 + groups
+    assert [data(await light.next())["info"] for _ in range(events)] == [
+        f"s{n}" for n in range(events)]
+    seen: dict[str, list[tuple[str, int]]] = {str(i): [] for i in range(groups)}
+    while any(not s or s[-1][0] != f"s{events - 1}" for s in seen.values()):
+        message = await socket.next()
+        event = data(message)
+        seen[message["id"]].append((event["info"], event["droppedBefore"]))
+    for op_id, got in seen.items():
+        numbers = [int(info[1:]) for info, _ in got]
+        assert numbers == sorted(numbers), op_id  # in order
+        # Every event is either delivered or counted in the next one's droppedBefore.
+        assert len(got) + sum(dropped for _, dropped in got) == events, (op_id, got)
+        for (info, dropped), before in zip(got, [None, *got], strict=False):
+            skipped = int(info[1:]) - (int(before[0][1:]) + 1 if before else 0)
+            assert dropped == skipped, (op_id, got)
+    assert any(dropped for got in seen.values() for _, dropped in got)
+    assert socket.nothing_pending()
+    assert (hub.renders.running, hub.renders.waiting) == (0, 0)
+    await socket.close()
+    await light.close()
+    await bus.close()
+
+
+async def test_renders_waiting_for_subscriptions_that_ended_are_not_run(
+        store: CountingStore) -> None:
+    held = HeldReads(store)
+    bus = MemoryEventBus()
+    services = Services(ServiceContext(store=held,  # type: ignore[arg-type]
+                                       policy=Policy(), hasher=FastHasher(), bus=bus))
+    live = Setup(services, await build_world(services), bus)
+
+    async def authorize(header: str | None) -> Viewer:
+        return await resolve_viewer(services, live.tokens, header)
+
+    live.endpoint = LiveEndpoint(services, live.tokens, schema, authorize, max_renders=1)
+    renders = live.endpoint.hub.renders
+    socket = await live.open("admin")
+    for i in range(10):
+        socket.subscribe(str(i), nested(i))
+    await live.subscribed(10)
+    await bus.publish(live.status("A-001", "gone"))
+    for _ in range(100):
+        if renders.running:
+            break
+        await asyncio.sleep(0)
+    assert renders.running == 1 and renders.waiting == 9
+    reads = held.calls
+    await socket.close()
+    assert renders.waiting == 0
+    for _ in range(100):
+        if not renders.running:
+            break
+        await asyncio.sleep(0)
+    assert renders.running == 0 and held.calls <= reads + 1  # the one under way at most
+    await bus.close()
