@@ -540,6 +540,26 @@ async def _finish(outcome: Awaitable[ExecutionResult]) -> str:
         return _dumps(_internal_error_payload())
 
 
+def connection_authorization(payload: dict[str, Any], request: HTTPConnection
+                             ) -> str | None:
+    """The ``Authorization`` a socket signs in with, in the shapes client libraries send:
+    ``{"authorization": "Bearer …"}`` (any case), ``{"headers": {"Authorization": …}}``
+    (Apollo's ``connectionParams`` copied from HTTP), a bare ``authToken``/``token``,
+    else the upgrade request's own header (clients that are not browsers can set it).
+    Before, all but the first were taken for anonymous: the socket was acknowledged and
+    each subscription then failed with "sign in first"."""
+    nested = payload.get("headers")
+    for source in (payload, nested if isinstance(nested, dict) else {}):
+        for key, value in source.items():
+            if isinstance(key, str) and key.lower() == "authorization" and value:
+                return str(value)
+    for key in ("authToken", "token"):
+        token = payload.get(key)
+        if isinstance(token, str) and token:
+            return token if token.lower().startswith("bearer ") else f"Bearer {token}"
+    return request.headers.get("authorization") or None
+
+
 def _internal_error_payload() -> dict[str, Any]:
     return {"data": None, "errors": [{"message": "Internal server error",
                                       "extensions": {"code": "INTERNAL_SERVER_ERROR"}}]}
@@ -852,8 +872,7 @@ class Connection:
                 self.outbox.control({"type": "complete", "id": op_id})
 
     async def _authorize(self, payload: dict[str, Any]) -> None:
-        header = payload.get("authorization") or payload.get("Authorization")
-        self.authorization = str(header) if header else None
+        self.authorization = connection_authorization(payload, self.request)
         viewer = await self.endpoint.authorize(self.authorization)
         context = GraphContext.build(self.hub.services, self.hub.tokens, viewer, self.request)
         # Only what is used, not the payload: it lives as long as the socket, and a client

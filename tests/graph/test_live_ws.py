@@ -87,10 +87,12 @@ class Socket:
     """An ASGI websocket client. ``gate`` cleared makes the server's sends wait, as a
     socket whose peer stopped reading does."""
 
-    def __init__(self, app: Any, protocol: str, client: str = "test") -> None:
+    def __init__(self, app: Any, protocol: str, client: str = "test",
+                 headers: dict[str, str] | None = None) -> None:
         self.app = app
         self.protocol = protocol
         self.client = client
+        self.headers = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
         self.incoming: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.outgoing: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self.gate = asyncio.Event()
@@ -107,7 +109,8 @@ class Socket:
 
     async def connect(self) -> None:
         scope = {"type": "websocket", "path": "/graphql", "raw_path": b"/graphql",
-                 "query_string": b"", "headers": [], "subprotocols": [self.protocol],
+                 "query_string": b"", "headers": self.headers,
+                 "subprotocols": [self.protocol],
                  "scheme": "ws", "server": ("testserver", 80),
                  "client": (self.client, 1)}
         self.task = asyncio.create_task(self.app(scope, self._receive, self._send))
@@ -704,6 +707,32 @@ async def test_only_the_authorization_of_connection_init_is_kept(live: Setup) ->
     await live.subscribed(1)
     [group] = live.endpoint.hub.groups.values()
     assert group.context.connection_params == {"authorization": authorization}
+    await socket.close()
+
+
+@pytest.mark.parametrize("shape", ["Authorization", "headers", "authToken", "bare token",
+                                   "upgrade header"])
+async def test_a_socket_signs_in_with_the_token_shapes_clients_send(
+        live: Setup, shape: str) -> None:
+    """Only ``{"authorization": …}`` was read: the other shapes client libraries send
+    were taken for anonymous, acknowledged, and every subscription then failed."""
+    token = live.token("admin")
+    payload: dict[str, Any] = {
+        "Authorization": {"Authorization": f"Bearer {token}"},
+        "headers": {"headers": {"Authorization": f"Bearer {token}"}},
+        "authToken": {"authToken": token},
+        "bare token": {"token": f"Bearer {token}"},
+        "upgrade header": {},
+    }[shape]
+    headers = {"Authorization": f"Bearer {token}"} if shape == "upgrade header" else None
+    socket = Socket(live.endpoint, "graphql-transport-ws", headers=headers)
+    await socket.connect()
+    socket.put({"type": "connection_init", "payload": payload})
+    assert await socket.next() == {"type": "connection_ack"}
+    socket.subscribe("1", NESTED)
+    await live.subscribed(1)
+    [group] = live.endpoint.hub.groups.values()
+    assert group.context.viewer.user_id == live.world.users["admin"].id
     await socket.close()
 
 
