@@ -43,10 +43,11 @@ INDEXES: dict[str, list[list[tuple[str, int]]]] = {
                 [("station_owner_id", ASCENDING), ("start_time", DESCENDING)],
                 # An admin's analytics range over all sessions by start or end.
                 [("start_time", ASCENDING)], [("end_time", ASCENDING)]],
-    # A session's samples oldest first;
-    # a connector's status history and a station's connection history newest first
-    # (``at`` and ``_id`` both descending: the index walked backwards).
-    "meter_sample": [[("session_id", ASCENDING), ("at", ASCENDING), ("_id", ASCENDING)],
+    # A session's samples by time (not ``_id`` too: every MeterValues writes this index,
+    # and its ties are a sample's few siblings); a connector's status history and a
+    # station's connection history newest first (``at`` and ``_id`` both descending: the
+    # index walked backwards).
+    "meter_sample": [[("session_id", ASCENDING), ("at", ASCENDING)],
                      [("cp_id", ASCENDING), ("at", ASCENDING)], [("at", ASCENDING)]],
     "status_event": [[("cp_id", ASCENDING), ("connector_id", ASCENDING), ("at", ASCENDING)],
                      [("station_id", ASCENDING), ("at", ASCENDING)],
@@ -84,8 +85,7 @@ SUPERSEDED: dict[str, tuple[str, ...]] = {
                 "user_id_1_start_time_-1", "vehicle_id_1"),
     # License plates became unique per owner (a shared car).
     "vehicle": ("uniq_vehicle_license_plate",),
-    # The history lists' indexes gained the ``_id`` tie-breaker.
-    "meter_sample": ("session_id_1_at_1",),
+    # The connection history's index gained the ``_id`` tie-breaker.
     "connection_event": ("station_id_1_at_1",),
 }
 

@@ -503,17 +503,18 @@ ALTER TABLE "connector_interval" ADD COLUMN "point_status" TEXT;
 ALTER TABLE "connector_interval" ADD COLUMN "point_error_code" TEXT;
 """
 
-# Version 21: the telemetry history lists of the graph (``Session.meterValues`` and
-# ``socPercent``, ``Connector.statusHistory``, ``Station.connectionHistory``) read each
-# parent's first rows in order, from an index that ends with the ``id`` tie-breaker (as
-# version 5 did for connectors): without it SQLite sorted the ties of every parent in a
-# temporary B-tree, and a connector's history walked its whole station's. A session
+# Version 21: the telemetry history lists of the graph (``Connector.statusHistory``,
+# ``Station.connectionHistory``) read each parent's first rows in order, from an index
+# that ends with the ``id`` tie-breaker (as version 5 did for connectors): without it
+# SQLite sorted the ties of every parent in a temporary B-tree, and a connector's history
+# walked its whole station's. ``Session.meterValues`` keeps the (session, at) index:
+# every MeterValues writes it, and one wider by the id cost a quarter of the store's
+# sample inserts (``python -m bench.store_inserts``), while its ties are a reading's few
+# sampled values, sorted on read. A session
 # keeps its latest State of Charge (``Session.soc_percent``, set with its live energy),
 # taken here from the samples of sessions recorded before: one walk of the samples now
 # rather than an index by measurand that every sample written would pay for.
 _V21 = """
-DROP INDEX "meter_sample_session_at_idx";
-CREATE INDEX "meter_sample_session_at_idx" ON "meter_sample" ("session_id", "at", "id");
 ALTER TABLE "session" ADD COLUMN "soc_percent" REAL;
 ALTER TABLE "session" ADD COLUMN "soc_at" INTEGER;
 UPDATE "session" SET ("soc_percent", "soc_at") = (
