@@ -5,7 +5,7 @@ A addresses (127.0.0.2, .3, …) open one socket each with P ``connectorStatusCh
 subscriptions, every one aliased apart with its own nested selection (connector, station,
 its connectors and sessions), so no two share a render group, while chargers send
 StatusNotifications at R per second. Measured twice, without the nested subscribers and
-with them:
+with them (the first is the baseline, measured in the same run):
 
 * a charger's Heartbeat round trip (one every 100 ms after the last answer),
 * the chargers' StatusNotification round trips (one CALL outstanding per charger),
@@ -529,7 +529,9 @@ def row(name: str, result: dict[str, Any], heavy: dict[str, Any] | None) -> dict
             "nested_p50_ms": heavy["latency_ms"]["p50"] if heavy else None,
             "nested_unaccounted": heavy["unaccounted_events"] if heavy else None,
             "nested_ended": heavy["events_lost"] + heavy["refused"] if heavy else None,
-            "rss_peak_mib": result["rss_peak_mib"]}
+            "rss_peak_mib": result["rss_peak_mib"],
+            # After the drain: the last coalesced renders come after the phase's peak.
+            "rss_after_mib": result["rss_mib_before_after"][1] if heavy else None}
 
 
 async def main(sizes: Sizes) -> None:
