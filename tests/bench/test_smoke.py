@@ -20,6 +20,11 @@ SMOKE = {
     "ocpp_throughput": ["--cps", "10", "--seconds", "1", "--rate", "0"],
     "ocpp_density": ["--cps", "50"],
     "subscription_fanout": ["--subscribers", "10", "--rate", "20", "--seconds", "1"],
+    # Two addresses of three nested subscriptions: the render queue, droppedBefore
+    # accounting and the client processes all run, in a few seconds.
+    "subscription_storm": ["--addresses", "2", "--per-address", "3", "--stations", "2",
+                           "--rate", "20", "--seconds", "1", "--light", "2",
+                           "--client-processes", "1", "--drain", "5"],
 }
 
 
@@ -30,3 +35,6 @@ def test_benchmark_runs(name: str) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     written = json.loads((ROOT / "bench" / "results" / f"{name}.json").read_text())
     assert written["benchmark"] == name and written["rows"]
+    if name == "subscription_storm":  # every nested subscription registered and heard
+        storm = written["rows"][-1]
+        assert storm["nested_ops"] == 6 and storm["nested_renders"] > 0, storm
