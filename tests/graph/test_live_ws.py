@@ -717,13 +717,14 @@ async def test_a_socket_signs_in_with_the_token_shapes_clients_send(
     """Only ``{"authorization": …}`` was read: the other shapes client libraries send
     were taken for anonymous, acknowledged, and every subscription then failed."""
     token = live.token("admin")
-    payload: dict[str, Any] = {
+    shapes: dict[str, dict[str, Any]] = {
         "Authorization": {"Authorization": f"Bearer {token}"},
         "headers": {"headers": {"Authorization": f"Bearer {token}"}},
         "authToken": {"authToken": token},
         "bare token": {"token": f"Bearer {token}"},
         "upgrade header": {},
-    }[shape]
+    }
+    payload = shapes[shape]
     headers = {"Authorization": f"Bearer {token}"} if shape == "upgrade header" else None
     socket = Socket(live.endpoint, "graphql-transport-ws", headers=headers)
     await socket.connect()
