@@ -65,6 +65,11 @@ class ServiceContext:
     #: Called with the changes of every audited commit, once stored: caches of this
     #: process (the OCPP hot path's) drop what an operator just changed.
     committed: list[Callable[[Sequence[Change]], None]] = field(default_factory=list)
+    #: Called with every event this process's services publish, before the bus carries
+    #: it: work done once per event across instances (outgoing webhooks) hooks in here,
+    #: not on a bus subscription, which every instance behind Redis would see. Must not
+    #: block: it runs on the publisher's path (a charger's message).
+    published: list[Callable[[Any], None]] = field(default_factory=list)
     #: Password hashing (argon2, tens of milliseconds of CPU each) runs on these threads,
     #: for sign-ins and chargers alike: it cannot stall the event loop or take every core.
     #: A pool rather than a semaphore: a cancelled caller's hashing still holds its thread
@@ -106,6 +111,11 @@ class Service:
     async def publish(self, event: Any) -> None:
         """Announce ``event`` (after its change committed), best effort: a lost live
         update must not undo the change, and every reader has a slower way to learn it."""
+        for listener in self.ctx.published:
+            try:
+                listener(event)
+            except Exception:
+                log.exception("a listener of published %s events failed", event.topic)
         if self.ctx.bus is None:
             return
         try:

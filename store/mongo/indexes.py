@@ -63,6 +63,10 @@ INDEXES: dict[str, list[list[tuple[str, int]]]] = {
                 [("company_id", ASCENDING)], [("station_owner_id", ASCENDING)]],
     "audit_entry": [[("entity_id", ASCENDING), ("at", DESCENDING)],
                     [("actor", ASCENDING), ("at", DESCENDING)], [("at", DESCENDING)]],
+    # A company's webhooks (the policy's scope), an admin's own, and the enabled ones
+    # every instance routes events to.
+    "webhook": [[("company_id", ASCENDING)], [("owner_id", ASCENDING)],
+                [("active", ASCENDING)]],
     # The sweep looks for batches whose writer died.
     JOURNAL: [[("at", ASCENDING)]],
 }
