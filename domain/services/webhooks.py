@@ -194,6 +194,10 @@ class WebhookService(Service):
         if not self.policy.may_create_webhook(viewer):
             raise Forbidden("only admins and operators keep webhooks")
         assert viewer.user_id is not None  # may_create_webhook: a signed-in user
+        if (await self.store.get_many(User, [viewer.user_id]))[0] is None:
+            # The service itself (seeding, ``system``) is no user: a webhook it owned
+            # would have nobody's eyes to see events with.
+            raise Forbidden("webhooks belong to a user: sign in as an admin or operator")
         webhook = Webhook(
             url=webhook_url(url, allow_private=self.allow_private),
             events=webhook_events(events),
