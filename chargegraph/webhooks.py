@@ -301,14 +301,17 @@ class WebhookDispatcher:
         }
         assert self._client is not None, "start() the dispatcher first"
         try:
-            async with self._client.stream("POST", url, content=body, headers=headers,
-                                           extensions=extensions) as response:
+            # httpx's timeout bounds each read and write; this bounds the whole exchange,
+            # so a receiver dripping its answer a byte at a time cannot hold the queue.
+            async with asyncio.timeout(self.timeout), self._client.stream(
+                    "POST", url, content=body, headers=headers,
+                    extensions=extensions) as response:
                 status = response.status_code
                 if 200 <= status < 300:
                     return WebhookAttempt(ok=True, status=status, error=None, at=utcnow())
                 return WebhookAttempt(ok=False, status=status,
                                       error=await _error_text(response), at=utcnow())
-        except httpx.TimeoutException:
+        except (httpx.TimeoutException, TimeoutError):
             error = f"no answer within {self.timeout:g} s"
         except httpx.HTTPError as failure:
             error = f"could not post: {type(failure).__name__}"

@@ -33,6 +33,10 @@ class Received:
         return hmac.compare_digest(expected, parts["v1"])
 
 
+#: A "status" for ``Receiver`` that answers forever, slowly (see ``_drip``).
+DRIP = 0
+
+
 class Receiver:
     def __init__(self, *statuses: int) -> None:
         #: Answers in turn; when used up, the last one (200 if none were given) again.
@@ -69,9 +73,22 @@ class Receiver:
             body = await reader.readexactly(int(headers.get("content-length", "0")))
             self.requests.append(Received(method, path, headers, body))
             status = self.statuses.popleft() if len(self.statuses) > 1 else self.statuses[0]
+            if status == DRIP:
+                await self._drip(writer)
+                return
             answer = b"ok" if status < 300 else b"receiver says no"
             writer.write(f"HTTP/1.1 {status} X\r\nContent-Length: {len(answer)}\r\n"
                          "Connection: close\r\n\r\n".encode() + answer)
             await writer.drain()
         finally:
             writer.close()
+
+    @staticmethod
+    async def _drip(writer: asyncio.StreamWriter) -> None:
+        """An answer that never ends: a byte of a header at a time, each soon enough
+        that no single read times out."""
+        writer.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+        while not writer.is_closing():
+            writer.write(b"z")
+            await writer.drain()
+            await asyncio.sleep(0.02)

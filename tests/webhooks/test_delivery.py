@@ -20,7 +20,7 @@ from tests.helpers import until
 from tests.ocpp.conftest import seed as seed_central
 from tests.ocpp.conftest import start_central, stop_central
 from tests.webhooks.conftest import World, new_services, seed
-from tests.webhooks.receiver import Receiver
+from tests.webhooks.receiver import DRIP, Receiver
 
 
 async def available(world: World, cp_id: str = "CP-1") -> None:
@@ -261,3 +261,16 @@ async def test_an_event_published_before_a_webhook_existed_is_not_delivered(
     await world.webhook("op", receiver, "connector.status_changed")
     await world.settled()
     assert receiver.requests == []
+
+
+async def test_a_receiver_that_answers_forever_is_cut_off(world: World) -> None:
+    """The timeout bounds the whole exchange, not each read: a receiver dripping its
+    answer byte by byte does not hold its webhook's queue."""
+    await world.dispatcher(timeout=0.3, tries=1)
+    receiver = await world.receiver(DRIP)
+    webhook, _ = await world.webhook("op", receiver, "connector.status_changed")
+    await available(world)
+    await world.settled()
+    stalled = await world.stored(webhook)
+    assert (stalled.last_status, stalled.last_error) == (None, "no answer within 0.3 s")
+    assert stalled.consecutive_failures == 1
