@@ -28,6 +28,7 @@ from chargegraph.settings import Settings
 from chargegraph.startup import PlainStartupFailures, starting
 from chargegraph.stores import check_database_url, started_store, store_label
 from chargegraph.tls import ocpp_ssl_context
+from chargegraph.webhooks import WebhookDispatcher
 from domain.policy import Policy
 from domain.ports import ChargerGateway, PasswordHasher, Store
 from domain.services import ServiceContext, Services
@@ -49,6 +50,7 @@ def build_services(settings: Settings, store: Store, hasher: PasswordHasher,
         heartbeat_interval=settings.heartbeat_interval,
         auto_register=settings.auto_register,
         command_timeout=settings.command_timeout,
+        webhooks_allow_private=settings.webhooks_allow_private,
     )
 
 
@@ -118,6 +120,13 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
             # Left after the OCPP server stops, before the bus and the store close: what
             # deactivations release in the background finishes (or fails) on an open store.
             stack.push_async_callback(_settle, services)
+            # Delivers what this instance publishes (each event from one instance); it
+            # stops after the OCPP server, before the store closes.
+            webhooks = WebhookDispatcher(services,
+                                         allow_private=settings.webhooks_allow_private)
+            with starting("webhook delivery"):
+                await webhooks.start()
+            stack.push_async_callback(webhooks.close)
             graphql.app = create_graphql_app(services, tokens, graphiql=settings.graphiql)
             local: OcppGateway | None = None
             if settings.ocpp_enabled:

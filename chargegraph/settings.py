@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     instance_lease_seconds: float = Field(
         30.0, gt=0, description="How long after an instance stops renewing its lease "
                                 "(it crashed) another one records its chargers offline")
+    webhooks_allow_private: bool = Field(
+        False, description="Webhooks may post to loopback, private and link-local "
+                           "addresses (a receiver inside the deployment's network); off, "
+                           "such URLs are refused, also when a name resolves to one")
     graphiql: bool = True
     state_dir: Path | None = Field(None, description="Where generated state (the JWT "
                                                      "secret) lives")

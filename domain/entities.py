@@ -438,6 +438,53 @@ class AuditEntry(Record):
     station_owner_id: str | None = None
 
 
+class WebhookEvent(StrEnum):
+    """What an outgoing webhook may ask for (``Webhook.events``): the type its deliveries
+    carry. Payments publish no event (their changes are audited, not announced), so there
+    is no payment kind yet."""
+
+    SESSION_STARTED = "session.started"
+    SESSION_ENDED = "session.ended"
+    CONNECTOR_STATUS_CHANGED = "connector.status_changed"
+    FAULT_REPORTED = "fault.reported"
+    STATION_ONLINE = "station.online"
+    STATION_OFFLINE = "station.offline"
+    RESERVATION_CHANGED = "reservation.changed"
+    COMMAND_COMPLETED = "command.completed"
+
+
+@dataclass(kw_only=True)
+class Webhook(Record):
+    """An outgoing webhook: events its owner may see are POSTed to ``url``, signed with
+    ``secret``. An admin's sees everything (``company_id`` None); an operator's belongs to
+    their company and gets what that company may see (``Policy.webhook_viewer``, decided
+    at delivery time). The delivery health fields are written by the instance that
+    delivers, unaudited, as telemetry is."""
+
+    kind: ClassVar[str] = "webhook"
+    #: The signing secret is needed in clear to compute each delivery's HMAC, so it is
+    #: stored, but never copied into audit snapshots and shown once, at creation.
+    secret_fields: ClassVar[frozenset[str]] = frozenset({"secret"})
+    url: str
+    events: list[str]
+    secret: str
+    owner_id: str
+    company_id: str | None = None
+    description: str | None = None
+    active: bool = True
+    #: Why it stopped (auto-disabled after failed deliveries); cleared when re-enabled.
+    disabled_reason: str | None = None
+    #: The last attempt's HTTP status (None: no answer) and error, whatever the outcome.
+    last_status: int | None = None
+    last_error: str | None = None
+    last_attempt_at: datetime | None = None
+    last_success_at: datetime | None = None
+    #: Deliveries (each up to its tries) failed in a row; success resets it.
+    consecutive_failures: int = 0
+    #: Events dropped because its queue was full (the receiver was too slow).
+    dropped_events: int = 0
+
+
 ENTITY_TYPES: tuple[type[Record], ...] = (
     Company,
     User,
@@ -455,6 +502,7 @@ ENTITY_TYPES: tuple[type[Record], ...] = (
     Payment,
     AuditEntry,
     InstanceLease,
+    Webhook,
 )
 ENTITY_BY_KIND: dict[str, type[Record]] = {t.kind: t for t in ENTITY_TYPES}
 

@@ -58,6 +58,10 @@ class SessionChanged(DomainEvent):
     energy_wh: int
     power_w: float | None
     state: str
+    #: The price of an ENDED session (minor units of ``currency``), for webhooks to bill
+    #: from; None while it runs, and from versions before it was carried.
+    cost_minor: int | None = None
+    currency: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

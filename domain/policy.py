@@ -21,6 +21,7 @@ from domain.entities import (
     Station,
     User,
     Vehicle,
+    Webhook,
 )
 from domain.events import (
     CommandCompleted,
@@ -133,6 +134,8 @@ class Policy:
         """The filter every read of ``kind`` by ``viewer`` is ANDed with."""
         if viewer.is_admin:
             return ALL
+        if kind == "webhook":
+            return self.webhook_scope(viewer)
         if viewer.anonymous:
             return self._public_scope(kind) if self.public_map else NONE
         if viewer.is_operator:
@@ -373,6 +376,42 @@ class Policy:
             if isinstance(event, CommandCompleted):
                 return event.requested_by == viewer.user_id
         return False
+
+    # ---------------------------------------------------------------- outgoing webhooks
+    @staticmethod
+    def webhook_scope(viewer: Viewer) -> Filter:
+        """Webhooks: admins all; an operator their company's (or, without a company, their
+        own of no company, as ``operator_stations`` has it); drivers and anonymous none."""
+        if viewer.is_admin:
+            return ALL
+        if not viewer.is_operator or viewer.user_id is None:
+            return NONE
+        if viewer.company_id is not None:
+            return Eq("company_id", viewer.company_id)
+        return all_of(Eq("owner_id", viewer.user_id), Eq("company_id", None))
+
+    @staticmethod
+    def may_create_webhook(viewer: Viewer) -> bool:
+        return viewer.is_admin or (viewer.is_operator and viewer.user_id is not None)
+
+    @staticmethod
+    def webhook_viewer(webhook: Webhook, owner: User | None) -> Viewer | None:
+        """Whose eyes a webhook sees events with, decided when each is delivered (the
+        owner read then): ``sees_event`` with this viewer is its filter, the rule every
+        subscription obeys. None (nothing delivered) once the owner is gone, inactive,
+        a driver, or no longer with the webhook's company, so revoking an operator stops
+        their webhooks at once. A company's webhook sees what the company sees, also when
+        its owner has become an admin since; an admin's (no company) everything, while its
+        owner is an admin."""
+        if owner is None or not owner.active or owner.role is Role.DRIVER:
+            return None
+        if webhook.company_id is None:
+            if owner.role is Role.ADMIN or owner.company_id is None:
+                return Viewer.of(owner)
+            return None
+        if owner.role is Role.ADMIN or owner.company_id == webhook.company_id:
+            return Viewer(user_id=owner.id, role=Role.OPERATOR, company_id=webhook.company_id)
+        return None
 
     # ---------------------------------------------------------------- field-level views
     def sees_station_private(self, viewer: Viewer, station: Station) -> bool:

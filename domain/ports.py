@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 
 from domain.aggregation import Group, Metric
@@ -182,6 +183,24 @@ class PaymentProvider(Protocol):
 
     async def refund(self, payment: Any) -> str:
         """Pay a captured amount back; returns the provider's reference."""
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookAttempt:
+    """How one POST to a webhook went: ``ok`` for a 2xx answer; ``status`` None when
+    none came (refused address, timeout, connection error), ``error`` then says why."""
+
+    ok: bool
+    status: int | None
+    error: str | None
+    at: datetime
+
+
+class WebhookSender(Protocol):
+    """Posts to webhooks (implemented beside the app, ``chargegraph/webhooks.py``)."""
+
+    async def ping(self, webhook: Any) -> WebhookAttempt:
+        """One signed ``ping`` delivery, at once, without retries."""
 
 
 class EventBus(Protocol):

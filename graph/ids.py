@@ -23,6 +23,7 @@ TYPE_BY_KIND = {
     "audit_entry": "AuditEntry",
     "status_event": "StatusEvent",
     "meter_sample": "MeterSample",
+    "webhook": "Webhook",
 }
 KIND_BY_TYPE = {v: k for k, v in TYPE_BY_KIND.items()}
 

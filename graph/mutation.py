@@ -53,6 +53,7 @@ from graph.nodes import (
     User,
     Vehicle,
 )
+from graph.webhooks import WebhookMutation
 
 Info = strawberry.Info
 T = TypeVar("T")
@@ -160,7 +161,7 @@ async def _settle(info: Info, payment_id: strawberry.ID, step: str) -> PaymentPa
 
 
 @strawberry.type
-class Mutation(CommandMutation):
+class Mutation(CommandMutation, WebhookMutation):
     # ------------------------------------------------------------- sign-in
     @strawberry.mutation(description="Exchange email and password for a bearer token.")
     async def login(self, info: Info, email: str, password: str) -> LoginPayload:

@@ -49,6 +49,7 @@ from graph.nodes import (
     wants,
 )
 from graph.relay import Connection, Node, PageArgs, page_connection, sort_keys
+from graph.webhooks import WebhookQuery
 
 Info = strawberry.Info
 
@@ -94,7 +95,7 @@ async def _node(info: Info, global_id: str) -> Node | None:
 
 
 @strawberry.type
-class Query(AnalyticsQuery):
+class Query(AnalyticsQuery, WebhookQuery):
     @strawberry.field(description="The signed-in user; null when anonymous.")
     async def me(self, info: Info) -> User | None:
         viewer = _ctx(info).viewer

@@ -15,6 +15,7 @@ from domain.services.payments import PaymentService
 from domain.services.reads import ReadService
 from domain.services.stations import ConnectorSpec, StationService
 from domain.services.tariffs import TariffService
+from domain.services.webhooks import WebhookService
 
 __all__ = ["UNSET", "ConnectorSpec", "ServiceContext", "Services"]
 
@@ -25,7 +26,8 @@ class Services:
     def __init__(self, ctx: ServiceContext, *, gateway: ChargerGateway | None = None,
                  heartbeat_interval: int = 300, auto_register: bool = False,
                  command_timeout: float = 30.0,
-                 payment_provider: PaymentProvider | None = None) -> None:
+                 payment_provider: PaymentProvider | None = None,
+                 webhooks_allow_private: bool = False) -> None:
         self.ctx = ctx
         self.policy = ctx.policy
         self.reads = ReadService(ctx)
@@ -41,6 +43,7 @@ class Services:
         self.live = LiveService(ctx)
         self.analytics = AnalyticsService(ctx)
         self.payments = PaymentService(ctx, payment_provider)
+        self.webhooks = WebhookService(ctx, allow_private=webhooks_allow_private)
 
     def attach_gateway(self, gateway: ChargerGateway) -> None:
         """The OCPP bridge starts after the services exist; it plugs itself in here."""

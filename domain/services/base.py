@@ -20,6 +20,7 @@ from domain.entities import (
     Record,
     Reservation,
     Station,
+    Webhook,
     audit_after,
     snapshot,
 )
@@ -66,6 +67,11 @@ class ServiceContext:
     #: Called with the changes of every audited commit, once stored: caches of this
     #: process (the OCPP hot path's) drop what an operator just changed.
     committed: list[Callable[[Sequence[Change]], None]] = field(default_factory=list)
+    #: Called with every event this process's services publish, before the bus carries
+    #: it: work done once per event across instances (outgoing webhooks) hooks in here,
+    #: not on a bus subscription, which every instance behind Redis would see. Must not
+    #: block: it runs on the publisher's path (a charger's message).
+    published: list[Callable[[Any], None]] = field(default_factory=list)
     #: Password hashing (argon2, tens of milliseconds of CPU each) runs on these threads,
     #: for sign-ins and chargers alike: it cannot stall the event loop or take every core.
     #: A pool rather than a semaphore: a cancelled caller's hashing still holds its thread
@@ -121,6 +127,11 @@ class Service:
     async def publish(self, event: Any) -> None:
         """Announce ``event`` (after its change committed), best effort: a lost live
         update must not undo the change, and every reader has a slower way to learn it."""
+        for listener in self.ctx.published:
+            try:
+                listener(event)
+            except Exception:
+                log.exception("a listener of published %s events failed", event.topic)
         if self.ctx.bus is None:
             return
         try:
@@ -200,7 +211,8 @@ class Service:
 
     async def _books(self, changes: Sequence[tuple[Change, Record | None]]
                      ) -> dict[str, tuple[str | None, str | None]]:
-        """The books each audited change of a station or a reservation is written in
+        """The books each audited change of a station, a reservation or a company's
+        webhook is written in
         (``AuditEntry.company_id``), by record id: the station's as it was before the
         change (its hand-over is in the books it leaves). A reservation's station is
         read, unless it is in the same write (one read for the whole write)."""
@@ -221,6 +233,10 @@ class Service:
             station = stations.get(station_id) if station_id is not None else None
             if station is not None:
                 books[record.id] = books_of(station)
+            elif isinstance(record, Webhook) and record.company_id is not None:
+                # A company's webhook: its operators read its history (who changed its
+                # URL, who disabled it), as they manage it.
+                books[record.id] = (record.company_id, None)
         return books
 
 

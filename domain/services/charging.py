@@ -1059,4 +1059,5 @@ class ChargingService(Service):
             connector_id=session.connector_id, user_id=session.user_id,
             vehicle_id=session.vehicle_id, energy_wh=session.energy_wh,
             power_w=session.power_w, state=session.state.value,
+            cost_minor=session.cost_minor, currency=session.currency,
         )

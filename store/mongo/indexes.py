@@ -71,6 +71,10 @@ INDEXES: dict[str, list[list[tuple[str, int]]]] = {
                     [("actor", ASCENDING), ("at", DESCENDING)], [("at", DESCENDING)],
                     [("company_id", ASCENDING), ("at", DESCENDING)],
                     [("station_owner_id", ASCENDING), ("at", DESCENDING)]],
+    # A company's webhooks (the policy's scope), an admin's own, and the enabled ones
+    # every instance routes events to.
+    "webhook": [[("company_id", ASCENDING)], [("owner_id", ASCENDING)],
+                [("active", ASCENDING)]],
     # The sweep looks for batches whose writer died.
     JOURNAL: [[("at", ASCENDING)]],
 }

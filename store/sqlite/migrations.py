@@ -527,12 +527,42 @@ DROP INDEX "connection_event_station_at_idx";
 CREATE INDEX "connection_event_station_at_idx" ON "connection_event" ("station_id", "at", "id");
 """
 
+# Version 22: outgoing webhooks (``Webhook``), a table of its own and its indexes.
+# ``secret`` is kept in clear: each delivery's HMAC needs it (audit snapshots leave it out).
+_V22 = """
+CREATE TABLE "webhook" (
+    "id" TEXT PRIMARY KEY NOT NULL,
+    "created_at" INTEGER NOT NULL,
+    "updated_at" INTEGER NOT NULL,
+    "created_by" TEXT NOT NULL,
+    "updated_by" TEXT NOT NULL,
+    "url" TEXT NOT NULL,
+    "events" TEXT NOT NULL,
+    "secret" TEXT NOT NULL,
+    "owner_id" TEXT NOT NULL,
+    "company_id" TEXT,
+    "description" TEXT,
+    "active" INTEGER NOT NULL,
+    "disabled_reason" TEXT,
+    "last_status" INTEGER,
+    "last_error" TEXT,
+    "last_attempt_at" INTEGER,
+    "last_success_at" INTEGER,
+    "consecutive_failures" INTEGER NOT NULL,
+    "dropped_events" INTEGER NOT NULL
+) STRICT;
+CREATE INDEX "webhook_company_idx" ON "webhook" ("company_id");
+CREATE INDEX "webhook_owner_idx" ON "webhook" ("owner_id");
+CREATE INDEX "webhook_active_idx" ON "webhook" ("active");
+"""
+
 #: Every migration, oldest first. Append only.
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
                                      (11, _V11), (12, _V12),
                                      (13, _V13), (14, _V14), (15, _V15), (16, _V16), (17, _V17),
-                                     (18, _V18), (19, _V19), (20, _V20), (21, _V21))
+                                     (18, _V18), (19, _V19), (20, _V20), (21, _V21),
+                                     (22, _V22))
 
 _BOOTSTRAP = """
 CREATE TABLE IF NOT EXISTS "schema_version" (

@@ -38,6 +38,7 @@ from domain.entities import (
     Tariff,
     User,
     Vehicle,
+    Webhook,
 )
 from domain.ids import new_id
 from domain.ports import Store
@@ -113,6 +114,14 @@ FULL: dict[type[Record], Callable[[], Record]] = {
                                    after={"name": "Neu ✓"}, **STAMPS),
     InstanceLease: lambda: InstanceLease(host="node-1:4242", started_at=at(-1),
                                          expires_at=at(0.5), **STAMPS),
+    Webhook: lambda: Webhook(url="https://billing.example.com/hooks?src=cg",
+                             events=["session.ended", "fault.reported"],
+                             secret="whsec_abc", owner_id=new_id(), company_id=new_id(),
+                             description="Billing ✓", active=False,
+                             disabled_reason="disabled after 10 failures",
+                             last_status=503, last_error="Service Unavailable",
+                             last_attempt_at=at(10), last_success_at=at(9),
+                             consecutive_failures=10, dropped_events=3, **STAMPS),
 }
 
 
@@ -160,6 +169,8 @@ MINIMAL: dict[type[Record], Callable[[], Record]] = {
                              amount_minor=0, currency="EUR"),
     AuditEntry: lambda: AuditEntry(entity="user", entity_id=new_id(),
                                    action=AuditAction.CREATE, actor="system"),
+    Webhook: lambda: Webhook(url="https://x.example", events=["ping"], secret="s",
+                             owner_id=new_id()),
 }
 
 

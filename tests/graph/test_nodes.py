@@ -40,6 +40,8 @@ def one_record_of_each_kind() -> dict[str, d.Record]:
         "payment": f.payment(session),
         "audit_entry": f.audit(station, "system"),
         "status_event": f.status_event(station),
+        "webhook": d.Webhook(url="https://hooks.example.com", events=["session.ended"],
+                             secret="whsec_x", owner_id=owner.id),
     }
 
 

@@ -231,3 +231,41 @@ async def test_a_store_that_cannot_write_at_start_up_is_named_in_the_line(
     assert failed["message"] == (f"cannot start the OCPP server on 127.0.0.1:{port}: the "
                                  f"store at {url} cannot write: attempt to write a readonly "
                                  "database")
+
+
+
+def _webhook_to_loopback(tmp_path: Path, allowed: bool) -> str | None:
+    """An admin's webhook to 127.0.0.1 through the app's services: its URL, or the code
+    of the refusal; and delivery stops with the app."""
+    from domain.entities import Role
+    from domain.errors import DomainError
+    from domain.policy import SYSTEM, Viewer
+
+    app = create_app(settings_for(tmp_path, webhooks_allow_private=allowed),
+                     hasher=Argon2Hasher.fast())
+    with TestClient(app) as client:
+        services: Services = client.app.state.services  # type: ignore[attr-defined]
+        assert services.webhooks.sender is not None  # testWebhook can ping
+        run = client.portal.call  # type: ignore[union-attr]
+        admin = Viewer.of(run(lambda: services.accounts.create_user(
+            SYSTEM, email="admin@example.com", password="password-123", name="Admin",
+            role=Role.ADMIN)))
+        try:
+            created = run(lambda: services.webhooks.create_webhook(
+                admin, url="http://127.0.0.1:9/in", events=["session.ended"]))
+            outcome: str | None = created.webhook.url
+        except DomainError as refused:
+            outcome = refused.code
+    assert services.webhooks.sender is None  # stopped with the app
+    return outcome
+
+
+def test_the_app_delivers_webhooks_and_refuses_private_urls_by_default(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Wired in the lifespan; private addresses refused unless
+    CHARGEGRAPH_WEBHOOKS_ALLOW_PRIVATE says otherwise."""
+    assert Settings().webhooks_allow_private is False
+    monkeypatch.setenv("CHARGEGRAPH_WEBHOOKS_ALLOW_PRIVATE", "true")
+    assert Settings().webhooks_allow_private is True
+    assert _webhook_to_loopback(tmp_path / "off", False) == "FORBIDDEN_ADDRESS"
+    assert _webhook_to_loopback(tmp_path / "on", True) == "http://127.0.0.1:9/in"

@@ -1,0 +1,354 @@
+"""Outgoing webhooks: who may keep which, which events each gets, and what a delivery's
+outcome does to it. Sending is not here (``chargegraph/webhooks.py`` posts, signs and
+retries); this is the rules it follows.
+
+* An admin's webhook sees everything; an operator's belongs to their company and gets
+  what that company may see: ``Policy.sees_event`` with ``Policy.webhook_viewer`` (the
+  owner as read at delivery time), the rule every subscription obeys. Drivers keep none.
+* A URL is http or https, carries no credentials, and names no loopback, private,
+  link-local or otherwise non-public address unless the deployment allows it
+  (``allow_private``: a receiver on the same network). Names are checked again when
+  delivered to, by what they resolve to (``chargegraph/webhooks.py``).
+* Every change an owner makes is audited (the secret never is); delivery health is
+  written unaudited, as telemetry, and a webhook whose deliveries keep failing is
+  disabled (audited, as ``system``) for its owner to see and enable again.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, cast
+from urllib.parse import urlsplit
+
+from domain import validation as v
+from domain.entities import User, Webhook, WebhookEvent
+from domain.errors import Conflict, DomainError, Forbidden, NotFound, ValidationError
+from domain.events import (
+    CommandCompleted,
+    ConnectorStatusChanged,
+    DomainEvent,
+    FaultReported,
+    ReservationChanged,
+    SessionChanged,
+    StationConnectionChanged,
+)
+from domain.policy import SYSTEM, Viewer
+from domain.ports import Delete, Insert, Update, WebhookAttempt, WebhookSender
+from domain.query import ALL, Eq, Filter, Sort, all_of
+from domain.services.base import UNSET, Service, ServiceContext, changed, patch, stamp_new
+
+MAX_URL = 2048
+MAX_DESCRIPTION = 200
+#: Webhooks one company (or one admin, or one operator of no company) may keep: each
+#: event is posted once per webhook, so their number is the fan-out of every event.
+MAX_WEBHOOKS_PER_OWNER = 20
+#: Deliveries failed in a row (each after all its tries) that disable a webhook.
+DISABLE_AFTER_FAILURES = 10
+#: A delivery that keeps succeeding writes its health at most this often (every attempt
+#: that changes something is written at once).
+HEALTH_REFRESH = timedelta(minutes=1)
+#: How much of a receiver's error text is kept (it is shown to the owner).
+MAX_ERROR = 300
+
+#: The health fields a delivery writes, without the update stamps: who last changed the
+#: webhook stays its owner (``updatedBy``), not the instance that delivered.
+HEALTH_FIELDS = frozenset({"last_status", "last_error", "last_attempt_at", "last_success_at",
+                           "consecutive_failures", "dropped_events"})
+
+_NUMERIC_HOST = re.compile(r"^(0x[0-9a-f]*|[0-9]+)(\.(0x[0-9a-f]*|[0-9]*))*$")
+
+
+def webhook_event(event: DomainEvent) -> WebhookEvent | None:
+    """The webhook type of a published event; None for those no webhook carries (live
+    meter updates, and internal ones between instances)."""
+    match event:
+        case SessionChanged(change="STARTED"):
+            return WebhookEvent.SESSION_STARTED
+        case SessionChanged(change="ENDED"):
+            return WebhookEvent.SESSION_ENDED
+        case ConnectorStatusChanged():
+            return WebhookEvent.CONNECTOR_STATUS_CHANGED
+        case FaultReported():
+            return WebhookEvent.FAULT_REPORTED
+        case StationConnectionChanged(online=True):
+            return WebhookEvent.STATION_ONLINE
+        case StationConnectionChanged():
+            return WebhookEvent.STATION_OFFLINE
+        case ReservationChanged():
+            return WebhookEvent.RESERVATION_CHANGED
+        case CommandCompleted():
+            return WebhookEvent.COMMAND_COMPLETED
+    return None
+
+
+def public_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether ``address`` is on the public internet: not loopback, private, link-local
+    (cloud metadata at 169.254.169.254), shared, reserved, multicast or unspecified. An
+    IPv4 address written as IPv6 (``::ffff:127.0.0.1``) is judged as IPv4."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_global and not address.is_multicast
+
+
+def webhook_url(value: str | None, *, allow_private: bool, field: str = "url") -> str:
+    """A URL deliveries may be posted to (see the module's rules); refused with a
+    reason naming ``field`` otherwise."""
+    if value is None:
+        raise ValidationError("must not be null", field=field, code="REQUIRED")
+    url = value.strip()
+    if not url:
+        raise ValidationError("must not be empty", field=field, code="REQUIRED")
+    if len(url) > MAX_URL:
+        raise ValidationError(f"at most {MAX_URL} characters", field=field, code="TOO_LONG")
+    if not url.isascii() or not url.isprintable() or " " in url:
+        raise ValidationError("write the URL in ASCII without spaces (punycode for "
+                              "international names)", field=field)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a port that is no number or out of range
+    except ValueError:
+        raise ValidationError("not a valid URL", field=field) from None
+    if parts.scheme.lower() not in ("http", "https"):
+        raise ValidationError("only http and https URLs", field=field, code="UNSUPPORTED")
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
+        # They would travel with every delivery and show in every list of webhooks;
+        # receivers authenticate deliveries by their signature.
+        raise ValidationError("no credentials in the URL: check the signature instead",
+                              field=field)
+    host = (parts.hostname or "").rstrip(".")
+    if not host:
+        raise ValidationError("the URL names no host", field=field)
+    if parts.fragment or url.endswith("#"):
+        raise ValidationError("no fragment (#…): it is never sent", field=field)
+    if not allow_private:
+        _refuse_private_host(host, field)
+    return url
+
+
+def _refuse_private_host(host: str, field: str) -> None:
+    """Refuses hosts that name this machine or a private network (server-side request
+    forgery: a webhook would let anyone who may create one probe the internal network
+    and read what answers in its delivery health)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    if address is not None:
+        if not public_address(address):
+            raise ValidationError("a loopback, private or reserved address: deliveries "
+                                  "go to public addresses only", field=field,
+                                  code="FORBIDDEN_ADDRESS")
+        return
+    lowered = host.lower()
+    if _NUMERIC_HOST.match(lowered):
+        # 2130706433, 0x7f.1, 127.1: spellings of an address resolvers accept.
+        raise ValidationError("write an IP address in its usual form", field=field,
+                              code="FORBIDDEN_ADDRESS")
+    if lowered == "localhost" or lowered.endswith((".localhost", ".local", ".internal")):
+        raise ValidationError("a local name: deliveries go to public addresses only",
+                              field=field, code="FORBIDDEN_ADDRESS")
+
+
+def webhook_events(values: Sequence[str] | None, field: str = "events") -> list[str]:
+    """The event types asked for: at least one, each known, in their canonical order."""
+    if not values:
+        raise ValidationError("ask for at least one event", field=field, code="REQUIRED")
+    wanted = set()
+    for value in values:
+        try:
+            wanted.add(WebhookEvent(value))
+        except ValueError:
+            raise ValidationError(f"unknown event {value!r}", field=field) from None
+    return [kind.value for kind in WebhookEvent if kind in wanted]
+
+
+def new_secret() -> str:
+    """A signing secret: 256 random bits, prefixed so it is recognised when leaked."""
+    return "whsec_" + secrets.token_urlsafe(32)
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedWebhook:
+    webhook: Webhook
+    #: Shown once: only its owner's receiver keeps it after this answer.
+    secret: str
+
+
+class WebhookService(Service):
+    def __init__(self, ctx: ServiceContext, *, allow_private: bool = False,
+                 disable_after: int = DISABLE_AFTER_FAILURES) -> None:
+        super().__init__(ctx)
+        self.allow_private = allow_private
+        self.disable_after = disable_after
+        #: Plugged in by whoever delivers (``chargegraph/webhooks.py``), for pings.
+        self.sender: WebhookSender | None = None
+
+    # ------------------------------------------------------------- owners' changes
+    async def create_webhook(self, viewer: Viewer, *, url: str, events: Sequence[str],
+                             description: str | None = None) -> CreatedWebhook:
+        if not self.policy.may_create_webhook(viewer):
+            raise Forbidden("only admins and operators keep webhooks")
+        assert viewer.user_id is not None  # may_create_webhook: a signed-in user
+        if (await self.store.get_many(User, [viewer.user_id]))[0] is None:
+            # The service itself (seeding, ``system``) is no user: a webhook it owned
+            # would have nobody's eyes to see events with.
+            raise Forbidden("webhooks belong to a user: sign in as an admin or operator")
+        webhook = Webhook(
+            url=webhook_url(url, allow_private=self.allow_private),
+            events=webhook_events(events),
+            description=v.optional_text(description, "description", MAX_DESCRIPTION),
+            secret=new_secret(),
+            owner_id=viewer.user_id,
+            # An operator's belongs to their company (its other operators manage it too);
+            # an admin's to nobody but them.
+            company_id=viewer.company_id if viewer.is_operator else None,
+        )
+        await self._within_limit(viewer)
+        stamp_new(webhook, viewer)
+        await self.commit(viewer, [(Insert(webhook), None)])
+        return CreatedWebhook(webhook, webhook.secret)
+
+    async def _within_limit(self, viewer: Viewer) -> None:
+        # An operator's count is their company's (what its operators manage together).
+        kept = self.policy.webhook_scope(viewer) if viewer.is_operator else all_of(
+            Eq("owner_id", viewer.user_id), Eq("company_id", None))
+        if await self.store.count(Webhook, kept) >= MAX_WEBHOOKS_PER_OWNER:
+            whose = "company" if viewer.is_operator and viewer.company_id else "owner"
+            raise Conflict(f"at most {MAX_WEBHOOKS_PER_OWNER} webhooks per {whose}",
+                           code="LIMIT_REACHED")
+
+    async def update_webhook(self, viewer: Viewer, webhook_id: str, *, url: Any = UNSET,
+                             events: Any = UNSET, description: Any = UNSET,
+                             active: Any = UNSET) -> Webhook:
+        """Edits what is given. Enabling a webhook again (``active``) starts its failure
+        count afresh and clears why it was disabled."""
+        webhook = await self.visible(viewer, Webhook, webhook_id)
+        updates: dict[str, Any] = {}
+        if url is not UNSET:
+            updates["url"] = webhook_url(url, allow_private=self.allow_private)
+        if events is not UNSET:
+            updates["events"] = webhook_events(events)
+        if description is not UNSET:
+            updates["description"] = v.optional_text(description, "description",
+                                                     MAX_DESCRIPTION)
+        if active is not UNSET:
+            if active is None:
+                raise ValidationError("must not be null", field="active", code="REQUIRED")
+            updates["active"] = bool(active)
+            if active:
+                updates["consecutive_failures"] = 0
+                updates["disabled_reason"] = None
+        if not updates:
+            return webhook
+        change = patch(webhook, viewer, **updates)
+        await self.commit(viewer, [(change, webhook)])
+        return cast(Webhook, change.record)
+
+    async def remove_webhook(self, viewer: Viewer, webhook_id: str) -> Webhook:
+        """Deletes it; events already queued for it are not delivered."""
+        webhook = await self.visible(viewer, Webhook, webhook_id)
+        await self.commit(viewer, [(Delete(webhook), webhook)])
+        return webhook
+
+    async def list_webhooks(self, viewer: Viewer, where: Filter = ALL) -> list[Webhook]:
+        """The webhooks ``viewer`` may see (none for drivers), oldest first."""
+        return await self.store.find_all(
+            Webhook, all_of(self.policy.scope(viewer, Webhook.kind), where), (Sort("id"),),
+            limit=1000)
+
+    async def ping(self, viewer: Viewer, webhook_id: str) -> WebhookAttempt:
+        """Posts a ``ping`` to the webhook at once (also while it is disabled, to check a
+        receiver before enabling it again) and says how it went. It counts for nothing:
+        no retries, no health."""
+        webhook = await self.visible(viewer, Webhook, webhook_id)
+        if self.sender is None:
+            raise DomainError("webhook delivery is not running on this instance",
+                              code="UNAVAILABLE")
+        return await self.sender.ping(webhook)
+
+    # ------------------------------------------------------------- what delivery asks
+    async def active_webhooks(self) -> list[Webhook]:
+        """Every enabled webhook (the deliverer routes events by their ``events``)."""
+        return await self.store.find_all(Webhook, Eq("active", True), (Sort("id"),),
+                                         limit=10_000)
+
+    async def deliverable(self, webhook_id: str, event: DomainEvent) -> Webhook | None:
+        """The webhook as stored now, if it is to get ``event`` now: still there and
+        enabled, still asking for its type, and its owner, read now, may see it."""
+        [webhook] = await self.store.get_many(Webhook, [webhook_id])
+        kind = webhook_event(event)
+        if webhook is None or not webhook.active or kind is None \
+                or kind.value not in webhook.events:
+            return None
+        [owner] = await self.store.get_many(User, [webhook.owner_id])
+        viewer = self.policy.webhook_viewer(webhook, owner)
+        if viewer is None or not self.policy.sees_event(viewer, event):
+            return None
+        return webhook
+
+    async def record_attempt(self, webhook: Webhook, attempt: WebhookAttempt, *,
+                             final: bool, dropped: int = 0) -> Webhook | None:
+        """Writes what one attempt of a delivery did. ``final``: the delivery is over
+        (it succeeded, or this was its last try). A delivery failed for good counts
+        towards disabling the webhook; a success starts the count afresh. ``dropped``:
+        events its queue lost since the last write. Returns the webhook as written
+        (None when it was removed meanwhile)."""
+        for _ in range(3):
+            current = (await self.store.get_many(Webhook, [webhook.id]))[0]
+            if current is None:
+                return None
+            try:
+                return await self._record(current, attempt, final, dropped)
+            except NotFound:
+                return None  # removed meanwhile
+            except Conflict as exc:
+                if exc.code != "CHANGED":
+                    raise
+                # Another instance counted a delivery of its own meanwhile: count again.
+        return None
+
+    async def _record(self, current: Webhook, attempt: WebhookAttempt, final: bool,
+                      dropped: int) -> Webhook:
+        failures = current.consecutive_failures
+        if attempt.ok:
+            failures = 0
+        elif final:
+            failures += 1
+        health: dict[str, Any] = {
+            "last_status": attempt.status,
+            "last_error": attempt.error[:MAX_ERROR] if attempt.error else None,
+            "last_attempt_at": attempt.at,
+            "consecutive_failures": failures,
+            "dropped_events": current.dropped_events + dropped,
+        }
+        if attempt.ok:
+            health["last_success_at"] = attempt.at
+            if self._healthy_already(current, attempt) and not dropped:
+                return current
+        guard = ("consecutive_failures", current.consecutive_failures)
+        if failures >= self.disable_after and current.active:
+            reason = (f"disabled after {failures} deliveries failed in a row (last: "
+                      f"{health['last_error'] or attempt.status}); fix the receiver and "
+                      f"enable it again")
+            off = patch(current, SYSTEM, only_if=guard, required=True, active=False,
+                        disabled_reason=reason[:MAX_ERROR + 100], **health)
+            await self.commit(SYSTEM, [(off, current)])
+            return cast(Webhook, off.record)
+        written = changed(current, SYSTEM, **health)
+        # Health only, without the update stamps: ``updatedBy`` stays whoever edited it.
+        written.updated_at, written.updated_by = current.updated_at, current.updated_by
+        await self.store.write([Update(written, HEALTH_FIELDS, guard, required=True)], [])
+        return written
+
+    @staticmethod
+    def _healthy_already(current: Webhook, attempt: WebhookAttempt) -> bool:
+        """A success that changes nothing shown but the time: written once a minute."""
+        return (current.consecutive_failures == 0 and current.last_error is None
+                and current.last_status == attempt.status
+                and current.last_success_at is not None
+                and attempt.at - current.last_success_at < HEALTH_REFRESH)

@@ -1,0 +1,229 @@
+"""Outgoing webhooks in the graph: the ``Webhook`` node with its delivery health, the
+``webhooks`` root list (through the one read path: the policy's ``webhook`` scope) and
+the mutations that manage them. The signing secret is in ``createWebhook``'s answer
+only; no field reads it afterwards."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import strawberry
+
+from domain import entities as d
+from domain.ports import WebhookAttempt
+from domain.query import ALL, Sort
+from graph.errors import UserError
+from graph.ids import expect_id
+from graph.inputs import given
+from graph.nodes import NODE_BY_KIND, RECORD_OF_NODE, Audited, User, _audited, _related
+from graph.relay import Connection, Node, PageArgs, page_connection
+
+if TYPE_CHECKING:
+    from graph.context import GraphContext
+
+Info = strawberry.Info
+T = TypeVar("T")
+
+strawberry.enum(d.WebhookEvent, name="WebhookEvent",
+                description="What a webhook may ask for; deliveries carry it as `type` "
+                            "(`session.ended`, …).")
+WebhookEvent = d.WebhookEvent
+
+OLDEST_FIRST = (Sort("created_at"),)
+
+
+def _ctx(info: Info) -> GraphContext:
+    return info.context  # type: ignore[no-any-return]
+
+
+@strawberry.type(description="How a webhook's deliveries have gone.")
+class WebhookHealth:
+    last_status: int | None = strawberry.field(
+        description="HTTP status of the last attempt; null when none came back.")
+    last_error: str | None = strawberry.field(
+        description="Why the last attempt failed (null when it succeeded).")
+    last_attempt_at: datetime | None
+    last_success_at: datetime | None
+    consecutive_failures: int = strawberry.field(
+        description="Deliveries failed in a row, each after all its tries; the webhook "
+                    "is disabled when it reaches the limit.")
+    dropped_events: int = strawberry.field(
+        description="Events dropped because too many waited for a slow receiver.")
+
+
+@strawberry.type(description="An outgoing webhook: events its owner may see are POSTed "
+                             "to `url`, signed with its secret.")
+class Webhook(Node, Audited):
+    url: str
+    events: list[WebhookEvent]  # type: ignore[valid-type]
+    description: str | None
+    active: bool
+    disabled_reason: str | None = strawberry.field(
+        description="Why it was disabled (repeated failures); null when enabled.")
+    health: WebhookHealth
+    _r: strawberry.Private[d.Webhook]
+
+    @classmethod
+    def wrap(cls, r: d.Webhook, ctx: GraphContext) -> Webhook:
+        return _audited(cls, r, {
+            "url": r.url,
+            # A type a newer version stored is left out rather than failing the list.
+            "events": [d.WebhookEvent(e) for e in r.events
+                       if e in d.WebhookEvent._value2member_map_],
+            "description": r.description,
+            "active": r.active,
+            "disabled_reason": r.disabled_reason,
+            "health": WebhookHealth(
+                last_status=r.last_status, last_error=r.last_error,
+                last_attempt_at=r.last_attempt_at, last_success_at=r.last_success_at,
+                consecutive_failures=r.consecutive_failures,
+                dropped_events=r.dropped_events),
+        })
+
+    @strawberry.field(description="Who created it: the viewer it sees events as.")
+    async def owner(self, info: Info) -> User | None:
+        return await _related(info, User, self._r.owner_id)  # type: ignore[no-any-return]
+
+
+NODE_BY_KIND["webhook"] = Webhook
+RECORD_OF_NODE[Webhook] = d.Webhook
+
+
+@strawberry.input
+class CreateWebhookInput:
+    url: str = strawberry.field(description="http or https, no credentials; public "
+                                            "addresses only unless the deployment allows "
+                                            "private ones.")
+    events: list[WebhookEvent]  # type: ignore[valid-type]
+    description: str | None = None
+
+
+@strawberry.input
+class UpdateWebhookInput:
+    id: strawberry.ID
+    url: str | None = strawberry.UNSET
+    events: list[WebhookEvent] | None = strawberry.UNSET  # type: ignore[valid-type]
+    description: str | None = strawberry.UNSET
+    active: bool | None = strawberry.field(
+        default=strawberry.UNSET,
+        description="Enabling it again starts its failure count afresh.")
+
+
+@strawberry.input
+class RemoveWebhookInput:
+    id: strawberry.ID
+
+
+@strawberry.input
+class TestWebhookInput:
+    id: strawberry.ID
+
+
+@strawberry.type
+class CreateWebhookPayload:
+    webhook: Webhook | None
+    secret: str | None = strawberry.field(
+        description="The signing secret, shown this once: keep it with the receiver.")
+    errors: list[UserError]
+
+
+@strawberry.type
+class WebhookPayload:
+    webhook: Webhook | None
+    errors: list[UserError]
+
+
+@strawberry.type(description="How one delivery went.")
+class WebhookDelivery:
+    ok: bool = strawberry.field(description="The receiver answered 2xx.")
+    status: int | None
+    error: str | None
+    at: datetime
+
+
+@strawberry.type
+class TestWebhookPayload:
+    delivery: WebhookDelivery | None
+    errors: list[UserError]
+
+
+async def attempt(ctx: GraphContext, action: Callable[[], Awaitable[T]]
+                  ) -> tuple[T | None, list[UserError]]:
+    """``graph.mutation.attempt``, imported when called: ``graph.mutation`` imports this
+    module to add these mutations to its root."""
+    from graph import mutation
+
+    return await mutation.attempt(ctx, action)
+
+
+def _wrapped(record: d.Webhook | None, ctx: GraphContext) -> Webhook | None:
+    return Webhook.wrap(record, ctx) if record is not None else None
+
+
+@strawberry.type
+class WebhookQuery:
+    @strawberry.field(description="Outgoing webhooks, oldest first: an admin's all, an "
+                                  "operator's their company's; none for drivers.")
+    async def webhooks(self, info: Info, first: int | None = None, after: str | None = None,
+                       last: int | None = None, before: str | None = None
+                       ) -> Connection[Webhook]:
+        return await page_connection(_ctx(info), d.Webhook, Webhook.wrap, ALL, OLDEST_FIRST,
+                                     PageArgs(first=first, after=after, last=last,
+                                              before=before))
+
+
+@strawberry.type
+class WebhookMutation:
+    @strawberry.mutation(description="A webhook for admins and operators; the answer "
+                                     "carries its signing secret, this once.")
+    async def create_webhook(self, info: Info, input: CreateWebhookInput
+                             ) -> CreateWebhookPayload:
+        ctx = _ctx(info)
+        created, errors = await attempt(ctx, lambda: ctx.services.webhooks.create_webhook(
+            ctx.viewer, url=input.url, events=input.events, description=input.description))
+        if created is None:
+            return CreateWebhookPayload(webhook=None, secret=None, errors=errors)
+        return CreateWebhookPayload(webhook=Webhook.wrap(created.webhook, ctx),
+                                    secret=created.secret, errors=[])
+
+    @strawberry.mutation
+    async def update_webhook(self, info: Info, input: UpdateWebhookInput) -> WebhookPayload:
+        ctx = _ctx(info)
+
+        async def run() -> Any:
+            return await ctx.services.webhooks.update_webhook(
+                ctx.viewer, expect_id(str(input.id), "webhook", "id"),
+                url=given(input.url), events=given(input.events),
+                description=given(input.description), active=given(input.active))
+
+        webhook, errors = await attempt(ctx, run)
+        return WebhookPayload(webhook=_wrapped(webhook, ctx), errors=errors)
+
+    @strawberry.mutation(description="Removes a webhook; events waiting for it are not "
+                                     "delivered. Returns it as it was.")
+    async def remove_webhook(self, info: Info, input: RemoveWebhookInput) -> WebhookPayload:
+        ctx = _ctx(info)
+
+        async def run() -> Any:
+            return await ctx.services.webhooks.remove_webhook(
+                ctx.viewer, expect_id(str(input.id), "webhook", "id"))
+
+        webhook, errors = await attempt(ctx, run)
+        return WebhookPayload(webhook=_wrapped(webhook, ctx), errors=errors)
+
+    @strawberry.mutation(description="Posts a signed `ping` to the webhook now (also "
+                                     "when disabled) and says how it went; no retries, "
+                                     "and its health is left as it is.")
+    async def test_webhook(self, info: Info, input: TestWebhookInput) -> TestWebhookPayload:
+        ctx = _ctx(info)
+
+        async def run() -> WebhookAttempt:
+            return await ctx.services.webhooks.ping(
+                ctx.viewer, expect_id(str(input.id), "webhook", "id"))
+
+        sent, errors = await attempt(ctx, run)
+        delivery = WebhookDelivery(ok=sent.ok, status=sent.status, error=sent.error,
+                                   at=sent.at) if sent is not None else None
+        return TestWebhookPayload(delivery=delivery, errors=errors)

@@ -1,0 +1,276 @@
+"""Webhook deliveries end to end: events published by the services are POSTed, signed,
+to receivers on 127.0.0.1, as their owners may see them, retried, counted, and given up
+on; each by the instance that published it."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from chargegraph.webhooks import WebhookDispatcher
+from domain import entities as d
+from domain.events import ConnectorStatusChanged
+from domain.policy import SYSTEM, Viewer
+from domain.query import Eq, all_of
+from graph.ids import to_global_id
+from ocpp_bridge.simulator import connected
+from pubsub.memory import MemoryEventBus
+from store.sqlite import SqliteStore
+from tests.helpers import until
+from tests.ocpp.conftest import seed as seed_central
+from tests.ocpp.conftest import start_central, stop_central
+from tests.webhooks.conftest import World, new_services, seed
+from tests.webhooks.receiver import DRIP, Receiver
+
+
+async def available(world: World, cp_id: str = "CP-1") -> None:
+    """A status report of connector 1: one ``connector.status_changed`` event."""
+    await world.services.charging.status_notification(cp_id, 1, "Available", "NoError")
+
+
+async def test_a_session_ended_by_a_charger_is_delivered_signed(tmp_path: Path) -> None:
+    """A real charger over OCPP: boot, start, meter, stop. The operator's receiver gets
+    one ``session.ended`` with the energy and the cost, signed with the secret it was
+    shown once, and nothing it did not ask for."""
+    central = await start_central(tmp_path / "central.db")
+    receiver = await Receiver().start()
+    dispatcher = WebhookDispatcher(central.services, allow_private=True, backoff=(0.01,))
+    await dispatcher.start()
+    try:
+        await seed_central(central)
+        central.services.webhooks.allow_private = True
+        operator = central.users["op"]
+        created = await central.services.webhooks.create_webhook(
+            Viewer.of(operator), url=receiver.url, events=["session.ended"])
+        async with connected(central.url, "CP-1", password="station-password-1") as cp:
+            await cp.boot()
+            transaction_id, status = await cp.start_transaction(1, "TAG-OK")
+            assert status == "Accepted"
+            cp.connectors[1].power_w = 11_000
+            await cp.meter_values(1, seconds=600)  # 11 kW for ten minutes: 1,833 Wh
+            await cp.stop_transaction(1)
+
+        async def delivered() -> bool:
+            return len(receiver.requests) >= 1
+        await until(delivered)
+        session = await central.session(transaction_id)
+    finally:
+        await dispatcher.close()
+        await receiver.close()
+        await stop_central(central)
+
+    [request] = receiver.requests
+    assert request.method == "POST" and request.path == "/hooks"
+    assert request.signed_with(created.secret)
+    assert not request.signed_with("whsec_another")
+    assert request.headers["x-chargegraph-event"] == "session.ended"
+    assert request.headers["x-chargegraph-delivery"].startswith("dlv_")
+    assert request.headers["content-type"] == "application/json"
+    body = request.json
+    assert set(body) == {"id", "type", "at", "data"}
+    assert body["id"].startswith("evt_") and body["type"] == "session.ended"
+    data = body["data"]
+    assert data["transactionId"] == transaction_id and data["cpId"] == "CP-1"
+    assert data["state"] == "COMPLETED" and data["change"] == "ENDED"
+    assert session is not None and session.cost_minor is not None
+    assert data["energyWh"] == session.energy_wh > 1800  # 11 kW for ten minutes
+    # The price at 0.40 EUR/kWh, in cents.
+    assert (data["costMinor"], data["currency"]) == (session.cost_minor, "EUR")
+    assert data["costMinor"] == round(session.energy_wh * 0.40 / 10)
+    assert data["sessionId"] == to_global_id("session", session.id)
+    assert "companyId" not in data and "ownerId" not in data
+
+
+async def test_an_operator_gets_only_what_their_company_may_see(world: World) -> None:
+    """The same rule as subscriptions (``Policy.sees_event`` as the owner): Volt's
+    operator gets Volt's charger, Other's operator nothing of it; an admin everything."""
+    await world.dispatcher()
+    volt, other, admin = (await world.receiver(), await world.receiver(),
+                          await world.receiver())
+    await world.webhook("op", volt, "connector.status_changed")
+    await world.webhook("op_other", other, "connector.status_changed")
+    await world.webhook("admin", admin, "connector.status_changed")
+
+    await available(world, "CP-1")
+    await world.settled()
+    assert len(volt.requests) == 1 and len(admin.requests) == 1
+    assert other.requests == []
+
+    await available(world, "CP-OTHER")
+    await world.settled()
+    assert [r.json["data"]["cpId"] for r in other.requests] == ["CP-OTHER"]
+    assert len(volt.requests) == 1 and len(admin.requests) == 2
+
+
+async def test_a_revoked_operator_stops_receiving_at_once(world: World) -> None:
+    """Decided at delivery time with the owner read then: deactivated, or moved to
+    another company, their webhook gets nothing more (also one their colleague keeps)."""
+    await world.dispatcher()
+    receiver = await world.receiver()
+    await world.webhook("op", receiver, "connector.status_changed")
+    await available(world)
+    await world.settled()
+    assert len(receiver.requests) == 1
+
+    await world.services.accounts.update_user(
+        SYSTEM, world.users["op"].id, company_id=world.companies["other"].id)
+    await available(world)
+    await world.settled()
+    assert len(receiver.requests) == 1
+
+    await world.services.accounts.update_user(
+        SYSTEM, world.users["op"].id, company_id=world.companies["volt"].id)
+    await world.services.accounts.deactivate_user(SYSTEM, world.users["op"].id)
+    await available(world)
+    await world.settled()
+    assert len(receiver.requests) == 1
+
+
+async def test_a_failed_delivery_is_tried_again_until_it_succeeds(world: World) -> None:
+    await world.dispatcher()
+    receiver = await world.receiver(500, 503, 200)
+    webhook, secret = await world.webhook("op", receiver, "connector.status_changed")
+
+    await available(world)
+    await world.settled()
+
+    assert len(receiver.requests) == 3
+    # One delivery: the same event and delivery ids each time, signed each time.
+    assert len({r.headers["x-chargegraph-delivery"] for r in receiver.requests}) == 1
+    assert len({r.json["id"] for r in receiver.requests}) == 1
+    assert all(r.signed_with(secret) for r in receiver.requests)
+    health = await world.stored(webhook)
+    assert (health.last_status, health.last_error, health.consecutive_failures) == \
+        (200, None, 0)
+    assert health.last_success_at is not None and health.active
+
+
+async def test_a_delivery_that_keeps_failing_counts_and_then_disables(world: World) -> None:
+    """Each delivery is tried ``tries`` times; deliveries failed in a row count, and at
+    the limit the webhook is disabled (audited as the system) and gets nothing more."""
+    world.services.webhooks.disable_after = 2
+    await world.dispatcher()
+    receiver = await world.receiver(500)
+    webhook, _ = await world.webhook("op", receiver, "connector.status_changed")
+
+    await available(world)
+    await world.settled()
+    once = await world.stored(webhook)
+    assert len(receiver.requests) == 3  # TRIES
+    assert (once.active, once.consecutive_failures, once.last_status) == (True, 1, 500)
+    assert once.last_error == "HTTP 500: receiver says no"
+
+    await available(world)
+    await world.settled()
+    off = await world.stored(webhook)
+    assert len(receiver.requests) == 6
+    assert not off.active and off.consecutive_failures == 2
+    assert off.disabled_reason is not None and "2 deliveries failed" in off.disabled_reason
+    audit = await world.store.find_all(d.AuditEntry, all_of(
+        Eq("entity_id", webhook.id), Eq("actor", "system")))
+    assert [a.after["active"] for a in audit if a.after] == [False]
+
+    await available(world)
+    await world.settled()
+    assert len(receiver.requests) == 6
+
+    # Enabled again by its owner: counted afresh, and delivered to.
+    await world.services.webhooks.update_webhook(world.viewer("op"), webhook.id, active=True)
+    again = await world.stored(webhook)
+    assert (again.active, again.consecutive_failures, again.disabled_reason) == (True, 0, None)
+
+
+async def test_a_full_queue_drops_its_oldest_events_and_counts_them(world: World) -> None:
+    dispatcher = await world.dispatcher(queue_size=2)
+    receiver = await world.receiver()
+    webhook, _ = await world.webhook("op", receiver, "connector.status_changed")
+    # Five events offered before the delivery task gets its first turn.
+    for status in ("Preparing", "Charging", "SuspendedEV", "Finishing", "Available"):
+        dispatcher.offer(ConnectorStatusChanged(
+            station_id=None, cp_id="CP-1", company_id=world.companies["volt"].id,
+            connector_record_id=None, connector_id=1, status=status))
+    await world.settled()
+    assert [r.json["data"]["status"] for r in receiver.requests] == ["Finishing",
+                                                                     "Available"]
+    assert (await world.stored(webhook)).dropped_events == 3
+
+
+async def test_each_event_is_delivered_by_the_instance_that_published_it(
+        tmp_path: Path) -> None:
+    """Two instances on one database and one bus (as behind Redis): both hear every
+    event, yet each event is posted once, by the instance where it happened."""
+    bus = MemoryEventBus()
+    await bus.start()
+    stores = [SqliteStore(str(tmp_path / "shared.db")) for _ in range(2)]
+    for store in stores:
+        await store.start()
+    first, second = (new_services(store, bus) for store in stores)
+    world = World(first, stores[0], bus)
+    try:
+        await seed(first, world)
+        receiver = await world.receiver()
+        await world.webhook("op", receiver, "connector.status_changed")
+        await world.dispatcher(first)
+        other_instance = await world.dispatcher(second)
+        await other_instance.refresh()  # routes by the webhook made on the first
+        heard = bus.subscribe(["connector_status"])
+
+        await available(world)  # on the first instance
+        await second.charging.status_notification("CP-1", 1, "Charging", "NoError")
+        # Both instances hear both events (the bus carries them everywhere).
+        for status in ("Available", "Charging"):
+            event = await asyncio.wait_for(anext(heard), 5)
+            assert isinstance(event, ConnectorStatusChanged) and event.status == status
+        await world.settled()
+
+        assert sorted(r.json["data"]["status"] for r in receiver.requests) == \
+            ["Available", "Charging"]
+    finally:
+        for dispatcher in world.dispatchers:
+            await dispatcher.close()
+        for r in world.receivers:
+            await r.close()
+        await bus.close()
+        for store in stores:
+            await store.close()
+
+
+async def test_a_name_resolving_to_a_private_address_is_not_posted_to(world: World) -> None:
+    """Checked again at delivery by what the name resolves to (here a webhook stored
+    while private addresses were allowed): refused, recorded, never sent."""
+    await world.dispatcher(allow_private=False)
+    receiver = await world.receiver()
+    webhook, _ = await world.webhook("op", receiver, "connector.status_changed")
+    await world.services.webhooks.update_webhook(
+        world.viewer("op"), webhook.id, url=f"http://localhost:{receiver.port}/hooks")
+
+    await available(world)
+    await world.settled()
+    assert receiver.requests == []
+    refused = await world.stored(webhook)
+    assert refused.last_status is None and refused.consecutive_failures == 1
+    assert refused.last_error == "localhost resolves to a loopback, private or reserved " \
+                                 "address"
+
+
+async def test_an_event_published_before_a_webhook_existed_is_not_delivered(
+        world: World) -> None:
+    await world.dispatcher()
+    receiver = await world.receiver()
+    await available(world)
+    await world.webhook("op", receiver, "connector.status_changed")
+    await world.settled()
+    assert receiver.requests == []
+
+
+async def test_a_receiver_that_answers_forever_is_cut_off(world: World) -> None:
+    """The timeout bounds the whole exchange, not each read: a receiver dripping its
+    answer byte by byte does not hold its webhook's queue."""
+    await world.dispatcher(timeout=0.3, tries=1)
+    receiver = await world.receiver(DRIP)
+    webhook, _ = await world.webhook("op", receiver, "connector.status_changed")
+    await available(world)
+    await world.settled()
+    stalled = await world.stored(webhook)
+    assert (stalled.last_status, stalled.last_error) == (None, "no answer within 0.3 s")
+    assert stalled.consecutive_failures == 1
