@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any, Protocol
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from pubsub.memory import DEFAULT_QUEUE_SIZE, EventStream, MemoryEventBus
 from pubsub.redis import CHANNEL_PREFIX, RedisEventBus, redacted
@@ -49,7 +49,9 @@ def channel_prefix(url: str, prefix: str | None = None) -> str:
     instances of an existing deployment still talk to each other across an upgrade."""
     if prefix is not None:
         return check_channel_prefix(prefix)
-    database = urlsplit(url.strip()).path.strip("/")
+    parts = urlsplit(url.strip())
+    # The database as redis-py reads it: the path, or a ``db`` query parameter.
+    database = parts.path.strip("/") or parse_qs(parts.query).get("db", [""])[0]
     return CHANNEL_PREFIX if database in ("", "0") else f"{CHANNEL_PREFIX}{database}:"
 
 

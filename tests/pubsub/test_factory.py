@@ -43,6 +43,7 @@ def test_the_error_does_not_show_a_password() -> None:
     ("redis://localhost:6379/0", None, "chargegraph:"),  # as before: upgrades still talk
     ("redis://localhost:6379", None, "chargegraph:"),
     ("redis://localhost:6379/3", None, "chargegraph:3:"),
+    ("redis://localhost:6379?db=3", None, "chargegraph:3:"),
     ("rediss://:pw@host:6380/3", "staging:", "staging:"),
 ])
 def test_each_deployment_gets_its_channel_prefix(url: str, prefix: str | None,
