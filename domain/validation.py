@@ -162,6 +162,16 @@ def id_tag(value: str | None, field: str = "tag") -> str:
     return cleaned.upper()
 
 
+def stored_id_tag(presented: str) -> str:
+    """A tag as a session stores it, as the charger presented it: trimmed, upper-cased
+    (IdToken is case-insensitive), unprintable characters (controls, bidi overrides) shown
+    as U+FFFD: operators read it in sessions and the audit log, and it must not read as
+    another card's (such a tag matches no card and is Invalid anyway)."""
+    tag = presented.strip().upper()
+    return tag if tag.isprintable() else "".join(c if c.isprintable() else "\ufffd"
+                                                 for c in tag)
+
+
 def connector_id(value: int, field: str = "connectorId") -> int:
     if value < 1:
         raise ValidationError("connector ids start at 1", field=field, code="OUT_OF_RANGE")

@@ -346,8 +346,7 @@ class SessionFilter:
             _eq("connector_id", self.connector_id),
             _eq("station_id", _id(self.station_id, "station", "filter.stationId")),
             _ids(self.station_ids, "station", "filter.stationIds"),
-            _eq("id_tag", v.id_tag(self.id_tag, "filter.idTag")
-                if self.id_tag is not None else None),
+            _eq("id_tag", _session_tag(self.id_tag)),
             _eq("user_id", _id(self.user_id, "user", "filter.userId")),
             _eq("vehicle_id", _id(self.vehicle_id, "vehicle", "filter.vehicleId")),
             _eq("state", self.state),
@@ -369,6 +368,21 @@ class ReservationFilter:
             _eq("user_id", _id(self.user_id, "user", "filter.userId")),
             _reservation_state(self.state, utcnow()) if self.state is not None else None,
         )
+
+
+def _session_tag(value: str | None) -> str | None:
+    """A card's tag as sessions store it (``validation.stored_id_tag``): a charger may
+    present a tag no card was issued with (non-ASCII, unprintable), and an operator
+    looking into it must find its sessions. Bounded as OCPP bounds a tag."""
+    if value is None:
+        return None
+    tag = v.stored_id_tag(value)
+    if not tag:
+        raise ValidationError("must not be empty", field="filter.idTag", code="REQUIRED")
+    if len(tag) > v.MAX_ID_TAG:
+        raise ValidationError(f"at most {v.MAX_ID_TAG} characters", field="filter.idTag",
+                              code="TOO_LONG")
+    return tag
 
 
 def _reservation_state(state: ReservationState, now: datetime) -> Filter:

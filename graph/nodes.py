@@ -804,8 +804,14 @@ class Tariff(Node, Audited):
     async def station(self, info: Info) -> Station | None:
         return await _related(info, Station, self._r.station_id)
 
-    @strawberry.field
+    @strawberry.field(description="The company whose price list it is; staff only (null for "
+                                  "drivers and anonymous users, who are not told who runs a "
+                                  "station).")
     async def company(self, info: Info) -> Company | None:
+        # A station of no tariff of its own shows its company's: a driver of that company
+        # (who sees their own company) read which stations it runs through it.
+        if not _staff(_ctx(info)):
+            return None
         return await _related(info, Company, self._r.company_id)
 
 

@@ -233,10 +233,11 @@ class Service:
             station = stations.get(station_id) if station_id is not None else None
             if station is not None:
                 books[record.id] = books_of(station)
-            elif isinstance(record, Webhook) and record.company_id is not None:
-                # A company's webhook: its operators read its history (who changed its
-                # URL, who disabled it), as they manage it.
-                books[record.id] = (record.company_id, None)
+            elif isinstance(record, Webhook):
+                # Its operators read its history (who changed its URL, who disabled it),
+                # as they manage it: a company's, or, of no company, its owner's.
+                books[record.id] = (record.company_id,
+                                    None if record.company_id else record.owner_id)
         return books
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import partial, wraps
@@ -78,6 +78,7 @@ from domain.services.metering import (
     added_wh,
     believable_register,
     closing_sample,
+    final_soc,
     live_patch,
     samples_of,
 )
@@ -621,11 +622,7 @@ class ChargingService(Service):
             start = self.clocks.charger_now(cp_id)
         await self._clock_report(station, start)
         presented = id_tag.strip().upper()  # authorized as presented, as Authorize does
-        # Stored with its unprintable characters (controls, bidi overrides) shown as U+FFFD:
-        # operators read it in sessions and the audit log, and it must not read as another
-        # card's (such a tag matches no card and is Invalid anyway).
-        tag = presented if presented.isprintable() else "".join(
-            c if c.isprintable() else "\ufffd" for c in presented)
+        tag = v.stored_id_tag(id_tag)
         company_id, station_owner_id = books_of(station)
         identity = _StartIdentity(tag, start, meter_start, glitch)
         for attempt in (1, 2):
@@ -866,7 +863,8 @@ class ChargingService(Service):
             samples.append(closing)
         closed, changes = await self._close(station, session, meter_stop, end,
                                             reason or "Local", actor, energy_wh=energy,
-                                            awaited=awaits_stop(session))
+                                            awaited=awaits_stop(session),
+                                            readings=readings or [])
         try:
             await self.commit(actor, changes,
                               unaudited=[*trimmed, *(InsertIfAbsent(s) for s in samples)])
@@ -942,7 +940,8 @@ class ChargingService(Service):
     async def _close(self, station: Station, session: Session, meter_stop: int | None,
                      end: datetime, reason: str, actor: Viewer, *,
                      energy_wh: int | None = None, awaited: bool = False,
-                     unchanged_since: datetime | None = None
+                     unchanged_since: datetime | None = None,
+                     readings: Sequence[MeterReading] = ()
                      ) -> tuple[Session, list[tuple[Change, Any]]]:
         """The closed session, and its write with the payment it opens (the changes to
         commit). ``energy_wh``: the session's energy
@@ -950,7 +949,9 @@ class ChargingService(Service):
         (``awaited``: still awaiting its stop): of a charger's StopTransaction and an
         operator's endSession racing, one closes it, and the other fails with ``Conflict``
         (``CHANGED``) instead of closing it twice. ``unchanged_since``: written only onto
-        the session as it was read, last updated then (any change since moves it)."""
+        the session as it was read, last updated then (any change since moves it).
+        ``readings``: the stop's own (its transactionData): a State of Charge there is the
+        session's last."""
         # A stop stamped before the start (a clock reset mid-session) ends the session
         # when it began, so no duration anywhere comes out negative.
         end = max(end, session.start_time)
@@ -969,7 +970,8 @@ class ChargingService(Service):
         close = patch(session, actor, only_if=guard, required=True,
                       state=SessionState.COMPLETED, end_time=end, meter_stop_wh=meter_stop,
                       energy_wh=energy, power_w=None, stop_reason=reason, cost_minor=cost,
-                      currency=tariff.currency if tariff else None)
+                      currency=tariff.currency if tariff else None,
+                      **final_soc(session, readings, self.clocks.believable))
         payment = None
         # Nothing to collect (no energy and no fees): no payment for anyone to settle.
         if tariff is not None and cost is not None and cost > 0:

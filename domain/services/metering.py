@@ -5,7 +5,7 @@ service reads and writes the store around them."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
@@ -216,13 +216,30 @@ def reading_soc(reading: MeterReading) -> float | None:
     return None
 
 
+def final_soc(session: Session, readings: Sequence[MeterReading],
+              believable: Callable[[datetime], bool]) -> dict[str, Any]:
+    """The State of Charge fields ``readings`` set (``soc_percent``, ``soc_at``): the
+    newest reading of it, unless the one shown is newer (a believable time: one stamped
+    in our future by a glitching clock must not freeze it); nothing without one. For
+    live meter values and a stop's own readings (its transactionData) alike."""
+    soc_at = session.soc_at if session.soc_at is not None and believable(session.soc_at) \
+        else None
+    found: dict[str, Any] = {}
+    for reading in readings:
+        value = reading_soc(reading)
+        if value is not None and (soc_at is None or reading.timestamp >= soc_at):
+            soc_at = reading.timestamp
+            found = {"soc_percent": value, "soc_at": as_utc(reading.timestamp)}
+    return found
+
+
 def live_patch(session: Session, readings: list[MeterReading], added: int,
                actor: Viewer, believable: Callable[[datetime], bool]) -> Update | None:
     """Live energy grows by what the frame's samples add (``added``, their
     ``delta_wh``): never from the newest reading alone, which a late or lower one would
     take back, and always equal to the sum of the session's increments. Power from
-    the newest total active power (``reading_power``), State of Charge from the newest
-    reading of it (``reading_soc``), each unless the one shown is newer (a believable
+    the newest total active power (``reading_power``), State of Charge as
+    ``final_soc`` takes it, each unless the one shown is newer (a believable
     time: one stamped in our future by a glitching clock must not freeze it). ``None``
     when nothing changed."""
     power_at = session.power_at
@@ -235,18 +252,7 @@ def live_patch(session: Session, readings: list[MeterReading], added: int,
         # outage) must not put an old value over the current one.
         if value is not None and (power_at is None or reading.timestamp >= power_at):
             power_at, power = reading.timestamp, value
-    soc_at = session.soc_at
-    if soc_at is not None and not believable(soc_at):
-        soc_at = None
-    soc = None
-    for reading in readings:
-        value = reading_soc(reading)
-        if value is not None and (soc_at is None or reading.timestamp >= soc_at):
-            soc_at, soc = reading.timestamp, value
-    updates: dict[str, Any] = {}
-    if soc is not None:
-        updates["soc_percent"] = soc
-        updates["soc_at"] = as_utc(soc_at) if soc_at is not None else None
+    updates: dict[str, Any] = final_soc(session, readings, believable)
     if added:
         updates["energy_wh"] = session.energy_wh + added
     if power is not None:

@@ -512,7 +512,8 @@ ALTER TABLE "connector_interval" ADD COLUMN "point_error_code" TEXT;
 # sample inserts (``python -m bench.store_inserts``), while its ties are a reading's few
 # sampled values, sorted on read. A session
 # keeps its latest State of Charge (``Session.soc_percent``, set with its live energy),
-# taken here from the samples of sessions recorded before: one walk of the samples now
+# taken here from the samples of sessions recorded before, by the live rule (no phase,
+# 0 to 100: ``metering.reading_soc``): one walk of the samples now
 # rather than an index by measurand that every sample written would pay for.
 _V21 = """
 ALTER TABLE "session" ADD COLUMN "soc_percent" REAL;
@@ -520,6 +521,7 @@ ALTER TABLE "session" ADD COLUMN "soc_at" INTEGER;
 UPDATE "session" SET ("soc_percent", "soc_at") = (
     SELECT "value", "at" FROM "meter_sample"
     WHERE "meter_sample"."session_id" = "session"."id" AND "measurand" = 'SoC'
+      AND "phase" IS NULL AND "value" BETWEEN 0 AND 100
     ORDER BY "at" DESC, "id" DESC LIMIT 1);
 CREATE INDEX "status_event_station_connector_at_idx"
     ON "status_event" ("station_id", "connector_id", "at", "id");

@@ -527,6 +527,10 @@ async def test_the_session_keeps_its_latest_state_of_charge(world: World) -> Non
     await charging.meter_values(CP, 1, tx, soc("30", 90))
     await charging.meter_values(CP, 1, tx, soc("140", 180))
     assert (await world.session(tx)).soc_percent == 44.5
+    # The stop's own readings (transactionData) carry its last.
+    await charging.stop_transaction(CP, tx, 500, T0 + timedelta(seconds=300),
+                                    readings=soc("80", 300))
+    assert (await world.session(tx)).soc_percent == 80.0
 
 
 async def test_a_meter_value_racing_end_session_adds_nothing_to_the_ended_session(

@@ -4,9 +4,14 @@ narrow what the viewer's scope lets through)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from domain.ids import new_id
+from domain.ports import Insert
+from domain.services import Services
+from domain.validation import stored_id_tag
 from graph.ids import to_global_id
 from tests.graph.conftest import Api
 from tests.graph.world import World
@@ -58,6 +63,19 @@ async def test_sessions_by_card(api: Api, world: World) -> None:
     assert await ids(api, world, "driver2", SESSIONS, card) == set()
     assert await errors(api, world, SESSIONS, {"idTag": "x" * 21}) == [
         ("filter.idTag", "TOO_LONG")]
+
+
+async def test_sessions_by_a_card_no_one_issued(api: Api, world: World,
+                                                services: Services) -> None:
+    """A charger may present a tag no card was issued with (not ASCII): its sessions store
+    it as presented, and the filter finds them rather than refusing the tag."""
+    stray = replace(world.sessions["s3"], id=new_id(), transaction_id=9_999,
+                    id_tag=stored_id_tag(" Müller-1 "))
+    await services.ctx.store.write([Insert(stray)], [])
+    assert await ids(api, world, "admin", SESSIONS, {"idTag": "müller-1"}) == {
+        to_global_id("session", stray.id)}
+    assert await errors(api, world, SESSIONS, {"idTag": "  "}) == [
+        ("filter.idTag", "REQUIRED")]
 
 
 async def test_payments_by_when_they_were_opened(api: Api, world: World) -> None:

@@ -103,6 +103,23 @@ async def test_hidden_user_fields_cannot_be_searched_filtered_or_sorted(
         assert not any(email.encode() in cursor for cursor in cursors for email in hidden)
 
 
+async def test_a_drivers_tariff_does_not_say_which_company_runs_the_station(
+        api: Api, world: World, services: Services) -> None:
+    """A station of no tariff of its own shows its company's; a driver of that company
+    (who sees their own company) read from it which stations the company runs."""
+    from decimal import Decimal
+
+    from domain.policy import SYSTEM
+
+    await services.tariffs.set_tariff(SYSTEM, price_per_kwh=Decimal("0.39"), currency="EUR",
+                                      company_id=world.companies["a"].id)
+    query = "{ stations(first: 10) { nodes { cpId tariff { company { name } } } } }"
+    for who, named in (("driver_a", False), ("driver1", False), ("op_a", True)):
+        nodes = (await api.gql(query, as_user=world.users[who].id))["stations"]["nodes"]
+        companies = {n["tariff"]["company"] is not None for n in nodes if n["tariff"]}
+        assert companies == {named}, who
+
+
 async def test_hidden_station_fields_cannot_be_filtered_on(api: Api, world: World) -> None:
     """A driver sees the map, not who runs it: filtering on the owner or company finds
     nothing, as it does for an operator of another company."""

@@ -623,6 +623,7 @@ async def test_version_21_gives_sessions_their_latest_state_of_charge(db_path: s
                 (sid, tx))
         for sample_id, session_id, at, measurand, value in (
                 ("m1", "s1", 1000, "SoC", 40.0), ("m2", "s1", 3000, "SoC", 62.0),
+                ("m5", "s1", 5000, "SoC", 255.0),  # a glitch: no battery shows it
                 ("m3", "s1", 4000, "Voltage", 230.0), ("m4", "s2", 2000, "Voltage", 231.0)):
             await conn.execute(
                 'INSERT INTO "meter_sample" ("id", "created_at", "updated_at", "created_by", '

@@ -7,7 +7,7 @@ import pytest
 
 from domain import entities as d
 from domain.errors import DomainError
-from domain.policy import SYSTEM
+from domain.policy import SYSTEM, Viewer
 from domain.query import Eq, all_of
 from domain.services.webhooks import MAX_WEBHOOKS_PER_OWNER, webhook_url
 from tests.webhooks.conftest import World
@@ -95,6 +95,16 @@ async def test_an_operators_webhook_is_their_companys(world: World) -> None:
         entries = await world.store.find_all(d.AuditEntry, all_of(
             world.services.policy.scope(viewer, "audit_entry"), Eq("entity_id", webhook.id)))
         assert len(entries) == seen, who
+    # An operator of no company keeps their own, and reads their history too.
+    solo = await world.services.accounts.create_user(
+        SYSTEM, email="solo@example.com", password="password-123", name="solo",
+        role=d.Role.OPERATOR)
+    own = await hooks.create_webhook(Viewer.of(solo), url="https://hooks.example.com/solo",
+                                     events=["session.ended"])
+    entries = await world.store.find_all(d.AuditEntry, all_of(
+        world.services.policy.scope(Viewer.of(solo), "audit_entry"),
+        Eq("entity_id", own.webhook.id)))
+    assert [e.action for e in entries] == [d.AuditAction.CREATE]
 
 
 async def test_every_change_is_audited_without_the_secret(world: World) -> None:
