@@ -53,3 +53,25 @@ async def until(condition: Callable[[], Awaitable[Any]], attempts: int = 500,
             return
         await asyncio.sleep(step)
     raise AssertionError("condition never held")
+
+
+async def graphql_in_process(services: Any, tokens: Any, query: str,
+                             variables: dict[str, Any] | None = None,
+                             user_id: str | None = None) -> dict[str, Any]:
+    """``query`` through the real GraphQL app over ASGI (no network), as ``user_id``
+    (signed in with a token of ``tokens``) or anonymous; its data, asserting no errors."""
+    import httpx
+
+    from graph import create_graphql_app
+
+    headers = {}
+    if user_id is not None:
+        headers["authorization"] = f"Bearer {tokens.issue(user_id).token}"
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(
+            app=create_graphql_app(services, tokens)), base_url="http://test") as client:
+        response = await client.post("/graphql", json={"query": query,
+                                                        "variables": variables},
+                                     headers=headers)
+    body = response.json()
+    assert "errors" not in body, body
+    return body["data"]  # type: ignore[no-any-return]

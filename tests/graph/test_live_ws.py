@@ -24,7 +24,7 @@ from domain.services.base import changed
 from graph import TokenService
 from graph.app import resolve_viewer
 from graph.context import GraphContext
-from graph.live_ws import LiveEndpoint, start_eagerly
+from graph.live_ws import RENDER_BACKLOG, LiveEndpoint, start_eagerly
 from graph.pipeline import MAX_TOKENS
 from graph.schema import schema
 from pubsub.memory import MemoryEventBus
@@ -845,10 +845,10 @@ class HeldReads:
             self.now -= 1
 
 
-async def test_nested_renders_run_a_bounded_number_at_once(store: CountingStore) -> None:
-    """Thirty subscriptions with selections of their own are thirty renders per event:
-    they run at most ``max_renders`` at once (each a task sharing the loop with chargers
-    and queries), not all at once, and every subscriber still gets every event."""
+async def held_setup(store: CountingStore, max_renders: int,
+                     render_backlog: int = RENDER_BACKLOG
+                     ) -> tuple[HeldReads, MemoryEventBus, Setup]:
+    """A world over ``HeldReads`` with an endpoint of the given render limits."""
     held = HeldReads(store)
     bus = MemoryEventBus()
     services = Services(ServiceContext(store=held,  # type: ignore[arg-type]
@@ -858,7 +858,16 @@ async def test_nested_renders_run_a_bounded_number_at_once(store: CountingStore)
     async def authorize(header: str | None) -> Viewer:
         return await resolve_viewer(services, live.tokens, header)
 
-    live.endpoint = LiveEndpoint(services, live.tokens, schema, authorize, max_renders=3)
+    live.endpoint = LiveEndpoint(services, live.tokens, schema, authorize,
+                                 max_renders=max_renders, render_backlog=render_backlog)
+    return held, bus, live
+
+
+async def test_nested_renders_run_a_bounded_number_at_once(store: CountingStore) -> None:
+    """Thirty subscriptions with selections of their own are thirty renders per event:
+    they run at most ``max_renders`` at once (each a task sharing the loop with chargers
+    and queries), not all at once, and every subscriber still gets every event."""
+    held, bus, live = await held_setup(store, max_renders=3)
     socket = await live.open("admin")
     for i in range(30):
         socket.subscribe(str(i), nested(i))
@@ -887,17 +896,7 @@ async def test_past_the_render_backlog_groups_coalesce_to_the_newest_event(
     a group's render still waiting is replaced by the newest event's, whose
     ``droppedBefore`` counts what its members missed, so what waits stays bounded. The
     shared selection (event fields only) misses nothing."""
-    held = HeldReads(store)
-    bus = MemoryEventBus()
-    services = Services(ServiceContext(store=held,  # type: ignore[arg-type]
-                                       policy=Policy(), hasher=FastHasher(), bus=bus))
-    live = Setup(services, await build_world(services), bus)
-
-    async def authorize(header: str | None) -> Viewer:
-        return await resolve_viewer(services, live.tokens, header)
-
-    live.endpoint = LiveEndpoint(services, live.tokens, schema, authorize, max_renders=1,
-                                 render_backlog=4)
+    _, bus, live = await held_setup(store, max_renders=1, render_backlog=4)
     hub = live.endpoint.hub
     groups = 10
     socket, light = await live.open("admin"), await live.open("admin")
@@ -939,16 +938,7 @@ async def test_past_the_render_backlog_groups_coalesce_to_the_newest_event(
 
 async def test_renders_waiting_for_subscriptions_that_ended_are_not_run(
         store: CountingStore) -> None:
-    held = HeldReads(store)
-    bus = MemoryEventBus()
-    services = Services(ServiceContext(store=held,  # type: ignore[arg-type]
-                                       policy=Policy(), hasher=FastHasher(), bus=bus))
-    live = Setup(services, await build_world(services), bus)
-
-    async def authorize(header: str | None) -> Viewer:
-        return await resolve_viewer(services, live.tokens, header)
-
-    live.endpoint = LiveEndpoint(services, live.tokens, schema, authorize, max_renders=1)
+    held, bus, live = await held_setup(store, max_renders=1)
     renders = live.endpoint.hub.renders
     socket = await live.open("admin")
     for i in range(10):

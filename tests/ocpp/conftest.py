@@ -10,19 +10,18 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from domain import entities as d
 from domain.clock import utcnow
 from domain.policy import SYSTEM, Policy, Viewer
 from domain.services import ConnectorSpec, ServiceContext, Services
-from graph import TokenService, create_graphql_app
+from graph import TokenService
 from ocpp_bridge.gateway import OcppGateway
 from ocpp_bridge.server import OcppServer
 from pubsub.command_relay import CommandRelay
 from store.sqlite import SqliteStore
-from tests.helpers import FastHasher
+from tests.helpers import FastHasher, graphql_in_process
 from tests.support.wire_bus import WireBus
 
 SECRET = "ocpp-test-secret-long-enough-for-hs256-keys"
@@ -46,18 +45,8 @@ class Central:
 
     async def gql(self, query: str, variables: dict[str, Any] | None = None,
                   as_user: str | None = None) -> dict[str, Any]:
-        app = create_graphql_app(self.services, self.tokens)
-        headers = {}
-        if as_user:
-            headers["authorization"] = f"Bearer {self.tokens.issue(self.users[as_user].id).token}"
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                     base_url="http://test") as client:
-            response = await client.post("/graphql", json={"query": query,
-                                                            "variables": variables},
-                                         headers=headers)
-        body = response.json()
-        assert "errors" not in body, body
-        return body["data"]  # type: ignore[no-any-return]
+        return await graphql_in_process(self.services, self.tokens, query, variables,
+                                        self.users[as_user].id if as_user else None)
 
     async def session(self, transaction_id: int) -> d.Session | None:
         from domain.query import Eq

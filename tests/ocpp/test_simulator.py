@@ -5,24 +5,12 @@ and a start the central system refuses is stopped at once."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from pathlib import Path
-
-import pytest
 
 from domain import entities as d
 from domain.query import ALL, Eq
 from ocpp_bridge.simulator import FleetPlan, SimulatorConfig, connected, run_station
 from tests.helpers import until
-from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
-
-
-@pytest.fixture
-async def central(tmp_path: Path) -> AsyncIterator[Central]:
-    c = await start_central(tmp_path / "central.db")
-    await seed(c)
-    yield c
-    await stop_central(c)
+from tests.ocpp.conftest import STATION_PASSWORD, Central
 
 
 async def sessions(central: Central) -> list[d.Session]:

@@ -547,6 +547,17 @@ async def test_version_16_records_who_blocked_each_blocked_card(db_path: str) ->
         ("t1", "op-1"), ("t2", None)]
 
 
+async def two_stations(conn: aiosqlite.Connection) -> None:
+    """Rows as an older schema holds them: st1 of company co1, st2 of no company (owner
+    u1)."""
+    for station_id, company_sql in (("st1", "'co1'"), ("st2", "NULL")):
+        await conn.execute(
+            'INSERT INTO "station" ("id", "created_at", "updated_at", "created_by", '
+            '"updated_by", "cp_id", "name", "registration", "online", "company_id", '
+            f"\"owner_id\") VALUES ('{station_id}', 0, 0, 'system', 'system', "
+            f"'{station_id}', 'One', 'ACCEPTED', 0, {company_sql}, 'u1')")
+
+
 async def test_version_18_gives_station_and_reservation_audit_entries_their_books(
         db_path: str) -> None:
     """Audit entries of a station (its record, commands) or a reservation written before
@@ -554,12 +565,7 @@ async def test_version_18_gives_station_and_reservation_audit_entries_their_book
     async with aiosqlite.connect(db_path, isolation_level=None) as conn:
         await apply_migrations(conn, MIGRATIONS[:17])
         stamps = "0, 0, 'system', 'system'"
-        for station_id, company in (("st1", "'co1'"), ("st2", "NULL")):
-            await conn.execute(
-                'INSERT INTO "station" ("id", "created_at", "updated_at", "created_by", '
-                '"updated_by", "cp_id", "name", "registration", "online", "company_id", '
-                f"\"owner_id\") VALUES ('{station_id}', {stamps}, '{station_id}', 'One', "
-                f"'ACCEPTED', 0, {company}, 'u1')")
+        await two_stations(conn)
         await conn.execute(
             'INSERT INTO "reservation" ("id", "created_at", "updated_at", "created_by", '
             '"updated_by", "reservation_id", "station_id", "cp_id", "connector_id", '
@@ -642,12 +648,7 @@ async def test_version_8_gives_existing_sessions_and_payments_their_books(
     async with aiosqlite.connect(db_path, isolation_level=None) as conn:
         await apply_migrations(conn, MIGRATIONS[:7])
         stamps = "0, 0, 'system', 'system'"
-        for station_id, company in (("st1", "'co1'"), ("st2", "NULL")):
-            await conn.execute(
-                'INSERT INTO "station" ("id", "created_at", "updated_at", "created_by", '
-                '"updated_by", "cp_id", "name", "registration", "online", "company_id", '
-                f"\"owner_id\") VALUES ('{station_id}', {stamps}, '{station_id}', 'One', "
-                f"'ACCEPTED', 0, {company}, 'u1')")
+        await two_stations(conn)
         for tx, (sid, station_id) in enumerate((("s1", "st1"), ("s2", "gone"),
                                                 ("s3", "st2"))):
             await conn.execute(

@@ -6,10 +6,9 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-import httpx
-
-from graph import TokenService, create_graphql_app
+from graph import TokenService
 from graph.ids import to_global_id
+from tests.helpers import graphql_in_process
 from tests.webhooks.conftest import World
 
 SECRET = "webhook-test-secret-long-enough-for-hs256"
@@ -26,18 +25,8 @@ LIST = """{ webhooks { totalCount nodes { id url active disabledReason
 
 async def gql(world: World, query: str, as_user: str | None,
               **variables: Any) -> dict[str, Any]:
-    app = create_graphql_app(world.services, TOKENS)
-    headers = {}
-    if as_user:
-        headers["authorization"] = f"Bearer {TOKENS.issue(world.users[as_user].id).token}"
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://test") as client:
-        response = await client.post("/graphql", json={"query": query,
-                                                        "variables": variables},
-                                     headers=headers)
-    body = response.json()
-    assert "errors" not in body, body
-    return body["data"]  # type: ignore[no-any-return]
+    return await graphql_in_process(world.services, TOKENS, query, variables,
+                                    world.users[as_user].id if as_user else None)
 
 
 async def test_the_secret_is_shown_once_and_the_list_follows_the_policy(
