@@ -67,8 +67,10 @@ ERROR_BODY_BYTES = 200
 _ID_FIELDS = {"station_id": "station", "session_id": "session", "user_id": "user",
               "vehicle_id": "vehicle", "connector_record_id": "connector",
               "reservation_record_id": "reservation"}
-#: The ownership snapshot every event carries for visibility, not for receivers.
-_INTERNAL = frozenset({"company_id", "owner_id", "at"})
+#: The ownership snapshot every event carries for visibility (a reservation's books
+#: too), not for receivers.
+_INTERNAL = frozenset({"company_id", "owner_id", "at", "books_company_id",
+                       "books_station_owner_id"})
 
 
 class Refused(Exception):

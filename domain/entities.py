@@ -371,6 +371,13 @@ class Reservation(Record):
     expires_at: datetime
     user_id: str | None = None
     state: ReservationState = ReservationState.PENDING
+    #: Whose books this is, from its station when it was made: the station's company, or
+    #: for a station of no company its owner (``base.books_of``), as sessions record
+    #: theirs. A station handed to another company leaves its reservations (drivers'
+    #: cards and ids) with the old one; the new one sees only those still live, whose
+    #: plugs it now runs (``Policy``'s reservation scope).
+    company_id: str | None = None
+    station_owner_id: str | None = None
 
     def state_at(self, now: datetime) -> ReservationState:
         """EXPIRED once a live (PENDING or ACTIVE) reservation is past its expiry, before

@@ -82,6 +82,12 @@ class ReservationChanged(DomainEvent):
     connector_id: int
     user_id: str | None
     state: str
+    #: The reservation's books (``Reservation.company_id``/``station_owner_id``), beside
+    #: the station's ownership now: after a hand-over its old company keeps seeing it,
+    #: the new one only while it is live (``Policy.sees_event``). Both ``None`` in events
+    #: of versions before them.
+    books_company_id: str | None = None
+    books_station_owner_id: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -12,7 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from domain.clock import utcnow
 from domain.entities import (
+    LIVE_RESERVATION_STATES,
     AuditAction,
     Payment,
     Record,
@@ -60,7 +62,11 @@ PRIVATE_FIELDS: dict[str, frozenset[str]] = {
     # Whose books: who ran the station then, which a driver is not told of any station.
     "session": frozenset({"company_id", "station_owner_id"}),
     "payment": frozenset({"company_id", "station_owner_id"}),
+    "reservation": frozenset({"company_id", "station_owner_id"}),
 }
+
+#: Kinds recorded in the books of whoever ran their station when they happened.
+BOOKED_KINDS = frozenset({"session", "payment", "reservation"})
 
 
 #: Audit actions that change a record (``COMMAND`` records an action instead).
@@ -74,6 +80,12 @@ RECORD_CHANGES = (AuditAction.CREATE, AuditAction.UPDATE, AuditAction.DELETE)
 #: through it (the ``meter_sample`` scope says the same for samples read on their own,
 #: as analytics read them; a session's own list asks its parent's scope, one lookup).
 FOLLOW_PARENT: dict[tuple[str, str], str] = {("meter_sample", "session_id"): "session"}
+
+
+def live_reservations() -> Filter:
+    """Reservations holding (or that may hold) their plug now: PENDING or ACTIVE and not
+    expired (``Reservation.state_at``), whether or not the sweep has stored it yet."""
+    return all_of(In("state", LIVE_RESERVATION_STATES), Range("expires_at", gt=utcnow()))
 
 
 def metered_on(stations: Filter) -> Filter:
@@ -189,8 +201,12 @@ class Policy:
                 return stations
             case "session" | "payment":
                 return books
-            case ("connector" | "reservation" | "status_event" | "connection_event"
-                  | "connector_interval"):
+            case "reservation":
+                # Reservations too stay in the books they were made in; one still live
+                # is also its station's current operators': they run the charger holding
+                # its plug, and must be able to cancel it.
+                return any_of(books, all_of(live_reservations(), on_stations))
+            case "connector" | "status_event" | "connection_event" | "connector_interval":
                 return on_stations
             case "meter_sample":
                 # A session's samples follow its books, as the session and its revenue do:
@@ -307,8 +323,9 @@ class Policy:
                           if viewer.is_operator and viewer.company_id else NONE)
         if kind == "station":
             return self.operator_stations(viewer) if viewer.is_operator else NONE
-        if kind in ("session", "payment"):
-            # An operator reads only those in their books; nobody else keeps any.
+        if kind in BOOKED_KINDS:
+            # An operator reads only those in their books (or live reservations on the
+            # stations they run); nobody else keeps any.
             return ALL if viewer.is_operator else NONE
         return ALL
 
@@ -367,6 +384,8 @@ class Policy:
         if viewer.anonymous:
             return public and self.public_map
         if viewer.is_operator:
+            if isinstance(event, ReservationChanged):
+                return self._sees_reservation_event(viewer, event)
             return self.runs(viewer, event.owner_id, event.company_id)
         if viewer.is_driver:
             if public:
@@ -376,6 +395,17 @@ class Policy:
             if isinstance(event, CommandCompleted):
                 return event.requested_by == viewer.user_id
         return False
+
+    def _sees_reservation_event(self, viewer: Viewer, event: ReservationChanged) -> bool:
+        """The reservation scope on the event: in the operator's books, or live on a
+        station they run now. An event without books (from a version before them) is
+        decided by the station's ownership, as it was then."""
+        if event.books_company_id is None and event.books_station_owner_id is None:
+            return self.runs(viewer, event.owner_id, event.company_id)
+        live = event.state in LIVE_RESERVATION_STATES
+        return self.in_books(viewer, event.books_company_id,
+                             event.books_station_owner_id) or (
+            live and self.runs(viewer, event.owner_id, event.company_id))
 
     # ---------------------------------------------------------------- outgoing webhooks
     @staticmethod
@@ -453,12 +483,21 @@ class Policy:
     def may_manage_station(self, viewer: Viewer, station: Station) -> bool:
         return viewer.is_admin or (viewer.is_operator and self.runs_station(viewer, station))
 
-    @staticmethod
-    def keeps_books(viewer: Viewer, record: Session | Payment) -> bool:
+    @classmethod
+    def keeps_books(cls, viewer: Viewer, record: Session | Payment) -> bool:
         """Whether the session or payment is in the operator's books (see the scope)."""
-        return viewer.is_admin or (viewer.is_operator and viewer.user_id is not None and (
-            record.station_owner_id == viewer.user_id
-            or (viewer.company_id is not None and record.company_id == viewer.company_id)))
+        return viewer.is_admin or (viewer.is_operator and cls.in_books(
+            viewer, record.company_id, record.station_owner_id))
+
+    @staticmethod
+    def in_books(viewer: Viewer, company_id: str | None, station_owner_id: str | None
+                 ) -> bool:
+        """Whether books kept as ``company_id``/``station_owner_id`` (``base.books_of``)
+        are the viewer's: their company's, or their own of no company."""
+        if viewer.user_id is None:
+            return False
+        return station_owner_id == viewer.user_id or (
+            viewer.company_id is not None and company_id == viewer.company_id)
 
     @staticmethod
     def may_manage_user(viewer: Viewer, target: User) -> bool:

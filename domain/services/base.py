@@ -112,7 +112,9 @@ def reservation_changed(reservation: Reservation, station: Station | None
     return ReservationChanged(
         **owned, reservation_record_id=reservation.id,
         reservation_id=reservation.reservation_id, connector_id=reservation.connector_id,
-        user_id=reservation.user_id, state=reservation.state.value)
+        user_id=reservation.user_id, state=reservation.state.value,
+        books_company_id=reservation.company_id,
+        books_station_owner_id=reservation.station_owner_id)
 
 
 class Service:
@@ -214,20 +216,28 @@ class Service:
         """The books each audited change of a station, a reservation or a company's
         webhook is written in
         (``AuditEntry.company_id``), by record id: the station's as it was before the
-        change (its hand-over is in the books it leaves). A reservation's station is
-        read, unless it is in the same write (one read for the whole write)."""
+        change (its hand-over is in the books it leaves); a reservation's own (its
+        history stays with it when its station changes hands: a cancel by the station's
+        new operator is in the books the reservation was made in). A reservation of no
+        books (written without them) takes its station's, read unless it is in the same
+        write (one read for the whole write)."""
         stations: dict[str, Station] = {}
         for change, before in changes:
             if isinstance(change.record, Station):
                 stations[change.record.id] = cast(Station, before or change.record)
         wanted = {change.record.station_id for change, _ in changes
-                  if isinstance(change.record, Reservation)} - stations.keys()
+                  if isinstance(change.record, Reservation)
+                  and _own_books(change.record) is None} - stations.keys()
         if wanted:
             stations.update((st.id, st) for st in await self.store.get_many(
                 Station, sorted(wanted)) if st is not None)
         books: dict[str, tuple[str | None, str | None]] = {}
         for change, _ in changes:
             record = change.record
+            own = _own_books(record) if isinstance(record, Reservation) else None
+            if own is not None:
+                books[record.id] = own
+                continue
             station_id = record.id if isinstance(record, Station) \
                 else record.station_id if isinstance(record, Reservation) else None
             station = stations.get(station_id) if station_id is not None else None
@@ -239,6 +249,12 @@ class Service:
                 books[record.id] = (record.company_id,
                                     None if record.company_id else record.owner_id)
         return books
+
+
+def _own_books(reservation: Reservation) -> tuple[str | None, str | None] | None:
+    """The books a reservation was made in, ``None`` for one written without them."""
+    books = (reservation.company_id, reservation.station_owner_id)
+    return None if books == NO_BOOKS else books
 
 
 def charger(cp_id: str) -> Viewer:

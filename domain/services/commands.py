@@ -361,11 +361,14 @@ class CommandService(Service):
             # may not charge (blocked, expired) or one of a deactivated user. (A tag we do
             # not know may still be in the charger's local list.)
             await self._refuse_unusable_tag(tag, now)
+        # In the books of whoever runs the station now: they stay there after a hand-over.
+        company_id, station_owner_id = books_of(station)
         reservation = stamp_new(Reservation(
             reservation_id=await self.store.next_sequence("reservation"),
             station_id=station.id, cp_id=station.cp_id, connector_id=connector_id,
             id_tag=str(payload["idTag"]).upper(), expires_at=expiry,
-            user_id=tag.user_id if tag else None), viewer)
+            user_id=tag.user_id if tag else None, company_id=company_id,
+            station_owner_id=station_owner_id), viewer)
         payload["reservationId"] = reservation.reservation_id
         await self.commit(viewer, [(Insert(reservation), None)])
         try:

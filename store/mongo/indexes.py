@@ -59,10 +59,12 @@ INDEXES: dict[str, list[list[tuple[str, int]]]] = {
     "connector_interval": [[("station_id", ASCENDING), ("start", ASCENDING)],
                            [("cp_id", ASCENDING), ("connector_id", ASCENDING),
                             ("end", ASCENDING)], [("start", ASCENDING)]],
-    # A new reservation looks for live ones on its connector (expires_at > now).
+    # A new reservation looks for live ones on its connector (expires_at > now); an
+    # operator reads those in their books.
     "reservation": [[("station_id", ASCENDING)], [("user_id", ASCENDING)],
                     [("cp_id", ASCENDING), ("connector_id", ASCENDING),
-                     ("expires_at", ASCENDING)]],
+                     ("expires_at", ASCENDING)],
+                    [("company_id", ASCENDING)], [("station_owner_id", ASCENDING)]],
     "tariff": [[("station_id", ASCENDING), ("valid_from", DESCENDING)],
                [("company_id", ASCENDING), ("valid_from", DESCENDING)]],
     "payment": [[("station_id", ASCENDING)], [("user_id", ASCENDING)],

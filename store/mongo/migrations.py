@@ -1,5 +1,5 @@
 """Data changes the MongoDB store makes when the model changes (SQLite makes the same in its
-schema migrations, ``store/sqlite/migrations.py``: versions 8, 10, 16 and 18).
+schema migrations, ``store/sqlite/migrations.py``: versions 8, 10, 16, 18 and 23).
 
 MongoDB has no schema to migrate, only documents written under older rules. Each step
 here runs at every start, is idempotent, and is safe from several instances at once: it
@@ -45,6 +45,7 @@ async def migrate(db: Any) -> None:
     await _minor_units(db)
     await _blockers(db)
     await _audit_books(db)
+    await _reservation_books(db)
 
 
 async def _blockers(db: Any) -> None:
@@ -94,6 +95,37 @@ async def _audit_books(db: Any) -> None:
                 {"_id": doc["_id"], "company_id": {"$exists": False}},
                 {"$set": {"company_id": company, "station_owner_id": owner,
                           MARK: ObjectId()}})
+
+
+async def _reservation_books(db: Any) -> None:
+    """Reservations written before they recorded whose books they are
+    (``Reservation.company_id``) take their station's books now, where it still exists
+    (who read them until then), else none. Marked by the field itself per document (new
+    ones always carry ``company_id``, possibly null), and the step as done once none is
+    left, so later starts do not scan the collection for the missing field again."""
+    claim = await db[MIGRATIONS].find_one_and_update(
+        {"_id": "reservation_books"},
+        {"$setOnInsert": {"at": datetime.now(UTC), "done": False}},
+        upsert=True, return_document=ReturnDocument.AFTER)
+    if claim.get("done"):
+        return
+    while True:
+        docs = await db["reservation"].find({"company_id": {"$exists": False}},
+                                            {"station_id": 1}).limit(BATCH).to_list()
+        if not docs:
+            break
+        stations = {s["_id"]: s for s in await db["station"].find(
+            {"_id": {"$in": list({doc["station_id"] for doc in docs})}},
+            {"company_id": 1, "owner_id": 1}).to_list()}
+        for doc in docs:
+            station = stations.get(doc["station_id"]) or {}
+            company = station.get("company_id")
+            owner = station.get("owner_id") if company is None else None
+            await db["reservation"].update_one(
+                {"_id": doc["_id"], "company_id": {"$exists": False}},
+                {"$set": {"company_id": company, "station_owner_id": owner,
+                          MARK: ObjectId()}})
+    await db[MIGRATIONS].update_one({"_id": "reservation_books"}, {"$set": {"done": True}})
 
 
 async def _books(db: Any) -> None:

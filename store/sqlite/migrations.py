@@ -558,13 +558,28 @@ CREATE INDEX "webhook_owner_idx" ON "webhook" ("owner_id");
 CREATE INDEX "webhook_active_idx" ON "webhook" ("active");
 """
 
+# Version 23: reservations record whose books they were made in
+# (``Reservation.company_id``/``station_owner_id``), as sessions do (version 8): a station
+# handed to another company leaves them, drivers' cards and ids, with the old one. Older
+# reservations take their station's books now, where it still exists: who read them
+# until then. Operators read them by these columns.
+_V23 = """
+ALTER TABLE "reservation" ADD COLUMN "company_id" TEXT;
+ALTER TABLE "reservation" ADD COLUMN "station_owner_id" TEXT;
+UPDATE "reservation" SET ("company_id", "station_owner_id") = (
+    SELECT "company_id", CASE WHEN "company_id" IS NULL THEN "owner_id" END FROM "station"
+    WHERE "station"."id" = "reservation"."station_id");
+CREATE INDEX "reservation_company_idx" ON "reservation" ("company_id");
+CREATE INDEX "reservation_station_owner_idx" ON "reservation" ("station_owner_id");
+"""
+
 #: Every migration, oldest first. Append only.
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
                                      (11, _V11), (12, _V12),
                                      (13, _V13), (14, _V14), (15, _V15), (16, _V16), (17, _V17),
                                      (18, _V18), (19, _V19), (20, _V20), (21, _V21),
-                                     (22, _V22))
+                                     (22, _V22), (23, _V23))
 
 _BOOTSTRAP = """
 CREATE TABLE IF NOT EXISTS "schema_version" (

@@ -124,6 +124,9 @@ def reservation(st: Station, **kw: Any) -> Reservation:
     kw.setdefault("connector_id", 1)
     kw.setdefault("id_tag", "TAG")
     kw.setdefault("expires_at", at(30))
+    company_id, station_owner_id = books_of(st)  # as the command service sets them
+    kw.setdefault("company_id", company_id)
+    kw.setdefault("station_owner_id", station_owner_id)
     return Reservation(station_id=st.id, cp_id=st.cp_id, **kw)
 
 

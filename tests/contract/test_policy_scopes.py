@@ -3,20 +3,36 @@ returns exactly the records DESIGN.md section 3 says each viewer may see.
 
 The world: companies A and B; operators opA and opA2 (company A), opB (company B, owns S3)
 and opSolo (no company, owns S4); drivers d1, d2 (no company) and d3 (company B).
-Stations S1 (A, owned by opA), S2 (A, no owner), S3 (B), S4 (opSolo), S5 (opA, no company).
+Stations S1 (A, owned by opA), S2 (A, no owner), S3 (B), S4 (opSolo), S5 (opA, no company),
+S6 (B's now, handed over by A: A keeps its books, sessions and reservations made under A).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from types import SimpleNamespace
+from typing import cast
 
 import pytest
 
-from domain.entities import ENTITY_TYPES, AuditAction, MeterSample, Record, Role
+from domain.clock import utcnow
+from domain.entities import (
+    ENTITY_TYPES,
+    AuditAction,
+    MeterSample,
+    Record,
+    Reservation,
+    ReservationState,
+    Role,
+    Station,
+    User,
+)
 from domain.ids import new_id
 from domain.policy import ANONYMOUS, Policy, Viewer
 from domain.ports import Store
+from domain.services.base import reservation_changed
 from tests.contract.factories import (
+    at,
     audit,
     company,
     connector,
@@ -32,6 +48,9 @@ from tests.contract.factories import (
     user,
     vehicle,
 )
+
+#: The expiry of a reservation still live whenever the suite runs (fixed, a century on).
+LIVE_UNTIL = at(100 * 365 * 24 * 60)
 
 
 def build_world() -> dict[str, Record]:
@@ -73,6 +92,16 @@ def build_world() -> dict[str, Record]:
     w.e1, w.e3, w.e4 = status_event(w.S1), status_event(w.S3), status_event(w.S4)
     w.r1 = reservation(w.S1, user_id=w.d1.id)
     w.r3 = reservation(w.S3, user_id=w.d2.id)
+    # Made at S6 while A ran it: A's books. The new company B runs its charger, so it
+    # sees the one still live (it may cancel it), not those over or past their expiry.
+    in_a: dict[str, str | None] = {"company_id": w.A.id, "station_owner_id": None}
+    w.r6_done = reservation(w.S6, user_id=w.d1.id, state=ReservationState.CANCELLED, **in_a)
+    w.r6_live = reservation(w.S6, user_id=w.d3.id, state=ReservationState.ACTIVE,
+                            expires_at=LIVE_UNTIL, **in_a)
+    w.r6_lapsed = reservation(w.S6, user_id=w.d1.id, state=ReservationState.ACTIVE,
+                              **in_a)  # expired, before the sweep has stored it
+    # Made at S6 since B runs it (an unknown card): B's books, not A's.
+    w.r6_b = reservation(w.S6, state=ReservationState.USED)
     w.tA = tariff(company_id=w.A.id)
     w.tS3, w.tS4, w.tS5 = (tariff(station_id=s.id) for s in (w.S3, w.S4, w.S5))
     w.p1, w.p2 = payment(w.x1), payment(w.x2)
@@ -117,7 +146,7 @@ EXPECTED: dict[str, dict[str, set[str]]] = {
         "session": {"x1", "x3", "x5", "x6"},
         "meter_sample": {"m1", "m_orphan", "m6"},
         "status_event": {"e1"},
-        "reservation": {"r1"},
+        "reservation": {"r1", "r6_done", "r6_live", "r6_lapsed"},
         "tariff": {"tA", "tS5"},
         "payment": {"p1"},
         "audit_entry": {"a_opA", "a_opA2", "a_sys_c2", "a_a_tariff", "a_x1_ended",
@@ -134,7 +163,7 @@ EXPECTED: dict[str, dict[str, set[str]]] = {
         "session": {"x1", "x3", "x5", "x6"},
         "meter_sample": {"m1", "m_orphan", "m6"},
         "status_event": {"e1"},
-        "reservation": {"r1"},
+        "reservation": {"r1", "r6_done", "r6_live", "r6_lapsed"},
         "tariff": {"tA"},
         "payment": {"p1"},
         "audit_entry": {"a_opA", "a_opA2", "a_sys_c2", "a_a_tariff", "a_removal",
@@ -150,7 +179,7 @@ EXPECTED: dict[str, dict[str, set[str]]] = {
         "session": {"x2"},
         "meter_sample": {"m2", "m3_own"},
         "status_event": {"e3"},
-        "reservation": {"r3"},
+        "reservation": {"r3", "r6_live", "r6_b"},
         "tariff": {"tS3"},
         "payment": {"p2"},
         "audit_entry": {"a_opB", "a_moved", "a_b_person", "a_moved_person", "a_ocpp_x2",
@@ -172,7 +201,7 @@ EXPECTED: dict[str, dict[str, set[str]]] = {
         "id_tag": {"t1"},
         "session": {"x1", "x6"},
         "meter_sample": {"m1", "m6"},
-        "reservation": {"r1"},
+        "reservation": {"r1", "r6_done", "r6_lapsed"},
         "payment": {"p1"},
         # About what is theirs, whoever acted (their session, ended by its operator).
         "audit_entry": {"a_d1", "a_x1_ended", "a_reserved_r1"},
@@ -187,6 +216,7 @@ EXPECTED: dict[str, dict[str, set[str]]] = {
         "vehicle": {"v3"},
         "id_tag": {"t3"},
         "session": {"x5"},
+        "reservation": {"r6_live"},
         "station": {"S1", "S2", "S3", "S4", "S5", "S6"},
         "connector": {"C1", "C2", "C3", "C4", "C5"},
         "tariff": {"tA", "tS3", "tS4", "tS5"},
@@ -297,3 +327,39 @@ async def test_a_session_s_samples_are_seen_by_whoever_sees_the_session(
     listed = {names[m.id] for rows in found.values() for m in rows}
     assert listed == SAMPLES_UNDER_SESSIONS[viewer_name]
     assert sum(counted.values()) == len(listed)
+
+
+@pytest.mark.parametrize("viewer_name", sorted(EXPECTED))
+def test_reservation_events_reach_whoever_sees_the_reservation(viewer_name: str) -> None:
+    """``Policy.sees_event`` decides ``reservationChanged`` by the reservation scope's
+    rule, on the event: its books, or live on a station the operator runs now. Each
+    event is the reservation as it reads now (one past its expiry is announced EXPIRED
+    by the sweep, never live)."""
+    world = build_world()
+    viewer, policy = viewer_and_policy(viewer_name, world)
+    now = utcnow()
+    seen = set()
+    for name, record in world.items():
+        if isinstance(record, Reservation):
+            station = world_station(world, record.station_id)
+            event = reservation_changed(replace(record, state=record.state_at(now)), station)
+            if policy.sees_event(viewer, event):
+                seen.add(name)
+    assert seen == EXPECTED[viewer_name].get("reservation", set())
+
+
+def test_a_reservation_event_without_books_follows_its_station() -> None:
+    """From a version before events carried the books (a rolling upgrade): decided by
+    the station's ownership, as then."""
+    world = build_world()
+    done = cast(Reservation, world["r6_done"])
+    event = replace(reservation_changed(done, world_station(world, done.station_id)),
+                    books_company_id=None, books_station_owner_id=None)
+    policy = Policy()
+    assert policy.sees_event(Viewer.of(cast(User, world["opB"])), event)
+    assert not policy.sees_event(Viewer.of(cast(User, world["opA"])), event)
+
+
+def world_station(world: dict[str, Record], station_id: str) -> Station:
+    [station] = [r for r in world.values() if isinstance(r, Station) and r.id == station_id]
+    return station

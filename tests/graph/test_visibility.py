@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -208,6 +209,107 @@ async def test_a_station_handed_over_leaves_its_command_history_in_the_old_books
     assert len(handed) == 1  # the station's record: B runs it with its history
     assert any(n["entity"] == "station" and n["action"] == "UPDATE"
                for n in op_a["auditLog"]["nodes"])  # A keeps its hand-over too
+
+
+class _Accepting:
+    """A charger that accepts every command it is sent."""
+
+    def is_connected(self, cp_id: str) -> bool:
+        return True
+
+    async def call(self, cp_id: str, action: str, payload: dict[str, Any], timeout: float
+                   ) -> dict[str, Any]:
+        return {"status": "Accepted"}
+
+
+RESERVATIONS = """query($station: ID!) {
+    reservations(first: 50) { totalCount nodes { id idTag state createdBy } }
+    node(id: $station) { ... on Station { reservations(first: 50) { nodes { idTag } } } } }"""
+RESERVATION = """query($id: ID!) { node(id: $id) { ... on Reservation { idTag state
+    user { id } } } }"""
+CANCEL = """mutation($cp: String!, $n: Int!) { cancelReservation(input: {cpId: $cp,
+    reservationId: $n}) { status reservation { state } errors { code } } }"""
+
+
+async def test_a_station_handed_over_leaves_its_reservations_in_the_old_books(
+        api: Api, world: World, services: Services) -> None:
+    """QA: after a hand-over the new company read the old one's reservation records (the
+    driver's card and user id) and the old one lost them. They stay in the books they
+    were made in; the new company, which runs the charger now, sees (and may cancel) the
+    one still holding its plug, and nothing of it once it is over."""
+    services.attach_gateway(_Accepting())
+    station = world.stations["A-002"]
+    soon = utcnow() + timedelta(hours=1)
+    made = await services.commands.send(world.viewer("driver1"), station.cp_id, "ReserveNow",
+                                        {"connectorId": 2, "expiryDate": soon})
+    assert made.reservation is not None
+    over = await services.commands.send(
+        world.viewer("driver1"), station.cp_id, "CancelReservation",
+        {"reservationId": made.reservation.reservation_id})
+    assert over.reservation is not None and over.reservation.state.value == "CANCELLED"
+    held = await services.commands.send(world.viewer("driver2"), station.cp_id, "ReserveNow",
+                                        {"connectorId": 1, "expiryDate": soon})
+    assert held.reservation is not None and held.reservation.state.value == "ACTIVE"
+    moved = await api.gql(HAND_OVER, {"id": to_global_id("station", station.id),
+                                      "c": to_global_id("company", world.companies["b"].id)},
+                          as_user=world.users["admin"].id)
+    assert moved["updateStation"]["errors"] == []
+    ids = {r.id_tag: to_global_id("reservation", r.id)
+           for r in (over.reservation, held.reservation)}
+
+    async def read(who: str) -> tuple[dict, dict[str, dict | None]]:
+        listed = await api.gql(RESERVATIONS, {"station": to_global_id("station", station.id)},
+                               as_user=world.users[who].id)
+        nodes = {tag: (await api.gql(RESERVATION, {"id": gid},
+                                     as_user=world.users[who].id))["node"]
+                 for tag, gid in ids.items()}
+        return listed, nodes
+
+    def tags(listed: dict) -> dict[str, str]:
+        return {n["idTag"]: n["state"] for n in listed["reservations"]["nodes"]}
+
+    op_a, op_a_nodes = await read("op_a")
+    assert tags(op_a) == {"TAG-DRIVER1": "CANCELLED", "TAG-DRIVER2": "ACTIVE"}
+    assert op_a["reservations"]["totalCount"] == 2
+    assert all(op_a_nodes.values())
+    assert op_a["node"] is None  # A no longer runs the station
+    op_b, op_b_nodes = await read("op_b")
+    assert tags(op_b) == {"TAG-DRIVER2": "ACTIVE"}  # live: B runs its charger
+    assert op_b["reservations"]["totalCount"] == 1
+    assert op_b["node"]["reservations"]["nodes"] == [{"idTag": "TAG-DRIVER2"}]
+    assert op_b_nodes == {"TAG-DRIVER1": None, "TAG-DRIVER2": {
+        "idTag": "TAG-DRIVER2", "state": "ACTIVE", "user": None}}
+    assert world.users["driver1"].id not in str(op_b)
+
+    # B cancels it at the charger it runs; over, it is A's alone, history included.
+    cancelled = await api.gql(CANCEL, {"cp": station.cp_id,
+                                       "n": held.reservation.reservation_id},
+                              as_user=world.users["op_b"].id)
+    assert cancelled["cancelReservation"] == {
+        "status": "ACCEPTED", "reservation": {"state": "CANCELLED"}, "errors": []}
+    op_b, op_b_nodes = await read("op_b")
+    assert op_b["reservations"]["totalCount"] == 0 and op_b["node"]["reservations"] == {
+        "nodes": []}
+    assert op_b_nodes == {"TAG-DRIVER1": None, "TAG-DRIVER2": None}
+    op_a, _ = await read("op_a")
+    assert tags(op_a) == {"TAG-DRIVER1": "CANCELLED", "TAG-DRIVER2": "CANCELLED"}
+    history = """{ auditLog(first: 100, filter: {entity: "reservation"}) {
+        nodes { action actor } } }"""
+    assert (await api.gql(history, as_user=world.users["op_b"].id))["auditLog"]["nodes"] == []
+    a_history = (await api.gql(history, as_user=world.users["op_a"].id))["auditLog"]["nodes"]
+    assert {"action": "UPDATE", "actor": world.users["op_b"].id} in a_history
+    # Drivers keep seeing their own.
+    for driver, tag in (("driver1", "TAG-DRIVER1"), ("driver2", "TAG-DRIVER2")):
+        mine = await api.gql(RESERVATIONS, {"station": to_global_id("station", station.id)},
+                             as_user=world.users[driver].id)
+        assert set(tags(mine)) == {tag}, driver
+    # Their history, without whose books it is (no read of a reservation tells them).
+    images = """{ auditLog(first: 20, filter: {entity: "reservation", action: CREATE}) {
+        nodes { after } } }"""
+    for who, shown in (("driver1", False), ("op_a", True)):
+        created = (await api.gql(images, as_user=world.users[who].id))["auditLog"]["nodes"]
+        assert created and all(n["after"]["id_tag"] for n in created), who
+        assert {"company_id" in n["after"] for n in created} == {shown}, who
 
 
 async def test_a_driver_reads_their_sessions_audit_without_whose_books_it_is(

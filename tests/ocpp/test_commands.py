@@ -21,6 +21,7 @@ from domain.events import ReservationChanged
 from domain.policy import SYSTEM
 from domain.ports import Insert
 from domain.query import Eq, all_of
+from domain.services.base import books_of
 from graph.ids import to_global_id
 from ocpp_bridge.simulator import basic_auth, connected
 from pubsub.memory import MemoryEventBus
@@ -494,9 +495,11 @@ async def test_reservations_past_their_expiry_read_and_are_stored_expired(
 
     def reservation(number: int, state: d.ReservationState, expires: datetime
                     ) -> d.Reservation:
+        company_id, station_owner_id = books_of(station)  # as ReserveNow records them
         return d.Reservation(reservation_id=number, station_id=station.id, cp_id="CP-1",
                              connector_id=number, id_tag="TAG-OK", expires_at=expires,
-                             state=state)
+                             state=state, company_id=company_id,
+                             station_owner_id=station_owner_id)
 
     lapsed = reservation(1, d.ReservationState.ACTIVE, past)
     live = reservation(2, d.ReservationState.ACTIVE, later)

@@ -1388,6 +1388,33 @@ async def test_station_audit_entries_from_before_get_their_books(mongo: MongoSto
     assert raw(mongo)["audit_entry"].count_documents({"company_id": {"$exists": False}}) == 1
 
 
+async def test_reservations_from_before_get_their_books_once(mongo: MongoStore) -> None:
+    """What SQLite migration 23 does: reservations take their station's books (its
+    company, or its owner for a station of no company; none when it is gone). The step
+    is marked done once none is left, so later starts do not scan for them again."""
+    from domain.entities import Reservation
+    from tests.contract.factories import company, reservation, station, user
+
+    co, owner = company(), user()
+    of_company, own = station(company_id=co.id), station(owner_id=owner.id)
+    made = [reservation(of_company), reservation(own), reservation(station())]
+    await mongo.write([Insert(r) for r in (co, owner, of_company, own, *made)], [])
+    db = raw(mongo)
+    db["reservation"].update_many(  # as written before these fields existed
+        {}, {"$unset": {"company_id": "", "station_owner_id": ""}})
+    db[migrations.MIGRATIONS].delete_many({})  # a database from before the migrations
+
+    await migrations.migrate(mongo.db)
+    await migrations.migrate(mongo.db)  # another start
+
+    got = {r.id: (r.company_id, r.station_owner_id)
+           for r in await mongo.find_all(Reservation, ALL)}
+    assert got == {made[0].id: (co.id, None), made[1].id: (None, owner.id),
+                   made[2].id: (None, None)}
+    assert db["reservation"].count_documents({"company_id": {"$exists": False}}) == 0
+    assert db[migrations.MIGRATIONS].find_one({"_id": "reservation_books"})["done"] is True
+
+
 #: Legacy amounts in hundredths, halves among them (JPY: whole yen; KWD: fils).
 LEGACY_AMOUNTS = [0, 49, 50, 51, 150, 250, 350, 1050, 2050, 12345, 50_049, 50_050]
 

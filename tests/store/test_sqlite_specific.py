@@ -641,6 +641,31 @@ async def test_version_21_gives_sessions_their_latest_state_of_charge(db_path: s
                ) == [("s1", 62.0, 3000), ("s2", None, None)]
 
 
+async def test_version_23_gives_reservations_their_books(db_path: str) -> None:
+    """Reservations made before version 23 take their station's books now (its company,
+    or for a station of no company its owner), where the station still exists."""
+    async with aiosqlite.connect(db_path, isolation_level=None) as conn:
+        await apply_migrations(conn, MIGRATIONS[:22])
+        stamps = "0, 0, 'system', 'system'"
+        for station_id, company in (("st1", "'co1'"), ("st2", "NULL")):
+            await conn.execute(
+                'INSERT INTO "station" ("id", "created_at", "updated_at", "created_by", '
+                '"updated_by", "cp_id", "name", "registration", "online", "company_id", '
+                f"\"owner_id\") VALUES ('{station_id}', {stamps}, '{station_id}', 'One', "
+                f"'ACCEPTED', 0, {company}, 'u1')")
+        for number, (reservation_id, station_id) in enumerate(
+                (("r1", "st1"), ("r2", "st2"), ("r3", "gone")), start=1):
+            await conn.execute(
+                'INSERT INTO "reservation" ("id", "created_at", "updated_at", "created_by", '
+                '"updated_by", "reservation_id", "station_id", "cp_id", "connector_id", '
+                f'"id_tag", "expires_at", "state") VALUES (?, {stamps}, ?, ?, ?, 1, \'T\', '
+                "0, 'CANCELLED')", (reservation_id, number, station_id, station_id))
+        assert await apply_migrations(conn, MIGRATIONS[:23]) == [23]
+    assert raw(db_path, 'SELECT "id", "company_id", "station_owner_id" FROM "reservation" '
+                        'ORDER BY "id"') == [
+        ("r1", "co1", None), ("r2", None, "u1"), ("r3", None, None)]
+
+
 async def test_version_8_gives_existing_sessions_and_payments_their_books(
         db_path: str) -> None:
     """Rows written before version 8 get their station's company, or for a station of no

@@ -7,9 +7,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from chargegraph.webhooks import WebhookDispatcher
+from chargegraph.webhooks import WebhookDispatcher, event_data
 from domain import entities as d
-from domain.events import ConnectorStatusChanged
+from domain.events import ConnectorStatusChanged, ReservationChanged
 from domain.policy import SYSTEM, Viewer
 from domain.query import Eq, all_of
 from graph.ids import to_global_id
@@ -79,6 +79,19 @@ async def test_a_session_ended_by_a_charger_is_delivered_signed(tmp_path: Path) 
     assert data["costMinor"] == round(session.energy_wh * 0.40 / 10)
     assert data["sessionId"] == to_global_id("session", session.id)
     assert "companyId" not in data and "ownerId" not in data
+
+
+def test_a_reservation_event_s_books_are_not_delivered() -> None:
+    """Whose books a reservation is in decides who gets its event; like the station's
+    ownership, it is no receiver's to read (a new company would learn the old one)."""
+    event = ReservationChanged(
+        station_id="a" * 24, cp_id="CP-1", company_id="b" * 24, owner_id=None,
+        reservation_record_id="c" * 24, reservation_id=3, connector_id=1, user_id=None,
+        state="ACTIVE", books_company_id="d" * 24, books_station_owner_id="e" * 24)
+    data = event_data(event)
+    assert "b" * 24 not in str(data) and "d" * 24 not in str(data) \
+        and "e" * 24 not in str(data)
+    assert data["state"] == "ACTIVE" and data["reservationId"] == 3
 
 
 async def test_an_operator_gets_only_what_their_company_may_see(world: World) -> None:
