@@ -33,7 +33,8 @@ alone), so two failed batches left the first one's change with no audit. A batch
 therefore never builds on a batch in flight: when a document it is about to journal
 carries the mark of a batch whose journal is still there, it waits for that batch to
 commit or roll back (``SETTLE_WAIT_S``, polling the journal; a stale journal is swept at
-once), reads the document again, and fails with ``CHANGED`` if it waited in vain (two
+once; a batch without audit entries, charger telemetry, waits ``UNAUDITED_SETTLE_WAIT_S``
+only), reads the document again, and fails with ``CHANGED`` if it waited in vain (two
 batches waiting on each other, a writer that died recently). Locks or versions per
 document would serialise the same way; the journal is what already says which batches
 are in flight. Changes written alone are single-document writes and do not wait: they
@@ -85,6 +86,10 @@ SWEEP_EVERY_S = 60.0
 #: How long a batch waits for another batch in flight, whose write it found on a document
 #: it is about to write, to finish (a batch takes milliseconds) before failing ``CHANGED``.
 SETTLE_WAIT_S = 2.0
+#: The same for a batch without audit entries: charger telemetry, written through the
+#: group committer, where every second waited holds every charger's frames behind it (a
+#: batch that does not settle in this time is most likely stuck: a dead writer's).
+UNAUDITED_SETTLE_WAIT_S = 0.25
 #: The longest pause between two looks at whether such a batch has finished.
 SETTLE_POLL_MAX_S = 0.1
 
@@ -162,6 +167,14 @@ async def in_flight(db: Any, images: Iterable[dict[str, Any] | None],
         return set()
     found = await db[JOURNAL].find({"_id": {"$in": list(marks)}}, {"_id": 1}).to_list(None)
     return {doc["_id"] for doc in found}
+
+
+def settle_wait(audited: bool) -> float:
+    """How long a batch waits for another in flight (``SETTLE_WAIT_S``). A batch without
+    audit entries is charger telemetry (sample inserts, guarded field updates): it gives
+    up sooner, as failing it costs little (the charger sends the frame again, and its
+    samples are idempotent) while waiting holds the telemetry of every other charger."""
+    return SETTLE_WAIT_S if audited else UNAUDITED_SETTLE_WAIT_S
 
 
 async def wait_settled(db: Any, batches: set[ObjectId], within: float) -> bool:
