@@ -16,6 +16,7 @@ from domain.errors import DomainError
 from domain.ports import Change, Delete, Insert
 from store.fields import changed_meanwhile
 from store.mongo import journal, writes
+from store.mongo.codec import to_doc
 from store.mongo.journal import MARK, key_of
 from store.mongo.writes import Expect, Step, Version
 
@@ -35,11 +36,12 @@ class Batch:
     batch wrote, which is all a failure undoes."""
 
     def __init__(self, db: Any, journal_id: ObjectId, undo: list[dict[str, Any]],
-                 audit_ids: list[ObjectId], settle_wait: float) -> None:
+                 audit: list[dict[str, Any]], settle_wait: float) -> None:
         self.db = db
         self.id = journal_id
         self.undo = undo
-        self.audit_ids = audit_ids
+        #: The batch's audit entries as stored.
+        self.audit = audit
         self.entries = {key_of(entry): index for index, entry in enumerate(undo)}
         self.versions: dict[Key, Version] = {key_of(e): _version(e["before"]) for e in undo}
         self.written: set[Key] = set()
@@ -69,8 +71,8 @@ class Batch:
                 break
             if not await journal.wait_settled(db, busy, deadline - time.monotonic()):
                 raise changed_meanwhile(_written_by(undo, busy))
-        audit_ids = [ObjectId(entry.id) for entry in audit]
-        return cls(db, await journal.open_batch(db, undo, audit_ids), undo, audit_ids,
+        entries = [to_doc(entry) for entry in audit]
+        return cls(db, await journal.open_batch(db, undo, entries), undo, entries,
                    settle_wait)
 
     async def run(self, changes: Sequence[Change], audit: Sequence[AuditEntry]) -> None:
@@ -150,7 +152,7 @@ class Batch:
         try:
             left = await journal.roll_back(
                 self.db, self.id, [e for e in self.undo if key_of(e) in reached],
-                self.audit_ids)
+                [entry["_id"] for entry in self.audit], entries=self.audit)
             await journal.close_batch(self.db, self.id)
         except Exception:
             # The journal document stays, so a sweep finishes the rollback; the caller

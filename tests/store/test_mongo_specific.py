@@ -1007,12 +1007,16 @@ async def test_a_restore_a_unique_rule_refuses_leaves_the_document_and_closes_th
     async def other() -> None:
         await mongo.write([Insert(new)], [])
 
-    await pause.meanwhile(mongo.write([completing(old), Update(GHOST)], [audit_of(old)]),
+    renamed = rename(station, "renamed")
+    entries = [audit_of(old), audit_of(station), audit_of(GHOST)]
+    await pause.meanwhile(mongo.write([completing(old), renamed, Update(GHOST)], entries),
                           other)
 
     states = {s.transaction_id: s.state for s in await mongo.find_all(Session, ALL)}
     assert states == {1: SessionState.COMPLETED, 2: SessionState.ACTIVE}
-    assert await mongo.count(AuditEntry, ALL) == 0
+    assert (await stored(mongo, station)).name == "U"
+    # The stop stays, so does its entry (nothing changes unaudited); the rest are gone.
+    assert await mongo.find_all(AuditEntry, ALL) == [entries[0]]
     assert raw(mongo)[JOURNAL].count_documents({}) == 0
     assert f"could not put back session {old.id}" in caplog.text
 
@@ -1026,7 +1030,8 @@ async def test_a_sweep_a_unique_rule_refuses_still_closes_the_journal_and_starts
     old = session_on(station, 1, 1)
     await mongo.write([Insert(station), Insert(old)], [])
     changes = [completing(old), rename(station, "x")]
-    dead = await batch_module.Batch.open(mongo.db, changes, [])
+    entries = [audit_of(old), audit_of(station)]
+    dead = await batch_module.Batch.open(mongo.db, changes, entries)
     await dead._write(writes.steps(changes)[0], dead.id)  # then the writer dies
     await mongo.write([Insert(session_on(station, 1, 2))], [])
 
@@ -1034,6 +1039,7 @@ async def test_a_sweep_a_unique_rule_refuses_still_closes_the_journal_and_starts
     assert await journal.sweep(mongo.db, later) == 1
 
     assert raw(mongo)[JOURNAL].count_documents({}) == 0
+    assert await mongo.find_all(AuditEntry, ALL) == [entries[0]]  # the stop's, kept
     restarted = MongoStore(mongo.db, sweep_every=None)
     await restarted.start()
     states = {s.transaction_id: s.state for s in await restarted.find_all(Session, ALL)}
