@@ -1385,6 +1385,7 @@ async def test_station_audit_entries_from_before_get_their_books(mongo: MongoSto
     await mongo.write([Insert(r) for r in (co, owner, of_company, own, booked)], entries)
     raw(mongo)["audit_entry"].update_many(  # as written before these fields existed
         {}, {"$unset": {"company_id": "", "station_owner_id": ""}})
+    raw(mongo)[migrations.MIGRATIONS].delete_many({})  # a database from before
     await migrations.migrate(mongo.db)
     await migrations.migrate(mongo.db)  # another start
     got = {e.id: (e.company_id, e.station_owner_id)
@@ -1392,6 +1393,27 @@ async def test_station_audit_entries_from_before_get_their_books(mongo: MongoSto
     assert got == {entries[0].id: (co.id, None), entries[1].id: (None, owner.id),
                    entries[2].id: (None, None), entries[3].id: (None, None)}
     assert raw(mongo)["audit_entry"].count_documents({"company_id": {"$exists": False}}) == 1
+
+
+async def test_a_start_after_the_books_were_filled_in_looks_for_none(
+        mongo: MongoStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Documents lacking their books are found by the field's absence, which no index
+    answers: every start read each audit entry, session and payment of no company."""
+    looked: list[str] = []
+    find = AsyncCollection.find
+
+    def finding(self: AsyncCollection, *args: Any, **kwargs: Any) -> AsyncCursor:
+        if "company_id" in str(args[0] if args else kwargs.get("filter")):
+            looked.append(self._c.name)
+        return find(self, *args, **kwargs)
+
+    monkeypatch.setattr(AsyncCollection, "find", finding)
+    raw(mongo)[migrations.MIGRATIONS].delete_many({})  # a database from before
+    await migrations.migrate(mongo.db)
+    assert sorted(set(looked)) == ["audit_entry", "payment", "session"]
+    looked.clear()
+    await migrations.migrate(mongo.db)  # every later start
+    assert looked == []
 
 
 #: Legacy amounts in hundredths, halves among them (JPY: whole yen; KWD: fils).
