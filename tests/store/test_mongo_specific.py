@@ -29,6 +29,7 @@ from pymongo.errors import (
     ServerSelectionTimeoutError,
 )
 
+from domain.aggregation import Count
 from domain.entities import (
     AuditAction,
     AuditEntry,
@@ -1106,10 +1107,10 @@ class CommandSizes:
             sized(*args)
             return find(collection, *args, **kwargs)
 
-        async def aggregating(collection: AsyncCollection, pipeline: list[dict[str, Any]]
-                              ) -> Any:
+        async def aggregating(collection: AsyncCollection, pipeline: list[dict[str, Any]],
+                              **options: Any) -> Any:
             sized(pipeline)
-            return await aggregate(collection, pipeline)
+            return await aggregate(collection, pipeline, **options)
 
         def other(collection: AsyncCollection, name: str) -> Any:
             method = getattr_(collection, name)
@@ -1155,6 +1156,46 @@ async def test_an_operator_audit_read_stays_small_whatever_their_books_hold(
 
     assert [entry.id for entry in page.items] == [mine.id] and counted == 1
     assert sizes.sizes and max(sizes.sizes) < 8 * 1024  # 2,000 ids inlined: ~40 KiB more
+
+
+@pytest.mark.parametrize("descending", [True, False], ids=["newest", "oldest"])
+async def test_the_audit_log_is_read_in_its_order_from_an_index(
+        mongo: MongoStore, descending: bool) -> None:
+    """A viewer's audit scope has sub-selects, so a page is an aggregation that sorts and
+    then joins entries until the page is full: only an index giving the sort order (the
+    ``_id`` tie-breaker included) lets the server walk it and stop there, instead of
+    sorting every entry first (no spilling to disk on 5.0: failing past 100 MB)."""
+    for reverse in (False, True):  # a page forwards, and one paged back (``last``)
+        order = sort_spec(AuditEntry, [Sort("at", descending=descending)], reverse)
+        backward = [(name, -direction) for name, direction in order]
+        indexes = [list(info["key"]) for info in
+                   raw(mongo)["audit_entry"].index_information().values()]
+        assert any(keys in (order, backward) for keys in indexes), (order, indexes)
+
+
+async def test_every_aggregation_may_spill_to_disk(mongo: MongoStore,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    options: list[dict[str, Any]] = []
+    aggregate = AsyncCollection.aggregate
+
+    async def recording(self: AsyncCollection, pipeline: list[dict[str, Any]],
+                        **kwargs: Any) -> Any:
+        options.append(kwargs)
+        return await aggregate(self, pipeline, **kwargs)
+
+    monkeypatch.setattr(AsyncCollection, "aggregate", recording)
+    station = Station(cp_id="CP-A", name="A", lat=52.5, lon=13.4)
+    await mongo.write([Insert(station), Insert(session_on(station, 1, 1))], [])
+    joined = Sub("station_id", "station", Eq("name", "A"))
+    await mongo.find_all(Session, joined)
+    await mongo.count(Session, joined)
+    await mongo.find_page(Session, joined, [Sort("start_time")], PageRequest(first=5))
+    await mongo.count_grouped(Session, "station_id", [station.id], ALL)
+    await mongo.find_all(Station, Near(52.5, 13.4, 5.0), [Sort.by_distance(52.5, 13.4)])
+    await mongo.aggregate(Session, ALL, [], {"n": Count()})
+
+    assert len(options) == 6
+    assert all(kwargs.get("allowDiskUse") is True for kwargs in options)
 
 
 async def test_search_over_no_fields_matches_nothing(mongo: MongoStore) -> None:
@@ -1259,7 +1300,7 @@ async def test_reads_in_an_outage_are_store_unavailable(
         "sub": lambda: mongo.find_all(Connector, Sub("station_id", "station", ALL)),
     }
     if read == "sub":
-        async def aggregating(*args: Any) -> Any:
+        async def aggregating(*args: Any, **options: Any) -> Any:
             raise error
 
         monkeypatch.setattr(AsyncCollection, "aggregate", aggregating)
