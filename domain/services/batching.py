@@ -16,6 +16,9 @@ from collections.abc import Sequence
 
 from domain.ports import Change, Store
 
+#: One caller's write and the future it waits on.
+Pending = tuple[Sequence[Change], asyncio.Future[None]]
+
 log = logging.getLogger("chargegraph.batching")
 
 MAX_BATCH_CHANGES = 2_000
@@ -32,7 +35,7 @@ class GroupCommitter:
         self.store = store
         self.max_changes = max_changes
         self.linger = linger
-        self._pending: deque[tuple[Sequence[Change], asyncio.Future[None]]] = deque()
+        self._pending: deque[Pending] = deque()
         self._worker: asyncio.Task[None] | None = None
 
     async def write(self, changes: Sequence[Change]) -> None:
@@ -48,7 +51,7 @@ class GroupCommitter:
         if self.linger > 0:
             await asyncio.sleep(self.linger)
         while self._pending:
-            batch: list[tuple[Sequence[Change], asyncio.Future[None]]] = []
+            batch: list[Pending] = []
             size = 0
             while self._pending and (not batch or size + len(self._pending[0][0])
                                      <= self.max_changes):
@@ -57,8 +60,7 @@ class GroupCommitter:
                 size += len(item[0])
             await self._commit(batch)
 
-    async def _commit(self, batch: list[tuple[Sequence[Change], asyncio.Future[None]]]
-                      ) -> None:
+    async def _commit(self, batch: list[Pending]) -> None:
         try:
             await self.store.write([c for changes, _ in batch for c in changes], [])
         except Exception as exc:
@@ -67,19 +69,49 @@ class GroupCommitter:
                     batch[0][1].set_exception(exc)
                 return
             # One bad write must not fail its neighbours: retry each on its own.
-            for changes, future in batch:
-                try:
-                    await self.store.write(changes, [])
-                except Exception as exc:
-                    if not future.done():
-                        future.set_exception(exc)
-                else:
-                    self._settle(future)
+            await asyncio.gather(*(self._retry(chain) for chain in chains(batch)))
             return
         for _, future in batch:
             self._settle(future)
+
+    async def _retry(self, chain: list[Pending]) -> None:
+        """Writes ``chain`` one by one, each settling its own caller. Chains run at once:
+        one after another, a write held up (MongoDB: a session another batch in flight
+        wrote, or one whose writer died, waits and then fails) delayed every later one,
+        other chargers' included, by its whole wait."""
+        for changes, future in chain:
+            try:
+                await self.store.write(changes, [])
+            except Exception as exc:
+                if not future.done():
+                    future.set_exception(exc)
+            else:
+                self._settle(future)
 
     @staticmethod
     def _settle(future: asyncio.Future[None]) -> None:
         if not future.done():
             future.set_result(None)
+
+
+def chains(batch: Sequence[Pending]) -> list[list[Pending]]:
+    """``batch`` split into chains of writes that share a record (directly or through
+    another write), each in the order the writes arrived: retried at once, writes of one
+    record still land in order (a charger's later live energy after its earlier one)."""
+    parent = list(range(len(batch)))
+
+    def root(index: int) -> int:
+        while parent[index] != index:
+            parent[index] = index = parent[parent[index]]
+        return index
+
+    first_writer: dict[tuple[str, str], int] = {}
+    for index, (changes, _) in enumerate(batch):
+        for change in changes:
+            other = first_writer.setdefault((change.record.kind, change.record.id), index)
+            low, high = sorted((root(other), root(index)))
+            parent[high] = low
+    grouped: dict[int, list[Pending]] = {}
+    for index, item in enumerate(batch):
+        grouped.setdefault(root(index), []).append(item)
+    return list(grouped.values())

@@ -16,6 +16,7 @@ from domain.errors import DomainError
 from domain.ports import Change, Delete, Insert
 from store.fields import changed_meanwhile
 from store.mongo import journal, writes
+from store.mongo.codec import to_doc
 from store.mongo.journal import MARK, key_of
 from store.mongo.writes import Expect, Step, Version
 
@@ -35,15 +36,18 @@ class Batch:
     batch wrote, which is all a failure undoes."""
 
     def __init__(self, db: Any, journal_id: ObjectId, undo: list[dict[str, Any]],
-                 audit_ids: list[ObjectId]) -> None:
+                 audit: list[dict[str, Any]], settle_wait: float) -> None:
         self.db = db
         self.id = journal_id
         self.undo = undo
-        self.audit_ids = audit_ids
+        #: The batch's audit entries as stored.
+        self.audit = audit
         self.entries = {key_of(entry): index for index, entry in enumerate(undo)}
         self.versions: dict[Key, Version] = {key_of(e): _version(e["before"]) for e in undo}
         self.written: set[Key] = set()
         self.deadline = time.monotonic() + journal.BATCH_DEADLINE_S
+        #: How long it waits for another batch in flight (``journal.settle_wait``).
+        self.settle_wait = settle_wait
 
     @classmethod
     async def open(cls, db: Any, changes: Sequence[Change], audit: Sequence[AuditEntry]
@@ -55,9 +59,11 @@ class Batch:
         undid; built upon, it makes that rollback leave the document (another writer's
         mark), so two failed batches left the first one's write with no audit. So the
         batch waits for that one to finish, as SQLite's write lock would have made it,
-        and reads again; one that does not finish within ``SETTLE_WAIT_S`` (a deadlock of
-        two batches, a dead writer) fails this batch with ``CHANGED`` before it wrote."""
-        deadline = time.monotonic() + journal.SETTLE_WAIT_S
+        and reads again; one that does not finish within ``journal.settle_wait`` (a
+        deadlock of two batches, a dead writer) fails this batch with ``CHANGED`` before
+        it wrote."""
+        settle_wait = journal.settle_wait(audited=bool(audit))
+        deadline = time.monotonic() + settle_wait
         while True:
             undo = await journal.plan(db, changes)
             busy = await journal.in_flight(db, (entry["before"] for entry in undo))
@@ -65,8 +71,9 @@ class Batch:
                 break
             if not await journal.wait_settled(db, busy, deadline - time.monotonic()):
                 raise changed_meanwhile(_written_by(undo, busy))
-        audit_ids = [ObjectId(entry.id) for entry in audit]
-        return cls(db, await journal.open_batch(db, undo, audit_ids), undo, audit_ids)
+        entries = [to_doc(entry) for entry in audit]
+        return cls(db, await journal.open_batch(db, undo, entries), undo, entries,
+                   settle_wait)
 
     async def run(self, changes: Sequence[Change], audit: Sequence[AuditEntry]) -> None:
         """Writes everything, or (raising what failed it) undoes what it wrote."""
@@ -125,7 +132,7 @@ class Batch:
     async def _committed_image(self, record: Record) -> dict[str, Any] | None:
         """The document as stored, once no other batch in flight wrote it last (as in
         ``open``: never an uncommitted image to restore)."""
-        wait = min(journal.SETTLE_WAIT_S, self.deadline - time.monotonic())
+        wait = min(self.settle_wait, self.deadline - time.monotonic())
         deadline = time.monotonic() + wait
         while True:
             image: dict[str, Any] | None = await self.db[record.kind].find_one(
@@ -145,7 +152,7 @@ class Batch:
         try:
             left = await journal.roll_back(
                 self.db, self.id, [e for e in self.undo if key_of(e) in reached],
-                self.audit_ids)
+                [entry["_id"] for entry in self.audit], entries=self.audit)
             await journal.close_batch(self.db, self.id)
         except Exception:
             # The journal document stays, so a sweep finishes the rollback; the caller

@@ -69,8 +69,14 @@ INDEXES: dict[str, list[list[tuple[str, int]]]] = {
                [("company_id", ASCENDING), ("valid_from", DESCENDING)]],
     "payment": [[("station_id", ASCENDING)], [("user_id", ASCENDING)],
                 [("company_id", ASCENDING)], [("station_owner_id", ASCENDING)]],
+    # The audit log in either order (``AuditOrder``: at, newest or oldest first; paged
+    # back too), with the ``_id`` tie-breaker: a scope with sub-selects is an aggregation
+    # that joins documents in sort order up to the page's limit, so the index must give
+    # that order, or the server sorts every entry first (``query.Query.pipeline``).
     "audit_entry": [[("entity_id", ASCENDING), ("at", DESCENDING)],
-                    [("actor", ASCENDING), ("at", DESCENDING)], [("at", DESCENDING)],
+                    [("actor", ASCENDING), ("at", DESCENDING)],
+                    [("at", DESCENDING), ("_id", ASCENDING)],
+                    [("at", ASCENDING), ("_id", ASCENDING)],
                     [("company_id", ASCENDING), ("at", DESCENDING)],
                     [("station_owner_id", ASCENDING), ("at", DESCENDING)]],
     # A company's webhooks (the policy's scope), an admin's own, and the enabled ones
@@ -93,6 +99,8 @@ SUPERSEDED: dict[str, tuple[str, ...]] = {
     "vehicle": ("uniq_vehicle_license_plate",),
     # The connection history's index gained the ``_id`` tie-breaker.
     "connection_event": ("station_id_1_at_1",),
+    # So did the audit log's (in both orders).
+    "audit_entry": ("at_-1",),
 }
 
 #: The field a partial rule reports: for one ACTIVE session per connector, the connector is

@@ -33,7 +33,8 @@ alone), so two failed batches left the first one's change with no audit. A batch
 therefore never builds on a batch in flight: when a document it is about to journal
 carries the mark of a batch whose journal is still there, it waits for that batch to
 commit or roll back (``SETTLE_WAIT_S``, polling the journal; a stale journal is swept at
-once), reads the document again, and fails with ``CHANGED`` if it waited in vain (two
+once; a batch without audit entries, charger telemetry, waits ``UNAUDITED_SETTLE_WAIT_S``
+only), reads the document again, and fails with ``CHANGED`` if it waited in vain (two
 batches waiting on each other, a writer that died recently). Locks or versions per
 document would serialise the same way; the journal is what already says which batches
 are in flight. Changes written alone are single-document writes and do not wait: they
@@ -54,6 +55,7 @@ clock: instances' clocks must agree to well within ``STALE_AFTER - BATCH_DEADLIN
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -76,6 +78,8 @@ MARK = "_w"
 #: Set on journal documents whose batch marks what it writes. One without it was written
 #: by a version before the marks: its batch is rolled back as then, unconditionally.
 MARKED = "marked"
+#: The batch's audit entries as stored (with their ids in ``audit``).
+ENTRIES = "entries"
 #: A batch not finished after this long gives up and rolls itself back...
 BATCH_DEADLINE_S = 30.0
 #: ...so a journal document this old belongs to a writer that died.
@@ -85,6 +89,10 @@ SWEEP_EVERY_S = 60.0
 #: How long a batch waits for another batch in flight, whose write it found on a document
 #: it is about to write, to finish (a batch takes milliseconds) before failing ``CHANGED``.
 SETTLE_WAIT_S = 2.0
+#: The same for a batch without audit entries: charger telemetry, written through the
+#: group committer, where every second waited holds every charger's frames behind it (a
+#: batch that does not settle in this time is most likely stuck: a dead writer's).
+UNAUDITED_SETTLE_WAIT_S = 0.25
 #: The longest pause between two looks at whether such a batch has finished.
 SETTLE_POLL_MAX_S = 0.1
 
@@ -137,12 +145,15 @@ async def plan(db: Any, changes: Sequence[Change]) -> list[dict[str, Any]]:
             for t in touched.values() if t.before is None or t.fields != set()]
 
 
-async def open_batch(db: Any, undo: list[dict[str, Any]], audit_ids: list[ObjectId]
+async def open_batch(db: Any, undo: list[dict[str, Any]], audit: list[dict[str, Any]]
                      ) -> ObjectId:
-    """Records the batch's undo entries; returns its id, the ``MARK`` its writes carry."""
+    """Records the batch's undo entries and its audit entries (as stored: a rollback
+    writes those about a document it must leave as the batch wrote it, see
+    ``roll_back``); returns its id, the ``MARK`` its writes carry."""
     journal_id = ObjectId()
     await db[JOURNAL].insert_one({"_id": journal_id, "at": datetime.now(UTC),
-                                  "undo": undo, "audit": audit_ids, MARKED: True})
+                                  "undo": undo, "audit": [entry["_id"] for entry in audit],
+                                  ENTRIES: audit, MARKED: True})
     return journal_id
 
 
@@ -162,6 +173,14 @@ async def in_flight(db: Any, images: Iterable[dict[str, Any] | None],
         return set()
     found = await db[JOURNAL].find({"_id": {"$in": list(marks)}}, {"_id": 1}).to_list(None)
     return {doc["_id"] for doc in found}
+
+
+def settle_wait(audited: bool) -> float:
+    """How long a batch waits for another in flight (``SETTLE_WAIT_S``). A batch without
+    audit entries is charger telemetry (sample inserts, guarded field updates): it gives
+    up sooner, as failing it costs little (the charger sends the frame again, and its
+    samples are idempotent) while waiting holds the telemetry of every other charger."""
+    return SETTLE_WAIT_S if audited else UNAUDITED_SETTLE_WAIT_S
 
 
 async def wait_settled(db: Any, batches: set[ObjectId], within: float) -> bool:
@@ -189,53 +208,102 @@ async def close_batch(db: Any, journal_id: ObjectId) -> None:
     await db[JOURNAL].delete_one({"_id": journal_id})
 
 
+class Undone(enum.Enum):
+    """What undoing one entry did."""
+
+    #: Put back as it was before the batch.
+    DONE = "done"
+    #: Not the batch's to undo: another writer changed it since, or the batch never
+    #: reached it.
+    NOT_OURS = "not ours"
+    #: Left as the batch wrote it: putting it back would break a unique rule.
+    REFUSED = "refused"
+
+
 async def roll_back(db: Any, journal_id: ObjectId, undo: list[dict[str, Any]],
-                    audit_ids: list[ObjectId], *, marked: bool = True
-                    ) -> list[dict[str, Any]]:
+                    audit_ids: list[ObjectId], *, marked: bool = True,
+                    entries: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
     """Puts back, newest change first, every listed document that still carries the
     batch's mark (idempotent); returns the entries left alone. ``marked=False`` is for
     journals of versions that did not mark their writes: those are put back regardless.
 
     A partial update restores only the fields it wrote (and the mark the document had):
-    what the batch did not write is not its to undo.
+    what the batch did not write is not its to undo. The batch's audit entries go, but
+    those about a document a unique rule kept as the batch wrote it (``Undone.REFUSED``):
+    its change stays, so its entry must, or it would stand unaudited. The batch writes
+    its entries last, so it usually failed before: they are written from the journal's
+    copy (``entries``; journals of older versions have none). Entries are dealt with after
+    the documents: a rollback cut short is finished by a sweep, which finds such a
+    document still refusing.
     """
-    if audit_ids:
-        await db["audit_entry"].delete_many({"_id": {"$in": audit_ids}})
     left = []
+    refused: list[dict[str, Any]] = []
     for entry in reversed(undo):
         ours: dict[str, Any] = {"_id": entry["id"]}
         if marked:
             ours[MARK] = journal_id
-        if not await _undo(db[entry["kind"]], entry, ours, marked):
+        outcome = await _undo(db[entry["kind"]], entry, ours, marked)
+        if outcome is not Undone.DONE:
             left.append(entry)
+        if outcome is Undone.REFUSED:
+            refused.append(entry)
+    for entry in entries:
+        if any(_about(entry, kept) for kept in refused):
+            await db["audit_entry"].replace_one({"_id": entry["_id"]}, entry, upsert=True)
+    if audit_ids:
+        await db["audit_entry"].delete_many(_audit_to_drop(audit_ids, refused))
     return left
 
 
-async def _undo(collection: Any, entry: dict[str, Any], ours: dict[str, Any],
-                marked: bool) -> bool:
-    """Undoes one entry on the document ``ours`` selects; False when none matched, or
-    when putting it back would break a unique rule.
+def _about(audit: dict[str, Any], entry: dict[str, Any]) -> bool:
+    """Whether the stored audit entry ``audit`` is about undo ``entry``'s document (an
+    entry names its record by kind and id, as text)."""
+    return bool(audit.get("entity") == entry["kind"]
+                and audit.get("entity_id") == str(entry["id"]))
 
-    The latter is another writer's committed record holding the key the batch gave up
-    (a new ACTIVE session on the connector a failed stop had freed): that record wins, as
-    any committed write does, and the document stays as the batch left it. Raising instead
-    would leave the journal behind, and every sweep (every start) would fail on it."""
+
+def _audit_to_drop(audit_ids: list[ObjectId], kept: list[dict[str, Any]]) -> dict[str, Any]:
+    """The batch's audit entries, but those about the documents ``kept`` as it wrote them
+    (an entry names its record by kind and id, as text)."""
+    drop: dict[str, Any] = {"_id": {"$in": audit_ids}}
+    if kept:
+        drop["$nor"] = [{"entity": entry["kind"], "entity_id": str(entry["id"])}
+                        for entry in kept]
+    return drop
+
+
+async def _undo(collection: Any, entry: dict[str, Any], ours: dict[str, Any],
+                marked: bool) -> Undone:
+    """Undoes one entry on the document ``ours`` selects.
+
+    Putting it back may break a unique rule: another writer's committed record holds the
+    key the batch gave up (a new ACTIVE session on the connector a failed stop had freed).
+    That record wins, as any committed write does, and the document stays as the batch
+    left it (``REFUSED``). Raising instead would leave the journal behind, and every sweep
+    (every start) would fail on it."""
     before = entry["before"]
     if before is None:  # the batch inserted it
-        return bool((await collection.delete_one(ours)).deleted_count)
+        return _done((await collection.delete_one(ours)).deleted_count)
     try:
         if entry.get("fields") is None:
             # Gone is "changed since" too, unless the batch deleted it itself; then it
             # comes back, unless another writer has put a record with its id there.
             result = await collection.replace_one(
                 ours, before, upsert=bool(entry.get("deleted")) or not marked)
-            return bool(result.matched_count) or result.upserted_id is not None
+            return _done(result.matched_count or result.upserted_id is not None)
         result = await collection.update_one(ours, _restoring(before, entry["fields"]))
     except DuplicateKeyError:
+        # A deleted record that cannot come back stays deleted: that too is the batch's
+        # change standing, so its entry stays.
         log.warning("could not put back %s %s: another record now holds one of its unique "
-                    "keys; left as the failed batch wrote it", entry["kind"], entry["id"])
-        return False
-    return bool(result.matched_count)
+                    "keys; left as the failed batch wrote it, with its audit entry",
+                    entry["kind"], entry["id"])
+        return Undone.REFUSED
+    return _done(result.matched_count)
+
+
+def _done(matched: Any) -> Undone:
+    return Undone.DONE if matched else Undone.NOT_OURS
 
 
 def _restoring(before: dict[str, Any], names: Sequence[str]) -> dict[str, Any]:
@@ -267,7 +335,8 @@ async def sweep(db: Any, now: datetime | None = None,
                     len(undo))
         try:
             left = await roll_back(db, journal["_id"], undo, journal.get("audit", []),
-                                   marked=bool(journal.get(MARKED)))
+                                   marked=bool(journal.get(MARKED)),
+                                   entries=journal.get(ENTRIES, []))
         except Exception:
             # Claimed, so it goes stale again and a later sweep retries it; the other
             # batches need not wait for that one.

@@ -2,15 +2,17 @@
 schema migrations, ``store/sqlite/migrations.py``: versions 8, 10, 16, 18 and 23).
 
 MongoDB has no schema to migrate, only documents written under older rules. Each step
-here runs at every start, is idempotent, and is safe from several instances at once: it
-only changes a document that still lacks the step's mark, with that absence in the
-update's own filter, so a document is changed once whoever gets there first. Like every
-write, a step gives the document a new version (``journal.MARK``), so a batch of another
-instance writing it meanwhile journals the migrated image, not the one from before.
+here runs at every start (or until one start recorded it done: ``_once``), is
+idempotent, and is safe from several instances at once: it only changes a document that
+still lacks the step's mark, with that absence in the update's own filter, so a
+document is changed once whoever gets there first. Like every write, a step gives the
+document a new version (``journal.MARK``), so a batch of another instance writing it
+meanwhile journals the migrated image, not the one from before.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
@@ -41,11 +43,25 @@ async def before_indexes(db: Any) -> None:
 
 
 async def migrate(db: Any) -> None:
-    await _books(db)
+    await _once(db, "books", _books)
     await _minor_units(db)
     await _blockers(db)
-    await _audit_books(db)
+    await _once(db, "audit_books", _audit_books)
     await _reservation_books(db)
+
+
+async def _once(db: Any, name: str, step: Callable[[Any], Awaitable[None]]) -> None:
+    """Runs ``step`` until one start has finished it, which records that in
+    ``MIGRATIONS``. For steps marked by a field new documents always carry, found by its
+    absence: no index tells absent from null, so each start read every document whose
+    field is null (sessions of a station of no company, most audit entries) to find none.
+    Several instances may run it at once until then (each step is idempotent). An
+    instance of a version from before the field, still writing after the mark (a rolling
+    upgrade), leaves its documents without it: they read as null (no books)."""
+    if await db[MIGRATIONS].find_one({"_id": name, "done": True}, {"_id": 1}) is not None:
+        return
+    await step(db)
+    await db[MIGRATIONS].update_one({"_id": name}, {"$set": {"done": True}}, upsert=True)
 
 
 async def _blockers(db: Any) -> None:

@@ -134,13 +134,20 @@ class MongoStore:
         when the query joins (``query.py``)."""
         collection = self.db[kind.kind]
         if query.stages:
-            pipeline = query.pipeline(extra, sort, limit)
-            return list(await (await collection.aggregate(pipeline)).to_list(None))
+            return await self._aggregate(kind, query.pipeline(extra, sort, limit))
         cursor = collection.find(all_of(query.before, extra))
         if sort:
             cursor = cursor.sort(list(sort))
         if limit is not None:
             cursor = cursor.limit(limit)
+        return list(await cursor.to_list(None))
+
+    async def _aggregate(self, kind: type[Record], pipeline: list[dict[str, Any]]
+                         ) -> list[dict[str, Any]]:
+        """Runs ``pipeline`` on ``kind``'s collection. A stage that holds what passes
+        through it (a ``$sort`` no index serves, a ``$group``) may write to disk past
+        100 MB instead of failing the read (MongoDB 5.0 and before do not by default)."""
+        cursor = await self.db[kind.kind].aggregate(pipeline, allowDiskUse=True)
         return list(await cursor.to_list(None))
 
     @mapping_outages
@@ -191,7 +198,7 @@ class MongoStore:
         if positions:
             stages.append({"$match": {"$and": list(positions)}})
         stages += [{"$sort": SON(order)}, {"$limit": limit}]
-        return await (await self.db[kind.kind].aggregate(stages)).to_list(None)  # type: ignore[no-any-return]
+        return await self._aggregate(kind, stages)
 
     @mapping_outages
     async def aggregate(self, kind: type[E], where: Filter, group: Sequence[Group],
@@ -201,7 +208,7 @@ class MongoStore:
             rows: list[dict[str, Any]] = []
         else:
             stages = aggregate.pipeline(kind, query.pipeline(), group, metrics)
-            rows = await (await self.db[kind.kind].aggregate(stages)).to_list(None)
+            rows = await self._aggregate(kind, stages)
         if not group and not rows:
             rows = [{}]  # SQL's one row of zeros over no matches
         return [aggregate.decode_row(kind, group, metrics, row) for row in rows]
@@ -214,7 +221,7 @@ class MongoStore:
         if not query.stages:
             return int(await self.db[kind.kind].count_documents(query.before))
         pipeline = [*query.pipeline(), {"$count": "n"}]
-        rows = await (await self.db[kind.kind].aggregate(pipeline)).to_list(None)
+        rows = await self._aggregate(kind, pipeline)
         return int(rows[0]["n"]) if rows else 0
 
     @mapping_outages
@@ -289,7 +296,7 @@ class MongoStore:
         key_name = shadow(spec)
         pipeline = [*query.pipeline({key_name: {"$in": list(originals)}}),
                     {"$group": {"_id": f"${key_name}", "n": {"$sum": 1}}}]
-        rows = await (await self.db[kind.kind].aggregate(pipeline)).to_list(None)
+        rows = await self._aggregate(kind, pipeline)
         return {originals[row["_id"]]: int(row["n"]) for row in rows
                 if row["_id"] in originals}
 

@@ -5,6 +5,7 @@ updates are throttled without ever losing the newest."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -13,11 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from bson import ObjectId
 
 from domain import entities as d
 from domain.clock import utcnow
+from domain.errors import Conflict
 from domain.events import DomainEvent, SessionChanged
 from domain.policy import SYSTEM, Policy, Viewer
+from domain.ports import Store
 from domain.query import Eq, all_of
 from domain.services import ConnectorSpec, ServiceContext, Services
 from domain.services.analytics import Scope
@@ -25,8 +29,10 @@ from domain.services.live_updates import LatestUpdates
 from domain.services.metering import MeterReading, SampledValue
 from domain.timebuckets import Bucket
 from pubsub.memory import EventStream, MemoryEventBus
+from store.mongo import MongoStore, journal
 from store.sqlite import SqliteStore
 from tests.helpers import FastHasher
+from tests.support.mongomock_async import async_mongomock_database
 
 CP = "CP-T"
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
@@ -35,7 +41,7 @@ T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
 @dataclass
 class World:
     services: Services
-    store: SqliteStore
+    store: Store
     events: EventStream
 
     async def session(self, transaction_id: int) -> d.Session:
@@ -60,7 +66,13 @@ class World:
 
 @pytest.fixture
 async def world(tmp_path: Path) -> AsyncIterator[World]:
-    store = SqliteStore(str(tmp_path / "telemetry.db"))
+    async with world_on(SqliteStore(str(tmp_path / "telemetry.db"))) as built:
+        yield built
+
+
+@contextlib.asynccontextmanager
+async def world_on(store: SqliteStore | MongoStore) -> AsyncIterator[World]:
+    """A charger with two connectors and a driver's card, on ``store``."""
     await store.start()
     bus = MemoryEventBus()
     await bus.start()
@@ -627,3 +639,38 @@ async def test_a_late_flush_from_a_charger_counting_from_zero_leaves_the_live_on
     older, _ = await charging.start_transaction(CP, 1, "TAG-2", 0, T0)
     assert (await world.session(live)).state is d.SessionState.ACTIVE
     assert (await world.session(older)).stop_reason is None  # awaiting its stop
+
+
+async def test_meter_values_on_a_session_a_dead_writer_left_fail_soon_without_looping(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """MongoDB: the session carries the mark of a batch whose writer died (its journal
+    not yet stale). A frame fails ``CHANGED`` (the charger sends it again) after reading
+    the session afresh and trying once more: two writes, each given up after the short
+    wait of a batch without audit entries, not an endless retry."""
+    store = MongoStore(async_mongomock_database(interleave=True), sweep_every=None)
+    async with world_on(store) as built:
+        charging = built.services.charging
+        tx, _ = await charging.start_transaction(CP, 1, "TAG-1", 0, T0)
+        session = await built.session(tx)
+        dead = ObjectId()
+        await store.db[journal.JOURNAL].insert_one({
+            "_id": dead, "at": datetime.now(UTC), "undo": [], "audit": [],
+            journal.MARKED: True})
+        await store.db["session"].update_one({"_id": ObjectId(session.id)},
+                                             {"$set": {journal.MARK: dead}})
+        waits: list[float] = []
+        wait_settled = journal.wait_settled
+
+        async def waiting(db: Any, batches: set[ObjectId], within: float) -> bool:
+            waits.append(within)
+            return await wait_settled(db, batches, within)
+
+        monkeypatch.setattr(journal, "wait_settled", waiting)
+
+        with pytest.raises(Conflict) as raised:
+            await charging.meter_values(CP, 1, tx, register(1000, 10))
+
+        assert raised.value.code == "CHANGED"
+        assert len(waits) == 2
+        assert all(within <= journal.UNAUDITED_SETTLE_WAIT_S for within in waits)
+        assert (await built.session(tx)).energy_wh == 0

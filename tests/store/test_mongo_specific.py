@@ -29,6 +29,7 @@ from pymongo.errors import (
     ServerSelectionTimeoutError,
 )
 
+from domain.aggregation import Count
 from domain.entities import (
     AuditAction,
     AuditEntry,
@@ -1007,12 +1008,16 @@ async def test_a_restore_a_unique_rule_refuses_leaves_the_document_and_closes_th
     async def other() -> None:
         await mongo.write([Insert(new)], [])
 
-    await pause.meanwhile(mongo.write([completing(old), Update(GHOST)], [audit_of(old)]),
+    renamed = rename(station, "renamed")
+    entries = [audit_of(old), audit_of(station), audit_of(GHOST)]
+    await pause.meanwhile(mongo.write([completing(old), renamed, Update(GHOST)], entries),
                           other)
 
     states = {s.transaction_id: s.state for s in await mongo.find_all(Session, ALL)}
     assert states == {1: SessionState.COMPLETED, 2: SessionState.ACTIVE}
-    assert await mongo.count(AuditEntry, ALL) == 0
+    assert (await stored(mongo, station)).name == "U"
+    # The stop stays, so does its entry (nothing changes unaudited); the rest are gone.
+    assert await mongo.find_all(AuditEntry, ALL) == [entries[0]]
     assert raw(mongo)[JOURNAL].count_documents({}) == 0
     assert f"could not put back session {old.id}" in caplog.text
 
@@ -1026,7 +1031,8 @@ async def test_a_sweep_a_unique_rule_refuses_still_closes_the_journal_and_starts
     old = session_on(station, 1, 1)
     await mongo.write([Insert(station), Insert(old)], [])
     changes = [completing(old), rename(station, "x")]
-    dead = await batch_module.Batch.open(mongo.db, changes, [])
+    entries = [audit_of(old), audit_of(station)]
+    dead = await batch_module.Batch.open(mongo.db, changes, entries)
     await dead._write(writes.steps(changes)[0], dead.id)  # then the writer dies
     await mongo.write([Insert(session_on(station, 1, 2))], [])
 
@@ -1034,6 +1040,7 @@ async def test_a_sweep_a_unique_rule_refuses_still_closes_the_journal_and_starts
     assert await journal.sweep(mongo.db, later) == 1
 
     assert raw(mongo)[JOURNAL].count_documents({}) == 0
+    assert await mongo.find_all(AuditEntry, ALL) == [entries[0]]  # the stop's, kept
     restarted = MongoStore(mongo.db, sweep_every=None)
     await restarted.start()
     states = {s.transaction_id: s.state for s in await restarted.find_all(Session, ALL)}
@@ -1100,10 +1107,10 @@ class CommandSizes:
             sized(*args)
             return find(collection, *args, **kwargs)
 
-        async def aggregating(collection: AsyncCollection, pipeline: list[dict[str, Any]]
-                              ) -> Any:
+        async def aggregating(collection: AsyncCollection, pipeline: list[dict[str, Any]],
+                              **options: Any) -> Any:
             sized(pipeline)
-            return await aggregate(collection, pipeline)
+            return await aggregate(collection, pipeline, **options)
 
         def other(collection: AsyncCollection, name: str) -> Any:
             method = getattr_(collection, name)
@@ -1149,6 +1156,46 @@ async def test_an_operator_audit_read_stays_small_whatever_their_books_hold(
 
     assert [entry.id for entry in page.items] == [mine.id] and counted == 1
     assert sizes.sizes and max(sizes.sizes) < 8 * 1024  # 2,000 ids inlined: ~40 KiB more
+
+
+@pytest.mark.parametrize("descending", [True, False], ids=["newest", "oldest"])
+async def test_the_audit_log_is_read_in_its_order_from_an_index(
+        mongo: MongoStore, descending: bool) -> None:
+    """A viewer's audit scope has sub-selects, so a page is an aggregation that sorts and
+    then joins entries until the page is full: only an index giving the sort order (the
+    ``_id`` tie-breaker included) lets the server walk it and stop there, instead of
+    sorting every entry first (no spilling to disk on 5.0: failing past 100 MB)."""
+    for reverse in (False, True):  # a page forwards, and one paged back (``last``)
+        order = sort_spec(AuditEntry, [Sort("at", descending=descending)], reverse)
+        backward = [(name, -direction) for name, direction in order]
+        indexes = [list(info["key"]) for info in
+                   raw(mongo)["audit_entry"].index_information().values()]
+        assert any(keys in (order, backward) for keys in indexes), (order, indexes)
+
+
+async def test_every_aggregation_may_spill_to_disk(mongo: MongoStore,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    options: list[dict[str, Any]] = []
+    aggregate = AsyncCollection.aggregate
+
+    async def recording(self: AsyncCollection, pipeline: list[dict[str, Any]],
+                        **kwargs: Any) -> Any:
+        options.append(kwargs)
+        return await aggregate(self, pipeline, **kwargs)
+
+    monkeypatch.setattr(AsyncCollection, "aggregate", recording)
+    station = Station(cp_id="CP-A", name="A", lat=52.5, lon=13.4)
+    await mongo.write([Insert(station), Insert(session_on(station, 1, 1))], [])
+    joined = Sub("station_id", "station", Eq("name", "A"))
+    await mongo.find_all(Session, joined)
+    await mongo.count(Session, joined)
+    await mongo.find_page(Session, joined, [Sort("start_time")], PageRequest(first=5))
+    await mongo.count_grouped(Session, "station_id", [station.id], ALL)
+    await mongo.find_all(Station, Near(52.5, 13.4, 5.0), [Sort.by_distance(52.5, 13.4)])
+    await mongo.aggregate(Session, ALL, [], {"n": Count()})
+
+    assert len(options) == 6
+    assert all(kwargs.get("allowDiskUse") is True for kwargs in options)
 
 
 async def test_search_over_no_fields_matches_nothing(mongo: MongoStore) -> None:
@@ -1253,7 +1300,7 @@ async def test_reads_in_an_outage_are_store_unavailable(
         "sub": lambda: mongo.find_all(Connector, Sub("station_id", "station", ALL)),
     }
     if read == "sub":
-        async def aggregating(*args: Any) -> Any:
+        async def aggregating(*args: Any, **options: Any) -> Any:
             raise error
 
         monkeypatch.setattr(AsyncCollection, "aggregate", aggregating)
@@ -1379,6 +1426,7 @@ async def test_station_audit_entries_from_before_get_their_books(mongo: MongoSto
     await mongo.write([Insert(r) for r in (co, owner, of_company, own, booked)], entries)
     raw(mongo)["audit_entry"].update_many(  # as written before these fields existed
         {}, {"$unset": {"company_id": "", "station_owner_id": ""}})
+    raw(mongo)[migrations.MIGRATIONS].delete_many({})  # a database from before
     await migrations.migrate(mongo.db)
     await migrations.migrate(mongo.db)  # another start
     got = {e.id: (e.company_id, e.station_owner_id)
@@ -1413,6 +1461,28 @@ async def test_reservations_from_before_get_their_books_once(mongo: MongoStore) 
                    made[2].id: (None, None)}
     assert db["reservation"].count_documents({"company_id": {"$exists": False}}) == 0
     assert db[migrations.MIGRATIONS].find_one({"_id": "reservation_books"})["done"] is True
+
+
+async def test_a_start_after_the_books_were_filled_in_looks_for_none(
+        mongo: MongoStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Documents lacking their books are found by the field's absence, which no index
+    answers: every start read each audit entry, session, payment and reservation of no
+    company."""
+    looked: list[str] = []
+    find = AsyncCollection.find
+
+    def finding(self: AsyncCollection, *args: Any, **kwargs: Any) -> AsyncCursor:
+        if "company_id" in str(args[0] if args else kwargs.get("filter")):
+            looked.append(self._c.name)
+        return find(self, *args, **kwargs)
+
+    monkeypatch.setattr(AsyncCollection, "find", finding)
+    raw(mongo)[migrations.MIGRATIONS].delete_many({})  # a database from before
+    await migrations.migrate(mongo.db)
+    assert sorted(set(looked)) == ["audit_entry", "payment", "reservation", "session"]
+    looked.clear()
+    await migrations.migrate(mongo.db)  # every later start
+    assert looked == []
 
 
 #: Legacy amounts in hundredths, halves among them (JPY: whole yen; KWD: fils).

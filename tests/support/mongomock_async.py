@@ -69,7 +69,9 @@ class AsyncCollection:
     def find(self, *args: Any, **kwargs: Any) -> AsyncCursor:
         return AsyncCursor(self._c.find(*args, **kwargs), self._interleave)
 
-    async def aggregate(self, pipeline: list[dict[str, Any]]) -> AsyncCommandCursor:
+    async def aggregate(self, pipeline: list[dict[str, Any]], *, allowDiskUse: bool = False
+                        ) -> AsyncCommandCursor:
+        """``allowDiskUse`` is accepted and has nothing to do here (all in memory)."""
         await _io(self._interleave)
         return AsyncCommandCursor(aggregate(self._c, pipeline))
 
