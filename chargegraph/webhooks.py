@@ -31,7 +31,9 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -52,10 +54,12 @@ log = logging.getLogger("chargegraph.webhooks")
 #: Tries of one delivery, and the waits between them: about 3.5 minutes in all.
 TRIES = 5
 BACKOFF_S: tuple[float, ...] = (10.0, 30.0, 60.0, 120.0)
-#: One POST, connecting included.
+#: One POST, the name lookup and connecting included.
 TIMEOUT_S = 5.0
 #: Events a webhook may have waiting before its oldest are dropped.
 QUEUE_SIZE = 1000
+#: Threads for name lookups (each webhook posts one event at a time).
+RESOLVER_THREADS = 4
 #: How often the enabled webhooks are read again: changes made on another instance
 #: reach this one's routing within this time (this instance's own at once).
 REFRESH_S = 10.0
@@ -70,7 +74,10 @@ _ID_FIELDS = {"station_id": "station", "session_id": "session", "user_id": "user
 #: The ownership snapshot every event carries for visibility (a reservation's books
 #: too), not for receivers.
 _INTERNAL = frozenset({"company_id", "owner_id", "at", "books_company_id",
-                       "books_station_owner_id"})
+                       "books_station_owner_id",
+                       # A command's raw answer (a configuration's values, a DataTransfer's
+                       # data) leaves the service nowhere, as the subscription leaves it out.
+                       "result"})
 
 
 class Refused(Exception):
@@ -143,6 +150,11 @@ class WebhookDispatcher:
         self._routes: dict[str, tuple[str, ...]] = {}
         self._channels: dict[str, _Channel] = {}
         self._client: httpx.AsyncClient | None = None
+        # Name lookups on threads of their own: one whose nameserver never answers holds
+        # its thread for the resolver's whole timeout, and on the loop's default pool it
+        # would hold what SQLite's checkpoints and the MongoDB driver also need.
+        self._resolver = ThreadPoolExecutor(RESOLVER_THREADS,
+                                            thread_name_prefix="chargegraph-webhook-dns")
         self._refresher: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -178,6 +190,8 @@ class WebhookDispatcher:
         self._channels.clear()
         if self._client is not None:
             await self._client.aclose()
+        # A lookup still waiting on its nameserver is not waited for.
+        self._resolver.shutdown(wait=False, cancel_futures=True)
 
     @property
     def idle(self) -> bool:
@@ -288,7 +302,17 @@ class WebhookDispatcher:
 
     async def post(self, webhook: Webhook, kind: str, delivery_id: str, body: bytes
                    ) -> WebhookAttempt:
-        """One signed POST of ``body``; never raises for what the receiver does."""
+        """One signed POST of ``body``, the name lookup included in its time; never
+        raises for what the receiver (or its nameserver) does."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await self._post(webhook, kind, delivery_id, body)
+        except TimeoutError:
+            return WebhookAttempt(ok=False, status=None,
+                                  error=f"no answer within {self.timeout:g} s", at=utcnow())
+
+    async def _post(self, webhook: Webhook, kind: str, delivery_id: str, body: bytes
+                    ) -> WebhookAttempt:
         try:
             url, host_header, extensions = await self._target(webhook.url)
         except Refused as refused:
@@ -340,8 +364,9 @@ class WebhookDispatcher:
             addresses = [ipaddress.ip_address(host)]
         except ValueError:
             try:
-                found = await asyncio.get_running_loop().getaddrinfo(
-                    host, port, type=socket.SOCK_STREAM)
+                found = await asyncio.get_running_loop().run_in_executor(
+                    self._resolver, partial(socket.getaddrinfo, host, port,
+                                            type=socket.SOCK_STREAM))
             except OSError:
                 raise Refused(f"{host} does not resolve") from None
             addresses = [ipaddress.ip_address(str(info[4][0]).split("%")[0])

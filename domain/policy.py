@@ -397,15 +397,16 @@ class Policy:
         return False
 
     def _sees_reservation_event(self, viewer: Viewer, event: ReservationChanged) -> bool:
-        """The reservation scope on the event: in the operator's books, or live on a
-        station they run now. An event without books (from a version before them) is
-        decided by the station's ownership, as it was then."""
+        """The reservation scope on the event: in the operator's books, or on a station
+        they run now while it is live, and so also its end (used, cancelled, expired,
+        rejected: every reservation ends from a live state): they saw it live, and a live
+        map must not go on showing it held. An event without books (from a version before
+        them) is decided by the station's ownership, as it was then."""
         if event.books_company_id is None and event.books_station_owner_id is None:
             return self.runs(viewer, event.owner_id, event.company_id)
-        live = event.state in LIVE_RESERVATION_STATES
         return self.in_books(viewer, event.books_company_id,
-                             event.books_station_owner_id) or (
-            live and self.runs(viewer, event.owner_id, event.company_id))
+                             event.books_station_owner_id) or self.runs(
+            viewer, event.owner_id, event.company_id)
 
     # ---------------------------------------------------------------- outgoing webhooks
     @staticmethod

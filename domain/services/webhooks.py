@@ -86,13 +86,42 @@ def webhook_event(event: DomainEvent) -> WebhookEvent | None:
     return None
 
 
+#: IPv6 global unicast (``2000::/3``): the only IPv6 a webhook may reach.
+_GLOBAL_UNICAST = ipaddress.IPv6Network("2000::/3")
+#: IPv6 ranges that carry an IPv4 address inside (NAT64, 6to4, Teredo), judged by it.
+_NAT64 = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"))
+
+
 def public_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     """Whether ``address`` is on the public internet: not loopback, private, link-local
-    (cloud metadata at 169.254.169.254), shared, reserved, multicast or unspecified. An
-    IPv4 address written as IPv6 (``::ffff:127.0.0.1``) is judged as IPv4."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    (cloud metadata at 169.254.169.254), shared, reserved, site-local, multicast or
+    unspecified. IPv6 that carries an IPv4 address (``::ffff:a.b.c.d``, ``::a.b.c.d``,
+    NAT64 ``64:ff9b::``, 6to4 ``2002::``, Teredo) is judged by that IPv4 address: on an
+    IPv6-only network with NAT64, ``64:ff9b::a9fe:a9fe`` reaches 169.254.169.254, and
+    Python counts such forms as global. Other IPv6 must be global unicast (``2000::/3``)."""
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = _embedded_ipv4(address)
+        if embedded is not None:
+            return public_address(embedded)
+        if address not in _GLOBAL_UNICAST or address.is_reserved or address.is_site_local:
+            return False
     return address.is_global and not address.is_multicast
+
+
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address.teredo is not None:
+        return address.teredo[1]  # the client's address
+    packed = int(address)
+    if any(address in network for network in _NAT64) or (
+            packed >> 32 == 0 and packed > 1):  # ::a.b.c.d, IPv4-compatible
+        return ipaddress.IPv4Address(packed & 0xFFFFFFFF)
+    if packed >> 32 == 0xFFFF0000:  # ::ffff:0:a.b.c.d, IPv4-translated
+        return ipaddress.IPv4Address(packed & 0xFFFFFFFF)
+    return None
 
 
 def webhook_url(value: str | None, *, allow_private: bool, field: str = "url") -> str:
@@ -226,7 +255,7 @@ class WebhookService(Service):
                              events: Any = UNSET, description: Any = UNSET,
                              active: Any = UNSET) -> Webhook:
         """Edits what is given. Enabling a webhook again (``active``) starts its failure
-        count afresh and clears why it was disabled."""
+        count afresh, clears why it was disabled and makes it the enabler's."""
         webhook = await self.visible(viewer, Webhook, webhook_id)
         updates: dict[str, Any] = {}
         if url is not UNSET:
@@ -243,6 +272,10 @@ class WebhookService(Service):
             if active:
                 updates["consecutive_failures"] = 0
                 updates["disabled_reason"] = None
+                if not webhook.active and viewer.user_id is not None:
+                    # Enabled again by whoever does it: theirs from now on (its owner may
+                    # be the reason it was disabled), its events seen with their eyes.
+                    updates["owner_id"] = viewer.user_id
         if not updates:
             return webhook
         change = patch(webhook, viewer, **updates)
@@ -287,9 +320,22 @@ class WebhookService(Service):
             return None
         [owner] = await self.store.get_many(User, [webhook.owner_id])
         viewer = self.policy.webhook_viewer(webhook, owner)
-        if viewer is None or not self.policy.sees_event(viewer, event):
+        if viewer is None:
+            # Its owner left (deactivated, demoted, moved to another company): nothing
+            # more goes to a URL they chose, and the webhook says so instead of staying
+            # enabled and silent. A colleague who enables it again takes it over.
+            await self._disable_orphan(webhook)
+            return None
+        if not self.policy.sees_event(viewer, event):
             return None
         return webhook
+
+    async def _disable_orphan(self, webhook: Webhook) -> None:
+        off = patch(webhook, SYSTEM, only_if=("active", True), active=False,
+                    disabled_reason="its owner can no longer receive its events (left "
+                                    "the company, deactivated or demoted); a colleague who "
+                                    "enables it again takes it over")
+        await self.commit(SYSTEM, [(off, webhook)])
 
     async def record_attempt(self, webhook: Webhook, attempt: WebhookAttempt, *,
                              final: bool, dropped: int = 0) -> Webhook | None:

@@ -18,6 +18,7 @@ import pytest
 from domain.clock import utcnow
 from domain.entities import (
     ENTITY_TYPES,
+    LIVE_RESERVATION_STATES,
     AuditAction,
     MeterSample,
     Record,
@@ -334,18 +335,39 @@ def test_reservation_events_reach_whoever_sees_the_reservation(viewer_name: str)
     """``Policy.sees_event`` decides ``reservationChanged`` by the reservation scope's
     rule, on the event: its books, or live on a station the operator runs now. Each
     event is the reservation as it reads now (one past its expiry is announced EXPIRED
-    by the sweep, never live)."""
+    by the sweep, never live). An event that ends a reservation also reaches the
+    station's current operators, who saw it live (``test_a_reservation_s_end_reaches_
+    the_station_s_operators``): here only the ends in the viewer's reads are counted."""
     world = build_world()
     viewer, policy = viewer_and_policy(viewer_name, world)
     now = utcnow()
     seen = set()
+    expected = EXPECTED[viewer_name].get("reservation", set())
     for name, record in world.items():
         if isinstance(record, Reservation):
             station = world_station(world, record.station_id)
             event = reservation_changed(replace(record, state=record.state_at(now)), station)
-            if policy.sees_event(viewer, event):
+            ended = event.state not in LIVE_RESERVATION_STATES
+            if policy.sees_event(viewer, event) and (name in expected or not ended):
                 seen.add(name)
-    assert seen == EXPECTED[viewer_name].get("reservation", set())
+    assert seen == expected
+
+
+def test_a_reservation_s_end_reaches_the_station_s_operators() -> None:
+    """A reservation in A's books, live on S6 when B took it over: B saw it live, and
+    must hear that it ended (B's charger used it, B cancelled it), or B's live map goes
+    on showing the plug held."""
+    world = build_world()
+    live = next(r for r in world.values() if isinstance(r, Reservation)
+                and r.station_id == world["S6"].id and r.company_id == world["A"].id
+                and r.state in LIVE_RESERVATION_STATES and r.expires_at > utcnow())
+    policy = Policy()
+    for state in (ReservationState.USED, ReservationState.CANCELLED):
+        event = reservation_changed(replace(live, state=state),
+                                    world_station(world, live.station_id))
+        assert policy.sees_event(Viewer.of(cast(User, world["opB"])), event), state
+        assert policy.sees_event(Viewer.of(cast(User, world["opA"])), event), state
+        assert not policy.sees_event(Viewer.of(cast(User, world["opSolo"])), event)
 
 
 def test_a_reservation_event_without_books_follows_its_station() -> None:

@@ -7,9 +7,12 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import httpx
+import pytest
+
 from chargegraph.webhooks import WebhookDispatcher, event_data
 from domain import entities as d
-from domain.events import ConnectorStatusChanged, ReservationChanged
+from domain.events import CommandCompleted, ConnectorStatusChanged, ReservationChanged
 from domain.policy import SYSTEM, Viewer
 from domain.query import Eq, all_of
 from graph.ids import to_global_id
@@ -94,6 +97,18 @@ def test_a_reservation_event_s_books_are_not_delivered() -> None:
     assert data["state"] == "ACTIVE" and data["reservationId"] == 3
 
 
+def test_a_commands_raw_answer_is_not_delivered() -> None:
+    """A GetConfiguration's values (a charger may echo its AuthorizationKey) or a
+    DataTransfer's data stay in the service, as the commandCompleted subscription keeps
+    them: the webhook sent them to an outside URL."""
+    event = CommandCompleted(
+        station_id="a" * 24, cp_id="CP-1", company_id="b" * 24, owner_id=None,
+        command_id="c1", action="GetConfiguration", requested_by="u1", status="Accepted",
+        result={"configurationKey": [{"key": "AuthorizationKey", "value": "s3cret"}]})
+    data = event_data(event)
+    assert "s3cret" not in str(data) and data["status"] == "Accepted"
+
+
 async def test_an_operator_gets_only_what_their_company_may_see(world: World) -> None:
     """The same rule as subscriptions (``Policy.sees_event`` as the owner): Volt's
     operator gets Volt's charger, Other's operator nothing of it; an admin everything."""
@@ -117,10 +132,12 @@ async def test_an_operator_gets_only_what_their_company_may_see(world: World) ->
 
 async def test_a_revoked_operator_stops_receiving_at_once(world: World) -> None:
     """Decided at delivery time with the owner read then: deactivated, or moved to
-    another company, their webhook gets nothing more (also one their colleague keeps)."""
+    another company, their webhook gets nothing more (also one their colleague keeps),
+    and says so: it used to stay enabled and silent. A colleague who enables it again
+    takes it over."""
     await world.dispatcher()
     receiver = await world.receiver()
-    await world.webhook("op", receiver, "connector.status_changed")
+    webhook, _ = await world.webhook("op", receiver, "connector.status_changed")
     await available(world)
     await world.settled()
     assert len(receiver.requests) == 1
@@ -130,6 +147,8 @@ async def test_a_revoked_operator_stops_receiving_at_once(world: World) -> None:
     await available(world)
     await world.settled()
     assert len(receiver.requests) == 1
+    orphaned = await world.stored(webhook)
+    assert not orphaned.active and "owner" in (orphaned.disabled_reason or "")
 
     await world.services.accounts.update_user(
         SYSTEM, world.users["op"].id, company_id=world.companies["volt"].id)
@@ -137,6 +156,13 @@ async def test_a_revoked_operator_stops_receiving_at_once(world: World) -> None:
     await available(world)
     await world.settled()
     assert len(receiver.requests) == 1
+
+    taken = await world.services.webhooks.update_webhook(world.viewer("op2"), webhook.id,
+                                                         active=True)
+    assert taken.owner_id == world.users["op2"].id
+    await available(world)
+    await world.settled()
+    assert len(receiver.requests) == 2
 
 
 async def test_a_failed_delivery_is_tried_again_until_it_succeeds(world: World) -> None:
@@ -287,3 +313,34 @@ async def test_a_receiver_that_answers_forever_is_cut_off(world: World) -> None:
     stalled = await world.stored(webhook)
     assert (stalled.last_status, stalled.last_error) == (None, "no answer within 0.3 s")
     assert stalled.consecutive_failures == 1
+
+
+async def test_a_name_whose_nameserver_never_answers_is_cut_off_in_time(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The delivery's time bounds its name lookup too: before, a lookup waiting on a
+    nameserver held the webhook's queue (and a thread of the loop's default pool) for as
+    long as the resolver took."""
+    import socket
+    import threading
+    from types import SimpleNamespace
+
+    import chargegraph.webhooks as module
+
+    released = threading.Event()
+
+    def stalled(*_: object, **__: object) -> object:
+        released.wait(10)
+        raise socket.gaierror("timed out")
+
+    monkeypatch.setattr(module.socket, "getaddrinfo", stalled)
+    dispatcher = module.WebhookDispatcher(SimpleNamespace(), timeout=0.2)  # type: ignore[arg-type]
+    dispatcher._client = httpx.AsyncClient()
+    try:
+        hook = SimpleNamespace(url="https://stalled-dns.example.com/in", secret="whsec_x")
+        attempt = await dispatcher.post(hook, "ping", "delivery-1", b"{}")  # type: ignore[arg-type]
+        assert not released.is_set()  # cut off while the lookup still waited
+        assert not attempt.ok and attempt.error == "no answer within 0.2 s"
+    finally:
+        released.set()
+        await dispatcher._client.aclose()
+        dispatcher._resolver.shutdown(wait=True)

@@ -19,6 +19,15 @@ REFUSED = {
     "http://0x7f.0.0.1/hooks": "FORBIDDEN_ADDRESS",
     "http://[::1]/hooks": "FORBIDDEN_ADDRESS",
     "http://[::ffff:127.0.0.1]/hooks": "FORBIDDEN_ADDRESS",
+    # IPv6 that carries an internal IPv4 address (NAT64, 6to4, IPv4-compatible and
+    # -translated), and site-local: Python counts most of them as global.
+    "http://[64:ff9b::a9fe:a9fe]/hooks": "FORBIDDEN_ADDRESS",
+    "http://[64:ff9b:1::a00:5]/hooks": "FORBIDDEN_ADDRESS",
+    "http://[2002:a9fe:a9fe::1]/hooks": "FORBIDDEN_ADDRESS",
+    "http://[::7f00:1]/hooks": "FORBIDDEN_ADDRESS",
+    "http://[::ffff:0:a00:5]/hooks": "FORBIDDEN_ADDRESS",
+    "http://[fec0::1]/hooks": "FORBIDDEN_ADDRESS",
+    "http://[fd00::1]/hooks": "FORBIDDEN_ADDRESS",
     "http://10.1.2.3/hooks": "FORBIDDEN_ADDRESS",
     "http://192.168.0.10:8080/hooks": "FORBIDDEN_ADDRESS",
     "http://169.254.169.254/latest/meta-data": "FORBIDDEN_ADDRESS",
@@ -51,7 +60,8 @@ def test_urls_that_could_reach_inside_or_leak_are_refused(url: str) -> None:
 
 @pytest.mark.parametrize("url", ["https://hooks.example.com/in?src=cg",
                                  "http://8.8.8.8:8080/in", "https://[2606:4700::1111]/in",
-                                 "HTTPS://Hooks.Example.com"])
+                                 "HTTPS://Hooks.Example.com", "http://[64:ff9b::808:808]/in",
+                                 "http://[2002:808:808::1]/in"])
 def test_public_http_and_https_urls_are_taken(url: str) -> None:
     assert webhook_url(f"  {url} ", allow_private=False) == url
 
