@@ -58,6 +58,8 @@ BACKOFF_S: tuple[float, ...] = (10.0, 30.0, 60.0, 120.0)
 TIMEOUT_S = 5.0
 #: Events a webhook may have waiting before its oldest are dropped.
 QUEUE_SIZE = 1000
+#: The enabled webhooks one instance routes (the store's read of them is bounded).
+MAX_ROUTED = 10_000
 #: Threads for name lookups (each webhook posts one event at a time).
 RESOLVER_THREADS = 4
 #: How often the enabled webhooks are read again: changes made on another instance
@@ -156,6 +158,8 @@ class WebhookDispatcher:
         self._resolver = ThreadPoolExecutor(RESOLVER_THREADS,
                                             thread_name_prefix="chargegraph-webhook-dns")
         self._refresher: asyncio.Task[None] | None = None
+        #: Route changes made while ``refresh`` reads (None when it does not).
+        self._meanwhile: list[tuple[Webhook, bool]] | None = None
         self._closed = False
 
     # ------------------------------------------------------------- lifecycle
@@ -200,12 +204,26 @@ class WebhookDispatcher:
 
     # ------------------------------------------------------------- routing
     async def refresh(self) -> None:
-        """Reads the enabled webhooks again and routes by what they asked for."""
+        """Reads the enabled webhooks again and routes by what they asked for. A change
+        made here while the read ran is applied again over it: the read may be older
+        (a MongoDB read yields the loop), and a webhook created meanwhile must not miss
+        events until the next refresh."""
+        self._meanwhile = []
+        try:
+            found = await self.services.webhooks.active_webhooks(MAX_ROUTED)
+            meanwhile = self._meanwhile
+        finally:
+            self._meanwhile = None
+        if len(found) >= MAX_ROUTED:
+            log.warning("%d enabled webhooks or more: only the first %d are routed",
+                        MAX_ROUTED, MAX_ROUTED)
         routes: dict[str, list[str]] = {}
-        for webhook in await self.services.webhooks.active_webhooks():
+        for webhook in found:
             for kind in webhook.events:
                 routes.setdefault(kind, []).append(webhook.id)
         self._routes = {kind: tuple(ids) for kind, ids in routes.items()}
+        for webhook, gone in meanwhile:
+            self._route(webhook, gone=gone)
         routed = {i for ids in self._routes.values() for i in ids}
         for webhook_id, channel in list(self._channels.items()):
             if webhook_id not in routed and channel.task is None:
@@ -227,6 +245,8 @@ class WebhookDispatcher:
                 self._route(change.record, gone=isinstance(change, Delete))
 
     def _route(self, webhook: Webhook, *, gone: bool) -> None:
+        if self._meanwhile is not None:
+            self._meanwhile.append((webhook, gone))
         routes = {kind: tuple(i for i in ids if i != webhook.id)
                   for kind, ids in self._routes.items()}
         if webhook.active and not gone:

@@ -305,10 +305,11 @@ class WebhookService(Service):
         return await self.sender.ping(webhook)
 
     # ------------------------------------------------------------- what delivery asks
-    async def active_webhooks(self) -> list[Webhook]:
-        """Every enabled webhook (the deliverer routes events by their ``events``)."""
+    async def active_webhooks(self, limit: int = 10_000) -> list[Webhook]:
+        """The enabled webhooks, at most ``limit`` (the deliverer routes events by their
+        ``events``)."""
         return await self.store.find_all(Webhook, Eq("active", True), (Sort("id"),),
-                                         limit=10_000)
+                                         limit=limit)
 
     async def deliverable(self, webhook_id: str, event: DomainEvent) -> Webhook | None:
         """The webhook as stored now, if it is to get ``event`` now: still there and

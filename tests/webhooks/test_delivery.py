@@ -344,3 +344,29 @@ async def test_a_name_whose_nameserver_never_answers_is_cut_off_in_time(
         released.set()
         await dispatcher._client.aclose()
         dispatcher._resolver.shutdown(wait=True)
+
+
+async def test_a_webhook_made_while_the_routes_are_read_is_routed(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refresh whose read started before a webhook was made here used to put its older
+    routes over the new webhook's: it missed events until the next refresh."""
+    dispatcher = await world.dispatcher()
+    receiver = await world.receiver()
+    reading, go_on = asyncio.Event(), asyncio.Event()
+    read = world.services.webhooks.active_webhooks
+
+    async def slow_read(limit: int = 10_000) -> list[d.Webhook]:
+        found = await read(limit)  # read before the webhook exists
+        reading.set()
+        await go_on.wait()
+        return found
+
+    monkeypatch.setattr(world.services.webhooks, "active_webhooks", slow_read)
+    refresh = asyncio.create_task(dispatcher.refresh())
+    await reading.wait()
+    await world.webhook("op", receiver, "connector.status_changed")
+    go_on.set()
+    await refresh
+    await available(world)
+    await world.settled()
+    assert len(receiver.requests) == 1
