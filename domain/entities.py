@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any, ClassVar, TypeVar
@@ -272,6 +272,15 @@ class Session(Record):
     #: their books when a station is removed or changes hands.
     company_id: str | None = None
     station_owner_id: str | None = None
+
+    def now_on_timeline(self, ours: datetime) -> datetime:
+        """"Now" (``ours``, our clock's) on the session's timeline. Its start is on the
+        charger's clock, which may run ahead of ours: the start plus the time our clock
+        saw pass since the session was recorded (``created_at``, ours), or our clock if
+        later. One odd timestamp the charger sent since cannot move the end (and the
+        price) anywhere. Where an operator's ``endSession`` ends it, and what its running
+        cost is estimated up to."""
+        return max(ours, self.start_time + max(ours - self.created_at, timedelta(0)))
 
 
 @dataclass(kw_only=True)

@@ -20,6 +20,7 @@ from domain.entities import E, Record
 from domain.policy import Viewer
 from domain.query import Filter, Sort
 from domain.services.reads import ReadService
+from domain.services.tariffs import PricedAt
 from graph.batch_loader import BatchLoader
 
 
@@ -103,3 +104,16 @@ class Loaders:
 
             self._loaders[loader_key] = BatchLoader(load)
         return self._loaders[loader_key]
+
+    def pricing_tariff(self) -> BatchLoader[PricedAt, tuple[Any, bool]]:
+        """The tariff that prices a session (by ``PricedAt``), and whether the viewer
+        sees it (``ReadService.pricing_tariffs``)."""
+        key = ("pricing_tariff",)
+        if key not in self._loaders:
+            reads, viewer = self._reads, self._viewer
+
+            async def load(wanted: Sequence[PricedAt]) -> list[tuple[Any, bool]]:
+                return await reads.pricing_tariffs(viewer, wanted)
+
+            self._loaders[key] = BatchLoader(load)
+        return self._loaders[key]

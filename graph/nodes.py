@@ -21,11 +21,12 @@ from graphql import (
 from strawberry.scalars import JSON
 
 from domain import entities as d
+from domain import pricing
 from domain.currencies import major_units
 from domain.geo import distance_km
 from domain.ids import is_id
 from domain.query import ALL, Eq, Range, Sort
-from domain.services.tariffs import LATEST_VERSION_FIRST
+from domain.services.tariffs import LATEST_VERSION_FIRST, PricedAt
 from graph import history
 from graph.enums import (
     AuditAction,
@@ -638,6 +639,37 @@ class Connector(Node, Audited):
                                             _page(first, after, last, before))
 
 
+@strawberry.type(description=(
+    "What a completed session was billed, line by line, in major units of `currency` "
+    "(exact): `energy + time + fee = net`, `net + tax = gross`, and `gross` is the "
+    "session's `cost`. Each line is its exact amount rounded to the minor unit, up or "
+    "down by less than one unit so that the lines add up."))
+class CostBreakdown:
+    energy: Decimal = strawberry.field(description="Energy × price per kWh.")
+    time: Decimal = strawberry.field(description="Minutes × price per minute.")
+    fee: Decimal = strawberry.field(description="The session fee.")
+    net: Decimal = strawberry.field(description="Before tax.")
+    tax: Decimal
+    gross: Decimal = strawberry.field(description="What was billed: the session's `cost`.")
+    currency: str
+
+    @classmethod
+    def of(cls, b: pricing.CostBreakdown) -> CostBreakdown:
+        def major(minor: int) -> Decimal:
+            return major_units(minor, b.currency)
+        return cls(energy=major(b.energy), time=major(b.time), fee=major(b.fee),
+                   net=major(b.net), tax=major(b.tax), gross=major(b.gross),
+                   currency=b.currency)
+
+
+def _pricing_tariff(ctx: GraphContext, session: d.Session,
+                    answer: Callable[[d.Tariff | None, bool], Any]) -> Any:
+    """``answer(tariff, shown)`` for the tariff that prices ``session`` (``shown``: the
+    viewer sees the tariff itself), at once when a page's prefetch loaded it."""
+    return _now_or_later(ctx.loaders.pricing_tariff(), PricedAt.of(session),
+                         lambda found: answer(*found))
+
+
 @strawberry.type(description="One charging transaction.")
 class Session(Node, Audited):
     transaction_id: int = strawberry.field(description="OCPP transactionId.")
@@ -699,6 +731,9 @@ class Session(Node, Audited):
             loads.append(_connectors_of(ctx).fetch(list({s.station_id for s in sessions})))
         if wants("payment"):
             loads.append(_payment_of(ctx).fetch([s.id for s in sessions]))
+        if wants("tariff") or wants("costBreakdown") or wants("estimatedCost"):
+            loads.append(ctx.loaders.pricing_tariff().fetch(
+                [PricedAt.of(s) for s in sessions]))
         # Together where the store overlaps reads (network round trips); else one by one,
         # without tasks and loop turns that would overlap nothing (SQLite: 3 % of a
         # ten-station page).
@@ -734,6 +769,45 @@ class Session(Node, Audited):
         return _now_or_later(_payment_of(ctx), self._r.id,  # type: ignore[no-any-return]
                              lambda record: _wrap_or_none(Payment, record, ctx))
 
+    @strawberry.field(description=(
+        "The tariff that prices the session: the station's, else the company's whose "
+        "books it is in, in force at its start. Null when there is none, or when the "
+        "viewer may not see it (as `tariffs` shows them)."))
+    def tariff(self, info: Info) -> Tariff | None:
+        ctx = _ctx(info)
+        return _pricing_tariff(  # type: ignore[no-any-return]
+            ctx, self._r, lambda tariff, shown: Tariff.wrap(tariff, ctx)
+            if tariff is not None and shown else None)
+
+    @strawberry.field(description=(
+        "The `cost` of a COMPLETED session split into its lines; null for other states, "
+        "a session priced by no tariff, and one whose tariff no longer gives the cost it "
+        "was billed (a version an admin dated back since, its station removed)."))
+    def cost_breakdown(self, info: Info) -> CostBreakdown | None:
+        r = self._r
+        if r.state is not d.SessionState.COMPLETED or r.cost_minor is None \
+                or r.end_time is None:
+            return None
+        end = r.end_time
+        return _pricing_tariff(  # type: ignore[no-any-return]
+            _ctx(info), r, lambda tariff, _shown: _receipt(r, tariff, end))
+
+    @strawberry.field(description=(
+        "An estimate of what an ACTIVE session costs so far: its tariff's price of the "
+        "energy metered up to now and of its duration up to now (on the session's own "
+        "timeline), tax included. Not what will be billed: that is `cost`, when it ends. "
+        "Null for other states and when no tariff prices the session."))
+    def estimated_cost(self, info: Info) -> Money | None:
+        r = self._r
+        if r.state is not d.SessionState.ACTIVE:
+            return None
+        end = r.now_on_timeline(_ctx(info).now)
+        return _pricing_tariff(  # type: ignore[no-any-return]
+            _ctx(info), r, lambda tariff, _shown: None if tariff is None else Money(
+                amount_minor=BigInt(pricing.cost_breakdown(
+                    tariff, r.energy_wh, r.start_time, end).gross),
+                currency=tariff.currency))
+
     @strawberry.field(description="The latest State of Charge the charger reported for "
                                   "this session, in percent; null when it reports none.")
     def soc_percent(self) -> float | None:
@@ -747,6 +821,19 @@ class Session(Node, Audited):
                            before: str | None = None) -> Connection[MeterSample]:
         return await history.meter_values(_ctx(info), self._r, measurands, from_, to,
                                           _page(first, after, last, before))
+
+
+def _receipt(session: d.Session, tariff: d.Tariff | None, end: datetime
+             ) -> CostBreakdown | None:
+    """The lines of a completed session's bill, by its tariff's pricing of what it was
+    billed for; none unless they add up to exactly what it was billed (the tariff may
+    have changed since: then there is no true split to show)."""
+    if tariff is None:
+        return None
+    lines = pricing.cost_breakdown(tariff, session.energy_wh, session.start_time, end)
+    if lines.gross != session.cost_minor or lines.currency != session.currency:
+        return None
+    return CostBreakdown.of(lines)
 
 
 @strawberry.type(description="A connector held for a driver (OCPP ReserveNow).")

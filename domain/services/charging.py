@@ -930,12 +930,9 @@ class ChargingService(Service):
         return closed
 
     def _timeline_now(self, session: Session) -> datetime:
-        """"Now" on the session's timeline. Its start is on the charger's clock, which may
-        run ahead of ours: the start plus the time our clock saw pass since the session
-        was recorded (``created_at``, ours), or our clock if later. One odd timestamp the
-        charger sent since cannot move the end (and the price) anywhere."""
-        ours = self.now()
-        return max(ours, session.start_time + max(ours - session.created_at, timedelta(0)))
+        """"Now" on the session's timeline (``Session.now_on_timeline``, the rule the
+        graph's running cost estimate uses too)."""
+        return session.now_on_timeline(self.now())
 
     async def _close(self, station: Station, session: Session, meter_stop: int | None,
                      end: datetime, reason: str, actor: Viewer, *,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from domain.entities import E
+from domain.entities import E, Tariff
 from domain.policy import Viewer
 from domain.query import (
     ALL,
@@ -20,6 +20,7 @@ from domain.query import (
     sorts_by_distance,
 )
 from domain.services.base import Service
+from domain.services.tariffs import PricedAt, tariffs_in_force
 
 
 class ReadService(Service):
@@ -87,3 +88,16 @@ class ReadService(Service):
         return await self.store.count_grouped(
             kind, key_field, keys,
             self.scoped(viewer, kind, where, grouped_by=key_field, keys=keys))
+
+    async def pricing_tariffs(self, viewer: Viewer, wanted: Sequence[PricedAt]
+                              ) -> list[tuple[Tariff | None, bool]]:
+        """For sessions the viewer sees (``PricedAt.of`` each): the tariff that prices each
+        (``TariffService.tariff_at``'s rule, found whatever the viewer sees of tariffs, so
+        a tariff hidden from them never lets another one stand in for it), and whether
+        the viewer sees that tariff itself (the tariff scope). Two or three store calls
+        for any number of sessions."""
+        priced = await tariffs_in_force(self.store, wanted)
+        ids = list({t.id for t in priced if t is not None})
+        shown = {t.id for t in await self.get_many(viewer, Tariff, ids) if t is not None} \
+            if ids else set()
+        return [(t, t is not None and t.id in shown) for t in priced]

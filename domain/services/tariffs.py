@@ -4,16 +4,18 @@ that was in force when they started."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from domain import validation as v
 from domain.clock import utcnow
-from domain.entities import Company, Station, Tariff
+from domain.entities import Company, Session, Station, Tariff
 from domain.errors import Forbidden, ValidationError
 from domain.policy import Viewer
-from domain.ports import Insert
+from domain.ports import Insert, Store
 from domain.query import Eq, Range, Sort, all_of
 from domain.services.base import UNSET, Service, stamp_new
 
@@ -24,6 +26,66 @@ BACKDATE_SLACK = timedelta(minutes=1)
 LATEST_VERSION_FIRST = (Sort("valid_from", descending=True),
                         Sort("created_at", descending=True),
                         Sort("id", descending=True))  # ids count up within a millisecond
+#: Versions per station or company one batch reads (the latest before the newest start of
+#: the batch); a session older than all of them is looked up alone.
+VERSIONS_PER_BATCH = 50
+
+
+@dataclass(frozen=True, slots=True)
+class PricedAt:
+    """What decides the tariff that prices a session: its station, the company whose books
+    it is in and its start (``tariff_at(station, start, company_id=books)``)."""
+
+    station_id: str
+    company_id: str | None
+    at: datetime
+
+    @classmethod
+    def of(cls, session: Session) -> PricedAt:
+        return cls(session.station_id, session.company_id, session.start_time)
+
+
+async def tariffs_in_force(store: Store, wanted: Sequence[PricedAt]) -> list[Tariff | None]:
+    """``tariff_at`` for many sessions at once (a page of them): one store call for their
+    stations' versions, one for their companies' when a station has none in force. Not
+    scoped: the tariff that priced a session whatever the viewer sees of it."""
+    if not wanted:
+        return []
+    found = await _in_force(store, "station_id", [(w.station_id, w.at) for w in wanted])
+    rest = [i for i, tariff in enumerate(found)
+            if tariff is None and wanted[i].company_id is not None]
+    if rest:
+        by_company = await _in_force(store, "company_id",
+                                     [(wanted[i].company_id, wanted[i].at) for i in rest])
+        for i, tariff in zip(rest, by_company, strict=True):
+            found[i] = tariff
+    return found
+
+
+async def _in_force(store: Store, field: str, wanted: list[tuple[Any, datetime]]
+                    ) -> list[Tariff | None]:
+    """For each (owner, instant): the version of the owner's tariffs (``field``: station
+    or company) in force then, in ``LATEST_VERSION_FIRST`` order as ``_latest`` picks it."""
+    groups = await store.find_grouped(
+        Tariff, field, list({key for key, _ in wanted}),
+        Range("valid_from", lte=max(at for _, at in wanted)), LATEST_VERSION_FIRST,
+        VERSIONS_PER_BATCH)
+    answers: list[Tariff | None] = []
+    for key, at in wanted:
+        versions = groups.get(key, [])
+        # The first in that order from before ``at``: the one a query of those alone,
+        # limited to one, would find.
+        hit = next((t for t in versions if t.valid_from <= at), None)
+        if hit is None and len(versions) == VERSIONS_PER_BATCH:
+            hit = await _latest(store, field, key, at)  # older than the batch read
+        answers.append(hit)
+    return answers
+
+
+async def _latest(store: Store, field: str, key: Any, at: datetime) -> Tariff | None:
+    found = await store.find_all(Tariff, all_of(Eq(field, key), Range("valid_from", lte=at)),
+                                 LATEST_VERSION_FIRST, limit=1)
+    return found[0] if found else None
 
 
 class TariffService(Service):
@@ -71,13 +133,7 @@ class TariffService(Service):
         """The tariff in force for ``station`` at ``at``: the station's latest version from
         before ``at``, else its company's (``company_id``, default the station's now)."""
         company = station.company_id if company_id is UNSET else company_id
-        found = await self.store.find_all(
-            Tariff, all_of(Eq("station_id", station.id), Range("valid_from", lte=at)),
-            LATEST_VERSION_FIRST, limit=1,
-        )
-        if not found and company is not None:
-            found = await self.store.find_all(
-                Tariff, all_of(Eq("company_id", company), Range("valid_from", lte=at)),
-                LATEST_VERSION_FIRST, limit=1,
-            )
-        return found[0] if found else None
+        found = await _latest(self.store, "station_id", station.id, at)
+        if found is None and company is not None:
+            found = await _latest(self.store, "company_id", company, at)
+        return found

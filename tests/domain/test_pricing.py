@@ -1,8 +1,10 @@
+import random
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 
+from domain.currencies import minor_digits
 from domain.entities import Tariff
-from domain.pricing import session_cost_minor
+from domain.pricing import CostBreakdown, cost_breakdown, session_cost_minor
 
 START = datetime(2026, 1, 1, 22, 0, tzinfo=UTC)
 
@@ -38,3 +40,62 @@ def test_major_units_follow_the_currency() -> None:
     assert major_units(1234, "JPY") == Decimal(1234)
     assert major_units(1234, "BHD") == Decimal("1.234")
     assert major_units(1234, None) == Decimal("12.34")
+
+
+def _tariff(kwh: str, minute: str = "0", fee: str = "0", tax: str = "0",
+            currency: str = "EUR") -> Tariff:
+    return Tariff(company_id="c" * 24, price_per_kwh=Decimal(kwh), currency=currency,
+                  price_per_minute=Decimal(minute), session_fee=Decimal(fee),
+                  tax_rate=Decimal(tax))
+
+
+def _adds_up(b: CostBreakdown) -> None:
+    assert b.energy + b.time + b.fee == b.net
+    assert b.net + b.tax == b.gross
+    assert min(b.energy, b.time, b.fee, b.net, b.tax) >= 0
+
+
+def test_breakdown_of_the_example_adds_up_to_the_billed_total() -> None:
+    b = cost_breakdown(_tariff("0.39", "0.01", "0.50", "0.19"), 12_345, START,
+                       START + timedelta(minutes=90))
+    # 4.81455 → 481, 0.90 → 90, 0.50 → 50: net 6.21455 → 621; gross 7.3953145 → 740
+    assert (b.energy, b.time, b.fee, b.net, b.tax, b.gross, b.currency) == (
+        481, 90, 50, 621, 119, 740, "EUR")
+
+
+def test_parts_rounded_alone_would_not_add_up() -> None:
+    # Energy 0.005 EUR and time 0.005 EUR (half a cent each, each alone rounding up to
+    # a cent), no tax: the net is exactly one cent, and so is the total.
+    b = cost_breakdown(_tariff("0.25", "0.005"), 20, START, START + timedelta(minutes=1))
+    _adds_up(b)
+    assert (b.energy + b.time, b.net, b.tax, b.gross) == (1, 1, 0, 1)
+    # Three parts of 0.4 cent each: 1.2 cents, one cent; the gross with 25 % tax is
+    # 1.5 cents, two: the tax is the cent the rounding of the total adds.
+    b = cost_breakdown(_tariff("0.2", "0.004", "0.004", "0.25"), 20, START,
+                       START + timedelta(minutes=1))
+    _adds_up(b)
+    assert (b.net, b.tax, b.gross) == (1, 1, 2)
+
+
+def test_gross_is_the_billed_cost_on_awkward_values() -> None:
+    rng = random.Random(7)
+    prices = ["0", "0.000001", "0.333333", "0.005", "0.499999", "0.5", "45.5", "0.39"]
+    taxes = ["0", "0.19", "0.07", "0.333333", "1", "0.000001"]
+    for _ in range(3000):
+        tariff = _tariff(rng.choice(prices), rng.choice(prices), rng.choice(prices),
+                         rng.choice(taxes), rng.choice(["EUR", "JPY", "KWD"]))
+        energy = rng.choice([0, 1, 5, 333, 12_345, 999_999, rng.randrange(10**7)])
+        end = START + timedelta(seconds=rng.randrange(10**6), microseconds=rng.randrange(10**6))
+        b = cost_breakdown(tariff, energy, START, end)
+        _adds_up(b)
+        assert b.gross == session_cost_minor(tariff, energy, START, end)
+        # Before the split, the total was this one expression, rounded once.
+        exact = (Decimal(energy) / 1000 * tariff.price_per_kwh
+                 + Decimal((end - START).total_seconds()) / 60 * tariff.price_per_minute
+                 + tariff.session_fee) * (1 + tariff.tax_rate)
+        assert b.gross == int(exact.scaleb(minor_digits(tariff.currency))
+                              .quantize(Decimal(1), rounding=ROUND_HALF_UP))
+        # Each part is within one minor unit of its exact amount.
+        digits = minor_digits(tariff.currency)
+        assert abs(b.energy - (Decimal(energy) / 1000 * tariff.price_per_kwh)
+                   .scaleb(digits)) < 1

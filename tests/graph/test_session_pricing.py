@@ -1,0 +1,196 @@
+"""A session's tariff, its bill line by line, and the running cost of one under way."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+from domain import entities as d
+from domain.clock import utcnow
+from domain.policy import SYSTEM
+from domain.ports import Insert
+from domain.pricing import cost_breakdown
+from domain.services import Services
+from domain.services.charging import books_of
+from tests.graph.conftest import Api, CountingStore
+from tests.graph.world import World
+
+FIELDS = """transactionId state cost { amountMinor currency }
+  tariff { pricePerKwh pricePerMinute company { name } }
+  costBreakdown { energy time fee net tax gross currency }
+  estimatedCost { amountMinor amount currency }"""
+SESSIONS = "query($n: Int) { sessions(first: $n) { nodes { " + FIELDS + " } } }"
+
+
+async def _sessions(api: Api, world: World, who: str, n: int = 100) -> dict[int, Any]:
+    data = await api.gql(SESSIONS, {"n": n}, as_user=world.users[who].id)
+    return {s["transactionId"]: s for s in data["sessions"]["nodes"]}
+
+
+async def _company_tariff(services: Services, world: World, company: str, **prices: str
+                          ) -> d.Tariff:
+    return await services.tariffs.set_tariff(
+        world.viewer("admin"), company_id=world.companies[company].id, currency="EUR",
+        valid_from=utcnow() - timedelta(hours=3), **prices)  # type: ignore[arg-type]
+
+
+async def _started(services: Services, world: World, cp_id: str, driver: str,
+                   start_ago: timedelta, energy_wh: int, *, done: bool = False
+                   ) -> d.Session:
+    """A session recorded as the charging service records one (ACTIVE); ``done``: one
+    completed with no cost recorded (its lines are then not shown, its tariff is)."""
+    station = world.stations[cp_id]
+    company_id, owner_id = books_of(station)
+    session = d.Session(
+        transaction_id=await services.ctx.store.next_sequence("transaction"),
+        station_id=station.id, cp_id=cp_id, connector_id=2, id_tag=world.tags[driver].tag,
+        user_id=world.users[driver].id, start_time=utcnow() - start_ago,
+        meter_start_wh=0, energy_wh=energy_wh, company_id=company_id,
+        station_owner_id=owner_id)
+    if done:
+        session.state = d.SessionState.COMPLETED
+        session.end_time = session.start_time + timedelta(minutes=5)
+    await services.ctx.store.write([Insert(session)], [])
+    return session
+
+
+async def test_a_running_session_is_estimated_and_a_closed_one_itemised(
+        api: Api, services: Services, world: World) -> None:
+    tariff = await _company_tariff(services, world, "a", price_per_kwh="0.333333",
+                                   price_per_minute="0.0123", session_fee="0.49",
+                                   tax_rate="0.19")
+    s1 = world.sessions["s1"]  # driver1's, ACTIVE on A-001: 5 kWh, two hours in
+    before = utcnow()
+    live = (await _sessions(api, world, "driver1"))[s1.transaction_id]
+    after = utcnow()
+    # Priced as it would be if it ended now (on its own timeline): between the two
+    # instants the request ran in.
+    low = cost_breakdown(tariff, 5000, s1.start_time, before).gross
+    high = cost_breakdown(tariff, 5000, s1.start_time, after).gross
+    assert low <= live["estimatedCost"]["amountMinor"] <= high
+    assert live["estimatedCost"]["currency"] == "EUR"
+    assert live["cost"] is None and live["costBreakdown"] is None
+    # The driver sees the tariff (the public prices), not the company behind it.
+    assert live["tariff"] == {"pricePerKwh": "0.333333", "pricePerMinute": "0.0123",
+                              "company": None}
+
+    closed = await services.charging.end_session(world.viewer("op_a"), s1.id)
+    done = (await _sessions(api, world, "driver1"))[s1.transaction_id]
+    assert done["estimatedCost"] is None
+    lines = done["costBreakdown"]
+    amounts = {k: Decimal(v) for k, v in lines.items() if k != "currency"}
+    assert lines["currency"] == "EUR"
+    assert amounts["energy"] + amounts["time"] + amounts["fee"] == amounts["net"]
+    assert amounts["net"] + amounts["tax"] == amounts["gross"]
+    assert closed.cost_minor is not None
+    assert amounts["gross"] * 100 == closed.cost_minor == done["cost"]["amountMinor"]
+    assert amounts["fee"] == Decimal("0.49")
+
+
+async def test_no_tariff_no_estimate_and_none_of_another_state(
+        api: Api, world: World) -> None:
+    sessions = await _sessions(api, world, "admin")
+    for session in sessions.values():
+        assert session["tariff"] is None and session["estimatedCost"] is None
+        assert session["costBreakdown"] is None
+
+
+async def test_a_bill_no_longer_matching_its_tariff_is_not_itemised(
+        api: Api, services: Services, world: World) -> None:
+    """A version dated back after billing would split a different total: no receipt is
+    shown rather than one that does not add up to the bill."""
+    await _company_tariff(services, world, "a", price_per_kwh="0.30")
+    s1 = world.sessions["s1"]
+    await services.charging.end_session(world.viewer("op_a"), s1.id)
+    assert (await _sessions(api, world, "driver1"))[s1.transaction_id]["costBreakdown"]
+    await services.tariffs.set_tariff(
+        world.viewer("admin"), company_id=world.companies["a"].id, currency="EUR",
+        price_per_kwh="0.31", valid_from=s1.start_time - timedelta(minutes=1))
+    again = (await _sessions(api, world, "driver1"))[s1.transaction_id]
+    assert again["costBreakdown"] is None
+    assert again["tariff"]["pricePerKwh"] == "0.31"  # what would price it now
+
+
+async def test_operators_see_by_the_books_and_tariffs_as_tariffs_are(
+        api: Api, services: Services, world: World) -> None:
+    company = await _company_tariff(services, world, "a", price_per_kwh="0.20")
+    station_tariff = await services.tariffs.set_tariff(
+        world.viewer("admin"), station_id=world.stations["A-002"].id, currency="EUR",
+        price_per_kwh="0.55", valid_from=utcnow() - timedelta(hours=3))
+    at_a2 = await _started(services, world, "A-002", "driver2", timedelta(hours=1), 7000)
+    await services.charging.end_session(world.viewer("op_a"), at_a2.id)
+    # A-002 goes to company B: its tariff is B's operators' now; the session stays in A's
+    # books.
+    await services.stations.update_station(world.viewer("admin"), world.stations["A-002"].id,
+                                           company_id=world.companies["b"].id,
+                                           owner_id=world.users["op_b"].id)
+    tx = at_a2.transaction_id
+    op_a = (await _sessions(api, world, "op_a"))[tx]
+    # Priced by the station's tariff, which op_a no longer sees: null, and never the
+    # company tariff standing in for it. The bill is theirs, and its lines with it.
+    assert op_a["tariff"] is None
+    assert Decimal(op_a["costBreakdown"]["energy"]) == Decimal("3.85")  # 7 kWh × 0.55
+    assert tx not in await _sessions(api, world, "op_b")  # not their books
+    assert tx not in await _sessions(api, world, "driver1")  # not their session
+    driver2 = (await _sessions(api, world, "driver2"))[tx]
+    assert driver2["tariff"] == {"pricePerKwh": "0.55", "pricePerMinute": "0",
+                                 "company": None}
+    admin = (await _sessions(api, world, "admin"))[tx]
+    assert admin["tariff"]["pricePerKwh"] == str(station_tariff.price_per_kwh)
+    # A session at a station of no tariff of its own: its books' company's, with the
+    # company shown to staff.
+    s1 = (await _sessions(api, world, "op_a"))[world.sessions["s1"].transaction_id]
+    assert s1["tariff"] == {"pricePerKwh": str(company.price_per_kwh),
+                            "pricePerMinute": "0", "company": {"name": "Alpha Charging"}}
+
+
+async def test_a_page_of_sessions_prices_in_a_fixed_number_of_store_calls(
+        api: Api, services: Services, world: World, store: CountingStore) -> None:
+    await _company_tariff(services, world, "a", price_per_kwh="0.20")
+    await _company_tariff(services, world, "b", price_per_kwh="0.30")
+    await services.tariffs.set_tariff(
+        SYSTEM, station_id=world.stations["A-002"].id, currency="EUR",
+        price_per_kwh="0.55", valid_from=utcnow() - timedelta(hours=3))
+
+    async def calls() -> tuple[list[str], int]:
+        store.detail.clear()
+        found = await _sessions(api, world, "admin")
+        return list(store.detail), len(found)
+
+    small = await calls()
+    for i in range(12):
+        cp_id = ("A-001", "A-002", "B-001", "B-002")[i % 4]
+        await _started(services, world, cp_id, "driver1", timedelta(minutes=10 + i), 100 * i,
+                             done=True)
+    large = await calls()
+    assert (small[1], large[1]) == (3, 15)
+    # token viewer, page, station tariffs, company tariffs, the tariffs' visibility, the
+    # tariffs' companies: one call each, whatever the number of sessions and starts.
+    assert small[0] == large[0] == [
+        "get_many:user", "find_page:session", "find_grouped:tariff", "find_grouped:tariff",
+        "get_many:tariff", "get_many:company"]
+
+
+async def test_the_batch_picks_what_tariff_at_picks_beyond_one_batch_of_versions(
+        services: Services, world: World, monkeypatch: Any) -> None:
+    """Many versions (more than a batch reads), two set with the same start (the one set
+    last wins): each session gets the version ``tariff_at`` gives, as ``_close`` bills."""
+    from domain.services import tariffs
+    monkeypatch.setattr(tariffs, "VERSIONS_PER_BATCH", 2)
+    station = world.stations["A-001"]
+    base = utcnow() - timedelta(days=1)
+    for i, price in enumerate(["0.10", "0.11", "0.12", "0.13", "0.14"]):
+        await services.tariffs.set_tariff(SYSTEM, station_id=station.id, currency="EUR",
+                                          price_per_kwh=price,
+                                          valid_from=base + timedelta(hours=min(i, 3)))
+    await _company_tariff(services, world, "a", price_per_kwh="0.90")
+    starts = [base - timedelta(hours=1), base, base + timedelta(minutes=90),
+              base + timedelta(hours=3), utcnow()]
+    wanted = [tariffs.PricedAt(station.id, world.companies["a"].id, at) for at in starts]
+    batch = await tariffs.tariffs_in_force(services.ctx.store, wanted)
+    one_by_one = [await services.tariffs.tariff_at(station, at, company_id=w.company_id)
+                  for w, at in zip(wanted, starts, strict=True)]
+    assert [t.id if t else None for t in batch] == [t.id if t else None for t in one_by_one]
+    assert [str(t.price_per_kwh) if t else None for t in batch] == [
+        None, "0.10", "0.11", "0.14", "0.14"]
