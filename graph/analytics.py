@@ -14,7 +14,7 @@ import strawberry
 from domain import entities as d
 from domain.currencies import major_units
 from domain.query import Sort
-from domain.services.analytics import BucketBudget, FaultGroup, Scope, ShareRow
+from domain.services.analytics import BucketBudget, FaultGroup, GroupBy, Scope, ShareRow
 from domain.timebuckets import Bucket
 from graph.context import GraphContext
 from graph.ids import expect_id
@@ -78,6 +78,19 @@ class EnergyBucket:
     revenue: Decimal = strawberry.field(description="Cost of sessions that ended in the "
                                                     "bucket, in `currency`.")
     currency: str
+    cp_id: str | None = strawberry.field(
+        default=None, description="With `groupBy`: the charge point these figures are "
+                                  "of; null otherwise.")
+    connector_id: int | None = strawberry.field(
+        default=None, description="With `groupBy: CONNECTOR`: the connector; null "
+                                  "otherwise.")
+    _station_id: strawberry.Private[str | None] = None
+
+    @strawberry.field(description="With `groupBy`: the station, if the viewer may see it "
+                                  "(energy follows its sessions' books, which may be kept "
+                                  "by a company that no longer runs it).")
+    async def station(self, info: Info) -> Station | None:
+        return await _station(info, self._station_id) if self._station_id else None
 
 
 async def _station(info: Info, station_id: str) -> Station | None:
@@ -89,8 +102,18 @@ async def _station(info: Info, station_id: str) -> Station | None:
 _WINDOW = ("The window up to now (its end, or the present if earlier), once per connector "
            "counted: a station row counts the connectors the station has now and adds up "
            "their rows.")
+_START = ("With `bucket`: the bucket's start (UTC instant of the local hour, midnight, "
+          "Monday or month start); its window is the bucket's part of `from`..`to` up to "
+          "now. Null without `bucket`.")
 _ROWS = ("A row per connector the station has now (its seconds at most the window), or per "
-         "station the sum of those rows; a removed connector's history is not counted.")
+         "station the sum of those rows; a removed connector's history is not counted. "
+         "With `bucket` (aligned in `timeZone`, IANA), those rows per bucket, each capped "
+         "to its bucket, ordered by station and connector, then time; at most 10,000 rows "
+         "(TOO_MANY).")
+_GROUP_BY = ("Each bucket's figures per station (or connector) with any in the window, "
+             "ordered by charge point and connector, then time; at most 10,000 rows "
+             "(TOO_MANY). Without it, one figure per bucket.")
+_TIME_ZONE = "IANA zone the buckets are aligned in (only with `bucket`; checked always)."
 
 
 @strawberry.type(description="How much of the window connectors were occupied and charging.")
@@ -101,6 +124,8 @@ class UtilizationRow:
     occupied_seconds: float
     charging_seconds: float
     _station_id: strawberry.Private[str]
+
+    start: datetime | None = strawberry.field(description=_START)
 
     @strawberry.field(description="Share of the window a session was open (0..1).")
     def occupied_share(self) -> float:
@@ -118,7 +143,8 @@ class UtilizationRow:
     def of(cls, row: ShareRow) -> UtilizationRow:
         return cls(cp_id=row.cp_id, connector_id=row.connector_id,
                    window_seconds=row.window_seconds, occupied_seconds=row.first_seconds,
-                   charging_seconds=row.second_seconds, _station_id=row.station_id)
+                   charging_seconds=row.second_seconds, start=row.start,
+                   _station_id=row.station_id)
 
 
 @strawberry.type(description="How much of the window connectors were usable: station "
@@ -132,6 +158,7 @@ class AvailabilityRow:
         description="The part of the window the connector's state was known: from when "
                     "its state history began (its charger's first connection or report "
                     "after it was added), offline time included (known to be offline).")
+    start: datetime | None = strawberry.field(description=_START)
     _station_id: strawberry.Private[str]
 
     @strawberry.field(description="`windowSeconds` less `reportedSeconds`: before the "
@@ -161,7 +188,8 @@ class AvailabilityRow:
     def of(cls, row: ShareRow) -> AvailabilityRow:
         return cls(cp_id=row.cp_id, connector_id=row.connector_id,
                    window_seconds=row.window_seconds, available_seconds=row.first_seconds,
-                   reported_seconds=row.second_seconds, _station_id=row.station_id)
+                   reported_seconds=row.second_seconds, start=row.start,
+                   _station_id=row.station_id)
 
 
 @strawberry.type(description="Faults of one error code on one connector, or on the charge "
@@ -244,45 +272,61 @@ class Overview:
     revenue_today: list[Money]
 
 
+def _budget(ctx: GraphContext) -> BucketBudget:
+    """The request's buckets, shared by its trends and bucketed shares (aliases)."""
+    budget: BucketBudget = ctx.extra.setdefault("bucket_budget", BucketBudget())
+    return budget
+
+
 @strawberry.type
 class AnalyticsQuery:
     @strawberry.field(description="Energy, sessions and revenue per hour/day/week/month, "
                                   "aligned in `timeZone` (IANA), empty buckets included.")
     async def energy_trend(self, info: Info, filter: EnergyTrendFilter, bucket: TimeBucket,  # type: ignore[valid-type]
-                           time_zone: str = "UTC", currency: str | None = None
-                           ) -> list[EnergyBucket]:
+                           time_zone: str = "UTC", currency: str | None = None,
+                           group_by: Annotated[AnalyticsGroup | None,
+                                               strawberry.argument(description=_GROUP_BY)]
+                           = None) -> list[EnergyBucket]:
         ctx: GraphContext = info.context
-        budget = ctx.extra.setdefault("bucket_budget", BucketBudget())
         buckets = await ctx.services.analytics.energy_trend(
             ctx.viewer, filter.to_domain(), filter.from_, filter.to, bucket, time_zone,
-            currency, budget)
+            currency, _budget(ctx), GroupBy(group_by.value) if group_by else None)
         return [EnergyBucket(start=b.start, energy_kwh=b.energy_wh / 1000,
                              sessions=b.sessions,
                              revenue=major_units(b.revenue_minor, b.currency),
-                             currency=b.currency) for b in buckets]
+                             currency=b.currency, cp_id=b.cp_id, connector_id=b.connector_id,
+                             _station_id=b.station_id) for b in buckets]
 
     @strawberry.field(description="Share of the window each connector was occupied and "
                                   "charging. " + _ROWS)
     async def utilization(self, info: Info, from_: From, to: datetime,
                           filter: AnalyticsFilter | None = None,
-                          group_by: AnalyticsGroup = AnalyticsGroup.STATION
+                          group_by: AnalyticsGroup = AnalyticsGroup.STATION,
+                          bucket: TimeBucket | None = None,  # type: ignore[valid-type]
+                          time_zone: Annotated[str, strawberry.argument(
+                              description=_TIME_ZONE)] = "UTC"
                           ) -> list[UtilizationRow]:
         ctx: GraphContext = info.context
         rows = await ctx.services.analytics.utilization(
             ctx.viewer, filter.to_domain() if filter else Scope(), from_, to,
-            group_by is AnalyticsGroup.CONNECTOR)
+            group_by is AnalyticsGroup.CONNECTOR, bucket, time_zone,
+            _budget(ctx) if bucket else None)
         return [UtilizationRow.of(r) for r in rows]
 
     @strawberry.field(description="Share of the window each connector was usable. " + _ROWS)
     async def availability(self, info: Info,
                            from_: From, to: datetime,
                            filter: AnalyticsFilter | None = None,
-                           group_by: AnalyticsGroup = AnalyticsGroup.STATION
+                          group_by: AnalyticsGroup = AnalyticsGroup.STATION,
+                           bucket: TimeBucket | None = None,  # type: ignore[valid-type]
+                           time_zone: Annotated[str, strawberry.argument(
+                               description=_TIME_ZONE)] = "UTC"
                            ) -> list[AvailabilityRow]:
         ctx: GraphContext = info.context
         rows = await ctx.services.analytics.availability(
             ctx.viewer, filter.to_domain() if filter else Scope(), from_, to,
-            group_by is AnalyticsGroup.CONNECTOR)
+            group_by is AnalyticsGroup.CONNECTOR, bucket, time_zone,
+            _budget(ctx) if bucket else None)
         return [AvailabilityRow.of(r) for r in rows]
 
     @strawberry.field(description="Faults by station, connector and error code.")

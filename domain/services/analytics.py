@@ -11,15 +11,17 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 from domain import validation as v
-from domain.aggregation import ByField, Count, Max, Metric, Min, OverlapSeconds, Sum
+from domain.aggregation import ByField, Count, Group, Max, Metric, Min, OverlapSeconds, Sum
 from domain.entities import (
     Connector,
     ConnectorInterval,
     ConnectorStatus,
     MeterSample,
+    Record,
     Session,
     SessionState,
     Station,
@@ -41,6 +43,17 @@ UNUSABLE = (ConnectorStatus.FAULTED, ConnectorStatus.UNAVAILABLE)
 #: The overview's bucket for the connectors of offline stations (no ConnectorStatus).
 OFFLINE = "OFFLINE"
 MAX_WINDOW = timedelta(days=3 * 366)
+#: Figures one grouped trend or bucketed share query may answer (buckets x stations or
+#: connectors): beyond it a chart would draw nothing readable, and building the cells
+#: holds the event loop (``TOO_MANY``).
+MAX_CELLS = 10_000
+
+
+class GroupBy(StrEnum):
+    """Figures per station or per connector."""
+
+    STATION = "STATION"
+    CONNECTOR = "CONNECTOR"
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +117,11 @@ class EnergyBucket:
     sessions: int
     revenue_minor: int
     currency: str
+    #: Set when grouped (``GroupBy``): whose figures these are. ``station_id`` is None for
+    #: samples stored before they recorded their station (their cpId tells it).
+    station_id: str | None = None
+    cp_id: str | None = None
+    connector_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +132,7 @@ class ShareRow:
     window_seconds: float
     first_seconds: float  # occupied / available
     second_seconds: float = 0.0  # charging (utilization) / state known (availability)
+    start: datetime | None = None  # the bucket's start, when asked per bucket
 
     def share(self, seconds: float) -> float:
         return seconds / self.window_seconds if self.window_seconds > 0 else 0.0
@@ -282,8 +301,66 @@ def _per_station(rows: list[ShareRow]) -> list[ShareRow]:
 PER_CONNECTOR = [ByField("station_id"), ByField("connector_id")]
 
 
-def _by_connector(rows: list[dict[str, Any]]) -> dict[tuple[Any, ...], float]:
-    return {(r["g0"], r["g1"]): float(r["s"]) for r in rows}
+#: Buckets whose overlaps one aggregate sums (a metric each: a column and three
+#: parameters in SQLite, an accumulator in MongoDB).
+SPANS_PER_QUERY = 200
+
+
+@dataclass(frozen=True, slots=True)
+class _Span:
+    """A window shares are of: [lo, hi), elapsed up to ``now``; ``bucket``: the start of
+    the bucket it is part of, when asked per bucket (lo is later in the first bucket)."""
+
+    lo: datetime
+    hi: datetime
+    now: datetime
+    bucket: datetime | None = None
+
+    @property
+    def elapsed(self) -> float:
+        return _elapsed(self.lo, min(self.now, self.hi))
+
+
+#: A group of a grouped trend: (station id, cp id) or (station id, cp id, connector id);
+#: () when not grouped.
+GroupKey = tuple[Any, ...]
+
+
+def _energy_groups(group_by: GroupBy | None) -> list[Group]:
+    """The group keys added to a trend's time key. The cpId beside the station id keeps
+    samples stored before they recorded their station (station id None) apart per
+    charger; meter samples and sessions both carry all three fields."""
+    if group_by is None:
+        return []
+    keys: list[Group] = [ByField("station_id"), ByField("cp_id")]
+    return [*keys, ByField("connector_id")] if group_by is GroupBy.CONNECTOR else keys
+
+
+def _cells(rows: list[dict[str, Any]], metric: str, groups: int
+           ) -> dict[tuple[int, GroupKey], Any]:
+    """A trend's rows by (time key, group)."""
+    return {(r["g0"], tuple(r[f"g{i}"] for i in range(1, groups + 1))): r[metric]
+            for r in rows}
+
+
+def _groups_in(*cells: dict[tuple[int, GroupKey], Any]) -> list[GroupKey]:
+    """The groups with any figure, by cpId and connector."""
+    found = {g for figures in cells for _, g in figures}
+    return sorted(found, key=lambda g: (g[1], g[2] if len(g) > 2 else 0, g[0] or ""))
+
+
+def _group_fields(group: GroupKey) -> dict[str, Any]:
+    if not group:
+        return {}
+    return {"station_id": group[0], "cp_id": group[1],
+            "connector_id": int(group[2]) if len(group) > 2 else None}
+
+
+def _check_cells(cells: int, field: str) -> None:
+    if cells > MAX_CELLS:
+        raise ValidationError(
+            f"{cells} figures asked for, at most {MAX_CELLS}: use larger buckets, a "
+            "shorter window or fewer stations", field=field, code="TOO_MANY")
 
 
 class AnalyticsService(Service):
@@ -297,12 +374,14 @@ class AnalyticsService(Service):
     # ------------------------------------------------------------- energy trend
     async def energy_trend(self, viewer: Viewer, scope: Scope, start: datetime, end: datetime,
                            bucket: Bucket, time_zone: str = "UTC",
-                           currency: str | None = None, budget: BucketBudget | None = None
-                           ) -> list[EnergyBucket]:
+                           currency: str | None = None, budget: BucketBudget | None = None,
+                           group_by: GroupBy | None = None) -> list[EnergyBucket]:
         """Energy per bucket from meter samples (a session over midnight counts on both
         days), sessions started per bucket, and revenue of sessions that ended in it.
         For signed-in viewers only (anyone else would get a window of zeros); ``budget``:
-        the request's (``BucketBudget``)."""
+        the request's (``BucketBudget``). With ``group_by``, every bucket once per
+        station (connector) with figures in the window, each the same three aggregates
+        with the group's key added (``_energy_groups``), at most ``MAX_CELLS``."""
         _signed_in(viewer)
         _window(start, end)
         tz = zone(time_zone)
@@ -313,32 +392,34 @@ class AnalyticsService(Service):
         energy_plan = plan("at", bucket, tz, start, end)
         if budget is not None:  # before the first await: aliases run side by side
             budget.spend(len(energy_plan.starts))
+        keys = _energy_groups(group_by)
         energy = await self.store.aggregate(
             MeterSample,
             self._scoped(viewer, "meter_sample",
                          all_of(scope.samples(), Range("at", gte=start, lt=end))),
-            [energy_plan.grouping], {"wh": Sum("delta_wh")})
+            [energy_plan.grouping, *keys], {"wh": Sum("delta_wh")})
         started_plan = plan("start_time", bucket, tz, start, end)
         started = await self.store.aggregate(
             Session, self._scoped(viewer, "session", all_of(
                 scope.booked_sessions(), Range("start_time", gte=start, lt=end))),
-            [started_plan.grouping], {"n": Count()})
+            [started_plan.grouping, *keys], {"n": Count()})
         currency = currency or await self._main_currency(viewer, scope, start, end)
         ended_plan = plan("end_time", bucket, tz, start, end)
         revenue = await self.store.aggregate(
             Session, self._scoped(viewer, "session", all_of(
                 scope.booked_sessions(), Eq("state", SessionState.COMPLETED),
                 Eq("currency", currency), Range("end_time", gte=start, lt=end))),
-            [ended_plan.grouping], {"minor": Sum("cost_minor")})
-        wh = {r["g0"]: r["wh"] for r in energy}
-        n = {r["g0"]: r["n"] for r in started}
-        minor = {r["g0"]: r["minor"] for r in revenue}
+            [ended_plan.grouping, *keys], {"minor": Sum("cost_minor")})
+        wh, n = _cells(energy, "wh", len(keys)), _cells(started, "n", len(keys))
+        minor = _cells(revenue, "minor", len(keys))
+        groups = [()] if group_by is None else _groups_in(wh, n, minor)
+        _check_cells(len(energy_plan.starts) * len(groups), "groupBy")
         return [EnergyBucket(start=instant,
-                             energy_wh=round(wh.get(energy_plan.keys[i], 0)),
-                             sessions=int(n.get(started_plan.keys[i], 0)),
-                             revenue_minor=round(minor.get(ended_plan.keys[i], 0)),
-                             currency=currency)
-                for i, instant in enumerate(energy_plan.starts)]
+                             energy_wh=round(wh.get((energy_plan.keys[i], g), 0)),
+                             sessions=int(n.get((started_plan.keys[i], g), 0)),
+                             revenue_minor=round(minor.get((ended_plan.keys[i], g), 0)),
+                             currency=currency, **_group_fields(g))
+                for g in groups for i, instant in enumerate(energy_plan.starts)]
 
     async def _main_currency(self, viewer: Viewer, scope: Scope, start: datetime,
                              end: datetime) -> str:
@@ -363,8 +444,8 @@ class AnalyticsService(Service):
 
     @staticmethod
     def _rows(connectors: list[Connector], by_connector: bool, window: float,
-              first: dict[tuple[Any, ...], float], second: dict[tuple[Any, ...], float]
-              ) -> list[ShareRow]:
+              first: dict[tuple[Any, ...], float], second: dict[tuple[Any, ...], float],
+              bucket: datetime | None = None) -> list[ShareRow]:
         """A row per connector that exists, or per station the sum of its connectors'
         rows, so the two add up and a station's share is the mean of its connectors'.
         The store sums per connector; a connector counts at most the whole window, also
@@ -377,63 +458,109 @@ class AnalyticsService(Service):
             rows.append(ShareRow(station_id=c.station_id, cp_id=c.cp_id,
                                  connector_id=c.connector_id, window_seconds=window,
                                  first_seconds=min(first.get(key, 0.0), window),
-                                 second_seconds=min(second.get(key, 0.0), window)))
+                                 second_seconds=min(second.get(key, 0.0), window),
+                                 start=bucket))
         if not by_connector:
             rows = _per_station(rows)
         return sorted(rows, key=lambda r: (r.cp_id, r.connector_id or 0))
 
+    def _spans(self, start: datetime, end: datetime, bucket: Bucket | None, time_zone: str,
+               budget: BucketBudget | None) -> list[_Span]:
+        """The windows shares are of: the whole window, or each bucket's part of it
+        (aligned in ``time_zone`` as energy trends are), each up to now."""
+        tz = zone(time_zone)
+        now = min(self.now(), end)
+        if bucket is None:
+            return [_Span(start, end, now)]
+        starts = plan("start", bucket, tz, start, end).starts
+        if budget is not None:  # before the first await, as energy trends spend it
+            budget.spend(len(starts))
+        ends = (*starts[1:], end)
+        return [_Span(max(lo, start), min(hi, end), now, bucket=lo)
+                for lo, hi in zip(starts, ends, strict=True)]
+
+    async def _overlaps(self, viewer: Viewer, kind: type[Record], where: Filter,
+                        fields: tuple[str, str], spans: list[_Span]
+                        ) -> list[dict[tuple[Any, ...], float]]:
+        """Per span, the seconds each connector's records of ``kind`` overlap it: one
+        ``OverlapSeconds`` per span in one aggregate (``SPANS_PER_QUERY`` at a time),
+        only over the records overlapping those spans."""
+        lo, hi = fields
+        found: list[dict[tuple[Any, ...], float]] = []
+        for first in range(0, len(spans), SPANS_PER_QUERY):
+            part = spans[first:first + SPANS_PER_QUERY]
+            rows = await self.store.aggregate(
+                kind, self._scoped(viewer, "connector_interval", all_of(
+                    where, _overlapping(lo, hi, part[0].lo, part[-1].hi))),
+                PER_CONNECTOR, {f"s{i}": OverlapSeconds(lo, hi, s.lo, s.hi, s.now)
+                                for i, s in enumerate(part)})
+            found.extend({(r["g0"], r["g1"]): float(r[f"s{i}"]) for r in rows}
+                         for i in range(len(part)))
+        return found
+
+    async def _share_rows(self, viewer: Viewer, scope: Scope, by_connector: bool,
+                          spans: list[_Span], first: tuple[type[Record], Filter, tuple[str, str]],
+                          second: tuple[type[Record], Filter, tuple[str, str]]
+                          ) -> list[ShareRow]:
+        """Rows of two overlap sums per connector (or station) per span, each capped at
+        its span (``_rows``). The rows' number is known before the sums: beyond
+        ``MAX_CELLS`` it is refused before they are."""
+        connectors = await self._connectors(viewer, scope)
+        groups = len(connectors) if by_connector else len({c.station_id for c in connectors})
+        if len(spans) > 1:
+            _check_cells(len(spans) * groups, "bucket")
+        firsts = await self._overlaps(viewer, *first, spans)
+        seconds = await self._overlaps(viewer, *second, spans)
+        rows = [row for span, a, b in zip(spans, firsts, seconds, strict=True)
+                for row in self._rows(connectors, by_connector, span.elapsed, a, b,
+                                      span.bucket)]
+        # Stable: each connector's (station's) buckets stay in time order.
+        return sorted(rows, key=lambda r: (r.cp_id, r.connector_id or 0))
+
     async def utilization(self, viewer: Viewer, scope: Scope, start: datetime, end: datetime,
-                          by_connector: bool) -> list[ShareRow]:
-        """Share of the window each connector (or station: all its connectors) was
-        occupied by a session, and was charging (status Charging). Only connectors whose
+                          by_connector: bool, bucket: Bucket | None = None,
+                          time_zone: str = "UTC", budget: BucketBudget | None = None
+                          ) -> list[ShareRow]:
+        """Share of the window (or of each ``bucket`` of it, aligned in ``time_zone``)
+        each connector (or station: all its connectors) was occupied by a session, and
+        was charging (status Charging). Only connectors whose state history the viewer
+        may see (``_connectors``)."""
+        _signed_in(viewer)
+        _per_connector(scope)
+        _window(start, end)
+        spans = self._spans(start, end, bucket, time_zone, budget)
+        # Occupancy is the station's, as its charging time is: scoped by the stations the
+        # viewer runs, not by the books the sessions went to (a station handed over read
+        # an hour of charging and no occupancy for its new operator).
+        return await self._share_rows(
+            viewer, scope, by_connector, spans,
+            (Session, scope.sessions(), ("start_time", "end_time")),
+            (ConnectorInterval, all_of(scope.on_stations(),
+                                       Eq("status", ConnectorStatus.CHARGING)),
+             ("start", "end")))
+
+    async def availability(self, viewer: Viewer, scope: Scope, start: datetime, end: datetime,
+                           by_connector: bool, bucket: Bucket | None = None,
+                           time_zone: str = "UTC", budget: BucketBudget | None = None
+                           ) -> list[ShareRow]:
+        """Share of the window (or of each ``bucket`` of it) each connector was usable:
+        its station online and its status neither Faulted nor Unavailable; and
+        (``second_seconds``) the time its state was known at all. Time before a
+        connector's state history began (its station added later, its charger not yet
+        connected) counts as not usable in the share, and is the window less the known
+        time: an uptime KPI divides by the known time instead. Only connectors whose
         state history the viewer may see (``_connectors``)."""
         _signed_in(viewer)
         _per_connector(scope)
         _window(start, end)
-        now = min(self.now(), end)
-        # Occupancy is the station's, as its charging time is: scoped by the stations the
-        # viewer runs, not by the books the sessions went to (a station handed over read
-        # an hour of charging and no occupancy for its new operator).
-        occupied = await self.store.aggregate(
-            Session, self._scoped(viewer, "connector_interval", all_of(
-                scope.sessions(), _overlapping("start_time", "end_time", start, end))),
-            PER_CONNECTOR, {"s": OverlapSeconds("start_time", "end_time", start, end, now)})
-        charging = await self.store.aggregate(
-            ConnectorInterval, self._scoped(viewer, "connector_interval", all_of(
-                scope.on_stations(), Eq("status", ConnectorStatus.CHARGING),
-                _overlapping("start", "end", start, end))),
-            PER_CONNECTOR, {"s": OverlapSeconds("start", "end", start, end, now)})
-        return self._rows(await self._connectors(viewer, scope), by_connector,
-                          _elapsed(start, now), _by_connector(occupied),
-                          _by_connector(charging))
-
-    async def availability(self, viewer: Viewer, scope: Scope, start: datetime, end: datetime,
-                           by_connector: bool) -> list[ShareRow]:
-        """Share of the window each connector was usable: its station online and its
-        status neither Faulted nor Unavailable; and (``second_seconds``) the time its
-        state was known at all. Time before a connector's state history began (its
-        station added later, its charger not yet connected) counts as not usable in the
-        share, and is the window less the known time: an uptime KPI divides by the known
-        time instead. Only connectors whose state history the viewer may see
-        (``_connectors``)."""
-        _signed_in(viewer)
-        _per_connector(scope)
-        _window(start, end)
-        now = min(self.now(), end)
+        spans = self._spans(start, end, bucket, time_zone, budget)
         usable = [s for s in ConnectorStatus if s not in UNUSABLE]
-        within = all_of(scope.on_stations(), _overlapping("start", "end", start, end))
-        overlap = {"s": OverlapSeconds("start", "end", start, end, now)}
-        available = await self.store.aggregate(
-            ConnectorInterval, self._scoped(viewer, "connector_interval", all_of(
-                within, Eq("online", True), In("status", tuple(usable)))),
-            PER_CONNECTOR, overlap)
-        # Every stretch of state history, offline ones included: known to be offline.
-        known = await self.store.aggregate(
-            ConnectorInterval, self._scoped(viewer, "connector_interval", within),
-            PER_CONNECTOR, overlap)
-        return self._rows(await self._connectors(viewer, scope), by_connector,
-                          _elapsed(start, now), _by_connector(available),
-                          _by_connector(known))
+        return await self._share_rows(
+            viewer, scope, by_connector, spans,
+            (ConnectorInterval, all_of(scope.on_stations(), Eq("online", True),
+                                       In("status", tuple(usable))), ("start", "end")),
+            # Every stretch of state history, offline ones included: known to be offline.
+            (ConnectorInterval, scope.on_stations(), ("start", "end")))
 
     # ------------------------------------------------------------- faults
     def fault_events_filter(self, scope: Scope, start: datetime, end: datetime) -> Filter:

@@ -259,3 +259,103 @@ async def test_payment_state_machine(scripted: tuple[History, Api]) -> None:
     statuses = [(n["before"]["status"], n["after"]["status"]) for n in log["auditLog"]["nodes"]
                 if n["action"] == "UPDATE"]
     assert statuses == [("CAPTURED", "REFUNDED"), ("PENDING", "CAPTURED")]
+
+
+GROUPED = """query($f: EnergyTrendFilter!, $g: AnalyticsGroup) { energyTrend(filter: $f,
+  bucket: DAY, timeZone: "Europe/Berlin", groupBy: $g) { start energyKwh sessions revenue
+  cpId connectorId station { cpId } } }"""
+
+
+async def test_energy_trend_per_station_in_one_call(scripted: tuple[History, Api]) -> None:
+    history, api = scripted
+    data = await api.gql(GROUPED, {"f": WINDOW, "g": "STATION"},
+                         as_user=history.users["admin"].id)
+    assert [(b["cpId"], b["connectorId"], b["station"], b["start"][:10], b["energyKwh"],
+             b["sessions"], b["revenue"]) for b in data["energyTrend"]] == [
+        ("S1", None, {"cpId": "S1"}, "2026-03-27", 2.0, 1, "0.00"),
+        ("S1", None, {"cpId": "S1"}, "2026-03-28", 27.0, 1, "8.70"),
+        ("S1", None, {"cpId": "S1"}, "2026-03-29", 0.0, 0, "0.00"),
+        ("S2", None, {"cpId": "S2"}, "2026-03-27", 0.0, 0, "0.00"),
+        ("S2", None, {"cpId": "S2"}, "2026-03-28", 0.0, 0, "0.00"),
+        ("S2", None, {"cpId": "S2"}, "2026-03-29", 5.0, 1, "0.00")]
+    mine = await api.gql(GROUPED, {"f": WINDOW, "g": "CONNECTOR"},
+                         as_user=history.users["driver2"].id)
+    assert [(b["cpId"], b["connectorId"], b["energyKwh"]) for b in mine["energyTrend"]] == [
+        ("S1", 2, 0.0), ("S1", 2, 22.0), ("S1", 2, 0.0)]
+    # Without groupBy the figures are the network's, unnamed, as before.
+    plain = await api.gql(GROUPED, {"f": WINDOW}, as_user=history.users["admin"].id)
+    assert {(b["cpId"], b["connectorId"], b["station"]) for b in plain["energyTrend"]} == {
+        (None, None, None)}
+
+
+async def test_too_many_grouped_figures_is_a_coded_error(
+        scripted: tuple[History, Api], monkeypatch: pytest.MonkeyPatch) -> None:
+    from domain.services import analytics
+
+    history, api = scripted
+    monkeypatch.setattr(analytics, "MAX_CELLS", 5)  # 3 days x 2 stations
+    r = await api.post(GROUPED, {"f": WINDOW, "g": "STATION"},
+                       token=api.token_for(history.users["admin"].id))
+    assert r.json()["errors"][0]["extensions"] == {"code": "TOO_MANY", "field": "groupBy"}
+    r = await api.post(GROUPED, {"f": WINDOW, "g": "NOBODY"},
+                       token=api.token_for(history.users["admin"].id))
+    assert "AnalyticsGroup" in r.json()["errors"][0]["message"]
+
+
+DAILY = """query($from: DateTime!, $to: DateTime!, $b: TimeBucket, $tz: String!) {
+  utilization(from: $from, to: $to, bucket: $b, timeZone: $tz) { cpId start
+    windowSeconds occupiedSeconds occupiedShare }
+  availability(from: $from, to: $to, bucket: $b, timeZone: $tz, groupBy: CONNECTOR) {
+    cpId connectorId start availableSeconds reportedSeconds } }"""
+
+
+async def test_utilization_and_availability_per_day(scripted: tuple[History, Api]) -> None:
+    history, api = scripted
+    days = {"from": WINDOW["from"], "to": WINDOW["to"], "b": "DAY", "tz": "Europe/Berlin"}
+    data = await api.gql(DAILY, days, as_user=history.users["op_a"].id)
+    assert [(r["cpId"], r["start"], r["windowSeconds"] / 3600, r["occupiedSeconds"] / 3600)
+            for r in data["utilization"]] == [
+        ("S1", "2026-03-27T23:00:00+00:00", 48.0, 0.5),
+        ("S1", "2026-03-28T23:00:00+00:00", 46.0, 3.5),
+        ("S1", "2026-03-29T22:00:00+00:00", 48.0, 0.0)]
+    assert [(r["connectorId"], r["availableSeconds"] / 3600) for r in data["availability"]] \
+        == [(1, 1.0), (1, 23.0), (1, 2.0), (2, 1.0), (2, 21.0), (2, 2.0)]
+    # Without a bucket: one row per station for the window, no start, as before.
+    whole = await api.gql(DAILY, {**days, "b": None}, as_user=history.users["op_a"].id)
+    assert [(r["start"], r["occupiedSeconds"] / 3600) for r in whole["utilization"]] == [
+        (None, 4.0)]
+    # A driver sees no state history, per bucket as for the window.
+    theirs = await api.gql(DAILY, days, as_user=history.users["driver1"].id)
+    assert theirs == {"utilization": [], "availability": []}
+
+
+@pytest.mark.parametrize(("change", "extensions"), [
+    ({"tz": "Mars/Olympus"}, {"code": "INVALID", "field": "timeZone"}),
+    ({"b": "HOUR", "from": "2020-01-01T00:00:00Z", "to": "2022-01-01T00:00:00Z"},
+     {"code": "OUT_OF_RANGE", "field": "bucket"}),
+])
+async def test_bucketed_shares_errors(scripted: tuple[History, Api], change: dict[str, str],
+                                      extensions: dict[str, str]) -> None:
+    history, api = scripted
+    variables = {"from": WINDOW["from"], "to": WINDOW["to"], "b": "DAY",
+                 "tz": "Europe/Berlin"} | change
+    r = await api.post(DAILY, variables, token=api.token_for(history.users["admin"].id))
+    assert r.json()["errors"][0]["extensions"] == extensions
+
+
+async def test_too_many_bucketed_rows_and_drivers_filters_are_refused(
+        scripted: tuple[History, Api], monkeypatch: pytest.MonkeyPatch) -> None:
+    from domain.services import analytics
+
+    history, api = scripted
+    admin = api.token_for(history.users["admin"].id)
+    monkeypatch.setattr(analytics, "MAX_CELLS", 5)  # 3 days x 2 stations
+    r = await api.post("""query($from: DateTime!, $to: DateTime!) { utilization(from: $from,
+      to: $to, bucket: DAY, timeZone: "Europe/Berlin") { cpId } }""", WINDOW, token=admin)
+    assert r.json()["errors"][0]["extensions"] == {"code": "TOO_MANY", "field": "bucket"}
+    driver = to_global_id("user", history.users["driver1"].id)
+    r = await api.post("""query($from: DateTime!, $to: DateTime!, $u: ID) {
+      availability(from: $from, to: $to, bucket: DAY, filter: {userId: $u}) { cpId } }""",
+                       {**WINDOW, "u": driver}, token=admin)
+    assert r.json()["errors"][0]["extensions"] == {"code": "UNSUPPORTED",
+                                                   "field": "filter.userId"}
