@@ -64,6 +64,7 @@ def register(path: Path, stations: int) -> None:
 
 
 async def chargegraph(ready: asyncio.Event, port_box: list[int], stations: int) -> None:
+    from chargegraph.metrics import MetricsRegistry
     from domain.policy import Policy
     from domain.services import ServiceContext, Services
     from ocpp_bridge.gateway import OcppGateway
@@ -80,8 +81,11 @@ async def chargegraph(ready: asyncio.Event, port_box: list[int], stations: int) 
     store = SqliteStore(str(path))
     await store.start()
     services = Services(ServiceContext(store=store, policy=Policy(), hasher=FastHasher()))
-    gateway = OcppGateway()
-    server = OcppServer(services.charging, gateway, "127.0.0.1", 0, ping_interval=600)
+    # Counting as the app does (``chargegraph/metrics.py``): its cost is part of a call's.
+    metrics = MetricsRegistry()
+    gateway = OcppGateway(metrics)
+    server = OcppServer(services.charging, gateway, "127.0.0.1", 0, ping_interval=600,
+                        metrics=metrics)
     await server.start()
     port_box.append(server.bound_port)
     ready.set()

@@ -14,7 +14,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 
 from chargegraph import __version__, housekeeping
@@ -22,6 +22,8 @@ from chargegraph.cors import cross_origin
 from chargegraph.cors import methods as cors_methods
 from chargegraph.errors import ConfigError
 from chargegraph.headers import SecurityHeaders
+from chargegraph.metrics import CONTENT_TYPE as METRICS_TYPE
+from chargegraph.metrics import MetricsRegistry, Sources, scrape
 from chargegraph.secrets import resolve_jwt_secret
 from chargegraph.security import Argon2Hasher
 from chargegraph.settings import Settings
@@ -81,6 +83,12 @@ async def _settle(services: Services) -> None:
         log.warning("background releases of deactivated users still running at stop")
 
 
+def _detach(sources: Sources) -> None:
+    """The lifespan ended: a scrape no longer reads a closed store or a stopped server."""
+    sources.store = sources.bus = sources.gateway = sources.live = None
+    sources.webhook_queues = None
+
+
 #: How long a stop waits for background work of the services (their commands have
 #: already been failed by ``begin_shutdown``, so this is short).
 SETTLE_TIMEOUT_S = 5.0
@@ -104,6 +112,10 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
     tokens = TokenService(resolve_jwt_secret(settings),
                           timedelta(minutes=settings.jwt_ttl_minutes))
     graphql = _LateBound()
+    # Counters live as long as the app (a test's second lifespan keeps counting); the
+    # gauges' sources are attached as the lifespan builds them.
+    metrics = MetricsRegistry()
+    sources = Sources(version=__version__)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -117,6 +129,8 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
             services = build_services(settings, store, hasher or Argon2Hasher(), bus)
             app.state.services = services
             app.state.store = store
+            sources.store, sources.bus = store, bus
+            stack.callback(_detach, sources)
             # Left after the OCPP server stops, before the bus and the store close: what
             # deactivations release in the background finishes (or fails) on an open store.
             stack.push_async_callback(_settle, services)
@@ -127,12 +141,15 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
             with starting("webhook delivery"):
                 await webhooks.start()
             stack.push_async_callback(webhooks.close)
-            graphql.app = create_graphql_app(services, tokens, graphiql=settings.graphiql)
+            sources.webhook_queues = webhooks.queue_lengths
+            graphql.app = create_graphql_app(services, tokens, graphiql=settings.graphiql,
+                                             metrics=metrics)
+            sources.live = graphql.app.websocket.hub
             local: OcppGateway | None = None
             if settings.ocpp_enabled:
                 from ocpp_bridge.gateway import OcppGateway
 
-                local = OcppGateway()
+                local = sources.gateway = OcppGateway(metrics)
             # With Redis, several instances share the database: a command reaches the
             # charger wherever it is connected, also from an instance that serves only
             # GraphQL.
@@ -169,7 +186,8 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
                                         instances_bus=instances_bus,
                                         instances=services.instances,
                                         lease_seconds=settings.instance_lease_seconds,
-                                        trusted_proxies=settings.trusted_proxies)
+                                        trusted_proxies=settings.trusted_proxies,
+                                        metrics=metrics)
                     await server.start()
                 # Registered after the store's close: stopped first, so every charger's
                 # disconnect is still written.
@@ -204,11 +222,18 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
     async def home(request: Request) -> Response:
         return RedirectResponse("/graphql")
 
+    async def metrics_page(request: Request) -> Response:
+        return Response(await scrape(metrics, sources), media_type=METRICS_TYPE)
+
+    routes: list[BaseRoute] = [
+        Route("/", home), Route("/healthz", healthz),
+        Route("/graphql", cross_origin(graphql, settings.cors_allowed_origins),
+              methods=cors_methods(settings.cors_allowed_origins)),
+        WebSocketRoute("/graphql", graphql)]
+    if settings.metrics:
+        routes.append(Route("/metrics", metrics_page))
     return Starlette(
-        routes=[Route("/", home), Route("/healthz", healthz),
-                Route("/graphql", cross_origin(graphql, settings.cors_allowed_origins),
-                      methods=cors_methods(settings.cors_allowed_origins)),
-                WebSocketRoute("/graphql", graphql)],
+        routes=routes,
         middleware=[Middleware(PlainStartupFailures), Middleware(SecurityHeaders)],
         lifespan=lifespan,
     )

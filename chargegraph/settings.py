@@ -71,6 +71,11 @@ class Settings(BaseSettings):
                            "addresses (a receiver inside the deployment's network); off, "
                            "such URLs are refused, also when a name resolves to one")
     graphiql: bool = True
+    # On by default: it tells counts (connected chargers, requests), never a record, like
+    # /healthz beside it; a deployment that must not tell even those turns it off or
+    # keeps /metrics behind its proxy (docs/architecture.md, "Metrics").
+    metrics: bool = Field(True, description="Serve Prometheus metrics at GET /metrics "
+                                            "(unauthenticated, on the GraphQL port)")
     state_dir: Path | None = Field(None, description="Where generated state (the JWT "
                                                      "secret) lives")
     log_level: LogLevel = "INFO"

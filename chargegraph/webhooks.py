@@ -202,6 +202,10 @@ class WebhookDispatcher:
         """Nothing waits or is being delivered (tests wait on it)."""
         return all(c.task is None and not c.queue for c in self._channels.values())
 
+    def queue_lengths(self) -> list[int]:
+        """How many events each webhook with a queue has waiting (``/metrics``)."""
+        return [len(c.queue) for c in self._channels.values()]
+
     # ------------------------------------------------------------- routing
     async def refresh(self) -> None:
         """Reads the enabled webhooks again and routes by what they asked for. A change

@@ -209,3 +209,40 @@ class EventBus(Protocol):
     async def publish(self, event: Any) -> None: ...
 
     def subscribe(self, topics: Sequence[str]) -> AsyncIterator[Any]: ...
+
+
+class Metrics(Protocol):
+    """Counters the two doors increment (implemented by ``chargegraph/metrics.py``, which
+    renders them at ``/metrics``). Each call is O(1) and must never fail or wait: they run
+    on the OCPP hot path. Label values come from small fixed sets, never from what a
+    client may invent, so a scrape stays a bounded size."""
+
+    def ocpp_message(self, action: str, ok: bool) -> None:
+        """A charger's CALL answered: with a CALLRESULT (``ok``) or a CALLERROR."""
+
+    def charger_command(self, action: str, outcome: str) -> None:
+        """A command sent to a charger ended: ``ok`` or the failure's kind."""
+
+    def graphql_request(self, operation: str, outcome: str) -> None:
+        """A GraphQL request over HTTP answered: ``query``/``mutation``/``unknown`` and
+        ``ok``, ``error`` (executed, with errors) or ``invalid`` (refused before
+        execution)."""
+
+
+class NoMetrics:
+    """Counts nothing: the doors' default when nothing is wired (tests, benchmarks), so
+    their hot paths call a method instead of testing for ``None``."""
+
+    __slots__ = ()
+
+    def ocpp_message(self, action: str, ok: bool) -> None:
+        return None
+
+    def charger_command(self, action: str, outcome: str) -> None:
+        return None
+
+    def graphql_request(self, operation: str, outcome: str) -> None:
+        return None
+
+
+NO_METRICS: Metrics = NoMetrics()

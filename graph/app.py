@@ -5,10 +5,11 @@ subscriptions over websockets (the viewer comes from ``connection_init``'s
 from __future__ import annotations
 
 from starlette.requests import Request
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from domain.errors import Unauthenticated
 from domain.policy import ANONYMOUS, Viewer
+from domain.ports import NO_METRICS, Metrics
 from domain.services import Services
 from graph.auth import TokenService, bearer_token
 from graph.context import GraphContext
@@ -33,10 +34,12 @@ async def resolve_viewer(services: Services, tokens: TokenService, authorization
 
 
 class GraphQLApp:
-    def __init__(self, services: Services, tokens: TokenService, *, graphiql: bool) -> None:
+    def __init__(self, services: Services, tokens: TokenService, *, graphiql: bool,
+                 metrics: Metrics = NO_METRICS) -> None:
         self.services = services
         self.tokens = tokens
-        self.http = GraphQLHTTPHandler(schema, self.http_context, graphiql=graphiql)
+        self.http = GraphQLHTTPHandler(schema, self.http_context, graphiql=graphiql,
+                                       metrics=metrics)
         # Subscriptions (and anything else sent over the socket): our own protocol
         # handling with shared fan-out, see graph/live_ws.py.
         self.websocket = LiveEndpoint(services, tokens, schema, self.ws_viewer)
@@ -57,6 +60,8 @@ class GraphQLApp:
             await self.websocket(scope, receive, send)
 
 
-def create_graphql_app(services: Services, tokens: TokenService, *, graphiql: bool = True
-                       ) -> ASGIApp:
-    return GraphQLApp(services, tokens, graphiql=graphiql)
+def create_graphql_app(services: Services, tokens: TokenService, *, graphiql: bool = True,
+                       metrics: Metrics = NO_METRICS) -> GraphQLApp:
+    """The app; its ``websocket.hub`` tells how many sockets and operations run (the
+    ``/metrics`` gauges read it at scrape time)."""
+    return GraphQLApp(services, tokens, graphiql=graphiql, metrics=metrics)

@@ -28,8 +28,9 @@ from strawberry.types.execution import PreExecutionError
 from strawberry.types.graphql import OperationType
 
 from domain.errors import Unauthenticated
+from domain.ports import NO_METRICS, Metrics
 from graph.context import GraphContext
-from graph.pipeline import operations_in
+from graph.pipeline import operation_type, operations_in
 
 log = logging.getLogger("chargegraph.graph")
 
@@ -170,17 +171,20 @@ def _error_body(message: str, code: str | None = None) -> dict[str, Any]:
 
 
 class GraphQLHTTPHandler:
-    def __init__(self, schema: Any, context_factory: ContextFactory, *, graphiql: bool):
+    def __init__(self, schema: Any, context_factory: ContextFactory, *, graphiql: bool,
+                 metrics: Metrics = NO_METRICS):
         self.schema = schema
         self.context_factory = context_factory
         self.graphiql = graphiql
+        self.metrics = metrics
         self._ide_html = get_graphql_ide_html("graphiql") if graphiql else ""
 
     async def __call__(self, request: Request) -> Response:
         if request.method == "GET" and self.graphiql and wants_html(request):
-            return HTMLResponse(self._ide_html)
+            return HTMLResponse(self._ide_html)  # a page, not a request: not counted
         media = negotiate(request.headers.get("accept"))
         if media is None:
+            self.metrics.graphql_request("unknown", "invalid")
             return _response(_error_body(f"accept {GRAPHQL_RESPONSE} or {JSON}"), 406, JSON)
         try:
             if request.method == "GET":
@@ -193,10 +197,12 @@ class GraphQLHTTPHandler:
                 raise RequestError("use GET or POST", 405, {"Allow": "GET, POST"})
             query, variables, operation_name = parse_params(params)
         except RequestError as exc:
+            self.metrics.graphql_request("unknown", "invalid")
             return _response(_error_body(str(exc)), exc.status, media, exc.headers)
         try:
             context = await self.context_factory(request)
         except Unauthenticated as exc:
+            self.metrics.graphql_request(operation_type(query, operation_name), "invalid")
             return _response(_error_body(exc.message, exc.code), 401, media,
                              {"WWW-Authenticate": 'Bearer error="invalid_token"'})
         return await self.execute(query, variables, operation_name, allowed, context, media,
@@ -205,10 +211,22 @@ class GraphQLHTTPHandler:
     async def execute(self, query: str, variables: dict[str, Any] | None,
                       operation_name: str | None, allowed: set[OperationType],
                       context: GraphContext, media: str, method: str) -> Response:
+        response, outcome = await self._execute(query, variables, operation_name, allowed,
+                                                context, media, method)
+        self.metrics.graphql_request(operation_type(query, operation_name), outcome)
+        return response
+
+    async def _execute(self, query: str, variables: dict[str, Any] | None,
+                       operation_name: str | None, allowed: set[OperationType],
+                       context: GraphContext, media: str, method: str
+                       ) -> tuple[Response, str]:
+        """The response and its outcome for the metrics: ``ok``, ``error`` (executed,
+        with errors) or ``invalid`` (refused before execution)."""
         if operation_name is None and operations_in(query) > 1:
             # Strawberry would run the first one; the GraphQL spec asks for an error.
             return self._request_failure(
-                "Must provide operation name if query contains multiple operations.", media)
+                "Must provide operation name if query contains multiple operations.",
+                media), "invalid"
         try:
             result = await self.schema.execute(
                 query, variable_values=variables, context_value=context,
@@ -217,11 +235,11 @@ class GraphQLHTTPHandler:
         except InvalidOperationTypeError as exc:
             if method == "GET" and exc.operation_type is OperationType.MUTATION:
                 return _response(_error_body("mutations need POST"), 405, media,
-                                 {"Allow": "POST"})
+                                 {"Allow": "POST"}), "invalid"
             return self._request_failure(
-                "subscriptions run over the websocket endpoint", media)
+                "subscriptions run over the websocket endpoint", media), "invalid"
         except CannotGetOperationTypeError as exc:
-            return self._request_failure(exc.as_http_error_reason(), media)
+            return self._request_failure(exc.as_http_error_reason(), media), "invalid"
         errors = [e.formatted for e in result.errors] if result.errors else None
         no_data = isinstance(result, PreExecutionError) or (
             result.data is None and result.errors is not None
@@ -233,7 +251,9 @@ class GraphQLHTTPHandler:
         if result.extensions:
             payload["extensions"] = result.extensions
         status = 400 if no_data and media == GRAPHQL_RESPONSE else 200
-        return _response(payload, status, media)
+        outcome = "invalid" if isinstance(result, PreExecutionError) \
+            else "error" if errors else "ok"
+        return _response(payload, status, media), outcome
 
     @staticmethod
     def _request_failure(message: str, media: str) -> Response:

@@ -716,6 +716,8 @@ class LiveHub:
         self.max_operations_per_client = max_operations_per_client
         #: Operations running on all sockets, and per client address.
         self.running = 0
+        #: Sockets accepted and not yet closed (read by ``/metrics``).
+        self.connections = 0
         self.running_by_client: dict[str, int] = {}
 
     def refusal(self, client: str) -> GraphQLError | None:
@@ -1142,6 +1144,7 @@ class LiveEndpoint:
             self.connection_init_timeout.total_seconds(), self._init_timeout, connection)
         revalidation = asyncio.create_task(self._revalidate(connection),
                                            name="chargegraph-live-revalidate")
+        self.hub.connections += 1
         try:
             while True:
                 message = await receive()
@@ -1162,6 +1165,7 @@ class LiveEndpoint:
                 if connection.outbox.dead:
                     break
         finally:
+            self.hub.connections -= 1
             timer.cancel()
             revalidation.cancel()
             connection.close_all()

@@ -76,6 +76,19 @@ def operations_in(query: str) -> int:
     return sum(isinstance(d, OperationDefinitionNode) for d in document.definitions)
 
 
+def operation_type(query: str, operation_name: str | None) -> str:
+    """``query``, ``mutation`` or ``subscription``: what the request runs (the named
+    operation, or the only one); ``unknown`` when that cannot be told (it does not
+    parse, or names no operation it has). From the cached parse the execution uses."""
+    try:
+        document = _parsed(query)
+    except GraphQLError:
+        return "unknown"
+    operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)
+                  and (operation_name is None or (d.name and d.name.value == operation_name))]
+    return operations[0].operation.value if len(operations) == 1 else "unknown"
+
+
 @lru_cache(maxsize=CACHED_DOCUMENTS)
 def _parsed(query: str) -> DocumentNode:
     return parse(query, max_tokens=MAX_TOKENS)

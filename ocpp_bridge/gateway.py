@@ -20,6 +20,7 @@ from domain.errors import (
     ChargerTimeout,
     ValidationError,
 )
+from domain.ports import NO_METRICS, Metrics
 from domain.wire import rfc3339, wire_json
 from ocpp_bridge.casing import to_camel, to_snake
 from ocpp_bridge.frames import FrameError
@@ -29,10 +30,23 @@ from ocpp_bridge.timefmt import parse_timestamp
 log = logging.getLogger("chargegraph.ocpp")
 
 
+#: A command's outcome as counted (``Metrics.charger_command``), by the error that ended
+#: it; the most specific class first (``ChargerCallError`` is a ``ChargerError``).
+OUTCOMES: tuple[tuple[type[Exception], str], ...] = (
+    (ChargerOffline, "offline"), (ChargerTimeout, "timeout"), (ChargerBusy, "busy"),
+    (ChargerCallError, "CALLERROR"), (ChargerError, "malformed"),
+    (ValidationError, "invalid"))
+
+
+def outcome_of(error: Exception) -> str:
+    return next((name for kind, name in OUTCOMES if isinstance(error, kind)), "failed")
+
+
 class OcppGateway:
-    def __init__(self) -> None:
+    def __init__(self, metrics: Metrics = NO_METRICS) -> None:
         self._handlers: dict[str, ChargePointHandler] = {}
         self._stopping: str | None = None
+        self.metrics = metrics
 
     # ------------------------------------------------------------- registry
     def register(self, handler: ChargePointHandler) -> ChargePointHandler | None:
@@ -70,6 +84,21 @@ class OcppGateway:
     # ------------------------------------------------------------- commands
     async def call(self, cp_id: str, action: str, payload: dict[str, Any], timeout: float
                    ) -> dict[str, Any]:
+        """``_call``, counted by action and outcome. Counted here, on the instance the
+        charger is connected to: a command relayed from another instance is counted
+        once, where it was sent."""
+        # Our own callers name the action, but only OCPP's are labels (bounded series).
+        label = action if getattr(ocpp_call, action, None) is not None else "other"
+        try:
+            answer = await self._call(cp_id, action, payload, timeout)
+        except Exception as error:
+            self.metrics.charger_command(label, outcome_of(error))
+            raise
+        self.metrics.charger_command(label, "ok")
+        return answer
+
+    async def _call(self, cp_id: str, action: str, payload: dict[str, Any], timeout: float
+                    ) -> dict[str, Any]:
         if self._stopping is not None:
             raise ChargerOffline(self._stopping)
         handler = self._handlers.get(cp_id)

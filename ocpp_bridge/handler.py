@@ -46,6 +46,7 @@ from domain.errors import (
     DomainError,
     ValidationError,
 )
+from domain.ports import NO_METRICS, Metrics
 from domain.services.charging import BootInfo, ChargingService, IdTagInfo
 from domain.services.metering import MeterReading, SampledValue
 from domain.wire import rfc3339
@@ -67,6 +68,9 @@ FAST_SEND_BUFFER = 64 * 1024
 CLOSE_UNKNOWN_STATION = 1008
 #: The answer to the notifications whose confirmation carries no fields.
 EMPTY: Payload = {}
+#: The metrics label of an action we do not serve (or a frame without one): chargers may
+#: send any name, and each distinct label would be a series of its own.
+OTHER_ACTION = "other"
 
 
 def id_tag_info(info: IdTagInfo) -> Payload:
@@ -98,10 +102,11 @@ async def _check_outgoing(request: Any, unique_id: str) -> None:
 
 class ChargePointHandler(ChargePoint):
     def __init__(self, cp_id: str, connection: Any, charging: ChargingService, *,
-                 response_timeout: float = 30) -> None:
+                 response_timeout: float = 30, metrics: Metrics = NO_METRICS) -> None:
         super().__init__(cp_id, connection, response_timeout=response_timeout,
                          logger=wire_log)
         self.charging = charging
+        self.metrics = metrics
         #: When this connection was recorded (``ChargingService.set_online``).
         self.connected_at: datetime | None = None
         self._highest_connector: int | None = None
@@ -288,6 +293,7 @@ class ChargePointHandler(ChargePoint):
             if exc.is_answer:
                 self._malformed_answer(exc)
             else:
+                self.metrics.ocpp_message(OTHER_ACTION, False)
                 await self._send(frames.call_error(exc.unique_id, exc.code,
                                                    exc.description))
             return
@@ -312,11 +318,13 @@ class ChargePointHandler(ChargePoint):
             self._unique_id = uid
             payload = await handler(self, frame.payload)
         except FrameError as exc:
+            self._count(action, False)
             await self._send(frames.call_error(uid, exc.code, exc.description))
             return
         except DomainError as exc:
             code = frames.PROPERTY_CONSTRAINT_VIOLATION if exc.code in (
                 "OUT_OF_RANGE", "INVALID", "NOT_FOUND") else frames.GENERIC_ERROR
+            self._count(action, False)
             await self._send(frames.call_error(uid, code, exc.message))
             if exc.code == "NOT_FOUND" and exc.field == "cpId":
                 # The station was removed while its charger was connected: hang up, so
@@ -326,10 +334,17 @@ class ChargePointHandler(ChargePoint):
             return
         except Exception:
             log.exception("%s: %s failed", self.id, action)
+            self._count(action, False)
             await self._send(frames.call_error(uid, frames.INTERNAL_ERROR,
                                                "the central system failed to process this"))
             return
+        self._count(action, True)
         await self._send(frames.call_result(uid, payload))
+
+    def _count(self, action: str, ok: bool) -> None:
+        """One answered CALL, counted before its frame goes out (a socket closing under
+        the send does not make it unanswered on our side)."""
+        self.metrics.ocpp_message(action if action in ACTIONS else OTHER_ACTION, ok)
 
     def _time(self, value: str, field: str) -> Any:
         return parse_timestamp(value, field, self._unique_id)

@@ -35,7 +35,7 @@ from websockets.http11 import Request, Response
 from domain.errors import StoreUnavailable
 from domain.events import StationConnectionChanged, StationRemoved
 from domain.ids import new_id
-from domain.ports import EventBus
+from domain.ports import NO_METRICS, EventBus, Metrics
 from domain.services.charging import ChargingService
 from domain.services.instances import InstanceService
 from ocpp_bridge.gateway import OcppGateway
@@ -91,7 +91,8 @@ class OcppServer:
                  *, ssl_context: ssl.SSLContext | None = None, ping_interval: float = 30,
                  response_timeout: float = 30, instances_bus: EventBus | None = None,
                  instances: InstanceService | None = None, lease_seconds: float = 30.0,
-                 trusted_proxies: str = "127.0.0.1,::1") -> None:
+                 trusted_proxies: str = "127.0.0.1,::1", metrics: Metrics = NO_METRICS
+                 ) -> None:
         # ``instances_bus``: the bus of the other instances sharing the database, ``None``
         # when this process is the only one. Alone, a station still marked online at
         # start-up lost its connection with the previous process; with others, it may be
@@ -133,6 +134,8 @@ class OcppServer:
         self._in_flight: set[tuple[str, str]] = set()  # (cp_id, peer address) being checked
         self.refusals = RefusalLog()
         self.proxies = TrustedProxies(trusted_proxies)
+        #: Where every connection's handler counts the CALLs it answers (``/metrics``).
+        self.metrics = metrics
 
     @property
     def bound_port(self) -> int:
@@ -405,7 +408,8 @@ class OcppServer:
             return
         cp_id = cp_id_from_path(ws.request.path if ws.request else "") or ""
         handler = ChargePointHandler(cp_id, ws, self.charging,
-                                     response_timeout=self.response_timeout)
+                                     response_timeout=self.response_timeout,
+                                     metrics=self.metrics)
         previous = self.gateway.register(handler)
         if previous is not None:
             log.info("%s reconnected: closing its previous connection", cp_id)

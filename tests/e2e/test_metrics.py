@@ -1,0 +1,152 @@
+"""``GET /metrics``: scraped from a real ChargeGraph after OCPP traffic from chargers and
+GraphQL requests, read back with a parser of the Prometheus text format."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import httpx
+from websockets.asyncio.client import ClientConnection, connect
+
+from chargegraph import __version__
+from ocpp_bridge.simulator import connected
+from tests.e2e.conftest import Running, running_service
+from tests.ocpp.conftest import STATION_PASSWORD
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"(?:,|$)')
+
+
+def parse(text: str) -> tuple[Samples, dict[str, str]]:
+    """Samples by (name, labels), and each family's TYPE; any line that breaks the text
+    format (0.0.4) fails the test."""
+    samples: Samples = {}
+    types: dict[str, str] = {}
+    assert text.endswith("\n")
+    for line in text.splitlines():
+        if line.startswith("# HELP "):
+            continue
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(" ")
+            assert kind in ("counter", "gauge") and name not in types, line
+            types[name] = kind
+            continue
+        match = _SAMPLE.match(line)
+        assert match, f"not a sample: {line!r}"
+        name, raw_labels, value = match.groups()
+        labels = _LABEL.findall(raw_labels or "")
+        assert ",".join(f'{k}="{v}"' for k, v in labels) == (raw_labels or ""), line
+        assert name in types, f"{name} has no TYPE line before it"
+        unescaped = frozenset((k, v.replace('\\"', '"').replace("\\n", "\n")
+                               .replace("\\\\", "\\")) for k, v in labels)
+        assert (name, unescaped) not in samples, f"repeated: {line}"
+        samples[(name, unescaped)] = float(value)
+    return samples, types
+
+
+def value(samples: Samples, name: str, **labels: str) -> float | None:
+    return samples.get((name, frozenset(labels.items())))
+
+
+async def scrape(service: Running) -> tuple[Samples, dict[str, str]]:
+    async with httpx.AsyncClient() as client:
+        response = await client.get(f"{service.http_url}/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    return parse(response.text)
+
+
+async def post(service: Running, query: str, token: str | None = None) -> dict[str, Any]:
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    async with httpx.AsyncClient() as client:
+        answer = await client.post(f"{service.http_url}/graphql", json={"query": query},
+                                   headers=headers)
+    return answer.json()  # type: ignore[no-any-return]
+
+
+async def raw_call(ws: ClientConnection, unique_id: str, action: str,
+                   payload: dict[str, Any]) -> list[Any]:
+    await ws.send(json.dumps([2, unique_id, action, payload]))
+    while True:  # the server may send CALLs of its own meanwhile
+        frame = json.loads(await ws.recv())
+        if frame[1] == unique_id:
+            return frame  # type: ignore[no-any-return]
+
+
+async def test_metrics_count_ocpp_graphql_and_commands(tmp_path: Path) -> None:
+    async with running_service(tmp_path) as service:
+        token = await service.token("op")  # one mutation: login
+        async with connected(service.ocpp_url, "CP-1", password=STATION_PASSWORD) as cp:
+            await cp.boot()
+            await cp.heartbeat()
+            await cp.heartbeat()
+            ws = await connect(f"{service.ocpp_url}/CP-OPEN", subprotocols=["ocpp1.6"])  # type: ignore[list-item]
+            try:
+                # Answered with CALLERRORs: an action nobody serves, a bad payload.
+                assert (await raw_call(ws, "u1", "Invented.Action\n\"x", {}))[0] == 4
+                assert (await raw_call(ws, "u2", "Heartbeat", {"extra": 1}))[0] == 4
+                assert (await raw_call(ws, "u3", "Heartbeat", {}))[0] == 3
+                cleared = await post(service, 'mutation { clearCache(input: {cpId: '
+                                     '"CP-1"}) { status errors { code } } }', token)
+                assert cleared["data"]["clearCache"] == {"status": "ACCEPTED", "errors": []}
+                assert (await post(service, "{ __typename }"))["data"]
+                assert "errors" in await post(service, "{ nope }")  # refused: invalid
+                samples, types = await scrape(service)
+            finally:
+                await ws.close()
+
+    ocpp = "chargegraph_ocpp_messages_total"
+    assert types[ocpp] == "counter"
+    assert value(samples, ocpp, action="BootNotification", result="ok") == 1
+    assert value(samples, ocpp, action="Heartbeat", result="ok") == 3
+    assert value(samples, ocpp, action="Heartbeat", result="CALLERROR") == 1
+    # An action the charger invented is no label of its own: the series stay bounded.
+    assert value(samples, ocpp, action="other", result="CALLERROR") == 1
+    assert not any("Invented" in dict(labels).get("action", "") for _, labels in samples)
+    commands = "chargegraph_charger_commands_total"
+    assert value(samples, commands, action="ClearCache", outcome="ok") == 1
+    requests = "chargegraph_graphql_requests_total"
+    assert value(samples, requests, operation="mutation", outcome="ok") == 2  # login, clear
+    assert value(samples, requests, operation="query", outcome="ok") == 1
+    assert value(samples, requests, operation="query", outcome="invalid") == 1
+
+    assert value(samples, "chargegraph_build_info", version=__version__) == 1
+    assert types["chargegraph_chargers_connected"] == "gauge"
+    assert value(samples, "chargegraph_chargers_connected") == 2
+    assert value(samples, "chargegraph_stations_online") == 2
+    assert value(samples, "chargegraph_sessions_active") == 0
+    assert value(samples, "chargegraph_store_up") == 1
+    assert value(samples, "chargegraph_graphql_websockets") == 0
+    assert value(samples, "chargegraph_graphql_websocket_operations") == 0
+    assert value(samples, "chargegraph_webhook_queued_events") == 0
+    assert (value(samples, "chargegraph_event_bus_subscribers") or 0) >= 1  # webhooks'
+    assert (value(samples, "process_start_time_seconds") or 0) > 1.7e9
+
+
+async def test_a_session_and_a_store_down_show_in_the_gauges(tmp_path: Path) -> None:
+    async with running_service(tmp_path) as service, \
+            connected(service.ocpp_url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await cp.start_transaction(1, "TAG-OK")
+        samples, _ = await scrape(service)
+        assert value(samples, "chargegraph_sessions_active") == 1
+
+        async def down() -> str | None:
+            raise OSError("database gone")
+
+        store = service.services.ctx.store
+        store.health = down  # type: ignore[method-assign]
+        samples, _ = await scrape(service)
+    assert value(samples, "chargegraph_store_up") == 0
+    assert value(samples, "chargegraph_sessions_active") is None  # not read: no guess
+
+
+async def test_metrics_can_be_turned_off(tmp_path: Path) -> None:
+    async with running_service(tmp_path, seed_data=False, metrics=False) as service, \
+            httpx.AsyncClient() as client:
+        assert (await client.get(f"{service.http_url}/metrics")).status_code == 404
