@@ -44,6 +44,7 @@ from chargegraph import __version__
 from domain.clock import utcnow
 from domain.entities import Webhook
 from domain.events import DomainEvent
+from domain.ids import is_id
 from domain.ports import Change, Delete, WebhookAttempt
 from domain.services import Services
 from domain.services.webhooks import public_address, webhook_event
@@ -79,7 +80,9 @@ _INTERNAL = frozenset({"company_id", "owner_id", "at", "books_company_id",
                        "books_station_owner_id",
                        # A command's raw answer (a configuration's values, a DataTransfer's
                        # data) leaves the service nowhere, as the subscription leaves it out.
-                       "result"})
+                       "result",
+                       # Which connection is a charger's newest, between instances only.
+                       "connection"})
 
 
 class Refused(Exception):
@@ -111,6 +114,8 @@ def event_data(event: DomainEvent) -> dict[str, Any]:
         value = getattr(event, field.name)
         if field.name in _ID_FIELDS and value is not None:
             value = to_global_id(_ID_FIELDS[field.name], value)
+        elif field.name == "requested_by" and is_id(value):
+            value = to_global_id("user", value)  # else an actor: system, ocpp:<cpId>
         data[_camel(field.name)] = value
     return data
 

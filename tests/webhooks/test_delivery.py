@@ -5,6 +5,7 @@ on; each by the instance that published it."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -12,7 +13,12 @@ import pytest
 
 from chargegraph.webhooks import WebhookDispatcher, event_data
 from domain import entities as d
-from domain.events import CommandCompleted, ConnectorStatusChanged, ReservationChanged
+from domain.events import (
+    CommandCompleted,
+    ConnectorStatusChanged,
+    ReservationChanged,
+    StationConnectionChanged,
+)
 from domain.policy import SYSTEM, Viewer
 from domain.query import Eq, all_of
 from graph.ids import to_global_id
@@ -107,6 +113,17 @@ def test_a_commands_raw_answer_is_not_delivered() -> None:
         result={"configurationKey": [{"key": "AuthorizationKey", "value": "s3cret"}]})
     data = event_data(event)
     assert "s3cret" not in str(data) and data["status"] == "Accepted"
+    # Who asked, as a global id a receiver can look up (an actor stays as it is).
+    asked = replace(event, requested_by="6b1333ffd03c38cc00c110f9")
+    assert event_data(asked)["requestedBy"] == to_global_id("user",
+                                                            "6b1333ffd03c38cc00c110f9")
+
+
+def test_which_connection_is_a_chargers_newest_stays_between_instances() -> None:
+    event = StationConnectionChanged(station_id="a" * 24, cp_id="CP-1", company_id=None,
+                                     owner_id=None, online=True, connection=7)
+    assert event_data(event) == {"stationId": to_global_id("station", "a" * 24),
+                                 "cpId": "CP-1", "online": True}
 
 
 async def test_an_operator_gets_only_what_their_company_may_see(world: World) -> None:
