@@ -75,3 +75,23 @@ async def graphql_in_process(services: Any, tokens: Any, query: str,
     body = response.json()
     assert "errors" not in body, body
     return body["data"]  # type: ignore[no-any-return]
+
+
+def wait_healthy(process: Any, url: str, seconds: float = 30) -> None:
+    """Waits (bounded) until the ``chargegraph`` process started as ``process`` answers
+    ``{url}/healthz`` with 200; fails with its output if it exits first."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"exited {process.returncode}: {process.communicate()}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("never healthy")

@@ -47,7 +47,7 @@ async def migrate(db: Any) -> None:
     await _minor_units(db)
     await _blockers(db)
     await _once(db, "audit_books", _audit_books)
-    await _reservation_books(db)
+    await _once(db, "reservation_books", _reservation_books)
 
 
 async def _once(db: Any, name: str, step: Callable[[Any], Awaitable[None]]) -> None:
@@ -100,48 +100,17 @@ async def _audit_books(db: Any) -> None:
             {"station_id": 1}).to_list()}
         station_of = {d["_id"]: entity[d["_id"]] if d["entity"] == "station"
                       else reservations.get(entity[d["_id"]]) for d in docs}
-        stations = {s["_id"]: s for s in await db["station"].find(
-            {"_id": {"$in": [i for i in station_of.values() if i is not None]}},
-            {"company_id": 1, "owner_id": 1}).to_list()}
+        books = await _station_books(db, [i for i in station_of.values() if i is not None])
         for doc in docs:
-            station = stations.get(station_of[doc["_id"]]) or {}
-            company = station.get("company_id")
-            owner = station.get("owner_id") if company is None else None
-            await db["audit_entry"].update_one(
-                {"_id": doc["_id"], "company_id": {"$exists": False}},
-                {"$set": {"company_id": company, "station_owner_id": owner,
-                          MARK: ObjectId()}})
+            await _write_books(db, "audit_entry", doc["_id"], books.get(station_of[doc["_id"]]))
 
 
 async def _reservation_books(db: Any) -> None:
     """Reservations written before they recorded whose books they are
     (``Reservation.company_id``) take their station's books now, where it still exists
-    (who read them until then), else none. Marked by the field itself per document (new
-    ones always carry ``company_id``, possibly null), and the step as done once none is
-    left, so later starts do not scan the collection for the missing field again."""
-    claim = await db[MIGRATIONS].find_one_and_update(
-        {"_id": "reservation_books"},
-        {"$setOnInsert": {"at": datetime.now(UTC), "done": False}},
-        upsert=True, return_document=ReturnDocument.AFTER)
-    if claim.get("done"):
-        return
-    while True:
-        docs = await db["reservation"].find({"company_id": {"$exists": False}},
-                                            {"station_id": 1}).limit(BATCH).to_list()
-        if not docs:
-            break
-        stations = {s["_id"]: s for s in await db["station"].find(
-            {"_id": {"$in": list({doc["station_id"] for doc in docs})}},
-            {"company_id": 1, "owner_id": 1}).to_list()}
-        for doc in docs:
-            station = stations.get(doc["station_id"]) or {}
-            company = station.get("company_id")
-            owner = station.get("owner_id") if company is None else None
-            await db["reservation"].update_one(
-                {"_id": doc["_id"], "company_id": {"$exists": False}},
-                {"$set": {"company_id": company, "station_owner_id": owner,
-                          MARK: ObjectId()}})
-    await db[MIGRATIONS].update_one({"_id": "reservation_books"}, {"$set": {"done": True}})
+    (who read them until then), else none. Marked by the field itself: new documents
+    always carry ``company_id``, possibly null."""
+    await _fill_books(db, "reservation")
 
 
 async def _books(db: Any) -> None:
@@ -149,22 +118,40 @@ async def _books(db: Any) -> None:
     company of their station, or for a station of no company its owner (``books_of``).
     Marked by the field itself: new documents always carry ``company_id``, possibly null."""
     for kind in ("session", "payment"):
-        while True:
-            docs = await db[kind].find({"company_id": {"$exists": False}},
-                                       {"station_id": 1}).limit(BATCH).to_list()
-            if not docs:
-                break
-            ids = list({doc["station_id"] for doc in docs})
-            stations = {s["_id"]: s for s in await db["station"].find(
-                {"_id": {"$in": ids}}, {"company_id": 1, "owner_id": 1}).to_list()}
-            for doc in docs:
-                station = stations.get(doc["station_id"]) or {}
-                company = station.get("company_id")
-                owner = station.get("owner_id") if company is None else None
-                await db[kind].update_one(
-                    {"_id": doc["_id"], "company_id": {"$exists": False}},
-                    {"$set": {"company_id": company, "station_owner_id": owner,
-                              MARK: ObjectId()}})
+        await _fill_books(db, kind)
+
+
+async def _fill_books(db: Any, kind: str) -> None:
+    """The documents of ``kind`` (each naming its ``station_id``) without books take
+    their station's, in batches."""
+    while True:
+        docs = await db[kind].find({"company_id": {"$exists": False}},
+                                   {"station_id": 1}).limit(BATCH).to_list()
+        if not docs:
+            break
+        books = await _station_books(db, [doc["station_id"] for doc in docs])
+        for doc in docs:
+            await _write_books(db, kind, doc["_id"], books.get(doc["station_id"]))
+
+
+async def _station_books(db: Any, station_ids: list[Any]
+                         ) -> dict[Any, tuple[Any, Any]]:
+    """Each existing station's books, by its id: its company, or for a station of no
+    company its owner (``books_of``)."""
+    found = await db["station"].find({"_id": {"$in": list(set(station_ids))}},
+                                     {"company_id": 1, "owner_id": 1}).to_list()
+    return {s["_id"]: (s.get("company_id"),
+                       s.get("owner_id") if s.get("company_id") is None else None)
+            for s in found}
+
+
+async def _write_books(db: Any, kind: str, doc_id: Any,
+                       books: tuple[Any, Any] | None) -> None:
+    """Only onto a document still without books (another instance may be there too)."""
+    company, owner = books or (None, None)
+    await db[kind].update_one(
+        {"_id": doc_id, "company_id": {"$exists": False}},
+        {"$set": {"company_id": company, "station_owner_id": owner, MARK: ObjectId()}})
 
 
 #: Currencies whose minor unit is not a hundredth, when amounts started counting it.

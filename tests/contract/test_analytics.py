@@ -339,15 +339,22 @@ async def test_station_rows_are_the_sum_of_their_connectors_rows(history: Histor
         (None, 2.0, 2.0, 2.0, 1.0)]
 
 
-async def test_a_connector_is_at_most_the_whole_window(history: History) -> None:
-    # R1's first connector gets a second session stamped 14:30 → 15:30 after the first
-    # (14:00 → 15:00) stopped: the charger's clock stepped back. A connector is occupied
-    # at most the whole window, whatever its sessions overlap.
+async def overlapping_sessions_on_r1(history: History) -> None:
+    """``two_plug_station``, and R1's first connector a second session stamped 14:30 →
+    15:30 after the first (14:00 → 15:00) stopped (the charger's clock stepped back);
+    asked at 15:40."""
     await two_plug_station(history)
     charging = history.services.charging
     history.clock.now = at_31(15, 40)
     tx, _ = await charging.start_transaction("R1", 1, "TAG-driver1", 0, at_31(14, 30))
     await charging.stop_transaction("R1", tx, 100, at_31(15, 30))
+
+
+async def test_a_connector_is_at_most_the_whole_window(history: History) -> None:
+    # R1's first connector gets a second session stamped 14:30 → 15:30 after the first
+    # (14:00 → 15:00) stopped: the charger's clock stepped back. A connector is occupied
+    # at most the whole window, whatever its sessions overlap.
+    await overlapping_sessions_on_r1(history)
     rows = await history.services.analytics.utilization(
         history.viewer("admin"), Scope(cp_ids=("R1",)), at_31(14), at_31(15), True)
     assert figures(rows) == [(1, 1.0, 1.0, 1.0, 1.0), (2, 1.0, 1.0, 1.0, 1.0)]

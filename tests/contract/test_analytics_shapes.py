@@ -14,7 +14,7 @@ from domain.ports import Store
 from domain.services import analytics as analytics_module
 from domain.services.analytics import BucketBudget, GroupBy, Scope
 from domain.timebuckets import Bucket
-from tests.contract.test_analytics import at_31, two_plug_station
+from tests.contract.test_analytics import at_31, overlapping_sessions_on_r1, two_plug_station
 from tests.support.history import WINDOW_FROM, WINDOW_TO, H, History, build_history, utc
 
 #: Berlin midnights of the window's three days (the 30th starts in summer time).
@@ -124,11 +124,7 @@ async def test_each_bucket_is_capped_to_itself_and_ends_now(history: History) ->
     """R1 #1's sessions overlap (its clock stepped back: 14:00 → 15:00 and 14:30 →
     15:30): each hour is occupied at most the hour. Asked at 15:40, the 15:00 hour is 40
     minutes long and the hours after it empty."""
-    await two_plug_station(history)
-    charging = history.services.charging
-    history.clock.now = at_31(15, 40)
-    tx, _ = await charging.start_transaction("R1", 1, "TAG-driver1", 0, at_31(14, 30))
-    await charging.stop_transaction("R1", tx, 100, at_31(15, 30))
+    await overlapping_sessions_on_r1(history)
     rows = await history.services.analytics.utilization(
         history.viewer("admin"), Scope(cp_ids=("R1",)), at_31(14), at_31(17), True,
         Bucket.HOUR)

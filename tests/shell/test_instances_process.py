@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.helpers import free_port
+from tests.helpers import free_port, wait_healthy
 from tests.shell.test_process import (
     clean_env,
     graphql,
@@ -45,17 +43,8 @@ def start_instance(launch: list[subprocess.Popen[str]], tmp_path: Path, redis: R
         stderr=subprocess.PIPE)
     launch.append(process)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"exited {process.returncode}: {process.communicate()}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return process, url, ocpp_port
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("never healthy")
+    wait_healthy(process, url, 60)
+    return process, url, ocpp_port
 
 
 def test_stopping_the_instance_that_relayed_a_command_answers_it_at_once(

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from chargegraph import __version__
-from tests.helpers import free_port
+from tests.helpers import free_port, wait_healthy
 
 #: The checkout these tests belong to. An editable install may point `chargegraph` at
 #: another checkout (a second git worktree, say); PYTHONPATH wins over it, so the process
@@ -52,17 +52,8 @@ def start(launch: list[subprocess.Popen[str]], tmp_path: Path, *args: str
         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     launch.append(process)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"exited {process.returncode}: {process.communicate()}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("never healthy")
+    wait_healthy(process, url)
+    return process, url
 
 
 def stop(process: subprocess.Popen[str]) -> tuple[str, str]:
@@ -237,12 +228,7 @@ def test_a_stop_answers_commands_waiting_on_chargers_at_once(
         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     launch.append(process)
     url = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.1)
+    wait_healthy(process, url)
     login = graphql(url, 'mutation { login(email: "admin@demo.chargegraph.dev", '
                          'password: "chargegraph-demo") { token } }').json()
     token = login["data"]["login"]["token"]

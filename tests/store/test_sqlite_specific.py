@@ -647,12 +647,7 @@ async def test_version_23_gives_reservations_their_books(db_path: str) -> None:
     async with aiosqlite.connect(db_path, isolation_level=None) as conn:
         await apply_migrations(conn, MIGRATIONS[:22])
         stamps = "0, 0, 'system', 'system'"
-        for station_id, company in (("st1", "'co1'"), ("st2", "NULL")):
-            await conn.execute(
-                'INSERT INTO "station" ("id", "created_at", "updated_at", "created_by", '
-                '"updated_by", "cp_id", "name", "registration", "online", "company_id", '
-                f"\"owner_id\") VALUES ('{station_id}', {stamps}, '{station_id}', 'One', "
-                f"'ACCEPTED', 0, {company}, 'u1')")
+        await two_stations(conn)
         for number, (reservation_id, station_id) in enumerate(
                 (("r1", "st1"), ("r2", "st2"), ("r3", "gone")), start=1):
             await conn.execute(
