@@ -21,6 +21,7 @@ from chargegraph import __version__, housekeeping
 from chargegraph.cors import cross_origin
 from chargegraph.cors import methods as cors_methods
 from chargegraph.errors import ConfigError
+from chargegraph.graphiql_assets import graphiql_assets_route
 from chargegraph.headers import SecurityHeaders
 from chargegraph.metrics import CONTENT_TYPE as METRICS_TYPE
 from chargegraph.metrics import MetricsRegistry, Sources, scrape
@@ -109,6 +110,8 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
     # An instance that runs no OCPP server needs no certificate (GraphQL-only instances
     # behind a load balancer often have none mounted).
     ocpp_ssl = ocpp_ssl_context(settings) if settings.ocpp_enabled else None
+    # A folder that would leave the page blank stops the start, naming what is wrong.
+    assets_route, assets_url = graphiql_assets_route(settings)
     tokens = TokenService(resolve_jwt_secret(settings),
                           timedelta(minutes=settings.jwt_ttl_minutes))
     graphql = _LateBound()
@@ -143,7 +146,7 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
             stack.push_async_callback(webhooks.close)
             sources.webhook_queues = webhooks.queue_lengths
             graphql.app = create_graphql_app(services, tokens, graphiql=settings.graphiql,
-                                             metrics=metrics)
+                                             metrics=metrics, graphiql_assets=assets_url)
             sources.live = graphql.app.websocket.hub
             local: OcppGateway | None = None
             if settings.ocpp_enabled:
@@ -232,6 +235,8 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
         WebSocketRoute("/graphql", graphql)]
     if settings.metrics:
         routes.append(Route("/metrics", metrics_page))
+    if assets_route is not None:
+        routes.append(assets_route)
     return Starlette(
         routes=routes,
         middleware=[Middleware(PlainStartupFailures), Middleware(SecurityHeaders)],

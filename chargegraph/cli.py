@@ -231,6 +231,29 @@ def export_schema() -> None:
     sys.stdout.write(export_sdl())
 
 
+@app.command("graphiql-assets")
+def graphiql_assets(
+    folder: Annotated[Path, typer.Argument(help="Where to write the files.")],
+    registry: Annotated[str, typer.Option(
+        envvar="NPM_CONFIG_REGISTRY",
+        help="npm registry, or a mirror of it, to fetch the packages from.")
+    ] = "https://registry.npmjs.org",
+) -> None:
+    """Fetch the GraphiQL page's scripts into FOLDER, for sites that cannot reach unpkg.com.
+
+    Copy FOLDER to the service's machine and set CHARGEGRAPH_GRAPHIQL_ASSETS to it."""
+    from chargegraph.graphiql_assets import AssetError, fetch, page_assets
+
+    try:
+        written = fetch(folder, page_assets(), registry)
+    except AssetError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    for path in written:
+        typer.echo(f"wrote {path} ({path.stat().st_size} bytes)")
+    typer.echo(f"set CHARGEGRAPH_GRAPHIQL_ASSETS={folder.resolve()} where the service runs")
+
+
 @app.command()
 def demo(host: HostOpt = None, port: PortOpt = None, ocpp_port: OcppPortOpt = None,
          chargers: Annotated[bool, typer.Option(help="Run simulated chargers.")] = True,

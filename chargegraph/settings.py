@@ -71,6 +71,11 @@ class Settings(BaseSettings):
                            "addresses (a receiver inside the deployment's network); off, "
                            "such URLs are refused, also when a name resolves to one")
     graphiql: bool = True
+    graphiql_assets: str | None = Field(
+        None, description="Where the GraphiQL page loads its scripts from instead of "
+                          "unpkg.com: a folder written by `chargegraph graphiql-assets "
+                          "FOLDER` (served at /graphiql-assets), or the http(s) URL of a "
+                          "mirror of unpkg.com")
     # On by default: it tells counts (connected chargers, requests), never a record, like
     # /healthz beside it; a deployment that must not tell even those turns it off or
     # keeps /metrics behind its proxy (docs/architecture.md, "Metrics").
@@ -117,6 +122,25 @@ class Settings(BaseSettings):
         if "*" in entries:  # a list next to * would mean nothing: say which was meant
             raise ValueError("* (any origin) stands alone, not in a list")
         return ",".join(dict.fromkeys(_origin(entry) for entry in entries))
+
+    @field_validator("graphiql_assets")
+    @classmethod
+    def _graphiql_assets(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip()
+        if "://" in value:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ValueError("use a folder, or an http(s):// URL of a mirror of unpkg.com")
+        return value
+
+    @property
+    def graphiql_assets_folder(self) -> Path | None:
+        """``graphiql_assets`` when it names a folder (not a URL)."""
+        if self.graphiql_assets is None or "://" in self.graphiql_assets:
+            return None
+        return Path(self.graphiql_assets)
 
     @property
     def cors_allowed_origins(self) -> list[str]:

@@ -35,11 +35,11 @@ async def resolve_viewer(services: Services, tokens: TokenService, authorization
 
 class GraphQLApp:
     def __init__(self, services: Services, tokens: TokenService, *, graphiql: bool,
-                 metrics: Metrics = NO_METRICS) -> None:
+                 metrics: Metrics = NO_METRICS, graphiql_assets: str | None = None) -> None:
         self.services = services
         self.tokens = tokens
         self.http = GraphQLHTTPHandler(schema, self.http_context, graphiql=graphiql,
-                                       metrics=metrics)
+                                       metrics=metrics, graphiql_assets=graphiql_assets)
         # Subscriptions (and anything else sent over the socket): our own protocol
         # handling with shared fan-out, see graph/live_ws.py.
         self.websocket = LiveEndpoint(services, tokens, schema, self.ws_viewer)
@@ -61,7 +61,10 @@ class GraphQLApp:
 
 
 def create_graphql_app(services: Services, tokens: TokenService, *, graphiql: bool = True,
-                       metrics: Metrics = NO_METRICS) -> GraphQLApp:
+                       metrics: Metrics = NO_METRICS, graphiql_assets: str | None = None
+                       ) -> GraphQLApp:
     """The app; its ``websocket.hub`` tells how many sockets and operations run (the
-    ``/metrics`` gauges read it at scrape time)."""
-    return GraphQLApp(services, tokens, graphiql=graphiql, metrics=metrics)
+    ``/metrics`` gauges read it at scrape time). ``graphiql_assets``: where the GraphiQL
+    page loads its files from instead of the CDN (``graph.http.ide_page``)."""
+    return GraphQLApp(services, tokens, graphiql=graphiql, metrics=metrics,
+                      graphiql_assets=graphiql_assets)

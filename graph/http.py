@@ -37,6 +37,17 @@ log = logging.getLogger("chargegraph.graph")
 GRAPHQL_RESPONSE = "application/graphql-response+json"
 JSON = "application/json"
 MAX_BODY = 1_000_000
+#: Where Strawberry's GraphiQL page loads its scripts and styles from.
+IDE_CDN = "https://unpkg.com/"
+
+
+def ide_page(assets_url: str | None) -> str:
+    """The GraphiQL page; its scripts and styles from ``assets_url`` (a folder of the CDN's
+    layout, served by the site itself) instead of the CDN when given."""
+    html = get_graphql_ide_html("graphiql")
+    if assets_url is None:
+        return html
+    return html.replace(IDE_CDN, assets_url.rstrip("/") + "/")
 
 ContextFactory = Callable[[Request], Awaitable[GraphContext]]
 
@@ -172,12 +183,12 @@ def _error_body(message: str, code: str | None = None) -> dict[str, Any]:
 
 class GraphQLHTTPHandler:
     def __init__(self, schema: Any, context_factory: ContextFactory, *, graphiql: bool,
-                 metrics: Metrics = NO_METRICS):
+                 metrics: Metrics = NO_METRICS, graphiql_assets: str | None = None):
         self.schema = schema
         self.context_factory = context_factory
         self.graphiql = graphiql
         self.metrics = metrics
-        self._ide_html = get_graphql_ide_html("graphiql") if graphiql else ""
+        self._ide_html = ide_page(graphiql_assets) if graphiql else ""
 
     async def __call__(self, request: Request) -> Response:
         if request.method == "GET" and self.graphiql and wants_html(request):
