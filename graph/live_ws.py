@@ -323,7 +323,12 @@ class RenderQueue:
     does not hold the others up. While ``backlog`` renders wait (``crowded``), a group
     with a render still waiting for an older event coalesces it into the newest
     (``RenderGroup.render_for``), so what waits stays under ``backlog`` plus one per
-    group however fast events come."""
+    group however fast events come.
+
+    A slow socket's own renders (an event shaped again for its ``droppedBefore``,
+    ``RenderGroup.render_alone``) wait for a slot here too, taking turns with the groups:
+    a hundred stalled sockets resuming at once would otherwise render a hundred nested
+    selections at once."""
 
     def __init__(self, limit: int = MAX_RENDERS, backlog: int = RENDER_BACKLOG) -> None:
         self.limit = limit
@@ -332,6 +337,8 @@ class RenderQueue:
         self.running = 0
         self.waiting = 0
         self._turns: deque[RenderGroup] = deque()
+        self._solo: deque[asyncio.Future[None]] = deque()
+        self._solo_first = False
         self._next: asyncio.Handle | None = None
 
     @property
@@ -357,14 +364,38 @@ class RenderQueue:
         self.running -= 1
         self._schedule()
 
+    async def slot(self) -> None:
+        """Wait for a turn to render outside a group; the caller calls ``finished``."""
+        granted = asyncio.get_running_loop().create_future()
+        self._solo.append(granted)
+        self.waiting += 1
+        self._schedule()
+        try:
+            await granted
+        except asyncio.CancelledError:
+            if granted.cancelled():  # still waiting: give the place up
+                self._solo.remove(granted)
+                self.waiting -= 1
+            else:  # granted, then cancelled before it ran: give the slot back
+                self.finished()
+            raise
+
     def _schedule(self) -> None:
-        if self._next is None and self._turns and self.running < self.limit:
+        if self._next is None and (self._turns or self._solo) and self.running < self.limit:
             self._next = asyncio.get_running_loop().call_soon(self._start_one)
 
     def _start_one(self) -> None:
         # One start per loop turn: ``call_soon`` from here runs after everything that was
-        # ready before it.
+        # ready before it. Solo renders and groups alternate while both wait.
         self._next = None
+        if self._solo and self.running < self.limit and (self._solo_first or not self._turns):
+            self._solo_first = False
+            self.waiting -= 1
+            self.started()
+            self._solo.popleft().set_result(None)
+            self._schedule()
+            return
+        self._solo_first = bool(self._solo)
         turns = self._turns
         while turns and self.running < self.limit:
             group = turns.popleft()
@@ -514,9 +545,17 @@ class RenderGroup:
 
     async def render_alone(self, op: LiveOperation, event: DomainEvent, dropped: int
                            ) -> Message:
-        """The event shaped for one member only (its own ``droppedBefore``)."""
-        outcome = self._execute(event, dropped)
-        payload = outcome if isinstance(outcome, str) else await outcome
+        """The event shaped for one member only (its own ``droppedBefore``), in a slot of
+        the render queue when the selection reads the store (not ``shared``)."""
+        renders = None if self.shared else self.hub.renders
+        if renders is not None:
+            await renders.slot()
+        try:
+            outcome = self._execute(event, dropped)
+            payload = outcome if isinstance(outcome, str) else await outcome
+        finally:
+            if renders is not None:
+                renders.finished()
         return {"type": "websocket.send", "text": op.prefix + payload + "}"}
 
     def join(self) -> None:
