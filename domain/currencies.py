@@ -39,3 +39,14 @@ def minor_digits(code: str) -> int:
 def major_units(amount_minor: int, code: str | None) -> Decimal:
     """12.34 for 1234 EUR cents; 1234 for 1234 JPY."""
     return Decimal(amount_minor).scaleb(-minor_digits(code or ""))
+
+
+def minor_units(amount: Decimal, code: str | None) -> int | None:
+    """1234 for 12.34 EUR; None when ``amount`` is finer than the currency's minor unit
+    (12.345 EUR) or not a finite number."""
+    if not amount.is_finite():
+        return None
+    scaled = amount.scaleb(minor_digits(code or ""))
+    if scaled != scaled.to_integral_value():
+        return None
+    return int(scaled)

@@ -425,6 +425,9 @@ class Payment(Record):
     status: PaymentStatus = PaymentStatus.PENDING
     provider: str = "manual"
     provider_ref: str | None = None
+    #: Paid back so far, in minor units: refunds may be partial (a disputed part of a
+    #: session); the payment is REFUNDED once it reaches ``amount_minor``.
+    refunded_minor: int = 0
     #: Whose books this is, from its station when it happened: the station's company, or
     #: for a station of no company its owner (``base.books_of``). Operators keep
     #: their books when a station is removed or changes hands.

@@ -181,8 +181,11 @@ class PaymentProvider(Protocol):
         the same payment (a retried or raced request), it must not move money twice:
         the payment's id and the step are the idempotency key."""
 
-    async def refund(self, payment: Any) -> str:
-        """Pay a captured amount back; returns the provider's reference."""
+    async def refund(self, payment: Any, amount_minor: int) -> str:
+        """Pay ``amount_minor`` of a captured payment back (all or part of what is left);
+        returns the provider's reference. The idempotency key is the payment's id with
+        its ``refunded_minor`` before this refund: a retried refund is the same one, a
+        second partial refund another."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -202,3 +202,7 @@ class FailPaymentInput:
 @strawberry.input
 class RefundPaymentInput:
     id: strawberry.ID
+    amount: Decimal | None = strawberry.field(
+        default=None, description="How much to pay back, in the payment's currency (major "
+                                  "units, e.g. 2.50): part of what is not refunded yet, "
+                                  "or (default) all of it.")

@@ -148,12 +148,14 @@ class PaymentPayload:
     errors: list[UserError]
 
 
-async def _settle(info: Info, payment_id: strawberry.ID, step: str) -> PaymentPayload:
+async def _settle(info: Info, payment_id: strawberry.ID, step: str, **options: Any
+                  ) -> PaymentPayload:
     ctx = _ctx(info)
     action = getattr(ctx.services.payments, step)
 
     async def run() -> Any:
-        return await action(ctx.viewer, expect_id(str(payment_id), "payment", "id"))
+        return await action(ctx.viewer, expect_id(str(payment_id), "payment", "id"),
+                            **options)
 
     payment, errors = await attempt(ctx, run)
     return PaymentPayload(payment=Payment.wrap(payment, ctx) if payment else None,
@@ -482,6 +484,7 @@ class Mutation(CommandMutation, WebhookMutation):
     async def fail_payment(self, info: Info, input: FailPaymentInput) -> PaymentPayload:
         return await _settle(info, input.id, "fail")
 
-    @strawberry.mutation(description="Pay a CAPTURED payment back.")
+    @strawberry.mutation(description="Pay a CAPTURED payment back, all of it or part "
+                                     "(`amount`); it is REFUNDED once nothing is left.")
     async def refund_payment(self, info: Info, input: RefundPaymentInput) -> PaymentPayload:
-        return await _settle(info, input.id, "refund")
+        return await _settle(info, input.id, "refund", amount=input.amount)

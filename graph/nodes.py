@@ -921,6 +921,11 @@ class Payment(Node, Audited):
     def amount(self) -> Money:
         return Money(amount_minor=BigInt(self._r.amount_minor), currency=self._r.currency)
 
+    @strawberry.field(description="Paid back so far (partial refunds add up; the payment "
+                                  "is REFUNDED once this is its whole amount).")
+    def refunded(self) -> Money:
+        return Money(amount_minor=BigInt(self._r.refunded_minor), currency=self._r.currency)
+
     @strawberry.field
     async def session(self, info: Info) -> Session | None:
         return await _related(info, Session, self._r.session_id)

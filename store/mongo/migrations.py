@@ -48,6 +48,7 @@ async def migrate(db: Any) -> None:
     await _blockers(db)
     await _once(db, "audit_books", _audit_books)
     await _once(db, "reservation_books", _reservation_books)
+    await _once(db, "refunded_whole", _refunded_whole)
 
 
 async def _once(db: Any, name: str, step: Callable[[Any], Awaitable[None]]) -> None:
@@ -62,6 +63,21 @@ async def _once(db: Any, name: str, step: Callable[[Any], Awaitable[None]]) -> N
         return
     await step(db)
     await db[MIGRATIONS].update_one({"_id": name}, {"$set": {"done": True}}, upsert=True)
+
+
+async def _refunded_whole(db: Any) -> None:
+    """Payments refunded before refunds could be partial were refunded whole
+    (``Payment.refunded_minor``); the others read 0 without the field."""
+    while True:
+        docs = await db["payment"].find(
+            {"status": "REFUNDED", "refunded_minor": {"$exists": False}},
+            {"amount_minor": 1}).limit(BATCH).to_list()
+        if not docs:
+            break
+        for doc in docs:
+            await db["payment"].update_one(
+                {"_id": doc["_id"], "refunded_minor": {"$exists": False}},
+                {"$set": {"refunded_minor": doc["amount_minor"], MARK: ObjectId()}})
 
 
 async def _blockers(db: Any) -> None:

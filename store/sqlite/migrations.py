@@ -573,13 +573,20 @@ CREATE INDEX "reservation_company_idx" ON "reservation" ("company_id");
 CREATE INDEX "reservation_station_owner_idx" ON "reservation" ("station_owner_id");
 """
 
+# Version 24: partial refunds. A payment counts what was paid back
+# (``Payment.refunded_minor``); a payment refunded before was refunded whole.
+_V24 = """
+ALTER TABLE "payment" ADD COLUMN "refunded_minor" INTEGER NOT NULL DEFAULT 0;
+UPDATE "payment" SET "refunded_minor" = "amount_minor" WHERE "status" = 'REFUNDED';
+"""
+
 #: Every migration, oldest first. Append only.
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
                                      (11, _V11), (12, _V12),
                                      (13, _V13), (14, _V14), (15, _V15), (16, _V16), (17, _V17),
                                      (18, _V18), (19, _V19), (20, _V20), (21, _V21),
-                                     (22, _V22), (23, _V23))
+                                     (22, _V22), (23, _V23), (24, _V24))
 
 _BOOTSTRAP = """
 CREATE TABLE IF NOT EXISTS "schema_version" (

@@ -261,6 +261,78 @@ async def test_payment_state_machine(scripted: tuple[History, Api]) -> None:
     assert statuses == [("CAPTURED", "REFUNDED"), ("PENDING", "CAPTURED")]
 
 
+REFUND = """mutation($id: ID!, $amount: Decimal) { refundPayment(input: {id: $id,
+  amount: $amount}) { payment { status providerRef refunded { amount currency }
+  amount { amount } } errors { field code } } }"""
+
+
+async def test_partial_refunds_add_up_to_the_whole(scripted: tuple[History, Api]) -> None:
+    """A disputed part of a session is paid back on its own; the payment stays CAPTURED
+    until what was refunded is all of it, and no refund goes beyond what is left."""
+    history, api = scripted
+    payments = await history.services.ctx.store.find_all(d.Payment, ALL)
+    payment = next(p for p in payments if p.amount_minor == 660)
+    gid = to_global_id("payment", payment.id)
+    op = history.users["op_a"].id
+    await api.gql(PAY % "capturePayment", {"id": gid}, as_user=op)
+
+    async def refund(amount: str | None) -> dict:
+        answer = await api.gql(REFUND, {"id": gid, "amount": amount}, as_user=op)
+        return answer["refundPayment"]  # type: ignore[no-any-return]
+
+    part = await refund("2.50")
+    assert part == {"payment": {"status": "CAPTURED", "refunded": {"amount": "2.50",
+                                                                   "currency": "EUR"},
+                                "providerRef": f"manual:refund:{payment.id}:250",
+                                "amount": {"amount": "6.60"}}, "errors": []}
+    for amount, code in (("4.11", "OUT_OF_RANGE"), ("0", "OUT_OF_RANGE"),
+                         ("-1", "OUT_OF_RANGE"), ("1.234", "INVALID")):
+        refused = await refund(amount)
+        assert refused == {"payment": None, "errors": [{"field": "amount", "code": code}]}
+    rest = await refund(None)  # all that is left
+    assert rest["payment"]["status"] == "REFUNDED"
+    assert rest["payment"]["refunded"]["amount"] == "6.60"
+    assert (await refund("0.01"))["errors"] == [{"field": "id", "code": "INVALID_STATE"}]
+    log = await api.gql("""query($id: ID!) { auditLog(filter: {entityId: $id}) { nodes {
+        action before after } } }""", {"id": gid}, as_user=history.users["admin"].id)
+    refunds = [(n["before"]["refunded_minor"], n["after"]["refunded_minor"],
+                n["after"]["status"]) for n in log["auditLog"]["nodes"]
+               if n["action"] == "UPDATE" and n["after"]["refunded_minor"]]
+    assert refunds == [(250, 660, "REFUNDED"), (0, 250, "CAPTURED")]
+
+
+async def test_two_partial_refunds_at_once_pay_back_once(
+        scripted: tuple[History, Api], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two refunds of 5.00 of a 6.60 payment, both past the check before either writes:
+    one is recorded, the other told the payment was refunded meanwhile (never 10.00
+    refunded of 6.60, nor one of them lost)."""
+    history, api = scripted
+    payments = history.services.payments
+    [payment] = [p for p in await history.services.ctx.store.find_all(d.Payment, ALL)
+                 if p.amount_minor == 660]
+    gid = to_global_id("payment", payment.id)
+    op = history.users["op_a"].id
+    await api.gql(PAY % "capturePayment", {"id": gid}, as_user=op)
+    both_asked = asyncio.Barrier(2)
+
+    class SlowProvider:
+        name = "manual"
+
+        async def refund(self, paid: d.Payment, amount_minor: int) -> str:
+            await asyncio.wait_for(both_asked.wait(), 5)
+            return f"manual:refund:{paid.id}:{paid.refunded_minor + amount_minor}"
+
+    monkeypatch.setattr(payments, "provider", SlowProvider())
+    answers = await asyncio.gather(*(api.gql(REFUND, {"id": gid, "amount": "5.00"},
+                                             as_user=op) for _ in range(2)))
+    results = [a["refundPayment"] for a in answers]
+    assert sorted(bool(r["payment"]) for r in results) == [False, True]
+    assert [r["errors"] for r in results if r["errors"]] == [
+        [{"field": "id", "code": "INVALID_STATE"}]]
+    [stored] = await history.services.ctx.store.get_many(d.Payment, [payment.id])
+    assert stored is not None and stored.refunded_minor == 500
+
+
 GROUPED = """query($f: EnergyTrendFilter!, $g: AnalyticsGroup) { energyTrend(filter: $f,
   bucket: DAY, timeZone: "Europe/Berlin", groupBy: $g) { start energyKwh sessions revenue
   cpId connectorId station { cpId } } }"""

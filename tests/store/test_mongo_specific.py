@@ -1463,6 +1463,28 @@ async def test_reservations_from_before_get_their_books_once(mongo: MongoStore) 
     assert db[migrations.MIGRATIONS].find_one({"_id": "reservation_books"})["done"] is True
 
 
+async def test_payments_refunded_before_partial_refunds_were_refunded_whole(
+        mongo: MongoStore) -> None:
+    """What SQLite migration 24 does: a REFUNDED payment without ``refunded_minor`` was
+    refunded whole; any other reads 0 (the field's default)."""
+    from domain.entities import Payment, PaymentStatus
+    from tests.contract.factories import payment, session, station
+
+    where = station()
+    refunded = payment(session(where), status=PaymentStatus.REFUNDED, amount_minor=660)
+    captured = payment(session(where), status=PaymentStatus.CAPTURED, amount_minor=250)
+    await mongo.write([Insert(p) for p in (refunded, captured)], [])
+    db = raw(mongo)
+    db["payment"].update_many({}, {"$unset": {"refunded_minor": ""}})  # written before
+    db[migrations.MIGRATIONS].delete_many({})
+
+    await migrations.migrate(mongo.db)
+
+    got = {p.id: p.refunded_minor for p in await mongo.find_all(Payment, ALL)}
+    assert got == {refunded.id: 660, captured.id: 0}
+    assert db[migrations.MIGRATIONS].find_one({"_id": "refunded_whole"})["done"] is True
+
+
 async def test_a_start_after_the_books_were_filled_in_looks_for_none(
         mongo: MongoStore, monkeypatch: pytest.MonkeyPatch) -> None:
     """Documents lacking their books are found by the field's absence, which no index

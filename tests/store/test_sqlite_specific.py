@@ -661,6 +661,23 @@ async def test_version_23_gives_reservations_their_books(db_path: str) -> None:
         ("r1", "co1", None), ("r2", None, "u1"), ("r3", None, None)]
 
 
+async def test_version_24_counts_refunded_payments_as_refunded_whole(db_path: str) -> None:
+    """Payments refunded before refunds could be partial were refunded whole; the others
+    have had nothing paid back."""
+    async with aiosqlite.connect(db_path, isolation_level=None) as conn:
+        await apply_migrations(conn, MIGRATIONS[:23])
+        stamps = "0, 0, 'system', 'system'"
+        for payment_id, status in (("p1", "REFUNDED"), ("p2", "CAPTURED")):
+            await conn.execute(
+                'INSERT INTO "payment" ("id", "created_at", "updated_at", "created_by", '
+                '"updated_by", "session_id", "station_id", "amount_minor", "currency", '
+                f'"status", "provider") VALUES (?, {stamps}, ?, \'st1\', 660, '
+                "'EUR', ?, 'manual')", (payment_id, f"s-{payment_id}", status))
+        assert await apply_migrations(conn, MIGRATIONS[:24]) == [24]
+    assert raw(db_path, 'SELECT "id", "refunded_minor" FROM "payment" ORDER BY "id"') == [
+        ("p1", 660), ("p2", 0)]
+
+
 async def test_version_8_gives_existing_sessions_and_payments_their_books(
         db_path: str) -> None:
     """Rows written before version 8 get their station's company, or for a station of no
