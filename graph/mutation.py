@@ -63,10 +63,16 @@ def _ctx(info: Info) -> GraphContext:
     return info.context  # type: ignore[no-any-return]
 
 
-async def attempt(ctx: GraphContext, action: Callable[[], Awaitable[T]]
-                  ) -> tuple[T | None, list[UserError]]:
+async def attempt(ctx: GraphContext, action: Callable[[], Awaitable[T]], *,
+                  public: bool = False) -> tuple[T | None, list[UserError]]:
     """Run a use case; expected failures become user errors, anything else propagates
-    (and is masked with an error id). An anonymous caller refused is told to sign in."""
+    (and is masked with an error id). An anonymous caller is told to sign in, before
+    anything runs unless the use case is ``public`` (signing in): otherwise the first
+    check to fail spoke, and a signed-out driver app was told "no such user" on an
+    ``ownerId`` it never sent, or about its input."""
+    if ctx.viewer.anonymous and not public:
+        return None, [UserError(field=None, message="sign in first",
+                                code=Unauthenticated.code)]
     try:
         return await action(), []
     except Forbidden as exc:
@@ -170,8 +176,8 @@ class Mutation(CommandMutation, WebhookMutation):
         ctx = _ctx(info)
         client = getattr(getattr(ctx.request, "client", None), "host", None)
         user, errors = await attempt(
-            ctx, lambda: ctx.services.accounts.authenticate(email, password, client)
-        )
+            ctx, lambda: ctx.services.accounts.authenticate(email, password, client),
+            public=True)
         if user is None:
             return LoginPayload(token=None, expires_at=None, user=None, errors=errors)
         issued = ctx.tokens.issue(user.id, user.token_epoch)

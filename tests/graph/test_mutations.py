@@ -42,6 +42,22 @@ async def test_login_and_me(api: Api, world: World) -> None:
         assert bad["errors"] == [{"field": None, "code": "UNAUTHENTICATED"}]
 
 
+async def test_signed_out_callers_are_told_to_sign_in_before_anything_is_checked(
+        api: Api, world: World) -> None:
+    """Whatever the input, a signed-out caller hears UNAUTHENTICATED: a driver app whose
+    token was lost was told "no such user" on an ``ownerId`` it never sent, or about its
+    input (setTariff's "give exactly one of companyId and stationId")."""
+    station = gid("station", world.stations["A-001"].id)
+    for mutation, input in (("addVehicle", {"licensePlate": "B-MI 2024"}),
+                            ("issueIdTag", {"tag": "ANON-1"}),
+                            ("setTariff", {"currency": "EUR", "pricePerKwh": "0.1"}),
+                            ("updateStation", {"id": station, "name": "x"}),
+                            ("capturePayment", {"id": gid("payment", "nope")})):
+        answer = await call(api, world, None, mutation, input, "__typename")
+        assert codes(answer) == [(None, "UNAUTHENTICATED")], mutation
+        assert answer["errors"][0]["message"] == "sign in first"
+
+
 async def test_repeated_failed_sign_ins_lock_the_email(api: Api, world: World) -> None:
     q = """mutation($e: String!, $p: String!) { login(email: $e, password: $p) {
       token errors { code } } }"""
