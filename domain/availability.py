@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from domain.entities import ConnectorStatus, ConnectorType
-from domain.query import ALL, Eq, Filter, In, Range, Sub, all_of, any_of
+from domain.query import ALL, Eq, Filter, In, NotSub, Range, Sub, all_of, any_of
 
 #: The charge point's own statuses (connector 0) under which none of its connectors can
 #: charge, whatever they report.
@@ -54,13 +54,21 @@ def connector_fits(types: Sequence[ConnectorType] = (), min_kw: float | None = N
                   Range("max_kw", gte=min_kw) if min_kw is not None else None)
 
 
-def stations_with(connectors: Filter, *, available_now: bool = False) -> Filter:
-    """Stations with one connector matching ``connectors`` (and, with ``available_now``,
-    available now: the same connector, so "a CCS2 of 150 kW free now" is one plug)."""
+def stations_with(connectors: Filter, *, available_now: bool | None = None) -> Filter:
+    """Stations with one connector matching ``connectors`` and, with ``available_now``,
+    available now: the same connector, so "a CCS2 of 150 kW free now" is one plug.
+
+    ``available_now=False`` is the exact complement of ``True`` among the stations with
+    a connector matching ``connectors`` (every station, connectors or not, when that is
+    ``ALL``): none of those connectors is available now, because the station is out of
+    service or none of them reports Available."""
+    if available_now is None:
+        return ALL if connectors == ALL else Sub("id", "connector", connectors,
+                                                 select="station_id")
+    free = Sub("id", "connector", all_of(connectors, Eq("status", ConnectorStatus.AVAILABLE)),
+               select="station_id")
     if available_now:
-        return all_of(stations_in_service(), Sub(
-            "id", "connector", all_of(connectors, Eq("status", ConnectorStatus.AVAILABLE)),
-            select="station_id"))
-    if connectors == ALL:
-        return ALL
-    return Sub("id", "connector", connectors, select="station_id")
+        return all_of(stations_in_service(), free)
+    none_free = NotSub(free.field, free.kind, free.where, free.select)
+    return all_of(stations_with(connectors),
+                  any_of(stations_out_of_service(), none_free))

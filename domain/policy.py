@@ -40,6 +40,7 @@ from domain.query import (
     Eq,
     Filter,
     In,
+    NotSub,
     Or,
     Range,
     Search,
@@ -360,6 +361,11 @@ class Policy:
                 return any_of(*(self._guard_subqueries(viewer, part) for part in parts))
             case Sub(field, kind, inner, select):
                 return Sub(field, kind, self.guard_nested(viewer, kind, inner), select)
+            case NotSub(field, kind, inner, select):
+                # Guarding narrows the sub-select to what the viewer may know, so its
+                # complement grows: "not on company X's stations" matches everything for
+                # a driver, which tells them nothing about company X.
+                return NotSub(field, kind, self.guard_nested(viewer, kind, inner), select)
             case _:
                 return where
 
@@ -542,7 +548,8 @@ def _guard(where: Filter, private: frozenset[str], view: Filter) -> Filter:
             shown = tuple(f for f in fields if f not in private)
             return any_of(Search(shown, text) if shown else NONE,
                           all_of(Search(hidden, text), view))
-        case Eq(field) | In(field) | Range(field) | Sub(field) if field in private:
+        case Eq(field) | In(field) | Range(field) | Sub(field) | NotSub(field) \
+                if field in private:
             return all_of(where, view)
         case _:
             return where

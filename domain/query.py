@@ -82,6 +82,22 @@ class Sub:
 
 
 @dataclass(frozen=True, slots=True)
+class NotSub:
+    """The exact complement of ``Sub`` with the same arguments: ``field`` is null or NOT
+    IN (SELECT ``select`` FROM ``kind`` WHERE ``where``), i.e. NOT EXISTS such a record.
+    "Stations none of whose connectors is free now". A record matches exactly one of
+    ``Sub(...)`` and ``NotSub(...)``: null never matches ``Sub``, so it matches this.
+
+    A node of its own rather than a flag on ``Sub``: code walking filters (the policy's
+    guards) that forgot a flag would treat the complement as the set itself."""
+
+    field: str
+    kind: str
+    where: Filter
+    select: str = "id"
+
+
+@dataclass(frozen=True, slots=True)
 class And:
     parts: tuple[Filter, ...]
 
@@ -91,7 +107,7 @@ class Or:
     parts: tuple[Filter, ...]
 
 
-Filter: TypeAlias = Eq | In | Range | Search | Near | Sub | And | Or
+Filter: TypeAlias = Eq | In | Range | Search | Near | Sub | NotSub | And | Or
 
 #: Matches everything (an empty AND) and nothing (an empty OR).
 ALL: Filter = And(())

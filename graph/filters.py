@@ -251,8 +251,10 @@ class StationFilter:
     available_now: bool | None = strawberry.field(default=None, description=(
         "true: with a connector available now (its last report was AVAILABLE, the "
         "station is online and not UNAVAILABLE or FAULTED as a whole). The connector "
-        "conditions hold for one connector together: a CCS2 of 150 kW free now. false "
-        "is refused."))
+        "conditions hold for one connector together: a CCS2 of 150 kW free now. false: "
+        "the others, with the connector conditions: stations with a connector meeting "
+        "them (any station, with connectors or not, without them) none of which is "
+        "available now, offline and UNAVAILABLE or FAULTED stations included."))
 
     def to_domain(self) -> Filter:
         return all_of(
@@ -266,14 +268,9 @@ class StationFilter:
         )
 
     def _connectors(self) -> Filter:
-        if self.available_now is False:
-            # "No connector free now" is a NOT EXISTS, which the query language (and so
-            # every store) has no form for; silently ignoring it would mislead.
-            raise ValidationError("only true: stations with a connector available now",
-                                  field="filter.availableNow", code="UNSUPPORTED")
         fits = connector_fits(self.connector_types or (),
                               _min_kw(self.min_kw, "filter.minKw"))
-        return stations_with(fits, available_now=bool(self.available_now))
+        return stations_with(fits, available_now=self.available_now)
 
 
 def _min_kw(value: float | None, field: str) -> float | None:

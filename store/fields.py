@@ -117,6 +117,20 @@ def build(kind: type[Record], values: dict[str, Any]) -> Record:
     return kind(**kwargs)
 
 
+def from_snapshot(kind: type[Record], image: dict[str, Any]) -> Record:
+    """The record an audit image (``domain.entities.snapshot``) was taken of: times and
+    decimals come back from their text. Secret fields, which images leave out, take their
+    defaults (an image of a kind with a required secret cannot be rebuilt)."""
+    values = dict(image)
+    for spec in field_specs(kind):
+        value = values.get(spec.name)
+        if isinstance(value, str) and spec.category == "datetime":
+            values[spec.name] = datetime.fromisoformat(value)
+        elif isinstance(value, str) and spec.category == "decimal":
+            values[spec.name] = Decimal(value)
+    return build(kind, values)
+
+
 ALL_KINDS: tuple[type[Record], ...] = ENTITY_TYPES
 
 

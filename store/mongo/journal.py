@@ -24,7 +24,10 @@ an undo applies only while the document still carries the batch's mark. A docume
 another writer changed, deleted, or inserted in the batch's stead (an ``InsertIfAbsent``
 that found it there) since the batch wrote it is left alone and logged: the committed
 write wins, even where that keeps a field of the failed batch the other writer did not
-write. The sweep follows the same rule, not knowing how far a dead writer got.
+write. The sweep follows the same rule, not knowing how far a dead writer got. A restore a unique
+rule refuses leaves its document as the batch wrote it, with its audit entry, and what the
+batch created as its companion (a stop's payment: ``COMPANIONS``) stays, or comes back,
+with it.
 
 That rule needs every image a journal holds to be committed: a batch that took another
 batch's uncommitted write as its image would, on failing, put that write back after its
@@ -66,8 +69,10 @@ from typing import Any
 from bson import ObjectId
 from pymongo.errors import DuplicateKeyError
 
+from domain.entities import ENTITY_BY_KIND, AuditAction
 from domain.ports import Change, Delete, InsertIfAbsent, Update
-from store.mongo.codec import written_names
+from store.fields import from_snapshot
+from store.mongo.codec import to_doc, written_names
 
 log = logging.getLogger("chargegraph.store.mongo")
 
@@ -95,6 +100,12 @@ SETTLE_WAIT_S = 2.0
 UNAUDITED_SETTLE_WAIT_S = 0.25
 #: The longest pause between two looks at whether such a batch has finished.
 SETTLE_POLL_MAX_S = 0.1
+#: What a batch creates as the companion of its change to another record, by kind: (the
+#: field naming that record, its kind). A stop completes and prices its session and
+#: opens the session's payment; a priced session without its payment is money nobody
+#: collects. When a unique rule keeps the record as the batch wrote it (``REFUSED``), its
+#: companion is kept too (``_keep_companions``).
+COMPANIONS: dict[str, tuple[str, str]] = {"payment": ("session_id", "session")}
 
 
 @dataclass(slots=True)
@@ -232,9 +243,11 @@ async def roll_back(db: Any, journal_id: ObjectId, undo: list[dict[str, Any]],
     those about a document a unique rule kept as the batch wrote it (``Undone.REFUSED``):
     its change stays, so its entry must, or it would stand unaudited. The batch writes
     its entries last, so it usually failed before: they are written from the journal's
-    copy (``entries``; journals of older versions have none). Entries are dealt with after
-    the documents: a rollback cut short is finished by a sweep, which finds such a
-    document still refusing.
+    copy (``entries``; journals of older versions have none). What the batch created as
+    the companion of such a document (``COMPANIONS``: a stop's payment) stays with it, or
+    comes back, with its entry (``_keep_companions``). Entries are dealt with after the
+    documents: a rollback cut short is finished by a sweep, which finds such a document
+    still refusing.
     """
     left = []
     refused: list[dict[str, Any]] = []
@@ -247,12 +260,50 @@ async def roll_back(db: Any, journal_id: ObjectId, undo: list[dict[str, Any]],
             left.append(entry)
         if outcome is Undone.REFUSED:
             refused.append(entry)
+    refused += await _keep_companions(db, refused, entries)
     for entry in entries:
         if any(_about(entry, kept) for kept in refused):
             await db["audit_entry"].replace_one({"_id": entry["_id"]}, entry, upsert=True)
     if audit_ids:
         await db["audit_entry"].delete_many(_audit_to_drop(audit_ids, refused))
     return left
+
+
+async def _keep_companions(db: Any, refused: list[dict[str, Any]],
+                           entries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Puts back what the batch created as the companion of a ``refused`` document (a
+    stop's payment, whose session a unique rule kept completed and priced): undone with
+    the rest, or never written (the writer died first), it is inserted again as the
+    batch created it, from the after-image of its CREATE entry. Returns them as the undo
+    entries of documents kept, so their audit entries stay too.
+
+    Undoing all or none of the stop is not possible (the session cannot go back), so the
+    journal rolls its payment forward instead. Exactly once: a payment's identity is its
+    session (the unique rule on ``payment.session_id``) and its id the batch's, so a
+    second recovery (a sweep finishing a rollback cut short) finds it there, and a payment
+    another writer opened for the session meanwhile refuses this one (that one stands,
+    and this one's entry goes)."""
+    kept = {(entry["kind"], str(entry["id"])) for entry in refused}
+    companions = []
+    for audit in entries:
+        link = COMPANIONS.get(audit.get("entity", ""))
+        image = audit.get("after")
+        if link is None or audit.get("action") != AuditAction.CREATE.value or not image:
+            continue
+        field_name, owner = link
+        if (owner, image.get(field_name)) not in kept:
+            continue
+        collection = db[audit["entity"]]
+        doc = to_doc(from_snapshot(ENTITY_BY_KIND[audit["entity"]], image))
+        try:
+            await collection.insert_one(doc)
+        except DuplicateKeyError:
+            if await collection.find_one({"_id": doc["_id"]}, {"_id": 1}) is None:
+                continue  # another one holds its identity
+        log.warning("kept %s %s with the %s a unique rule kept as the failed batch wrote it",
+                    audit["entity"], doc["_id"], owner)
+        companions.append({"kind": audit["entity"], "id": doc["_id"]})
+    return companions
 
 
 def _about(audit: dict[str, Any], entry: dict[str, Any]) -> bool:

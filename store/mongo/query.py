@@ -8,8 +8,9 @@ every page moved megabytes. Now a filter with a ``Sub`` is read by an aggregatio
 ``Sub`` is a ``$lookup`` into its kind's collection, joined on the selected field (an
 index: ``_id`` or an indexed foreign key) and running the inner filter as its pipeline
 (``$limit`` 1: only whether one matches counts), and the outer filter tests that the
-lookup found one. The command stays the size of the filter, whatever the data.
-A filter without one is still one ``find`` document.
+lookup found one (a ``NotSub``, its complement, that it found none: NOT EXISTS). The
+command stays the size of the filter, whatever the data. A filter without one is still
+one ``find`` document.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from domain.query import (
     Filter,
     In,
     Near,
+    NotSub,
     Or,
     Range,
     Search,
@@ -163,7 +165,13 @@ class FilterCompiler:
             case Near():
                 return self._near(where)
             case Sub():
-                return self._sub(kind, where)
+                found = self._join(kind, where)
+                return NEVER if found is None else {found: {"$ne": []}}
+            case NotSub():
+                # The same lookup, kept when it found nothing: the exact complement (a
+                # null key finds nothing, since the lookup leaves null keys out).
+                found = self._join(kind, where)
+                return {} if found is None else {found: {"$size": 0}}
             case And(parts=parts):
                 compiled = [c for c in [self.compile(kind, p) for p in parts] if c]
                 if any(c is NEVER for c in compiled):
@@ -203,11 +211,14 @@ class FilterCompiler:
                 "_geo": {"$ne": None},
                 "$expr": {"$lte": [squared, chord * chord]}}
 
-    def _sub(self, kind: type[Record], sub: Sub) -> dict[str, Any]:
+    def _join(self, kind: type[Record], sub: Sub | NotSub) -> str | None:
+        """Adds the ``$lookup`` of ``sub`` and returns the field it fills: the (at most
+        one) matching record's id. ``None``: the inner filter matches nothing, so no
+        record can be found and no lookup is needed."""
         inner_kind = ENTITY_BY_KIND[sub.kind]
         inner = compile_query(inner_kind, sub.where)
         if inner.never:
-            return NEVER
+            return None
         outer = spec_of(kind, sub.field)
         selected = spec_of(inner_kind, sub.select)
         local = storage_name(outer.name)
@@ -227,7 +238,7 @@ class FilterCompiler:
             "from": sub.kind, "localField": local, "foreignField": foreign,
             "pipeline": [*matching, {"$project": {"_id": 1}}], "as": found}})
         self.added.append(found)
-        return {found: {"$ne": []}}
+        return found
 
     def _converted_field(self, name: str, to: str) -> str:
         key = self._converted.get((name, to))

@@ -20,7 +20,7 @@ import math
 
 from domain.entities import Record
 from domain.geo import EARTH_RADIUS_KM, distance_km
-from domain.query import And, Eq, Filter, In, Near, Or, Range, Search, Sub
+from domain.query import And, Eq, Filter, In, Near, NotSub, Or, Range, Search, Sub
 from store.fields import FieldSpec
 from store.sqlite.codec import SqlValue, encode, kind_of, quote, spec_of
 
@@ -81,6 +81,8 @@ def _node(kind: type[Record], node: Filter, alias: str, params: list[SqlValue]) 
             return _near(kind, node, alias, params)
         case Sub():
             return _sub(kind, node, alias, params)
+        case NotSub():
+            return _not_sub(kind, node, alias, params)
         case And(parts=parts):
             if not parts:
                 return TRUE
@@ -178,7 +180,8 @@ def _near(kind: type[Record], node: Near, alias: str, params: list[SqlValue]) ->
     return "(" + " AND ".join(parts) + ")"
 
 
-def _sub(kind: type[Record], node: Sub, alias: str, params: list[SqlValue]) -> str:
+def _sub(kind: type[Record], node: Sub | NotSub, alias: str, params: list[SqlValue]
+         ) -> str:
     outer = spec_of(kind, node.field)
     inner_kind = kind_of(node.kind)
     selected = spec_of(inner_kind, node.select)
@@ -191,3 +194,13 @@ def _sub(kind: type[Record], node: Sub, alias: str, params: list[SqlValue]) -> s
         f"{column(alias, outer.name)} IN (SELECT {inner_col} FROM {quote(inner_kind.kind)} "
         f"AS {inner_alias} WHERE {inner_col} IS NOT NULL AND {inner_where})"
     )
+
+
+def _not_sub(kind: type[Record], node: NotSub, alias: str, params: list[SqlValue]) -> str:
+    # ``NOT (x IN (…))`` is the complement of the ``Sub`` for every non-null ``x``: the
+    # sub-select yields no NULL (``_sub`` leaves them out), so ``IN`` is never unknown.
+    # A null ``x`` matches no ``Sub``, so it matches its complement: said outright, as
+    # ``NOT (NULL IN …)`` would be unknown. The sub-select is uncorrelated, so SQLite
+    # builds its set once per statement, as for ``Sub``.
+    col = column(alias, spec_of(kind, node.field).name)
+    return f"({col} IS NULL OR NOT ({_sub(kind, node, alias, params)}))"

@@ -65,3 +65,33 @@ async def test_stations_with_one_connector_meeting_every_condition(store: Store)
         connector_fits([ConnectorType.TYPE2], 20), available_now=True)) == {fast.id}
     assert await ids(store, Station, stations_with(connector_fits())) == {
         fast.id, slow.id, unknown.id}
+
+
+async def test_stations_with_none_available_now_are_the_exact_complement(
+        store: Store) -> None:
+    """Offline stations, charge points down as a whole (connector 0), busy and mixed
+    connectors, and a station without connectors: every station is in exactly one of
+    "one available now" and "none available now", with connector conditions too."""
+    mixed = station(online=True)  # a free Type 2, a busy CCS2
+    offline = station(online=False, status=A)
+    faulted = station(online=True, status=ConnectorStatus.FAULTED)
+    busy = station(online=True, status=A)
+    bare = station(online=True)
+    await put(store, mixed, offline, faulted, busy, bare,
+              connector(mixed, 1, type=ConnectorType.TYPE2, status=A),
+              connector(mixed, 2, type=ConnectorType.CCS2, status=ConnectorStatus.CHARGING),
+              connector(offline, 1, type=ConnectorType.CCS2, status=A),
+              connector(faulted, 1, type=ConnectorType.CCS2, status=A),
+              connector(busy, 1, type=ConnectorType.CCS2, status=ConnectorStatus.FAULTED))
+
+    every = await ids(store, Station, stations_with(connector_fits()))
+    free = await ids(store, Station, stations_with(connector_fits(), available_now=True))
+    none_free = await ids(store, Station, stations_with(connector_fits(), available_now=False))
+    assert free == {mixed.id}
+    assert none_free == {offline.id, faulted.id, busy.id, bare.id}
+    assert free | none_free == every and not free & none_free
+
+    ccs = connector_fits([ConnectorType.CCS2])
+    assert await ids(store, Station, stations_with(ccs, available_now=True)) == set()
+    assert await ids(store, Station, stations_with(ccs, available_now=False)) == {
+        mixed.id, offline.id, faulted.id, busy.id}  # not bare: it has no CCS2

@@ -29,6 +29,7 @@ from domain.query import (
     Filter,
     In,
     Near,
+    NotSub,
     Or,
     Range,
     Search,
@@ -345,6 +346,83 @@ async def test_sub_on_the_same_kind(store: Store) -> None:
     # Users sharing a company with an admin.
     with_admin = Sub("company_id", "user", Eq("role", Role.ADMIN), select="company_id")
     assert await matching(store, User, with_admin) == {colleague.id, boss_in_acme.id}
+
+
+# ---------------------------------------------------------------------------- NotSub
+
+
+async def complement(store: Store, kind: type[Record], sub: Sub) -> set[str]:
+    """What ``NotSub`` with ``sub``'s arguments matches, checked to be its complement:
+    every record matches exactly one of the two."""
+    inside = await matching(store, kind, sub)
+    outside = await matching(store, kind, NotSub(sub.field, sub.kind, sub.where, sub.select))
+    assert inside.isdisjoint(outside)
+    assert inside | outside == await matching(store, kind, ALL)
+    return outside
+
+
+async def test_not_sub_is_the_complement_of_the_sub(store: Store) -> None:
+    w = await _fleet(store)
+    acme_stations = Sub("station_id", "station", Eq("company_id", w.acme.id))
+
+    assert await complement(store, Session, acme_stations) == {w.s4.id}
+    samples = Sub("session_id", "session",
+                  Sub("station_id", "station", Sub("company_id", "company", Eq("name", "ACME"))))
+    # The orphan sample has no session: it is on no ACME station's session.
+    assert await complement(store, MeterSample, samples) == {w.m4.id, w.orphan.id}
+
+
+async def test_not_sub_matches_a_null_field(store: Store) -> None:
+    w = await _fleet(store)
+    # s3 has no user: no user is its driver, so it is a session of none of them.
+    drivers = Sub("user_id", "user", Eq("role", Role.DRIVER))
+    assert await complement(store, Session, drivers) == {w.s3.id}
+    assert await complement(store, Session, Sub("user_id", "user", ALL)) == {w.s3.id}
+
+
+async def test_not_sub_with_an_empty_inner_result_matches_everything(store: Store) -> None:
+    await _fleet(store)
+    assert len(await complement(store, Session, Sub("station_id", "station", NONE))) == 4
+    assert await complement(store, Session, Sub("station_id", "station", ALL)) == set()
+
+
+async def test_not_sub_selecting_a_non_id_field_and_across_text_and_ids(store: Store) -> None:
+    w = await _fleet(store)
+    by_charger = Sub("cp_id", "station", Eq("company_id", w.acme.id), select="cp_id")
+    assert await complement(store, MeterSample, by_charger) == {w.m4.id}
+    # "system" and "ocpp:…" are no user ids: by no user of ACME.
+    acme_people = Sub("actor", "user", Eq("company_id", w.acme.id))
+    assert await complement(store, AuditEntry, acme_people) == {
+        w.e_outsider.id, w.e_system.id, w.e_ocpp.id}
+
+
+async def test_not_sub_stations_without_a_free_connector(store: Store) -> None:
+    """The NOT EXISTS the driver app needs: stations with no connector reporting
+    Available, a station without connectors among them; on the same kind too."""
+    free, busy, bare = station(name="free"), station(name="busy"), station(name="bare")
+    await put(store, free, busy, bare,
+              connector(free, 1, status=ConnectorStatus.AVAILABLE),
+              connector(free, 2, status=ConnectorStatus.CHARGING),
+              connector(busy, 1, status=ConnectorStatus.CHARGING))
+    available = Sub("id", "connector", Eq("status", ConnectorStatus.AVAILABLE),
+                    select="station_id")
+    assert await complement(store, Station, available) == {busy.id, bare.id}
+    # Connectors of stations without a free one, as a NotSub on the same kind.
+    siblings = Sub("station_id", "connector", Eq("status", ConnectorStatus.AVAILABLE),
+                   select="station_id")
+    assert len(await complement(store, Connector, siblings)) == 1
+
+
+async def test_not_sub_inside_and_and_or(store: Store) -> None:
+    w = await _fleet(store)
+    off_acme = NotSub("station_id", "station", Eq("company_id", w.acme.id))
+    completed = Eq("state", SessionState.COMPLETED)
+    assert await matching(store, Session, all_of(off_acme, Eq("user_id", w.d3.id))) == {
+        w.s4.id}
+    assert await matching(store, Session, any_of(off_acme, completed)) == {w.s1.id, w.s4.id}
+    assert await matching(store, Session, Sub("station_id", "station", NotSub(
+        "id", "session", Eq("state", SessionState.COMPLETED), select="station_id"))) == {
+        w.s2.id, w.s3.id, w.s4.id}  # on stations without a completed session
 
 
 # ---------------------------------------------------------------------------- And / Or

@@ -9,8 +9,9 @@ from dataclasses import replace
 from typing import Any
 
 from domain import entities as d
+from domain.policy import SYSTEM
 from domain.ports import Update
-from domain.services import Services
+from domain.services import ConnectorSpec, Services
 from tests.graph.conftest import Api
 from tests.graph.world import World
 
@@ -188,11 +189,59 @@ async def test_station_filters_for_the_driver_app(api: Api, world: World,
 
 
 async def test_station_filter_errors(api: Api, world: World) -> None:
-    for where, expected in (("{minKw: -1}", {"code": "OUT_OF_RANGE", "field": "filter.minKw"}),
-                            ("{availableNow: false}",
-                             {"code": "UNSUPPORTED", "field": "filter.availableNow"})):
-        query = f"{{ stations(first: 5, filter: {where}) {{ nodes {{ cpId }} }} }}"
-        assert await errors(api, query, "driver1", world) == [expected]
+    query = "{ stations(first: 5, filter: {minKw: -1}) { nodes { cpId } } }"
+    assert await errors(api, query, "driver1", world) == [
+        {"code": "OUT_OF_RANGE", "field": "filter.minKw"}]
+
+
+async def _more_states(services: Services, world: World) -> None:
+    """Besides ``_fleet_states``: A-003, online and up, every connector busy or faulted;
+    B-003, online, both connectors Available, its charge point Unavailable; C-001, online,
+    with no connector at all."""
+    for company, cp_id in (("a", "A-003"), ("b", "B-003")):
+        station, plugs = await services.stations.create_station(
+            SYSTEM, cp_id=cp_id, name=cp_id, company_id=world.companies[company].id,
+            connectors=[ConnectorSpec(1, d.ConnectorType.CCS2, 150.0),
+                        ConnectorSpec(2, d.ConnectorType.TYPE2, 22.0)])
+        world.stations[cp_id], world.connectors[cp_id] = station, plugs
+    world.stations["C-001"], _ = await services.stations.create_station(
+        SYSTEM, cp_id="C-001", name="bare")
+    await arrange(services, world, "A-003", point=AVAILABLE,
+                  connectors=(CHARGING, d.ConnectorStatus.FAULTED))
+    await arrange(services, world, "B-003", point=d.ConnectorStatus.UNAVAILABLE)
+    await services.ctx.store.write([Update(replace(world.stations["C-001"], online=True))], [])
+
+
+async def test_stations_without_a_connector_available_now(api: Api, world: World,
+                                                          services: Services) -> None:
+    await _fleet_states(services, world)
+    await _more_states(services, world)
+    everyone = set(world.stations)
+    free = await stations(api, world, {"availableNow": True})
+    none_free = await stations(api, world, {"availableNow": False})
+    assert free == {"A-001", "A-002"}
+    # Offline (B-001), down as a whole (B-002 Faulted, B-003 Unavailable), all busy
+    # (A-003) and without connectors (C-001): exactly the others.
+    assert none_free == {"B-001", "B-002", "A-003", "B-003", "C-001"}
+    assert free | none_free == everyone and not free & none_free
+    assert await stations(api, world, {}) == everyone
+
+    # With connector conditions, the complement among the stations meeting them: those
+    # with a CCS2, none of them free now (A-002's Type 2 is free, its CCS2 charges).
+    ccs = await stations(api, world, {"connectorTypes": ["CCS2"]})
+    free_ccs = await stations(api, world, {"connectorTypes": ["CCS2"], "availableNow": True})
+    busy_ccs = await stations(api, world, {"connectorTypes": ["CCS2"], "availableNow": False})
+    assert free_ccs == {"A-001"}
+    assert busy_ccs == {"A-002", "B-001", "B-002", "A-003", "B-003"}
+    assert free_ccs | busy_ccs == ccs and not free_ccs & busy_ccs
+    assert await stations(api, world, {"minKw": 100, "availableNow": False}) == busy_ccs
+
+    # Other conditions and the operator's scope still apply.
+    assert await stations(api, world, {"availableNow": False, "online": True}) == {
+        "B-002", "A-003", "B-003", "C-001"}
+    data = await api.gql(STATIONS, {"f": {"availableNow": False}},
+                         as_user=world.users["op_a"].id)
+    assert {n["cpId"] for n in data["stations"]["nodes"]} == {"A-003"}
 
 
 CONNECTORS = """query($f: ConnectorFilter) { connectors(first: 50, filter: $f) {

@@ -48,6 +48,7 @@ from domain.entities import (
     StatusEvent,
     Tariff,
     User,
+    audit_after,
 )
 from domain.errors import Conflict, NotFound, StoreUnavailable, UniqueViolation
 from domain.policy import Policy, Viewer
@@ -1045,6 +1046,94 @@ async def test_a_sweep_a_unique_rule_refuses_still_closes_the_journal_and_starts
     await restarted.start()
     states = {s.transaction_id: s.state for s in await restarted.find_all(Session, ALL)}
     assert states == {1: SessionState.COMPLETED, 2: SessionState.ACTIVE}
+
+
+def priced_stop(station: Station, session: Session
+                ) -> tuple[list[Update | Insert], list[AuditEntry], Payment]:
+    """A StopTransaction's batch as the charging service writes it: the session completed
+    and priced, its payment opened, an entry for each."""
+    done = dataclasses.replace(session, state=SessionState.COMPLETED, cost_minor=420,
+                               currency="EUR", end_time=T0 + timedelta(hours=1))
+    payment = Payment(session_id=session.id, station_id=station.id, user_id=None,
+                      amount_minor=420, currency="EUR", created_by="ocpp:" + station.cp_id)
+    entries = [audit_of(done),
+               AuditEntry(entity="payment", entity_id=payment.id, action=AuditAction.CREATE,
+                          actor="ocpp:" + station.cp_id, after=audit_after(None, payment))]
+    changes: list[Update | Insert] = [
+        Update(done, frozenset({"state", "end_time", "cost_minor", "currency"})),
+        Insert(payment)]
+    return changes, entries, payment
+
+
+async def test_a_refused_restore_of_a_stop_keeps_its_payment(
+    mongo: MongoStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stop batch fails after writing the session and the payment; a new ACTIVE
+    session took the connector meanwhile, so the session stays completed and priced. Its
+    payment was undone with the rest: a priced session without a payment."""
+    station = Station(cp_id="CP-P", name="P")
+    old = session_on(station, 1, 1)
+    await mongo.write([Insert(station), Insert(old)], [])
+    changes, entries, payment = priced_stop(station, old)
+    pause = Paused(monkeypatch, writes, "apply", lambda db, step, *rest: isinstance(
+        step, Update) and step.record.id == old.id)
+
+    async def other() -> None:
+        await mongo.write([Insert(session_on(station, 1, 2))], [])
+
+    await pause.meanwhile(mongo.write([*changes, Update(GHOST)],
+                                      [*entries, audit_of(GHOST)]), other)
+
+    [kept] = [s for s in await mongo.find_all(Session, ALL) if s.transaction_id == 1]
+    assert (kept.state, kept.cost_minor) == (SessionState.COMPLETED, 420)
+    assert await mongo.find_all(Payment, ALL) == [payment]  # as the batch created it
+    assert await mongo.find_all(AuditEntry, ALL) == entries  # both changes stand, audited
+    assert raw(mongo)[JOURNAL].count_documents({}) == 0
+
+
+async def test_a_sweep_gives_a_kept_stop_its_payment_exactly_once(mongo: MongoStore) -> None:
+    """The writer died after completing the session, before the payment; the sweep's
+    restore is refused. The payment comes back from the journal, and a second recovery of
+    the same journal (a sweep finishing a rollback cut short) adds no second one."""
+    station = Station(cp_id="CP-Q", name="Q")
+    old = session_on(station, 1, 1)
+    await mongo.write([Insert(station), Insert(old)], [])
+    changes, entries, payment = priced_stop(station, old)
+    dead = await batch_module.Batch.open(mongo.db, changes, entries)
+    await dead._write(writes.steps(changes)[0], dead.id)  # then the writer dies
+    await mongo.write([Insert(session_on(station, 1, 2))], [])
+    left = raw(mongo)[JOURNAL].find_one({"_id": dead.id})
+
+    later = datetime.now(UTC) + journal.STALE_AFTER + timedelta(seconds=1)
+    assert await journal.sweep(mongo.db, later) == 1
+    await journal.roll_back(mongo.db, dead.id, left["undo"], left["audit"],
+                            entries=left[journal.ENTRIES])
+
+    assert await mongo.find_all(Payment, ALL) == [payment]
+    assert await mongo.find_all(AuditEntry, ALL) == entries
+    assert raw(mongo)[JOURNAL].count_documents({}) == 0
+
+
+async def test_a_kept_stop_whose_session_has_a_payment_gets_no_second(
+    mongo: MongoStore
+) -> None:
+    """A payment's identity is its session: one opened meanwhile (another writer's)
+    stands, and the batch's is not added beside it, nor its entry kept."""
+    station = Station(cp_id="CP-R", name="R")
+    old = session_on(station, 1, 1)
+    await mongo.write([Insert(station), Insert(old)], [])
+    changes, entries, _ = priced_stop(station, old)
+    dead = await batch_module.Batch.open(mongo.db, changes, entries)
+    await dead._write(writes.steps(changes)[0], dead.id)
+    theirs = Payment(session_id=old.id, station_id=station.id, user_id=None,
+                     amount_minor=420, currency="EUR")
+    await mongo.write([Insert(session_on(station, 1, 2)), Insert(theirs)], [])
+
+    later = datetime.now(UTC) + journal.STALE_AFTER + timedelta(seconds=1)
+    assert await journal.sweep(mongo.db, later) == 1
+
+    assert await mongo.find_all(Payment, ALL) == [theirs]
+    assert await mongo.find_all(AuditEntry, ALL) == entries[:1]
 
 
 async def test_a_start_does_not_fail_on_a_batch_its_sweep_cannot_roll_back(
