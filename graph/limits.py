@@ -31,6 +31,10 @@ from graphql import (
 )
 from graphql.validation import ASTValidationRule, ValidationRule
 
+#: The code every limit on a document's shape answers with (the size limit's too), so a
+#: client tells "make the query smaller" from other errors by one code.
+TOO_COMPLEX = {"code": "QUERY_TOO_COMPLEX"}
+
 
 def fragments_of(document: DocumentNode) -> dict[str, FragmentDefinitionNode]:
     return {d.name.value: d for d in document.definitions
@@ -132,10 +136,11 @@ def limit_rule(max_depth: int, max_aliases: int) -> type[ASTValidationRule]:
                     name = operation.name.value if operation.name else "anonymous"
                     context.report_error(GraphQLError(
                         f"'{name}' exceeds maximum operation depth of {max_depth}",
-                        operation))
+                        operation, extensions=dict(TOO_COMPLEX)))
             found = sum(aliases(o.selection_set, alias_counts) for o in operations)
             if found > max_aliases:
                 context.report_error(GraphQLError(
-                    f"{found} aliases found. Allowed: {max_aliases}"))
+                    f"{found} aliases found. Allowed: {max_aliases}",
+                    extensions=dict(TOO_COMPLEX)))
 
     return DocumentLimits

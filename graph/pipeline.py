@@ -36,7 +36,7 @@ from strawberry.schema.schema import validate_document
 from graph.context import GraphContext
 from graph.cost import MAX_OBJECTS, estimated_objects
 from graph.errors import mask
-from graph.limits import limit_rule
+from graph.limits import TOO_COMPLEX, limit_rule
 
 #: Deep enough for every real screen (map → station → connector → session → user →
 #: vehicles → node …), shallow enough that cyclic paths cannot fan out without bound.
@@ -91,7 +91,13 @@ def operation_type(query: str, operation_name: str | None) -> str:
 
 @lru_cache(maxsize=CACHED_DOCUMENTS)
 def _parsed(query: str) -> DocumentNode:
-    return parse(query, max_tokens=MAX_TOKENS)
+    try:
+        return parse(query, max_tokens=MAX_TOKENS)
+    except GraphQLError as error:
+        # graphql-core reports the token limit as a syntax error; it is a size limit.
+        if f"contains more than {MAX_TOKENS} tokens" in error.message:
+            error.extensions = dict(TOO_COMPLEX)
+        raise
 
 
 @lru_cache(maxsize=CACHED_DOCUMENTS)
@@ -162,4 +168,4 @@ def too_complex(schema: GraphQLSchema, query: str, document: DocumentNode,
     return [GraphQLError(
         f"the query may ask for about {objects:,} objects; at most {MAX_OBJECTS:,} at once:"
         " ask for smaller pages, or fewer nested lists",
-        extensions={"code": "QUERY_TOO_COMPLEX"})]
+        extensions=dict(TOO_COMPLEX))]

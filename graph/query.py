@@ -124,7 +124,12 @@ class Query(AnalyticsQuery, WebhookQuery):
         return await _list(info, d.Company, Company, filter, order_by, (), first, after, last,
                            before)
 
-    @strawberry.field
+    @strawberry.field(description=(
+        "Users the viewer may see. An operator sees drivers by name only: email, role and "
+        "`active` of people outside their company read null. Filtering or sorting on one "
+        "of those fields (`filter.role`, `filter.active`, `filter.search` by email, "
+        "`orderBy: EMAIL`) lists only the users whose field the viewer can read, their "
+        "company's staff, since the others' values cannot be compared without being told."))
     async def users(self, info: Info, filter: UserFilter | None = None,
                     order_by: list[UserOrder] | None = None,  # type: ignore[valid-type]
                     first: int | None = None, after: str | None = None,

@@ -48,6 +48,7 @@ async def test_the_limits_count_through_fragments_as_before() -> None:
     result = await schema.execute(
         f"query Twice {{ ...A ...A }} fragment A on Query {{ {aliased} }}")
     assert [e.message for e in result.errors or []] == ["32 aliases found. Allowed: 30"]
+    assert [e.extensions for e in result.errors or []] == [{"code": "QUERY_TOO_COMPLEX"}]
     result = await schema.execute(
         f"query Once {{ ...A }} fragment A on Query {{ {aliased} }}")
     assert result.errors is None
@@ -57,7 +58,7 @@ async def test_the_limits_count_through_fragments_as_before() -> None:
             f"fragment S on Station {{ {pages * 3} connectors {{ station {{ cpId }} }}"
             f"{' } } }' * 3} }}")
     result = await schema.execute(deep)  # 5 levels, then 11 in the fragment
-    assert [e.message for e in result.errors or []] == [
-        "'Deep' exceeds maximum operation depth of 15"]
+    assert [(e.message, e.extensions) for e in result.errors or []] == [
+        ("'Deep' exceeds maximum operation depth of 15", {"code": "QUERY_TOO_COMPLEX"})]
     result = await schema.execute(deep.replace("station { cpId }", "connectorId"))
     assert not any("depth" in e.message for e in result.errors or []), result.errors

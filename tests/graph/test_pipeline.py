@@ -19,6 +19,10 @@ async def test_a_document_over_the_token_limit_is_refused_before_validation() ->
     assert result.errors is not None and result.data is None
     assert [e.message for e in result.errors] == [
         f"Syntax Error: Document contains more than {MAX_TOKENS} tokens. Parsing aborted."]
+    # A size limit like the others: one code for "make the query smaller".
+    assert [e.extensions for e in result.errors] == [{"code": "QUERY_TOO_COMPLEX"}]
+    bad = await schema.execute("{ __typename ")
+    assert bad.errors is not None and bad.errors[0].extensions != {"code": "QUERY_TOO_COMPLEX"}
 
 
 async def test_a_repeated_text_is_parsed_once(monkeypatch: pytest.MonkeyPatch) -> None:
