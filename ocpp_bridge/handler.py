@@ -315,6 +315,13 @@ class ChargePointHandler(ChargePoint):
                     else frames.NOT_IMPLEMENTED
                 raise FrameError(code, f"{action} is not served here", uid)
             frames.validate(frames.CALL, action, frame.payload, uid)
+            if action != "BootNotification" and not await self.charging.admits(self.id,
+                                                                                action):
+                # The charger keeps what it queued (a StartTransaction, its meter values)
+                # and sends it once an operator accepts the station.
+                raise FrameError(frames.SECURITY_ERROR,
+                                 f"{action} refused: the station is not accepted (its "
+                                 "registration is pending or rejected)", uid)
             self._unique_id = uid
             payload = await handler(self, frame.payload)
         except FrameError as exc:

@@ -52,6 +52,7 @@ from domain.policy import Viewer
 from domain.ports import Change, Insert, InsertIfAbsent
 from domain.pricing import session_cost_minor
 from domain.query import Eq, Range, Sort, all_of
+from domain.registration import admits
 from domain.services.base import (
     Service,
     ServiceContext,
@@ -266,6 +267,12 @@ class ChargingService(Service):
             raise _unknown(cp_id)
         self.cache.remember(station)
         return station
+
+    async def admits(self, cp_id: str, action: str) -> bool:
+        """Whether the charger may send ``action`` now (``domain.registration``): its
+        station's registration, as cached for its other messages."""
+        station = await self._require_station(cp_id)
+        return admits(station.registration, action)
 
     # ------------------------------------------------------------- connections
     async def station_for_connection(self, cp_id: str) -> Station | None:

@@ -194,6 +194,46 @@ async def test_auto_registration_makes_pending_station(tmp_path: Path) -> None:
         await stop_central(central)
 
 
+async def test_a_charger_not_accepted_gets_security_errors_for_cards_and_sessions(
+        central: Central) -> None:
+    """Pending: the boot and state reports go through, nothing about cards, sessions or
+    energy (a self-registered charger checked every card and opened sessions on them).
+    Rejected: nothing but the boot. Accepted again: what it kept queued goes through."""
+    station = central.stations["CP-OPEN"]
+    stamp = now()
+    start = json.dumps([2, "s1", "StartTransaction", {
+        "connectorId": 1, "idTag": "TAG-OK", "meterStart": 0, "timestamp": stamp}])
+    authorize = json.dumps([2, "a1", "Authorize", {"idTag": "TAG-OK"}])
+    heartbeat = json.dumps([2, "h1", "Heartbeat", {}])
+    status = json.dumps([2, "n1", "StatusNotification", {
+        "connectorId": 1, "errorCode": "NoError", "status": "Available"}])
+    boot = json.dumps([2, "b1", "BootNotification", {"chargePointVendor": "V",
+                                                     "chargePointModel": "M"}])
+
+    async def set_registration(registration: d.Registration) -> None:
+        await central.services.stations.update_station(SYSTEM, station.id,
+                                                       registration=registration)
+
+    ws = await raw(central, "CP-OPEN", None)
+    try:
+        await set_registration(d.Registration.PENDING)
+        for frame, uid in ((authorize, "a1"), (start, "s1")):
+            answer = await exchange(ws, frame)
+            assert answer[:3] == [4, uid, "SecurityError"], answer
+        assert (await exchange(ws, boot))[2]["status"] == "Pending"
+        assert (await exchange(ws, heartbeat))[0] == 3
+        assert (await exchange(ws, status))[0] == 3
+        await set_registration(d.Registration.REJECTED)
+        assert (await exchange(ws, heartbeat))[:3] == [4, "h1", "SecurityError"]
+        assert (await exchange(ws, boot))[2]["status"] == "Rejected"
+        assert await central.store.find_all(d.Session, Eq("cp_id", "CP-OPEN")) == []
+        await set_registration(d.Registration.ACCEPTED)
+        started = await exchange(ws, start)
+        assert started[0] == 3 and started[2]["idTagInfo"]["status"] == "Accepted"
+    finally:
+        await ws.close()
+
+
 async def test_a_charger_registers_its_connectors_one_by_one(tmp_path: Path) -> None:
     """A station with no connectors (auto-registered, or created without them) learns
     them from the charger's reports, in the order chargers send them; commands may only

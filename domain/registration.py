@@ -1,0 +1,31 @@
+"""What a charger may send before its station is Accepted.
+
+OCPP 1.6 (4.2, BootNotification) has a Pending charge point send nothing but its boot
+and what the central system asks for, and a Rejected one nothing but its next boot; the
+1.6 security whitepaper has the central system answer anything else with a CALLERROR
+SecurityError. Without it a charger nobody accepted (a Pending one that registered itself,
+with ``CHARGEGRAPH_AUTO_REGISTER``) could check every card with Authorize and open
+sessions on drivers' cards, which then read ConcurrentTx at real stations.
+"""
+
+from __future__ import annotations
+
+from domain.entities import Registration
+
+#: What a Pending charger may send: its boot, and the reports about its state an operator
+#: may ask it for while deciding (TriggerMessage's Heartbeat, StatusNotification,
+#: DiagnosticsStatusNotification, FirmwareStatusNotification). Nothing about cards,
+#: sessions or energy, and no vendor DataTransfer.
+PENDING_MAY_SEND = frozenset({
+    "BootNotification", "Heartbeat", "StatusNotification",
+    "DiagnosticsStatusNotification", "FirmwareStatusNotification",
+})
+
+
+def admits(registration: Registration, action: str) -> bool:
+    """Whether a charger of a station in ``registration`` may send ``action``."""
+    if registration is Registration.ACCEPTED:
+        return True
+    if registration is Registration.PENDING:
+        return action in PENDING_MAY_SEND
+    return action == "BootNotification"
