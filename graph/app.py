@@ -1,6 +1,7 @@
 """The ASGI app behind ``/graphql``: GraphQL over HTTP, GraphiQL for browsers, and
 subscriptions over websockets (the viewer comes from ``connection_init``'s
-``{"authorization": "Bearer …"}``; a bad token closes the socket with 4403)."""
+``{"authorization": "Bearer …"}``; a bad token closes the socket with 4403); and the CSV
+exports (``export``, served at ``/export/{name}``), which know their viewer the same way."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from domain.ports import NO_METRICS, Metrics
 from domain.services import Services
 from graph.auth import TokenService, bearer_token
 from graph.context import GraphContext
+from graph.csv_export import CsvExports
 from graph.http import GraphQLHTTPHandler
 from graph.live_ws import LiveEndpoint
 from graph.schema import schema
@@ -42,9 +44,12 @@ class GraphQLApp:
                                        metrics=metrics)
         # Subscriptions (and anything else sent over the socket): our own protocol
         # handling with shared fan-out, see graph/live_ws.py.
-        self.websocket = LiveEndpoint(services, tokens, schema, self.ws_viewer)
+        self.websocket = LiveEndpoint(services, tokens, schema, self.bearer_viewer)
+        # The same viewer from the same token, the same services and metrics: an export
+        # sees exactly what the GraphQL lists show.
+        self.export = CsvExports(services, self.bearer_viewer, metrics)
 
-    async def ws_viewer(self, authorization: str | None) -> Viewer:
+    async def bearer_viewer(self, authorization: str | None) -> Viewer:
         return await resolve_viewer(self.services, self.tokens, authorization)
 
     async def http_context(self, request: Request) -> GraphContext:
@@ -63,5 +68,5 @@ class GraphQLApp:
 def create_graphql_app(services: Services, tokens: TokenService, *, graphiql: bool = True,
                        metrics: Metrics = NO_METRICS) -> GraphQLApp:
     """The app; its ``websocket.hub`` tells how many sockets and operations run (the
-    ``/metrics`` gauges read it at scrape time)."""
+    ``/metrics`` gauges read it at scrape time), its ``export`` serves the CSV exports."""
     return GraphQLApp(services, tokens, graphiql=graphiql, metrics=metrics)
