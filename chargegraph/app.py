@@ -115,6 +115,7 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
     tokens = TokenService(resolve_jwt_secret(settings),
                           timedelta(minutes=settings.jwt_ttl_minutes))
     graphql = _LateBound()
+    exports = _LateBound()  # the CSV exports, built with the GraphQL app
     # Counters live as long as the app (a test's second lifespan keeps counting); the
     # gauges' sources are attached as the lifespan builds them.
     metrics = MetricsRegistry()
@@ -148,6 +149,7 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
             graphql.app = create_graphql_app(services, tokens, graphiql=settings.graphiql,
                                              metrics=metrics, graphiql_assets=assets_url)
             sources.live = graphql.app.websocket.hub
+            exports.app = graphql.app.export
             local: OcppGateway | None = None
             if settings.ocpp_enabled:
                 from ocpp_bridge.gateway import OcppGateway
@@ -207,7 +209,7 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
             try:
                 yield
             finally:
-                graphql.app = None
+                graphql.app = exports.app = None
 
     async def healthz(request: Request) -> Response:
         store: Store | None = getattr(request.app.state, "store", None)
@@ -232,7 +234,11 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
         Route("/", home), Route("/healthz", healthz),
         Route("/graphql", cross_origin(graphql, settings.cors_allowed_origins),
               methods=cors_methods(settings.cors_allowed_origins)),
-        WebSocketRoute("/graphql", graphql)]
+        WebSocketRoute("/graphql", graphql),
+        # ``name`` is ``sessions.csv`` and the like (graph/csv_export.py): GET only, and
+        # callable from the browser apps /graphql is (a back office's download button).
+        Route("/export/{name}", cross_origin(exports, settings.cors_allowed_origins),
+              methods=cors_methods(settings.cors_allowed_origins, ["GET"]))]
     if settings.metrics:
         routes.append(Route("/metrics", metrics_page))
     if assets_route is not None:

@@ -1,12 +1,14 @@
-"""Cross-origin calls to ``/graphql`` from browser apps served elsewhere (a dev server on
-http://localhost:3000, a dashboard on its own domain), allowed per origin by
-``CHARGEGRAPH_CORS_ORIGINS``.
+"""Cross-origin calls to ``/graphql`` and the CSV exports (``/export/…``) from browser
+apps served elsewhere (a dev server on http://localhost:3000, a dashboard on its own
+domain), allowed per origin by ``CHARGEGRAPH_CORS_ORIGINS``.
 
 Credentials mode is never allowed: the API's credential is a bearer token the app puts in
 ``Authorization`` itself, not a cookie the browser would attach, so there is nothing for
 ``credentials: "include"`` to carry; and ``*`` is safe only without credentials."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp
@@ -29,7 +31,8 @@ def cross_origin(app: ASGIApp, origins: list[str]) -> ASGIApp:
                           max_age=PREFLIGHT_MAX_AGE_S)
 
 
-def methods(origins: list[str]) -> list[str]:
-    """The methods the ``/graphql`` route takes: OPTIONS only for CORS preflights (the
-    router would answer 405 before the middleware saw one)."""
-    return list(METHODS) if origins else ["GET", "POST"]
+def methods(origins: list[str], allowed: Sequence[str] = ("GET", "POST")) -> list[str]:
+    """The methods a route takes (``/graphql``'s by default, the exports' ``GET``), and
+    OPTIONS only for CORS preflights (the router would answer 405 before the middleware
+    saw one)."""
+    return [*allowed, "OPTIONS"] if origins else list(allowed)

@@ -4,7 +4,8 @@ counters the hot paths increment stay plain dicts of ints.
 
 * Counters (``MetricsRegistry``, the ``domain.ports.Metrics`` the doors call): OCPP CALLs
   answered, by action and result; commands sent to chargers, by action and outcome;
-  GraphQL requests over HTTP, by operation type and outcome. Per process, from its start.
+  GraphQL requests over HTTP, by operation type and outcome; CSV exports, by export and
+  outcome. Per process, from its start.
 * Gauges, read only when scraped (``Sources``): nothing on any hot path keeps them.
 """
 
@@ -33,13 +34,14 @@ class MetricsRegistry:
     or two strings from a small fixed set (the callers bound their labels); the OCPP one
     keys by action alone, to a two-slot list, so no tuple is built per message."""
 
-    __slots__ = ("commands", "graphql", "ocpp")
+    __slots__ = ("commands", "exports", "graphql", "ocpp")
 
     def __init__(self) -> None:
         #: action → [CALLRESULTs, CALLERRORs]
         self.ocpp: dict[str, list[int]] = {}
         self.commands: dict[tuple[str, str], int] = {}
         self.graphql: dict[tuple[str, str], int] = {}
+        self.exports: dict[tuple[str, str], int] = {}
 
     def ocpp_message(self, action: str, ok: bool) -> None:
         slots = self.ocpp.get(action)
@@ -54,6 +56,10 @@ class MetricsRegistry:
     def graphql_request(self, operation: str, outcome: str) -> None:
         key = (operation, outcome)
         self.graphql[key] = self.graphql.get(key, 0) + 1
+
+    def export_request(self, export: str, outcome: str) -> None:
+        key = (export, outcome)
+        self.exports[key] = self.exports.get(key, 0) + 1
 
 
 class Gateway(Protocol):
@@ -121,6 +127,8 @@ def counters(registry: MetricsRegistry) -> list[Family]:
                 for (a, o), n in sorted(registry.commands.items())]
     graphql = [({"operation": op, "outcome": o}, n)
                for (op, o), n in sorted(registry.graphql.items())]
+    exports = [({"export": e, "outcome": o}, n)
+               for (e, o), n in sorted(registry.exports.items())]
     return [
         Family("chargegraph_ocpp_messages_total", "counter",
                "CALLs from chargers answered by this instance, by action and result "
@@ -131,6 +139,9 @@ def counters(registry: MetricsRegistry) -> list[Family]:
         Family("chargegraph_graphql_requests_total", "counter",
                "GraphQL requests over HTTP, by operation type and outcome (ok, error: "
                "executed with errors, invalid: refused before execution)", graphql),
+        Family("chargegraph_export_requests_total", "counter",
+               "CSV exports over HTTP, by export and outcome (ok: every row sent, invalid: "
+               "refused, error: failed, aborted: the client went away)", exports),
     ]
 
 

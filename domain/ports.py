@@ -231,6 +231,12 @@ class Metrics(Protocol):
         ``ok``, ``error`` (executed, with errors) or ``invalid`` (refused before
         execution)."""
 
+    def export_request(self, export: str, outcome: str) -> None:
+        """A CSV export over HTTP ended: its name (``sessions``, ``payments``, ``energy``,
+        ``audit``) and ``ok`` (every row sent), ``invalid`` (refused: unauthenticated,
+        bad parameters), ``error`` (failed, before or while streaming) or ``aborted``
+        (the client went away)."""
+
 
 class NoMetrics:
     """Counts nothing: the doors' default when nothing is wired (tests, benchmarks), so
@@ -245,6 +251,9 @@ class NoMetrics:
         return None
 
     def graphql_request(self, operation: str, outcome: str) -> None:
+        return None
+
+    def export_request(self, export: str, outcome: str) -> None:
         return None
 
 

@@ -1,6 +1,7 @@
 """The ASGI app behind ``/graphql``: GraphQL over HTTP, GraphiQL for browsers, and
 subscriptions over websockets (the viewer comes from ``connection_init``'s
-``{"authorization": "Bearer …"}``; a bad token closes the socket with 4403)."""
+``{"authorization": "Bearer …"}``; a bad token closes the socket with 4403); and the CSV
+exports (``export``, served at ``/export/{name}``), which know their viewer the same way."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from domain.ports import NO_METRICS, Metrics
 from domain.services import Services
 from graph.auth import TokenService, bearer_token
 from graph.context import GraphContext
+from graph.csv_export import CsvExports
 from graph.http import GraphQLHTTPHandler
 from graph.live_ws import LiveEndpoint
 from graph.schema import schema
@@ -42,9 +44,12 @@ class GraphQLApp:
                                        metrics=metrics, graphiql_assets=graphiql_assets)
         # Subscriptions (and anything else sent over the socket): our own protocol
         # handling with shared fan-out, see graph/live_ws.py.
-        self.websocket = LiveEndpoint(services, tokens, schema, self.ws_viewer)
+        self.websocket = LiveEndpoint(services, tokens, schema, self.bearer_viewer)
+        # The same viewer from the same token, the same services and metrics: an export
+        # sees exactly what the GraphQL lists show.
+        self.export = CsvExports(services, self.bearer_viewer, metrics)
 
-    async def ws_viewer(self, authorization: str | None) -> Viewer:
+    async def bearer_viewer(self, authorization: str | None) -> Viewer:
         return await resolve_viewer(self.services, self.tokens, authorization)
 
     async def http_context(self, request: Request) -> GraphContext:
@@ -64,7 +69,8 @@ def create_graphql_app(services: Services, tokens: TokenService, *, graphiql: bo
                        metrics: Metrics = NO_METRICS, graphiql_assets: str | None = None
                        ) -> GraphQLApp:
     """The app; its ``websocket.hub`` tells how many sockets and operations run (the
-    ``/metrics`` gauges read it at scrape time). ``graphiql_assets``: where the GraphiQL
-    page loads its files from instead of the CDN (``graph.http.ide_page``)."""
+    ``/metrics`` gauges read it at scrape time), its ``export`` serves the CSV exports.
+    ``graphiql_assets``: where the GraphiQL page loads its files from instead of the CDN
+    (``graph.http.ide_page``)."""
     return GraphQLApp(services, tokens, graphiql=graphiql, metrics=metrics,
                       graphiql_assets=graphiql_assets)

@@ -25,7 +25,7 @@ def _whole(value: Any) -> int:
     return value
 
 
-def _instant(value: Any) -> datetime:
+def parse_instant(value: Any) -> datetime:
     """An ISO 8601 date-time as Strawberry reads it, kept to the millisecond: every
     instant the service makes has that precision and MongoDB stores no finer, so a
     bound like ``12:00:00.000001`` would mean one thing on SQLite and another there."""
@@ -64,7 +64,7 @@ SCALARS: dict[object, Any] = {
         name="DateTime",
         description="Date with time (isoformat), to the millisecond",
         serialize=datetime.isoformat,
-        parse_value=_instant,
+        parse_value=parse_instant,
     ),
     BigInt: strawberry.scalar(
         name="BigInt",

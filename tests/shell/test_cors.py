@@ -126,3 +126,18 @@ def test_a_wrong_origin_is_one_configuration_line(given: str, line: str, tmp_pat
 def test_what_is_no_origin_is_refused(wrong: str) -> None:
     with pytest.raises(ValidationError, match="is not an origin"):
         Settings(cors_origins=wrong)
+
+
+def test_the_csv_exports_take_the_same_origins(tmp_path: Path) -> None:
+    with client_for(tmp_path, APP) as client:
+        allowed = client.options("/export/sessions.csv", headers={
+            "origin": APP, "access-control-request-method": "GET",
+            "access-control-request-headers": "authorization"})
+        assert allowed.status_code == 200
+        assert allowed.headers["access-control-allow-origin"] == APP
+        answer = client.get("/export/sessions.csv", headers={"origin": APP})
+        assert answer.status_code == 401  # no token: but the page may read why
+        assert answer.headers["access-control-allow-origin"] == APP
+        # An OPTIONS that is no preflight exports nothing.
+        assert client.options("/export/sessions.csv").status_code == 405
+        assert client.post("/export/sessions.csv").status_code == 405

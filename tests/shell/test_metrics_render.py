@@ -27,3 +27,14 @@ def test_counters_keep_each_result_apart_and_leave_out_zeros() -> None:
     assert value(samples, name, action="Heartbeat", result="CALLERROR") == 1
     assert value(samples, name, action="MeterValues", result="ok") == 1
     assert value(samples, name, action="MeterValues", result="CALLERROR") is None
+
+
+def test_export_requests_are_counted_by_export_and_outcome() -> None:
+    registry = MetricsRegistry()
+    for outcome in ("ok", "ok", "invalid"):
+        registry.export_request("sessions", outcome)
+    samples, types = parse(render(counters(registry)))
+    name = "chargegraph_export_requests_total"
+    assert types[name] == "counter"
+    assert value(samples, name, export="sessions", outcome="ok") == 2
+    assert value(samples, name, export="sessions", outcome="invalid") == 1

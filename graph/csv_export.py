@@ -1,0 +1,501 @@
+"""CSV export over HTTP for analytics clients and back offices: ``GET /export/<name>.csv``
+with ``sessions``, ``payments``, ``energy`` (the ``energyTrend`` figures) and ``audit``
+(the ``auditLog``).
+
+The same door as GraphQL, not a second one: the viewer comes from the same bearer token
+(``graph.app.resolve_viewer``), the filters are the GraphQL filter inputs themselves
+(``SessionFilter``, ``PaymentFilter``, ``AuditFilter``, ``EnergyTrendFilter``) built from
+query parameters of the same names, and every read goes through the domain services
+the resolvers use (``ReadService.page``, ``AnalyticsService.energy_trend``), so the
+policy's scopes decide what a row is and a related record's id (a session's station,
+driver, vehicle) is shown only where the GraphQL relation would not read null.
+
+Rows are streamed: lists are read a page at a time with keyset cursors (``PAGE_ROWS``)
+and each page is written out before the next is read, so an export of a million
+sessions holds one page. The first page is read before the answer starts, so bad
+parameters are a 400 and a store that is down a 503, not a broken 200; a failure later
+can only cut the transfer (the chunked body then has no end, which clients report).
+
+The format: RFC 4180 (comma, CRLF, fields quoted when they hold a comma, a quote or a
+line break, quotes doubled), a header row of the GraphQL field names, UTF-8 without a
+BOM, times ISO 8601 in UTC to the millisecond (``2024-05-01T08:00:00.000Z``), money in
+major units with the currency's digits (``domain.currencies``: ``12.34`` EUR, ``1234``
+JPY), energy in kWh exact to the Wh, enumerations as the API spells them, ids as global
+ids. Text cells beginning with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return
+get a leading apostrophe (OWASP's advice against CSV injection): a spreadsheet would
+otherwise run a station id or a card tag a charger reported (``-2+3``, ``=HYPERLINK(…)``)
+as a formula. Numbers and times we write ourselves are never prefixed.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import re
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from enum import Enum
+from typing import Any
+
+from starlette.datastructures import QueryParams
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from domain import entities as d
+from domain.clock import utcnow
+from domain.currencies import major_units
+from domain.errors import DomainError, StoreBusy, StoreUnavailable, Unauthenticated
+from domain.policy import Viewer
+from domain.ports import NO_METRICS, Metrics
+from domain.query import MAX_PAGE_SIZE, Filter, PageRequest, Sort
+from domain.services import Services
+from domain.services.analytics import BucketBudget, EnergyBucket, GroupBy
+from domain.services.reads import ReadService
+from domain.timebuckets import Bucket
+from graph.analytics import EnergyTrendFilter
+from graph.errors import camel
+from graph.filters import AuditFilter, PaymentFilter, SessionFilter
+from graph.ids import TYPE_BY_KIND, to_global_id
+from graph.query import NEWEST_AUDIT, NEWEST_SESSIONS
+from graph.scalars import parse_instant
+
+log = logging.getLogger("chargegraph.graph")
+
+#: Rows read per store call while streaming: the API's largest page.
+PAGE_ROWS = MAX_PAGE_SIZE
+MEDIA_TYPE = "text/csv; charset=utf-8; header=present"
+#: What a spreadsheet reads as the start of a formula (OWASP, CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+Row = Sequence[object]
+Pages = AsyncIterator[list[Row]]
+ViewerOf = Callable[[str | None], Awaitable[Viewer]]
+
+
+# ------------------------------------------------------------------------ cells and lines
+def defuse(text: str) -> str:
+    """``text`` as a spreadsheet shows it rather than runs it."""
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
+def utc_text(instant: datetime) -> str:
+    return instant.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def cell(value: object) -> str:
+    """One value as CSV text. Only text that came from someone (a tag, a cpId, an audit
+    image) can start a formula; what we format (numbers, times, enums) is left as is."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Enum):  # before str: our enums are StrEnums
+        return value.name
+    if isinstance(value, datetime):
+        return utc_text(value)
+    if isinstance(value, Decimal):
+        return format(value, "f")  # never an exponent: 1E+3 would not read as a number
+    if isinstance(value, int | float):
+        return str(value)
+    return defuse(str(value))
+
+
+def lines(rows: Iterable[Row]) -> bytes:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")  # RFC 4180: CRLF, minimal quoting
+    writer.writerows([cell(value) for value in row] for row in rows)
+    # "replace": one unencodable character (a lone surrogate) must not cut the export.
+    return out.getvalue().encode("utf-8", errors="replace")
+
+
+def kwh(wh: int) -> Decimal:
+    return Decimal(wh).scaleb(-3)
+
+
+def money(amount_minor: int | None, currency: str | None) -> Decimal | None:
+    return None if amount_minor is None else major_units(amount_minor, currency)
+
+
+def global_id(kind: str, record_id: str | None, shown: set[str] | None = None) -> str | None:
+    """The global id, or None where the viewer does not see the record (``shown``)."""
+    if record_id is None or (shown is not None and record_id not in shown):
+        return None
+    return to_global_id(kind, record_id)
+
+
+# ------------------------------------------------------------------------ parameters
+def _text(name: str, raw: str) -> str:
+    return raw
+
+
+_WHOLE = re.compile(r"[+-]?[0-9]{1,18}")
+
+
+def _integer(name: str, raw: str) -> int:
+    if _WHOLE.fullmatch(raw) is None:
+        raise DomainError("a whole number", field=name, code="INVALID")
+    return int(raw)
+
+
+def _instant(name: str, raw: str) -> datetime:
+    try:
+        return parse_instant(raw)
+    except ValueError:
+        raise DomainError("an ISO 8601 date-time with an offset, such as "
+                          "2024-05-01T00:00:00Z", field=name, code="INVALID") from None
+
+
+def _enum(kind: type[Enum]) -> Callable[[str, str], Enum]:
+    def parse(name: str, raw: str) -> Enum:
+        member = kind.__members__.get(raw)
+        if member is None:
+            raise DomainError(f"one of {', '.join(kind.__members__)}", field=name,
+                              code="INVALID")
+        return member
+    return parse
+
+
+@dataclass(frozen=True, slots=True)
+class Param:
+    parse: Callable[[str, str], Any] = _text
+    #: A list: the parameter repeated (``stationIds=A&stationIds=B``).
+    many: bool = False
+
+
+class Params:
+    """The query string checked against an export's parameters: an unknown or repeated
+    one is refused rather than ignored (a misspelt filter must not export everything)."""
+
+    def __init__(self, raw: QueryParams, accepted: Mapping[str, Param]) -> None:
+        self._values: dict[str, Any] = {}
+        for name in dict.fromkeys(raw.keys()):
+            spec = accepted.get(name)
+            if spec is None:
+                raise DomainError(f"not a parameter of this export; it takes "
+                                  f"{', '.join(accepted)}", field=name, code="INVALID")
+            given = raw.getlist(name)
+            if len(given) > 1 and not spec.many:
+                raise DomainError("given more than once", field=name, code="INVALID")
+            if any(not value.strip() for value in given):
+                raise DomainError("give a value or leave the parameter out", field=name,
+                                  code="REQUIRED")
+            parsed = [spec.parse(name, value) for value in given]
+            self._values[name] = parsed if spec.many else parsed[0]
+
+    def get(self, name: str) -> Any:
+        return self._values.get(name)
+
+    def required(self, name: str) -> Any:
+        value = self._values.get(name)
+        if value is None:
+            raise DomainError("required", field=name, code="REQUIRED")
+        return value
+
+
+_ID = Param()
+_IDS = Param(many=True)
+_WHEN = Param(_instant)
+
+
+# ------------------------------------------------------------------------ reading
+async def _shown(reads: ReadService, viewer: Viewer, kind: type[d.Record],
+                 ids: Iterable[str | None]) -> set[str]:
+    """Which of ``ids`` the viewer sees: one scoped read, as the GraphQL relation's
+    loader makes (a hidden record reads null there, so its id is left out here)."""
+    wanted = list({i for i in ids if i is not None})
+    if not wanted:
+        return set()
+    return {r.id for r in await reads.get_many(viewer, kind, wanted) if r is not None}
+
+
+ToRows = Callable[[ReadService, Viewer, list[Any]], Awaitable[list[Row]]]
+
+
+async def _paged(reads: ReadService, viewer: Viewer, kind: type[d.Record], where: Filter,
+                 sort: Sequence[Sort], to_rows: ToRows) -> Pages:
+    """The list a page at a time, after each one's last cursor (keyset: rows written
+    meanwhile neither repeat nor shift one out). The first page is read now, so the
+    filter's and the store's errors come before the answer starts."""
+    page = await reads.page(viewer, kind, where, sort, PageRequest(first=PAGE_ROWS))
+
+    async def pages() -> Pages:
+        current = page
+        while True:
+            yield await to_rows(reads, viewer, current.items)
+            if not current.has_next or not current.cursors:
+                return
+            current = await reads.page(viewer, kind, where, sort,
+                                       PageRequest(first=PAGE_ROWS,
+                                                   after=current.cursors[-1]))
+
+    return pages()
+
+
+# ------------------------------------------------------------------------ the exports
+SESSION_COLUMNS = ("id", "transactionId", "stationId", "cpId", "connectorId", "userId",
+                   "vehicleId", "idTag", "state", "startTime", "endTime", "meterStartWh",
+                   "meterStopWh", "energyKwh", "stopReason", "cost", "currency")
+
+
+async def _session_rows(reads: ReadService, viewer: Viewer, sessions: list[d.Session]
+                        ) -> list[Row]:
+    stations = await _shown(reads, viewer, d.Station, (s.station_id for s in sessions))
+    users = await _shown(reads, viewer, d.User, (s.user_id for s in sessions))
+    vehicles = await _shown(reads, viewer, d.Vehicle, (s.vehicle_id for s in sessions))
+    return [(global_id("session", s.id), s.transaction_id,
+             global_id("station", s.station_id, stations), s.cp_id, s.connector_id,
+             global_id("user", s.user_id, users),
+             global_id("vehicle", s.vehicle_id, vehicles), s.id_tag, s.state, s.start_time,
+             s.end_time, s.meter_start_wh, s.meter_stop_wh, kwh(s.energy_wh), s.stop_reason,
+             money(s.cost_minor, s.currency), s.currency) for s in sessions]
+
+
+async def _sessions(services: Services, viewer: Viewer, q: Params) -> Pages:
+    where = SessionFilter(
+        cp_id=q.get("cpId"), connector_id=q.get("connectorId"),
+        station_id=q.get("stationId"), station_ids=q.get("stationIds"),
+        user_id=q.get("userId"), vehicle_id=q.get("vehicleId"), state=q.get("state"),
+        from_=q.get("from"), to=q.get("to"), id_tag=q.get("idTag")).to_domain()
+    return await _paged(services.reads, viewer, d.Session, where, NEWEST_SESSIONS,
+                        _session_rows)
+
+
+PAYMENT_COLUMNS = ("id", "sessionId", "userId", "status", "amount", "currency", "provider",
+                   "providerRef", "createdAt", "updatedAt")
+
+
+async def _payment_rows(reads: ReadService, viewer: Viewer, payments: list[d.Payment]
+                        ) -> list[Row]:
+    sessions = await _shown(reads, viewer, d.Session, (p.session_id for p in payments))
+    users = await _shown(reads, viewer, d.User, (p.user_id for p in payments))
+    return [(global_id("payment", p.id), global_id("session", p.session_id, sessions),
+             global_id("user", p.user_id, users), p.status,
+             money(p.amount_minor, p.currency), p.currency, p.provider, p.provider_ref,
+             p.created_at, p.updated_at) for p in payments]
+
+
+async def _payments(services: Services, viewer: Viewer, q: Params) -> Pages:
+    where = PaymentFilter(
+        status=q.get("status"), user_id=q.get("userId"), session_id=q.get("sessionId"),
+        station_id=q.get("stationId"), from_=q.get("from"), to=q.get("to")).to_domain()
+    # The order ``payments`` lists them in by default: by id, which is creation order.
+    return await _paged(services.reads, viewer, d.Payment, where, (), _payment_rows)
+
+
+AUDIT_COLUMNS = ("id", "at", "entity", "entityId", "action", "actor", "before", "after")
+
+
+def _image(snapshot: dict[str, Any] | None) -> str | None:
+    if snapshot is None:
+        return None
+    return json.dumps(snapshot, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+async def _audit_rows(reads: ReadService, viewer: Viewer, entries: list[d.AuditEntry]
+                      ) -> list[Row]:
+    policy = reads.policy  # the images as the GraphQL AuditEntry shows them
+    return [(global_id("audit_entry", e.id), e.at, e.entity,
+             to_global_id(e.entity, e.entity_id) if e.entity in TYPE_BY_KIND
+             else e.entity_id, e.action, e.actor,
+             _image(policy.audit_snapshot(viewer, e.entity, e.before)),
+             _image(policy.audit_snapshot(viewer, e.entity, e.after))) for e in entries]
+
+
+async def _audit(services: Services, viewer: Viewer, q: Params) -> Pages:
+    where = AuditFilter(
+        entity=q.get("entity"), entity_id=q.get("entityId"), actor_id=q.get("actorId"),
+        action=q.get("action"), from_=q.get("from"), to=q.get("to")).to_domain()
+    return await _paged(services.reads, viewer, d.AuditEntry, where, NEWEST_AUDIT,
+                        _audit_rows)
+
+
+ENERGY_COLUMNS = ("start", "cpId", "connectorId", "stationId", "energyKwh", "sessions",
+                  "revenue", "currency")
+
+
+async def _energy_rows(reads: ReadService, viewer: Viewer, buckets: list[EnergyBucket]
+                       ) -> list[Row]:
+    # ``EnergyBucket.station`` of the API: energy follows its sessions' books, which an
+    # operator may keep for a station they no longer run (and so do not see).
+    stations = await _shown(reads, viewer, d.Station, (b.station_id for b in buckets))
+    return [(b.start, b.cp_id, b.connector_id, global_id("station", b.station_id, stations),
+             kwh(b.energy_wh), b.sessions, money(b.revenue_minor, b.currency), b.currency)
+            for b in buckets]
+
+
+async def _energy(services: Services, viewer: Viewer, q: Params) -> Pages:
+    scope = EnergyTrendFilter(
+        from_=q.required("from"), to=q.required("to"), station_ids=q.get("stationIds"),
+        cp_ids=q.get("cpIds"), company_id=q.get("companyId"), user_id=q.get("userId"),
+        vehicle_id=q.get("vehicleId")).to_domain()
+    group: GroupBy | None = q.get("groupBy")
+    buckets = await services.analytics.energy_trend(
+        viewer, scope, q.required("from"), q.required("to"), q.required("bucket"),
+        q.get("timeZone") or "UTC", q.get("currency"), BucketBudget(), group)
+    reads = services.reads
+
+    # Computed in one go (at most ``analytics.MAX_CELLS`` rows, the API's bound);
+    # written, and their stations looked up, a page at a time.
+    async def pages() -> Pages:
+        for at in range(0, len(buckets), PAGE_ROWS):
+            yield await _energy_rows(reads, viewer, buckets[at:at + PAGE_ROWS])
+
+    return pages()
+
+
+Opener = Callable[[Services, Viewer, Params], Awaitable[Pages]]
+
+
+@dataclass(frozen=True, slots=True)
+class Export:
+    columns: tuple[str, ...]
+    params: Mapping[str, Param]
+    open: Opener
+
+
+EXPORTS: dict[str, Export] = {
+    "sessions": Export(SESSION_COLUMNS, {
+        "cpId": Param(), "connectorId": Param(_integer), "stationId": _ID,
+        "stationIds": _IDS, "userId": _ID, "vehicleId": _ID,
+        "state": Param(_enum(d.SessionState)), "from": _WHEN, "to": _WHEN,
+        "idTag": Param()}, _sessions),
+    "payments": Export(PAYMENT_COLUMNS, {
+        "status": Param(_enum(d.PaymentStatus)), "userId": _ID, "sessionId": _ID,
+        "stationId": _ID, "from": _WHEN, "to": _WHEN}, _payments),
+    "energy": Export(ENERGY_COLUMNS, {
+        "from": _WHEN, "to": _WHEN, "bucket": Param(_enum(Bucket)), "timeZone": Param(),
+        "currency": Param(), "groupBy": Param(_enum(GroupBy)), "stationIds": _IDS,
+        "cpIds": Param(many=True), "companyId": _ID, "userId": _ID, "vehicleId": _ID},
+        _energy),
+    "audit": Export(AUDIT_COLUMNS, {
+        "entity": Param(), "entityId": _ID, "actorId": _ID,
+        "action": Param(_enum(d.AuditAction)), "from": _WHEN, "to": _WHEN}, _audit),
+}
+
+
+# ------------------------------------------------------------------------ HTTP
+def _field(name: str | None) -> str | None:
+    """A filter input's field (``filter.stationIds``) as the query parameter it came from."""
+    if name is None:
+        return None
+    return camel(name.removeprefix("filter."))
+
+
+def error_response(error: DomainError, status: int,
+                   headers: dict[str, str] | None = None) -> Response:
+    """``{errors: [{field, code, message}]}``, the API's user errors."""
+    return JSONResponse({"errors": [{"field": _field(error.field), "code": error.code,
+                                     "message": error.message}]},
+                        status_code=status, headers=headers)
+
+
+def _status(error: DomainError) -> int:
+    # The store's "try again" conditions are the service's, not the request's fault.
+    return 503 if isinstance(error, StoreBusy | StoreUnavailable) else 400
+
+
+class CsvExports:
+    """The ASGI app behind ``/export/{name}``: ``name`` is ``<export>.csv``."""
+
+    def __init__(self, services: Services, viewer_of: ViewerOf,
+                 metrics: Metrics = NO_METRICS) -> None:
+        self.services = services
+        self.viewer_of = viewer_of
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = await self.respond(Request(scope, receive))
+        await response(scope, receive, send)
+
+    async def respond(self, request: Request) -> Response:
+        if request.method not in ("GET", "HEAD"):  # an OPTIONS that is no CORS preflight
+            return error_response(DomainError("use GET", code="METHOD_NOT_ALLOWED"), 405,
+                                  {"Allow": "GET, HEAD"})
+        file = str(request.path_params.get("name", ""))
+        name = file.removesuffix(".csv")
+        export = EXPORTS.get(name) if file.endswith(".csv") else None
+        if export is None:
+            # Not counted: a label per invented name would grow the metrics unbounded.
+            return error_response(DomainError(
+                f"no such export; there are {', '.join(f'{n}.csv' for n in EXPORTS)}",
+                code="NOT_FOUND"), 404)
+        try:
+            pages = await self._open(export, request)
+        except Unauthenticated as exc:
+            self.metrics.export_request(name, "invalid")
+            return error_response(exc, 401, {"WWW-Authenticate": _challenge(request)})
+        except DomainError as exc:
+            status = _status(exc)
+            self.metrics.export_request(name, "invalid" if status == 400 else "error")
+            return error_response(exc, status)
+        except Exception:
+            self.metrics.export_request(name, "error")
+            raise  # Starlette answers 500 and logs the traceback
+        filename = f"{name}-{utcnow().strftime('%Y%m%dT%H%M%SZ')}.csv"
+        headers = {"Content-Disposition": f'attachment; filename="{filename}"'}
+        if request.method == "HEAD":  # checked and authorized, but no rows read for nothing
+            self.metrics.export_request(name, "ok")
+            return Response(media_type=MEDIA_TYPE, headers=headers)
+        return CsvStream(self._stream(name, export.columns, pages), headers)
+
+    async def _open(self, export: Export, request: Request) -> Pages:
+        viewer = await self.viewer_of(request.headers.get("authorization"))
+        if viewer.anonymous:
+            # Every export is of someone's records; the public map has none to give.
+            raise Unauthenticated("sign in: send 'Authorization: Bearer <token>'")
+        return await export.open(self.services, viewer,
+                                 Params(request.query_params, export.params))
+
+    async def _stream(self, name: str, columns: Sequence[str], pages: Pages
+                      ) -> AsyncGenerator[bytes, None]:
+        outcome, rows = "aborted", 0  # unless it ends or fails: the client went away
+        try:
+            yield lines([columns])
+            async for page in pages:
+                rows += len(page)
+                yield lines(page)
+            outcome = "ok"
+        except Exception as exc:
+            outcome = "error"
+            # The status is sent: all that is left is cutting the transfer, which the
+            # client sees as a body without its end.
+            log.warning("CSV export %s cut after %d rows: %r", name, rows, exc)
+            raise
+        finally:
+            self.metrics.export_request(name, outcome)
+
+
+class CsvStream(StreamingResponse):
+    """Closes its rows however the answer ends. A client that goes away cancels the
+    sending, which leaves the rows' generator suspended mid-export: its ``finally``
+    (the metrics' ``aborted``) would run only whenever the garbage collector came by."""
+
+    def __init__(self, rows: AsyncGenerator[bytes, None], headers: Mapping[str, str]
+                 ) -> None:
+        super().__init__(rows, media_type=MEDIA_TYPE, headers=headers)
+        self._rows = rows
+
+    async def stream_response(self, send: Send) -> None:
+        try:
+            await super().stream_response(send)
+        finally:
+            await self._rows.aclose()
+
+
+def _challenge(request: Request) -> str:
+    if request.headers.get("authorization"):
+        return 'Bearer error="invalid_token"'
+    return "Bearer"

@@ -1,0 +1,116 @@
+"""The CSV export's cells and streaming, below HTTP: how values are written, that a list
+is read one page ahead of what was sent and no further, and that a client going away is
+counted as such (the end-to-end behaviour is tests/e2e/test_export.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import MutableMapping
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from chargegraph.metrics import MetricsRegistry
+from domain import entities as d
+from domain.policy import Viewer
+from domain.query import ALL
+from domain.services import Services
+from graph import csv_export
+from graph.csv_export import CsvExports, _paged, _session_rows, cell, lines, money
+from graph.query import NEWEST_SESSIONS
+from tests.graph.world import World
+
+
+def test_text_that_would_start_a_formula_gets_an_apostrophe() -> None:
+    for text in ("=1+1", "+49 30", "-2+3", "@SUM(A1)", "\tx", "\rx"):
+        assert cell(text) == "'" + text
+    for text in ("CP-1", "a=b", "", "'quoted"):
+        assert cell(text) == text
+    # What we format ourselves is a number, never a formula: not prefixed.
+    assert cell(Decimal("-1.50")) == "-1.50"
+    assert cell(-3) == "-3"
+
+
+def test_values_are_written_as_the_api_spells_them() -> None:
+    assert cell(None) == ""
+    assert cell(True) == "true"
+    assert cell(d.SessionState.COMPLETED) == "COMPLETED"
+    berlin = timezone(timedelta(hours=2))
+    assert cell(datetime(2024, 5, 1, 10, 0, 0, 123456, tzinfo=berlin)) == \
+        "2024-05-01T08:00:00.123Z"
+    assert cell(Decimal(10).scaleb(3)) == "10000"  # no exponent
+    assert [cell(money(1234, c)) for c in ("EUR", "JPY", "KWD")] == [
+        "12.34", "1234", "1.234"]
+    assert money(None, "EUR") is None
+
+
+def test_lines_are_rfc_4180() -> None:
+    assert lines([("a,b", 'say "hi"', "two\nlines", None, 1)]) == \
+        b'"a,b","say ""hi""","two\nlines",,1\r\n'
+    assert lines([("ü€",)]) == "ü€\r\n".encode()
+
+
+async def test_a_list_is_read_one_page_at_a_time(services: Services, world: World,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(csv_export, "PAGE_ROWS", 1)
+    reads = services.reads
+    real_page = reads.page
+    read = []
+
+    async def page(*args: Any, **kwargs: Any) -> Any:
+        read.append(args[4].after)
+        return await real_page(*args, **kwargs)
+
+    monkeypatch.setattr(reads, "page", page)
+    admin = world.viewer("admin")
+    pages = await _paged(reads, admin, d.Session, ALL, NEWEST_SESSIONS, _session_rows)
+    assert len(read) == 1  # the first page: its errors come before the answer starts
+    sent = [await anext(pages)]
+    assert len(read) == 1  # nothing read ahead of what is being sent
+    sent += [p async for p in pages]
+    assert len(read) == 3 and [len(p) for p in sent] == [1, 1, 1]
+    assert [row[0] for p in sent for row in p] == [
+        row[0] for row in await _session_rows(reads, admin, [
+            *(await real_page(admin, d.Session, ALL, NEWEST_SESSIONS,
+                              csv_export.PageRequest(first=3))).items])]
+
+
+async def test_a_client_going_away_ends_the_export_as_aborted(
+        services: Services, world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(csv_export, "PAGE_ROWS", 1)
+    metrics = MetricsRegistry()
+
+    async def admin(authorization: str | None) -> Viewer:
+        return world.viewer("admin")
+
+    exports = CsvExports(services, admin, metrics)
+    first_rows = asyncio.Event()
+    sent: list[MutableMapping[str, Any]] = []
+    received = []
+
+    async def receive() -> dict[str, Any]:
+        received.append(1)
+        if len(received) == 1:  # the (empty) request body
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await first_rows.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: MutableMapping[str, Any]) -> None:
+        sent.append(message)
+        if message["type"] == "http.response.body" and len(sent) == 3:
+            first_rows.set()  # the header and one row are out: the client leaves
+            await asyncio.sleep(3600)  # a client that reads no more
+
+    scope = {"type": "http", "method": "GET", "path": "/export/sessions.csv",
+             "path_params": {"name": "sessions.csv"}, "query_string": b"", "headers": [],
+             "asgi": {"version": "3.0", "spec_version": "2.3"}}
+    await asyncio.wait_for(exports(scope, receive, send), 10)
+    assert metrics.exports == {("sessions", "aborted"): 1}
+    assert not any(m.get("more_body") is False for m in sent)  # no end was sent
+
+
+def test_every_export_names_its_columns_once() -> None:
+    for name, export in csv_export.EXPORTS.items():
+        assert len(set(export.columns)) == len(export.columns), name
