@@ -273,8 +273,8 @@ async def _sessions(services: Services, viewer: Viewer, q: Params) -> Pages:
                         _session_rows)
 
 
-PAYMENT_COLUMNS = ("id", "sessionId", "userId", "status", "amount", "currency", "provider",
-                   "providerRef", "createdAt", "updatedAt")
+PAYMENT_COLUMNS = ("id", "sessionId", "userId", "status", "amount", "refunded", "currency",
+                   "provider", "providerRef", "createdAt", "updatedAt")
 
 
 async def _payment_rows(reads: ReadService, viewer: Viewer, payments: list[d.Payment]
@@ -283,8 +283,9 @@ async def _payment_rows(reads: ReadService, viewer: Viewer, payments: list[d.Pay
     users = await _shown(reads, viewer, d.User, (p.user_id for p in payments))
     return [(global_id("payment", p.id), global_id("session", p.session_id, sessions),
              global_id("user", p.user_id, users), p.status,
-             money(p.amount_minor, p.currency), p.currency, p.provider, p.provider_ref,
-             p.created_at, p.updated_at) for p in payments]
+             money(p.amount_minor, p.currency), money(p.refunded_minor, p.currency),
+             p.currency, p.provider, p.provider_ref, p.created_at, p.updated_at)
+            for p in payments]
 
 
 async def _payments(services: Services, viewer: Viewer, q: Params) -> Pages:

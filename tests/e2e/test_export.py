@@ -160,6 +160,17 @@ async def test_the_file_is_rfc_4180_utf8_with_guarded_formulas(service: Running)
     assert head.headers["content-type"].startswith("text/csv")
 
 
+async def test_payments_carry_what_was_refunded(service: Running) -> None:
+    payments = service.services.payments
+    paid = await service.services.ctx.store.find_one(d.Payment, Eq("amount_minor", 494))
+    assert paid is not None
+    await payments.capture(SYSTEM, paid.id)
+    await payments.refund(SYSTEM, paid.id, Decimal("1.50"))
+    rows = table(await export(service, "payments.csv", await service.token("admin")))
+    row = next(r for r in rows if r["id"] == to_global_id("payment", paid.id))
+    assert (row["status"], row["amount"], row["refunded"]) == ("CAPTURED", "4.94", "1.50")
+
+
 async def test_related_records_hidden_from_the_viewer_have_no_id(service: Running) -> None:
     """As ``Session.station`` reads null for a station the viewer does not see: the
     driver sees every station (the map), an operator whose books keep a session of a
@@ -333,5 +344,5 @@ async def test_an_empty_export_is_its_header(tmp_path: Path) -> None:
     async with running_service(tmp_path) as service:
         response = await export(service, "payments.csv", await service.token("op_other"))
     assert response.status_code == 200
-    assert response.content == (b"id,sessionId,userId,status,amount,currency,provider,"
+    assert response.content == (b"id,sessionId,userId,status,amount,refunded,currency,provider,"
                                 b"providerRef,createdAt,updatedAt\r\n")
