@@ -54,6 +54,8 @@ def build_services(settings: Settings, store: Store, hasher: PasswordHasher,
         auto_register=settings.auto_register,
         command_timeout=settings.command_timeout,
         webhooks_allow_private=settings.webhooks_allow_private,
+        sign_up=settings.sign_up,
+        refresh_ttl=timedelta(days=settings.refresh_ttl_days),
     )
 
 

@@ -268,6 +268,9 @@ def demo(host: HostOpt = None, port: PortOpt = None, ocpp_port: OcppPortOpt = No
         if "public_map" not in settings.model_fields_set:
             # The demo map is public unless told otherwise, by the environment or .env.
             settings.public_map = True
+        if "sign_up" not in settings.model_fields_set:
+            # So is sign-up: the demo is where app developers try their sign-up screen.
+            settings.sign_up = True
         _logging(settings)
         # Built (and so checked) first: a configuration error deletes and seeds nothing.
         server = _uvicorn(settings)

@@ -53,8 +53,20 @@ class Settings(BaseSettings):
     ocpp_tls_key: Path | None = None
     jwt_secret: SecretStr | None = None
     # Upper bounds: beyond a year a token is no longer a session, and a huge value would
-    # overflow the expiry date.
-    jwt_ttl_minutes: int = Field(12 * 60, gt=0, le=365 * 24 * 60)
+    # overflow the expiry date. Short by default: an access token cannot be revoked
+    # before it expires (sign-out ends its refresh token only), and apps get the next one
+    # with their refresh token. Clients that never refresh may want the former 720.
+    jwt_ttl_minutes: int = Field(15, gt=0, le=365 * 24 * 60,
+                                 description="Access token lifetime in minutes")
+    refresh_ttl_days: int = Field(30, gt=0, le=365,
+                                  description="Refresh token lifetime in days (each "
+                                              "refresh starts a new one)")
+    # Off by default: a CPO running ChargeGraph usually gives drivers accounts itself (a
+    # contract, a fleet card), and open registration lets anyone in who can reach the
+    # API. An app-first deployment turns it on; the demo does.
+    sign_up: bool = Field(False, description="Drivers may open their own accounts "
+                                             "(signUp); off, accounts are made by admins "
+                                             "and operators")
     public_map: bool = Field(False, description="Anonymous users see the public station "
                                                 "map and its live availability")
     auto_register: bool = Field(False, description="Unknown chargers are registered as "

@@ -504,6 +504,39 @@ class Webhook(Record):
     dropped_events: int = 0
 
 
+@dataclass(kw_only=True)
+class RefreshFamily(Record):
+    """One signed-in device: the chain of refresh tokens a sign-in starts, each rotation
+    handing on to the next. Revoking it (sign-out, or a rotated token presented again)
+    ends every token of the chain at once. Valid only while its user's ``token_epoch`` is
+    still the one it was started in: a password change or a deactivation ends it too."""
+
+    kind: ClassVar[str] = "refresh_family"
+    secret_fields: ClassVar[frozenset[str]] = frozenset({"token_epoch"})
+    user_id: str
+    token_epoch: int
+    #: The newest token's expiry: a family past it can be deleted.
+    expires_at: datetime
+    last_refreshed_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+
+@dataclass(kw_only=True)
+class RefreshToken(Record):
+    """One refresh token of a family, stored by the SHA-256 of the token (never the token
+    itself). ``used_at`` is set when it was rotated; one presented again after that was
+    stolen (or leaked) and revokes its family. Kept until it expires, so such a reuse is
+    still recognised."""
+
+    kind: ClassVar[str] = "refresh_token"
+    secret_fields: ClassVar[frozenset[str]] = frozenset({"token_hash"})
+    family_id: str
+    user_id: str
+    token_hash: str
+    expires_at: datetime
+    used_at: datetime | None = None
+
+
 ENTITY_TYPES: tuple[type[Record], ...] = (
     Company,
     User,
@@ -522,6 +555,8 @@ ENTITY_TYPES: tuple[type[Record], ...] = (
     AuditEntry,
     InstanceLease,
     Webhook,
+    RefreshFamily,
+    RefreshToken,
 )
 ENTITY_BY_KIND: dict[str, type[Record]] = {t.kind: t for t in ENTITY_TYPES}
 

@@ -96,6 +96,11 @@ def metered_on(stations: Filter) -> Filter:
                   any_of(Eq("station_id", None), Sub("station_id", "station", stations)))
 
 
+#: Kinds no read shows anyone, admins included: sign-in credentials, used only by
+#: ``AccountService``/``RefreshTokenService`` straight from the store.
+CREDENTIAL_KINDS = frozenset({"refresh_family", "refresh_token"})
+
+
 @dataclass(frozen=True, slots=True)
 class Viewer:
     """The resolved caller of one request or subscription."""
@@ -145,6 +150,8 @@ class Policy:
     # ---------------------------------------------------------------- read scopes
     def scope(self, viewer: Viewer, kind: str) -> Filter:
         """The filter every read of ``kind`` by ``viewer`` is ANDed with."""
+        if kind in CREDENTIAL_KINDS:
+            return NONE
         if viewer.is_admin:
             return ALL
         if kind == "webhook":

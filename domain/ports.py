@@ -64,6 +64,8 @@ UNIQUE_RULES: dict[str, tuple[tuple[str, ...], ...]] = {
     "session": (("transaction_id",),),
     "reservation": (("reservation_id",),),
     "payment": (("session_id",),),
+    # A refresh token is found by its hash: two alike would be one token for two families.
+    "refresh_token": (("token_hash",),),
 }
 #: Partial unique rules: (fields, (condition field, value)). One ACTIVE session per
 #: connector; completed sessions on the same connector are history, not duplicates.

@@ -13,6 +13,7 @@ import strawberry
 from domain.errors import DomainError, Forbidden, Unauthenticated
 from domain.policy import Viewer
 from domain.services import UNSET, ConnectorSpec
+from domain.services.refresh_tokens import IssuedRefresh
 from graph.commands import CommandMutation
 from graph.context import GraphContext
 from graph.errors import UserError, user_error
@@ -92,11 +93,51 @@ def _opt_id(value: Any, kind: str, field: str) -> Any:
     return expect_id(str(value), kind, field)
 
 
-@strawberry.type
+@strawberry.type(description="A signed-in session: a short-lived access token (the bearer "
+                             "token) and a long-lived refresh token that gets the next one.")
 class LoginPayload:
-    token: str | None
+    token: str | None = strawberry.field(description="The access token: send it as "
+                                                     "'Authorization: Bearer <token>'.")
     expires_at: datetime | None
+    refresh_token: str | None = strawberry.field(
+        description="Exchange it with refreshToken for a new access token (and a new "
+                    "refresh token: this one then stops working); end it with signOut. "
+                    "Keep it secret: it is shown only here.")
+    refresh_expires_at: datetime | None = strawberry.field(
+        description="When the refresh token expires unless used before.")
     user: User | None
+    errors: list[UserError]
+
+
+def _failed_sign_in(errors: list[UserError]) -> LoginPayload:
+    return LoginPayload(token=None, expires_at=None, refresh_token=None,
+                        refresh_expires_at=None, user=None, errors=errors)
+
+
+async def _signed_in(ctx: GraphContext, user: Any, refresh: IssuedRefresh | None = None
+                     ) -> LoginPayload:
+    """The tokens of ``user``, who has just proved who they are; ``refresh`` when a
+    rotation issued it already, else a new device's (a new refresh family)."""
+    if refresh is None:
+        refresh = await ctx.services.refresh_tokens.start(user)
+    issued = ctx.tokens.issue(user.id, user.token_epoch)
+    own_view = GraphContext.build(ctx.services, ctx.tokens, Viewer.of(user))
+    return LoginPayload(token=issued.token, expires_at=issued.expires_at,
+                        refresh_token=refresh.token, refresh_expires_at=refresh.expires_at,
+                        user=User.wrap(user, own_view), errors=[])
+
+
+def _client(ctx: GraphContext) -> str | None:
+    """The caller's address (uvicorn's, ``X-Forwarded-For`` from trusted proxies): what
+    sign-in and sign-up limits count by."""
+    return getattr(getattr(ctx.request, "client", None), "host", None)
+
+
+@strawberry.type
+class SignOutPayload:
+    signed_out: bool = strawberry.field(
+        description="True once the refresh token's session is ended (also when it was "
+                    "already). Access tokens issued to it stay valid until they expire.")
     errors: list[UserError]
 
 
@@ -171,19 +212,61 @@ async def _settle(info: Info, payment_id: strawberry.ID, step: str, **options: A
 @strawberry.type
 class Mutation(CommandMutation, WebhookMutation):
     # ------------------------------------------------------------- sign-in
-    @strawberry.mutation(description="Exchange email and password for a bearer token.")
+    @strawberry.mutation(description="Exchange email and password for an access token "
+                                     "and a refresh token.")
     async def login(self, info: Info, email: str, password: str) -> LoginPayload:
         ctx = _ctx(info)
-        client = getattr(getattr(ctx.request, "client", None), "host", None)
+        client = _client(ctx)
         user, errors = await attempt(
             ctx, lambda: ctx.services.accounts.authenticate(email, password, client),
             public=True)
         if user is None:
-            return LoginPayload(token=None, expires_at=None, user=None, errors=errors)
-        issued = ctx.tokens.issue(user.id, user.token_epoch)
-        own_view = GraphContext.build(ctx.services, ctx.tokens, Viewer.of(user))
-        return LoginPayload(token=issued.token, expires_at=issued.expires_at,
-                            user=User.wrap(user, own_view), errors=[])
+            return _failed_sign_in(errors)
+        return await _signed_in(ctx, user)
+
+    @strawberry.mutation(description="Open a driver account and sign in to it (when the "
+                                     "service takes sign-ups: else SIGN_UP_DISABLED).")
+    async def sign_up(self, info: Info, email: str, password: str, name: str
+                      ) -> LoginPayload:
+        ctx = _ctx(info)
+        client = _client(ctx)
+        user, errors = await attempt(ctx, lambda: ctx.services.accounts.sign_up(
+            email=email, password=password, name=name, client=client), public=True)
+        if user is None:
+            return _failed_sign_in(errors)
+        return await _signed_in(ctx, user)
+
+    @strawberry.mutation(description="A new access token and refresh token for a refresh "
+                                     "token, which stops working. One used already "
+                                     "(TOKEN_REUSED) ends its session: every token of "
+                                     "its chain, a copy's and the holder's.")
+    async def refresh_token(self, info: Info, token: str) -> LoginPayload:
+        ctx = _ctx(info)
+        rotated, errors = await attempt(
+            ctx, lambda: ctx.services.refresh_tokens.rotate(token), public=True)
+        if rotated is None:
+            return _failed_sign_in(errors)
+        user, refresh = rotated
+        return await _signed_in(ctx, user, refresh)
+
+    @strawberry.mutation(description="End the session of a refresh token (sign this "
+                                     "device out).")
+    async def sign_out(self, info: Info, token: str) -> SignOutPayload:
+        ctx = _ctx(info)
+        _, errors = await attempt(ctx, lambda: ctx.services.refresh_tokens.revoke(token),
+                                  public=True)
+        return SignOutPayload(signed_out=not errors, errors=errors)
+
+    @strawberry.mutation(description="Change your own password. Every earlier token (all "
+                                     "devices) is revoked; the payload has new ones.")
+    async def change_password(self, info: Info, current_password: str, new_password: str
+                              ) -> LoginPayload:
+        ctx = _ctx(info)
+        user, errors = await attempt(ctx, lambda: ctx.services.accounts.change_password(
+            ctx.viewer, current_password=current_password, new_password=new_password))
+        if user is None:
+            return _failed_sign_in(errors)
+        return await _signed_in(ctx, user)
 
     # ------------------------------------------------------------- companies and users
     @strawberry.mutation

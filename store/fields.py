@@ -32,6 +32,7 @@ ID_FIELDS = frozenset(
         "vehicle_id",
         "station_id",
         "session_id",
+        "family_id",
     }
 )
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from domain.ports import ChargerGateway, PaymentProvider
 from domain.services.accounts import AccountService
 from domain.services.analytics import AnalyticsService
@@ -13,6 +15,7 @@ from domain.services.instances import InstanceService
 from domain.services.live import LiveService
 from domain.services.payments import PaymentService
 from domain.services.reads import ReadService
+from domain.services.refresh_tokens import DEFAULT_TTL, RefreshTokenService
 from domain.services.stations import ConnectorSpec, StationService
 from domain.services.tariffs import TariffService
 from domain.services.webhooks import WebhookService
@@ -27,11 +30,14 @@ class Services:
                  heartbeat_interval: int = 300, auto_register: bool = False,
                  command_timeout: float = 30.0,
                  payment_provider: PaymentProvider | None = None,
-                 webhooks_allow_private: bool = False) -> None:
+                 webhooks_allow_private: bool = False, sign_up: bool = False,
+                 refresh_ttl: timedelta = DEFAULT_TTL) -> None:
         self.ctx = ctx
         self.policy = ctx.policy
         self.reads = ReadService(ctx)
         self.accounts = AccountService(ctx)
+        self.accounts.sign_up_open = sign_up
+        self.refresh_tokens = RefreshTokenService(ctx, refresh_ttl)
         self.fleet = FleetService(ctx)
         self.stations = StationService(ctx)
         self.tariffs = TariffService(ctx)

@@ -6,12 +6,21 @@ import asyncio
 import ipaddress
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any, cast
 
 from domain import validation as v
 from domain.entities import Company, Role, User
-from domain.errors import Conflict, Forbidden, Unauthenticated, ValidationError
+from domain.errors import (
+    Conflict,
+    DomainError,
+    Forbidden,
+    Unauthenticated,
+    UniqueViolation,
+    ValidationError,
+)
 from domain.events import AccessChanged
 from domain.policy import Viewer
 from domain.ports import Insert
@@ -34,6 +43,12 @@ MAX_PENDING_SIGN_INS = 16
 #: Of those, at most this many from one client (``client_key``): one address flooding
 #: with random emails took every slot until its failures locked it.
 MAX_PENDING_PER_CLIENT = 5
+
+#: Sign-ups from one client (``client_key``) within ``SIGN_UP_WINDOW`` before it waits
+#: out the rest of it: a household or an office behind one address signs up a few
+#: drivers; a script making accounts, or probing which emails have one, is stopped.
+SIGN_UP_LIMIT = 10
+SIGN_UP_WINDOW = timedelta(hours=1)
 
 # Verifying against a fixed hash when the email is unknown keeps login time the same for
 # known and unknown emails, so the response time does not reveal who has an account.
@@ -79,6 +94,12 @@ class AccountService(Service):
         #: Sign-ins being checked now, per (email, client): a lock they set is theirs.
         self._checking: Counter[str] = Counter()
         self._releasing: set[asyncio.Task[None]] = set()
+        #: Whether drivers may open accounts themselves (``sign_up``); off unless the
+        #: deployment says so (``Settings.sign_up``).
+        self.sign_up_open = False
+        #: Sign-ups per client, successful or not (``SIGN_UP_LIMIT``).
+        self.sign_up_throttle = SignInThrottle(ctx.clock, limit=SIGN_UP_LIMIT,
+                                               window=SIGN_UP_WINDOW, lockout=SIGN_UP_WINDOW)
 
     # ---------------------------------------------------------------- companies
     async def create_company(self, viewer: Viewer, *, name: str) -> Company:
@@ -231,6 +252,63 @@ class AccountService(Service):
     async def deactivate_user(self, viewer: Viewer, user_id: str) -> User:
         return await self.update_user(viewer, user_id, active=False)
 
+    # ---------------------------------------------------------------- self-service
+    async def sign_up(self, *, email: str, password: str, name: str,
+                      client: str | None = None) -> User:
+        """A driver's own account, when the deployment takes sign-ups
+        (``sign_up_open``). Counted per client (``SIGN_UP_LIMIT``), and a taken email as
+        a failed sign-in of the client too, so sign-up probes for accounts no faster than
+        sign-in would. The password is hashed whether or not the email is taken: the
+        answer's time tells nothing either."""
+        if not self.sign_up_open:
+            raise DomainError("this service does not take sign-ups: ask its operator for "
+                              "an account", code="SIGN_UP_DISABLED")
+        user = User(email=v.email(email), name=v.name(name), role=Role.DRIVER)
+        checked = v.password(password)
+        client = client_key(client)
+        self._refuse_locked_client(client)
+        self._refuse_when_busy(client)
+        if client:
+            self.sign_up_throttle.failed(client)  # every attempt counts, a success too
+        with self._hashing_slot(client):
+            user.password_hash = await self.hash_password(checked)
+        # The new user is the actor: nobody else made the account.
+        viewer = Viewer.of(user)
+        stamp_new(user, viewer)
+        try:
+            await self.commit(viewer, [(Insert(user), None)])
+        except UniqueViolation as exc:
+            if exc.field != "email":
+                raise
+            if client:
+                self.client_throttle.failed(client)
+            raise Conflict("an account with this email exists: sign in instead",
+                           field="email", code="DUPLICATE") from None
+        return user
+
+    def _refuse_locked_client(self, client: str | None) -> None:
+        locked = (self.client_throttle.locked_for(client)
+                  or self.sign_up_throttle.locked_for(client)) if client else None
+        if locked is not None:
+            minutes = max(1, round(locked.total_seconds() / 60))
+            raise Unauthenticated(f"too many attempts from your address: try again in "
+                                  f"{minutes} min", code="TOO_MANY_ATTEMPTS")
+
+    async def change_password(self, viewer: Viewer, *, current_password: str | None,
+                              new_password: str | None) -> User:
+        """The signed-in user's own new password (``update_user``'s rules: the current
+        one required and throttled, every token revoked). Errors name this use case's
+        fields."""
+        if viewer.user_id is None:
+            raise Unauthenticated("sign in first")
+        try:
+            return await self.update_user(viewer, viewer.user_id, password=new_password,
+                                          current_password=current_password)
+        except DomainError as exc:
+            if exc.field == "password":
+                exc.field = "newPassword"
+            raise
+
     # ---------------------------------------------------------------- authentication
     async def authenticate(self, email: str, password: str, client: str | None = None
                            ) -> User:
@@ -257,27 +335,40 @@ class AccountService(Service):
             minutes = max(1, round(locked.total_seconds() / 60))
             raise Unauthenticated(f"too many failed sign-ins: try again in {minutes} min",
                                   code="TOO_MANY_ATTEMPTS")
-        if self._pending >= MAX_PENDING_SIGN_INS \
-                or self._pending_of[client or ""] >= MAX_PENDING_PER_CLIENT:
-            raise Unauthenticated("too many sign-ins at once: try again in a moment",
-                                  code="TOO_MANY_ATTEMPTS")
+        self._refuse_when_busy(client)
         # Counted as failed before the slow check, in the same step as the lock test:
         # guesses sent all at once would otherwise all pass the test while the first ones
         # are still being hashed. A success takes it back.
         self._failed(key, cleaned, client)
         self._checking[key] += 1
+        try:
+            with self._hashing_slot(client):
+                return await self._check(key, cleaned, password, client)
+        finally:
+            self._checking[key] -= 1
+            if not self._checking[key]:
+                del self._checking[key]
+
+    def _refuse_when_busy(self, client: str | None) -> None:
+        """Too many sign-ins (and sign-ups) being hashed, in all or of this client: told
+        to try again in a moment instead of queueing behind a flood."""
+        if self._pending >= MAX_PENDING_SIGN_INS \
+                or self._pending_of[client or ""] >= MAX_PENDING_PER_CLIENT:
+            raise Unauthenticated("too many sign-ins at once: try again in a moment",
+                                  code="TOO_MANY_ATTEMPTS")
+
+    @contextmanager
+    def _hashing_slot(self, client: str | None) -> Iterator[None]:
+        """Counts a password being hashed for ``client`` (``MAX_PENDING_SIGN_INS``)."""
         self._pending += 1
         self._pending_of[client or ""] += 1
         try:
-            return await self._check(key, cleaned, password, client)
+            yield
         finally:
             self._pending -= 1
             self._pending_of[client or ""] -= 1
             if not self._pending_of[client or ""]:
                 del self._pending_of[client or ""]
-            self._checking[key] -= 1
-            if not self._checking[key]:
-                del self._checking[key]
 
     async def _check(self, key: str, cleaned: str, password: str, client: str | None
                      ) -> User:

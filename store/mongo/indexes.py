@@ -83,6 +83,10 @@ INDEXES: dict[str, list[list[tuple[str, int]]]] = {
     # every instance routes events to.
     "webhook": [[("company_id", ASCENDING)], [("owner_id", ASCENDING)],
                 [("active", ASCENDING)]],
+    # A user's expired refresh tokens and families, deleted at their next sign-in (the
+    # token's hash has its unique index from ``UNIQUE_RULES``).
+    "refresh_family": [[("user_id", ASCENDING), ("expires_at", ASCENDING)]],
+    "refresh_token": [[("user_id", ASCENDING), ("expires_at", ASCENDING)]],
     # The sweep looks for batches whose writer died.
     JOURNAL: [[("at", ASCENDING)]],
 }

@@ -580,13 +580,48 @@ ALTER TABLE "payment" ADD COLUMN "refunded_minor" INTEGER NOT NULL DEFAULT 0;
 UPDATE "payment" SET "refunded_minor" = "amount_minor" WHERE "status" = 'REFUNDED';
 """
 
+# Version 25: refresh tokens (``RefreshFamily``, ``RefreshToken``). Self-contained (tables
+# of their own), so it can be renumbered when migrations written in parallel are merged.
+# A token is kept as its SHA-256 only; a user's expired ones are found by
+# (user_id, expires_at) and deleted.
+_V25 = """
+CREATE TABLE "refresh_family" (
+    "id" TEXT PRIMARY KEY NOT NULL,
+    "created_at" INTEGER NOT NULL,
+    "updated_at" INTEGER NOT NULL,
+    "created_by" TEXT NOT NULL,
+    "updated_by" TEXT NOT NULL,
+    "user_id" TEXT NOT NULL,
+    "token_epoch" INTEGER NOT NULL,
+    "expires_at" INTEGER NOT NULL,
+    "last_refreshed_at" INTEGER,
+    "revoked_at" INTEGER
+) STRICT;
+CREATE INDEX "refresh_family_user_expires_idx" ON "refresh_family" ("user_id", "expires_at");
+CREATE TABLE "refresh_token" (
+    "id" TEXT PRIMARY KEY NOT NULL,
+    "created_at" INTEGER NOT NULL,
+    "updated_at" INTEGER NOT NULL,
+    "created_by" TEXT NOT NULL,
+    "updated_by" TEXT NOT NULL,
+    "family_id" TEXT NOT NULL,
+    "user_id" TEXT NOT NULL,
+    "token_hash" TEXT NOT NULL,
+    "expires_at" INTEGER NOT NULL,
+    "used_at" INTEGER
+) STRICT;
+CREATE UNIQUE INDEX "refresh_token_token_hash_key" ON "refresh_token" ("token_hash");
+CREATE INDEX "refresh_token_user_expires_idx" ON "refresh_token" ("user_id", "expires_at");
+"""
+
 #: Every migration, oldest first. Append only.
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
                                      (11, _V11), (12, _V12),
                                      (13, _V13), (14, _V14), (15, _V15), (16, _V16), (17, _V17),
                                      (18, _V18), (19, _V19), (20, _V20), (21, _V21),
-                                     (22, _V22), (23, _V23), (24, _V24))
+                                     (22, _V22), (23, _V23), (24, _V24),
+                                     (25, _V25))
 
 _BOOTSTRAP = """
 CREATE TABLE IF NOT EXISTS "schema_version" (

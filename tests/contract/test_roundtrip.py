@@ -27,6 +27,8 @@ from domain.entities import (
     Payment,
     PaymentStatus,
     Record,
+    RefreshFamily,
+    RefreshToken,
     Registration,
     Reservation,
     ReservationState,
@@ -123,6 +125,12 @@ FULL: dict[type[Record], Callable[[], Record]] = {
                              last_status=503, last_error="Service Unavailable",
                              last_attempt_at=at(10), last_success_at=at(9),
                              consecutive_failures=10, dropped_events=3, **STAMPS),
+    RefreshFamily: lambda: RefreshFamily(user_id=new_id(), token_epoch=3, expires_at=at(43200),
+                                         last_refreshed_at=at(11), revoked_at=at(12),
+                                         **STAMPS),
+    RefreshToken: lambda: RefreshToken(family_id=new_id(), user_id=new_id(),
+                                       token_hash="ab" * 32, expires_at=at(43200),
+                                       used_at=at(13), **STAMPS),
 }
 
 
@@ -172,6 +180,9 @@ MINIMAL: dict[type[Record], Callable[[], Record]] = {
                                    action=AuditAction.CREATE, actor="system"),
     Webhook: lambda: Webhook(url="https://x.example", events=["ping"], secret="s",
                              owner_id=new_id()),
+    RefreshFamily: lambda: RefreshFamily(user_id=new_id(), token_epoch=0, expires_at=T0),
+    RefreshToken: lambda: RefreshToken(family_id=new_id(), user_id=new_id(),
+                                       token_hash="cd" * 32, expires_at=T0),
 }
 
 

@@ -19,6 +19,7 @@ from domain.entities import (
     Payment,
     PaymentStatus,
     Record,
+    RefreshToken,
     Reservation,
     Session,
     SessionState,
@@ -72,6 +73,12 @@ CLASHES: dict[str, tuple[type[Record], Callable[[], Record], Callable[[], Record
                                    "reservation_id"),
     "payment.session_id": (Payment, lambda: payment(_sess), lambda: payment(_sess),
                            "session_id"),
+    "refresh_token.token_hash": (
+        RefreshToken,
+        lambda: RefreshToken(family_id=_owner.id, user_id=_owner.id, token_hash="f" * 64,
+                             expires_at=at(60)),
+        lambda: RefreshToken(family_id=_owner.id, user_id=_owner.id, token_hash="f" * 64,
+                             expires_at=at(90)), "token_hash"),
 }
 
 

@@ -204,6 +204,26 @@ def test_demo_public_map_follows_settings(runner: CliRunner, tmp_path: Path,
     assert [settings.public_map for settings in served] == [public]
 
 
+@pytest.mark.parametrize(("environment", "sign_up"), [(None, True), ("false", False)])
+def test_demo_takes_sign_ups_unless_told_otherwise(
+        runner: CliRunner, monkeypatch: pytest.MonkeyPatch,
+        environment: str | None, sign_up: bool) -> None:
+    import chargegraph.cli
+    from chargegraph.settings import Settings
+
+    served: list[Settings] = []
+
+    async def demo(settings: Settings, server: object, chargers: bool) -> None:
+        served.append(settings)
+
+    monkeypatch.setattr(chargegraph.cli, "_demo", demo)
+    monkeypatch.delenv("CHARGEGRAPH_SIGN_UP", raising=False)
+    if environment is not None:
+        monkeypatch.setenv("CHARGEGRAPH_SIGN_UP", environment)
+    assert runner.invoke(cli, ["demo"]).exit_code == 0
+    assert [settings.sign_up for settings in served] == [sign_up]
+
+
 @pytest.mark.parametrize("url", ["http://127.0.0.1:9000/ocpp", "notaurl", "ws://:9000/ocpp",
                                  "ws://127.0.0.1:port/ocpp", "127.0.0.1:9000"])
 def test_simulate_refuses_a_url_that_can_never_work(runner: CliRunner, url: str,

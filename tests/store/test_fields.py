@@ -19,6 +19,8 @@ EXPECTED = {
     ("reservation", ("reservation_id",)):
         "another reservation has the same reservation id",
     ("payment", ("session_id",)): "another payment has the same session",
+    # Never shown to anyone: tokens are drawn at random, a clash is a bug.
+    ("refresh_token", ("token_hash",)): "another refresh token has the same token hash",
 }
 
 

@@ -1,0 +1,257 @@
+"""Drivers' self-service accounts over HTTP, on both stores: sign-up, refresh tokens
+(rotation, reuse detection, sign-out, revocation by the existing paths) and
+changePassword."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import timedelta
+from typing import Any
+
+import httpx
+
+from domain.entities import AuditEntry, RefreshFamily, RefreshToken, Role, User
+from domain.query import ALL, Eq
+from domain.services import Services
+from graph import TokenService, create_graphql_app
+from graph.ids import to_global_id
+from tests.graph.conftest import SECRET, Api
+from tests.graph.world import PASSWORD, World
+
+SESSION = "token expiresAt refreshToken refreshExpiresAt user { id email role } " \
+          "errors { field code message }"
+SIGN_UP = f"""mutation($e: String!, $p: String!, $n: String!) {{
+    signUp(email: $e, password: $p, name: $n) {{ {SESSION} }} }}"""
+LOGIN = f"""mutation($e: String!, $p: String!) {{
+    login(email: $e, password: $p) {{ {SESSION} }} }}"""
+REFRESH = f"""mutation($t: String!) {{ refreshToken(token: $t) {{ {SESSION} }} }}"""
+SIGN_OUT = """mutation($t: String!) { signOut(token: $t) { signedOut errors { field code } } }"""
+CHANGE = f"""mutation($c: String!, $n: String!) {{
+    changePassword(currentPassword: $c, newPassword: $n) {{ {SESSION} }} }}"""
+
+
+def errors(payload: dict[str, Any]) -> list[tuple[str | None, str]]:
+    return [(e["field"], e["code"]) for e in payload["errors"]]
+
+
+async def sign_up(api: Api, email: str = "neo@example.com", password: str = PASSWORD,
+                  name: str = "Neo") -> dict[str, Any]:
+    return (await api.gql(SIGN_UP, {"e": email, "p": password, "n": name}))["signUp"]  # type: ignore[no-any-return]
+
+
+async def login(api: Api, email: str = "driver1@example.com", password: str = PASSWORD
+                ) -> dict[str, Any]:
+    return (await api.gql(LOGIN, {"e": email, "p": password}))["login"]  # type: ignore[no-any-return]
+
+
+async def refresh(api: Api, token: str) -> dict[str, Any]:
+    return (await api.gql(REFRESH, {"t": token}))["refreshToken"]  # type: ignore[no-any-return]
+
+
+async def me(api: Api, token: str) -> httpx.Response:
+    return await api.post("{ me { email } }", token=token)
+
+
+# ------------------------------------------------------------------ sign-up
+async def test_sign_up_is_refused_unless_the_service_takes_sign_ups(
+        api: Api, services: Services, world: World) -> None:
+    assert not services.accounts.sign_up_open  # the default
+    refused = await sign_up(api)
+    assert errors(refused) == [(None, "SIGN_UP_DISABLED")] and refused["token"] is None
+    assert await services.ctx.store.find_one(User, Eq("email", "neo@example.com")) is None
+
+
+async def test_a_driver_signs_up_and_is_signed_in(api: Api, services: Services,
+                                                  world: World) -> None:
+    services.accounts.sign_up_open = True
+    done = await sign_up(api, email="  Neo@Example.COM ", name=" Thomas   Anderson ")
+    assert done["errors"] == []
+    assert done["user"]["email"] == "neo@example.com" and done["user"]["role"] == "DRIVER"
+    assert (await me(api, done["token"])).json()["data"]["me"] == {"email": "neo@example.com"}
+    assert (await refresh(api, done["refreshToken"]))["errors"] == []
+    # The new account made itself: its own id is the creator and the audit actor.
+    user = await services.ctx.store.find_one(User, Eq("email", "neo@example.com"))
+    assert user is not None and user.name == "Thomas Anderson"
+    assert (user.role, user.company_id, user.created_by) == (Role.DRIVER, None, user.id)
+    [entry] = await services.ctx.store.find_all(AuditEntry, Eq("entity_id", user.id))
+    assert (entry.action, entry.actor, entry.created_by) == ("CREATE", user.id, user.id)
+    assert entry.after is not None and "password_hash" not in entry.after
+
+
+async def test_sign_up_input_is_checked_field_by_field(api: Api, services: Services,
+                                                       world: World) -> None:
+    services.accounts.sign_up_open = True
+    for email, password, name, expected in (
+            ("not an email", PASSWORD, "Neo", ("email", "INVALID")),
+            ("neo@example.com", "short", "Neo", ("password", "TOO_SHORT")),
+            ("neo@example.com", "x" * 1000, "Neo", ("password", "TOO_LONG")),
+            ("neo@example.com", PASSWORD, "   ", ("name", "REQUIRED")),
+            ("neo@example.com", PASSWORD, "Neo\u202e", ("name", "INVALID"))):
+        refused = await sign_up(api, email, password, name)
+        assert errors(refused) == [expected] and refused["token"] is None, expected
+    assert await services.ctx.store.find_one(User, Eq("email", "neo@example.com")) is None
+
+
+async def test_a_taken_email_is_a_duplicate_in_any_case_and_tells_nothing_more(
+        api: Api, services: Services, world: World) -> None:
+    services.accounts.sign_up_open = True
+    await api.gql("""mutation($i: DeactivateUserInput!) { deactivateUser(input: $i) {
+        errors { code } } }""", {"i": {"id": to_global_id("user", world.users["driver2"].id)}},
+                  as_user=world.users["admin"].id)
+    answers = [await sign_up(api, email=email) for email in
+               ("DRIVER1@example.com", "admin@example.com", "driver2@example.com")]
+    # An active driver, an admin and a deactivated account answer alike.
+    assert {(e["field"], e["code"], e["message"]) for a in answers for e in a["errors"]} == {
+        ("email", "DUPLICATE", "an account with this email exists: sign in instead")}
+    assert all(a["token"] is None for a in answers)
+    assert await services.ctx.store.count(User, ALL) == len(world.users)
+
+
+async def test_sign_ups_are_limited_per_client(api: Api, services: Services,
+                                               world: World) -> None:
+    services.accounts.sign_up_open = True
+    services.accounts.sign_up_throttle.limit = 3
+    for i in range(3):
+        assert (await sign_up(api, email=f"d{i}@example.com"))["errors"] == []
+    refused = await sign_up(api, email="d3@example.com")
+    assert errors(refused) == [(None, "TOO_MANY_ATTEMPTS")]
+    # Another address is not held up by this one.
+    other = await services.accounts.sign_up(email="d3@example.com", password=PASSWORD,
+                                            name="D3", client="203.0.113.9")
+    assert other.email == "d3@example.com"
+
+
+async def test_probing_emails_by_sign_up_spends_the_clients_sign_in_budget(
+        api: Api, services: Services, world: World) -> None:
+    """A taken email counts as a failed sign-in of the client: probing which emails have
+    an account is as limited by sign-up as by sign-in, and locks sign-ins too."""
+    services.accounts.sign_up_open = True
+    services.accounts.client_throttle.limit = 2
+    for email in ("driver1@example.com", "driver2@example.com"):
+        assert errors(await sign_up(api, email=email)) == [("email", "DUPLICATE")]
+    assert errors(await sign_up(api, email="fresh@example.com")) == [
+        (None, "TOO_MANY_ATTEMPTS")]
+    assert errors(await login(api)) == [(None, "TOO_MANY_ATTEMPTS")]
+
+
+# ------------------------------------------------------------------ refresh tokens
+async def test_sign_in_keeps_its_fields_and_adds_a_refresh_token(api: Api,
+                                                                 world: World) -> None:
+    signed_in = await login(api)
+    assert signed_in["errors"] == [] and signed_in["token"] and signed_in["expiresAt"]
+    assert signed_in["refreshToken"] and signed_in["refreshExpiresAt"] > signed_in["expiresAt"]
+    assert (await me(api, signed_in["token"])).status_code == 200
+
+
+async def test_a_refresh_rotates_and_a_reused_token_ends_the_family(
+        api: Api, services: Services, world: World) -> None:
+    first = await login(api)
+    other_device = await login(api)
+    second = await refresh(api, first["refreshToken"])
+    assert second["errors"] == [] and second["user"]["email"] == "driver1@example.com"
+    assert second["refreshToken"] != first["refreshToken"]
+    assert (await me(api, second["token"])).status_code == 200
+
+    # The rotated token again: someone holds a copy. Its family ends, so neither the
+    # copy nor the holder's newest token refreshes any more.
+    assert errors(await refresh(api, first["refreshToken"])) == [("token", "TOKEN_REUSED")]
+    assert errors(await refresh(api, second["refreshToken"])) == [("token", "INVALID_TOKEN")]
+    # Another device's session is another family.
+    assert (await refresh(api, other_device["refreshToken"]))["errors"] == []
+
+
+async def test_refresh_tokens_are_stored_hashed(api: Api, services: Services,
+                                                world: World) -> None:
+    plain = (await login(api))["refreshToken"]
+    [stored] = await services.ctx.store.find_all(RefreshToken, ALL)
+    assert stored.token_hash == hashlib.sha256(plain.encode()).hexdigest()
+    assert plain not in repr(stored)
+    assert plain not in repr(await services.ctx.store.find_all(RefreshFamily, ALL))
+
+
+async def test_sign_out_ends_that_session_only(api: Api, world: World) -> None:
+    phone, laptop = await login(api), await login(api)
+    out = (await api.gql(SIGN_OUT, {"t": phone["refreshToken"]}))["signOut"]
+    assert out == {"signedOut": True, "errors": []}
+    assert errors(await refresh(api, phone["refreshToken"])) == [("token", "INVALID_TOKEN")]
+    again = (await api.gql(SIGN_OUT, {"t": phone["refreshToken"]}))["signOut"]
+    assert again == {"signedOut": True, "errors": []}  # idempotent
+    assert (await refresh(api, laptop["refreshToken"]))["errors"] == []
+
+
+async def test_refresh_and_sign_out_check_their_token(api: Api, world: World) -> None:
+    for given, expected in (("", ("token", "REQUIRED")), ("  ", ("token", "REQUIRED")),
+                            ("not-a-token", ("token", "INVALID_TOKEN")),
+                            ("x" * 10_000, ("token", "INVALID_TOKEN")),
+                            ("A" * 43, ("token", "INVALID_TOKEN"))):  # well-formed, unknown
+        assert errors(await refresh(api, given)) == [expected], given
+        out = (await api.gql(SIGN_OUT, {"t": given}))["signOut"]
+        assert out["signedOut"] is False and errors(out) == [expected], given
+
+
+async def test_a_new_password_and_a_deactivation_end_refresh_tokens(
+        api: Api, services: Services, world: World) -> None:
+    admin = world.users["admin"].id
+    driver2 = to_global_id("user", world.users["driver2"].id)
+    held = await login(api, "driver2@example.com")
+    await api.gql("""mutation($i: UpdateUserInput!) { updateUser(input: $i) {
+        errors { code } } }""", {"i": {"id": driver2, "password": "reset by the admin"}},
+                  as_user=admin)
+    assert errors(await refresh(api, held["refreshToken"])) == [("token", "INVALID_TOKEN")]
+
+    held = await login(api, "driver2@example.com", "reset by the admin")
+    for change in ({"active": False}, {"active": True}):
+        await api.gql("""mutation($i: UpdateUserInput!) { updateUser(input: $i) {
+            errors { code } } }""", {"i": {"id": driver2, **change}}, as_user=admin)
+    # Reactivated, the account does not get back what the deactivation ended.
+    assert errors(await refresh(api, held["refreshToken"])) == [("token", "INVALID_TOKEN")]
+
+
+async def test_a_refresh_token_works_on_another_instance(api: Api, services: Services,
+                                                         world: World) -> None:
+    """Two instances share the store and the JWT secret, nothing else."""
+    other = Services(services.ctx)
+    tokens = TokenService(SECRET, timedelta(hours=1))
+    second = Api(create_graphql_app(other, tokens), tokens)
+    try:
+        issued_here = await login(api)
+        there = await refresh(second, issued_here["refreshToken"])
+        assert there["errors"] == [] and (await me(api, there["token"])).status_code == 200
+        # The token rotated there is used here too.
+        assert errors(await refresh(api, issued_here["refreshToken"])) == [
+            ("token", "TOKEN_REUSED")]
+    finally:
+        await second.client.aclose()
+
+
+# ------------------------------------------------------------------ changePassword
+async def test_change_password_signs_everything_else_out(api: Api, world: World) -> None:
+    phone, laptop = await login(api), await login(api)
+    changed = (await api.post(CHANGE, {"c": PASSWORD, "n": "a brand new secret"},
+                              token=phone["token"])).json()["data"]["changePassword"]
+    assert changed["errors"] == [] and changed["user"]["email"] == "driver1@example.com"
+    for old in (phone, laptop):
+        assert (await me(api, old["token"])).status_code == 401
+        assert errors(await refresh(api, old["refreshToken"])) == [
+            ("token", "INVALID_TOKEN")]
+    # The payload's tokens are the new session's.
+    assert (await me(api, changed["token"])).status_code == 200
+    assert (await refresh(api, changed["refreshToken"]))["errors"] == []
+    assert errors(await login(api)) == [(None, "UNAUTHENTICATED")]
+    assert (await login(api, password="a brand new secret"))["errors"] == []
+
+
+async def test_change_password_checks_its_fields(api: Api, world: World) -> None:
+    token = (await login(api))["token"]
+    for current, new, expected in (
+            ("", "a brand new secret", ("currentPassword", "REQUIRED")),
+            ("not it", "a brand new secret", ("currentPassword", "FORBIDDEN")),
+            (PASSWORD, "short", ("newPassword", "TOO_SHORT")),
+            (PASSWORD, "x" * 1000, ("newPassword", "TOO_LONG"))):
+        payload = (await api.post(CHANGE, {"c": current, "n": new}, token=token)
+                   ).json()["data"]["changePassword"]
+        assert errors(payload) == [expected] and payload["token"] is None, expected
+    assert (await me(api, token)).status_code == 200  # nothing changed
+    anonymous = (await api.gql(CHANGE, {"c": PASSWORD, "n": "a brand new secret"})
+                 )["changePassword"]
+    assert errors(anonymous) == [(None, "UNAUTHENTICATED")]
