@@ -53,10 +53,13 @@ class Settings(BaseSettings):
     ocpp_tls_key: Path | None = None
     jwt_secret: SecretStr | None = None
     # Upper bounds: beyond a year a token is no longer a session, and a huge value would
-    # overflow the expiry date. Short by default: an access token cannot be revoked
-    # before it expires (sign-out ends its refresh token only), and apps get the next one
-    # with their refresh token. Clients that never refresh may want the former 720.
-    jwt_ttl_minutes: int = Field(15, gt=0, le=365 * 24 * 60,
+    # overflow the expiry date. An hour by default: an access token outlives a sign-out
+    # (which ends its refresh token only) until it expires, and apps get the next one
+    # with their refresh token; much shorter would have admins in GraphiQL and
+    # dashboards' sockets signing in again every few minutes. A password change or a
+    # deactivation ends it at once (the token epoch). Clients that never refresh may
+    # want the former 720.
+    jwt_ttl_minutes: int = Field(60, gt=0, le=365 * 24 * 60,
                                  description="Access token lifetime in minutes")
     refresh_ttl_days: int = Field(30, gt=0, le=365,
                                   description="Refresh token lifetime in days (each "

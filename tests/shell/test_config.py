@@ -27,7 +27,7 @@ def test_settings_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
     assert (settings.host, settings.port, settings.ocpp_host, settings.ocpp_port) == (
         "127.0.0.1", 8000, "127.0.0.1", 9000)
     # Short-lived access tokens; apps keep signed in with 30-day refresh tokens.
-    assert settings.jwt_secret is None and settings.jwt_ttl_minutes == 15
+    assert settings.jwt_secret is None and settings.jwt_ttl_minutes == 60
     assert settings.refresh_ttl_days == 30
     assert not settings.public_map and not settings.auto_register and settings.graphiql
     assert not settings.sign_up  # a CPO opens registration on purpose
