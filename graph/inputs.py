@@ -111,6 +111,11 @@ class UpdateVehicleInput:
     battery_kwh: float | None = strawberry.UNSET
 
 
+_PARENT = ("The card's group (OCPP parentIdTag, at most 20 characters): cards of one group "
+           "may use a reservation made for the group and stop each other's sessions at "
+           "chargers that allow it. Set by admins and the driver's operator only.")
+
+
 @strawberry.input
 class IssueIdTagInput:
     tag: str = strawberry.field(description="OCPP idTag, at most 20 characters.")
@@ -119,6 +124,7 @@ class IssueIdTagInput:
     )
     vehicle_id: strawberry.ID | None = None
     expires_at: datetime | None = None
+    parent_id_tag: str | None = strawberry.field(default=None, description=_PARENT)
 
 
 @strawberry.input
@@ -127,6 +133,8 @@ class UpdateIdTagInput:
     status: IdTagStatus | None = strawberry.UNSET
     vehicle_id: strawberry.ID | None = strawberry.UNSET
     expires_at: datetime | None = strawberry.UNSET
+    parent_id_tag: str | None = strawberry.field(default=strawberry.UNSET,
+                                                 description=_PARENT + " Null removes it.")
 
 
 @strawberry.input

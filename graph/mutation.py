@@ -386,7 +386,7 @@ class Mutation(CommandMutation, WebhookMutation):
                 ctx.viewer, tag=input.tag,
                 user_id=_opt_id(input.user_id, "user", "userId"),
                 vehicle_id=_opt_id(input.vehicle_id, "vehicle", "vehicleId"),
-                expires_at=input.expires_at,
+                expires_at=input.expires_at, parent_tag=input.parent_id_tag,
             )
 
         id_tag, errors = await attempt(ctx, run)
@@ -401,7 +401,7 @@ class Mutation(CommandMutation, WebhookMutation):
                 ctx.viewer, expect_id(str(input.id), "id_tag", "id"),
                 status=given(input.status),
                 vehicle_id=_opt_id(input.vehicle_id, "vehicle", "vehicleId"),
-                expires_at=given(input.expires_at),
+                expires_at=given(input.expires_at), parent_tag=given(input.parent_id_tag),
             )
 
         id_tag, errors = await attempt(ctx, run)

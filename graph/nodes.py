@@ -392,6 +392,8 @@ class Vehicle(Node, Audited):
 class IdTag(Node, Audited):
     tag: str
     expires_at: datetime | None
+    parent_id_tag: str | None = strawberry.field(
+        description="The card's group (OCPP parentIdTag), as chargers are told it.")
     _r: strawberry.Private[d.IdTag]
 
     @classmethod
@@ -399,6 +401,7 @@ class IdTag(Node, Audited):
         return _audited(cls, r, {
             "tag": r.tag,
             "expires_at": r.expires_at,
+            "parent_id_tag": r.parent_tag,
         })
 
     @strawberry.field(description=(

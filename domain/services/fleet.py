@@ -106,8 +106,11 @@ class FleetService(Service):
     # ---------------------------------------------------------------- id tags
     async def issue_id_tag(self, viewer: Viewer, *, tag: str, user_id: str | None = None,
                            vehicle_id: str | None = None,
-                           expires_at: datetime | None = None) -> IdTag:
+                           expires_at: datetime | None = None,
+                           parent_tag: str | None = None) -> IdTag:
         owner = await self._owner(viewer, user_id, "userId")
+        if parent_tag is not None:
+            parent_tag = self._parent_tag(viewer, owner, parent_tag)
         if vehicle_id is not None:
             await self._vehicle_of(viewer, owner, vehicle_id)
         expires_at = v.aware(expires_at, "expiresAt")
@@ -122,6 +125,7 @@ class FleetService(Service):
                 user_id=owner.id,
                 vehicle_id=vehicle_id,
                 expires_at=expires_at,
+                parent_tag=parent_tag,
             ),
             viewer,
         )
@@ -139,7 +143,8 @@ class FleetService(Service):
                             "new one", field="tag")
 
     async def update_id_tag(self, viewer: Viewer, id_tag_id: str, *, status: Any = UNSET,
-                            vehicle_id: Any = UNSET, expires_at: Any = UNSET) -> IdTag:
+                            vehicle_id: Any = UNSET, expires_at: Any = UNSET,
+                            parent_tag: Any = UNSET) -> IdTag:
         id_tag = await self.visible(viewer, IdTag, id_tag_id)
         owner = await self.visible(viewer, User, id_tag.user_id)
         if not self.policy.may_act_for_user(viewer, owner):
@@ -167,6 +172,9 @@ class FleetService(Service):
             raise ValidationError("unknown status", field="status")
         if vehicle_id not in (UNSET, None):
             await self._vehicle_of(viewer, owner, vehicle_id)
+        if parent_tag not in (UNSET, id_tag.parent_tag):
+            parent_tag = None if parent_tag is None else self._parent_tag(viewer, owner,
+                                                                           parent_tag)
         blocked_by: Any = UNSET  # who blocked it stays, whoever writes to it later
         if status is IdTagStatus.BLOCKED and (id_tag.status is not IdTagStatus.BLOCKED
                                               or self.policy.may_manage_user(viewer, owner)):
@@ -180,6 +188,7 @@ class FleetService(Service):
             blocked_by=blocked_by,
             vehicle_id=vehicle_id,
             expires_at=expires_at if expires_at is UNSET else v.aware(expires_at, "expiresAt"),
+            parent_tag=parent_tag,
         )
         updated = cast(IdTag, update.record)
         await self.commit(viewer, [(update, id_tag)])
@@ -207,6 +216,15 @@ class FleetService(Service):
                            code="IN_USE")
         await self.commit(viewer, [(Delete(id_tag), id_tag)])
         return id_tag
+
+    def _parent_tag(self, viewer: Viewer, owner: User, parent_tag: str) -> str:
+        """A card's group is its operator's (or an admin's) to set: a driver giving their
+        card another group's parent id could use that group's reservations, and stop its
+        members' sessions at chargers that let a card of the group end one."""
+        if not self.policy.may_manage_user(viewer, owner):
+            raise Forbidden("only operators and admins put cards in a group",
+                            field="parentIdTag")
+        return v.id_tag(parent_tag, "parentIdTag")
 
     async def _vehicle_of(self, viewer: Viewer, owner: User, vehicle_id: str) -> Vehicle:
         vehicle = await self.visible(viewer, Vehicle, vehicle_id, field="vehicleId")

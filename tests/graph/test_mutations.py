@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from domain import entities as d
 from domain.entities import Connector
+from domain.policy import SYSTEM
 from domain.query import ALL
-from graph.ids import to_global_id
+from graph.ids import from_global_id, to_global_id
 from tests.graph.conftest import Api
 from tests.graph.world import PASSWORD, World
 
@@ -247,6 +249,41 @@ async def test_vehicles(api: Api, world: World) -> None:
     assert update["before"]["make"] == "Tesla" and update["after"]["make"] is None
     assert delete["after"] is None and delete["before"]["license_plate"] == "MXY42"
     assert delete["actor"] == world.users["driver1"].id
+
+
+async def test_card_groups_are_set_by_operators_and_admins(api: Api, world: World) -> None:
+    """parentIdTag (OCPP's card group) could not be set at all, so reservations for a
+    group and group stops never worked. Drivers may not set it: another group's parent
+    id would give their card that group's reservations and stops."""
+    fleet = world.users["driver_a"].id  # a driver of company a
+    issued = await call(api, world, "op_a", "issueIdTag",
+                        {"tag": "FLEET-0001", "userId": gid("user", fleet),
+                         "parentIdTag": "fleet-a"}, "idTag { id parentIdTag }")
+    assert issued["idTag"]["parentIdTag"] == "FLEET-A" and issued["errors"] == []
+    tag = issued["idTag"]["id"]
+    assert codes(await call(api, world, "driver_a", "updateIdTag",
+                            {"id": tag, "parentIdTag": "FLEET-B"}, "idTag { id }")) == [
+        ("parentIdTag", "FORBIDDEN")]
+    assert codes(await call(api, world, "driver1", "issueIdTag",
+                            {"tag": "MINE-0001", "parentIdTag": "FLEET-A"}, "idTag { id }")
+                 ) == [("parentIdTag", "FORBIDDEN")]
+    assert codes(await call(api, world, "admin", "updateIdTag",
+                            {"id": tag, "parentIdTag": "x" * 21}, "idTag { id }")) == [
+        ("parentIdTag", "TOO_LONG")]
+    # The driver may still change what is theirs to change, leaving the group as it is.
+    kept = await call(api, world, "driver_a", "updateIdTag",
+                      {"id": tag, "status": "BLOCKED", "parentIdTag": "FLEET-A"},
+                      "idTag { parentIdTag status }")
+    assert kept["idTag"] == {"parentIdTag": "FLEET-A", "status": "BLOCKED"}
+    cleared = await call(api, world, "admin", "updateIdTag", {"id": tag, "parentIdTag": None},
+                         "idTag { parentIdTag }")
+    assert cleared["idTag"] == {"parentIdTag": None}
+    services = api.client._transport.app.services  # type: ignore[attr-defined]
+    regrouped = await services.fleet.update_id_tag(SYSTEM, from_global_id(tag)[1],
+                                                   parent_tag="FLEET-C",
+                                                   status=d.IdTagStatus.ACCEPTED)
+    info = await services.charging.authorize(world.stations["A-001"].cp_id, "FLEET-0001")
+    assert regrouped.parent_tag == info.parent_id_tag == "FLEET-C"  # as chargers are told
 
 
 async def test_id_tags(api: Api, world: World) -> None:
