@@ -194,7 +194,8 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
                                         instances=services.instances,
                                         lease_seconds=settings.instance_lease_seconds,
                                         trusted_proxies=settings.trusted_proxies,
-                                        metrics=metrics)
+                                        metrics=metrics,
+                                        strict_schema=settings.ocpp_strict_schema)
                     await server.start()
                 # Registered after the store's close: stopped first, so every charger's
                 # disconnect is still written.

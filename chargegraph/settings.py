@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     ocpp_host: str = "127.0.0.1"
     ocpp_port: int = Field(9000, ge=1, le=65535)
     ocpp_enabled: bool = True
+    ocpp_strict_schema: bool = Field(
+        False, description="Refuse (CALLERROR FormationViolation) charger messages and "
+                           "answers with properties the OCPP 1.6 schemas do not define; "
+                           "off, such properties are left out and logged once per "
+                           "connection (vendors add fields of their own)")
     ocpp_tls_cert: Path | None = Field(None, description="PEM certificate: wss:// "
                                                          "(OCPP security profile 2)")
     ocpp_tls_key: Path | None = None

@@ -14,12 +14,12 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import Any, NoReturn
 
 import ocpp
 import orjson
 
-from ocpp_bridge.schema import SchemaError, compile_schema
+from ocpp_bridge.schema import SchemaError, compile_pruner, compile_schema
 
 CALL, CALLRESULT, CALLERROR = 2, 3, 4
 
@@ -186,19 +186,45 @@ def _validator(message_type: int, action: str) -> Callable[[Any], Any]:
     """The 1.6 schema of ``action`` (from the ``ocpp`` package), compiled once by
     ``ocpp_bridge.schema`` (the package's default validation costs 30 times as much per
     message and hops to a thread pool: ``python -m bench.ocpp_validation``)."""
+    return compile_schema(_schema(message_type, action),
+                          formats={"date-time": _DATE_TIME.pattern})
+
+
+@cache
+def _schema(message_type: int, action: str) -> dict[str, Any]:
     name = action + ("Response" if message_type == CALLRESULT else "")
     with open(os.path.join(_SCHEMAS, f"{name}.json"), encoding="utf-8") as handle:
-        schema = json.load(handle)
-    return compile_schema(schema, formats={"date-time": _DATE_TIME.pattern})
+        return json.load(handle)  # type: ignore[no-any-return]
 
 
-def validate(message_type: int, action: str, payload: dict[str, Any], unique_id: str) -> None:
+@cache
+def _pruner(message_type: int, action: str) -> Callable[[Any], list[str]]:
+    return compile_pruner(_schema(message_type, action))
+
+
+def validate(message_type: int, action: str, payload: dict[str, Any], unique_id: str, *,
+             strict: bool = True) -> list[str]:
     """Validate a payload against the 1.6 JSON schema of ``action``, raising the CALLERROR
-    the 1.6 table prescribes for what is wrong."""
+    the 1.6 table prescribes for what is wrong. Not ``strict``, properties the schema does
+    not know are removed from ``payload`` instead (the paths returned) and the rest is
+    checked as strictly: vendors add fields of their own, and a charger refused its boot
+    for one never charges."""
+    try:
+        _validator(message_type, action)(payload)
+        return []
+    except SchemaError as error:
+        if strict or error.rule != "additionalProperties":
+            _refuse(error, unique_id)
+    removed = _pruner(message_type, action)(payload)
     try:
         _validator(message_type, action)(payload)
     except SchemaError as error:
-        code = _SCHEMA_ERRORS.get(error.rule, FORMATION_VIOLATION)
-        where = error.path.removeprefix("data").lstrip(".") or "payload"
-        message = error.message if len(error.message) <= 200 else error.message[:197] + "..."
-        raise FrameError(code, f"{where}: {message}", unique_id) from error
+        _refuse(error, unique_id)
+    return removed
+
+
+def _refuse(error: SchemaError, unique_id: str) -> NoReturn:
+    code = _SCHEMA_ERRORS.get(error.rule, FORMATION_VIOLATION)
+    where = error.path.removeprefix("data").lstrip(".") or "payload"
+    message = error.message if len(error.message) <= 200 else error.message[:197] + "..."
+    raise FrameError(code, f"{where}: {message}", unique_id) from error

@@ -102,11 +102,20 @@ async def _check_outgoing(request: Any, unique_id: str) -> None:
 
 class ChargePointHandler(ChargePoint):
     def __init__(self, cp_id: str, connection: Any, charging: ChargingService, *,
-                 response_timeout: float = 30, metrics: Metrics = NO_METRICS) -> None:
+                 response_timeout: float = 30, metrics: Metrics = NO_METRICS,
+                 strict_schema: bool = False) -> None:
         super().__init__(cp_id, connection, response_timeout=response_timeout,
                          logger=wire_log)
         self.charging = charging
         self.metrics = metrics
+        #: Refuse (FormationViolation) properties the 1.6 schemas do not know, instead of
+        #: leaving them out (``frames.validate``).
+        self.strict_schema = strict_schema
+        #: (action, path) of the unknown properties this connection was told about in
+        #: the log already: once each, not at every frame.
+        self._unknown_seen: set[tuple[str, str]] = set()
+        #: Commands in flight: unique id → action, to read the answer's schema.
+        self._actions: dict[str, str] = {}
         #: When this connection was recorded (``ChargingService.set_online``).
         self.connected_at: datetime | None = None
         self._highest_connector: int | None = None
@@ -156,6 +165,7 @@ class ChargePointHandler(ChargePoint):
         sent: asyncio.Future[None] = loop.create_future()
         self._pending[unique_id] = failed
         self._sending[unique_id] = sent
+        self._actions[unique_id] = type(request).__name__.removesuffix("Payload")
         call = asyncio.ensure_future(self.call(request, suppress=False, unique_id=unique_id))
         try:
             await asyncio.wait((call, failed, sent), timeout=timeout,
@@ -168,6 +178,7 @@ class ChargePointHandler(ChargePoint):
         finally:
             del self._pending[unique_id]
             self._sending.pop(unique_id, None)
+            self._actions.pop(unique_id, None)
             answered_with_error = unique_id in self._call_errors
             self._call_errors.discard(unique_id)
             # Cancelled here (by a failure, or the timeout), the package's call leaves its
@@ -242,7 +253,31 @@ class ChargePointHandler(ChargePoint):
             return
         if isinstance(response, CallError):
             self._call_errors.add(response.unique_id)
+        else:
+            self._leave_out_unknown(response)
         self._response_queue.put_nowait(response)
+
+    def _leave_out_unknown(self, response: CallResult) -> None:
+        """An answer carrying properties its 1.6 schema does not know (a vendor's
+        additions) loses them before the package validates it: the charger did what it
+        answers (an Unlocked with a field of its own is still unlocked). Anything else
+        wrong stays for the package to refuse."""
+        action = self._actions.get(response.unique_id)
+        if self.strict_schema or action is None or not isinstance(response.payload, dict):
+            return
+        try:
+            removed = frames.validate(frames.CALLRESULT, action, response.payload,
+                                      response.unique_id, strict=False)
+        except (FrameError, OSError):
+            return  # the package refuses it with its own words
+        self._note_unknown(action, removed)
+
+    def _note_unknown(self, action: str, removed: list[str]) -> None:
+        for path in removed:
+            if (action, path) not in self._unknown_seen and len(self._unknown_seen) < 100:
+                self._unknown_seen.add((action, path))
+                log.info("%s: %s carries %s, which OCPP 1.6 does not define: left out",
+                         self.id, action, path)
 
     # ------------------------------------------------------------- sending
     async def _send(self, message: str) -> None:
@@ -314,7 +349,10 @@ class ChargePointHandler(ChargePoint):
                 code = frames.NOT_SUPPORTED if action in frames.KNOWN_UNSERVED \
                     else frames.NOT_IMPLEMENTED
                 raise FrameError(code, f"{action} is not served here", uid)
-            frames.validate(frames.CALL, action, frame.payload, uid)
+            removed = frames.validate(frames.CALL, action, frame.payload, uid,
+                                      strict=self.strict_schema)
+            if removed:
+                self._note_unknown(action, removed)
             if action != "BootNotification" and not await self.charging.admits(self.id,
                                                                                 action):
                 # The charger keeps what it queued (a StartTransaction, its meter values)

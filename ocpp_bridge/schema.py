@@ -352,3 +352,42 @@ class _Compiler:
 
 class _Retry(Exception):
     """The fast pass found something wrong; the ordered pass says what."""
+
+
+def compile_pruner(schema: dict[str, Any]) -> Callable[[Any], list[str]]:
+    """A function removing, in place, the properties ``schema`` does not know from the
+    closed objects (``additionalProperties: false``) of a value, and returning their
+    paths (``idTagInfo.vendorFlag``). Applied only to values the schema refused for such
+    properties: firmware adding a field of its own to a BootNotification would otherwise
+    never boot."""
+    root = schema
+
+    def resolve(node: dict[str, Any]) -> dict[str, Any]:
+        while "$ref" in node:
+            target: Any = root
+            for part in node["$ref"][2:].split("/"):
+                target = target[part]
+            node = target
+        return node
+
+    def prune(node: dict[str, Any], value: Any, path: str, removed: list[str]) -> None:
+        node = resolve(node)
+        if isinstance(value, dict):
+            properties = node.get("properties", {})
+            if node.get("additionalProperties", True) is False:
+                for name in [name for name in value if name not in properties]:
+                    del value[name]
+                    removed.append(f"{path}.{name}".lstrip("."))
+            for name, sub in properties.items():
+                if name in value:
+                    prune(sub, value[name], f"{path}.{name}", removed)
+        elif isinstance(value, list) and isinstance(node.get("items"), dict):
+            for index, element in enumerate(value):
+                prune(node["items"], element, f"{path}[{index}]", removed)
+
+    def pruned(value: Any) -> list[str]:
+        removed: list[str] = []
+        prune(schema, value, "", removed)
+        return removed
+
+    return pruned

@@ -91,8 +91,8 @@ class OcppServer:
                  *, ssl_context: ssl.SSLContext | None = None, ping_interval: float = 30,
                  response_timeout: float = 30, instances_bus: EventBus | None = None,
                  instances: InstanceService | None = None, lease_seconds: float = 30.0,
-                 trusted_proxies: str = "127.0.0.1,::1", metrics: Metrics = NO_METRICS
-                 ) -> None:
+                 trusted_proxies: str = "127.0.0.1,::1", metrics: Metrics = NO_METRICS,
+                 strict_schema: bool = False) -> None:
         # ``instances_bus``: the bus of the other instances sharing the database, ``None``
         # when this process is the only one. Alone, a station still marked online at
         # start-up lost its connection with the previous process; with others, it may be
@@ -124,6 +124,7 @@ class OcppServer:
         self.ssl_context = ssl_context
         self.ping_interval = ping_interval
         self.response_timeout = response_timeout
+        self.strict_schema = strict_schema
         self._server: Server | None = None
         # cp_id → (password hash, digest of the password that matched it): reconnect
         # storms must not cost an argon2 verification each.
@@ -409,7 +410,7 @@ class OcppServer:
         cp_id = cp_id_from_path(ws.request.path if ws.request else "") or ""
         handler = ChargePointHandler(cp_id, ws, self.charging,
                                      response_timeout=self.response_timeout,
-                                     metrics=self.metrics)
+                                     metrics=self.metrics, strict_schema=self.strict_schema)
         previous = self.gateway.register(handler)
         if previous is not None:
             log.info("%s reconnected: closing its previous connection", cp_id)

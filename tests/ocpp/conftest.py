@@ -55,7 +55,8 @@ class Central:
 
 
 async def start_central(path: Path, *, auto_register: bool = False, bus: Any = None,
-                        command_timeout: float = 5.0, relayed: bool = False) -> Central:
+                        command_timeout: float = 5.0, relayed: bool = False,
+                        strict_schema: bool = False) -> Central:
     """A central system on ``path``. ``relayed``: commands go the way they go between two
     instances, through a ``CommandRelay`` without chargers to one holding this server's
     connections, over a bus that carries them as JSON."""
@@ -77,7 +78,8 @@ async def start_central(path: Path, *, auto_register: bool = False, bus: Any = N
         relays = [asker, holder, wire]
     else:
         services.attach_gateway(gateway)
-    server = OcppServer(services.charging, gateway, "127.0.0.1", 0, response_timeout=5)
+    server = OcppServer(services.charging, gateway, "127.0.0.1", 0, response_timeout=5,
+                        strict_schema=strict_schema)
     await server.start()
     return Central(services, store, server, gateway,
                    f"ws://127.0.0.1:{server.bound_port}/ocpp",

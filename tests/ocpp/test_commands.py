@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -811,7 +812,7 @@ async def test_a_command_cut_short_by_the_request_ending_is_still_audited(tmp_pa
 
 async def test_an_answer_that_breaks_the_schema_is_named_in_ocpp_16_words(
         tmp_path: Path) -> None:
-    central = await start_central(tmp_path / "c.db", command_timeout=2)
+    central = await start_central(tmp_path / "c.db", command_timeout=2, strict_schema=True)
     await seed(central)
     try:
         async with scripted_charger(central) as charger:
@@ -821,6 +822,27 @@ async def test_an_answer_that_breaks_the_schema_is_named_in_ocpp_16_words(
             assert error["code"] == "CHARGER_ERROR", error
             assert "FormationViolation" in error["message"], error
             assert "FormatViolation" not in error["message"]
+    finally:
+        await stop_central(central)
+
+
+async def test_a_vendors_extra_answer_fields_are_left_out(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """By default (not ``CHARGEGRAPH_OCPP_STRICT_SCHEMA``) an answer with a field of the
+    vendor's own is what it says (the charger did clear its cache); anything else wrong
+    in it is still refused."""
+    central = await start_central(tmp_path / "c.db", command_timeout=2)
+    await seed(central)
+    try:
+        async with scripted_charger(central) as charger:
+            charger.answers.append(("result", {"status": "Accepted", "surprise": 1}))
+            with caplog.at_level(logging.INFO, logger="chargegraph.ocpp"):
+                answer = await run(central, "clearCache", {"cpId": "CP-1"})
+            assert answer["errors"] == [] and answer["status"] == "ACCEPTED", answer
+            assert "ClearCache carries surprise, which OCPP 1.6 does not define" in caplog.text
+            charger.answers.append(("result", {"status": "Maybe", "surprise": 1}))
+            [error] = (await run(central, "clearCache", {"cpId": "CP-1"}))["errors"]
+            assert error["code"] == "CHARGER_ERROR", error
     finally:
         await stop_central(central)
 
