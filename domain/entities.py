@@ -272,6 +272,11 @@ class Session(Record):
     #: their books when a station is removed or changes hands.
     company_id: str | None = None
     station_owner_id: str | None = None
+    #: Seconds its connector sat idle (the car done, ``intervals.IDLE_STATUSES``) between
+    #: its start and end, measured at its close when its tariff bills idle time (else
+    #: null): what its idle fee was billed for, so its receipt is the same computation
+    #: later whatever status reports arrive after the close.
+    idle_seconds: int | None = None
 
     def now_on_timeline(self, ours: datetime) -> datetime:
         """"Now" (``ours``, our clock's) on the session's timeline. Its start is on the
@@ -412,6 +417,18 @@ class Tariff(Record):
     tax_rate: Decimal = Decimal("0")
     #: When this price list takes effect; a session is priced by the tariff in force at its start.
     valid_from: datetime = field(default_factory=utcnow)
+    #: Idle fee: per minute a session's connector sits occupied but not charging because
+    #: the car is done (``intervals.IDLE_STATUSES``), beyond the first
+    #: ``idle_grace_minutes`` of such time, at most ``idle_fee_cap`` (net) per session.
+    idle_price_per_minute: Decimal = Decimal("0")
+    idle_grace_minutes: int = 0
+    idle_fee_cap: Decimal | None = None
+
+    @property
+    def bills_idle(self) -> bool:
+        """Whether idle time costs anything: only then is it measured at a close (one
+        store read of the connector's state history)."""
+        return self.idle_price_per_minute > 0 and self.idle_fee_cap != 0
 
 
 @dataclass(kw_only=True)

@@ -36,6 +36,7 @@ from domain.entities import (
     SessionState,
     Station,
     StatusEvent,
+    Tariff,
     User,
 )
 from domain.errors import Conflict, Forbidden, NotFound, ValidationError
@@ -67,7 +68,9 @@ from domain.services.charger_cache import CACHED_TOPICS, ChargerCache
 from domain.services.charger_clocks import ChargerClocks
 from domain.services.intervals import (
     POINT_STATUSES,
+    IdleSpan,
     effective_state,
+    idle_times,
     next_interval,
     rebase_intervals,
 )
@@ -957,9 +960,11 @@ class ChargingService(Service):
         # station handed to another company mid-session is still priced as agreed.
         tariff = await self.tariffs.tariff_at(station, session.start_time,
                                               company_id=session.company_id)
-        cost = None
+        cost = idle = None
         if tariff is not None:
-            cost = session_cost_minor(tariff, energy, session.start_time, end)
+            idle = await self._idle_seconds(tariff, session, end)
+            cost = session_cost_minor(tariff, energy, session.start_time, end,
+                                      timedelta(seconds=idle or 0))
         guard: tuple[str, Any] = ("stop_reason", None) if awaited \
             else ("state", SessionState.ACTIVE)
         if unchanged_since is not None:  # nothing written to it since it was read
@@ -967,7 +972,7 @@ class ChargingService(Service):
         close = patch(session, actor, only_if=guard, required=True,
                       state=SessionState.COMPLETED, end_time=end, meter_stop_wh=meter_stop,
                       energy_wh=energy, power_w=None, stop_reason=reason, cost_minor=cost,
-                      currency=tariff.currency if tariff else None,
+                      currency=tariff.currency if tariff else None, idle_seconds=idle,
                       **final_soc(session, readings, self.clocks.believable))
         payment = None
         # Nothing to collect (no energy and no fees): no payment for anyone to settle.
@@ -981,6 +986,16 @@ class ChargingService(Service):
         if payment is not None:
             changes.append((Insert(payment), None))
         return cast(Session, close.record), changes
+
+    async def _idle_seconds(self, tariff: Tariff, session: Session, end: datetime
+                            ) -> int | None:
+        """Whole seconds the session's connector sat idle until ``end``, billed by its
+        idle fee (kept on the session, so its receipt is this computation again); None,
+        and no store read on the close path, when its tariff bills no idle time."""
+        if not tariff.bills_idle:
+            return None
+        idle, = await idle_times(self.store, [IdleSpan.of(session, end)])
+        return int(idle.total_seconds())  # a fraction of a second is the driver's
 
     # ------------------------------------------------------------- station-level reports
     async def firmware_status(self, cp_id: str, status: str) -> None:

@@ -26,6 +26,8 @@ BACKDATE_SLACK = timedelta(minutes=1)
 LATEST_VERSION_FIRST = (Sort("valid_from", descending=True),
                         Sort("created_at", descending=True),
                         Sort("id", descending=True))  # ids count up within a millisecond
+#: The longest idle grace a tariff may give: a day (a longer one is a typo, or no idle fee).
+MAX_IDLE_GRACE_MINUTES = 24 * 60
 #: Versions per station or company one batch reads (the latest before the newest start of
 #: the batch); a session older than all of them is looked up alone.
 VERSIONS_PER_BATCH = 50
@@ -95,7 +97,10 @@ class TariffService(Service):
                          price_per_minute: Decimal | str = Decimal(0),
                          session_fee: Decimal | str = Decimal(0),
                          tax_rate: Decimal | str = Decimal(0),
-                         valid_from: datetime | None = None) -> Tariff:
+                         valid_from: datetime | None = None,
+                         idle_price_per_minute: Decimal | str = Decimal(0),
+                         idle_grace_minutes: int = 0,
+                         idle_fee_cap: Decimal | str | None = None) -> Tariff:
         if (company_id is None) == (station_id is None):
             raise ValidationError("give exactly one of companyId and stationId",
                                   field="stationId", code="REQUIRED")
@@ -115,6 +120,11 @@ class TariffService(Service):
             price_per_minute=v.money(price_per_minute, "pricePerMinute"),
             session_fee=v.money(session_fee, "sessionFee"),
             tax_rate=v.rate(tax_rate, "taxRate"),
+            idle_price_per_minute=v.money(idle_price_per_minute, "idlePricePerMinute"),
+            idle_grace_minutes=v.whole(idle_grace_minutes, "idleGraceMinutes",
+                                       max_value=MAX_IDLE_GRACE_MINUTES),
+            idle_fee_cap=None if idle_fee_cap is None
+            else v.money(idle_fee_cap, "idleFeeCap"),
         )
         if valid_from is not None:
             tariff.valid_from = v.aware(valid_from, "validFrom") or tariff.valid_from

@@ -573,13 +573,24 @@ CREATE INDEX "reservation_company_idx" ON "reservation" ("company_id");
 CREATE INDEX "reservation_station_owner_idx" ON "reservation" ("station_owner_id");
 """
 
+# Version 24: idle fees. A tariff's idle price per minute, its grace and its optional cap
+# (older tariffs bill no idle time: price 0, grace 0, no cap); a session's idle seconds
+# as measured at its close (null for sessions closed before, and for those whose tariff
+# bills no idle time).
+_V24 = """
+ALTER TABLE "tariff" ADD COLUMN "idle_price_per_minute" TEXT NOT NULL DEFAULT '0';
+ALTER TABLE "tariff" ADD COLUMN "idle_grace_minutes" INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE "tariff" ADD COLUMN "idle_fee_cap" TEXT;
+ALTER TABLE "session" ADD COLUMN "idle_seconds" INTEGER;
+"""
+
 #: Every migration, oldest first. Append only.
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
                                      (11, _V11), (12, _V12),
                                      (13, _V13), (14, _V14), (15, _V15), (16, _V16), (17, _V17),
                                      (18, _V18), (19, _V19), (20, _V20), (21, _V21),
-                                     (22, _V22), (23, _V23))
+                                     (22, _V22), (23, _V23), (24, _V24))
 
 _BOOTSTRAP = """
 CREATE TABLE IF NOT EXISTS "schema_version" (

@@ -177,6 +177,30 @@ async def test_a_status_event_stored_before_vendor_codes_reads_as_none(mongo: Mo
     assert loaded.error_code == "GroundFailure"
 
 
+async def test_tariffs_and_sessions_stored_before_idle_fees_read_with_none(
+        mongo: MongoStore) -> None:
+    """A tariff written before idle fees bills no idle time (price 0, grace 0, no cap),
+    and a session closed before them measured none."""
+    tariff = Tariff(company_id=str(ObjectId()), price_per_kwh=Decimal("0.30"), currency="EUR",
+                    idle_price_per_minute=Decimal("0.10"), idle_grace_minutes=15,
+                    idle_fee_cap=Decimal("9"))
+    session = Session(transaction_id=1, station_id=str(ObjectId()), cp_id="CP-1",
+                      connector_id=1, id_tag="T", start_time=T0, meter_start_wh=0,
+                      idle_seconds=60)
+    await mongo.write([Insert(tariff), Insert(session)], [])
+    raw(mongo)["tariff"].update_one({"_id": ObjectId(tariff.id)}, {"$unset": {
+        "idle_price_per_minute": "", "_n_idle_price_per_minute": "",
+        "idle_grace_minutes": "", "idle_fee_cap": "", "_n_idle_fee_cap": ""}})
+    raw(mongo)["session"].update_one({"_id": ObjectId(session.id)},
+                                     {"$unset": {"idle_seconds": ""}})
+    [old] = await mongo.get_many(Tariff, [tariff.id])
+    assert old is not None and (old.idle_price_per_minute, old.idle_grace_minutes,
+                                old.idle_fee_cap) == (Decimal(0), 0, None)
+    assert not old.bills_idle and old.price_per_kwh == Decimal("0.30")
+    [closed] = await mongo.get_many(Session, [session.id])
+    assert closed is not None and closed.idle_seconds is None
+
+
 async def test_decimals_compare_as_numbers(mongo: MongoStore) -> None:
     cheap = Tariff(company_id=str(ObjectId()), price_per_kwh=Decimal("9.50"), currency="EUR")
     dear = Tariff(company_id=str(ObjectId()), price_per_kwh=Decimal("10.0"), currency="EUR")
