@@ -187,6 +187,12 @@ class SetTariffInput:
     tax_rate: Decimal = Decimal(0)
     valid_from: datetime | None = strawberry.field(default=None,
                                                    description="Defaults to now.")
+    idle_price_per_minute: Decimal = strawberry.field(default=Decimal(0), description=(
+        "Per idle minute beyond the grace (the car done, the connector still occupied)."))
+    idle_grace_minutes: int = strawberry.field(default=0, description=(
+        "Free idle minutes per session, 0..1440."))
+    idle_fee_cap: Decimal | None = strawberry.field(default=None, description=(
+        "The most a session's idle fee comes to, before tax; null: no cap."))
 
 
 @strawberry.input

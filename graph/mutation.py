@@ -467,6 +467,8 @@ class Mutation(CommandMutation, WebhookMutation):
                 price_per_kwh=input.price_per_kwh, currency=input.currency,
                 price_per_minute=input.price_per_minute, session_fee=input.session_fee,
                 tax_rate=input.tax_rate, valid_from=input.valid_from,
+                idle_price_per_minute=input.idle_price_per_minute,
+                idle_grace_minutes=input.idle_grace_minutes, idle_fee_cap=input.idle_fee_cap,
             )
 
         tariff, errors = await attempt(ctx, run)

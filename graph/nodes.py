@@ -5,8 +5,9 @@ viewer's scope applied by the domain. Fields a viewer may not see read as null."
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast
 
@@ -26,6 +27,7 @@ from domain.currencies import major_units
 from domain.geo import distance_km
 from domain.ids import is_id
 from domain.query import ALL, Eq, Range, Sort
+from domain.services.intervals import IdleSpan
 from domain.services.tariffs import LATEST_VERSION_FIRST, PricedAt
 from graph import history
 from graph.enums import (
@@ -95,7 +97,9 @@ def _now_or_later(loader: Any, key: Any, answer: Callable[[Any], Any]) -> Any:
         return answer(value)
 
     async def later() -> Any:
-        return answer(await loader.load(key))
+        value = answer(await loader.load(key))
+        # ``answer`` may load more in turn (an estimate's idle time after its tariff).
+        return await value if inspect.isawaitable(value) else value
     return later()
 
 
@@ -641,13 +645,17 @@ class Connector(Node, Audited):
 
 @strawberry.type(description=(
     "What a completed session was billed, line by line, in major units of `currency` "
-    "(exact): `energy + time + fee = net`, `net + tax = gross`, and `gross` is the "
+    "(exact): `energy + time + fee + idle = net`, `net + tax = gross`, and `gross` is the "
     "session's `cost`. Each line is its exact amount rounded to the minor unit, up or "
     "down by less than one unit so that the lines add up."))
 class CostBreakdown:
     energy: Decimal = strawberry.field(description="Energy × price per kWh.")
     time: Decimal = strawberry.field(description="Minutes × price per minute.")
     fee: Decimal = strawberry.field(description="The session fee.")
+    idle: Decimal = strawberry.field(description=(
+        "The idle fee: minutes the connector sat occupied but not charging because the car "
+        "was done (`SUSPENDED_EV`, `FINISHING`) beyond the tariff's grace × its idle price, at "
+        "most its cap."))
     net: Decimal = strawberry.field(description="Before tax.")
     tax: Decimal
     gross: Decimal = strawberry.field(description="What was billed: the session's `cost`.")
@@ -658,7 +666,7 @@ class CostBreakdown:
         def major(minor: int) -> Decimal:
             return major_units(minor, b.currency)
         return cls(energy=major(b.energy), time=major(b.time), fee=major(b.fee),
-                   net=major(b.net), tax=major(b.tax), gross=major(b.gross),
+                   idle=major(b.idle), net=major(b.net), tax=major(b.tax), gross=major(b.gross),
                    currency=b.currency)
 
 
@@ -794,19 +802,18 @@ class Session(Node, Audited):
 
     @strawberry.field(description=(
         "An estimate of what an ACTIVE session costs so far: its tariff's price of the "
-        "energy metered up to now and of its duration up to now (on the session's own "
-        "timeline), tax included. Not what will be billed: that is `cost`, when it ends. "
-        "Null for other states and when no tariff prices the session."))
+        "energy metered up to now, of its duration up to now (on the session's own "
+        "timeline) and of its idle time so far, tax included. Not what will be billed: "
+        "that is `cost`, when it ends. Null for other states and when no tariff prices "
+        "the session."))
     def estimated_cost(self, info: Info) -> Money | None:
         r = self._r
         if r.state is not d.SessionState.ACTIVE:
             return None
-        end = r.now_on_timeline(_ctx(info).now)
+        ctx = _ctx(info)
+        end = r.now_on_timeline(ctx.now)
         return _pricing_tariff(  # type: ignore[no-any-return]
-            _ctx(info), r, lambda tariff, _shown: None if tariff is None else Money(
-                amount_minor=BigInt(pricing.cost_breakdown(
-                    tariff, r.energy_wh, r.start_time, end).gross),
-                currency=tariff.currency))
+            ctx, r, lambda tariff, _shown: _estimate(ctx, r, tariff, end))
 
     @strawberry.field(description="The latest State of Charge the charger reported for "
                                   "this session, in percent; null when it reports none.")
@@ -823,14 +830,32 @@ class Session(Node, Audited):
                                           _page(first, after, last, before))
 
 
+def _estimate(ctx: GraphContext, session: d.Session, tariff: d.Tariff | None,
+              end: datetime) -> Any:
+    """An ACTIVE session's price up to ``end`` (Money, or None without a tariff); its
+    idle time is loaded (batched with the page's) only when its tariff bills it."""
+    if tariff is None:
+        return None
+
+    def priced(idle: timedelta) -> Money:
+        return Money(amount_minor=BigInt(pricing.cost_breakdown(
+            tariff, session.energy_wh, session.start_time, end, idle).gross),
+            currency=tariff.currency)
+    if not tariff.bills_idle:
+        return priced(timedelta(0))
+    return _now_or_later(ctx.loaders.idle_time(), IdleSpan.of(session, end), priced)
+
+
 def _receipt(session: d.Session, tariff: d.Tariff | None, end: datetime
              ) -> CostBreakdown | None:
     """The lines of a completed session's bill, by its tariff's pricing of what it was
-    billed for; none unless they add up to exactly what it was billed (the tariff may
-    have changed since: then there is no true split to show)."""
+    billed for (its idle time as measured at its close); none unless they add up to
+    exactly what it was billed (the tariff may have changed since: then there is no true
+    split to show)."""
     if tariff is None:
         return None
-    lines = pricing.cost_breakdown(tariff, session.energy_wh, session.start_time, end)
+    lines = pricing.cost_breakdown(tariff, session.energy_wh, session.start_time, end,
+                                   timedelta(seconds=session.idle_seconds or 0))
     if lines.gross != session.cost_minor or lines.currency != session.currency:
         return None
     return CostBreakdown.of(lines)
@@ -874,6 +899,14 @@ class Tariff(Node, Audited):
     session_fee: Decimal
     tax_rate: Decimal = strawberry.field(description="e.g. 0.19 for 19 %.")
     valid_from: datetime
+    idle_price_per_minute: Decimal = strawberry.field(description=(
+        "Per minute the connector sits occupied but not charging because the car is done "
+        "(`SUSPENDED_EV`; `FINISHING` while the transaction is open; never `SUSPENDED_EVSE`), "
+        "beyond `idleGraceMinutes` of such time per session."))
+    idle_grace_minutes: int = strawberry.field(description=(
+        "Idle minutes per session that are free, counted over the whole session."))
+    idle_fee_cap: Decimal | None = strawberry.field(description=(
+        "The most a session's idle fee comes to, before tax; null: no cap."))
     _r: strawberry.Private[d.Tariff]
 
     @classmethod
@@ -885,6 +918,9 @@ class Tariff(Node, Audited):
             "session_fee": r.session_fee,
             "tax_rate": r.tax_rate,
             "valid_from": r.valid_from,
+            "idle_price_per_minute": r.idle_price_per_minute,
+            "idle_grace_minutes": r.idle_grace_minutes,
+            "idle_fee_cap": r.idle_fee_cap,
         }, _staff(ctx))
 
     @strawberry.field

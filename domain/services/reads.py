@@ -4,6 +4,7 @@ ANDed into the store query: the single enforcement point for visibility."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
 from domain.entities import E, Tariff
@@ -20,6 +21,7 @@ from domain.query import (
     sorts_by_distance,
 )
 from domain.services.base import Service
+from domain.services.intervals import IdleSpan, idle_times
 from domain.services.tariffs import PricedAt, tariffs_in_force
 
 
@@ -101,3 +103,10 @@ class ReadService(Service):
         shown = {t.id for t in await self.get_many(viewer, Tariff, ids) if t is not None} \
             if ids else set()
         return [(t, t is not None and t.id in shown) for t in priced]
+
+    async def idle_times(self, spans: Sequence[IdleSpan]) -> list[timedelta]:
+        """How long each session's connector sat idle over its span (``IdleSpan.of``: of
+        sessions the viewer sees, up to the estimate's "now"), what its idle fee prices:
+        read whatever the viewer sees of the station's state history, as the tariff
+        pricing it is, since only the amount is shown. One store call."""
+        return await idle_times(self.store, spans)

@@ -509,6 +509,26 @@ async def test_tariffs(api: Api, world: World) -> None:
     assert zero["tariff"] == {"pricePerKwh": "0", "currency": "JPY"}
 
 
+async def test_idle_fees_are_set_shown_and_checked(api: Api, world: World) -> None:
+    station = gid("station", world.stations["A-001"].id)
+    base = {"stationId": station, "pricePerKwh": "0.39", "currency": "EUR"}
+    shown = "tariff { idlePricePerMinute idleGraceMinutes idleFeeCap }"
+    made = await call(api, world, "op_a", "setTariff",
+                      {**base, "idlePricePerMinute": "0.10", "idleGraceMinutes": 15,
+                       "idleFeeCap": "12.50"}, shown)
+    assert made["tariff"] == {"idlePricePerMinute": "0.10", "idleGraceMinutes": 15,
+                              "idleFeeCap": "12.50"}
+    plain = await call(api, world, "op_a", "setTariff", base, shown)
+    assert plain["tariff"] == {"idlePricePerMinute": "0", "idleGraceMinutes": 0,
+                               "idleFeeCap": None}
+    for bad, field in (({"idlePricePerMinute": "-0.01"}, "idlePricePerMinute"),
+                       ({"idleGraceMinutes": -1}, "idleGraceMinutes"),
+                       ({"idleGraceMinutes": 1441}, "idleGraceMinutes"),
+                       ({"idleFeeCap": "-5"}, "idleFeeCap")):
+        assert codes(await call(api, world, "op_a", "setTariff", {**base, **bad},
+                                "tariff { id }")) == [(field, "OUT_OF_RANGE")], bad
+
+
 async def test_invalid_ids_are_user_errors(api: Api, world: World) -> None:
     payload = await call(api, world, "admin", "updateStation", {"id": "nonsense", "name": "x"},
                          "station { id }")

@@ -11,6 +11,7 @@ from domain.clock import utcnow
 from domain.policy import SYSTEM
 from domain.ports import Insert
 from domain.pricing import cost_breakdown
+from domain.query import Eq
 from domain.services import Services
 from domain.services.charging import books_of
 from tests.graph.conftest import Api, CountingStore
@@ -18,7 +19,7 @@ from tests.graph.world import World
 
 FIELDS = """transactionId state cost { amountMinor currency }
   tariff { pricePerKwh pricePerMinute company { name } }
-  costBreakdown { energy time fee net tax gross currency }
+  costBreakdown { energy time fee idle net tax gross currency }
   estimatedCost { amountMinor amount currency }"""
 SESSIONS = "query($n: Int) { sessions(first: $n) { nodes { " + FIELDS + " } } }"
 
@@ -194,3 +195,68 @@ async def test_the_batch_picks_what_tariff_at_picks_beyond_one_batch_of_versions
     assert [t.id if t else None for t in batch] == [t.id if t else None for t in one_by_one]
     assert [str(t.price_per_kwh) if t else None for t in batch] == [
         None, "0.10", "0.11", "0.14", "0.14"]
+
+
+async def _history(services: Services, session: d.Session,
+                   *stretches: tuple[d.ConnectorStatus, int, int | None]) -> None:
+    """The state intervals of the session's connector, minutes from its start."""
+    def at(minutes: int | None) -> Any:
+        return None if minutes is None else session.start_time + timedelta(minutes=minutes)
+    await services.ctx.store.write([Insert(d.ConnectorInterval(
+        station_id=session.station_id, cp_id=session.cp_id,
+        connector_id=session.connector_id, status=status, start=at(start), end=at(end)))
+        for status, start, end in stretches], [])
+
+
+IDLE_PRICES = {"price_per_kwh": "0.30", "idle_price_per_minute": "0.10",
+               "idle_grace_minutes": 10, "idle_fee_cap": "30"}
+
+
+async def test_idle_time_is_estimated_billed_and_itemised(
+        api: Api, services: Services, world: World) -> None:
+    tariff = await _company_tariff(services, world, "a", **IDLE_PRICES)  # type: ignore[arg-type]
+    s1 = world.sessions["s1"]  # ACTIVE on A-001 for two hours
+    # Throttled by the charger for 10 minutes (not billed), then the car was done an
+    # hour in and sits there still (SuspendedEV, open).
+    await _history(services, s1, (d.ConnectorStatus.CHARGING, 0, 30),
+                   (d.ConnectorStatus.SUSPENDED_EVSE, 30, 40),
+                   (d.ConnectorStatus.CHARGING, 40, 60),
+                   (d.ConnectorStatus.SUSPENDED_EV, 60, None))
+    idle_since = s1.start_time + timedelta(minutes=60)
+    before = utcnow()
+    live = (await _sessions(api, world, "driver1"))[s1.transaction_id]
+    after = utcnow()
+    low = cost_breakdown(tariff, 5000, s1.start_time, before, before - idle_since)
+    high = cost_breakdown(tariff, 5000, s1.start_time, after, after - idle_since)
+    assert low.idle >= 490  # (60 − 10) minutes × 0.10, at least
+    assert low.gross <= live["estimatedCost"]["amountMinor"] <= high.gross
+
+    closed = await services.charging.end_session(world.viewer("op_a"), s1.id)
+    assert closed.idle_seconds is not None and closed.end_time is not None
+    assert closed.idle_seconds == int((closed.end_time - idle_since).total_seconds())
+    done = (await _sessions(api, world, "driver1"))[s1.transaction_id]
+    lines = {k: Decimal(v) for k, v in done["costBreakdown"].items() if k != "currency"}
+    exact = (Decimal(closed.idle_seconds) / 60 - 10) * Decimal("0.10")
+    assert abs(lines["idle"] - exact) < Decimal("0.01")
+    assert lines["energy"] + lines["time"] + lines["fee"] + lines["idle"] == lines["net"]
+    assert lines["gross"] * 100 == closed.cost_minor == done["cost"]["amountMinor"]
+    payment = await services.ctx.store.find_one(d.Payment, Eq("session_id", s1.id))
+    assert payment is not None and payment.amount_minor == closed.cost_minor
+
+
+async def test_a_page_of_estimates_reads_idle_time_in_one_store_call(
+        api: Api, services: Services, world: World, store: CountingStore) -> None:
+    await _company_tariff(services, world, "a", **IDLE_PRICES)  # type: ignore[arg-type]
+    await _company_tariff(services, world, "b", **IDLE_PRICES)  # type: ignore[arg-type]
+    sessions = [world.sessions["s1"]]
+    for i, cp_id in enumerate(("A-002", "B-001", "B-002")):
+        sessions.append(await _started(services, world, cp_id, "driver1",
+                                       timedelta(minutes=30 + i), 1000))
+    for session in sessions:
+        await _history(services, session, (d.ConnectorStatus.SUSPENDED_EV, 0, None))
+    store.detail.clear()
+    found = await _sessions(api, world, "admin")
+    estimates = [found[s.transaction_id]["estimatedCost"]["amountMinor"] for s in sessions]
+    # Each idle since its start, 120 and 30-32 minutes, beyond the 10 minutes' grace.
+    assert estimates[0] > 1100 and all(200 <= e <= 300 for e in estimates[1:])
+    assert store.detail.count("find_grouped:connector_interval") == 1
