@@ -277,6 +277,10 @@ class Session(Record):
     #: null): what its idle fee was billed for, so its receipt is the same computation
     #: later whatever status reports arrive after the close.
     idle_seconds: int | None = None
+    #: Its energy split by price at its close when its tariff has time-of-day bands
+    #: (``tariff_bands.attributed_wh``: Wh per band, then at the base price), else null:
+    #: what its energy line was billed for, as ``idle_seconds`` is for its idle fee.
+    band_energy_wh: list[int] | None = None
 
     def now_on_timeline(self, ours: datetime) -> datetime:
         """"Now" (``ours``, our clock's) on the session's timeline. Its start is on the
@@ -423,6 +427,11 @@ class Tariff(Record):
     idle_price_per_minute: Decimal = Decimal("0")
     idle_grace_minutes: int = 0
     idle_fee_cap: Decimal | None = None
+    #: Time-of-day energy prices (``tariff_bands``): ``{"days", "start", "end",
+    #: "price_per_kwh"}`` documents in ``time_zone``'s local time; energy at a time no
+    #: band covers is at ``price_per_kwh``. ``time_zone`` is an IANA name, set with bands.
+    energy_bands: list[dict[str, Any]] = field(default_factory=list)
+    time_zone: str | None = None
 
     @property
     def bills_idle(self) -> bool:

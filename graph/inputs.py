@@ -176,6 +176,17 @@ class UpdateConnectorInput:
     max_kw: float | None = strawberry.UNSET
 
 
+@strawberry.input(description=(
+    "A time-of-day energy price: `pricePerKwh` on `days` from `start` to `end`, local "
+    "times of the tariff's `timeZone`. A band over midnight is two bands."))
+class PriceBandInput:
+    days: list[str] = strawberry.field(description=(
+        "MON, TUE, WED, THU, FRI, SAT, SUN (or the whole names), any case."))
+    start: str = strawberry.field(description="HH:MM, from 00:00.")
+    end: str = strawberry.field(description="HH:MM after `start`, up to 24:00.")
+    price_per_kwh: Decimal
+
+
 @strawberry.input
 class SetTariffInput:
     company_id: strawberry.ID | None = None
@@ -193,6 +204,12 @@ class SetTariffInput:
         "Free idle minutes per session, 0..1440."))
     idle_fee_cap: Decimal | None = strawberry.field(default=None, description=(
         "The most a session's idle fee comes to, before tax; null: no cap."))
+    energy_bands: list[PriceBandInput] = strawberry.field(default_factory=list, description=(
+        "Time-of-day energy prices (none may overlap); energy at a time no band covers is "
+        "at `pricePerKwh`."))
+    time_zone: str | None = strawberry.field(default=None, description=(
+        "The IANA time zone of the bands' times, such as Europe/Berlin; required with "
+        "bands."))
 
 
 @strawberry.input

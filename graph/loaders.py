@@ -17,7 +17,7 @@ from collections.abc import Callable, Hashable, Sequence
 from datetime import timedelta
 from typing import Any
 
-from domain.entities import E, Record
+from domain.entities import E, MeterSample, Record
 from domain.policy import Viewer
 from domain.query import Filter, Sort
 from domain.services.intervals import IdleSpan
@@ -129,6 +129,21 @@ class Loaders:
 
             async def load(spans: Sequence[IdleSpan]) -> list[timedelta]:
                 return await reads.idle_times(spans)
+
+            self._loaders[key] = BatchLoader(load)
+        return self._loaders[key]
+
+    def register_readings(self) -> BatchLoader[str, list[MeterSample]]:
+        """A session's energy register samples, oldest first
+        (``ReadService.register_readings``), for the running cost of sessions whose tariff
+        has time-of-day prices."""
+        key = ("register_readings",)
+        if key not in self._loaders:
+            reads = self._reads
+
+            async def load(session_ids: Sequence[str]) -> list[list[MeterSample]]:
+                found = await reads.register_readings(session_ids)
+                return [found.get(session_id, []) for session_id in session_ids]
 
             self._loaders[key] = BatchLoader(load)
         return self._loaders[key]

@@ -29,6 +29,7 @@ from domain.ids import is_id
 from domain.query import ALL, Eq, Range, Sort
 from domain.services.intervals import IdleSpan
 from domain.services.tariffs import LATEST_VERSION_FIRST, PricedAt
+from domain.tariff_bands import attributed_wh
 from graph import history
 from graph.enums import (
     AuditAction,
@@ -832,30 +833,42 @@ class Session(Node, Audited):
 
 def _estimate(ctx: GraphContext, session: d.Session, tariff: d.Tariff | None,
               end: datetime) -> Any:
-    """An ACTIVE session's price up to ``end`` (Money, or None without a tariff); its
-    idle time is loaded (batched with the page's) only when its tariff bills it."""
+    """An ACTIVE session's price up to ``end`` (Money, or None without a tariff). What
+    its tariff needs beyond the session is loaded, batched with the page's, only when
+    it needs it: its idle time (an idle fee), its meter readings (time-of-day prices)."""
     if tariff is None:
         return None
 
-    def priced(idle: timedelta) -> Money:
+    def priced(idle: timedelta, band_wh: list[int] | None) -> Money:
         return Money(amount_minor=BigInt(pricing.cost_breakdown(
-            tariff, session.energy_wh, session.start_time, end, idle).gross),
+            tariff, session.energy_wh, session.start_time, end, idle, band_wh).gross),
             currency=tariff.currency)
-    if not tariff.bills_idle:
-        return priced(timedelta(0))
-    return _now_or_later(ctx.loaders.idle_time(), IdleSpan.of(session, end), priced)
+    if not tariff.bills_idle and not tariff.energy_bands:
+        return priced(timedelta(0), None)
+
+    async def later() -> Money:
+        idle = await ctx.loaders.idle_time().load(IdleSpan.of(session, end)) \
+            if tariff.bills_idle else timedelta(0)
+        band_wh = None
+        if tariff.energy_bands:
+            samples = await ctx.loaders.register_readings().load(session.id)
+            band_wh = attributed_wh(tariff, session.start_time, session.energy_wh,
+                                    [(s.at, s.delta_wh or 0) for s in samples])
+        return priced(idle, band_wh)
+    return later()
 
 
 def _receipt(session: d.Session, tariff: d.Tariff | None, end: datetime
              ) -> CostBreakdown | None:
     """The lines of a completed session's bill, by its tariff's pricing of what it was
-    billed for (its idle time as measured at its close); none unless they add up to
-    exactly what it was billed (the tariff may have changed since: then there is no true
-    split to show)."""
+    billed for (its idle time and energy by band as measured at its close); none unless
+    they add up to exactly what it was billed (the tariff may have changed since: then
+    there is no true split to show)."""
     if tariff is None:
         return None
     lines = pricing.cost_breakdown(tariff, session.energy_wh, session.start_time, end,
-                                   timedelta(seconds=session.idle_seconds or 0))
+                                   timedelta(seconds=session.idle_seconds or 0),
+                                   session.band_energy_wh)
     if lines.gross != session.cost_minor or lines.currency != session.currency:
         return None
     return CostBreakdown.of(lines)
@@ -891,6 +904,21 @@ class Reservation(Node, Audited):
         return await _related(info, User, self._r.user_id)
 
 
+@strawberry.type(description=(
+    "A time-of-day energy price: `pricePerKwh` on `days` from `start` to `end`, local "
+    "times of its tariff's `timeZone`."))
+class PriceBand:
+    days: list[str] = strawberry.field(description="MON … SUN.")
+    start: str = strawberry.field(description="HH:MM.")
+    end: str = strawberry.field(description="HH:MM, up to 24:00.")
+    price_per_kwh: Decimal
+
+    @classmethod
+    def of(cls, doc: dict[str, Any]) -> PriceBand:
+        return cls(days=list(doc["days"]), start=doc["start"], end=doc["end"],
+                   price_per_kwh=Decimal(doc["price_per_kwh"]))
+
+
 @strawberry.type(description="A price list of a company or a station, from `validFrom` on.")
 class Tariff(Node, Audited):
     price_per_kwh: Decimal
@@ -907,6 +935,12 @@ class Tariff(Node, Audited):
         "Idle minutes per session that are free, counted over the whole session."))
     idle_fee_cap: Decimal | None = strawberry.field(description=(
         "The most a session's idle fee comes to, before tax; null: no cap."))
+    energy_bands: list[PriceBand] = strawberry.field(description=(
+        "Time-of-day energy prices; energy at a time none covers is at `pricePerKwh`. A "
+        "session's energy is split by its meter readings (across a band's edge in "
+        "proportion to time); energy no reading accounts for is at the price in force at "
+        "its start."))
+    time_zone: str | None = strawberry.field(description="The bands' IANA time zone.")
     _r: strawberry.Private[d.Tariff]
 
     @classmethod
@@ -921,6 +955,8 @@ class Tariff(Node, Audited):
             "idle_price_per_minute": r.idle_price_per_minute,
             "idle_grace_minutes": r.idle_grace_minutes,
             "idle_fee_cap": r.idle_fee_cap,
+            "energy_bands": [PriceBand.of(band) for band in r.energy_bands],
+            "time_zone": r.time_zone,
         }, _staff(ctx))
 
     @strawberry.field

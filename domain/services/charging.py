@@ -83,11 +83,13 @@ from domain.services.metering import (
     closing_sample,
     final_soc,
     live_patch,
+    register_readings,
     samples_of,
 )
 from domain.services.reboot_checks import RebootChecks
 from domain.services.stations import connector_in_range
 from domain.services.tariffs import TariffService
+from domain.tariff_bands import attributed_wh
 
 log = logging.getLogger("chargegraph.charging")
 
@@ -864,10 +866,10 @@ class ChargingService(Service):
                                        meter_stop, end)
         if closing is not None:
             samples.append(closing)
-        closed, changes = await self._close(station, session, meter_stop, end,
-                                            reason or "Local", actor, energy_wh=energy,
-                                            awaited=awaits_stop(session),
-                                            readings=readings or [])
+        closed, changes = await self._close(
+            station, session, meter_stop, end, reason or "Local", actor, energy_wh=energy,
+            awaited=awaits_stop(session), readings=readings or [],
+            metered=[*samples, *(cast(MeterSample, u.record) for u in trimmed)])
         try:
             await self.commit(actor, changes,
                               unaudited=[*trimmed, *(InsertIfAbsent(s) for s in samples)])
@@ -941,7 +943,8 @@ class ChargingService(Service):
                      end: datetime, reason: str, actor: Viewer, *,
                      energy_wh: int | None = None, awaited: bool = False,
                      unchanged_since: datetime | None = None,
-                     readings: Sequence[MeterReading] = ()
+                     readings: Sequence[MeterReading] = (),
+                     metered: Sequence[MeterSample] = ()
                      ) -> tuple[Session, list[tuple[Change, Any]]]:
         """The closed session, and its write with the payment it opens (the changes to
         commit). ``energy_wh``: the session's energy
@@ -951,7 +954,9 @@ class ChargingService(Service):
         (``CHANGED``) instead of closing it twice. ``unchanged_since``: written only onto
         the session as it was read, last updated then (any change since moves it).
         ``readings``: the stop's own (its transactionData): a State of Charge there is the
-        session's last."""
+        session's last. ``metered``: samples of the session written with the close (the
+        stop's, its closing sample, stored ones whose increments it lowers), which
+        time-of-day prices count over the stored ones."""
         # A stop stamped before the start (a clock reset mid-session) ends the session
         # when it began, so no duration anywhere comes out negative.
         end = max(end, session.start_time)
@@ -960,11 +965,12 @@ class ChargingService(Service):
         # station handed to another company mid-session is still priced as agreed.
         tariff = await self.tariffs.tariff_at(station, session.start_time,
                                               company_id=session.company_id)
-        cost = idle = None
+        cost = idle = band_wh = None
         if tariff is not None:
             idle = await self._idle_seconds(tariff, session, end)
+            band_wh = await self._band_energy(tariff, session, energy, metered)
             cost = session_cost_minor(tariff, energy, session.start_time, end,
-                                      timedelta(seconds=idle or 0))
+                                      timedelta(seconds=idle or 0), band_wh)
         guard: tuple[str, Any] = ("stop_reason", None) if awaited \
             else ("state", SessionState.ACTIVE)
         if unchanged_since is not None:  # nothing written to it since it was read
@@ -973,6 +979,7 @@ class ChargingService(Service):
                       state=SessionState.COMPLETED, end_time=end, meter_stop_wh=meter_stop,
                       energy_wh=energy, power_w=None, stop_reason=reason, cost_minor=cost,
                       currency=tariff.currency if tariff else None, idle_seconds=idle,
+                      band_energy_wh=band_wh,
                       **final_soc(session, readings, self.clocks.believable))
         payment = None
         # Nothing to collect (no energy and no fees): no payment for anyone to settle.
@@ -996,6 +1003,19 @@ class ChargingService(Service):
             return None
         idle, = await idle_times(self.store, [IdleSpan.of(session, end)])
         return int(idle.total_seconds())  # a fraction of a second is the driver's
+
+    async def _band_energy(self, tariff: Tariff, session: Session, energy: int,
+                           metered: Sequence[MeterSample]) -> list[int] | None:
+        """The session's ``energy`` split by the tariff's time-of-day bands, from its
+        energy register readings (stored, overlaid by ``metered``: what the close
+        writes); None, and no store read, for a tariff without bands."""
+        if not tariff.energy_bands:
+            return None
+        stored = await register_readings(self.store, [session.id])
+        samples = {s.id: s for s in stored.get(session.id, [])}
+        samples.update((s.id, s) for s in metered if s.delta_wh is not None)
+        return attributed_wh(tariff, session.start_time, energy,
+                             [(s.at, s.delta_wh or 0) for s in samples.values()])
 
     # ------------------------------------------------------------- station-level reports
     async def firmware_status(self, cp_id: str, status: str) -> None:

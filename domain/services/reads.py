@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from domain.entities import E, Tariff
+from domain.entities import E, MeterSample, Tariff
 from domain.policy import Viewer
 from domain.query import (
     ALL,
@@ -22,6 +22,7 @@ from domain.query import (
 )
 from domain.services.base import Service
 from domain.services.intervals import IdleSpan, idle_times
+from domain.services.metering import register_readings
 from domain.services.tariffs import PricedAt, tariffs_in_force
 
 
@@ -110,3 +111,10 @@ class ReadService(Service):
         read whatever the viewer sees of the station's state history, as the tariff
         pricing it is, since only the amount is shown. One store call."""
         return await idle_times(self.store, spans)
+
+    async def register_readings(self, session_ids: Sequence[str]
+                                ) -> dict[str, list[MeterSample]]:
+        """The energy register samples of sessions the viewer sees, by session
+        (``metering.register_readings``), for the running cost of those whose tariff has
+        time-of-day prices: only the amount is shown. One store call."""
+        return await register_readings(self.store, session_ids)

@@ -18,6 +18,7 @@ from domain.policy import Viewer
 from domain.ports import Insert, Store
 from domain.query import Eq, Range, Sort, all_of
 from domain.services.base import UNSET, Service, stamp_new
+from domain.tariff_bands import BandInput, checked_bands
 
 #: How far before "now" an operator's validFrom may be (clocks of client and server).
 BACKDATE_SLACK = timedelta(minutes=1)
@@ -100,7 +101,9 @@ class TariffService(Service):
                          valid_from: datetime | None = None,
                          idle_price_per_minute: Decimal | str = Decimal(0),
                          idle_grace_minutes: int = 0,
-                         idle_fee_cap: Decimal | str | None = None) -> Tariff:
+                         idle_fee_cap: Decimal | str | None = None,
+                         energy_bands: Sequence[BandInput] = (),
+                         time_zone: str | None = None) -> Tariff:
         if (company_id is None) == (station_id is None):
             raise ValidationError("give exactly one of companyId and stationId",
                                   field="stationId", code="REQUIRED")
@@ -126,6 +129,7 @@ class TariffService(Service):
             idle_fee_cap=None if idle_fee_cap is None
             else v.money(idle_fee_cap, "idleFeeCap"),
         )
+        tariff.energy_bands, tariff.time_zone = checked_bands(energy_bands, time_zone)
         if valid_from is not None:
             tariff.valid_from = v.aware(valid_from, "validFrom") or tariff.valid_from
             # A session is priced by the tariff in force when it started: a version dated

@@ -573,15 +573,20 @@ CREATE INDEX "reservation_company_idx" ON "reservation" ("company_id");
 CREATE INDEX "reservation_station_owner_idx" ON "reservation" ("station_owner_id");
 """
 
-# Version 24: idle fees. A tariff's idle price per minute, its grace and its optional cap
-# (older tariffs bill no idle time: price 0, grace 0, no cap); a session's idle seconds
-# as measured at its close (null for sessions closed before, and for those whose tariff
-# bills no idle time).
+# Version 24: idle fees and time-of-day energy prices. A tariff's idle price per minute,
+# its grace and its optional cap (older tariffs bill no idle time: price 0, grace 0, no
+# cap); a session's idle seconds as measured at its close (null for sessions closed
+# before, and for those whose tariff bills no idle time). A tariff's price bands (JSON,
+# none for older ones) and their time zone; a session's energy split by band at its
+# close (null unless its tariff has bands).
 _V24 = """
 ALTER TABLE "tariff" ADD COLUMN "idle_price_per_minute" TEXT NOT NULL DEFAULT '0';
 ALTER TABLE "tariff" ADD COLUMN "idle_grace_minutes" INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE "tariff" ADD COLUMN "idle_fee_cap" TEXT;
 ALTER TABLE "session" ADD COLUMN "idle_seconds" INTEGER;
+ALTER TABLE "tariff" ADD COLUMN "energy_bands" TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE "tariff" ADD COLUMN "time_zone" TEXT;
+ALTER TABLE "session" ADD COLUMN "band_energy_wh" TEXT;
 """
 
 #: Every migration, oldest first. Append only.

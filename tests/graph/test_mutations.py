@@ -529,6 +529,33 @@ async def test_idle_fees_are_set_shown_and_checked(api: Api, world: World) -> No
                                 "tariff { id }")) == [(field, "OUT_OF_RANGE")], bad
 
 
+async def test_price_bands_are_set_shown_and_checked(api: Api, world: World) -> None:
+    station = gid("station", world.stations["A-001"].id)
+    base = {"stationId": station, "pricePerKwh": "0.30", "currency": "EUR",
+            "timeZone": "Europe/Berlin"}
+    peak = {"days": ["mon", "TUE", "Wednesday"], "start": "07:00", "end": "22:00",
+            "pricePerKwh": "0.45"}
+    made = await call(api, world, "op_a", "setTariff", {**base, "energyBands": [peak]},
+                      "tariff { timeZone energyBands { days start end pricePerKwh } }")
+    assert made["tariff"] == {"timeZone": "Europe/Berlin", "energyBands": [{
+        "days": ["MON", "TUE", "WED"], "start": "07:00", "end": "22:00",
+        "pricePerKwh": "0.45"}]}
+    for bands, zone, field, code in (
+            ([{**peak, "pricePerKwh": "-1"}], "Europe/Berlin", "energyBands.0.pricePerKwh",
+             "OUT_OF_RANGE"),
+            ([{**peak, "days": ["MON", "XYZ"]}], "Europe/Berlin", "energyBands.0.days",
+             "INVALID"),
+            ([peak, {**peak, "days": ["WED"], "start": "21:00", "end": "23:00"}],
+             "Europe/Berlin", "energyBands.1", "OVERLAP"),
+            ([{**peak, "end": "06:00"}], "Europe/Berlin", "energyBands.0.end",
+             "OUT_OF_RANGE"),
+            ([peak], None, "timeZone", "REQUIRED")):
+        payload = await call(api, world, "op_a", "setTariff",
+                             {**base, "timeZone": zone, "energyBands": bands},
+                             "tariff { id }")
+        assert codes(payload) == [(field, code)], (bands, zone)
+
+
 async def test_invalid_ids_are_user_errors(api: Api, world: World) -> None:
     payload = await call(api, world, "admin", "updateStation", {"id": "nonsense", "name": "x"},
                          "station { id }")

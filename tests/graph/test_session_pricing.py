@@ -6,6 +6,8 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
+import pytest
+
 from domain import entities as d
 from domain.clock import utcnow
 from domain.policy import SYSTEM
@@ -14,6 +16,7 @@ from domain.pricing import cost_breakdown
 from domain.query import Eq
 from domain.services import Services
 from domain.services.charging import books_of
+from domain.tariff_bands import DAYS, BandInput
 from tests.graph.conftest import Api, CountingStore
 from tests.graph.world import World
 
@@ -260,3 +263,42 @@ async def test_a_page_of_estimates_reads_idle_time_in_one_store_call(
     # Each idle since its start, 120 and 30-32 minutes, beyond the 10 minutes' grace.
     assert estimates[0] > 1100 and all(200 <= e <= 300 for e in estimates[1:])
     assert store.detail.count("find_grouped:connector_interval") == 1
+
+
+async def test_time_of_day_prices_are_estimated_and_itemised(
+        api: Api, services: Services, world: World) -> None:
+    """A band over about the first hour of s1 (started two hours ago, 5 kWh so far):
+    the energy read in it at its price, the rest at the base price."""
+    s1 = world.sessions["s1"]
+    edge = (s1.start_time + timedelta(hours=1)).replace(second=0, microsecond=0)
+    if s1.start_time.date() != edge.date() or edge.hour == 0:
+        pytest.skip("the band would cross midnight (a tariff needs two bands then)")
+    band = BandInput(list(DAYS), s1.start_time.strftime("%H:%M"), edge.strftime("%H:%M"),
+                     "0.50")
+    tariff = await services.tariffs.set_tariff(
+        world.viewer("admin"), company_id=world.companies["a"].id, currency="EUR",
+        price_per_kwh="0.20", energy_bands=[band], time_zone="UTC",
+        valid_from=utcnow() - timedelta(hours=3))
+    # Registers: 2 kWh by 20 minutes before the band ends, 2 kWh over the 40 minutes
+    # from then (half in the band, half after), 1 kWh no reading accounts for (at the
+    # start's price: the band's).
+    await services.ctx.store.write([Insert(d.MeterSample(
+        session_id=s1.id, cp_id=s1.cp_id, connector_id=s1.connector_id,
+        station_id=s1.station_id, at=edge + timedelta(minutes=minutes),
+        measurand="Energy.Active.Import.Register", value=float(wh), delta_wh=2000))
+        for minutes, wh in ((-20, 3000), (20, 5000))], [])
+    expected = cost_breakdown(tariff, 5000, s1.start_time, s1.start_time,
+                              band_wh=[4000, 1000]).gross
+    assert expected == 220  # 4 kWh × 0.50 + 1 kWh × 0.20
+    live = (await _sessions(api, world, "driver1"))[s1.transaction_id]
+    assert live["estimatedCost"]["amountMinor"] == expected
+    closed = await services.charging.end_session(world.viewer("op_a"), s1.id)
+    assert closed.band_energy_wh == [4000, 1000] and closed.cost_minor == expected
+    done = (await _sessions(api, world, "driver1"))[s1.transaction_id]
+    assert Decimal(done["costBreakdown"]["energy"]) == Decimal("2.20")
+    assert done["cost"]["amountMinor"] == expected
+    shown = await api.gql('{ tariffs(first: 5) { nodes { timeZone energyBands { days start '
+                          'end pricePerKwh } } } }', as_user=world.users["driver1"].id)
+    assert {"timeZone": "UTC", "energyBands": [{
+        "days": list(DAYS), "start": band.start, "end": band.end, "pricePerKwh": "0.50"}]
+    } in shown["tariffs"]["nodes"]

@@ -661,9 +661,9 @@ async def test_version_23_gives_reservations_their_books(db_path: str) -> None:
         ("r1", "co1", None), ("r2", None, "u1"), ("r3", None, None)]
 
 
-async def test_version_24_leaves_older_tariffs_billing_no_idle_time(db_path: str) -> None:
-    """Tariffs set before version 24 bill no idle time (price 0, grace 0, no cap);
-    sessions closed before it measured none."""
+async def test_version_24_leaves_older_tariffs_without_idle_fees_or_bands(db_path: str) -> None:
+    """Tariffs set before version 24 bill no idle time (price 0, grace 0, no cap) and
+    have no time-of-day bands; sessions closed before it measured neither."""
     async with aiosqlite.connect(db_path, isolation_level=None) as conn:
         await apply_migrations(conn, MIGRATIONS[:23])
         stamps = "0, 0, 'system', 'system'"
@@ -686,8 +686,10 @@ async def test_version_24_leaves_older_tariffs_billing_no_idle_time(db_path: str
                                        tariff.idle_grace_minutes, tariff.idle_fee_cap) == (
             Decimal(0), 0, None)
         assert not tariff.bills_idle and tariff.tax_rate == Decimal("0.19")
+        assert (tariff.energy_bands, tariff.time_zone) == ([], None)
         [session] = await store.get_many(Session, ["s1"])
-        assert session is not None and session.idle_seconds is None
+        assert session is not None and (session.idle_seconds, session.band_energy_wh) == (
+            None, None)
     finally:
         await store.close()
 
