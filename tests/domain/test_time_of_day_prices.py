@@ -176,3 +176,18 @@ async def test_a_tariff_without_bands_reads_no_samples(band_world: World,
     session = await band_world.session(tx)
     assert (session.band_energy_wh, session.cost_minor) == (None, 60)
     assert "meter_sample" not in reads
+
+
+def test_bands_follow_the_local_clock_over_daylight_saving_changes() -> None:
+    # 29 March 2026, Berlin: 02:00 CET is 03:00 CEST (01:00 UTC). 00:30-01:30 UTC is
+    # 01:30-02:00 then 03:00-03:30 local: half of it in a 03:00-04:00 band.
+    spring = _tariff([BandInput(["SUN"], "03:00", "04:00", "0.5")])
+    start = datetime(2026, 3, 29, 0, 30, tzinfo=UTC)
+    assert attributed_wh(spring, start, 1000, [(start + timedelta(hours=1), 1000)]) == [
+        500, 500]
+    # 25 October 2026: 03:00 CEST is 02:00 CET again (01:00 UTC), and 02:00-02:30 local
+    # comes twice (00:00-00:30 and 01:00-01:30 UTC): an hour of the two from 23:30 UTC.
+    autumn = _tariff([BandInput(["SUN"], "02:00", "02:30", "0.5")])
+    start = datetime(2026, 10, 24, 23, 30, tzinfo=UTC)
+    assert attributed_wh(autumn, start, 1200, [(start + timedelta(hours=2), 1200)]) == [
+        600, 600]
