@@ -67,6 +67,21 @@ class ConnectorType(StrEnum):
     OTHER = "Other"
 
 
+class PowerType(StrEnum):
+    AC = "AC"
+    DC = "DC"
+
+
+#: The current a plug standard delivers. NACS carries both (a Supercharger, a wall box)
+#: and "Other" is anything: those match no power-type tariff, only one for their
+#: standard or one for all plugs.
+POWER_OF_PLUG: dict[ConnectorType, PowerType] = {
+    ConnectorType.TYPE1: PowerType.AC, ConnectorType.TYPE2: PowerType.AC,
+    ConnectorType.SCHUKO: PowerType.AC, ConnectorType.CCS1: PowerType.DC,
+    ConnectorType.CCS2: PowerType.DC, ConnectorType.CHADEMO: PowerType.DC,
+}
+
+
 class SessionState(StrEnum):
     ACTIVE = "ACTIVE"
     COMPLETED = "COMPLETED"
@@ -281,6 +296,9 @@ class Session(Record):
     #: (``tariff_bands.attributed_wh``: Wh per band, then at the base price), else null:
     #: what its energy line was billed for, as ``idle_seconds`` is for its idle fee.
     band_energy_wh: list[int] | None = None
+    #: The standard of the plug it was started on (its connector's type then; null for
+    #: sessions before it was kept and for a plug not on record): what it is priced by.
+    connector_type: ConnectorType | None = None
 
     def now_on_timeline(self, ours: datetime) -> datetime:
         """"Now" (``ours``, our clock's) on the session's timeline. Its start is on the
@@ -432,6 +450,12 @@ class Tariff(Record):
     #: band covers is at ``price_per_kwh``. ``time_zone`` is an IANA name, set with bands.
     energy_bands: list[dict[str, Any]] = field(default_factory=list)
     time_zone: str | None = None
+    #: What it prices, at most one set: the sessions on plugs of one standard, or of one
+    #: power type (``POWER_OF_PLUG``); neither, all of them. Of an owner's versions in
+    #: force, the most specific that fits the session's plug prices it
+    #: (``tariffs.scopes_for``).
+    connector_type: ConnectorType | None = None
+    power_type: PowerType | None = None
 
     @property
     def bills_idle(self) -> bool:

@@ -10,7 +10,7 @@ from typing import Any
 import strawberry
 
 from domain.services import UNSET
-from graph.enums import ConnectorType, IdTagStatus, Registration, Role
+from graph.enums import ConnectorType, IdTagStatus, PowerType, Registration, Role
 
 
 def given(value: Any) -> Any:
@@ -210,6 +210,11 @@ class SetTariffInput:
     time_zone: str | None = strawberry.field(default=None, description=(
         "The IANA time zone of the bands' times, such as Europe/Berlin; required with "
         "bands."))
+    connector_type: ConnectorType | None = strawberry.field(default=None, description=(
+        "Price only sessions on plugs of this standard (at most one of this and "
+        "`powerType`; neither: all plugs)."))
+    power_type: PowerType | None = strawberry.field(default=None, description=(
+        "Price only sessions on plugs of this power type, such as a station's DC plugs."))
 
 
 @strawberry.input

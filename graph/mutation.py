@@ -472,7 +472,8 @@ class Mutation(CommandMutation, WebhookMutation):
                 idle_grace_minutes=input.idle_grace_minutes, idle_fee_cap=input.idle_fee_cap,
                 energy_bands=[BandInput(band.days, band.start, band.end, band.price_per_kwh)
                               for band in input.energy_bands],
-                time_zone=input.time_zone,
+                time_zone=input.time_zone, connector_type=input.connector_type,
+                power_type=input.power_type,
             )
 
         tariff, errors = await attempt(ctx, run)

@@ -26,7 +26,7 @@ from domain import pricing
 from domain.currencies import major_units
 from domain.geo import distance_km
 from domain.ids import is_id
-from domain.query import ALL, Eq, Range, Sort
+from domain.query import ALL, Eq, Range, Sort, all_of
 from domain.services.intervals import IdleSpan
 from domain.services.tariffs import LATEST_VERSION_FIRST, PricedAt
 from domain.tariff_bands import attributed_wh
@@ -37,6 +37,7 @@ from graph.enums import (
     ConnectorType,
     IdTagStatus,
     PaymentStatus,
+    PowerType,
     Registration,
     ReservationState,
     Role,
@@ -540,11 +541,14 @@ class Station(Node, Audited):
             return None
         return await _related(info, Company, self._r.company_id)
 
-    @strawberry.field(description="The price list in force now: the station's, else its "
-                                  "company's.")
+    @strawberry.field(description=(
+        "The price list in force now for all its plugs: the station's, else its "
+        "company's. A plug may have one of its own (by standard or power type): "
+        "`Connector.tariff`."))
     async def tariff(self, info: Info) -> Tariff | None:
         ctx = _ctx(info)
-        in_force = Range("valid_from", lte=ctx.now)
+        in_force = all_of(Range("valid_from", lte=ctx.now), Eq("connector_type", None),
+                          Eq("power_type", None))
         newest = LATEST_VERSION_FIRST  # the version set last wins a tie, as in pricing
         own = await ctx.loaders.one_by(d.Tariff, "station_id", in_force, newest).load(self._r.id)
         if own is None and self._r.company_id is not None:
@@ -633,6 +637,20 @@ class Connector(Node, Audited):
         return _now_or_later(_active_sessions(ctx), self._r.station_id,  # type: ignore[no-any-return]
                              lambda sessions: _wrap_or_none(
                                  Session, _on_connector(sessions, self._r.connector_id), ctx))
+
+    @strawberry.field(description=(
+        "The tariff a session started on this connector now is priced by: the most "
+        "specific in force of its station's (for its plug standard, else its power type, "
+        "else all plugs), else of its company's. Null when there is none or the viewer "
+        "may not see it."))
+    async def tariff(self, info: Info) -> Tariff | None:
+        ctx = _ctx(info)
+        station = await ctx.loaders.by_id(d.Station).load(self._r.station_id)
+        if station is None:
+            return None
+        found, shown = await ctx.loaders.pricing_tariff().load(PricedAt(
+            station.id, station.company_id, ctx.now, self._r.type))
+        return Tariff.wrap(found, ctx) if found is not None and shown else None
 
     @strawberry.field(description="The connector's status reports, newest first (admins "
                                   "and the station's operators).")
@@ -941,6 +959,13 @@ class Tariff(Node, Audited):
         "proportion to time); energy no reading accounts for is at the price in force at "
         "its start."))
     time_zone: str | None = strawberry.field(description="The bands' IANA time zone.")
+    connector_type: ConnectorType | None = strawberry.field(description=(
+        "It prices only sessions on plugs of this standard (null: see `powerType`)."))
+    power_type: PowerType | None = strawberry.field(description=(
+        "It prices only sessions on plugs of this power type (CCS and CHAdeMO are DC; "
+        "Type 1, Type 2 and Schuko AC; NACS and Other neither). Neither set: all plugs. "
+        "Of a station's (else its company's) versions in force, the most specific that "
+        "fits a session's plug prices it."))
     _r: strawberry.Private[d.Tariff]
 
     @classmethod
@@ -957,6 +982,8 @@ class Tariff(Node, Audited):
             "idle_fee_cap": r.idle_fee_cap,
             "energy_bands": [PriceBand.of(band) for band in r.energy_bands],
             "time_zone": r.time_zone,
+            "connector_type": r.connector_type,
+            "power_type": r.power_type,
         }, _staff(ctx))
 
     @strawberry.field

@@ -692,6 +692,7 @@ class ChargingService(Service):
             # Another card's, or another connector's: it goes on holding the plug for
             # whom it was made, and the session is not its (1.6, 5.13).
             reservation_id, reservation = None, None
+        plug, is_new = await self._connector(station, connector_id)
         session = stamp_new(Session(
             transaction_id=await self.store.next_sequence("transaction"),
             station_id=station.id, cp_id=cp_id, connector_id=connector_id, id_tag=tag,
@@ -700,9 +701,11 @@ class ChargingService(Service):
             vehicle_id=id_tag_record.vehicle_id if id_tag_record else None,
             reservation_id=reservation_id, company_id=company_id,
             station_owner_id=station_owner_id,
+            # The plug it was started on is priced (a DC tariff), not the one the
+            # connector is edited to later; none for a plug not on record.
+            connector_type=None if is_new else plug.type,
         ), actor)
         changes: list[tuple[Change, Any]] = []
-        plug, is_new = await self._connector(station, connector_id)
         if is_new:
             # A plug we did not know (within the cap reports may register): recorded as a
             # status report would, so the session has a connector on the map and in lists.
@@ -964,7 +967,8 @@ class ChargingService(Service):
         # The tariff of whoever keeps the session's books, in force at its start: a
         # station handed to another company mid-session is still priced as agreed.
         tariff = await self.tariffs.tariff_at(station, session.start_time,
-                                              company_id=session.company_id)
+                                              company_id=session.company_id,
+                                              connector_type=session.connector_type)
         cost = idle = band_wh = None
         if tariff is not None:
             idle = await self._idle_seconds(tariff, session, end)

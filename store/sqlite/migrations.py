@@ -578,7 +578,9 @@ CREATE INDEX "reservation_station_owner_idx" ON "reservation" ("station_owner_id
 # cap); a session's idle seconds as measured at its close (null for sessions closed
 # before, and for those whose tariff bills no idle time). A tariff's price bands (JSON,
 # none for older ones) and their time zone; a session's energy split by band at its
-# close (null unless its tariff has bands).
+# close (null unless its tariff has bands). A tariff's scope, a plug standard or a power
+# type (older ones price all plugs), and the plug a session was started on (unknown for
+# older sessions: priced by tariffs for all plugs, as they were).
 _V24 = """
 ALTER TABLE "tariff" ADD COLUMN "idle_price_per_minute" TEXT NOT NULL DEFAULT '0';
 ALTER TABLE "tariff" ADD COLUMN "idle_grace_minutes" INTEGER NOT NULL DEFAULT 0;
@@ -587,6 +589,9 @@ ALTER TABLE "session" ADD COLUMN "idle_seconds" INTEGER;
 ALTER TABLE "tariff" ADD COLUMN "energy_bands" TEXT NOT NULL DEFAULT '[]';
 ALTER TABLE "tariff" ADD COLUMN "time_zone" TEXT;
 ALTER TABLE "session" ADD COLUMN "band_energy_wh" TEXT;
+ALTER TABLE "tariff" ADD COLUMN "connector_type" TEXT;
+ALTER TABLE "tariff" ADD COLUMN "power_type" TEXT;
+ALTER TABLE "session" ADD COLUMN "connector_type" TEXT;
 """
 
 #: Every migration, oldest first. Append only.

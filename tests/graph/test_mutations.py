@@ -556,6 +556,21 @@ async def test_price_bands_are_set_shown_and_checked(api: Api, world: World) -> 
         assert codes(payload) == [(field, code)], (bands, zone)
 
 
+async def test_a_tariff_may_price_one_plug_standard_or_power_type(api: Api, world: World
+                                                                   ) -> None:
+    base = {"stationId": gid("station", world.stations["A-001"].id), "pricePerKwh": "0.69",
+            "currency": "EUR"}
+    made = await call(api, world, "op_a", "setTariff", {**base, "connectorType": "CCS2"},
+                      "tariff { connectorType powerType }")
+    assert made["tariff"] == {"connectorType": "CCS2", "powerType": None}
+    made = await call(api, world, "op_a", "setTariff", {**base, "powerType": "DC"},
+                      "tariff { connectorType powerType }")
+    assert made["tariff"] == {"connectorType": None, "powerType": "DC"}
+    assert codes(await call(api, world, "op_a", "setTariff",
+                            {**base, "powerType": "AC", "connectorType": "CCS2"},
+                            "tariff { id }")) == [("powerType", "INVALID")]
+
+
 async def test_invalid_ids_are_user_errors(api: Api, world: World) -> None:
     payload = await call(api, world, "admin", "updateStation", {"id": "nonsense", "name": "x"},
                          "station { id }")

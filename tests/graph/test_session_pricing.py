@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -11,7 +12,7 @@ import pytest
 from domain import entities as d
 from domain.clock import utcnow
 from domain.policy import SYSTEM
-from domain.ports import Insert
+from domain.ports import Insert, Update
 from domain.pricing import cost_breakdown
 from domain.query import Eq
 from domain.services import Services
@@ -302,3 +303,36 @@ async def test_time_of_day_prices_are_estimated_and_itemised(
     assert {"timeZone": "UTC", "energyBands": [{
         "days": list(DAYS), "start": band.start, "end": band.end, "pricePerKwh": "0.50"}]
     } in shown["tariffs"]["nodes"]
+
+
+async def test_a_station_s_dc_plugs_are_priced_by_its_dc_tariff(
+        api: Api, services: Services, world: World) -> None:
+    station = world.stations["A-001"]  # connector 1 is CCS2 (DC), 2 is Type 2 (AC)
+
+    async def price(kwh: str, **scope: Any) -> d.Tariff:
+        return await services.tariffs.set_tariff(
+            world.viewer("admin"), station_id=station.id, currency="EUR", price_per_kwh=kwh,
+            valid_from=utcnow() - timedelta(hours=3), **scope)
+    await price("0.39")
+    await price("0.59", power_type=d.PowerType.DC)  # newer, but for DC plugs only
+    shown = await api.gql(
+        '{ station(cpId: "A-001") { tariff { pricePerKwh powerType } connectors { '
+        'connectorId tariff { pricePerKwh powerType connectorType } } } }',
+        as_user=world.users["driver1"].id)
+    assert shown["station"]["tariff"] == {"pricePerKwh": "0.39", "powerType": None}
+    assert shown["station"]["connectors"] == [
+        {"connectorId": 1, "tariff": {"pricePerKwh": "0.59", "powerType": "DC",
+                                      "connectorType": None}},
+        {"connectorId": 2, "tariff": {"pricePerKwh": "0.39", "powerType": None,
+                                      "connectorType": None}}]
+    # A session started on the CCS2 plug: priced, shown and itemised by the DC tariff.
+    s1 = world.sessions["s1"]
+    await services.ctx.store.write([Update(
+        replace(s1, connector_type=d.ConnectorType.CCS2), frozenset({"connector_type"}))],
+        [])
+    live = (await _sessions(api, world, "driver1"))[s1.transaction_id]
+    assert live["tariff"]["pricePerKwh"] == "0.59"
+    closed = await services.charging.end_session(world.viewer("op_a"), s1.id)
+    assert closed.cost_minor == 295  # 5 kWh × 0.59
+    done = (await _sessions(api, world, "driver1"))[s1.transaction_id]
+    assert done["costBreakdown"]["gross"] == "2.95"

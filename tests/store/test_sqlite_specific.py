@@ -661,9 +661,11 @@ async def test_version_23_gives_reservations_their_books(db_path: str) -> None:
         ("r1", "co1", None), ("r2", None, "u1"), ("r3", None, None)]
 
 
-async def test_version_24_leaves_older_tariffs_without_idle_fees_or_bands(db_path: str) -> None:
-    """Tariffs set before version 24 bill no idle time (price 0, grace 0, no cap) and
-    have no time-of-day bands; sessions closed before it measured neither."""
+async def test_version_24_leaves_older_tariffs_without_idle_fees_bands_or_plugs(
+        db_path: str) -> None:
+    """Tariffs set before version 24 bill no idle time (price 0, grace 0, no cap), have
+    no time-of-day bands and price all plugs; sessions closed before it measured
+    neither and record no plug."""
     async with aiosqlite.connect(db_path, isolation_level=None) as conn:
         await apply_migrations(conn, MIGRATIONS[:23])
         stamps = "0, 0, 'system', 'system'"
@@ -687,9 +689,10 @@ async def test_version_24_leaves_older_tariffs_without_idle_fees_or_bands(db_pat
             Decimal(0), 0, None)
         assert not tariff.bills_idle and tariff.tax_rate == Decimal("0.19")
         assert (tariff.energy_bands, tariff.time_zone) == ([], None)
+        assert (tariff.connector_type, tariff.power_type) == (None, None)
         [session] = await store.get_many(Session, ["s1"])
-        assert session is not None and (session.idle_seconds, session.band_energy_wh) == (
-            None, None)
+        assert session is not None and (session.idle_seconds, session.band_energy_wh,
+                                        session.connector_type) == (None, None, None)
     finally:
         await store.close()
 
