@@ -22,7 +22,7 @@ POINT_STATUSES = POINT_DOWN | {ConnectorStatus.AVAILABLE}
 #: the transaction is open, as the span of a session bounds it). SuspendedEVSE is the
 #: charger or its operator throttling, never the driver's doing, so never billed.
 IDLE_STATUSES = (ConnectorStatus.SUSPENDED_EV, ConnectorStatus.FINISHING)
-#: Idle stretches read per station for one batch of sessions (``idle_times``); a session
+#: Idle stretches read per cpId for one batch of sessions (``idle_times``); a session
 #: with more status changes than that is billed for the idle time of those read (fewer,
 #: never more).
 IDLE_STRETCHES_PER_BATCH = 1000
