@@ -67,6 +67,21 @@ class ConnectorType(StrEnum):
     OTHER = "Other"
 
 
+class PowerType(StrEnum):
+    AC = "AC"
+    DC = "DC"
+
+
+#: The current a plug standard delivers. NACS carries both (a Supercharger, a wall box)
+#: and "Other" is anything: those match no power-type tariff, only one for their
+#: standard or one for all plugs.
+POWER_OF_PLUG: dict[ConnectorType, PowerType] = {
+    ConnectorType.TYPE1: PowerType.AC, ConnectorType.TYPE2: PowerType.AC,
+    ConnectorType.SCHUKO: PowerType.AC, ConnectorType.CCS1: PowerType.DC,
+    ConnectorType.CCS2: PowerType.DC, ConnectorType.CHADEMO: PowerType.DC,
+}
+
+
 class SessionState(StrEnum):
     ACTIVE = "ACTIVE"
     COMPLETED = "COMPLETED"
@@ -272,6 +287,18 @@ class Session(Record):
     #: their books when a station is removed or changes hands.
     company_id: str | None = None
     station_owner_id: str | None = None
+    #: Seconds its connector sat idle (the car done, ``intervals.IDLE_STATUSES``) between
+    #: its start and end, measured at its close when its tariff bills idle time (else
+    #: null): what its idle fee was billed for, so its receipt is the same computation
+    #: later whatever status reports arrive after the close.
+    idle_seconds: int | None = None
+    #: Its energy split by price at its close when its tariff has time-of-day bands
+    #: (``tariff_bands.attributed_wh``: Wh per band, then at the base price), else null:
+    #: what its energy line was billed for, as ``idle_seconds`` is for its idle fee.
+    band_energy_wh: list[int] | None = None
+    #: The standard of the plug it was started on (its connector's type then; null for
+    #: sessions before it was kept and for a plug not on record): what it is priced by.
+    connector_type: ConnectorType | None = None
 
     def now_on_timeline(self, ours: datetime) -> datetime:
         """"Now" (``ours``, our clock's) on the session's timeline. Its start is on the
@@ -412,6 +439,29 @@ class Tariff(Record):
     tax_rate: Decimal = Decimal("0")
     #: When this price list takes effect; a session is priced by the tariff in force at its start.
     valid_from: datetime = field(default_factory=utcnow)
+    #: Idle fee: per minute a session's connector sits occupied but not charging because
+    #: the car is done (``intervals.IDLE_STATUSES``), beyond the first
+    #: ``idle_grace_minutes`` of such time, at most ``idle_fee_cap`` (net) per session.
+    idle_price_per_minute: Decimal = Decimal("0")
+    idle_grace_minutes: int = 0
+    idle_fee_cap: Decimal | None = None
+    #: Time-of-day energy prices (``tariff_bands``): ``{"days", "start", "end",
+    #: "price_per_kwh"}`` documents in ``time_zone``'s local time; energy at a time no
+    #: band covers is at ``price_per_kwh``. ``time_zone`` is an IANA name, set with bands.
+    energy_bands: list[dict[str, Any]] = field(default_factory=list)
+    time_zone: str | None = None
+    #: What it prices, at most one set: the sessions on plugs of one standard, or of one
+    #: power type (``POWER_OF_PLUG``); neither, all of them. Of an owner's versions in
+    #: force, the most specific that fits the session's plug prices it
+    #: (``tariffs.scopes_for``).
+    connector_type: ConnectorType | None = None
+    power_type: PowerType | None = None
+
+    @property
+    def bills_idle(self) -> bool:
+        """Whether idle time costs anything: only then is it measured at a close (one
+        store read of the connector's state history)."""
+        return self.idle_price_per_minute > 0 and self.idle_fee_cap != 0
 
 
 @dataclass(kw_only=True)

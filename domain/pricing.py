@@ -7,52 +7,91 @@ receipt's lines always add up to what was billed, rounding included."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import ROUND_FLOOR, ROUND_HALF_UP, Decimal
 
 from domain.currencies import minor_digits
 from domain.entities import Tariff
+from domain.tariff_bands import attributed_wh, bands_of
 
 
 @dataclass(frozen=True, slots=True)
 class CostBreakdown:
-    """A session's price in minor units of ``currency``: ``energy + time + fee == net``
-    and ``net + tax == gross``; ``gross`` is what is billed."""
+    """A session's price in minor units of ``currency``: ``energy + time + fee + idle
+    == net`` and ``net + tax == gross``; ``gross`` is what is billed."""
 
     energy: int
     time: int
     fee: int
+    idle: int
     net: int
     tax: int
     gross: int
     currency: str
 
 
-def cost_breakdown(tariff: Tariff, energy_wh: int, start: datetime, end: datetime
+def cost_breakdown(tariff: Tariff, energy_wh: int, start: datetime, end: datetime,
+                   idle: timedelta = timedelta(0), band_wh: Sequence[int] | None = None
                    ) -> CostBreakdown:
-    """(energy × price/kWh + minutes × price/min + session fee) plus tax, and its parts.
-    The gross is the exact total with tax, rounded once (as it always was billed); the
-    net is the exact net rounded the same way, the tax what is left. The net is split
-    into its three parts by largest remainder: each part is its exact amount rounded
-    down or up (never by more than one minor unit), chosen so that they add up."""
+    """(energy × price/kWh + minutes × price/min + session fee + idle fee) plus tax, and
+    its parts (``idle``: how long the connector sat idle, ``idle_fee``; ``band_wh``: the
+    energy split by the tariff's time-of-day bands, ``energy_amount``). The gross is the
+    exact total with tax, rounded once (as it always was billed); the net is the exact
+    net rounded the same way, the tax what is left. The net is split into its parts by
+    largest remainder: each part is its exact amount rounded down or up (never by more
+    than one minor unit), chosen so that they add up."""
     digits = minor_digits(tariff.currency)
-    energy_kwh = Decimal(max(energy_wh, 0)) / Decimal(1000)
-    minutes = Decimal(max((end - start).total_seconds(), 0)) / Decimal(60)
-    exact = (energy_kwh * tariff.price_per_kwh, minutes * tariff.price_per_minute,
-             tariff.session_fee)
+    exact = (energy_amount(tariff, energy_wh, start, band_wh),
+             _minutes(end - start) * tariff.price_per_minute,
+             tariff.session_fee, idle_fee(tariff, idle))
     net_exact = sum(exact, Decimal(0))
     gross = _rounded(net_exact * (Decimal(1) + tariff.tax_rate), digits)
     net = _rounded(net_exact, digits)
-    energy, time, fee = _split(net, [part.scaleb(digits) for part in exact])
-    return CostBreakdown(energy=energy, time=time, fee=fee, net=net, tax=gross - net,
-                         gross=gross, currency=tariff.currency)
+    # The idle fee last: of equal fractions the first gets the unit left over, as it
+    # did before there was an idle line (the same lines for the same sessions).
+    energy, time, fee, idle_line = _split(net, [part.scaleb(digits) for part in exact])
+    return CostBreakdown(energy=energy, time=time, fee=fee, idle=idle_line, net=net,
+                         tax=gross - net, gross=gross, currency=tariff.currency)
 
 
-def session_cost_minor(tariff: Tariff, energy_wh: int, start: datetime, end: datetime) -> int:
-    """Gross amount in minor units: (energy × price/kWh + minutes × price/min + session fee)
-    plus tax."""
-    return cost_breakdown(tariff, energy_wh, start, end).gross
+def energy_amount(tariff: Tariff, energy_wh: int, start: datetime,
+                  band_wh: Sequence[int] | None = None) -> Decimal:
+    """The exact (net) price of the energy: kWh × price per kWh; with time-of-day bands,
+    the Wh of each band (``band_wh``, ``tariff_bands.attributed_wh``'s split; without
+    it, all at the price in force at ``start``) at its price, the rest at the base
+    price. A split that does not fit the tariff's bands (another version's) counts as
+    none."""
+    if not tariff.energy_bands:
+        return Decimal(max(energy_wh, 0)) / Decimal(1000) * tariff.price_per_kwh
+    prices = [band.price_per_kwh for band in bands_of(tariff)] + [tariff.price_per_kwh]
+    if band_wh is None or len(band_wh) != len(prices):
+        band_wh = attributed_wh(tariff, start, energy_wh, ())
+    return sum((Decimal(wh) / Decimal(1000) * price
+                for wh, price in zip(band_wh, prices, strict=True)), Decimal(0))
+
+
+def idle_fee(tariff: Tariff, idle: timedelta) -> Decimal:
+    """The exact (net) idle fee for ``idle`` time: the minutes beyond the tariff's grace
+    (counted over the whole session, not per stretch: a car that flips between charging
+    and SuspendedEV at the top of its battery gets one grace, not one per flip) times
+    the idle price, at most the cap."""
+    billed = max(_minutes(idle) - tariff.idle_grace_minutes, Decimal(0))
+    amount = billed * tariff.idle_price_per_minute
+    return amount if tariff.idle_fee_cap is None else min(amount, tariff.idle_fee_cap)
+
+
+def session_cost_minor(tariff: Tariff, energy_wh: int, start: datetime, end: datetime,
+                       idle: timedelta = timedelta(0), band_wh: Sequence[int] | None = None
+                       ) -> int:
+    """Gross amount in minor units: (energy × price/kWh + minutes × price/min + session fee
+    + idle fee) plus tax."""
+    return cost_breakdown(tariff, energy_wh, start, end, idle, band_wh).gross
+
+
+def _minutes(span: timedelta) -> Decimal:
+    return Decimal(max(span.total_seconds(), 0)) / Decimal(60)
 
 
 def _rounded(amount: Decimal, digits: int) -> int:

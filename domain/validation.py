@@ -217,6 +217,16 @@ def money(value: Decimal | str | float, field: str, *, max_value: Decimal = Deci
     return amount.copy_abs()  # "-0" is zero
 
 
+def whole(value: int, field: str, *, max_value: int) -> int:
+    """A whole number within 0..``max_value`` (a count of minutes, say)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError("a whole number", field=field)
+    if not 0 <= value <= max_value:
+        raise ValidationError(f"must be within 0..{max_value}", field=field,
+                              code="OUT_OF_RANGE")
+    return value
+
+
 def currency(value: str | None, field: str = "currency") -> str:
     cleaned = _given(value, field).strip().upper()
     if cleaned not in MINOR_DIGITS:

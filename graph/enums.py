@@ -16,6 +16,7 @@ strawberry.enum(d.IdTagStatus, description="OCPP authorization status of a tag."
 strawberry.enum(d.Registration, description="OCPP registration status a station gets on boot.")
 strawberry.enum(d.ConnectorStatus, description="OCPP 1.6 ChargePointStatus.")
 strawberry.enum(d.ConnectorType, description="Plug standard.")
+strawberry.enum(d.PowerType, description="The current a plug delivers.")
 strawberry.enum(d.SessionState)
 strawberry.enum(d.ReservationState)
 strawberry.enum(d.PaymentStatus)
@@ -26,6 +27,7 @@ IdTagStatus = d.IdTagStatus
 Registration = d.Registration
 ConnectorStatus = d.ConnectorStatus
 ConnectorType = d.ConnectorType
+PowerType = d.PowerType
 SessionState = d.SessionState
 ReservationState = d.ReservationState
 PaymentStatus = d.PaymentStatus

@@ -10,7 +10,7 @@ from typing import Any
 import strawberry
 
 from domain.services import UNSET
-from graph.enums import ConnectorType, IdTagStatus, Registration, Role
+from graph.enums import ConnectorType, IdTagStatus, PowerType, Registration, Role
 
 
 def given(value: Any) -> Any:
@@ -184,6 +184,17 @@ class UpdateConnectorInput:
     max_kw: float | None = strawberry.UNSET
 
 
+@strawberry.input(description=(
+    "A time-of-day energy price: `pricePerKwh` on `days` from `start` to `end`, local "
+    "times of the tariff's `timeZone`. A band over midnight is two bands."))
+class PriceBandInput:
+    days: list[str] = strawberry.field(description=(
+        "MON, TUE, WED, THU, FRI, SAT, SUN (or the whole names), any case."))
+    start: str = strawberry.field(description="HH:MM, from 00:00.")
+    end: str = strawberry.field(description="HH:MM after `start`, up to 24:00.")
+    price_per_kwh: Decimal
+
+
 @strawberry.input
 class SetTariffInput:
     company_id: strawberry.ID | None = None
@@ -195,6 +206,23 @@ class SetTariffInput:
     tax_rate: Decimal = Decimal(0)
     valid_from: datetime | None = strawberry.field(default=None,
                                                    description="Defaults to now.")
+    idle_price_per_minute: Decimal = strawberry.field(default=Decimal(0), description=(
+        "Per idle minute beyond the grace (the car done, the connector still occupied)."))
+    idle_grace_minutes: int = strawberry.field(default=0, description=(
+        "Free idle minutes per session, 0..1440."))
+    idle_fee_cap: Decimal | None = strawberry.field(default=None, description=(
+        "The most a session's idle fee comes to, before tax; null: no cap."))
+    energy_bands: list[PriceBandInput] = strawberry.field(default_factory=list, description=(
+        "Time-of-day energy prices (none may overlap); energy at a time no band covers is "
+        "at `pricePerKwh`."))
+    time_zone: str | None = strawberry.field(default=None, description=(
+        "The IANA time zone of the bands' times, such as Europe/Berlin; required with "
+        "bands."))
+    connector_type: ConnectorType | None = strawberry.field(default=None, description=(
+        "Price only sessions on plugs of this standard (at most one of this and "
+        "`powerType`; neither: all plugs)."))
+    power_type: PowerType | None = strawberry.field(default=None, description=(
+        "Price only sessions on plugs of this power type, such as a station's DC plugs."))
 
 
 @strawberry.input

@@ -14,11 +14,13 @@ once instead of waiting for the garbage collector.
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
+from datetime import timedelta
 from typing import Any
 
-from domain.entities import E, Record
+from domain.entities import E, MeterSample, Record
 from domain.policy import Viewer
 from domain.query import Filter, Sort
+from domain.services.intervals import IdleSpan
 from domain.services.reads import ReadService
 from domain.services.tariffs import PricedAt
 from graph.batch_loader import BatchLoader
@@ -114,6 +116,34 @@ class Loaders:
 
             async def load(wanted: Sequence[PricedAt]) -> list[tuple[Any, bool]]:
                 return await reads.pricing_tariffs(viewer, wanted)
+
+            self._loaders[key] = BatchLoader(load)
+        return self._loaders[key]
+
+    def idle_time(self) -> BatchLoader[IdleSpan, timedelta]:
+        """How long a session's connector sat idle over a span (``ReadService.idle_times``),
+        for the running cost of sessions whose tariff bills idle time."""
+        key = ("idle_time",)
+        if key not in self._loaders:
+            reads = self._reads
+
+            async def load(spans: Sequence[IdleSpan]) -> list[timedelta]:
+                return await reads.idle_times(spans)
+
+            self._loaders[key] = BatchLoader(load)
+        return self._loaders[key]
+
+    def register_readings(self) -> BatchLoader[str, list[MeterSample]]:
+        """A session's energy register samples, oldest first
+        (``ReadService.register_readings``), for the running cost of sessions whose tariff
+        has time-of-day prices."""
+        key = ("register_readings",)
+        if key not in self._loaders:
+            reads = self._reads
+
+            async def load(session_ids: Sequence[str]) -> list[list[MeterSample]]:
+                found = await reads.register_readings(session_ids)
+                return [found.get(session_id, []) for session_id in session_ids]
 
             self._loaders[key] = BatchLoader(load)
         return self._loaders[key]

@@ -14,6 +14,7 @@ from domain.errors import DomainError, Forbidden, Unauthenticated
 from domain.policy import Viewer
 from domain.services import UNSET, ConnectorSpec
 from domain.services.refresh_tokens import IssuedRefresh
+from domain.tariff_bands import BandInput
 from graph.commands import CommandMutation
 from graph.context import GraphContext
 from graph.errors import UserError, user_error
@@ -558,6 +559,12 @@ class Mutation(CommandMutation, WebhookMutation):
                 price_per_kwh=input.price_per_kwh, currency=input.currency,
                 price_per_minute=input.price_per_minute, session_fee=input.session_fee,
                 tax_rate=input.tax_rate, valid_from=input.valid_from,
+                idle_price_per_minute=input.idle_price_per_minute,
+                idle_grace_minutes=input.idle_grace_minutes, idle_fee_cap=input.idle_fee_cap,
+                energy_bands=[BandInput(band.days, band.start, band.end, band.price_per_kwh)
+                              for band in input.energy_bands],
+                time_zone=input.time_zone, connector_type=input.connector_type,
+                power_type=input.power_type,
             )
 
         tariff, errors = await attempt(ctx, run)

@@ -5,8 +5,9 @@ viewer's scope applied by the domain. Fields a viewer may not see read as null."
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast
 
@@ -25,8 +26,10 @@ from domain import pricing
 from domain.currencies import major_units
 from domain.geo import distance_km
 from domain.ids import is_id
-from domain.query import ALL, Eq, Range, Sort
+from domain.query import ALL, Eq, Range, Sort, all_of
+from domain.services.intervals import IdleSpan
 from domain.services.tariffs import LATEST_VERSION_FIRST, PricedAt
+from domain.tariff_bands import attributed_wh
 from graph import history
 from graph.enums import (
     AuditAction,
@@ -34,6 +37,7 @@ from graph.enums import (
     ConnectorType,
     IdTagStatus,
     PaymentStatus,
+    PowerType,
     Registration,
     ReservationState,
     Role,
@@ -95,7 +99,9 @@ def _now_or_later(loader: Any, key: Any, answer: Callable[[Any], Any]) -> Any:
         return answer(value)
 
     async def later() -> Any:
-        return answer(await loader.load(key))
+        value = answer(await loader.load(key))
+        # ``answer`` may load more in turn (an estimate's idle time after its tariff).
+        return await value if inspect.isawaitable(value) else value
     return later()
 
 
@@ -538,11 +544,14 @@ class Station(Node, Audited):
             return None
         return await _related(info, Company, self._r.company_id)
 
-    @strawberry.field(description="The price list in force now: the station's, else its "
-                                  "company's.")
+    @strawberry.field(description=(
+        "The price list in force now for all its plugs: the station's, else its "
+        "company's. A plug may have one of its own (by standard or power type): "
+        "`Connector.tariff`."))
     async def tariff(self, info: Info) -> Tariff | None:
         ctx = _ctx(info)
-        in_force = Range("valid_from", lte=ctx.now)
+        in_force = all_of(Range("valid_from", lte=ctx.now), Eq("connector_type", None),
+                          Eq("power_type", None))
         newest = LATEST_VERSION_FIRST  # the version set last wins a tie, as in pricing
         own = await ctx.loaders.one_by(d.Tariff, "station_id", in_force, newest).load(self._r.id)
         if own is None and self._r.company_id is not None:
@@ -632,6 +641,20 @@ class Connector(Node, Audited):
                              lambda sessions: _wrap_or_none(
                                  Session, _on_connector(sessions, self._r.connector_id), ctx))
 
+    @strawberry.field(description=(
+        "The tariff a session started on this connector now is priced by: the most "
+        "specific in force of its station's (for its plug standard, else its power type, "
+        "else all plugs), else of its company's. Null when there is none or the viewer "
+        "may not see it."))
+    async def tariff(self, info: Info) -> Tariff | None:
+        ctx = _ctx(info)
+        station = await ctx.loaders.by_id(d.Station).load(self._r.station_id)
+        if station is None:
+            return None
+        found, shown = await ctx.loaders.pricing_tariff().load(PricedAt(
+            station.id, station.company_id, ctx.now, self._r.type))
+        return Tariff.wrap(found, ctx) if found is not None and shown else None
+
     @strawberry.field(description="The connector's status reports, newest first (admins "
                                   "and the station's operators).")
     async def status_history(self, info: Info, from_: Since = None, to: Until = None,
@@ -644,13 +667,17 @@ class Connector(Node, Audited):
 
 @strawberry.type(description=(
     "What a completed session was billed, line by line, in major units of `currency` "
-    "(exact): `energy + time + fee = net`, `net + tax = gross`, and `gross` is the "
+    "(exact): `energy + time + fee + idle = net`, `net + tax = gross`, and `gross` is the "
     "session's `cost`. Each line is its exact amount rounded to the minor unit, up or "
     "down by less than one unit so that the lines add up."))
 class CostBreakdown:
     energy: Decimal = strawberry.field(description="Energy × price per kWh.")
     time: Decimal = strawberry.field(description="Minutes × price per minute.")
     fee: Decimal = strawberry.field(description="The session fee.")
+    idle: Decimal = strawberry.field(description=(
+        "The idle fee: minutes the connector sat occupied but not charging because the car "
+        "was done (`SUSPENDED_EV`, `FINISHING`) beyond the tariff's grace × its idle price, at "
+        "most its cap."))
     net: Decimal = strawberry.field(description="Before tax.")
     tax: Decimal
     gross: Decimal = strawberry.field(description="What was billed: the session's `cost`.")
@@ -661,7 +688,7 @@ class CostBreakdown:
         def major(minor: int) -> Decimal:
             return major_units(minor, b.currency)
         return cls(energy=major(b.energy), time=major(b.time), fee=major(b.fee),
-                   net=major(b.net), tax=major(b.tax), gross=major(b.gross),
+                   idle=major(b.idle), net=major(b.net), tax=major(b.tax), gross=major(b.gross),
                    currency=b.currency)
 
 
@@ -797,19 +824,18 @@ class Session(Node, Audited):
 
     @strawberry.field(description=(
         "An estimate of what an ACTIVE session costs so far: its tariff's price of the "
-        "energy metered up to now and of its duration up to now (on the session's own "
-        "timeline), tax included. Not what will be billed: that is `cost`, when it ends. "
-        "Null for other states and when no tariff prices the session."))
+        "energy metered up to now, of its duration up to now (on the session's own "
+        "timeline) and of its idle time so far, tax included. Not what will be billed: "
+        "that is `cost`, when it ends. Null for other states and when no tariff prices "
+        "the session."))
     def estimated_cost(self, info: Info) -> Money | None:
         r = self._r
         if r.state is not d.SessionState.ACTIVE:
             return None
-        end = r.now_on_timeline(_ctx(info).now)
+        ctx = _ctx(info)
+        end = r.now_on_timeline(ctx.now)
         return _pricing_tariff(  # type: ignore[no-any-return]
-            _ctx(info), r, lambda tariff, _shown: None if tariff is None else Money(
-                amount_minor=BigInt(pricing.cost_breakdown(
-                    tariff, r.energy_wh, r.start_time, end).gross),
-                currency=tariff.currency))
+            ctx, r, lambda tariff, _shown: _estimate(ctx, r, tariff, end))
 
     @strawberry.field(description="The latest State of Charge the charger reported for "
                                   "this session, in percent; null when it reports none.")
@@ -826,14 +852,44 @@ class Session(Node, Audited):
                                           _page(first, after, last, before))
 
 
+def _estimate(ctx: GraphContext, session: d.Session, tariff: d.Tariff | None,
+              end: datetime) -> Any:
+    """An ACTIVE session's price up to ``end`` (Money, or None without a tariff). What
+    its tariff needs beyond the session is loaded, batched with the page's, only when
+    it needs it: its idle time (an idle fee), its meter readings (time-of-day prices)."""
+    if tariff is None:
+        return None
+
+    def priced(idle: timedelta, band_wh: list[int] | None) -> Money:
+        return Money(amount_minor=BigInt(pricing.cost_breakdown(
+            tariff, session.energy_wh, session.start_time, end, idle, band_wh).gross),
+            currency=tariff.currency)
+    if not tariff.bills_idle and not tariff.energy_bands:
+        return priced(timedelta(0), None)
+
+    async def later() -> Money:
+        idle = await ctx.loaders.idle_time().load(IdleSpan.of(session, end)) \
+            if tariff.bills_idle else timedelta(0)
+        band_wh = None
+        if tariff.energy_bands:
+            samples = await ctx.loaders.register_readings().load(session.id)
+            band_wh = attributed_wh(tariff, session.start_time, session.energy_wh,
+                                    [(s.at, s.delta_wh or 0) for s in samples])
+        return priced(idle, band_wh)
+    return later()
+
+
 def _receipt(session: d.Session, tariff: d.Tariff | None, end: datetime
              ) -> CostBreakdown | None:
     """The lines of a completed session's bill, by its tariff's pricing of what it was
-    billed for; none unless they add up to exactly what it was billed (the tariff may
-    have changed since: then there is no true split to show)."""
+    billed for (its idle time and energy by band as measured at its close); none unless
+    they add up to exactly what it was billed (the tariff may have changed since: then
+    there is no true split to show)."""
     if tariff is None:
         return None
-    lines = pricing.cost_breakdown(tariff, session.energy_wh, session.start_time, end)
+    lines = pricing.cost_breakdown(tariff, session.energy_wh, session.start_time, end,
+                                   timedelta(seconds=session.idle_seconds or 0),
+                                   session.band_energy_wh)
     if lines.gross != session.cost_minor or lines.currency != session.currency:
         return None
     return CostBreakdown.of(lines)
@@ -869,6 +925,21 @@ class Reservation(Node, Audited):
         return await _related(info, User, self._r.user_id)
 
 
+@strawberry.type(description=(
+    "A time-of-day energy price: `pricePerKwh` on `days` from `start` to `end`, local "
+    "times of its tariff's `timeZone`."))
+class PriceBand:
+    days: list[str] = strawberry.field(description="MON … SUN.")
+    start: str = strawberry.field(description="HH:MM.")
+    end: str = strawberry.field(description="HH:MM, up to 24:00.")
+    price_per_kwh: Decimal
+
+    @classmethod
+    def of(cls, doc: dict[str, Any]) -> PriceBand:
+        return cls(days=list(doc["days"]), start=doc["start"], end=doc["end"],
+                   price_per_kwh=Decimal(doc["price_per_kwh"]))
+
+
 @strawberry.type(description="A price list of a company or a station, from `validFrom` on.")
 class Tariff(Node, Audited):
     price_per_kwh: Decimal
@@ -877,6 +948,27 @@ class Tariff(Node, Audited):
     session_fee: Decimal
     tax_rate: Decimal = strawberry.field(description="e.g. 0.19 for 19 %.")
     valid_from: datetime
+    idle_price_per_minute: Decimal = strawberry.field(description=(
+        "Per minute the connector sits occupied but not charging because the car is done "
+        "(`SUSPENDED_EV`; `FINISHING` while the transaction is open; never `SUSPENDED_EVSE`), "
+        "beyond `idleGraceMinutes` of such time per session."))
+    idle_grace_minutes: int = strawberry.field(description=(
+        "Idle minutes per session that are free, counted over the whole session."))
+    idle_fee_cap: Decimal | None = strawberry.field(description=(
+        "The most a session's idle fee comes to, before tax; null: no cap."))
+    energy_bands: list[PriceBand] = strawberry.field(description=(
+        "Time-of-day energy prices; energy at a time none covers is at `pricePerKwh`. A "
+        "session's energy is split by its meter readings (across a band's edge in "
+        "proportion to time); energy no reading accounts for is at the price in force at "
+        "its start."))
+    time_zone: str | None = strawberry.field(description="The bands' IANA time zone.")
+    connector_type: ConnectorType | None = strawberry.field(description=(
+        "It prices only sessions on plugs of this standard (null: see `powerType`)."))
+    power_type: PowerType | None = strawberry.field(description=(
+        "It prices only sessions on plugs of this power type (CCS and CHAdeMO are DC; "
+        "Type 1, Type 2 and Schuko AC; NACS and Other neither). Neither set: all plugs. "
+        "Of a station's (else its company's) versions in force, the most specific that "
+        "fits a session's plug prices it."))
     _r: strawberry.Private[d.Tariff]
 
     @classmethod
@@ -888,6 +980,13 @@ class Tariff(Node, Audited):
             "session_fee": r.session_fee,
             "tax_rate": r.tax_rate,
             "valid_from": r.valid_from,
+            "idle_price_per_minute": r.idle_price_per_minute,
+            "idle_grace_minutes": r.idle_grace_minutes,
+            "idle_fee_cap": r.idle_fee_cap,
+            "energy_bands": [PriceBand.of(band) for band in r.energy_bands],
+            "time_zone": r.time_zone,
+            "connector_type": r.connector_type,
+            "power_type": r.power_type,
         }, _staff(ctx))
 
     @strawberry.field

@@ -36,6 +36,7 @@ from domain.entities import (
     SessionState,
     Station,
     StatusEvent,
+    Tariff,
     User,
 )
 from domain.errors import Conflict, Forbidden, NotFound, ValidationError
@@ -68,7 +69,9 @@ from domain.services.charger_cache import CACHED_TOPICS, ChargerCache
 from domain.services.charger_clocks import ChargerClocks
 from domain.services.intervals import (
     POINT_STATUSES,
+    IdleSpan,
     effective_state,
+    idle_times,
     next_interval,
     rebase_intervals,
 )
@@ -81,11 +84,13 @@ from domain.services.metering import (
     closing_sample,
     final_soc,
     live_patch,
+    register_readings,
     samples_of,
 )
 from domain.services.reboot_checks import RebootChecks
 from domain.services.stations import connector_in_range
 from domain.services.tariffs import TariffService
+from domain.tariff_bands import attributed_wh
 
 log = logging.getLogger("chargegraph.charging")
 
@@ -694,6 +699,7 @@ class ChargingService(Service):
             # Another card's, or another connector's: it goes on holding the plug for
             # whom it was made, and the session is not its (1.6, 5.13).
             reservation_id, reservation = None, None
+        plug, is_new = await self._connector(station, connector_id)
         session = stamp_new(Session(
             transaction_id=await self.store.next_sequence("transaction"),
             station_id=station.id, cp_id=cp_id, connector_id=connector_id, id_tag=tag,
@@ -702,9 +708,11 @@ class ChargingService(Service):
             vehicle_id=id_tag_record.vehicle_id if id_tag_record else None,
             reservation_id=reservation_id, company_id=company_id,
             station_owner_id=station_owner_id,
+            # The plug it was started on is priced (a DC tariff), not the one the
+            # connector is edited to later; none for a plug not on record.
+            connector_type=None if is_new else plug.type,
         ), actor)
         changes: list[tuple[Change, Any]] = []
-        plug, is_new = await self._connector(station, connector_id)
         if is_new:
             # A plug we did not know (within the cap reports may register): recorded as a
             # status report would, so the session has a connector on the map and in lists.
@@ -868,10 +876,10 @@ class ChargingService(Service):
                                        meter_stop, end)
         if closing is not None:
             samples.append(closing)
-        closed, changes = await self._close(station, session, meter_stop, end,
-                                            reason or "Local", actor, energy_wh=energy,
-                                            awaited=awaits_stop(session),
-                                            readings=readings or [])
+        closed, changes = await self._close(
+            station, session, meter_stop, end, reason or "Local", actor, energy_wh=energy,
+            awaited=awaits_stop(session), readings=readings or [],
+            metered=[*samples, *(cast(MeterSample, u.record) for u in trimmed)])
         try:
             await self.commit(actor, changes,
                               unaudited=[*trimmed, *(InsertIfAbsent(s) for s in samples)])
@@ -945,7 +953,8 @@ class ChargingService(Service):
                      end: datetime, reason: str, actor: Viewer, *,
                      energy_wh: int | None = None, awaited: bool = False,
                      unchanged_since: datetime | None = None,
-                     readings: Sequence[MeterReading] = ()
+                     readings: Sequence[MeterReading] = (),
+                     metered: Sequence[MeterSample] = ()
                      ) -> tuple[Session, list[tuple[Change, Any]]]:
         """The closed session, and its write with the payment it opens (the changes to
         commit). ``energy_wh``: the session's energy
@@ -955,7 +964,9 @@ class ChargingService(Service):
         (``CHANGED``) instead of closing it twice. ``unchanged_since``: written only onto
         the session as it was read, last updated then (any change since moves it).
         ``readings``: the stop's own (its transactionData): a State of Charge there is the
-        session's last."""
+        session's last. ``metered``: samples of the session written with the close (the
+        stop's, its closing sample, stored ones whose increments it lowers), which
+        time-of-day prices count over the stored ones."""
         # A stop stamped before the start (a clock reset mid-session) ends the session
         # when it began, so no duration anywhere comes out negative.
         end = max(end, session.start_time)
@@ -963,10 +974,14 @@ class ChargingService(Service):
         # The tariff of whoever keeps the session's books, in force at its start: a
         # station handed to another company mid-session is still priced as agreed.
         tariff = await self.tariffs.tariff_at(station, session.start_time,
-                                              company_id=session.company_id)
-        cost = None
+                                              company_id=session.company_id,
+                                              connector_type=session.connector_type)
+        cost = idle = band_wh = None
         if tariff is not None:
-            cost = session_cost_minor(tariff, energy, session.start_time, end)
+            idle = await self._idle_seconds(tariff, session, end)
+            band_wh = await self._band_energy(tariff, session, energy, metered)
+            cost = session_cost_minor(tariff, energy, session.start_time, end,
+                                      timedelta(seconds=idle or 0), band_wh)
         guard: tuple[str, Any] = ("stop_reason", None) if awaited \
             else ("state", SessionState.ACTIVE)
         if unchanged_since is not None:  # nothing written to it since it was read
@@ -974,7 +989,8 @@ class ChargingService(Service):
         close = patch(session, actor, only_if=guard, required=True,
                       state=SessionState.COMPLETED, end_time=end, meter_stop_wh=meter_stop,
                       energy_wh=energy, power_w=None, stop_reason=reason, cost_minor=cost,
-                      currency=tariff.currency if tariff else None,
+                      currency=tariff.currency if tariff else None, idle_seconds=idle,
+                      band_energy_wh=band_wh,
                       **final_soc(session, readings, self.clocks.believable))
         payment = None
         # Nothing to collect (no energy and no fees): no payment for anyone to settle.
@@ -988,6 +1004,29 @@ class ChargingService(Service):
         if payment is not None:
             changes.append((Insert(payment), None))
         return cast(Session, close.record), changes
+
+    async def _idle_seconds(self, tariff: Tariff, session: Session, end: datetime
+                            ) -> int | None:
+        """Whole seconds the session's connector sat idle until ``end``, billed by its
+        idle fee (kept on the session, so its receipt is this computation again); None,
+        and no store read on the close path, when its tariff bills no idle time."""
+        if not tariff.bills_idle:
+            return None
+        idle, = await idle_times(self.store, [IdleSpan.of(session, end)])
+        return int(idle.total_seconds())  # a fraction of a second is the driver's
+
+    async def _band_energy(self, tariff: Tariff, session: Session, energy: int,
+                           metered: Sequence[MeterSample]) -> list[int] | None:
+        """The session's ``energy`` split by the tariff's time-of-day bands, from its
+        energy register readings (stored, overlaid by ``metered``: what the close
+        writes); None, and no store read, for a tariff without bands."""
+        if not tariff.energy_bands:
+            return None
+        stored = await register_readings(self.store, [session.id])
+        samples = {s.id: s for s in stored.get(session.id, [])}
+        samples.update((s.id, s) for s in metered if s.delta_wh is not None)
+        return attributed_wh(tariff, session.start_time, energy,
+                             [(s.at, s.delta_wh or 0) for s in samples.values()])
 
     # ------------------------------------------------------------- station-level reports
     async def firmware_status(self, cp_id: str, status: str) -> None:

@@ -3,18 +3,29 @@ tells apart (status, error code, online), on the charger's timeline."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import cast
 
 from domain.availability import POINT_DOWN
-from domain.entities import ConnectorInterval, ConnectorStatus, Station
+from domain.entities import ConnectorInterval, ConnectorStatus, Session, Station
 from domain.policy import Viewer
 from domain.ports import Change, Insert, Store
-from domain.query import Eq, Sort, all_of
+from domain.query import Eq, In, Range, Sort, all_of, any_of
 from domain.services.base import charger, patch, stamp_new
 
 #: The statuses OCPP 1.6 gives connector 0.
 POINT_STATUSES = POINT_DOWN | {ConnectorStatus.AVAILABLE}
+#: A connector occupied but not charging because the car is done: SuspendedEV (the car
+#: stopped taking energy) and Finishing (stopped, not yet unplugged; counted only while
+#: the transaction is open, as the span of a session bounds it). SuspendedEVSE is the
+#: charger or its operator throttling, never the driver's doing, so never billed.
+IDLE_STATUSES = (ConnectorStatus.SUSPENDED_EV, ConnectorStatus.FINISHING)
+#: Idle stretches read per cpId for one batch of sessions (``idle_times``); a session
+#: with more status changes than that is billed for the idle time of those read (fewer,
+#: never more).
+IDLE_STRETCHES_PER_BATCH = 1000
 
 
 def effective_state(station: Station, status: ConnectorStatus, error_code: str
@@ -88,3 +99,54 @@ async def _move_start(store: Store, current: ConnectorInterval, to: datetime,
     if before:
         changes.append(patch(before[0], actor, end=start))
     return changes
+
+
+@dataclass(frozen=True, slots=True)
+class IdleSpan:
+    """A session's connector over ``start`` .. ``end`` (its start, and its end or the
+    "now" of an estimate): whose idle time ``idle_times`` measures."""
+
+    station_id: str
+    cp_id: str
+    connector_id: int
+    start: datetime
+    end: datetime
+
+    @classmethod
+    def of(cls, session: Session, end: datetime) -> IdleSpan:
+        return cls(session.station_id, session.cp_id, session.connector_id,
+                   session.start_time, end)
+
+
+def idle_within(intervals: Iterable[ConnectorInterval], start: datetime, end: datetime
+                ) -> timedelta:
+    """How long, within ``start`` .. ``end``, the intervals spent idle: an idle status
+    while the station was online (offline, its state is only the last one reported: no
+    one can tell the car sat there). An open interval lasts until ``end``."""
+    total = timedelta(0)
+    for interval in intervals:
+        if interval.status not in IDLE_STATUSES or not interval.online:
+            continue
+        stop = end if interval.end is None else min(interval.end, end)
+        total += max(stop - max(interval.start, start), timedelta(0))
+    return total
+
+
+async def idle_times(store: Store, spans: Sequence[IdleSpan]) -> list[timedelta]:
+    """``idle_within`` each span's connector history: one store call for any number of
+    spans (a page of sessions' estimates, or one close), grouped by cpId as the
+    (cp_id, connector_id, end) index reads them. Intervals are on the charger's
+    timeline, as sessions are."""
+    if not spans:
+        return []
+    where = any_of(*(all_of(
+        Eq("cp_id", span.cp_id), Eq("connector_id", span.connector_id),
+        any_of(Eq("end", None), Range("end", gt=span.start)),
+        Range("start", lt=span.end), Eq("station_id", span.station_id),
+        In("status", IDLE_STATUSES), Eq("online", True)) for span in dict.fromkeys(spans)))
+    found = await store.find_grouped(ConnectorInterval, "cp_id", list({s.cp_id for s in spans}),
+                                     where, (Sort("start"),), IDLE_STRETCHES_PER_BATCH)
+    return [idle_within((i for i in found.get(span.cp_id, [])
+                         if i.station_id == span.station_id
+                         and i.connector_id == span.connector_id), span.start, span.end)
+            for span in spans]

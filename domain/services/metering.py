@@ -15,7 +15,8 @@ from domain.clock import as_utc
 from domain.entities import MeterSample, Session, SessionState, Station
 from domain.ids import stable_id, stable_ids
 from domain.policy import Viewer
-from domain.ports import Update
+from domain.ports import Store, Update
+from domain.query import Range, Sort
 from domain.services.base import charger, patch, stamp_new
 
 ENERGY_REGISTER = "Energy.Active.Import.Register"
@@ -266,3 +267,18 @@ def live_patch(session: Session, readings: list[MeterReading], added: int,
     # them (``meter_values`` writes them again, adding nothing).
     return patch(session, actor, only_if=("state", SessionState.ACTIVE), required=True,
                  **updates)
+
+
+#: Energy register readings per session time-of-day prices read (a day at one every
+#: 10 s); the energy of any after them is at the price in force at the start.
+MAX_BAND_READINGS = 10_000
+
+
+async def register_readings(store: Store, session_ids: Sequence[str]
+                            ) -> dict[str, list[MeterSample]]:
+    """The energy register samples of each session (those with an increment), oldest
+    first, at most ``MAX_BAND_READINGS`` each: one store call, from the (session, at)
+    index. What time-of-day prices attribute a session's energy by."""
+    return await store.find_grouped(MeterSample, "session_id", list(session_ids),
+                                    Range("delta_wh", gte=0), (Sort("at"),),
+                                    MAX_BAND_READINGS)

@@ -4,9 +4,10 @@ ANDed into the store query: the single enforcement point for visibility."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
-from domain.entities import E, Tariff
+from domain.entities import E, MeterSample, Tariff
 from domain.policy import Viewer
 from domain.query import (
     ALL,
@@ -20,6 +21,8 @@ from domain.query import (
     sorts_by_distance,
 )
 from domain.services.base import Service
+from domain.services.intervals import IdleSpan, idle_times
+from domain.services.metering import register_readings
 from domain.services.tariffs import PricedAt, tariffs_in_force
 
 
@@ -101,3 +104,17 @@ class ReadService(Service):
         shown = {t.id for t in await self.get_many(viewer, Tariff, ids) if t is not None} \
             if ids else set()
         return [(t, t is not None and t.id in shown) for t in priced]
+
+    async def idle_times(self, spans: Sequence[IdleSpan]) -> list[timedelta]:
+        """How long each session's connector sat idle over its span (``IdleSpan.of``: of
+        sessions the viewer sees, up to the estimate's "now"), what its idle fee prices:
+        read whatever the viewer sees of the station's state history, as the tariff
+        pricing it is, since only the amount is shown. One store call."""
+        return await idle_times(self.store, spans)
+
+    async def register_readings(self, session_ids: Sequence[str]
+                                ) -> dict[str, list[MeterSample]]:
+        """The energy register samples of sessions the viewer sees, by session
+        (``metering.register_readings``), for the running cost of those whose tariff has
+        time-of-day prices: only the amount is shown. One store call."""
+        return await register_readings(self.store, session_ids)

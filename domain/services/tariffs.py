@@ -12,12 +12,21 @@ from typing import Any
 
 from domain import validation as v
 from domain.clock import utcnow
-from domain.entities import Company, Session, Station, Tariff
+from domain.entities import (
+    POWER_OF_PLUG,
+    Company,
+    ConnectorType,
+    PowerType,
+    Session,
+    Station,
+    Tariff,
+)
 from domain.errors import Forbidden, ValidationError
 from domain.policy import Viewer
 from domain.ports import Insert, Store
-from domain.query import Eq, Range, Sort, all_of
+from domain.query import Eq, Filter, Range, Sort, all_of
 from domain.services.base import UNSET, Service, stamp_new
+from domain.tariff_bands import BandInput, checked_bands
 
 #: How far before "now" an operator's validFrom may be (clocks of client and server).
 BACKDATE_SLACK = timedelta(minutes=1)
@@ -26,6 +35,11 @@ BACKDATE_SLACK = timedelta(minutes=1)
 LATEST_VERSION_FIRST = (Sort("valid_from", descending=True),
                         Sort("created_at", descending=True),
                         Sort("id", descending=True))  # ids count up within a millisecond
+#: The longest idle grace a tariff may give: a day (a longer one is a typo, or no idle fee).
+MAX_IDLE_GRACE_MINUTES = 24 * 60
+#: Versions of a station or company ``tariff_at`` reads at a close: a few, its scopes'
+#: latest (more, and a scope none of them has is looked up alone).
+VERSIONS_AT_ONCE = 8
 #: Versions per station or company one batch reads (the latest before the newest start of
 #: the batch); a session older than all of them is looked up alone.
 VERSIONS_PER_BATCH = 50
@@ -34,15 +48,46 @@ VERSIONS_PER_BATCH = 50
 @dataclass(frozen=True, slots=True)
 class PricedAt:
     """What decides the tariff that prices a session: its station, the company whose books
-    it is in and its start (``tariff_at(station, start, company_id=books)``)."""
+    it is in, its start and its plug (``tariff_at(station, start, company_id=books,
+    connector_type=plug)``)."""
 
     station_id: str
     company_id: str | None
     at: datetime
+    connector_type: ConnectorType | None = None
 
     @classmethod
     def of(cls, session: Session) -> PricedAt:
-        return cls(session.station_id, session.company_id, session.start_time)
+        return cls(session.station_id, session.company_id, session.start_time,
+                   session.connector_type)
+
+
+#: A tariff's scope: (field, value) of one plug standard or one power type; None for
+#: all plugs.
+Scope = tuple[str, Any] | None
+
+
+def scopes_for(plug: ConnectorType | None) -> tuple[Scope, ...]:
+    """The scopes that price a session on ``plug``, most specific first: its standard,
+    its power type (if it has one), all plugs. An owner's (station's, else company's)
+    most specific scope with a version in force prices it; a station's tariff of any
+    scope still wins over its company's, as it always did."""
+    power = POWER_OF_PLUG.get(plug) if plug is not None else None
+    return (*((("connector_type", plug),) if plug is not None else ()),
+            *((("power_type", power),) if power is not None else ()), None)
+
+
+def _in_scope(tariff: Tariff, scope: Scope) -> bool:
+    if scope is None:
+        return tariff.connector_type is None and tariff.power_type is None
+    field, value = scope
+    return bool(getattr(tariff, field) == value)
+
+
+def _scope_filter(scope: Scope) -> Filter:
+    if scope is None:
+        return all_of(Eq("connector_type", None), Eq("power_type", None))
+    return Eq(*scope)
 
 
 async def tariffs_in_force(store: Store, wanted: Sequence[PricedAt]) -> list[Tariff | None]:
@@ -51,39 +96,52 @@ async def tariffs_in_force(store: Store, wanted: Sequence[PricedAt]) -> list[Tar
     scoped: the tariff that priced a session whatever the viewer sees of it."""
     if not wanted:
         return []
-    found = await _in_force(store, "station_id", [(w.station_id, w.at) for w in wanted])
+    found = await _in_force(store, "station_id",
+                            [(w.station_id, w.at, w.connector_type) for w in wanted])
     rest = [i for i, tariff in enumerate(found)
             if tariff is None and wanted[i].company_id is not None]
     if rest:
-        by_company = await _in_force(store, "company_id",
-                                     [(wanted[i].company_id, wanted[i].at) for i in rest])
+        by_company = await _in_force(store, "company_id", [
+            (wanted[i].company_id, wanted[i].at, wanted[i].connector_type) for i in rest])
         for i, tariff in zip(rest, by_company, strict=True):
             found[i] = tariff
     return found
 
 
-async def _in_force(store: Store, field: str, wanted: list[tuple[Any, datetime]]
+async def _in_force(store: Store, field: str,
+                    wanted: list[tuple[Any, datetime, ConnectorType | None]]
                     ) -> list[Tariff | None]:
-    """For each (owner, instant): the version of the owner's tariffs (``field``: station
-    or company) in force then, in ``LATEST_VERSION_FIRST`` order as ``_latest`` picks it."""
+    """For each (owner, instant, plug): the version of the owner's tariffs (``field``:
+    station or company) in force then for that plug (``_pick``)."""
     groups = await store.find_grouped(
-        Tariff, field, list({key for key, _ in wanted}),
-        Range("valid_from", lte=max(at for _, at in wanted)), LATEST_VERSION_FIRST,
+        Tariff, field, list({key for key, _, _ in wanted}),
+        Range("valid_from", lte=max(at for _, at, _ in wanted)), LATEST_VERSION_FIRST,
         VERSIONS_PER_BATCH)
-    answers: list[Tariff | None] = []
-    for key, at in wanted:
-        versions = groups.get(key, [])
-        # The first in that order from before ``at``: the one a query of those alone,
-        # limited to one, would find.
-        hit = next((t for t in versions if t.valid_from <= at), None)
-        if hit is None and len(versions) == VERSIONS_PER_BATCH:
-            hit = await _latest(store, field, key, at)  # older than the batch read
-        answers.append(hit)
-    return answers
+    return [await _pick(store, field, key, at, plug, groups.get(key, []), VERSIONS_PER_BATCH)
+            for key, at, plug in wanted]
 
 
-async def _latest(store: Store, field: str, key: Any, at: datetime) -> Tariff | None:
-    found = await store.find_all(Tariff, all_of(Eq(field, key), Range("valid_from", lte=at)),
+async def _pick(store: Store, field: str, key: Any, at: datetime, plug: ConnectorType | None,
+                versions: Sequence[Tariff], limit: int) -> Tariff | None:
+    """Of the owner's latest ``versions`` (``LATEST_VERSION_FIRST``, from before the
+    newest instant wanted, ``limit`` of them read), the one in force at ``at`` in the
+    most specific scope that has one (``scopes_for``): in each scope the first in that
+    order from before ``at``, the one a query of those alone, limited to one, would find.
+    When ``limit`` versions were read, a scope none of them has may have older ones: it
+    is looked up alone."""
+    for scope in scopes_for(plug):
+        hit = next((t for t in versions if t.valid_from <= at and _in_scope(t, scope)), None)
+        if hit is None and len(versions) == limit:
+            hit = await _latest(store, field, key, at, scope)  # older than those read
+        if hit is not None:
+            return hit
+    return None
+
+
+async def _latest(store: Store, field: str, key: Any, at: datetime, scope: Scope
+                  ) -> Tariff | None:
+    found = await store.find_all(Tariff, all_of(Eq(field, key), Range("valid_from", lte=at),
+                                                _scope_filter(scope)),
                                  LATEST_VERSION_FIRST, limit=1)
     return found[0] if found else None
 
@@ -95,10 +153,21 @@ class TariffService(Service):
                          price_per_minute: Decimal | str = Decimal(0),
                          session_fee: Decimal | str = Decimal(0),
                          tax_rate: Decimal | str = Decimal(0),
-                         valid_from: datetime | None = None) -> Tariff:
+                         valid_from: datetime | None = None,
+                         idle_price_per_minute: Decimal | str = Decimal(0),
+                         idle_grace_minutes: int = 0,
+                         idle_fee_cap: Decimal | str | None = None,
+                         energy_bands: Sequence[BandInput] = (),
+                         time_zone: str | None = None,
+                         connector_type: ConnectorType | None = None,
+                         power_type: PowerType | None = None) -> Tariff:
         if (company_id is None) == (station_id is None):
             raise ValidationError("give exactly one of companyId and stationId",
                                   field="stationId", code="REQUIRED")
+        if connector_type is not None and power_type is not None:
+            # One scope per version: "CCS2 and AC" prices nothing, "CCS2 and DC" is CCS2.
+            raise ValidationError("give at most one of connectorType and powerType",
+                                  field="powerType", code="INVALID")
         if station_id is not None:
             station = await self.visible(viewer, Station, station_id, field="stationId")
             if not self.policy.may_manage_station(viewer, station):
@@ -115,7 +184,14 @@ class TariffService(Service):
             price_per_minute=v.money(price_per_minute, "pricePerMinute"),
             session_fee=v.money(session_fee, "sessionFee"),
             tax_rate=v.rate(tax_rate, "taxRate"),
+            idle_price_per_minute=v.money(idle_price_per_minute, "idlePricePerMinute"),
+            idle_grace_minutes=v.whole(idle_grace_minutes, "idleGraceMinutes",
+                                       max_value=MAX_IDLE_GRACE_MINUTES),
+            idle_fee_cap=None if idle_fee_cap is None
+            else v.money(idle_fee_cap, "idleFeeCap"),
         )
+        tariff.energy_bands, tariff.time_zone = checked_bands(energy_bands, time_zone)
+        tariff.connector_type, tariff.power_type = connector_type, power_type
         if valid_from is not None:
             tariff.valid_from = v.aware(valid_from, "validFrom") or tariff.valid_from
             # A session is priced by the tariff in force when it started: a version dated
@@ -128,12 +204,21 @@ class TariffService(Service):
         await self.commit(viewer, [(Insert(tariff), None)])
         return tariff
 
-    async def tariff_at(self, station: Station, at: datetime, company_id: Any = UNSET
-                        ) -> Tariff | None:
-        """The tariff in force for ``station`` at ``at``: the station's latest version from
-        before ``at``, else its company's (``company_id``, default the station's now)."""
+    async def tariff_at(self, station: Station, at: datetime, company_id: Any = UNSET,
+                        connector_type: ConnectorType | None = None) -> Tariff | None:
+        """The tariff in force for a session on ``station`` from ``at`` on a plug of
+        ``connector_type``: the station's latest version from before ``at`` in the most
+        specific scope that fits the plug (``scopes_for``), else its company's
+        (``company_id``, default the station's now). One store call per owner asked."""
         company = station.company_id if company_id is UNSET else company_id
-        found = await _latest(self.store, "station_id", station.id, at)
-        if found is None and company is not None:
-            found = await _latest(self.store, "company_id", company, at)
-        return found
+        for field, key in (("station_id", station.id), ("company_id", company)):
+            if key is None:
+                continue
+            versions = await self.store.find_all(
+                Tariff, all_of(Eq(field, key), Range("valid_from", lte=at)),
+                LATEST_VERSION_FIRST, limit=VERSIONS_AT_ONCE)
+            found = await _pick(self.store, field, key, at, connector_type, versions,
+                                VERSIONS_AT_ONCE)
+            if found is not None:
+                return found
+        return None

@@ -614,6 +614,27 @@ CREATE UNIQUE INDEX "refresh_token_token_hash_key" ON "refresh_token" ("token_ha
 CREATE INDEX "refresh_token_user_expires_idx" ON "refresh_token" ("user_id", "expires_at");
 """
 
+# Version 26: idle fees and time-of-day energy prices. A tariff's idle price per minute,
+# its grace and its optional cap (older tariffs bill no idle time: price 0, grace 0, no
+# cap); a session's idle seconds as measured at its close (null for sessions closed
+# before, and for those whose tariff bills no idle time). A tariff's price bands (JSON,
+# none for older ones) and their time zone; a session's energy split by band at its
+# close (null unless its tariff has bands). A tariff's scope, a plug standard or a power
+# type (older ones price all plugs), and the plug a session was started on (unknown for
+# older sessions: priced by tariffs for all plugs, as they were).
+_V26 = """
+ALTER TABLE "tariff" ADD COLUMN "idle_price_per_minute" TEXT NOT NULL DEFAULT '0';
+ALTER TABLE "tariff" ADD COLUMN "idle_grace_minutes" INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE "tariff" ADD COLUMN "idle_fee_cap" TEXT;
+ALTER TABLE "session" ADD COLUMN "idle_seconds" INTEGER;
+ALTER TABLE "tariff" ADD COLUMN "energy_bands" TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE "tariff" ADD COLUMN "time_zone" TEXT;
+ALTER TABLE "session" ADD COLUMN "band_energy_wh" TEXT;
+ALTER TABLE "tariff" ADD COLUMN "connector_type" TEXT;
+ALTER TABLE "tariff" ADD COLUMN "power_type" TEXT;
+ALTER TABLE "session" ADD COLUMN "connector_type" TEXT;
+"""
+
 #: Every migration, oldest first. Append only.
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
@@ -621,7 +642,7 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (13, _V13), (14, _V14), (15, _V15), (16, _V16), (17, _V17),
                                      (18, _V18), (19, _V19), (20, _V20), (21, _V21),
                                      (22, _V22), (23, _V23), (24, _V24),
-                                     (25, _V25))
+                                     (25, _V25), (26, _V26))
 
 _BOOTSTRAP = """
 CREATE TABLE IF NOT EXISTS "schema_version" (

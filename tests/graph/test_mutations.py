@@ -562,6 +562,68 @@ async def test_tariffs(api: Api, world: World) -> None:
     assert zero["tariff"] == {"pricePerKwh": "0", "currency": "JPY"}
 
 
+async def test_idle_fees_are_set_shown_and_checked(api: Api, world: World) -> None:
+    station = gid("station", world.stations["A-001"].id)
+    base = {"stationId": station, "pricePerKwh": "0.39", "currency": "EUR"}
+    shown = "tariff { idlePricePerMinute idleGraceMinutes idleFeeCap }"
+    made = await call(api, world, "op_a", "setTariff",
+                      {**base, "idlePricePerMinute": "0.10", "idleGraceMinutes": 15,
+                       "idleFeeCap": "12.50"}, shown)
+    assert made["tariff"] == {"idlePricePerMinute": "0.10", "idleGraceMinutes": 15,
+                              "idleFeeCap": "12.50"}
+    plain = await call(api, world, "op_a", "setTariff", base, shown)
+    assert plain["tariff"] == {"idlePricePerMinute": "0", "idleGraceMinutes": 0,
+                               "idleFeeCap": None}
+    for bad, field in (({"idlePricePerMinute": "-0.01"}, "idlePricePerMinute"),
+                       ({"idleGraceMinutes": -1}, "idleGraceMinutes"),
+                       ({"idleGraceMinutes": 1441}, "idleGraceMinutes"),
+                       ({"idleFeeCap": "-5"}, "idleFeeCap")):
+        assert codes(await call(api, world, "op_a", "setTariff", {**base, **bad},
+                                "tariff { id }")) == [(field, "OUT_OF_RANGE")], bad
+
+
+async def test_price_bands_are_set_shown_and_checked(api: Api, world: World) -> None:
+    station = gid("station", world.stations["A-001"].id)
+    base = {"stationId": station, "pricePerKwh": "0.30", "currency": "EUR",
+            "timeZone": "Europe/Berlin"}
+    peak = {"days": ["mon", "TUE", "Wednesday"], "start": "07:00", "end": "22:00",
+            "pricePerKwh": "0.45"}
+    made = await call(api, world, "op_a", "setTariff", {**base, "energyBands": [peak]},
+                      "tariff { timeZone energyBands { days start end pricePerKwh } }")
+    assert made["tariff"] == {"timeZone": "Europe/Berlin", "energyBands": [{
+        "days": ["MON", "TUE", "WED"], "start": "07:00", "end": "22:00",
+        "pricePerKwh": "0.45"}]}
+    for bands, zone, field, code in (
+            ([{**peak, "pricePerKwh": "-1"}], "Europe/Berlin", "energyBands.0.pricePerKwh",
+             "OUT_OF_RANGE"),
+            ([{**peak, "days": ["MON", "XYZ"]}], "Europe/Berlin", "energyBands.0.days",
+             "INVALID"),
+            ([peak, {**peak, "days": ["WED"], "start": "21:00", "end": "23:00"}],
+             "Europe/Berlin", "energyBands.1", "OVERLAP"),
+            ([{**peak, "end": "06:00"}], "Europe/Berlin", "energyBands.0.end",
+             "OUT_OF_RANGE"),
+            ([peak], None, "timeZone", "REQUIRED")):
+        payload = await call(api, world, "op_a", "setTariff",
+                             {**base, "timeZone": zone, "energyBands": bands},
+                             "tariff { id }")
+        assert codes(payload) == [(field, code)], (bands, zone)
+
+
+async def test_a_tariff_may_price_one_plug_standard_or_power_type(api: Api, world: World
+                                                                   ) -> None:
+    base = {"stationId": gid("station", world.stations["A-001"].id), "pricePerKwh": "0.69",
+            "currency": "EUR"}
+    made = await call(api, world, "op_a", "setTariff", {**base, "connectorType": "CCS2"},
+                      "tariff { connectorType powerType }")
+    assert made["tariff"] == {"connectorType": "CCS2", "powerType": None}
+    made = await call(api, world, "op_a", "setTariff", {**base, "powerType": "DC"},
+                      "tariff { connectorType powerType }")
+    assert made["tariff"] == {"connectorType": None, "powerType": "DC"}
+    assert codes(await call(api, world, "op_a", "setTariff",
+                            {**base, "powerType": "AC", "connectorType": "CCS2"},
+                            "tariff { id }")) == [("powerType", "INVALID")]
+
+
 async def test_invalid_ids_are_user_errors(api: Api, world: World) -> None:
     payload = await call(api, world, "admin", "updateStation", {"id": "nonsense", "name": "x"},
                          "station { id }")

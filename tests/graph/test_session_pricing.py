@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
+import pytest
+
 from domain import entities as d
 from domain.clock import utcnow
 from domain.policy import SYSTEM
-from domain.ports import Insert
+from domain.ports import Insert, Update
 from domain.pricing import cost_breakdown
+from domain.query import Eq
 from domain.services import Services
 from domain.services.charging import books_of
+from domain.tariff_bands import DAYS, BandInput
 from tests.graph.conftest import Api, CountingStore
 from tests.graph.world import World
 
 FIELDS = """transactionId state cost { amountMinor currency }
   tariff { pricePerKwh pricePerMinute company { name } }
-  costBreakdown { energy time fee net tax gross currency }
+  costBreakdown { energy time fee idle net tax gross currency }
   estimatedCost { amountMinor amount currency }"""
 SESSIONS = "query($n: Int) { sessions(first: $n) { nodes { " + FIELDS + " } } }"
 
@@ -194,3 +199,140 @@ async def test_the_batch_picks_what_tariff_at_picks_beyond_one_batch_of_versions
     assert [t.id if t else None for t in batch] == [t.id if t else None for t in one_by_one]
     assert [str(t.price_per_kwh) if t else None for t in batch] == [
         None, "0.10", "0.11", "0.14", "0.14"]
+
+
+async def _history(services: Services, session: d.Session,
+                   *stretches: tuple[d.ConnectorStatus, int, int | None]) -> None:
+    """The state intervals of the session's connector, minutes from its start."""
+    def at(minutes: int | None) -> Any:
+        return None if minutes is None else session.start_time + timedelta(minutes=minutes)
+    await services.ctx.store.write([Insert(d.ConnectorInterval(
+        station_id=session.station_id, cp_id=session.cp_id,
+        connector_id=session.connector_id, status=status, start=at(start), end=at(end)))
+        for status, start, end in stretches], [])
+
+
+IDLE_PRICES = {"price_per_kwh": "0.30", "idle_price_per_minute": "0.10",
+               "idle_grace_minutes": 10, "idle_fee_cap": "30"}
+
+
+async def test_idle_time_is_estimated_billed_and_itemised(
+        api: Api, services: Services, world: World) -> None:
+    tariff = await _company_tariff(services, world, "a", **IDLE_PRICES)  # type: ignore[arg-type]
+    s1 = world.sessions["s1"]  # ACTIVE on A-001 for two hours
+    # Throttled by the charger for 10 minutes (not billed), then the car was done an
+    # hour in and sits there still (SuspendedEV, open).
+    await _history(services, s1, (d.ConnectorStatus.CHARGING, 0, 30),
+                   (d.ConnectorStatus.SUSPENDED_EVSE, 30, 40),
+                   (d.ConnectorStatus.CHARGING, 40, 60),
+                   (d.ConnectorStatus.SUSPENDED_EV, 60, None))
+    idle_since = s1.start_time + timedelta(minutes=60)
+    before = utcnow()
+    live = (await _sessions(api, world, "driver1"))[s1.transaction_id]
+    after = utcnow()
+    low = cost_breakdown(tariff, 5000, s1.start_time, before, before - idle_since)
+    high = cost_breakdown(tariff, 5000, s1.start_time, after, after - idle_since)
+    assert low.idle >= 490  # (60 − 10) minutes × 0.10, at least
+    assert low.gross <= live["estimatedCost"]["amountMinor"] <= high.gross
+
+    closed = await services.charging.end_session(world.viewer("op_a"), s1.id)
+    assert closed.idle_seconds is not None and closed.end_time is not None
+    assert closed.idle_seconds == int((closed.end_time - idle_since).total_seconds())
+    done = (await _sessions(api, world, "driver1"))[s1.transaction_id]
+    lines = {k: Decimal(v) for k, v in done["costBreakdown"].items() if k != "currency"}
+    exact = (Decimal(closed.idle_seconds) / 60 - 10) * Decimal("0.10")
+    assert abs(lines["idle"] - exact) < Decimal("0.01")
+    assert lines["energy"] + lines["time"] + lines["fee"] + lines["idle"] == lines["net"]
+    assert lines["gross"] * 100 == closed.cost_minor == done["cost"]["amountMinor"]
+    payment = await services.ctx.store.find_one(d.Payment, Eq("session_id", s1.id))
+    assert payment is not None and payment.amount_minor == closed.cost_minor
+
+
+async def test_a_page_of_estimates_reads_idle_time_in_one_store_call(
+        api: Api, services: Services, world: World, store: CountingStore) -> None:
+    await _company_tariff(services, world, "a", **IDLE_PRICES)  # type: ignore[arg-type]
+    await _company_tariff(services, world, "b", **IDLE_PRICES)  # type: ignore[arg-type]
+    sessions = [world.sessions["s1"]]
+    for i, cp_id in enumerate(("A-002", "B-001", "B-002")):
+        sessions.append(await _started(services, world, cp_id, "driver1",
+                                       timedelta(minutes=30 + i), 1000))
+    for session in sessions:
+        await _history(services, session, (d.ConnectorStatus.SUSPENDED_EV, 0, None))
+    store.detail.clear()
+    found = await _sessions(api, world, "admin")
+    estimates = [found[s.transaction_id]["estimatedCost"]["amountMinor"] for s in sessions]
+    # Each idle since its start, 120 and 30-32 minutes, beyond the 10 minutes' grace.
+    assert estimates[0] > 1100 and all(200 <= e <= 300 for e in estimates[1:])
+    assert store.detail.count("find_grouped:connector_interval") == 1
+
+
+async def test_time_of_day_prices_are_estimated_and_itemised(
+        api: Api, services: Services, world: World) -> None:
+    """A band over about the first hour of s1 (started two hours ago, 5 kWh so far):
+    the energy read in it at its price, the rest at the base price."""
+    s1 = world.sessions["s1"]
+    edge = (s1.start_time + timedelta(hours=1)).replace(second=0, microsecond=0)
+    if s1.start_time.date() != edge.date() or edge.hour == 0:
+        pytest.skip("the band would cross midnight (a tariff needs two bands then)")
+    band = BandInput(list(DAYS), s1.start_time.strftime("%H:%M"), edge.strftime("%H:%M"),
+                     "0.50")
+    tariff = await services.tariffs.set_tariff(
+        world.viewer("admin"), company_id=world.companies["a"].id, currency="EUR",
+        price_per_kwh="0.20", energy_bands=[band], time_zone="UTC",
+        valid_from=utcnow() - timedelta(hours=3))
+    # Registers: 2 kWh by 20 minutes before the band ends, 2 kWh over the 40 minutes
+    # from then (half in the band, half after), 1 kWh no reading accounts for (at the
+    # start's price: the band's).
+    await services.ctx.store.write([Insert(d.MeterSample(
+        session_id=s1.id, cp_id=s1.cp_id, connector_id=s1.connector_id,
+        station_id=s1.station_id, at=edge + timedelta(minutes=minutes),
+        measurand="Energy.Active.Import.Register", value=float(wh), delta_wh=2000))
+        for minutes, wh in ((-20, 3000), (20, 5000))], [])
+    expected = cost_breakdown(tariff, 5000, s1.start_time, s1.start_time,
+                              band_wh=[4000, 1000]).gross
+    assert expected == 220  # 4 kWh × 0.50 + 1 kWh × 0.20
+    live = (await _sessions(api, world, "driver1"))[s1.transaction_id]
+    assert live["estimatedCost"]["amountMinor"] == expected
+    closed = await services.charging.end_session(world.viewer("op_a"), s1.id)
+    assert closed.band_energy_wh == [4000, 1000] and closed.cost_minor == expected
+    done = (await _sessions(api, world, "driver1"))[s1.transaction_id]
+    assert Decimal(done["costBreakdown"]["energy"]) == Decimal("2.20")
+    assert done["cost"]["amountMinor"] == expected
+    shown = await api.gql('{ tariffs(first: 5) { nodes { timeZone energyBands { days start '
+                          'end pricePerKwh } } } }', as_user=world.users["driver1"].id)
+    assert {"timeZone": "UTC", "energyBands": [{
+        "days": list(DAYS), "start": band.start, "end": band.end, "pricePerKwh": "0.50"}]
+    } in shown["tariffs"]["nodes"]
+
+
+async def test_a_station_s_dc_plugs_are_priced_by_its_dc_tariff(
+        api: Api, services: Services, world: World) -> None:
+    station = world.stations["A-001"]  # connector 1 is CCS2 (DC), 2 is Type 2 (AC)
+
+    async def price(kwh: str, **scope: Any) -> d.Tariff:
+        return await services.tariffs.set_tariff(
+            world.viewer("admin"), station_id=station.id, currency="EUR", price_per_kwh=kwh,
+            valid_from=utcnow() - timedelta(hours=3), **scope)
+    await price("0.39")
+    await price("0.59", power_type=d.PowerType.DC)  # newer, but for DC plugs only
+    shown = await api.gql(
+        '{ station(cpId: "A-001") { tariff { pricePerKwh powerType } connectors { '
+        'connectorId tariff { pricePerKwh powerType connectorType } } } }',
+        as_user=world.users["driver1"].id)
+    assert shown["station"]["tariff"] == {"pricePerKwh": "0.39", "powerType": None}
+    assert shown["station"]["connectors"] == [
+        {"connectorId": 1, "tariff": {"pricePerKwh": "0.59", "powerType": "DC",
+                                      "connectorType": None}},
+        {"connectorId": 2, "tariff": {"pricePerKwh": "0.39", "powerType": None,
+                                      "connectorType": None}}]
+    # A session started on the CCS2 plug: priced, shown and itemised by the DC tariff.
+    s1 = world.sessions["s1"]
+    await services.ctx.store.write([Update(
+        replace(s1, connector_type=d.ConnectorType.CCS2), frozenset({"connector_type"}))],
+        [])
+    live = (await _sessions(api, world, "driver1"))[s1.transaction_id]
+    assert live["tariff"]["pricePerKwh"] == "0.59"
+    closed = await services.charging.end_session(world.viewer("op_a"), s1.id)
+    assert closed.cost_minor == 295  # 5 kWh × 0.59
+    done = (await _sessions(api, world, "driver1"))[s1.transaction_id]
+    assert done["costBreakdown"]["gross"] == "2.95"

@@ -37,8 +37,10 @@ from domain.entities import (
     ConnectionEvent,
     Connector,
     ConnectorStatus,
+    ConnectorType,
     MeterSample,
     Payment,
+    PowerType,
     Record,
     Registration,
     Role,
@@ -176,6 +178,37 @@ async def test_a_status_event_stored_before_vendor_codes_reads_as_none(mongo: Mo
     [loaded] = await mongo.get_many(StatusEvent, [event.id])
     assert loaded is not None and loaded.vendor_error_code is None
     assert loaded.error_code == "GroundFailure"
+
+
+async def test_tariffs_and_sessions_stored_before_idle_fees_bands_and_plugs_read_as_none(
+        mongo: MongoStore) -> None:
+    """A tariff written before idle fees, time-of-day prices and plug scopes bills no
+    idle time (price 0, grace 0, no cap), has no bands and prices all plugs; a session
+    closed before them measured neither and records no plug."""
+    tariff = Tariff(company_id=str(ObjectId()), price_per_kwh=Decimal("0.30"), currency="EUR",
+                    idle_price_per_minute=Decimal("0.10"), idle_grace_minutes=15,
+                    idle_fee_cap=Decimal("9"), time_zone="Europe/Berlin",
+                    energy_bands=[{"days": ["MON"], "start": "07:00", "end": "09:00",
+                                   "price_per_kwh": "0.5"}], power_type=PowerType.DC)
+    session = Session(transaction_id=1, station_id=str(ObjectId()), cp_id="CP-1",
+                      connector_id=1, id_tag="T", start_time=T0, meter_start_wh=0,
+                      idle_seconds=60, band_energy_wh=[1, 2],
+                      connector_type=ConnectorType.CCS2)
+    await mongo.write([Insert(tariff), Insert(session)], [])
+    raw(mongo)["tariff"].update_one({"_id": ObjectId(tariff.id)}, {"$unset": {
+        "idle_price_per_minute": "", "_n_idle_price_per_minute": "",
+        "idle_grace_minutes": "", "idle_fee_cap": "", "_n_idle_fee_cap": "",
+        "energy_bands": "", "time_zone": "", "power_type": ""}})
+    raw(mongo)["session"].update_one({"_id": ObjectId(session.id)}, {"$unset": {
+        "idle_seconds": "", "band_energy_wh": "", "connector_type": ""}})
+    [old] = await mongo.get_many(Tariff, [tariff.id])
+    assert old is not None and (old.idle_price_per_minute, old.idle_grace_minutes,
+                                old.idle_fee_cap) == (Decimal(0), 0, None)
+    assert not old.bills_idle and old.price_per_kwh == Decimal("0.30")
+    assert (old.energy_bands, old.time_zone, old.power_type) == ([], None, None)
+    [closed] = await mongo.get_many(Session, [session.id])
+    assert closed is not None and (closed.idle_seconds, closed.band_energy_wh,
+                                   closed.connector_type) == (None, None, None)
 
 
 async def test_decimals_compare_as_numbers(mongo: MongoStore) -> None:

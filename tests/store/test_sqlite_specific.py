@@ -678,6 +678,42 @@ async def test_version_24_counts_refunded_payments_as_refunded_whole(db_path: st
         ("p1", 660), ("p2", 0)]
 
 
+async def test_version_26_leaves_older_tariffs_without_idle_fees_bands_or_plugs(
+        db_path: str) -> None:
+    """Tariffs set before version 26 bill no idle time (price 0, grace 0, no cap), have
+    no time-of-day bands and price all plugs; sessions closed before it measured
+    neither and record no plug."""
+    async with aiosqlite.connect(db_path, isolation_level=None) as conn:
+        await apply_migrations(conn, MIGRATIONS[:25])
+        stamps = "0, 0, 'system', 'system'"
+        await conn.execute(
+            'INSERT INTO "tariff" ("id", "created_at", "updated_at", "created_by", '
+            '"updated_by", "company_id", "price_per_kwh", "currency", "price_per_minute", '
+            f'"session_fee", "tax_rate", "valid_from") VALUES (\'t1\', {stamps}, \'co1\', '
+            "'0.30', 'EUR', '0', '0', '0.19', 0)")
+        await conn.execute(
+            'INSERT INTO "session" ("id", "created_at", "updated_at", "created_by", '
+            '"updated_by", "transaction_id", "station_id", "cp_id", "connector_id", '
+            '"id_tag", "start_time", "meter_start_wh", "energy_wh", "state") '
+            f"VALUES ('s1', {stamps}, 1, 'st1', 'CP-1', 1, 'T', 0, 0, 0, 'COMPLETED')")
+        assert await apply_migrations(conn, MIGRATIONS[:26]) == [26]
+    store = SqliteStore(db_path)
+    await store.start()
+    try:
+        [tariff] = await store.get_many(Tariff, ["t1"])
+        assert tariff is not None and (tariff.idle_price_per_minute,
+                                       tariff.idle_grace_minutes, tariff.idle_fee_cap) == (
+            Decimal(0), 0, None)
+        assert not tariff.bills_idle and tariff.tax_rate == Decimal("0.19")
+        assert (tariff.energy_bands, tariff.time_zone) == ([], None)
+        assert (tariff.connector_type, tariff.power_type) == (None, None)
+        [session] = await store.get_many(Session, ["s1"])
+        assert session is not None and (session.idle_seconds, session.band_energy_wh,
+                                        session.connector_type) == (None, None, None)
+    finally:
+        await store.close()
+
+
 async def test_version_8_gives_existing_sessions_and_payments_their_books(
         db_path: str) -> None:
     """Rows written before version 8 get their station's company, or for a station of no

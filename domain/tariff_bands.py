@@ -1,0 +1,222 @@
+"""Time-of-day energy prices: a tariff's price bands (days of the week, a local start and
+end time, a price per kWh) in its time zone, and how a session's energy is attributed to
+them from its meter readings.
+
+A band covers ``start <= local time < end`` on each of its days; end may be 24:00 (the
+end of the day). A band over midnight is two bands (22:00–24:00 and 00:00–06:00 the next
+day): one rule for "which day", no band belonging to two days. Energy at a time no band
+covers is at the tariff's base price. Bands are stored on the tariff as plain
+documents (``Tariff.energy_bands``: ``{"days": ["MON", …], "start": "07:00", "end":
+"22:00", "price_per_kwh": "0.45"}``) so both stores keep them as JSON."""
+
+from __future__ import annotations
+
+import re
+from bisect import bisect_left, bisect_right
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import ROUND_FLOOR, Decimal
+from itertools import pairwise
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from domain import validation as v
+from domain.entities import Tariff
+from domain.errors import ValidationError
+from domain.timebuckets import offsets, zone
+
+#: Day names as given and stored, Monday first (``date.weekday()`` order).
+DAYS = ("MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN")
+#: Bands one tariff may have: a different price every half hour of a week is 336; more
+#: is no tariff a driver can read.
+MAX_BANDS = 336
+_CLOCK = re.compile(r"^([01][0-9]|2[0-4]):([0-5][0-9])$")
+_DAY_MINUTES = 24 * 60
+
+
+@dataclass(frozen=True, slots=True)
+class PriceBand:
+    """``price_per_kwh`` on ``days`` (``date.weekday()`` numbers) from ``start`` to
+    ``end`` (minutes after local midnight; ``end`` up to 1440)."""
+
+    days: frozenset[int]
+    start: int
+    end: int
+    price_per_kwh: Decimal
+
+    def covers(self, weekday: int, minute: float) -> bool:
+        return weekday in self.days and self.start <= minute < self.end
+
+    def stored(self) -> dict[str, Any]:
+        return {"days": [DAYS[d] for d in sorted(self.days)], "start": _clock(self.start),
+                "end": _clock(self.end), "price_per_kwh": str(self.price_per_kwh)}
+
+    @classmethod
+    def of(cls, doc: dict[str, Any]) -> PriceBand:
+        return cls(frozenset(DAYS.index(d) for d in doc["days"]), _minutes(doc["start"]),
+                   _minutes(doc["end"]), Decimal(doc["price_per_kwh"]))
+
+
+def _clock(minutes: int) -> str:
+    return f"{minutes // 60:02d}:{minutes % 60:02d}"
+
+
+def _minutes(text: str) -> int:
+    hours, minutes = text.split(":")
+    return int(hours) * 60 + int(minutes)
+
+
+def bands_of(tariff: Tariff) -> tuple[PriceBand, ...]:
+    return tuple(PriceBand.of(doc) for doc in tariff.energy_bands)
+
+
+# ------------------------------------------------------------------ input
+@dataclass(frozen=True, slots=True)
+class BandInput:
+    """A band as a caller gives it (checked by ``checked_bands``)."""
+
+    days: Sequence[str]
+    start: str
+    end: str
+    price_per_kwh: Decimal | str
+
+
+def checked_bands(given: Sequence[BandInput], time_zone: str | None, field: str = "energyBands"
+                  ) -> tuple[list[dict[str, Any]], str | None]:
+    """The bands to store and the tariff's time zone, or a user error naming the band's
+    field (``energyBands.1.end``): an unknown day, a time that is no HH:MM, an end not
+    after its start, a negative price, two bands covering the same minute of a day, or
+    bands without a time zone (a Berlin operator's 07:00 must not silently be UTC's)."""
+    if len(given) > MAX_BANDS:
+        raise ValidationError(f"at most {MAX_BANDS} bands", field=field, code="TOO_MANY")
+    if time_zone is not None:
+        zone(time_zone, "timeZone")
+    elif given:
+        raise ValidationError("price bands need the time zone their times are in",
+                              field="timeZone", code="REQUIRED")
+    bands = [_checked(band, f"{field}.{i}") for i, band in enumerate(given)]
+    for i, band in enumerate(bands):
+        for j, other in enumerate(bands[:i]):
+            if band.days & other.days and band.start < other.end and other.start < band.end:
+                raise ValidationError(f"overlaps band {j} on "
+                                      f"{DAYS[min(band.days & other.days)]}",
+                                      field=f"{field}.{i}", code="OVERLAP")
+    return [band.stored() for band in bands], time_zone
+
+
+def _checked(band: BandInput, field: str) -> PriceBand:
+    if not band.days:
+        raise ValidationError("give the days it applies on", field=f"{field}.days",
+                              code="REQUIRED")
+    days = set()
+    for name in band.days:
+        day = name.strip().upper()[:3] if isinstance(name, str) else ""
+        if day not in DAYS or name.strip().upper() not in (day, _long(day)):
+            raise ValidationError("days are MON, TUE, WED, THU, FRI, SAT, SUN",
+                                  field=f"{field}.days", code="INVALID")
+        days.add(DAYS.index(day))
+    start, end = _time(band.start, f"{field}.start"), _time(band.end, f"{field}.end")
+    if start >= _DAY_MINUTES:
+        raise ValidationError("starts before 24:00", field=f"{field}.start",
+                              code="OUT_OF_RANGE")
+    if end <= start:
+        raise ValidationError("ends after it starts (a band over midnight is two bands)",
+                              field=f"{field}.end", code="OUT_OF_RANGE")
+    return PriceBand(frozenset(days), start, end,
+                     v.money(band.price_per_kwh, f"{field}.pricePerKwh"))
+
+
+def _long(day: str) -> str:
+    return ("MONDAY", "TUESDAY", "WEDNESDAY", "THURSDAY", "FRIDAY", "SATURDAY",
+            "SUNDAY")[DAYS.index(day)]
+
+
+def _time(text: str, field: str) -> int:
+    found = _CLOCK.match(text.strip()) if isinstance(text, str) else None
+    if found is None or (found.group(1) == "24" and found.group(2) != "00"):
+        raise ValidationError("a local time HH:MM, 00:00 to 24:00", field=field,
+                              code="INVALID")
+    return int(found.group(1)) * 60 + int(found.group(2))
+
+
+# ------------------------------------------------------------------ attribution
+def band_at(bands: Sequence[PriceBand], tz: ZoneInfo, instant: datetime) -> int:
+    """The index of the band in force at ``instant``; ``len(bands)``: the base price."""
+    local = instant.astimezone(tz)
+    minute = local.hour * 60 + local.minute + (local.second + local.microsecond / 1e6) / 60
+    weekday = local.weekday()
+    return next((i for i, band in enumerate(bands) if band.covers(weekday, minute)),
+                len(bands))
+
+
+def attributed_wh(tariff: Tariff, start: datetime, energy_wh: int,
+                  readings: Iterable[tuple[datetime, int]]) -> list[int]:
+    """The session's ``energy_wh`` split by price: one entry per band of the tariff,
+    then the base price's. ``readings`` are its energy register readings (time, Wh
+    added since the previous reading, the first since ``start``), in any order: each
+    reading's Wh are spread evenly over the time since the previous one and split where
+    a band begins or ends. Energy no reading accounts for (none sent, or fewer Wh than
+    billed) is at the price in force at the start. Whole Wh, adding up to ``energy_wh``
+    exactly (largest remainder), so the split is stored and priced again alike."""
+    bands = bands_of(tariff)
+    tz = zone(tariff.time_zone or "UTC")
+    exact = [Decimal(0)] * (len(bands) + 1)
+    ordered = sorted(readings)
+    # Every instant a band may begin or end over the whole session, found once: a
+    # session has thousands of readings, a week of them a few dozen edges.
+    cuts = sorted(set(_edges(bands, tz, start, ordered[-1][0]))) if ordered else []
+    previous = start
+    for at, wh in ordered:
+        if wh > 0:
+            inside = cuts[bisect_right(cuts, previous):bisect_left(cuts, at)]
+            for index, share in _spread(bands, tz, previous, at, Decimal(wh), inside):
+                exact[index] += share
+        previous = max(previous, at)
+    total = max(energy_wh, 0)
+    metered = sum(exact, Decimal(0))
+    if metered > total:  # readings above the billed energy: the billed energy, so split
+        exact = [part * total / metered for part in exact]
+    else:
+        exact[band_at(bands, tz, start)] += total - metered
+    return _whole(exact, total)
+
+
+def _spread(bands: Sequence[PriceBand], tz: ZoneInfo, since: datetime, until: datetime,
+            wh: Decimal, cuts: Sequence[datetime]) -> list[tuple[int, Decimal]]:
+    """``wh`` spread evenly over ``since`` .. ``until``, cut at ``cuts`` (the instants in
+    between where a band may begin or end: its edges on each local day, local midnight,
+    the zone's offset changes), each piece priced by the band at its middle."""
+    if until <= since:
+        return [(band_at(bands, tz, until), wh)]
+    points = [since, *cuts, until]
+    span = Decimal((until - since).total_seconds())
+    return [(band_at(bands, tz, a + (b - a) / 2),
+             wh * Decimal((b - a).total_seconds()) / span)
+            for a, b in pairwise(points)]
+
+
+def _edges(bands: Sequence[PriceBand], tz: ZoneInfo, since: datetime, until: datetime
+           ) -> Iterable[datetime]:
+    minutes = {0, *(b.start for b in bands), *(b.end % _DAY_MINUTES for b in bands)}
+    day: date = since.astimezone(tz).date()
+    last = until.astimezone(tz).date()
+    while day <= last:
+        for minute in minutes:
+            local = datetime.combine(day, time(minute // 60, minute % 60), tz)
+            # And, when the clock is put back, the second time it shows it. In UTC: in
+            # their own zone two times differing only by fold compare equal.
+            yield local.astimezone(UTC)
+            yield local.replace(fold=1).astimezone(UTC)
+        day += timedelta(days=1)
+    yield from (at.astimezone(UTC) for at, _ in offsets(tz, since, until))
+
+
+def _whole(exact: list[Decimal], total: int) -> list[int]:
+    """Whole parts of ``exact`` adding up to ``total``: rounded down, the units left to
+    the largest fractions (the first of equal ones)."""
+    floors = [int(part.quantize(Decimal(1), rounding=ROUND_FLOOR)) for part in exact]
+    left = total - sum(floors)
+    for i in sorted(range(len(exact)), key=lambda i: -(exact[i] - floors[i]))[:left]:
+        floors[i] += 1
+    return floors
