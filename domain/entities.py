@@ -239,6 +239,13 @@ class Connector(Record):
     max_kw: float | None = None
 
 
+#: How much longer than our clock saw, between the receipt of its start and its close, a
+#: session may last by its charger's timestamps and be billed so: network delay, a start
+#: queued for a moment. Beyond it the charger's clock jumped (set right by NTP after it
+#: started far behind ours) and the session is billed the time our clock saw.
+BILLED_TIME_TOLERANCE = timedelta(minutes=2)
+
+
 @dataclass(kw_only=True)
 class Session(Record):
     kind: ClassVar[str] = "session"
@@ -281,6 +288,19 @@ class Session(Record):
         price) anywhere. Where an operator's ``endSession`` ends it, and what its running
         cost is estimated up to."""
         return max(ours, self.start_time + max(ours - self.created_at, timedelta(0)))
+
+    def billed_end(self, end: datetime, ours: datetime) -> datetime:
+        """The end a bill runs to when the session closes at ``end`` on its timeline and
+        at ``ours`` on our clock: never before its start, and never more than our clock
+        saw since its start's receipt (``created_at``) plus ``BILLED_TIME_TOLERANCE``.
+        Both ends are the charger's timestamps, so a clock set right mid-session (years
+        behind at the start) would bill years; then the session lasted what our clock
+        saw. The price of the rule: a start the charger queued offline and sent long
+        after is billed the time from its receipt (energy is billed in full)."""
+        observed = max(ours - self.created_at, timedelta(0))
+        if end - self.start_time > observed + BILLED_TIME_TOLERANCE:
+            return self.start_time + observed
+        return max(end, self.start_time)
 
 
 @dataclass(kw_only=True)

@@ -801,7 +801,10 @@ class Session(Node, Audited):
         r = self._r
         if r.state is not d.SessionState.ACTIVE:
             return None
-        end = r.now_on_timeline(_ctx(info).now)
+        now = _ctx(info).now
+        # Ends where endSession would bill it (``Session.billed_end``): a charger clock
+        # set right since the start does not estimate years.
+        end = r.billed_end(r.now_on_timeline(now), now)
         return _pricing_tariff(  # type: ignore[no-any-return]
             _ctx(info), r, lambda tariff, _shown: None if tariff is None else Money(
                 amount_minor=BigInt(pricing.cost_breakdown(

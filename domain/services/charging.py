@@ -695,7 +695,7 @@ class ChargingService(Service):
             vehicle_id=id_tag_record.vehicle_id if id_tag_record else None,
             reservation_id=reservation_id, company_id=company_id,
             station_owner_id=station_owner_id,
-        ), actor)
+        ), actor, self.now())  # on the service's clock, as every "now" it is compared with
         changes: list[tuple[Change, Any]] = []
         plug, is_new = await self._connector(station, connector_id)
         if is_new:
@@ -950,8 +950,15 @@ class ChargingService(Service):
         ``readings``: the stop's own (its transactionData): a State of Charge there is the
         session's last."""
         # A stop stamped before the start (a clock reset mid-session) ends the session
-        # when it began, so no duration anywhere comes out negative.
-        end = max(end, session.start_time)
+        # when it began, so no duration anywhere comes out negative; one stamped by a
+        # clock set right since a start far behind ours ends when our clock saw it end.
+        billed_end = session.billed_end(end, self.now())
+        if billed_end < end:
+            log.warning("%s: transaction %s lasted %s by its charger's clock, %s by ours "
+                        "(the charger's clock jumped): billing %s", session.cp_id,
+                        session.transaction_id, end - session.start_time,
+                        billed_end - session.start_time, billed_end - session.start_time)
+        end = billed_end
         energy = session.energy_wh if energy_wh is None else energy_wh
         # The tariff of whoever keeps the session's books, in force at its start: a
         # station handed to another company mid-session is still priced as agreed.
