@@ -72,6 +72,15 @@ class SessionState(StrEnum):
     COMPLETED = "COMPLETED"
 
 
+class MeterAnomaly(StrEnum):
+    """What a session's energy register did that its energy is counted across, for an
+    operator to review: it rolled over at its limit (a 32-bit or a 999,999.9 kWh
+    counter), or restarted near 0 (a meter reset or replaced)."""
+
+    ROLLOVER = "ROLLOVER"
+    RESET = "RESET"
+
+
 class ReservationState(StrEnum):
     PENDING = "PENDING"
     ACTIVE = "ACTIVE"
@@ -269,6 +278,15 @@ class Session(Record):
     #: shows it without reading their samples.
     soc_percent: float | None = None
     soc_at: datetime | None = None
+    #: The count of the session's energy register across a rollover or reset of it
+    #: (``metering.RegisterCount``): a reading counts as itself plus ``meter_offset_wh``
+    #: (``meter_prior_offset_wh`` before the last one, should the drop prove a glitch);
+    #: ``meter_at``, the charger's time of the reading that last moved the count (a
+    #: lower one stamped before it is late, not a reset); ``meter_anomaly``, what it did.
+    meter_offset_wh: int = 0
+    meter_prior_offset_wh: int | None = None
+    meter_at: datetime | None = None
+    meter_anomaly: MeterAnomaly | None = None
     stop_reason: str | None = None
     state: SessionState = SessionState.ACTIVE
     reservation_id: int | None = None

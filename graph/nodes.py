@@ -33,6 +33,7 @@ from graph.enums import (
     ConnectorStatus,
     ConnectorType,
     IdTagStatus,
+    MeterAnomaly,
     PaymentStatus,
     Registration,
     ReservationState,
@@ -688,6 +689,10 @@ class Session(Node, Audited):
         description="Energy delivered so far (live while charging).")
     power_kw: float | None = strawberry.field(
         description="Charging power at the last meter value.")
+    meter_anomaly: MeterAnomaly | None = strawberry.field(description=(
+        "Set when the charger's energy register rolled over at its limit or restarted "
+        "near 0 (reset, replaced) during the session: its energy is counted across it "
+        "(the highest reading before plus those after), for an operator to review."))
     _r: strawberry.Private[d.Session]
 
     @classmethod
@@ -705,6 +710,7 @@ class Session(Node, Audited):
             "stop_reason": r.stop_reason,
             "energy_kwh": r.energy_wh / 1000,
             "power_kw": r.power_w / 1000 if r.power_w is not None else None,
+            "meter_anomaly": r.meter_anomaly,
         })
 
     @strawberry.field
