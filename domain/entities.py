@@ -87,6 +87,15 @@ class SessionState(StrEnum):
     COMPLETED = "COMPLETED"
 
 
+class MeterAnomaly(StrEnum):
+    """What a session's energy register did that its energy is counted across, for an
+    operator to review: it rolled over at its limit (a 32-bit or a 999,999.9 kWh
+    counter), or restarted near 0 (a meter reset or replaced)."""
+
+    ROLLOVER = "ROLLOVER"
+    RESET = "RESET"
+
+
 class ReservationState(StrEnum):
     PENDING = "PENDING"
     ACTIVE = "ACTIVE"
@@ -254,6 +263,13 @@ class Connector(Record):
     max_kw: float | None = None
 
 
+#: How much longer than our clock saw, between the receipt of its start and its close, a
+#: session may last by its charger's timestamps and be billed so: network delay, a start
+#: queued for a moment. Beyond it the charger's clock jumped (set right by NTP after it
+#: started far behind ours) and the session is billed the time our clock saw.
+BILLED_TIME_TOLERANCE = timedelta(minutes=2)
+
+
 @dataclass(kw_only=True)
 class Session(Record):
     kind: ClassVar[str] = "session"
@@ -277,6 +293,15 @@ class Session(Record):
     #: shows it without reading their samples.
     soc_percent: float | None = None
     soc_at: datetime | None = None
+    #: The count of the session's energy register across a rollover or reset of it
+    #: (``metering.RegisterCount``): a reading counts as itself plus ``meter_offset_wh``
+    #: (``meter_prior_offset_wh`` before the last one, should the drop prove a glitch);
+    #: ``meter_at``, the charger's time of the reading that last moved the count (a
+    #: lower one stamped before it is late, not a reset); ``meter_anomaly``, what it did.
+    meter_offset_wh: int = 0
+    meter_prior_offset_wh: int | None = None
+    meter_at: datetime | None = None
+    meter_anomaly: MeterAnomaly | None = None
     stop_reason: str | None = None
     state: SessionState = SessionState.ACTIVE
     reservation_id: int | None = None
@@ -308,6 +333,19 @@ class Session(Record):
         price) anywhere. Where an operator's ``endSession`` ends it, and what its running
         cost is estimated up to."""
         return max(ours, self.start_time + max(ours - self.created_at, timedelta(0)))
+
+    def billed_end(self, end: datetime, ours: datetime) -> datetime:
+        """The end a bill runs to when the session closes at ``end`` on its timeline and
+        at ``ours`` on our clock: never before its start, and never more than our clock
+        saw since its start's receipt (``created_at``) plus ``BILLED_TIME_TOLERANCE``.
+        Both ends are the charger's timestamps, so a clock set right mid-session (years
+        behind at the start) would bill years; then the session lasted what our clock
+        saw. The price of the rule: a start the charger queued offline and sent long
+        after is billed the time from its receipt (energy is billed in full)."""
+        observed = max(ours - self.created_at, timedelta(0))
+        if end - self.start_time > observed + BILLED_TIME_TOLERANCE:
+            return self.start_time + observed
+        return max(end, self.start_time)
 
 
 @dataclass(kw_only=True)

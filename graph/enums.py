@@ -21,6 +21,8 @@ strawberry.enum(d.SessionState)
 strawberry.enum(d.ReservationState)
 strawberry.enum(d.PaymentStatus)
 strawberry.enum(d.AuditAction)
+strawberry.enum(d.MeterAnomaly, description=(
+    "What a session's energy register did that its energy is counted across."))
 
 Role = d.Role
 IdTagStatus = d.IdTagStatus
@@ -32,3 +34,4 @@ SessionState = d.SessionState
 ReservationState = d.ReservationState
 PaymentStatus = d.PaymentStatus
 AuditAction = d.AuditAction
+MeterAnomaly = d.MeterAnomaly

@@ -36,6 +36,7 @@ from graph.enums import (
     ConnectorStatus,
     ConnectorType,
     IdTagStatus,
+    MeterAnomaly,
     PaymentStatus,
     PowerType,
     Registration,
@@ -718,6 +719,10 @@ class Session(Node, Audited):
         description="Energy delivered so far (live while charging).")
     power_kw: float | None = strawberry.field(
         description="Charging power at the last meter value.")
+    meter_anomaly: MeterAnomaly | None = strawberry.field(description=(
+        "Set when the charger's energy register rolled over at its limit or restarted "
+        "near 0 (reset, replaced) during the session: its energy is counted across it "
+        "(the highest reading before plus those after), for an operator to review."))
     _r: strawberry.Private[d.Session]
 
     @classmethod
@@ -735,6 +740,7 @@ class Session(Node, Audited):
             "stop_reason": r.stop_reason,
             "energy_kwh": r.energy_wh / 1000,
             "power_kw": r.power_w / 1000 if r.power_w is not None else None,
+            "meter_anomaly": r.meter_anomaly,
         })
 
     @strawberry.field
@@ -833,7 +839,10 @@ class Session(Node, Audited):
         if r.state is not d.SessionState.ACTIVE:
             return None
         ctx = _ctx(info)
-        end = r.now_on_timeline(ctx.now)
+        now = ctx.now
+        # Ends where endSession would bill it (``Session.billed_end``): a charger clock
+        # set right since the start does not estimate years.
+        end = r.billed_end(r.now_on_timeline(now), now)
         return _pricing_tariff(  # type: ignore[no-any-return]
             ctx, r, lambda tariff, _shown: _estimate(ctx, r, tariff, end))
 

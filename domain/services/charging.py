@@ -79,11 +79,12 @@ from domain.services.live_updates import LatestUpdates
 from domain.services.metering import (
     MAX_BELIEVABLE_KW,
     MeterReading,
+    RegisterCount,
     added_wh,
-    believable_register,
     closing_sample,
     final_soc,
     live_patch,
+    register_count,
     register_readings,
     samples_of,
 )
@@ -711,7 +712,7 @@ class ChargingService(Service):
             # The plug it was started on is priced (a DC tariff), not the one the
             # connector is edited to later; none for a plug not on record.
             connector_type=None if is_new else plug.type,
-        ), actor)
+        ), actor, self.now())  # on the service's clock, as every "now" it is compared with
         changes: list[tuple[Change, Any]] = []
         if is_new:
             # A plug we did not know (within the cap reports may register): recorded as a
@@ -807,8 +808,8 @@ class ChargingService(Service):
             session = newest[0] if newest else None
         rated_kw = await self._rated_kw(station, connector_id) if session is not None \
             else MAX_BELIEVABLE_KW
-        samples = samples_of(station, connector_id, transaction_id, session, readings,
-                                rated_kw)
+        count = register_count(session, rated_kw)
+        samples = samples_of(station, connector_id, transaction_id, session, readings, count)
         if readings:
             # After ``_samples`` checked every timestamp: a refused frame must not move it.
             await self._clock_report(station, max(as_utc(r.timestamp) for r in readings))
@@ -816,7 +817,7 @@ class ChargingService(Service):
         updated = None
         if session is not None and session.state is SessionState.ACTIVE:
             live = live_patch(session, readings, added_wh(samples), charger(cp_id),
-                                        self.clocks.believable)
+                              self.clocks.believable, count)
             if live is not None:
                 changes.append(live)
                 updated = cast(Session, live.record)
@@ -845,8 +846,9 @@ class ChargingService(Service):
             session = None
         rated_kw = MAX_BELIEVABLE_KW if session is None \
             else await self._rated_kw(station, session.connector_id)
+        count = register_count(session, rated_kw)
         samples = samples_of(station, session.connector_id if session else 0,
-                                transaction_id, session, readings or [], rated_kw)
+                             transaction_id, session, readings or [], count)
         if session is None or (session.state is SessionState.COMPLETED
                                and not awaits_stop(session)):
             if samples:
@@ -859,11 +861,15 @@ class ChargingService(Service):
             end = self._timeline_now(session)
         await self._clock_report(station, end)
         # meterStop is the transaction's own final register (what the charger signs and
-        # bills by), so it decides the energy; a reading above it (a glitch, a late
-        # frame of another kind) was counted live and is taken back by the closing
-        # sample, which makes the samples add up to the billed energy.
-        energy = max(meter_stop - session.meter_start_wh, 0)
-        if not believable_register(session, meter_stop, end, rated_kw):
+        # bills by), so it decides the energy, counted across a rollover or reset of the
+        # meter as the readings are (below meterStart, it may be one); a reading above
+        # it (a glitch, a late frame of another kind) was counted live and is taken back
+        # by the closing sample, which makes the samples add up to the billed energy.
+        if count is None:  # flushed late, awaiting its stop: no readings counted
+            count = RegisterCount(session, rated_kw)
+        final = count.counted(meter_stop, end, final=True)
+        energy = max((final or 0) - session.meter_start_wh, 0)
+        if final is None:
             # A glitching final register (0xFFFFFFFF) must not bill megawatt-hours: the
             # session is billed what it believably metered, as a lost stop would be.
             log.warning("%s: meterStop %s Wh of transaction %s is more than its connector "
@@ -879,7 +885,8 @@ class ChargingService(Service):
         closed, changes = await self._close(
             station, session, meter_stop, end, reason or "Local", actor, energy_wh=energy,
             awaited=awaits_stop(session), readings=readings or [],
-            metered=[*samples, *(cast(MeterSample, u.record) for u in trimmed)])
+            metered=[*samples, *(cast(MeterSample, u.record) for u in trimmed)],
+            meter=count.fields())
         try:
             await self.commit(actor, changes,
                               unaudited=[*trimmed, *(InsertIfAbsent(s) for s in samples)])
@@ -954,7 +961,8 @@ class ChargingService(Service):
                      energy_wh: int | None = None, awaited: bool = False,
                      unchanged_since: datetime | None = None,
                      readings: Sequence[MeterReading] = (),
-                     metered: Sequence[MeterSample] = ()
+                     metered: Sequence[MeterSample] = (),
+                     meter: dict[str, Any] | None = None
                      ) -> tuple[Session, list[tuple[Change, Any]]]:
         """The closed session, and its write with the payment it opens (the changes to
         commit). ``energy_wh``: the session's energy
@@ -966,10 +974,19 @@ class ChargingService(Service):
         ``readings``: the stop's own (its transactionData): a State of Charge there is the
         session's last. ``metered``: samples of the session written with the close (the
         stop's, its closing sample, stored ones whose increments it lowers), which
-        time-of-day prices count over the stored ones."""
+        time-of-day prices count over the stored ones. ``meter``: its register's count as
+        the stop left it (``RegisterCount.fields``: a rollover or reset it showed is
+        flagged)."""
         # A stop stamped before the start (a clock reset mid-session) ends the session
-        # when it began, so no duration anywhere comes out negative.
-        end = max(end, session.start_time)
+        # when it began, so no duration anywhere comes out negative; one stamped by a
+        # clock set right since a start far behind ours ends when our clock saw it end.
+        billed_end = session.billed_end(end, self.now())
+        if billed_end < end:
+            log.warning("%s: transaction %s lasted %s by its charger's clock, %s by ours "
+                        "(the charger's clock jumped): billing %s", session.cp_id,
+                        session.transaction_id, end - session.start_time,
+                        billed_end - session.start_time, billed_end - session.start_time)
+        end = billed_end
         energy = session.energy_wh if energy_wh is None else energy_wh
         # The tariff of whoever keeps the session's books, in force at its start: a
         # station handed to another company mid-session is still priced as agreed.
@@ -991,7 +1008,8 @@ class ChargingService(Service):
                       energy_wh=energy, power_w=None, stop_reason=reason, cost_minor=cost,
                       currency=tariff.currency if tariff else None, idle_seconds=idle,
                       band_energy_wh=band_wh,
-                      **final_soc(session, readings, self.clocks.believable))
+                      **final_soc(session, readings, self.clocks.believable),
+                      **(meter or {}))
         payment = None
         # Nothing to collect (no energy and no fees): no payment for anyone to settle.
         if tariff is not None and cost is not None and cost > 0:

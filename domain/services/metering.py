@@ -5,6 +5,7 @@ service reads and writes the store around them."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
@@ -12,12 +13,14 @@ from typing import Any, NamedTuple
 
 from domain import validation as v
 from domain.clock import as_utc
-from domain.entities import MeterSample, Session, SessionState, Station
+from domain.entities import MeterAnomaly, MeterSample, Session, SessionState, Station
 from domain.ids import stable_id, stable_ids
 from domain.policy import Viewer
 from domain.ports import Store, Update
 from domain.query import Range, Sort
 from domain.services.base import charger, patch, stamp_new
+
+log = logging.getLogger("chargegraph.charging")
 
 ENERGY_REGISTER = "Energy.Active.Import.Register"
 POWER = "Power.Active.Import"
@@ -45,6 +48,23 @@ METER_SLACK_WH = 1_000_000
 RATED_SLACK = timedelta(minutes=15)
 
 
+#: Where energy registers wrap, in Wh: decimal counters (999,999.9 kWh is 10^9 Wh) and
+#: binary ones (16, 24, 31 or 32 bits) of Wh, 10 Wh, 100 Wh or kWh. None below 10 MWh: no
+#: meter wraps that soon, and a lower limit would take a reset for a rollover.
+REGISTER_LIMITS = tuple(sorted(
+    {10**n for n in range(7, 13)}
+    | {2**bits * unit for bits in (16, 24, 31, 32) for unit in (1, 10, 100, 1000)
+       if 2**bits * unit >= 10**7}))
+#: A rollover: the register was within this share of its limit before it fell.
+NEAR_LIMIT = 0.01
+#: A reset: the register fell to within this share of the highest reading before.
+NEAR_ZERO = 0.1
+#: What a rollover, a reset or a step of a session that had one may add beyond what the
+#: connector could deliver since the reading before: this long at full power (coarse
+#: clocks, a reading stamped late).
+STEP_SLACK_S = 60.0
+
+
 def believable_register(session: Session, wh: float, at: datetime, rated_kw: float) -> bool:
     """Whether the energy register can read ``wh`` at ``at`` in ``session`` on a connector
     rated ``rated_kw`` (``MAX_BELIEVABLE_KW``: not known): no more above its start than
@@ -53,6 +73,108 @@ def believable_register(session: Session, wh: float, at: datetime, rated_kw: flo
     slack = METER_SLACK_WH if rated_kw >= MAX_BELIEVABLE_KW \
         else rated_kw * RATING_HEADROOM * RATED_SLACK.total_seconds() / 3.6
     return wh <= session.meter_start_wh + rated_kw * RATING_HEADROOM * seconds / 3.6 + slack
+
+
+class RegisterCount:
+    """A session's energy register as counted through one frame or stop: its highest
+    count so far (``high``: meterStart plus the energy counted), and what a reading
+    counts as across a rollover or a reset of the meter (``offset``). A reading below
+    the count, stamped after the one that last moved it, is a rollover when the register
+    was near one of ``REGISTER_LIMITS`` and what it passed there and read since the
+    connector could deliver in the time; a reset when it restarted near 0. The count
+    goes on from there (the highest reading before plus those after) and the session is
+    flagged; a drop neither explains adds nothing, as before. Once a session had one,
+    each step is judged by what the connector could deliver since the reading before: a
+    meter that read 0 once and goes on from its old count is its old register again, not
+    counted twice. One per frame, and only for an active session."""
+
+    __slots__ = ("anomaly", "at", "high", "offset", "prior", "rated_kw", "session")
+
+    def __init__(self, session: Session, rated_kw: float) -> None:
+        self.session, self.rated_kw = session, rated_kw
+        self.high = session.meter_start_wh + session.energy_wh
+        self.offset, self.prior = session.meter_offset_wh, session.meter_prior_offset_wh
+        self.at, self.anomaly = session.meter_at, session.meter_anomaly
+
+    def added(self, wh: int, at: datetime) -> int | None:
+        """What the register reading ``wh`` at ``at`` adds to the count (0 when it is
+        not above it); ``None`` for one no meter could show (``believable_register``)."""
+        counted = self.counted(wh, at)
+        if counted is None:
+            return None
+        if counted <= self.high:
+            return 0
+        added, self.high, self.at = counted - self.high, counted, at
+        return added
+
+    def counted(self, wh: int, at: datetime, *, final: bool = False) -> int | None:
+        """The reading on the session's count (``offset`` applied, across a rollover or
+        reset it shows); ``None`` for one no meter could show. ``final``: the
+        transaction's own last register (meterStop), after every reading whatever its
+        timestamp."""
+        counted = wh + self.offset
+        if counted < self.high:
+            if final or self._known_since(at):
+                self._across_drop(wh, at)
+                counted = wh + self.offset
+        elif self.anomaly is not None and not self._step_ok(counted - self.high, at):
+            # Beyond what the connector could deliver since: the old register going on
+            # after a drop that was a glitch (a 0 read once), or no reading at all.
+            if self.prior is None or wh + self.prior < self.high \
+                    or not self._step_ok(wh + self.prior - self.high, at):
+                return None
+            self.offset, self.prior = self.prior, None
+            counted = wh + self.offset
+        if not believable_register(self.session, counted, at, self.rated_kw):
+            return None
+        return counted
+
+    def fields(self) -> dict[str, Any]:
+        """The session's fields the count changed (mostly ``meter_at`` alone)."""
+        s = self.session
+        changed: dict[str, Any] = {}
+        if self.at != s.meter_at:
+            changed["meter_at"] = self.at
+        if self.anomaly is not None and (self.offset, self.prior, self.anomaly) != (
+                s.meter_offset_wh, s.meter_prior_offset_wh, s.meter_anomaly):
+            changed.update(meter_offset_wh=self.offset, meter_prior_offset_wh=self.prior,
+                           meter_anomaly=self.anomaly)
+        return changed
+
+    def _known_since(self, at: datetime) -> bool:
+        """Whether ``at`` is after the reading that last moved the count. A session
+        recorded before that time was kept, with energy counted, knows none: no drop
+        in it is judged (a late frame would look like a reset)."""
+        if self.at is None:
+            return self.high == self.session.meter_start_wh
+        return at > self.at
+
+    def _budget_wh(self, at: datetime) -> float:
+        """What the connector could deliver from the reading that last moved the count
+        (the start, before any) to ``at``, with ``STEP_SLACK_S`` at full power."""
+        seconds = max((at - (self.at or self.session.start_time)).total_seconds(), 0.0)
+        return self.rated_kw * RATING_HEADROOM * (seconds + STEP_SLACK_S) / 3.6
+
+    def _step_ok(self, wh: int, at: datetime) -> bool:
+        return wh <= self._budget_wh(at)
+
+    def _across_drop(self, wh: int, at: datetime) -> None:
+        raw_high = self.high - self.offset  # the register's highest reading so far
+        budget = self._budget_wh(at)
+        for limit in REGISTER_LIMITS:
+            if raw_high < limit and limit - raw_high <= limit * NEAR_LIMIT \
+                    and limit - raw_high + wh <= budget:
+                self._anomaly(self.offset + limit, MeterAnomaly.ROLLOVER, wh, at)
+                return
+        if wh <= raw_high * NEAR_ZERO and wh <= budget:
+            self._anomaly(self.high, MeterAnomaly.RESET, wh, at)
+
+    def _anomaly(self, offset: int, kind: MeterAnomaly, wh: int, at: datetime) -> None:
+        log.warning("%s: transaction %s: energy register read %s Wh after %s Wh: a %s, "
+                    "counted across (the session is flagged for review)",
+                    self.session.cp_id, self.session.transaction_id, wh,
+                    self.high - self.offset, kind.value.lower())
+        self.prior, self.offset, self.anomaly, self.at = self.offset, offset, kind, at
 
 
 class SampledValue(NamedTuple):
@@ -95,22 +217,27 @@ def added_wh(samples: list[MeterSample]) -> int:
     return sum(s.delta_wh for s in samples if s.delta_wh)
 
 
+def register_count(session: Session | None, rated_kw: float) -> RegisterCount | None:
+    """The count a frame's register readings add to: an active session's, else none."""
+    if session is None or session.state is not SessionState.ACTIVE:
+        return None
+    return RegisterCount(session, rated_kw)
+
+
 def samples_of(station: Station, connector_id: int, transaction_id: int | None,
                session: Session | None, readings: list[MeterReading],
-               rated_kw: float = MAX_BELIEVABLE_KW) -> list[MeterSample]:
+               count: RegisterCount | None = None) -> list[MeterSample]:
     """Every numeric sample; for an active session's total energy register (or, from a
     charger that meters per phase only, the sum of its lines') also the Wh it adds to
-    the session (``delta_wh``), counted from the highest register so far
-    (``meter_start_wh + energy_wh``), so energy per period is a plain sum in the store.
-    A reading at or below it (late, or a register that went back) adds nothing; nor
-    does one no meter could show: above what the connector (``rated_kw``) could have
-    delivered since the start, both on the charger's clock (one running ahead of ours
-    still meters live)."""
+    the session (``delta_wh``) through its ``count`` (``register_count``): counted from
+    the highest register so far (``meter_start_wh + energy_wh``), so energy per period
+    is a plain sum in the store. A reading at or below it (late, or a register that went
+    back) adds nothing, unless the meter rolled over or was reset (``RegisterCount``);
+    nor does one no meter could show: above what the connector could have delivered
+    since the start, both on the charger's clock (one running ahead of ours still
+    meters live)."""
     samples: list[MeterSample] = []
     actor = charger(station.cp_id)
-    running = None
-    if session is not None and session.state is SessionState.ACTIVE:
-        running = session.meter_start_wh + session.energy_wh
     session_id = session.id if session else None
     for reading in sorted(readings, key=lambda r: r.timestamp):
         at = v.instant(as_utc(reading.timestamp), "meterValue.timestamp")
@@ -124,15 +251,11 @@ def samples_of(station: Station, connector_id: int, transaction_id: int | None,
                 continue  # SignedData and other non-numeric formats: not a number
             measurand = sv.measurand or ENERGY_REGISTER
             delta_wh = None
-            if running is not None and measurand == ENERGY_REGISTER \
+            if count is not None and measurand == ENERGY_REGISTER \
                     and sv.location in (None, "Outlet"):
-                assert session is not None
                 if sv.phase is None:
                     total_seen = True
-                    wh = round(to_wh(value, sv.unit))
-                    if believable_register(session, wh, at, rated_kw):
-                        delta_wh = max(wh - running, 0)
-                        running = max(running, wh)
+                    delta_wh = count.added(round(to_wh(value, sv.unit)), at)
                 elif sv.phase in LINE_OF_PHASE:
                     lines.setdefault(LINE_OF_PHASE[sv.phase],
                                      (to_wh(value, sv.unit), len(samples)))
@@ -152,17 +275,15 @@ def samples_of(station: Station, connector_id: int, transaction_id: int | None,
                 phase=sv.phase, context=sv.context, transaction_id=transaction_id,
                 delta_wh=delta_wh, station_id=station.id,
             ))
-        if lines and not total_seen and running is not None:
+        if lines and not total_seen and count is not None:
             # A charger that meters per phase only: its total register is the sum of
             # its lines' (without it, the session metered nothing live and all its
             # energy landed at the stop). The increment goes on the reading's last
             # line sample, so energy per period stays a plain sum of increments.
-            assert session is not None
-            wh = round(sum(line_wh for line_wh, _ in lines.values()))
-            if believable_register(session, wh, at, rated_kw) and wh > running:
+            added = count.added(round(sum(line_wh for line_wh, _ in lines.values())), at)
+            if added:
                 last = max(index for _, index in lines.values())
-                samples[last] = replace(samples[last], delta_wh=wh - running)
-                running = wh
+                samples[last] = replace(samples[last], delta_wh=added)
     return samples
 
 
@@ -235,10 +356,13 @@ def final_soc(session: Session, readings: Sequence[MeterReading],
 
 
 def live_patch(session: Session, readings: list[MeterReading], added: int,
-               actor: Viewer, believable: Callable[[datetime], bool]) -> Update | None:
+               actor: Viewer, believable: Callable[[datetime], bool],
+               count: RegisterCount | None = None) -> Update | None:
     """Live energy grows by what the frame's samples add (``added``, their
     ``delta_wh``): never from the newest reading alone, which a late or lower one would
-    take back, and always equal to the sum of the session's increments. Power from
+    take back, and always equal to the sum of the session's increments; with it the
+    register's count (``count``: when its reading last moved it, a rollover or reset).
+    Power from
     the newest total active power (``reading_power``), State of Charge as
     ``final_soc`` takes it, each unless the one shown is newer (a believable
     time: one stamped in our future by a glitching clock must not freeze it). ``None``
@@ -256,6 +380,8 @@ def live_patch(session: Session, readings: list[MeterReading], added: int,
     updates: dict[str, Any] = final_soc(session, readings, believable)
     if added:
         updates["energy_wh"] = session.energy_wh + added
+    if count is not None:
+        updates.update(count.fields())  # the register's count moved (or rolled over)
     if power is not None:
         updates["power_w"] = power
         updates["power_at"] = as_utc(power_at) if power_at is not None else None

@@ -635,6 +635,17 @@ ALTER TABLE "tariff" ADD COLUMN "power_type" TEXT;
 ALTER TABLE "session" ADD COLUMN "connector_type" TEXT;
 """
 
+# Version 27: a session's energy register counted across a rollover or a reset of the
+# meter (``Session.meter_offset_wh`` and the offset before, ``meter_at``, the reading
+# that last moved the count, ``meter_anomaly``, flagged for review). Older sessions
+# count as they did: no offset, no anomaly.
+_V27 = """
+ALTER TABLE "session" ADD COLUMN "meter_offset_wh" INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE "session" ADD COLUMN "meter_prior_offset_wh" INTEGER;
+ALTER TABLE "session" ADD COLUMN "meter_at" INTEGER;
+ALTER TABLE "session" ADD COLUMN "meter_anomaly" TEXT;
+"""
+
 #: Every migration, oldest first. Append only.
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
@@ -642,7 +653,7 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (13, _V13), (14, _V14), (15, _V15), (16, _V16), (17, _V17),
                                      (18, _V18), (19, _V19), (20, _V20), (21, _V21),
                                      (22, _V22), (23, _V23), (24, _V24),
-                                     (25, _V25), (26, _V26))
+                                     (25, _V25), (26, _V26), (27, _V27))
 
 _BOOTSTRAP = """
 CREATE TABLE IF NOT EXISTS "schema_version" (

@@ -341,17 +341,19 @@ async def test_station_rows_are_the_sum_of_their_connectors_rows(history: Histor
 
 async def overlapping_sessions_on_r1(history: History) -> None:
     """``two_plug_station``, and R1's first connector a second session stamped 14:30 →
-    15:30 after the first (14:00 → 15:00) stopped (the charger's clock stepped back);
-    asked at 15:40."""
+    15:10 after the first (14:00 → 15:00) stopped (the charger's clock stepped back half
+    an hour: the start reaches us at 15:00, the stop at 15:40, 40 minutes our clock saw,
+    as its stamps say); asked at 15:40."""
     await two_plug_station(history)
     charging = history.services.charging
-    history.clock.now = at_31(15, 40)
+    history.clock.now = at_31(15)
     tx, _ = await charging.start_transaction("R1", 1, "TAG-driver1", 0, at_31(14, 30))
-    await charging.stop_transaction("R1", tx, 100, at_31(15, 30))
+    history.clock.now = at_31(15, 40)
+    await charging.stop_transaction("R1", tx, 100, at_31(15, 10))
 
 
 async def test_a_connector_is_at_most_the_whole_window(history: History) -> None:
-    # R1's first connector gets a second session stamped 14:30 → 15:30 after the first
+    # R1's first connector gets a second session stamped 14:30 → 15:10 after the first
     # (14:00 → 15:00) stopped: the charger's clock stepped back. A connector is occupied
     # at most the whole window, whatever its sessions overlap.
     await overlapping_sessions_on_r1(history)

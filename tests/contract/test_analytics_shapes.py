@@ -122,7 +122,7 @@ async def test_availability_per_day_adds_up_to_the_window(history: History) -> N
 
 async def test_each_bucket_is_capped_to_itself_and_ends_now(history: History) -> None:
     """R1 #1's sessions overlap (its clock stepped back: 14:00 → 15:00 and 14:30 →
-    15:30): each hour is occupied at most the hour. Asked at 15:40, the 15:00 hour is 40
+    15:10): each hour is occupied at most the hour. Asked at 15:40, the 15:00 hour is 40
     minutes long and the hours after it empty."""
     await overlapping_sessions_on_r1(history)
     rows = await history.services.analytics.utilization(
@@ -130,7 +130,8 @@ async def test_each_bucket_is_capped_to_itself_and_ends_now(history: History) ->
         Bucket.HOUR)
     assert [(r.start, r.window_seconds / H, r.first_seconds / H) for r in rows
             if r.connector_id == 1] == [
-        (at_31(14), 1.0, 1.0), (at_31(15), pytest.approx(2 / 3), 0.5), (at_31(16), 0.0, 0.0)]
+        (at_31(14), 1.0, 1.0), (at_31(15), pytest.approx(2 / 3), pytest.approx(1 / 6)),
+        (at_31(16), 0.0, 0.0)]
 
 
 async def test_a_bucket_starting_before_the_window_counts_from_the_window(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,12 @@ import pytest
 from ocpp.v16 import call
 
 from domain import entities as d
+from domain.entities import BILLED_TIME_TOLERANCE
 from domain.policy import SYSTEM
+from domain.pricing import cost_breakdown
 from domain.query import Eq
 from domain.services.base import patch
+from graph.ids import to_global_id
 from ocpp_bridge.simulator import SimulatedChargePoint, connected, now
 from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
 
@@ -170,3 +174,66 @@ async def test_the_move_stops_at_the_interval_before(tmp_path: Path) -> None:
             assert rows[0].start == t - timedelta(minutes=90)
     finally:
         await stop_central(central)
+
+
+async def _per_minute_tariff(central: Central) -> d.Tariff:
+    """A station tariff with a price per minute, in force for years: the session's start,
+    wherever the charger's clock puts it, is priced by it."""
+    return await central.services.tariffs.set_tariff(
+        SYSTEM, station_id=central.stations["CP-1"].id, price_per_kwh=Decimal("0.30"),
+        price_per_minute=Decimal("0.10"), currency="EUR",
+        valid_from=datetime.now(UTC) - timedelta(days=10 * 365))
+
+
+def _register(tx: int, at: datetime, wh: int) -> call.MeterValues:
+    return call.MeterValues(connector_id=1, transaction_id=tx, meter_value=[
+        {"timestamp": iso(at), "sampledValue": [{"value": str(wh)}]}])
+
+
+ESTIMATE = "{ sessions(first: 5) { nodes { transactionId estimatedCost { amountMinor } } } }"
+
+
+@pytest.mark.parametrize("close", ["StopTransaction", "endSession"])
+@pytest.mark.parametrize("behind", [timedelta(hours=6), timedelta(days=3 * 365)])
+async def test_a_clock_corrected_mid_session_bills_the_time_our_clock_saw(
+        central: Central, behind: timedelta, close: str) -> None:
+    """A charger whose clock is hours or years behind ours at StartTransaction, then set
+    right by NTP mid-session: its stop is stamped by the corrected clock, so by its own
+    timestamps the session lasted ``behind`` (years of a per-minute price); an operator's
+    endSession ended it at our "now", as far from its start. The billed duration (and the
+    running estimate) is never more than our clock saw between the start's receipt and
+    the close, beyond a small tolerance."""
+    tariff = await _per_minute_tariff(central)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        wrong = datetime.now(UTC).replace(microsecond=0) - behind
+        received = datetime.now(UTC)
+        started = await cp.call(call.StartTransaction(
+            connector_id=1, id_tag="TAG-OK", meter_start=1_000, timestamp=iso(wrong)))
+        tx = started.transaction_id
+        await cp.call(_register(tx, wrong + timedelta(seconds=1), 3_000))
+        right = datetime.now(UTC)  # NTP set the charger's clock right
+        await cp.call(_register(tx, right, 6_000))
+        data = await central.gql(ESTIMATE, as_user="admin")
+        [estimate] = [s["estimatedCost"]["amountMinor"] for s in data["sessions"]["nodes"]
+                      if s["transactionId"] == tx]
+        if close == "StopTransaction":
+            await cp.call(call.StopTransaction(meter_stop=11_000, timestamp=iso(right),
+                                               transaction_id=tx))
+        else:
+            record = await central.session(tx)
+            assert record is not None
+            ended = await central.gql(
+                """mutation($id: ID!) { endSession(input: {id: $id}) { errors { code } } }""",
+                {"id": to_global_id("session", record.id)}, as_user="op")
+            assert ended["endSession"]["errors"] == []
+        observed = datetime.now(UTC) - received
+    session = await central.session(tx)
+    assert session is not None and session.end_time is not None
+    billed = session.end_time - session.start_time
+    assert timedelta(0) <= billed <= observed + BILLED_TIME_TOLERANCE
+    energy = 10_000 if close == "StopTransaction" else 5_000
+    assert session.energy_wh == energy
+    most = cost_breakdown(tariff, energy, session.start_time,
+                          session.start_time + observed + BILLED_TIME_TOLERANCE).gross
+    assert session.cost_minor is not None and 0 < session.cost_minor <= most
+    assert 0 < estimate <= most

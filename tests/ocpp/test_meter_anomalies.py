@@ -1,0 +1,141 @@
+"""A charger's energy register that rolls over (a 32-bit or a 999,999.9 kWh counter) or is
+reset mid-session, through a real websocket with the ``ocpp`` package's client as the
+charge point: the session bills the energy delivered across it, flagged for review, and
+never more than the connector could have delivered."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from ocpp.v16 import call
+
+from domain import entities as d
+from domain.query import Eq
+from ocpp_bridge.simulator import SimulatedChargePoint, connected
+from tests.ocpp.conftest import STATION_PASSWORD, Central
+
+ANOMALY = "{ sessions(first: 5) { nodes { transactionId energyKwh meterAnomaly } } }"
+
+
+def iso(at: datetime) -> str:
+    return at.isoformat().replace("+00:00", "Z")
+
+
+class Charger:
+    """A charger on connector 1 (150 kW) whose frames are a minute apart on its clock,
+    from ten minutes ago."""
+
+    def __init__(self, cp: SimulatedChargePoint) -> None:
+        self.cp = cp
+        self.at = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=10)
+        self.tx = 0
+
+    async def start(self, meter_start: int) -> None:
+        answer = await self.cp.call(call.StartTransaction(
+            connector_id=1, id_tag="TAG-OK", meter_start=meter_start,
+            timestamp=iso(self.at)))
+        self.tx = answer.transaction_id
+
+    async def reading(self, wh: int, *, at: datetime | None = None) -> None:
+        if at is None:
+            self.at += timedelta(minutes=1)
+        await self.cp.call(call.MeterValues(connector_id=1, transaction_id=self.tx,
+                                            meter_value=[{
+            "timestamp": iso(at or self.at), "sampledValue": [{"value": str(wh)}]}]))
+
+    async def stop(self, meter_stop: int) -> None:
+        self.at += timedelta(minutes=1)
+        await self.cp.call(call.StopTransaction(meter_stop=meter_stop, timestamp=iso(self.at),
+                                                transaction_id=self.tx))
+
+
+async def billed(central: Central, tx: int) -> d.Session:
+    session = await central.session(tx)
+    assert session is not None and session.state is d.SessionState.COMPLETED
+    return session
+
+
+async def test_a_32_bit_register_rolling_over_mid_session_bills_across_it(
+        central: Central) -> None:
+    top = 2**32
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        charger = Charger(cp)
+        await charger.start(top - 5_000)
+        await charger.reading(top - 2_000)
+        await charger.reading(1_500)  # wrapped past 0xFFFFFFFF
+        live = await central.session(charger.tx)
+        assert live is not None and live.energy_wh == 6_500
+        await charger.reading(4_000)
+        await charger.stop(6_000)
+        data = await central.gql(ANOMALY, as_user="op")
+    session = await billed(central, charger.tx)
+    assert session.energy_wh == 11_000 and session.cost_minor == 440  # 11 kWh at 0.40
+    assert session.meter_anomaly is d.MeterAnomaly.ROLLOVER
+    [shown] = [s for s in data["sessions"]["nodes"] if s["transactionId"] == charger.tx]
+    assert shown["meterAnomaly"] == "ROLLOVER"
+
+
+async def test_a_decimal_register_rolling_over_between_start_and_stop_bills_across_it(
+        central: Central) -> None:
+    """999,999.9 kWh then 0: a charger that sends no meter values, meterStop below
+    meterStart."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        charger = Charger(cp)
+        await charger.start(999_998_000)
+        charger.at += timedelta(minutes=9)
+        await charger.stop(1_500)
+    session = await billed(central, charger.tx)
+    assert session.energy_wh == 3_500 and session.cost_minor == 140
+    assert session.meter_anomaly is d.MeterAnomaly.ROLLOVER
+
+
+async def test_a_meter_reset_mid_session_bills_before_it_plus_after_it(
+        central: Central) -> None:
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        charger = Charger(cp)
+        await charger.start(50_000)
+        await charger.reading(52_000)
+        await charger.reading(300)  # the meter restarted from 0 (replaced, reset)
+        await charger.reading(1_300)
+        # A frame flushed late, stamped before the reset, is history, not another reset.
+        await charger.reading(51_000, at=charger.at - timedelta(minutes=2, seconds=30))
+        live = await central.session(charger.tx)
+        assert live is not None and live.energy_wh == 3_300
+        await charger.stop(2_000)
+    session = await billed(central, charger.tx)
+    assert session.energy_wh == 4_000 and session.cost_minor == 160
+    assert session.meter_anomaly is d.MeterAnomaly.RESET
+    samples = await central.store.find_all(d.MeterSample, Eq("session_id", session.id))
+    assert sum(s.delta_wh or 0 for s in samples) == 4_000  # the trends add up to the bill
+
+
+async def test_a_zero_read_once_is_no_reset_and_bills_nothing_twice(central: Central) -> None:
+    """A meter that reads 0 once (a bus error) and goes on from where it was: the energy
+    before the 0 is not billed again."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        charger = Charger(cp)
+        await charger.start(50_000)
+        await charger.reading(52_000)
+        await charger.reading(0)
+        await charger.reading(53_000)
+        await charger.stop(54_000)
+    session = await billed(central, charger.tx)
+    assert session.energy_wh == 4_000
+
+
+async def test_a_drop_no_rollover_or_reset_explains_still_bills_nothing_more(
+        central: Central) -> None:
+    """Lower, but neither near a register's limit nor near 0: a glitch, as before. And a
+    rollover the connector could not have delivered in the time is none."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        charger = Charger(cp)
+        await charger.start(50_000)
+        await charger.stop(40_000)
+        glitch = await billed(central, charger.tx)
+        charger = Charger(cp)
+        await charger.start(2**32 - 500_000)  # 500 kWh below the limit: not in a minute
+        await charger.reading(2**32 - 400_000)  # …and no more in the next
+        await charger.stop(20_000)
+    assert (glitch.energy_wh, glitch.meter_anomaly) == (0, None)
+    far = await billed(central, charger.tx)
+    assert far.energy_wh == 0 and far.meter_anomaly is None
