@@ -264,9 +264,11 @@ class Connector(Record):
 
 
 #: How much longer than our clock saw, between the receipt of its start and its close, a
-#: session may last by its charger's timestamps and be billed so: network delay, a start
-#: queued for a moment. Beyond it the charger's clock jumped (set right by NTP after it
-#: started far behind ours) and the session is billed the time our clock saw.
+#: session whose charger's clock was behind ours at its start (``start_clock_behind``) may
+#: last by its charger's timestamps and be billed so: network delay, a start queued for a
+#: moment. Beyond it the clock jumped (set right by NTP mid-session) and the session is
+#: billed the time our clock saw. Also how late a start may arrive over an open connection
+#: before its timestamp is taken for a clock behind ours.
 BILLED_TIME_TOLERANCE = timedelta(minutes=2)
 
 
@@ -302,6 +304,12 @@ class Session(Record):
     meter_prior_offset_wh: int | None = None
     meter_at: datetime | None = None
     meter_anomaly: MeterAnomaly | None = None
+    #: Its charger's clock was behind ours when it started (``ChargerClocks.behind_at``):
+    #: its start predates its station's record, or came long after its timestamp over a
+    #: connection open since before it. Such a session is billed no longer than our
+    #: clock saw (``billed_end``); any other is billed by its charger's timestamps, a
+    #: transaction queued offline and sent later included.
+    start_clock_behind: bool = False
     stop_reason: str | None = None
     state: SessionState = SessionState.ACTIVE
     reservation_id: int | None = None
@@ -334,16 +342,25 @@ class Session(Record):
         cost is estimated up to."""
         return max(ours, self.start_time + max(ours - self.created_at, timedelta(0)))
 
+    @property
+    def priced_at(self) -> datetime:
+        """The instant whose tariff prices it: its start, or when we received its start if
+        its charger's clock was behind ours then (a start stamped 1970 found no tariff in
+        force and charged nothing)."""
+        return self.created_at if self.start_clock_behind else self.start_time
+
     def billed_end(self, end: datetime, ours: datetime) -> datetime:
         """The end a bill runs to when the session closes at ``end`` on its timeline and
-        at ``ours`` on our clock: never before its start, and never more than our clock
+        at ``ours`` on our clock: never before its start, and, when its charger's clock
+        was behind ours at the start (``start_clock_behind``), never more than our clock
         saw since its start's receipt (``created_at``) plus ``BILLED_TIME_TOLERANCE``.
         Both ends are the charger's timestamps, so a clock set right mid-session (years
-        behind at the start) would bill years; then the session lasted what our clock
-        saw. The price of the rule: a start the charger queued offline and sent long
-        after is billed the time from its receipt (energy is billed in full)."""
+        behind at the start) would bill years. Only then: a transaction the charger
+        queued offline and sent later, start and stop together, lasted what its
+        timestamps say, which our clock never saw."""
         observed = max(ours - self.created_at, timedelta(0))
-        if end - self.start_time > observed + BILLED_TIME_TOLERANCE:
+        if self.start_clock_behind \
+                and end - self.start_time > observed + BILLED_TIME_TOLERANCE:
             return self.start_time + observed
         return max(end, self.start_time)
 

@@ -6,9 +6,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
+from domain.entities import BILLED_TIME_TOLERANCE
+
 #: How far ahead of our clock a charger's timestamp may be and still be believed as its
 #: clock (network delay, drift between NTP syncs). Beyond it the timestamp is a glitch.
 MAX_CLOCK_AHEAD = timedelta(minutes=5)
+#: How long before its station's record a start may be stamped and still be believed:
+#: transactions a charger queued offline before it was registered here (moved from
+#: another central system). Older is a clock never set (1970, 2000).
+MAX_QUEUED_BEFORE_RECORD = timedelta(days=30)
 
 
 class ChargerClocks:
@@ -16,6 +22,26 @@ class ChargerClocks:
         self.now = now
         # cp_id → (newest charger timestamp seen, our time then).
         self._seen: dict[str, tuple[datetime, datetime]] = {}
+        # cp_id → when its current connection (to this instance) opened, on our clock.
+        self._connected: dict[str, datetime] = {}
+
+    def connected(self, cp_id: str, at: datetime) -> None:
+        self._connected[cp_id] = at
+
+    def behind_at(self, cp_id: str, start: datetime, station_since: datetime) -> bool:
+        """Whether a start stamped ``start`` shows its charger's clock behind ours: it
+        predates its station's record (``station_since``) by more than
+        ``MAX_QUEUED_BEFORE_RECORD`` (a clock never set, 1970), or its charger was
+        connected here since before it (by our clock) and it still arrived more than
+        ``BILLED_TIME_TOLERANCE`` after it: a connected charger sends at once. A start
+        stamped before its connection opened may have been queued offline, and is
+        believed: the two cannot be told apart."""
+        now = self.now()
+        if start < station_since - MAX_QUEUED_BEFORE_RECORD:
+            return True
+        opened = self._connected.get(cp_id)
+        return opened is not None and opened <= start \
+            and now - start > BILLED_TIME_TOLERANCE
 
     def believable(self, charger_time: datetime, now: datetime | None = None) -> bool:
         """Whether a charger's timestamp can be its clock: not more than

@@ -121,6 +121,8 @@ class _StartIdentity(NamedTuple):
     start: datetime
     meter_start: int
     glitch: bool
+    #: The start shows its charger's clock behind ours (``Session.start_clock_behind``).
+    clock_behind: bool = False
 
     def matches(self, session: Session, now: datetime) -> bool:
         """``session`` is this start, written by an earlier copy. For a glitching start,
@@ -362,6 +364,7 @@ class ChargingService(Service):
                                                                          current))
             except Conflict:
                 continue
+            self.clocks.connected(cp_id, at)
             return Connected(at, number)
 
     async def disconnect(self, cp_id: str, *, number: int | None = None,
@@ -637,7 +640,8 @@ class ChargingService(Service):
         presented = id_tag.strip().upper()  # authorized as presented, as Authorize does
         tag = v.stored_id_tag(id_tag)
         company_id, station_owner_id = books_of(station)
-        identity = _StartIdentity(tag, start, meter_start, glitch)
+        identity = _StartIdentity(tag, start, meter_start, glitch,
+                                  self.clocks.behind_at(cp_id, start, station.created_at))
         for attempt in (1, 2):
             same = await self.store.find_one(Session, all_of(
                 Eq("cp_id", cp_id), Eq("connector_id", connector_id), Eq("id_tag", tag),
@@ -712,6 +716,7 @@ class ChargingService(Service):
             # The plug it was started on is priced (a DC tariff), not the one the
             # connector is edited to later; none for a plug not on record.
             connector_type=None if is_new else plug.type,
+            start_clock_behind=identity.clock_behind,
         ), actor, self.now())  # on the service's clock, as every "now" it is compared with
         changes: list[tuple[Change, Any]] = []
         if is_new:
@@ -990,7 +995,7 @@ class ChargingService(Service):
         energy = session.energy_wh if energy_wh is None else energy_wh
         # The tariff of whoever keeps the session's books, in force at its start: a
         # station handed to another company mid-session is still priced as agreed.
-        tariff = await self.tariffs.tariff_at(station, session.start_time,
+        tariff = await self.tariffs.tariff_at(station, session.priced_at,
                                               company_id=session.company_id,
                                               connector_type=session.connector_type)
         cost = idle = band_wh = None

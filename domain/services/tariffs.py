@@ -58,7 +58,7 @@ class PricedAt:
 
     @classmethod
     def of(cls, session: Session) -> PricedAt:
-        return cls(session.station_id, session.company_id, session.start_time,
+        return cls(session.station_id, session.company_id, session.priced_at,
                    session.connector_type)
 
 

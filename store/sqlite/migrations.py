@@ -644,6 +644,7 @@ ALTER TABLE "session" ADD COLUMN "meter_offset_wh" INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE "session" ADD COLUMN "meter_prior_offset_wh" INTEGER;
 ALTER TABLE "session" ADD COLUMN "meter_at" INTEGER;
 ALTER TABLE "session" ADD COLUMN "meter_anomaly" TEXT;
+ALTER TABLE "session" ADD COLUMN "start_clock_behind" INTEGER NOT NULL DEFAULT 0;
 """
 
 #: Every migration, oldest first. Append only.

@@ -89,7 +89,7 @@ async def test_metrics_count_ocpp_graphql_and_commands(tmp_path: Path) -> None:
             try:
                 # Answered with CALLERRORs: an action nobody serves, a bad payload.
                 assert (await raw_call(ws, "u1", "Invented.Action\n\"x", {}))[0] == 4
-                assert (await raw_call(ws, "u2", "Heartbeat", {"extra": 1}))[0] == 4
+                assert (await raw_call(ws, "u2", "Authorize", {"idTag": 5}))[0] == 4
                 assert (await raw_call(ws, "u3", "Heartbeat", {}))[0] == 3
                 cleared = await post(service, 'mutation { clearCache(input: {cpId: '
                                      '"CP-1"}) { status errors { code } } }', token)
@@ -104,7 +104,7 @@ async def test_metrics_count_ocpp_graphql_and_commands(tmp_path: Path) -> None:
     assert types[ocpp] == "counter"
     assert value(samples, ocpp, action="BootNotification", result="ok") == 1
     assert value(samples, ocpp, action="Heartbeat", result="ok") == 3
-    assert value(samples, ocpp, action="Heartbeat", result="CALLERROR") == 1
+    assert value(samples, ocpp, action="Authorize", result="CALLERROR") == 1
     # An action the charger invented is no label of its own: the series stay bounded.
     assert value(samples, ocpp, action="other", result="CALLERROR") == 1
     assert not any("Invented" in dict(labels).get("action", "") for _, labels in samples)

@@ -202,9 +202,14 @@ async def test_a_clock_corrected_mid_session_bills_the_time_our_clock_saw(
     timestamps the session lasted ``behind`` (years of a per-minute price); an operator's
     endSession ended it at our "now", as far from its start. The billed duration (and the
     running estimate) is never more than our clock saw between the start's receipt and
-    the close, beyond a small tolerance."""
+    the close, beyond a small tolerance. Years behind: a start long before its station
+    was registered. Hours behind: a start stamped after its connection opened (here 7
+    hours ago) that still came hours late."""
     tariff = await _per_minute_tariff(central)
     async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.call(call.Heartbeat())  # connected (recorded)
+        central.services.charging.clocks.connected(
+            "CP-1", datetime.now(UTC) - timedelta(hours=7))
         wrong = datetime.now(UTC).replace(microsecond=0) - behind
         received = datetime.now(UTC)
         started = await cp.call(call.StartTransaction(
@@ -237,3 +242,46 @@ async def test_a_clock_corrected_mid_session_bills_the_time_our_clock_saw(
                           session.start_time + observed + BILLED_TIME_TOLERANCE).gross
     assert session.cost_minor is not None and 0 < session.cost_minor <= most
     assert 0 < estimate <= most
+
+
+async def test_a_transaction_queued_offline_is_billed_as_long_as_it_lasted(
+        central: Central) -> None:
+    """A charger that was offline sends its queued transaction, start and stop, on
+    reconnecting: by our clock it lasted a moment, by its timestamps two hours, which is
+    what it lasted. It is billed so (the clock rule is for clocks shown to be behind)."""
+    tariff = await _per_minute_tariff(central)
+    began = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=3)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        started = await cp.call(call.StartTransaction(
+            connector_id=1, id_tag="TAG-OK", meter_start=1_000, timestamp=iso(began)))
+        tx = started.transaction_id
+        await cp.call(call.StopTransaction(meter_stop=11_000, transaction_id=tx,
+                                           timestamp=iso(began + timedelta(hours=2))))
+    session = await central.session(tx)
+    assert session is not None and not session.start_clock_behind
+    assert session.end_time == began + timedelta(hours=2)
+    assert session.cost_minor == cost_breakdown(tariff, 10_000, began,
+                                                began + timedelta(hours=2)).gross
+
+
+async def test_a_start_stamped_1970_is_priced_by_the_tariff_in_force_when_it_came(
+        central: Central) -> None:
+    """A charger whose clock was never set stamps its start 1970: no tariff was in force
+    then, and ten kWh were delivered for free over a 56-year session."""
+    await central.services.tariffs.set_tariff(
+        SYSTEM, station_id=central.stations["CP-1"].id, price_per_kwh=Decimal("0.30"),
+        price_per_minute=Decimal("0.10"), currency="EUR",
+        valid_from=datetime.now(UTC) - timedelta(days=1))
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        started = await cp.call(call.StartTransaction(
+            connector_id=1, id_tag="TAG-OK", meter_start=50_000,
+            timestamp="1970-01-01T00:05:00Z"))
+        tx = started.transaction_id
+        await cp.call(call.StopTransaction(meter_stop=60_000, transaction_id=tx,
+                                           timestamp=iso(datetime.now(UTC))))
+    session = await central.session(tx)
+    assert session is not None and session.start_clock_behind
+    assert session.end_time is not None
+    assert session.end_time - session.start_time <= BILLED_TIME_TOLERANCE
+    # 10 kWh at 0.30 (+19 % tax none here) and at most a couple of minutes.
+    assert session.cost_minor is not None and 300 <= session.cost_minor <= 330
