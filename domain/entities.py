@@ -310,6 +310,10 @@ class Session(Record):
     #: clock saw (``billed_end``); any other is billed by its charger's timestamps, a
     #: transaction queued offline and sent later included.
     start_clock_behind: bool = False
+    #: What its charger was told of the card at the start when not Accepted (Blocked,
+    #: Expired, Invalid, ConcurrentTx): a start refused, which the charger stops
+    #: (DeAuthorized) or, configured so, lets run. Priced by no tariff: not billed.
+    start_refused: str | None = None
     stop_reason: str | None = None
     state: SessionState = SessionState.ACTIVE
     reservation_id: int | None = None
@@ -341,6 +345,12 @@ class Session(Record):
         price) anywhere. Where an operator's ``endSession`` ends it, and what its running
         cost is estimated up to."""
         return max(ours, self.start_time + max(ours - self.created_at, timedelta(0)))
+
+    @property
+    def billable(self) -> bool:
+        """Whether a tariff prices it: not when its start was refused (the driver was
+        told no; a session fee for it was charged for nothing)."""
+        return self.start_refused is None
 
     @property
     def priced_at(self) -> datetime:

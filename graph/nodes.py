@@ -31,6 +31,7 @@ from domain.services.intervals import IdleSpan
 from domain.services.tariffs import LATEST_VERSION_FIRST, PricedAt
 from domain.tariff_bands import attributed_wh
 from graph import history
+from graph.command_types import AuthorizationStatus
 from graph.enums import (
     AuditAction,
     ConnectorStatus,
@@ -696,7 +697,10 @@ class CostBreakdown:
 def _pricing_tariff(ctx: GraphContext, session: d.Session,
                     answer: Callable[[d.Tariff | None, bool], Any]) -> Any:
     """``answer(tariff, shown)`` for the tariff that prices ``session`` (``shown``: the
-    viewer sees the tariff itself), at once when a page's prefetch loaded it."""
+    viewer sees the tariff itself), at once when a page's prefetch loaded it; none for a
+    session whose start was refused (``Session.billable``)."""
+    if not session.billable:
+        return answer(None, False)
     return _now_or_later(ctx.loaders.pricing_tariff(), PricedAt.of(session),
                          lambda found: answer(*found))
 
@@ -713,6 +717,10 @@ class Session(Node, Audited):
     meter_start_wh: BigInt
     meter_stop_wh: BigInt | None
     stop_reason: str | None
+    start_refused: AuthorizationStatus | None = strawberry.field(
+        description="What the charger was told of the card at the start when it was not "
+                    "ACCEPTED (BLOCKED, EXPIRED, INVALID, CONCURRENT_TX): a refused start, "
+                    "billed nothing (no tariff prices it); null for an accepted one.")
     # Plain fields, computed when wrapped: a resolver per field and row costs more than
     # the division (strawberry wraps every resolver call).
     energy_kwh: float = strawberry.field(
@@ -741,6 +749,8 @@ class Session(Node, Audited):
             "energy_kwh": r.energy_wh / 1000,
             "power_kw": r.power_w / 1000 if r.power_w is not None else None,
             "meter_anomaly": r.meter_anomaly,
+            "start_refused": AuthorizationStatus(r.start_refused)
+            if r.start_refused else None,
         })
 
     @strawberry.field

@@ -673,6 +673,13 @@ class ChargingService(Service):
         # a transaction so answered).
         info = await self.authorize(cp_id, presented, (session.id, *(o.id for o in ended)),
                                     before=session.transaction_id)
+        if info.status != "Accepted":
+            # Recorded only then (a write a refused start alone pays): the close prices it
+            # with no tariff, and lists show why it never charged.
+            actor = charger(cp_id)
+            refused = patch(session, actor, start_refused=info.status)
+            await self.commit(actor, [(refused, session)])
+            session = cast(Session, refused.record)
         for now in await self.landed([used] if used is not None else []):
             await self.publish(reservation_changed(now, station))  # if its guard held
         self.cache.remember(session)
@@ -997,7 +1004,8 @@ class ChargingService(Service):
         # station handed to another company mid-session is still priced as agreed.
         tariff = await self.tariffs.tariff_at(station, session.priced_at,
                                               company_id=session.company_id,
-                                              connector_type=session.connector_type)
+                                              connector_type=session.connector_type
+                                              ) if session.billable else None
         cost = idle = band_wh = None
         if tariff is not None:
             idle = await self._idle_seconds(tariff, session, end)

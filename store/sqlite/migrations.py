@@ -645,6 +645,7 @@ ALTER TABLE "session" ADD COLUMN "meter_prior_offset_wh" INTEGER;
 ALTER TABLE "session" ADD COLUMN "meter_at" INTEGER;
 ALTER TABLE "session" ADD COLUMN "meter_anomaly" TEXT;
 ALTER TABLE "session" ADD COLUMN "start_clock_behind" INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE "session" ADD COLUMN "start_refused" TEXT;
 """
 
 #: Every migration, oldest first. Append only.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import re
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 from ocpp.v16 import call
@@ -344,6 +345,42 @@ async def test_a_session_that_charged_nothing_leaves_nothing_to_settle(central: 
     assert session is not None and session.state is d.SessionState.COMPLETED
     assert (session.energy_wh, session.cost_minor) == (0, 0)  # priced: 0 EUR
     assert await central.store.count(d.Payment, ALL) == 0
+
+
+async def test_a_refused_start_is_billed_nothing(central: Central) -> None:
+    """A start the charger was told Blocked, Invalid or ConcurrentTx and stopped
+    (DeAuthorized) was billed its session fee, with a payment (for a card of no one,
+    too). It is recorded as refused and priced by no tariff."""
+    await central.services.tariffs.set_tariff(
+        SYSTEM, station_id=central.stations["CP-1"].id, price_per_kwh=Decimal("0.40"),
+        session_fee=Decimal("0.50"), currency="EUR",
+        valid_from=datetime.now(UTC) - timedelta(days=1))
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        accepted, _ = await cp.start_transaction(1, "TAG-OK")
+        refused = []
+        for connector_id, tag, told in ((2, "TAG-BLOCKED", "Blocked"), (2, "NOPE", "Invalid"),
+                                        (2, "TAG-OK", "ConcurrentTx")):
+            tx, status = await cp.start_transaction(connector_id, tag)
+            assert status == told
+            await cp.stop_transaction(connector_id, "DeAuthorized")
+            refused.append((tx, told))
+        await cp.stop_transaction(1)
+    for tx, told in refused:
+        session = await central.session(tx)
+        assert session is not None and session.start_refused == told
+        assert session.cost_minor is None and session.state is d.SessionState.COMPLETED
+    billed = await central.session(accepted)
+    assert billed is not None and billed.start_refused is None and billed.cost_minor == 50
+    assert await central.store.count(d.Payment, ALL) == 1
+    answer = await central.gql("""{ sessions(first: 10) { nodes { transactionId
+        startRefused cost { amountMinor } tariff { id } costBreakdown { gross } } } }""",
+                               as_user="admin")
+    shown = {n["transactionId"]: n for n in answer["sessions"]["nodes"]}
+    assert [shown[tx]["startRefused"] for tx, _ in refused] == [
+        "BLOCKED", "INVALID", "CONCURRENT_TX"]
+    assert all(shown[tx]["tariff"] is None and shown[tx]["costBreakdown"] is None
+               for tx, _ in refused)
+    assert shown[accepted]["startRefused"] is None and shown[accepted]["tariff"] is not None
 
 
 async def test_meter_values_of_unknown_transactions_are_kept(central: Central) -> None:
