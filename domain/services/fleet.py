@@ -173,8 +173,7 @@ class FleetService(Service):
         if vehicle_id not in (UNSET, None):
             await self._vehicle_of(viewer, owner, vehicle_id)
         if parent_tag not in (UNSET, id_tag.parent_tag):
-            parent_tag = None if parent_tag is None else self._parent_tag(viewer, owner,
-                                                                           parent_tag)
+            parent_tag = self._parent_tag(viewer, owner, parent_tag)
         blocked_by: Any = UNSET  # who blocked it stays, whoever writes to it later
         if status is IdTagStatus.BLOCKED and (id_tag.status is not IdTagStatus.BLOCKED
                                               or self.policy.may_manage_user(viewer, owner)):
@@ -217,14 +216,16 @@ class FleetService(Service):
         await self.commit(viewer, [(Delete(id_tag), id_tag)])
         return id_tag
 
-    def _parent_tag(self, viewer: Viewer, owner: User, parent_tag: str) -> str:
-        """A card's group is its operator's (or an admin's) to set: a driver giving their
-        card another group's parent id could use that group's reservations, and stop its
-        members' sessions at chargers that let a card of the group end one."""
+    def _parent_tag(self, viewer: Viewer, owner: User, parent_tag: str | None) -> str | None:
+        """A card's group is its operator's (or an admin's) to set or remove: a driver
+        giving their card another group's parent id could use that group's reservations,
+        and stop its members' sessions at chargers that let a card of the group end one;
+        one taking it out of its fleet's group would leave its group's reservations and
+        stops."""
         if not self.policy.may_manage_user(viewer, owner):
-            raise Forbidden("only operators and admins put cards in a group",
-                            field="parentIdTag")
-        return v.id_tag(parent_tag, "parentIdTag")
+            raise Forbidden("only operators and admins put cards in a group or take "
+                            "them out", field="parentIdTag")
+        return None if parent_tag is None else v.id_tag(parent_tag, "parentIdTag")
 
     async def _vehicle_of(self, viewer: Viewer, owner: User, vehicle_id: str) -> Vehicle:
         vehicle = await self.visible(viewer, Vehicle, vehicle_id, field="vehicleId")

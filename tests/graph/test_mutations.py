@@ -261,9 +261,10 @@ async def test_card_groups_are_set_by_operators_and_admins(api: Api, world: Worl
                          "parentIdTag": "fleet-a"}, "idTag { id parentIdTag }")
     assert issued["idTag"]["parentIdTag"] == "FLEET-A" and issued["errors"] == []
     tag = issued["idTag"]["id"]
-    assert codes(await call(api, world, "driver_a", "updateIdTag",
-                            {"id": tag, "parentIdTag": "FLEET-B"}, "idTag { id }")) == [
-        ("parentIdTag", "FORBIDDEN")]
+    for other in ("FLEET-B", None):  # nor out of it
+        assert codes(await call(api, world, "driver_a", "updateIdTag",
+                                {"id": tag, "parentIdTag": other}, "idTag { id }")) == [
+            ("parentIdTag", "FORBIDDEN")]
     assert codes(await call(api, world, "driver1", "issueIdTag",
                             {"tag": "MINE-0001", "parentIdTag": "FLEET-A"}, "idTag { id }")
                  ) == [("parentIdTag", "FORBIDDEN")]
