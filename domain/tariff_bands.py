@@ -22,7 +22,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from domain import validation as v
-from domain.entities import Tariff
+from domain.entities import Session, Tariff
 from domain.errors import ValidationError
 from domain.timebuckets import offsets, zone
 
@@ -31,6 +31,9 @@ DAYS = ("MON", "TUE", "WED", "THU", "FRI", "SAT", "SUN")
 #: Bands one tariff may have: a different price every half hour of a week is 336; more
 #: is no tariff a driver can read.
 MAX_BANDS = 336
+#: The longest session whose energy is split by its readings: beyond it (no real
+#: session lasts a month; a clock glitch does) all of it is at the start's price.
+MAX_SPLIT_SPAN = timedelta(days=31)
 _CLOCK = re.compile(r"^([01][0-9]|2[0-4]):([0-5][0-9])$")
 _DAY_MINUTES = 24 * 60
 
@@ -150,19 +153,36 @@ def band_at(bands: Sequence[PriceBand], tz: ZoneInfo, instant: datetime) -> int:
                 len(bands))
 
 
+def session_split(tariff: Tariff, session: Session, energy_wh: int,
+                  readings: Iterable[tuple[datetime, int]], until: datetime) -> list[int]:
+    """``attributed_wh`` for ``session`` up to ``until`` (its billed end, or now on its
+    timeline). A session whose charger's clock was behind ours at its start has its
+    readings on a timeline that cannot be placed (1970, then today): all its energy is
+    at the price in force when its start came (``Session.priced_at``), as its tariff is."""
+    if session.start_clock_behind:
+        return attributed_wh(tariff, session.priced_at, energy_wh, (), session.priced_at)
+    return attributed_wh(tariff, session.start_time, energy_wh, readings, until)
+
+
 def attributed_wh(tariff: Tariff, start: datetime, energy_wh: int,
-                  readings: Iterable[tuple[datetime, int]]) -> list[int]:
+                  readings: Iterable[tuple[datetime, int]],
+                  until: datetime | None = None) -> list[int]:
     """The session's ``energy_wh`` split by price: one entry per band of the tariff,
     then the base price's. ``readings`` are its energy register readings (time, Wh
     added since the previous reading, the first since ``start``), in any order: each
     reading's Wh are spread evenly over the time since the previous one and split where
     a band begins or ends. Energy no reading accounts for (none sent, or fewer Wh than
     billed) is at the price in force at the start. Whole Wh, adding up to ``energy_wh``
-    exactly (largest remainder), so the split is stored and priced again alike."""
+    exactly (largest remainder), so the split is stored and priced again alike.
+    Readings stamped after ``until`` (a clock glitch: 2199) account for nothing, and a
+    span longer than ``MAX_SPLIT_SPAN`` is not split: the band edges are enumerated day
+    by day, and one reading stamped 2199 held the event loop for seconds."""
     bands = bands_of(tariff)
     tz = zone(tariff.time_zone or "UTC")
     exact = [Decimal(0)] * (len(bands) + 1)
-    ordered = sorted(readings)
+    ordered = sorted(r for r in readings if until is None or r[0] <= until)
+    if ordered and ordered[-1][0] - start > MAX_SPLIT_SPAN:
+        ordered = []
     # Every instant a band may begin or end over the whole session, found once: a
     # session has thousands of readings, a week of them a few dozen edges.
     cuts = sorted(set(_edges(bands, tz, start, ordered[-1][0]))) if ordered else []

@@ -29,7 +29,7 @@ from domain.ids import is_id
 from domain.query import ALL, Eq, Range, Sort, all_of
 from domain.services.intervals import IdleSpan
 from domain.services.tariffs import LATEST_VERSION_FIRST, PricedAt
-from domain.tariff_bands import attributed_wh
+from domain.tariff_bands import session_split
 from graph import history
 from graph.command_types import AuthorizationStatus
 from graph.enums import (
@@ -892,8 +892,8 @@ def _estimate(ctx: GraphContext, session: d.Session, tariff: d.Tariff | None,
         band_wh = None
         if tariff.energy_bands:
             samples = await ctx.loaders.register_readings().load(session.id)
-            band_wh = attributed_wh(tariff, session.start_time, session.energy_wh,
-                                    [(s.at, s.delta_wh or 0) for s in samples])
+            band_wh = session_split(tariff, session, session.energy_wh,
+                                    [(s.at, s.delta_wh or 0) for s in samples], end)
         return priced(idle, band_wh)
     return later()
 

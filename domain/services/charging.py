@@ -91,7 +91,7 @@ from domain.services.metering import (
 from domain.services.reboot_checks import RebootChecks
 from domain.services.stations import connector_in_range
 from domain.services.tariffs import TariffService
-from domain.tariff_bands import attributed_wh
+from domain.tariff_bands import session_split
 
 log = logging.getLogger("chargegraph.charging")
 
@@ -610,8 +610,13 @@ class ChargingService(Service):
             limit=MAX_OPEN_PER_CONNECTOR)
         actor = charger(station.cp_id)
         for session in lost:
-            # The reboot on the session's own timeline (its start is the charger's).
-            end = session.start_time + max(booted - session.created_at, timedelta(0))
+            # The reboot on the session's own timeline (its start is the charger's), and
+            # never before its last reading: a start flushed late from the charger's queue
+            # arrived after it began, and that delay is no clock offset.
+            read = [t for t in (session.meter_at, session.power_at, session.soc_at)
+                    if t is not None]
+            end = max([session.start_time + max(booted - session.created_at, timedelta(0)),
+                       *read])
             closed, changes = await self._close(station, session, None, end, "Other", actor)
             try:
                 await self.commit(actor, changes)
@@ -1009,7 +1014,7 @@ class ChargingService(Service):
         cost = idle = band_wh = None
         if tariff is not None:
             idle = await self._idle_seconds(tariff, session, end)
-            band_wh = await self._band_energy(tariff, session, energy, metered)
+            band_wh = await self._band_energy(tariff, session, energy, metered, end)
             cost = session_cost_minor(tariff, energy, session.start_time, end,
                                       timedelta(seconds=idle or 0), band_wh)
         guard: tuple[str, Any] = ("stop_reason", None) if awaited \
@@ -1047,17 +1052,20 @@ class ChargingService(Service):
         return int(idle.total_seconds())  # a fraction of a second is the driver's
 
     async def _band_energy(self, tariff: Tariff, session: Session, energy: int,
-                           metered: Sequence[MeterSample]) -> list[int] | None:
+                           metered: Sequence[MeterSample], end: datetime
+                           ) -> list[int] | None:
         """The session's ``energy`` split by the tariff's time-of-day bands, from its
         energy register readings (stored, overlaid by ``metered``: what the close
         writes); None, and no store read, for a tariff without bands."""
         if not tariff.energy_bands:
             return None
+        if session.start_clock_behind:  # its readings are not read (``session_split``)
+            return session_split(tariff, session, energy, (), end)
         stored = await register_readings(self.store, [session.id])
         samples = {s.id: s for s in stored.get(session.id, [])}
         samples.update((s.id, s) for s in metered if s.delta_wh is not None)
-        return attributed_wh(tariff, session.start_time, energy,
-                             [(s.at, s.delta_wh or 0) for s in samples.values()])
+        return session_split(tariff, session, energy,
+                             [(s.at, s.delta_wh or 0) for s in samples.values()], end)
 
     # ------------------------------------------------------------- station-level reports
     async def firmware_status(self, cp_id: str, status: str) -> None:

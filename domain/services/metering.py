@@ -83,10 +83,11 @@ class RegisterCount:
     was near one of ``REGISTER_LIMITS`` and what it passed there and read since the
     connector could deliver in the time; a reset when it restarted near 0. The count
     goes on from there (the highest reading before plus those after) and the session is
-    flagged; a drop neither explains adds nothing, as before. Once a session had one,
-    each step is judged by what the connector could deliver since the reading before: a
-    meter that read 0 once and goes on from its old count is its old register again, not
-    counted twice. One per frame, and only for an active session."""
+    flagged; a drop neither explains adds nothing, as before. Once a session had one, a
+    reading that on the offset before it goes on from the count is the old register
+    again (a meter that read 0 once), not counted twice, and each other step is judged
+    by what the connector could deliver since the reading before. One per frame, and
+    only for an active session."""
 
     __slots__ = ("anomaly", "at", "high", "offset", "prior", "rated_kw", "session")
 
@@ -117,14 +118,17 @@ class RegisterCount:
             if final or self._known_since(at):
                 self._across_drop(wh, at)
                 counted = wh + self.offset
-        elif self.anomaly is not None and not self._step_ok(counted - self.high, at):
-            # Beyond what the connector could deliver since: the old register going on
-            # after a drop that was a glitch (a 0 read once), or no reading at all.
-            if self.prior is None or wh + self.prior < self.high \
-                    or not self._step_ok(wh + self.prior - self.high, at):
-                return None
+        elif self.anomaly is not None and self.prior is not None \
+                and wh + self.prior >= self.high:
+            # On the offset before the last drop it goes on from the count: the old
+            # register again, the drop a glitch (a 0 read once). Judged so whatever the
+            # connector could deliver meanwhile (unrated, or readings an hour apart, the
+            # old register passed for a step after a reset and was billed twice). A real
+            # reset would have to deliver all the register had counted to look alike.
             self.offset, self.prior = self.prior, None
             counted = wh + self.offset
+        elif self.anomaly is not None and not self._step_ok(counted - self.high, at):
+            return None  # beyond what the connector could deliver since: no reading
         if not believable_register(self.session, counted, at, self.rated_kw):
             return None
         return counted

@@ -25,6 +25,10 @@ TRANSITIONS: dict[str, tuple[frozenset[PaymentStatus], PaymentStatus]] = {
 }
 
 
+#: Digits before the point of the largest amount a refund is read as: more is no payment.
+MAX_DIGITS = 18
+
+
 class ManualPaymentProvider:
     """Money collected outside ChargeGraph (invoice, card terminal): an operator records
     the outcome, the reference says so."""
@@ -91,6 +95,11 @@ class PaymentService(Service):
             raise Conflict(f"a {payment.status.value} payment of "
                            f"{major_units(left, payment.currency)} {payment.currency} left "
                            "cannot be refunded", field="id", code="INVALID_STATE")
+        if amount is not None and amount.is_finite() and amount.adjusted() > MAX_DIGITS:
+            # Beyond any payment (1e999999 overflowed the conversion: a 500).
+            raise ValidationError(f"at most the {major_units(left, payment.currency)} "
+                                  f"{payment.currency} not yet refunded", field="amount",
+                                  code="OUT_OF_RANGE")
         amount_minor = left if amount is None else minor_units(amount, payment.currency)
         if amount_minor is None:
             raise ValidationError(f"give the amount in whole {payment.currency} minor units",

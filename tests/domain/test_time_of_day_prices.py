@@ -19,7 +19,7 @@ from domain.policy import SYSTEM
 from domain.pricing import cost_breakdown
 from domain.query import Eq
 from domain.services.metering import MeterReading, SampledValue
-from domain.tariff_bands import BandInput, attributed_wh, checked_bands
+from domain.tariff_bands import BandInput, attributed_wh, checked_bands, session_split
 from store.mongo import MongoStore
 from store.sqlite import SqliteStore
 from tests.domain.test_charging_telemetry import CP, World, world_on
@@ -63,6 +63,36 @@ def test_weekends_and_uncovered_hours_are_at_the_base_price() -> None:
     saturday = MONDAY_2130 - timedelta(days=2)
     assert attributed_wh(_tariff([PEAK]), saturday, 900,
                          [(saturday + timedelta(minutes=10), 900)]) == [0, 900]
+
+
+def test_a_reading_stamped_far_ahead_is_no_reason_to_walk_centuries() -> None:
+    """One MeterValues stamped 2199 made the split enumerate every local day up to it
+    (seconds of the event loop at every estimate and close). Past ``until`` it accounts
+    for nothing; without ``until``, a span of more than a month is not split."""
+    tariff = _tariff([PEAK])
+    glitch = datetime(2199, 12, 31, tzinfo=UTC)
+    readings = [(_at(15), 1000), (glitch, 500)]
+    # 1000 Wh read at peak; the glitch's 500 at the start's price (peak) as unread.
+    assert attributed_wh(tariff, _at(0), 1500, readings, until=_at(30)) == [1500, 0]
+    assert attributed_wh(tariff, _at(0), 1500, readings) == [1500, 0]
+    night = _at(60)  # 22:30: off-peak
+    assert attributed_wh(tariff, night, 800, [(night + timedelta(minutes=5), 800),
+                                              (glitch, 1)]) == [0, 800]
+
+
+def test_a_session_started_on_a_clock_behind_ours_is_split_at_its_receipt() -> None:
+    """Its readings are on a timeline that cannot be placed (1970, then today): its
+    energy is at the price in force when its start came, as its tariff is."""
+    tariff = _tariff([PEAK])
+    session = d.Session(transaction_id=1, station_id="s" * 24, cp_id=CP, connector_id=1,
+                        id_tag="T", start_time=datetime(1970, 1, 1, tzinfo=UTC),
+                        meter_start_wh=0, start_clock_behind=True, created_at=_at(-60))
+    readings = [(datetime(1970, 1, 1, 0, 30, tzinfo=UTC), 400), (_at(10), 600)]
+    # Received Monday 20:30 Berlin: peak.
+    assert session_split(tariff, session, 1000, readings, _at(20)) == [1000, 0]
+    session.start_clock_behind, session.start_time = False, _at(-60)
+    assert session_split(tariff, session, 1000, [(_at(-30), 400), (_at(70), 600)],
+                         _at(80)) != [1000, 0]
 
 
 def test_more_read_than_billed_is_scaled_to_the_billed_energy() -> None:

@@ -286,7 +286,8 @@ async def test_partial_refunds_add_up_to_the_whole(scripted: tuple[History, Api]
                                 "providerRef": f"manual:refund:{payment.id}:250",
                                 "amount": {"amount": "6.60"}}, "errors": []}
     for amount, code in (("4.11", "OUT_OF_RANGE"), ("0", "OUT_OF_RANGE"),
-                         ("-1", "OUT_OF_RANGE"), ("1.234", "INVALID")):
+                         ("-1", "OUT_OF_RANGE"), ("1.234", "INVALID"),
+                         ("1e999999", "OUT_OF_RANGE")):
         refused = await refund(amount)
         assert refused == {"payment": None, "errors": [{"field": "amount", "code": code}]}
     rest = await refund(None)  # all that is left

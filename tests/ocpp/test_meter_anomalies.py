@@ -123,6 +123,39 @@ async def test_a_zero_read_once_is_no_reset_and_bills_nothing_twice(central: Cen
     assert session.energy_wh == 4_000
 
 
+async def test_a_zero_read_once_bills_nothing_twice_whatever_the_connector_could_deliver(
+        central: Central) -> None:
+    """The same on a connector of no known rating (the budget of a step is then huge),
+    and on a rated one whose meter values come an hour apart: the old register going on
+    was taken for a step after a reset, billing the whole register again."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.call(call.StatusNotification(connector_id=3, error_code="NoError",
+                                              status="Available"))  # not on record
+
+        async def reading(connector_id: int, tx: int, wh: int, at: datetime) -> None:
+            await cp.call(call.MeterValues(connector_id=connector_id, transaction_id=tx,
+                                           meter_value=[{"timestamp": iso(at),
+                                                         "sampledValue": [{"value": str(wh)}]}]))
+
+        at = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=3)
+        unrated = (await cp.call(call.StartTransaction(
+            connector_id=3, id_tag="TAG-OK", meter_start=50_000, timestamp=iso(at)))
+                   ).transaction_id
+        for minutes, wh in ((1, 52_000), (2, 0), (3, 53_000)):
+            await reading(3, unrated, wh, at + timedelta(minutes=minutes))
+        await cp.call(call.StopTransaction(meter_stop=54_000, transaction_id=unrated,
+                                           timestamp=iso(at + timedelta(minutes=4))))
+        rated = (await cp.call(call.StartTransaction(
+            connector_id=2, id_tag="TAG-OTHER", meter_start=0, timestamp=iso(at)))
+                 ).transaction_id
+        for minutes, wh in ((60, 11_000), (61, 0), (121, 22_000)):
+            await reading(2, rated, wh, at + timedelta(minutes=minutes))
+        await cp.call(call.StopTransaction(meter_stop=22_000, transaction_id=rated,
+                                           timestamp=iso(at + timedelta(minutes=122))))
+    assert (await billed(central, unrated)).energy_wh == 4_000
+    assert (await billed(central, rated)).energy_wh == 22_000
+
+
 async def test_a_drop_no_rollover_or_reset_explains_still_bills_nothing_more(
         central: Central) -> None:
     """Lower, but neither near a register's limit nor near 0: a glitch, as before. And a
