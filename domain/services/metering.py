@@ -11,6 +11,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
+from domain import ocmf
 from domain import validation as v
 from domain.clock import as_utc
 from domain.entities import (
@@ -297,12 +298,11 @@ def samples_of(station: Station, connector_id: int, transaction_id: int | None,
 
 
 SIGNED_DATA = "SignedData"
-#: How an OCMF record begins (``OCMF|{payload}|{signature}``).
-OCMF_PREFIX = "OCMF|"
 
 
 def signed_encoding(data: str) -> SignedEncoding:
-    return SignedEncoding.OCMF if data.startswith(OCMF_PREFIX) else SignedEncoding.UNKNOWN
+    """OCMF when the text begins as an OCMF record does (``OCMF|``), else unknown."""
+    return SignedEncoding.OCMF if data.startswith(ocmf.PREFIX) else SignedEncoding.UNKNOWN
 
 
 def signed_values_of(station: Station, connector_id: int, transaction_id: int | None,

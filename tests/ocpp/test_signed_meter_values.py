@@ -16,8 +16,8 @@ from ocpp_bridge.simulator import SimulatedChargePoint, connected
 from tests.contract.factories import OCMF
 from tests.ocpp.conftest import STATION_PASSWORD, Central
 
-#: The OCMF record a charger signs at the transaction's end (its readings' values).
-OCMF_END = OCMF.replace('"TX":"B"', '"TX":"E"')
+#: An OCMF record a charger signs at the transaction's end.
+OCMF_END = OCMF.replace('"PG":"T12345"', '"PG":"T12346"')
 
 
 def iso(at: datetime) -> str:
@@ -135,3 +135,69 @@ async def test_a_signed_value_beyond_the_bound_is_kept_cut_and_the_stop_accepted
     [kept] = await stored(central, session_id=session.id)
     assert kept.truncated and kept.data == too_long[:d.MAX_SIGNED_DATA]
     assert kept.data_length == len(too_long)
+
+
+SIGNED_QUERY = """query($after: String) { sessions(first: 5) { nodes { transactionId
+  signedMeterValues(first: 2, after: $after) { totalCount
+    pageInfo { hasNextPage endCursor }
+    nodes { at context measurand encoding data truncated dataLength
+      ocmf { version meterSerial pagination signatureAlgorithm
+        readings { time timeStatus transaction value unit identification status } } } } } } }"""
+
+
+async def signed_shown(central: Central, as_user: str | None, tx: int,
+                       after: str | None = None) -> dict[str, Any] | None:
+    data = await central.gql(SIGNED_QUERY, {"after": after}, as_user=as_user)
+    assert "errors" not in data, data
+    found = [s for s in (data["sessions"] or {"nodes": []})["nodes"]
+             if s["transactionId"] == tx]
+    return found[0]["signedMeterValues"] if found else None
+
+
+async def test_the_session_shows_its_signed_values_oldest_first_with_ocmf_read_out(
+        central: Central) -> None:
+    malformed = 'OCMF|{"FV":"1.0","RD":[{"RV":1}]|{"SD":"00"}'  # the payload's brace lost
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        charger = Charger(cp)
+        await charger.start()
+        await charger.meter_values(charger.reading(signed(OCMF, "Transaction.Begin")))
+        await charger.meter_values(charger.reading(signed(malformed)))
+        await charger.stop(13_000, charger.reading(signed("AAECAwQF", "Transaction.End")))
+    first = await signed_shown(central, "driver", charger.tx)
+    assert first is not None and first["totalCount"] == 3
+    assert first["pageInfo"]["hasNextPage"]
+    begin, broken = first["nodes"]
+    assert (begin["context"], begin["measurand"], begin["encoding"], begin["data"],
+            begin["truncated"], begin["dataLength"]) == (
+        "Transaction.Begin", "ENERGY_ACTIVE_IMPORT_REGISTER", "OCMF", OCMF, False,
+        len(OCMF))
+    assert begin["ocmf"] == {
+        "version": "1.0", "meterSerial": "BQ27400330016", "pagination": "T12345",
+        "signatureAlgorithm": "ECDSA-secp256r1-SHA256",
+        "readings": [
+            {"time": "2018-07-24T11:22:04+00:00", "timeStatus": "S", "transaction": "B",
+             "value": "2935.6", "unit": "kWh", "identification": "1-b:1.8.0",
+             "status": "G"},
+            {"time": "2018-07-24T12:02:11.250000+00:00", "timeStatus": "S",
+             "transaction": "E", "value": "2947.05", "unit": "kWh",
+             "identification": "1-b:1.8.0", "status": "G"}]}
+    # Not well-formed: shown as sent, its reading null, the query answered.
+    assert (broken["encoding"], broken["data"], broken["ocmf"]) == ("OCMF", malformed, None)
+    rest = await signed_shown(central, "driver", charger.tx,
+                              after=first["pageInfo"]["endCursor"])
+    assert rest is not None and not rest["pageInfo"]["hasNextPage"]
+    [end] = rest["nodes"]
+    assert (end["context"], end["encoding"], end["ocmf"]) == (
+        "Transaction.End", "UNKNOWN", None)
+
+
+async def test_signed_values_are_seen_by_whoever_sees_the_session(central: Central) -> None:
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        charger = Charger(cp)
+        await charger.start()
+        await charger.stop(2_000, charger.reading(signed(OCMF_END, "Transaction.End")))
+    for who in ("driver", "op", "admin"):
+        shown = await signed_shown(central, who, charger.tx)
+        assert shown is not None and shown["totalCount"] == 1, who
+    for stranger in ("driver2", "op_other", None):
+        assert await signed_shown(central, stranger, charger.tx) is None, stranger
