@@ -96,6 +96,15 @@ class MeterAnomaly(StrEnum):
     RESET = "RESET"
 
 
+class SignedEncoding(StrEnum):
+    """The format of a signed meter value's text: OCMF (Open Charge Metering Format, the
+    German calibration law's common format: ``OCMF|{payload}|{signature}``), or another
+    vendor's, kept as sent."""
+
+    OCMF = "OCMF"
+    UNKNOWN = "UNKNOWN"
+
+
 class ReservationState(StrEnum):
     PENDING = "PENDING"
     ACTIVE = "ACTIVE"
@@ -398,6 +407,39 @@ class MeterSample(Record):
 
 
 @dataclass(kw_only=True)
+class SignedMeterValue(Record):
+    """A sampled value a charger sent signed (``format: SignedData``: OCMF under the German
+    calibration law, other vendors' formats): the record a CPO must hand the customer,
+    kept as sent beside the session's numeric samples (it is no number itself). ``data``
+    is the text as sent, its first ``MAX_SIGNED_DATA`` characters (``truncated`` when it
+    was longer, ``data_length`` its full length), ``encoding`` detected from it."""
+
+    kind: ClassVar[str] = "signed_meter_value"
+    session_id: str | None
+    station_id: str
+    cp_id: str
+    connector_id: int
+    transaction_id: int | None = None
+    at: datetime
+    measurand: str
+    context: str | None = None
+    location: str | None = None
+    phase: str | None = None
+    encoding: SignedEncoding
+    data: str
+    data_length: int
+    truncated: bool = False
+
+
+#: The most characters of a signed meter value kept. An OCMF record of a session's begin
+#: and end is under 2,000; other vendors' formats carry a public key or XML, a few
+#: thousand more, base64 a third more again. Longer text is stored cut and flagged,
+#: not refused: a charger refused a StopTransaction retries it forever, and the session
+#: and its numeric samples would never close.
+MAX_SIGNED_DATA = 16_384
+
+
+@dataclass(kw_only=True)
 class StatusEvent(Record):
     kind: ClassVar[str] = "status_event"
     station_id: str
@@ -661,6 +703,7 @@ ENTITY_TYPES: tuple[type[Record], ...] = (
     Connector,
     Session,
     MeterSample,
+    SignedMeterValue,
     StatusEvent,
     ConnectionEvent,
     ConnectorInterval,

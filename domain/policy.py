@@ -80,7 +80,10 @@ RECORD_CHANGES = (AuditAction.CREATE, AuditAction.UPDATE, AuditAction.DELETE)
 #: curve, and the station's new operator, who does not see the session, sees none of it
 #: through it (the ``meter_sample`` scope says the same for samples read on their own,
 #: as analytics read them; a session's own list asks its parent's scope, one lookup).
-FOLLOW_PARENT: dict[tuple[str, str], str] = {("meter_sample", "session_id"): "session"}
+#: A session's signed meter values (``signed_meter_value``) are its meter's readings too,
+#: seen exactly as its samples are.
+FOLLOW_PARENT: dict[tuple[str, str], str] = {("meter_sample", "session_id"): "session",
+                                             ("signed_meter_value", "session_id"): "session"}
 
 
 def live_reservations() -> Filter:
@@ -216,7 +219,7 @@ class Policy:
                 return any_of(books, all_of(live_reservations(), on_stations))
             case "connector" | "status_event" | "connection_event" | "connector_interval":
                 return on_stations
-            case "meter_sample":
+            case "meter_sample" | "signed_meter_value":
                 # A session's samples follow its books, as the session and its revenue do:
                 # the energy of a station handed over mid-history stays with the sessions
                 # it was billed in, and samples never name a driver the viewer cannot see.
@@ -300,7 +303,7 @@ class Policy:
                 return Eq("owner_id", me)
             case "id_tag" | "session" | "reservation" | "payment":
                 return Eq("user_id", me)
-            case "meter_sample":
+            case "meter_sample" | "signed_meter_value":
                 return Sub("session_id", "session", Eq("user_id", me))
             case "audit_entry":
                 # About what is theirs, whoever acted; not every entry they ever wrote:

@@ -30,7 +30,7 @@ from domain.query import ALL, Eq, Range, Sort, all_of
 from domain.services.intervals import IdleSpan
 from domain.services.tariffs import LATEST_VERSION_FIRST, PricedAt
 from domain.tariff_bands import session_split
-from graph import history
+from graph import history, signed
 from graph.command_types import AuthorizationStatus
 from graph.enums import (
     AuditAction,
@@ -51,6 +51,7 @@ from graph.ids import TYPE_BY_KIND, to_global_id
 from graph.loaders import Loaders
 from graph.relay import Connection, Node, PageArgs, nested_connection
 from graph.scalars import BigInt
+from graph.signed import SignedMeterValue
 
 if TYPE_CHECKING:
     from graph.context import GraphContext
@@ -869,6 +870,16 @@ class Session(Node, Audited):
                            before: str | None = None) -> Connection[MeterSample]:
         return await history.meter_values(_ctx(info), self._r, measurands, from_, to,
                                           _page(first, after, last, before))
+
+    @strawberry.field(description="The signed meter values its charger sent (OCMF under "
+                                  "calibration law, other vendors' formats), oldest "
+                                  "first, as sent. Seen by whoever sees the session.")
+    async def signed_meter_values(self, info: Info, first: int | None = None,
+                                  after: str | None = None, last: int | None = None,
+                                  before: str | None = None
+                                  ) -> Connection[SignedMeterValue]:
+        return await signed.signed_meter_values(_ctx(info), self._r,
+                                                _page(first, after, last, before))
 
 
 def _estimate(ctx: GraphContext, session: d.Session, tariff: d.Tariff | None,

@@ -87,6 +87,7 @@ from domain.services.metering import (
     register_count,
     register_readings,
     samples_of,
+    signed_values_of,
 )
 from domain.services.reboot_checks import RebootChecks
 from domain.services.stations import connector_in_range
@@ -786,8 +787,9 @@ class ChargingService(Service):
 
     async def meter_values(self, cp_id: str, connector_id: int, transaction_id: int | None,
                            readings: list[MeterReading]) -> None:
-        """Keeps every numeric sample (also for transactions we do not know: they may
-        arrive before their StartTransaction) and updates the session's live energy."""
+        """Keeps every numeric sample and every signed meter value (also for transactions
+        we do not know: they may arrive before their StartTransaction) and updates the
+        session's live energy."""
         try:
             await self._meter_values(cp_id, connector_id, transaction_id, readings)
         except Conflict as exc:
@@ -830,7 +832,10 @@ class ChargingService(Service):
         if readings:
             # After ``_samples`` checked every timestamp: a refused frame must not move it.
             await self._clock_report(station, max(as_utc(r.timestamp) for r in readings))
-        changes: list[Change] = [InsertIfAbsent(s) for s in samples]
+        # Signed meter values (OCMF…) are no numbers: records of their own, in the same
+        # group commit as the samples.
+        signed = signed_values_of(station, connector_id, transaction_id, session, readings)
+        changes: list[Change] = [InsertIfAbsent(s) for s in (*samples, *signed)]
         updated = None
         if session is not None and session.state is SessionState.ACTIVE:
             live = live_patch(session, readings, added_wh(samples), charger(cp_id),
@@ -866,6 +871,13 @@ class ChargingService(Service):
         count = register_count(session, rated_kw)
         samples = samples_of(station, session.connector_id if session else 0,
                              transaction_id, session, readings or [], count)
+        # The stop's signed meter values (its transactionData: the record of the whole
+        # transaction a customer is handed) are evidence as sent, whatever the close
+        # makes of the numbers: written first, on their own, idempotent if it is sent
+        # again.
+        await self.telemetry.write([InsertIfAbsent(s) for s in signed_values_of(
+            station, session.connector_id if session else 0, transaction_id, session,
+            readings or [])])
         if session is None or (session.state is SessionState.COMPLETED
                                and not awaits_stop(session)):
             if samples:

@@ -11,9 +11,19 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
+from domain import ocmf
 from domain import validation as v
 from domain.clock import as_utc
-from domain.entities import MeterAnomaly, MeterSample, Session, SessionState, Station
+from domain.entities import (
+    MAX_SIGNED_DATA,
+    MeterAnomaly,
+    MeterSample,
+    Session,
+    SessionState,
+    SignedEncoding,
+    SignedMeterValue,
+    Station,
+)
 from domain.ids import stable_id, stable_ids
 from domain.policy import Viewer
 from domain.ports import Store, Update
@@ -289,6 +299,47 @@ def samples_of(station: Station, connector_id: int, transaction_id: int | None,
                 last = max(index for _, index in lines.values())
                 samples[last] = replace(samples[last], delta_wh=added)
     return samples
+
+
+SIGNED_DATA = "SignedData"
+
+
+def signed_encoding(data: str) -> SignedEncoding:
+    """OCMF when the text begins as an OCMF record does (``OCMF|``), else unknown."""
+    return SignedEncoding.OCMF if data.startswith(ocmf.PREFIX) else SignedEncoding.UNKNOWN
+
+
+def signed_values_of(station: Station, connector_id: int, transaction_id: int | None,
+                     session: Session | None, readings: Sequence[MeterReading]
+                     ) -> list[SignedMeterValue]:
+    """Every SignedData sampled value of ``readings`` as a record of its own, linked to
+    ``session`` as the frame's numeric samples are (``samples_of``; unlinked without
+    one). Its id is stable over the whole text as sent, so a repeated frame writes
+    nothing new. Text beyond ``MAX_SIGNED_DATA`` is kept cut and flagged."""
+    found: list[SignedMeterValue] = []
+    actor = charger(station.cp_id).actor
+    for reading in readings:
+        signed = [sv for sv in reading.values if sv.format == SIGNED_DATA]
+        if not signed:
+            continue
+        at = v.instant(as_utc(reading.timestamp), "meterValue.timestamp")
+        signed_id = stable_ids(at, station.cp_id, connector_id, transaction_id,
+                               at.isoformat(), SIGNED_DATA)
+        for sv in signed:
+            measurand = sv.measurand or ENERGY_REGISTER
+            found.append(SignedMeterValue(
+                id=signed_id(measurand, sv.phase, sv.location, sv.context, sv.value),
+                created_at=at, updated_at=at, created_by=actor, updated_by=actor,
+                session_id=session.id if session else None, station_id=station.id,
+                cp_id=station.cp_id, connector_id=connector_id,
+                transaction_id=transaction_id, at=at, measurand=measurand,
+                context=sv.context, location=sv.location, phase=sv.phase,
+                encoding=signed_encoding(sv.value), data=sv.value[:MAX_SIGNED_DATA],
+                data_length=len(sv.value), truncated=len(sv.value) > MAX_SIGNED_DATA))
+    if any(s.truncated for s in found):
+        log.warning("%s: a signed meter value longer than %s characters was kept cut",
+                    station.cp_id, MAX_SIGNED_DATA)
+    return found
 
 
 def closing_sample(station: Station, session: Session, samples: list[MeterSample],

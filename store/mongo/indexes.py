@@ -49,6 +49,10 @@ INDEXES: dict[str, list[list[tuple[str, int]]]] = {
     # index walked backwards).
     "meter_sample": [[("session_id", ASCENDING), ("at", ASCENDING)],
                      [("cp_id", ASCENDING), ("at", ASCENDING)], [("at", ASCENDING)]],
+    # A session's signed meter values oldest first (``_id`` too: they are few, written
+    # rarely), and those of unknown transactions by charger (the policy's cpId scope).
+    "signed_meter_value": [[("session_id", ASCENDING), ("at", ASCENDING), ("_id", ASCENDING)],
+                           [("cp_id", ASCENDING), ("at", ASCENDING)]],
     "status_event": [[("cp_id", ASCENDING), ("connector_id", ASCENDING), ("at", ASCENDING)],
                      [("station_id", ASCENDING), ("at", ASCENDING)],
                      [("station_id", ASCENDING), ("connector_id", ASCENDING),

@@ -648,6 +648,37 @@ ALTER TABLE "session" ADD COLUMN "start_clock_behind" INTEGER NOT NULL DEFAULT 0
 ALTER TABLE "session" ADD COLUMN "start_refused" TEXT;
 """
 
+# Version 28: signed meter values (``SignedMeterValue``: OCMF and other vendors' SignedData),
+# kept as sent beside the numeric samples. Read by session oldest first (the ``id``
+# tie-breaker too: a session has a handful, so the index costs its rare writes little),
+# and by charger for those of unknown transactions (the policy's cpId scope).
+_V28 = """
+CREATE TABLE "signed_meter_value" (
+    "id" TEXT PRIMARY KEY NOT NULL,
+    "created_at" INTEGER NOT NULL,
+    "updated_at" INTEGER NOT NULL,
+    "created_by" TEXT NOT NULL,
+    "updated_by" TEXT NOT NULL,
+    "session_id" TEXT,
+    "station_id" TEXT NOT NULL,
+    "cp_id" TEXT NOT NULL,
+    "connector_id" INTEGER NOT NULL,
+    "transaction_id" INTEGER,
+    "at" INTEGER NOT NULL,
+    "measurand" TEXT NOT NULL,
+    "context" TEXT,
+    "location" TEXT,
+    "phase" TEXT,
+    "encoding" TEXT NOT NULL,
+    "data" TEXT NOT NULL,
+    "data_length" INTEGER NOT NULL,
+    "truncated" INTEGER NOT NULL
+) STRICT;
+CREATE INDEX "signed_meter_value_session_at_idx"
+    ON "signed_meter_value" ("session_id", "at", "id");
+CREATE INDEX "signed_meter_value_cp_at_idx" ON "signed_meter_value" ("cp_id", "at");
+"""
+
 #: Every migration, oldest first. Append only.
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
@@ -655,7 +686,8 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (13, _V13), (14, _V14), (15, _V15), (16, _V16), (17, _V17),
                                      (18, _V18), (19, _V19), (20, _V20), (21, _V21),
                                      (22, _V22), (23, _V23), (24, _V24),
-                                     (25, _V25), (26, _V26), (27, _V27))
+                                     (25, _V25), (26, _V26), (27, _V27),
+                                     (28, _V28))
 
 _BOOTSTRAP = """
 CREATE TABLE IF NOT EXISTS "schema_version" (

@@ -26,6 +26,8 @@ from domain.entities import (
     Reservation,
     Role,
     Session,
+    SignedEncoding,
+    SignedMeterValue,
     Station,
     StatusEvent,
     Tariff,
@@ -110,6 +112,30 @@ def meter_sample(st: Station, sess: Session | None, **kw: Any) -> MeterSample:
     kw.setdefault("value", 1000.0)
     return MeterSample(session_id=sess.id if sess else None, cp_id=st.cp_id,
                        connector_id=kw.pop("connector_id", 1), **kw)
+
+
+#: An OCMF record as a charger signs it (the signature is made up: nothing here checks it).
+OCMF = ('OCMF|{"FV":"1.0","GI":"ABL SBC-301","GS":"808829900001","GV":"1.4p3",'
+        '"PG":"T12345","MV":"Phoenix Contact","MM":"EEM-350-D-MCB","MS":"BQ27400330016",'
+        '"MF":"1.0","IS":true,"IL":"VERIFIED","IF":["RFID_PLAIN","OCPP_RS_TLS"],'
+        '"IT":"ISO14443","ID":"1F2D3A4F5506C7","CT":"EVSEID","CI":"DE*ABC*E123",'
+        '"RD":[{"TM":"2018-07-24T13:22:04,000+0200 S","TX":"B","RV":2935.6,'
+        '"RI":"1-b:1.8.0","RU":"kWh","RT":"AC","EF":"","ST":"G"},'
+        '{"TM":"2018-07-24T14:02:11,250+0200 S","TX":"E","RV":2947.05,'
+        '"RI":"1-b:1.8.0","RU":"kWh","RT":"AC","EF":"","ST":"G"}]}'
+        '|{"SA":"ECDSA-secp256r1-SHA256","SD":"887FABF407AC82782EEFFF2220C2F856AEB0BC22364B'
+        'BCC6B55761911ED651D1A922BADA88818C9671AFEE7094D7F536"}')
+
+
+def signed_value(st: Station, sess: Session | None, **kw: Any) -> SignedMeterValue:
+    kw.setdefault("at", T0)
+    kw.setdefault("measurand", "Energy.Active.Import.Register")
+    kw.setdefault("data", OCMF)
+    kw.setdefault("encoding", SignedEncoding.OCMF)
+    kw.setdefault("station_id", st.id)
+    return SignedMeterValue(session_id=sess.id if sess else None, cp_id=st.cp_id,
+                            connector_id=kw.pop("connector_id", 1),
+                            data_length=len(kw["data"]), **kw)
 
 
 def status_event(st: Station, **kw: Any) -> StatusEvent:

@@ -25,6 +25,7 @@ from domain.entities import (
     Reservation,
     ReservationState,
     Role,
+    SignedMeterValue,
     Station,
     User,
 )
@@ -43,6 +44,7 @@ from tests.contract.factories import (
     put,
     reservation,
     session,
+    signed_value,
     station,
     status_event,
     tariff,
@@ -90,6 +92,14 @@ def build_world() -> dict[str, Record]:
     # d1 charged at S6 while A ran it: the session and its samples stay in A's books.
     w.x6 = session(w.S6, 1, user_id=w.d1.id, company_id=w.A.id, station_owner_id=None)
     w.m6 = meter_sample(w.S6, w.x6, station_id=w.S6.id)
+    # Each sample's signed twin (s1 for m1): a session's signed meter values are seen
+    # exactly as its samples are (``SIGNED_AS_SAMPLES``).
+    w.s1, w.s2 = signed_value(w.S1, w.x1), signed_value(w.S3, w.x2)
+    w.s_orphan = signed_value(w.S2, None)
+    w.s4 = signed_value(w.S4, w.x4)
+    w.s_reused = signed_value(w.S3, None, station_id=new_id())
+    w.s3_own = signed_value(w.S3, None)
+    w.s6 = signed_value(w.S6, w.x6)
     w.e1, w.e3, w.e4 = status_event(w.S1), status_event(w.S3), status_event(w.S4)
     w.r1 = reservation(w.S1, user_id=w.d1.id)
     w.r3 = reservation(w.S3, user_id=w.d2.id)
@@ -234,6 +244,19 @@ EXPECTED: dict[str, dict[str, set[str]]] = {
 }
 
 
+
+
+def signed_twins(samples: set[str]) -> set[str]:
+    """The names of the signed meter values beside the samples named (m1 -> s1)."""
+    return {"s" + name[1:] for name in samples}
+
+
+# A session's signed meter values follow the rules of its samples, viewer for viewer.
+for _seen in EXPECTED.values():
+    if "meter_sample" in _seen:
+        _seen["signed_meter_value"] = signed_twins(_seen["meter_sample"])
+
+
 @pytest.fixture
 async def world(store: Store) -> dict[str, Record]:
     records = build_world()
@@ -312,21 +335,25 @@ SAMPLES_UNDER_SESSIONS: dict[str, set[str]] = {
 }
 
 
+@pytest.mark.parametrize("kind", [MeterSample, SignedMeterValue], ids=lambda k: k.kind)
 @pytest.mark.parametrize("viewer_name", sorted(SAMPLES_UNDER_SESSIONS))
 async def test_a_session_s_samples_are_seen_by_whoever_sees_the_session(
-        store: Store, world: dict[str, Record], viewer_name: str) -> None:
-    """``Policy.scope_under``: a session's samples follow the session's books, not the
-    station that metered them (x6 was charged at S6 while A ran it; B runs it now)."""
+        store: Store, world: dict[str, Record], viewer_name: str,
+        kind: type[Record]) -> None:
+    """``Policy.scope_under``: a session's samples, and its signed meter values, follow
+    the session's books, not the station that metered them (x6 was charged at S6 while
+    A ran it; B runs it now)."""
     names = {r.id: name for name, r in world.items()}
     keys = [r.id for r in world.values() if r.kind == "session"]
     viewer, policy = viewer_and_policy(viewer_name, world)
 
-    scope = policy.scope_under(viewer, "meter_sample", "session_id", keys)
-    found = await store.find_grouped(MeterSample, "session_id", keys, scope, (), 10)
-    counted = await store.count_grouped(MeterSample, "session_id", keys, scope)
+    scope = policy.scope_under(viewer, kind.kind, "session_id", keys)
+    found = await store.find_grouped(kind, "session_id", keys, scope, (), 10)
+    counted = await store.count_grouped(kind, "session_id", keys, scope)
 
     listed = {names[m.id] for rows in found.values() for m in rows}
-    assert listed == SAMPLES_UNDER_SESSIONS[viewer_name]
+    expected = SAMPLES_UNDER_SESSIONS[viewer_name]
+    assert listed == (expected if kind is MeterSample else signed_twins(expected))
     assert sum(counted.values()) == len(listed)
 
 

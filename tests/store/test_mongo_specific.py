@@ -46,6 +46,7 @@ from domain.entities import (
     Role,
     Session,
     SessionState,
+    SignedMeterValue,
     Station,
     StatusEvent,
     Tariff,
@@ -57,6 +58,7 @@ from domain.policy import Policy, Viewer
 from domain.ports import PARTIAL_UNIQUE_RULES, UNIQUE_RULES, Delete, Insert, InsertIfAbsent, Update
 from domain.query import ALL, Eq, In, Near, PageRequest, Range, Search, Sort, Sub
 from graph.history import NEWEST_FIRST as HISTORY_NEWEST_FIRST
+from graph.history import OLDEST_FIRST
 from graph.nodes import BY_CONNECTOR, NEWEST_FIRST
 from store.mongo import MongoStore, journal, migrations, writes
 from store.mongo import batch as batch_module
@@ -319,6 +321,8 @@ NESTED_LISTS = [
     pytest.param(Connector, "station_id", (), BY_CONNECTOR, id="Station.connectors"),
     # Not Session.meterValues: its index is (session, at), since every MeterValues writes
     # it; a reading's few sampled values at one instant are sorted on read.
+    pytest.param(SignedMeterValue, "session_id", (), OLDEST_FIRST,
+                 id="Session.signedMeterValues"),
     pytest.param(StatusEvent, "station_id", ("connector_id",), HISTORY_NEWEST_FIRST,
                  id="Connector.statusHistory"),
     pytest.param(ConnectionEvent, "station_id", (), HISTORY_NEWEST_FIRST,
