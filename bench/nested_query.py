@@ -51,7 +51,8 @@ type Vehicle { licensePlate: String! }
 async def seed(store: SqliteStore, stations: int = 100) -> dict[str, Any]:
     users = [d.User(email=f"u{i}@bench", name=f"Driver {i}", role=d.Role.DRIVER)
              for i in range(stations)]
-    vehicles = [d.Vehicle(owner_id=u.id, license_plate=f"B{i:05d}") for i, u in
+    vehicles = [d.Vehicle(owner_id=u.id, license_plate=f"B{i:05d}",
+                          plate_key=f"B{i:05d}") for i, u in
                 enumerate(users)]
     records: list[d.Record] = [*users, *vehicles]
     memory: list[dict[str, Any]] = []

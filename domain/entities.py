@@ -181,7 +181,11 @@ class User(Record):
 class Vehicle(Record):
     kind: ClassVar[str] = "vehicle"
     owner_id: str
+    #: As entered (``validation.license_plate``), for display: "B-MI 2024".
     license_plate: str
+    #: Its letters and digits (``validation.plate_key``): "BMI2024". Unique per owner,
+    #: and what a search by plate compares, so "bmi 2024" finds "B-MI 2024".
+    plate_key: str
     make: str | None = None
     model: str | None = None
     battery_kwh: float | None = None

@@ -56,8 +56,9 @@ UNIQUE_RULES: dict[str, tuple[tuple[str, ...], ...]] = {
     "user": (("email",),),
     # How people (and ``create-user --company``) tell companies apart.
     "company": (("name",),),
-    # Per owner: a family car is registered by each driver who charges it.
-    "vehicle": (("license_plate", "owner_id"),),
+    # Per owner: a family car is registered by each driver who charges it. On the plate's
+    # key, not on the plate as entered: "B-MI 2024" and "BMI2024" are one car.
+    "vehicle": (("plate_key", "owner_id"),),
     "id_tag": (("tag",),),
     "station": (("cp_id",),),
     "connector": (("cp_id", "connector_id"),),

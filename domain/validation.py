@@ -20,7 +20,10 @@ MAX_CP_ID = 48
 MAX_ID_TAG = 20
 MIN_PASSWORD = 8
 MAX_PASSWORD = 256
+#: Letters and digits a plate may have (its ``plate_key``), as before plates kept their
+#: spaces and dashes; ``MAX_PLATE_SHOWN`` bounds the form as entered, separators included.
 MAX_PLATE = 16
+MAX_PLATE_SHOWN = 24
 #: Instants a record may carry. The Unix epoch is a charger whose clock was never set (its
 #: reports are real and kept); anything outside is a corrupt clock or a typo, and dates
 #: near years 1 and 9999 overflow as soon as a time zone is applied.
@@ -124,15 +127,31 @@ def password(value: str | None, field: str = "password") -> str:
 
 
 def license_plate(value: str | None, field: str = "licensePlate") -> str:
-    """Upper case without spaces or dashes: "b-ab 123" and "BAB123" are the same car."""
-    cleaned = re.sub(r"[\s\-]", "", _given(value, field)).upper()
-    if not cleaned:
+    """The plate as entered, for display: trimmed, runs of whitespace one space, upper
+    case ("b-mi  2024" is "B-MI 2024"). Letters, digits, spaces and dashes only; what
+    tells one car from another is its ``plate_key``."""
+    shown = " ".join(_given(value, field).split()).upper()
+    key = plate_key(shown)
+    rule = (f"letters, digits, spaces and dashes only, at most {MAX_PLATE} letters and "
+            "digits")
+    if any(not (c.isalnum() or c in " -") for c in shown):
+        raise ValidationError(rule, field=field, code="INVALID")
+    if not key:  # blank, or dashes alone
         raise ValidationError("must not be empty", field=field, code="REQUIRED")
-    if len(cleaned) > MAX_PLATE or not cleaned.isalnum():
-        raise ValidationError(
-            f"letters and digits only, at most {MAX_PLATE}", field=field, code="INVALID"
-        )
-    return cleaned
+    if len(key) > MAX_PLATE:
+        raise ValidationError(rule, field=field, code="INVALID")
+    if len(shown) > MAX_PLATE_SHOWN:
+        raise ValidationError(f"at most {MAX_PLATE_SHOWN} characters", field=field,
+                              code="TOO_LONG")
+    return shown
+
+
+def plate_key(text: str) -> str:
+    """What a plate is compared by: its letters and digits, upper case. "B-MI 2024",
+    "bmi2024" and "B MI-2024" are one car (unique per owner on this key), and a search
+    for "bmi 2024" finds it. For a plate written before plates kept their separators,
+    the stored plate is its key."""
+    return "".join(c for c in text.upper() if c.isalnum())
 
 
 def cp_id(value: str | None, field: str = "cpId") -> str:

@@ -110,7 +110,9 @@ CompanyOrderField, CompanyOrder = _order("Company", {"NAME": "name", **_AUDIT_TI
 UserOrderField, UserOrder = _order("User", {"NAME": "name", "EMAIL": "email", **_AUDIT_TIMES},
                                    "Sortable user fields.")
 VehicleOrderField, VehicleOrder = _order(
-    "Vehicle", {"LICENSE_PLATE": "license_plate", **_AUDIT_TIMES}, "Sortable vehicle fields."
+    "Vehicle", {"LICENSE_PLATE": "plate_key", **_AUDIT_TIMES},
+    "Sortable vehicle fields. LICENSE_PLATE: by letters and digits, whatever the "
+    "spaces and dashes.",
 )
 IdTagOrderField, IdTagOrder = _order("IdTag", {"TAG": "tag", **_AUDIT_TIMES},
                                      "Sortable id tag fields.")
@@ -161,13 +163,25 @@ class UserFilter:
 @strawberry.input
 class VehicleFilter:
     owner_id: strawberry.ID | None = None
-    search: str | None = strawberry.field(default=None, description="In plate, make, model.")
+    search: str | None = strawberry.field(
+        default=None, description="In plate, make, model. A plate is also found by its "
+                                  "letters and digits alone: \"bmi 2024\" finds \"B-MI 2024\".")
 
     def to_domain(self) -> Filter:
         return all_of(
             _eq("owner_id", _id(self.owner_id, "user", "filter.ownerId")),
-            _search(("license_plate", "make", "model"), self.search),
+            _vehicle_search(self.search),
         )
+
+
+def _vehicle_search(text: str | None) -> Filter | None:
+    """The text in plate (as entered), make or model, or its letters and digits in the
+    plate's key: a driver types a plate with the separators they remember, or none."""
+    found = _search(("license_plate", "make", "model"), text)
+    if found is None:
+        return None
+    key = v.plate_key(text or "")
+    return any_of(found, Search(("plate_key",), key)) if key else found
 
 
 @strawberry.input

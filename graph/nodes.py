@@ -359,7 +359,10 @@ class User(Node, Audited):
 
 @strawberry.type(description="An electric vehicle, owned by a user.")
 class Vehicle(Node, Audited):
-    license_plate: str = strawberry.field(description="Normalized: upper case, no spaces.")
+    license_plate: str = strawberry.field(
+        description="As entered, for display: trimmed, spaces collapsed, upper case "
+                    "(\"B-MI 2024\"). Unique per owner by its letters and digits alone: "
+                    "\"BMI2024\" is the same plate.")
     make: str | None
     model: str | None
     battery_kwh: float | None

@@ -3,6 +3,7 @@ transaction to a user and a vehicle."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, cast
 
@@ -12,15 +13,16 @@ from domain.entities import (
     LIVE_RESERVATION_STATES,
     IdTag,
     IdTagStatus,
+    Record,
     Reservation,
     Session,
     SessionState,
     User,
     Vehicle,
 )
-from domain.errors import Conflict, Forbidden, ValidationError
+from domain.errors import Conflict, Forbidden, UniqueViolation, ValidationError
 from domain.policy import Viewer
-from domain.ports import Delete, Insert
+from domain.ports import Change, Delete, Insert
 from domain.query import Eq, In, all_of
 from domain.services.base import UNSET, Service, patch, stamp_new
 
@@ -46,18 +48,33 @@ class FleetService(Service):
                           model: str | None = None, battery_kwh: float | None = None
                           ) -> Vehicle:
         owner = await self._owner(viewer, owner_id, "ownerId")
+        plate = v.license_plate(license_plate)
         vehicle = stamp_new(
             Vehicle(
                 owner_id=owner.id,
-                license_plate=v.license_plate(license_plate),
+                license_plate=plate,
+                plate_key=v.plate_key(plate),
                 make=v.optional_text(make, "make"),
                 model=v.optional_text(model, "model"),
                 battery_kwh=v.positive(battery_kwh, "batteryKwh", max_value=1000),
             ),
             viewer,
         )
-        await self.commit(viewer, [(Insert(vehicle), None)])
+        await self._commit_plate(viewer, [(Insert(vehicle), None)])
         return vehicle
+
+    async def _commit_plate(self, viewer: Viewer,
+                            changes: Sequence[tuple[Change, Record | None]]) -> None:
+        """Commits a vehicle's write. The store's unique rule is on ``plate_key``, which
+        no input names: the driver typed ``licensePlate``, so that is where the
+        duplicate is reported."""
+        try:
+            await self.commit(viewer, changes)
+        except UniqueViolation as exc:
+            if exc.field != "plate_key":
+                raise
+            raise UniqueViolation("the owner has a vehicle with this license plate already",
+                                  field="licensePlate") from None
 
     async def _own_vehicle(self, viewer: Viewer, vehicle_id: str, field: str = "id"
                            ) -> Vehicle:
@@ -73,17 +90,20 @@ class FleetService(Service):
         vehicle = await self._own_vehicle(viewer, vehicle_id)
         if license_plate is None:
             raise ValidationError("must not be empty", field="licensePlate", code="REQUIRED")
+        plate = UNSET if license_plate is UNSET else v.license_plate(license_plate)
         update = patch(
             vehicle,
             viewer,
-            license_plate=UNSET if license_plate is UNSET else v.license_plate(license_plate),
+            # The key is written with the plate, always: the two never disagree.
+            license_plate=plate,
+            plate_key=UNSET if plate is UNSET else v.plate_key(plate),
             make=UNSET if make is UNSET else v.optional_text(make, "make"),
             model=UNSET if model is UNSET else v.optional_text(model, "model"),
             battery_kwh=UNSET if battery_kwh is UNSET
             else v.positive(battery_kwh, "batteryKwh", max_value=1000),
         )
         updated = cast(Vehicle, update.record)
-        await self.commit(viewer, [(update, vehicle)])
+        await self._commit_plate(viewer, [(update, vehicle)])
         return updated
 
     async def remove_vehicle(self, viewer: Viewer, vehicle_id: str) -> Vehicle:

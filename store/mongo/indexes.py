@@ -103,8 +103,9 @@ SUPERSEDED: dict[str, tuple[str, ...]] = {
     "connector": ("station_id_1_connector_id_1",),
     "session": ("station_id_1_state_1", "station_id_1_start_time_-1",
                 "user_id_1_start_time_-1", "vehicle_id_1"),
-    # License plates became unique per owner (a shared car).
-    "vehicle": ("uniq_vehicle_license_plate",),
+    # License plates became unique per owner (a shared car), then per owner on the
+    # plate's key (its letters and digits), the plate itself kept as entered.
+    "vehicle": ("uniq_vehicle_license_plate", "uniq_vehicle_license_plate_owner_id"),
     # The connection history's index gained the ``_id`` tie-breaker.
     "connection_event": ("station_id_1_at_1",),
     # So did the audit log's (in both orders).

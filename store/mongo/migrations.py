@@ -1,5 +1,6 @@
 """Data changes the MongoDB store makes when the model changes (SQLite makes the same in its
-schema migrations, ``store/sqlite/migrations.py``: versions 8, 10, 16, 18 and 23).
+schema migrations, ``store/sqlite/migrations.py``: versions 8, 10, 14, 16, 18, 23, 24
+and 28).
 
 MongoDB has no schema to migrate, only documents written under older rules. Each step
 here runs at every start (or until one start recorded it done: ``_once``), is
@@ -29,9 +30,32 @@ BATCH = 1_000
 
 
 async def before_indexes(db: Any) -> None:
-    """What must hold before the unique indexes are built. Company names became unique
-    in the store: duplicates made before keep their history, every one but the oldest
-    with its id appended, for an admin to rename."""
+    """What must hold before the unique indexes are built: vehicles have their plate's
+    key (``_plate_keys``), and company names are unique (``_unique_company_names``)."""
+    await _once(db, "plate_keys", _plate_keys)
+    await _unique_company_names(db)
+
+
+async def _plate_keys(db: Any) -> None:
+    """Plates are kept as entered and compared by their key (``Vehicle.plate_key``),
+    unique per owner. A vehicle written before has its plate stored as its key, which
+    therefore is both (as SQLite's migration 28 copies it). Before the unique index on
+    the key: without it, two cars of one driver would clash as (null, owner) there.
+    Marked by the field itself: new documents always carry ``plate_key``."""
+    while True:
+        docs = await db["vehicle"].find({"plate_key": {"$exists": False}},
+                                        {"license_plate": 1}).limit(BATCH).to_list()
+        if not docs:
+            break
+        for doc in docs:
+            await db["vehicle"].update_one(
+                {"_id": doc["_id"], "plate_key": {"$exists": False}},
+                {"$set": {"plate_key": doc["license_plate"], MARK: ObjectId()}})
+
+
+async def _unique_company_names(db: Any) -> None:
+    """Company names became unique in the store: duplicates made before keep their
+    history, every one but the oldest with its id appended, for an admin to rename."""
     duplicates = await (await db["company"].aggregate([
         {"$group": {"_id": "$name", "ids": {"$push": "$_id"}, "n": {"$sum": 1}}},
         {"$match": {"n": {"$gt": 1}}}])).to_list(None)

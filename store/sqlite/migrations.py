@@ -679,6 +679,17 @@ CREATE INDEX "signed_meter_value_session_at_idx"
 CREATE INDEX "signed_meter_value_cp_at_idx" ON "signed_meter_value" ("cp_id", "at");
 """
 
+# Version 29: a plate is kept as entered ("B-MI 2024", ``Vehicle.license_plate``) and
+# compared by its key, its letters and digits ("BMI2024", ``Vehicle.plate_key``): the
+# unique rule per owner moves to the key. Plates stored before were stored as their key,
+# so that is both their key and how they go on reading.
+_V29 = """
+ALTER TABLE "vehicle" ADD COLUMN "plate_key" TEXT NOT NULL DEFAULT '';
+UPDATE "vehicle" SET "plate_key" = "license_plate";
+DROP INDEX "vehicle_license_plate_owner_key";
+CREATE UNIQUE INDEX "vehicle_plate_key_owner_key" ON "vehicle" ("plate_key", "owner_id");
+"""
+
 #: Every migration, oldest first. Append only.
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
@@ -687,7 +698,7 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (18, _V18), (19, _V19), (20, _V20), (21, _V21),
                                      (22, _V22), (23, _V23), (24, _V24),
                                      (25, _V25), (26, _V26), (27, _V27),
-                                     (28, _V28))
+                                     (28, _V28), (29, _V29))
 
 _BOOTSTRAP = """
 CREATE TABLE IF NOT EXISTS "schema_version" (

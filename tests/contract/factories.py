@@ -36,6 +36,7 @@ from domain.entities import (
 )
 from domain.ports import Insert, Store
 from domain.services.base import books_of
+from domain.validation import plate_key
 
 T0 = datetime(2025, 3, 1, 12, 0, 0, 123000, tzinfo=UTC)
 
@@ -75,7 +76,8 @@ def user(**kw: Any) -> User:
 
 
 def vehicle(owner: User, **kw: Any) -> Vehicle:
-    kw.setdefault("license_plate", f"BEV{next(_serial)}")
+    kw.setdefault("license_plate", f"B-EV {next(_serial)}")
+    kw.setdefault("plate_key", plate_key(kw["license_plate"]))
     return Vehicle(owner_id=owner.id, **kw)
 
 

@@ -55,9 +55,10 @@ CLASHES: dict[str, tuple[type[Record], Callable[[], Record], Callable[[], Record
                    lambda: user(email="same@example.com"), "email"),
     "company.name": (Company, lambda: company(name="Same GmbH"),
                      lambda: company(name="Same GmbH"), "name"),
-    "vehicle.license_plate+owner_id": (
-        Vehicle, lambda: vehicle(_owner, license_plate="BAB123"),
-        lambda: vehicle(_owner, license_plate="BAB123"), "license_plate"),
+    # On the plate's key: the plates as entered differ.
+    "vehicle.plate_key+owner_id": (
+        Vehicle, lambda: vehicle(_owner, license_plate="B-AB 123"),
+        lambda: vehicle(_owner, license_plate="BAB123"), "plate_key"),
     "id_tag.tag": (IdTag, lambda: id_tag(_owner, tag="04A2B3"),
                    lambda: id_tag(user(), tag="04A2B3"), "tag"),
     "station.cp_id": (Station, lambda: station(cp_id="CP-1"), lambda: station(cp_id="CP-1"),
@@ -205,7 +206,7 @@ async def test_a_unique_violation_is_told_in_words_not_column_names(store: Store
     await put(store, owner, vehicle(owner, license_plate="BEV1"))
     with pytest.raises(UniqueViolation) as raised:
         await store.write([Insert(vehicle(owner, license_plate="BEV1"))], [])
-    assert raised.value.field == "license_plate"
+    assert raised.value.field == "plate_key"
     assert str(raised.value) == "another vehicle has the same license plate and owner"
 
 

@@ -16,15 +16,32 @@ def test_email_is_case_folded_and_checked() -> None:
         assert err.value.field == "email"
 
 
-@pytest.mark.parametrize(("raw", "plate"), [("b-ab 123", "BAB123"), ("M XY-42", "MXY42")])
-def test_plates_normalize(raw: str, plate: str) -> None:
+@pytest.mark.parametrize(("raw", "plate", "key"), [
+    ("b-ab 123", "B-AB 123", "BAB123"), ("  M XY-42 ", "M XY-42", "MXY42"),
+    ("B-MI \t 2024", "B-MI 2024", "BMI2024"), ("bmi2024", "BMI2024", "BMI2024"),
+    ("lö-ab 1", "LÖ-AB 1", "LÖAB1")])
+def test_plates_keep_their_separators_and_compare_by_their_key(raw: str, plate: str,
+                                                               key: str) -> None:
+    """As entered (trimmed, whitespace one space, upper case), and its letters and
+    digits as the key a plate is compared by."""
     assert v.license_plate(raw) == plate
+    assert v.plate_key(plate) == v.plate_key(raw) == key
 
 
-@pytest.mark.parametrize("bad", ["", " - ", "AB$12", "X" * 17])
-def test_bad_plates(bad: str) -> None:
-    with pytest.raises(ValidationError):
+@pytest.mark.parametrize(("bad", "code"), [
+    ("", "REQUIRED"), (" - ", "REQUIRED"), (None, "REQUIRED"), ("AB$12", "INVALID"),
+    ("B_MI", "INVALID"), ("X" * 17, "INVALID"), ("X-" * 16 + "X", "INVALID"),
+    ("B-" + "-" * 22 + "1", "TOO_LONG")])
+def test_bad_plates(bad: str | None, code: str) -> None:
+    """At most 16 letters and digits, as before plates kept their separators; the
+    separators do not make a plate longer than 24 characters."""
+    with pytest.raises(ValidationError) as err:
         v.license_plate(bad)
+    assert (err.value.field, err.value.code) == ("licensePlate", code)
+
+
+def test_a_plate_of_16_letters_and_digits_may_have_its_separators() -> None:
+    assert v.license_plate("AB-CD 1234-EFGH 5678") == "AB-CD 1234-EFGH 5678"
 
 
 def test_cp_id_charset_and_length() -> None:

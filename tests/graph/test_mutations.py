@@ -224,7 +224,7 @@ async def test_vehicles(api: Api, world: World) -> None:
     added = await call(api, world, "driver1", "addVehicle",
                        {"licensePlate": "m-xy 42", "make": "Tesla", "batteryKwh": 75},
                        "vehicle { id licensePlate owner { name } }")
-    assert added["vehicle"]["licensePlate"] == "MXY42"
+    assert added["vehicle"]["licensePlate"] == "M-XY 42"
     assert added["vehicle"]["owner"] == {"name": "Driver1"}
     # Unique per driver: a shared car is registered by each of its drivers.
     assert codes(await call(api, world, "driver1", "addVehicle", {"licensePlate": "MXY-42"},
@@ -240,14 +240,14 @@ async def test_vehicles(api: Api, world: World) -> None:
     assert updated["vehicle"] == {"make": None}
     removed = await call(api, world, "driver1", "removeVehicle", {"id": vid},
                          "vehicle { licensePlate }")
-    assert removed["vehicle"] == {"licensePlate": "MXY42"}
+    assert removed["vehicle"] == {"licensePlate": "M-XY 42"}
     log = await api.gql("""query($id: ID!) { auditLog(filter: {entityId: $id}) { nodes {
       action actor before after } } }""", {"id": vid}, as_user=world.users["admin"].id)
     actions = [n["action"] for n in log["auditLog"]["nodes"]]
     assert actions == ["DELETE", "UPDATE", "CREATE"]
     delete, update, _ = log["auditLog"]["nodes"]
     assert update["before"]["make"] == "Tesla" and update["after"]["make"] is None
-    assert delete["after"] is None and delete["before"]["license_plate"] == "MXY42"
+    assert delete["after"] is None and delete["before"]["license_plate"] == "M-XY 42"
     assert delete["actor"] == world.users["driver1"].id
 
 
@@ -293,7 +293,7 @@ async def test_id_tags(api: Api, world: World) -> None:
                                                               world.vehicles["driver1"].id)},
                         "idTag { id tag status vehicle { licensePlate } user { name } }")
     assert issued["idTag"]["tag"] == "RFID-0001" and issued["idTag"]["status"] == "ACCEPTED"
-    assert issued["idTag"]["vehicle"] == {"licensePlate": "BDR1"}
+    assert issued["idTag"]["vehicle"] == {"licensePlate": "B-DR 1"}
     assert codes(await call(api, world, "driver2", "issueIdTag", {"tag": "RFID-0001"},
                             "idTag { id }")) == [("tag", "DUPLICATE")]
     assert codes(await call(api, world, "driver2", "issueIdTag", {"tag": "x" * 21},

@@ -382,7 +382,7 @@ async def test_nested_active_session_obeys_scope(api: Api, world: World) -> None
     op_a = active(await api.gql(NESTED, as_user=world.users["op_a"].id))
     assert list(op_a) == [("A-001", 1)]
     assert op_a[("A-001", 1)]["user"] == {"name": "Driver1", "email": None}
-    assert op_a[("A-001", 1)]["vehicle"] == {"licensePlate": "BDR1", "batteryKwh": None}
+    assert op_a[("A-001", 1)]["vehicle"] == {"licensePlate": "B-DR 1", "batteryKwh": None}
     driver1 = active(await api.gql(NESTED, as_user=world.users["driver1"].id))
     assert driver1[("A-001", 1)]["user"] == {"name": "Driver1", "email": "driver1@example.com"}
     assert driver1[("A-001", 1)]["vehicle"]["batteryKwh"] == 58

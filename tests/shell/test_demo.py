@@ -68,7 +68,7 @@ async def test_an_interrupted_seed_is_completed(services: Services) -> None:
     # As if the last run stopped half-way: the admin (written last) and a driver's card and
     # car are missing.
     for kind, field, value in ((d.User, "email", ADMIN_EMAIL), (d.IdTag, "tag", "DEMO-0002"),
-                               (d.Vehicle, "license_plate", "PJO77")):
+                               (d.Vehicle, "license_plate", "P-JO 77")):
         record = await store.find_one(kind, Eq(field, value))
         assert record is not None, (kind, value)
         await store.write([Delete(record)], [])

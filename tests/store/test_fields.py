@@ -9,7 +9,7 @@ from store.fields import duplicate_message
 EXPECTED = {
     ("user", ("email",)): "another user has the same email",
     ("company", ("name",)): "another company has the same name",
-    ("vehicle", ("license_plate", "owner_id")):
+    ("vehicle", ("plate_key", "owner_id")):
         "another vehicle has the same license plate and owner",
     ("id_tag", ("tag",)): "another id tag has the same tag",
     ("station", ("cp_id",)): "another station has the same charge point id (cpId)",

@@ -1693,6 +1693,53 @@ async def test_a_migrated_document_gets_a_new_version(mongo: MongoStore) -> None
     assert doc[journal.MARK] not in (None, before)
 
 
+async def test_plates_from_before_are_keyed_by_their_stored_form_before_the_index(
+        mongo: MongoStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What SQLite migration 28 does: a plate stored before was stored as its key
+    ("BMI2024"), which becomes its ``plate_key``, and how it goes on reading. That
+    happens before the unique index on (plate_key, owner_id) is built (two cars of one
+    owner without a key would clash there), the index on the plate itself is dropped,
+    and once one start has done it, later ones do not look for such vehicles again."""
+    from domain.entities import Vehicle
+    from tests.contract.factories import user, vehicle
+
+    owner, other = user(), user()
+    cars = [vehicle(owner, license_plate="BMI2024"), vehicle(owner, license_plate="PJO77"),
+            vehicle(other, license_plate="BMI2024")]
+    await mongo.write([Insert(r) for r in (owner, other, *cars)], [])
+    db = raw(mongo)
+    db["vehicle"].drop_index(index_name("vehicle", ("plate_key", "owner_id")))
+    db["vehicle"].update_many({}, {"$unset": {"plate_key": ""}})  # as written before
+    db["vehicle"].create_index([("license_plate", 1), ("owner_id", 1)], unique=True,
+                               name="uniq_vehicle_license_plate_owner_id")
+    db[migrations.MIGRATIONS].delete_many({})  # a database from before the migrations
+
+    await mongo.start()
+
+    got = {v.id: (v.license_plate, v.plate_key) for v in await mongo.find_all(Vehicle, ALL)}
+    assert got == {cars[0].id: ("BMI2024", "BMI2024"), cars[1].id: ("PJO77", "PJO77"),
+                   cars[2].id: ("BMI2024", "BMI2024")}
+    indexes = db["vehicle"].index_information()
+    assert "uniq_vehicle_license_plate_owner_id" not in indexes
+    assert indexes[index_name("vehicle", ("plate_key", "owner_id"))]["unique"] is True
+    with pytest.raises(UniqueViolation) as raised:
+        await mongo.write([Insert(vehicle(owner, license_plate="B-MI 2024"))], [])
+    assert raised.value.field == "plate_key"
+    assert db[migrations.MIGRATIONS].find_one({"_id": "plate_keys"})["done"] is True
+
+    looked: list[str] = []
+    find = AsyncCollection.find
+
+    def finding(self: AsyncCollection, *args: Any, **kwargs: Any) -> AsyncCursor:
+        if "plate_key" in str(args[0] if args else kwargs.get("filter")):
+            looked.append(self._c.name)
+        return find(self, *args, **kwargs)
+
+    monkeypatch.setattr(AsyncCollection, "find", finding)
+    await mongo.start()  # every later start
+    assert looked == []
+
+
 async def test_duplicate_company_names_from_before_the_rule_are_kept_renamed(
         mongo: MongoStore) -> None:
     """What SQLite migration 14 does: before the unique index is built, every duplicate

@@ -34,6 +34,7 @@ from domain.entities import (
     StatusEvent,
     Tariff,
     User,
+    Vehicle,
 )
 from domain.errors import StoreBusy, StoreUnavailable, UniqueViolation
 from domain.policy import Policy, Viewer
@@ -710,6 +711,40 @@ async def test_version_26_leaves_older_tariffs_without_idle_fees_bands_or_plugs(
         [session] = await store.get_many(Session, ["s1"])
         assert session is not None and (session.idle_seconds, session.band_energy_wh,
                                         session.connector_type) == (None, None, None)
+    finally:
+        await store.close()
+
+
+async def test_version_29_keys_plates_from_before_by_their_stored_form(db_path: str) -> None:
+    """Plates stored before version 29 were stored as their key ("BMI2024"): that is
+    their key, and how they go on reading. Uniqueness per owner moves to the key: a
+    plate typed with separators clashes with one of the same owner stored before, not
+    with another owner's."""
+    async with aiosqlite.connect(db_path, isolation_level=None) as conn:
+        await apply_migrations(conn, MIGRATIONS[:28])
+        stamps = "0, 0, 'system', 'system'"
+        for vehicle_id, owner, plate in (("v1", "u1", "BMI2024"), ("v2", "u2", "BMI2024"),
+                                         ("v3", "u1", "PJO77")):
+            await conn.execute(
+                'INSERT INTO "vehicle" ("id", "created_at", "updated_at", "created_by", '
+                f'"updated_by", "owner_id", "license_plate") VALUES (?, {stamps}, ?, ?)',
+                (vehicle_id, owner, plate))
+        assert await apply_migrations(conn, MIGRATIONS[:29]) == [29]
+    assert raw(db_path, 'SELECT "name" FROM sqlite_master WHERE "tbl_name" = \'vehicle\' '
+                        'AND "name" LIKE \'%_key\'') == [("vehicle_plate_key_owner_key",)]
+    store = SqliteStore(db_path)
+    await store.start()
+    try:
+        got = {v.id: (v.license_plate, v.plate_key)
+               for v in await store.find_all(Vehicle, ALL)}
+        assert got == {"v1": ("BMI2024", "BMI2024"), "v2": ("BMI2024", "BMI2024"),
+                       "v3": ("PJO77", "PJO77")}
+        with pytest.raises(UniqueViolation) as raised:
+            await put(store, Vehicle(owner_id="u1", license_plate="B-MI 2024",
+                                     plate_key="BMI2024"))
+        assert raised.value.field == "plate_key"
+        await put(store, Vehicle(owner_id="u3", license_plate="B-MI 2024",
+                                 plate_key="BMI2024"))
     finally:
         await store.close()
 
