@@ -448,7 +448,9 @@ class Station(Node, Audited):
     serial: str | None
     firmware: str | None
     registration: Registration | None
-    last_seen: datetime | None
+    last_seen: datetime | None = strawberry.field(description=(
+        "When its charger was last heard from: its connection, boot, heartbeat, or any "
+        "other message (within a minute). Staff only."))
     firmware_status: str | None
     diagnostics_status: str | None
     password_required: bool | None = strawberry.field(description=(

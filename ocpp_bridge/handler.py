@@ -385,6 +385,11 @@ class ChargePointHandler(ChargePoint):
             return
         self._count(action, True)
         await self._send(frames.call_result(uid, payload))
+        if action not in _RECORD_SEEN:
+            try:
+                await self.charging.seen(self.id)
+            except Exception:  # the answer went out; a lastSeen not written is no error
+                log.warning("%s: recording it seen failed", self.id, exc_info=True)
 
     def _count(self, action: str, ok: bool) -> None:
         """One answered CALL, counted before its frame goes out (a socket closing under
@@ -485,6 +490,9 @@ class ChargePointHandler(ChargePoint):
             for mv in meter_values
         ]
 
+
+#: Actions whose handling records the station seen itself (``last_seen``).
+_RECORD_SEEN = frozenset({"BootNotification", "Heartbeat"})
 
 #: Every action a charger may send us (``frames.CHARGER_ACTIONS``) and its handler.
 ACTIONS: dict[str, ActionHandler] = {

@@ -96,6 +96,9 @@ from domain.tariff_bands import session_split
 
 log = logging.getLogger("chargegraph.charging")
 
+#: How stale a station's ``last_seen`` may grow while its charger sends messages other
+#: than Heartbeat (``ChargingService.seen``).
+LAST_SEEN_EVERY = timedelta(minutes=1)
 #: How often ``endSession`` reads a session again that changed under it before it gives up.
 END_ATTEMPTS = 3
 
@@ -457,6 +460,22 @@ class ChargingService(Service):
         await self.telemetry.write([update])
         self.cache.remember(cast(Station, update.record), renew=False)
         return now
+
+    async def seen(self, cp_id: str) -> None:
+        """A message came from the charger: its station's ``last_seen`` is kept within
+        ``LAST_SEEN_EVERY`` of it, from the station as cached for its messages (one write
+        a minute at most; none for a station not cached yet: the message that caches it
+        reads it). OCPP-J chargers may send no Heartbeat while other messages flow, and a
+        charging station looked silent for as long as it charged."""
+        station = self.cache.station(cp_id)
+        if station is None:
+            return
+        now = self.now()
+        if station.last_seen is not None and now - station.last_seen < LAST_SEEN_EVERY:
+            return
+        update = patch(station, charger(cp_id), last_seen=now)
+        await self.telemetry.write([update])
+        self.cache.remember(cast(Station, update.record), renew=False)
 
     # ------------------------------------------------------------- authorization
     async def authorize(self, cp_id: str, id_tag: str,

@@ -37,6 +37,36 @@ async def test_boot_and_heartbeat(central: Central) -> None:
                for a in audit)
 
 
+async def test_any_message_keeps_last_seen_within_a_minute(central: Central) -> None:
+    """A charger sending status and meter values but no Heartbeat (OCPP-J lets it) looked
+    silent for as long as it charged: lastSeen moved on connect, boot and heartbeat
+    only. Now any message moves it, written at most once a minute."""
+    ctx = central.services.ctx
+    real = ctx.clock
+    shift = [timedelta(0)]
+    ctx.clock = lambda: real() + shift[0]  # type: ignore[method-assign]
+    try:
+        async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+            await cp.boot()
+
+            async def last_seen() -> datetime:
+                await asyncio.sleep(0.05)  # the group commit
+                station = await central.store.find_one(d.Station, Eq("cp_id", "CP-1"))
+                assert station is not None and station.last_seen is not None
+                return station.last_seen
+
+            booted = await last_seen()
+            shift[0] = timedelta(seconds=30)
+            await cp.status(1, "Available")
+            assert await last_seen() == booted  # within the minute: nothing written
+            shift[0] = timedelta(minutes=2)
+            await cp.status(1, "Preparing")
+            moved = await last_seen()
+            assert moved - booted >= timedelta(minutes=2)
+    finally:
+        ctx.clock = real  # type: ignore[method-assign]
+
+
 async def test_online_offline_and_connection_history(central: Central) -> None:
     async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
         await cp.boot()
