@@ -90,6 +90,7 @@ class Frame:
 #: The start of a CALLRESULT or CALLERROR, read from text that is not JSON: the message
 #: type, then the unique id when it is there whole (a JSON string without escapes).
 _ANSWER_HEAD = re.compile(r'\s*\[\s*(?P<type>[34])\s*(?:,\s*"(?P<uid>[^"\\]*)"|,|$)')
+_CALL_HEAD = re.compile(r'\s*\[\s*2\s*,\s*"(?P<uid>[^"\\]{1,36})"')
 #: Enough text for the message type and a unique id (at most 36 characters).
 _HEAD_CHARS = 128
 
@@ -103,10 +104,16 @@ def parse(raw: str | bytes) -> Frame:
     except (ValueError, UnicodeDecodeError) as exc:
         # Text that is not JSON may still begin as an answer ('[3, "<uid>", {' cut off):
         # then it is a broken answer to that call, not a frame to answer.
-        head = _ANSWER_HEAD.match(raw[:_HEAD_CHARS] if isinstance(raw, str)
-                                  else raw[:_HEAD_CHARS].decode("utf-8", "replace"))
+        text = raw[:_HEAD_CHARS] if isinstance(raw, str) \
+            else raw[:_HEAD_CHARS].decode("utf-8", "replace")
+        head = _ANSWER_HEAD.match(text)
         if head is None:
-            raise FrameError(FORMATION_VIOLATION, "the message is not valid JSON") from exc
+            # A CALL whose head reads ([2, "<uid>", ...) is answered under its own id, so
+            # the charger can tell which of its calls was refused (a lone surrogate
+            # escaped in its payload was answered under "-1").
+            call = _CALL_HEAD.match(text)
+            raise FrameError(FORMATION_VIOLATION, "the message is not valid JSON",
+                             call["uid"] if call else "-1") from exc
         raise FrameError(FORMATION_VIOLATION, "the message is not valid JSON",
                          head["uid"] or "-1", message_type=int(head["type"])) from exc
     if not isinstance(message, list) or not message:

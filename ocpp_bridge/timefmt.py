@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 from domain.clock import to_millisecond
@@ -11,10 +12,17 @@ from ocpp_bridge.frames import (
     FrameError,
 )
 
+#: The seconds of a leap second in an RFC 3339 time ("23:59:60Z").
+_LEAP_SECOND = re.compile(r"(?<=[Tt ]\d\d:\d\d:)60(?=[.,Zz+-]|$)")
+
 
 def parse_timestamp(value: str, field: str, unique_id: str) -> datetime:
     """A charger's timestamp. Many chargers omit the zone; OCPP times are UTC, so a
-    zoneless one is read as UTC rather than refused."""
+    zoneless one is read as UTC rather than refused. A leap second (RFC 3339 allows
+    ``23:59:60``; Python's datetime has none) is the last instant of its minute."""
+    if isinstance(value, str) and _LEAP_SECOND.search(value):
+        leap = parse_timestamp(_LEAP_SECOND.sub("59", value, count=1), field, unique_id)
+        return leap.replace(microsecond=999_000)
     try:
         parsed = datetime.fromisoformat(value.strip())
     except ValueError:

@@ -350,6 +350,19 @@ BAD_FRAMES = [
 ]
 
 
+async def test_a_call_that_is_not_json_is_refused_under_its_own_id(central: Central) -> None:
+    """A lone surrogate escaped in a payload (no JSON text the spec allows) was answered
+    under "-1": the charger could not tell which call failed."""
+    ws = await raw(central)
+    try:
+        reply = await exchange(ws, '[2, "call-7", "Authorize", {"idTag": "\\ud800"}]')
+        assert reply[:3] == [4, "call-7", "FormationViolation"], reply
+        reply = await exchange(ws, "not json at all")
+        assert reply[:3] == [4, "-1", "FormationViolation"], reply
+    finally:
+        await ws.close()
+
+
 async def test_bad_frames_get_callerror_and_connection_stays(central: Central) -> None:
     ws = await raw(central)
     try:
