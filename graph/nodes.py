@@ -226,6 +226,24 @@ class Audited:
     )
     updated_by: str | None
 
+    @strawberry.field(description="The user who created it, when a user did and the "
+                                  "viewer may see them (`createdBy` is their id).")
+    async def created_by_user(self, info: Info) -> User | None:
+        return await _actor_user(info, self.created_by)
+
+    @strawberry.field(description="The user who changed it last, when a user did and the "
+                                  "viewer may see them.")
+    async def updated_by_user(self, info: Info) -> User | None:
+        return await _actor_user(info, self.updated_by)
+
+
+async def _actor_user(info: Info, actor: str | None) -> User | None:
+    """The user an audit stamp names (a user id, not ``ocpp:…`` or ``system``), through
+    the request's batched loads: a page of records asks for their authors once."""
+    if actor is None or not is_id(actor):
+        return None
+    return await _related(info, User, actor)  # type: ignore[no-any-return]
+
 
 def _staff(ctx: GraphContext) -> bool:
     """Admins and operators: who may see the audit stamps of shared, public records."""

@@ -418,6 +418,28 @@ async def test_station_by_cp_id_and_private_fields(api: Api, world: World) -> No
     assert (await api.gql(query, as_user=world.users["op_b"].id)) == {"station": None}
 
 
+async def test_audit_stamps_name_their_users_for_whoever_may_see_them(
+        api: Api, world: World) -> None:
+    """``createdBy`` is a raw id (``node(id:)`` finds nothing with it): the user behind
+    it is a field of its own, null where the stamp is hidden or names no user."""
+    query = """{ station(cpId: "A-001") { createdBy createdByUser { id name }
+      updatedByUser { name } connectors { createdByUser { name } } } }"""
+    staff = await api.gql(query, as_user=world.users["admin"].id)
+    creator = staff["station"]["createdBy"]
+    assert creator is not None
+    if creator == "system":
+        assert staff["station"]["createdByUser"] is None
+    else:
+        assert staff["station"]["createdByUser"]["id"] == to_global_id("user", creator)
+    public = await api.gql(query, as_user=world.users["driver1"].id)
+    assert public["station"]["createdByUser"] is None
+    assert all(c["createdByUser"] is None for c in public["station"]["connectors"])
+    mine = await api.gql("""{ me { vehicles { nodes { createdByUser { name } } } } }""",
+                         as_user=world.users["driver1"].id)
+    assert [v["createdByUser"] for v in mine["me"]["vehicles"]["nodes"]] == [
+        {"name": "Driver1"}]
+
+
 async def test_payments_and_audit_scoped(api: Api, world: World) -> None:
     query = "{ payments { nodes { amount { amountMinor amount currency } session { cpId } } } }"
     data = await api.gql(query, as_user=world.users["driver1"].id)
