@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
+from typing import Any
 
 from domain import entities as d
 from domain.clock import utcnow
@@ -13,6 +14,7 @@ from domain.errors import UniqueViolation
 from domain.policy import SYSTEM, Viewer
 from domain.query import Eq
 from domain.services import ConnectorSpec, Services
+from domain.tariff_bands import BandInput
 
 DEMO_PASSWORD = "chargegraph-demo"
 STATION_PASSWORD = "demo-station-secret"
@@ -76,11 +78,7 @@ async def seed_demo(services: Services) -> DemoSummary:
         operators[key] = await _user(services, email, f"{name} Operations",
                                      d.Role.OPERATOR, company.id)
         if await store.find_one(d.Tariff, Eq("company_id", company.id)) is None:
-            await services.tariffs.set_tariff(
-                SYSTEM, company_id=company.id, currency="EUR",
-                price_per_kwh=Decimal("0.49") if key == "spree" else Decimal("0.45"),
-                session_fee=Decimal("0.50") if key == "havel" else Decimal(0),
-                tax_rate=Decimal("0.19"), valid_from=utcnow() - timedelta(days=365))
+            await _tariffs(services, key, company.id)
     for index, (network, cp_id, name, lat, lon, address) in enumerate(STATIONS):
         fast = index % 2 == 0  # every other station has a CCS2 fast charger
         try:
@@ -104,6 +102,27 @@ async def seed_demo(services: Services) -> DemoSummary:
         await services.fleet.issue_id_tag(viewer, tag=tag, vehicle_id=vehicle.id)
     await _user(services, ADMIN_EMAIL, "Demo Admin", d.Role.ADMIN, None)
     return summary
+
+
+async def _tariffs(services: Services, network: str, company_id: str) -> None:
+    """Each network's prices, showing what tariffs can do: Spree bills idle time after
+    30 minutes (capped) and has a DC price; Havel has a session fee and a weekday peak."""
+    since = utcnow() - timedelta(days=365)
+    common: dict[str, Any] = {"company_id": company_id, "currency": "EUR",
+                              "tax_rate": Decimal("0.19"), "valid_from": since}
+    if network == "spree":
+        idle: dict[str, Any] = {"idle_price_per_minute": Decimal("0.10"),
+                                "idle_grace_minutes": 30, "idle_fee_cap": Decimal("12")}
+        await services.tariffs.set_tariff(SYSTEM, price_per_kwh=Decimal("0.49"),
+                                          **idle, **common)
+        await services.tariffs.set_tariff(SYSTEM, price_per_kwh=Decimal("0.69"),
+                                          power_type=d.PowerType.DC, **idle, **common)
+    else:
+        peak = BandInput(days=["MON", "TUE", "WED", "THU", "FRI"], start="07:00",
+                         end="20:00", price_per_kwh="0.55")
+        await services.tariffs.set_tariff(
+            SYSTEM, price_per_kwh=Decimal("0.45"), session_fee=Decimal("0.50"),
+            energy_bands=[peak], time_zone="Europe/Berlin", **common)
 
 
 async def _user(services: Services, email: str, name: str, role: d.Role,

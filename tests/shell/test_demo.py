@@ -38,7 +38,7 @@ async def test_seed_demo_builds_the_world_once(services: Services) -> None:
     first = await seed_demo(services)
     assert first.created
     world = await counts(services)
-    assert world == {"Company": 2, "User": 6, "Station": 8, "Connector": 16, "Tariff": 2,
+    assert world == {"Company": 2, "User": 6, "Station": 8, "Connector": 16, "Tariff": 3,
                      "Vehicle": 3, "IdTag": 3}
     again = await seed_demo(services)
     assert not again.created and again.logins == first.logins
