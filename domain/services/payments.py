@@ -15,7 +15,7 @@ from domain.currencies import major_units, minor_units
 from domain.entities import Payment, PaymentStatus
 from domain.errors import Conflict, Forbidden, ValidationError
 from domain.policy import Viewer
-from domain.ports import PaymentProvider
+from domain.ports import PaymentProvider, Update
 from domain.services.base import Service, ServiceContext, patch
 
 TRANSITIONS: dict[str, tuple[frozenset[PaymentStatus], PaymentStatus]] = {
@@ -69,15 +69,19 @@ class PaymentService(Service):
         # ``patch`` writes the update stamps too: who settled it, and when.
         move = patch(payment, viewer, only_if=("status", payment.status), required=True,
                      status=target, provider=self.provider.name, provider_ref=reference)
-        updated = cast(Payment, move.record)
+        return await self._settled(viewer, move, payment, "settled")
+
+    async def _settled(self, viewer: Viewer, move: Update, payment: Payment, what: str
+                       ) -> Payment:
+        """Writes ``move`` (guarded); one that lost to another settlement is told so."""
         try:
             await self.commit(viewer, [(move, payment)])
         except Conflict as exc:
             if exc.code != "CHANGED":
                 raise
-            raise Conflict("the payment was settled meanwhile", field="id",
+            raise Conflict(f"the payment was {what} meanwhile: read it again", field="id",
                            code="INVALID_STATE") from exc
-        return updated
+        return cast(Payment, move.record)
 
     async def capture(self, viewer: Viewer, payment_id: str) -> Payment:
         return await self._move(viewer, payment_id, "capture")
@@ -118,11 +122,4 @@ class PaymentService(Service):
                      status=PaymentStatus.REFUNDED if refunded == payment.amount_minor
                      else PaymentStatus.CAPTURED,
                      provider=self.provider.name, provider_ref=reference)
-        try:
-            await self.commit(viewer, [(move, payment)])
-        except Conflict as exc:
-            if exc.code != "CHANGED":
-                raise
-            raise Conflict("the payment was refunded meanwhile: read it again", field="id",
-                           code="INVALID_STATE") from exc
-        return cast(Payment, move.record)
+        return await self._settled(viewer, move, payment, "refunded")

@@ -70,6 +70,14 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
         yield built
 
 
+def store_of(kind: str, path: Path) -> SqliteStore | MongoStore:
+    """A fresh store of ``kind`` (``sqlite`` at ``path``, or ``mongo`` on mongomock), for
+    fixtures parametrized over both."""
+    if kind == "sqlite":
+        return SqliteStore(str(path))
+    return MongoStore(async_mongomock_database(), sweep_every=None)
+
+
 @contextlib.asynccontextmanager
 async def world_on(store: SqliteStore | MongoStore) -> AsyncIterator[World]:
     """A charger with two connectors and a driver's card, on ``store``."""

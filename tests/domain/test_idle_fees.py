@@ -18,10 +18,7 @@ from domain.policy import SYSTEM
 from domain.pricing import cost_breakdown, idle_fee
 from domain.query import Eq
 from domain.services.intervals import idle_within
-from store.mongo import MongoStore
-from store.sqlite import SqliteStore
-from tests.domain.test_charging_telemetry import CP, World, world_on
-from tests.support.mongomock_async import async_mongomock_database
+from tests.domain.test_charging_telemetry import CP, World, store_of, world_on
 
 START = datetime(2026, 1, 1, 22, 0, tzinfo=UTC)
 
@@ -88,9 +85,7 @@ def test_the_idle_line_adds_up_with_the_others_to_the_billed_total() -> None:
 
 @pytest.fixture(params=["sqlite", "mongo"])
 async def idle_world(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[World]:
-    store = SqliteStore(str(tmp_path / "idle.db")) if request.param == "sqlite" \
-        else MongoStore(async_mongomock_database(), sweep_every=None)
-    async with world_on(store) as built:
+    async with world_on(store_of(request.param, tmp_path / "idle.db")) as built:
         yield built
 
 

@@ -20,10 +20,7 @@ from domain.pricing import cost_breakdown
 from domain.query import Eq
 from domain.services.metering import MeterReading, SampledValue
 from domain.tariff_bands import BandInput, attributed_wh, checked_bands, session_split
-from store.mongo import MongoStore
-from store.sqlite import SqliteStore
-from tests.domain.test_charging_telemetry import CP, World, world_on
-from tests.support.mongomock_async import async_mongomock_database
+from tests.domain.test_charging_telemetry import CP, World, store_of, world_on
 
 BERLIN = "Europe/Berlin"
 #: A Monday, 21:30 in Berlin (CET, +01:00).
@@ -148,9 +145,7 @@ def test_adjacent_bands_and_long_day_names_are_fine() -> None:
 
 @pytest.fixture(params=["sqlite", "mongo"])
 async def band_world(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[World]:
-    store = SqliteStore(str(tmp_path / "bands.db")) if request.param == "sqlite" \
-        else MongoStore(async_mongomock_database(), sweep_every=None)
-    async with world_on(store) as built:
+    async with world_on(store_of(request.param, tmp_path / "bands.db")) as built:
         yield built
 
 
