@@ -73,7 +73,8 @@ ERROR_BODY_BYTES = 200
 #: global ids, so a receiver can ask ``node(id:)`` for more.
 _ID_FIELDS = {"station_id": "station", "session_id": "session", "user_id": "user",
               "vehicle_id": "vehicle", "connector_record_id": "connector",
-              "reservation_record_id": "reservation"}
+              "reservation_record_id": "reservation", "payment_record_id": "payment",
+              "session_record_id": "session"}
 #: The ownership snapshot every event carries for visibility (a reservation's books
 #: too), not for receivers.
 _INTERNAL = frozenset({"company_id", "owner_id", "at", "books_company_id",
@@ -112,6 +113,8 @@ def event_data(event: DomainEvent) -> dict[str, Any]:
         if field.name in _INTERNAL:
             continue
         value = getattr(event, field.name)
+        if field.name == "cp_id" and not value:
+            continue  # an event of no charger (a payment's)
         if field.name in _ID_FIELDS and value is not None:
             value = to_global_id(_ID_FIELDS[field.name], value)
         elif field.name == "requested_by" and is_id(value):

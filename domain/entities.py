@@ -620,8 +620,7 @@ class AuditEntry(Record):
 
 class WebhookEvent(StrEnum):
     """What an outgoing webhook may ask for (``Webhook.events``): the type its deliveries
-    carry. Payments publish no event (their changes are audited, not announced), so there
-    is no payment kind yet."""
+    carry."""
 
     SESSION_STARTED = "session.started"
     SESSION_ENDED = "session.ended"
@@ -631,6 +630,9 @@ class WebhookEvent(StrEnum):
     STATION_OFFLINE = "station.offline"
     RESERVATION_CHANGED = "reservation.changed"
     COMMAND_COMPLETED = "command.completed"
+    PAYMENT_CAPTURED = "payment.captured"
+    PAYMENT_FAILED = "payment.failed"
+    PAYMENT_REFUNDED = "payment.refunded"
 
 
 @dataclass(kw_only=True)

@@ -187,10 +187,29 @@ ALL_TOPICS: tuple[str, ...] = (
     ReservationChanged.topic,
     CommandCompleted.topic,
 )
+@dataclass(frozen=True, kw_only=True)
+class PaymentChanged(DomainEvent):
+    """A payment was settled: CAPTURED, FAILED, or (part of it) REFUNDED. Seen, as
+    payments are read, in its books (``books_company_id``/``books_station_owner_id``)
+    and by its driver; ``company_id``/``owner_id`` are not set (its station may since have
+    changed hands, or gone)."""
+
+    topic: ClassVar[str] = "payment"
+    payment_record_id: str
+    session_record_id: str
+    user_id: str | None
+    status: str
+    amount_minor: int
+    refunded_minor: int
+    currency: str
+    books_company_id: str | None = None
+    books_station_owner_id: str | None = None
+
+
 EVENT_TYPES: dict[str, type[DomainEvent]] = {
     t.topic: t
     for t in (ConnectorStatusChanged, StationConnectionChanged, SessionChanged, FaultReported,
-              ReservationChanged, CommandCompleted, ChargerCommandRelayed,
+              ReservationChanged, CommandCompleted, PaymentChanged, ChargerCommandRelayed,
               ChargerCommandAnswered, ChargerCommandConfirmed, AccessChanged,
               StationRemoved, StationChanged)
 }

@@ -29,6 +29,7 @@ from domain.events import (
     CommandCompleted,
     ConnectorStatusChanged,
     DomainEvent,
+    PaymentChanged,
     ReservationChanged,
     SessionChanged,
     StationConnectionChanged,
@@ -399,6 +400,10 @@ class Policy:
         public = isinstance(event, ConnectorStatusChanged | StationConnectionChanged)
         if viewer.anonymous:
             return public and self.public_map
+        if isinstance(event, PaymentChanged):  # as payments are read: books, or driver
+            return self.in_books(viewer, event.books_company_id,
+                                 event.books_station_owner_id) if viewer.is_operator \
+                else viewer.is_driver and event.user_id == viewer.user_id
         if viewer.is_operator:
             if isinstance(event, ReservationChanged):
                 return self._sees_reservation_event(viewer, event)

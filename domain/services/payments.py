@@ -14,6 +14,7 @@ from typing import cast
 from domain.currencies import major_units, minor_units
 from domain.entities import Payment, PaymentStatus
 from domain.errors import Conflict, Forbidden, ValidationError
+from domain.events import PaymentChanged
 from domain.policy import Viewer
 from domain.ports import PaymentProvider, Update
 from domain.services.base import Service, ServiceContext, patch
@@ -81,7 +82,15 @@ class PaymentService(Service):
                 raise
             raise Conflict(f"the payment was {what} meanwhile: read it again", field="id",
                            code="INVALID_STATE") from exc
-        return cast(Payment, move.record)
+        settled = cast(Payment, move.record)
+        await self.publish(PaymentChanged(
+            station_id=settled.station_id, cp_id="", payment_record_id=settled.id,
+            session_record_id=settled.session_id, user_id=settled.user_id,
+            status=settled.status.value, amount_minor=settled.amount_minor,
+            refunded_minor=settled.refunded_minor, currency=settled.currency,
+            books_company_id=settled.company_id,
+            books_station_owner_id=settled.station_owner_id))
+        return settled
 
     async def capture(self, viewer: Viewer, payment_id: str) -> Payment:
         return await self._move(viewer, payment_id, "capture")

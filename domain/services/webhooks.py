@@ -33,6 +33,7 @@ from domain.events import (
     ConnectorStatusChanged,
     DomainEvent,
     FaultReported,
+    PaymentChanged,
     ReservationChanged,
     SessionChanged,
     StationConnectionChanged,
@@ -83,6 +84,12 @@ def webhook_event(event: DomainEvent) -> WebhookEvent | None:
             return WebhookEvent.RESERVATION_CHANGED
         case CommandCompleted():
             return WebhookEvent.COMMAND_COMPLETED
+        case PaymentChanged(status="CAPTURED", refunded_minor=0):
+            return WebhookEvent.PAYMENT_CAPTURED
+        case PaymentChanged(status="FAILED"):
+            return WebhookEvent.PAYMENT_FAILED
+        case PaymentChanged():  # REFUNDED, or CAPTURED with part of it refunded
+            return WebhookEvent.PAYMENT_REFUNDED
     return None
 
 

@@ -147,6 +147,48 @@ async def test_an_operator_gets_only_what_their_company_may_see(world: World) ->
     assert len(volt.requests) == 1 and len(admin.requests) == 2
 
 
+async def test_settling_a_payment_is_delivered_to_its_books(world: World) -> None:
+    """Captures, failures and refunds (partial ones too) reach the webhooks of the
+    operator whose books the payment is in, and of admins; nobody else's."""
+    from decimal import Decimal
+
+    from domain.ports import Insert
+    from tests.contract.factories import payment, session
+
+    volt = world.companies["volt"].id
+    station = await world.store.find_one(d.Station, Eq("cp_id", "CP-1"))
+    assert station is not None
+    charged = session(station, user_id=world.users["driver"].id, company_id=volt)
+    paid = payment(charged, amount_minor=660)
+    failing = payment(session(station, company_id=volt), amount_minor=120)
+    await world.store.write([Insert(r) for r in (charged, paid, failing)], [])
+    await world.dispatcher()
+    books, stranger, admin = (await world.receiver(), await world.receiver(),
+                              await world.receiver())
+    kinds = ("payment.captured", "payment.failed", "payment.refunded")
+    await world.webhook("op", books, *kinds)
+    await world.webhook("op_other", stranger, *kinds)
+    await world.webhook("admin", admin, "payment.refunded")
+    payments = world.services.payments
+    await payments.capture(SYSTEM, paid.id)
+    await payments.refund(SYSTEM, paid.id, Decimal("1.00"))
+    await payments.refund(SYSTEM, paid.id)
+    await payments.fail(SYSTEM, failing.id)
+    await world.settled()
+    got = [(r.json["type"], r.json["data"]["status"], r.json["data"]["refundedMinor"])
+           for r in books.requests]
+    assert sorted(got) == sorted([("payment.captured", "CAPTURED", 0),
+                                  ("payment.refunded", "CAPTURED", 100),
+                                  ("payment.refunded", "REFUNDED", 660),
+                                  ("payment.failed", "FAILED", 0)])
+    first = books.requests[0].json["data"]
+    assert first["paymentRecordId"] == to_global_id("payment", paid.id)
+    assert first["sessionRecordId"] == to_global_id("session", charged.id)
+    assert first["userId"] == to_global_id("user", world.users["driver"].id)
+    assert "cpId" not in first and "booksCompanyId" not in first
+    assert stranger.requests == [] and len(admin.requests) == 2
+
+
 async def test_a_revoked_operator_stops_receiving_at_once(world: World) -> None:
     """Decided at delivery time with the owner read then: deactivated, or moved to
     another company, their webhook gets nothing more (also one their colleague keeps),
