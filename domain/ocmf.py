@@ -112,9 +112,9 @@ def parse_time(text: str | None) -> tuple[datetime | None, str | None]:
     try:
         local = datetime(year, month, day, hour, minute, second, millis * 1000,
                          tzinfo=timezone(sign * offset))
-    except ValueError:  # 31 February, an offset of a day or more
+        return local.astimezone(UTC), match.group(11)
+    except (ValueError, OverflowError):  # 31 February, a day's offset, before year 1 in UTC
         return None, None
-    return local.astimezone(UTC), match.group(11)
 
 
 def _text(raw: dict[str, Any], key: str) -> str | None:

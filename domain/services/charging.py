@@ -20,6 +20,7 @@ from typing import Any, Concatenate, NamedTuple, ParamSpec, TypeVar, cast
 from domain import validation as v
 from domain.clock import as_utc
 from domain.entities import (
+    BILLED_TIME_TOLERANCE,
     LIVE_RESERVATION_STATES,
     ConnectionEvent,
     Connector,
@@ -66,7 +67,7 @@ from domain.services.base import (
 )
 from domain.services.batching import GroupCommitter
 from domain.services.charger_cache import CACHED_TOPICS, ChargerCache
-from domain.services.charger_clocks import ChargerClocks
+from domain.services.charger_clocks import MAX_CLOCK_AHEAD, ChargerClocks
 from domain.services.intervals import (
     POINT_STATUSES,
     IdleSpan,
@@ -634,7 +635,7 @@ class ChargingService(Service):
             # never before its last reading: a start flushed late from the charger's queue
             # arrived after it began, and that delay is no clock offset.
             read = [t for t in (session.meter_at, session.power_at, session.soc_at)
-                    if t is not None]
+                    if t is not None and t <= booted + MAX_CLOCK_AHEAD]  # no glitch
             end = max([session.start_time + max(booted - session.created_at, timedelta(0)),
                        *read])
             closed, changes = await self._close(station, session, None, end, "Other", actor)
@@ -673,8 +674,9 @@ class ChargingService(Service):
                 Eq("state", SessionState.ACTIVE) if glitch else Eq("start_time", start),
                 Eq("meter_start_wh", meter_start)))
             if same is not None and identity.matches(same, self.now()):
-                return same.transaction_id, await self.authorize(cp_id, presented,
-                                                                 (same.id,))
+                info = await self.authorize(cp_id, presented, (same.id,))
+                await self._answered(station, same, info)
+                return same.transaction_id, info
             try:
                 opened = await self._open_session(
                     station, connector_id, presented, identity, reservation_id, company_id,
@@ -687,8 +689,9 @@ class ChargingService(Service):
                     raise
                 continue
             if isinstance(opened, Session):  # the copy committed while we waited
-                return opened.transaction_id, await self.authorize(cp_id, presented,
-                                                                   (opened.id,))
+                info = await self.authorize(cp_id, presented, (opened.id,))
+                await self._answered(station, opened, info)
+                return opened.transaction_id, info
             session, ended, used = opened
             break
         # Asked once the session is written: of two starts with one card at once (two
@@ -698,13 +701,7 @@ class ChargingService(Service):
         # a transaction so answered).
         info = await self.authorize(cp_id, presented, (session.id, *(o.id for o in ended)),
                                     before=session.transaction_id)
-        if info.status != "Accepted":
-            # Recorded only then (a write a refused start alone pays): the close prices it
-            # with no tariff, and lists show why it never charged.
-            actor = charger(cp_id)
-            refused = patch(session, actor, start_refused=info.status)
-            await self.commit(actor, [(refused, session)])
-            session = cast(Session, refused.record)
+        session = await self._answered(station, session, info)
         for now in await self.landed([used] if used is not None else []):
             await self.publish(reservation_changed(now, station))  # if its guard held
         self.cache.remember(session)
@@ -712,6 +709,25 @@ class ChargingService(Service):
             await self._announce_end(station, old)
         await self.publish(self._session_event(station, session, "STARTED"))
         return session.transaction_id, info
+
+    async def _answered(self, station: Station, session: Session, info: IdTagInfo
+                        ) -> Session:
+        """Records on ``session`` the answer its start got when it refused a start the
+        charger could still act on (``Session.start_refused``: priced by no tariff), and
+        clears it when a retry of that start was told Accepted (the charger charges on
+        that answer). A start its charger sent long after its timestamp (flushed from an
+        offline queue) charged before it was asked: billed whatever it is told now (its
+        card expired since, or is busy elsewhere by then). Written only when it changes:
+        an accepted start writes nothing more."""
+        late = not session.start_clock_behind \
+            and self.now() - session.start_time > BILLED_TIME_TOLERANCE
+        refused = info.status if info.status != "Accepted" and not late else None
+        if refused == session.start_refused:
+            return session
+        actor = charger(station.cp_id)
+        change = patch(session, actor, start_refused=refused)
+        await self.commit(actor, [(change, session)])
+        return cast(Session, change.record)
 
     async def _open_session(self, station: Station, connector_id: int, presented: str,
                             identity: _StartIdentity, reservation_id: int | None,

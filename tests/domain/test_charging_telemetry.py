@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -21,7 +21,7 @@ from domain.clock import utcnow
 from domain.errors import Conflict
 from domain.events import DomainEvent, SessionChanged
 from domain.policy import SYSTEM, Policy, Viewer
-from domain.ports import Store
+from domain.ports import Store, Update
 from domain.query import Eq, all_of
 from domain.services import ConnectorSpec, ServiceContext, Services
 from domain.services.analytics import Scope
@@ -688,3 +688,76 @@ async def test_meter_values_on_a_session_a_dead_writer_left_fail_soon_without_lo
         assert len(waits) == 2
         assert all(within <= journal.UNAUDITED_SETTLE_WAIT_S for within in waits)
         assert (await built.session(tx)).energy_wh == 0
+
+
+async def _priced(world: World, **prices: Any) -> None:
+    station = await world.store.find_one(d.Station, Eq("cp_id", CP))
+    assert station is not None
+    await world.services.tariffs.set_tariff(SYSTEM, station_id=station.id, currency="EUR",
+                                            valid_from=T0 - timedelta(days=1), **prices)
+
+
+async def test_a_reboot_closes_no_later_than_a_believable_reading(world: World) -> None:
+    """A power reading stamped a year ahead (a clock glitch) is no reading the lost
+    session's end may wait for: it ended near the reboot, not billed a year."""
+    charging = world.services.charging
+    await _priced(world, price_per_kwh="0.40", price_per_minute="0.10")
+    charging.reboot_checks.grace_s = 0.0
+    tx, _ = await charging.start_transaction(CP, 1, "TAG-1", 0, T0)
+    await charging.meter_values(CP, 1, tx, register(2000, 600))
+    await charging.meter_values(CP, 1, tx, [MeterReading(T0 + timedelta(days=365), (
+        SampledValue("7.4", "Power.Active.Import", "kW"),))])
+    await booted_later(charging)
+    await charging.status_notification(CP, 1, "Available", "NoError")
+    await charging.reboot_checks.done()
+    ended = await world.session(tx)
+    assert ended.end_time is not None and ended.end_time - T0 < timedelta(hours=2)
+
+
+async def test_a_transaction_flushed_late_is_billed_whatever_its_card_is_told_now(
+        world: World) -> None:
+    """A whole transaction queued offline arrives while the card charges elsewhere
+    (ConcurrentTx), or after the card expired (Expired): the charger charged before it
+    could be told, so it is billed, not taken for a refused start."""
+    charging = world.services.charging
+    await _priced(world, price_per_kwh="0.40", session_fee="1.00")
+    now = datetime.now(UTC).replace(microsecond=0)
+    live, answer = await charging.start_transaction(CP, 2, "TAG-1", 0,
+                                                    now - timedelta(seconds=30))
+    assert answer.status == "Accepted"
+    flushed, answer = await charging.start_transaction(CP, 1, "TAG-1", 50_000, T0)
+    assert answer.status == "ConcurrentTx"
+    await charging.stop_transaction(CP, flushed, 60_000, T0 + timedelta(minutes=30))
+    session = await world.session(flushed)
+    assert (session.start_refused, session.cost_minor) == (None, 500)  # 10 kWh, the fee
+    await charging.stop_transaction(CP, live, 0, now)
+    tag = await world.store.find_one(d.IdTag, Eq("tag", "TAG-1"))
+    assert tag is not None
+    await world.store.write([Update(replace(tag, expires_at=now - timedelta(minutes=5)),
+                                    frozenset({"expires_at"}))], [])
+    expired, answer = await charging.start_transaction(CP, 1, "TAG-1", 60_000,
+                                                       T0 + timedelta(minutes=40))
+    assert answer.status == "Expired"
+    await charging.stop_transaction(CP, expired, 61_000, T0 + timedelta(minutes=50))
+    assert (await world.session(expired)).cost_minor == 140
+
+
+async def test_a_retried_start_told_accepted_is_billed(world: World) -> None:
+    """Told ConcurrentTx, the answer lost; the card's other session ends and the charger
+    retries the same start, now told Accepted, and charges: billed (the refusal it never
+    got is not kept)."""
+    charging = world.services.charging
+    await _priced(world, price_per_kwh="0.40")
+    now = datetime.now(UTC).replace(microsecond=0)
+    first, _ = await charging.start_transaction(CP, 1, "TAG-1", 0, now - timedelta(seconds=90))
+    second, told = await charging.start_transaction(CP, 2, "TAG-1", 0,
+                                                    now - timedelta(seconds=60))
+    assert told.status == "ConcurrentTx"
+    assert (await world.session(second)).start_refused == "ConcurrentTx"
+    await charging.stop_transaction(CP, first, 1000, now - timedelta(seconds=50))
+    again, told = await charging.start_transaction(CP, 2, "TAG-1", 0,
+                                                   now - timedelta(seconds=60))
+    assert (again, told.status) == (second, "Accepted")
+    await charging.stop_transaction(CP, second, 20_000, now)
+    session = await world.session(second)
+    assert (session.start_refused, session.cost_minor) == (None, 800)

@@ -77,6 +77,9 @@ def test_a_field_of_another_type_reads_as_absent() -> None:
                                                 tzinfo=UTC), None)),
     ("2018-02-31T13:22:04,000+0200 S", (None, None)),  # no such day
     ("2018-07-24T13:22:04,000+2400 S", (None, None)),  # no such offset
+    # Beyond the calendar in UTC: was an OverflowError, an internal error of the query.
+    ("0001-01-01T00:30:00,000+0100 S", (None, None)),
+    ("9999-12-31T23:59:00,000-0100 S", (None, None)),
     ("2018-07-24 13:22:04", (None, None)),
     ("yesterday", (None, None)),
 ])

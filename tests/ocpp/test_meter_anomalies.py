@@ -172,3 +172,19 @@ async def test_a_drop_no_rollover_or_reset_explains_still_bills_nothing_more(
     assert (glitch.energy_wh, glitch.meter_anomaly) == (0, None)
     far = await billed(central, charger.tx)
     assert far.energy_wh == 0 and far.meter_anomaly is None
+
+
+async def test_a_reset_that_reads_like_the_old_register_bills_the_lower_count_flagged(
+        central: Central) -> None:
+    """A per-transaction meter reset at 2 kWh reading 2.6 kWh a minute later reads as the
+    old register going on (2 kWh → 2.6 kWh) as well as a reset: the lower count is billed
+    and the session stays flagged for an operator, never the whole register twice."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        charger = Charger(cp)
+        await charger.start(0)
+        await charger.reading(2_000)
+        await charger.reading(100)
+        await charger.reading(2_600)
+        await charger.stop(5_100)
+    session = await billed(central, charger.tx)
+    assert session.energy_wh == 5_100 and session.meter_anomaly is d.MeterAnomaly.RESET

@@ -1695,7 +1695,7 @@ async def test_a_migrated_document_gets_a_new_version(mongo: MongoStore) -> None
 
 async def test_plates_from_before_are_keyed_by_their_stored_form_before_the_index(
         mongo: MongoStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    """What SQLite migration 28 does: a plate stored before was stored as its key
+    """What SQLite migration 29 does: a plate stored before was stored as its key
     ("BMI2024"), which becomes its ``plate_key``, and how it goes on reading. That
     happens before the unique index on (plate_key, owner_id) is built (two cars of one
     owner without a key would clash there), the index on the plate itself is dropped,
