@@ -8,7 +8,7 @@ import logging
 import signal
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -114,7 +114,13 @@ class GracefulServer(uvicorn.Server):
         # uvicorn names the address only for sockets it bound itself.
         self._log_started_message(sockets)
 
+    #: Run first when a shutdown begins, while everything still serves (the demo's
+    #: simulated chargers end their transactions).
+    before_shutdown: Callable[[], Awaitable[None]] | None = None
+
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.before_shutdown is not None:
+            await self.before_shutdown()
         # Before uvicorn waits (up to 10 s) for requests in flight: those waiting on a
         # charger's answer are answered now (``app.state.begin_shutdown``).
         state = getattr(self.config.app, "state", None)
@@ -324,6 +330,15 @@ async def _serve_demo(settings: Settings, server: uvicorn.Server, summary: DemoS
                                       meter_interval_s=5), stop)
 
     fleet_task = asyncio.create_task(fleet())
+
+    async def stop_fleet() -> None:
+        # While the server still answers: each charger stops what it charges first.
+        stop.set()
+        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+            await asyncio.wait_for(asyncio.shield(fleet_task), 10)
+
+    if isinstance(server, GracefulServer):
+        server.before_shutdown = stop_fleet
     try:
         await server.serve()
     finally:

@@ -27,6 +27,8 @@ log = logging.getLogger("chargegraph.simulator")
 wire_log = logging.getLogger("chargegraph.simulator.wire")
 
 VENDOR = "ChargeGraph"
+#: What ``start_transaction`` reports for a start answered with a CALLERROR.
+CALL_ERROR = "CallError"
 
 
 def now() -> str:
@@ -125,6 +127,11 @@ class SimulatedChargePoint(ChargePoint):
         response = await self.call(call.StartTransaction(
             connector_id=connector_id, id_tag=id_tag, meter_start=int(state.meter_wh),
             timestamp=timestamp or now(), reservation_id=reservation_id))
+        if response is None:
+            # A CALLERROR (the station is not accepted, the central system failed): no
+            # transaction; the plug is free again. It used to crash the charging task.
+            await self.status(connector_id, "Available")
+            return 0, CALL_ERROR
         status = str(response.id_tag_info["status"])
         state.transaction_id = int(response.transaction_id)
         state.id_tag = id_tag
@@ -542,6 +549,19 @@ async def _station_life(cp: SimulatedChargePoint, plan: FleetPlan, stop: asyncio
             task.add_done_callback(partial(_card_free, plan, tag))
     for task in sessions:
         task.cancel()
+    await asyncio.gather(*sessions, return_exceptions=True)
+    await _stop_transactions(cp)
+
+
+async def _stop_transactions(cp: SimulatedChargePoint) -> None:
+    """Stops what still charges before the station goes (a charger switched off ends its
+    transactions): left open, a demo restarted found its cards busy with sessions the
+    old chargers no longer had, and refused their next starts as ConcurrentTx until the
+    reboot check closed them."""
+    for connector_id, state in cp.connectors.items():
+        if state.transaction_id is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(cp.stop_transaction(connector_id, "Local"), 5)
 
 
 def _card_free(plan: FleetPlan, tag: str, _: object) -> None:

@@ -116,6 +116,23 @@ GLITCH_RETRY_WINDOW = timedelta(minutes=5)
 MAX_OPEN_PER_CONNECTOR = 10
 
 
+def lost_end(session: Session, booted: datetime | None, cap: datetime) -> datetime:
+    """Where a session whose StopTransaction was lost ended, on its own timeline: at its
+    charger's reboot when it rebooted since the session was recorded (``booted``, our
+    clock, moved onto the session's: its start is the charger's), else at ``cap`` (the
+    next start on its connector); never after ``cap`` and never before its last
+    reading up to it (a start flushed late from the charger's queue arrived after it
+    began, and that delay is no clock offset; a reading stamped past ``cap`` is a clock
+    glitch). Closed at the next start, it was billed the time until then, a reboot and
+    all, with a per-minute price or an idle fee."""
+    end = cap
+    if booted is not None and session.created_at < booted:
+        end = min(end, session.start_time + max(booted - session.created_at, timedelta(0)))
+    read = [t for t in (session.meter_at, session.power_at, session.soc_at)
+            if t is not None and t <= cap]
+    return max([end, *read])
+
+
 class _StartIdentity(NamedTuple):
     """What makes two StartTransactions the same start: a charger's retry repeats its tag,
     time and meter. ``glitch``: the time it sent was unbelievable and replaced by the
@@ -631,13 +648,7 @@ class ChargingService(Service):
             limit=MAX_OPEN_PER_CONNECTOR)
         actor = charger(station.cp_id)
         for session in lost:
-            # The reboot on the session's own timeline (its start is the charger's), and
-            # never before its last reading: a start flushed late from the charger's queue
-            # arrived after it began, and that delay is no clock offset.
-            read = [t for t in (session.meter_at, session.power_at, session.soc_at)
-                    if t is not None and t <= booted + MAX_CLOCK_AHEAD]  # no glitch
-            end = max([session.start_time + max(booted - session.created_at, timedelta(0)),
-                       *read])
+            end = lost_end(session, booted, booted + MAX_CLOCK_AHEAD)
             closed, changes = await self._close(station, session, None, end, "Other", actor)
             try:
                 await self.commit(actor, changes)
@@ -787,8 +798,9 @@ class ChargingService(Service):
         # A session open on this connector since before this start lost its
         # StopTransaction: closed first, so the connector never has two active sessions.
         for stale in (s for s in open_here if s not in newer):
-            closed, closing = await self._close(station, stale, None, min(start, self.now()),
-                                                "Other", actor)
+            closed, closing = await self._close(
+                station, stale, None, lost_end(stale, station.booted_at,
+                                               min(start, self.now())), "Other", actor)
             changes += closing
             ended.append(closed)
         used = None

@@ -761,3 +761,23 @@ async def test_a_retried_start_told_accepted_is_billed(world: World) -> None:
     await charging.stop_transaction(CP, second, 20_000, now)
     session = await world.session(second)
     assert (session.start_refused, session.cost_minor) == (None, 800)
+
+
+async def test_a_session_closed_by_the_next_start_after_a_reboot_ends_at_the_reboot(
+        world: World) -> None:
+    """The charger rebooted and lost the transaction; its next start on the connector
+    came before the reboot check closed it: it ended at the reboot (no earlier than its
+    last reading), not at the next start, billed the time between at a per-minute price."""
+    charging = world.services.charging
+    await _priced(world, price_per_kwh="0.40", price_per_minute="0.10")
+    lost, _ = await charging.start_transaction(CP, 1, "TAG-1", 0, T0)
+    await charging.meter_values(CP, 1, lost, register(2000, 600))
+    await booted_later(charging)
+    later = T0 + timedelta(minutes=50)
+    await charging.start_transaction(CP, 1, "TAG-2", 5000, later)
+    ended = await world.session(lost)
+    assert ended.stop_reason == "Other" and ended.end_time == T0 + timedelta(seconds=600)
+    # Without a reboot, the next start is as early as it can be known to have ended.
+    open_, _ = await charging.start_transaction(CP, 2, "TAG-1", 0, T0)
+    await charging.start_transaction(CP, 2, "TAG-2", 0, later)
+    assert (await world.session(open_)).end_time == later

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 
 from domain import entities as d
+from domain.policy import SYSTEM
 from domain.query import ALL, Eq
 from ocpp_bridge.simulator import FleetPlan, SimulatorConfig, connected, run_station
 from tests.helpers import until
@@ -57,6 +58,18 @@ async def test_a_refused_start_is_stopped_at_once(central: Central) -> None:
         assert cp.connectors[1].transaction_id is None
 
 
+async def test_a_start_answered_with_a_callerror_leaves_the_plug_free(
+        central: Central) -> None:
+    """A station not accepted is answered SecurityError: the simulated charger reports
+    the plug Available again instead of failing its task on the missing answer."""
+    await central.services.stations.update_station(
+        SYSTEM, central.stations["CP-1"].id, registration=d.Registration.PENDING)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        assert await cp.charge(1, "TAG-OK", duration_s=60, step_s=30) == 0
+        assert cp.connectors[1].transaction_id is None
+    assert await sessions(central) == []
+
+
 async def test_a_fleet_never_charges_one_card_twice_at_once(central: Central) -> None:
     plan = FleetPlan(url=central.url, cp_ids=["CP-1", "CP-OPEN"], password=STATION_PASSWORD,
                      id_tags=["TAG-OK"], session_every_s=(0.01, 0.02),
@@ -76,3 +89,24 @@ async def test_a_fleet_never_charges_one_card_twice_at_once(central: Central) ->
     refused = [s for s in await central.store.find_all(d.Session, ALL)
                if s.stop_reason == "DeAuthorized"]
     assert refused == []
+
+
+async def test_a_station_that_stops_ends_what_it_charges(central: Central) -> None:
+    """Stopped mid-session (the demo shutting down), a simulated station sends its
+    StopTransaction before it goes: left open, its card was busy with a session no
+    charger had, and the restarted demo's starts with it were refused."""
+    plan = FleetPlan(url=central.url, cp_ids=["CP-1"], password=STATION_PASSWORD,
+                     id_tags=["TAG-OK"], session_every_s=(0.01, 0.02),
+                     session_length_s=(60, 60), meter_interval_s=0.1)
+    stop = asyncio.Event()
+    station = asyncio.create_task(run_station(plan, "CP-1", stop))
+    try:
+        async def charging() -> bool:
+            return len(await central.store.find_all(d.Session, ALL)) >= 1
+
+        await until(charging, attempts=400, step=0.05)
+    finally:
+        stop.set()
+        await station
+    [session] = await central.store.find_all(d.Session, ALL)
+    assert session.state is d.SessionState.COMPLETED and session.stop_reason == "Local"
