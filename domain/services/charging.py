@@ -730,9 +730,16 @@ class ChargingService(Service):
         offline queue) charged before it was asked: billed whatever it is told now (its
         card expired since, or is busy elsewhere by then). Written only when it changes:
         an accepted start writes nothing more."""
-        late = not session.start_clock_behind \
-            and self.now() - session.start_time > BILLED_TIME_TOLERANCE
-        refused = info.status if info.status != "Accepted" and not late else None
+        if info.status == "Accepted":
+            refused = None
+        elif session.start_refused is not None:
+            return session  # refused again (a retry): the refusal stands
+        else:
+            # Late on the charger's own clock (as its other messages show it): a clock
+            # hours behind ours stamps a live start hours ago.
+            late = not session.start_clock_behind and self.clocks.charger_now(
+                station.cp_id) - session.start_time > BILLED_TIME_TOLERANCE
+            refused = None if late else info.status
         if refused == session.start_refused:
             return session
         actor = charger(station.cp_id)

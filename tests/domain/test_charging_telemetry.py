@@ -781,3 +781,49 @@ async def test_a_session_closed_by_the_next_start_after_a_reboot_ends_at_the_reb
     open_, _ = await charging.start_transaction(CP, 2, "TAG-1", 0, T0)
     await charging.start_transaction(CP, 2, "TAG-2", 0, later)
     assert (await world.session(open_)).end_time == later
+
+
+async def test_a_refused_start_repeated_later_stays_refused(world: World) -> None:
+    """The answer lost, the charger repeats a refused start minutes later and is refused
+    again: it never charged, and is not billed (the repeat cleared the refusal: a fee and
+    a payment, on the driver's account for a ConcurrentTx)."""
+    charging = world.services.charging
+    await _priced(world, price_per_kwh="0.40", session_fee="1.00")
+    ctx = world.services.ctx
+    real = ctx.clock
+    now = datetime.now(UTC).replace(microsecond=0)
+    await charging.start_transaction(CP, 2, "TAG-1", 0, now - timedelta(seconds=30))
+    started = now - timedelta(seconds=5)
+    refused = [await charging.start_transaction(CP, 1, tag, 0, started)
+               for tag in ("UNKNOWN-CARD",)]
+    busy, _ = await charging.start_transaction(CP, 1, "TAG-1", 1, started)
+    ctx.clock = lambda: real() + timedelta(minutes=3)  # type: ignore[method-assign]
+    try:
+        for tag, meter in (("UNKNOWN-CARD", 0), ("TAG-1", 1)):
+            _, told = await charging.start_transaction(CP, 1, tag, meter, started)
+            assert told.status != "Accepted"
+    finally:
+        ctx.clock = real  # type: ignore[method-assign]
+    for tx in (refused[0][0], busy):
+        session = await world.session(tx)
+        assert session.start_refused is not None, tx
+        await charging.stop_transaction(CP, tx, session.meter_start_wh,
+                                        started + timedelta(seconds=20), reason="DeAuthorized")
+        assert (await world.session(tx)).cost_minor is None
+
+
+async def test_a_refused_start_on_a_clock_behind_ours_is_no_late_flush(
+        world: World) -> None:
+    """A charger an hour behind (local time sent as UTC), its clock known from its status
+    reports: its live refused start is stamped an hour ago by ours, and was taken for a
+    transaction flushed late and billed."""
+    charging = world.services.charging
+    await _priced(world, price_per_kwh="0.40", session_fee="1.00")
+    behind = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    await charging.status_notification(CP, 1, "Preparing", "NoError", timestamp=behind)
+    tx, told = await charging.start_transaction(CP, 1, "UNKNOWN-CARD", 0, behind)
+    assert told.status == "Invalid"
+    await charging.stop_transaction(CP, tx, 0, behind + timedelta(seconds=1),
+                                    reason="DeAuthorized")
+    session = await world.session(tx)
+    assert (session.start_refused, session.cost_minor) == ("Invalid", None)
