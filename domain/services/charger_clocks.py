@@ -24,9 +24,12 @@ class ChargerClocks:
         self._seen: dict[str, tuple[datetime, datetime]] = {}
         # cp_id → when its current connection (to this instance) opened, on our clock.
         self._connected: dict[str, datetime] = {}
+        # Chargers connected again whose connection has sent no timestamp yet.
+        self._fresh: set[str] = set()
 
     def connected(self, cp_id: str, at: datetime) -> None:
         self._connected[cp_id] = at
+        self._fresh.add(cp_id)
 
     def behind_at(self, cp_id: str, start: datetime, station_since: datetime) -> bool:
         """Whether a start stamped ``start`` shows its charger's clock behind ours: it
@@ -59,14 +62,18 @@ class ChargerClocks:
         """Track the charger's clock from its newest believable timestamps. Older ones (a
         queue flushed after an outage) say nothing about its clock now and are ignored.
         True for the first believable timestamp of this charger since the service
-        started."""
+        started, and since each connection opened: the intervals a reconnect opened on
+        our clock go onto the charger's timeline then too (a queue it flushes on
+        reconnecting was clamped to the reconnect, and a session's idle time in it lost)."""
         now = self.now()
         if not self.believable(charger_time, now):
             return False
         seen = self._seen.get(cp_id)
         if seen is None or charger_time >= seen[0]:
             self._seen[cp_id] = (charger_time, now)
-        return seen is None
+        first = seen is None or cp_id in self._fresh
+        self._fresh.discard(cp_id)
+        return first
 
     def charger_now(self, cp_id: str) -> datetime:
         """The current instant on the charger's clock (our clock until it sent a

@@ -72,8 +72,8 @@ async def rebase_intervals(store: Store, station: Station, at: datetime) -> None
     interval for every connector at "now" on our clock (nothing better was known).
     If its clock is behind ours, each open interval that starts after ``at`` is moved
     back to it, so that the charger's reports, of any connector, fall inside the
-    intervals instead of being clamped to their start. Once per charger and process:
-    a few store reads, never on every message."""
+    intervals instead of being clamped to their start. Once per connection (and
+    process): a few store reads, never on every message."""
     actor = charger(station.cp_id)
     changes: list[Change] = []
     for current in await store.find_all(ConnectorInterval, all_of(

@@ -285,3 +285,53 @@ async def test_a_start_stamped_1970_is_priced_by_the_tariff_in_force_when_it_cam
     assert session.end_time - session.start_time <= BILLED_TIME_TOLERANCE
     # 10 kWh at 0.30 (+19 % tax none here) and at most a couple of minutes.
     assert session.cost_minor is not None and 300 <= session.cost_minor <= 330
+
+
+async def test_a_queue_flushed_on_reconnecting_keeps_its_idle_time(central: Central) -> None:
+    """A charger that was connected before (since the service started) goes offline,
+    charges, and flushes the whole session on reconnecting. Its status reports were
+    clamped to the reconnect (the charger's timeline was placed once per process, not per
+    connection): the car's idle minutes were lost, and billed only by a charger seen for
+    the first time."""
+    await central.services.tariffs.set_tariff(
+        SYSTEM, station_id=central.stations["CP-1"].id, price_per_kwh=Decimal("0.30"),
+        idle_price_per_minute=Decimal("0.60"), currency="EUR",
+        valid_from=datetime.now(UTC) - timedelta(days=1))
+    ctx = central.services.ctx
+    real = ctx.clock
+    t0 = real()
+
+    def at(seconds: float) -> None:
+        """Our clock, from ``seconds`` after ``t0`` on, running on."""
+        shift = t0 + timedelta(seconds=seconds) - real()
+        ctx.clock = lambda: real() + shift  # type: ignore[method-assign]
+
+    try:
+        at(0)
+        async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+            await report(cp, 1, "Available", iso(t0))
+            at(2)
+        await offline_recorded(central)
+        at(75)
+        await _flush_a_session(central, t0)
+    finally:
+        ctx.clock = real  # type: ignore[method-assign]
+
+
+async def _flush_a_session(central: Central, t0: datetime) -> None:
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await report(cp, 1, "Preparing", iso(t0 + timedelta(seconds=10)))
+        started = await cp.call(call.StartTransaction(
+            connector_id=1, id_tag="TAG-OK", meter_start=0,
+            timestamp=iso(t0 + timedelta(seconds=10))))
+        tx = started.transaction_id
+        await report(cp, 1, "Charging", iso(t0 + timedelta(seconds=10)))
+        await cp.call(_register(tx, t0 + timedelta(seconds=15), 1_000))
+        await report(cp, 1, "SuspendedEV", iso(t0 + timedelta(seconds=20)))
+        await report(cp, 1, "Finishing", iso(t0 + timedelta(seconds=60)))
+        await cp.call(call.StopTransaction(meter_stop=1_000, transaction_id=tx,
+                                           timestamp=iso(t0 + timedelta(seconds=65))))
+    session = await central.session(tx)
+    assert session is not None and session.idle_seconds == 45
+    assert session.cost_minor == 30 + 45  # 1 kWh at 0.30, 45 s idle at 0.60 a minute
