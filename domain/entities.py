@@ -283,6 +283,11 @@ class Connector(Record):
 #: billed the time our clock saw. Also how late a start may arrive over an open connection
 #: before its timestamp is taken for a clock behind ours.
 BILLED_TIME_TOLERANCE = timedelta(minutes=2)
+#: The shortest span of a session's readings on its charger's clock that, matched by
+#: their arrivals on ours, shows them live (``Session.clock_behind``), and how far the two
+#: spans may differ (network delay, a reading held a moment), or a tenth of the span.
+LIVE_SPAN = timedelta(seconds=10)
+LIVE_SLACK = timedelta(seconds=5)
 
 
 @dataclass(kw_only=True)
@@ -366,11 +371,31 @@ class Session(Record):
         return self.start_refused is None
 
     @property
+    def clock_behind(self) -> bool:
+        """Whether its charger's clock is behind ours by more than
+        ``BILLED_TIME_TOLERANCE``: known at its start (``start_clock_behind``), or, while
+        it is active, shown by its readings arriving live: its last reading's charger
+        time (``meter_at``) is as far from its start on the charger's clock as its
+        arrival (``updated_at``) from the start's (``created_at``) on ours, both lagging
+        by the same amount. A queue flushed on reconnecting arrives all at once, the
+        charger's span far longer than ours: not this. A close keeps what this says
+        (``start_clock_behind``), so its receipt is priced alike later."""
+        if self.start_clock_behind:
+            return True
+        if self.state is not SessionState.ACTIVE or self.meter_at is None:
+            return False
+        lag = self.created_at - self.start_time
+        theirs = self.meter_at - self.start_time
+        ours = self.updated_at - self.created_at
+        return lag > BILLED_TIME_TOLERANCE and theirs >= LIVE_SPAN \
+            and abs(theirs - ours) <= max(LIVE_SLACK, theirs / 10)
+
+    @property
     def priced_at(self) -> datetime:
         """The instant whose tariff prices it: its start, or when we received its start if
         its charger's clock was behind ours then (a start stamped 1970 found no tariff in
         force and charged nothing)."""
-        return self.created_at if self.start_clock_behind else self.start_time
+        return self.created_at if self.clock_behind else self.start_time
 
     def billed_end(self, end: datetime, ours: datetime) -> datetime:
         """The end a bill runs to when the session closes at ``end`` on its timeline and
@@ -382,7 +407,7 @@ class Session(Record):
         queued offline and sent later, start and stop together, lasted what its
         timestamps say, which our clock never saw."""
         observed = max(ours - self.created_at, timedelta(0))
-        if self.start_clock_behind \
+        if self.clock_behind \
                 and end - self.start_time > observed + BILLED_TIME_TOLERANCE:
             return self.start_time + observed
         return max(end, self.start_time)

@@ -159,7 +159,7 @@ def session_split(tariff: Tariff, session: Session, energy_wh: int,
     timeline). A session whose charger's clock was behind ours at its start has its
     readings on a timeline that cannot be placed (1970, then today): all its energy is
     at the price in force when its start came (``Session.priced_at``), as its tariff is."""
-    if session.start_clock_behind:
+    if session.clock_behind:
         return attributed_wh(tariff, session.priced_at, energy_wh, (), session.priced_at)
     return attributed_wh(tariff, session.start_time, energy_wh, readings, until)
 

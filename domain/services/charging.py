@@ -1092,6 +1092,8 @@ class ChargingService(Service):
                       energy_wh=energy, power_w=None, stop_reason=reason, cost_minor=cost,
                       currency=tariff.currency if tariff else None, idle_seconds=idle,
                       band_energy_wh=band_wh,
+                      # What its live readings showed is kept: its receipt is priced alike.
+                      start_clock_behind=session.clock_behind,
                       **final_soc(session, readings, self.clocks.believable),
                       **(meter or {}))
         payment = None
@@ -1125,7 +1127,7 @@ class ChargingService(Service):
         writes); None, and no store read, for a tariff without bands."""
         if not tariff.energy_bands:
             return None
-        if session.start_clock_behind:  # its readings are not read (``session_split``)
+        if session.clock_behind:  # its readings are not read (``session_split``)
             return session_split(tariff, session, energy, (), end)
         stored = await register_readings(self.store, [session.id])
         samples = {s.id: s for s in stored.get(session.id, [])}

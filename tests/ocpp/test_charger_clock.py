@@ -335,3 +335,60 @@ async def _flush_a_session(central: Central, t0: datetime) -> None:
     session = await central.session(tx)
     assert session is not None and session.idle_seconds == 45
     assert session.cost_minor == 30 + 45  # 1 kWh at 0.30, 45 s idle at 0.60 a minute
+
+
+@pytest.mark.parametrize("close", ["StopTransaction", "endSession"])
+async def test_a_clock_behind_shown_by_live_readings_prices_and_bills_on_ours(
+        central: Central, close: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A charger ten minutes behind ours, connected a moment ago: its start alone cannot
+    be told from one flushed late, but its readings arriving as they are stamped (the same
+    lag) can. It was priced by the tariff in force ten minutes ago (none yet: a new
+    station's first session was free), and endSession billed the ten minutes too."""
+    ctx = central.services.ctx
+    real = ctx.clock
+    t0 = real()
+    # Update stamps on the service's clock too, as they are when it is the real one.
+    monkeypatch.setattr("domain.services.base.utcnow", lambda: ctx.clock())
+    await central.services.tariffs.set_tariff(
+        SYSTEM, station_id=central.stations["CP-1"].id, price_per_kwh=Decimal("0.30"),
+        price_per_minute=Decimal("0.60"), currency="EUR",
+        valid_from=t0 - timedelta(seconds=5))
+    behind = timedelta(minutes=10)
+
+    def at(seconds: float) -> None:
+        shift = t0 + timedelta(seconds=seconds) - real()
+        ctx.clock = lambda: real() + shift  # type: ignore[method-assign]
+
+    try:
+        at(0)
+        async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+            await report(cp, 1, "Preparing", iso(t0 - behind))
+            tx = (await cp.call(call.StartTransaction(
+                connector_id=1, id_tag="TAG-OK", meter_start=0,
+                timestamp=iso(t0 - behind + timedelta(seconds=1))))).transaction_id
+            at(13)
+            await cp.call(_register(tx, t0 - behind + timedelta(seconds=13), 1_000))
+            estimate = await central.gql(ESTIMATE, as_user="admin")
+            [cents] = [s["estimatedCost"]["amountMinor"]
+                       for s in estimate["sessions"]["nodes"] if s["transactionId"] == tx]
+            assert cents is not None and cents <= 30 + 60  # not ten minutes of time
+            at(20)
+            if close == "StopTransaction":
+                await cp.call(call.StopTransaction(
+                    meter_stop=1_000, transaction_id=tx,
+                    timestamp=iso(t0 - behind + timedelta(seconds=20))))
+            else:
+                record = await central.session(tx)
+                assert record is not None
+                ended = await central.gql(
+                    """mutation($id: ID!) { endSession(input: {id: $id}) { errors { code } } }""",
+                    {"id": to_global_id("session", record.id)}, as_user="op")
+                assert ended["endSession"]["errors"] == []
+    finally:
+        ctx.clock = real  # type: ignore[method-assign]
+    session = await central.session(tx)
+    assert session is not None and session.start_clock_behind
+    assert session.end_time is not None
+    assert session.end_time - session.start_time <= timedelta(seconds=20) + BILLED_TIME_TOLERANCE
+    # 1 kWh at 0.30 and at most a couple of minutes at 0.60: priced, and not 10 minutes.
+    assert session.cost_minor is not None and 30 <= session.cost_minor <= 30 + 140
