@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 from argon2 import PasswordHasher as _Argon2
@@ -95,3 +96,27 @@ def wait_healthy(process: Any, url: str, seconds: float = 30) -> None:
             pass
         time.sleep(0.1)
     raise AssertionError("never healthy")
+
+
+class MovedClock:
+    """The services' clock (``ServiceContext.clock``) moved while a test runs: ``at(s)``
+    makes it read ``s`` seconds after ``t0`` and run on from there; ``by(d)`` runs ``d``
+    ahead of the real one. The real clock is put back on leaving the ``with``."""
+
+    def __init__(self, ctx: Any) -> None:
+        self.ctx = ctx
+        self.real: Callable[[], datetime] = ctx.clock
+        self.t0 = self.real()
+
+    def at(self, seconds: float) -> None:
+        self.by(self.t0 + timedelta(seconds=seconds) - self.real())
+
+    def by(self, ahead: timedelta) -> None:
+        real = self.real
+        self.ctx.clock = lambda: real() + ahead
+
+    def __enter__(self) -> MovedClock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.ctx.clock = self.real

@@ -31,7 +31,7 @@ from domain.timebuckets import Bucket
 from pubsub.memory import EventStream, MemoryEventBus
 from store.mongo import MongoStore, journal
 from store.sqlite import SqliteStore
-from tests.helpers import FastHasher
+from tests.helpers import FastHasher, MovedClock
 from tests.support.mongomock_async import async_mongomock_database
 
 CP = "CP-T"
@@ -789,21 +789,17 @@ async def test_a_refused_start_repeated_later_stays_refused(world: World) -> Non
     a payment, on the driver's account for a ConcurrentTx)."""
     charging = world.services.charging
     await _priced(world, price_per_kwh="0.40", session_fee="1.00")
-    ctx = world.services.ctx
-    real = ctx.clock
     now = datetime.now(UTC).replace(microsecond=0)
     await charging.start_transaction(CP, 2, "TAG-1", 0, now - timedelta(seconds=30))
     started = now - timedelta(seconds=5)
     refused = [await charging.start_transaction(CP, 1, tag, 0, started)
                for tag in ("UNKNOWN-CARD",)]
     busy, _ = await charging.start_transaction(CP, 1, "TAG-1", 1, started)
-    ctx.clock = lambda: real() + timedelta(minutes=3)  # type: ignore[method-assign]
-    try:
+    with MovedClock(world.services.ctx) as clock:
+        clock.by(timedelta(minutes=3))
         for tag, meter in (("UNKNOWN-CARD", 0), ("TAG-1", 1)):
             _, told = await charging.start_transaction(CP, 1, tag, meter, started)
             assert told.status != "Accepted"
-    finally:
-        ctx.clock = real  # type: ignore[method-assign]
     for tx in (refused[0][0], busy):
         session = await world.session(tx)
         assert session.start_refused is not None, tx

@@ -15,6 +15,7 @@ from domain import entities as d
 from domain.policy import SYSTEM
 from domain.query import ALL, Eq, all_of
 from ocpp_bridge.simulator import connected, now
+from tests.helpers import MovedClock
 from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
 
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$")
@@ -41,11 +42,7 @@ async def test_any_message_keeps_last_seen_within_a_minute(central: Central) -> 
     """A charger sending status and meter values but no Heartbeat (OCPP-J lets it) looked
     silent for as long as it charged: lastSeen moved on connect, boot and heartbeat
     only. Now any message moves it, written at most once a minute."""
-    ctx = central.services.ctx
-    real = ctx.clock
-    shift = [timedelta(0)]
-    ctx.clock = lambda: real() + shift[0]  # type: ignore[method-assign]
-    try:
+    with MovedClock(central.services.ctx) as clock:
         async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
             await cp.boot()
 
@@ -56,15 +53,13 @@ async def test_any_message_keeps_last_seen_within_a_minute(central: Central) -> 
                 return station.last_seen
 
             booted = await last_seen()
-            shift[0] = timedelta(seconds=30)
+            clock.by(timedelta(seconds=30))
             await cp.status(1, "Available")
             assert await last_seen() == booted  # within the minute: nothing written
-            shift[0] = timedelta(minutes=2)
+            clock.by(timedelta(minutes=2))
             await cp.status(1, "Preparing")
             moved = await last_seen()
             assert moved - booted >= timedelta(minutes=2)
-    finally:
-        ctx.clock = real  # type: ignore[method-assign]
 
 
 async def test_online_offline_and_connection_history(central: Central) -> None:

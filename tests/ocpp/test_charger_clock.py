@@ -22,6 +22,7 @@ from domain.query import Eq
 from domain.services.base import patch
 from graph.ids import to_global_id
 from ocpp_bridge.simulator import SimulatedChargePoint, connected, now
+from tests.helpers import MovedClock
 from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
 
 GLITCH = "2150-01-01T00:00:00Z"
@@ -297,25 +298,14 @@ async def test_a_queue_flushed_on_reconnecting_keeps_its_idle_time(central: Cent
         SYSTEM, station_id=central.stations["CP-1"].id, price_per_kwh=Decimal("0.30"),
         idle_price_per_minute=Decimal("0.60"), currency="EUR",
         valid_from=datetime.now(UTC) - timedelta(days=1))
-    ctx = central.services.ctx
-    real = ctx.clock
-    t0 = real()
-
-    def at(seconds: float) -> None:
-        """Our clock, from ``seconds`` after ``t0`` on, running on."""
-        shift = t0 + timedelta(seconds=seconds) - real()
-        ctx.clock = lambda: real() + shift  # type: ignore[method-assign]
-
-    try:
-        at(0)
+    with MovedClock(central.services.ctx) as clock:
+        t0 = clock.t0
         async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
             await report(cp, 1, "Available", iso(t0))
-            at(2)
+            clock.at(2)
         await offline_recorded(central)
-        at(75)
+        clock.at(75)
         await _flush_a_session(central, t0)
-    finally:
-        ctx.clock = real  # type: ignore[method-assign]
 
 
 async def _flush_a_session(central: Central, t0: datetime) -> None:
@@ -345,34 +335,27 @@ async def test_a_clock_behind_shown_by_live_readings_prices_and_bills_on_ours(
     lag) can. It was priced by the tariff in force ten minutes ago (none yet: a new
     station's first session was free), and endSession billed the ten minutes too."""
     ctx = central.services.ctx
-    real = ctx.clock
-    t0 = real()
     # Update stamps on the service's clock too, as they are when it is the real one.
     monkeypatch.setattr("domain.services.base.utcnow", lambda: ctx.clock())
-    await central.services.tariffs.set_tariff(
-        SYSTEM, station_id=central.stations["CP-1"].id, price_per_kwh=Decimal("0.30"),
-        price_per_minute=Decimal("0.60"), currency="EUR",
-        valid_from=t0 - timedelta(seconds=5))
     behind = timedelta(minutes=10)
-
-    def at(seconds: float) -> None:
-        shift = t0 + timedelta(seconds=seconds) - real()
-        ctx.clock = lambda: real() + shift  # type: ignore[method-assign]
-
-    try:
-        at(0)
+    with MovedClock(ctx) as clock:
+        t0 = clock.t0
+        await central.services.tariffs.set_tariff(
+            SYSTEM, station_id=central.stations["CP-1"].id, price_per_kwh=Decimal("0.30"),
+            price_per_minute=Decimal("0.60"), currency="EUR",
+            valid_from=t0 - timedelta(seconds=5))
         async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
             await report(cp, 1, "Preparing", iso(t0 - behind))
             tx = (await cp.call(call.StartTransaction(
                 connector_id=1, id_tag="TAG-OK", meter_start=0,
                 timestamp=iso(t0 - behind + timedelta(seconds=1))))).transaction_id
-            at(13)
+            clock.at(13)
             await cp.call(_register(tx, t0 - behind + timedelta(seconds=13), 1_000))
             estimate = await central.gql(ESTIMATE, as_user="admin")
             [cents] = [s["estimatedCost"]["amountMinor"]
                        for s in estimate["sessions"]["nodes"] if s["transactionId"] == tx]
             assert cents is not None and cents <= 30 + 60  # not ten minutes of time
-            at(20)
+            clock.at(20)
             if close == "StopTransaction":
                 await cp.call(call.StopTransaction(
                     meter_stop=1_000, transaction_id=tx,
@@ -384,8 +367,6 @@ async def test_a_clock_behind_shown_by_live_readings_prices_and_bills_on_ours(
                     """mutation($id: ID!) { endSession(input: {id: $id}) { errors { code } } }""",
                     {"id": to_global_id("session", record.id)}, as_user="op")
                 assert ended["endSession"]["errors"] == []
-    finally:
-        ctx.clock = real  # type: ignore[method-assign]
     session = await central.session(tx)
     assert session is not None and session.start_clock_behind
     assert session.end_time is not None
