@@ -84,6 +84,8 @@ class SimulatedChargePoint(ChargePoint):
         self.charging_profiles: dict[int, dict[str, Any]] = {}
         self.received: list[tuple[str, dict[str, Any]]] = []
         self.heartbeat_interval = 300
+        #: What its last BootNotification was answered (Accepted, Pending, Rejected).
+        self.registration: str | None = None
         # The connector a RemoteStartTransaction was accepted for, started right after.
         self._remote_target: int | None = None
         self._chargers: dict[int, asyncio.Task[None]] = {}
@@ -95,6 +97,7 @@ class SimulatedChargePoint(ChargePoint):
             charge_point_vendor=self.config.vendor, charge_point_model=self.config.model,
             charge_point_serial_number=f"SIM-{self.id}", firmware_version=self.config.firmware))
         self.heartbeat_interval = int(response.interval) or 300
+        self.registration = str(response.status)
         return response
 
     async def heartbeat(self) -> result.Heartbeat:

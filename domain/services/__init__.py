@@ -45,6 +45,7 @@ class Services:
                                         auto_register=auto_register)
         self.commands = CommandService(ctx, gateway, timeout=command_timeout)
         self.accounts.on_deactivated = self.commands.release_reservations_of
+        self.stations.on_accepted = self.commands.ask_to_boot
         self.instances = InstanceService(ctx, self.charging)
         self.live = LiveService(ctx)
         self.analytics = AnalyticsService(ctx)

@@ -229,6 +229,10 @@ class Connected:
     newest: bool = True
 
 
+#: The longest a charger whose station is not Accepted waits before booting again.
+RETRY_BOOT_S = 60
+
+
 @dataclass(frozen=True, slots=True)
 class BootResult:
     status: Registration
@@ -467,7 +471,18 @@ class ChargingService(Service):
             update = patch(station, actor, last_seen=now, booted_at=booted)
             await self.store.write([update], [])
         self.cache.remember(cast(Station, update.record), renew=False)
-        return BootResult(station.registration, self.heartbeat_interval, now)
+        return BootResult(station.registration, self.boot_interval(station.registration), now)
+
+    def boot_interval(self, registration: Registration) -> int:
+        """The interval a boot is answered with. For an Accepted station, the heartbeat
+        interval; for one not accepted (yet), OCPP 1.6 (4.2) makes it the wait before the
+        charger's next BootNotification: at most ``RETRY_BOOT_S``, so a station an operator
+        accepts is charging within a minute even when the charger misses the nudge
+        (``StationService.on_accepted``) or, Rejected, may not answer it, not after a
+        heartbeat interval of up to a day."""
+        if registration is Registration.ACCEPTED:
+            return self.heartbeat_interval
+        return min(self.heartbeat_interval, RETRY_BOOT_S)
 
     @_station_must_exist
     async def heartbeat(self, cp_id: str) -> datetime:

@@ -409,6 +409,19 @@ class CommandService(Service):
                 log.info("could not cancel reservation %d of deactivated user %s: %s",
                          reservation.reservation_id, user.id, exc.message)
 
+    async def ask_to_boot(self, station: Station) -> None:
+        """Asks the charger of a station just accepted to boot again (TriggerMessage
+        BootNotification, as the system), so it learns now. Nothing is sent to one not
+        connected: it boots on connecting."""
+        [now] = await self.store.get_many(Station, [station.id])
+        if now is None or not now.online or now.registration is not Registration.ACCEPTED:
+            return
+        outcome = await self.send(SYSTEM, now.cp_id, "TriggerMessage",
+                                  {"requestedMessage": "BootNotification"})
+        if outcome.error is not None:
+            log.info("charger %s, accepted, was not asked to boot again: %s", now.cp_id,
+                     outcome.error.message)
+
     async def _refuse_clash(self, viewer: Viewer, station: Station, connector_id: int,
                             now: datetime, own: str | None = None) -> None:
         """Raises the Conflict of a reservation other than ``own`` that this one would

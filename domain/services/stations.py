@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -12,6 +15,7 @@ from domain.entities import (
     Connector,
     ConnectorInterval,
     ConnectorType,
+    Registration,
     Reservation,
     ReservationState,
     Role,
@@ -29,6 +33,7 @@ from domain.query import Eq, In, all_of
 from domain.services.base import (
     UNSET,
     Service,
+    ServiceContext,
     owned_by,
     patch,
     reservation_changed,
@@ -83,7 +88,18 @@ def _may_own(owner: User) -> None:
                               field="ownerId", code="INVALID")
 
 
+log = logging.getLogger("chargegraph.stations")
+
+
 class StationService(Service):
+    def __init__(self, ctx: ServiceContext) -> None:
+        super().__init__(ctx)
+        #: What accepting a station that was Pending or Rejected sets off (``Services``
+        #: wires in a TriggerMessage(BootNotification) to its charger, if connected): run
+        #: in the background, so the update never waits on a charger.
+        self.on_accepted: Callable[[Station], Awaitable[None]] | None = None
+        self._nudging: set[asyncio.Task[None]] = set()
+
     async def create_station(self, viewer: Viewer, *, cp_id: str, name: str,
                              company_id: str | None = None, owner_id: str | None = None,
                              lat: float | None = None, lon: float | None = None,
@@ -201,7 +217,32 @@ class StationService(Service):
         updated = cast(Station, update.record)
         await self.commit(viewer, [(update, station)])
         await self._changed(updated)
+        if updated.registration is Registration.ACCEPTED \
+                and station.registration is not Registration.ACCEPTED:
+            self._nudge(updated)
         return updated
+
+    def _nudge(self, station: Station) -> None:
+        """A charger told Pending or Rejected waits out its boot interval before it boots
+        again and learns it was accepted; until then it will not charge. Asked to boot now
+        instead."""
+        if self.on_accepted is None:
+            return
+        task = asyncio.create_task(self._accepted(station), name=f"accepted-{station.cp_id}")
+        self._nudging.add(task)
+        task.add_done_callback(self._nudging.discard)
+
+    async def _accepted(self, station: Station) -> None:
+        assert self.on_accepted is not None
+        try:
+            await self.on_accepted(station)
+        except Exception:  # the acceptance stands; the charger boots again within a minute
+            log.exception("asking charger %s to boot again failed", station.cp_id)
+
+    async def settled(self) -> None:
+        """Waits for what acceptances set off in the background (tests, shutdown)."""
+        while self._nudging:
+            await asyncio.wait(set(self._nudging))
 
     async def remove_station(self, viewer: Viewer, station_id: str) -> Station:
         """Removes the station, its connectors and its tariffs in one write. Its sessions,

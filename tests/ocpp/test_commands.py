@@ -174,6 +174,38 @@ async def test_a_station_not_accepted_is_asked_only_what_ocpp_allows(central: Ce
         assert [name for name, _ in cp.received] == ["GetConfiguration"]
 
 
+async def test_accepting_a_station_asks_its_charger_to_boot_again(central: Central
+                                                                  ) -> None:
+    """A charger told Pending waits before booting again (a minute at most, not the
+    heartbeat interval); accepting its station asks it to boot now, so it learns at once
+    and charges. Nothing is asked of one accepted already, or of one not connected."""
+    station_id = central.stations["CP-1"].id
+    stations = central.services.stations
+    central.services.charging.heartbeat_interval = 3600
+    await stations.update_station(SYSTEM, station_id, registration=d.Registration.PENDING)
+    await stations.update_station(SYSTEM, station_id, registration=d.Registration.ACCEPTED)
+    await stations.settled()  # offline: nothing sent (no CHARGER_OFFLINE command audited)
+    await stations.update_station(SYSTEM, station_id, registration=d.Registration.PENDING)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        pending = await cp.boot()
+        assert (pending.status, pending.interval) == ("Pending", 60)
+        await stations.update_station(SYSTEM, station_id, name="Renamed while pending")
+        await stations.update_station(SYSTEM, station_id,
+                                      registration=d.Registration.ACCEPTED)
+        await stations.settled()
+        await settle()
+        assert cp.received == [("TriggerMessage", {"requested_message": "BootNotification",
+                                                   "connector_id": None})]
+        assert cp.registration == "Accepted" and cp.heartbeat_interval == 3600
+        await stations.update_station(SYSTEM, station_id, name="Accepted already")
+        await stations.settled()
+        assert len(cp.received) == 1
+    commands = await central.store.find_all(d.AuditEntry,
+                                            Eq("action", d.AuditAction.COMMAND))
+    assert [(e.actor, e.after and e.after["command"]) for e in commands] == [
+        (SYSTEM.actor, "TriggerMessage")]
+
+
 async def test_offline_and_refused(central: Central) -> None:
     offline = await run(central, "reset", {"cpId": "CP-1", "type": "HARD"})
     assert offline["status"] is None
