@@ -48,6 +48,7 @@ from domain.errors import (
 )
 from domain.ports import NO_METRICS, Metrics
 from domain.services.charging import BootInfo, ChargingService, IdTagInfo
+from domain.services.commands import masked
 from domain.services.metering import MeterReading, SampledValue
 from domain.wire import rfc3339
 from ocpp_bridge import frames
@@ -59,6 +60,22 @@ from ocpp_bridge.timefmt import parse_timestamp
 log = logging.getLogger("chargegraph.ocpp")
 #: Every frame in and out, at INFO: quiet unless this logger is turned up.
 wire_log = logging.getLogger("chargegraph.ocpp.wire")
+
+
+def logged_frame(message: str) -> str:
+    """A frame we send as the wire log writes it: a command's secrets masked as its audit
+    entry masks them (``commands.masked``: the user information of an upload or download
+    URL), since logs are shipped and read more widely than the audit. Only a CALL that
+    could carry one is parsed again."""
+    if "@" not in message or not message.startswith("[2,"):
+        return message
+    try:
+        frame = orjson.loads(message)
+    except orjson.JSONDecodeError:
+        return message
+    if len(frame) != 4 or not isinstance(frame[3], dict):
+        return message
+    return orjson.dumps([*frame[:3], masked(str(frame[2]), frame[3])]).decode()
 
 Payload = dict[str, Any]
 ActionHandler = Callable[["ChargePointHandler", Payload], Awaitable[Payload]]
@@ -287,7 +304,7 @@ class ChargePointHandler(ChargePoint):
         charger that stops reading cannot make us buffer without bound. ``send`` runs an
         async context manager per frame: a tenth of a MeterValues frame's cost."""
         if wire_log.isEnabledFor(logging.INFO):
-            wire_log.info("%s: send %s", self.id, message)
+            wire_log.info("%s: send %s", self.id, logged_frame(message))
         if self._sending:
             self._mark_sent(message)
         connection = self._connection

@@ -1103,12 +1103,15 @@ async def test_a_tx_profile_is_for_the_transaction_under_way(central: Central) -
         assert [name for name, _ in cp.received] == ["SetChargingProfile"] * 2
 
 
-async def test_secrets_in_a_commands_request_are_not_audited(central: Central) -> None:
+async def test_secrets_in_a_commands_request_are_not_audited(
+        central: Central, caplog: pytest.LogCaptureFixture) -> None:
     """QA (s14): the audit log kept ftp://user:password@… of diagnostics and firmware
-    locations in clear (every operator of the station reads it)."""
+    locations in clear (every operator of the station reads it). QA (s16): so did the
+    wire log (CHARGEGRAPH_LOG_LEVEL=DEBUG), which the README says masks credentials."""
     future = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
         await cp.boot()
+        caplog.set_level(logging.INFO, logger="chargegraph.ocpp.wire")
         diag = await run(central, "getDiagnostics",
                          {"cpId": "CP-1", "location": "ftp://diag:s3cret@diag.example.com/up"},
                          "fileName")
@@ -1125,6 +1128,11 @@ async def test_secrets_in_a_commands_request_are_not_audited(central: Central) -
     assert locations == ["ftp://[hidden]@diag.example.com/up",
                          "https://[hidden]@fw.example.com/1.bin"]
     assert "s3cret" not in str([a.after for a in audit])
+    logged = [r.getMessage() for r in caplog.records if r.name == "chargegraph.ocpp.wire"]
+    sent_lines = [line for line in logged if "GetDiagnostics" in line
+                  or "UpdateFirmware" in line]
+    assert len(sent_lines) == 2 and all("[hidden]@" in line for line in sent_lines), logged
+    assert not [line for line in logged if "s3cret" in line or "fw:pw" in line]
 
 
 def test_an_authorization_key_is_masked_in_the_audit() -> None:
