@@ -165,6 +165,8 @@ class CommandService(Service):
         payload = check_command(action, payload)  # a copy: the driver rules edit it
         if not manages:
             await self._check_driver(viewer, station, action, payload)
+        elif action == "RemoteStartTransaction":
+            await self._check_start_tag(payload)
         if payload.get("connectorId"):
             await connector_in_range(self.store, station, payload["connectorId"])
         if action == "SetChargingProfile":
@@ -271,6 +273,19 @@ class CommandService(Service):
                 else:
                     await self._refuse_charging(tag)
         payload["idTag"] = tag.tag
+
+    async def _check_start_tag(self, payload: dict[str, Any]) -> None:
+        """An operator's (or admin's) remote start names any card (a driver of another
+        network may charge here). One whose StartTransaction we would refuse (unknown
+        here, blocked, expired, of a deactivated user, charging elsewhere) is refused
+        now: the charger would accept the remote start and the operator be told ACCEPTED,
+        then the start be refused and nothing charge."""
+        tag = await self.store.find_one(IdTag, Eq("tag", str(payload["idTag"]).strip().upper()))
+        if tag is None:
+            raise NotFound("no such id tag: the charger's start would be refused",
+                           field="idTag")
+        await self._refuse_unusable_tag(tag, utcnow())
+        await self._refuse_charging(tag)
 
     async def _charging_with(self, tag: IdTag) -> Session | None:
         return await self.store.find_one(Session, all_of(

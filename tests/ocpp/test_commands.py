@@ -206,6 +206,32 @@ async def test_accepting_a_station_asks_its_charger_to_boot_again(central: Centr
         (SYSTEM.actor, "TriggerMessage")]
 
 
+async def test_an_operators_remote_start_with_a_card_we_would_refuse_is_refused(
+        central: Central) -> None:
+    """QA (s16): an operator's remote start with a card unknown here was answered
+    ACCEPTED (the charger accepted it), then its Authorize/StartTransaction refused: nothing
+    charged. Refused before sending, as a driver's own unusable card is; a card of
+    another network (TAG-OTHER, not the operator's to see) still starts."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        refused = []
+        for tag in ("NOSUCHTAG9", "TAG-BLOCKED"):
+            answer = await run(central, "remoteStartTransaction",
+                               {"cpId": "CP-1", "connectorId": 1, "idTag": tag})
+            refused.append([(e["field"], e["code"]) for e in answer["errors"]])
+        assert refused == [[("idTag", "NOT_FOUND")], [("idTag", "INVALID_STATE")]]
+        assert cp.received == []
+        await cp.start_transaction(2, "TAG-OK")
+        busy = await run(central, "remoteStartTransaction",
+                         {"cpId": "CP-1", "connectorId": 1, "idTag": "tag-ok"})
+        assert [(e["field"], e["code"]) for e in busy["errors"]] == [("idTag", "IN_USE")]
+        other = await run(central, "remoteStartTransaction",
+                          {"cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OTHER"})
+        assert other["errors"] == [] and other["status"] == "ACCEPTED", other
+        await settle()
+        assert [name for name, _ in cp.received] == ["RemoteStartTransaction"]
+
+
 async def test_offline_and_refused(central: Central) -> None:
     offline = await run(central, "reset", {"cpId": "CP-1", "type": "HARD"})
     assert offline["status"] is None
