@@ -21,6 +21,7 @@ from domain.errors import (
     ValidationError,
 )
 from domain.ports import NO_METRICS, Metrics
+from domain.services.commands import POSITIVE
 from domain.wire import rfc3339, wire_json
 from ocpp_bridge.casing import to_camel, to_snake
 from ocpp_bridge.frames import FrameError
@@ -94,7 +95,11 @@ class OcppGateway:
         except Exception as error:
             self.metrics.charger_command(label, outcome_of(error))
             raise
-        self.metrics.charger_command(label, "ok")
+        status = answer.get("status")
+        # A refusal (Rejected, NotSupported, UnlockFailed, ...) is a CALLRESULT all the
+        # same, but a dashboard of chargers refusing commands needs it told apart.
+        refused = isinstance(status, str) and status not in POSITIVE
+        self.metrics.charger_command(label, "rejected" if refused else "ok")
         return answer
 
     async def _call(self, cp_id: str, action: str, payload: dict[str, Any], timeout: float

@@ -94,6 +94,10 @@ async def test_metrics_count_ocpp_graphql_and_commands(tmp_path: Path) -> None:
                 cleared = await post(service, 'mutation { clearCache(input: {cpId: '
                                      '"CP-1"}) { status errors { code } } }', token)
                 assert cleared["data"]["clearCache"] == {"status": "ACCEPTED", "errors": []}
+                refused = await post(service, 'mutation { changeConfiguration(input: {cpId: '
+                                     '"CP-1", key: "NoSuchKey", value: "1"}) { status } }',
+                                     token)
+                assert refused["data"]["changeConfiguration"]["status"] == "NOT_SUPPORTED"
                 assert (await post(service, "{ __typename }"))["data"]
                 assert "errors" in await post(service, "{ nope }")  # refused: invalid
                 samples, types = await scrape(service)
@@ -110,8 +114,10 @@ async def test_metrics_count_ocpp_graphql_and_commands(tmp_path: Path) -> None:
     assert not any("Invented" in dict(labels).get("action", "") for _, labels in samples)
     commands = "chargegraph_charger_commands_total"
     assert value(samples, commands, action="ClearCache", outcome="ok") == 1
+    assert value(samples, commands, action="ChangeConfiguration", outcome="rejected") == 1
     requests = "chargegraph_graphql_requests_total"
-    assert value(samples, requests, operation="mutation", outcome="ok") == 2  # login, clear
+    # login, clear, and the refused change (a charger's refusal is no GraphQL error)
+    assert value(samples, requests, operation="mutation", outcome="ok") == 3
     assert value(samples, requests, operation="query", outcome="ok") == 1
     assert value(samples, requests, operation="query", outcome="invalid") == 1
 
