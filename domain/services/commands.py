@@ -163,6 +163,12 @@ class CommandService(Service):
         if not manages:
             _refuse_driver_profile(action, payload)
         payload = check_command(action, payload)  # a copy: the driver rules edit it
+        if manages and payload.get("vehicleId") is not None:
+            # A driver's shorthand for their own card: an operator names the card itself
+            # (a driver's vehicle is not theirs to see). Left in, it reached the charger's
+            # request and broke it, after a reservation was stored.
+            raise ValidationError("vehicleId is for drivers charging with their own card: "
+                                  "give idTag", field="vehicleId", code="INVALID")
         if not manages:
             await self._check_driver(viewer, station, action, payload)
         elif action == "RemoteStartTransaction":
@@ -199,7 +205,10 @@ class CommandService(Service):
         except ChargerUnclaimed as exc:
             outcome.error = await self._unclaimed(outcome.station, exc)
             return
-        except ChargerError as exc:
+        except (ChargerError, ValidationError) as exc:
+            # ValidationError: the request could not be made into the charger's (sent
+            # nothing); an outcome like a refusal, so what the command stored (a
+            # reservation) is settled and audited, not left PENDING.
             outcome.error = exc
             return
         outcome.result = result

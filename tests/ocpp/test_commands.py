@@ -18,10 +18,11 @@ from websockets.asyncio.client import connect
 
 from domain import entities as d
 from domain.clock import utcnow
+from domain.errors import ValidationError
 from domain.events import ReservationChanged
 from domain.policy import SYSTEM
 from domain.ports import Insert
-from domain.query import Eq, all_of
+from domain.query import ALL, Eq, all_of
 from domain.services.base import books_of
 from graph.ids import to_global_id
 from ocpp_bridge.simulator import basic_auth, connected
@@ -230,6 +231,42 @@ async def test_an_operators_remote_start_with_a_card_we_would_refuse_is_refused(
         assert other["errors"] == [] and other["status"] == "ACCEPTED", other
         await settle()
         assert [name for name, _ in cp.received] == ["RemoteStartTransaction"]
+
+
+class _Unbuildable:
+    """A gateway that cannot make the request into a charger's (as a field the OCPP
+    request type does not take did)."""
+
+    async def call(self, cp_id: str, action: str, payload: dict[str, Any], timeout: float
+                   ) -> dict[str, Any]:
+        raise ValidationError(f"{action}: bad request", field="input")
+
+
+async def test_a_vehicle_is_a_drivers_shorthand_and_a_request_never_sent_holds_nothing(
+        central: Central) -> None:
+    """QA (s16): an operator's reserveNow/remoteStart with vehicleId reached the gateway,
+    which could not build the request (a Python error as the message), and the
+    reservation stored first stayed PENDING, blocking the plug for every driver."""
+    soon = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    vehicle = to_global_id("vehicle", central.vehicles["car"].id)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        for name, extra in (("reserveNow", {"expiryDate": soon}),
+                            ("remoteStartTransaction", {})):
+            answer = await run(central, name, {"cpId": "CP-1", "connectorId": 1,
+                                               "idTag": "TAG-OK", "vehicleId": vehicle,
+                                               **extra}, "__typename")
+            assert [(e["field"], e["code"]) for e in answer["errors"]] == [
+                ("vehicleId", "INVALID")], (name, answer)
+        assert cp.received == []
+    assert await central.store.find_all(d.Reservation, ALL) == []
+    central.services.commands.gateway = _Unbuildable()  # type: ignore[assignment]
+    refused = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": 1,
+                                                "idTag": "TAG-OK", "expiryDate": soon},
+                        "reservation { state }")
+    assert [(e["field"], e["code"]) for e in refused["errors"]] == [("input", "INVALID")]
+    [kept] = await central.store.find_all(d.Reservation, ALL)
+    assert kept.state is d.ReservationState.REJECTED  # not PENDING: it holds no plug
 
 
 async def test_offline_and_refused(central: Central) -> None:
