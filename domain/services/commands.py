@@ -232,6 +232,8 @@ class CommandService(Service):
                             payload: dict[str, Any]) -> None:
         if action in ("RemoteStartTransaction", "ReserveNow"):
             await self._own_tag(viewer, payload, starting=action == "RemoteStartTransaction")
+            if action == "RemoteStartTransaction":
+                await self._refuse_reserved(station, payload)
         elif action == "RemoteStopTransaction":
             session = await self.store.find_one(Session, all_of(
                 Eq("transaction_id", payload.get("transactionId")), Eq("cp_id", station.cp_id)))
@@ -295,6 +297,26 @@ class CommandService(Service):
                            field="idTag")
         await self._refuse_unusable_tag(tag, utcnow())
         await self._refuse_charging(tag)
+
+    async def _refuse_reserved(self, station: Station, payload: dict[str, Any]) -> None:
+        """A driver's remote start on a connector reserved for another card (OCPP 1.6,
+        5.13: a reserved connector serves the reserved idTag or its group) is refused:
+        a charger that does not check would end the other driver's reservation, one
+        that does would refuse the start after it was answered. Connector 0 reserves the
+        station's next free connector, so it holds them all (as ``_refuse_clash``)."""
+        connector_id = payload.get("connectorId")
+        where = Eq("connector_id", 0) if not connector_id \
+            else In("connector_id", (connector_id, 0))
+        held = await self.store.find_all(Reservation, all_of(
+            Eq("station_id", station.id), where, In("state", LIVE_RESERVATION_STATES),
+            Range("expires_at", gt=utcnow())), limit=10)
+        if not held:
+            return
+        tag = await self.store.find_one(IdTag, Eq("tag", payload["idTag"]))
+        group = {payload["idTag"], tag.parent_tag if tag else None}
+        if any(r.id_tag not in group for r in held):
+            raise Conflict("the connector is reserved for another card",
+                           field="connectorId", code="IN_USE")
 
     async def _charging_with(self, tag: IdTag) -> Session | None:
         return await self.store.find_one(Session, all_of(

@@ -233,6 +233,48 @@ async def test_an_operators_remote_start_with_a_card_we_would_refuse_is_refused(
         assert [name for name, _ in cp.received] == ["RemoteStartTransaction"]
 
 
+async def test_a_driver_does_not_remote_start_on_a_connector_reserved_for_another(
+        central: Central) -> None:
+    """QA (s16): a driver's remote start on the connector another driver had reserved
+    was sent (the demo's charger started it, ending the reservation). Refused on that
+    connector (and on any, while the station's connector 0 is reserved); the reserving
+    driver's own start goes through."""
+    soon = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    async with connected(central.url, "CP-OPEN") as cp:
+        await cp.boot()
+        anywhere = await run(central, "reserveNow", {"cpId": "CP-OPEN", "connectorId": 0,
+                                                     "idTag": "TAG-OTHER",
+                                                     "expiryDate": soon},
+                             "reservation { reservationId }")
+        assert anywhere["errors"] == []
+        refused = await run(central, "remoteStartTransaction",
+                            {"cpId": "CP-OPEN", "connectorId": 2}, as_user="driver")
+        assert [(e["field"], e["code"]) for e in refused["errors"]] == [
+            ("connectorId", "IN_USE")]
+        cancelled = await run(central, "cancelReservation", {
+            "cpId": "CP-OPEN", "reservationId": anywhere["reservation"]["reservationId"]})
+        assert cancelled["errors"] == []
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        held = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": 1,
+                                                 "expiryDate": soon}, "__typename",
+                         as_user="driver2")
+        assert held["errors"] == []
+        started = []
+        for connector in (1, 2):
+            answer = await run(central, "remoteStartTransaction",
+                               {"cpId": "CP-1", "connectorId": connector}, as_user="driver")
+            started.append([(e["field"], e["code"]) for e in answer["errors"]])
+        assert started == [[("connectorId", "IN_USE")], []]
+        own = await run(central, "remoteStartTransaction",
+                        {"cpId": "CP-1", "connectorId": 1}, as_user="driver2")
+        assert own["errors"] == [], own
+        await settle()
+        assert [(name, body.get("connector_id")) for name, body in cp.received
+                if name == "RemoteStartTransaction"] == [("RemoteStartTransaction", 2),
+                                                         ("RemoteStartTransaction", 1)]
+
+
 class _Unbuildable:
     """A gateway that cannot make the request into a charger's (as a field the OCPP
     request type does not take did)."""
