@@ -156,15 +156,19 @@ def plate_key(text: str) -> str:
 
 def cp_id(value: str | None, field: str = "cpId") -> str:
     """OCPP charge point identity: printable ASCII without spaces or URL-special characters
-    (it is a path segment of the websocket URL), at most 48 characters."""
+    (it is a path segment of the websocket URL), at most 48 characters. No ``:``: the
+    identity is the user name of the charger's HTTP Basic auth (security profiles 1 and
+    2), which cannot hold one (RFC 7617), so such a station could never sign in. Checked
+    when an identity is made (a station created or registered); one stored before keeps
+    working without a password."""
     value = _given(value, field)
     if not value:
         raise ValidationError("must not be empty", field=field, code="REQUIRED")
     if len(value) > MAX_CP_ID:
         raise ValidationError(f"at most {MAX_CP_ID} characters", field=field, code="TOO_LONG")
-    if not re.fullmatch(r"[A-Za-z0-9._~\-:*+|@]+", value):
+    if not re.fullmatch(r"[A-Za-z0-9._~\-*+|@]+", value):
         raise ValidationError(
-            "letters, digits and . _ ~ - : * + | @ only", field=field, code="INVALID"
+            "letters, digits and . _ ~ - * + | @ only", field=field, code="INVALID"
         )
     return value
 

@@ -184,6 +184,10 @@ class StationService(Service):
         password_hash = UNSET if password is UNSET else (
             await self.hash_password(_station_password(password)) if password else None)
         station = await self.managed_station(viewer, station_id)
+        if password_hash not in (UNSET, None) and ":" in station.cp_id:
+            raise ValidationError("a charger whose identity has a ':' cannot sign in with a "
+                                  "password (HTTP Basic auth)", field="password",
+                                  code="INVALID")
         if company_id is not UNSET:
             if not viewer.is_admin:
                 raise Forbidden("only admins move stations between companies",

@@ -15,7 +15,9 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from domain import entities as d
 from domain.errors import ValidationError
 from domain.policy import SYSTEM
+from domain.ports import Insert
 from domain.query import Eq
+from domain.services.base import stamp_new
 from ocpp_bridge.simulator import basic_auth, connected, now
 from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
 
@@ -526,3 +528,22 @@ async def test_start_up_closes_connections_a_crash_left_open(tmp_path: Path) -> 
         assert all(not i.online for i in current) and current
     finally:
         await stop_central(central)
+
+
+async def test_an_identity_with_a_colon_is_no_new_station_nor_one_with_a_password(
+        central: Central) -> None:
+    """QA (s16): "AB:1" was created with a password its charger could never sign in with
+    (Basic auth's user name ends at the first colon). New identities leave ':' out; a
+    station stored with one before still connects without a password, and is not given
+    one."""
+    with pytest.raises(ValidationError) as refused:
+        await central.services.stations.create_station(SYSTEM, cp_id="AB:1", name="colon")
+    assert (refused.value.field, refused.value.code) == ("cpId", "INVALID")
+    older = d.Station(cp_id="OLD:1", name="stored before", company_id=None)
+    await central.store.write([Insert(stamp_new(older, SYSTEM))], [])
+    async with connected(central.url, "OLD:1") as cp:
+        assert (await cp.boot()).status == "Accepted"
+    with pytest.raises(ValidationError) as no_password:
+        await central.services.stations.update_station(SYSTEM, older.id,
+                                                       password="long-enough-pw")
+    assert (no_password.value.field, no_password.value.code) == ("password", "INVALID")
