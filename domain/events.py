@@ -21,6 +21,9 @@ class DomainEvent:
     cp_id: str
     company_id: str | None = None
     owner_id: str | None = None
+    #: Whether the station is on the map (Accepted), for those who see only the map's
+    #: events (``Policy.sees_event``). True from versions before it was carried.
+    on_map: bool = True
     at: datetime = field(default_factory=utcnow)
 
 

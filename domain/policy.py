@@ -18,6 +18,7 @@ from domain.entities import (
     AuditAction,
     Payment,
     Record,
+    Registration,
     Role,
     Session,
     Station,
@@ -85,6 +86,19 @@ RECORD_CHANGES = (AuditAction.CREATE, AuditAction.UPDATE, AuditAction.DELETE)
 #: seen exactly as its samples are.
 FOLLOW_PARENT: dict[tuple[str, str], str] = {("meter_sample", "session_id"): "session",
                                              ("signed_meter_value", "session_id"): "session"}
+
+
+#: What the map shows (signed out, and to drivers): stations an operator accepted and
+#: their connectors, and every tariff. Not a station that registered itself
+#: (``CHARGEGRAPH_AUTO_REGISTER``) and nobody accepted: any client that reaches the OCPP
+#: port could put "available" chargers on the drivers' map. Connectors by the complement
+#: of the few stations not accepted (a short list for MongoDB, not one of every station).
+_NOT_ACCEPTED = In("registration", (Registration.PENDING, Registration.REJECTED))
+_ON_MAP: dict[str, Filter] = {
+    "station": Eq("registration", Registration.ACCEPTED),
+    "connector": NotSub("station_id", "station", _NOT_ACCEPTED),
+    "tariff": ALL,
+}
 
 
 def live_reservations() -> Filter:
@@ -183,8 +197,8 @@ class Policy:
 
     @staticmethod
     def _public_scope(kind: str) -> Filter:
-        # The map: every station's public view and its connectors' live status.
-        return ALL if kind in ("station", "connector", "tariff") else NONE
+        # The map: every accepted station's public view and its connectors' live status.
+        return _ON_MAP.get(kind, NONE)
 
     def operator_stations(self, viewer: Viewer) -> Filter:
         """Stations an operator runs: every station of their company, and their own among
@@ -295,7 +309,7 @@ class Policy:
         me = viewer.user_id
         match kind:
             case "station" | "connector" | "tariff":
-                return ALL  # the public map and its prices
+                return _ON_MAP[kind]  # the public map and its prices
             case "user":
                 return Eq("id", me)
             case "company":
@@ -397,7 +411,8 @@ class Policy:
         ownership snapshot instead of in a store query."""
         if viewer.is_admin:
             return True
-        public = isinstance(event, ConnectorStatusChanged | StationConnectionChanged)
+        public = isinstance(event, ConnectorStatusChanged | StationConnectionChanged) \
+            and event.on_map
         if viewer.anonymous:
             return public and self.public_map
         if isinstance(event, PaymentChanged):  # as payments are read: books, or driver

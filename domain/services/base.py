@@ -18,6 +18,7 @@ from domain.entities import (
     AuditEntry,
     E,
     Record,
+    Registration,
     Reservation,
     Station,
     Webhook,
@@ -87,7 +88,9 @@ class ServiceContext:
 def owned_by(station: Any) -> dict[str, Any]:
     """The station fields every domain event carries (``DomainEvent``): who may see it."""
     return {"station_id": station.id, "cp_id": station.cp_id,
-            "company_id": station.company_id, "owner_id": station.owner_id}
+            "company_id": station.company_id, "owner_id": station.owner_id,
+            "on_map": getattr(station, "registration", Registration.ACCEPTED)
+            is Registration.ACCEPTED}
 
 
 def books_of(station: Station) -> tuple[str | None, str | None]:

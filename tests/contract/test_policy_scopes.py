@@ -22,6 +22,7 @@ from domain.entities import (
     AuditAction,
     MeterSample,
     Record,
+    Registration,
     Reservation,
     ReservationState,
     Role,
@@ -29,10 +30,11 @@ from domain.entities import (
     Station,
     User,
 )
+from domain.events import ConnectorStatusChanged
 from domain.ids import new_id
 from domain.policy import ANONYMOUS, Policy, Viewer
 from domain.ports import Store
-from domain.services.base import reservation_changed
+from domain.services.base import owned_by, reservation_changed
 from tests.contract.factories import (
     at,
     audit,
@@ -78,6 +80,11 @@ def build_world() -> dict[str, Record]:
     # B's station still naming opA its owner (handed over, or opA moved away): B's only.
     w.S6 = station(company_id=w.B.id, owner_id=w.opA.id)
     w.C1, w.C2, w.C3, w.C4, w.C5 = (connector(s) for s in (w.S1, w.S2, w.S3, w.S4, w.S5))
+    # Registered themselves and not accepted (yet): their operators' only, off the map
+    # (QA s16: any client reaching the OCPP port put "available" chargers on it).
+    w.S7 = station(company_id=w.A.id, registration=Registration.PENDING)
+    w.S8 = station(company_id=w.B.id, registration=Registration.REJECTED)
+    w.C7, w.C8 = connector(w.S7), connector(w.S8)
     w.x1 = session(w.S1, 1, user_id=w.d1.id, vehicle_id=w.v1.id)
     w.x2 = session(w.S3, 1, user_id=w.d2.id, vehicle_id=w.v2.id)
     w.x3 = session(w.S2, 1)  # unknown tag: no user, no vehicle
@@ -152,8 +159,8 @@ EXPECTED: dict[str, dict[str, set[str]]] = {
         "user": {"opA", "opA2", "d1", "d3"},
         "vehicle": {"v1", "v3"},
         "id_tag": {"t4"},
-        "station": {"S1", "S2", "S5"},
-        "connector": {"C1", "C2", "C5"},
+        "station": {"S1", "S2", "S5", "S7"},
+        "connector": {"C1", "C2", "C5", "C7"},
         "session": {"x1", "x3", "x5", "x6"},
         "meter_sample": {"m1", "m_orphan", "m6"},
         "status_event": {"e1"},
@@ -169,8 +176,8 @@ EXPECTED: dict[str, dict[str, set[str]]] = {
         "user": {"opA", "opA2", "d1", "d3"},
         "vehicle": {"v1", "v3"},
         "id_tag": {"t4"},
-        "station": {"S1", "S2"},
-        "connector": {"C1", "C2"},
+        "station": {"S1", "S2", "S7"},
+        "connector": {"C1", "C2", "C7"},
         "session": {"x1", "x3", "x5", "x6"},
         "meter_sample": {"m1", "m_orphan", "m6"},
         "status_event": {"e1"},
@@ -185,8 +192,8 @@ EXPECTED: dict[str, dict[str, set[str]]] = {
         "user": {"opB", "d3", "d2"},
         "vehicle": {"v2", "v3"},
         "id_tag": {"t3"},
-        "station": {"S3", "S6"},
-        "connector": {"C3"},
+        "station": {"S3", "S6", "S8"},
+        "connector": {"C3", "C8"},
         "session": {"x2"},
         "meter_sample": {"m2", "m3_own"},
         "status_event": {"e3"},
@@ -412,3 +419,18 @@ def test_a_reservation_event_without_books_follows_its_station() -> None:
 def world_station(world: dict[str, Record], station_id: str) -> Station:
     [station] = [r for r in world.values() if isinstance(r, Station) and r.id == station_id]
     return station
+
+
+def test_the_map_events_of_a_station_not_accepted_reach_only_its_operators() -> None:
+    """``sees_event`` as the scopes: a self-registered station's status reports are not
+    the drivers' (nor the signed-out map's) until it is accepted."""
+    world = build_world()
+    policy = Policy(public_map=True)
+    seen = {}
+    for name in ("S1", "S7"):
+        event = ConnectorStatusChanged(**owned_by(world[name]), connector_record_id=None,
+                                       connector_id=1, status="Available")
+        seen[name] = [policy.sees_event(viewer, event) for viewer in (
+            ANONYMOUS, Viewer.of(cast(User, world["d1"])),
+            Viewer.of(cast(User, world["opA"])), Viewer.of(cast(User, world["admin"])))]
+    assert seen == {"S1": [True, True, True, True], "S7": [False, False, True, True]}
