@@ -53,7 +53,7 @@ from domain.ids import stable_id
 from domain.policy import Viewer
 from domain.ports import Change, Insert, InsertIfAbsent
 from domain.pricing import session_cost_minor
-from domain.query import Eq, Range, Sort, all_of
+from domain.query import Eq, In, Range, Sort, all_of
 from domain.registration import admits
 from domain.services.base import (
     Service,
@@ -785,6 +785,10 @@ class ChargingService(Service):
             # Another card's, or another connector's: it goes on holding the plug for
             # whom it was made, and the session is not its (1.6, 5.13).
             reservation_id, reservation = None, None
+        if reservation is None:
+            reservation = await self._reservation_kept(station, connector_id, presented,
+                                                       id_tag_record)
+            reservation_id = reservation.reservation_id if reservation else None
         plug, is_new = await self._connector(station, connector_id)
         session = stamp_new(Session(
             transaction_id=await self.store.next_sequence("transaction"),
@@ -836,6 +840,23 @@ class ChargingService(Service):
         changes.append((Insert(session), None))
         await self.commit(actor, changes)
         return session, ended, used
+
+    async def _reservation_kept(self, station: Station, connector_id: int, presented: str,
+                                card: IdTag | None) -> Reservation | None:
+        """The live reservation this start keeps though it names none: one on its
+        connector (or the station's connector 0) for its card or group. OCPP 1.6 has the
+        charger name it (``reservationId``), but chargers that start a reserved
+        connector by a remote start or a tap leave it out; the reservation stayed ACTIVE
+        through the session, and its driver could reserve nothing else until it
+        expired."""
+        live = await self.store.find_all(Reservation, all_of(
+            Eq("station_id", station.id), In("connector_id", (connector_id, 0)),
+            In("state", LIVE_RESERVATION_STATES), Range("expires_at", gt=self.now())),
+            limit=10)
+        for reservation in sorted(live, key=lambda r: r.connector_id, reverse=True):
+            if await self._reserved_for(reservation, connector_id, presented, card):
+                return reservation  # its own connector's before connector 0's
+        return None
 
     async def _reserved_for(self, reservation: Reservation, connector_id: int,
                             presented: str, card: IdTag | None) -> bool:

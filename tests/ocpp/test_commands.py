@@ -275,6 +275,35 @@ async def test_a_driver_does_not_remote_start_on_a_connector_reserved_for_anothe
                                                          ("RemoteStartTransaction", 1)]
 
 
+async def test_a_start_that_names_no_reservation_keeps_its_cards_reservation(
+        central: Central) -> None:
+    """QA (s16): a charger that starts a reserved connector for its card without naming
+    the reservation (the demo's, after a remote start; field chargers after a tap) left it
+    ACTIVE through the session: the driver could reserve nothing else until it expired.
+    It is USED by the start of its card on its connector, not by another card's."""
+    soon = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        mine = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": 1,
+                                                 "expiryDate": soon},
+                         "reservation { reservationId }", as_user="driver")
+        other = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": 2,
+                                                  "expiryDate": soon},
+                          "reservation { reservationId }", as_user="driver2")
+        assert mine["errors"] == other["errors"] == []
+        await cp.start_transaction(2, "TAG-OK")  # on driver2's connector: not theirs
+        await cp.stop_transaction(2)
+        tx, status = await cp.start_transaction(1, "TAG-OK")
+        assert status == "Accepted"
+        kept = [(r.reservation_id, r.state) for r in sorted(
+            await central.store.find_all(d.Reservation, ALL), key=lambda r: r.connector_id)]
+        numbers = [mine["reservation"]["reservationId"], other["reservation"]["reservationId"]]
+        assert kept == [(numbers[0], d.ReservationState.USED),
+                        (numbers[1], d.ReservationState.ACTIVE)]
+        session = await central.session(tx)
+        assert session is not None and session.reservation_id == numbers[0]
+
+
 class _Unbuildable:
     """A gateway that cannot make the request into a charger's (as a field the OCPP
     request type does not take did)."""
