@@ -80,6 +80,8 @@ class _LateBound:
 
 async def _settle(services: Services) -> None:
     services.charging.reboot_checks.stop()  # the store is closing; the boot time is stored
+    # Its chargers are gone (the OCPP server stopped first): nothing left to tell them.
+    await services.site_load.close()
     try:
         await asyncio.wait_for(services.accounts.settled(), SETTLE_TIMEOUT_S)
     except TimeoutError:

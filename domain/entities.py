@@ -260,6 +260,76 @@ class Station(Record):
     status: ConnectorStatus | None = None
     error_code: str | None = None
     status_at: datetime | None = None
+    #: The site (grid connection) it charges behind, whose power its sessions share
+    #: (``domain.load_sharing``); ``None``: no site limit applies.
+    site_id: str | None = None
+
+
+class ChargingRateUnit(StrEnum):
+    """The unit of a charging schedule's limits (OCPP 1.6 ChargingRateUnitType)."""
+
+    W = "W"
+    A = "A"
+
+
+class LimitAnswer(StrEnum):
+    """What became of the last site limit sent to a session's charger: its answer to
+    SetChargingProfile, or why none came. Only ``ACCEPTED`` is under control."""
+
+    ACCEPTED = "Accepted"
+    REJECTED = "Rejected"
+    NOT_SUPPORTED = "NotSupported"
+    TIMEOUT = "Timeout"
+    OFFLINE = "Offline"
+    ERROR = "Error"
+
+
+#: A site's per-session minimum when none is given: 6 A on one 230 V phase, the least
+#: IEC 61851 lets an AC charger offer a car.
+DEFAULT_MIN_POWER_KW = 1.4
+DEFAULT_VOLTAGE = 230.0
+DEFAULT_PHASES = 3
+
+
+@dataclass(kw_only=True)
+class Site(Record):
+    """Chargers behind one grid connection: the sessions charging on its stations never
+    draw more than ``max_power_kw`` together (``domain.load_sharing``). Each is told its
+    share in ``unit``; for amperes converted with ``voltage`` and ``phases``."""
+
+    kind: ClassVar[str] = "site"
+    name: str
+    company_id: str
+    max_power_kw: float
+    min_power_kw: float = DEFAULT_MIN_POWER_KW
+    unit: ChargingRateUnit = ChargingRateUnit.W
+    voltage: float = DEFAULT_VOLTAGE
+    phases: int = DEFAULT_PHASES
+
+
+@dataclass(kw_only=True)
+class SiteAllocation(Record):
+    """One active session's share of its site's power, and what its charger answered to
+    the last limit sent. Its id is its session's (one per session). Control state written
+    by the service, not audited itself: every limit sent is audited as the COMMAND it
+    is."""
+
+    kind: ClassVar[str] = "site_allocation"
+    site_id: str
+    #: The site's company: who reads it (``Policy``), as the site.
+    company_id: str
+    session_id: str
+    station_id: str
+    cp_id: str
+    connector_id: int
+    transaction_id: int
+    #: The share, kW (0: paused, the site cannot give it its minimum).
+    power_kw: float
+    #: The limit as sent, in ``unit``, and when; ``None`` before it was sent.
+    limit: float | None = None
+    unit: ChargingRateUnit = ChargingRateUnit.W
+    limit_sent_at: datetime | None = None
+    answer: LimitAnswer | None = None
 
 
 @dataclass(kw_only=True)
@@ -746,6 +816,8 @@ ENTITY_TYPES: tuple[type[Record], ...] = (
     Webhook,
     RefreshFamily,
     RefreshToken,
+    Site,
+    SiteAllocation,
 )
 ENTITY_BY_KIND: dict[str, type[Record]] = {t.kind: t for t in ENTITY_TYPES}
 

@@ -61,7 +61,7 @@ PRIVATE_FIELDS: dict[str, frozenset[str]] = {
                        "updated_by"}),
     "station": frozenset({"owner_id", "company_id", "registration", "vendor", "model",
                           "serial", "firmware", "firmware_status", "diagnostics_status",
-                          "last_seen", "created_by", "updated_by"}),
+                          "last_seen", "created_by", "updated_by", "site_id"}),
     # Whose books: who ran the station then, which a driver is not told of any station.
     "session": frozenset({"company_id", "station_owner_id"}),
     "payment": frozenset({"company_id", "station_owner_id"}),
@@ -245,6 +245,10 @@ class Policy:
                               all_of(Eq("session_id", None), metered_on(stations)))
             case "company":
                 return Eq("id", viewer.company_id) if viewer.company_id else NONE
+            case "site" | "site_allocation":
+                # A site is its company's, as its stations are: its operators only (a
+                # station of no company joins no site).
+                return Eq("company_id", viewer.company_id) if viewer.company_id else NONE
             case "user":
                 # Themselves, their company's people, and the drivers of sessions on their
                 # stations (the last as a reduced view, see ``sees_user_private``).

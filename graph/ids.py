@@ -24,6 +24,7 @@ TYPE_BY_KIND = {
     "status_event": "StatusEvent",
     "meter_sample": "MeterSample",
     "webhook": "Webhook",
+    "site": "Site",
 }
 KIND_BY_TYPE = {v: k for k, v in TYPE_BY_KIND.items()}
 

@@ -55,6 +55,7 @@ from graph.nodes import (
     User,
     Vehicle,
 )
+from graph.sites import SiteMutation
 from graph.webhooks import WebhookMutation
 
 Info = strawberry.Info
@@ -211,7 +212,7 @@ async def _settle(info: Info, payment_id: strawberry.ID, step: str, **options: A
 
 
 @strawberry.type
-class Mutation(CommandMutation, WebhookMutation):
+class Mutation(CommandMutation, WebhookMutation, SiteMutation):
     # ------------------------------------------------------------- sign-in
     @strawberry.mutation(description="Exchange email and password for an access token "
                                      "and a refresh token.")

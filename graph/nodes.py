@@ -55,6 +55,7 @@ from graph.signed import SignedMeterValue
 
 if TYPE_CHECKING:
     from graph.context import GraphContext
+    from graph.sites import Site
 
 Info = strawberry.Info
 NodeT = TypeVar("NodeT")
@@ -569,6 +570,16 @@ class Station(Node, Audited):
         if not self._private:
             return None
         return await _related(info, Company, self._r.company_id)
+
+    @strawberry.field(description="The site (grid connection) whose power its sessions "
+                                  "share; null when none, and for drivers.")
+    async def site(self, info: Info
+                   ) -> Annotated[Site, strawberry.lazy("graph.sites")] | None:
+        if not self._private or self._r.site_id is None:
+            return None
+        from graph.sites import Site as SiteNode  # graph.sites builds on this module
+
+        return await _related(info, SiteNode, self._r.site_id)  # type: ignore[no-any-return]
 
     @strawberry.field(description=(
         "The price list in force now for all its plugs: the station's, else its "

@@ -49,6 +49,7 @@ from graph.nodes import (
     wants,
 )
 from graph.relay import Connection, Node, PageArgs, page_connection, sort_keys
+from graph.sites import SiteQuery
 from graph.webhooks import WebhookQuery
 
 Info = strawberry.Info
@@ -95,7 +96,7 @@ async def _node(info: Info, global_id: str) -> Node | None:
 
 
 @strawberry.type
-class Query(AnalyticsQuery, WebhookQuery):
+class Query(AnalyticsQuery, WebhookQuery, SiteQuery):
     @strawberry.field(description="The signed-in user; null when anonymous.")
     async def me(self, info: Info) -> User | None:
         viewer = _ctx(info).viewer

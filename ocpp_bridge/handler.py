@@ -402,6 +402,13 @@ class ChargePointHandler(ChargePoint):
             return
         self._count(action, True)
         await self._send(frames.call_result(uid, payload))
+        if action == "StartTransaction":
+            try:
+                # Only now may the charger be addressed about the transaction (its site
+                # share): it refuses a TxProfile for a transaction it was not told of.
+                await self.charging.start_answered(self.id)
+            except Exception:  # the start is answered; its share follows another trigger
+                log.warning("%s: after its StartTransaction failed", self.id, exc_info=True)
         if action not in _RECORD_SEEN:
             try:
                 await self.charging.seen(self.id)

@@ -476,15 +476,17 @@ def basic_auth(cp_id: str, password: str) -> dict[str, str]:
 
 
 @contextlib.asynccontextmanager
-async def connected(url: str, cp_id: str, *, password: str | None = None,
-                    config: SimulatorConfig | None = None, response_timeout: float = 30):  # type: ignore[no-untyped-def]
-    """A simulated charge point connected to ``{url}/{cp_id}``, its receive loop running."""
+async def connected(url: str, cp_id: str, *, password: str | None = None,  # type: ignore[no-untyped-def]
+                    config: SimulatorConfig | None = None, response_timeout: float = 30,
+                    charge_point: type[SimulatedChargePoint] = SimulatedChargePoint):
+    """A simulated charge point connected to ``{url}/{cp_id}``, its receive loop running
+    (``charge_point``: a subclass behaving otherwise, as some real charger does)."""
     headers = basic_auth(cp_id, password) if password else None
     ws: ClientConnection = await connect(f"{url.rstrip('/')}/{cp_id}",
                                          subprotocols=["ocpp1.6"],  # type: ignore[list-item]
                                          additional_headers=headers, compression=None,
                                          open_timeout=30)
-    cp = SimulatedChargePoint(cp_id, ws, config, response_timeout=response_timeout)
+    cp = charge_point(cp_id, ws, config, response_timeout=response_timeout)
     loop = asyncio.create_task(cp.start())
     try:
         yield cp

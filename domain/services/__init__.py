@@ -16,6 +16,8 @@ from domain.services.live import LiveService
 from domain.services.payments import PaymentService
 from domain.services.reads import ReadService
 from domain.services.refresh_tokens import DEFAULT_TTL, RefreshTokenService
+from domain.services.site_load import SiteLoad
+from domain.services.sites import SiteService
 from domain.services.stations import ConnectorSpec, StationService
 from domain.services.tariffs import TariffService
 from domain.services.webhooks import WebhookService
@@ -51,6 +53,10 @@ class Services:
         self.analytics = AnalyticsService(ctx)
         self.payments = PaymentService(ctx, payment_provider)
         self.webhooks = WebhookService(ctx, allow_private=webhooks_allow_private)
+        self.sites = SiteService(ctx)
+        self.site_load = SiteLoad(ctx, self.commands)
+        self.sites.recompute = self.site_load.request_site
+        self.charging.on_start_answered.append(self.site_load.request_station)
 
     def attach_gateway(self, gateway: ChargerGateway) -> None:
         """The OCPP bridge starts after the services exist; it plugs itself in here."""

@@ -20,6 +20,7 @@ from domain.entities import (
     Record,
     Registration,
     Reservation,
+    Site,
     Station,
     Webhook,
     audit_after,
@@ -246,6 +247,9 @@ class Service:
             station = stations.get(station_id) if station_id is not None else None
             if station is not None:
                 books[record.id] = books_of(station)
+            elif isinstance(record, Site):
+                # Its company's operators read its history, also once it is removed.
+                books[record.id] = (record.company_id, None)
             elif isinstance(record, Webhook):
                 # Its operators read its history (who changed its URL, who disabled it),
                 # as they manage it: a company's, or, of no company, its owner's.

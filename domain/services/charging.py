@@ -253,6 +253,10 @@ class ChargingService(Service):
         self.reboot_checks = RebootChecks(self._close_lost_at_reboot)
         self.session_updates = LatestUpdates(self.publish)
         ctx.committed.append(self.cache.forget)
+        #: Called with the station's id once a StartTransaction's answer went out
+        #: (``start_answered``): the site's load management tells the new session its
+        #: share, which the charger can take only once it knows the transaction.
+        self.on_start_answered: list[Callable[[str], None]] = []
         #: Set by the OCPP server: records again the connection it holds for a charger
         #: whose station a message found recorded offline (``_still_connected``).
         self.still_connected: Callable[[str], Awaitable[None]] | None = None
@@ -735,6 +739,17 @@ class ChargingService(Service):
             await self._announce_end(station, old)
         await self.publish(self._session_event(station, session, "STARTED"))
         return session.transaction_id, info
+
+    async def start_answered(self, cp_id: str) -> None:
+        """The charger has been told its StartTransaction's answer (the OCPP bridge calls
+        this after writing it): what waits for the transaction to be known at the charger
+        (``on_start_answered``) may now address it."""
+        station = await self._require_station(cp_id)
+        for listener in self.on_start_answered:
+            try:
+                listener(station.id)
+            except Exception:  # the start stands, answered; the next trigger recomputes
+                log.exception("a listener of %s's answered start failed", cp_id)
 
     async def _answered(self, station: Station, session: Session, info: IdTagInfo
                         ) -> Session:

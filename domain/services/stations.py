@@ -214,6 +214,9 @@ class StationService(Service):
             address=UNSET if address is UNSET
             else v.optional_text(address, "location.address", 500),
             company_id=company_id,
+            # A station joins only its own company's site: handed to another company,
+            # it leaves the old company's site (whose limit it charged under).
+            site_id=None if company_id not in (UNSET, station.company_id) else UNSET,
             owner_id=owner_id,
             auth_password_hash=password_hash,
             registration=registration,

@@ -27,7 +27,10 @@ INDEXES: dict[str, list[list[tuple[str, int]]]] = {
     "id_tag": [[("user_id", ASCENDING)], [("vehicle_id", ASCENDING)]],
     "station": [[("company_id", ASCENDING)], [("owner_id", ASCENDING)],
                 [("lat", ASCENDING)], [("online", ASCENDING)],
-                [("connected_instance", ASCENDING)]],
+                [("connected_instance", ASCENDING)], [("site_id", ASCENDING)]],
+    # A company's sites (the policy's scope); a site's sessions' shares.
+    "site": [[("company_id", ASCENDING)]],
+    "site_allocation": [[("site_id", ASCENDING)], [("company_id", ASCENDING)]],
     # The per-key loads of a nested page (a station's connectors, active sessions, newest
     # sessions; a driver's or a car's sessions) end with the sort and the ``_id``
     # tie-breaker every ordering ends with: each key's first rows come out of the index in

@@ -690,6 +690,50 @@ DROP INDEX "vehicle_license_plate_owner_key";
 CREATE UNIQUE INDEX "vehicle_plate_key_owner_key" ON "vehicle" ("plate_key", "owner_id");
 """
 
+# Version 30: site load management. Sites (``Site``: chargers behind one grid connection,
+# a company's), the station's site (none for stations before), and each active session's
+# share of its site (``SiteAllocation``, its id its session's), read by site.
+_V30 = """
+CREATE TABLE "site" (
+    "id" TEXT PRIMARY KEY NOT NULL,
+    "created_at" INTEGER NOT NULL,
+    "updated_at" INTEGER NOT NULL,
+    "created_by" TEXT NOT NULL,
+    "updated_by" TEXT NOT NULL,
+    "name" TEXT NOT NULL,
+    "company_id" TEXT NOT NULL,
+    "max_power_kw" REAL NOT NULL,
+    "min_power_kw" REAL NOT NULL,
+    "unit" TEXT NOT NULL,
+    "voltage" REAL NOT NULL,
+    "phases" INTEGER NOT NULL
+) STRICT;
+CREATE INDEX "site_company_idx" ON "site" ("company_id");
+ALTER TABLE "station" ADD COLUMN "site_id" TEXT;
+CREATE INDEX "station_site_idx" ON "station" ("site_id");
+CREATE TABLE "site_allocation" (
+    "id" TEXT PRIMARY KEY NOT NULL,
+    "created_at" INTEGER NOT NULL,
+    "updated_at" INTEGER NOT NULL,
+    "created_by" TEXT NOT NULL,
+    "updated_by" TEXT NOT NULL,
+    "site_id" TEXT NOT NULL,
+    "company_id" TEXT NOT NULL,
+    "session_id" TEXT NOT NULL,
+    "station_id" TEXT NOT NULL,
+    "cp_id" TEXT NOT NULL,
+    "connector_id" INTEGER NOT NULL,
+    "transaction_id" INTEGER NOT NULL,
+    "power_kw" REAL NOT NULL,
+    "limit" REAL,
+    "unit" TEXT NOT NULL,
+    "limit_sent_at" INTEGER,
+    "answer" TEXT
+) STRICT;
+CREATE INDEX "site_allocation_site_idx" ON "site_allocation" ("site_id");
+CREATE INDEX "site_allocation_company_idx" ON "site_allocation" ("company_id");
+"""
+
 #: Every migration, oldest first. Append only.
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
@@ -698,7 +742,7 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (18, _V18), (19, _V19), (20, _V20), (21, _V21),
                                      (22, _V22), (23, _V23), (24, _V24),
                                      (25, _V25), (26, _V26), (27, _V27),
-                                     (28, _V28), (29, _V29))
+                                     (28, _V28), (29, _V29), (30, _V30))
 
 _BOOTSTRAP = """
 CREATE TABLE IF NOT EXISTS "schema_version" (

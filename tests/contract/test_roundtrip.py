@@ -14,6 +14,7 @@ from domain.entities import (
     ENTITY_TYPES,
     AuditAction,
     AuditEntry,
+    ChargingRateUnit,
     Company,
     ConnectionEvent,
     Connector,
@@ -23,6 +24,7 @@ from domain.entities import (
     IdTag,
     IdTagStatus,
     InstanceLease,
+    LimitAnswer,
     MeterSample,
     Payment,
     PaymentStatus,
@@ -38,6 +40,8 @@ from domain.entities import (
     SessionState,
     SignedEncoding,
     SignedMeterValue,
+    Site,
+    SiteAllocation,
     Station,
     StatusEvent,
     Tariff,
@@ -76,7 +80,7 @@ FULL: dict[type[Record], Callable[[], Record]] = {
                              registration=Registration.PENDING, online=True,
                              last_seen=at(1.5), auth_password_hash="hash",
                              firmware_status="Installed", diagnostics_status="Uploaded",
-                             connected_instance=new_id(), **STAMPS),
+                             connected_instance=new_id(), site_id=new_id(), **STAMPS),
     Connector: lambda: Connector(station_id=new_id(), cp_id="CP-FULL", connector_id=2,
                                  status=ConnectorStatus.SUSPENDED_EV, error_code="OtherError",
                                  info="lid open", status_at=at(2), type=ConnectorType.CCS2,
@@ -148,6 +152,14 @@ FULL: dict[type[Record], Callable[[], Record]] = {
     RefreshToken: lambda: RefreshToken(family_id=new_id(), user_id=new_id(),
                                        token_hash="ab" * 32, expires_at=at(43200),
                                        used_at=at(13), **STAMPS),
+    Site: lambda: Site(name="Depot Nord ✓", company_id=new_id(), max_power_kw=120.5,
+                       min_power_kw=4.2, unit=ChargingRateUnit.A, voltage=400.0, phases=1,
+                       **STAMPS),
+    SiteAllocation: lambda: SiteAllocation(
+        site_id=new_id(), company_id=new_id(), session_id=new_id(), station_id=new_id(),
+        cp_id="CP-FULL", connector_id=2, transaction_id=987654, power_kw=11.04,
+        limit=16.0, unit=ChargingRateUnit.A, limit_sent_at=at(14),
+        answer=LimitAnswer.NOT_SUPPORTED, **STAMPS),
 }
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from domain import entities as d
+from domain.ids import new_id
 from domain.policy import SYSTEM, Policy, Viewer
 from domain.services import ServiceContext, Services
 from graph import TokenService
@@ -42,6 +43,7 @@ def one_record_of_each_kind() -> dict[str, d.Record]:
         "status_event": f.status_event(station),
         "webhook": d.Webhook(url="https://hooks.example.com", events=["session.ended"],
                              secret="whsec_x", owner_id=owner.id),
+        "site": d.Site(name="Depot", company_id=new_id(), max_power_kw=50),
     }
 
 
@@ -70,3 +72,17 @@ def test_wrap_sets_exactly_the_dataclass_fields(kind: str, who: str, tmp_path: P
     # The same object ``__init__`` makes from those values.
     assert node_type(**vars(node)) == node
     assert type(node) is node_type
+
+
+@pytest.mark.parametrize("answer", [None, d.LimitAnswer.ACCEPTED])
+def test_site_allocation_wrap_sets_exactly_its_fields(answer: d.LimitAnswer | None,
+                                                      tmp_path: Path) -> None:
+    from graph.sites import SiteAllocation
+
+    record = d.SiteAllocation(site_id=new_id(), company_id=new_id(), session_id=new_id(),
+                              station_id=new_id(), cp_id="CP-1", connector_id=1,
+                              transaction_id=7, power_kw=11, answer=answer)
+    node = SiteAllocation.wrap(record, context(SYSTEM, tmp_path))
+    fields = {field.name for field in dataclasses.fields(SiteAllocation) if field.init}
+    assert set(vars(node)) == fields
+    assert SiteAllocation(**vars(node)) == node

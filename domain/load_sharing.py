@@ -1,0 +1,124 @@
+"""Site load management: how a site's power is shared among the sessions charging behind
+its grid connection, and the charging profile that tells a charger its share.
+
+Pure functions: ``allocate`` decides the shares, ``limit_in_unit`` converts one to what the
+charger is sent, ``tx_profile`` builds the SetChargingProfile payload. The enforcement
+(when to recompute, sending, recording answers) is ``services/site_load.py``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from domain.entities import ChargingRateUnit
+
+#: ChargeGraph's TxProfiles have the id ``PROFILE_ID_BASE + connectorId``: one per
+#: connector, since a profile with an id the charger holds replaces that one (OCPP 1.6,
+#: 3.13.2), and one id for all connectors would move the limit from plug to plug. Far
+#: above what back offices number their own profiles from.
+PROFILE_ID_BASE = 7_160_000
+#: Their stack level: above the TxProfiles an operator sets by hand at the usual levels,
+#: so the site's limit wins; an operator who must override it uses a level above this.
+STACK_LEVEL = 90
+
+
+@dataclass(frozen=True, slots=True)
+class Demand:
+    """A session charging on a site: who, when it started (the later, the first paused),
+    and its connector's rating (``None``: not known, no cap)."""
+
+    session_id: str
+    started: datetime
+    transaction_id: int
+    max_kw: float | None = None
+
+
+def allocate(limit_kw: float, min_kw: float, demands: Sequence[Demand],
+             reserved_kw: float = 0.0) -> dict[str, float]:
+    """Each session's share (kW) of ``limit_kw`` less ``reserved_kw`` (what sessions
+    outside the sharing still hold: an offline charger keeps applying its last limit).
+
+    Equal shares, each capped at its connector's rating, what a cap leaves over shared by
+    the others (water-filling). Nobody gets less than ``min_kw`` (or its rating, if that
+    is lower): when the site cannot give every session that much, the sessions started
+    last get 0 (paused) until the rest fit. Deterministic: by start, then transaction id.
+    Shares are rounded down to whole watts, so they never add up to more than the limit.
+    """
+    available = max(limit_kw - reserved_kw, 0.0)
+    ordered = sorted(demands, key=lambda d: (d.started, d.transaction_id, d.session_id))
+    floors = [_floor(d, min_kw) for d in ordered]
+    kept = len(ordered)
+    while kept and sum(floors[:kept]) > available + 1e-9:
+        kept -= 1  # the most recently started of those left is paused
+    shares = {d.session_id: 0.0 for d in ordered}
+    shares.update(_water_fill(available, ordered[:kept]))
+    return {sid: math.floor(kw * 1000 + 1e-6) / 1000 for sid, kw in shares.items()}
+
+
+def _floor(demand: Demand, min_kw: float) -> float:
+    """The least a session may be given: the site's minimum, or its connector's rating
+    when that is lower (it can never reach the minimum; it still charges)."""
+    if demand.max_kw is None:
+        return min_kw
+    return min(min_kw, demand.max_kw)
+
+
+def _water_fill(available: float, demands: Sequence[Demand]) -> dict[str, float]:
+    """Equal shares of ``available``; a session capped below its share keeps its cap and
+    the others share what it leaves."""
+    shares: dict[str, float] = {}
+    left = list(demands)
+    remaining = available
+    while left:
+        level = remaining / len(left)
+        capped = [d for d in left if d.max_kw is not None and d.max_kw <= level]
+        if not capped:
+            shares.update((d.session_id, level) for d in left)
+            break
+        for demand in capped:
+            assert demand.max_kw is not None
+            shares[demand.session_id] = demand.max_kw
+            remaining -= demand.max_kw
+        done = {d.session_id for d in capped}
+        left = [d for d in left if d.session_id not in done]
+    return shares
+
+
+def limit_in_unit(power_kw: float, unit: ChargingRateUnit, voltage: float, phases: int
+                  ) -> float:
+    """A share as the charger is told it: W, or A per phase at the site's voltage and
+    phases. Rounded down to OCPP's 0.1 steps, so the charger never gets more."""
+    watts = power_kw * 1000
+    value = watts if unit is ChargingRateUnit.W else watts / (voltage * phases)
+    return math.floor(value * 10 + 1e-6) / 10
+
+
+def profile_id(connector_id: int) -> int:
+    return PROFILE_ID_BASE + connector_id
+
+
+def tx_profile(connector_id: int, transaction_id: int, limit: float,
+               unit: ChargingRateUnit, phases: int) -> dict[str, Any]:
+    """The SetChargingProfile request for a session's share: a TxProfile for its
+    transaction on its connector, one period from its start on."""
+    schedule: dict[str, Any] = {
+        "chargingRateUnit": unit.value,
+        "chargingSchedulePeriod": [{"startPeriod": 0, "limit": limit}],
+    }
+    if unit is ChargingRateUnit.A:
+        schedule["chargingSchedulePeriod"][0]["numberPhases"] = phases
+    return {
+        "connectorId": connector_id,
+        "csChargingProfiles": {
+            "chargingProfileId": profile_id(connector_id),
+            "transactionId": transaction_id,
+            "stackLevel": STACK_LEVEL,
+            "chargingProfilePurpose": "TxProfile",
+            "chargingProfileKind": "Relative",
+            "chargingSchedule": schedule,
+        },
+    }

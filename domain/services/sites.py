@@ -1,0 +1,176 @@
+"""Sites: chargers behind one grid connection, and which stations charge behind which.
+
+Keeping the records (audited like every record) is this module; sharing the site's power
+among its sessions and telling the chargers is ``site_load.py``, asked to recompute after
+every change here that can move a share.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, cast
+
+from domain import validation as v
+from domain.entities import (
+    DEFAULT_MIN_POWER_KW,
+    DEFAULT_PHASES,
+    DEFAULT_VOLTAGE,
+    ChargingRateUnit,
+    Company,
+    Site,
+    Station,
+)
+from domain.errors import Conflict, Forbidden, ValidationError
+from domain.events import StationChanged
+from domain.policy import Viewer
+from domain.ports import Delete, Insert
+from domain.query import Eq
+from domain.services.base import UNSET, Service, owned_by, patch, stamp_new
+
+#: A grid connection no site has: 100 MW.
+MAX_SITE_KW = 100_000.0
+MIN_VOLTAGE, MAX_VOLTAGE = 100.0, 1_000.0
+
+
+def _power(value: Any, field: str) -> float:
+    """A power in kW: a finite number above 0, at most ``MAX_SITE_KW``."""
+    if isinstance(value, bool) or not isinstance(value, int | float) \
+            or not math.isfinite(value) or not 0 < value <= MAX_SITE_KW:
+        raise ValidationError(f"must be > 0 and ≤ {MAX_SITE_KW:g} kW", field=field,
+                              code="OUT_OF_RANGE")
+    return float(value)
+
+
+def _voltage(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) \
+            or not math.isfinite(value) or not MIN_VOLTAGE <= value <= MAX_VOLTAGE:
+        raise ValidationError(f"must be within {MIN_VOLTAGE:g}..{MAX_VOLTAGE:g} V",
+                              field="voltage", code="OUT_OF_RANGE")
+    return float(value)
+
+
+def _phases(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value not in (1, 2, 3):
+        raise ValidationError("1, 2 or 3", field="phases", code="OUT_OF_RANGE")
+    return value
+
+
+def _unit(value: Any) -> ChargingRateUnit:
+    try:
+        return ChargingRateUnit(value)
+    except ValueError:
+        raise ValidationError("W or A", field="unit", code="INVALID") from None
+
+
+def _min_within(min_kw: float, max_kw: float) -> None:
+    if min_kw > max_kw:
+        raise ValidationError("the per-session minimum cannot exceed the site's limit",
+                              field="minPowerKw", code="OUT_OF_RANGE")
+
+
+class SiteService(Service):
+    #: Set by ``Services``: asked to recompute a site's shares (``SiteLoad.request_site``).
+    recompute: Callable[[str], None] | None = None
+
+    def _recompute(self, *site_ids: str | None) -> None:
+        for site_id in site_ids:
+            if site_id is not None and self.recompute is not None:
+                self.recompute(site_id)
+
+    async def managed_site(self, viewer: Viewer, site_id: str, field: str = "id") -> Site:
+        site = await self.visible(viewer, Site, site_id, field=field)
+        if not self.policy.may_manage_company(viewer, site.company_id):
+            raise Forbidden("you may not change this site", field=field)
+        return site
+
+    async def create_site(self, viewer: Viewer, *, name: str, max_power_kw: float,
+                          company_id: str | None = None,
+                          min_power_kw: float | None = None,
+                          unit: ChargingRateUnit | str = ChargingRateUnit.W,
+                          voltage: float | None = None, phases: int | None = None) -> Site:
+        """A site of a company: an operator's own company's (the default), any for
+        admins."""
+        if not (viewer.is_operator or viewer.is_admin):
+            raise Forbidden("you may not create sites")
+        if viewer.is_operator:
+            company_id = company_id or viewer.company_id
+        if company_id is None:
+            raise ValidationError("a site belongs to a company", field="companyId",
+                                  code="REQUIRED")
+        await self.visible(viewer, Company, company_id, field="companyId")
+        if not self.policy.may_manage_company(viewer, company_id):
+            raise Forbidden("operators create sites for their own company",
+                            field="companyId")
+        max_kw = _power(max_power_kw, "maxPowerKw")
+        min_kw = _power(DEFAULT_MIN_POWER_KW if min_power_kw is None else min_power_kw,
+                        "minPowerKw")
+        _min_within(min_kw, max_kw)
+        site = stamp_new(Site(
+            name=v.name(name), company_id=company_id, max_power_kw=max_kw,
+            min_power_kw=min_kw, unit=_unit(unit),
+            voltage=_voltage(DEFAULT_VOLTAGE if voltage is None else voltage),
+            phases=_phases(DEFAULT_PHASES if phases is None else phases)), viewer)
+        await self.commit(viewer, [(Insert(site), None)])
+        return site
+
+    async def update_site(self, viewer: Viewer, site_id: str, *, name: Any = UNSET,
+                          max_power_kw: Any = UNSET, min_power_kw: Any = UNSET,
+                          unit: Any = UNSET, voltage: Any = UNSET, phases: Any = UNSET
+                          ) -> Site:
+        """Edits a site; a new limit, minimum or unit is sent to its chargers at once."""
+        site = await self.managed_site(viewer, site_id)
+        for given, field in ((max_power_kw, "maxPowerKw"), (min_power_kw, "minPowerKw"),
+                             (unit, "unit"), (voltage, "voltage"), (phases, "phases"),
+                             (name, "name")):
+            if given is None:
+                raise ValidationError("cannot be empty", field=field, code="REQUIRED")
+        max_kw = site.max_power_kw if max_power_kw is UNSET \
+            else _power(max_power_kw, "maxPowerKw")
+        min_kw = site.min_power_kw if min_power_kw is UNSET \
+            else _power(min_power_kw, "minPowerKw")
+        _min_within(min_kw, max_kw)
+        update = patch(
+            site, viewer,
+            name=UNSET if name is UNSET else v.name(name),
+            max_power_kw=max_power_kw if max_power_kw is UNSET else max_kw,
+            min_power_kw=min_power_kw if min_power_kw is UNSET else min_kw,
+            unit=UNSET if unit is UNSET else _unit(unit),
+            voltage=UNSET if voltage is UNSET else _voltage(voltage),
+            phases=UNSET if phases is UNSET else _phases(phases))
+        await self.commit(viewer, [(update, site)])
+        self._recompute(site.id)
+        return cast(Site, update.record)
+
+    async def remove_site(self, viewer: Viewer, site_id: str) -> Site:
+        """Removes a site, refused while stations are assigned to it: unassigning them is
+        a decision about each station's chargers (they leave the site's limit), not a
+        side effect of tidying up."""
+        site = await self.managed_site(viewer, site_id)
+        if await self.store.find_one(Station, Eq("site_id", site.id)) is not None:
+            raise Conflict("stations are assigned to this site: unassign them first",
+                           field="id", code="IN_USE")
+        await self.commit(viewer, [(Delete(site), site)])
+        return site
+
+    async def assign_station(self, viewer: Viewer, station_id: str, site_id: str | None
+                             ) -> Station:
+        """Puts a station behind a site of its own company (``None``: behind none). Both
+        sites' shares are recomputed: the one it left and the one it joined."""
+        station = await self.visible(viewer, Station, station_id, field="stationId")
+        if not self.policy.may_manage_station(viewer, station):
+            raise Forbidden("you may not change this station", field="stationId")
+        if site_id is not None:
+            site = await self.managed_site(viewer, site_id, field="siteId")
+            if station.company_id != site.company_id:
+                raise ValidationError("a station joins only a site of its own company",
+                                      field="siteId", code="INVALID")
+        if station.site_id == site_id:
+            return station
+        update = patch(station, viewer, site_id=site_id)
+        await self.commit(viewer, [(update, station)])
+        updated = cast(Station, update.record)
+        # Other instances drop their cached copy of the station (as any station edit).
+        await self.publish(StationChanged(**owned_by(updated)))
+        self._recompute(station.site_id, site_id)
+        return updated

@@ -1,0 +1,273 @@
+"""Sites in the graph (site load management): the ``Site`` node with its stations and the
+shares of the sessions charging behind it, the ``sites``/``site`` roots (through the one
+read path: the policy's ``site`` scope, a company's operators and admins; drivers see
+none) and the mutations that keep sites and put stations behind them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import strawberry
+
+from domain import entities as d
+from domain.errors import DomainError
+from domain.query import ALL, Sort
+from graph.errors import UserError, graphql_error
+from graph.ids import expect_id
+from graph.inputs import given
+from graph.nodes import (
+    NODE_BY_KIND,
+    RECORD_OF_NODE,
+    Audited,
+    Company,
+    Connector,
+    Session,
+    Station,
+    _audited,
+    _connectors_of,
+    _node,
+    _page,
+    _related,
+)
+from graph.relay import Connection, Node, PageArgs, nested_connection, page_connection
+
+if TYPE_CHECKING:
+    from graph.context import GraphContext
+
+Info = strawberry.Info
+
+strawberry.enum(d.ChargingRateUnit, name="ChargingRateUnit",
+                description="The unit of the limits a site sends its chargers (OCPP).")
+strawberry.enum(d.LimitAnswer, name="LimitAnswer", description=(
+    "What became of the last limit sent to a session's charger: its answer to "
+    "SetChargingProfile, or why none came. Only ACCEPTED is under control."))
+ChargingRateUnit = d.ChargingRateUnit
+LimitAnswer = d.LimitAnswer
+
+OLDEST_FIRST = (Sort("created_at"),)
+BY_START = (Sort("transaction_id"),)
+
+
+def _ctx(info: Info) -> GraphContext:
+    return info.context  # type: ignore[no-any-return]
+
+
+@strawberry.type(description="One session's share of its site's power, and whether its "
+                             "charger took it.")
+class SiteAllocation:
+    power_kw: float = strawberry.field(description="Its share; 0 is paused (the site "
+                                                   "cannot give it the minimum).")
+    limit: float | None = strawberry.field(description="The limit as sent, in the site's "
+                                                       "unit; null before it was sent.")
+    unit: ChargingRateUnit  # type: ignore[valid-type]
+    limit_sent_at: datetime | None
+    answer: LimitAnswer | None = strawberry.field(  # type: ignore[valid-type]
+        description="The charger's answer to the last limit; null before one was sent.")
+    under_control: bool = strawberry.field(description="The charger accepted its limit.")
+    transaction_id: int
+    _r: strawberry.Private[d.SiteAllocation]
+
+    @classmethod
+    def wrap(cls, r: d.SiteAllocation, ctx: GraphContext) -> SiteAllocation:
+        return _node(cls, {"power_kw": r.power_kw, "limit": r.limit, "unit": r.unit,
+                           "limit_sent_at": r.limit_sent_at, "answer": r.answer,
+                           "under_control": r.answer is d.LimitAnswer.ACCEPTED,
+                           "transaction_id": r.transaction_id, "_r": r})
+
+    @strawberry.field(description="The session (null where the viewer does not keep its "
+                                  "books).")
+    async def session(self, info: Info) -> Session | None:
+        return await _related(info, Session, self._r.session_id)  # type: ignore[no-any-return]
+
+    @strawberry.field
+    async def connector(self, info: Info) -> Connector | None:
+        found = await _connectors_of(_ctx(info)).load(self._r.station_id)
+        on = [c for c in found if c.connector_id == self._r.connector_id]
+        return Connector.wrap(on[0], _ctx(info)) if on else None
+
+
+@strawberry.type(description="Chargers behind one grid connection: the sessions charging "
+                             "on its stations share `maxPowerKw`.")
+class Site(Node, Audited):
+    name: str
+    max_power_kw: float = strawberry.field(description="The grid connection's limit.")
+    min_power_kw: float = strawberry.field(description=(
+        "The least a session is given; below it a charger cannot charge, so the sessions "
+        "started last are paused instead."))
+    unit: ChargingRateUnit  # type: ignore[valid-type]
+    voltage: float = strawberry.field(description="For limits in A: W = A × V × phases.")
+    phases: int
+    _r: strawberry.Private[d.Site]
+
+    @classmethod
+    def wrap(cls, r: d.Site, ctx: GraphContext) -> Site:
+        return _audited(cls, r, {"name": r.name, "max_power_kw": r.max_power_kw,
+                                 "min_power_kw": r.min_power_kw, "unit": r.unit,
+                                 "voltage": r.voltage, "phases": r.phases})
+
+    @strawberry.field
+    async def company(self, info: Info) -> Company | None:
+        return await _related(info, Company, self._r.company_id)  # type: ignore[no-any-return]
+
+    @strawberry.field
+    async def stations(self, info: Info, first: int | None = None, after: str | None = None,
+                       last: int | None = None, before: str | None = None
+                       ) -> Connection[Station]:
+        return await nested_connection(_ctx(info), d.Station, Station.wrap, "site_id",
+                                       self._r.id, ALL, (), _page(first, after, last, before))
+
+    @strawberry.field(description="The shares of the sessions charging behind it now, in "
+                                  "transaction order.")
+    async def allocations(self, info: Info) -> list[SiteAllocation]:
+        ctx = _ctx(info)
+        rows = await ctx.loaders.many_by(d.SiteAllocation, "site_id", ALL, BY_START,
+                                         1000).load(self._r.id)
+        return [SiteAllocation.wrap(r, ctx) for r in rows]
+
+
+NODE_BY_KIND["site"] = Site
+RECORD_OF_NODE[Site] = d.Site
+
+
+@strawberry.input
+class CreateSiteInput:
+    name: str
+    max_power_kw: float
+    company_id: strawberry.ID | None = strawberry.field(
+        default=None, description="An operator's own company when left out.")
+    min_power_kw: float | None = strawberry.field(default=None, description="1.4 kW "
+                                                  "when left out.")
+    unit: ChargingRateUnit = d.ChargingRateUnit.W  # type: ignore[valid-type]
+    voltage: float | None = strawberry.field(default=None, description="230 V when left "
+                                                                       "out.")
+    phases: int | None = strawberry.field(default=None, description="3 when left out.")
+
+
+@strawberry.input
+class UpdateSiteInput:
+    id: strawberry.ID
+    name: str | None = strawberry.UNSET
+    max_power_kw: float | None = strawberry.UNSET
+    min_power_kw: float | None = strawberry.UNSET
+    unit: ChargingRateUnit | None = strawberry.UNSET  # type: ignore[valid-type]
+    voltage: float | None = strawberry.UNSET
+    phases: int | None = strawberry.UNSET
+
+
+@strawberry.input
+class RemoveSiteInput:
+    id: strawberry.ID
+
+
+@strawberry.input
+class AssignStationToSiteInput:
+    station_id: strawberry.ID
+    site_id: strawberry.ID | None = strawberry.field(description="null: behind no site.")
+
+
+@strawberry.type
+class SitePayload:
+    site: Site | None
+    errors: list[UserError]
+
+
+@strawberry.type
+class AssignStationToSitePayload:
+    station: Station | None
+    errors: list[UserError]
+
+
+async def _attempt(ctx: GraphContext, action: Any) -> tuple[Any, list[UserError]]:
+    """``graph.mutation.attempt``, imported when called: ``graph.mutation`` imports this
+    module to add these mutations to its root."""
+    from graph import mutation
+
+    return await mutation.attempt(ctx, action)
+
+
+def _site(record: d.Site | None, ctx: GraphContext) -> Site | None:
+    return Site.wrap(record, ctx) if record is not None else None
+
+
+@strawberry.type
+class SiteQuery:
+    @strawberry.field(description="Sites, oldest first: an admin's all, an operator's "
+                                  "their company's; none for drivers.")
+    async def sites(self, info: Info, first: int | None = None, after: str | None = None,
+                    last: int | None = None, before: str | None = None) -> Connection[Site]:
+        return await page_connection(_ctx(info), d.Site, Site.wrap, ALL, OLDEST_FIRST,
+                                     PageArgs(first=first, after=after, last=last,
+                                              before=before))
+
+    @strawberry.field(description="A site by id; null when missing or hidden.")
+    async def site(self, info: Info, id: strawberry.ID) -> Site | None:
+        ctx = _ctx(info)
+        try:
+            record_id = expect_id(str(id), "site", "id")
+        except DomainError as exc:
+            raise graphql_error(exc) from exc
+        return _site(await ctx.loaders.by_id(d.Site).load(record_id), ctx)
+
+
+@strawberry.type
+class SiteMutation:
+    @strawberry.mutation(description="A site of a company (admins and its operators).")
+    async def create_site(self, info: Info, input: CreateSiteInput) -> SitePayload:
+        ctx = _ctx(info)
+
+        async def run() -> Any:
+            company = None if input.company_id is None \
+                else expect_id(str(input.company_id), "company", "companyId")
+            return await ctx.services.sites.create_site(
+                ctx.viewer, name=input.name, max_power_kw=input.max_power_kw,
+                company_id=company, min_power_kw=input.min_power_kw, unit=input.unit,
+                voltage=input.voltage, phases=input.phases)
+
+        site, errors = await _attempt(ctx, run)
+        return SitePayload(site=_site(site, ctx), errors=errors)
+
+    @strawberry.mutation(description="Edits a site; a new limit reaches its chargers at "
+                                     "once.")
+    async def update_site(self, info: Info, input: UpdateSiteInput) -> SitePayload:
+        ctx = _ctx(info)
+
+        async def run() -> Any:
+            return await ctx.services.sites.update_site(
+                ctx.viewer, expect_id(str(input.id), "site", "id"), name=given(input.name),
+                max_power_kw=given(input.max_power_kw),
+                min_power_kw=given(input.min_power_kw), unit=given(input.unit),
+                voltage=given(input.voltage), phases=given(input.phases))
+
+        site, errors = await _attempt(ctx, run)
+        return SitePayload(site=_site(site, ctx), errors=errors)
+
+    @strawberry.mutation(description="Removes a site; refused (IN_USE) while stations are "
+                                     "assigned to it. Returns it as it was.")
+    async def remove_site(self, info: Info, input: RemoveSiteInput) -> SitePayload:
+        ctx = _ctx(info)
+
+        async def run() -> Any:
+            return await ctx.services.sites.remove_site(
+                ctx.viewer, expect_id(str(input.id), "site", "id"))
+
+        site, errors = await _attempt(ctx, run)
+        return SitePayload(site=_site(site, ctx), errors=errors)
+
+    @strawberry.mutation(description="Puts a station behind a site of its company "
+                                     "(`siteId: null`: behind none).")
+    async def assign_station_to_site(self, info: Info, input: AssignStationToSiteInput
+                                     ) -> AssignStationToSitePayload:
+        ctx = _ctx(info)
+
+        async def run() -> Any:
+            site_id = None if input.site_id is None \
+                else expect_id(str(input.site_id), "site", "siteId")
+            return await ctx.services.sites.assign_station(
+                ctx.viewer, expect_id(str(input.station_id), "station", "stationId"),
+                site_id)
+
+        station, errors = await _attempt(ctx, run)
+        return AssignStationToSitePayload(
+            station=Station.wrap(station, ctx) if station is not None else None,
+            errors=errors)

@@ -1,0 +1,196 @@
+"""Site load management end to end: a real uvicorn-served ChargeGraph and two real
+``ocpp`` charge points behind one site. Each session is told its share of the site's
+limit with SetChargingProfile as sessions start and stop and the limit changes; a
+charger that refuses or never answers shows as not under control, and its transactions
+are answered as ever."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+from ocpp.routing import on
+from ocpp.v16 import call_result as result
+from ocpp.v16.enums import Action
+
+from domain.load_sharing import PROFILE_ID_BASE, STACK_LEVEL
+from graph.ids import expect_id, to_global_id
+from ocpp_bridge.simulator import SimulatedChargePoint, connected
+from tests.e2e.conftest import Running, running_service
+from tests.ocpp.conftest import STATION_PASSWORD
+
+SITE = """mutation($i: CreateSiteInput!) {
+  createSite(input: $i) { site { id } errors { code } } }"""
+ASSIGN = """mutation($st: ID!, $site: ID) {
+  assignStationToSite(input: {stationId: $st, siteId: $site}) { errors { code } } }"""
+UPDATE = """mutation($i: UpdateSiteInput!) { updateSite(input: $i) { errors { code } } }"""
+ALLOCATIONS = """query($id: ID!) { site(id: $id) { allocations {
+  transactionId powerKw limit unit answer underControl limitSentAt
+  session { idTag } connector { connectorId maxKw } } } }"""
+
+
+class StrictChargePoint(SimulatedChargePoint):
+    """Takes a TxProfile only for the transaction it knows its connector to run, as real
+    chargers do: one sent before the StartTransaction's answer reached it is refused."""
+
+    @on(Action.set_charging_profile)
+    def on_set_charging_profile(self, connector_id: int, cs_charging_profiles: dict[str, Any]
+                                ) -> result.SetChargingProfile:
+        known = self.connectors[connector_id].transaction_id
+        if known is None or known != cs_charging_profiles.get("transaction_id"):
+            return result.SetChargingProfile(status="Rejected")  # type: ignore[arg-type]
+        return super().on_set_charging_profile(connector_id, cs_charging_profiles)
+
+
+class RefusingChargePoint(SimulatedChargePoint):
+    """Takes no charging profiles (as chargers without smart charging answer)."""
+
+    @on(Action.set_charging_profile)
+    def on_set_charging_profile(self, connector_id: int, cs_charging_profiles: dict[str, Any]
+                                ) -> result.SetChargingProfile:
+        self.received.append(("SetChargingProfile", {"connector_id": connector_id,
+                                                      "profile": cs_charging_profiles}))
+        return result.SetChargingProfile(status="Rejected")  # type: ignore[arg-type]
+
+
+class SilentChargePoint(SimulatedChargePoint):
+    """Reads SetChargingProfile and never answers it (its other messages flow on)."""
+
+    async def route_message(self, raw_msg: str | bytes) -> None:
+        message = orjson.loads(raw_msg)
+        if message[0] == 2 and message[2] == "SetChargingProfile":
+            self.received.append(("SetChargingProfile", {"connector_id": message[3][
+                "connectorId"], "profile": message[3]["csChargingProfiles"]}))
+            return
+        await super().route_message(raw_msg)
+
+
+def limits(cp: SimulatedChargePoint) -> list[float]:
+    """The limits the charger took (or, silent, was sent), oldest first. The package
+    hands handlers snake_case; the silent charger keeps the frame's camelCase."""
+    def limit(profile: dict[str, Any]) -> float:
+        schedule = profile.get("charging_schedule") or profile["chargingSchedule"]
+        periods = schedule.get("charging_schedule_period") \
+            or schedule["chargingSchedulePeriod"]
+        return float(periods[0]["limit"])
+
+    return [limit(p["profile"]) for action, p in cp.received
+            if action == "SetChargingProfile"]
+
+
+async def until(check: Callable[[], Any], what: str) -> None:
+    """Waits (up to 15 s) until ``check()`` is true: a share is sent after the charger's
+    StartTransaction has been answered, so the charger cannot know when it comes."""
+    for _ in range(1500):
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"never: {what}")
+
+
+async def site_of_two(service: Running, max_kw: float) -> tuple[str, str]:
+    """A site of the seeded company holding CP-1 and CP-OPEN; its id and the operator's
+    token."""
+    token = await service.token("op")
+    created = await service.gql(SITE, {"i": {"name": "Depot", "maxPowerKw": max_kw}}, token)
+    site = created["createSite"]["site"]["id"]
+    for cp_id in ("CP-1", "CP-OPEN"):
+        station = to_global_id("station", service.central.stations[cp_id].id)
+        assigned = await service.gql(ASSIGN, {"st": station, "site": site}, token)
+        assert assigned["assignStationToSite"]["errors"] == []
+    return site, token
+
+
+async def allocations(service: Running, site: str, token: str) -> list[dict[str, Any]]:
+    data = await service.gql(ALLOCATIONS, {"id": site}, token)
+    return data["site"]["allocations"]  # type: ignore[no-any-return]
+
+
+async def test_two_chargers_share_the_site_s_limit(service: Running) -> None:
+    site, token = await site_of_two(service, 40)
+    url = service.ocpp_url
+    async with connected(url, "CP-1", password=STATION_PASSWORD,
+                         charge_point=StrictChargePoint) as one, \
+            connected(url, "CP-OPEN", charge_point=StrictChargePoint) as two:
+        # The first session gets the whole limit, capped at its 22 kW connector.
+        tx1, status = await one.start_transaction(2, "TAG-OK")
+        assert status == "Accepted"
+        await until(lambda: limits(one) == [22_000.0], "CP-1 told 22 kW")
+        [sent] = [p for a, p in one.received if a == "SetChargingProfile"]
+        assert sent["connector_id"] == 2
+        assert sent["profile"] == {
+            "charging_profile_id": PROFILE_ID_BASE + 2, "transaction_id": tx1,
+            "stack_level": STACK_LEVEL, "charging_profile_purpose": "TxProfile",
+            "charging_profile_kind": "Relative", "charging_schedule": {
+                "charging_rate_unit": "W",
+                "charging_schedule_period": [{"start_period": 0, "limit": 22000.0}]}}
+
+        # A second session (on a 150 kW connector): both get half.
+        tx2, _ = await two.start_transaction(1, "TAG-OTHER")
+        await until(lambda: limits(two) == [20_000.0] and limits(one)[-1] == 20_000.0,
+                    "both told 20 kW")
+        await service.services.site_load.settled()
+        shares = await allocations(service, site, token)
+        assert [(a["transactionId"], a["powerKw"], a["limit"], a["unit"], a["answer"],
+                 a["underControl"]) for a in shares] == [
+            (tx1, 20.0, 20000.0, "W", "ACCEPTED", True),
+            (tx2, 20.0, 20000.0, "W", "ACCEPTED", True)]
+        assert shares[0]["connector"] == {"connectorId": 2, "maxKw": 22.0}
+        assert shares[0]["session"] == {"idTag": "TAG-OK"}
+        assert all(a["limitSentAt"] for a in shares)
+
+        # One stops: the other gets the whole limit again.
+        await one.stop_transaction(2)
+        await until(lambda: limits(two)[-1] == 40_000.0, "CP-OPEN told 40 kW")
+        # Lowering the site's limit is sent at once; a share that did not change is not.
+        assert (await service.gql(UPDATE, {"i": {"id": site, "maxPowerKw": 30}},
+                                  token))["updateSite"]["errors"] == []
+        await until(lambda: limits(two)[-1] == 30_000.0, "CP-OPEN told 30 kW")
+        await service.services.site_load.settled()
+        # Shared again with nothing changed: nobody is told anything.
+        service.services.site_load.request_site(expect_id(site, "site", "id"))
+        await service.services.site_load.settled()
+        assert limits(one) == [22_000.0, 20_000.0]
+        assert limits(two) == [20_000.0, 40_000.0, 30_000.0]
+        assert [(a["transactionId"], a["powerKw"])
+                for a in await allocations(service, site, token)] == [(tx2, 30.0)]
+        await two.stop_transaction(1)  # its end is heard before it is answered
+    await service.services.site_load.settled()
+    assert await allocations(service, site, token) == []
+
+
+async def test_a_charger_that_refuses_its_limit_shows_as_not_under_control(
+        service: Running) -> None:
+    site, token = await site_of_two(service, 40)
+    async with connected(service.ocpp_url, "CP-OPEN",
+                         charge_point=RefusingChargePoint) as cp:
+        tx, status = await cp.start_transaction(1, "TAG-OK")
+        assert status == "Accepted"
+        await until(lambda: limits(cp) == [40_000.0], "told 40 kW")
+        await service.services.site_load.settled()
+        [share] = await allocations(service, site, token)
+        assert (share["transactionId"], share["answer"], share["underControl"]) == (
+            tx, "REJECTED", False)
+        await cp.stop_transaction(1)
+
+
+async def test_start_and_stop_are_answered_when_the_charger_never_answers_its_limit(
+        tmp_path: Path) -> None:
+    async with running_service(tmp_path, command_timeout=1) as service:
+        site, token = await site_of_two(service, 40)
+        async with connected(service.ocpp_url, "CP-OPEN",
+                             charge_point=SilentChargePoint) as cp:
+            tx, status = await cp.start_transaction(1, "TAG-OK")
+            assert (tx > 0, status) == (True, "Accepted")
+            await until(lambda: limits(cp) == [40_000.0], "sent 40 kW")
+            # The charger is still served while its answer is awaited.
+            assert (await cp.heartbeat()).current_time
+            await service.services.site_load.settled()
+            [share] = await allocations(service, site, token)
+            assert (share["answer"], share["underControl"]) == ("TIMEOUT", False)
+            await cp.stop_transaction(1)
+            session = await service.central.session(tx)
+            assert session is not None and session.state.value == "COMPLETED"
