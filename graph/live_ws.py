@@ -79,6 +79,13 @@ from graph.subscription import LiveFeed, events_lost
 
 log = logging.getLogger("chargegraph.graph")
 
+
+def _close_reason(error: Unauthenticated) -> str:
+    """The close reason for a token refused: an expired one says so (the client
+    refreshes and reconnects, as HTTP's ``TOKEN_EXPIRED`` tells it), any other
+    "Forbidden" (sign in again)."""
+    return "Token expired" if error.code == "TOKEN_EXPIRED" else "Forbidden"
+
 TRANSPORT_WS = "graphql-transport-ws"
 LEGACY_WS = "graphql-ws"
 PROTOCOLS = (TRANSPORT_WS, LEGACY_WS)
@@ -849,8 +856,8 @@ class Connection:
             self.init_received = True
             try:
                 await self._authorize(payload)
-            except Unauthenticated:
-                raise _Close(4403, "Forbidden") from None
+            except Unauthenticated as exc:
+                raise _Close(4403, _close_reason(exc)) from None
             self.outbox.control({"type": "connection_ack"})
         elif kind == "ping":
             self.outbox.control({"type": "pong"})
@@ -932,16 +939,18 @@ class Connection:
                 and event.user_id == self.context.viewer.user_id):
             self.recheck.set()
 
-    async def still_valid(self) -> bool:
-        """Whether the ``connection_init`` token still stands for the same rights: not
-        expired or revoked, the user active with the same role and company."""
+    async def withdrawn(self) -> str | None:
+        """Why the ``connection_init`` token no longer stands for the same rights (the
+        close reason), or ``None`` while it does: not expired or revoked, the user active
+        with the same role and company. An expiry is told apart ("Token expired": refresh
+        and reconnect) from a withdrawal ("Forbidden": sign in again); both close 4403."""
         if self.context is None or self.authorization is None:
-            return True  # anonymous: nothing to withdraw
+            return None  # anonymous: nothing to withdraw
         try:
             viewer = await self.endpoint.authorize(self.authorization)
-        except Unauthenticated:
-            return False
-        return viewer == self.context.viewer
+        except Unauthenticated as exc:
+            return _close_reason(exc)
+        return None if viewer == self.context.viewer else "Forbidden"
 
     # -- operations ---------------------------------------------------------
     def _room_for(self, op_id: str) -> bool:
@@ -1038,9 +1047,10 @@ class Connection:
         """A query or mutation sent over the socket: one result, then complete. The
         connection's rights are checked first (as an HTTP request would be)."""
         assert self.context is not None
-        if not await self.still_valid():
+        reason = await self.withdrawn()
+        if reason is not None:
             self._drop(op_id)
-            await self.outbox.close(4403, "Forbidden")
+            await self.outbox.close(4403, reason)
             return
         context = GraphContext.build(self.hub.services, self.hub.tokens, self.context.viewer,
                                      self.request)
@@ -1222,12 +1232,12 @@ class LiveEndpoint:
                 await asyncio.wait_for(connection.recheck.wait(), period)
             connection.recheck.clear()
             try:
-                valid = await connection.still_valid()
+                reason = await connection.withdrawn()
             except Exception:  # the store out of reach: try again next round
                 log.exception("re-validating a live connection failed")
                 continue
-            if not valid:
-                await connection.outbox.close(4403, "Forbidden")
+            if reason is not None:
+                await connection.outbox.close(4403, reason)
                 return
 
     @staticmethod

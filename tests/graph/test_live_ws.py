@@ -478,6 +478,31 @@ async def test_the_periodic_re_check_catches_what_was_not_announced(live: Setup)
     await kept.close()
 
 
+async def test_an_expired_token_closes_the_socket_saying_so(live: Setup) -> None:
+    """QA (s16): an expired token closed the socket as a revoked one did (4403
+    "Forbidden"), so an app could not tell "refresh and reconnect" from "sign in again".
+    The reason says "Token expired", at connection_init and when it expires later."""
+    driver = live.world.users["driver1"].id
+    expired = TokenService(SECRET, timedelta(minutes=-5)).issue(driver).token
+    socket = Socket(live.endpoint, "graphql-transport-ws")
+    await socket.connect()
+    socket.put({"type": "connection_init", "payload": {"authorization": f"Bearer {expired}"}})
+    assert await socket.raw() == {"type": "websocket.close", "code": 4403,
+                                  "reason": "Token expired"}
+    await socket.close()
+    fast = Setup(live.services, live.world, live.bus,
+                 revalidate_every=timedelta(milliseconds=50))
+    # Past its expiry by all but a second of the leeway the check allows (30 s).
+    expiring = TokenService(SECRET, timedelta(seconds=-29)).issue(driver).token
+    socket = Socket(fast.endpoint, "graphql-transport-ws")
+    await socket.connect()
+    await socket.init(expiring)
+    socket.subscribe("1", LOCAL)
+    assert await socket.raw(timeout=10) == {"type": "websocket.close", "code": 4403,
+                                            "reason": "Token expired"}
+    await socket.close()
+
+
 async def test_a_rights_change_closes_sockets_at_once_and_ops_are_checked(
         live: Setup) -> None:
     """Without waiting for the periodic re-check: the account change is announced on
