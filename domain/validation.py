@@ -44,11 +44,18 @@ def _given(value: str | None, field: str) -> str:
 
 
 def email(value: str | None, field: str = "email") -> str:
-    """Trimmed, composed (NFC) and case-folded, so uniqueness ignores case and how an
-    accented letter was typed: "rené" and "rene" + combining acute are one address."""
-    cleaned = unicodedata.normalize("NFC", _given(value, field).strip().casefold())
+    """Trimmed, case-folded and normalized for compatibility (NFKC), so uniqueness
+    ignores case, how an accented letter was typed ("rené" and "rene" + combining acute)
+    and width ("ｍia" is "mia"); the domain without the trailing dot of a fully
+    qualified name ("x.dev." is "x.dev"). A quoted local part is refused: ``"mia"@x`` is
+    the mailbox ``mia@x``, and each of these opened an account beside the real one
+    that read as it to operators (QA s16)."""
+    text = unicodedata.normalize("NFKC", _given(value, field).strip())
+    cleaned = unicodedata.normalize("NFKC", text.casefold())
+    local, at, domain = cleaned.rpartition("@")
+    cleaned = f"{local}{at}{domain.rstrip('.')}"
     if len(cleaned) > MAX_EMAIL or not _EMAIL_RE.match(cleaned) \
-            or not cleaned.isprintable():
+            or not cleaned.isprintable() or '"' in local:
         raise ValidationError("not a valid email address", field=field)
     return cleaned
 

@@ -10,7 +10,12 @@ def test_email_is_case_folded_and_checked() -> None:
     assert v.email("  Ada@Example.COM ") == "ada@example.com"
     # One address however the accent was typed (composed, or e + combining acute).
     assert v.email("Ren\u00e9@example.com") == v.email("rene\u0301@example.com")
-    for bad in ("", "no-at", "a@b", "a b@c.de", "a@@b.de", "a\x00@b.de", "a\ud800@b.de"):
+    # QA (s16): the same mailbox, or one that reads as it, opened a second account.
+    for same in ("mia@demo.example.dev.", "\uff4dia@demo.example.dev",
+                 "MIA@DEMO.EXAMPLE.DEV"):
+        assert v.email(same) == "mia@demo.example.dev", same
+    for bad in ("", "no-at", "a@b", "a b@c.de", "a@@b.de", "a\x00@b.de", "a\ud800@b.de",
+                '"mia"@demo.example.dev', "mia@."):
         with pytest.raises(ValidationError) as err:
             v.email(bad)
         assert err.value.field == "email"
