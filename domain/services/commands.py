@@ -30,6 +30,7 @@ from domain.entities import (
     SessionState,
     Station,
     User,
+    Vehicle,
 )
 from domain.errors import (
     ChargerError,
@@ -267,6 +268,10 @@ class CommandService(Service):
         else:
             where = all_of(Eq("user_id", viewer.user_id), Eq("status", IdTagStatus.ACCEPTED))
             if vehicle_id is not None:
+                vehicle = await self.store.find_one(Vehicle, all_of(
+                    Eq("id", vehicle_id), Eq("owner_id", viewer.user_id)))
+                if vehicle is None:  # not "no usable tag": the app sent a wrong id
+                    raise NotFound("no such vehicle", field="vehicleId")
                 where = all_of(where, Eq("vehicle_id", vehicle_id))
             tags = [t for t in await self.store.find_all(IdTag, where, limit=20)
                     if t.status_at(now) is IdTagStatus.ACCEPTED]

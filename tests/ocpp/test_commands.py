@@ -412,8 +412,13 @@ async def test_driver_commands(central: Central) -> None:
             assert blocked["errors"] == [{"field": "idTag", "code": "INVALID_STATE",
                                           "message": "this id tag is blocked"}], name
         assert cp.received == []
-        from graph.ids import to_global_id
-
+        # QA (s16): another driver's (or no) vehicle read "no usable id tag" (REQUIRED).
+        foreign = await run(central, "remoteStartTransaction",
+                            {"cpId": "CP-1", "connectorId": 1,
+                             "vehicleId": to_global_id("vehicle", central.vehicles["car"].id)},
+                            "__typename", as_user="driver2")
+        assert [(e["field"], e["code"]) for e in foreign["errors"]] == [
+            ("vehicleId", "NOT_FOUND")]
         by_vehicle = await run(central, "remoteStartTransaction",
                                {"cpId": "CP-1", "connectorId": 1,
                                 "vehicleId": to_global_id("vehicle",
