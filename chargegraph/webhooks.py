@@ -83,7 +83,9 @@ _INTERNAL = frozenset({"company_id", "owner_id", "at", "books_company_id",
                        # data) leaves the service nowhere, as the subscription leaves it out.
                        "result",
                        # Which connection is a charger's newest, between instances only.
-                       "connection"})
+                       "connection",
+                       # Whether the map shows the station: visibility, decided already.
+                       "on_map"})
 
 
 class Refused(Exception):
