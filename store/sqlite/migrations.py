@@ -12,11 +12,14 @@ the wrong type instead of silently storing it, which catches codec mistakes earl
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
 from collections.abc import Sequence
 
 import aiosqlite
+
+log = logging.getLogger("chargegraph.store")
 
 Migration = tuple[int, str]
 
@@ -796,6 +799,10 @@ async def apply_migrations(
                           f"ChargeGraph (this one knows up to {versions[-1]}): run that "
                           "version, or restore a backup made with this one")
     applied: list[int] = []
+    if versions and found < versions[-1]:
+        # An upgrade (or a new database, from 0) is worth a line: an operator checking
+        # a rolling upgrade reads which schema the file went from and to.
+        log.info("migrating the database from schema %d to %d", found, versions[-1])
     for version, script in migrations:
         statements = split_statements(script)
         # IMMEDIATE takes the write lock before we re-read the version: two processes
