@@ -40,7 +40,7 @@ from domain.errors import (
     DomainError,
 )
 from domain.events import SessionChanged, StationChanged, StationConnectionChanged
-from domain.load_sharing import Demand, allocate, limit_in_unit, tx_profile
+from domain.load_sharing import Demand, allocate, limit_in_unit, profile_id, tx_profile
 from domain.policy import SYSTEM
 from domain.ports import Change, Delete, Insert, Update
 from domain.query import Eq, In, all_of
@@ -170,7 +170,7 @@ class SiteLoad(Service):
             Station, Eq("site_id", site_id), limit=MAX_PER_SITE)
         sessions = await self._active(stations)
         charging_ids = [s.id for s in sessions]
-        await self._drop([a for a in await self.store.find_all(
+        await self._release([a for a in await self.store.find_all(
             SiteAllocation, Eq("site_id", site_id), limit=MAX_PER_SITE)
             if a.session_id not in set(charging_ids)])
         if site is None or not sessions:
@@ -222,10 +222,41 @@ class SiteLoad(Service):
             return True
         return held.limit != limit_in_unit(power_kw, site.unit, site.voltage, site.phases)
 
-    async def _drop(self, gone: Sequence[SiteAllocation]) -> None:
-        """Forgets the shares of sessions no longer charging behind the site."""
-        if gone:
-            await self.store.write([Delete(a) for a in gone], [])
+    async def _release(self, gone: Sequence[SiteAllocation]) -> None:
+        """Forgets the shares of sessions no longer charging behind the site. One still
+        charging on a station that left every site is also told its limit is lifted
+        (ClearChargingProfile of ChargeGraph's profile id): it kept charging at its last
+        share, however low, until its transaction ended. One whose station joined
+        another site is not: that site's share replaces the profile (same id), and a
+        clear landing after it would lift the new site's limit."""
+        if not gone:
+            return
+        await self.store.write([Delete(a) for a in gone], [])
+        sessions = {s.id: s for s in await self.store.get_many(
+            Session, [a.session_id for a in gone]) if s is not None}
+        still = [a for a in gone if a.session_id in sessions
+                 and sessions[a.session_id].state is SessionState.ACTIVE]
+        if not still:
+            return
+        stations = {st.id: st for st in await self.store.get_many(
+            Station, list({a.station_id for a in still})) if st is not None}
+        await asyncio.gather(*(self._lift(a) for a in still
+                               if a.station_id in stations
+                               and stations[a.station_id].site_id is None))
+
+    async def _lift(self, allocation: SiteAllocation) -> None:
+        try:
+            outcome = await self.commands.send(
+                SYSTEM, allocation.cp_id, "ClearChargingProfile",
+                {"id": profile_id(allocation.connector_id)})
+        except DomainError as exc:
+            log.info("the limit of transaction %d was not lifted: %s",
+                     allocation.transaction_id, exc.message)
+            return
+        if outcome.error is not None:
+            log.warning("%s answered %s to lifting the site limit of transaction %d",
+                        allocation.cp_id, answer_of(outcome).value,
+                        allocation.transaction_id)
 
     async def _tell(self, site: Site, held: SiteAllocation | None, session: Session,
                     power_kw: float) -> None:

@@ -194,3 +194,34 @@ async def test_start_and_stop_are_answered_when_the_charger_never_answers_its_li
             await cp.stop_transaction(1)
             session = await service.central.session(tx)
             assert session is not None and session.state.value == "COMPLETED"
+
+
+async def test_a_station_leaving_every_site_has_its_sessions_limit_lifted(
+        service: Running) -> None:
+    """A station taken out of its site mid-session: its charger was left applying its
+    last share (however low) until the transaction ended. It is told to clear
+    ChargeGraph's profile; moved to another site instead, it gets that site's share
+    (same profile id, replacing it) and no clear, which could land after the share."""
+    _, token = await site_of_two(service, 10)
+    other = (await service.gql(SITE, {"i": {"name": "Yard", "maxPowerKw": 7}},
+                               token))["createSite"]["site"]["id"]
+    station = to_global_id("station", service.central.stations["CP-OPEN"].id)
+    async with connected(service.ocpp_url, "CP-OPEN",
+                         charge_point=StrictChargePoint) as cp:
+        tx, _ = await cp.start_transaction(1, "TAG-OK")
+        await until(lambda: limits(cp) == [10_000.0], "told 10 kW")
+        moved = await service.gql(ASSIGN, {"st": station, "site": other}, token)
+        assert moved["assignStationToSite"]["errors"] == []
+        await until(lambda: limits(cp) == [10_000.0, 7_000.0], "told the yard's 7 kW")
+        await service.services.site_load.settled()
+        assert "ClearChargingProfile" not in [action for action, _ in cp.received]
+        left = await service.gql(ASSIGN, {"st": station, "site": None}, token)
+        assert left["assignStationToSite"]["errors"] == []
+        await until(lambda: ("ClearChargingProfile", {"id": PROFILE_ID_BASE + 1})
+                    in cp.received, "the limit lifted")
+        await service.services.site_load.settled()
+        assert cp.charging_profiles == {}
+        assert await allocations(service, other, token) == []
+        await cp.stop_transaction(1)
+    session = await service.central.session(tx)
+    assert session is not None and session.state.value == "COMPLETED"
