@@ -91,6 +91,7 @@ async def seed_demo(services: Services) -> DemoSummary:
                             ConnectorSpec(2, d.ConnectorType.TYPE2, 22)])
         except UniqueViolation:
             continue  # a station of that id exists already: keep it
+    await _site(services, companies["havel"])
     for (name, email, plate, make, model, battery), tag in zip(DRIVERS, summary.id_tags,
                                                                strict=True):
         driver = await _user(services, email, name, d.Role.DRIVER, None)
@@ -123,6 +124,25 @@ async def _tariffs(services: Services, network: str, company_id: str) -> None:
         await services.tariffs.set_tariff(
             SYSTEM, price_per_kwh=Decimal("0.45"), session_fee=Decimal("0.50"),
             energy_bands=[peak], time_zone="Europe/Berlin", **common)
+
+
+#: The demo's site: the Tegel depot's grid connection, shared by its two plugs (a
+#: 150 kW CCS2 and a 22 kW Type 2) under site load management.
+DEPOT = ("Tegel depot", "BER-TXL-01", 40.0)
+
+
+async def _site(services: Services, havel: d.Company) -> None:
+    """Havel's Tegel depot, one station behind a 40 kW connection: a session there gets
+    the whole (its plug's rating at most), two share it (``Site.allocations``)."""
+    name, cp_id, max_kw = DEPOT
+    store = services.ctx.store
+    station = await store.find_one(d.Station, Eq("cp_id", cp_id))
+    if station is None or station.site_id is not None:
+        return
+    site = await store.find_one(d.Site, Eq("name", name)) or \
+        await services.sites.create_site(SYSTEM, name=name, max_power_kw=max_kw,
+                                         company_id=havel.id)
+    await services.sites.assign_station(SYSTEM, station.id, site.id)
 
 
 async def _user(services: Services, email: str, name: str, role: d.Role,

@@ -30,7 +30,8 @@ async def services(tmp_path: Path) -> AsyncIterator[Services]:
 
 async def counts(services: Services) -> dict[str, int]:
     store = services.ctx.store
-    kinds = (d.Company, d.User, d.Station, d.Connector, d.Tariff, d.Vehicle, d.IdTag)
+    kinds = (d.Company, d.User, d.Station, d.Connector, d.Tariff, d.Vehicle, d.IdTag,
+             d.Site)
     return {kind.__name__: await store.count(kind, ALL) for kind in kinds}
 
 
@@ -39,7 +40,10 @@ async def test_seed_demo_builds_the_world_once(services: Services) -> None:
     assert first.created
     world = await counts(services)
     assert world == {"Company": 2, "User": 6, "Station": 8, "Connector": 16, "Tariff": 3,
-                     "Vehicle": 3, "IdTag": 3}
+                     "Vehicle": 3, "IdTag": 3, "Site": 1}
+    [depot] = await services.ctx.store.find_all(d.Site, ALL)
+    assert [s.cp_id for s in await services.ctx.store.find_all(
+        d.Station, Eq("site_id", depot.id))] == ["BER-TXL-01"]
     again = await seed_demo(services)
     assert not again.created and again.logins == first.logins
     assert await counts(services) == world
