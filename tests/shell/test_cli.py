@@ -112,6 +112,19 @@ def test_ports_out_of_range_in_the_environment_are_refused(
     assert refused.stderr.startswith(f"configuration error: {variable}: ")
 
 
+@pytest.mark.parametrize("value", ["inf", "1e308", "0.0001"])
+def test_an_instance_lease_out_of_bounds_is_a_configuration_error(
+        runner: CliRunner, monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    """inf and 1e308 overflowed the lease's timedelta when the OCPP server started (a
+    traceback, exit 3); 0.0001 served, renewing the lease in a busy loop."""
+    never_serve(monkeypatch)
+    monkeypatch.setenv("CHARGEGRAPH_INSTANCE_LEASE_SECONDS", value)
+    refused = runner.invoke(cli, ["serve"])
+    assert refused.exit_code == 2, refused.output
+    assert refused.stderr.startswith(
+        "configuration error: CHARGEGRAPH_INSTANCE_LEASE_SECONDS: Input should be ")
+
+
 @pytest.mark.parametrize("command", [
     ["serve"], ["demo"], ["create-user", "--email", "x@example.com", "--password", PASSWORD,
                           "--role", "admin"],
