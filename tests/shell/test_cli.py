@@ -24,10 +24,20 @@ def runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
 
 
 def test_version_is_the_packages(runner: CliRunner) -> None:
-    from importlib.metadata import version
+    """The package's version is ``chargegraph.__version__`` (pyproject reads it from
+    there), so a build's metadata, ``--version`` and /healthz agree. The metadata of an
+    editable install is the one written when it was installed: compared with it, this
+    test failed after every version bump until the environment was reinstalled."""
+    import tomllib
 
+    from chargegraph import __version__
+
+    project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    assert "version" in project["project"]["dynamic"]
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {
+        "attr": "chargegraph.__version__"}
     shown = runner.invoke(cli, ["--version"])
-    assert shown.exit_code == 0 and shown.stdout == f"chargegraph {version('chargegraph')}\n"
+    assert shown.exit_code == 0 and shown.stdout == f"chargegraph {__version__}\n"
 
 
 def test_create_user(runner: CliRunner, tmp_path: Path) -> None:
