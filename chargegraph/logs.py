@@ -65,10 +65,10 @@ class HideCredentials(logging.Filter):
         args = record.args
         if not isinstance(args, tuple):
             return True
-        target = _TARGET_LINES.get(record.msg) if isinstance(record.msg, str) else None
-        if target is not None and len(args) > target and isinstance(args[target], str):
-            record.args = (*args[:target], without_query_values(args[target]),
-                           *args[target + 1:])
+        at = _TARGET_LINES.get(record.msg) if isinstance(record.msg, str) else None
+        target = args[at] if at is not None and len(args) > at else None
+        if at is not None and isinstance(target, str):
+            record.args = (*args[:at], without_query_values(target), *args[at + 1:])
         elif record.msg in _HEADER_LINES and len(args) == 2 \
                 and str(args[0]).lower() in SECRET_HEADERS:
             record.args = (args[0], _masked(str(args[1])))
