@@ -29,7 +29,7 @@ from chargegraph.secrets import resolve_jwt_secret
 from chargegraph.security import Argon2Hasher
 from chargegraph.settings import Settings
 from chargegraph.startup import PlainStartupFailures, starting
-from chargegraph.stores import check_database_url, started_store, store_label
+from chargegraph.stores import check_database_url, sqlite_path, started_store, store_label
 from chargegraph.tls import ocpp_ssl_context
 from chargegraph.webhooks import WebhookDispatcher
 from domain.policy import Policy
@@ -97,6 +97,19 @@ def _detach(sources: Sources) -> None:
 #: How long a stop waits for background work of the services (their commands have
 #: already been failed by ``begin_shutdown``, so this is short).
 SETTLE_TIMEOUT_S = 5.0
+
+
+def schema_of(database_url: str) -> dict[str, int]:
+    """``{"schema": n}`` for /healthz: the SQLite migration this build runs with, which
+    its start brought the database to (or refused to start on a newer one), so instances
+    answering different numbers run different schemas. MongoDB records no number (its
+    start runs named, idempotent back-fill steps, ``store/mongo/migrations.py``): nothing
+    is said rather than a number it does not keep."""
+    if sqlite_path(database_url) is None:
+        return {}
+    from store.sqlite.migrations import MIGRATIONS
+
+    return {"schema": MIGRATIONS[-1][0]}
 
 
 def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | None = None
@@ -216,18 +229,21 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
             finally:
                 graphql.app = exports.app = None
 
+    # The version and the schema: which build a load balancer's instance runs, and with
+    # which database schema (rolling upgrades).
+    build = {"version": __version__, **schema_of(settings.database_url)}
+
     async def healthz(request: Request) -> Response:
         store: Store | None = getattr(request.app.state, "store", None)
         try:
             problem = "the store is not open" if store is None else await store.health()
         except Exception:
             problem = "the store does not answer"
-        # The version: which build a load balancer's instance runs (rolling upgrades).
         if problem is None:
-            return JSONResponse({"status": "ok", "store": "ok", "version": __version__})
+            return JSONResponse({"status": "ok", "store": "ok", **build})
         # The reason tells an operator what to fix (a full disk, a deleted database file).
         return JSONResponse({"status": "unavailable", "store": "unavailable",
-                             "reason": problem, "version": __version__}, status_code=503)
+                             "reason": problem, **build}, status_code=503)
 
     async def home(request: Request) -> Response:
         return RedirectResponse("/graphql")

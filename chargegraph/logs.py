@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -25,10 +26,31 @@ HIDDEN = "[hidden]"
 _HEADER_LINES = frozenset({"< %s: %s", "> %s: %s"})
 _FRAME_LINES = frozenset({"< %s", "> %s"})
 
+#: Lines that carry a request's target (path and query string), each with the index of the
+#: argument holding it: uvicorn's access line (at INFO, by default), its websocket
+#: handshake lines (``uvicorn.error``, INFO) and websockets' request lines (DEBUG). A query
+#: string can hold a credential: ``/export/sessions.csv?access_token=<JWT>`` (refused
+#: 401, since the token belongs in ``Authorization``) or ``/graphql?query=mutation{login(…
+#: password: "…")}`` (refused 405); the path is kept, the query's values are not.
+_TARGET_LINES = {
+    '%s - "%s %s HTTP/%s" %d': 2,
+    '%s - "WebSocket %s" [accepted]': 1,
+    '%s - "WebSocket %s" 403': 1,
+    '%s - "WebSocket %s" %d': 1,
+    "< GET %s HTTP/1.1": 0,  # websockets' legacy server (uvicorn's "websockets")
+    "< %s %s %s": 1,  # its new server (the OCPP server), method, target, protocol
+    "> GET %s HTTP/1.1": 0,  # its client (the simulator)
+}
+#: A query parameter's name kept in the log (it tells which parameter a client sent, say a
+#: misspelt export filter): a short identifier. Anything else may be a value sent
+#: without ``=`` (``?<token>``) and is hidden like one.
+_PARAMETER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,31}")
+
 
 class HideCredentials(logging.Filter):
     """Masks the value of credential headers in websockets' handshake logging, keeping the
-    scheme ("Authorization: Basic [hidden]") so a wrong scheme can still be debugged.
+    scheme ("Authorization: Basic [hidden]") so a wrong scheme can still be debugged, and
+    the values of a logged request target's query string (``/graphql?query=[hidden]``).
 
     With ``payloads``, data frames are logged by kind and size only: on the GraphQL
     websocket they carry bearer tokens (``connection_init``) and mutation variables such as
@@ -43,12 +65,33 @@ class HideCredentials(logging.Filter):
         args = record.args
         if not isinstance(args, tuple):
             return True
-        if record.msg in _HEADER_LINES and len(args) == 2 \
+        at = _TARGET_LINES.get(record.msg) if isinstance(record.msg, str) else None
+        target = args[at] if at is not None and len(args) > at else None
+        if at is not None and isinstance(target, str):
+            record.args = (*args[:at], without_query_values(target), *args[at + 1:])
+        elif record.msg in _HEADER_LINES and len(args) == 2 \
                 and str(args[0]).lower() in SECRET_HEADERS:
             record.args = (args[0], _masked(str(args[1])))
         elif self.payloads and record.msg in _FRAME_LINES and len(args) == 1:
             record.args = (_frame_summary(args[0]),)
         return True
+
+
+def without_query_values(target: str) -> str:
+    """``/export/sessions.csv?access_token=[hidden]&stationIds=[hidden]``: the path as it
+    was, the query string's parameter names where they look like names, every value
+    hidden."""
+    path, mark, query = target.partition("?")
+    if not mark:
+        return target
+    if not query:
+        return f"{path}?"
+    names = []
+    for parameter in query.split("&"):
+        name, equals, _ = parameter.partition("=")
+        names.append(f"{name}={HIDDEN}" if equals and _PARAMETER_NAME.fullmatch(name)
+                     else HIDDEN)
+    return f"{path}?{'&'.join(names)}"
 
 
 def _masked(value: str) -> str:
@@ -69,11 +112,13 @@ def _frame_summary(frame: object) -> object:
 
 
 #: Where websockets logs handshakes: its own server (OCPP) and client (simulator) loggers,
-#: and uvicorn's error logger, which the GraphQL websocket's protocol logs through.
+#: uvicorn's error logger, which the GraphQL websocket's protocol logs through, and its
+#: access logger, which writes every request's target at INFO.
 _GUARDED: dict[str, HideCredentials] = {
     "websockets.server": HideCredentials(),
     "websockets.client": HideCredentials(),
     "uvicorn.error": HideCredentials(payloads=True),
+    "uvicorn.access": HideCredentials(),
 }
 
 

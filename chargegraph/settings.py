@@ -83,9 +83,15 @@ class Settings(BaseSettings):
                                     description="Seconds, sent to chargers on boot")
     command_timeout: float = Field(30.0, gt=0, le=3600,
                                    description="Seconds to wait for a charger's answer")
+    # Bounded both ways: it is renewed every third of it, so a thousandth of a second
+    # was a renewal write loop (a core busy, the WAL growing by megabytes a second), and
+    # inf or 1e308 overflowed the lease's timedelta at start (a traceback, not this
+    # line). Beyond an hour a crashed instance's chargers would read online far longer
+    # than anyone waits for them; a second is the least tests and labs use.
     instance_lease_seconds: float = Field(
-        30.0, gt=0, description="How long after an instance stops renewing its lease "
-                                "(it crashed) another one records its chargers offline")
+        30.0, ge=1, le=3600,
+        description="How long after an instance stops renewing its lease (it crashed) "
+                    "another one records its chargers offline; 1 to 3600 seconds")
     webhooks_allow_private: bool = Field(
         False, description="Webhooks may post to loopback, private and link-local "
                            "addresses (a receiver inside the deployment's network); off, "

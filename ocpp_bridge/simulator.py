@@ -12,6 +12,8 @@ import base64
 import contextlib
 import logging
 import random
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -22,6 +24,7 @@ from ocpp.v16 import ChargePoint, call
 from ocpp.v16 import call_result as result
 from ocpp.v16.enums import Action
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 log = logging.getLogger("chargegraph.simulator")
 wire_log = logging.getLogger("chargegraph.simulator.wire")
@@ -46,6 +49,45 @@ class ConnectorState:
     soc: float = 20.0
     reservation_id: int | None = None
     available: bool = True
+
+
+class Disconnected(ConnectionError):
+    """The charger cannot talk to the central system now: its connection closed (or it
+    has a new one that has not yet delivered what the charger kept meanwhile)."""
+
+
+def _kept(payload: Any) -> bool:
+    """OCPP 1.6 transaction-related messages (4.7): a charger that cannot deliver them
+    keeps them and sends them in order once connected again, so the central system still
+    gets every transaction's meter values and its end."""
+    return isinstance(payload, call.StopTransaction) or (
+        isinstance(payload, call.MeterValues) and payload.transaction_id is not None)
+
+
+def _dropped(payload: Any) -> bool:
+    """Reports an offline charger does not keep: it reports its state anew once back
+    (``report_all``), which says more than a backlog of old ones."""
+    return isinstance(payload, call.StatusNotification | call.MeterValues) \
+        and not _kept(payload)
+
+
+def _report(cp_id: str, task: asyncio.Task[Any]) -> None:
+    """Retrieves how a background task of a charger ended: none may end "never retrieved"
+    (the asyncio ERROR lines a server restart used to print). A lost connection is what
+    chargers live with; anything else is worth a warning."""
+    if task.cancelled():
+        return
+    error = task.exception()
+    if isinstance(error, Disconnected):
+        log.info("%s: %s", cp_id, error)
+    elif error is not None:
+        log.warning("%s: %s failed: %r", cp_id, task.get_name(), error)
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Marks a failure as seen whose awaiting caller was cancelled meanwhile."""
+    if not task.cancelled():
+        task.exception()
 
 
 #: Settings that, like on many real chargers, take effect only after a reboot.
@@ -88,8 +130,130 @@ class SimulatedChargePoint(ChargePoint):
         self.registration: str | None = None
         # The connector a RemoteStartTransaction was accepted for, started right after.
         self._remote_target: int | None = None
-        self._chargers: dict[int, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._starts: set[asyncio.Future[tuple[int, str]]] = set()
+        #: Transaction messages not delivered yet, oldest first (``_kept``).
+        self.outbox: deque[Any] = deque()
+        #: Set from a lost connection until the next one has booted and delivered the
+        #: outbox (``flush``): transaction messages go to the outbox meanwhile.
+        self.queueing = False
+        # One transaction message at a time, so they arrive in the order they were made.
+        self._kept_lock = asyncio.Lock()
+        self._all_delivered = asyncio.Event()
+        self._all_delivered.set()
+        # Reads the connection ``attach`` gave; None while an owner runs ``start`` itself.
+        self._receiving: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------- the connection
+    def attach(self, connection: Any) -> asyncio.Task[None]:
+        """Talks over ``connection`` from now on and reads it. The task returned ends
+        when the connection does (with the reason), and every call waiting for an answer
+        fails with ``Disconnected`` then, instead of waiting out the response timeout."""
+        self._connection = connection
+        # An answer owed on the last connection never comes; a late one must not be read
+        # as one on this connection.
+        self._response_queue: asyncio.Queue[Any] = asyncio.Queue()
+        receiving = asyncio.create_task(self.start(), name=f"{self.id} receive")
+        receiving.add_done_callback(self._lost)
+        self._receiving = receiving
+        return receiving
+
+    def _lost(self, receiving: asyncio.Task[None]) -> None:
+        if not receiving.cancelled():
+            receiving.exception()  # retrieved: a connection that closes is no error here
+        if receiving is self._receiving:
+            self.queueing = True
+
+    async def detach(self) -> None:
+        """Stops reading the connection (its owner closes it). Calls fail from now on."""
+        if self._receiving is not None:
+            self._receiving.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._receiving
+
+    async def stop_follow_ups(self) -> None:
+        """Cancels the background work commands started (metering a remote start, …)."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def call(self, payload: Any, suppress: bool = True, unique_id: Any = None,
+                   skip_schema_validation: bool = False) -> Any:
+        """``ChargePoint.call`` as a charger that may lose its connection: a transaction
+        message it cannot deliver is kept (``outbox``) and answers None; a status report
+        is dropped (None); anything else raises ``Disconnected``. A StartTransaction also
+        waits for the outbox: a transaction starts after the ends the central system is
+        owed, and none starts while they cannot be delivered."""
+        send = partial(self._deliver, payload, suppress, unique_id, skip_schema_validation)
+        if _kept(payload):
+            return await self._keep_or_send(payload, send)
+        if isinstance(payload, call.StartTransaction):
+            async with self._kept_lock:
+                if self.queueing:
+                    raise Disconnected(f"offline: not starting a transaction on connector "
+                                       f"{payload.connector_id}")
+                return await send()
+        if _dropped(payload) and self.queueing:
+            return None
+        try:
+            return await send()
+        except Disconnected:
+            if _dropped(payload):
+                return None
+            raise
+
+    async def _keep_or_send(self, payload: Any, send: Callable[[], Awaitable[Any]]) -> Any:
+        async with self._kept_lock:
+            if not self.queueing:
+                try:
+                    return await send()
+                except Disconnected:
+                    # Sent, perhaps, but unanswered: sent again (OCPP's delivery of
+                    # transaction messages is at least once).
+                    self.queueing = True
+            self.outbox.append(payload)
+            self._all_delivered.clear()
+            return None
+
+    async def flush(self) -> None:
+        """Delivers the outbox, oldest first, over a connection that has booted; then
+        transaction messages are sent at once again. What is not delivered stays for the
+        next connection (``Disconnected`` is raised)."""
+        async with self._kept_lock:
+            while self.outbox:
+                await self._deliver(self.outbox[0], True, None, False)
+                self.outbox.popleft()
+            self.queueing = False
+            self._all_delivered.set()
+
+    async def delivered(self) -> None:
+        """Waits until the central system has every transaction message made so far."""
+        await self._all_delivered.wait()
+
+    async def _deliver(self, payload: Any, suppress: bool, unique_id: Any,
+                       skip_schema_validation: bool) -> Any:
+        """``ChargePoint.call``, failing with ``Disconnected`` as soon as the connection
+        ends (a closed socket, or one closing while the answer is awaited)."""
+        receiving = self._receiving
+        sending = super().call(payload, suppress, unique_id, skip_schema_validation)
+        try:
+            if receiving is None:  # its owner reads the connection: plain ChargePoint
+                return await sending
+            if receiving.done():
+                sending.close()
+                raise Disconnected("the connection is closed")
+            calling = asyncio.ensure_future(sending)
+            try:
+                await asyncio.wait({calling, receiving}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                if not calling.done():  # the connection ended first (or we were cancelled)
+                    calling.cancel()
+            if not calling.done():  # cancelling: it ends at the loop's next turn
+                raise Disconnected(f"the connection closed before {type(payload).__name__} "
+                                   "was answered")
+            return calling.result()
+        except ConnectionClosed as closed:
+            raise Disconnected(f"the connection closed: {closed}") from closed
 
     # ------------------------------------------------------------- charger → central system
     async def boot(self) -> result.BootNotification:
@@ -125,11 +289,35 @@ class SimulatedChargePoint(ChargePoint):
     async def start_transaction(self, connector_id: int, id_tag: str,
                                 timestamp: str | None = None,
                                 reservation_id: int | None = None) -> tuple[int, str]:
-        state = self.connectors[connector_id]
         await self.status(connector_id, "Preparing")
-        response = await self.call(call.StartTransaction(
-            connector_id=connector_id, id_tag=id_tag, meter_start=int(state.meter_wh),
-            timestamp=timestamp or now(), reservation_id=reservation_id))
+        # Shielded: a session cancelled while its start is being answered (the station
+        # switching off) still learns the transaction the central system opened, so
+        # ``_stop_transactions`` stops it instead of leaving it open there.
+        starting = asyncio.ensure_future(
+            self._start(connector_id, id_tag, timestamp, reservation_id))
+        self._starts.add(starting)
+        starting.add_done_callback(self._starts.discard)
+        starting.add_done_callback(_retrieve)
+        return await asyncio.shield(starting)
+
+    async def starts_answered(self) -> None:
+        """Waits for the StartTransactions under way."""
+        if self._starts:
+            await asyncio.wait(set(self._starts))
+
+    async def _start(self, connector_id: int, id_tag: str, timestamp: str | None,
+                     reservation_id: int | None) -> tuple[int, str]:
+        state = self.connectors[connector_id]
+        try:
+            response = await self.call(call.StartTransaction(
+                connector_id=connector_id, id_tag=id_tag, meter_start=int(state.meter_wh),
+                timestamp=timestamp or now(), reservation_id=reservation_id))
+        except Disconnected:
+            # No transaction: the plug is free again (reported once connected). A start
+            # the central system got but could not answer is closed there as lost, once
+            # this connector is reported Available after the next boot.
+            await self.status(connector_id, "Available")
+            raise
         if response is None:
             # A CALLERROR (the station is not accepted, the central system failed): no
             # transaction; the plug is free again. It used to crash the charging task.
@@ -219,6 +407,7 @@ class SimulatedChargePoint(ChargePoint):
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(partial(_report, self.id))
 
     # ------------------------------------------------------------- central system → charger
     @on(Action.remote_start_transaction)
@@ -237,7 +426,12 @@ class SimulatedChargePoint(ChargePoint):
         return result.RemoteStartTransaction(status="Accepted")  # type: ignore[arg-type]
 
     @after(Action.remote_start_transaction)
-    async def after_remote_start(self, id_tag: str, **_: Any) -> None:
+    def after_remote_start(self, id_tag: str, **_: Any) -> None:
+        # The ocpp package runs an async after-handler as a task nobody awaits: its
+        # failure (the connection lost meanwhile) was never retrieved.
+        self._later(self._start_remotely(id_tag))
+
+    async def _start_remotely(self, id_tag: str) -> None:
         target = self._remote_target
         if target is not None and self.connectors[target].transaction_id is None:
             self._remote_target = None
@@ -475,25 +669,28 @@ def basic_auth(cp_id: str, password: str) -> dict[str, str]:
     return {"Authorization": f"Basic {token}"}
 
 
+async def _open(url: str, cp_id: str, password: str | None) -> ClientConnection:
+    headers = basic_auth(cp_id, password) if password else None
+    return await connect(f"{url.rstrip('/')}/{cp_id}",
+                         subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+                         additional_headers=headers, compression=None, open_timeout=30)
+
+
 @contextlib.asynccontextmanager
-async def connected(url: str, cp_id: str, *, password: str | None = None,  # type: ignore[no-untyped-def]
+async def connected(url: str, cp_id: str, *, password: str | None = None,
                     config: SimulatorConfig | None = None, response_timeout: float = 30,
-                    charge_point: type[SimulatedChargePoint] = SimulatedChargePoint):
+                    charge_point: type[SimulatedChargePoint] = SimulatedChargePoint
+                    ) -> AsyncIterator[SimulatedChargePoint]:
     """A simulated charge point connected to ``{url}/{cp_id}``, its receive loop running
     (``charge_point``: a subclass behaving otherwise, as some real charger does)."""
-    headers = basic_auth(cp_id, password) if password else None
-    ws: ClientConnection = await connect(f"{url.rstrip('/')}/{cp_id}",
-                                         subprotocols=["ocpp1.6"],  # type: ignore[list-item]
-                                         additional_headers=headers, compression=None,
-                                         open_timeout=30)
+    ws = await _open(url, cp_id, password)
     cp = charge_point(cp_id, ws, config, response_timeout=response_timeout)
-    loop = asyncio.create_task(cp.start())
+    cp.attach(ws)
     try:
         yield cp
     finally:
-        loop.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await loop
+        await cp.detach()
+        await cp.stop_follow_ups()
         await ws.close()
 
 
@@ -507,36 +704,98 @@ class FleetPlan:
     session_every_s: tuple[float, float] = (20.0, 90.0)
     session_length_s: tuple[float, float] = (30.0, 180.0)
     meter_interval_s: float = 10.0
+    #: The first delay before connecting again and the longest (``Backoff``).
+    reconnect_s: tuple[float, float] = (1.0, 30.0)
     #: The cards charging now, across the plan's stations.
     charging: set[str] = field(default_factory=set)
+    #: The plan's chargers by cpId, as ``run_station`` made them (they outlive their
+    #: connections).
+    chargers: dict[str, SimulatedChargePoint] = field(default_factory=dict)
+
+
+@dataclass
+class Backoff:
+    """Delays between connection attempts: ``first`` doubling up to ``cap``, each drawn
+    between half and all of it, so a fleet that lost its server at once does not come
+    back in lockstep."""
+    first: float
+    cap: float
+    attempts: int = 0
+
+    def next(self) -> float:
+        ceiling = min(self.cap, self.first * 2.0 ** self.attempts)
+        self.attempts = min(self.attempts + 1, 32)  # 2.0 ** n stays a float
+        return random.uniform(ceiling / 2, ceiling)
+
+    def reset(self) -> None:
+        self.attempts = 0
 
 
 async def run_station(plan: FleetPlan, cp_id: str, stop: asyncio.Event) -> None:
-    """One simulated station living until ``stop``: reconnects, boots, reports, heartbeats
-    and now and then charges a car with one of the plan's id tags."""
-    config = SimulatorConfig(connectors=plan.connectors, meter_interval_s=plan.meter_interval_s)
-    while not stop.is_set():
-        try:
-            async with connected(plan.url, cp_id, password=plan.password, config=config) as cp:
-                await cp.boot()
-                await cp.report_all()
-                await _station_life(cp, plan, stop)
-        except Exception as exc:  # network blips: a real charger retries too
-            log.warning("%s: %r, reconnecting", cp_id, exc)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=5)
+    """One simulated station living until ``stop``: connects, boots, delivers what it kept
+    while offline, reports, heartbeats and now and then charges a car with one of the
+    plan's id tags. A connection that ends is noticed at once (its reading ends) and
+    retried after ``plan.reconnect_s``'s growing delays; transactions go on meanwhile,
+    their messages kept for the next connection, as a real charger's."""
+    cp = SimulatedChargePoint(cp_id, None, SimulatorConfig(
+        connectors=plan.connectors, meter_interval_s=plan.meter_interval_s))
+    plan.chargers[cp_id] = cp
+    sessions: set[asyncio.Task[None]] = set()
+    delays = Backoff(*plan.reconnect_s)
+    try:
+        while not stop.is_set():
+            try:
+                async with _online(plan, cp) as receiving:
+                    await cp.boot()
+                    await cp.flush()
+                    await cp.report_all()
+                    delays.reset()
+                    await _station_life(cp, plan, stop, receiving, sessions)
+            except Exception as exc:  # refused, lost, unanswered: a real charger retries
+                delay = delays.next()
+                log.warning("%s: %s, reconnecting in %.1f s", cp_id, _why(exc), delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=delay)
+    finally:
+        await _cancel(sessions)
+        await cp.stop_follow_ups()
+        _left_behind(cp)
 
 
-async def _station_life(cp: SimulatedChargePoint, plan: FleetPlan, stop: asyncio.Event
+def _why(error: Exception) -> str:
+    return str(error) if isinstance(error, Disconnected) else repr(error)
+
+
+@contextlib.asynccontextmanager
+async def _online(plan: FleetPlan, cp: SimulatedChargePoint
+                  ) -> AsyncIterator[asyncio.Task[None]]:
+    """``cp`` on a new connection; yields the task reading it, which ends with it."""
+    ws = await _open(plan.url, cp.id, plan.password)
+    receiving = cp.attach(ws)
+    try:
+        yield receiving
+    finally:
+        await cp.detach()
+        await ws.close()
+
+
+async def _station_life(cp: SimulatedChargePoint, plan: FleetPlan, stop: asyncio.Event,
+                        receiving: asyncio.Task[None], sessions: set[asyncio.Task[None]]
                         ) -> None:
-    next_beat = asyncio.get_running_loop().time() + cp.heartbeat_interval
-    sessions: set[asyncio.Task[int]] = set()
-    while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=random.uniform(*plan.session_every_s))
+    """Heartbeats and cars charging on one connection, until ``stop`` (what still charges
+    is stopped, as a charger switched off does) or until the connection ends
+    (``Disconnected``; what charges goes on, for the next connection to report)."""
+    loop = asyncio.get_running_loop()
+    next_beat = loop.time() + cp.heartbeat_interval
+    while True:
+        await _pause(stop, receiving, random.uniform(*plan.session_every_s))
         if stop.is_set():
-            break
-        if asyncio.get_running_loop().time() >= next_beat:
+            await _cancel(sessions)
+            await _stop_transactions(cp)
+            return
+        if receiving.done():
+            raise Disconnected("the connection closed")
+        if loop.time() >= next_beat:
             await cp.heartbeat()
             next_beat += cp.heartbeat_interval
         free = [i for i, c in cp.connectors.items()
@@ -546,16 +805,41 @@ async def _station_life(cp: SimulatedChargePoint, plan: FleetPlan, stop: asyncio
         if cards and free:
             tag = random.choice(cards)
             plan.charging.add(tag)
-            task = asyncio.create_task(cp.charge(
-                random.choice(free), tag, duration_s=random.uniform(*plan.session_length_s),
-                step_s=plan.meter_interval_s))
+            task = asyncio.create_task(_session(cp, plan, random.choice(free), tag),
+                                       name=f"session with {tag}")
             sessions.add(task)
             task.add_done_callback(sessions.discard)
-            task.add_done_callback(partial(_card_free, plan, tag))
-    for task in sessions:
+            task.add_done_callback(partial(_report, cp.id))
+
+
+async def _pause(stop: asyncio.Event, receiving: asyncio.Task[None], seconds: float) -> None:
+    """Waits ``seconds``, or less when ``stop`` is set or the connection ends meanwhile:
+    the station used to notice a closed socket only at its next heartbeat or session."""
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({stopping, receiving}, timeout=seconds,
+                           return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+
+
+async def _session(cp: SimulatedChargePoint, plan: FleetPlan, connector_id: int,
+                   tag: str) -> None:
+    """A car charging with ``tag``, through lost connections. Its card is free again once
+    the central system has the session's end: started elsewhere before, it would be
+    refused as still charging."""
+    try:
+        await cp.charge(connector_id, tag, duration_s=random.uniform(*plan.session_length_s),
+                        step_s=plan.meter_interval_s)
+        await cp.delivered()
+    finally:
+        plan.charging.discard(tag)
+
+
+async def _cancel(tasks: set[asyncio.Task[None]]) -> None:
+    for task in list(tasks):
         task.cancel()
-    await asyncio.gather(*sessions, return_exceptions=True)
-    await _stop_transactions(cp)
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _stop_transactions(cp: SimulatedChargePoint) -> None:
@@ -563,14 +847,22 @@ async def _stop_transactions(cp: SimulatedChargePoint) -> None:
     transactions): left open, a demo restarted found its cards busy with sessions the
     old chargers no longer had, and refused their next starts as ConcurrentTx until the
     reboot check closed them."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(cp.starts_answered(), 5)
     for connector_id, state in cp.connectors.items():
         if state.transaction_id is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(cp.stop_transaction(connector_id, "Local"), 5)
 
 
-def _card_free(plan: FleetPlan, tag: str, _: object) -> None:
-    plan.charging.discard(tag)
+def _left_behind(cp: SimulatedChargePoint) -> None:
+    """Stopped while offline, a station cannot end its transactions: says what the
+    central system was not told (its sessions stay open there)."""
+    open_transactions = [c.transaction_id for c in cp.connectors.values()
+                         if c.transaction_id is not None]
+    if open_transactions or cp.outbox:
+        log.warning("%s: stopped without a connection: transactions %s left open, "
+                    "%d messages not delivered", cp.id, open_transactions, len(cp.outbox))
 
 
 async def run_fleet(plan: FleetPlan, stop: asyncio.Event) -> None:

@@ -56,10 +56,11 @@ class Central:
 
 async def start_central(path: Path, *, auto_register: bool = False, bus: Any = None,
                         command_timeout: float = 5.0, relayed: bool = False,
-                        strict_schema: bool = False) -> Central:
+                        strict_schema: bool = False, port: int = 0) -> Central:
     """A central system on ``path``. ``relayed``: commands go the way they go between two
     instances, through a ``CommandRelay`` without chargers to one holding this server's
-    connections, over a bus that carries them as JSON."""
+    connections, over a bus that carries them as JSON. ``port``: the OCPP server's (one
+    restarted where its chargers connected before); any free one by default."""
     store = SqliteStore(str(path))
     await store.start()
     services = Services(ServiceContext(store=store, policy=Policy(), hasher=FastHasher(),
@@ -78,7 +79,7 @@ async def start_central(path: Path, *, auto_register: bool = False, bus: Any = N
         relays = [asker, holder, wire]
     else:
         services.attach_gateway(gateway)
-    server = OcppServer(services.charging, gateway, "127.0.0.1", 0, response_timeout=5,
+    server = OcppServer(services.charging, gateway, "127.0.0.1", port, response_timeout=5,
                         strict_schema=strict_schema)
     await server.start()
     return Central(services, store, server, gateway,

@@ -5,13 +5,27 @@ and a start the central system refuses is stopped at once."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
+from collections import deque
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from ocpp.v16 import call
 
 from domain import entities as d
 from domain.policy import SYSTEM
 from domain.query import ALL, Eq
 from ocpp_bridge.simulator import FleetPlan, SimulatorConfig, connected, run_station
 from tests.helpers import until
-from tests.ocpp.conftest import STATION_PASSWORD, Central
+from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
+
+
+def parse(stamp: str) -> datetime:
+    """A charger's timestamp as the store keeps it (aware, to the millisecond)."""
+    return datetime.fromisoformat(stamp)
 
 
 async def sessions(central: Central) -> list[d.Session]:
@@ -110,3 +124,138 @@ async def test_a_station_that_stops_ends_what_it_charges(central: Central) -> No
         await station
     [session] = await central.store.find_all(d.Session, ALL)
     assert session.state is d.SessionState.COMPLETED and session.stop_reason == "Local"
+
+
+@contextlib.contextmanager
+def unretrieved_task_errors() -> Iterator[list[dict[str, Any]]]:
+    """What the loop's exception handler got ("Task exception was never retrieved" and
+    the like), once the finished tasks are collected."""
+    loop = asyncio.get_running_loop()
+    previous = loop.get_exception_handler()
+    errors: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _, context: errors.append(context))
+    try:
+        yield errors
+    finally:
+        gc.collect()
+        loop.set_exception_handler(previous)
+
+
+async def session_of(central: Central) -> d.Session | None:
+    return await central.store.find_one(d.Session, Eq("cp_id", "CP-1"))
+
+
+async def online(central: Central) -> bool:
+    station = await central.store.find_one(d.Station, Eq("cp_id", "CP-1"))
+    return station is not None and station.online
+
+
+async def test_a_station_reconnects_after_a_server_restart_and_its_transaction_goes_on(
+        tmp_path: Path) -> None:
+    """The server stopped (its chargers' sockets closed) and started again on its port:
+    the station noticed only at its next heartbeat or session, so it never came back,
+    its session stayed ACTIVE and its tasks' ConnectionClosedOK were never retrieved.
+    Now it reconnects within its backoff, delivers the meter values it kept while the
+    server was down, and the same transaction goes on to its StopTransaction."""
+    path = tmp_path / "central.db"
+    central = await start_central(path)
+    await seed(central)
+    port = central.server.bound_port
+    plan = FleetPlan(url=central.url, cp_ids=["CP-1"], password=STATION_PASSWORD,
+                     id_tags=["TAG-OK"], session_every_s=(0.01, 0.02),
+                     session_length_s=(600, 600), meter_interval_s=0.05,
+                     reconnect_s=(0.05, 0.2))
+    stop = asyncio.Event()
+    running: Central | None = central
+    with unretrieved_task_errors() as errors:
+        station = asyncio.create_task(run_station(plan, "CP-1", stop))
+        try:
+            async def metered() -> bool:
+                found = await session_of(central)
+                return found is not None and found.energy_wh > 0
+
+            await until(metered, attempts=400, step=0.025)
+            before = await session_of(central)
+            assert before is not None
+            running = None
+            await stop_central(central)
+            charger = plan.chargers["CP-1"]
+
+            async def kept() -> bool:  # the car charges on; its meter values are kept
+                return len(charger.outbox) >= 2
+
+            await until(kept, attempts=400, step=0.025)
+            offline = [m.meter_value[0]["timestamp"] for m in charger.outbox
+                       if isinstance(m, call.MeterValues)]
+            central = await start_central(path, port=port)
+            running = central
+
+            async def resumed() -> bool:
+                session = await session_of(central)
+                samples = await central.store.find_all(
+                    d.MeterSample, Eq("transaction_id", before.transaction_id))
+                stamps = {s.at for s in samples}
+                return await online(central) and session is not None \
+                    and session.energy_wh > before.energy_wh \
+                    and all(parse(stamp) in stamps for stamp in offline)
+
+            await until(resumed, attempts=400, step=0.025)
+            stop.set()
+            await station  # the station stops its transaction as it goes
+            [session] = await central.store.find_all(d.Session, ALL)
+        finally:
+            stop.set()
+            await station
+            if running is not None:
+                await stop_central(running)
+    assert session.transaction_id == before.transaction_id
+    assert session.state is d.SessionState.COMPLETED and session.stop_reason == "Local"
+    assert errors == []
+
+
+async def test_a_transaction_ended_while_the_server_is_down_is_closed_once_it_is_back(
+        tmp_path: Path) -> None:
+    """The car left while the server was down: the charger keeps its StopTransaction and
+    sends it after reconnecting, with the time and meter reading of the stop."""
+    path = tmp_path / "central.db"
+    central = await start_central(path)
+    await seed(central)
+    port = central.server.bound_port
+    plan = FleetPlan(url=central.url, cp_ids=["CP-1"], password=STATION_PASSWORD,
+                     id_tags=["TAG-OK"], session_every_s=(0.01, 0.02),
+                     session_length_s=(600, 600), meter_interval_s=0.05,
+                     reconnect_s=(0.05, 0.2))
+    stop = asyncio.Event()
+    running: Central | None = central
+    station = asyncio.create_task(run_station(plan, "CP-1", stop))
+    try:
+        async def charging() -> bool:
+            return await session_of(central) is not None
+
+        await until(charging, attempts=400, step=0.025)
+        running = None
+        await stop_central(central)
+        charger = plan.chargers["CP-1"]
+        [connector] = [i for i, c in charger.connectors.items() if c.transaction_id]
+        await charger.stop_transaction(connector, "EVDisconnected")
+        plan.id_tags.clear()  # the driver went home: no session starts after it
+        [ended] = [m for m in charger.outbox if isinstance(m, call.StopTransaction)]
+        central = await start_central(path, port=port)
+        running = central
+
+        async def closed() -> bool:
+            session = await session_of(central)
+            return session is not None and session.state is d.SessionState.COMPLETED
+
+        await until(closed, attempts=400, step=0.025)
+        await until(lambda: online(central), attempts=400, step=0.025)
+        session = await session_of(central)
+    finally:
+        stop.set()
+        await station
+        if running is not None:
+            await stop_central(running)
+    assert session is not None and session.stop_reason == "EVDisconnected"
+    assert session.end_time == parse(ended.timestamp)
+    assert session.meter_stop_wh == ended.meter_stop
+    assert charger.outbox == deque() and charger.connectors[connector].status == "Available"

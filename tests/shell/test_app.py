@@ -13,6 +13,10 @@ from chargegraph.errors import ConfigError
 from chargegraph.security import Argon2Hasher
 from chargegraph.settings import Settings
 from domain.services import Services
+from store.sqlite.migrations import MIGRATIONS
+
+#: The SQLite schema this build migrates to.
+SCHEMA = MIGRATIONS[-1][0]
 
 
 def settings_for(tmp_path: Path, **overrides: object) -> Settings:
@@ -26,7 +30,8 @@ def test_healthz_and_graphql_through_the_app(tmp_path: Path) -> None:
     with TestClient(app) as client:
         health = client.get("/healthz")
         assert health.status_code == 200
-        assert health.json() == {"status": "ok", "store": "ok", "version": __version__}
+        assert health.json() == {"status": "ok", "store": "ok", "version": __version__,
+                                 "schema": SCHEMA}
         answer = client.post("/graphql", json={"query": "{ __typename }"})
         assert answer.status_code == 200
         assert answer.json() == {"data": {"__typename": "Query"}}
@@ -35,6 +40,33 @@ def test_healthz_and_graphql_through_the_app(tmp_path: Path) -> None:
     assert (tmp_path / "app.db").exists()
     # The generated secret lives beside the SQLite file by default.
     assert (tmp_path / ".chargegraph" / "jwt_secret").exists()
+
+
+def test_healthz_tells_the_database_schema_the_instance_runs_with(tmp_path: Path) -> None:
+    """A rolling upgrade's operator reads each instance's build and schema: the version
+    stayed 0.2.0 across schemas 23 to 29, and nothing told the schema."""
+    import sqlite3
+
+    from chargegraph.app import schema_of
+
+    with TestClient(create_app(settings_for(tmp_path), hasher=Argon2Hasher.fast())) as client:
+        health = client.get("/healthz").json()
+    with sqlite3.connect(tmp_path / "app.db") as database:
+        [(migrated,)] = database.execute('SELECT MAX("version") FROM "schema_version"')
+    assert health["schema"] == migrated == SCHEMA
+    # MongoDB keeps no schema number (named back-fill steps): none is made up.
+    assert schema_of("mongodb://127.0.0.1:27017/chargegraph") == {}
+
+
+#: The last SQLite schema of each released version (add one at each release).
+RELEASED_SCHEMAS = {"0.2.0": 22}
+
+
+def test_a_newer_schema_is_a_newer_version() -> None:
+    """A build whose schema is past a released version's does not carry that version's
+    number: 0.2.0 stayed through schemas 23 to 29, and /healthz could not tell them apart."""
+    assert [version for version, schema in RELEASED_SCHEMAS.items()
+            if schema < SCHEMA and version == __version__] == []
 
 
 def test_every_http_answer_carries_the_security_headers(tmp_path: Path) -> None:
@@ -61,7 +93,7 @@ def test_healthz_503_when_the_store_does_not_answer(tmp_path: Path) -> None:
         assert health.status_code == 503
         assert health.json() == {"status": "unavailable", "store": "unavailable",
                                  "reason": "the store does not answer",
-                                 "version": __version__}
+                                 "version": __version__, "schema": SCHEMA}
 
 
 def test_graphiql_follows_settings(tmp_path: Path) -> None:
@@ -198,7 +230,7 @@ def test_a_database_file_deleted_while_serving_is_a_503_and_refused_writes(
         assert health.json() == {"status": "unavailable", "store": "unavailable",
                                  "reason": "the database file was deleted while the "
                                            "service ran: writes are refused",
-                                 "version": __version__}
+                                 "version": __version__, "schema": SCHEMA}
         answer = client.post("/graphql", json={"query": create},
                              headers={"authorization": f"Bearer {token}"}).json()
         assert answer == {"data": {"createUser": {"user": None, "errors": [

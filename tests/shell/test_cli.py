@@ -24,10 +24,20 @@ def runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
 
 
 def test_version_is_the_packages(runner: CliRunner) -> None:
-    from importlib.metadata import version
+    """The package's version is ``chargegraph.__version__`` (pyproject reads it from
+    there), so a build's metadata, ``--version`` and /healthz agree. The metadata of an
+    editable install is the one written when it was installed: compared with it, this
+    test failed after every version bump until the environment was reinstalled."""
+    import tomllib
 
+    from chargegraph import __version__
+
+    project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    assert "version" in project["project"]["dynamic"]
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {
+        "attr": "chargegraph.__version__"}
     shown = runner.invoke(cli, ["--version"])
-    assert shown.exit_code == 0 and shown.stdout == f"chargegraph {version('chargegraph')}\n"
+    assert shown.exit_code == 0 and shown.stdout == f"chargegraph {__version__}\n"
 
 
 def test_create_user(runner: CliRunner, tmp_path: Path) -> None:
@@ -110,6 +120,19 @@ def test_ports_out_of_range_in_the_environment_are_refused(
     refused = runner.invoke(cli, ["serve"])
     assert refused.exit_code == 2, refused.output
     assert refused.stderr.startswith(f"configuration error: {variable}: ")
+
+
+@pytest.mark.parametrize("value", ["inf", "1e308", "0.0001"])
+def test_an_instance_lease_out_of_bounds_is_a_configuration_error(
+        runner: CliRunner, monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    """inf and 1e308 overflowed the lease's timedelta when the OCPP server started (a
+    traceback, exit 3); 0.0001 served, renewing the lease in a busy loop."""
+    never_serve(monkeypatch)
+    monkeypatch.setenv("CHARGEGRAPH_INSTANCE_LEASE_SECONDS", value)
+    refused = runner.invoke(cli, ["serve"])
+    assert refused.exit_code == 2, refused.output
+    assert refused.stderr.startswith(
+        "configuration error: CHARGEGRAPH_INSTANCE_LEASE_SECONDS: Input should be ")
 
 
 @pytest.mark.parametrize("command", [

@@ -163,7 +163,17 @@ def test_unknown_log_levels_are_refused(wrong: str) -> None:
     ("CHARGEGRAPH_HEARTBEAT_INTERVAL", "0", "Input should be greater than 0"),
     ("CHARGEGRAPH_COMMAND_TIMEOUT", "-1", "Input should be greater than 0"),
     ("CHARGEGRAPH_COMMAND_TIMEOUT", "0", "Input should be greater than 0"),
-    ("CHARGEGRAPH_INSTANCE_LEASE_SECONDS", "0", "Input should be greater than 0"),
+    ("CHARGEGRAPH_INSTANCE_LEASE_SECONDS", "0", "Input should be greater than or equal to 1"),
+    # A renewal every third of it: a write loop.
+    ("CHARGEGRAPH_INSTANCE_LEASE_SECONDS", "0.0001",
+     "Input should be greater than or equal to 1"),
+    # These overflowed the lease's timedelta at start: a traceback and exit 3.
+    ("CHARGEGRAPH_INSTANCE_LEASE_SECONDS", "inf", "Input should be less than or equal to 3600"),
+    ("CHARGEGRAPH_INSTANCE_LEASE_SECONDS", "1e308",
+     "Input should be less than or equal to 3600"),
+    ("CHARGEGRAPH_INSTANCE_LEASE_SECONDS", "nan", "Input should be less than or equal to 3600"),
+    ("CHARGEGRAPH_COMMAND_TIMEOUT", "inf", "Input should be less than or equal to 3600"),
+    ("CHARGEGRAPH_HEARTBEAT_INTERVAL", "86401", "Input should be less than or equal to 86400"),
 ])
 def test_nonsense_durations_are_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                         variable: str, value: str, message: str) -> None:
@@ -180,8 +190,11 @@ def test_sensible_durations_are_kept(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     monkeypatch.chdir(tmp_path)
     for variable, value in (("CHARGEGRAPH_JWT_TTL_MINUTES", "1"),
                             ("CHARGEGRAPH_HEARTBEAT_INTERVAL", "86400"),
-                            ("CHARGEGRAPH_COMMAND_TIMEOUT", "0.5")):
+                            ("CHARGEGRAPH_COMMAND_TIMEOUT", "0.5"),
+                            ("CHARGEGRAPH_INSTANCE_LEASE_SECONDS", "1")):
         monkeypatch.setenv(variable, value)
     settings = Settings()
     assert (settings.jwt_ttl_minutes, settings.heartbeat_interval,
-            settings.command_timeout) == (1, 86400, 0.5)
+            settings.command_timeout, settings.instance_lease_seconds) == (1, 86400, 0.5, 1)
+    monkeypatch.setenv("CHARGEGRAPH_INSTANCE_LEASE_SECONDS", "3600")
+    assert Settings().instance_lease_seconds == 3600

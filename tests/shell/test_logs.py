@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 from pathlib import Path
 
+import httpx
 import pytest
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.frames import Frame, Opcode
 
 from chargegraph.cli import _logging, _uvicorn
-from chargegraph.logs import HideCredentials
+from chargegraph.logs import HideCredentials, without_query_values
 from chargegraph.settings import Settings
+from tests.helpers import free_port, until_started
 
 PASSWORD = "S3cret-Station-PW"
 
@@ -93,3 +96,53 @@ def test_database_drivers_never_log_statements(caplog: pytest.LogCaptureFixture)
         assert not logging.getLogger(driver).isEnabledFor(logging.DEBUG), driver
     assert logging.getLogger("websockets.server").isEnabledFor(logging.DEBUG)
     assert logging.getLogger("chargegraph.ocpp.wire").isEnabledFor(logging.DEBUG)
+
+
+def test_query_values_are_hidden_keeping_path_and_names() -> None:
+    assert without_query_values("/export/sessions.csv?access_token=eyJ.x.y&stationIds=1") \
+        == "/export/sessions.csv?access_token=[hidden]&stationIds=[hidden]"
+    assert without_query_values('/graphql?query=mutation{login(password:%22pw%22)}') \
+        == "/graphql?query=[hidden]"
+    # A value sent without a name, or a name that is no identifier, may be the secret.
+    assert without_query_values("/graphql?eyJhbGciOiJIUzI1NiJ9.e30.c2ln") == "/graphql?[hidden]"
+    assert without_query_values("/x?a=1&pass%20word=2&=3&" + "n" * 40 + "=4") \
+        == "/x?a=[hidden]&[hidden]&[hidden]&[hidden]"
+    assert without_query_values("/healthz") == "/healthz"
+    assert without_query_values("/healthz?") == "/healthz?"
+
+
+@pytest.mark.parametrize("level", ["INFO", "DEBUG"])
+async def test_access_lines_keep_no_credential_of_a_query_string(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, level: str) -> None:
+    """A password in a GET's GraphQL query (refused 405) and a token in an export's query
+    string (refused 401) were written whole in uvicorn's access line, at the default INFO."""
+    token = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1c2VyIn0.c2lnbmF0dXJlLXRhaWw"
+    password = "Pa55-in-a-URL"
+    settings = Settings(database_url=f"sqlite:///{tmp_path}/logs.db", jwt_secret="l" * 40,  # type: ignore[arg-type]
+                        ocpp_enabled=False, port=free_port(), log_level=level)
+    _logging(settings)
+    caplog.set_level(level)
+    server = _uvicorn(settings)  # the app, uvicorn and its log_config as `serve` runs them
+    serving = asyncio.create_task(server.serve())
+    try:
+        await until_started(server)
+        base = f"127.0.0.1:{settings.port}"
+        async with httpx.AsyncClient(base_url=f"http://{base}") as client:
+            login = f'mutation{{login(email:"a@example.com",password:"{password}"){{token}}}}'
+            assert (await client.get("/graphql", params={"query": login})).status_code == 405
+            assert (await client.get("/export/sessions.csv", params={"access_token": token})
+                    ).status_code == 401
+        async with connect(f"ws://{base}/graphql?token={token}",
+                           subprotocols=["graphql-transport-ws"]):  # type: ignore[list-item]
+            pass
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(serving, 15)
+    # httpx is the test's client here, logging the URL it was given.
+    lines = [r.getMessage() for r in caplog.records if r.name != "httpx"]
+    assert not [line for line in lines if token in line or password in line]
+    assert any(line.endswith('"GET /graphql?query=[hidden] HTTP/1.1" 405') for line in lines)
+    assert any(line.endswith('"GET /export/sessions.csv?access_token=[hidden] HTTP/1.1" 401')
+               for line in lines)
+    assert any(line.endswith('"WebSocket /graphql?token=[hidden]" [accepted]')
+               for line in lines)

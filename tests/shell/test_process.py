@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from chargegraph import __version__
+from store.sqlite.migrations import MIGRATIONS
 from tests.helpers import free_port, wait_healthy
 
 #: The checkout these tests belong to. An editable install may point `chargegraph` at
@@ -72,7 +73,8 @@ def test_serve_answers_and_stops_gracefully(launch: list[subprocess.Popen[str]],
                                             tmp_path: Path) -> None:
     process, url = start(launch, tmp_path, "serve")
     assert httpx.get(f"{url}/healthz").json() == {"status": "ok", "store": "ok",
-                                                  "version": __version__}
+                                                  "version": __version__,
+                                                  "schema": MIGRATIONS[-1][0]}
     answer = graphql(url, "{ __typename }")
     assert answer.status_code == 200 and answer.json() == {"data": {"__typename": "Query"}}
     began = time.monotonic()
