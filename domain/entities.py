@@ -282,13 +282,22 @@ class LimitAnswer(StrEnum):
     TIMEOUT = "Timeout"
     OFFLINE = "Offline"
     ERROR = "Error"
+    #: A higher limit being sent now (by this or another instance): held at it until
+    #: the charger answers.
+    PENDING = "Pending"
 
 
-#: A site's per-session minimum when none is given: 6 A on one 230 V phase, the least
-#: IEC 61851 lets an AC charger offer a car.
-DEFAULT_MIN_POWER_KW = 1.4
+#: The least current IEC 61851 lets an AC charger offer a car, per phase. A site's
+#: per-session minimum is at least this on every phase (``min_session_kw``): a share
+#: below it is one a charger cannot charge at (it stalls, or ignores the limit).
+MIN_CURRENT_A = 6.0
 DEFAULT_VOLTAGE = 230.0
 DEFAULT_PHASES = 3
+
+
+def min_session_kw(voltage: float, phases: int) -> float:
+    """6 A on each of ``phases`` at ``voltage``: 4.14 kW on three 230 V phases."""
+    return MIN_CURRENT_A * voltage * phases / 1000
 
 
 @dataclass(kw_only=True)
@@ -301,7 +310,8 @@ class Site(Record):
     name: str
     company_id: str
     max_power_kw: float
-    min_power_kw: float = DEFAULT_MIN_POWER_KW
+    min_power_kw: float = field(default_factory=lambda: min_session_kw(DEFAULT_VOLTAGE,
+                                                                       DEFAULT_PHASES))
     unit: ChargingRateUnit = ChargingRateUnit.W
     voltage: float = DEFAULT_VOLTAGE
     phases: int = DEFAULT_PHASES
@@ -323,8 +333,14 @@ class SiteAllocation(Record):
     cp_id: str
     connector_id: int
     transaction_id: int
-    #: The share, kW (0: paused, the site cannot give it its minimum).
+    #: The share last sent, kW (0: paused, the site cannot give it its minimum).
     power_kw: float
+    #: The most its charger may draw now, as far as its answers tell (kW): the share it
+    #: accepted last; across a refusal, what it had before (its connector's rating
+    #: before any was accepted, the site's limit for a rating not known); across a
+    #: limit sent and not answered, the higher of the two. What the site holds for it
+    #: while it is not under control (``site_load``).
+    bound_kw: float
     #: The limit as sent, in ``unit``, and when; ``None`` before it was sent.
     limit: float | None = None
     unit: ChargingRateUnit = ChargingRateUnit.W

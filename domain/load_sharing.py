@@ -23,6 +23,7 @@ from domain.entities import ChargingRateUnit
 PROFILE_ID_BASE = 7_160_000
 #: Their stack level: above the TxProfiles an operator sets by hand at the usual levels,
 #: so the site's limit wins; an operator who must override it uses a level above this.
+#: A charger whose ChargeProfileMaxStackLevel is lower gets that (``site_load``).
 STACK_LEVEL = 90
 
 
@@ -102,7 +103,8 @@ def profile_id(connector_id: int) -> int:
 
 
 def tx_profile(connector_id: int, transaction_id: int, limit: float,
-               unit: ChargingRateUnit, phases: int) -> dict[str, Any]:
+               unit: ChargingRateUnit, phases: int, stack_level: int = STACK_LEVEL
+               ) -> dict[str, Any]:
     """The SetChargingProfile request for a session's share: a TxProfile for its
     transaction on its connector, one period from its start on."""
     schedule: dict[str, Any] = {
@@ -116,7 +118,7 @@ def tx_profile(connector_id: int, transaction_id: int, limit: float,
         "csChargingProfiles": {
             "chargingProfileId": profile_id(connector_id),
             "transactionId": transaction_id,
-            "stackLevel": STACK_LEVEL,
+            "stackLevel": stack_level,
             "chargingProfilePurpose": "TxProfile",
             "chargingProfileKind": "Relative",
             "chargingSchedule": schedule,

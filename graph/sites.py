@@ -41,7 +41,8 @@ strawberry.enum(d.ChargingRateUnit, name="ChargingRateUnit",
                 description="The unit of the limits a site sends its chargers (OCPP).")
 strawberry.enum(d.LimitAnswer, name="LimitAnswer", description=(
     "What became of the last limit sent to a session's charger: its answer to "
-    "SetChargingProfile, or why none came. Only ACCEPTED is under control."))
+    "SetChargingProfile, or why none came (PENDING: a higher limit being sent now). "
+    "Only ACCEPTED is under control."))
 ChargingRateUnit = d.ChargingRateUnit
 LimitAnswer = d.LimitAnswer
 
@@ -56,8 +57,13 @@ def _ctx(info: Info) -> GraphContext:
 @strawberry.type(description="One session's share of its site's power, and whether its "
                              "charger took it.")
 class SiteAllocation:
-    power_kw: float = strawberry.field(description="Its share; 0 is paused (the site "
-                                                   "cannot give it the minimum).")
+    power_kw: float = strawberry.field(description="Its share as last sent; 0 is paused "
+                                                   "(the site cannot give it the minimum).")
+    bound_kw: float = strawberry.field(description=(
+        "The most its charger may draw, as far as its answers tell: the share it accepted; "
+        "after a refusal what it had before (its connector's rating before any was "
+        "accepted); after silence the higher of the two. The site holds this much for a "
+        "session not under control, and shares only the rest."))
     limit: float | None = strawberry.field(description="The limit as sent, in the site's "
                                                        "unit; null before it was sent.")
     unit: ChargingRateUnit  # type: ignore[valid-type]
@@ -70,7 +76,8 @@ class SiteAllocation:
 
     @classmethod
     def wrap(cls, r: d.SiteAllocation, ctx: GraphContext) -> SiteAllocation:
-        return _node(cls, {"power_kw": r.power_kw, "limit": r.limit, "unit": r.unit,
+        return _node(cls, {"power_kw": r.power_kw, "bound_kw": r.bound_kw,
+                           "limit": r.limit, "unit": r.unit,
                            "limit_sent_at": r.limit_sent_at, "answer": r.answer,
                            "under_control": r.answer is d.LimitAnswer.ACCEPTED,
                            "transaction_id": r.transaction_id, "_r": r})
@@ -136,8 +143,9 @@ class CreateSiteInput:
     max_power_kw: float
     company_id: strawberry.ID | None = strawberry.field(
         default=None, description="An operator's own company when left out.")
-    min_power_kw: float | None = strawberry.field(default=None, description="1.4 kW "
-                                                  "when left out.")
+    min_power_kw: float | None = strawberry.field(default=None, description=(
+        "6 A on each phase when left out (4.14 kW on three 230 V phases); with limits in A "
+        "it may not be less."))
     unit: ChargingRateUnit = d.ChargingRateUnit.W  # type: ignore[valid-type]
     voltage: float | None = strawberry.field(default=None, description="230 V when left "
                                                                        "out.")

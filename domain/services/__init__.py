@@ -56,6 +56,7 @@ class Services:
         self.sites = SiteService(ctx)
         self.site_load = SiteLoad(ctx, self.commands)
         self.sites.recompute = self.site_load.request_site
+        self.stations.on_site_left = self.site_load.request_site
         self.charging.on_start_answered.append(self.site_load.request_station)
 
     def attach_gateway(self, gateway: ChargerGateway) -> None:

@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from domain.entities import (
@@ -33,6 +36,7 @@ from domain.entities import (
     Station,
 )
 from domain.errors import (
+    ChargerCallError,
     ChargerOffline,
     ChargerRejected,
     ChargerTimeout,
@@ -40,7 +44,14 @@ from domain.errors import (
     DomainError,
 )
 from domain.events import SessionChanged, StationChanged, StationConnectionChanged
-from domain.load_sharing import Demand, allocate, limit_in_unit, profile_id, tx_profile
+from domain.load_sharing import (
+    STACK_LEVEL,
+    Demand,
+    allocate,
+    limit_in_unit,
+    profile_id,
+    tx_profile,
+)
 from domain.policy import SYSTEM
 from domain.ports import Change, Delete, Insert, Update
 from domain.query import Eq, In, all_of
@@ -56,7 +67,82 @@ RESOLVE_BATCH = 500
 #: The most stations and active sessions a site's recompute reads.
 MAX_PER_SITE = 1_000
 
+#: How long after seeing another instance's raise under way (or taking its own back) a
+#: site is shared again: a range, drawn from, so two instances do not retry in step.
+RETRY_AFTER_S = (0.2, 1.0)
+#: How long after its last answer a charger not under control is asked again (one that
+#: refuses limits is asked once a minute, not at every start and stop on its site).
+RETRY_LOOSE_S = 60.0
+#: The configuration key saying the highest stack level a charger takes (OCPP 1.6).
+MAX_STACK_LEVEL_KEY = "ChargeProfileMaxStackLevel"
+
 _ANSWERS = {a.value: a for a in LimitAnswer}
+#: Answers after which the charger surely kept the limit it had (it said no).
+_REFUSED = frozenset({LimitAnswer.REJECTED, LimitAnswer.NOT_SUPPORTED})
+
+
+def bound_after(before_kw: float, sent_kw: float, answer: LimitAnswer) -> float:
+    """The most a charger may draw after it was sent ``sent_kw`` and answered
+    ``answer``, ``before_kw`` the most before: the share it accepted; what it had, after
+    a refusal; either, after silence or a broken answer (it may have taken it)."""
+    if answer is LimitAnswer.ACCEPTED:
+        return sent_kw
+    if answer in _REFUSED:
+        return before_kw
+    return max(before_kw, sent_kw)
+
+
+def stack_level_of(result: dict[str, Any]) -> int:
+    """The stack level for a charger from its GetConfiguration answer:
+    ``STACK_LEVEL``, or its ChargeProfileMaxStackLevel when that is lower."""
+    for entry in result.get("configurationKey") or []:
+        if isinstance(entry, dict) and entry.get("key") == MAX_STACK_LEVEL_KEY:
+            try:
+                return max(0, min(STACK_LEVEL, int(str(entry.get("value", "")).strip())))
+            except ValueError:
+                break
+    return STACK_LEVEL
+
+
+@dataclass(slots=True)
+class _Seen:
+    """A site as one reading found it: its active sessions, the stations of those
+    online, their recorded shares and their connectors' ratings."""
+
+    sessions: list[Session]
+    online: set[str]
+    held: dict[str, SiteAllocation]
+    ratings: dict[tuple[str, int], float | None]
+    limit_kw: float
+    #: The site's settings the shares were computed from.
+    site: tuple[Any, ...]
+
+    @property
+    def live(self) -> list[Session]:
+        return [s for s in self.sessions if s.station_id in self.online]
+
+    def rating(self, session: Session) -> float | None:
+        return self.ratings.get((session.station_id, session.connector_id))
+
+    def bound(self, session: Session) -> float:
+        """The most the session's charger may draw: as recorded; never told anything,
+        its connector's rating (the site's whole limit for a rating not known)."""
+        known = self.held.get(session.id)
+        if known is not None:
+            return known.bound_kw
+        rating = self.rating(session)
+        return self.limit_kw if rating is None else rating
+
+    def demand(self, session: Session) -> Demand:
+        return Demand(session.id, session.start_time, session.transaction_id,
+                      self.rating(session))
+
+    def key(self, skip: set[str]) -> tuple[Any, ...]:
+        """What a raise depends on, but for the sessions in ``skip``: the site's limits,
+        which sessions charge, on which chargers online, and every other share."""
+        return (self.site, frozenset(s.id for s in self.sessions), frozenset(self.online),
+                frozenset((a.session_id, a.answer, a.bound_kw, a.power_kw)
+                          for a in self.held.values() if a.session_id not in skip))
 
 
 def answer_of(outcome: CommandOutcome) -> LimitAnswer:
@@ -70,6 +156,8 @@ def answer_of(outcome: CommandOutcome) -> LimitAnswer:
         return LimitAnswer.TIMEOUT
     if isinstance(error, ChargerOffline):
         return LimitAnswer.OFFLINE
+    if isinstance(error, ChargerCallError):  # NotSupported, NotImplemented: it said no
+        return LimitAnswer.NOT_SUPPORTED
     return LimitAnswer.ERROR
 
 
@@ -83,6 +171,12 @@ class SiteLoad(Service):
         self._again: set[str] = set()
         self._slots = asyncio.Semaphore(MAX_SITES_AT_ONCE)
         self._closed = False
+        #: Background asks of chargers not under control, by session (``_retry``).
+        self._retrying: dict[str, asyncio.Task[None]] = {}
+        #: Each charger's stack level for site limits, while it stays connected.
+        self._levels: dict[str, int] = {}
+        #: Sites to share again later (``_later``), by site.
+        self._timers: dict[str, asyncio.TimerHandle] = {}
         ctx.published.append(self._heard)
 
     # ------------------------------------------------------------- triggers
@@ -91,6 +185,8 @@ class SiteLoad(Service):
         taken after its answer instead: ``start_answered``)."""
         if isinstance(event, SessionChanged) and event.change != "ENDED":
             return
+        if isinstance(event, StationConnectionChanged):
+            self._levels.pop(event.cp_id, None)  # read again: it may be another charger
         if isinstance(event, SessionChanged | StationConnectionChanged | StationChanged) \
                 and event.station_id is not None:
             self.request_station(event.station_id)
@@ -143,7 +239,7 @@ class SiteLoad(Service):
     async def settled(self) -> None:
         """Waits until no recompute is asked for or running (tests, shutdown)."""
         while True:
-            waiting = [*self._running.values()]
+            waiting = [*self._running.values(), *self._retrying.values()]
             if self._resolver is not None and not self._resolver.done():
                 waiting.append(self._resolver)
             if not waiting:
@@ -154,7 +250,10 @@ class SiteLoad(Service):
         """Stops: nothing more is asked, what runs is cancelled (a command under way is
         audited as unanswered by ``CommandService``)."""
         self._closed = True
-        tasks = [*self._running.values()]
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        tasks = [*self._running.values(), *self._retrying.values()]
         if self._resolver is not None:
             tasks.append(self._resolver)
         for task in tasks:
@@ -164,42 +263,156 @@ class SiteLoad(Service):
     # ------------------------------------------------------------- the recompute
     async def recompute(self, site_id: str) -> None:
         """Shares the site's power among the sessions charging behind it now and tells
-        each charger whose share changed (or whose last limit it did not accept)."""
+        each charger whose share changed.
+
+        What the site holds first: for each session whose charger is offline or not
+        under control (its last limit refused or unanswered, or one being raised by
+        another instance), the most it may draw (``SiteAllocation.bound_kw``: what it
+        accepted last; its connector's rating before any). The sessions under control,
+        and new ones, share the rest. Lower limits (and new sessions', which charge
+        unlimited until told) go first; the raises only once all of those were accepted
+        (a refusal or silence changes what the site must hold: it is shared again
+        instead), and only after ``_claim`` (another instance may be sharing the site
+        at the same time). Sessions not under control are asked again in the
+        background, for no more than what the site holds for them."""
         [site] = await self.store.get_many(Site, [site_id])
-        stations = [] if site is None else await self.store.find_all(
-            Station, Eq("site_id", site_id), limit=MAX_PER_SITE)
-        sessions = await self._active(stations)
-        charging_ids = [s.id for s in sessions]
-        await self._release([a for a in await self.store.find_all(
-            SiteAllocation, Eq("site_id", site_id), limit=MAX_PER_SITE)
-            if a.session_id not in set(charging_ids)])
-        if site is None or not sessions:
+        seen = await self._read(site)
+        if site is None or not seen.sessions:
             return
+        live, held, bound = seen.live, seen.held, seen.bound
+        controlled = [s for s in live if s.id not in held
+                      or held[s.id].answer is LimitAnswer.ACCEPTED]
+        loose = [s for s in live if s not in controlled]
+        # An offline charger goes on applying what it has (OCPP 1.6 keeps a TxProfile
+        # for its transaction, and it charges offline): held back, as a loose one's.
+        offline = sum(bound(s) for s in seen.sessions if s not in live)
+        shares = allocate(site.max_power_kw, site.min_power_kw,
+                          [seen.demand(s) for s in controlled],
+                          offline + sum(bound(s) for s in loose))
+        due = [(s, shares[s.id]) for s in controlled
+               if self._due(site, held.get(s.id), shares[s.id])]
+        lower = [(s, kw) for s, kw in due if s.id not in held or kw < bound(s)]
+        higher = [(s, kw) for s, kw in due if s.id in held and kw >= bound(s)]
+        answers = await asyncio.gather(*(self._tell(site, held.get(s.id), s, kw, bound(s))
+                                         for s, kw in lower))
+        if any(a is not LimitAnswer.ACCEPTED for a in answers):
+            self._again.add(site.id)  # shared again with what the site must now hold
+        elif higher and await self._claim(site, seen, higher,
+                                          told={s.id for s, _ in lower}):
+            await asyncio.gather(*(self._tell(site, held[s.id], s, kw, bound(s))
+                                   for s, kw in higher))
+        under_way = {s.id for s in loose if self._under_way(held[s.id])}
+        if under_way:
+            self._later(site.id)  # another instance's raise: shared again once it lands
+        fair = allocate(site.max_power_kw, site.min_power_kw,
+                        [seen.demand(s) for s in live], offline)
+        for session in loose:
+            if session.id in under_way:
+                continue
+            sent = held[session.id].limit_sent_at
+            wait = 0.0 if sent is None else \
+                RETRY_LOOSE_S - (self.now() - sent).total_seconds()
+            if wait > 0:  # asked moments ago: again in a while, not at every recompute
+                self._later(site.id, wait)
+            else:
+                self._retry(site, held[session.id], session,
+                            min(fair[session.id], bound(session)))
+
+    def _under_way(self, allocation: SiteAllocation) -> bool:
+        """A raise being sent now: PENDING, recorded less than the longest a command
+        takes ago (waiting its turn, then its answer). One older was left by an instance
+        that stopped meanwhile: asked again like any not under control."""
+        if allocation.answer is not LimitAnswer.PENDING:
+            return False
+        return self.now() - allocation.updated_at < timedelta(
+            seconds=3 * self.commands.timeout)
+
+    async def _read(self, site: Site | None) -> _Seen:
+        """The site's active sessions and their shares as stored now (forgetting the
+        shares of sessions no longer charging behind it)."""
+        stations = [] if site is None else await self.store.find_all(
+            Station, Eq("site_id", site.id), limit=MAX_PER_SITE)
+        sessions = await self._active(stations)
+        ids = {s.id for s in sessions}
+        recorded = [] if site is None else await self.store.find_all(
+            SiteAllocation, Eq("site_id", site.id), limit=MAX_PER_SITE)
+        await self._release([a for a in recorded if a.session_id not in ids])
         # By session (an allocation's id is its session's): one recorded under the site
         # a station just left moves with it.
         held = {a.session_id: a for a in await self.store.get_many(
-            SiteAllocation, charging_ids) if a is not None}
-        online = {st.id for st in stations if st.online}
-        # An offline charger goes on applying the last limit it was sent (OCPP 1.6 keeps
-        # a TxProfile for its transaction): what it holds is not shared out.
-        reserved = sum(held[s.id].power_kw for s in sessions
-                       if s.station_id not in online and s.id in held)
-        charging = [s for s in sessions if s.station_id in online]
-        ratings = await self._ratings(stations)
-        shares = allocate(site.max_power_kw, site.min_power_kw, [
-            Demand(s.id, s.start_time, s.transaction_id,
-                   ratings.get((s.station_id, s.connector_id))) for s in charging],
-            reserved)
-        due = [(s, shares[s.id]) for s in charging
-               if self._due(site, held.get(s.id), shares[s.id])]
-        # Lower limits first (and new sessions, which charge unlimited until told), then
-        # the raises: the site stays within its limit while the chargers are told.
-        lowering = {s.id for s, kw in due if s.id not in held or kw < held[s.id].power_kw}
-        lower = [(s, kw) for s, kw in due if s.id in lowering]
-        higher = [(s, kw) for s, kw in due if s.id not in lowering]
-        for group in (lower, higher):
-            await asyncio.gather(*(self._tell(site, held.get(s.id), s, kw)
-                                   for s, kw in group))
+            SiteAllocation, list(ids)) if a is not None}
+        ratings = await self._ratings(stations) if sessions else {}
+        limit = site.max_power_kw if site is not None else 0.0
+        settings = () if site is None else (site.max_power_kw, site.min_power_kw,
+                                            site.unit, site.voltage, site.phases)
+        return _Seen(sessions, {st.id for st in stations if st.online}, held, ratings,
+                     limit, settings)
+
+    async def _claim(self, site: Site, seen: _Seen,
+                     raises: Sequence[tuple[Session, float]], told: set[str]) -> bool:
+        """Before raising: records each raise as PENDING with what its charger may then
+        draw (the new share), and reads the site again. Unchanged but for these, the
+        raises may go: another instance sharing the site from then on holds them back.
+        Otherwise (another instance changed a share or a session started or ended since
+        this run read the site) they are taken back and the site is shared again soon:
+        two instances raising from one reading could together pass the site's limit."""
+        intents = [Update(changed(seen.held[s.id], SYSTEM, answer=LimitAnswer.PENDING,
+                                  bound_kw=max(kw, seen.bound(s))),
+                          fields=frozenset({"answer", "bound_kw"}))
+                   for s, kw in raises]
+        await self.store.write(list(intents), [])
+        [now] = await self.store.get_many(Site, [site.id])
+        again = await self._read(now)
+        mine = {s.id for s, _ in raises} | told  # ours: raised now, lowered before
+        if now is not None and again.key(skip=mine) == seen.key(skip=mine):
+            return True
+        await self.store.write([Update(changed(seen.held[s.id], SYSTEM,
+                                               answer=seen.held[s.id].answer,
+                                               bound_kw=seen.held[s.id].bound_kw),
+                                       fields=frozenset({"answer", "bound_kw"}),
+                                       only_if=("answer", LimitAnswer.PENDING))
+                                for s, _ in raises], [])
+        self._later(site.id)
+        return False
+
+    def _later(self, site_id: str, delay: float | None = None) -> None:
+        """Shares the site again after ``delay`` s, or in a moment (jittered: two
+        instances that took their raises back do not try again in step). One timer per
+        site, the soonest asked for."""
+        if self._closed:
+            return
+        loop = asyncio.get_running_loop()
+        due = loop.time() + (random.uniform(*RETRY_AFTER_S) if delay is None else delay)
+        timer = self._timers.get(site_id)
+        if timer is not None and not timer.cancelled() and timer.when() <= due:
+            return
+        if timer is not None:
+            timer.cancel()
+
+        def fire() -> None:
+            self._timers.pop(site_id, None)
+            self.request_site(site_id)
+
+        self._timers[site_id] = loop.call_at(due, fire)
+
+    def _retry(self, site: Site, held: SiteAllocation, session: Session, power_kw: float
+               ) -> None:
+        """Asks a charger not under control again, in the background (one at a time per
+        session): a silent one held every other session's limit back for the command
+        timeout. Accepted, the site is shared again with it under control."""
+        if session.id in self._retrying or self._closed:
+            return
+
+        async def retry() -> None:
+            try:
+                answer = await self._tell(site, held, session, power_kw, held.bound_kw)
+            finally:
+                self._retrying.pop(session.id, None)
+            if answer is LimitAnswer.ACCEPTED:
+                self.request_site(site.id)
+
+        self._retrying[session.id] = asyncio.create_task(
+            retry(), name=f"site-load-retry-{session.id}")
 
     async def _active(self, stations: Sequence[Station]) -> list[Session]:
         if not stations:
@@ -216,9 +429,9 @@ class SiteLoad(Service):
 
     @staticmethod
     def _due(site: Site, held: SiteAllocation | None, power_kw: float) -> bool:
-        """Whether the charger must be told: its share (as sent, in the site's unit)
-        changed, or it did not accept the last one (it is not under control)."""
-        if held is None or held.answer is not LimitAnswer.ACCEPTED or held.unit != site.unit:
+        """Whether a session under control must be told: its share (as sent, in the
+        site's unit) changed."""
+        if held is None or held.unit != site.unit:
             return True
         return held.limit != limit_in_unit(power_kw, site.unit, site.voltage, site.phases)
 
@@ -259,11 +472,13 @@ class SiteLoad(Service):
                         allocation.transaction_id)
 
     async def _tell(self, site: Site, held: SiteAllocation | None, session: Session,
-                    power_kw: float) -> None:
-        """Sends the session's share and records it with the charger's answer."""
+                    power_kw: float, bound_kw: float) -> LimitAnswer:
+        """Sends the session's share and records it with the charger's answer and what
+        the charger may draw after it (``bound_kw`` before)."""
         limit = limit_in_unit(power_kw, site.unit, site.voltage, site.phases)
+        level = await self._stack_level(session.cp_id)
         payload = tx_profile(session.connector_id, session.transaction_id, limit,
-                             site.unit, site.phases)
+                             site.unit, site.phases, level)
         try:
             outcome = await self.commands.send(SYSTEM, session.cp_id, "SetChargingProfile",
                                                payload)
@@ -275,14 +490,36 @@ class SiteLoad(Service):
         if answer is not LimitAnswer.ACCEPTED:
             log.warning("site %s: %s answered %s to its limit for transaction %d",
                         site.id, session.cp_id, answer.value, session.transaction_id)
-        await self._record(site, held, session, power_kw, limit, answer)
+        await self._record(site, held, session, power_kw, limit, answer,
+                           bound_after(bound_kw, power_kw, answer))
+        return answer
+
+    async def _stack_level(self, cp_id: str) -> int:
+        """The stack level of the charger's site limits: ``STACK_LEVEL``, or the highest
+        it takes (its ChargeProfileMaxStackLevel) when that is lower: a charger holding
+        to the key refuses a profile above it. Read once per connection (forgotten when
+        it connects or goes); a charger that does not say is sent ``STACK_LEVEL``."""
+        level = self._levels.get(cp_id)
+        if level is not None:
+            return level
+        try:
+            outcome = await self.commands.send(SYSTEM, cp_id, "GetConfiguration",
+                                               {"key": [MAX_STACK_LEVEL_KEY]})
+        except DomainError:
+            return STACK_LEVEL
+        if outcome.error is not None:
+            return STACK_LEVEL  # not remembered: asked again with the next limit
+        level = stack_level_of(outcome.result)
+        self._levels[cp_id] = level
+        return level
 
     async def _record(self, site: Site, held: SiteAllocation | None, session: Session,
-                      power_kw: float, limit: float, answer: LimitAnswer) -> None:
+                      power_kw: float, limit: float, answer: LimitAnswer, bound_kw: float
+                      ) -> None:
         values: dict[str, Any] = {
             "site_id": site.id, "company_id": site.company_id, "power_kw": power_kw,
-            "limit": limit, "unit": site.unit, "limit_sent_at": self.now(),
-            "answer": answer}
+            "bound_kw": bound_kw, "limit": limit, "unit": site.unit,
+            "limit_sent_at": self.now(), "answer": answer}
         change: Change
         if held is None:
             change = Insert(stamp_new(SiteAllocation(

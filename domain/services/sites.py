@@ -13,13 +13,13 @@ from typing import Any, cast
 
 from domain import validation as v
 from domain.entities import (
-    DEFAULT_MIN_POWER_KW,
     DEFAULT_PHASES,
     DEFAULT_VOLTAGE,
     ChargingRateUnit,
     Company,
     Site,
     Station,
+    min_session_kw,
 )
 from domain.errors import Conflict, Forbidden, ValidationError
 from domain.events import StationChanged
@@ -63,9 +63,18 @@ def _unit(value: Any) -> ChargingRateUnit:
         raise ValidationError("W or A", field="unit", code="INVALID") from None
 
 
-def _min_within(min_kw: float, max_kw: float) -> None:
+def _min_within(min_kw: float, max_kw: float, unit: ChargingRateUnit, voltage: float,
+                phases: int) -> None:
+    """The per-session minimum: not above the limit and, for limits in amperes (AC
+    chargers), not below 6 A on each phase (``min_session_kw``), which a charger cannot
+    charge at: 1.4 kW shared on three phases was sent as 2.0 A."""
     if min_kw > max_kw:
         raise ValidationError("the per-session minimum cannot exceed the site's limit",
+                              field="minPowerKw", code="OUT_OF_RANGE")
+    floor = min_session_kw(voltage, phases)
+    if unit is ChargingRateUnit.A and min_kw < floor - 1e-9:
+        raise ValidationError(f"at least {floor:g} kW: 6 A on each of {phases} phase(s) at "
+                              f"{voltage:g} V, the least an AC charger charges at",
                               field="minPowerKw", code="OUT_OF_RANGE")
 
 
@@ -103,14 +112,15 @@ class SiteService(Service):
             raise Forbidden("operators create sites for their own company",
                             field="companyId")
         max_kw = _power(max_power_kw, "maxPowerKw")
-        min_kw = _power(DEFAULT_MIN_POWER_KW if min_power_kw is None else min_power_kw,
-                        "minPowerKw")
-        _min_within(min_kw, max_kw)
+        volts = _voltage(DEFAULT_VOLTAGE if voltage is None else voltage)
+        lines = _phases(DEFAULT_PHASES if phases is None else phases)
+        rate_unit = _unit(unit)
+        min_kw = _power(min_session_kw(volts, lines) if min_power_kw is None
+                        else min_power_kw, "minPowerKw")
+        _min_within(min_kw, max_kw, rate_unit, volts, lines)
         site = stamp_new(Site(
             name=v.name(name), company_id=company_id, max_power_kw=max_kw,
-            min_power_kw=min_kw, unit=_unit(unit),
-            voltage=_voltage(DEFAULT_VOLTAGE if voltage is None else voltage),
-            phases=_phases(DEFAULT_PHASES if phases is None else phases)), viewer)
+            min_power_kw=min_kw, unit=rate_unit, voltage=volts, phases=lines), viewer)
         await self.commit(viewer, [(Insert(site), None)])
         return site
 
@@ -129,15 +139,18 @@ class SiteService(Service):
             else _power(max_power_kw, "maxPowerKw")
         min_kw = site.min_power_kw if min_power_kw is UNSET \
             else _power(min_power_kw, "minPowerKw")
-        _min_within(min_kw, max_kw)
+        rate_unit = site.unit if unit is UNSET else _unit(unit)
+        volts = site.voltage if voltage is UNSET else _voltage(voltage)
+        lines = site.phases if phases is UNSET else _phases(phases)
+        _min_within(min_kw, max_kw, rate_unit, volts, lines)
         update = patch(
             site, viewer,
             name=UNSET if name is UNSET else v.name(name),
             max_power_kw=max_power_kw if max_power_kw is UNSET else max_kw,
             min_power_kw=min_power_kw if min_power_kw is UNSET else min_kw,
-            unit=UNSET if unit is UNSET else _unit(unit),
-            voltage=UNSET if voltage is UNSET else _voltage(voltage),
-            phases=UNSET if phases is UNSET else _phases(phases))
+            unit=UNSET if unit is UNSET else rate_unit,
+            voltage=UNSET if voltage is UNSET else volts,
+            phases=UNSET if phases is UNSET else lines)
         await self.commit(viewer, [(update, site)])
         self._recompute(site.id)
         return cast(Site, update.record)
@@ -151,6 +164,7 @@ class SiteService(Service):
             raise Conflict("stations are assigned to this site: unassign them first",
                            field="id", code="IN_USE")
         await self.commit(viewer, [(Delete(site), site)])
+        self._recompute(site.id)  # forgets what shares it still records
         return site
 
     async def assign_station(self, viewer: Viewer, station_id: str, site_id: str | None

@@ -98,6 +98,9 @@ class StationService(Service):
         #: wires in a TriggerMessage(BootNotification) to its charger, if connected): run
         #: in the background, so the update never waits on a charger.
         self.on_accepted: Callable[[Station], Awaitable[None]] | None = None
+        #: Asked to share a site's power again when a station leaves it here (handed to
+        #: another company); ``Services`` wires in ``SiteLoad.request_site``.
+        self.on_site_left: Callable[[str], None] | None = None
         self._nudging: set[asyncio.Task[None]] = set()
 
     async def create_station(self, viewer: Viewer, *, cp_id: str, name: str,
@@ -227,6 +230,9 @@ class StationService(Service):
         if updated.registration is Registration.ACCEPTED \
                 and station.registration is not Registration.ACCEPTED:
             self._nudge(updated)
+        if station.site_id is not None and updated.site_id is None \
+                and self.on_site_left is not None:
+            self.on_site_left(station.site_id)  # its sessions' shares go to the others
         return updated
 
     def _nudge(self, station: Station) -> None:

@@ -728,6 +728,7 @@ CREATE TABLE "site_allocation" (
     "connector_id" INTEGER NOT NULL,
     "transaction_id" INTEGER NOT NULL,
     "power_kw" REAL NOT NULL,
+    "bound_kw" REAL NOT NULL,
     "limit" REAL,
     "unit" TEXT NOT NULL,
     "limit_sent_at" INTEGER,

@@ -157,7 +157,7 @@ FULL: dict[type[Record], Callable[[], Record]] = {
                        **STAMPS),
     SiteAllocation: lambda: SiteAllocation(
         site_id=new_id(), company_id=new_id(), session_id=new_id(), station_id=new_id(),
-        cp_id="CP-FULL", connector_id=2, transaction_id=987654, power_kw=11.04,
+        cp_id="CP-FULL", connector_id=2, transaction_id=987654, power_kw=11.04, bound_kw=22.0,
         limit=16.0, unit=ChargingRateUnit.A, limit_sent_at=at(14),
         answer=LimitAnswer.NOT_SUPPORTED, **STAMPS),
 }

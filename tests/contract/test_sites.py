@@ -15,7 +15,8 @@ from tests.contract.factories import company, put, station
 def share(site: Site, st: Station, transaction_id: int, **kw: object) -> SiteAllocation:
     return SiteAllocation(site_id=site.id, company_id=site.company_id, session_id=new_id(),
                           station_id=st.id, cp_id=st.cp_id, connector_id=1,
-                          transaction_id=transaction_id, power_kw=11.0, **kw)  # type: ignore[arg-type]
+                          transaction_id=transaction_id, power_kw=11.0, bound_kw=11.0,
+                          **kw)  # type: ignore[arg-type]
 
 
 async def test_a_site_s_stations_and_shares_are_found_by_site(store: Store) -> None:

@@ -132,3 +132,26 @@ def test_the_profile_is_a_tx_profile_of_chargegraph_s_own() -> None:
             "chargingProfileKind": "Relative",
             "chargingSchedule": {"chargingRateUnit": "A", "chargingSchedulePeriod": [
                 {"startPeriod": 0, "limit": 16.0, "numberPhases": 3}]}}}
+
+
+def test_what_a_charger_may_draw_after_each_answer() -> None:
+    from domain.entities import LimitAnswer as A
+    from domain.services.site_load import bound_after
+
+    assert [bound_after(22.0, 15.0, answer) for answer in (
+        A.ACCEPTED, A.REJECTED, A.NOT_SUPPORTED, A.TIMEOUT, A.OFFLINE, A.ERROR)] == [
+        15.0, 22.0, 22.0, 22.0, 22.0, 22.0]
+    assert bound_after(11.0, 22.0, A.TIMEOUT) == 22.0  # a raise it may have taken
+
+
+def test_the_stack_level_is_the_chargers_highest_when_lower() -> None:
+    from domain.load_sharing import STACK_LEVEL
+    from domain.services.site_load import stack_level_of
+
+    def answer(value: str) -> dict[str, object]:
+        return {"configurationKey": [{"key": "ChargeProfileMaxStackLevel",
+                                      "value": value, "readonly": True}]}
+
+    assert [stack_level_of(answer(v)) for v in ("10", " 3 ", "500", "x")] == [
+        10, 3, STACK_LEVEL, STACK_LEVEL]
+    assert stack_level_of({"unknownKey": ["ChargeProfileMaxStackLevel"]}) == STACK_LEVEL

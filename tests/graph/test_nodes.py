@@ -81,7 +81,7 @@ def test_site_allocation_wrap_sets_exactly_its_fields(answer: d.LimitAnswer | No
 
     record = d.SiteAllocation(site_id=new_id(), company_id=new_id(), session_id=new_id(),
                               station_id=new_id(), cp_id="CP-1", connector_id=1,
-                              transaction_id=7, power_kw=11, answer=answer)
+                              transaction_id=7, power_kw=11, bound_kw=22, answer=answer)
     node = SiteAllocation.wrap(record, context(SYSTEM, tmp_path))
     fields = {field.name for field in dataclasses.fields(SiteAllocation) if field.init}
     assert set(vars(node)) == fields

@@ -46,7 +46,7 @@ async def test_an_operator_creates_a_site_of_their_company_with_defaults(
     site = created["site"]
     assert {k: site[k] for k in ("name", "maxPowerKw", "minPowerKw", "unit", "voltage",
                                  "phases")} == {"name": "Depot", "maxPowerKw": 50.0,
-                                                "minPowerKw": 1.4, "unit": "W",
+                                                "minPowerKw": 4.14, "unit": "W",
                                                 "voltage": 230.0, "phases": 3}
     assert site["company"] == {"name": "Alpha Charging"}
 
@@ -114,8 +114,14 @@ async def test_an_update_is_checked_against_what_it_leaves(api: Api, world: Worl
     lowered = await api.gql(UPDATE, {"i": {"id": site, "maxPowerKw": 3}}, as_user=op)
     assert lowered["updateSite"]["errors"] == [{"field": "minPowerKw",
                                                  "code": "OUT_OF_RANGE"}]
-    ok = await api.gql(UPDATE, {"i": {"id": site, "maxPowerKw": 30, "unit": "A"}},
-                       as_user=op)
+    # QA (s16): in amperes, 4 kW on three 230 V phases is 5.8 A, less than the 6 A an AC
+    # charger charges at (a 1.4 kW minimum was sent as 2.0 A).
+    amperes = await api.gql(UPDATE, {"i": {"id": site, "maxPowerKw": 30, "unit": "A"}},
+                            as_user=op)
+    assert amperes["updateSite"]["errors"] == [{"field": "minPowerKw",
+                                                "code": "OUT_OF_RANGE"}]
+    ok = await api.gql(UPDATE, {"i": {"id": site, "maxPowerKw": 30, "unit": "A",
+                                      "phases": 1}}, as_user=op)
     assert ok["updateSite"] == {"site": {"maxPowerKw": 30.0, "minPowerKw": 4.0,
                                          "unit": "A"}, "errors": []}
     cleared = await api.gql(UPDATE, {"i": {"id": site, "maxPowerKw": None}}, as_user=op)
