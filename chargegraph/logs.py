@@ -115,8 +115,11 @@ def _frame_summary(frame: object) -> object:
 #: uvicorn's error logger, which the GraphQL websocket's protocol logs through, and its
 #: access logger, which writes every request's target at INFO.
 _GUARDED: dict[str, HideCredentials] = {
-    "websockets.server": HideCredentials(),
-    "websockets.client": HideCredentials(),
+    # OCPP frames by size only: the wire log (``chargegraph.ocpp.wire``) has each whole,
+    # with a diagnostics or firmware URL's user:password masked (review s16: this
+    # logger's frame lines showed it).
+    "websockets.server": HideCredentials(payloads=True),
+    "websockets.client": HideCredentials(payloads=True),
     "uvicorn.error": HideCredentials(payloads=True),
     "uvicorn.access": HideCredentials(),
 }
