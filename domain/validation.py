@@ -60,6 +60,18 @@ def email(value: str | None, field: str = "email") -> str:
     return cleaned
 
 
+def legacy_email(value: str | None) -> str | None:
+    """The address as ChargeGraph before 0.3 stored it (trimmed, case-folded, NFC), if
+    that was valid then: an account made with a trailing dot, a quoted local part or a
+    full-width letter still signs in by it (``AccountService.authenticate``)."""
+    if not isinstance(value, str):
+        return None
+    cleaned = unicodedata.normalize("NFC", value.strip().casefold())
+    if len(cleaned) > MAX_EMAIL or not _EMAIL_RE.match(cleaned) or not cleaned.isprintable():
+        return None
+    return cleaned
+
+
 def name(value: str | None, field: str = "name") -> str:
     cleaned = " ".join(_given(value, field).split())
     if not cleaned:

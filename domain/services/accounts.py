@@ -314,14 +314,17 @@ class AccountService(Service):
                            ) -> User:
         """The active user with these credentials, or ``Unauthenticated`` — the same error
         whatever was wrong, so accounts cannot be enumerated."""
+        legacy = v.legacy_email(email)
         try:
             cleaned = v.email(email)
         except ValidationError:
-            # No account has it, and saying so at once reveals nothing: no password is
-            # checked (a flood of such sign-ins used to keep the hashing threads busy),
-            # and it is not counted (a megabyte of it per request must not pile up in the
-            # throttle).
-            raise Unauthenticated("wrong email or password") from None
+            if legacy is None:
+                # No account has it, and saying so at once reveals nothing: no password
+                # is checked (a flood of such sign-ins used to keep the hashing threads
+                # busy), and it is not counted (a megabyte of it per request must not
+                # pile up in the throttle).
+                raise Unauthenticated("wrong email or password") from None
+            cleaned = legacy  # a quoted local part, valid before 0.3: stored as it was
         client = client_key(client)
         key = f"{cleaned} {client or ''}"
         locked = self.throttle.locked_for(key) or self.email_throttle.locked_for(cleaned) \
@@ -343,7 +346,7 @@ class AccountService(Service):
         self._checking[key] += 1
         try:
             with self._hashing_slot(client):
-                return await self._check(key, cleaned, password, client)
+                return await self._check(key, cleaned, password, client, legacy)
         finally:
             self._checking[key] -= 1
             if not self._checking[key]:
@@ -370,10 +373,14 @@ class AccountService(Service):
             if not self._pending_of[client or ""]:
                 del self._pending_of[client or ""]
 
-    async def _check(self, key: str, cleaned: str, password: str, client: str | None
-                     ) -> User:
-        """The user of these credentials (``authenticate`` without its throttling)."""
+    async def _check(self, key: str, cleaned: str, password: str, client: str | None,
+                     legacy: str | None = None) -> User:
+        """The user of these credentials (``authenticate`` without its throttling). An
+        address no account has as 0.3 normalizes it is looked up as it was stored before
+        (``legacy``): review s16, such accounts were locked out by the upgrade."""
         user = await self.store.find_one(User, Eq("email", cleaned))
+        if user is None and legacy is not None and legacy != cleaned:
+            user = await self.store.find_one(User, Eq("email", legacy))
         if user is None or not user.password_hash:
             await self.password_matches(await self._dummy(), password)
             raise Unauthenticated("wrong email or password")

@@ -411,3 +411,26 @@ async def test_one_client_takes_at_most_its_share_of_the_sign_ins_being_checked(
     outcomes = await asyncio.gather(*flood, other, return_exceptions=True)
     assert all(isinstance(o, Unauthenticated) and o.code == "UNAUTHENTICATED"
                for o in outcomes)
+
+
+async def test_an_address_stored_before_the_normalization_of_0_3_still_signs_in(
+        store: SqliteStore) -> None:
+    """Review s16: accounts whose stored email 0.3's rule rewrites (a trailing dot, a
+    full-width letter, a quoted local part) could not sign in after the upgrade."""
+    services = await services_with_ada(store)
+    accounts = services.accounts
+    ada = await accounts.authenticate("ada@example.com", "first password")
+    for old in ("bob@example.com.", "\uff42ob@example.com", '"bob"@example.com'):
+        stored_before = await accounts.create_user(
+            SYSTEM, email=f"tmp-{len(old)}@example.com", password="first password",
+            name="Bob", role=d.Role.DRIVER)
+        await store.write([Update(changed(stored_before, SYSTEM, email=old))], [])
+        assert (await accounts.authenticate(old, "first password")).id == stored_before.id
+        await store.write([Update(changed(stored_before, SYSTEM, email=f"gone-{len(old)}"
+                                                                      "@example.com"))], [])
+    # The address as normalized now still wins: a look-alike stored before cannot take it.
+    look_alike = await accounts.create_user(SYSTEM, email="x@example.com",
+                                            password="first password", name="Eve",
+                                            role=d.Role.DRIVER)
+    await store.write([Update(changed(look_alike, SYSTEM, email="ada@example.com."))], [])
+    assert (await accounts.authenticate("ada@example.com.", "first password")).id == ada.id
