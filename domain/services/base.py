@@ -17,6 +17,7 @@ from domain.entities import (
     AuditAction,
     AuditEntry,
     E,
+    IdTag,
     Record,
     Registration,
     Reservation,
@@ -30,6 +31,7 @@ from domain.errors import NotFound
 from domain.events import ReservationChanged
 from domain.policy import Policy, Viewer
 from domain.ports import Change, Delete, EventBus, Insert, PasswordHasher, Store, Update
+from domain.query import Eq
 
 log = logging.getLogger("chargegraph.services")
 
@@ -92,6 +94,22 @@ def owned_by(station: Any) -> dict[str, Any]:
             "company_id": station.company_id, "owner_id": station.owner_id,
             "on_map": getattr(station, "registration", Registration.ACCEPTED)
             is Registration.ACCEPTED}
+
+
+async def reserved_for_card(store: Store, reservation: Reservation, presented: str,
+                            card: IdTag | None) -> bool:
+    """Whether ``reservation`` holds its plug for the card presented (OCPP 1.6, 5.13):
+    its own id tag, a card whose parentIdTag is the reserved id, or one of the reserved
+    card's group. One rule for a start (``ChargingService``) and a driver's remote start
+    (``CommandService``)."""
+    if reservation.id_tag == presented:
+        return True
+    if card is None or card.parent_tag is None:
+        return False
+    if card.parent_tag == reservation.id_tag:  # reserved for the group's parent id
+        return True
+    reserved = await store.find_one(IdTag, Eq("tag", reservation.id_tag))
+    return reserved is not None and reserved.parent_tag == card.parent_tag
 
 
 def books_of(station: Station) -> tuple[str | None, str | None]:

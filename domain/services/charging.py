@@ -63,6 +63,7 @@ from domain.services.base import (
     owned_by,
     patch,
     reservation_changed,
+    reserved_for_card,
     stamp_new,
 )
 from domain.services.batching import GroupCommitter
@@ -881,14 +882,7 @@ class ChargingService(Service):
         with any start on the station; only this one ends it."""
         if reservation.connector_id not in (0, connector_id):
             return False
-        if reservation.id_tag == presented:
-            return True
-        if card is None or card.parent_tag is None:
-            return False
-        if card.parent_tag == reservation.id_tag:  # reserved for the group's parent id
-            return True
-        reserved = await self.store.find_one(IdTag, Eq("tag", reservation.id_tag))
-        return reserved is not None and reserved.parent_tag == card.parent_tag
+        return await reserved_for_card(self.store, reservation, presented, card)
 
     async def meter_values(self, cp_id: str, connector_id: int, transaction_id: int | None,
                            readings: list[MeterReading]) -> None:

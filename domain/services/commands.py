@@ -57,6 +57,7 @@ from domain.services.base import (
     owned_by,
     patch,
     reservation_changed,
+    reserved_for_card,
     stamp_new,
 )
 from domain.services.stations import connector_in_range
@@ -317,11 +318,12 @@ class CommandService(Service):
             Range("expires_at", gt=utcnow())), limit=10)
         if not held:
             return
-        tag = await self.store.find_one(IdTag, Eq("tag", payload["idTag"]))
-        group = {payload["idTag"], tag.parent_tag if tag else None}
-        if any(r.id_tag not in group for r in held):
-            raise Conflict("the connector is reserved for another card",
-                           field="connectorId", code="IN_USE")
+        card = await self.store.find_one(IdTag, Eq("tag", payload["idTag"]))
+        for reservation in held:
+            if not await reserved_for_card(self.store, reservation, payload["idTag"],
+                                           card):
+                raise Conflict("the connector is reserved for another card",
+                               field="connectorId", code="IN_USE")
 
     async def _charging_with(self, tag: IdTag) -> Session | None:
         return await self.store.find_one(Session, all_of(

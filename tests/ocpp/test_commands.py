@@ -275,6 +275,26 @@ async def test_a_driver_does_not_remote_start_on_a_connector_reserved_for_anothe
                                                          ("RemoteStartTransaction", 1)]
 
 
+async def test_a_card_of_the_reserving_cards_group_may_remote_start_there(
+        central: Central) -> None:
+    """Review s16: a reserved connector serves the reserved card's group (OCPP 1.6 5.13,
+    as the start itself is judged); the driver's remote start with a group-mate's card was
+    refused IN_USE."""
+    fleet = central.services.fleet
+    for tag in ("ok", "other"):
+        await fleet.update_id_tag(SYSTEM, central.tags[tag].id, parent_tag="FLEET-1")
+    soon = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        held = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": 1,
+                                                 "expiryDate": soon}, "__typename",
+                         as_user="driver2")
+        assert held["errors"] == []
+        mate = await run(central, "remoteStartTransaction",
+                         {"cpId": "CP-1", "connectorId": 1}, as_user="driver")
+        assert mate["errors"] == [] and mate["status"] == "ACCEPTED", mate
+
+
 async def test_a_start_that_names_no_reservation_keeps_its_cards_reservation(
         central: Central) -> None:
     """QA (s16): a charger that starts a reserved connector for its card without naming
