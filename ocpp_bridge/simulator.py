@@ -48,6 +48,8 @@ class ConnectorState:
     power_w: float = 0.0
     soc: float = 20.0
     reservation_id: int | None = None
+    #: The tags the reservation holds the connector for: its own, and its parent's.
+    reserved_for: tuple[str, ...] = ()
     available: bool = True
 
 
@@ -326,7 +328,7 @@ class SimulatedChargePoint(ChargePoint):
         status = str(response.id_tag_info["status"])
         state.transaction_id = int(response.transaction_id)
         state.id_tag = id_tag
-        state.reservation_id = None
+        state.reservation_id, state.reserved_for = None, ()
         await self.status(connector_id, "Charging")
         return state.transaction_id, status
 
@@ -334,23 +336,44 @@ class SimulatedChargePoint(ChargePoint):
         """One MeterValues with energy, power, current, voltage and SoC, after charging
         ``seconds`` at the connector's power."""
         state = self.connectors[connector_id]
+        power = self.drawn_w(connector_id)
         if seconds:
-            state.meter_wh += state.power_w * seconds / 3600
-            state.soc = min(100.0, state.soc + state.power_w * seconds / 3600 / 600)
-        current = state.power_w / (3 * 230)
+            state.meter_wh += power * seconds / 3600
+            state.soc = min(100.0, state.soc + power * seconds / 3600 / 600)
+        current = power / (3 * 230)
         await self.call(call.MeterValues(
             connector_id=connector_id, transaction_id=state.transaction_id,
             meter_value=[{"timestamp": now(), "sampledValue": [
-                {"value": f"{state.meter_wh:.0f}", "measurand":
+                # Whole Wh as the start and stop send them (truncated): a rounded reading
+                # ended a session 1 Wh above its meterStop.
+                {"value": str(int(state.meter_wh)), "measurand":
                     "Energy.Active.Import.Register", "unit": "Wh",
                  "context": "Sample.Periodic"},
-                {"value": f"{state.power_w:.0f}", "measurand": "Power.Active.Import",
+                {"value": f"{power:.0f}", "measurand": "Power.Active.Import",
                  "unit": "W"},
                 {"value": f"{current:.1f}", "measurand": "Current.Import", "unit": "A",
                  "phase": "L1"},
                 {"value": "230.0", "measurand": "Voltage", "unit": "V", "phase": "L1-N"},
                 {"value": f"{state.soc:.0f}", "measurand": "SoC", "unit": "Percent"},
             ]}]))
+
+    def drawn_w(self, connector_id: int) -> float:
+        """What the connector draws: its car's power, at most the lowest limit of the
+        charging profiles it holds for the connector (TxProfile or TxDefaultProfile, in W,
+        or A on its phases at 230 V), as a charger under site load management does."""
+        power = self.connectors[connector_id].power_w
+        for profile in self.charging_profiles.values():
+            if profile.get("connector_id") not in (connector_id, 0):
+                continue
+            schedule = profile.get("charging_schedule") or {}
+            periods = schedule.get("charging_schedule_period") or []
+            if not periods:
+                continue
+            limit = float(periods[0]["limit"])
+            if schedule.get("charging_rate_unit") == "A":
+                limit *= 230 * int(periods[0].get("number_phases") or 3)
+            power = min(power, limit)
+        return power
 
     async def stop_transaction(self, connector_id: int, reason: str = "Local") -> None:
         state = self.connectors[connector_id]
@@ -421,6 +444,10 @@ class SimulatedChargePoint(ChargePoint):
         if target is None or target not in self.connectors \
                 or self.connectors[target].transaction_id is not None:
             return result.RemoteStartTransaction(status="Rejected")  # type: ignore[arg-type]
+        reserved = self.connectors[target].reserved_for
+        if reserved and id_tag.upper() not in reserved:
+            # OCPP 1.6 (5.13): a reserved connector serves its tag (or parent's) only.
+            return result.RemoteStartTransaction(status="Rejected")  # type: ignore[arg-type]
         self.connectors[target].id_tag = id_tag
         self._remote_target = target
         return result.RemoteStartTransaction(status="Accepted")  # type: ignore[arg-type]
@@ -435,7 +462,11 @@ class SimulatedChargePoint(ChargePoint):
         target = self._remote_target
         if target is not None and self.connectors[target].transaction_id is None:
             self._remote_target = None
-            transaction_id, status = await self.start_transaction(target, id_tag)
+            state = self.connectors[target]
+            # The start names the reservation it takes up (OCPP 1.6: reservationId).
+            held = state.reservation_id if state.reserved_for else None
+            transaction_id, status = await self.start_transaction(target, id_tag,
+                                                                  reservation_id=held)
             if status != "Accepted":
                 await self.stop_transaction(target, "DeAuthorized")
                 return
@@ -558,6 +589,7 @@ class SimulatedChargePoint(ChargePoint):
         if state.transaction_id is not None or state.reservation_id is not None:
             return result.ReserveNow(status="Occupied")  # type: ignore[arg-type]
         state.reservation_id = reservation_id
+        state.reserved_for = tuple(t.upper() for t in (id_tag, parent_id_tag) if t)
         self._later(self.status(target, "Reserved"))
         return result.ReserveNow(status="Accepted")  # type: ignore[arg-type]
 
@@ -566,7 +598,7 @@ class SimulatedChargePoint(ChargePoint):
         self.received.append(("CancelReservation", {"reservation_id": reservation_id}))
         for connector_id, state in self.connectors.items():
             if state.reservation_id == reservation_id:
-                state.reservation_id = None
+                state.reservation_id, state.reserved_for = None, ()
                 self._later(self.status(connector_id, "Available"))
                 return result.CancelReservation(status="Accepted")  # type: ignore[arg-type]
         return result.CancelReservation(status="Rejected")  # type: ignore[arg-type]

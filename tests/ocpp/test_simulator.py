@@ -9,7 +9,7 @@ import contextlib
 import gc
 from collections import deque
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -259,3 +259,42 @@ async def test_a_transaction_ended_while_the_server_is_down_is_closed_once_it_is
     assert session.end_time == parse(ended.timestamp)
     assert session.meter_stop_wh == ended.meter_stop
     assert charger.outbox == deque() and charger.connectors[connector].status == "Available"
+
+
+async def test_the_simulator_keeps_reservations_and_site_limits(central: Central) -> None:
+    """QA (s16, a driver app on the demo): the simulator started any card on a connector
+    reserved for another, never named the reservation it took up (it stayed ACTIVE),
+    metered 1 Wh above its meterStop (rounded, where the stop truncates), and drew its
+    car's power whatever limit a site sent it."""
+    config = SimulatorConfig(meter_interval_s=30, max_power_w=22_000)  # no ticks of its own
+    soon = (datetime.now().astimezone() + timedelta(hours=1)).isoformat()
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD,
+                         config=config) as cp:
+        await cp.report_all()
+        cp.connectors[1].meter_wh = 1_000.6
+        reserved = await central.gql(
+            'mutation($e: DateTime!) { reserveNow(input: {cpId: "CP-1", connectorId: 1, '
+            'expiryDate: $e}) { reservation { reservationId } errors { code } } }',
+            {"e": soon}, as_user="driver2")
+        number = reserved["reserveNow"]["reservation"]["reservationId"]
+        assert cp.on_remote_start("TAG-OK", 1).status == "Rejected"  # not its card
+        assert cp.on_remote_start("tag-other", 1).status == "Accepted"
+        await cp._start_remotely("TAG-OTHER")
+        [session] = await sessions(central)
+        assert (session.reservation_id, session.meter_start_wh) == (number, 1_000)
+        [held] = await central.store.find_all(d.Reservation, ALL)
+        assert held.state is d.ReservationState.USED
+        cp.on_set_charging_profile(1, {
+            "charging_profile_id": 1, "stack_level": 0, "transaction_id": None,
+            "charging_profile_purpose": "TxProfile", "charging_profile_kind": "Relative",
+            "charging_schedule": {"charging_rate_unit": "A", "charging_schedule_period": [
+                {"start_period": 0, "limit": 10.0, "number_phases": 3}]}})
+        assert cp.drawn_w(1) == 6_900.0  # 10 A on three 230 V phases
+        cp.connectors[1].power_w = 22_000.0
+        await cp.meter_values(1, 3600)  # an hour at the limit
+        await cp.stop_transaction(1)
+    [session] = await sessions(central)
+    assert session.energy_wh == 6_900
+    registers = [m.value for m in await central.store.find_all(d.MeterSample, Eq(
+        "measurand", "Energy.Active.Import.Register"))]
+    assert registers == [7_900.0] == [session.meter_stop_wh]  # whole Wh, as the stop
