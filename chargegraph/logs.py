@@ -40,6 +40,9 @@ _TARGET_LINES = {
     "< GET %s HTTP/1.1": 0,  # websockets' legacy server (uvicorn's "websockets")
     "< %s %s %s": 1,  # its new server (the OCPP server), method, target, protocol
     "> GET %s HTTP/1.1": 0,  # its client (the simulator)
+    # httpx's line for every request it sends (INFO): a webhook's URL may carry a secret
+    # in its query string (an URL object, read as text).
+    'HTTP Request: %s %s "%s %d %s"': 1,
 }
 #: A query parameter's name kept in the log (it tells which parameter a client sent, say a
 #: misspelt export filter): a short identifier. Anything else may be a value sent
@@ -67,8 +70,8 @@ class HideCredentials(logging.Filter):
             return True
         at = _TARGET_LINES.get(record.msg) if isinstance(record.msg, str) else None
         target = args[at] if at is not None and len(args) > at else None
-        if at is not None and isinstance(target, str):
-            record.args = (*args[:at], without_query_values(target), *args[at + 1:])
+        if at is not None and target is not None:
+            record.args = (*args[:at], without_query_values(str(target)), *args[at + 1:])
         elif record.msg in _HEADER_LINES and len(args) == 2 \
                 and str(args[0]).lower() in SECRET_HEADERS:
             record.args = (args[0], _masked(str(args[1])))
@@ -122,6 +125,7 @@ _GUARDED: dict[str, HideCredentials] = {
     "websockets.client": HideCredentials(payloads=True),
     "uvicorn.error": HideCredentials(payloads=True),
     "uvicorn.access": HideCredentials(),
+    "httpx": HideCredentials(),  # webhook deliveries, GraphiQL asset downloads
 }
 
 
