@@ -240,7 +240,12 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
         except Exception:
             problem = "the store does not answer"
         if problem is None:
-            return JSONResponse({"status": "ok", "store": "ok", **build})
+            # An event bus out of touch (Redis down) is said, not made a 503: this
+            # instance still serves its chargers and clients, and every instance shares
+            # the outage, so a load balancer taking them out would leave none.
+            bus = sources.bus
+            events = {} if bus is None or bus.connected else {"events": "unavailable"}
+            return JSONResponse({"status": "ok", "store": "ok", **events, **build})
         # The reason tells an operator what to fix (a full disk, a deleted database file).
         return JSONResponse({"status": "unavailable", "store": "unavailable",
                              "reason": problem, **build}, status_code=503)

@@ -70,6 +70,9 @@ class Bus(Protocol):
     @property
     def subscriber_count(self) -> int: ...
 
+    @property
+    def connected(self) -> bool: ...
+
 
 class LiveCounts(Protocol):
     running: int
@@ -189,9 +192,12 @@ def local_gauges(sources: Sources) -> list[Family]:
             _gauge("chargegraph_graphql_websocket_operations", "Operations (subscriptions "
                    "mostly) running over this instance's websockets", sources.live.running)]
     if sources.bus is not None:
-        families.append(_gauge("chargegraph_event_bus_subscribers",
-                               "Subscribers of this instance's event bus",
-                               sources.bus.subscriber_count))
+        families += [
+            _gauge("chargegraph_event_bus_subscribers",
+                   "Subscribers of this instance's event bus", sources.bus.subscriber_count),
+            _gauge("chargegraph_event_bus_up", "1 while events and commands reach the "
+                   "other instances (Redis subscribed; always 1 in-process), else 0",
+                   int(sources.bus.connected))]
     if sources.webhook_queues is not None:
         lengths = sources.webhook_queues()
         families += [

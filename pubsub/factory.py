@@ -26,6 +26,11 @@ class ManagedEventBus(Protocol):
     @property
     def subscriber_count(self) -> int: ...
 
+    @property
+    def connected(self) -> bool:
+        """Whether events reach the other instances now (always, in-process)."""
+        ...
+
 
 def check_event_bus_url(url: str) -> str:
     """The backend a URL selects (``"memory"`` or ``"redis"``); ``ValueError`` with a

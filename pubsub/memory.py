@@ -68,6 +68,11 @@ class MemoryEventBus:
     def subscriber_count(self) -> int:
         return len(self._queues)
 
+    @property
+    def connected(self) -> bool:
+        """In-process: nothing to lose touch with."""
+        return True
+
     async def publish(self, event: DomainEvent) -> None:
         self.deliver(event)
 

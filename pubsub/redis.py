@@ -121,6 +121,12 @@ class RedisEventBus:
     def subscriber_count(self) -> int:
         return self.local.subscriber_count
 
+    @property
+    def connected(self) -> bool:
+        """Whether events reach the other instances now: subscribed at Redis on the
+        current connection (``/healthz``'s ``events``, the ``event_bus_up`` gauge)."""
+        return self._healthy and not self._closed
+
     # ------------------------------------------------------------------ the port
     async def publish(self, event: DomainEvent) -> None:
         """``PUBLISH <prefix><topic> <json>``. Raises on any failure (the domain logs it
@@ -144,7 +150,8 @@ class RedisEventBus:
                 await self._session()
             except Exception as exc:  # whatever it was, the listener must live on
                 self._reconnecting = True
-                if self._healthy:
+                was_healthy, self._healthy = self._healthy, False
+                if was_healthy:
                     self.local.interrupt()
                     backoff = MIN_BACKOFF_S
                     log.warning("Redis pub/sub connection to %s lost (%s); events published "

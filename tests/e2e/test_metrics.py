@@ -131,6 +131,7 @@ async def test_metrics_count_ocpp_graphql_and_commands(tmp_path: Path) -> None:
     assert value(samples, "chargegraph_graphql_websocket_operations") == 0
     assert value(samples, "chargegraph_webhook_queued_events") == 0
     assert (value(samples, "chargegraph_event_bus_subscribers") or 0) >= 1  # webhooks'
+    assert value(samples, "chargegraph_event_bus_up") == 1
     assert (value(samples, "process_start_time_seconds") or 0) > 1.7e9
 
 

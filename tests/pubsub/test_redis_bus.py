@@ -214,10 +214,12 @@ async def test_the_listener_survives_a_redis_restart(caplog: pytest.LogCaptureFi
                 await asyncio.wait_for(bus.publish(SAMPLES[0]), 5)
             # Told at once that the feed broke (no event needs to come first) ...
             assert await asyncio.wait_for(anext(watcher), 10) == EventsDropped(0, True)
+            assert not bus.connected  # /healthz "events", the event_bus_up gauge
             server.start()  # the same port
             # ... and again once it is back: what it read meanwhile may be stale.
             assert await asyncio.wait_for(anext(watcher), 20) == EventsDropped(0, True)
             await delivered_after_recovery(bus)
+            assert bus.connected
         finally:
             await watcher.aclose()
             await bus.close()

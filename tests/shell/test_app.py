@@ -42,6 +42,21 @@ def test_healthz_and_graphql_through_the_app(tmp_path: Path) -> None:
     assert (tmp_path / ".chargegraph" / "jwt_secret").exists()
 
 
+def test_healthz_says_when_events_do_not_reach_the_other_instances(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """QA (s16, SRE): with Redis down /healthz said nothing, though events and commands
+    between instances had stopped. Said (not a 503: every instance shares the outage)."""
+    from pubsub.memory import MemoryEventBus
+
+    app = create_app(settings_for(tmp_path), hasher=Argon2Hasher.fast())
+    with TestClient(app) as client:
+        monkeypatch.setattr(MemoryEventBus, "connected", property(lambda self: False))
+        health = client.get("/healthz")
+        assert (health.status_code, health.json()["events"]) == (200, "unavailable")
+        monkeypatch.undo()
+        assert "events" not in client.get("/healthz").json()
+
+
 def test_healthz_tells_the_database_schema_the_instance_runs_with(tmp_path: Path) -> None:
     """A rolling upgrade's operator reads each instance's build and schema: the version
     stayed 0.2.0 across schemas 23 to 29, and nothing told the schema."""
