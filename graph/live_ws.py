@@ -309,6 +309,8 @@ class _Result:
                        + "}"}
             self.messages[op.prefix] = message
         op.outbox.event(op, message, self.event, self.dropped)
+        if op.last is not None and op.last(self.event):
+            op.connection.complete_after(op)
 
     def release(self) -> None:
         self.released = True
@@ -693,6 +695,7 @@ class LiveOperation:
         "dropped",
         "group",
         "id",
+        "last",
         "outbox",
         "pending",
         "prefix",
@@ -707,6 +710,7 @@ class LiveOperation:
         self.id = op_id
         self.group = group
         self.accept = feed.accept
+        self.last = feed.last
         kind = "next" if connection.protocol == TRANSPORT_WS else "data"
         self.prefix = f'{{"id":{_dumps(op_id)},"type":"{kind}","payload":'
         self.dropped = 0
@@ -731,15 +735,18 @@ class LiveOperation:
         if not self.stopped:
             self.connection.finish(self.id)
 
-    def stop(self) -> None:
+    def stop(self, *, keep_pending: bool = False) -> None:
+        """No more events; those queued for the socket are dropped unless
+        ``keep_pending`` (a completed subscription's last event goes out first)."""
         if self.stopped:
             return
         self.stopped = True
         if self.watch is not None:
             self.watch.close()
-        for item in self.pending:
-            item.cancelled = True
-        self.pending.clear()
+        if not keep_pending:
+            for item in self.pending:
+                item.cancelled = True
+            self.pending.clear()
         self.group.leave()
 
 
@@ -985,6 +992,15 @@ class Connection:
         payload: Any = formatted if self.protocol == TRANSPORT_WS else formatted[0]
         self.outbox.control({"type": "error", "id": op_id, "payload": payload})
 
+    def complete_after(self, op: LiveOperation) -> None:
+        """The operation's last event is on its way (``LiveFeed.last``): forget it and
+        say complete right after that event (the outbox sends in order)."""
+        if self.operations.get(op.id) is not op:
+            return
+        self._drop(op.id)
+        op.stop(keep_pending=True)
+        self.outbox.control({"type": "complete", "id": op.id})
+
     def finish(self, op_id: str) -> None:
         """The operation ended on the server's side: forget it and say so."""
         self._stop(op_id)
@@ -1103,6 +1119,12 @@ class Connection:
             self._add(op_id, asyncio.get_running_loop().create_task(
                 self._per_subscriber(op_id, executor, source)))
             return
+        if source.over is not None and await source.over():
+            # Nothing left to follow (a session over before it was asked for).
+            self.outbox.control({"type": "complete", "id": op_id})
+            return
+        if op_id in self.operations:  # the same id arrived while we awaited
+            raise _Close(4409, f"Subscriber for {op_id} already exists")
         root_type = schema.subscription_type
         assert root_type is not None
         fields = collect_fields(schema, executor.fragments, executor.variable_values,

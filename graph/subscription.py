@@ -8,7 +8,7 @@ protocols and the shared fan-out live in ``graph/live_ws.py``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from enum import Enum
 from typing import Any
@@ -65,7 +65,9 @@ class StationEventFilter:
 
 @strawberry.input
 class SessionEventFilter:
-    session_id: strawberry.ID | None = None
+    session_id: strawberry.ID | None = strawberry.field(default=None, description=(
+        "Follow one session: the subscription completes after its ENDED event, and at once "
+        "when it is over already (or not the viewer's)."))
     cp_id: str | None = None
     mine: bool | None = strawberry.field(default=None,
                                          description="Only the viewer's own sessions.")
@@ -224,11 +226,19 @@ class LiveFeed(AsyncIterator[Any]):
     which is what Strawberry's and graphql-core's own subscription machinery use."""
 
     def __init__(self, context: GraphContext, topic: str, accept: Callable[[Any], bool],
-                 wrap: Callable[[Any, int], Any]) -> None:
+                 wrap: Callable[[Any, int], Any], *,
+                 last: Callable[[Any], bool] | None = None,
+                 over: Callable[[], Awaitable[bool]] | None = None) -> None:
         self.context = context
         self.topic = topic
         self.accept = accept
         self.wrap = wrap
+        #: After an accepted event for which this is true, the subscription is complete
+        #: (a single session's ENDED): the client is told so instead of waiting forever.
+        self.last = last
+        #: Whether there is nothing left to follow already (the session has ended, or is
+        #: not the viewer's to see): then it completes at once.
+        self.over = over
         self._stream: AsyncGenerator[Any, None] | None = None
 
     def __aiter__(self) -> LiveFeed:
@@ -246,6 +256,8 @@ class LiveFeed(AsyncIterator[Any]):
     async def _iterate(self) -> AsyncGenerator[Any, None]:
         ctx = self.context
         dropped = 0
+        if self.over is not None and await self.over():
+            return
         async for event in ctx.services.live.events(ctx.viewer, [self.topic]):
             if isinstance(event, EventsDropped):
                 if event.interrupted:
@@ -258,6 +270,8 @@ class LiveFeed(AsyncIterator[Any]):
             ctx.now = utcnow()
             yield self.wrap(event, dropped)
             dropped = 0
+            if self.last is not None and self.last(event):
+                return
 
 
 def events_lost() -> GraphQLError:
@@ -268,12 +282,13 @@ def events_lost() -> GraphQLError:
 
 
 def _feed(info: Info, topic: str, accept: Callable[[Any], bool],
-          wrap: Callable[[Any, int], Any]) -> LiveFeed:
+          wrap: Callable[[Any, int], Any], *, last: Callable[[Any], bool] | None = None,
+          over: Callable[[], Awaitable[bool]] | None = None) -> LiveFeed:
     ctx: GraphContext = info.context
     if ctx.viewer.anonymous and (topic not in PUBLIC_TOPICS
                                  or not ctx.services.policy.public_map):
         raise GraphQLError("sign in first", extensions={"code": "UNAUTHENTICATED"})
-    return LiveFeed(ctx, topic, accept, wrap)
+    return LiveFeed(ctx, topic, accept, wrap, last=last, over=over)
 
 
 def _status(value: str) -> Any:
@@ -356,7 +371,17 @@ class Subscription:
             return (session_id is None or e.session_id == session_id) and (
                 cp_id is None or e.cp_id == cp_id) and (not mine or e.user_id == me)
 
-        return _feed(info, SessionChanged.topic, accept, _session)
+        if session_id is None:
+            return _feed(info, SessionChanged.topic, accept, _session)
+
+        async def over() -> bool:
+            session = await ctx.services.reads.get(ctx.viewer, d.Session, session_id)
+            return session is None or session.state is not d.SessionState.ACTIVE
+
+        # One session's events end with its ENDED: then the subscription is complete
+        # (QA s16: an app waited on it for ever, and on a session over before it asked).
+        return _feed(info, SessionChanged.topic, accept, _session,
+                     last=lambda e: e.change == "ENDED", over=over)
 
     @strawberry.subscription(description="Faults reported by connectors.")
     def fault_reported(self, info: Info, filter: StationEventFilter | None = None

@@ -16,7 +16,7 @@ import pytest
 from domain import entities as d
 from domain.clock import utcnow
 from domain.entities import Record, Role
-from domain.events import ConnectorStatusChanged, ReservationChanged
+from domain.events import ConnectorStatusChanged, ReservationChanged, SessionChanged
 from domain.policy import SYSTEM, Policy, Viewer
 from domain.ports import Insert, Update
 from domain.services import ServiceContext, Services
@@ -550,6 +550,63 @@ async def test_one_connection_init_per_socket_and_subscriptions_are_size_checked
     error = await socket.next()
     assert error["type"] == "error"
     assert error["payload"][0]["extensions"]["code"] == "QUERY_TOO_COMPLEX"
+    await socket.close()
+
+
+def _session_event(session: d.Session, change: str) -> SessionChanged:
+    return SessionChanged(station_id=session.station_id, cp_id=session.cp_id,
+                          company_id=session.company_id, owner_id=session.station_owner_id,
+                          change=change, session_id=session.id,
+                          transaction_id=session.transaction_id,
+                          connector_id=session.connector_id, user_id=session.user_id,
+                          vehicle_id=session.vehicle_id, energy_wh=7000, power_w=None,
+                          state="COMPLETED" if change == "ENDED" else "ACTIVE")
+
+
+@pytest.mark.parametrize("protocol", ["graphql-transport-ws", "graphql-ws"])
+async def test_one_sessions_updates_complete_with_its_end(live: Setup, protocol: str
+                                                          ) -> None:
+    """QA (s16, a driver app): sessionUpdated(filter: {sessionId}) delivered ENDED and then
+    nothing, for ever; subscribed to a session already over, it never said a word. It
+    completes after the ENDED event, and at once for a session over (or not the
+    viewer's)."""
+    from graph.ids import to_global_id
+
+    query = """subscription($id: ID!) { sessionUpdated(filter: {sessionId: $id}) {
+      change energyKwh } }"""
+    active, over = live.world.sessions["s1"], live.world.sessions["s2"]
+    socket = await live.open("driver1", protocol=protocol)
+    socket.subscribe("done", query, {"id": to_global_id("session", over.id)})
+    assert await socket.next() == {"type": "complete", "id": "done"}
+    socket.subscribe("other", query, {"id": to_global_id("session", live.world.sessions[
+        "s3"].id)})  # driver2's
+    assert await socket.next() == {"type": "complete", "id": "other"}
+    socket.subscribe("live", query, {"id": to_global_id("session", active.id)})
+    await live.subscribed(1)
+    for change in ("UPDATED", "ENDED"):
+        await live.bus.publish(_session_event(active, change))
+    got = [await socket.next() for _ in range(3)]
+    assert [(m["type"], m["id"]) for m in got] == [
+        ("next" if protocol == "graphql-transport-ws" else "data", "live")] * 2 + [
+        ("complete", "live")]
+    assert [m["payload"]["data"]["sessionUpdated"]["change"] for m in got[:2]] == [
+        "UPDATED", "ENDED"]
+    assert live.services.live.watching == 0  # forgotten, not only told
+    # A socket not reading while the events come: the completion waits behind them.
+    socket.subscribe("slow", query, {"id": to_global_id("session", active.id)})
+    await live.subscribed(1)
+    socket.gate.clear()
+    for change in ("UPDATED", "UPDATED", "ENDED"):
+        await live.bus.publish(_session_event(active, change))
+    for _ in range(100):  # until they wait in the socket's queue (the first one sending)
+        if socket.nothing_pending() and live.services.live.watching == 0:
+            break
+        await asyncio.sleep(0.01)
+    socket.gate.set()
+    late = [await socket.next() for _ in range(4)]
+    assert [m["type"] for m in late][-1] == "complete"
+    assert [m["payload"]["data"]["sessionUpdated"]["change"] for m in late[:3]] == [
+        "UPDATED", "UPDATED", "ENDED"]
     await socket.close()
 
 
