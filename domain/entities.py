@@ -737,6 +737,8 @@ class WebhookEvent(StrEnum):
     SESSION_ENDED = "session.ended"
     CONNECTOR_STATUS_CHANGED = "connector.status_changed"
     FAULT_REPORTED = "fault.reported"
+    FIRMWARE_STATUS = "station.firmware_status"
+    DIAGNOSTICS_STATUS = "station.diagnostics_status"
     STATION_ONLINE = "station.online"
     STATION_OFFLINE = "station.offline"
     RESERVATION_CHANGED = "reservation.changed"

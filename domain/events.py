@@ -78,6 +78,19 @@ class FaultReported(DomainEvent):
 
 
 @dataclass(frozen=True, kw_only=True)
+class MaintenanceStatusChanged(DomainEvent):
+    """A charger reported the progress of a firmware update or a diagnostics upload
+    (FirmwareStatusNotification, DiagnosticsStatusNotification): an operator rolling out
+    firmware follows it live instead of polling ``Station.firmwareStatus``."""
+
+    topic: ClassVar[str] = "maintenance"
+    #: ``FIRMWARE`` or ``DIAGNOSTICS``.
+    kind: str
+    #: As OCPP 1.6 spells it (Downloading, Installed, Uploaded, ...).
+    status: str
+
+
+@dataclass(frozen=True, kw_only=True)
 class ReservationChanged(DomainEvent):
     topic: ClassVar[str] = "reservation"
     reservation_record_id: str
@@ -187,6 +200,7 @@ ALL_TOPICS: tuple[str, ...] = (
     StationConnectionChanged.topic,
     SessionChanged.topic,
     FaultReported.topic,
+    MaintenanceStatusChanged.topic,
     ReservationChanged.topic,
     CommandCompleted.topic,
 )
@@ -212,9 +226,9 @@ class PaymentChanged(DomainEvent):
 EVENT_TYPES: dict[str, type[DomainEvent]] = {
     t.topic: t
     for t in (ConnectorStatusChanged, StationConnectionChanged, SessionChanged, FaultReported,
-              ReservationChanged, CommandCompleted, PaymentChanged, ChargerCommandRelayed,
-              ChargerCommandAnswered, ChargerCommandConfirmed, AccessChanged,
-              StationRemoved, StationChanged)
+              MaintenanceStatusChanged, ReservationChanged, CommandCompleted, PaymentChanged,
+              ChargerCommandRelayed, ChargerCommandAnswered, ChargerCommandConfirmed,
+              AccessChanged, StationRemoved, StationChanged)
 }
 
 

@@ -24,6 +24,7 @@ from domain.events import (
     DomainEvent,
     EventsDropped,
     FaultReported,
+    MaintenanceStatusChanged,
     ReservationChanged,
     SessionChanged,
     StationConnectionChanged,
@@ -176,6 +177,30 @@ class FaultEvent:
         return await _station(info, self._e.station_id)
 
 
+@strawberry.enum(description="What a charger reports the progress of.")
+class MaintenanceKind(Enum):
+    FIRMWARE = "FIRMWARE"
+    DIAGNOSTICS = "DIAGNOSTICS"
+
+
+@strawberry.type(description="A charger's progress with a firmware update or a "
+                             "diagnostics upload (Firmware/DiagnosticsStatusNotification).")
+class MaintenanceEvent:
+    cp_id: str
+    kind: MaintenanceKind
+    status: str = strawberry.field(description="As OCPP 1.6 spells it: Downloading, "
+                                               "Downloaded, Installing, Installed, "
+                                               "DownloadFailed, InstallationFailed; "
+                                               "Uploading, Uploaded, UploadFailed; Idle.")
+    at: datetime
+    dropped_before: int
+    _e: strawberry.Private[MaintenanceStatusChanged]
+
+    @strawberry.field
+    async def station(self, info: Info) -> Station | None:
+        return await _station(info, self._e.station_id)
+
+
 @strawberry.type(description="A reservation was accepted, refused, used, cancelled or "
                                "expired.")
 class ReservationEvent:
@@ -319,6 +344,11 @@ def _session(e: SessionChanged, dropped: int) -> SessionEvent:
                         at=e.at, dropped_before=dropped, _e=e)
 
 
+def _maintenance(e: MaintenanceStatusChanged, dropped: int) -> MaintenanceEvent:
+    return MaintenanceEvent(cp_id=e.cp_id, kind=MaintenanceKind(e.kind), status=e.status,
+                            at=e.at, dropped_before=dropped, _e=e)
+
+
 def _fault(e: FaultReported, dropped: int) -> FaultEvent:
     return FaultEvent(cp_id=e.cp_id, connector_id=e.connector_id, error_code=e.error_code,
                       status=_status(e.status), info=e.info,
@@ -382,6 +412,14 @@ class Subscription:
         # (QA s16: an app waited on it for ever, and on a session over before it asked).
         return _feed(info, SessionChanged.topic, accept, _session,
                      last=lambda e: e.change == "ENDED", over=over)
+
+    @strawberry.subscription(description="Firmware update and diagnostics upload progress "
+                                         "of the chargers an operator runs.")
+    def maintenance_status_changed(self, info: Info,
+                                   filter: StationEventFilter | None = None
+                                   ) -> AsyncIterator[MaintenanceEvent]:
+        accept = filter.accepts() if filter else _everything
+        return _feed(info, MaintenanceStatusChanged.topic, accept, _maintenance)
 
     @strawberry.subscription(description="Faults reported by connectors.")
     def fault_reported(self, info: Info, filter: StationEventFilter | None = None

@@ -46,6 +46,7 @@ from domain.events import (
     DomainEvent,
     EventsDropped,
     FaultReported,
+    MaintenanceStatusChanged,
     SessionChanged,
     StationConnectionChanged,
 )
@@ -1182,18 +1183,21 @@ class ChargingService(Service):
 
     # ------------------------------------------------------------- station-level reports
     async def firmware_status(self, cp_id: str, status: str) -> None:
-        await self._station_report(cp_id, firmware_status=status)
+        await self._station_report(cp_id, "FIRMWARE", firmware_status=status)
 
     async def diagnostics_status(self, cp_id: str, status: str) -> None:
-        await self._station_report(cp_id, diagnostics_status=status)
+        await self._station_report(cp_id, "DIAGNOSTICS", diagnostics_status=status)
 
     @_station_must_exist
-    async def _station_report(self, cp_id: str, **values: Any) -> None:
+    async def _station_report(self, cp_id: str, kind: str, **values: Any) -> None:
         station = await self._require_station(cp_id)
         actor = charger(cp_id)
         update = patch(station, actor, **values)
         await self.commit(actor, [(update, station)])
         self.cache.remember(cast(Station, update.record), renew=False)
+        [status] = values.values()
+        await self.publish(MaintenanceStatusChanged(**owned_by(station), kind=kind,
+                                                    status=status, at=self.now()))
 
     async def data_transfer(self, cp_id: str, vendor_id: str, message_id: str | None,
                             data: str | None) -> tuple[str, str | None]:

@@ -33,6 +33,7 @@ from domain.events import (
     ConnectorStatusChanged,
     DomainEvent,
     FaultReported,
+    MaintenanceStatusChanged,
     PaymentChanged,
     ReservationChanged,
     SessionChanged,
@@ -76,6 +77,10 @@ def webhook_event(event: DomainEvent) -> WebhookEvent | None:
             return WebhookEvent.CONNECTOR_STATUS_CHANGED
         case FaultReported():
             return WebhookEvent.FAULT_REPORTED
+        case MaintenanceStatusChanged(kind="FIRMWARE"):
+            return WebhookEvent.FIRMWARE_STATUS
+        case MaintenanceStatusChanged():
+            return WebhookEvent.DIAGNOSTICS_STATUS
         case StationConnectionChanged(online=True):
             return WebhookEvent.STATION_ONLINE
         case StationConnectionChanged():

@@ -16,7 +16,12 @@ import pytest
 from domain import entities as d
 from domain.clock import utcnow
 from domain.entities import Record, Role
-from domain.events import ConnectorStatusChanged, ReservationChanged, SessionChanged
+from domain.events import (
+    ConnectorStatusChanged,
+    MaintenanceStatusChanged,
+    ReservationChanged,
+    SessionChanged,
+)
 from domain.policy import SYSTEM, Policy, Viewer
 from domain.ports import Insert, Update
 from domain.services import ServiceContext, Services
@@ -608,6 +613,26 @@ async def test_one_sessions_updates_complete_with_its_end(live: Setup, protocol:
     assert [m["payload"]["data"]["sessionUpdated"]["change"] for m in late[:3]] == [
         "UPDATED", "UPDATED", "ENDED"]
     await socket.close()
+
+
+async def test_maintenance_progress_reaches_who_runs_the_station(live: Setup) -> None:
+    station = live.world.stations["A-001"]
+    query = "subscription { maintenanceStatusChanged { cpId kind status station { cpId } } }"
+    operator, driver = await live.open("op_a"), await live.open("driver1")
+    for socket in (operator, driver):
+        socket.subscribe("m", query)
+    await live.subscribed(2)
+    await live.bus.publish(MaintenanceStatusChanged(
+        station_id=station.id, cp_id="A-001", company_id=station.company_id,
+        owner_id=station.owner_id, kind="FIRMWARE", status="Installing"))
+    got = await operator.next()
+    assert got["payload"]["data"]["maintenanceStatusChanged"] == {
+        "cpId": "A-001", "kind": "FIRMWARE", "status": "Installing",
+        "station": {"cpId": "A-001"}}
+    await asyncio.sleep(0.05)
+    assert driver.nothing_pending()
+    await operator.close()
+    await driver.close()
 
 
 async def test_legacy_graphql_ws(live: Setup) -> None:

@@ -19,11 +19,12 @@ from websockets.asyncio.client import connect
 from domain import entities as d
 from domain.clock import utcnow
 from domain.errors import ValidationError
-from domain.events import ReservationChanged
-from domain.policy import SYSTEM
+from domain.events import MaintenanceStatusChanged, ReservationChanged
+from domain.policy import SYSTEM, Viewer
 from domain.ports import Insert
 from domain.query import ALL, Eq, all_of
 from domain.services.base import books_of
+from domain.services.webhooks import webhook_event
 from graph.ids import to_global_id
 from ocpp_bridge.simulator import basic_auth, connected
 from pubsub.memory import MemoryEventBus
@@ -1263,6 +1264,47 @@ async def test_a_tx_profile_is_for_the_transaction_under_way(central: Central) -
             ("csChargingProfiles.transactionId", "INVALID_STATE")]
         await settle()
         assert [name for name, _ in cp.received] == ["SetChargingProfile"] * 2
+
+
+async def test_firmware_and_diagnostics_progress_is_published(tmp_path: Path) -> None:
+    """QA (s16, a charger vendor's view): firmware and diagnostics progress could only be
+    polled (``Station.firmwareStatus``). Each status notification is published
+    (``maintenanceStatusChanged``, webhooks ``station.firmware_status`` and
+    ``station.diagnostics_status``), to those who run the station."""
+    bus = MemoryEventBus()
+    await bus.start()
+    central = await start_central(tmp_path / "central.db", bus=bus)
+    await seed(central)
+    events = bus.subscribe(["maintenance"])
+    future = (datetime.now(UTC) + timedelta(minutes=5)).isoformat()
+    try:
+        async with connected(central.url, "CP-1", password=STATION_PASSWORD):
+            base = {"cpId": "CP-1"}
+            await run(central, "updateFirmware", {**base, "location": "https://fw.example/1",
+                                                  "retrieveDate": future}, "accepted")
+            await run(central, "getDiagnostics", {**base, "location": "ftp://d.example/"},
+                      "fileName")
+            seen: list[tuple[str, str]] = []
+            while ("DIAGNOSTICS", "Uploaded") not in seen \
+                    or ("FIRMWARE", "Installed") not in seen:
+                got = await asyncio.wait_for(anext(events), 5)
+                assert isinstance(got, MaintenanceStatusChanged)
+                assert got.station_id == central.stations["CP-1"].id
+                seen.append((got.kind, got.status))
+                event = got
+        assert [s for k, s in seen if k == "FIRMWARE"][-2:] == ["Installing", "Installed"]
+        policy = central.services.policy
+        viewers = {name: Viewer.of(central.users[name])
+                   for name in ("op", "op_other", "driver")}
+        assert {name: policy.sees_event(viewer, event) for name, viewer in viewers.items()} \
+            == {"op": True, "op_other": False, "driver": False}
+        assert webhook_event(event) is {
+            "FIRMWARE": d.WebhookEvent.FIRMWARE_STATUS,
+            "DIAGNOSTICS": d.WebhookEvent.DIAGNOSTICS_STATUS}[event.kind]
+    finally:
+        await events.aclose()
+        await stop_central(central)
+        await bus.close()
 
 
 async def test_secrets_in_a_commands_request_are_not_audited(
