@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from domain.entities import (
@@ -70,9 +71,16 @@ MAX_PER_SITE = 1_000
 #: How long after seeing another instance's raise under way (or taking its own back) a
 #: site is shared again: a range, drawn from, so two instances do not retry in step.
 RETRY_AFTER_S = (0.2, 1.0)
+#: The longest a recompute waits for its chargers' answers before going on (those that
+#: come later have the site shared again): a silent charger held the next session's
+#: limit back for the command timeout (30 s by default).
+ANSWER_WAIT_S = 2.0
 #: How long after its last answer a charger not under control is asked again (one that
 #: refuses limits is asked once a minute, not at every start and stop on its site).
 RETRY_LOOSE_S = 60.0
+#: How long a charger that did not answer GetConfiguration is sent ``STACK_LEVEL``
+#: before it is asked again.
+LEVEL_UNKNOWN_FOR = timedelta(minutes=10)
 #: The configuration key saying the highest stack level a charger takes (OCPP 1.6).
 MAX_STACK_LEVEL_KEY = "ChargeProfileMaxStackLevel"
 
@@ -171,10 +179,11 @@ class SiteLoad(Service):
         self._again: set[str] = set()
         self._slots = asyncio.Semaphore(MAX_SITES_AT_ONCE)
         self._closed = False
-        #: Background asks of chargers not under control, by session (``_retry``).
-        self._retrying: dict[str, asyncio.Task[None]] = {}
-        #: Each charger's stack level for site limits, while it stays connected.
-        self._levels: dict[str, int] = {}
+        #: Limits sent and not answered yet, by session (``_send``).
+        self._inflight: dict[str, asyncio.Task[LimitAnswer]] = {}
+        #: Each charger's stack level for site limits, while it stays connected (and
+        #: until when, for one that did not say: ``LEVEL_UNKNOWN_FOR``).
+        self._levels: dict[str, tuple[int, datetime | None]] = {}
         #: Sites to share again later (``_later``), by site.
         self._timers: dict[str, asyncio.TimerHandle] = {}
         ctx.published.append(self._heard)
@@ -239,7 +248,7 @@ class SiteLoad(Service):
     async def settled(self) -> None:
         """Waits until no recompute is asked for or running (tests, shutdown)."""
         while True:
-            waiting = [*self._running.values(), *self._retrying.values()]
+            waiting = [*self._running.values(), *self._inflight.values()]
             if self._resolver is not None and not self._resolver.done():
                 waiting.append(self._resolver)
             if not waiting:
@@ -253,7 +262,7 @@ class SiteLoad(Service):
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
-        tasks = [*self._running.values(), *self._retrying.values()]
+        tasks = [*self._running.values(), *self._inflight.values()]
         if self._resolver is not None:
             tasks.append(self._resolver)
         for task in tasks:
@@ -265,23 +274,29 @@ class SiteLoad(Service):
         """Shares the site's power among the sessions charging behind it now and tells
         each charger whose share changed.
 
-        What the site holds first: for each session whose charger is offline or not
+        What the site holds first: for each session whose charger is offline, not
         under control (its last limit refused or unanswered, or one being raised by
-        another instance), the most it may draw (``SiteAllocation.bound_kw``: what it
-        accepted last; its connector's rating before any). The sessions under control,
-        and new ones, share the rest. Lower limits (and new sessions', which charge
-        unlimited until told) go first; the raises only once all of those were accepted
-        (a refusal or silence changes what the site must hold: it is shared again
-        instead), and only after ``_claim`` (another instance may be sharing the site
-        at the same time). Sessions not under control are asked again in the
-        background, for no more than what the site holds for them."""
+        another instance) or being told a limit now, the most it may draw
+        (``SiteAllocation.bound_kw``: what it accepted last; its connector's rating
+        before any). The sessions under control, and new ones, share the rest. Lower
+        limits go first, and a new session's first one is no more than what nobody
+        holds yet (it charges unlimited until told, and the others have not lowered
+        yet); the raises only once all of those were accepted (a refusal or silence
+        changes what the site must hold: it is shared again instead), and only after
+        ``_claim`` (another instance may be sharing the site at the same time). A run
+        waits for its chargers' answers ``ANSWER_WAIT_S`` at most: a silent one is
+        left to answer in the background (the site is shared again when it does), so it
+        never holds the next session's limit back for the command timeout. Sessions not
+        under control are asked again in the background, for no more than what the site
+        holds for them."""
         [site] = await self.store.get_many(Site, [site_id])
         seen = await self._read(site)
         if site is None or not seen.sessions:
             return
         live, held, bound = seen.live, seen.held, seen.bound
-        controlled = [s for s in live if s.id not in held
-                      or held[s.id].answer is LimitAnswer.ACCEPTED]
+        busy = set(self._inflight)
+        controlled = [s for s in live if s.id not in busy and (
+            s.id not in held or held[s.id].answer is LimitAnswer.ACCEPTED)]
         loose = [s for s in live if s not in controlled]
         # An offline charger goes on applying what it has (OCPP 1.6 keeps a TxProfile
         # for its transaction, and it charges offline): held back, as a loose one's.
@@ -293,30 +308,77 @@ class SiteLoad(Service):
                if self._due(site, held.get(s.id), shares[s.id])]
         lower = [(s, kw) for s, kw in due if s.id not in held or kw < bound(s)]
         higher = [(s, kw) for s, kw in due if s.id in held and kw >= bound(s)]
-        answers = await asyncio.gather(*(self._tell(site, held.get(s.id), s, kw, bound(s))
-                                         for s, kw in lower))
-        if any(a is not LimitAnswer.ACCEPTED for a in answers):
+        drawn = offline + sum(bound(s) for s in live)  # at most, before anyone lowers
+        first = {s.id: self._first_limit(site, seen, s, kw, drawn)
+                 for s, kw in lower if s.id not in held}
+        sent = [self._send(site, held.get(s.id), s, first.get(s.id, kw), bound(s))
+                for s, kw in lower]
+        if not await self._all_accepted(site.id, sent):
             self._again.add(site.id)  # shared again with what the site must now hold
+        elif any(first[s.id] < kw for s, kw in lower if s.id in first):
+            self._again.add(site.id)  # the others lowered: the new ones get the rest
         elif higher and await self._claim(site, seen, higher,
                                           told={s.id for s, _ in lower}):
-            await asyncio.gather(*(self._tell(site, held[s.id], s, kw, bound(s))
-                                   for s, kw in higher))
-        under_way = {s.id for s in loose if self._under_way(held[s.id])}
+            await self._all_accepted(site.id, [
+                self._send(site, held[s.id], s, kw, bound(s)) for s, kw in higher])
+        under_way = {s.id for s in loose
+                     if s.id not in busy and self._under_way(held[s.id])}
         if under_way:
             self._later(site.id)  # another instance's raise: shared again once it lands
         fair = allocate(site.max_power_kw, site.min_power_kw,
                         [seen.demand(s) for s in live], offline)
         for session in loose:
-            if session.id in under_way:
+            if session.id in under_way or session.id in busy:
                 continue
-            sent = held[session.id].limit_sent_at
-            wait = 0.0 if sent is None else \
-                RETRY_LOOSE_S - (self.now() - sent).total_seconds()
+            told = held[session.id].limit_sent_at
+            wait = 0.0 if told is None else \
+                RETRY_LOOSE_S - (self.now() - told).total_seconds()
             if wait > 0:  # asked moments ago: again in a while, not at every recompute
                 self._later(site.id, wait)
             else:
                 self._retry(site, held[session.id], session,
                             min(fair[session.id], bound(session)))
+
+    @staticmethod
+    def _first_limit(site: Site, seen: _Seen, session: Session, share: float,
+                     drawn: float) -> float:
+        """A new session's first limit: its share, but no more than what the others
+        may not draw now (``drawn`` all of them together, this one at its rating), and 0
+        rather than less than the least it could charge at."""
+        headroom = site.max_power_kw - (drawn - seen.bound(session))
+        kw = max(0.0, min(share, math.floor(headroom * 1000 + 1e-6) / 1000))
+        rating = seen.rating(session)
+        least = site.min_power_kw if rating is None else min(site.min_power_kw, rating)
+        return kw if kw >= least else 0.0
+
+    def _send(self, site: Site, held: SiteAllocation | None, session: Session,
+              power_kw: float, bound_kw: float) -> asyncio.Task[LimitAnswer]:
+        """Tells the session its limit in a task of its own, in flight (``_inflight``)
+        until the charger answers: meanwhile the site holds what it may draw and asks it
+        nothing more."""
+        async def tell() -> LimitAnswer:
+            try:
+                return await self._tell(site, held, session, power_kw, bound_kw)
+            finally:
+                self._inflight.pop(session.id, None)
+
+        task = asyncio.create_task(tell(), name=f"site-load-limit-{session.id}")
+        self._inflight[session.id] = task
+        return task
+
+    async def _all_accepted(self, site_id: str, sent: Sequence[asyncio.Task[LimitAnswer]]
+                            ) -> bool:
+        """Waits (``ANSWER_WAIT_S`` at most) for the chargers' answers: whether every one
+        accepted. One still unanswered goes on in the background and has the site shared
+        again once it answers."""
+        if not sent:
+            return True
+        done, waiting = await asyncio.wait(sent, timeout=ANSWER_WAIT_S)
+        for task in waiting:
+            task.add_done_callback(lambda _: self.request_site(site_id))
+        return not waiting and all(
+            not t.cancelled() and t.exception() is None
+            and t.result() is LimitAnswer.ACCEPTED for t in done)
 
     def _under_way(self, allocation: SiteAllocation) -> bool:
         """A raise being sent now: PENDING, recorded less than the longest a command
@@ -397,22 +459,14 @@ class SiteLoad(Service):
 
     def _retry(self, site: Site, held: SiteAllocation, session: Session, power_kw: float
                ) -> None:
-        """Asks a charger not under control again, in the background (one at a time per
-        session): a silent one held every other session's limit back for the command
-        timeout. Accepted, the site is shared again with it under control."""
-        if session.id in self._retrying or self._closed:
+        """Asks a charger not under control again, in the background (``_send``).
+        Accepted, the site is shared again with it under control."""
+        if session.id in self._inflight or self._closed:
             return
-
-        async def retry() -> None:
-            try:
-                answer = await self._tell(site, held, session, power_kw, held.bound_kw)
-            finally:
-                self._retrying.pop(session.id, None)
-            if answer is LimitAnswer.ACCEPTED:
-                self.request_site(site.id)
-
-        self._retrying[session.id] = asyncio.create_task(
-            retry(), name=f"site-load-retry-{session.id}")
+        task = self._send(site, held, session, power_kw, held.bound_kw)
+        task.add_done_callback(
+            lambda t: self.request_site(site.id) if not t.cancelled()
+            and t.exception() is None and t.result() is LimitAnswer.ACCEPTED else None)
 
     async def _active(self, stations: Sequence[Station]) -> list[Session]:
         if not stations:
@@ -499,18 +553,21 @@ class SiteLoad(Service):
         it takes (its ChargeProfileMaxStackLevel) when that is lower: a charger holding
         to the key refuses a profile above it. Read once per connection (forgotten when
         it connects or goes); a charger that does not say is sent ``STACK_LEVEL``."""
-        level = self._levels.get(cp_id)
-        if level is not None:
-            return level
+        known = self._levels.get(cp_id)
+        if known is not None and (known[1] is None or known[1] > self.now()):
+            return known[0]
         try:
             outcome = await self.commands.send(SYSTEM, cp_id, "GetConfiguration",
                                                {"key": [MAX_STACK_LEVEL_KEY]})
         except DomainError:
             return STACK_LEVEL
         if outcome.error is not None:
-            return STACK_LEVEL  # not remembered: asked again with the next limit
+            # Not asked again before every limit (QA s16: twice the traffic and the
+            # audit entries, and a silent charger's timeout each time): for a while.
+            self._levels[cp_id] = (STACK_LEVEL, self.now() + LEVEL_UNKNOWN_FOR)
+            return STACK_LEVEL
         level = stack_level_of(outcome.result)
-        self._levels[cp_id] = level
+        self._levels[cp_id] = (level, None)
         return level
 
     async def _record(self, site: Site, held: SiteAllocation | None, session: Session,

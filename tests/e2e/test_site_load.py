@@ -130,10 +130,11 @@ async def test_two_chargers_share_the_site_s_limit(service: Running) -> None:
                 "charging_rate_unit": "W",
                 "charging_schedule_period": [{"start_period": 0, "limit": 22000.0}]}}
 
-        # A second session (on a 150 kW connector): both get half.
+        # A second session (on a 150 kW connector): both get half. Its first limit is
+        # what the first does not hold (18 kW), raised once that one took its lower one.
         tx2, _ = await two.start_transaction(1, "TAG-OTHER")
-        await until(lambda: limits(two) == [20_000.0] and limits(one)[-1] == 20_000.0,
-                    "both told 20 kW")
+        await until(lambda: limits(two) == [18_000.0, 20_000.0]
+                    and limits(one)[-1] == 20_000.0, "both told 20 kW")
         await service.services.site_load.settled()
         shares = await allocations(service, site, token)
         assert [(a["transactionId"], a["powerKw"], a["limit"], a["unit"], a["answer"],
@@ -156,7 +157,7 @@ async def test_two_chargers_share_the_site_s_limit(service: Running) -> None:
         service.services.site_load.request_site(expect_id(site, "site", "id"))
         await service.services.site_load.settled()
         assert limits(one) == [22_000.0, 20_000.0]
-        assert limits(two) == [20_000.0, 40_000.0, 30_000.0]
+        assert limits(two) == [18_000.0, 20_000.0, 40_000.0, 30_000.0]
         assert [(a["transactionId"], a["powerKw"])
                 for a in await allocations(service, site, token)] == [(tx2, 30.0)]
         await two.stop_transaction(1)  # its end is heard before it is answered

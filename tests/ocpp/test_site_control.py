@@ -21,6 +21,7 @@ from domain.entities import LimitAnswer, Site, SiteAllocation, Station
 from domain.errors import ChargerCallError, ChargerRejected, ChargerTimeout
 from domain.policy import SYSTEM, Viewer
 from domain.query import Eq
+from domain.services import site_load
 from domain.services.commands import CommandOutcome, CommandService
 from domain.services.site_load import SiteLoad
 from tests.ocpp.conftest import Central, seed, start_central, stop_central
@@ -36,6 +37,7 @@ class Chargers:
         self.applied: dict[tuple[str, int], float] = {}
         self.sent: list[tuple[str, int, float]] = []
         self.cleared: list[str] = []
+        self.asked_config: list[str] = []
         self.release = asyncio.Event()
 
     async def send(self, viewer: Viewer, cp_id: str, action: str, payload: dict[str, Any]
@@ -43,6 +45,10 @@ class Chargers:
         outcome = CommandOutcome(command_id="c", action=action,
                                  station=cast(Station, None))
         if action == "GetConfiguration":
+            self.asked_config.append(cp_id)
+            if self.behaviour.get((cp_id, 0)) == "no-config":
+                outcome.error = ChargerCallError("NotImplemented")
+                return outcome
             outcome.result = {"configurationKey": [
                 {"key": "ChargeProfileMaxStackLevel", "value": "8", "readonly": True}]}
             return outcome
@@ -131,7 +137,8 @@ async def test_a_lower_limit_not_accepted_holds_the_raises_back(central: Central
     for cp_id, connector, tag in (("CP-1", 2, "TAG-OK"), ("CP-OPEN", 2, "TAG-OTHER"),
                                   ("CP-OPEN", 1, "TAG-X")):
         await start(central, cp_id, connector, tag)
-    assert sorted(a for _, _, a in chargers.sent[-3:]) == [0.0, 6000.0, 6000.0]
+    assert chargers.applied == {("CP-1", 2): 6000.0, ("CP-OPEN", 2): 6000.0,
+                                ("CP-OPEN", 1): 0.0}
     chargers.behaviour[("CP-OPEN", 2)] = "silent"
     before = len(chargers.sent)
     await central.services.sites.update_site(SYSTEM, site.id, min_power_kw=7)
@@ -238,3 +245,74 @@ async def test_a_station_handed_to_another_company_frees_its_share(
         Station, Eq("site_id", site.id))] == ["CP-OPEN"]
     assert LimitAnswer.PENDING not in {a.answer for a in await central.store.find_all(
         SiteAllocation, Eq("site_id", site.id))}
+
+
+async def test_a_silent_charger_does_not_hold_the_next_sessions_limit_back(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Re-check (s16): a charger that never answered its first limit held the next
+    session's first limit back for the command timeout (66 kW on 40 meanwhile). A run
+    waits ANSWER_WAIT_S at most; the silent one is held at its rating meanwhile."""
+    monkeypatch.setattr(site_load, "ANSWER_WAIT_S", 0.1)
+    chargers = scripted(central)
+    await depot(central, 40)
+    chargers.behaviour[("CP-OPEN", 2)] = "held"  # never answers (until released)
+    charging = central.services.charging
+    await charging.start_transaction("CP-OPEN", 2, "TAG-OTHER", 1000, utcnow())
+    await charging.start_answered("CP-OPEN")
+    for _ in range(100):
+        if ("CP-OPEN", 2, 22000.0) in chargers.sent:
+            break
+        await asyncio.sleep(0.01)
+    await charging.start_transaction("CP-1", 2, "TAG-OK", 1000, utcnow())
+    await charging.start_answered("CP-1")
+    for _ in range(200):  # long before any command timeout (5 s here)
+        if ("CP-1", 2) in chargers.applied:
+            break
+        await asyncio.sleep(0.01)
+    # What the silent one may draw (its 22 kW connector) is held: CP-1 gets the rest.
+    assert chargers.applied[("CP-1", 2)] == 18000.0
+    chargers.release.set()
+    await central.services.site_load.settled()
+
+
+async def test_a_new_sessions_first_limit_is_what_the_others_do_not_hold(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Re-check (s16): a new session was told its whole share while the one already
+    charging had not yet lowered to make room: 22 + 15 = 37 kW on 30 until it did."""
+    monkeypatch.setattr(site_load, "ANSWER_WAIT_S", 0.1)
+    chargers = scripted(central)
+    site = await depot(central, 30)
+    await start(central, "CP-1", 2, "TAG-OK")
+    assert chargers.applied == {("CP-1", 2): 22000.0}
+    chargers.behaviour[("CP-1", 2)] = "held"  # slow to take its lower limit
+    charging = central.services.charging
+    tx2, _ = await charging.start_transaction("CP-OPEN", 2, "TAG-OTHER", 1000, utcnow())
+    await charging.start_answered("CP-OPEN")
+    for _ in range(100):
+        if ("CP-OPEN", 2) in chargers.applied:
+            break
+        await asyncio.sleep(0.01)
+    assert chargers.applied[("CP-OPEN", 2)] == 8000.0  # 30 less CP-1's 22
+    assert chargers.drawn({}) <= 30
+    chargers.release.set()
+    for _ in range(300):
+        await central.services.site_load.settled()
+        if chargers.applied.get(("CP-OPEN", 2)) == 15000.0:
+            break
+        await asyncio.sleep(0.01)
+    assert chargers.applied == {("CP-1", 2): 15000.0, ("CP-OPEN", 2): 15000.0}
+    assert (await shares(central, site))[tx2][:2] == (15.0, 15.0)
+
+
+async def test_a_charger_that_does_not_say_its_stack_level_is_not_asked_each_time(
+        central: Central) -> None:
+    chargers = scripted(central)
+    site = await depot(central, 40)
+    chargers.behaviour[("CP-1", 0)] = "no-config"
+    await start(central, "CP-1", 2, "TAG-OK")
+    for limit in (30, 20, 25):
+        await central.services.sites.update_site(SYSTEM, site.id, max_power_kw=limit)
+        await central.services.site_load.settled()
+    assert chargers.asked_config == ["CP-1"]
+    # 30 kW leaves its 22 kW plug as it was: nothing sent.
+    assert [kw for cp, _, kw in chargers.sent if cp == "CP-1"] == [22000.0, 20000.0, 22000.0]
