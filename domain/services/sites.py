@@ -117,6 +117,12 @@ class SiteService(Service):
         rate_unit = _unit(unit)
         min_kw = _power(min_session_kw(volts, lines) if min_power_kw is None
                         else min_power_kw, "minPowerKw")
+        if min_power_kw is None and min_kw > max_kw:
+            raise ValidationError(
+                f"the default per-session minimum, 6 A on each of {lines} phase(s) "
+                f"({min_kw:g} kW), is above the site's limit: give phases (1 for a "
+                "single-phase connection) or minPowerKw", field="minPowerKw",
+                code="OUT_OF_RANGE")
         _min_within(min_kw, max_kw, rate_unit, volts, lines)
         site = stamp_new(Site(
             name=v.name(name), company_id=company_id, max_power_kw=max_kw,

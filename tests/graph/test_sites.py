@@ -180,3 +180,14 @@ async def test_a_site_s_history_is_its_company_s(api: Api, world: World) -> None
     seen = await api.gql(log, {"id": site}, as_user=world.users["op_a2"].id)
     assert actions(seen) == ["CREATE", "DELETE", "UPDATE"]
     assert actions(await api.gql(log, {"id": site}, as_user=world.users["op_b"].id)) == []
+
+
+async def test_a_small_single_phase_site_is_told_what_to_give(api: Api, world: World) -> None:
+    """QA re-check (s16): a 3.7 kW site failed with "the per-session minimum cannot exceed
+    the site's limit", a minimum it was never given (6 A on three phases by default)."""
+    small = await create(api, world, "op_a", maxPowerKw=3.7)
+    [error] = small["errors"]
+    assert (error["field"], error["code"]) == ("minPowerKw", "OUT_OF_RANGE")
+    assert "give phases (1 for a single-phase connection)" in error["message"]
+    single = await create(api, world, "op_a", maxPowerKw=3.7, phases=1)
+    assert single["errors"] == [] and single["site"]["minPowerKw"] == 1.38
