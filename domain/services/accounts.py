@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
 from collections import Counter
@@ -25,6 +24,7 @@ from domain.events import AccessChanged
 from domain.policy import Viewer
 from domain.ports import Insert
 from domain.query import Eq
+from domain.services.background import Background
 from domain.services.base import UNSET, Service, ServiceContext, patch, stamp_new
 from domain.services.throttle import SignInThrottle
 
@@ -93,7 +93,7 @@ class AccountService(Service):
         self.on_deactivated: Callable[[User], Awaitable[None]] | None = None
         #: Sign-ins being checked now, per (email, client): a lock they set is theirs.
         self._checking: Counter[str] = Counter()
-        self._releasing: set[asyncio.Task[None]] = set()
+        self._releasing = Background()
         #: Whether drivers may open accounts themselves (``sign_up``); off unless the
         #: deployment says so (``Settings.sign_up``).
         self.sign_up_open = False
@@ -226,23 +226,15 @@ class AccountService(Service):
                 (user.role, user.company_id, user.active, user.token_epoch):
             await self._access_changed(user.id)
         if active is False and user.active and self.on_deactivated is not None:
-            task = asyncio.create_task(self._release(updated),
-                                       name=f"release-deactivated-{user.id}")
-            self._releasing.add(task)
-            task.add_done_callback(self._releasing.discard)
+            # The deactivation stands if this fails: what it holds expires on its own.
+            self._releasing.run(self.on_deactivated(updated),
+                                f"release-deactivated-{user.id}",
+                                f"releasing what deactivated user {user.id} held failed")
         return updated
-
-    async def _release(self, user: User) -> None:
-        assert self.on_deactivated is not None
-        try:
-            await self.on_deactivated(user)
-        except Exception:  # the deactivation stands; what it holds expires on its own
-            log.exception("releasing what deactivated user %s held failed", user.id)
 
     async def settled(self) -> None:
         """Waits for what deactivations release in the background (tests, shutdown)."""
-        while self._releasing:
-            await asyncio.wait(set(self._releasing))
+        await self._releasing.settled()
 
     async def _access_changed(self, user_id: str) -> None:
         """Open GraphQL sockets of this user, on every instance, are checked again now

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -30,6 +28,7 @@ from domain.events import StationChanged, StationRemoved
 from domain.policy import Viewer
 from domain.ports import Change, Delete, Insert, Store
 from domain.query import Eq, In, all_of
+from domain.services.background import Background
 from domain.services.base import (
     UNSET,
     Service,
@@ -88,9 +87,6 @@ def _may_own(owner: User) -> None:
                               field="ownerId", code="INVALID")
 
 
-log = logging.getLogger("chargegraph.stations")
-
-
 class StationService(Service):
     def __init__(self, ctx: ServiceContext) -> None:
         super().__init__(ctx)
@@ -101,7 +97,7 @@ class StationService(Service):
         #: Asked to share a site's power again when a station leaves it here (handed to
         #: another company); ``Services`` wires in ``SiteLoad.request_site``.
         self.on_site_left: Callable[[str], None] | None = None
-        self._nudging: set[asyncio.Task[None]] = set()
+        self._nudging = Background()
 
     async def create_station(self, viewer: Viewer, *, cp_id: str, name: str,
                              company_id: str | None = None, owner_id: str | None = None,
@@ -241,21 +237,13 @@ class StationService(Service):
         instead."""
         if self.on_accepted is None:
             return
-        task = asyncio.create_task(self._accepted(station), name=f"accepted-{station.cp_id}")
-        self._nudging.add(task)
-        task.add_done_callback(self._nudging.discard)
-
-    async def _accepted(self, station: Station) -> None:
-        assert self.on_accepted is not None
-        try:
-            await self.on_accepted(station)
-        except Exception:  # the acceptance stands; the charger boots again within a minute
-            log.exception("asking charger %s to boot again failed", station.cp_id)
+        # The acceptance stands if this fails: the charger boots again within a minute.
+        self._nudging.run(self.on_accepted(station), f"accepted-{station.cp_id}",
+                          f"asking charger {station.cp_id} to boot again failed")
 
     async def settled(self) -> None:
         """Waits for what acceptances set off in the background (tests, shutdown)."""
-        while self._nudging:
-            await asyncio.wait(set(self._nudging))
+        await self._nudging.settled()
 
     async def remove_station(self, viewer: Viewer, station_id: str) -> Station:
         """Removes the station, its connectors and its tariffs in one write. Its sessions,
