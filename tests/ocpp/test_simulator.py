@@ -150,6 +150,14 @@ async def online(central: Central) -> bool:
     return station is not None and station.online
 
 
+def one_long_session(central: Central) -> FleetPlan:
+    """CP-1 starting one long session at once, metering fast and reconnecting fast."""
+    return FleetPlan(url=central.url, cp_ids=["CP-1"], password=STATION_PASSWORD,
+                     id_tags=["TAG-OK"], session_every_s=(0.01, 0.02),
+                     session_length_s=(600, 600), meter_interval_s=0.05,
+                     reconnect_s=(0.05, 0.2))
+
+
 async def test_a_station_reconnects_after_a_server_restart_and_its_transaction_goes_on(
         tmp_path: Path) -> None:
     """The server stopped (its chargers' sockets closed) and started again on its port:
@@ -161,10 +169,7 @@ async def test_a_station_reconnects_after_a_server_restart_and_its_transaction_g
     central = await start_central(path)
     await seed(central)
     port = central.server.bound_port
-    plan = FleetPlan(url=central.url, cp_ids=["CP-1"], password=STATION_PASSWORD,
-                     id_tags=["TAG-OK"], session_every_s=(0.01, 0.02),
-                     session_length_s=(600, 600), meter_interval_s=0.05,
-                     reconnect_s=(0.05, 0.2))
+    plan = one_long_session(central)
     stop = asyncio.Event()
     running: Central | None = central
     with unretrieved_task_errors() as errors:
@@ -221,10 +226,7 @@ async def test_a_transaction_ended_while_the_server_is_down_is_closed_once_it_is
     central = await start_central(path)
     await seed(central)
     port = central.server.bound_port
-    plan = FleetPlan(url=central.url, cp_ids=["CP-1"], password=STATION_PASSWORD,
-                     id_tags=["TAG-OK"], session_every_s=(0.01, 0.02),
-                     session_length_s=(600, 600), meter_interval_s=0.05,
-                     reconnect_s=(0.05, 0.2))
+    plan = one_long_session(central)
     stop = asyncio.Event()
     running: Central | None = central
     station = asyncio.create_task(run_station(plan, "CP-1", stop))
