@@ -1119,12 +1119,6 @@ class Connection:
             self._add(op_id, asyncio.get_running_loop().create_task(
                 self._per_subscriber(op_id, executor, source)))
             return
-        if source.over is not None and await source.over():
-            # Nothing left to follow (a session over before it was asked for).
-            self.outbox.control({"type": "complete", "id": op_id})
-            return
-        if op_id in self.operations:  # the same id arrived while we awaited
-            raise _Close(4409, f"Subscriber for {op_id} already exists")
         root_type = schema.subscription_type
         assert root_type is not None
         fields = collect_fields(schema, executor.fragments, executor.variable_values,
@@ -1153,6 +1147,12 @@ class Connection:
             self._drop(op_id)
             live.stop()
             raise
+        # Asked once it watches (review s16: an end published while it was asked,
+        # before the watch, was never delivered): nothing left to follow, a session over
+        # before it was asked for, and it completes now, unless its end came meanwhile.
+        if source.over is not None and await source.over() \
+                and self.operations.get(op_id) is live:
+            self.finish(op_id)
 
     async def _per_subscriber(self, op_id: str, executor: Executor, source: Any) -> None:
         kind = "next" if self.protocol == TRANSPORT_WS else "data"

@@ -281,9 +281,14 @@ class LiveFeed(AsyncIterator[Any]):
     async def _iterate(self) -> AsyncGenerator[Any, None]:
         ctx = self.context
         dropped = 0
+        events = ctx.services.live.events(ctx.viewer, [self.topic])
+        # Subscribed before it is asked whether anything is left to follow: an end
+        # published meanwhile is then in the stream, not lost.
         if self.over is not None and await self.over():
+            if isinstance(events, AsyncGenerator):
+                await events.aclose()
             return
-        async for event in ctx.services.live.events(ctx.viewer, [self.topic]):
+        async for event in events:
             if isinstance(event, EventsDropped):
                 if event.interrupted:
                     raise events_lost()

@@ -361,10 +361,14 @@ class SimulatedChargePoint(ChargePoint):
         """What the connector draws: its car's power, at most the lowest limit of the
         charging profiles it holds for the connector (TxProfile or TxDefaultProfile, in W,
         or A on its phases at 230 V), as a charger under site load management does."""
-        power = self.connectors[connector_id].power_w
+        state = self.connectors[connector_id]
+        power = state.power_w
         for profile in self.charging_profiles.values():
             if profile.get("connector_id") not in (connector_id, 0):
                 continue
+            named = profile.get("transaction_id")
+            if named is not None and named != state.transaction_id:
+                continue  # a TxProfile is its transaction's only
             schedule = profile.get("charging_schedule") or {}
             periods = schedule.get("charging_schedule_period") or []
             if not periods:
@@ -382,6 +386,12 @@ class SimulatedChargePoint(ChargePoint):
         transaction_id = state.transaction_id
         state.transaction_id = None
         state.power_w = 0.0
+        # OCPP 1.6 (3.13.4): a transaction's TxProfiles end with it (review s16: the
+        # next session on the plug drew its predecessor's limit, 0 for a paused one).
+        self.charging_profiles = {
+            pid: p for pid, p in self.charging_profiles.items()
+            if not (p.get("charging_profile_purpose") == "TxProfile"
+                    and p.get("connector_id") == connector_id)}
         await self.status(connector_id, "Finishing")
         await self.call(call.StopTransaction(
             meter_stop=int(state.meter_wh), timestamp=now(), transaction_id=transaction_id,

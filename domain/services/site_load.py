@@ -41,7 +41,6 @@ from domain.errors import (
     ChargerOffline,
     ChargerRejected,
     ChargerTimeout,
-    Conflict,
     DomainError,
 )
 from domain.events import SessionChanged, StationChanged, StationConnectionChanged
@@ -81,6 +80,8 @@ RETRY_LOOSE_S = 60.0
 #: How long a charger that did not answer GetConfiguration is sent ``STACK_LEVEL``
 #: before it is asked again.
 LEVEL_UNKNOWN_FOR = timedelta(minutes=10)
+#: How long a charger's stack level, once read, is used before it is read again.
+LEVEL_KNOWN_FOR = timedelta(hours=1)
 #: The configuration key saying the highest stack level a charger takes (OCPP 1.6).
 MAX_STACK_LEVEL_KEY = "ChargeProfileMaxStackLevel"
 
@@ -290,17 +291,18 @@ class SiteLoad(Service):
         under control are asked again in the background, for no more than what the site
         holds for them."""
         [site] = await self.store.get_many(Site, [site_id])
-        seen = await self._read(site)
+        seen = await self._read(site_id, site)
         if site is None or not seen.sessions:
             return
         live, held, bound = seen.live, seen.held, seen.bound
         busy = set(self._inflight)
         controlled = [s for s in live if s.id not in busy and (
             s.id not in held or held[s.id].answer is LimitAnswer.ACCEPTED)]
-        loose = [s for s in live if s not in controlled]
+        under = {s.id for s in controlled}  # by id: a Session compares all its fields
+        loose = [s for s in live if s.id not in under]
         # An offline charger goes on applying what it has (OCPP 1.6 keeps a TxProfile
         # for its transaction, and it charges offline): held back, as a loose one's.
-        offline = sum(bound(s) for s in seen.sessions if s not in live)
+        offline = sum(bound(s) for s in seen.sessions if s.station_id not in seen.online)
         shares = allocate(site.max_power_kw, site.min_power_kw,
                           [seen.demand(s) for s in controlled],
                           offline + sum(bound(s) for s in loose))
@@ -389,15 +391,16 @@ class SiteLoad(Service):
         return self.now() - allocation.updated_at < timedelta(
             seconds=3 * self.commands.timeout)
 
-    async def _read(self, site: Site | None) -> _Seen:
+    async def _read(self, site_id: str, site: Site | None) -> _Seen:
         """The site's active sessions and their shares as stored now (forgetting the
-        shares of sessions no longer charging behind it)."""
+        shares of sessions no longer charging behind it: all of them, for a site
+        removed)."""
         stations = [] if site is None else await self.store.find_all(
             Station, Eq("site_id", site.id), limit=MAX_PER_SITE)
         sessions = await self._active(stations)
         ids = {s.id for s in sessions}
-        recorded = [] if site is None else await self.store.find_all(
-            SiteAllocation, Eq("site_id", site.id), limit=MAX_PER_SITE)
+        recorded = await self.store.find_all(SiteAllocation, Eq("site_id", site_id),
+                                             limit=MAX_PER_SITE)
         await self._release([a for a in recorded if a.session_id not in ids])
         # By session (an allocation's id is its session's): one recorded under the site
         # a station just left moves with it.
@@ -424,7 +427,7 @@ class SiteLoad(Service):
                    for s, kw in raises]
         await self.store.write(list(intents), [])
         [now] = await self.store.get_many(Site, [site.id])
-        again = await self._read(now)
+        again = await self._read(site.id, now)
         mine = {s.id for s, _ in raises} | told  # ours: raised now, lowered before
         if now is not None and again.key(skip=mine) == seen.key(skip=mine):
             return True
@@ -567,7 +570,9 @@ class SiteLoad(Service):
             self._levels[cp_id] = (STACK_LEVEL, self.now() + LEVEL_UNKNOWN_FOR)
             return STACK_LEVEL
         level = stack_level_of(outcome.result)
-        self._levels[cp_id] = (level, None)
+        # Read again in a while even so: a reconnect (new firmware, another key) is
+        # heard only by the instance holding the charger.
+        self._levels[cp_id] = (level, self.now() + LEVEL_KNOWN_FOR)
         return level
 
     async def _record(self, site: Site, held: SiteAllocation | None, session: Session,
@@ -587,6 +592,8 @@ class SiteLoad(Service):
             change = Update(changed(held, SYSTEM, **values))
         try:
             await self.store.write([change], [])
-        except Conflict:  # another instance recorded it meanwhile; the next run reads it
-            log.info("site %s: the share of transaction %d was recorded meanwhile",
-                     site.id, session.transaction_id)
+        except DomainError as exc:
+            # Recorded meanwhile by another instance (Conflict), or forgotten since (its
+            # session ended: NotFound): the next run reads what is there.
+            log.info("site %s: the share of transaction %d was not recorded: %s",
+                     site.id, session.transaction_id, exc.message)

@@ -597,6 +597,27 @@ async def test_one_sessions_updates_complete_with_its_end(live: Setup, protocol:
     assert [m["payload"]["data"]["sessionUpdated"]["change"] for m in got[:2]] == [
         "UPDATED", "ENDED"]
     assert live.services.live.watching == 0  # forgotten, not only told
+    # Review s16: its end published while it was asked whether it was over (before the
+    # watch) was lost, and it waited for ever. Watched first, then asked.
+    reads = live.services.reads
+    read = reads.get
+
+    async def ending_meanwhile(viewer: Any, kind: Any, record_id: str) -> Any:
+        found = await read(viewer, kind, record_id)
+        await live.bus.publish(_session_event(active, "ENDED"))
+        await asyncio.sleep(0.05)
+        return found
+
+    reads.get = ending_meanwhile  # type: ignore[method-assign]
+    try:
+        socket.subscribe("race", query, {"id": to_global_id("session", active.id)})
+        raced = [await socket.next() for _ in range(2)]
+    finally:
+        del reads.get
+    assert [m["type"] for m in raced][-1] == "complete"
+    assert raced[0]["payload"]["data"]["sessionUpdated"]["change"] == "ENDED"
+    await asyncio.sleep(0.05)
+    assert socket.nothing_pending()  # one complete, not two
     # A socket not reading while the events come: the completion waits behind them.
     socket.subscribe("slow", query, {"id": to_global_id("session", active.id)})
     await live.subscribed(1)

@@ -9,8 +9,12 @@ from typing import Any
 
 import pytest
 
+from domain import entities as d
+from domain.policy import SYSTEM
+from domain.ports import Update
 from domain.services import Services
-from graph.ids import to_global_id
+from domain.services.base import changed
+from graph.ids import expect_id, to_global_id
 from tests.graph.conftest import Api
 from tests.graph.world import World
 
@@ -191,3 +195,20 @@ async def test_a_small_single_phase_site_is_told_what_to_give(api: Api, world: W
     assert "give phases (1 for a single-phase connection)" in error["message"]
     single = await create(api, world, "op_a", maxPowerKw=3.7, phases=1)
     assert single["errors"] == [] and single["site"]["minPowerKw"] == 1.38
+
+
+async def test_a_site_stored_below_the_floor_is_still_renamed(api: Api, world: World,
+                                                               services: Services) -> None:
+    """Review s16: a site in amperes stored with a minimum below 6 A per phase could not
+    be renamed: the floor was judged on a field the edit did not send."""
+    created = (await create(api, world, "op_a", unit="A"))["site"]["id"]
+    store = services.ctx.store
+    [site] = await store.get_many(d.Site, [expect_id(created, "site", "id")])
+    assert site is not None
+    await store.write([Update(changed(site, SYSTEM, min_power_kw=1.4))], [])
+    op = world.users["op_a"].id
+    renamed = await api.gql(UPDATE, {"i": {"id": created, "name": "Yard"}}, as_user=op)
+    assert renamed["updateSite"]["errors"] == []
+    touched = await api.gql(UPDATE, {"i": {"id": created, "phases": 3}}, as_user=op)
+    assert [(e["field"], e["code"]) for e in touched["updateSite"]["errors"]] == [
+        ("minPowerKw", "OUT_OF_RANGE")]

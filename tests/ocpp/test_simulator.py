@@ -287,7 +287,8 @@ async def test_the_simulator_keeps_reservations_and_site_limits(central: Central
         [held] = await central.store.find_all(d.Reservation, ALL)
         assert held.state is d.ReservationState.USED
         cp.on_set_charging_profile(1, {
-            "charging_profile_id": 1, "stack_level": 0, "transaction_id": None,
+            "charging_profile_id": 1, "stack_level": 0,
+            "transaction_id": session.transaction_id,
             "charging_profile_purpose": "TxProfile", "charging_profile_kind": "Relative",
             "charging_schedule": {"charging_rate_unit": "A", "charging_schedule_period": [
                 {"start_period": 0, "limit": 10.0, "number_phases": 3}]}})
@@ -295,6 +296,10 @@ async def test_the_simulator_keeps_reservations_and_site_limits(central: Central
         cp.connectors[1].power_w = 22_000.0
         await cp.meter_values(1, 3600)  # an hour at the limit
         await cp.stop_transaction(1)
+        # Review s16: the profile outlived its transaction, the next one drew its limit.
+        assert cp.charging_profiles == {}
+        cp.connectors[1].power_w = 11_000.0
+        assert cp.drawn_w(1) == 11_000.0
     [session] = await sessions(central)
     assert session.energy_wh == 6_900
     registers = [m.value for m in await central.store.find_all(d.MeterSample, Eq(
