@@ -20,6 +20,7 @@ from domain.clock import utcnow
 from domain.entities import LimitAnswer, Site, SiteAllocation, Station
 from domain.errors import ChargerCallError, ChargerRejected, ChargerTimeout
 from domain.policy import SYSTEM, Viewer
+from domain.ports import Delete
 from domain.query import Eq
 from domain.services import site_load
 from domain.services.commands import CommandOutcome, CommandService
@@ -316,3 +317,16 @@ async def test_a_charger_that_does_not_say_its_stack_level_is_not_asked_each_tim
     assert chargers.asked_config == ["CP-1"]
     # 30 kW leaves its 22 kW plug as it was: nothing sent.
     assert [kw for cp, _, kw in chargers.sent if cp == "CP-1"] == [22000.0, 20000.0, 22000.0]
+
+
+async def test_a_removed_sites_shares_are_forgotten(central: Central) -> None:
+    """Review s16: sharing a removed site again read nothing, so shares left behind (a
+    recompute that failed) stayed for good."""
+    scripted(central)
+    site = await depot(central, 30)
+    await start(central, "CP-1", 2, "TAG-OK")
+    assert len(await shares(central, site)) == 1
+    await central.store.write([Delete(site)], [])  # as removeSite, its stations aside
+    central.services.site_load.request_site(site.id)
+    await central.services.site_load.settled()
+    assert await shares(central, site) == {}
