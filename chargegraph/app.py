@@ -83,9 +83,12 @@ async def _settle(services: Services) -> None:
     # Its chargers are gone (the OCPP server stopped first): nothing left to tell them.
     await services.site_load.close()
     try:
-        await asyncio.wait_for(services.accounts.settled(), SETTLE_TIMEOUT_S)
+        await asyncio.wait_for(asyncio.gather(services.accounts.settled(),
+                                              services.stations.settled()),
+                               SETTLE_TIMEOUT_S)
     except TimeoutError:
-        log.warning("background releases of deactivated users still running at stop")
+        log.warning("background work of the services (deactivated users' reservations, "
+                    "accepted stations' boot requests) still running at stop")
 
 
 def _detach(sources: Sources) -> None:

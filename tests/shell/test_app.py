@@ -203,9 +203,7 @@ def test_a_stop_lets_background_releases_finish_on_an_open_store(tmp_path: Path)
             finished.append(await app.state.store.ping())
 
         async def start() -> None:
-            task = asyncio.create_task(release())
-            accounts._releasing.add(task)
-            task.add_done_callback(accounts._releasing.discard)
+            accounts._releasing.run(release(), "release", "releasing failed")
 
         client.portal.call(start)  # type: ignore[union-attr]
     assert finished == [True]
