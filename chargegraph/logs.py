@@ -40,10 +40,11 @@ _TARGET_LINES = {
     "< GET %s HTTP/1.1": 0,  # websockets' legacy server (uvicorn's "websockets")
     "< %s %s %s": 1,  # its new server (the OCPP server), method, target, protocol
     "> GET %s HTTP/1.1": 0,  # its client (the simulator)
-    # httpx's line for every request it sends (INFO): a webhook's URL may carry a secret
-    # in its query string (an URL object, read as text).
-    'HTTP Request: %s %s "%s %d %s"': 1,
 }
+#: httpx's line for every request it sends (INFO), with the URL (an object) at this
+#: index: webhook deliveries, whose URL may carry a secret in its query string or, as
+#: Slack's, Teams' and Discord's do, in its path. Only the origin is kept.
+_OUTGOING_LINES = {'HTTP Request: %s %s "%s %d %s"': 1}
 #: A query parameter's name kept in the log (it tells which parameter a client sent, say a
 #: misspelt export filter): a short identifier. Anything else may be a value sent
 #: without ``=`` (``?<token>``) and is hidden like one.
@@ -70,7 +71,11 @@ class HideCredentials(logging.Filter):
             return True
         at = _TARGET_LINES.get(record.msg) if isinstance(record.msg, str) else None
         target = args[at] if at is not None and len(args) > at else None
-        if at is not None and target is not None:
+        outgoing = _OUTGOING_LINES.get(record.msg) if isinstance(record.msg, str) else None
+        if outgoing is not None and len(args) > outgoing:
+            record.args = (*args[:outgoing], origin_only(str(args[outgoing])),
+                           *args[outgoing + 1:])
+        elif at is not None and target is not None:
             record.args = (*args[:at], without_query_values(str(target)), *args[at + 1:])
         elif record.msg in _HEADER_LINES and len(args) == 2 \
                 and str(args[0]).lower() in SECRET_HEADERS:
@@ -78,6 +83,17 @@ class HideCredentials(logging.Filter):
         elif self.payloads and record.msg in _FRAME_LINES and len(args) == 1:
             record.args = (_frame_summary(args[0]),)
         return True
+
+
+def origin_only(url: str) -> str:
+    """``https://hooks.slack.com/[hidden]``: scheme and host (which receiver), nothing of
+    the path or query, where a webhook's secret may be."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return HIDDEN
+    host, slash, tail = rest.partition("/")
+    host = host.rsplit("@", 1)[-1]  # no user information either
+    return f"{scheme}://{host}/{HIDDEN}" if slash and tail else f"{scheme}://{host}/"
 
 
 def without_query_values(target: str) -> str:

@@ -154,12 +154,17 @@ async def test_access_lines_keep_no_credential_of_a_query_string(
 
 def test_a_webhook_urls_query_is_hidden_in_httpx_lines() -> None:
     """opsfix (s16): httpx logs every request's whole URL at INFO, and a webhook's URL
-    may carry a secret in its query string."""
+    may carry a secret in its query string or its path: only the origin is logged."""
     import httpx
 
     line = record('HTTP Request: %s %s "%s %d %s"', "POST",
                   httpx.URL("https://hooks.example.com/in?token=s3cr3t&x=1"), "HTTP/1.1",
                   200, "OK", name="httpx")
     assert _GUARDED["httpx"].filter(line)
-    assert line.getMessage() == ('HTTP Request: POST https://hooks.example.com/in?'
-                                 'token=[hidden]&x=[hidden] "HTTP/1.1 200 OK"')
+    assert line.getMessage() == ('HTTP Request: POST https://hooks.example.com/[hidden] '
+                                 '"HTTP/1.1 200 OK"')
+    # Slack's, Teams' and Discord's webhook secrets are in the path.
+    slack = record('HTTP Request: %s %s "%s %d %s"', "POST",
+                   httpx.URL("https://hooks.slack.com/services/T0/B0/XyZsecret"),
+                   "HTTP/1.1", 200, "OK", name="httpx")
+    assert _GUARDED["httpx"].filter(slack) and "XyZsecret" not in slack.getMessage()
