@@ -6,11 +6,18 @@ from __future__ import annotations
 import logging
 import re
 import uuid
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, TypeVar
 
 import strawberry
 from graphql import GraphQLError
 
-from domain.errors import DomainError
+from domain.errors import DomainError, Forbidden, Unauthenticated
+
+if TYPE_CHECKING:
+    from graph.context import GraphContext
+
+T = TypeVar("T")
 
 log = logging.getLogger("chargegraph.graph")
 
@@ -69,3 +76,24 @@ def mask(error: GraphQLError) -> GraphQLError:
         "Internal server error", nodes=error.nodes, path=error.path,
         extensions={"code": "INTERNAL_SERVER_ERROR", "errorId": error_id},
     )
+
+
+async def attempt(ctx: GraphContext, action: Callable[[], Awaitable[T]], *,
+                  public: bool = False) -> tuple[T | None, list[UserError]]:
+    """Run a use case; expected failures become user errors, anything else propagates
+    (and is masked with an error id). An anonymous caller is told to sign in, before
+    anything runs unless the use case is ``public`` (signing in): otherwise the first
+    check to fail spoke, and a signed-out driver app was told "no such user" on an
+    ``ownerId`` it never sent, or about its input."""
+    if ctx.viewer.anonymous and not public:
+        return None, [UserError(field=None, message="sign in first",
+                                code=Unauthenticated.code)]
+    try:
+        return await action(), []
+    except Forbidden as exc:
+        if ctx.viewer.anonymous:
+            return None, [UserError(field=None, message="sign in first",
+                                    code=Unauthenticated.code)]
+        return None, [user_error(exc)]
+    except DomainError as exc:
+        return None, [user_error(exc)]

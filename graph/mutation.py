@@ -4,20 +4,18 @@ so clients never parse messages."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any, TypeVar
 
 import strawberry
 
-from domain.errors import DomainError, Forbidden, Unauthenticated
 from domain.policy import Viewer
 from domain.services import UNSET, ConnectorSpec
 from domain.services.refresh_tokens import IssuedRefresh
 from domain.tariff_bands import BandInput
 from graph.commands import CommandMutation
 from graph.context import GraphContext
-from graph.errors import UserError, user_error
+from graph.errors import UserError, attempt
 from graph.ids import expect_id
 from graph.inputs import (
     AddConnectorInput,
@@ -64,27 +62,6 @@ T = TypeVar("T")
 
 def _ctx(info: Info) -> GraphContext:
     return info.context  # type: ignore[no-any-return]
-
-
-async def attempt(ctx: GraphContext, action: Callable[[], Awaitable[T]], *,
-                  public: bool = False) -> tuple[T | None, list[UserError]]:
-    """Run a use case; expected failures become user errors, anything else propagates
-    (and is masked with an error id). An anonymous caller is told to sign in, before
-    anything runs unless the use case is ``public`` (signing in): otherwise the first
-    check to fail spoke, and a signed-out driver app was told "no such user" on an
-    ``ownerId`` it never sent, or about its input."""
-    if ctx.viewer.anonymous and not public:
-        return None, [UserError(field=None, message="sign in first",
-                                code=Unauthenticated.code)]
-    try:
-        return await action(), []
-    except Forbidden as exc:
-        if ctx.viewer.anonymous:
-            return None, [UserError(field=None, message="sign in first",
-                                    code=Unauthenticated.code)]
-        return None, [user_error(exc)]
-    except DomainError as exc:
-        return None, [user_error(exc)]
 
 
 def _opt_id(value: Any, kind: str, field: str) -> Any:

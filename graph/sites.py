@@ -13,7 +13,7 @@ import strawberry
 from domain import entities as d
 from domain.errors import DomainError
 from domain.query import ALL, Sort
-from graph.errors import UserError, graphql_error
+from graph.errors import UserError, attempt, graphql_error
 from graph.ids import expect_id
 from graph.inputs import given
 from graph.nodes import (
@@ -186,14 +186,6 @@ class AssignStationToSitePayload:
     errors: list[UserError]
 
 
-async def _attempt(ctx: GraphContext, action: Any) -> tuple[Any, list[UserError]]:
-    """``graph.mutation.attempt``, imported when called: ``graph.mutation`` imports this
-    module to add these mutations to its root."""
-    from graph import mutation
-
-    return await mutation.attempt(ctx, action)
-
-
 def _site(record: d.Site | None, ctx: GraphContext) -> Site | None:
     return Site.wrap(record, ctx) if record is not None else None
 
@@ -232,7 +224,7 @@ class SiteMutation:
                 company_id=company, min_power_kw=input.min_power_kw, unit=input.unit,
                 voltage=input.voltage, phases=input.phases)
 
-        site, errors = await _attempt(ctx, run)
+        site, errors = await attempt(ctx, run)
         return SitePayload(site=_site(site, ctx), errors=errors)
 
     @strawberry.mutation(description="Edits a site; a new limit reaches its chargers at "
@@ -247,7 +239,7 @@ class SiteMutation:
                 min_power_kw=given(input.min_power_kw), unit=given(input.unit),
                 voltage=given(input.voltage), phases=given(input.phases))
 
-        site, errors = await _attempt(ctx, run)
+        site, errors = await attempt(ctx, run)
         return SitePayload(site=_site(site, ctx), errors=errors)
 
     @strawberry.mutation(description="Removes a site; refused (IN_USE) while stations are "
@@ -259,7 +251,7 @@ class SiteMutation:
             return await ctx.services.sites.remove_site(
                 ctx.viewer, expect_id(str(input.id), "site", "id"))
 
-        site, errors = await _attempt(ctx, run)
+        site, errors = await attempt(ctx, run)
         return SitePayload(site=_site(site, ctx), errors=errors)
 
     @strawberry.mutation(description="Puts a station behind a site of its company "
@@ -275,7 +267,7 @@ class SiteMutation:
                 ctx.viewer, expect_id(str(input.station_id), "station", "stationId"),
                 site_id)
 
-        station, errors = await _attempt(ctx, run)
+        station, errors = await attempt(ctx, run)
         return AssignStationToSitePayload(
             station=Station.wrap(station, ctx) if station is not None else None,
             errors=errors)

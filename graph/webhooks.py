@@ -5,7 +5,6 @@ only; no field reads it afterwards."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -14,7 +13,7 @@ import strawberry
 from domain import entities as d
 from domain.ports import WebhookAttempt
 from domain.query import ALL, Sort
-from graph.errors import UserError
+from graph.errors import UserError, attempt
 from graph.ids import expect_id
 from graph.inputs import given
 from graph.nodes import NODE_BY_KIND, RECORD_OF_NODE, Audited, User, _audited, _related
@@ -147,15 +146,6 @@ class WebhookDelivery:
 class TestWebhookPayload:
     delivery: WebhookDelivery | None
     errors: list[UserError]
-
-
-async def attempt(ctx: GraphContext, action: Callable[[], Awaitable[T]]
-                  ) -> tuple[T | None, list[UserError]]:
-    """``graph.mutation.attempt``, imported when called: ``graph.mutation`` imports this
-    module to add these mutations to its root."""
-    from graph import mutation
-
-    return await mutation.attempt(ctx, action)
 
 
 def _wrapped(record: d.Webhook | None, ctx: GraphContext) -> Webhook | None:

@@ -88,12 +88,11 @@ class ServiceContext:
         max_workers=HASHING_THREADS, thread_name_prefix="chargegraph-charger-hashing"))
 
 
-def owned_by(station: Any) -> dict[str, Any]:
+def owned_by(station: Station) -> dict[str, Any]:
     """The station fields every domain event carries (``DomainEvent``): who may see it."""
     return {"station_id": station.id, "cp_id": station.cp_id,
             "company_id": station.company_id, "owner_id": station.owner_id,
-            "on_map": getattr(station, "registration", Registration.ACCEPTED)
-            is Registration.ACCEPTED}
+            "on_map": station.registration is Registration.ACCEPTED}
 
 
 async def reserved_for_card(store: Store, reservation: Reservation, presented: str,

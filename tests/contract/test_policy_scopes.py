@@ -428,8 +428,9 @@ def test_the_map_events_of_a_station_not_accepted_reach_only_its_operators() -> 
     policy = Policy(public_map=True)
     seen = {}
     for name in ("S1", "S7"):
-        event = ConnectorStatusChanged(**owned_by(world[name]), connector_record_id=None,
-                                       connector_id=1, status="Available")
+        event = ConnectorStatusChanged(**owned_by(cast(Station, world[name])),
+                                       connector_record_id=None, connector_id=1,
+                                       status="Available")
         seen[name] = [policy.sees_event(viewer, event) for viewer in (
             ANONYMOUS, Viewer.of(cast(User, world["d1"])),
             Viewer.of(cast(User, world["opA"])), Viewer.of(cast(User, world["admin"])))]
