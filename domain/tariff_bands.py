@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from bisect import bisect_left, bisect_right
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -180,7 +181,14 @@ def attributed_wh(tariff: Tariff, start: datetime, energy_wh: int,
     bands = bands_of(tariff)
     tz = zone(tariff.time_zone or "UTC")
     exact = [Decimal(0)] * (len(bands) + 1)
-    ordered = sorted(r for r in readings if until is None or r[0] <= until)
+    # Readings of one instant summed (a clock-aligned and a periodic reading, or the
+    # stop's repeat of the last one): the Wh of each is spread from the previous
+    # instant, not priced at a point because its 0-Wh twin sorted first (QA s17).
+    per_instant: dict[datetime, int] = defaultdict(int)
+    for at, wh in readings:
+        if until is None or at <= until:
+            per_instant[at] += wh
+    ordered = sorted(per_instant.items())
     if ordered and ordered[-1][0] - start > MAX_SPLIT_SPAN:
         ordered = []
     # Every instant a band may begin or end over the whole session, found once: a

@@ -22,7 +22,8 @@ strawberry.enum(d.ReservationState)
 strawberry.enum(d.PaymentStatus)
 strawberry.enum(d.AuditAction)
 strawberry.enum(d.MeterAnomaly, description=(
-    "What a session's energy register did that its energy is counted across."))
+    "What a session's energy register did that its energy is counted across, or a "
+    "final register (meterStop) that was not believed."))
 
 Role = d.Role
 IdTagStatus = d.IdTagStatus

@@ -28,6 +28,7 @@ from domain.entities import (
     ConnectorType,
     IdTag,
     IdTagStatus,
+    MeterAnomaly,
     MeterSample,
     Payment,
     Registration,
@@ -997,15 +998,20 @@ class ChargingService(Service):
         if count is None:  # flushed late, awaiting its stop: no readings counted
             count = RegisterCount(session, rated_kw)
         final = count.counted(meter_stop, end, final=True)
-        energy = max((final or 0) - session.meter_start_wh, 0)
-        if final is None:
-            # A glitching final register (0xFFFFFFFF) must not bill megawatt-hours: the
-            # session is billed what it believably metered, as a lost stop would be.
-            log.warning("%s: meterStop %s Wh of transaction %s is more than its connector "
-                        "could deliver since the start; billing the %s Wh metered",
-                        cp_id, meter_stop, transaction_id,
-                        session.energy_wh + added_wh(samples))
+        meter = count.fields()
+        if final is None or final < session.meter_start_wh:
+            # A glitching final register (0xFFFFFFFF: more than the connector could
+            # deliver; below meterStart: less than nothing, with no rollover or reset to
+            # explain it) must bill neither megawatt-hours nor nothing: the session is
+            # billed what it believably metered, as a lost stop would be, and flagged for
+            # review (QA s17: a stop below its start billed 0 without a trace).
             energy = session.energy_wh + added_wh(samples)
+            log.warning("%s: meterStop %s Wh of transaction %s (meterStart %s Wh) is not "
+                        "believable; billing the %s Wh metered", cp_id, meter_stop,
+                        transaction_id, session.meter_start_wh, energy)
+            meter["meter_anomaly"] = MeterAnomaly.IMPLAUSIBLE_STOP
+        else:
+            energy = final - session.meter_start_wh
         samples, trimmed, stored_wh = await self._settled_samples(session, samples, energy)
         closing = closing_sample(station, session, samples, stored_wh, energy,
                                        meter_stop, end)
@@ -1015,7 +1021,7 @@ class ChargingService(Service):
             station, session, meter_stop, end, reason or "Local", actor, energy_wh=energy,
             awaited=awaits_stop(session), readings=readings or [],
             metered=[*samples, *(cast(MeterSample, u.record) for u in trimmed)],
-            meter=count.fields())
+            meter=meter)
         try:
             await self.commit(actor, changes,
                               unaudited=[*trimmed, *(InsertIfAbsent(s) for s in samples)])

@@ -92,6 +92,18 @@ def test_a_session_started_on_a_clock_behind_ours_is_split_at_its_receipt() -> N
                          _at(80)) != [1000, 0]
 
 
+def test_readings_of_one_instant_spread_over_the_time_before_it() -> None:
+    """QA (s17): a clock-aligned and a periodic reading at the same second (or the
+    stop's repeat of the last register) gave a 0-Wh twin that sorted first; the real
+    increment was then priced at its instant, in the band just begun, not over the
+    interval before it. 2000 Wh from 21:45 to 22:15: half before the edge, half after."""
+    tariff = _tariff([PEAK])
+    alone = [(_at(15), 1000), (_at(45), 2000)]
+    with_twin = [(_at(15), 1000), (_at(45), 0), (_at(45), 2000)]
+    assert attributed_wh(tariff, _at(0), 3000, alone) == [2000, 1000]
+    assert attributed_wh(tariff, _at(0), 3000, with_twin) == [2000, 1000]
+
+
 def test_more_read_than_billed_is_scaled_to_the_billed_energy() -> None:
     tariff = _tariff([PEAK])
     split = attributed_wh(tariff, _at(0), 1000, [(_at(15), 1000), (_at(45), 1000)])

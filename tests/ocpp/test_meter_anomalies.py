@@ -169,9 +169,36 @@ async def test_a_drop_no_rollover_or_reset_explains_still_bills_nothing_more(
         await charger.start(2**32 - 500_000)  # 500 kWh below the limit: not in a minute
         await charger.reading(2**32 - 400_000)  # …and no more in the next
         await charger.stop(20_000)
-    assert (glitch.energy_wh, glitch.meter_anomaly) == (0, None)
+    # Below meterStart: the stop is not believed, and the session is flagged (QA s17).
+    assert (glitch.energy_wh, glitch.meter_anomaly) == (0, d.MeterAnomaly.IMPLAUSIBLE_STOP)
     far = await billed(central, charger.tx)
-    assert far.energy_wh == 0 and far.meter_anomaly is None
+    assert far.energy_wh == 0 and far.meter_anomaly is d.MeterAnomaly.IMPLAUSIBLE_STOP
+
+
+async def test_a_stop_below_its_start_bills_what_was_metered_flagged(
+        central: Central) -> None:
+    """QA (s17): meterStop below meterStart with no rollover or reset to explain it
+    billed 0 and dropped the 2 kWh the readings had metered, with nothing for an
+    operator to see. It bills what was metered, flagged; a stop above the start but
+    below a reading still decides the energy (the reading was the glitch)."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        charger = Charger(cp)
+        await charger.start(50_000)
+        await charger.reading(52_000)
+        await charger.stop(49_000)
+        below_start = charger.tx
+        charger = Charger(cp)
+        await charger.start(60_000)
+        await charger.reading(62_000)
+        await charger.stop(61_000)
+        data = await central.gql(ANOMALY, as_user="op")
+    session = await billed(central, below_start)
+    assert session.energy_wh == 2_000 and session.cost_minor == 80  # 2 kWh at 0.40
+    assert session.meter_anomaly is d.MeterAnomaly.IMPLAUSIBLE_STOP
+    shown = {s["transactionId"]: s["meterAnomaly"] for s in data["sessions"]["nodes"]}
+    assert shown[below_start] == "IMPLAUSIBLE_STOP"
+    trusted = await billed(central, charger.tx)
+    assert (trusted.energy_wh, trusted.meter_anomaly) == (1_000, None)
 
 
 async def test_a_reset_that_reads_like_the_old_register_bills_the_lower_count_flagged(
