@@ -23,7 +23,7 @@ from domain.errors import (
 from domain.events import AccessChanged
 from domain.policy import Viewer
 from domain.ports import Insert
-from domain.query import Eq
+from domain.query import Eq, Search
 from domain.services.background import Background
 from domain.services.base import UNSET, Service, ServiceContext, patch, stamp_new
 from domain.services.throttle import SignInThrottle
@@ -113,9 +113,21 @@ class AccountService(Service):
     async def _refuse_taken_name(self, company: Company) -> None:
         """Company names are how people (and ``create-user --company``) tell companies
         apart: two of one name would make every such choice a guess."""
-        other = await self.store.find_one(Company, Eq("name", company.name))
+        other = await self._company_named(company.name)
         if other is not None and other.id != company.id:
             raise Conflict("another company has this name", field="name", code="DUPLICATE")
+
+    async def _company_named(self, name: str) -> Company | None:
+        """The company of this name, whatever its case (QA s17: "hofgarten properties"
+        made a second company beside "Hofgarten Properties", its operator seeing none of
+        the first one's stations). The store's search folds case; the exact comparison
+        is made here."""
+        exact = await self.store.find_one(Company, Eq("name", name))
+        if exact is not None:
+            return exact
+        wanted = name.casefold()
+        candidates = await self.store.find_all(Company, Search(("name",), name))
+        return next((c for c in candidates if c.name.casefold() == wanted), None)
 
     async def update_company(self, viewer: Viewer, company_id: str, *, name: str) -> Company:
         company = await self.visible(viewer, Company, company_id)
@@ -129,7 +141,7 @@ class AccountService(Service):
 
     async def ensure_company(self, viewer: Viewer, name: str) -> Company:
         """The company with this name, created when missing (CLI and seeding)."""
-        existing = await self.store.find_one(Company, Eq("name", v.name(name)))
+        existing = await self._company_named(v.name(name))
         return existing or await self.create_company(viewer, name=name)
 
     # ---------------------------------------------------------------- users

@@ -133,8 +133,10 @@ class StationService(Service):
                 lat=lat,
                 lon=lon,
                 address=v.optional_text(address, "location.address", 500),
+                # Only ``None`` means "no password": an empty one is refused, not taken
+                # as none (QA s17: a form's blank field left the charger open to anyone).
                 auth_password_hash=await self.hash_password(_station_password(password))
-                if password
+                if password is not None
                 else None,
             ),
             viewer,
@@ -181,7 +183,8 @@ class StationService(Service):
         # Hashed before the station is read: the record written below is the one read,
         # and a charger's connect landing during a slow hash must not be overwritten.
         password_hash = UNSET if password is UNSET else (
-            await self.hash_password(_station_password(password)) if password else None)
+            await self.hash_password(_station_password(password)) if password is not None
+            else None)
         station = await self.managed_station(viewer, station_id)
         if password_hash not in (UNSET, None) and ":" in station.cp_id:
             raise ValidationError("a charger whose identity has a ':' cannot sign in with a "

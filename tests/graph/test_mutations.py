@@ -84,6 +84,15 @@ async def test_companies_and_users(api: Api, world: World) -> None:
     assert created["company"] == {"name": "Gamma GmbH", "createdBy": world.users["admin"].id}
     assert codes(await call(api, world, "admin", "createCompany", {"name": "Gamma GmbH"},
                             "company { id }")) == [("name", "DUPLICATE")]
+    # QA (s17): names differing only in case are one company's name.
+    assert codes(await call(api, world, "admin", "createCompany", {"name": "GAMMA gmbh"},
+                            "company { id }")) == [("name", "DUPLICATE")]
+    assert codes(await call(api, world, "op_a", "updateCompany",
+                            {"id": gid("company", world.companies["a"].id),
+                             "name": "beta power"}, "company { id }")) == [("name", "DUPLICATE")]
+    services = api.client._transport.app.services  # type: ignore[attr-defined]
+    found = await services.accounts.ensure_company(world.viewer("admin"), "gamma GMBH")
+    assert found.name == "Gamma GmbH"
     assert codes(await call(api, world, "op_a", "updateCompany",
                             {"id": gid("company", world.companies["a"].id),
                              "name": "Beta Power"}, "company { id }")) == [("name", "DUPLICATE")]
@@ -458,6 +467,8 @@ async def test_create_station_and_errors(api: Api, world: World, store) -> None:
         ({"cpId": "OK-4", "connectors": [{"connectorId": 0}]},
          ("connectors.0.connectorId", "OUT_OF_RANGE")),
         ({"cpId": "OK-5", "password": "short"}, ("password", "INVALID_LENGTH")),
+        # QA (s17): an empty password (a form's blank field) made a station without one.
+        ({"cpId": "OK-5", "password": ""}, ("password", "INVALID_LENGTH")),
         ({"cpId": "OK-6", "companyId": gid("company", world.companies["b"].id)},
          ("companyId", "NOT_FOUND")),
         ({"cpId": "OK-7", "ownerId": gid("user", world.users["driver_a"].id)},
@@ -482,6 +493,13 @@ async def test_update_remove_station_and_connectors(api: Api, world: World) -> N
                                   "location": {"lat": 1.0, "lon": 2.0, "address": None}}
     assert codes(await call(api, world, "op_b", "updateStation", {"id": sid, "name": "X"},
                             "station { id }")) == [("id", "NOT_FOUND")]
+    # An empty password is refused; only null removes it.
+    assert codes(await call(api, world, "op_a2", "updateStation", {"id": sid, "password": ""},
+                            "station { id }")) == [("password", "INVALID_LENGTH")]
+    for password, required in (("a-new-password", True), (None, False)):
+        made = await call(api, world, "op_a2", "updateStation",
+                          {"id": sid, "password": password}, "station { passwordRequired }")
+        assert made["station"] == {"passwordRequired": required}
     assert codes(await call(api, world, "driver1", "updateStation", {"id": sid, "name": "X"},
                             "station { id }")) == [("id", "FORBIDDEN")]
     assert codes(await call(api, world, "admin", "updateStation",
