@@ -283,13 +283,15 @@ def rate(value: Decimal | str | float, field: str) -> Decimal:
 
 
 def instant(value: datetime, field: str) -> datetime:
-    """A zoned instant within ``EARLIEST`` .. ``LATEST``."""
+    """A zoned instant within ``EARLIEST`` .. ``LATEST``, in UTC as every domain time
+    is: one given at +05:00 was answered and audited as given, and read back in UTC (QA
+    s17: one instant, two strings in a client's cache)."""
     if value.tzinfo is None:
         raise ValidationError("needs a time zone offset", field=field)
     if not EARLIEST <= value < LATEST:
         raise ValidationError(f"must be within {EARLIEST.year}..{LATEST.year - 1}",
                               field=field, code="OUT_OF_RANGE")
-    return value
+    return value if value.tzinfo is UTC else value.astimezone(UTC)
 
 
 def meter_register(value: int, field: str) -> int:

@@ -4,7 +4,7 @@ in the schema's config (``SCALARS``)."""
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, NewType
 
@@ -35,7 +35,9 @@ def parse_instant(value: Any) -> datetime:
         parsed = dateutil.parser.isoparse(value)
     except (ValueError, OverflowError) as exc:
         raise ValueError(f"DateTime cannot represent {value!r}: {exc}") from None
-    return to_millisecond(parsed)
+    # In UTC, as every domain time is (a naive one is left for validation to refuse
+    # with its field).
+    return to_millisecond(parsed if parsed.tzinfo is None else parsed.astimezone(UTC))
 
 
 #: A plain ASCII decimal. ``decimal.Decimal`` also reads "1_000", other scripts' digits

@@ -1,3 +1,4 @@
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
@@ -130,3 +131,13 @@ def test_sampled_numbers_are_plain_decimals() -> None:
         with pytest.raises(ValidationError) as caught:
             v.sampled_number(text, "value")
         assert caught.value.code == code and caught.value.field == "value", text
+
+
+def test_an_instant_with_an_offset_is_kept_in_utc() -> None:
+    """QA (s17): an instant given at +05:00 was answered and audited as given, then read
+    back in UTC: one instant, two strings in a client's cache."""
+    given = datetime(2027, 1, 1, tzinfo=timezone(timedelta(hours=5)))
+    kept = v.instant(given, "expiresAt")
+    assert kept == given and kept.tzinfo is UTC and kept.hour == 19
+    with pytest.raises(ValidationError):
+        v.instant(datetime(2027, 1, 1), "expiresAt")

@@ -270,6 +270,11 @@ async def test_card_groups_are_set_by_operators_and_admins(api: Api, world: Worl
                          "parentIdTag": "fleet-a"}, "idTag { id parentIdTag }")
     assert issued["idTag"]["parentIdTag"] == "FLEET-A" and issued["errors"] == []
     tag = issued["idTag"]["id"]
+    # QA (s17): an instant given with an offset is answered in UTC, as it reads back.
+    dated = await call(api, world, "op_a", "updateIdTag",
+                       {"id": tag, "expiresAt": "2030-01-01T05:00:00+05:00"},
+                       "idTag { expiresAt }")
+    assert dated["idTag"]["expiresAt"].startswith("2030-01-01T00:00:00")
     for other in ("FLEET-B", None):  # nor out of it
         assert codes(await call(api, world, "driver_a", "updateIdTag",
                                 {"id": tag, "parentIdTag": other}, "idTag { id }")) == [
