@@ -403,17 +403,27 @@ class ChargePointHandler(ChargePoint):
         self._count(action, True)
         await self._send(frames.call_result(uid, payload))
         if action == "StartTransaction":
-            try:
-                # Only now may the charger be addressed about the transaction (its site
-                # share): it refuses a TxProfile for a transaction it was not told of.
-                await self.charging.start_answered(self.id)
-            except Exception:  # the start is answered; its share follows another trigger
-                log.warning("%s: after its StartTransaction failed", self.id, exc_info=True)
+            # Only now may the charger be addressed about the transaction (its site
+            # share): it refuses a TxProfile for a transaction it was not told of.
+            await self._after(action, self.charging.start_answered)
+        elif action == "BootNotification" and payload.get("status") == "Accepted":
+            # A charger that rebooted may have lost its site limit: sent again once it
+            # knows it is accepted (before, it may refuse any command).
+            await self._after(action, self.charging.boot_accepted)
         if action not in _RECORD_SEEN:
             try:
                 await self.charging.seen(self.id)
             except Exception:  # the answer went out; a lastSeen not written is no error
                 log.warning("%s: recording it seen failed", self.id, exc_info=True)
+
+    async def _after(self, action: str, follow_up: Callable[[str], Awaitable[None]]
+                     ) -> None:
+        """What follows a message once its answer went out; a failure of it is logged,
+        never the message's (it is answered; another trigger does what it missed)."""
+        try:
+            await follow_up(self.id)
+        except Exception:
+            log.warning("%s: after its %s failed", self.id, action, exc_info=True)
 
     def _count(self, action: str, ok: bool) -> None:
         """One answered CALL, counted before its frame goes out (a socket closing under

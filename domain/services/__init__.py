@@ -58,6 +58,7 @@ class Services:
         self.sites.recompute = self.site_load.request_site
         self.stations.on_site_left = self.site_load.request_site
         self.charging.on_start_answered.append(self.site_load.request_station)
+        self.charging.on_boot_accepted.append(self.site_load.charger_back)
 
     def attach_gateway(self, gateway: ChargerGateway) -> None:
         """The OCPP bridge starts after the services exist; it plugs itself in here."""

@@ -260,6 +260,10 @@ class ChargingService(Service):
         #: (``start_answered``): the site's load management tells the new session its
         #: share, which the charger can take only once it knows the transaction.
         self.on_start_answered: list[Callable[[str], None]] = []
+        #: Called with the station's id once a BootNotification was answered Accepted
+        #: (``boot_accepted``): a charger that rebooted may have lost the site's limit
+        #: it was charging under, and it is sent again.
+        self.on_boot_accepted: list[Callable[[str], None]] = []
         #: Set by the OCPP server: records again the connection it holds for a charger
         #: whose station a message found recorded offline (``_still_connected``).
         self.still_connected: Callable[[str], Awaitable[None]] | None = None
@@ -747,12 +751,22 @@ class ChargingService(Service):
         """The charger has been told its StartTransaction's answer (the OCPP bridge calls
         this after writing it): what waits for the transaction to be known at the charger
         (``on_start_answered``) may now address it."""
+        await self._tell_listeners(cp_id, self.on_start_answered, "answered start")
+
+    async def boot_accepted(self, cp_id: str) -> None:
+        """The charger has been told its BootNotification was Accepted (the OCPP bridge
+        calls this after writing the answer): it may now be addressed as a booted
+        charger (``on_boot_accepted``)."""
+        await self._tell_listeners(cp_id, self.on_boot_accepted, "accepted boot")
+
+    async def _tell_listeners(self, cp_id: str, listeners: list[Callable[[str], None]],
+                              what: str) -> None:
         station = await self._require_station(cp_id)
-        for listener in self.on_start_answered:
+        for listener in listeners:
             try:
                 listener(station.id)
-            except Exception:  # the start stands, answered; the next trigger recomputes
-                log.exception("a listener of %s's answered start failed", cp_id)
+            except Exception:  # the message stands, answered; the next trigger recomputes
+                log.exception("a listener of %s's %s failed", cp_id, what)
 
     async def _answered(self, station: Station, session: Session, info: IdTagInfo
                         ) -> Session:

@@ -7,7 +7,11 @@ Triggers (``SiteLoad.request_site``/``request_station``): a StartTransaction ans
 TxProfile for a transaction it has not been told of), and what this process's services
 publish (``ServiceContext.published``, so each event is handled once across instances):
 a session ENDED (a stop, ``endSession``, a lost stop), a station's connection changing,
-a station edited; and the site service's own edits (limit, unit, assignments).
+a station edited; and the site service's own edits (limit, unit, assignments). A charger
+coming back (connected, or its BootNotification answered Accepted:
+``ChargingService.boot_accepted``) is also told again the limits it holds
+(``charger_back``): one that rebooted or lost its profile draws its rating otherwise,
+while the site counts it at its share.
 
 The sending never runs on a charger's handler path: requests only mark a site for a
 recompute, done by a task per site (a request while it runs makes it run once more),
@@ -23,7 +27,7 @@ import logging
 import math
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -125,6 +129,9 @@ class _Seen:
     limit_kw: float
     #: The site's settings the shares were computed from.
     site: tuple[Any, ...]
+    #: Sessions whose charger came back online and has not taken its limit again yet:
+    #: it may have lost the one it accepted (a reboot) and draw up to its rating.
+    unsure: set[str] = field(default_factory=set)
 
     @property
     def live(self) -> list[Session]:
@@ -135,12 +142,16 @@ class _Seen:
 
     def bound(self, session: Session) -> float:
         """The most the session's charger may draw: as recorded; never told anything,
-        its connector's rating (the site's whole limit for a rating not known)."""
+        its connector's rating (the site's whole limit for a rating not known); back
+        online and not told again yet (``unsure``), the higher of the two."""
         known = self.held.get(session.id)
-        if known is not None:
-            return known.bound_kw
         rating = self.rating(session)
-        return self.limit_kw if rating is None else rating
+        unlimited = self.limit_kw if rating is None else rating
+        if known is None:
+            return unlimited
+        if session.id in self.unsure:
+            return max(known.bound_kw, unlimited)
+        return known.bound_kw
 
     def demand(self, session: Session) -> Demand:
         return Demand(session.id, session.start_time, session.transaction_id,
@@ -187,6 +198,13 @@ class SiteLoad(Service):
         self._levels: dict[str, tuple[int, datetime | None]] = {}
         #: Sites to share again later (``_later``), by site.
         self._timers: dict[str, asyncio.TimerHandle] = {}
+        #: Stations whose charger came back online (``charger_back``) until their site
+        #: is found; then, by site, until its next recompute tells their sessions again.
+        self._back_stations: set[str] = set()
+        self._back: dict[str, set[str]] = {}
+        #: By site: sessions owed their limit again whose last one was still in flight
+        #: (``_defer``), told once it has been answered.
+        self._owed: dict[str, set[str]] = {}
         ctx.published.append(self._heard)
 
     # ------------------------------------------------------------- triggers
@@ -197,9 +215,22 @@ class SiteLoad(Service):
             return
         if isinstance(event, StationConnectionChanged):
             self._levels.pop(event.cp_id, None)  # read again: it may be another charger
+            if event.online and event.station_id is not None:
+                self.charger_back(event.station_id)
+                return
         if isinstance(event, SessionChanged | StationConnectionChanged | StationChanged) \
                 and event.station_id is not None:
             self.request_station(event.station_id)
+
+    def charger_back(self, station_id: str) -> None:
+        """The station's charger came back online (connected, or its boot accepted):
+        recompute its site, telling its sessions their limits again even if unchanged.
+        The same profile id replaces what the charger holds, so telling it twice is
+        harmless, and one that rebooted or lost its profile would draw its rating."""
+        if self._closed:
+            return
+        self._back_stations.add(station_id)
+        self.request_station(station_id)
 
     def request_station(self, station_id: str) -> None:
         """Recompute the site of ``station_id`` (if it has one), soon."""
@@ -223,6 +254,9 @@ class SiteLoad(Service):
         while self._stations:
             batch = [self._stations.pop()
                      for _ in range(min(RESOLVE_BATCH, len(self._stations)))]
+            # Taken with the batch (a station on no site must not stay marked for good).
+            back = self._back_stations.intersection(batch)
+            self._back_stations -= back
             try:
                 stations = await self.store.get_many(Station, batch)
             except Exception:
@@ -230,6 +264,8 @@ class SiteLoad(Service):
                 continue
             for station in stations:
                 if station is not None and station.site_id is not None:
+                    if station.id in back:
+                        self._back.setdefault(station.site_id, set()).add(station.id)
                     self.request_site(station.site_id)
 
     async def _run(self, site_id: str) -> None:
@@ -289,9 +325,18 @@ class SiteLoad(Service):
         left to answer in the background (the site is shared again when it does), so it
         never holds the next session's limit back for the command timeout. Sessions not
         under control are asked again in the background, for no more than what the site
-        holds for them."""
+        holds for them.
+
+        A session whose charger came back online (``charger_back``) is told its limit
+        again with the lower ones, changed or not (or, not under control, asked again at
+        once), for no more than it accepted last: it is no raise, and a higher share
+        follows in the next run as any raise. Until the charger takes it, the site holds
+        what it may draw without it (``_Seen.unsure``): a refusal or silence leaves it
+        held at its rating. One whose last limit is still in flight (or being raised by
+        another instance) is told once that has been answered (``_defer``)."""
         [site] = await self.store.get_many(Site, [site_id])
         seen = await self._read(site_id, site)
+        again = self._came_back(site_id, seen)
         if site is None or not seen.sessions:
             return
         live, held, bound = seen.live, seen.held, seen.bound
@@ -306,21 +351,25 @@ class SiteLoad(Service):
         shares = allocate(site.max_power_kw, site.min_power_kw,
                           [seen.demand(s) for s in controlled],
                           offline + sum(bound(s) for s in loose))
-        due = [(s, shares[s.id]) for s in controlled
-               if self._due(site, held.get(s.id), shares[s.id])]
+        due = [(s, shares[s.id]) for s in controlled if s.id not in again
+               and self._due(site, held.get(s.id), shares[s.id])]
         lower = [(s, kw) for s, kw in due if s.id not in held or kw < bound(s)]
         higher = [(s, kw) for s, kw in due if s.id in held and kw >= bound(s)]
+        # Told again: what it accepted last at most (a raise goes only after its claim).
+        resent = [(s, min(shares[s.id], held[s.id].bound_kw))
+                  for s in controlled if s.id in again]
         drawn = offline + sum(bound(s) for s in live)  # at most, before anyone lowers
         first = {s.id: self._first_limit(site, seen, s, kw, drawn)
                  for s, kw in lower if s.id not in held}
         sent = [self._send(site, held.get(s.id), s, first.get(s.id, kw), bound(s))
-                for s, kw in lower]
+                for s, kw in [*lower, *resent]]
         if not await self._all_accepted(site.id, sent):
             self._again.add(site.id)  # shared again with what the site must now hold
-        elif any(first[s.id] < kw for s, kw in lower if s.id in first):
-            self._again.add(site.id)  # the others lowered: the new ones get the rest
+        elif any(first[s.id] < kw for s, kw in lower if s.id in first) \
+                or any(kw < shares[s.id] for s, kw in resent):
+            self._again.add(site.id)  # the others lowered: these get the rest
         elif higher and await self._claim(site, seen, higher,
-                                          told={s.id for s, _ in lower}):
+                                          told={s.id for s, _ in [*lower, *resent]}):
             await self._all_accepted(site.id, [
                 self._send(site, held[s.id], s, kw, bound(s)) for s, kw in higher])
         under_way = {s.id for s in loose
@@ -333,13 +382,43 @@ class SiteLoad(Service):
             if session.id in under_way or session.id in busy:
                 continue
             told = held[session.id].limit_sent_at
-            wait = 0.0 if told is None else \
+            # Back online: asked at once (it may have lost what it had), not in a while.
+            wait = 0.0 if told is None or session.id in again else \
                 RETRY_LOOSE_S - (self.now() - told).total_seconds()
             if wait > 0:  # asked moments ago: again in a while, not at every recompute
                 self._later(site.id, wait)
             else:
                 self._retry(site, held[session.id], session,
-                            min(fair[session.id], bound(session)))
+                            min(fair[session.id], bound(session)), bound(session))
+
+    def _came_back(self, site_id: str, seen: _Seen) -> set[str]:
+        """The sessions to tell their limit again now, their charger being back online
+        (``charger_back``; those it owed since, ``_defer``): ACTIVE, online, holding a
+        share. Marks them ``unsure`` in ``seen``. One whose charger went away again is
+        forgotten (its next connection marks it again); one with a limit still in
+        flight, here or raised by another instance, waits for its answer."""
+        marked = self._back.pop(site_id, set())
+        owed = self._owed.pop(site_id, set())
+        seen.unsure = {s.id for s in seen.live if s.id in seen.held
+                       and (s.id in owed or s.station_id in marked)}
+        waiting = {sid for sid in seen.unsure
+                   if sid in self._inflight or self._under_way(seen.held[sid])}
+        self._defer(site_id, waiting)
+        return seen.unsure - waiting
+
+    def _defer(self, site_id: str, waiting: set[str]) -> None:
+        """Owes ``waiting`` their limit again, for the site's run once their limit in
+        flight has been answered (that one may have gone to the lost connection, or
+        been accepted just before the charger rebooted)."""
+        if not waiting:
+            return
+        self._owed.setdefault(site_id, set()).update(waiting)
+        for session_id in waiting:
+            task = self._inflight.get(session_id)
+            if task is None:  # another instance's raise: its claim lapses or it lands
+                self._later(site_id)
+            else:
+                task.add_done_callback(lambda _: self.request_site(site_id))
 
     @staticmethod
     def _first_limit(site: Site, seen: _Seen, session: Session, share: float,
@@ -460,13 +539,14 @@ class SiteLoad(Service):
 
         self._timers[site_id] = loop.call_at(due, fire)
 
-    def _retry(self, site: Site, held: SiteAllocation, session: Session, power_kw: float
-               ) -> None:
-        """Asks a charger not under control again, in the background (``_send``).
-        Accepted, the site is shared again with it under control."""
+    def _retry(self, site: Site, held: SiteAllocation, session: Session, power_kw: float,
+               bound_kw: float) -> None:
+        """Asks a charger not under control again, in the background (``_send``; it may
+        draw ``bound_kw`` until it answers). Accepted, the site is shared again with it
+        under control."""
         if session.id in self._inflight or self._closed:
             return
-        task = self._send(site, held, session, power_kw, held.bound_kw)
+        task = self._send(site, held, session, power_kw, bound_kw)
         task.add_done_callback(
             lambda t: self.request_site(site.id) if not t.cancelled()
             and t.exception() is None and t.result() is LimitAnswer.ACCEPTED else None)

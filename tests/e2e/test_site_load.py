@@ -16,10 +16,12 @@ from ocpp.routing import on
 from ocpp.v16 import call_result as result
 from ocpp.v16.enums import Action
 
+from domain.entities import Station
 from domain.load_sharing import PROFILE_ID_BASE
 from graph.ids import expect_id, to_global_id
 from ocpp_bridge.simulator import SimulatedChargePoint, connected
 from tests.e2e.conftest import Running, running_service
+from tests.helpers import until as until_async
 from tests.ocpp.conftest import STATION_PASSWORD
 
 SITE = """mutation($i: CreateSiteInput!) {
@@ -28,7 +30,7 @@ ASSIGN = """mutation($st: ID!, $site: ID) {
   assignStationToSite(input: {stationId: $st, siteId: $site}) { errors { code } } }"""
 UPDATE = """mutation($i: UpdateSiteInput!) { updateSite(input: $i) { errors { code } } }"""
 ALLOCATIONS = """query($id: ID!) { site(id: $id) { allocations {
-  transactionId powerKw limit unit answer underControl limitSentAt
+  transactionId powerKw boundKw limit unit answer underControl limitSentAt
   session { idTag } connector { connectorId maxKw } } } }"""
 
 
@@ -228,3 +230,88 @@ async def test_a_station_leaving_every_site_has_its_sessions_limit_lifted(
         await cp.stop_transaction(1)
     session = await service.central.session(tx)
     assert session is not None and session.state.value == "COMPLETED"
+
+
+async def charged_and_gone(service: Running, two: SimulatedChargePoint
+                           ) -> tuple[int, int]:
+    """CP-1 charges on its 22 kW connector beside ``two`` (CP-OPEN, connected) on a
+    40 kW site, both told 20 kW; then CP-1's connection drops with its session ACTIVE.
+    The two transaction ids."""
+    url = service.ocpp_url
+    async with connected(url, "CP-1", password=STATION_PASSWORD,
+                         charge_point=StrictChargePoint) as one:
+        tx1, _ = await one.start_transaction(2, "TAG-OK")
+        await until(lambda: limits(one) == [22_000.0], "CP-1 told 22 kW")
+        tx2, _ = await two.start_transaction(1, "TAG-OTHER")
+        await until(lambda: limits(one) == [22_000.0, 20_000.0]
+                    and limits(two) == [18_000.0, 20_000.0], "both told 20 kW")
+    station_id = service.central.stations["CP-1"].id
+
+    async def offline() -> bool:
+        [station] = await service.central.store.get_many(Station, [station_id])
+        return station is not None and not station.online
+
+    await until_async(offline)
+    await service.services.site_load.settled()
+    return tx1, tx2
+
+
+def rows(shares: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    return [(a["transactionId"], a["powerKw"], a["boundKw"], a["answer"],
+             a["underControl"]) for a in shares]
+
+
+async def test_a_charger_back_online_is_told_its_limit_again(service: Running) -> None:
+    """Its connection dropped mid-session and came back (a reboot, say, that lost the
+    profile): nothing had changed on the site, so nothing was sent, and the charger drew
+    its rating while the site counted it at 20 kW. It is told its limit again when it
+    connects, and again once its boot is accepted (a rebooted charger may refuse
+    commands until then); the same profile id replaces what it holds."""
+    site, token = await site_of_two(service, 40)
+    url = service.ocpp_url
+    async with connected(url, "CP-OPEN", charge_point=StrictChargePoint) as two:
+        tx1, tx2 = await charged_and_gone(service, two)
+        # While it is offline its share stays held: CP-OPEN is not raised into it.
+        assert rows(await allocations(service, site, token)) == [
+            (tx1, 20.0, 20.0, "ACCEPTED", True), (tx2, 20.0, 20.0, "ACCEPTED", True)]
+        assert limits(two) == [18_000.0, 20_000.0]
+        # Back, as a charger that lost its profiles (it takes any).
+        async with connected(url, "CP-1", password=STATION_PASSWORD) as again:
+            await until(lambda: limits(again) == [20_000.0], "CP-1 told 20 kW again")
+            assert again.charging_profiles[PROFILE_ID_BASE + 2]["transaction_id"] == tx1
+            assert (await again.boot()).status == "Accepted"
+            await until(lambda: limits(again) == [20_000.0, 20_000.0],
+                        "told again after its boot")
+            await service.services.site_load.settled()
+            assert limits(again) == [20_000.0, 20_000.0]
+            assert limits(two) == [18_000.0, 20_000.0]  # nothing changed for it
+            assert rows(await allocations(service, site, token)) == [
+                (tx1, 20.0, 20.0, "ACCEPTED", True), (tx2, 20.0, 20.0, "ACCEPTED", True)]
+            again.connectors[2].transaction_id = tx1  # it went on across the reconnect
+            await again.stop_transaction(2)
+        await two.stop_transaction(1)
+
+
+async def test_a_charger_back_online_refusing_its_limit_is_held_at_its_rating(
+        service: Running) -> None:
+    """Back online, it refuses its limit: it may have lost the one it accepted before,
+    so the site holds its 22 kW rating for it and CP-OPEN is lowered to the rest."""
+    site, token = await site_of_two(service, 40)
+    url = service.ocpp_url
+    async with connected(url, "CP-OPEN", charge_point=StrictChargePoint) as two:
+        tx1, tx2 = await charged_and_gone(service, two)
+        async with connected(url, "CP-1", password=STATION_PASSWORD,
+                             charge_point=RefusingChargePoint) as again:
+            await until(lambda: limits(again) == [20_000.0], "CP-1 told 20 kW again")
+            await until(lambda: limits(two) == [18_000.0, 20_000.0, 18_000.0],
+                        "CP-OPEN lowered to 18 kW")
+            await service.services.site_load.settled()
+            shares = await allocations(service, site, token)
+            assert rows(shares) == [(tx1, 20.0, 22.0, "REJECTED", False),
+                                    (tx2, 18.0, 18.0, "ACCEPTED", True)]
+            assert sum(a["boundKw"] for a in shares) <= 40
+            # Asked again in a while (RETRY_LOOSE_S), not at once over and over.
+            assert limits(again) == [20_000.0]
+            again.connectors[2].transaction_id = tx1  # it went on across the reconnect
+            await again.stop_transaction(2)
+        await two.stop_transaction(1)

@@ -330,3 +330,109 @@ async def test_a_removed_sites_shares_are_forgotten(central: Central) -> None:
     central.services.site_load.request_site(site.id)
     await central.services.site_load.settled()
     assert await shares(central, site) == {}
+
+
+async def recomputed(load: SiteLoad) -> None:
+    """Waits until the recomputes asked for have run (``settled`` would also wait for
+    the limits in flight, which a held charger does not answer)."""
+    for _ in range(500):
+        resolving = load._resolver is not None and not load._resolver.done()
+        if not resolving and not load._running:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the recomputes never ended")
+
+
+async def test_a_charger_back_online_is_told_its_limit_again(central: Central) -> None:
+    """A charger that comes back (connects, or its boot is accepted) with a session
+    under the site's control is told its limit again, though its share did not change:
+    it may have rebooted and lost it. Nothing is sent while it is offline, and its
+    share stays held for it."""
+    chargers = scripted(central)
+    site = await depot(central, 40)
+    services = central.services
+    tx1 = await start(central, "CP-1", 2, "TAG-OK")
+    tx2 = await start(central, "CP-OPEN", 1, "TAG-OTHER")
+    before = len(chargers.sent)
+    await services.charging.set_online("CP-1", False)
+    await services.site_load.settled()
+    assert chargers.sent[before:] == []
+    assert await shares(central, site) == {tx1: (20.0, 20.0, "Accepted"),
+                                           tx2: (20.0, 20.0, "Accepted")}
+    chargers.applied.pop(("CP-1", 2))  # lost with a reboot: it draws its 22 kW
+    await services.charging.set_online("CP-1", True)
+    await services.site_load.settled()
+    assert chargers.sent[before:] == [("CP-1", 2, 20000.0)]
+    await services.charging.boot_accepted("CP-1")
+    await services.site_load.settled()
+    assert chargers.sent[before:] == [("CP-1", 2, 20000.0)] * 2
+    assert chargers.applied == {("CP-1", 2): 20000.0, ("CP-OPEN", 1): 20000.0}
+    assert await shares(central, site) == {tx1: (20.0, 20.0, "Accepted"),
+                                           tx2: (20.0, 20.0, "Accepted")}
+    # A charger on no site coming back leaves nothing behind.
+    await services.sites.assign_station(SYSTEM, central.stations["CP-OPEN"].id, None)
+    await services.charging.boot_accepted("CP-OPEN")
+    await services.site_load.settled()
+    load = services.site_load
+    assert (load._back_stations, load._back, load._owed) == (set(), {}, {})
+
+
+async def test_a_charger_back_online_refusing_its_limit_is_held_at_its_rating(
+        central: Central) -> None:
+    """It may have lost the limit it accepted: refused, the site holds its rating."""
+    chargers = scripted(central)
+    site = await depot(central, 40)
+    services = central.services
+    tx1 = await start(central, "CP-1", 2, "TAG-OK")
+    tx2 = await start(central, "CP-OPEN", 1, "TAG-OTHER")
+    await services.charging.set_online("CP-1", False)
+    chargers.applied.pop(("CP-1", 2))
+    chargers.behaviour[("CP-1", 2)] = "reject"
+    await services.charging.set_online("CP-1", True)
+    await services.site_load.settled()
+    assert await shares(central, site) == {tx1: (20.0, 22.0, "Rejected"),
+                                           tx2: (18.0, 18.0, "Accepted")}
+    assert chargers.drawn({("CP-1", 2): 22.0}) <= 40
+
+
+async def test_a_charger_not_under_control_is_asked_again_at_once_when_back(
+        central: Central) -> None:
+    """One that refused its limit is asked again once a minute (``RETRY_LOOSE_S``), not
+    at every recompute; back online, it is asked at once."""
+    chargers = scripted(central)
+    site = await depot(central, 40)
+    services = central.services
+    chargers.behaviour[("CP-1", 2)] = "reject"
+    tx1 = await start(central, "CP-1", 2, "TAG-OK")
+    assert await shares(central, site) == {tx1: (22.0, 22.0, "Rejected")}
+    chargers.behaviour.pop(("CP-1", 2))
+    await services.charging.set_online("CP-1", False)
+    await services.charging.set_online("CP-1", True)
+    await services.site_load.settled()
+    assert chargers.sent == [("CP-1", 2, 22000.0)] * 2
+    assert await shares(central, site) == {tx1: (22.0, 22.0, "Accepted")}
+
+
+async def test_a_charger_back_online_with_its_limit_in_flight_is_told_once_answered(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing more is sent while its last limit is unanswered; once it is, the
+    charger is told again (that one may have been taken just before it rebooted)."""
+    monkeypatch.setattr(site_load, "ANSWER_WAIT_S", 0.1)
+    chargers = scripted(central)
+    site = await depot(central, 40)
+    services = central.services
+    tx1 = await start(central, "CP-1", 2, "TAG-OK")
+    await start(central, "CP-OPEN", 1, "TAG-OTHER")
+    chargers.behaviour[("CP-1", 2)] = "held"
+    await services.sites.update_site(SYSTEM, site.id, max_power_kw=30)
+    await recomputed(services.site_load)
+    services.site_load.charger_back(central.stations["CP-1"].id)
+    await recomputed(services.site_load)
+    one = [kw for cp, _, kw in chargers.sent if cp == "CP-1"]
+    assert one == [22000.0, 20000.0, 15000.0]  # the last unanswered: nothing more
+    chargers.release.set()
+    await services.site_load.settled()
+    one = [kw for cp, _, kw in chargers.sent if cp == "CP-1"]
+    assert one == [22000.0, 20000.0, 15000.0, 15000.0]
+    assert (await shares(central, site))[tx1] == (15.0, 15.0, "Accepted")
+    assert services.site_load._owed == {}

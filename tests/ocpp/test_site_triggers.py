@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 
 from domain.clock import utcnow
-from domain.entities import LimitAnswer, SiteAllocation, Station
+from domain.entities import LimitAnswer, Registration, SiteAllocation, Station
 from domain.policy import SYSTEM
 from domain.query import Eq
 from domain.services.site_load import SiteLoad
-from tests.ocpp.conftest import seed, start_central, stop_central
+from ocpp_bridge.simulator import connected
+from tests.ocpp.conftest import STATION_PASSWORD, seed, start_central, stop_central
 
 
 async def test_a_start_is_shared_out_once_answered_and_a_stop_at_once(
@@ -33,6 +34,32 @@ async def test_a_start_is_shared_out_once_answered_and_a_stop_at_once(
         assert asked == [station.id]
         await charging.stop_transaction("CP-1", tx, 2000, utcnow())
         assert asked == [station.id, station.id]
+    finally:
+        await stop_central(central)
+
+
+async def test_a_charger_is_back_when_it_connects_and_when_its_boot_is_accepted(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its site limits are sent again then (a reboot may have lost them); a boot
+    answered Pending is not one after which the charger takes commands."""
+    back: list[str] = []
+    monkeypatch.setattr(SiteLoad, "charger_back",
+                        lambda self, station_id: back.append(station_id))
+    central = await start_central(tmp_path / "central.db")
+    try:
+        await seed(central)
+        station = central.stations["CP-1"]
+        async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+            assert (await cp.boot()).status == "Accepted"
+            await cp.heartbeat()  # answered after the boot's follow-up has run
+        assert back == [station.id, station.id]
+        await central.services.stations.update_station(
+            SYSTEM, station.id, registration=Registration.PENDING)
+        back.clear()
+        async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+            assert (await cp.boot()).status == "Pending"
+            await cp.boot()
+        assert back == [station.id]  # its connection only
     finally:
         await stop_central(central)
 
