@@ -85,6 +85,7 @@ from domain.services.metering import (
     MeterReading,
     RegisterCount,
     added_wh,
+    believed,
     closing_sample,
     final_soc,
     live_patch,
@@ -92,6 +93,7 @@ from domain.services.metering import (
     register_readings,
     samples_of,
     signed_values_of,
+    sound,
 )
 from domain.services.reboot_checks import RebootChecks
 from domain.services.stations import connector_in_range
@@ -943,6 +945,7 @@ class ChargingService(Service):
         rated_kw = await self._rated_kw(station, connector_id) if session is not None \
             else MAX_BELIEVABLE_KW
         count = register_count(session, rated_kw)
+        readings = believed(readings, self.clocks.believable, self.now())
         samples = samples_of(station, connector_id, transaction_id, session, readings, count)
         if readings:
             # After ``_samples`` checked every timestamp: a refused frame must not move it.
@@ -975,6 +978,8 @@ class ChargingService(Service):
         v.meter_register(meter_stop, "meterStop")
         end = v.instant(as_utc(timestamp), "timestamp")
         station = await self._require_station(cp_id)
+        readings = believed(sound(readings or [], cp_id, transaction_id),
+                            self.clocks.believable, self.now())
         info = await self.authorize(cp_id, id_tag) if id_tag else None
         if info is not None and info.status == "ConcurrentTx":
             info = IdTagInfo("Accepted", info.expiry_date, info.parent_id_tag)

@@ -24,6 +24,7 @@ from domain.entities import (
     SignedMeterValue,
     Station,
 )
+from domain.errors import ValidationError
 from domain.ids import stable_id, stable_ids
 from domain.policy import Viewer
 from domain.ports import Store, Update
@@ -224,6 +225,58 @@ def reading_number(sv: SampledValue) -> float | None:
     if sv.format == "SignedData":
         return None
     return v.sampled_number(sv.value, "meterValue.sampledValue.value")
+
+
+def believed(readings: list[MeterReading], believable: Callable[[datetime], bool],
+             now: datetime) -> list[MeterReading]:
+    """``readings`` with any stamped beyond belief (2099: a clock glitch; ``believable``)
+    placed at ``now``, their arrival, as unbelievable start, stop and status times are:
+    one such sample was stored in 2099, adding its energy to that day's trends and
+    pricing it by that day's time of day (QA s17). Each timestamp is checked first
+    (``meterValue.timestamp``): one outside the years any instant may have is still
+    refused."""
+    kept = readings
+    for index, reading in enumerate(readings):
+        at = v.instant(as_utc(reading.timestamp), "meterValue.timestamp")
+        if not believable(at):
+            if kept is readings:
+                kept = list(readings)
+            kept[index] = reading._replace(timestamp=now)
+    return kept
+
+
+def sound(readings: list[MeterReading], cp_id: str, transaction_id: int
+          ) -> list[MeterReading]:
+    """A stop's ``transactionData`` without the readings and sampled values a
+    MeterValues frame would be refused for (a timestamp out of range, NaN, a number no
+    meter writes). Refusing the whole StopTransaction over a temperature of "NaN" left
+    the session ACTIVE and its driver's card blocked once the charger gave up retrying
+    (QA s17); a MeterValues frame is still refused whole, which loses that frame only."""
+    kept: list[MeterReading] = []
+    dropped = 0
+    for reading in readings:
+        try:
+            v.instant(as_utc(reading.timestamp), "meterValue.timestamp")
+        except (ValidationError, ValueError, OverflowError):
+            dropped += len(reading.values)
+            continue
+        values = tuple(sv for sv in reading.values if _readable(sv))
+        dropped += len(reading.values) - len(values)
+        if values:
+            kept.append(reading._replace(values=values))
+    if dropped:
+        log.warning("%s: %s sampled value(s) in the transactionData of transaction %s were "
+                    "not readable and are left out; the stop is kept", cp_id, dropped,
+                    transaction_id)
+    return kept
+
+
+def _readable(sv: SampledValue) -> bool:
+    try:
+        reading_number(sv)
+    except ValidationError:
+        return False
+    return True
 
 
 def added_wh(samples: list[MeterSample]) -> int:

@@ -110,8 +110,8 @@ async def test_a_late_frame_does_not_put_old_power_over_newer(central: Central) 
         await cp.call(frame(tx, now_ - timedelta(seconds=5), "11"))
         newer = await central.session(tx)
         # A clock glitch far in our future does not freeze power for good.
-        await cp.call(frame(tx, now_ + timedelta(days=365), "3.7"))
-        await cp.call(frame(tx, now_, "6"))
+        await cp.call(frame(tx, now_ + timedelta(days=365), "3.7"))  # placed at arrival
+        await cp.call(frame(tx, datetime.now(UTC) + timedelta(seconds=1), "6"))
         after_glitch = await central.session(tx)
     assert late is not None and late.power_w == 7_400
     assert newer is not None and newer.power_w == 11_000

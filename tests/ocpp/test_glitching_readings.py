@@ -1,0 +1,60 @@
+"""Sampled values a charger gets wrong, through a real websocket with the ``ocpp``
+package's client as the charge point: a stop whose transactionData holds a value no meter
+writes still ends its session, and a reading stamped beyond belief is placed at its
+arrival (QA s17, chaos)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from ocpp.v16 import call
+
+from domain import entities as d
+from domain.query import Eq
+from ocpp_bridge.simulator import connected
+from tests.ocpp.conftest import STATION_PASSWORD, Central
+from tests.ocpp.test_meter_anomalies import Charger, billed, iso
+
+
+async def test_a_stop_with_an_unreadable_sampled_value_still_ends_its_session(
+        central: Central) -> None:
+    """A temperature of "NaN" in the stop's transactionData refused the whole
+    StopTransaction: the session stayed ACTIVE and its driver's card blocked once the
+    charger gave up retrying. The stop is kept, the readable values with it."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        charger = Charger(cp)
+        await charger.start(1_000)
+        await charger.reading(2_000)
+        end = charger.at + timedelta(minutes=1)
+        await cp.call(call.StopTransaction(
+            meter_stop=3_000, timestamp=iso(end), transaction_id=charger.tx,
+            reason="EVDisconnected", transaction_data=[{"timestamp": iso(end), "sampledValue": [
+                {"value": "3000", "measurand": "Energy.Active.Import.Register", "unit": "Wh"},
+                {"value": "NaN", "measurand": "Temperature", "unit": "Celsius"},
+                {"value": "1e13", "measurand": "Power.Active.Import", "unit": "W"}]}]))
+    session = await billed(central, charger.tx)
+    assert session.energy_wh == 2_000
+    kept = await central.store.find_all(d.MeterSample, Eq("transaction_id", charger.tx))
+    assert {s.measurand for s in kept if s.at == end} == {"Energy.Active.Import.Register"}
+
+
+async def test_a_reading_stamped_beyond_belief_is_placed_at_its_arrival(
+        central: Central) -> None:
+    """One reading stamped 2099 between two sane ones was stored in 2099: that day's
+    trends got its energy, and its time of day priced it."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        charger = Charger(cp)
+        await charger.start(1_000)
+        await charger.reading(4_000)
+        before = datetime.now(UTC)
+        await charger.reading(5_000, at=datetime(2099, 6, 1, tzinfo=UTC))
+        after = datetime.now(UTC)
+        await charger.reading(6_000)
+        await charger.stop(7_000)
+    session = await billed(central, charger.tx)
+    assert session.energy_wh == 6_000
+    kept = await central.store.find_all(d.MeterSample, Eq("transaction_id", charger.tx))
+    assert max(s.at for s in kept) < datetime(2099, 1, 1, tzinfo=UTC)
+    [glitch] = [s for s in kept if s.value == 5_000]
+    assert before - timedelta(seconds=1) <= glitch.at <= after + timedelta(seconds=1)
+    assert glitch.delta_wh == 1_000  # still counted, at its arrival
