@@ -185,6 +185,12 @@ class CommandService(Service):
         elif action == "CancelReservation":
             outcome.reservation = await self._reservation(viewer, station,
                                                           payload.get("reservationId"))
+        if self.gateway is not None:
+            # Written before the charger may act on it: a process killed while the
+            # charger held the command left no trace of who started the session it then
+            # began (QA s17). The answer is a second entry, ``stage`` ANSWERED.
+            await self.commit(viewer, [], extra_audit=[
+                self._audit_entry(viewer, outcome, payload, "SENT")])
         try:
             await self._call(outcome, payload)
         except asyncio.CancelledError:
@@ -538,18 +544,26 @@ class CommandService(Service):
         return expired
 
     # ------------------------------------------------------------- bookkeeping
-    async def _after(self, viewer: Viewer, outcome: CommandOutcome, payload: dict[str, Any]
-                     ) -> None:
-        station = outcome.station
-        company_id, station_owner_id = books_of(station)  # the books it is written in
-        audit = AuditEntry(
-            entity="station", entity_id=station.id, action=AuditAction.COMMAND,
+    @staticmethod
+    def _audit_entry(viewer: Viewer, outcome: CommandOutcome, payload: dict[str, Any],
+                     stage: str) -> AuditEntry:
+        """The audit log's record of a command: ``SENT`` before the charger has it,
+        ``ANSWERED`` with its answer (or why there is none)."""
+        company_id, station_owner_id = books_of(outcome.station)  # the books it is in
+        return AuditEntry(
+            entity="station", entity_id=outcome.station.id, action=AuditAction.COMMAND,
             actor=viewer.actor, created_by=viewer.actor, updated_by=viewer.actor,
             company_id=company_id, station_owner_id=station_owner_id,
             after={"command": outcome.action, "commandId": outcome.command_id,
-                   "request": masked(outcome.action, wire_json(payload)), "status": outcome.status,
+                   "stage": stage, "request": masked(outcome.action, wire_json(payload)),
+                   "status": outcome.status,
                    "error": outcome.error.code if outcome.error else None},
         )
+
+    async def _after(self, viewer: Viewer, outcome: CommandOutcome, payload: dict[str, Any]
+                     ) -> None:
+        station = outcome.station
+        audit = self._audit_entry(viewer, outcome, payload, "ANSWERED")
         changes = []
         reservation = outcome.reservation
         if reservation is not None:

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -148,7 +149,14 @@ async def test_every_command_reaches_the_charger(central: Central) -> None:
     assert station.firmware_status == "Installed" and station.diagnostics_status == "Uploaded"
     audit = await central.store.find_all(d.AuditEntry, Eq("action", d.AuditAction.COMMAND),
                                          limit=100)
-    assert len(audit) == 21 and all(a.actor == central.users["op"].id for a in audit)
+    assert all(a.actor == central.users["op"].id for a in audit)
+    # Each command twice: before the charger had it (SENT; QA s17, a kill -9 while it
+    # was held left no trace of it), and with its answer.
+    stages = Counter((a.after or {})["stage"] for a in audit)
+    assert stages == {"SENT": 21, "ANSWERED": 21}, stages
+    sent = {(a.after or {})["commandId"] for a in audit if (a.after or {})["stage"] == "SENT"}
+    assert sent == {(a.after or {})["commandId"] for a in audit
+                    if (a.after or {})["stage"] == "ANSWERED"}
 
 
 async def test_a_station_not_accepted_is_asked_only_what_ocpp_allows(central: Central
@@ -205,7 +213,7 @@ async def test_accepting_a_station_asks_its_charger_to_boot_again(central: Centr
     commands = await central.store.find_all(d.AuditEntry,
                                             Eq("action", d.AuditAction.COMMAND))
     assert [(e.actor, e.after and e.after["command"]) for e in commands] == [
-        (SYSTEM.actor, "TriggerMessage")]
+        (SYSTEM.actor, "TriggerMessage")] * 2  # sent, then answered
 
 
 async def test_an_operators_remote_start_with_a_card_we_would_refuse_is_refused(
@@ -993,12 +1001,17 @@ async def test_a_command_cut_short_by_the_request_ending_is_still_audited(tmp_pa
                     break
                 await asyncio.sleep(0.01)
             assert [frame[2] for frame in charger.received] == ["Reset"]
+            # Already in the audit log while the charger holds it (QA s17).
+            held = await central.store.find_all(d.AuditEntry,
+                                                Eq("action", d.AuditAction.COMMAND))
+            assert [(e.after or {}).get("stage") for e in held] == ["SENT"]
             request.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await request
             entries = await central.store.find_all(
                 d.AuditEntry, Eq("entity_id", central.stations["CP-1"].id))
-            commands = [e.after for e in entries if e.action is d.AuditAction.COMMAND]
+            commands = [e.after for e in entries if e.action is d.AuditAction.COMMAND
+                        and e.after and e.after["stage"] == "ANSWERED"]
             assert len(commands) == 1 and commands[0] is not None
             assert (commands[0]["command"], commands[0]["error"]) == ("Reset", "CHARGER_TIMEOUT")
     finally:
@@ -1329,8 +1342,8 @@ async def test_secrets_in_a_commands_request_are_not_audited(
         assert sent["GetDiagnostics"]["location"] == "ftp://diag:s3cret@diag.example.com/up"
     audit = await central.store.find_all(d.AuditEntry, Eq("action", d.AuditAction.COMMAND))
     locations = sorted(a.after["request"]["location"] for a in audit if a.after)
-    assert locations == ["ftp://[hidden]@diag.example.com/up",
-                         "https://[hidden]@fw.example.com/1.bin"]
+    assert locations == ["ftp://[hidden]@diag.example.com/up"] * 2 + [
+        "https://[hidden]@fw.example.com/1.bin"] * 2  # sent, then answered
     assert "s3cret" not in str([a.after for a in audit])
     logged = [r.getMessage() for r in caplog.records if r.name == "chargegraph.ocpp.wire"]
     sent_lines = [line for line in logged if "GetDiagnostics" in line
