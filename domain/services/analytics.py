@@ -221,13 +221,17 @@ class Overview:
     revenue_today: dict[str, int]
 
 
-def _window(start: datetime, end: datetime) -> None:
-    v.instant(start, "from")
-    v.instant(end, "to")
+def _window(start: datetime, end: datetime, prefix: str = "") -> None:
+    """``prefix``: where the bounds are given (``filter.`` for an energy trend's, whose
+    errors named a top-level ``to`` its form does not have: QA s17)."""
+    v.instant(start, f"{prefix}from")
+    v.instant(end, f"{prefix}to")
     if end <= start:
-        raise ValidationError("`to` must be after `from`", field="to", code="OUT_OF_RANGE")
+        raise ValidationError("`to` must be after `from`", field=f"{prefix}to",
+                              code="OUT_OF_RANGE")
     if end - start > MAX_WINDOW:
-        raise ValidationError("at most three years at once", field="to", code="OUT_OF_RANGE")
+        raise ValidationError("at most three years at once", field=f"{prefix}to",
+                              code="OUT_OF_RANGE")
 
 
 def _overlapping(start_field: str, end_field: str, lo: datetime, hi: datetime) -> Filter:
@@ -383,7 +387,7 @@ class AnalyticsService(Service):
         station (connector) with figures in the window, each the same three aggregates
         with the group's key added (``_energy_groups``), at most ``MAX_CELLS``."""
         _signed_in(viewer)
-        _window(start, end)
+        _window(start, end, "filter.")
         tz = zone(time_zone)
         # The same ISO 4217 check as setTariff: an unknown code would only ever match no
         # session and answer a revenue of 0 in a currency that does not exist.

@@ -304,7 +304,9 @@ def beyond(kind: type[Record], sort: Sequence[Sort], key: CursorKey, *, after: b
         encoded = [_compared(spec, v) for (_, _, spec), v in zip(keys, values, strict=True)]
     except (TypeError, ValueError, ArithmeticError, InvalidId) as exc:
         raise ValidationError("malformed cursor", field=field, code="INVALID_CURSOR") from exc
-    if any(v is None for v in encoded):
+    if any(v is None or (isinstance(v, int) and not -(2**63) <= v < 2**63)
+           for v in encoded):
+        # BSON holds 64-bit integers: a crafted 10^30 would fail in the driver.
         raise ValidationError("malformed cursor", field=field, code="INVALID_CURSOR")
     disjuncts = []
     for i, (name, descending, _) in enumerate(keys):

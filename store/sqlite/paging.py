@@ -83,6 +83,10 @@ def decode(cursor: str, kind: type[Record], sort: Sequence[Sort], field: str) ->
         raise ValidationError(exc.message, field=field, code=exc.code) from exc
 
 
+#: SQLite's INTEGER range.
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
 def beyond(kind: type[Record], sort: Sequence[Sort], key: CursorKey, *, after: bool,
            field: str, alias: str = "t0") -> tuple[str, list[SqlValue]]:
     """The rows strictly after (``after=True``) or before ``key`` in the ordering:
@@ -99,7 +103,10 @@ def beyond(kind: type[Record], sort: Sequence[Sort], key: CursorKey, *, after: b
         values = [_encode(k, v) for k, v in zip(keys, raw_values, strict=True)]
     except (TypeError, ValueError, InvalidOperation) as exc:
         raise ValidationError("malformed cursor", field=field, code="INVALID_CURSOR") from exc
-    if any(v is None for v in values):
+    if any(v is None or (isinstance(v, int) and not _INT64_MIN <= v <= _INT64_MAX)
+           for v in values):
+        # An integer SQLite cannot hold (a crafted cursor: 10^30) was an internal error
+        # at the query's execution (QA s17).
         raise ValidationError("malformed cursor", field=field, code="INVALID_CURSOR")
 
     params: list[SqlValue] = []

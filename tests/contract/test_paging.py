@@ -3,6 +3,8 @@ keys, then ``id`` ascending), with ties in the sort keys."""
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Sequence
 
 import pytest
@@ -231,3 +233,19 @@ async def test_find_all_sorts_and_limits(stations: Store) -> None:
         7, 3, 1
     ]
     assert [int(s.id, 16) for s in await stations.find_all(Station, Eq("name", "A"))] == [2, 5]
+
+
+async def test_a_cursor_with_an_integer_no_store_holds_is_rejected(stations: Store) -> None:
+    """QA (s17): a crafted cursor carrying 10^30 for an integer key was an internal error
+    (SQLite cannot bind it), not a malformed cursor."""
+    by_connector = [Sort("connector_id")]
+    await put(stations, connector(station(id=oid(90), cp_id="CP-90"), id=oid(91)))
+    first = await stations.find_page(Connector, ALL, by_connector, PageRequest(first=1))
+    cursor = first.cursors[-1]
+    payload = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    payload["v"] = [10**30]
+    crafted = base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=")
+    with pytest.raises(ValidationError) as raised:
+        await stations.find_page(Connector, ALL, by_connector, PageRequest(first=1,
+                                                                           after=crafted))
+    assert (raised.value.field, raised.value.code) == ("after", "INVALID_CURSOR")

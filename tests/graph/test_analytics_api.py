@@ -107,7 +107,8 @@ async def test_windows_at_the_calendar_edges_are_out_of_range(
     r = await api.post(TREND, {"f": window}, token=api.token_for(history.users["admin"].id))
     [error] = r.json()["errors"]
     assert error["extensions"]["code"] == "OUT_OF_RANGE", error
-    assert error["extensions"]["field"] in ("from", "to")
+    # The trend's bounds are in its filter (QA s17: it said "to").
+    assert error["extensions"]["field"] in ("filter.from", "filter.to")
 
 
 async def test_utilization_availability_faults_overview(scripted: tuple[History, Api]
