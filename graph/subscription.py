@@ -18,6 +18,7 @@ from graphql import GraphQLError
 
 from domain import entities as d
 from domain.clock import utcnow
+from domain.errors import ValidationError
 from domain.events import (
     CommandCompleted,
     ConnectorStatusChanged,
@@ -445,6 +446,10 @@ class Subscription:
                           ) -> AsyncIterator[CommandEvent]:
         cp_id = filter.cp_id if filter else None
         command_id = str(filter.command_id) if filter and filter.command_id else None
+        if command_id is not None and not is_id(command_id):
+            # A mistyped id would follow nothing, silently, for good (QA s17).
+            raise ValidationError("expected a commandId as a command's answer gave it",
+                                  field="filter.commandId", code="INVALID_ID")
 
         def accept(e: CommandCompleted) -> bool:
             return (cp_id is None or e.cp_id == cp_id) and (

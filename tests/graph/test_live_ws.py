@@ -1145,3 +1145,17 @@ async def test_renders_waiting_for_subscriptions_that_ended_are_not_run(
         await asyncio.sleep(0)
     assert renders.running == 0 and held.calls <= reads + 1  # the one under way at most
     await bus.close()
+
+
+async def test_a_command_id_filter_that_is_no_id_is_refused(live: Setup) -> None:
+    """QA (s17): commandCompleted(filter: {commandId: "garbage"}) was accepted and
+    followed nothing, for good; every other subscription filter refuses a bad id."""
+    socket = await live.open("admin")
+    socket.subscribe("1", 'subscription { commandCompleted(filter: {commandId: "garbage"}) '
+                          "{ action } }")
+    message = await socket.next()
+    assert message["id"] == "1", message
+    payload = message["payload"]
+    errors = payload if isinstance(payload, list) else payload.get("errors", [payload])
+    assert errors[0]["extensions"] == {"code": "INVALID_ID", "field": "filter.commandId"}
+    await socket.close()
