@@ -48,6 +48,7 @@ from domain.ids import is_id
 from domain.ports import Change, Delete, WebhookAttempt
 from domain.services import Services
 from domain.services.webhooks import public_address, webhook_event
+from domain.wire import rfc3339
 from graph.ids import to_global_id
 
 log = logging.getLogger("chargegraph.webhooks")
@@ -126,7 +127,7 @@ def event_data(event: DomainEvent) -> dict[str, Any]:
 
 
 def payload(event_id: str, kind: str, at: datetime, data: dict[str, Any]) -> bytes:
-    return orjson.dumps({"id": event_id, "type": kind, "at": at.isoformat(), "data": data})
+    return orjson.dumps({"id": event_id, "type": kind, "at": rfc3339(at), "data": data})
 
 
 class _Channel:

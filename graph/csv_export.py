@@ -44,7 +44,7 @@ from collections.abc import (
     Sequence,
 )
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from enum import Enum
 from typing import Any
@@ -65,6 +65,7 @@ from domain.services import Services
 from domain.services.analytics import BucketBudget, EnergyBucket, GroupBy
 from domain.services.reads import ReadService
 from domain.timebuckets import Bucket
+from domain.wire import rfc3339
 from graph.analytics import EnergyTrendFilter
 from graph.errors import camel
 from graph.filters import AuditFilter, PaymentFilter, SessionFilter
@@ -91,8 +92,6 @@ def defuse(text: str) -> str:
     return "'" + text if text.startswith(FORMULA_STARTS) else text
 
 
-def utc_text(instant: datetime) -> str:
-    return instant.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def cell(value: object) -> str:
@@ -105,7 +104,7 @@ def cell(value: object) -> str:
     if isinstance(value, Enum):  # before str: our enums are StrEnums
         return value.name
     if isinstance(value, datetime):
-        return utc_text(value)
+        return rfc3339(value)
     if isinstance(value, Decimal):
         return format(value, "f")  # never an exponent: 1E+3 would not read as a number
     if isinstance(value, int | float):

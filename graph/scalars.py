@@ -12,6 +12,7 @@ import dateutil.parser
 import strawberry
 
 from domain.clock import to_millisecond
+from domain.wire import rfc3339
 
 #: GraphQL's ``Int`` is 32 bits by the spec: a meter register of a long-lived DC charger
 #: (billions of Wh) or a large amount in minor units does not fit, and one such value
@@ -64,8 +65,11 @@ SCALARS: dict[object, Any] = {
     ),
     datetime: strawberry.scalar(
         name="DateTime",
-        description="Date with time (isoformat), to the millisecond",
-        serialize=datetime.isoformat,
+        description="An instant, ISO 8601 in UTC to the millisecond "
+                    "(2026-11-24T15:04:05.123Z); given with any offset, it is read in UTC",
+        # One format for every instant (QA s17: six digits, none when the milliseconds
+        # were 0, and "+00:00" while the CSV export wrote ".000Z").
+        serialize=rfc3339,
         parse_value=parse_instant,
     ),
     BigInt: strawberry.scalar(

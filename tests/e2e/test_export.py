@@ -21,8 +21,8 @@ from domain.errors import StoreUnavailable
 from domain.policy import SYSTEM
 from domain.query import Eq
 from domain.services import ConnectorSpec
+from domain.wire import rfc3339 as utc_text
 from graph import csv_export
-from graph.csv_export import utc_text
 from graph.ids import to_global_id
 from tests.e2e.conftest import Running, running_service
 from tests.e2e.test_metrics import scrape, value

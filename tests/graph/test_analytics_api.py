@@ -35,11 +35,11 @@ async def test_energy_trend_query(scripted: tuple[History, Api]) -> None:
     history, api = scripted
     data = await api.gql(TREND, {"f": WINDOW}, as_user=history.users["admin"].id)
     assert data["energyTrend"] == [
-        {"start": "2026-03-27T23:00:00+00:00", "energyKwh": 2.0, "sessions": 1,
+        {"start": "2026-03-27T23:00:00.000Z", "energyKwh": 2.0, "sessions": 1,
          "revenue": "0.00", "currency": "EUR"},
-        {"start": "2026-03-28T23:00:00+00:00", "energyKwh": 27.0, "sessions": 1,
+        {"start": "2026-03-28T23:00:00.000Z", "energyKwh": 27.0, "sessions": 1,
          "revenue": "8.70", "currency": "EUR"},
-        {"start": "2026-03-29T22:00:00+00:00", "energyKwh": 5.0, "sessions": 1,
+        {"start": "2026-03-29T22:00:00.000Z", "energyKwh": 5.0, "sessions": 1,
          "revenue": "0.00", "currency": "EUR"},
     ]
     mine = await api.gql(TREND, {"f": WINDOW}, as_user=history.users["driver2"].id)
@@ -389,9 +389,9 @@ async def test_utilization_and_availability_per_day(scripted: tuple[History, Api
     data = await api.gql(DAILY, days, as_user=history.users["op_a"].id)
     assert [(r["cpId"], r["start"], r["windowSeconds"] / 3600, r["occupiedSeconds"] / 3600)
             for r in data["utilization"]] == [
-        ("S1", "2026-03-27T23:00:00+00:00", 48.0, 0.5),
-        ("S1", "2026-03-28T23:00:00+00:00", 46.0, 3.5),
-        ("S1", "2026-03-29T22:00:00+00:00", 48.0, 0.0)]
+        ("S1", "2026-03-27T23:00:00.000Z", 48.0, 0.5),
+        ("S1", "2026-03-28T23:00:00.000Z", 46.0, 3.5),
+        ("S1", "2026-03-29T22:00:00.000Z", 48.0, 0.0)]
     assert [(r["connectorId"], r["availableSeconds"] / 3600) for r in data["availability"]] \
         == [(1, 1.0), (1, 23.0), (1, 2.0), (2, 1.0), (2, 21.0), (2, 2.0)]
     # Without a bucket: one row per station for the window, no start, as before.

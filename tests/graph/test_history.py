@@ -135,7 +135,7 @@ async def test_the_session_s_curve_in_order_with_every_field(api: Api,
         meterValues(first: 4) { nodes { at measurand value unit phase context } } } } }""",
                          {"id": s1}, as_user=history_world.users["driver1"].id)
     nodes = data["node"]["meterValues"]["nodes"]
-    assert nodes[0] == {"at": "2025-03-01T08:00:00+00:00",
+    assert nodes[0] == {"at": "2025-03-01T08:00:00.000Z",
                         "measurand": "ENERGY_ACTIVE_IMPORT_REGISTER", "value": 1000.0,
                         "unit": "Wh", "phase": None, "context": "Sample.Periodic"}
     # Oldest first; samples of one instant in id order (either may come first).

@@ -175,10 +175,10 @@ async def test_the_session_shows_its_signed_values_oldest_first_with_ocmf_read_o
         "version": "1.0", "meterSerial": "BQ27400330016", "pagination": "T12345",
         "signatureAlgorithm": "ECDSA-secp256r1-SHA256",
         "readings": [
-            {"time": "2018-07-24T11:22:04+00:00", "timeStatus": "S", "transaction": "B",
+            {"time": "2018-07-24T11:22:04.000Z", "timeStatus": "S", "transaction": "B",
              "value": "2935.6", "unit": "kWh", "identification": "1-b:1.8.0",
              "status": "G"},
-            {"time": "2018-07-24T12:02:11.250000+00:00", "timeStatus": "S",
+            {"time": "2018-07-24T12:02:11.250Z", "timeStatus": "S",
              "transaction": "E", "value": "2947.05", "unit": "kWh",
              "identification": "1-b:1.8.0", "status": "G"}]}
     # Not well-formed: shown as sent, its reading null, the query answered.
