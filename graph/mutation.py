@@ -59,6 +59,13 @@ from graph.webhooks import WebhookMutation
 Info = strawberry.Info
 T = TypeVar("T")
 
+#: What every mutation's ``input`` argument is, said once and given to each that has no
+#: description of its own when the schema is built (``graph.schema``): the contract is
+#: the same for all of them.
+INPUT_ARGUMENT = ("What to do; each field is described on the input type. Expected "
+                  "failures come back in the payload's `errors` (input field and code), "
+                  "not as GraphQL errors.")
+
 
 def _ctx(info: Info) -> GraphContext:
     return info.context  # type: ignore[no-any-return]

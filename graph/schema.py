@@ -7,16 +7,17 @@ from collections.abc import Sequence
 from typing import Any
 
 import strawberry
-from graphql import GraphQLError
+from graphql import GraphQLError, GraphQLObjectType, GraphQLSchema, get_named_type
 from strawberry.schema.config import StrawberryConfig
 from strawberry.types.execution import ExecutionContext
 
 from graph import lean
 from graph.executor import LeanExecutionContext
-from graph.mutation import Mutation
+from graph.mutation import INPUT_ARGUMENT, Mutation
 from graph.nodes import NODE_BY_KIND
 from graph.pipeline import RequestPipeline
 from graph.query import Query
+from graph.relay import CONNECTION_ARGUMENTS
 from graph.scalars import SCALARS
 from graph.subscription import Subscription
 
@@ -48,7 +49,28 @@ def build_schema(extra_extensions: Sequence[Any] = ()) -> strawberry.Schema:
         config=StrawberryConfig(scalar_map=SCALARS),
     )
     lean.install(built)
+    describe_shared_arguments(built._schema)
     return built
+
+
+def describe_shared_arguments(schema: GraphQLSchema) -> None:
+    """Describe the arguments declared alike in many resolvers, where a resolver gave no
+    description of its own: the paging, ``filter`` and ``orderBy`` arguments of every
+    field returning a connection (``graph.relay.CONNECTION_ARGUMENTS``) and the ``input``
+    of every mutation (``graph.mutation.INPUT_ARGUMENT``). Only descriptions change."""
+    for graphql_type in schema.type_map.values():
+        if not isinstance(graphql_type, GraphQLObjectType) \
+                or graphql_type.name.startswith("__"):
+            continue
+        for field in graphql_type.fields.values():
+            shared: dict[str, str] = {}
+            if get_named_type(field.type).name.endswith("Connection"):
+                shared = CONNECTION_ARGUMENTS
+            elif graphql_type is schema.mutation_type:
+                shared = {"input": INPUT_ARGUMENT}
+            for name, argument in field.args.items():
+                if argument.description is None and name in shared:
+                    argument.description = shared[name]
 
 
 schema = build_schema()
