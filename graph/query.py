@@ -95,7 +95,9 @@ async def _node(info: Info, global_id: str) -> Node | None:
     return node_type.wrap(record, _ctx(info)) if record is not None else None
 
 
-@strawberry.type
+@strawberry.type(description=(
+    "Reads. Every list and object is limited to what the viewer may see: a hidden object "
+    "reads as null, as a missing one does."))
 class Query(AnalyticsQuery, WebhookQuery, SiteQuery):
     @strawberry.field(description="The signed-in user; null when anonymous.")
     async def me(self, info: Info) -> User | None:

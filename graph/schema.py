@@ -23,6 +23,10 @@ from graph.subscription import Subscription
 
 log = logging.getLogger("chargegraph.graph")
 
+#: What the ``filter`` of every subscription does (``describe_shared_arguments``).
+EVENT_FILTER = ("Only the events meeting every condition given; without it, every event "
+                "the viewer may see.")
+
 
 class Schema(strawberry.Schema):
     """Strawberry's schema, without its logging of every error with a traceback at ERROR:
@@ -56,8 +60,9 @@ def build_schema(extra_extensions: Sequence[Any] = ()) -> strawberry.Schema:
 def describe_shared_arguments(schema: GraphQLSchema) -> None:
     """Describe the arguments declared alike in many resolvers, where a resolver gave no
     description of its own: the paging, ``filter`` and ``orderBy`` arguments of every
-    field returning a connection (``graph.relay.CONNECTION_ARGUMENTS``) and the ``input``
-    of every mutation (``graph.mutation.INPUT_ARGUMENT``). Only descriptions change."""
+    field returning a connection (``graph.relay.CONNECTION_ARGUMENTS``), the ``input``
+    of every mutation (``graph.mutation.INPUT_ARGUMENT``) and the ``filter`` of every
+    subscription (``EVENT_FILTER``). Only descriptions change."""
     for graphql_type in schema.type_map.values():
         if not isinstance(graphql_type, GraphQLObjectType) \
                 or graphql_type.name.startswith("__"):
@@ -68,6 +73,8 @@ def describe_shared_arguments(schema: GraphQLSchema) -> None:
                 shared = CONNECTION_ARGUMENTS
             elif graphql_type is schema.mutation_type:
                 shared = {"input": INPUT_ARGUMENT}
+            elif graphql_type is schema.subscription_type:
+                shared = {"filter": EVENT_FILTER}
             for name, argument in field.args.items():
                 if argument.description is None and name in shared:
                     argument.description = shared[name]
