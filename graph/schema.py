@@ -7,11 +7,18 @@ from collections.abc import Sequence
 from typing import Any
 
 import strawberry
-from graphql import GraphQLError, GraphQLObjectType, GraphQLSchema, get_named_type
+from graphql import (
+    GraphQLEnumType,
+    GraphQLError,
+    GraphQLObjectType,
+    GraphQLSchema,
+    get_named_type,
+)
 from strawberry.schema.config import StrawberryConfig
 from strawberry.types.execution import ExecutionContext
 
 from graph import lean
+from graph.enums import VALUE_DESCRIPTIONS
 from graph.executor import LeanExecutionContext
 from graph.mutation import INPUT_ARGUMENT, Mutation
 from graph.nodes import NODE_BY_KIND
@@ -62,8 +69,14 @@ def describe_shared_arguments(schema: GraphQLSchema) -> None:
     description of its own: the paging, ``filter`` and ``orderBy`` arguments of every
     field returning a connection (``graph.relay.CONNECTION_ARGUMENTS``), the ``input``
     of every mutation (``graph.mutation.INPUT_ARGUMENT``) and the ``filter`` of every
-    subscription (``EVENT_FILTER``). Only descriptions change."""
+    subscription (``EVENT_FILTER``); and the values of the domain's enums
+    (``graph.enums.VALUE_DESCRIPTIONS``). Only descriptions change."""
     for graphql_type in schema.type_map.values():
+        if isinstance(graphql_type, GraphQLEnumType):
+            for name, value in graphql_type.values.items():
+                text = VALUE_DESCRIPTIONS.get(graphql_type.name, {}).get(name)
+                if value.description is None and text is not None:
+                    value.description = text
         if not isinstance(graphql_type, GraphQLObjectType) \
                 or graphql_type.name.startswith("__"):
             continue
