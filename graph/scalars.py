@@ -62,7 +62,8 @@ SCALARS: dict[object, Any] = {
     ),
     datetime: strawberry.scalar(
         name="DateTime",
-        description="Date with time (isoformat), to the millisecond",
+        description="An instant, ISO 8601 with its offset, to the millisecond. Returned in "
+                    "UTC; one sent in needs an offset (Z or +01:00).",
         serialize=datetime.isoformat,
         parse_value=parse_instant,
     ),
