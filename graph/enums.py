@@ -107,6 +107,10 @@ VALUE_DESCRIPTIONS: dict[str, dict[str, str]] = {
         "DELETE": "A record was removed.",
         "COMMAND": "A command was sent to a charger (who sent which, and its answer).",
     },
+    "OrderDirection": {
+        "ASC": "Smallest, earliest or A first.",
+        "DESC": "Largest, latest or Z first.",
+    },
     "MeterAnomaly": {
         "ROLLOVER": "The register rolled over at its limit (a 32-bit or 999,999.9 kWh "
                     "counter).",

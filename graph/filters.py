@@ -97,7 +97,9 @@ def _order(name: str, fields: dict[str, str], description: str) -> tuple[type, t
     # enum above is a local that postponed annotations could not resolve.
     namespace = {
         "__annotations__": {"field": field_enum, "direction": OrderDirection},
-        "direction": OrderDirection.ASC,
+        "field": strawberry.field(description="The key to sort by."),
+        "direction": strawberry.field(default=OrderDirection.ASC,
+                                      description="ASC (the default) or DESC."),
     }
     order = strawberry.input(type(f"{name}Order", (), namespace),
                              description=f"One sort key for {name.lower()} lists.")

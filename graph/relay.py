@@ -67,8 +67,9 @@ class Edge(Generic[N]):
 
 @strawberry.type(description="A page of a list, with cursors to go on.")
 class Connection(Generic[N]):
-    edges: list[Edge[N]]
-    page_info: PageInfo
+    edges: list[Edge[N]] = strawberry.field(description=(
+        "The page's records with their cursors, in the list's order."))
+    page_info: PageInfo = strawberry.field(description="Where this page is in the list.")
     _total: strawberry.Private[Callable[[], Awaitable[int]]]
 
     @strawberry.field(description="The node of every edge, for clients that need no cursors.")
