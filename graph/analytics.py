@@ -24,6 +24,8 @@ from graph.scalars import BigInt
 
 Info = strawberry.Info
 From = Annotated[datetime, strawberry.argument(name="from", description="Window start.")]
+To = Annotated[datetime, strawberry.argument(
+    description="Window end, exclusive: after `from`, at most three years later.")]
 strawberry.enum(Bucket, name="TimeBucket", description="Size of a trend bucket.")
 TimeBucket = Bucket
 
@@ -64,8 +66,9 @@ class AnalyticsFilter:
 
 @strawberry.input(description="An analytics filter with its time window.")
 class EnergyTrendFilter(AnalyticsFilter):
-    from_: datetime = strawberry.field(name="from")
-    to: datetime
+    from_: datetime = strawberry.field(name="from", description="Window start.")
+    to: datetime = strawberry.field(description=(
+        "Window end, exclusive: after `from`, at most three years later."))
 
 
 @strawberry.type(description="Energy, sessions and revenue of one time bucket.")
@@ -114,6 +117,12 @@ _GROUP_BY = ("Each bucket's figures per station (or connector) with any in the w
              "ordered by charge point and connector, then time; at most 10,000 rows "
              "(TOO_MANY). Without it, one figure per bucket.")
 _TIME_ZONE = "IANA zone the buckets are aligned in (only with `bucket`; checked always)."
+_FILTER = ("Which stations or whose charging to count, within what the viewer may see; "
+           "without it, all of that.")
+_CURRENCY = ("ISO 4217 code of the revenue counted (sessions in other currencies are left "
+             "out); default: the currency most sessions ended in the window have, else EUR.")
+_ROW_GROUP = "A row per station (default) or per connector."
+_ROW_BUCKET = "Split the rows into buckets of this size; without it, one row for the window."
 
 
 @strawberry.type(description="How much of the window connectors were occupied and charging.")
@@ -282,8 +291,15 @@ def _budget(ctx: GraphContext) -> BucketBudget:
 class AnalyticsQuery:
     @strawberry.field(description="Energy, sessions and revenue per hour/day/week/month, "
                                   "aligned in `timeZone` (IANA), empty buckets included.")
-    async def energy_trend(self, info: Info, filter: EnergyTrendFilter, bucket: TimeBucket,  # type: ignore[valid-type]
-                           time_zone: str = "UTC", currency: str | None = None,
+    async def energy_trend(self, info: Info,
+                           filter: Annotated[EnergyTrendFilter, strawberry.argument(
+                               description=_FILTER)],
+                           bucket: Annotated[TimeBucket, strawberry.argument(  # type: ignore[valid-type]
+                               description="Bucket size.")],
+                           time_zone: Annotated[str, strawberry.argument(
+                               description="IANA zone the buckets are aligned in.")] = "UTC",
+                           currency: Annotated[str | None, strawberry.argument(
+                               description=_CURRENCY)] = None,
                            group_by: Annotated[AnalyticsGroup | None,
                                                strawberry.argument(description=_GROUP_BY)]
                            = None) -> list[EnergyBucket]:
@@ -299,10 +315,13 @@ class AnalyticsQuery:
 
     @strawberry.field(description="Share of the window each connector was occupied and "
                                   "charging. " + _ROWS)
-    async def utilization(self, info: Info, from_: From, to: datetime,
-                          filter: AnalyticsFilter | None = None,
-                          group_by: AnalyticsGroup = AnalyticsGroup.STATION,
-                          bucket: TimeBucket | None = None,  # type: ignore[valid-type]
+    async def utilization(self, info: Info, from_: From, to: To,
+                          filter: Annotated[AnalyticsFilter | None, strawberry.argument(
+                              description=_FILTER)] = None,
+                          group_by: Annotated[AnalyticsGroup, strawberry.argument(
+                              description=_ROW_GROUP)] = AnalyticsGroup.STATION,
+                          bucket: Annotated[TimeBucket | None, strawberry.argument(  # type: ignore[valid-type]
+                              description=_ROW_BUCKET)] = None,
                           time_zone: Annotated[str, strawberry.argument(
                               description=_TIME_ZONE)] = "UTC"
                           ) -> list[UtilizationRow]:
@@ -315,10 +334,13 @@ class AnalyticsQuery:
 
     @strawberry.field(description="Share of the window each connector was usable. " + _ROWS)
     async def availability(self, info: Info,
-                           from_: From, to: datetime,
-                           filter: AnalyticsFilter | None = None,
-                          group_by: AnalyticsGroup = AnalyticsGroup.STATION,
-                           bucket: TimeBucket | None = None,  # type: ignore[valid-type]
+                           from_: From, to: To,
+                           filter: Annotated[AnalyticsFilter | None, strawberry.argument(
+                               description=_FILTER)] = None,
+                          group_by: Annotated[AnalyticsGroup, strawberry.argument(
+                              description=_ROW_GROUP)] = AnalyticsGroup.STATION,
+                           bucket: Annotated[TimeBucket | None, strawberry.argument(  # type: ignore[valid-type]
+                               description=_ROW_BUCKET)] = None,
                            time_zone: Annotated[str, strawberry.argument(
                                description=_TIME_ZONE)] = "UTC"
                            ) -> list[AvailabilityRow]:
@@ -331,8 +353,9 @@ class AnalyticsQuery:
 
     @strawberry.field(description="Faults by station, connector and error code.")
     async def fault_reports(self, info: Info,
-                            from_: From, to: datetime,
-                            filter: AnalyticsFilter | None = None) -> FaultReport:
+                            from_: From, to: To,
+                            filter: Annotated[AnalyticsFilter | None, strawberry.argument(
+                                description=_FILTER)] = None) -> FaultReport:
         ctx: GraphContext = info.context
         scope = filter.to_domain() if filter else Scope()
         groups = await ctx.services.analytics.fault_reports(ctx.viewer, scope, from_, to)
@@ -341,8 +364,11 @@ class AnalyticsQuery:
 
     @strawberry.field(description="Stations online, connectors by status, sessions now, "
                                   "energy and revenue today (in `timeZone`).")
-    async def overview(self, info: Info, time_zone: str = "UTC",
-                       filter: AnalyticsFilter | None = None) -> Overview:
+    async def overview(self, info: Info,
+                       time_zone: Annotated[str, strawberry.argument(
+                           description="IANA zone whose today is counted.")] = "UTC",
+                       filter: Annotated[AnalyticsFilter | None, strawberry.argument(
+                           description=_FILTER)] = None) -> Overview:
         ctx: GraphContext = info.context
         o = await ctx.services.analytics.overview(
             ctx.viewer, filter.to_domain() if filter else Scope(), time_zone)

@@ -17,10 +17,11 @@ strawberry.enum(d.Registration, description="OCPP registration status a station 
 strawberry.enum(d.ConnectorStatus, description="OCPP 1.6 ChargePointStatus.")
 strawberry.enum(d.ConnectorType, description="Plug standard.")
 strawberry.enum(d.PowerType, description="The current a plug delivers.")
-strawberry.enum(d.SessionState)
-strawberry.enum(d.ReservationState)
-strawberry.enum(d.PaymentStatus)
-strawberry.enum(d.AuditAction)
+strawberry.enum(d.SessionState, description="Whether a session is still charging.")
+strawberry.enum(d.ReservationState, description="Where a reservation (OCPP ReserveNow) is.")
+strawberry.enum(d.PaymentStatus, description=(
+    "Where a payment is: PENDING, then CAPTURED or FAILED; CAPTURED, then REFUNDED."))
+strawberry.enum(d.AuditAction, description="What a change log entry records.")
 strawberry.enum(d.MeterAnomaly, description=(
     "What a session's energy register did that its energy is counted across, or a "
     "final register (meterStop) that was not believed."))
@@ -36,3 +37,84 @@ ReservationState = d.ReservationState
 PaymentStatus = d.PaymentStatus
 AuditAction = d.AuditAction
 MeterAnomaly = d.MeterAnomaly
+
+#: The values' descriptions, by GraphQL enum and value name. The enums are the domain's
+#: classes, which know nothing of GraphQL, so these are given to the schema when it is
+#: built (``graph.schema.describe_shared_arguments``).
+VALUE_DESCRIPTIONS: dict[str, dict[str, str]] = {
+    "Role": {
+        "DRIVER": "Charges: sees themselves, their vehicles, cards, sessions, reservations "
+                  "and payments, and the public map.",
+        "OPERATOR": "Runs their company's stations and sees what happens on them.",
+        "ADMIN": "Sees and may change everything.",
+    },
+    "IdTagStatus": {
+        "ACCEPTED": "May charge.",
+        "BLOCKED": "Refused: blocked by its holder or their operator, or its user is "
+                   "deactivated.",
+        "EXPIRED": "Refused: past its expiry.",
+    },
+    "Registration": {
+        "ACCEPTED": "The charger is accepted at boot; the station is on the map.",
+        "PENDING": "Registered itself; waits for an operator to accept it.",
+        "REJECTED": "Refused at boot.",
+    },
+    "ConnectorStatus": {
+        "AVAILABLE": "Free to plug in.",
+        "PREPARING": "A car is plugged in or a driver authorized; not charging yet.",
+        "CHARGING": "Delivering energy.",
+        "SUSPENDED_EVSE": "The charger paused delivery (e.g. a power limit).",
+        "SUSPENDED_EV": "The car paused taking energy (e.g. full).",
+        "FINISHING": "The session ended; the car is still plugged in.",
+        "RESERVED": "Held by a reservation.",
+        "UNAVAILABLE": "Out of service on purpose (ChangeAvailability).",
+        "FAULTED": "Broken: see its error code.",
+    },
+    "ConnectorType": {
+        "TYPE2": "IEC 62196 Type 2 (Mennekes), AC.",
+        "CCS2": "Combined Charging System Combo 2, DC.",
+        "CCS1": "Combined Charging System Combo 1, DC.",
+        "CHADEMO": "CHAdeMO, DC.",
+        "TYPE1": "SAE J1772 Type 1, AC.",
+        "NACS": "North American Charging Standard (SAE J3400).",
+        "SCHUKO": "Domestic socket (CEE 7/4).",
+        "OTHER": "Any other plug.",
+    },
+    "PowerType": {
+        "AC": "Alternating current: the car's on-board charger converts it.",
+        "DC": "Direct current: fast charging.",
+    },
+    "SessionState": {
+        "ACTIVE": "Charging or plugged in: the transaction has not ended.",
+        "COMPLETED": "Ended: its energy and cost are final.",
+    },
+    "ReservationState": {
+        "PENDING": "Sent to the charger; its answer is not known yet.",
+        "ACTIVE": "The charger holds the plug until `expiresAt`.",
+        "USED": "A session started with it.",
+        "CANCELLED": "Cancelled by its driver or an operator, or its plug was removed.",
+        "EXPIRED": "Ran out before it was used.",
+        "REJECTED": "The charger refused it.",
+    },
+    "PaymentStatus": {
+        "PENDING": "Created when the session completed; not collected yet.",
+        "CAPTURED": "Collected (a partial refund leaves it CAPTURED).",
+        "FAILED": "Collecting failed; it may be captured on a later try.",
+        "REFUNDED": "Paid back in full.",
+    },
+    "AuditAction": {
+        "CREATE": "A record was created.",
+        "UPDATE": "A record was changed.",
+        "DELETE": "A record was removed.",
+        "COMMAND": "A command was sent to a charger (who sent which, and its answer).",
+    },
+    "OrderDirection": {
+        "ASC": "Smallest, earliest or A first.",
+        "DESC": "Largest, latest or Z first.",
+    },
+    "MeterAnomaly": {
+        "ROLLOVER": "The register rolled over at its limit (a 32-bit or 999,999.9 kWh "
+                    "counter).",
+        "RESET": "The register restarted near 0 (a meter reset or replaced).",
+    },
+}

@@ -97,7 +97,9 @@ def _order(name: str, fields: dict[str, str], description: str) -> tuple[type, t
     # enum above is a local that postponed annotations could not resolve.
     namespace = {
         "__annotations__": {"field": field_enum, "direction": OrderDirection},
-        "direction": OrderDirection.ASC,
+        "field": strawberry.field(description="The key to sort by."),
+        "direction": strawberry.field(default=OrderDirection.ASC,
+                                      description="ASC (the default) or DESC."),
     }
     order = strawberry.input(type(f"{name}Order", (), namespace),
                              description=f"One sort key for {name.lower()} lists.")
@@ -248,12 +250,17 @@ class NearInput:
         return Near(self.lat, self.lon, self.radius_km)
 
 
-@strawberry.input
+@strawberry.input(description="Which stations to list; every condition given must hold.")
 class StationFilter:
-    cp_id: str | None = None
-    company_id: strawberry.ID | None = None
-    owner_id: strawberry.ID | None = None
-    online: bool | None = None
+    cp_id: str | None = strawberry.field(default=None, description=(
+        "The station with this OCPP identity."))
+    company_id: strawberry.ID | None = strawberry.field(default=None, description=(
+        "Run by this company. Private: matches only stations whose company the viewer "
+        "may read (admins, their operators)."))
+    owner_id: strawberry.ID | None = strawberry.field(default=None, description=(
+        "Owned by this user. Private, as `companyId`."))
+    online: bool | None = strawberry.field(default=None, description=(
+        "Whether its charger is connected now."))
     search: str | None = strawberry.field(default=None,
                                           description="In name, cpId and address.")
     near: NearInput | None = strawberry.field(default=None, description=(
@@ -293,10 +300,12 @@ def _min_kw(value: float | None, field: str) -> float | None:
     return value
 
 
-@strawberry.input
+@strawberry.input(description="Which connectors to list; every condition given must hold.")
 class ConnectorFilter:
-    cp_id: str | None = None
-    station_id: strawberry.ID | None = None
+    cp_id: str | None = strawberry.field(default=None, description=(
+        "Of the station with this OCPP identity."))
+    station_id: strawberry.ID | None = strawberry.field(default=None, description=(
+        "Of this station."))
     status: ConnectorStatus | None = strawberry.field(default=None, description=(
         "AVAILABLE: available now, as `availableNow: true`; any other status: the last "
         "one reported, as `Connector.status` shows it."))
@@ -334,14 +343,20 @@ def _available(available_now: bool | None) -> Filter | None:
     return connectors_available_now() if available_now else connectors_not_available_now()
 
 
-@strawberry.input
+@strawberry.input(description="Which sessions to list; every condition given must hold.")
 class SessionFilter:
-    cp_id: str | None = None
-    connector_id: int | None = None
-    station_id: strawberry.ID | None = None
-    user_id: strawberry.ID | None = None
-    vehicle_id: strawberry.ID | None = None
-    state: SessionState | None = None
+    cp_id: str | None = strawberry.field(default=None, description=(
+        "At the charger with this OCPP identity."))
+    connector_id: int | None = strawberry.field(default=None, description=(
+        "On this OCPP connector id (with `cpId` or `stationId`, one plug)."))
+    station_id: strawberry.ID | None = strawberry.field(default=None, description=(
+        "At this station."))
+    user_id: strawberry.ID | None = strawberry.field(default=None, description=(
+        "Charged by this driver."))
+    vehicle_id: strawberry.ID | None = strawberry.field(default=None, description=(
+        "Charging this vehicle."))
+    state: SessionState | None = strawberry.field(default=None, description=(
+        "ACTIVE (charging now) or COMPLETED."))
     from_: datetime | None = strawberry.field(default=None, name="from",
                                               description="Sessions started at or after.")
     to: datetime | None = strawberry.field(default=None, description="Started before.")
@@ -408,12 +423,16 @@ def _reservation_state(state: ReservationState, now: datetime) -> Filter:
     return Eq("state", state)
 
 
-@strawberry.input
+@strawberry.input(description="Which payments to list; every condition given must hold.")
 class PaymentFilter:
-    status: PaymentStatus | None = None
-    user_id: strawberry.ID | None = None
-    session_id: strawberry.ID | None = None
-    station_id: strawberry.ID | None = None
+    status: PaymentStatus | None = strawberry.field(default=None, description=(
+        "In this status."))
+    user_id: strawberry.ID | None = strawberry.field(default=None, description=(
+        "Of this driver."))
+    session_id: strawberry.ID | None = strawberry.field(default=None, description=(
+        "For this session."))
+    station_id: strawberry.ID | None = strawberry.field(default=None, description=(
+        "For sessions at this station."))
     from_: datetime | None = strawberry.field(default=None, name="from",
                                               description="Payments opened at or after.")
     to: datetime | None = strawberry.field(default=None, description="Opened before.")

@@ -5,7 +5,7 @@ so clients never parse messages."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import strawberry
 
@@ -58,6 +58,19 @@ from graph.webhooks import WebhookMutation
 
 Info = strawberry.Info
 T = TypeVar("T")
+
+#: What every mutation's ``input`` argument is, said once and given to each that has no
+#: description of its own when the schema is built (``graph.schema``): the contract is
+#: the same for all of them.
+INPUT_ARGUMENT = ("What to do; each field is described on the input type. Expected "
+                  "failures come back in the payload's `errors` (input field and code), "
+                  "not as GraphQL errors.")
+#: Arguments of the sign-in mutations (their rules: ``domain.validation``).
+Email = Annotated[str, strawberry.argument(description="The account's email (any case).")]
+NewPassword = Annotated[str, strawberry.argument(
+    description="8 to 256 characters (TOO_SHORT, TOO_LONG).")]
+RefreshToken = Annotated[str, strawberry.argument(
+    description="A refresh token, as `refreshToken` in a LoginPayload.")]
 
 
 def _ctx(info: Info) -> GraphContext:
@@ -188,12 +201,16 @@ async def _settle(info: Info, payment_id: strawberry.ID, step: str, **options: A
                           errors=errors)
 
 
-@strawberry.type
+@strawberry.type(description=(
+    "Writes and charger commands. Each returns a payload with the result and `errors`: "
+    "expected failures, each with the input field at fault and a stable code."))
 class Mutation(CommandMutation, WebhookMutation, SiteMutation):
     # ------------------------------------------------------------- sign-in
     @strawberry.mutation(description="Exchange email and password for an access token "
                                      "and a refresh token.")
-    async def login(self, info: Info, email: str, password: str) -> LoginPayload:
+    async def login(self, info: Info, email: Email,
+                    password: Annotated[str, strawberry.argument(
+                        description="The account's password.")]) -> LoginPayload:
         ctx = _ctx(info)
         client = _client(ctx)
         user, errors = await attempt(
@@ -205,7 +222,9 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
 
     @strawberry.mutation(description="Open a driver account and sign in to it (when the "
                                      "service takes sign-ups: else SIGN_UP_DISABLED).")
-    async def sign_up(self, info: Info, email: str, password: str, name: str
+    async def sign_up(self, info: Info, email: Email, password: NewPassword,
+                      name: Annotated[str, strawberry.argument(
+                          description="The driver's name as shown to operators.")]
                       ) -> LoginPayload:
         ctx = _ctx(info)
         client = _client(ctx)
@@ -219,7 +238,7 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
                                      "token, which stops working. One used already "
                                      "(TOKEN_REUSED) ends its session: every token of "
                                      "its chain, a copy's and the holder's.")
-    async def refresh_token(self, info: Info, token: str) -> LoginPayload:
+    async def refresh_token(self, info: Info, token: RefreshToken) -> LoginPayload:
         ctx = _ctx(info)
         rotated, errors = await attempt(
             ctx, lambda: ctx.services.refresh_tokens.rotate(token), public=True)
@@ -230,7 +249,7 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
 
     @strawberry.mutation(description="End the session of a refresh token (sign this "
                                      "device out).")
-    async def sign_out(self, info: Info, token: str) -> SignOutPayload:
+    async def sign_out(self, info: Info, token: RefreshToken) -> SignOutPayload:
         ctx = _ctx(info)
         _, errors = await attempt(ctx, lambda: ctx.services.refresh_tokens.revoke(token),
                                   public=True)
@@ -238,8 +257,10 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
 
     @strawberry.mutation(description="Change your own password. Every earlier token (all "
                                      "devices) is revoked; the payload has new ones.")
-    async def change_password(self, info: Info, current_password: str, new_password: str
-                              ) -> LoginPayload:
+    async def change_password(self, info: Info,
+                              current_password: Annotated[str, strawberry.argument(
+                                  description="The password in use now.")],
+                              new_password: NewPassword) -> LoginPayload:
         ctx = _ctx(info)
         user, errors = await attempt(ctx, lambda: ctx.services.accounts.change_password(
             ctx.viewer, current_password=current_password, new_password=new_password))
@@ -248,7 +269,8 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
         return await _signed_in(ctx, user)
 
     # ------------------------------------------------------------- companies and users
-    @strawberry.mutation
+    @strawberry.mutation(description=(
+        "A new company (admins only); names are unique (DUPLICATE)."))
     async def create_company(self, info: Info, input: CreateCompanyInput) -> CompanyPayload:
         ctx = _ctx(info)
         company, errors = await attempt(
@@ -257,7 +279,8 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
         return CompanyPayload(company=Company.wrap(company, ctx) if company else None,
                               errors=errors)
 
-    @strawberry.mutation
+    @strawberry.mutation(description=(
+        "Rename a company: admins, and operators their own."))
     async def update_company(self, info: Info, input: UpdateCompanyInput) -> CompanyPayload:
         ctx = _ctx(info)
 
@@ -270,7 +293,9 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
         return CompanyPayload(company=Company.wrap(company, ctx) if company else None,
                               errors=errors)
 
-    @strawberry.mutation
+    @strawberry.mutation(description=(
+        "A new account: admins create anyone, operators drivers and operators of their "
+        "own company."))
     async def create_user(self, info: Info, input: CreateUserInput) -> UserPayload:
         ctx = _ctx(info)
 
@@ -284,7 +309,10 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
         user, errors = await attempt(ctx, run)
         return UserPayload(user=User.wrap(user, ctx) if user else None, errors=errors)
 
-    @strawberry.mutation
+    @strawberry.mutation(description=(
+        "Change what is given. Users change their own name, email and password (email and "
+        "password with `currentPassword`); admins, and operators for their company's "
+        "non-admin people, also role, company and `active`, and reset passwords."))
     async def update_user(self, info: Info, input: UpdateUserInput) -> UserPayload:
         ctx = _ctx(info)
 
@@ -313,7 +341,9 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
         return UserPayload(user=User.wrap(user, ctx) if user else None, errors=errors)
 
     # ------------------------------------------------------------- vehicles and id tags
-    @strawberry.mutation
+    @strawberry.mutation(description=(
+        "Register a vehicle for yourself, or (admins, operators for their company's people) "
+        "for `ownerId`; plates are unique (DUPLICATE)."))
     async def add_vehicle(self, info: Info, input: AddVehicleInput) -> VehiclePayload:
         ctx = _ctx(info)
 
@@ -328,7 +358,8 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
         return VehiclePayload(vehicle=Vehicle.wrap(vehicle, ctx) if vehicle else None,
                               errors=errors)
 
-    @strawberry.mutation
+    @strawberry.mutation(description=(
+        "Change what is given of a vehicle: its owner, or whoever manages its owner."))
     async def update_vehicle(self, info: Info, input: UpdateVehicleInput) -> VehiclePayload:
         ctx = _ctx(info)
 
@@ -356,7 +387,9 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
         return VehiclePayload(vehicle=Vehicle.wrap(vehicle, ctx) if vehicle else None,
                               errors=errors)
 
-    @strawberry.mutation
+    @strawberry.mutation(description=(
+        "A new charging card (OCPP idTag) for yourself, or for `userId` if you manage that "
+        "user; tags are unique (DUPLICATE)."))
     async def issue_id_tag(self, info: Info, input: IssueIdTagInput) -> IdTagPayload:
         ctx = _ctx(info)
 
@@ -371,7 +404,10 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
         id_tag, errors = await attempt(ctx, run)
         return IdTagPayload(id_tag=IdTag.wrap(id_tag, ctx) if id_tag else None, errors=errors)
 
-    @strawberry.mutation
+    @strawberry.mutation(description=(
+        "Change what is given of a card. Its holder may link a vehicle, block it (lost) "
+        "and lift a block of their own; other unblocking and the expiry are for admins "
+        "and the holder's operators."))
     async def update_id_tag(self, info: Info, input: UpdateIdTagInput) -> IdTagPayload:
         ctx = _ctx(info)
 
@@ -425,7 +461,9 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
         return StationPayload(station=Station.wrap(station, ctx) if station else None,
                               errors=errors)
 
-    @strawberry.mutation
+    @strawberry.mutation(description=(
+        "Change what is given of a station (admins and its operators); only admins move "
+        "it to another company. A null `location` removes it."))
     async def update_station(self, info: Info, input: UpdateStationInput) -> StationPayload:
         ctx = _ctx(info)
 
@@ -463,7 +501,8 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
         return StationPayload(station=Station.wrap(station, ctx) if station else None,
                               errors=errors)
 
-    @strawberry.mutation
+    @strawberry.mutation(description=(
+        "A new plug on a station (admins and its operators)."))
     async def add_connector(self, info: Info, input: AddConnectorInput) -> ConnectorPayload:
         ctx = _ctx(info)
 
@@ -478,7 +517,8 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
         return ConnectorPayload(connector=Connector.wrap(connector, ctx) if connector else None,
                                 errors=errors)
 
-    @strawberry.mutation
+    @strawberry.mutation(description=(
+        "Change a plug's type or power (admins and its station's operators)."))
     async def update_connector(self, info: Info, input: UpdateConnectorInput
                                ) -> ConnectorPayload:
         ctx = _ctx(info)
@@ -493,7 +533,9 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
         return ConnectorPayload(connector=Connector.wrap(connector, ctx) if connector else None,
                                 errors=errors)
 
-    @strawberry.mutation
+    @strawberry.mutation(description=(
+        "Remove a plug (admins and its station's operators); not while it charges "
+        "(IN_USE). Its live reservations are cancelled. Returns it as it was."))
     async def remove_connector(self, info: Info, input: RemoveConnectorInput) -> ConnectorPayload:
         ctx = _ctx(info)
 

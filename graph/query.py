@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import strawberry
 
@@ -95,7 +95,9 @@ async def _node(info: Info, global_id: str) -> Node | None:
     return node_type.wrap(record, _ctx(info)) if record is not None else None
 
 
-@strawberry.type
+@strawberry.type(description=(
+    "Reads. Every list and object is limited to what the viewer may see: a hidden object "
+    "reads as null, as a missing one does."))
 class Query(AnalyticsQuery, WebhookQuery, SiteQuery):
     @strawberry.field(description="The signed-in user; null when anonymous.")
     async def me(self, info: Info) -> User | None:
@@ -106,17 +108,23 @@ class Query(AnalyticsQuery, WebhookQuery, SiteQuery):
         return User.wrap(record, _ctx(info)) if record else None
 
     @strawberry.field(description="Any object by its global id; null if missing or hidden.")
-    async def node(self, info: Info, id: strawberry.ID) -> Node | None:
+    async def node(self, info: Info, id: Annotated[strawberry.ID, strawberry.argument(
+            description="A global id, as any object's `id` field gives it.")]
+                   ) -> Node | None:
         return await _node(info, str(id))
 
     @strawberry.field(description="Objects by global ids, in order; null where missing or "
                                   "hidden.")
-    async def nodes(self, info: Info, ids: list[strawberry.ID]) -> list[Node | None]:
+    async def nodes(self, info: Info, ids: Annotated[list[strawberry.ID], strawberry.argument(
+            description="Global ids, at most 100 (OUT_OF_RANGE).")]
+                    ) -> list[Node | None]:
         if len(ids) > 100:
             raise DomainError("at most 100 ids", field="ids", code="OUT_OF_RANGE")
         return [await _node(info, str(i)) for i in ids]
 
-    @strawberry.field
+    @strawberry.field(description=(
+        "Companies, in id order: an admin's all, anyone else's their own company (none "
+        "when signed out)."))
     async def companies(self, info: Info, filter: CompanyFilter | None = None,
                         order_by: list[CompanyOrder] | None = None,  # type: ignore[valid-type]
                         first: int | None = None, after: str | None = None,
@@ -138,7 +146,10 @@ class Query(AnalyticsQuery, WebhookQuery, SiteQuery):
         return await _list(info, d.User, User, filter, order_by, (), first, after, last,
                            before)
 
-    @strawberry.field
+    @strawberry.field(description=(
+        "Vehicles, in id order: a driver's own; an operator's own, their company's "
+        "people's and those of sessions in their books; an admin's all. None when signed "
+        "out."))
     async def vehicles(self, info: Info, filter: VehicleFilter | None = None,
                        order_by: list[VehicleOrder] | None = None,  # type: ignore[valid-type]
                        first: int | None = None, after: str | None = None,
@@ -147,7 +158,9 @@ class Query(AnalyticsQuery, WebhookQuery, SiteQuery):
         return await _list(info, d.Vehicle, Vehicle, filter, order_by, (), first, after, last,
                            before)
 
-    @strawberry.field(name="idTags")
+    @strawberry.field(name="idTags", description=(
+        "Charging cards (OCPP idTags), in id order: a driver's own, an operator's own and "
+        "their company's people's, an admin's all. None when signed out."))
     async def id_tags(self, info: Info, filter: IdTagFilter | None = None,
                       order_by: list[IdTagOrder] | None = None,  # type: ignore[valid-type]
                       first: int | None = None, after: str | None = None,
@@ -156,7 +169,11 @@ class Query(AnalyticsQuery, WebhookQuery, SiteQuery):
         return await _list(info, d.IdTag, IdTag, filter, order_by, (), first, after, last,
                            before)
 
-    @strawberry.field
+    @strawberry.field(description=(
+        "Stations, in id order unless `orderBy` says otherwise (DISTANCE needs "
+        "`filter.near`). Drivers, and signed-out clients when the public map is on, see "
+        "every accepted station in its public view (owner, company, hardware and "
+        "registration read null); an operator sees the stations they run, an admin all."))
     async def stations(self, info: Info, filter: StationFilter | None = None,
                        order_by: list[StationOrder] | None = None,  # type: ignore[valid-type]
                        first: int | None = None, after: str | None = None,
@@ -166,12 +183,17 @@ class Query(AnalyticsQuery, WebhookQuery, SiteQuery):
                            before)
 
     @strawberry.field(description="A station by its OCPP identity; null if missing or hidden.")
-    async def station(self, info: Info, cp_id: str) -> Station | None:
+    async def station(self, info: Info, cp_id: Annotated[str, strawberry.argument(
+            description="The charger's OCPP identity (`cpId`), exactly as it connects.")]
+                      ) -> Station | None:
         ctx = _ctx(info)
         record = await ctx.services.reads.find_one(ctx.viewer, d.Station, Eq("cp_id", cp_id))
         return Station.wrap(record, ctx) if record else None
 
-    @strawberry.field
+    @strawberry.field(description=(
+        "Connectors, by station cpId then connector number. Drivers, and signed-out "
+        "clients when the public map is on, see those of accepted stations; an operator "
+        "those of the stations they run, an admin all."))
     async def connectors(self, info: Info, filter: ConnectorFilter | None = None,
                          first: int | None = None, after: str | None = None,
                          last: int | None = None, before: str | None = None
@@ -179,7 +201,10 @@ class Query(AnalyticsQuery, WebhookQuery, SiteQuery):
         return await _list(info, d.Connector, Connector, filter, None,
                            (Sort("cp_id"), Sort("connector_id")), first, after, last, before)
 
-    @strawberry.field
+    @strawberry.field(description=(
+        "Charging sessions, newest start first unless `orderBy` says otherwise: a "
+        "driver's own, an operator's those in their books (charged at a station they ran "
+        "then), an admin's all. None when signed out."))
     async def sessions(self, info: Info, filter: SessionFilter | None = None,
                        order_by: list[SessionOrder] | None = None,  # type: ignore[valid-type]
                        first: int | None = None, after: str | None = None,
@@ -188,7 +213,10 @@ class Query(AnalyticsQuery, WebhookQuery, SiteQuery):
         return await _list(info, d.Session, Session, filter, order_by, NEWEST_SESSIONS, first,
                            after, last, before)
 
-    @strawberry.field
+    @strawberry.field(description=(
+        "Reservations, in id order: a driver's own; an operator's those in their books "
+        "and the live ones (PENDING or ACTIVE, not expired) on the stations they run now; "
+        "an admin's all. None when signed out."))
     async def reservations(self, info: Info, filter: ReservationFilter | None = None,
                            order_by: list[ReservationOrder] | None = None,  # type: ignore[valid-type]
                            first: int | None = None, after: str | None = None,
@@ -197,7 +225,9 @@ class Query(AnalyticsQuery, WebhookQuery, SiteQuery):
         return await _list(info, d.Reservation, Reservation, filter, order_by, (), first,
                            after, last, before)
 
-    @strawberry.field
+    @strawberry.field(description=(
+        "Payments, in id order: a driver's own, an operator's those in their books, an "
+        "admin's all. None when signed out."))
     async def payments(self, info: Info, filter: PaymentFilter | None = None,
                        order_by: list[PaymentOrder] | None = None,  # type: ignore[valid-type]
                        first: int | None = None, after: str | None = None,
@@ -206,14 +236,20 @@ class Query(AnalyticsQuery, WebhookQuery, SiteQuery):
         return await _list(info, d.Payment, Payment, filter, order_by, (), first, after, last,
                            before)
 
-    @strawberry.field
+    @strawberry.field(description=(
+        "Price lists, latest `validFrom` first. Drivers, and signed-out clients when the "
+        "public map is on, see all; an operator their company's and their stations'; an "
+        "admin all."))
     async def tariffs(self, info: Info, first: int | None = None, after: str | None = None,
                       last: int | None = None, before: str | None = None
                       ) -> Connection[Tariff]:
         return await _list(info, d.Tariff, Tariff, None, None,
                            (Sort("valid_from", descending=True),), first, after, last, before)
 
-    @strawberry.field(description="The change log, newest first.")
+    @strawberry.field(description=(
+        "The change log, newest first unless `orderBy` says otherwise. A driver reads the "
+        "entries about what is theirs; an operator those about what they run or keep the "
+        "books of; an admin all. Each reader's own removals stay theirs."))
     async def audit_log(self, info: Info, filter: AuditFilter | None = None,
                         order_by: list[AuditOrder] | None = None,  # type: ignore[valid-type]
                         first: int | None = None, after: str | None = None,

@@ -12,6 +12,7 @@ import strawberry
 from domain.entities import E, Record
 from domain.errors import DomainError, ValidationError
 from domain.query import (
+    DEFAULT_PAGE_SIZE,
     DISTANCE,
     MAX_PAGE_SIZE,
     Filter,
@@ -43,22 +44,32 @@ class Node:
 
 @strawberry.type(description="Paging state of a connection (Relay).")
 class PageInfo:
-    has_next_page: bool
-    has_previous_page: bool
-    start_cursor: str | None
-    end_cursor: str | None
+    has_next_page: bool = strawberry.field(description=(
+        "Paging forward: whether more records follow this page (pass `endCursor` as "
+        "`after` for them). Paging backward: true when `before` was given."))
+    has_previous_page: bool = strawberry.field(description=(
+        "Paging backward (`last` or `before`): whether more records come before this page "
+        "(pass `startCursor` as `before` for them). Paging forward: true when `after` was "
+        "given."))
+    start_cursor: str | None = strawberry.field(description=(
+        "The first edge's cursor; null when the page is empty."))
+    end_cursor: str | None = strawberry.field(description=(
+        "The last edge's cursor; null when the page is empty."))
 
 
-@strawberry.type
+@strawberry.type(description="One record of a page, with its cursor.")
 class Edge(Generic[N]):
-    cursor: str
-    node: N
+    cursor: str = strawberry.field(description=(
+        "Opaque keyset cursor of this record: pass it as `after` or `before`. Valid only "
+        "for the same list and order."))
+    node: N = strawberry.field(description="The record.")
 
 
 @strawberry.type(description="A page of a list, with cursors to go on.")
 class Connection(Generic[N]):
-    edges: list[Edge[N]]
-    page_info: PageInfo
+    edges: list[Edge[N]] = strawberry.field(description=(
+        "The page's records with their cursors, in the list's order."))
+    page_info: PageInfo = strawberry.field(description="Where this page is in the list.")
     _total: strawberry.Private[Callable[[], Awaitable[int]]]
 
     @strawberry.field(description="The node of every edge, for clients that need no cursors.")
@@ -74,6 +85,31 @@ class Connection(Generic[N]):
 class OrderDirection(Enum):
     ASC = "ASC"
     DESC = "DESC"
+
+
+#: What the arguments of every connection field mean. They are declared resolver by
+#: resolver (a dozen lists at the root, more nested), and their rules are one
+#: (``domain.query.PageRequest``), so they are said once, here, and given to every such
+#: argument that has no description of its own when the schema is built
+#: (``graph.schema.describe_shared_arguments``).
+CONNECTION_ARGUMENTS = {
+    "first": (f"Page size, paging forward from the start or from `after`: 0 to "
+              f"{MAX_PAGE_SIZE}; {DEFAULT_PAGE_SIZE} when neither `first` nor `last` is "
+              "given. Giving both `first` and `last` is an error (INVALID)."),
+    "after": ("Keyset cursor (an edge's `cursor`, `pageInfo.endCursor`): the page starts "
+              "after that record, so records added or removed meanwhile shift nothing. A "
+              "cursor from another list or order is an INVALID_CURSOR error."),
+    "last": (f"Page size, paging backward from the end or from `before`: 0 to "
+             f"{MAX_PAGE_SIZE}. Giving both `first` and `last` is an error (INVALID)."),
+    "before": ("Keyset cursor (an edge's `cursor`, `pageInfo.startCursor`): the page ends "
+               "before that record; alone, it pages backward with the default size. A "
+               "cursor from another list or order is an INVALID_CURSOR error."),
+    "filter": ("Only the records meeting every condition given; without it, every record "
+               "the viewer may see."),
+    "orderBy": ("Sort keys, the first deciding first; `id` breaks ties. Without it, the "
+                "field's default order."),
+}
+
 
 
 @dataclass(frozen=True, slots=True)

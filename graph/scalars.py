@@ -66,7 +66,8 @@ SCALARS: dict[object, Any] = {
     datetime: strawberry.scalar(
         name="DateTime",
         description="An instant, ISO 8601 in UTC to the millisecond "
-                    "(2026-11-24T15:04:05.123Z); given with any offset, it is read in UTC",
+                    "(2026-11-24T15:04:05.123Z). One sent in needs an offset (Z or +01:00) "
+                    "and is read in UTC.",
         # One format for every instant (QA s17: six digits, none when the milliseconds
         # were 0, and "+00:00" while the CSV export wrote ".000Z").
         serialize=rfc3339,

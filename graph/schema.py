@@ -7,20 +7,32 @@ from collections.abc import Sequence
 from typing import Any
 
 import strawberry
-from graphql import GraphQLError
+from graphql import (
+    GraphQLEnumType,
+    GraphQLError,
+    GraphQLObjectType,
+    GraphQLSchema,
+    get_named_type,
+)
 from strawberry.schema.config import StrawberryConfig
 from strawberry.types.execution import ExecutionContext
 
 from graph import lean
+from graph.enums import VALUE_DESCRIPTIONS
 from graph.executor import LeanExecutionContext
-from graph.mutation import Mutation
+from graph.mutation import INPUT_ARGUMENT, Mutation
 from graph.nodes import NODE_BY_KIND
 from graph.pipeline import RequestPipeline
 from graph.query import Query
+from graph.relay import CONNECTION_ARGUMENTS
 from graph.scalars import SCALARS
 from graph.subscription import Subscription
 
 log = logging.getLogger("chargegraph.graph")
+
+#: What the ``filter`` of every subscription does (``describe_shared_arguments``).
+EVENT_FILTER = ("Only the events meeting every condition given; without it, every event "
+                "the viewer may see.")
 
 
 class Schema(strawberry.Schema):
@@ -48,7 +60,37 @@ def build_schema(extra_extensions: Sequence[Any] = ()) -> strawberry.Schema:
         config=StrawberryConfig(scalar_map=SCALARS),
     )
     lean.install(built)
+    describe_shared_arguments(built._schema)
     return built
+
+
+def describe_shared_arguments(schema: GraphQLSchema) -> None:
+    """Describe the arguments declared alike in many resolvers, where a resolver gave no
+    description of its own: the paging, ``filter`` and ``orderBy`` arguments of every
+    field returning a connection (``graph.relay.CONNECTION_ARGUMENTS``), the ``input``
+    of every mutation (``graph.mutation.INPUT_ARGUMENT``) and the ``filter`` of every
+    subscription (``EVENT_FILTER``); and the values of the domain's enums
+    (``graph.enums.VALUE_DESCRIPTIONS``). Only descriptions change."""
+    for graphql_type in schema.type_map.values():
+        if isinstance(graphql_type, GraphQLEnumType):
+            for name, value in graphql_type.values.items():
+                text = VALUE_DESCRIPTIONS.get(graphql_type.name, {}).get(name)
+                if value.description is None and text is not None:
+                    value.description = text
+        if not isinstance(graphql_type, GraphQLObjectType) \
+                or graphql_type.name.startswith("__"):
+            continue
+        for field in graphql_type.fields.values():
+            shared: dict[str, str] = {}
+            if get_named_type(field.type).name.endswith("Connection"):
+                shared = CONNECTION_ARGUMENTS
+            elif graphql_type is schema.mutation_type:
+                shared = {"input": INPUT_ARGUMENT}
+            elif graphql_type is schema.subscription_type:
+                shared = {"filter": EVENT_FILTER}
+            for name, argument in field.args.items():
+                if argument.description is None and name in shared:
+                    argument.description = shared[name]
 
 
 schema = build_schema()

@@ -6,7 +6,7 @@ none) and the mutations that keep sites and put stations behind them."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import strawberry
 
@@ -201,7 +201,9 @@ class SiteQuery:
                                               before=before))
 
     @strawberry.field(description="A site by id; null when missing or hidden.")
-    async def site(self, info: Info, id: strawberry.ID) -> Site | None:
+    async def site(self, info: Info, id: Annotated[strawberry.ID, strawberry.argument(
+            description="The site's global id (INVALID_ID if it is no site's id).")]
+                   ) -> Site | None:
         ctx = _ctx(info)
         try:
             record_id = expect_id(str(id), "site", "id")

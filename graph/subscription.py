@@ -50,8 +50,10 @@ class SessionChange(Enum):
 
 @strawberry.input(description="Narrow a station feed; all the viewer may see if left out.")
 class StationEventFilter:
-    cp_ids: list[str] | None = None
-    station_ids: list[strawberry.ID] | None = None
+    cp_ids: list[str] | None = strawberry.field(default=None, description=(
+        "Only events of these chargers (OCPP identities)."))
+    station_ids: list[strawberry.ID] | None = strawberry.field(default=None, description=(
+        "Only events of these stations (global ids)."))
 
     def accepts(self) -> Callable[[Any], bool]:
         cp_ids = set(self.cp_ids) if self.cp_ids is not None else None
@@ -65,20 +67,23 @@ class StationEventFilter:
         return accept
 
 
-@strawberry.input
+@strawberry.input(description="Narrow the session feed; all the viewer may see if left out.")
 class SessionEventFilter:
     session_id: strawberry.ID | None = strawberry.field(default=None, description=(
         "Follow one session: the subscription completes after its ENDED event, and at once "
         "when it is over already (or not the viewer's)."))
-    cp_id: str | None = None
+    cp_id: str | None = strawberry.field(default=None, description=(
+        "Only sessions on this charger (OCPP identity)."))
     mine: bool | None = strawberry.field(default=None,
                                          description="Only the viewer's own sessions.")
 
 
-@strawberry.input
+@strawberry.input(description="Narrow the command feed; all the viewer may see if left out.")
 class CommandEventFilter:
-    cp_id: str | None = None
-    command_id: strawberry.ID | None = None
+    cp_id: str | None = strawberry.field(default=None, description=(
+        "Only commands to this charger (OCPP identity)."))
+    command_id: strawberry.ID | None = strawberry.field(default=None, description=(
+        "Only this command's answer (the `commandId` its mutation returned)."))
 
 
 async def _record(info: Info, entity: type[Any], node: Any, record_id: str) -> Any:
@@ -96,24 +101,35 @@ async def _station(info: Info, station_id: str | None) -> Station | None:
     return Station.wrap(record, ctx) if record else None
 
 
+_DROPPED = "Events this subscriber missed right before this one (it fell behind)."
+_CP_ID = "The charger's OCPP identity."
+_CONNECTOR_ID = "OCPP connector id; 0 is the charge point as a whole."
+_STATION = "The station as it reads now; null if the viewer may not see it."
+
+
 @strawberry.type(description="A connector changed status (the live availability map).")
 class ConnectorStatusEvent:
-    cp_id: str
-    connector_id: int
-    status: ConnectorStatus
-    error_code: str
-    info: str | None
-    at: datetime
+    cp_id: str = strawberry.field(description=_CP_ID)
+    connector_id: int = strawberry.field(description=_CONNECTOR_ID)
+    status: ConnectorStatus = strawberry.field(description="The status reported.")
+    error_code: str = strawberry.field(description="OCPP ChargePointErrorCode, `NoError` "
+                                                   "when healthy.")
+    info: str | None = strawberry.field(description="The charger's free-text detail.")
+    at: datetime = strawberry.field(description=(
+        "When the status began, by the charger's timestamp (else its clock's now), UTC: "
+        "the connector's (for connector 0 the station's) `statusAt` from now on. An event "
+        "older than the `statusAt` a client holds is stale."))
     dropped_before: int = strawberry.field(
         description="Events this subscriber missed right before this one (it fell behind).")
     _e: strawberry.Private[ConnectorStatusChanged]
 
-    @strawberry.field
+    @strawberry.field(description="The station's global id; null for a charger with none.")
     def station_id(self) -> strawberry.ID | None:
         return strawberry.ID(to_global_id("station", self._e.station_id)) \
             if self._e.station_id else None
 
-    @strawberry.field
+    @strawberry.field(description=("The connector as it reads now; null for connector 0 "
+                                   "or when the viewer may not see it."))
     async def connector(self, info: Info) -> Connector | None:
         if self._e.connector_record_id is None:
             return None
@@ -121,59 +137,61 @@ class ConnectorStatusEvent:
         record = await ctx.loaders.by_id(d.Connector).load(self._e.connector_record_id)
         return Connector.wrap(record, ctx) if record else None
 
-    @strawberry.field
+    @strawberry.field(description=_STATION)
     async def station(self, info: Info) -> Station | None:
         return await _station(info, self._e.station_id)
 
 
 @strawberry.type(description="A charger connected or disconnected.")
 class StationConnectionEvent:
-    cp_id: str
-    online: bool
-    at: datetime
-    dropped_before: int
+    cp_id: str = strawberry.field(description=_CP_ID)
+    online: bool = strawberry.field(description="Whether it is connected now.")
+    at: datetime = strawberry.field(description="When we saw it connect or disconnect, UTC.")
+    dropped_before: int = strawberry.field(description=_DROPPED)
     _e: strawberry.Private[StationConnectionChanged]
 
-    @strawberry.field
+    @strawberry.field(description=_STATION)
     async def station(self, info: Info) -> Station | None:
         return await _station(info, self._e.station_id)
 
 
 @strawberry.type(description="A session started, progressed (throttled) or ended.")
 class SessionEvent:
-    change: SessionChange
-    transaction_id: int
-    cp_id: str
-    connector_id: int
-    state: SessionState
+    change: SessionChange = strawberry.field(description="What happened.")
+    transaction_id: int = strawberry.field(description="The OCPP transactionId.")
+    cp_id: str = strawberry.field(description=_CP_ID)
+    connector_id: int = strawberry.field(description=_CONNECTOR_ID)
+    state: SessionState = strawberry.field(description="The session's state after it.")
     energy_kwh: float = strawberry.field(description="Energy delivered so far.")
-    power_kw: float | None
-    at: datetime
-    dropped_before: int
+    power_kw: float | None = strawberry.field(description=(
+        "Power last metered, in kW; null when the charger reports none."))
+    at: datetime = strawberry.field(description="When the session record changed, UTC.")
+    dropped_before: int = strawberry.field(description=_DROPPED)
     _e: strawberry.Private[SessionChanged]
 
-    @strawberry.field
+    @strawberry.field(description="The session's global id.")
     def session_id(self) -> strawberry.ID:
         return strawberry.ID(to_global_id("session", self._e.session_id))
 
-    @strawberry.field
+    @strawberry.field(description="The session as it reads now; null if hidden.")
     async def session(self, info: Info) -> Session | None:
         return await _record(info, d.Session, Session, self._e.session_id)
 
 
 @strawberry.type(description="A connector reported an error code other than NoError.")
 class FaultEvent:
-    cp_id: str
-    connector_id: int
-    error_code: str
-    status: ConnectorStatus
-    info: str | None
-    vendor_error_code: str | None
-    at: datetime
-    dropped_before: int
+    cp_id: str = strawberry.field(description=_CP_ID)
+    connector_id: int = strawberry.field(description=_CONNECTOR_ID)
+    error_code: str = strawberry.field(description="OCPP ChargePointErrorCode.")
+    status: ConnectorStatus = strawberry.field(description="The status reported with it.")
+    info: str | None = strawberry.field(description="The charger's free-text detail.")
+    vendor_error_code: str | None = strawberry.field(description="The vendor's own code.")
+    at: datetime = strawberry.field(description=(
+        "When it was reported, by the charger's timestamp (else its clock's now), UTC."))
+    dropped_before: int = strawberry.field(description=_DROPPED)
     _e: strawberry.Private[FaultReported]
 
-    @strawberry.field
+    @strawberry.field(description=_STATION)
     async def station(self, info: Info) -> Station | None:
         return await _station(info, self._e.station_id)
 
@@ -187,17 +205,17 @@ class MaintenanceKind(Enum):
 @strawberry.type(description="A charger's progress with a firmware update or a "
                              "diagnostics upload (Firmware/DiagnosticsStatusNotification).")
 class MaintenanceEvent:
-    cp_id: str
-    kind: MaintenanceKind
+    cp_id: str = strawberry.field(description=_CP_ID)
+    kind: MaintenanceKind = strawberry.field(description="Firmware update or diagnostics.")
     status: str = strawberry.field(description="As OCPP 1.6 spells it: Downloading, "
                                                "Downloaded, Installing, Installed, "
                                                "DownloadFailed, InstallationFailed; "
                                                "Uploading, Uploaded, UploadFailed; Idle.")
-    at: datetime
-    dropped_before: int
+    at: datetime = strawberry.field(description="When it was reported, UTC.")
+    dropped_before: int = strawberry.field(description=_DROPPED)
     _e: strawberry.Private[MaintenanceStatusChanged]
 
-    @strawberry.field
+    @strawberry.field(description=_STATION)
     async def station(self, info: Info) -> Station | None:
         return await _station(info, self._e.station_id)
 
@@ -206,32 +224,35 @@ class MaintenanceEvent:
                                "expired.")
 class ReservationEvent:
     reservation_id: int = strawberry.field(description="The OCPP reservationId.")
-    cp_id: str
-    connector_id: int
-    state: ReservationState
-    at: datetime
-    dropped_before: int
+    cp_id: str = strawberry.field(description=_CP_ID)
+    connector_id: int = strawberry.field(description=_CONNECTOR_ID)
+    state: ReservationState = strawberry.field(description="Its state after the change.")
+    at: datetime = strawberry.field(description="When it changed, UTC.")
+    dropped_before: int = strawberry.field(description=_DROPPED)
     _e: strawberry.Private[ReservationChanged]
 
-    @strawberry.field
+    @strawberry.field(description="The reservation as it reads now; null if hidden.")
     async def reservation(self, info: Info) -> Reservation | None:
         return await _record(info, d.Reservation, Reservation, self._e.reservation_record_id)
 
-    @strawberry.field
+    @strawberry.field(description=_STATION)
     async def station(self, info: Info) -> Station | None:
         return await _station(info, self._e.station_id)
 
 
 @strawberry.type(description="A command reached its charger, or failed to.")
 class CommandEvent:
-    command_id: strawberry.ID
-    action: str
-    cp_id: str
+    command_id: strawberry.ID = strawberry.field(description=(
+        "The `commandId` the command's mutation returned."))
+    action: str = strawberry.field(description="The OCPP action, e.g. Reset.")
+    cp_id: str = strawberry.field(description=_CP_ID)
     status: str | None = strawberry.field(description="The charger's answer, OCPP spelling.")
-    error_code: str | None
+    error_code: str | None = strawberry.field(description=(
+        "Why it failed, e.g. CHARGER_OFFLINE, CHARGER_TIMEOUT or CHARGER_REJECTED; null "
+        "when it did not."))
     requested_by: str = strawberry.field(description="User id of who asked, or `system`.")
-    at: datetime
-    dropped_before: int
+    at: datetime = strawberry.field(description="When it completed, UTC.")
+    dropped_before: int = strawberry.field(description=_DROPPED)
 
     @strawberry.field(description="Who asked for it, if the viewer may see them (a console "
                                   "names them without another request).")
@@ -375,7 +396,10 @@ def _command(e: CommandCompleted, dropped: int) -> CommandEvent:
                         requested_by=e.requested_by, at=e.at, dropped_before=dropped)
 
 
-@strawberry.type
+@strawberry.type(description=(
+    "Live events over a websocket on /graphql (graphql-transport-ws), each filtered by "
+    "what the viewer may see. Signed out, only the map's feeds (connector status, "
+    "station connection) and only when the public map is on."))
 class Subscription:
     # The resolvers are plain functions returning a LiveFeed (an async iterator): errors
     # such as an anonymous viewer or a malformed filter id surface when the subscription

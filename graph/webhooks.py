@@ -178,7 +178,9 @@ class WebhookMutation:
         return CreateWebhookPayload(webhook=Webhook.wrap(created.webhook, ctx),
                                     secret=created.secret, errors=[])
 
-    @strawberry.mutation
+    @strawberry.mutation(description=(
+        "Change what is given. Enabling it again (`active`) clears its failures and why "
+        "it was disabled, and makes it the enabler's."))
     async def update_webhook(self, info: Info, input: UpdateWebhookInput) -> WebhookPayload:
         ctx = _ctx(info)
 
