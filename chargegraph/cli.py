@@ -25,6 +25,7 @@ from chargegraph.runtime import tune_garbage_collector
 from chargegraph.settings import Settings, problems
 from chargegraph.signals import cancelled_by_signals
 from chargegraph.startup import StartupFailed, starting
+from chargegraph.stores import database_location, sqlite_path
 
 if TYPE_CHECKING:
     from chargegraph.demo import DemoSummary
@@ -167,6 +168,11 @@ def serve(host: HostOpt = None, port: PortOpt = None, ocpp_port: OcppPortOpt = N
     server.run()
 
 
+#: Said after create-user's line when the SQLite file it wrote did not exist before.
+NEW_DATABASE = (" (a new database, created now: if you meant an existing one, set "
+                "CHARGEGRAPH_DATABASE_URL to it, e.g. sqlite:////srv/chargegraph.db)")
+
+
 @app.command("create-user")
 def create_user(
     email: Annotated[str, typer.Option()],
@@ -189,6 +195,8 @@ def create_user(
         from chargegraph.stores import started_store
         from domain.policy import SYSTEM
 
+        database = sqlite_path(settings.database_url)
+        fresh = database is not None and not database.exists()
         async with started_store(settings.database_url) as store:
             services = build_services(settings, store, Argon2Hasher())
             company_id = None
@@ -197,7 +205,12 @@ def create_user(
             user = await services.accounts.create_user(
                 SYSTEM, email=email, password=password, name=name or email.split("@")[0],
                 role=Role(role.value.upper()), company_id=company_id)
-            return user.id
+        # On stderr: stdout is only the id, for scripts. Run from another folder, the
+        # default relative URL makes a new, empty database there, which `serve` started
+        # elsewhere never reads: naming it, and saying it is new, shows the mistake.
+        typer.echo(f"user written to {database_location(settings.database_url)}"
+                   + (NEW_DATABASE if fresh else ""), err=True)
+        return user.id
 
     try:
         with _plain_failures():

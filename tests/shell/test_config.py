@@ -12,7 +12,12 @@ from chargegraph.errors import ConfigError
 from chargegraph.secrets import resolve_jwt_secret
 from chargegraph.security import Argon2Hasher
 from chargegraph.settings import Settings, problems
-from chargegraph.stores import open_store, remove_sqlite_database, sqlite_path
+from chargegraph.stores import (
+    database_location,
+    open_store,
+    remove_sqlite_database,
+    sqlite_path,
+)
 from store.mongo import MongoStore
 from store.sqlite import SqliteStore
 
@@ -103,6 +108,20 @@ def test_sqlite_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = open_store("sqlite:///nested/dir/a.db")  # relative to the working directory
     assert isinstance(store, SqliteStore) and (tmp_path / "nested" / "dir").is_dir()
     assert isinstance(open_store(f"sqlite:///{tmp_path}/b.db"), SqliteStore)  # absolute
+
+
+def test_the_database_is_named_by_absolute_path_or_url_without_credentials(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """How create-user and the ready line name the database (QA, onboarding): the file a
+    relative URL means here, a MongoDB URL without user, password or options."""
+    monkeypatch.chdir(tmp_path)
+    assert database_location("sqlite:///data/../cg.db") == f"SQLite {tmp_path.resolve()}/cg.db"
+    assert database_location("sqlite:////var/lib/cg.db") == "SQLite /var/lib/cg.db"
+    assert database_location(
+        "mongodb://app:s3cret@m1:27017,m2:27017/cg?tlsCertificateKeyFilePassword=pw"
+    ) == "MongoDB mongodb://m1:27017,m2:27017/cg"
+    assert database_location("mongodb+srv://app:s3cret@cluster.example.net/cg"
+                             ) == "MongoDB mongodb+srv://cluster.example.net/cg"
 
 
 async def test_mongodb_urls() -> None:
