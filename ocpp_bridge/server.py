@@ -46,6 +46,8 @@ log = logging.getLogger("chargegraph.ocpp")
 
 SUBPROTOCOL = "ocpp1.6"
 SUBPROTOCOL_HEADER = "Sec-WebSocket-Protocol"
+#: The 404's body for a cpId with no station (the simulator tells it from a wrong path).
+UNKNOWN_CHARGE_POINT = "unknown charge point"
 #: How much of the subprotocols a refused charger offered the log line shows.
 SHOWN_OFFER = 100
 #: The largest frame read (websockets closes with 1009 beyond it). A StopTransaction's
@@ -342,8 +344,8 @@ class OcppServer:
         peer = self._peer(connection, request)
         station = await self.charging.station_for_connection(cp_id)
         if station is None:
-            self.refusals.note(cp_id, peer, "unknown charge point")
-            return connection.respond(HTTPStatus.NOT_FOUND, "unknown charge point\n")
+            self.refusals.note(cp_id, peer, UNKNOWN_CHARGE_POINT)
+            return connection.respond(HTTPStatus.NOT_FOUND, f"{UNKNOWN_CHARGE_POINT}\n")
         if station.auth_password_hash is None:
             return None  # security profile 0: the operator chose no password
         credentials = basic_credentials(request.headers.get("Authorization"))
