@@ -335,7 +335,7 @@ async def _serve_demo(settings: Settings, server: uvicorn.Server, summary: DemoS
         while not server.started:  # noqa: ASYNC110 - uvicorn offers no "listening" event
             await asyncio.sleep(0.1)
         typer.echo(banner(summary, f"http://{settings.host}:{settings.port}/graphql",
-                          ocpp_url))
+                          ocpp_url, chargers=chargers))
         if chargers:
             await run_fleet(FleetPlan(url=ocpp_url, cp_ids=summary.cp_ids,
                                       password=STATION_PASSWORD, id_tags=summary.id_tags,
