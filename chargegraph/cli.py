@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 import sys
@@ -22,7 +23,7 @@ from chargegraph import __version__, logs
 from chargegraph.errors import ConfigError
 from chargegraph.listening import listening_sockets
 from chargegraph.runtime import tune_garbage_collector
-from chargegraph.settings import Settings, problems
+from chargegraph.settings import ENV_FILE, Settings, environment_warnings, problems
 from chargegraph.signals import cancelled_by_signals
 from chargegraph.startup import StartupFailed, starting
 from chargegraph.stores import database_location, sqlite_path
@@ -55,6 +56,10 @@ class RoleName(StrEnum):
 
 def _logging(settings: Settings) -> None:
     logs.configure(settings.log_level)
+    # Settings ignores CHARGEGRAPH_* names it does not know: a misspelt one would change
+    # nothing without a word.
+    for warning in environment_warnings(os.environ, ENV_FILE):
+        logging.getLogger("chargegraph").warning("%s", warning)
 
 
 #: What `serve` exits with when the lifespan fails (uvicorn's STARTUP_FAILURE); the other
