@@ -29,7 +29,13 @@ from chargegraph.secrets import resolve_jwt_secret
 from chargegraph.security import Argon2Hasher
 from chargegraph.settings import Settings
 from chargegraph.startup import PlainStartupFailures, starting
-from chargegraph.stores import check_database_url, sqlite_path, started_store, store_label
+from chargegraph.stores import (
+    check_database_url,
+    database_location,
+    sqlite_path,
+    started_store,
+    store_label,
+)
 from chargegraph.tls import ocpp_ssl_context
 from chargegraph.webhooks import WebhookDispatcher
 from domain.policy import Policy
@@ -225,8 +231,10 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
             await stack.enter_async_context(housekeeping.every(
                 housekeeping.RESERVATION_SWEEP_S, services.commands.expire_reservations,
                 "reservation-expiry"))
-            log.info("ChargeGraph ready: GraphQL on http://%s:%d/graphql", settings.host,
-                     settings.port)
+            # The database by absolute path: a relative SQLite URL started from another
+            # folder serves another (new, empty) database, which its users see first.
+            log.info("ChargeGraph ready: GraphQL on http://%s:%d/graphql, database %s",
+                     settings.host, settings.port, database_location(settings.database_url))
             try:
                 yield
             finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 import sys
@@ -22,9 +23,10 @@ from chargegraph import __version__, logs
 from chargegraph.errors import ConfigError
 from chargegraph.listening import listening_sockets
 from chargegraph.runtime import tune_garbage_collector
-from chargegraph.settings import Settings, problems
+from chargegraph.settings import ENV_FILE, Settings, environment_warnings, problems
 from chargegraph.signals import cancelled_by_signals
 from chargegraph.startup import StartupFailed, starting
+from chargegraph.stores import database_location, sqlite_path
 
 if TYPE_CHECKING:
     from chargegraph.demo import DemoSummary
@@ -54,6 +56,10 @@ class RoleName(StrEnum):
 
 def _logging(settings: Settings) -> None:
     logs.configure(settings.log_level)
+    # Settings ignores CHARGEGRAPH_* names it does not know: a misspelt one would change
+    # nothing without a word.
+    for warning in environment_warnings(os.environ, ENV_FILE):
+        logging.getLogger("chargegraph").warning("%s", warning)
 
 
 #: What `serve` exits with when the lifespan fails (uvicorn's STARTUP_FAILURE); the other
@@ -167,6 +173,11 @@ def serve(host: HostOpt = None, port: PortOpt = None, ocpp_port: OcppPortOpt = N
     server.run()
 
 
+#: Said after create-user's line when the SQLite file it wrote did not exist before.
+NEW_DATABASE = (" (a new database, created now: if you meant an existing one, set "
+                "CHARGEGRAPH_DATABASE_URL to it, e.g. sqlite:////srv/chargegraph.db)")
+
+
 @app.command("create-user")
 def create_user(
     email: Annotated[str, typer.Option()],
@@ -189,6 +200,8 @@ def create_user(
         from chargegraph.stores import started_store
         from domain.policy import SYSTEM
 
+        database = sqlite_path(settings.database_url)
+        fresh = database is not None and not database.exists()
         async with started_store(settings.database_url) as store:
             services = build_services(settings, store, Argon2Hasher())
             company_id = None
@@ -197,7 +210,12 @@ def create_user(
             user = await services.accounts.create_user(
                 SYSTEM, email=email, password=password, name=name or email.split("@")[0],
                 role=Role(role.value.upper()), company_id=company_id)
-            return user.id
+        # On stderr: stdout is only the id, for scripts. Run from another folder, the
+        # default relative URL makes a new, empty database there, which `serve` started
+        # elsewhere never reads: naming it, and saying it is new, shows the mistake.
+        typer.echo(f"user written to {database_location(settings.database_url)}"
+                   + (NEW_DATABASE if fresh else ""), err=True)
+        return user.id
 
     try:
         with _plain_failures():
@@ -322,7 +340,7 @@ async def _serve_demo(settings: Settings, server: uvicorn.Server, summary: DemoS
         while not server.started:  # noqa: ASYNC110 - uvicorn offers no "listening" event
             await asyncio.sleep(0.1)
         typer.echo(banner(summary, f"http://{settings.host}:{settings.port}/graphql",
-                          ocpp_url))
+                          ocpp_url, chargers=chargers))
         if chargers:
             await run_fleet(FleetPlan(url=ocpp_url, cp_ids=summary.cp_ids,
                                       password=STATION_PASSWORD, id_tags=summary.id_tags,

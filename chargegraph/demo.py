@@ -153,13 +153,18 @@ async def _user(services: Services, email: str, name: str, role: d.Role,
         company_id=company_id)
 
 
-def banner(summary: DemoSummary, graphql_url: str, ocpp_url: str) -> str:
+def banner(summary: DemoSummary, graphql_url: str, ocpp_url: str, *,
+           chargers: bool = True) -> str:
+    """The box the demo prints once it serves; ``chargers``: whether it runs simulated
+    chargers (``--no-chargers`` runs none, and the box must not promise eight)."""
+    simulated = (f"{len(summary.cp_ids)} ({', '.join(summary.cp_ids[:3])}, …)" if chargers
+                 else "none (--no-chargers)")
     lines = [
         "ChargeGraph demo",
         "",
         f"GraphQL + GraphiQL  {graphql_url}",
         f"OCPP 1.6J           {ocpp_url}/{{cpId}}",
-        f"Simulated chargers  {len(summary.cp_ids)} ({', '.join(summary.cp_ids[:3])}, …)",
+        f"Simulated chargers  {simulated}",
         "",
         "Logins (mutation { login(email, password) { token } }):",
         *(f"  {role:<9} {email:<34} {password}" for role, email, password in summary.logins),

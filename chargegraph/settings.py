@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Literal, get_args
 from urllib.parse import urlsplit
@@ -13,6 +15,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from chargegraph.stores import sqlite_path
 
 ENV_PREFIX = "CHARGEGRAPH_"
+#: Read from the working directory, after the environment.
+ENV_FILE = Path(".env")
 
 #: Python's level names. uvicorn's extra TRACE is left out on purpose: at TRACE it logs
 #: every request and response body, passwords and tokens included.
@@ -20,7 +24,7 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=".env",
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=ENV_FILE,
                                       extra="ignore")
 
     database_url: str = Field("sqlite:///chargegraph.db",
@@ -207,6 +211,57 @@ def _origin(entry: str) -> str:
             raise ValueError(usage) from None
     return f"{scheme}://{host}" + ("" if port in (None, _DEFAULT_PORTS[scheme])
                                    else f":{port}")
+
+
+#: CHARGEGRAPH_* variables the project itself reads outside Settings (the test suite's
+#: MongoDB server, CI's demand that the Redis tests run): set on purpose, not misspelt.
+NOT_SETTINGS = frozenset({"CHARGEGRAPH_TEST_MONGODB_URL", "CHARGEGRAPH_REQUIRE_REDIS"})
+
+
+def unknown_variables(sources: Mapping[str, Iterable[str]]) -> list[str]:
+    """A warning per ``CHARGEGRAPH_*`` name that is no setting (pydantic-settings ignores
+    those, so a public map setting spelt with an extra S left the map private without a
+    word), suggesting the closest setting. ``sources``: where the names were found ("the
+    environment", ".env") → the names."""
+    settings = {name.upper(): name for name in Settings.model_fields}
+    warnings = []
+    for where, names in sources.items():
+        for name in sorted({name.upper() for name in names}):
+            if not name.startswith(ENV_PREFIX) or name in NOT_SETTINGS \
+                    or name.removeprefix(ENV_PREFIX) in settings:
+                continue
+            closest = _closest_setting(name.removeprefix(ENV_PREFIX), list(settings))
+            hint = f": did you mean {ENV_PREFIX}{closest}?" if closest else ""
+            warnings.append(f"{name} (in {where}) is not a setting and is ignored{hint}")
+    return warnings
+
+
+def _closest_setting(given: str, settings: list[str]) -> str | None:
+    """The setting ``given`` most likely means: the closest by difflib's ratio, else one
+    it abbreviates (its letters in order, from the first: ``DB`` for ``DATABASE_URL``),
+    the shortest of those. Compared without the prefix, which every name shares and
+    which would make short settings look closest to everything."""
+    close = difflib.get_close_matches(given, settings, n=1, cutoff=0.6)
+    if close:
+        return close[0]
+    abbreviated = [name for name in settings
+                   if given[:1] == name[:1] and _in_order(given, name)]
+    return min(abbreviated, key=len) if abbreviated else None
+
+
+def _in_order(letters: str, word: str) -> bool:
+    rest = iter(word)
+    return all(letter in rest for letter in letters)  # consumes ``rest`` as it goes
+
+
+def environment_warnings(environ: Mapping[str, str], env_file: Path) -> list[str]:
+    """``unknown_variables`` of the process's environment and its ``.env`` file."""
+    sources: dict[str, Iterable[str]] = {"the environment": environ}
+    if env_file.is_file():
+        from dotenv import dotenv_values
+
+        sources[str(env_file)] = dotenv_values(env_file)
+    return unknown_variables(sources)
 
 
 def problems(error: ValidationError) -> list[str]:

@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit, urlunsplit
 
 from chargegraph.errors import ConfigError
 from chargegraph.startup import starting
@@ -48,6 +49,20 @@ def open_store(database_url: str) -> Store:
     from store.mongo import MongoStore
 
     return MongoStore.connect(database_url)  # type: ignore[no-any-return]
+
+
+def database_location(database_url: str) -> str:
+    """Which database a URL names, for a person checking it is the one they meant: a
+    SQLite file by its absolute path (``sqlite:///chargegraph.db`` is relative to the
+    working directory, so a command run from another folder opens, or makes, another
+    database), a MongoDB URL without its user, password and options (an option may hold
+    a secret, such as a TLS key's password)."""
+    path = sqlite_path(database_url)
+    if path is not None:
+        return f"SQLite {path.resolve()}"
+    parts = urlsplit(database_url)
+    hosts = parts.netloc.rpartition("@")[2]
+    return f"MongoDB {urlunsplit((parts.scheme, hosts, parts.path, '', ''))}"
 
 
 def store_label(database_url: str) -> str:

@@ -47,7 +47,7 @@ from domain.events import DomainEvent
 from domain.ids import is_id
 from domain.ports import Change, Delete, WebhookAttempt
 from domain.services import Services
-from domain.services.webhooks import public_address, webhook_event
+from domain.services.webhooks import ALLOW_PRIVATE, public_address, webhook_event
 from domain.wire import rfc3339
 from graph.ids import to_global_id
 
@@ -411,7 +411,8 @@ class WebhookDispatcher:
         if not self.allow_private and not all(public_address(a) for a in addresses):
             # Every address, not only the first: a name with one public and one internal
             # address would otherwise be a way in.
-            raise Refused(f"{host} resolves to a loopback, private or reserved address")
+            raise Refused(f"{host} resolves to a loopback, private or reserved address"
+                          f"{ALLOW_PRIVATE}")
         return addresses[0]
 
 

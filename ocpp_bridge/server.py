@@ -45,6 +45,11 @@ from ocpp_bridge.peers import TrustedProxies
 log = logging.getLogger("chargegraph.ocpp")
 
 SUBPROTOCOL = "ocpp1.6"
+SUBPROTOCOL_HEADER = "Sec-WebSocket-Protocol"
+#: The 404's body for a cpId with no station (the simulator tells it from a wrong path).
+UNKNOWN_CHARGE_POINT = "unknown charge point"
+#: How much of the subprotocols a refused charger offered the log line shows.
+SHOWN_OFFER = 100
 #: The largest frame read (websockets closes with 1009 beyond it). A StopTransaction's
 #: transactionData grows with the session: 12 h of one-minute samples of five measurands
 #: is 450 KB, and a charger refused with 1009 retries the same frame forever, so the
@@ -336,13 +341,11 @@ class OcppServer:
         cp_id = cp_id_from_path(request.path)
         if cp_id is None:
             return connection.respond(HTTPStatus.NOT_FOUND, "use /ocpp/{chargePointId}\n")
-        peer = self.proxies.client(
-            connection.remote_address[0] if connection.remote_address else "",
-            request.headers.get("X-Forwarded-For"))
+        peer = self._peer(connection, request)
         station = await self.charging.station_for_connection(cp_id)
         if station is None:
-            self.refusals.note(cp_id, peer, "unknown charge point")
-            return connection.respond(HTTPStatus.NOT_FOUND, "unknown charge point\n")
+            self.refusals.note(cp_id, peer, UNKNOWN_CHARGE_POINT)
+            return connection.respond(HTTPStatus.NOT_FOUND, f"{UNKNOWN_CHARGE_POINT}\n")
         if station.auth_password_hash is None:
             return None  # security profile 0: the operator chose no password
         credentials = basic_credentials(request.headers.get("Authorization"))
@@ -360,6 +363,28 @@ class OcppServer:
             response.headers["WWW-Authenticate"] = REALM
             return response
         return None
+
+    def _peer(self, connection: ServerConnection, request: Request) -> str:
+        """The charger's address: behind a trusted proxy, from its X-Forwarded-For."""
+        return self.proxies.client(
+            connection.remote_address[0] if connection.remote_address else "",
+            request.headers.get("X-Forwarded-For"))
+
+    def _note_wrong_subprotocol(self, ws: ServerConnection) -> None:
+        """Logs a charger refused for not offering ``ocpp1.6`` (one speaking OCPP 2.0.1
+        only, or a client offering none) as the other refusals are, naming what it
+        offered: otherwise the operator sees nothing while it is closed with 1002."""
+        request = ws.request
+        if request is None:  # not reached: the handler runs after a handshake
+            return
+        offered = [name.strip() for header in request.headers.get_all(SUBPROTOCOL_HEADER)
+                   for name in header.split(",") if name.strip()]
+        shown = ", ".join(offered) or "none"
+        if len(shown) > SHOWN_OFFER:  # a header of any length must not make a long line
+            shown = shown[:SHOWN_OFFER] + "…"
+        self.refusals.note(cp_id_from_path(request.path) or "", self._peer(ws, request),
+                           f"it does not offer the subprotocol {SUBPROTOCOL} "
+                           f"(offered: {shown})")
 
     async def _password_ok(self, station: Any, password: str, peer: str = ""
                            ) -> bool | None:
@@ -405,6 +430,7 @@ class OcppServer:
     # ------------------------------------------------------------- connection
     async def _connection(self, ws: ServerConnection) -> None:
         if ws.subprotocol != SUBPROTOCOL:
+            self._note_wrong_subprotocol(ws)
             await ws.close(1002, "subprotocol ocpp1.6 required")
             return
         cp_id = cp_id_from_path(ws.request.path if ws.request else "") or ""
@@ -455,9 +481,10 @@ class OcppServer:
 
 
 class RefusalLog:
-    """Logs refused handshakes (unknown cpId, bad credentials) so an operator can see why
-    a charger does not connect, at most once a minute per charge point and reason: a
-    charger retrying every few seconds, or a scan of made-up ids, must not flood the log.
+    """Logs refused handshakes (unknown cpId, bad credentials, no ``ocpp1.6`` offered) so
+    an operator can see why a charger does not connect, at most once a minute per charge
+    point and reason: a charger retrying every few seconds, or a scan of made-up ids,
+    must not flood the log.
     Never the credentials themselves."""
 
     EVERY_S = 60.0

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import partial
+from http import HTTPStatus
 from typing import Any
 
 from ocpp.routing import after, on
@@ -24,7 +25,9 @@ from ocpp.v16 import ChargePoint, call
 from ocpp.v16 import call_result as result
 from ocpp.v16.enums import Action
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from ocpp_bridge.server import UNKNOWN_CHARGE_POINT
 
 log = logging.getLogger("chargegraph.simulator")
 wire_log = logging.getLogger("chargegraph.simulator.wire")
@@ -795,7 +798,7 @@ async def run_station(plan: FleetPlan, cp_id: str, stop: asyncio.Event) -> None:
                     await _station_life(cp, plan, stop, receiving, sessions)
             except Exception as exc:  # refused, lost, unanswered: a real charger retries
                 delay = delays.next()
-                log.warning("%s: %s, reconnecting in %.1f s", cp_id, _why(exc), delay)
+                log.warning("%s, reconnecting in %.1f s", _why(cp_id, plan.url, exc), delay)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=delay)
     finally:
@@ -804,8 +807,22 @@ async def run_station(plan: FleetPlan, cp_id: str, stop: asyncio.Event) -> None:
         _left_behind(cp)
 
 
-def _why(error: Exception) -> str:
-    return str(error) if isinstance(error, Disconnected) else repr(error)
+def _why(cp_id: str, url: str, error: Exception) -> str:
+    """Why a connection attempt failed, in words a person can act on. A refused handshake
+    is retried like any failure (the station may be created, or its password set, while
+    the simulator runs), but said plainly: its repr was a ``Response(...)`` dump."""
+    if isinstance(error, InvalidStatus):
+        status, body = error.response.status_code, error.response.body or b""
+        if status == HTTPStatus.NOT_FOUND and body.startswith(UNKNOWN_CHARGE_POINT.encode()):
+            return (f"{cp_id} is not known to the server: create it (createStation) or set "
+                    "CHARGEGRAPH_AUTO_REGISTER=true")
+        if status == HTTPStatus.NOT_FOUND:
+            return f"{cp_id}: no OCPP endpoint at {url} (HTTP 404): use ws://host:port/ocpp"
+        if status == HTTPStatus.UNAUTHORIZED:
+            return (f"{cp_id}: the server refused its credentials (HTTP 401): --password "
+                    "must be the station's password")
+        return f"{cp_id}: the server refused the connection (HTTP {status})"
+    return f"{cp_id}: {error}" if isinstance(error, Disconnected) else f"{cp_id}: {error!r}"
 
 
 @contextlib.asynccontextmanager

@@ -171,6 +171,12 @@ def webhook_url(value: str | None, *, allow_private: bool, field: str = "url") -
     return url
 
 
+#: Said with every refused address: the deployment can allow them, and a newcomer
+#: trying a receiver on localhost should not have to search for how.
+ALLOW_PRIVATE = (" (a receiver on this machine or a private network needs the service "
+                 "setting CHARGEGRAPH_WEBHOOKS_ALLOW_PRIVATE=true)")
+
+
 def _refuse_private_host(host: str, field: str) -> None:
     """Refuses hosts that name this machine or a private network (server-side request
     forgery: a webhook would let anyone who may create one probe the internal network
@@ -182,17 +188,17 @@ def _refuse_private_host(host: str, field: str) -> None:
     if address is not None:
         if not public_address(address):
             raise ValidationError("a loopback, private or reserved address: deliveries "
-                                  "go to public addresses only", field=field,
-                                  code="FORBIDDEN_ADDRESS")
+                                  f"go to public addresses only{ALLOW_PRIVATE}",
+                                  field=field, code="FORBIDDEN_ADDRESS")
         return
     lowered = host.lower()
     if _NUMERIC_HOST.match(lowered):
         # 2130706433, 0x7f.1, 127.1: spellings of an address resolvers accept.
-        raise ValidationError("write an IP address in its usual form", field=field,
-                              code="FORBIDDEN_ADDRESS")
-    if lowered == "localhost" or lowered.endswith((".localhost", ".local", ".internal")):
-        raise ValidationError("a local name: deliveries go to public addresses only",
+        raise ValidationError(f"write an IP address in its usual form{ALLOW_PRIVATE}",
                               field=field, code="FORBIDDEN_ADDRESS")
+    if lowered == "localhost" or lowered.endswith((".localhost", ".local", ".internal")):
+        raise ValidationError("a local name: deliveries go to public addresses only"
+                              f"{ALLOW_PRIVATE}", field=field, code="FORBIDDEN_ADDRESS")
 
 
 def webhook_events(values: Sequence[str] | None, field: str = "events") -> list[str]:

@@ -18,8 +18,10 @@ Two connections to one WAL database file:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
+import os
 import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -231,6 +233,16 @@ def _apply_batch(conn: sqlite3.Connection, statements: list[_Statement]) -> None
         raise
 
 
+def create_private(path: str) -> None:
+    """Creates a missing database file empty (a valid SQLite database) with mode 0600,
+    before SQLite opens it: SQLite would create it with 0644 under the usual umask, and
+    it holds password hashes and webhook secrets (``backup`` writes 0600 for the same
+    reason). SQLite gives the ``-wal`` and ``-shm`` files the main file's mode. A file
+    that exists keeps the mode its admin gave it."""
+    with contextlib.suppress(FileExistsError):  # there already, or made meanwhile
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
 class SqliteStore:
     """The Store port on one SQLite file (``path``), in WAL mode.
 
@@ -257,6 +269,7 @@ class SqliteStore:
     async def start(self) -> None:
         if self._writer is not None:
             return
+        create_private(self.path)
         migrator = await self._connect()
         try:
             # Persistent in the file; only the first start actually switches the mode.

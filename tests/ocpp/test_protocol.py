@@ -186,6 +186,31 @@ async def test_subprotocol_required(central: Central) -> None:
     assert err.value.rcvd is not None and err.value.rcvd.code == 1002
 
 
+async def test_a_charger_without_the_subprotocol_is_logged_once_a_minute(
+        central: Central, caplog: pytest.LogCaptureFixture) -> None:
+    """QA (onboarding): closed 1002 with nothing in the log, while unknown cpIds and bad
+    credentials are logged. Logged the same way, naming what the charger offered."""
+    caplog.set_level(logging.INFO, "chargegraph.ocpp")
+
+    async def closed(offered: list[str] | None) -> None:
+        ws = await connect(f"{central.url}/CP-1", subprotocols=offered,  # type: ignore[arg-type]
+                           additional_headers=basic_auth("CP-1", STATION_PASSWORD))
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 5)
+
+    for _ in range(3):  # a charger retrying: one line a minute
+        await closed(["ocpp2.0.1"])
+    await closed(None)
+    refused = [r.getMessage() for r in caplog.records
+               if r.name == "chargegraph.ocpp" and r.levelno == logging.INFO
+               and r.getMessage().startswith("refused")]
+    assert refused == [
+        "refused charge point 'CP-1' from 127.0.0.1: it does not offer the subprotocol "
+        "ocpp1.6 (offered: ocpp2.0.1)",
+        "refused charge point 'CP-1' from 127.0.0.1: it does not offer the subprotocol "
+        "ocpp1.6 (offered: none)"]
+
+
 async def test_auto_registration_makes_pending_station(tmp_path: Path) -> None:
     central = await start_central(tmp_path / "auto.db", auto_register=True)
     try:

@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
 from collections import deque
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from ocpp.v16 import call
 
 from domain import entities as d
@@ -305,3 +307,40 @@ async def test_the_simulator_keeps_reservations_and_site_limits(central: Central
     registers = [m.value for m in await central.store.find_all(d.MeterSample, Eq(
         "measurand", "Energy.Active.Import.Register"))]
     assert registers == [7_900.0] == [session.meter_stop_wh]  # whole Wh, as the stop
+
+
+async def test_a_refused_handshake_is_said_plainly_and_retried(
+        central: Central, caplog: pytest.LogCaptureFixture) -> None:
+    """QA (onboarding): `simulate` against a server without its stations logged a raw
+    ``InvalidStatus(Response(...))`` at every retry. A station the server does not know,
+    a wrong password and a wrong path are each one plain line, and retried at the
+    backoff (the station may be created meanwhile)."""
+    caplog.set_level(logging.WARNING, "chargegraph.simulator")
+    root = central.url.removesuffix("/ocpp")
+    cases = [(central.url, "SIM-0001", None,
+              "SIM-0001 is not known to the server: create it (createStation) or set "
+              "CHARGEGRAPH_AUTO_REGISTER=true"),
+             (central.url, "CP-1", "not-the-password",
+              "CP-1: the server refused its credentials (HTTP 401): --password must be the "
+              "station's password"),
+             (f"{root}/ocpp/x/y", "CP-1", STATION_PASSWORD,
+              f"CP-1: no OCPP endpoint at {root}/ocpp/x/y (HTTP 404): use "
+              "ws://host:port/ocpp")]
+    for url, cp_id, password, said in cases:
+        caplog.clear()
+        plan = FleetPlan(url=url, cp_ids=[cp_id], password=password,
+                         reconnect_s=(0.01, 0.02))
+        stop = asyncio.Event()
+        station = asyncio.create_task(run_station(plan, cp_id, stop))
+
+        async def retried() -> bool:
+            return len(caplog.records) >= 2
+
+        try:
+            await until(retried)
+        finally:
+            stop.set()
+            await station
+        lines = [record.getMessage() for record in caplog.records]
+        assert all(line.startswith(f"{said}, reconnecting in ") for line in lines), lines
+        assert "Response(" not in caplog.text

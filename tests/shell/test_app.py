@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,19 @@ def test_healthz_and_graphql_through_the_app(tmp_path: Path) -> None:
     assert (tmp_path / "app.db").exists()
     # The generated secret lives beside the SQLite file by default.
     assert (tmp_path / ".chargegraph" / "jwt_secret").exists()
+
+
+def test_the_ready_line_names_the_database(tmp_path: Path,
+                                          caplog: pytest.LogCaptureFixture) -> None:
+    """QA (onboarding): a `serve` started from another folder than create-user serves
+    another database; the ready line says which, by absolute path."""
+    with caplog.at_level(logging.INFO, logger="chargegraph"), \
+            TestClient(create_app(settings_for(tmp_path), hasher=Argon2Hasher.fast())):
+        pass
+    ready = [r.getMessage() for r in caplog.records
+             if r.getMessage().startswith("ChargeGraph ready")]
+    assert ready == ["ChargeGraph ready: GraphQL on http://127.0.0.1:8000/graphql, "
+                     f"database SQLite {tmp_path.resolve()}/app.db"]
 
 
 def test_healthz_says_when_events_do_not_reach_the_other_instances(

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from chargegraph.cli import NEW_DATABASE
 from chargegraph.cli import app as cli
 from graph import export_sdl
 from tests.shell.guards import never_serve, never_simulate
@@ -51,6 +52,26 @@ def test_create_user(runner: CliRunner, tmp_path: Path) -> None:
                              "--name", "Olga"])
     assert op.exit_code == 0, op.output
     assert re.fullmatch(r"[0-9a-f]{24}\n", op.stdout)
+
+
+def test_create_user_names_the_database_it_wrote_to(runner: CliRunner, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """QA (onboarding): run from another folder, the default relative URL made a new,
+    empty database there without a word, and the admin could not sign in to `serve`. The
+    database is named on stderr by absolute path (stdout stays the id), and a new one is
+    said to be new."""
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    monkeypatch.setenv("CHARGEGRAPH_DATABASE_URL", "sqlite:///chargegraph.db")
+    database = (tmp_path / "elsewhere").resolve() / "chargegraph.db"
+    args = ["--password", PASSWORD, "--role", "admin"]
+    first = runner.invoke(cli, ["create-user", "--email", "a@example.com", *args])
+    assert first.exit_code == 0, first.output
+    assert re.fullmatch(r"[0-9a-f]{24}\n", first.stdout)
+    assert first.stderr.splitlines()[-1] == f"user written to SQLite {database}{NEW_DATABASE}"
+    second = runner.invoke(cli, ["create-user", "--email", "b@example.com", *args])
+    assert second.exit_code == 0, second.output
+    assert second.stderr.splitlines()[-1] == f"user written to SQLite {database}"
 
 
 def test_create_user_twice_is_an_error(runner: CliRunner) -> None:

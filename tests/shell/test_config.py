@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -11,8 +13,13 @@ import pytest
 from chargegraph.errors import ConfigError
 from chargegraph.secrets import resolve_jwt_secret
 from chargegraph.security import Argon2Hasher
-from chargegraph.settings import Settings, problems
-from chargegraph.stores import open_store, remove_sqlite_database, sqlite_path
+from chargegraph.settings import Settings, problems, unknown_variables
+from chargegraph.stores import (
+    database_location,
+    open_store,
+    remove_sqlite_database,
+    sqlite_path,
+)
 from store.mongo import MongoStore
 from store.sqlite import SqliteStore
 
@@ -103,6 +110,20 @@ def test_sqlite_urls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = open_store("sqlite:///nested/dir/a.db")  # relative to the working directory
     assert isinstance(store, SqliteStore) and (tmp_path / "nested" / "dir").is_dir()
     assert isinstance(open_store(f"sqlite:///{tmp_path}/b.db"), SqliteStore)  # absolute
+
+
+def test_the_database_is_named_by_absolute_path_or_url_without_credentials(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """How create-user and the ready line name the database (QA, onboarding): the file a
+    relative URL means here, a MongoDB URL without user, password or options."""
+    monkeypatch.chdir(tmp_path)
+    assert database_location("sqlite:///data/../cg.db") == f"SQLite {tmp_path.resolve()}/cg.db"
+    assert database_location("sqlite:////var/lib/cg.db") == "SQLite /var/lib/cg.db"
+    assert database_location(
+        "mongodb://app:s3cret@m1:27017,m2:27017/cg?tlsCertificateKeyFilePassword=pw"
+    ) == "MongoDB mongodb://m1:27017,m2:27017/cg"
+    assert database_location("mongodb+srv://app:s3cret@cluster.example.net/cg"
+                             ) == "MongoDB mongodb+srv://cluster.example.net/cg"
 
 
 async def test_mongodb_urls() -> None:
@@ -198,3 +219,59 @@ def test_sensible_durations_are_kept(monkeypatch: pytest.MonkeyPatch, tmp_path: 
             settings.command_timeout, settings.instance_lease_seconds) == (1, 86400, 0.5, 1)
     monkeypatch.setenv("CHARGEGRAPH_INSTANCE_LEASE_SECONDS", "3600")
     assert Settings().instance_lease_seconds == 3600
+
+
+def test_misspelt_variables_are_named_with_the_closest_setting() -> None:
+    """QA (onboarding): CHARGEGRAPH_DB or CHARGEGRAPH_PUBLIC_MAPS changed nothing, without
+    a word. Each CHARGEGRAPH_* name that is no setting is a warning, with a suggestion
+    when one is close; settings (in any case) and the project's own variables are not."""
+    warnings = unknown_variables({
+        "the environment": ["CHARGEGRAPH_DB", "CHARGEGRAPH_PUBLIC_MAPS", "CHARGEGRAPH_PORT",
+                            "chargegraph_log_level", "CHARGEGRAPH_REQUIRE_REDIS",
+                            "CHARGEGRAPH_TEST_MONGODB_URL", "PATH", "CHARGEGRAPH_ZZZ"],
+        ".env": ["CHARGEGRAPH_OCPP_HOSTNAME", "CHARGEGRAPH_HOST"]})
+    assert warnings == [
+        "CHARGEGRAPH_DB (in the environment) is not a setting and is ignored: did you mean "
+        "CHARGEGRAPH_DATABASE_URL?",
+        "CHARGEGRAPH_PUBLIC_MAPS (in the environment) is not a setting and is ignored: did "
+        "you mean CHARGEGRAPH_PUBLIC_MAP?",
+        "CHARGEGRAPH_ZZZ (in the environment) is not a setting and is ignored",
+        "CHARGEGRAPH_OCPP_HOSTNAME (in .env) is not a setting and is ignored: did you mean "
+        "CHARGEGRAPH_OCPP_HOST?"]
+
+
+def test_every_variable_the_project_sets_is_known() -> None:
+    """The code, CI and container files name no CHARGEGRAPH_* variable the start-up check
+    would call misspelt (a new one read outside Settings belongs in NOT_SETTINGS)."""
+    root = Path(__file__).resolve().parents[2]
+    files = [path for pattern in ("**/*.py", ".ci/*", "scripts/*", "Dockerfile",
+                                  "docker-compose.yml") for path in root.glob(pattern)
+             if path.is_file() and ".venv" not in path.parts
+             and path != Path(__file__).resolve()]
+    names = {name for path in files
+             for name in re.findall(r"CHARGEGRAPH_[A-Z0-9_]*[A-Z0-9]", path.read_text())}
+    assert "CHARGEGRAPH_REQUIRE_REDIS" in names and "CHARGEGRAPH_DATABASE_URL" in names
+    assert unknown_variables({"the repository": names}) == []
+
+
+def test_the_cli_warns_of_misspelt_variables_at_start(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    from typer.testing import CliRunner
+
+    from chargegraph.cli import app as cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CHARGEGRAPH_DATABASE_URL", f"sqlite:///{tmp_path}/cli.db")
+    monkeypatch.setenv("CHARGEGRAPH_PUBLIC_MAPS", "true")
+    (tmp_path / ".env").write_text("CHARGEGRAPH_DB=sqlite:///other.db\n")
+    made = CliRunner().invoke(cli, ["create-user", "--email", "a@example.com", "--password",
+                                    "long enough password", "--role", "admin"])
+    assert made.exit_code == 0, made.output
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING
+              and "is not a setting" in r.getMessage()]
+    assert warned == [
+        "CHARGEGRAPH_PUBLIC_MAPS (in the environment) is not a setting and is ignored: did "
+        "you mean CHARGEGRAPH_PUBLIC_MAP?",
+        "CHARGEGRAPH_DB (in .env) is not a setting and is ignored: did you mean "
+        "CHARGEGRAPH_DATABASE_URL?"]

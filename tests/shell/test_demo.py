@@ -91,6 +91,16 @@ def test_banner_is_a_box_with_every_login() -> None:
     assert text.count(DEMO_PASSWORD) == 6
 
 
+def test_the_banner_promises_no_chargers_without_them() -> None:
+    """QA (onboarding): `demo --no-chargers` still said "Simulated chargers 8 (...)"."""
+    url, ocpp = "http://127.0.0.1:8000/graphql", "ws://127.0.0.1:9000/ocpp"
+    running = banner(seed_summary(), url, ocpp)
+    assert "| Simulated chargers  4 (A, B, C, …)" in running
+    without = banner(seed_summary(), url, ocpp, chargers=False)
+    assert "| Simulated chargers  none (--no-chargers)" in without
+    assert "(A, B, C" not in without
+
+
 def seed_summary() -> DemoSummary:
     from chargegraph.demo import COMPANIES, DRIVERS
 

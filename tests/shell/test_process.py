@@ -84,6 +84,9 @@ def test_serve_answers_and_stops_gracefully(launch: list[subprocess.Popen[str]],
     secret = tmp_path / "data" / ".chargegraph" / "jwt_secret"
     assert (tmp_path / "data" / "svc.db").exists()
     assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    # The database holds password hashes too; the ready line says which one it is.
+    assert stat.S_IMODE((tmp_path / "data" / "svc.db").stat().st_mode) == 0o600
+    assert f"database SQLite {(tmp_path / 'data').resolve()}/svc.db" in stderr
     assert "WARNING" in stderr and str(secret) in stderr
     assert secret.read_text() not in stderr
 
@@ -104,6 +107,7 @@ def test_demo_seeds_serves_and_stops(launch: list[subprocess.Popen[str]],
     first_admin = admin_id(url)
     stdout, _ = stop(process)
     assert f"{url}/graphql" in stdout and "chargegraph-demo" in stdout
+    assert "Simulated chargers  none (--no-chargers)" in stdout
     # A second start keeps the world it finds.
     process, url = start(launch, tmp_path, "demo", "--no-chargers")
     assert admin_id(url) == first_admin

@@ -107,6 +107,33 @@ async def test_data_and_counters_survive_close_and_reopen(db_path: str) -> None:
         await second.close()
 
 
+async def test_a_new_database_file_is_private_and_an_existing_one_keeps_its_mode(
+        tmp_path: Path) -> None:
+    """QA (onboarding): the live file was created 0644 under umask 022, readable by every
+    local user, though it holds password hashes and webhook secrets. A new file (and so
+    its -wal and -shm files, which SQLite gives the main file's mode) is 0600; a file an
+    admin set up keeps the mode they gave it."""
+    old_umask = os.umask(0o022)
+    try:
+        fresh = SqliteStore(str(tmp_path / "fresh.db"))
+        await fresh.start()
+        try:
+            await fresh.write([Insert(company(name="Written"))], [])
+            for name in ("fresh.db", "fresh.db-wal", "fresh.db-shm"):
+                assert (tmp_path / name).stat().st_mode & 0o777 == 0o600, name
+        finally:
+            await fresh.close()
+        shared = tmp_path / "shared.db"
+        shared.touch()
+        shared.chmod(0o640)
+        existing = SqliteStore(str(shared))
+        await existing.start()
+        await existing.close()
+        assert shared.stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(old_umask)
+
+
 async def test_wal_normal_sync_and_busy_timeout(store: SqliteStore, db_path: str) -> None:
     assert raw(db_path, "PRAGMA journal_mode") == [("wal",)]
     assert store._reader is not None and store._writer is not None

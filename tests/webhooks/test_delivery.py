@@ -348,7 +348,9 @@ async def test_a_name_resolving_to_a_private_address_is_not_posted_to(world: Wor
     refused = await world.stored(webhook)
     assert refused.last_status is None and refused.consecutive_failures == 1
     assert refused.last_error == "localhost resolves to a loopback, private or reserved " \
-                                 "address"
+                                 "address (a receiver on this machine or a private network " \
+                                 "needs the service setting " \
+                                 "CHARGEGRAPH_WEBHOOKS_ALLOW_PRIVATE=true)"
 
 
 async def test_an_event_published_before_a_webhook_existed_is_not_delivered(

@@ -56,6 +56,10 @@ def test_urls_that_could_reach_inside_or_leak_are_refused(url: str) -> None:
     with pytest.raises(DomainError) as refused:
         webhook_url(url, allow_private=False)
     assert (refused.value.field, refused.value.code) == ("url", REFUSED[url])
+    if REFUSED[url] == "FORBIDDEN_ADDRESS":
+        # QA (onboarding): the refusal did not say the deployment can allow such a
+        # receiver, nor how.
+        assert "CHARGEGRAPH_WEBHOOKS_ALLOW_PRIVATE=true" in refused.value.message
 
 
 @pytest.mark.parametrize("url", ["https://hooks.example.com/in?src=cg",
