@@ -61,6 +61,11 @@ class ChargerCallError(ChargerError):
     "not done", unlike an answer we could not read."""
 
 
+class ChargerNotSupported(ChargerCallError):
+    """The charger's CALLERROR was NotSupported or NotImplemented: it cannot do this at
+    all, as opposed to failing this once (InternalError: try again)."""
+
+
 class ChargerOffline(ChargerError):
     code = "CHARGER_OFFLINE"
 

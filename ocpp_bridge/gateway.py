@@ -131,9 +131,8 @@ class OcppGateway:
         except ChargerBusy as exc:
             raise ChargerBusy(f"{action} was not sent: {cp_id} was busy with other commands "
                               f"for {timeout:g}s") from exc
-        except ChargerCallError as exc:
-            raise ChargerCallError(f"{cp_id} answered {action} with {exc.message}"
-                                   ) from exc
+        except ChargerCallError as exc:  # NotSupported stays NotSupported
+            raise type(exc)(f"{cp_id} answered {action} with {exc.message}") from exc
         except ChargerError as exc:
             raise ChargerError(f"{cp_id} answered {action} with a malformed frame: "
                                f"{exc.message}") from exc

@@ -41,6 +41,7 @@ from domain.errors import (
     ChargerBusy,
     ChargerCallError,
     ChargerError,
+    ChargerNotSupported,
     ChargerOffline,
     ChargerTimeout,
     DomainError,
@@ -103,6 +104,10 @@ def id_tag_info(info: IdTagInfo) -> Payload:
 #: messages say is in 1.6's words (the spec's own misspelling included).
 OCPP16_SPELLING = {"FormatViolation": "FormationViolation",
                    "OccurrenceConstraintViolation": "OccurenceConstraintViolation"}
+
+#: CALLERROR codes by which a charger says it cannot do a request at all
+#: (``ChargerNotSupported``), not that it failed this time.
+CANNOT_DO = frozenset({"NotSupported", "NotImplemented"})
 
 
 async def _check_outgoing(request: Any, unique_id: str) -> None:
@@ -211,7 +216,8 @@ class ChargePointHandler(ChargePoint):
             raise ChargerOffline(f"{self.id} went offline") from exc
         except OCPPError as exc:
             if answered_with_error:
-                raise ChargerCallError(f"{exc.code}: {exc.description}") from exc
+                failure = ChargerNotSupported if exc.code in CANNOT_DO else ChargerCallError
+                raise failure(f"{exc.code}: {exc.description}") from exc
             code = OCPP16_SPELLING.get(exc.code, exc.code)
             raise ChargerError(f"an answer that breaks the 1.6 schema ({code}: "
                                f"{exc.description})") from exc

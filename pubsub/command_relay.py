@@ -48,6 +48,7 @@ from domain.errors import (
     ChargerBusy,
     ChargerCallError,
     ChargerError,
+    ChargerNotSupported,
     ChargerOffline,
     ChargerRejected,
     ChargerTimeout,
@@ -78,7 +79,8 @@ PROGRESS_SHARE = 1 / 3
 #: Errors that cross the wire as themselves (by class name, with their code, message and
 #: field); any other arrives as a ChargerError with the same code.
 _ERRORS: dict[str, type[DomainError]] = {
-    cls.__name__: cls for cls in (ChargerError, ChargerCallError, ChargerOffline,
+    cls.__name__: cls for cls in (ChargerError, ChargerCallError, ChargerNotSupported,
+                                  ChargerOffline,
                                   ChargerTimeout, ChargerBusy, ChargerRejected,
                                   ValidationError)
 }

@@ -41,7 +41,7 @@ from domain.entities import (
     Station,
 )
 from domain.errors import (
-    ChargerCallError,
+    ChargerNotSupported,
     ChargerOffline,
     ChargerRejected,
     ChargerTimeout,
@@ -176,9 +176,9 @@ def answer_of(outcome: CommandOutcome) -> LimitAnswer:
         return LimitAnswer.TIMEOUT
     if isinstance(error, ChargerOffline):
         return LimitAnswer.OFFLINE
-    if isinstance(error, ChargerCallError):  # NotSupported, NotImplemented: it said no
+    if isinstance(error, ChargerNotSupported):  # NotSupported, NotImplemented: it said no
         return LimitAnswer.NOT_SUPPORTED
-    return LimitAnswer.ERROR
+    return LimitAnswer.ERROR  # another CALLERROR (InternalError…), an unreadable answer
 
 
 class SiteLoad(Service):

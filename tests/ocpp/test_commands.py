@@ -1441,3 +1441,33 @@ async def test_a_handed_over_stations_charging_is_stopped_by_who_runs_it(central
         assert new["errors"] == [] and new["status"] == "ACCEPTED", new
         await settle()
         assert [name for name, _ in cp.received] == ["RemoteStopTransaction"]
+
+
+@pytest.mark.parametrize("relayed", [False, True], ids=["direct", "relayed"])
+async def test_a_charger_that_cannot_do_a_request_is_told_from_one_that_failed(
+        tmp_path: Path, relayed: bool) -> None:
+    """A CALLERROR NotSupported or NotImplemented (it cannot do this at all) arrives as
+    ``ChargerNotSupported``, directly and relayed; InternalError (failed this once) as a
+    plain ``ChargerCallError``. Site load showed InternalError as NOT_SUPPORTED (QA s17)."""
+    from domain.errors import ChargerCallError, ChargerNotSupported
+    from domain.services.site_load import answer_of
+
+    central = await start_central(tmp_path / "c.db", command_timeout=0.5, relayed=relayed)
+    await seed(central)
+    try:
+        async with scripted_charger(central) as charger:
+            answers = {}
+            for code in ("NotSupported", "NotImplemented", "InternalError"):
+                charger.answers.append(("error", code))
+                outcome = await central.services.commands.send(
+                    SYSTEM, "CP-1", "ClearCache", {})
+                answers[code] = outcome
+        for code in ("NotSupported", "NotImplemented"):
+            assert isinstance(answers[code].error, ChargerNotSupported), code
+            assert answer_of(answers[code]) is d.LimitAnswer.NOT_SUPPORTED
+        failed = answers["InternalError"].error
+        assert isinstance(failed, ChargerCallError)
+        assert not isinstance(failed, ChargerNotSupported)
+        assert answer_of(answers["InternalError"]) is d.LimitAnswer.ERROR
+    finally:
+        await stop_central(central)

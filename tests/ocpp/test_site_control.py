@@ -18,7 +18,7 @@ import pytest
 
 from domain.clock import utcnow
 from domain.entities import LimitAnswer, Site, SiteAllocation, Station
-from domain.errors import ChargerCallError, ChargerRejected, ChargerTimeout
+from domain.errors import ChargerNotSupported, ChargerRejected, ChargerTimeout
 from domain.policy import SYSTEM, Viewer
 from domain.ports import Delete
 from domain.query import Eq
@@ -48,7 +48,7 @@ class Chargers:
         if action == "GetConfiguration":
             self.asked_config.append(cp_id)
             if self.behaviour.get((cp_id, 0)) == "no-config":
-                outcome.error = ChargerCallError("NotImplemented")
+                outcome.error = ChargerNotSupported("NotImplemented")
                 return outcome
             outcome.result = {"configurationKey": [
                 {"key": "ChargeProfileMaxStackLevel", "value": "8", "readonly": True}]}
@@ -69,7 +69,7 @@ class Chargers:
                 outcome.error = ChargerRejected("the charger answered Rejected")
                 return outcome
             case "unsupported":
-                outcome.error = ChargerCallError("NotSupported")
+                outcome.error = ChargerNotSupported("NotSupported")
                 return outcome
             case "silent":  # it took it, or not: the worst is the higher
                 self.applied[plug] = max(self.applied.get(plug, limit), limit)
