@@ -93,7 +93,7 @@ from domain.services.metering import (
     samples_of,
     signed_values_of,
 )
-from domain.services.reboot_checks import RebootChecks
+from domain.services.reboot_checks import RebootChecks, reported_available_since
 from domain.services.stations import connector_in_range
 from domain.services.tariffs import TariffService
 from domain.tariff_bands import session_split
@@ -402,7 +402,37 @@ class ChargingService(Service):
             except Conflict:
                 continue
             self.clocks.connected(cp_id, at)
+            await self._resume_reboot_checks(station)
             return Connected(at, number)
+
+    async def _resume_reboot_checks(self, station: Station) -> None:
+        """Arms again the reboot checks (``RebootChecks``) that the station's stored state
+        calls for and this process does not hold: a connector reported Available since
+        the charger's last boot with a session still open there from before it. Its
+        check was pending in a process that stopped (a restart within the grace), and
+        the charger, connected again, will not report the connector again. Called by
+        the instance that holds the charger's connection; the close is guarded (only a
+        session still ACTIVE), so another instance's check racing it closes nothing
+        twice."""
+        booted = station.booted_at
+        if booted is None:
+            return
+        actor = charger(station.cp_id).actor
+        reported = [plug for plug in await self.store.find_all(
+            Connector, Eq("station_id", station.id), limit=100)
+            if reported_available_since(plug, booted, actor)]
+        if not reported:
+            return
+        lost = await self.store.find_all(Session, all_of(
+            Eq("cp_id", station.cp_id),
+            In("connector_id", tuple(plug.connector_id for plug in reported)),
+            Eq("state", SessionState.ACTIVE), Range("created_at", lt=booted)),
+            limit=MAX_OPEN_PER_CONNECTOR * len(reported))
+        now = self.now()
+        for plug in reported:
+            if any(s.connector_id == plug.connector_id for s in lost):
+                self.reboot_checks.schedule(station.cp_id, plug.connector_id, booted,
+                                            reported_at=plug.updated_at, now=now)
 
     async def disconnect(self, cp_id: str, *, number: int | None = None,
                          instance: str | None = None) -> datetime | None:
