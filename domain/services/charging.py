@@ -95,7 +95,8 @@ from domain.services.metering import (
     signed_values_of,
     sound,
 )
-from domain.services.reboot_checks import RebootChecks
+from domain.services.payments import repriced
+from domain.services.reboot_checks import RebootChecks, reported_available_since
 from domain.services.stations import connector_in_range
 from domain.services.tariffs import TariffService
 from domain.tariff_bands import session_split
@@ -176,6 +177,28 @@ def awaits_stop(session: Session) -> bool:
     """A transaction the charger flushed late, after a newer one had started on its
     connector: ended before that one began, its stop still to come."""
     return session.state is SessionState.COMPLETED and session.stop_reason is None
+
+
+#: The stop reason of a session closed without its StopTransaction (as lost, or by an
+#: operator's endSession): OCPP's catch-all.
+CLOSED_WITHOUT_STOP = "Other"
+
+
+def closed_without_stop(session: Session) -> bool:
+    """A session the CSMS closed without its StopTransaction: as lost (a newer start on
+    its connector, ``_open_session``; the grace after its charger's reboot,
+    ``_close_lost_at_reboot``) or by an operator (``end_session``). Those closes alone
+    write no meterStop (a StopTransaction always carries one) and give the reason
+    ``CLOSED_WITHOUT_STOP``. Its stop, should it come after all, corrects the close."""
+    return session.state is SessionState.COMPLETED and session.meter_stop_wh is None \
+        and session.stop_reason == CLOSED_WITHOUT_STOP
+
+
+def stoppable(session: Session) -> bool:
+    """Whether a StopTransaction closes (or corrects) ``session``: open, awaiting its
+    stop, or closed without it. Otherwise the stop is a repeated one."""
+    return session.state is SessionState.ACTIVE or awaits_stop(session) \
+        or closed_without_stop(session)
 
 
 def _unknown(cp_id: str) -> ValidationError:
@@ -404,7 +427,37 @@ class ChargingService(Service):
             except Conflict:
                 continue
             self.clocks.connected(cp_id, at)
+            await self._resume_reboot_checks(station)
             return Connected(at, number)
+
+    async def _resume_reboot_checks(self, station: Station) -> None:
+        """Arms again the reboot checks (``RebootChecks``) that the station's stored state
+        calls for and this process does not hold: a connector reported Available since
+        the charger's last boot with a session still open there from before it. Its
+        check was pending in a process that stopped (a restart within the grace), and
+        the charger, connected again, will not report the connector again. Called by
+        the instance that holds the charger's connection; the close is guarded (only a
+        session still ACTIVE), so another instance's check racing it closes nothing
+        twice."""
+        booted = station.booted_at
+        if booted is None:
+            return
+        actor = charger(station.cp_id).actor
+        reported = [plug for plug in await self.store.find_all(
+            Connector, Eq("station_id", station.id), limit=100)
+            if reported_available_since(plug, booted, actor)]
+        if not reported:
+            return
+        lost = await self.store.find_all(Session, all_of(
+            Eq("cp_id", station.cp_id),
+            In("connector_id", tuple(plug.connector_id for plug in reported)),
+            Eq("state", SessionState.ACTIVE), Range("created_at", lt=booted)),
+            limit=MAX_OPEN_PER_CONNECTOR * len(reported))
+        now = self.now()
+        for plug in reported:
+            if any(s.connector_id == plug.connector_id for s in lost):
+                self.reboot_checks.schedule(station.cp_id, plug.connector_id, booted,
+                                            reported_at=plug.updated_at, now=now)
 
     async def disconnect(self, cp_id: str, *, number: int | None = None,
                          instance: str | None = None) -> datetime | None:
@@ -662,8 +715,8 @@ class ChargingService(Service):
         recorded before the reboot, lost its StopTransaction with the reboot, and is
         closed as a lost stop is (energy as metered, reason ``Other``), ending at the
         reboot. Left open, it held its driver's card everywhere (``ConcurrentTx``) until
-        an operator ended it. A stop the charger sends later still is answered as a
-        repeated stop."""
+        an operator ended it. A stop the charger sends later still corrects the close
+        (``closed_without_stop``)."""
         station = await self.station(cp_id)
         if station is None or station.booted_at != booted:
             return  # removed, or booted again since: that boot's check decides
@@ -677,7 +730,8 @@ class ChargingService(Service):
         actor = charger(station.cp_id)
         for session in lost:
             end = lost_end(session, booted, booted + MAX_CLOCK_AHEAD)
-            closed, changes = await self._close(station, session, None, end, "Other", actor)
+            closed, changes = await self._close(station, session, None, end,
+                                                CLOSED_WITHOUT_STOP, actor)
             try:
                 await self.commit(actor, changes)
             except Conflict:
@@ -860,7 +914,8 @@ class ChargingService(Service):
         for stale in (s for s in open_here if s not in newer):
             closed, closing = await self._close(
                 station, stale, None, lost_end(stale, station.booted_at,
-                                               min(start, self.now())), "Other", actor)
+                                               min(start, self.now())),
+                CLOSED_WITHOUT_STOP, actor)
             changes += closing
             ended.append(closed)
         used = None
@@ -974,7 +1029,9 @@ class ChargingService(Service):
                                readings: list[MeterReading] | None = None
                                ) -> IdTagInfo | None:
         """Closes the session, prices it with the tariff in force at its start and opens a
-        PENDING payment. A repeated stop changes nothing."""
+        PENDING payment. A repeated stop changes nothing. The stop of a session closed
+        without it (``closed_without_stop``: as lost, or by an operator) corrects that
+        close (``_stop``)."""
         v.meter_register(meter_stop, "meterStop")
         end = v.instant(as_utc(timestamp), "timestamp")
         station = await self._require_station(cp_id)
@@ -983,26 +1040,54 @@ class ChargingService(Service):
         info = await self.authorize(cp_id, id_tag) if id_tag else None
         if info is not None and info.status == "ConcurrentTx":
             info = IdTagInfo("Accepted", info.expiry_date, info.parent_id_tag)
-        session = await self.store.find_one(Session, Eq("transaction_id", transaction_id))
-        if session is not None and session.cp_id != cp_id:
-            session = None
-        rated_kw = MAX_BELIEVABLE_KW if session is None \
-            else await self._rated_kw(station, session.connector_id)
-        count = register_count(session, rated_kw)
-        samples = samples_of(station, session.connector_id if session else 0,
-                             transaction_id, session, readings or [], count)
+        readings = readings or []
+        session = await self._transaction(cp_id, transaction_id)
         # The stop's signed meter values (its transactionData: the record of the whole
         # transaction a customer is handed) are evidence as sent, whatever the close
         # makes of the numbers: written first, on their own, idempotent if it is sent
         # again.
         await self.telemetry.write([InsertIfAbsent(s) for s in signed_values_of(
             station, session.connector_id if session else 0, transaction_id, session,
-            readings or [])])
-        if session is None or (session.state is SessionState.COMPLETED
-                               and not awaits_stop(session)):
-            if samples:
-                await self.store.write([InsertIfAbsent(s) for s in samples], [])
+            readings)])
+        for _ in range(END_ATTEMPTS):
+            if session is None or not stoppable(session):
+                break
+            try:
+                closed = await self._stop(station, session, meter_stop, end, reason,
+                                          readings)
+            except Conflict:
+                # Changed meanwhile: closed by its other copy (answered as a repeated
+                # stop), by an operator's endSession (corrected, as any close without
+                # its stop), or written by a meter value: read again.
+                session = await self._transaction(cp_id, transaction_id)
+                continue
+            await self._announce_end(station, closed)
             return info
+        # A repeated stop (or one whose session kept changing under it): its meter values
+        # are kept as history, adding no energy (no increments) to a session closed.
+        kept = samples_of(station, session.connector_id if session else 0, transaction_id,
+                          session, readings)
+        if kept:
+            await self.store.write([InsertIfAbsent(s) for s in kept], [])
+        return info
+
+    async def _transaction(self, cp_id: str, transaction_id: int) -> Session | None:
+        """The charger's session of ``transaction_id`` (another charger's is none)."""
+        session = await self.store.find_one(Session, Eq("transaction_id", transaction_id))
+        return session if session is not None and session.cp_id == cp_id else None
+
+    async def _stop(self, station: Station, session: Session, meter_stop: int,
+                    end: datetime, reason: str | None, readings: list[MeterReading]
+                    ) -> Session:
+        """Closes ``session`` by its StopTransaction, or corrects its close without one
+        (``closed_without_stop``) by the same rules: the stop's meterStop, time and
+        reason, its energy, priced again. Committed; ``Conflict`` when the session changed
+        since it was read."""
+        cp_id = station.cp_id
+        rated_kw = await self._rated_kw(station, session.connector_id)
+        count = register_count(session, rated_kw)
+        samples = samples_of(station, session.connector_id, session.transaction_id,
+                             session, readings, count)
         actor = charger(cp_id)
         if not self.clocks.believable(end):
             # A clock glitch (a stop stamped 2150) must not bill decades: the session ends
@@ -1014,7 +1099,7 @@ class ChargingService(Service):
         # meter as the readings are (below meterStart, it may be one); a reading above
         # it (a glitch, a late frame of another kind) was counted live and is taken back
         # by the closing sample, which makes the samples add up to the billed energy.
-        if count is None:  # flushed late, awaiting its stop: no readings counted
+        if count is None:  # closed or flushed late, awaiting its stop: no readings counted
             count = RegisterCount(session, rated_kw)
         final = count.counted(meter_stop, end, final=True)
         meter = count.fields()
@@ -1027,42 +1112,37 @@ class ChargingService(Service):
             energy = session.energy_wh + added_wh(samples)
             log.warning("%s: meterStop %s Wh of transaction %s (meterStart %s Wh) is not "
                         "believable; billing the %s Wh metered", cp_id, meter_stop,
-                        transaction_id, session.meter_start_wh, energy)
+                        session.transaction_id, session.meter_start_wh, energy)
             meter["meter_anomaly"] = MeterAnomaly.IMPLAUSIBLE_STOP
         else:
             energy = final - session.meter_start_wh
         samples, trimmed, stored_wh = await self._settled_samples(session, samples, energy)
         closing = closing_sample(station, session, samples, stored_wh, energy,
-                                       meter_stop, end)
+                                 meter_stop, end)
         if closing is not None:
             samples.append(closing)
+        if closed_without_stop(session):
+            log.info("%s: the stop of transaction %s, closed without it (%s Wh, ended %s), "
+                     "corrects its close: %s Wh, ended %s", cp_id, session.transaction_id,
+                     session.energy_wh, session.end_time, energy, end)
         closed, changes = await self._close(
             station, session, meter_stop, end, reason or "Local", actor, energy_wh=energy,
-            awaited=awaits_stop(session), readings=readings or [],
+            awaited=awaits_stop(session), readings=readings,
             metered=[*samples, *(cast(MeterSample, u.record) for u in trimmed)],
             meter=meter)
-        try:
-            await self.commit(actor, changes,
-                              unaudited=[*trimmed, *(InsertIfAbsent(s) for s in samples)])
-        except Conflict:
-            # Ended meanwhile (an operator's endSession, which billed what was metered):
-            # answered as a repeated stop would be, its meter values kept as a repeated
-            # stop keeps them, adding no energy (and no closing sample) to a session
-            # that is closed.
-            kept = [replace(s, delta_wh=None) for s in samples if s is not closing]
-            if kept:
-                await self.store.write([InsertIfAbsent(s) for s in kept], [])
-            return info
-        await self._announce_end(station, closed)
-        return info
+        await self.commit(actor, changes,
+                          unaudited=[*trimmed, *(InsertIfAbsent(s) for s in samples)])
+        return closed
 
     async def end_session(self, viewer: Viewer, session_id: str,
                           end_time: datetime | None = None) -> Session:
         """Closes an ACTIVE session its charger will never stop (it lost the transaction,
         or went away for good), as a lost StopTransaction is closed: with the energy last
         metered, priced, a payment opened, reason ``Other``, audited under the operator.
-        For the station's operators and admins; the charger is not asked. A stop the
-        charger sends later only adds its meter values."""
+        For the station's operators and admins; the charger is not asked. It stands in
+        for a stop that was not expected to come: one the charger sends later after all
+        corrects the close as it corrects a lost one (``closed_without_stop``), its
+        meterStop being what the charger metered and signed."""
         session = await self.visible(viewer, Session, session_id)
         station = (await self.store.get_many(Station, [session.station_id]))[0]
         # Whoever keeps its books ends it: after a station changed hands mid-session, the
@@ -1091,7 +1171,8 @@ class ChargingService(Service):
             # Only onto the session as read: a meter value that grew its energy meanwhile
             # (its charger is still sending) would otherwise be billed short of what its
             # samples add up to; its stop, or another operator, ends it otherwise.
-            closed, changes = await self._close(station, session, None, end, "Other", viewer,
+            closed, changes = await self._close(station, session, None, end,
+                                                CLOSED_WITHOUT_STOP, viewer,
                                                 unchanged_since=session.updated_at)
             try:
                 await self.commit(viewer, changes)
@@ -1124,7 +1205,10 @@ class ChargingService(Service):
         (``awaited``: still awaiting its stop): of a charger's StopTransaction and an
         operator's endSession racing, one closes it, and the other fails with ``Conflict``
         (``CHANGED``) instead of closing it twice. ``unchanged_since``: written only onto
-        the session as it was read, last updated then (any change since moves it).
+        the session as it was read, last updated then (any change since moves it). A
+        session closed without its stop (``closed_without_stop``) is closed again by it,
+        corrected: written only onto that close as read, its payment re-priced
+        (``_repriced_payment``) instead of a second one opened.
         ``readings``: the stop's own (its transactionData): a State of Charge there is the
         session's last. ``metered``: samples of the session written with the close (the
         stop's, its closing sample, stored ones whose increments it lowers), which
@@ -1156,6 +1240,12 @@ class ChargingService(Service):
                                       timedelta(seconds=idle or 0), band_wh)
         guard: tuple[str, Any] = ("stop_reason", None) if awaited \
             else ("state", SessionState.ACTIVE)
+        correcting = closed_without_stop(session)
+        if correcting:
+            # Its stop came after a close without it: written only onto that close as
+            # read, so of two copies of the stop one corrects it and the other is told
+            # (``Conflict``), as two closes are.
+            unchanged_since = session.updated_at
         if unchanged_since is not None:  # nothing written to it since it was read
             guard = ("updated_at", unchanged_since)
         close = patch(session, actor, only_if=guard, required=True,
@@ -1176,9 +1266,34 @@ class ChargingService(Service):
                                         company_id=session.company_id,
                                         station_owner_id=session.station_owner_id), actor)
         changes: list[tuple[Change, Any]] = [(close, session)]
-        if payment is not None:
+        if correcting:
+            changes += await self._repriced_payment(session, payment, cost or 0, actor)
+        elif payment is not None:
             changes.append((Insert(payment), None))
         return cast(Session, close.record), changes
+
+    async def _repriced_payment(self, session: Session, fresh: Payment | None, cost: int,
+                                actor: Viewer) -> list[tuple[Change, Any]]:
+        """The payment of a session whose close is corrected (``closed_without_stop``),
+        at its corrected ``cost``: ``fresh`` (what a close would open) if it has none
+        yet; its PENDING one at the new amount (``payments.repriced``). One whose money
+        moved keeps it: an operator settles the difference, which the session's cost
+        beside the payment's amount shows and the log says."""
+        payment = await self.store.find_one(Payment, Eq("session_id", session.id))
+        if payment is None:
+            return [] if fresh is None else [(Insert(fresh), None)]
+        currency = fresh.currency if fresh is not None else payment.currency
+        if (payment.amount_minor, payment.currency) == (cost, currency):
+            return []
+        update = repriced(payment, cost, currency, actor)
+        if update is None:
+            log.warning("%s: transaction %s was corrected by its late stop to %s %s minor "
+                        "units, but its payment %s is %s at %s: its amount is kept (money "
+                        "moved); settle the difference by hand", session.cp_id,
+                        session.transaction_id, cost, currency, payment.id,
+                        payment.status.value, payment.amount_minor)
+            return []
+        return [(update, payment)]
 
     async def _idle_seconds(self, tariff: Tariff, session: Session, end: datetime
                             ) -> int | None:

@@ -30,6 +30,20 @@ TRANSITIONS: dict[str, tuple[frozenset[PaymentStatus], PaymentStatus]] = {
 MAX_DIGITS = 18
 
 
+def repriced(payment: Payment, amount_minor: int, currency: str, viewer: Viewer
+             ) -> Update | None:
+    """The update giving ``payment`` its session's corrected price (the session's close
+    was corrected by a StopTransaction that came after it): only while PENDING, no money
+    moved, and only from that status (a capture racing it wins, and the correction is
+    told ``Conflict``). ``None`` once money moved or may have (CAPTURED, REFUNDED, or
+    FAILED, which a later try captures): a payment's amount is what was asked of the
+    driver, and what was collected is not rewritten."""
+    if payment.status is not PaymentStatus.PENDING:
+        return None
+    return patch(payment, viewer, only_if=("status", PaymentStatus.PENDING), required=True,
+                 amount_minor=amount_minor, currency=currency)
+
+
 class ManualPaymentProvider:
     """Money collected outside ChargeGraph (invoice, card terminal): an operator records
     the outcome, the reference says so."""

@@ -1,5 +1,13 @@
 """Sessions a charger lost with a reboot: after a grace for its queued StopTransaction,
-whatever is still open on a connector it reported Available since is closed."""
+whatever is still open on a connector it reported Available since is closed.
+
+A pending check lives in this process only, but everything it stands for is stored: the
+boot (``Station.booted_at``), the connector's Available report after it (its status,
+written by its charger after the boot: ``reported_available_since``) and the sessions
+open there from before it. So a process started since (a restart, a crash, another
+instance the charger moved to) arms the check again when the charger connects to it
+(``ChargingService.connect``), for what is left of the grace: OCPP 1.6 chargers do not
+report their status again on a new connection, and the session stayed open for ever."""
 
 from __future__ import annotations
 
@@ -7,6 +15,8 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+
+from domain.entities import Connector, ConnectorStatus
 
 log = logging.getLogger("chargegraph.charging")
 
@@ -19,6 +29,16 @@ REBOOT_STOP_GRACE_S = 120.0
 CloseLost = Callable[[str, int, datetime], Awaitable[None]]
 
 
+def reported_available_since(plug: Connector, booted: datetime, charger_actor: str) -> bool:
+    """Whether ``plug``'s charger reported it Available after its boot at ``booted`` (our
+    clock), as the stored record shows: Available, last written by the charger (only its
+    status reports write a connector it has: an operator's edit is not a report), on
+    our clock (``updated_at``, as ``booted``) not before the boot. The report's own
+    timestamp (``status_at``) is the charger's clock, which may be anywhere."""
+    return plug.status is ConnectorStatus.AVAILABLE and plug.updated_by == charger_actor \
+        and plug.updated_at >= booted
+
+
 class RebootChecks:
     def __init__(self, close_lost: CloseLost, grace_s: float = REBOOT_STOP_GRACE_S) -> None:
         self.close_lost = close_lost
@@ -27,20 +47,26 @@ class RebootChecks:
         #: (cp_id, connector) → (the boot it is for, the check's task).
         self.pending: dict[tuple[str, int], tuple[datetime, asyncio.Task[None]]] = {}
 
-    def schedule(self, cp_id: str, connector_id: int, booted: datetime) -> None:
+    def schedule(self, cp_id: str, connector_id: int, booted: datetime, *,
+                 reported_at: datetime | None = None, now: datetime | None = None) -> None:
         """A charger that rebooted (at ``booted``, our clock) and reports a connector
         Available has no transaction there any more. Its StopTransaction usually follows
         from its queue, with the real meterStop and reason (PowerLoss): it gets
         ``grace_s`` to come before what is still open is closed, in the background. A
         check pending for an earlier boot gives way: the new boot's stop gets its whole
-        grace."""
+        grace. ``reported_at`` (and ``now``, both our clock): the report came then, to an
+        earlier process; the grace runs from it, and once it is over the check runs at
+        once."""
         key = (cp_id, connector_id)
         pending = self.pending.get(key)
         if pending is not None:
             if pending[0] == booted:
                 return
             pending[1].cancel()
-        task = asyncio.create_task(self._after_grace(cp_id, connector_id, booted),
+        delay = self.grace_s
+        if reported_at is not None and now is not None:
+            delay = max(0.0, delay - (now - reported_at).total_seconds())
+        task = asyncio.create_task(self._after_grace(cp_id, connector_id, booted, delay),
                                    name=f"reboot-check-{cp_id}-{connector_id}")
         self.pending[key] = (booted, task)
 
@@ -56,14 +82,15 @@ class RebootChecks:
             await asyncio.wait({task for _, task in self.pending.values()})
 
     def stop(self) -> None:
-        """Drops the pending checks (at shutdown: the store is closing). A charger that
-        reports the connector Available again, to this instance or another, starts its
-        check again (the boot time is stored)."""
+        """Drops the pending checks (at shutdown: the store is closing). What they stand
+        for is stored: the charger connecting again, to this instance or another, arms
+        them again (``ChargingService.connect``), as does its next Available report."""
         for _, task in self.pending.values():
             task.cancel()
 
-    async def _after_grace(self, cp_id: str, connector_id: int, booted: datetime) -> None:
-        await asyncio.sleep(self.grace_s)
+    async def _after_grace(self, cp_id: str, connector_id: int, booted: datetime,
+                           delay: float) -> None:
+        await asyncio.sleep(delay)
         try:
             await self.close_lost(cp_id, connector_id, booted)
         except Exception:  # the session stays open: its stop or an operator ends it

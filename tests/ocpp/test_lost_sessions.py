@@ -1,0 +1,148 @@
+"""Sessions the central system closed without their StopTransaction, end to end: a real
+OCPP charger (the ``ocpp`` package's client) over a websocket to a central system on an
+SQLite file, restarted on that file where the QA restarted the server."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from ocpp.v16 import call
+
+from domain import entities as d
+from domain.query import Eq
+from ocpp_bridge.simulator import SimulatedChargePoint, connected
+from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
+
+
+def stamp(at: datetime) -> str:
+    return at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+async def meter(cp: SimulatedChargePoint, transaction_id: int, wh: int, at: datetime
+                ) -> None:
+    await cp.call(call.MeterValues(connector_id=1, transaction_id=transaction_id,
+                                   meter_value=[{"timestamp": stamp(at), "sampledValue": [
+                                       {"value": str(wh), "unit": "Wh",
+                                        "measurand": "Energy.Active.Import.Register"}]}]))
+
+
+async def start(cp: SimulatedChargePoint, meter_start: int, at: datetime) -> int:
+    answer = await cp.call(call.StartTransaction(connector_id=1, id_tag="TAG-OK",
+                                                 meter_start=meter_start,
+                                                 timestamp=stamp(at)))
+    assert answer.id_tag_info["status"] == "Accepted"
+    return int(answer.transaction_id)
+
+
+async def stopping(central: Central) -> None:
+    """Stops the central system as a SIGTERM does: its pending reboot checks dropped
+    (``chargegraph.app._settle``), the OCPP server and the store closed."""
+    central.services.charging.reboot_checks.stop()
+    await stop_central(central)
+
+
+async def test_a_restart_within_the_reboot_grace_still_frees_the_card(tmp_path: Path
+                                                                      ) -> None:
+    """The QA's t4: the charger rebooted mid-transaction (no StopTransaction), reported
+    the connector Available, and the server restarted within the grace. The charger,
+    connected again, sent only Heartbeats: the session stayed ACTIVE for ever and the
+    card was ConcurrentTx on every charger."""
+    first = await start_central(tmp_path / "central.db")
+    await seed(first)
+    first.services.charging.reboot_checks.grace_s = 60.0  # the restart comes first
+    now = datetime.now(UTC)
+    async with connected(first.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        tx = await start(cp, 1000, now - timedelta(minutes=10))
+        await meter(cp, tx, 3000, now - timedelta(minutes=5))
+    async with connected(first.url, "CP-1", password=STATION_PASSWORD) as cp:  # rebooted
+        await cp.boot()
+        await cp.status(1, "Available")
+    await stopping(first)
+
+    second = await start_central(tmp_path / "central.db")
+    second.services.charging.reboot_checks.grace_s = 0.0  # over by now
+    try:
+        async with connected(second.url, "CP-1", password=STATION_PASSWORD) as cp:
+            await cp.heartbeat()
+            await second.services.charging.reboot_checks.done()
+            ended = await second.session(tx)
+            assert ended is not None
+            assert (ended.state, ended.stop_reason, ended.energy_wh) == (
+                d.SessionState.COMPLETED, "Other", 2000)
+            assert await cp.authorize("TAG-OK") == "Accepted"
+        async with connected(second.url, "CP-OPEN") as elsewhere:
+            assert await elsewhere.authorize("TAG-OK") == "Accepted"
+    finally:
+        await stopping(second)
+
+
+async def payment_of(central: Central, session: d.Session) -> d.Payment:
+    payment = await central.store.find_one(d.Payment, Eq("session_id", session.id))
+    assert payment is not None
+    return payment
+
+
+async def test_a_stop_replayed_after_the_next_start_corrects_the_session(
+        central: Central) -> None:
+    """The QA's t3: the charger replays its queue out of order, the next transaction's
+    StartTransaction before the previous one's StopTransaction. That start closed the
+    previous session as lost (2 kWh as metered, ending at the new start); its real stop
+    (19 kWh, ended an hour before) was acknowledged and thrown away."""
+    now = datetime.now(UTC)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        older = await start(cp, 1000, now - timedelta(hours=4))
+        await meter(cp, older, 3000, now - timedelta(hours=3))
+        newer = await start(cp, 20_000, now - timedelta(hours=1))
+        lost = await central.session(older)
+        assert lost is not None and (lost.stop_reason, lost.meter_stop_wh) == ("Other", None)
+        assert (await payment_of(central, lost)).amount_minor == 80  # 2 kWh at 0.40
+
+        answer = await cp.call(call.StopTransaction(
+            meter_stop=20_000, timestamp=stamp(now - timedelta(hours=2)),
+            transaction_id=older, reason="EVDisconnected", id_tag="TAG-OK"))
+        assert answer.id_tag_info["status"] == "Accepted"
+
+        stopped = await central.session(older)
+        assert stopped is not None
+        assert (stopped.stop_reason, stopped.meter_stop_wh, stopped.energy_wh,
+                stopped.cost_minor) == ("EVDisconnected", 20_000, 19_000, 760)
+        assert stopped.end_time is not None \
+            and abs(stopped.end_time - (now - timedelta(hours=2))) < timedelta(seconds=1)
+        payment = await payment_of(central, stopped)
+        assert (payment.status, payment.amount_minor) == (d.PaymentStatus.PENDING, 760)
+        running = await central.session(newer)
+        assert running is not None and running.state is d.SessionState.ACTIVE
+
+
+async def test_a_stop_after_the_reboot_grace_corrects_the_session_closed_as_lost(
+        central: Central) -> None:
+    """The QA's t16: after a power loss the charger booted, reported Available, and its
+    queued StopTransaction (meterStop 40 kWh, PowerLoss) came after the grace: the
+    session stayed at the 1 kWh metered before the reboot."""
+    charging = central.services.charging
+    charging.reboot_checks.grace_s = 0.0
+    now = datetime.now(UTC)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        tx = await start(cp, 1000, now - timedelta(minutes=30))
+        await meter(cp, tx, 2000, now - timedelta(minutes=20))
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:  # rebooted
+        await cp.boot()
+        await cp.status(1, "Available")
+        await charging.reboot_checks.done()
+        lost = await central.session(tx)
+        assert lost is not None and (lost.state, lost.energy_wh, lost.meter_stop_wh) == (
+            d.SessionState.COMPLETED, 1000, None)
+
+        await cp.call(call.StopTransaction(
+            meter_stop=40_000, timestamp=stamp(now - timedelta(minutes=10)),
+            transaction_id=tx, reason="PowerLoss"))
+
+    stopped = await central.session(tx)
+    assert stopped is not None
+    assert (stopped.stop_reason, stopped.meter_stop_wh, stopped.energy_wh,
+            stopped.cost_minor) == ("PowerLoss", 40_000, 39_000, 1560)
+    assert (await payment_of(central, stopped)).amount_minor == 1560
