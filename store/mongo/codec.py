@@ -16,6 +16,7 @@ and expressible in every MongoDB (and in mongomock, which lacks ``$geoWithin``).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -66,6 +67,31 @@ def encode(spec: FieldSpec, value: Any) -> Any:
             return bool(value)
         case _:
             return value
+
+
+#: "No constant default" (``constant_default``).
+NO_DEFAULT: Any = dataclasses.MISSING
+
+
+def constant_default(kind: type[Record], name: str) -> Any:
+    """The constant a stored document without field ``name`` reads as (``fields.build``
+    fills a missing non-nullable field with its dataclass default), or ``NO_DEFAULT``:
+    a nullable field reads None, and a factory's value (a fresh id, the time) is each
+    record's own, never one a guard could name."""
+    spec = spec_by_name(kind)[name]
+    if not spec.defaulted:
+        return NO_DEFAULT
+    return _defaults(kind).get(name, NO_DEFAULT)
+
+
+_DEFAULTS: dict[type[Record], dict[str, Any]] = {}
+
+
+def _defaults(kind: type[Record]) -> dict[str, Any]:
+    if kind not in _DEFAULTS:
+        _DEFAULTS[kind] = {f.name: f.default for f in dataclasses.fields(kind)
+                           if f.default is not dataclasses.MISSING}
+    return _DEFAULTS[kind]
 
 
 def shadow(spec: FieldSpec) -> str:

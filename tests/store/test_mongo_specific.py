@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import re
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from datetime import UTC, datetime, timedelta
@@ -1760,3 +1761,83 @@ async def test_duplicate_company_names_from_before_the_rule_are_kept_renamed(
     assert names == {first.id: "Acme", second.id: f"Acme ({second.id})", solo.id: "Solo"}
     with pytest.raises(UniqueViolation):
         await mongo.write([Insert(Company(name="Solo"))], [])
+
+
+# ------------------------------------------------------- fields added later with a default
+
+
+def added_with_default_in_sqlite() -> set[tuple[str, str]]:
+    """The columns SQLite's migrations add with ``NOT NULL DEFAULT`` to existing tables."""
+    added = re.compile(r'ALTER TABLE "(\w+)" ADD COLUMN "(\w+)" [^;]*NOT NULL DEFAULT')
+    return {(m[1], m[2]) for _, script in sqlite_migrations.MIGRATIONS
+            for m in added.finditer(script)}
+
+
+def test_every_field_sqlite_added_with_a_default_is_back_filled() -> None:
+    """A field added later with a default must be stored in older documents as SQLite's
+    column default stores it in older rows (``plate_key`` has a step of its own: its
+    value is the plate's)."""
+    own_step = {("vehicle", "plate_key")}
+    assert set(migrations.ADDED_WITH_DEFAULT) == added_with_default_in_sqlite() - own_step
+
+
+async def test_documents_from_before_a_field_with_a_default_get_it_stored(
+        mongo: MongoStore) -> None:
+    from domain.entities import PaymentStatus
+    from tests.contract.factories import payment, session, station, tariff, user
+
+    where = station()
+    legacy = [user(), session(where), tariff(idle_price_per_minute=Decimal("0.25")),
+              payment(session(where), status=PaymentStatus.REFUNDED, amount_minor=660)]
+    await mongo.write([Insert(r) for r in legacy], [])
+    db = raw(mongo)
+    for kind, name in migrations.ADDED_WITH_DEFAULT:  # written before the fields
+        db[kind].update_many({}, {"$unset": {name: "", f"_n_{name}": ""}})
+    db[migrations.MIGRATIONS].delete_many({})
+
+    await migrations.migrate(mongo.db)
+
+    stored = {(kind, name): db[kind].find_one({}) for kind, name in
+              migrations.ADDED_WITH_DEFAULT}
+    assert {key: doc.get(key[1]) for key, doc in stored.items()} == {
+        ("user", "token_epoch"): 0, ("payment", "refunded_minor"): 660,  # refunded whole
+        ("tariff", "idle_price_per_minute"): "0", ("tariff", "idle_grace_minutes"): 0,
+        ("tariff", "energy_bands"): [], ("session", "meter_offset_wh"): 0,
+        ("session", "start_clock_behind"): False}
+    assert stored["tariff", "idle_price_per_minute"]["_n_idle_price_per_minute"] == 0.0
+    assert db[migrations.MIGRATIONS].find_one({"_id": "default_user_token_epoch"})["done"]
+
+
+def legacy_user(mongo: MongoStore) -> User:
+    """A user stored as a version before ``token_epoch`` stored it (or an older instance
+    during a rolling upgrade, after this start's back-fill)."""
+    user = User(email="old@example.com", name="Old", role=Role.DRIVER, password_hash="x")
+    doc = to_doc(user)
+    del doc["token_epoch"]
+    raw(mongo)["user"].insert_one(doc)
+    return user
+
+
+async def test_a_guard_on_a_field_s_default_holds_where_the_field_is_missing(
+        mongo: MongoStore) -> None:
+    """A deactivation moves ``token_epoch`` on only from the value read (``only_if``,
+    ``required``): on a user without the field that guard matched nothing, so the user
+    could never be deactivated nor have their password reset (``CHANGED``)."""
+    user = legacy_user(mongo)
+    off = dataclasses.replace(user, active=False, token_epoch=1)
+    await mongo.write([Update(off, fields=frozenset({"active", "token_epoch"}),
+                              only_if=("token_epoch", 0), required=True)],
+                      [audit_of(user)])
+    [stored] = await mongo.get_many(User, [user.id])
+    assert stored is not None and (stored.active, stored.token_epoch) == (False, 1)
+
+
+async def test_a_guard_on_another_value_still_fails_where_the_field_is_missing(
+        mongo: MongoStore) -> None:
+    user = legacy_user(mongo)
+    off = dataclasses.replace(user, active=False, token_epoch=2)
+    with pytest.raises(Conflict):
+        await mongo.write([Update(off, fields=frozenset({"active", "token_epoch"}),
+                                  only_if=("token_epoch", 1), required=True)], [])
+    [stored] = await mongo.get_many(User, [user.id])
+    assert stored is not None and stored.active
