@@ -156,12 +156,13 @@ async def plan(db: Any, changes: Sequence[Change]) -> list[dict[str, Any]]:
             for t in touched.values() if t.before is None or t.fields != set()]
 
 
-async def open_batch(db: Any, undo: list[dict[str, Any]], audit: list[dict[str, Any]]
-                     ) -> ObjectId:
+async def open_batch(db: Any, undo: list[dict[str, Any]], audit: list[dict[str, Any]],
+                     journal_id: ObjectId | None = None) -> ObjectId:
     """Records the batch's undo entries and its audit entries (as stored: a rollback
     writes those about a document it must leave as the batch wrote it, see
-    ``roll_back``); returns its id, the ``MARK`` its writes carry."""
-    journal_id = ObjectId()
+    ``roll_back``); returns its id, the ``MARK`` its writes carry: ``journal_id`` for a
+    batch written again after it yielded and rolled back (``batch.write``), else new."""
+    journal_id = journal_id or ObjectId()
     await db[JOURNAL].insert_one({"_id": journal_id, "at": datetime.now(UTC),
                                   "undo": undo, "audit": [entry["_id"] for entry in audit],
                                   ENTRIES: audit, MARKED: True})

@@ -25,8 +25,7 @@ from domain.aggregation import Group, Metric
 from domain.entities import AuditEntry, E, Record
 from domain.ports import Change
 from domain.query import ALL, Filter, Page, PageRequest, Sort, decode_cursor, encode_cursor
-from store.mongo import aggregate, journal, writes
-from store.mongo.batch import Batch
+from store.mongo import aggregate, batch, journal, writes
 from store.mongo.codec import compared, from_doc, shadow, spec_of
 from store.mongo.indexes import ensure_indexes
 from store.mongo.migrations import before_indexes, migrate
@@ -308,8 +307,7 @@ class MongoStore:
         if len(changes) == 1 and not audit:
             await writes.apply(self.db, changes[0])  # one document: atomic by itself
             return
-        batch = await Batch.open(self.db, changes, audit)
-        await batch.run(changes, audit)
+        await batch.write(self.db, changes, audit)
 
     @mapping_outages
     async def next_sequence(self, name: str) -> int:

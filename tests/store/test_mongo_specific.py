@@ -781,6 +781,54 @@ async def test_a_batch_another_batch_holds_up_too_long_fails_changed(
     assert raw(mongo)[JOURNAL].count_documents({}) == 0
 
 
+@pytest.mark.parametrize("audited", [True, False], ids=["audited", "telemetry"])
+async def test_two_batches_writing_two_documents_in_opposite_orders_both_go_through(
+    mongo: MongoStore, monkeypatch: pytest.MonkeyPatch, audited: bool
+) -> None:
+    """Each batch writes its first document, then meets the other's uncommitted write on
+    its second. Each waited for the other and both failed ``CHANGED``; now the younger
+    rolls back and runs again after the older, as SQLite's write lock orders them."""
+    one, two = Station(cp_id="CP-X1", name="one"), Station(cp_id="CP-X2", name="two")
+    await mongo.write([Insert(one), Insert(two)], [])
+    opened: set[str] = set()
+    wrote: set[str] = set()
+    both_opened, both_wrote = asyncio.Event(), asyncio.Event()
+    apply = writes.apply
+
+    async def both(seen: set[str], name: str, event: asyncio.Event) -> None:
+        seen.add(name)
+        if len(seen) == 2:
+            event.set()
+        await asyncio.wait_for(event.wait(), 5)
+
+    async def first_writes_cross(db: Any, step: Any, mark: Any = None, *rest: Any
+                                 ) -> list[Record]:
+        # Each batch's first write waits for the other batch to have read its images,
+        # and its second for the other's first write: neither sees the other's write
+        # before its own, and each then meets the other's. (Written again after
+        # yielding, a batch passes at once.)
+        name = getattr(getattr(step, "record", None), "name", "")
+        if mark is None or not name.endswith("-first"):
+            return await apply(db, step, mark, *rest)
+        await both(opened, name, both_opened)
+        done = await apply(db, step, mark, *rest)
+        await both(wrote, name, both_wrote)
+        return done
+
+    monkeypatch.setattr(writes, "apply", first_writes_cross)
+
+    async def batch(first: Station, second: Station, tag: str) -> None:
+        await mongo.write([rename(first, f"{tag}-first"), rename(second, f"{tag}-second")],
+                          [audit_of(first)] if audited else [])
+
+    await asyncio.wait_for(asyncio.gather(batch(one, two, "A"), batch(two, one, "B")), 10)
+
+    names = {(await stored(mongo, one)).name, (await stored(mongo, two)).name}
+    assert names in ({"A-first", "A-second"}, {"B-first", "B-second"})  # one after the other
+    assert await mongo.count(AuditEntry, ALL) == (2 if audited else 0)
+    assert raw(mongo)[JOURNAL].count_documents({}) == 0
+
+
 async def test_a_document_changed_elsewhere_after_the_batch_wrote_it_is_left_as_it_is(
     mongo: MongoStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
