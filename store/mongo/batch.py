@@ -116,8 +116,9 @@ class Batch:
         steps: list[tuple[Step, ObjectId | None]] = [
             (step, self.id) for step in writes.steps(changes)]
         if audit:
-            # Unmarked: an undo deletes the batch's audit entries by their ids.
-            steps.append(([Insert(entry) for entry in audit], None))
+            # Marked too: an undo deletes the batch's audit entries by their ids and its
+            # mark, never another write's entry that holds one of those ids.
+            steps.append(([Insert(entry) for entry in audit], self.id))
         step: Step = []  # (none yet)
         try:
             for step, mark in steps:
@@ -200,7 +201,8 @@ class Batch:
         try:
             left = await journal.roll_back(
                 self.db, self.id, [e for e in self.undo if key_of(e) in reached],
-                [entry["_id"] for entry in self.audit], entries=self.audit)
+                [entry["_id"] for entry in self.audit], entries=self.audit,
+                written=self.written, audit_marked=True)
             await journal.close_batch(self.db, self.id)
         except Exception:
             # The journal document stays, so a sweep finishes the rollback; the caller
