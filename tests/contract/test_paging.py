@@ -10,7 +10,7 @@ import pytest
 from domain.entities import Company, Connector, Session, Station, User
 from domain.errors import ValidationError
 from domain.ports import Delete, Store
-from domain.query import ALL, Eq, Filter, Page, PageRequest, Sort
+from domain.query import ALL, Eq, Filter, Page, PageRequest, Sort, encode_cursor
 from tests.contract.factories import at, company, connector, oid, put, session, station
 
 BY_NAME = [Sort("name")]
@@ -231,3 +231,19 @@ async def test_find_all_sorts_and_limits(stations: Store) -> None:
         7, 3, 1
     ]
     assert [int(s.id, 16) for s in await stations.find_all(Station, Eq("name", "A"))] == [2, 5]
+
+
+@pytest.mark.parametrize("value", ["101", 101.5, True, [101]], ids=["text", "fraction",
+                                                                     "bool", "list"])
+async def test_a_cursor_whose_value_does_not_fit_its_key_is_rejected(store: Store,
+                                                                      value: object) -> None:
+    """A tampered cursor (the key is an int): MongoDB compared it with the stored
+    numbers, which gave an arbitrary page, or none."""
+    where = station()
+    await put(store, where, *(session(where, i + 1, transaction_id=100 + i) for i in range(3)))
+    by_transaction = [Sort("transaction_id")]
+    tampered = encode_cursor("session", by_transaction, [value], oid(11))
+
+    with pytest.raises(ValidationError) as raised:
+        await store.find_page(Session, ALL, by_transaction, PageRequest(first=2, after=tampered))
+    assert raised.value.code == "INVALID_CURSOR"

@@ -368,3 +368,36 @@ async def test_concurrent_writes_all_land(store: Store) -> None:
     companies = [company(name=f"C{i}") for i in range(20)]
     await asyncio.gather(*(put(store, c) for c in companies))
     assert await store.count(Company, ALL) == 20
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("connector_id", 2.0), ("connector_id", True), ("connector_id", "2"),
+    ("power_w", "7000"), ("power_w", False), ("cp_id", 7), ("station_id", 7)])
+async def test_a_value_of_another_type_is_refused_by_every_store(
+        store: Store, field: str, value: object) -> None:
+    """SQLite's codec refuses it; MongoDB stored a float or a bool in an int field, to be
+    read back as one."""
+    site = station()
+    await put(store, site)
+    wrong = dataclasses.replace(session(site), **{field: value})
+
+    with pytest.raises(TypeError):
+        await store.write([Insert(wrong)], [])
+
+    assert await store.count(Session, ALL) == 0
+
+
+async def test_an_int_in_a_float_field_is_a_number(store: Store) -> None:
+    site = station()
+    charging = dataclasses.replace(session(site), power_w=7000)
+    await put(store, site, charging)
+
+    [stored] = await store.get_many(Session, [charging.id])
+    assert stored is not None and stored.power_w == 7000.0
+
+
+@pytest.mark.parametrize("value", ["1", 1.5, True])
+async def test_a_filter_value_of_another_type_is_refused_by_every_store(
+        store: Store, value: object) -> None:
+    with pytest.raises(TypeError):
+        await store.count(Session, Eq("connector_id", value))
