@@ -262,11 +262,17 @@ def _not_found(record: Record) -> NotFound:
     return NotFound(f"no such {record.kind.replace('_', ' ')}: {record.id}", field="id")
 
 
+#: Messages of the rules that are no domain rule, in SQLite's words
+#: (``store/sqlite/constraints.py``): a client sees the same on either store.
+_MESSAGES = {("session", PARTIAL_RULE_FIELD): "the connector already has an active session"}
+
+
 def violation(kind: str, field: str) -> UniqueViolation:
-    if field == "id":
-        return UniqueViolation("a record with this id exists", field="id")
+    """The error of ``kind``'s rule on ``field``, worded as SQLite's (``id``: "another
+    station has the same id")."""
     rule = next((r for r in UNIQUE_RULES.get(kind, ()) if r[0] == field), (field,))
-    return UniqueViolation(duplicate_message(kind, rule), field=field)
+    message = _MESSAGES.get((kind, field)) or duplicate_message(kind, rule)
+    return UniqueViolation(message, field=field)
 
 
 async def explain(db: Any, record: Record, details: Mapping[str, Any] | None, *,

@@ -401,3 +401,21 @@ async def test_a_filter_value_of_another_type_is_refused_by_every_store(
         store: Store, value: object) -> None:
     with pytest.raises(TypeError):
         await store.count(Session, Eq("connector_id", value))
+
+
+async def test_unique_violations_read_the_same_on_every_store(store: Store) -> None:
+    """A client sees one message whichever store runs (MongoDB said "a record with this
+    id exists" and "another session has the same connector id")."""
+    site = station()
+    charging = session(site, 1)
+    await put(store, site, charging)
+
+    with pytest.raises(UniqueViolation) as same_id:
+        await store.write([Insert(dataclasses.replace(site, cp_id="CP-OTHER"))], [])
+    with pytest.raises(UniqueViolation) as second:
+        await store.write([Insert(session(site, 1))], [audit(site, "system")])
+
+    assert (same_id.value.message, same_id.value.field) == (
+        "another station has the same id", "id")
+    assert (second.value.message, second.value.field) == (
+        "the connector already has an active session", "connector_id")
