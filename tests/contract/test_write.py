@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -374,7 +375,7 @@ async def test_concurrent_writes_all_land(store: Store) -> None:
     ("connector_id", 2.0), ("connector_id", True), ("connector_id", "2"),
     ("power_w", "7000"), ("power_w", False), ("cp_id", 7), ("station_id", 7)])
 async def test_a_value_of_another_type_is_refused_by_every_store(
-        store: Store, field: str, value: object) -> None:
+        store: Store, field: str, value: Any) -> None:
     """SQLite's codec refuses it; MongoDB stored a float or a bool in an int field, to be
     read back as one."""
     site = station()
