@@ -30,13 +30,44 @@ class BatchTimeout(TimeoutError):
     """A write batch ran past ``journal.BATCH_DEADLINE_S`` and was rolled back."""
 
 
+class Yielded(Exception):
+    """The batch, having written, met the uncommitted write of an older batch in flight:
+    it rolled back everything it wrote, to be written again after that one (``write``)."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(f"a {kind} is being written by an older batch")
+        self.kind = kind
+
+
+async def write(db: Any, changes: Sequence[Change], audit: Sequence[AuditEntry]) -> None:
+    """Writes one journaled batch, all or nothing.
+
+    Two batches writing the same documents in opposite orders would each wait for the
+    other (``Batch._committed_image``) and both fail ``CHANGED``. The older one (lower
+    id: an ObjectId orders by time, then process and counter, the same on every
+    instance) waits; the younger, having written, yields: it rolls back and runs again
+    once the older one settled (``Batch.open`` waits for it), as SQLite's write lock
+    orders them. It keeps its id, so it only grows older than the batches it meets and
+    does not yield for ever; its deadline (``journal.BATCH_DEADLINE_S``, from the first
+    attempt) bounds the attempts."""
+    journal_id: ObjectId | None = None
+    deadline = time.monotonic() + journal.BATCH_DEADLINE_S
+    while True:
+        batch = await Batch.open(db, changes, audit, journal_id, deadline)
+        try:
+            await batch.run(changes, audit)
+            return
+        except Yielded:
+            journal_id = batch.id
+
+
 class Batch:
     """One batch between ``open`` and ``run``. Tracks the version each document is expected
     in (its image's mark until the batch writes it, then the batch's own) and what the
     batch wrote, which is all a failure undoes."""
 
     def __init__(self, db: Any, journal_id: ObjectId, undo: list[dict[str, Any]],
-                 audit: list[dict[str, Any]], settle_wait: float) -> None:
+                 audit: list[dict[str, Any]], settle_wait: float, deadline: float) -> None:
         self.db = db
         self.id = journal_id
         self.undo = undo
@@ -45,14 +76,17 @@ class Batch:
         self.entries = {key_of(entry): index for index, entry in enumerate(undo)}
         self.versions: dict[Key, Version] = {key_of(e): _version(e["before"]) for e in undo}
         self.written: set[Key] = set()
-        self.deadline = time.monotonic() + journal.BATCH_DEADLINE_S
+        self.deadline = deadline
         #: How long it waits for another batch in flight (``journal.settle_wait``).
         self.settle_wait = settle_wait
 
     @classmethod
-    async def open(cls, db: Any, changes: Sequence[Change], audit: Sequence[AuditEntry]
+    async def open(cls, db: Any, changes: Sequence[Change], audit: Sequence[AuditEntry],
+                   journal_id: ObjectId | None = None, deadline: float | None = None
                    ) -> Batch:
-        """Reads the images and records the journal; nothing is written yet.
+        """Reads the images and records the journal; nothing is written yet. ``journal_id``
+        and ``deadline``: those of the batch's first attempt, when it runs again after
+        yielding (``write``).
 
         An image another batch in flight wrote is that batch's uncommitted write: put
         back by this batch's undo, it would bring back what that batch's own rollback
@@ -63,29 +97,38 @@ class Batch:
         deadlock of two batches, a dead writer) fails this batch with ``CHANGED`` before
         it wrote."""
         settle_wait = journal.settle_wait(audited=bool(audit))
-        deadline = time.monotonic() + settle_wait
+        settled_by = time.monotonic() + settle_wait
         while True:
             undo = await journal.plan(db, changes)
             busy = await journal.in_flight(db, (entry["before"] for entry in undo))
             if not busy:
                 break
-            if not await journal.wait_settled(db, busy, deadline - time.monotonic()):
+            if not await journal.wait_settled(db, busy, settled_by - time.monotonic()):
                 raise changed_meanwhile(_written_by(undo, busy))
         entries = [to_doc(entry) for entry in audit]
-        return cls(db, await journal.open_batch(db, undo, entries), undo, entries,
-                   settle_wait)
+        journal_id = await journal.open_batch(db, undo, entries, journal_id)
+        return cls(db, journal_id, undo, entries, settle_wait,
+                   time.monotonic() + journal.BATCH_DEADLINE_S if deadline is None
+                   else deadline)
 
     async def run(self, changes: Sequence[Change], audit: Sequence[AuditEntry]) -> None:
         """Writes everything, or (raising what failed it) undoes what it wrote."""
         steps: list[tuple[Step, ObjectId | None]] = [
             (step, self.id) for step in writes.steps(changes)]
         if audit:
-            # Unmarked: an undo deletes the batch's audit entries by their ids.
-            steps.append(([Insert(entry) for entry in audit], None))
+            # Marked too: an undo deletes the batch's audit entries by their ids and its
+            # mark, never another write's entry that holds one of those ids.
+            steps.append(([Insert(entry) for entry in audit], self.id))
         step: Step = []  # (none yet)
         try:
             for step, mark in steps:
                 await self._write(step, mark)
+        except Yielded as exc:
+            # Raised before the step wrote anything. Written again only if the rollback
+            # left nothing of this attempt (else that would stand twice).
+            if not await self.roll_back(set()):
+                raise changed_meanwhile(exc.kind) from exc
+            raise
         except BaseException as exc:
             await self.roll_back(set() if _wrote_nothing(step, exc) else _keys(_records(step)))
             raise
@@ -131,7 +174,10 @@ class Batch:
 
     async def _committed_image(self, record: Record) -> dict[str, Any] | None:
         """The document as stored, once no other batch in flight wrote it last (as in
-        ``open``: never an uncommitted image to restore)."""
+        ``open``: never an uncommitted image to restore). Held up by an older batch, a
+        batch that wrote yields instead of waiting (``Yielded``): that one may be waiting
+        for a document this one wrote, and two batches waiting on each other both
+        failed. One that wrote nothing holds nothing up, and waits."""
         wait = min(self.settle_wait, self.deadline - time.monotonic())
         deadline = time.monotonic() + wait
         while True:
@@ -140,30 +186,35 @@ class Batch:
             busy = await journal.in_flight(self.db, [image], own=self.id)
             if not busy:
                 return image
+            if self.written and any(other < self.id for other in busy):
+                raise Yielded(record.kind)
             if not await journal.wait_settled(self.db, busy, deadline - time.monotonic()):
                 raise changed_meanwhile(record.kind)
 
-    async def roll_back(self, maybe: set[Key]) -> None:
+    async def roll_back(self, maybe: set[Key]) -> bool:
         """Undoes what the batch wrote, or may have written when it failed (``maybe``: a
         run of inserts half done, an operation whose answer never came). Only that: a
         guarded update that wrote nothing, an ``InsertIfAbsent`` that found its record
-        there, a change never reached are not the batch's to undo."""
+        there, a change never reached are not the batch's to undo. True when nothing the
+        batch wrote is left and its journal is closed."""
         reached = self.written | maybe
         try:
             left = await journal.roll_back(
                 self.db, self.id, [e for e in self.undo if key_of(e) in reached],
-                [entry["_id"] for entry in self.audit], entries=self.audit)
+                [entry["_id"] for entry in self.audit], entries=self.audit,
+                written=self.written, audit_marked=True)
             await journal.close_batch(self.db, self.id)
         except Exception:
             # The journal document stays, so a sweep finishes the rollback; the caller
             # gets the error that failed the batch, not this one.
             log.exception("rolling back a failed write batch failed; a sweep will finish it")
-            return
+            return False
         changed = [key_of(e) for e in left if key_of(e) in self.written]
         if changed:
             log.warning("a failed write batch left %d documents as another writer changed "
                         "them after the batch wrote them: %s", len(changed),
                         ", ".join(f"{kind} {ident}" for kind, ident in changed))
+        return not changed
 
 
 def _written_by(undo: list[dict[str, Any]], batches: set[ObjectId]) -> str:

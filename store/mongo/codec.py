@@ -16,6 +16,7 @@ and expressible in every MongoDB (and in mongomock, which lacks ``$geoWithin``).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -51,11 +52,20 @@ def encode(spec: FieldSpec, value: Any) -> Any:
     """A domain value of field ``spec`` as stored (also for filter and cursor values)."""
     if value is None:
         return None
+    # Types are checked as SQLite's codec checks them (``TypeError``): a float or a bool
+    # in an int field was stored here and refused there. A few ``isinstance`` calls on
+    # the write path; a cursor's value is refused the same way (``INVALID_CURSOR``).
     match spec.category:
         case "id":
-            return value if isinstance(value, ObjectId) else ObjectId(str(value))
+            if isinstance(value, ObjectId):
+                return value
+            if not isinstance(value, str):
+                raise TypeError(f"{spec.name}: expected str, got {type(value).__name__}")
+            return ObjectId(value)
         case "datetime":
-            if not isinstance(value, datetime) or value.tzinfo is None:
+            if not isinstance(value, datetime):
+                raise TypeError(f"{spec.name}: expected datetime, got {type(value).__name__}")
+            if value.tzinfo is None:
                 raise ValueError(f"{spec.name}: needs an aware datetime")
             return value.astimezone(UTC)
         case "decimal":
@@ -64,8 +74,45 @@ def encode(spec: FieldSpec, value: Any) -> Any:
             return value.value if isinstance(value, Enum) else str(value)
         case "bool":
             return bool(value)
+        case "int":
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{spec.name}: expected int, got {type(value).__name__}")
+            return value
+        case "float":
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise TypeError(f"{spec.name}: expected number, got {type(value).__name__}")
+            return value
+        case "str":
+            if not isinstance(value, str):
+                raise TypeError(f"{spec.name}: expected str, got {type(value).__name__}")
+            return value
         case _:
             return value
+
+
+#: "No constant default" (``constant_default``).
+NO_DEFAULT: Any = dataclasses.MISSING
+
+
+def constant_default(kind: type[Record], name: str) -> Any:
+    """The constant a stored document without field ``name`` reads as (``fields.build``
+    fills a missing non-nullable field with its dataclass default), or ``NO_DEFAULT``:
+    a nullable field reads None, and a factory's value (a fresh id, the time) is each
+    record's own, never one a guard could name."""
+    spec = spec_by_name(kind)[name]
+    if not spec.defaulted:
+        return NO_DEFAULT
+    return _defaults(kind).get(name, NO_DEFAULT)
+
+
+_DEFAULTS: dict[type[Record], dict[str, Any]] = {}
+
+
+def _defaults(kind: type[Record]) -> dict[str, Any]:
+    if kind not in _DEFAULTS:
+        _DEFAULTS[kind] = {f.name: f.default for f in dataclasses.fields(kind)
+                           if f.default is not dataclasses.MISSING}
+    return _DEFAULTS[kind]
 
 
 def shadow(spec: FieldSpec) -> str:

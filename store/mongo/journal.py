@@ -21,10 +21,13 @@ write stores its id in the document's ``MARK`` (``store/mongo/writes.py``), whic
 the mark a version: a batch writes a document only while it is the version the journal
 holds the image of (else the batch reads it again and records the new image first), and
 an undo applies only while the document still carries the batch's mark. A document
-another writer changed, deleted, or inserted in the batch's stead (an ``InsertIfAbsent``
-that found it there) since the batch wrote it is left alone and logged: the committed
-write wins, even where that keeps a field of the failed batch the other writer did not
-write. The sweep follows the same rule, not knowing how far a dead writer got. A restore a unique
+another writer changed since the batch wrote it gets back only the fields the batch
+changed that still hold what it wrote (the journal keeps what it writes, ``after``):
+the committed write wins, and nothing of the failed batch stays (``_undo_own_fields``).
+One deleted since, or inserted in the batch's stead (an ``InsertIfAbsent`` that found
+it there), is left alone and logged; one the batch inserted and another writer changed
+since stays, with the batch's audit entry about it. The sweep, not knowing how far a
+dead writer got, leaves every document another writer changed since. A restore a unique
 rule refuses leaves its document as the batch wrote it, with its audit entry, and what the
 batch created as its companion (a stop's payment: ``COMPANIONS``) stays, or comes back,
 with it.
@@ -61,7 +64,7 @@ import asyncio
 import enum
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -85,6 +88,10 @@ MARK = "_w"
 MARKED = "marked"
 #: The batch's audit entries as stored (with their ids in ``audit``).
 ENTRIES = "entries"
+#: Set on journal documents whose batch marks its audit entries too: a rollback deletes
+#: only those (an entry of another write with one of their ids is not the batch's).
+#: Journals of older versions delete them by id.
+AUDIT_MARKED = "audit_marked"
 #: A batch not finished after this long gives up and rolls itself back...
 BATCH_DEADLINE_S = 30.0
 #: ...so a journal document this old belongs to a writer that died.
@@ -117,6 +124,10 @@ class _Touched:
     fields: set[str] | None = field(default_factory=set)
     #: Whether the batch's last change of the document deletes it.
     deleted: bool = False
+    #: What the batch writes of it, by stored name (the whole document for a whole
+    #: write; a name of ``fields`` missing here is one the batch removes): so a rollback
+    #: can tell its own fields from another writer's (``_undo_own_fields``).
+    after: dict[str, Any] = field(default_factory=dict)
 
 
 def key_of(entry: dict[str, Any]) -> tuple[str, ObjectId]:
@@ -146,25 +157,33 @@ async def plan(db: Any, changes: Sequence[Change]) -> list[dict[str, Any]]:
         if isinstance(change, InsertIfAbsent) and entry.before is not None:
             continue  # already there: the insert is a no-op
         entry.deleted = isinstance(change, Delete)
+        doc = to_doc(change.record)
         if isinstance(change, Update) and change.fields is not None:
+            names = written_names(change.record, change.fields)
             if entry.fields is not None:
-                entry.fields |= written_names(change.record, change.fields)
+                entry.fields |= names
+            entry.after.update({name: doc[name] for name in names if name in doc})
+            entry.after = {name: value for name, value in entry.after.items()
+                           if name in doc or name not in names}
         else:
             entry.fields = None
+            entry.after = {} if entry.deleted else doc
     return [{"kind": t.kind, "id": t.id, "before": t.before,
-             "fields": None if t.fields is None else sorted(t.fields), "deleted": t.deleted}
+             "fields": None if t.fields is None else sorted(t.fields), "deleted": t.deleted,
+             "after": t.after}
             for t in touched.values() if t.before is None or t.fields != set()]
 
 
-async def open_batch(db: Any, undo: list[dict[str, Any]], audit: list[dict[str, Any]]
-                     ) -> ObjectId:
+async def open_batch(db: Any, undo: list[dict[str, Any]], audit: list[dict[str, Any]],
+                     journal_id: ObjectId | None = None) -> ObjectId:
     """Records the batch's undo entries and its audit entries (as stored: a rollback
     writes those about a document it must leave as the batch wrote it, see
-    ``roll_back``); returns its id, the ``MARK`` its writes carry."""
-    journal_id = ObjectId()
+    ``roll_back``); returns its id, the ``MARK`` its writes carry: ``journal_id`` for a
+    batch written again after it yielded and rolled back (``batch.write``), else new."""
+    journal_id = journal_id or ObjectId()
     await db[JOURNAL].insert_one({"_id": journal_id, "at": datetime.now(UTC),
                                   "undo": undo, "audit": [entry["_id"] for entry in audit],
-                                  ENTRIES: audit, MARKED: True})
+                                  ENTRIES: audit, MARKED: True, AUDIT_MARKED: True})
     return journal_id
 
 
@@ -229,19 +248,40 @@ class Undone(enum.Enum):
     NOT_OURS = "not ours"
     #: Left as the batch wrote it: putting it back would break a unique rule.
     REFUSED = "refused"
+    #: Left as the batch wrote it, with another writer's change since: the batch's own
+    #: part could not be put back alone (it inserted the document, or the document kept
+    #: changing under ``OWN_FIELDS_ATTEMPTS``).
+    LEFT = "left"
+
+
+#: How often a rollback tries to put back a document's own fields while other writers
+#: keep changing it (each try reads it and writes only if it is still that version).
+OWN_FIELDS_ATTEMPTS = 3
+#: A stored name a document does not have.
+_ABSENT = object()
 
 
 async def roll_back(db: Any, journal_id: ObjectId, undo: list[dict[str, Any]],
                     audit_ids: list[ObjectId], *, marked: bool = True,
-                    entries: Sequence[dict[str, Any]] = ()) -> list[dict[str, Any]]:
+                    entries: Sequence[dict[str, Any]] = (),
+                    written: Collection[tuple[str, ObjectId]] = (),
+                    audit_marked: bool = False) -> list[dict[str, Any]]:
     """Puts back, newest change first, every listed document that still carries the
     batch's mark (idempotent); returns the entries left alone. ``marked=False`` is for
     journals of versions that did not mark their writes: those are put back regardless.
 
     A partial update restores only the fields it wrote (and the mark the document had):
-    what the batch did not write is not its to undo. The batch's audit entries go, but
-    those about a document a unique rule kept as the batch wrote it (``Undone.REFUSED``):
-    its change stays, so its entry must, or it would stand unaudited. The batch writes
+    what the batch did not write is not its to undo. A document the batch certainly
+    wrote (``written``: the writer's own rollback knows; a sweep does not) that another
+    writer changed since gets back only what the batch changed and still holds
+    (``_undo_own_fields``): the other writer's change stays, and none of the batch's,
+    as on SQLite, where that writer would have waited for the rollback. The batch's
+    audit entries go, but those about a document kept as the batch wrote it: a unique
+    rule refused it back (``Undone.REFUSED``), or its own part could not be told apart
+    (``Undone.LEFT``); its change stays, so its entry must, or it would stand unaudited.
+    Only the entries the batch inserted go (``audit_marked``: they carry its mark; an
+    entry of another write holding one of their ids is not the batch's), journals of
+    older versions delete them by id. The batch writes
     its entries last, so it usually failed before: they are written from the journal's
     copy (``entries``; journals of older versions have none). What the batch created as
     the companion of such a document (``COMPANIONS``: a stop's payment) stays with it, or
@@ -255,17 +295,21 @@ async def roll_back(db: Any, journal_id: ObjectId, undo: list[dict[str, Any]],
         ours: dict[str, Any] = {"_id": entry["id"]}
         if marked:
             ours[MARK] = journal_id
-        outcome = await _undo(db[entry["kind"]], entry, ours, marked)
+        outcome = await _undo(db[entry["kind"]], entry, ours, marked,
+                              certain=key_of(entry) in written)
         if outcome is not Undone.DONE:
             left.append(entry)
-        if outcome is Undone.REFUSED:
+        if outcome in (Undone.REFUSED, Undone.LEFT):
             refused.append(entry)
     refused += await _keep_companions(db, refused, entries)
     for entry in entries:
         if any(_about(entry, kept) for kept in refused):
             await db["audit_entry"].replace_one({"_id": entry["_id"]}, entry, upsert=True)
     if audit_ids:
-        await db["audit_entry"].delete_many(_audit_to_drop(audit_ids, refused))
+        drop = _audit_to_drop(audit_ids, refused)
+        if audit_marked:
+            drop[MARK] = journal_id
+        await db["audit_entry"].delete_many(drop)
     return left
 
 
@@ -324,25 +368,20 @@ def _audit_to_drop(audit_ids: list[ObjectId], kept: list[dict[str, Any]]) -> dic
 
 
 async def _undo(collection: Any, entry: dict[str, Any], ours: dict[str, Any],
-                marked: bool) -> Undone:
-    """Undoes one entry on the document ``ours`` selects.
+                marked: bool, *, certain: bool = False) -> Undone:
+    """Undoes one entry on the document ``ours`` selects; one the batch ``certain``ly
+    wrote and another writer changed since, by its own fields (``_undo_own_fields``).
 
     Putting it back may break a unique rule: another writer's committed record holds the
     key the batch gave up (a new ACTIVE session on the connector a failed stop had freed).
     That record wins, as any committed write does, and the document stays as the batch
     left it (``REFUSED``). Raising instead would leave the journal behind, and every sweep
     (every start) would fail on it."""
-    before = entry["before"]
-    if before is None:  # the batch inserted it
-        return _done((await collection.delete_one(ours)).deleted_count)
     try:
-        if entry.get("fields") is None:
-            # Gone is "changed since" too, unless the batch deleted it itself; then it
-            # comes back, unless another writer has put a record with its id there.
-            result = await collection.replace_one(
-                ours, before, upsert=bool(entry.get("deleted")) or not marked)
-            return _done(result.matched_count or result.upserted_id is not None)
-        result = await collection.update_one(ours, _restoring(before, entry["fields"]))
+        outcome = await _undo_ours(collection, entry, ours, marked)
+        if outcome is Undone.NOT_OURS and certain:
+            outcome = await _undo_own_fields(collection, entry)
+        return outcome
     except DuplicateKeyError:
         # A deleted record that cannot come back stays deleted: that too is the batch's
         # change standing, so its entry stays.
@@ -350,7 +389,74 @@ async def _undo(collection: Any, entry: dict[str, Any], ours: dict[str, Any],
                     "keys; left as the failed batch wrote it, with its audit entry",
                     entry["kind"], entry["id"])
         return Undone.REFUSED
-    return _done(result.matched_count)
+
+
+async def _undo_ours(collection: Any, entry: dict[str, Any], ours: dict[str, Any],
+                     marked: bool) -> Undone:
+    """Puts the entry's image back while the document is the batch's version."""
+    before = entry["before"]
+    if before is None:  # the batch inserted it
+        return _done((await collection.delete_one(ours)).deleted_count)
+    if entry.get("fields") is None:
+        # Gone is "changed since" too, unless the batch deleted it itself; then it
+        # comes back, unless another writer has put a record with its id there.
+        result = await collection.replace_one(
+            ours, before, upsert=bool(entry.get("deleted")) or not marked)
+        return _done(result.matched_count or result.upserted_id is not None)
+    return _done((await collection.update_one(
+        ours, _restoring(before, entry["fields"]))).matched_count)
+
+
+async def _undo_own_fields(collection: Any, entry: dict[str, Any]) -> Undone:
+    """Undoes the batch's change of a document another writer changed since it wrote it
+    (a heartbeat's ``last_seen`` after a failed rename): the names the batch changed
+    that still hold what it wrote go back to the image, in one update guarded by those
+    values and the version read, so nothing another writer wrote is overwritten. Names
+    another writer wrote since are theirs: a rollback on SQLite would have put the
+    batch's back before that writer wrote them. A deleted document, or one the batch
+    inserted (gone when undone, the other writer's change with it), cannot be undone in
+    part: an insert still there is ``LEFT``; so is a document that kept changing under
+    ``OWN_FIELDS_ATTEMPTS`` tries. Journals of older versions hold no ``after``."""
+    before, after = entry["before"], entry.get("after")
+    if after is None or entry.get("deleted"):
+        return Undone.NOT_OURS
+    if before is None:
+        there = await collection.find_one({"_id": entry["id"]}, {"_id": 1})
+        return Undone.NOT_OURS if there is None else Undone.LEFT
+    names = (set(before) | set(after) if entry.get("fields") is None
+             else set(entry["fields"])) - {"_id", MARK}
+    changed = [name for name in sorted(names)
+               if not _same(before.get(name, _ABSENT), after.get(name, _ABSENT))]
+    for _ in range(OWN_FIELDS_ATTEMPTS):
+        current = await collection.find_one({"_id": entry["id"]})
+        if current is None:
+            return Undone.NOT_OURS  # deleted since: nothing of the batch is left
+        own = [name for name in changed
+               if _same(current.get(name, _ABSENT), after.get(name, _ABSENT))]
+        if not own:
+            return Undone.DONE  # every name it changed was written again since
+        guard = {"_id": entry["id"], MARK: current.get(MARK),
+                 **{name: _equal_to(after.get(name, _ABSENT)) for name in own}}
+        restore = _restoring({**before, MARK: ObjectId()}, own)
+        if (await collection.update_one(guard, restore)).matched_count:
+            return Undone.DONE
+    return Undone.LEFT
+
+
+def _same(stored: Any, written: Any) -> bool:
+    """Whether a value read back is the one written (a driver without ``tz_aware``
+    reads dates naive, in UTC)."""
+    if isinstance(stored, datetime) and stored.tzinfo is None:
+        stored = stored.replace(tzinfo=UTC)
+    if isinstance(written, datetime) and written.tzinfo is None:
+        written = written.replace(tzinfo=UTC)
+    return bool(stored == written)
+
+
+def _equal_to(value: Any) -> dict[str, Any]:
+    """The filter condition "holds ``value``" (``_ABSENT``: has no such field). ``$eq``: an
+    embedded document or a list is compared whole, never read as operators."""
+    return {"$exists": False} if value is _ABSENT else {"$eq": value}
 
 
 def _done(matched: Any) -> Undone:
@@ -387,6 +493,7 @@ async def sweep(db: Any, now: datetime | None = None,
         try:
             left = await roll_back(db, journal["_id"], undo, journal.get("audit", []),
                                    marked=bool(journal.get(MARKED)),
+                                   audit_marked=bool(journal.get(AUDIT_MARKED)),
                                    entries=journal.get(ENTRIES, []))
         except Exception:
             # Claimed, so it goes stale again and a later sweep retries it; the other

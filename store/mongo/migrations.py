@@ -1,6 +1,6 @@
 """Data changes the MongoDB store makes when the model changes (SQLite makes the same in its
-schema migrations, ``store/sqlite/migrations.py``: versions 8, 10, 14, 16, 18, 23, 24
-and 29).
+schema migrations, ``store/sqlite/migrations.py``: versions 7, 8, 10, 14, 16, 18, 23,
+24, 26, 27 and 29).
 
 MongoDB has no schema to migrate, only documents written under older rules. Each step
 here runs at every start (or until one start recorded it done: ``_once``), is
@@ -13,6 +13,7 @@ meanwhile journals the migrated image, not the one from before.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
@@ -21,6 +22,8 @@ from typing import Any
 from bson import ObjectId
 from pymongo import ReturnDocument
 
+from domain.entities import ENTITY_BY_KIND
+from store.mongo.codec import compared, encode, shadow, spec_of, storage_name
 from store.mongo.journal import MARK
 
 #: Where a step that must not touch documents written after it began records when that was.
@@ -73,6 +76,48 @@ async def migrate(db: Any) -> None:
     await _once(db, "audit_books", _audit_books)
     await _once(db, "reservation_books", _reservation_books)
     await _once(db, "refunded_whole", _refunded_whole)
+    # After ``refunded_whole``: a refunded payment without the field was refunded whole,
+    # not by the default 0.
+    for kind, name in ADDED_WITH_DEFAULT:
+        await _once(db, f"default_{kind}_{name}", _filling_default(kind, name))
+
+
+#: The fields added with a default to a kind that had documents already: (kind, field).
+#: SQLite's ``ADD COLUMN … NOT NULL DEFAULT`` stored the default in every older row
+#: (migrations 7, 24, 26 and 27); here older documents lack the field. They read as the
+#: default (``fields.build``), but a filter or a guard compares what is stored: a user
+#: without ``token_epoch`` matched no guard ``token_epoch == 0`` and could never be
+#: deactivated. ``vehicle.plate_key`` (migration 29) is ``_plate_keys``'s: its value is
+#: the plate's. ``tests/store/test_mongo_specific.py`` checks the list against SQLite's.
+ADDED_WITH_DEFAULT: tuple[tuple[str, str], ...] = (
+    ("user", "token_epoch"),
+    ("payment", "refunded_minor"),
+    ("tariff", "idle_price_per_minute"),
+    ("tariff", "idle_grace_minutes"),
+    ("tariff", "energy_bands"),
+    ("session", "meter_offset_wh"),
+    ("session", "start_clock_behind"),
+)
+
+
+def _filling_default(kind: str, name: str) -> Callable[[Any], Awaitable[None]]:
+    async def fill(db: Any) -> None:
+        await _fill_default(db, kind, name)
+    return fill
+
+
+async def _fill_default(db: Any, kind: str, name: str) -> None:
+    """Stores ``kind``'s default ``name`` (and a decimal's numeric shadow) in the documents
+    without it, as SQLite's column default did. One ``update_many``: each document is
+    changed once, with the field's absence in its filter."""
+    entity = ENTITY_BY_KIND[kind]
+    spec = spec_of(entity, name)
+    field = next(f for f in dataclasses.fields(entity) if f.name == name)
+    default = field.default if field.default is not dataclasses.MISSING else (
+        field.default_factory())  # type: ignore[operator]  # one or the other is set
+    values = {storage_name(name): encode(spec, default), shadow(spec): compared(spec, default)}
+    await db[kind].update_many({storage_name(name): {"$exists": False}},
+                               {"$set": {**values, MARK: ObjectId()}})
 
 
 async def _once(db: Any, name: str, step: Callable[[Any], Awaitable[None]]) -> None:

@@ -59,11 +59,52 @@ KM_PER_DEGREE_LAT = 111.19
 NEAR_TOLERANCE = 1e-9
 
 
-def _storable(spec: FieldSpec, value: Any) -> bool:
+def storable(spec: FieldSpec, value: Any) -> bool:
     """Whether ``value`` can be stored in ``spec``'s field. An id field holds ObjectIds, so
     a string that is no ObjectId can never equal one: it matches nothing, as in SQLite."""
     return spec.category != "id" or value is None or isinstance(value, ObjectId) or (
         isinstance(value, str) and ObjectId.is_valid(value))
+
+
+#: The digits of an id as text (``str(ObjectId)``).
+_HEX = "0123456789abcdef"
+
+
+def _bound(spec: FieldSpec, op: str, value: Any, bounds: dict[str, Any]
+           ) -> dict[str, Any] | None:
+    """``bounds`` with ``op value`` added; ``None``: nothing can be within them. An id
+    field compares ids as text (SQLite's, and what a client sees): text that is no id
+    bounds them at the first id at or after it in text order (``_id_from``), so a Range
+    means the same on both stores instead of failing on an invalid ObjectId."""
+    if spec.category != "id" or not isinstance(value, str) or (
+            len(value) == 24 and not set(value) - set(_HEX)):
+        # (An id in capitals is a valid ObjectId, but not the text: "0A" < "0a".)
+        return {**bounds, f"${op}": compared(spec, value)}
+    first = _id_from(value)  # > value: ``value`` is no id
+    if first is None:  # every id is before it
+        return bounds if op in ("lt", "lte") else None
+    return {**bounds, "$gte" if op in ("gt", "gte") else "$lt": ObjectId(first)}
+
+
+def _id_from(text: str) -> str | None:
+    """The first id (24 lowercase hex digits) at or after ``text`` in text order, or
+    ``None`` when every id comes before it."""
+    for i, char in enumerate(text[:24]):
+        if char not in _HEX:
+            return _next_id(text[:i], char)
+    if len(text) <= 24:
+        return text + "0" * (24 - len(text))
+    return _next_id(text[:23], text[23])  # ids equal to its first 24 come before it
+
+
+def _next_id(prefix: str, after: str) -> str | None:
+    """The first id that starts with ``prefix`` and then a digit above ``after``, else
+    with a shorter piece of ``prefix`` and a digit above the next of it."""
+    for i in range(len(prefix), -1, -1):
+        above = [d for d in _HEX if d > (after if i == len(prefix) else prefix[i])]
+        if above:
+            return prefix[:i] + above[0] + "0" * (23 - i)
+    return None
 
 
 def all_of(*parts: dict[str, Any] | None) -> dict[str, Any]:
@@ -143,18 +184,22 @@ class FilterCompiler:
         match where:
             case Eq(field=field, value=value):
                 spec = spec_of(kind, field)
-                if not _storable(spec, value):
+                if not storable(spec, value):
                     return NEVER
                 return {shadow(spec): compared(spec, value)}
             case In(field=field, values=values):
                 spec = spec_of(kind, field)
-                kept = [compared(spec, v) for v in values if _storable(spec, v)]
+                kept = [compared(spec, v) for v in values if storable(spec, v)]
                 return {shadow(spec): {"$in": kept}} if kept else NEVER
             case Range(field=field):
                 spec = spec_of(kind, field)
-                bounds = {f"${op}": compared(spec, getattr(where, op))
-                          for op in ("gte", "gt", "lte", "lt")
-                          if getattr(where, op) is not None}
+                bounds: dict[str, Any] | None = {}
+                for op in ("gte", "gt", "lte", "lt"):
+                    value = getattr(where, op)
+                    if value is not None and bounds is not None:
+                        bounds = _bound(spec, op, value, bounds)
+                if bounds is None:
+                    return NEVER
                 return {shadow(spec): bounds} if bounds else {}
             case Search(fields=names, text=text):
                 if not names:

@@ -25,8 +25,8 @@ from domain.aggregation import Group, Metric
 from domain.entities import AuditEntry, E, Record
 from domain.ports import Change
 from domain.query import ALL, Filter, Page, PageRequest, Sort, decode_cursor, encode_cursor
-from store.mongo import aggregate, journal, writes
-from store.mongo.batch import Batch
+from store.fields import FieldSpec
+from store.mongo import aggregate, batch, journal, writes
 from store.mongo.codec import compared, from_doc, shadow, spec_of
 from store.mongo.indexes import ensure_indexes
 from store.mongo.migrations import before_indexes, migrate
@@ -39,6 +39,7 @@ from store.mongo.query import (
     computed_keys,
     computed_name,
     sort_spec,
+    storable,
 )
 
 log = logging.getLogger("chargegraph.store.mongo")
@@ -265,7 +266,7 @@ class MongoStore:
         # (a server refuses a $push past 100 MiB: ~245k sessions on one station), and
         # $topN, which would not, is not in mongomock.
         spec = spec_of(kind, key_field)
-        originals = {compared(spec, k): k for k in keys if k is not None}
+        originals = _keyed(spec, keys)
         if not originals or limit <= 0:
             return {}
         query = compile_query(kind, where)
@@ -287,7 +288,7 @@ class MongoStore:
     async def count_grouped(self, kind: type[E], key_field: str, keys: Sequence[Any],
                             where: Filter) -> dict[Any, int]:
         spec = spec_of(kind, key_field)
-        originals = {compared(spec, k): k for k in keys if k is not None}
+        originals = _keyed(spec, keys)
         if not originals:
             return {}
         query = compile_query(kind, where)
@@ -308,8 +309,7 @@ class MongoStore:
         if len(changes) == 1 and not audit:
             await writes.apply(self.db, changes[0])  # one document: atomic by itself
             return
-        batch = await Batch.open(self.db, changes, audit)
-        await batch.run(changes, audit)
+        await batch.write(self.db, changes, audit)
 
     @mapping_outages
     async def next_sequence(self, name: str) -> int:
@@ -319,3 +319,8 @@ class MongoStore:
         return int(doc["value"])
 
 
+def _keyed(spec: FieldSpec, keys: Sequence[Any]) -> dict[Any, Any]:
+    """The caller's keys by their stored form. Text that is no ObjectId in an id field is
+    no stored key: nothing is found for it, as in SQLite (not a raw ``InvalidId``)."""
+    return {compared(spec, key): key for key in keys
+            if key is not None and storable(spec, key)}

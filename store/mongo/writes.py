@@ -30,7 +30,14 @@ from domain.ports import (
     Update,
 )
 from store.fields import changed_meanwhile, duplicate_message, spec_by_name
-from store.mongo.codec import compared, partial_update, shadow, to_doc
+from store.mongo.codec import (
+    NO_DEFAULT,
+    compared,
+    constant_default,
+    partial_update,
+    shadow,
+    to_doc,
+)
 from store.mongo.indexes import PARTIAL_RULE_FIELD, violated_field
 from store.mongo.journal import MARK
 
@@ -194,9 +201,24 @@ def _target(change: Update) -> dict[str, Any]:
         if change.fields is None:
             raise ValueError("only_if needs the fields to write")
         field, value = change.only_if
-        spec = spec_by_name(type(record))[field]
-        target[shadow(spec)] = compared(spec, value)
+        target[shadow(spec_by_name(type(record))[field])] = _guard(type(record), field, value)
     return target
+
+
+def _guard(kind: type[Record], field: str, value: Any) -> Any:
+    """The filter value of a guard ``field == value``. A document written before the field
+    existed lacks it and reads as its default (``fields.build``), so a guard on the
+    default must match the missing field too: else a user stored before ``token_epoch``
+    could never be deactivated (SQLite's ``ADD COLUMN … DEFAULT`` stored the value). The
+    start-up back-fill (``migrations.ADDED_WITH_DEFAULT``) leaves no such document, but
+    an instance of an older version may still write one during a rolling upgrade."""
+    spec = spec_by_name(kind)[field]
+    stored = compared(spec, value)
+    default = constant_default(kind, field)
+    if value is not None and default is not NO_DEFAULT and value == default:
+        # ``None`` matches a missing field (and a null, which reads as the default too).
+        return {"$in": [stored, None]}
+    return stored
 
 
 def _marking(update: dict[str, Any], mark: ObjectId) -> dict[str, Any]:
@@ -240,11 +262,17 @@ def _not_found(record: Record) -> NotFound:
     return NotFound(f"no such {record.kind.replace('_', ' ')}: {record.id}", field="id")
 
 
+#: Messages of the rules that are no domain rule, in SQLite's words
+#: (``store/sqlite/constraints.py``): a client sees the same on either store.
+_MESSAGES = {("session", PARTIAL_RULE_FIELD): "the connector already has an active session"}
+
+
 def violation(kind: str, field: str) -> UniqueViolation:
-    if field == "id":
-        return UniqueViolation("a record with this id exists", field="id")
+    """The error of ``kind``'s rule on ``field``, worded as SQLite's (``id``: "another
+    station has the same id")."""
     rule = next((r for r in UNIQUE_RULES.get(kind, ()) if r[0] == field), (field,))
-    return UniqueViolation(duplicate_message(kind, rule), field=field)
+    message = _MESSAGES.get((kind, field)) or duplicate_message(kind, rule)
+    return UniqueViolation(message, field=field)
 
 
 async def explain(db: Any, record: Record, details: Mapping[str, Any] | None, *,

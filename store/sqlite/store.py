@@ -363,9 +363,14 @@ class SqliteStore:
         return [found.get(i) if isinstance(i, str) else None for i in ids]
 
     async def find_one(self, kind: type[E], where: Filter) -> E | None:
+        # The first match in id order (the port's rule; MongoDB's too): without ORDER BY
+        # SQLite returned whichever row its plan met first. The hot paths look up a
+        # unique key (a session's transaction id, a station's cpId, a card's tag), whose
+        # plan stays the same index search; other lookups sort only their own matches.
         where_sql, params = compile_where(kind, where)
         rows = await self._read(
-            f"SELECT {_select_list(kind)} FROM {_from(kind)} WHERE {where_sql} LIMIT 1", params
+            f"SELECT {_select_list(kind)} FROM {_from(kind)} WHERE {where_sql} "
+            f'ORDER BY t0."id" LIMIT 1', params
         )
         return from_row(kind, rows[0]) if rows else None
 

@@ -6,6 +6,8 @@ import math
 from datetime import UTC, datetime, timedelta, timezone
 from types import SimpleNamespace
 
+import pytest
+
 from domain.entities import (
     AuditEntry,
     Company,
@@ -33,6 +35,7 @@ from domain.query import (
     Or,
     Range,
     Search,
+    Sort,
     Sub,
     all_of,
     any_of,
@@ -43,6 +46,7 @@ from tests.contract.factories import (
     company,
     connector,
     meter_sample,
+    oid,
     put,
     session,
     station,
@@ -465,3 +469,23 @@ async def test_filters_apply_to_their_own_kind_only(store: Store) -> None:
     await put(store, named, station(name="Shared"))
     assert await matching(store, Company, Eq("name", "Shared")) == {named.id}
     assert len(await matching(store, Station, Eq("name", "Shared"))) == 1
+
+
+#: Bounds that are no id, around the ids ``oid(10)`` and ``oid(11)`` in text order.
+NOT_IDS = ["zz", "", "0", "00000000000000000000000a0", "00000000000000000000000A",
+           "00000000000000000000000g", "0000000000000000000000ff", "ffffffffffffffffffffffffz"]
+
+
+@pytest.mark.parametrize("bound", NOT_IDS)
+@pytest.mark.parametrize("op", ["gte", "gt", "lte", "lt"])
+async def test_a_range_on_an_id_with_text_that_is_no_id_compares_as_text(
+        store: Store, op: str, bound: str) -> None:
+    """Ids compare as the text clients see (SQLite's order, and ObjectIds' on MongoDB):
+    a bound that is no id is placed among them, where MongoDB raised ``InvalidId``."""
+    stations = [station(id=oid(n)) for n in (10, 11, 12)]
+    await put(store, *stations)
+    holds = {"gte": str.__ge__, "gt": str.__gt__, "lte": str.__le__, "lt": str.__lt__}[op]
+
+    found = await store.find_all(Station, Range("id", **{op: bound}), (Sort("id"),))
+
+    assert [s.id for s in found] == [s.id for s in stations if holds(s.id, bound)]

@@ -83,3 +83,16 @@ async def test_count_grouped_counts_per_key(store: Store) -> None:
     assert await store.count_grouped(Session, "station_id", [a, b, c], completed) == {a: 2}
     assert await store.count_grouped(Session, "station_id", [b], ALL) == {b: 1}
     assert await store.count_grouped(Session, "station_id", [], ALL) == {}
+
+
+async def test_a_key_that_is_no_id_finds_nothing(store: Store) -> None:
+    """As in SQLite, where no row holds that text; MongoDB raised a bare ``InvalidId``."""
+    where = station()
+    charging = session(where)
+    await put(store, where, charging)
+
+    assert await store.find_grouped(Session, "station_id", ["zz", where.id], ALL, (), 3) == {
+        where.id: [charging]}
+    assert await store.count_grouped(Session, "station_id", ["zz", where.id], ALL) == {
+        where.id: 1}
+    assert await store.count_grouped(Session, "user_id", ["zz"], ALL) == {}

@@ -12,7 +12,7 @@ import pytest
 from domain.entities import Company, Connector, Session, Station, User
 from domain.errors import ValidationError
 from domain.ports import Delete, Store
-from domain.query import ALL, Eq, Filter, Page, PageRequest, Sort
+from domain.query import ALL, Eq, Filter, Page, PageRequest, Sort, encode_cursor
 from tests.contract.factories import at, company, connector, oid, put, session, station
 
 BY_NAME = [Sort("name")]
@@ -249,3 +249,19 @@ async def test_a_cursor_with_an_integer_no_store_holds_is_rejected(stations: Sto
         await stations.find_page(Connector, ALL, by_connector, PageRequest(first=1,
                                                                            after=crafted))
     assert (raised.value.field, raised.value.code) == ("after", "INVALID_CURSOR")
+
+
+@pytest.mark.parametrize("value", ["101", 101.5, True, [101]], ids=["text", "fraction",
+                                                                     "bool", "list"])
+async def test_a_cursor_whose_value_does_not_fit_its_key_is_rejected(store: Store,
+                                                                      value: object) -> None:
+    """A tampered cursor (the key is an int): MongoDB compared it with the stored
+    numbers, which gave an arbitrary page, or none."""
+    where = station()
+    await put(store, where, *(session(where, i + 1, transaction_id=100 + i) for i in range(3)))
+    by_transaction = [Sort("transaction_id")]
+    tampered = encode_cursor("session", by_transaction, [value], oid(11))
+
+    with pytest.raises(ValidationError) as raised:
+        await store.find_page(Session, ALL, by_transaction, PageRequest(first=2, after=tampered))
+    assert raised.value.code == "INVALID_CURSOR"

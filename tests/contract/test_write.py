@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -368,3 +369,54 @@ async def test_concurrent_writes_all_land(store: Store) -> None:
     companies = [company(name=f"C{i}") for i in range(20)]
     await asyncio.gather(*(put(store, c) for c in companies))
     assert await store.count(Company, ALL) == 20
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("connector_id", 2.0), ("connector_id", True), ("connector_id", "2"),
+    ("power_w", "7000"), ("power_w", False), ("cp_id", 7), ("station_id", 7)])
+async def test_a_value_of_another_type_is_refused_by_every_store(
+        store: Store, field: str, value: Any) -> None:
+    """SQLite's codec refuses it; MongoDB stored a float or a bool in an int field, to be
+    read back as one."""
+    site = station()
+    await put(store, site)
+    wrong = dataclasses.replace(session(site), **{field: value})
+
+    with pytest.raises(TypeError):
+        await store.write([Insert(wrong)], [])
+
+    assert await store.count(Session, ALL) == 0
+
+
+async def test_an_int_in_a_float_field_is_a_number(store: Store) -> None:
+    site = station()
+    charging = dataclasses.replace(session(site), power_w=7000)
+    await put(store, site, charging)
+
+    [stored] = await store.get_many(Session, [charging.id])
+    assert stored is not None and stored.power_w == 7000.0
+
+
+@pytest.mark.parametrize("value", ["1", 1.5, True])
+async def test_a_filter_value_of_another_type_is_refused_by_every_store(
+        store: Store, value: object) -> None:
+    with pytest.raises(TypeError):
+        await store.count(Session, Eq("connector_id", value))
+
+
+async def test_unique_violations_read_the_same_on_every_store(store: Store) -> None:
+    """A client sees one message whichever store runs (MongoDB said "a record with this
+    id exists" and "another session has the same connector id")."""
+    site = station()
+    charging = session(site, 1)
+    await put(store, site, charging)
+
+    with pytest.raises(UniqueViolation) as same_id:
+        await store.write([Insert(dataclasses.replace(site, cp_id="CP-OTHER"))], [])
+    with pytest.raises(UniqueViolation) as second:
+        await store.write([Insert(session(site, 1))], [audit(site, "system")])
+
+    assert (same_id.value.message, same_id.value.field) == (
+        "another station has the same id", "id")
+    assert (second.value.message, second.value.field) == (
+        "the connector already has an active session", "connector_id")

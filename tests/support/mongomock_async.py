@@ -20,7 +20,8 @@ from bson import ObjectId
 
 #: Collection methods that are coroutines in ``pymongo.asynchronous.collection``.
 COROUTINES = frozenset({
-    "insert_one", "insert_many", "replace_one", "update_one", "delete_one", "delete_many",
+    "insert_one", "insert_many", "replace_one", "update_one", "update_many", "delete_one",
+    "delete_many",
     "find_one", "find_one_and_update", "count_documents", "distinct",
     "index_information", "drop_index",
 })
