@@ -105,6 +105,11 @@ class AddVehicleInput:
 @strawberry.input
 class UpdateVehicleInput:
     id: strawberry.ID
+    owner_id: strawberry.ID | None = strawberry.field(
+        default=strawberry.UNSET, description=(
+            "Hand the vehicle to another user (admins, and operators within their "
+            "company): its past sessions stay with it and with the drivers who charged "
+            "them; the previous owner's cards linked to it are unlinked."))
     license_plate: str | None = strawberry.UNSET
     make: str | None = strawberry.UNSET
     model: str | None = strawberry.UNSET

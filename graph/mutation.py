@@ -366,6 +366,7 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
         async def run() -> Any:
             return await ctx.services.fleet.update_vehicle(
                 ctx.viewer, expect_id(str(input.id), "vehicle", "id"),
+                owner_id=_opt_id(input.owner_id, "user", "ownerId"),
                 license_plate=given(input.license_plate), make=given(input.make),
                 model=given(input.model), battery_kwh=given(input.battery_kwh),
             )

@@ -64,17 +64,19 @@ class FleetService(Service):
         return vehicle
 
     async def _commit_plate(self, viewer: Viewer,
-                            changes: Sequence[tuple[Change, Record | None]]) -> None:
+                            changes: Sequence[tuple[Change, Record | None]],
+                            plate_field: str = "licensePlate") -> None:
         """Commits a vehicle's write. The store's unique rule is on ``plate_key``, which
-        no input names: the driver typed ``licensePlate``, so that is where the
-        duplicate is reported."""
+        no input names: the driver typed ``licensePlate`` (or handed the vehicle to an
+        owner who has one with that plate: ``ownerId``), so that is where the duplicate
+        is reported."""
         try:
             await self.commit(viewer, changes)
         except UniqueViolation as exc:
             if exc.field != "plate_key":
                 raise
             raise UniqueViolation("the owner has a vehicle with this license plate already",
-                                  field="licensePlate") from None
+                                  field=plate_field) from None
 
     async def _own_vehicle(self, viewer: Viewer, vehicle_id: str, field: str = "id"
                            ) -> Vehicle:
@@ -85,15 +87,26 @@ class FleetService(Service):
         return vehicle
 
     async def update_vehicle(self, viewer: Viewer, vehicle_id: str, *,
-                             license_plate: Any = UNSET, make: Any = UNSET,
-                             model: Any = UNSET, battery_kwh: Any = UNSET) -> Vehicle:
+                             owner_id: Any = UNSET, license_plate: Any = UNSET,
+                             make: Any = UNSET, model: Any = UNSET,
+                             battery_kwh: Any = UNSET) -> Vehicle:
+        """``owner_id``: the vehicle handed to another user (QA s17, a fleet: moving a van
+        to another driver meant removing it, which took it off its past sessions). Its
+        sessions keep it; the previous owner's cards linked to it are unlinked, as a
+        removal unlinks them."""
         vehicle = await self._own_vehicle(viewer, vehicle_id)
         if license_plate is None:
             raise ValidationError("must not be empty", field="licensePlate", code="REQUIRED")
+        if owner_id is None:
+            raise ValidationError("a vehicle always has an owner", field="ownerId",
+                                  code="REQUIRED")
+        new_owner = UNSET if owner_id is UNSET or owner_id == vehicle.owner_id \
+            else (await self._owner(viewer, owner_id, "ownerId")).id
         plate = UNSET if license_plate is UNSET else v.license_plate(license_plate)
         update = patch(
             vehicle,
             viewer,
+            owner_id=new_owner,
             # The key is written with the plate, always: the two never disagree.
             license_plate=plate,
             plate_key=UNSET if plate is UNSET else v.plate_key(plate),
@@ -103,7 +116,14 @@ class FleetService(Service):
             else v.positive(battery_kwh, "batteryKwh", max_value=1000),
         )
         updated = cast(Vehicle, update.record)
-        await self._commit_plate(viewer, [(update, vehicle)])
+        changes: list[tuple[Change, Record | None]] = [(update, vehicle)]
+        if new_owner is not UNSET:
+            tags = await self.store.find_all(IdTag, Eq("vehicle_id", vehicle.id))
+            changes += [(patch(tag, viewer, vehicle_id=None), tag) for tag in tags
+                        if tag.user_id != new_owner]
+        await self._commit_plate(viewer, changes,
+                                 plate_field="licensePlate" if new_owner is UNSET
+                                 else "ownerId")
         return updated
 
     async def remove_vehicle(self, viewer: Viewer, vehicle_id: str) -> Vehicle:

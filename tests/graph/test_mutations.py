@@ -687,3 +687,33 @@ async def test_password_resets_leave_a_marker_in_the_audit_log(api: Api, world: 
         assert [{k: v for k, v in after.items() if k in ("password_changed", "tokens_revoked")}
                 for after in updates] == markers, kind
         assert "hash" not in str(updates) and "token_epoch" not in str(updates)
+
+
+async def test_a_vehicle_is_handed_to_another_driver_with_its_history(
+        api: Api, world: World, store) -> None:
+    """QA (s17, a fleet): moving a van to another driver meant removing it, which took it
+    off its past sessions. Handed over, it keeps them; its previous owner's cards let go
+    of it; and whoever may not act for both owners may not hand it over."""
+    van = gid("vehicle", world.vehicles["driver1"].id)
+    driver2 = gid("user", world.users["driver2"].id)
+    assert codes(await call(api, world, "driver1", "updateVehicle",
+                            {"id": van, "ownerId": driver2}, "vehicle { id }")
+                 ) == [("ownerId", "NOT_FOUND")]  # a driver hands nothing to others
+    assert codes(await call(api, world, "admin", "updateVehicle",
+                            {"id": van, "ownerId": None}, "vehicle { id }")
+                 ) == [("ownerId", "REQUIRED")]
+    same_plate = await call(api, world, "driver1", "addVehicle", {"licensePlate": "B-DR 2"},
+                            "vehicle { id }")
+    assert codes(await call(api, world, "admin", "updateVehicle",
+                            {"id": same_plate["vehicle"]["id"], "ownerId": driver2},
+                            "vehicle { id }")) == [("ownerId", "DUPLICATE")]
+    moved = await call(api, world, "admin", "updateVehicle", {"id": van, "ownerId": driver2},
+                       "vehicle { owner { name } }")
+    assert moved["vehicle"] == {"owner": {"name": "Driver2"}} and moved["errors"] == []
+    past = await store.inner.get_many(d.Session, [world.sessions["s2"].id])
+    assert past[0].vehicle_id == world.vehicles["driver1"].id  # the van's history stays
+    card = await store.inner.get_many(d.IdTag, [world.tags["driver1"].id])
+    assert card[0].vehicle_id is None  # driver1's card no longer names driver2's van
+    theirs = await api.gql("{ vehicles { nodes { licensePlate } } }",
+                           as_user=world.users["driver2"].id)
+    assert {"licensePlate": "B-DR 1"} in theirs["vehicles"]["nodes"]
