@@ -18,6 +18,7 @@ from typing import Any, ClassVar, TypeVar
 
 from domain.clock import utcnow
 from domain.ids import new_id
+from domain.wire import rfc3339
 
 
 class Role(StrEnum):
@@ -853,7 +854,7 @@ def snapshot(record: Record) -> dict[str, Any]:
             continue
         value = getattr(record, f.name)
         if isinstance(value, datetime):
-            value = value.isoformat()
+            value = rfc3339(value)  # as the API writes every instant (QA s17)
         elif isinstance(value, Decimal):
             value = str(value)
         elif isinstance(value, StrEnum):
