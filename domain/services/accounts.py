@@ -125,9 +125,11 @@ class AccountService(Service):
         exact = await self.store.find_one(Company, Eq("name", name))
         if exact is not None:
             return exact
-        wanted = name.casefold()
+        # Folded as the search folds (lower case), so that whatever it finds is compared
+        # alike: "Straße" and "STRASSE" are two names to it, and so here (review s17).
+        wanted = name.lower()
         candidates = await self.store.find_all(Company, Search(("name",), name))
-        return next((c for c in candidates if c.name.casefold() == wanted), None)
+        return next((c for c in candidates if c.name.lower() == wanted), None)
 
     async def update_company(self, viewer: Viewer, company_id: str, *, name: str) -> Company:
         company = await self.visible(viewer, Company, company_id)

@@ -427,7 +427,12 @@ class ChargingService(Service):
             except Conflict:
                 continue
             self.clocks.connected(cp_id, at)
-            await self._resume_reboot_checks(station)
+            try:
+                await self._resume_reboot_checks(station)
+            except Exception:  # optional: the connection stands (review s17); a read blip
+                # here must not refuse the charger. The next connect arms it again.
+                log.warning("%s: arming its reboot checks again failed", cp_id,
+                            exc_info=True)
             return Connected(at, number)
 
     async def _resume_reboot_checks(self, station: Station) -> None:
@@ -1004,7 +1009,9 @@ class ChargingService(Service):
         samples = samples_of(station, connector_id, transaction_id, session, readings, count)
         if readings:
             # After ``_samples`` checked every timestamp: a refused frame must not move it.
-            await self._clock_report(station, max(as_utc(r.timestamp) for r in readings))
+            # As sent: a stamp beyond belief is ignored there, where our own clock put
+            # in its place would be taken for the charger's (review s17).
+            await self._clock_report(station, max(as_utc(r.sent_at) for r in readings))
         # Signed meter values (OCMF…) are no numbers: records of their own, in the same
         # group commit as the samples.
         signed = signed_values_of(station, connector_id, transaction_id, session, readings)

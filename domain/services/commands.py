@@ -9,6 +9,7 @@ the ``ChargerGateway`` port, judges the answer, audits the command and publishes
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -186,11 +187,7 @@ class CommandService(Service):
             outcome.reservation = await self._reservation(viewer, station,
                                                           payload.get("reservationId"))
         if self.gateway is not None:
-            # Written before the charger may act on it: a process killed while the
-            # charger held the command left no trace of who started the session it then
-            # began (QA s17). The answer is a second entry, ``stage`` ANSWERED.
-            await self.commit(viewer, [], extra_audit=[
-                self._audit_entry(viewer, outcome, payload, "SENT")])
+            await self._audit_sent(viewer, outcome, payload)
         try:
             await self._call(outcome, payload)
         except asyncio.CancelledError:
@@ -544,6 +541,25 @@ class CommandService(Service):
         return expired
 
     # ------------------------------------------------------------- bookkeeping
+    async def _audit_sent(self, viewer: Viewer, outcome: CommandOutcome,
+                          payload: dict[str, Any]) -> None:
+        """The audit entry written before the charger may act on the command: a process
+        killed while the charger held it left no trace of who started the session it then
+        began (QA s17); the answer is a second entry, ``stage`` ANSWERED. When it cannot
+        be written, nothing is sent, and what the command stored (a PENDING reservation)
+        is settled as not sent rather than left holding the plug (review s17)."""
+        try:
+            await self.commit(viewer, [], extra_audit=[
+                self._audit_entry(viewer, outcome, payload, "SENT")])
+        except BaseException as exc:
+            if outcome.reservation is not None:
+                # Not sent, so a definite no (REJECTED), not an unanswered one.
+                outcome.error = exc if isinstance(exc, DomainError) \
+                    else ChargerOffline(f"{outcome.action} was not sent")
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self._after(viewer, outcome, payload))
+            raise
+
     @staticmethod
     def _audit_entry(viewer: Viewer, outcome: CommandOutcome, payload: dict[str, Any],
                      stage: str) -> AuditEntry:

@@ -209,6 +209,14 @@ class SampledValue(NamedTuple):
 class MeterReading(NamedTuple):
     timestamp: datetime
     values: tuple[SampledValue, ...]
+    #: The timestamp as the charger sent it, when ``believed`` placed the reading at its
+    #: arrival instead: what identifies it (a resent frame is the same reading), what
+    #: signed evidence keeps, and what the charger's clock is judged by.
+    reported: datetime | None = None
+
+    @property
+    def sent_at(self) -> datetime:
+        return self.reported or self.timestamp
 
 
 def to_wh(value: float, unit: str | None) -> float:
@@ -241,7 +249,7 @@ def believed(readings: list[MeterReading], believable: Callable[[datetime], bool
         if not believable(at):
             if kept is readings:
                 kept = list(readings)
-            kept[index] = reading._replace(timestamp=now)
+            kept[index] = reading._replace(timestamp=now, reported=reading.timestamp)
     return kept
 
 
@@ -308,8 +316,11 @@ def samples_of(station: Station, connector_id: int, transaction_id: int | None,
     session_id = session.id if session else None
     for reading in sorted(readings, key=lambda r: r.timestamp):
         at = v.instant(as_utc(reading.timestamp), "meterValue.timestamp")
-        sample_id = stable_ids(at, station.cp_id, connector_id, transaction_id,
-                               at.isoformat())
+        # Keyed by the time sent: a resent frame's reading placed at its (new) arrival
+        # is still the same reading, written once (review s17).
+        sent = as_utc(reading.sent_at)
+        sample_id = stable_ids(sent, station.cp_id, connector_id, transaction_id,
+                               sent.isoformat())
         total_seen = False
         lines: dict[str, tuple[float, int]] = {}  # line → (its register in Wh, its sample)
         for sv in reading.values:
@@ -375,7 +386,8 @@ def signed_values_of(station: Station, connector_id: int, transaction_id: int | 
         signed = [sv for sv in reading.values if sv.format == SIGNED_DATA]
         if not signed:
             continue
-        at = v.instant(as_utc(reading.timestamp), "meterValue.timestamp")
+        # Evidence as sent: the charger's own timestamp, even one beyond belief.
+        at = v.instant(as_utc(reading.sent_at), "meterValue.timestamp")
         signed_id = stable_ids(at, station.cp_id, connector_id, transaction_id,
                                at.isoformat(), SIGNED_DATA)
         for sv in signed:

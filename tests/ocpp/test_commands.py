@@ -1471,3 +1471,36 @@ async def test_a_charger_that_cannot_do_a_request_is_told_from_one_that_failed(
         assert answer_of(answers["InternalError"]) is d.LimitAnswer.ERROR
     finally:
         await stop_central(central)
+
+
+async def test_a_reservation_whose_command_could_not_be_audited_is_not_left_pending(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review (s17): the SENT entry is written before sending; when that write failed,
+    the reservation stored for the ReserveNow stayed PENDING, holding the plug, with
+    nothing sent. It is settled as refused, and the caller told."""
+    from domain.errors import StoreUnavailable
+
+    central = await start_central(tmp_path / "c.db", command_timeout=0.5)
+    await seed(central)
+    commands = central.services.commands
+    real_commit = commands.commit
+
+    async def commit(viewer: Viewer, changes: Any, **kw: Any) -> Any:
+        audit = kw.get("extra_audit") or []
+        if not changes and audit and (audit[0].after or {}).get("stage") == "SENT":
+            raise StoreUnavailable("the store is busy", reason="busy")
+        return await real_commit(viewer, changes, **kw)
+
+    soon = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    try:
+        async with scripted_charger(central) as charger:
+            monkeypatch.setattr(commands, "commit", commit)
+            answer = await run(central, "reserveNow", {
+                "cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OK", "expiryDate": soon},
+                "status reservation { state }")
+            assert [e["code"] for e in answer["errors"]] == ["STORE_UNAVAILABLE"], answer
+            assert charger.received == []  # nothing sent
+        found = await central.store.find_all(d.Reservation, Eq("cp_id", "CP-1"))
+        assert [r.state for r in found] == [d.ReservationState.REJECTED]
+    finally:
+        await stop_central(central)

@@ -58,3 +58,28 @@ async def test_a_reading_stamped_beyond_belief_is_placed_at_its_arrival(
     [glitch] = [s for s in kept if s.value == 5_000]
     assert before - timedelta(seconds=1) <= glitch.at <= after + timedelta(seconds=1)
     assert glitch.delta_wh == 1_000  # still counted, at its arrival
+
+
+async def test_a_reading_beyond_belief_neither_sets_the_clock_nor_doubles_when_resent(
+        central: Central) -> None:
+    """Review (s17): placed at its arrival, a 2099 reading made our clock the charger's
+    (one two hours behind then had its later stamps ignored as old), and a resent frame
+    wrote it again under a new id (its samples and signed evidence twice)."""
+    behind = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
+    glitch = datetime(2099, 6, 1, tzinfo=UTC)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        answer = await cp.call(call.StartTransaction(
+            connector_id=1, id_tag="TAG-OK", meter_start=1_000, timestamp=iso(behind)))
+        tx = answer.transaction_id
+        frame = call.MeterValues(connector_id=1, transaction_id=tx, meter_value=[{
+            "timestamp": iso(glitch), "sampledValue": [
+                {"value": "2000"},
+                {"value": "OCMF|{}|{}", "format": "SignedData"}]}])
+        await cp.call(frame)
+        await cp.call(frame)  # resent: its answer was lost
+        clock = central.services.charging.clocks.charger_now("CP-1")
+    assert clock < datetime.now(UTC) - timedelta(hours=1), clock
+    samples = await central.store.find_all(d.MeterSample, Eq("transaction_id", tx))
+    assert [s.value for s in samples] == [2_000]
+    signed = await central.store.find_all(d.SignedMeterValue, Eq("transaction_id", tx))
+    assert len(signed) == 1 and signed[0].at == glitch  # evidence as sent

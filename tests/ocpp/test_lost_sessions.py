@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from ocpp.v16 import call
 
 from domain import entities as d
@@ -146,3 +147,19 @@ async def test_a_stop_after_the_reboot_grace_corrects_the_session_closed_as_lost
     assert (stopped.stop_reason, stopped.meter_stop_wh, stopped.energy_wh,
             stopped.cost_minor) == ("PowerLoss", 40_000, 39_000, 1560)
     assert (await payment_of(central, stopped)).amount_minor == 1560
+
+
+async def test_a_failing_re_arm_of_reboot_checks_does_not_refuse_the_charger(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review (s17): the re-arm runs after the connection is recorded; a read failing
+    there closed the socket (1013) and recorded the charger offline again."""
+    from domain.errors import StoreUnavailable
+
+    async def failing(station: object) -> None:
+        raise StoreUnavailable("a blip", reason="busy")
+
+    monkeypatch.setattr(central.services.charging, "_resume_reboot_checks", failing)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        station = await central.store.find_one(d.Station, Eq("cp_id", "CP-1"))
+        assert station is not None and station.online
