@@ -245,11 +245,12 @@ def believed(readings: list[MeterReading], believable: Callable[[datetime], bool
     refused."""
     kept = readings
     for index, reading in enumerate(readings):
-        at = v.instant(as_utc(reading.timestamp), "meterValue.timestamp")
-        if not believable(at):
-            if kept is readings:
-                kept = list(readings)
-            kept[index] = reading._replace(timestamp=now, reported=reading.timestamp)
+        if believable(reading.timestamp):
+            continue  # the frame's every reading, nearly always: checked in full later
+        v.instant(as_utc(reading.timestamp), "meterValue.timestamp")
+        if kept is readings:
+            kept = list(readings)
+        kept[index] = reading._replace(timestamp=now, reported=reading.timestamp)
     return kept
 
 
@@ -318,7 +319,7 @@ def samples_of(station: Station, connector_id: int, transaction_id: int | None,
         at = v.instant(as_utc(reading.timestamp), "meterValue.timestamp")
         # Keyed by the time sent: a resent frame's reading placed at its (new) arrival
         # is still the same reading, written once (review s17).
-        sent = as_utc(reading.sent_at)
+        sent = at if reading.reported is None else as_utc(reading.reported)
         sample_id = stable_ids(sent, station.cp_id, connector_id, transaction_id,
                                sent.isoformat())
         total_seen = False
