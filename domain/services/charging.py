@@ -481,8 +481,8 @@ class ChargingService(Service):
                                             reported_at=plug.updated_at, now=now)
 
     async def disconnect(self, cp_id: str, *, number: int | None = None,
-                         instance: str | None = None, lost: Lost | None = None
-                         ) -> datetime | None:
+                         instance: str | None = None, lost: Lost | None = None,
+                         stopping: bool = False) -> datetime | None:
         """Records that the charger's connection ``number`` (held by ``instance``) closed;
         returns the time, or ``None`` when nothing was recorded: it is not the station's
         connection any more (the charger connected again, here or to another instance,
@@ -490,7 +490,10 @@ class ChargingService(Service):
         connection without a number (recorded before numbers existed) is judged by the
         instance holding it; neither given, the station goes offline whatever holds it.
         ``lost``: the connection was lost with a process that died (``Lost``), and the
-        disconnect is dated then, not now."""
+        disconnect is dated then, not now. ``stopping``: the instance holding it is
+        stopping and closed it. Either is the central system's outage, not the
+        charger's leaving: until the charger connects again its state is unknown
+        (``ConnectorInterval.known``), not offline."""
         await self.session_updates.flush(cp_id)  # no frame of it will publish what it held
         station = await self.station(cp_id)
         if station is None or not station.online:
@@ -504,7 +507,7 @@ class ChargingService(Service):
             return None
         try:
             return await self._record_connection(
-                station, False, guard=guard,
+                station, False, guard=guard, outage=stopping or lost is not None,
                 at=None if lost is None else self._lost_at(station, lost))
         except Conflict:  # a newer connection was recorded meanwhile
             return None
@@ -519,19 +522,23 @@ class ChargingService(Service):
     async def _record_connection(self, station: Station, online: bool, *,
                                  instance: str | None = None, number: int | None = None,
                                  guard: tuple[str, Any] | None = None,
-                                 at: datetime | None = None) -> datetime:
+                                 at: datetime | None = None, outage: bool = False
+                                 ) -> datetime:
         """Writes the connect or disconnect (flag, connection history, state intervals;
         only while ``guard`` holds, else ``Conflict``) and announces it. ``at``: a
         disconnect found after the fact (``Lost``), dated when the connection was last
-        known to be there; the charger was not heard now, so ``last_seen`` stays."""
+        known to be there. ``outage``: a disconnect of the central system's own doing:
+        the state after it is unknown, and the charger was not heard closing it, so
+        ``last_seen`` stays."""
         cp_id = station.cp_id
         now = self.now()
         when = now if at is None else at
         actor = charger(cp_id)
-        event = ConnectionEvent(station_id=station.id, cp_id=cp_id, online=online, at=when)
+        event = ConnectionEvent(station_id=station.id, cp_id=cp_id, online=online, at=when,
+                                server_outage=outage)
         fields: dict[str, Any] = {"online": online,
                                   "connected_instance": instance if online else None}
-        if at is None:
+        if not outage:
             fields["last_seen"] = now
         if online:
             fields["connection"] = number
@@ -542,7 +549,7 @@ class ChargingService(Service):
             changes += await next_interval(self.store,
                 station, connector.connector_id,
                 *effective_state(station, connector.status, connector.error_code), online,
-                self.clocks.charger_time(cp_id, when), actor)
+                self.clocks.charger_time(cp_id, when), actor, known=not outage)
         await self.store.write(changes, [])
         self.cache.remember(cast(Station, update.record), renew=False)
         await self.publish(StationConnectionChanged(

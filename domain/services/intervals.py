@@ -45,24 +45,26 @@ def point_state(station: Station) -> tuple[ConnectorStatus | None, str]:
 
 async def next_interval(store: Store, station: Station, connector_id: int,
                         status: ConnectorStatus, error_code: str, online: bool,
-                        at: datetime, actor: Viewer) -> list[Change]:
+                        at: datetime, actor: Viewer, *, known: bool = True) -> list[Change]:
     """Close the connector's open state interval at ``at`` and open the next one,
     unless nothing that analytics distinguishes changed. ``station`` is the one
-    ``effective_state`` was given: its status is the charge point's during the stretch."""
+    ``effective_state`` was given: its status is the charge point's during the stretch.
+    ``known``: false from a disconnect recorded for the central system's own outage
+    (``ConnectorInterval.known``)."""
     current = await store.find_one(ConnectorInterval, all_of(
         Eq("cp_id", station.cp_id), Eq("connector_id", connector_id), Eq("end", None)))
     point_status, point_error_code = point_state(station)
     changes: list[Change] = []
     if current is not None:
         if (current.status, current.error_code, current.online, current.point_status,
-                current.point_error_code) == (status, error_code, online, point_status,
-                                              point_error_code):
+                current.point_error_code, current.known) == (
+                    status, error_code, online, point_status, point_error_code, known):
             return []
         changes.append(patch(current, actor, end=max(at, current.start)))
     changes.append(Insert(stamp_new(ConnectorInterval(
         station_id=station.id, cp_id=station.cp_id, connector_id=connector_id,
         status=status, error_code=error_code, online=online, point_status=point_status,
-        point_error_code=point_error_code,
+        point_error_code=point_error_code, known=known,
         start=max(at, current.start) if current else at), actor, at)))
     return changes
 

@@ -10,8 +10,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from domain import entities as d
 from domain.query import Eq
+from ocpp_bridge import simulator
 from ocpp_bridge.simulator import connected
 from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
 
@@ -26,7 +29,7 @@ SHARES = """query($from: DateTime!, $to: DateTime!) {
     cpId connectorId occupiedSeconds chargingSeconds } }"""
 
 HISTORY = """{ station(cpId: "CP-1") { lastSeen
-  connectionHistory(first: 10) { edges { node { online at } } } } }"""
+  connectionHistory(first: 10) { edges { node { online at serverOutage } } } } }"""
 
 
 def iso(at: datetime) -> str:
@@ -89,11 +92,55 @@ async def test_a_crash_is_no_uptime_and_last_seen_stays_when_the_charger_was_hea
         available, _ = await shares(second, t0 - timedelta(minutes=1),
                                     t0 + timedelta(hours=2))
         assert available["availableSeconds"] < SLACK_S  # not the hour of the outage
+        # Nor offline: nobody was listening. The hour is unknown.
+        assert available["reportedSeconds"] < SLACK_S
+        assert available["unknownSeconds"] > available["windowSeconds"] - SLACK_S
         data = await second.gql(HISTORY, as_user="admin")
     finally:
         await stop_central(second)
     station = data["station"]
     assert parsed(station["lastSeen"]) == heard.last_seen  # nothing heard since
     newest = station["connectionHistory"]["edges"][0]["node"]
-    assert newest["online"] is False
+    assert (newest["online"], newest["serverOutage"]) == (False, True)
     assert heard.last_seen <= parsed(newest["at"]) <= crashed
+
+
+def charger_clock_ahead(monkeypatch: pytest.MonkeyPatch, ahead: timedelta) -> None:
+    """The simulated chargers' clock runs ``ahead`` too: they live through the hour the
+    restarted server's clock skipped (their timestamps place the state intervals)."""
+    monkeypatch.setattr(simulator, "now", lambda: (datetime.now(UTC) + ahead).isoformat(
+        timespec="milliseconds").replace("+00:00", "Z"))
+
+
+async def test_a_clean_stop_is_unknown_time_not_the_chargers_downtime(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The QA's s2: a charger connected and Available, the server stopped (SIGTERM) for a
+    while (here an hour) and started again, the charger connects again. The stop's
+    disconnects were recorded as any, so the server's outage was the charger's known
+    offline time: reportedSeconds counted it and the uptime KPI fell."""
+    first = await start_central(tmp_path / "central.db")
+    await seed(first)
+    t0 = datetime.now(UTC)
+    async with connected(first.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await cp.status(1, "Available")
+        await stop_central(first)  # as SIGTERM stops it: the disconnects are written
+
+    second = await start_central(tmp_path / "central.db", ahead=timedelta(hours=1))
+    second.users = first.users
+    charger_clock_ahead(monkeypatch, timedelta(hours=1))
+    try:
+        async with connected(second.url, "CP-1", password=STATION_PASSWORD) as cp:
+            await cp.boot()
+            await cp.status(1, "Available")
+            available, _ = await shares(second, t0 - timedelta(minutes=1),
+                                        t0 + timedelta(hours=2))
+            data = await second.gql(HISTORY, as_user="admin")
+    finally:
+        await stop_central(second)
+    # Known: the moments before the stop and since the restart, not the hour between.
+    assert available["reportedSeconds"] < SLACK_S
+    assert available["unknownSeconds"] > available["windowSeconds"] - SLACK_S
+    history = [e["node"] for e in data["station"]["connectionHistory"]["edges"]]
+    assert [(e["online"], e["serverOutage"]) for e in history] == [
+        (True, False), (False, True), (True, False)]
