@@ -527,8 +527,9 @@ class AnalyticsService(Service):
                           ) -> list[ShareRow]:
         """Share of the window (or of each ``bucket`` of it, aligned in ``time_zone``)
         each connector (or station: all its connectors) was occupied by a session, and
-        was charging (status Charging). Only connectors whose state history the viewer
-        may see (``_connectors``)."""
+        was charging (status Charging, its station online: an offline charger's state is
+        unknown; a StopTransaction ends it, ``intervals.finishing``). Only connectors
+        whose state history the viewer may see (``_connectors``)."""
         _signed_in(viewer)
         _per_connector(scope)
         _window(start, end)
@@ -539,7 +540,9 @@ class AnalyticsService(Service):
         return await self._share_rows(
             viewer, scope, by_connector, spans,
             (Session, scope.sessions(), ("start_time", "end_time")),
-            (ConnectorInterval, all_of(scope.on_stations(),
+            # Charging while its station was online: offline, the status is only the
+            # last one reported, and nobody can tell the charging went on.
+            (ConnectorInterval, all_of(scope.on_stations(), Eq("online", True),
                                        Eq("status", ConnectorStatus.CHARGING)),
              ("start", "end")))
 

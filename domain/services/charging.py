@@ -76,6 +76,7 @@ from domain.services.intervals import (
     POINT_STATUSES,
     IdleSpan,
     effective_state,
+    finishing,
     idle_times,
     next_interval,
     rebase_intervals,
@@ -1108,6 +1109,7 @@ class ChargingService(Service):
                 session = await self._transaction(cp_id, transaction_id)
                 continue
             await self._announce_end(station, closed)
+            await self._finish_connector(station, closed)
             return info
         # A repeated stop (or one whose session kept changing under it): its meter values
         # are kept as history, adding no energy (no increments) to a session closed.
@@ -1116,6 +1118,33 @@ class ChargingService(Service):
         if kept:
             await self.store.write([InsertIfAbsent(s) for s in kept], [])
         return info
+
+    async def _finish_connector(self, station: Station, closed: Session) -> None:
+        """After a StopTransaction: its connector, still charging as far as its state
+        goes, is Finishing from the stop on (``intervals.finishing``), so charging time
+        ends with the session. Not when another transaction is open on the connector
+        (this stop was flushed late: the state is that one's), nor when the charger
+        reported the connector meanwhile."""
+        connector = await self.store.find_one(Connector, all_of(
+            Eq("station_id", station.id), Eq("connector_id", closed.connector_id)))
+        if connector is None or closed.end_time is None:
+            return
+        if await self.store.find_one(Session, all_of(
+                Eq("cp_id", station.cp_id), Eq("connector_id", closed.connector_id),
+                Eq("state", SessionState.ACTIVE))) is not None:
+            return
+        changes = await finishing(self.store, station, connector, closed.end_time,
+                                  charger(station.cp_id))
+        if not changes:
+            return
+        try:
+            await self.store.write(changes, [])
+        except Conflict:
+            return  # reported meanwhile: the charger's own word stands
+        await self.publish(ConnectorStatusChanged(
+            **owned_by(station), at=closed.end_time, connector_record_id=connector.id,
+            connector_id=connector.connector_id, status=ConnectorStatus.FINISHING.value,
+            error_code=connector.error_code, info=None))
 
     async def _transaction(self, cp_id: str, transaction_id: int) -> Session | None:
         """The charger's session of ``transaction_id`` (another charger's is none)."""

@@ -11,11 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ocpp.v16 import call
 
 from domain import entities as d
 from domain.query import Eq
 from ocpp_bridge import simulator
-from ocpp_bridge.simulator import connected
+from ocpp_bridge.simulator import SimulatedChargePoint, connected
+from tests.helpers import MovedClock
 from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
 
 #: Of an hour's outage, how much may be counted to either side: the moments the test
@@ -34,6 +36,29 @@ HISTORY = """{ station(cpId: "CP-1") { lastSeen
 
 def iso(at: datetime) -> str:
     return at.isoformat().replace("+00:00", "Z")
+
+
+def stamp(at: datetime) -> str:
+    return at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+async def report(cp: SimulatedChargePoint, status: str, at: datetime) -> None:
+    """Connector 1's status, stamped ``at`` on the charger's clock."""
+    await cp.call(call.StatusNotification(connector_id=1, error_code="NoError",
+                                          status=status, timestamp=stamp(at)))
+
+
+async def start(cp: SimulatedChargePoint, at: datetime) -> int:
+    answer = await cp.call(call.StartTransaction(connector_id=1, id_tag="TAG-OK",
+                                                 meter_start=1000, timestamp=stamp(at)))
+    assert answer.id_tag_info["status"] == "Accepted"
+    return int(answer.transaction_id)
+
+
+async def stop(cp: SimulatedChargePoint, transaction_id: int, at: datetime, reason: str
+               ) -> None:
+    await cp.call(call.StopTransaction(meter_stop=1100, timestamp=stamp(at),
+                                       transaction_id=transaction_id, reason=reason))
 
 
 def parsed(text: str) -> datetime:
@@ -144,3 +169,63 @@ async def test_a_clean_stop_is_unknown_time_not_the_chargers_downtime(
     history = [e["node"] for e in data["station"]["connectionHistory"]["edges"]]
     assert [(e["online"], e["serverOutage"]) for e in history] == [
         (True, False), (False, True), (True, False)]
+
+
+async def test_charging_ends_with_the_session_when_the_charger_resets_after_it(
+        central: Central) -> None:
+    """The QA's s5: a 2 s session stopped for a HardReset, the socket closes, the charger
+    is away 8 s and reports Available when back. Nothing said the connector stopped
+    charging until then: chargingSeconds read 10 of a 2 s session. The StopTransaction
+    ends Charging (OCPP 1.6: the connector is Finishing)."""
+    t = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=10)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await report(cp, "Available", t - timedelta(seconds=5))
+        tx = await start(cp, t)
+        await report(cp, "Charging", t)
+        await stop(cp, tx, t + timedelta(seconds=2), "HardReset")
+    await recorded(central, False)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:  # rebooted
+        await cp.boot()
+        await report(cp, "Available", t + timedelta(seconds=10))
+        _, used = await shares(central, t - timedelta(minutes=1), t + timedelta(minutes=1))
+        data = await central.gql('{ station(cpId: "CP-1") { connectors { status } } }',
+                                 as_user="admin")
+    assert (used["occupiedSeconds"], used["chargingSeconds"]) == (2.0, 2.0)
+    assert data["station"]["connectors"][0]["status"] == "AVAILABLE"
+
+
+async def test_a_connector_is_finishing_after_its_stop_until_the_charger_says_more(
+        central: Central) -> None:
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        t = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=10)
+        tx = await start(cp, t)
+        await report(cp, "Charging", t)
+        await stop(cp, tx, t + timedelta(seconds=2), "Local")
+        plug = await central.store.find_one(d.Connector, Eq("cp_id", "CP-1"))
+        assert plug is not None
+        assert (plug.status, plug.status_at) == (d.ConnectorStatus.FINISHING,
+                                                 t + timedelta(seconds=2))
+
+
+async def test_an_offline_charger_is_not_charging(central: Central) -> None:
+    """A charger charging drops off for an hour mid-session and comes back still
+    charging: the hour counts as occupied (the session went on) but not as charging,
+    since nobody could tell it was (utilization counted the last status reported)."""
+    t = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=3)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await report(cp, "Available", t - timedelta(seconds=5))
+        tx = await start(cp, t)
+        await report(cp, "Charging", t)
+    await recorded(central, False)
+    with MovedClock(central.services.ctx) as clock:
+        clock.by(timedelta(hours=1))  # back an hour later, on its clock as on ours
+        back = t + timedelta(hours=1)
+        async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+            await report(cp, "Charging", back)
+            await stop(cp, tx, back + timedelta(seconds=2), "Local")
+            _, used = await shares(central, t - timedelta(minutes=1), t + timedelta(hours=2))
+    assert used["occupiedSeconds"] == 3602.0
+    assert 2.0 <= used["chargingSeconds"] < 2.0 + SLACK_S  # not the hour away
