@@ -584,7 +584,13 @@ class ConnectorInterval(Record):
     Unavailable or Faulted: no plug can charge), else the connector's. ``point_status``
     and ``point_error_code`` are the charge point's state during the stretch, so a fault
     report tells the point's outage (connector 0) from the connector's own faults; null
-    in history recorded before they were (SQLite migration 20)."""
+    in history recorded before they were (SQLite migration 20).
+
+    ``known`` is false for the stretch after a disconnect the central system recorded for
+    its own outage (``ConnectionEvent.server_outage``: it stopped, or crashed and the
+    disconnect was found later), until the charger's next connection: nobody was
+    listening, so nothing can be said of the connector then, not even that its charger
+    was away. Analytics count it as unknown time, neither usable nor offline."""
 
     kind: ClassVar[str] = "connector_interval"
     station_id: str
@@ -597,17 +603,22 @@ class ConnectorInterval(Record):
     point_error_code: str | None = None
     start: datetime
     end: datetime | None = None
+    known: bool = True
 
 
 @dataclass(kw_only=True)
 class ConnectionEvent(Record):
-    """A charger's websocket connected or disconnected: the station's online history."""
+    """A charger's websocket connected or disconnected: the station's online history.
+    ``server_outage``: a disconnect the central system recorded for its own outage (it
+    stopped and closed the socket itself, or crashed and the disconnect was found later),
+    not the charger's leaving."""
 
     kind: ClassVar[str] = "connection_event"
     station_id: str
     cp_id: str
     online: bool
     at: datetime = field(default_factory=utcnow)
+    server_outage: bool = False
 
 
 @dataclass(kw_only=True)

@@ -166,14 +166,18 @@ class AvailabilityRow:
     reported_seconds: float = strawberry.field(
         description="The part of the window the connector's state was known: from when "
                     "its state history began (its charger's first connection or report "
-                    "after it was added), offline time included (known to be offline).")
+                    "after it was added), offline time included (known to be offline), "
+                    "the central system's own outages not (stopped or crashed: from "
+                    "then until the charger's next connection nobody was listening).")
     start: datetime | None = strawberry.field(description=_START)
     _station_id: strawberry.Private[str]
 
     @strawberry.field(description="`windowSeconds` less `reportedSeconds`: before the "
                                   "connector's state history began (a station added or "
-                                  "first connected inside the window). It counts as not "
-                                  "available in `availableShare`.")
+                                  "first connected inside the window), and the central "
+                                  "system's own outages until the charger connected "
+                                  "again. It counts as not available in "
+                                  "`availableShare`.")
     def unknown_seconds(self) -> float:
         return max(self.window_seconds - self.reported_seconds, 0.0)
 

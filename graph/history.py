@@ -67,11 +67,16 @@ class MeterSample:
 class ConnectionEvent:
     online: bool
     at: datetime
+    server_outage: bool = strawberry.field(
+        description="A disconnect the central system recorded for its own outage (it "
+                    "stopped, or crashed and the disconnect was found at its restart, "
+                    "dated when the charger was last known connected), not the "
+                    "charger's leaving: until it connects again its state is unknown.")
     _r: strawberry.Private[d.ConnectionEvent]
 
     @classmethod
     def wrap(cls, r: d.ConnectionEvent, ctx: GraphContext) -> ConnectionEvent:
-        return cls(online=r.online, at=r.at, _r=r)
+        return cls(online=r.online, at=r.at, server_outage=r.server_outage, _r=r)
 
 
 def _measured(measurands: Sequence[Measurand] | None) -> Filter:

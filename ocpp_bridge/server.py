@@ -131,6 +131,8 @@ class OcppServer:
         self.response_timeout = response_timeout
         self.strict_schema = strict_schema
         self._server: Server | None = None
+        #: Set while ``stop`` closes the chargers' sockets.
+        self._stopping = False
         # cp_id → (password hash, digest of the password that matched it): reconnect
         # storms must not cost an argon2 verification each.
         self._verified: dict[str, tuple[str, bytes]] = {}
@@ -209,9 +211,13 @@ class OcppServer:
             self.charging.still_connected = None
         if self._server is None:
             return
+        # The sockets closed from here on are this instance's outage, not their
+        # chargers' leaving (``ChargingService.disconnect``).
+        self._stopping = True
         self._server.close()
         await self._server.wait_closed()
         self._server = None
+        self._stopping = False
         if self.instances is not None:
             try:
                 await self.instances.release(self.instance_id)
@@ -472,7 +478,8 @@ class OcppServer:
                 try:
                     # Only if this connection is still the station's newest.
                     await self.charging.disconnect(cp_id, number=number,
-                                                   instance=self.instance_id)
+                                                   instance=self.instance_id,
+                                                   stopping=self._stopping)
                 except StoreUnavailable as exc:
                     log.warning("%s: could not record the disconnect: %s", cp_id,
                                 exc.reason)

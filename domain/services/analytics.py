@@ -527,8 +527,9 @@ class AnalyticsService(Service):
                           ) -> list[ShareRow]:
         """Share of the window (or of each ``bucket`` of it, aligned in ``time_zone``)
         each connector (or station: all its connectors) was occupied by a session, and
-        was charging (status Charging). Only connectors whose state history the viewer
-        may see (``_connectors``)."""
+        was charging (status Charging, its station online: an offline charger's state is
+        unknown; a StopTransaction ends it, ``intervals.finishing``). Only connectors
+        whose state history the viewer may see (``_connectors``)."""
         _signed_in(viewer)
         _per_connector(scope)
         _window(start, end)
@@ -539,7 +540,9 @@ class AnalyticsService(Service):
         return await self._share_rows(
             viewer, scope, by_connector, spans,
             (Session, scope.sessions(), ("start_time", "end_time")),
-            (ConnectorInterval, all_of(scope.on_stations(),
+            # Charging while its station was online: offline, the status is only the
+            # last one reported, and nobody can tell the charging went on.
+            (ConnectorInterval, all_of(scope.on_stations(), Eq("online", True),
                                        Eq("status", ConnectorStatus.CHARGING)),
              ("start", "end")))
 
@@ -551,9 +554,12 @@ class AnalyticsService(Service):
         its station online and its status neither Faulted nor Unavailable; and
         (``second_seconds``) the time its state was known at all. Time before a
         connector's state history began (its station added later, its charger not yet
-        connected) counts as not usable in the share, and is the window less the known
-        time: an uptime KPI divides by the known time instead. Only connectors whose
-        state history the viewer may see (``_connectors``)."""
+        connected) and the central system's own outages (``ConnectorInterval.known``:
+        from a disconnect it recorded for stopping or crashing until the charger's next
+        connection) count as not usable in the share, and are the window less the known
+        time: an uptime KPI divides by the known time instead, so neither the server's
+        downtime nor its charger's absence meanwhile is held against the charger. Only
+        connectors whose state history the viewer may see (``_connectors``)."""
         _signed_in(viewer)
         _per_connector(scope)
         _window(start, end)
@@ -563,8 +569,10 @@ class AnalyticsService(Service):
             viewer, scope, by_connector, spans,
             (ConnectorInterval, all_of(scope.on_stations(), Eq("online", True),
                                        In("status", tuple(usable))), ("start", "end")),
-            # Every stretch of state history, offline ones included: known to be offline.
-            (ConnectorInterval, scope.on_stations(), ("start", "end")))
+            # Every stretch of state history, offline ones included (known to be
+            # offline), but the central system's outages: nobody was listening.
+            (ConnectorInterval, all_of(scope.on_stations(), Eq("known", True)),
+             ("start", "end")))
 
     # ------------------------------------------------------------- faults
     def fault_events_filter(self, scope: Scope, start: datetime, end: datetime) -> Filter:

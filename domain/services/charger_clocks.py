@@ -80,6 +80,11 @@ class ChargerClocks:
         timestamp). Connector state intervals live on the charger's timeline, so that a
         (dis)connect falls between the status reports around it even when the charger's
         clock is off (or a test replays history)."""
+        return self.charger_time(cp_id, self.now())
+
+    def charger_time(self, cp_id: str, at: datetime) -> datetime:
+        """Our instant ``at`` on the charger's clock (ours until it sent a timestamp): a
+        disconnect dated before now (when a charger whose connection was lost with a
+        process that died was last heard of) goes onto its intervals' timeline too."""
         seen = self._seen.get(cp_id)
-        now = self.now()
-        return now if seen is None else seen[0] + (now - seen[1])
+        return at if seen is None else seen[0] + (at - seen[1])

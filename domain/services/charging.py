@@ -28,6 +28,7 @@ from domain.entities import (
     ConnectorType,
     IdTag,
     IdTagStatus,
+    InstanceLease,
     MeterAnomaly,
     MeterSample,
     Payment,
@@ -75,6 +76,7 @@ from domain.services.intervals import (
     POINT_STATUSES,
     IdleSpan,
     effective_state,
+    finishing,
     idle_times,
     next_interval,
     rebase_intervals,
@@ -257,6 +259,19 @@ class Connected:
     newest: bool = True
 
 
+@dataclass(frozen=True, slots=True)
+class Lost:
+    """A connection lost with the process that held it (killed, its host gone), which
+    recorded no disconnect: found by a later start (``reset_connections``) or by another
+    instance's sweep. Its disconnect is dated when the connection was last known to be
+    there, not when it is found (the outage is no online time): when the charger was
+    last heard (``Station.last_seen``), or ``alive_until``, the holder's last sign of
+    life (its lease's last renewal), if later: while that process lived, its websocket
+    pings would have closed a connection whose charger had gone."""
+
+    alive_until: datetime | None = None
+
+
 #: The longest a charger whose station is not Accepted waits before booting again.
 RETRY_BOOT_S = 60
 
@@ -377,14 +392,21 @@ class ChargingService(Service):
 
     async def reset_connections(self, alive: Collection[str] = ()) -> None:
         """At start-up no charger is connected yet: a station still marked online lost its
-        connection with the previous process. Record that disconnect properly (flag,
-        connection history, state intervals), so availability does not count the outage
-        as online time. Stations held by one of the ``alive`` instances (another process
-        on this database whose lease is live) are that one's, and stay as they are."""
-        stale = await self.store.find_all(Station, Eq("online", True), limit=100_000)
+        connection with the previous process (it crashed). Record that disconnect properly
+        (flag, connection history, state intervals), dated when the connection was last
+        known to be there (``Lost``), so availability does not count the outage as online
+        time. Stations held by one of the ``alive`` instances (another process on this
+        database whose lease is live) are that one's, and stay as they are."""
+        stale = [station for station in await self.store.find_all(
+            Station, Eq("online", True), limit=100_000)
+            if station.connected_instance not in alive]
+        holder_ids = sorted({s.connected_instance for s in stale if s.connected_instance})
+        leases = dict(zip(holder_ids, await self.store.get_many(InstanceLease, holder_ids),
+                          strict=True))
         for station in stale:
-            if station.connected_instance not in alive:
-                await self.set_online(station.cp_id, False)
+            lease = leases.get(station.connected_instance or "")
+            await self.disconnect(station.cp_id,
+                                  lost=Lost(lease.updated_at if lease is not None else None))
 
     async def set_online(self, cp_id: str, online: bool, *, instance: str | None = None
                          ) -> datetime | None:
@@ -465,13 +487,19 @@ class ChargingService(Service):
                                             reported_at=plug.updated_at, now=now)
 
     async def disconnect(self, cp_id: str, *, number: int | None = None,
-                         instance: str | None = None) -> datetime | None:
+                         instance: str | None = None, lost: Lost | None = None,
+                         stopping: bool = False) -> datetime | None:
         """Records that the charger's connection ``number`` (held by ``instance``) closed;
         returns the time, or ``None`` when nothing was recorded: it is not the station's
         connection any more (the charger connected again, here or to another instance,
         whose connection this one cannot see), or the station is offline already. A
         connection without a number (recorded before numbers existed) is judged by the
-        instance holding it; neither given, the station goes offline whatever holds it."""
+        instance holding it; neither given, the station goes offline whatever holds it.
+        ``lost``: the connection was lost with a process that died (``Lost``), and the
+        disconnect is dated then, not now. ``stopping``: the instance holding it is
+        stopping and closed it. Either is the central system's outage, not the
+        charger's leaving: until the charger connects again its state is unknown
+        (``ConnectorInterval.known``), not offline."""
         await self.session_updates.flush(cp_id)  # no frame of it will publish what it held
         station = await self.station(cp_id)
         if station is None or not station.online:
@@ -484,21 +512,40 @@ class ChargingService(Service):
         if guard is not None and getattr(station, guard[0]) != guard[1]:
             return None
         try:
-            return await self._record_connection(station, False, guard=guard)
+            return await self._record_connection(
+                station, False, guard=guard, outage=stopping or lost is not None,
+                at=None if lost is None else self._lost_at(station, lost))
         except Conflict:  # a newer connection was recorded meanwhile
             return None
 
+    def _lost_at(self, station: Station, lost: Lost) -> datetime:
+        """When a connection lost with its process was last known to be there (``Lost``):
+        never after now, and never before the charger was last heard."""
+        now = self.now()
+        known = [t for t in (station.last_seen, lost.alive_until) if t is not None]
+        return min(max(known), now) if known else now
+
     async def _record_connection(self, station: Station, online: bool, *,
                                  instance: str | None = None, number: int | None = None,
-                                 guard: tuple[str, Any] | None = None) -> datetime:
+                                 guard: tuple[str, Any] | None = None,
+                                 at: datetime | None = None, outage: bool = False
+                                 ) -> datetime:
         """Writes the connect or disconnect (flag, connection history, state intervals;
-        only while ``guard`` holds, else ``Conflict``) and announces it."""
+        only while ``guard`` holds, else ``Conflict``) and announces it. ``at``: a
+        disconnect found after the fact (``Lost``), dated when the connection was last
+        known to be there. ``outage``: a disconnect of the central system's own doing:
+        the state after it is unknown, and the charger was not heard closing it, so
+        ``last_seen`` stays."""
         cp_id = station.cp_id
         now = self.now()
+        when = now if at is None else at
         actor = charger(cp_id)
-        event = ConnectionEvent(station_id=station.id, cp_id=cp_id, online=online, at=now)
-        fields: dict[str, Any] = {"online": online, "last_seen": now,
+        event = ConnectionEvent(station_id=station.id, cp_id=cp_id, online=online, at=when,
+                                server_outage=outage)
+        fields: dict[str, Any] = {"online": online,
                                   "connected_instance": instance if online else None}
+        if not outage:
+            fields["last_seen"] = now
         if online:
             fields["connection"] = number
         update = patch(station, actor, only_if=guard, required=guard is not None, **fields)
@@ -508,13 +555,13 @@ class ChargingService(Service):
             changes += await next_interval(self.store,
                 station, connector.connector_id,
                 *effective_state(station, connector.status, connector.error_code), online,
-                self.clocks.charger_now(cp_id), actor)
+                self.clocks.charger_time(cp_id, when), actor, known=not outage)
         await self.store.write(changes, [])
         self.cache.remember(cast(Station, update.record), renew=False)
         await self.publish(StationConnectionChanged(
-            **owned_by(station), online=online, at=now, connection=station.connection
+            **owned_by(station), online=online, at=when, connection=station.connection
             if number is None else number))
-        return now
+        return when
 
     async def _still_connected(self, station: Station) -> None:
         """A message from the charger came over a live connection: if its station is
@@ -1069,6 +1116,7 @@ class ChargingService(Service):
                 session = await self._transaction(cp_id, transaction_id)
                 continue
             await self._announce_end(station, closed)
+            await self._finish_connector(station, closed)
             return info
         # A repeated stop (or one whose session kept changing under it): its meter values
         # are kept as history, adding no energy (no increments) to a session closed.
@@ -1077,6 +1125,33 @@ class ChargingService(Service):
         if kept:
             await self.store.write([InsertIfAbsent(s) for s in kept], [])
         return info
+
+    async def _finish_connector(self, station: Station, closed: Session) -> None:
+        """After a StopTransaction: its connector, still charging as far as its state
+        goes, is Finishing from the stop on (``intervals.finishing``), so charging time
+        ends with the session. Not when another transaction is open on the connector
+        (this stop was flushed late: the state is that one's), nor when the charger
+        reported the connector meanwhile."""
+        connector = await self.store.find_one(Connector, all_of(
+            Eq("station_id", station.id), Eq("connector_id", closed.connector_id)))
+        if connector is None or closed.end_time is None:
+            return
+        if await self.store.find_one(Session, all_of(
+                Eq("cp_id", station.cp_id), Eq("connector_id", closed.connector_id),
+                Eq("state", SessionState.ACTIVE))) is not None:
+            return
+        changes = await finishing(self.store, station, connector, closed.end_time,
+                                  charger(station.cp_id))
+        if not changes:
+            return
+        try:
+            await self.store.write(changes, [])
+        except Conflict:
+            return  # reported meanwhile: the charger's own word stands
+        await self.publish(ConnectorStatusChanged(
+            **owned_by(station), at=closed.end_time, connector_record_id=connector.id,
+            connector_id=connector.connector_id, status=ConnectorStatus.FINISHING.value,
+            error_code=connector.error_code, info=None))
 
     async def _transaction(self, cp_id: str, transaction_id: int) -> Session | None:
         """The charger's session of ``transaction_id`` (another charger's is none)."""

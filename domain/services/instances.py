@@ -6,8 +6,10 @@ few times per lease period, and a station records the instance holding its webso
 (``Station.connected_instance``). An instance that crashes (killed, its host lost) records
 no disconnects. Its stations would stay online until their chargers connect again, and a
 charger that went down with it never does. So every instance sweeps for expired leases of
-others and records their stations offline: a disconnect at sweep time, with its connection
-history and state intervals, and the live map's event. A lease is deleted once none of its
+others and records their stations offline: a disconnect dated when the connection was last
+known to be there (the dead instance's last renewal, or the charger's last message after
+it; ``charging.Lost``), with its connection history and state intervals, and the live
+map's event. A lease is deleted once none of its
 stations is online any more.
 
 An instance whose own lease lapsed (a long stall, the database out of reach) may have been
@@ -27,7 +29,7 @@ from domain.policy import SYSTEM
 from domain.ports import Delete, Insert
 from domain.query import Eq, In, Range, all_of
 from domain.services.base import Service, ServiceContext, patch, stamp_new
-from domain.services.charging import ChargingService
+from domain.services.charging import ChargingService, Lost
 
 #: Stations of one dead instance recorded offline per sweep (the rest in the next one).
 SWEEP_BATCH = 500
@@ -94,7 +96,7 @@ class InstanceService(Service):
                 continue  # our own: ``renew`` finds it lapsed and records ours again
             held = all_of(Eq("connected_instance", lease.id), Eq("online", True))
             for station in await self.store.find_all(Station, held, limit=SWEEP_BATCH):
-                if await self._disconnect(station, lease.id):
+                if await self._disconnect(station, lease):
                     swept.append(station.cp_id)
             if not await self.store.find_all(Station, held, limit=1):
                 with contextlib.suppress(NotFound):  # another sweep deleted it first
@@ -104,9 +106,11 @@ class InstanceService(Service):
     async def _lease(self, instance_id: str) -> InstanceLease | None:
         return (await self.store.get_many(InstanceLease, [instance_id]))[0]
 
-    async def _disconnect(self, station: Station, instance_id: str) -> bool:
+    async def _disconnect(self, station: Station, lease: InstanceLease) -> bool:
         # Only the connection the dead instance held: a charger that has connected to
-        # another instance since stays online (``ChargingService.disconnect``).
+        # another instance since stays online (``ChargingService.disconnect``). Dated
+        # when it was last known there, not at the sweep (``Lost``): the lease's last
+        # renewal, or the charger's last message after it.
         at = await self.charging.disconnect(station.cp_id, number=station.connection,
-                                            instance=instance_id)
+                                            instance=lease.id, lost=Lost(lease.updated_at))
         return at is not None

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from typing import cast
 
 from domain.availability import POINT_DOWN
-from domain.entities import ConnectorInterval, ConnectorStatus, Session, Station
+from domain.entities import Connector, ConnectorInterval, ConnectorStatus, Session, Station
 from domain.policy import Viewer
 from domain.ports import Change, Insert, Store
 from domain.query import Eq, In, Range, Sort, all_of, any_of
@@ -22,6 +22,10 @@ POINT_STATUSES = POINT_DOWN | {ConnectorStatus.AVAILABLE}
 #: the transaction is open, as the span of a session bounds it). SuspendedEVSE is the
 #: charger or its operator throttling, never the driver's doing, so never billed.
 IDLE_STATUSES = (ConnectorStatus.SUSPENDED_EV, ConnectorStatus.FINISHING)
+#: A connector's statuses while a transaction runs on it (OCPP 1.6, 4.9): its
+#: StopTransaction ends them (``finishing``).
+IN_TRANSACTION = (ConnectorStatus.CHARGING, ConnectorStatus.SUSPENDED_EV,
+                  ConnectorStatus.SUSPENDED_EVSE)
 #: Idle stretches read per cpId for one batch of sessions (``idle_times``); a session
 #: with more status changes than that is billed for the idle time of those read (fewer,
 #: never more).
@@ -45,26 +49,49 @@ def point_state(station: Station) -> tuple[ConnectorStatus | None, str]:
 
 async def next_interval(store: Store, station: Station, connector_id: int,
                         status: ConnectorStatus, error_code: str, online: bool,
-                        at: datetime, actor: Viewer) -> list[Change]:
+                        at: datetime, actor: Viewer, *, known: bool = True) -> list[Change]:
     """Close the connector's open state interval at ``at`` and open the next one,
     unless nothing that analytics distinguishes changed. ``station`` is the one
-    ``effective_state`` was given: its status is the charge point's during the stretch."""
+    ``effective_state`` was given: its status is the charge point's during the stretch.
+    ``known``: false from a disconnect recorded for the central system's own outage
+    (``ConnectorInterval.known``)."""
     current = await store.find_one(ConnectorInterval, all_of(
         Eq("cp_id", station.cp_id), Eq("connector_id", connector_id), Eq("end", None)))
     point_status, point_error_code = point_state(station)
     changes: list[Change] = []
     if current is not None:
         if (current.status, current.error_code, current.online, current.point_status,
-                current.point_error_code) == (status, error_code, online, point_status,
-                                              point_error_code):
+                current.point_error_code, current.known) == (
+                    status, error_code, online, point_status, point_error_code, known):
             return []
         changes.append(patch(current, actor, end=max(at, current.start)))
     changes.append(Insert(stamp_new(ConnectorInterval(
         station_id=station.id, cp_id=station.cp_id, connector_id=connector_id,
         status=status, error_code=error_code, online=online, point_status=point_status,
-        point_error_code=point_error_code,
+        point_error_code=point_error_code, known=known,
         start=max(at, current.start) if current else at), actor, at)))
     return changes
+
+
+async def finishing(store: Store, station: Station, connector: Connector, at: datetime,
+                    actor: Viewer) -> list[Change]:
+    """The connector's state after its transaction's StopTransaction at ``at`` (charger
+    timeline): still in the transaction's state (``IN_TRANSACTION``) and not reported
+    since, it is Finishing from then on, as OCPP 1.6 has it (stopped, not yet free),
+    until the charger reports otherwise. A charger that reboots after the stop (a Reset)
+    reports nothing before it goes, and its connector read Charging through its absence
+    and after its return until it reported again (QA s5: 10 s of charging for a 2 s
+    session). Written only onto the state as read (``status_at``): a report that came
+    meanwhile stands. Nothing for a connector in any other state."""
+    if connector.status not in IN_TRANSACTION or (
+            connector.status_at is not None and connector.status_at > at):
+        return []
+    update = patch(connector, actor, only_if=("status_at", connector.status_at),
+                   required=True, status=ConnectorStatus.FINISHING, status_at=at)
+    return [update, *await next_interval(
+        store, station, connector.connector_id,
+        *effective_state(station, ConnectorStatus.FINISHING, connector.error_code),
+        station.online, at, actor)]
 
 
 async def rebase_intervals(store: Store, station: Station, at: datetime) -> None:

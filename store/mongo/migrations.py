@@ -1,6 +1,6 @@
 """Data changes the MongoDB store makes when the model changes (SQLite makes the same in its
 schema migrations, ``store/sqlite/migrations.py``: versions 7, 8, 10, 14, 16, 18, 23,
-24, 26, 27 and 29).
+24, 26, 27, 29 and 33).
 
 MongoDB has no schema to migrate, only documents written under older rules. Each step
 here runs at every start (or until one start recorded it done: ``_once``), is
@@ -84,7 +84,7 @@ async def migrate(db: Any) -> None:
 
 #: The fields added with a default to a kind that had documents already: (kind, field).
 #: SQLite's ``ADD COLUMN … NOT NULL DEFAULT`` stored the default in every older row
-#: (migrations 7, 24, 26 and 27); here older documents lack the field. They read as the
+#: (migrations 7, 24, 26, 27 and 33); here older documents lack the field. They read as the
 #: default (``fields.build``), but a filter or a guard compares what is stored: a user
 #: without ``token_epoch`` matched no guard ``token_epoch == 0`` and could never be
 #: deactivated. ``vehicle.plate_key`` (migration 29) is ``_plate_keys``'s: its value is
@@ -97,6 +97,8 @@ ADDED_WITH_DEFAULT: tuple[tuple[str, str], ...] = (
     ("tariff", "energy_bands"),
     ("session", "meter_offset_wh"),
     ("session", "start_clock_behind"),
+    ("connector_interval", "known"),
+    ("connection_event", "server_outage"),
 )
 
 

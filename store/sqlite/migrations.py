@@ -738,6 +738,16 @@ CREATE INDEX "site_allocation_site_idx" ON "site_allocation" ("site_id");
 CREATE INDEX "site_allocation_company_idx" ON "site_allocation" ("company_id");
 """
 
+# Version 33: the central system's own outages (stopped, crashed) in its chargers' history.
+# A disconnect recorded for one says so (``ConnectionEvent.server_outage``), and the state
+# stretch it opens, until the charger's next connection, is unknown time
+# (``ConnectorInterval.known`` false). History recorded before counts as it did: known,
+# every disconnect the charger's.
+_V33 = """
+ALTER TABLE "connector_interval" ADD COLUMN "known" INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE "connection_event" ADD COLUMN "server_outage" INTEGER NOT NULL DEFAULT 0;
+"""
+
 #: Every migration, oldest first. Append only.
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
@@ -746,7 +756,7 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (18, _V18), (19, _V19), (20, _V20), (21, _V21),
                                      (22, _V22), (23, _V23), (24, _V24),
                                      (25, _V25), (26, _V26), (27, _V27),
-                                     (28, _V28), (29, _V29), (30, _V30))
+                                     (28, _V28), (29, _V29), (30, _V30), (33, _V33))
 
 _BOOTSTRAP = """
 CREATE TABLE IF NOT EXISTS "schema_version" (

@@ -56,15 +56,19 @@ class Central:
 
 async def start_central(path: Path, *, auto_register: bool = False, bus: Any = None,
                         command_timeout: float = 5.0, relayed: bool = False,
-                        strict_schema: bool = False, port: int = 0) -> Central:
+                        strict_schema: bool = False, port: int = 0,
+                        ahead: timedelta = timedelta(0)) -> Central:
     """A central system on ``path``. ``relayed``: commands go the way they go between two
     instances, through a ``CommandRelay`` without chargers to one holding this server's
     connections, over a bus that carries them as JSON. ``port``: the OCPP server's (one
-    restarted where its chargers connected before); any free one by default."""
+    restarted where its chargers connected before); any free one by default. ``ahead``:
+    the services' clock runs that far ahead of the real one (a restart that long after
+    the previous process stopped)."""
     store = SqliteStore(str(path))
     await store.start()
     services = Services(ServiceContext(store=store, policy=Policy(), hasher=FastHasher(),
-                                       bus=bus),
+                                       bus=bus,
+                                       clock=(lambda: utcnow() + ahead) if ahead else utcnow),
                         heartbeat_interval=60, auto_register=auto_register,
                         command_timeout=command_timeout)
     gateway = OcppGateway()

@@ -182,9 +182,13 @@ async def test_the_chargers_of_an_instance_whose_lease_expired_are_recorded_offl
         swept = await station(central)
         assert (swept.online, swept.connected_instance) == (False, None)
         newest = await central.store.find_all(d.ConnectionEvent, Eq("cp_id", "CP-1"),
-                                              (Sort("at", descending=True),), limit=1)
+                                              (Sort("at", descending=True),
+                                               Sort("id", descending=True)), limit=1)
         assert newest[0].online is False
-        assert newest[0].at > utcnow() + timedelta(hours=1)  # recorded at sweep time
+        # Dated when A was last known to hold it (its lease's last renewal, or the
+        # charger's last message), not at the sweep two hours on; lastSeen stays.
+        assert newest[0].at <= utcnow()
+        assert swept.last_seen is not None and newest[0].at >= swept.last_seen
         assert await leases(central) == {b.instance_id}  # none of A's stations is online
         assert await b.upkeep() == []  # swept once
 
@@ -198,6 +202,35 @@ async def test_the_chargers_of_an_instance_whose_lease_expired_are_recorded_offl
     # instances stopped cleanly: their leases went with them.
     assert not await online(central)
     assert await leases(central) == set()
+
+
+async def test_a_swept_disconnect_is_dated_at_the_dead_instances_last_renewal(
+        central: Central) -> None:
+    """A charger silent since it connected was connected as long as its instance lived
+    and renewed its lease (its pings would have closed a dead connection). The sweep
+    dates the disconnect at that last renewal, and does not move lastSeen: nothing was
+    heard since."""
+    async with leased_instance(central) as (a, a_url), leased_instance(central) as (b, _), \
+            connected(a_url, "CP-1", password=STATION_PASSWORD):
+        await until(lambda: online(central))
+        silent_since = (await station(central)).last_seen
+        assert silent_since is not None
+
+        async def renewed_since() -> bool:
+            await a.upkeep()
+            lease = (await central.store.get_many(d.InstanceLease, [a.instance_id]))[0]
+            return lease is not None and lease.updated_at > silent_since
+        await until(renewed_since)
+        renewed = await central.store.get_many(d.InstanceLease, [a.instance_id])
+        assert renewed[0] is not None
+        later(central, 2)
+        assert await b.upkeep() == ["CP-1"]
+        swept = await station(central)
+        assert swept.last_seen == silent_since
+        newest = await central.store.find_all(d.ConnectionEvent, Eq("cp_id", "CP-1"),
+                                              (Sort("at", descending=True),
+                                               Sort("id", descending=True)), limit=1)
+        assert (newest[0].online, newest[0].at) == (False, renewed[0].updated_at)
 
 
 async def test_a_sweep_leaves_alone_the_chargers_of_live_instances_and_unknown_holders(

@@ -31,12 +31,14 @@ from pymongo.errors import (
 )
 
 from domain.aggregation import Count
+from domain.clock import utcnow
 from domain.entities import (
     AuditAction,
     AuditEntry,
     Company,
     ConnectionEvent,
     Connector,
+    ConnectorInterval,
     ConnectorStatus,
     ConnectorType,
     MeterSample,
@@ -1921,7 +1923,10 @@ async def test_documents_from_before_a_field_with_a_default_get_it_stored(
 
     where = station()
     legacy = [user(), session(where), tariff(idle_price_per_minute=Decimal("0.25")),
-              payment(session(where), status=PaymentStatus.REFUNDED, amount_minor=660)]
+              payment(session(where), status=PaymentStatus.REFUNDED, amount_minor=660),
+              ConnectorInterval(station_id=where.id, cp_id=where.cp_id, connector_id=1,
+                                status=ConnectorStatus.AVAILABLE, start=utcnow()),
+              ConnectionEvent(station_id=where.id, cp_id=where.cp_id, online=False)]
     await mongo.write([Insert(r) for r in legacy], [])
     db = raw(mongo)
     for kind, name in migrations.ADDED_WITH_DEFAULT:  # written before the fields
@@ -1936,7 +1941,8 @@ async def test_documents_from_before_a_field_with_a_default_get_it_stored(
         ("user", "token_epoch"): 0, ("payment", "refunded_minor"): 660,  # refunded whole
         ("tariff", "idle_price_per_minute"): "0", ("tariff", "idle_grace_minutes"): 0,
         ("tariff", "energy_bands"): [], ("session", "meter_offset_wh"): 0,
-        ("session", "start_clock_behind"): False}
+        ("session", "start_clock_behind"): False, ("connector_interval", "known"): True,
+        ("connection_event", "server_outage"): False}
     assert stored["tariff", "idle_price_per_minute"]["_n_idle_price_per_minute"] == 0.0
     assert db[migrations.MIGRATIONS].find_one({"_id": "default_user_token_epoch"})["done"]
 
