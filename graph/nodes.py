@@ -483,6 +483,11 @@ class Station(Node, Audited):
         "OCPP ChargePointErrorCode of the charge point as a whole, `NoError` when "
         "healthy; null until reported."))
     status_at: datetime | None
+    heartbeat_interval: int | None = strawberry.field(description=(
+        "Seconds its charger's boots are answered with when it is not the service's global "
+        "interval: the `HeartbeatInterval` its charger last accepted by "
+        "`changeConfiguration` (or set by `updateStation`); null: the global one. Staff "
+        "only."))
     _r: strawberry.Private[d.Station]
     _private: strawberry.Private[bool]
 
@@ -523,6 +528,7 @@ class Station(Node, Audited):
             "status": r.status,
             "error_code": r.error_code,
             "status_at": r.status_at,
+            "heartbeat_interval": r.heartbeat_interval if private else None,
             "_private": private,
         }, private)
 

@@ -537,18 +537,23 @@ class ChargingService(Service):
             update = patch(station, actor, last_seen=now, booted_at=booted)
             await self.store.write([update], [])
         self.cache.remember(cast(Station, update.record), renew=False)
-        return BootResult(station.registration, self.boot_interval(station.registration), now)
+        return BootResult(station.registration, self.boot_interval(station), now)
 
-    def boot_interval(self, registration: Registration) -> int:
-        """The interval a boot is answered with. For an Accepted station, the heartbeat
-        interval; for one not accepted (yet), OCPP 1.6 (4.2) makes it the wait before the
-        charger's next BootNotification: at most ``RETRY_BOOT_S``, so a station an operator
-        accepts is charging within a minute even when the charger misses the nudge
+    def boot_interval(self, station: Station) -> int:
+        """The interval a boot is answered with. For an Accepted station, its heartbeat
+        interval: the one its charger accepted last (``Station.heartbeat_interval``,
+        within the global one's bounds, ``v.heartbeat_interval``), else the global one.
+        OCPP 1.6 chargers adopt the answer's interval, so the global one would undo an
+        operator's ChangeConfiguration at every reboot (QA ops s6). For a station not
+        accepted (yet), OCPP 1.6 (4.2) makes it the wait before the charger's next
+        BootNotification: at most ``RETRY_BOOT_S``, so a station an operator accepts is
+        charging within a minute even when the charger misses the nudge
         (``StationService.on_accepted``) or, Rejected, may not answer it, not after a
         heartbeat interval of up to a day."""
-        if registration is Registration.ACCEPTED:
-            return self.heartbeat_interval
-        return min(self.heartbeat_interval, RETRY_BOOT_S)
+        interval = station.heartbeat_interval or self.heartbeat_interval
+        if station.registration is Registration.ACCEPTED:
+            return interval
+        return min(interval, RETRY_BOOT_S)
 
     @_station_must_exist
     async def heartbeat(self, cp_id: str) -> datetime:
