@@ -13,6 +13,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from chargegraph.stores import sqlite_path
+from domain.validation import MAX_HEARTBEAT_S
 
 ENV_PREFIX = "CHARGEGRAPH_"
 #: Read from the working directory, after the environment.
@@ -83,7 +84,7 @@ class Settings(BaseSettings):
                                                 "map and its live availability")
     auto_register: bool = Field(False, description="Unknown chargers are registered as "
                                                    "Pending instead of refused")
-    heartbeat_interval: int = Field(300, gt=0, le=24 * 60 * 60,
+    heartbeat_interval: int = Field(300, gt=0, le=MAX_HEARTBEAT_S,
                                     description="Seconds, sent to chargers on boot")
     command_timeout: float = Field(30.0, gt=0, le=3600,
                                    description="Seconds to wait for a charger's answer")

@@ -171,6 +171,11 @@ def _consistent(action: str, payload: dict[str, Any]) -> None:
                                   field=f"{key}.recurrencyKind", code="REQUIRED")
     if action == "SendLocalList":
         _local_list(payload)
+    if action == "ChangeConfiguration" and is_heartbeat_key(payload.get("key")):
+        # Accepted, it is what the station's boots are answered with from then on
+        # (``Station.heartbeat_interval``): a value no boot may carry is refused here,
+        # before the charger takes it, as the global setting's would be at start.
+        v.heartbeat_interval(payload.get("value", ""), "value")
     if action == "ChangeConfiguration" and str(payload.get("key", "")).lower() \
             == "authorizationkey":
         # The charger's Basic-auth password: changed here, our stored hash would not
@@ -179,6 +184,12 @@ def _consistent(action: str, payload: dict[str, Any]) -> None:
         raise ValidationError("the charger's password is not changed by a command: set it "
                               "with updateStation(password:) and on the charger itself",
                               field="key", code="INVALID")
+
+
+def is_heartbeat_key(key: Any) -> bool:
+    """Whether a configuration key is ``HeartbeatInterval``: OCPP keys are CiStrings,
+    compared without regard to case."""
+    return isinstance(key, str) and key.lower() == "heartbeatinterval"
 
 
 def _profile_fits_connector(payload: dict[str, Any]) -> None:

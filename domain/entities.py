@@ -263,7 +263,16 @@ class Station(Record):
     #: (Available, Unavailable or Faulted); ``None`` until it sent one.
     status: ConnectorStatus | None = None
     error_code: str | None = None
+    #: The charger's free-text detail and its own code for the error with it (null when
+    #: it sent none, and before they were kept: SQLite migration 31).
+    info: str | None = None
+    vendor_error_code: str | None = None
     status_at: datetime | None = None
+    #: The heartbeat interval (seconds) its charger was last set to by a ChangeConfiguration
+    #: of ``HeartbeatInterval`` it accepted (or an operator's ``updateStation``): its
+    #: boots are answered with it (``ChargingService.boot_interval``), else a boot's answer
+    #: would set the charger back to the global one. ``None``: the global one.
+    heartbeat_interval: int | None = None
     #: The site (grid connection) it charges behind, whose power its sessions share
     #: (``domain.load_sharing``); ``None``: no site limit applies.
     site_id: str | None = None
@@ -361,6 +370,9 @@ class Connector(Record):
     status: ConnectorStatus = ConnectorStatus.UNAVAILABLE
     error_code: str = "NoError"
     info: str | None = None
+    #: The charger's own code for the error (StatusNotification.vendorErrorCode); null
+    #: when it sent none, and before it was kept (SQLite migration 31).
+    vendor_error_code: str | None = None
     status_at: datetime | None = None
     type: ConnectorType = ConnectorType.TYPE2
     max_kw: float | None = None

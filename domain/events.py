@@ -35,6 +35,9 @@ class ConnectorStatusChanged(DomainEvent):
     status: str
     error_code: str = "NoError"
     info: str | None = None
+    #: The charger's own code for the error; ``None`` when it sent none (and from
+    #: versions before it was carried).
+    vendor_error_code: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

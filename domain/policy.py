@@ -61,7 +61,8 @@ PRIVATE_FIELDS: dict[str, frozenset[str]] = {
                        "updated_by"}),
     "station": frozenset({"owner_id", "company_id", "registration", "vendor", "model",
                           "serial", "firmware", "firmware_status", "diagnostics_status",
-                          "last_seen", "created_by", "updated_by", "site_id"}),
+                          "last_seen", "created_by", "updated_by", "site_id",
+                          "heartbeat_interval"}),
     # Whose books: who ran the station then, which a driver is not told of any station.
     "session": frozenset({"company_id", "station_owner_id"}),
     "payment": frozenset({"company_id", "station_owner_id"}),

@@ -269,6 +269,29 @@ def whole(value: int, field: str, *, max_value: int) -> int:
     return value
 
 
+#: The longest heartbeat interval a charger is told (seconds): the global setting's bound
+#: (``CHARGEGRAPH_HEARTBEAT_INTERVAL``) and a station's own (``Station.heartbeat_interval``).
+MAX_HEARTBEAT_S = 24 * 60 * 60
+_DIGITS_RE = re.compile(r"[0-9]{1,9}")
+
+
+def heartbeat_interval(value: int | str, field: str) -> int:
+    """A heartbeat interval a boot may be answered with: whole seconds, 1 s to a day, as
+    the global one. Text (a ChangeConfiguration's value, CiString500) must be its digits
+    alone, as chargers parse it: " 90" or "9e2" may be read otherwise by each."""
+    if isinstance(value, str):
+        if not _DIGITS_RE.fullmatch(value):
+            raise ValidationError("a HeartbeatInterval is whole seconds, digits only",
+                                  field=field, code="INVALID")
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError("a whole number of seconds", field=field)
+    if not 1 <= value <= MAX_HEARTBEAT_S:
+        raise ValidationError(f"must be within 1..{MAX_HEARTBEAT_S} seconds", field=field,
+                              code="OUT_OF_RANGE")
+    return value
+
+
 def currency(value: str | None, field: str = "currency") -> str:
     cleaned = _given(value, field).strip().upper()
     if cleaned not in MINOR_DIGITS:

@@ -206,14 +206,18 @@ class AvailabilityRow:
 
 
 @strawberry.type(description="Faults of one error code on one connector, or on the charge "
-                             "point as a whole (connector 0).")
+                             "point as a whole (connector 0). A fault is a report with an "
+                             "error code, or with status FAULTED whatever its code.")
 class FaultSummary:
     cp_id: str
     connector_id: int = strawberry.field(
         description="0 is the charge point as a whole: a charger-wide fault, one group, "
                     "its time the point's. A connector's groups are its own reports: the "
                     "time the charge point was down is the point's, not theirs.")
-    error_code: str
+    error_code: str = strawberry.field(
+        description="OCPP ChargePointErrorCode. `NoError`: reported FAULTED without an "
+                    "error code (a Faulted status is a fault whatever its code); the "
+                    "charger's `vendorErrorCode` and `info` are on its `events`.")
     count: int = strawberry.field(
         description="Reports of this error on this connector in the window; 0 for a fault "
                     "reported before the window and still going in it.")

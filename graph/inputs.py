@@ -172,6 +172,10 @@ class UpdateStationInput:
     owner_id: strawberry.ID | None = strawberry.UNSET
     password: str | None = strawberry.UNSET
     registration: Registration | None = strawberry.UNSET
+    heartbeat_interval: int | None = strawberry.field(default=strawberry.UNSET, description=(
+        "Seconds (1 to 86400) its charger's boots are answered with from now on, which it "
+        "takes at its next boot (a `changeConfiguration` of `HeartbeatInterval` it accepts "
+        "sets it too, and changes it at once); null: the service's global interval again."))
 
 
 @strawberry.input

@@ -481,7 +481,7 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
                 company_id=_opt_id(input.company_id, "company", "companyId"),
                 owner_id=_opt_id(input.owner_id, "user", "ownerId"),
                 password=given(input.password), registration=given(input.registration),
-                **place,
+                heartbeat_interval=given(input.heartbeat_interval), **place,
             )
 
         station, errors = await attempt(ctx, run)

@@ -483,6 +483,16 @@ class Station(Node, Audited):
         "OCPP ChargePointErrorCode of the charge point as a whole, `NoError` when "
         "healthy; null until reported."))
     status_at: datetime | None
+    info: str | None = strawberry.field(description=(
+        "The charger's free-text detail with the charge point's status (connector 0)."))
+    vendor_error_code: str | None = strawberry.field(description=(
+        "The charger's own code for the charge point's error (OCPP vendorErrorCode); null "
+        "when it sent none."))
+    heartbeat_interval: int | None = strawberry.field(description=(
+        "Seconds its charger's boots are answered with when it is not the service's global "
+        "interval: the `HeartbeatInterval` its charger last accepted by "
+        "`changeConfiguration` (or set by `updateStation`); null: the global one. Staff "
+        "only."))
     _r: strawberry.Private[d.Station]
     _private: strawberry.Private[bool]
 
@@ -523,6 +533,9 @@ class Station(Node, Audited):
             "status": r.status,
             "error_code": r.error_code,
             "status_at": r.status_at,
+            "info": r.info,
+            "vendor_error_code": r.vendor_error_code,
+            "heartbeat_interval": r.heartbeat_interval if private else None,
             "_private": private,
         }, private)
 
@@ -634,6 +647,9 @@ class Connector(Node, Audited):
     error_code: str = strawberry.field(description="OCPP ChargePointErrorCode, `NoError` "
                                                    "when healthy.")
     info: str | None
+    vendor_error_code: str | None = strawberry.field(description=(
+        "The charger's own code for the error (OCPP vendorErrorCode); null when it sent "
+        "none."))
     status_at: datetime | None
     type: ConnectorType
     max_kw: float | None
@@ -647,6 +663,7 @@ class Connector(Node, Audited):
             "status": r.status,
             "error_code": r.error_code,
             "info": r.info,
+            "vendor_error_code": r.vendor_error_code,
             "status_at": r.status_at,
             "type": r.type,
             "max_kw": r.max_kw,

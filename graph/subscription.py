@@ -107,7 +107,10 @@ _CONNECTOR_ID = "OCPP connector id; 0 is the charge point as a whole."
 _STATION = "The station as it reads now; null if the viewer may not see it."
 
 
-@strawberry.type(description="A connector changed status (the live availability map).")
+@strawberry.type(description=(
+    "A connector's (or, for connector 0, the charge point's) reported state changed: its "
+    "status, errorCode, info or vendorErrorCode (the live availability map). A report "
+    "repeating the state, as chargers send after each reconnect, is none."))
 class ConnectorStatusEvent:
     cp_id: str = strawberry.field(description=_CP_ID)
     connector_id: int = strawberry.field(description=_CONNECTOR_ID)
@@ -115,6 +118,8 @@ class ConnectorStatusEvent:
     error_code: str = strawberry.field(description="OCPP ChargePointErrorCode, `NoError` "
                                                    "when healthy.")
     info: str | None = strawberry.field(description="The charger's free-text detail.")
+    vendor_error_code: str | None = strawberry.field(
+        description="The charger's own code for the error (OCPP vendorErrorCode).")
     at: datetime = strawberry.field(description=(
         "When the status began, by the charger's timestamp (else its clock's now), UTC: "
         "the connector's (for connector 0 the station's) `statusAt` from now on. An event "
@@ -354,7 +359,8 @@ def _everything(event: DomainEvent) -> bool:
 def _connector_status(e: ConnectorStatusChanged, dropped: int) -> ConnectorStatusEvent:
     return ConnectorStatusEvent(cp_id=e.cp_id, connector_id=e.connector_id,
                                 status=_status(e.status), error_code=e.error_code,
-                                info=e.info, at=e.at, dropped_before=dropped, _e=e)
+                                info=e.info, vendor_error_code=e.vendor_error_code,
+                                at=e.at, dropped_before=dropped, _e=e)
 
 
 def _station_connection(e: StationConnectionChanged, dropped: int) -> StationConnectionEvent:

@@ -28,17 +28,13 @@ from domain.entities import (
     StatusEvent,
 )
 from domain.errors import Unauthenticated, ValidationError
+from domain.faults import fault_filter
 from domain.policy import Viewer, metered_on
 from domain.query import ALL, NONE, Eq, Filter, In, Or, Range, Sub, all_of, any_of
 from domain.services.base import Service
 from domain.services.intervals import POINT_DOWN
 from domain.timebuckets import Bucket, plan, zone
 
-#: OCPP 1.6 ChargePointErrorCode values other than NoError.
-FAULT_CODES = ("ConnectorLockFailure", "EVCommunicationError", "GroundFailure",
-               "HighTemperature", "InternalError", "LocalListConflict", "OtherError",
-               "OverCurrentFailure", "OverVoltage", "PowerMeterFailure", "PowerSwitchFailure",
-               "ReaderFailure", "ResetFailure", "UnderVoltage", "WeakSignal")
 UNUSABLE = (ConnectorStatus.FAULTED, ConnectorStatus.UNAVAILABLE)
 #: The overview's bucket for the connectors of offline stations (no ConnectorStatus).
 OFFLINE = "OFFLINE"
@@ -576,17 +572,19 @@ class AnalyticsService(Service):
 
     # ------------------------------------------------------------- faults
     def fault_events_filter(self, scope: Scope, start: datetime, end: datetime) -> Filter:
-        """The individual fault reports (StatusEvents with an error code) in the window."""
+        """The individual fault reports in the window (StatusEvents stating a fault,
+        ``domain.faults``: an error code, or status Faulted whatever its code)."""
         _per_connector(scope)
         _window(start, end)
-        return all_of(scope.on_stations(), In("error_code", FAULT_CODES),
-                      Range("at", gte=start, lt=end))
+        return all_of(scope.on_stations(), fault_filter(), Range("at", gte=start, lt=end))
 
     async def fault_reports(self, viewer: Viewer, scope: Scope, start: datetime,
                             end: datetime) -> list[FaultGroup]:
         """Faults by station, connector and error code: how often reported, first and last
         report, total time in that fault within the window (and how much of it the
-        station was offline), and whether it is still reported now.
+        station was offline), and whether it is still reported now. A fault is what
+        ``domain.faults`` says: a Faulted status reported with NoError is the group of
+        error code NoError (its events carry the charger's vendor code and text).
 
         A charger-wide fault (reported on connector 0) is one group on connector 0: its
         time is the charge point's, from its connectors' state history, and it is open
@@ -637,11 +635,11 @@ class AnalyticsService(Service):
                                       "since": Min("start")}
         own = await self.store.aggregate(
             ConnectorInterval, self._scoped(viewer, "connector_interval", all_of(
-                within, In("error_code", FAULT_CODES), _connector_own_state())),
+                within, fault_filter(), _connector_own_state())),
             [*FAULT_KEYS, ByField("online")], metrics)
         point = await self.store.aggregate(
             ConnectorInterval, self._scoped(viewer, "connector_interval", all_of(
-                within, In("point_error_code", FAULT_CODES))),
+                within, fault_filter("point_status", "point_error_code"))),
             [*FAULT_KEYS[:3], ByField("point_error_code"), ByField("online")], metrics)
         return _fault_time_by_key(own) | _point_time_by_key(_fault_time_by_key(point))
 
@@ -652,10 +650,10 @@ class AnalyticsService(Service):
         nothing."""
         plugs = await self.store.aggregate(
             Connector, all_of(self._scoped(viewer, "connector", scope.on_stations()),
-                              In("error_code", FAULT_CODES)), FAULT_KEYS, {"n": Count()})
+                              fault_filter()), FAULT_KEYS, {"n": Count()})
         points = await self.store.aggregate(
             Station, all_of(self._scoped(viewer, "station", scope.stations()),
-                            In("error_code", FAULT_CODES)),
+                            fault_filter()),
             [ByField("id"), ByField("cp_id"), ByField("error_code")], {"n": Count()})
         return {_key(r) for r in plugs} | {(r["g0"], r["g1"], 0, r["g2"]) for r in points}
 
@@ -670,7 +668,7 @@ class AnalyticsService(Service):
                 scope.on_stations(),
                 In("station_id", tuple(sorted({k[0] for k in wanted}))),
                 In("error_code", tuple(sorted({k[3] for k in wanted}))),
-                Range("at", lt=start))),
+                fault_filter(), Range("at", lt=start))),
             FAULT_KEYS, {"last": Max("at")})
         return {k: r["last"] for r in rows if (k := _key(r)) in wanted}
 

@@ -52,6 +52,7 @@ from domain.events import (
     SessionChanged,
     StationConnectionChanged,
 )
+from domain.faults import is_fault
 from domain.ids import stable_id
 from domain.policy import Viewer
 from domain.ports import Change, Insert, InsertIfAbsent
@@ -274,6 +275,35 @@ class Lost:
 
 #: The longest a charger whose station is not Accepted waits before booting again.
 RETRY_BOOT_S = 60
+
+
+class _Reported(NamedTuple):
+    """A connector's (or, for connector 0, the station's) state as a StatusNotification
+    states it: what a report must change to be announced."""
+
+    status: ConnectorStatus | None
+    error_code: str
+    info: str | None
+    vendor_error_code: str | None
+
+    @classmethod
+    def of_connector(cls, connector: Connector) -> _Reported:
+        return cls(connector.status, connector.error_code, connector.info,
+                   connector.vendor_error_code)
+
+    @classmethod
+    def of_point(cls, station: Station) -> _Reported:
+        return cls(station.status, station.error_code or "NoError", station.info,
+                   station.vendor_error_code)
+
+    @property
+    def fault(self) -> tuple[str, str | None] | None:
+        """The fault it states (``domain.faults``), told apart by its codes: a new
+        errorCode or vendorErrorCode is a new fault, a status change within one is not
+        (GroundFailure while Charging, then Faulted); ``None``: no fault."""
+        if not is_fault(self.status, self.error_code):
+            return None
+        return self.error_code, self.vendor_error_code
 
 
 @dataclass(frozen=True, slots=True)
@@ -589,18 +619,23 @@ class ChargingService(Service):
             update = patch(station, actor, last_seen=now, booted_at=booted)
             await self.store.write([update], [])
         self.cache.remember(cast(Station, update.record), renew=False)
-        return BootResult(station.registration, self.boot_interval(station.registration), now)
+        return BootResult(station.registration, self.boot_interval(station), now)
 
-    def boot_interval(self, registration: Registration) -> int:
-        """The interval a boot is answered with. For an Accepted station, the heartbeat
-        interval; for one not accepted (yet), OCPP 1.6 (4.2) makes it the wait before the
-        charger's next BootNotification: at most ``RETRY_BOOT_S``, so a station an operator
-        accepts is charging within a minute even when the charger misses the nudge
+    def boot_interval(self, station: Station) -> int:
+        """The interval a boot is answered with. For an Accepted station, its heartbeat
+        interval: the one its charger accepted last (``Station.heartbeat_interval``,
+        within the global one's bounds, ``v.heartbeat_interval``), else the global one.
+        OCPP 1.6 chargers adopt the answer's interval, so the global one would undo an
+        operator's ChangeConfiguration at every reboot (QA ops s6). For a station not
+        accepted (yet), OCPP 1.6 (4.2) makes it the wait before the charger's next
+        BootNotification: at most ``RETRY_BOOT_S``, so a station an operator accepts is
+        charging within a minute even when the charger misses the nudge
         (``StationService.on_accepted``) or, Rejected, may not answer it, not after a
         heartbeat interval of up to a day."""
-        if registration is Registration.ACCEPTED:
-            return self.heartbeat_interval
-        return min(self.heartbeat_interval, RETRY_BOOT_S)
+        interval = station.heartbeat_interval or self.heartbeat_interval
+        if station.registration is Registration.ACCEPTED:
+            return interval
+        return min(interval, RETRY_BOOT_S)
 
     @_station_must_exist
     async def heartbeat(self, cp_id: str) -> datetime:
@@ -704,7 +739,8 @@ class ChargingService(Service):
         audited: list[tuple[Change, Any]] = []
         connector: Connector | None = None
         reported_station: Station | None = None
-        previous_error = station.error_code or "NoError"
+        stated = _Reported(new_status, error_code, info, vendor_error_code)
+        previous: _Reported | None  # the state before it; None: a plug we did not know
         if connector_id == 0:
             # The charge point as a whole (its main controller): Unavailable or Faulted
             # here means none of its connectors can charge, whatever they report. OCPP
@@ -712,11 +748,12 @@ class ChargingService(Service):
             # (Charging) says its controller works: Available (history keeps the report).
             new_status = new_status if new_status in POINT_STATUSES \
                 else ConnectorStatus.AVAILABLE
-            status = new_status.value
+            stated = stated._replace(status=new_status)
+            previous = _Reported.of_point(station)
             if station.status_at is None or at >= station.status_at \
                     or not self.clocks.believable(station.status_at):
                 update = patch(station, actor, status=new_status, error_code=error_code,
-                               status_at=at)
+                               info=info, vendor_error_code=vendor_error_code, status_at=at)
                 reported_station = cast(Station, update.record)
                 telemetry.append(update)
                 # Its connectors' state history follows: a whole-point outage is time
@@ -729,12 +766,12 @@ class ChargingService(Service):
                         station.online, at, actor)
         else:
             current, is_new = await self._connector(station, connector_id)
-            previous_error = current.error_code
+            previous = None if is_new else _Reported.of_connector(current)
             # A state stamped in our future (kept before glitches were recognized) yields.
             if current.status_at is None or at >= current.status_at \
                     or not self.clocks.believable(current.status_at):
                 update = patch(current, actor, status=new_status, error_code=error_code,
-                               info=info, status_at=at)
+                               info=info, vendor_error_code=vendor_error_code, status_at=at)
                 connector = cast(Connector, update.record)
                 if is_new:  # a plug we did not know: a record change worth auditing
                     audited.append((Insert(connector), None))
@@ -747,19 +784,38 @@ class ChargingService(Service):
         await self.commit(actor, audited, unaudited=telemetry)
         if reported_station is not None:
             self.cache.remember(reported_station, renew=False)
-        if connector is not None or reported_station is not None:
-            await self.publish(ConnectorStatusChanged(
-                **owned_by(station), at=at,
-                connector_record_id=connector.id if connector is not None else None,
-                connector_id=connector_id, status=status, error_code=error_code, info=info))
-        if error_code != "NoError" and error_code != previous_error:
-            await self.publish(FaultReported(
-                **owned_by(station), at=at, connector_id=connector_id,
-                error_code=error_code, status=status, info=info,
-                vendor_error_code=vendor_error_code))
+        await self._announce_report(station, connector_id, at, connector, stated, previous,
+                                    updated=connector is not None
+                                    or reported_station is not None)
         if connector is not None and new_status is ConnectorStatus.AVAILABLE \
                 and station.booted_at is not None:
             self.reboot_checks.schedule(station.cp_id, connector_id, station.booted_at)
+
+    async def _announce_report(self, station: Station, connector_id: int, at: datetime,
+                               connector: Connector | None, stated: _Reported,
+                               previous: _Reported | None, *, updated: bool) -> None:
+        """Publishes what a status report changed (``updated``: it is the current state
+        now, not a late one). ``ConnectorStatusChanged`` only when the state changed: a
+        charger repeats its state after each (re)connect and many report it again every
+        few minutes, and every repeat was an event and a webhook delivery saying nothing
+        new (QA ops s4: 90 webhooks for a flapping charger). The first report after a
+        reconnect is no exception: what clients show is still right, and the station's
+        coming back is announced on its own (``StationConnectionChanged``). The history
+        (``StatusEvent``) keeps every report. ``FaultReported`` when it states a fault
+        (``domain.faults``) the state before it did not, late or not, as before."""
+        if updated and stated != previous:
+            await self.publish(ConnectorStatusChanged(
+                **owned_by(station), at=at,
+                connector_record_id=connector.id if connector is not None else None,
+                connector_id=connector_id, status=str(stated.status),
+                error_code=stated.error_code, info=stated.info,
+                vendor_error_code=stated.vendor_error_code))
+        fault = stated.fault
+        if fault is not None and fault != (previous.fault if previous is not None else None):
+            await self.publish(FaultReported(
+                **owned_by(station), at=at, connector_id=connector_id,
+                error_code=stated.error_code, status=str(stated.status), info=stated.info,
+                vendor_error_code=stated.vendor_error_code))
 
     async def _close_lost_at_reboot(self, cp_id: str, connector_id: int, booted: datetime
                                     ) -> None:

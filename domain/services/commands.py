@@ -17,7 +17,7 @@ from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from domain.clock import utcnow
-from domain.command_rules import check_command
+from domain.command_rules import check_command, is_heartbeat_key
 from domain.entities import (
     LIVE_RESERVATION_STATES,
     AuditAction,
@@ -46,7 +46,7 @@ from domain.errors import (
     Unauthenticated,
     ValidationError,
 )
-from domain.events import CommandCompleted
+from domain.events import CommandCompleted, StationChanged
 from domain.ids import new_id
 from domain.policy import SYSTEM, Viewer
 from domain.ports import ChargerGateway, Delete, Insert
@@ -62,6 +62,7 @@ from domain.services.base import (
     stamp_new,
 )
 from domain.services.stations import connector_in_range
+from domain.validation import heartbeat_interval
 from domain.wire import wire_json
 
 log = logging.getLogger("chargegraph.commands")
@@ -137,6 +138,18 @@ class CommandOutcome:
     result: dict[str, Any] = field(default_factory=dict)
     error: DomainError | None = None
     reservation: Reservation | None = None
+
+
+def _interval_taken(outcome: CommandOutcome, payload: dict[str, Any]) -> int | None:
+    """The HeartbeatInterval a charger took (Accepted, or RebootRequired: stored for its
+    next reboot), which its station's boots are answered with from now on; ``None`` for
+    any other command or answer. A refusal or a CALLERROR leaves the charger's interval
+    as it was, and so does no answer: whether it took the value is unknown, and the
+    boot answer it gets next sets it to the one remembered before."""
+    if outcome.action != "ChangeConfiguration" or not is_heartbeat_key(payload.get("key")) \
+            or outcome.error is not None or outcome.status not in POSITIVE:
+        return None
+    return heartbeat_interval(payload["value"], "value")  # checked before it was sent
 
 
 class CommandService(Service):
@@ -606,7 +619,14 @@ class CommandService(Service):
                 update = patch(reservation, viewer, only_if=("state", reservation.state),
                                state=state)
                 changes.append((update, reservation))
-        await self.commit(viewer, changes, extra_audit=[audit])
+        interval = _interval_taken(outcome, payload)
+        remembered = [(patch(station, viewer, heartbeat_interval=interval), station)] \
+            if interval is not None and interval != station.heartbeat_interval else []
+        await self.commit(viewer, [*changes, *remembered], extra_audit=[audit])
+        if remembered:
+            # Every instance drops its cached copy: the one holding the charger answers
+            # its next boot from it.
+            await self.publish(StationChanged(**owned_by(station)))
         if changes:
             wrote = cast(Reservation, changes[0][0].record)
             landed = await self.landed([wrote])

@@ -179,7 +179,11 @@ class StationService(Service):
     async def update_station(self, viewer: Viewer, station_id: str, *, name: Any = UNSET,
                              lat: Any = UNSET, lon: Any = UNSET, address: Any = UNSET,
                              company_id: Any = UNSET, owner_id: Any = UNSET,
-                             password: Any = UNSET, registration: Any = UNSET) -> Station:
+                             password: Any = UNSET, registration: Any = UNSET,
+                             heartbeat_interval: Any = UNSET) -> Station:
+        """``heartbeat_interval``: what its charger's boots are answered with from now on
+        (``Station.heartbeat_interval``; a ChangeConfiguration it accepts sets it too);
+        ``None``: the global one again. The charger takes it at its next boot."""
         # Hashed before the station is read: the record written below is the one read,
         # and a charger's connect landing during a slow hash must not be overwritten.
         password_hash = UNSET if password is UNSET else (
@@ -222,6 +226,8 @@ class StationService(Service):
             owner_id=owner_id,
             auth_password_hash=password_hash,
             registration=registration,
+            heartbeat_interval=heartbeat_interval if heartbeat_interval in (UNSET, None)
+            else v.heartbeat_interval(heartbeat_interval, "heartbeatInterval"),
         )
         updated = cast(Station, update.record)
         await self.commit(viewer, [(update, station)])

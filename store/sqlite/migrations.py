@@ -738,12 +738,25 @@ CREATE INDEX "site_allocation_site_idx" ON "site_allocation" ("site_id");
 CREATE INDEX "site_allocation_company_idx" ON "site_allocation" ("company_id");
 """
 
-# Version 33: the central system's own outages (stopped, crashed) in its chargers' history.
+# Version 31: what a station's boots are answered with (``Station.heartbeat_interval``,
+# the HeartbeatInterval its charger accepted: a boot answered with the global one set it
+# back, QA ops s6), and the whole of a status report as the connector (and, for
+# connector 0, the station) holds it: ``info`` and ``vendor_error_code``, so a report
+# that repeats the state is told from one that changes it (QA ops s7, s4). Older rows
+# keep NULL: the global interval; no code known.
+_V31 = """
+ALTER TABLE "station" ADD COLUMN "heartbeat_interval" INTEGER;
+ALTER TABLE "station" ADD COLUMN "info" TEXT;
+ALTER TABLE "station" ADD COLUMN "vendor_error_code" TEXT;
+ALTER TABLE "connector" ADD COLUMN "vendor_error_code" TEXT;
+"""
+
+# Version 32: the central system's own outages (stopped, crashed) in its chargers' history.
 # A disconnect recorded for one says so (``ConnectionEvent.server_outage``), and the state
 # stretch it opens, until the charger's next connection, is unknown time
 # (``ConnectorInterval.known`` false). History recorded before counts as it did: known,
 # every disconnect the charger's.
-_V33 = """
+_V32 = """
 ALTER TABLE "connector_interval" ADD COLUMN "known" INTEGER NOT NULL DEFAULT 1;
 ALTER TABLE "connection_event" ADD COLUMN "server_outage" INTEGER NOT NULL DEFAULT 0;
 """
@@ -756,7 +769,8 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (18, _V18), (19, _V19), (20, _V20), (21, _V21),
                                      (22, _V22), (23, _V23), (24, _V24),
                                      (25, _V25), (26, _V26), (27, _V27),
-                                     (28, _V28), (29, _V29), (30, _V30), (33, _V33))
+                                     (28, _V28), (29, _V29), (30, _V30),
+                                     (31, _V31), (32, _V32))
 
 _BOOTSTRAP = """
 CREATE TABLE IF NOT EXISTS "schema_version" (

@@ -470,6 +470,44 @@ async def test_a_warning_on_connector_0_is_timed_like_any_fault(history: History
     assert shares(rows, "first_seconds") == {("R1", 1): 1.0, ("R1", 2): 1.0}
 
 
+async def test_a_faulted_status_is_a_fault_whatever_its_error_code(history: History
+                                                                   ) -> None:
+    """QA ops s7: Faulted with errorCode NoError (the cause in vendorErrorCode and info
+    only) was down for availability and in no fault report. It is the group of error
+    code NoError, timed, open while reported and carried into a later window, on a
+    connector as on the charge point; its events carry the charger's code and text."""
+    await two_plug_station(history)
+    charging, analytics = history.services.charging, history.services.analytics
+    admin, r1 = history.viewer("admin"), Scope(cp_ids=("R1",))
+    history.clock.now = at_31(15)
+    await charging.status_notification("R1", 1, "Faulted", "NoError", timestamp=at_31(15),
+                                       vendor_error_code="E-017", info="contactor welded")
+    history.clock.now = at_31(15, 30)
+    await charging.status_notification("R1", 0, "Faulted", "NoError",
+                                       timestamp=at_31(15, 30))
+    history.clock.now = at_31(16)
+    assert fault_rows(await analytics.fault_reports(admin, r1, at_31(13), at_31(16))) == [
+        (0, "NoError", 1, at_31(15, 30), 0.5, 0.0, True),
+        (1, "NoError", 1, at_31(15), 0.5, 0.0, True)]  # then it was the point's
+    history.clock.now = at_31(17)
+    for c in (0, 1):
+        await charging.status_notification("R1", c, "Available", "NoError",
+                                           timestamp=at_31(17))
+    history.clock.now = at_31(18)
+    # Carried into a later window: the point's hour in it (connector 1 had none of its
+    # own there: the point was down).
+    assert fault_rows(await analytics.fault_reports(admin, r1, at_31(16), at_31(18))) == [
+        (0, "NoError", 0, at_31(15, 30), 1.0, 0.0, False)]
+    events = await history.services.ctx.store.find_all(
+        d.StatusEvent, analytics.fault_events_filter(r1, at_31(13), at_31(18)))
+    assert sorted((e.connector_id, e.status, e.vendor_error_code, e.info)
+                  for e in events) == [
+        (0, d.ConnectorStatus.FAULTED, None, None),
+        (1, d.ConnectorStatus.FAULTED, "E-017", "contactor welded")]
+    rows = await analytics.availability(admin, r1, at_31(15), at_31(17), True)
+    assert shares(rows, "first_seconds") == {("R1", 1): 0.0, ("R1", 2): 0.5}
+
+
 async def test_hourly_energy_across_a_half_hour_clock_change(history: History) -> None:
     # Lord Howe moves from +10:30 to +11:00 at 02:00 local on 2026-10-04 (15:30 UTC on
     # the 3rd). Readings at 15:10, 15:40 and 16:10 UTC and a stop at 16:20 fall into the

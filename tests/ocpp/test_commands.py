@@ -27,6 +27,7 @@ from domain.query import ALL, Eq, all_of
 from domain.services.base import books_of
 from domain.services.webhooks import webhook_event
 from graph.ids import to_global_id
+from ocpp_bridge import simulator
 from ocpp_bridge.simulator import basic_auth, connected
 from pubsub.memory import MemoryEventBus
 from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
@@ -1504,3 +1505,66 @@ async def test_a_reservation_whose_command_could_not_be_audited_is_not_left_pend
         assert [r.state for r in found] == [d.ReservationState.REJECTED]
     finally:
         await stop_central(central)
+
+
+STATION_INTERVAL = '{ station(cpId: "CP-1") { heartbeatInterval } }'
+
+
+async def test_a_heartbeat_interval_the_charger_took_answers_its_boots(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """QA ops s6: HeartbeatInterval 900 set by changeConfiguration (Accepted) was undone
+    at the next reboot: the boot was answered with the global interval, which OCPP 1.6
+    chargers adopt. What a charger took (Accepted or RebootRequired) is its station's
+    from then on and answers its boots; a refusal changes nothing; a value no boot could
+    carry is refused before it is sent; a station not accepted still boots again within
+    a minute; updateStation(heartbeatInterval: null) returns it to the global one."""
+    central.services.charging.heartbeat_interval = 3600
+    base = {"cpId": "CP-1", "key": "HeartbeatInterval"}
+
+    async def interval(as_user: str = "op") -> int | None:
+        station = (await central.gql(STATION_INTERVAL, as_user=as_user))["station"]
+        return station["heartbeatInterval"]  # type: ignore[no-any-return]
+
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        assert (await cp.boot()).interval == 3600
+        assert (await run(central, "changeConfiguration", {**base, "value": "900"})
+                )["status"] == "ACCEPTED"
+        for bad, code in (("0", "OUT_OF_RANGE"), ("86401", "OUT_OF_RANGE"),
+                          ("15m", "INVALID"), (" 900", "INVALID"), ("9e2", "INVALID")):
+            refused = await run(central, "changeConfiguration", {**base, "value": bad})
+            assert [(e["field"], e["code"]) for e in refused["errors"]] == [("value", code)]
+        assert [r for r in cp.received if r[0] == "ChangeConfiguration"] == [
+            ("ChangeConfiguration", {"key": "HeartbeatInterval", "value": "900"})]
+    assert await interval() == 900
+    assert await interval("driver") is None  # staff only
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        assert (await cp.boot()).interval == 900  # the reboot keeps it
+        cp.configuration["HeartbeatInterval"] = ("900", True)  # read-only: Rejected
+        assert (await run(central, "changeConfiguration", {**base, "value": "120"})
+                )["status"] == "REJECTED"
+        cp.configuration["HeartbeatInterval"] = ("900", False)
+        monkeypatch.setattr(simulator, "REBOOT_KEYS", frozenset({"HeartbeatInterval"}))
+        taken = await run(central, "changeConfiguration", {**base, "value": "1800"})
+        assert taken["status"] == "REBOOT_REQUIRED"  # stored for its next boot: taken
+    assert await interval() == 1800
+    station_id = central.stations["CP-1"].id
+    await central.services.stations.update_station(
+        SYSTEM, station_id, registration=d.Registration.PENDING)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        pending = await cp.boot()
+        assert (pending.status, pending.interval) == ("Pending", 60)
+    await central.services.stations.update_station(
+        SYSTEM, station_id, registration=d.Registration.ACCEPTED)
+    cleared = await central.gql("""mutation($id: ID!) { updateStation(input: {id: $id,
+        heartbeatInterval: null}) { station { heartbeatInterval } errors { code } } }""",
+                                {"id": to_global_id("station", station_id)}, as_user="op")
+    assert cleared["updateStation"] == {"station": {"heartbeatInterval": None}, "errors": []}
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        assert (await cp.boot()).interval == 3600
+    audited = await central.store.find_all(d.AuditEntry, all_of(
+        Eq("entity_id", station_id), Eq("action", d.AuditAction.UPDATE)))
+    op = central.users["op"].id
+    assert [(e.actor, e.after["heartbeat_interval"]) for e in audited
+            if e.after and e.before
+            and e.after["heartbeat_interval"] != e.before["heartbeat_interval"]] == [
+        (op, 900), (op, 1800), (op, None)]

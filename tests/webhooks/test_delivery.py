@@ -33,8 +33,13 @@ from tests.webhooks.receiver import DRIP, Receiver
 
 
 async def available(world: World, cp_id: str = "CP-1") -> None:
-    """A status report of connector 1: one ``connector.status_changed`` event."""
-    await world.services.charging.status_notification(cp_id, 1, "Available", "NoError")
+    """A status report of connector 1 that changes its state (Available, or Preparing
+    when it is Available already: a report repeating the state is announced no more):
+    one ``connector.status_changed`` event."""
+    [plug] = await world.store.find_all(d.Connector, all_of(Eq("cp_id", cp_id),
+                                                            Eq("connector_id", 1)))
+    status = "Preparing" if plug.status is d.ConnectorStatus.AVAILABLE else "Available"
+    await world.services.charging.status_notification(cp_id, 1, status, "NoError")
 
 
 async def test_a_session_ended_by_a_charger_is_delivered_signed(tmp_path: Path) -> None:
