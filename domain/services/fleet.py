@@ -237,13 +237,20 @@ class FleetService(Service):
         )
         updated = cast(IdTag, update.record)
         await self.commit(viewer, [(update, id_tag)])
-        now = self.now()
-        became = updated.status_at(now)
-        if id_tag.status_at(now) is IdTagStatus.ACCEPTED and became is not IdTagStatus.ACCEPTED:
-            # Blocked (a lost card) it may not go on charging; expired, a session it
-            # started before stays authorized.
-            self._withdrawn(viewer, updated, became, stop=became is IdTagStatus.BLOCKED)
+        self._withdraw_if_unusable(viewer, id_tag, updated)
         return updated
+
+    def _withdraw_if_unusable(self, viewer: Viewer, before: IdTag, after: IdTag) -> None:
+        """A card that could charge and no longer can, or one blocked now (an expired one
+        too: a session it started before its expiry may still run), is withdrawn.
+        Blocked (a lost card) it may not go on charging; expired, a session it started
+        before stays authorized."""
+        now = self.now()
+        became = after.status_at(now)
+        blocked = became is IdTagStatus.BLOCKED and before.status is not IdTagStatus.BLOCKED
+        if blocked or (before.status_at(now) is IdTagStatus.ACCEPTED
+                       and became is not IdTagStatus.ACCEPTED):
+            self._withdrawn(viewer, after, became, stop=became is IdTagStatus.BLOCKED)
 
     async def remove_id_tag(self, viewer: Viewer, id_tag_id: str) -> IdTag:
         """Removes a card (mistyped, lost for good, replaced). Its sessions keep the tag

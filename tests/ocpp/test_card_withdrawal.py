@@ -273,3 +273,37 @@ async def test_removing_a_card_cancels_its_reservation(central: Central) -> None
         [reservation] = await central.store.find_all(d.Reservation, Eq("id_tag", "TAG-OK"))
         assert reservation.state is d.ReservationState.CANCELLED
         assert cp.local_list["TAG-OK"]["status"] == "Blocked"
+
+
+async def test_what_a_list_holds_follows_the_lists_the_charger_accepted(
+        central: Central) -> None:
+    """A Full list replaces the station's entries, a Differential adds, updates and (no
+    idTagInfo) removes; a list the charger refuses changes nothing."""
+    async def held() -> dict[str, str]:
+        entries = await central.store.find_all(d.LocalListEntry, Eq("cp_id", "CP-1"))
+        return {e.tag: e.status for e in entries}
+
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await send_full_list(central, "CP-1", "TAG-OK", "ROAMING-1")
+        changed = await central.gql(SEND_LIST, {"input": {
+            "cpId": "CP-1", "listVersion": 2, "updateType": "DIFFERENTIAL",
+            "localAuthorizationList": [
+                {"idTag": "ROAMING-1"}, {"idTag": "roaming-2",
+                                         "idTagInfo": {"status": "BLOCKED"}}]}},
+            as_user="op")
+        assert changed["sendLocalList"]["status"] == "ACCEPTED", changed
+        assert await held() == {"TAG-OK": "Accepted", "ROAMING-2": "Blocked"}
+        refused = await central.gql(SEND_LIST, {"input": {
+            "cpId": "CP-1", "listVersion": 2, "updateType": "DIFFERENTIAL",
+            "localAuthorizationList": [{"idTag": "TAG-OK"}]}}, as_user="op")
+        assert refused["sendLocalList"]["status"] == "VERSION_MISMATCH", refused
+        assert await held() == {"TAG-OK": "Accepted", "ROAMING-2": "Blocked"}
+        await central.gql(SEND_LIST, {"input": {
+            "cpId": "CP-1", "listVersion": 5, "updateType": "FULL",
+            "localAuthorizationList": [{"idTag": "TAG-OTHER",
+                                        "idTagInfo": {"status": "ACCEPTED"}}]}},
+            as_user="op")
+        assert await held() == {"TAG-OTHER": "Accepted"}
+        [version] = await central.store.find_all(d.LocalList, Eq("cp_id", "CP-1"))
+        assert version.version == 5
