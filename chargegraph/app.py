@@ -62,6 +62,7 @@ def build_services(settings: Settings, store: Store, hasher: PasswordHasher,
         webhooks_allow_private=settings.webhooks_allow_private,
         sign_up=settings.sign_up,
         refresh_ttl=timedelta(days=settings.refresh_ttl_days),
+        auth_cache=timedelta(hours=settings.auth_cache_hours),
     )
 
 
@@ -89,12 +90,18 @@ async def _settle(services: Services) -> None:
     # Its chargers are gone (the OCPP server stopped first): nothing left to tell them.
     await services.site_load.close()
     try:
-        await asyncio.wait_for(asyncio.gather(services.accounts.settled(),
-                                              services.stations.settled()),
-                               SETTLE_TIMEOUT_S)
+        # Each use case's first, then what they set off in ``withdrawal``.
+        await asyncio.wait_for(_settled_in_order(services), SETTLE_TIMEOUT_S)
     except TimeoutError:
-        log.warning("background work of the services (deactivated users' reservations, "
-                    "accepted stations' boot requests) still running at stop")
+        log.warning("background work of the services (deactivated users' and blocked "
+                    "cards' withdrawal, accepted stations' boot requests) still running "
+                    "at stop")
+
+
+async def _settled_in_order(services: Services) -> None:
+    await asyncio.gather(services.accounts.settled(), services.stations.settled(),
+                         services.fleet.settled())
+    await services.withdrawal.settled()
 
 
 def _detach(sources: Sources) -> None:
@@ -231,6 +238,10 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
             await stack.enter_async_context(housekeeping.every(
                 housekeeping.RESERVATION_SWEEP_S, services.commands.expire_reservations,
                 "reservation-expiry"))
+            # Cards whose expiry passed are withdrawn from the chargers' local lists.
+            await stack.enter_async_context(housekeeping.every(
+                housekeeping.CARD_EXPIRY_SWEEP_S, services.withdrawal.sweep_expired,
+                "card-expiry"))
             # The database by absolute path: a relative SQLite URL started from another
             # folder serves another (new, empty) database, which its users see first.
             log.info("ChargeGraph ready: GraphQL on http://%s:%d/graphql, database %s",

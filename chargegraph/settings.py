@@ -88,6 +88,14 @@ class Settings(BaseSettings):
                                     description="Seconds, sent to chargers on boot")
     command_timeout: float = Field(30.0, gt=0, le=3600,
                                    description="Seconds to wait for a charger's answer")
+    # A charger caches an Accepted card until the answer's expiryDate: a card blocked
+    # meanwhile charges there offline up to this long. A year at most: beyond that the
+    # bound means nothing.
+    auth_cache_hours: float = Field(
+        24.0, gt=0, le=24 * 366,
+        description="Hours a charger may cache an Accepted authorization (the expiryDate "
+                    "of Authorize and StartTransaction answers; a card's own expiry if "
+                    "sooner)")
     # Bounded both ways: it is renewed every third of it, so a thousandth of a second
     # was a renewal write loop (a core busy, the WAL growing by megabytes a second), and
     # inf or 1e308 overflowed the lease's timedelta at start (a traceback, not this

@@ -646,6 +646,36 @@ class InstanceLease(Record):
 
 
 @dataclass(kw_only=True)
+class LocalList(Record):
+    """What a station's local authorization list is, as far as the chargers' answers
+    tell: the version of the last SendLocalList it accepted. Its id is its station's (one
+    per station). Control state written by the service, not audited itself: each
+    SendLocalList is audited as the COMMAND it is."""
+
+    kind: ClassVar[str] = "local_list"
+    station_id: str
+    cp_id: str
+    #: ``listVersion`` of the last list (Full or Differential) the charger accepted.
+    version: int = 0
+
+
+@dataclass(kw_only=True)
+class LocalListEntry(Record):
+    """One id tag of a station's local authorization list: what the charger holds for it
+    (``status``, OCPP AuthorizationStatus spelling), as an accepted SendLocalList put it
+    there, and what the service wants it to hold instead and has not had accepted yet
+    (``wanted``: a card blocked, expired or removed since; sent again when the charger
+    is back). One per (station, tag)."""
+
+    kind: ClassVar[str] = "local_list_entry"
+    station_id: str
+    cp_id: str
+    tag: str
+    status: str
+    wanted: str | None = None
+
+
+@dataclass(kw_only=True)
 class Reservation(Record):
     kind: ClassVar[str] = "reservation"
     reservation_id: int
@@ -858,6 +888,8 @@ ENTITY_TYPES: tuple[type[Record], ...] = (
     Payment,
     AuditEntry,
     InstanceLease,
+    LocalList,
+    LocalListEntry,
     Webhook,
     RefreshFamily,
     RefreshToken,

@@ -67,6 +67,8 @@ UNIQUE_RULES: dict[str, tuple[tuple[str, ...], ...]] = {
     "payment": (("session_id",),),
     # A refresh token is found by its hash: two alike would be one token for two families.
     "refresh_token": (("token_hash",),),
+    # What a station's local list holds for a tag is one thing.
+    "local_list_entry": (("station_id", "tag"),),
 }
 #: Partial unique rules: (fields, (condition field, value)). One ACTIVE session per
 #: connector; completed sessions on the same connector are history, not duplicates.

@@ -118,7 +118,8 @@ class UpdateVehicleInput:
 
 _PARENT = ("The card's group (OCPP parentIdTag, at most 20 characters): cards of one group "
            "may use a reservation made for the group and stop each other's sessions at "
-           "chargers that allow it. Set by admins and the driver's operator only.")
+           "chargers that allow it. Set by admins and the driver's operator only; a group "
+           "is one company's (IN_USE: another company's cards are in it).")
 
 
 @strawberry.input

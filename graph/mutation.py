@@ -408,7 +408,9 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
     @strawberry.mutation(description=(
         "Change what is given of a card. Its holder may link a vehicle, block it (lost) "
         "and lift a block of their own; other unblocking and the expiry are for admins "
-        "and the holder's operators."))
+        "and the holder's operators. Blocking it stops its session under way and "
+        "cancels its reservations; blocked or expired, the chargers' local lists that "
+        "accept it are told (in the background)."))
     async def update_id_tag(self, info: Info, input: UpdateIdTagInput) -> IdTagPayload:
         ctx = _ctx(info)
 
@@ -424,8 +426,10 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
         return IdTagPayload(id_tag=IdTag.wrap(id_tag, ctx) if id_tag else None, errors=errors)
 
     @strawberry.mutation(description="Removes a card (its sessions keep the tag they were "
-                                     "charged with); not while it charges or holds a "
-                                     "reservation (IN_USE). Returns it as it was.")
+                                     "charged with); not while it charges (IN_USE). Its "
+                                     "reservations are cancelled and the chargers' local "
+                                     "lists that accept it told it is blocked. Returns it "
+                                     "as it was.")
     async def remove_id_tag(self, info: Info, input: RemoveIdTagInput) -> IdTagPayload:
         ctx = _ctx(info)
 

@@ -8,7 +8,7 @@ from domain.ports import ChargerGateway, PaymentProvider
 from domain.services.accounts import AccountService
 from domain.services.analytics import AnalyticsService
 from domain.services.base import UNSET, ServiceContext
-from domain.services.charging import ChargingService
+from domain.services.charging import DEFAULT_AUTH_CACHE, ChargingService
 from domain.services.commands import CommandService
 from domain.services.fleet import FleetService
 from domain.services.instances import InstanceService
@@ -21,6 +21,7 @@ from domain.services.sites import SiteService
 from domain.services.stations import ConnectorSpec, StationService
 from domain.services.tariffs import TariffService
 from domain.services.webhooks import WebhookService
+from domain.services.withdrawal import Withdrawal
 
 __all__ = ["UNSET", "ConnectorSpec", "ServiceContext", "Services"]
 
@@ -33,7 +34,8 @@ class Services:
                  command_timeout: float = 30.0,
                  payment_provider: PaymentProvider | None = None,
                  webhooks_allow_private: bool = False, sign_up: bool = False,
-                 refresh_ttl: timedelta = DEFAULT_TTL) -> None:
+                 refresh_ttl: timedelta = DEFAULT_TTL,
+                 auth_cache: timedelta = DEFAULT_AUTH_CACHE) -> None:
         self.ctx = ctx
         self.policy = ctx.policy
         self.reads = ReadService(ctx)
@@ -44,9 +46,12 @@ class Services:
         self.stations = StationService(ctx)
         self.tariffs = TariffService(ctx)
         self.charging = ChargingService(ctx, heartbeat_interval=heartbeat_interval,
-                                        auto_register=auto_register)
+                                        auto_register=auto_register,
+                                        auth_cache=auth_cache)
         self.commands = CommandService(ctx, gateway, timeout=command_timeout)
-        self.accounts.on_deactivated = self.commands.release_reservations_of
+        self.withdrawal = Withdrawal(ctx, self.commands)
+        self.accounts.on_deactivated = self.withdrawal.withdraw_user
+        self.fleet.on_withdrawn = self.withdrawal.withdraw_card
         self.stations.on_accepted = self.commands.ask_to_boot
         self.instances = InstanceService(ctx, self.charging)
         self.live = LiveService(ctx)
@@ -59,6 +64,7 @@ class Services:
         self.stations.on_site_left = self.site_load.request_site
         self.charging.on_start_answered.append(self.site_load.request_station)
         self.charging.on_boot_accepted.append(self.site_load.charger_back)
+        self.charging.on_boot_accepted.append(self.withdrawal.charger_back)
 
     def attach_gateway(self, gateway: ChargerGateway) -> None:
         """The OCPP bridge starts after the services exist; it plugs itself in here."""

@@ -87,10 +87,11 @@ class AccountService(Service):
         #: all and per client.
         self._pending = 0
         self._pending_of: Counter[str] = Counter()
-        #: What else a deactivation releases (``Services`` wires the user's reservations
-        #: in); run in the background, so the deactivation itself never waits on a
-        #: charger.
-        self.on_deactivated: Callable[[User], Awaitable[None]] | None = None
+        #: What else a deactivation releases (``Services`` wires in ``Withdrawal``: the
+        #: user's cards at the chargers, sessions and reservations, with the actor who
+        #: deactivated them); run in the background, so the deactivation itself never
+        #: waits on a charger.
+        self.on_deactivated: Callable[[Viewer, User], Awaitable[None]] | None = None
         #: Sign-ins being checked now, per (email, client): a lock they set is theirs.
         self._checking: Counter[str] = Counter()
         self._releasing = Background()
@@ -241,7 +242,7 @@ class AccountService(Service):
             await self._access_changed(user.id)
         if active is False and user.active and self.on_deactivated is not None:
             # The deactivation stands if this fails: what it holds expires on its own.
-            self._releasing.run(self.on_deactivated(updated),
+            self._releasing.run(self.on_deactivated(viewer, updated),
                                 f"release-deactivated-{user.id}",
                                 f"releasing what deactivated user {user.id} held failed")
         return updated

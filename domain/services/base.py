@@ -23,12 +23,14 @@ from domain.entities import (
     Reservation,
     Site,
     Station,
+    User,
     Webhook,
     audit_after,
     snapshot,
 )
 from domain.errors import NotFound
 from domain.events import ReservationChanged
+from domain.ids import is_id
 from domain.policy import Policy, Viewer
 from domain.ports import Change, Delete, EventBus, Insert, PasswordHasher, Store, Update
 from domain.query import Eq
@@ -100,15 +102,36 @@ async def reserved_for_card(store: Store, reservation: Reservation, presented: s
     """Whether ``reservation`` holds its plug for the card presented (OCPP 1.6, 5.13):
     its own id tag, a card whose parentIdTag is the reserved id, or one of the reserved
     card's group. One rule for a start (``ChargingService``) and a driver's remote start
-    (``CommandService``)."""
+    (``CommandService``). A group is a company's: a card of another company carrying
+    the same parentIdTag is not of it (``same_company``)."""
     if reservation.id_tag == presented:
         return True
     if card is None or card.parent_tag is None:
         return False
-    if card.parent_tag == reservation.id_tag:  # reserved for the group's parent id
-        return True
     reserved = await store.find_one(IdTag, Eq("tag", reservation.id_tag))
-    return reserved is not None and reserved.parent_tag == card.parent_tag
+    if card.parent_tag != reservation.id_tag and (
+            reserved is None or reserved.parent_tag != card.parent_tag):
+        return False
+    return await same_company(store, card, reserved, reservation)
+
+
+async def same_company(store: Store, card: IdTag, reserved: IdTag | None,
+                       reservation: Reservation) -> bool:
+    """Whether ``card``'s holder is of the company the reservation was made for: its
+    card's holder's, or for a bare group id (no card of ours) its maker's, the operator
+    who reserved for their fleet. Drivers of no company are one pool: their groups are
+    an admin's doing. A bare group id reserved by someone of no company (an admin, the
+    system) is matched as written: the group is whoever's cards carry it (one company's,
+    ``FleetService`` sees to that)."""
+    reserver_id = reserved.user_id if reserved is not None else reservation.created_by
+    ids = [card.user_id, reserver_id] if is_id(reserver_id) else [card.user_id]
+    found = await store.get_many(User, ids)
+    holder, reserver = found[0], found[1] if len(found) > 1 else None
+    if holder is None:
+        return False
+    if reserved is None and (reserver is None or reserver.company_id is None):
+        return True
+    return reserver is not None and reserver.company_id == holder.company_id
 
 
 def books_of(station: Station) -> tuple[str | None, str | None]:

@@ -273,6 +273,9 @@ class Lost:
     alive_until: datetime | None = None
 
 
+#: How long a charger may cache an Accepted authorization unless set
+#: (``Settings.auth_cache_hours``).
+DEFAULT_AUTH_CACHE = timedelta(hours=24)
 #: The longest a charger whose station is not Accepted waits before booting again.
 RETRY_BOOT_S = 60
 
@@ -315,8 +318,11 @@ class BootResult:
 
 class ChargingService(Service):
     def __init__(self, ctx: ServiceContext, *, heartbeat_interval: int = 300,
-                 auto_register: bool = False) -> None:
+                 auto_register: bool = False,
+                 auth_cache: timedelta = DEFAULT_AUTH_CACHE) -> None:
         super().__init__(ctx)
+        #: How long a charger may cache an Accepted answer (``_cached_until``).
+        self.auth_cache = auth_cache
         self.heartbeat_interval = heartbeat_interval
         self.auto_register = auto_register
         self.tariffs = TariffService(ctx)
@@ -683,9 +689,18 @@ class ChargingService(Service):
             Session, all_of(Eq("id_tag", tag.tag), Eq("state", SessionState.ACTIVE),
                             Range("transaction_id", lt=before) if before is not None else None),
             limit=len(exclude_sessions) + 1)
+        expiry = self._cached_until(tag)
         if any(s.id not in exclude_sessions for s in busy):
-            return IdTagInfo("ConcurrentTx", tag.expires_at, tag.parent_tag)
-        return IdTagInfo("Accepted", tag.expires_at, tag.parent_tag)
+            return IdTagInfo("ConcurrentTx", expiry, tag.parent_tag)
+        return IdTagInfo("Accepted", expiry, tag.parent_tag)
+
+    def _cached_until(self, tag: IdTag) -> datetime:
+        """The expiryDate an answer carries: how long a charger may keep it in its
+        authorization cache. Without one a charger keeps an Accepted card for good and
+        lets it charge offline after it was blocked; so the card's own expiry if sooner,
+        else ``auth_cache`` from now."""
+        bound = self.now() + self.auth_cache
+        return bound if tag.expires_at is None else min(tag.expires_at, bound)
 
     # ------------------------------------------------------------- connectors
     async def check_connector_id(self, cp_id: str, connector_id: int, *,

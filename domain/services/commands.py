@@ -62,6 +62,7 @@ from domain.services.base import (
     stamp_new,
 )
 from domain.services.stations import connector_in_range
+from domain.services.withdrawal import record_local_list
 from domain.validation import heartbeat_interval
 from domain.wire import wire_json
 
@@ -159,10 +160,14 @@ class CommandService(Service):
         self.gateway = gateway
         self.timeout = timeout
 
-    async def send(self, viewer: Viewer, cp_id: str, action: str, payload: dict[str, Any]
-                   ) -> CommandOutcome:
+    async def send(self, viewer: Viewer, cp_id: str, action: str, payload: dict[str, Any],
+                   *, audited_as: Viewer | None = None) -> CommandOutcome:
         """Authorize, send and judge one command. Refusals before sending raise; what the
-        charger (or its absence) says comes back in the outcome's ``error``."""
+        charger (or its absence) says comes back in the outcome's ``error``.
+        ``audited_as``: whose command it is in the audit log and ``CommandCompleted``
+        when the service sends it with its own authority (``SYSTEM``) as a consequence
+        of what that person did (blocking a card stops its session at another
+        company's charger, which they may not command)."""
         if viewer.anonymous:
             # No command is anyone's without signing in. Said before the station is looked
             # up: with the public map off, "no such station" would send them looking.
@@ -199,6 +204,7 @@ class CommandService(Service):
         elif action == "CancelReservation":
             outcome.reservation = await self._reservation(viewer, station,
                                                           payload.get("reservationId"))
+        viewer = audited_as or viewer  # authorized: from here on, whose command it is
         if self.gateway is not None:
             await self._audit_sent(viewer, outcome, payload)
         try:
@@ -461,23 +467,6 @@ class CommandService(Service):
             raise ValidationError("this id tag's user is deactivated", field="idTag",
                                   code="INVALID_STATE")
 
-    async def release_reservations_of(self, user: User) -> None:
-        """A deactivated user's live reservations are cancelled at their chargers (as the
-        system: the user's operator may not run those stations), so the plugs they hold
-        are free again. One whose charger cannot be reached keeps its state, as any
-        unanswered cancel, until it expires."""
-        held = await self.store.find_all(Reservation, all_of(
-            Eq("user_id", user.id),
-            In("state", LIVE_RESERVATION_STATES),
-            Range("expires_at", gt=utcnow())), limit=100)
-        for reservation in held:
-            try:
-                await self.send(SYSTEM, reservation.cp_id, "CancelReservation",
-                                {"reservationId": reservation.reservation_id})
-            except DomainError as exc:
-                log.info("could not cancel reservation %d of deactivated user %s: %s",
-                         reservation.reservation_id, user.id, exc.message)
-
     async def ask_to_boot(self, station: Station) -> None:
         """Asks the charger of a station just accepted to boot again (TriggerMessage
         BootNotification, as the system), so it learns now. Nothing is sent to one not
@@ -627,6 +616,10 @@ class CommandService(Service):
             # Every instance drops its cached copy: the one holding the charger answers
             # its next boot from it.
             await self.publish(StationChanged(**owned_by(station)))
+        if outcome.action == "SendLocalList" and outcome.error is None:
+            # What the charger's list holds now: a blocked card is withdrawn from the
+            # lists that accept it (``Withdrawal``).
+            await record_local_list(self.store, station, payload, viewer)
         if changes:
             wrote = cast(Reservation, changes[0][0].record)
             landed = await self.landed([wrote])

@@ -3,18 +3,16 @@ transaction to a user and a vehicle."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any, cast
 
 from domain import validation as v
 from domain.clock import utcnow
 from domain.entities import (
-    LIVE_RESERVATION_STATES,
     IdTag,
     IdTagStatus,
     Record,
-    Reservation,
     Session,
     SessionState,
     User,
@@ -23,8 +21,9 @@ from domain.entities import (
 from domain.errors import Conflict, Forbidden, UniqueViolation, ValidationError
 from domain.policy import Viewer
 from domain.ports import Change, Delete, Insert
-from domain.query import Eq, In, all_of
-from domain.services.base import UNSET, Service, patch, stamp_new
+from domain.query import Eq, NotSub, all_of, any_of
+from domain.services.background import Background
+from domain.services.base import UNSET, Service, ServiceContext, patch, stamp_new
 
 
 def blocked_by_others(tag: IdTag, owner: User) -> bool:
@@ -34,6 +33,27 @@ def blocked_by_others(tag: IdTag, owner: User) -> bool:
 
 
 class FleetService(Service):
+    def __init__(self, ctx: ServiceContext) -> None:
+        super().__init__(ctx)
+        #: What a card made unusable sets off at the chargers (``Services`` wires in
+        #: ``Withdrawal.withdraw_card``): run in the background, so the change never
+        #: waits on a charger.
+        self.on_withdrawn: Callable[..., Awaitable[None]] | None = None
+        self._withdrawing = Background()
+
+    async def settled(self) -> None:
+        """Waits for what withdrawn cards set off in the background (tests, shutdown)."""
+        await self._withdrawing.settled()
+
+    def _withdrawn(self, viewer: Viewer, card: IdTag, status: IdTagStatus, *,
+                   stop: bool) -> None:
+        """The card stands ``status`` now: what the chargers hold of it is taken back
+        (``Withdrawal``); ``stop``: its session and reservations end too."""
+        if self.on_withdrawn is None:
+            return
+        self._withdrawing.run(self.on_withdrawn(viewer, card, status, stop=stop),
+                              f"withdraw-{card.tag}", f"withdrawing card {card.tag} failed")
+
     async def _owner(self, viewer: Viewer, owner_id: str | None, field: str) -> User:
         """The user the viewer acts for: themselves unless another id is given."""
         target_id = owner_id or viewer.user_id
@@ -149,8 +169,14 @@ class FleetService(Service):
                            expires_at: datetime | None = None,
                            parent_tag: str | None = None) -> IdTag:
         owner = await self._owner(viewer, user_id, "userId")
+        tag = v.id_tag(tag)
+        if not viewer.is_admin and await self._foreign_group(owner, tag, as_group=False):
+            # Presented at a charger, it would take the reservations made for that group
+            # id, and chargers would take it for the group's parent.
+            raise Conflict("this id is another company's card group", field="tag",
+                           code="IN_USE")
         if parent_tag is not None:
-            parent_tag = self._parent_tag(viewer, owner, parent_tag)
+            parent_tag = await self._parent_tag(viewer, owner, parent_tag)
         if vehicle_id is not None:
             await self._vehicle_of(viewer, owner, vehicle_id)
         expires_at = v.aware(expires_at, "expiresAt")
@@ -161,7 +187,7 @@ class FleetService(Service):
             await self._refuse_if_withdrawn(owner)
         id_tag = stamp_new(
             IdTag(
-                tag=v.id_tag(tag),
+                tag=tag,
                 user_id=owner.id,
                 vehicle_id=vehicle_id,
                 expires_at=expires_at,
@@ -213,7 +239,7 @@ class FleetService(Service):
         if vehicle_id not in (UNSET, None):
             await self._vehicle_of(viewer, owner, vehicle_id)
         if parent_tag not in (UNSET, id_tag.parent_tag):
-            parent_tag = self._parent_tag(viewer, owner, parent_tag)
+            parent_tag = await self._parent_tag(viewer, owner, parent_tag)
         blocked_by: Any = UNSET  # who blocked it stays, whoever writes to it later
         if status is IdTagStatus.BLOCKED and (id_tag.status is not IdTagStatus.BLOCKED
                                               or self.policy.may_manage_user(viewer, owner)):
@@ -231,12 +257,26 @@ class FleetService(Service):
         )
         updated = cast(IdTag, update.record)
         await self.commit(viewer, [(update, id_tag)])
+        self._withdraw_if_unusable(viewer, id_tag, updated)
         return updated
+
+    def _withdraw_if_unusable(self, viewer: Viewer, before: IdTag, after: IdTag) -> None:
+        """A card that could charge and no longer can, or one blocked now (an expired one
+        too: a session it started before its expiry may still run), is withdrawn.
+        Blocked (a lost card) it may not go on charging; expired, a session it started
+        before stays authorized."""
+        now = self.now()
+        became = after.status_at(now)
+        blocked = became is IdTagStatus.BLOCKED and before.status is not IdTagStatus.BLOCKED
+        if blocked or (before.status_at(now) is IdTagStatus.ACCEPTED
+                       and became is not IdTagStatus.ACCEPTED):
+            self._withdrawn(viewer, after, became, stop=became is IdTagStatus.BLOCKED)
 
     async def remove_id_tag(self, viewer: Viewer, id_tag_id: str) -> IdTag:
         """Removes a card (mistyped, lost for good, replaced). Its sessions keep the tag
         as it was charged with (history); the tag may be issued again. Not while it is
-        charging or holds a reservation; and a driver cannot remove a card their
+        charging; its live reservations are cancelled and the chargers' lists holding it
+        told it is blocked, in the background. A driver cannot remove a card their
         operator blocked (issuing a new one would then get round the block)."""
         id_tag = await self.visible(viewer, IdTag, id_tag_id)
         owner = await self.visible(viewer, User, id_tag.user_id)
@@ -248,24 +288,41 @@ class FleetService(Service):
             Eq("id_tag", id_tag.tag), Eq("state", SessionState.ACTIVE)))
         if charging is not None:
             raise Conflict("the card is charging right now", field="id", code="IN_USE")
-        held = await self.store.find_all(Reservation, all_of(
-            Eq("id_tag", id_tag.tag), In("state", LIVE_RESERVATION_STATES)), limit=100)
-        if any(r.state_at(self.now()) in LIVE_RESERVATION_STATES for r in held):
-            raise Conflict("the card holds a reservation: cancel it first", field="id",
-                           code="IN_USE")
         await self.commit(viewer, [(Delete(id_tag), id_tag)])
+        # Lost for good: no charger may go on accepting it offline (BLOCKED, not unknown:
+        # a list entry removed would leave a charger's cache to decide).
+        self._withdrawn(viewer, id_tag, IdTagStatus.BLOCKED, stop=True)
         return id_tag
 
-    def _parent_tag(self, viewer: Viewer, owner: User, parent_tag: str | None) -> str | None:
+    async def _parent_tag(self, viewer: Viewer, owner: User, parent_tag: str | None
+                          ) -> str | None:
         """A card's group is its operator's (or an admin's) to set or remove: a driver
         giving their card another group's parent id could use that group's reservations,
         and stop its members' sessions at chargers that let a card of the group end one;
         one taking it out of its fleet's group would leave its group's reservations and
-        stops."""
+        stops. And a group is one company's: an operator may not put their drivers'
+        cards in a group another company's cards are in, or under another company's card
+        (chargers compare parentIdTags as text, whoever's they are). Admins may."""
         if not self.policy.may_manage_user(viewer, owner):
             raise Forbidden("only operators and admins put cards in a group or take "
                             "them out", field="parentIdTag")
-        return None if parent_tag is None else v.id_tag(parent_tag, "parentIdTag")
+        if parent_tag is None:
+            return None
+        group = v.id_tag(parent_tag, "parentIdTag")
+        if not viewer.is_admin and await self._foreign_group(owner, group, as_group=True):
+            raise Conflict("this card group is another company's", field="parentIdTag",
+                           code="IN_USE")
+        return group
+
+    async def _foreign_group(self, owner: User, group: str, *, as_group: bool) -> bool:
+        """Whether a card of a holder outside ``owner``'s company (drivers of no company
+        are one pool) carries ``group`` as its parentIdTag, or (``as_group``: ``group``
+        is to be a parentIdTag) is that card itself. One query: the holders are a
+        sub-select."""
+        named = any_of(Eq("parent_tag", group), Eq("tag", group)) if as_group \
+            else Eq("parent_tag", group)
+        outside = NotSub("user_id", "user", Eq("company_id", owner.company_id))
+        return await self.store.find_one(IdTag, all_of(named, outside)) is not None
 
     async def _vehicle_of(self, viewer: Viewer, owner: User, vehicle_id: str) -> Vehicle:
         vehicle = await self.visible(viewer, Vehicle, vehicle_id, field="vehicleId")

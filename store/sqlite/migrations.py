@@ -761,6 +761,42 @@ ALTER TABLE "connector_interval" ADD COLUMN "known" INTEGER NOT NULL DEFAULT 1;
 ALTER TABLE "connection_event" ADD COLUMN "server_outage" INTEGER NOT NULL DEFAULT 0;
 """
 
+# Version 33: what each station's local authorization list
+# holds (``LocalList``: the version its charger accepted last, one per station, its id
+# the station's; ``LocalListEntry``: per station and tag, the status held and the one
+# wanted instead), so a blocked card is withdrawn from the lists that accept it; the
+# entries of a tag are found by tag. Cards by group (``id_tag.parent_tag``): whose
+# group a parentIdTag already is; by expiry: those that expired since the last sweep.
+_V33 = """
+CREATE TABLE "local_list" (
+    "id" TEXT PRIMARY KEY NOT NULL,
+    "created_at" INTEGER NOT NULL,
+    "updated_at" INTEGER NOT NULL,
+    "created_by" TEXT NOT NULL,
+    "updated_by" TEXT NOT NULL,
+    "station_id" TEXT NOT NULL,
+    "cp_id" TEXT NOT NULL,
+    "version" INTEGER NOT NULL
+) STRICT;
+CREATE TABLE "local_list_entry" (
+    "id" TEXT PRIMARY KEY NOT NULL,
+    "created_at" INTEGER NOT NULL,
+    "updated_at" INTEGER NOT NULL,
+    "created_by" TEXT NOT NULL,
+    "updated_by" TEXT NOT NULL,
+    "station_id" TEXT NOT NULL,
+    "cp_id" TEXT NOT NULL,
+    "tag" TEXT NOT NULL,
+    "status" TEXT NOT NULL,
+    "wanted" TEXT
+) STRICT;
+CREATE UNIQUE INDEX "local_list_entry_station_id_tag_key"
+    ON "local_list_entry" ("station_id", "tag");
+CREATE INDEX "local_list_entry_tag_idx" ON "local_list_entry" ("tag");
+CREATE INDEX "id_tag_parent_tag_idx" ON "id_tag" ("parent_tag");
+CREATE INDEX "id_tag_expires_idx" ON "id_tag" ("expires_at");
+"""
+
 #: Every migration, oldest first. Append only.
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
@@ -770,7 +806,7 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (22, _V22), (23, _V23), (24, _V24),
                                      (25, _V25), (26, _V26), (27, _V27),
                                      (28, _V28), (29, _V29), (30, _V30),
-                                     (31, _V31), (32, _V32))
+                                     (31, _V31), (32, _V32), (33, _V33))
 
 _BOOTSTRAP = """
 CREATE TABLE IF NOT EXISTS "schema_version" (

@@ -25,6 +25,8 @@ from domain.entities import (
     IdTagStatus,
     InstanceLease,
     LimitAnswer,
+    LocalList,
+    LocalListEntry,
     MeterSample,
     Payment,
     PaymentStatus,
@@ -160,6 +162,10 @@ FULL: dict[type[Record], Callable[[], Record]] = {
         cp_id="CP-FULL", connector_id=2, transaction_id=987654, power_kw=11.04, bound_kw=22.0,
         limit=16.0, unit=ChargingRateUnit.A, limit_sent_at=at(14),
         answer=LimitAnswer.NOT_SUPPORTED, **STAMPS),
+    LocalList: lambda: LocalList(station_id=new_id(), cp_id="CP-FULL", version=41, **STAMPS),
+    LocalListEntry: lambda: LocalListEntry(station_id=new_id(), cp_id="CP-FULL",
+                                           tag="04A2B3C4", status="Accepted",
+                                           wanted="Blocked", **STAMPS),
 }
 
 

@@ -17,6 +17,7 @@ from domain.entities import (
     Company,
     Connector,
     IdTag,
+    LocalListEntry,
     Payment,
     PaymentStatus,
     Record,
@@ -81,6 +82,12 @@ CLASHES: dict[str, tuple[type[Record], Callable[[], Record], Callable[[], Record
                              expires_at=at(60)),
         lambda: RefreshToken(family_id=_owner.id, user_id=_owner.id, token_hash="f" * 64,
                              expires_at=at(90)), "token_hash"),
+    "local_list_entry.station_id+tag": (
+        LocalListEntry,
+        lambda: LocalListEntry(station_id=_st.id, cp_id=_st.cp_id, tag="04A2B3",
+                               status="Accepted"),
+        lambda: LocalListEntry(station_id=_st.id, cp_id=_st.cp_id, tag="04A2B3",
+                               status="Blocked"), "station_id"),
 }
 
 

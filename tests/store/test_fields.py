@@ -21,6 +21,9 @@ EXPECTED = {
     ("payment", ("session_id",)): "another payment has the same session",
     # Never shown to anyone: tokens are drawn at random, a clash is a bug.
     ("refresh_token", ("token_hash",)): "another refresh token has the same token hash",
+    # Never shown either: written from chargers' accepted lists, one entry per tag.
+    ("local_list_entry", ("station_id", "tag")):
+        "another local list entry has the same station and tag",
 }
 
 

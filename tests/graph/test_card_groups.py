@@ -1,0 +1,82 @@
+"""A card group (OCPP parentIdTag) is one company's (QA fleet finding 3): another
+company's operator put their driver's card in the fleet's group id, and the driver took
+the fleet's reservations and could end its group's transactions."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from domain import entities as d
+from domain.clock import utcnow
+from domain.policy import SYSTEM
+from domain.ports import Delete, Insert
+from domain.services.base import stamp_new
+from graph.ids import to_global_id
+from tests.graph.conftest import Api
+from tests.graph.test_mutations import call, codes
+from tests.graph.world import PASSWORD, World
+
+
+async def test_an_operator_cannot_join_another_companys_card_group(api: Api, world: World
+                                                                   ) -> None:
+    services = api.client._transport.app.services  # type: ignore[attr-defined]
+    driver_b = await services.accounts.create_user(
+        SYSTEM, email="driver_b@example.com", password=PASSWORD, name="Driver B",
+        role=d.Role.DRIVER, company_id=world.companies["b"].id)
+    fleet = await call(api, world, "op_a", "issueIdTag", {
+        "tag": "FLEET-0001", "userId": to_global_id("user", world.users["driver_a"].id),
+        "parentIdTag": "FLEETGRP"}, "idTag { id }")
+    assert fleet["errors"] == []
+    theirs = await call(api, world, "op_b", "issueIdTag", {
+        "tag": "CARD-B1", "userId": to_global_id("user", driver_b.id)}, "idTag { id }")
+    card_b = theirs["idTag"]["id"]
+
+    # Neither the fleet's group id nor the fleet's card as a parent.
+    for group in ("FLEETGRP", "fleet-0001"):
+        assert codes(await call(api, world, "op_b", "updateIdTag",
+                                {"id": card_b, "parentIdTag": group}, "idTag { id }")
+                     ) == [("parentIdTag", "IN_USE")], group
+        assert codes(await call(api, world, "op_b", "issueIdTag", {
+            "tag": "CARD-B2", "userId": to_global_id("user", driver_b.id),
+            "parentIdTag": group}, "idTag { id }")) == [("parentIdTag", "IN_USE")], group
+    # Nor a card named as the group: presented, it would be the group's own id.
+    assert codes(await call(api, world, "op_b", "issueIdTag", {
+        "tag": "FLEETGRP", "userId": to_global_id("user", driver_b.id)}, "idTag { id }")
+                 ) == [("tag", "IN_USE")]
+    assert codes(await call(api, world, "driver1", "issueIdTag", {"tag": "FLEETGRP"},
+                            "idTag { id }")) == [("tag", "IN_USE")]
+    # The fleet's own operator adds cards to it; a group of b's own is b's.
+    assert (await call(api, world, "op_a", "issueIdTag", {
+        "tag": "FLEET-0002", "userId": to_global_id("user", world.users["driver_a"].id),
+        "parentIdTag": "FLEETGRP"}, "idTag { id }"))["errors"] == []
+    assert (await call(api, world, "op_b", "updateIdTag",
+                       {"id": card_b, "parentIdTag": "BETA-GRP"}, "idTag { id }")
+            )["errors"] == []
+
+    # An admin may do anything (a roaming group across companies, say): the fleet's
+    # reservations still serve only the fleet's cards.
+    joined = await call(api, world, "admin", "updateIdTag",
+                        {"id": card_b, "parentIdTag": "FLEETGRP"}, "idTag { parentIdTag }")
+    assert joined["idTag"] == {"parentIdTag": "FLEETGRP"}
+    station = world.stations["A-001"]
+    for reserved_for, maker in (("FLEET-0001", "op_a"), ("FLEETGRP", "op_a")):
+        reservation = stamp_new(d.Reservation(
+            reservation_id=await services.ctx.store.next_sequence("reservation"),
+            station_id=station.id, cp_id=station.cp_id, connector_id=1,
+            id_tag=reserved_for, expires_at=utcnow() + timedelta(hours=1),
+            state=d.ReservationState.ACTIVE, company_id=station.company_id),
+            world.viewer(maker))
+        await services.ctx.store.write([Insert(reservation)], [])
+        start = """mutation($input: RemoteStartTransactionInput!) {
+            remoteStartTransaction(input: $input) { status errors { field code } } }"""
+        other = await api.gql(start, {"input": {"cpId": station.cp_id, "connectorId": 1,
+                                                "idTag": "CARD-B1"}}, as_user=driver_b.id)
+        assert codes(other["remoteStartTransaction"]) == [("connectorId", "IN_USE")], \
+            reserved_for
+        # The fleet's other card passes the reservation (then finds no charger here).
+        mine = await api.gql(start, {"input": {"cpId": station.cp_id, "connectorId": 1,
+                                               "idTag": "FLEET-0002"}},
+                             as_user=world.users["driver_a"].id)
+        assert codes(mine["remoteStartTransaction"]) == [(None, "CHARGER_OFFLINE")], \
+            reserved_for
+        await services.ctx.store.write([Delete(reservation)], [])

@@ -1,0 +1,309 @@
+"""A card blocked (lost), expired, removed or its driver deactivated is withdrawn at the
+chargers (QA fleet findings 1 and 2): the local lists that accept it are told so by a
+Differential SendLocalList (also once an offline charger is back), its session under way
+is stopped and its reservations cancelled; and answers bound how long a charger caches a
+card. Real ``ocpp`` chargers (the simulator) against a real central system."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from ocpp.v16 import call
+
+from domain import entities as d
+from domain.policy import SYSTEM
+from domain.query import Eq, all_of
+from domain.services.base import patch
+from graph.ids import to_global_id
+from ocpp_bridge.simulator import SimulatedChargePoint, connected
+from tests.helpers import until
+from tests.ocpp.conftest import STATION_PASSWORD, Central
+
+BLOCK = """mutation($input: UpdateIdTagInput!) { updateIdTag(input: $input) {
+    idTag { status } errors { field code message } } }"""
+SEND_LIST = """mutation($input: SendLocalListInput!) { sendLocalList(input: $input) {
+    status errors { field code message } } }"""
+
+
+async def send_full_list(central: Central, cp_id: str, *tags: str) -> None:
+    answer = await central.gql(SEND_LIST, {"input": {
+        "cpId": cp_id, "listVersion": 1, "updateType": "FULL",
+        "localAuthorizationList": [{"idTag": tag, "idTagInfo": {"status": "ACCEPTED"}}
+                                   for tag in tags]}}, as_user="op")
+    assert answer["sendLocalList"] == {"status": "ACCEPTED", "errors": []}, answer
+
+
+async def block(central: Central, tag: str, who: str) -> None:
+    answer = await central.gql(BLOCK, {"input": {
+        "id": to_global_id("id_tag", central.tags[tag].id), "status": "BLOCKED"}},
+        as_user=who)
+    assert answer["updateIdTag"]["errors"] == [], answer
+
+
+async def settled(central: Central) -> None:
+    services = central.services
+    await services.fleet.settled()
+    await services.accounts.settled()
+    await services.withdrawal.settled()
+
+
+def local_lists_sent(cp: SimulatedChargePoint) -> list[dict[str, Any]]:
+    return [payload for name, payload in cp.received if name == "SendLocalList"]
+
+
+async def entry(central: Central, cp_id: str, tag: str) -> d.LocalListEntry | None:
+    return await central.store.find_one(d.LocalListEntry, all_of(
+        Eq("cp_id", cp_id), Eq("tag", tag)))
+
+
+async def commands_of(central: Central, command: str) -> list[d.AuditEntry]:
+    entries = await central.store.find_all(d.AuditEntry, Eq("action", d.AuditAction.COMMAND))
+    return [e for e in entries if e.after and e.after["command"] == command
+            and e.after["stage"] == "ANSWERED"]
+
+
+async def offline(central: Central, cp_id: str) -> None:
+    async def gone() -> bool:
+        station = await central.store.find_one(d.Station, Eq("cp_id", cp_id))
+        return station is not None and not station.online
+    await until(gone)
+
+
+async def test_a_blocked_card_is_marked_blocked_in_the_lists_that_accept_it(
+        central: Central) -> None:
+    """What accepted lists hold is remembered; blocking a card sends each station whose
+    list accepts it a Differential at the next version, the rest of the list left as it
+    is; a charger offline then is sent it when it boots again."""
+    async with connected(central.url, "CP-OPEN") as away:
+        await away.boot()
+        await send_full_list(central, "CP-OPEN", "TAG-OK")
+    await offline(central, "CP-OPEN")
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await send_full_list(central, "CP-1", "TAG-OK", "ROAMING-1")
+        held = await entry(central, "CP-1", "TAG-OK")
+        assert held is not None and held.status == "Accepted" and held.wanted is None
+
+        await block(central, "ok", who="driver")  # a lost card, blocked by its driver
+        await settled(central)
+        assert cp.local_list_version == 2
+        assert cp.local_list["TAG-OK"]["status"] == "Blocked"
+        assert cp.local_list["ROAMING-1"]["status"] == "Accepted"  # not ours: left
+        assert local_lists_sent(cp)[-1] == {
+            "list_version": 2, "update_type": "Differential",
+            "entries": [{"id_tag": "TAG-OK", "id_tag_info": {"status": "Blocked"}}]}
+        [version] = await central.store.find_all(d.LocalList, Eq("cp_id", "CP-1"))
+        assert version.version == 2
+        done = await entry(central, "CP-1", "TAG-OK")
+        assert done is not None and (done.status, done.wanted) == ("Blocked", None)
+        [sent] = [e for e in await commands_of(central, "SendLocalList")
+                  if e.after and e.after["request"]["listVersion"] == 2]
+        assert sent.actor == central.users["driver"].id  # whose doing it was
+
+    # CP-OPEN was offline: its entry waits, and is sent once its charger boots.
+    waiting = await entry(central, "CP-OPEN", "TAG-OK")
+    assert waiting is not None and (waiting.status, waiting.wanted) == ("Accepted", "Blocked")
+    async with connected(central.url, "CP-OPEN") as back:
+        back.local_list_version = 1  # what it kept across the outage
+        back.local_list = {"TAG-OK": {"status": "Accepted"}}
+        await back.boot()
+
+        async def corrected() -> bool:
+            return back.local_list.get("TAG-OK") == {"status": "Blocked"}
+        await until(corrected)
+        await settled(central)
+        assert back.local_list_version == 2
+        fixed = await entry(central, "CP-OPEN", "TAG-OK")
+        assert fixed is not None and (fixed.status, fixed.wanted) == ("Blocked", None)
+
+
+async def test_a_list_at_another_version_is_asked_and_sent_above_it(central: Central) -> None:
+    """A charger whose list moved on without us (another tool, a reset) answers a
+    Differential VersionMismatch: its version is asked and the change sent above it."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await send_full_list(central, "CP-1", "TAG-OK")
+        cp.local_list_version = 7  # changed behind our back
+        await block(central, "ok", who="admin")
+        await settled(central)
+        assert cp.local_list_version == 8
+        assert cp.local_list["TAG-OK"]["status"] == "Blocked"
+
+
+async def test_a_card_past_its_expiry_is_marked_expired_and_a_booting_charger_corrected(
+        central: Central) -> None:
+    """No one changes a card when it expires: a sweep finds those that expired since the
+    last one; a charger booting is checked against every card its list accepts."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await send_full_list(central, "CP-1", "TAG-OK", "TAG-OTHER")
+        card = central.tags["ok"]
+        await central.store.write([patch(card, SYSTEM, expires_at=datetime.now(UTC)
+                                         - timedelta(minutes=1))], [])
+        assert await central.services.withdrawal.sweep_expired() == 1
+        assert cp.local_list["TAG-OK"]["status"] == "Expired"
+
+        # An expiry long before any sweep looked (the service was down for weeks).
+        other = central.tags["other"]
+        await central.store.write([patch(other, SYSTEM, expires_at=datetime.now(UTC)
+                                         - timedelta(days=60))], [])
+        assert await central.services.withdrawal.sweep_expired() == 0
+        assert cp.local_list["TAG-OTHER"]["status"] == "Accepted"
+    await offline(central, "CP-1")
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as again:
+        again.local_list_version, again.local_list = cp.local_list_version, cp.local_list
+        await again.boot()
+
+        async def corrected() -> bool:
+            return again.local_list.get("TAG-OTHER") == {"status": "Expired"}
+        await until(corrected)
+        await settled(central)
+
+
+async def test_answers_bound_how_long_a_charger_caches_a_card(central: Central) -> None:
+    """Authorize and StartTransaction answers carried no expiryDate for a card without
+    one: a charger's cache kept it Accepted for good, and it charged offline after it
+    was blocked. Now: the card's expiry if sooner, else the cache lifetime from now."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        before = datetime.now(UTC)
+        answer = await cp.call(call.Authorize(id_tag="TAG-OK"))
+        after = datetime.now(UTC)
+        until_ = datetime.fromisoformat(answer.id_tag_info["expiry_date"])
+        assert answer.id_tag_info["status"] == "Accepted"
+        # Within the millisecond the wire keeps.
+        assert before + timedelta(hours=24, milliseconds=-1) <= until_ \
+            <= after + timedelta(hours=24)
+
+        central.services.charging.auth_cache = timedelta(hours=2)
+        started = await cp.call(call.StartTransaction(
+            connector_id=1, id_tag="TAG-OK", meter_start=0,
+            timestamp=datetime.now(UTC).isoformat()))
+        cached = datetime.fromisoformat(started.id_tag_info["expiry_date"])
+        assert timedelta(hours=1, minutes=59) < cached - before <= timedelta(hours=2,
+                                                                             minutes=1)
+
+        soon = (datetime.now(UTC) + timedelta(minutes=30)).replace(microsecond=0)
+        await central.services.fleet.update_id_tag(SYSTEM, central.tags["other"].id,
+                                                   expires_at=soon)
+        own = await cp.call(call.Authorize(id_tag="TAG-OTHER"))
+        assert datetime.fromisoformat(own.id_tag_info["expiry_date"]) == soon
+
+
+async def test_a_blocked_cards_session_is_stopped_and_its_reservation_cancelled(
+        central: Central) -> None:
+    """An active session of a card blocked went on charging until its own stop, and its
+    reservation stayed ACTIVE: the session is stopped at its charger (a command audited
+    as the one who blocked the card's) and the reservation cancelled."""
+    soon = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await cp.report_all()
+        transaction_id, status = await cp.start_transaction(1, "TAG-OK")
+        assert status == "Accepted"
+        reserved = await central.gql("""mutation($input: ReserveNowInput!) {
+            reserveNow(input: $input) { reservation { reservationId state } errors { code } }
+            }""", {"input": {"cpId": "CP-1", "connectorId": 2, "expiryDate": soon,
+                             "idTag": "TAG-OK"}}, as_user="op")
+        assert reserved["reserveNow"]["reservation"]["state"] == "ACTIVE", reserved
+
+        await block(central, "ok", who="admin")
+        await settled(central)
+
+        async def stopped() -> bool:
+            session = await central.session(transaction_id)
+            return session is not None and session.state is d.SessionState.COMPLETED
+        await until(stopped)
+        session = await central.session(transaction_id)
+        assert session is not None and session.stop_reason == "Remote"
+        [stop] = await commands_of(central, "RemoteStopTransaction")
+        assert stop.actor == central.users["admin"].id and stop.after
+        assert (stop.after["status"], stop.after["request"]) == (
+            "Accepted", {"transactionId": transaction_id})
+        [reservation] = await central.store.find_all(d.Reservation, Eq("id_tag", "TAG-OK"))
+        assert reservation.state is d.ReservationState.CANCELLED
+        assert ("CancelReservation", {"reservation_id": reservation.reservation_id}) \
+            in cp.received
+
+
+async def test_a_deactivated_drivers_session_is_stopped_and_cards_withdrawn(
+        central: Central) -> None:
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await cp.report_all()
+        await send_full_list(central, "CP-1", "TAG-OTHER", "TAG-OK")
+        transaction_id, _ = await cp.start_transaction(2, "TAG-OTHER")
+        await central.gql("""mutation($input: UpdateUserInput!) { updateUser(input: $input)
+            { errors { code } } }""", {"input": {
+            "id": to_global_id("user", central.users["driver2"].id), "active": False}},
+            as_user="admin")
+        await settled(central)
+
+        async def stopped() -> bool:
+            session = await central.session(transaction_id)
+            return session is not None and session.state is d.SessionState.COMPLETED
+        await until(stopped)
+        [stop] = await commands_of(central, "RemoteStopTransaction")
+        assert stop.actor == central.users["admin"].id
+        assert cp.local_list["TAG-OTHER"]["status"] == "Blocked"
+        assert cp.local_list["TAG-OK"]["status"] == "Accepted"  # another driver's
+
+
+async def test_removing_a_card_cancels_its_reservation(central: Central) -> None:
+    """Removing a card that held a reservation was refused ("cancel it first"); the
+    reservation is cancelled with it, like a blocked card's, and the lists told."""
+    soon = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await cp.report_all()
+        await send_full_list(central, "CP-1", "TAG-OK")
+        reserved = await central.gql("""mutation($input: ReserveNowInput!) {
+            reserveNow(input: $input) { reservation { state } errors { code } } }""",
+                                     {"input": {"cpId": "CP-1", "connectorId": 1,
+                                                "expiryDate": soon}}, as_user="driver")
+        assert reserved["reserveNow"]["reservation"]["state"] == "ACTIVE", reserved
+        removed = await central.gql("""mutation($input: RemoveIdTagInput!) {
+            removeIdTag(input: $input) { errors { field code } } }""",
+                                    {"input": {"id": to_global_id("id_tag",
+                                                                  central.tags["ok"].id)}},
+                                    as_user="driver")
+        assert removed["removeIdTag"]["errors"] == []
+        await settled(central)
+        [reservation] = await central.store.find_all(d.Reservation, Eq("id_tag", "TAG-OK"))
+        assert reservation.state is d.ReservationState.CANCELLED
+        assert cp.local_list["TAG-OK"]["status"] == "Blocked"
+
+
+async def test_what_a_list_holds_follows_the_lists_the_charger_accepted(
+        central: Central) -> None:
+    """A Full list replaces the station's entries, a Differential adds, updates and (no
+    idTagInfo) removes; a list the charger refuses changes nothing."""
+    async def held() -> dict[str, str]:
+        entries = await central.store.find_all(d.LocalListEntry, Eq("cp_id", "CP-1"))
+        return {e.tag: e.status for e in entries}
+
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await send_full_list(central, "CP-1", "TAG-OK", "ROAMING-1")
+        changed = await central.gql(SEND_LIST, {"input": {
+            "cpId": "CP-1", "listVersion": 2, "updateType": "DIFFERENTIAL",
+            "localAuthorizationList": [
+                {"idTag": "ROAMING-1"}, {"idTag": "roaming-2",
+                                         "idTagInfo": {"status": "BLOCKED"}}]}},
+            as_user="op")
+        assert changed["sendLocalList"]["status"] == "ACCEPTED", changed
+        assert await held() == {"TAG-OK": "Accepted", "ROAMING-2": "Blocked"}
+        refused = await central.gql(SEND_LIST, {"input": {
+            "cpId": "CP-1", "listVersion": 2, "updateType": "DIFFERENTIAL",
+            "localAuthorizationList": [{"idTag": "TAG-OK"}]}}, as_user="op")
+        assert refused["sendLocalList"]["status"] == "VERSION_MISMATCH", refused
+        assert await held() == {"TAG-OK": "Accepted", "ROAMING-2": "Blocked"}
+        await central.gql(SEND_LIST, {"input": {
+            "cpId": "CP-1", "listVersion": 5, "updateType": "FULL",
+            "localAuthorizationList": [{"idTag": "TAG-OTHER",
+                                        "idTagInfo": {"status": "ACCEPTED"}}]}},
+            as_user="op")
+        assert await held() == {"TAG-OTHER": "Accepted"}
+        [version] = await central.store.find_all(d.LocalList, Eq("cp_id", "CP-1"))
+        assert version.version == 5
