@@ -162,6 +162,9 @@ class Record:
 class Company(Record):
     kind: ClassVar[str] = "company"
     name: str
+    #: What NAME order sorts by (``validation.name_key``: "ärztehaus"), written with the
+    #: name by ``services.base`` (``stamp_new``, ``patch``); never given by a client nor shown.
+    name_key: str = ""
 
 
 @dataclass(kw_only=True)
@@ -172,6 +175,9 @@ class User(Record):
         ("password_hash", "password_changed"), ("token_epoch", "tokens_revoked"))
     email: str
     name: str
+    #: What NAME order sorts by (``validation.name_key``: "ärztehaus"), written with the
+    #: name by ``services.base`` (``stamp_new``, ``patch``); never given by a client nor shown.
+    name_key: str = ""
     role: Role
     company_id: str | None = None
     password_hash: str = ""
@@ -233,6 +239,9 @@ class Station(Record):
         ("auth_password_hash", "password_changed"),)
     cp_id: str
     name: str
+    #: What NAME order sorts by (``validation.name_key``: "ärztehaus"), written with the
+    #: name by ``services.base`` (``stamp_new``, ``patch``); never given by a client nor shown.
+    name_key: str = ""
     owner_id: str | None = None
     company_id: str | None = None
     lat: float | None = None

@@ -173,6 +173,21 @@ def plate_key(text: str) -> str:
     return "".join(c for c in text.upper() if c.isalnum())
 
 
+def name_key(text: str) -> str:
+    """What a list in NAME order sorts by, the order a person expects: case folded,
+    accents dropped ("Ärztehaus" sorts with the a's, not after "Zoo"), compatibility
+    forms unfolded ("ﬁ" is "fi", a full-width "Ａ" an "a"), whitespace runs one space.
+    Stored beside the name (``name_key``), since neither store can sort by such a rule:
+    SQLite and MongoDB compare text by code point, which Python's ``<`` agrees with, so
+    a cursor's key compares in Python as in either store. Not a locale's collation:
+    "ø" or "æ" have no decomposition and sort after "z"."""
+    # NFKD on both sides of the case fold: folding can make a letter with a mark
+    # ("İ" is "i" + a dot above) and decomposing an upper-case letter ("ℌ" is "H").
+    folded = unicodedata.normalize("NFKD", unicodedata.normalize("NFKD", text).casefold())
+    bare = "".join(c for c in folded if not unicodedata.combining(c))
+    return " ".join(bare.split())
+
+
 def cp_id(value: str | None, field: str = "cpId") -> str:
     """OCPP charge point identity: printable ASCII without spaces or URL-special characters
     (it is a path segment of the websocket URL), at most 48 characters. No ``:``: the

@@ -107,10 +107,18 @@ def _order(name: str, fields: dict[str, str], description: str) -> tuple[type, t
 
 
 _AUDIT_TIMES = {"CREATED_AT": "created_at", "UPDATED_AT": "updated_at"}
-CompanyOrderField, CompanyOrder = _order("Company", {"NAME": "name", **_AUDIT_TIMES},
-                                         "Sortable company fields.")
-UserOrderField, UserOrder = _order("User", {"NAME": "name", "EMAIL": "email", **_AUDIT_TIMES},
-                                   "Sortable user fields.")
+#: NAME sorts by the name's stored key (``validation.name_key``), not by its bytes, which
+#: put "aachen" and "Ärztehaus" after "Zoo"; the name is shown as entered.
+_BY_NAME = {"NAME": "name_key"}
+_NAME_ORDER = ("NAME: as people read names, case and accents ignored (\"Ärztehaus\" with "
+               "the a's, \"aachen\" before \"Zoo\"), ties by id.")
+CompanyOrderField, CompanyOrder = _order("Company", {**_BY_NAME, **_AUDIT_TIMES},
+                                         f"Sortable company fields. {_NAME_ORDER}")
+# Emails are stored case-folded and NFKC-normalized (``validation.email``): their bytes
+# are already the order people expect of addresses.
+UserOrderField, UserOrder = _order("User", {**_BY_NAME, "EMAIL": "email", **_AUDIT_TIMES},
+                                   f"Sortable user fields. {_NAME_ORDER} EMAIL: as stored, "
+                                   "lower case.")
 VehicleOrderField, VehicleOrder = _order(
     "Vehicle", {"LICENSE_PLATE": "plate_key", **_AUDIT_TIMES},
     "Sortable vehicle fields. LICENSE_PLATE: by letters and digits, whatever the "
@@ -119,9 +127,9 @@ VehicleOrderField, VehicleOrder = _order(
 IdTagOrderField, IdTagOrder = _order("IdTag", {"TAG": "tag", **_AUDIT_TIMES},
                                      "Sortable id tag fields.")
 StationOrderField, StationOrder = _order(
-    "Station", {"NAME": "name", "CP_ID": "cp_id", "DISTANCE": DISTANCE, **_AUDIT_TIMES},
-    "Sortable station fields. DISTANCE: great-circle distance from the point of "
-    "`filter.near` (required with it), nearest first when ASC.",
+    "Station", {**_BY_NAME, "CP_ID": "cp_id", "DISTANCE": DISTANCE, **_AUDIT_TIMES},
+    f"Sortable station fields. {_NAME_ORDER} DISTANCE: great-circle distance from the "
+    "point of `filter.near` (required with it), nearest first when ASC.",
 )
 SessionOrderField, SessionOrder = _order(
     "Session",

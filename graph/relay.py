@@ -107,7 +107,8 @@ CONNECTION_ARGUMENTS = {
     "filter": ("Only the records meeting every condition given; without it, every record "
                "the viewer may see."),
     "orderBy": ("Sort keys, the first deciding first; `id` breaks ties. Without it, the "
-                "field's default order."),
+                "field's default order. A `NAME` key, where the list has one, sorts names "
+                "as people read them: case and accents ignored."),
 }
 
 

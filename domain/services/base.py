@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, cast
 
+from domain import validation as v
 from domain.clock import utcnow
 from domain.entities import (
     AuditAction,
@@ -309,10 +310,20 @@ def charger(cp_id: str) -> Viewer:
     return Viewer(user_id=f"ocpp:{cp_id}")
 
 
+#: Keys stored beside a field and written whenever it is (source field: key field, the
+#: function of the source's value): what a list in that field's order sorts by. Kept
+#: here, where every new record is stamped and every edit patched, so no use case can
+#: write a name and leave its key behind (the stations a charger registers itself too).
+DERIVED_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {"name": ("name_key", v.name_key)}
+
+
 def stamp_new(record: E, viewer: Viewer, now: datetime | None = None) -> E:
+    """``record`` made by ``viewer`` now: the audit stamps, and its derived keys."""
     now = now or utcnow()
     record.created_at = record.updated_at = now
     record.created_by = record.updated_by = viewer.actor
+    for source, key, make in _derived_keys(type(record)):
+        setattr(record, key, make(getattr(record, source)))
     return record
 
 
@@ -321,11 +332,14 @@ STAMPS = frozenset({"updated_at", "updated_by"})
 
 def patch(record: E, viewer: Viewer, *, only_if: tuple[str, Any] | None = None,
           required: bool = False, **updates: Any) -> Update:
-    """An ``Update`` writing only ``updates`` (those not ``UNSET``, and the stamps) onto
-    the stored record, so a change made meanwhile to another field stays; ``only_if``
-    and ``required``: see ``Update``."""
+    """An ``Update`` writing only ``updates`` (those not ``UNSET``, the keys derived from
+    them, and the stamps) onto the stored record, so a change made meanwhile to another
+    field stays; ``only_if`` and ``required``: see ``Update``."""
     given = frozenset(key for key, value in updates.items() if value is not UNSET)
-    return Update(changed(record, viewer, **updates), given | STAMPS, only_if, required)
+    derived = frozenset(key for source, key, _ in _derived_keys(type(record))
+                        if source in given)
+    return Update(changed(record, viewer, **updates), given | derived | STAMPS, only_if,
+                  required)
 
 
 def changed(record: E, viewer: Viewer, **updates: Any) -> E:
@@ -344,12 +358,29 @@ def changed(record: E, viewer: Viewer, **updates: Any) -> E:
         if key not in names:
             raise TypeError(f"{type(record).__name__} has no field {key!r}")
         copy.__dict__[key] = value
+    for source, key, make in _derived_keys(type(record)):
+        value = updates.get(source, UNSET)
+        if value is not UNSET:
+            copy.__dict__[key] = make(value)
     copy.updated_at = utcnow()
     copy.updated_by = viewer.actor
     return copy
 
 
 _FIELD_NAMES: dict[type[Record], frozenset[str]] = {}
+_DERIVED: dict[type[Record], tuple[tuple[str, str, Callable[[Any], Any]], ...]] = {}
+
+
+def _derived_keys(kind: type[Record]) -> tuple[tuple[str, str, Callable[[Any], Any]], ...]:
+    """(source, key, function) for each of ``DERIVED_KEYS`` that ``kind`` stores both
+    fields of; found once per kind (``changed`` is on the charger's hot path)."""
+    found = _DERIVED.get(kind)
+    if found is None:
+        names = _field_names(kind)
+        found = _DERIVED[kind] = tuple(
+            (source, key, make) for source, (key, make) in DERIVED_KEYS.items()
+            if source in names and key in names)
+    return found
 
 
 def _field_names(kind: type[Record]) -> frozenset[str]:

@@ -22,7 +22,8 @@ from store.mongo.journal import JOURNAL
 #: time series (newest first where screens list them that way). Every index of the SQLite
 #: schema has one here starting with the same fields (tests/store/test_index_parity.py).
 INDEXES: dict[str, list[list[tuple[str, int]]]] = {
-    "user": [[("company_id", ASCENDING)]],
+    # NAME order (``name_key``, with the ``_id`` tie-breaker) of the long lists.
+    "user": [[("company_id", ASCENDING)], [("name_key", ASCENDING), ("_id", ASCENDING)]],
     "vehicle": [[("owner_id", ASCENDING)]],
     "id_tag": [[("user_id", ASCENDING)], [("vehicle_id", ASCENDING)],
                [("parent_tag", ASCENDING)], [("expires_at", ASCENDING)]],
@@ -31,7 +32,8 @@ INDEXES: dict[str, list[list[tuple[str, int]]]] = {
     "local_list_entry": [[("tag", ASCENDING)]],
     "station": [[("company_id", ASCENDING)], [("owner_id", ASCENDING)],
                 [("lat", ASCENDING)], [("online", ASCENDING)],
-                [("connected_instance", ASCENDING)], [("site_id", ASCENDING)]],
+                [("connected_instance", ASCENDING)], [("site_id", ASCENDING)],
+                [("name_key", ASCENDING), ("_id", ASCENDING)]],
     # A company's sites (the policy's scope); a site's sessions' shares.
     "site": [[("company_id", ASCENDING)]],
     "site_allocation": [[("site_id", ASCENDING)], [("company_id", ASCENDING)]],

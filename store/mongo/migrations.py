@@ -1,6 +1,6 @@
 """Data changes the MongoDB store makes when the model changes (SQLite makes the same in its
 schema migrations, ``store/sqlite/migrations.py``: versions 7, 8, 10, 14, 16, 18, 23,
-24, 26, 27, 29 and 33).
+24, 26, 27, 29, 32 and 34).
 
 MongoDB has no schema to migrate, only documents written under older rules. Each step
 here runs at every start (or until one start recorded it done: ``_once``), is
@@ -23,6 +23,7 @@ from bson import ObjectId
 from pymongo import ReturnDocument
 
 from domain.entities import ENTITY_BY_KIND
+from domain.validation import name_key
 from store.mongo.codec import compared, encode, shadow, spec_of, storage_name
 from store.mongo.journal import MARK
 
@@ -76,6 +77,7 @@ async def migrate(db: Any) -> None:
     await _once(db, "audit_books", _audit_books)
     await _once(db, "reservation_books", _reservation_books)
     await _once(db, "refunded_whole", _refunded_whole)
+    await _once(db, "name_keys", _name_keys)
     # After ``refunded_whole``: a refunded payment without the field was refunded whole,
     # not by the default 0.
     for kind, name in ADDED_WITH_DEFAULT:
@@ -84,11 +86,12 @@ async def migrate(db: Any) -> None:
 
 #: The fields added with a default to a kind that had documents already: (kind, field).
 #: SQLite's ``ADD COLUMN … NOT NULL DEFAULT`` stored the default in every older row
-#: (migrations 7, 24, 26, 27 and 33); here older documents lack the field. They read as the
+#: (migrations 7, 24, 26, 27 and 32); here older documents lack the field. They read as the
 #: default (``fields.build``), but a filter or a guard compares what is stored: a user
 #: without ``token_epoch`` matched no guard ``token_epoch == 0`` and could never be
 #: deactivated. ``vehicle.plate_key`` (migration 29) is ``_plate_keys``'s: its value is
-#: the plate's. ``tests/store/test_mongo_specific.py`` checks the list against SQLite's.
+#: the plate's; ``name_key`` (migration 34) is ``_name_keys``'s, the name's key.
+#: ``tests/store/test_mongo_specific.py`` checks the list against SQLite's.
 ADDED_WITH_DEFAULT: tuple[tuple[str, str], ...] = (
     ("user", "token_epoch"),
     ("payment", "refunded_minor"),
@@ -149,6 +152,28 @@ async def _refunded_whole(db: Any) -> None:
             await db["payment"].update_one(
                 {"_id": doc["_id"], "refunded_minor": {"$exists": False}},
                 {"$set": {"refunded_minor": doc["amount_minor"], MARK: ObjectId()}})
+
+
+#: The kinds whose NAME order sorts by a key stored beside the name.
+NAME_KEYED = ("company", "user", "station")
+
+
+async def _name_keys(db: Any) -> None:
+    """A list in NAME order sorts by the name's key (``validation.name_key``: case
+    folded, accents dropped), which the domain writes with every name; documents from
+    before get theirs computed here, as SQLite's migration 34 does. Without it they read
+    as an empty key and would sort first. Marked by the field itself: new documents
+    always carry ``name_key``."""
+    for kind in NAME_KEYED:
+        while True:
+            docs = await db[kind].find({"name_key": {"$exists": False}},
+                                       {"name": 1}).limit(BATCH).to_list()
+            if not docs:
+                break
+            for doc in docs:
+                await db[kind].update_one(
+                    {"_id": doc["_id"], "name_key": {"$exists": False}},
+                    {"$set": {"name_key": name_key(doc["name"]), MARK: ObjectId()}})
 
 
 async def _blockers(db: Any) -> None:

@@ -15,9 +15,12 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import aiosqlite
+
+from domain.validation import name_key
 
 log = logging.getLogger("chargegraph.store")
 
@@ -797,6 +800,23 @@ CREATE INDEX "id_tag_parent_tag_idx" ON "id_tag" ("parent_tag");
 CREATE INDEX "id_tag_expires_idx" ON "id_tag" ("expires_at");
 """
 
+# Version 34: a list in NAME order sorts by a key stored beside the name
+# (``validation.name_key``: case folded, accents dropped), which the domain writes with
+# every name; SQLite compares the names themselves by their bytes ("Zoo" before "aachen"
+# and "Ärztehaus"). Older rows get theirs from the same function, registered for the
+# migrations as ``chargegraph_name_key`` (``MIGRATION_FUNCTIONS``). Stations and users are
+# the long lists, indexed in that order with the ``id`` tie-breaker.
+_V34 = """
+ALTER TABLE "company" ADD COLUMN "name_key" TEXT NOT NULL DEFAULT '';
+UPDATE "company" SET "name_key" = chargegraph_name_key("name");
+ALTER TABLE "user" ADD COLUMN "name_key" TEXT NOT NULL DEFAULT '';
+UPDATE "user" SET "name_key" = chargegraph_name_key("name");
+CREATE INDEX "user_name_key_idx" ON "user" ("name_key", "id");
+ALTER TABLE "station" ADD COLUMN "name_key" TEXT NOT NULL DEFAULT '';
+UPDATE "station" SET "name_key" = chargegraph_name_key("name");
+CREATE INDEX "station_name_key_idx" ON "station" ("name_key", "id");
+"""
+
 #: Every migration, oldest first. Append only.
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
@@ -806,7 +826,12 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (22, _V22), (23, _V23), (24, _V24),
                                      (25, _V25), (26, _V26), (27, _V27),
                                      (28, _V28), (29, _V29), (30, _V30),
-                                     (31, _V31), (32, _V32), (33, _V33))
+                                     (31, _V31), (32, _V32), (33, _V33), (34, _V34))
+
+#: Python functions migrations call, registered on the migrating connection: a value only
+#: the domain's rules can compute for rows written before (name, arity, function).
+MIGRATION_FUNCTIONS: tuple[tuple[str, int, Callable[..., Any]], ...] = (
+    ("chargegraph_name_key", 1, name_key),)
 
 _BOOTSTRAP = """
 CREATE TABLE IF NOT EXISTS "schema_version" (
@@ -852,6 +877,8 @@ async def apply_migrations(
     if versions != sorted(set(versions)):
         raise ValueError("migration versions must be unique and ascending")
     await conn.execute(_BOOTSTRAP)
+    for name, arity, function in MIGRATION_FUNCTIONS:
+        await conn.create_function(name, arity, function, deterministic=True)
     found = await current_version(conn)
     if versions and found > versions[-1]:
         # A rollback to an older ChargeGraph: it would write rows without the columns

@@ -36,7 +36,7 @@ from domain.entities import (
 )
 from domain.ports import Insert, Store
 from domain.services.base import books_of
-from domain.validation import plate_key
+from domain.validation import name_key, plate_key
 
 T0 = datetime(2025, 3, 1, 12, 0, 0, 123000, tzinfo=UTC)
 
@@ -62,8 +62,16 @@ def ids(records: Iterable[Record | None]) -> list[str | None]:
     return [r.id if r is not None else None for r in records]
 
 
+def _keyed(kw: dict[str, Any]) -> None:
+    """The name's sort key, as the services write it with the name (a test may give a
+    name the store refuses, ``None``: that has no key)."""
+    if isinstance(kw["name"], str):
+        kw.setdefault("name_key", name_key(kw["name"]))
+
+
 def company(**kw: Any) -> Company:
     kw.setdefault("name", f"Company {next(_serial)}")
+    _keyed(kw)
     return Company(**kw)
 
 
@@ -72,6 +80,7 @@ def user(**kw: Any) -> User:
     kw.setdefault("email", f"user{n}@example.com")
     kw.setdefault("name", f"User {n}")
     kw.setdefault("role", Role.DRIVER)
+    _keyed(kw)
     return User(**kw)
 
 
@@ -90,6 +99,7 @@ def station(**kw: Any) -> Station:
     n = next(_serial)
     kw.setdefault("cp_id", f"CP-{n}")
     kw.setdefault("name", f"Station {n}")
+    _keyed(kw)
     return Station(**kw)
 
 

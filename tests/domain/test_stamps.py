@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import cast
+
 import pytest
 
-from domain.entities import Company, Role
+from domain.entities import Company, Role, Station, User
 from domain.policy import SYSTEM, Viewer
-from domain.services.base import UNSET, changed, patch
+from domain.services.base import UNSET, changed, patch, stamp_new
 
 
 def test_changed_copies_sets_stamps_and_leaves_the_original() -> None:
@@ -28,4 +31,24 @@ def test_changed_skips_unset_and_refuses_unknown_fields() -> None:
 
 def test_patch_writes_only_the_named_fields_and_stamps() -> None:
     update = patch(Company(name="A"), SYSTEM, name="B")
-    assert update.fields == frozenset({"name", "updated_at", "updated_by"})
+    # ``name_key`` goes with the name: it is what NAME order sorts by.
+    assert update.fields == frozenset({"name", "name_key", "updated_at", "updated_by"})
+
+
+@pytest.mark.parametrize("kind", [
+    lambda name: Company(name=name),
+    lambda name: User(email="u@example.com", name=name, role=Role.DRIVER),
+    lambda name: Station(cp_id="CP-1", name=name),
+])
+def test_a_name_is_written_with_its_sort_key(kind: Callable[[str], Company | User | Station]
+                                             ) -> None:
+    """Every new record is stamped and every edit patched: there the name's key is kept
+    in step, so no use case (a charger registering itself included) leaves it behind."""
+    new = stamp_new(kind("Ärztehaus"), SYSTEM)
+    assert new.name_key == "arztehaus"
+    renamed = patch(new, SYSTEM, name="Zoo")
+    assert cast(Company, renamed.record).name_key == "zoo"
+    assert renamed.fields is not None and "name_key" in renamed.fields
+    untouched = patch(new, SYSTEM, name=UNSET)
+    assert cast(Company, untouched.record).name_key == "arztehaus"
+    assert untouched.fields is not None and "name_key" not in untouched.fields

@@ -34,6 +34,22 @@ def test_plates_keep_their_separators_and_compare_by_their_key(raw: str, plate: 
     assert v.plate_key(plate) == v.plate_key(raw) == key
 
 
+@pytest.mark.parametrize(("name", "key"), [
+    ("Ärztehaus", "arztehaus"), ("aachen lowercase", "aachen lowercase"), ("Zoo", "zoo"),
+    ("Ärzteha\u0308us", "arztehaus"),  # a combining mark as typed
+    ("Straße", "strasse"), ("İstanbul", "istanbul"), ("ℌotel", "hotel"),
+    ("\uff3aoo", "zoo"), ("Café  de\tla Gare ", "cafe de la gare")])
+def test_a_name_s_sort_key_ignores_case_accents_and_spacing(name: str, key: str) -> None:
+    """What NAME order sorts by (QA: lowercase and accented names went after "Z")."""
+    assert v.name_key(name) == key
+
+
+def test_names_sort_by_their_keys_as_people_read_them() -> None:
+    names = ["Zoo", "aachen lowercase", "Ärztehaus", "Urban Tech Republic", "ärzte 2"]
+    assert sorted(names, key=v.name_key) == [
+        "aachen lowercase", "ärzte 2", "Ärztehaus", "Urban Tech Republic", "Zoo"]
+
+
 @pytest.mark.parametrize(("bad", "code"), [
     ("", "REQUIRED"), (" - ", "REQUIRED"), (None, "REQUIRED"), ("AB$12", "INVALID"),
     ("B_MI", "INVALID"), ("X" * 17, "INVALID"), ("X-" * 16 + "X", "INVALID"),

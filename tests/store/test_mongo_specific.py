@@ -15,7 +15,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 import bson
 import pytest
@@ -1876,6 +1876,46 @@ async def test_plates_from_before_are_keyed_by_their_stored_form_before_the_inde
     assert looked == []
 
 
+async def test_names_from_before_their_sort_key_get_it_at_start_up(
+        mongo: MongoStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What SQLite's migration adding ``name_key`` does: documents stored before get
+    the key of their name (``validation.name_key``), so NAME order holds for them,
+    across pages; once one start has done it, later ones do not look again."""
+    from tests.contract.factories import station, user
+
+    names = ["Zoo", "Ärztehaus", "aachen lowercase", "Urban Tech"]
+    records = [*(Company(name=n) for n in names), *(user(name=n) for n in names),
+               *(station(name=n) for n in names)]
+    await mongo.write([Insert(r) for r in records], [])
+    db = raw(mongo)
+    for collection in migrations.NAME_KEYED:
+        db[collection].update_many({}, {"$unset": {"name_key": ""}})  # as written before
+    db[migrations.MIGRATIONS].delete_many({})
+
+    await mongo.start()
+
+    for kind in (Company, User, Station):
+        by_name = [Sort("name_key")]
+        first = await mongo.find_page(kind, ALL, by_name, PageRequest(first=2))
+        rest = await mongo.find_page(kind, ALL, by_name,
+                                     PageRequest(first=2, after=first.cursors[-1]))
+        assert [cast(Company, r).name for r in [*first.items, *rest.items]] == [
+            "aachen lowercase", "Ärztehaus", "Urban Tech", "Zoo"], kind
+    assert db[migrations.MIGRATIONS].find_one({"_id": "name_keys"})["done"] is True
+
+    looked: list[str] = []
+    find = AsyncCollection.find
+
+    def finding(self: AsyncCollection, *args: Any, **kwargs: Any) -> AsyncCursor:
+        if "name_key" in str(args[0] if args else kwargs.get("filter")):
+            looked.append(self._c.name)
+        return find(self, *args, **kwargs)
+
+    monkeypatch.setattr(AsyncCollection, "find", finding)
+    await mongo.start()  # every later start
+    assert looked == []
+
+
 async def test_duplicate_company_names_from_before_the_rule_are_kept_renamed(
         mongo: MongoStore) -> None:
     """What SQLite migration 14 does: before the unique index is built, every duplicate
@@ -1910,9 +1950,10 @@ def added_with_default_in_sqlite() -> set[tuple[str, str]]:
 
 def test_every_field_sqlite_added_with_a_default_is_back_filled() -> None:
     """A field added later with a default must be stored in older documents as SQLite's
-    column default stores it in older rows (``plate_key`` has a step of its own: its
-    value is the plate's)."""
-    own_step = {("vehicle", "plate_key")}
+    column default stores it in older rows (``plate_key`` and ``name_key`` have steps
+    of their own: their values are the plate's and the name's keys)."""
+    own_step = {("vehicle", "plate_key"),
+                *((kind, "name_key") for kind in migrations.NAME_KEYED)}
     assert set(migrations.ADDED_WITH_DEFAULT) == added_with_default_in_sqlite() - own_step
 
 

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import cast
 
 import aiosqlite
 import pytest
@@ -216,7 +217,8 @@ async def test_readers_never_see_an_open_write_transaction(store: SqliteStore) -
     c = company(name="Uncommitted")
     async with store._write_lock:  # stand in for a write batch paused mid-way
         writer.execute("BEGIN IMMEDIATE")
-        writer.execute('INSERT INTO "company" VALUES (?, 0, 0, ?, ?, ?)',
+        writer.execute('INSERT INTO "company" ("id", "created_at", "updated_at", '
+                       '"created_by", "updated_by", "name") VALUES (?, 0, 0, ?, ?, ?)',
                        (c.id, "system", "system", c.name))
         assert await store.get_many(Company, [c.id]) == [None]
         writer.rollback()
@@ -789,6 +791,59 @@ async def test_version_29_keys_plates_from_before_by_their_stored_form(db_path: 
                                  plate_key="BMI2024"))
     finally:
         await store.close()
+
+
+def names_of(records: Sequence[Record]) -> list[str]:
+    """The names of companies, users or stations."""
+    return [cast(Company, r).name for r in records]
+
+
+async def test_names_from_before_their_sort_key_get_it_from_the_domain_s_rule(
+        db_path: str) -> None:
+    """The migration adding ``name_key`` computes it for the rows already there with
+    ``validation.name_key`` itself (registered on the migrating connection), so NAME
+    order holds for companies, users and stations stored before it, in both directions
+    and across pages (QA: "aachen" and "Ärztehaus" came after "Zoo")."""
+    version = next(n for n, script in MIGRATIONS if "chargegraph_name_key" in script)
+    async with aiosqlite.connect(db_path, isolation_level=None) as conn:
+        await apply_migrations(conn, [m for m in MIGRATIONS if m[0] < version])
+        stamps = "0, 0, 'system', 'system'"
+        names = {"1": "Zoo", "2": "Ärztehaus", "3": "aachen lowercase", "4": "Urban Tech"}
+        for n, name in names.items():
+            await conn.execute(
+                'INSERT INTO "company" ("id", "created_at", "updated_at", "created_by", '
+                f'"updated_by", "name") VALUES (?, {stamps}, ?)', (f"c{n}", name))
+            await conn.execute(
+                'INSERT INTO "user" ("id", "created_at", "updated_at", "created_by", '
+                f'"updated_by", "email", "name", "role", "password_hash", "active") '
+                f"VALUES (?, {stamps}, ?, ?, 'DRIVER', 'x', 1)",
+                (f"u{n}", f"u{n}@example.com", name))
+            await conn.execute(
+                'INSERT INTO "station" ("id", "created_at", "updated_at", "created_by", '
+                f'"updated_by", "cp_id", "name", "registration", "online") '
+                f"VALUES (?, {stamps}, ?, ?, 'Accepted', 0)", (f"s{n}", f"CP-{n}", name))
+        assert await apply_migrations(conn, [m for m in MIGRATIONS if m[0] <= version]
+                                      ) == [version]
+    store = SqliteStore(db_path)
+    await store.start()
+    try:
+        kinds: tuple[type[Company] | type[User] | type[Station], ...] = (
+            Company, User, Station)
+        for kind in kinds:
+            by_name = [Sort("name_key")]
+            first = await store.find_page(kind, ALL, by_name, PageRequest(first=2))
+            rest = await store.find_page(kind, ALL, by_name,
+                                         PageRequest(first=2, after=first.cursors[-1]))
+            assert names_of([*first.items, *rest.items]) == [
+                "aachen lowercase", "Ärztehaus", "Urban Tech", "Zoo"], kind
+            back = await store.find_page(kind, ALL, by_name,
+                                         PageRequest(last=2, before=rest.cursors[0]))
+            assert names_of(back.items) == ["aachen lowercase", "Ärztehaus"]
+    finally:
+        await store.close()
+    assert raw(db_path, 'SELECT "name" FROM sqlite_master WHERE "name" LIKE '
+                        "'%name_key_idx' ORDER BY 1") == [("station_name_key_idx",),
+                                                          ("user_name_key_idx",)]
 
 
 async def test_version_8_gives_existing_sessions_and_payments_their_books(
