@@ -748,6 +748,14 @@ ALTER TABLE "connector_interval" ADD COLUMN "known" INTEGER NOT NULL DEFAULT 1;
 ALTER TABLE "connection_event" ADD COLUMN "server_outage" INTEGER NOT NULL DEFAULT 0;
 """
 
+# Version 34: the open unknown intervals (the central system's outage, not yet ended by a
+# connection), which every instance lease round looks for (``settle_outages``). Partial:
+# only open intervals are in it (one per connector), however long the history.
+_V34 = """
+CREATE INDEX "connector_interval_open_unknown_idx"
+    ON "connector_interval" ("known", "end", "start") WHERE "end" IS NULL;
+"""
+
 #: Every migration, oldest first. Append only.
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
@@ -756,7 +764,8 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (18, _V18), (19, _V19), (20, _V20), (21, _V21),
                                      (22, _V22), (23, _V23), (24, _V24),
                                      (25, _V25), (26, _V26), (27, _V27),
-                                     (28, _V28), (29, _V29), (30, _V30), (33, _V33))
+                                     (28, _V28), (29, _V29), (30, _V30), (33, _V33),
+                                     (34, _V34))
 
 _BOOTSTRAP = """
 CREATE TABLE IF NOT EXISTS "schema_version" (
