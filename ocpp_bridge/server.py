@@ -236,8 +236,10 @@ class OcppServer:
 
     async def upkeep(self) -> list[str]:
         """One round: renews this instance's lease (had it lapsed, it may have been swept,
-        so this instance's connections are recorded again) and records offline the
-        chargers of instances whose lease expired; returns their ids."""
+        so this instance's connections are recorded again), records offline the
+        chargers of instances whose lease expired (returns their ids), and ends the
+        unknown time of chargers that did not come back after the central system's own
+        outage (``InstanceService.settle_outages``)."""
         if self.instances is None:
             return []
         lapsed = await self.instances.renew(self.instance_id, self.host_label, self.lease)
@@ -254,6 +256,12 @@ class OcppServer:
         if swept:
             log.warning("recorded offline %d chargers of an instance that stopped renewing "
                         "its lease: %s", len(swept), ", ".join(swept[:20]))
+        # After the sweep: chargers it found lost to a dead instance long ago are due.
+        settled = await self.instances.settle_outages(self.instance_id)
+        if settled:
+            log.info("%d chargers did not come back after the central system's outage: "
+                     "offline since it was up again: %s", len(settled),
+                     ", ".join(settled[:20]))
         return swept
 
     async def _record_connections_again(self, cp_ids: list[str]) -> None:

@@ -15,24 +15,42 @@ stations is online any more.
 An instance whose own lease lapsed (a long stall, the database out of reach) may have been
 swept meanwhile although its chargers are still connected: ``renew`` says so, and the
 instance records again those of its connections the store shows offline (``lost``).
+
+The central system's own outage (an instance stopped or crashed) leaves its chargers'
+state unknown (``ConnectorInterval.known`` false) until they connect again. One that has
+not come back ``RECONNECT_GRACE`` after the service was up again is away on its own
+account: from that moment on it is known offline (``settle_outages``), so the uptime KPI
+counts its absence instead of leaving it unknown for ever.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from domain.entities import InstanceLease, Station
-from domain.errors import NotFound
+from domain.entities import ConnectorInterval, InstanceLease, Station
+from domain.errors import Conflict, NotFound
 from domain.policy import SYSTEM
-from domain.ports import Delete, Insert
-from domain.query import Eq, In, Range, all_of
+from domain.ports import Change, Delete, Insert
+from domain.query import ALL, Eq, In, Range, all_of
 from domain.services.base import Service, ServiceContext, patch, stamp_new
 from domain.services.charging import ChargingService, Lost
+from domain.services.intervals import known_offline
 
 #: Stations of one dead instance recorded offline per sweep (the rest in the next one).
 SWEEP_BATCH = 500
+#: How long a charger cut off by the central system's own outage has, once the service
+#: is up again, to connect again before it counts as offline from then on. Chargers
+#: reconnect on their own schedule, with a backoff that grows while the server was
+#: away (firmware commonly waits up to a few minutes between tries, and a whole fleet
+#: reconnecting at once is spread out by it): one back within this was never away on
+#: its own account, one still away after it is.
+RECONNECT_GRACE = timedelta(minutes=5)
+#: Unknown stretches settled per round (``settle_outages``; the rest in the next one).
+SETTLE_BATCH = 500
+#: Leases read to tell when the service was up (a deployment runs a handful).
+LEASES_READ = 100
 
 
 class InstanceService(Service):
@@ -114,3 +132,59 @@ class InstanceService(Service):
         at = await self.charging.disconnect(station.cp_id, number=station.connection,
                                             instance=lease.id, lost=Lost(lease.updated_at))
         return at is not None
+
+    async def settle_outages(self, instance_id: str) -> list[str]:
+        """Ends the central system's outage for chargers that did not come back: every
+        open unknown interval (``ConnectorInterval.known`` false) of a station still
+        offline ``RECONNECT_GRACE`` after the service was up again (``_up_again``) ends
+        at that moment, and the connector is known offline from there
+        (``intervals.known_offline``). Returns the charge point ids settled.
+
+        Idempotent and safe with several instances: each station's write holds only
+        while its intervals are still the open unknown ones, so a charger that connected
+        meanwhile, or another instance settling them at the same moment, makes it fail
+        (``Conflict``) and nothing is written twice."""
+        now = self.now()
+        due = now - RECONNECT_GRACE
+        leases = await self.store.find_all(InstanceLease, ALL, limit=LEASES_READ)
+        if not leases or min(lease.started_at for lease in leases) > due:
+            return []  # no interval can be due yet: not even a read of them
+        unknown = await self.store.find_all(ConnectorInterval, all_of(
+            Eq("end", None), Eq("known", False), Range("start", lte=due)),
+            limit=SETTLE_BATCH)
+        by_station: dict[str, list[ConnectorInterval]] = {}
+        for interval in unknown:
+            by_station.setdefault(interval.station_id, []).append(interval)
+        ids = sorted(by_station)
+        settled: list[str] = []
+        for station in await self.store.get_many(Station, ids):
+            # Online: its connection is being written (or a stale read); leave it be.
+            if station is None or station.online:
+                continue
+            changes: list[Change] = []
+            for interval in by_station[station.id]:
+                at = _up_again(interval.start, leases, instance_id, now)
+                if at is not None and at <= due:
+                    changes += known_offline(interval, at, SYSTEM)
+            if not changes:
+                continue
+            try:
+                await self.store.write(changes, [])
+            except Conflict:
+                continue  # its charger connected, or another instance settled it first
+            settled.append(station.cp_id)
+        return settled
+
+
+def _up_again(start: datetime, leases: Sequence[InstanceLease], instance_id: str,
+              now: datetime) -> datetime | None:
+    """When the service was up again for an outage stretch that began at ``start``: the
+    earliest moment from ``start`` on at which an instance was up. A lease shows its
+    instance up from its start to its last renewal (our own: to now); one not renewed
+    after ``start`` (its holder died with the outage, or before) shows nothing. So the
+    stretch's own start when another instance was up all along (the charger could have
+    connected there), the first instance's start after a restart. ``None``: no instance
+    is known up since (not ours: ``renew`` runs first)."""
+    return min((max(lease.started_at, start) for lease in leases
+                if (now if lease.id == instance_id else lease.updated_at) > start),
+               default=None)

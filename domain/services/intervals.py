@@ -64,13 +64,40 @@ async def next_interval(store: Store, station: Station, connector_id: int,
                 current.point_error_code, current.known) == (
                     status, error_code, online, point_status, point_error_code, known):
             return []
-        changes.append(patch(current, actor, end=max(at, current.start)))
+        changes.append(_close(current, max(at, current.start), actor))
     changes.append(Insert(stamp_new(ConnectorInterval(
         station_id=station.id, cp_id=station.cp_id, connector_id=connector_id,
         status=status, error_code=error_code, online=online, point_status=point_status,
         point_error_code=point_error_code, known=known,
         start=max(at, current.start) if current else at), actor, at)))
     return changes
+
+
+def _close(current: ConnectorInterval, at: datetime, actor: Viewer) -> Change:
+    """Ends the open interval ``current`` at ``at``. An unknown one (the central system's
+    outage) only while it is still open: ``known_offline`` may end it on another
+    instance at the same moment, and a connection written over a read taken before that
+    would leave two intervals open. The connect that loses reads again (``Conflict``:
+    ``ChargingService.connect`` retries). Known intervals keep the plain write: only
+    their charger's own messages end them, one at a time."""
+    if current.known:
+        return patch(current, actor, end=at)
+    return patch(current, actor, only_if=("end", None), required=True, end=at)
+
+
+def known_offline(current: ConnectorInterval, at: datetime, actor: Viewer) -> list[Change]:
+    """The open unknown interval ``current`` (the central system's outage) ends at ``at``
+    (not before its start), and the connector is known offline from then on, in the
+    same state otherwise: the service was up again at ``at`` and its charger did not
+    come back (``InstanceService.settle_outages``). Only while ``current`` is still the
+    open one: once its charger connected, or another instance settled it first, the
+    write fails with ``Conflict`` and nothing is written twice."""
+    start = max(at, current.start)
+    return [_close(current, start, actor), Insert(stamp_new(ConnectorInterval(
+        station_id=current.station_id, cp_id=current.cp_id,
+        connector_id=current.connector_id, status=current.status,
+        error_code=current.error_code, online=False, point_status=current.point_status,
+        point_error_code=current.point_error_code, known=True, start=start), actor))]
 
 
 async def finishing(store: Store, station: Station, connector: Connector, at: datetime,

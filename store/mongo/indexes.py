@@ -69,9 +69,11 @@ INDEXES: dict[str, list[list[tuple[str, int]]]] = {
     # By charger too: lists and analytics filtered by cpId.
     "connection_event": [[("station_id", ASCENDING), ("at", ASCENDING), ("_id", ASCENDING)],
                          [("cp_id", ASCENDING), ("at", ASCENDING)]],
+    # The open unknown ones (``settle_outages``, every lease round): few ever are unknown.
     "connector_interval": [[("station_id", ASCENDING), ("start", ASCENDING)],
                            [("cp_id", ASCENDING), ("connector_id", ASCENDING),
-                            ("end", ASCENDING)], [("start", ASCENDING)]],
+                            ("end", ASCENDING)], [("start", ASCENDING)],
+                           [("known", ASCENDING), ("end", ASCENDING), ("start", ASCENDING)]],
     # A new reservation looks for live ones on its connector (expires_at > now); an
     # operator reads those in their books.
     "reservation": [[("station_id", ASCENDING)], [("user_id", ASCENDING)],

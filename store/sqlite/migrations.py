@@ -817,6 +817,14 @@ UPDATE "station" SET "name_key" = chargegraph_name_key("name");
 CREATE INDEX "station_name_key_idx" ON "station" ("name_key", "id");
 """
 
+# Version 35: the open unknown intervals (the central system's outage, not yet ended by a
+# connection), which every instance lease round looks for (``settle_outages``). Partial:
+# only open intervals are in it (one per connector), however long the history.
+_V35 = """
+CREATE INDEX "connector_interval_open_unknown_idx"
+    ON "connector_interval" ("known", "end", "start") WHERE "end" IS NULL;
+"""
+
 #: Every migration, oldest first. Append only.
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
@@ -826,7 +834,8 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (22, _V22), (23, _V23), (24, _V24),
                                      (25, _V25), (26, _V26), (27, _V27),
                                      (28, _V28), (29, _V29), (30, _V30),
-                                     (31, _V31), (32, _V32), (33, _V33), (34, _V34))
+                                     (31, _V31), (32, _V32), (33, _V33), (34, _V34),
+                                     (35, _V35))
 
 #: Python functions migrations call, registered on the migrating connection: a value only
 #: the domain's rules can compute for rows written before (name, arity, function).

@@ -57,13 +57,15 @@ class Central:
 async def start_central(path: Path, *, auto_register: bool = False, bus: Any = None,
                         command_timeout: float = 5.0, relayed: bool = False,
                         strict_schema: bool = False, port: int = 0,
-                        ahead: timedelta = timedelta(0)) -> Central:
+                        ahead: timedelta = timedelta(0), leases: bool = False) -> Central:
     """A central system on ``path``. ``relayed``: commands go the way they go between two
     instances, through a ``CommandRelay`` without chargers to one holding this server's
     connections, over a bus that carries them as JSON. ``port``: the OCPP server's (one
     restarted where its chargers connected before); any free one by default. ``ahead``:
     the services' clock runs that far ahead of the real one (a restart that long after
-    the previous process stopped)."""
+    the previous process stopped). ``leases``: the OCPP server holds an instance lease
+    (of an hour: its own rounds never run in a test, which calls ``server.upkeep``), as
+    ``chargegraph`` runs it."""
     store = SqliteStore(str(path))
     await store.start()
     services = Services(ServiceContext(store=store, policy=Policy(), hasher=FastHasher(),
@@ -84,7 +86,9 @@ async def start_central(path: Path, *, auto_register: bool = False, bus: Any = N
     else:
         services.attach_gateway(gateway)
     server = OcppServer(services.charging, gateway, "127.0.0.1", port, response_timeout=5,
-                        strict_schema=strict_schema)
+                        strict_schema=strict_schema,
+                        instances=services.instances if leases else None,
+                        lease_seconds=3600)
     await server.start()
     return Central(services, store, server, gateway,
                    f"ws://127.0.0.1:{server.bound_port}/ocpp",

@@ -6,6 +6,7 @@ operations QA did it (scripts s2_restart, s11_crash, s5, s7)."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,12 @@ import pytest
 from ocpp.v16 import call
 
 from domain import entities as d
-from domain.query import Eq
+from domain.ports import Update
+from domain.query import Eq, all_of
+from domain.services.instances import RECONNECT_GRACE
 from ocpp_bridge import simulator
+from ocpp_bridge.gateway import OcppGateway
+from ocpp_bridge.server import OcppServer
 from ocpp_bridge.simulator import SimulatedChargePoint, connected
 from tests.helpers import MovedClock
 from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
@@ -229,3 +234,221 @@ async def test_an_offline_charger_is_not_charging(central: Central) -> None:
             _, used = await shares(central, t - timedelta(minutes=1), t + timedelta(hours=2))
     assert used["occupiedSeconds"] == 3602.0
     assert 2.0 <= used["chargingSeconds"] < 2.0 + SLACK_S  # not the hour away
+
+
+# ------------------------------------------- chargers that do not come back after it
+async def history(central: Central) -> list[d.ConnectorInterval]:
+    """CP-1 connector 1's state history, oldest first (one ended where it began before
+    the one that began there)."""
+    found = await central.store.find_all(
+        d.ConnectorInterval, all_of(Eq("cp_id", "CP-1"), Eq("connector_id", 1)), limit=100)
+    return sorted(found, key=lambda i: (i.start, i.end is None, i.end or i.start))
+
+
+def shape(intervals: list[d.ConnectorInterval]) -> list[tuple[bool, bool, bool]]:
+    """(online, known, still open) of each interval from the stop's on (those of the
+    connection before it, online and known, as one)."""
+    shapes = [(i.online, i.known, i.end is None) for i in intervals]
+    while shapes[1:] and shapes[1] == shapes[0] == (True, True, False):
+        shapes.pop(0)
+    return shapes
+
+
+async def stopped_with_cp1_connected(path: Path) -> tuple[Central, datetime, datetime]:
+    """A leased central system whose CP-1 reported Available, stopped cleanly (as SIGTERM
+    stops it); its users, the time before the charger connected and the stop's."""
+    first = await start_central(path, leases=True)
+    await seed(first)
+    t0 = datetime.now(UTC)
+    async with connected(first.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await cp.status(1, "Available")
+        await stop_central(first)
+    return first, t0, datetime.now(UTC)
+
+
+async def own_start(central: Central) -> datetime:
+    lease = (await central.store.get_many(d.InstanceLease, [central.server.instance_id]))[0]
+    assert lease is not None
+    return lease.started_at
+
+
+async def test_a_charger_that_never_comes_back_is_offline_from_the_restart_after_a_grace(
+        tmp_path: Path) -> None:
+    """The server stops, the charger never returns, the server starts again (an hour
+    later). The charger's state is unknown from the stop until the restart; once it has
+    not come back within the grace (chargers reconnect with backoff), it is known offline
+    from the restart on, and the uptime KPI counts its absence. Before, it stayed
+    unknown for ever."""
+    first, t0, stopped = await stopped_with_cp1_connected(tmp_path / "central.db")
+    second = await start_central(tmp_path / "central.db", ahead=timedelta(hours=1),
+                                 leases=True)
+    second.users = first.users
+    try:
+        restarted = await own_start(second)
+        await second.server.upkeep()  # within the grace: it may still come back
+        assert shape(await history(second)) == [(True, True, False), (False, False, True)]
+        with MovedClock(second.services.ctx) as clock:
+            clock.by(RECONNECT_GRACE + timedelta(seconds=1))
+            await second.server.upkeep()
+            settled = await history(second)
+            await second.server.upkeep()  # idempotent: nothing more to write
+            assert await history(second) == settled
+            now = second.services.ctx.clock()
+            available, _ = await shares(second, t0 - timedelta(minutes=1), now)
+    finally:
+        await stop_central(second)
+    assert shape(settled) == [(True, True, False), (False, False, False),
+                              (False, True, True)]
+    *_, unknown, offline = settled
+    assert unknown.start <= stopped and unknown.end == restarted == offline.start
+    assert (offline.status, offline.point_status) == (unknown.status, unknown.point_status)
+    # Known: the moments before the stop and the grace and more since the restart.
+    grace = RECONNECT_GRACE.total_seconds()
+    assert grace <= available["reportedSeconds"] < grace + SLACK_S
+    assert available["availableSeconds"] < SLACK_S
+    assert available["unknownSeconds"] > 3600 - SLACK_S  # the hour the server was away
+
+
+async def test_a_charger_back_within_the_grace_is_unknown_until_it_returns_and_no_more(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first, _, stopped = await stopped_with_cp1_connected(tmp_path / "central.db")
+    second = await start_central(tmp_path / "central.db", ahead=timedelta(hours=1),
+                                 leases=True)
+    second.users = first.users
+    charger_clock_ahead(monkeypatch, timedelta(hours=1))
+    try:
+        async with connected(second.url, "CP-1", password=STATION_PASSWORD) as cp:
+            await cp.boot()
+            await recorded(second, True)
+            back = await history(second)
+            with MovedClock(second.services.ctx) as clock:
+                clock.by(RECONNECT_GRACE + timedelta(seconds=1))
+                await second.server.upkeep()
+                assert await history(second) == back  # nothing written for it
+    finally:
+        await stop_central(second)
+    assert shape(back) == [(True, True, False), (False, False, False), (True, True, True)]
+    *_, unknown, online = back
+    assert unknown.start <= stopped and unknown.end == online.start  # until it returned
+
+
+def writes_meet(central: Central, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """The store's next two writes each wait for the other to arrive: two instances
+    that both read the same open interval before either writes."""
+    real = central.store.write
+    waiting: list[object] = []
+    met = asyncio.Event()
+
+    async def write(changes: Any, audit: Any) -> None:
+        waiting.append(changes)
+        if len(waiting) == 2:
+            met.set()
+            monkeypatch.setattr(central.store, "write", real)
+        await asyncio.wait_for(met.wait(), 5)
+        await real(changes, audit)
+    monkeypatch.setattr(central.store, "write", write)
+    return met
+
+
+async def test_with_another_instance_up_all_along_the_charger_is_offline_from_the_stop(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Instance A stops, B serves throughout: the charger could have connected to B at
+    once, so once it has not within the grace it is offline from A's stop on, and the
+    two instances settling it at the same moment write it once."""
+    a = await start_central(tmp_path / "central.db", leases=True)
+    await seed(a)
+    b = OcppServer(a.services.charging, OcppGateway(), "127.0.0.1", 0, response_timeout=5,
+                   instances=a.services.instances, lease_seconds=3600)
+    await b.start()
+    try:
+        async with connected(a.url, "CP-1", password=STATION_PASSWORD) as cp:
+            await cp.boot()
+            await cp.status(1, "Available")
+            await a.server.stop()  # A alone stops: its disconnect is the outage's
+        c = OcppServer(a.services.charging, OcppGateway(), "127.0.0.1", 0,
+                       response_timeout=5, instances=a.services.instances,
+                       lease_seconds=3600)
+        c.instance_id = "instance-c"
+        await a.services.instances.renew(c.instance_id, "c", timedelta(hours=1))
+        with MovedClock(a.services.ctx) as clock:
+            clock.by(RECONNECT_GRACE + timedelta(seconds=1))
+            both_read = writes_meet(a, monkeypatch)
+            settled = await asyncio.gather(
+                a.services.instances.settle_outages(b.instance_id),
+                a.services.instances.settle_outages(c.instance_id))
+            assert both_read.is_set()
+            intervals = await history(a)
+    finally:
+        await b.stop()
+        await stop_central(a)
+    assert sorted(settled) == [[], ["CP-1"]]  # one of the two wrote it
+    assert shape(intervals) == [(True, True, False), (False, False, False),
+                                (False, True, True)]
+    *_, unknown, offline = intervals
+    assert unknown.end == unknown.start == offline.start
+
+
+async def test_a_charger_connecting_as_it_is_settled_is_written_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The charger comes back just as its unknown stretch is settled (on another
+    instance, say): its connection read the unknown interval as the open one, and the
+    settling wrote before it. The connection reads again and ends the offline interval;
+    before, it ended the unknown one over the settling and left the offline one open
+    beside its own."""
+    await stopped_with_cp1_connected(tmp_path / "central.db")
+    second = await start_central(tmp_path / "central.db", ahead=timedelta(hours=1),
+                                 leases=True)
+    real = second.store.write
+
+    async def settled_first(changes: Any, audit: Any) -> None:
+        if any(isinstance(c, Update) and isinstance(c.record, d.Station) and c.record.online
+               for c in changes):
+            monkeypatch.setattr(second.store, "write", real)
+            assert await second.services.instances.settle_outages(
+                second.server.instance_id) == ["CP-1"]
+        await real(changes, audit)
+    try:
+        with MovedClock(second.services.ctx) as clock:
+            clock.by(RECONNECT_GRACE + timedelta(seconds=1))
+            monkeypatch.setattr(second.store, "write", settled_first)
+            async with connected(second.url, "CP-1", password=STATION_PASSWORD):
+                await recorded(second, True)
+                back = await history(second)
+    finally:
+        await stop_central(second)
+    assert shape(back) == [(True, True, False), (False, False, False),
+                           (False, True, False), (True, True, True)]
+    assert all(before.end == after.start for before, after in itertools.pairwise(back))
+
+
+async def test_after_a_crash_a_charger_that_never_comes_back_is_offline_from_the_restart(
+        tmp_path: Path) -> None:
+    """The crashed process's lease is still stored, unexpired (an hour's), when the
+    restarted one settles: it was last renewed before the charger was last heard, so it
+    shows nobody up since, and the unknown time runs to the restart, not to the
+    crash."""
+    first = await start_central(tmp_path / "central.db", leases=True)
+    await seed(first)
+    async with connected(first.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await cp.status(1, "Available")
+        await crash(first)
+    second = await start_central(tmp_path / "central.db", ahead=timedelta(minutes=30),
+                                 leases=True)
+    try:
+        with MovedClock(second.services.ctx) as clock:
+            clock.by(RECONNECT_GRACE + timedelta(seconds=1))
+            await second.server.upkeep()
+            settled = await history(second)
+            crashed_lease = await second.store.get_many(d.InstanceLease,
+                                                        [first.server.instance_id])
+            assert crashed_lease[0] is not None
+        restarted = await own_start(second)
+    finally:
+        await stop_central(second)
+    assert shape(settled) == [(True, True, False), (False, False, False),
+                              (False, True, True)]
+    *_, unknown, offline = settled
+    assert unknown.end == restarted == offline.start
+    assert restarted - unknown.start > timedelta(minutes=29)

@@ -24,6 +24,7 @@ from domain.entities import (
     Company,
     ConnectionEvent,
     Connector,
+    ConnectorInterval,
     ConnectorStatus,
     IdTagStatus,
     MeterSample,
@@ -1164,3 +1165,12 @@ async def _plan_of(store: SqliteStore, sql: str, params: Sequence[SqlValue]) -> 
     assert store._reader is not None
     rows = await store._reader.execute_fetchall(f"EXPLAIN QUERY PLAN {sql}", params)
     return "\n".join(str(r[3]) for r in rows)
+
+
+async def test_the_open_unknown_intervals_are_read_from_their_own_index(
+        store: SqliteStore) -> None:
+    """Every instance lease round looks for them (``settle_outages``): never a scan of
+    the whole state history."""
+    plan = await _plan(store, ConnectorInterval, all_of(
+        Eq("end", None), Eq("known", False), Range("start", lte=T0)))
+    assert "connector_interval_open_unknown_idx" in plan, plan
