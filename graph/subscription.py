@@ -105,6 +105,12 @@ _DROPPED = "Events this subscriber missed right before this one (it fell behind)
 _CP_ID = "The charger's OCPP identity."
 _CONNECTOR_ID = "OCPP connector id; 0 is the charge point as a whole."
 _STATION = "The station as it reads now; null if the viewer may not see it."
+_STATION_ID = ("The station's global id (on every charger event, to key a map by); null "
+               "for a charger with none.")
+
+
+def _station_gid(station_id: str | None) -> strawberry.ID | None:
+    return strawberry.ID(to_global_id("station", station_id)) if station_id else None
 
 
 @strawberry.type(description=(
@@ -128,10 +134,9 @@ class ConnectorStatusEvent:
         description="Events this subscriber missed right before this one (it fell behind).")
     _e: strawberry.Private[ConnectorStatusChanged]
 
-    @strawberry.field(description="The station's global id; null for a charger with none.")
+    @strawberry.field(description=_STATION_ID)
     def station_id(self) -> strawberry.ID | None:
-        return strawberry.ID(to_global_id("station", self._e.station_id)) \
-            if self._e.station_id else None
+        return _station_gid(self._e.station_id)
 
     @strawberry.field(description=("The connector as it reads now; null for connector 0 "
                                    "or when the viewer may not see it."))
@@ -154,6 +159,10 @@ class StationConnectionEvent:
     at: datetime = strawberry.field(description="When we saw it connect or disconnect, UTC.")
     dropped_before: int = strawberry.field(description=_DROPPED)
     _e: strawberry.Private[StationConnectionChanged]
+
+    @strawberry.field(description=_STATION_ID)
+    def station_id(self) -> strawberry.ID | None:
+        return _station_gid(self._e.station_id)
 
     @strawberry.field(description=_STATION)
     async def station(self, info: Info) -> Station | None:
@@ -183,7 +192,9 @@ class SessionEvent:
         return await _record(info, d.Session, Session, self._e.session_id)
 
 
-@strawberry.type(description="A connector reported an error code other than NoError.")
+@strawberry.type(description=(
+    "A connector (or, for connector 0, the charge point) reported a fault: an error code "
+    "other than NoError, or the status Faulted whatever its code."))
 class FaultEvent:
     cp_id: str = strawberry.field(description=_CP_ID)
     connector_id: int = strawberry.field(description=_CONNECTOR_ID)
@@ -195,6 +206,10 @@ class FaultEvent:
         "When it was reported, by the charger's timestamp (else its clock's now), UTC."))
     dropped_before: int = strawberry.field(description=_DROPPED)
     _e: strawberry.Private[FaultReported]
+
+    @strawberry.field(description=_STATION_ID)
+    def station_id(self) -> strawberry.ID | None:
+        return _station_gid(self._e.station_id)
 
     @strawberry.field(description=_STATION)
     async def station(self, info: Info) -> Station | None:
@@ -220,6 +235,10 @@ class MaintenanceEvent:
     dropped_before: int = strawberry.field(description=_DROPPED)
     _e: strawberry.Private[MaintenanceStatusChanged]
 
+    @strawberry.field(description=_STATION_ID)
+    def station_id(self) -> strawberry.ID | None:
+        return _station_gid(self._e.station_id)
+
     @strawberry.field(description=_STATION)
     async def station(self, info: Info) -> Station | None:
         return await _station(info, self._e.station_id)
@@ -239,6 +258,10 @@ class ReservationEvent:
     @strawberry.field(description="The reservation as it reads now; null if hidden.")
     async def reservation(self, info: Info) -> Reservation | None:
         return await _record(info, d.Reservation, Reservation, self._e.reservation_record_id)
+
+    @strawberry.field(description=_STATION_ID)
+    def station_id(self) -> strawberry.ID | None:
+        return _station_gid(self._e.station_id)
 
     @strawberry.field(description=_STATION)
     async def station(self, info: Info) -> Station | None:

@@ -1159,3 +1159,21 @@ async def test_a_command_id_filter_that_is_no_id_is_refused(live: Setup) -> None
     errors = payload if isinstance(payload, list) else payload.get("errors", [payload])
     assert errors[0]["extensions"] == {"code": "INVALID_ID", "field": "filter.commandId"}
     await socket.close()
+
+
+async def test_every_charger_event_names_its_station_by_global_id(live: Setup) -> None:
+    """QA (s17, a frontend): only connector status events had `stationId`; a map keyed by
+    station had to select `station { id }` (a load per event) on the others."""
+    from domain.events import StationConnectionChanged
+    from graph.ids import to_global_id
+
+    station = live.world.stations["A-001"]
+    socket = await live.open("admin")
+    socket.subscribe("1", "subscription { stationConnectionChanged { cpId stationId } }")
+    await live.subscribed(1)
+    await live.bus.publish(StationConnectionChanged(
+        station_id=station.id, cp_id="A-001", company_id=station.company_id,
+        owner_id=station.owner_id, online=True))
+    event = (await socket.next())["payload"]["data"]["stationConnectionChanged"]
+    assert event == {"cpId": "A-001", "stationId": to_global_id("station", station.id)}
+    await socket.close()
