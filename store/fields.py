@@ -151,6 +151,23 @@ def field_words(name: str) -> str:
     return name.replace("_", " ")
 
 
+def checked_scalar(spec: FieldSpec, value: Any) -> Any:
+    """``value`` as the field's type takes it, or ``TypeError``: every store refuses alike
+    what the domain should never write (a float or a bool in an int field, a number in a
+    text field), so a bug cannot pass one store's tests and corrupt another's data."""
+    match spec.category:
+        case "int":
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{spec.name}: expected int, got {type(value).__name__}")
+        case "float":
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise TypeError(f"{spec.name}: expected number, got {type(value).__name__}")
+        case _:  # id, str
+            if not isinstance(value, str):
+                raise TypeError(f"{spec.name}: expected str, got {type(value).__name__}")
+    return value
+
+
 def duplicate_message(kind: str, fields: tuple[str, ...]) -> str:
     """The words of a unique-rule violation, without column names: "another vehicle has
     the same license plate and owner", "another station has the same charge point id

@@ -29,7 +29,7 @@ from bson import Decimal128, ObjectId
 from domain import geo
 from domain.entities import Record
 from store import fields
-from store.fields import FieldSpec, build
+from store.fields import FieldSpec, build, checked_scalar
 
 field_specs: Callable[[type[Record]], tuple[FieldSpec, ...]] = fields.field_specs  # type: ignore[assignment]
 spec_by_name: Callable[[type[Record]], dict[str, FieldSpec]] = fields.spec_by_name  # type: ignore[assignment]
@@ -74,18 +74,8 @@ def encode(spec: FieldSpec, value: Any) -> Any:
             return value.value if isinstance(value, Enum) else str(value)
         case "bool":
             return bool(value)
-        case "int":
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{spec.name}: expected int, got {type(value).__name__}")
-            return value
-        case "float":
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise TypeError(f"{spec.name}: expected number, got {type(value).__name__}")
-            return value
-        case "str":
-            if not isinstance(value, str):
-                raise TypeError(f"{spec.name}: expected str, got {type(value).__name__}")
-            return value
+        case "int" | "float" | "str":
+            return checked_scalar(spec, value)
         case _:
             return value
 

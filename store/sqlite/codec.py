@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 from domain.entities import ENTITY_BY_KIND, E, Record
 from store import fields
-from store.fields import FieldSpec, build
+from store.fields import FieldSpec, build, checked_scalar
 from store.sqlite.compiled_rows import (
     RowDecoder,
     RowEncoder,
@@ -84,18 +84,8 @@ def encode(spec: FieldSpec, value: Any) -> SqlValue:
             return int(bool(value))
         case "json":
             return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-        case "int":
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{spec.name}: expected int, got {type(value).__name__}")
-            return value
-        case "float":
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise TypeError(f"{spec.name}: expected number, got {type(value).__name__}")
-            return value
-        case _:  # id, str
-            if not isinstance(value, str):
-                raise TypeError(f"{spec.name}: expected str, got {type(value).__name__}")
-            return value
+        case _:  # int, float, id, str
+            return checked_scalar(spec, value)
 
 
 def decode(spec: FieldSpec, raw: Any) -> Any:
