@@ -113,8 +113,11 @@ async def finishing(store: Store, station: Station, connector: Connector, at: da
     if connector.status not in IN_TRANSACTION or (
             connector.status_at is not None and connector.status_at > at):
         return []
+    # The state as announced (no charger's text or code with it): a later report is
+    # judged a change or a repeat against this, as subscribers saw it (review s17).
     update = patch(connector, actor, only_if=("status_at", connector.status_at),
-                   required=True, status=ConnectorStatus.FINISHING, status_at=at)
+                   required=True, status=ConnectorStatus.FINISHING, status_at=at,
+                   info=None, vendor_error_code=None)
     return [update, *await next_interval(
         store, station, connector.connector_id,
         *effective_state(station, ConnectorStatus.FINISHING, connector.error_code),

@@ -206,12 +206,16 @@ async def test_a_connector_is_finishing_after_its_stop_until_the_charger_says_mo
         await cp.boot()
         t = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=10)
         tx = await start(cp, t)
-        await report(cp, "Charging", t)
+        await cp.call(call.StatusNotification(
+            connector_id=1, error_code="NoError", status="Charging", timestamp=stamp(t),
+            info="11 kW", vendor_error_code="V-1"))
         await stop(cp, tx, t + timedelta(seconds=2), "Local")
         plug = await central.store.find_one(d.Connector, Eq("cp_id", "CP-1"))
         assert plug is not None
         assert (plug.status, plug.status_at) == (d.ConnectorStatus.FINISHING,
                                                  t + timedelta(seconds=2))
+        # As announced, without the Charging report's text and code (review s17).
+        assert (plug.info, plug.vendor_error_code) == (None, None)
 
 
 async def test_an_offline_charger_is_not_charging(central: Central) -> None:
