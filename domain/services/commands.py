@@ -139,6 +139,9 @@ class CommandOutcome:
     result: dict[str, Any] = field(default_factory=dict)
     error: DomainError | None = None
     reservation: Reservation | None = None
+    #: Who ``CommandCompleted`` says asked: the sender (``SYSTEM`` for what the service
+    #: sends with its own authority), whoever the audit log names.
+    requested_by: str | None = None
 
 
 def _interval_taken(outcome: CommandOutcome, payload: dict[str, Any]) -> int | None:
@@ -164,10 +167,12 @@ class CommandService(Service):
                    *, audited_as: Viewer | None = None) -> CommandOutcome:
         """Authorize, send and judge one command. Refusals before sending raise; what the
         charger (or its absence) says comes back in the outcome's ``error``.
-        ``audited_as``: whose command it is in the audit log and ``CommandCompleted``
-        when the service sends it with its own authority (``SYSTEM``) as a consequence
-        of what that person did (blocking a card stops its session at another
-        company's charger, which they may not command)."""
+        ``audited_as``: whose command it is in the audit log when the service sends it
+        with its own authority (``SYSTEM``) as a consequence of what that person did
+        (blocking a card stops its session at another company's charger, which they may
+        not command). ``CommandCompleted`` still names the service: the person would
+        otherwise be told which of another company's chargers it went to, and how they
+        answered (attacker QA s17)."""
         if viewer.anonymous:
             # No command is anyone's without signing in. Said before the station is looked
             # up: with the public map off, "no such station" would send them looking.
@@ -204,6 +209,7 @@ class CommandService(Service):
         elif action == "CancelReservation":
             outcome.reservation = await self._reservation(viewer, station,
                                                           payload.get("reservationId"))
+        outcome.requested_by = viewer.actor
         viewer = audited_as or viewer  # authorized: from here on, whose command it is
         if self.gateway is not None:
             await self._audit_sent(viewer, outcome, payload)
@@ -630,6 +636,6 @@ class CommandService(Service):
             outcome.reservation = current or outcome.reservation
         await self.publish(CommandCompleted(
             **owned_by(station), command_id=outcome.command_id, action=outcome.action,
-            requested_by=viewer.actor, status=outcome.status,
+            requested_by=outcome.requested_by or viewer.actor, status=outcome.status,
             error_code=outcome.error.code if outcome.error else None,
             result=wire_json(outcome.result)))

@@ -1568,3 +1568,31 @@ async def test_a_heartbeat_interval_the_charger_took_answers_its_boots(
             if e.after and e.before
             and e.after["heartbeat_interval"] != e.before["heartbeat_interval"]] == [
         (op, 900), (op, 1800), (op, None)]
+
+
+async def test_a_command_sent_with_the_services_authority_is_announced_as_the_services(
+        tmp_path: Path) -> None:
+    """Attacker QA (s17): a driver blocking their card had the service stop its session at
+    another company's charger, audited as the driver; commandCompleted announced it as
+    theirs too, telling them which of that company's chargers held the tag and how they
+    answered. The audit names the person; the event names the service."""
+    from domain.events import CommandCompleted
+
+    bus = MemoryEventBus()
+    await bus.start()
+    central = await start_central(tmp_path / "central.db", bus=bus)
+    await seed(central)
+    events = bus.subscribe([CommandCompleted.topic])
+    driver = Viewer.of(central.users["driver"])
+    try:
+        async with connected(central.url, "CP-1", password=STATION_PASSWORD):
+            await central.services.commands.send(SYSTEM, "CP-1", "ClearCache", {},
+                                                 audited_as=driver)
+            got = await asyncio.wait_for(anext(events), 5)
+        assert isinstance(got, CommandCompleted) and got.requested_by == SYSTEM.actor
+        assert not central.services.policy.sees_event(driver, got)
+        audit = await central.store.find_all(d.AuditEntry, Eq("action", d.AuditAction.COMMAND))
+        assert {a.actor for a in audit} == {driver.actor}
+    finally:
+        await stop_central(central)
+        await bus.close()
