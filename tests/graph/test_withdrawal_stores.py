@@ -1,17 +1,58 @@
 """What the card withdrawal (``domain/services/withdrawal.py``) reads and writes, on both
-stores (QA review 17b): a reservation holds its plug for the card it was made for, not
-for a tag string."""
+stores (QA review 17b): the expiry sweep pages by (expiry, id); a list entry records the
+card its tag named; a reservation holds its plug for the card it was made for, not for
+a tag string."""
 
 from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
+
 from domain import entities as d
 from domain.clock import utcnow
+from domain.policy import SYSTEM
 from domain.ports import Insert
-from domain.services import Services
-from domain.services.base import reserved_for_card, stamp_new
+from domain.query import Eq, In
+from domain.services import Services, withdrawal
+from domain.services.base import patch, reserved_for_card, stamp_new
 from tests.graph.world import World
+
+
+async def listed(services: Services, world: World, *tags: str) -> None:
+    """CP A-001's charger accepted a Full list of ``tags`` (recorded as for any)."""
+    await withdrawal.record_local_list(services.ctx.store, world.stations["A-001"], {
+        "listVersion": 1, "updateType": "Full", "localAuthorizationList": [
+            {"idTag": tag, "idTagInfo": {"status": "Accepted"}} for tag in tags]}, SYSTEM)
+
+
+async def test_the_expiry_sweep_takes_every_card_sharing_an_expiry_across_batches(
+        services: Services, world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full batch's sweep went on from its last card's expiry, strictly after it: the
+    other cards of that expiry were never swept. Paged by (expiry, id) they are."""
+    monkeypatch.setattr(withdrawal, "EXPIRY_BATCH", 5)
+    store = services.ctx.store
+    tags = [f"BULK-{i}" for i in range(8)]
+    cards = [await services.fleet.issue_id_tag(SYSTEM, tag=tag,
+                                               user_id=world.users["driver1"].id)
+             for tag in tags]
+    expired = utcnow().replace(microsecond=0) - timedelta(minutes=1)
+    await store.write([patch(card, SYSTEM, expires_at=expired) for card in cards], [])
+    await listed(services, world, *tags)
+
+    swept = [await services.withdrawal.sweep_expired() for _ in range(3)]
+    assert swept == [5, 3, 0]
+    entries = await store.find_all(d.LocalListEntry, In("tag", tuple(tags)))
+    assert sorted((e.tag, e.wanted) for e in entries) == [(tag, "Expired") for tag in tags]
+
+
+async def test_a_list_entry_names_the_card_its_tag_named_when_accepted(
+        services: Services, world: World) -> None:
+    await listed(services, world, "TAG-DRIVER1", "STAFF-1")
+    entries = {e.tag: e for e in await services.ctx.store.find_all(
+        d.LocalListEntry, Eq("station_id", world.stations["A-001"].id))}
+    assert entries["TAG-DRIVER1"].card_id == world.tags["driver1"].id
+    assert entries["STAFF-1"].card_id is None
 
 
 async def test_a_reservation_holds_its_plug_for_the_card_it_was_made_for(
