@@ -1,7 +1,7 @@
 """What the card withdrawal (``domain/services/withdrawal.py``) reads and writes, on both
 stores (QA review 17b): the expiry sweep pages by (expiry, id); a list entry records the
-card its tag named; a reservation holds its plug for the card it was made for, not for
-a tag string."""
+card its tag named; a card's withdrawal is marked in its own change's commit; a
+reservation holds its plug for the card it was made for, not for a tag string."""
 
 from __future__ import annotations
 
@@ -53,6 +53,24 @@ async def test_a_list_entry_names_the_card_its_tag_named_when_accepted(
         d.LocalListEntry, Eq("station_id", world.stations["A-001"].id))}
     assert entries["TAG-DRIVER1"].card_id == world.tags["driver1"].id
     assert entries["STAFF-1"].card_id is None
+
+
+@pytest.mark.parametrize("change", ["block", "remove"])
+async def test_a_withdrawn_cards_entries_are_marked_in_its_own_commit(
+        services: Services, world: World, change: str) -> None:
+    """The withdrawal runs in the background after the commit: a process killed in
+    between left a removed card Accepted in every list. The mark is in the card's own
+    commit (a charger's boot sends it); here no background work runs at all."""
+    services.fleet.on_withdrawn = None  # the process died before it ran
+    await listed(services, world, "TAG-DRIVER2")
+    card = world.tags["driver2"]
+    if change == "block":
+        await services.fleet.update_id_tag(world.viewer("driver2"), card.id,
+                                           status=d.IdTagStatus.BLOCKED)
+    else:
+        await services.fleet.remove_id_tag(world.viewer("driver2"), card.id)
+    [held] = await services.ctx.store.find_all(d.LocalListEntry, Eq("tag", card.tag))
+    assert (held.status, held.wanted) == ("Accepted", "Blocked")
 
 
 async def test_a_reservation_holds_its_plug_for_the_card_it_was_made_for(

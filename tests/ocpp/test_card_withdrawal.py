@@ -391,6 +391,9 @@ async def test_a_session_started_with_a_tag_of_no_card_is_not_stopped_for_a_card
         await issue(central, "op_other", "STAFF-9", await other_driver(central, "d9"))
         await block(central, "STAFF-9", who="op_other")
         await settled(central)
+        # Nor is the card "charging right now": it may be removed.
+        await remove(central, "STAFF-9", who="op_other")
+        await settled(central)
         assert [name for name, _ in cp.received if name == "RemoteStopTransaction"] == []
         assert await commands_of(central, "RemoteStopTransaction") == []
         session = await central.session(transaction_id)
