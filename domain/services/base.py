@@ -125,11 +125,12 @@ async def reserved_for_card(store: Store, reservation: Reservation, presented: s
 
 
 def made_for(reservation: Reservation, card: IdTag) -> bool:
-    """Whether ``reservation`` (of ``card``'s tag) was made for ``card``: for its holder
-    (a reservation for a known card records it), or while the card existed (the tag
-    named it then). A tag string is nobody's: one reserved before a card was issued
-    with it was a bare id, maybe another company's."""
-    return reservation.user_id == card.user_id or reservation.created_at >= card.created_at
+    """Whether ``reservation`` (of ``card``'s tag) was made for ``card``: for its holder,
+    whom a reservation for a known card records (``CommandService._new_reservation``).
+    A tag string is nobody's: one reserved before a card was issued with it was a bare
+    id, maybe another company's. (Not "made after the card": stored times are to the
+    millisecond and instances' clocks differ, the holder is exact.)"""
+    return reservation.user_id == card.user_id
 
 
 async def same_company(store: Store, card: IdTag, reserved: IdTag | None,

@@ -174,12 +174,12 @@ class Withdrawal(Service):
         id). ``FleetService`` runs it in the background."""
         await self._mark_wanted(actor, [card.id], list_status(status))
         if stop:
-            # A session names its card's holder when the tag named a card at its start;
-            # a reservation is the card's as ``base.made_for`` says.
+            # A session, and a reservation, names its card's holder when the tag named a
+            # card as it was made (``base.made_for``); of a tag of no card, no one.
             await self._stop_sessions(actor, all_of(Eq("id_tag", card.tag),
                                                     Eq("user_id", card.user_id)))
-            await self._cancel_reservations(actor, all_of(Eq("id_tag", card.tag), any_of(
-                Eq("user_id", card.user_id), Range("created_at", gte=card.created_at))))
+            await self._cancel_reservations(actor, all_of(Eq("id_tag", card.tag),
+                                                          Eq("user_id", card.user_id)))
         for station_id in await self._stations_wanting([card.id]):
             await self.push(actor, station_id)
 
