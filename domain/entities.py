@@ -682,6 +682,11 @@ class LocalListEntry(Record):
     tag: str
     status: str
     wanted: str | None = None
+    #: The card (``IdTag`` id) the tag named when the list holding it was accepted, if
+    #: any. A tag string is nobody's: a card issued with it later (by anyone, of any
+    #: company) is not what the list's sender put there, so a withdrawal acts only on
+    #: the entries of the withdrawn card's id (``Withdrawal``), never on the tag's.
+    card_id: str | None = None
 
 
 @dataclass(kw_only=True)

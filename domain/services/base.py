@@ -104,16 +104,33 @@ async def reserved_for_card(store: Store, reservation: Reservation, presented: s
     its own id tag, a card whose parentIdTag is the reserved id, or one of the reserved
     card's group. One rule for a start (``ChargingService``) and a driver's remote start
     (``CommandService``). A group is a company's: a card of another company carrying
-    the same parentIdTag is not of it (``same_company``)."""
+    the same parentIdTag is not of it (``same_company``). The reserved card is the one
+    the reservation was made for (``made_for``): a card issued with the reserved id
+    later, by another company, is not it, and presenting it takes the reservation only
+    as a bare id's, for its maker's company."""
+    reserved = await store.find_one(IdTag, Eq("tag", reservation.id_tag)) \
+        if card is not None else None
+    if reserved is not None and not made_for(reservation, reserved):
+        reserved = None  # reserved before this card was issued: a bare id then
     if reservation.id_tag == presented:
-        return True
+        # A tag we know no card of is matched as written; the reserved card itself is.
+        return card is None or reserved is not None \
+            or await same_company(store, card, None, reservation)
     if card is None or card.parent_tag is None:
         return False
-    reserved = await store.find_one(IdTag, Eq("tag", reservation.id_tag))
     if card.parent_tag != reservation.id_tag and (
             reserved is None or reserved.parent_tag != card.parent_tag):
         return False
     return await same_company(store, card, reserved, reservation)
+
+
+def made_for(reservation: Reservation, card: IdTag) -> bool:
+    """Whether ``reservation`` (of ``card``'s tag) was made for ``card``: for its holder,
+    whom a reservation for a known card records (``CommandService._new_reservation``).
+    A tag string is nobody's: one reserved before a card was issued with it was a bare
+    id, maybe another company's. (Not "made after the card": stored times are to the
+    millisecond and instances' clocks differ, the holder is exact.)"""
+    return reservation.user_id == card.user_id
 
 
 async def same_company(store: Store, card: IdTag, reserved: IdTag | None,

@@ -24,6 +24,7 @@ from domain.ports import Change, Delete, Insert
 from domain.query import Eq, NotSub, all_of, any_of
 from domain.services.background import Background
 from domain.services.base import UNSET, Service, ServiceContext, patch, stamp_new
+from domain.services.withdrawal import list_status, withdrawal_marks
 
 
 def blocked_by_others(tag: IdTag, owner: User) -> bool:
@@ -256,21 +257,27 @@ class FleetService(Service):
             parent_tag=parent_tag,
         )
         updated = cast(IdTag, update.record)
-        await self.commit(viewer, [(update, id_tag)])
-        self._withdraw_if_unusable(viewer, id_tag, updated)
+        became = self._withdrawn_as(id_tag, updated)
+        marks = [] if became is None else await withdrawal_marks(
+            self.store, viewer, [id_tag.id], list_status(became))
+        await self.commit(viewer, [(update, id_tag)], unaudited=marks)
+        if became is not None:
+            # Blocked (a lost card) it may not go on charging; expired, a session it
+            # started before stays authorized.
+            self._withdrawn(viewer, updated, became, stop=became is IdTagStatus.BLOCKED)
         return updated
 
-    def _withdraw_if_unusable(self, viewer: Viewer, before: IdTag, after: IdTag) -> None:
-        """A card that could charge and no longer can, or one blocked now (an expired one
-        too: a session it started before its expiry may still run), is withdrawn.
-        Blocked (a lost card) it may not go on charging; expired, a session it started
-        before stays authorized."""
+    def _withdrawn_as(self, before: IdTag, after: IdTag) -> IdTagStatus | None:
+        """What a card that could charge and no longer can, or one blocked now (an
+        expired one too: a session it started before its expiry may still run), is
+        withdrawn as; ``None`` for a change that withdraws nothing."""
         now = self.now()
         became = after.status_at(now)
         blocked = became is IdTagStatus.BLOCKED and before.status is not IdTagStatus.BLOCKED
         if blocked or (before.status_at(now) is IdTagStatus.ACCEPTED
                        and became is not IdTagStatus.ACCEPTED):
-            self._withdrawn(viewer, after, became, stop=became is IdTagStatus.BLOCKED)
+            return became
+        return None
 
     async def remove_id_tag(self, viewer: Viewer, id_tag_id: str) -> IdTag:
         """Removes a card (mistyped, lost for good, replaced). Its sessions keep the tag
@@ -284,13 +291,19 @@ class FleetService(Service):
             raise Forbidden("you may not change this id tag")
         if not self.policy.may_manage_user(viewer, owner) and blocked_by_others(id_tag, owner):
             raise Forbidden("your operator blocked this card: ask them about it", field="id")
+        # Its own session: one a charger runs for the same tag string before the card
+        # was issued (of no card, maybe another company's station) is not the card's.
         charging = await self.store.find_one(Session, all_of(
-            Eq("id_tag", id_tag.tag), Eq("state", SessionState.ACTIVE)))
+            Eq("id_tag", id_tag.tag), Eq("user_id", id_tag.user_id),
+            Eq("state", SessionState.ACTIVE)))
         if charging is not None:
             raise Conflict("the card is charging right now", field="id", code="IN_USE")
-        await self.commit(viewer, [(Delete(id_tag), id_tag)])
         # Lost for good: no charger may go on accepting it offline (BLOCKED, not unknown:
-        # a list entry removed would leave a charger's cache to decide).
+        # a list entry removed would leave a charger's cache to decide). Marked wanted in
+        # the delete's own commit: the push runs in the background, and a crash before it
+        # must not leave the lists accepting the card (a charger's boot sends the mark).
+        marks = await withdrawal_marks(self.store, viewer, [id_tag.id], "Blocked")
+        await self.commit(viewer, [(Delete(id_tag), id_tag)], unaudited=marks)
         self._withdrawn(viewer, id_tag, IdTagStatus.BLOCKED, stop=True)
         return id_tag
 

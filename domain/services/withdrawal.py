@@ -5,12 +5,15 @@ A charger decides on its own with what it keeps: its local authorization list (O
 3.5: filled by SendLocalList) and its authorization cache. So the service remembers what
 each station's list holds, as far as the chargers' answers tell (``record_local_list``,
 called for every SendLocalList a charger accepted: a Full list replaces, a Differential
-adds, updates and removes). When a card stops being usable, every list holding it as
-Accepted is sent a Differential (``listVersion`` + 1) marking it so (``Withdrawal``), in
-the background: the change that caused it never waits on chargers. What a charger did
-not accept (it was offline, it failed) stays wanted (``LocalListEntry.wanted``) and is
-sent again when it boots. A blocked card's, or a deactivated driver's, session under way
-is stopped (RemoteStopTransaction) and its live reservations cancelled.
+adds, updates and removes), and for each tag the card it named then
+(``LocalListEntry.card_id``). When a card stops being usable, every list holding that
+card (by id: a tag string is nobody's) as Accepted is sent a Differential
+(``listVersion`` + 1) marking it so (``Withdrawal``), in the background: the change that
+caused it never waits on chargers. What a charger did not accept (it was offline, it
+failed) stays wanted (``LocalListEntry.wanted``) and is sent when it boots, as the
+card's state is then. A blocked card's, or a deactivated driver's, session under way is
+stopped (RemoteStopTransaction) and its live reservations cancelled: only the sessions
+and reservations that were the card's.
 The cache needs no command: its entries expire (``ChargingService.authorize`` bounds
 every answer's ``expiryDate``).
 """
@@ -20,7 +23,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from domain.entities import (
     LIVE_RESERVATION_STATES,
@@ -37,7 +40,7 @@ from domain.entities import (
 from domain.errors import DomainError
 from domain.policy import SYSTEM, Viewer
 from domain.ports import Change, Delete, Insert, Store
-from domain.query import Eq, In, Range, Sort, all_of
+from domain.query import Eq, Filter, In, Range, Sort, all_of, any_of
 from domain.services.background import Background
 from domain.services.base import Service, ServiceContext, patch, stamp_new
 
@@ -55,10 +58,14 @@ MAX_LIST = 100_000
 EXPIRY_LOOKBACK = timedelta(days=7)
 #: The most cards one expiry sweep handles (the next sweep takes the rest).
 EXPIRY_BATCH = 500
+#: The most cards (or tags) read in one query.
+BATCH = 500
 ACCEPTED = "Accepted"
+#: What a withdrawal wants a list entry to hold (OCPP AuthorizationStatus).
+WITHDRAWN = ("Blocked", "Expired", "Invalid")
 
 
-def _charger_status(status: IdTagStatus) -> str:
+def list_status(status: IdTagStatus) -> str:
     """A card's status as a charger's list spells it (OCPP AuthorizationStatus)."""
     return {IdTagStatus.ACCEPTED: "Accepted", IdTagStatus.BLOCKED: "Blocked",
             IdTagStatus.EXPIRED: "Expired"}.get(status, "Invalid")
@@ -67,8 +74,10 @@ def _charger_status(status: IdTagStatus) -> str:
 async def record_local_list(store: Store, station: Station, payload: dict[str, Any],
                             actor: Viewer) -> None:
     """Records what a SendLocalList the charger accepted put in its list (``payload`` as
-    sent: OCPP field names). An entry that now holds what the service wanted of it has
-    nothing wanted any more."""
+    sent: OCPP field names), and for each tag the card it names now
+    (``LocalListEntry.card_id``): what the list's sender put there. An entry that now
+    holds what the service wanted of it, or names another card now, has nothing wanted
+    any more."""
     entries = [e for e in payload.get("localAuthorizationList") or () if isinstance(e, dict)]
     given: dict[str, str | None] = {}
     for item in entries:
@@ -80,21 +89,51 @@ async def record_local_list(store: Store, station: Station, payload: dict[str, A
         else all_of(Eq("station_id", station.id), In("tag", tuple(given)))
     held = {e.tag: e for e in await store.find_all(LocalListEntry, where, limit=MAX_LIST)} \
         if full or given else {}
+    cards = await _cards_named(store, [tag for tag, status in given.items()
+                                       if status is not None])
     changes: list[Change] = []
     for tag, entry in held.items():
         status = given.get(tag)
+        card_id = cards.get(tag)
         if status is None:  # not in a Full list, or removed by a Differential
             changes.append(Delete(entry))
-        elif status != entry.status or entry.wanted is not None:
-            changes.append(patch(entry, actor, status=status,
-                                 wanted=None if status == entry.wanted else entry.wanted))
+        elif (status, card_id) != (entry.status, entry.card_id) or entry.wanted is not None:
+            done = status == entry.wanted or card_id != entry.card_id
+            changes.append(patch(entry, actor, status=status, card_id=card_id,
+                                 wanted=None if done else entry.wanted))
     for tag, status in given.items():
         if status is not None and tag not in held:
             changes.append(Insert(stamp_new(LocalListEntry(
-                station_id=station.id, cp_id=station.cp_id, tag=tag, status=status),
-                actor)))
+                station_id=station.id, cp_id=station.cp_id, tag=tag, status=status,
+                card_id=cards.get(tag)), actor)))
     changes.append(await _versioned(store, station, int(payload["listVersion"]), actor))
     await store.write(changes, [])
+
+
+async def _cards_named(store: Store, tags: Sequence[str]) -> dict[str, str]:
+    """The id of the card each of ``tags`` names now (tags of no card left out)."""
+    named: dict[str, str] = {}
+    for start in range(0, len(tags), BATCH):
+        batch = tuple(tags[start:start + BATCH])
+        named.update((c.tag, c.id) for c in await store.find_all(
+            IdTag, In("tag", batch), limit=BATCH))
+    return named
+
+
+async def withdrawal_marks(store: Store, actor: Viewer, card_ids: Sequence[str],
+                           status: str) -> list[Change]:
+    """The changes marking ``status`` wanted on every list entry holding one of the
+    cards as Accepted: of those cards, not of their tags (``LocalListEntry.card_id``).
+    Each is guarded on the entry still naming its card, so a list accepted meanwhile
+    for another card, or an entry a Full list dropped, is left as it is. Written by
+    ``FleetService`` in the same commit as the card's change, so a crash before the
+    background push loses nothing: a charger's boot sends what is wanted."""
+    if not card_ids:
+        return []
+    held = await store.find_all(LocalListEntry, all_of(
+        In("card_id", tuple(card_ids)), Eq("status", ACCEPTED)), limit=MAX_LIST)
+    return [patch(e, actor, only_if=("card_id", e.card_id), wanted=status) for e in held
+            if e.wanted != status]
 
 
 async def _versioned(store: Store, station: Station, version: int, actor: Viewer
@@ -114,8 +153,9 @@ class Withdrawal(Service):
         super().__init__(ctx)
         self.commands = commands
         self._work = Background()
-        #: Up to when cards' expiries were swept by this process (``sweep_expired``).
-        self._swept: datetime | None = None
+        #: Up to which card, in (expiry, id) order, this process swept expiries
+        #: (``sweep_expired``); id ``None``: every card of that expiry.
+        self._swept: tuple[datetime, str | None] | None = None
 
     async def settled(self) -> None:
         """Waits for what runs in the background (tests, shutdown)."""
@@ -127,13 +167,20 @@ class Withdrawal(Service):
         """``card`` is ``status`` now (blocked, expired; a removed card BLOCKED), by
         ``actor``. ``stop``: it may not go on charging (blocked or removed, not expired:
         a session started before its expiry was authorized), so its session under way is
-        stopped and its live reservations cancelled. ``FleetService`` runs it in the
-        background."""
-        await self._mark_wanted(actor, card.tag, _charger_status(status))
+        stopped and its live reservations cancelled. Only what was this card's: the list
+        entries recorded for its id, the sessions it started and the reservations made
+        for it (its tag and its holder), never what another carried the same tag string
+        for (a tag a charger knew before the card was issued, another company's group
+        id). ``FleetService`` runs it in the background."""
+        await self._mark_wanted(actor, [card.id], list_status(status))
         if stop:
-            await self._stop_sessions(actor, Eq("id_tag", card.tag))
-            await self._cancel_reservations(actor, Eq("id_tag", card.tag))
-        for station_id in await self._stations_wanting([card.tag]):
+            # A session, and a reservation, names its card's holder when the tag named a
+            # card as it was made (``base.made_for``); of a tag of no card, no one.
+            await self._stop_sessions(actor, all_of(Eq("id_tag", card.tag),
+                                                    Eq("user_id", card.user_id)))
+            await self._cancel_reservations(actor, all_of(Eq("id_tag", card.tag),
+                                                          Eq("user_id", card.user_id)))
+        for station_id in await self._stations_wanting([card.id]):
             await self.push(actor, station_id)
 
     async def withdraw_user(self, actor: Viewer, user: User) -> None:
@@ -143,11 +190,11 @@ class Withdrawal(Service):
         cannot be reached keeps its state, as any unanswered command's.
         ``AccountService`` runs it in the background."""
         cards = await self.store.find_all(IdTag, Eq("user_id", user.id), limit=MAX_LIST)
-        for card in cards:
-            await self._mark_wanted(actor, card.tag, "Blocked")
+        card_ids = [c.id for c in cards]
+        await self._mark_wanted(actor, card_ids, "Blocked")
         await self._stop_sessions(actor, Eq("user_id", user.id))
         await self._cancel_reservations(actor, Eq("user_id", user.id))
-        for station_id in await self._stations_wanting([c.tag for c in cards]):
+        for station_id in await self._stations_wanting(card_ids):
             await self.push(actor, station_id)
 
     def charger_back(self, station_id: str) -> None:
@@ -157,67 +204,114 @@ class Withdrawal(Service):
                        f"correcting the local list of station {station_id} failed")
 
     async def sweep_expired(self) -> int:
-        """Withdraws the cards that expired since the last sweep; returns how many."""
+        """Withdraws the cards that expired since the last sweep; returns how many. Paged
+        by (expiry, id): cards sharing an expiry across a full batch's end are taken by
+        the next sweep, not skipped."""
         now = self.now()
-        since = self._swept or now - EXPIRY_LOOKBACK
+        after = self._swept or (now - EXPIRY_LOOKBACK, None)
         due = await self.store.find_all(IdTag, all_of(
-            Eq("status", IdTagStatus.ACCEPTED), Range("expires_at", gt=since, lte=now)),
-            [Sort("expires_at")], limit=EXPIRY_BATCH)
-        for card in due:
-            await self._mark_wanted(SYSTEM, card.tag, "Expired")
-        # A full batch: the rest next time, from the last one taken.
-        last = due[-1].expires_at if len(due) == EXPIRY_BATCH else None
-        self._swept = last or now
-        for station_id in await self._stations_wanting([c.tag for c in due]):
+            Eq("status", IdTagStatus.ACCEPTED), Range("expires_at", lte=now),
+            _after(after)), [Sort("expires_at")], limit=EXPIRY_BATCH)
+        await self._mark_wanted(SYSTEM, [c.id for c in due], "Expired")
+        # A full batch: the rest next time, from the last one taken; else all up to now.
+        last = due[-1] if len(due) == EXPIRY_BATCH else None
+        self._swept = (last.expires_at, last.id) if last is not None \
+            and last.expires_at is not None else (now, None)
+        for station_id in await self._stations_wanting([c.id for c in due]):
             await self.push(SYSTEM, station_id)
         return len(due)
 
     # ------------------------------------------------------------- the work
-    async def _mark_wanted(self, actor: Viewer, tag: str, status: str) -> None:
-        """Every list entry holding ``tag`` as Accepted is wanted as ``status`` instead."""
-        held = await self.store.find_all(LocalListEntry, all_of(
-            Eq("tag", tag), Eq("status", ACCEPTED)), limit=MAX_LIST)
-        changes: list[Change] = [patch(e, actor, wanted=status) for e in held
-                                 if e.wanted != status]
-        if changes:
-            await self.store.write(changes, [])
+    async def _mark_wanted(self, actor: Viewer, card_ids: Sequence[str], status: str
+                           ) -> None:
+        """Every list entry holding one of the cards as Accepted is wanted as ``status``
+        instead."""
+        for start in range(0, len(card_ids), BATCH):
+            changes = await withdrawal_marks(self.store, actor,
+                                             card_ids[start:start + BATCH], status)
+            if changes:
+                await self.store.write(changes, [])
 
-    async def _stations_wanting(self, tags: Sequence[str]) -> list[str]:
-        if not tags:
-            return []
-        wanting = await self.store.find_all(LocalListEntry, all_of(
-            In("tag", tuple(tags)), In("wanted", ("Blocked", "Expired", "Invalid"))),
-            limit=MAX_LIST)
-        return sorted({e.station_id for e in wanting})
+    async def _stations_wanting(self, card_ids: Sequence[str]) -> list[str]:
+        stations: set[str] = set()
+        for start in range(0, len(card_ids), BATCH):
+            wanting = await self.store.find_all(LocalListEntry, all_of(
+                In("card_id", tuple(card_ids[start:start + BATCH])),
+                In("wanted", WITHDRAWN)), limit=MAX_LIST)
+            stations.update(e.station_id for e in wanting)
+        return sorted(stations)
 
     async def _correct(self, station_id: str) -> None:
         """Marks wanted what the station's list accepts of cards not usable now (a change
-        missed while no instance ran, an expiry no sweep saw), then pushes."""
+        missed while no instance ran, an expiry no sweep saw, a card removed), then
+        pushes. An entry of no card (its tag named none when its list was accepted) is
+        the list sender's own: not ours to withdraw."""
         accepted = await self.store.find_all(LocalListEntry, all_of(
             Eq("station_id", station_id), Eq("status", ACCEPTED)), limit=MAX_LIST)
-        tags = [e.tag for e in accepted if e.wanted is None]
-        now = self.now()
-        for start in range(0, len(tags), 500):
-            cards = await self.store.find_all(IdTag, In("tag", tuple(tags[start:start + 500])),
-                                              limit=500)
-            owners = {u.id: u for u in await self.store.get_many(
-                User, sorted({c.user_id for c in cards})) if u is not None}
-            for card in cards:
-                status = card.charger_status(owners.get(card.user_id), now)
-                if status is not IdTagStatus.ACCEPTED:
-                    await self._mark_wanted(SYSTEM, card.tag, _charger_status(status))
+        unmarked = [e for e in accepted if e.wanted is None and e.card_id is not None]
+        now_wanted = await self._wanted_now(unmarked)
+        changes: list[Change] = [
+            patch(e, SYSTEM, only_if=("card_id", e.card_id), wanted=now_wanted[e.id])
+            for e in unmarked if now_wanted[e.id] not in (None, ACCEPTED)]
+        if changes:
+            await self.store.write(changes, [])
         await self.push(SYSTEM, station_id)
 
+    async def _wanted_now(self, entries: Sequence[LocalListEntry]) -> dict[str, str | None]:
+        """What each entry (by id) should hold now, from its card's state now: its
+        status as a charger is told it (``IdTag.charger_status``: a deactivated
+        holder's card Blocked), Blocked for a card removed since, ``None`` for an entry
+        of no card."""
+        card_ids = sorted({e.card_id for e in entries if e.card_id is not None})
+        statuses: dict[str, str] = {}
+        now = self.now()
+        for start in range(0, len(card_ids), BATCH):
+            batch = card_ids[start:start + BATCH]
+            cards = [c for c in await self.store.get_many(IdTag, batch) if c is not None]
+            owners = {u.id: u for u in await self.store.get_many(
+                User, sorted({c.user_id for c in cards})) if u is not None}
+            statuses.update((c.id, list_status(c.charger_status(owners.get(c.user_id),
+                                                                     now))) for c in cards)
+        return {e.id: None if e.card_id is None else statuses.get(e.card_id, "Blocked")
+                for e in entries}
+
+    async def _still_wanted(self, actor: Viewer, entries: Sequence[LocalListEntry]
+                            ) -> list[LocalListEntry]:
+        """Of the entries marked wanted, those to send now, each wanting what its card's
+        state says now: a card made usable again since it was marked (unblocked while
+        its charger was offline), or an entry the charger holds so already, is sent
+        nothing and its mark cleared; one whose card changed otherwise (expired, then
+        blocked) is sent what it is now."""
+        now_wanted = await self._wanted_now(entries)
+        changes: list[Change] = []
+        send: list[LocalListEntry] = []
+        for entry in entries:
+            wanted = now_wanted[entry.id]
+            if wanted in (None, ACCEPTED, entry.status):
+                wanted = None
+            if wanted != entry.wanted:
+                update = patch(entry, actor, only_if=("wanted", entry.wanted), wanted=wanted)
+                changes.append(update)
+                entry = cast(LocalListEntry, update.record)
+            if entry.wanted is not None:
+                send.append(entry)
+        if changes:
+            await self.store.write(changes, [])
+        return send
+
     async def push(self, actor: Viewer, station_id: str) -> None:
-        """Sends the station's wanted entries as one Differential, when its charger is
-        connected (otherwise its next boot does). A VersionMismatch (the charger's list
-        is at a version we did not record: changed elsewhere, or reset) is answered by
-        asking its version and sending once more above it."""
-        wanted = await self.store.find_all(LocalListEntry, all_of(
-            Eq("station_id", station_id), In("wanted", ("Blocked", "Expired", "Invalid"))),
-            limit=MAX_LIST)
+        """Sends the station's wanted entries, as their cards' state has them now, as
+        one Differential, when its charger is connected (otherwise its next boot does).
+        A VersionMismatch (the charger's list is at a version we did not record: changed
+        elsewhere, or reset) is answered by asking its version and sending once more
+        above it."""
         [station] = await self.store.get_many(Station, [station_id])
-        if not wanted or station is None or not station.online:
+        if station is None or not station.online:
+            return
+        marked = await self.store.find_all(LocalListEntry, all_of(
+            Eq("station_id", station_id), In("wanted", WITHDRAWN)), limit=MAX_LIST)
+        wanted = await self._still_wanted(actor, marked)
+        if not wanted:
             return
         [current] = await self.store.get_many(LocalList, [station_id])
         version = (current.version if current is not None else 0) + 1
@@ -245,7 +339,7 @@ class Withdrawal(Service):
                      "%s", station.cp_id, outcome.error.message)
         return outcome.status
 
-    async def _stop_sessions(self, actor: Viewer, where: Eq) -> None:
+    async def _stop_sessions(self, actor: Viewer, where: Filter) -> None:
         """Asks the chargers to stop the sessions under way that ``where`` selects; one
         whose charger is offline goes on until its charger stops it."""
         active = await self.store.find_all(Session, all_of(
@@ -263,7 +357,7 @@ class Withdrawal(Service):
                 log.info("session %d of a withdrawn card not stopped: %s",
                          session.transaction_id, outcome.error.message)
 
-    async def _cancel_reservations(self, actor: Viewer, where: Eq) -> None:
+    async def _cancel_reservations(self, actor: Viewer, where: Filter) -> None:
         held = await self.store.find_all(Reservation, all_of(
             where, In("state", LIVE_RESERVATION_STATES),
             Range("expires_at", gt=self.now())), limit=100)
@@ -275,3 +369,13 @@ class Withdrawal(Service):
             except DomainError as exc:
                 log.info("reservation %d of a withdrawn card not cancelled: %s",
                          reservation.reservation_id, exc.message)
+
+
+def _after(cursor: tuple[datetime, str | None]) -> Filter:
+    """Cards past the sweep's cursor in (expiry, id) order: a later expiry, or the same
+    one and a later id (``None``: none of that expiry, it was swept whole)."""
+    expiry, card_id = cursor
+    if card_id is None:
+        return Range("expires_at", gt=expiry)
+    return any_of(Range("expires_at", gt=expiry),
+                  all_of(Eq("expires_at", expiry), Range("id", gt=card_id)))

@@ -27,9 +27,9 @@ INDEXES: dict[str, list[list[tuple[str, int]]]] = {
     "vehicle": [[("owner_id", ASCENDING)]],
     "id_tag": [[("user_id", ASCENDING)], [("vehicle_id", ASCENDING)],
                [("parent_tag", ASCENDING)], [("expires_at", ASCENDING)]],
-    # The lists holding a tag (a card withdrawn); a station's list by station and tag
-    # is the unique rule's index.
-    "local_list_entry": [[("tag", ASCENDING)]],
+    # The lists holding a card (one withdrawn: by its id, not its tag string); a
+    # station's list by station and tag is the unique rule's index.
+    "local_list_entry": [[("card_id", ASCENDING)]],
     "station": [[("company_id", ASCENDING)], [("owner_id", ASCENDING)],
                 [("lat", ASCENDING)], [("online", ASCENDING)],
                 [("connected_instance", ASCENDING)], [("site_id", ASCENDING)],

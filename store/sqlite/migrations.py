@@ -766,10 +766,13 @@ ALTER TABLE "connection_event" ADD COLUMN "server_outage" INTEGER NOT NULL DEFAU
 
 # Version 33: what each station's local authorization list
 # holds (``LocalList``: the version its charger accepted last, one per station, its id
-# the station's; ``LocalListEntry``: per station and tag, the status held and the one
-# wanted instead), so a blocked card is withdrawn from the lists that accept it; the
-# entries of a tag are found by tag. Cards by group (``id_tag.parent_tag``): whose
-# group a parentIdTag already is; by expiry: those that expired since the last sweep.
+# the station's; ``LocalListEntry``: per station and tag, the status held, the one
+# wanted instead and the card the tag named when the list was accepted), so a blocked
+# card is withdrawn from the lists that accept it; the entries of a card are found by
+# its id. (``card_id`` and its index replaced the tag index in place, the day 33 was
+# written and before any release: a tag string is nobody's, QA review 17b.) Cards by
+# group (``id_tag.parent_tag``): whose group a parentIdTag already is; by expiry: those
+# that expired since the last sweep.
 _V33 = """
 CREATE TABLE "local_list" (
     "id" TEXT PRIMARY KEY NOT NULL,
@@ -791,11 +794,12 @@ CREATE TABLE "local_list_entry" (
     "cp_id" TEXT NOT NULL,
     "tag" TEXT NOT NULL,
     "status" TEXT NOT NULL,
-    "wanted" TEXT
+    "wanted" TEXT,
+    "card_id" TEXT
 ) STRICT;
 CREATE UNIQUE INDEX "local_list_entry_station_id_tag_key"
     ON "local_list_entry" ("station_id", "tag");
-CREATE INDEX "local_list_entry_tag_idx" ON "local_list_entry" ("tag");
+CREATE INDEX "local_list_entry_card_id_idx" ON "local_list_entry" ("card_id");
 CREATE INDEX "id_tag_parent_tag_idx" ON "id_tag" ("parent_tag");
 CREATE INDEX "id_tag_expires_idx" ON "id_tag" ("expires_at");
 """

@@ -64,6 +64,8 @@ async def test_an_operator_cannot_join_another_companys_card_group(api: Api, wor
             reservation_id=await services.ctx.store.next_sequence("reservation"),
             station_id=station.id, cp_id=station.cp_id, connector_id=1,
             id_tag=reserved_for, expires_at=utcnow() + timedelta(hours=1),
+            # As reserveNow records it: the holder of a known card, none for a bare id.
+            user_id=world.users["driver_a"].id if reserved_for == "FLEET-0001" else None,
             state=d.ReservationState.ACTIVE, company_id=station.company_id),
             world.viewer(maker))
         await services.ctx.store.write([Insert(reservation)], [])

@@ -12,7 +12,7 @@ from typing import Any
 from ocpp.v16 import call
 
 from domain import entities as d
-from domain.policy import SYSTEM
+from domain.policy import SYSTEM, Viewer
 from domain.query import Eq, all_of
 from domain.services.base import patch
 from graph.ids import to_global_id
@@ -307,3 +307,160 @@ async def test_what_a_list_holds_follows_the_lists_the_charger_accepted(
         assert await held() == {"TAG-OTHER": "Accepted"}
         [version] = await central.store.find_all(d.LocalList, Eq("cp_id", "CP-1"))
         assert version.version == 5
+
+
+# ------------------------------------------------ only what was the card's (review 17b)
+REMOVE = """mutation($input: RemoveIdTagInput!) { removeIdTag(input: $input) {
+    errors { field code } } }"""
+
+
+async def other_driver(central: Central, name: str) -> d.User:
+    """A driver of Other AG (op_other's company), known to ``central.gql`` as ``name``."""
+    central.users[name] = await central.services.accounts.create_user(
+        Viewer.of(central.users["op_other"]), email=f"{name}@example.com",
+        password="password-123", name=name, role=d.Role.DRIVER)
+    return central.users[name]
+
+
+async def issue(central: Central, who: str, tag: str, holder: d.User) -> d.IdTag:
+    card = await central.services.fleet.issue_id_tag(Viewer.of(central.users[who]),
+                                                     tag=tag, user_id=holder.id)
+    central.tags[tag] = card
+    return card
+
+
+async def remove(central: Central, tag: str, who: str) -> None:
+    answer = await central.gql(REMOVE, {"input": {
+        "id": to_global_id("id_tag", central.tags[tag].id)}}, as_user=who)
+    assert answer["removeIdTag"]["errors"] == [], answer
+
+
+async def test_a_tag_listed_before_a_card_was_issued_with_it_is_not_that_cards(
+        central: Central) -> None:
+    """Volt lists its staff tag STAFF-1 (no card here) in CP-1; Other AG's operator
+    issuing a card STAFF-1 and removing it made the service mark it Blocked in Volt's
+    charger (as the system). The list holds what its sender put there: the card a tag
+    named when the list was accepted, if any. Other AG's card listed by Volt after it
+    was issued is that card, and is withdrawn there when blocked."""
+    holder = await other_driver(central, "other_driver")
+    await issue(central, "op_other", "OTHER-1", holder)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await send_full_list(central, "CP-1", "STAFF-1", "OTHER-1")
+        staff = await entry(central, "CP-1", "STAFF-1")
+        assert staff is not None and staff.card_id is None
+        listed = await entry(central, "CP-1", "OTHER-1")
+        assert listed is not None and listed.card_id == central.tags["OTHER-1"].id
+
+        await issue(central, "op_other", "STAFF-1", holder)
+        await remove(central, "STAFF-1", who="op_other")
+        await settled(central)
+        assert len(local_lists_sent(cp)) == 1  # the Full list only
+        assert cp.local_list["STAFF-1"] == {"status": "Accepted"}
+        staff = await entry(central, "CP-1", "STAFF-1")
+        assert staff is not None and (staff.status, staff.wanted) == ("Accepted", None)
+
+        await block(central, "OTHER-1", who="op_other")
+        await settled(central)
+        assert local_lists_sent(cp)[-1] == {
+            "list_version": 2, "update_type": "Differential",
+            "entries": [{"id_tag": "OTHER-1", "id_tag_info": {"status": "Blocked"}}]}
+        assert cp.local_list["STAFF-1"] == {"status": "Accepted"}
+
+    # Nor does a charger's boot take it for the card (the check follows the card id).
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as again:
+        again.local_list_version, again.local_list = cp.local_list_version, cp.local_list
+        await again.boot()
+        # The boot's check runs once its answer is written: run here too, so it is done
+        # when this looks (twice is harmless).
+        central.services.withdrawal.charger_back(central.stations["CP-1"].id)
+        await settled(central)
+        assert local_lists_sent(again) == []
+        assert again.local_list["STAFF-1"] == {"status": "Accepted"}
+
+
+async def test_a_session_started_with_a_tag_of_no_card_is_not_stopped_for_a_card(
+        central: Central) -> None:
+    """CP-1 (Volt's) runs a transaction for STAFF-9, a tag of no card here; Other AG's
+    operator issuing a card STAFF-9 and blocking it had the service stop it. A blocked
+    card stops the sessions it started: its tag's and its holder's."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await cp.report_all()
+        transaction_id, _ = await cp.start_transaction(1, "STAFF-9")
+        await issue(central, "op_other", "STAFF-9", await other_driver(central, "d9"))
+        await block(central, "STAFF-9", who="op_other")
+        await settled(central)
+        # Nor is the card "charging right now": it may be removed.
+        await remove(central, "STAFF-9", who="op_other")
+        await settled(central)
+        assert [name for name, _ in cp.received if name == "RemoteStopTransaction"] == []
+        assert await commands_of(central, "RemoteStopTransaction") == []
+        session = await central.session(transaction_id)
+        assert session is not None and session.state is d.SessionState.ACTIVE
+
+
+async def test_a_bare_id_another_company_reserved_is_not_a_later_cards(
+        central: Central) -> None:
+    """Volt reserves a plug of CP-1 for FLEET-B, an id of no card (a group of its own
+    fleet). Other AG's card FLEET-B issued later took the reservation (a literal match
+    was accepted before the company was checked), and removing it cancelled Volt's
+    reservation at Volt's charger."""
+    soon = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await cp.report_all()
+        reserved = await central.gql("""mutation($input: ReserveNowInput!) {
+            reserveNow(input: $input) { reservation { state } errors { code } } }""",
+                                     {"input": {"cpId": "CP-1", "connectorId": 1,
+                                                "expiryDate": soon, "idTag": "FLEET-B"}},
+                                     as_user="op")
+        assert reserved["reserveNow"]["reservation"]["state"] == "ACTIVE", reserved
+        await issue(central, "op_other", "FLEET-B", await other_driver(central, "d5"))
+
+        started = await central.gql("""mutation($input: RemoteStartTransactionInput!) {
+            remoteStartTransaction(input: $input) { status errors { field code } } }""",
+                                    {"input": {"cpId": "CP-1", "connectorId": 1,
+                                               "idTag": "FLEET-B"}}, as_user="d5")
+        assert started["remoteStartTransaction"]["errors"] == [
+            {"field": "connectorId", "code": "IN_USE"}], started
+        assert [name for name, _ in cp.received if name == "RemoteStartTransaction"] == []
+
+        await remove(central, "FLEET-B", who="op_other")
+        await settled(central)
+        assert [name for name, _ in cp.received if name == "CancelReservation"] == []
+        [reservation] = await central.store.find_all(d.Reservation, Eq("id_tag", "FLEET-B"))
+        assert reservation.state is d.ReservationState.ACTIVE
+
+
+async def test_a_card_unblocked_while_its_charger_was_away_is_not_blocked_at_its_boot(
+        central: Central) -> None:
+    """Blocked while CP-OPEN was offline, then unblocked: the entry stayed wanted Blocked
+    and the charger's boot was sent it. What is sent is what the card's state says at
+    the time: usable, the mark is cleared and nothing sent."""
+    async with connected(central.url, "CP-OPEN") as away:
+        await away.boot()
+        await send_full_list(central, "CP-OPEN", "TAG-OK")
+    await offline(central, "CP-OPEN")
+    await block(central, "ok", who="driver")
+    await settled(central)
+    marked = await entry(central, "CP-OPEN", "TAG-OK")
+    assert marked is not None and marked.wanted == "Blocked"
+    await central.services.fleet.update_id_tag(Viewer.of(central.users["driver"]),
+                                               central.tags["ok"].id,
+                                               status=d.IdTagStatus.ACCEPTED)
+    await settled(central)
+    async with connected(central.url, "CP-OPEN") as back:
+        back.local_list_version = 1
+        back.local_list = {"TAG-OK": {"status": "Accepted"}}
+        await back.boot()
+
+        async def cleared() -> bool:
+            now = await entry(central, "CP-OPEN", "TAG-OK")
+            return now is not None and now.wanted is None
+        await until(cleared)
+        await settled(central)
+        assert local_lists_sent(back) == []
+        assert back.local_list == {"TAG-OK": {"status": "Accepted"}}
+        kept = await entry(central, "CP-OPEN", "TAG-OK")
+        assert kept is not None and kept.status == "Accepted"

@@ -1,0 +1,105 @@
+"""What the card withdrawal (``domain/services/withdrawal.py``) reads and writes, on both
+stores (QA review 17b): the expiry sweep pages by (expiry, id); a list entry records the
+card its tag named; a card's withdrawal is marked in its own change's commit; a
+reservation holds its plug for the card it was made for, not for a tag string."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from domain import entities as d
+from domain.clock import utcnow
+from domain.policy import SYSTEM
+from domain.ports import Insert
+from domain.query import Eq, In
+from domain.services import Services, withdrawal
+from domain.services.base import patch, reserved_for_card, stamp_new
+from tests.graph.world import World
+
+
+async def listed(services: Services, world: World, *tags: str) -> None:
+    """CP A-001's charger accepted a Full list of ``tags`` (recorded as for any)."""
+    await withdrawal.record_local_list(services.ctx.store, world.stations["A-001"], {
+        "listVersion": 1, "updateType": "Full", "localAuthorizationList": [
+            {"idTag": tag, "idTagInfo": {"status": "Accepted"}} for tag in tags]}, SYSTEM)
+
+
+async def test_the_expiry_sweep_takes_every_card_sharing_an_expiry_across_batches(
+        services: Services, world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full batch's sweep went on from its last card's expiry, strictly after it: the
+    other cards of that expiry were never swept. Paged by (expiry, id) they are."""
+    monkeypatch.setattr(withdrawal, "EXPIRY_BATCH", 5)
+    store = services.ctx.store
+    tags = [f"BULK-{i}" for i in range(8)]
+    cards = [await services.fleet.issue_id_tag(SYSTEM, tag=tag,
+                                               user_id=world.users["driver1"].id)
+             for tag in tags]
+    expired = utcnow().replace(microsecond=0) - timedelta(minutes=1)
+    await store.write([patch(card, SYSTEM, expires_at=expired) for card in cards], [])
+    await listed(services, world, *tags)
+
+    swept = [await services.withdrawal.sweep_expired() for _ in range(3)]
+    assert swept == [5, 3, 0]
+    entries = await store.find_all(d.LocalListEntry, In("tag", tuple(tags)))
+    assert sorted((e.tag, e.wanted) for e in entries) == [(tag, "Expired") for tag in tags]
+
+
+async def test_a_list_entry_names_the_card_its_tag_named_when_accepted(
+        services: Services, world: World) -> None:
+    await listed(services, world, "TAG-DRIVER1", "STAFF-1")
+    entries = {e.tag: e for e in await services.ctx.store.find_all(
+        d.LocalListEntry, Eq("station_id", world.stations["A-001"].id))}
+    assert entries["TAG-DRIVER1"].card_id == world.tags["driver1"].id
+    assert entries["STAFF-1"].card_id is None
+
+
+@pytest.mark.parametrize("change", ["block", "remove"])
+async def test_a_withdrawn_cards_entries_are_marked_in_its_own_commit(
+        services: Services, world: World, change: str) -> None:
+    """The withdrawal runs in the background after the commit: a process killed in
+    between left a removed card Accepted in every list. The mark is in the card's own
+    commit (a charger's boot sends it); here no background work runs at all."""
+    services.fleet.on_withdrawn = None  # the process died before it ran
+    await listed(services, world, "TAG-DRIVER2")
+    card = world.tags["driver2"]
+    if change == "block":
+        await services.fleet.update_id_tag(world.viewer("driver2"), card.id,
+                                           status=d.IdTagStatus.BLOCKED)
+    else:
+        await services.fleet.remove_id_tag(world.viewer("driver2"), card.id)
+    [held] = await services.ctx.store.find_all(d.LocalListEntry, Eq("tag", card.tag))
+    assert (held.status, held.wanted) == ("Accepted", "Blocked")
+
+
+async def test_a_reservation_holds_its_plug_for_the_card_it_was_made_for(
+        services: Services, world: World) -> None:
+    """A literal match used to be accepted before the company was checked: a card issued
+    by another company with a bare id a company had reserved took the reservation."""
+    store = services.ctx.store
+    station = world.stations["A-001"]
+
+    async def reserve(tag: str, maker: str, user_id: str | None = None
+                      ) -> d.Reservation:
+        reservation = stamp_new(d.Reservation(
+            reservation_id=await store.next_sequence("reservation"),
+            station_id=station.id, cp_id=station.cp_id, connector_id=1, id_tag=tag,
+            user_id=user_id, expires_at=utcnow() + timedelta(hours=1),
+            state=d.ReservationState.ACTIVE, company_id=station.company_id),
+            world.viewer(maker))
+        await store.write([Insert(reservation)], [])
+        return reservation
+
+    bare = await reserve("FLEET-B", "op_a")  # a's group id: no card has it yet
+    guest = await reserve("GUEST-1", "op_a")
+    theirs = await services.fleet.issue_id_tag(world.viewer("op_b"), tag="FLEET-B",
+                                               user_id=world.users["op_b"].id)
+    ours = await services.fleet.issue_id_tag(world.viewer("op_a"), tag="GUEST-1",
+                                             user_id=world.users["driver_a"].id)
+    assert not await reserved_for_card(store, bare, "FLEET-B", theirs)
+    assert await reserved_for_card(store, guest, "GUEST-1", ours)  # a's own card
+    assert await reserved_for_card(store, bare, "FLEET-B", None)  # a tag of no card
+    card = world.tags["driver1"]
+    made_for_it = await reserve(card.tag, "driver1", user_id=card.user_id)
+    assert await reserved_for_card(store, made_for_it, card.tag, card)
