@@ -361,6 +361,11 @@ class CommandService(Service):
         session = await self._charging_with(tag)
         if session is None:
             return
+        if session.user_id != tag.user_id:
+            # Its tag is in use by a session that was not this card's (a tag of no card
+            # then, at any company's charger): where is not this card's holder's to know.
+            raise Conflict("this card's tag is in use by a session in progress",
+                           field="idTag", code="IN_USE")
         [where] = await self.store.get_many(Station, [session.station_id])
         raise Conflict(f"this card is charging at {where.name if where else session.cp_id}",
                        field="idTag", code="IN_USE")

@@ -1596,3 +1596,23 @@ async def test_a_command_sent_with_the_services_authority_is_announced_as_the_se
     finally:
         await stop_central(central)
         await bus.close()
+
+
+async def test_a_tag_in_use_by_a_session_not_the_cards_names_no_station(
+        central: Central) -> None:
+    """A session started with a tag of no card (a roaming or list-only tag, at any
+    company's charger) made a card issued later with that tag be refused "charging at
+    <station>": where another company's session runs is not the card holder's to know."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.report_all()
+        await cp.start_transaction(1, "GHOST-1")  # no card has it: answered Invalid
+        issued = await central.gql(
+            'mutation($u: ID!) { issueIdTag(input: {tag: "GHOST-1", userId: $u}) '
+            "{ errors { code } } }", {"u": to_global_id("user", central.users["driver"].id)},
+            as_user="admin")
+        assert issued["issueIdTag"]["errors"] == []
+        busy = await run(central, "remoteStartTransaction",
+                         {"cpId": "CP-1", "connectorId": 2, "idTag": "GHOST-1"},
+                         as_user="driver")
+        assert busy["errors"] == [{"field": "idTag", "code": "IN_USE", "message":
+                                   "this card's tag is in use by a session in progress"}]
