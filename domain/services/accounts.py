@@ -23,7 +23,7 @@ from domain.errors import (
 from domain.events import AccessChanged
 from domain.policy import Viewer
 from domain.ports import Insert
-from domain.query import Eq, Search
+from domain.query import Eq
 from domain.services.background import Background
 from domain.services.base import UNSET, Service, ServiceContext, patch, stamp_new
 from domain.services.throttle import SignInThrottle
@@ -121,15 +121,12 @@ class AccountService(Service):
     async def _company_named(self, name: str) -> Company | None:
         """The company of this name, whatever its case (QA s17: "hofgarten properties"
         made a second company beside "Hofgarten Properties", its operator seeing none of
-        the first one's stations). The store's search folds case; the exact comparison
-        is made here."""
-        exact = await self.store.find_one(Company, Eq("name", name))
-        if exact is not None:
-            return exact
-        # Folded as the search folds (lower case), so that whatever it finds is compared
-        # alike: "Straße" and "STRASSE" are two names to it, and so here (review s17).
+        the first one's stations). Found by the folded sort key every company stores
+        (``Company.name_key``: one exact lookup, where a substring search over names
+        could miss it past its limit), then compared lower-cased: "Straße" and
+        "STRASSE" share a key but are two names."""
         wanted = name.lower()
-        candidates = await self.store.find_all(Company, Search(("name",), name))
+        candidates = await self.store.find_all(Company, Eq("name_key", v.name_key(name)))
         return next((c for c in candidates if c.name.lower() == wanted), None)
 
     async def update_company(self, viewer: Viewer, company_id: str, *, name: str) -> Company:
