@@ -113,11 +113,27 @@ def _station_gid(station_id: str | None) -> strawberry.ID | None:
     return strawberry.ID(to_global_id("station", station_id)) if station_id else None
 
 
+@strawberry.type
+class _OfStation:
+    """What every charger event says of its station: its global id and the record
+    (``_e``: the domain event, set by each event type)."""
+
+    _e: strawberry.Private[Any]
+
+    @strawberry.field(description=_STATION_ID)
+    def station_id(self) -> strawberry.ID | None:
+        return _station_gid(self._e.station_id)
+
+    @strawberry.field(description=_STATION)
+    async def station(self, info: Info) -> Station | None:
+        return await _station(info, self._e.station_id)
+
+
 @strawberry.type(description=(
     "A connector's (or, for connector 0, the charge point's) reported state changed: its "
     "status, errorCode, info or vendorErrorCode (the live availability map). A report "
     "repeating the state, as chargers send after each reconnect, is none."))
-class ConnectorStatusEvent:
+class ConnectorStatusEvent(_OfStation):
     cp_id: str = strawberry.field(description=_CP_ID)
     connector_id: int = strawberry.field(description=_CONNECTOR_ID)
     status: ConnectorStatus = strawberry.field(description="The status reported.")
@@ -134,10 +150,6 @@ class ConnectorStatusEvent:
         description="Events this subscriber missed right before this one (it fell behind).")
     _e: strawberry.Private[ConnectorStatusChanged]
 
-    @strawberry.field(description=_STATION_ID)
-    def station_id(self) -> strawberry.ID | None:
-        return _station_gid(self._e.station_id)
-
     @strawberry.field(description=("The connector as it reads now; null for connector 0 "
                                    "or when the viewer may not see it."))
     async def connector(self, info: Info) -> Connector | None:
@@ -147,26 +159,14 @@ class ConnectorStatusEvent:
         record = await ctx.loaders.by_id(d.Connector).load(self._e.connector_record_id)
         return Connector.wrap(record, ctx) if record else None
 
-    @strawberry.field(description=_STATION)
-    async def station(self, info: Info) -> Station | None:
-        return await _station(info, self._e.station_id)
-
 
 @strawberry.type(description="A charger connected or disconnected.")
-class StationConnectionEvent:
+class StationConnectionEvent(_OfStation):
     cp_id: str = strawberry.field(description=_CP_ID)
     online: bool = strawberry.field(description="Whether it is connected now.")
     at: datetime = strawberry.field(description="When we saw it connect or disconnect, UTC.")
     dropped_before: int = strawberry.field(description=_DROPPED)
     _e: strawberry.Private[StationConnectionChanged]
-
-    @strawberry.field(description=_STATION_ID)
-    def station_id(self) -> strawberry.ID | None:
-        return _station_gid(self._e.station_id)
-
-    @strawberry.field(description=_STATION)
-    async def station(self, info: Info) -> Station | None:
-        return await _station(info, self._e.station_id)
 
 
 @strawberry.type(description="A session started, progressed (throttled) or ended.")
@@ -195,7 +195,7 @@ class SessionEvent:
 @strawberry.type(description=(
     "A connector (or, for connector 0, the charge point) reported a fault: an error code "
     "other than NoError, or the status Faulted whatever its code."))
-class FaultEvent:
+class FaultEvent(_OfStation):
     cp_id: str = strawberry.field(description=_CP_ID)
     connector_id: int = strawberry.field(description=_CONNECTOR_ID)
     error_code: str = strawberry.field(description="OCPP ChargePointErrorCode.")
@@ -207,14 +207,6 @@ class FaultEvent:
     dropped_before: int = strawberry.field(description=_DROPPED)
     _e: strawberry.Private[FaultReported]
 
-    @strawberry.field(description=_STATION_ID)
-    def station_id(self) -> strawberry.ID | None:
-        return _station_gid(self._e.station_id)
-
-    @strawberry.field(description=_STATION)
-    async def station(self, info: Info) -> Station | None:
-        return await _station(info, self._e.station_id)
-
 
 @strawberry.enum(description="What a charger reports the progress of.")
 class MaintenanceKind(Enum):
@@ -224,7 +216,7 @@ class MaintenanceKind(Enum):
 
 @strawberry.type(description="A charger's progress with a firmware update or a "
                              "diagnostics upload (Firmware/DiagnosticsStatusNotification).")
-class MaintenanceEvent:
+class MaintenanceEvent(_OfStation):
     cp_id: str = strawberry.field(description=_CP_ID)
     kind: MaintenanceKind = strawberry.field(description="Firmware update or diagnostics.")
     status: str = strawberry.field(description="As OCPP 1.6 spells it: Downloading, "
@@ -235,18 +227,10 @@ class MaintenanceEvent:
     dropped_before: int = strawberry.field(description=_DROPPED)
     _e: strawberry.Private[MaintenanceStatusChanged]
 
-    @strawberry.field(description=_STATION_ID)
-    def station_id(self) -> strawberry.ID | None:
-        return _station_gid(self._e.station_id)
-
-    @strawberry.field(description=_STATION)
-    async def station(self, info: Info) -> Station | None:
-        return await _station(info, self._e.station_id)
-
 
 @strawberry.type(description="A reservation was accepted, refused, used, cancelled or "
                                "expired.")
-class ReservationEvent:
+class ReservationEvent(_OfStation):
     reservation_id: int = strawberry.field(description="The OCPP reservationId.")
     cp_id: str = strawberry.field(description=_CP_ID)
     connector_id: int = strawberry.field(description=_CONNECTOR_ID)
@@ -258,14 +242,6 @@ class ReservationEvent:
     @strawberry.field(description="The reservation as it reads now; null if hidden.")
     async def reservation(self, info: Info) -> Reservation | None:
         return await _record(info, d.Reservation, Reservation, self._e.reservation_record_id)
-
-    @strawberry.field(description=_STATION_ID)
-    def station_id(self) -> strawberry.ID | None:
-        return _station_gid(self._e.station_id)
-
-    @strawberry.field(description=_STATION)
-    async def station(self, info: Info) -> Station | None:
-        return await _station(info, self._e.station_id)
 
 
 @strawberry.type(description="A command reached its charger, or failed to.")
