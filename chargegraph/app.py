@@ -38,9 +38,11 @@ from chargegraph.stores import (
 )
 from chargegraph.tls import ocpp_ssl_context
 from chargegraph.webhooks import WebhookDispatcher
+from domain.events import SignInsCounted
 from domain.policy import Policy
 from domain.ports import ChargerGateway, PasswordHasher, Store
 from domain.services import ServiceContext, Services
+from domain.services.throttle_sharing import ThrottleSharing
 from graph import TokenService, create_graphql_app
 from pubsub.command_relay import CommandRelay
 from pubsub.factory import check_channel_prefix, check_event_bus_url, open_event_bus
@@ -202,6 +204,12 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
                 # Closed after the OCPP server stops: it answers for this instance's
                 # chargers until they are gone.
                 stack.push_async_callback(relay.close)
+                # One sign-in limit across the instances: each tells the others what
+                # its throttles count.
+                sharing = ThrottleSharing(instances_bus, services.accounts.throttles)
+                await stack.enter_async_context(housekeeping.following(
+                    sharing.follow(instances_bus.subscribe([SignInsCounted.topic])),
+                    "sign-in-counts"))
             if stoppable is not None:
                 # Called by the server when a stop begins, before it waits for requests
                 # in flight (``cli.GracefulServer``): a command waiting on a charger, here

@@ -37,3 +37,21 @@ async def every(seconds: float, chore: Callable[[], Awaitable[object]], name: st
     finally:
         task.cancel()
         await asyncio.wait([task])
+
+
+@contextlib.asynccontextmanager
+async def following(work: Awaitable[None], name: str) -> AsyncIterator[None]:
+    """Runs ``work`` (a bus subscription's consumer) until the block exits; its failure is
+    logged: the service goes on without what it followed."""
+    async def guarded() -> None:
+        try:
+            await work
+        except Exception:
+            log.exception("%s stopped", name)
+
+    task = asyncio.create_task(guarded(), name=f"chargegraph-{name}")
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.wait([task])

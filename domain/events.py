@@ -196,8 +196,20 @@ class StationChanged(DomainEvent):
     topic: ClassVar[str] = "station_changed"
 
 
+@dataclass(frozen=True, kw_only=True)
+class SignInsCounted(DomainEvent):
+    """Never to clients: what an instance's sign-in throttles counted (``ThrottleSharing``),
+    so every instance meets one limit. Each of ``counted`` is "throttle operation digest".
+    Not about a station: ``station_id`` is None and ``cp_id`` empty."""
+
+    topic: ClassVar[str] = "sign_ins_counted"
+    #: The instance that counted them: it skips its own.
+    origin: str
+    counted: list[str]
+
+
 #: The topics clients may subscribe to (the relay's three, ``access``,
-#: ``station_removed`` and ``station_changed`` are internal).
+#: ``station_removed``, ``station_changed`` and ``sign_ins_counted`` are internal).
 ALL_TOPICS: tuple[str, ...] = (
     ConnectorStatusChanged.topic,
     StationConnectionChanged.topic,
@@ -231,7 +243,7 @@ EVENT_TYPES: dict[str, type[DomainEvent]] = {
     for t in (ConnectorStatusChanged, StationConnectionChanged, SessionChanged, FaultReported,
               MaintenanceStatusChanged, ReservationChanged, CommandCompleted, PaymentChanged,
               ChargerCommandRelayed, ChargerCommandAnswered, ChargerCommandConfirmed,
-              AccessChanged, StationRemoved, StationChanged)
+              AccessChanged, StationRemoved, StationChanged, SignInsCounted)
 }
 
 

@@ -80,9 +80,9 @@ class AccountService(Service):
         # Per email and client: a guesser is stopped after a few tries, but cannot lock
         # the account's owner out from elsewhere. Per email across all clients, a much
         # higher limit stops guessing spread over many addresses.
-        self.throttle = SignInThrottle(ctx.clock)
-        self.email_throttle = SignInThrottle(ctx.clock, limit=EMAIL_LIMIT)
-        self.client_throttle = SignInThrottle(ctx.clock, limit=CLIENT_LIMIT)
+        self.throttle = SignInThrottle(ctx.clock, name="sign_in")
+        self.email_throttle = SignInThrottle(ctx.clock, limit=EMAIL_LIMIT, name="email")
+        self.client_throttle = SignInThrottle(ctx.clock, limit=CLIENT_LIMIT, name="client")
         #: Sign-ins whose password is being checked now (``MAX_PENDING_SIGN_INS``), in
         #: all and per client.
         self._pending = 0
@@ -100,7 +100,15 @@ class AccountService(Service):
         self.sign_up_open = False
         #: Sign-ups per client, successful or not (``SIGN_UP_LIMIT``).
         self.sign_up_throttle = SignInThrottle(ctx.clock, limit=SIGN_UP_LIMIT,
-                                               window=SIGN_UP_WINDOW, lockout=SIGN_UP_WINDOW)
+                                               window=SIGN_UP_WINDOW, lockout=SIGN_UP_WINDOW,
+                                               name="sign_up")
+
+    @property
+    def throttles(self) -> list[SignInThrottle]:
+        """Every limit on sign-ins and sign-ups, for the instances to share
+        (``ThrottleSharing``)."""
+        return [self.throttle, self.email_throttle, self.client_throttle,
+                self.sign_up_throttle]
 
     # ---------------------------------------------------------------- companies
     async def create_company(self, viewer: Viewer, *, name: str) -> Company:

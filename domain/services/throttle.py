@@ -6,12 +6,15 @@ learns nothing). ``AccountService`` keys one throttle by email and client addres
 another, with a higher limit, by email alone; emails are counted whether or not the
 account exists, so the answer never tells which are registered. A success clears the key.
 
-Per process: behind a load balancer each instance counts its own attempts, so the limit
-is per instance (still bounding a guesser to a handful of tries per lockout each).
+Behind a load balancer the instances share what they count (``ThrottleSharing``): each
+tells the others, over the event bus, every failure, success and forgiveness it counts,
+so a guesser spreading tries over the instances meets one limit, not one per instance.
+Keys are kept and shared as digests: the bus never carries an email or an address.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,18 +30,33 @@ class _Failures:
     locked_until: datetime | None = None
 
 
+#: What a throttle tells the other instances: its name, the operation and the key's digest.
+Share = Callable[[str, str, str], None]
+
+def digest(key: str) -> str:
+    """What a key is kept and shared as: unreadable, and short whatever its length."""
+    return hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
+
+
 class SignInThrottle:
     def __init__(self, clock: Callable[[], datetime], *, limit: int = 5,
                  window: timedelta = timedelta(minutes=15),
-                 lockout: timedelta = timedelta(minutes=15)) -> None:
+                 lockout: timedelta = timedelta(minutes=15), name: str = "") -> None:
         self.clock = clock
         self.limit = limit
         self.window = window
         self.lockout = lockout
+        #: Which of a service's throttles this is, for the other instances.
+        self.name = name
+        #: Told each operation counted here (``ThrottleSharing``); ``None``: kept here.
+        self.share: Share | None = None
         self._failures: OrderedDict[str, _Failures] = OrderedDict()
+        self._operations: dict[str, Callable[[str], None]] = {
+            "failed": self._failed, "succeeded": self._succeeded, "forgive": self._forgive}
 
     def locked_for(self, key: str) -> timedelta | None:
         """How long ``key`` stays locked; ``None`` when it may try."""
+        key = digest(key)
         entry = self._failures.get(key)
         if entry is None or entry.locked_until is None:
             return None
@@ -49,6 +67,29 @@ class SignInThrottle:
         return left
 
     def failed(self, key: str) -> None:
+        self._count("failed", digest(key))
+
+    def succeeded(self, key: str) -> None:
+        self._count("succeeded", digest(key))
+
+    def forgive(self, key: str) -> None:
+        """Take back the newest failure counted for ``key`` (an attempt counted before its
+        check, which then succeeded), lifting a lock that failure set."""
+        self._count("forgive", digest(key))
+
+    def apply(self, operation: str, key_digest: str) -> None:
+        """An operation another instance counted (``share``), for a key's digest; unknown
+        operations (a newer instance's) are ignored."""
+        counted = self._operations.get(operation)
+        if counted is not None:
+            counted(key_digest)
+
+    def _count(self, operation: str, key: str) -> None:
+        self._operations[operation](key)
+        if self.share is not None:
+            self.share(self.name, operation, key)
+
+    def _failed(self, key: str) -> None:
         now = self.clock()
         entry = self._failures.pop(key, None) or _Failures()
         entry.times = [t for t in entry.times if now - t < self.window] + [now]
@@ -58,12 +99,10 @@ class SignInThrottle:
         while len(self._failures) > MAX_TRACKED:
             self._failures.popitem(last=False)
 
-    def succeeded(self, key: str) -> None:
+    def _succeeded(self, key: str) -> None:
         self._failures.pop(key, None)
 
-    def forgive(self, key: str) -> None:
-        """Take back the newest failure counted for ``key`` (an attempt counted before its
-        check, which then succeeded), lifting a lock that failure set."""
+    def _forgive(self, key: str) -> None:
         entry = self._failures.get(key)
         if entry is None or not entry.times:
             return

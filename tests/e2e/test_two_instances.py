@@ -3,6 +3,7 @@ from the instance holding a charger's websocket to the other."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -68,3 +69,25 @@ async def test_a_command_sent_to_one_instance_reaches_a_charger_on_the_other(
         answer = await b.gql(unlock, {"cp": "CP-1"}, token=token)
         assert answer["unlockConnector"]["errors"] == [
             {"code": "CHARGER_OFFLINE", "field": "cpId"}]
+
+
+LOGIN = """mutation($p: String!) { login(email: "op@example.com", password: $p) {
+    token errors { code } } }"""
+
+
+async def test_guesses_spread_over_two_instances_meet_one_limit(tmp_path: Path) -> None:
+    async with two_instances(tmp_path) as (a, b):
+        # Five wrong passwords from one address, alternating: each instance saw three at
+        # most, under the limit of five it would keep alone.
+        for i in range(5):
+            answer = await (a, b)[i % 2].gql(LOGIN, {"p": f"guess {i}"})
+            assert answer["login"]["errors"] == [{"code": "UNAUTHENTICATED"}]
+        # What A counted reaches B over the bus (shortly: bounded wait, no timing asserted).
+        throttle = b.services.accounts.throttle
+        for _ in range(200):
+            if throttle.locked_for("op@example.com 127.0.0.1") is not None:
+                break
+            await asyncio.sleep(0.01)
+        for instance in (a, b):  # the right password, too, waits out the lockout
+            locked = await instance.gql(LOGIN, {"p": "password-123"})
+            assert locked["login"] == {"token": None, "errors": [{"code": "TOO_MANY_ATTEMPTS"}]}

@@ -20,6 +20,7 @@ from domain.events import (
     PaymentChanged,
     ReservationChanged,
     SessionChanged,
+    SignInsCounted,
     StationChanged,
     StationConnectionChanged,
     StationRemoved,
@@ -80,6 +81,8 @@ SAMPLES: list[DomainEvent] = [
                    at=AT),
     StationChanged(station_id=STATION, cp_id="CP-9", company_id=COMPANY, owner_id=OWNER,
                    at=AT),
+    SignInsCounted(station_id=None, cp_id="", at=AT, origin="7" * 24,
+                   counted=["email failed " + "8" * 32, "sign_in succeeded " + "9" * 32]),
 ]
 ALL_TOPICS = [event.topic for event in SAMPLES]
 

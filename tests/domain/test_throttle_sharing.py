@@ -1,0 +1,109 @@
+"""Sign-in throttles shared between instances over the event bus (``ThrottleSharing``)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import pytest
+
+from domain.events import SignInsCounted
+from domain.services import throttle_sharing
+from domain.services.throttle import SignInThrottle, digest
+from domain.services.throttle_sharing import ThrottleSharing
+from pubsub.memory import MemoryEventBus
+
+NOW = datetime(2026, 12, 5, 8, 0, tzinfo=UTC)
+KEY = "ada@example.com 192.0.2.1"
+
+
+class Instance:
+    """One instance's throttle, shared over ``bus``, following what the others count."""
+
+    def __init__(self, bus: MemoryEventBus) -> None:
+        self.throttle = SignInThrottle(lambda: NOW, limit=3, name="sign_in")
+        self.sharing = ThrottleSharing(bus, [self.throttle])
+        self.follower = asyncio.create_task(
+            self.sharing.follow(bus.subscribe([SignInsCounted.topic])))
+
+
+@pytest.fixture
+async def bus() -> AsyncIterator[MemoryEventBus]:
+    events = MemoryEventBus(queue_size=100)
+    await events.start()
+    yield events
+    await events.close()
+
+
+async def heard(instance: Instance, locked: bool) -> None:
+    for _ in range(200):  # bounded: the bus delivers within a few loop steps
+        if (instance.throttle.locked_for(KEY) is not None) == locked:
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"never {'locked' if locked else 'unlocked'}")
+
+
+async def test_failures_counted_on_two_instances_lock_both(bus: MemoryEventBus) -> None:
+    a, b = Instance(bus), Instance(bus)
+    await asyncio.sleep(0)  # both subscribed
+    a.throttle.failed(KEY)
+    b.throttle.failed(KEY)
+    a.throttle.failed(KEY)
+    await a.sharing.settled()
+    await b.sharing.settled()
+    await heard(a, locked=True)
+    await heard(b, locked=True)
+    # A success anywhere clears the key everywhere, as it does on one instance.
+    b.throttle.succeeded(KEY)
+    await b.sharing.settled()
+    await heard(a, locked=False)
+    for instance in (a, b):
+        instance.follower.cancel()
+
+
+async def test_an_instance_does_not_count_its_own_failures_twice(bus: MemoryEventBus) -> None:
+    a = Instance(bus)
+    other = bus.subscribe([SignInsCounted.topic])
+    a.throttle.failed(KEY)
+    a.throttle.failed(KEY)
+    await a.sharing.settled()
+    event = await anext(aiter(other))  # the bus brought it back to A's follower too
+    assert isinstance(event, SignInsCounted) and len(event.counted) == 2
+    await asyncio.sleep(0.02)
+    assert a.throttle.locked_for(KEY) is None  # two of three, not four
+    a.follower.cancel()
+
+
+def test_counts_travel_as_digests_and_unknown_ones_are_skipped() -> None:
+    throttle = SignInThrottle(lambda: NOW, limit=1, name="email")
+    sent: list[tuple[str, str, str]] = []
+    throttle.share = lambda *counted: sent.append(counted)
+    throttle.failed("ada@example.com")
+    assert sent == [("email", "failed", digest("ada@example.com"))]
+    assert "ada" not in sent[0][2]
+    sharing = ThrottleSharing(MemoryEventBus(), [SignInThrottle(lambda: NOW, limit=1,
+                                                                name="email")])
+    # A newer instance's throttle or operation, or a malformed entry: skipped, not raised.
+    sharing.apply(["captcha failed x", "email reset x", "email", "email failed "
+                   + digest("bob@example.com")])
+    assert sharing.throttles["email"].locked_for("bob@example.com") is not None
+
+
+async def test_a_flood_counted_in_one_step_is_sent_in_bounded_events(
+        bus: MemoryEventBus, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(throttle_sharing, "MAX_PER_EVENT", 4)
+    a = Instance(bus)
+    events = bus.subscribe([SignInsCounted.topic])
+    await asyncio.sleep(0)
+    for i in range(10):
+        a.throttle.failed(f"user{i}@example.com")
+    await a.sharing.settled()
+    sizes: list[int] = []
+    stream = aiter(events)
+    while sum(sizes) < 10:
+        event = await anext(stream)
+        assert isinstance(event, SignInsCounted)
+        sizes.append(len(event.counted))
+    assert sorted(sizes) == [2, 4, 4]
+    a.follower.cancel()
