@@ -1270,8 +1270,10 @@ class ChargingService(Service):
         else:
             energy = final - session.meter_start_wh
         samples, trimmed, stored_wh = await self._settled_samples(session, samples, energy)
+        # At the stop, on the session's timeline: a stop stamped before the start (a
+        # clock reset) must not put the session's last energy before it began.
         closing = closing_sample(station, session, samples, stored_wh, energy,
-                                 meter_stop, end)
+                                 meter_stop, max(end, session.start_time))
         if closing is not None:
             samples.append(closing)
         if closed_without_stop(session):

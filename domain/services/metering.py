@@ -322,6 +322,10 @@ def samples_of(station: Station, connector_id: int, transaction_id: int | None,
         sent = at if reading.reported is None else as_utc(reading.reported)
         sample_id = stable_ids(sent, station.cp_id, connector_id, transaction_id,
                                sent.isoformat())
+        # Placed on the session's timeline, never before its start: a charger whose clock
+        # was reset mid-session (1970) put the energy of one of today's sessions into
+        # 1970's trends (QA s18). Its count still goes by the charger's own time.
+        placed = at if session is None or at >= session.start_time else session.start_time
         total_seen = False
         lines: dict[str, tuple[float, int]] = {}  # line → (its register in Wh, its sample)
         for sv in reading.values:
@@ -346,10 +350,10 @@ def samples_of(station: Station, connector_id: int, transaction_id: int | None,
                 # periodic samples together) is a sample of its own, as its delta is.
                 id=sample_id(measurand, sv.phase, sv.location, sv.context, sv.unit,
                              value),
-                created_at=at, updated_at=at, created_by=actor.actor,
+                created_at=placed, updated_at=placed, created_by=actor.actor,
                 updated_by=actor.actor,
                 session_id=session_id, cp_id=station.cp_id,
-                connector_id=connector_id, at=at, measurand=measurand, value=value,
+                connector_id=connector_id, at=placed, measurand=measurand, value=value,
                 unit=sv.unit or ("Wh" if measurand == ENERGY_REGISTER else None),
                 phase=sv.phase, context=sv.context, transaction_id=transaction_id,
                 delta_wh=delta_wh, station_id=station.id,

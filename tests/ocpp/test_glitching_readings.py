@@ -83,3 +83,22 @@ async def test_a_reading_beyond_belief_neither_sets_the_clock_nor_doubles_when_r
     assert [s.value for s in samples] == [2_000]
     signed = await central.store.find_all(d.SignedMeterValue, Eq("transaction_id", tx))
     assert len(signed) == 1 and signed[0].at == glitch  # evidence as sent
+
+
+async def test_energy_stamped_before_its_session_began_stays_in_the_session(
+        central: Central) -> None:
+    """A charger whose clock was reset mid-session (1970) sent a reading and its stop
+    stamped 1970: their energy went into 1970's trends while the session showed today
+    (QA s18). Every sample of a session is placed at or after its start."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        charger = Charger(cp)
+        await charger.start(1_000)
+        await charger.reading(1_600)
+        await charger.reading(2_000, at=datetime(1970, 1, 1, 0, 0, 5, tzinfo=UTC))
+        await cp.call(call.StopTransaction(meter_stop=2_500, timestamp="1970-01-01T00:01:00Z",
+                                           transaction_id=charger.tx))
+    session = await billed(central, charger.tx)
+    assert session.energy_wh == 1_500
+    kept = await central.store.find_all(d.MeterSample, Eq("transaction_id", charger.tx))
+    assert min(s.at for s in kept) >= session.start_time
+    assert sum(s.delta_wh or 0 for s in kept) == 1_500
