@@ -21,6 +21,7 @@ from typing import Any
 import aiosqlite
 
 from domain.validation import name_key
+from store.sqlite.reconcile import reconcile, reference
 
 log = logging.getLogger("chargegraph.store")
 
@@ -899,6 +900,16 @@ async def apply_migrations(
         raise NewerSchema(f"the database has schema version {found}, written by a newer "
                           f"ChargeGraph (this one knows up to {versions[-1]}): run that "
                           "version, or restore a backup made with this one")
+    if found:
+        # A migration changed after release left databases at its version without what
+        # today's text makes (``reconcile``): repaired before the newer ones build on it.
+        wanted = reference([m for m in migrations if m[0] <= found], MIGRATION_FUNCTIONS,
+                           split_statements)
+
+        async def unchanged() -> bool:
+            return await current_version(conn) == found
+
+        await reconcile(conn, wanted, unchanged)
     applied: list[int] = []
     if versions and found < versions[-1]:
         # An upgrade (or a new database, from 0) is worth a line: an operator checking

@@ -1,0 +1,153 @@
+"""Databases that ran an earlier text of a migration changed after release are repaired
+before the newer migrations run (``store.sqlite.reconcile``; QA s18, upgrade): they had
+its version, lacked its columns, and chargers' starts failed with "no such column"."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from pathlib import Path
+
+import aiosqlite
+import pytest
+
+from domain import entities as d
+from domain.query import ALL
+from store.sqlite import SqliteStore
+from store.sqlite.migrations import (
+    MIGRATION_FUNCTIONS,
+    MIGRATIONS,
+    Migration,
+    apply_migrations,
+    split_statements,
+)
+from store.sqlite.reconcile import reference, repairs
+
+TEXTS = dict(MIGRATIONS)
+
+
+def earlier(version: int, old: str, new: str) -> list[Migration]:
+    """Today's migrations with version ``version`` as it shipped before: ``new`` of
+    today's text was ``old``."""
+    assert new in TEXTS[version]
+    return [(v, TEXTS[v].replace(new, old) if v == version else text)
+            for v, text in MIGRATIONS]
+
+
+async def migrate(path: Path, migrations: list[Migration]) -> list[int]:
+    async with aiosqlite.connect(path, isolation_level=None) as conn:
+        return await apply_migrations(conn, migrations)
+
+
+def rows(path: Path, sql: str) -> list[tuple[object, ...]]:
+    with sqlite3.connect(path) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def columns(path: Path, table: str) -> set[str]:
+    return {str(r[1]) for r in rows(path, f'PRAGMA table_info("{table}")')}
+
+
+@pytest.mark.parametrize("version", [v for v, _ in MIGRATIONS])
+def test_every_version_as_migrated_today_needs_no_repair(version: int) -> None:
+    """The comparison takes nothing for a difference that is not one (spacing, quotes,
+    the order tables were made in), at every version a database may be at."""
+    prefix = [m for m in MIGRATIONS if m[0] <= version]
+    made = reference(prefix, MIGRATION_FUNCTIONS, split_statements)
+    again = reference(prefix, MIGRATION_FUNCTIONS, split_statements)
+    assert repairs(made, again) == []
+
+
+async def test_an_earlier_local_list_text_gets_card_ids_and_its_index(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Builds of 0.3.0 made ``local_list_entry`` without ``card_id``: blocking a card was
+    an internal error and every charger boot logged one."""
+    path = tmp_path / "old.db"
+    shipped = earlier(33, '''    "wanted" TEXT
+) STRICT;''', '''    "wanted" TEXT,
+    "card_id" TEXT
+) STRICT;''')
+    shipped = [(v, t.replace('CREATE INDEX "local_list_entry_card_id_idx" ON "local_list_entry" '
+                             '("card_id");', 'CREATE INDEX "local_list_entry_tag_idx" ON '
+                             '"local_list_entry" ("tag");')) for v, t in shipped]
+    await migrate(path, shipped)
+    assert "card_id" not in columns(path, "local_list_entry")
+    with sqlite3.connect(path) as conn:  # a card, and an entry sent after it was made
+        conn.execute("""INSERT INTO id_tag (id, created_at, updated_at, created_by,
+            updated_by, tag, status, user_id) VALUES ('c1', 10, 10, 'a', 'a', 'TAG1',
+            'Accepted', 'u1')""")
+        # e1 was sent to CP-1 after the card was made, e0 to CP-0 before it existed.
+        for entry, station, at in (("e1", "s1", 20), ("e0", "s0", 5)):
+            conn.execute("""INSERT INTO local_list_entry (id, created_at, updated_at,
+                created_by, updated_by, station_id, cp_id, tag, status) VALUES
+                (?, ?, ?, 'a', 'a', ?, 'CP', 'TAG1', 'Accepted')""", (entry, at, at, station))
+    with caplog.at_level(logging.WARNING, "chargegraph.store"):
+        assert await migrate(path, list(MIGRATIONS)) == []
+    assert "card_id" in columns(path, "local_list_entry")
+    assert dict(rows(path, "SELECT id, card_id FROM local_list_entry")) == {
+        "e1": "c1", "e0": None}
+    names = {r[0] for r in rows(path, "SELECT name FROM sqlite_master WHERE type='index'")}
+    assert "local_list_entry_card_id_idx" in names and "local_list_entry_tag_idx" not in names
+    assert "differed from its version's" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, "chargegraph.store"):
+        await migrate(path, list(MIGRATIONS))  # repaired once: the next start reads only
+    assert "differed" not in caplog.text
+
+
+async def test_an_earlier_session_text_gets_its_columns_before_the_newer_migrations(
+        tmp_path: Path) -> None:
+    """A database at version 21 from a build whose 21 added no State of Charge columns,
+    and one at 27 whose 27 added no start flags: each is repaired at its version, then
+    migrated on; the store then reads and writes sessions."""
+    soc = '''ALTER TABLE "session" ADD COLUMN "soc_percent" REAL;
+ALTER TABLE "session" ADD COLUMN "soc_at" INTEGER;
+UPDATE "session" SET ("soc_percent", "soc_at") = (
+    SELECT "value", "at" FROM "meter_sample"
+    WHERE "meter_sample"."session_id" = "session"."id" AND "measurand" = 'SoC'
+      AND "phase" IS NULL AND "value" BETWEEN 0 AND 100
+    ORDER BY "at" DESC, "id" DESC LIMIT 1);
+'''
+    old21 = tmp_path / "at21.db"
+    await migrate(old21, [m for m in earlier(21, "", soc) if m[0] <= 21])
+    assert "soc_percent" not in columns(old21, "session")
+    flags = '''ALTER TABLE "session" ADD COLUMN "start_clock_behind" INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE "session" ADD COLUMN "start_refused" TEXT;
+'''
+    old27 = tmp_path / "at27.db"
+    await migrate(old27, [m for m in earlier(27, "", flags) if m[0] <= 27])
+    assert "start_refused" not in columns(old27, "session")
+    for path in (old21, old27):
+        store = SqliteStore(str(path))
+        await store.start()
+        try:
+            assert await store.find_all(d.Session, ALL) == []
+        finally:
+            await store.close()
+        assert {"soc_percent", "soc_at", "start_clock_behind", "start_refused"} \
+            <= columns(path, "session")
+        assert rows(path, 'SELECT MAX("version") FROM "schema_version"') == [
+            (MIGRATIONS[-1][0],)]
+
+
+async def test_a_share_without_its_bound_is_bound_to_what_it_was_given(
+        tmp_path: Path) -> None:
+    path = tmp_path / "at30.db"
+    await migrate(path, [m for m in earlier(30, "", '    "bound_kw" REAL NOT NULL,\n')
+                         if m[0] <= 30])
+    with sqlite3.connect(path) as conn:
+        conn.execute("""INSERT INTO site_allocation (id, created_at, updated_at, created_by,
+            updated_by, site_id, company_id, session_id, station_id, cp_id, connector_id,
+            transaction_id, power_kw, unit) VALUES ('s1', 1, 1, 'a', 'a', 'site', 'co',
+            's1', 'st', 'CP-1', 1, 7, 11.0, 'W')""")
+    await migrate(path, list(MIGRATIONS))
+    assert rows(path, "SELECT bound_kw FROM site_allocation") == [(11.0,)]
+
+
+def test_a_column_that_cannot_be_added_is_a_clear_refusal() -> None:
+    wanted = reference([(1, 'CREATE TABLE "t" ("a" TEXT, "b" TEXT NOT NULL);')],
+                       MIGRATION_FUNCTIONS, split_statements)
+    found = reference([(1, 'CREATE TABLE "t" ("a" TEXT);')], MIGRATION_FUNCTIONS,
+                      split_statements)
+    with pytest.raises(sqlite3.DatabaseError, match=r"t\.b"):
+        repairs(found, wanted)
