@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import re
 import sqlite3
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,7 +89,7 @@ _INDEXES = ("SELECT name, tbl_name, sql FROM sqlite_master WHERE type = 'index' 
             "AND sql IS NOT NULL ORDER BY rowid")
 
 
-def _schema(tables: Sequence[Any], columns: dict[str, Sequence[Any]],
+def _schema(tables: Sequence[Any], columns: Mapping[str, Sequence[Any]],
             indexes: Sequence[Any]) -> Schema:
     """A schema from the rows of ``_TABLES``, ``PRAGMA table_xinfo`` per table, and
     ``_INDEXES``."""

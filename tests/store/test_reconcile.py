@@ -84,7 +84,7 @@ async def test_an_earlier_local_list_text_gets_card_ids_and_its_index(
     with caplog.at_level(logging.WARNING, "chargegraph.store"):
         assert await migrate(path, list(MIGRATIONS)) == []
     assert "card_id" in columns(path, "local_list_entry")
-    assert dict(rows(path, "SELECT id, card_id FROM local_list_entry")) == {
+    assert {r[0]: r[1] for r in rows(path, "SELECT id, card_id FROM local_list_entry")} == {
         "e1": "c1", "e0": None}
     names = {r[0] for r in rows(path, "SELECT name FROM sqlite_master WHERE type='index'")}
     assert "local_list_entry_card_id_idx" in names and "local_list_entry_tag_idx" not in names
