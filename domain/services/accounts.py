@@ -221,8 +221,9 @@ class AccountService(Service):
             raise ValidationError("active cannot be empty", field="active", code="REQUIRED")
         # A new password or a deactivation revokes the user's tokens: one stolen with the
         # old password, or held by someone whose access was withdrawn, must not come back
-        # to life when the account is reactivated.
-        revoke = password is not UNSET or (active is False and user.active)
+        # to life when the account is reactivated. A reactivation does too: a deactivation
+        # by a build before token epochs left the epoch of the tokens it withdrew.
+        revoke = password is not UNSET or (isinstance(active, bool) and active != user.active)
         # Only the fields given are written: a deactivation or password reset landing
         # while this request checked a password must not be undone by it. A revocation
         # moves the token epoch on from the one read, or fails (CHANGED) if another one

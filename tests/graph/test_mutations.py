@@ -7,6 +7,7 @@ from typing import Any
 from domain import entities as d
 from domain.entities import Connector
 from domain.policy import SYSTEM
+from domain.ports import Update
 from domain.query import ALL
 from graph.ids import from_global_id, to_global_id
 from tests.graph.conftest import Api
@@ -197,6 +198,22 @@ async def test_deactivation_and_password_change_revoke_tokens(api: Api, world: W
     assert await login(api, "driver1@example.com", PASSWORD) is None
     fresh = await login(api, "driver1@example.com", "a brand new secret")
     assert (await api.post("{ me { id } }", token=fresh)).status_code == 200
+
+
+async def test_a_reactivation_revokes_tokens_of_a_deactivation_before_token_epochs(
+        api: Api, world: World, store) -> None:
+    """A user deactivated by a build before token epochs kept epoch 0, so the tokens of
+    before came back with the reactivation (QA s18, upgrade). A reactivation moves the
+    epoch on too."""
+    from dataclasses import replace
+
+    user = world.users["driver2"]
+    before = await login(api, "driver2@example.com", PASSWORD)
+    [stored] = await store.inner.get_many(d.User, [user.id])
+    await store.inner.write([Update(replace(stored, active=False), frozenset({"active"}))], [])
+    await call(api, world, "admin", "updateUser",
+               {"id": gid("user", user.id), "active": True}, "user { active }")
+    assert (await api.post("{ me { id } }", token=before)).status_code == 401
 
 
 async def test_explicit_null_for_a_required_field_is_a_user_error(api: Api, world: World
