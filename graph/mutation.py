@@ -66,7 +66,8 @@ T = TypeVar("T")
 #: the same for all of them.
 INPUT_ARGUMENT = ("What to do; each field is described on the input type. Expected "
                   "failures come back in the payload's `errors` (input field and code), "
-                  "not as GraphQL errors.")
+                  "not as GraphQL errors; every invalid field of the input at once, in "
+                  "the input's order.")
 #: Arguments of the sign-in mutations (their rules: ``domain.validation``).
 Email = Annotated[str, strawberry.argument(description="The account's email (any case).")]
 NewPassword = Annotated[str, strawberry.argument(
