@@ -188,7 +188,7 @@ def create_user(
 ) -> None:
     """Create a user (prints its id)."""
     from domain.entities import Role
-    from domain.errors import DomainError
+    from domain.errors import DomainError, each
 
     with _plain_failures():
         settings = Settings()
@@ -221,8 +221,9 @@ def create_user(
         with _plain_failures():
             typer.echo(asyncio.run(run()))
     except DomainError as exc:
-        field = f" ({exc.field})" if exc.field else ""
-        typer.echo(f"error{field}: {exc.message}", err=True)
+        for one in each(exc):  # every invalid field, as the API reports them
+            field = f" ({one.field})" if one.field else ""
+            typer.echo(f"error{field}: {one.message}", err=True)
         raise typer.Exit(1) from exc
 
 

@@ -21,6 +21,23 @@ class ValidationError(DomainError):
     code = "INVALID"
 
 
+class ValidationErrors(ValidationError):
+    """Several fields of one input failed their checks (``validation.Checks``), in the
+    order they were checked: a form learns every field at fault at once instead of one
+    per round trip. As a plain ``DomainError`` it reads as its first error, so a caller
+    that reports one failure (an OCPP reply, a log line) still says something true."""
+
+    def __init__(self, errors: list[ValidationError]) -> None:
+        first = errors[0]
+        super().__init__(first.message, field=first.field, code=first.code)
+        self.errors = tuple(errors)
+
+
+def each(error: DomainError) -> tuple[DomainError, ...]:
+    """The failures ``error`` stands for: those of a ``ValidationErrors``, else itself."""
+    return error.errors if isinstance(error, ValidationErrors) else (error,)
+
+
 class NotFound(DomainError):
     """Missing, or hidden from the viewer: the two read the same so ids cannot be probed."""
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
+from typing import ParamSpec, TypeVar, cast
 
 from domain.currencies import MINOR_DIGITS
-from domain.errors import ValidationError
+from domain.errors import ValidationError, ValidationErrors
 
 # Deliberately simple: one @, a dot in the domain, no spaces. Deliverability is the mail
 # system's job; this catches typos and garbage.
@@ -33,6 +35,56 @@ LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 #: hour register is far beyond any real meter, and sums of such values stay exact in
 #: floating point. Meter registers of long-lived DC chargers do exceed 32 bits of Wh.
 MAX_READING = 10**12
+
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class Checks:
+    """Runs the format and range checks of one input's fields and reports every failure
+    at once (``done``): a form with three bad fields is told all three, not one per
+    submission. Only checks that need no store are run through it; a use case calls
+    ``done`` before it reads anything, so the store never sees input known to be bad,
+    and checks that need the store (NOT_FOUND, DUPLICATE, FORBIDDEN) stop at the first
+    as before."""
+
+    def __init__(self) -> None:
+        self.errors: list[ValidationError] = []
+
+    def __call__(self, check: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """``check(*args, **kwargs)``'s value, or, when it fails, its error kept and
+        ``None`` in its place: nothing reads that value, since ``done`` raises before
+        the use case goes on (a check that needs it asks ``failed`` first)."""
+        try:
+            return check(*args, **kwargs)
+        except ValidationError as exc:
+            self.errors.extend(exc.errors if isinstance(exc, ValidationErrors) else (exc,))
+            return cast(T, None)
+
+    def failed(self, *fields: str) -> bool:
+        """Whether a check of one of ``fields`` (or of a field nested in one:
+        ``location`` covers ``location.lat``) failed: a check across fields runs only
+        on values that passed their own."""
+        return any(error.field is not None and (error.field == field or
+                                                error.field.startswith(f"{field}."))
+                   for error in self.errors for field in fields)
+
+    def done(self) -> None:
+        """Raises what failed: the one error as it was, several as ``ValidationErrors``
+        in the order they were checked."""
+        if len(self.errors) == 1:
+            raise self.errors[0]
+        if self.errors:
+            raise ValidationErrors(self.errors)
+
+
+def present(value: T | None, field: str, message: str = "must not be null") -> T:
+    """A field that may be left out of an update but not cleared: an explicit null is
+    refused (REQUIRED)."""
+    if value is None:
+        raise ValidationError(message, field=field, code="REQUIRED")
+    return value
 
 
 def _given(value: str | None, field: str) -> str:

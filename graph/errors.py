@@ -3,16 +3,17 @@ GraphQL errors with a ``code`` extension; unexpected ones masked with an error i
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
 import strawberry
 from graphql import GraphQLError
 
-from domain.errors import DomainError, Forbidden, Unauthenticated
+from domain.errors import DomainError, Forbidden, Unauthenticated, each
 
 if TYPE_CHECKING:
     from graph.context import GraphContext
@@ -47,6 +48,26 @@ def user_error(error: DomainError) -> UserError:
     return UserError(field=camel(error.field), message=error.message, code=error.code)
 
 
+def user_errors(error: DomainError, input: object | None = None) -> list[UserError]:
+    """Every failure ``error`` stands for (all the fields an input check found at fault),
+    in the order of ``input``'s fields when given: an id the door decoded and a name
+    the use case checked come back as the form lists them."""
+    errors = [user_error(one) for one in each(error)]
+    if input is None or len(errors) < 2:
+        return errors
+    order = _field_order(input)
+    return sorted(errors, key=lambda e: order.get((e.field or "").split(".")[0],
+                                                  len(order)))
+
+
+def _field_order(input: object) -> dict[str, int]:
+    """An input type's fields (camelCase, as errors name them) by their place in it."""
+    if not dataclasses.is_dataclass(input):
+        return {}
+    names: Sequence[str] = [camel(f.name) or f.name for f in dataclasses.fields(input)]
+    return {name: index for index, name in enumerate(names)}
+
+
 def graphql_error(error: DomainError) -> GraphQLError:
     """A domain error raised by a query field, as a GraphQL error with its code."""
     extensions = {"code": error.code}
@@ -79,8 +100,10 @@ def mask(error: GraphQLError) -> GraphQLError:
 
 
 async def attempt(ctx: GraphContext, action: Callable[[], Awaitable[T]], *,
-                  public: bool = False) -> tuple[T | None, list[UserError]]:
-    """Run a use case; expected failures become user errors, anything else propagates
+                  public: bool = False, input: object | None = None
+                  ) -> tuple[T | None, list[UserError]]:
+    """Run a use case; expected failures become user errors (all of an input's invalid
+    fields, in ``input``'s field order: ``user_errors``), anything else propagates
     (and is masked with an error id). An anonymous caller is told to sign in, before
     anything runs unless the use case is ``public`` (signing in): otherwise the first
     check to fail spoke, and a signed-out driver app was told "no such user" on an
@@ -96,4 +119,4 @@ async def attempt(ctx: GraphContext, action: Callable[[], Awaitable[T]], *,
                                     code=Unauthenticated.code)]
         return None, [user_error(exc)]
     except DomainError as exc:
-        return None, [user_error(exc)]
+        return None, user_errors(exc, input)

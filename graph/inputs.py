@@ -10,12 +10,27 @@ from typing import Any
 import strawberry
 
 from domain.services import UNSET
+from domain.validation import Checks
 from graph.enums import ConnectorType, IdTagStatus, PowerType, Registration, Role
+from graph.ids import expect_id
 
 
 def given(value: Any) -> Any:
     """Strawberry's UNSET (field left out) as the domain's UNSET."""
     return UNSET if value is strawberry.UNSET else value
+
+
+def checked_id(checks: Checks, value: Any, kind: str, field: str) -> Any:
+    """An id of a mutation's input (``expect_id``), checked with the input's other
+    fields: an id that is no ``kind``'s is reported in ``checks`` with every other
+    invalid field, and stands as UNSET (left out) until the use case raises them all,
+    so no rule about clearing the field speaks for it meanwhile. UNSET and null pass
+    through."""
+    value = given(value)
+    if value is UNSET or value is None:
+        return value
+    decoded = checks(expect_id, str(value), kind, field)
+    return UNSET if decoded is None else decoded
 
 
 @strawberry.input

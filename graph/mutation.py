@@ -13,6 +13,7 @@ from domain.policy import Viewer
 from domain.services import UNSET, ConnectorSpec
 from domain.services.refresh_tokens import IssuedRefresh
 from domain.tariff_bands import BandInput
+from domain.validation import Checks
 from graph.commands import CommandMutation
 from graph.context import GraphContext
 from graph.errors import UserError, attempt
@@ -40,6 +41,7 @@ from graph.inputs import (
     UpdateStationInput,
     UpdateUserInput,
     UpdateVehicleInput,
+    checked_id,
     given,
 )
 from graph.nodes import (
@@ -64,7 +66,8 @@ T = TypeVar("T")
 #: the same for all of them.
 INPUT_ARGUMENT = ("What to do; each field is described on the input type. Expected "
                   "failures come back in the payload's `errors` (input field and code), "
-                  "not as GraphQL errors.")
+                  "not as GraphQL errors; every invalid field of the input at once, in "
+                  "the input's order.")
 #: Arguments of the sign-in mutations (their rules: ``domain.validation``).
 Email = Annotated[str, strawberry.argument(description="The account's email (any case).")]
 NewPassword = Annotated[str, strawberry.argument(
@@ -75,14 +78,6 @@ RefreshToken = Annotated[str, strawberry.argument(
 
 def _ctx(info: Info) -> GraphContext:
     return info.context  # type: ignore[no-any-return]
-
-
-def _opt_id(value: Any, kind: str, field: str) -> Any:
-    """An optional id input: UNSET and None pass through, ids are decoded."""
-    value = given(value)
-    if value is UNSET or value is None:
-        return value
-    return expect_id(str(value), kind, field)
 
 
 @strawberry.type(description="A signed-in session: a short-lived access token (the bearer "
@@ -274,8 +269,8 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
     async def create_company(self, info: Info, input: CreateCompanyInput) -> CompanyPayload:
         ctx = _ctx(info)
         company, errors = await attempt(
-            ctx, lambda: ctx.services.accounts.create_company(ctx.viewer, name=input.name)
-        )
+            ctx, lambda: ctx.services.accounts.create_company(ctx.viewer, name=input.name),
+            input=input)
         return CompanyPayload(company=Company.wrap(company, ctx) if company else None,
                               errors=errors)
 
@@ -285,11 +280,12 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
         ctx = _ctx(info)
 
         async def run() -> Any:
+            checks = Checks()
             return await ctx.services.accounts.update_company(
-                ctx.viewer, expect_id(str(input.id), "company", "id"), name=input.name
-            )
+                ctx.viewer, checked_id(checks, input.id, "company", "id"), name=input.name,
+                checks=checks)
 
-        company, errors = await attempt(ctx, run)
+        company, errors = await attempt(ctx, run, input=input)
         return CompanyPayload(company=Company.wrap(company, ctx) if company else None,
                               errors=errors)
 
@@ -300,13 +296,14 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
         ctx = _ctx(info)
 
         async def run() -> Any:
+            checks = Checks()
             return await ctx.services.accounts.create_user(
                 ctx.viewer, email=input.email, password=input.password, name=input.name,
                 role=input.role,  # type: ignore[arg-type]
-                company_id=_opt_id(input.company_id, "company", "companyId"),
-            )
+                company_id=checked_id(checks, input.company_id, "company", "companyId"),
+                checks=checks)
 
-        user, errors = await attempt(ctx, run)
+        user, errors = await attempt(ctx, run, input=input)
         return UserPayload(user=User.wrap(user, ctx) if user else None, errors=errors)
 
     @strawberry.mutation(description=(
@@ -317,15 +314,16 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
         ctx = _ctx(info)
 
         async def run() -> Any:
+            checks = Checks()
             return await ctx.services.accounts.update_user(
-                ctx.viewer, expect_id(str(input.id), "user", "id"),
+                ctx.viewer, checked_id(checks, input.id, "user", "id"),
                 name=given(input.name), email=given(input.email),
                 password=given(input.password), role=given(input.role),
-                company_id=_opt_id(input.company_id, "company", "companyId"),
+                company_id=checked_id(checks, input.company_id, "company", "companyId"),
                 active=given(input.active), current_password=given(input.current_password),
-            )
+                checks=checks)
 
-        user, errors = await attempt(ctx, run)
+        user, errors = await attempt(ctx, run, input=input)
         return UserPayload(user=User.wrap(user, ctx) if user else None, errors=errors)
 
     @strawberry.mutation(description="Blocks sign-in and invalidates the user's tokens.")
@@ -348,13 +346,14 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
         ctx = _ctx(info)
 
         async def run() -> Any:
+            checks = Checks()
             return await ctx.services.fleet.add_vehicle(
                 ctx.viewer, license_plate=input.license_plate,
-                owner_id=_opt_id(input.owner_id, "user", "ownerId"),
+                owner_id=checked_id(checks, input.owner_id, "user", "ownerId"),
                 make=input.make, model=input.model, battery_kwh=input.battery_kwh,
-            )
+                checks=checks)
 
-        vehicle, errors = await attempt(ctx, run)
+        vehicle, errors = await attempt(ctx, run, input=input)
         return VehiclePayload(vehicle=Vehicle.wrap(vehicle, ctx) if vehicle else None,
                               errors=errors)
 
@@ -364,14 +363,15 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
         ctx = _ctx(info)
 
         async def run() -> Any:
+            checks = Checks()
             return await ctx.services.fleet.update_vehicle(
-                ctx.viewer, expect_id(str(input.id), "vehicle", "id"),
-                owner_id=_opt_id(input.owner_id, "user", "ownerId"),
+                ctx.viewer, checked_id(checks, input.id, "vehicle", "id"),
+                owner_id=checked_id(checks, input.owner_id, "user", "ownerId"),
                 license_plate=given(input.license_plate), make=given(input.make),
                 model=given(input.model), battery_kwh=given(input.battery_kwh),
-            )
+                checks=checks)
 
-        vehicle, errors = await attempt(ctx, run)
+        vehicle, errors = await attempt(ctx, run, input=input)
         return VehiclePayload(vehicle=Vehicle.wrap(vehicle, ctx) if vehicle else None,
                               errors=errors)
 
@@ -395,14 +395,14 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
         ctx = _ctx(info)
 
         async def run() -> Any:
+            checks = Checks()
             return await ctx.services.fleet.issue_id_tag(
                 ctx.viewer, tag=input.tag,
-                user_id=_opt_id(input.user_id, "user", "userId"),
-                vehicle_id=_opt_id(input.vehicle_id, "vehicle", "vehicleId"),
-                expires_at=input.expires_at, parent_tag=input.parent_id_tag,
-            )
+                user_id=checked_id(checks, input.user_id, "user", "userId"),
+                vehicle_id=checked_id(checks, input.vehicle_id, "vehicle", "vehicleId"),
+                expires_at=input.expires_at, parent_tag=input.parent_id_tag, checks=checks)
 
-        id_tag, errors = await attempt(ctx, run)
+        id_tag, errors = await attempt(ctx, run, input=input)
         return IdTagPayload(id_tag=IdTag.wrap(id_tag, ctx) if id_tag else None, errors=errors)
 
     @strawberry.mutation(description=(
@@ -415,14 +415,15 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
         ctx = _ctx(info)
 
         async def run() -> Any:
+            checks = Checks()
             return await ctx.services.fleet.update_id_tag(
-                ctx.viewer, expect_id(str(input.id), "id_tag", "id"),
+                ctx.viewer, checked_id(checks, input.id, "id_tag", "id"),
                 status=given(input.status),
-                vehicle_id=_opt_id(input.vehicle_id, "vehicle", "vehicleId"),
+                vehicle_id=checked_id(checks, input.vehicle_id, "vehicle", "vehicleId"),
                 expires_at=given(input.expires_at), parent_tag=given(input.parent_id_tag),
-            )
+                checks=checks)
 
-        id_tag, errors = await attempt(ctx, run)
+        id_tag, errors = await attempt(ctx, run, input=input)
         return IdTagPayload(id_tag=IdTag.wrap(id_tag, ctx) if id_tag else None, errors=errors)
 
     @strawberry.mutation(description="Removes a card (its sessions keep the tag they were "
@@ -447,10 +448,11 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
 
         async def run() -> Any:
             location = input.location
+            checks = Checks()
             station, _ = await ctx.services.stations.create_station(
                 ctx.viewer, cp_id=input.cp_id, name=input.name,
-                company_id=_opt_id(input.company_id, "company", "companyId"),
-                owner_id=_opt_id(input.owner_id, "user", "ownerId"),
+                company_id=checked_id(checks, input.company_id, "company", "companyId"),
+                owner_id=checked_id(checks, input.owner_id, "user", "ownerId"),
                 lat=location.lat if location else None,
                 lon=location.lon if location else None,
                 address=location.address if location else None,
@@ -458,11 +460,11 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
                     ConnectorSpec(c.connector_id, c.type, c.max_kw)  # type: ignore[arg-type]
                     for c in input.connectors
                 ],
-                password=input.password,
+                password=input.password, checks=checks,
             )
             return station
 
-        station, errors = await attempt(ctx, run)
+        station, errors = await attempt(ctx, run, input=input)
         return StationPayload(station=Station.wrap(station, ctx) if station else None,
                               errors=errors)
 
@@ -479,16 +481,17 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
                 place = {"lat": None, "lon": None, "address": None}
             elif location is not UNSET:
                 place = {"lat": location.lat, "lon": location.lon, "address": location.address}
+            checks = Checks()
             return await ctx.services.stations.update_station(
-                ctx.viewer, expect_id(str(input.id), "station", "id"),
+                ctx.viewer, checked_id(checks, input.id, "station", "id"),
                 name=given(input.name),
-                company_id=_opt_id(input.company_id, "company", "companyId"),
-                owner_id=_opt_id(input.owner_id, "user", "ownerId"),
+                company_id=checked_id(checks, input.company_id, "company", "companyId"),
+                owner_id=checked_id(checks, input.owner_id, "user", "ownerId"),
                 password=given(input.password), registration=given(input.registration),
-                heartbeat_interval=given(input.heartbeat_interval), **place,
+                heartbeat_interval=given(input.heartbeat_interval), **place, checks=checks,
             )
 
-        station, errors = await attempt(ctx, run)
+        station, errors = await attempt(ctx, run, input=input)
         return StationPayload(station=Station.wrap(station, ctx) if station else None,
                               errors=errors)
 
@@ -512,13 +515,14 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
         ctx = _ctx(info)
 
         async def run() -> Any:
+            checks = Checks()
             return await ctx.services.stations.add_connector(
-                ctx.viewer, expect_id(str(input.station_id), "station", "stationId"),
+                ctx.viewer, checked_id(checks, input.station_id, "station", "stationId"),
                 ConnectorSpec(input.connector_id, input.type,  # type: ignore[arg-type]
-                              input.max_kw),
+                              input.max_kw), checks=checks,
             )
 
-        connector, errors = await attempt(ctx, run)
+        connector, errors = await attempt(ctx, run, input=input)
         return ConnectorPayload(connector=Connector.wrap(connector, ctx) if connector else None,
                                 errors=errors)
 
@@ -529,12 +533,13 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
         ctx = _ctx(info)
 
         async def run() -> Any:
+            checks = Checks()
             return await ctx.services.stations.update_connector(
-                ctx.viewer, expect_id(str(input.id), "connector", "id"),
-                type=given(input.type), max_kw=given(input.max_kw),
+                ctx.viewer, checked_id(checks, input.id, "connector", "id"),
+                type=given(input.type), max_kw=given(input.max_kw), checks=checks,
             )
 
-        connector, errors = await attempt(ctx, run)
+        connector, errors = await attempt(ctx, run, input=input)
         return ConnectorPayload(connector=Connector.wrap(connector, ctx) if connector else None,
                                 errors=errors)
 
@@ -577,10 +582,11 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
         ctx = _ctx(info)
 
         async def run() -> Any:
+            checks = Checks()
             return await ctx.services.tariffs.set_tariff(
                 ctx.viewer,
-                company_id=_opt_id(input.company_id, "company", "companyId"),
-                station_id=_opt_id(input.station_id, "station", "stationId"),
+                company_id=checked_id(checks, input.company_id, "company", "companyId"),
+                station_id=checked_id(checks, input.station_id, "station", "stationId"),
                 price_per_kwh=input.price_per_kwh, currency=input.currency,
                 price_per_minute=input.price_per_minute, session_fee=input.session_fee,
                 tax_rate=input.tax_rate, valid_from=input.valid_from,
@@ -589,10 +595,10 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
                 energy_bands=[BandInput(band.days, band.start, band.end, band.price_per_kwh)
                               for band in input.energy_bands],
                 time_zone=input.time_zone, connector_type=input.connector_type,
-                power_type=input.power_type,
+                power_type=input.power_type, checks=checks,
             )
 
-        tariff, errors = await attempt(ctx, run)
+        tariff, errors = await attempt(ctx, run, input=input)
         return TariffPayload(tariff=Tariff.wrap(tariff, ctx) if tariff else None,
                              errors=errors)
 

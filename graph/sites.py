@@ -13,9 +13,10 @@ import strawberry
 from domain import entities as d
 from domain.errors import DomainError
 from domain.query import ALL, Sort
+from domain.validation import Checks
 from graph.errors import UserError, attempt, graphql_error
 from graph.ids import expect_id
-from graph.inputs import given
+from graph.inputs import checked_id, given
 from graph.nodes import (
     NODE_BY_KIND,
     RECORD_OF_NODE,
@@ -219,14 +220,14 @@ class SiteMutation:
         ctx = _ctx(info)
 
         async def run() -> Any:
-            company = None if input.company_id is None \
-                else expect_id(str(input.company_id), "company", "companyId")
+            checks = Checks()
             return await ctx.services.sites.create_site(
                 ctx.viewer, name=input.name, max_power_kw=input.max_power_kw,
-                company_id=company, min_power_kw=input.min_power_kw, unit=input.unit,
-                voltage=input.voltage, phases=input.phases)
+                company_id=checked_id(checks, input.company_id, "company", "companyId"),
+                min_power_kw=input.min_power_kw, unit=input.unit,
+                voltage=input.voltage, phases=input.phases, checks=checks)
 
-        site, errors = await attempt(ctx, run)
+        site, errors = await attempt(ctx, run, input=input)
         return SitePayload(site=_site(site, ctx), errors=errors)
 
     @strawberry.mutation(description="Edits a site; a new limit reaches its chargers at "
@@ -235,13 +236,14 @@ class SiteMutation:
         ctx = _ctx(info)
 
         async def run() -> Any:
+            checks = Checks()
             return await ctx.services.sites.update_site(
-                ctx.viewer, expect_id(str(input.id), "site", "id"), name=given(input.name),
+                ctx.viewer, checked_id(checks, input.id, "site", "id"), name=given(input.name),
                 max_power_kw=given(input.max_power_kw),
                 min_power_kw=given(input.min_power_kw), unit=given(input.unit),
-                voltage=given(input.voltage), phases=given(input.phases))
+                voltage=given(input.voltage), phases=given(input.phases), checks=checks)
 
-        site, errors = await attempt(ctx, run)
+        site, errors = await attempt(ctx, run, input=input)
         return SitePayload(site=_site(site, ctx), errors=errors)
 
     @strawberry.mutation(description="Removes a site; refused (IN_USE) while stations are "

@@ -13,9 +13,10 @@ import strawberry
 from domain import entities as d
 from domain.ports import WebhookAttempt
 from domain.query import ALL, Sort
+from domain.validation import Checks
 from graph.errors import UserError, attempt
 from graph.ids import expect_id
-from graph.inputs import given
+from graph.inputs import checked_id, given
 from graph.nodes import NODE_BY_KIND, RECORD_OF_NODE, Audited, User, _audited, _related
 from graph.relay import Connection, Node, PageArgs, page_connection
 
@@ -172,7 +173,8 @@ class WebhookMutation:
                              ) -> CreateWebhookPayload:
         ctx = _ctx(info)
         created, errors = await attempt(ctx, lambda: ctx.services.webhooks.create_webhook(
-            ctx.viewer, url=input.url, events=input.events, description=input.description))
+            ctx.viewer, url=input.url, events=input.events, description=input.description),
+            input=input)
         if created is None:
             return CreateWebhookPayload(webhook=None, secret=None, errors=errors)
         return CreateWebhookPayload(webhook=Webhook.wrap(created.webhook, ctx),
@@ -185,12 +187,14 @@ class WebhookMutation:
         ctx = _ctx(info)
 
         async def run() -> Any:
+            checks = Checks()
             return await ctx.services.webhooks.update_webhook(
-                ctx.viewer, expect_id(str(input.id), "webhook", "id"),
+                ctx.viewer, checked_id(checks, input.id, "webhook", "id"),
                 url=given(input.url), events=given(input.events),
-                description=given(input.description), active=given(input.active))
+                description=given(input.description), active=given(input.active),
+                checks=checks)
 
-        webhook, errors = await attempt(ctx, run)
+        webhook, errors = await attempt(ctx, run, input=input)
         return WebhookPayload(webhook=_wrapped(webhook, ctx), errors=errors)
 
     @strawberry.mutation(description="Removes a webhook; events waiting for it are not "

@@ -19,6 +19,7 @@ from domain.errors import (
     Unauthenticated,
     UniqueViolation,
     ValidationError,
+    each,
 )
 from domain.events import AccessChanged
 from domain.policy import Viewer
@@ -137,11 +138,17 @@ class AccountService(Service):
         candidates = await self.store.find_all(Company, Eq("name_key", v.name_key(name)))
         return next((c for c in candidates if c.name.lower() == wanted), None)
 
-    async def update_company(self, viewer: Viewer, company_id: str, *, name: str) -> Company:
+    async def update_company(self, viewer: Viewer, company_id: str, *, name: str,
+                             checks: v.Checks | None = None) -> Company:
+        """``checks``: what the caller checked of the same input already (the door's
+        ids), reported with the name's own check."""
+        checks = checks or v.Checks()
+        name = checks(v.name, name)
+        checks.done()
         company = await self.visible(viewer, Company, company_id)
         if not self.policy.may_manage_company(viewer, company.id):
             raise Forbidden("you may not change this company")
-        update = patch(company, viewer, name=v.name(name))
+        update = patch(company, viewer, name=name)
         updated = cast(Company, update.record)
         await self._refuse_taken_name(updated)
         await self.commit(viewer, [(update, company)])
@@ -154,8 +161,15 @@ class AccountService(Service):
 
     # ---------------------------------------------------------------- users
     async def create_user(self, viewer: Viewer, *, email: str, password: str, name: str,
-                          role: Role, company_id: str | None = None) -> User:
-        """Admins create anyone; operators create drivers and operators in their company."""
+                          role: Role, company_id: str | None = None,
+                          checks: v.Checks | None = None) -> User:
+        """Admins create anyone; operators create drivers and operators in their company.
+        Every invalid field is reported at once (``checks``: the caller's own, such as
+        the ids it decoded), before the company is looked up."""
+        checks = checks or v.Checks()
+        email = checks(v.email, email)
+        password = checks(v.password, password)
+        name = checks(v.name, name)
         if viewer.is_operator:
             if role is Role.ADMIN:
                 raise Forbidden("operators cannot create admins", field="role")
@@ -165,15 +179,16 @@ class AccountService(Service):
                                 field="companyId")
         elif not viewer.is_admin:
             raise Forbidden("you may not create users")
+        checks.done()
         if company_id is not None:
             await self.visible(viewer, Company, company_id, field="companyId")
         user = stamp_new(
             User(
-                email=v.email(email),
-                name=v.name(name),
+                email=email,
+                name=name,
                 role=role,
                 company_id=company_id,
-                password_hash=await self.hash_password(v.password(password)),
+                password_hash=await self.hash_password(password),
             ),
             viewer,
         )
@@ -183,13 +198,22 @@ class AccountService(Service):
     async def update_user(self, viewer: Viewer, user_id: str, *, name: Any = UNSET,
                           email: Any = UNSET, password: Any = UNSET, role: Any = UNSET,
                           company_id: Any = UNSET, active: Any = UNSET,
-                          current_password: Any = UNSET) -> User:
+                          current_password: Any = UNSET,
+                          checks: v.Checks | None = None) -> User:
         """Users change their own name, email and password (the last two with their
         ``current_password``); managers (admins, and operators for their company's
-        people) also role, company and activity, and reset others' passwords."""
+        people) also role, company and activity, and reset others' passwords. The
+        fields' formats are checked together (with the caller's ``checks``) before the
+        user is read."""
+        checks = checks or v.Checks()
+        name = name if name is UNSET else checks(v.name, name)
+        email = email if email is UNSET else checks(v.email, email)
+        password = password if password is UNSET else checks(v.password, password)
+        role = checks(v.present, role, "role", "role cannot be empty")
+        active = checks(v.present, active, "active", "active cannot be empty")
+        checks.done()
         # Hashed before the user is read: the record written below is the one read.
-        password_hash = UNSET if password is UNSET \
-            else await self.hash_password(v.password(password))
+        password_hash = UNSET if password is UNSET else await self.hash_password(password)
         user = await self.visible(viewer, User, user_id)
         is_self = viewer.user_id == user.id
         manages = self.policy.may_manage_user(viewer, user)
@@ -202,8 +226,6 @@ class AccountService(Service):
             if value is not UNSET and not manages:
                 raise Forbidden("you may not change this field", field=field)
         if role is not UNSET:
-            if role is None:
-                raise ValidationError("role cannot be empty", field="role", code="REQUIRED")
             if role is Role.ADMIN and not viewer.is_admin:
                 raise Forbidden("only admins grant the admin role", field="role")
             if is_self and role is not user.role:
@@ -217,8 +239,6 @@ class AccountService(Service):
                 await self.visible(viewer, Company, company_id, field="companyId")
         if active is False and is_self:
             raise Forbidden("you cannot deactivate yourself", field="active")
-        if active is None:
-            raise ValidationError("active cannot be empty", field="active", code="REQUIRED")
         # A new password or a deactivation revokes the user's tokens: one stolen with the
         # old password, or held by someone whose access was withdrawn, must not come back
         # to life when the account is reactivated. A reactivation does too: a deactivation
@@ -234,8 +254,8 @@ class AccountService(Service):
             only_if=("token_epoch", user.token_epoch) if revoke else None,
             required=revoke,
             token_epoch=user.token_epoch + 1 if revoke else UNSET,
-            name=UNSET if name is UNSET else v.name(name),
-            email=UNSET if email is UNSET else v.email(email),
+            name=name,
+            email=email,
             password_hash=password_hash,
             role=role,
             company_id=company_id,
@@ -276,8 +296,12 @@ class AccountService(Service):
         if not self.sign_up_open:
             raise DomainError("this service does not take sign-ups: ask its operator for "
                               "an account", code="SIGN_UP_DISABLED")
-        user = User(email=v.email(email), name=v.name(name), role=Role.DRIVER)
-        checked = v.password(password)
+        checks = v.Checks()
+        email = checks(v.email, email)
+        checked = checks(v.password, password)
+        name = checks(v.name, name)
+        checks.done()
+        user = User(email=email, name=name, role=Role.DRIVER)
         client = client_key(client)
         self._refuse_locked_client(client)
         self._refuse_when_busy(client)
@@ -318,8 +342,9 @@ class AccountService(Service):
             return await self.update_user(viewer, viewer.user_id, password=new_password,
                                           current_password=current_password)
         except DomainError as exc:
-            if exc.field == "password":
-                exc.field = "newPassword"
+            for one in (exc, *each(exc)):  # an aggregate reads as its first error too
+                if one.field == "password":
+                    one.field = "newPassword"
             raise
 
     # ---------------------------------------------------------------- authentication

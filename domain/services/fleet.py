@@ -33,6 +33,24 @@ def blocked_by_others(tag: IdTag, owner: User) -> bool:
     return tag.status is IdTagStatus.BLOCKED and tag.blocked_by != owner.id
 
 
+def _future(expires_at: datetime | None) -> datetime | None:
+    """A new card's expiry: none, or a zoned instant still to come."""
+    expires_at = v.aware(expires_at, "expiresAt")
+    if expires_at is not None and expires_at <= utcnow():
+        raise ValidationError("expiresAt must be in the future", field="expiresAt",
+                              code="OUT_OF_RANGE")
+    return expires_at
+
+
+def _status(status: Any) -> Any:
+    """A card's new status, when given: one of ``IdTagStatus``, never cleared."""
+    if status is None:
+        raise ValidationError("status cannot be empty", field="status", code="REQUIRED")
+    if status is not UNSET and not isinstance(status, IdTagStatus):
+        raise ValidationError("unknown status", field="status")
+    return status
+
+
 class FleetService(Service):
     def __init__(self, ctx: ServiceContext) -> None:
         super().__init__(ctx)
@@ -66,18 +84,25 @@ class FleetService(Service):
     # ---------------------------------------------------------------- vehicles
     async def add_vehicle(self, viewer: Viewer, *, license_plate: str,
                           owner_id: str | None = None, make: str | None = None,
-                          model: str | None = None, battery_kwh: float | None = None
-                          ) -> Vehicle:
+                          model: str | None = None, battery_kwh: float | None = None,
+                          checks: v.Checks | None = None) -> Vehicle:
+        """Every invalid field is reported at once (with the caller's ``checks``), before
+        the owner is looked up."""
+        checks = checks or v.Checks()
+        plate = checks(v.license_plate, license_plate)
+        make = checks(v.optional_text, make, "make")
+        model = checks(v.optional_text, model, "model")
+        battery_kwh = checks(v.positive, battery_kwh, "batteryKwh", max_value=1000)
+        checks.done()
         owner = await self._owner(viewer, owner_id, "ownerId")
-        plate = v.license_plate(license_plate)
         vehicle = stamp_new(
             Vehicle(
                 owner_id=owner.id,
                 license_plate=plate,
                 plate_key=v.plate_key(plate),
-                make=v.optional_text(make, "make"),
-                model=v.optional_text(model, "model"),
-                battery_kwh=v.positive(battery_kwh, "batteryKwh", max_value=1000),
+                make=make,
+                model=model,
+                battery_kwh=battery_kwh,
             ),
             viewer,
         )
@@ -110,20 +135,25 @@ class FleetService(Service):
     async def update_vehicle(self, viewer: Viewer, vehicle_id: str, *,
                              owner_id: Any = UNSET, license_plate: Any = UNSET,
                              make: Any = UNSET, model: Any = UNSET,
-                             battery_kwh: Any = UNSET) -> Vehicle:
+                             battery_kwh: Any = UNSET, checks: v.Checks | None = None
+                             ) -> Vehicle:
         """``owner_id``: the vehicle handed to another user (QA s17, a fleet: moving a van
         to another driver meant removing it, which took it off its past sessions). Its
         sessions keep it; the previous owner's cards linked to it are unlinked, as a
-        removal unlinks them."""
+        removal unlinks them. The fields given are checked together (with the caller's
+        ``checks``) before the vehicle is read."""
+        checks = checks or v.Checks()
+        owner_id = checks(v.present, owner_id, "ownerId", "a vehicle always has an owner")
+        plate: Any = license_plate if license_plate is UNSET \
+            else checks(v.license_plate, license_plate)
+        make = make if make is UNSET else checks(v.optional_text, make, "make")
+        model = model if model is UNSET else checks(v.optional_text, model, "model")
+        battery_kwh = battery_kwh if battery_kwh is UNSET \
+            else checks(v.positive, battery_kwh, "batteryKwh", max_value=1000)
+        checks.done()
         vehicle = await self._own_vehicle(viewer, vehicle_id)
-        if license_plate is None:
-            raise ValidationError("must not be empty", field="licensePlate", code="REQUIRED")
-        if owner_id is None:
-            raise ValidationError("a vehicle always has an owner", field="ownerId",
-                                  code="REQUIRED")
         new_owner = UNSET if owner_id is UNSET or owner_id == vehicle.owner_id \
             else (await self._owner(viewer, owner_id, "ownerId")).id
-        plate = UNSET if license_plate is UNSET else v.license_plate(license_plate)
         update = patch(
             vehicle,
             viewer,
@@ -131,10 +161,9 @@ class FleetService(Service):
             # The key is written with the plate, always: the two never disagree.
             license_plate=plate,
             plate_key=UNSET if plate is UNSET else v.plate_key(plate),
-            make=UNSET if make is UNSET else v.optional_text(make, "make"),
-            model=UNSET if model is UNSET else v.optional_text(model, "model"),
-            battery_kwh=UNSET if battery_kwh is UNSET
-            else v.positive(battery_kwh, "batteryKwh", max_value=1000),
+            make=make,
+            model=model,
+            battery_kwh=battery_kwh,
         )
         updated = cast(Vehicle, update.record)
         changes: list[tuple[Change, Record | None]] = [(update, vehicle)]
@@ -168,9 +197,17 @@ class FleetService(Service):
     async def issue_id_tag(self, viewer: Viewer, *, tag: str, user_id: str | None = None,
                            vehicle_id: str | None = None,
                            expires_at: datetime | None = None,
-                           parent_tag: str | None = None) -> IdTag:
+                           parent_tag: str | None = None, checks: v.Checks | None = None
+                           ) -> IdTag:
+        """Every invalid field is reported at once (with the caller's ``checks``), before
+        the holder, vehicle and group are looked up."""
+        checks = checks or v.Checks()
+        tag = checks(v.id_tag, tag)
+        expires_at = checks(_future, expires_at)
+        if parent_tag is not None:
+            parent_tag = checks(v.id_tag, parent_tag, "parentIdTag")
+        checks.done()
         owner = await self._owner(viewer, user_id, "userId")
-        tag = v.id_tag(tag)
         if not viewer.is_admin and await self._foreign_group(owner, tag, as_group=False):
             # Presented at a charger, it would take the reservations made for that group
             # id, and chargers would take it for the group's parent.
@@ -180,10 +217,6 @@ class FleetService(Service):
             parent_tag = await self._parent_tag(viewer, owner, parent_tag)
         if vehicle_id is not None:
             await self._vehicle_of(viewer, owner, vehicle_id)
-        expires_at = v.aware(expires_at, "expiresAt")
-        if expires_at is not None and expires_at <= utcnow():
-            raise ValidationError("expiresAt must be in the future", field="expiresAt",
-                                  code="OUT_OF_RANGE")
         if not self.policy.may_manage_user(viewer, owner):
             await self._refuse_if_withdrawn(owner)
         id_tag = stamp_new(
@@ -211,7 +244,17 @@ class FleetService(Service):
 
     async def update_id_tag(self, viewer: Viewer, id_tag_id: str, *, status: Any = UNSET,
                             vehicle_id: Any = UNSET, expires_at: Any = UNSET,
-                            parent_tag: Any = UNSET) -> IdTag:
+                            parent_tag: Any = UNSET, checks: v.Checks | None = None
+                            ) -> IdTag:
+        """The fields given are checked together (with the caller's ``checks``) before
+        the card is read."""
+        checks = checks or v.Checks()
+        status = checks(_status, status)
+        expires_at = expires_at if expires_at in (UNSET, None) \
+            else checks(v.instant, expires_at, "expiresAt")
+        if parent_tag not in (UNSET, None):
+            parent_tag = checks(v.id_tag, parent_tag, "parentIdTag")
+        checks.done()
         id_tag = await self.visible(viewer, IdTag, id_tag_id)
         owner = await self.visible(viewer, User, id_tag.user_id)
         if not self.policy.may_act_for_user(viewer, owner):
@@ -233,10 +276,6 @@ class FleetService(Service):
             if expires_at is not UNSET and expires_at != id_tag.expires_at:
                 raise Forbidden("only operators and admins change an id tag's expiry",
                                 field="expiresAt")
-        if status is None:
-            raise ValidationError("status cannot be empty", field="status", code="REQUIRED")
-        if status is not UNSET and not isinstance(status, IdTagStatus):
-            raise ValidationError("unknown status", field="status")
         if vehicle_id not in (UNSET, None):
             await self._vehicle_of(viewer, owner, vehicle_id)
         if parent_tag not in (UNSET, id_tag.parent_tag):
@@ -253,7 +292,7 @@ class FleetService(Service):
             status=status,
             blocked_by=blocked_by,
             vehicle_id=vehicle_id,
-            expires_at=expires_at if expires_at is UNSET else v.aware(expires_at, "expiresAt"),
+            expires_at=expires_at,
             parent_tag=parent_tag,
         )
         updated = cast(IdTag, update.record)
@@ -307,7 +346,7 @@ class FleetService(Service):
         self._withdrawn(viewer, id_tag, IdTagStatus.BLOCKED, stop=True)
         return id_tag
 
-    async def _parent_tag(self, viewer: Viewer, owner: User, parent_tag: str | None
+    async def _parent_tag(self, viewer: Viewer, owner: User, group: str | None
                           ) -> str | None:
         """A card's group is its operator's (or an admin's) to set or remove: a driver
         giving their card another group's parent id could use that group's reservations,
@@ -315,13 +354,13 @@ class FleetService(Service):
         one taking it out of its fleet's group would leave its group's reservations and
         stops. And a group is one company's: an operator may not put their drivers'
         cards in a group another company's cards are in, or under another company's card
-        (chargers compare parentIdTags as text, whoever's they are). Admins may."""
+        (chargers compare parentIdTags as text, whoever's they are). Admins may.
+        ``group``: checked already (``validation.id_tag``)."""
         if not self.policy.may_manage_user(viewer, owner):
             raise Forbidden("only operators and admins put cards in a group or take "
                             "them out", field="parentIdTag")
-        if parent_tag is None:
+        if group is None:
             return None
-        group = v.id_tag(parent_tag, "parentIdTag")
         if not viewer.is_admin and await self._foreign_group(owner, group, as_group=True):
             raise Conflict("this card group is another company's", field="parentIdTag",
                            code="IN_USE")

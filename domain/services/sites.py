@@ -78,6 +78,33 @@ def _min_within(min_kw: float, max_kw: float, unit: ChargingRateUnit, voltage: f
                               field="minPowerKw", code="OUT_OF_RANGE")
 
 
+def _edit(checks: v.Checks, value: Any, field: str, check: Callable[..., Any],
+          *args: Any) -> Any:
+    """A site edit's field: UNSET when left out, else refused when null (REQUIRED) or
+    when ``check(value, *args)`` fails, the failure kept in ``checks``."""
+    if value is UNSET:
+        return UNSET
+    if value is None:
+        return checks(v.present, value, field, "cannot be empty")
+    return checks(check, value, *args)
+
+
+def _new_minimum(min_kw: float | None, max_kw: float, unit: ChargingRateUnit,
+                 voltage: float, phases: int) -> float:
+    """A new site's per-session minimum: the one given, else 6 A on each phase
+    (``min_session_kw``), within the limit (``_min_within``)."""
+    if min_kw is None:
+        min_kw = _power(min_session_kw(voltage, phases), "minPowerKw")
+        if min_kw > max_kw:
+            raise ValidationError(
+                f"the default per-session minimum, 6 A on each of {phases} phase(s) "
+                f"({min_kw:g} kW), is above the site's limit: give phases (1 for a "
+                "single-phase connection) or minPowerKw", field="minPowerKw",
+                code="OUT_OF_RANGE")
+    _min_within(min_kw, max_kw, unit, voltage, phases)
+    return min_kw
+
+
 class SiteService(Service):
     #: Set by ``Services``: asked to recompute a site's shares (``SiteLoad.request_site``).
     recompute: Callable[[str], None] | None = None
@@ -97,69 +124,66 @@ class SiteService(Service):
                           company_id: str | None = None,
                           min_power_kw: float | None = None,
                           unit: ChargingRateUnit | str = ChargingRateUnit.W,
-                          voltage: float | None = None, phases: int | None = None) -> Site:
+                          voltage: float | None = None, phases: int | None = None,
+                          checks: v.Checks | None = None) -> Site:
         """A site of a company: an operator's own company's (the default), any for
-        admins."""
+        admins. Every invalid field is reported at once (with the caller's ``checks``),
+        before the company is looked up; the per-session minimum is judged against the
+        limit, unit, voltage and phases once they passed their own checks."""
         if not (viewer.is_operator or viewer.is_admin):
             raise Forbidden("you may not create sites")
         if viewer.is_operator:
             company_id = company_id or viewer.company_id
-        if company_id is None:
-            raise ValidationError("a site belongs to a company", field="companyId",
-                                  code="REQUIRED")
+        checks = checks or v.Checks()
+        company_id = checks(v.present, company_id, "companyId", "a site belongs to a company")
+        name = checks(v.name, name)
+        max_kw = checks(_power, max_power_kw, "maxPowerKw")
+        if min_power_kw is not None:
+            min_power_kw = checks(_power, min_power_kw, "minPowerKw")
+        rate_unit = checks(_unit, unit)
+        volts = checks(_voltage, DEFAULT_VOLTAGE if voltage is None else voltage)
+        lines = checks(_phases, DEFAULT_PHASES if phases is None else phases)
+        min_kw = 0.0
+        if not checks.failed("maxPowerKw", "minPowerKw", "unit", "voltage", "phases"):
+            min_kw = checks(_new_minimum, min_power_kw, max_kw, rate_unit, volts, lines)
+        checks.done()
         await self.visible(viewer, Company, company_id, field="companyId")
         if not self.policy.may_manage_company(viewer, company_id):
             raise Forbidden("operators create sites for their own company",
                             field="companyId")
-        max_kw = _power(max_power_kw, "maxPowerKw")
-        volts = _voltage(DEFAULT_VOLTAGE if voltage is None else voltage)
-        lines = _phases(DEFAULT_PHASES if phases is None else phases)
-        rate_unit = _unit(unit)
-        min_kw = _power(min_session_kw(volts, lines) if min_power_kw is None
-                        else min_power_kw, "minPowerKw")
-        if min_power_kw is None and min_kw > max_kw:
-            raise ValidationError(
-                f"the default per-session minimum, 6 A on each of {lines} phase(s) "
-                f"({min_kw:g} kW), is above the site's limit: give phases (1 for a "
-                "single-phase connection) or minPowerKw", field="minPowerKw",
-                code="OUT_OF_RANGE")
-        _min_within(min_kw, max_kw, rate_unit, volts, lines)
         site = stamp_new(Site(
-            name=v.name(name), company_id=company_id, max_power_kw=max_kw,
+            name=name, company_id=company_id, max_power_kw=max_kw,
             min_power_kw=min_kw, unit=rate_unit, voltage=volts, phases=lines), viewer)
         await self.commit(viewer, [(Insert(site), None)])
         return site
 
     async def update_site(self, viewer: Viewer, site_id: str, *, name: Any = UNSET,
                           max_power_kw: Any = UNSET, min_power_kw: Any = UNSET,
-                          unit: Any = UNSET, voltage: Any = UNSET, phases: Any = UNSET
-                          ) -> Site:
-        """Edits a site; a new limit, minimum or unit is sent to its chargers at once."""
+                          unit: Any = UNSET, voltage: Any = UNSET, phases: Any = UNSET,
+                          checks: v.Checks | None = None) -> Site:
+        """Edits a site; a new limit, minimum or unit is sent to its chargers at once.
+        The fields given are checked together (with the caller's ``checks``) before the
+        site is read; the minimum against the limit after, with what is stored."""
+        checks = checks or v.Checks()
+        name = _edit(checks, name, "name", v.name)
+        max_power_kw = _edit(checks, max_power_kw, "maxPowerKw", _power, "maxPowerKw")
+        min_power_kw = _edit(checks, min_power_kw, "minPowerKw", _power, "minPowerKw")
+        unit = _edit(checks, unit, "unit", _unit)
+        voltage = _edit(checks, voltage, "voltage", _voltage)
+        phases = _edit(checks, phases, "phases", _phases)
+        checks.done()
         site = await self.managed_site(viewer, site_id)
-        for given, field in ((max_power_kw, "maxPowerKw"), (min_power_kw, "minPowerKw"),
-                             (unit, "unit"), (voltage, "voltage"), (phases, "phases"),
-                             (name, "name")):
-            if given is None:
-                raise ValidationError("cannot be empty", field=field, code="REQUIRED")
-        max_kw = site.max_power_kw if max_power_kw is UNSET \
-            else _power(max_power_kw, "maxPowerKw")
-        min_kw = site.min_power_kw if min_power_kw is UNSET \
-            else _power(min_power_kw, "minPowerKw")
-        rate_unit = site.unit if unit is UNSET else _unit(unit)
-        volts = site.voltage if voltage is UNSET else _voltage(voltage)
-        lines = site.phases if phases is UNSET else _phases(phases)
+        max_kw = site.max_power_kw if max_power_kw is UNSET else max_power_kw
+        min_kw = site.min_power_kw if min_power_kw is UNSET else min_power_kw
+        rate_unit = site.unit if unit is UNSET else unit
+        volts = site.voltage if voltage is UNSET else voltage
+        lines = site.phases if phases is UNSET else phases
         # The 6 A floor is judged when the edit touches what it is made of: a rename of a
         # site stored with a lower minimum is not refused over a field it did not send.
         _min_within(min_kw, max_kw, rate_unit, volts, lines, floor_checked=any(
             given is not UNSET for given in (min_power_kw, unit, voltage, phases)))
-        update = patch(
-            site, viewer,
-            name=UNSET if name is UNSET else v.name(name),
-            max_power_kw=max_power_kw if max_power_kw is UNSET else max_kw,
-            min_power_kw=min_power_kw if min_power_kw is UNSET else min_kw,
-            unit=UNSET if unit is UNSET else rate_unit,
-            voltage=UNSET if voltage is UNSET else volts,
-            phases=UNSET if phases is UNSET else lines)
+        update = patch(site, viewer, name=name, max_power_kw=max_power_kw,
+                       min_power_kw=min_power_kw, unit=unit, voltage=voltage, phases=phases)
         await self.commit(viewer, [(update, site)])
         self._recompute(site.id)
         return cast(Site, update.record)

@@ -79,6 +79,34 @@ def _station_password(value: str, field: str = "password") -> str:
     return value
 
 
+def _connector_spec(spec: ConnectorSpec, prefix: str = "", seen: set[int] | None = None
+                    ) -> None:
+    """A connector's number (one of ``seen`` so far is a DUPLICATE) and power, each
+    reported (``prefix``: where the spec is in its input, ``connectors.1.``)."""
+    checks = v.Checks()
+    checks(v.connector_id, spec.connector_id, f"{prefix}connectorId")
+    if seen is not None and not checks.failed(f"{prefix}connectorId"):
+        checks(_unique, spec.connector_id, seen, f"{prefix}connectorId")
+    checks(v.positive, spec.max_kw, f"{prefix}maxKw", max_value=1000)
+    checks.done()
+
+
+def _connector_specs(specs: list[ConnectorSpec]) -> None:
+    """A new station's connectors: each one's fields, and their numbers unique (the
+    second use of a number is the one at fault)."""
+    checks = v.Checks()
+    seen: set[int] = set()
+    for index, spec in enumerate(specs):
+        checks(_connector_spec, spec, f"connectors.{index}.", seen)
+    checks.done()
+
+
+def _unique(number: int, seen: set[int], field: str) -> None:
+    if number in seen:
+        raise ValidationError("connector ids must be unique", field=field, code="DUPLICATE")
+    seen.add(number)
+
+
 def _may_own(owner: User) -> None:
     """Owners run their stations (commands, tariffs, history): an operator or an admin,
     never a driver, whose scope would not even show the station's sessions."""
@@ -104,11 +132,24 @@ class StationService(Service):
                              lat: float | None = None, lon: float | None = None,
                              address: str | None = None,
                              connectors: list[ConnectorSpec] | None = None,
-                             password: str | None = None) -> tuple[Station, list[Connector]]:
+                             password: str | None = None, checks: v.Checks | None = None
+                             ) -> tuple[Station, list[Connector]]:
         """A station and its connectors in one write. Operators create stations for their
-        own company (owned by themselves unless they name a colleague)."""
+        own company (owned by themselves unless they name a colleague). Every invalid
+        field is reported at once (with the caller's ``checks``), before the company and
+        owner are looked up."""
         if not (viewer.is_operator or viewer.is_admin):
             raise Forbidden("you may not create stations")
+        checks = checks or v.Checks()
+        cp_id = checks(v.cp_id, cp_id)
+        name = checks(v.name, name)
+        checks(v.coordinates, lat, lon)
+        address = checks(v.optional_text, address, "location.address", 500)
+        specs = connectors or []
+        checks(_connector_specs, specs)
+        if password is not None:
+            password = checks(_station_password, password)
+        checks.done()
         if viewer.is_operator:
             company_id = company_id or viewer.company_id
             owner_id = owner_id or viewer.user_id
@@ -123,50 +164,38 @@ class StationService(Service):
                     and owner.company_id != viewer.company_id:
                 raise Forbidden("the owner must work for your company", field="ownerId")
             _may_own(owner)
-        v.coordinates(lat, lon)
         station = stamp_new(
             Station(
-                cp_id=v.cp_id(cp_id),
-                name=v.name(name),
+                cp_id=cp_id,
+                name=name,
                 company_id=company_id,
                 owner_id=owner_id,
                 lat=lat,
                 lon=lon,
-                address=v.optional_text(address, "location.address", 500),
+                address=address,
                 # Only ``None`` means "no password": an empty one is refused, not taken
                 # as none (QA s17: a form's blank field left the charger open to anyone).
-                auth_password_hash=await self.hash_password(_station_password(password))
+                auth_password_hash=await self.hash_password(password)
                 if password is not None
                 else None,
             ),
             viewer,
         )
-        specs = connectors or []
-        seen: set[int] = set()
-        created: list[Connector] = []
-        for index, spec in enumerate(specs):
-            field = f"connectors.{index}.connectorId"
-            number = v.connector_id(spec.connector_id, field)
-            if number in seen:
-                raise ValidationError("connector ids must be unique", field=field,
-                                      code="DUPLICATE")
-            seen.add(number)
-            created.append(stamp_new(self._connector(station, spec, index), viewer))
+        created = [stamp_new(self._connector(station, spec), viewer) for spec in specs]
         changes: list[tuple[Change, Any]] = [(Insert(station), None)]
         changes += [(Insert(c), None) for c in created]
         await self.commit(viewer, changes)
         return station, created
 
     @staticmethod
-    def _connector(station: Station, spec: ConnectorSpec, index: int | None = None
-                   ) -> Connector:
-        prefix = f"connectors.{index}." if index is not None else ""
+    def _connector(station: Station, spec: ConnectorSpec) -> Connector:
+        """A connector of ``station`` as ``spec`` says (checked: ``_connector_spec``)."""
         return Connector(
             station_id=station.id,
             cp_id=station.cp_id,
             connector_id=spec.connector_id,
             type=spec.type,
-            max_kw=v.positive(spec.max_kw, f"{prefix}maxKw", max_value=1000),
+            max_kw=spec.max_kw,
         )
 
     async def managed_station(self, viewer: Viewer, station_id: str, field: str = "id"
@@ -180,15 +209,31 @@ class StationService(Service):
                              lat: Any = UNSET, lon: Any = UNSET, address: Any = UNSET,
                              company_id: Any = UNSET, owner_id: Any = UNSET,
                              password: Any = UNSET, registration: Any = UNSET,
-                             heartbeat_interval: Any = UNSET) -> Station:
+                             heartbeat_interval: Any = UNSET,
+                             checks: v.Checks | None = None) -> Station:
         """``heartbeat_interval``: what its charger's boots are answered with from now on
         (``Station.heartbeat_interval``; a ChangeConfiguration it accepts sets it too);
-        ``None``: the global one again. The charger takes it at its next boot."""
+        ``None``: the global one again. The charger takes it at its next boot. The
+        fields given are checked together (with the caller's ``checks``) before the
+        station is read."""
+        checks = checks or v.Checks()
+        name = name if name is UNSET else checks(v.name, name)
+        if lat is not UNSET and lon is not UNSET:  # else judged with the stored one
+            checks(v.coordinates, lat, lon)
+        address = address if address is UNSET \
+            else checks(v.optional_text, address, "location.address", 500)
+        if password not in (UNSET, None):
+            password = checks(_station_password, password)
+        registration = checks(v.present, registration, "registration",
+                              "registration cannot be empty")
+        if heartbeat_interval not in (UNSET, None):
+            heartbeat_interval = checks(v.heartbeat_interval, heartbeat_interval,
+                                        "heartbeatInterval")
+        checks.done()
         # Hashed before the station is read: the record written below is the one read,
         # and a charger's connect landing during a slow hash must not be overwritten.
-        password_hash = UNSET if password is UNSET else (
-            await self.hash_password(_station_password(password)) if password is not None
-            else None)
+        password_hash = password if password in (UNSET, None) \
+            else await self.hash_password(password)
         station = await self.managed_station(viewer, station_id)
         if password_hash not in (UNSET, None) and ":" in station.cp_id:
             raise ValidationError("a charger whose identity has a ':' cannot sign in with a "
@@ -205,20 +250,16 @@ class StationService(Service):
             if viewer.is_operator and owner.company_id != viewer.company_id:
                 raise Forbidden("the owner must work for your company", field="ownerId")
             _may_own(owner)
-        new_lat = station.lat if lat is UNSET else lat
-        new_lon = station.lon if lon is UNSET else lon
-        v.coordinates(new_lat, new_lon)
-        if registration is None:
-            raise ValidationError("registration cannot be empty", field="registration",
-                                  code="REQUIRED")
+        if lat is UNSET or lon is UNSET:
+            v.coordinates(station.lat if lat is UNSET else lat,
+                          station.lon if lon is UNSET else lon)
         update = patch(
             station,
             viewer,
-            name=UNSET if name is UNSET else v.name(name),
+            name=name,
             lat=lat,
             lon=lon,
-            address=UNSET if address is UNSET
-            else v.optional_text(address, "location.address", 500),
+            address=address,
             company_id=company_id,
             # A station joins only its own company's site: handed to another company,
             # it leaves the old company's site (whose limit it charged under).
@@ -226,8 +267,7 @@ class StationService(Service):
             owner_id=owner_id,
             auth_password_hash=password_hash,
             registration=registration,
-            heartbeat_interval=heartbeat_interval if heartbeat_interval in (UNSET, None)
-            else v.heartbeat_interval(heartbeat_interval, "heartbeatInterval"),
+            heartbeat_interval=heartbeat_interval,
         )
         updated = cast(Station, update.record)
         await self.commit(viewer, [(update, station)])
@@ -331,10 +371,14 @@ class StationService(Service):
             raise Conflict("a charging session is active", field="id", code="IN_USE")
 
     # ---------------------------------------------------------------- connectors
-    async def add_connector(self, viewer: Viewer, station_id: str, spec: ConnectorSpec
-                            ) -> Connector:
+    async def add_connector(self, viewer: Viewer, station_id: str, spec: ConnectorSpec,
+                            checks: v.Checks | None = None) -> Connector:
+        """The plug's number and power are checked together (with the caller's
+        ``checks``) before the station is read."""
+        checks = checks or v.Checks()
+        checks(_connector_spec, spec)
+        checks.done()
         station = await self.managed_station(viewer, station_id, field="stationId")
-        v.connector_id(spec.connector_id)
         connector = stamp_new(self._connector(station, spec), viewer)
         try:
             await self.commit(viewer, [(Insert(connector), None)])
@@ -350,16 +394,17 @@ class StationService(Service):
         return connector
 
     async def update_connector(self, viewer: Viewer, connector_id: str, *, type: Any = UNSET,
-                               max_kw: Any = UNSET) -> Connector:
+                               max_kw: Any = UNSET, checks: v.Checks | None = None
+                               ) -> Connector:
+        """The fields given are checked together (with the caller's ``checks``) before
+        the connector is read."""
+        checks = checks or v.Checks()
+        type = checks(v.present, type, "type", "type cannot be empty")
+        if max_kw is not UNSET:
+            max_kw = checks(v.positive, max_kw, "maxKw", max_value=1000)
+        checks.done()
         connector = await self.managed_connector(viewer, connector_id)
-        if type is None:
-            raise ValidationError("type cannot be empty", field="type", code="REQUIRED")
-        update = patch(
-            connector,
-            viewer,
-            type=type,
-            max_kw=max_kw if max_kw is UNSET else v.positive(max_kw, "maxKw", max_value=1000),
-        )
+        update = patch(connector, viewer, type=type, max_kw=max_kw)
         updated = cast(Connector, update.record)
         await self.commit(viewer, [(update, connector)])
         await self._connector_changed(updated)

@@ -146,6 +146,30 @@ async def _latest(store: Store, field: str, key: Any, at: datetime, scope: Scope
     return found[0] if found else None
 
 
+def _one_owner(company_id: str | None, station_id: str | None) -> None:
+    if (company_id is None) == (station_id is None):
+        raise ValidationError("give exactly one of companyId and stationId",
+                              field="stationId", code="REQUIRED")
+
+
+def _one_scope(connector_type: ConnectorType | None, power_type: PowerType | None) -> None:
+    if connector_type is not None and power_type is not None:
+        # One scope per version: "CCS2 and AC" prices nothing, "CCS2 and DC" is CCS2.
+        raise ValidationError("give at most one of connectorType and powerType",
+                              field="powerType", code="INVALID")
+
+
+def _valid_from(valid_from: datetime, viewer: Viewer) -> datetime:
+    """A version's start. A session is priced by the tariff in force when it started: a
+    version dated back would re-price sessions under way (and their drivers agreed to
+    the old price). Admins may correct history; operators price from now on."""
+    start = v.instant(valid_from, "validFrom")
+    if not viewer.is_admin and start < utcnow() - BACKDATE_SLACK:
+        raise ValidationError("validFrom cannot be in the past", field="validFrom",
+                              code="OUT_OF_RANGE")
+    return start
+
+
 class TariffService(Service):
     async def set_tariff(self, viewer: Viewer, *, price_per_kwh: Decimal | str,
                          currency: str, company_id: str | None = None,
@@ -160,14 +184,34 @@ class TariffService(Service):
                          energy_bands: Sequence[BandInput] = (),
                          time_zone: str | None = None,
                          connector_type: ConnectorType | None = None,
-                         power_type: PowerType | None = None) -> Tariff:
-        if (company_id is None) == (station_id is None):
-            raise ValidationError("give exactly one of companyId and stationId",
-                                  field="stationId", code="REQUIRED")
-        if connector_type is not None and power_type is not None:
-            # One scope per version: "CCS2 and AC" prices nothing, "CCS2 and DC" is CCS2.
-            raise ValidationError("give at most one of connectorType and powerType",
-                                  field="powerType", code="INVALID")
+                         power_type: PowerType | None = None,
+                         checks: v.Checks | None = None) -> Tariff:
+        """Every invalid field is reported at once (with the caller's ``checks``), before
+        the station or company is looked up."""
+        checks = checks or v.Checks()
+        checks(_one_owner, company_id, station_id)
+        tariff = Tariff(
+            company_id=company_id,
+            station_id=station_id,
+            price_per_kwh=checks(v.money, price_per_kwh, "pricePerKwh"),
+            currency=checks(v.currency, currency),
+            price_per_minute=checks(v.money, price_per_minute, "pricePerMinute"),
+            session_fee=checks(v.money, session_fee, "sessionFee"),
+            tax_rate=checks(v.rate, tax_rate, "taxRate"),
+            idle_price_per_minute=checks(v.money, idle_price_per_minute,
+                                         "idlePricePerMinute"),
+            idle_grace_minutes=checks(v.whole, idle_grace_minutes, "idleGraceMinutes",
+                                      max_value=MAX_IDLE_GRACE_MINUTES),
+            idle_fee_cap=None if idle_fee_cap is None
+            else checks(v.money, idle_fee_cap, "idleFeeCap"),
+        )
+        if valid_from is not None:
+            tariff.valid_from = checks(_valid_from, valid_from, viewer) or tariff.valid_from
+        tariff.energy_bands, tariff.time_zone = checks(checked_bands, energy_bands,
+                                                       time_zone) or ([], None)
+        checks(_one_scope, connector_type, power_type)
+        tariff.connector_type, tariff.power_type = connector_type, power_type
+        checks.done()
         if station_id is not None:
             station = await self.visible(viewer, Station, station_id, field="stationId")
             if not self.policy.may_manage_station(viewer, station):
@@ -176,30 +220,6 @@ class TariffService(Service):
             await self.visible(viewer, Company, company_id, field="companyId")
             if not self.policy.may_manage_company(viewer, company_id):
                 raise Forbidden("you may not price this company", field="companyId")
-        tariff = Tariff(
-            company_id=company_id,
-            station_id=station_id,
-            price_per_kwh=v.money(price_per_kwh, "pricePerKwh"),
-            currency=v.currency(currency),
-            price_per_minute=v.money(price_per_minute, "pricePerMinute"),
-            session_fee=v.money(session_fee, "sessionFee"),
-            tax_rate=v.rate(tax_rate, "taxRate"),
-            idle_price_per_minute=v.money(idle_price_per_minute, "idlePricePerMinute"),
-            idle_grace_minutes=v.whole(idle_grace_minutes, "idleGraceMinutes",
-                                       max_value=MAX_IDLE_GRACE_MINUTES),
-            idle_fee_cap=None if idle_fee_cap is None
-            else v.money(idle_fee_cap, "idleFeeCap"),
-        )
-        tariff.energy_bands, tariff.time_zone = checked_bands(energy_bands, time_zone)
-        tariff.connector_type, tariff.power_type = connector_type, power_type
-        if valid_from is not None:
-            tariff.valid_from = v.aware(valid_from, "validFrom") or tariff.valid_from
-            # A session is priced by the tariff in force when it started: a version dated
-            # back would re-price sessions under way (and their drivers agreed to the old
-            # price). Admins may correct history; operators price from now on.
-            if not viewer.is_admin and tariff.valid_from < utcnow() - BACKDATE_SLACK:
-                raise ValidationError("validFrom cannot be in the past", field="validFrom",
-                                      code="OUT_OF_RANGE")
         stamp_new(tariff, viewer)
         await self.commit(viewer, [(Insert(tariff), None)])
         return tariff

@@ -237,18 +237,26 @@ class WebhookService(Service):
 
     # ------------------------------------------------------------- owners' changes
     async def create_webhook(self, viewer: Viewer, *, url: str, events: Sequence[str],
-                             description: str | None = None) -> CreatedWebhook:
+                             description: str | None = None,
+                             checks: v.Checks | None = None) -> CreatedWebhook:
+        """Every invalid field is reported at once (with the caller's ``checks``), before
+        the owner and the webhooks they keep are read."""
         if not self.policy.may_create_webhook(viewer):
             raise Forbidden("only admins and operators keep webhooks")
+        checks = checks or v.Checks()
+        url = checks(webhook_url, url, allow_private=self.allow_private)
+        wanted = checks(webhook_events, events)
+        description = checks(v.optional_text, description, "description", MAX_DESCRIPTION)
+        checks.done()
         assert viewer.user_id is not None  # may_create_webhook: a signed-in user
         if (await self.store.get_many(User, [viewer.user_id]))[0] is None:
             # The service itself (seeding, ``system``) is no user: a webhook it owned
             # would have nobody's eyes to see events with.
             raise Forbidden("webhooks belong to a user: sign in as an admin or operator")
         webhook = Webhook(
-            url=webhook_url(url, allow_private=self.allow_private),
-            events=webhook_events(events),
-            description=v.optional_text(description, "description", MAX_DESCRIPTION),
+            url=url,
+            events=wanted,
+            description=description,
             secret=new_secret(),
             owner_id=viewer.user_id,
             # An operator's belongs to their company (its other operators manage it too);
@@ -271,21 +279,25 @@ class WebhookService(Service):
 
     async def update_webhook(self, viewer: Viewer, webhook_id: str, *, url: Any = UNSET,
                              events: Any = UNSET, description: Any = UNSET,
-                             active: Any = UNSET) -> Webhook:
+                             active: Any = UNSET, checks: v.Checks | None = None
+                             ) -> Webhook:
         """Edits what is given. Enabling a webhook again (``active``) starts its failure
-        count afresh, clears why it was disabled and makes it the enabler's."""
-        webhook = await self.visible(viewer, Webhook, webhook_id)
+        count afresh, clears why it was disabled and makes it the enabler's. The fields
+        given are checked together (with the caller's ``checks``) before the webhook is
+        read."""
+        checks = checks or v.Checks()
         updates: dict[str, Any] = {}
         if url is not UNSET:
-            updates["url"] = webhook_url(url, allow_private=self.allow_private)
+            updates["url"] = checks(webhook_url, url, allow_private=self.allow_private)
         if events is not UNSET:
-            updates["events"] = webhook_events(events)
+            updates["events"] = checks(webhook_events, events)
         if description is not UNSET:
-            updates["description"] = v.optional_text(description, "description",
-                                                     MAX_DESCRIPTION)
+            updates["description"] = checks(v.optional_text, description, "description",
+                                            MAX_DESCRIPTION)
+        active = checks(v.present, active, "active")
+        checks.done()
+        webhook = await self.visible(viewer, Webhook, webhook_id)
         if active is not UNSET:
-            if active is None:
-                raise ValidationError("must not be null", field="active", code="REQUIRED")
             updates["active"] = bool(active)
             if active:
                 updates["consecutive_failures"] = 0

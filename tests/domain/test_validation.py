@@ -4,7 +4,7 @@ from decimal import Decimal
 import pytest
 
 from domain import validation as v
-from domain.errors import ValidationError
+from domain.errors import ValidationError, ValidationErrors, each
 
 
 def test_email_is_case_folded_and_checked() -> None:
@@ -157,3 +157,38 @@ def test_an_instant_with_an_offset_is_kept_in_utc() -> None:
     assert kept == given and kept.tzinfo is UTC and kept.hour == 19
     with pytest.raises(ValidationError):
         v.instant(datetime(2027, 1, 1), "expiresAt")
+
+
+def test_checks_report_every_failure_in_the_order_checked() -> None:
+    """``Checks`` runs each field's check, keeps each failure and raises them together:
+    a form is told every invalid field at once."""
+    checks = v.Checks()
+    assert checks(v.name, " Ada  Lovelace ") == "Ada Lovelace"  # a value that passes
+    checks(v.email, "no-at")
+    checks(v.password, "short")
+    checks(v.coordinates, 91.0, 0.0)
+    assert checks.failed("location") and checks.failed("password")
+    assert not checks.failed("name") and not checks.failed("loc")
+    with pytest.raises(ValidationErrors) as raised:
+        checks.done()
+    assert [(e.field, e.code) for e in each(raised.value)] == [
+        ("email", "INVALID"), ("password", "TOO_SHORT"), ("location.lat", "OUT_OF_RANGE")]
+    # Read as one error (an OCPP reply, a log line), it is the first.
+    assert (raised.value.field, raised.value.code) == ("email", "INVALID")
+
+
+def test_checks_raise_a_single_failure_as_it_was_and_nothing_when_all_pass() -> None:
+    checks = v.Checks()
+    checks(v.name, "fine")
+    checks.done()  # nothing failed
+    checks(v.id_tag, "x" * 21)
+    with pytest.raises(ValidationError) as raised:
+        checks.done()
+    assert type(raised.value) is ValidationError and raised.value.code == "TOO_LONG"
+    # A check that collects its own (a nested input) adds each of its failures.
+    nested = v.Checks()
+    outer = v.Checks()
+    nested(v.name, "")
+    nested(v.password, "")
+    outer(nested.done)
+    assert [e.field for e in outer.errors] == ["name", "password"]

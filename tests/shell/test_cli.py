@@ -83,6 +83,17 @@ def test_create_user_twice_is_an_error(runner: CliRunner) -> None:
     assert again.stdout == "" and "email" in again.stderr
 
 
+def test_create_user_names_every_invalid_field(runner: CliRunner) -> None:
+    """A bad email and a short password are both said, one line each, as the API's
+    payload lists both; nothing is written."""
+    bad = runner.invoke(cli, ["create-user", "--email", "not-an-email", "--password",
+                              "short", "--role", "admin"])
+    assert bad.exit_code == 1 and bad.stdout == ""
+    errors = [line for line in bad.stderr.splitlines() if line.startswith("error")]
+    assert errors == ["error (email): not a valid email address",
+                      "error (password): at least 8 characters"]
+
+
 def test_create_user_rejects_unknown_role(runner: CliRunner) -> None:
     wrong = runner.invoke(cli, ["create-user", "--email", "x@example.com", "--password",
                                 PASSWORD, "--role", "superuser"])
