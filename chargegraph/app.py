@@ -174,7 +174,8 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
             # Delivers what this instance publishes (each event from one instance); it
             # stops after the OCPP server, before the store closes.
             webhooks = WebhookDispatcher(services,
-                                         allow_private=settings.webhooks_allow_private)
+                                         allow_private=settings.webhooks_allow_private,
+                                         offline_grace=settings.offline_webhook_grace_s)
             with starting("webhook delivery"):
                 await webhooks.start()
             stack.push_async_callback(webhooks.close)
