@@ -180,6 +180,7 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
                 await webhooks.start()
             stack.push_async_callback(webhooks.close)
             sources.webhook_queues = webhooks.queue_lengths
+            app.state.webhooks = webhooks
             graphql.app = create_graphql_app(services, tokens, graphiql=settings.graphiql,
                                              metrics=metrics, graphiql_assets=assets_url)
             sources.live = graphql.app.websocket.hub

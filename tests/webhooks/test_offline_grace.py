@@ -240,3 +240,41 @@ async def test_a_charger_back_on_another_instance(tmp_path: Path) -> None:
         await bus.close()
         for store in stores:
             await store.close()
+
+
+async def test_a_real_charger_flapping_over_ocpp_pages_nobody(tmp_path: Path) -> None:
+    """A charger whose websocket drops and comes back (a flaky modem), through the OCPP
+    server: the live subscription hears every change, the webhook nothing."""
+    from domain.policy import Viewer
+    from ocpp_bridge.simulator import connected
+    from tests.ocpp.conftest import seed as seed_central
+    from tests.ocpp.conftest import start_central, stop_central
+
+    bus = MemoryEventBus()
+    await bus.start()
+    central = await start_central(tmp_path / "central.db", bus=bus)
+    receiver = await Receiver().start()
+    dispatcher = WebhookDispatcher(central.services, allow_private=True, offline_grace=60)
+    await dispatcher.start()
+    try:
+        await seed_central(central)
+        central.services.webhooks.allow_private = True
+        await central.services.webhooks.create_webhook(
+            Viewer.of(central.users["op"]), url=receiver.url, events=list(BOTH))
+        live = bus.subscribe([StationConnectionChanged.topic])
+        for _ in range(3):
+            async with connected(central.url, "CP-1", password="station-password-1") as cp:
+                await cp.boot()
+        heard = [(await anext(live)).online for _ in range(6)]
+
+        async def settled() -> bool:
+            stored = await central.store.find_all(d.OfflineNotice, ALL)
+            return dispatcher.idle and [n.state for n in stored] == [d.NoticeState.PENDING]
+        await until(settled)  # the last outage waits out its grace; the others are closed
+    finally:
+        await dispatcher.close()
+        await receiver.close()
+        await stop_central(central)
+        await bus.close()
+    assert heard == [True, False] * 3
+    assert receiver.requests == []
