@@ -176,11 +176,13 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
             # Delivers what this instance publishes (each event from one instance); it
             # stops after the OCPP server, before the store closes.
             webhooks = WebhookDispatcher(services,
-                                         allow_private=settings.webhooks_allow_private)
+                                         allow_private=settings.webhooks_allow_private,
+                                         offline_grace=settings.offline_webhook_grace_s)
             with starting("webhook delivery"):
                 await webhooks.start()
             stack.push_async_callback(webhooks.close)
             sources.webhook_queues = webhooks.queue_lengths
+            app.state.webhooks = webhooks
             graphql.app = create_graphql_app(services, tokens, graphiql=settings.graphiql,
                                              metrics=metrics, graphiql_assets=assets_url)
             sources.live = graphql.app.websocket.hub

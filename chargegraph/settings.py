@@ -109,6 +109,14 @@ class Settings(BaseSettings):
         False, description="Webhooks may post to loopback, private and link-local "
                            "addresses (a receiver inside the deployment's network); off, "
                            "such URLs are refused, also when a name resolves to one")
+    # Bounded: beyond an hour an outage would be told long after anyone needs to know,
+    # and inf would overflow the grace's timedelta at start.
+    offline_webhook_grace_s: float = Field(
+        60.0, ge=0, le=3600,
+        description="Seconds a charger must stay offline before the station.offline "
+                    "webhook is delivered (dated when it went offline); station.online "
+                    "follows only a delivered one, so a flap within the grace delivers "
+                    "neither. 0: both at once. Live subscriptions are never delayed")
     graphiql: bool = True
     graphiql_assets: str | None = Field(
         None, description="Where the GraphiQL page loads its scripts from instead of "

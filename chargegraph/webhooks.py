@@ -11,6 +11,12 @@ delivery's outcome does to the webhook).
 * A delivery is up to ``tries`` POSTs with backoff between them; before each, the
   webhook and its owner are read again, so a disabled or removed webhook, or a revoked
   owner, gets nothing more.
+* ``station.offline`` waits out a grace (``offline_grace``, the setting
+  ``CHARGEGRAPH_OFFLINE_WEBHOOK_GRACE_S``) and ``station.online`` follows only an
+  announced one (``domain/services/offline_notices.py``): a disconnect is stored as a
+  pending notice, every instance looks for due ones (at start too, so a restart within
+  the grace loses none) and the one that wins the notice delivers it; a connection
+  settles the outage it ends. Grace 0 delivers both at once, as other events.
 * Names are resolved here, and a name resolving to a non-public address is refused
   unless private addresses are allowed; the request then goes to the address checked
   (TLS still verifies the name), so the name cannot resolve elsewhere in between.
@@ -30,9 +36,9 @@ import socket
 import time
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -42,8 +48,8 @@ import orjson
 
 from chargegraph import __version__
 from domain.clock import utcnow
-from domain.entities import Webhook
-from domain.events import DomainEvent
+from domain.entities import Webhook, WebhookEvent
+from domain.events import DomainEvent, StationConnectionChanged
 from domain.ids import is_id
 from domain.ports import Change, Delete, WebhookAttempt
 from domain.services import Services
@@ -69,6 +75,13 @@ RESOLVER_THREADS = 4
 REFRESH_S = 10.0
 #: Of a receiver's answer to a failed delivery, what is kept as its error.
 ERROR_BODY_BYTES = 200
+#: How often, at most, an instance looks for outages whose offline webhook is due; a
+#: quarter of the grace when that is shorter, so a short one is kept about as set.
+SWEEP_S = 5.0
+#: ...and at least: a grace of a few milliseconds would be a read loop.
+MIN_SWEEP_S = 0.05
+#: The types whose events wait for an outage to be settled instead of being queued.
+_DEBOUNCED = (WebhookEvent.STATION_OFFLINE.value, WebhookEvent.STATION_ONLINE.value)
 
 #: Event fields holding record ids, and the kind each names: payloads carry the API's
 #: global ids, so a receiver can ask ``node(id:)`` for more.
@@ -149,9 +162,12 @@ class WebhookDispatcher:
     def __init__(self, services: Services, *, allow_private: bool = False,
                  tries: int = TRIES, backoff: Sequence[float] = BACKOFF_S,
                  timeout: float = TIMEOUT_S, queue_size: int = QUEUE_SIZE,
-                 refresh_s: float = REFRESH_S) -> None:
+                 refresh_s: float = REFRESH_S, offline_grace: float = 0.0,
+                 sweep_s: float | None = None) -> None:
         if tries < 1 or queue_size < 1 or not backoff:
             raise ValueError("tries and queue_size must be positive, backoff not empty")
+        if offline_grace < 0:
+            raise ValueError("offline_grace must not be negative")
         self.services = services
         self.allow_private = allow_private
         self.tries = tries
@@ -159,6 +175,15 @@ class WebhookDispatcher:
         self.timeout = timeout
         self.queue_size = queue_size
         self.refresh_s = refresh_s
+        #: How long a charger stays offline before its ``station.offline`` is delivered
+        #: (0: at once, and ``station.online`` always).
+        self.offline_grace = timedelta(seconds=offline_grace)
+        self.sweep_s = sweep_s if sweep_s is not None else max(
+            MIN_SWEEP_S, min(SWEEP_S, offline_grace / 4))
+        #: Outages being recorded or settled, and due ones being announced: awaited by
+        #: ``close`` (a pending notice must be stored before the process stops).
+        self._settling: set[asyncio.Task[None]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
         #: Webhook ids by the event type they asked for (enabled ones only).
         self._routes: dict[str, tuple[str, ...]] = {}
         self._channels: dict[str, _Channel] = {}
@@ -185,6 +210,12 @@ class WebhookDispatcher:
         self.services.webhooks.sender = self
         self._refresher = asyncio.create_task(self._refresh_loop(),
                                               name="chargegraph-webhook-routes")
+        if self.offline_grace:
+            # Outages due while no instance ran (this one restarting) are announced
+            # before this instance serves chargers, whose connections settle them.
+            await self.announce_due()
+            self._sweeper = asyncio.create_task(self._sweep_loop(),
+                                                name="chargegraph-webhook-outages")
 
     async def close(self) -> None:
         """Stops delivering: events still queued are lost (delivery is at most once)."""
@@ -196,8 +227,14 @@ class WebhookDispatcher:
             ctx.committed.remove(self._committed)
         if self.services.webhooks.sender is self:
             self.services.webhooks.sender = None
-        tasks = [t for t in (self._refresher, *(c.task for c in self._channels.values()))
-                 if t is not None]
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        if self._settling:
+            # The disconnects of this instance's stop are stored as pending outages, for
+            # the next start (or another instance) to announce if they last the grace.
+            await asyncio.wait(set(self._settling))
+        tasks = [t for t in (self._refresher, self._sweeper,
+                             *(c.task for c in self._channels.values())) if t is not None]
         for task in tasks:
             task.cancel()
         if tasks:
@@ -210,8 +247,10 @@ class WebhookDispatcher:
 
     @property
     def idle(self) -> bool:
-        """Nothing waits or is being delivered (tests wait on it)."""
-        return all(c.task is None and not c.queue for c in self._channels.values())
+        """Nothing waits or is being delivered, and no outage is being recorded or
+        settled (tests wait on it; a pending outage waiting out its grace is idle)."""
+        return not self._settling and all(c.task is None and not c.queue
+                                          for c in self._channels.values())
 
     def queue_lengths(self) -> list[int]:
         """How many events each webhook with a queue has waiting (``/metrics``)."""
@@ -274,9 +313,15 @@ class WebhookDispatcher:
         Whether each may see it is decided when it is delivered."""
         if self._closed or not isinstance(event, DomainEvent):
             return
+        if self.offline_grace and isinstance(event, StationConnectionChanged):
+            self._debounce(event)
+            return
+        self._enqueue(event)
+
+    def _enqueue(self, event: DomainEvent) -> None:
         kind = webhook_event(event)
         targets = self._routes.get(kind.value, ()) if kind is not None else ()
-        if not targets:
+        if self._closed or not targets:
             return
         event_id = "evt_" + uuid.uuid4().hex  # the same for every webhook it goes to
         for webhook_id in targets:
@@ -290,6 +335,53 @@ class WebhookDispatcher:
             if channel.task is None:
                 channel.task = asyncio.get_running_loop().create_task(
                     self._drain(channel), name=f"chargegraph-webhook-{webhook_id}")
+
+    # ------------------------------------------------------------- outages
+    def _debounce(self, event: StationConnectionChanged) -> None:
+        """A disconnect is stored as a pending outage (when this instance routes either
+        type: without a webhook for them there is nothing to decide), a connection
+        settles the outages it ends (always: the outage may have been recorded by an
+        instance whose webhooks this one does not know yet)."""
+        if event.online:
+            self._settle_in_background(self._settle(event))
+        elif any(self._routes.get(kind) for kind in _DEBOUNCED):
+            self._settle_in_background(self._hold(event))
+
+    def _settle_in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def _hold(self, event: StationConnectionChanged) -> None:
+        try:
+            await self.services.offline_notices.hold(event)
+        except Exception:
+            log.exception("recording %s offline for its webhooks failed", event.cp_id)
+
+    async def _settle(self, event: StationConnectionChanged) -> None:
+        try:
+            for settled in await self.services.offline_notices.settle(event,
+                                                                      self.offline_grace):
+                self._enqueue(settled)
+        except Exception:
+            log.exception("settling %s's outage for its webhooks failed", event.cp_id)
+
+    async def announce_due(self) -> None:
+        """Delivers the ``station.offline`` of every outage that has lasted the grace and
+        that this instance wins (another may be announcing it at the same moment)."""
+        notices = self.services.offline_notices
+        for notice in await notices.due(self.offline_grace):
+            offline = await notices.announce(notice)
+            if offline is not None:
+                self._enqueue(offline)
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.sweep_s)
+            try:
+                await self.announce_due()
+            except Exception:
+                log.exception("announcing outages failed; retrying in %gs", self.sweep_s)
 
     async def _drain(self, channel: _Channel) -> None:
         try:

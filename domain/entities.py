@@ -851,6 +851,37 @@ class Webhook(Record):
     dropped_events: int = 0
 
 
+class NoticeState(StrEnum):
+    """Where an ``OfflineNotice`` is: its offline webhook waits out the grace (PENDING),
+    was delivered (ANNOUNCED: the reconnection's ``station.online`` is delivered too), or
+    it is settled (CLOSED: nothing more is delivered for it)."""
+
+    PENDING = "PENDING"
+    ANNOUNCED = "ANNOUNCED"
+    CLOSED = "CLOSED"
+
+
+@dataclass(kw_only=True)
+class OfflineNotice(Record):
+    """One outage of a charger as outgoing webhooks see it: ``station.offline`` is
+    delivered only once the charger stayed offline for the grace
+    (``CHARGEGRAPH_OFFLINE_WEBHOOK_GRACE_S``), and the ``station.online`` ending it only
+    if that was. Stored, not kept in memory, so any instance decides it (the charger may
+    come back to another one; the instance that saw it go may restart meanwhile): each
+    move of ``state`` is a compare-and-set, which one instance wins. Control state
+    written by the service, not audited."""
+
+    kind: ClassVar[str] = "offline_notice"
+    station_id: str
+    cp_id: str
+    #: The connection that closed (``Station.connection``): the outage lasts while the
+    #: station stays offline with it. ``None`` for a station that never had a number.
+    connection: int | None = None
+    #: When the charger went offline: what the delivered webhook is dated.
+    offline_at: datetime
+    state: NoticeState = NoticeState.PENDING
+
+
 @dataclass(kw_only=True)
 class RefreshFamily(Record):
     """One signed-in device: the chain of refresh tokens a sign-in starts, each rotation
@@ -905,6 +936,7 @@ ENTITY_TYPES: tuple[type[Record], ...] = (
     LocalList,
     LocalListEntry,
     Webhook,
+    OfflineNotice,
     RefreshFamily,
     RefreshToken,
     Site,

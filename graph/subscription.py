@@ -415,7 +415,10 @@ class Subscription:
         accept = filter.accepts() if filter else _everything
         return _feed(info, ConnectorStatusChanged.topic, accept, _connector_status)
 
-    @strawberry.subscription(description="Chargers going online and offline.")
+    @strawberry.subscription(description=(
+        "Chargers going online and offline, each change at once. (The `station.offline` "
+        "and `station.online` webhooks are debounced instead: offline only once the "
+        "charger has stayed offline for `CHARGEGRAPH_OFFLINE_WEBHOOK_GRACE_S`.)"))
     def station_connection_changed(self, info: Info,
                                    filter: StationEventFilter | None = None
                                    ) -> AsyncIterator[StationConnectionEvent]:

@@ -28,7 +28,13 @@ T = TypeVar("T")
 
 strawberry.enum(d.WebhookEvent, name="WebhookEvent",
                 description="What a webhook may ask for; deliveries carry it as `type` "
-                            "(`session.ended`, …).")
+                            "(`session.ended`, …). `STATION_OFFLINE` is delivered only "
+                            "once the charger has stayed offline for the deployment's "
+                            "grace (`CHARGEGRAPH_OFFLINE_WEBHOOK_GRACE_S`, 60 s by "
+                            "default; 0: at once), dated when it went offline; "
+                            "`STATION_ONLINE` only after a delivered `STATION_OFFLINE`: a "
+                            "charger gone and back within the grace delivers neither. "
+                            "The `stationConnectionChanged` subscription is not delayed.")
 WebhookEvent = d.WebhookEvent
 
 OLDEST_FIRST = (Sort("created_at"),)

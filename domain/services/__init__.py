@@ -13,6 +13,7 @@ from domain.services.commands import CommandService
 from domain.services.fleet import FleetService
 from domain.services.instances import InstanceService
 from domain.services.live import LiveService
+from domain.services.offline_notices import OfflineNotices
 from domain.services.payments import PaymentService
 from domain.services.reads import ReadService
 from domain.services.refresh_tokens import DEFAULT_TTL, RefreshTokenService
@@ -58,6 +59,7 @@ class Services:
         self.analytics = AnalyticsService(ctx)
         self.payments = PaymentService(ctx, payment_provider)
         self.webhooks = WebhookService(ctx, allow_private=webhooks_allow_private)
+        self.offline_notices = OfflineNotices(ctx)
         self.sites = SiteService(ctx)
         self.site_load = SiteLoad(ctx, self.commands)
         self.sites.recompute = self.site_load.request_site

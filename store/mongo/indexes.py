@@ -98,6 +98,10 @@ INDEXES: dict[str, list[list[tuple[str, int]]]] = {
     # every instance routes events to.
     "webhook": [[("company_id", ASCENDING)], [("owner_id", ASCENDING)],
                 [("active", ASCENDING)]],
+    # The outages whose offline webhook is due (every instance looks, often), and a
+    # station's open ones (each connection of a charger looks).
+    "offline_notice": [[("state", ASCENDING), ("offline_at", ASCENDING)],
+                       [("station_id", ASCENDING), ("state", ASCENDING)]],
     # A user's expired refresh tokens and families, deleted at their next sign-in (the
     # token's hash has its unique index from ``UNIQUE_RULES``).
     "refresh_family": [[("user_id", ASCENDING), ("expires_at", ASCENDING)]],

@@ -830,6 +830,27 @@ CREATE INDEX "connector_interval_open_unknown_idx"
     ON "connector_interval" ("known", "end", "start") WHERE "end" IS NULL;
 """
 
+# Version 36: outages of chargers as outgoing webhooks see them (``OfflineNotice``): a
+# ``station.offline`` waits out a grace and a ``station.online`` follows only a delivered
+# one, decided by whichever instance gets there first, also after a restart. The due ones
+# are found by state and time, a station's open ones by station.
+_V36 = """
+CREATE TABLE "offline_notice" (
+    "id" TEXT PRIMARY KEY NOT NULL,
+    "created_at" INTEGER NOT NULL,
+    "updated_at" INTEGER NOT NULL,
+    "created_by" TEXT NOT NULL,
+    "updated_by" TEXT NOT NULL,
+    "station_id" TEXT NOT NULL,
+    "cp_id" TEXT NOT NULL,
+    "connection" INTEGER,
+    "offline_at" INTEGER NOT NULL,
+    "state" TEXT NOT NULL
+) STRICT;
+CREATE INDEX "offline_notice_state_offline_at_idx" ON "offline_notice" ("state", "offline_at");
+CREATE INDEX "offline_notice_station_idx" ON "offline_notice" ("station_id", "state");
+"""
+
 #: Every migration, oldest first. Append only.
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
@@ -840,7 +861,7 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (25, _V25), (26, _V26), (27, _V27),
                                      (28, _V28), (29, _V29), (30, _V30),
                                      (31, _V31), (32, _V32), (33, _V33), (34, _V34),
-                                     (35, _V35))
+                                     (35, _V35), (36, _V36))
 
 #: Python functions migrations call, registered on the migrating connection: a value only
 #: the domain's rules can compute for rows written before (name, arity, function).

@@ -91,6 +91,16 @@ def test_healthz_tells_the_database_schema_the_instance_runs_with(tmp_path: Path
 RELEASED_SCHEMAS = {"0.2.0": 22}
 
 
+def test_the_webhooks_wait_the_offline_grace_set(tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    for grace in (0.0, 12.5):
+        app = create_app(settings_for(tmp_path, offline_webhook_grace_s=grace),
+                         hasher=Argon2Hasher.fast())
+        with TestClient(app):
+            assert app.state.webhooks.offline_grace == timedelta(seconds=grace)
+
+
 def test_a_newer_schema_is_a_newer_version() -> None:
     """A build whose schema is past a released version's does not carry that version's
     number: 0.2.0 stayed through schemas 23 to 29, and /healthz could not tell them apart."""

@@ -195,6 +195,14 @@ def test_unknown_log_levels_are_refused(wrong: str) -> None:
     ("CHARGEGRAPH_INSTANCE_LEASE_SECONDS", "nan", "Input should be less than or equal to 3600"),
     ("CHARGEGRAPH_COMMAND_TIMEOUT", "inf", "Input should be less than or equal to 3600"),
     ("CHARGEGRAPH_HEARTBEAT_INTERVAL", "86401", "Input should be less than or equal to 86400"),
+    ("CHARGEGRAPH_OFFLINE_WEBHOOK_GRACE_S", "-1", "Input should be greater than or equal to 0"),
+    # inf overflowed the grace's timedelta at start; an hour is the most that pages in time.
+    ("CHARGEGRAPH_OFFLINE_WEBHOOK_GRACE_S", "inf",
+     "Input should be less than or equal to 3600"),
+    ("CHARGEGRAPH_OFFLINE_WEBHOOK_GRACE_S", "nan",
+     "Input should be less than or equal to 3600"),
+    ("CHARGEGRAPH_OFFLINE_WEBHOOK_GRACE_S", "3601",
+     "Input should be less than or equal to 3600"),
 ])
 def test_nonsense_durations_are_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                         variable: str, value: str, message: str) -> None:
@@ -219,6 +227,10 @@ def test_sensible_durations_are_kept(monkeypatch: pytest.MonkeyPatch, tmp_path: 
             settings.command_timeout, settings.instance_lease_seconds) == (1, 86400, 0.5, 1)
     monkeypatch.setenv("CHARGEGRAPH_INSTANCE_LEASE_SECONDS", "3600")
     assert Settings().instance_lease_seconds == 3600
+    assert Settings().offline_webhook_grace_s == 60  # the default
+    for grace in ("0", "0.5", "3600"):  # 0: webhooks at once, as before the grace
+        monkeypatch.setenv("CHARGEGRAPH_OFFLINE_WEBHOOK_GRACE_S", grace)
+        assert Settings().offline_webhook_grace_s == float(grace)
 
 
 def test_misspelt_variables_are_named_with_the_closest_setting() -> None:
