@@ -127,6 +127,9 @@ class PaymentStatus(StrEnum):
     CAPTURED = "CAPTURED"
     FAILED = "FAILED"
     REFUNDED = "REFUNDED"
+    #: Nothing to collect: its session's close was corrected to cost nothing (a late
+    #: StopTransaction), as a session free from the start opens no payment. Final.
+    VOIDED = "VOIDED"
 
 
 class AuditAction(StrEnum):

@@ -2,8 +2,10 @@
 
 PENDING → CAPTURED (or FAILED, which may be captured on a later try); CAPTURED →
 REFUNDED, in one refund or several partial ones (``refunded_minor`` counts what was paid
-back; the payment stays CAPTURED until all of it was). Nothing else: no refund of money
-never captured or beyond what is left, no double capture.
+back; the payment stays CAPTURED until all of it was). PENDING → VOIDED when its
+session's corrected cost is 0 (``repriced``): nothing is left to collect. Nothing else:
+no refund of money never captured or beyond what is left, no double capture, no capture
+of a voided payment.
 """
 
 from __future__ import annotations
@@ -37,11 +39,17 @@ def repriced(payment: Payment, amount_minor: int, currency: str, viewer: Viewer
     moved, and only from that status (a capture racing it wins, and the correction is
     told ``Conflict``). ``None`` once money moved or may have (CAPTURED, REFUNDED, or
     FAILED, which a later try captures): a payment's amount is what was asked of the
-    driver, and what was collected is not rewritten."""
+    driver, and what was collected is not rewritten.
+
+    A corrected price of 0 voids it (VOIDED, amount 0): a session that costs nothing has
+    nothing to collect, as one free from the start opens no payment (``_close``), and a
+    PENDING 0 would wait for a capture forever (an operator's capture of it would book
+    a settlement of nothing). The same guard: a capture that won keeps its money."""
     if payment.status is not PaymentStatus.PENDING:
         return None
+    status = PaymentStatus.VOIDED if amount_minor == 0 else PaymentStatus.PENDING
     return patch(payment, viewer, only_if=("status", PaymentStatus.PENDING), required=True,
-                 amount_minor=amount_minor, currency=currency)
+                 amount_minor=amount_minor, currency=currency, status=status)
 
 
 class ManualPaymentProvider:
