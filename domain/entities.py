@@ -127,6 +127,9 @@ class PaymentStatus(StrEnum):
     CAPTURED = "CAPTURED"
     FAILED = "FAILED"
     REFUNDED = "REFUNDED"
+    #: Nothing to collect: its session's close was corrected to cost nothing (a late
+    #: StopTransaction), as a session free from the start opens no payment. Final.
+    VOIDED = "VOIDED"
 
 
 class AuditAction(StrEnum):
@@ -779,6 +782,31 @@ class Payment(Record):
 
 
 @dataclass(kw_only=True)
+class Refund(Record):
+    """Money paid back of a payment, and when: one per refund (a payment refunded in
+    parts has several, adding up to its ``refunded_minor``). Reports book a refund in
+    the period it was made, not the session's (``AnalyticsService``), so it carries
+    what they filter and group by: its session's station, charger, connector, driver and
+    vehicle, and the payment's books and currency."""
+
+    kind: ClassVar[str] = "refund"
+    payment_id: str
+    session_id: str
+    station_id: str
+    cp_id: str
+    connector_id: int
+    user_id: str | None
+    vehicle_id: str | None = None
+    amount_minor: int
+    currency: str
+    at: datetime
+    provider_ref: str | None = None
+    #: The payment's books: who ran the station when the session happened, who pays back.
+    company_id: str | None = None
+    station_owner_id: str | None = None
+
+
+@dataclass(kw_only=True)
 class AuditEntry(Record):
     """Append-only: one per change, written in the same store operation as the change."""
 
@@ -931,6 +959,7 @@ ENTITY_TYPES: tuple[type[Record], ...] = (
     Reservation,
     Tariff,
     Payment,
+    Refund,
     AuditEntry,
     InstanceLease,
     LocalList,

@@ -66,11 +66,12 @@ PRIVATE_FIELDS: dict[str, frozenset[str]] = {
     # Whose books: who ran the station then, which a driver is not told of any station.
     "session": frozenset({"company_id", "station_owner_id"}),
     "payment": frozenset({"company_id", "station_owner_id"}),
+    "refund": frozenset({"company_id", "station_owner_id"}),
     "reservation": frozenset({"company_id", "station_owner_id"}),
 }
 
 #: Kinds recorded in the books of whoever ran their station when they happened.
-BOOKED_KINDS = frozenset({"session", "payment", "reservation"})
+BOOKED_KINDS = frozenset({"session", "payment", "refund", "reservation"})
 
 
 #: Audit actions that change a record (``COMMAND`` records an action instead).
@@ -226,7 +227,8 @@ class Policy:
         match kind:
             case "station":
                 return stations
-            case "session" | "payment":
+            case "session" | "payment" | "refund":
+                # A refund is in its payment's books: who collected pays back.
                 return books
             case "reservation":
                 # Reservations too stay in the books they were made in; one still live
@@ -321,7 +323,7 @@ class Policy:
                 return Eq("id", viewer.company_id) if viewer.company_id else NONE
             case "vehicle":
                 return Eq("owner_id", me)
-            case "id_tag" | "session" | "reservation" | "payment":
+            case "id_tag" | "session" | "reservation" | "payment" | "refund":
                 return Eq("user_id", me)
             case "meter_sample" | "signed_meter_value":
                 return Sub("session_id", "session", Eq("user_id", me))

@@ -71,15 +71,25 @@ class EnergyTrendFilter(AnalyticsFilter):
         "Window end, exclusive: after `from`, at most three years later."))
 
 
-@strawberry.type(description="Energy, sessions and revenue of one time bucket.")
+@strawberry.type(description="Energy, sessions and revenue of one time bucket: gross "
+                             "(`revenue`, what the sessions that ended in it were billed), "
+                             "refunds made in it, and net.")
 class EnergyBucket:
     start: datetime = strawberry.field(description="Bucket start (UTC instant of the local "
                                                    "midnight, hour, Monday or month start).")
     energy_kwh: float = strawberry.field(description="Energy delivered in the bucket, from "
                                                      "meter values.")
     sessions: int = strawberry.field(description="Sessions that started in the bucket.")
-    revenue: Decimal = strawberry.field(description="Cost of sessions that ended in the "
-                                                    "bucket, in `currency`.")
+    revenue: Decimal = strawberry.field(description="Gross: cost of sessions that ended in "
+                                                    "the bucket, in `currency`, refunds "
+                                                    "not deducted.")
+    refunds: Decimal = strawberry.field(
+        description="Paid back in the bucket, in `currency`: booked when the refund was "
+                    "made, whenever its session ended (a session of last month refunded "
+                    "today lowers today's net; last month's figures stay).")
+    net_revenue: Decimal = strawberry.field(
+        description="`revenue` less `refunds`; below 0 in a bucket that paid back more "
+                    "than it billed.")
     currency: str
     cp_id: str | None = strawberry.field(
         default=None, description="With `groupBy`: the charge point these figures are "
@@ -119,8 +129,9 @@ _GROUP_BY = ("Each bucket's figures per station (or connector) with any in the w
 _TIME_ZONE = "IANA zone the buckets are aligned in (only with `bucket`; checked always)."
 _FILTER = ("Which stations or whose charging to count, within what the viewer may see; "
            "without it, all of that.")
-_CURRENCY = ("ISO 4217 code of the revenue counted (sessions in other currencies are left "
-             "out); default: the currency most sessions ended in the window have, else EUR.")
+_CURRENCY = ("ISO 4217 code of the revenue and refunds counted (those in other currencies "
+             "are left out); default: the currency most sessions ended and refunds made in "
+             "the window have, else EUR.")
 _ROW_GROUP = "A row per station (default) or per connector."
 _ROW_BUCKET = "Split the rows into buckets of this size; without it, one row for the window."
 
@@ -286,7 +297,13 @@ class Overview:
                     "that is away cannot start a session); each connector once.")
     active_sessions: int
     energy_today_kwh: float
-    revenue_today: list[Money]
+    revenue_today: list[Money] = strawberry.field(
+        description="Gross per currency: cost of sessions that ended today.")
+    refunds_today: list[Money] = strawberry.field(
+        description="Paid back today per currency, whenever the sessions ended.")
+    net_revenue_today: list[Money] = strawberry.field(
+        description="`revenueToday` less `refundsToday` per currency (every currency "
+                    "either has).")
 
 
 def _budget(ctx: GraphContext) -> BucketBudget:
@@ -297,8 +314,9 @@ def _budget(ctx: GraphContext) -> BucketBudget:
 
 @strawberry.type
 class AnalyticsQuery:
-    @strawberry.field(description="Energy, sessions and revenue per hour/day/week/month, "
-                                  "aligned in `timeZone` (IANA), empty buckets included.")
+    @strawberry.field(description="Energy, sessions, revenue and refunds per "
+                                  "hour/day/week/month, aligned in `timeZone` (IANA), empty "
+                                  "buckets included.")
     async def energy_trend(self, info: Info,
                            filter: Annotated[EnergyTrendFilter, strawberry.argument(
                                description=_FILTER)],
@@ -318,6 +336,8 @@ class AnalyticsQuery:
         return [EnergyBucket(start=b.start, energy_kwh=b.energy_wh / 1000,
                              sessions=b.sessions,
                              revenue=major_units(b.revenue_minor, b.currency),
+                             refunds=major_units(b.refunds_minor, b.currency),
+                             net_revenue=major_units(b.net_minor, b.currency),
                              currency=b.currency, cp_id=b.cp_id, connector_id=b.connector_id,
                              _station_id=b.station_id) for b in buckets]
 
@@ -371,7 +391,7 @@ class AnalyticsQuery:
                            _from=from_, _to=to)
 
     @strawberry.field(description="Stations online, connectors by status, sessions now, "
-                                  "energy and revenue today (in `timeZone`).")
+                                  "energy, revenue and refunds today (in `timeZone`).")
     async def overview(self, info: Info,
                        time_zone: Annotated[str, strawberry.argument(
                            description="IANA zone whose today is counted.")] = "UTC",
@@ -385,5 +405,9 @@ class AnalyticsQuery:
             connectors_by_status=[StatusCount(status=k, count=v)
                                   for k, v in sorted(o.connectors_by_status.items())],
             active_sessions=o.active_sessions, energy_today_kwh=o.energy_today_wh / 1000,
-            revenue_today=[Money(amount_minor=BigInt(v), currency=k)
-                           for k, v in sorted(o.revenue_today.items())])
+            revenue_today=_money(o.revenue_today), refunds_today=_money(o.refunds_today),
+            net_revenue_today=_money(o.net_revenue_today))
+
+
+def _money(by_currency: dict[str, int]) -> list[Money]:
+    return [Money(amount_minor=BigInt(v), currency=k) for k, v in sorted(by_currency.items())]

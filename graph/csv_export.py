@@ -322,8 +322,10 @@ async def _audit(services: Services, viewer: Viewer, q: Params) -> Pages:
                         _audit_rows)
 
 
+#: ``refunds`` and ``netRevenue`` came after the others, at the end: files read by
+#: position keep reading the same columns.
 ENERGY_COLUMNS = ("start", "cpId", "connectorId", "stationId", "energyKwh", "sessions",
-                  "revenue", "currency")
+                  "revenue", "currency", "refunds", "netRevenue")
 
 
 async def _energy_rows(reads: ReadService, viewer: Viewer, buckets: list[EnergyBucket]
@@ -332,7 +334,8 @@ async def _energy_rows(reads: ReadService, viewer: Viewer, buckets: list[EnergyB
     # operator may keep for a station they no longer run (and so do not see).
     stations = await _shown(reads, viewer, d.Station, (b.station_id for b in buckets))
     return [(b.start, b.cp_id, b.connector_id, global_id("station", b.station_id, stations),
-             kwh(b.energy_wh), b.sessions, money(b.revenue_minor, b.currency), b.currency)
+             kwh(b.energy_wh), b.sessions, money(b.revenue_minor, b.currency), b.currency,
+             money(b.refunds_minor, b.currency), money(b.net_minor, b.currency))
             for b in buckets]
 
 

@@ -22,6 +22,7 @@ from domain.entities import (
     ConnectorStatus,
     MeterSample,
     Record,
+    Refund,
     Session,
     SessionState,
     Station,
@@ -88,6 +89,12 @@ class Scope:
         plugs = replace(self, company_id=None)
         return all_of(plugs.sessions(), Eq("company_id", self.company_id))
 
+    def refunds(self) -> Filter:
+        """Refunds of the sessions counted as business (``booked_sessions``): a refund
+        carries its session's station, driver and vehicle and its payment's books under
+        the sessions' field names, so the same filter asks the same of both."""
+        return self.booked_sessions()
+
     def samples(self) -> Filter:
         """Meter samples metered on the asked-for plugs. A session's samples follow it, as
         the policy's scope does: a company's are those of the sessions in its books (on a
@@ -111,13 +118,21 @@ class EnergyBucket:
     start: datetime
     energy_wh: int
     sessions: int
+    #: Gross: the billed cost of the sessions that ended in the bucket.
     revenue_minor: int
     currency: str
+    #: Paid back in the bucket (``Refund.at``), whenever its session ended.
+    refunds_minor: int = 0
     #: Set when grouped (``GroupBy``): whose figures these are. ``station_id`` is None for
     #: samples stored before they recorded their station (their cpId tells it).
     station_id: str | None = None
     cp_id: str | None = None
     connector_id: int | None = None
+
+    @property
+    def net_minor(self) -> int:
+        """Gross less refunds: below 0 in a bucket that paid back more than it billed."""
+        return self.revenue_minor - self.refunds_minor
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,7 +229,15 @@ class Overview:
     connectors_by_status: dict[str, int]
     active_sessions: int
     energy_today_wh: int
+    #: Per currency: gross (sessions that ended today), refunds made today, and net.
     revenue_today: dict[str, int]
+    refunds_today: dict[str, int]
+
+    @property
+    def net_revenue_today(self) -> dict[str, int]:
+        """Gross less refunds per currency, for every currency either has."""
+        return {c: self.revenue_today.get(c, 0) - self.refunds_today.get(c, 0)
+                for c in sorted(self.revenue_today.keys() | self.refunds_today.keys())}
 
 
 def _window(start: datetime, end: datetime, prefix: str = "") -> None:
@@ -377,7 +400,8 @@ class AnalyticsService(Service):
                            currency: str | None = None, budget: BucketBudget | None = None,
                            group_by: GroupBy | None = None) -> list[EnergyBucket]:
         """Energy per bucket from meter samples (a session over midnight counts on both
-        days), sessions started per bucket, and revenue of sessions that ended in it.
+        days), sessions started per bucket, gross revenue of sessions that ended in it
+        and the refunds made in it (``_refunds``; net is the one less the other).
         For signed-in viewers only (anyone else would get a window of zeros); ``budget``:
         the request's (``BucketBudget``). With ``group_by``, every bucket once per
         station (connector) with figures in the window, each the same three aggregates
@@ -412,22 +436,46 @@ class AnalyticsService(Service):
             [ended_plan.grouping, *keys], {"minor": Sum("cost_minor")})
         wh, n = _cells(energy, "wh", len(keys)), _cells(started, "n", len(keys))
         minor = _cells(revenue, "minor", len(keys))
-        groups = [()] if group_by is None else _groups_in(wh, n, minor)
+        # Meter samples and refunds are both bucketed by their ``at``: one plan.
+        back = _cells(await self._refunds(viewer, scope, currency, start, end,
+                                          [energy_plan.grouping, *keys]), "minor", len(keys))
+        groups = [()] if group_by is None else _groups_in(wh, n, minor, back)
         _check_cells(len(energy_plan.starts) * len(groups), "groupBy")
         return [EnergyBucket(start=instant,
                              energy_wh=round(wh.get((energy_plan.keys[i], g), 0)),
                              sessions=int(n.get((started_plan.keys[i], g), 0)),
                              revenue_minor=round(minor.get((ended_plan.keys[i], g), 0)),
+                             refunds_minor=round(back.get((energy_plan.keys[i], g), 0)),
                              currency=currency, **_group_fields(g))
                 for g in groups for i, instant in enumerate(energy_plan.starts)]
 
+    async def _refunds(self, viewer: Viewer, scope: Scope, currency: str | None,
+                       start: datetime, end: datetime, keys: list[Group]
+                       ) -> list[dict[str, Any]]:
+        """Refunds made in [start, end) (``Refund.at``), summed per ``keys`` (``minor``),
+        in ``currency`` if given. Booked when made, as accounting books them: a session
+        billed in March and refunded in April lowers April's net, and March's figures
+        stay as reported. Seen as payments are: in their books, or a driver's own."""
+        return await self.store.aggregate(
+            Refund, self._scoped(viewer, "refund", all_of(
+                scope.refunds(), Eq("currency", currency) if currency else None,
+                Range("at", gte=start, lt=end))),
+            keys, {"minor": Sum("amount_minor")})
+
     async def _main_currency(self, viewer: Viewer, scope: Scope, start: datetime,
                              end: datetime) -> str:
+        """The currency most sessions that ended in the window, and refunds made in it,
+        were in: a window of refunds only is shown in theirs."""
         rows = await self.store.aggregate(
             Session, self._scoped(viewer, "session", all_of(
                 scope.booked_sessions(), Range("end_time", gte=start, lt=end))),
             [ByField("currency")], {"n": Count()})
+        refunds = await self.store.aggregate(
+            Refund, self._scoped(viewer, "refund", all_of(
+                scope.refunds(), Range("at", gte=start, lt=end))),
+            [ByField("currency")], {"n": Count()})
         counts = Counter({r["g0"]: r["n"] for r in rows if r["g0"]})
+        counts.update({r["g0"]: r["n"] for r in refunds if r["g0"]})
         return counts.most_common(1)[0][0] if counts else "EUR"
 
     # ------------------------------------------------------------- utilization, availability
@@ -703,11 +751,14 @@ class AnalyticsService(Service):
                 scope.booked_sessions(), Eq("state", SessionState.COMPLETED),
                 Range("end_time", gte=midnight, lt=tomorrow))),
             [ByField("currency")], {"minor": Sum("cost_minor")})
+        refunds = await self._refunds(viewer, scope, None, midnight, tomorrow,
+                                      [ByField("currency")])
         return Overview(
             stations_online=online.get(True, 0), stations_offline=online.get(False, 0),
             connectors_by_status=connectors,
             active_sessions=active, energy_today_wh=round(energy[0]["wh"]) if energy else 0,
-            revenue_today={r["g0"]: round(r["minor"]) for r in revenue if r["g0"]})
+            revenue_today={r["g0"]: round(r["minor"]) for r in revenue if r["g0"]},
+            refunds_today={r["g0"]: round(r["minor"]) for r in refunds if r["g0"]})
 
     async def _connectors_by_status(self, viewer: Viewer, scope: Scope) -> dict[str, int]:
         """Connectors of online stations by their status, those of offline stations

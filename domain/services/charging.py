@@ -32,6 +32,7 @@ from domain.entities import (
     MeterAnomaly,
     MeterSample,
     Payment,
+    PaymentStatus,
     Registration,
     Reservation,
     ReservationState,
@@ -1431,14 +1432,18 @@ class ChargingService(Service):
                                 actor: Viewer) -> list[tuple[Change, Any]]:
         """The payment of a session whose close is corrected (``closed_without_stop``),
         at its corrected ``cost``: ``fresh`` (what a close would open) if it has none
-        yet; its PENDING one at the new amount (``payments.repriced``). One whose money
+        yet; its PENDING one at the new amount (``payments.repriced``), VOIDED at 0.
+        One whose money
         moved keeps it: an operator settles the difference, which the session's cost
         beside the payment's amount shows and the log says."""
         payment = await self.store.find_one(Payment, Eq("session_id", session.id))
         if payment is None:
             return [] if fresh is None else [(Insert(fresh), None)]
         currency = fresh.currency if fresh is not None else payment.currency
-        if (payment.amount_minor, payment.currency) == (cost, currency):
+        # Unchanged, but a PENDING payment of 0 (written before such payments were
+        # voided) is voided now rather than left waiting for a capture.
+        if (payment.amount_minor, payment.currency) == (cost, currency) and (
+                cost > 0 or payment.status is not PaymentStatus.PENDING):
             return []
         update = repriced(payment, cost, currency, actor)
         if update is None:

@@ -2,22 +2,25 @@
 
 PENDING → CAPTURED (or FAILED, which may be captured on a later try); CAPTURED →
 REFUNDED, in one refund or several partial ones (``refunded_minor`` counts what was paid
-back; the payment stays CAPTURED until all of it was). Nothing else: no refund of money
-never captured or beyond what is left, no double capture.
+back; the payment stays CAPTURED until all of it was). PENDING → VOIDED when its
+session's corrected cost is 0 (``repriced``): nothing is left to collect. Nothing else:
+no refund of money never captured or beyond what is left, no double capture, no capture
+of a voided payment.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import cast
 
 from domain.currencies import major_units, minor_units
-from domain.entities import Payment, PaymentStatus
+from domain.entities import Payment, PaymentStatus, Refund, Session
 from domain.errors import Conflict, Forbidden, ValidationError
 from domain.events import PaymentChanged
 from domain.policy import Viewer
-from domain.ports import PaymentProvider, Update
-from domain.services.base import Service, ServiceContext, patch
+from domain.ports import Change, Insert, PaymentProvider, Update
+from domain.services.base import Service, ServiceContext, patch, stamp_new
 
 TRANSITIONS: dict[str, tuple[frozenset[PaymentStatus], PaymentStatus]] = {
     "capture": (frozenset({PaymentStatus.PENDING, PaymentStatus.FAILED}),
@@ -37,11 +40,17 @@ def repriced(payment: Payment, amount_minor: int, currency: str, viewer: Viewer
     moved, and only from that status (a capture racing it wins, and the correction is
     told ``Conflict``). ``None`` once money moved or may have (CAPTURED, REFUNDED, or
     FAILED, which a later try captures): a payment's amount is what was asked of the
-    driver, and what was collected is not rewritten."""
+    driver, and what was collected is not rewritten.
+
+    A corrected price of 0 voids it (VOIDED, amount 0): a session that costs nothing has
+    nothing to collect, as one free from the start opens no payment (``_close``), and a
+    PENDING 0 would wait for a capture forever (an operator's capture of it would book
+    a settlement of nothing). The same guard: a capture that won keeps its money."""
     if payment.status is not PaymentStatus.PENDING:
         return None
+    status = PaymentStatus.VOIDED if amount_minor == 0 else PaymentStatus.PENDING
     return patch(payment, viewer, only_if=("status", PaymentStatus.PENDING), required=True,
-                 amount_minor=amount_minor, currency=currency)
+                 amount_minor=amount_minor, currency=currency, status=status)
 
 
 class ManualPaymentProvider:
@@ -86,11 +95,12 @@ class PaymentService(Service):
                      status=target, provider=self.provider.name, provider_ref=reference)
         return await self._settled(viewer, move, payment, "settled")
 
-    async def _settled(self, viewer: Viewer, move: Update, payment: Payment, what: str
-                       ) -> Payment:
-        """Writes ``move`` (guarded); one that lost to another settlement is told so."""
+    async def _settled(self, viewer: Viewer, move: Update, payment: Payment, what: str,
+                       also: Sequence[Change] = ()) -> Payment:
+        """Writes ``move`` (guarded), and ``also`` with it; one that lost to another
+        settlement is told so, and nothing of it is written."""
         try:
-            await self.commit(viewer, [(move, payment)])
+            await self.commit(viewer, [(move, payment)], unaudited=also)
         except Conflict as exc:
             if exc.code != "CHANGED":
                 raise
@@ -135,8 +145,14 @@ class PaymentService(Service):
             raise ValidationError(
                 f"refund more than 0 and at most the {major_units(left, payment.currency)} "
                 f"{payment.currency} not yet refunded", field="amount", code="OUT_OF_RANGE")
+        # Its session before the provider pays anything back: what the refund's record
+        # is reported by (sessions are never removed).
+        session, = await self.store.get_many(Session, [payment.session_id])
+        if session is None:
+            raise Conflict("the payment's session is gone", field="id", code="INVALID_STATE")
         reference = await self.provider.refund(payment, amount_minor)
         refunded = payment.refunded_minor + amount_minor
+        record = self._refund_record(viewer, payment, session, amount_minor, reference)
         # Guarded by the payment's last write: every refund is one, so of two racing (two
         # partial refunds of the last 5 EUR) one writes and the other is told. (Not by
         # ``refunded_minor``: a MongoDB payment written before it has no such field.)
@@ -145,4 +161,20 @@ class PaymentService(Service):
                      status=PaymentStatus.REFUNDED if refunded == payment.amount_minor
                      else PaymentStatus.CAPTURED,
                      provider=self.provider.name, provider_ref=reference)
-        return await self._settled(viewer, move, payment, "refunded")
+        # The refund's own record rides in the same write: reports book it when it was
+        # made. Not audited on its own: the payment's audited update says who paid back
+        # how much, and when.
+        return await self._settled(viewer, move, payment, "refunded", [Insert(record)])
+
+    def _refund_record(self, viewer: Viewer, payment: Payment, session: Session,
+                       amount_minor: int, reference: str | None) -> Refund:
+        """The record of paying ``amount_minor`` of ``payment`` back now, with what
+        reports filter and group it by: its session's charger, connector and vehicle."""
+        return stamp_new(Refund(
+            payment_id=payment.id, session_id=payment.session_id,
+            station_id=payment.station_id, cp_id=session.cp_id,
+            connector_id=session.connector_id, user_id=payment.user_id,
+            vehicle_id=session.vehicle_id, amount_minor=amount_minor,
+            currency=payment.currency, at=self.now(), provider_ref=reference,
+            company_id=payment.company_id, station_owner_id=payment.station_owner_id),
+            viewer)

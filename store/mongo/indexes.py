@@ -84,6 +84,12 @@ INDEXES: dict[str, list[list[tuple[str, int]]]] = {
                [("company_id", ASCENDING), ("valid_from", DESCENDING)]],
     "payment": [[("station_id", ASCENDING)], [("user_id", ASCENDING)],
                 [("company_id", ASCENDING)], [("station_owner_id", ASCENDING)]],
+    # Refunds by time within each viewer's scope (analytics: an operator's books, a
+    # driver's own, an admin's all), and a payment's.
+    "refund": [[("payment_id", ASCENDING)], [("at", ASCENDING)],
+               [("user_id", ASCENDING), ("at", ASCENDING)],
+               [("company_id", ASCENDING), ("at", ASCENDING)],
+               [("station_owner_id", ASCENDING), ("at", ASCENDING)]],
     # The audit log in either order (``AuditOrder``: at, newest or oldest first; paged
     # back too), with the ``_id`` tie-breaker: a scope with sub-selects is an aggregation
     # that joins documents in sort order up to the page's limit, so the index must give

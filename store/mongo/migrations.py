@@ -1,6 +1,6 @@
 """Data changes the MongoDB store makes when the model changes (SQLite makes the same in its
 schema migrations, ``store/sqlite/migrations.py``: versions 7, 8, 10, 14, 16, 18, 23,
-24, 26, 27, 29, 32 and 34).
+24, 26, 27, 29, 32, 34 and 37).
 
 MongoDB has no schema to migrate, only documents written under older rules. Each step
 here runs at every start (or until one start recorded it done: ``_once``), is
@@ -17,14 +17,22 @@ import dataclasses
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any
+from typing import Any, cast
 
 from bson import ObjectId
 from pymongo import ReturnDocument
 
-from domain.entities import ENTITY_BY_KIND
+from domain.entities import ENTITY_BY_KIND, Payment, Refund, Session
 from domain.validation import name_key
-from store.mongo.codec import compared, encode, shadow, spec_of, storage_name
+from store.mongo.codec import (
+    compared,
+    encode,
+    from_doc,
+    shadow,
+    spec_of,
+    storage_name,
+    to_doc,
+)
 from store.mongo.journal import MARK
 
 #: Where a step that must not touch documents written after it began records when that was.
@@ -82,6 +90,9 @@ async def migrate(db: Any) -> None:
     # not by the default 0.
     for kind, name in ADDED_WITH_DEFAULT:
         await _once(db, f"default_{kind}_{name}", _filling_default(kind, name))
+    # After the books and ``refunded_minor`` are filled in: a refund copies them.
+    await _once(db, "refund_records", _refund_records)
+    await _once(db, "voided_zero_payments", _voided_zero_payments)
 
 
 #: The fields added with a default to a kind that had documents already: (kind, field).
@@ -152,6 +163,54 @@ async def _refunded_whole(db: Any) -> None:
             await db["payment"].update_one(
                 {"_id": doc["_id"], "refunded_minor": {"$exists": False}},
                 {"$set": {"refunded_minor": doc["amount_minor"], MARK: ObjectId()}})
+
+
+async def _refund_records(db: Any) -> None:
+    """Refunds became records of their own (``Refund``, SQLite migration 37). A payment
+    refunded before kept only how much (``refunded_minor``): that sum is one refund,
+    dated by the payment's last write, its id the payment's, so a second instance
+    running the step at once upserts the same document (``$setOnInsert``)."""
+    last: Any = None
+    while True:
+        query: dict[str, Any] = {"refunded_minor": {"$gt": 0}}
+        if last is not None:
+            query["_id"] = {"$gt": last}
+        docs = await db["payment"].find(query).sort([("_id", 1)]).limit(BATCH).to_list()
+        if not docs:
+            break
+        last = docs[-1]["_id"]
+        payments = [cast(Payment, from_doc(Payment, doc)) for doc in docs]
+        sessions = {str(s["_id"]): cast(Session, from_doc(Session, s)) for s in await db[
+            "session"].find({"_id": {"$in": [doc["session_id"] for doc in docs]}}).to_list()}
+        for payment in payments:
+            session = sessions.get(payment.session_id)
+            if session is None:
+                continue  # sessions are never removed: none to report it by
+            refund = to_doc(refund_of(payment, session))
+            await db["refund"].update_one({"_id": refund.pop("_id")},
+                                          {"$setOnInsert": {**refund, MARK: ObjectId()}},
+                                          upsert=True)
+
+
+def refund_of(payment: Payment, session: Session) -> Refund:
+    """The one refund a payment refunded before refunds were records stands for."""
+    return Refund(id=payment.id, created_at=payment.updated_at,
+                  updated_at=payment.updated_at, created_by=payment.updated_by,
+                  updated_by=payment.updated_by, payment_id=payment.id,
+                  session_id=payment.session_id, station_id=payment.station_id,
+                  cp_id=session.cp_id, connector_id=session.connector_id,
+                  user_id=payment.user_id, vehicle_id=session.vehicle_id,
+                  amount_minor=payment.refunded_minor, currency=payment.currency,
+                  at=payment.updated_at, provider_ref=payment.provider_ref,
+                  company_id=payment.company_id,
+                  station_owner_id=payment.station_owner_id)
+
+
+async def _voided_zero_payments(db: Any) -> None:
+    """Payments left PENDING at 0 (a late stop corrected their session to cost nothing)
+    are VOIDED, as SQLite's migration 37 voids them: nothing is left to collect."""
+    await db["payment"].update_many({"status": "PENDING", "amount_minor": 0},
+                                    {"$set": {"status": "VOIDED", MARK: ObjectId()}})
 
 
 #: The kinds whose NAME order sorts by a key stored beside the name.

@@ -851,6 +851,54 @@ CREATE INDEX "offline_notice_state_offline_at_idx" ON "offline_notice" ("state",
 CREATE INDEX "offline_notice_station_idx" ON "offline_notice" ("station_id", "state");
 """
 
+# Version 37: refunds
+# as records of their own (``Refund``), so reports book a refund when it was made, not
+# when its session ended, and show it beside the gross revenue. A payment refunded before
+# kept only how much (``refunded_minor``): that sum is one refund, dated by the payment's
+# last write (a refund is the last thing a payment's life writes), its id the payment's
+# (one per payment, and the same on MongoDB). Indexed as analytics read them: by time
+# within each viewer's scope (an operator's books, a driver's own, an admin's all), and
+# by payment. And payments left PENDING at 0 (a late stop corrected their session to
+# cost nothing) are VOIDED: nothing is left to collect.
+_V37 = """
+CREATE TABLE "refund" (
+    "id" TEXT PRIMARY KEY NOT NULL,
+    "created_at" INTEGER NOT NULL,
+    "updated_at" INTEGER NOT NULL,
+    "created_by" TEXT NOT NULL,
+    "updated_by" TEXT NOT NULL,
+    "payment_id" TEXT NOT NULL,
+    "session_id" TEXT NOT NULL,
+    "station_id" TEXT NOT NULL,
+    "cp_id" TEXT NOT NULL,
+    "connector_id" INTEGER NOT NULL,
+    "user_id" TEXT,
+    "vehicle_id" TEXT,
+    "amount_minor" INTEGER NOT NULL,
+    "currency" TEXT NOT NULL,
+    "at" INTEGER NOT NULL,
+    "provider_ref" TEXT,
+    "company_id" TEXT,
+    "station_owner_id" TEXT
+) STRICT;
+CREATE INDEX "refund_payment_idx" ON "refund" ("payment_id");
+CREATE INDEX "refund_at_idx" ON "refund" ("at");
+CREATE INDEX "refund_user_at_idx" ON "refund" ("user_id", "at");
+CREATE INDEX "refund_company_at_idx" ON "refund" ("company_id", "at");
+CREATE INDEX "refund_station_owner_at_idx" ON "refund" ("station_owner_id", "at");
+INSERT INTO "refund" (
+    "id", "created_at", "updated_at", "created_by", "updated_by", "payment_id",
+    "session_id", "station_id", "cp_id", "connector_id", "user_id", "vehicle_id",
+    "amount_minor", "currency", "at", "provider_ref", "company_id", "station_owner_id")
+SELECT "p"."id", "p"."updated_at", "p"."updated_at", "p"."updated_by", "p"."updated_by",
+    "p"."id", "p"."session_id", "p"."station_id", "s"."cp_id", "s"."connector_id",
+    "p"."user_id", "s"."vehicle_id", "p"."refunded_minor", "p"."currency",
+    "p"."updated_at", "p"."provider_ref", "p"."company_id", "p"."station_owner_id"
+FROM "payment" AS "p" JOIN "session" AS "s" ON "s"."id" = "p"."session_id"
+WHERE "p"."refunded_minor" > 0;
+UPDATE "payment" SET "status" = 'VOIDED' WHERE "status" = 'PENDING' AND "amount_minor" = 0;
+"""
+
 #: Every migration, oldest first. Append only.
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
@@ -861,7 +909,7 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (25, _V25), (26, _V26), (27, _V27),
                                      (28, _V28), (29, _V29), (30, _V30),
                                      (31, _V31), (32, _V32), (33, _V33), (34, _V34),
-                                     (35, _V35), (36, _V36))
+                                     (35, _V35), (36, _V36), (37, _V37))
 
 #: Python functions migrations call, registered on the migrating connection: a value only
 #: the domain's rules can compute for rows written before (name, arity, function).

@@ -23,6 +23,7 @@ from domain.entities import (
     MeterSample,
     Payment,
     Record,
+    Refund,
     Reservation,
     Role,
     Session,
@@ -34,6 +35,7 @@ from domain.entities import (
     User,
     Vehicle,
 )
+from domain.ids import new_id
 from domain.ports import Insert, Store
 from domain.services.base import books_of
 from domain.validation import name_key, plate_key
@@ -182,6 +184,21 @@ def payment(sess: Session, **kw: Any) -> Payment:
     kw.setdefault("company_id", sess.company_id)
     kw.setdefault("station_owner_id", sess.station_owner_id)
     return Payment(session_id=sess.id, station_id=sess.station_id, **kw)
+
+
+def refund(sess: Session, payment_id: str | None = None, **kw: Any) -> Refund:
+    """Part of ``sess``'s payment paid back, in its books (as ``PaymentService`` records
+    it)."""
+    kw.setdefault("amount_minor", 200)
+    kw.setdefault("currency", "EUR")
+    kw.setdefault("at", T0)
+    kw.setdefault("user_id", sess.user_id)
+    kw.setdefault("vehicle_id", sess.vehicle_id)
+    kw.setdefault("company_id", sess.company_id)
+    kw.setdefault("station_owner_id", sess.station_owner_id)
+    return Refund(payment_id=payment_id or new_id(), session_id=sess.id,
+                  station_id=sess.station_id, cp_id=sess.cp_id,
+                  connector_id=sess.connector_id, **kw)
 
 
 def audit(entity: Record, actor: str, **kw: Any) -> AuditEntry:

@@ -44,6 +44,7 @@ from tests.contract.factories import (
     meter_sample,
     payment,
     put,
+    refund,
     reservation,
     session,
     signed_value,
@@ -123,6 +124,10 @@ def build_world() -> dict[str, Record]:
     w.tA = tariff(company_id=w.A.id)
     w.tS3, w.tS4, w.tS5 = (tariff(station_id=s.id) for s in (w.S3, w.S4, w.S5))
     w.p1, w.p2 = payment(w.x1), payment(w.x2)
+    # Refunds are in their payment's books, and their driver's: f6 of x6, in A's books,
+    # paid back since B runs S6 (A pays it back; B does not learn of it).
+    w.f1, w.f2 = refund(w.x1, w.p1.id), refund(w.x2, w.p2.id)
+    w.f6 = refund(w.x6)
     w.a_opA = audit(w.S1, w.opA.id)
     w.a_opA2 = audit(w.A, w.opA2.id)
     w.a_opB = audit(w.S3, w.opB.id)
@@ -167,6 +172,7 @@ EXPECTED: dict[str, dict[str, set[str]]] = {
         "reservation": {"r1", "r6_done", "r6_live", "r6_lapsed"},
         "tariff": {"tA", "tS5"},
         "payment": {"p1"},
+        "refund": {"f1", "f6"},
         "audit_entry": {"a_opA", "a_opA2", "a_sys_c2", "a_a_tariff", "a_x1_ended",
                         "a_command_s6", "a_record_s6", "a_reserved_r1"},
     },
@@ -184,6 +190,7 @@ EXPECTED: dict[str, dict[str, set[str]]] = {
         "reservation": {"r1", "r6_done", "r6_live", "r6_lapsed"},
         "tariff": {"tA"},
         "payment": {"p1"},
+        "refund": {"f1", "f6"},
         "audit_entry": {"a_opA", "a_opA2", "a_sys_c2", "a_a_tariff", "a_removal",
                         "a_x1_ended", "a_command_s6", "a_record_s6", "a_reserved_r1"},
     },
@@ -200,6 +207,7 @@ EXPECTED: dict[str, dict[str, set[str]]] = {
         "reservation": {"r3", "r6_live", "r6_b"},
         "tariff": {"tS3"},
         "payment": {"p2"},
+        "refund": {"f2"},
         "audit_entry": {"a_opB", "a_moved", "a_b_person", "a_moved_person", "a_ocpp_x2",
                         "a_demoted", "a_record_s6"},
     },
@@ -221,6 +229,7 @@ EXPECTED: dict[str, dict[str, set[str]]] = {
         "meter_sample": {"m1", "m6"},
         "reservation": {"r1", "r6_done", "r6_lapsed"},
         "payment": {"p1"},
+        "refund": {"f1", "f6"},
         # About what is theirs, whoever acted (their session, ended by its operator).
         "audit_entry": {"a_d1", "a_x1_ended", "a_reserved_r1"},
         # The public map: every station, connector and price.

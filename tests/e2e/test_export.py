@@ -247,8 +247,15 @@ async def test_energy_rows_are_the_energy_trend_for_each_role(service: Running) 
     window = {"from": utc_text(start), "to": utc_text(start + timedelta(days=2))}
     query = """query($f: DateTime!, $t: DateTime!) { energyTrend(filter: {from: $f, to: $t},
         bucket: DAY, groupBy: STATION) { start cpId connectorId station { id } energyKwh
-        sessions revenue currency } }"""
-    counted = 0
+        sessions revenue currency refunds netRevenue } }"""
+    # 1.00 EUR of the driver's session on CP-1 paid back: a figure of its own, and net.
+    payments = service.services.payments
+    paid = await payments.store.find_one(d.Payment, Eq("user_id",
+                                                       service.central.users["driver"].id))
+    assert paid is not None
+    await payments.capture(SYSTEM, paid.id)
+    await payments.refund(SYSTEM, paid.id, Decimal("1.00"))
+    counted, refunded = 0, {}
     for role in ROLES:
         token = await service.token(role)
         rows = table(await export(service, "energy.csv", token, bucket="DAY",
@@ -257,12 +264,18 @@ async def test_energy_rows_are_the_energy_trend_for_each_role(service: Running) 
                                    token))["energyTrend"]
         assert [(datetime.fromisoformat(r["start"]), r["cpId"].removeprefix("'"),
                  r["stationId"] or None, Decimal(r["energyKwh"]), int(r["sessions"]),
-                 Decimal(r["revenue"]), r["currency"], r["connectorId"]) for r in rows] == [
+                 Decimal(r["revenue"]), r["currency"], r["connectorId"],
+                 Decimal(r["refunds"]), Decimal(r["netRevenue"])) for r in rows] == [
             (datetime.fromisoformat(b["start"]), b["cpId"],
              b["station"]["id"] if b["station"] else None, Decimal(str(b["energyKwh"])),
-             b["sessions"], Decimal(b["revenue"]), b["currency"], "") for b in trend], role
+             b["sessions"], Decimal(b["revenue"]), b["currency"], "",
+             Decimal(b["refunds"]), Decimal(b["netRevenue"])) for b in trend], role
         counted += sum(int(r["sessions"]) for r in rows)
+        refunded[role] = sum(Decimal(r["refunds"]) for r in rows)
     assert counted == 4 + 3 + 1 + 1 + 2  # admin, op, op_other, driver, driver2
+    # Seen as the payment is: its books (op's company) and its driver.
+    assert refunded == {"admin": Decimal("1.00"), "op": Decimal("1.00"), "op_other": 0,
+                        "driver": Decimal("1.00"), "driver2": 0}
     driver = await service.token("driver")
     rows = table(await export(service, "energy.csv", driver, bucket="DAY", **window))
     assert {r["cpId"] for r in rows} == {""}  # not grouped: one figure per bucket

@@ -10,11 +10,11 @@ import pytest
 
 from domain import entities as d
 from domain.policy import Viewer
-from domain.query import ALL
+from domain.query import ALL, Eq
 from graph import TokenService, create_graphql_app
 from graph.ids import to_global_id
 from tests.graph.conftest import SECRET, Api, CountingStore
-from tests.support.history import History, build_history
+from tests.support.history import History, build_history, utc
 
 
 @pytest.fixture
@@ -333,6 +333,46 @@ async def test_two_partial_refunds_at_once_pay_back_once(
         [{"field": "id", "code": "INVALID_STATE"}]]
     [stored] = await history.services.ctx.store.get_many(d.Payment, [payment.id])
     assert stored is not None and stored.refunded_minor == 500
+    # The loser's refund record went with its payment write: reports count 5.00 once.
+    [record] = await history.services.ctx.store.find_all(d.Refund,
+                                                          Eq("payment_id", payment.id))
+    assert record.amount_minor == 500
+
+
+MONEY = """query($f: EnergyTrendFilter!) { energyTrend(filter: $f, bucket: DAY,
+  timeZone: "Europe/Berlin") { revenue refunds netRevenue currency } overview(timeZone:
+  "Europe/Berlin") { revenueToday { amount currency } refundsToday { amount currency }
+  netRevenueToday { amount currency } } }"""
+
+
+@pytest.mark.parametrize(("who", "seen"), [("admin", True), ("op_a", True),
+                                           ("driver2", True), ("op_b", False),
+                                           ("driver1", False)])
+async def test_refunds_and_net_revenue_through_the_api(
+        scripted: tuple[History, Api], who: str, seen: bool) -> None:
+    """6.60 EUR billed on the 29th, 2.50 of it refunded on the 30th: gross stays on the
+    29th, the refund and a net of -2.50 are the 30th's, for who sees the payment."""
+    history, api = scripted
+    [payment] = [p for p in await history.services.ctx.store.find_all(d.Payment, ALL)
+                 if p.amount_minor == 660]  # driver2's, in A's books
+    gid, op = to_global_id("payment", payment.id), history.users["op_a"].id
+    history.clock.now = utc(30, 10)
+    await api.gql(PAY % "capturePayment", {"id": gid}, as_user=op)
+    assert (await api.gql(REFUND, {"id": gid, "amount": "2.50"}, as_user=op)
+            )["refundPayment"]["errors"] == []
+    data = await api.gql(MONEY, {"f": WINDOW}, as_user=history.users[who].id)
+    gross = {"admin": "8.70", "op_a": "8.70", "driver2": "6.60", "driver1": "2.10",
+             "op_b": "0.00"}[who]
+    back = "2.50" if seen else "0.00"
+    assert data["energyTrend"] == [
+        {"revenue": "0.00", "refunds": "0.00", "netRevenue": "0.00", "currency": "EUR"},
+        {"revenue": gross, "refunds": "0.00", "netRevenue": gross, "currency": "EUR"},
+        {"revenue": "0.00", "refunds": back, "netRevenue": "-" + back if seen else "0.00",
+         "currency": "EUR"}]
+    eur = [{"amount": "2.50", "currency": "EUR"}] if seen else []
+    assert data["overview"] == {"revenueToday": [], "refundsToday": eur,
+                                "netRevenueToday": [{"amount": "-2.50", "currency": "EUR"}]
+                                if seen else []}
 
 
 GROUPED = """query($f: EnergyTrendFilter!, $g: AnalyticsGroup) { energyTrend(filter: $f,

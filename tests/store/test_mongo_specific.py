@@ -1747,6 +1747,39 @@ async def test_payments_refunded_before_partial_refunds_were_refunded_whole(
     assert db[migrations.MIGRATIONS].find_one({"_id": "refunded_whole"})["done"] is True
 
 
+async def test_refunds_made_before_become_records_and_pending_payments_of_nothing_void(
+        mongo: MongoStore) -> None:
+    """What SQLite migration 37 does: a payment refunded before refunds were records is
+    one refund (its id the payment's, dated by its last write); a PENDING payment of 0 is
+    VOIDED. Two instances running the step at once write each refund once."""
+    from domain.entities import Payment, PaymentStatus, Refund
+    from tests.contract.factories import at, payment, session, station
+
+    where = station(company_id="c" * 24)
+    sold, zero = (session(where, n, user_id="a" * 24, vehicle_id="b" * 24)
+                  for n in (1, 2))
+    refunded = payment(sold, status=PaymentStatus.CAPTURED, refunded_minor=300,
+                       provider_ref="manual:refund", updated_at=at(90), updated_by="op-1")
+    nothing = payment(zero, amount_minor=0)
+    await mongo.write([Insert(r) for r in (where, sold, zero, refunded, nothing)], [])
+    db = raw(mongo)
+    db[migrations.MIGRATIONS].delete_many({})  # a database from before
+
+    await asyncio.gather(migrations.migrate(mongo.db), migrations.migrate(mongo.db))
+
+    [record] = await mongo.find_all(Refund, ALL)
+    assert record == Refund(
+        id=refunded.id, created_at=at(90), updated_at=at(90), created_by="op-1",
+        updated_by="op-1", payment_id=refunded.id, session_id=sold.id, station_id=where.id,
+        cp_id=where.cp_id, connector_id=1, user_id="a" * 24, vehicle_id="b" * 24,
+        amount_minor=300, currency="EUR", at=at(90), provider_ref="manual:refund",
+        company_id=where.company_id, station_owner_id=None)
+    [voided] = await mongo.get_many(Payment, [nothing.id])
+    assert voided is not None and voided.status is PaymentStatus.VOIDED
+    for step in ("refund_records", "voided_zero_payments"):
+        assert db[migrations.MIGRATIONS].find_one({"_id": step})["done"] is True
+
+
 async def test_a_start_after_the_books_were_filled_in_looks_for_none(
         mongo: MongoStore, monkeypatch: pytest.MonkeyPatch) -> None:
     """Documents lacking their books are found by the field's absence, which no index

@@ -724,6 +724,49 @@ async def test_version_24_counts_refunded_payments_as_refunded_whole(db_path: st
         ("p1", 660), ("p2", 0)]
 
 
+async def test_version_37_books_refunds_made_before_and_voids_pending_payments_of_nothing(
+        db_path: str) -> None:
+    """A payment refunded before refunds were records kept only how much: that sum is
+    one refund (its id the payment's), dated by the payment's last write, with its
+    session's charger, plug and vehicle and the payment's books; a PENDING payment of
+    0 (a late stop corrected its session to nothing) is VOIDED."""
+    from domain.entities import Payment, PaymentStatus, Refund
+    from tests.contract.factories import at, payment, session
+
+    where = station(company_id="c" * 24)
+    sold, kept, zero = (session(where, n, user_id="a" * 24, vehicle_id="b" * 24,
+                                company_id=where.company_id) for n in (1, 2, 3))
+    refunded = payment(sold, status=PaymentStatus.REFUNDED, refunded_minor=1234,
+                       provider_ref="manual:refund", updated_at=at(90), updated_by="op-1")
+    partly = payment(kept, status=PaymentStatus.CAPTURED, refunded_minor=200,
+                     updated_at=at(60))
+    nothing = payment(zero, amount_minor=0)
+    store = SqliteStore(db_path)
+    await store.start()
+    await put(store, where, sold, kept, zero, refunded, partly, nothing,
+              payment(session(where, 4)))  # collected, never refunded
+    await store.close()
+    raw(db_path, 'DROP TABLE "refund"')  # the file as version 36 left it
+    raw(db_path, 'DELETE FROM "schema_version" WHERE "version" = 37')
+
+    migrated = SqliteStore(db_path)
+    await migrated.start()
+    try:
+        refunds = {r.id: r for r in await migrated.find_all(Refund, ALL)}
+        statuses = {p.id: p.status for p in await migrated.find_all(Payment, ALL)}
+    finally:
+        await migrated.close()
+    assert refunds == {p.id: Refund(
+        id=p.id, created_at=p.updated_at, updated_at=p.updated_at, created_by=p.updated_by,
+        updated_by=p.updated_by, payment_id=p.id, session_id=s.id, station_id=where.id,
+        cp_id=where.cp_id, connector_id=s.connector_id, user_id="a" * 24,
+        vehicle_id="b" * 24, amount_minor=p.refunded_minor, currency="EUR",
+        at=p.updated_at, provider_ref=p.provider_ref, company_id=where.company_id,
+        station_owner_id=None) for p, s in ((refunded, sold), (partly, kept))}
+    assert statuses[nothing.id] is PaymentStatus.VOIDED
+    assert statuses[partly.id] is PaymentStatus.CAPTURED
+
+
 async def test_version_26_leaves_older_tariffs_without_idle_fees_bands_or_plugs(
         db_path: str) -> None:
     """Tariffs set before version 26 bill no idle time (price 0, grace 0, no cap), have
