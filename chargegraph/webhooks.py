@@ -122,8 +122,8 @@ def _camel(name: str) -> str:
 
 
 def event_data(event: DomainEvent) -> dict[str, Any]:
-    """An event's fields for receivers: camelCase, ids as global ids, without the
-    ownership snapshot (who may see it was decided already)."""
+    """An event's fields for receivers: camelCase, ids as global ids, instants as the API
+    writes them, without the ownership snapshot (who may see it was decided already)."""
     data: dict[str, Any] = {}
     for field in dataclasses.fields(event):
         if field.name in _INTERNAL:
@@ -135,6 +135,8 @@ def event_data(event: DomainEvent) -> dict[str, Any]:
             value = to_global_id(_ID_FIELDS[field.name], value)
         elif field.name == "requested_by" and is_id(value):
             value = to_global_id("user", value)  # else an actor: system, ocpp:<cpId>
+        elif isinstance(value, datetime):
+            value = rfc3339(value)  # as the body's ``at`` and the API write instants
         data[_camel(field.name)] = value
     return data
 

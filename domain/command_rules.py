@@ -189,7 +189,26 @@ def _consistent(action: str, payload: dict[str, Any]) -> None:
 def is_heartbeat_key(key: Any) -> bool:
     """Whether a configuration key is ``HeartbeatInterval``: OCPP keys are CiStrings,
     compared without regard to case."""
-    return isinstance(key, str) and key.lower() == "heartbeatinterval"
+    return isinstance(key, str) and folded_key(key) == "heartbeatinterval"
+
+
+def folded_key(key: str) -> str:
+    """A configuration key as compared: OCPP 1.6 keys are CiStrings (case-insensitive)."""
+    return key.lower()
+
+
+#: What makes a configuration key's value a secret, in its folded name: the OCPP 1.6
+#: security whitepaper's ``AuthorizationKey`` (the charger's Basic-auth password of
+#: security profiles 1 and 2; write-only there, yet some chargers read it back) and any
+#: vendor key named for a password or secret. Matched as parts of the name, so a vendor's
+#: ``BackendPassword`` or ``OcppAuthorizationKey`` is one too: showing a key's value
+#: needlessly masked costs an operator little, a leaked password the charger.
+SECRET_KEY_PARTS = ("authorizationkey", "password", "passwd", "secret")
+
+
+def is_secret_key(key: Any) -> bool:
+    """Whether a configuration key's value is never stored nor shown (``SECRET_KEY_PARTS``)."""
+    return isinstance(key, str) and any(part in folded_key(key) for part in SECRET_KEY_PARTS)
 
 
 def _profile_fits_connector(payload: dict[str, Any]) -> None:

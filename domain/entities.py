@@ -288,6 +288,24 @@ class Station(Record):
     #: The site (grid connection) it charges behind, whose power its sessions share
     #: (``domain.load_sharing``); ``None``: no site limit applies.
     site_id: str | None = None
+    #: When ``firmware_status`` and ``diagnostics_status`` were set (the charger's
+    #: notification, or ``FIRMWARE_REQUESTED`` from an accepted UpdateFirmware), on our
+    #: clock: "Installed" alone does not say which rollout, today's or last year's.
+    #: ``None`` for statuses stored before the time was kept (SQLite migration 38).
+    firmware_status_at: datetime | None = None
+    diagnostics_status_at: datetime | None = None
+    #: The last firmware rollout its charger accepted (UpdateFirmware): when, where from
+    #: (the URL without its user information, as the audit keeps it) and when the
+    #: charger was to fetch it. Statuses after ``firmware_requested_at`` are its.
+    firmware_requested_at: datetime | None = None
+    firmware_location: str | None = None
+    firmware_retrieve_date: datetime | None = None
+
+
+#: ``Station.firmware_status`` from an UpdateFirmware its charger accepted until the
+#: charger reports on it: ours, not one of OCPP 1.6's FirmwareStatus values, so the last
+#: rollout's "Installed" is not read as the new one's.
+FIRMWARE_REQUESTED = "Requested"
 
 
 class ChargingRateUnit(StrEnum):
@@ -693,6 +711,44 @@ class LocalListEntry(Record):
 
 
 @dataclass(kw_only=True)
+class ConfigurationKey(Record):
+    """One configuration key of a station's charger as last known, so an operator sees
+    it while the charger is offline: from every GetConfiguration answer (``read_at``,
+    with its ``readonly`` flag) and every ChangeConfiguration the charger took
+    (``changed_at``: Accepted, or RebootRequired). One per (station, key), found by the
+    key without regard to case (``folded_key``: OCPP keys are CiStrings). A secret key's
+    value is never kept (``secret``; ``command_rules.is_secret_key``). Control state
+    written by the service, not audited itself: each command is audited as the COMMAND
+    it is."""
+
+    kind: ClassVar[str] = "configuration_key"
+    station_id: str
+    cp_id: str
+    #: As the charger (or, for a key first known from a change, the operator) spells it.
+    key: str
+    #: ``key`` lower-cased, written with it (``services.base``): what makes it one key.
+    folded_key: str = ""
+    #: ``None``: the charger gave none, or the key is ``secret``.
+    value: str | None = None
+    readonly: bool = False
+    #: Its value is withheld (a password): never stored, never shown.
+    secret: bool = False
+    #: When a GetConfiguration answer last gave it; ``None``: known only from a change.
+    read_at: datetime | None = None
+    #: When the charger last took a ChangeConfiguration of it; ``None``: never since
+    #: it was read.
+    changed_at: datetime | None = None
+    #: That change was answered RebootRequired: the value applies from the next boot.
+    reboot_required: bool = False
+
+    def awaits_reboot(self, booted_at: datetime | None) -> bool:
+        """Whether its value waits for a reboot: the last change was answered
+        RebootRequired and the charger has not booted since (``Station.booted_at``)."""
+        return self.reboot_required and self.changed_at is not None and (
+            booted_at is None or booted_at < self.changed_at)
+
+
+@dataclass(kw_only=True)
 class Reservation(Record):
     kind: ClassVar[str] = "reservation"
     reservation_id: int
@@ -964,6 +1020,7 @@ ENTITY_TYPES: tuple[type[Record], ...] = (
     InstanceLease,
     LocalList,
     LocalListEntry,
+    ConfigurationKey,
     Webhook,
     OfflineNotice,
     RefreshFamily,

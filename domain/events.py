@@ -89,8 +89,14 @@ class MaintenanceStatusChanged(DomainEvent):
     topic: ClassVar[str] = "maintenance"
     #: ``FIRMWARE`` or ``DIAGNOSTICS``.
     kind: str
-    #: As OCPP 1.6 spells it (Downloading, Installed, Uploaded, ...).
+    #: As OCPP 1.6 spells it (Downloading, Installed, Uploaded, ...), or ours
+    #: ``Requested`` (``entities.FIRMWARE_REQUESTED``): an UpdateFirmware the charger
+    #: accepted. With ``at``, what the station stores (``Station.firmware_status_at``).
     status: str
+    #: For FIRMWARE, the rollout the status follows (``Station.firmware_requested_at``);
+    #: ``None`` for diagnostics, before any rollout was recorded, and from versions
+    #: before it was carried.
+    requested_at: datetime | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

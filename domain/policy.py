@@ -62,7 +62,9 @@ PRIVATE_FIELDS: dict[str, frozenset[str]] = {
     "station": frozenset({"owner_id", "company_id", "registration", "vendor", "model",
                           "serial", "firmware", "firmware_status", "diagnostics_status",
                           "last_seen", "created_by", "updated_by", "site_id",
-                          "heartbeat_interval"}),
+                          "heartbeat_interval", "firmware_status_at",
+                          "diagnostics_status_at", "firmware_requested_at",
+                          "firmware_location", "firmware_retrieve_date"}),
     # Whose books: who ran the station then, which a driver is not told of any station.
     "session": frozenset({"company_id", "station_owner_id"}),
     "payment": frozenset({"company_id", "station_owner_id"}),
@@ -236,6 +238,10 @@ class Policy:
                 # its plug, and must be able to cancel it.
                 return any_of(books, all_of(live_reservations(), on_stations))
             case "connector" | "status_event" | "connection_event" | "connector_interval":
+                return on_stations
+            case "configuration_key":
+                # Its charger's internals, as the station's private view: those who run
+                # it (drivers and the map see none: the driver scope has no case).
                 return on_stations
             case "meter_sample" | "signed_meter_value":
                 # A session's samples follow its books, as the session and its revenue do:

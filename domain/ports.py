@@ -69,6 +69,8 @@ UNIQUE_RULES: dict[str, tuple[tuple[str, ...], ...]] = {
     "refresh_token": (("token_hash",),),
     # What a station's local list holds for a tag is one thing.
     "local_list_entry": (("station_id", "tag"),),
+    # A charger's configuration key is one whatever its case (OCPP CiString).
+    "configuration_key": (("station_id", "folded_key"),),
 }
 #: Partial unique rules: (fields, (condition field, value)). One ACTIVE session per
 #: connector; completed sessions on the same connector are history, not duplicates.

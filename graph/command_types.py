@@ -135,11 +135,28 @@ class AuthorizationDataInput:
 
 
 # ------------------------------------------------------------------ results
-@strawberry.type(description="One configuration key as the charger reports it.")
+@strawberry.type(description=(
+    "One configuration key of a charger: as it answered `getConfiguration`, or as "
+    "`Station.configuration` keeps it from its answers (shown while it is offline)."))
 class ConfigurationKey:
-    key: str
-    readonly: bool
-    value: str | None
+    key: str = strawberry.field(description="As the charger spells it (OCPP keys are "
+                                            "compared without regard to case).")
+    readonly: bool = strawberry.field(description="The charger does not let it be changed.")
+    value: str | None = strawberry.field(description="Null when the charger gave none, and "
+                                                     "for a `masked` key.")
+    masked: bool = strawberry.field(default=False, description=(
+        "A secret whose value is never stored nor shown: `AuthorizationKey` (the "
+        "charger's Basic-auth password, OCPP 1.6 security profiles 1 and 2) and any key "
+        "named for a password or secret."))
+    read_at: datetime | None = strawberry.field(default=None, description=(
+        "When a `getConfiguration` answer last gave it; null when known only from a "
+        "change."))
+    changed_at: datetime | None = strawberry.field(default=None, description=(
+        "When the charger last took a `changeConfiguration` of it (ACCEPTED or "
+        "REBOOT_REQUIRED); null when none went through the service."))
+    reboot_required: bool = strawberry.field(default=False, description=(
+        "Its last change was answered REBOOT_REQUIRED and the charger has not booted "
+        "since: `value` applies from its next boot."))
 
 
 @strawberry.type

@@ -13,6 +13,7 @@ from typing import Any
 
 import strawberry
 
+from domain.command_rules import is_secret_key
 from domain.errors import DomainError
 from domain.services.commands import CommandOutcome
 from graph import command_types as t
@@ -380,7 +381,8 @@ class CommandMutation:
         return GetConfigurationPayload(
             configuration_key=[
                 t.ConfigurationKey(key=k["key"], readonly=bool(k["readonly"]),
-                                   value=k.get("value"))
+                                   value=k.get("value"), masked=is_secret_key(k["key"]),
+                                   read_at=outcome.answered_at if outcome else None)
                 for k in result.get("configurationKey", [])
             ],
             unknown_key=list(result.get("unknownKey", [])),

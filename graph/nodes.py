@@ -27,11 +27,12 @@ from domain.currencies import major_units
 from domain.geo import distance_km
 from domain.ids import is_id
 from domain.query import ALL, Eq, Range, Sort, all_of
+from domain.services.configuration import MAX_KEYS
 from domain.services.intervals import IdleSpan
 from domain.services.tariffs import LATEST_VERSION_FIRST, PricedAt
 from domain.tariff_bands import session_split
 from graph import history, signed
-from graph.command_types import AuthorizationStatus
+from graph.command_types import AuthorizationStatus, ConfigurationKey
 from graph.enums import (
     AuditAction,
     ConnectorStatus,
@@ -63,6 +64,8 @@ NodeT = TypeVar("NodeT")
 NEWEST_FIRST = (Sort("start_time", descending=True),)
 BY_CONNECTOR = (Sort("connector_id"),)
 MAX_CONNECTORS = 100
+#: The most configuration keys shown of one station (``services.configuration.MAX_KEYS``).
+MAX_CONFIGURATION_KEYS = MAX_KEYS
 
 
 def _ctx(info: Info) -> GraphContext:
@@ -194,6 +197,12 @@ def _new_active_sessions_loader(loaders: Loaders) -> Any:
 
 def _new_connectors_loader(loaders: Loaders) -> Any:
     return loaders.many_by(d.Connector, "station_id", ALL, BY_CONNECTOR, MAX_CONNECTORS)
+
+
+def _new_configuration_loader(loaders: Loaders) -> Any:
+    # By folded key: the order a reader looks a key up in, whatever its case.
+    return loaders.many_by(d.ConfigurationKey, "station_id", ALL, (Sort("folded_key"),),
+                           MAX_CONFIGURATION_KEYS)
 
 
 def _new_payment_loader(loaders: Loaders) -> Any:
@@ -456,6 +465,23 @@ class IdTag(Node, Audited):
 
 
 # ------------------------------------------------------------------------- stations
+@strawberry.type(description="A firmware update its charger accepted (OCPP UpdateFirmware).")
+class FirmwareRollout:
+    requested_at: datetime = strawberry.field(description="When the charger accepted it.")
+    location: str = strawberry.field(description=(
+        "Where the charger was to fetch the firmware from, without the URL's user "
+        "information (as the audit log keeps it)."))
+    retrieve_date: datetime | None = strawberry.field(description=(
+        "When the charger was to fetch it (not before)."))
+
+    @classmethod
+    def of(cls, r: d.Station) -> FirmwareRollout | None:
+        if r.firmware_requested_at is None:
+            return None
+        return cls(requested_at=r.firmware_requested_at, location=r.firmware_location or "",
+                   retrieve_date=r.firmware_retrieve_date)
+
+
 @strawberry.type(description="A charge point (OCPP identity `cpId`).")
 class Station(Node, Audited):
     cp_id: str
@@ -470,8 +496,24 @@ class Station(Node, Audited):
     last_seen: datetime | None = strawberry.field(description=(
         "When its charger was last heard from: its connection, boot, heartbeat, or any "
         "other message (within a minute). Staff only."))
-    firmware_status: str | None
-    diagnostics_status: str | None
+    firmware_status: str | None = strawberry.field(description=(
+        "Its charger's last FirmwareStatusNotification as OCPP 1.6 spells it "
+        "(Downloading, Downloaded, Installing, Installed, DownloadFailed, "
+        "InstallationFailed, Idle), or `Requested`: an `updateFirmware` the charger "
+        "accepted (`firmwareRollout`) and has not reported on yet. See "
+        "`firmwareStatusAt`. Staff only."))
+    firmware_status_at: datetime | None = strawberry.field(description=(
+        "When `firmwareStatus` was set (the notification came, or the rollout was "
+        "accepted); null for a status kept before times were. Staff only."))
+    firmware_rollout: FirmwareRollout | None = strawberry.field(description=(
+        "The last `updateFirmware` its charger accepted; null before any. Firmware "
+        "statuses from `firmwareRollout.requestedAt` on are this rollout's. Staff only."))
+    diagnostics_status: str | None = strawberry.field(description=(
+        "Its charger's last DiagnosticsStatusNotification (Idle, Uploading, Uploaded, "
+        "UploadFailed). See `diagnosticsStatusAt`. Staff only."))
+    diagnostics_status_at: datetime | None = strawberry.field(description=(
+        "When `diagnosticsStatus` was reported; null for a status kept before times "
+        "were. Staff only."))
     password_required: bool | None = strawberry.field(description=(
         "Whether its charger must present the station's password (HTTP Basic, OCPP "
         "security profile 1 or 2). False: anyone who knows the cpId can connect as it."))
@@ -528,7 +570,10 @@ class Station(Node, Audited):
             "registration": r.registration if private else None,
             "last_seen": r.last_seen if private else None,
             "firmware_status": r.firmware_status if private else None,
+            "firmware_status_at": r.firmware_status_at if private else None,
+            "firmware_rollout": FirmwareRollout.of(r) if private else None,
             "diagnostics_status": r.diagnostics_status if private else None,
+            "diagnostics_status_at": r.diagnostics_status_at if private else None,
             "password_required": (r.auth_password_hash is not None) if private else None,
             "status": r.status,
             "error_code": r.error_code,
@@ -625,6 +670,21 @@ class Station(Node, Audited):
         return await nested_connection(_ctx(info), d.Reservation, Reservation.wrap,
                                        "station_id", self._r.id, ALL, (),
                                        _page(first, after, last, before))
+
+    @strawberry.field(description=(
+        "Its charger's configuration as last known, by key: from every `getConfiguration` "
+        "answer and every `changeConfiguration` the charger took, so it shows while the "
+        "charger is offline (a key known from neither is not here). Secret keys' values "
+        "are `masked`. Admins and the station's operators; empty for others."))
+    async def configuration(self, info: Info) -> list[ConfigurationKey]:
+        if not self._private:
+            return []
+        ctx = _ctx(info)
+        known = await ctx.loaders.shared(_new_configuration_loader).load(self._r.id)
+        booted = self._r.booted_at
+        return [ConfigurationKey(key=k.key, readonly=k.readonly, value=k.value,
+                                 masked=k.secret, read_at=k.read_at, changed_at=k.changed_at,
+                                 reboot_required=k.awaits_reboot(booted)) for k in known]
 
     @strawberry.field(description="When the charger connected and disconnected, newest "
                                   "first (admins and the station's operators).")

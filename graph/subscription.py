@@ -215,15 +215,24 @@ class MaintenanceKind(Enum):
 
 
 @strawberry.type(description="A charger's progress with a firmware update or a "
-                             "diagnostics upload (Firmware/DiagnosticsStatusNotification).")
+                             "diagnostics upload (Firmware/DiagnosticsStatusNotification), "
+                             "and a firmware update it accepted (`Requested`): what "
+                             "`Station.firmwareStatus` and `diagnosticsStatus` read now.")
 class MaintenanceEvent(_OfStation):
     cp_id: str = strawberry.field(description=_CP_ID)
     kind: MaintenanceKind = strawberry.field(description="Firmware update or diagnostics.")
     status: str = strawberry.field(description="As OCPP 1.6 spells it: Downloading, "
                                                "Downloaded, Installing, Installed, "
                                                "DownloadFailed, InstallationFailed; "
-                                               "Uploading, Uploaded, UploadFailed; Idle.")
-    at: datetime = strawberry.field(description="When it was reported, UTC.")
+                                               "Uploading, Uploaded, UploadFailed; Idle. "
+                                               "Or `Requested`: an `updateFirmware` the "
+                                               "charger accepted.")
+    at: datetime = strawberry.field(description=(
+        "When it was reported (or the update accepted), UTC: the station's "
+        "`firmwareStatusAt` or `diagnosticsStatusAt`."))
+    requested_at: datetime | None = strawberry.field(description=(
+        "FIRMWARE: the rollout the status follows (`Station.firmwareRollout.requestedAt`); "
+        "null for diagnostics and before any rollout was recorded."))
     dropped_before: int = strawberry.field(description=_DROPPED)
     _e: strawberry.Private[MaintenanceStatusChanged]
 
@@ -378,7 +387,8 @@ def _session(e: SessionChanged, dropped: int) -> SessionEvent:
 
 def _maintenance(e: MaintenanceStatusChanged, dropped: int) -> MaintenanceEvent:
     return MaintenanceEvent(cp_id=e.cp_id, kind=MaintenanceKind(e.kind), status=e.status,
-                            at=e.at, dropped_before=dropped, _e=e)
+                            at=e.at, requested_at=e.requested_at, dropped_before=dropped,
+                            _e=e)
 
 
 def _fault(e: FaultReported, dropped: int) -> FaultEvent:

@@ -138,7 +138,9 @@ ALL_KINDS: tuple[type[Record], ...] = ENTITY_TYPES
 #: Fields whose words are not their column's: "cp" alone means nothing to anyone.
 _FIELD_WORDS = {"cp_id": "charge point id (cpId)",
                # A plate's key is its letters and digits: people call it the plate.
-               "plate_key": "license plate"}
+               "plate_key": "license plate",
+               # A configuration key compared without regard to case is the key.
+               "folded_key": "key"}
 
 
 def field_words(name: str) -> str:

@@ -14,6 +14,7 @@ from typing import Any, Final, cast
 
 from domain import validation as v
 from domain.clock import utcnow
+from domain.command_rules import folded_key
 from domain.entities import (
     AuditAction,
     AuditEntry,
@@ -30,7 +31,7 @@ from domain.entities import (
     snapshot,
 )
 from domain.errors import NotFound
-from domain.events import ReservationChanged
+from domain.events import MaintenanceStatusChanged, ReservationChanged
 from domain.ids import is_id
 from domain.policy import Policy, Viewer
 from domain.ports import Change, Delete, EventBus, Insert, PasswordHasher, Store, Update
@@ -150,6 +151,15 @@ async def same_company(store: Store, card: IdTag, reserved: IdTag | None,
     if reserved is None and (reserver is None or reserver.company_id is None):
         return True
     return reserver is not None and reserver.company_id == holder.company_id
+
+
+def maintenance_event(station: Station, kind: str, status: str, at: datetime
+                      ) -> MaintenanceStatusChanged:
+    """The announcement of a station's firmware (``FIRMWARE``) or diagnostics status as
+    stored at ``at``: subscriptions and webhooks say what ``Station`` reads."""
+    requested = station.firmware_requested_at if kind == "FIRMWARE" else None
+    return MaintenanceStatusChanged(**owned_by(station), kind=kind, status=status, at=at,
+                                    requested_at=requested)
 
 
 def books_of(station: Station) -> tuple[str | None, str | None]:
@@ -331,7 +341,10 @@ def charger(cp_id: str) -> Viewer:
 #: function of the source's value): what a list in that field's order sorts by. Kept
 #: here, where every new record is stamped and every edit patched, so no use case can
 #: write a name and leave its key behind (the stations a charger registers itself too).
-DERIVED_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {"name": ("name_key", v.name_key)}
+DERIVED_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "name": ("name_key", v.name_key),
+    # A charger's configuration key is one whatever its case (``ConfigurationKey``).
+    "key": ("folded_key", folded_key)}
 
 
 def stamp_new(record: E, viewer: Viewer, now: datetime | None = None) -> E:

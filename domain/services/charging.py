@@ -49,7 +49,6 @@ from domain.events import (
     DomainEvent,
     EventsDropped,
     FaultReported,
-    MaintenanceStatusChanged,
     SessionChanged,
     StationConnectionChanged,
 )
@@ -65,6 +64,7 @@ from domain.services.base import (
     ServiceContext,
     books_of,
     charger,
+    maintenance_event,
     owned_by,
     patch,
     reservation_changed,
@@ -1483,21 +1483,25 @@ class ChargingService(Service):
 
     # ------------------------------------------------------------- station-level reports
     async def firmware_status(self, cp_id: str, status: str) -> None:
-        await self._station_report(cp_id, "FIRMWARE", firmware_status=status)
+        await self._station_report(cp_id, "FIRMWARE", status)
 
     async def diagnostics_status(self, cp_id: str, status: str) -> None:
-        await self._station_report(cp_id, "DIAGNOSTICS", diagnostics_status=status)
+        await self._station_report(cp_id, "DIAGNOSTICS", status)
 
     @_station_must_exist
-    async def _station_report(self, cp_id: str, kind: str, **values: Any) -> None:
+    async def _station_report(self, cp_id: str, kind: str, status: str) -> None:
+        """Stores the status with when it came (``firmware_status_at``), and announces
+        both as stored: the event's ``at`` is the station's time, its ``requested_at``
+        the rollout the station records (a firmware status belongs to the last one)."""
         station = await self._require_station(cp_id)
         actor = charger(cp_id)
+        now = self.now()
+        field = "firmware_status" if kind == "FIRMWARE" else "diagnostics_status"
+        values: dict[str, Any] = {field: status, f"{field}_at": now}
         update = patch(station, actor, **values)
         await self.commit(actor, [(update, station)])
         self.cache.remember(cast(Station, update.record), renew=False)
-        [status] = values.values()
-        await self.publish(MaintenanceStatusChanged(**owned_by(station), kind=kind,
-                                                    status=status, at=self.now()))
+        await self.publish(maintenance_event(station, kind, status, now))
 
     async def data_transfer(self, cp_id: str, vendor_id: str, message_id: str | None,
                             data: str | None) -> tuple[str, str | None]:

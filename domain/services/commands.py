@@ -17,8 +17,9 @@ from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from domain.clock import utcnow
-from domain.command_rules import check_command, is_heartbeat_key
+from domain.command_rules import check_command, is_heartbeat_key, is_secret_key
 from domain.entities import (
+    FIRMWARE_REQUESTED,
     LIVE_RESERVATION_STATES,
     AuditAction,
     AuditEntry,
@@ -49,18 +50,20 @@ from domain.errors import (
 from domain.events import CommandCompleted, StationChanged
 from domain.ids import new_id
 from domain.policy import SYSTEM, Viewer
-from domain.ports import ChargerGateway, Delete, Insert
+from domain.ports import ChargerGateway, Delete, Insert, Update
 from domain.query import ALL, Eq, Filter, In, Range, all_of
 from domain.services.base import (
     Service,
     ServiceContext,
     books_of,
+    maintenance_event,
     owned_by,
     patch,
     reservation_changed,
     reserved_for_card,
     stamp_new,
 )
+from domain.services.configuration import record_change, record_read, without_secrets
 from domain.services.stations import connector_in_range
 from domain.services.withdrawal import record_local_list
 from domain.validation import heartbeat_interval
@@ -95,10 +98,10 @@ def masked(action: str, request: dict[str, Any]) -> dict[str, Any]:
     """A command's request as the audit log keeps it: without the secrets it may carry
     (the audit log is read by every operator of the station and kept for good). A
     charger's AuthorizationKey (refused anyway: ``command_rules``), and the user
-    information of an upload or download URL (``ftp://user:password@host/``)."""
+    information of an upload or download URL (``ftp://user:password@host/``), and the
+    value of any other secret key (``command_rules.is_secret_key``)."""
     out = dict(request)
-    if action == "ChangeConfiguration" and str(out.get("key", "")).lower() == \
-            "authorizationkey" and "value" in out:
+    if action == "ChangeConfiguration" and is_secret_key(out.get("key")) and "value" in out:
         out["value"] = HIDDEN
     if isinstance(out.get("location"), str):
         out["location"] = _without_user_info(out["location"])
@@ -142,6 +145,9 @@ class CommandOutcome:
     #: Who ``CommandCompleted`` says asked: the sender (``SYSTEM`` for what the service
     #: sends with its own authority), whoever the audit log names.
     requested_by: str | None = None
+    #: When the answer (or why there is none) was recorded: what a configuration read
+    #: or a firmware rollout it started is stored as of.
+    answered_at: datetime | None = None
 
 
 def _interval_taken(outcome: CommandOutcome, payload: dict[str, Any]) -> int | None:
@@ -154,6 +160,29 @@ def _interval_taken(outcome: CommandOutcome, payload: dict[str, Any]) -> int | N
             or outcome.error is not None or outcome.status not in POSITIVE:
         return None
     return heartbeat_interval(payload["value"], "value")  # checked before it was sent
+
+
+def _rollout(outcome: CommandOutcome, payload: dict[str, Any], now: datetime
+             ) -> dict[str, Any]:
+    """The firmware rollout an UpdateFirmware the charger accepted starts (its answer
+    has no status: any answer but a CALLERROR is a yes), as its station records it;
+    empty for any other command or outcome. The location as the audit keeps it."""
+    if outcome.action != "UpdateFirmware" or outcome.error is not None:
+        return {}
+    retrieve = payload.get("retrieveDate")
+    return {"firmware_requested_at": now,
+            "firmware_location": _without_user_info(str(payload.get("location", ""))),
+            "firmware_retrieve_date": retrieve if isinstance(retrieve, datetime) else None}
+
+
+def _requested(station: Station, viewer: Viewer, rollout: dict[str, Any], now: datetime
+               ) -> Update:
+    """The station's new rollout, its firmware status ``Requested`` from ``now``: the
+    last rollout's "Installed" is not the new one's. Only while no firmware report came
+    since the station was read before sending (``firmware_status_at``): one that did is
+    the charger's word on this rollout already (``_announce_requested``)."""
+    return patch(station, viewer, only_if=("firmware_status_at", station.firmware_status_at),
+                 firmware_status=FIRMWARE_REQUESTED, firmware_status_at=now, **rollout)
 
 
 class CommandService(Service):
@@ -241,7 +270,9 @@ class CommandService(Service):
             # reservation) is settled and audited, not left PENDING.
             outcome.error = exc
             return
-        outcome.result = result
+        # Whoever the answer reaches (the caller, ``commandCompleted``, webhooks) is not
+        # told a secret a charger read back.
+        outcome.result = without_secrets(outcome.action, result)
         outcome.status = result.get("status")
         if outcome.status is not None and outcome.status not in POSITIVE:
             outcome.error = ChargerRejected(f"the charger answered {outcome.status}")
@@ -553,6 +584,41 @@ class CommandService(Service):
                 updated, stations.get(reservation.station_id)))
         return expired
 
+    # ------------------------------------------------------------- what chargers took
+    async def _announce_requested(self, viewer: Viewer, wrote: Any, rollout: dict[str, Any],
+                                  now: datetime) -> None:
+        """After a rollout was recorded: announced as ``Requested`` if that status landed.
+        It did not if the charger reported on the rollout first (its notification
+        raced the answer here): then its report stands, and the rollout is recorded
+        beside it."""
+        requested = cast(Station, wrote)
+        if await self.landed([requested]):
+            await self.publish(maintenance_event(requested, "FIRMWARE", FIRMWARE_REQUESTED,
+                                                 now))
+            return
+        [current] = await self.store.get_many(Station, [requested.id])
+        if current is not None:
+            await self.commit(viewer, [(patch(current, viewer, **rollout), current)])
+
+    async def _record_configuration(self, viewer: Viewer, outcome: CommandOutcome,
+                                    payload: dict[str, Any], now: datetime) -> None:
+        """Keeps what a GetConfiguration answer or a ChangeConfiguration the charger
+        took says of its configuration (``services.configuration``), before the answer
+        is announced. Best effort: the charger's answer stands whatever the store says,
+        and the next read records it."""
+        if outcome.error is not None or outcome.action not in (
+                "GetConfiguration", "ChangeConfiguration"):
+            return
+        try:
+            if outcome.action == "GetConfiguration":
+                await record_read(self.store, outcome.station, outcome.result, viewer, now)
+            else:
+                await record_change(self.store, outcome.station, str(payload["key"]),
+                                    str(payload["value"]), outcome.status or "", viewer, now)
+        except DomainError as exc:
+            log.warning("%s: the configuration the charger answered %s with was not "
+                        "recorded: %s", outcome.station.cp_id, outcome.action, exc.message)
+
     # ------------------------------------------------------------- bookkeeping
     async def _audit_sent(self, viewer: Viewer, outcome: CommandOutcome,
                           payload: dict[str, Any]) -> None:
@@ -622,15 +688,23 @@ class CommandService(Service):
         interval = _interval_taken(outcome, payload)
         remembered = [(patch(station, viewer, heartbeat_interval=interval), station)] \
             if interval is not None and interval != station.heartbeat_interval else []
+        answered_at = outcome.answered_at = self.now()
+        rollout = _rollout(outcome, payload, answered_at)
+        if rollout:
+            remembered.append((_requested(station, viewer, rollout, answered_at), station))
         await self.commit(viewer, [*changes, *remembered], extra_audit=[audit])
         if remembered:
             # Every instance drops its cached copy: the one holding the charger answers
-            # its next boot from it.
+            # its next boot from it, and its firmware reports name the new rollout.
             await self.publish(StationChanged(**owned_by(station)))
+        if rollout:
+            await self._announce_requested(viewer, remembered[-1][0].record, rollout,
+                                           answered_at)
         if outcome.action == "SendLocalList" and outcome.error is None:
             # What the charger's list holds now: a blocked card is withdrawn from the
             # lists that accept it (``Withdrawal``).
             await record_local_list(self.store, station, payload, viewer)
+        await self._record_configuration(viewer, outcome, payload, answered_at)
         if changes:
             wrote = cast(Reservation, changes[0][0].record)
             landed = await self.landed([wrote])

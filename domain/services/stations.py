@@ -38,6 +38,7 @@ from domain.services.base import (
     reservation_changed,
     stamp_new,
 )
+from domain.services.configuration import forget_configuration
 
 #: The highest connector id a charger may report, and so register, beyond those the
 #: station has (chargers report their connectors one by one: 1, then 2, ...); also the
@@ -295,8 +296,9 @@ class StationService(Service):
         await self._nudging.settled()
 
     async def remove_station(self, viewer: Viewer, station_id: str) -> Station:
-        """Removes the station, its connectors and its tariffs in one write. Its sessions,
-        payments and history stay for the books; refused while a session is active."""
+        """Removes the station, its connectors and its tariffs in one write, and what is
+        known of its charger's configuration. Its sessions, payments and history stay
+        for the books; refused while a session is active."""
         station = await self.managed_station(viewer, station_id)
         await self._refuse_if_charging(Eq("station_id", station.id))
         connectors = await self.store.find_all(Connector, Eq("station_id", station.id))
@@ -306,8 +308,11 @@ class StationService(Service):
         cancelled = await self._cancel_reservations(viewer, Eq("station_id", station.id),
                                                     changes)
         changes.append((Delete(station), station))
-        await self.commit(viewer, changes, unaudited=await self._end_state_history(
-            viewer, all_of(Eq("cp_id", station.cp_id), Eq("station_id", station.id))))
+        history = await self._end_state_history(
+            viewer, all_of(Eq("cp_id", station.cp_id), Eq("station_id", station.id)))
+        # Unaudited as it was written: control state, each command audited as itself.
+        await self.commit(viewer, changes, unaudited=[
+            *history, *await forget_configuration(self.store, station)])
         await self._announce(cancelled, station)
         await self._hang_up_charger(station)
         return station

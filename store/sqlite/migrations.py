@@ -899,6 +899,45 @@ WHERE "p"."refunded_minor" > 0;
 UPDATE "payment" SET "status" = 'VOIDED' WHERE "status" = 'PENDING' AND "amount_minor" = 0;
 """
 
+# Version 38: a station's firmware and diagnostics statuses
+# with when they came (``Station.firmware_status_at``, ``diagnostics_status_at``), and
+# the last firmware rollout its charger accepted (``firmware_requested_at``, ``_location``,
+# ``_retrieve_date``): "Installed" alone did not say whether it was today's update or last
+# year's. Statuses stored before keep NULL: when they came is not known.
+_V38 = """
+ALTER TABLE "station" ADD COLUMN "firmware_status_at" INTEGER;
+ALTER TABLE "station" ADD COLUMN "diagnostics_status_at" INTEGER;
+ALTER TABLE "station" ADD COLUMN "firmware_requested_at" INTEGER;
+ALTER TABLE "station" ADD COLUMN "firmware_location" TEXT;
+ALTER TABLE "station" ADD COLUMN "firmware_retrieve_date" INTEGER;
+"""
+
+# Version 39: each station's charger configuration as last known (``ConfigurationKey``:
+# from GetConfiguration answers and the ChangeConfigurations it took), one per station and
+# key without regard to case (``folded_key``), which is also a station's list's order.
+# Nothing to fill in: no configuration was kept before.
+_V39 = """
+CREATE TABLE "configuration_key" (
+    "id" TEXT PRIMARY KEY NOT NULL,
+    "created_at" INTEGER NOT NULL,
+    "updated_at" INTEGER NOT NULL,
+    "created_by" TEXT NOT NULL,
+    "updated_by" TEXT NOT NULL,
+    "station_id" TEXT NOT NULL,
+    "cp_id" TEXT NOT NULL,
+    "key" TEXT NOT NULL,
+    "folded_key" TEXT NOT NULL,
+    "value" TEXT,
+    "readonly" INTEGER NOT NULL,
+    "secret" INTEGER NOT NULL,
+    "read_at" INTEGER,
+    "changed_at" INTEGER,
+    "reboot_required" INTEGER NOT NULL
+) STRICT;
+CREATE UNIQUE INDEX "configuration_key_station_id_folded_key_key"
+    ON "configuration_key" ("station_id", "folded_key");
+"""
+
 #: Every migration, oldest first. Append only.
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
@@ -909,7 +948,8 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (25, _V25), (26, _V26), (27, _V27),
                                      (28, _V28), (29, _V29), (30, _V30),
                                      (31, _V31), (32, _V32), (33, _V33), (34, _V34),
-                                     (35, _V35), (36, _V36), (37, _V37))
+                                     (35, _V35), (36, _V36), (37, _V37),
+                                     (38, _V38), (39, _V39))
 
 #: Python functions migrations call, registered on the migrating connection: a value only
 #: the domain's rules can compute for rows written before (name, arity, function).

@@ -17,6 +17,7 @@ from domain.entities import (
     AuditAction,
     AuditEntry,
     Company,
+    ConfigurationKey,
     Connector,
     ConnectorStatus,
     IdTag,
@@ -107,6 +108,12 @@ def station(**kw: Any) -> Station:
 
 def connector(st: Station, connector_id: int = 1, **kw: Any) -> Connector:
     return Connector(station_id=st.id, cp_id=st.cp_id, connector_id=connector_id, **kw)
+
+
+def configuration_key(st: Station, key: str = "HeartbeatInterval", **kw: Any
+                      ) -> ConfigurationKey:
+    return ConfigurationKey(station_id=st.id, cp_id=st.cp_id, key=key,
+                            folded_key=key.lower(), value="300", read_at=T0, **kw)
 
 
 def session(st: Station, connector_id: int = 1, **kw: Any) -> Session:

@@ -39,6 +39,7 @@ from tests.contract.factories import (
     at,
     audit,
     company,
+    configuration_key,
     connector,
     id_tag,
     meter_sample,
@@ -151,6 +152,10 @@ def build_world() -> dict[str, Record]:
     w.a_command_s6 = audit(w.S6, w.opA.id, action=AuditAction.COMMAND, company_id=w.A.id)
     w.a_record_s6 = audit(w.S6, w.opA.id, company_id=w.A.id)
     w.a_reserved_r1 = audit(w.r1, w.d1.id, action=AuditAction.CREATE, company_id=w.A.id)
+    # What is known of chargers' configuration: those who run the station now only (S6's
+    # is B's, whoever ran it when it was read), never drivers nor the map.
+    w.k1, w.k3, w.k4, w.k6, w.k7 = (configuration_key(s) for s in
+                                    (w.S1, w.S3, w.S4, w.S6, w.S7))
     # A command to opSolo's own station, in their books.
     w.a_command_s4 = audit(w.S4, w.opSolo.id, action=AuditAction.COMMAND,
                            station_owner_id=w.opSolo.id)
@@ -160,6 +165,7 @@ def build_world() -> dict[str, Record]:
 #: viewer -> kind -> the names it sees; kinds left out: nothing.
 EXPECTED: dict[str, dict[str, set[str]]] = {
     "opA": {
+        "configuration_key": {"k1", "k7"},
         "company": {"A"},
         "user": {"opA", "opA2", "d1", "d3"},
         "vehicle": {"v1", "v3"},
@@ -178,6 +184,7 @@ EXPECTED: dict[str, dict[str, set[str]]] = {
     },
     # Moved from B to A: A's records, B's left behind (a_moved, a_moved_person).
     "opA2": {
+        "configuration_key": {"k1", "k7"},
         "company": {"A"},
         "user": {"opA", "opA2", "d1", "d3"},
         "vehicle": {"v1", "v3"},
@@ -195,6 +202,7 @@ EXPECTED: dict[str, dict[str, set[str]]] = {
                         "a_x1_ended", "a_command_s6", "a_record_s6", "a_reserved_r1"},
     },
     "opB": {
+        "configuration_key": {"k3", "k6"},
         "company": {"B"},
         "user": {"opB", "d3", "d2"},
         "vehicle": {"v2", "v3"},
@@ -212,6 +220,7 @@ EXPECTED: dict[str, dict[str, set[str]]] = {
                         "a_demoted", "a_record_s6"},
     },
     "opSolo": {
+        "configuration_key": {"k4"},
         "user": {"opSolo", "d2"},
         "station": {"S4"},
         "connector": {"C4"},

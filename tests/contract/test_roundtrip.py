@@ -16,6 +16,7 @@ from domain.entities import (
     AuditEntry,
     ChargingRateUnit,
     Company,
+    ConfigurationKey,
     ConnectionEvent,
     Connector,
     ConnectorInterval,
@@ -85,7 +86,11 @@ FULL: dict[type[Record], Callable[[], Record]] = {
                              registration=Registration.PENDING, online=True,
                              last_seen=at(1.5), auth_password_hash="hash",
                              firmware_status="Installed", diagnostics_status="Uploaded",
-                             connected_instance=new_id(), site_id=new_id(), **STAMPS),
+                             connected_instance=new_id(), site_id=new_id(),
+                             firmware_status_at=at(3), diagnostics_status_at=at(4),
+                             firmware_requested_at=at(2.5),
+                             firmware_location="https://[hidden]@fw.example.com/1.5.bin",
+                             firmware_retrieve_date=at(2.75), **STAMPS),
     Connector: lambda: Connector(station_id=new_id(), cp_id="CP-FULL", connector_id=2,
                                  status=ConnectorStatus.SUSPENDED_EV, error_code="OtherError",
                                  info="lid open", status_at=at(2), type=ConnectorType.CCS2,
@@ -177,6 +182,10 @@ FULL: dict[type[Record], Callable[[], Record]] = {
     LocalListEntry: lambda: LocalListEntry(station_id=new_id(), cp_id="CP-FULL",
                                            tag="04A2B3C4", status="Accepted",
                                            wanted="Blocked", **STAMPS),
+    ConfigurationKey: lambda: ConfigurationKey(
+        station_id=new_id(), cp_id="CP-FULL", key="MeterValueSampleInterval",
+        folded_key="metervaluesampleinterval", value="60 ✓", readonly=True, secret=True,
+        read_at=at(15), changed_at=at(16), reboot_required=True, **STAMPS),
 }
 
 

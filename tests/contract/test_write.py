@@ -15,6 +15,7 @@ from domain.entities import (
     AuditAction,
     AuditEntry,
     Company,
+    ConfigurationKey,
     Connector,
     IdTag,
     LocalListEntry,
@@ -88,6 +89,13 @@ CLASHES: dict[str, tuple[type[Record], Callable[[], Record], Callable[[], Record
                                status="Accepted"),
         lambda: LocalListEntry(station_id=_st.id, cp_id=_st.cp_id, tag="04A2B3",
                                status="Blocked"), "station_id"),
+    # One key whatever its case (OCPP CiString): the folded key clashes.
+    "configuration_key.station_id+folded_key": (
+        ConfigurationKey,
+        lambda: ConfigurationKey(station_id=_st.id, cp_id=_st.cp_id, key="HeartbeatInterval",
+                                 folded_key="heartbeatinterval"),
+        lambda: ConfigurationKey(station_id=_st.id, cp_id=_st.cp_id, key="heartbeatinterval",
+                                 folded_key="heartbeatinterval"), "station_id"),
 }
 
 

@@ -1361,6 +1361,9 @@ def test_an_authorization_key_is_masked_in_the_audit() -> None:
         "key": "authorizationKey", "value": "[hidden]"}
     assert masked("ChangeConfiguration", {"key": "HeartbeatInterval", "value": "60"}) == {
         "key": "HeartbeatInterval", "value": "60"}
+    # A vendor's password key is a secret too (``command_rules.is_secret_key``).
+    assert masked("ChangeConfiguration", {"key": "BackendPassword", "value": "pw"}) == {
+        "key": "BackendPassword", "value": "[hidden]"}
 
 
 async def test_a_reservation_ends_only_with_its_own_start(central: Central) -> None:

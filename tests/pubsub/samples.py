@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from domain.events import (
@@ -49,7 +49,7 @@ SAMPLES: list[DomainEvent] = [
                   info="hot", vendor_error_code="E42"),
     MaintenanceStatusChanged(station_id=STATION, cp_id="CP-1", company_id=COMPANY,
                              owner_id=OWNER, at=AT, kind="FIRMWARE", status="Installing",
-                             on_map=False),
+                             on_map=False, requested_at=AT - timedelta(hours=1)),
     ReservationChanged(station_id=STATION, cp_id="CP-1", company_id=COMPANY, owner_id=OWNER,
                        at=AT, reservation_record_id="f" * 24, reservation_id=3,
                        connector_id=1, user_id=None, state="CANCELLED",

@@ -24,6 +24,9 @@ EXPECTED = {
     # Never shown either: written from chargers' accepted lists, one entry per tag.
     ("local_list_entry", ("station_id", "tag")):
         "another local list entry has the same station and tag",
+    # Never shown either: written from chargers' answers, recorded again on a clash.
+    ("configuration_key", ("station_id", "folded_key")):
+        "another configuration key has the same station and key",
 }
 
 

@@ -22,6 +22,7 @@ from domain.entities import (
     ENTITY_TYPES,
     AuditEntry,
     Company,
+    ConfigurationKey,
     ConnectionEvent,
     Connector,
     ConnectorInterval,
@@ -833,6 +834,36 @@ async def test_version_29_keys_plates_from_before_by_their_stored_form(db_path: 
         assert raised.value.field == "plate_key"
         await put(store, Vehicle(owner_id="u3", license_plate="B-MI 2024",
                                  plate_key="BMI2024"))
+    finally:
+        await store.close()
+
+
+async def test_versions_38_and_39_keep_older_statuses_without_a_time(db_path: str) -> None:
+    """A firmware status stored before version 38 has no time (when it came is not
+    known) and its station no rollout; version 39 adds the configuration kept per station
+    and key, one whatever its case."""
+    before = [m for m in MIGRATIONS if m[0] <= 37]
+    async with aiosqlite.connect(db_path, isolation_level=None) as conn:
+        await apply_migrations(conn, before)
+        await conn.execute(
+            'INSERT INTO "station" ("id", "created_at", "updated_at", "created_by", '
+            '"updated_by", "cp_id", "name", "registration", "online", "firmware_status") '
+            "VALUES ('s1', 0, 0, 'system', 'system', 'CP-OLD', 'Old', 'Accepted', 0, "
+            "'Installed')")
+        assert await apply_migrations(conn) == [38, 39]
+    store = SqliteStore(db_path)
+    await store.start()
+    try:
+        [old] = await store.find_all(Station, ALL)
+        assert (old.firmware_status, old.firmware_status_at, old.firmware_requested_at,
+                old.diagnostics_status_at) == ("Installed", None, None, None)
+        await put(store, ConfigurationKey(station_id=old.id, cp_id=old.cp_id,
+                                          key="HeartbeatInterval",
+                                          folded_key="heartbeatinterval"))
+        with pytest.raises(UniqueViolation):
+            await put(store, ConfigurationKey(station_id=old.id, cp_id=old.cp_id,
+                                              key="HEARTBEATINTERVAL",
+                                              folded_key="heartbeatinterval"))
     finally:
         await store.close()
 

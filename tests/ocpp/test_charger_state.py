@@ -1,0 +1,271 @@
+"""What the service keeps of a charger's own state, end to end with the ``ocpp`` package's
+charge point (``ocpp_bridge.simulator``) over a real websocket: the firmware rollout and
+its statuses with their times (operators could not tell today's "Installed" from last
+year's), and the charger's configuration as last known (``getConfiguration`` is live
+only: an offline charger showed nothing)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from ocpp.v16 import call
+
+from chargegraph.webhooks import event_data, payload
+from domain import entities as d
+from domain.events import CommandCompleted, MaintenanceStatusChanged
+from domain.policy import SYSTEM, Viewer
+from domain.query import Eq
+from domain.services.configuration import record_change
+from domain.services.webhooks import webhook_event
+from domain.wire import rfc3339
+from ocpp_bridge import simulator
+from ocpp_bridge.simulator import connected
+from pubsub.memory import MemoryEventBus
+from tests.helpers import until
+from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
+from tests.ocpp.test_commands import run
+
+FIRMWARE = """{ station(cpId: "CP-1") { firmwareStatus firmwareStatusAt diagnosticsStatus
+    diagnosticsStatusAt firmwareRollout { requestedAt location retrieveDate } } }"""
+CONFIGURATION = """{ station(cpId: "CP-1") { online configuration { key value readonly
+    masked readAt changedAt rebootRequired } } }"""
+
+
+@pytest.fixture
+async def bus() -> AsyncIterator[MemoryEventBus]:
+    events = MemoryEventBus()
+    await events.start()
+    yield events
+    await events.close()
+
+
+@pytest.fixture
+async def central(tmp_path: Path, bus: MemoryEventBus) -> AsyncIterator[Central]:
+    c = await start_central(tmp_path / "central.db", bus=bus)
+    await seed(c)
+    yield c
+    await stop_central(c)
+
+
+def when(text: str | None) -> datetime:
+    assert text is not None
+    return datetime.fromisoformat(text)
+
+
+async def firmware(central: Central, as_user: str = "op") -> dict[str, Any]:
+    return (await central.gql(FIRMWARE, as_user=as_user))["station"]  # type: ignore[no-any-return]
+
+
+async def next_maintenance(events: AsyncIterator[Any]) -> MaintenanceStatusChanged:
+    got = await asyncio.wait_for(anext(events), 5)
+    assert isinstance(got, MaintenanceStatusChanged)
+    return got
+
+
+async def test_a_firmware_rollout_reads_requested_then_the_chargers_statuses_with_times(
+        central: Central, bus: MemoryEventBus, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An operator rolled out firmware and read "Installed": last rollout's. An accepted
+    updateFirmware now reads ``Requested`` (with the rollout: when, where from, without
+    the URL's password, and when to fetch), each status after it carries its time, and
+    subscriptions and webhooks say what the station reads (``requestedAt`` included)."""
+    events = bus.subscribe(["maintenance"])
+    base = {"cpId": "CP-1"}
+    fetch = datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=5)
+    try:
+        async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+            await cp.boot()
+            # Last year's rollout, installed: the simulator reports all its statuses.
+            await run(central, "updateFirmware", {**base, "location": "https://fw/1.4",
+                                                  "retrieveDate": fetch.isoformat()},
+                      "accepted")
+            while (await next_maintenance(events)).status != "Installed":
+                pass
+            installed = await firmware(central)
+            assert installed["firmwareStatus"] == "Installed"
+            # Today's rollout: the charger takes it and reports later, when we say.
+            monkeypatch.setattr(simulator.SimulatedChargePoint, "_install_firmware",
+                                _reports_nothing)
+            answer = await run(central, "updateFirmware", {
+                **base, "location": "https://fw:pw@fw.example.com/1.5.bin",
+                "retrieveDate": fetch.isoformat()}, "accepted")
+            assert answer == {**answer, "accepted": True, "errors": []}
+            requested = await firmware(central)
+            rollout = requested["firmwareRollout"]
+            assert requested["firmwareStatus"] == "Requested"
+            assert rollout["location"] == "https://[hidden]@fw.example.com/1.5.bin"
+            assert when(rollout["retrieveDate"]) == fetch
+            assert when(requested["firmwareStatusAt"]) == when(rollout["requestedAt"]) \
+                > when(installed["firmwareStatusAt"])
+            announced = await next_maintenance(events)
+            assert (announced.status, announced.at, announced.requested_at) == (
+                "Requested", when(rollout["requestedAt"]), when(rollout["requestedAt"]))
+            seen = [requested]
+            for status in ("Downloading", "Installed"):
+                await cp.call(call.FirmwareStatusNotification(status=status))
+                seen.append(await firmware(central))
+                event = await next_maintenance(events)
+                assert (event.status, event.at, event.requested_at) == (
+                    status, when(seen[-1]["firmwareStatusAt"]), when(rollout["requestedAt"]))
+            assert [s["firmwareStatus"] for s in seen] == ["Requested", "Downloading",
+                                                           "Installed"]
+            times = [when(s["firmwareStatusAt"]) for s in seen]
+            assert times == sorted(times) and len(set(times)) == 3
+            assert all(s["firmwareRollout"] == rollout for s in seen)  # the same rollout
+            await cp.call(call.DiagnosticsStatusNotification(status="Uploading"))
+            diagnostics = await firmware(central)
+            assert diagnostics["diagnosticsStatus"] == "Uploading"
+            assert when(diagnostics["diagnosticsStatusAt"]) >= times[-1]
+            uploading = await next_maintenance(events)
+            assert (uploading.kind, uploading.at, uploading.requested_at) == (
+                "DIAGNOSTICS", when(diagnostics["diagnosticsStatusAt"]), None)
+    finally:
+        await events.aclose()
+    # A webhook delivery is the event: the same status, time (the body's) and rollout.
+    assert webhook_event(event) is d.WebhookEvent.FIRMWARE_STATUS
+    body = orjson.loads(payload("evt", "station.firmware_status", event.at,
+                                event_data(event)))
+    assert (body["at"], body["data"]["status"], body["data"]["requestedAt"]) == (
+        rfc3339(event.at), "Installed", rollout["requestedAt"])
+    hidden = await firmware(central, "driver")
+    assert hidden == dict.fromkeys(hidden)  # staff only, as the firmware status itself
+
+
+async def _reports_nothing(self: simulator.SimulatedChargePoint) -> None:
+    """A charger that takes an update and reports on it later (the test sends them)."""
+
+
+class _ReportsBeforeAnswering:
+    """A charger whose first FirmwareStatusNotification of a rollout is handled before
+    its answer to UpdateFirmware (the two race in the central system)."""
+
+    def __init__(self, central: Central) -> None:
+        self.central = central
+
+    async def call(self, cp_id: str, action: str, payload: dict[str, Any], timeout: float
+                   ) -> dict[str, Any]:
+        assert action == "UpdateFirmware"
+        await self.central.services.charging.firmware_status(cp_id, "Downloading")
+        return {}
+
+
+async def test_a_firmware_report_that_beat_the_answer_is_not_overwritten(
+        central: Central) -> None:
+    """The charger's word on the rollout wins over our ``Requested``: a status that
+    arrived before the accepted answer was handled stands, the rollout recorded beside it."""
+    central.services.attach_gateway(_ReportsBeforeAnswering(central))  # type: ignore[arg-type]
+    answer = await run(central, "updateFirmware", {
+        "cpId": "CP-1", "location": "https://fw.example.com/2.0.bin",
+        "retrieveDate": datetime.now(UTC).isoformat()}, "accepted")
+    assert answer["accepted"] is True
+    station = await firmware(central)
+    assert station["firmwareStatus"] == "Downloading"
+    assert station["firmwareRollout"]["location"] == "https://fw.example.com/2.0.bin"
+
+
+async def test_a_chargers_configuration_is_shown_while_it_is_offline(
+        central: Central, bus: MemoryEventBus, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``getConfiguration`` was live only: with the charger offline an operator saw
+    nothing. Every answer is kept (readonly flag, value, when read), and so is every
+    change the charger took (Accepted: the value; RebootRequired: until it boots again);
+    a key the charger says it does not know is forgotten. Secrets are never kept nor
+    shown (AuthorizationKey, a vendor's password). Drivers and other companies see none
+    of it."""
+    commands = bus.subscribe(["command"])
+    base = {"cpId": "CP-1"}
+    try:
+        async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+            await cp.boot()
+            # A charger that reads its password back, and a vendor's secret key.
+            cp.configuration["AuthorizationKey"] = ("0123456789abcdef", False)
+            cp.configuration["BackendPassword"] = ("hunter22", False)
+            live = await run(central, "getConfiguration", base,
+                             "configurationKey { key value masked readAt } unknownKey")
+            by_key = {k["key"]: k for k in live["configurationKey"]}
+            assert by_key["AuthorizationKey"] == {**by_key["AuthorizationKey"],
+                                                  "value": None, "masked": True}
+            assert by_key["BackendPassword"]["value"] is None
+            assert by_key["HeartbeatInterval"] == {**by_key["HeartbeatInterval"],
+                                                   "value": "300", "masked": False}
+            completed = await _completed(commands, "GetConfiguration")
+            assert "0123456789abcdef" not in str(completed.result)
+            assert "hunter22" not in str(completed.result)
+            # Changes it took: one now, one from its next boot; a refusal is not kept.
+            monkeypatch.setattr(simulator, "REBOOT_KEYS", frozenset({"WebSocketPingInterval"}))
+            for key, value, status in (("HeartbeatInterval", "900", "ACCEPTED"),
+                                       ("WebSocketPingInterval", "30", "REBOOT_REQUIRED"),
+                                       ("NumberOfConnectors", "9", "REJECTED")):
+                changed = await run(central, "changeConfiguration",
+                                    {**base, "key": key, "value": value})
+                assert changed["status"] == status
+            del cp.configuration["LocalAuthListEnabled"]  # gone with a firmware update
+            forgot = await run(central, "getConfiguration",
+                               {**base, "key": ["LocalAuthListEnabled"]}, "unknownKey")
+            assert forgot["unknownKey"] == ["LocalAuthListEnabled"]
+        await until(lambda: _offline(central))
+        offline = (await central.gql(CONFIGURATION, as_user="op"))["station"]
+        assert offline["online"] is False
+        shown = {k["key"]: k for k in offline["configuration"]}
+        assert list(shown) == sorted(shown, key=str.lower)  # by key, whatever its case
+        assert "LocalAuthListEnabled" not in shown
+        heartbeat, ping = shown["HeartbeatInterval"], shown["WebSocketPingInterval"]
+        assert (heartbeat["value"], heartbeat["rebootRequired"]) == ("900", False)
+        assert (ping["value"], ping["rebootRequired"]) == ("30", True)
+        assert when(heartbeat["changedAt"]) > when(heartbeat["readAt"])
+        assert shown["NumberOfConnectors"] == {**shown["NumberOfConnectors"], "value": "2",
+                                               "readonly": True, "changedAt": None}
+        assert shown["MeterValueSampleInterval"]["readAt"] == by_key[
+            "MeterValueSampleInterval"]["readAt"]
+        for secret in ("AuthorizationKey", "BackendPassword"):
+            assert shown[secret] == {**shown[secret], "value": None, "masked": True}
+        stored = await central.store.find_all(d.ConfigurationKey, Eq("cp_id", "CP-1"))
+        assert "0123456789abcdef" not in str(stored) and "hunter22" not in str(stored)
+        # Visibility: as the station's private view.
+        assert (await central.gql(CONFIGURATION, as_user="admin"))["station"][
+            "configuration"] == offline["configuration"]
+        assert (await central.gql(CONFIGURATION, as_user="driver"))["station"][
+            "configuration"] == []
+        assert (await central.gql(CONFIGURATION, as_user="op_other"))["station"] is None
+        # Its next boot applied the change that waited for it.
+        async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+            await cp.boot()
+            rebooted = (await central.gql(CONFIGURATION, as_user="op"))["station"]
+        assert {k["key"]: k["rebootRequired"] for k in rebooted["configuration"]}[
+            "WebSocketPingInterval"] is False
+    finally:
+        await commands.aclose()
+
+
+async def test_a_key_is_one_whatever_its_case_and_leaves_with_its_station(
+        central: Central) -> None:
+    """OCPP keys are CiStrings: a change spelled otherwise than the charger's answer is
+    the same key. A removed station's configuration goes with it (its cpId may be given
+    to a new station, whose charger is another)."""
+    station = central.stations["CP-1"]
+    store = central.store
+    for key, value in (("HeartbeatInterval", "300"), ("heartbeatinterval", "600")):
+        await record_change(store, station, key, value, "Accepted", SYSTEM,
+                            datetime.now(UTC))
+    [kept] = await store.find_all(d.ConfigurationKey, Eq("station_id", station.id))
+    assert (kept.key, kept.value) == ("HeartbeatInterval", "600")
+    await central.services.stations.remove_station(Viewer.of(central.users["admin"]),
+                                                   station.id)
+    assert await store.find_all(d.ConfigurationKey, Eq("station_id", station.id)) == []
+
+
+async def _completed(events: AsyncIterator[Any], action: str) -> CommandCompleted:
+    while True:
+        got = await asyncio.wait_for(anext(events), 5)
+        if isinstance(got, CommandCompleted) and got.action == action:
+            return got
+
+
+async def _offline(central: Central) -> bool:
+    station = await central.store.find_one(d.Station, Eq("cp_id", "CP-1"))
+    return station is not None and not station.online
+
