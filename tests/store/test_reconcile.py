@@ -151,3 +151,36 @@ def test_a_column_that_cannot_be_added_is_a_clear_refusal() -> None:
                       split_statements)
     with pytest.raises(sqlite3.DatabaseError, match=r"t\.b"):
         repairs(found, wanted)
+
+
+async def test_version_40_makes_right_the_data_earlier_texts_left(tmp_path: Path) -> None:
+    """What earlier texts of 8, 16 and 21 wrote otherwise: a blocked card without its
+    blocker, a company station's books also its owner's, a State of Charge beyond
+    0..100; rows already right are left as they are."""
+    from tests.contract.factories import id_tag, meter_sample, payment, put, session, station, user
+
+    path = tmp_path / "at39.db"
+    owner, driver = user(), user()
+    ours = station(company_id="c" * 24, owner_id=owner.id)
+    own = station(owner_id=owner.id)  # of no company: its owner's books are right
+    glitched, fine = session(ours, 1, company_id=ours.company_id, station_owner_id=owner.id,
+                             soc_percent=150.0), session(own, 1, station_owner_id=owner.id,
+                                                         soc_percent=40.0)
+    cards = [id_tag(driver, tag="LOST", status=d.IdTagStatus.BLOCKED, updated_by="op"),
+             id_tag(driver, tag="MINE", status=d.IdTagStatus.BLOCKED, blocked_by=driver.id)]
+    store = SqliteStore(str(path))
+    await store.start()
+    await put(store, owner, driver, ours, own, glitched, fine, *cards,
+              payment(glitched, company_id=ours.company_id, station_owner_id=owner.id),
+              meter_sample(ours, glitched, measurand="SoC", value=80.0, unit="Percent"))
+    await store.close()
+    with sqlite3.connect(path) as conn:  # the rows as a database at 39 holds them
+        conn.execute('DELETE FROM "schema_version" WHERE "version" = 40')
+    assert await migrate(path, list(MIGRATIONS)) == [40]
+    assert dict(rows(path, "SELECT tag, blocked_by FROM id_tag")) == {  # type: ignore[arg-type]
+        "LOST": "op", "MINE": driver.id}
+    assert dict(rows(path, "SELECT id, station_owner_id FROM session")) == {  # type: ignore[arg-type]
+        glitched.id: None, fine.id: owner.id}
+    assert rows(path, "SELECT station_owner_id FROM payment") == [(None,)]
+    assert dict(rows(path, "SELECT id, soc_percent FROM session")) == {  # type: ignore[arg-type]
+        glitched.id: 80.0, fine.id: 40.0}
