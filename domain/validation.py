@@ -348,8 +348,13 @@ def heartbeat_interval(value: int | str, field: str) -> int:
     alone, as chargers parse it: " 90" or "9e2" may be read otherwise by each."""
     if isinstance(value, str):
         if not _DIGITS_RE.fullmatch(value):
-            raise ValidationError("a HeartbeatInterval is whole seconds, digits only",
-                                  field=field, code="INVALID")
+            # Digits alone but too many to read cheaply are a number out of range, not
+            # one that is not a number (QA s18: "99999999999" was told "digits only").
+            too_long = value.isascii() and value.isdigit()
+            raise ValidationError(
+                f"must be within 1..{MAX_HEARTBEAT_S} seconds" if too_long
+                else "a HeartbeatInterval is whole seconds, digits only",
+                field=field, code="OUT_OF_RANGE" if too_long else "INVALID")
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValidationError("a whole number of seconds", field=field)

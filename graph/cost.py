@@ -41,6 +41,13 @@ from domain.query import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 MAX_OBJECTS = 20_000
 #: A plain list under one parent (a station's connectors): a generous typical size.
 LIST_GUESS = 10
+#: A plain list at the root: analytics rows (``energyTrend``, ``utilization``,
+#: ``availability``), up to 10,000 of them (``analytics.MAX_CELLS``). Counted as ten a
+#: bucket's station each was let through: per-row stations with their connectors and
+#: sessions asked for 30 MB and held the event loop (and the chargers on it) for 10-27 s
+#: (QA s18). A large grouped report, a thousand rows and each row's station by name,
+#: stays well within ``MAX_OBJECTS``.
+ROOT_LIST_GUESS = 1_000
 
 
 def estimated_objects(schema: GraphQLSchema, query: str, document: DocumentNode,
@@ -170,7 +177,8 @@ class _Estimator:
         elif "ids" in definition.args:  # nodes(ids: [...]): one object per id
             count, inner_page = parents * self._ids(node), None
         elif is_list_type(get_nullable_type(definition.type)):
-            count, inner_page = parents * (page or LIST_GUESS), None
+            guess = ROOT_LIST_GUESS if parent is self.schema.query_type else LIST_GUESS
+            count, inner_page = parents * (page or guess), None
         else:
             count, inner_page = parents, None
         return count + self.selection(get_named_type(definition.type), node.selection_set,

@@ -228,6 +228,8 @@ class CommandService(Service):
             await self._check_driver(viewer, station, action, payload)
         elif action == "RemoteStartTransaction":
             await self._check_start_tag(payload)
+        elif action == "RemoteStopTransaction":
+            await self._refuse_transaction_elsewhere(station, payload)
         if payload.get("connectorId"):
             await connector_in_range(self.store, station, payload["connectorId"])
         if action == "SetChargingProfile":
@@ -304,6 +306,18 @@ class CommandService(Service):
                 raise ValidationError("the session has ended", field="transactionId",
                                       code="INVALID_STATE")
 
+    async def _refuse_transaction_elsewhere(self, station: Station,
+                                            payload: dict[str, Any]) -> None:
+        """An operator's remote stop of a transaction this service knows at another
+        station is a mistake the charger cannot tell: it was sent, and the operator told
+        what the charger said of a number it may use for something else (QA s18). One
+        this service does not know (started while the charger was offline, not yet
+        reported) is still sent: the charger knows it."""
+        session = await self.store.find_one(
+            Session, Eq("transaction_id", payload.get("transactionId")))
+        if session is not None and session.station_id != station.id:
+            raise NotFound("no such transaction on this station", field="transactionId")
+
     async def _own_tag(self, viewer: Viewer, payload: dict[str, Any], *, starting: bool
                        ) -> None:
         """A driver charges with their own tag: the one given, or the one of the vehicle
@@ -356,6 +370,11 @@ class CommandService(Service):
         here, blocked, expired, of a deactivated user, charging elsewhere) is refused
         now: the charger would accept the remote start and the operator be told ACCEPTED,
         then the start be refused and nothing charge."""
+        if not payload.get("idTag"):
+            # Only a driver's start may leave it out (their own card is taken): an
+            # operator's names the card (QA s18: a KeyError, masked as internal).
+            raise ValidationError("give the card to charge with", field="idTag",
+                                  code="REQUIRED")
         tag = await self.store.find_one(IdTag, Eq("tag", str(payload["idTag"]).strip().upper()))
         if tag is None:
             raise NotFound("no such id tag: the charger's start would be refused",

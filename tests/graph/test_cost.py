@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from graphql import parse
 
-from graph.cost import LIST_GUESS, MAX_OBJECTS, estimated_objects
+from graph.cost import LIST_GUESS, MAX_OBJECTS, ROOT_LIST_GUESS, estimated_objects
 from graph.schema import schema
 from tests.graph.conftest import Api, CountingStore
 from tests.graph.world import World
@@ -76,3 +76,20 @@ async def test_a_query_too_large_is_refused_before_it_runs(api: Api, world: Worl
     assert store.calls == ["get_many"]  # the viewer's user: nothing of the query ran
     fine = await api.post("{ " + NESTED % "name" + " }", token=token)
     assert "errors" not in fine.json()
+
+
+def test_analytics_rows_count_as_the_large_lists_they_may_be() -> None:
+    """Up to 10,000 rows each: every row's station with its connectors and sessions
+    passed as ten rows' worth and held the event loop for 10-27 s (QA s18)."""
+    heavy = """{ utilization(from: "2026-09-28T00:00:00Z", to: "2026-12-05T00:00:00Z",
+        bucket: HOUR, groupBy: CONNECTOR) { start station { name
+        connectors { connectorId tariff { pricePerKwh } }
+        sessions(first: 20) { nodes { id user { name } } } } } }"""
+    assert estimate(heavy) > MAX_OBJECTS
+    # A grouped report with each row's station by name stays well within the limit.
+    for field in ("energyTrend", "utilization", "availability"):
+        args = '(filter: {from: "2026-11-01T00:00:00Z", to: "2026-12-01T00:00:00Z"})' \
+            if field == "energyTrend" else \
+            '(from: "2026-11-01T00:00:00Z", to: "2026-12-01T00:00:00Z")'
+        assert estimate(f"{{ {field}{args} {{ start station {{ name }} }} }}") \
+            == 2 * ROOT_LIST_GUESS < MAX_OBJECTS

@@ -508,7 +508,13 @@ BAD_COMMANDS: list[tuple[str, dict[str, Any], str, str]] = [
     ("reserveNow", {"connectorId": 1, "expiryDate": "9999-12-31T00:00:00Z",
                     "idTag": "TAG-OK"}, "expiryDate", "OUT_OF_RANGE"),
     ("remoteStartTransaction", {"connectorId": 1, "idTag": "TAG\u0007"}, "idTag", "INVALID"),
+    # An operator's start names the card (QA s18: a KeyError, masked as internal).
+    ("remoteStartTransaction", {"connectorId": 1}, "idTag", "REQUIRED"),
     ("changeConfiguration", {"key": "K" * 51, "value": "1"}, "key", "TOO_LONG"),
+    # All digits, too many: out of range, not "digits only" (QA s18).
+    ("changeConfiguration", {"key": "HeartbeatInterval", "value": "99999999999"}, "value",
+     "OUT_OF_RANGE"),
+    ("changeConfiguration", {"key": "HeartbeatInterval", "value": "9e2"}, "value", "INVALID"),
     ("changeConfiguration", {"key": "HeartbeatInterval", "value": "9" * 501}, "value",
      "TOO_LONG"),
     ("getConfiguration", {"key": ["HeartbeatInterval", "K" * 51]}, "key.1", "TOO_LONG"),
@@ -1619,3 +1625,24 @@ async def test_a_tag_in_use_by_a_session_not_the_cards_names_no_station(
                          as_user="driver")
         assert busy["errors"] == [{"field": "idTag", "code": "IN_USE", "message":
                                    "this card's tag is in use by a session in progress"}]
+
+
+async def test_an_operators_remote_stop_of_another_stations_transaction_is_not_sent(
+        central: Central) -> None:
+    """A transaction known at another station was sent to this one's charger, and the
+    operator told what it said of a number it may use for something else (QA s18)."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp, \
+            connected(central.url, "CP-OPEN") as other:
+        tx, _ = await cp.start_transaction(1, "TAG-OK")
+        wrong = await run(central, "remoteStopTransaction",
+                          {"cpId": "CP-OPEN", "transactionId": tx}, "__typename")
+        assert [(e["field"], e["code"]) for e in wrong["errors"]] == [
+            ("transactionId", "NOT_FOUND")]
+        # One this service does not know (started offline, not yet reported) is sent:
+        # the charger knows (this one has no such transaction, and says so).
+        unknown = await run(central, "remoteStopTransaction",
+                            {"cpId": "CP-OPEN", "transactionId": tx + 1000})
+        assert [e["code"] for e in unknown["errors"]] == ["CHARGER_REJECTED"]
+        await settle()
+        assert [name for name, _ in other.received] == ["RemoteStopTransaction"]
+        assert [name for name, _ in cp.received if name == "RemoteStopTransaction"] == []
