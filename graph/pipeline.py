@@ -37,6 +37,7 @@ from graph.context import GraphContext
 from graph.cost import MAX_OBJECTS, estimated_objects
 from graph.errors import mask
 from graph.limits import TOO_COMPLEX, limit_rule
+from graph.request_errors import parse_failed, validation_failed, variable_refused
 
 #: Deep enough for every real screen (map → station → connector → session → user →
 #: vehicles → node …), shallow enough that cyclic paths cannot fan out without bound.
@@ -97,6 +98,8 @@ def _parsed(query: str) -> DocumentNode:
         # graphql-core reports the token limit as a syntax error; it is a size limit.
         if f"contains more than {MAX_TOKENS} tokens" in error.message:
             error.extensions = dict(TOO_COMPLEX)
+        else:
+            parse_failed(error)
         raise
 
 
@@ -104,7 +107,9 @@ def _parsed(query: str) -> DocumentNode:
 def _validated(schema: GraphQLSchema, query: str,
                rules: tuple[type[ASTValidationRule], ...]) -> list[GraphQLError]:
     # Strawberry's validation: graphql-core's with Strawberry's own rules added.
-    return [_the_clients(error) for error in validate_document(schema, _parsed(query), rules)]
+    document = _parsed(query)
+    return [validation_failed(_the_clients(error), document)
+            for error in validate_document(schema, document, rules)]
 
 
 def _the_clients(error: GraphQLError) -> GraphQLError:
@@ -127,7 +132,7 @@ class RequestPipeline(SchemaExtension):
         yield
         result = context.result
         if result is not None and result.errors:
-            result.errors = [mask(error) for error in result.errors]
+            result.errors = [mask(variable_refused(error)) for error in result.errors]
         # graphql-core's executor is a reference cycle (its resolve-info helpers are bound
         # methods of the executor) and holds the context: without this, everything the
         # request loaded waited for the cyclic garbage collector (about 400 objects per

@@ -37,8 +37,13 @@ def parse_instant(value: Any) -> datetime:
     except (ValueError, OverflowError) as exc:
         raise ValueError(f"DateTime cannot represent {value!r}: {exc}") from None
     # In UTC, as every domain time is (a naive one is left for validation to refuse
-    # with its field).
-    return to_millisecond(parsed if parsed.tzinfo is None else parsed.astimezone(UTC))
+    # with its field). Year 1 at +14:00 is before the first instant there is: an
+    # OverflowError escaped as an internal error (QA s18).
+    try:
+        return to_millisecond(parsed if parsed.tzinfo is None else parsed.astimezone(UTC))
+    except OverflowError:
+        raise ValueError(f"DateTime cannot represent {value!r}: out of the range of "
+                         "dates") from None
 
 
 #: A plain ASCII decimal. ``decimal.Decimal`` also reads "1_000", other scripts' digits

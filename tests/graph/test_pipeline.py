@@ -76,3 +76,30 @@ async def test_a_literal_a_scalar_refuses_is_a_validation_error(
         assert reason in error.message and error.message.startswith("Expected value of type")
         assert error.locations and not (error.extensions or {}).get("errorId")
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.mark.parametrize(("document", "variables", "code", "field"), [
+    ("{ stations(first: 1 { nodes { id } } }", None, "GRAPHQL_PARSE_FAILED", None),
+    ("{ nosuch }", None, "GRAPHQL_VALIDATION_FAILED", None),
+    ("{ sessions(filter: {state: NOPE}) { nodes { id } } }", None,
+     "GRAPHQL_VALIDATION_FAILED", "filter.state"),
+    ("{ stations(first: 2147483648) { nodes { id } } }", None, "GRAPHQL_VALIDATION_FAILED",
+     "first"),
+    ("{ stations(bogus: 1) { nodes { id } } }", None, "GRAPHQL_VALIDATION_FAILED", "bogus"),
+    ("query($f: SessionFilter) { sessions(filter: $f) { nodes { id } } }",
+     {"f": {"state": "NOPE"}}, "BAD_USER_INPUT", "f.state"),
+    ("query($f: SessionFilter) { sessions(filter: $f) { nodes { id } } }",
+     {"f": {"from": "0001-01-01T00:00:00+14:00"}}, "BAD_USER_INPUT", "f.from"),
+    ("query($n: Int!) { stations(first: $n) { nodes { id } } }", {}, "BAD_USER_INPUT", "n"),
+    ("query($i: [ID!]!) { nodes(ids: $i) { id } }", {"i": ["a", None]}, "BAD_USER_INPUT",
+     "i.1"),
+])
+async def test_errors_graphql_itself_finds_carry_a_code_and_the_field_at_fault(
+        document: str, variables: dict[str, Any] | None, code: str, field: str | None
+) -> None:
+    """The README promises every top-level error a code, and a field when an argument is
+    at fault: these came with neither (QA s18)."""
+    result = await schema.execute(document, variable_values=variables)
+    assert result.errors is not None and result.data is None
+    [error] = result.errors
+    assert error.extensions == {"code": code, **({"field": field} if field else {})}
