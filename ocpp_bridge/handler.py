@@ -149,6 +149,8 @@ class ChargePointHandler(ChargePoint):
         self._sending: dict[str, asyncio.Future[None]] = {}
         #: Commands the charger answered with a CALLERROR (a definite "not done").
         self._call_errors: set[str] = set()
+        #: Commands in progress already handed their answer: a second one is a repeat.
+        self._answered: set[str] = set()
         self._closed = False
         self.pacer = FramePacer()
 
@@ -203,6 +205,7 @@ class ChargePointHandler(ChargePoint):
             self._actions.pop(unique_id, None)
             answered_with_error = unique_id in self._call_errors
             self._call_errors.discard(unique_id)
+            self._answered.discard(unique_id)
             # Cancelled here (by a failure, or the timeout), the package's call leaves its
             # lock and the queue of answers as they were.
             call.cancel()
@@ -274,6 +277,12 @@ class ChargePointHandler(ChargePoint):
             log.info("%s: answer %s matches no command waiting, dropped", self.id,
                      response.unique_id)
             return
+        if response.unique_id in self._answered:
+            # A charger that answers twice: the repeat, left in the package's queue, was
+            # read by the next command as a stray and logged at ERROR (QA s18).
+            log.info("%s: answer %s repeated, dropped", self.id, response.unique_id)
+            return
+        self._answered.add(response.unique_id)
         if isinstance(response, CallError):
             self._call_errors.add(response.unique_id)
         else:

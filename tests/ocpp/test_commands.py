@@ -817,7 +817,8 @@ class ScriptedCharger:
             if answer[0] == "error":
                 await self.ws.send(json.dumps([4, frame[1], answer[1], "refused", {}]))
             else:
-                await self.ws.send(json.dumps([3, frame[1], answer[1]]))
+                for _ in range(2 if answer[0] == "twice" else 1):
+                    await self.ws.send(json.dumps([3, frame[1], answer[1]]))
 
 
 @pytest.mark.parametrize("relayed", [False, True], ids=["direct", "relayed"])
@@ -1646,3 +1647,23 @@ async def test_an_operators_remote_stop_of_another_stations_transaction_is_not_s
         await settle()
         assert [name for name, _ in other.received] == ["RemoteStopTransaction"]
         assert [name for name, _ in cp.received if name == "RemoteStopTransaction"] == []
+
+
+async def test_an_answer_repeated_by_the_charger_is_dropped_quietly(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A charger that answers every command twice: the repeat stayed in the package's
+    queue, and the next command logged it at ERROR as an answer to nothing (QA s18)."""
+    central = await start_central(tmp_path / "c.db", command_timeout=2)
+    await seed(central)
+    try:
+        async with scripted_charger(central) as charger:
+            charger.answers += [("twice", {"status": "Accepted"}),
+                                ("twice", {"status": "Rejected"})]
+            with caplog.at_level(logging.INFO):
+                first = await run(central, "clearCache", {"cpId": "CP-1"})
+                second = await run(central, "clearCache", {"cpId": "CP-1"})
+            assert (first["status"], second["status"]) == ("ACCEPTED", "REJECTED")
+            assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+            assert "repeated, dropped" in caplog.text
+    finally:
+        await stop_central(central)
