@@ -106,15 +106,18 @@ def parse(raw: str | bytes) -> Frame:
         # then it is a broken answer to that call, not a frame to answer.
         text = raw[:_HEAD_CHARS] if isinstance(raw, str) \
             else raw[:_HEAD_CHARS].decode("utf-8", "replace")
+        # What was wrong, for the charger's integrator: a number beyond a double
+        # ("number is infinity when parsed as double") read as plain "not JSON" (QA s18).
+        reason = f"the message is not valid JSON ({getattr(exc, 'msg', 'not UTF-8')})"
         head = _ANSWER_HEAD.match(text)
         if head is None:
             # A CALL whose head reads ([2, "<uid>", ...) is answered under its own id, so
             # the charger can tell which of its calls was refused (a lone surrogate
             # escaped in its payload was answered under "-1").
             call = _CALL_HEAD.match(text)
-            raise FrameError(FORMATION_VIOLATION, "the message is not valid JSON",
+            raise FrameError(FORMATION_VIOLATION, reason,
                              call["uid"] if call else "-1") from exc
-        raise FrameError(FORMATION_VIOLATION, "the message is not valid JSON",
+        raise FrameError(FORMATION_VIOLATION, reason,
                          head["uid"] or "-1", message_type=int(head["type"])) from exc
     if not isinstance(message, list) or not message:
         raise FrameError(FORMATION_VIOLATION, "an OCPP-J message is a non-empty JSON array")

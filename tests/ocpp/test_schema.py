@@ -147,3 +147,12 @@ def test_unknown_keywords_are_refused() -> None:
 
 def test_every_served_action_has_a_handler() -> None:
     assert frozenset(ACTIONS) == frames.CHARGER_ACTIONS
+
+
+def test_a_frame_that_is_no_json_says_why() -> None:
+    """A number beyond a double read as plain "not valid JSON" (QA s18); answered under
+    the call's own id all the same."""
+    with pytest.raises(frames.FrameError) as caught:
+        frames.parse('[2, "u18", "Heartbeat", {"x": ' + "9" * 400 + "}]")
+    assert caught.value.unique_id == "u18"
+    assert "number is infinity" in str(caught.value)
