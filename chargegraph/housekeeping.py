@@ -18,9 +18,8 @@ RESERVATION_SWEEP_S = 30.0
 CARD_EXPIRY_SWEEP_S = 300.0
 
 
-@contextlib.asynccontextmanager
-async def every(seconds: float, chore: Callable[[], Awaitable[object]], name: str
-                ) -> AsyncIterator[None]:
+def every(seconds: float, chore: Callable[[], Awaitable[object]], name: str
+          ) -> contextlib.AbstractAsyncContextManager[None]:
     """Runs ``chore`` at once and then every ``seconds`` until the block exits. A failed
     round (the database out of reach) is logged and retried in the next one."""
     async def loop() -> None:
@@ -31,18 +30,13 @@ async def every(seconds: float, chore: Callable[[], Awaitable[object]], name: st
                 log.exception("%s failed; retrying in %gs", name, seconds)
             await asyncio.sleep(seconds)
 
-    task = asyncio.create_task(loop(), name=f"chargegraph-{name}")
-    try:
-        yield
-    finally:
-        task.cancel()
-        await asyncio.wait([task])
+    return following(loop(), name)
 
 
 @contextlib.asynccontextmanager
 async def following(work: Awaitable[None], name: str) -> AsyncIterator[None]:
-    """Runs ``work`` (a bus subscription's consumer) until the block exits; its failure is
-    logged: the service goes on without what it followed."""
+    """Runs ``work`` (a loop, or a bus subscription's consumer) until the block exits; its
+    failure is logged: the service goes on without what it ran."""
     async def guarded() -> None:
         try:
             await work
