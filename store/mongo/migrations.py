@@ -169,7 +169,9 @@ async def _refund_records(db: Any) -> None:
     """Refunds became records of their own (``Refund``, SQLite migration 37). A payment
     refunded before kept only how much (``refunded_minor``): that sum is one refund,
     dated by the payment's last write, its id the payment's, so a second instance
-    running the step at once upserts the same document (``$setOnInsert``)."""
+    running the step at once upserts the same document (``$setOnInsert``). Less what
+    was recorded meanwhile: an instance that finished the step serves (and refunds)
+    while another still runs it."""
     last: Any = None
     while True:
         query: dict[str, Any] = {"refunded_minor": {"$gt": 0}}
@@ -186,6 +188,14 @@ async def _refund_records(db: Any) -> None:
             session = sessions.get(payment.session_id)
             if session is None:
                 continue  # sessions are never removed: none to report it by
+            # Refunds an upgraded instance already recorded while this step ran (it
+            # serves before a slower instance's step ends) are not counted again
+            # (reviewer s18: a full refund made then was booked twice).
+            recorded = sum(doc["amount_minor"] for doc in await db["refund"].find(
+                {"payment_id": payment.id, "_id": {"$ne": payment.id}}).to_list())
+            if recorded >= payment.refunded_minor:
+                continue
+            payment.refunded_minor -= recorded
             refund = to_doc(refund_of(payment, session))
             await db["refund"].update_one({"_id": refund.pop("_id")},
                                           {"$setOnInsert": {**refund, MARK: ObjectId()}},

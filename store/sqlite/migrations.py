@@ -944,7 +944,8 @@ CREATE UNIQUE INDEX "configuration_key_station_id_folded_key_key"
 # * 16 backfilled ``blocked_by`` for status 'BLOCKED', which no row has ('Blocked'): a
 #   card blocked before kept no blocker, so its driver could not unblock it again.
 # * 8 gave a company station's sessions and payments its owner's books too: one who left
-#   the company still saw them (``books_of``: a company's station has no owner's books).
+#   the company still saw them (``books_of``: a company's station has no owner's books);
+#   37 copied them into the refunds it made of those payments (reviewer s18).
 # * 21 took a State of Charge beyond 0..100 from per-phase or glitching samples.
 _V40 = """
 UPDATE "id_tag" SET "blocked_by" = "updated_by"
@@ -952,6 +953,8 @@ UPDATE "id_tag" SET "blocked_by" = "updated_by"
 UPDATE "session" SET "station_owner_id" = NULL
     WHERE "company_id" IS NOT NULL AND "station_owner_id" IS NOT NULL;
 UPDATE "payment" SET "station_owner_id" = NULL
+    WHERE "company_id" IS NOT NULL AND "station_owner_id" IS NOT NULL;
+UPDATE "refund" SET "station_owner_id" = NULL
     WHERE "company_id" IS NOT NULL AND "station_owner_id" IS NOT NULL;
 UPDATE "session" SET ("soc_percent", "soc_at") = (
     SELECT "value", "at" FROM "meter_sample"

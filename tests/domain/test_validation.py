@@ -192,3 +192,17 @@ def test_checks_raise_a_single_failure_as_it_was_and_nothing_when_all_pass() -> 
     nested(v.password, "")
     outer(nested.done)
     assert [e.field for e in outer.errors] == ["name", "password"]
+
+
+def test_a_heartbeat_interval_is_read_from_its_digits_however_many() -> None:
+    """Digits alone are a number: leading zeros read as what they are, too many digits
+    are out of range (QA s18: "99999999999" was told "digits only"); anything else is
+    not a number."""
+    assert v.heartbeat_interval("0000000060", "value") == 60
+    assert v.heartbeat_interval(300, "value") == 300
+    for text, code in (("99999999999", "OUT_OF_RANGE"), ("0", "OUT_OF_RANGE"),
+                       ("9e2", "INVALID"), (" 90", "INVALID"), ("", "INVALID"),
+                       ("٣٠٠", "INVALID")):
+        with pytest.raises(ValidationError) as caught:
+            v.heartbeat_interval(text, "value")
+        assert caught.value.code == code, text

@@ -34,5 +34,7 @@ def test_released_migrations_are_unchanged() -> None:
 
 
 if __name__ == "__main__":
-    LOCK.write_text(json.dumps({**json.loads(LOCK.read_text()), **digests()}
-                               if LOCK.exists() else digests(), indent=1) + "\n")
+    # Adds the versions not locked yet; a locked one is never overwritten (one that never
+    # left a branch may be edited: delete its line first).
+    locked = json.loads(LOCK.read_text()) if LOCK.exists() else {}
+    LOCK.write_text(json.dumps({**digests(), **locked}, indent=1) + "\n")

@@ -43,8 +43,10 @@ from domain.entities import (
     ConnectorType,
     MeterSample,
     Payment,
+    PaymentStatus,
     PowerType,
     Record,
+    Refund,
     Registration,
     Role,
     Session,
@@ -2054,3 +2056,30 @@ async def test_a_guard_on_another_value_still_fails_where_the_field_is_missing(
                                   only_if=("token_epoch", 1), required=True)], [])
     [stored] = await mongo.get_many(User, [user.id])
     assert stored is not None and stored.active
+
+
+async def test_the_refund_back_fill_does_not_count_a_refund_recorded_while_it_ran(
+        mongo: MongoStore) -> None:
+    """An instance that finished the step serves, and refunds, while another still runs
+    it: the slower one's back-fill booked that refund a second time (reviewer s18)."""
+    from domain.policy import SYSTEM
+    from domain.services import ServiceContext, Services
+    from tests.contract.factories import payment, session, station
+    from tests.helpers import FastHasher
+
+    where = station(company_id="c" * 24)
+    sold, older = session(where, 1, user_id="a" * 24), session(where, 2, user_id="a" * 24)
+    paid = payment(sold, status=PaymentStatus.CAPTURED)
+    # Refunded 200 before refunds were records, then 100 more by an upgraded instance.
+    partly = payment(older, status=PaymentStatus.CAPTURED, refunded_minor=200)
+    await mongo.write([Insert(r) for r in (where, sold, older, paid, partly)], [])
+    services = Services(ServiceContext(store=mongo, policy=Policy(), hasher=FastHasher()))
+    await services.payments.refund(SYSTEM, paid.id)
+    await services.payments.refund(SYSTEM, partly.id, Decimal("1.00"))
+    await migrations._refund_records(mongo.db)
+    refunds = await mongo.find_all(Refund, ALL)
+    booked: dict[str, int] = {}
+    for refund in refunds:
+        booked[refund.payment_id] = booked.get(refund.payment_id, 0) + refund.amount_minor
+    stored = {p.id: p.refunded_minor for p in await mongo.find_all(Payment, ALL)}
+    assert booked == stored == {paid.id: paid.amount_minor, partly.id: 300}

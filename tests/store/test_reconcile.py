@@ -157,7 +157,16 @@ async def test_version_40_makes_right_the_data_earlier_texts_left(tmp_path: Path
     """What earlier texts of 8, 16 and 21 wrote otherwise: a blocked card without its
     blocker, a company station's books also its owner's, a State of Charge beyond
     0..100; rows already right are left as they are."""
-    from tests.contract.factories import id_tag, meter_sample, payment, put, session, station, user
+    from tests.contract.factories import (
+        id_tag,
+        meter_sample,
+        payment,
+        put,
+        refund,
+        session,
+        station,
+        user,
+    )
 
     path = tmp_path / "at39.db"
     owner, driver = user(), user()
@@ -168,10 +177,12 @@ async def test_version_40_makes_right_the_data_earlier_texts_left(tmp_path: Path
                                                          soc_percent=40.0)
     cards = [id_tag(driver, tag="LOST", status=d.IdTagStatus.BLOCKED, updated_by="op"),
              id_tag(driver, tag="MINE", status=d.IdTagStatus.BLOCKED, blocked_by=driver.id)]
+    paid = payment(glitched, company_id=ours.company_id, station_owner_id=owner.id)
     store = SqliteStore(str(path))
     await store.start()
-    await put(store, owner, driver, ours, own, glitched, fine, *cards,
-              payment(glitched, company_id=ours.company_id, station_owner_id=owner.id),
+    await put(store, owner, driver, ours, own, glitched, fine, *cards, paid,
+              refund(glitched, paid.id, company_id=ours.company_id,
+                     station_owner_id=owner.id),
               meter_sample(ours, glitched, measurand="SoC", value=80.0, unit="Percent"))
     await store.close()
     with sqlite3.connect(path) as conn:  # the rows as a database at 39 holds them
@@ -182,5 +193,6 @@ async def test_version_40_makes_right_the_data_earlier_texts_left(tmp_path: Path
     assert dict(rows(path, "SELECT id, station_owner_id FROM session")) == {  # type: ignore[arg-type]
         glitched.id: None, fine.id: owner.id}
     assert rows(path, "SELECT station_owner_id FROM payment") == [(None,)]
+    assert rows(path, "SELECT station_owner_id FROM refund") == [(None,)]
     assert dict(rows(path, "SELECT id, soc_percent FROM session")) == {  # type: ignore[arg-type]
         glitched.id: 80.0, fine.id: 40.0}
