@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from graphql import parse
 
+from domain.services.configuration import MAX_KEYS
 from graph.cost import LIST_GUESS, MAX_OBJECTS, ROOT_LIST_GUESS, estimated_objects
 from graph.schema import schema
 from tests.graph.conftest import Api, CountingStore
@@ -93,3 +94,20 @@ def test_analytics_rows_count_as_the_large_lists_they_may_be() -> None:
             '(from: "2026-11-01T00:00:00Z", to: "2026-12-01T00:00:00Z")'
         assert estimate(f"{{ {field}{args} {{ start station {{ name }} }} }}") \
             == 2 * ROOT_LIST_GUESS < MAX_OBJECTS
+
+
+def test_long_lists_below_the_root_count_as_what_they_may_hold() -> None:
+    """A fault report's groups and a station's configuration: thirty aliases of them,
+    each counted as ten, answered 60,000-190,000 objects (QA s18)."""
+    groups = """query($f: DateTime!, $t: DateTime!) { faultReports(from: $f, to: $t) {
+        a: groups { station { sessions(first: 10) { nodes { id } } } } } }"""
+    assert estimate(groups) == 1 + ROOT_LIST_GUESS * (1 + 1 + 1 + 10)  # groups, station,
+    # its sessions connection, their nodes
+    assert estimate(groups.replace("a: groups", " ".join(
+        f"a{i}: groups" + " { station { id } }" for i in range(10)) + " a: groups")) \
+        > MAX_OBJECTS
+    config = '{ station(cpId: "CP-1") { configuration { key } } }'
+    assert estimate(config) == 1 + MAX_KEYS
+    aliased = "{ " + " ".join(f'a{i}: station(cpId: "CP-1") {{ configuration {{ key }} }}'
+                              for i in range(10)) + " }"
+    assert estimate(aliased) > MAX_OBJECTS
