@@ -108,8 +108,9 @@ def _validated(schema: GraphQLSchema, query: str,
                rules: tuple[type[ASTValidationRule], ...]) -> list[GraphQLError]:
     # Strawberry's validation: graphql-core's with Strawberry's own rules added.
     document = _parsed(query)
-    return [validation_failed(_the_clients(error), document)
-            for error in validate_document(schema, document, rules)]
+    return validation_failed(
+        [_the_clients(error) for error in validate_document(schema, document, rules)],
+        document)
 
 
 def _the_clients(error: GraphQLError) -> GraphQLError:

@@ -50,12 +50,23 @@ def parse_failed(error: GraphQLError) -> GraphQLError:
     return error
 
 
-def validation_failed(error: GraphQLError, document: DocumentNode) -> GraphQLError:
-    """A validation error, with the argument (``filter.state``) whose literal value is at
-    fault when it is one."""
+def validation_failed(errors: list[GraphQLError], document: DocumentNode
+                      ) -> list[GraphQLError]:
+    """Validation errors, each with the argument (``filter.state``) whose literal value is
+    at fault when it is one. The paths come from one walk of the document, whatever the
+    number of errors (a walk per error cost half a second of event loop for a 5,000-token
+    document with 100 bad values: QA s18)."""
+    if not errors:
+        return errors
+    paths = _argument_paths(document)
+    return [_coded(error, VALIDATION_FAILED, _path_of(error, paths)) for error in errors]
+
+
+def _path_of(error: GraphQLError, paths: dict[tuple[int, int], str]) -> str | None:
     node = error.nodes[0] if error.nodes else None
-    return _coded(error, VALIDATION_FAILED,
-                  _argument_path(document, node) if node is not None else None)
+    if node is None or node.loc is None:
+        return None
+    return paths.get((node.loc.start, node.loc.end))
 
 
 def variable_refused(error: GraphQLError) -> GraphQLError:
@@ -71,26 +82,20 @@ def variable_refused(error: GraphQLError) -> GraphQLError:
     return _coded(error, BAD_USER_INPUT, field)
 
 
-class _ArgumentPath(Visitor):
-    """The dotted path of argument and input-object field names down to ``target``."""
+class _ArgumentPaths(Visitor):
+    """The dotted path of argument and input-object field names of every node inside an
+    argument, by the node's place in the document."""
 
-    def __init__(self, target: Node) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.target = target
         self.names: list[str] = []
-        self.found: str | None = None
+        self.paths: dict[tuple[int, int], str] = {}
 
     def enter(self, node: Node, *_: Any) -> Any:
-        if self.found is not None:
-            return self.BREAK
         if isinstance(node, ArgumentNode | ObjectFieldNode):
             self.names.append(node.name.value)
-        if node is self.target or (node.loc is not None and self.target.loc is not None
-                                   and node.loc.start == self.target.loc.start
-                                   and node.loc.end == self.target.loc.end):
-            if self.names:
-                self.found = ".".join(self.names)
-            return self.BREAK
+        if self.names and node.loc is not None:
+            self.paths.setdefault((node.loc.start, node.loc.end), ".".join(self.names))
         return None
 
     def leave(self, node: Node, *_: Any) -> Any:
@@ -99,7 +104,7 @@ class _ArgumentPath(Visitor):
         return None
 
 
-def _argument_path(document: DocumentNode, node: Node) -> str | None:
-    finder = _ArgumentPath(node)
+def _argument_paths(document: DocumentNode) -> dict[tuple[int, int], str]:
+    finder = _ArgumentPaths()
     visit(document, finder)
-    return finder.found
+    return finder.paths
