@@ -25,7 +25,7 @@ from chargegraph.graphiql_assets import graphiql_assets_route
 from chargegraph.headers import SecurityHeaders
 from chargegraph.metrics import CONTENT_TYPE as METRICS_TYPE
 from chargegraph.metrics import MetricsRegistry, Sources, scrape
-from chargegraph.secrets import resolve_jwt_secret
+from chargegraph.secrets import derived_key, resolve_jwt_secret
 from chargegraph.security import Argon2Hasher
 from chargegraph.settings import Settings
 from chargegraph.startup import PlainStartupFailures, starting
@@ -147,8 +147,8 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
     ocpp_ssl = ocpp_ssl_context(settings) if settings.ocpp_enabled else None
     # A folder that would leave the page blank stops the start, naming what is wrong.
     assets_route, assets_url = graphiql_assets_route(settings)
-    tokens = TokenService(resolve_jwt_secret(settings),
-                          timedelta(minutes=settings.jwt_ttl_minutes))
+    jwt_secret = resolve_jwt_secret(settings)
+    tokens = TokenService(jwt_secret, timedelta(minutes=settings.jwt_ttl_minutes))
     graphql = _LateBound()
     exports = _LateBound()  # the CSV exports, built with the GraphQL app
     # Counters live as long as the app (a test's second lifespan keeps counting); the
@@ -208,7 +208,8 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
                 stack.push_async_callback(relay.close)
                 # One sign-in limit across the instances: each tells the others what
                 # its throttles count.
-                sharing = ThrottleSharing(instances_bus, services.accounts.throttles)
+                sharing = ThrottleSharing(instances_bus, services.accounts.throttles,
+                                          derived_key(jwt_secret, "sign-in throttle"))
                 await stack.enter_async_context(housekeeping.following(
                     sharing.follow(instances_bus.subscribe([SignInsCounted.topic])),
                     "sign-in-counts"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import secrets
@@ -70,3 +71,10 @@ def _create(path: Path) -> str | None:
     finally:
         temporary.unlink(missing_ok=True)
     return secret
+
+
+def derived_key(secret: str, purpose: str) -> bytes:
+    """A 32-byte key for ``purpose`` from the deployment's secret (the JWT secret every
+    instance shares): what it keys never reveals the secret, nor is it the secret
+    itself (a key that leaks, a digest on the bus, forges no token)."""
+    return hashlib.sha256(f"chargegraph {purpose}\0{secret}".encode()).digest()

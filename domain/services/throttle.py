@@ -33,9 +33,17 @@ class _Failures:
 #: What a throttle tells the other instances: its name, the operation and the key's digest.
 Share = Callable[[str, str, str], None]
 
-def digest(key: str) -> str:
-    """What a key is kept and shared as: unreadable, and short whatever its length."""
-    return hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
+#: A digest's length in hex characters (``digest``).
+DIGEST_CHARS = 32
+
+
+def digest(key: str, secret: bytes = b"") -> str:
+    """What a key is kept and shared as: short whatever its length, and keyed with the
+    deployment's ``secret`` when the instances share their counts: an unkeyed digest of an
+    email or an address is matched by anyone with a list of them, and forged by anyone
+    who may publish on the bus (QA s18)."""
+    return hashlib.blake2b(key.encode(), digest_size=DIGEST_CHARS // 2, key=secret
+                           ).hexdigest()
 
 
 class SignInThrottle:
@@ -50,13 +58,15 @@ class SignInThrottle:
         self.name = name
         #: Told each operation counted here (``ThrottleSharing``); ``None``: kept here.
         self.share: Share | None = None
+        #: What keys are digested with (``digest``): set, with ``share``, before use.
+        self.secret = b""
         self._failures: OrderedDict[str, _Failures] = OrderedDict()
         self._operations: dict[str, Callable[[str], None]] = {
             "failed": self._failed, "succeeded": self._succeeded, "forgive": self._forgive}
 
     def locked_for(self, key: str) -> timedelta | None:
         """How long ``key`` stays locked; ``None`` when it may try."""
-        key = digest(key)
+        key = digest(key, self.secret)
         entry = self._failures.get(key)
         if entry is None or entry.locked_until is None:
             return None
@@ -67,15 +77,15 @@ class SignInThrottle:
         return left
 
     def failed(self, key: str) -> None:
-        self._count("failed", digest(key))
+        self._count("failed", digest(key, self.secret))
 
     def succeeded(self, key: str) -> None:
-        self._count("succeeded", digest(key))
+        self._count("succeeded", digest(key, self.secret))
 
     def forgive(self, key: str) -> None:
         """Take back the newest failure counted for ``key`` (an attempt counted before its
         check, which then succeeded), lifting a lock that failure set."""
-        self._count("forgive", digest(key))
+        self._count("forgive", digest(key, self.secret))
 
     def apply(self, operation: str, key_digest: str) -> None:
         """An operation another instance counted (``share``), for a key's digest; unknown

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Sequence
 from domain.events import DomainEvent, EventsDropped, SignInsCounted
 from domain.ids import new_id
 from domain.ports import EventBus
-from domain.services.throttle import SignInThrottle
+from domain.services.throttle import DIGEST_CHARS, SignInThrottle
 
 log = logging.getLogger("chargegraph.services")
 
@@ -29,7 +29,10 @@ MAX_PER_EVENT = 500
 
 
 class ThrottleSharing:
-    def __init__(self, bus: EventBus, throttles: Sequence[SignInThrottle]) -> None:
+    def __init__(self, bus: EventBus, throttles: Sequence[SignInThrottle], secret: bytes
+                 ) -> None:
+        """``secret``: the key every instance digests keys with (``throttle.digest``), at
+        most 64 bytes; the throttles must not have counted anything yet."""
         self.bus = bus
         #: This instance, so it skips its own counts when the bus brings them back.
         self.origin = new_id()
@@ -38,6 +41,7 @@ class ThrottleSharing:
         self._sending: set[asyncio.Task[None]] = set()
         for throttle in throttles:
             throttle.share = self._counted
+            throttle.secret = secret
 
     def _counted(self, throttle: str, operation: str, key_digest: str) -> None:
         if not self._outgoing:
@@ -67,11 +71,13 @@ class ThrottleSharing:
                 self.apply(event.counted)
 
     def apply(self, counted: Sequence[str]) -> None:
-        for entry in counted:
-            parts = entry.split(" ")
+        """What another instance counted. At most ``MAX_PER_EVENT`` entries of an event,
+        each a digest as ``digest`` makes them: what no instance sends is not taken."""
+        for entry in counted[:MAX_PER_EVENT]:
+            parts = entry.split(" ") if isinstance(entry, str) else []
             throttle = self.throttles.get(parts[0]) if len(parts) == 3 else None
-            if throttle is not None:  # a throttle this version does not have: skipped
-                throttle.apply(parts[1], parts[2])
+            if throttle is not None and len(parts[2]) == DIGEST_CHARS:
+                throttle.apply(parts[1], parts[2])  # an unknown throttle: a newer one's
 
     async def settled(self) -> None:
         """Waits until what was counted so far is published (tests, shutdown)."""

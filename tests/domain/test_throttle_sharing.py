@@ -16,6 +16,7 @@ from pubsub.memory import MemoryEventBus
 
 NOW = datetime(2026, 12, 5, 8, 0, tzinfo=UTC)
 KEY = "ada@example.com 192.0.2.1"
+SECRET = b"k" * 32
 
 
 class Instance:
@@ -23,7 +24,7 @@ class Instance:
 
     def __init__(self, bus: MemoryEventBus) -> None:
         self.throttle = SignInThrottle(lambda: NOW, limit=3, name="sign_in")
-        self.sharing = ThrottleSharing(bus, [self.throttle])
+        self.sharing = ThrottleSharing(bus, [self.throttle], SECRET)
         self.follower = asyncio.create_task(
             self.sharing.follow(bus.subscribe([SignInsCounted.topic])))
 
@@ -79,15 +80,19 @@ def test_counts_travel_as_digests_and_unknown_ones_are_skipped() -> None:
     throttle = SignInThrottle(lambda: NOW, limit=1, name="email")
     sent: list[tuple[str, str, str]] = []
     throttle.share = lambda *counted: sent.append(counted)
+    throttle.secret = SECRET
     throttle.failed("ada@example.com")
-    assert sent == [("email", "failed", digest("ada@example.com"))]
-    assert "ada" not in sent[0][2]
+    assert sent == [("email", "failed", digest("ada@example.com", SECRET))]
+    # Keyed: a list of emails does not find it (QA s18: the unkeyed digest did).
+    assert sent[0][2] != digest("ada@example.com")
     sharing = ThrottleSharing(MemoryEventBus(), [SignInThrottle(lambda: NOW, limit=1,
-                                                                name="email")])
+                                                                name="email")], SECRET)
+    bob = digest("bob@example.com", SECRET)
     # A newer instance's throttle or operation, or a malformed entry: skipped, not raised.
-    sharing.apply(["captcha failed x", "email reset x", "email", "email failed "
-                   + digest("bob@example.com")])
+    sharing.apply(["captcha failed x", "email reset x", "email", "email failed " + "x" * 10_000,
+                   "email failed " + bob])
     assert sharing.throttles["email"].locked_for("bob@example.com") is not None
+    assert len(sharing.throttles["email"]._failures) == 1  # the long one was not taken
 
 
 async def test_a_flood_counted_in_one_step_is_sent_in_bounded_events(
@@ -107,3 +112,12 @@ async def test_a_flood_counted_in_one_step_is_sent_in_bounded_events(
         sizes.append(len(event.counted))
     assert sorted(sizes) == [2, 4, 4]
     a.follower.cancel()
+
+
+def test_an_event_is_taken_up_to_the_most_an_instance_sends() -> None:
+    """A forged flood of entries in one event must not evict every other key."""
+    throttle = SignInThrottle(lambda: NOW, limit=1, name="email")
+    sharing = ThrottleSharing(MemoryEventBus(), [throttle], SECRET)
+    sharing.apply([f"email failed {digest(f'u{i}@example.com', SECRET)}"
+                   for i in range(throttle_sharing.MAX_PER_EVENT + 10)])
+    assert len(throttle._failures) == throttle_sharing.MAX_PER_EVENT
