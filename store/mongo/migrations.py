@@ -1,6 +1,6 @@
 """Data changes the MongoDB store makes when the model changes (SQLite makes the same in its
 schema migrations, ``store/sqlite/migrations.py``: versions 7, 8, 10, 14, 16, 18, 23,
-24, 26, 27, 29, 32, 34 and 37).
+24, 26, 27, 29, 32, 34, 37 and 40).
 
 MongoDB has no schema to migrate, only documents written under older rules. Each step
 here runs at every start (or until one start recorded it done: ``_once``), is
@@ -93,6 +93,8 @@ async def migrate(db: Any) -> None:
     # After the books and ``refunded_minor`` are filled in: a refund copies them.
     await _once(db, "refund_records", _refund_records)
     await _once(db, "voided_zero_payments", _voided_zero_payments)
+    # After ``refund_records``: the refunds it made copied their payments' books.
+    await _once(db, "company_books_without_owner", _company_books_without_owner)
 
 
 #: The fields added with a default to a kind that had documents already: (kind, field).
@@ -214,6 +216,17 @@ def refund_of(payment: Payment, session: Session) -> Refund:
                   at=payment.updated_at, provider_ref=payment.provider_ref,
                   company_id=payment.company_id,
                   station_owner_id=payment.station_owner_id)
+
+
+async def _company_books_without_owner(db: Any) -> None:
+    """A company station's sessions and payments (and the refunds made of them) are in
+    its company's books alone (``books_of``), as SQLite's migration 40 makes them: before
+    that rule (c3adce4) the station's owner was recorded too, and one who left the
+    company still saw them (reviewer s18). Only documents with both: a no-op elsewhere."""
+    for kind in ("session", "payment", "refund"):
+        await db[kind].update_many(
+            {"company_id": {"$ne": None}, "station_owner_id": {"$ne": None}},
+            {"$set": {"station_owner_id": None, MARK: ObjectId()}})
 
 
 async def _voided_zero_payments(db: Any) -> None:

@@ -2083,3 +2083,27 @@ async def test_the_refund_back_fill_does_not_count_a_refund_recorded_while_it_ra
         booked[refund.payment_id] = booked.get(refund.payment_id, 0) + refund.amount_minor
     stored = {p.id: p.refunded_minor for p in await mongo.find_all(Payment, ALL)}
     assert booked == stored == {paid.id: paid.amount_minor, partly.id: 300}
+
+
+async def test_a_company_stations_books_lose_the_owner_recorded_before_the_rule(
+        mongo: MongoStore) -> None:
+    """What SQLite migration 40 does for books: sessions, payments and refunds written
+    before a company's station was its company's books alone also named its owner, who
+    still saw them after leaving the company (reviewer s18). A station of no company
+    keeps its owner's books."""
+    from tests.contract.factories import payment, refund, session, station, user
+
+    owner = user()
+    ours, own = station(company_id="c" * 24, owner_id=owner.id), station(owner_id=owner.id)
+    then = session(ours, 1, company_id=ours.company_id, station_owner_id=owner.id)
+    kept = session(own, 1, station_owner_id=owner.id)
+    paid = payment(then)
+    await mongo.write([Insert(r) for r in (owner, ours, own, then, kept, paid,
+                                           refund(then, paid.id))], [])
+    raw(mongo)[migrations.MIGRATIONS].delete_many({})  # a database from before the step
+    await migrations.migrate(mongo.db)
+    books = {(r.kind, r.id): getattr(r, "station_owner_id")  # noqa: B009 (three types)
+             for kind in (Session, Payment, Refund) for r in await mongo.find_all(kind, ALL)}
+    assert books == {("session", then.id): None, ("session", kept.id): owner.id,
+                     ("payment", paid.id): None,
+                     **{("refund", r.id): None for r in await mongo.find_all(Refund, ALL)}}
