@@ -946,7 +946,8 @@ CREATE UNIQUE INDEX "configuration_key_station_id_folded_key_key"
 # * 8 gave a company station's sessions and payments its owner's books too: one who left
 #   the company still saw them (``books_of``: a company's station has no owner's books);
 #   37 copied them into the refunds it made of those payments (reviewer s18).
-# * 21 took a State of Charge beyond 0..100 from per-phase or glitching samples.
+# * 21 took a State of Charge from per-phase or glitching samples (beyond 0..100, or one
+#   of a phase: the session's value is one such sample's).
 _V40 = """
 UPDATE "id_tag" SET "blocked_by" = "updated_by"
     WHERE "status" = 'Blocked' AND "blocked_by" IS NULL;
@@ -961,7 +962,10 @@ UPDATE "session" SET ("soc_percent", "soc_at") = (
     WHERE "meter_sample"."session_id" = "session"."id" AND "measurand" = 'SoC'
       AND "phase" IS NULL AND "value" BETWEEN 0 AND 100
     ORDER BY "at" DESC, "id" DESC LIMIT 1)
-    WHERE "soc_percent" NOT BETWEEN 0 AND 100;
+    WHERE "soc_percent" NOT BETWEEN 0 AND 100 OR EXISTS (
+        SELECT 1 FROM "meter_sample" WHERE "meter_sample"."session_id" = "session"."id"
+          AND "measurand" = 'SoC' AND "phase" IS NOT NULL
+          AND "at" = "session"."soc_at" AND "value" = "session"."soc_percent");
 """
 
 #: Every migration, oldest first. Append only.

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+from datetime import timedelta
 from pathlib import Path
 
 import aiosqlite
@@ -160,6 +161,7 @@ async def test_version_40_makes_right_the_data_earlier_texts_left(tmp_path: Path
     blocker, a company station's books also its owner's, a State of Charge beyond
     0..100; rows already right are left as they are."""
     from tests.contract.factories import (
+        T0,
         id_tag,
         meter_sample,
         payment,
@@ -177,6 +179,9 @@ async def test_version_40_makes_right_the_data_earlier_texts_left(tmp_path: Path
     glitched, fine = session(ours, 1, company_id=ours.company_id, station_owner_id=owner.id,
                              soc_percent=150.0), session(own, 1, station_owner_id=owner.id,
                                                          soc_percent=40.0)
+    # 90 from a sample of one phase, the newest: an in-range value the rule leaves out.
+    phased = session(own, 2, station_owner_id=owner.id, soc_percent=90.0,
+                     soc_at=T0 + timedelta(minutes=5))
     cards = [id_tag(driver, tag="LOST", status=d.IdTagStatus.BLOCKED, updated_by="op"),
              id_tag(driver, tag="MINE", status=d.IdTagStatus.BLOCKED, blocked_by=driver.id)]
     paid = payment(glitched, company_id=ours.company_id, station_owner_id=owner.id)
@@ -185,7 +190,12 @@ async def test_version_40_makes_right_the_data_earlier_texts_left(tmp_path: Path
     await put(store, owner, driver, ours, own, glitched, fine, *cards, paid,
               refund(glitched, paid.id, company_id=ours.company_id,
                      station_owner_id=owner.id),
-              meter_sample(ours, glitched, measurand="SoC", value=80.0, unit="Percent"))
+              meter_sample(ours, glitched, measurand="SoC", value=80.0, unit="Percent"),
+              phased,
+              meter_sample(own, phased, measurand="SoC", value=40.0, unit="Percent",
+                           connector_id=2),
+              meter_sample(own, phased, measurand="SoC", value=90.0, unit="Percent",
+                           connector_id=2, phase="L1", at=T0 + timedelta(minutes=5)))
     await store.close()
     with sqlite3.connect(path) as conn:  # the rows as a database at 39 holds them
         conn.execute('DELETE FROM "schema_version" WHERE "version" = 40')
@@ -193,11 +203,11 @@ async def test_version_40_makes_right_the_data_earlier_texts_left(tmp_path: Path
     assert dict(rows(path, "SELECT tag, blocked_by FROM id_tag")) == {  # type: ignore[arg-type]
         "LOST": "op", "MINE": driver.id}
     assert dict(rows(path, "SELECT id, station_owner_id FROM session")) == {  # type: ignore[arg-type]
-        glitched.id: None, fine.id: owner.id}
+        glitched.id: None, fine.id: owner.id, phased.id: owner.id}
     assert rows(path, "SELECT station_owner_id FROM payment") == [(None,)]
     assert rows(path, "SELECT station_owner_id FROM refund") == [(None,)]
     assert dict(rows(path, "SELECT id, soc_percent FROM session")) == {  # type: ignore[arg-type]
-        glitched.id: 80.0, fine.id: 40.0}
+        glitched.id: 80.0, fine.id: 40.0, phased.id: 40.0}
 
 
 def test_an_index_otherwise_defined_is_made_again_and_one_of_an_administrator_is_left(
