@@ -1050,19 +1050,22 @@ async def apply_migrations(
 
         await reconcile(conn, wanted, unchanged)
     applied: list[int] = []
-    if versions and found < versions[-1]:
-        # An upgrade (or a new database, from 0) is worth a line: an operator checking
-        # a rolling upgrade reads which schema the file went from and to.
-        log.info("migrating the database from schema %d to %d", found, versions[-1])
     for version, script in migrations:
         statements = split_statements(script)
         # IMMEDIATE takes the write lock before we re-read the version: two processes
         # starting at once cannot both apply the same migration.
         await conn.execute("BEGIN IMMEDIATE")
         try:
-            if await current_version(conn) >= version:
+            current = await current_version(conn)
+            if current >= version:
                 await conn.rollback()
                 continue
+            if not applied:
+                # An upgrade (or a new database, from 0) is worth a line: an operator
+                # checking a rolling upgrade reads which schema the file went from and
+                # to. Said by the instance that migrates, not by every one starting.
+                log.info("migrating the database from schema %d to %d", current,
+                         versions[-1])
             for statement in statements:
                 await conn.execute(statement)
             await conn.execute(
