@@ -23,6 +23,7 @@ import socket
 import ssl
 import time
 from collections import deque
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from http import HTTPStatus
 from typing import Any
@@ -122,6 +123,8 @@ class OcppServer:
         # this instance was still recording its own.
         self._numbers: dict[ChargePointHandler, int] = {}
         self._newer_elsewhere: dict[str, int] = {}
+        #: cp_id → its arrivals under way (``_arrival``).
+        self._arriving: dict[str, _Arrivals] = {}
         self.charging = charging
         self.gateway = gateway
         self.host = host
@@ -339,6 +342,20 @@ class OcppServer:
         async with contextlib.aclosing(stream):
             await self.charging.follow(stream)
 
+    @contextlib.asynccontextmanager
+    async def _arrival(self, cp_id: str) -> AsyncIterator[None]:
+        """Holds ``cp_id``'s arrivals to one at a time (``_connection``); the lock is
+        forgotten once no arrival of that charge point waits for it."""
+        entry = self._arriving.setdefault(cp_id, _Arrivals())
+        entry.waiting += 1
+        try:
+            async with entry.lock:
+                yield
+        finally:
+            entry.waiting -= 1
+            if not entry.waiting:
+                del self._arriving[cp_id]
+
     def _hang_up(self, handler: ChargePointHandler, code: int, reason: str) -> None:
         # In a task: the closing handshake with a dead peer may take a while.
         task = asyncio.create_task(handler.hang_up(code, reason))
@@ -451,13 +468,23 @@ class OcppServer:
         handler = ChargePointHandler(cp_id, ws, self.charging,
                                      response_timeout=self.response_timeout,
                                      metrics=self.metrics, strict_schema=self.strict_schema)
-        previous = self.gateway.register(handler)
-        if previous is not None:
-            log.info("%s reconnected: closing its previous connection", cp_id)
-            await previous.hang_up(1000, "replaced by a new connection")
-        log.info("%s connected from %s", cp_id, ws.remote_address)
         try:
-            connected = await self.charging.connect(cp_id, instance=self.instance_id)
+            # One arrival of a charge point at a time, from taking the gateway to its
+            # connection recorded: the store's connection numbers follow the order the
+            # gateway took them in. A connection replaced while it waited for the one
+            # before it to close was recorded after its replacement, as the newest: the
+            # live one's disconnect was then refused, and the station stayed online
+            # with no connection (QA s18, soak).
+            async with self._arrival(cp_id):
+                previous = self.gateway.register(handler)
+                if previous is not None:
+                    # Closed in the background: a dead peer's closing handshake takes
+                    # the full close timeout, and the charger's new connection was not
+                    # answered meanwhile (its boot waited 10 s).
+                    log.info("%s reconnected: closing its previous connection", cp_id)
+                    self._hang_up(previous, 1000, "replaced by a new connection")
+                log.info("%s connected from %s", cp_id, ws.remote_address)
+                connected = await self.charging.connect(cp_id, instance=self.instance_id)
             if connected is not None:
                 self._numbers[handler] = connected.number
                 handler.connected_at = connected.at
@@ -493,6 +520,16 @@ class OcppServer:
                                 exc.reason)
                 except Exception:  # the store may already be closing at shutdown
                     log.exception("%s: could not record the disconnect", cp_id)
+
+
+class _Arrivals:
+    """The connections of one charge point being taken, one at a time."""
+
+    __slots__ = ("lock", "waiting")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.waiting = 0
 
 
 class RefusalLog:
