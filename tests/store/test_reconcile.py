@@ -22,6 +22,7 @@ from store.sqlite.migrations import (
     split_statements,
 )
 from store.sqlite.reconcile import reference, repairs
+from tests.support.schema_at import roll_back
 
 TEXTS = dict(MIGRATIONS)
 
@@ -185,8 +186,7 @@ async def test_version_40_makes_right_the_data_earlier_texts_left(tmp_path: Path
                      station_owner_id=owner.id),
               meter_sample(ours, glitched, measurand="SoC", value=80.0, unit="Percent"))
     await store.close()
-    with sqlite3.connect(path) as conn:  # the rows as a database at 39 holds them
-        conn.execute('DELETE FROM "schema_version" WHERE "version" = 40')
+    roll_back(path, 39)  # the rows as a database at 39 holds them
     assert await migrate(path, list(MIGRATIONS)) == [40]
     assert dict(rows(path, "SELECT tag, blocked_by FROM id_tag")) == {  # type: ignore[arg-type]
         "LOST": "op", "MINE": driver.id}
