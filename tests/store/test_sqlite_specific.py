@@ -768,6 +768,37 @@ async def test_version_37_books_refunds_made_before_and_voids_pending_payments_o
     assert statuses[partly.id] is PaymentStatus.CAPTURED
 
 
+async def test_version_41_gives_payments_their_session_s_plug_and_car(db_path: str) -> None:
+    """Revenue is grouped and filtered by fields of the payments themselves: those opened
+    before carry their session's charger, connector and vehicle after 41, and are
+    indexed by when they were opened within each viewer's scope."""
+    from domain.entities import Payment
+    from tests.contract.factories import payment, session
+
+    where = station(company_id="c" * 24)
+    driven, walked = (session(where, 2, vehicle_id="b" * 24), session(where, 1))
+    store = SqliteStore(db_path)
+    await store.start()
+    await put(store, where, driven, walked, payment(driven), payment(walked))
+    await store.close()
+    roll_back(db_path, 40)
+    assert "cp_id" not in {r[1] for r in raw(db_path, 'PRAGMA table_info("payment")')}
+
+    migrated = SqliteStore(db_path)
+    await migrated.start()
+    try:
+        found = {p.session_id: (p.cp_id, p.connector_id, p.vehicle_id)
+                 for p in await migrated.find_all(Payment, ALL)}
+    finally:
+        await migrated.close()
+    assert found == {driven.id: (where.cp_id, 2, "b" * 24), walked.id: (where.cp_id, 1, None)}
+    indexes = {r[1] for r in raw(db_path, 'PRAGMA index_list("payment")')}
+    assert {"payment_created_idx", "payment_user_created_idx", "payment_company_created_idx",
+            "payment_station_owner_created_idx"} <= indexes
+    assert not indexes & {"payment_user_idx", "payment_company_idx",
+                          "payment_station_owner_idx"}  # covered by those
+
+
 async def test_version_26_leaves_older_tariffs_without_idle_fees_bands_or_plugs(
         db_path: str) -> None:
     """Tariffs set before version 26 bill no idle time (price 0, grace 0, no cap), have
