@@ -2083,3 +2083,28 @@ async def test_the_refund_back_fill_does_not_count_a_refund_recorded_while_it_ra
         booked[refund.payment_id] = booked.get(refund.payment_id, 0) + refund.amount_minor
     stored = {p.id: p.refunded_minor for p in await mongo.find_all(Payment, ALL)}
     assert booked == stored == {paid.id: paid.amount_minor, partly.id: 300}
+
+
+async def test_a_payment_from_before_it_recorded_its_plug_is_grouped_under_no_charger(
+        mongo: MongoStore) -> None:
+    """Revenue is grouped by fields of the payments (``cp_id``, ``connector_id``); a
+    document written before they were has none and reads them as null. Its revenue is
+    still counted, in a row of its station with no charger nor connector, beside rows
+    that have one (the rows raised TypeErrors: sorting None with a cpId, int(None))."""
+    from domain.services.analytics import GroupBy, Scope
+    from domain.timebuckets import Bucket
+    from tests.support.late_stops import JULY_1, build_late_stops
+
+    late = await build_late_stops(mongo)
+    hour = timedelta(hours=1)
+    old, _ = await late.ended_by_the_operator(JULY_1 + 10 * hour, JULY_1 + 11 * hour)
+    await late.ended_by_the_operator(JULY_1 + 12 * hour, JULY_1 + 13 * hour)
+    raw(mongo)["payment"].update_one(
+        {"_id": ObjectId((await late.payment(old)).id)},
+        {"$unset": {"cp_id": "", "connector_id": "", "vehicle_id": ""}})
+    rows = await late.services.analytics.energy_trend(
+        late.viewer("admin"), Scope(), JULY_1, JULY_1 + 24 * hour, Bucket.DAY,
+        group_by=GroupBy.CONNECTOR)
+    station = late.stations["CP-LATE"].id
+    assert [(r.station_id, r.cp_id, r.connector_id, r.revenue_minor) for r in rows] == [
+        (station, None, None, 200), (station, "CP-LATE", 1, 200)]
