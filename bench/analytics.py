@@ -63,7 +63,9 @@ def load(path: Path, samples: int) -> dict[str, Any]:
     insert(db, connectors)
     per_session = 20
     sessions_total = samples // per_session
+    company_of = {s.id: s.company_id for s in stations}
     batch_sessions: list[d.Record] = []
+    batch_payments: list[d.Record] = []
     batch_samples: list[d.Record] = []
     batch_intervals: list[d.Record] = []
     for tx in range(1, sessions_total + 1):
@@ -80,6 +82,13 @@ def load(path: Path, samples: int) -> dict[str, Any]:
                             energy_wh=delta * per_session, state=d.SessionState.COMPLETED,
                             cost_minor=delta * per_session * 40 // 1000, currency="EUR")
         batch_sessions.append(session)
+        # Revenue is what the payments billed (opened when their session ended).
+        batch_payments.append(d.Payment(
+            session_id=session.id, station_id=connector.station_id, cp_id=connector.cp_id,
+            connector_id=connector.connector_id, user_id=None,
+            amount_minor=session.cost_minor or 0, currency="EUR",
+            status=d.PaymentStatus.CAPTURED, company_id=company_of[connector.station_id],
+            created_at=end, updated_at=end))
         for i in range(per_session):
             batch_samples.append(d.MeterSample(
                 session_id=session.id, cp_id=connector.cp_id,
@@ -93,10 +102,10 @@ def load(path: Path, samples: int) -> dict[str, Any]:
                 station_id=connector.station_id, cp_id=connector.cp_id,
                 connector_id=connector.connector_id, status=status, start=lo, end=hi))
         if len(batch_samples) >= 100_000:
-            for batch in (batch_sessions, batch_samples, batch_intervals):
+            for batch in (batch_sessions, batch_payments, batch_samples, batch_intervals):
                 insert(db, batch)
                 batch.clear()
-    for batch in (batch_sessions, batch_samples, batch_intervals):
+    for batch in (batch_sessions, batch_payments, batch_samples, batch_intervals):
         if batch:
             insert(db, batch)
     faults = []

@@ -822,6 +822,15 @@ class Payment(Record):
     session_id: str
     station_id: str
     user_id: str | None
+    #: Its session's charger, connector and vehicle, copied when it is opened: revenue is
+    #: what the payments billed (``AnalyticsService``), filtered and grouped as refunds
+    #: are, by fields of its own. ``None`` only in MongoDB documents written before.
+    cp_id: str | None = None
+    connector_id: int | None = None
+    vehicle_id: str | None = None
+    #: What was asked of the driver: its session's cost when it closed, repriced by a
+    #: correction only while PENDING (``payments.repriced``); 0 once VOIDED. Reports book
+    #: it as billed on ``created_at`` (the invoice date).
     amount_minor: int
     currency: str
     status: PaymentStatus = PaymentStatus.PENDING

@@ -72,20 +72,23 @@ class EnergyTrendFilter(AnalyticsFilter):
 
 
 @strawberry.type(description="Energy, sessions and revenue of one time bucket: gross "
-                             "(`revenue`, what the sessions that ended in it were billed), "
-                             "refunds made in it, and net.")
+                             "(`revenue`, what was billed in it), refunds made in it, and "
+                             "net.")
 class EnergyBucket:
     start: datetime = strawberry.field(description="Bucket start (UTC instant of the local "
                                                    "midnight, hour, Monday or month start).")
     energy_kwh: float = strawberry.field(description="Energy delivered in the bucket, from "
                                                      "meter values.")
     sessions: int = strawberry.field(description="Sessions that started in the bucket.")
-    revenue: Decimal = strawberry.field(description="Gross: cost of sessions that ended in "
-                                                    "the bucket, in `currency`, refunds "
-                                                    "not deducted.")
+    revenue: Decimal = strawberry.field(description=(
+        "Gross: what was billed in the bucket, in `currency`, refunds not deducted: the "
+        "amounts of the payments opened in it (a session's payment is opened when the "
+        "session ends), as asked of the drivers, collected or not. A late correction of "
+        "a session changes it only while its payment is PENDING (a voided one bills "
+        "nothing); once money moved, neither the amount nor the bucket changes."))
     refunds: Decimal = strawberry.field(
         description="Paid back in the bucket, in `currency`: booked when the refund was "
-                    "made, whenever its session ended (a session of last month refunded "
+                    "made, whenever it was billed (a session of last month refunded "
                     "today lowers today's net; last month's figures stay).")
     net_revenue: Decimal = strawberry.field(
         description="`revenue` less `refunds`; below 0 in a bucket that paid back more "
@@ -130,8 +133,8 @@ _TIME_ZONE = "IANA zone the buckets are aligned in (only with `bucket`; checked 
 _FILTER = ("Which stations or whose charging to count, within what the viewer may see; "
            "without it, all of that.")
 _CURRENCY = ("ISO 4217 code of the revenue and refunds counted (those in other currencies "
-             "are left out); default: the currency most sessions ended and refunds made in "
-             "the window have, else EUR.")
+             "are left out); default: the currency most payments billed and refunds made "
+             "in the window have, else EUR.")
 _ROW_GROUP = "A row per station (default) or per connector."
 _ROW_BUCKET = "Split the rows into buckets of this size; without it, one row for the window."
 
@@ -298,9 +301,10 @@ class Overview:
     active_sessions: int
     energy_today_kwh: float
     revenue_today: list[Money] = strawberry.field(
-        description="Gross per currency: cost of sessions that ended today.")
+        description="Gross per currency: what was billed today (the payments opened "
+                    "today, as `EnergyBucket.revenue` counts them).")
     refunds_today: list[Money] = strawberry.field(
-        description="Paid back today per currency, whenever the sessions ended.")
+        description="Paid back today per currency, whenever it was billed.")
     net_revenue_today: list[Money] = strawberry.field(
         description="`revenueToday` less `refundsToday` per currency (every currency "
                     "either has).")

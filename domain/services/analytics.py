@@ -21,6 +21,8 @@ from domain.entities import (
     ConnectorInterval,
     ConnectorStatus,
     MeterSample,
+    Payment,
+    PaymentStatus,
     Record,
     Refund,
     Session,
@@ -95,6 +97,12 @@ class Scope:
         the sessions' field names, so the same filter asks the same of both."""
         return self.booked_sessions()
 
+    def payments(self) -> Filter:
+        """Payments of the sessions counted as business, what revenue is: a payment
+        carries its session's station, driver and vehicle and its books under the same
+        names as refunds do."""
+        return self.booked_sessions()
+
     def samples(self) -> Filter:
         """Meter samples metered on the asked-for plugs. A session's samples follow it, as
         the policy's scope does: a company's are those of the sessions in its books (on a
@@ -113,15 +121,29 @@ class Scope:
         )
 
 
+#: Payments that bill what they ask: all but VOIDED (its session was corrected to cost
+#: nothing, so it asks nothing). FAILED ones count: billed, not (yet) collected.
+BILLED = (PaymentStatus.PENDING, PaymentStatus.CAPTURED, PaymentStatus.FAILED,
+          PaymentStatus.REFUNDED)
+
+
+def billed(scope: Filter, start: datetime, end: datetime, currency: str | None = None
+           ) -> Filter:
+    """Payments opened in [start, end) (``created_at``: the invoice date) that bill what
+    they ask, in ``currency`` if given, within ``scope``."""
+    return all_of(scope, In("status", BILLED), Eq("currency", currency) if currency else None,
+                  Range("created_at", gte=start, lt=end))
+
+
 @dataclass(frozen=True, slots=True)
 class EnergyBucket:
     start: datetime
     energy_wh: int
     sessions: int
-    #: Gross: the billed cost of the sessions that ended in the bucket.
+    #: Gross: what the payments opened in the bucket billed (``billed``).
     revenue_minor: int
     currency: str
-    #: Paid back in the bucket (``Refund.at``), whenever its session ended.
+    #: Paid back in the bucket (``Refund.at``), whenever it was billed.
     refunds_minor: int = 0
     #: Set when grouped (``GroupBy``): whose figures these are. ``station_id`` is None for
     #: samples stored before they recorded their station (their cpId tells it).
@@ -229,7 +251,7 @@ class Overview:
     connectors_by_status: dict[str, int]
     active_sessions: int
     energy_today_wh: int
-    #: Per currency: gross (sessions that ended today), refunds made today, and net.
+    #: Per currency: gross (payments opened today), refunds made today, and net.
     revenue_today: dict[str, int]
     refunds_today: dict[str, int]
 
@@ -369,14 +391,17 @@ def _cells(rows: list[dict[str, Any]], metric: str, groups: int
 def _groups_in(*cells: dict[tuple[int, GroupKey], Any]) -> list[GroupKey]:
     """The groups with any figure, by cpId and connector."""
     found = {g for figures in cells for _, g in figures}
-    return sorted(found, key=lambda g: (g[1], g[2] if len(g) > 2 else 0, g[0] or ""))
+    # A MongoDB payment written before it recorded its charger has none (``cp_id``).
+    return sorted(found, key=lambda g: (g[1] or "", (g[2] or 0) if len(g) > 2 else 0,
+                                        g[0] or ""))
 
 
 def _group_fields(group: GroupKey) -> dict[str, Any]:
     if not group:
         return {}
+    connector = group[2] if len(group) > 2 else None  # none on a payment from before
     return {"station_id": group[0], "cp_id": group[1],
-            "connector_id": int(group[2]) if len(group) > 2 else None}
+            "connector_id": int(connector) if connector is not None else None}
 
 
 def _check_cells(cells: int, field: str) -> None:
@@ -400,7 +425,7 @@ class AnalyticsService(Service):
                            currency: str | None = None, budget: BucketBudget | None = None,
                            group_by: GroupBy | None = None) -> list[EnergyBucket]:
         """Energy per bucket from meter samples (a session over midnight counts on both
-        days), sessions started per bucket, gross revenue of sessions that ended in it
+        days), sessions started per bucket, gross revenue billed in it (``_revenue``)
         and the refunds made in it (``_refunds``; net is the one less the other).
         For signed-in viewers only (anyone else would get a window of zeros); ``budget``:
         the request's (``BucketBudget``). With ``group_by``, every bucket once per
@@ -428,12 +453,9 @@ class AnalyticsService(Service):
                 scope.booked_sessions(), Range("start_time", gte=start, lt=end))),
             [started_plan.grouping, *keys], {"n": Count()})
         currency = currency or await self._main_currency(viewer, scope, start, end)
-        ended_plan = plan("end_time", bucket, tz, start, end)
-        revenue = await self.store.aggregate(
-            Session, self._scoped(viewer, "session", all_of(
-                scope.booked_sessions(), Eq("state", SessionState.COMPLETED),
-                Eq("currency", currency), Range("end_time", gte=start, lt=end))),
-            [ended_plan.grouping, *keys], {"minor": Sum("cost_minor")})
+        billed_plan = plan("created_at", bucket, tz, start, end)
+        revenue = await self._revenue(viewer, scope, currency, start, end,
+                                      [billed_plan.grouping, *keys])
         wh, n = _cells(energy, "wh", len(keys)), _cells(started, "n", len(keys))
         minor = _cells(revenue, "minor", len(keys))
         # Meter samples and refunds are both bucketed by their ``at``: one plan.
@@ -444,10 +466,28 @@ class AnalyticsService(Service):
         return [EnergyBucket(start=instant,
                              energy_wh=round(wh.get((energy_plan.keys[i], g), 0)),
                              sessions=int(n.get((started_plan.keys[i], g), 0)),
-                             revenue_minor=round(minor.get((ended_plan.keys[i], g), 0)),
+                             revenue_minor=round(minor.get((billed_plan.keys[i], g), 0)),
                              refunds_minor=round(back.get((energy_plan.keys[i], g), 0)),
                              currency=currency, **_group_fields(g))
                 for g in groups for i, instant in enumerate(energy_plan.starts)]
+
+    async def _revenue(self, viewer: Viewer, scope: Scope, currency: str | None,
+                       start: datetime, end: datetime, keys: list[Group]
+                       ) -> list[dict[str, Any]]:
+        """What the payments opened in [start, end) billed, summed per ``keys``
+        (``minor``), in ``currency`` if given: gross revenue is what was billed, booked
+        when it was (a payment is opened when its session closes; its ``created_at`` is
+        the invoice date). Not the sessions' cost by their end: a late StopTransaction
+        rewrites both after the money moved, while the payment keeps what was asked
+        (``payments.repriced``: only a PENDING one follows the correction, a VOIDED one
+        asks nothing), so a correction moved revenue into a period already reported and
+        net no longer matched captured less refunded (QA s18, billing2). Seen as
+        payments are: in their books, or a driver's own. A session without a payment
+        (it cost nothing) bills nothing."""
+        return await self.store.aggregate(
+            Payment, self._scoped(viewer, "payment", billed(scope.payments(), start, end,
+                                                            currency)),
+            keys, {"minor": Sum("amount_minor")})
 
     async def _refunds(self, viewer: Viewer, scope: Scope, currency: str | None,
                        start: datetime, end: datetime, keys: list[Group]
@@ -464,11 +504,10 @@ class AnalyticsService(Service):
 
     async def _main_currency(self, viewer: Viewer, scope: Scope, start: datetime,
                              end: datetime) -> str:
-        """The currency most sessions that ended in the window, and refunds made in it,
-        were in: a window of refunds only is shown in theirs."""
+        """The currency most payments billed in the window, and refunds made in it, were
+        in: a window of refunds only is shown in theirs."""
         rows = await self.store.aggregate(
-            Session, self._scoped(viewer, "session", all_of(
-                scope.booked_sessions(), Range("end_time", gte=start, lt=end))),
+            Payment, self._scoped(viewer, "payment", billed(scope.payments(), start, end)),
             [ByField("currency")], {"n": Count()})
         refunds = await self.store.aggregate(
             Refund, self._scoped(viewer, "refund", all_of(
@@ -746,11 +785,8 @@ class AnalyticsService(Service):
             MeterSample, self._scoped(viewer, "meter_sample", all_of(
                 scope.samples(), Range("at", gte=midnight, lt=tomorrow))), [],
             {"wh": Sum("delta_wh")})
-        revenue = await self.store.aggregate(
-            Session, self._scoped(viewer, "session", all_of(
-                scope.booked_sessions(), Eq("state", SessionState.COMPLETED),
-                Range("end_time", gte=midnight, lt=tomorrow))),
-            [ByField("currency")], {"minor": Sum("cost_minor")})
+        revenue = await self._revenue(viewer, scope, None, midnight, tomorrow,
+                                      [ByField("currency")])
         refunds = await self._refunds(viewer, scope, None, midnight, tomorrow,
                                       [ByField("currency")])
         return Overview(

@@ -1416,11 +1416,17 @@ class ChargingService(Service):
         payment = None
         # Nothing to collect (no energy and no fees): no payment for anyone to settle.
         if tariff is not None and cost is not None and cost > 0:
+            # On the service's clock: its ``created_at`` is the invoice date revenue is
+            # booked on, compared with the windows reports ask for.
             payment = stamp_new(Payment(session_id=session.id, station_id=station.id,
-                                        user_id=session.user_id, amount_minor=cost,
+                                        cp_id=session.cp_id,
+                                        connector_id=session.connector_id,
+                                        user_id=session.user_id,
+                                        vehicle_id=session.vehicle_id, amount_minor=cost,
                                         currency=tariff.currency,
                                         company_id=session.company_id,
-                                        station_owner_id=session.station_owner_id), actor)
+                                        station_owner_id=session.station_owner_id),
+                                actor, self.now())
         changes: list[tuple[Change, Any]] = [(close, session)]
         if correcting:
             changes += await self._repriced_payment(session, payment, cost or 0, actor)

@@ -82,8 +82,12 @@ INDEXES: dict[str, list[list[tuple[str, int]]]] = {
                     [("company_id", ASCENDING)], [("station_owner_id", ASCENDING)]],
     "tariff": [[("station_id", ASCENDING), ("valid_from", DESCENDING)],
                [("company_id", ASCENDING), ("valid_from", DESCENDING)]],
-    "payment": [[("station_id", ASCENDING)], [("user_id", ASCENDING)],
-                [("company_id", ASCENDING)], [("station_owner_id", ASCENDING)]],
+    # Payments by when they were opened within each viewer's scope (revenue is booked
+    # then: an operator's books, a driver's own, an admin's all), as refunds by ``at``.
+    "payment": [[("station_id", ASCENDING)], [("created_at", ASCENDING)],
+                [("user_id", ASCENDING), ("created_at", ASCENDING)],
+                [("company_id", ASCENDING), ("created_at", ASCENDING)],
+                [("station_owner_id", ASCENDING), ("created_at", ASCENDING)]],
     # Refunds by time within each viewer's scope (analytics: an operator's books, a
     # driver's own, an admin's all), and a payment's.
     "refund": [[("payment_id", ASCENDING)], [("at", ASCENDING)],
@@ -131,6 +135,8 @@ SUPERSEDED: dict[str, tuple[str, ...]] = {
     "connection_event": ("station_id_1_at_1",),
     # So did the audit log's (in both orders).
     "audit_entry": ("at_-1",),
+    # Payments' scopes gained their time (revenue by ``created_at``).
+    "payment": ("user_id_1", "company_id_1", "station_owner_id_1"),
 }
 
 #: The field a partial rule reports: for one ACTIVE session per connector, the connector is

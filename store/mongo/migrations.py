@@ -1,6 +1,6 @@
 """Data changes the MongoDB store makes when the model changes (SQLite makes the same in its
 schema migrations, ``store/sqlite/migrations.py``: versions 7, 8, 10, 14, 16, 18, 23,
-24, 26, 27, 29, 32, 34, 37 and 40).
+24, 26, 27, 29, 32, 34, 37, 40 and 41).
 
 MongoDB has no schema to migrate, only documents written under older rules. Each step
 here runs at every start (or until one start recorded it done: ``_once``), is
@@ -95,6 +95,7 @@ async def migrate(db: Any) -> None:
     await _once(db, "voided_zero_payments", _voided_zero_payments)
     # After ``refund_records``: the refunds it made copied their payments' books.
     await _once(db, "company_books_without_owner", _company_books_without_owner)
+    await _once(db, "payment_plugs", _payment_plugs)
 
 
 #: The fields added with a default to a kind that had documents already: (kind, field).
@@ -227,6 +228,28 @@ async def _company_books_without_owner(db: Any) -> None:
         await db[kind].update_many(
             {"company_id": {"$ne": None}, "station_owner_id": {"$ne": None}},
             {"$set": {"station_owner_id": None, MARK: ObjectId()}})
+
+
+async def _payment_plugs(db: Any) -> None:
+    """Payments written before they recorded their session's charger, connector and
+    vehicle (``Payment.cp_id``, SQLite migration 41) take them from their session
+    (sessions are never removed), so revenue groups and filters them as SQLite's do.
+    Marked by the field itself: new documents always carry ``cp_id``, possibly null."""
+    while True:
+        docs = await db["payment"].find({"cp_id": {"$exists": False}},
+                                        {"session_id": 1}).limit(BATCH).to_list()
+        if not docs:
+            break
+        sessions = {s["_id"]: s for s in await db["session"].find(
+            {"_id": {"$in": [doc["session_id"] for doc in docs]}},
+            {"cp_id": 1, "connector_id": 1, "vehicle_id": 1}).to_list()}
+        for doc in docs:
+            found = sessions.get(doc["session_id"], {})
+            await db["payment"].update_one(
+                {"_id": doc["_id"], "cp_id": {"$exists": False}},
+                {"$set": {"cp_id": found.get("cp_id"),
+                          "connector_id": found.get("connector_id"),
+                          "vehicle_id": found.get("vehicle_id"), MARK: ObjectId()}})
 
 
 async def _voided_zero_payments(db: Any) -> None:

@@ -968,6 +968,30 @@ UPDATE "session" SET ("soc_percent", "soc_at") = (
           AND "at" = "session"."soc_at" AND "value" = "session"."soc_percent");
 """
 
+# Version 41: revenue is what the payments billed, booked on the day each was opened
+# (``Payment.created_at``, the invoice date), not the sessions' cost by when they ended:
+# a late stop rewrote those after the money moved. Payments carry their session's
+# charger, connector and vehicle, as refunds do (migration 37), so reports filter and
+# group them by fields of their own; older ones copy them from their session (sessions
+# are never removed). Indexed as analytics read them: by time within each viewer's
+# scope, which makes the single-field indexes of the same scopes redundant.
+_V41 = """
+ALTER TABLE "payment" ADD COLUMN "cp_id" TEXT;
+ALTER TABLE "payment" ADD COLUMN "connector_id" INTEGER;
+ALTER TABLE "payment" ADD COLUMN "vehicle_id" TEXT;
+UPDATE "payment" SET ("cp_id", "connector_id", "vehicle_id") = (
+    SELECT "cp_id", "connector_id", "vehicle_id" FROM "session"
+    WHERE "session"."id" = "payment"."session_id");
+DROP INDEX "payment_user_idx";
+DROP INDEX "payment_company_idx";
+DROP INDEX "payment_station_owner_idx";
+CREATE INDEX "payment_created_idx" ON "payment" ("created_at");
+CREATE INDEX "payment_user_created_idx" ON "payment" ("user_id", "created_at");
+CREATE INDEX "payment_company_created_idx" ON "payment" ("company_id", "created_at");
+CREATE INDEX "payment_station_owner_created_idx"
+    ON "payment" ("station_owner_id", "created_at");
+"""
+
 #: Every migration, oldest first. Append only.
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
@@ -979,7 +1003,8 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (28, _V28), (29, _V29), (30, _V30),
                                      (31, _V31), (32, _V32), (33, _V33), (34, _V34),
                                      (35, _V35), (36, _V36), (37, _V37),
-                                     (38, _V38), (39, _V39), (40, _V40))
+                                     (38, _V38), (39, _V39), (40, _V40),
+                                     (41, _V41))
 
 #: Python functions migrations call, registered on the migrating connection: a value only
 #: the domain's rules can compute for rows written before (name, arity, function).

@@ -190,6 +190,10 @@ def payment(sess: Session, **kw: Any) -> Payment:
     kw.setdefault("user_id", sess.user_id)
     kw.setdefault("company_id", sess.company_id)
     kw.setdefault("station_owner_id", sess.station_owner_id)
+    # Its session's plug and car, as the charging service copies them.
+    kw.setdefault("cp_id", sess.cp_id)
+    kw.setdefault("connector_id", sess.connector_id)
+    kw.setdefault("vehicle_id", sess.vehicle_id)
     return Payment(session_id=sess.id, station_id=sess.station_id, **kw)
 
 

@@ -1,5 +1,5 @@
-"""Refunds in revenue reports, on every backend: gross revenue stays the sessions' billed
-cost, refunds are a figure of their own booked when they were made (not when their
+"""Refunds in revenue reports, on every backend: gross revenue stays what the payments
+billed, refunds are a figure of their own booked when they were made (not when their
 session ended), net is the one less the other, per bucket, per group and today, in the
 same currency and seen as payments are (an operator's books, a driver's own).
 

@@ -2107,3 +2107,47 @@ async def test_a_company_stations_books_lose_the_owner_recorded_before_the_rule(
     assert books == {("session", then.id): None, ("session", kept.id): owner.id,
                      ("payment", paid.id): None,
                      **{("refund", r.id): None for r in await mongo.find_all(Refund, ALL)}}
+
+
+async def test_a_payment_from_before_it_recorded_its_plug_is_grouped_under_no_charger(
+        mongo: MongoStore) -> None:
+    """Revenue is grouped by fields of the payments (``cp_id``, ``connector_id``); a
+    document written before they were has none and reads them as null. Its revenue is
+    still counted, in a row of its station with no charger nor connector, beside rows
+    that have one (the rows raised TypeErrors: sorting None with a cpId, int(None))."""
+    from domain.services.analytics import GroupBy, Scope
+    from domain.timebuckets import Bucket
+    from tests.support.late_stops import JULY_1, build_late_stops
+
+    late = await build_late_stops(mongo)
+    hour = timedelta(hours=1)
+    old, _ = await late.ended_by_the_operator(JULY_1 + 10 * hour, JULY_1 + 11 * hour)
+    await late.ended_by_the_operator(JULY_1 + 12 * hour, JULY_1 + 13 * hour)
+    raw(mongo)["payment"].update_one(
+        {"_id": ObjectId((await late.payment(old)).id)},
+        {"$unset": {"cp_id": "", "connector_id": "", "vehicle_id": ""}})
+    rows = await late.services.analytics.energy_trend(
+        late.viewer("admin"), Scope(), JULY_1, JULY_1 + 24 * hour, Bucket.DAY,
+        group_by=GroupBy.CONNECTOR)
+    station = late.stations["CP-LATE"].id
+    assert [(r.station_id, r.cp_id, r.connector_id, r.revenue_minor) for r in rows] == [
+        (station, None, None, 200), (station, "CP-LATE", 1, 200)]
+
+
+async def test_payments_from_before_they_recorded_their_plug_take_their_sessions(
+        mongo: MongoStore) -> None:
+    """What SQLite migration 41 does: revenue is grouped and filtered by the payment's
+    charger, connector and vehicle, which older payments did not record."""
+    from tests.contract.factories import payment, session, station
+
+    where = station(company_id="c" * 24)
+    sold = session(where, 2, user_id="a" * 24, vehicle_id="b" * 24)
+    paid = payment(sold, cp_id=sold.cp_id, connector_id=2, vehicle_id=sold.vehicle_id)
+    await mongo.write([Insert(r) for r in (where, sold, paid)], [])
+    db = raw(mongo)
+    db["payment"].update_many({}, {"$unset": {"cp_id": "", "connector_id": "",
+                                              "vehicle_id": ""}})
+    db[migrations.MIGRATIONS].delete_many({})
+    await migrations.migrate(mongo.db)
+    [back] = await mongo.find_all(Payment, ALL)
+    assert (back.cp_id, back.connector_id, back.vehicle_id) == (sold.cp_id, 2, "b" * 24)

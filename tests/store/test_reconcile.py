@@ -23,6 +23,7 @@ from store.sqlite.migrations import (
     split_statements,
 )
 from store.sqlite.reconcile import reference, repairs
+from tests.support.schema_at import roll_back
 
 TEXTS = dict(MIGRATIONS)
 
@@ -197,9 +198,8 @@ async def test_version_40_makes_right_the_data_earlier_texts_left(tmp_path: Path
               meter_sample(own, phased, measurand="SoC", value=90.0, unit="Percent",
                            connector_id=2, phase="L1", at=T0 + timedelta(minutes=5)))
     await store.close()
-    with sqlite3.connect(path) as conn:  # the rows as a database at 39 holds them
-        conn.execute('DELETE FROM "schema_version" WHERE "version" = 40')
-    assert await migrate(path, list(MIGRATIONS)) == [40]
+    roll_back(path, 39)  # the rows as a database at 39 holds them
+    assert await migrate(path, list(MIGRATIONS)) == [40, 41]
     assert dict(rows(path, "SELECT tag, blocked_by FROM id_tag")) == {  # type: ignore[arg-type]
         "LOST": "op", "MINE": driver.id}
     assert dict(rows(path, "SELECT id, station_owner_id FROM session")) == {  # type: ignore[arg-type]

@@ -63,6 +63,7 @@ from store.sqlite.migrations import MIGRATIONS, apply_migrations, split_statemen
 from store.sqlite.sql_filter import compile_where
 from store.sqlite.writer import cannot_write
 from tests.contract.factories import T0, audit, company, put, station, tariff, user
+from tests.support.schema_at import roll_back
 
 SQL_TYPE = {"id": "TEXT", "str": "TEXT", "int": "INTEGER", "float": "REAL", "bool": "INTEGER",
             "datetime": "INTEGER", "decimal": "TEXT", "enum": "TEXT", "json": "TEXT"}
@@ -747,13 +748,7 @@ async def test_version_37_books_refunds_made_before_and_voids_pending_payments_o
     await put(store, where, sold, kept, zero, refunded, partly, nothing,
               payment(session(where, 4)))  # collected, never refunded
     await store.close()
-    # The file as version 36 left it: what 37 and the versions after it made, undone.
-    raw(db_path, 'DROP TABLE "refund"')
-    raw(db_path, 'DROP TABLE "configuration_key"')
-    for column in ("firmware_status_at", "diagnostics_status_at", "firmware_requested_at",
-                   "firmware_location", "firmware_retrieve_date"):
-        raw(db_path, f'ALTER TABLE "station" DROP COLUMN "{column}"')
-    raw(db_path, 'DELETE FROM "schema_version" WHERE "version" > 36')
+    roll_back(db_path, 36)  # the file as version 36 left it
 
     migrated = SqliteStore(db_path)
     await migrated.start()
@@ -771,6 +766,37 @@ async def test_version_37_books_refunds_made_before_and_voids_pending_payments_o
         station_owner_id=None) for p, s in ((refunded, sold), (partly, kept))}
     assert statuses[nothing.id] is PaymentStatus.VOIDED
     assert statuses[partly.id] is PaymentStatus.CAPTURED
+
+
+async def test_version_41_gives_payments_their_session_s_plug_and_car(db_path: str) -> None:
+    """Revenue is grouped and filtered by fields of the payments themselves: those opened
+    before carry their session's charger, connector and vehicle after 41, and are
+    indexed by when they were opened within each viewer's scope."""
+    from domain.entities import Payment
+    from tests.contract.factories import payment, session
+
+    where = station(company_id="c" * 24)
+    driven, walked = (session(where, 2, vehicle_id="b" * 24), session(where, 1))
+    store = SqliteStore(db_path)
+    await store.start()
+    await put(store, where, driven, walked, payment(driven), payment(walked))
+    await store.close()
+    roll_back(db_path, 40)
+    assert "cp_id" not in {r[1] for r in raw(db_path, 'PRAGMA table_info("payment")')}
+
+    migrated = SqliteStore(db_path)
+    await migrated.start()
+    try:
+        found = {p.session_id: (p.cp_id, p.connector_id, p.vehicle_id)
+                 for p in await migrated.find_all(Payment, ALL)}
+    finally:
+        await migrated.close()
+    assert found == {driven.id: (where.cp_id, 2, "b" * 24), walked.id: (where.cp_id, 1, None)}
+    indexes = {r[1] for r in raw(db_path, 'PRAGMA index_list("payment")')}
+    assert {"payment_created_idx", "payment_user_created_idx", "payment_company_created_idx",
+            "payment_station_owner_created_idx"} <= indexes
+    assert not indexes & {"payment_user_idx", "payment_company_idx",
+                          "payment_station_owner_idx"}  # covered by those
 
 
 async def test_version_26_leaves_older_tariffs_without_idle_fees_bands_or_plugs(
@@ -855,7 +881,8 @@ async def test_versions_38_and_39_keep_older_statuses_without_a_time(db_path: st
             '"updated_by", "cp_id", "name", "registration", "online", "firmware_status") '
             "VALUES ('s1', 0, 0, 'system', 'system', 'CP-OLD', 'Old', 'Accepted', 0, "
             "'Installed')")
-        assert (await apply_migrations(conn))[:2] == [38, 39]
+        assert await apply_migrations(conn, [m for m in MIGRATIONS if m[0] <= 39]) == [
+            38, 39]
     store = SqliteStore(db_path)
     await store.start()
     try:
