@@ -630,7 +630,8 @@ class CommandService(Service):
             return
         try:
             if outcome.action == "GetConfiguration":
-                await record_read(self.store, outcome.station, outcome.result, viewer, now)
+                await record_read(self.store, outcome.station, outcome.result, viewer, now,
+                                  whole=not payload.get("key"))
             else:
                 await record_change(self.store, outcome.station, str(payload["key"]),
                                     str(payload["value"]), outcome.status or "", viewer, now)
