@@ -29,7 +29,7 @@ from typing import Any
 
 from domain.command_rules import folded_key, is_secret_key
 from domain.entities import ConfigurationKey, Station
-from domain.errors import UniqueViolation
+from domain.errors import NotFound, UniqueViolation
 from domain.policy import Viewer
 from domain.ports import Change, Delete, Insert, Store
 from domain.query import Eq
@@ -59,7 +59,8 @@ async def record_read(store: Store, station: Station, result: dict[str, Any], ac
     """Keeps what a GetConfiguration answer (``result``, OCPP field names) says of the
     station's keys; ``whole``: the request named no keys, so the answer has every key
     the charger has. Two answers recorded at once may both insert a key new to the
-    station: the second then finds the first's and writes over it."""
+    station, or delete one past the first ``MAX_KEYS``: the second then reads the
+    station's keys again and writes over what the first left."""
     given: dict[str, dict[str, Any]] = {}
     for entry in result.get("configurationKey") or ():
         if isinstance(entry, dict) and isinstance(entry.get("key"), str):
@@ -70,7 +71,7 @@ async def record_read(store: Store, station: Station, result: dict[str, Any], ac
         try:
             await _write_read(store, station, given, unknown, whole, actor, now)
             return
-        except UniqueViolation:
+        except (UniqueViolation, NotFound):  # a key another write inserted or deleted
             if attempt:
                 raise
 
@@ -111,7 +112,7 @@ async def record_change(store: Store, station: Station, key: str, value: str, st
         "value": None if secret else value, "secret": secret, "readonly": False,
         "changed_at": now, "reboot_required": status == REBOOT_REQUIRED}
     folded = folded_key(key)
-    for attempt in range(2):  # as ``record_read``: a key inserted meanwhile is updated
+    for attempt in range(2):  # as ``record_read``: a key written meanwhile is read again
         held = await _all_held(store, station)
         keep, left_out = kept(held.keys() | {folded})
         known = held.get(folded)
@@ -127,7 +128,7 @@ async def record_change(store: Store, station: Station, key: str, value: str, st
             if changes:
                 await store.write(changes, [])
             return
-        except UniqueViolation:
+        except (UniqueViolation, NotFound):
             if attempt:
                 raise
 

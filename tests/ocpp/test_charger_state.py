@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import pytest
@@ -20,8 +20,9 @@ from chargegraph.webhooks import event_data, payload
 from domain import entities as d
 from domain.events import CommandCompleted, MaintenanceStatusChanged
 from domain.policy import SYSTEM, Viewer
+from domain.ports import Change, Delete, Store
 from domain.query import Eq
-from domain.services.configuration import MAX_KEYS, record_change
+from domain.services.configuration import MAX_KEYS, record_change, record_read
 from domain.services.webhooks import webhook_event
 from domain.wire import rfc3339
 from ocpp_bridge import simulator
@@ -321,6 +322,42 @@ async def test_a_charger_with_more_keys_than_kept_keeps_the_first_and_says_so(
             == MAX_KEYS
     hidden = (await central.gql(KEPT, as_user="driver"))["station"]
     assert hidden == {"configurationTruncated": None, "configuration": []}
+
+
+class _AnotherWriteFirst:
+    """The store, where another write deletes ``victim`` just before this one's first."""
+
+    def __init__(self, store: Store, victim: d.ConfigurationKey) -> None:
+        self.store, self.victim = store, victim
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    async def write(self, changes: list[Change], audit: list[d.AuditEntry]) -> None:
+        victim, self.victim = self.victim, None  # type: ignore[assignment]
+        if victim is not None:
+            await self.store.write([Delete(victim)], [])
+        await self.store.write(changes, audit)
+
+
+async def test_a_key_deleted_meanwhile_does_not_lose_the_read(central: Central) -> None:
+    """Two answers recorded at once: one deletes a key the other updates (past the cap,
+    or unknown to the charger). The later write is not lost whole: it reads the
+    station's keys again."""
+    station, store = central.stations["CP-1"], central.store
+
+    def answer(*values: str) -> dict[str, Any]:
+        return {"configurationKey": [{"key": key, "readonly": False, "value": value}
+                                     for key, value in zip(("A", "B"), values, strict=True)]}
+
+    await record_read(store, station, answer("1", "2"), SYSTEM, datetime.now(UTC),
+                      whole=True)
+    [a] = await store.find_all(d.ConfigurationKey, Eq("key", "A"))
+    racing = cast(Store, _AnotherWriteFirst(store, a))
+    await record_read(racing, station, answer("10", "20"), SYSTEM, datetime.now(UTC),
+                      whole=True)
+    kept = await store.find_all(d.ConfigurationKey, Eq("station_id", station.id))
+    assert {k.key: k.value for k in kept} == {"A": "10", "B": "20"}
 
 
 async def _completed(events: AsyncIterator[Any], action: str) -> CommandCompleted:
