@@ -300,6 +300,11 @@ class Station(Record):
     firmware_requested_at: datetime | None = None
     firmware_location: str | None = None
     firmware_retrieve_date: datetime | None = None
+    #: Its charger reported more configuration keys than are kept of a station
+    #: (``services.configuration.MAX_KEYS``): its ``ConfigurationKey`` records are the
+    #: first of them by folded key. Cleared by a read of every key that all fit
+    #: (SQLite migration 42; ``False`` on stations stored before).
+    configuration_truncated: bool = False
 
 
 #: ``Station.firmware_status`` from an UpdateFirmware its charger accepted until the

@@ -64,7 +64,8 @@ PRIVATE_FIELDS: dict[str, frozenset[str]] = {
                           "last_seen", "created_by", "updated_by", "site_id",
                           "heartbeat_interval", "firmware_status_at",
                           "diagnostics_status_at", "firmware_requested_at",
-                          "firmware_location", "firmware_retrieve_date"}),
+                          "firmware_location", "firmware_retrieve_date",
+                          "configuration_truncated"}),
     # Whose books: who ran the station then, which a driver is not told of any station.
     "session": frozenset({"company_id", "station_owner_id"}),
     "payment": frozenset({"company_id", "station_owner_id"}),

@@ -535,6 +535,12 @@ class Station(Node, Audited):
         "interval: the `HeartbeatInterval` its charger last accepted by "
         "`changeConfiguration` (or set by `updateStation`); null: the global one. Staff "
         "only."))
+    configuration_truncated: bool | None = strawberry.field(description=(
+        f"True when its charger reported more configuration keys than are kept "
+        f"({MAX_CONFIGURATION_KEYS:,}): `configuration` then holds the first of them by "
+        "key (without regard to case) and knows nothing of the others (ask the charger "
+        "with `getConfiguration`). False again once a `getConfiguration` of every key (no "
+        "`key` list) fits. Admins and the station's operators; null for others."))
     _r: strawberry.Private[d.Station]
     _private: strawberry.Private[bool]
 
@@ -581,6 +587,7 @@ class Station(Node, Audited):
             "info": r.info,
             "vendor_error_code": r.vendor_error_code,
             "heartbeat_interval": r.heartbeat_interval if private else None,
+            "configuration_truncated": r.configuration_truncated if private else None,
             "_private": private,
         }, private)
 
@@ -675,7 +682,9 @@ class Station(Node, Audited):
         "Its charger's configuration as last known, by key: from every `getConfiguration` "
         "answer and every `changeConfiguration` the charger took, so it shows while the "
         "charger is offline (a key known from neither is not here). Secret keys' values "
-        "are `masked`. Admins and the station's operators; empty for others."))
+        f"are `masked`. At most {MAX_CONFIGURATION_KEYS:,} keys, the first by key: "
+        "`configurationTruncated` says when the charger reported more. Admins and the "
+        "station's operators; empty for others."))
     async def configuration(self, info: Info) -> list[ConfigurationKey]:
         if not self._private:
             return []

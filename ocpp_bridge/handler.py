@@ -49,7 +49,7 @@ from domain.errors import (
 )
 from domain.ports import NO_METRICS, Metrics
 from domain.services.charging import BootInfo, ChargingService, IdTagInfo
-from domain.services.commands import masked
+from domain.services.commands import masked, masked_answer
 from domain.services.metering import MeterReading, SampledValue
 from domain.wire import rfc3339
 from ocpp_bridge import frames
@@ -63,20 +63,39 @@ log = logging.getLogger("chargegraph.ocpp")
 wire_log = logging.getLogger("chargegraph.ocpp.wire")
 
 
-def logged_frame(message: str) -> str:
-    """A frame we send as the wire log writes it: a command's secrets masked as its audit
-    entry masks them (``commands.masked``: the user information of an upload or download
-    URL), since logs are shipped and read more widely than the audit. Only a CALL that
-    could carry one is parsed again."""
-    if "@" not in message or not message.startswith("[2,"):
-        return message
+#: Text in every frame that may carry a secret (``logged_frame``): a download or upload
+#: URL's user information, a ChangeConfiguration (of a vendor's BackendPassword, say) and
+#: a GetConfiguration answer (a charger reading its AuthorizationKey back). Looked for as
+#: text: the wire log writes every frame on the chargers' hot path, and a MeterValues or
+#: a Heartbeat is never parsed again for it.
+MAY_HOLD_SECRET = ("@", '"ChangeConfiguration"', '"configurationKey"')
+#: What the wire log writes of such a frame when it cannot be read as an OCPP frame.
+NOT_SHOWN = "[{} characters not shown: no OCPP frame, and they may hold a secret]"
+
+
+def logged_frame(message: str | bytes) -> str:
+    """A frame, sent or received, as the wire log writes it: a command's secrets masked
+    as its audit entry masks them (``commands.masked``: the user information of an upload
+    or download URL, a secret key's new value) and a secret key's value in a
+    GetConfiguration answer (``commands.masked_answer``), since logs are shipped and read
+    more widely than the audit. Only a frame holding ``MAY_HOLD_SECRET`` text is parsed
+    again; one of those that is no JSON array is not written at all (nothing in it can
+    be told apart from a secret)."""
+    text = message if isinstance(message, str) else message.decode("utf-8", "replace")
+    if not any(marker in text for marker in MAY_HOLD_SECRET):
+        return text
     try:
-        frame = orjson.loads(message)
+        frame = orjson.loads(text)
     except orjson.JSONDecodeError:
-        return message
-    if len(frame) != 4 or not isinstance(frame[3], dict):
-        return message
-    return orjson.dumps([*frame[:3], masked(str(frame[2]), frame[3])]).decode()
+        return NOT_SHOWN.format(len(text))
+    if not isinstance(frame, list):
+        return NOT_SHOWN.format(len(text))
+    # Every object of the frame, whatever its shape (a malformed answer is logged too).
+    action = frame[2] if len(frame) == 4 and frame[0] == 2 and isinstance(frame[2], str) \
+        else ""
+    return orjson.dumps([masked_answer(masked(action, part)) if isinstance(part, dict)
+                         else part for part in frame]).decode()
+
 
 Payload = dict[str, Any]
 ActionHandler = Callable[["ChargePointHandler", Payload], Awaitable[Payload]]
@@ -160,7 +179,8 @@ class ChargePointHandler(ChargePoint):
         every other charger and request shares."""
         while True:
             message = await self._connection.recv()
-            wire_log.info("%s: receive message %s", self.id, message)
+            if wire_log.isEnabledFor(logging.INFO):
+                wire_log.info("%s: receive message %s", self.id, logged_frame(message))
             wait = self.pacer.delay()
             if wait > 0:
                 if self.pacer.delayed == 1:
@@ -356,7 +376,9 @@ class ChargePointHandler(ChargePoint):
         try:
             frame = frames.parse(raw_msg)
         except FrameError as exc:
-            log.info("%s: bad frame (%s): %.200r", self.id, exc.description, raw_msg)
+            # At INFO, logged by default: its text masked as the wire log's is.
+            log.info("%s: bad frame (%s): %.200r", self.id, exc.description,
+                     logged_frame(raw_msg))
             if exc.is_answer:
                 self._malformed_answer(exc)
             else:

@@ -108,6 +108,21 @@ def masked(action: str, request: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def masked_answer(result: dict[str, Any]) -> dict[str, Any]:
+    """A charger's answer as the wire log writes it: the value of each secret key
+    (``command_rules.is_secret_key``) in a GetConfiguration answer ``HIDDEN``, as
+    ``masked`` hides it in a ChangeConfiguration (a charger may read its AuthorizationKey
+    back). Taken for one by its ``configurationKey``: an answer does not name its
+    command."""
+    keys = result.get("configurationKey")
+    if not isinstance(keys, list):
+        return result
+    shown = [{**entry, "value": HIDDEN}
+             if isinstance(entry, dict) and "value" in entry and is_secret_key(entry.get("key"))
+             else entry for entry in keys]
+    return {**result, "configurationKey": shown}
+
+
 def _without_user_info(url: str) -> str:
     parts = urlsplit(url)
     if "@" not in parts.netloc:
@@ -630,7 +645,8 @@ class CommandService(Service):
             return
         try:
             if outcome.action == "GetConfiguration":
-                await record_read(self.store, outcome.station, outcome.result, viewer, now)
+                await record_read(self.store, outcome.station, outcome.result, viewer, now,
+                                  whole=not payload.get("key"))
             else:
                 await record_change(self.store, outcome.station, str(payload["key"]),
                                     str(payload["value"]), outcome.status or "", viewer, now)

@@ -8,6 +8,14 @@ forgotten), and so is every ChangeConfiguration the charger took (``record_chang
 Accepted or RebootRequired; a refusal or no answer leaves the key as it was known).
 Keys the answer did not mention are kept: a read of some keys says nothing of the others.
 
+At most ``MAX_KEYS`` keys are kept of a station: of all it holds and is told of, the
+first ``MAX_KEYS`` by folded key (``kept``), the order ``Station.configuration`` lists
+them in; a key past them is not stored, or is deleted when a key before it arrives.
+The station then says its list is cut off (``Station.configuration_truncated``), until a
+read of every key whose keys all fit. Each write reads every key the station holds (an
+older version kept them all, however many), so none is taken for new and inserted again:
+that was a unique violation, and the whole read was lost (QA s18).
+
 A secret key's value (``command_rules.is_secret_key``: the charger's AuthorizationKey,
 a vendor's password) is never kept, and never shown in a live answer either
 (``without_secrets``): the mutation's payload, ``commandCompleted`` and webhooks carry the
@@ -16,20 +24,19 @@ answer, and are read more widely than the charger itself.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from domain.command_rules import folded_key, is_secret_key
 from domain.entities import ConfigurationKey, Station
-from domain.errors import UniqueViolation
+from domain.errors import NotFound, UniqueViolation
 from domain.policy import Viewer
 from domain.ports import Change, Delete, Insert, Store
-from domain.query import Eq, In, all_of
+from domain.query import Eq
 from domain.services.base import patch, stamp_new
 
-#: The most keys of one station read at once: far above what chargers have (the OCPP 1.6
-#: core profile defines about 40, vendors add tens to a few hundred).
+#: The most keys kept of one station: far above what chargers have (the OCPP 1.6 core
+#: profile defines about 40, vendors add tens to a few hundred). Which ones: ``kept``.
 MAX_KEYS = 2_000
 #: The answer of the charger that took a ChangeConfiguration only after its next boot.
 REBOOT_REQUIRED = "RebootRequired"
@@ -48,10 +55,12 @@ def without_secrets(action: str, result: dict[str, Any]) -> dict[str, Any]:
 
 
 async def record_read(store: Store, station: Station, result: dict[str, Any], actor: Viewer,
-                      now: datetime) -> None:
+                      now: datetime, *, whole: bool) -> None:
     """Keeps what a GetConfiguration answer (``result``, OCPP field names) says of the
-    station's keys. Two answers recorded at once may both insert a key new to the
-    station: the second then finds the first's and writes over it."""
+    station's keys; ``whole``: the request named no keys, so the answer has every key
+    the charger has. Two answers recorded at once may both insert a key new to the
+    station, or delete one past the first ``MAX_KEYS``: the second then reads the
+    station's keys again and writes over what the first left."""
     given: dict[str, dict[str, Any]] = {}
     for entry in result.get("configurationKey") or ():
         if isinstance(entry, dict) and isinstance(entry.get("key"), str):
@@ -60,18 +69,23 @@ async def record_read(store: Store, station: Station, result: dict[str, Any], ac
     unknown -= given.keys()
     for attempt in range(2):
         try:
-            await _write_read(store, station, given, unknown, actor, now)
+            await _write_read(store, station, given, unknown, whole, actor, now)
             return
-        except UniqueViolation:
+        except (UniqueViolation, NotFound):  # a key another write inserted or deleted
             if attempt:
                 raise
 
 
 async def _write_read(store: Store, station: Station, given: dict[str, dict[str, Any]],
-                      unknown: set[str], actor: Viewer, now: datetime) -> None:
-    held = await _held(store, station, [*given, *unknown])
-    changes: list[Change] = [Delete(held[k]) for k in unknown if k in held]
+                      unknown: set[str], whole: bool, actor: Viewer, now: datetime) -> None:
+    held = await _all_held(store, station)
+    keep, left_out = kept((held.keys() - unknown) | given.keys())
+    # Forgotten (the charger does not know it) or past the first MAX_KEYS.
+    changes: list[Change] = [Delete(known) for folded, known in held.items()
+                             if folded not in keep]
     for folded, entry in given.items():
+        if folded not in keep:
+            continue
         secret = is_secret_key(entry["key"])
         value = entry.get("value")
         read: dict[str, Any] = {
@@ -82,6 +96,7 @@ async def _write_read(store: Store, station: Station, given: dict[str, dict[str,
         changes.append(patch(known, actor, **read) if known is not None else Insert(
             stamp_new(ConfigurationKey(station_id=station.id, cp_id=station.cp_id, **read),
                       actor, now)))
+    changes.extend(_truncation(station, actor, left_out, whole))
     if changes:
         await store.write(changes, [])
 
@@ -90,37 +105,67 @@ async def record_change(store: Store, station: Station, key: str, value: str, st
                         actor: Viewer, now: datetime) -> None:
     """Keeps a ChangeConfiguration the charger took (answered ``status``, Accepted or
     RebootRequired): the key's value now, when, and whether it waits for a reboot. A
-    key the charger changed is not readonly, whatever was read of it before."""
+    key the charger changed is not readonly, whatever was read of it before. A key new
+    to a station that holds ``MAX_KEYS`` is kept only if it sorts before one it holds."""
     secret = is_secret_key(key)
     changed: dict[str, Any] = {
         "value": None if secret else value, "secret": secret, "readonly": False,
         "changed_at": now, "reboot_required": status == REBOOT_REQUIRED}
-    for attempt in range(2):  # as ``record_read``: a key inserted meanwhile is updated
-        known = (await _held(store, station, [folded_key(key)])).get(folded_key(key))
-        change = patch(known, actor, **changed) if known is not None else Insert(stamp_new(
-            ConfigurationKey(station_id=station.id, cp_id=station.cp_id, key=key, **changed),
-            actor, now))
+    folded = folded_key(key)
+    for attempt in range(2):  # as ``record_read``: a key written meanwhile is read again
+        held = await _all_held(store, station)
+        keep, left_out = kept(held.keys() | {folded})
+        known = held.get(folded)
+        changes: list[Change] = [Delete(k) for f, k in held.items() if f not in keep]
+        if known is not None:
+            changes.append(patch(known, actor, **changed))
+        elif folded in keep:
+            changes.append(Insert(stamp_new(ConfigurationKey(
+                station_id=station.id, cp_id=station.cp_id, key=key, **changed), actor, now)))
+        # A change tells nothing of the other keys: it may cut the list, never clear it.
+        changes.extend(_truncation(station, actor, left_out, whole=False))
         try:
-            await store.write([change], [])
+            if changes:
+                await store.write(changes, [])
             return
-        except UniqueViolation:
+        except (UniqueViolation, NotFound):
             if attempt:
                 raise
 
 
-async def _held(store: Store, station: Station, folded: Sequence[str]
-                ) -> dict[str, ConfigurationKey]:
-    """The station's known keys among ``folded``, by their folded name."""
-    if not folded:
-        return {}
-    found = await store.find_all(ConfigurationKey, all_of(
-        Eq("station_id", station.id), In("folded_key", tuple(folded))), limit=MAX_KEYS)
+def kept(folded: set[str]) -> tuple[frozenset[str], bool]:
+    """Which of a station's keys (``folded``: those it holds and was told of) are kept,
+    and whether any is left out: the first ``MAX_KEYS`` by folded key. An order of the
+    keys alone, so the same keys keep the same ones whatever order the answers came in,
+    and the one ``Station.configuration`` lists, so its list is exactly what is kept."""
+    ordered = sorted(folded)
+    return frozenset(ordered[:MAX_KEYS]), len(ordered) > MAX_KEYS
+
+
+def _truncation(station: Station, actor: Viewer, left_out: bool, whole: bool
+                ) -> list[Change]:
+    """``Station.configuration_truncated`` as a write left it: set when keys were left
+    out, cleared by a read of every key that left none out (a read of some keys says
+    nothing of the others), else as it is. Guarded by the value it replaces, so it is
+    written only when it changes, whatever the caller's copy of the station says."""
+    if not left_out and not whole:
+        return []
+    return [patch(station, actor, only_if=("configuration_truncated", not left_out),
+                  configuration_truncated=left_out)]
+
+
+async def _all_held(store: Store, station: Station) -> dict[str, ConfigurationKey]:
+    """Every key the station holds, by folded name. All of them, not the first
+    ``MAX_KEYS``: a version before the cap kept every key a charger gave, and a key
+    missed here would be inserted again (a unique violation: the whole write lost)."""
+    where = Eq("station_id", station.id)
+    # At least MAX_KEYS: room for keys another write inserts after the count.
+    limit = max(MAX_KEYS, await store.count(ConfigurationKey, where))
+    found = await store.find_all(ConfigurationKey, where, limit=limit)
     return {k.folded_key: k for k in found}
 
 
 async def forget_configuration(store: Store, station: Station) -> list[Change]:
     """The deletions of a removed station's known keys (its cpId may be given to a new
     station, whose charger's configuration is its own)."""
-    known = await store.find_all(ConfigurationKey, Eq("station_id", station.id),
-                                 limit=MAX_KEYS)
-    return [Delete(k) for k in known]
+    return [Delete(k) for k in (await _all_held(store, station)).values()]

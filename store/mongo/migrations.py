@@ -1,6 +1,6 @@
 """Data changes the MongoDB store makes when the model changes (SQLite makes the same in its
 schema migrations, ``store/sqlite/migrations.py``: versions 7, 8, 10, 14, 16, 18, 23,
-24, 26, 27, 29, 32, 34, 37, 40 and 41).
+24, 26, 27, 29, 32, 34, 37, 40, 41 and 42).
 
 MongoDB has no schema to migrate, only documents written under older rules. Each step
 here runs at every start (or until one start recorded it done: ``_once``), is
@@ -23,6 +23,7 @@ from bson import ObjectId
 from pymongo import ReturnDocument
 
 from domain.entities import ENTITY_BY_KIND, Payment, Refund, Session
+from domain.services.configuration import MAX_KEYS
 from domain.validation import name_key
 from store.mongo.codec import (
     compared,
@@ -86,6 +87,9 @@ async def migrate(db: Any) -> None:
     await _once(db, "reservation_books", _reservation_books)
     await _once(db, "refunded_whole", _refunded_whole)
     await _once(db, "name_keys", _name_keys)
+    # Before the defaults: a station holding more keys than are kept is flagged, not
+    # given false.
+    await _once(db, "configuration_truncated", _configuration_truncated)
     # After ``refunded_whole``: a refunded payment without the field was refunded whole,
     # not by the default 0.
     for kind, name in ADDED_WITH_DEFAULT:
@@ -100,7 +104,7 @@ async def migrate(db: Any) -> None:
 
 #: The fields added with a default to a kind that had documents already: (kind, field).
 #: SQLite's ``ADD COLUMN … NOT NULL DEFAULT`` stored the default in every older row
-#: (migrations 7, 24, 26, 27 and 32); here older documents lack the field. They read as the
+#: (migrations 7, 24, 26, 27, 32 and 42); here older documents lack the field. They read as the
 #: default (``fields.build``), but a filter or a guard compares what is stored: a user
 #: without ``token_epoch`` matched no guard ``token_epoch == 0`` and could never be
 #: deactivated. ``vehicle.plate_key`` (migration 29) is ``_plate_keys``'s: its value is
@@ -116,6 +120,7 @@ ADDED_WITH_DEFAULT: tuple[tuple[str, str], ...] = (
     ("session", "start_clock_behind"),
     ("connector_interval", "known"),
     ("connection_event", "server_outage"),
+    ("station", "configuration_truncated"),
 )
 
 
@@ -228,6 +233,19 @@ async def _company_books_without_owner(db: Any) -> None:
         await db[kind].update_many(
             {"company_id": {"$ne": None}, "station_owner_id": {"$ne": None}},
             {"$set": {"station_owner_id": None, MARK: ObjectId()}})
+
+
+async def _configuration_truncated(db: Any) -> None:
+    """Stations holding more configuration keys than are kept (every key was, before
+    ``configuration.MAX_KEYS``) are flagged, as SQLite's migration 42 flags them: their
+    list shows the first by key, and their next read keeps only those."""
+    over = await (await db["configuration_key"].aggregate([
+        {"$group": {"_id": "$station_id", "n": {"$sum": 1}}},
+        {"$match": {"n": {"$gt": MAX_KEYS}}}])).to_list(None)
+    if over:
+        await db["station"].update_many(
+            {"_id": {"$in": [group["_id"] for group in over]}},
+            {"$set": {"configuration_truncated": True, MARK: ObjectId()}})
 
 
 async def _payment_plugs(db: Any) -> None:

@@ -992,6 +992,17 @@ CREATE INDEX "payment_station_owner_created_idx"
     ON "payment" ("station_owner_id", "created_at");
 """
 
+# Version 42: a station whose charger reported more configuration keys than are kept
+# (``Station.configuration_truncated``: only the first 2,000 by key are). Before, every
+# key was kept: a station holding more than 2,000 is flagged (its list shows the first
+# 2,000 by key, what its next read keeps, deleting the others), every other reads false.
+_V42 = """
+ALTER TABLE "station" ADD COLUMN "configuration_truncated" INTEGER NOT NULL DEFAULT 0;
+UPDATE "station" SET "configuration_truncated" = 1 WHERE "id" IN (
+    SELECT "station_id" FROM "configuration_key" GROUP BY "station_id"
+    HAVING COUNT(*) > 2000);
+"""
+
 #: Every migration, oldest first. Append only.
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
@@ -1004,7 +1015,7 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (31, _V31), (32, _V32), (33, _V33), (34, _V34),
                                      (35, _V35), (36, _V36), (37, _V37),
                                      (38, _V38), (39, _V39), (40, _V40),
-                                     (41, _V41))
+                                     (41, _V41), (42, _V42))
 
 #: Python functions migrations call, registered on the migrating connection: a value only
 #: the domain's rules can compute for rows written before (name, arity, function).

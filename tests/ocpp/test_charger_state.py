@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import pytest
@@ -20,8 +20,9 @@ from chargegraph.webhooks import event_data, payload
 from domain import entities as d
 from domain.events import CommandCompleted, MaintenanceStatusChanged
 from domain.policy import SYSTEM, Viewer
+from domain.ports import Change, Delete, Store
 from domain.query import Eq
-from domain.services.configuration import record_change
+from domain.services.configuration import MAX_KEYS, record_change, record_read
 from domain.services.webhooks import webhook_event
 from domain.wire import rfc3339
 from ocpp_bridge import simulator
@@ -35,6 +36,7 @@ FIRMWARE = """{ station(cpId: "CP-1") { firmwareStatus firmwareStatusAt diagnost
     diagnosticsStatusAt firmwareRollout { requestedAt location retrieveDate } } }"""
 CONFIGURATION = """{ station(cpId: "CP-1") { online configuration { key value readonly
     masked readAt changedAt rebootRequired } } }"""
+KEPT = """{ station(cpId: "CP-1") { configurationTruncated configuration { key value } } }"""
 
 
 @pytest.fixture
@@ -256,6 +258,106 @@ async def test_a_key_is_one_whatever_its_case_and_leaves_with_its_station(
     await central.services.stations.remove_station(Viewer.of(central.users["admin"]),
                                                    station.id)
     assert await store.find_all(d.ConfigurationKey, Eq("station_id", station.id)) == []
+
+
+async def test_a_charger_with_more_keys_than_kept_keeps_the_first_and_says_so(
+        central: Central) -> None:
+    """QA s18: a charger answering with more than MAX_KEYS keys had them all stored,
+    Station.configuration showed 2,000 with no sign of the others, and its next answer was
+    not recorded at all (the keys past the 2,000 read back were inserted again: a unique
+    violation lost the whole read, the mutation still without errors). The first
+    MAX_KEYS by key are kept, every answer updates them, and ``configurationTruncated``
+    says keys are left out until a read of every key fits."""
+    base = {"cpId": "CP-1"}
+    vendor = [f"Vendor.Key{i:05d}" for i in range(MAX_KEYS + 100)]
+
+    async def read(suffix: str, key: list[str] | None = None) -> None:
+        for name in vendor:
+            if name in cp.configuration:
+                cp.configuration[name] = (f"{name}-{suffix}", False)
+        answer = await run(central, "getConfiguration", {**base, "key": key},
+                           "configurationKey { key }")
+        assert answer["errors"] == []
+
+    async def shown() -> tuple[bool, dict[str, str]]:
+        station = (await central.gql(KEPT, as_user="op"))["station"]
+        return station["configurationTruncated"], {
+            k["key"]: k["value"] for k in station["configuration"]}
+
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        cp.configuration.update(dict.fromkeys(vendor, ("", False)))
+        everything = sorted(cp.configuration, key=str.lower)
+        await read("first")
+        truncated, first = await shown()
+        assert truncated is True
+        assert list(first) == everything[:MAX_KEYS]  # by key: WebSocketPingInterval is out
+        assert first["Vendor.Key00000"] == "Vendor.Key00000-first"
+        stored = await central.store.count(d.ConfigurationKey, Eq("cp_id", "CP-1"))
+        assert stored == MAX_KEYS
+        # The next answer, with other values, is recorded: every kept key updated.
+        await read("second")
+        truncated, second = await shown()
+        assert truncated is True and list(second) == list(first)
+        assert all(value.endswith("-second") for key, value in second.items()
+                   if key.startswith("Vendor."))
+        # A read of some keys says nothing of the others: still cut off.
+        await read("third", ["HeartbeatInterval"])
+        assert (await shown())[0] is True
+        # A change of a key past the cap is not kept; one of a kept key is.
+        for key in ("WebSocketPingInterval", "HeartbeatInterval"):
+            changed = await run(central, "changeConfiguration",
+                                {**base, "key": key, "value": "45"})
+            assert changed["errors"] == []
+        truncated, changed_keys = await shown()
+        assert truncated is True and list(changed_keys) == list(first)
+        assert changed_keys["HeartbeatInterval"] == "45"
+        # Fewer keys after a firmware update: a read of every key that fits clears it.
+        for name in set(cp.configuration) - set(first):
+            del cp.configuration[name]
+        await read("fourth")
+        truncated, fits = await shown()
+        assert truncated is False and list(fits) == list(first)
+        assert await central.store.count(d.ConfigurationKey, Eq("cp_id", "CP-1")) \
+            == MAX_KEYS
+    hidden = (await central.gql(KEPT, as_user="driver"))["station"]
+    assert hidden == {"configurationTruncated": None, "configuration": []}
+
+
+class _AnotherWriteFirst:
+    """The store, where another write deletes ``victim`` just before this one's first."""
+
+    def __init__(self, store: Store, victim: d.ConfigurationKey) -> None:
+        self.store, self.victim = store, victim
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    async def write(self, changes: list[Change], audit: list[d.AuditEntry]) -> None:
+        victim, self.victim = self.victim, None  # type: ignore[assignment]
+        if victim is not None:
+            await self.store.write([Delete(victim)], [])
+        await self.store.write(changes, audit)
+
+
+async def test_a_key_deleted_meanwhile_does_not_lose_the_read(central: Central) -> None:
+    """Two answers recorded at once: one deletes a key the other updates (past the cap,
+    or unknown to the charger). The later write is not lost whole: it reads the
+    station's keys again."""
+    station, store = central.stations["CP-1"], central.store
+
+    def answer(*values: str) -> dict[str, Any]:
+        return {"configurationKey": [{"key": key, "readonly": False, "value": value}
+                                     for key, value in zip(("A", "B"), values, strict=True)]}
+
+    await record_read(store, station, answer("1", "2"), SYSTEM, datetime.now(UTC),
+                      whole=True)
+    [a] = await store.find_all(d.ConfigurationKey, Eq("key", "A"))
+    racing = cast(Store, _AnotherWriteFirst(store, a))
+    await record_read(racing, station, answer("10", "20"), SYSTEM, datetime.now(UTC),
+                      whole=True)
+    kept = await store.find_all(d.ConfigurationKey, Eq("station_id", station.id))
+    assert {k.key: k.value for k in kept} == {"A": "10", "B": "20"}
 
 
 async def _completed(events: AsyncIterator[Any], action: str) -> CommandCompleted:

@@ -1373,6 +1373,84 @@ def test_an_authorization_key_is_masked_in_the_audit() -> None:
         "key": "BackendPassword", "value": "[hidden]"}
 
 
+SECRETS = ("0123456789abcdef", "hunter22", "n3w-s3cret-pw")
+
+
+async def test_secret_configuration_values_are_masked_in_the_wire_log(
+        central: Central, caplog: pytest.LogCaptureFixture) -> None:
+    """QA s18: at DEBUG the wire log wrote a GetConfiguration answer with the charger's
+    AuthorizationKey and BackendPassword, and a ChangeConfiguration of a secret key, in
+    clear: sent frames were masked only for a URL's user information, received ones
+    never. Both directions now mask a secret key's value; every other value is kept."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        cp.configuration["AuthorizationKey"] = (SECRETS[0], False)
+        cp.configuration["BackendPassword"] = (SECRETS[1], False)
+        caplog.set_level(logging.INFO, logger="chargegraph.ocpp.wire")
+        read = await run(central, "getConfiguration", {"cpId": "CP-1"},
+                         "configurationKey { key }")
+        assert read["errors"] == []
+        changed = await run(central, "changeConfiguration",
+                            {"cpId": "CP-1", "key": "BackendPassword", "value": SECRETS[2]})
+        assert changed == {**changed, "status": "ACCEPTED", "errors": []}
+        assert cp.configuration["BackendPassword"] == (SECRETS[2], False)  # sent whole
+    logged = [r.getMessage() for r in caplog.records if r.name == "chargegraph.ocpp.wire"]
+    assert not [line for line in logged if any(secret in line for secret in SECRETS)]
+    [answer] = [line for line in logged if "receive" in line and "configurationKey" in line]
+    assert '{"key":"AuthorizationKey","readonly":false,"value":"[hidden]"}' in answer
+    assert '{"key":"HeartbeatInterval","readonly":false,"value":"300"}' in answer
+    [change] = [line for line in logged if "send" in line and "ChangeConfiguration" in line]
+    assert '{"key":"BackendPassword","value":"[hidden]"}' in change
+
+
+def test_the_wire_log_parses_again_only_frames_that_may_hold_a_secret(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every frame of every charger is in the wire log when it is on: a MeterValues, a
+    StatusNotification or an answer without configuration is written as it came, never
+    parsed again; a frame that may hold a secret and cannot be read is not written."""
+    import types
+
+    import orjson
+
+    from ocpp_bridge import handler
+
+    meter = ('[2,"m1","MeterValues",{"connectorId":1,"transactionId":7,"meterValue":[{'
+             '"timestamp":"2025-01-01T00:00:00Z","sampledValue":[{"value":"1234.5"}]}]}]')
+    answers = ['[3,"c1",{"status":"Accepted"}]', '[2,"h1","Heartbeat",{}]']
+
+    def parsed(_: object) -> object:
+        raise AssertionError("parsed again for the log")
+
+    monkeypatch.setattr(handler, "orjson", types.SimpleNamespace(
+        loads=parsed, dumps=orjson.dumps, JSONDecodeError=orjson.JSONDecodeError))
+    for frame in (meter, *answers):
+        assert handler.logged_frame(frame) == frame
+        assert handler.logged_frame(frame.encode()) == frame
+    monkeypatch.undo()
+    broken = '[3,"g1",{"configurationKey":[{"key":"AuthorizationKey","value":"hunter22"}'
+    assert "hunter22" not in handler.logged_frame(broken)
+    # A malformed answer (a fourth element) is masked all the same.
+    odd = '[3,"g2",{"configurationKey":[{"key":"BackendPassword","value":"hunter22"}]},1]'
+    assert handler.logged_frame(odd) == (
+        '[3,"g2",{"configurationKey":[{"key":"BackendPassword","value":"[hidden]"}]},1]')
+
+
+async def test_a_bad_frame_that_may_hold_a_secret_is_not_logged_whole(
+        central: Central, caplog: pytest.LogCaptureFixture) -> None:
+    """A frame that is no JSON is logged (its first 200 characters) at INFO, which is on
+    by default: a broken GetConfiguration answer carried the charger's password there."""
+    caplog.set_level(logging.INFO, logger="chargegraph.ocpp")
+    async with connect(f"{central.url}/CP-1", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+                       additional_headers=basic_auth("CP-1", STATION_PASSWORD)) as ws:
+        await ws.send('[3,"x",{"configurationKey":[{"key":"AuthorizationKey",'
+                      f'"value":"{SECRETS[0]}"}}]}}')
+        await ws.send('[2,"h1","Heartbeat",{}]')
+        while '"h1"' not in str(await ws.recv()):
+            pass  # until the heartbeat's answer: the bad frame before it was handled
+    bad = [r.getMessage() for r in caplog.records if "bad frame" in r.getMessage()]
+    assert len(bad) == 1 and SECRETS[0] not in bad[0], bad
+
+
 async def test_a_reservation_ends_only_with_its_own_start(central: Central) -> None:
     """QA (s14): a StartTransaction carrying a reservation's id used it up whatever its
     card or connector. OCPP 1.6 (5.13): only the reserved card (or one with the same

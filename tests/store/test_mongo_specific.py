@@ -1998,7 +1998,7 @@ async def test_documents_from_before_a_field_with_a_default_get_it_stored(
     from tests.contract.factories import payment, session, station, tariff, user
 
     where = station()
-    legacy = [user(), session(where), tariff(idle_price_per_minute=Decimal("0.25")),
+    legacy = [where, user(), session(where), tariff(idle_price_per_minute=Decimal("0.25")),
               payment(session(where), status=PaymentStatus.REFUNDED, amount_minor=660),
               ConnectorInterval(station_id=where.id, cp_id=where.cp_id, connector_id=1,
                                 status=ConnectorStatus.AVAILABLE, start=utcnow()),
@@ -2018,7 +2018,8 @@ async def test_documents_from_before_a_field_with_a_default_get_it_stored(
         ("tariff", "idle_price_per_minute"): "0", ("tariff", "idle_grace_minutes"): 0,
         ("tariff", "energy_bands"): [], ("session", "meter_offset_wh"): 0,
         ("session", "start_clock_behind"): False, ("connector_interval", "known"): True,
-        ("connection_event", "server_outage"): False}
+        ("connection_event", "server_outage"): False,
+        ("station", "configuration_truncated"): False}
     assert stored["tariff", "idle_price_per_minute"]["_n_idle_price_per_minute"] == 0.0
     assert db[migrations.MIGRATIONS].find_one({"_id": "default_user_token_epoch"})["done"]
 
@@ -2151,3 +2152,26 @@ async def test_payments_from_before_they_recorded_their_plug_take_their_sessions
     await migrations.migrate(mongo.db)
     [back] = await mongo.find_all(Payment, ALL)
     assert (back.cp_id, back.connector_id, back.vehicle_id) == (sold.cp_id, 2, "b" * 24)
+
+
+async def test_stations_holding_more_configuration_keys_than_kept_are_flagged(
+        mongo: MongoStore) -> None:
+    """What SQLite migration 42 does: every key was kept before; a station holding more
+    than are kept now says so, the others read false."""
+    from domain.entities import ConfigurationKey
+    from domain.services.configuration import MAX_KEYS
+    from tests.contract.factories import configuration_key, station
+
+    many, few = station(), station()
+    keys = [configuration_key(many, f"Vendor.Key{i:05d}")
+            for i in range(MAX_KEYS + 1)]
+    await mongo.write([Insert(r) for r in (many, few, *keys[:2],
+                                           configuration_key(few))], [])
+    db = raw(mongo)
+    db["configuration_key"].insert_many([to_doc(k) for k in keys[2:]])
+    db["station"].update_many({}, {"$unset": {"configuration_truncated": ""}})
+    db[migrations.MIGRATIONS].delete_many({})
+    await migrations.migrate(mongo.db)
+    flags = {s.id: s.configuration_truncated for s in await mongo.find_all(Station, ALL)}
+    assert flags == {many.id: True, few.id: False}
+    assert await mongo.count(ConfigurationKey, ALL) == MAX_KEYS + 2

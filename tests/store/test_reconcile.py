@@ -199,7 +199,7 @@ async def test_version_40_makes_right_the_data_earlier_texts_left(tmp_path: Path
                            connector_id=2, phase="L1", at=T0 + timedelta(minutes=5)))
     await store.close()
     roll_back(path, 39)  # the rows as a database at 39 holds them
-    assert await migrate(path, list(MIGRATIONS)) == [40, 41]
+    assert (await migrate(path, list(MIGRATIONS)))[0] == 40
     assert dict(rows(path, "SELECT tag, blocked_by FROM id_tag")) == {  # type: ignore[arg-type]
         "LOST": "op", "MINE": driver.id}
     assert dict(rows(path, "SELECT id, station_owner_id FROM session")) == {  # type: ignore[arg-type]

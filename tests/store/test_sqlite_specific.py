@@ -900,6 +900,37 @@ async def test_versions_38_and_39_keep_older_statuses_without_a_time(db_path: st
         await store.close()
 
 
+async def test_version_42_flags_stations_holding_more_configuration_keys_than_kept(
+        db_path: str) -> None:
+    """Before MAX_KEYS was a cap a station could hold every key its charger gave: such a
+    station is flagged (its list shows the first 2,000 by key), every other reads false."""
+    from domain.services.configuration import MAX_KEYS
+
+    async with aiosqlite.connect(db_path, isolation_level=None) as conn:
+        await apply_migrations(conn, [m for m in MIGRATIONS if m[0] <= 40])
+        for station_id, keys in (("s1", MAX_KEYS + 1), ("s2", MAX_KEYS), ("s3", 0)):
+            await conn.execute(
+                'INSERT INTO "station" ("id", "created_at", "updated_at", "created_by", '
+                '"updated_by", "cp_id", "name", "registration", "online") '
+                "VALUES (?, 0, 0, 'system', 'system', ?, 'Old', 'Accepted', 0)",
+                (station_id, f"CP-{station_id}"))
+            await conn.executemany(
+                'INSERT INTO "configuration_key" ("id", "created_at", "updated_at", '
+                '"created_by", "updated_by", "station_id", "cp_id", "key", "folded_key", '
+                '"readonly", "secret", "reboot_required") '
+                "VALUES (?, 0, 0, 'system', 'system', ?, ?, ?, ?, 0, 0, 0)",
+                [(f"{station_id}-{i}", station_id, f"CP-{station_id}", f"K{i}", f"k{i}")
+                 for i in range(keys)])
+        assert (await apply_migrations(conn))[-1] == 42
+    store = SqliteStore(db_path)
+    await store.start()
+    try:
+        flags = {s.id: s.configuration_truncated for s in await store.find_all(Station, ALL)}
+    finally:
+        await store.close()
+    assert flags == {"s1": True, "s2": False, "s3": False}
+
+
 def names_of(records: Sequence[Record]) -> list[str]:
     """The names of companies, users or stations."""
     return [cast(Company, r).name for r in records]
