@@ -748,7 +748,14 @@ async def test_version_37_books_refunds_made_before_and_voids_pending_payments_o
               payment(session(where, 4)))  # collected, never refunded
     await store.close()
     raw(db_path, 'DROP TABLE "refund"')  # the file as version 36 left it
-    raw(db_path, 'DELETE FROM "schema_version" WHERE "version" = 37')
+    # Run 37 alone (a database at 36 runs every later one, whose columns are here
+    # already), then mark the later ones done again, as the file otherwise has them.
+    later = raw(db_path, 'SELECT "version" FROM "schema_version" WHERE "version" > 37')
+    raw(db_path, 'DELETE FROM "schema_version" WHERE "version" >= 37')
+    async with aiosqlite.connect(db_path, isolation_level=None) as conn:
+        assert await apply_migrations(conn, [m for m in MIGRATIONS if m[0] <= 37]) == [37]
+    with sqlite3.connect(db_path) as conn:
+        conn.executemany('INSERT INTO "schema_version" VALUES (?, 0)', later)
 
     migrated = SqliteStore(db_path)
     await migrated.start()
@@ -850,7 +857,7 @@ async def test_versions_38_and_39_keep_older_statuses_without_a_time(db_path: st
             '"updated_by", "cp_id", "name", "registration", "online", "firmware_status") '
             "VALUES ('s1', 0, 0, 'system', 'system', 'CP-OLD', 'Old', 'Accepted', 0, "
             "'Installed')")
-        assert await apply_migrations(conn) == [38, 39]
+        assert (await apply_migrations(conn))[:2] == [38, 39]  # and the later ones
     store = SqliteStore(db_path)
     await store.start()
     try:
