@@ -186,8 +186,9 @@ async def test_version_40_makes_right_the_data_earlier_texts_left(tmp_path: Path
               meter_sample(ours, glitched, measurand="SoC", value=80.0, unit="Percent"))
     await store.close()
     with sqlite3.connect(path) as conn:  # the rows as a database at 39 holds them
-        conn.execute('DELETE FROM "schema_version" WHERE "version" = 40')
-    assert await migrate(path, list(MIGRATIONS)) == [40]
+        conn.execute('DELETE FROM "schema_version" WHERE "version" >= 40')
+    # Up to 40 only: the newer ones' columns are in the file already (written by today's).
+    assert await migrate(path, [m for m in MIGRATIONS if m[0] <= 40]) == [40]
     assert dict(rows(path, "SELECT tag, blocked_by FROM id_tag")) == {  # type: ignore[arg-type]
         "LOST": "op", "MINE": driver.id}
     assert dict(rows(path, "SELECT id, station_owner_id FROM session")) == {  # type: ignore[arg-type]
