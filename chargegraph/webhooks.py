@@ -16,7 +16,9 @@ delivery's outcome does to the webhook).
   announced one (``domain/services/offline_notices.py``): a disconnect is stored as a
   pending notice, every instance looks for due ones (at start too, so a restart within
   the grace loses none) and the one that wins the notice delivers it; a connection
-  settles the outage it ends. Grace 0 delivers both at once, as other events.
+  settles the outage it ends. Grace 0 delivers both at once, as other events, and
+  keeps no notice: a start with 0 closes those a grace left open, telling the offlines
+  that still waited for it.
 * Names are resolved here, and a name resolving to a non-public address is refused
   unless private addresses are allowed; the request then goes to the address checked
   (TLS still verifies the name), so the name cannot resolve elsewhere in between.
@@ -218,6 +220,9 @@ class WebhookDispatcher:
             await self.announce_due()
             self._sweeper = asyncio.create_task(self._sweep_loop(),
                                                 name="chargegraph-webhook-outages")
+        else:
+            # The grace was switched back to 0: what waited for it is told now.
+            await self.release_held()
 
     async def close(self) -> None:
         """Stops delivering: events still queued are lost (delivery is at most once)."""
@@ -376,6 +381,21 @@ class WebhookDispatcher:
             offline = await notices.announce(notice)
             if offline is not None:
                 self._enqueue(offline)
+
+    async def release_held(self) -> None:
+        """With no grace, nothing is held: the outages a grace left open (it was switched
+        back to 0) are closed before this instance serves chargers, each charger still
+        gone since waiting for the grace getting its ``station.offline`` now, dated at
+        its disconnect, so the ``station.online`` its connection delivers follows one.
+        Left open, nobody would ever close them (no look, no settling, with no grace)."""
+        notices = self.services.offline_notices
+        released: set[str] = set()
+        while batch := [n for n in await notices.open() if n.id not in released]:
+            for notice in batch:
+                offline = await notices.release(notice)
+                released.add(notice.id)  # one another instance keeps moving: not again
+                if offline is not None:
+                    self._enqueue(offline)
 
     async def _sweep_loop(self) -> None:
         while True:

@@ -951,11 +951,14 @@ class Webhook(Record):
 
 class NoticeState(StrEnum):
     """Where an ``OfflineNotice`` is: its offline webhook waits out the grace (PENDING),
-    was delivered (ANNOUNCED: the reconnection's ``station.online`` is delivered too), or
-    it is settled (CLOSED: nothing more is delivered for it)."""
+    was delivered (ANNOUNCED: the reconnection's ``station.online`` is delivered too), was
+    found due with its charger already back (RETURNED: the connection that ended it
+    decides, as it would have from PENDING; the looks for due ones skip it), or it is
+    settled (CLOSED: nothing more is delivered for it)."""
 
     PENDING = "PENDING"
     ANNOUNCED = "ANNOUNCED"
+    RETURNED = "RETURNED"
     CLOSED = "CLOSED"
 
 
@@ -978,6 +981,20 @@ class OfflineNotice(Record):
     #: When the charger went offline: what the delivered webhook is dated.
     offline_at: datetime
     state: NoticeState = NoticeState.PENDING
+    #: When its ``station.offline`` was announced, and the station's ownership then (the
+    #: event's ``company_id``/``owner_id``, which decided whose webhooks got it): the
+    #: ``station.online`` goes with the same, to whoever heard of the outage, also after
+    #: the station was handed to another company meanwhile. ``None`` until announced,
+    #: and for a notice announced before they were kept (SQLite migration 43): its online
+    #: goes with the station's ownership at the connection, as it did then.
+    announced_at: datetime | None = None
+    company_id: str | None = None
+    owner_id: str | None = None
+    #: RETURNED: the station's connection when the look found its charger back. The
+    #: connections up to it decide the outage (one of them ended it; its settling may be
+    #: on its way), a later one closes it without a word: the one that ended it was
+    #: settled before the notice was stored, or lost with its instance.
+    returned_connection: int | None = None
 
 
 @dataclass(kw_only=True)

@@ -39,6 +39,7 @@ from domain.services.base import (
     stamp_new,
 )
 from domain.services.configuration import forget_configuration
+from domain.services.offline_notices import forget_outages
 
 #: The highest connector id a charger may report, and so register, beyond those the
 #: station has (chargers report their connectors one by one: 1, then 2, ...); also the
@@ -297,8 +298,9 @@ class StationService(Service):
 
     async def remove_station(self, viewer: Viewer, station_id: str) -> Station:
         """Removes the station, its connectors and its tariffs in one write, and what is
-        known of its charger's configuration. Its sessions, payments and history stay
-        for the books; refused while a session is active."""
+        known of its charger's configuration; then its outages' webhook notices (nothing
+        would end them). Its sessions, payments and history stay for the books; refused
+        while a session is active."""
         station = await self.managed_station(viewer, station_id)
         await self._refuse_if_charging(Eq("station_id", station.id))
         connectors = await self.store.find_all(Connector, Eq("station_id", station.id))
@@ -314,6 +316,9 @@ class StationService(Service):
         await self.commit(viewer, changes, unaudited=[
             *history, *await forget_configuration(self.store, station)])
         await self._announce(cancelled, station)
+        # After the removal's write, not in it: a connection may close a notice meanwhile,
+        # and a deletion missing its row would refuse the whole removal.
+        await forget_outages(self.store, station.id)
         await self._hang_up_charger(station)
         return station
 

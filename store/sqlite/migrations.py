@@ -1003,6 +1003,21 @@ UPDATE "station" SET "configuration_truncated" = 1 WHERE "id" IN (
     HAVING COUNT(*) > 2000);
 """
 
+# Version 43 (41 and 42 left to other branches): an outage's ``station.online`` goes to
+# whoever got its ``station.offline`` (``OfflineNotice.announced_at``, ``company_id``,
+# ``owner_id``: the station's ownership when it was announced), not to a company the
+# station was handed to meanwhile; and an outage a look found already ended
+# (``RETURNED``) keeps the connection the station had then (``returned_connection``),
+# so that only the connections up to it decide it. Nothing to fill in: a notice
+# announced before keeps NULL, and its online goes by the station's ownership at the
+# connection, as before.
+_V43 = """
+ALTER TABLE "offline_notice" ADD COLUMN "announced_at" INTEGER;
+ALTER TABLE "offline_notice" ADD COLUMN "company_id" TEXT;
+ALTER TABLE "offline_notice" ADD COLUMN "owner_id" TEXT;
+ALTER TABLE "offline_notice" ADD COLUMN "returned_connection" INTEGER;
+"""
+
 #: Every migration, oldest first. Append only.
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
@@ -1015,7 +1030,7 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (31, _V31), (32, _V32), (33, _V33), (34, _V34),
                                      (35, _V35), (36, _V36), (37, _V37),
                                      (38, _V38), (39, _V39), (40, _V40),
-                                     (41, _V41), (42, _V42))
+                                     (41, _V41), (42, _V42), (43, _V43))
 
 #: Python functions migrations call, registered on the migrating connection: a value only
 #: the domain's rules can compute for rows written before (name, arity, function).
