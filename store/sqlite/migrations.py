@@ -1003,7 +1003,7 @@ UPDATE "station" SET "configuration_truncated" = 1 WHERE "id" IN (
     HAVING COUNT(*) > 2000);
 """
 
-# Version 43 (41 and 42 left to other branches): an outage's ``station.online`` goes to
+# Version 43: an outage's ``station.online`` goes to
 # whoever got its ``station.offline`` (``OfflineNotice.announced_at``, ``company_id``,
 # ``owner_id``: the station's ownership when it was announced), not to a company the
 # station was handed to meanwhile; and an outage a look found already ended
