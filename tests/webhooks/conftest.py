@@ -110,10 +110,17 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
     try:
         yield w
     finally:
-        for dispatcher in w.dispatchers:
-            await dispatcher.close()
-        for receiver in w.receivers:
-            await receiver.close()
-        await bus.close()
+        await closed(w, bus, [store])
+
+
+async def closed(world: World, bus: MemoryEventBus, stores: list[SqliteStore]) -> None:
+    """Everything a test's world started, stopped: dispatchers first (they deliver from
+    the stores), then receivers, the bus and the stores."""
+    for dispatcher in world.dispatchers:
+        await dispatcher.close()
+    for receiver in world.receivers:
+        await receiver.close()
+    await bus.close()
+    for store in stores:
         await store.close()
 

@@ -28,7 +28,7 @@ from store.sqlite import SqliteStore
 from tests.helpers import until
 from tests.ocpp.conftest import seed as seed_central
 from tests.ocpp.conftest import start_central, stop_central
-from tests.webhooks.conftest import World, new_services, seed
+from tests.webhooks.conftest import World, closed, new_services, seed
 from tests.webhooks.receiver import DRIP, Receiver
 
 
@@ -329,13 +329,7 @@ async def test_each_event_is_delivered_by_the_instance_that_published_it(
         assert sorted(r.json["data"]["status"] for r in receiver.requests) == \
             ["Available", "Charging"]
     finally:
-        for dispatcher in world.dispatchers:
-            await dispatcher.close()
-        for r in world.receivers:
-            await r.close()
-        await bus.close()
-        for store in stores:
-            await store.close()
+        await closed(world, bus, stores)
 
 
 async def test_a_name_resolving_to_a_private_address_is_not_posted_to(world: World) -> None:

@@ -18,7 +18,7 @@ from domain.wire import rfc3339
 from pubsub.memory import MemoryEventBus
 from store.sqlite import SqliteStore
 from tests.helpers import until
-from tests.webhooks.conftest import World, new_services, seed
+from tests.webhooks.conftest import World, closed, new_services, seed
 from tests.webhooks.receiver import Receiver
 
 BOTH = ("station.offline", "station.online")
@@ -233,13 +233,7 @@ async def test_a_charger_back_on_another_instance(tmp_path: Path) -> None:
         assert receiver.requests[0].json["at"] == rfc3339(went)
         assert await notices(world) == []
     finally:
-        for dispatcher in world.dispatchers:
-            await dispatcher.close()
-        for r in world.receivers:
-            await r.close()
-        await bus.close()
-        for store in stores:
-            await store.close()
+        await closed(world, bus, stores)
 
 
 async def test_a_real_charger_flapping_over_ocpp_pages_nobody(tmp_path: Path) -> None:
