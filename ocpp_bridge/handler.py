@@ -55,12 +55,16 @@ from domain.wire import rfc3339
 from ocpp_bridge import frames
 from ocpp_bridge.casing import to_snake
 from ocpp_bridge.frames import FrameError
+from ocpp_bridge.log_masking import SecretMasking
 from ocpp_bridge.pacing import FRAME_RATE, FramePacer
 from ocpp_bridge.timefmt import parse_timestamp
 
 log = logging.getLogger("chargegraph.ocpp")
 #: Every frame in and out, at INFO: quiet unless this logger is turned up.
 wire_log = logging.getLogger("chargegraph.ocpp.wire")
+# Whoever logs on it (the ``ocpp`` package logs a charger's CALLERROR at WARNING, with
+# what it echoed): a secret configuration value is masked or the line withheld.
+wire_log.addFilter(SecretMasking())
 
 
 #: Text in every frame that may carry a secret (``logged_frame``): a download or upload

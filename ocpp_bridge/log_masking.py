@@ -1,0 +1,74 @@
+"""The last guard on what the OCPP wire log writes: a line that may carry a secret
+configuration value is masked, or withheld whole when it cannot be masked for sure.
+
+``handler.logged_frame`` masks the frames we log ourselves in their usual shapes. What
+it cannot see: the ``ocpp`` package logs a charger's CALLERROR at WARNING (on by default)
+with its ``errorDetails``, where chargers often echo the refused request, a secret's new
+value in it; and answers in unusual shapes (a key name written with a ``\\u`` escape, a
+list of pairs) passed the text check (review s18). This filter sits on the wire logger and
+sees every line it writes, whoever logs it, already formatted.
+
+Rule: each ``key``/``value`` pair whose key is a secret's (``command_rules.is_secret_key``)
+has its value replaced; if the line still names a secret more often than it masked one
+(the value came first, another shape, an escaped name), the line is withheld, its length
+kept. Fail closed: a debug line lost costs less than a password in a log shipped to
+everyone who reads logs.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from domain.command_rules import SECRET_KEY_PARTS
+
+HIDDEN = "[hidden]"
+
+#: A secret key's name anywhere in a line, as written or escaped (``\u004bey``).
+_SECRET_NAME = re.compile("|".join(SECRET_KEY_PARTS), re.IGNORECASE)
+
+#: ``"key": "<name>", "value": "<value>"`` as JSON writes it, or as a Python dict's repr
+#: (``'key': '<name>', 'value': '<value>'``).
+_PAIR = re.compile(
+    r"""(?P<head>(?P<q>["'])key(?P=q)\s*:\s*(?P<nq>["'])(?P<name>[^"'\\]*)(?P=nq)"""
+    r"""(?:\s*,\s*(?P<rq>["'])readonly(?P=rq)\s*:\s*(?:true|false|True|False))?"""
+    r"""\s*,\s*(?P<vq>["'])value(?P=vq)\s*:\s*)(?P<sq>["'])(?P<value>(?:\\.|[^"'\\])*)(?P=sq)""")
+
+
+def masked_line(text: str) -> str:
+    """``text`` with every secret key's value hidden, or withheld (see the module)."""
+    if _SECRET_NAME.search(_unescaped(text)) is None:
+        return text
+    masked = 0
+
+    def hide(match: re.Match[str]) -> str:
+        nonlocal masked
+        if _SECRET_NAME.search(match["name"]) is None:
+            return match[0]
+        masked += 1
+        quote = match["sq"]
+        return f"{match['head']}{quote}{HIDDEN}{quote}"
+
+    result = _PAIR.sub(hide, text)
+    if len(_SECRET_NAME.findall(_unescaped(result))) > masked:
+        return f"<{len(text)} characters withheld: they may hold a secret configuration value>"
+    return result
+
+
+def _unescaped(text: str) -> str:
+    """``text`` with JSON's ``\\uXXXX`` escapes read: a name written escaped is that name."""
+    if "\\u" not in text:
+        return text
+    return re.sub(r"\\u([0-9a-fA-F]{4})", lambda m: chr(int(m[1], 16)), text)
+
+
+class SecretMasking(logging.Filter):
+    """Masks (``masked_line``) each line of the logger it is added to."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        safe = masked_line(text)
+        if safe is not text:
+            record.msg, record.args = safe, None
+        return True
+
