@@ -32,6 +32,7 @@ from urllib.parse import unquote
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 
 from domain.errors import StoreUnavailable
 from domain.events import StationConnectionChanged, StationRemoved
@@ -476,6 +477,8 @@ class OcppServer:
             # live one's disconnect was then refused, and the station stayed online
             # with no connection (QA s18, soak).
             async with self._arrival(cp_id):
+                if ws.state is not State.OPEN:
+                    return  # gone while it waited its turn: nothing to record (review s18)
                 previous = self.gateway.register(handler)
                 if previous is not None:
                     # Closed in the background: a dead peer's closing handshake takes

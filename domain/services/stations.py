@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -40,6 +41,8 @@ from domain.services.base import (
 )
 from domain.services.configuration import forget_configuration
 from domain.services.offline_notices import forget_outages
+
+log = logging.getLogger("chargegraph.services")
 
 #: The highest connector id a charger may report, and so register, beyond those the
 #: station has (chargers report their connectors one by one: 1, then 2, ...); also the
@@ -316,10 +319,16 @@ class StationService(Service):
         await self.commit(viewer, changes, unaudited=[
             *history, *await forget_configuration(self.store, station)])
         await self._announce(cancelled, station)
-        # After the removal's write, not in it: a connection may close a notice meanwhile,
-        # and a deletion missing its row would refuse the whole removal.
-        await forget_outages(self.store, station.id)
         await self._hang_up_charger(station)
+        # After the removal's write, not in it: a connection may close a notice meanwhile,
+        # and a deletion missing its row would refuse the whole removal. Best effort, and
+        # last: the removal stands, and its charger was told to go, whatever happens
+        # here (a notice left is closed by the next sweep: its station is gone).
+        try:
+            await forget_outages(self.store, station.id)
+        except Exception:
+            log.exception("%s: removed; its offline notices are left to the sweep",
+                          station.cp_id)
         return station
 
     async def _cancel_reservations(self, viewer: Viewer, where: Any,

@@ -9,8 +9,9 @@ text of version 21, 27, 30 or 33 has its version number but lacks columns the co
 every start compares the database with a reference: what today's migrations up to its
 version make of an empty database, in memory. What is missing is added: tables, columns
 (with the backfill that column's migration runs), and indexes (one defined otherwise is
-made again). Columns and indexes the reference lacks are left: an older text's leftovers
-(never read), or an administrator's own index. The newer migrations then run on the schema
+made again; one an earlier text made and no migration makes today is dropped,
+``LEFTOVER_INDEXES``). Columns the reference lacks are left (never read), and so are
+indexes no migration ever made: an administrator's own. The newer migrations then run on the schema
 they were written for.
 
 The reference costs a few milliseconds (empty tables); a database that matches it is
@@ -63,6 +64,16 @@ COLUMN_FILLS: dict[tuple[str, str], ColumnFill] = {
         "card_id" = (SELECT "id" FROM "id_tag" WHERE "id_tag"."tag" = "local_list_entry"."tag"
                      AND "id_tag"."created_at" <= "local_list_entry"."created_at")"""),
 }
+
+
+#: Indexes earlier texts of released migrations made that no migration makes today,
+#: dropped wherever found (others a migration does not make are an administrator's): on
+#: ``meter_sample`` every MeterValues paid for them (2c54e4f removed the first).
+LEFTOVER_INDEXES = frozenset({
+    "meter_sample_session_measurand_at_idx",  # an earlier 21
+    "meter_sample_at_idx",  # an earlier 3
+    "local_list_entry_tag_idx",  # an earlier 33
+})
 
 
 @dataclass(frozen=True)
@@ -161,9 +172,11 @@ def repairs(found: Schema, wanted: Schema) -> list[str]:
                 backfills.append(fill.backfill)
     statements += backfills
     for name, (_, create) in found.indexes.items():
-        # One no migration makes is left: an earlier text's (it costs writes, nothing
-        # else), or one an administrator added for their own queries (reviewer s18).
-        if name in wanted.indexes and not _same(create, wanted.indexes[name][1]):
+        # One no migration makes is left (an administrator's own, for their queries:
+        # reviewer s18), unless it is one an earlier text made and a later one removed
+        # on purpose (``LEFTOVER_INDEXES``: each costs every charger's write).
+        if (name in wanted.indexes and not _same(create, wanted.indexes[name][1])) \
+                or (name in LEFTOVER_INDEXES and name not in wanted.indexes):
             statements.append(f'DROP INDEX "{name}"')
     for name, (_, create) in wanted.indexes.items():
         if name not in found.indexes or not _same(create, found.indexes[name][1]):

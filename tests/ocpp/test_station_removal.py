@@ -302,3 +302,35 @@ async def test_a_session_whose_station_was_removed_under_it_can_still_be_ended(
     assert ended["endSession"] == {"session": {"state": "COMPLETED"}, "errors": []}
     authorized = await charging.authorize("CP-OPEN", "TAG-OK")
     assert authorized.status == "Accepted"  # no longer ConcurrentTx
+
+
+async def test_a_removal_stands_and_hangs_up_whatever_its_notice_cleanup_meets(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its offline notices are deleted after the removal's write: a store error there
+    answered the removal as failed although it stood, and its charger was never told to
+    go (review s18)."""
+    from domain.errors import StoreUnavailable
+
+    bus = MemoryEventBus()
+    await bus.start()
+    central = await start_central(tmp_path / "central.db", bus=bus)
+    await seed(central)
+    real = central.store.find_all
+
+    async def failing(kind: object, *args: object, **kwargs: object) -> object:
+        if kind is d.OfflineNotice:
+            raise StoreUnavailable("disk full", reason="disk full")
+        return await real(kind, *args, **kwargs)  # type: ignore[arg-type]
+
+    try:
+        ws = await booted_charger(central.url)
+        monkeypatch.setattr(central.store, "find_all", failing)
+        removed = await central.services.stations.remove_station(
+            SYSTEM, central.stations["CP-1"].id)
+        monkeypatch.setattr(central.store, "find_all", real)
+        assert removed.cp_id == "CP-1"
+        await hung_up_as_unknown(ws)
+        assert await central.store.find_one(d.Station, Eq("cp_id", "CP-1")) is None
+    finally:
+        await stop_central(central)
+        await bus.close()
