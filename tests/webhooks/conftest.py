@@ -3,6 +3,7 @@ of two companies, a station of the first, and webhook delivery to test receivers
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -111,6 +112,24 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
         yield w
     finally:
         await closed(w, bus, [store])
+
+
+@contextlib.asynccontextmanager
+async def two_instances(tmp_path: Path) -> AsyncIterator[tuple[World, Services, Services]]:
+    """Two instances' services on one database and one bus (as behind Redis), the world
+    seeded through the first: ``(world, first, second)``; the bus is ``world.bus``."""
+    bus = MemoryEventBus()
+    await bus.start()
+    stores = [SqliteStore(str(tmp_path / "shared.db")) for _ in range(2)]
+    for store in stores:
+        await store.start()
+    first, second = (new_services(store, bus) for store in stores)
+    world = World(first, stores[0], bus)
+    try:
+        await seed(first, world)
+        yield world, first, second
+    finally:
+        await closed(world, bus, stores)
 
 
 async def closed(world: World, bus: MemoryEventBus, stores: list[SqliteStore]) -> None:

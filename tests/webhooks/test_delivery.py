@@ -23,12 +23,10 @@ from domain.policy import SYSTEM, Viewer
 from domain.query import Eq, all_of
 from graph.ids import to_global_id
 from ocpp_bridge.simulator import connected
-from pubsub.memory import MemoryEventBus
-from store.sqlite import SqliteStore
 from tests.helpers import until
 from tests.ocpp.conftest import seed as seed_central
 from tests.ocpp.conftest import start_central, stop_central
-from tests.webhooks.conftest import World, closed, new_services, seed
+from tests.webhooks.conftest import World, two_instances
 from tests.webhooks.receiver import DRIP, Receiver
 
 
@@ -302,21 +300,13 @@ async def test_each_event_is_delivered_by_the_instance_that_published_it(
         tmp_path: Path) -> None:
     """Two instances on one database and one bus (as behind Redis): both hear every
     event, yet each event is posted once, by the instance where it happened."""
-    bus = MemoryEventBus()
-    await bus.start()
-    stores = [SqliteStore(str(tmp_path / "shared.db")) for _ in range(2)]
-    for store in stores:
-        await store.start()
-    first, second = (new_services(store, bus) for store in stores)
-    world = World(first, stores[0], bus)
-    try:
-        await seed(first, world)
+    async with two_instances(tmp_path) as (world, first, second):
         receiver = await world.receiver()
         await world.webhook("op", receiver, "connector.status_changed")
         await world.dispatcher(first)
         other_instance = await world.dispatcher(second)
         await other_instance.refresh()  # routes by the webhook made on the first
-        heard = bus.subscribe(["connector_status"])
+        heard = world.bus.subscribe(["connector_status"])
 
         await available(world)  # on the first instance
         await second.charging.status_notification("CP-1", 1, "Charging", "NoError")
@@ -328,8 +318,6 @@ async def test_each_event_is_delivered_by_the_instance_that_published_it(
 
         assert sorted(r.json["data"]["status"] for r in receiver.requests) == \
             ["Available", "Charging"]
-    finally:
-        await closed(world, bus, stores)
 
 
 async def test_a_name_resolving_to_a_private_address_is_not_posted_to(world: World) -> None:

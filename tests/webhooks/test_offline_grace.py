@@ -18,7 +18,7 @@ from domain.wire import rfc3339
 from pubsub.memory import MemoryEventBus
 from store.sqlite import SqliteStore
 from tests.helpers import until
-from tests.webhooks.conftest import World, closed, new_services, seed
+from tests.webhooks.conftest import World, new_services, two_instances
 from tests.webhooks.receiver import Receiver
 
 BOTH = ("station.offline", "station.online")
@@ -193,15 +193,7 @@ async def test_a_charger_back_on_another_instance(tmp_path: Path) -> None:
     what it publishes. A flap from the first to the second delivers nothing; an outage
     past the grace is announced once (both instances look for it), by either, and the
     connection on the second instance delivers its ``station.online``."""
-    bus = MemoryEventBus()
-    await bus.start()
-    stores = [SqliteStore(str(tmp_path / "shared.db")) for _ in range(2)]
-    for store in stores:
-        await store.start()
-    first, second = (new_services(store, bus) for store in stores)
-    world = World(first, stores[0], bus)
-    try:
-        await seed(first, world)
+    async with two_instances(tmp_path) as (world, first, second):
         receiver = await world.receiver()
         await world.webhook("op", receiver, *BOTH)
         # A short grace, looked at often: this test waits for it (well under a second).
@@ -232,8 +224,6 @@ async def test_a_charger_back_on_another_instance(tmp_path: Path) -> None:
         assert kinds(receiver) == ["station.offline", "station.online"]
         assert receiver.requests[0].json["at"] == rfc3339(went)
         assert await notices(world) == []
-    finally:
-        await closed(world, bus, stores)
 
 
 async def test_a_real_charger_flapping_over_ocpp_pages_nobody(tmp_path: Path) -> None:
