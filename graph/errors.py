@@ -14,6 +14,7 @@ import strawberry
 from graphql import GraphQLError
 
 from domain.errors import DomainError, Forbidden, Unauthenticated, each
+from graph.request_errors import variable_refused
 
 if TYPE_CHECKING:
     from graph.context import GraphContext
@@ -84,7 +85,9 @@ def mask(error: GraphQLError) -> GraphQLError:
     pass unchanged."""
     original = error.original_error
     if original is None or isinstance(original, GraphQLError):
-        return error
+        # A variable its type refused gets its code and path here, for both doors
+        # (HTTP, and a subscription over the websocket).
+        return variable_refused(error)
     if isinstance(original, DomainError):
         return GraphQLError(
             original.message, nodes=error.nodes, path=error.path,

@@ -37,7 +37,7 @@ from graph.context import GraphContext
 from graph.cost import MAX_OBJECTS, estimated_objects
 from graph.errors import mask
 from graph.limits import TOO_COMPLEX, limit_rule
-from graph.request_errors import parse_failed, validation_failed, variable_refused
+from graph.request_errors import parse_failed, validation_failed
 
 #: Deep enough for every real screen (map → station → connector → session → user →
 #: vehicles → node …), shallow enough that cyclic paths cannot fan out without bound.
@@ -133,7 +133,7 @@ class RequestPipeline(SchemaExtension):
         yield
         result = context.result
         if result is not None and result.errors:
-            result.errors = [mask(variable_refused(error)) for error in result.errors]
+            result.errors = [mask(error) for error in result.errors]
         # graphql-core's executor is a reference cycle (its resolve-info helpers are bound
         # methods of the executor) and holds the context: without this, everything the
         # request loaded waited for the cyclic garbage collector (about 400 objects per

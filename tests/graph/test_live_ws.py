@@ -390,6 +390,12 @@ async def test_transport_ws_protocol(live: Setup) -> None:
     error = await socket.next()
     assert error["type"] == "error" and error["id"] == "bad"
     assert "nope" in error["payload"][0]["message"]
+    # A variable its type refuses is coded over the socket as over HTTP.
+    socket.subscribe("var", "subscription($c: [String!]) { connectorStatusChanged("
+                            "filter: {cpIds: $c}) { cpId } }", {"c": [1]})
+    error = await socket.next()
+    assert error["type"] == "error" and error["id"] == "var"
+    assert error["payload"][0]["extensions"] == {"code": "BAD_USER_INPUT", "field": "c.0"}
     socket.subscribe("q", "{ stations(first: 1) { totalCount } }")
     assert (await socket.next())["payload"] == {"data": {"stations": {"totalCount": 4}}}
     assert await socket.next() == {"type": "complete", "id": "q"}
