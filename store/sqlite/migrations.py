@@ -21,7 +21,7 @@ from typing import Any
 import aiosqlite
 
 from domain.validation import name_key
-from store.sqlite.reconcile import reconcile, reference
+from store.sqlite.reconcile import SOC_FROM_SAMPLES, reconcile, reference
 
 log = logging.getLogger("chargegraph.store")
 
@@ -525,11 +525,7 @@ ALTER TABLE "connector_interval" ADD COLUMN "point_error_code" TEXT;
 _V21 = """
 ALTER TABLE "session" ADD COLUMN "soc_percent" REAL;
 ALTER TABLE "session" ADD COLUMN "soc_at" INTEGER;
-UPDATE "session" SET ("soc_percent", "soc_at") = (
-    SELECT "value", "at" FROM "meter_sample"
-    WHERE "meter_sample"."session_id" = "session"."id" AND "measurand" = 'SoC'
-      AND "phase" IS NULL AND "value" BETWEEN 0 AND 100
-    ORDER BY "at" DESC, "id" DESC LIMIT 1);
+""" + SOC_FROM_SAMPLES + """;
 CREATE INDEX "status_event_station_connector_at_idx"
     ON "status_event" ("station_id", "connector_id", "at", "id");
 DROP INDEX "connection_event_station_at_idx";
@@ -957,11 +953,7 @@ UPDATE "payment" SET "station_owner_id" = NULL
     WHERE "company_id" IS NOT NULL AND "station_owner_id" IS NOT NULL;
 UPDATE "refund" SET "station_owner_id" = NULL
     WHERE "company_id" IS NOT NULL AND "station_owner_id" IS NOT NULL;
-UPDATE "session" SET ("soc_percent", "soc_at") = (
-    SELECT "value", "at" FROM "meter_sample"
-    WHERE "meter_sample"."session_id" = "session"."id" AND "measurand" = 'SoC'
-      AND "phase" IS NULL AND "value" BETWEEN 0 AND 100
-    ORDER BY "at" DESC, "id" DESC LIMIT 1)
+""" + SOC_FROM_SAMPLES + """
     WHERE "soc_percent" NOT BETWEEN 0 AND 100 OR EXISTS (
         SELECT 1 FROM "meter_sample" WHERE "meter_sample"."session_id" = "session"."id"
           AND "measurand" = 'SoC' AND "phase" IS NOT NULL

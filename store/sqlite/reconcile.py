@@ -43,7 +43,10 @@ class ColumnFill:
     backfill: str | None = None
 
 
-_SOC = """UPDATE "session" SET ("soc_percent", "soc_at") = (
+#: Every session's State of Charge from its samples, by the live rule (no phase, 0 to
+#: 100: ``metering.reading_soc``): migration 21's backfill, 40's repair (with a WHERE),
+#: and a column added here (``COLUMN_FILLS``). No ";": each use ends it.
+SOC_FROM_SAMPLES = """UPDATE "session" SET ("soc_percent", "soc_at") = (
     SELECT "value", "at" FROM "meter_sample"
     WHERE "meter_sample"."session_id" = "session"."id" AND "measurand" = 'SoC'
       AND "phase" IS NULL AND "value" BETWEEN 0 AND 100
@@ -53,8 +56,8 @@ _SOC = """UPDATE "session" SET ("soc_percent", "soc_at") = (
 #: migration does for the rows before them. Others are added as declared (NULL, or their
 #: default).
 COLUMN_FILLS: dict[tuple[str, str], ColumnFill] = {
-    ("session", "soc_percent"): ColumnFill(backfill=_SOC),
-    ("session", "soc_at"): ColumnFill(backfill=_SOC),
+    ("session", "soc_percent"): ColumnFill(backfill=SOC_FROM_SAMPLES),
+    ("session", "soc_at"): ColumnFill(backfill=SOC_FROM_SAMPLES),
     # A share sent before the bound was kept: what it was given is what it was bound to.
     ("site_allocation", "bound_kw"): ColumnFill(
         default="0", backfill='UPDATE "site_allocation" SET "bound_kw" = "power_kw"'),

@@ -22,7 +22,7 @@ from store.sqlite.migrations import (
     apply_migrations,
     split_statements,
 )
-from store.sqlite.reconcile import reference, repairs
+from store.sqlite.reconcile import SOC_FROM_SAMPLES, reference, repairs
 from tests.support.schema_at import roll_back
 
 TEXTS = dict(MIGRATIONS)
@@ -104,14 +104,9 @@ async def test_an_earlier_session_text_gets_its_columns_before_the_newer_migrati
     """A database at version 21 from a build whose 21 added no State of Charge columns,
     and one at 27 whose 27 added no start flags: each is repaired at its version, then
     migrated on; the store then reads and writes sessions."""
-    soc = '''ALTER TABLE "session" ADD COLUMN "soc_percent" REAL;
-ALTER TABLE "session" ADD COLUMN "soc_at" INTEGER;
-UPDATE "session" SET ("soc_percent", "soc_at") = (
-    SELECT "value", "at" FROM "meter_sample"
-    WHERE "meter_sample"."session_id" = "session"."id" AND "measurand" = 'SoC'
-      AND "phase" IS NULL AND "value" BETWEEN 0 AND 100
-    ORDER BY "at" DESC, "id" DESC LIMIT 1);
-'''
+    soc = ('ALTER TABLE "session" ADD COLUMN "soc_percent" REAL;\n'
+           'ALTER TABLE "session" ADD COLUMN "soc_at" INTEGER;\n'
+           f"{SOC_FROM_SAMPLES};\n")
     old21 = tmp_path / "at21.db"
     await migrate(old21, [m for m in earlier(21, "", soc) if m[0] <= 21])
     assert "soc_percent" not in columns(old21, "session")
