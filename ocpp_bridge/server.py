@@ -23,7 +23,6 @@ import socket
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from http import HTTPStatus
 from typing import Any
@@ -42,6 +41,7 @@ from domain.services.charging import ChargingService
 from domain.services.instances import InstanceService
 from ocpp_bridge.gateway import OcppGateway
 from ocpp_bridge.handler import CLOSE_UNKNOWN_STATION, ChargePointHandler
+from ocpp_bridge.keyed_locks import KeyedLocks
 from ocpp_bridge.peers import TrustedProxies
 
 log = logging.getLogger("chargegraph.ocpp")
@@ -124,8 +124,8 @@ class OcppServer:
         # this instance was still recording its own.
         self._numbers: dict[ChargePointHandler, int] = {}
         self._newer_elsewhere: dict[str, int] = {}
-        #: cp_id → its arrivals under way (``_arrival``).
-        self._arriving: dict[str, _Arrivals] = {}
+        #: A charge point's connections are taken one at a time (``_connection``).
+        self._arriving = KeyedLocks()
         self.charging = charging
         self.gateway = gateway
         self.host = host
@@ -142,7 +142,7 @@ class OcppServer:
         self._verified: dict[str, tuple[str, bytes]] = {}
         # cp_id → (password hash, digests of passwords it refused lately).
         self._refused: dict[str, tuple[str, deque[bytes]]] = {}
-        self._checking: dict[str, asyncio.Lock] = {}  # one password check per station
+        self._checking = KeyedLocks()  # one password check per station at a time
         self._in_flight: set[tuple[str, str]] = set()  # (cp_id, peer address) being checked
         self.refusals = RefusalLog()
         self.proxies = TrustedProxies(trusted_proxies)
@@ -343,20 +343,6 @@ class OcppServer:
         async with contextlib.aclosing(stream):
             await self.charging.follow(stream)
 
-    @contextlib.asynccontextmanager
-    async def _arrival(self, cp_id: str) -> AsyncIterator[None]:
-        """Holds ``cp_id``'s arrivals to one at a time (``_connection``); the lock is
-        forgotten once no arrival of that charge point waits for it."""
-        entry = self._arriving.setdefault(cp_id, _Arrivals())
-        entry.waiting += 1
-        try:
-            async with entry.lock:
-                yield
-        finally:
-            entry.waiting -= 1
-            if not entry.waiting:
-                del self._arriving[cp_id]
-
     def _hang_up(self, handler: ChargePointHandler, code: int, reason: str) -> None:
         # In a task: the closing handshake with a dead peer may take a while.
         task = asyncio.create_task(handler.hang_up(code, reason))
@@ -445,8 +431,7 @@ class OcppServer:
             return None
         self._in_flight.add(slot)
         try:
-            lock = self._checking.setdefault(station.cp_id, asyncio.Lock())
-            async with lock:
+            async with self._checking.one_at_a_time(station.cp_id):
                 ok = await self.charging.station_password_ok(station, password)
         finally:
             self._in_flight.discard(slot)
@@ -476,7 +461,7 @@ class OcppServer:
             # before it to close was recorded after its replacement, as the newest: the
             # live one's disconnect was then refused, and the station stayed online
             # with no connection (QA s18, soak).
-            async with self._arrival(cp_id):
+            async with self._arriving.one_at_a_time(cp_id):
                 if ws.state is not State.OPEN:
                     return  # gone while it waited its turn: nothing to record (review s18)
                 previous = self.gateway.register(handler)
@@ -523,16 +508,6 @@ class OcppServer:
                                 exc.reason)
                 except Exception:  # the store may already be closing at shutdown
                     log.exception("%s: could not record the disconnect", cp_id)
-
-
-class _Arrivals:
-    """The connections of one charge point being taken, one at a time."""
-
-    __slots__ = ("lock", "waiting")
-
-    def __init__(self) -> None:
-        self.lock = asyncio.Lock()
-        self.waiting = 0
 
 
 class RefusalLog:
