@@ -43,6 +43,11 @@ T = TypeVar("T")
 
 #: SQLite's own default: an automatic checkpoint after 1,000 pages of 4 KiB.
 CHECKPOINT_BYTES = 4 * 1024 * 1024
+#: What the WAL file is cut back to once a checkpoint has emptied it. SQLite reuses the
+#: file from its start but never shrinks it: one burst (a bulk import, a backlog of
+#: chargers reconnecting) left a WAL of hundreds of MiB on disk for good. Four
+#: checkpoints' worth, so the steady state never truncates and grows again.
+WAL_KEPT_BYTES = 4 * CHECKPOINT_BYTES
 #: How often a commit looks at the WAL's size (a stat per commit would be wasted work).
 _SIZE_CHECK_INTERVAL_S = 0.1
 #: The least time between two log lines saying the database refuses writes.
@@ -123,6 +128,8 @@ class Writer:
         self._identity = file_identity(self.path)
         conn.execute("PRAGMA busy_timeout = 0")  # inline attempts never wait on the loop
         conn.execute("PRAGMA wal_autocheckpoint = 0")  # checkpoints run off the loop
+        # Applied by this connection when its next write starts the emptied WAL again.
+        conn.execute(f"PRAGMA journal_size_limit = {WAL_KEPT_BYTES}")
         self.conn = conn
 
     async def run(self, transaction: Callable[[sqlite3.Connection], T]) -> T:

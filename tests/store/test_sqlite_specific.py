@@ -61,7 +61,7 @@ from store.sqlite import SqliteStore, reader
 from store.sqlite.codec import SqlValue, field_specs
 from store.sqlite.migrations import MIGRATIONS, apply_migrations, split_statements
 from store.sqlite.sql_filter import compile_where
-from store.sqlite.writer import cannot_write
+from store.sqlite.writer import WAL_KEPT_BYTES, cannot_write
 from tests.contract.factories import T0, audit, company, put, station, tariff, user
 from tests.support.schema_at import roll_back
 
@@ -149,6 +149,7 @@ async def test_wal_normal_sync_and_busy_timeout(store: SqliteStore, db_path: str
     # The writer never waits on the event loop: a busy lock sends it to a thread.
     assert writer.execute("PRAGMA busy_timeout").fetchall() == [(0,)]
     assert writer.execute("PRAGMA wal_autocheckpoint").fetchall() == [(0,)]
+    assert writer.execute("PRAGMA journal_size_limit").fetchall() == [(WAL_KEPT_BYTES,)]
 
 
 async def test_a_write_waits_for_another_process_holding_the_lock(store: SqliteStore,
@@ -211,6 +212,28 @@ async def test_checkpoints_run_in_the_background_once_the_wal_grows(store: Sqlit
     size = await asyncio.to_thread(os.path.getsize, db_path)
     assert size > pages_before * 4096
     assert await store.count(Company, ALL) == 40
+
+
+async def test_the_wal_shrinks_back_after_a_burst(store: SqliteStore, db_path: str) -> None:
+    writer = store._writer
+    assert writer is not None
+
+    def burst(conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("CREATE TABLE burst (b BLOB)")
+        conn.execute("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n "
+                     "WHERE i < ?) INSERT INTO burst SELECT randomblob(8000) FROM n",
+                     (WAL_KEPT_BYTES // 8000 + 500,))
+        conn.execute("DROP TABLE burst")
+        conn.execute("COMMIT")
+
+    await writer.run(burst)
+    wal = db_path + "-wal"
+    assert await asyncio.to_thread(os.path.getsize, wal) > WAL_KEPT_BYTES
+    await asyncio.to_thread(writer._run_checkpoint)  # empties the WAL into the database
+    await put(store, company(name="After the burst"))  # starts the WAL again: cut back
+    assert await asyncio.to_thread(os.path.getsize, wal) <= WAL_KEPT_BYTES
+    assert await store.count(Company, Eq("name", "After the burst")) == 1
 
 
 async def test_readers_never_see_an_open_write_transaction(store: SqliteStore) -> None:
