@@ -8,12 +8,13 @@ delivery; a live map with a thousand viewers cannot afford that. Here:
 * The domain (``LiveService.watch``) keeps ONE bus subscription per topic and decides
   visibility (``Policy.sees_event``) per event once per distinct viewer, then calls each
   operation's ``deliver`` synchronously.
-* Operations that would get the same result share a ``RenderGroup``: the selection runs
-  once per event per group, is encoded once, and every member gets the same text with
-  its own ``id`` spliced in. The key is (document, operation, variables) plus the viewer,
-  except when the selection reads only the event's own leaf fields (``cpId``, ``status``,
-  ``droppedBefore``…, see ``_local_fields``): those results cannot depend on who asks, so
-  every viewer shares them. Any nested object (``station { owner … }``) depends on the
+* Operations that would get the same result share a ``RenderGroup``
+  (``graph/live_render.py``): the selection runs once per event per group, is encoded
+  once, and every member gets the same text with its own ``id`` spliced in. The key is
+  (document, operation, variables) plus the viewer, except when the selection reads only
+  the event's own leaf fields (``cpId``, ``status``, ``droppedBefore``…, see
+  ``live_render.local_fields``): those results cannot depend on who asks, so every
+  viewer shares them. Any nested object (``station { owner … }``) depends on the
   viewer's scope and field views, so it is shared only between connections of one viewer.
 * Nested selections (store reads, resolvers) render through the process's
   ``RenderQueue``: at most ``MAX_RENDERS`` at once, started one per loop turn, groups
@@ -23,9 +24,10 @@ delivery; a live map with a thousand viewers cannot afford that. Here:
   selections are not queued: they cost no store read and are rendered at once.
 * Sends start eagerly: while a socket's transport is writable, uvicorn's ``send``
   completes without suspending, so a delivery costs no task switch. A socket that is not
-  writable gets its messages queued (``Outbox``), at most ``queue_size`` per operation;
-  beyond that its oldest events are dropped and the next one it gets says so in
-  ``droppedBefore`` (shaped again for that subscriber alone). Nobody else waits for it.
+  writable gets its messages queued (``Outbox``, ``graph/live_outbox.py``), at most
+  ``queue_size`` per operation; beyond that its oldest events are dropped and the next
+  one it gets says so in ``droppedBefore`` (shaped again for that subscriber alone).
+  Nobody else waits for it.
 
 Pre-execution behaviour follows Strawberry's handlers (close codes 4400/4401/4403/4406/
 4408/4409/4429, ``error`` messages for validation errors); queries and mutations sent over
@@ -38,7 +40,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Generator
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any, cast
 
@@ -46,23 +48,17 @@ import orjson
 from graphql import (
     DocumentNode,
     ExecutionResult,
-    FieldNode,
-    FragmentSpreadNode,
     GraphQLError,
     GraphQLObjectType,
     GraphQLSyntaxError,
-    InlineFragmentNode,
     OperationType,
-    SelectionSetNode,
     get_named_type,
     get_operation_ast,
-    is_leaf_type,
 )
 from graphql.execution import Executor, create_source_event_stream, execute_subscription_event
 from graphql.execution.collect_fields import collect_fields
 from starlette.requests import HTTPConnection
 from starlette.types import Receive, Scope, Send
-from strawberry.schema.schema_converter import GraphQLCoreConverter
 from strawberry.types.execution import PreExecutionError
 
 from domain.errors import Unauthenticated
@@ -73,7 +69,16 @@ from domain.services.live import Watch
 from graph.auth import TokenService
 from graph.context import GraphContext
 from graph.errors import mask
-from graph.loaders import Loaders
+from graph.live_outbox import Outbox, QueuedSend, dumps
+from graph.live_render import (
+    MAX_RENDERS,
+    RENDER_BACKLOG,
+    RenderGroup,
+    RenderQueue,
+    local_fields,
+    reads_event_only,
+    result_payload,
+)
 from graph.pipeline import prepared, too_complex
 from graph.subscription import LiveFeed, events_lost
 
@@ -85,6 +90,7 @@ def _close_reason(error: Unauthenticated) -> str:
     refreshes and reconnects, as HTTP's ``TOKEN_EXPIRED`` tells it), any other
     "Forbidden" (sign in again)."""
     return "Token expired" if error.code == "TOKEN_EXPIRED" else "Forbidden"
+
 
 TRANSPORT_WS = "graphql-transport-ws"
 LEGACY_WS = "graphql-ws"
@@ -103,489 +109,8 @@ MAX_OPERATIONS_PER_CLIENT = 200
 MAX_OPERATIONS = 10_000
 #: How often a signed-in connection's token and user are checked again.
 REVALIDATE_EVERY = timedelta(seconds=60)
-#: Results of one non-shared group (nested fields: store reads) not yet handed out; past
-#: this the group's renders still waiting are coalesced into the newest event (see
-#: ``RenderQueue``), and if none is waiting the new event is skipped and counted in its
-#: members' ``droppedBefore``.
-LANE_LIMIT = 64
-#: Renders of nested selections running at once in the process. Each is a task whose steps
-#: share the event loop with chargers' frames and queries: thirty addresses of a hundred
-#: nested subscriptions, none sharing a group, started 3,000 of them per status change and
-#: a charger's Heartbeat waited seconds behind them for each of its loop turns.
-MAX_RENDERS = 4
-#: Renders waiting for one of those slots, in the process. Past this, a group with a render
-#: still waiting coalesces it into the newest event: its members get the newest state
-#: with the events skipped counted in ``droppedBefore``, instead of a queue that grows
-#: while events come faster than they can be rendered.
-RENDER_BACKLOG = 256
 
 Authorize = Callable[[str | None], Awaitable[Viewer]]
-Message = dict[str, Any]
-
-
-def _dumps(value: Any) -> str:
-    return orjson.dumps(value).decode()
-
-
-# ------------------------------------------------------------------ eager sends
-class _Resume:
-    """Awaitable that continues a coroutine ``start_eagerly`` ran to its first suspension
-    (what ``asyncio.eager_task_factory`` does on Python 3.12+)."""
-
-    __slots__ = ("coro", "yielded")
-
-    def __init__(self, coro: Coroutine[Any, Any, Any], yielded: Any) -> None:
-        self.coro = coro
-        self.yielded = yielded
-
-    def __await__(self) -> Generator[Any, Any, Any]:
-        coro, pending = self.coro, self.yielded
-        while True:
-            try:
-                value = yield pending
-            except BaseException as exc:  # cancellation and the like go into the coroutine
-                try:
-                    pending = coro.throw(exc)
-                except StopIteration as stop:
-                    return stop.value
-                continue
-            try:
-                pending = coro.send(value)
-            except StopIteration as stop:
-                return stop.value
-
-
-def start_eagerly(coro: Coroutine[Any, Any, Any]) -> _Resume | None:
-    """Runs ``coro`` until it first suspends. ``None`` if it finished (its exception, if
-    any, is raised here); otherwise an awaitable that finishes it, to be awaited by a
-    task."""
-    try:
-        yielded = coro.send(None)
-    except StopIteration:
-        return None
-    return _Resume(coro, yielded)
-
-
-# ------------------------------------------------------------------ outgoing queue
-class _Out:
-    """One message waiting for a socket. For events: the operation, the event and the
-    ``droppedBefore`` it was shaped with; ``message`` is None when it must be shaped again
-    (events before it were dropped after it was queued)."""
-
-    __slots__ = ("cancelled", "dropped_before", "event", "message", "op")
-
-    def __init__(self, message: Message | None, op: LiveOperation | None = None,
-                 event: DomainEvent | None = None, dropped_before: int = 0) -> None:
-        self.message = message
-        self.op = op
-        self.event = event
-        self.dropped_before = dropped_before
-        self.cancelled = False
-
-
-class Outbox:
-    """Everything a connection sends goes through here, in order. While idle, a message
-    is sent at once (eagerly, see ``start_eagerly``); while a send is suspended (socket
-    not writable) messages queue, and a writer task drains them."""
-
-    def __init__(self, send: Send, queue_size: int) -> None:
-        self._send = send
-        self.queue_size = queue_size
-        self._queue: deque[_Out] = deque()
-        self._writer: asyncio.Task[None] | None = None
-        self.dead = False
-
-    def control(self, message: Message) -> None:
-        self._push(_Out({"type": "websocket.send", "text": _dumps(message)}))
-
-    def event(self, op: LiveOperation, message: Message, event: DomainEvent,
-              dropped_before: int) -> None:
-        if self._writer is None and not self.dead:
-            self._now(message)  # the common case: the socket keeps up
-            return
-        if self.dead:
-            return
-        item = _Out(message, op, event, dropped_before)
-        pending = op.pending
-        if len(pending) >= self.queue_size:
-            # The subscriber is not keeping up: lose its oldest event; the event after it
-            # now carries the count and must be shaped again.
-            oldest = pending.popleft()
-            oldest.cancelled = True
-            heir = pending[0] if pending else item
-            heir.dropped_before += oldest.dropped_before + 1
-            heir.message = None
-        pending.append(item)
-        self._queue.append(item)
-
-    def _push(self, item: _Out) -> None:
-        if self.dead:
-            return
-        if self._writer is None:
-            assert item.message is not None
-            self._now(item.message)
-        else:
-            self._queue.append(item)
-
-    def _now(self, message: Message) -> None:
-        sending: Awaitable[None] = self._send(message)
-        rest: Awaitable[Any] | None = sending
-        if asyncio.iscoroutine(sending):  # an ASGI send may be any awaitable
-            try:
-                rest = start_eagerly(sending)
-            except Exception:
-                self._die()
-                return
-        if rest is not None:
-            self._writer = asyncio.get_running_loop().create_task(self._drain(rest))
-
-    async def _drain(self, first: Awaitable[Any]) -> None:
-        try:
-            await first
-            queue = self._queue
-            while queue:
-                item = queue.popleft()
-                if item.cancelled:
-                    continue
-                op = item.op
-                if op is not None and op.pending and op.pending[0] is item:
-                    op.pending.popleft()
-                message = item.message
-                if message is None:
-                    assert op is not None and item.event is not None
-                    message = await op.group.render_alone(op, item.event, item.dropped_before)
-                await self._send(message)
-        except Exception:
-            self._die()
-        finally:
-            self._writer = None
-
-    def _die(self) -> None:
-        # The socket is gone (or closed by us): nothing more will be sent.
-        self.dead = True
-        self._queue.clear()
-
-    async def close(self, code: int, reason: str = "") -> None:
-        if self.dead:
-            return
-        self._die()
-        writer = self._writer
-        if writer is not None and writer is not asyncio.current_task():
-            writer.cancel()
-        with contextlib.suppress(Exception):
-            await self._send({"type": "websocket.close", "code": code, "reason": reason})
-
-    def stop(self) -> None:
-        self._die()
-        if self._writer is not None:
-            self._writer.cancel()
-
-
-# ------------------------------------------------------------------ shared rendering
-class _Result:
-    """One event shaped for one group and one ``droppedBefore``. ``payload`` is the
-    encoded ``{"data": …}``; members waiting for it (async shaping, or queued behind an
-    earlier async result of the group) are in ``waiting``."""
-
-    __slots__ = ("dropped", "event", "messages", "payload", "released", "waiting")
-
-    def __init__(self, event: DomainEvent, dropped: int) -> None:
-        self.event = event
-        self.dropped = dropped
-        self.payload: str | None = None
-        self.released = False
-        self.waiting: list[LiveOperation] = []
-        self.messages: dict[str, Message] = {}
-
-    def give(self, op: LiveOperation) -> None:
-        if not self.released:
-            self.waiting.append(op)
-            return
-        message = self.messages.get(op.prefix)
-        if message is None:
-            # Operations with the same id and protocol (every client calls its first
-            # subscription "1") share the spliced text and the ASGI message too.
-            message = {"type": "websocket.send", "text": op.prefix + cast(str, self.payload)
-                       + "}"}
-            self.messages[op.prefix] = message
-        op.outbox.event(op, message, self.event, self.dropped)
-        if op.last is not None and op.last(self.event):
-            op.connection.complete_after(op)
-
-    def release(self) -> None:
-        self.released = True
-        waiting, self.waiting = self.waiting, []
-        for op in waiting:
-            if not op.stopped:
-                self.give(op)
-
-
-class RenderQueue:
-    """The process's budget for rendering nested selections (the groups that are not
-    ``shared``; event-only selections are synchronous and go at once).
-
-    At most ``limit`` renders run at once, and they are started one per turn of the event
-    loop (a start runs the selection's synchronous part): whatever else is ready, a
-    charger's frame or a query's next step, runs between two starts and between the steps
-    of the renders running, instead of waiting behind thousands of them. Groups with
-    renders waiting take turns, one render each (round robin), so one group's backlog
-    does not hold the others up. While ``backlog`` renders wait (``crowded``), a group
-    with a render still waiting for an older event coalesces it into the newest
-    (``RenderGroup.render_for``), so what waits stays under ``backlog`` plus one per
-    group however fast events come.
-
-    A slow socket's own renders (an event shaped again for its ``droppedBefore``,
-    ``RenderGroup.render_alone``) wait for a slot here too, taking turns with the groups:
-    a hundred stalled sockets resuming at once would otherwise render a hundred nested
-    selections at once."""
-
-    def __init__(self, limit: int = MAX_RENDERS, backlog: int = RENDER_BACKLOG) -> None:
-        self.limit = limit
-        self.backlog = backlog
-        #: Renders started and not finished; renders waiting for a start.
-        self.running = 0
-        self.waiting = 0
-        self._turns: deque[RenderGroup] = deque()
-        self._solo: deque[asyncio.Future[None]] = deque()
-        self._solo_first = False
-        self._next: asyncio.Handle | None = None
-
-    @property
-    def crowded(self) -> bool:
-        return self.waiting >= self.backlog
-
-    def queued(self, group: RenderGroup) -> None:
-        """``group`` has one more render waiting."""
-        self.waiting += 1
-        if not group.in_turn:
-            group.in_turn = True
-            self._turns.append(group)
-        self._schedule()
-
-    def taken(self, count: int) -> None:
-        """``count`` renders no longer wait (started, coalesced or their group gone)."""
-        self.waiting -= count
-
-    def started(self) -> None:
-        self.running += 1
-
-    def finished(self) -> None:
-        self.running -= 1
-        self._schedule()
-
-    async def slot(self) -> None:
-        """Wait for a turn to render outside a group; the caller calls ``finished``."""
-        granted = asyncio.get_running_loop().create_future()
-        self._solo.append(granted)
-        self.waiting += 1
-        self._schedule()
-        try:
-            await granted
-        except asyncio.CancelledError:
-            if granted.cancelled():  # still waiting: give the place up
-                self._solo.remove(granted)
-                self.waiting -= 1
-            else:  # granted, then cancelled before it ran: give the slot back
-                self.finished()
-            raise
-
-    def _schedule(self) -> None:
-        if self._next is None and (self._turns or self._solo) and self.running < self.limit:
-            self._next = asyncio.get_running_loop().call_soon(self._start_one)
-
-    def _start_one(self) -> None:
-        # One start per loop turn: ``call_soon`` from here runs after everything that was
-        # ready before it. Solo renders and groups alternate while both wait.
-        self._next = None
-        if self._solo and self.running < self.limit and (self._solo_first or not self._turns):
-            self._solo_first = False
-            self.waiting -= 1
-            self.started()
-            self._solo.popleft().set_result(None)
-            self._schedule()
-            return
-        self._solo_first = bool(self._solo)
-        turns = self._turns
-        while turns and self.running < self.limit:
-            group = turns.popleft()
-            started = group.start_next()
-            if group.has_waiting():
-                turns.append(group)
-            else:
-                group.in_turn = False
-            if started:
-                break
-        self._schedule()
-
-
-class RenderGroup:
-    """Operations whose results for an event are identical (see the module docstring):
-    the selection runs once per event (and per distinct ``droppedBefore``); for a group
-    that is not ``shared``, when the process's ``RenderQueue`` gives it a turn."""
-
-    def __init__(self, hub: LiveHub, key: tuple[Any, ...], executor: Executor,
-                 feed: LiveFeed, context: GraphContext, shared: bool) -> None:
-        self.hub = hub
-        self.key = key
-        self.executor = executor
-        self.wrap = feed.wrap
-        self.context = context
-        self.shared = shared
-        self.members = 0
-        self._last: DomainEvent | None = None
-        self._results: dict[int, _Result] = {}
-        # Results not yet handed out, in event order: an async result holds back later
-        # ones so a member never sees events out of order.
-        self._lane: deque[_Result] = deque()
-        # The lane's tail not started yet (not ``shared``): waiting for the render queue.
-        self._queued: deque[_Result] = deque()
-        #: Whether the render queue has this group in its turns.
-        self.in_turn = False
-
-    def render_for(self, event: DomainEvent, dropped: int, op: LiveOperation) -> None:
-        if event is not self._last:
-            self._last = event
-            self._results = {}
-        result = self._results.get(dropped)
-        if result is None and self._queued and self._queued[0].event is not event and (
-                self.hub.renders.crowded or len(self._lane) >= LANE_LIMIT):
-            dropped += self._coalesce(op)
-            result = self._results.get(dropped)
-        if result is None:
-            if len(self._lane) >= LANE_LIMIT:
-                op.dropped += dropped + 1
-                return
-            result = self._results[dropped] = self._start(event, dropped)
-        result.give(op)
-
-    def _coalesce(self, op: LiveOperation) -> int:
-        """Drops the renders still waiting for events before this one: their members are
-        told they missed those events by the ``droppedBefore`` of the next they get (the
-        newest state, since nested fields read the records as they are when rendered).
-        Returns ``op``'s count, to be shaped into this event; the other members pick
-        theirs up when this event reaches them."""
-        queued, skipped = self._queued, set()
-        while queued and queued[0].event is not self._last:
-            result = queued.popleft()
-            skipped.add(result)
-            for member in result.waiting:
-                if not member.stopped:
-                    member.dropped += result.dropped + 1
-        self.hub.renders.taken(len(skipped))
-        self._lane = deque(r for r in self._lane if r not in skipped)
-        own, op.dropped = op.dropped, 0
-        return own
-
-    def _start(self, event: DomainEvent, dropped: int) -> _Result:
-        result = _Result(event, dropped)
-        if not self.shared:
-            self._lane.append(result)
-            self._queued.append(result)
-            self.hub.renders.queued(self)
-            return result
-        outcome = self._execute(event, dropped)
-        if isinstance(outcome, str):
-            result.payload = outcome
-            if not self._lane:
-                result.release()
-                return result
-        else:
-            task = asyncio.get_running_loop().create_task(outcome)
-            task.add_done_callback(lambda t: self._finished(result, t))
-        self._lane.append(result)
-        return result
-
-    def has_waiting(self) -> bool:
-        return bool(self._queued)
-
-    def start_next(self) -> bool:
-        """The render queue's turn: starts the oldest render waiting, if any."""
-        if not self._queued:
-            return False
-        result = self._queued.popleft()
-        renders = self.hub.renders
-        renders.taken(1)
-        outcome = self._execute(result.event, result.dropped)
-        if isinstance(outcome, str):
-            result.payload = outcome
-            self._release_ready()
-            return True
-        renders.started()
-        task = asyncio.get_running_loop().create_task(outcome)
-
-        def done(task: asyncio.Task[str]) -> None:
-            renders.finished()
-            self._finished(result, task)
-
-        task.add_done_callback(done)
-        return True
-
-    def _finished(self, result: _Result, task: asyncio.Task[str]) -> None:
-        if task.cancelled():
-            result.payload = _dumps(_internal_error_payload())
-        else:
-            result.payload = task.result()
-        self._release_ready()
-
-    def _release_ready(self) -> None:
-        lane = self._lane
-        while lane and lane[0].payload is not None:
-            lane.popleft().release()
-
-    def _context(self) -> GraphContext:
-        if self.shared:
-            return self.context  # the selection reads no context (event fields only)
-        base = self.context
-        return GraphContext(base.services, base.tokens, base.viewer,
-                            Loaders(base.services.reads, base.viewer), base.request,
-                            connection_params=base.connection_params)
-
-    def _execute(self, event: DomainEvent, dropped: int) -> str | Coroutine[Any, Any, str]:
-        try:
-            executor = self.executor.build_per_event_executor(self.wrap(event, dropped))
-            executor.context_value = self._context()
-            outcome = execute_subscription_event(executor)
-        except Exception:
-            log.exception("shaping a subscription event failed")
-            return _dumps(_internal_error_payload())
-        if isinstance(outcome, ExecutionResult):
-            return _encode(outcome)
-        return _finish(cast(Awaitable[ExecutionResult], outcome))
-
-    async def render_alone(self, op: LiveOperation, event: DomainEvent, dropped: int
-                           ) -> Message:
-        """The event shaped for one member only (its own ``droppedBefore``), in a slot of
-        the render queue when the selection reads the store (not ``shared``)."""
-        renders = None if self.shared else self.hub.renders
-        if renders is not None:
-            await renders.slot()
-        try:
-            outcome = self._execute(event, dropped)
-            payload = outcome if isinstance(outcome, str) else await outcome
-        finally:
-            if renders is not None:
-                renders.finished()
-        return {"type": "websocket.send", "text": op.prefix + payload + "}"}
-
-    def join(self) -> None:
-        self.members += 1
-
-    def leave(self) -> None:
-        self.members -= 1
-        if self.members <= 0:
-            self.hub.groups.pop(self.key, None)
-            # Nobody left to get them: renders not started yet are not run.
-            self.hub.renders.taken(len(self._queued))
-            self._queued.clear()
-            self._lane.clear()
-
-
-async def _finish(outcome: Awaitable[ExecutionResult]) -> str:
-    try:
-        return _encode(await outcome)
-    except Exception:
-        log.exception("shaping a subscription event failed")
-        return _dumps(_internal_error_payload())
 
 
 def connection_authorization(payload: dict[str, Any], request: HTTPConnection
@@ -606,83 +131,6 @@ def connection_authorization(payload: dict[str, Any], request: HTTPConnection
         if isinstance(token, str) and token:
             return token if token.lower().startswith("bearer ") else f"Bearer {token}"
     return request.headers.get("authorization") or None
-
-
-def _internal_error_payload() -> dict[str, Any]:
-    return {"data": None, "errors": [{"message": "Internal server error",
-                                      "extensions": {"code": "INTERNAL_SERVER_ERROR"}}]}
-
-
-def _result_payload(result: ExecutionResult) -> dict[str, Any]:
-    payload: dict[str, Any] = {"data": result.data}
-    if result.errors:
-        payload["errors"] = [mask(e).formatted for e in result.errors]
-    if result.extensions:
-        payload["extensions"] = result.extensions
-    return payload
-
-
-def _encode(result: ExecutionResult) -> str:
-    return _dumps(_result_payload(result))
-
-
-_LOCAL_FIELDS: dict[str, frozenset[str]] = {}
-
-
-def _local_fields(event_type: GraphQLObjectType) -> frozenset[str]:
-    """Fields of an event type whose value comes from the event alone: leaves without
-    arguments whose resolver (if any) takes no ``info`` — without ``info`` nothing can
-    reach the viewer, the loaders or the store. Anything else is assumed to depend on the
-    viewer."""
-    known = _LOCAL_FIELDS.get(event_type.name)
-    if known is not None:
-        return known
-    names = {"__typename"}
-    for name, field in event_type.fields.items():
-        if field.args or not is_leaf_type(get_named_type(field.type)):
-            continue
-        definition = (field.extensions or {}).get(GraphQLCoreConverter.DEFINITION_BACKREF)
-        if definition is None or getattr(definition, "extensions", None) \
-                or getattr(definition, "permission_classes", None):
-            continue
-        resolver = getattr(definition, "base_resolver", None)
-        if resolver is not None and resolver.info_parameter is not None:
-            continue
-        names.add(name)
-    known = _LOCAL_FIELDS[event_type.name] = frozenset(names)
-    return known
-
-
-def _reads_event_only(selection_set: SelectionSetNode | None, local: frozenset[str],
-                      fragments: dict[str, Any], seen: dict[str, bool] | None = None
-                      ) -> bool:
-    """``seen``: the answer for each fragment already looked into, so each is looked
-    into once however often it is spread (a chain of fragments each spreading the next
-    twice would take exponential time)."""
-    if selection_set is None:
-        return True
-    if seen is None:
-        seen = {}
-    for selection in selection_set.selections:
-        if isinstance(selection, FieldNode):
-            if selection.name.value not in local or selection.selection_set is not None:
-                return False
-        elif isinstance(selection, InlineFragmentNode):
-            if not _reads_event_only(selection.selection_set, local, fragments, seen):
-                return False
-        elif isinstance(selection, FragmentSpreadNode):
-            name = selection.name.value
-            answer = seen.get(name)
-            if answer is None:
-                fragment = fragments.get(name)
-                seen[name] = True  # a cycle (refused by validation) adds nothing
-                answer = seen[name] = fragment is not None and _reads_event_only(
-                    fragment.selection_set, local, fragments, seen)
-            if not answer:
-                return False
-        else:
-            return False
-    return True
 
 
 # ------------------------------------------------------------------ operations
@@ -712,9 +160,9 @@ class LiveOperation:
         self.accept = feed.accept
         self.last = feed.last
         kind = "next" if connection.protocol == TRANSPORT_WS else "data"
-        self.prefix = f'{{"id":{_dumps(op_id)},"type":"{kind}","payload":'
+        self.prefix = f'{{"id":{dumps(op_id)},"type":"{kind}","payload":'
         self.dropped = 0
-        self.pending: deque[_Out] = deque()
+        self.pending: deque[QueuedSend] = deque()
         self.stopped = False
         self.watch: Any = None
 
@@ -1126,8 +574,8 @@ class Connection:
         details = next(iter(fields.values()))
         root_field = root_type.fields[details[0].node.name.value]
         event_type = cast(GraphQLObjectType, get_named_type(root_field.type))
-        local = _local_fields(event_type)
-        shared = all(_reads_event_only(d.node.selection_set, local,
+        local = local_fields(event_type)
+        shared = all(reads_event_only(d.node.selection_set, local,
                                        executor.fragment_definitions) for d in details)
         variables_key = orjson.dumps(variables or {}, option=orjson.OPT_SORT_KEYS)
         key: tuple[Any, ...] = (query, operation_name, variables_key)
@@ -1163,7 +611,7 @@ class Connection:
                 if not isinstance(outcome, ExecutionResult):
                     outcome = await cast(Awaitable[ExecutionResult], outcome)
                 self.outbox.control({"type": kind, "id": op_id,
-                                     "payload": _result_payload(outcome)})
+                                     "payload": result_payload(outcome)})
         finally:
             with contextlib.suppress(Exception):
                 await source.aclose()

@@ -29,7 +29,9 @@ from domain.services.base import changed
 from graph import TokenService
 from graph.app import resolve_viewer
 from graph.context import GraphContext
-from graph.live_ws import RENDER_BACKLOG, LiveEndpoint, RenderQueue, start_eagerly
+from graph.live_outbox import start_eagerly
+from graph.live_render import RENDER_BACKLOG, RenderQueue
+from graph.live_ws import LiveEndpoint
 from graph.pipeline import MAX_TOKENS
 from graph.schema import schema
 from pubsub.memory import MemoryEventBus

@@ -1,0 +1,179 @@
+"""What a websocket connection sends, in order: at once while the socket keeps up (the
+send started eagerly, no task switch), queued while it does not, with a subscriber that
+falls behind losing its oldest events (counted in the next one's ``droppedBefore``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Awaitable, Coroutine, Generator
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from starlette.types import Send
+
+from domain.events import DomainEvent
+
+if TYPE_CHECKING:
+    from graph.live_ws import LiveOperation
+
+Message = dict[str, Any]
+
+
+def dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+# ------------------------------------------------------------------ eager sends
+class _Resume:
+    """Awaitable that continues a coroutine ``start_eagerly`` ran to its first suspension
+    (what ``asyncio.eager_task_factory`` does on Python 3.12+)."""
+
+    __slots__ = ("coro", "yielded")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], yielded: Any) -> None:
+        self.coro = coro
+        self.yielded = yielded
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro, pending = self.coro, self.yielded
+        while True:
+            try:
+                value = yield pending
+            except BaseException as exc:  # cancellation and the like go into the coroutine
+                try:
+                    pending = coro.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+                continue
+            try:
+                pending = coro.send(value)
+            except StopIteration as stop:
+                return stop.value
+
+
+def start_eagerly(coro: Coroutine[Any, Any, Any]) -> _Resume | None:
+    """Runs ``coro`` until it first suspends. ``None`` if it finished (its exception, if
+    any, is raised here); otherwise an awaitable that finishes it, to be awaited by a
+    task."""
+    try:
+        yielded = coro.send(None)
+    except StopIteration:
+        return None
+    return _Resume(coro, yielded)
+
+
+# ------------------------------------------------------------------ outgoing queue
+class QueuedSend:
+    """One message waiting for a socket. For events: the operation, the event and the
+    ``droppedBefore`` it was shaped with; ``message`` is None when it must be shaped again
+    (events before it were dropped after it was queued)."""
+
+    __slots__ = ("cancelled", "dropped_before", "event", "message", "op")
+
+    def __init__(self, message: Message | None, op: LiveOperation | None = None,
+                 event: DomainEvent | None = None, dropped_before: int = 0) -> None:
+        self.message = message
+        self.op = op
+        self.event = event
+        self.dropped_before = dropped_before
+        self.cancelled = False
+
+
+class Outbox:
+    """Everything a connection sends goes through here, in order. While idle, a message
+    is sent at once (eagerly, see ``start_eagerly``); while a send is suspended (socket
+    not writable) messages queue, and a writer task drains them."""
+
+    def __init__(self, send: Send, queue_size: int) -> None:
+        self._send = send
+        self.queue_size = queue_size
+        self._queue: deque[QueuedSend] = deque()
+        self._writer: asyncio.Task[None] | None = None
+        self.dead = False
+
+    def control(self, message: Message) -> None:
+        self._push(QueuedSend({"type": "websocket.send", "text": dumps(message)}))
+
+    def event(self, op: LiveOperation, message: Message, event: DomainEvent,
+              dropped_before: int) -> None:
+        if self._writer is None and not self.dead:
+            self._now(message)  # the common case: the socket keeps up
+            return
+        if self.dead:
+            return
+        item = QueuedSend(message, op, event, dropped_before)
+        pending = op.pending
+        if len(pending) >= self.queue_size:
+            # The subscriber is not keeping up: lose its oldest event; the event after it
+            # now carries the count and must be shaped again.
+            oldest = pending.popleft()
+            oldest.cancelled = True
+            heir = pending[0] if pending else item
+            heir.dropped_before += oldest.dropped_before + 1
+            heir.message = None
+        pending.append(item)
+        self._queue.append(item)
+
+    def _push(self, item: QueuedSend) -> None:
+        if self.dead:
+            return
+        if self._writer is None:
+            assert item.message is not None
+            self._now(item.message)
+        else:
+            self._queue.append(item)
+
+    def _now(self, message: Message) -> None:
+        sending: Awaitable[None] = self._send(message)
+        rest: Awaitable[Any] | None = sending
+        if asyncio.iscoroutine(sending):  # an ASGI send may be any awaitable
+            try:
+                rest = start_eagerly(sending)
+            except Exception:
+                self._die()
+                return
+        if rest is not None:
+            self._writer = asyncio.get_running_loop().create_task(self._drain(rest))
+
+    async def _drain(self, first: Awaitable[Any]) -> None:
+        try:
+            await first
+            queue = self._queue
+            while queue:
+                item = queue.popleft()
+                if item.cancelled:
+                    continue
+                op = item.op
+                if op is not None and op.pending and op.pending[0] is item:
+                    op.pending.popleft()
+                message = item.message
+                if message is None:
+                    assert op is not None and item.event is not None
+                    message = await op.group.render_alone(op, item.event, item.dropped_before)
+                await self._send(message)
+        except Exception:
+            self._die()
+        finally:
+            self._writer = None
+
+    def _die(self) -> None:
+        # The socket is gone (or closed by us): nothing more will be sent.
+        self.dead = True
+        self._queue.clear()
+
+    async def close(self, code: int, reason: str = "") -> None:
+        if self.dead:
+            return
+        self._die()
+        writer = self._writer
+        if writer is not None and writer is not asyncio.current_task():
+            writer.cancel()
+        with contextlib.suppress(Exception):
+            await self._send({"type": "websocket.close", "code": code, "reason": reason})
+
+    def stop(self) -> None:
+        self._die()
+        if self._writer is not None:
+            self._writer.cancel()
