@@ -80,7 +80,8 @@ class _LateBound:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.app is None:
-            response = JSONResponse({"errors": [{"message": "starting up"}]}, status_code=503)
+            response = JSONResponse({"errors": [{"message": "starting up", "extensions": {
+                "code": "SERVICE_UNAVAILABLE"}}]}, status_code=503)
             if scope["type"] == "http":
                 await response(scope, receive, send)
             return

@@ -229,7 +229,8 @@ class PageRequest:
             value = getattr(self, name)
             if value is not None and not 0 <= value <= MAX_PAGE_SIZE:
                 raise ValidationError(
-                    f"{name} must be between 0 and {MAX_PAGE_SIZE}", field=name, code="INVALID"
+                    f"{name} must be between 0 and {MAX_PAGE_SIZE}", field=name,
+                    code="OUT_OF_RANGE"
                 )
         if self.first is not None and self.last is not None:
             raise ValidationError("use either first or last, not both", field="last")

@@ -18,7 +18,7 @@ from domain.availability import (
     stations_with,
 )
 from domain.clock import utcnow
-from domain.entities import LIVE_RESERVATION_STATES
+from domain.entities import ENTITY_BY_KIND, LIVE_RESERVATION_STATES
 from domain.errors import ValidationError
 from domain.ids import is_id
 from domain.query import DISTANCE, Eq, Filter, In, Near, Range, Search, Sub, all_of, any_of
@@ -32,7 +32,7 @@ from graph.enums import (
     Role,
     SessionState,
 )
-from graph.ids import expect_id, from_global_id
+from graph.ids import KIND_BY_TYPE, expect_id, from_global_id
 from graph.relay import OrderDirection
 
 
@@ -130,6 +130,12 @@ StationOrderField, StationOrder = _order(
     "Station", {**_BY_NAME, "CP_ID": "cp_id", "DISTANCE": DISTANCE, **_AUDIT_TIMES},
     f"Sortable station fields. {_NAME_ORDER} DISTANCE: great-circle distance from the "
     "point of `filter.near` (required with it), nearest first when ASC.",
+)
+ConnectorOrderField, ConnectorOrder = _order(
+    "Connector", {"CP_ID": "cp_id", "CONNECTOR_ID": "connector_id", **_AUDIT_TIMES},
+    "Sortable connector fields. Without a key, CP_ID then CONNECTOR_ID. (No STATUS: what "
+    "a connector shows depends on its station being online, which no stored order "
+    "follows; filter by `status` instead.)",
 )
 SessionOrderField, SessionOrder = _order(
     "Session",
@@ -455,10 +461,24 @@ class PaymentFilter:
         )
 
 
+def audited_kind(name: str | None) -> str | None:
+    """The entity kind an audit filter names, in the store's spelling (``id_tag``) or as
+    its GraphQL type (``IdTag``). A name that is neither is refused: it matched no entry,
+    so a typo read as "no changes" (QA s19)."""
+    if name is None:
+        return None
+    kind = KIND_BY_TYPE.get(name, name)
+    if kind not in ENTITY_BY_KIND:
+        raise ValidationError(f"no entity kind {name!r}; e.g. station, id_tag, session",
+                              field="filter.entity", code="INVALID")
+    return kind
+
+
 @strawberry.input
 class AuditFilter:
-    entity: str | None = strawberry.field(default=None,
-                                          description="Entity kind, e.g. `station`.")
+    entity: str | None = strawberry.field(
+        default=None, description="Entity kind, e.g. `station`, `id_tag` (or its type "
+                                  "name, `IdTag`); an unknown kind is `INVALID`.")
     entity_id: strawberry.ID | None = strawberry.field(
         default=None, description="Global (or raw) id of the changed record."
     )
@@ -480,7 +500,7 @@ class AuditFilter:
             actor = raw if raw == "system" or raw.startswith("ocpp:") \
                 else expect_id(raw, "user", "filter.actorId")
         return all_of(
-            _eq("entity", self.entity),
+            _eq("entity", audited_kind(self.entity)),
             _eq("entity_id", entity_id),
             _eq("actor", actor),
             _eq("action", self.action),

@@ -52,6 +52,14 @@ def ide_page(assets_url: str | None) -> str:
 ContextFactory = Callable[[Request], Awaitable[GraphContext]]
 
 
+#: The code of an error about the HTTP request itself (its method, media type, size or
+#: shape), whatever its status: Apollo's name for it, which clients already handle.
+BAD_REQUEST = "BAD_REQUEST"
+#: The code of a document whose operation to run cannot be told (several and no
+#: ``operationName``, or no operation of that name): Apollo's name again.
+OPERATION_RESOLUTION_FAILURE = "OPERATION_RESOLUTION_FAILURE"
+
+
 class RequestError(Exception):
     """The request is not a well-formed GraphQL-over-HTTP request."""
 
@@ -174,11 +182,10 @@ def _response(payload: dict[str, Any], status: int, media: str,
                     headers=headers)
 
 
-def _error_body(message: str, code: str | None = None) -> dict[str, Any]:
-    error: dict[str, Any] = {"message": message}
-    if code:
-        error["extensions"] = {"code": code}
-    return {"errors": [error]}
+def _error_body(message: str, code: str = BAD_REQUEST) -> dict[str, Any]:
+    """Every top-level error has a code (the README promises it): clients switch on
+    ``extensions.code``, not on messages."""
+    return {"errors": [{"message": message, "extensions": {"code": code}}]}
 
 
 class GraphQLHTTPHandler:
@@ -237,7 +244,7 @@ class GraphQLHTTPHandler:
             # Strawberry would run the first one; the GraphQL spec asks for an error.
             return self._request_failure(
                 "Must provide operation name if query contains multiple operations.",
-                media), "invalid"
+                media, OPERATION_RESOLUTION_FAILURE), "invalid"
         try:
             result = await self.schema.execute(
                 query, variable_values=variables, context_value=context,
@@ -248,9 +255,10 @@ class GraphQLHTTPHandler:
                 return _response(_error_body("mutations need POST"), 405, media,
                                  {"Allow": "POST"}), "invalid"
             return self._request_failure(
-                "subscriptions run over the websocket endpoint", media), "invalid"
-        except CannotGetOperationTypeError as exc:
-            return self._request_failure(exc.as_http_error_reason(), media), "invalid"
+                "subscriptions run over the websocket endpoint", media, BAD_REQUEST), "invalid"
+        except CannotGetOperationTypeError as exc:  # no operation of that name
+            return self._request_failure(exc.as_http_error_reason(), media,
+                                         OPERATION_RESOLUTION_FAILURE), "invalid"
         errors = [e.formatted for e in result.errors] if result.errors else None
         no_data = isinstance(result, PreExecutionError) or (
             result.data is None and result.errors is not None
@@ -267,6 +275,7 @@ class GraphQLHTTPHandler:
         return _response(payload, status, media), outcome
 
     @staticmethod
-    def _request_failure(message: str, media: str) -> Response:
+    def _request_failure(message: str, media: str, code: str) -> Response:
         status = 400 if media == GRAPHQL_RESPONSE else 200
-        return _response({"errors": [GraphQLError(message).formatted]}, status, media)
+        return _response({"errors": [GraphQLError(message, extensions={"code": code})
+                                     .formatted]}, status, media)

@@ -1196,8 +1196,13 @@ class AuditEntry(Node, Audited):
     action: AuditAction
     actor: str = strawberry.field(description="User id, `ocpp:<cpId>` or `system`.")
     at: datetime
-    before: JSON | None
-    after: JSON | None
+    before: JSON | None = strawberry.field(description=(
+        "The record before the change, as stored: snake_case fields and raw record ids "
+        "(`station_id`); private fields hidden as reads hide them. `entityId` is the "
+        "changed record's global id; another record's is base64 of `<TypeName>:<raw id>`, "
+        "e.g. `Station:…`. Null for a CREATE."))
+    after: JSON | None = strawberry.field(description=(
+        "The record after the change, shaped as `before`. Null for a DELETE."))
     _r: strawberry.Private[d.AuditEntry]
 
     @classmethod

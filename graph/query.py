@@ -17,6 +17,7 @@ from graph.filters import (
     CompanyFilter,
     CompanyOrder,
     ConnectorFilter,
+    ConnectorOrder,
     IdTagFilter,
     IdTagOrder,
     PaymentFilter,
@@ -195,10 +196,11 @@ class Query(AnalyticsQuery, WebhookQuery, SiteQuery):
         "clients when the public map is on, see those of accepted stations; an operator "
         "those of the stations they run, an admin all."))
     async def connectors(self, info: Info, filter: ConnectorFilter | None = None,
+                         order_by: list[ConnectorOrder] | None = None,  # type: ignore[valid-type]
                          first: int | None = None, after: str | None = None,
                          last: int | None = None, before: str | None = None
                          ) -> Connection[Connector]:
-        return await _list(info, d.Connector, Connector, filter, None,
+        return await _list(info, d.Connector, Connector, filter, order_by,
                            (Sort("cp_id"), Sort("connector_id")), first, after, last, before)
 
     @strawberry.field(description=(

@@ -205,7 +205,7 @@ async def test_samples_by_measurand_and_time_range(api: Api, history_world: Worl
     ({"from": "2025-03-01T09:00:00Z", "to": "2025-03-01T08:00:00Z"}, "to", "OUT_OF_RANGE"),
     ({"from": "2025-03-01T09:00:00"}, "from", "INVALID"),
     ({"m": []}, "measurands", "INVALID"),
-    ({"first": 101}, "first", "INVALID"),
+    ({"first": 101}, "first", "OUT_OF_RANGE"),
 ])
 async def test_bad_history_arguments_are_user_errors(api: Api, history_world: World,
                                                      variables: dict[str, Any], field: str,

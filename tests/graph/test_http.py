@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -114,6 +115,34 @@ async def test_several_operations_need_an_operation_name(api: Api) -> None:
     assert named.json() == {"data": {"__typename": "Query"}}
 
 
+async def test_every_refused_request_has_a_code(api: Api) -> None:
+    """Clients switch on ``extensions.code``: the request-level refusals had only a
+    message (QA s19), where the README promises a code on every top-level error."""
+    post = api.client.post
+
+    def code(r: Any) -> str:
+        [error] = r.json()["errors"]
+        return str(error["extensions"]["code"])
+
+    several = "query a { __typename } query b { __typename }"
+    assert code(await post("/graphql", json={"query": several})) \
+        == "OPERATION_RESOLUTION_FAILURE"
+    assert code(await post("/graphql", json={"query": several, "operationName": "z"})) \
+        == "OPERATION_RESOLUTION_FAILURE"
+    assert code(await post("/graphql", content="[]", headers={
+        "content-type": "application/json"})) == "BAD_REQUEST"
+    assert code(await post("/graphql", json={})) == "BAD_REQUEST"
+    assert code(await post("/graphql", content="{}", headers={
+        "content-type": "text/plain"})) == "BAD_REQUEST"  # 415
+    assert code(await post("/graphql", json={"query": "{ __typename }"},
+                           headers={"accept": "text/plain"})) == "BAD_REQUEST"  # 406
+    assert code(await api.client.get("/graphql", params={
+        "query": "mutation { signOut }"})) == "BAD_REQUEST"  # 405
+    assert code(await api.client.put("/graphql", json={})) == "BAD_REQUEST"  # 405
+    assert code(await post("/graphql", json={
+        "query": "subscription { connectorStatusChanged { status } }"})) == "BAD_REQUEST"
+
+
 async def test_bad_token_is_401(api: Api) -> None:
     r = await api.post("{ me { id } }", token="nonsense")
     assert r.status_code == 401
@@ -171,7 +200,7 @@ async def test_bad_cursor_is_a_coded_error(api: Api, world) -> None:
     assert error["extensions"]["code"] == "INVALID_CURSOR"
     r = await api.post("{ stations(first: 1000) { totalCount } }",
                        token=api.token_for(world.users["admin"].id))
-    assert r.json()["errors"][0]["extensions"] == {"code": "INVALID", "field": "first"}
+    assert r.json()["errors"][0]["extensions"] == {"code": "OUT_OF_RANGE", "field": "first"}
 
 
 async def test_a_body_too_large_is_refused_without_reading_it_all(api: Api) -> None:

@@ -89,3 +89,49 @@ async def test_payments_by_when_they_were_opened(api: Api, world: World) -> None
     assert await ids(api, world, "admin", PAYMENTS, later) == set()
     backwards = {"from": hour["to"], "to": hour["from"]}
     assert await errors(api, world, PAYMENTS, backwards) == [("filter.to", "OUT_OF_RANGE")]
+
+
+AUDIT = "query($f: AuditFilter) { auditLog(first: 100, filter: $f) { nodes { entity } } }"
+
+
+async def test_the_audit_log_by_entity_kind_or_type_name(api: Api, world: World) -> None:
+    """``station`` and ``Station`` name one kind; a name that is neither is refused,
+    not read as "nothing changed" (QA s19: ``Station`` matched no entry)."""
+    as_admin = world.users["admin"].id
+    by_kind = await api.gql(AUDIT, {"f": {"entity": "station"}}, as_user=as_admin)
+    by_type = await api.gql(AUDIT, {"f": {"entity": "Station"}}, as_user=as_admin)
+    kinds = {node["entity"] for node in by_kind["auditLog"]["nodes"]}
+    assert kinds == {"station"}
+    assert by_type == by_kind
+    cards = await api.gql(AUDIT, {"f": {"entity": "IdTag"}}, as_user=as_admin)
+    assert {node["entity"] for node in cards["auditLog"]["nodes"]} <= {"id_tag"}
+    for name in ("stations", "nonsense", ""):
+        assert await errors(api, world, AUDIT, {"entity": name}) \
+            == [("filter.entity", "INVALID")], name
+
+
+async def test_connectors_in_the_order_asked(api: Api, world: World) -> None:
+    """``connectors`` was the one root list without ``orderBy`` (QA s19)."""
+    query = """query($o: [ConnectorOrder!], $after: String) {
+        connectors(first: 2, orderBy: $o, after: $after) {
+            nodes { cpId connectorId } pageInfo { hasNextPage endCursor } } }"""
+    as_admin = world.users["admin"].id
+
+    async def every(order: list[dict[str, str]] | None) -> list[tuple[str, int]]:
+        seen: list[tuple[str, int]] = []
+        after = None
+        while True:  # two a page: the cursor keeps the order asked for
+            page = (await api.gql(query, {"o": order, "after": after},
+                                  as_user=as_admin))["connectors"]
+            seen += [(n["cpId"], n["connectorId"]) for n in page["nodes"]]
+            if not page["pageInfo"]["hasNextPage"]:
+                return seen
+            after = page["pageInfo"]["endCursor"]
+
+    default = await every(None)
+    assert len(default) > 2 and default == sorted(default)
+    newest_first = await every([{"field": "CP_ID", "direction": "DESC"},
+                                {"field": "CONNECTOR_ID", "direction": "DESC"}])
+    assert newest_first == sorted(default, reverse=True)
+    by_number = await every([{"field": "CONNECTOR_ID"}, {"field": "CP_ID"}])
+    assert by_number == sorted(default, key=lambda plug: (plug[1], plug[0]))
