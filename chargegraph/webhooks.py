@@ -118,7 +118,17 @@ def sign(secret: str, timestamp: int, body: bytes) -> str:
     return f"t={timestamp},v1={digest}"
 
 
+#: Event fields whose receiver name is not their camelCase: a payment's own id and its
+#: session's read ``paymentId`` and ``sessionId``, as ``session.ended`` names its session
+#: (``…RecordId`` tells the record from an OCPP number only where an event has both: a
+#: connector's ``connectorId``, a reservation's ``reservationId``).
+_RECEIVER_NAMES = {"payment_record_id": "paymentId", "session_record_id": "sessionId"}
+
+
 def _camel(name: str) -> str:
+    renamed = _RECEIVER_NAMES.get(name)
+    if renamed is not None:
+        return renamed
     head, *rest = name.split("_")
     return head + "".join(part.capitalize() for part in rest)
 

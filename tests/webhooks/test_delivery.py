@@ -185,8 +185,8 @@ async def test_settling_a_payment_is_delivered_to_its_books(world: World) -> Non
                                   ("payment.refunded", "REFUNDED", 660),
                                   ("payment.failed", "FAILED", 0)])
     first = books.requests[0].json["data"]
-    assert first["paymentRecordId"] == to_global_id("payment", paid.id)
-    assert first["sessionRecordId"] == to_global_id("session", charged.id)
+    assert first["paymentId"] == to_global_id("payment", paid.id)
+    assert first["sessionId"] == to_global_id("session", charged.id)
     assert first["userId"] == to_global_id("user", world.users["driver"].id)
     assert "cpId" not in first and "booksCompanyId" not in first
     assert stranger.requests == [] and len(admin.requests) == 2
