@@ -1171,7 +1171,12 @@ class Payment(Node, Audited):
             "provider_ref": r.provider_ref,
         })
 
-    @strawberry.field
+    @strawberry.field(description=(
+        "What is asked of the driver: the session's `cost` when it closed, and its "
+        "corrected cost when a late StopTransaction corrects the session while no money "
+        "moved (PENDING, FAILED; 0 once VOIDED). A CAPTURED or REFUNDED payment keeps "
+        "what was collected: when it differs from the session's `cost`, an operator "
+        "settles the difference (a refund of part of it)."))
     def amount(self) -> Money:
         return Money(amount_minor=BigInt(self._r.amount_minor), currency=self._r.currency)
 
