@@ -834,7 +834,8 @@ class Payment(Record):
     connector_id: int | None = None
     vehicle_id: str | None = None
     #: What was asked of the driver: its session's cost when it closed, repriced by a
-    #: correction only while PENDING (``payments.repriced``); 0 once VOIDED. Reports book
+    #: correction only while not collected, PENDING or FAILED (``payments.repriced``); 0
+    #: once VOIDED. Reports book
     #: it as billed on ``created_at`` (the invoice date).
     amount_minor: int
     currency: str
@@ -915,6 +916,12 @@ class WebhookEvent(StrEnum):
     PAYMENT_CAPTURED = "payment.captured"
     PAYMENT_FAILED = "payment.failed"
     PAYMENT_REFUNDED = "payment.refunded"
+    #: A late StopTransaction corrected the session to cost nothing: its uncollected
+    #: (PENDING or FAILED) payment asks nothing any more and is never to be collected.
+    PAYMENT_VOIDED = "payment.voided"
+    #: A late StopTransaction corrected the session's cost: its uncollected (PENDING or
+    #: FAILED) payment now asks ``amountMinor``, which a collection must use.
+    PAYMENT_REPRICED = "payment.repriced"
 
 
 @dataclass(kw_only=True)

@@ -227,10 +227,13 @@ ALL_TOPICS: tuple[str, ...] = (
 )
 @dataclass(frozen=True, kw_only=True)
 class PaymentChanged(DomainEvent):
-    """A payment was settled: CAPTURED, FAILED, or (part of it) REFUNDED. Seen, as
-    payments are read, in its books (``books_company_id``/``books_station_owner_id``)
-    and by its driver; ``company_id``/``owner_id`` are not set (its station may since have
-    changed hands, or gone)."""
+    """A payment's status or amount changed (``change`` says how): settled (CAPTURED,
+    FAILED, or part of it or all REFUNDED), or, by a late StopTransaction correcting its
+    session, REPRICED (a PENDING or FAILED one's amount) or VOIDED (corrected to cost
+    nothing). Seen, as payments are read, in its books
+    (``books_company_id``/``books_station_owner_id``) and by its driver;
+    ``company_id``/``owner_id`` are not set (its station may since have changed hands,
+    or gone)."""
 
     topic: ClassVar[str] = "payment"
     payment_record_id: str
@@ -242,6 +245,10 @@ class PaymentChanged(DomainEvent):
     currency: str
     books_company_id: str | None = None
     books_station_owner_id: str | None = None
+    #: What happened: CAPTURED, FAILED, REFUNDED (a part of it too), REPRICED or VOIDED.
+    #: ``status`` alone cannot tell a FAILED payment repriced from one failing. None from
+    #: versions before it was carried (which published settlements only).
+    change: str | None = None
 
 
 EVENT_TYPES: dict[str, type[DomainEvent]] = {

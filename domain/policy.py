@@ -88,9 +88,11 @@ RECORD_CHANGES = (AuditAction.CREATE, AuditAction.UPDATE, AuditAction.DELETE)
 #: through it (the ``meter_sample`` scope says the same for samples read on their own,
 #: as analytics read them; a session's own list asks its parent's scope, one lookup).
 #: A session's signed meter values (``signed_meter_value``) are its meter's readings too,
-#: seen exactly as its samples are.
+#: seen exactly as its samples are. A payment's refunds (``Payment.refunds``) are its
+#: ledger: seen exactly by whoever sees the payment, whatever the refund records say.
 FOLLOW_PARENT: dict[tuple[str, str], str] = {("meter_sample", "session_id"): "session",
-                                             ("signed_meter_value", "session_id"): "session"}
+                                             ("signed_meter_value", "session_id"): "session",
+                                             ("refund", "payment_id"): "payment"}
 
 
 #: What the map shows (signed out, and to drivers): stations an operator accepted and

@@ -88,47 +88,82 @@ class BandInput:
 
 def checked_bands(given: Sequence[BandInput], time_zone: str | None, field: str = "energyBands"
                   ) -> tuple[list[dict[str, Any]], str | None]:
-    """The bands to store and the tariff's time zone, or a user error naming the band's
-    field (``energyBands.1.end``): an unknown day, a time that is no HH:MM, an end not
-    after its start, a negative price, two bands covering the same minute of a day, or
-    bands without a time zone (a Berlin operator's 07:00 must not silently be UTC's)."""
-    if len(given) > MAX_BANDS:
-        raise ValidationError(f"at most {MAX_BANDS} bands", field=field, code="TOO_MANY")
+    """The bands to store and the tariff's time zone, or every user error at once, as
+    the other fields of an input are reported (``validation.Checks``): the time zone's,
+    then each band's in input order, each naming the band's field
+    (``energyBands.1.end``): an unknown day, a time that is no HH:MM, an end not after
+    its start, a negative price, two bands covering the same minute of a day (both
+    bands are told, each naming the other), or bands without a time zone (a Berlin
+    operator's 07:00 must not silently be UTC's). More than ``MAX_BANDS`` are refused
+    without checking each."""
+    checks = v.Checks()
     if time_zone is not None:
-        zone(time_zone, "timeZone")
+        checks(zone, time_zone, "timeZone")
     elif given:
-        raise ValidationError("price bands need the time zone their times are in",
-                              field="timeZone", code="REQUIRED")
-    bands = [_checked(band, f"{field}.{i}") for i, band in enumerate(given)]
-    for i, band in enumerate(bands):
-        for j, other in enumerate(bands[:i]):
-            if band.days & other.days and band.start < other.end and other.start < band.end:
-                raise ValidationError(f"overlaps band {j} on "
-                                      f"{DAYS[min(band.days & other.days)]}",
-                                      field=f"{field}.{i}", code="OVERLAP")
+        checks.errors.append(ValidationError("price bands need the time zone their times "
+                                             "are in", field="timeZone", code="REQUIRED"))
+    if len(given) > MAX_BANDS:
+        checks.errors.append(ValidationError(f"at most {MAX_BANDS} bands", field=field,
+                                             code="TOO_MANY"))
+        checks.done()
+    per_band = [v.Checks() for _ in given]
+    bands = [band_checks(_checked, band, f"{field}.{i}")
+             for i, (band, band_checks) in enumerate(zip(given, per_band, strict=True))]
+    for i, band_checks in enumerate(per_band):
+        band_checks(_no_overlap, bands, i, f"{field}.{i}")
+        checks.errors.extend(band_checks.errors)
+    checks.done()
     return [band.stored() for band in bands], time_zone
 
 
+def _no_overlap(bands: Sequence[PriceBand | None], i: int, field: str) -> None:
+    """Band ``i`` shares no minute of a day with another valid band (one whose own
+    fields failed is not compared: its times mean nothing)."""
+    band = bands[i]
+    if band is None:
+        return
+    clashes = [f"band {j} on {DAYS[min(band.days & other.days)]}"
+               for j, other in enumerate(bands) if j != i and other is not None
+               and band.days & other.days and band.start < other.end
+               and other.start < band.end]
+    if clashes:
+        raise ValidationError(f"overlaps {' and '.join(clashes)}", field=field,
+                              code="OVERLAP")
+
+
 def _checked(band: BandInput, field: str) -> PriceBand:
-    if not band.days:
-        raise ValidationError("give the days it applies on", field=f"{field}.days",
-                              code="REQUIRED")
+    """The band, or every one of its fields at fault (in the input's order)."""
+    checks = v.Checks()
+    days = checks(_days, band.days, f"{field}.days")
+    start = checks(_start, band.start, f"{field}.start")
+    end = checks(_time, band.end, f"{field}.end")
+    if start is not None and end is not None and end <= start:
+        checks.errors.append(ValidationError(
+            "ends after it starts (a band over midnight is two bands)",
+            field=f"{field}.end", code="OUT_OF_RANGE"))
+    price = checks(v.money, band.price_per_kwh, f"{field}.pricePerKwh")
+    checks.done()
+    return PriceBand(days, start, end, price)
+
+
+def _days(given: Sequence[str], field: str) -> frozenset[int]:
+    if not given:
+        raise ValidationError("give the days it applies on", field=field, code="REQUIRED")
     days = set()
-    for name in band.days:
+    for name in given:
         day = name.strip().upper()[:3] if isinstance(name, str) else ""
         if day not in DAYS or name.strip().upper() not in (day, _long(day)):
             raise ValidationError("days are MON, TUE, WED, THU, FRI, SAT, SUN",
-                                  field=f"{field}.days", code="INVALID")
+                                  field=field, code="INVALID")
         days.add(DAYS.index(day))
-    start, end = _time(band.start, f"{field}.start"), _time(band.end, f"{field}.end")
+    return frozenset(days)
+
+
+def _start(text: str, field: str) -> int:
+    start = _time(text, field)
     if start >= _DAY_MINUTES:
-        raise ValidationError("starts before 24:00", field=f"{field}.start",
-                              code="OUT_OF_RANGE")
-    if end <= start:
-        raise ValidationError("ends after it starts (a band over midnight is two bands)",
-                              field=f"{field}.end", code="OUT_OF_RANGE")
-    return PriceBand(frozenset(days), start, end,
-                     v.money(band.price_per_kwh, f"{field}.pricePerKwh"))
+        raise ValidationError("starts before 24:00", field=field, code="OUT_OF_RANGE")
+    return start
 
 
 def _long(day: str) -> str:

@@ -20,8 +20,9 @@ strawberry.enum(d.PowerType, description="The current a plug delivers.")
 strawberry.enum(d.SessionState, description="Whether a session is still charging.")
 strawberry.enum(d.ReservationState, description="Where a reservation (OCPP ReserveNow) is.")
 strawberry.enum(d.PaymentStatus, description=(
-    "Where a payment is: PENDING, then CAPTURED or FAILED; CAPTURED, then REFUNDED; "
-    "PENDING, then VOIDED when its session's corrected cost is 0."))
+    "Where a payment is: PENDING, then CAPTURED or FAILED (FAILED, then CAPTURED on a "
+    "later try); CAPTURED, then REFUNDED; PENDING or FAILED, then VOIDED when its "
+    "session's corrected cost is 0."))
 strawberry.enum(d.AuditAction, description="What a change log entry records.")
 strawberry.enum(d.MeterAnomaly, description=(
     "What a session's energy register did that its energy is counted across, or a "
@@ -100,7 +101,9 @@ VALUE_DESCRIPTIONS: dict[str, dict[str, str]] = {
     "PaymentStatus": {
         "PENDING": "Created when the session completed; not collected yet.",
         "CAPTURED": "Collected (a partial refund leaves it CAPTURED).",
-        "FAILED": "Collecting failed; it may be captured on a later try.",
+        "FAILED": "Collecting failed; it may be captured on a later try (of its amount "
+                  "as it is then: a late stop correcting its session reprices it, or "
+                  "voids it).",
         "REFUNDED": "Paid back in full.",
         "VOIDED": "Nothing to collect: a late stop corrected its session's cost to 0 "
                   "(a session free from the start has no payment). Final: never captured.",

@@ -64,6 +64,13 @@ NodeT = TypeVar("NodeT")
 NEWEST_FIRST = (Sort("start_time", descending=True),)
 BY_CONNECTOR = (Sort("connector_id"),)
 MAX_CONNECTORS = 100
+#: The most refunds listed under one payment (newest first). Refunds are partial and rare
+#: (a disputed part of a session); a payment paid back in more parts lists its newest,
+#: and ``Payment.refunded`` is still the whole sum.
+MAX_REFUNDS = 100
+#: A payment's refunds newest first, ``id`` descending too (ids count up within a
+#: millisecond).
+REFUNDS_NEWEST_FIRST = (Sort("at", descending=True), Sort("id", descending=True))
 #: The most configuration keys shown of one station (``services.configuration.MAX_KEYS``).
 MAX_CONFIGURATION_KEYS = MAX_KEYS
 
@@ -207,6 +214,12 @@ def _new_configuration_loader(loaders: Loaders) -> Any:
 
 def _new_payment_loader(loaders: Loaders) -> Any:
     return loaders.one_by(d.Payment, "session_id", ALL)
+
+
+def _new_refunds_loader(loaders: Loaders) -> Any:
+    # Scoped under their payments (``policy.FOLLOW_PARENT``): seen by whoever sees the
+    # payment, one call for a page of payments.
+    return loaders.many_by(d.Refund, "payment_id", ALL, REFUNDS_NEWEST_FIRST, MAX_REFUNDS)
 
 
 async def _prefetch_active_sessions(ctx: GraphContext, station_ids: list[str],
@@ -1171,7 +1184,12 @@ class Payment(Node, Audited):
             "provider_ref": r.provider_ref,
         })
 
-    @strawberry.field
+    @strawberry.field(description=(
+        "What is asked of the driver: the session's `cost` when it closed, and its "
+        "corrected cost when a late StopTransaction corrects the session while no money "
+        "moved (PENDING, FAILED; 0 once VOIDED). A CAPTURED or REFUNDED payment keeps "
+        "what was collected: when it differs from the session's `cost`, an operator "
+        "settles the difference (a refund of part of it)."))
     def amount(self) -> Money:
         return Money(amount_minor=BigInt(self._r.amount_minor), currency=self._r.currency)
 
@@ -1180,6 +1198,15 @@ class Payment(Node, Audited):
     def refunded(self) -> Money:
         return Money(amount_minor=BigInt(self._r.refunded_minor), currency=self._r.currency)
 
+    @strawberry.field(description=(
+        "What was paid back, one entry per refund (partial ones too), newest first: "
+        "the ledger `refunded` sums. Seen by whoever sees the payment. At most the "
+        f"newest {MAX_REFUNDS}."))
+    async def refunds(self, info: Info) -> list[Refund]:
+        ctx = _ctx(info)
+        found = await ctx.loaders.shared(_new_refunds_loader).load(self._r.id)
+        return [Refund.wrap(r, ctx) for r in found]
+
     @strawberry.field
     async def session(self, info: Info) -> Session | None:
         return await _related(info, Session, self._r.session_id)
@@ -1187,6 +1214,26 @@ class Payment(Node, Audited):
     @strawberry.field
     async def user(self, info: Info) -> User | None:
         return await _related(info, User, self._r.user_id)
+
+
+@strawberry.type(description=(
+    "Money paid back of a payment, recorded when it was made: reports book it then. "
+    "`createdBy` is who paid it back."))
+class Refund(Audited):
+    at: datetime = strawberry.field(description="When it was paid back (reports book it "
+                                                "in this period).")
+    provider_ref: str | None = strawberry.field(
+        description="The payment provider's reference of the refund.")
+    _r: strawberry.Private[d.Refund]
+
+    @classmethod
+    def wrap(cls, r: d.Refund, ctx: GraphContext) -> Refund:
+        # Its audit stamps as its payment's: whoever sees the payment sees who settled it.
+        return _audited(cls, r, {"at": r.at, "provider_ref": r.provider_ref})
+
+    @strawberry.field(description="How much, in the payment's currency.")
+    def amount(self) -> Money:
+        return Money(amount_minor=BigInt(self._r.amount_minor), currency=self._r.currency)
 
 
 @strawberry.type(description="One change of one record: who, what, when, before and after.")

@@ -34,7 +34,11 @@ strawberry.enum(d.WebhookEvent, name="WebhookEvent",
                             "default; 0: at once), dated when it went offline; "
                             "`STATION_ONLINE` only after a delivered `STATION_OFFLINE`: a "
                             "charger gone and back within the grace delivers neither. "
-                            "The `stationConnectionChanged` subscription is not delayed.")
+                            "The `stationConnectionChanged` subscription is not delayed. "
+                            "`PAYMENT_REPRICED` and `PAYMENT_VOIDED`: a late "
+                            "StopTransaction corrected the session of a payment not "
+                            "collected (PENDING or FAILED): collect its new `amountMinor`, "
+                            "or nothing.")
 WebhookEvent = d.WebhookEvent
 
 OLDEST_FIRST = (Sort("created_at"),)

@@ -479,11 +479,11 @@ class AnalyticsService(Service):
         when it was (a payment is opened when its session closes; its ``created_at`` is
         the invoice date). Not the sessions' cost by their end: a late StopTransaction
         rewrites both after the money moved, while the payment keeps what was asked
-        (``payments.repriced``: only a PENDING one follows the correction, a VOIDED one
-        asks nothing), so a correction moved revenue into a period already reported and
-        net no longer matched captured less refunded (QA s18, billing2). Seen as
-        payments are: in their books, or a driver's own. A session without a payment
-        (it cost nothing) bills nothing."""
+        (``payments.repriced``: only an uncollected one, PENDING or FAILED, follows the
+        correction, a VOIDED one asks nothing), so a correction moved revenue into a
+        period already reported and net no longer matched captured less refunded (QA
+        s18, billing2). Seen as payments are: in their books, or a driver's own. A
+        session without a payment (it cost nothing) bills nothing."""
         return await self.store.aggregate(
             Payment, self._scoped(viewer, "payment", billed(scope.payments(), start, end,
                                                             currency)),

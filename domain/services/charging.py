@@ -32,7 +32,6 @@ from domain.entities import (
     MeterAnomaly,
     MeterSample,
     Payment,
-    PaymentStatus,
     Registration,
     Reservation,
     ReservationState,
@@ -55,7 +54,7 @@ from domain.events import (
 from domain.faults import is_fault
 from domain.ids import stable_id
 from domain.policy import Viewer
-from domain.ports import Change, Insert, InsertIfAbsent
+from domain.ports import Change, Insert, InsertIfAbsent, Update
 from domain.pricing import session_cost_minor
 from domain.query import Eq, In, Range, Sort, all_of
 from domain.registration import admits
@@ -99,7 +98,7 @@ from domain.services.metering import (
     signed_values_of,
     sound,
 )
-from domain.services.payments import repriced
+from domain.services.payments import UNCOLLECTED, payment_changed, reprice_change, repriced
 from domain.services.reboot_checks import RebootChecks, reported_available_since
 from domain.services.stations import connector_in_range
 from domain.services.tariffs import TariffService
@@ -196,6 +195,14 @@ def closed_without_stop(session: Session) -> bool:
     ``CLOSED_WITHOUT_STOP``. Its stop, should it come after all, corrects the close."""
     return session.state is SessionState.COMPLETED and session.meter_stop_wh is None \
         and session.stop_reason == CLOSED_WITHOUT_STOP
+
+
+def updated_payments(changes: Sequence[tuple[Change, Any]]) -> list[Payment]:
+    """The payments ``changes`` update (a correction's reprice or void), as written.
+    Only a stop's correction of a close updates one (``_repriced_payment``): the other
+    closes close an ACTIVE session or one awaiting its stop, and open a payment."""
+    return [cast(Payment, change.record) for change, _ in changes
+            if isinstance(change, Update) and isinstance(change.record, Payment)]
 
 
 def stoppable(session: Session) -> bool:
@@ -1179,8 +1186,8 @@ class ChargingService(Service):
             if session is None or not stoppable(session):
                 break
             try:
-                closed = await self._stop(station, session, meter_stop, end, reason,
-                                          readings)
+                closed, repriced_payments = await self._stop(
+                    station, session, meter_stop, end, reason, readings)
             except Conflict:
                 # Changed meanwhile: closed by its other copy (answered as a repeated
                 # stop), by an operator's endSession (corrected, as any close without
@@ -1188,6 +1195,9 @@ class ChargingService(Service):
                 session = await self._transaction(cp_id, transaction_id)
                 continue
             await self._announce_end(station, closed)
+            # After the session's corrected figures: the payment they repriced or voided.
+            for payment in repriced_payments:
+                await self.publish(payment_changed(payment, reprice_change(payment)))
             await self._finish_connector(station, closed)
             return info
         # A repeated stop (or one whose session kept changing under it): its meter values
@@ -1232,11 +1242,12 @@ class ChargingService(Service):
 
     async def _stop(self, station: Station, session: Session, meter_stop: int,
                     end: datetime, reason: str | None, readings: list[MeterReading]
-                    ) -> Session:
+                    ) -> tuple[Session, list[Payment]]:
         """Closes ``session`` by its StopTransaction, or corrects its close without one
         (``closed_without_stop``) by the same rules: the stop's meterStop, time and
         reason, its energy, priced again. Committed; ``Conflict`` when the session changed
-        since it was read."""
+        since it was read. With the closed session, the payment the correction repriced
+        or voided (``_repriced_payment``), as written, for the caller to announce."""
         cp_id = station.cp_id
         rated_kw = await self._rated_kw(station, session.connector_id)
         count = register_count(session, rated_kw)
@@ -1288,7 +1299,7 @@ class ChargingService(Service):
             meter=meter)
         await self.commit(actor, changes,
                           unaudited=[*trimmed, *(InsertIfAbsent(s) for s in samples)])
-        return closed
+        return closed, updated_payments(changes)
 
     async def end_session(self, viewer: Viewer, session_id: str,
                           end_time: datetime | None = None) -> Session:
@@ -1438,24 +1449,25 @@ class ChargingService(Service):
                                 actor: Viewer) -> list[tuple[Change, Any]]:
         """The payment of a session whose close is corrected (``closed_without_stop``),
         at its corrected ``cost``: ``fresh`` (what a close would open) if it has none
-        yet; its PENDING one at the new amount (``payments.repriced``), VOIDED at 0.
-        One whose money
-        moved keeps it: an operator settles the difference, which the session's cost
-        beside the payment's amount shows and the log says."""
+        yet; its PENDING or FAILED one (no money moved) at the new amount
+        (``payments.repriced``), VOIDED at 0. One whose money moved (CAPTURED,
+        REFUNDED) keeps it: an operator settles the difference, which the session's
+        cost beside the payment's amount shows and the log says."""
         payment = await self.store.find_one(Payment, Eq("session_id", session.id))
         if payment is None:
             return [] if fresh is None else [(Insert(fresh), None)]
         currency = fresh.currency if fresh is not None else payment.currency
-        # Unchanged, but a PENDING payment of 0 (written before such payments were
-        # voided) is voided now rather than left waiting for a capture.
+        # Unchanged, but an uncollected payment of 0 (a PENDING one written before such
+        # payments were voided) is voided now rather than left waiting for a capture.
         if (payment.amount_minor, payment.currency) == (cost, currency) and (
-                cost > 0 or payment.status is not PaymentStatus.PENDING):
+                cost > 0 or payment.status not in UNCOLLECTED):
             return []
         update = repriced(payment, cost, currency, actor)
         if update is None:
             log.warning("%s: transaction %s was corrected by its late stop to %s %s minor "
-                        "units, but its payment %s is %s at %s: its amount is kept (money "
-                        "moved); settle the difference by hand", session.cp_id,
+                        "units, but its payment %s is %s at %s: its amount is kept (what "
+                        "was collected or settled is not rewritten); settle the "
+                        "difference by hand", session.cp_id,
                         session.transaction_id, cost, currency, payment.id,
                         payment.status.value, payment.amount_minor)
             return []

@@ -2,10 +2,15 @@
 
 PENDING → CAPTURED (or FAILED, which may be captured on a later try); CAPTURED →
 REFUNDED, in one refund or several partial ones (``refunded_minor`` counts what was paid
-back; the payment stays CAPTURED until all of it was). PENDING → VOIDED when its
-session's corrected cost is 0 (``repriced``): nothing is left to collect. Nothing else:
-no refund of money never captured or beyond what is left, no double capture, no capture
-of a voided payment.
+back; the payment stays CAPTURED until all of it was). PENDING or FAILED → VOIDED when
+its session's corrected cost is 0 (``repriced``): nothing is left to collect. Nothing
+else: no refund of money never captured or beyond what is left, no double capture, no
+capture of a voided payment.
+
+Every change of a payment's status or amount publishes one ``PaymentChanged`` after its
+commit (``payment_changed``): a settlement here, a reprice or a void where a late
+StopTransaction corrects its session (``ChargingService``). Opening one publishes none:
+its session's ENDED event carries the price.
 """
 
 from __future__ import annotations
@@ -32,25 +37,49 @@ TRANSITIONS: dict[str, tuple[frozenset[PaymentStatus], PaymentStatus]] = {
 #: Digits before the point of the largest amount a refund is read as: more is no payment.
 MAX_DIGITS = 18
 
+#: Payments whose amount follows their session's corrected price: no money moved. A
+#: FAILED one was asked for and not collected; its next try asks the corrected amount.
+UNCOLLECTED = frozenset({PaymentStatus.PENDING, PaymentStatus.FAILED})
+
 
 def repriced(payment: Payment, amount_minor: int, currency: str, viewer: Viewer
              ) -> Update | None:
     """The update giving ``payment`` its session's corrected price (the session's close
-    was corrected by a StopTransaction that came after it): only while PENDING, no money
-    moved, and only from that status (a capture racing it wins, and the correction is
-    told ``Conflict``). ``None`` once money moved or may have (CAPTURED, REFUNDED, or
-    FAILED, which a later try captures): a payment's amount is what was asked of the
-    driver, and what was collected is not rewritten.
+    was corrected by a StopTransaction that came after it): only while no money moved
+    (PENDING, or FAILED: the status kept), and only from that status (a capture racing
+    it wins, and the correction is told ``Conflict``). ``None`` once money moved
+    (CAPTURED, REFUNDED) or nothing can be asked any more (VOIDED): what was collected
+    is not rewritten by a charger's message; an operator settles the difference.
 
-    A corrected price of 0 voids it (VOIDED, amount 0): a session that costs nothing has
-    nothing to collect, as one free from the start opens no payment (``_close``), and a
-    PENDING 0 would wait for a capture forever (an operator's capture of it would book
-    a settlement of nothing). The same guard: a capture that won keeps its money."""
-    if payment.status is not PaymentStatus.PENDING:
+    A corrected price of 0 voids it (VOIDED, amount 0), PENDING or FAILED alike: a
+    session that costs nothing has nothing to collect, as one free from the start opens
+    no payment (``_close``); a PENDING 0 would wait for a capture forever, and a FAILED
+    one would stay billed (reports count FAILED as billed) and be retried for money not
+    owed. The same guard: a capture that won keeps its money."""
+    if payment.status not in UNCOLLECTED:
         return None
-    status = PaymentStatus.VOIDED if amount_minor == 0 else PaymentStatus.PENDING
-    return patch(payment, viewer, only_if=("status", PaymentStatus.PENDING), required=True,
+    status = PaymentStatus.VOIDED if amount_minor == 0 else payment.status
+    return patch(payment, viewer, only_if=("status", payment.status), required=True,
                  amount_minor=amount_minor, currency=currency, status=status)
+
+
+def payment_changed(payment: Payment, change: str) -> PaymentChanged:
+    """The event of ``payment`` as a committed write left it. ``change``: what happened
+    (``PaymentChanged.change``). Seen as payments are read: in its books, or by its
+    driver (``Policy.sees_event``)."""
+    return PaymentChanged(
+        station_id=payment.station_id, cp_id="", payment_record_id=payment.id,
+        session_record_id=payment.session_id, user_id=payment.user_id,
+        status=payment.status.value, amount_minor=payment.amount_minor,
+        refunded_minor=payment.refunded_minor, currency=payment.currency,
+        books_company_id=payment.company_id,
+        books_station_owner_id=payment.station_owner_id, change=change)
+
+
+def reprice_change(after: Payment) -> str:
+    """``PaymentChanged.change`` of a correction's write (``repriced``): VOIDED, or
+    REPRICED (the status kept, the amount changed)."""
+    return "VOIDED" if after.status is PaymentStatus.VOIDED else "REPRICED"
 
 
 class ManualPaymentProvider:
@@ -87,16 +116,20 @@ class PaymentService(Service):
         reference = payment.provider_ref
         if step == "capture":
             reference = await self.provider.capture(payment)
-        # Only from the status read above: of two requests racing (two captures, a capture
-        # and a fail), one moves the payment and the other is told it moved meanwhile.
-        # (The provider, asked twice, keys its idempotency on the payment and the step.)
-        # ``patch`` writes the update stamps too: who settled it, and when.
-        move = patch(payment, viewer, only_if=("status", payment.status), required=True,
-                     status=target, provider=self.provider.name, provider_ref=reference)
-        return await self._settled(viewer, move, payment, "settled")
+        # Only onto the payment as read (its last write, not only its status): of two
+        # requests racing (two captures, a capture and a fail), one moves the payment and
+        # the other is told it moved meanwhile; and a late stop's reprice committed
+        # between the read and this write (the status kept, the amount changed) fails it
+        # too, or the payment would read CAPTURED at an amount the provider never
+        # captured. (The provider, asked twice, keys its idempotency on the payment and
+        # the step.) ``patch`` writes the update stamps too: who settled it, and when.
+        move = patch(payment, viewer, only_if=("updated_at", payment.updated_at),
+                     required=True, status=target, provider=self.provider.name,
+                     provider_ref=reference)
+        return await self._settled(viewer, move, payment, "changed", target.value)
 
     async def _settled(self, viewer: Viewer, move: Update, payment: Payment, what: str,
-                       also: Sequence[Change] = ()) -> Payment:
+                       change: str, also: Sequence[Change] = ()) -> Payment:
         """Writes ``move`` (guarded), and ``also`` with it; one that lost to another
         settlement is told so, and nothing of it is written."""
         try:
@@ -107,13 +140,7 @@ class PaymentService(Service):
             raise Conflict(f"the payment was {what} meanwhile: read it again", field="id",
                            code="INVALID_STATE") from exc
         settled = cast(Payment, move.record)
-        await self.publish(PaymentChanged(
-            station_id=settled.station_id, cp_id="", payment_record_id=settled.id,
-            session_record_id=settled.session_id, user_id=settled.user_id,
-            status=settled.status.value, amount_minor=settled.amount_minor,
-            refunded_minor=settled.refunded_minor, currency=settled.currency,
-            books_company_id=settled.company_id,
-            books_station_owner_id=settled.station_owner_id))
+        await self.publish(payment_changed(settled, change))
         return settled
 
     async def capture(self, viewer: Viewer, payment_id: str) -> Payment:
@@ -164,7 +191,8 @@ class PaymentService(Service):
         # The refund's own record rides in the same write: reports book it when it was
         # made. Not audited on its own: the payment's audited update says who paid back
         # how much, and when.
-        return await self._settled(viewer, move, payment, "refunded", [Insert(record)])
+        return await self._settled(viewer, move, payment, "refunded", "REFUNDED",
+                                   [Insert(record)])
 
     def _refund_record(self, viewer: Viewer, payment: Payment, session: Session,
                        amount_minor: int, reference: str | None) -> Refund:

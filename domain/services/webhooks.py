@@ -89,6 +89,13 @@ def webhook_event(event: DomainEvent) -> WebhookEvent | None:
             return WebhookEvent.RESERVATION_CHANGED
         case CommandCompleted():
             return WebhookEvent.COMMAND_COMPLETED
+        # News to a payments integration, which must stop collecting (voided) or
+        # collect the new amount (repriced): not a settlement, so not payment.failed
+        # for a FAILED one repriced (a status alone cannot tell them apart).
+        case PaymentChanged(change="VOIDED"):
+            return WebhookEvent.PAYMENT_VOIDED
+        case PaymentChanged(change="REPRICED"):
+            return WebhookEvent.PAYMENT_REPRICED
         case PaymentChanged(status="CAPTURED", refunded_minor=0):
             return WebhookEvent.PAYMENT_CAPTURED
         case PaymentChanged(status="FAILED"):

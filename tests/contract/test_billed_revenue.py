@@ -1,6 +1,6 @@
 """Revenue is what was billed, booked when it was billed, on every backend (QA s18,
-billing2): the payments' amounts (a PENDING one repriced by a correction, a VOIDED one
-nothing, CAPTURED, FAILED and REFUNDED ones what was asked) by the day each payment was
+billing2): the payments' amounts (a PENDING or FAILED one repriced by a correction, a
+VOIDED one nothing, CAPTURED and REFUNDED ones what was asked) by the day each payment was
 opened, not the sessions' cost by when they ended. A late StopTransaction rewrites the
 session's cost and end after the money moved; net (billed less refunded) then still
 matches what was collected, and a period already reported keeps its revenue.
@@ -16,6 +16,7 @@ from decimal import Decimal
 import pytest
 
 from domain import entities as d
+from domain.errors import Conflict
 from domain.ports import Store
 from domain.services.analytics import GroupBy, Scope
 from domain.timebuckets import Bucket
@@ -105,16 +106,33 @@ async def test_captured_corrected_down_and_the_difference_refunded_reconciles(
     assert await cash(late, tx) == 100
 
 
-async def test_failed_corrected_to_nothing_then_captured_counts_what_was_collected(
+async def test_failed_corrected_to_nothing_is_voided_and_bills_nothing(
         late: LateStops) -> None:
+    """Nothing was collected and nothing is owed: VOIDED, as a PENDING one is. It used
+    to stay FAILED at 2.00, billed, and a later try collected 2.00 for nothing."""
     tx, payment = await late.ended_by_the_operator(at(10), at(11))
     await late.services.payments.fail(late.viewer("op_a"), payment.id)
-    await late.late_stop(tx, 50000, at(10, 30), at(11, 10))
-    assert (await late.payment(tx)).status is d.PaymentStatus.FAILED  # not repriced
     assert await figures(late) == seen(200, 0)  # billed, not collected (yet)
+    await late.late_stop(tx, 50000, at(10, 30), at(11, 10))
+    voided = await late.payment(tx)
+    assert (voided.status, voided.amount_minor) == (d.PaymentStatus.VOIDED, 0)
+    assert await figures(late) == seen(0, 0)
+    with pytest.raises(Conflict):
+        await late.services.payments.capture(late.viewer("op_a"), payment.id)
+    assert await cash(late, tx) == 0
+
+
+async def test_a_failed_payment_follows_its_correction(late: LateStops) -> None:
+    """Nothing was collected: like a PENDING one it is repriced (still FAILED), and
+    revenue with it; the next try collects the corrected amount."""
+    tx, payment = await late.ended_by_the_operator(at(10), at(11))
+    await late.services.payments.fail(late.viewer("op_a"), payment.id)
+    await late.late_stop(tx, 56000, at(10, 45), at(11, 10))
+    repriced = await late.payment(tx)
+    assert (repriced.status, repriced.amount_minor) == (d.PaymentStatus.FAILED, 300)
+    assert await figures(late) == seen(300, 0)
     await late.services.payments.capture(late.viewer("op_a"), payment.id)
-    assert await figures(late) == seen(200, 0)
-    assert await cash(late, tx) == 200
+    assert await cash(late, tx) == 300
 
 
 async def test_a_pending_payment_follows_its_correction(late: LateStops) -> None:

@@ -21,11 +21,14 @@ from domain.entities import (
     LIVE_RESERVATION_STATES,
     AuditAction,
     MeterSample,
+    Payment,
     Record,
+    Refund,
     Registration,
     Reservation,
     ReservationState,
     Role,
+    Session,
     SignedMeterValue,
     Station,
     User,
@@ -34,6 +37,7 @@ from domain.events import ConnectorStatusChanged
 from domain.ids import new_id
 from domain.policy import ANONYMOUS, Policy, Viewer
 from domain.ports import Store
+from domain.query import In, all_of
 from domain.services.base import owned_by, reservation_changed
 from tests.contract.factories import (
     at,
@@ -380,6 +384,35 @@ async def test_a_session_s_samples_are_seen_by_whoever_sees_the_session(
     expected = SAMPLES_UNDER_SESSIONS[viewer_name]
     assert listed == (expected if kind is MeterSample else signed_twins(expected))
     assert sum(counted.values()) == len(listed)
+
+
+@pytest.mark.parametrize("viewer_name", ["admin", "d2", *sorted(EXPECTED)])
+async def test_a_payment_s_refunds_are_seen_by_whoever_sees_the_payment(
+        store: Store, world: dict[str, Record], viewer_name: str) -> None:
+    """``Payment.refunds`` (``Policy.scope_under``): a payment's ledger is seen exactly
+    by whoever sees the payment, whatever its refund records say: ``f1_bare`` (a refund
+    of p1 recorded without books or driver) is listed with p1's, and f6, whose payment
+    is not among the parents asked for, with none."""
+    bare = refund(cast(Session, world["x1"]), world["p1"].id, company_id=None,
+                  station_owner_id=None, user_id=None)
+    await put(store, bare)
+    world = {**world, "f1_bare": bare}
+    names = {r.id: name for name, r in world.items()}
+    viewer, policy = viewer_and_policy(viewer_name, world)
+    keys = [world["p1"].id, world["p2"].id]
+    seen_payments = {names[p.id] for p in await store.find_all(
+        Payment, all_of(policy.scope(viewer, "payment"), In("id", tuple(keys))))}
+    expected = {"p1": {"f1", "f1_bare"}, "p2": {"f2"}}
+
+    scope = policy.scope_under(viewer, "refund", "payment_id", keys)
+    found = await store.find_grouped(Refund, "payment_id", keys, scope, (), 10)
+    counted = await store.count_grouped(Refund, "payment_id", keys, scope)
+
+    listed = {names[r.id] for rows in found.values() for r in rows}
+    assert listed == {f for p in seen_payments for f in expected[p]}
+    assert sum(counted.values()) == len(listed)
+    if viewer_name in ("admin", "opA", "d2"):  # neither none nor everything
+        assert seen_payments, viewer_name
 
 
 @pytest.mark.parametrize("viewer_name", sorted(EXPECTED))

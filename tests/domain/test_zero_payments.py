@@ -1,6 +1,8 @@
 """A session that costs nothing has no payment to collect: none is opened for one free
-from the start, and the PENDING payment of one a late StopTransaction corrects down to
-nothing is VOIDED, unless a capture got there first (on both stores)."""
+from the start, and the PENDING (or FAILED) payment of one a late StopTransaction
+corrects down to nothing is VOIDED, unless a capture got there first (on both stores).
+Every change a correction makes to a payment (a void, a reprice) is announced once,
+after its commit, as settlements are; money collected is never rewritten."""
 
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ import pytest
 
 from domain import entities as d
 from domain.errors import Conflict
-from domain.policy import SYSTEM
+from domain.events import PaymentChanged
+from domain.policy import SYSTEM, Viewer
 from domain.query import Eq, all_of
 from domain.services.base import patch
 from tests.domain.test_charging_telemetry import (
@@ -43,12 +46,12 @@ async def _payments(world: World, session: d.Session) -> list[d.Payment]:
     return await world.store.find_all(d.Payment, Eq("session_id", session.id))
 
 
-async def _ended_by_an_operator(world: World) -> tuple[int, d.Payment]:
+async def _ended_by_an_operator(world: World, connector: int = 1) -> tuple[int, d.Payment]:
     """A session metered to 1 kWh, ended by an operator (its stop did not come): 40
     cents PENDING."""
     charging = world.services.charging
-    tx, _ = await charging.start_transaction(CP, 1, "TAG-1", 5000, T0)
-    await charging.meter_values(CP, 1, tx, register(6000, 600))
+    tx, _ = await charging.start_transaction(CP, connector, "TAG-1", 5000, T0)
+    await charging.meter_values(CP, connector, tx, register(6000, 600))
     await charging.end_session(ADMIN, (await world.session(tx)).id)
     [payment] = await _payments(world, await world.session(tx))
     assert (payment.status, payment.amount_minor) == (d.PaymentStatus.PENDING, 40)
@@ -129,3 +132,177 @@ async def test_a_pending_payment_of_nothing_from_before_is_voided_by_its_correct
     await world.services.charging.stop_transaction(CP, tx, 5000, T0 + timedelta(minutes=20))
     [voided] = await _payments(world, await world.session(tx))
     assert (voided.status, voided.amount_minor) == (d.PaymentStatus.VOIDED, 0)
+
+
+Announced = list[tuple[PaymentChanged, d.Payment]]
+
+
+def announced(world: World) -> Announced:
+    """Every ``PaymentChanged`` the charging and payment services publish from now on,
+    each with the payment as the store held it then: an event goes out after its
+    commit, so the store already holds what it tells."""
+    seen: Announced = []
+    for service in (world.services.charging, world.services.payments):
+        publish = service.publish
+
+        async def recorded(event: Any, publish: Any = publish) -> None:
+            if isinstance(event, PaymentChanged):
+                [stored] = await world.store.get_many(d.Payment, [event.payment_record_id])
+                assert stored is not None
+                seen.append((event, stored))
+            await publish(event)
+
+        service.publish = recorded  # type: ignore[method-assign]
+    return seen
+
+
+def told(seen: Announced) -> list[tuple[str | None, str, int]]:
+    """What each event told: its change, status and amount."""
+    return [(e.change, e.status, e.amount_minor) for e, _ in seen]
+
+
+async def _late_stop(world: World, tx: int, meter_stop: int) -> d.Payment:
+    await world.services.charging.stop_transaction(CP, tx, meter_stop,
+                                                   T0 + timedelta(minutes=20))
+    [payment] = await _payments(world, await world.session(tx))
+    return payment
+
+
+async def test_a_void_is_announced_once_after_its_commit(world: World) -> None:
+    """A payments integration must stop collecting it, and a receipt being shown must
+    drop it: the void is an event like a capture, seen by whoever sees the payment."""
+    tx, before = await _ended_by_an_operator(world)
+    seen = announced(world)
+    voided = await _late_stop(world, tx, 5000)
+    assert told(seen) == [("VOIDED", "VOIDED", 0)]
+    [(event, stored)] = seen
+    assert (stored.status, stored.amount_minor) == (d.PaymentStatus.VOIDED, 0)
+    assert (event.payment_record_id, event.session_record_id, event.user_id,
+            event.currency, event.books_company_id, event.books_station_owner_id) == (
+        voided.id, voided.session_id, before.user_id, "EUR", before.company_id,
+        before.station_owner_id)
+    policy = world.services.policy
+    assert before.user_id is not None
+    assert policy.sees_event(Viewer(user_id=before.user_id, role=d.Role.DRIVER), event)
+    assert not policy.sees_event(Viewer(user_id="someone", role=d.Role.DRIVER), event)
+    assert not policy.sees_event(Viewer(user_id="op", role=d.Role.OPERATOR,
+                                        company_id="another"), event)
+
+
+async def test_a_reprice_is_announced_once_and_a_correction_to_the_same_price_not(
+        world: World) -> None:
+    tx, _ = await _ended_by_an_operator(world)
+    seen = announced(world)
+    repriced = await _late_stop(world, tx, 7000)
+    assert (repriced.status, repriced.amount_minor) == (d.PaymentStatus.PENDING, 80)
+    assert told(seen) == [("REPRICED", "PENDING", 80)]
+    assert seen[0][1].amount_minor == 80  # committed when told
+
+    other, _ = await _ended_by_an_operator(world, connector=2)
+    seen.clear()
+    await _late_stop(world, other, 6000)  # what was metered: the same 40 cents
+    assert seen == []
+
+
+async def test_a_failed_payment_corrected_to_nothing_is_voided(world: World) -> None:
+    """Nothing is owed: a FAILED payment must not stay billed at its old amount (reports
+    count FAILED as billed) nor be retried for money the driver does not owe."""
+    tx, payment = await _ended_by_an_operator(world)
+    await world.services.payments.fail(ADMIN, payment.id)
+    seen = announced(world)
+    voided = await _late_stop(world, tx, 5000)
+    assert (voided.status, voided.amount_minor) == (d.PaymentStatus.VOIDED, 0)
+    assert told(seen) == [("VOIDED", "VOIDED", 0)]
+    with pytest.raises(Conflict) as refused:
+        await world.services.payments.capture(ADMIN, payment.id)
+    assert (refused.value.field, refused.value.code) == ("id", "INVALID_STATE")
+
+
+async def test_a_failed_payment_corrected_is_repriced_and_its_retry_collects_that(
+        world: World) -> None:
+    """No money moved on a FAILED payment: like a PENDING one it asks the corrected
+    price, keeps its status, and the next try captures the new amount."""
+    tx, payment = await _ended_by_an_operator(world)
+    await world.services.payments.fail(ADMIN, payment.id)
+    seen = announced(world)
+    repriced = await _late_stop(world, tx, 7000)
+    assert (repriced.status, repriced.amount_minor) == (d.PaymentStatus.FAILED, 80)
+    assert told(seen) == [("REPRICED", "FAILED", 80)]
+    captured = await world.services.payments.capture(ADMIN, payment.id)
+    assert (captured.status, captured.amount_minor) == (d.PaymentStatus.CAPTURED, 80)
+
+
+async def test_a_capture_retry_racing_the_void_of_a_failed_payment_keeps_its_money(
+        world: World) -> None:
+    """The void of a FAILED payment is guarded by the status it read, as a PENDING
+    one's: a retried capture that commits first wins, the stop is retried and keeps it,
+    and only the capture is announced."""
+    tx, payment = await _ended_by_an_operator(world)
+    await world.services.payments.fail(ADMIN, payment.id)
+    charging = world.services.charging
+    commit = charging.commit
+    raced: list[d.Payment] = []
+
+    async def captured_first(viewer: Any, changes: Any, *args: Any, **kw: Any) -> None:
+        if not raced and any(isinstance(c.record, d.Payment) for c, _ in changes):
+            raced.append(await world.services.payments.capture(ADMIN, payment.id))
+        await commit(viewer, changes, *args, **kw)
+
+    charging.commit = captured_first  # type: ignore[method-assign]
+    seen = announced(world)
+    kept = await _late_stop(world, tx, 5000)
+    assert raced, "the correction wrote no payment change to race"
+    assert (kept.status, kept.amount_minor) == (d.PaymentStatus.CAPTURED, 40)
+    assert told(seen) == [("CAPTURED", "CAPTURED", 40)]
+
+
+async def test_a_capture_that_read_the_payment_before_its_reprice_is_refused(
+        world: World) -> None:
+    """The provider captures what the payment asked when it was read (40 cents); a late
+    stop reprices it to 80 meanwhile (the status stays PENDING). Written over the
+    reprice, the payment would read CAPTURED at 80 when 40 was captured: the capture is
+    told the payment changed, and it stays PENDING at its new price, to be captured
+    again."""
+    tx, payment = await _ended_by_an_operator(world)
+    payments = world.services.payments
+    provider = payments.provider
+
+    class RepricedMeanwhile:
+        name = provider.name
+
+        async def capture(self, read: d.Payment) -> str:
+            await _late_stop(world, tx, 7000)
+            return await provider.capture(read)
+
+        async def refund(self, read: d.Payment, amount_minor: int) -> str:
+            return await provider.refund(read, amount_minor)
+
+    payments.provider = RepricedMeanwhile()
+    seen = announced(world)
+    with pytest.raises(Conflict) as refused:
+        await payments.capture(ADMIN, payment.id)
+    assert (refused.value.field, refused.value.code) == ("id", "INVALID_STATE")
+    [stored] = await _payments(world, await world.session(tx))
+    assert (stored.status, stored.amount_minor) == (d.PaymentStatus.PENDING, 80)
+    assert told(seen) == [("REPRICED", "PENDING", 80)]
+    payments.provider = provider
+    captured = await payments.capture(ADMIN, payment.id)
+    assert (captured.status, captured.amount_minor) == (d.PaymentStatus.CAPTURED, 80)
+
+
+async def test_a_captured_payment_corrected_down_keeps_what_was_collected(
+        world: World) -> None:
+    """Money moved: the correction does not rewrite it, announces nothing about the
+    payment and refunds nothing by itself. The session's cost says what the energy cost,
+    the payment what was collected; an operator refunds the difference."""
+    tx, payment = await _ended_by_an_operator(world)
+    await world.services.payments.capture(ADMIN, payment.id)
+    seen = announced(world)
+    kept = await _late_stop(world, tx, 5000)
+    assert (kept.status, kept.amount_minor, kept.refunded_minor) == (
+        d.PaymentStatus.CAPTURED, 40, 0)
+    assert (await world.session(tx)).cost_minor == 0
+    assert seen == []
+    refunded = await world.services.payments.refund(ADMIN, payment.id, Decimal("0.40"))
+    assert refunded.status is d.PaymentStatus.REFUNDED
+    assert told(seen) == [("REFUNDED", "REFUNDED", 40)]

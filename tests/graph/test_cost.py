@@ -111,3 +111,12 @@ def test_long_lists_below_the_root_count_as_what_they_may_hold() -> None:
     aliased = "{ " + " ".join(f'a{i}: station(cpId: "CP-1") {{ configuration {{ key }} }}'
                               for i in range(10)) + " }"
     assert estimate(aliased) > MAX_OBJECTS
+
+
+def test_a_payment_s_refunds_count_as_a_list() -> None:
+    """``Payment.refunds`` is a plain list under each payment: a guess of ten each, with
+    what is selected below them (here each refund's amount)."""
+    query = "{ payments(first: 100) { nodes { refunds { amount { amount } } } } }"
+    payments = 100
+    refunds = payments * LIST_GUESS
+    assert estimate(query) == 1 + payments + refunds + refunds

@@ -639,8 +639,6 @@ async def test_price_bands_are_set_shown_and_checked(api: Api, world: World) -> 
              "OUT_OF_RANGE"),
             ([{**peak, "days": ["MON", "XYZ"]}], "Europe/Berlin", "energyBands.0.days",
              "INVALID"),
-            ([peak, {**peak, "days": ["WED"], "start": "21:00", "end": "23:00"}],
-             "Europe/Berlin", "energyBands.1", "OVERLAP"),
             ([{**peak, "end": "06:00"}], "Europe/Berlin", "energyBands.0.end",
              "OUT_OF_RANGE"),
             ([peak], None, "timeZone", "REQUIRED")):
@@ -648,6 +646,19 @@ async def test_price_bands_are_set_shown_and_checked(api: Api, world: World) -> 
                              {**base, "timeZone": zone, "energyBands": bands},
                              "tariff { id }")
         assert codes(payload) == [(field, code)], (bands, zone)
+    # Every bad band and field at once, in input order, with the tariff's other fields:
+    # both bands of an overlap are told.
+    bad = [{**peak, "days": ["MON", "XYZ"], "pricePerKwh": "-1"},
+           peak, {**peak, "days": ["WED"], "start": "21:00", "end": "23:00"},
+           {**peak, "start": "9", "end": "08:00"}]
+    payload = await call(api, world, "op_a", "setTariff",
+                         {**base, "pricePerKwh": "-2", "energyBands": bad}, "tariff { id }")
+    assert codes(payload) == [("pricePerKwh", "OUT_OF_RANGE"),
+                              ("energyBands.0.days", "INVALID"),
+                              ("energyBands.0.pricePerKwh", "OUT_OF_RANGE"),
+                              ("energyBands.1", "OVERLAP"),
+                              ("energyBands.2", "OVERLAP"),
+                              ("energyBands.3.start", "INVALID")]
 
 
 async def test_a_tariff_may_price_one_plug_standard_or_power_type(api: Api, world: World

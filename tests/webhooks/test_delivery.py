@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -13,6 +14,7 @@ import pytest
 
 from chargegraph.webhooks import WebhookDispatcher, event_data
 from domain import entities as d
+from domain.clock import utcnow
 from domain.events import (
     CommandCompleted,
     ConnectorStatusChanged,
@@ -21,6 +23,7 @@ from domain.events import (
 )
 from domain.policy import SYSTEM, Viewer
 from domain.query import Eq, all_of
+from domain.services.metering import MeterReading, SampledValue
 from graph.ids import to_global_id
 from ocpp_bridge.simulator import connected
 from tests.helpers import until
@@ -190,6 +193,56 @@ async def test_settling_a_payment_is_delivered_to_its_books(world: World) -> Non
     assert first["userId"] == to_global_id("user", world.users["driver"].id)
     assert "cpId" not in first and "booksCompanyId" not in first
     assert stranger.requests == [] and len(admin.requests) == 2
+
+
+async def _charged_and_ended(world: World, start: datetime) -> tuple[int, d.Payment]:
+    """A session on CP-1 metered to 1 kWh and ended by an admin, its stop still to
+    come: 40 cents PENDING in Volt's books."""
+    charging = world.services.charging
+    tx, _ = await charging.start_transaction("CP-1", 1, "TAG-OK", 5000, start)
+    await charging.meter_values("CP-1", 1, tx, [MeterReading(
+        start + timedelta(minutes=5),
+        (SampledValue("6000", "Energy.Active.Import.Register", "Wh"),))])
+    session = await world.store.find_one(d.Session, Eq("transaction_id", tx))
+    assert session is not None
+    await charging.end_session(world.viewer("admin"), session.id)
+    payment = await world.store.find_one(d.Payment, Eq("session_id", session.id))
+    assert payment is not None and payment.amount_minor == 40
+    return tx, payment
+
+
+async def test_a_late_stop_repricing_or_voiding_a_payment_is_delivered(world: World
+                                                                      ) -> None:
+    """A payments integration must collect the corrected amount (``payment.repriced``)
+    or nothing at all (``payment.voided``): both reach the payment's books, with the
+    payment as it now stands; a FAILED payment repriced is no second
+    ``payment.failed``."""
+    await world.dispatcher()
+    books, stranger = await world.receiver(), await world.receiver()
+    kinds = ("payment.repriced", "payment.voided", "payment.failed")
+    await world.webhook("op", books, *kinds)
+    await world.webhook("op_other", stranger, *kinds)
+    charging, start = world.services.charging, utcnow() - timedelta(hours=2)
+    repriced, first = await _charged_and_ended(world, start)
+    await charging.stop_transaction("CP-1", repriced, 7000, start + timedelta(minutes=30))
+    voided, second = await _charged_and_ended(world, start + timedelta(hours=1))
+    await world.services.payments.fail(SYSTEM, second.id)
+    await charging.stop_transaction("CP-1", voided, 5000, start + timedelta(minutes=90))
+    failed_again, third = await _charged_and_ended(world, start + timedelta(minutes=100))
+    await world.services.payments.fail(SYSTEM, third.id)
+    await charging.stop_transaction("CP-1", failed_again, 7000,
+                                    start + timedelta(minutes=110))
+    await world.settled()
+    got = [(r.json["type"], r.json["data"]["paymentRecordId"], r.json["data"]["status"],
+            r.json["data"]["amountMinor"], r.json["data"]["change"])
+           for r in books.requests]
+    gid = {p.id: to_global_id("payment", p.id) for p in (first, second, third)}
+    assert got == [("payment.repriced", gid[first.id], "PENDING", 80, "REPRICED"),
+                   ("payment.failed", gid[second.id], "FAILED", 40, "FAILED"),
+                   ("payment.voided", gid[second.id], "VOIDED", 0, "VOIDED"),
+                   ("payment.failed", gid[third.id], "FAILED", 40, "FAILED"),
+                   ("payment.repriced", gid[third.id], "FAILED", 80, "REPRICED")]
+    assert stranger.requests == []
 
 
 async def test_a_revoked_operator_stops_receiving_at_once(world: World) -> None:

@@ -39,9 +39,11 @@ EVENTS: list[e.DomainEvent] = [
                          connector_id=1, user_id=new_id(), state="ACTIVE"),
     e.CommandCompleted(**CHARGER, command_id=new_id(), action="Reset",
                        requested_by=new_id(), status="Accepted"),
-    e.PaymentChanged(**PAYMENT, status="CAPTURED", refunded_minor=0),
-    e.PaymentChanged(**PAYMENT, status="FAILED", refunded_minor=0),
-    e.PaymentChanged(**PAYMENT, status="REFUNDED", refunded_minor=100),
+    e.PaymentChanged(**PAYMENT, status="CAPTURED", refunded_minor=0, change="CAPTURED"),
+    e.PaymentChanged(**PAYMENT, status="FAILED", refunded_minor=0, change="FAILED"),
+    e.PaymentChanged(**PAYMENT, status="REFUNDED", refunded_minor=100, change="REFUNDED"),
+    e.PaymentChanged(**PAYMENT, status="PENDING", refunded_minor=0, change="REPRICED"),
+    e.PaymentChanged(**PAYMENT, status="VOIDED", refunded_minor=0, change="VOIDED"),
 ]
 
 
