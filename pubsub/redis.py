@@ -10,6 +10,7 @@ Redis pub/sub is at-most-once: events published while the listener is disconnect
 lost, and nobody can count them. So when the connection breaks, and again when it is
 back, every local subscriber gets ``EventsDropped(0, interrupted=True)`` at once: whoever
 shows live state reads it afresh (twice, so the second read sees what the outage hid).
+Meanwhile this process's own events reach its own subscribers directly (``publish``).
 The listener reconnects on its own, with backoff, and logs both the loss and the recovery.
 """
 
@@ -130,9 +131,18 @@ class RedisEventBus:
     # ------------------------------------------------------------------ the port
     async def publish(self, event: DomainEvent) -> None:
         """``PUBLISH <prefix><topic> <json>``. Raises on any failure (the domain logs it
-        and carries on: the change itself has committed)."""
+        and carries on: the change itself has committed).
+
+        While the listener is not subscribed, the event would not come back through
+        Redis: this process's own subscribers get it directly, so a live map on this
+        instance still shows its own chargers during an outage, and a subscription
+        opened meanwhile is not silent (QA s19). What other instances publish meanwhile
+        is lost, as their subscribers are told at once and again at the reconnect
+        (``EventsDropped(interrupted=True)``)."""
         if self._publisher is None:
             raise RuntimeError("RedisEventBus.publish() before start() or after close()")
+        if not self._healthy:
+            self.local.deliver(event)
         await self._publisher.publish(self._channel(event.topic), encode(event))
 
     def subscribe(self, topics: Iterable[str]) -> EventStream:

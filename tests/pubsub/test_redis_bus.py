@@ -228,6 +228,30 @@ async def test_the_listener_survives_a_redis_restart(caplog: pytest.LogCaptureFi
     assert any("subscribed again" in m for m in messages)
 
 
+async def test_while_redis_is_away_this_instances_events_reach_its_own_subscribers(
+        ) -> None:
+    """A subscription opened during an outage got nothing, not even the events of this
+    instance's own chargers, while queries showed them (QA s19, cluster)."""
+    with RedisServer() as server:
+        bus = await started(server.url, max_backoff=0.5)
+        told = bus.subscribe(["station_connection"])
+        try:
+            server.stop()
+            assert await asyncio.wait_for(anext(told), 10) == EventsDropped(0, True)
+            opened_meanwhile = bus.subscribe(["station_connection"])
+            try:
+                event = connection(1, "OWN")
+                with pytest.raises(RedisError):  # the others cannot be told: it says so
+                    await asyncio.wait_for(bus.publish(event), 5)
+                assert await asyncio.wait_for(anext(opened_meanwhile), 5) == event
+                assert await asyncio.wait_for(anext(told), 5) == event
+            finally:
+                await opened_meanwhile.aclose()
+        finally:
+            await told.aclose()
+            await bus.close()
+
+
 async def test_a_connection_that_silently_died_is_replaced() -> None:
     watch = LogWatch("no answer to PING")
     logger = logging.getLogger(LOGGER)
