@@ -254,6 +254,11 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
             await stack.enter_async_context(housekeeping.every(
                 housekeeping.CARD_EXPIRY_SWEEP_S, services.withdrawal.sweep_expired,
                 "card-expiry"))
+            # During a rolling upgrade, instances of the version before migration 41
+            # still open payments without their session's charger fields.
+            await stack.enter_async_context(housekeeping.every(
+                housekeeping.PAYMENT_CHARGER_FIELDS_S,
+                services.payments.fill_charger_fields, "payment-charger-fields"))
             # The database by absolute path: a relative SQLite URL started from another
             # folder serves another (new, empty) database, which its users see first.
             log.info("ChargeGraph ready: GraphQL on http://%s:%d/graphql, database %s",

@@ -16,6 +16,11 @@ RESERVATION_SWEEP_S = 30.0
 #: (``Withdrawal.sweep_expired``): a charger itself refuses a list entry past the
 #: expiryDate it was sent with, if it was sent one.
 CARD_EXPIRY_SWEEP_S = 300.0
+#: How often payments an instance of an older version opened without their session's
+#: charger, connector and vehicle get them (``PaymentService.fill_charger_fields``):
+#: until then revenue misses them from a vehicle's figures and groups them under no
+#: charger. Each round reads only the payments opened since the one before.
+PAYMENT_CHARGER_FIELDS_S = 300.0
 
 
 def every(seconds: float, chore: Callable[[], Awaitable[object]], name: str

@@ -52,7 +52,9 @@ class OcppGateway:
     # ------------------------------------------------------------- registry
     def register(self, handler: ChargePointHandler) -> ChargePointHandler | None:
         """Make ``handler`` the live connection of its charger; returns the one it
-        replaces (a charger that reconnected before its old socket timed out)."""
+        replaces (a charger that reconnected before its old socket timed out). The OCPP
+        server registers only an arrival newer than the one held (by their connection
+        numbers, ``OcppServer._newer_here``): an older socket never replaces a newer."""
         previous = self._handlers.get(handler.id)
         self._handlers[handler.id] = handler
         return previous if previous is not handler else None

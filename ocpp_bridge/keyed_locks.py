@@ -35,6 +35,11 @@ class KeyedLocks:
             if not held.users:
                 del self._held[key]
 
+    def users(self, key: str) -> int:
+        """How many hold or wait for ``key``'s lock now (one holds it, the rest queue)."""
+        held = self._held.get(key)
+        return held.users if held is not None else 0
+
     def __len__(self) -> int:
         """Keys held or waited for now."""
         return len(self._held)

@@ -281,7 +281,7 @@ class OcppServer:
         if handler is None or number is None:
             return
         connected = await self.charging.connect(cp_id, instance=self.instance_id,
-                                                number=number)
+                                                number=number, again=True)
         if connected is None or self.gateway.handler_of(cp_id) is not handler:
             return
         if connected.newest:
@@ -298,7 +298,9 @@ class OcppServer:
         drew, not a later clock: two connections at one moment, or instances whose clocks
         are seconds apart, still have exactly one winner. An announcement heard while
         this instance is still recording its own connection is kept for when it is done
-        (``_connection``). This instance's own events carry its own number."""
+        (``_take``). This instance's own events carry its own number, drawn as its socket
+        arrived (``_connection``), so a socket that waited its turn here is not taken
+        for newer than one the charger opened elsewhere meanwhile."""
         async with contextlib.aclosing(stream):
             async for event in stream:
                 if not isinstance(event, StationConnectionChanged) or not event.online:
@@ -445,6 +447,39 @@ class OcppServer:
         return ok
 
     # ------------------------------------------------------------- connection
+    def _newer_here(self, cp_id: str, number: int) -> bool:
+        """Whether the connection this instance holds for ``cp_id`` is newer than the
+        arrival numbered ``number``: an older socket never replaces a newer one (had it
+        done so, it would also lose to it in the store, and both would be closed)."""
+        current = self.gateway.handler_of(cp_id)
+        held = self._numbers.get(current) if current is not None else None
+        return held is not None and held > number
+
+    async def _take(self, handler: ChargePointHandler, number: int, peer: Any) -> None:
+        """Makes the arrival ``handler`` (numbered ``number``) the charger's connection
+        here and records it; called holding the charge point's arrival lock, so the
+        next arrival finds its number (``_newer_here``)."""
+        cp_id = handler.id
+        previous = self.gateway.register(handler)
+        if previous is not None:
+            # Closed in the background: a dead peer's closing handshake takes the full
+            # close timeout, and the charger's new connection was not answered
+            # meanwhile (its boot waited 10 s).
+            log.info("%s reconnected: closing its previous connection", cp_id)
+            self._hang_up(previous, 1000, "replaced by a new connection")
+        log.info("%s connected from %s", cp_id, peer)
+        connected = await self.charging.connect(cp_id, instance=self.instance_id,
+                                                number=number)
+        if connected is None:
+            return
+        self._numbers[handler] = connected.number
+        handler.connected_at = connected.at
+        newer = self._newer_elsewhere.pop(cp_id, None)
+        if not connected.newest or (newer is not None and newer > connected.number):
+            # The charger connected to another instance after this socket arrived
+            # there: this one goes.
+            self._lost_to_elsewhere(handler)
+
     async def _connection(self, ws: ServerConnection) -> None:
         if ws.subprotocol != SUBPROTOCOL:
             self._note_wrong_subprotocol(ws)
@@ -455,32 +490,30 @@ class OcppServer:
                                      response_timeout=self.response_timeout,
                                      metrics=self.metrics, strict_schema=self.strict_schema)
         try:
+            # The number ordering this connection among the charger's others (here and on
+            # other instances) is drawn as the socket arrives, before it waits its turn:
+            # drawn after the wait, an arrival queued here behind a slow one was numbered
+            # after the charger's newer socket on another instance, recorded as the
+            # newest, and that live socket was closed as superseded.
+            number = await self.charging.draw_connection()
             # One arrival of a charge point at a time, from taking the gateway to its
-            # connection recorded: the store's connection numbers follow the order the
-            # gateway took them in. A connection replaced while it waited for the one
+            # connection recorded: a connection replaced while it waited for the one
             # before it to close was recorded after its replacement, as the newest: the
             # live one's disconnect was then refused, and the station stayed online
             # with no connection (QA s18, soak).
             async with self._arriving.one_at_a_time(cp_id):
                 if ws.state is not State.OPEN:
                     return  # gone while it waited its turn: nothing to record (review s18)
-                previous = self.gateway.register(handler)
-                if previous is not None:
-                    # Closed in the background: a dead peer's closing handshake takes
-                    # the full close timeout, and the charger's new connection was not
-                    # answered meanwhile (its boot waited 10 s).
-                    log.info("%s reconnected: closing its previous connection", cp_id)
-                    self._hang_up(previous, 1000, "replaced by a new connection")
-                log.info("%s connected from %s", cp_id, ws.remote_address)
-                connected = await self.charging.connect(cp_id, instance=self.instance_id)
-            if connected is not None:
-                self._numbers[handler] = connected.number
-                handler.connected_at = connected.at
-                newer = self._newer_elsewhere.pop(cp_id, None)
-                if not connected.newest or (newer is not None and newer > connected.number):
-                    # Connected to another instance at the same moment, and that
-                    # connection is the newer: this one goes.
-                    self._lost_to_elsewhere(handler)
+                stale = self._newer_here(cp_id, number)
+                if not stale:
+                    await self._take(handler, number, ws.remote_address)
+            if stale:
+                # Its turn came after a newer arrival's (its number drawn first, it got
+                # the lock last): the charger has left this socket. Closed outside the
+                # lock: an abandoned socket's closing handshake takes the close timeout.
+                log.info("%s: a newer connection arrived first: closing this one", cp_id)
+                await ws.close(1000, "replaced by a new connection")
+                return
             await handler.start()
         except ConnectionClosed:
             pass
@@ -493,14 +526,14 @@ class OcppServer:
             # First: a command waiting for this charger's answer fails now with
             # CHARGER_OFFLINE, not at its timeout.
             handler.connection_closed()
-            number = self._numbers.pop(handler, None)
+            recorded = self._numbers.pop(handler, None)
             if self.gateway.unregister(handler):
                 self._newer_elsewhere.pop(cp_id, None)
                 log.info("%s disconnected (close code %s%s)", cp_id, ws.close_code,
                          f": {ws.close_reason!r}" if ws.close_reason else "")
                 try:
                     # Only if this connection is still the station's newest.
-                    await self.charging.disconnect(cp_id, number=number,
+                    await self.charging.disconnect(cp_id, number=recorded,
                                                    instance=self.instance_id,
                                                    stopping=self._stopping)
                 except StoreUnavailable as exc:

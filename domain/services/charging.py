@@ -462,19 +462,31 @@ class ChargingService(Service):
             return connected.at if connected is not None and connected.newest else None
         return await self.disconnect(cp_id)
 
+    async def draw_connection(self) -> int:
+        """A number for a charger's new connection (``connect``), drawn by the store: of
+        two connections of one charger, here or on other instances, the one drawn later
+        is the newer. The OCPP server draws it as the socket arrives, before the socket
+        waits its turn behind the charger's other arrivals on that instance: drawn after
+        the wait, an arrival queued behind a slow one was numbered after the charger's
+        newer socket on another instance and recorded as the newest."""
+        return await self.store.next_sequence("connection")
+
     async def connect(self, cp_id: str, *, instance: str | None = None,
-                      number: int | None = None) -> Connected | None:
+                      number: int | None = None, again: bool = False) -> Connected | None:
         """Records a connection of the charger, held by ``instance``; ``None`` for an
-        unknown charger. Each connection gets a number the store draws, so that of two
-        connections (two instances at one moment, clocks seconds apart) the newer one is
-        the higher: the station keeps the newest (``Station.connection``), and one that
-        finds a newer one recorded is not written (``Connected.newest`` False: its socket
-        is to be closed). ``number``: record this connection again (its record was
-        written offline while it stayed connected: a sweep while this instance's lease
-        had lapsed), only while it is still the station's newest."""
-        again = number is not None
+        unknown charger. Each connection gets a number the store draws
+        (``draw_connection``), so that of two connections (two instances at one moment,
+        clocks seconds apart) the newer one is the higher: the station keeps the newest
+        (``Station.connection``), and one that finds a newer one recorded is not written
+        (``Connected.newest`` False: its socket is to be closed). ``number``: the one
+        drawn when the connection arrived; drawn now when not given. ``again``: record
+        connection ``number`` again (its record was written offline while it stayed
+        connected: a sweep while this instance's lease had lapsed), only while it is
+        still the station's newest."""
         if number is None:
-            number = await self.store.next_sequence("connection")
+            if again:
+                raise ValueError("recording a connection again needs its number")
+            number = await self.draw_connection()
         while True:
             station = await self.station(cp_id)
             if station is None:

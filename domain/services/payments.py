@@ -15,7 +15,10 @@ its session's ENDED event carries the price.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import cast
 
@@ -25,7 +28,10 @@ from domain.errors import Conflict, Forbidden, ValidationError
 from domain.events import PaymentChanged
 from domain.policy import Viewer
 from domain.ports import Change, Insert, PaymentProvider, Update
+from domain.query import MAX_PAGE_SIZE, Eq, PageRequest, Range, Sort, all_of
 from domain.services.base import Service, ServiceContext, patch, stamp_new
+
+log = logging.getLogger("chargegraph.payments")
 
 TRANSITIONS: dict[str, tuple[frozenset[PaymentStatus], PaymentStatus]] = {
     "capture": (frozenset({PaymentStatus.PENDING, PaymentStatus.FAILED}),
@@ -40,6 +46,16 @@ MAX_DIGITS = 18
 #: Payments whose amount follows their session's corrected price: no money moved. A
 #: FAILED one was asked for and not collected; its next try asks the corrected amount.
 UNCOLLECTED = frozenset({PaymentStatus.PENDING, PaymentStatus.FAILED})
+#: The charger fields a payment copies from its session when it is opened (migration 41).
+CHARGER_FIELDS = frozenset({"cp_id", "connector_id", "vehicle_id"})
+#: How far back a process's first round of ``fill_charger_fields`` looks: payments an
+#: instance of an older version wrote before this one started (a rolling upgrade, or
+#: every new instance restarted while old ones still ran). Older ones were filled by
+#: migration 41 (MongoDB: ``payment_plugs``) when the first new instance started.
+CHARGER_FIELDS_LOOKBACK = timedelta(days=7)
+#: Each later round looks this far before the previous round began: a payment is dated
+#: by its writer's clock before it is stored, and instances' clocks differ.
+CHARGER_FIELDS_MARGIN = timedelta(minutes=10)
 
 
 def repriced(payment: Payment, amount_minor: int, currency: str, viewer: Viewer
@@ -99,6 +115,58 @@ class PaymentService(Service):
     def __init__(self, ctx: ServiceContext, provider: PaymentProvider | None = None) -> None:
         super().__init__(ctx)
         self.provider: PaymentProvider = provider or ManualPaymentProvider()
+        #: Where the next round of ``fill_charger_fields`` starts; ``None`` before the
+        #: first.
+        self._charger_fields_since: datetime | None = None
+
+    async def fill_charger_fields(self) -> int:
+        """Gives the payments an instance of an older version opened without their
+        session's charger, connector and vehicle (``CHARGER_FIELDS``; it still runs
+        beside this one during a rolling upgrade) those of their session, as migration
+        41 did for the payments before it; returns how many it found. Revenue and its filters read
+        the payment's own fields (``AnalyticsService``), which keeps those reads free
+        of a join with the sessions: such a payment is missing from a vehicle's revenue
+        and grouped under no charger until this runs (housekeeping, every few minutes).
+
+        Only payments opened since the previous round began (less
+        ``CHARGER_FIELDS_MARGIN``; a process's first round: ``CHARGER_FIELDS_LOOKBACK``)
+        are looked at, through the index on ``created_at``: old versions only open
+        payments, they never rewrite a payment whole (updates write their own fields),
+        so an older payment that has the fields keeps them. Pages of at most
+        ``MAX_PAGE_SIZE``: one read of sessions and one write each."""
+        began = self.now()
+        since = self._charger_fields_since or began - CHARGER_FIELDS_LOOKBACK
+        lacking = all_of(Eq("cp_id", None), Range("created_at", gte=since))
+        filled, after = 0, None
+        while True:
+            page = await self.store.find_page(Payment, lacking, [Sort("created_at")],
+                                              PageRequest(first=MAX_PAGE_SIZE, after=after))
+            filled += await self._fill_from_sessions(page.items)
+            if not page.has_next:
+                break
+            after = page.cursors[-1]  # past a payment whose session is gone, too
+        self._charger_fields_since = began - CHARGER_FIELDS_MARGIN
+        if filled:
+            log.info("gave %d payments an older version opened their session's charger, "
+                     "connector and vehicle", filled)
+        return filled
+
+    async def _fill_from_sessions(self, payments: Sequence[Payment]) -> int:
+        """Writes their sessions' charger fields into ``payments``, each only while it
+        still lacks them (another instance's round may have filled it meanwhile). Only
+        those fields: not its update stamps, which a refund's guard reads (and this
+        is no one's change of the payment)."""
+        sessions = await self.store.get_many(Session, [p.session_id for p in payments])
+        fills: list[Change] = [
+            Update(dataclasses.replace(payment, cp_id=session.cp_id,
+                                       connector_id=session.connector_id,
+                                       vehicle_id=session.vehicle_id),
+                   CHARGER_FIELDS, only_if=("cp_id", None))
+            for payment, session in zip(payments, sessions, strict=True)
+            if session is not None]  # sessions are never removed
+        if fills:
+            await self.store.write(fills, [])
+        return len(fills)
 
     async def _managed(self, viewer: Viewer, payment_id: str) -> Payment:
         payment = await self.visible(viewer, Payment, payment_id)

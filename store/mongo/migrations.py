@@ -252,7 +252,9 @@ async def _payment_plugs(db: Any) -> None:
     """Payments written before they recorded their session's charger, connector and
     vehicle (``Payment.cp_id``, SQLite migration 41) take them from their session
     (sessions are never removed), so revenue groups and filters them as SQLite's do.
-    Marked by the field itself: new documents always carry ``cp_id``, possibly null."""
+    Marked by the field itself: new documents always carry ``cp_id``, possibly null.
+    Those an instance of the version before opens after this step (a rolling upgrade)
+    get them from housekeeping (``PaymentService.fill_charger_fields``)."""
     while True:
         docs = await db["payment"].find({"cp_id": {"$exists": False}},
                                         {"session_id": 1}).limit(BATCH).to_list()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -244,3 +244,87 @@ async def test_a_newer_connection_announced_while_this_one_is_recorded_still_win
                 await until(lambda: _closed(old))
                 assert old._connection.close_reason == "connected to another instance"
                 assert is_open(new) and await _settled(a, b.server)
+
+
+# ------------------------------------------------------------------ arrival order
+def arrivals(at: Instance, count: int) -> Callable[[], Awaitable[bool]]:
+    """Whether ``count`` arrivals of CP-1 hold or wait for their turn on ``at``."""
+    async def queued() -> bool:
+        return at.server._arriving.users("CP-1") == count
+    return queued
+
+
+async def test_an_arrival_queued_behind_a_slow_one_loses_to_a_newer_socket_elsewhere(
+        path: Path, bus: MemoryEventBus, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review: the charger's socket X waited on instance A behind a slow earlier arrival
+    W; the charger gave up on it and connected to B (Y). X drew its connection number
+    only when its turn came, after Y: it was recorded as the station's newest, and B
+    closed Y, the live socket, as superseded. Numbered as it arrived, X is older than Y:
+    the station ends on Y, which stays open."""
+    async with instance(path, bus) as a, instance(path, bus) as b:
+        charging = a.services.charging
+        real = charging.connect
+        holding, go = asyncio.Event(), asyncio.Event()
+
+        async def first_is_slow(cp_id: str, **kwargs: Any) -> Any:
+            if not holding.is_set():  # W's record, holding CP-1's turn on A
+                holding.set()
+                await go.wait()
+            return await real(cp_id, **kwargs)
+        monkeypatch.setattr(charging, "connect", first_is_slow)
+        async with contextlib.AsyncExitStack() as stack:
+            stack.callback(go.set)  # whatever fails, W is let go
+            w = await stack.enter_async_context(connected(a.url, "CP-1"))
+            await holding.wait()
+            x = await stack.enter_async_context(connected(a.url, "CP-1"))
+            await until(arrivals(a, 2))  # X waits its turn behind W
+            y = await stack.enter_async_context(connected(b.url, "CP-1"))
+            await until(lambda: _settled(a, b.server))
+            go.set()
+
+            async def w_and_another_closed() -> bool:
+                return not is_open(w) and not (is_open(x) and is_open(y))
+            await until(w_and_another_closed)
+            assert is_open(y) and not is_open(x)
+            assert x._connection.close_reason == "connected to another instance"
+            await until(arrivals(a, 0))
+            found = await station(a)
+            on_b = b.server.gateway.handler_of("CP-1")
+            assert on_b is not None and found.online
+            assert (found.connected_instance, found.connection) == (
+                b.server.instance_id, b.server._numbers[on_b])
+            assert a.server.gateway.handler_of("CP-1") is None
+
+
+async def test_of_two_arrivals_here_the_later_wins_whichever_draw_returns_first(
+        path: Path, bus: MemoryEventBus, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first arrival's number comes back from the store after the second has drawn
+    its own and been recorded: the first, older, must not replace the second (it would
+    have closed it, then lost to its number in the store and closed itself: the charger
+    left with no connection at all). It is the one closed."""
+    async with instance(path, bus) as a:
+        draw = a.store.next_sequence
+        drawn, go = asyncio.Event(), asyncio.Event()
+
+        async def first_returns_late(name: str) -> int:
+            number = await draw(name)
+            if name == "connection" and not drawn.is_set():
+                drawn.set()
+                await go.wait()
+            return number
+        monkeypatch.setattr(a.store, "next_sequence", first_returns_late)
+        async with contextlib.AsyncExitStack() as stack:
+            stack.callback(go.set)  # whatever fails, the first arrival is let go
+            first = await stack.enter_async_context(connected(a.url, "CP-1"))
+            await drawn.wait()
+            second = await stack.enter_async_context(connected(a.url, "CP-1"))
+            await until(lambda: _settled(a, a.server))
+            newer = a.server.gateway.handler_of("CP-1")
+            assert newer is not None
+            go.set()
+            await until(lambda: _closed(first))
+            assert first._connection.close_reason == "replaced by a new connection"
+            await until(arrivals(a, 0))
+            assert a.server.gateway.handler_of("CP-1") is newer and is_open(second)
+            found = await station(a)
+            assert found.online and found.connection == a.server._numbers[newer]
