@@ -250,12 +250,14 @@ class OcppServer:
         # Every round, not only after a lapse: a connection recorded offline while its
         # socket is still here (a sweep while this instance stalled, a race lost to an
         # old socket's disconnect) is recorded again, if it is still the newest.
-        lost = await self.instances.lost(self.gateway.connected())
+        held = self._held()
+        lost, superseded = await self.instances.lost(held)
         if lost:
             log.warning("%d connections here were recorded offline%s: recording them "
                         "again", len(lost), " while the instance lease had lapsed"
                         if lapsed else "")
         await self._record_connections_again(lost)
+        self._close_superseded(superseded, held)
         swept = await self.instances.sweep(self.instance_id)
         if swept:
             log.warning("recorded offline %d chargers of an instance that stopped renewing "
@@ -267,6 +269,23 @@ class OcppServer:
                      "offline since it was up again: %s", len(settled),
                      ", ".join(settled[:20]))
         return swept
+
+    def _held(self) -> dict[str, int | None]:
+        """This instance's connections, each with its number (``None`` until recorded)."""
+        held: dict[str, int | None] = {}
+        for cp_id in self.gateway.connected():
+            handler = self.gateway.handler_of(cp_id)
+            held[cp_id] = self._numbers.get(handler) if handler is not None else None
+        return held
+
+    def _close_superseded(self, cp_ids: list[str], held: dict[str, int | None]) -> None:
+        """Closes this instance's sockets of ``cp_ids``, found superseded by a newer
+        connection elsewhere whose announcement never came (the bus was away); not one
+        that replaced them here while the store was read (``held``: the numbers read)."""
+        for cp_id in cp_ids:
+            handler = self.gateway.handler_of(cp_id)
+            if handler is not None and self._numbers.get(handler) == held[cp_id]:
+                self._lost_to_elsewhere(handler)
 
     async def _record_connections_again(self, cp_ids: list[str]) -> None:
         for cp_id in cp_ids:

@@ -26,7 +26,7 @@ counts its absence instead of leaving it unknown for ever.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 
 from domain.entities import ConnectorInterval, InstanceLease, Station
@@ -76,18 +76,32 @@ class InstanceService(Service):
             SYSTEM, now))], [])
         return True
 
-    async def lost(self, cp_ids: Sequence[str]) -> list[str]:
-        """Those of ``cp_ids`` (connected here) that the store shows offline: swept while
-        this instance's lease had lapsed. One shown online on another instance connected
-        there after it connected here: this socket is stale and is left to close."""
-        lost: list[str] = []
+    async def lost(self, connections: Mapping[str, int | None]
+                   ) -> tuple[list[str], list[str]]:
+        """Of ``connections`` (connected here, each with its connection number), those
+        the store shows offline (swept while this instance's lease had lapsed: to be
+        recorded again), and those it shows online under a higher number (the charger
+        connected elsewhere since: this socket is stale, to be closed). The second is
+        what the other instance's announcement tells at once; read here too because
+        announcements are lost while the bus is away (QA s19: after a Redis outage a
+        charger that moved kept a stale socket here, and commands sent through this
+        instance went to it and timed out)."""
+        offline: list[str] = []
+        superseded: list[str] = []
+        cp_ids = list(connections)
         for first in range(0, len(cp_ids), SWEEP_BATCH):
             chunk = cp_ids[first:first + SWEEP_BATCH]
-            online = {s.cp_id for s in await self.store.find_all(
+            online = {s.cp_id: s for s in await self.store.find_all(
                 Station, all_of(In("cp_id", tuple(chunk)), Eq("online", True)),
                 limit=len(chunk))}
-            lost += [cp_id for cp_id in chunk if cp_id not in online]
-        return lost
+            for cp_id in chunk:
+                station, mine = online.get(cp_id), connections[cp_id]
+                if station is None:
+                    offline.append(cp_id)
+                elif mine is not None and station.connection is not None \
+                        and station.connection > mine:
+                    superseded.append(cp_id)
+        return offline, superseded
 
     async def others_alive(self, instance_id: str) -> list[InstanceLease]:
         """The leases of other instances that have not expired: processes serving

@@ -246,6 +246,41 @@ async def test_a_newer_connection_announced_while_this_one_is_recorded_still_win
                 assert is_open(new) and await _settled(a, b.server)
 
 
+async def test_upkeep_closes_a_socket_superseded_while_its_announcement_was_lost(
+        path: Path) -> None:
+    """QA s19 (cluster): the charger moved from A to B while the bus was away, so A never
+    heard B's announcement; A kept its stale socket, and commands sent through A went to
+    it and timed out. A's upkeep reads its connections' numbers and lets it go."""
+    apart, elsewhere = MemoryEventBus(), MemoryEventBus()  # A hears nothing of B
+    await apart.start()
+    await elsewhere.start()
+    store = SqliteStore(str(path))
+    await store.start()
+    services = Services(ServiceContext(store=store, policy=Policy(), hasher=FastHasher(),
+                                       bus=apart))
+    server = OcppServer(services.charging, OcppGateway(), "127.0.0.1", 0,
+                        instances_bus=apart, instances=services.instances,
+                        lease_seconds=3600)
+    await server.start()
+    try:
+        a = Instance(services, store, server)
+        async with instance(path, elsewhere) as b, connected(a.url, "CP-1") as stale:
+            await until(lambda: _settled(a, server))
+            await server.upkeep()
+            assert is_open(stale)  # still the station's: kept
+            async with connected(b.url, "CP-1") as live:
+                await until(lambda: _settled(a, b.server))
+                await server.upkeep()
+                await until(lambda: _closed(stale))
+                assert stale._connection.close_reason == "connected to another instance"
+                assert is_open(live) and await _settled(a, b.server)
+    finally:
+        await server.stop()
+        await store.close()
+        await apart.close()
+        await elsewhere.close()
+
+
 # ------------------------------------------------------------------ arrival order
 def arrivals(at: Instance, count: int) -> Callable[[], Awaitable[bool]]:
     """Whether ``count`` arrivals of CP-1 hold or wait for their turn on ``at``."""
