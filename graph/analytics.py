@@ -32,9 +32,8 @@ TimeBucket = Bucket
 
 @strawberry.enum(description="One row per station or per connector.")
 class AnalyticsGroup(Enum):
-    STATION = strawberry.enum_value("STATION", description=(
-        "A row per station: the sum of its connectors' rows."))
-    CONNECTOR = strawberry.enum_value("CONNECTOR", description="A row per connector.")
+    STATION = "STATION"
+    CONNECTOR = "CONNECTOR"
 
 
 _WHOSE = ("Count this driver's (vehicle's) charging: energy, sessions and revenue. Not "

@@ -175,6 +175,12 @@ VALUE_DESCRIPTIONS: dict[str, dict[str, str]] = {
                 "`ocmf`.",
         "UNKNOWN": "Another format, kept as sent and not read.",
     },
+    # Registered in graph/analytics.py; its values are read as the domain's ``GroupBy``
+    # (``AnalyticsGroup.STATION.value``), so they stay plain strings.
+    "AnalyticsGroup": {
+        "STATION": "A row per station: the sum of its connectors' rows.",
+        "CONNECTOR": "A row per connector.",
+    },
     # Registered in graph/analytics.py (``domain.timebuckets.Bucket``).
     "TimeBucket": {
         "HOUR": "An hour, from the full hour in the time zone asked for.",
