@@ -40,8 +40,10 @@ AuditAction = d.AuditAction
 MeterAnomaly = d.MeterAnomaly
 
 #: The values' descriptions, by GraphQL enum and value name. The enums are the domain's
-#: classes, which know nothing of GraphQL, so these are given to the schema when it is
-#: built (``graph.schema.describe_shared_arguments``).
+#: classes, which know nothing of GraphQL (and two of the graph's, ``OrderDirection`` and
+#: ``AnalyticsGroup``, whose values are read as plain strings), so these are given to the
+#: schema when it is built (``graph.schema.describe_shared_arguments``). The OCPP 1.6
+#: enumerations' are ``graph.command_types.OCPP_VALUE_DESCRIPTIONS``.
 VALUE_DESCRIPTIONS: dict[str, dict[str, str]] = {
     "Role": {
         "DRIVER": "Charges: sees themselves, their vehicles, cards, sessions, reservations "
