@@ -43,9 +43,13 @@ _WHOSE = ("Count this driver's (vehicle's) charging: energy, sessions and revenu
 
 @strawberry.input(description="Which stations, or whose charging, to count.")
 class AnalyticsFilter:
-    station_ids: list[strawberry.ID] | None = None
-    cp_ids: list[str] | None = None
-    company_id: strawberry.ID | None = None
+    station_ids: list[strawberry.ID] | None = strawberry.field(default=None, description=(
+        "Only these stations (global ids)."))
+    cp_ids: list[str] | None = strawberry.field(default=None, description=(
+        "Only the stations with these OCPP identities."))
+    company_id: strawberry.ID | None = strawberry.field(default=None, description=(
+        "Only this company's stations. Matches nothing for a driver, who is not told "
+        "which company runs a station."))
     user_id: strawberry.ID | None = strawberry.field(default=None, description=_WHOSE)
     vehicle_id: strawberry.ID | None = strawberry.field(default=None, description=_WHOSE)
 
@@ -93,7 +97,9 @@ class EnergyBucket:
     net_revenue: Decimal = strawberry.field(
         description="`revenue` less `refunds`; below 0 in a bucket that paid back more "
                     "than it billed.")
-    currency: str
+    currency: str = strawberry.field(description=(
+        "ISO 4217 code of `revenue`, `refunds` and `netRevenue`: the one asked for, else "
+        "the window's most used."))
     cp_id: str | None = strawberry.field(
         default=None, description="With `groupBy`: the charge point these figures are "
                                   "of; null otherwise.")
@@ -137,15 +143,18 @@ _CURRENCY = ("ISO 4217 code of the revenue and refunds counted (those in other c
              "in the window have, else EUR.")
 _ROW_GROUP = "A row per station (default) or per connector."
 _ROW_BUCKET = "Split the rows into buckets of this size; without it, one row for the window."
+_ROW_STATION = "The station, if the viewer may see it."
 
 
 @strawberry.type(description="How much of the window connectors were occupied and charging.")
 class UtilizationRow:
-    cp_id: str
+    cp_id: str = strawberry.field(description="The station's OCPP identity.")
     connector_id: int | None = strawberry.field(description="Null for station rows.")
     window_seconds: float = strawberry.field(description=_WINDOW)
-    occupied_seconds: float
-    charging_seconds: float
+    occupied_seconds: float = strawberry.field(description=(
+        "Seconds of the window a session was open on the connector(s)."))
+    charging_seconds: float = strawberry.field(description=(
+        "Seconds of the window the status was Charging."))
     _station_id: strawberry.Private[str]
 
     start: datetime | None = strawberry.field(description=_START)
@@ -158,7 +167,7 @@ class UtilizationRow:
     def charging_share(self) -> float:
         return self.charging_seconds / self.window_seconds if self.window_seconds else 0.0
 
-    @strawberry.field
+    @strawberry.field(description=_ROW_STATION)
     async def station(self, info: Info) -> Station | None:
         return await _station(info, self._station_id)
 
@@ -173,10 +182,12 @@ class UtilizationRow:
 @strawberry.type(description="How much of the window connectors were usable: station "
                              "online, status neither Faulted nor Unavailable.")
 class AvailabilityRow:
-    cp_id: str
+    cp_id: str = strawberry.field(description="The station's OCPP identity.")
     connector_id: int | None = strawberry.field(description="Null for station rows.")
     window_seconds: float = strawberry.field(description=_WINDOW)
-    available_seconds: float
+    available_seconds: float = strawberry.field(description=(
+        "Seconds of the window the connector(s) were usable: station online, status "
+        "neither Faulted nor Unavailable."))
     reported_seconds: float = strawberry.field(
         description="The part of the window the connector's state was known: from when "
                     "its state history began (its charger's first connection or report "
@@ -207,7 +218,7 @@ class AvailabilityRow:
         return self.available_seconds / self.reported_seconds if self.reported_seconds \
             else 0.0
 
-    @strawberry.field
+    @strawberry.field(description=_ROW_STATION)
     async def station(self, info: Info) -> Station | None:
         return await _station(info, self._station_id)
 
@@ -223,7 +234,7 @@ class AvailabilityRow:
                              "point as a whole (connector 0). A fault is a report with an "
                              "error code, or with status FAULTED whatever its code.")
 class FaultSummary:
-    cp_id: str
+    cp_id: str = strawberry.field(description="The station's OCPP identity.")
     connector_id: int = strawberry.field(
         description="0 is the charge point as a whole: a charger-wide fault, one group, "
                     "its time the point's. A connector's groups are its own reports: the "
@@ -235,8 +246,11 @@ class FaultSummary:
     count: int = strawberry.field(
         description="Reports of this error on this connector in the window; 0 for a fault "
                     "reported before the window and still going in it.")
-    first_seen: datetime
-    last_seen: datetime
+    first_seen: datetime = strawberry.field(description=(
+        "Its first report in the window, UTC; for a fault going on when the window "
+        "opened (`count` 0), its last report before the window."))
+    last_seen: datetime = strawberry.field(description=(
+        "Its last report in the window, UTC (for `count` 0, as `firstSeen`)."))
     total_duration_seconds: float = strawberry.field(
         description="Time spent in this fault within the window (up to now). A fault stays "
                     "open while its station is offline (the charger's last report stands "
@@ -250,7 +264,7 @@ class FaultSummary:
                     "connector 0 the station's. An offline station's fault stays open.")
     _station_id: strawberry.Private[str]
 
-    @strawberry.field
+    @strawberry.field(description=_ROW_STATION)
     async def station(self, info: Info) -> Station | None:
         return await _station(info, self._station_id)
 
@@ -263,9 +277,10 @@ class FaultSummary:
                    _station_id=g.station_id)
 
 
-@strawberry.type
+@strawberry.type(description="The faults of a window: grouped, and one by one.")
 class FaultReport:
-    groups: list[FaultSummary]
+    groups: list[FaultSummary] = strawberry.field(description=(
+        "A group per station, connector and error code with a fault in the window."))
     _scope: strawberry.Private[Scope]
     _from: strawberry.Private[datetime]
     _to: strawberry.Private[datetime]
@@ -287,19 +302,21 @@ class StatusCount:
     status: str = strawberry.field(
         description="A `ConnectorStatus` name, or `OFFLINE`: the connectors of stations "
                     "that are offline, whatever they last reported.")
-    count: int
+    count: int = strawberry.field(description="How many connectors.")
 
 
 @strawberry.type(description="The network right now.")
 class Overview:
-    stations_online: int
-    stations_offline: int
+    stations_online: int = strawberry.field(description="Stations whose charger is "
+                                                        "connected now.")
+    stations_offline: int = strawberry.field(description="Stations whose charger is not.")
     connectors_by_status: list[StatusCount] = strawberry.field(
         description="Connectors of online stations by status, and those of offline "
                     "stations under `OFFLINE` (never counted as available: a charger "
                     "that is away cannot start a session); each connector once.")
-    active_sessions: int
-    energy_today_kwh: float
+    active_sessions: int = strawberry.field(description="Sessions charging now (ACTIVE).")
+    energy_today_kwh: float = strawberry.field(description=(
+        "Energy delivered today (from midnight in `timeZone`), kWh, from meter values."))
     revenue_today: list[Money] = strawberry.field(
         description="Gross per currency: what was billed today (the payments opened "
                     "today, as `EnergyBucket.revenue` counts them).")

@@ -13,32 +13,51 @@ import strawberry
 from domain import ocpp16
 
 # Registered as GraphQL enums; the names below are the classes themselves.
-for _enum in (
-    ocpp16.ResetType,
-    ocpp16.ResetStatus,
-    ocpp16.UnlockStatus,
-    ocpp16.AvailabilityType,
-    ocpp16.AvailabilityStatus,
-    ocpp16.ConfigurationStatus,
-    ocpp16.ClearCacheStatus,
-    ocpp16.MessageTrigger,
-    ocpp16.TriggerMessageStatus,
-    ocpp16.DataTransferStatus,
-    ocpp16.ReservationStatus,
-    ocpp16.CancelReservationStatus,
-    ocpp16.ChargingProfileStatus,
-    ocpp16.ClearChargingProfileStatus,
-    ocpp16.GetCompositeScheduleStatus,
-    ocpp16.UpdateType,
-    ocpp16.UpdateStatus,
-    ocpp16.ChargingProfilePurposeType,
-    ocpp16.ChargingProfileKindType,
-    ocpp16.RecurrencyKind,
-    ocpp16.ChargingRateUnitType,
-    ocpp16.RemoteStartStopStatus,
-    ocpp16.AuthorizationStatus,
+for _enum, _description in (
+    (ocpp16.ResetType, "OCPP 1.6 ResetType: how a charger restarts."),
+    (ocpp16.ResetStatus, "OCPP 1.6 ResetStatus: a charger's answer to `reset`."),
+    (ocpp16.UnlockStatus, "OCPP 1.6 UnlockStatus: a charger's answer to `unlockConnector`."),
+    (ocpp16.AvailabilityType, "OCPP 1.6 AvailabilityType: in or out of service."),
+    (ocpp16.AvailabilityStatus,
+     "OCPP 1.6 AvailabilityStatus: a charger's answer to `changeAvailability`."),
+    (ocpp16.ConfigurationStatus,
+     "OCPP 1.6 ConfigurationStatus: a charger's answer to `changeConfiguration`."),
+    (ocpp16.ClearCacheStatus, "OCPP 1.6 ClearCacheStatus: a charger's answer to "
+                              "`clearCache`."),
+    (ocpp16.MessageTrigger, "OCPP 1.6 MessageTrigger: the message `triggerMessage` asks "
+                            "a charger to send now."),
+    (ocpp16.TriggerMessageStatus,
+     "OCPP 1.6 TriggerMessageStatus: a charger's answer to `triggerMessage`."),
+    (ocpp16.DataTransferStatus,
+     "OCPP 1.6 DataTransferStatus: a charger's answer to `dataTransfer`."),
+    (ocpp16.ReservationStatus, "OCPP 1.6 ReservationStatus: a charger's answer to "
+                               "`reserveNow`."),
+    (ocpp16.CancelReservationStatus,
+     "OCPP 1.6 CancelReservationStatus: a charger's answer to `cancelReservation`."),
+    (ocpp16.ChargingProfileStatus,
+     "OCPP 1.6 ChargingProfileStatus: a charger's answer to `setChargingProfile`."),
+    (ocpp16.ClearChargingProfileStatus,
+     "OCPP 1.6 ClearChargingProfileStatus: a charger's answer to `clearChargingProfile`."),
+    (ocpp16.GetCompositeScheduleStatus,
+     "OCPP 1.6 GetCompositeScheduleStatus: a charger's answer to `getCompositeSchedule`."),
+    (ocpp16.UpdateType, "OCPP 1.6 UpdateType: how `sendLocalList` changes a charger's "
+                        "local authorization list."),
+    (ocpp16.UpdateStatus, "OCPP 1.6 UpdateStatus: a charger's answer to `sendLocalList`."),
+    (ocpp16.ChargingProfilePurposeType,
+     "OCPP 1.6 ChargingProfilePurposeType: what a charging profile limits."),
+    (ocpp16.ChargingProfileKindType,
+     "OCPP 1.6 ChargingProfileKindType: when a charging profile's schedule starts."),
+    (ocpp16.RecurrencyKind, "OCPP 1.6 RecurrencyKind: how often a RECURRING profile's "
+                            "schedule repeats."),
+    (ocpp16.ChargingRateUnitType,
+     "OCPP 1.6 ChargingRateUnitType: the unit of a charging schedule's limits."),
+    (ocpp16.RemoteStartStopStatus,
+     "OCPP 1.6 RemoteStartStopStatus: a charger's answer to `remoteStartTransaction` or "
+     "`remoteStopTransaction`."),
+    (ocpp16.AuthorizationStatus,
+     "OCPP 1.6 AuthorizationStatus: what a charger is told of an id tag."),
 ):
-    strawberry.enum(_enum)
+    strawberry.enum(_enum, description=_description)
 
 ResetType = ocpp16.ResetType
 ResetStatus = ocpp16.ResetStatus
@@ -63,6 +82,186 @@ RecurrencyKind = ocpp16.RecurrencyKind
 ChargingRateUnitType = ocpp16.ChargingRateUnitType
 RemoteStartStopStatus = ocpp16.RemoteStartStopStatus
 AuthorizationStatus = ocpp16.AuthorizationStatus
+
+#: The values' descriptions of the OCPP 1.6 enumerations, by GraphQL enum and value name
+#: (the meaning OCPP 1.6 gives each). ``domain.ocpp16`` knows nothing of GraphQL, so
+#: these are given to the schema when it is built, as ``graph.enums.VALUE_DESCRIPTIONS``
+#: are (``graph.schema.describe_shared_arguments``).
+OCPP_VALUE_DESCRIPTIONS: dict[str, dict[str, str]] = {
+    "ResetType": {
+        "HARD": "Restart the hardware at once; transactions under way are stopped "
+                "(reason HardReset).",
+        "SOFT": "Stop transactions under way gracefully (reason SoftReset), then restart "
+                "the software.",
+    },
+    "ResetStatus": {
+        "ACCEPTED": "The charger will reset.",
+        "REJECTED": "The charger will not reset.",
+    },
+    "UnlockStatus": {
+        "UNLOCKED": "The connector's cable lock was released.",
+        "UNLOCK_FAILED": "The charger tried and failed to release the lock.",
+        "NOT_SUPPORTED": "The connector has no lock to release (e.g. a tethered cable).",
+    },
+    "AvailabilityType": {
+        "INOPERATIVE": "Out of service: the connector (0: every connector) reports "
+                       "UNAVAILABLE and charges nobody.",
+        "OPERATIVE": "Back in service.",
+    },
+    "AvailabilityStatus": {
+        "ACCEPTED": "Changed now.",
+        "REJECTED": "Refused: nothing changes.",
+        "SCHEDULED": "A transaction is under way: the change happens when it ends.",
+    },
+    "ConfigurationStatus": {
+        "ACCEPTED": "The new value is in force.",
+        "REJECTED": "Refused: the key is read-only or the value not acceptable.",
+        "REBOOT_REQUIRED": "Stored; it applies from the charger's next reboot.",
+        "NOT_SUPPORTED": "The charger does not know the key.",
+    },
+    "ClearCacheStatus": {
+        "ACCEPTED": "The charger's authorization cache was cleared.",
+        "REJECTED": "Not cleared (e.g. the charger keeps no cache).",
+    },
+    "MessageTrigger": {
+        "BOOT_NOTIFICATION": "A BootNotification (the charger's model, firmware; answered "
+                             "with its registration).",
+        "FIRMWARE_STATUS_NOTIFICATION": "A FirmwareStatusNotification: where a firmware "
+                                        "update is.",
+        "HEARTBEAT": "A Heartbeat.",
+        "METER_VALUES": "MeterValues of the connector given (all without one).",
+        "STATUS_NOTIFICATION": "A StatusNotification of the connector given (all "
+                               "without one).",
+        "DIAGNOSTICS_STATUS_NOTIFICATION": "A DiagnosticsStatusNotification: where a "
+                                           "diagnostics upload is.",
+    },
+    "TriggerMessageStatus": {
+        "ACCEPTED": "The charger will send the message.",
+        "REJECTED": "It will not (e.g. the connector id is not one of its own).",
+        "NOT_IMPLEMENTED": "It cannot be asked for this message.",
+    },
+    "DataTransferStatus": {
+        "ACCEPTED": "The vendor's handler on the charger took the message.",
+        "REJECTED": "The vendor's handler refused it.",
+        "UNKNOWN_MESSAGE_ID": "The vendorId is known, the messageId is not.",
+        "UNKNOWN_VENDOR_ID": "The charger has no handler for the vendorId.",
+    },
+    "ReservationStatus": {
+        "ACCEPTED": "The connector is held for the tag (or its group) until `expiryDate`.",
+        "FAULTED": "Refused: the connector or the charger is faulted.",
+        "OCCUPIED": "Refused: the connector is in use or reserved for another tag.",
+        "REJECTED": "Refused: the charger takes no reservations (or none for connector "
+                    "0).",
+        "UNAVAILABLE": "Refused: the connector is out of service (UNAVAILABLE).",
+    },
+    "CancelReservationStatus": {
+        "ACCEPTED": "The charger ended the reservation.",
+        "REJECTED": "The charger holds no reservation of that id (it is over either way).",
+    },
+    "ChargingProfileStatus": {
+        "ACCEPTED": "The charger installed the profile.",
+        "REJECTED": "The charger refused the profile.",
+        "NOT_SUPPORTED": "The charger does no smart charging.",
+    },
+    "ClearChargingProfileStatus": {
+        "ACCEPTED": "The profiles matching the criteria were cleared.",
+        "UNKNOWN": "No profile matched the criteria.",
+    },
+    "GetCompositeScheduleStatus": {
+        "ACCEPTED": "The schedule is in the answer.",
+        "REJECTED": "The charger cannot give one (e.g. an unknown connector).",
+    },
+    "UpdateType": {
+        "DIFFERENTIAL": "Change the tags listed: an entry with `idTagInfo` adds or updates "
+                        "its tag, one without removes it.",
+        "FULL": "Replace the whole list with the entries given (none: empty it).",
+    },
+    "UpdateStatus": {
+        "ACCEPTED": "The list now has the version sent.",
+        "FAILED": "Updating the list failed.",
+        "NOT_SUPPORTED": "The charger keeps no local list.",
+        "VERSION_MISMATCH": "A differential update whose version is not newer than the "
+                            "charger's list: send a FULL one.",
+    },
+    "ChargingProfilePurposeType": {
+        "CHARGE_POINT_MAX_PROFILE": "Limits the charge point as a whole (connector 0).",
+        "TX_DEFAULT_PROFILE": "The default for transactions to come, on one connector (0: "
+                              "on every connector).",
+        "TX_PROFILE": "Limits one transaction under way on its connector, over the "
+                      "default.",
+    },
+    "ChargingProfileKindType": {
+        "ABSOLUTE": "The schedule starts at its `startSchedule`.",
+        "RECURRING": "The schedule repeats daily or weekly (`recurrencyKind`) from its "
+                     "`startSchedule`.",
+        "RELATIVE": "The schedule starts when the charger decides, such as the "
+                    "transaction's start.",
+    },
+    "RecurrencyKind": {
+        "DAILY": "Repeats every 24 hours from `startSchedule`.",
+        "WEEKLY": "Repeats every 7 days from `startSchedule`.",
+    },
+    "ChargingRateUnitType": {
+        "W": "Watts: a power limit.",
+        "A": "Amperes per phase: a current limit.",
+    },
+    "RemoteStartStopStatus": {
+        "ACCEPTED": "The charger will try to start (or stop) the transaction: "
+                    "`sessionChanged` tells when it did.",
+        "REJECTED": "The charger will not.",
+    },
+    "AuthorizationStatus": {
+        "ACCEPTED": "May charge.",
+        "BLOCKED": "Refused: the tag is blocked.",
+        "EXPIRED": "Refused: the tag is past its expiry.",
+        "INVALID": "Refused: the tag is unknown or not valid here.",
+        "CONCURRENT_TX": "Refused: the tag is charging in another transaction already.",
+    },
+    "Measurand": {
+        "ENERGY_ACTIVE_EXPORT_REGISTER": "`Energy.Active.Export.Register`: active energy "
+                                         "fed back to the grid, the meter's register "
+                                         "(Wh or kWh).",
+        "ENERGY_ACTIVE_IMPORT_REGISTER": "`Energy.Active.Import.Register`: active energy "
+                                         "delivered to the car, the meter's register (Wh "
+                                         "or kWh): what a session's energy is counted "
+                                         "from.",
+        "ENERGY_REACTIVE_EXPORT_REGISTER": "`Energy.Reactive.Export.Register`: reactive "
+                                           "energy exported, the register (varh or "
+                                           "kvarh).",
+        "ENERGY_REACTIVE_IMPORT_REGISTER": "`Energy.Reactive.Import.Register`: reactive "
+                                           "energy imported, the register (varh or "
+                                           "kvarh).",
+        "ENERGY_ACTIVE_EXPORT_INTERVAL": "`Energy.Active.Export.Interval`: active energy "
+                                         "exported in the last interval (Wh or kWh).",
+        "ENERGY_ACTIVE_IMPORT_INTERVAL": "`Energy.Active.Import.Interval`: active energy "
+                                         "imported in the last interval (Wh or kWh).",
+        "ENERGY_REACTIVE_EXPORT_INTERVAL": "`Energy.Reactive.Export.Interval`: reactive "
+                                           "energy exported in the last interval (varh "
+                                           "or kvarh).",
+        "ENERGY_REACTIVE_IMPORT_INTERVAL": "`Energy.Reactive.Import.Interval`: reactive "
+                                           "energy imported in the last interval (varh "
+                                           "or kvarh).",
+        "POWER_ACTIVE_EXPORT": "`Power.Active.Export`: active power fed back to the grid "
+                               "(W or kW).",
+        "POWER_ACTIVE_IMPORT": "`Power.Active.Import`: active power delivered to the car "
+                               "(W or kW): a session's `powerKw`.",
+        "POWER_OFFERED": "`Power.Offered`: the most power offered to the car (W or kW).",
+        "POWER_REACTIVE_EXPORT": "`Power.Reactive.Export`: reactive power exported (var "
+                                 "or kvar).",
+        "POWER_REACTIVE_IMPORT": "`Power.Reactive.Import`: reactive power imported (var "
+                                 "or kvar).",
+        "POWER_FACTOR": "`Power.Factor`: the power factor of the energy flow.",
+        "CURRENT_IMPORT": "`Current.Import`: current delivered to the car (A).",
+        "CURRENT_EXPORT": "`Current.Export`: current fed back from the car (A).",
+        "CURRENT_OFFERED": "`Current.Offered`: the most current offered to the car (A).",
+        "VOLTAGE": "`Voltage`: AC RMS supply voltage (V).",
+        "FREQUENCY": "`Frequency`: power line frequency (Hz).",
+        "TEMPERATURE": "`Temperature`: a temperature in the charger (Celsius, Fahrenheit "
+                       "or K).",
+        "SOC": "`SoC`: the car's State of Charge (percent): a session's `socPercent`.",
+        "RPM": "`RPM`: a fan's speed (revolutions per minute).",
+    },
+}
 
 
 def _camel(name: str) -> str:
@@ -93,42 +292,70 @@ def to_ocpp(value: Any) -> Any:
 class ChargingSchedulePeriodInput:
     start_period: int = strawberry.field(description="Seconds from the schedule's start.")
     limit: float = strawberry.field(description="In the schedule's unit (W or A), 0.1 steps.")
-    number_phases: int | None = None
+    number_phases: int | None = strawberry.field(default=None, description=(
+        "Phases the car may charge on, 1 to 3; left out: 3."))
 
 
 @strawberry.input(description="OCPP ChargingSchedule.")
 class ChargingScheduleInput:
-    charging_rate_unit: ChargingRateUnitType  # type: ignore[valid-type]
-    charging_schedule_period: list[ChargingSchedulePeriodInput]
-    duration: int | None = None
-    start_schedule: datetime | None = None
-    min_charging_rate: float | None = None
+    charging_rate_unit: ChargingRateUnitType = strawberry.field(  # type: ignore[valid-type]
+        description="The unit of `limit` and `minChargingRate`: W (limits up to "
+                    "10,000,000) or A (up to 3,000).")
+    charging_schedule_period: list[ChargingSchedulePeriodInput] = strawberry.field(
+        description="At least one: the first starting at 0, each later one after the one "
+                    "before.")
+    duration: int | None = strawberry.field(default=None, description=(
+        "Seconds the schedule lasts; left out: its last period goes on until the "
+        "transaction ends or another profile takes over."))
+    start_schedule: datetime | None = strawberry.field(default=None, description=(
+        "When an ABSOLUTE or RECURRING schedule starts; left out: relative to the start "
+        "of charging."))
+    min_charging_rate: float | None = strawberry.field(default=None, description=(
+        "The least rate the car charges at, in the schedule's unit (0.1 steps): a charger "
+        "may use it to share power."))
 
 
 @strawberry.input(description="OCPP csChargingProfiles / chargingProfile.")
 class ChargingProfileInput:
-    charging_profile_id: int
-    stack_level: int
-    charging_profile_purpose: ChargingProfilePurposeType  # type: ignore[valid-type]
-    charging_profile_kind: ChargingProfileKindType  # type: ignore[valid-type]
-    charging_schedule: ChargingScheduleInput
-    transaction_id: int | None = None
-    recurrency_kind: RecurrencyKind | None = None  # type: ignore[valid-type]
-    valid_from: datetime | None = None
-    valid_to: datetime | None = None
+    charging_profile_id: int = strawberry.field(description=(
+        "The profile's id, 0 or more: one with the id of a profile the charger holds "
+        "replaces it."))
+    stack_level: int = strawberry.field(description=(
+        "0 to 100: of the profiles of one purpose in force at once, the highest level "
+        "applies."))
+    charging_profile_purpose: ChargingProfilePurposeType = strawberry.field(  # type: ignore[valid-type]
+        description="What it limits; a remote start's profile is a TX_PROFILE.")
+    charging_profile_kind: ChargingProfileKindType = strawberry.field(  # type: ignore[valid-type]
+        description="When its schedule starts.")
+    charging_schedule: ChargingScheduleInput = strawberry.field(description="The limits "
+                                                                            "over time.")
+    transaction_id: int | None = strawberry.field(default=None, description=(
+        "A TX_PROFILE's transaction (OCPP transactionId), under way on the connector; left "
+        "out: the one under way there. Not with a remote start, nor a TX_DEFAULT_PROFILE."))
+    recurrency_kind: RecurrencyKind | None = strawberry.field(  # type: ignore[valid-type]
+        default=None, description="Required with RECURRING.")
+    valid_from: datetime | None = strawberry.field(default=None, description=(
+        "When the profile starts to apply; left out: at once."))
+    valid_to: datetime | None = strawberry.field(default=None, description=(
+        "When it stops applying, after `validFrom`; left out: until replaced or cleared."))
 
 
 # ------------------------------------------------------------------ local list inputs
 @strawberry.input(description="OCPP IdTagInfo for a local authorization list entry.")
 class IdTagInfoInput:
-    status: AuthorizationStatus  # type: ignore[valid-type]
-    expiry_date: datetime | None = None
-    parent_id_tag: str | None = None
+    status: AuthorizationStatus = strawberry.field(  # type: ignore[valid-type]
+        description="What the charger answers for the tag from its list.")
+    expiry_date: datetime | None = strawberry.field(default=None, description=(
+        "When the charger stops accepting the tag; left out: no expiry."))
+    parent_id_tag: str | None = strawberry.field(default=None, description=(
+        "The tag's group (OCPP parentIdTag, at most 20 characters)."))
 
 
 @strawberry.input(description="OCPP AuthorizationData.")
 class AuthorizationDataInput:
-    id_tag: str
+    id_tag: str = strawberry.field(description=(
+        "The tag, at most 20 printable ASCII characters, sent upper case (OCPP id tags "
+        "are case-insensitive)."))
     id_tag_info: IdTagInfoInput | None = strawberry.field(
         default=None, description="Leave out to remove the tag (differential updates)."
     )
@@ -159,20 +386,29 @@ class ConfigurationKey:
         "since: `value` applies from its next boot."))
 
 
-@strawberry.type
+@strawberry.type(description="One period of a charger's schedule (OCPP "
+                             "ChargingSchedulePeriod).")
 class ChargingSchedulePeriod:
-    start_period: int
-    limit: float
-    number_phases: int | None
+    start_period: int = strawberry.field(description="Seconds from the schedule's start.")
+    limit: float = strawberry.field(description="In the schedule's unit (W, or A per "
+                                                "phase).")
+    number_phases: int | None = strawberry.field(description=(
+        "Phases the car may charge on; null: the charger did not say (OCPP reads 3)."))
 
 
-@strawberry.type
+@strawberry.type(description="A charging schedule as a charger reported it (OCPP "
+                             "ChargingSchedule of a `getCompositeSchedule` answer).")
 class ChargingSchedule:
-    charging_rate_unit: ChargingRateUnitType  # type: ignore[valid-type]
-    charging_schedule_period: list[ChargingSchedulePeriod]
-    duration: int | None
-    start_schedule: datetime | None
-    min_charging_rate: float | None
+    charging_rate_unit: ChargingRateUnitType = strawberry.field(  # type: ignore[valid-type]
+        description="The unit of `limit` and `minChargingRate`.")
+    charging_schedule_period: list[ChargingSchedulePeriod] = strawberry.field(
+        description="The periods, in the order of their start.")
+    duration: int | None = strawberry.field(description=(
+        "Seconds the schedule lasts; null: its last period goes on."))
+    start_schedule: datetime | None = strawberry.field(description=(
+        "When the schedule starts, UTC; null: not given by the charger."))
+    min_charging_rate: float | None = strawberry.field(description=(
+        "The least rate the car charges at, in the schedule's unit; null: not given."))
 
     @classmethod
     def from_ocpp(cls, data: dict[str, Any]) -> ChargingSchedule:

@@ -55,11 +55,27 @@ def _payload(input: Any, *skip: str) -> tuple[str, dict[str, Any]]:
     return cp_id, data
 
 
+#: The ``cpId`` of every command's input.
+_CP_ID = ("The charger's OCPP identity (`Station.cpId`); NOT_FOUND when the viewer sees no "
+          "such station.")
+#: The ``status`` of every command's payload.
+_STATUS = ("The charger's answer; a refusal also comes as CHARGER_REJECTED in `errors`. "
+           "Null when it did not answer (see `errors`).")
+#: Retries of an upload or download (``command_rules``: 0..100, 0..86400).
+_RETRIES = "How often the charger retries, 0 to 100; left out: its own choice."
+_RETRY_INTERVAL = "Seconds between its retries, 0 to 86400; left out: its own choice."
+
+
 @strawberry.interface(description="What every command mutation returns.")
 class CommandPayload:
     command_id: strawberry.ID | None = strawberry.field(
         description="Also in the commandCompleted subscription and the audit log.")
-    errors: list[UserError]
+    errors: list[UserError] = strawberry.field(description=(
+        "Why the command failed; empty when the charger did (or will do) what was asked. "
+        "Refused before anything is sent: UNAUTHENTICATED, NOT_FOUND, FORBIDDEN, or an "
+        "input field's error (INVALID, IN_USE, …). Sent or tried: CHARGER_OFFLINE and "
+        "CHARGER_BUSY (never sent), CHARGER_TIMEOUT (no answer: it may have acted), "
+        "CHARGER_REJECTED (it said no: see `status`) or CHARGER_ERROR."))
 
 
 def _common(outcome: CommandOutcome | None, errors: list[UserError]) -> dict[str, Any]:
@@ -68,243 +84,342 @@ def _common(outcome: CommandOutcome | None, errors: list[UserError]) -> dict[str
 
 
 # ------------------------------------------------------------------ inputs
-@strawberry.input
+@strawberry.input(description=(
+    "Ask a charger to start charging (OCPP RemoteStartTransaction). Drivers, with "
+    "their own card; admins and the station's operators, with any card."))
 class RemoteStartTransactionInput:
-    cp_id: str
-    connector_id: int | None = None
+    cp_id: str = strawberry.field(description=_CP_ID)
+    connector_id: int | None = strawberry.field(default=None, description=(
+        "The connector to charge on, from 1; left out: the charger picks one."))
     id_tag: str | None = strawberry.field(
         default=None, description="Drivers may leave it out: their vehicle's or first tag.")
     vehicle_id: strawberry.ID | None = strawberry.field(
         default=None, description="Drivers: charge with the tag linked to this vehicle.")
-    charging_profile: t.ChargingProfileInput | None = None
+    charging_profile: t.ChargingProfileInput | None = strawberry.field(
+        default=None, description=(
+            "A TX_PROFILE limiting the transaction to be (no `transactionId`); not for "
+            "drivers."))
 
 
-@strawberry.input
+@strawberry.input(description=(
+    "Ask a charger to stop a transaction (OCPP RemoteStopTransaction). Drivers, their "
+    "own; admins and the station's operators, any."))
 class RemoteStopTransactionInput:
-    cp_id: str
-    transaction_id: int
+    cp_id: str = strawberry.field(description=_CP_ID)
+    transaction_id: int = strawberry.field(description=(
+        "The session's OCPP transactionId (`Session.transactionId`), under way on this "
+        "charger."))
 
 
-@strawberry.input
+@strawberry.input(description="Ask a charger to restart (OCPP Reset).")
 class ResetInput:
-    cp_id: str
-    type: t.ResetType  # type: ignore[valid-type]
+    cp_id: str = strawberry.field(description=_CP_ID)
+    type: t.ResetType = strawberry.field(  # type: ignore[valid-type]
+        description="HARD or SOFT.")
 
 
-@strawberry.input
+@strawberry.input(description=(
+    "Ask a charger to release a connector's cable lock (OCPP UnlockConnector)."))
 class UnlockConnectorInput:
-    cp_id: str
-    connector_id: int
+    cp_id: str = strawberry.field(description=_CP_ID)
+    connector_id: int = strawberry.field(description="The connector to unlock, from 1.")
 
 
-@strawberry.input
+@strawberry.input(description=(
+    "Take a connector (0: the charge point) out of service or back (OCPP "
+    "ChangeAvailability)."))
 class ChangeAvailabilityInput:
-    cp_id: str
+    cp_id: str = strawberry.field(description=_CP_ID)
     connector_id: int = strawberry.field(description="0 for the whole charge point.")
-    type: t.AvailabilityType  # type: ignore[valid-type]
+    type: t.AvailabilityType = strawberry.field(  # type: ignore[valid-type]
+        description="OPERATIVE or INOPERATIVE.")
 
 
-@strawberry.input
+@strawberry.input(description="Set one configuration key of a charger (OCPP ChangeConfiguration).")
 class ChangeConfigurationInput:
-    cp_id: str
-    key: str
-    value: str
+    cp_id: str = strawberry.field(description=_CP_ID)
+    key: str = strawberry.field(description=(
+        "The configuration key, at most 50 characters (OCPP keys ignore case). Not "
+        "`AuthorizationKey` (INVALID): set the charger's password with `updateStation`."))
+    value: str = strawberry.field(description=(
+        "The new value, at most 500 characters. `HeartbeatInterval`: whole seconds, 1 to "
+        "86400; once accepted, the station's boots are answered with it."))
 
 
-@strawberry.input
+@strawberry.input(description="Read configuration keys of a charger (OCPP GetConfiguration).")
 class GetConfigurationInput:
-    cp_id: str
+    cp_id: str = strawberry.field(description=_CP_ID)
     key: list[str] | None = strawberry.field(default=None, description="All keys if left out.")
 
 
-@strawberry.input
+@strawberry.input(description="Clear a charger's authorization cache (OCPP ClearCache).")
 class ClearCacheInput:
-    cp_id: str
+    cp_id: str = strawberry.field(description=_CP_ID)
 
 
-@strawberry.input
+@strawberry.input(description="Ask a charger to send a message now (OCPP TriggerMessage).")
 class TriggerMessageInput:
-    cp_id: str
-    requested_message: t.MessageTrigger  # type: ignore[valid-type]
-    connector_id: int | None = None
+    cp_id: str = strawberry.field(description=_CP_ID)
+    requested_message: t.MessageTrigger = strawberry.field(  # type: ignore[valid-type]
+        description="The message the charger is to send now.")
+    connector_id: int | None = strawberry.field(default=None, description=(
+        "The connector the message is about (0: the charge point), for METER_VALUES and "
+        "STATUS_NOTIFICATION; left out: all of them."))
 
 
-@strawberry.input
+@strawberry.input(description="A vendor-specific message to a charger (OCPP DataTransfer).")
 class DataTransferInput:
-    cp_id: str
-    vendor_id: str
-    message_id: str | None = None
-    data: str | None = None
+    cp_id: str = strawberry.field(description=_CP_ID)
+    vendor_id: str = strawberry.field(description=(
+        "Whose extension the message is for (usually a reversed DNS name), at most 255 "
+        "characters."))
+    message_id: str | None = strawberry.field(default=None, description=(
+        "Which of the vendor's messages, at most 50 characters."))
+    data: str | None = strawberry.field(default=None, description=(
+        "The message's content, as the vendor defines it."))
 
 
-@strawberry.input
+@strawberry.input(description=(
+    "Hold a connector for a card (OCPP ReserveNow). Drivers, for their own card, one "
+    "reservation at a time; admins and the station's operators, for any card."))
 class ReserveNowInput:
-    cp_id: str
+    cp_id: str = strawberry.field(description=_CP_ID)
     connector_id: int = strawberry.field(description="0 reserves any connector.")
-    expiry_date: datetime
+    expiry_date: datetime = strawberry.field(description=(
+        "When the reservation ends: in the future, at most 24 hours ahead."))
     id_tag: str | None = strawberry.field(
         default=None, description="Drivers may leave it out (their first usable tag).")
-    parent_id_tag: str | None = None
-    vehicle_id: strawberry.ID | None = None
+    parent_id_tag: str | None = strawberry.field(default=None, description=(
+        "The tag's group (OCPP parentIdTag): a card of the group may use the reservation "
+        "too, at chargers that allow it."))
+    vehicle_id: strawberry.ID | None = strawberry.field(default=None, description=(
+        "Drivers: reserve for the tag linked to this vehicle of theirs. Not for operators "
+        "(INVALID): they give `idTag`."))
 
 
-@strawberry.input
+@strawberry.input(description="End a reservation at its charger (OCPP CancelReservation).")
 class CancelReservationInput:
-    cp_id: str
-    reservation_id: int
+    cp_id: str = strawberry.field(description=_CP_ID)
+    reservation_id: int = strawberry.field(description=(
+        "The OCPP reservationId (`Reservation.reservationId`) of a live reservation on "
+        "this charger."))
 
 
-@strawberry.input
+@strawberry.input(description=(
+    "Install a charging profile: power or current limits over time (OCPP "
+    "SetChargingProfile)."))
 class SetChargingProfileInput:
-    cp_id: str
-    connector_id: int
-    cs_charging_profiles: t.ChargingProfileInput
+    cp_id: str = strawberry.field(description=_CP_ID)
+    connector_id: int = strawberry.field(description=(
+        "0: the charge point (a CHARGE_POINT_MAX_PROFILE, or a TX_DEFAULT_PROFILE for "
+        "every connector); else the connector (a TX_PROFILE needs a transaction under "
+        "way on it)."))
+    cs_charging_profiles: t.ChargingProfileInput = strawberry.field(
+        description="The profile to install.")
 
 
-@strawberry.input
+@strawberry.input(description=(
+    "Remove charging profiles matching every criterion given; none given: all of them "
+    "(OCPP ClearChargingProfile)."))
 class ClearChargingProfileInput:
-    cp_id: str
-    id: int | None = None
-    connector_id: int | None = None
-    charging_profile_purpose: t.ChargingProfilePurposeType | None = None  # type: ignore[valid-type]
-    stack_level: int | None = None
+    cp_id: str = strawberry.field(description=_CP_ID)
+    id: int | None = strawberry.field(default=None, description=(
+        "The profile with this `chargingProfileId`; left out, the other criteria choose "
+        "(none given: every profile)."))
+    connector_id: int | None = strawberry.field(default=None, description=(
+        "Profiles of this connector (0: the charge point's)."))
+    charging_profile_purpose: t.ChargingProfilePurposeType | None = strawberry.field(  # type: ignore[valid-type]
+        default=None, description="Profiles of this purpose.")
+    stack_level: int | None = strawberry.field(default=None, description=(
+        "Profiles at this stack level, 0 to 100."))
 
 
-@strawberry.input
+@strawberry.input(description=(
+    "Ask a charger for the limits it plans to apply, all profiles combined (OCPP "
+    "GetCompositeSchedule)."))
 class GetCompositeScheduleInput:
-    cp_id: str
-    connector_id: int
-    duration: int
-    charging_rate_unit: t.ChargingRateUnitType | None = None  # type: ignore[valid-type]
+    cp_id: str = strawberry.field(description=_CP_ID)
+    connector_id: int = strawberry.field(description=(
+        "The connector (0: the charge point's expected total)."))
+    duration: int = strawberry.field(description="Seconds from now the schedule covers.")
+    charging_rate_unit: t.ChargingRateUnitType | None = strawberry.field(  # type: ignore[valid-type]
+        default=None, description="The unit wanted; left out: the charger's choice.")
 
 
-@strawberry.input
+@strawberry.input(description=(
+    "Ask a charger for its local authorization list's version (OCPP "
+    "GetLocalListVersion)."))
 class GetLocalListVersionInput:
-    cp_id: str
+    cp_id: str = strawberry.field(description=_CP_ID)
 
 
-@strawberry.input
+@strawberry.input(description=(
+    "Change a charger's local authorization list: the tags it accepts or refuses "
+    "without asking (OCPP SendLocalList)."))
 class SendLocalListInput:
-    cp_id: str
-    list_version: int
-    update_type: t.UpdateType  # type: ignore[valid-type]
-    local_authorization_list: list[t.AuthorizationDataInput] | None = None
+    cp_id: str = strawberry.field(description=_CP_ID)
+    list_version: int = strawberry.field(description=(
+        "The list's version after this update: 1 or more when it holds tags (0 means no "
+        "list)."))
+    update_type: t.UpdateType = strawberry.field(  # type: ignore[valid-type]
+        description="FULL or DIFFERENTIAL.")
+    local_authorization_list: list[t.AuthorizationDataInput] | None = strawberry.field(
+        default=None, description=(
+            "The entries, each tag once: with FULL every tag with its `idTagInfo`; with "
+            "DIFFERENTIAL the changes."))
 
 
-@strawberry.input
+@strawberry.input(description="Ask a charger to upload a diagnostics file (OCPP GetDiagnostics).")
 class GetDiagnosticsInput:
-    cp_id: str
+    cp_id: str = strawberry.field(description=_CP_ID)
     location: str = strawberry.field(description="Upload URL for the diagnostics file.")
-    retries: int | None = None
-    retry_interval: int | None = None
-    start_time: datetime | None = None
-    stop_time: datetime | None = None
+    retries: int | None = strawberry.field(default=None, description=_RETRIES)
+    retry_interval: int | None = strawberry.field(default=None, description=_RETRY_INTERVAL)
+    start_time: datetime | None = strawberry.field(default=None, description=(
+        "The oldest information to include; left out: the charger's choice."))
+    stop_time: datetime | None = strawberry.field(default=None, description=(
+        "The newest information to include, after `startTime`."))
 
 
-@strawberry.input
+@strawberry.input(description=(
+    "Ask a charger to download and install firmware (OCPP UpdateFirmware)."))
 class UpdateFirmwareInput:
-    cp_id: str
-    location: str
-    retrieve_date: datetime
-    retries: int | None = None
-    retry_interval: int | None = None
+    cp_id: str = strawberry.field(description=_CP_ID)
+    location: str = strawberry.field(description=(
+        "Where the charger downloads the firmware: an absolute ftp(s), sftp or http(s) "
+        "URL, at most 2000 characters (the audit log keeps it without user information)."))
+    retrieve_date: datetime = strawberry.field(description=(
+        "When the charger is to download it (not before)."))
+    retries: int | None = strawberry.field(default=None, description=_RETRIES)
+    retry_interval: int | None = strawberry.field(default=None, description=_RETRY_INTERVAL)
 
 
 # ------------------------------------------------------------------ payloads
-@strawberry.type
+@strawberry.type(description="The answer to `remoteStartTransaction` or `remoteStopTransaction`.")
 class RemoteStartStopPayload(CommandPayload):
-    status: t.RemoteStartStopStatus | None  # type: ignore[valid-type]
+    status: t.RemoteStartStopStatus | None = strawberry.field(  # type: ignore[valid-type]
+        description=_STATUS)
 
 
-@strawberry.type
+@strawberry.type(description="The answer to `reset`.")
 class ResetPayload(CommandPayload):
-    status: t.ResetStatus | None  # type: ignore[valid-type]
+    status: t.ResetStatus | None = strawberry.field(  # type: ignore[valid-type]
+        description=_STATUS)
 
 
-@strawberry.type
+@strawberry.type(description="The answer to `unlockConnector`.")
 class UnlockConnectorPayload(CommandPayload):
-    status: t.UnlockStatus | None  # type: ignore[valid-type]
+    status: t.UnlockStatus | None = strawberry.field(  # type: ignore[valid-type]
+        description=_STATUS)
 
 
-@strawberry.type
+@strawberry.type(description="The answer to `changeAvailability`.")
 class ChangeAvailabilityPayload(CommandPayload):
-    status: t.AvailabilityStatus | None  # type: ignore[valid-type]
+    status: t.AvailabilityStatus | None = strawberry.field(  # type: ignore[valid-type]
+        description=_STATUS)
 
 
-@strawberry.type
+@strawberry.type(description="The answer to `changeConfiguration`.")
 class ChangeConfigurationPayload(CommandPayload):
-    status: t.ConfigurationStatus | None  # type: ignore[valid-type]
+    status: t.ConfigurationStatus | None = strawberry.field(  # type: ignore[valid-type]
+        description=_STATUS)
 
 
-@strawberry.type
+@strawberry.type(description="The answer to `getConfiguration`.")
 class GetConfigurationPayload(CommandPayload):
-    configuration_key: list[t.ConfigurationKey]
-    unknown_key: list[str]
+    configuration_key: list[t.ConfigurationKey] = strawberry.field(description=(
+        "The keys the charger reported (every one, or those asked for), secret values "
+        "`masked`; empty when it did not answer."))
+    unknown_key: list[str] = strawberry.field(description=(
+        "Keys asked for that the charger does not know."))
 
 
-@strawberry.type
+@strawberry.type(description="The answer to `clearCache`.")
 class ClearCachePayload(CommandPayload):
-    status: t.ClearCacheStatus | None  # type: ignore[valid-type]
+    status: t.ClearCacheStatus | None = strawberry.field(  # type: ignore[valid-type]
+        description=_STATUS)
 
 
-@strawberry.type
+@strawberry.type(description="The answer to `triggerMessage`.")
 class TriggerMessagePayload(CommandPayload):
-    status: t.TriggerMessageStatus | None  # type: ignore[valid-type]
+    status: t.TriggerMessageStatus | None = strawberry.field(  # type: ignore[valid-type]
+        description=_STATUS)
 
 
-@strawberry.type
+@strawberry.type(description="The answer to `dataTransfer`.")
 class DataTransferPayload(CommandPayload):
-    status: t.DataTransferStatus | None  # type: ignore[valid-type]
-    data: str | None
+    status: t.DataTransferStatus | None = strawberry.field(  # type: ignore[valid-type]
+        description=_STATUS)
+    data: str | None = strawberry.field(description=(
+        "The charger's answer data, as the vendor defines it; null when it gave none."))
 
 
-@strawberry.type
+@strawberry.type(description="The answer to `reserveNow`.")
 class ReserveNowPayload(CommandPayload):
-    status: t.ReservationStatus | None  # type: ignore[valid-type]
-    reservation: Reservation | None
+    status: t.ReservationStatus | None = strawberry.field(  # type: ignore[valid-type]
+        description=_STATUS)
+    reservation: Reservation | None = strawberry.field(description=(
+        "The reservation made for it: ACTIVE once accepted, REJECTED when refused or "
+        "not delivered, "
+        "PENDING while the charger's answer is unknown (it may hold the plug). Null when "
+        "refused before anything was sent."))
 
 
-@strawberry.type
+@strawberry.type(description="The answer to `cancelReservation`.")
 class CancelReservationPayload(CommandPayload):
-    status: t.CancelReservationStatus | None  # type: ignore[valid-type]
-    reservation: Reservation | None
+    status: t.CancelReservationStatus | None = strawberry.field(  # type: ignore[valid-type]
+        description=_STATUS)
+    reservation: Reservation | None = strawberry.field(description=(
+        "The reservation: CANCELLED once the charger answered ACCEPTED or REJECTED (it "
+        "holds it no more), as it was otherwise. Null when refused before anything was "
+        "sent."))
 
 
-@strawberry.type
+@strawberry.type(description="The answer to `setChargingProfile`.")
 class SetChargingProfilePayload(CommandPayload):
-    status: t.ChargingProfileStatus | None  # type: ignore[valid-type]
+    status: t.ChargingProfileStatus | None = strawberry.field(  # type: ignore[valid-type]
+        description=_STATUS)
 
 
-@strawberry.type
+@strawberry.type(description="The answer to `clearChargingProfile`.")
 class ClearChargingProfilePayload(CommandPayload):
-    status: t.ClearChargingProfileStatus | None  # type: ignore[valid-type]
+    status: t.ClearChargingProfileStatus | None = strawberry.field(  # type: ignore[valid-type]
+        description=_STATUS)
 
 
-@strawberry.type
+@strawberry.type(description="The answer to `getCompositeSchedule`.")
 class GetCompositeSchedulePayload(CommandPayload):
-    status: t.GetCompositeScheduleStatus | None  # type: ignore[valid-type]
-    connector_id: int | None
-    schedule_start: datetime | None
-    charging_schedule: t.ChargingSchedule | None
+    status: t.GetCompositeScheduleStatus | None = strawberry.field(  # type: ignore[valid-type]
+        description=_STATUS)
+    connector_id: int | None = strawberry.field(description=(
+        "The connector the schedule is for, as the charger answered."))
+    schedule_start: datetime | None = strawberry.field(description=(
+        "When the schedule starts, UTC; null when the charger gave none."))
+    charging_schedule: t.ChargingSchedule | None = strawberry.field(description=(
+        "The limits the charger plans to apply, all its profiles combined; null when it "
+        "gave none."))
 
 
-@strawberry.type
+@strawberry.type(description="The answer to `getLocalListVersion`.")
 class GetLocalListVersionPayload(CommandPayload):
     list_version: int | None = strawberry.field(
         description="-1: no local list support; 0: no list installed.")
 
 
-@strawberry.type
+@strawberry.type(description="The answer to `sendLocalList`.")
 class SendLocalListPayload(CommandPayload):
-    status: t.UpdateStatus | None  # type: ignore[valid-type]
+    status: t.UpdateStatus | None = strawberry.field(  # type: ignore[valid-type]
+        description=_STATUS)
 
 
-@strawberry.type
+@strawberry.type(description="The answer to `getDiagnostics`.")
 class GetDiagnosticsPayload(CommandPayload):
-    file_name: str | None
+    file_name: str | None = strawberry.field(description=(
+        "The name of the file the charger will upload; null when it has nothing to "
+        "upload (or did not answer)."))
 
 
-@strawberry.type
+@strawberry.type(description="The answer to `updateFirmware`.")
 class UpdateFirmwarePayload(CommandPayload):
     accepted: bool = strawberry.field(description="The charger acknowledged the request.")
 

@@ -41,8 +41,10 @@ AuditAction = d.AuditAction
 MeterAnomaly = d.MeterAnomaly
 
 #: The values' descriptions, by GraphQL enum and value name. The enums are the domain's
-#: classes, which know nothing of GraphQL, so these are given to the schema when it is
-#: built (``graph.schema.describe_shared_arguments``).
+#: classes, which know nothing of GraphQL (and two of the graph's, ``OrderDirection`` and
+#: ``AnalyticsGroup``, whose values are read as plain strings), so these are given to the
+#: schema when it is built (``graph.schema.describe_shared_arguments``). The OCPP 1.6
+#: enumerations' are ``graph.command_types.OCPP_VALUE_DESCRIPTIONS``.
 VALUE_DESCRIPTIONS: dict[str, dict[str, str]] = {
     "Role": {
         "DRIVER": "Charges: sees themselves, their vehicles, cards, sessions, reservations "
@@ -122,5 +124,78 @@ VALUE_DESCRIPTIONS: dict[str, dict[str, str]] = {
         "ROLLOVER": "The register rolled over at its limit (a 32-bit or 999,999.9 kWh "
                     "counter).",
         "RESET": "The register restarted near 0 (a meter reset or replaced).",
+        "IMPLAUSIBLE_STOP": "The transaction's final register (meterStop) was below "
+                            "meterStart or more than the connector could deliver: the "
+                            "session was billed what its readings metered.",
+    },
+    # Registered in graph/webhooks.py. Each value says the `type` its deliveries carry.
+    "WebhookEvent": {
+        "SESSION_STARTED": "`session.started`: a session started on a charger.",
+        "SESSION_ENDED": "`session.ended`: a session ended, with its final energy and "
+                         "cost.",
+        "CONNECTOR_STATUS_CHANGED": "`connector.status_changed`: a connector (0: the "
+                                    "charge point) reported a new status, error code, "
+                                    "info or vendor error code.",
+        "FAULT_REPORTED": "`fault.reported`: a connector (0: the charge point) reported "
+                          "an error code other than NoError, or the status Faulted.",
+        "FIRMWARE_STATUS": "`station.firmware_status`: a charger's firmware update moved "
+                           "on (a FirmwareStatusNotification, or `Requested`: an "
+                           "`updateFirmware` it accepted).",
+        "DIAGNOSTICS_STATUS": "`station.diagnostics_status`: a charger's diagnostics "
+                              "upload moved on (DiagnosticsStatusNotification).",
+        "STATION_ONLINE": "`station.online`: a charger is back, after a delivered "
+                          "`station.offline`.",
+        "STATION_OFFLINE": "`station.offline`: a charger has stayed offline for the "
+                           "grace, dated when it went.",
+        "RESERVATION_CHANGED": "`reservation.changed`: a reservation was accepted, "
+                               "refused, used, cancelled or expired.",
+        "COMMAND_COMPLETED": "`command.completed`: a command reached its charger and was "
+                             "answered, or failed to.",
+        "PAYMENT_CAPTURED": "`payment.captured`: a session's payment was collected.",
+        "PAYMENT_FAILED": "`payment.failed`: collecting a session's payment failed.",
+        "PAYMENT_REFUNDED": "`payment.refunded`: a payment was paid back, in full or in "
+                            "part.",
+        "PAYMENT_REPRICED": "`payment.repriced`: a late StopTransaction corrected the "
+                            "session of a payment not yet collected (PENDING or FAILED): "
+                            "collect the new `amountMinor`.",
+        "PAYMENT_VOIDED": "`payment.voided`: a late StopTransaction corrected the session "
+                          "of a payment not yet collected to cost nothing: collect nothing.",
+    },
+    # Registered in graph/sites.py.
+    "ChargingRateUnit": {
+        "W": "Watts: chargers are sent power limits.",
+        "A": "Amperes per phase: chargers are sent current limits, converted with the "
+             "site's `voltage` and `phases`.",
+    },
+    "LimitAnswer": {
+        "ACCEPTED": "The charger took the limit: the session is under control.",
+        "REJECTED": "The charger refused the limit (SetChargingProfile Rejected).",
+        "NOT_SUPPORTED": "The charger does no smart charging (NotSupported or "
+                         "NotImplemented).",
+        "TIMEOUT": "The charger did not answer in time; it may have taken the limit.",
+        "OFFLINE": "The charger was not connected: nothing was sent.",
+        "ERROR": "The charger answered with another error, or an answer that could not be "
+                 "read.",
+        "PENDING": "A higher limit is being sent now: the site holds that much for the "
+                   "session until the charger answers.",
+    },
+    # Registered in graph/signed.py.
+    "SignedEncoding": {
+        "OCMF": "Open Charge Metering Format (`OCMF|{payload}|{signature}`): read out in "
+                "`ocmf`.",
+        "UNKNOWN": "Another format, kept as sent and not read.",
+    },
+    # Registered in graph/analytics.py; its values are read as the domain's ``GroupBy``
+    # (``AnalyticsGroup.STATION.value``), so they stay plain strings.
+    "AnalyticsGroup": {
+        "STATION": "A row per station: the sum of its connectors' rows.",
+        "CONNECTOR": "A row per connector.",
+    },
+    # Registered in graph/analytics.py (``domain.timebuckets.Bucket``).
+    "TimeBucket": {
+        "HOUR": "An hour, from the full hour in the time zone asked for.",
+        "DAY": "A day, from local midnight.",
+        "WEEK": "A week, from Monday's local midnight.",
+        "MONTH": "A calendar month, from the first's local midnight.",
     },
 }

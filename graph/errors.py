@@ -29,10 +29,17 @@ class UserError:
     field: str | None = strawberry.field(
         description="The input field at fault (camelCase, dotted for nested inputs)."
     )
-    message: str
+    message: str = strawberry.field(description=(
+        "What went wrong, in English, for people to read: a client decides by `code`, "
+        "not by this."))
     code: str = strawberry.field(
         description="Stable machine-readable code, e.g. INVALID, DUPLICATE, NOT_FOUND."
     )
+
+
+#: The ``errors`` of every mutation payload.
+PAYLOAD_ERRORS = ("Expected failures, each with the input field at fault and a stable "
+                  "code; empty when the mutation succeeded.")
 
 
 _SNAKE = re.compile(r"_([a-z])")

@@ -88,9 +88,13 @@ def window(field: str, start: datetime | None, end: datetime | None, name: str |
     return Range(field, gte=start, lt=end)
 
 
-def _order(name: str, fields: dict[str, str], description: str) -> tuple[type, type]:
-    """An ``<Name>OrderField`` enum (values are domain fields) and ``<Name>Order`` input."""
-    field_enum: Any = strawberry.enum(Enum(f"{name}OrderField", fields),  # type: ignore[call-overload]
+def _order(name: str, fields: dict[str, str], description: str, meanings: dict[str, str]
+           ) -> tuple[type, type]:
+    """An ``<Name>OrderField`` enum (values are domain fields, each described by
+    ``meanings``) and ``<Name>Order`` input."""
+    members = {key: strawberry.enum_value(field, description=meanings[key])
+               for key, field in fields.items()}
+    field_enum: Any = strawberry.enum(Enum(f"{name}OrderField", members),  # type: ignore[call-overload]
                                       description=description)
 
     # Built with real (not string) annotations: the class is made at run time, where the
@@ -107,64 +111,96 @@ def _order(name: str, fields: dict[str, str], description: str) -> tuple[type, t
 
 
 _AUDIT_TIMES = {"CREATED_AT": "created_at", "UPDATED_AT": "updated_at"}
+_BY_TIMES = {"CREATED_AT": "When the record was created.",
+             "UPDATED_AT": "When the record last changed."}
 #: NAME sorts by the name's stored key (``validation.name_key``), not by its bytes, which
 #: put "aachen" and "Ärztehaus" after "Zoo"; the name is shown as entered.
 _BY_NAME = {"NAME": "name_key"}
 _NAME_ORDER = ("NAME: as people read names, case and accents ignored (\"Ärztehaus\" with "
                "the a's, \"aachen\" before \"Zoo\"), ties by id.")
+_BY_NAME_MEANING = {"NAME": "The name as people read it: case and accents ignored."}
 CompanyOrderField, CompanyOrder = _order("Company", {**_BY_NAME, **_AUDIT_TIMES},
-                                         f"Sortable company fields. {_NAME_ORDER}")
+                                         f"Sortable company fields. {_NAME_ORDER}",
+                                         {**_BY_NAME_MEANING, **_BY_TIMES})
 # Emails are stored case-folded and NFKC-normalized (``validation.email``): their bytes
 # are already the order people expect of addresses.
 UserOrderField, UserOrder = _order("User", {**_BY_NAME, "EMAIL": "email", **_AUDIT_TIMES},
                                    f"Sortable user fields. {_NAME_ORDER} EMAIL: as stored, "
-                                   "lower case.")
+                                   "lower case.",
+                                   {**_BY_NAME_MEANING, **_BY_TIMES,
+                                    "EMAIL": "The email as stored, lower case (a hidden "
+                                             "one sorts only where the viewer may read "
+                                             "it)."})
 VehicleOrderField, VehicleOrder = _order(
     "Vehicle", {"LICENSE_PLATE": "plate_key", **_AUDIT_TIMES},
     "Sortable vehicle fields. LICENSE_PLATE: by letters and digits, whatever the "
     "spaces and dashes.",
+    {"LICENSE_PLATE": "The plate's letters and digits, spaces and dashes ignored.",
+     **_BY_TIMES},
 )
 IdTagOrderField, IdTagOrder = _order("IdTag", {"TAG": "tag", **_AUDIT_TIMES},
-                                     "Sortable id tag fields.")
+                                     "Sortable id tag fields.",
+                                     {"TAG": "The tag, upper case.", **_BY_TIMES})
 StationOrderField, StationOrder = _order(
     "Station", {**_BY_NAME, "CP_ID": "cp_id", "DISTANCE": DISTANCE, **_AUDIT_TIMES},
     f"Sortable station fields. {_NAME_ORDER} DISTANCE: great-circle distance from the "
     "point of `filter.near` (required with it), nearest first when ASC.",
+    {**_BY_NAME_MEANING, "CP_ID": "The OCPP identity, as spelt (by code point).",
+     "DISTANCE": "Great-circle distance from `filter.near`'s point (REQUIRED with it); "
+                 "stations without a location are left out.",
+     **_BY_TIMES},
 )
 ConnectorOrderField, ConnectorOrder = _order(
     "Connector", {"CP_ID": "cp_id", "CONNECTOR_ID": "connector_id", **_AUDIT_TIMES},
     "Sortable connector fields. Without a key, CP_ID then CONNECTOR_ID. (No STATUS: what "
     "a connector shows depends on its station being online, which no stored order "
     "follows; filter by `status` instead.)",
+    {"CP_ID": "Its station's OCPP identity.", "CONNECTOR_ID": "The OCPP connector id.",
+     **_BY_TIMES},
 )
 SessionOrderField, SessionOrder = _order(
     "Session",
     {"START_TIME": "start_time", "TRANSACTION_ID": "transaction_id", "ENERGY": "energy_wh",
      **_AUDIT_TIMES},
     "Sortable session fields.",
+    {"START_TIME": "When it started (the charger's clock).",
+     "TRANSACTION_ID": "The OCPP transactionId.",
+     "ENERGY": "Energy delivered so far.", **_BY_TIMES},
 )
 ReservationOrderField, ReservationOrder = _order(
-    "Reservation", {"EXPIRES_AT": "expires_at", **_AUDIT_TIMES}, "Sortable reservation fields."
+    "Reservation", {"EXPIRES_AT": "expires_at", **_AUDIT_TIMES}, "Sortable reservation fields.",
+    {"EXPIRES_AT": "When it ends.", **_BY_TIMES},
 )
 PaymentOrderField, PaymentOrder = _order(
-    "Payment", {"AMOUNT": "amount_minor", **_AUDIT_TIMES}, "Sortable payment fields."
+    "Payment", {"AMOUNT": "amount_minor", **_AUDIT_TIMES}, "Sortable payment fields.",
+    {"AMOUNT": "The amount in minor units, whatever the currency.", **_BY_TIMES},
 )
-AuditOrderField, AuditOrder = _order("Audit", {"AT": "at"}, "Sortable audit fields.")
+AuditOrderField, AuditOrder = _order("Audit", {"AT": "at"}, "Sortable audit fields.",
+                                     {"AT": "When the change happened."})
 
 
-@strawberry.input
+_SEARCH = "Text found anywhere (case ignored, at most 200 characters)"
+
+
+@strawberry.input(description="Which companies to list.")
 class CompanyFilter:
-    search: str | None = None
+    search: str | None = strawberry.field(default=None, description=f"{_SEARCH}, in the "
+                                                                    "name.")
 
     def to_domain(self) -> Filter:
         return all_of(_search(("name",), self.search))
 
 
-@strawberry.input
+@strawberry.input(description="Which users to list; every condition given must hold. "
+                               "Conditions on a private field (`role`, `companyId`, "
+                               "`active`, the email) match only users whose private view "
+                               "the viewer has.")
 class UserFilter:
-    role: Role | None = None
-    company_id: strawberry.ID | None = None
-    active: bool | None = None
+    role: Role | None = strawberry.field(default=None, description="With this role.")
+    company_id: strawberry.ID | None = strawberry.field(default=None, description=(
+        "Of this company."))
+    active: bool | None = strawberry.field(default=None, description=(
+        "Active (true) or deactivated (false)."))
     search: str | None = strawberry.field(default=None, description="In name and email.")
 
     def to_domain(self) -> Filter:
@@ -176,9 +212,10 @@ class UserFilter:
         )
 
 
-@strawberry.input
+@strawberry.input(description="Which vehicles to list; every condition given must hold.")
 class VehicleFilter:
-    owner_id: strawberry.ID | None = None
+    owner_id: strawberry.ID | None = strawberry.field(default=None, description=(
+        "Owned by this user."))
     search: str | None = strawberry.field(
         default=None, description="In plate, make, model. A plate is also found by its "
                                   "letters and digits alone: \"bmi 2024\" finds \"B-MI 2024\".")
@@ -200,12 +237,18 @@ def _vehicle_search(text: str | None) -> Filter | None:
     return any_of(found, Search(("plate_key",), key)) if key else found
 
 
-@strawberry.input
+@strawberry.input(description="Which cards to list; every condition given must hold.")
 class IdTagFilter:
-    user_id: strawberry.ID | None = None
-    vehicle_id: strawberry.ID | None = None
-    status: IdTagStatus | None = None
-    search: str | None = None
+    user_id: strawberry.ID | None = strawberry.field(default=None, description=(
+        "Held by this user."))
+    vehicle_id: strawberry.ID | None = strawberry.field(default=None, description=(
+        "Linked to this vehicle."))
+    status: IdTagStatus | None = strawberry.field(default=None, description=(
+        "Whose status reads so now, as chargers are told it (`IdTag.status`): an "
+        "ACCEPTED card past its expiry is EXPIRED, any card of a deactivated user "
+        "BLOCKED."))
+    search: str | None = strawberry.field(default=None, description=f"{_SEARCH}, in the "
+                                                                    "tag.")
 
     def to_domain(self) -> Filter:
         return all_of(
@@ -240,17 +283,22 @@ def check_point(lat: float, lon: float, field: str) -> None:
                               code="OUT_OF_RANGE")
 
 
+_LAT = "Latitude in degrees, -90 to 90 (OUT_OF_RANGE otherwise)."
+_LON = "Longitude in degrees, -180 to 180 (OUT_OF_RANGE otherwise)."
+
+
 @strawberry.input(description="A point on the map.")
 class GeoPointInput:
-    lat: float
-    lon: float
+    lat: float = strawberry.field(description=_LAT)
+    lon: float = strawberry.field(description=_LON)
 
 
 @strawberry.input(description="A circle on the map.")
 class NearInput:
-    lat: float
-    lon: float
-    radius_km: float
+    lat: float = strawberry.field(description="The centre's latitude, -90 to 90.")
+    lon: float = strawberry.field(description="The centre's longitude, -180 to 180.")
+    radius_km: float = strawberry.field(description=(
+        "Great-circle radius in km, above 0 and at most 20000."))
 
     @property
     def point(self) -> tuple[float, float]:
@@ -394,12 +442,18 @@ class SessionFilter:
         )
 
 
-@strawberry.input
+@strawberry.input(description="Which reservations to list; every condition given must "
+                               "hold.")
 class ReservationFilter:
-    cp_id: str | None = None
-    station_id: strawberry.ID | None = None
-    user_id: strawberry.ID | None = None
-    state: ReservationState | None = None
+    cp_id: str | None = strawberry.field(default=None, description=(
+        "At the charger with this OCPP identity."))
+    station_id: strawberry.ID | None = strawberry.field(default=None, description=(
+        "At this station."))
+    user_id: strawberry.ID | None = strawberry.field(default=None, description=(
+        "For this user's card."))
+    state: ReservationState | None = strawberry.field(default=None, description=(
+        "Whose state reads so now (`Reservation.state`): a live one past its expiry is "
+        "EXPIRED."))
 
     def to_domain(self) -> Filter:
         return all_of(
@@ -474,7 +528,8 @@ def audited_kind(name: str | None) -> str | None:
     return kind
 
 
-@strawberry.input
+@strawberry.input(description="Which change log entries to list; every condition given "
+                               "must hold.")
 class AuditFilter:
     entity: str | None = strawberry.field(
         default=None, description="Entity kind, e.g. `station`, `id_tag` (or its type "
@@ -485,9 +540,12 @@ class AuditFilter:
     actor_id: strawberry.ID | None = strawberry.field(
         default=None, description="User id, or `system` / `ocpp:<cpId>`."
     )
-    action: AuditAction | None = None
-    from_: datetime | None = strawberry.field(default=None, name="from")
-    to: datetime | None = None
+    action: AuditAction | None = strawberry.field(default=None, description=(
+        "Of this kind of change."))
+    from_: datetime | None = strawberry.field(default=None, name="from", description=(
+        "Made at or after this instant."))
+    to: datetime | None = strawberry.field(default=None, description=(
+        "Made before this instant (not before `from`: OUT_OF_RANGE)."))
 
     def to_domain(self) -> Filter:
         entity_id = None

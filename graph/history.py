@@ -47,8 +47,8 @@ NEWEST_FIRST = (Sort("at", descending=True), Sort("id", descending=True))
 class MeterSample:
     at: datetime = strawberry.field(description="When it was measured, on the charger's "
                                                 "clock.")
-    measurand: Measurand
-    value: float
+    measurand: Measurand = strawberry.field(description="What it measures.")
+    value: float = strawberry.field(description="As the charger sent it, in `unit`.")
     unit: str | None = strawberry.field(description="OCPP UnitOfMeasure, e.g. `Wh`, `kW`, "
                                                     "`Percent`.")
     phase: str | None = strawberry.field(description="OCPP Phase, e.g. `L1`, `L1-N`; null "
@@ -65,8 +65,10 @@ class MeterSample:
 
 @strawberry.type(description="A station's charger connected (online) or disconnected.")
 class ConnectionEvent:
-    online: bool
-    at: datetime
+    online: bool = strawberry.field(description="Connected (true) or disconnected (false).")
+    at: datetime = strawberry.field(description=(
+        "When it happened, on our clock, UTC; a disconnect found after the fact (an "
+        "instance that died) is dated when the connection was last known to be there."))
     server_outage: bool = strawberry.field(
         description="A disconnect the central system recorded for its own outage (it "
                     "stopped, or crashed and the disconnect was found at its restart, "

@@ -33,102 +33,135 @@ def checked_id(checks: Checks, value: Any, kind: str, field: str) -> Any:
     return UNSET if decoded is None else decoded
 
 
-@strawberry.input
+#: What a name may be (``validation.name``).
+_NAME = "At most 200 characters; runs of whitespace become one space."
+_EMAIL = ("A sign-in address, stored trimmed and in lower case: unique whatever its case "
+          "(DUPLICATE).")
+_PASSWORD = "8 to 256 characters (TOO_SHORT, TOO_LONG)."
+_MAX_KW = "Rated power in kW, above 0 and at most 1000; null: unknown."
+_BATTERY = "Battery capacity in kWh, above 0 and at most 1000."
+_PLATE = ("Letters, digits, spaces and dashes, at most 16 letters and digits; stored "
+          "upper case. Unique per owner by its letters and digits (DUPLICATE).")
+
+
+def _id_of(what: str) -> str:
+    """The ``id`` of an input that names one record."""
+    return f"The {what}'s global id (INVALID_ID if it is no {what}'s)."
+
+
+@strawberry.input(description="Where a station stands.")
 class LocationInput:
-    lat: float
-    lon: float
-    address: str | None = None
+    lat: float = strawberry.field(description="Latitude in degrees, -90 to 90.")
+    lon: float = strawberry.field(description="Longitude in degrees, -180 to 180.")
+    address: str | None = strawberry.field(default=None, description=(
+        "Free text, at most 500 characters (line breaks allowed); blank: none."))
 
 
-@strawberry.input
+@strawberry.input(description="A new company.")
 class CreateCompanyInput:
-    name: str
+    name: str = strawberry.field(description=_NAME + " Unique (DUPLICATE).")
 
 
-@strawberry.input
+@strawberry.input(description="A company's new name.")
 class UpdateCompanyInput:
-    id: strawberry.ID
-    name: str
+    id: strawberry.ID = strawberry.field(description=_id_of("company"))
+    name: str = strawberry.field(description=_NAME + " Unique (DUPLICATE).")
 
 
-@strawberry.input
+@strawberry.input(description="A new account.")
 class CreateUserInput:
-    email: str
-    password: str
-    name: str
-    role: Role = Role.DRIVER  # type: ignore[assignment]
-    company_id: strawberry.ID | None = None
+    email: str = strawberry.field(description=_EMAIL)
+    password: str = strawberry.field(description=_PASSWORD)
+    name: str = strawberry.field(description=_NAME)
+    role: Role = strawberry.field(  # type: ignore[assignment]
+        default=Role.DRIVER, description="DRIVER unless given; only admins create admins.")
+    company_id: strawberry.ID | None = strawberry.field(default=None, description=(
+        "Their company; an operator's own when left out (operators create people of their "
+        "own company only)."))
 
 
-@strawberry.input
+@strawberry.input(description="What to change of a user; fields left out stay as they are.")
 class UpdateUserInput:
-    id: strawberry.ID
-    name: str | None = strawberry.UNSET
-    email: str | None = strawberry.UNSET
-    password: str | None = strawberry.UNSET
+    id: strawberry.ID = strawberry.field(description=_id_of("user"))
+    name: str | None = strawberry.field(default=strawberry.UNSET, description=_NAME)
+    email: str | None = strawberry.field(default=strawberry.UNSET, description=(
+        _EMAIL + " Your own needs `currentPassword`."))
+    password: str | None = strawberry.field(default=strawberry.UNSET, description=(
+        _PASSWORD + " Revokes every token issued before. Your own needs "
+        "`currentPassword`; a manager resets another's without it."))
     current_password: str | None = strawberry.field(
         default=strawberry.UNSET,
         description="Your password, to change your own email or password.")
-    role: Role | None = strawberry.UNSET
-    company_id: strawberry.ID | None = strawberry.UNSET
-    active: bool | None = strawberry.UNSET
+    role: Role | None = strawberry.field(default=strawberry.UNSET, description=(
+        "Admins, and operators for their company's people other than admins; only admins "
+        "grant ADMIN, and nobody changes their own."))
+    company_id: strawberry.ID | None = strawberry.field(default=strawberry.UNSET, description=(
+        "Move them to another company (null: none). Admins only."))
+    active: bool | None = strawberry.field(default=strawberry.UNSET, description=(
+        "false deactivates (as `deactivateUser`), true reactivates; either revokes their "
+        "tokens. Managers only, and not yourself."))
 
 
-@strawberry.input
+@strawberry.input(description="The user to deactivate.")
 class DeactivateUserInput:
-    id: strawberry.ID
+    id: strawberry.ID = strawberry.field(description=_id_of("user"))
 
 
-@strawberry.input
+@strawberry.input(description="The vehicle to remove.")
 class RemoveVehicleInput:
-    id: strawberry.ID
+    id: strawberry.ID = strawberry.field(description=_id_of("vehicle"))
 
 
-@strawberry.input
+@strawberry.input(description="The card to remove.")
 class RemoveIdTagInput:
-    id: strawberry.ID
+    id: strawberry.ID = strawberry.field(description=_id_of("id tag"))
 
 
-@strawberry.input
+@strawberry.input(description="The station to remove.")
 class RemoveStationInput:
-    id: strawberry.ID
+    id: strawberry.ID = strawberry.field(description=_id_of("station"))
 
 
 @strawberry.input(description="Close a session its charger will never stop.")
 class EndSessionInput:
-    id: strawberry.ID
+    id: strawberry.ID = strawberry.field(description=_id_of("session"))
     end_time: datetime | None = strawberry.field(
         default=None, description="When it ended (default now); not before its start.")
 
 
-@strawberry.input
+@strawberry.input(description="The connector to remove.")
 class RemoveConnectorInput:
-    id: strawberry.ID
+    id: strawberry.ID = strawberry.field(description=_id_of("connector"))
 
 
-@strawberry.input
+@strawberry.input(description="A new vehicle.")
 class AddVehicleInput:
-    license_plate: str
+    license_plate: str = strawberry.field(description=_PLATE)
     owner_id: strawberry.ID | None = strawberry.field(
         default=None, description="Defaults to the signed-in user."
     )
-    make: str | None = None
-    model: str | None = None
-    battery_kwh: float | None = None
+    make: str | None = strawberry.field(default=None, description="At most 200 characters.")
+    model: str | None = strawberry.field(default=None, description="At most 200 characters.")
+    battery_kwh: float | None = strawberry.field(default=None, description=_BATTERY)
 
 
-@strawberry.input
+@strawberry.input(description="What to change of a vehicle; fields left out stay as they "
+                               "are.")
 class UpdateVehicleInput:
-    id: strawberry.ID
+    id: strawberry.ID = strawberry.field(description=_id_of("vehicle"))
     owner_id: strawberry.ID | None = strawberry.field(
         default=strawberry.UNSET, description=(
             "Hand the vehicle to another user (admins, and operators within their "
             "company): its past sessions stay with it and with the drivers who charged "
             "them; the previous owner's cards linked to it are unlinked."))
-    license_plate: str | None = strawberry.UNSET
-    make: str | None = strawberry.UNSET
-    model: str | None = strawberry.UNSET
-    battery_kwh: float | None = strawberry.UNSET
+    license_plate: str | None = strawberry.field(default=strawberry.UNSET,
+                                                 description=_PLATE)
+    make: str | None = strawberry.field(default=strawberry.UNSET, description=(
+        "At most 200 characters; null clears it."))
+    model: str | None = strawberry.field(default=strawberry.UNSET, description=(
+        "At most 200 characters; null clears it."))
+    battery_kwh: float | None = strawberry.field(default=strawberry.UNSET, description=(
+        _BATTERY + " Null clears it."))
 
 
 _PARENT = ("The card's group (OCPP parentIdTag, at most 20 characters): cards of one group "
@@ -137,76 +170,105 @@ _PARENT = ("The card's group (OCPP parentIdTag, at most 20 characters): cards of
            "is one company's (IN_USE: another company's cards are in it).")
 
 
-@strawberry.input
+@strawberry.input(description="A new charging card.")
 class IssueIdTagInput:
     tag: str = strawberry.field(description="OCPP idTag, at most 20 characters.")
     user_id: strawberry.ID | None = strawberry.field(
         default=None, description="Defaults to the signed-in user."
     )
-    vehicle_id: strawberry.ID | None = None
-    expires_at: datetime | None = None
+    vehicle_id: strawberry.ID | None = strawberry.field(default=None, description=(
+        "A vehicle of the card's holder it charges."))
+    expires_at: datetime | None = strawberry.field(default=None, description=(
+        "When chargers stop accepting it, in the future; left out: never."))
     parent_id_tag: str | None = strawberry.field(default=None, description=_PARENT)
 
 
-@strawberry.input
+@strawberry.input(description="What to change of a card; fields left out stay as they are.")
 class UpdateIdTagInput:
-    id: strawberry.ID
-    status: IdTagStatus | None = strawberry.UNSET
-    vehicle_id: strawberry.ID | None = strawberry.UNSET
-    expires_at: datetime | None = strawberry.UNSET
+    id: strawberry.ID = strawberry.field(description=_id_of("id tag"))
+    status: IdTagStatus | None = strawberry.field(default=strawberry.UNSET, description=(
+        "BLOCKED: its holder (a lost card) or a manager; ACCEPTED again: a holder lifts "
+        "only their own block, admins and the holder's operators any; EXPIRED: managers."))
+    vehicle_id: strawberry.ID | None = strawberry.field(default=strawberry.UNSET, description=(
+        "A vehicle of the card's holder it charges; null unlinks it."))
+    expires_at: datetime | None = strawberry.field(default=strawberry.UNSET, description=(
+        "When chargers stop accepting it; null: never. Admins and the holder's operators."))
     parent_id_tag: str | None = strawberry.field(default=strawberry.UNSET,
                                                  description=_PARENT + " Null removes it.")
 
 
-@strawberry.input
+_CONNECTOR_ID = "OCPP connector id, 1 to 100, unique within the station."
+
+
+@strawberry.input(description="A connector of a new station.")
 class ConnectorInput:
-    connector_id: int
-    type: ConnectorType = ConnectorType.TYPE2  # type: ignore[assignment]
-    max_kw: float | None = None
+    connector_id: int = strawberry.field(description=_CONNECTOR_ID)
+    type: ConnectorType = strawberry.field(  # type: ignore[assignment]
+        default=ConnectorType.TYPE2, description="Plug standard; TYPE2 unless given.")
+    max_kw: float | None = strawberry.field(default=None, description=_MAX_KW)
 
 
-@strawberry.input
+@strawberry.input(description="A new station (admins and operators).")
 class CreateStationInput:
     cp_id: str = strawberry.field(description="OCPP identity (websocket path segment).")
-    name: str
-    company_id: strawberry.ID | None = None
-    owner_id: strawberry.ID | None = None
-    location: LocationInput | None = None
-    connectors: list[ConnectorInput] = strawberry.field(default_factory=list)
+    name: str = strawberry.field(description=_NAME)
+    company_id: strawberry.ID | None = strawberry.field(default=None, description=(
+        "The company that runs it; an operator's own company, always."))
+    owner_id: strawberry.ID | None = strawberry.field(default=None, description=(
+        "An operator or admin who owns it; an operator themselves unless they name a "
+        "colleague. Never a driver (INVALID)."))
+    location: LocationInput | None = strawberry.field(default=None, description=(
+        "Where it stands; left out: nowhere (it shows in no `near` search)."))
+    connectors: list[ConnectorInput] = strawberry.field(
+        default_factory=list, description="Its connectors, at most 100.")
     password: str | None = strawberry.field(
         default=None, description="HTTP Basic password the charger authenticates with "
                                   "(OCPP security profile 1/2)."
     )
 
 
-@strawberry.input
+@strawberry.input(description="What to change of a station; fields left out stay as "
+                               "they are.")
 class UpdateStationInput:
-    id: strawberry.ID
-    name: str | None = strawberry.UNSET
-    location: LocationInput | None = strawberry.UNSET
-    company_id: strawberry.ID | None = strawberry.UNSET
-    owner_id: strawberry.ID | None = strawberry.UNSET
-    password: str | None = strawberry.UNSET
-    registration: Registration | None = strawberry.UNSET
+    id: strawberry.ID = strawberry.field(description=_id_of("station"))
+    name: str | None = strawberry.field(default=strawberry.UNSET, description=_NAME)
+    location: LocationInput | None = strawberry.field(default=strawberry.UNSET, description=(
+        "Where it stands; null removes it."))
+    company_id: strawberry.ID | None = strawberry.field(default=strawberry.UNSET, description=(
+        "Hand it to another company (null: none). Admins only."))
+    owner_id: strawberry.ID | None = strawberry.field(default=strawberry.UNSET, description=(
+        "Its owner: an operator or admin (an operator names one of their company); null: "
+        "none."))
+    password: str | None = strawberry.field(default=strawberry.UNSET, description=(
+        "The HTTP Basic password its charger must present, 8 to 40 printable ASCII "
+        "characters (OCPP security profile 1/2); null: none, anyone knowing the cpId may "
+        "connect."))
+    registration: Registration | None = strawberry.field(default=strawberry.UNSET,
+                                                         description=(
+        "How its charger's boots are answered; accepting a PENDING or REJECTED station "
+        "asks its charger, if connected, to boot again."))
     heartbeat_interval: int | None = strawberry.field(default=strawberry.UNSET, description=(
         "Seconds (1 to 86400) its charger's boots are answered with from now on, which it "
         "takes at its next boot (a `changeConfiguration` of `HeartbeatInterval` it accepts "
         "sets it too, and changes it at once); null: the service's global interval again."))
 
 
-@strawberry.input
+@strawberry.input(description="A new connector of a station.")
 class AddConnectorInput:
-    station_id: strawberry.ID
-    connector_id: int
-    type: ConnectorType = ConnectorType.TYPE2  # type: ignore[assignment]
-    max_kw: float | None = None
+    station_id: strawberry.ID = strawberry.field(description=_id_of("station"))
+    connector_id: int = strawberry.field(description=_CONNECTOR_ID)
+    type: ConnectorType = strawberry.field(  # type: ignore[assignment]
+        default=ConnectorType.TYPE2, description="Plug standard; TYPE2 unless given.")
+    max_kw: float | None = strawberry.field(default=None, description=_MAX_KW)
 
 
-@strawberry.input
+@strawberry.input(description="What to change of a connector; fields left out stay as they "
+                               "are.")
 class UpdateConnectorInput:
-    id: strawberry.ID
-    type: ConnectorType | None = strawberry.UNSET
-    max_kw: float | None = strawberry.UNSET
+    id: strawberry.ID = strawberry.field(description=_id_of("connector"))
+    type: ConnectorType | None = strawberry.field(default=strawberry.UNSET, description=(
+        "Plug standard; cannot be null."))
+    max_kw: float | None = strawberry.field(default=strawberry.UNSET, description=_MAX_KW)
 
 
 @strawberry.input(description=(
@@ -217,20 +279,31 @@ class PriceBandInput:
         "MON, TUE, WED, THU, FRI, SAT, SUN (or the whole names), any case."))
     start: str = strawberry.field(description="HH:MM, from 00:00.")
     end: str = strawberry.field(description="HH:MM after `start`, up to 24:00.")
-    price_per_kwh: Decimal
+    price_per_kwh: Decimal = strawberry.field(description=(
+        "Per kWh in the band, before tax: 0 to 10000, at most 6 decimals."))
 
 
-@strawberry.input
+_PRICE = "In `currency`'s major units, before tax: 0 to 10000, at most 6 decimals."
+
+
+@strawberry.input(description=(
+    "A new price list version of a company or a station: give exactly one of `companyId` "
+    "and `stationId`. Admins, and operators for what they run."))
 class SetTariffInput:
-    company_id: strawberry.ID | None = None
-    station_id: strawberry.ID | None = None
-    price_per_kwh: Decimal
-    currency: str
-    price_per_minute: Decimal = Decimal(0)
-    session_fee: Decimal = Decimal(0)
-    tax_rate: Decimal = Decimal(0)
-    valid_from: datetime | None = strawberry.field(default=None,
-                                                   description="Defaults to now.")
+    company_id: strawberry.ID | None = strawberry.field(default=None, description=(
+        "Price the company's stations (those without a price list of their own)."))
+    station_id: strawberry.ID | None = strawberry.field(default=None, description=(
+        "Price this station."))
+    price_per_kwh: Decimal = strawberry.field(description="Per kWh. " + _PRICE)
+    currency: str = strawberry.field(description="ISO 4217 code in circulation, e.g. EUR.")
+    price_per_minute: Decimal = strawberry.field(default=Decimal(0), description=(
+        "Per minute of a session, 0 unless given. " + _PRICE))
+    session_fee: Decimal = strawberry.field(default=Decimal(0), description=(
+        "Per session, 0 unless given. " + _PRICE))
+    tax_rate: Decimal = strawberry.field(default=Decimal(0), description=(
+        "0 to 1 (0.19 for 19 %), 0 unless given."))
+    valid_from: datetime | None = strawberry.field(default=None, description=(
+        "When it takes effect; defaults to now. Only admins date one back."))
     idle_price_per_minute: Decimal = strawberry.field(default=Decimal(0), description=(
         "Per idle minute beyond the grace (the car done, the connector still occupied)."))
     idle_grace_minutes: int = strawberry.field(default=0, description=(
@@ -250,19 +323,19 @@ class SetTariffInput:
         "Price only sessions on plugs of this power type, such as a station's DC plugs."))
 
 
-@strawberry.input
+@strawberry.input(description="The payment to collect.")
 class CapturePaymentInput:
-    id: strawberry.ID
+    id: strawberry.ID = strawberry.field(description=_id_of("payment"))
 
 
-@strawberry.input
+@strawberry.input(description="The payment whose collection failed.")
 class FailPaymentInput:
-    id: strawberry.ID
+    id: strawberry.ID = strawberry.field(description=_id_of("payment"))
 
 
-@strawberry.input
+@strawberry.input(description="The payment to pay back, and how much.")
 class RefundPaymentInput:
-    id: strawberry.ID
+    id: strawberry.ID = strawberry.field(description=_id_of("payment"))
     amount: Decimal | None = strawberry.field(
         default=None, description="How much to pay back, in the payment's currency (major "
                                   "units, e.g. 2.50): part of what is not refunded yet, "

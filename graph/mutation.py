@@ -16,7 +16,7 @@ from domain.tariff_bands import BandInput
 from domain.validation import Checks
 from graph.commands import CommandMutation
 from graph.context import GraphContext
-from graph.errors import UserError, attempt
+from graph.errors import PAYLOAD_ERRORS, UserError, attempt
 from graph.ids import expect_id
 from graph.inputs import (
     AddConnectorInput,
@@ -85,15 +85,16 @@ def _ctx(info: Info) -> GraphContext:
 class LoginPayload:
     token: str | None = strawberry.field(description="The access token: send it as "
                                                      "'Authorization: Bearer <token>'.")
-    expires_at: datetime | None
+    expires_at: datetime | None = strawberry.field(description=(
+        "When the access token expires, UTC; null when signing in failed."))
     refresh_token: str | None = strawberry.field(
         description="Exchange it with refreshToken for a new access token (and a new "
                     "refresh token: this one then stops working); end it with signOut. "
                     "Keep it secret: it is shown only here.")
     refresh_expires_at: datetime | None = strawberry.field(
         description="When the refresh token expires unless used before.")
-    user: User | None
-    errors: list[UserError]
+    user: User | None = strawberry.field(description="Who signed in; null when it failed.")
+    errors: list[UserError] = strawberry.field(description=PAYLOAD_ERRORS)
 
 
 def _failed_sign_in(errors: list[UserError]) -> LoginPayload:
@@ -120,66 +121,84 @@ def _client(ctx: GraphContext) -> str | None:
     return getattr(getattr(ctx.request, "client", None), "host", None)
 
 
-@strawberry.type
+@strawberry.type(description="The answer to `signOut`.")
 class SignOutPayload:
     signed_out: bool = strawberry.field(
         description="True once the refresh token's session is ended (also when it was "
                     "already). Access tokens issued to it stay valid until they expire.")
-    errors: list[UserError]
+    errors: list[UserError] = strawberry.field(description=PAYLOAD_ERRORS)
 
 
-@strawberry.type
+@strawberry.type(description="What a mutation of a company returns.")
 class CompanyPayload:
-    company: Company | None
-    errors: list[UserError]
+    company: Company | None = strawberry.field(description=(
+        "The company as the mutation left it (as it was, for a removal); null "
+        "when it failed."))
+    errors: list[UserError] = strawberry.field(description=PAYLOAD_ERRORS)
 
 
-@strawberry.type
+@strawberry.type(description="What a mutation of a user returns.")
 class UserPayload:
-    user: User | None
-    errors: list[UserError]
+    user: User | None = strawberry.field(description=(
+        "The user as the mutation left it (as it was, for a removal); null "
+        "when it failed."))
+    errors: list[UserError] = strawberry.field(description=PAYLOAD_ERRORS)
 
 
-@strawberry.type
+@strawberry.type(description="What a mutation of a vehicle returns.")
 class VehiclePayload:
-    vehicle: Vehicle | None
-    errors: list[UserError]
+    vehicle: Vehicle | None = strawberry.field(description=(
+        "The vehicle as the mutation left it (as it was, for a removal); null "
+        "when it failed."))
+    errors: list[UserError] = strawberry.field(description=PAYLOAD_ERRORS)
 
 
-@strawberry.type
+@strawberry.type(description="What a mutation of a card returns.")
 class IdTagPayload:
-    id_tag: IdTag | None
-    errors: list[UserError]
+    id_tag: IdTag | None = strawberry.field(description=(
+        "The card as the mutation left it (as it was, for a removal); null "
+        "when it failed."))
+    errors: list[UserError] = strawberry.field(description=PAYLOAD_ERRORS)
 
 
-@strawberry.type
+@strawberry.type(description="What a mutation of a station returns.")
 class StationPayload:
-    station: Station | None
-    errors: list[UserError]
+    station: Station | None = strawberry.field(description=(
+        "The station as the mutation left it (as it was, for a removal); null "
+        "when it failed."))
+    errors: list[UserError] = strawberry.field(description=PAYLOAD_ERRORS)
 
 
-@strawberry.type
+@strawberry.type(description="What a mutation of a connector returns.")
 class ConnectorPayload:
-    connector: Connector | None
-    errors: list[UserError]
+    connector: Connector | None = strawberry.field(description=(
+        "The connector as the mutation left it (as it was, for a removal); null "
+        "when it failed."))
+    errors: list[UserError] = strawberry.field(description=PAYLOAD_ERRORS)
 
 
-@strawberry.type
+@strawberry.type(description="What a mutation of a tariff returns.")
 class TariffPayload:
-    tariff: Tariff | None
-    errors: list[UserError]
+    tariff: Tariff | None = strawberry.field(description=(
+        "The tariff as the mutation left it (as it was, for a removal); null "
+        "when it failed."))
+    errors: list[UserError] = strawberry.field(description=PAYLOAD_ERRORS)
 
 
-@strawberry.type
+@strawberry.type(description="What a mutation of a session returns.")
 class SessionPayload:
-    session: Session | None
-    errors: list[UserError]
+    session: Session | None = strawberry.field(description=(
+        "The session as the mutation left it (as it was, for a removal); null "
+        "when it failed."))
+    errors: list[UserError] = strawberry.field(description=PAYLOAD_ERRORS)
 
 
-@strawberry.type
+@strawberry.type(description="What a mutation of a payment returns.")
 class PaymentPayload:
-    payment: Payment | None
-    errors: list[UserError]
+    payment: Payment | None = strawberry.field(description=(
+        "The payment as the mutation left it (as it was, for a removal); null "
+        "when it failed."))
+    errors: list[UserError] = strawberry.field(description=PAYLOAD_ERRORS)
 
 
 async def _settle(info: Info, payment_id: strawberry.ID, step: str, **options: Any

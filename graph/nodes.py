@@ -242,12 +242,13 @@ def _page(first: int | None, after: str | None, last: int | None, before: str | 
 
 @strawberry.interface(description="Who created and last changed a record, and when.")
 class Audited:
-    created_at: datetime
-    updated_at: datetime
+    created_at: datetime = strawberry.field(description="When the record was created, UTC.")
+    updated_at: datetime = strawberry.field(description="When it last changed, UTC.")
     created_by: str | None = strawberry.field(
         description="User id, `ocpp:<cpId>` or `system`; null where the viewer may not know."
     )
-    updated_by: str | None
+    updated_by: str | None = strawberry.field(description=(
+        "Who changed it last, as `createdBy`; null where the viewer may not know."))
 
     @strawberry.field(description="The user who created it, when a user did and the "
                                   "viewer may see them (`createdBy` is their id).")
@@ -304,7 +305,7 @@ def _audited(cls: type[NodeT], r: d.Record, fields: dict[str, Any], visible: boo
 class Money:
     amount_minor: BigInt = strawberry.field(
         description="In the currency's minor unit (cents; whole yen for JPY).")
-    currency: str
+    currency: str = strawberry.field(description="ISO 4217 code, e.g. EUR.")
 
     @strawberry.field(description="The amount in major units, e.g. 12.34.")
     def amount(self) -> Decimal:
@@ -313,29 +314,31 @@ class Money:
 
 @strawberry.type(description="Where a station stands.")
 class Location:
-    lat: float
-    lon: float
-    address: str | None
+    lat: float = strawberry.field(description="Latitude in degrees (WGS 84), -90 to 90.")
+    lon: float = strawberry.field(description="Longitude in degrees (WGS 84), -180 to 180.")
+    address: str | None = strawberry.field(description="Free text as entered; null when "
+                                                       "none was.")
 
 
 # ------------------------------------------------------------------------- accounts
 @strawberry.type(description="An operator business: groups stations and staff.")
 class Company(Node, Audited):
-    name: str
+    name: str = strawberry.field(description="Unique among companies.")
     _r: strawberry.Private[d.Company]
 
     @classmethod
     def wrap(cls, r: d.Company, ctx: GraphContext) -> Company:
         return _audited(cls, r, {"name": r.name})
 
-    @strawberry.field
+    @strawberry.field(description="The stations it runs, in creation order.")
     async def stations(self, info: Info, first: int | None = None, after: str | None = None,
                        last: int | None = None, before: str | None = None
                        ) -> Connection[Station]:
         return await nested_connection(_ctx(info), d.Station, Station.wrap, "company_id",
                                        self._r.id, ALL, (), _page(first, after, last, before))
 
-    @strawberry.field
+    @strawberry.field(description="Its people, in creation order, as far as the viewer "
+                                  "may see them.")
     async def users(self, info: Info, first: int | None = None, after: str | None = None,
                     last: int | None = None, before: str | None = None) -> Connection[User]:
         return await nested_connection(_ctx(info), d.User, User.wrap, "company_id", self._r.id,
@@ -344,10 +347,15 @@ class Company(Node, Audited):
 
 @strawberry.type(description="A person: driver, operator or admin.")
 class User(Node, Audited):
-    name: str
+    name: str = strawberry.field(description="As entered; every viewer who sees the user "
+                                             "sees it.")
     email: str | None = strawberry.field(description="Null in reduced views.")
-    role: Role | None
-    active: bool | None
+    role: Role | None = strawberry.field(description=(
+        "Null in reduced views: an operator sees the drivers of their sessions by name "
+        "only (admins, the user and their company's operators see it)."))
+    active: bool | None = strawberry.field(description=(
+        "False once deactivated: no sign-in, cards refused at chargers. Null in reduced "
+        "views."))
     _r: strawberry.Private[d.User]
     _private: strawberry.Private[bool]
 
@@ -362,27 +370,30 @@ class User(Node, Audited):
             "_private": private,
         }, private)
 
-    @strawberry.field
+    @strawberry.field(description="Their company; null when none, and in reduced views.")
     async def company(self, info: Info) -> Company | None:
         if not self._private:
             return None
         return await _related(info, Company, self._r.company_id)
 
-    @strawberry.field
+    @strawberry.field(description="Their vehicles, in creation order, as far as the viewer "
+                                  "may see them.")
     async def vehicles(self, info: Info, first: int | None = None, after: str | None = None,
                        last: int | None = None, before: str | None = None
                        ) -> Connection[Vehicle]:
         return await nested_connection(_ctx(info), d.Vehicle, Vehicle.wrap, "owner_id",
                                        self._r.id, ALL, (), _page(first, after, last, before))
 
-    @strawberry.field(name="idTags")
+    @strawberry.field(name="idTags", description="Their charging cards, in creation order, "
+                                                 "as far as the viewer may see them.")
     async def id_tags(self, info: Info, first: int | None = None, after: str | None = None,
                       last: int | None = None, before: str | None = None
                       ) -> Connection[IdTag]:
         return await nested_connection(_ctx(info), d.IdTag, IdTag.wrap, "user_id", self._r.id,
                                        ALL, (), _page(first, after, last, before))
 
-    @strawberry.field
+    @strawberry.field(description="The sessions they charged, newest first, as far as the "
+                                  "viewer may see them (an operator: those in their books).")
     async def sessions(self, info: Info, first: int | None = None, after: str | None = None,
                        last: int | None = None, before: str | None = None
                        ) -> Connection[Session]:
@@ -404,9 +415,11 @@ class Vehicle(Node, Audited):
         description="As entered, for display: trimmed, spaces collapsed, upper case "
                     "(\"B-MI 2024\"). Unique per owner by its letters and digits alone: "
                     "\"BMI2024\" is the same plate.")
-    make: str | None
-    model: str | None
-    battery_kwh: float | None
+    make: str | None = strawberry.field(description="As entered; null when not given.")
+    model: str | None = strawberry.field(description="As entered; null when not given.")
+    battery_kwh: float | None = strawberry.field(description=(
+        "Battery capacity in kWh; null when not given, and for viewers other than its "
+        "owner and admins."))
     _r: strawberry.Private[d.Vehicle]
     _private: strawberry.Private[bool]
 
@@ -421,11 +434,12 @@ class Vehicle(Node, Audited):
             "_private": private,
         }, private)
 
-    @strawberry.field
+    @strawberry.field(description="Its owner; null when the viewer may not see them.")
     async def owner(self, info: Info) -> User | None:
         return await _related(info, User, self._r.owner_id)
 
-    @strawberry.field
+    @strawberry.field(description="The sessions charged with it, newest first, as far as "
+                                  "the viewer may see them.")
     async def sessions(self, info: Info, first: int | None = None, after: str | None = None,
                        last: int | None = None, before: str | None = None
                        ) -> Connection[Session]:
@@ -433,7 +447,8 @@ class Vehicle(Node, Audited):
                                        self._r.id, ALL, NEWEST_FIRST,
                                        _page(first, after, last, before))
 
-    @strawberry.field(name="idTags")
+    @strawberry.field(name="idTags", description="The cards linked to it, in creation "
+                                                 "order, as far as the viewer may see them.")
     async def id_tags(self, info: Info, first: int | None = None, after: str | None = None,
                       last: int | None = None, before: str | None = None
                       ) -> Connection[IdTag]:
@@ -443,8 +458,11 @@ class Vehicle(Node, Audited):
 
 @strawberry.type(description="An RFID card or app token (OCPP idTag) of a user.")
 class IdTag(Node, Audited):
-    tag: str
-    expires_at: datetime | None
+    tag: str = strawberry.field(description=(
+        "The OCPP idTag chargers are presented, upper case (id tags are "
+        "case-insensitive)."))
+    expires_at: datetime | None = strawberry.field(description=(
+        "When chargers stop accepting it (it reads EXPIRED then); null: never."))
     parent_id_tag: str | None = strawberry.field(
         description="The card's group (OCPP parentIdTag), as chargers are told it.")
     _r: strawberry.Private[d.IdTag]
@@ -468,11 +486,12 @@ class IdTag(Node, Audited):
             ctx.loaders.by_id(d.User), self._r.user_id,
             lambda owner: self._r.charger_status(owner, ctx.now)))
 
-    @strawberry.field
+    @strawberry.field(description="Its holder.")
     async def user(self, info: Info) -> User | None:
         return await _related(info, User, self._r.user_id)
 
-    @strawberry.field
+    @strawberry.field(description="The vehicle it is linked to; null when none, or when "
+                                  "the viewer may not see it.")
     async def vehicle(self, info: Info) -> Vehicle | None:
         return await _related(info, Vehicle, self._r.vehicle_id)
 
@@ -497,15 +516,24 @@ class FirmwareRollout:
 
 @strawberry.type(description="A charge point (OCPP identity `cpId`).")
 class Station(Node, Audited):
-    cp_id: str
-    name: str
-    location: Location | None
-    online: bool
-    vendor: str | None
-    model: str | None
-    serial: str | None
-    firmware: str | None
-    registration: Registration | None
+    cp_id: str = strawberry.field(description=(
+        "The charger's OCPP identity: its websocket path and HTTP Basic user name."))
+    name: str = strawberry.field(description="As entered.")
+    location: Location | None = strawberry.field(description="Null when none was given.")
+    online: bool = strawberry.field(description="Whether its charger is connected now.")
+    vendor: str | None = strawberry.field(description=(
+        "`chargePointVendor` of its charger's last BootNotification; null before one. "
+        "Admins and the station's operators; null for others."))
+    model: str | None = strawberry.field(description=(
+        "`chargePointModel` of its charger's last BootNotification, as `vendor`."))
+    serial: str | None = strawberry.field(description=(
+        "`chargePointSerialNumber` (else `chargeBoxSerialNumber`) of its charger's last "
+        "BootNotification, as `vendor`."))
+    firmware: str | None = strawberry.field(description=(
+        "`firmwareVersion` of its charger's last BootNotification, as `vendor`."))
+    registration: Registration | None = strawberry.field(description=(
+        "How its charger's boots are answered; only ACCEPTED stations are on the drivers' "
+        "map. Admins and the station's operators; null for others."))
     last_seen: datetime | None = strawberry.field(description=(
         "When its charger was last heard from: its connection, boot, heartbeat, or any "
         "other message (within a minute). Staff only."))
@@ -537,7 +565,9 @@ class Station(Node, Audited):
     error_code: str | None = strawberry.field(description=(
         "OCPP ChargePointErrorCode of the charge point as a whole, `NoError` when "
         "healthy; null until reported."))
-    status_at: datetime | None
+    status_at: datetime | None = strawberry.field(description=(
+        "When the charge point's `status` began, by the charger's timestamp (else its "
+        "clock's now), UTC; null until reported."))
     info: str | None = strawberry.field(description=(
         "The charger's free-text detail with the charge point's status (connector 0)."))
     vendor_error_code: str | None = strawberry.field(description=(
@@ -560,7 +590,9 @@ class Station(Node, Audited):
     @strawberry.field(description=(
         "Great-circle distance in km from a point (a map list's `filter.near` point: "
         "the distance `orderBy: DISTANCE` sorts by); null without a location."))
-    def distance_km(self, from_: Annotated[GeoPointInput, strawberry.argument(name="from")]
+    def distance_km(self, from_: Annotated[GeoPointInput, strawberry.argument(
+            name="from", description="The point to measure from: `lat` -90..90, `lon` "
+                                     "-180..180 (OUT_OF_RANGE otherwise).")]
                     ) -> float | None:
         # An argument, not a value the list fills in: the same station answers alike on
         # every path (node, nested lists, subscriptions), and needs no state per row.
@@ -621,7 +653,9 @@ class Station(Node, Audited):
             await _prefetch_active_sessions(
                 ctx, ids, lambda *path: wants("connectors", "activeSession", *path))
 
-    @strawberry.field
+    @strawberry.field(description=(
+        f"Its connectors in `connectorId` order (at most {MAX_CONNECTORS}): a plain list, "
+        "not paged."))
     def connectors(self, info: Info) -> list[Connector]:
         ctx = _ctx(info)
         hit, records = _connectors_of(ctx).peek(self._r.id)
@@ -637,13 +671,17 @@ class Station(Node, Audited):
         return [Connector.wrap(c, ctx)
                 for c in await _connectors_of(ctx).load(self._r.id)]
 
-    @strawberry.field
+    @strawberry.field(description=(
+        "The user named its owner (who runs it when it has no company); null when none. "
+        "Admins and the station's operators; null for others."))
     async def owner(self, info: Info) -> User | None:
         if not self._private:
             return None
         return await _related(info, User, self._r.owner_id)
 
-    @strawberry.field
+    @strawberry.field(description=(
+        "The company that runs it; null when none. Admins and the station's operators; "
+        "null for others."))
     async def company(self, info: Info) -> Company | None:
         if not self._private:
             return None
@@ -675,7 +713,9 @@ class Station(Node, Audited):
             )
         return Tariff.wrap(own, ctx) if own else None
 
-    @strawberry.field
+    @strawberry.field(description=(
+        "Sessions charged on it, newest first, as far as the viewer may see them (an "
+        "operator: those in their books; a driver: their own)."))
     async def sessions(self, info: Info, first: int | None = None, after: str | None = None,
                        last: int | None = None, before: str | None = None
                        ) -> Connection[Session]:
@@ -683,7 +723,9 @@ class Station(Node, Audited):
                                        self._r.id, ALL, NEWEST_FIRST,
                                        _page(first, after, last, before))
 
-    @strawberry.field
+    @strawberry.field(description=(
+        "Reservations on it, in creation order, as far as the viewer may see them (an "
+        "operator: those in their books, and the live ones of a station they run now)."))
     async def reservations(self, info: Info, first: int | None = None,
                            after: str | None = None, last: int | None = None,
                            before: str | None = None) -> Connection[Reservation]:
@@ -720,7 +762,7 @@ class Station(Node, Audited):
 
 @strawberry.type(description="One plug of a station; `(cpId, connectorId)` is unique.")
 class Connector(Node, Audited):
-    cp_id: str
+    cp_id: str = strawberry.field(description="Its station's OCPP identity.")
     connector_id: int = strawberry.field(description="OCPP connector id, from 1.")
     status: ConnectorStatus = strawberry.field(description=(
         "What its charger last reported (see `statusAt`), kept while the charger is "
@@ -728,13 +770,17 @@ class Connector(Node, Audited):
         "UNAVAILABLE or FAULTED as a whole: filter with `availableNow`."))
     error_code: str = strawberry.field(description="OCPP ChargePointErrorCode, `NoError` "
                                                    "when healthy.")
-    info: str | None
+    info: str | None = strawberry.field(description=(
+        "The charger's free-text detail with its last status; null when it sent none."))
     vendor_error_code: str | None = strawberry.field(description=(
         "The charger's own code for the error (OCPP vendorErrorCode); null when it sent "
         "none."))
-    status_at: datetime | None
-    type: ConnectorType
-    max_kw: float | None
+    status_at: datetime | None = strawberry.field(description=(
+        "When `status` began, by the charger's timestamp (else its clock's now), UTC; "
+        "null until it reported one."))
+    type: ConnectorType = strawberry.field(description="Its plug standard.")
+    max_kw: float | None = strawberry.field(description=(
+        "Its rated power in kW; null: unknown (it then meets no `minKw` filter)."))
     _r: strawberry.Private[d.Connector]
 
     @classmethod
@@ -765,7 +811,7 @@ class Connector(Node, Audited):
             await _prefetch_active_sessions(ctx, station_ids,
                                             lambda *path: wants("activeSession", *path))
 
-    @strawberry.field
+    @strawberry.field(description="Its station.")
     def station(self, info: Info) -> Station | None:
         return _related_now(info, Station, self._r.station_id)  # type: ignore[no-any-return]
 
@@ -815,9 +861,9 @@ class CostBreakdown:
         "was done (`SUSPENDED_EV`, `FINISHING`) beyond the tariff's grace × its idle price, at "
         "most its cap."))
     net: Decimal = strawberry.field(description="Before tax.")
-    tax: Decimal
+    tax: Decimal = strawberry.field(description="`net` × the tariff's tax rate.")
     gross: Decimal = strawberry.field(description="What was billed: the session's `cost`.")
-    currency: str
+    currency: str = strawberry.field(description="ISO 4217 code of every line.")
 
     @classmethod
     def of(cls, b: pricing.CostBreakdown) -> CostBreakdown:
@@ -842,15 +888,25 @@ def _pricing_tariff(ctx: GraphContext, session: d.Session,
 @strawberry.type(description="One charging transaction.")
 class Session(Node, Audited):
     transaction_id: int = strawberry.field(description="OCPP transactionId.")
-    cp_id: str
-    connector_id: int
-    id_tag: str
-    state: SessionState
-    start_time: datetime
-    end_time: datetime | None
-    meter_start_wh: BigInt
-    meter_stop_wh: BigInt | None
-    stop_reason: str | None
+    cp_id: str = strawberry.field(description="The charger's OCPP identity.")
+    connector_id: int = strawberry.field(description="OCPP connector id, from 1.")
+    id_tag: str = strawberry.field(description=(
+        "The tag the charger presented, upper case (a character that cannot be shown "
+        "reads U+FFFD)."))
+    state: SessionState = strawberry.field(description="ACTIVE or COMPLETED.")
+    start_time: datetime = strawberry.field(description=(
+        "When it started, by the charger's clock (StartTransaction), UTC."))
+    end_time: datetime | None = strawberry.field(description=(
+        "When it ended, by the charger's clock, UTC; null while ACTIVE."))
+    meter_start_wh: BigInt = strawberry.field(description=(
+        "The charger's energy register at the start (OCPP meterStart), Wh."))
+    meter_stop_wh: BigInt | None = strawberry.field(description=(
+        "The register at the end (OCPP meterStop), Wh; null while ACTIVE, and for a "
+        "session closed without its StopTransaction (`stopReason` Other)."))
+    stop_reason: str | None = strawberry.field(description=(
+        "OCPP Reason of its StopTransaction (Local when the charger gave none), or Other "
+        "when the service closed it without one (`endSession`, a lost stop); null while "
+        "ACTIVE, and for one ended whose StopTransaction is still to come."))
     start_refused: AuthorizationStatus | None = strawberry.field(
         description="What the charger was told of the card at the start when it was not "
                     "ACCEPTED (BLOCKED, EXPIRED, INVALID, CONCURRENT_TX): a refused start, "
@@ -889,7 +945,9 @@ class Session(Node, Audited):
             if r.start_refused else None,
         })
 
-    @strawberry.field
+    @strawberry.field(description=(
+        "What it was billed, tax included (`costBreakdown` splits it); null while ACTIVE "
+        "(see `estimatedCost`) and when no tariff priced it."))
     def cost(self) -> Money | None:
         if self._r.cost_minor is None or self._r.currency is None:
             return None
@@ -925,19 +983,25 @@ class Session(Node, Audited):
             for load in loads:
                 await load
 
-    @strawberry.field
+    @strawberry.field(description=(
+        "The driver: the holder of the card it started with; null for a tag of no card, "
+        "and when the viewer may not see them (operators see a driver by name only)."))
     def user(self, info: Info) -> User | None:
         return _related_now(info, User, self._r.user_id)  # type: ignore[no-any-return]
 
-    @strawberry.field
+    @strawberry.field(description=(
+        "The vehicle its card was linked to; null when none, or when the viewer may not "
+        "see it."))
     def vehicle(self, info: Info) -> Vehicle | None:
         return _related_now(info, Vehicle, self._r.vehicle_id)  # type: ignore[no-any-return]
 
-    @strawberry.field
+    @strawberry.field(description="Its station; null when removed, or when the viewer may "
+                                  "not see it.")
     def station(self, info: Info) -> Station | None:
         return _related_now(info, Station, self._r.station_id)  # type: ignore[no-any-return]
 
-    @strawberry.field
+    @strawberry.field(description="The connector it charged on; null when removed, or when "
+                                  "the viewer may not see it.")
     def connector(self, info: Info) -> Connector | None:
         ctx = _ctx(info)
         return _now_or_later(_connectors_of(ctx), self._r.station_id,  # type: ignore[no-any-return]
@@ -945,7 +1009,9 @@ class Session(Node, Audited):
                                  Connector, _on_connector(connectors, self._r.connector_id),
                                  ctx))
 
-    @strawberry.field
+    @strawberry.field(description=(
+        "Its payment, opened when it completed with a cost; null before, for a session "
+        "that cost nothing, and when the viewer may not see it."))
     def payment(self, info: Info) -> Payment | None:
         ctx = _ctx(info)
         return _now_or_later(_payment_of(ctx), self._r.id,  # type: ignore[no-any-return]
@@ -999,7 +1065,10 @@ class Session(Node, Audited):
 
     @strawberry.field(description="The session's meter samples, oldest first: its charging "
                                   "curve. Seen by whoever sees the session.")
-    async def meter_values(self, info: Info, measurands: list[Measurand] | None = None,
+    async def meter_values(self, info: Info,
+                           measurands: Annotated[list[Measurand] | None, strawberry.argument(
+                               description="Only samples of these measurands; left out: "
+                                           "all. An empty list is INVALID.")] = None,
                            from_: Since = None, to: Until = None, first: int | None = None,
                            after: str | None = None, last: int | None = None,
                            before: str | None = None) -> Connection[MeterSample]:
@@ -1062,12 +1131,16 @@ def _receipt(session: d.Session, tariff: d.Tariff | None, end: datetime
 
 @strawberry.type(description="A connector held for a driver (OCPP ReserveNow).")
 class Reservation(Node, Audited):
-    reservation_id: int
-    cp_id: str
-    connector_id: int
-    id_tag: str
-    expires_at: datetime
-    state: ReservationState
+    reservation_id: int = strawberry.field(description=(
+        "OCPP reservationId: ours, unique, as the charger was told it."))
+    cp_id: str = strawberry.field(description="The charger's OCPP identity.")
+    connector_id: int = strawberry.field(description=(
+        "OCPP connector id; 0: any connector of the station."))
+    id_tag: str = strawberry.field(description="The tag it holds the plug for, upper case.")
+    expires_at: datetime = strawberry.field(description=(
+        "When it ends, UTC: a live one reads EXPIRED from then on."))
+    state: ReservationState = strawberry.field(description=(
+        "Where it is now (EXPIRED once past `expiresAt`)."))
     _r: strawberry.Private[d.Reservation]
 
     @classmethod
@@ -1081,11 +1154,14 @@ class Reservation(Node, Audited):
             "state": r.state_at(ctx.now),
         })
 
-    @strawberry.field
+    @strawberry.field(description="Its station; null when removed, or when the viewer may "
+                                  "not see it.")
     async def station(self, info: Info) -> Station | None:
         return await _related(info, Station, self._r.station_id)
 
-    @strawberry.field
+    @strawberry.field(description=(
+        "The holder of the card it was made for; null for a tag of no card, and when the "
+        "viewer may not see them."))
     async def user(self, info: Info) -> User | None:
         return await _related(info, User, self._r.user_id)
 
@@ -1097,7 +1173,8 @@ class PriceBand:
     days: list[str] = strawberry.field(description="MON … SUN.")
     start: str = strawberry.field(description="HH:MM.")
     end: str = strawberry.field(description="HH:MM, up to 24:00.")
-    price_per_kwh: Decimal
+    price_per_kwh: Decimal = strawberry.field(description=(
+        "Per kWh in the band, in its tariff's `currency` (major units), before tax."))
 
     @classmethod
     def of(cls, doc: dict[str, Any]) -> PriceBand:
@@ -1107,12 +1184,17 @@ class PriceBand:
 
 @strawberry.type(description="A price list of a company or a station, from `validFrom` on.")
 class Tariff(Node, Audited):
-    price_per_kwh: Decimal
-    currency: str
-    price_per_minute: Decimal
-    session_fee: Decimal
+    price_per_kwh: Decimal = strawberry.field(description=(
+        "Per kWh delivered, in `currency` (major units, e.g. 0.35), before tax; "
+        "`energyBands` may price some hours differently."))
+    currency: str = strawberry.field(description="ISO 4217 code, e.g. EUR.")
+    price_per_minute: Decimal = strawberry.field(description=(
+        "Per minute from a session's start to its end, before tax."))
+    session_fee: Decimal = strawberry.field(description="Per session, before tax.")
     tax_rate: Decimal = strawberry.field(description="e.g. 0.19 for 19 %.")
-    valid_from: datetime
+    valid_from: datetime = strawberry.field(description=(
+        "When it takes effect, UTC: a session is priced by the version in force at its "
+        "start."))
     idle_price_per_minute: Decimal = strawberry.field(description=(
         "Per minute the connector sits occupied but not charging because the car is done "
         "(`SUSPENDED_EV`; `FINISHING` while the transaction is open; never `SUSPENDED_EVSE`), "
@@ -1154,7 +1236,8 @@ class Tariff(Node, Audited):
             "power_type": r.power_type,
         }, _staff(ctx))
 
-    @strawberry.field
+    @strawberry.field(description="The station whose price list it is; null for a "
+                                  "company's, and when the viewer may not see it.")
     async def station(self, info: Info) -> Station | None:
         return await _related(info, Station, self._r.station_id)
 
@@ -1171,9 +1254,11 @@ class Tariff(Node, Audited):
 
 @strawberry.type(description="What a completed session costs, and its settlement state.")
 class Payment(Node, Audited):
-    status: PaymentStatus
-    provider: str
-    provider_ref: str | None
+    status: PaymentStatus = strawberry.field(description="Where it is in settlement.")
+    provider: str = strawberry.field(description=(
+        "The payment provider that settled it last (`manual` unless one is configured)."))
+    provider_ref: str | None = strawberry.field(description=(
+        "The provider's reference of its last capture or refund; null before one."))
     _r: strawberry.Private[d.Payment]
 
     @classmethod
@@ -1207,11 +1292,13 @@ class Payment(Node, Audited):
         found = await ctx.loaders.shared(_new_refunds_loader).load(self._r.id)
         return [Refund.wrap(r, ctx) for r in found]
 
-    @strawberry.field
+    @strawberry.field(description="The session it bills; null when the viewer may not see "
+                                  "it.")
     async def session(self, info: Info) -> Session | None:
         return await _related(info, Session, self._r.session_id)
 
-    @strawberry.field
+    @strawberry.field(description="Who pays: the session's driver; null for a tag of no "
+                                  "card, and when the viewer may not see them.")
     async def user(self, info: Info) -> User | None:
         return await _related(info, User, self._r.user_id)
 
@@ -1240,9 +1327,9 @@ class Refund(Audited):
 class AuditEntry(Node, Audited):
     entity: str = strawberry.field(description="Entity kind, e.g. `station`, `id_tag`.")
     entity_id: strawberry.ID = strawberry.field(description="Global id of the changed record.")
-    action: AuditAction
+    action: AuditAction = strawberry.field(description="What kind of change.")
     actor: str = strawberry.field(description="User id, `ocpp:<cpId>` or `system`.")
-    at: datetime
+    at: datetime = strawberry.field(description="When it happened, UTC.")
     before: JSON | None = strawberry.field(description=(
         "The record before the change, as stored: snake_case fields and raw record ids "
         "(`station_id`); private fields hidden as reads hide them. `entityId` is the "
@@ -1276,16 +1363,20 @@ class AuditEntry(Node, Audited):
 
 @strawberry.type(description="One status report of a connector (history, and faults).")
 class StatusEvent(Node):
-    cp_id: str
+    cp_id: str = strawberry.field(description="The charger's OCPP identity.")
     connector_id: int = strawberry.field(description="0 is the charge point as a whole.")
-    status: ConnectorStatus
-    error_code: str
-    info: str | None
+    status: ConnectorStatus = strawberry.field(description="The status reported.")
+    error_code: str = strawberry.field(description=(
+        "OCPP ChargePointErrorCode reported with it, `NoError` when healthy."))
+    info: str | None = strawberry.field(description=(
+        "The charger's free-text detail; null when it sent none."))
     vendor_error_code: str | None = strawberry.field(
         description="The charger's own code for the error (OCPP vendorErrorCode), as it "
                     "reported it; null when it sent none, and for reports stored before "
                     "ChargeGraph kept it.")
-    at: datetime
+    at: datetime = strawberry.field(description=(
+        "When the status began, by the charger's timestamp (else its clock's now), "
+        "UTC."))
     _r: strawberry.Private[d.StatusEvent]
 
     @classmethod
@@ -1301,7 +1392,8 @@ class StatusEvent(Node):
             "_r": r,
         })
 
-    @strawberry.field
+    @strawberry.field(description="The station that reported it; null when removed, or when "
+                                  "the viewer may not see it.")
     async def station(self, info: Info) -> Station | None:
         return await _related(info, Station, self._r.station_id)
 

@@ -64,7 +64,9 @@ def _decimal(value: Any) -> Decimal:
 SCALARS: dict[object, Any] = {
     Decimal: strawberry.scalar(
         name="Decimal",
-        description="Decimal (fixed-point)",
+        description="An exact decimal number (prices, rates, amounts in major units), "
+                    "returned as a string (\"0.35\"). Sent in as a string or a JSON "
+                    "number, written plainly: no `_`, no NaN.",
         serialize=str,
         parse_value=_decimal,
     ),

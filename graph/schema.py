@@ -18,6 +18,7 @@ from strawberry.schema.config import StrawberryConfig
 from strawberry.types.execution import ExecutionContext
 
 from graph import lean
+from graph.command_types import OCPP_VALUE_DESCRIPTIONS
 from graph.enums import VALUE_DESCRIPTIONS
 from graph.executor import LeanExecutionContext
 from graph.mutation import INPUT_ARGUMENT, Mutation
@@ -33,6 +34,8 @@ log = logging.getLogger("chargegraph.graph")
 #: What the ``filter`` of every subscription does (``describe_shared_arguments``).
 EVENT_FILTER = ("Only the events meeting every condition given; without it, every event "
                 "the viewer may see.")
+#: The values' descriptions of every enum whose class is the domain's.
+ENUM_VALUE_DESCRIPTIONS = {**VALUE_DESCRIPTIONS, **OCPP_VALUE_DESCRIPTIONS}
 
 
 class Schema(strawberry.Schema):
@@ -70,11 +73,12 @@ def describe_shared_arguments(schema: GraphQLSchema) -> None:
     field returning a connection (``graph.relay.CONNECTION_ARGUMENTS``), the ``input``
     of every mutation (``graph.mutation.INPUT_ARGUMENT``) and the ``filter`` of every
     subscription (``EVENT_FILTER``); and the values of the domain's enums
-    (``graph.enums.VALUE_DESCRIPTIONS``). Only descriptions change."""
+    (``graph.enums.VALUE_DESCRIPTIONS``, ``graph.command_types.OCPP_VALUE_DESCRIPTIONS``).
+    Only descriptions change."""
     for graphql_type in schema.type_map.values():
         if isinstance(graphql_type, GraphQLEnumType):
             for name, value in graphql_type.values.items():
-                text = VALUE_DESCRIPTIONS.get(graphql_type.name, {}).get(name)
+                text = ENUM_VALUE_DESCRIPTIONS.get(graphql_type.name, {}).get(name)
                 if value.description is None and text is not None:
                     value.description = text
         if not isinstance(graphql_type, GraphQLObjectType) \

@@ -91,12 +91,12 @@ class OcmfRecord:
 class SignedMeterValue:
     at: datetime = strawberry.field(description="When it was measured, on the charger's "
                                                 "clock.")
-    measurand: Measurand
+    measurand: Measurand = strawberry.field(description="What it measures.")
     context: str | None = strawberry.field(description=(
         "OCPP ReadingContext, e.g. `Transaction.Begin`, `Transaction.End`."))
     location: str | None = strawberry.field(description="OCPP Location, e.g. `Outlet`.")
     phase: str | None = strawberry.field(description="OCPP Phase; null for a total.")
-    encoding: SignedEncoding
+    encoding: SignedEncoding = strawberry.field(description="The format of `data`.")
     data: str = strawberry.field(description=(
         "The signed text as the charger sent it (its first 16,384 characters: see "
         "`truncated`)."))

@@ -14,7 +14,7 @@ from domain import entities as d
 from domain.errors import DomainError
 from domain.query import ALL, Sort
 from domain.validation import Checks
-from graph.errors import UserError, attempt, graphql_error
+from graph.errors import PAYLOAD_ERRORS, UserError, attempt, graphql_error
 from graph.ids import expect_id
 from graph.inputs import checked_id, given
 from graph.nodes import (
@@ -50,6 +50,11 @@ LimitAnswer = d.LimitAnswer
 OLDEST_FIRST = (Sort("created_at"),)
 BY_START = (Sort("transaction_id"),)
 
+_SITE_KW = "In kW, above 0 and at most 100000."
+_VOLTAGE = "Per phase, 100 to 1000 V: converts limits in A (W = A × V × phases)."
+_PHASES = "1, 2 or 3 phases: converts limits in A (W = A × V × phases)."
+_REQUIRED = " Cannot be null (REQUIRED)."
+
 
 def _ctx(info: Info) -> GraphContext:
     return info.context  # type: ignore[no-any-return]
@@ -67,12 +72,14 @@ class SiteAllocation:
         "session not under control, and shares only the rest."))
     limit: float | None = strawberry.field(description="The limit as sent, in the site's "
                                                        "unit; null before it was sent.")
-    unit: ChargingRateUnit  # type: ignore[valid-type]
-    limit_sent_at: datetime | None
+    unit: ChargingRateUnit = strawberry.field(  # type: ignore[valid-type]
+        description="The unit of `limit`: the site's when it was sent.")
+    limit_sent_at: datetime | None = strawberry.field(description=(
+        "When the last limit was sent, UTC; null before one was."))
     answer: LimitAnswer | None = strawberry.field(  # type: ignore[valid-type]
         description="The charger's answer to the last limit; null before one was sent.")
     under_control: bool = strawberry.field(description="The charger accepted its limit.")
-    transaction_id: int
+    transaction_id: int = strawberry.field(description="The session's OCPP transactionId.")
     _r: strawberry.Private[d.SiteAllocation]
 
     @classmethod
@@ -88,7 +95,8 @@ class SiteAllocation:
     async def session(self, info: Info) -> Session | None:
         return await _related(info, Session, self._r.session_id)  # type: ignore[no-any-return]
 
-    @strawberry.field
+    @strawberry.field(description="The connector the session charges on; null when "
+                                  "removed.")
     async def connector(self, info: Info) -> Connector | None:
         found = await _connectors_of(_ctx(info)).load(self._r.station_id)
         on = [c for c in found if c.connector_id == self._r.connector_id]
@@ -98,14 +106,15 @@ class SiteAllocation:
 @strawberry.type(description="Chargers behind one grid connection: the sessions charging "
                              "on its stations share `maxPowerKw`.")
 class Site(Node, Audited):
-    name: str
+    name: str = strawberry.field(description="As entered.")
     max_power_kw: float = strawberry.field(description="The grid connection's limit.")
     min_power_kw: float = strawberry.field(description=(
         "The least a session is given; below it a charger cannot charge, so the sessions "
         "started last are paused instead."))
-    unit: ChargingRateUnit  # type: ignore[valid-type]
+    unit: ChargingRateUnit = strawberry.field(  # type: ignore[valid-type]
+        description="The unit of the limits its chargers are sent.")
     voltage: float = strawberry.field(description="For limits in A: W = A × V × phases.")
-    phases: int
+    phases: int = strawberry.field(description=_PHASES)
     _r: strawberry.Private[d.Site]
 
     @classmethod
@@ -114,11 +123,11 @@ class Site(Node, Audited):
                                  "min_power_kw": r.min_power_kw, "unit": r.unit,
                                  "voltage": r.voltage, "phases": r.phases})
 
-    @strawberry.field
+    @strawberry.field(description="The company whose site it is.")
     async def company(self, info: Info) -> Company | None:
         return await _related(info, Company, self._r.company_id)  # type: ignore[no-any-return]
 
-    @strawberry.field
+    @strawberry.field(description="The stations behind it, in creation order.")
     async def stations(self, info: Info, first: int | None = None, after: str | None = None,
                        last: int | None = None, before: str | None = None
                        ) -> Connection[Station]:
@@ -138,53 +147,73 @@ NODE_BY_KIND["site"] = Site
 RECORD_OF_NODE[Site] = d.Site
 
 
-@strawberry.input
+@strawberry.input(description="A new site of a company.")
 class CreateSiteInput:
-    name: str
-    max_power_kw: float
+    name: str = strawberry.field(description="At most 200 characters.")
+    max_power_kw: float = strawberry.field(description=(
+        "The grid connection's limit the sessions share. " + _SITE_KW))
     company_id: strawberry.ID | None = strawberry.field(
         default=None, description="An operator's own company when left out.")
     min_power_kw: float | None = strawberry.field(default=None, description=(
         "6 A on each phase when left out (4.14 kW on three 230 V phases); with limits in A "
         "it may not be less."))
-    unit: ChargingRateUnit = d.ChargingRateUnit.W  # type: ignore[valid-type]
+    unit: ChargingRateUnit = strawberry.field(  # type: ignore[valid-type]
+        default=d.ChargingRateUnit.W, description=(
+            "The unit of the limits its chargers are sent; W unless given."))
     voltage: float | None = strawberry.field(default=None, description="230 V when left "
                                                                        "out.")
     phases: int | None = strawberry.field(default=None, description="3 when left out.")
 
 
-@strawberry.input
+@strawberry.input(description=(
+    "What to change of a site; fields left out stay as they are. A new limit, minimum or "
+    "unit reaches its chargers at once."))
 class UpdateSiteInput:
-    id: strawberry.ID
-    name: str | None = strawberry.UNSET
-    max_power_kw: float | None = strawberry.UNSET
-    min_power_kw: float | None = strawberry.UNSET
-    unit: ChargingRateUnit | None = strawberry.UNSET  # type: ignore[valid-type]
-    voltage: float | None = strawberry.UNSET
-    phases: int | None = strawberry.UNSET
+    id: strawberry.ID = strawberry.field(description=(
+        "The site's global id (INVALID_ID if it is no site's)."))
+    name: str | None = strawberry.field(default=strawberry.UNSET, description=(
+        "At most 200 characters." + _REQUIRED))
+    max_power_kw: float | None = strawberry.field(default=strawberry.UNSET, description=(
+        "The grid connection's limit. " + _SITE_KW + _REQUIRED))
+    min_power_kw: float | None = strawberry.field(default=strawberry.UNSET, description=(
+        "The least a session is given, at most `maxPowerKw`; with limits in A at least 6 "
+        "A on each phase." + _REQUIRED))
+    unit: ChargingRateUnit | None = strawberry.field(  # type: ignore[valid-type]
+        default=strawberry.UNSET, description=(
+            "The unit of the limits its chargers are sent." + _REQUIRED))
+    voltage: float | None = strawberry.field(default=strawberry.UNSET,
+                                             description=_VOLTAGE + _REQUIRED)
+    phases: int | None = strawberry.field(default=strawberry.UNSET,
+                                          description=_PHASES + _REQUIRED)
 
 
-@strawberry.input
+@strawberry.input(description="The site to remove.")
 class RemoveSiteInput:
-    id: strawberry.ID
+    id: strawberry.ID = strawberry.field(description=(
+        "The site's global id (INVALID_ID if it is no site's)."))
 
 
-@strawberry.input
+@strawberry.input(description="Which station goes behind which site.")
 class AssignStationToSiteInput:
-    station_id: strawberry.ID
-    site_id: strawberry.ID | None = strawberry.field(description="null: behind no site.")
+    station_id: strawberry.ID = strawberry.field(description=(
+        "The station (admins and its operators)."))
+    site_id: strawberry.ID | None = strawberry.field(description=(
+        "A site of the station's company (INVALID otherwise); null: behind no site."))
 
 
-@strawberry.type
+@strawberry.type(description="What a mutation of a site returns.")
 class SitePayload:
-    site: Site | None
-    errors: list[UserError]
+    site: Site | None = strawberry.field(description=(
+        "The site as the mutation left it (as it was, for a removal); null when it "
+        "failed."))
+    errors: list[UserError] = strawberry.field(description=PAYLOAD_ERRORS)
 
 
-@strawberry.type
+@strawberry.type(description="The answer to `assignStationToSite`.")
 class AssignStationToSitePayload:
-    station: Station | None
-    errors: list[UserError]
+    station: Station | None = strawberry.field(description=(
+        "The station as it is now (`Station.site`); null when it failed."))
+    errors: list[UserError] = strawberry.field(description=PAYLOAD_ERRORS)
 
 
 def _site(record: d.Site | None, ctx: GraphContext) -> Site | None:

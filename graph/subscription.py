@@ -43,9 +43,12 @@ PUBLIC_TOPICS = frozenset({ConnectorStatusChanged.topic, StationConnectionChange
 
 @strawberry.enum(description="What happened to a session.")
 class SessionChange(Enum):
-    STARTED = "STARTED"
-    UPDATED = "UPDATED"
-    ENDED = "ENDED"
+    STARTED = strawberry.enum_value("STARTED", description=(
+        "The charger started it (StartTransaction)."))
+    UPDATED = strawberry.enum_value("UPDATED", description=(
+        "New meter values: energy or power changed (throttled per session)."))
+    ENDED = strawberry.enum_value("ENDED", description=(
+        "It ended: its StopTransaction, or the service closed it."))
 
 
 @strawberry.input(description="Narrow a station feed; all the viewer may see if left out.")
@@ -210,8 +213,10 @@ class FaultEvent(_OfStation):
 
 @strawberry.enum(description="What a charger reports the progress of.")
 class MaintenanceKind(Enum):
-    FIRMWARE = "FIRMWARE"
-    DIAGNOSTICS = "DIAGNOSTICS"
+    FIRMWARE = strawberry.enum_value("FIRMWARE", description=(
+        "A firmware update (FirmwareStatusNotification, or `Requested`)."))
+    DIAGNOSTICS = strawberry.enum_value("DIAGNOSTICS", description=(
+        "A diagnostics upload (DiagnosticsStatusNotification)."))
 
 
 @strawberry.type(description="A charger's progress with a firmware update or a "

@@ -14,7 +14,7 @@ from domain import entities as d
 from domain.ports import WebhookAttempt
 from domain.query import ALL, Sort
 from domain.validation import Checks
-from graph.errors import UserError, attempt
+from graph.errors import PAYLOAD_ERRORS, UserError, attempt
 from graph.ids import expect_id
 from graph.inputs import checked_id, given
 from graph.nodes import NODE_BY_KIND, RECORD_OF_NODE, Audited, User, _audited, _related
@@ -43,6 +43,13 @@ WebhookEvent = d.WebhookEvent
 
 OLDEST_FIRST = (Sort("created_at"),)
 
+_URL = ("Where deliveries are POSTed: http or https, at most 2048 characters, no "
+        "credentials; public addresses only unless the deployment allows private ones "
+        "(FORBIDDEN_ADDRESS).")
+_EVENTS = "The event types it gets, at least one (REQUIRED)."
+_DESCRIPTION = "A note for people, at most 200 characters."
+_WEBHOOK_ID = "The webhook's global id (INVALID_ID if it is no webhook's)."
+
 
 def _ctx(info: Info) -> GraphContext:
     return info.context  # type: ignore[no-any-return]
@@ -54,8 +61,10 @@ class WebhookHealth:
         description="HTTP status of the last attempt; null when none came back.")
     last_error: str | None = strawberry.field(
         description="Why the last attempt failed (null when it succeeded).")
-    last_attempt_at: datetime | None
-    last_success_at: datetime | None
+    last_attempt_at: datetime | None = strawberry.field(description=(
+        "When a delivery was last tried, UTC; null before any."))
+    last_success_at: datetime | None = strawberry.field(description=(
+        "When a delivery last succeeded (2xx), UTC; null before any."))
     consecutive_failures: int = strawberry.field(
         description="Deliveries failed in a row, each after all its tries; the webhook "
                     "is disabled when it reaches the limit.")
@@ -66,13 +75,17 @@ class WebhookHealth:
 @strawberry.type(description="An outgoing webhook: events its owner may see are POSTed "
                              "to `url`, signed with its secret.")
 class Webhook(Node, Audited):
-    url: str
-    events: list[WebhookEvent]  # type: ignore[valid-type]
-    description: str | None
-    active: bool
+    url: str = strawberry.field(description="Where deliveries are POSTed.")
+    events: list[WebhookEvent] = strawberry.field(  # type: ignore[valid-type]
+        description="The event types it gets (each delivery's `type`).")
+    description: str | None = strawberry.field(description=(
+        "A note for people; null when none."))
+    active: bool = strawberry.field(description=(
+        "Whether it gets deliveries; false once disabled (by hand, or after failures: "
+        "`disabledReason`)."))
     disabled_reason: str | None = strawberry.field(
         description="Why it was disabled (repeated failures); null when enabled.")
-    health: WebhookHealth
+    health: WebhookHealth = strawberry.field(description="How its deliveries have gone.")
     _r: strawberry.Private[d.Webhook]
 
     @classmethod
@@ -101,62 +114,72 @@ NODE_BY_KIND["webhook"] = Webhook
 RECORD_OF_NODE[Webhook] = d.Webhook
 
 
-@strawberry.input
+@strawberry.input(description="A new webhook.")
 class CreateWebhookInput:
     url: str = strawberry.field(description="http or https, no credentials; public "
                                             "addresses only unless the deployment allows "
                                             "private ones.")
-    events: list[WebhookEvent]  # type: ignore[valid-type]
-    description: str | None = None
+    events: list[WebhookEvent] = strawberry.field(  # type: ignore[valid-type]
+        description=_EVENTS)
+    description: str | None = strawberry.field(default=None, description=_DESCRIPTION)
 
 
-@strawberry.input
+@strawberry.input(description="What to change of a webhook; fields left out stay as they "
+                               "are.")
 class UpdateWebhookInput:
-    id: strawberry.ID
-    url: str | None = strawberry.UNSET
-    events: list[WebhookEvent] | None = strawberry.UNSET  # type: ignore[valid-type]
-    description: str | None = strawberry.UNSET
+    id: strawberry.ID = strawberry.field(description=_WEBHOOK_ID)
+    url: str | None = strawberry.field(default=strawberry.UNSET, description=_URL)
+    events: list[WebhookEvent] | None = strawberry.field(  # type: ignore[valid-type]
+        default=strawberry.UNSET, description=_EVENTS)
+    description: str | None = strawberry.field(default=strawberry.UNSET, description=(
+        _DESCRIPTION + " Null clears it."))
     active: bool | None = strawberry.field(
         default=strawberry.UNSET,
         description="Enabling it again starts its failure count afresh.")
 
 
-@strawberry.input
+@strawberry.input(description="The webhook to remove.")
 class RemoveWebhookInput:
-    id: strawberry.ID
+    id: strawberry.ID = strawberry.field(description=_WEBHOOK_ID)
 
 
-@strawberry.input
+@strawberry.input(description="The webhook to ping.")
 class TestWebhookInput:
-    id: strawberry.ID
+    id: strawberry.ID = strawberry.field(description=_WEBHOOK_ID)
 
 
-@strawberry.type
+@strawberry.type(description="The answer to `createWebhook`.")
 class CreateWebhookPayload:
-    webhook: Webhook | None
+    webhook: Webhook | None = strawberry.field(description=(
+        "The webhook created; null when it failed."))
     secret: str | None = strawberry.field(
         description="The signing secret, shown this once: keep it with the receiver.")
-    errors: list[UserError]
+    errors: list[UserError] = strawberry.field(description=PAYLOAD_ERRORS)
 
 
-@strawberry.type
+@strawberry.type(description="What a mutation of a webhook returns.")
 class WebhookPayload:
-    webhook: Webhook | None
-    errors: list[UserError]
+    webhook: Webhook | None = strawberry.field(description=(
+        "The webhook as the mutation left it (as it was, for a removal); null when it "
+        "failed."))
+    errors: list[UserError] = strawberry.field(description=PAYLOAD_ERRORS)
 
 
 @strawberry.type(description="How one delivery went.")
 class WebhookDelivery:
     ok: bool = strawberry.field(description="The receiver answered 2xx.")
-    status: int | None
-    error: str | None
-    at: datetime
+    status: int | None = strawberry.field(description=(
+        "The receiver's HTTP status; null when none came back."))
+    error: str | None = strawberry.field(description=(
+        "Why it failed; null when `ok`."))
+    at: datetime = strawberry.field(description="When it was tried, UTC.")
 
 
-@strawberry.type
+@strawberry.type(description="The answer to `testWebhook`.")
 class TestWebhookPayload:
-    delivery: WebhookDelivery | None
-    errors: list[UserError]
+    delivery: WebhookDelivery | None = strawberry.field(description=(
+        "How the ping went; null when it could not be tried (see `errors`)."))
+    errors: list[UserError] = strawberry.field(description=PAYLOAD_ERRORS)
 
 
 def _wrapped(record: d.Webhook | None, ctx: GraphContext) -> Webhook | None:
