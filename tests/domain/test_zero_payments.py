@@ -98,12 +98,10 @@ async def test_a_late_stop_to_a_positive_cost_keeps_the_payment_pending(
     assert (payment.status, payment.amount_minor) == (d.PaymentStatus.PENDING, 80)
 
 
-async def test_a_capture_racing_the_void_keeps_its_money(world: World) -> None:
-    """The correction reads the payment PENDING; an operator captures it before the
-    correction is written. The void is guarded by the status it read: it loses, the
-    stop is retried, and the session is corrected with the captured payment kept (an
-    operator settles the difference)."""
-    tx, payment = await _ended_by_an_operator(world)
+def capture_before_the_correction(world: World, payment: d.Payment) -> list[d.Payment]:
+    """Has an operator capture ``payment`` just before the charging service commits the
+    first write that changes a payment (a correction's reprice or void), as two instances
+    racing would. Returns where the captured payment is put once captured."""
     charging = world.services.charging
     commit = charging.commit
     raced: list[d.Payment] = []
@@ -114,7 +112,17 @@ async def test_a_capture_racing_the_void_keeps_its_money(world: World) -> None:
         await commit(viewer, changes, *args, **kw)
 
     charging.commit = captured_first  # type: ignore[method-assign]
-    await charging.stop_transaction(CP, tx, 5000, T0 + timedelta(minutes=20))
+    return raced
+
+
+async def test_a_capture_racing_the_void_keeps_its_money(world: World) -> None:
+    """The correction reads the payment PENDING; an operator captures it before the
+    correction is written. The void is guarded by the status it read: it loses, the
+    stop is retried, and the session is corrected with the captured payment kept (an
+    operator settles the difference)."""
+    tx, payment = await _ended_by_an_operator(world)
+    raced = capture_before_the_correction(world, payment)
+    await world.services.charging.stop_transaction(CP, tx, 5000, T0 + timedelta(minutes=20))
     assert raced, "the correction wrote no payment change to race"
     session = await world.session(tx)
     assert (session.energy_wh, session.cost_minor) == (0, 0)
@@ -239,16 +247,7 @@ async def test_a_capture_retry_racing_the_void_of_a_failed_payment_keeps_its_mon
     and only the capture is announced."""
     tx, payment = await _ended_by_an_operator(world)
     await world.services.payments.fail(ADMIN, payment.id)
-    charging = world.services.charging
-    commit = charging.commit
-    raced: list[d.Payment] = []
-
-    async def captured_first(viewer: Any, changes: Any, *args: Any, **kw: Any) -> None:
-        if not raced and any(isinstance(c.record, d.Payment) for c, _ in changes):
-            raced.append(await world.services.payments.capture(ADMIN, payment.id))
-        await commit(viewer, changes, *args, **kw)
-
-    charging.commit = captured_first  # type: ignore[method-assign]
+    raced = capture_before_the_correction(world, payment)
     seen = announced(world)
     kept = await _late_stop(world, tx, 5000)
     assert raced, "the correction wrote no payment change to race"

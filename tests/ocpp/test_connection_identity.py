@@ -40,13 +40,18 @@ class Instance:
 
 @contextlib.asynccontextmanager
 async def instance(path: Path, bus: MemoryEventBus,
-                   clock: Callable[[], datetime] = utcnow) -> AsyncIterator[Instance]:
+                   clock: Callable[[], datetime] = utcnow, *, leased: bool = False
+                   ) -> AsyncIterator[Instance]:
+    """``leased``: with an instance lease (an hour: never lapsing in a test) and the
+    lease round (``upkeep``) the test drives."""
     store = SqliteStore(str(path))
     await store.start()
     services = Services(ServiceContext(store=store, policy=Policy(), hasher=FastHasher(),
                                        bus=bus, clock=clock))
     server = OcppServer(services.charging, OcppGateway(), "127.0.0.1", 0,
-                        response_timeout=5, instances_bus=bus)
+                        response_timeout=5, instances_bus=bus,
+                        instances=services.instances if leased else None,
+                        lease_seconds=3600)
     await server.start()
     try:
         yield Instance(services, store, server)
@@ -199,24 +204,11 @@ async def test_a_connected_chargers_heartbeat_repairs_its_station_recorded_offli
 
 async def test_upkeep_repairs_a_connection_recorded_offline(
         path: Path, bus: MemoryEventBus) -> None:
-    store = SqliteStore(str(path))
-    await store.start()
-    services = Services(ServiceContext(store=store, policy=Policy(), hasher=FastHasher(),
-                                       bus=bus))
-    server = OcppServer(services.charging, OcppGateway(), "127.0.0.1", 0,
-                        instances_bus=bus, instances=services.instances,
-                        lease_seconds=3600)
-    await server.start()
-    try:
-        at = Instance(services, store, server)
-        async with connected(at.url, "CP-1"):
-            await until(lambda: _settled(at, server))
-            await services.charging.disconnect("CP-1")
-            await server.upkeep()  # its lease is valid: it used to look no further
-            assert await _settled(at, server)
-    finally:
-        await server.stop()
-        await store.close()
+    async with instance(path, bus, leased=True) as at, connected(at.url, "CP-1"):
+        await until(lambda: _settled(at, at.server))
+        await at.services.charging.disconnect("CP-1")
+        await at.server.upkeep()  # its lease is valid: it used to look no further
+        assert await _settled(at, at.server)
 
 
 async def test_a_newer_connection_announced_while_this_one_is_recorded_still_wins(
@@ -254,29 +246,19 @@ async def test_upkeep_closes_a_socket_superseded_while_its_announcement_was_lost
     apart, elsewhere = MemoryEventBus(), MemoryEventBus()  # A hears nothing of B
     await apart.start()
     await elsewhere.start()
-    store = SqliteStore(str(path))
-    await store.start()
-    services = Services(ServiceContext(store=store, policy=Policy(), hasher=FastHasher(),
-                                       bus=apart))
-    server = OcppServer(services.charging, OcppGateway(), "127.0.0.1", 0,
-                        instances_bus=apart, instances=services.instances,
-                        lease_seconds=3600)
-    await server.start()
     try:
-        a = Instance(services, store, server)
-        async with instance(path, elsewhere) as b, connected(a.url, "CP-1") as stale:
-            await until(lambda: _settled(a, server))
-            await server.upkeep()
+        async with instance(path, apart, leased=True) as a, \
+                instance(path, elsewhere) as b, connected(a.url, "CP-1") as stale:
+            await until(lambda: _settled(a, a.server))
+            await a.server.upkeep()
             assert is_open(stale)  # still the station's: kept
             async with connected(b.url, "CP-1") as live:
                 await until(lambda: _settled(a, b.server))
-                await server.upkeep()
+                await a.server.upkeep()
                 await until(lambda: _closed(stale))
                 assert stale._connection.close_reason == "connected to another instance"
                 assert is_open(live) and await _settled(a, b.server)
     finally:
-        await server.stop()
-        await store.close()
         await apart.close()
         await elsewhere.close()
 
