@@ -207,7 +207,7 @@ OCPP_VALUE_DESCRIPTIONS: dict[str, dict[str, str]] = {
     },
     "RemoteStartStopStatus": {
         "ACCEPTED": "The charger will try to start (or stop) the transaction: "
-                    "`sessionChanged` tells when it did.",
+                    "`sessionUpdated` tells when it did.",
         "REJECTED": "The charger will not.",
     },
     "AuthorizationStatus": {

@@ -90,7 +90,10 @@ VALUE_DESCRIPTIONS: dict[str, dict[str, str]] = {
     },
     "SessionState": {
         "ACTIVE": "Charging or plugged in: the transaction has not ended.",
-        "COMPLETED": "Ended: its energy and cost are final.",
+        "COMPLETED": "Ended. A session closed without its StopTransaction (`endSession`, or "
+                     "closed as lost) is corrected by the stop if it comes later: its "
+                     "energy and cost change then, and a payment not yet collected "
+                     "follows.",
     },
     "ReservationState": {
         "PENDING": "Sent to the charger; its answer is not known yet.",

@@ -557,7 +557,8 @@ class Station(Node, Audited):
         "were. Staff only."))
     password_required: bool | None = strawberry.field(description=(
         "Whether its charger must present the station's password (HTTP Basic, OCPP "
-        "security profile 1 or 2). False: anyone who knows the cpId can connect as it."))
+        "security profile 1 or 2). False: anyone who knows the cpId can connect as it. "
+        "Admins and the station's operators; null for others."))
     status: ConnectorStatus | None = strawberry.field(description=(
         "The charge point as a whole (OCPP connector 0): AVAILABLE, UNAVAILABLE or "
         "FAULTED; null until its charger reported one. UNAVAILABLE or FAULTED: none of "
@@ -861,7 +862,10 @@ class CostBreakdown:
         "was done (`SUSPENDED_EV`, `FINISHING`) beyond the tariff's grace × its idle price, at "
         "most its cap."))
     net: Decimal = strawberry.field(description="Before tax.")
-    tax: Decimal = strawberry.field(description="`net` × the tariff's tax rate.")
+    tax: Decimal = strawberry.field(description=(
+        "`gross` − `net`: the tariff's tax on `net`, each figure rounded to the currency's "
+        "minor unit on its own (so it may differ from `net` × the rate by one minor "
+        "unit)."))
     gross: Decimal = strawberry.field(description="What was billed: the session's `cost`.")
     currency: str = strawberry.field(description="ISO 4217 code of every line.")
 
@@ -985,7 +989,8 @@ class Session(Node, Audited):
 
     @strawberry.field(description=(
         "The driver: the holder of the card it started with; null for a tag of no card, "
-        "and when the viewer may not see them (operators see a driver by name only)."))
+        "and when the viewer may not see them (an operator sees a driver outside their "
+        "company by name only)."))
     def user(self, info: Info) -> User | None:
         return _related_now(info, User, self._r.user_id)  # type: ignore[no-any-return]
 

@@ -105,7 +105,9 @@ class Webhook(Node, Audited):
                 dropped_events=r.dropped_events),
         })
 
-    @strawberry.field(description="Who created it: the viewer it sees events as.")
+    @strawberry.field(description=(
+        "Whose view its events are delivered with: who created it, or who last enabled it "
+        "again (`updateWebhook` with `active: true`)."))
     async def owner(self, info: Info) -> User | None:
         return await _related(info, User, self._r.owner_id)  # type: ignore[no-any-return]
 
