@@ -61,7 +61,8 @@ from graph.ids import to_global_id
 
 log = logging.getLogger("chargegraph.webhooks")
 
-#: Tries of one delivery, and the waits between them: about 3.5 minutes in all.
+#: Tries of one delivery, and the waits between them: about 4 minutes in all (220 s of
+#: waits, plus the tries themselves).
 TRIES = 5
 BACKOFF_S: tuple[float, ...] = (10.0, 30.0, 60.0, 120.0)
 #: One POST, the name lookup and connecting included.

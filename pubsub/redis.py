@@ -75,6 +75,10 @@ class RedisEventBus:
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()  # the first subscription, for start()
         self._healthy = False  # the current connection has been subscribed
+        #: A SUBSCRIBE has been sent on the current connection: from then on Redis may
+        #: send this process's own events back, so ``publish`` no longer delivers them
+        #: locally (both: a duplicate at every reconnect, review s19).
+        self._subscribing = False
         self._reconnecting = False
         self._closed = False
 
@@ -136,12 +140,14 @@ class RedisEventBus:
         While the listener is not subscribed, the event would not come back through
         Redis: this process's own subscribers get it directly, so a live map on this
         instance still shows its own chargers during an outage, and a subscription
-        opened meanwhile is not silent (QA s19). What other instances publish meanwhile
-        is lost, as their subscribers are told at once and again at the reconnect
-        (``EventsDropped(interrupted=True)``)."""
+        opened meanwhile is not silent (QA s19). Not once a SUBSCRIBE is on its way:
+        Redis may then send it back, and an event published while the subscription is
+        confirmed is in the window the reconnect's ``EventsDropped`` covers. What other
+        instances publish meanwhile is lost, as their subscribers are told at once and
+        again at the reconnect (``EventsDropped(interrupted=True)``)."""
         if self._publisher is None:
             raise RuntimeError("RedisEventBus.publish() before start() or after close()")
-        if not self._healthy:
+        if not self._healthy and not self._subscribing:
             self.local.deliver(event)
         await self._publisher.publish(self._channel(event.topic), encode(event))
 
@@ -178,6 +184,7 @@ class RedisEventBus:
         assert self._subscriber is not None
         pubsub = self._subscriber.pubsub()
         try:
+            self._subscribing = True
             await pubsub.subscribe(*self._channels)
             await self._confirm(pubsub)
             if self._reconnecting:
@@ -187,6 +194,7 @@ class RedisEventBus:
             self._subscribed.set()
             await self._receive(pubsub)
         finally:
+            self._subscribing = False
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(pubsub.aclose(), self.health_interval)
 

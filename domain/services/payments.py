@@ -187,14 +187,52 @@ class PaymentService(Service):
         # Only onto the payment as read (its last write, not only its status): of two
         # requests racing (two captures, a capture and a fail), one moves the payment and
         # the other is told it moved meanwhile; and a late stop's reprice committed
-        # between the read and this write (the status kept, the amount changed) fails it
-        # too, or the payment would read CAPTURED at an amount the provider never
-        # captured. (The provider, asked twice, keys its idempotency on the payment and
-        # the step.) ``patch`` writes the update stamps too: who settled it, and when.
+        # between the read and this write (the status kept, the amount changed) does not
+        # have the payment read CAPTURED at an amount the provider never captured.
+        # (The provider, asked twice, keys its idempotency on the payment and the step.)
+        # ``patch`` writes the update stamps too: who settled it, and when.
         move = patch(payment, viewer, only_if=("updated_at", payment.updated_at),
                      required=True, status=target, provider=self.provider.name,
                      provider_ref=reference)
-        return await self._settled(viewer, move, payment, "changed", target.value)
+        try:
+            return await self._settled(viewer, move, payment, "changed", target.value)
+        except Conflict:
+            if step != "capture":
+                raise
+            return await self._collected_meanwhile(viewer, payment, reference)
+
+    async def _collected_meanwhile(self, viewer: Viewer, read: Payment,
+                                   reference: str | None) -> Payment:
+        """The provider collected ``read``'s amount, and the payment changed before that
+        was written: a late stop repriced or voided it, or a fail was recorded. The money
+        moved, so the payment says so: CAPTURED at the amount collected, written onto
+        the payment as it is now. Refused, the capture left money collected with no
+        trace (VOIDED with 40 cents taken), and its retry, which the provider answers
+        with the first capture, recorded CAPTURED at the repriced 80 (review s19). The
+        session's corrected cost beside it shows the difference an operator settles, as
+        for any payment captured before a correction. One another capture settled
+        meanwhile is told, as before: the provider collected once."""
+        for _ in range(3):  # each miss is another write that came between
+            [now] = await self.store.get_many(Payment, [read.id])
+            if now is None or now.status not in (*UNCOLLECTED, PaymentStatus.VOIDED):
+                raise Conflict("the payment was changed meanwhile: read it again",
+                               field="id", code="INVALID_STATE")
+            move = patch(now, viewer, only_if=("updated_at", now.updated_at),
+                         required=True, status=PaymentStatus.CAPTURED,
+                         amount_minor=read.amount_minor, currency=read.currency,
+                         provider=self.provider.name, provider_ref=reference)
+            try:
+                settled = await self._settled(viewer, move, now, "changed", "CAPTURED")
+            except Conflict:
+                continue
+            if (now.amount_minor, now.currency) != (read.amount_minor, read.currency):
+                log.warning("payment %s was captured at %s minor units while its session "
+                            "was corrected to %s %s (%s): settle the difference by hand",
+                            read.id, read.amount_minor, now.amount_minor, now.currency,
+                            now.status.value)
+            return settled
+        raise Conflict("the payment kept changing: read it again", field="id",
+                       code="INVALID_STATE")
 
     async def _settled(self, viewer: Viewer, move: Update, payment: Payment, what: str,
                        change: str, also: Sequence[Change] = ()) -> Payment:

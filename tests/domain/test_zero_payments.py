@@ -255,38 +255,53 @@ async def test_a_capture_retry_racing_the_void_of_a_failed_payment_keeps_its_mon
     assert told(seen) == [("CAPTURED", "CAPTURED", 40)]
 
 
-async def test_a_capture_that_read_the_payment_before_its_reprice_is_refused(
-        world: World) -> None:
-    """The provider captures what the payment asked when it was read (40 cents); a late
-    stop reprices it to 80 meanwhile (the status stays PENDING). Written over the
-    reprice, the payment would read CAPTURED at 80 when 40 was captured: the capture is
-    told the payment changed, and it stays PENDING at its new price, to be captured
-    again."""
+class IdempotentProvider:
+    """A provider keeping the port's promise: asked again for one payment and step, it
+    moves no money twice and answers with the first capture. Records what it took."""
+
+    name = "acquirer"
+
+    def __init__(self) -> None:
+        self.collected: dict[str, int] = {}
+
+    async def capture(self, payment: d.Payment) -> str:
+        self.collected.setdefault(payment.id, payment.amount_minor)
+        return f"cap-{payment.id}"
+
+    async def refund(self, payment: d.Payment, amount_minor: int) -> str:
+        return f"ref-{payment.id}"
+
+
+@pytest.mark.parametrize(("stop_wh", "corrected"), [
+    (7000, (d.PaymentStatus.PENDING, 80)), (5000, (d.PaymentStatus.VOIDED, 0))])
+async def test_a_capture_a_correction_overtook_records_what_was_collected(
+        world: World, stop_wh: int, corrected: tuple[d.PaymentStatus, int]) -> None:
+    """The provider collects what the payment asked when it was read (40 cents); a late
+    stop reprices it to 80, or voids it, before the capture is written. Refused, the
+    capture left the 40 collected with no trace (VOIDED, or PENDING at 80 that a retry,
+    answered with the first capture by the provider, recorded CAPTURED at 80): review
+    s19. The payment says what moved: CAPTURED at 40; the session's corrected cost
+    beside it shows what an operator settles."""
     tx, payment = await _ended_by_an_operator(world)
     payments = world.services.payments
-    provider = payments.provider
+    acquirer = IdempotentProvider()
 
-    class RepricedMeanwhile:
-        name = provider.name
-
+    class CorrectedMeanwhile(IdempotentProvider):
         async def capture(self, read: d.Payment) -> str:
-            await _late_stop(world, tx, 7000)
-            return await provider.capture(read)
+            reference = await acquirer.capture(read)
+            await _late_stop(world, tx, stop_wh)
+            return reference
 
-        async def refund(self, read: d.Payment, amount_minor: int) -> str:
-            return await provider.refund(read, amount_minor)
-
-    payments.provider = RepricedMeanwhile()
+    payments.provider = CorrectedMeanwhile()
     seen = announced(world)
-    with pytest.raises(Conflict) as refused:
-        await payments.capture(ADMIN, payment.id)
-    assert (refused.value.field, refused.value.code) == ("id", "INVALID_STATE")
-    [stored] = await _payments(world, await world.session(tx))
-    assert (stored.status, stored.amount_minor) == (d.PaymentStatus.PENDING, 80)
-    assert told(seen) == [("REPRICED", "PENDING", 80)]
-    payments.provider = provider
     captured = await payments.capture(ADMIN, payment.id)
-    assert (captured.status, captured.amount_minor) == (d.PaymentStatus.CAPTURED, 80)
+    assert acquirer.collected == {payment.id: 40}
+    assert (captured.status, captured.amount_minor, captured.provider_ref) == (
+        d.PaymentStatus.CAPTURED, 40, f"cap-{payment.id}")
+    [stored] = await _payments(world, await world.session(tx))
+    assert stored == captured
+    change = "VOIDED" if corrected[0] is d.PaymentStatus.VOIDED else "REPRICED"
+    assert told(seen) == [(change, *corrected), ("CAPTURED", "CAPTURED", 40)]
 
 
 async def test_a_captured_payment_corrected_down_keeps_what_was_collected(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from redis import asyncio as aioredis
@@ -250,6 +251,32 @@ async def test_while_redis_is_away_this_instances_events_reach_its_own_subscribe
         finally:
             await told.aclose()
             await bus.close()
+
+
+async def test_an_event_published_while_the_subscription_is_confirmed_comes_once(
+        redis_server: RedisServer) -> None:
+    """Review s19: delivered locally because the listener was not yet healthy, and again
+    by Redis on the subscription being confirmed: a duplicate at every reconnect."""
+    bus = RedisEventBus(redis_server.url)
+    stream = bus.subscribe(["station_connection"])
+    confirm = bus._confirm
+    during, after = connection(1, "CONFIRMING"), connection(2, "AFTER")
+
+    async def published_meanwhile(pubsub: Any) -> None:
+        await bus.publish(during)  # the SUBSCRIBE is sent, not yet confirmed
+        await confirm(pubsub)
+
+    bus._confirm = published_meanwhile  # type: ignore[method-assign]
+    try:
+        await bus.start()
+        await bus.publish(after)
+        got: list[Any] = []
+        while after not in got:
+            got.append(await asyncio.wait_for(anext(stream), 5))
+        assert got.count(during) <= 1, got
+    finally:
+        await stream.aclose()
+        await bus.close()
 
 
 async def test_a_connection_that_silently_died_is_replaced() -> None:
