@@ -20,17 +20,18 @@ from typing import Any
 import bson
 import pytest
 from bson import ObjectId
-from pymongo.errors import DocumentTooLarge
+from pymongo.errors import BulkWriteError, DocumentTooLarge, OperationFailure
 
 from domain import entities as d
 from domain.entities import AuditAction, AuditEntry, Company, MeterSample, Station
+from domain.errors import StoreRefused
 from domain.policy import SYSTEM
 from domain.ports import Change, Insert, InsertIfAbsent, Update
 from domain.query import ALL
 from domain.services import withdrawal
 from domain.services.base import stamp_new
 from domain.services.metering import MeterReading, SampledValue
-from store.mongo import MongoStore, journal, writes
+from store.mongo import MongoStore, journal, outage, writes
 from store.mongo import batch as batch_module
 from tests.domain.test_charging_telemetry import CP, world_on
 from tests.support.mongomock_async import AsyncCollection, async_mongomock_database
@@ -285,6 +286,40 @@ async def test_the_sweep_drops_parts_whose_head_is_gone(mongo: MongoStore) -> No
     assert await journal.sweep(mongo.db, now) == 0
     assert sorted(p["journal"] for p in db[journal.JOURNAL_PARTS].find()) == sorted(
         [opening, live])
+
+
+# ---------------------------------------------------------------------------- refusals
+
+
+async def test_a_document_the_server_refuses_as_too_large_is_a_store_error(
+    mongo: MongoStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PyMongo raises ``DocumentTooLarge`` (a bson ``InvalidDocument``, no
+    ``PyMongoError``) before sending: it was an internal error. The batch rolls back."""
+    SizeGuard(monkeypatch, limit=1024)
+    small, large = Company(name="small"), Company(name="L" * 2048)
+    with pytest.raises(StoreRefused) as raised:
+        await mongo.write([Insert(small), Insert(large)],
+                          [AuditEntry(entity="company", entity_id=small.id,
+                                      action=AuditAction.CREATE, actor="system")])
+    assert raised.value.code == "STORE_REFUSED"
+    assert "too large" in raised.value.message and "16 MiB" in raised.value.message
+    assert "1024 bytes" in raised.value.reason
+    assert await mongo.count(Company, ALL) == 0
+    assert mongo.db.sync()[journal.JOURNAL].count_documents({}) == 0
+    with pytest.raises(StoreRefused):
+        await mongo.write([Insert(large)], [])  # written alone too
+
+
+def test_the_servers_too_large_errors_are_store_refusals() -> None:
+    update = OperationFailure("Resulting document after update is larger than 16777216",
+                              code=17419)
+    bulk = BulkWriteError({"writeErrors": [{"index": 0, "code": 10334,
+                                            "errmsg": "BSONObj size: 17000000 is invalid"}]})
+    for error in (update, bulk):
+        assert isinstance(outage.unavailable(error), StoreRefused)
+    unencodable = outage.refused(bson.errors.InvalidDocument("cannot encode object: {1}"))
+    assert "cannot store" in unencodable.message
 
 
 # ---------------------------------------------------------------------------- duplicates
