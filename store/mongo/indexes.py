@@ -139,6 +139,11 @@ SUPERSEDED: dict[str, tuple[str, ...]] = {
     "audit_entry": ("at_-1",),
     # Payments' scopes gained their time (revenue by ``created_at``).
     "payment": ("user_id_1", "company_id_1", "station_owner_id_1"),
+    # A session's samples were indexed with the ``_id`` tie-breaker, and by measurand for
+    # the State of Charge, which the session keeps now (every MeterValues paid for both).
+    "meter_sample": ("session_id_1_at_1__id_1", "session_id_1_measurand_1_at_1__id_1"),
+    # List entries were found by their tag string, now by their card (``card_id``).
+    "local_list_entry": ("tag_1",),
 }
 
 #: The field a partial rule reports: for one ACTIVE session per connector, the connector is
