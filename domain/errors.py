@@ -126,6 +126,19 @@ class StoreBusy(DomainError):
     code = "STORE_BUSY"
 
 
+class StoreRefused(DomainError):
+    """The database refused what the write would store, whatever the moment: a record past
+    its size limit (MongoDB's 16 MiB document). Nothing was written, and sending the same
+    request again fails the same way. ``reason`` says it in the database's own words,
+    for logs."""
+
+    code = "STORE_REFUSED"
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class StoreUnavailable(DomainError):
     """The database cannot take writes now (a full disk, an I/O error, a read-only file, a
     database file deleted under the running service): nothing was written. ``reason``

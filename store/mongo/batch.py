@@ -66,10 +66,12 @@ class Batch:
     in (its image's mark until the batch writes it, then the batch's own) and what the
     batch wrote, which is all a failure undoes."""
 
-    def __init__(self, db: Any, journal_id: ObjectId, undo: list[dict[str, Any]],
+    def __init__(self, db: Any, layout: journal.Layout, undo: list[dict[str, Any]],
                  audit: list[dict[str, Any]], settle_wait: float, deadline: float) -> None:
         self.db = db
-        self.id = journal_id
+        #: Where its journal is stored (one document, or a head and parts).
+        self.layout = layout
+        self.id = layout.id
         self.undo = undo
         #: The batch's audit entries as stored.
         self.audit = audit
@@ -106,8 +108,8 @@ class Batch:
             if not await journal.wait_settled(db, busy, settled_by - time.monotonic()):
                 raise changed_meanwhile(_written_by(undo, busy))
         entries = [to_doc(entry) for entry in audit]
-        journal_id = await journal.open_batch(db, undo, entries, journal_id)
-        return cls(db, journal_id, undo, entries, settle_wait,
+        layout = await journal.open_batch(db, undo, entries, journal_id)
+        return cls(db, layout, undo, entries, settle_wait,
                    time.monotonic() + journal.BATCH_DEADLINE_S if deadline is None
                    else deadline)
 
@@ -132,7 +134,7 @@ class Batch:
         except BaseException as exc:
             await self.roll_back(set() if _wrote_nothing(step, exc) else _keys(_records(step)))
             raise
-        await journal.close_batch(self.db, self.id)
+        await journal.close_batch(self.db, self.id, self.layout.parts)
 
     async def _write(self, step: Step, mark: ObjectId | None) -> None:
         while True:
@@ -168,7 +170,7 @@ class Batch:
             raise changed_meanwhile(record.kind)
         image = await self._committed_image(record)
         index = self.entries[key]
-        await journal.record_image(self.db, self.id, index, image)
+        await journal.record_image(self.db, self.layout, index, image)
         self.undo[index]["before"] = image
         self.versions[key] = _version(image)
 
@@ -203,7 +205,7 @@ class Batch:
                 self.db, self.id, [e for e in self.undo if key_of(e) in reached],
                 [entry["_id"] for entry in self.audit], entries=self.audit,
                 written=self.written, audit_marked=True)
-            await journal.close_batch(self.db, self.id)
+            await journal.close_batch(self.db, self.id, self.layout.parts)
         except Exception:
             # The journal document stays, so a sweep finishes the rollback; the caller
             # gets the error that failed the batch, not this one.

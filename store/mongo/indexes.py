@@ -16,7 +16,7 @@ from pymongo import ASCENDING, DESCENDING
 from pymongo.errors import OperationFailure
 
 from domain.ports import PARTIAL_UNIQUE_RULES, UNIQUE_RULES
-from store.mongo.journal import JOURNAL
+from store.mongo.journal import JOURNAL, JOURNAL_PARTS
 
 #: Lookup indexes besides the unique ones: foreign keys, the policy's sub-selects and the
 #: time series (newest first where screens list them that way). Every index of the SQLite
@@ -116,8 +116,10 @@ INDEXES: dict[str, list[list[tuple[str, int]]]] = {
     # token's hash has its unique index from ``UNIQUE_RULES``).
     "refresh_family": [[("user_id", ASCENDING), ("expires_at", ASCENDING)]],
     "refresh_token": [[("user_id", ASCENDING), ("expires_at", ASCENDING)]],
-    # The sweep looks for batches whose writer died.
+    # The sweep looks for batches whose writer died; a large batch's journal is read
+    # and deleted with its parts.
     JOURNAL: [[("at", ASCENDING)]],
+    JOURNAL_PARTS: [[("journal", ASCENDING), ("seq", ASCENDING)]],
 }
 
 #: Indexes an earlier version created that are covered by others now (the per-key loads'
@@ -137,6 +139,11 @@ SUPERSEDED: dict[str, tuple[str, ...]] = {
     "audit_entry": ("at_-1",),
     # Payments' scopes gained their time (revenue by ``created_at``).
     "payment": ("user_id_1", "company_id_1", "station_owner_id_1"),
+    # A session's samples were indexed with the ``_id`` tie-breaker, and by measurand for
+    # the State of Charge, which the session keeps now (every MeterValues paid for both).
+    "meter_sample": ("session_id_1_at_1__id_1", "session_id_1_measurand_1_at_1__id_1"),
+    # List entries were found by their tag string, now by their card (``card_id``).
+    "local_list_entry": ("tag_1",),
 }
 
 #: The field a partial rule reports: for one ACTIVE session per connector, the connector is

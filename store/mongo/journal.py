@@ -2,9 +2,17 @@
 
 Before a batch touches anything, one ``_journal`` document records how to put back every
 document the batch will change (its before-image; for a partial update only the fields it
-writes) and the ids of the batch's audit entries. Then the changes and the audit entries
-are written, and the journal document is deleted. When a change fails, the writer rolls the
-batch back at once; when the writer dies half-way, a sweep rolls it back later.
+writes; for a document it inserts only its id) and the batch's audit entries. Then the
+changes and the audit entries are written, and the journal document is deleted. When a
+change fails, the writer rolls the batch back at once; when the writer dies half-way, a
+sweep rolls it back later.
+
+A server refuses a document over 16 MiB, and a batch may journal tens of thousands of
+documents (a week of samples in one StopTransaction, a local list of 100,000 entries
+replaced by another): a journal past ``JOURNAL_DOC_BYTES`` goes in several documents, a
+head in ``_journal`` and parts in ``JOURNAL_PARTS``, all written before the batch writes
+and read in order by a recovery (``open_batch``, ``journal_lists``). The head is what
+says a batch is in flight, and it is deleted first when the batch ends.
 
 Why not an outbox (each changed document carrying its pending audit entries, flushed to
 ``audit_entry`` after the batch)? An outbox makes the audit of *applied* changes reliable,
@@ -61,6 +69,8 @@ clock: instances' clocks must agree to well within ``STALE_AFTER - BATCH_DEADLIN
 from __future__ import annotations
 
 import asyncio
+import bisect
+import contextlib
 import enum
 import logging
 import time
@@ -69,11 +79,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import bson
 from bson import ObjectId
 from pymongo.errors import DuplicateKeyError
 
 from domain.entities import ENTITY_BY_KIND, AuditAction
-from domain.ports import Change, Delete, InsertIfAbsent, Update
+from domain.ports import Change, Delete, Insert, InsertIfAbsent, Update
 from store.fields import from_snapshot
 from store.mongo.codec import to_doc, written_names
 
@@ -88,6 +99,19 @@ MARK = "_w"
 MARKED = "marked"
 #: The batch's audit entries as stored (with their ids in ``audit``).
 ENTRIES = "entries"
+#: Where a journal too large for one document keeps the rest of its lists, in parts:
+#: ``{"journal": <its id>, "seq": 1.., "at", "undo", "audit", "entries"}``, each a slice
+#: of the journal's lists following the head's (``_journal`` document) and the parts
+#: before it. The head says how many (``PARTS``; none: it holds everything).
+JOURNAL_PARTS = "_journal_part"
+PARTS = "parts"
+#: The lists a journal splits across its documents, in the order they are filled.
+_LISTS = ("undo", "audit", ENTRIES)
+#: The most BSON bytes of undo and audit entries one journal document takes before the
+#: rest goes to the next part. A server refuses documents over 16 MiB; a document of
+#: the journal grows when an image is recorded in it later (``record_image``: one
+#: document's image, a few KiB), so this keeps far below.
+JOURNAL_DOC_BYTES = 4 * 1024 * 1024
 #: Set on journal documents whose batch marks its audit entries too: a rollback deletes
 #: only those (an entry of another write with one of their ids is not the batch's).
 #: Journals of older versions delete them by id.
@@ -128,6 +152,9 @@ class _Touched:
     #: write; a name of ``fields`` missing here is one the batch removes): so a rollback
     #: can tell its own fields from another writer's (``_undo_own_fields``).
     after: dict[str, Any] = field(default_factory=dict)
+    #: Whether the batch only inserts it (its every change an insert of a document that
+    #: was not there): its undo is a delete by id, so its journal entry needs no image.
+    only_inserted: bool = True
 
 
 def key_of(entry: dict[str, Any]) -> tuple[str, ObjectId]:
@@ -156,6 +183,7 @@ async def plan(db: Any, changes: Sequence[Change]) -> list[dict[str, Any]]:
             entry = touched[key] = _Touched(key[0], key[1], images.get(key))
         if isinstance(change, InsertIfAbsent) and entry.before is not None:
             continue  # already there: the insert is a no-op
+        entry.only_inserted &= isinstance(change, Insert | InsertIfAbsent)
         entry.deleted = isinstance(change, Delete)
         doc = to_doc(change.record)
         if isinstance(change, Update) and change.fields is not None:
@@ -170,28 +198,128 @@ async def plan(db: Any, changes: Sequence[Change]) -> list[dict[str, Any]]:
             entry.after = {} if entry.deleted else doc
     return [{"kind": t.kind, "id": t.id, "before": t.before,
              "fields": None if t.fields is None else sorted(t.fields), "deleted": t.deleted,
-             "after": t.after}
+             "after": _after_kept(t)}
             for t in touched.values() if t.before is None or t.fields != set()]
 
 
+def _after_kept(touched: _Touched) -> dict[str, Any]:
+    """What the journal keeps of what the batch writes of a document.
+
+    ``after`` tells the batch's own fields from another writer's when the rollback finds
+    a document changed since (``_undo_own_fields``). Of a document the batch only
+    inserted, that needs nothing but its presence: the batch's part cannot be told from
+    the other writer's (it is the whole document), so the document stays (``LEFT``) and
+    only whether ``after`` is there at all (journals of older versions have none) is
+    read. So such an entry keeps none of it: a StopTransaction's samples kept a copy of
+    every sample, and a week of them made the journal pass the 16 MiB a server accepts.
+    A document first updated or deleted keeps it: its image may become one
+    (``record_image``), and then the fields matter."""
+    return {} if touched.before is None and touched.only_inserted else touched.after
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """Where a journal is stored: its id (the ``MARK`` its batch's writes carry) and the
+    index of the first undo entry each of its documents holds (the head's, 0, then each
+    part's in order)."""
+
+    id: ObjectId
+    starts: tuple[int, ...] = (0,)
+
+    @property
+    def parts(self) -> int:
+        return len(self.starts) - 1
+
+    def locate(self, index: int) -> tuple[int, int]:
+        """(the document, 0 for the head, else a part's ``seq``; the position in its
+        ``undo``) of undo entry ``index``."""
+        seq = bisect.bisect_right(self.starts, index) - 1
+        return seq, index - self.starts[seq]
+
+
 async def open_batch(db: Any, undo: list[dict[str, Any]], audit: list[dict[str, Any]],
-                     journal_id: ObjectId | None = None) -> ObjectId:
+                     journal_id: ObjectId | None = None) -> Layout:
     """Records the batch's undo entries and its audit entries (as stored: a rollback
     writes those about a document it must leave as the batch wrote it, see
-    ``roll_back``); returns its id, the ``MARK`` its writes carry: ``journal_id`` for a
-    batch written again after it yielded and rolled back (``batch.write``), else new."""
+    ``roll_back``); returns where, with its id, the ``MARK`` its writes carry:
+    ``journal_id`` for a batch written again after it yielded and rolled back
+    (``batch.write``), else new.
+
+    A journal past ``JOURNAL_DOC_BYTES`` is split: the head first, holding the start of
+    each list and the number of parts, then the parts, all before the batch writes
+    anything. A writer that dies in between leaves a head with fewer parts than it says,
+    of a batch that wrote nothing: the sweep rolls back what the parts found hold (none
+    of it was written) and deletes it."""
     journal_id = journal_id or ObjectId()
-    await db[JOURNAL].insert_one({"_id": journal_id, "at": datetime.now(UTC),
-                                  "undo": undo, "audit": [entry["_id"] for entry in audit],
-                                  ENTRIES: audit, MARKED: True, AUDIT_MARKED: True})
-    return journal_id
+    at = datetime.now(UTC)
+    lists: dict[str, list[Any]] = {"undo": undo, "audit": [entry["_id"] for entry in audit],
+                                   ENTRIES: audit}
+    head: dict[str, Any] = {"_id": journal_id, "at": at, **lists, MARKED: True,
+                            AUDIT_MARKED: True}
+    if len(bson.encode(head)) <= JOURNAL_DOC_BYTES:
+        await db[JOURNAL].insert_one(head)  # the usual batch: one document
+        return Layout(journal_id)
+    pieces = _split(lists, JOURNAL_DOC_BYTES)
+    await db[JOURNAL].insert_one({**head, **pieces[0], PARTS: len(pieces) - 1})
+    try:
+        await db[JOURNAL_PARTS].insert_many(
+            [{"journal": journal_id, "seq": seq, "at": at, **piece}
+             for seq, piece in enumerate(pieces[1:], start=1)], ordered=True)
+    except BaseException:
+        # Nothing of the batch is written yet: its journal goes (else the sweep does it).
+        with contextlib.suppress(Exception):
+            await close_batch(db, journal_id, len(pieces) - 1)
+        raise
+    starts = [0]
+    for piece in pieces[:-1]:
+        starts.append(starts[-1] + len(piece["undo"]))
+    return Layout(journal_id, tuple(starts))
 
 
-async def record_image(db: Any, journal_id: ObjectId, index: int,
+def _split(lists: dict[str, list[Any]], limit: int) -> list[dict[str, list[Any]]]:
+    """``lists`` cut into consecutive slices of about ``limit`` encoded bytes each (one
+    item larger than that alone), in ``_LISTS`` order: the first for the head."""
+    pieces: list[dict[str, list[Any]]] = [{name: [] for name in _LISTS}]
+    size = 0
+    for name in _LISTS:
+        for item in lists[name]:
+            item_size = _encoded_size(item)
+            if size + item_size > limit and size:
+                pieces.append({name: [] for name in _LISTS})
+                size = 0
+            pieces[-1][name].append(item)
+            size += item_size
+    return pieces
+
+
+def _encoded_size(item: Any) -> int:
+    """About what ``item`` takes as an array element (a little more: a longer key)."""
+    return len(bson.encode({"0000000": item}))
+
+
+async def journal_lists(db: Any, journal: dict[str, Any]) -> dict[str, list[Any]]:
+    """The undo entries, audit ids and audit entries of a stored journal, its parts'
+    appended in order to its head's."""
+    lists = {name: list(journal.get(name) or []) for name in _LISTS}
+    if journal.get(PARTS):
+        parts = await db[JOURNAL_PARTS].find({"journal": journal["_id"]}).sort(
+            [("seq", 1)]).to_list(None)
+        for part in parts:
+            for name in _LISTS:
+                lists[name] += part.get(name) or []
+    return lists
+
+
+async def record_image(db: Any, layout: Layout, index: int,
                        image: dict[str, Any] | None) -> None:
     """Replaces the image of undo entry ``index``: its document changed before the batch
     wrote it. Recorded before the batch's write, like the journal itself."""
-    await db[JOURNAL].update_one({"_id": journal_id}, {"$set": {f"undo.{index}.before": image}})
+    seq, position = layout.locate(index)
+    update = {"$set": {f"undo.{position}.before": image}}
+    if seq == 0:
+        await db[JOURNAL].update_one({"_id": layout.id}, update)
+    else:
+        await db[JOURNAL_PARTS].update_one({"journal": layout.id, "seq": seq}, update)
 
 
 async def in_flight(db: Any, images: Iterable[dict[str, Any] | None],
@@ -234,8 +362,28 @@ async def wait_settled(db: Any, batches: set[ObjectId], within: float) -> bool:
         pause = min(pause * 2, SETTLE_POLL_MAX_S)
 
 
-async def close_batch(db: Any, journal_id: ObjectId) -> None:
+async def close_batch(db: Any, journal_id: ObjectId, parts: int = 0) -> None:
+    """Deletes the journal (with its ``parts``): the head first, which ends the batch
+    (committed, or rolled back); parts left by a writer that died next are deleted by a
+    later sweep (``_drop_orphan_parts``)."""
     await db[JOURNAL].delete_one({"_id": journal_id})
+    if parts:
+        await db[JOURNAL_PARTS].delete_many({"journal": journal_id})
+
+
+async def _drop_orphan_parts(db: Any, cutoff: datetime) -> None:
+    """Deletes the parts, older than ``cutoff``, of journals whose head is gone (their
+    writer died while closing them). A part is written after its head, so a part without
+    one is never of a batch still being opened."""
+    parts = await db[JOURNAL_PARTS].find({"at": {"$lt": cutoff}}, {"journal": 1}
+                                         ).to_list(None)
+    journals = list({part["journal"] for part in parts})
+    if not journals:
+        return
+    heads = await db[JOURNAL].find({"_id": {"$in": journals}}, {"_id": 1}).to_list(None)
+    orphans = set(journals) - {head["_id"] for head in heads}
+    if orphans:
+        await db[JOURNAL_PARTS].delete_many({"journal": {"$in": list(orphans)}})
 
 
 class Undone(enum.Enum):
@@ -487,14 +635,15 @@ async def sweep(db: Any, now: datetime | None = None,
             {"_id": journal["_id"], "at": journal.get("at")}, {"$set": {"at": now}})
         if claimed is None:
             continue
-        undo = journal.get("undo", [])
-        log.warning("rolling back a write batch its writer left unfinished (%d documents)",
-                    len(undo))
         try:
-            left = await roll_back(db, journal["_id"], undo, journal.get("audit", []),
+            lists = await journal_lists(db, journal)
+            undo = lists["undo"]
+            log.warning("rolling back a write batch its writer left unfinished (%d "
+                        "documents)", len(undo))
+            left = await roll_back(db, journal["_id"], undo, lists["audit"],
                                    marked=bool(journal.get(MARKED)),
                                    audit_marked=bool(journal.get(AUDIT_MARKED)),
-                                   entries=journal.get(ENTRIES, []))
+                                   entries=lists[ENTRIES])
         except Exception:
             # Claimed, so it goes stale again and a later sweep retries it; the other
             # batches need not wait for that one.
@@ -506,6 +655,7 @@ async def sweep(db: Any, now: datetime | None = None,
             log.info("left %d documents of that batch as they are (not written by it, or "
                      "changed by another writer since): %s", len(left),
                      ", ".join(f"{e['kind']} {e['id']}" for e in left))
-        await db[JOURNAL].delete_one({"_id": journal["_id"]})
+        await close_batch(db, journal["_id"], int(journal.get(PARTS) or 0))
         rolled_back += 1
+    await _drop_orphan_parts(db, cutoff)
     return rolled_back

@@ -6,39 +6,76 @@ down, or a server out of disk is no bug of the request: callers get ``STORE_UNAV
 by ``ocpp_bridge/server.py``), as from the SQLite store, instead of an unexpected error.
 The driver's text, which names hosts, goes to ``reason`` (logs and start-up lines), not to
 the message a client reads.
+
+A document the server refuses whatever the moment (past its 16 MiB, or a value bson
+cannot encode) is ``StoreRefused`` (``STORE_REFUSED``) the same way: nothing was written
+(a batch rolls back what it wrote), and it is no outage to wait out.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar
 
-from pymongo.errors import BulkWriteError, ConnectionFailure, OperationFailure, PyMongoError
+from bson.errors import InvalidDocument
+from pymongo.errors import (
+    BulkWriteError,
+    ConnectionFailure,
+    DocumentTooLarge,
+    OperationFailure,
+    PyMongoError,
+)
 
-from domain.errors import StoreUnavailable
+from domain.errors import StoreRefused, StoreUnavailable
+
+log = logging.getLogger("chargegraph.store.mongo")
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
 #: The server's error codes for "cannot write now" that no request can fix: out of disk.
 CANNOT_WRITE_CODES = frozenset({14031})  # OutOfDiskSpace
+#: The server's error codes for a document past its size limit (16 MiB): BSONObjectTooLarge,
+#: and an update whose result would be (a ``$set`` growing a document).
+TOO_LARGE_CODES = frozenset({10334, 17419})
 
 
-def unavailable(error: PyMongoError) -> StoreUnavailable | None:
-    """The domain error for an outage; ``None`` for anything else (a bug, a rule)."""
+def unavailable(error: PyMongoError) -> StoreUnavailable | StoreRefused | None:
+    """The domain error for an outage or a document the server refuses as too large;
+    ``None`` for anything else (a bug, a rule)."""
     if isinstance(error, ConnectionFailure):
         # Server selection timed out, a network error or timeout, not (any more) the
         # primary: all are AutoReconnect or ConnectionFailure in PyMongo.
         return _unavailable("the database does not answer now", error)
     if isinstance(error, BulkWriteError):
         codes = {e.get("code") for e in (error.details or {}).get("writeErrors") or []}
-        if codes & CANNOT_WRITE_CODES:
-            return _unavailable("the database cannot write now", error)
+    elif isinstance(error, OperationFailure):
+        codes = {error.code}
+    else:
         return None
-    if isinstance(error, OperationFailure) and error.code in CANNOT_WRITE_CODES:
+    if codes & CANNOT_WRITE_CODES:
         return _unavailable("the database cannot write now", error)
+    if codes & TOO_LARGE_CODES:
+        return refused(error)
     return None
+
+
+def refused(error: Exception) -> StoreRefused:
+    """A document the database will not store: past the server's 16 MiB (PyMongo's
+    ``DocumentTooLarge``, raised before sending, is a bson ``InvalidDocument``, no
+    ``PyMongoError``: it was an internal error, and a StopTransaction failing so was
+    sent again for ever), or a value bson cannot encode (a bug: logged with its trace).
+    Waiting fixes neither, so it is no outage."""
+    reason = str(error).strip() or type(error).__name__
+    if isinstance(error, InvalidDocument) and not isinstance(error, DocumentTooLarge):
+        log.error("the database cannot encode a write: %s", reason, exc_info=error)
+        what = "a record holds a value the database cannot store"
+    else:
+        log.warning("the database refused a write: %s", reason)
+        what = "a record is too large for the database (over 16 MiB)"
+    return StoreRefused(f"the write was refused: {what}; nothing was written", reason=reason)
 
 
 def _unavailable(what: str, error: PyMongoError) -> StoreUnavailable:
@@ -59,6 +96,8 @@ def mapping_outages(method: Callable[P, Coroutine[Any, Any, T]]
             if mapped is None:
                 raise
             raise mapped from error
+        except InvalidDocument as error:
+            raise refused(error) from error
 
     return wrapper
 

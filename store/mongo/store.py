@@ -19,7 +19,7 @@ from typing import Any
 import pymongo
 from bson import SON, ObjectId
 from pymongo import ReturnDocument
-from pymongo.errors import PyMongoError
+from pymongo.errors import ConfigurationError, PyMongoError
 
 from domain.aggregation import Group, Metric
 from domain.entities import AuditEntry, E, Record
@@ -51,6 +51,38 @@ PING_TIMEOUT_S = 3.0
 #: The per-key reads of one grouped load in flight at once: enough to overlap their round
 #: trips, few enough to leave most of the connection pool (100) to other requests.
 GROUPED_READS_IN_FLIGHT = 16
+#: The oldest MongoDB the store runs on: a read with a sub-select joins by a ``$lookup``
+#: with ``localField``/``foreignField`` *and* a ``pipeline`` (``query.Query.pipeline``),
+#: which servers before 5.0 refuse.
+MIN_SERVER_VERSION = (5, 0)
+
+
+class ServerTooOld(ConfigurationError):
+    """The MongoDB server is older than ``MIN_SERVER_VERSION``. A configuration error
+    (PyMongo's), so a start fails with one line naming it (``chargegraph/startup.py``)
+    instead of every scoped read failing later."""
+
+
+async def check_server_version(db: Any) -> None:
+    """Refuses a server older than ``MIN_SERVER_VERSION`` (``buildInfo``, which needs no
+    privilege)."""
+    info = await db.command("buildInfo")
+    found = _version_of(info)
+    if found < MIN_SERVER_VERSION:
+        wanted = ".".join(map(str, MIN_SERVER_VERSION))
+        raise ServerTooOld(f"MongoDB {info.get('version', 'of unknown version')} is too old: "
+                           f"ChargeGraph needs MongoDB {wanted} or later")
+
+
+def _version_of(info: Mapping[str, Any]) -> tuple[int, ...]:
+    """(major, minor) of a ``buildInfo`` answer: its ``versionArray``, else its
+    ``version`` text ("7.0.14", "8.0.0-rc3")."""
+    parts = info.get("versionArray")
+    if not parts:
+        text = str(info.get("version") or "0.0")
+        parts = [int(p) if p.isdigit() else 0
+                 for p in text.split("-")[0].split(".")]
+    return tuple(int(part) for part in list(parts)[:2])
 
 
 class MongoStore:
@@ -79,8 +111,10 @@ class MongoStore:
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        """Creates the indexes, rolls back batches a crash left and brings documents
-        written under older rules up to date (``store/mongo/migrations.py``); idempotent."""
+        """Checks the server is recent enough (``check_server_version``), creates the
+        indexes, rolls back batches a crash left and brings documents written under older
+        rules up to date (``store/mongo/migrations.py``); idempotent."""
+        await check_server_version(self.db)
         await before_indexes(self.db)
         await ensure_indexes(self.db)
         await self._sweep_once()

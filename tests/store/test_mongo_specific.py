@@ -30,6 +30,7 @@ from pymongo.errors import (
     ServerSelectionTimeoutError,
 )
 
+from chargegraph.startup import StartupFailed, starting
 from domain.aggregation import Count
 from domain.clock import utcnow
 from domain.entities import (
@@ -295,6 +296,66 @@ async def test_start_drops_the_indexes_longer_ones_replaced(mongo: MongoStore) -
         assert f"{key}_1_start_time_-1__id_1" in snapshot["session"]
     assert "session_id_1_at_1" in snapshot["meter_sample"]  # kept: MeterValues writes it
     assert "station_id_1_at_1__id_1" in snapshot["connection_event"]
+
+
+async def test_start_drops_the_indexes_no_longer_wanted(mongo: MongoStore) -> None:
+    """What earlier versions created on every start (``git log -p --
+    store/mongo/indexes.py``: the sample indexes of f36a9df and 48d7a05's tag index, QA
+    s19 leftover.py) and dropped from ``INDEXES`` later: ``create_index`` only adds, so a
+    database made then kept them, and every MeterValues paid for two of them."""
+    db = raw(mongo)
+    db["meter_sample"].create_index([("session_id", 1), ("at", 1), ("_id", 1)])
+    db["meter_sample"].create_index([("session_id", 1), ("measurand", 1), ("at", 1),
+                                     ("_id", 1)])
+    db["local_list_entry"].create_index([("tag", 1)])
+    await mongo.start()
+    samples = set(db["meter_sample"].index_information())
+    entries = set(db["local_list_entry"].index_information())
+    assert not samples & {"session_id_1_at_1__id_1", "session_id_1_measurand_1_at_1__id_1"}
+    assert "tag_1" not in entries
+    assert {"session_id_1_at_1", "cp_id_1_at_1", "at_1"} <= samples  # the wanted ones stay
+    assert {"card_id_1", "uniq_local_list_entry_station_id_tag"} <= entries
+
+
+def answering_build_info(monkeypatch: pytest.MonkeyPatch, info: dict[str, Any]
+                         ) -> AsyncDatabase:
+    """A database whose server answers ``buildInfo`` with ``info``."""
+    db = async_mongomock_database()
+
+    async def command(name: str) -> dict[str, Any]:
+        return {**info, "ok": 1.0} if name == "buildInfo" else {"ok": 1.0}
+
+    monkeypatch.setattr(db, "command", command)
+    return db
+
+
+@pytest.mark.parametrize("info", [{"version": "4.4.29", "versionArray": [4, 4, 29, 0]},
+                                  {"version": "4.2.0"}], ids=["array", "text"])
+async def test_start_refuses_a_server_older_than_5_0(
+    monkeypatch: pytest.MonkeyPatch, info: dict[str, Any]
+) -> None:
+    """Reads with sub-selects use the ``$lookup`` form of 5.0 (``localField`` with a
+    ``pipeline``): an older server failed each such read, long after a start that said
+    nothing. The start refuses it first, and ``serve`` says so in one line."""
+    db = answering_build_info(monkeypatch, info)
+    store = MongoStore(db, sweep_every=None)
+    message = r"MongoDB 4\.\d\.\d+ is too old: ChargeGraph needs MongoDB 5\.0 or later"
+    with pytest.raises(store_module.ServerTooOld, match=message):
+        await store.start()
+    assert db.sync().list_collection_names() == []  # nothing created
+    with pytest.raises(StartupFailed, match="cannot start the store at mongodb://h/db: "
+                                            + message), starting("the store at mongodb://h/db"):
+        await store.start()
+
+
+@pytest.mark.parametrize("info", [{"version": "5.0.0", "versionArray": [5, 0, 0, 0]},
+                                  {"version": "8.0.0-rc3"}, {"version": "7.0.14"}])
+async def test_start_accepts_a_server_of_5_0_or_later(
+    monkeypatch: pytest.MonkeyPatch, info: dict[str, Any]
+) -> None:
+    store = MongoStore(answering_build_info(monkeypatch, info), sweep_every=None)
+    await store.start()
+    await store.close()
 
 
 async def test_one_active_session_per_connector_is_a_partial_unique_index(

@@ -193,6 +193,10 @@ class AsyncDatabase:
 
     async def command(self, name: str) -> dict[str, Any]:
         await _io(self._interleave)
+        if name == "buildInfo":
+            # mongomock runs no buildInfo; the server version it mimics is its client's
+            # ``server_info`` (5.0.5 in 4.3), what the store checks at start.
+            return dict(self._db.client.server_info())
         return dict(self._db.command(name))
 
     def sync(self) -> Any:
