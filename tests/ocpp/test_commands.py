@@ -24,7 +24,7 @@ from domain.events import MaintenanceStatusChanged, ReservationChanged
 from domain.policy import SYSTEM, Viewer
 from domain.ports import Insert
 from domain.query import ALL, Eq, all_of
-from domain.services.base import books_of
+from domain.services.base import books_of, patch
 from domain.services.webhooks import webhook_event
 from graph.ids import to_global_id
 from ocpp_bridge import simulator
@@ -335,6 +335,32 @@ async def test_a_start_that_names_no_reservation_keeps_its_cards_reservation(
                         (numbers[1], d.ReservationState.ACTIVE)]
         session = await central.session(tx)
         assert session is not None and session.reservation_id == numbers[0]
+
+
+async def test_a_start_naming_an_expired_reservation_does_not_use_it(
+        central: Central) -> None:
+    """QA s19 (t27): a reservation past its expiry, not swept yet (it reads EXPIRED),
+    became USED when its charger started with its reservationId. It stays EXPIRED and
+    the session is not its; the start itself is accepted (the card may charge)."""
+    soon = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        held = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": 2,
+                                                 "expiryDate": soon, "idTag": "TAG-OK"},
+                         "reservation { reservationId state }", as_user="op")
+        assert held["reservation"]["state"] == "ACTIVE", held
+        number = held["reservation"]["reservationId"]
+        [stored] = await central.store.find_all(d.Reservation, Eq("reservation_id", number))
+        past = datetime.now(UTC) - timedelta(seconds=2)  # as if its time ran out
+        await central.store.write([patch(stored, SYSTEM, expires_at=past)], [])
+
+        tx, status = await cp.start_transaction(2, "TAG-OK", reservation_id=number)
+        assert status == "Accepted"
+        [after] = await central.store.find_all(d.Reservation, Eq("reservation_id", number))
+        assert after.state is d.ReservationState.ACTIVE  # for the sweep to store EXPIRED
+        assert after.state_at(datetime.now(UTC)) is d.ReservationState.EXPIRED
+        session = await central.session(tx)
+        assert session is not None and session.reservation_id is None
 
 
 class _Unbuildable:
