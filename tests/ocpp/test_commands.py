@@ -21,9 +21,11 @@ from domain import entities as d
 from domain.clock import utcnow
 from domain.errors import ValidationError
 from domain.events import MaintenanceStatusChanged, ReservationChanged
+from domain.ocpp16 import MessageTrigger
 from domain.policy import SYSTEM, Viewer
 from domain.ports import Insert
 from domain.query import ALL, Eq, all_of
+from domain.registration import admits
 from domain.services.base import books_of, patch
 from domain.services.webhooks import webhook_event
 from graph.ids import to_global_id
@@ -183,6 +185,36 @@ async def test_a_station_not_accepted_is_asked_only_what_ocpp_allows(central: Ce
                 registration, name, answer)
         await settle()
         assert [name for name, _ in cp.received] == ["GetConfiguration"]
+
+
+async def test_a_pending_station_is_triggered_only_for_what_it_may_send(central: Central
+                                                                        ) -> None:
+    """QA s19 (t24): a Pending station was sent TriggerMessage(MeterValues), said
+    Accepted, and its MeterValues was then refused with SecurityError. Every message a
+    trigger may ask for is asked of a Pending station exactly when its answer is
+    admitted (``registration.admits``); MeterValues is refused up front, by its field."""
+    station_id = central.stations["CP-1"].id
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await central.services.stations.update_station(
+            SYSTEM, station_id, registration=d.Registration.PENDING)
+        asked = []
+        for requested in MessageTrigger:
+            answer = await run(central, "triggerMessage", {
+                "cpId": "CP-1", "requestedMessage": requested.name, "connectorId": 1},
+                "__typename")
+            errors = [(e["field"], e["code"]) for e in answer["errors"]]
+            admitted = admits(d.Registration.PENDING, requested.value)
+            assert errors == ([] if admitted else [("requestedMessage", "INVALID_STATE")]
+                              ), (requested, answer)
+            if admitted:
+                asked.append(requested.value)
+        assert MessageTrigger.METER_VALUES.value not in asked
+        assert len(asked) == len(MessageTrigger) - 1  # MeterValues alone is refused
+        await settle()
+        triggers = [p["requested_message"] for name, p in cp.received
+                    if name == "TriggerMessage"]
+        assert triggers == asked
 
 
 async def test_accepting_a_station_asks_its_charger_to_boot_again(central: Central
