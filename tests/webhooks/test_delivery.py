@@ -233,7 +233,7 @@ async def test_a_late_stop_repricing_or_voiding_a_payment_is_delivered(world: Wo
     await charging.stop_transaction("CP-1", failed_again, 7000,
                                     start + timedelta(minutes=110))
     await world.settled()
-    got = [(r.json["type"], r.json["data"]["paymentRecordId"], r.json["data"]["status"],
+    got = [(r.json["type"], r.json["data"]["paymentId"], r.json["data"]["status"],
             r.json["data"]["amountMinor"], r.json["data"]["change"])
            for r in books.requests]
     gid = {p.id: to_global_id("payment", p.id) for p in (first, second, third)}
