@@ -699,8 +699,8 @@ class LocalListEntry(Record):
     """One id tag of a station's local authorization list: what the charger holds for it
     (``status``, OCPP AuthorizationStatus spelling), as an accepted SendLocalList put it
     there, and what the service wants it to hold instead and has not had accepted yet
-    (``wanted``: a card blocked, expired or removed since; sent again when the charger
-    is back). One per (station, tag)."""
+    (``wanted``: a card blocked, expired or removed since, or usable again after a
+    withdrawal; sent again when the charger is back). One per (station, tag)."""
 
     kind: ClassVar[str] = "local_list_entry"
     station_id: str
@@ -713,6 +713,12 @@ class LocalListEntry(Record):
     #: company) is not what the list's sender put there, so a withdrawal acts only on
     #: the entries of the withdrawn card's id (``Withdrawal``), never on the tag's.
     card_id: str | None = None
+    #: What a card usable again puts back, while the charger holds ``status`` because a
+    #: withdrawal of ours had it accept so: ``"Accepted"`` (its list held the card
+    #: Accepted at the version the withdrawal followed), ``"Removed"`` (the list had
+    #: moved on without us, so the withdrawal may have added the tag: it is taken out
+    #: again); ``None``: what the charger holds is the list sender's own.
+    restore: str | None = None
 
 
 @dataclass(kw_only=True)

@@ -53,6 +53,8 @@ class Services:
         self.withdrawal = Withdrawal(ctx, self.commands)
         self.accounts.on_deactivated = self.withdrawal.withdraw_user
         self.fleet.on_withdrawn = self.withdrawal.withdraw_card
+        self.accounts.on_reactivated = self.withdrawal.restore_user
+        self.fleet.on_restored = self.withdrawal.restore_card
         self.stations.on_accepted = self.commands.ask_to_boot
         self.instances = InstanceService(ctx, self.charging)
         self.live = LiveService(ctx)

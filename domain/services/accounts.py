@@ -93,6 +93,9 @@ class AccountService(Service):
         #: deactivated them); run in the background, so the deactivation itself never
         #: waits on a charger.
         self.on_deactivated: Callable[[Viewer, User], Awaitable[None]] | None = None
+        #: What a reactivation sets off (``Withdrawal.restore_user``: what the
+        #: deactivation withdrew of the user's cards at the chargers is put back).
+        self.on_reactivated: Callable[[Viewer, User], Awaitable[None]] | None = None
         #: Sign-ins being checked now, per (email, client): a lock they set is theirs.
         self._checking: Counter[str] = Counter()
         self._releasing = Background()
@@ -271,6 +274,11 @@ class AccountService(Service):
             self._releasing.run(self.on_deactivated(viewer, updated),
                                 f"release-deactivated-{user.id}",
                                 f"releasing what deactivated user {user.id} held failed")
+        if active is True and not user.active and self.on_reactivated is not None:
+            # The reactivation stands if this fails: a charger's boot puts it back.
+            self._releasing.run(self.on_reactivated(viewer, updated),
+                                f"restore-reactivated-{user.id}",
+                                f"restoring reactivated user {user.id}'s cards failed")
         return updated
 
     async def settled(self) -> None:

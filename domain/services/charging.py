@@ -983,7 +983,7 @@ class ChargingService(Service):
         else:
             # Late on the charger's own clock (as its other messages show it): a clock
             # hours behind ours stamps a live start hours ago.
-            late = not session.start_clock_behind and self.clocks.charger_now(
+            late = not session.start_clock_behind and self.clocks.stamped_now(
                 station.cp_id) - session.start_time > BILLED_TIME_TOLERANCE
             refused = None if late else info.status
         if refused == session.start_refused:
@@ -1011,10 +1011,14 @@ class ChargingService(Service):
         reservation = None if reservation_id is None else await self.store.find_one(
             Reservation, all_of(Eq("station_id", station.id),
                                 Eq("reservation_id", reservation_id)))
-        if reservation is not None and not await self._reserved_for(
-                reservation, connector_id, presented, id_tag_record):
+        if reservation is not None and (
+                reservation.state_at(self.now()) is ReservationState.EXPIRED
+                or not await self._reserved_for(reservation, connector_id, presented,
+                                                id_tag_record)):
             # Another card's, or another connector's: it goes on holding the plug for
-            # whom it was made, and the session is not its (1.6, 5.13).
+            # whom it was made, and the session is not its (1.6, 5.13). Past its expiry
+            # (on our clock, as ``_reservation_kept`` and the sweep read it) it is over:
+            # it stays EXPIRED, not USED by a start its charger let through late.
             reservation_id, reservation = None, None
         if reservation is None:
             reservation = await self._reservation_kept(station, connector_id, presented,

@@ -52,6 +52,7 @@ from domain.ids import new_id
 from domain.policy import SYSTEM, Viewer
 from domain.ports import ChargerGateway, Delete, Insert, Update
 from domain.query import ALL, Eq, Filter, In, Range, all_of
+from domain.registration import PENDING_MAY_SEND
 from domain.services.base import (
     Service,
     ServiceContext,
@@ -140,12 +141,28 @@ def _refuse_driver_profile(action: str, payload: dict[str, Any]) -> None:
         raise Forbidden("drivers may not set a charging profile", field="chargingProfile")
 
 
-def _refuse_unregistered(station: Station, action: str) -> None:
+def _refuse_unregistered(station: Station, action: str, payload: dict[str, Any]) -> None:
     if station.registration is Registration.REJECTED or (
             station.registration is Registration.PENDING and action in _CHARGING_ACTIONS):
         raise ValidationError(f"the station's registration is "
                               f"{station.registration.value.lower()}: accept it first",
                               field="cpId", code="INVALID_STATE")
+    if station.registration is Registration.PENDING and action == "TriggerMessage":
+        _refuse_unadmitted_trigger(payload)
+
+
+def _refuse_unadmitted_trigger(payload: dict[str, Any]) -> None:
+    """A Pending station is not asked for a message its answer would be refused
+    (``registration.PENDING_MAY_SEND``): a triggered MeterValues was answered
+    SecurityError, after the charger had said Accepted to the trigger. (OCPP 1.6, 4.2,
+    lets a Pending charger send what it is told to; but a MeterValues carries energy and
+    session data, which nobody accepted the station to report, and on arrival a
+    triggered one cannot be told from any other: so it is not asked for.)"""
+    requested = payload.get("requestedMessage")
+    if isinstance(requested, str) and requested not in PENDING_MAY_SEND:
+        raise ValidationError(f"the station's registration is pending, and it may not "
+                              f"send {requested} until it is accepted: accept it first",
+                              field="requestedMessage", code="INVALID_STATE")
 
 
 @dataclass(slots=True)
@@ -229,7 +246,7 @@ class CommandService(Service):
         manages = self.policy.may_manage_station(viewer, station)
         if not manages and not (viewer.is_driver and action in DRIVER_ACTIONS):
             raise Forbidden(f"you may not send {action} to this station", field="cpId")
-        _refuse_unregistered(station, action)
+        _refuse_unregistered(station, action, payload)
         if not manages:
             _refuse_driver_profile(action, payload)
         payload = check_command(action, payload)  # a copy: the driver rules edit it

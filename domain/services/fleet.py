@@ -24,7 +24,7 @@ from domain.ports import Change, Delete, Insert
 from domain.query import Eq, NotSub, all_of, any_of
 from domain.services.background import Background
 from domain.services.base import UNSET, Service, ServiceContext, patch, stamp_new
-from domain.services.withdrawal import list_status, withdrawal_marks
+from domain.services.withdrawal import list_status, restoration_marks, withdrawal_marks
 
 
 def blocked_by_others(tag: IdTag, owner: User) -> bool:
@@ -58,6 +58,9 @@ class FleetService(Service):
         #: ``Withdrawal.withdraw_card``): run in the background, so the change never
         #: waits on a charger.
         self.on_withdrawn: Callable[..., Awaitable[None]] | None = None
+        #: What a card usable again sets off at the chargers (``Withdrawal.restore_card``:
+        #: what its withdrawals changed is put back), in the background the same way.
+        self.on_restored: Callable[[Viewer, IdTag], Awaitable[None]] | None = None
         self._withdrawing = Background()
 
     async def settled(self) -> None:
@@ -72,6 +75,14 @@ class FleetService(Service):
             return
         self._withdrawing.run(self.on_withdrawn(viewer, card, status, stop=stop),
                               f"withdraw-{card.tag}", f"withdrawing card {card.tag} failed")
+
+    def _restored(self, viewer: Viewer, card: IdTag) -> None:
+        """The card is usable again: what its withdrawals changed at the chargers is put
+        back (``Withdrawal.restore_card``)."""
+        if self.on_restored is None:
+            return
+        self._withdrawing.run(self.on_restored(viewer, card), f"restore-{card.tag}",
+                              f"restoring card {card.tag} at the chargers failed")
 
     async def _owner(self, viewer: Viewer, owner_id: str | None, field: str) -> User:
         """The user the viewer acts for: themselves unless another id is given."""
@@ -297,14 +308,28 @@ class FleetService(Service):
         )
         updated = cast(IdTag, update.record)
         became = self._withdrawn_as(id_tag, updated)
+        restored = self._usable_again(id_tag, updated)
         marks = [] if became is None else await withdrawal_marks(
             self.store, viewer, [id_tag.id], list_status(became))
+        if restored:  # marked in the same commit, as a withdrawal is (a crash loses none)
+            marks += await restoration_marks(self.store, viewer, [id_tag.id])
         await self.commit(viewer, [(update, id_tag)], unaudited=marks)
         if became is not None:
             # Blocked (a lost card) it may not go on charging; expired, a session it
             # started before stays authorized.
             self._withdrawn(viewer, updated, became, stop=became is IdTagStatus.BLOCKED)
+        if restored:
+            self._restored(viewer, updated)
         return updated
+
+    def _usable_again(self, before: IdTag, after: IdTag) -> bool:
+        """Whether a card that could not charge can now: unblocked, re-validated, its
+        expiry moved later or cleared. (Its holder's state is not the card's: a
+        reactivation is ``Withdrawal.restore_user``'s; a card's group, its parentIdTag,
+        gives it nothing: Authorize answers from the card alone.)"""
+        now = self.now()
+        return before.status_at(now) is not IdTagStatus.ACCEPTED \
+            and after.status_at(now) is IdTagStatus.ACCEPTED
 
     def _withdrawn_as(self, before: IdTag, after: IdTag) -> IdTagStatus | None:
         """What a card that could charge and no longer can, or one blocked now (an

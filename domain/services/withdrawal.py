@@ -14,6 +14,14 @@ failed) stays wanted (``LocalListEntry.wanted``) and is sent when it boots, as t
 card's state is then. A blocked card's, or a deactivated driver's, session under way is
 stopped (RemoteStopTransaction) and its live reservations cancelled: only the sessions
 and reservations that were the card's.
+A card usable again (unblocked, its expiry moved later or cleared, its holder
+reactivated) has what its withdrawals changed put back the same way (``restore_card``,
+``restore_user``): each entry a withdrawal of ours had the charger accept
+(``LocalListEntry.restore``) is wanted Accepted and sent as the card is now (its expiry
+and parentIdTag), or removed again where the withdrawal may have added it; with the
+same marks in the card's commit, the same boot check and the same re-derivation from
+the card's state when sent. An entry the list's sender set (Blocked by the operator, a
+Full list since) is theirs and never touched.
 The cache needs no command: its entries expire (``ChargingService.authorize`` bounds
 every answer's ``expiryDate``).
 """
@@ -63,6 +71,13 @@ BATCH = 500
 ACCEPTED = "Accepted"
 #: What a withdrawal wants a list entry to hold (OCPP AuthorizationStatus).
 WITHDRAWN = ("Blocked", "Expired", "Invalid")
+#: Everything an entry may be wanted as: withdrawn, or put back (``restore``).
+WANTED = (*WITHDRAWN, ACCEPTED)
+#: ``LocalListEntry.restore``: the list held the card Accepted before our withdrawal.
+RESTORE_ACCEPTED = "Accepted"
+#: ``LocalListEntry.restore``: our withdrawal may have added the tag; taken out again.
+RESTORE_REMOVED = "Removed"
+RESTORES = (RESTORE_ACCEPTED, RESTORE_REMOVED)
 
 
 def list_status(status: IdTagStatus) -> str:
@@ -71,13 +86,46 @@ def list_status(status: IdTagStatus) -> str:
             IdTagStatus.EXPIRED: "Expired"}.get(status, "Invalid")
 
 
+def wanted_of(entry: LocalListEntry, card_status: str | None) -> str | None:
+    """What ``entry`` should be sent, its card's status being ``card_status`` now (as a
+    list spells it; ``None``: an entry of no card, the sender's own): a card not usable
+    withdrawn where the list accepts it, or holds what a withdrawal put there; a card
+    usable put back where a withdrawal of ours changed it (``restore``), and only there;
+    ``None`` when the charger holds what it should, or the entry is not ours to change."""
+    if card_status is None:
+        return None
+    ours = entry.restore is not None
+    if card_status == ACCEPTED:
+        return ACCEPTED if ours and entry.status != ACCEPTED else None
+    if card_status == entry.status or not (ours or entry.status == ACCEPTED):
+        return None
+    return card_status
+
+
+def _restore_after(entry: LocalListEntry, status: str, card_id: str | None,
+                   follows: bool) -> str | None:
+    """``entry.restore`` once the charger accepted ``status`` for it: a withdrawal of
+    ours done (what it wanted, for the same card) keeps what was to be put back, or
+    learns it: Accepted when the list held it so at the version the withdrawal followed
+    (``follows``), Removed when the list had moved on without us (the tag may be new to
+    it). Anything else (a restoration done, the sender's own word) is nobody's to undo."""
+    if status != entry.wanted or status not in WITHDRAWN or card_id != entry.card_id:
+        return None
+    if entry.restore is not None:  # withdrawn again (expired, then blocked): as at first
+        return entry.restore
+    if entry.status != ACCEPTED:
+        return None
+    return RESTORE_ACCEPTED if follows else RESTORE_REMOVED
+
+
 async def record_local_list(store: Store, station: Station, payload: dict[str, Any],
                             actor: Viewer) -> None:
     """Records what a SendLocalList the charger accepted put in its list (``payload`` as
     sent: OCPP field names), and for each tag the card it names now
     (``LocalListEntry.card_id``): what the list's sender put there. An entry that now
     holds what the service wanted of it, or names another card now, has nothing wanted
-    any more."""
+    any more; one a withdrawal of ours changed remembers what to put back
+    (``_restore_after``)."""
     entries = [e for e in payload.get("localAuthorizationList") or () if isinstance(e, dict)]
     given: dict[str, str | None] = {}
     for item in entries:
@@ -89,6 +137,10 @@ async def record_local_list(store: Store, station: Station, payload: dict[str, A
         else all_of(Eq("station_id", station.id), In("tag", tuple(given)))
     held = {e.tag: e for e in await store.find_all(LocalListEntry, where, limit=MAX_LIST)} \
         if full or given else {}
+    [current] = await store.get_many(LocalList, [station.id])
+    version = int(payload["listVersion"])
+    # A Differential right above the version recorded changed the list as we know it.
+    follows = not full and current is not None and version == current.version + 1
     cards = await _cards_named(store, [tag for tag, status in given.items()
                                        if status is not None])
     changes: list[Change] = []
@@ -97,16 +149,20 @@ async def record_local_list(store: Store, station: Station, payload: dict[str, A
         card_id = cards.get(tag)
         if status is None:  # not in a Full list, or removed by a Differential
             changes.append(Delete(entry))
-        elif (status, card_id) != (entry.status, entry.card_id) or entry.wanted is not None:
+        else:
+            restore = _restore_after(entry, status, card_id, follows)
+            if (status, card_id, restore) == (entry.status, entry.card_id, entry.restore) \
+                    and entry.wanted is None:
+                continue
             done = status == entry.wanted or card_id != entry.card_id
             changes.append(patch(entry, actor, status=status, card_id=card_id,
-                                 wanted=None if done else entry.wanted))
+                                 restore=restore, wanted=None if done else entry.wanted))
     for tag, status in given.items():
         if status is not None and tag not in held:
             changes.append(Insert(stamp_new(LocalListEntry(
                 station_id=station.id, cp_id=station.cp_id, tag=tag, status=status,
                 card_id=cards.get(tag)), actor)))
-    changes.append(await _versioned(store, station, int(payload["listVersion"]), actor))
+    changes.append(_versioned(current, station, version, actor))
     await store.write(changes, [])
 
 
@@ -136,9 +192,23 @@ async def withdrawal_marks(store: Store, actor: Viewer, card_ids: Sequence[str],
             if e.wanted != status]
 
 
-async def _versioned(store: Store, station: Station, version: int, actor: Viewer
-                     ) -> Change:
-    [current] = await store.get_many(LocalList, [station.id])
+async def restoration_marks(store: Store, actor: Viewer, card_ids: Sequence[str]
+                            ) -> list[Change]:
+    """The changes marking Accepted wanted on every list entry a withdrawal of ours
+    changed for one of the cards (``LocalListEntry.restore``), now that they are usable
+    again: ``withdrawal_marks``' counterpart, guarded and committed the same way, so a
+    crash before the push loses nothing (a charger's boot sends them). What each is sent
+    is decided when it is sent, from the card's state then (``wanted_of``)."""
+    if not card_ids:
+        return []
+    held = await store.find_all(LocalListEntry, all_of(
+        In("card_id", tuple(card_ids)), In("restore", RESTORES)), limit=MAX_LIST)
+    return [patch(e, actor, only_if=("card_id", e.card_id), wanted=ACCEPTED) for e in held
+            if e.status != ACCEPTED and e.wanted != ACCEPTED]
+
+
+def _versioned(current: LocalList | None, station: Station, version: int, actor: Viewer
+               ) -> Change:
     if current is None:
         return Insert(stamp_new(LocalList(id=station.id, station_id=station.id,
                                           cp_id=station.cp_id, version=version), actor))
@@ -197,6 +267,24 @@ class Withdrawal(Service):
         for station_id in await self._stations_wanting(card_ids):
             await self.push(actor, station_id)
 
+    async def restore_card(self, actor: Viewer, card: IdTag) -> None:
+        """``card`` is usable again (unblocked, its expiry moved later or cleared), by
+        ``actor``: what withdrawals of it changed in the lists is put back (see the
+        module). ``FleetService`` runs it in the background."""
+        await self._mark_restored(actor, [card.id])
+        for station_id in await self._stations_wanting([card.id]):
+            await self.push(actor, station_id)
+
+    async def restore_user(self, actor: Viewer, user: User) -> None:
+        """``user`` was reactivated by ``actor``: their cards' withdrawals are put back
+        where each card is usable (``wanted_of`` decides when sending: a card blocked or
+        expired of its own stays so). ``AccountService`` runs it in the background."""
+        cards = await self.store.find_all(IdTag, Eq("user_id", user.id), limit=MAX_LIST)
+        card_ids = [c.id for c in cards]
+        await self._mark_restored(actor, card_ids)
+        for station_id in await self._stations_wanting(card_ids):
+            await self.push(actor, station_id)
+
     def charger_back(self, station_id: str) -> None:
         """A charger booted (its boot answered Accepted): what its list should hold and
         does not is sent now, in the background."""
@@ -232,33 +320,45 @@ class Withdrawal(Service):
             if changes:
                 await self.store.write(changes, [])
 
+    async def _mark_restored(self, actor: Viewer, card_ids: Sequence[str]) -> None:
+        """Every entry a withdrawal of one of the cards changed is wanted Accepted."""
+        for start in range(0, len(card_ids), BATCH):
+            changes = await restoration_marks(self.store, actor,
+                                              card_ids[start:start + BATCH])
+            if changes:
+                await self.store.write(changes, [])
+
     async def _stations_wanting(self, card_ids: Sequence[str]) -> list[str]:
         stations: set[str] = set()
         for start in range(0, len(card_ids), BATCH):
             wanting = await self.store.find_all(LocalListEntry, all_of(
                 In("card_id", tuple(card_ids[start:start + BATCH])),
-                In("wanted", WITHDRAWN)), limit=MAX_LIST)
+                In("wanted", WANTED)), limit=MAX_LIST)
             stations.update(e.station_id for e in wanting)
         return sorted(stations)
 
     async def _correct(self, station_id: str) -> None:
         """Marks wanted what the station's list accepts of cards not usable now (a change
-        missed while no instance ran, an expiry no sweep saw, a card removed), then
-        pushes. An entry of no card (its tag named none when its list was accepted) is
-        the list sender's own: not ours to withdraw."""
-        accepted = await self.store.find_all(LocalListEntry, all_of(
-            Eq("station_id", station_id), Eq("status", ACCEPTED)), limit=MAX_LIST)
-        unmarked = [e for e in accepted if e.wanted is None and e.card_id is not None]
-        now_wanted = await self._wanted_now(unmarked)
+        missed while no instance ran, an expiry no sweep saw, a card removed), and what
+        our withdrawals changed of cards usable again (a restoration whose push was
+        lost, a holder reactivated while no instance ran), then pushes. An entry of no
+        card (its tag named none when its list was accepted) is the list sender's own:
+        not ours to withdraw."""
+        ours = await self.store.find_all(LocalListEntry, all_of(
+            Eq("station_id", station_id),
+            any_of(Eq("status", ACCEPTED), In("restore", RESTORES))), limit=MAX_LIST)
+        unmarked = [e for e in ours if e.wanted is None and e.card_id is not None]
+        cards_now = await self._wanted_now(unmarked)
+        wanted = {e.id: wanted_of(e, cards_now[e.id]) for e in unmarked}
         changes: list[Change] = [
-            patch(e, SYSTEM, only_if=("card_id", e.card_id), wanted=now_wanted[e.id])
-            for e in unmarked if now_wanted[e.id] not in (None, ACCEPTED)]
+            patch(e, SYSTEM, only_if=("card_id", e.card_id), wanted=wanted[e.id])
+            for e in unmarked if wanted[e.id] is not None]
         if changes:
             await self.store.write(changes, [])
         await self.push(SYSTEM, station_id)
 
     async def _wanted_now(self, entries: Sequence[LocalListEntry]) -> dict[str, str | None]:
-        """What each entry (by id) should hold now, from its card's state now: its
+        """Each entry's (by id) card's state now, as a list spells it: its
         status as a charger is told it (``IdTag.charger_status``: a deactivated
         holder's card Blocked), Blocked for a card removed since, ``None`` for an entry
         of no card."""
@@ -278,17 +378,16 @@ class Withdrawal(Service):
     async def _still_wanted(self, actor: Viewer, entries: Sequence[LocalListEntry]
                             ) -> list[LocalListEntry]:
         """Of the entries marked wanted, those to send now, each wanting what its card's
-        state says now: a card made usable again since it was marked (unblocked while
-        its charger was offline), or an entry the charger holds so already, is sent
-        nothing and its mark cleared; one whose card changed otherwise (expired, then
-        blocked) is sent what it is now."""
-        now_wanted = await self._wanted_now(entries)
+        state says now (``wanted_of``): a card made usable again since it was marked
+        (unblocked while its charger was offline) before its withdrawal was accepted, or
+        blocked again before its restoration was, or an entry the charger holds so
+        already, is sent nothing and its mark cleared; one whose card changed otherwise
+        (expired, then blocked) is sent what it is now."""
+        cards_now = await self._wanted_now(entries)
         changes: list[Change] = []
         send: list[LocalListEntry] = []
         for entry in entries:
-            wanted = now_wanted[entry.id]
-            if wanted in (None, ACCEPTED, entry.status):
-                wanted = None
+            wanted = wanted_of(entry, cards_now[entry.id])
             if wanted != entry.wanted:
                 update = patch(entry, actor, only_if=("wanted", entry.wanted), wanted=wanted)
                 changes.append(update)
@@ -309,7 +408,7 @@ class Withdrawal(Service):
         if station is None or not station.online:
             return
         marked = await self.store.find_all(LocalListEntry, all_of(
-            Eq("station_id", station_id), In("wanted", WITHDRAWN)), limit=MAX_LIST)
+            Eq("station_id", station_id), In("wanted", WANTED)), limit=MAX_LIST)
         wanted = await self._still_wanted(actor, marked)
         if not wanted:
             return
@@ -326,8 +425,7 @@ class Withdrawal(Service):
     async def _send(self, actor: Viewer, station: Station, version: int,
                     wanted: Sequence[LocalListEntry]) -> str | None:
         payload = {"listVersion": version, "updateType": "Differential",
-                   "localAuthorizationList": [
-                       {"idTag": e.tag, "idTagInfo": {"status": e.wanted}} for e in wanted]}
+                   "localAuthorizationList": await self._items(wanted)}
         try:
             outcome = await self.commands.send(SYSTEM, station.cp_id, "SendLocalList",
                                                payload, audited_as=actor)
@@ -338,6 +436,32 @@ class Withdrawal(Service):
             log.info("local list of %s not corrected now (sent again at its next boot): "
                      "%s", station.cp_id, outcome.error.message)
         return outcome.status
+
+    async def _items(self, wanted: Sequence[LocalListEntry]) -> list[dict[str, Any]]:
+        """The Differential's entries: a withdrawal's status alone (the charger must not
+        accept the card, whatever else it knew); a restoration the card's idTagInfo now,
+        as Authorize would answer it (its expiry and parentIdTag: a list entry is used
+        offline, so the list's own expiry is the card's, not the cache bound), or the
+        tag removed where the withdrawal may have added it."""
+        restored = [e.card_id for e in wanted if e.wanted == ACCEPTED and e.card_id
+                    and e.restore == RESTORE_ACCEPTED]
+        cards = {c.id: c for c in await self.store.get_many(IdTag, restored)
+                 if c is not None} if restored else {}
+        items: list[dict[str, Any]] = []
+        for entry in wanted:
+            card = cards.get(entry.card_id or "")
+            if entry.wanted != ACCEPTED:
+                items.append({"idTag": entry.tag, "idTagInfo": {"status": entry.wanted}})
+            elif entry.restore == RESTORE_ACCEPTED and card is not None:
+                info: dict[str, Any] = {"status": ACCEPTED}
+                if card.expires_at is not None:
+                    info["expiryDate"] = card.expires_at
+                if card.parent_tag is not None:
+                    info["parentIdTag"] = card.parent_tag
+                items.append({"idTag": entry.tag, "idTagInfo": info})
+            else:
+                items.append({"idTag": entry.tag})  # no idTagInfo: taken out of the list
+        return items
 
     async def _stop_sessions(self, actor: Viewer, where: Filter) -> None:
         """Asks the chargers to stop the sessions under way that ``where`` selects; one

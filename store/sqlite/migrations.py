@@ -1010,6 +1010,15 @@ ALTER TABLE "offline_notice" ADD COLUMN "owner_id" TEXT;
 ALTER TABLE "offline_notice" ADD COLUMN "returned_connection" INTEGER;
 """
 
+# Version 44: what a card usable again puts back in a charger's local list
+# (``LocalListEntry.restore``): "Accepted" where a withdrawal of ours had the list accept
+# the card as Blocked or Expired on top of the list as we recorded it, "Removed" where it
+# landed on a list that had moved on without us. Entries withdrawn before stay NULL:
+# which of them the withdrawal changed is not known, so they stay as the list holds them.
+_V44 = """
+ALTER TABLE "local_list_entry" ADD COLUMN "restore" TEXT;
+"""
+
 #: Every migration, oldest first. Append only.
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
@@ -1022,7 +1031,8 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (31, _V31), (32, _V32), (33, _V33), (34, _V34),
                                      (35, _V35), (36, _V36), (37, _V37),
                                      (38, _V38), (39, _V39), (40, _V40),
-                                     (41, _V41), (42, _V42), (43, _V43))
+                                     (41, _V41), (42, _V42), (43, _V43),
+                                     (44, _V44))
 
 #: Python functions migrations call, registered on the migrating connection: a value only
 #: the domain's rules can compute for rows written before (name, arity, function).

@@ -373,3 +373,57 @@ async def test_a_clock_behind_shown_by_live_readings_prices_and_bills_on_ours(
     assert session.end_time - session.start_time <= timedelta(seconds=20) + BILLED_TIME_TOLERANCE
     # 1 kWh at 0.30 and at most a couple of minutes at 0.60: priced, and not 10 minutes.
     assert session.cost_minor is not None and 30 <= session.cost_minor <= 30 + 140
+
+
+STATUS_AT = '{ station(cpId: "CP-1") { connectors { connectorId status statusAt } } }'
+
+
+async def test_a_queued_reading_does_not_date_a_report_without_timestamp(
+        central: Central) -> None:
+    """QA s19 (t18): the first timestamp a process saw from a charger was its clock's
+    "now", however old: a MeterValues queued two hours ago, flushed after a restart,
+    dated the next StatusNotification without timestamp two hours in the past (its
+    statusAt and its connectorStatusChanged). Dated on arrival now; the history keeps
+    the reading where it was stamped."""
+    stale = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=2)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await cp.call(call.MeterValues(connector_id=1, meter_value=[
+            {"timestamp": iso(stale), "sampledValue": [{"value": "100"}]}]))
+        before = datetime.now(UTC)
+        await cp.call(call.StatusNotification(connector_id=1, error_code="NoError",
+                                              status="Preparing"))
+        after = datetime.now(UTC)
+        data = await central.gql(STATUS_AT, as_user="admin")
+    [one] = [c for c in data["station"]["connectors"] if c["connectorId"] == 1]
+    assert one["status"] == "PREPARING"
+    at = datetime.fromisoformat(one["statusAt"])
+    assert before - timedelta(seconds=1) <= at <= after + timedelta(seconds=1), at
+    [event] = await central.store.find_all(d.StatusEvent, Eq("cp_id", "CP-1"))
+    assert before - timedelta(seconds=1) <= event.at <= after + timedelta(seconds=1)
+    assert central.services.charging.clocks.stamped_now("CP-1") < before - timedelta(hours=1)
+
+
+async def test_a_clock_behind_is_taken_once_its_live_messages_show_it(
+        central: Central) -> None:
+    """A charger whose clock runs ten minutes behind ours: one timestamp cannot tell it
+    from a queued one, so a report without timestamp right after is dated on our clock;
+    once a timestamp half a minute later (on ours) shows the same clock, it is the
+    charger's now, and such reports are dated on its clock, in order with its stamped
+    ones."""
+    clocks = central.services.charging.clocks
+    behind = timedelta(minutes=10)
+    with MovedClock(central.services.ctx) as moved:
+        t0 = moved.t0
+        async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+            await report(cp, 1, "Available", iso(t0 - behind))
+            assert abs(clocks.charger_now("CP-1") - moved.ctx.clock()) < timedelta(seconds=5)
+            moved.at(40)
+            await report(cp, 1, "Preparing", iso(t0 - behind + timedelta(seconds=40)))
+            shown = clocks.charger_now("CP-1") - (moved.ctx.clock() - behind)
+            assert abs(shown) < timedelta(seconds=5)
+            moved.at(50)
+            await cp.call(call.StatusNotification(connector_id=1, error_code="NoError",
+                                                  status="Charging"))
+            await report(cp, 1, "SuspendedEV", iso(t0 - behind + timedelta(seconds=55)))
+            assert (await statuses(central))[1] == "SUSPENDED_EV"  # not older than Charging

@@ -21,10 +21,12 @@ from domain import entities as d
 from domain.clock import utcnow
 from domain.errors import ValidationError
 from domain.events import MaintenanceStatusChanged, ReservationChanged
+from domain.ocpp16 import MessageTrigger
 from domain.policy import SYSTEM, Viewer
 from domain.ports import Insert
 from domain.query import ALL, Eq, all_of
-from domain.services.base import books_of
+from domain.registration import admits
+from domain.services.base import books_of, patch
 from domain.services.webhooks import webhook_event
 from graph.ids import to_global_id
 from ocpp_bridge import simulator
@@ -185,6 +187,36 @@ async def test_a_station_not_accepted_is_asked_only_what_ocpp_allows(central: Ce
         assert [name for name, _ in cp.received] == ["GetConfiguration"]
 
 
+async def test_a_pending_station_is_triggered_only_for_what_it_may_send(central: Central
+                                                                        ) -> None:
+    """QA s19 (t24): a Pending station was sent TriggerMessage(MeterValues), said
+    Accepted, and its MeterValues was then refused with SecurityError. Every message a
+    trigger may ask for is asked of a Pending station exactly when its answer is
+    admitted (``registration.admits``); MeterValues is refused up front, by its field."""
+    station_id = central.stations["CP-1"].id
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await central.services.stations.update_station(
+            SYSTEM, station_id, registration=d.Registration.PENDING)
+        asked = []
+        for requested in MessageTrigger:
+            answer = await run(central, "triggerMessage", {
+                "cpId": "CP-1", "requestedMessage": requested.name, "connectorId": 1},
+                "__typename")
+            errors = [(e["field"], e["code"]) for e in answer["errors"]]
+            admitted = admits(d.Registration.PENDING, requested.value)
+            assert errors == ([] if admitted else [("requestedMessage", "INVALID_STATE")]
+                              ), (requested, answer)
+            if admitted:
+                asked.append(requested.value)
+        assert MessageTrigger.METER_VALUES.value not in asked
+        assert len(asked) == len(MessageTrigger) - 1  # MeterValues alone is refused
+        await settle()
+        triggers = [p["requested_message"] for name, p in cp.received
+                    if name == "TriggerMessage"]
+        assert triggers == asked
+
+
 async def test_accepting_a_station_asks_its_charger_to_boot_again(central: Central
                                                                   ) -> None:
     """A charger told Pending waits before booting again (a minute at most, not the
@@ -335,6 +367,32 @@ async def test_a_start_that_names_no_reservation_keeps_its_cards_reservation(
                         (numbers[1], d.ReservationState.ACTIVE)]
         session = await central.session(tx)
         assert session is not None and session.reservation_id == numbers[0]
+
+
+async def test_a_start_naming_an_expired_reservation_does_not_use_it(
+        central: Central) -> None:
+    """QA s19 (t27): a reservation past its expiry, not swept yet (it reads EXPIRED),
+    became USED when its charger started with its reservationId. It stays EXPIRED and
+    the session is not its; the start itself is accepted (the card may charge)."""
+    soon = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        held = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": 2,
+                                                 "expiryDate": soon, "idTag": "TAG-OK"},
+                         "reservation { reservationId state }", as_user="op")
+        assert held["reservation"]["state"] == "ACTIVE", held
+        number = held["reservation"]["reservationId"]
+        [stored] = await central.store.find_all(d.Reservation, Eq("reservation_id", number))
+        past = datetime.now(UTC) - timedelta(seconds=2)  # as if its time ran out
+        await central.store.write([patch(stored, SYSTEM, expires_at=past)], [])
+
+        tx, status = await cp.start_transaction(2, "TAG-OK", reservation_id=number)
+        assert status == "Accepted"
+        [after] = await central.store.find_all(d.Reservation, Eq("reservation_id", number))
+        assert after.state is d.ReservationState.ACTIVE  # for the sweep to store EXPIRED
+        assert after.state_at(datetime.now(UTC)) is d.ReservationState.EXPIRED
+        session = await central.session(tx)
+        assert session is not None and session.reservation_id is None
 
 
 class _Unbuildable:

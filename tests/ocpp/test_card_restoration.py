@@ -1,0 +1,217 @@
+"""A card usable again has what its withdrawals changed in the chargers' local lists put
+back (QA s19 conformance, finding 1): unblocked, its expiry moved later, its holder
+reactivated, each Blocked or Expired entry a withdrawal of ours had a charger accept is
+sent Accepted again with the card's idTagInfo now, with the withdrawal's guarantees (sent
+at the next boot when the charger was away, once, from any instance). Entries the list's
+sender set are theirs and stay. Real ``ocpp`` chargers (the simulator)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from domain import entities as d
+from domain.policy import SYSTEM, Viewer
+from domain.query import Eq
+from domain.services.base import patch
+from graph.ids import to_global_id
+from ocpp_bridge.simulator import connected
+from tests.helpers import until
+from tests.ocpp.conftest import STATION_PASSWORD, Central
+from tests.ocpp.test_card_withdrawal import (
+    BLOCK,
+    SEND_LIST,
+    block,
+    entry,
+    local_lists_sent,
+    offline,
+    send_full_list,
+    settled,
+)
+
+
+async def unblock(central: Central, tag: str, who: str) -> None:
+    answer = await central.gql(BLOCK, {"input": {
+        "id": to_global_id("id_tag", central.tags[tag].id), "status": "ACCEPTED"}},
+        as_user=who)
+    assert answer["updateIdTag"]["errors"] == [], answer
+
+
+async def test_an_unblocked_card_is_accepted_again_in_the_lists_that_blocked_it(
+        central: Central) -> None:
+    """QA's frames: a Full list with TAG-OTHER Accepted, the card blocked (a
+    Differential with it Blocked), then unblocked: nothing was sent, not even at the
+    next boot, and the list kept refusing the card offline. Now a Differential at the
+    next version has it Accepted with the card's idTagInfo (its group), and the
+    record says the list holds it so, with nothing left to put back."""
+    await central.services.fleet.update_id_tag(SYSTEM, central.tags["other"].id,
+                                               parent_tag="FLEET-1")
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await send_full_list(central, "CP-1", "TAG-OTHER", "TAG-OK")
+        await block(central, "other", who="admin")
+        await settled(central)
+        assert cp.local_list["TAG-OTHER"] == {"status": "Blocked"}
+        blocked = await entry(central, "CP-1", "TAG-OTHER")
+        assert blocked is not None and (blocked.status, blocked.restore) == (
+            "Blocked", "Accepted")
+
+        await unblock(central, "other", who="admin")
+        await settled(central)
+        assert local_lists_sent(cp)[-1] == {
+            "list_version": 3, "update_type": "Differential",
+            "entries": [{"id_tag": "TAG-OTHER", "id_tag_info": {
+                "status": "Accepted", "parent_id_tag": "FLEET-1"}}]}
+        assert cp.local_list["TAG-OK"] == {"status": "Accepted"}  # never touched
+        back = await entry(central, "CP-1", "TAG-OTHER")
+        assert back is not None and (back.status, back.wanted, back.restore) == (
+            "Accepted", None, None)
+        [version] = await central.store.find_all(d.LocalList, Eq("cp_id", "CP-1"))
+        assert version.version == 3
+
+
+async def test_a_card_unblocked_while_its_charger_was_away_is_put_back_at_its_boot(
+        central: Central) -> None:
+    """The restoration waits for an offline charger as a withdrawal does: marked in the
+    card's own commit, sent when the charger boots, and once (a second boot sends
+    nothing)."""
+    async with connected(central.url, "CP-OPEN") as cp:
+        await cp.boot()
+        await send_full_list(central, "CP-OPEN", "TAG-OTHER")
+        await block(central, "other", who="admin")
+        await settled(central)
+        assert cp.local_list == {"TAG-OTHER": {"status": "Blocked"}}
+        kept_version, kept = cp.local_list_version, dict(cp.local_list)
+    await offline(central, "CP-OPEN")
+    await unblock(central, "other", who="admin")
+    await settled(central)
+    waiting = await entry(central, "CP-OPEN", "TAG-OTHER")
+    assert waiting is not None and (waiting.status, waiting.wanted) == ("Blocked", "Accepted")
+
+    async with connected(central.url, "CP-OPEN") as back:
+        back.local_list_version, back.local_list = kept_version, kept
+        await back.boot()
+
+        async def restored() -> bool:
+            return back.local_list.get("TAG-OTHER") == {"status": "Accepted"}
+        await until(restored)
+        await settled(central)
+        assert back.local_list_version == kept_version + 1
+        done = await entry(central, "CP-OPEN", "TAG-OTHER")
+        assert done is not None and (done.status, done.wanted, done.restore) == (
+            "Accepted", None, None)
+        kept_version, kept = back.local_list_version, dict(back.local_list)
+    await offline(central, "CP-OPEN")
+    async with connected(central.url, "CP-OPEN") as again:
+        again.local_list_version, again.local_list = kept_version, kept
+        await again.boot()
+        central.services.withdrawal.charger_back(central.stations["CP-OPEN"].id)
+        await settled(central)
+        assert local_lists_sent(again) == []
+
+
+async def test_a_card_whose_expiry_moved_later_is_accepted_again_until_then(
+        central: Central) -> None:
+    """An expired card swept Expired in a list, its expiry then moved a year later: the
+    list has it Accepted again, with the new expiry (the list's own, used offline)."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await send_full_list(central, "CP-1", "TAG-OTHER")
+        card = central.tags["other"]
+        await central.store.write([patch(card, SYSTEM, expires_at=datetime.now(UTC)
+                                         - timedelta(minutes=1))], [])
+        assert await central.services.withdrawal.sweep_expired() == 1
+        assert cp.local_list["TAG-OTHER"] == {"status": "Expired"}
+
+        later = (datetime.now(UTC) + timedelta(days=365)).replace(microsecond=0)
+        await central.services.fleet.update_id_tag(SYSTEM, card.id, expires_at=later)
+        await settled(central)
+        info = cp.local_list["TAG-OTHER"]
+        assert info["status"] == "Accepted"
+        assert datetime.fromisoformat(info["expiry_date"]) == later
+
+
+async def test_a_reactivated_drivers_cards_are_accepted_again(central: Central) -> None:
+    """A deactivation withdraws every card of the driver; the reactivation puts back
+    those that are usable (a card blocked of its own stays Blocked)."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await send_full_list(central, "CP-1", "TAG-OK", "TAG-OTHER")
+        own = await central.services.fleet.issue_id_tag(
+            Viewer.of(central.users["driver2"]), tag="TAG-LOST")
+        await central.gql(SEND_LIST, {"input": {
+            "cpId": "CP-1", "listVersion": 2, "updateType": "DIFFERENTIAL",
+            "localAuthorizationList": [{"idTag": "TAG-LOST",
+                                        "idTagInfo": {"status": "ACCEPTED"}}]}},
+            as_user="op")
+        user = to_global_id("user", central.users["driver2"].id)
+        active = """mutation($input: UpdateUserInput!) { updateUser(input: $input)
+            { errors { code } } }"""
+        await central.gql(active, {"input": {"id": user, "active": False}}, as_user="admin")
+        await settled(central)
+        assert cp.local_list["TAG-OTHER"] == {"status": "Blocked"}
+        assert cp.local_list["TAG-LOST"] == {"status": "Blocked"}
+        await central.services.fleet.update_id_tag(
+            Viewer.of(central.users["admin"]), own.id, status=d.IdTagStatus.BLOCKED)
+
+        await central.gql(active, {"input": {"id": user, "active": True}}, as_user="admin")
+        await settled(central)
+        assert cp.local_list["TAG-OTHER"] == {"status": "Accepted"}
+        assert cp.local_list["TAG-LOST"] == {"status": "Blocked"}
+        assert cp.local_list["TAG-OK"] == {"status": "Accepted"}
+
+
+async def test_what_the_lists_sender_blocked_is_not_put_back(central: Central) -> None:
+    """An entry the operator's own list holds Blocked is theirs: unblocking the card
+    sends nothing for it. One a withdrawal landed on a list that had moved on without
+    us (VersionMismatch: it may have added the tag) is taken out again, not Accepted."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await central.gql(SEND_LIST, {"input": {
+            "cpId": "CP-1", "listVersion": 1, "updateType": "FULL",
+            "localAuthorizationList": [
+                {"idTag": "TAG-OTHER", "idTagInfo": {"status": "BLOCKED"}},
+                {"idTag": "TAG-OK", "idTagInfo": {"status": "ACCEPTED"}}]}}, as_user="op")
+        await block(central, "other", who="admin")
+        await unblock(central, "other", who="admin")
+        await settled(central)
+        assert local_lists_sent(cp)[1:] == []
+        assert cp.local_list["TAG-OTHER"] == {"status": "Blocked"}
+
+        cp.local_list_version = 7  # changed behind our back
+        await block(central, "ok", who="admin")
+        await settled(central)
+        assert cp.local_list["TAG-OK"] == {"status": "Blocked"}
+        moved = await entry(central, "CP-1", "TAG-OK")
+        assert moved is not None and moved.restore == "Removed"
+        await unblock(central, "ok", who="admin")
+        await settled(central)
+        assert local_lists_sent(cp)[-1]["entries"] == [{"id_tag": "TAG-OK"}]
+        assert "TAG-OK" not in cp.local_list
+        assert await entry(central, "CP-1", "TAG-OK") is None
+
+
+async def test_a_reactivation_no_instance_pushed_is_put_back_at_the_boot(
+        central: Central) -> None:
+    """A reactivation's push runs in the background after its commit (as a
+    deactivation's does): one lost with its process is made good by the charger's boot,
+    which checks what our withdrawals changed against the cards as they are now."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await send_full_list(central, "CP-1", "TAG-OTHER")
+        await central.services.accounts.update_user(
+            Viewer.of(central.users["admin"]), central.users["driver2"].id, active=False)
+        await settled(central)
+        assert cp.local_list["TAG-OTHER"] == {"status": "Blocked"}
+        kept_version, kept = cp.local_list_version, dict(cp.local_list)
+    await offline(central, "CP-1")
+    [holder] = await central.store.get_many(d.User, [central.users["driver2"].id])
+    assert holder is not None
+    await central.store.write([patch(holder, SYSTEM, active=True)], [])  # no push
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as back:
+        back.local_list_version, back.local_list = kept_version, kept
+        await back.boot()
+
+        async def restored() -> bool:
+            return back.local_list.get("TAG-OTHER") == {"status": "Accepted"}
+        await until(restored)
+        await settled(central)
