@@ -9,7 +9,6 @@ entities (StatusEvent, MeterSample, ConnectionEvent) instead of the audit log.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine, Sequence
 from dataclasses import dataclass, field, replace
@@ -22,13 +21,11 @@ from domain.clock import as_utc
 from domain.entities import (
     BILLED_TIME_TOLERANCE,
     LIVE_RESERVATION_STATES,
-    ConnectionEvent,
     Connector,
     ConnectorStatus,
     ConnectorType,
     IdTag,
     IdTagStatus,
-    InstanceLease,
     MeterAnomaly,
     MeterSample,
     Payment,
@@ -49,7 +46,6 @@ from domain.events import (
     EventsDropped,
     FaultReported,
     SessionChanged,
-    StationConnectionChanged,
 )
 from domain.faults import is_fault
 from domain.ids import stable_id
@@ -59,7 +55,6 @@ from domain.pricing import session_cost_minor
 from domain.query import Eq, In, Range, Sort, all_of
 from domain.registration import admits
 from domain.services.base import (
-    Service,
     ServiceContext,
     books_of,
     charger,
@@ -73,6 +68,7 @@ from domain.services.base import (
 from domain.services.batching import GroupCommitter
 from domain.services.charger_cache import CACHED_TOPICS, ChargerCache
 from domain.services.charger_clocks import MAX_CLOCK_AHEAD, ChargerClocks
+from domain.services.charger_connections import MAX_OPEN_PER_CONNECTOR, ChargerConnections
 from domain.services.intervals import (
     POINT_STATUSES,
     IdleSpan,
@@ -99,7 +95,7 @@ from domain.services.metering import (
     sound,
 )
 from domain.services.payments import UNCOLLECTED, payment_changed, reprice_change, repriced
-from domain.services.reboot_checks import RebootChecks, reported_available_since
+from domain.services.reboot_checks import RebootChecks
 from domain.services.stations import connector_in_range
 from domain.services.tariffs import TariffService
 from domain.tariff_bands import session_split
@@ -119,10 +115,6 @@ MAX_TRIMMED_SAMPLES = 1000
 #: How soon a copy of a StartTransaction stamped far in our future may follow the first
 #: (a charger retrying an unanswered CALL) and still be taken for the same start.
 GLITCH_RETRY_WINDOW = timedelta(minutes=5)
-
-#: Sessions read when a start closes those its connector left open: more than one only
-#: while an older transaction flushed late awaits its stop.
-MAX_OPEN_PER_CONNECTOR = 10
 
 
 def lost_end(session: Session, booted: datetime | None, cap: datetime) -> datetime:
@@ -258,29 +250,6 @@ class BootInfo:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
-class Connected:
-    """A connection as ``ChargingService.connect`` recorded it: when, its number, and
-    whether it is the station's newest (a newer one recorded first: not written)."""
-
-    at: datetime
-    number: int
-    newest: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class Lost:
-    """A connection lost with the process that held it (killed, its host gone), which
-    recorded no disconnect: found by a later start (``reset_connections``) or by another
-    instance's sweep. Its disconnect is dated when the connection was last known to be
-    there, not when it is found (the outage is no online time): when the charger was
-    last heard (``Station.last_seen``), or ``alive_until``, the holder's last sign of
-    life (its lease's last renewal), if later: while that process lived, its websocket
-    pings would have closed a connection whose charger had gone."""
-
-    alive_until: datetime | None = None
-
-
 #: How long a charger may cache an Accepted authorization unless set
 #: (``Settings.auth_cache_hours``).
 DEFAULT_AUTH_CACHE = timedelta(hours=24)
@@ -324,7 +293,7 @@ class BootResult:
     current_time: datetime
 
 
-class ChargingService(Service):
+class ChargingService(ChargerConnections):
     def __init__(self, ctx: ServiceContext, *, heartbeat_interval: int = 300,
                  auto_register: bool = False,
                  auth_cache: timedelta = DEFAULT_AUTH_CACHE) -> None:
@@ -353,9 +322,6 @@ class ChargingService(Service):
         self.still_connected: Callable[[str], Awaitable[None]] | None = None
 
     # ------------------------------------------------------------- plumbing
-    async def station(self, cp_id: str) -> Station | None:
-        return await self.store.find_one(Station, Eq("cp_id", cp_id))
-
     async def _clock_report(self, station: Station, charger_time: datetime) -> None:
         """``ChargerClocks.observe``; and on the charger's first timestamp, whichever
         message carries it, moves onto its timeline the intervals its connection opened
@@ -402,230 +368,6 @@ class ChargingService(Service):
         station's registration, as cached for its other messages."""
         station = await self._require_station(cp_id)
         return admits(station.registration, action)
-
-    # ------------------------------------------------------------- connections
-    async def station_for_connection(self, cp_id: str) -> Station | None:
-        """The station a connecting charger claims to be; with auto-registration on, an
-        unknown one is registered as Pending (an operator accepts it later)."""
-        station = await self.station(cp_id)
-        if station is not None or not self.auto_register:
-            return station
-        try:
-            v.cp_id(cp_id)
-        except ValidationError:
-            return None
-        actor = charger(cp_id)
-        station = stamp_new(Station(cp_id=cp_id, name=cp_id,
-                                    registration=Registration.PENDING), actor)
-        await self.commit(actor, [(Insert(station), None)])
-        return station
-
-    def password_ok(self, station: Station, password: str | None) -> bool:
-        """HTTP Basic password check (OCPP security profiles 1 and 2). A station without a
-        password (profile 0, the operator's choice) accepts any connection. Synchronous
-        argon2: ``station_password_ok`` runs it on the chargers' hashing threads."""
-        if station.auth_password_hash is None:
-            return True
-        return password is not None and self.ctx.hasher.verify(station.auth_password_hash,
-                                                               password)
-
-    async def station_password_ok(self, station: Station, password: str | None) -> bool:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.ctx.charger_hashing, self.password_ok,
-                                          station, password)
-
-    async def reset_connections(self, alive: Collection[str] = ()) -> None:
-        """At start-up no charger is connected yet: a station still marked online lost its
-        connection with the previous process (it crashed). Record that disconnect properly
-        (flag, connection history, state intervals), dated when the connection was last
-        known to be there (``Lost``), so availability does not count the outage as online
-        time. Stations held by one of the ``alive`` instances (another process on this
-        database whose lease is live) are that one's, and stay as they are."""
-        stale = [station for station in await self.store.find_all(
-            Station, Eq("online", True), limit=100_000)
-            if station.connected_instance not in alive]
-        holder_ids = sorted({s.connected_instance for s in stale if s.connected_instance})
-        leases = dict(zip(holder_ids, await self.store.get_many(InstanceLease, holder_ids),
-                          strict=True))
-        for station in stale:
-            lease = leases.get(station.connected_instance or "")
-            await self.disconnect(station.cp_id,
-                                  lost=Lost(lease.updated_at if lease is not None else None))
-
-    async def set_online(self, cp_id: str, online: bool, *, instance: str | None = None
-                         ) -> datetime | None:
-        """Records a connect (a new connection, ``connect``) or a disconnect of whichever
-        connection is recorded (``disconnect``, unguarded: at start-up, in tests); returns
-        its time, ``None`` when nothing was recorded."""
-        if online:
-            connected = await self.connect(cp_id, instance=instance)
-            return connected.at if connected is not None and connected.newest else None
-        return await self.disconnect(cp_id)
-
-    async def draw_connection(self) -> int:
-        """A number for a charger's new connection (``connect``), drawn by the store: of
-        two connections of one charger, here or on other instances, the one drawn later
-        is the newer. The OCPP server draws it as the socket arrives, before the socket
-        waits its turn behind the charger's other arrivals on that instance: drawn after
-        the wait, an arrival queued behind a slow one was numbered after the charger's
-        newer socket on another instance and recorded as the newest."""
-        return await self.store.next_sequence("connection")
-
-    async def connect(self, cp_id: str, *, instance: str | None = None,
-                      number: int | None = None, again: bool = False) -> Connected | None:
-        """Records a connection of the charger, held by ``instance``; ``None`` for an
-        unknown charger. Each connection gets a number the store draws
-        (``draw_connection``), so that of two connections (two instances at one moment,
-        clocks seconds apart) the newer one is the higher: the station keeps the newest
-        (``Station.connection``), and one that finds a newer one recorded is not written
-        (``Connected.newest`` False: its socket is to be closed). ``number``: the one
-        drawn when the connection arrived; drawn now when not given. ``again``: record
-        connection ``number`` again (its record was written offline while it stayed
-        connected: a sweep while this instance's lease had lapsed), only while it is
-        still the station's newest."""
-        if number is None:
-            if again:
-                raise ValueError("recording a connection again needs its number")
-            number = await self.draw_connection()
-        while True:
-            station = await self.station(cp_id)
-            if station is None:
-                return None
-            current = station.connection
-            if (current is not None and current > number) or (again and current != number):
-                return Connected(self.now(), number, newest=False)
-            if again and station.online and station.connected_instance == instance:
-                return Connected(station.last_seen or self.now(), number)  # nothing lost
-            try:
-                # Compare-and-set: a connection another instance recorded meanwhile is
-                # read and weighed again, never overwritten blindly.
-                at = await self._record_connection(station, True, instance=instance,
-                                                   number=number, guard=("connection",
-                                                                         current))
-            except Conflict:
-                continue
-            self.clocks.connected(cp_id, at)
-            try:
-                await self._resume_reboot_checks(station)
-            except Exception:  # optional: the connection stands (review s17); a read blip
-                # here must not refuse the charger. The next connect arms it again.
-                log.warning("%s: arming its reboot checks again failed", cp_id,
-                            exc_info=True)
-            return Connected(at, number)
-
-    async def _resume_reboot_checks(self, station: Station) -> None:
-        """Arms again the reboot checks (``RebootChecks``) that the station's stored state
-        calls for and this process does not hold: a connector reported Available since
-        the charger's last boot with a session still open there from before it. Its
-        check was pending in a process that stopped (a restart within the grace), and
-        the charger, connected again, will not report the connector again. Called by
-        the instance that holds the charger's connection; the close is guarded (only a
-        session still ACTIVE), so another instance's check racing it closes nothing
-        twice."""
-        booted = station.booted_at
-        if booted is None:
-            return
-        actor = charger(station.cp_id).actor
-        reported = [plug for plug in await self.store.find_all(
-            Connector, Eq("station_id", station.id), limit=100)
-            if reported_available_since(plug, booted, actor)]
-        if not reported:
-            return
-        lost = await self.store.find_all(Session, all_of(
-            Eq("cp_id", station.cp_id),
-            In("connector_id", tuple(plug.connector_id for plug in reported)),
-            Eq("state", SessionState.ACTIVE), Range("created_at", lt=booted)),
-            limit=MAX_OPEN_PER_CONNECTOR * len(reported))
-        now = self.now()
-        for plug in reported:
-            if any(s.connector_id == plug.connector_id for s in lost):
-                self.reboot_checks.schedule(station.cp_id, plug.connector_id, booted,
-                                            reported_at=plug.updated_at, now=now)
-
-    async def disconnect(self, cp_id: str, *, number: int | None = None,
-                         instance: str | None = None, lost: Lost | None = None,
-                         stopping: bool = False) -> datetime | None:
-        """Records that the charger's connection ``number`` (held by ``instance``) closed;
-        returns the time, or ``None`` when nothing was recorded: it is not the station's
-        connection any more (the charger connected again, here or to another instance,
-        whose connection this one cannot see), or the station is offline already. A
-        connection without a number (recorded before numbers existed) is judged by the
-        instance holding it; neither given, the station goes offline whatever holds it.
-        ``lost``: the connection was lost with a process that died (``Lost``), and the
-        disconnect is dated then, not now. ``stopping``: the instance holding it is
-        stopping and closed it. Either is the central system's outage, not the
-        charger's leaving: until the charger connects again its state is unknown
-        (``ConnectorInterval.known``), not offline."""
-        await self.session_updates.flush(cp_id)  # no frame of it will publish what it held
-        station = await self.station(cp_id)
-        if station is None or not station.online:
-            return None
-        guard: tuple[str, Any] | None = None
-        if number is not None:
-            guard = ("connection", number)
-        elif instance is not None:
-            guard = ("connected_instance", instance)
-        if guard is not None and getattr(station, guard[0]) != guard[1]:
-            return None
-        try:
-            return await self._record_connection(
-                station, False, guard=guard, outage=stopping or lost is not None,
-                at=None if lost is None else self._lost_at(station, lost))
-        except Conflict:  # a newer connection was recorded meanwhile
-            return None
-
-    def _lost_at(self, station: Station, lost: Lost) -> datetime:
-        """When a connection lost with its process was last known to be there (``Lost``):
-        never after now, and never before the charger was last heard."""
-        now = self.now()
-        known = [t for t in (station.last_seen, lost.alive_until) if t is not None]
-        return min(max(known), now) if known else now
-
-    async def _record_connection(self, station: Station, online: bool, *,
-                                 instance: str | None = None, number: int | None = None,
-                                 guard: tuple[str, Any] | None = None,
-                                 at: datetime | None = None, outage: bool = False
-                                 ) -> datetime:
-        """Writes the connect or disconnect (flag, connection history, state intervals;
-        only while ``guard`` holds, else ``Conflict``) and announces it. ``at``: a
-        disconnect found after the fact (``Lost``), dated when the connection was last
-        known to be there. ``outage``: a disconnect of the central system's own doing:
-        the state after it is unknown, and the charger was not heard closing it, so
-        ``last_seen`` stays."""
-        cp_id = station.cp_id
-        now = self.now()
-        when = now if at is None else at
-        actor = charger(cp_id)
-        event = ConnectionEvent(station_id=station.id, cp_id=cp_id, online=online, at=when,
-                                server_outage=outage)
-        fields: dict[str, Any] = {"online": online,
-                                  "connected_instance": instance if online else None}
-        if not outage:
-            fields["last_seen"] = now
-        if online:
-            fields["connection"] = number
-        update = patch(station, actor, only_if=guard, required=guard is not None, **fields)
-        changes: list[Change] = [update, Insert(stamp_new(event, actor, now))]
-        for connector in await self.store.find_all(Connector, Eq("station_id", station.id),
-                                                   limit=100):
-            changes += await next_interval(self.store,
-                station, connector.connector_id,
-                *effective_state(station, connector.status, connector.error_code), online,
-                self.clocks.charger_time(cp_id, when), actor, known=not outage)
-        await self.store.write(changes, [])
-        self.cache.remember(cast(Station, update.record), renew=False)
-        await self.publish(StationConnectionChanged(
-            **owned_by(station), online=online, at=when, connection=station.connection
-            if number is None else number))
-        return when
-
-    async def _still_connected(self, station: Station) -> None:
-        """A message from the charger came over a live connection: if its station is
-        recorded offline meanwhile, the OCPP server holding the connection records it
-        again (``still_connected``), as far as it is still the station's newest."""
-        if not station.online and self.still_connected is not None:
-            await self.still_connected(station.cp_id)
-            self.cache.drop_station(station.cp_id)  # read what it recorded
 
     # ------------------------------------------------------------- boot and heartbeat
     @_station_must_exist

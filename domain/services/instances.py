@@ -35,7 +35,8 @@ from domain.policy import SYSTEM
 from domain.ports import Change, Delete, Insert
 from domain.query import ALL, Eq, In, Range, all_of
 from domain.services.base import Service, ServiceContext, patch, stamp_new
-from domain.services.charging import ChargingService, Lost
+from domain.services.charger_connections import Lost
+from domain.services.charging import ChargingService
 from domain.services.intervals import known_offline
 
 #: Stations of one dead instance recorded offline per sweep (the rest in the next one).
