@@ -204,18 +204,21 @@ class PaymentService(Service):
     async def _collected_meanwhile(self, viewer: Viewer, read: Payment,
                                    reference: str | None) -> Payment:
         """The provider collected ``read``'s amount, and the payment changed before that
-        was written: a late stop repriced or voided it, or a fail was recorded. The money
+        was written: a late stop repriced or voided it. The money
         moved, so the payment says so: CAPTURED at the amount collected, written onto
         the payment as it is now. Refused, the capture left money collected with no
         trace (VOIDED with 40 cents taken), and its retry, which the provider answers
         with the first capture, recorded CAPTURED at the repriced 80 (review s19). The
         session's corrected cost beside it shows the difference an operator settles, as
-        for any payment captured before a correction. One another capture settled
-        meanwhile is told, as before: the provider collected once."""
+        for any payment captured before a correction. One another capture or a fail
+        settled meanwhile is told, as before (the provider, asked again, collects once)."""
         for _ in range(3):  # each miss is another write that came between
             [now] = await self.store.get_many(Payment, [read.id])
-            if now is None or now.status not in (*UNCOLLECTED, PaymentStatus.VOIDED):
-                raise Conflict("the payment was changed meanwhile: read it again",
+            # Only a correction came between (the status as read, its amount changed, or
+            # VOIDED): a capture or fail recorded meanwhile is a settlement of its own,
+            # and of two settlements one moves the payment and the other is told.
+            if now is None or now.status not in (read.status, PaymentStatus.VOIDED):
+                raise Conflict("the payment was settled meanwhile: read it again",
                                field="id", code="INVALID_STATE")
             move = patch(now, viewer, only_if=("updated_at", now.updated_at),
                          required=True, status=PaymentStatus.CAPTURED,
