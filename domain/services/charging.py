@@ -725,7 +725,7 @@ class ChargingService(ChargerConnections):
         else:
             # Late on the charger's own clock (as its other messages show it): a clock
             # hours behind ours stamps a live start hours ago.
-            late = not session.start_clock_behind and self.clocks.stamped_now(
+            late = not session.start_clock_behind and self.clocks.charger_now(
                 station.cp_id) - session.start_time > BILLED_TIME_TOLERANCE
             refused = None if late else info.status
         if refused == session.start_refused:
