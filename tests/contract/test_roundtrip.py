@@ -183,7 +183,8 @@ FULL: dict[type[Record], Callable[[], Record]] = {
     LocalList: lambda: LocalList(station_id=new_id(), cp_id="CP-FULL", version=41, **STAMPS),
     LocalListEntry: lambda: LocalListEntry(station_id=new_id(), cp_id="CP-FULL",
                                            tag="04A2B3C4", status="Accepted",
-                                           wanted="Blocked", **STAMPS),
+                                           wanted="Blocked", card_id=new_id(),
+                                           restore="Accepted", **STAMPS),
     ConfigurationKey: lambda: ConfigurationKey(
         station_id=new_id(), cp_id="CP-FULL", key="MeterValueSampleInterval",
         folded_key="metervaluesampleinterval", value="60 ✓", readonly=True, secret=True,
