@@ -39,6 +39,10 @@ log = logging.getLogger("chargegraph.pubsub")
 
 CHANNEL_PREFIX = "chargegraph:"
 MIN_BACKOFF_S = 0.1
+#: Publishes in flight at once while the listener is down; more are not tried.
+MAX_BACKGROUND_PUBLISHES = 64
+#: The least time between two log lines counting events that did not reach Redis.
+UNSENT_LOG_INTERVAL_S = 60.0
 
 
 class RedisEventBus:
@@ -81,6 +85,10 @@ class RedisEventBus:
         self._subscribing = False
         self._reconnecting = False
         self._closed = False
+        #: Publishes tried in the background while the listener is down (``publish``).
+        self._background: set[asyncio.Task[None]] = set()
+        self._unsent = 0
+        self._next_unsent_log = 0.0
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -110,6 +118,8 @@ class RedisEventBus:
     async def close(self) -> None:
         """Stop the listener, close both connections, end every local stream."""
         self._closed = True
+        for task in list(self._background):
+            task.cancel()
         listener, self._listener = self._listener, None
         if listener is not None:
             listener.cancel()
@@ -134,8 +144,10 @@ class RedisEventBus:
 
     # ------------------------------------------------------------------ the port
     async def publish(self, event: DomainEvent) -> None:
-        """``PUBLISH <prefix><topic> <json>``. Raises on any failure (the domain logs it
-        and carries on: the change itself has committed).
+        """``PUBLISH <prefix><topic> <json>``. Raises on any failure while the listener is
+        subscribed (the domain logs it and carries on: the change itself has committed);
+        while it is not, the publish is tried in the background (``_publish_later``) and
+        this returns at once.
 
         While the listener is not subscribed, the event would not come back through
         Redis: this process's own subscribers get it directly, so a live map on this
@@ -149,7 +161,36 @@ class RedisEventBus:
             raise RuntimeError("RedisEventBus.publish() before start() or after close()")
         if not self._healthy and not self._subscribing:
             self.local.deliver(event)
+        if not self._healthy:
+            # Redis is away or not answering: awaited here, each publish held the
+            # charger's answer for its timeout and retry (2 s a message while Redis hung:
+            # QA s19, soak). Tried in the background instead, a bounded number at once.
+            self._publish_later(event)
+            return
         await self._publisher.publish(self._channel(event.topic), encode(event))
+
+    def _publish_later(self, event: DomainEvent) -> None:
+        if len(self._background) >= MAX_BACKGROUND_PUBLISHES:
+            self._unsent += 1  # Redis is not taking them: one more would fail alike
+            return
+        task = asyncio.get_running_loop().create_task(self._try_publish(event))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _try_publish(self, event: DomainEvent) -> None:
+        assert self._publisher is not None
+        try:
+            await self._publisher.publish(self._channel(event.topic), encode(event))
+        except Exception as exc:
+            # Said once a minute with the count, not once per event with its traceback:
+            # the listener already logs the outage and its end.
+            self._unsent += 1
+            now = asyncio.get_running_loop().time()
+            if now >= self._next_unsent_log:
+                self._next_unsent_log = now + UNSENT_LOG_INTERVAL_S
+                log.warning("%d events could not reach the other instances while Redis is "
+                            "away (%s)", self._unsent, _describe(exc))
+                self._unsent = 0
 
     def subscribe(self, topics: Iterable[str]) -> EventStream:
         return self.local.subscribe(topics)
