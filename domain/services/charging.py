@@ -158,6 +158,13 @@ class _StartIdentity(NamedTuple):
             return now - session.created_at <= GLITCH_RETRY_WINDOW
         return session.start_time == self.start
 
+    def started_by(self, now: datetime) -> datetime:
+        """When the start happened, as far as a reservation's expiry is judged: its own
+        timestamp when believable (a start queued offline carries when the charger let
+        the card in), never later than ``now``; ``now`` for a glitch, whose time is only
+        a guess."""
+        return now if self.glitch else min(self.start, now)
+
     def flushed_before(self, session: Session) -> bool:
         """This start is an older transaction the charger flushed late, before the open
         ``session`` began: earlier by the clock, and not later by the meter (a register
@@ -754,13 +761,14 @@ class ChargingService(ChargerConnections):
             Reservation, all_of(Eq("station_id", station.id),
                                 Eq("reservation_id", reservation_id)))
         if reservation is not None and (
-                reservation.state_at(self.now()) is ReservationState.EXPIRED
+                reservation.state_at(identity.started_by(self.now())) is ReservationState.EXPIRED
                 or not await self._reserved_for(reservation, connector_id, presented,
                                                 id_tag_record)):
             # Another card's, or another connector's: it goes on holding the plug for
             # whom it was made, and the session is not its (1.6, 5.13). Past its expiry
-            # (on our clock, as ``_reservation_kept`` and the sweep read it) it is over:
-            # it stays EXPIRED, not USED by a start its charger let through late.
+            # when the start happened (``_StartIdentity.started_by``: a start queued
+            # offline before the expiry and flushed after it used it in time) it is
+            # over: it stays EXPIRED, not USED by a start its charger let through late.
             reservation_id, reservation = None, None
         if reservation is None:
             reservation = await self._reservation_kept(station, connector_id, presented,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -180,6 +181,9 @@ class CommandOutcome:
     #: When the answer (or why there is none) was recorded: what a configuration read
     #: or a firmware rollout it started is stored as of.
     answered_at: datetime | None = None
+    #: A SendLocalList of ``Withdrawal``'s own (a withdrawal or restoration): only its
+    #: accepted entries remember what to put back (``record_local_list``).
+    own_list: bool = False
 
 
 def _interval_taken(outcome: CommandOutcome, payload: dict[str, Any]) -> int | None:
@@ -223,9 +227,15 @@ class CommandService(Service):
         super().__init__(ctx)
         self.gateway = gateway
         self.timeout = timeout
+        #: Told a station's id when a list its charger accepted left it holding what a
+        #: card's state now says it should not (``Withdrawal.push_later``): a card
+        #: blocked again while its restoration was in flight, an operator's list
+        #: accepting a blocked card.
+        self.on_list_wanting: Callable[[str], None] | None = None
 
     async def send(self, viewer: Viewer, cp_id: str, action: str, payload: dict[str, Any],
-                   *, audited_as: Viewer | None = None) -> CommandOutcome:
+                   *, audited_as: Viewer | None = None, own_list: bool = False
+                   ) -> CommandOutcome:
         """Authorize, send and judge one command. Refusals before sending raise; what the
         charger (or its absence) says comes back in the outcome's ``error``.
         ``audited_as``: whose command it is in the audit log when the service sends it
@@ -233,7 +243,8 @@ class CommandService(Service):
         (blocking a card stops its session at another company's charger, which they may
         not command). ``CommandCompleted`` still names the service: the person would
         otherwise be told which of another company's chargers it went to, and how they
-        answered (attacker QA s17)."""
+        answered (attacker QA s17). ``own_list``: a SendLocalList ``Withdrawal`` sends
+        (``CommandOutcome.own_list``)."""
         if viewer.anonymous:
             # No command is anyone's without signing in. Said before the station is looked
             # up: with the public map off, "no such station" would send them looking.
@@ -266,7 +277,8 @@ class CommandService(Service):
             await connector_in_range(self.store, station, payload["connectorId"])
         if action == "SetChargingProfile":
             await self._check_tx_profile(station, payload)
-        outcome = CommandOutcome(command_id=new_id(), action=action, station=station)
+        outcome = CommandOutcome(command_id=new_id(), action=action, station=station,
+                                 own_list=own_list)
         if action == "ReserveNow":
             outcome.reservation = await self._new_reservation(viewer, station, payload)
         elif action == "CancelReservation":
@@ -755,7 +767,10 @@ class CommandService(Service):
         if outcome.action == "SendLocalList" and outcome.error is None:
             # What the charger's list holds now: a blocked card is withdrawn from the
             # lists that accept it (``Withdrawal``).
-            await record_local_list(self.store, station, payload, viewer)
+            wanting = await record_local_list(self.store, station, payload, viewer,
+                                              ours=outcome.own_list, now=self.now())
+            if wanting and self.on_list_wanting is not None:
+                self.on_list_wanting(station.id)
         await self._record_configuration(viewer, outcome, payload, answered_at)
         if changes:
             wrote = cast(Reservation, changes[0][0].record)

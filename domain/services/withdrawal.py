@@ -21,15 +21,26 @@ reactivated) has what its withdrawals changed put back the same way (``restore_c
 and parentIdTag), or removed again where the withdrawal may have added it; with the
 same marks in the card's commit, the same boot check and the same re-derivation from
 the card's state when sent. An entry the list's sender set (Blocked by the operator, a
-Full list since) is theirs and never touched.
+Full list since) is theirs and never touched: only a list of ours (``push``) leaves a
+``restore`` mark, and anyone else's list clears it on the entries it names.
+Every list a charger accepted is judged, entry by entry, by the cards' state when it is
+recorded, not by what was wanted when it was sent: a card blocked again while its
+restoration was in flight is withdrawn again at once, one unblocked while its
+withdrawal was is put back (``CommandService.on_list_wanting`` pushes). A restoration
+marked and maybe in flight is not taken for held when its card is blocked again: the
+withdrawal is sent again (``_to_send``). One push at a time per station in a process;
+across instances the list version orders them, and a VersionMismatch's resend reads
+and judges what is wanted again, after whatever list moved the charger's version.
 The cache needs no command: its entries expire (``ChargingService.authorize`` bounds
 every answer's ``expiryDate``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
@@ -104,12 +115,15 @@ def wanted_of(entry: LocalListEntry, card_status: str | None) -> str | None:
 
 def _restore_after(entry: LocalListEntry, status: str, card_id: str | None,
                    follows: bool) -> str | None:
-    """``entry.restore`` once the charger accepted ``status`` for it: a withdrawal of
-    ours done (what it wanted, for the same card) keeps what was to be put back, or
-    learns it: Accepted when the list held it so at the version the withdrawal followed
-    (``follows``), Removed when the list had moved on without us (the tag may be new to
-    it). Anything else (a restoration done, the sender's own word) is nobody's to undo."""
-    if status != entry.wanted or status not in WITHDRAWN or card_id != entry.card_id:
+    """``entry.restore`` once the charger accepted ``status`` for it from a list of ours
+    (``Withdrawal.push``; an operator's own list clears the mark, ``record_local_list``):
+    a withdrawal of the same card keeps what was to be put back, or learns it: Accepted
+    when the list held it so at the version the withdrawal followed (``follows``),
+    Removed when the list had moved on without us (the tag may be new to it). Whether
+    anything is still wanted of it is not asked: a withdrawal sent twice (two pushes at
+    once), or accepted after its card was unblocked meanwhile, still changed the list,
+    and only the mark lets it be put back. A restoration done has nothing to undo."""
+    if status not in WITHDRAWN or card_id != entry.card_id:
         return None
     if entry.restore is not None:  # withdrawn again (expired, then blocked): as at first
         return entry.restore
@@ -118,14 +132,28 @@ def _restore_after(entry: LocalListEntry, status: str, card_id: str | None,
     return RESTORE_ACCEPTED if follows else RESTORE_REMOVED
 
 
+def _recorded(entry: LocalListEntry, status: str, card_id: str | None, restore: str | None,
+              card_status: str | None) -> str | None:
+    """What is wanted of ``entry`` once the charger holds ``status`` for it (naming
+    ``card_id``, ``restore`` learnt), judged by its card's state now (``card_status``),
+    not by what was wanted when the list was sent: a card blocked again while its
+    restoration was in flight is withdrawn again, one unblocked while its withdrawal
+    was is put back."""
+    return wanted_of(replace(entry, status=status, card_id=card_id, restore=restore),
+                     card_status)
+
+
 async def record_local_list(store: Store, station: Station, payload: dict[str, Any],
-                            actor: Viewer) -> None:
+                            actor: Viewer, *, ours: bool, now: datetime) -> bool:
     """Records what a SendLocalList the charger accepted put in its list (``payload`` as
     sent: OCPP field names), and for each tag the card it names now
-    (``LocalListEntry.card_id``): what the list's sender put there. An entry that now
-    holds what the service wanted of it, or names another card now, has nothing wanted
-    any more; one a withdrawal of ours changed remembers what to put back
-    (``_restore_after``)."""
+    (``LocalListEntry.card_id``): what the list's sender put there. ``ours``: the list
+    is ``Withdrawal.push``'s (a withdrawal or restoration of ours), the only one whose
+    entries remember what to put back (``_restore_after``); anyone else's (an
+    operator's) clears that mark on every entry it names: their word stands. Each entry
+    it names is then judged by its card's state at ``now`` (``_recorded``): what the
+    charger should hold and does not is marked wanted. Returns whether any entry is
+    (the caller has it sent: ``CommandService.on_list_wanting``)."""
     entries = [e for e in payload.get("localAuthorizationList") or () if isinstance(e, dict)]
     given: dict[str, str | None] = {}
     for item in entries:
@@ -143,27 +171,48 @@ async def record_local_list(store: Store, station: Station, payload: dict[str, A
     follows = not full and current is not None and version == current.version + 1
     cards = await _cards_named(store, [tag for tag, status in given.items()
                                        if status is not None])
+    states = await card_states(store, sorted(set(cards.values())), now)
     changes: list[Change] = []
+    wanting = False
     for tag, entry in held.items():
         status = given.get(tag)
         card_id = cards.get(tag)
         if status is None:  # not in a Full list, or removed by a Differential
             changes.append(Delete(entry))
-        else:
-            restore = _restore_after(entry, status, card_id, follows)
-            if (status, card_id, restore) == (entry.status, entry.card_id, entry.restore) \
-                    and entry.wanted is None:
-                continue
-            done = status == entry.wanted or card_id != entry.card_id
+            continue
+        restore = _restore_after(entry, status, card_id, follows) if ours else None
+        wanted = _recorded(entry, status, card_id, restore, states.get(card_id or ""))
+        wanting = wanting or wanted is not None
+        if (status, card_id, restore, wanted) != (entry.status, entry.card_id,
+                                                  entry.restore, entry.wanted):
             changes.append(patch(entry, actor, status=status, card_id=card_id,
-                                 restore=restore, wanted=None if done else entry.wanted))
+                                 restore=restore, wanted=wanted))
     for tag, status in given.items():
         if status is not None and tag not in held:
-            changes.append(Insert(stamp_new(LocalListEntry(
-                station_id=station.id, cp_id=station.cp_id, tag=tag, status=status,
-                card_id=cards.get(tag)), actor)))
+            new = LocalListEntry(station_id=station.id, cp_id=station.cp_id, tag=tag,
+                                 status=status, card_id=cards.get(tag))
+            new.wanted = wanted_of(new, states.get(new.card_id or ""))
+            wanting = wanting or new.wanted is not None
+            changes.append(Insert(stamp_new(new, actor)))
     changes.append(_versioned(current, station, version, actor))
     await store.write(changes, [])
+    return wanting
+
+
+async def card_states(store: Store, card_ids: Sequence[str], now: datetime
+                      ) -> dict[str, str]:
+    """Each card's (by id) state at ``now`` as a list spells it: its status as a
+    charger is told it (``IdTag.charger_status``: a deactivated holder's card Blocked);
+    a card gone is left out."""
+    states: dict[str, str] = {}
+    for start in range(0, len(card_ids), BATCH):
+        cards = [c for c in await store.get_many(IdTag, card_ids[start:start + BATCH])
+                 if c is not None]
+        owners = {u.id: u for u in await store.get_many(
+            User, sorted({c.user_id for c in cards})) if u is not None}
+        states.update((c.id, list_status(c.charger_status(owners.get(c.user_id), now)))
+                      for c in cards)
+    return states
 
 
 async def _cards_named(store: Store, tags: Sequence[str]) -> dict[str, str]:
@@ -207,6 +256,18 @@ async def restoration_marks(store: Store, actor: Viewer, card_ids: Sequence[str]
             if e.status != ACCEPTED and e.wanted != ACCEPTED]
 
 
+def _to_send(entry: LocalListEntry, card_status: str | None) -> str | None:
+    """What a marked ``entry`` is sent, its card's state being ``card_status`` now:
+    ``wanted_of``, but a restoration already sent may be in flight (the charger about
+    to hold the card Accepted while the record still says Blocked): a card withdrawn
+    again meanwhile is sent withdrawn again, not judged held so already. Sent twice at
+    worst (a restoration never sent), never left accepted."""
+    wanted = wanted_of(entry, card_status)
+    if wanted is None and entry.wanted == ACCEPTED and card_status in WITHDRAWN:
+        return card_status
+    return wanted
+
+
 def _versioned(current: LocalList | None, station: Station, version: int, actor: Viewer
                ) -> Change:
     if current is None:
@@ -226,6 +287,11 @@ class Withdrawal(Service):
         #: Up to which card, in (expiry, id) order, this process swept expiries
         #: (``sweep_expired``); id ``None``: every card of that expiry.
         self._swept: tuple[datetime, str | None] | None = None
+        #: One push at a time per station in this process (``push``): two at once sent
+        #: the same entry twice, the second at a version the first had taken. One lock
+        #: per station ever pushed to: as many as the fleet's stations, never released.
+        #: Across instances the list version keeps it right (a VersionMismatch re-reads).
+        self._pushing: dict[str, asyncio.Lock] = {}
 
     async def settled(self) -> None:
         """Waits for what runs in the background (tests, shutdown)."""
@@ -284,6 +350,13 @@ class Withdrawal(Service):
         await self._mark_restored(actor, card_ids)
         for station_id in await self._stations_wanting(card_ids):
             await self.push(actor, station_id)
+
+    def push_later(self, station_id: str) -> None:
+        """A list the station's charger accepted left it holding what a card's state
+        now says it should not (``record_local_list``): sent in the background, after
+        any push to it under way (``CommandService.on_list_wanting``)."""
+        self._work.run(self.push(SYSTEM, station_id), f"local-list-{station_id}",
+                       f"correcting the local list of station {station_id} failed")
 
     def charger_back(self, station_id: str) -> None:
         """A charger booted (its boot answered Accepted): what its list should hold and
@@ -358,21 +431,13 @@ class Withdrawal(Service):
         await self.push(SYSTEM, station_id)
 
     async def _wanted_now(self, entries: Sequence[LocalListEntry]) -> dict[str, str | None]:
-        """Each entry's (by id) card's state now, as a list spells it: its
-        status as a charger is told it (``IdTag.charger_status``: a deactivated
-        holder's card Blocked), Blocked for a card removed since, ``None`` for an entry
-        of no card."""
-        card_ids = sorted({e.card_id for e in entries if e.card_id is not None})
-        statuses: dict[str, str] = {}
-        now = self.now()
-        for start in range(0, len(card_ids), BATCH):
-            batch = card_ids[start:start + BATCH]
-            cards = [c for c in await self.store.get_many(IdTag, batch) if c is not None]
-            owners = {u.id: u for u in await self.store.get_many(
-                User, sorted({c.user_id for c in cards})) if u is not None}
-            statuses.update((c.id, list_status(c.charger_status(owners.get(c.user_id),
-                                                                     now))) for c in cards)
-        return {e.id: None if e.card_id is None else statuses.get(e.card_id, "Blocked")
+        """Each entry's (by id) card's state now, as a list spells it
+        (``card_states``), Blocked for a card removed since, ``None`` for an entry of
+        no card."""
+        states = await card_states(
+            self.store, sorted({e.card_id for e in entries if e.card_id is not None}),
+            self.now())
+        return {e.id: None if e.card_id is None else states.get(e.card_id, "Blocked")
                 for e in entries}
 
     async def _still_wanted(self, actor: Viewer, entries: Sequence[LocalListEntry]
@@ -387,7 +452,7 @@ class Withdrawal(Service):
         changes: list[Change] = []
         send: list[LocalListEntry] = []
         for entry in entries:
-            wanted = wanted_of(entry, cards_now[entry.id])
+            wanted = _to_send(entry, cards_now[entry.id])
             if wanted != entry.wanted:
                 update = patch(entry, actor, only_if=("wanted", entry.wanted), wanted=wanted)
                 changes.append(update)
@@ -400,27 +465,41 @@ class Withdrawal(Service):
 
     async def push(self, actor: Viewer, station_id: str) -> None:
         """Sends the station's wanted entries, as their cards' state has them now, as
-        one Differential, when its charger is connected (otherwise its next boot does).
-        A VersionMismatch (the charger's list is at a version we did not record: changed
-        elsewhere, or reset) is answered by asking its version and sending once more
-        above it."""
+        one Differential, when its charger is connected (otherwise its next boot does);
+        one push at a time per station (``_pushing``). A VersionMismatch (the charger's
+        list is at a version we did not record: changed elsewhere, or reset) is answered
+        by asking its version and sending once more above it what is wanted then: the
+        entries are read and judged again, since the list that moved it (an operator's
+        Full list) may have dropped or set them."""
+        lock = self._pushing.setdefault(station_id, asyncio.Lock())
+        async with lock:
+            await self._push(actor, station_id)
+
+    async def _push(self, actor: Viewer, station_id: str) -> None:
         [station] = await self.store.get_many(Station, [station_id])
         if station is None or not station.online:
             return
-        marked = await self.store.find_all(LocalListEntry, all_of(
-            Eq("station_id", station_id), In("wanted", WANTED)), limit=MAX_LIST)
-        wanted = await self._still_wanted(actor, marked)
+        wanted = await self._still_wanted(actor, await self._marked(station_id))
         if not wanted:
             return
         [current] = await self.store.get_many(LocalList, [station_id])
         version = (current.version if current is not None else 0) + 1
         outcome = await self._send(actor, station, version, wanted)
-        if outcome == "VersionMismatch":
-            asked = await self.commands.send(SYSTEM, station.cp_id, "GetLocalListVersion",
-                                             {}, audited_as=actor)
-            theirs = asked.result.get("listVersion")
-            if asked.error is None and isinstance(theirs, int) and theirs >= 0:
-                await self._send(actor, station, max(theirs, version) + 1, wanted)
+        if outcome != "VersionMismatch":
+            return
+        asked = await self.commands.send(SYSTEM, station.cp_id, "GetLocalListVersion",
+                                         {}, audited_as=actor)
+        theirs = asked.result.get("listVersion")
+        if asked.error is not None or not isinstance(theirs, int) or theirs < 0:
+            return
+        wanted = await self._still_wanted(actor, await self._marked(station_id))
+        if wanted:
+            await self._send(actor, station, max(theirs, version) + 1, wanted)
+
+    async def _marked(self, station_id: str) -> list[LocalListEntry]:
+        """The station's entries marked wanted, as stored now."""
+        return await self.store.find_all(LocalListEntry, all_of(
+            Eq("station_id", station_id), In("wanted", WANTED)), limit=MAX_LIST)
 
     async def _send(self, actor: Viewer, station: Station, version: int,
                     wanted: Sequence[LocalListEntry]) -> str | None:
@@ -428,7 +507,7 @@ class Withdrawal(Service):
                    "localAuthorizationList": await self._items(wanted)}
         try:
             outcome = await self.commands.send(SYSTEM, station.cp_id, "SendLocalList",
-                                               payload, audited_as=actor)
+                                               payload, audited_as=actor, own_list=True)
         except DomainError as exc:  # the station went meanwhile: nothing to correct
             log.info("local list of %s not corrected: %s", station.cp_id, exc.message)
             return None

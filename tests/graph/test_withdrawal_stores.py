@@ -5,7 +5,7 @@ reservation holds its plug for the card it was made for, not for a tag string.""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -23,7 +23,8 @@ async def listed(services: Services, world: World, *tags: str) -> None:
     """CP A-001's charger accepted a Full list of ``tags`` (recorded as for any)."""
     await withdrawal.record_local_list(services.ctx.store, world.stations["A-001"], {
         "listVersion": 1, "updateType": "Full", "localAuthorizationList": [
-            {"idTag": tag, "idTagInfo": {"status": "Accepted"}} for tag in tags]}, SYSTEM)
+            {"idTag": tag, "idTagInfo": {"status": "Accepted"}} for tag in tags]}, SYSTEM,
+        ours=False, now=datetime.now(UTC))
 
 
 async def test_the_expiry_sweep_takes_every_card_sharing_an_expiry_across_batches(

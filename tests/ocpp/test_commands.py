@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from ocpp.v16 import call
 from websockets.asyncio.client import connect
 
 from domain import entities as d
@@ -393,6 +394,33 @@ async def test_a_start_naming_an_expired_reservation_does_not_use_it(
         assert after.state_at(datetime.now(UTC)) is d.ReservationState.EXPIRED
         session = await central.session(tx)
         assert session is not None and session.reservation_id is None
+
+
+async def test_a_queued_start_stamped_before_its_reservations_expiry_uses_it(
+        central: Central) -> None:
+    """Review s19 (rev-d): a start the charger queued offline, stamped 5 minutes before
+    its reservation's expiry and flushed after it, lost the reservation (judged by the
+    arrival): it read EXPIRED, a no-show, and the session was not its. Judged by the
+    start's own believable timestamp, it was used in time."""
+    soon = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        held = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": 2,
+                                                 "expiryDate": soon, "idTag": "TAG-OK"},
+                         "reservation { reservationId state }", as_user="op")
+        number = held["reservation"]["reservationId"]
+        [stored] = await central.store.find_all(d.Reservation, Eq("reservation_id", number))
+        now = datetime.now(UTC).replace(microsecond=0)
+        await central.store.write([patch(stored, SYSTEM,
+                                         expires_at=now - timedelta(minutes=5))], [])
+        started = now - timedelta(minutes=10)
+        answer = await cp.call(call.StartTransaction(
+            connector_id=2, id_tag="TAG-OK", meter_start=0,
+            timestamp=started.isoformat().replace("+00:00", "Z"), reservation_id=number))
+        session = await central.session(answer.transaction_id)
+        [after] = await central.store.find_all(d.Reservation, Eq("reservation_id", number))
+    assert session is not None and session.reservation_id == number
+    assert after.state is d.ReservationState.USED
 
 
 class _Unbuildable:

@@ -180,7 +180,8 @@ async def full_list(store: MongoStore, station: Station, version: int, prefix: s
         "listVersion": version, "updateType": "Full",
         "localAuthorizationList": [{"idTag": f"{prefix}{i:06d}",
                                     "idTagInfo": {"status": "Accepted"}}
-                                   for i in range(entries)]}, SYSTEM)
+                                   for i in range(entries)]}, SYSTEM,
+        ours=False, now=datetime.now(UTC))
 
 
 async def test_a_large_local_list_batch_splits_its_journal_within_the_limit(
