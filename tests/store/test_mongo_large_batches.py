@@ -13,7 +13,7 @@ scaled-down limit (``JOURNAL_DOC_BYTES`` and the guard's limit by the same facto
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -94,14 +94,6 @@ class SizeGuard:
             raise DocumentTooLarge(f"BSON document too large ({size} bytes) - the connected "
                                    f"server supports BSON document sizes up to {self.limit} "
                                    "bytes.")
-
-
-@pytest.fixture
-async def mongo() -> AsyncIterator[MongoStore]:
-    store = MongoStore(async_mongomock_database(), sweep_every=None)
-    await store.start()
-    yield store
-    await store.close()
 
 
 def readings(minutes: int, start: datetime, measurands: int = 5) -> list[MeterReading]:

@@ -12,7 +12,7 @@ import contextlib
 import dataclasses
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, cast
@@ -82,14 +82,6 @@ from tests.support.mongomock_async import (
 )
 
 T0 = datetime(2025, 3, 1, 12, 0, 0, 123000, tzinfo=UTC)
-
-
-@pytest.fixture
-async def mongo() -> AsyncIterator[MongoStore]:
-    store = MongoStore(async_mongomock_database())
-    await store.start()
-    yield store
-    await store.close()
 
 
 def raw(store: MongoStore) -> Any:
