@@ -55,7 +55,10 @@ are in flight. Changes written alone are single-document writes and do not wait:
 are committed the moment they land. A deleted
 document is the one undo the mark cannot guard (nothing is left to carry it): the writer
 re-inserts only what it deleted itself, the sweep each deletion of the batch it finds
-missing.
+missing. One it finds there without the batch's mark was not deleted by the batch (its
+writer died first) or was put back already (a rollback cut short before closing the
+journal): it stays, and so does no entry about its deletion. Every undo is so
+idempotent: a sweep finishing a rollback changes nothing that rollback did.
 
 Several instances may share one database, and one instance starting must not roll back a
 batch another is still writing. So a writer gives up on its batch (and rolls it back) once
@@ -391,8 +394,8 @@ class Undone(enum.Enum):
 
     #: Put back as it was before the batch.
     DONE = "done"
-    #: Not the batch's to undo: another writer changed it since, or the batch never
-    #: reached it.
+    #: Not the batch's to undo: another writer changed it since, the batch never
+    #: reached it, or it was undone already.
     NOT_OURS = "not ours"
     #: Left as the batch wrote it: putting it back would break a unique rule.
     REFUSED = "refused"
@@ -547,12 +550,30 @@ async def _undo_ours(collection: Any, entry: dict[str, Any], ours: dict[str, Any
         return _done((await collection.delete_one(ours)).deleted_count)
     if entry.get("fields") is None:
         # Gone is "changed since" too, unless the batch deleted it itself; then it
-        # comes back, unless another writer has put a record with its id there.
-        result = await collection.replace_one(
-            ours, before, upsert=bool(entry.get("deleted")) or not marked)
+        # comes back, unless a record with its id is there (below).
+        upsert = bool(entry.get("deleted")) or not marked
+        try:
+            result = await collection.replace_one(ours, before, upsert=upsert)
+        except DuplicateKeyError:
+            if upsert and marked and await _there_unmarked(collection, ours):
+                return Undone.NOT_OURS
+            raise
         return _done(result.matched_count or result.upserted_id is not None)
     return _done((await collection.update_one(
         ours, _restoring(before, entry["fields"]))).matched_count)
+
+
+async def _there_unmarked(collection: Any, ours: dict[str, Any]) -> bool:
+    """Whether the document a deletion's undo would put back is there without the
+    batch's mark: the upsert then clashes on its id, no unique rule of another record.
+    The batch did not delete it (its writer died first: a sweep does not know how far it
+    got), or its deletion was undone already (a rollback cut short before closing the
+    journal, finished by a sweep): either way nothing of the batch is there to undo, so
+    running the undo again changes nothing, and the batch's entry about the deletion
+    goes (``REFUSED`` kept it, for a deletion that never stood)."""
+    there = await collection.find_one({"_id": ours["_id"], MARK: {"$ne": ours[MARK]}},
+                                      {"_id": 1})
+    return there is not None
 
 
 async def _undo_own_fields(collection: Any, entry: dict[str, Any]) -> Undone:

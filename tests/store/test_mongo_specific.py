@@ -61,7 +61,15 @@ from domain.entities import (
 )
 from domain.errors import Conflict, NotFound, StoreUnavailable, UniqueViolation
 from domain.policy import Policy, Viewer
-from domain.ports import PARTIAL_UNIQUE_RULES, UNIQUE_RULES, Delete, Insert, InsertIfAbsent, Update
+from domain.ports import (
+    PARTIAL_UNIQUE_RULES,
+    UNIQUE_RULES,
+    Change,
+    Delete,
+    Insert,
+    InsertIfAbsent,
+    Update,
+)
 from domain.query import ALL, Eq, In, Near, PageRequest, Range, Search, Sort, Sub
 from graph.history import NEWEST_FIRST as HISTORY_NEWEST_FIRST
 from graph.history import OLDEST_FIRST
@@ -1362,6 +1370,103 @@ async def test_a_kept_stop_whose_session_has_a_payment_gets_no_second(
 
     assert await mongo.find_all(Payment, ALL) == [theirs]
     assert await mongo.find_all(AuditEntry, ALL) == entries[:1]
+
+
+def stale() -> datetime:
+    """A sweep's now at which every journal written so far is stale."""
+    return datetime.now(UTC) + journal.STALE_AFTER + timedelta(seconds=1)
+
+
+def split_journals(monkeypatch: pytest.MonkeyPatch, split: bool) -> None:
+    """Journals of a few KiB in parts (``split``), else in one document as usual."""
+    if split:
+        monkeypatch.setattr(journal, "JOURNAL_DOC_BYTES", 1024)
+
+
+def padded(n: int) -> list[Company]:
+    """Companies large enough that ten of them journaled pass 1 KiB."""
+    return [Company(name=f"c{i} " + "x" * 200) for i in range(n)]
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["one-document", "split"])
+@pytest.mark.parametrize("reached", [0, 1, 2], ids=["after-journal", "after-update",
+                                                     "after-first-delete"])
+async def test_a_sweep_writes_no_delete_entry_for_a_record_still_there(
+    mongo: MongoStore, monkeypatch: pytest.MonkeyPatch, split: bool, reached: int
+) -> None:
+    """A writer killed before its batch's deletes (right after its journal, after an
+    earlier step, after one delete of several): the sweep's undo of a delete upserted the
+    image over the record still there, clashed on its id, took that for a unique rule
+    (``REFUSED``), and wrote the batch's DELETE entry of a record never deleted."""
+    split_journals(monkeypatch, split)
+    kept = padded(10)
+    other = Company(name="other")
+    await mongo.write([Insert(other), *(Insert(c) for c in kept)], [])
+    changes: list[Update | Delete] = [Update(dataclasses.replace(other, name="renamed"),
+                                             frozenset({"name"})),
+                                      *(Delete(c) for c in kept)]
+    entries = [audit_of(other), *(audit_of(c, AuditAction.DELETE) for c in kept)]
+    dead = await batch_module.Batch.open(mongo.db, changes, entries)
+    assert (dead.layout.parts > 0) == split
+    for step in writes.steps(changes)[:reached]:
+        await dead._write(step, dead.id)  # then the writer dies
+
+    assert await journal.sweep(mongo.db, stale()) == 1
+
+    names = {c.id: c.name for c in await mongo.find_all(Company, ALL, limit=100)}
+    assert names == {c.id: c.name for c in [other, *kept]}
+    assert await mongo.find_all(AuditEntry, ALL) == []
+    assert raw(mongo)[JOURNAL].count_documents({}) == 0
+    assert raw(mongo)[journal.JOURNAL_PARTS].count_documents({}) == 0
+
+
+def snapshot(store: MongoStore) -> dict[str, list[dict[str, Any]]]:
+    """Every stored company and audit entry, as stored (marks too)."""
+    db = raw(store)
+    return {kind: list(db[kind].find().sort([("_id", 1)]))
+            for kind in ("company", "audit_entry")}
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["one-document", "split"])
+async def test_a_sweep_finishing_a_rollback_cut_short_changes_nothing(
+    mongo: MongoStore, monkeypatch: pytest.MonkeyPatch, split: bool
+) -> None:
+    """Undoing a batch twice is undoing it once. The writer's rollback (of every kind of
+    change: an insert, a partial and a whole update, a delete it puts back, a delete a
+    unique rule keeps) dies before closing the journal; the sweep undoes it all again.
+    Before, the record the rollback had put back clashed with the sweep's upsert on its
+    id, and the sweep wrote the DELETE entry of a deletion that was undone."""
+    split_journals(monkeypatch, split)
+    partial, whole, back, gone, *rest = padded(8)
+    await mongo.write([Insert(c) for c in (partial, whole, back, gone, *rest)], [])
+    fresh = Company(name="fresh")
+    changes: list[Change] = [
+        Insert(fresh), Update(dataclasses.replace(partial, name="p2"), frozenset({"name"})),
+        Update(dataclasses.replace(whole, name="w2")), Delete(back), Delete(gone),
+        *(Update(dataclasses.replace(c, name=f"{c.name} 2"), frozenset({"name"}))
+          for c in rest)]
+    entries = [audit_of(fresh, AuditAction.CREATE), audit_of(partial), audit_of(whole),
+               audit_of(back, AuditAction.DELETE), audit_of(gone, AuditAction.DELETE)]
+    batch = await batch_module.Batch.open(mongo.db, changes, entries)
+    assert (batch.layout.parts > 0) == split
+    for step in writes.steps([*changes, *(Insert(e) for e in entries)]):
+        await batch._write(step, batch.id)
+    # Another writer takes the name the batch freed: ``gone`` cannot come back.
+    await mongo.write([Insert(Company(name=gone.name))], [])
+    # The writer's rollback, cut short before closing the journal (the process dies).
+    await journal.roll_back(mongo.db, batch.id, batch.undo, [e["_id"] for e in batch.audit],
+                            entries=batch.audit, written=batch.written, audit_marked=True)
+    once = snapshot(mongo)
+    names = {doc["name"] for doc in once["company"]}
+    assert names == {partial.name, whole.name, back.name, gone.name,
+                     *(c.name for c in rest)}  # ``gone``'s name is the other writer's
+    assert [doc["entity_id"] for doc in once["audit_entry"]] == [gone.id]
+
+    assert await journal.sweep(mongo.db, stale()) == 1
+
+    assert snapshot(mongo) == once
+    assert raw(mongo)[JOURNAL].count_documents({}) == 0
+    assert raw(mongo)[journal.JOURNAL_PARTS].count_documents({}) == 0
 
 
 async def test_a_start_does_not_fail_on_a_batch_its_sweep_cannot_roll_back(
