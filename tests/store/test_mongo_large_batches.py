@@ -24,7 +24,7 @@ from pymongo.errors import BulkWriteError, DocumentTooLarge, OperationFailure, W
 
 from domain import entities as d
 from domain.entities import AuditAction, AuditEntry, Company, MeterSample, Station
-from domain.errors import StoreRefused
+from domain.errors import StoreRefused, StoreUnavailable
 from domain.policy import SYSTEM
 from domain.ports import Change, Insert, InsertIfAbsent, Update
 from domain.query import ALL
@@ -290,6 +290,48 @@ async def test_a_failing_split_batch_rolls_back_and_closes_its_parts(
         await mongo.write([*(Insert(c) for c in companies(40)),
                            Update(Company(name="never stored"), frozenset({"name"}))], [])
     assert await mongo.count(Company, ALL) == 0
+    db = mongo.db.sync()
+    assert db[journal.JOURNAL].count_documents({}) == 0
+    assert db[journal.JOURNAL_PARTS].count_documents({}) == 0
+
+
+async def test_a_writer_stalled_between_its_journals_head_and_parts_writes_nothing(
+    mongo: MongoStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The parts go after the head, with its ``at``. A writer stalled in between past
+    ``STALE_AFTER`` has its head swept by another instance (nothing of the batch written:
+    right); its parts then landed as orphans and the batch went on with no journal:
+    nothing marked it in flight, and a writer dying half-way left it half-written for
+    good. It fails instead, writing nothing, its parts deleted."""
+    scaled(monkeypatch, doc_bytes=2 * 1024)
+    old = companies(20)
+    await mongo.write([Insert(c) for c in old], [])
+    original: Callable[[AsyncCollection, str], Any] = AsyncCollection.__getattr__
+    swept: list[int] = []
+
+    def stalling(collection: AsyncCollection, name: str) -> Any:
+        method = original(collection, name)
+        if name != "insert_many" or collection._c.name != journal.JOURNAL_PARTS or swept:
+            return method
+
+        async def stalled(*args: Any, **kwargs: Any) -> Any:
+            # Stalled here past STALE_AFTER: another instance's sweep meanwhile.
+            later = datetime.now(UTC) + journal.STALE_AFTER + timedelta(seconds=1)
+            swept.append(await journal.sweep(mongo.db, later))
+            return await method(*args, **kwargs)
+
+        return stalled
+
+    monkeypatch.setattr(AsyncCollection, "__getattr__", stalling)
+    with pytest.raises(StoreUnavailable) as raised:
+        await mongo.write([Update(dataclasses.replace(c, name="half " + c.name),
+                                  frozenset({"name"})) for c in old], [])
+
+    assert swept == [1]
+    assert raised.value.code == "STORE_UNAVAILABLE" and "nothing" in raised.value.message
+    assert "swept" in raised.value.reason
+    names = {c.id: c.name for c in await mongo.find_all(Company, ALL, limit=100)}
+    assert names == {c.id: c.name for c in old}
     db = mongo.db.sync()
     assert db[journal.JOURNAL].count_documents({}) == 0
     assert db[journal.JOURNAL_PARTS].count_documents({}) == 0

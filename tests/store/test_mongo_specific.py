@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import re
 import sqlite3
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -20,6 +21,7 @@ from typing import Any, cast
 import bson
 import pytest
 from bson import ObjectId
+from pymongo import _csot
 from pymongo.errors import (
     AutoReconnect,
     BulkWriteError,
@@ -642,6 +644,38 @@ async def test_a_batch_past_its_deadline_is_rolled_back(mongo: MongoStore,
 
     assert await mongo.count(Company, ALL) == 0
     assert await mongo.count(AuditEntry, ALL) == 0
+    assert raw(mongo)[JOURNAL].count_documents({}) == 0
+
+
+async def test_the_batch_deadline_bounds_the_writes_of_its_journal(
+    mongo: MongoStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer stalled while writing its journal is stopped by the deadline as in its
+    batch's writes (the server aborts an operation past it): the journal's ``at`` is
+    taken before, and a sweep takes it for a dead writer's once stale."""
+    bounds: list[float | None] = []
+    original: Callable[[AsyncCollection, str], Any] = AsyncCollection.__getattr__
+
+    def recording(collection: AsyncCollection, name: str) -> Any:
+        if collection._c.name == JOURNAL and name == "insert_one":
+            bounds.append(_csot.remaining())
+        return original(collection, name)
+
+    monkeypatch.setattr(AsyncCollection, "__getattr__", recording)
+    company = Company(name="Bounded")
+    await mongo.write([Insert(company)], [audit_of(company, AuditAction.CREATE)])
+
+    [bound] = bounds
+    assert bound is not None and bound <= journal.BATCH_DEADLINE_S
+
+
+async def test_a_batch_past_its_deadline_before_its_journal_writes_nothing(
+    mongo: MongoStore
+) -> None:
+    """Written again after yielding, on its first attempt's deadline, already past."""
+    with pytest.raises(batch_module.BatchTimeout):
+        await batch_module.Batch.open(mongo.db, [Insert(Company(name="Late"))], [],
+                                      deadline=time.monotonic())
     assert raw(mongo)[JOURNAL].count_documents({}) == 0
 
 
