@@ -285,10 +285,14 @@ async def test_a_split_journal_is_rolled_back_whole_by_the_sweep(
 async def test_a_failing_split_batch_rolls_back_and_closes_its_parts(
     mongo: MongoStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    scaled(monkeypatch, doc_bytes=4 * 1024)
+    """40 inserts journal about 3.4 KiB (an insert's entry is its id): in parts at 1 KiB
+    a document (at 4 KiB it was one, and the test held without parts to close)."""
+    guard = scaled(monkeypatch, doc_bytes=1024)
     with pytest.raises(Exception, match="no such company"):
         await mongo.write([*(Insert(c) for c in companies(40)),
                            Update(Company(name="never stored"), frozenset({"name"}))], [])
+    [parts] = guard.insert_many[journal.JOURNAL_PARTS]
+    assert parts > 1
     assert await mongo.count(Company, ALL) == 0
     db = mongo.db.sync()
     assert db[journal.JOURNAL].count_documents({}) == 0
