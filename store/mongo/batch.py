@@ -88,7 +88,9 @@ class Batch:
                    ) -> Batch:
         """Reads the images and records the journal; nothing is written yet. ``journal_id``
         and ``deadline``: those of the batch's first attempt, when it runs again after
-        yielding (``write``).
+        yielding (``write``); else the deadline starts now, so it bounds the journal's
+        writes too: a writer stalled while writing its journal past the deadline is
+        stopped there, as in the batch's writes (``journal.open_batch``).
 
         An image another batch in flight wrote is that batch's uncommitted write: put
         back by this batch's undo, it would bring back what that batch's own rollback
@@ -98,6 +100,8 @@ class Batch:
         and reads again; one that does not finish within ``journal.settle_wait`` (a
         deadlock of two batches, a dead writer) fails this batch with ``CHANGED`` before
         it wrote."""
+        if deadline is None:
+            deadline = time.monotonic() + journal.BATCH_DEADLINE_S
         settle_wait = journal.settle_wait(audited=bool(audit))
         settled_by = time.monotonic() + settle_wait
         while True:
@@ -108,10 +112,9 @@ class Batch:
             if not await journal.wait_settled(db, busy, settled_by - time.monotonic()):
                 raise changed_meanwhile(_written_by(undo, busy))
         entries = [to_doc(entry) for entry in audit]
-        layout = await journal.open_batch(db, undo, entries, journal_id)
-        return cls(db, layout, undo, entries, settle_wait,
-                   time.monotonic() + journal.BATCH_DEADLINE_S if deadline is None
-                   else deadline)
+        layout = await journal.open_batch(db, undo, entries, journal_id,
+                                          within=_time_left(deadline))
+        return cls(db, layout, undo, entries, settle_wait, deadline)
 
     async def run(self, changes: Sequence[Change], audit: Sequence[AuditEntry]) -> None:
         """Writes everything, or (raising what failed it) undoes what it wrote."""
@@ -149,9 +152,7 @@ class Batch:
             return
 
     async def _apply(self, step: Step, mark: ObjectId | None) -> list[Record]:
-        remaining = self.deadline - time.monotonic()
-        if remaining <= 0:
-            raise BatchTimeout("a write batch ran past its deadline; rolled back")
+        remaining = _time_left(self.deadline)
         expected: Version = Expect.ANY
         if not isinstance(step, list):
             expected = self.versions.get(_key(step.record), Expect.ANY)
@@ -217,6 +218,15 @@ class Batch:
                         "them after the batch wrote them: %s", len(changed),
                         ", ".join(f"{kind} {ident}" for kind, ident in changed))
         return not changed
+
+
+def _time_left(deadline: float) -> float:
+    """The seconds left before ``deadline``; ``BatchTimeout`` when none are (before a
+    write, so a batch that has written rolls back, and one that has not stops there)."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise BatchTimeout("a write batch ran past its deadline; none of it stays")
+    return remaining
 
 
 def _written_by(undo: list[dict[str, Any]], batches: set[ObjectId]) -> str:

@@ -55,15 +55,22 @@ are in flight. Changes written alone are single-document writes and do not wait:
 are committed the moment they land. A deleted
 document is the one undo the mark cannot guard (nothing is left to carry it): the writer
 re-inserts only what it deleted itself, the sweep each deletion of the batch it finds
-missing.
+missing. One it finds there without the batch's mark was not deleted by the batch (its
+writer died first) or was put back already (a rollback cut short before closing the
+journal): it stays, and so does no entry about its deletion. Every undo is so
+idempotent: a sweep finishing a rollback changes nothing that rollback did.
 
 Several instances may share one database, and one instance starting must not roll back a
 batch another is still writing. So a writer gives up on its batch (and rolls it back) once
 ``BATCH_DEADLINE_S`` has passed, and sweeps only roll back journal documents older than
-``STALE_AFTER``, long past any live writer's deadline. A sweeper first claims a document
-(compare-and-set of its ``at``), so two instances never roll back the same batch twice
-(a second restore could clobber a write that landed in between). ``at`` is the writer's
-clock: instances' clocks must agree to well within ``STALE_AFTER - BATCH_DEADLINE_S``.
+``STALE_AFTER``, long past any live writer's deadline. The deadline starts before the
+journal's ``at`` is taken and bounds the journal's writes too, and a writer that split
+its journal reads the head back before its batch writes (``_still_open``): stalled
+between head and parts, it may find the head swept, and would write with no journal.
+A sweeper first claims a document (compare-and-set of its ``at``), so two instances
+never roll back the same batch twice (a second restore could clobber a write that landed
+in between). ``at`` is the writer's clock: instances' clocks must agree to well within
+``STALE_AFTER - BATCH_DEADLINE_S``.
 """
 
 from __future__ import annotations
@@ -80,10 +87,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import bson
+import pymongo
 from bson import ObjectId
 from pymongo.errors import DuplicateKeyError
 
 from domain.entities import ENTITY_BY_KIND, AuditAction
+from domain.errors import StoreUnavailable
 from domain.ports import Change, Delete, Insert, InsertIfAbsent, Update
 from store.fields import from_snapshot
 from store.mongo.codec import to_doc, written_names
@@ -238,42 +247,86 @@ class Layout:
 
 
 async def open_batch(db: Any, undo: list[dict[str, Any]], audit: list[dict[str, Any]],
-                     journal_id: ObjectId | None = None) -> Layout:
+                     journal_id: ObjectId | None = None, within: float | None = None
+                     ) -> Layout:
     """Records the batch's undo entries and its audit entries (as stored: a rollback
     writes those about a document it must leave as the batch wrote it, see
     ``roll_back``); returns where, with its id, the ``MARK`` its writes carry:
     ``journal_id`` for a batch written again after it yielded and rolled back
-    (``batch.write``), else new.
+    (``batch.write``), else new. ``within``: the seconds left of the batch's deadline,
+    which bound these writes as they bound the batch's (the server aborts one past it).
 
     A journal past ``JOURNAL_DOC_BYTES`` is split: the head first, holding the start of
     each list and the number of parts, then the parts, all before the batch writes
     anything. A writer that dies in between leaves a head with fewer parts than it says,
     of a batch that wrote nothing: the sweep rolls back what the parts found hold (none
-    of it was written) and deletes it."""
+    of it was written) and deletes it. A writer stalled in between past ``STALE_AFTER``
+    finds its head swept (``_still_open``): it deletes its parts and fails, having
+    written nothing; its batch, going on, would have written with no journal at all.
+    Whatever fails, the journal goes, as nothing of the batch is written yet (else the
+    sweep takes it)."""
     journal_id = journal_id or ObjectId()
-    at = datetime.now(UTC)
+    at = _journal_now()
     lists: dict[str, list[Any]] = {"undo": undo, "audit": [entry["_id"] for entry in audit],
                                    ENTRIES: audit}
     head: dict[str, Any] = {"_id": journal_id, "at": at, **lists, MARKED: True,
                             AUDIT_MARKED: True}
-    if len(bson.encode(head)) <= JOURNAL_DOC_BYTES:
-        await db[JOURNAL].insert_one(head)  # the usual batch: one document
-        return Layout(journal_id)
-    pieces = _split(lists, JOURNAL_DOC_BYTES)
-    await db[JOURNAL].insert_one({**head, **pieces[0], PARTS: len(pieces) - 1})
+    pieces = [lists] if len(bson.encode(head)) <= JOURNAL_DOC_BYTES else \
+        _split(lists, JOURNAL_DOC_BYTES)
+    parts = len(pieces) - 1
     try:
-        await db[JOURNAL_PARTS].insert_many(
-            [{"journal": journal_id, "seq": seq, "at": at, **piece}
-             for seq, piece in enumerate(pieces[1:], start=1)], ordered=True)
+        # Not the cleanup below: a deadline past would fail it at once.
+        with pymongo.timeout(within):
+            if not parts:
+                await db[JOURNAL].insert_one(head)  # the usual batch: one document
+                return Layout(journal_id)
+            await db[JOURNAL].insert_one({**head, **pieces[0], PARTS: parts})
+            await db[JOURNAL_PARTS].insert_many(
+                [{"journal": journal_id, "seq": seq, "at": at, **piece}
+                 for seq, piece in enumerate(pieces[1:], start=1)], ordered=True)
+            await _still_open(db, journal_id, at)
     except BaseException:
-        # Nothing of the batch is written yet: its journal goes (else the sweep does it).
         with contextlib.suppress(Exception):
-            await close_batch(db, journal_id, len(pieces) - 1)
+            await close_batch(db, journal_id, parts)
         raise
     starts = [0]
     for piece in pieces[:-1]:
         starts.append(starts[-1] + len(piece["undo"]))
     return Layout(journal_id, tuple(starts))
+
+
+def _journal_now() -> datetime:
+    """Now, as a journal's ``at`` is stored (BSON keeps milliseconds), so the head read
+    back compares equal to it (``_still_open``)."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+class JournalSwept(StoreUnavailable):
+    """The batch's journal was swept while it was being written: its writer stalled
+    between the head and the parts past ``STALE_AFTER`` (a process paused, a server not
+    answering), so another instance took it for a dead writer's. Nothing of the batch
+    was written; the same request may be sent again."""
+
+    def __init__(self) -> None:
+        super().__init__("the write stalled and was abandoned; nothing was written: try "
+                         "again later",
+                         reason="the write batch's journal was swept as stale while its "
+                                "parts were being written")
+
+
+async def _still_open(db: Any, journal_id: ObjectId, at: datetime) -> None:
+    """Raises ``JournalSwept`` unless the head is there as written: not deleted, nor
+    claimed (a sweeper sets its ``at``). The parts were written after the head, with the
+    head's ``at``: a writer stalled in between past ``STALE_AFTER`` had its head swept
+    by another instance meanwhile, and its batch would write with no journal (nothing
+    marks it in flight, and no sweep rolls it back if it dies). Past this check the
+    batch writes within its deadline, which ends long before the head can be stale."""
+    if await db[JOURNAL].find_one({"_id": journal_id, "at": at}, {"_id": 1}) is None:
+        log.warning("a write batch's journal was swept while it was being written (its "
+                    "writer stalled past %s); the batch is abandoned, nothing written",
+                    STALE_AFTER)
+        raise JournalSwept()
 
 
 def _split(lists: dict[str, list[Any]], limit: int) -> list[dict[str, list[Any]]]:
@@ -373,8 +426,10 @@ async def close_batch(db: Any, journal_id: ObjectId, parts: int = 0) -> None:
 
 async def _drop_orphan_parts(db: Any, cutoff: datetime) -> None:
     """Deletes the parts, older than ``cutoff``, of journals whose head is gone (their
-    writer died while closing them). A part is written after its head, so a part without
-    one is never of a batch still being opened."""
+    writer died while closing them). A part is written after its head, with its ``at``,
+    so a part without one that old is of no batch still being opened, but one whose
+    writer stalled past ``STALE_AFTER`` after writing the head: that writer finds its
+    head gone and abandons the batch (``_still_open``)."""
     parts = await db[JOURNAL_PARTS].find({"at": {"$lt": cutoff}}, {"journal": 1}
                                          ).to_list(None)
     journals = list({part["journal"] for part in parts})
@@ -391,8 +446,8 @@ class Undone(enum.Enum):
 
     #: Put back as it was before the batch.
     DONE = "done"
-    #: Not the batch's to undo: another writer changed it since, or the batch never
-    #: reached it.
+    #: Not the batch's to undo: another writer changed it since, the batch never
+    #: reached it, or it was undone already.
     NOT_OURS = "not ours"
     #: Left as the batch wrote it: putting it back would break a unique rule.
     REFUSED = "refused"
@@ -547,12 +602,30 @@ async def _undo_ours(collection: Any, entry: dict[str, Any], ours: dict[str, Any
         return _done((await collection.delete_one(ours)).deleted_count)
     if entry.get("fields") is None:
         # Gone is "changed since" too, unless the batch deleted it itself; then it
-        # comes back, unless another writer has put a record with its id there.
-        result = await collection.replace_one(
-            ours, before, upsert=bool(entry.get("deleted")) or not marked)
+        # comes back, unless a record with its id is there (below).
+        upsert = bool(entry.get("deleted")) or not marked
+        try:
+            result = await collection.replace_one(ours, before, upsert=upsert)
+        except DuplicateKeyError:
+            if upsert and marked and await _there_unmarked(collection, ours):
+                return Undone.NOT_OURS
+            raise
         return _done(result.matched_count or result.upserted_id is not None)
     return _done((await collection.update_one(
         ours, _restoring(before, entry["fields"]))).matched_count)
+
+
+async def _there_unmarked(collection: Any, ours: dict[str, Any]) -> bool:
+    """Whether the document a deletion's undo would put back is there without the
+    batch's mark: the upsert then clashes on its id, no unique rule of another record.
+    The batch did not delete it (its writer died first: a sweep does not know how far it
+    got), or its deletion was undone already (a rollback cut short before closing the
+    journal, finished by a sweep): either way nothing of the batch is there to undo, so
+    running the undo again changes nothing, and the batch's entry about the deletion
+    goes (``REFUSED`` kept it, for a deletion that never stood)."""
+    there = await collection.find_one({"_id": ours["_id"], MARK: {"$ne": ours[MARK]}},
+                                      {"_id": 1})
+    return there is not None
 
 
 async def _undo_own_fields(collection: Any, entry: dict[str, Any]) -> Undone:

@@ -38,8 +38,16 @@ T = TypeVar("T")
 #: The server's error codes for "cannot write now" that no request can fix: out of disk.
 CANNOT_WRITE_CODES = frozenset({14031})  # OutOfDiskSpace
 #: The server's error codes for a document past its size limit (16 MiB): BSONObjectTooLarge,
-#: and an update whose result would be (a ``$set`` growing a document).
-TOO_LARGE_CODES = frozenset({10334, 17419})
+#: an update whose result would be (a ``$set`` growing a document), and an upsert
+#: inserting one (17420; 7655103 in later servers).
+TOO_LARGE_CODES = frozenset({10334, 17419, 17420, 7655103})
+#: BadValue: what the server answers an insert of a document past 16 MiB ("object to
+#: insert too large"). PyMongo sends one in an acknowledged ``insert_many`` whatever its
+#: size, and in an ``insert_one`` up to 16 KiB past the limit (its command overhead),
+#: leaving the refusal to the server. BadValue is every other bad value too, so only
+#: with that message.
+BAD_VALUE = 2
+TOO_LARGE_TO_INSERT = "too large"
 
 
 def unavailable(error: PyMongoError) -> StoreUnavailable | StoreRefused | None:
@@ -49,25 +57,37 @@ def unavailable(error: PyMongoError) -> StoreUnavailable | StoreRefused | None:
         # Server selection timed out, a network error or timeout, not (any more) the
         # primary: all are AutoReconnect or ConnectionFailure in PyMongo.
         return _unavailable("the database does not answer now", error)
-    if isinstance(error, BulkWriteError):
-        codes = {e.get("code") for e in (error.details or {}).get("writeErrors") or []}
-    elif isinstance(error, OperationFailure):
-        codes = {error.code}
-    else:
-        return None
-    if codes & CANNOT_WRITE_CODES:
+    errors = _server_errors(error)
+    if any(code in CANNOT_WRITE_CODES for code, _ in errors):
         return _unavailable("the database cannot write now", error)
-    if codes & TOO_LARGE_CODES:
+    if any(_too_large(code, message) for code, message in errors):
         return refused(error)
     return None
 
 
+def _server_errors(error: PyMongoError) -> list[tuple[int | None, str]]:
+    """The server's (code, message) of each write ``error`` reports: one per document of
+    a bulk write that failed, else the operation's own."""
+    if isinstance(error, BulkWriteError):
+        return [(e.get("code"), str(e.get("errmsg") or ""))
+                for e in (error.details or {}).get("writeErrors") or []]
+    if isinstance(error, OperationFailure):
+        return [(error.code, str((error.details or {}).get("errmsg") or error))]
+    return []
+
+
+def _too_large(code: int | None, message: str) -> bool:
+    return code in TOO_LARGE_CODES or (code == BAD_VALUE
+                                       and TOO_LARGE_TO_INSERT in message.lower())
+
+
 def refused(error: Exception) -> StoreRefused:
-    """A document the database will not store: past the server's 16 MiB (PyMongo's
-    ``DocumentTooLarge``, raised before sending, is a bson ``InvalidDocument``, no
-    ``PyMongoError``: it was an internal error, and a StopTransaction failing so was
-    sent again for ever), or a value bson cannot encode (a bug: logged with its trace).
-    Waiting fixes neither, so it is no outage."""
+    """A document the database will not store: past the server's 16 MiB (the server's
+    refusal, ``unavailable``; or PyMongo's ``DocumentTooLarge``, raised before sending a
+    single-document command more than 16 KiB past the limit, which is a bson
+    ``InvalidDocument``, no ``PyMongoError``: it was an internal error, and a
+    StopTransaction failing so was sent again for ever), or a value bson cannot encode
+    (a bug: logged with its trace). Waiting fixes neither, so it is no outage."""
     reason = str(error).strip() or type(error).__name__
     if isinstance(error, InvalidDocument) and not isinstance(error, DocumentTooLarge):
         log.error("the database cannot encode a write: %s", reason, exc_info=error)

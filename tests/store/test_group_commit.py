@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
@@ -21,7 +21,6 @@ from domain.services.batching import GroupCommitter, Pending, chains
 from store.mongo import MongoStore, journal
 from store.sqlite import SqliteStore
 from tests.contract.factories import at, audit, meter_sample, put, session, station
-from tests.support.mongomock_async import async_mongomock_database
 
 
 class Counting:
@@ -132,14 +131,6 @@ def test_chains_join_writes_sharing_a_record_through_another() -> None:
     assert [[index for index, item in enumerate(batch) if item in chain]
             for chain in chains(batch)] == [[0, 2, 3], [1, 4]]
     future.get_loop().close()
-
-
-@pytest.fixture
-async def mongo() -> AsyncIterator[MongoStore]:
-    store = MongoStore(async_mongomock_database(interleave=True), sweep_every=None)
-    await store.start()
-    yield store
-    await store.close()
 
 
 async def stuck(store: MongoStore, record: Record) -> ObjectId:

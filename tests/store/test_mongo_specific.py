@@ -12,7 +12,8 @@ import contextlib
 import dataclasses
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+import time
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, cast
@@ -20,6 +21,7 @@ from typing import Any, cast
 import bson
 import pytest
 from bson import ObjectId
+from pymongo import _csot
 from pymongo.errors import (
     AutoReconnect,
     BulkWriteError,
@@ -61,7 +63,15 @@ from domain.entities import (
 )
 from domain.errors import Conflict, NotFound, StoreUnavailable, UniqueViolation
 from domain.policy import Policy, Viewer
-from domain.ports import PARTIAL_UNIQUE_RULES, UNIQUE_RULES, Delete, Insert, InsertIfAbsent, Update
+from domain.ports import (
+    PARTIAL_UNIQUE_RULES,
+    UNIQUE_RULES,
+    Change,
+    Delete,
+    Insert,
+    InsertIfAbsent,
+    Update,
+)
 from domain.query import ALL, Eq, In, Near, PageRequest, Range, Search, Sort, Sub
 from graph.history import NEWEST_FIRST as HISTORY_NEWEST_FIRST
 from graph.history import OLDEST_FIRST
@@ -82,14 +92,6 @@ from tests.support.mongomock_async import (
 )
 
 T0 = datetime(2025, 3, 1, 12, 0, 0, 123000, tzinfo=UTC)
-
-
-@pytest.fixture
-async def mongo() -> AsyncIterator[MongoStore]:
-    store = MongoStore(async_mongomock_database())
-    await store.start()
-    yield store
-    await store.close()
 
 
 def raw(store: MongoStore) -> Any:
@@ -642,6 +644,38 @@ async def test_a_batch_past_its_deadline_is_rolled_back(mongo: MongoStore,
 
     assert await mongo.count(Company, ALL) == 0
     assert await mongo.count(AuditEntry, ALL) == 0
+    assert raw(mongo)[JOURNAL].count_documents({}) == 0
+
+
+async def test_the_batch_deadline_bounds_the_writes_of_its_journal(
+    mongo: MongoStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer stalled while writing its journal is stopped by the deadline as in its
+    batch's writes (the server aborts an operation past it): the journal's ``at`` is
+    taken before, and a sweep takes it for a dead writer's once stale."""
+    bounds: list[float | None] = []
+    original: Callable[[AsyncCollection, str], Any] = AsyncCollection.__getattr__
+
+    def recording(collection: AsyncCollection, name: str) -> Any:
+        if collection._c.name == JOURNAL and name == "insert_one":
+            bounds.append(_csot.remaining())
+        return original(collection, name)
+
+    monkeypatch.setattr(AsyncCollection, "__getattr__", recording)
+    company = Company(name="Bounded")
+    await mongo.write([Insert(company)], [audit_of(company, AuditAction.CREATE)])
+
+    [bound] = bounds
+    assert bound is not None and bound <= journal.BATCH_DEADLINE_S
+
+
+async def test_a_batch_past_its_deadline_before_its_journal_writes_nothing(
+    mongo: MongoStore
+) -> None:
+    """Written again after yielding, on its first attempt's deadline, already past."""
+    with pytest.raises(batch_module.BatchTimeout):
+        await batch_module.Batch.open(mongo.db, [Insert(Company(name="Late"))], [],
+                                      deadline=time.monotonic())
     assert raw(mongo)[JOURNAL].count_documents({}) == 0
 
 
@@ -1370,6 +1404,103 @@ async def test_a_kept_stop_whose_session_has_a_payment_gets_no_second(
 
     assert await mongo.find_all(Payment, ALL) == [theirs]
     assert await mongo.find_all(AuditEntry, ALL) == entries[:1]
+
+
+def stale() -> datetime:
+    """A sweep's now at which every journal written so far is stale."""
+    return datetime.now(UTC) + journal.STALE_AFTER + timedelta(seconds=1)
+
+
+def split_journals(monkeypatch: pytest.MonkeyPatch, split: bool) -> None:
+    """Journals of a few KiB in parts (``split``), else in one document as usual."""
+    if split:
+        monkeypatch.setattr(journal, "JOURNAL_DOC_BYTES", 1024)
+
+
+def padded(n: int) -> list[Company]:
+    """Companies large enough that ten of them journaled pass 1 KiB."""
+    return [Company(name=f"c{i} " + "x" * 200) for i in range(n)]
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["one-document", "split"])
+@pytest.mark.parametrize("reached", [0, 1, 2], ids=["after-journal", "after-update",
+                                                     "after-first-delete"])
+async def test_a_sweep_writes_no_delete_entry_for_a_record_still_there(
+    mongo: MongoStore, monkeypatch: pytest.MonkeyPatch, split: bool, reached: int
+) -> None:
+    """A writer killed before its batch's deletes (right after its journal, after an
+    earlier step, after one delete of several): the sweep's undo of a delete upserted the
+    image over the record still there, clashed on its id, took that for a unique rule
+    (``REFUSED``), and wrote the batch's DELETE entry of a record never deleted."""
+    split_journals(monkeypatch, split)
+    kept = padded(10)
+    other = Company(name="other")
+    await mongo.write([Insert(other), *(Insert(c) for c in kept)], [])
+    changes: list[Update | Delete] = [Update(dataclasses.replace(other, name="renamed"),
+                                             frozenset({"name"})),
+                                      *(Delete(c) for c in kept)]
+    entries = [audit_of(other), *(audit_of(c, AuditAction.DELETE) for c in kept)]
+    dead = await batch_module.Batch.open(mongo.db, changes, entries)
+    assert (dead.layout.parts > 0) == split
+    for step in writes.steps(changes)[:reached]:
+        await dead._write(step, dead.id)  # then the writer dies
+
+    assert await journal.sweep(mongo.db, stale()) == 1
+
+    names = {c.id: c.name for c in await mongo.find_all(Company, ALL, limit=100)}
+    assert names == {c.id: c.name for c in [other, *kept]}
+    assert await mongo.find_all(AuditEntry, ALL) == []
+    assert raw(mongo)[JOURNAL].count_documents({}) == 0
+    assert raw(mongo)[journal.JOURNAL_PARTS].count_documents({}) == 0
+
+
+def snapshot(store: MongoStore) -> dict[str, list[dict[str, Any]]]:
+    """Every stored company and audit entry, as stored (marks too)."""
+    db = raw(store)
+    return {kind: list(db[kind].find().sort([("_id", 1)]))
+            for kind in ("company", "audit_entry")}
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["one-document", "split"])
+async def test_a_sweep_finishing_a_rollback_cut_short_changes_nothing(
+    mongo: MongoStore, monkeypatch: pytest.MonkeyPatch, split: bool
+) -> None:
+    """Undoing a batch twice is undoing it once. The writer's rollback (of every kind of
+    change: an insert, a partial and a whole update, a delete it puts back, a delete a
+    unique rule keeps) dies before closing the journal; the sweep undoes it all again.
+    Before, the record the rollback had put back clashed with the sweep's upsert on its
+    id, and the sweep wrote the DELETE entry of a deletion that was undone."""
+    split_journals(monkeypatch, split)
+    partial, whole, back, gone, *rest = padded(8)
+    await mongo.write([Insert(c) for c in (partial, whole, back, gone, *rest)], [])
+    fresh = Company(name="fresh")
+    changes: list[Change] = [
+        Insert(fresh), Update(dataclasses.replace(partial, name="p2"), frozenset({"name"})),
+        Update(dataclasses.replace(whole, name="w2")), Delete(back), Delete(gone),
+        *(Update(dataclasses.replace(c, name=f"{c.name} 2"), frozenset({"name"}))
+          for c in rest)]
+    entries = [audit_of(fresh, AuditAction.CREATE), audit_of(partial), audit_of(whole),
+               audit_of(back, AuditAction.DELETE), audit_of(gone, AuditAction.DELETE)]
+    batch = await batch_module.Batch.open(mongo.db, changes, entries)
+    assert (batch.layout.parts > 0) == split
+    for step in writes.steps([*changes, *(Insert(e) for e in entries)]):
+        await batch._write(step, batch.id)
+    # Another writer takes the name the batch freed: ``gone`` cannot come back.
+    await mongo.write([Insert(Company(name=gone.name))], [])
+    # The writer's rollback, cut short before closing the journal (the process dies).
+    await journal.roll_back(mongo.db, batch.id, batch.undo, [e["_id"] for e in batch.audit],
+                            entries=batch.audit, written=batch.written, audit_marked=True)
+    once = snapshot(mongo)
+    names = {doc["name"] for doc in once["company"]}
+    assert names == {partial.name, whole.name, back.name, gone.name,
+                     *(c.name for c in rest)}  # ``gone``'s name is the other writer's
+    assert [doc["entity_id"] for doc in once["audit_entry"]] == [gone.id]
+
+    assert await journal.sweep(mongo.db, stale()) == 1
+
+    assert snapshot(mongo) == once
+    assert raw(mongo)[JOURNAL].count_documents({}) == 0
+    assert raw(mongo)[journal.JOURNAL_PARTS].count_documents({}) == 0
 
 
 async def test_a_start_does_not_fail_on_a_batch_its_sweep_cannot_roll_back(
