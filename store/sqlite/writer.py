@@ -50,6 +50,8 @@ CHECKPOINT_BYTES = 4 * 1024 * 1024
 #: hundreds of MiB on disk for good. Four checkpoints' worth, so the steady state never
 #: truncates and grows again.
 WAL_KEPT_BYTES = 4 * CHECKPOINT_BYTES
+#: How long writes must pause before a WAL file left large is cut (``_trim_when_idle``).
+TRIM_WHEN_IDLE_S = 2.0
 #: How often a commit looks at the WAL's size (a stat per commit would be wasted work).
 _SIZE_CHECK_INTERVAL_S = 0.1
 #: The least time between two log lines saying the database refuses writes.
@@ -151,6 +153,9 @@ class Writer:
         self._checkpointer: sqlite3.Connection | None = None
         self._checkpoint: asyncio.Future[None] | None = None
         self._next_size_check = 0.0
+        self._last_commit = 0.0
+        #: The idle check that cuts a WAL file left large (``_trim_when_idle``).
+        self._trim: asyncio.TimerHandle | None = None
         #: Why the last write transaction failed, if the database itself refused it.
         self.failing: sqlite3.DatabaseError | None = None
         #: The file the connection opened: the path must still lead to it.
@@ -271,27 +276,47 @@ class Writer:
     # ------------------------------------------------------------- checkpoints
     def _after_commit(self) -> None:
         now = time.monotonic()
+        self._last_commit = now
         if now < self._next_size_check or (self._checkpoint is not None
                                            and not self._checkpoint.done()):
             return
         self._next_size_check = now + _SIZE_CHECK_INTERVAL_S
         pending = wal_pending_bytes(self.path)
+        loop = asyncio.get_running_loop()
         if pending is not None and pending >= self.checkpoint_bytes:
-            self._checkpoint = asyncio.get_running_loop().run_in_executor(
-                None, self._run_checkpoint)
+            self._checkpoint = loop.run_in_executor(None, self._run_checkpoint)
+        if self._trim is None and wal_size(self.path) > WAL_KEPT_BYTES:
+            self._trim = loop.call_later(TRIM_WHEN_IDLE_S, self._trim_when_idle)
 
-    def _run_checkpoint(self) -> None:
+    def _trim_when_idle(self) -> None:
+        """Cuts a WAL file left large by a burst, once writes have paused for
+        ``TRIM_WHEN_IDLE_S``: not while they go on, where each cut took the write lock
+        and the file grew again write by write (p99 at 2,000 MeterValues/s from ~10 to
+        ~26 ms)."""
+        self._trim = None
+        if self.conn is None:
+            return
+        loop = asyncio.get_running_loop()
+        idle = time.monotonic() - self._last_commit
+        if idle < TRIM_WHEN_IDLE_S or not (self._checkpoint is None
+                                           or self._checkpoint.done()):
+            self._trim = loop.call_later(max(TRIM_WHEN_IDLE_S - idle, 0.1),
+                                         self._trim_when_idle)
+            return
+        self._checkpoint = loop.run_in_executor(None, self._run_checkpoint, True)
+
+    def _run_checkpoint(self, trim: bool = False) -> None:
+        """A PASSIVE checkpoint; ``trim``: and, if it copied all of the WAL into the
+        database, cut the WAL file to nothing (TRUNCATE takes the write lock for the
+        moment it truncates and waits for no one: a writer holding it makes it fail, and
+        a commit arriving meanwhile waits on a worker thread, see ``run``)."""
         try:
             if self._checkpointer is None:
                 self._checkpointer = connect(self.path)
             checkpointer = self._checkpointer
             busy, frames, copied = checkpointer.execute(
                 "PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-            if not busy and frames == copied and wal_size(self.path) > WAL_KEPT_BYTES:
-                # All of it is in the database: cut the file to nothing. TRUNCATE takes
-                # the write lock for the moment it truncates; it waits for no one (a
-                # writer holding it makes it fail, and a later checkpoint tries again),
-                # and a commit arriving meanwhile waits on a worker thread (``run``).
+            if trim and not busy and frames == copied:
                 checkpointer.execute("PRAGMA busy_timeout = 0")
                 checkpointer.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         except sqlite3.Error as error:
@@ -310,6 +335,9 @@ class Writer:
         return self.conn
 
     async def close(self) -> None:
+        if self._trim is not None:
+            self._trim.cancel()
+            self._trim = None
         if self._checkpoint is not None:
             await asyncio.shield(self._checkpoint)
         conn, checkpointer = self.conn, self._checkpointer

@@ -61,7 +61,12 @@ from store.sqlite import SqliteStore, reader
 from store.sqlite.codec import SqlValue, field_specs
 from store.sqlite.migrations import MIGRATIONS, apply_migrations, split_statements
 from store.sqlite.sql_filter import compile_where
-from store.sqlite.writer import WAL_KEPT_BYTES, cannot_write, wal_pending_bytes
+from store.sqlite.writer import (
+    TRIM_WHEN_IDLE_S,
+    WAL_KEPT_BYTES,
+    cannot_write,
+    wal_pending_bytes,
+)
 from tests.contract.factories import T0, audit, company, put, station, tariff, user
 from tests.support.schema_at import roll_back
 
@@ -233,7 +238,13 @@ async def test_the_wal_shrinks_back_after_a_burst(store: SqliteStore, db_path: s
     assert await asyncio.to_thread(os.path.getsize, wal) > WAL_KEPT_BYTES
     if writer._checkpoint is not None:  # the burst's own commit may have started one
         await asyncio.shield(writer._checkpoint)
-    await asyncio.to_thread(writer._run_checkpoint)  # empties the WAL, and cuts the file
+    # Once writes pause, the idle check runs a checkpoint that cuts the file.
+    assert writer._trim is not None
+    writer._last_commit -= TRIM_WHEN_IDLE_S
+    writer._trim.cancel()
+    writer._trim_when_idle()
+    assert writer._checkpoint is not None
+    await asyncio.shield(writer._checkpoint)
     assert await asyncio.to_thread(os.path.getsize, wal) <= WAL_KEPT_BYTES
     await put(store, company(name="After the burst"))
     assert await store.count(Company, Eq("name", "After the burst")) == 1
