@@ -8,6 +8,7 @@ sender set are theirs and stay. Real ``ocpp`` chargers (the simulator)."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from domain import entities as d
 from domain.policy import SYSTEM, Viewer
@@ -35,6 +36,19 @@ async def unblock(central: Central, tag: str, who: str) -> None:
         as_user=who)
     assert answer["updateIdTag"]["errors"] == [], answer
 
+
+
+async def booted_and_restored(central: Central, back: Any, version: int,
+                              held: dict[str, Any]) -> None:
+    """``back`` reconnected holding ``held`` at ``version`` (what it kept while away)
+    boots, and is sent TAG-OTHER back Accepted."""
+    back.local_list_version, back.local_list = version, held
+    await back.boot()
+
+    async def restored() -> bool:
+        return back.local_list.get("TAG-OTHER") == {"status": "Accepted"}
+    await until(restored)
+    await settled(central)
 
 async def test_an_unblocked_card_is_accepted_again_in_the_lists_that_blocked_it(
         central: Central) -> None:
@@ -88,13 +102,7 @@ async def test_a_card_unblocked_while_its_charger_was_away_is_put_back_at_its_bo
     assert waiting is not None and (waiting.status, waiting.wanted) == ("Blocked", "Accepted")
 
     async with connected(central.url, "CP-OPEN") as back:
-        back.local_list_version, back.local_list = kept_version, kept
-        await back.boot()
-
-        async def restored() -> bool:
-            return back.local_list.get("TAG-OTHER") == {"status": "Accepted"}
-        await until(restored)
-        await settled(central)
+        await booted_and_restored(central, back, kept_version, kept)
         assert back.local_list_version == kept_version + 1
         done = await entry(central, "CP-OPEN", "TAG-OTHER")
         assert done is not None and (done.status, done.wanted, done.restore) == (
@@ -208,10 +216,4 @@ async def test_a_reactivation_no_instance_pushed_is_put_back_at_the_boot(
     assert holder is not None
     await central.store.write([patch(holder, SYSTEM, active=True)], [])  # no push
     async with connected(central.url, "CP-1", password=STATION_PASSWORD) as back:
-        back.local_list_version, back.local_list = kept_version, kept
-        await back.boot()
-
-        async def restored() -> bool:
-            return back.local_list.get("TAG-OTHER") == {"status": "Accepted"}
-        await until(restored)
-        await settled(central)
+        await booted_and_restored(central, back, kept_version, kept)

@@ -370,19 +370,24 @@ async def test_a_start_that_names_no_reservation_keeps_its_cards_reservation(
         assert session is not None and session.reservation_id == numbers[0]
 
 
+async def reserved_for_an_hour(central: Central) -> int:
+    """Connector 2 of CP-1 (connected) reserved for TAG-OK for an hour; its number."""
+    soon = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    held = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": 2,
+                                             "expiryDate": soon, "idTag": "TAG-OK"},
+                     "reservation { reservationId state }", as_user="op")
+    assert held["reservation"]["state"] == "ACTIVE", held
+    return int(held["reservation"]["reservationId"])
+
+
 async def test_a_start_naming_an_expired_reservation_does_not_use_it(
         central: Central) -> None:
     """QA s19 (t27): a reservation past its expiry, not swept yet (it reads EXPIRED),
     became USED when its charger started with its reservationId. It stays EXPIRED and
     the session is not its; the start itself is accepted (the card may charge)."""
-    soon = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
         await cp.boot()
-        held = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": 2,
-                                                 "expiryDate": soon, "idTag": "TAG-OK"},
-                         "reservation { reservationId state }", as_user="op")
-        assert held["reservation"]["state"] == "ACTIVE", held
-        number = held["reservation"]["reservationId"]
+        number = await reserved_for_an_hour(central)
         [stored] = await central.store.find_all(d.Reservation, Eq("reservation_id", number))
         past = datetime.now(UTC) - timedelta(seconds=2)  # as if its time ran out
         await central.store.write([patch(stored, SYSTEM, expires_at=past)], [])
@@ -402,13 +407,9 @@ async def test_a_queued_start_stamped_before_its_reservations_expiry_uses_it(
     its reservation's expiry and flushed after it, lost the reservation (judged by the
     arrival): it read EXPIRED, a no-show, and the session was not its. Judged by the
     start's own believable timestamp, it was used in time."""
-    soon = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
         await cp.boot()
-        held = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": 2,
-                                                 "expiryDate": soon, "idTag": "TAG-OK"},
-                         "reservation { reservationId state }", as_user="op")
-        number = held["reservation"]["reservationId"]
+        number = await reserved_for_an_hour(central)
         [stored] = await central.store.find_all(d.Reservation, Eq("reservation_id", number))
         now = datetime.now(UTC).replace(microsecond=0)
         await central.store.write([patch(stored, SYSTEM,
