@@ -282,8 +282,10 @@ class Writer:
             return
         self._next_size_check = now + _SIZE_CHECK_INTERVAL_S
         pending = wal_pending_bytes(self.path)
+        if pending is None:  # no wal-index to read: the file's size, as a last resort
+            pending = wal_size(self.path)
         loop = asyncio.get_running_loop()
-        if pending is not None and pending >= self.checkpoint_bytes:
+        if pending >= self.checkpoint_bytes:
             self._checkpoint = loop.run_in_executor(None, self._run_checkpoint)
         if self._trim is None and wal_size(self.path) > WAL_KEPT_BYTES:
             self._trim = loop.call_later(TRIM_WHEN_IDLE_S, self._trim_when_idle)
