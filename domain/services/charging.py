@@ -162,8 +162,9 @@ class _StartIdentity(NamedTuple):
         """When the start happened, as far as a reservation's expiry is judged: its own
         timestamp when believable (a start queued offline carries when the charger let
         the card in), never later than ``now``; ``now`` for a glitch, whose time is only
-        a guess."""
-        return now if self.glitch else min(self.start, now)
+        a guess, and for a charger whose clock is behind ours (one never set reads 1970:
+        by its stamp a reservation expired hours ago was still live, review s19)."""
+        return now if self.glitch or self.clock_behind else min(self.start, now)
 
     def flushed_before(self, session: Session) -> bool:
         """This start is an older transaction the charger flushed late, before the open

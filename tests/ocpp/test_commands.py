@@ -424,6 +424,28 @@ async def test_a_queued_start_stamped_before_its_reservations_expiry_uses_it(
     assert after.state is d.ReservationState.USED
 
 
+async def test_a_start_on_a_clock_behind_ours_is_judged_at_its_arrival(
+        central: Central) -> None:
+    """Review s19 (rev-e): a charger whose clock was never set (it says 1970) would by
+    its own stamp have used a reservation that expired two hours ago. Its stamp says
+    nothing of when the start happened: the expiry is judged at its arrival."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        number = await reserved_for_an_hour(central)
+        [stored] = await central.store.find_all(d.Reservation, Eq("reservation_id", number))
+        now = datetime.now(UTC).replace(microsecond=0)
+        await central.store.write([patch(stored, SYSTEM,
+                                         expires_at=now - timedelta(hours=2))], [])
+        answer = await cp.call(call.StartTransaction(
+            connector_id=2, id_tag="TAG-OK", meter_start=0,
+            timestamp="1970-01-01T00:05:00Z", reservation_id=number))
+        session = await central.session(answer.transaction_id)
+        [after] = await central.store.find_all(d.Reservation, Eq("reservation_id", number))
+    assert session is not None and session.start_clock_behind
+    assert session.reservation_id is None
+    assert after.state_at(now) is d.ReservationState.EXPIRED
+
+
 class _Unbuildable:
     """A gateway that cannot make the request into a charger's (as a field the OCPP
     request type does not take did)."""
