@@ -167,6 +167,14 @@ async def record_local_list(store: Store, station: Station, payload: dict[str, A
         if full or given else {}
     [current] = await store.get_many(LocalList, [station.id])
     version = int(payload["listVersion"])
+    if not full and current is not None and version < current.version:
+        # A Differential below the version recorded: the charger accepted a later list
+        # after it, whose record landed first (review s19: ours, delayed behind an
+        # operator's Full list, put the version back and cleared what that list made
+        # wanted, and a blocked card stayed accepted with nothing to mend it). What it
+        # changed is in the later list's record already. (A Full list sets its version
+        # whatever it was: an operator may start again from 1.)
+        return False
     # A Differential right above the version recorded changed the list as we know it.
     follows = not full and current is not None and version == current.version + 1
     cards = await _cards_named(store, [tag for tag, status in given.items()

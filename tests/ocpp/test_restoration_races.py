@@ -14,9 +14,12 @@ from ocpp.v16 import call_result as result
 
 from domain import entities as d
 from domain.policy import SYSTEM, Viewer
+from domain.query import Eq
+from domain.services import commands
 from domain.services.base import patch
 from domain.services.withdrawal import Withdrawal
 from ocpp_bridge.simulator import SimulatedChargePoint, connected
+from tests.helpers import until
 from tests.ocpp.conftest import STATION_PASSWORD, Central
 from tests.ocpp.test_card_restoration import unblock
 from tests.ocpp.test_card_withdrawal import (
@@ -243,3 +246,43 @@ async def test_an_operators_list_accepting_a_blocked_card_has_it_withdrawn(
         assert cp.local_list["TAG-OTHER"] == {"status": "Blocked"}
         assert cp.local_list["TAG-OK"] == {"status": "Accepted"}
         assert await recorded(central, "TAG-OTHER") == ("Blocked", None, "Accepted")
+
+
+async def test_our_record_landing_after_an_operators_later_list_changes_nothing(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review s19 (rev-e): our withdrawal (Differential v2, TAG-OTHER Blocked) was
+    accepted, but its record came after the operator's Full list v5 (TAG-OTHER
+    Accepted) was accepted and recorded, which wanted the card withdrawn again. Our
+    stale record set the entry Blocked with nothing wanted and the version back to 2:
+    the charger held the blocked card Accepted, and not even its boot check saw it."""
+    real = commands.record_local_list
+    ours_arrived, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(store: Any, station: Any, payload: Any, actor: Any, *, ours: bool,
+                   now: Any) -> bool:
+        if ours and not release.is_set():
+            ours_arrived.set()
+            await release.wait()  # our record comes late (its audit commit first)
+        return await real(store, station, payload, actor, ours=ours, now=now)
+    monkeypatch.setattr(commands, "record_local_list", slow)
+
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await send_full_list(central, "CP-1", "TAG-OTHER", "TAG-OK")  # v1
+        await block(central, "other", who="admin")  # our v2: Blocked
+        await asyncio.wait_for(ours_arrived.wait(), 5)  # the charger took it
+        answer = await central.gql(SEND_LIST, {"input": {
+            "cpId": "CP-1", "listVersion": 5, "updateType": "FULL",
+            "localAuthorizationList": [
+                {"idTag": "TAG-OTHER", "idTagInfo": {"status": "ACCEPTED"}},
+                {"idTag": "TAG-OK", "idTagInfo": {"status": "ACCEPTED"}}]}}, as_user="op")
+        assert answer["sendLocalList"]["status"] == "ACCEPTED", answer
+        release.set()
+        await settled(central)
+
+        async def withdrawn_again() -> bool:
+            return cp.local_list.get("TAG-OTHER") == {"status": "Blocked"}
+        await until(withdrawn_again)
+        await settled(central)
+        [listed] = await central.store.find_all(d.LocalList, Eq("cp_id", "CP-1"))
+        assert listed.version == cp.local_list_version >= 6
