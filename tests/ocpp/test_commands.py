@@ -401,26 +401,35 @@ async def test_a_start_naming_an_expired_reservation_does_not_use_it(
         assert session is not None and session.reservation_id is None
 
 
+async def started_on_a_reservation(central: Central, expired_ago: timedelta,
+                                   stamped: datetime) -> tuple[d.Session | None,
+                                                               d.Reservation]:
+    """CP-1's connector 2 reserved for TAG-OK, its expiry moved ``expired_ago`` into the
+    past, then a StartTransaction naming it stamped ``stamped``: the session it opened
+    and the reservation after it."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        number = await reserved_for_an_hour(central)
+        [stored] = await central.store.find_all(d.Reservation, Eq("reservation_id", number))
+        now = datetime.now(UTC).replace(microsecond=0)
+        await central.store.write([patch(stored, SYSTEM, expires_at=now - expired_ago)], [])
+        answer = await cp.call(call.StartTransaction(
+            connector_id=2, id_tag="TAG-OK", meter_start=0,
+            timestamp=stamped.isoformat().replace("+00:00", "Z"), reservation_id=number))
+        session = await central.session(answer.transaction_id)
+        [after] = await central.store.find_all(d.Reservation, Eq("reservation_id", number))
+    return session, after
+
+
 async def test_a_queued_start_stamped_before_its_reservations_expiry_uses_it(
         central: Central) -> None:
     """Review s19 (rev-d): a start the charger queued offline, stamped 5 minutes before
     its reservation's expiry and flushed after it, lost the reservation (judged by the
     arrival): it read EXPIRED, a no-show, and the session was not its. Judged by the
     start's own believable timestamp, it was used in time."""
-    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
-        await cp.boot()
-        number = await reserved_for_an_hour(central)
-        [stored] = await central.store.find_all(d.Reservation, Eq("reservation_id", number))
-        now = datetime.now(UTC).replace(microsecond=0)
-        await central.store.write([patch(stored, SYSTEM,
-                                         expires_at=now - timedelta(minutes=5))], [])
-        started = now - timedelta(minutes=10)
-        answer = await cp.call(call.StartTransaction(
-            connector_id=2, id_tag="TAG-OK", meter_start=0,
-            timestamp=started.isoformat().replace("+00:00", "Z"), reservation_id=number))
-        session = await central.session(answer.transaction_id)
-        [after] = await central.store.find_all(d.Reservation, Eq("reservation_id", number))
-    assert session is not None and session.reservation_id == number
+    session, after = await started_on_a_reservation(
+        central, timedelta(minutes=5), datetime.now(UTC) - timedelta(minutes=10))
+    assert session is not None and session.reservation_id == after.reservation_id
     assert after.state is d.ReservationState.USED
 
 
@@ -429,21 +438,11 @@ async def test_a_start_on_a_clock_behind_ours_is_judged_at_its_arrival(
     """Review s19 (rev-e): a charger whose clock was never set (it says 1970) would by
     its own stamp have used a reservation that expired two hours ago. Its stamp says
     nothing of when the start happened: the expiry is judged at its arrival."""
-    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
-        await cp.boot()
-        number = await reserved_for_an_hour(central)
-        [stored] = await central.store.find_all(d.Reservation, Eq("reservation_id", number))
-        now = datetime.now(UTC).replace(microsecond=0)
-        await central.store.write([patch(stored, SYSTEM,
-                                         expires_at=now - timedelta(hours=2))], [])
-        answer = await cp.call(call.StartTransaction(
-            connector_id=2, id_tag="TAG-OK", meter_start=0,
-            timestamp="1970-01-01T00:05:00Z", reservation_id=number))
-        session = await central.session(answer.transaction_id)
-        [after] = await central.store.find_all(d.Reservation, Eq("reservation_id", number))
+    session, after = await started_on_a_reservation(
+        central, timedelta(hours=2), datetime(1970, 1, 1, 0, 5, tzinfo=UTC))
     assert session is not None and session.start_clock_behind
     assert session.reservation_id is None
-    assert after.state_at(now) is d.ReservationState.EXPIRED
+    assert after.state_at(datetime.now(UTC)) is d.ReservationState.EXPIRED
 
 
 class _Unbuildable:
