@@ -36,12 +36,12 @@ from websockets.protocol import State
 from domain.errors import StoreUnavailable
 from domain.events import StationConnectionChanged, StationRemoved
 from domain.ids import new_id
+from domain.keyed_locks import KeyedLocks
 from domain.ports import NO_METRICS, EventBus, Metrics
 from domain.services.charging import ChargingService
 from domain.services.instances import InstanceService
 from ocpp_bridge.gateway import OcppGateway
 from ocpp_bridge.handler import CLOSE_UNKNOWN_STATION, ChargePointHandler
-from ocpp_bridge.keyed_locks import KeyedLocks
 from ocpp_bridge.peers import TrustedProxies
 
 log = logging.getLogger("chargegraph.ocpp")

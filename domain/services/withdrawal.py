@@ -37,7 +37,6 @@ every answer's ``expiryDate``).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import replace
@@ -57,6 +56,7 @@ from domain.entities import (
     User,
 )
 from domain.errors import DomainError
+from domain.keyed_locks import KeyedLocks
 from domain.policy import SYSTEM, Viewer
 from domain.ports import Change, Delete, Insert, Store
 from domain.query import Eq, Filter, In, Range, Sort, all_of, any_of
@@ -296,10 +296,11 @@ class Withdrawal(Service):
         #: (``sweep_expired``); id ``None``: every card of that expiry.
         self._swept: tuple[datetime, str | None] | None = None
         #: One push at a time per station in this process (``push``): two at once sent
-        #: the same entry twice, the second at a version the first had taken. One lock
-        #: per station ever pushed to: as many as the fleet's stations, never released.
-        #: Across instances the list version keeps it right (a VersionMismatch re-reads).
-        self._pushing: dict[str, asyncio.Lock] = {}
+        #: the same entry twice, the second at a version the first had taken. A lock is
+        #: kept only while a push holds or awaits it (``KeyedLocks``, as the OCPP server
+        #: keeps its arrivals'). Across instances the list version keeps it right (a
+        #: VersionMismatch re-reads).
+        self._pushing = KeyedLocks()
 
     async def settled(self) -> None:
         """Waits for what runs in the background (tests, shutdown)."""
@@ -479,8 +480,7 @@ class Withdrawal(Service):
         by asking its version and sending once more above it what is wanted then: the
         entries are read and judged again, since the list that moved it (an operator's
         Full list) may have dropped or set them."""
-        lock = self._pushing.setdefault(station_id, asyncio.Lock())
-        async with lock:
+        async with self._pushing.one_at_a_time(station_id):
             await self._push(actor, station_id)
 
     async def _push(self, actor: Viewer, station_id: str) -> None:

@@ -1,10 +1,10 @@
-"""One lock per charge point, held only while used (``ocpp_bridge.keyed_locks``)."""
+"""One lock per charge point, held only while used (``domain.keyed_locks``)."""
 
 from __future__ import annotations
 
 import asyncio
 
-from ocpp_bridge.keyed_locks import KeyedLocks
+from domain.keyed_locks import KeyedLocks
 
 
 async def test_a_keys_holders_take_turns_and_the_lock_is_forgotten_after() -> None:
