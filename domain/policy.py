@@ -8,8 +8,9 @@ A hidden record reads exactly like a missing one.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from domain.clock import utcnow
@@ -108,10 +109,11 @@ _ON_MAP: dict[str, Filter] = {
 }
 
 
-def live_reservations() -> Filter:
-    """Reservations holding (or that may hold) their plug now: PENDING or ACTIVE and not
-    expired (``Reservation.state_at``), whether or not the sweep has stored it yet."""
-    return all_of(In("state", LIVE_RESERVATION_STATES), Range("expires_at", gt=utcnow()))
+def live_reservations(now: datetime) -> Filter:
+    """Reservations holding (or that may hold) their plug at ``now``: PENDING or ACTIVE
+    and not expired, whether or not the sweep has stored it yet. The filter form of
+    ``Reservation.state_at``; every service passes its own clock's now."""
+    return all_of(In("state", LIVE_RESERVATION_STATES), Range("expires_at", gt=now))
 
 
 def metered_on(stations: Filter) -> Filter:
@@ -169,8 +171,12 @@ class Policy:
     """Scopes and permissions for viewers. ``public_map`` allows anonymous viewers to see
     the public station view (name, location, connectors and their live status)."""
 
-    def __init__(self, *, public_map: bool = False) -> None:
+    def __init__(self, *, public_map: bool = False,
+                 clock: Callable[[], datetime] = utcnow) -> None:
         self.public_map = public_map
+        #: What "now" is for rules that depend on it (a live reservation); tests set
+        #: their services' clock here too.
+        self.clock = clock
 
     # ---------------------------------------------------------------- read scopes
     def scope(self, viewer: Viewer, kind: str) -> Filter:
@@ -239,7 +245,7 @@ class Policy:
                 # Reservations too stay in the books they were made in; one still live
                 # is also its station's current operators': they run the charger holding
                 # its plug, and must be able to cancel it.
-                return any_of(books, all_of(live_reservations(), on_stations))
+                return any_of(books, all_of(live_reservations(self.clock()), on_stations))
             case "connector" | "status_event" | "connection_event" | "connector_interval":
                 return on_stations
             case "configuration_key":

@@ -76,10 +76,18 @@ def idle_fee(tariff: Tariff, idle: timedelta) -> Decimal:
     """The exact (net) idle fee for ``idle`` time: the minutes beyond the tariff's grace
     (counted over the whole session, not per stretch: a car that flips between charging
     and SuspendedEV at the top of its battery gets one grace, not one per flip) times
-    the idle price, at most the cap."""
-    billed = max(_minutes(idle) - tariff.idle_grace_minutes, Decimal(0))
+    the idle price, at most the cap. Counted in whole seconds (``billed_idle_seconds``),
+    so that a running estimate and the bill price the same idle time alike."""
+    idle_minutes = Decimal(billed_idle_seconds(idle)) / Decimal(60)
+    billed = max(idle_minutes - tariff.idle_grace_minutes, Decimal(0))
     amount = billed * tariff.idle_price_per_minute
     return amount if tariff.idle_fee_cap is None else min(amount, tariff.idle_fee_cap)
+
+
+def billed_idle_seconds(idle: timedelta) -> int:
+    """The whole seconds of idle time billed (and kept on a closed session): a fraction
+    of a second is the driver's."""
+    return max(int(idle.total_seconds()), 0)
 
 
 def session_cost_minor(tariff: Tariff, energy_wh: int, start: datetime, end: datetime,

@@ -49,9 +49,9 @@ from domain.events import (
 )
 from domain.faults import is_fault
 from domain.ids import stable_id
-from domain.policy import Viewer
+from domain.policy import Viewer, live_reservations
 from domain.ports import Change, Insert, InsertIfAbsent, Update
-from domain.pricing import session_cost_minor
+from domain.pricing import billed_idle_seconds, session_cost_minor
 from domain.query import Eq, In, Range, Sort, all_of
 from domain.registration import admits
 from domain.services.base import (
@@ -838,7 +838,7 @@ class ChargingService(ChargerConnections):
         expired."""
         live = await self.store.find_all(Reservation, all_of(
             Eq("station_id", station.id), In("connector_id", (connector_id, 0)),
-            In("state", LIVE_RESERVATION_STATES), Range("expires_at", gt=self.now())),
+            live_reservations(self.now())),
             limit=10)
         for reservation in sorted(live, key=lambda r: r.connector_id, reverse=True):
             if await self._reserved_for(reservation, connector_id, presented, card):
@@ -1248,7 +1248,7 @@ class ChargingService(ChargerConnections):
         if not tariff.bills_idle:
             return None
         idle, = await idle_times(self.store, [IdleSpan.of(session, end)])
-        return int(idle.total_seconds())  # a fraction of a second is the driver's
+        return billed_idle_seconds(idle)
 
     async def _band_energy(self, tariff: Tariff, session: Session, energy: int,
                            metered: Sequence[MeterSample], end: datetime

@@ -9,7 +9,6 @@ the ``ChargerGateway`` port, judges the answer, audits the command and publishes
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,7 +16,6 @@ from datetime import datetime, timedelta
 from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
-from domain.clock import utcnow
 from domain.command_rules import check_command, is_heartbeat_key, is_secret_key
 from domain.entities import (
     FIRMWARE_REQUESTED,
@@ -50,7 +48,7 @@ from domain.errors import (
 )
 from domain.events import CommandCompleted, StationChanged
 from domain.ids import new_id
-from domain.policy import SYSTEM, Viewer
+from domain.policy import SYSTEM, Viewer, live_reservations
 from domain.ports import ChargerGateway, Delete, Insert, Update
 from domain.query import ALL, Eq, Filter, In, Range, all_of
 from domain.registration import PENDING_MAY_SEND
@@ -370,7 +368,7 @@ class CommandService(Service):
         then refuse its StartTransaction (ConcurrentTx), the driver left at a dead plug."""
         vehicle_id = payload.pop("vehicleId", None)
         tag_value = payload.get("idTag")
-        now = utcnow()
+        now = self.now()
         if tag_value:
             tag = await self.store.find_one(IdTag, Eq("tag", str(tag_value).strip().upper()))
             if tag is None or tag.user_id != viewer.user_id:
@@ -423,7 +421,7 @@ class CommandService(Service):
         if tag is None:
             raise NotFound("no such id tag: the charger's start would be refused",
                            field="idTag")
-        await self._refuse_unusable_tag(tag, utcnow())
+        await self._refuse_unusable_tag(tag, self.now())
         await self._refuse_charging(tag)
 
     async def _refuse_reserved(self, station: Station, payload: dict[str, Any]) -> None:
@@ -436,8 +434,7 @@ class CommandService(Service):
         where = Eq("connector_id", 0) if not connector_id \
             else In("connector_id", (connector_id, 0))
         held = await self.store.find_all(Reservation, all_of(
-            Eq("station_id", station.id), where, In("state", LIVE_RESERVATION_STATES),
-            Range("expires_at", gt=utcnow())), limit=10)
+            Eq("station_id", station.id), where, live_reservations(self.now())), limit=10)
         if not held:
             return
         card = await self.store.find_one(IdTag, Eq("tag", payload["idTag"]))
@@ -527,7 +524,7 @@ class CommandService(Service):
                 raise ValidationError("give the id tag to reserve for", field="idTag",
                                       code="REQUIRED")
         expiry = payload.get("expiryDate")
-        now = utcnow()
+        now = self.now()
         if not isinstance(expiry, datetime) or expiry <= now:
             raise ValidationError("expiryDate must be in the future", field="expiryDate")
         if expiry > now + MAX_RESERVATION:
@@ -589,8 +586,7 @@ class CommandService(Service):
                             now: datetime, own: str | None = None) -> None:
         """Raises the Conflict of a reservation other than ``own`` that this one would
         overlap, or (for a driver) of one the driver holds already."""
-        live = all_of(In("state", LIVE_RESERVATION_STATES),
-                      Range("expires_at", gt=now))
+        live = live_reservations(now)
 
         async def other(where: Filter) -> bool:
             found = await self.store.find_all(Reservation, all_of(where, live), limit=2)
@@ -615,10 +611,10 @@ class CommandService(Service):
             Eq("reservation_id", reservation_id)))
         if reservation is None:
             raise NotFound("no such reservation", field="reservationId")
-        if reservation.state not in LIVE_RESERVATION_STATES \
-                or reservation.expires_at <= utcnow():
-            raise ValidationError(f"the reservation is {reservation.state.value.lower()}"
-                                  if reservation.expires_at > utcnow()
+        state = reservation.state_at(self.now())
+        if state not in LIVE_RESERVATION_STATES:
+            raise ValidationError(f"the reservation is {state.value.lower()}"
+                                  if state is not ReservationState.EXPIRED
                                   else "the reservation has expired",
                                   field="reservationId", code="INVALID_STATE")
         return reservation
@@ -627,7 +623,7 @@ class CommandService(Service):
         """Stores EXPIRED on live reservations past their expiry (the charger frees the
         connector by itself) and announces each; returns how many. Several instances may
         sweep at once: each reservation moves once, and only its mover announces it."""
-        now = utcnow()
+        now = self.now()
         due = await self.store.find_all(Reservation, all_of(
             In("state", LIVE_RESERVATION_STATES),
             Range("expires_at", lte=now)), limit=limit)
@@ -699,8 +695,15 @@ class CommandService(Service):
                 # Not sent, so a definite no (REJECTED), not an unanswered one.
                 outcome.error = exc if isinstance(exc, DomainError) \
                     else ChargerOffline(f"{outcome.action} was not sent")
-                with contextlib.suppress(Exception):
+                try:
                     await asyncio.shield(self._after(viewer, outcome, payload))
+                except Exception:
+                    # The store that refused the entry likely refuses this too: the
+                    # reservation then holds its plug until it expires; say so.
+                    log.exception("%s: reservation %s was not sent and could not be "
+                                  "settled as REJECTED: it stays PENDING until it "
+                                  "expires at %s", outcome.station.cp_id,
+                                  outcome.reservation.id, outcome.reservation.expires_at)
             raise
 
     @staticmethod

@@ -44,7 +44,6 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
 from domain.entities import (
-    LIVE_RESERVATION_STATES,
     IdTag,
     IdTagStatus,
     LocalList,
@@ -57,7 +56,7 @@ from domain.entities import (
 )
 from domain.errors import DomainError
 from domain.keyed_locks import KeyedLocks
-from domain.policy import SYSTEM, Viewer
+from domain.policy import SYSTEM, Viewer, live_reservations
 from domain.ports import Change, Delete, Insert, Store
 from domain.query import Eq, Filter, In, Range, Sort, all_of, any_of
 from domain.services.background import Background
@@ -570,8 +569,7 @@ class Withdrawal(Service):
 
     async def _cancel_reservations(self, actor: Viewer, where: Filter) -> None:
         held = await self.store.find_all(Reservation, all_of(
-            where, In("state", LIVE_RESERVATION_STATES),
-            Range("expires_at", gt=self.now())), limit=100)
+            where, live_reservations(self.now())), limit=100)
         for reservation in held:
             try:
                 await self.commands.send(SYSTEM, reservation.cp_id, "CancelReservation",

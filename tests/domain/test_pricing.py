@@ -99,3 +99,16 @@ def test_gross_is_the_billed_cost_on_awkward_values() -> None:
         digits = minor_digits(tariff.currency)
         assert abs(b.energy - (Decimal(energy) / 1000 * tariff.price_per_kwh)
                    .scaleb(digits)) < 1
+
+
+def test_idle_time_is_priced_in_whole_seconds_wherever_it_is_priced() -> None:
+    """Review s20: the running estimate priced 59.999 s of idle time as such, the bill
+    (which keeps whole seconds) as 59 s: at 0.60 a minute the estimate said 0.90 while
+    endSession at the same instant billed 0.89."""
+    tariff = Tariff(company_id="c" * 24, price_per_kwh=Decimal("0.30"), currency="EUR",
+                    idle_price_per_minute=Decimal("0.60"))
+    end = START + timedelta(minutes=30)
+    almost = cost_breakdown(tariff, 1000, START, end, timedelta(seconds=59.999))
+    whole = cost_breakdown(tariff, 1000, START, end, timedelta(seconds=59))
+    assert almost == whole
+    assert whole.idle == 59  # 59 s at 0.60/min = 0.59

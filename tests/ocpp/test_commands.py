@@ -1703,6 +1703,46 @@ async def test_a_reservation_whose_command_could_not_be_audited_is_not_left_pend
         await stop_central(central)
 
 
+
+async def test_a_reservation_left_pending_because_the_store_refused_twice_is_logged(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Review s20: when the store refused the SENT entry and then the settle too, the
+    reservation stayed PENDING, holding its plug until it expired, and nothing said so
+    (the settle's error was suppressed)."""
+    from domain.errors import StoreUnavailable
+
+    central = await start_central(tmp_path / "c.db", command_timeout=0.5)
+    await seed(central)
+    commands = central.services.commands
+    real_commit = commands.commit
+
+    async def commit(viewer: Viewer, changes: Any, **kw: Any) -> Any:
+        audit = kw.get("extra_audit") or []
+        if audit and (audit[0].after or {}).get("stage") in ("SENT", "ANSWERED"):
+            raise StoreUnavailable("the store is busy", reason="busy")
+        if any(isinstance(change.record, d.Reservation) and not isinstance(change, Insert)
+               for change, _ in changes):  # the settle; the PENDING insert is let through
+            raise StoreUnavailable("the store is busy", reason="busy")
+        return await real_commit(viewer, changes, **kw)
+
+    soon = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    try:
+        async with scripted_charger(central) as charger:
+            monkeypatch.setattr(commands, "commit", commit)
+            answer = await run(central, "reserveNow", {
+                "cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OK", "expiryDate": soon},
+                "status reservation { state }")
+            assert [e["code"] for e in answer["errors"]] == ["STORE_UNAVAILABLE"], answer
+            assert charger.received == []
+        found = await central.store.find_all(d.Reservation, Eq("cp_id", "CP-1"))
+        assert [r.state for r in found] == [d.ReservationState.PENDING]
+        logged = [r for r in caplog.records if r.name == "chargegraph.commands"
+                  and found[0].id in r.getMessage()]
+        assert logged and "stays PENDING" in logged[0].getMessage(), caplog.text
+    finally:
+        await stop_central(central)
+
 STATION_INTERVAL = '{ station(cpId: "CP-1") { heartbeatInterval } }'
 
 
