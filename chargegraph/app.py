@@ -68,10 +68,6 @@ def build_services(settings: Settings, store: Store, hasher: PasswordHasher,
     )
 
 
-#: The name tests/ocpp/test_tls.py builds its server's context with.
-_ocpp_ssl = ocpp_ssl_context
-
-
 class _LateBound:
     """The GraphQL app exists only once the lifespan has built the services."""
 

@@ -57,7 +57,15 @@ def allocate(limit_kw: float, min_kw: float, demands: Sequence[Demand],
         kept -= 1  # the most recently started of those left is paused
     shares = {d.session_id: 0.0 for d in ordered}
     shares.update(_water_fill(available, ordered[:kept]))
-    return {sid: math.floor(kw * 1000 + 1e-6) / 1000 for sid, kw in shares.items()}
+    return {sid: floor_to(kw, 0.001) for sid, kw in shares.items()}
+
+
+def floor_to(value: float, step: float) -> float:
+    """``value`` rounded down to a multiple of ``step`` (whole watts of kW: 0.001; OCPP's
+    0.1), so that a limit is never rounded up. The epsilon keeps a float that is a hair
+    below a step (0.3 * 1000 = 299.99999999999994) on it."""
+    per_step = round(1 / step)
+    return math.floor(value * per_step + 1e-6) / per_step
 
 
 def _floor(demand: Demand, min_kw: float) -> float:
@@ -95,7 +103,7 @@ def limit_in_unit(power_kw: float, unit: ChargingRateUnit, voltage: float, phase
     phases. Rounded down to OCPP's 0.1 steps, so the charger never gets more."""
     watts = power_kw * 1000
     value = watts if unit is ChargingRateUnit.W else watts / (voltage * phases)
-    return math.floor(value * 10 + 1e-6) / 10
+    return floor_to(value, 0.1)
 
 
 def profile_id(connector_id: int) -> int:

@@ -504,8 +504,16 @@ class Policy:
 
     # ---------------------------------------------------------------- field-level views
     def sees_station_private(self, viewer: Viewer, station: Station) -> bool:
-        """Owner, company, hardware details, registration: for admins and its operators."""
-        return viewer.is_admin or (viewer.is_operator and self.runs_station(viewer, station))
+        """Owner, company, hardware details, registration: for those who manage it
+        (admins and its operators), one rule with ``may_manage_station``."""
+        return self.may_manage_station(viewer, station)
+
+    @staticmethod
+    def sees_audit_stamps(viewer: Viewer) -> bool:
+        """Who made and last changed a shared record (connectors, tariffs): admins and
+        operators, who see only their own stations' and companies' such records (their
+        scopes); drivers and the public map are not told who runs a station."""
+        return viewer.is_admin or viewer.is_operator
 
     @staticmethod
     def sees_user_private(viewer: Viewer, user: User) -> bool:

@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from decimal import ROUND_FLOOR, ROUND_HALF_UP, Decimal
+from decimal import ROUND_HALF_UP, Decimal
 
+from domain.apportion import largest_remainder
 from domain.currencies import minor_digits
 from domain.entities import Tariff
 from domain.tariff_bands import attributed_wh, bands_of
@@ -51,7 +52,8 @@ def cost_breakdown(tariff: Tariff, energy_wh: int, start: datetime, end: datetim
     net = _rounded(net_exact, digits)
     # The idle fee last: of equal fractions the first gets the unit left over, as it
     # did before there was an idle line (the same lines for the same sessions).
-    energy, time, fee, idle_line = _split(net, [part.scaleb(digits) for part in exact])
+    energy, time, fee, idle_line = largest_remainder(
+        [part.scaleb(digits) for part in exact], net)
     return CostBreakdown(energy=energy, time=time, fee=fee, idle=idle_line, net=net,
                          tax=gross - net, gross=gross, currency=tariff.currency)
 
@@ -105,16 +107,3 @@ def _minutes(span: timedelta) -> Decimal:
 def _rounded(amount: Decimal, digits: int) -> int:
     return int(amount.scaleb(digits).quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
-
-def _split(total: int, exact: list[Decimal]) -> list[int]:
-    """Whole parts of ``exact`` (non-negative, in minor units) adding up to ``total``, the
-    rounded sum of them: each rounded down, then the units left over go one each to the
-    parts with the largest fractions (the first of equal ones). ``total`` exceeds the sum
-    of the parts rounded down by less than their number plus one, so no part gets more
-    than one unit (and a rounded-down sum never exceeds ``total``)."""
-    floors = [int(part.quantize(Decimal(1), rounding=ROUND_FLOOR)) for part in exact]
-    left = total - sum(floors)
-    by_fraction = sorted(range(len(exact)), key=lambda i: -(exact[i] - floors[i]))
-    for i in by_fraction[:left]:
-        floors[i] += 1
-    return floors

@@ -17,12 +17,13 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from decimal import ROUND_FLOOR, Decimal
+from decimal import Decimal
 from itertools import pairwise
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from domain import validation as v
+from domain.apportion import largest_remainder
 from domain.entities import Session, Tariff
 from domain.errors import ValidationError
 from domain.timebuckets import offsets, zone
@@ -242,7 +243,7 @@ def attributed_wh(tariff: Tariff, start: datetime, energy_wh: int,
         exact = [part * total / metered for part in exact]
     else:
         exact[band_at(bands, tz, start)] += total - metered
-    return _whole(exact, total)
+    return largest_remainder(exact, total)
 
 
 def _spread(bands: Sequence[PriceBand], tz: ZoneInfo, since: datetime, until: datetime,
@@ -274,12 +275,3 @@ def _edges(bands: Sequence[PriceBand], tz: ZoneInfo, since: datetime, until: dat
         day += timedelta(days=1)
     yield from (at.astimezone(UTC) for at, _ in offsets(tz, since, until))
 
-
-def _whole(exact: list[Decimal], total: int) -> list[int]:
-    """Whole parts of ``exact`` adding up to ``total``: rounded down, the units left to
-    the largest fractions (the first of equal ones)."""
-    floors = [int(part.quantize(Decimal(1), rounding=ROUND_FLOOR)) for part in exact]
-    left = total - sum(floors)
-    for i in sorted(range(len(exact)), key=lambda i: -(exact[i] - floors[i]))[:left]:
-        floors[i] += 1
-    return floors

@@ -9,6 +9,7 @@ from enum import Enum
 from typing import Any
 
 import strawberry
+from strawberry.utils.str_converters import to_camel_case
 
 from domain import ocpp16
 
@@ -264,11 +265,6 @@ OCPP_VALUE_DESCRIPTIONS: dict[str, dict[str, str]] = {
 }
 
 
-def _camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(part[:1].upper() + part[1:] for part in rest)
-
-
 def to_ocpp(value: Any) -> Any:
     """A strawberry input (tree) as an OCPP payload: camelCase keys, enum values, fields
     left out or null dropped."""
@@ -278,7 +274,7 @@ def to_ocpp(value: Any) -> Any:
             item = getattr(value, f.name)
             if item is None or item is strawberry.UNSET:
                 continue
-            out[_camel(f.name)] = to_ocpp(item)
+            out[to_camel_case(f.name)] = to_ocpp(item)
         return out
     if isinstance(value, list):
         return [to_ocpp(v) for v in value]

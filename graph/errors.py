@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
 import strawberry
 from graphql import GraphQLError
+from strawberry.utils.str_converters import to_camel_case
 
 from domain.errors import DomainError, Forbidden, Unauthenticated, each
 from graph.request_errors import variable_refused
@@ -42,14 +42,13 @@ PAYLOAD_ERRORS = ("Expected failures, each with the input field at fault and a s
                   "code; empty when the mutation succeeded.")
 
 
-_SNAKE = re.compile(r"_([a-z])")
-
-
 def camel(field: str | None) -> str | None:
-    """Domain (storage) field names to the API's camelCase: ``cp_id`` → ``cpId``."""
+    """Domain (storage) field names to the API's camelCase: ``cp_id`` → ``cpId``, by
+    the converter that names the schema's fields, so that an error names a field the
+    schema has (``limit_2`` → ``limit2``, where a regex of its own said ``limit_2``)."""
     if field is None:
         return None
-    return _SNAKE.sub(lambda m: m.group(1).upper(), field)
+    return to_camel_case(field)
 
 
 def user_error(error: DomainError) -> UserError:

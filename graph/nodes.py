@@ -90,7 +90,7 @@ def _wrap_or_none(node: Any, record: d.Record | None, ctx: GraphContext) -> Any:
 
 
 async def _related(info: Info, node: Any, record_id: str | None) -> Any:
-    """The node of a to-one relation (``Session.user``, ``Payment.station`` …) through the
+    """The node of a to-one relation (``Session.user``, ``Payment.session`` …) through the
     per-request loader of its kind; ``None`` when missing or hidden."""
     return _wrap_or_none(node, await _load(info, RECORD_OF_NODE[node], record_id), _ctx(info))
 
@@ -270,8 +270,9 @@ async def _actor_user(info: Info, actor: str | None) -> User | None:
 
 
 def _staff(ctx: GraphContext) -> bool:
-    """Admins and operators: who may see the audit stamps of shared, public records."""
-    return ctx.viewer.is_admin or ctx.viewer.is_operator
+    """Whether the viewer sees the audit stamps of shared, public records (the policy's
+    ``sees_audit_stamps``)."""
+    return ctx.services.policy.sees_audit_stamps(ctx.viewer)
 
 
 _new_object = object.__new__

@@ -161,7 +161,7 @@ class ChargePointHandler(ChargePoint):
         self._unknown_seen: set[tuple[str, str]] = set()
         #: Commands in flight: unique id → action, to read the answer's schema.
         self._actions: dict[str, str] = {}
-        #: When this connection was recorded (``ChargingService.set_online``).
+        #: When this connection was recorded (``ChargingService.connect``).
         self.connected_at: datetime | None = None
         self._highest_connector: int | None = None
         self._unique_id = ""

@@ -1,4 +1,4 @@
-"""Timestamps from chargers (times going out: ``domain.clock.rfc3339``)."""
+"""Timestamps from chargers (times going out: ``domain.wire.rfc3339``)."""
 
 from __future__ import annotations
 

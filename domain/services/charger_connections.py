@@ -142,7 +142,9 @@ class ChargerConnections(Service):
     async def set_online(self, cp_id: str, online: bool, *, instance: str | None = None
                          ) -> datetime | None:
         """Records a connect (a new connection, ``connect``) or a disconnect of whichever
-        connection is recorded (``disconnect``, unguarded: at start-up, in tests); returns
+        connection is recorded (``disconnect``, unguarded), with no socket behind it:
+        for tests and tools that stage a charger's presence (the OCPP server calls
+        ``connect`` with the number its socket drew, start-up ``disconnect``). Returns
         its time, ``None`` when nothing was recorded."""
         if online:
             connected = await self.connect(cp_id, instance=instance)

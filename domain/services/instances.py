@@ -8,7 +8,7 @@ no disconnects. Its stations would stay online until their chargers connect agai
 charger that went down with it never does. So every instance sweeps for expired leases of
 others and records their stations offline: a disconnect dated when the connection was last
 known to be there (the dead instance's last renewal, or the charger's last message after
-it; ``charging.Lost``), with its connection history and state intervals, and the live
+it; ``charger_connections.Lost``), with its connection history and state intervals, and the live
 map's event. A lease is deleted once none of its
 stations is online any more.
 

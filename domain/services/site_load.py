@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -52,6 +51,7 @@ from domain.load_sharing import (
     STACK_LEVEL,
     Demand,
     allocate,
+    floor_to,
     limit_in_unit,
     profile_id,
     tx_profile,
@@ -427,7 +427,7 @@ class SiteLoad(Service):
         may not draw now (``drawn`` all of them together, this one at its rating), and 0
         rather than less than the least it could charge at."""
         headroom = site.max_power_kw - (drawn - seen.bound(session))
-        kw = max(0.0, min(share, math.floor(headroom * 1000 + 1e-6) / 1000))
+        kw = max(0.0, min(share, floor_to(headroom, 0.001)))
         rating = seen.rating(session)
         least = site.min_power_kw if rating is None else min(site.min_power_kw, rating)
         return kw if kw >= least else 0.0

@@ -41,7 +41,7 @@ from domain.events import (
 )
 from domain.policy import SYSTEM, Viewer
 from domain.ports import Delete, Insert, Update, WebhookAttempt, WebhookSender
-from domain.query import ALL, Eq, Filter, Sort, all_of
+from domain.query import Eq, Sort, all_of
 from domain.services.base import UNSET, Service, ServiceContext, changed, patch, stamp_new
 
 MAX_URL = 2048
@@ -324,12 +324,6 @@ class WebhookService(Service):
         webhook = await self.visible(viewer, Webhook, webhook_id)
         await self.commit(viewer, [(Delete(webhook), webhook)])
         return webhook
-
-    async def list_webhooks(self, viewer: Viewer, where: Filter = ALL) -> list[Webhook]:
-        """The webhooks ``viewer`` may see (none for drivers), oldest first."""
-        return await self.store.find_all(
-            Webhook, all_of(self.policy.scope(viewer, Webhook.kind), where), (Sort("id"),),
-            limit=1000)
 
     async def ping(self, viewer: Viewer, webhook_id: str) -> WebhookAttempt:
         """Posts a ``ping`` to the webhook at once (also while it is disabled, to check a

@@ -91,6 +91,7 @@ import pymongo
 from bson import ObjectId
 from pymongo.errors import DuplicateKeyError
 
+from domain.clock import utcnow
 from domain.entities import ENTITY_BY_KIND, AuditAction
 from domain.errors import StoreUnavailable
 from domain.ports import Change, Delete, Insert, InsertIfAbsent, Update
@@ -266,7 +267,9 @@ async def open_batch(db: Any, undo: list[dict[str, Any]], audit: list[dict[str, 
     Whatever fails, the journal goes, as nothing of the batch is written yet (else the
     sweep takes it)."""
     journal_id = journal_id or ObjectId()
-    at = _journal_now()
+    # Milliseconds, as BSON keeps them: the head read back compares equal to it
+    # (``_still_open``).
+    at = utcnow()
     lists: dict[str, list[Any]] = {"undo": undo, "audit": [entry["_id"] for entry in audit],
                                    ENTRIES: audit}
     head: dict[str, Any] = {"_id": journal_id, "at": at, **lists, MARKED: True,
@@ -293,13 +296,6 @@ async def open_batch(db: Any, undo: list[dict[str, Any]], audit: list[dict[str, 
     for piece in pieces[:-1]:
         starts.append(starts[-1] + len(piece["undo"]))
     return Layout(journal_id, tuple(starts))
-
-
-def _journal_now() -> datetime:
-    """Now, as a journal's ``at`` is stored (BSON keeps milliseconds), so the head read
-    back compares equal to it (``_still_open``)."""
-    now = datetime.now(UTC)
-    return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
 class JournalSwept(StoreUnavailable):

@@ -196,3 +196,14 @@ async def test_sites_report_every_invalid_field(api: Api, world: World,
         "id": "nonsense", "name": None, "maxPowerKw": None, "voltage": 5}) == [
         ("id", "INVALID_ID"), ("name", "REQUIRED"), ("maxPowerKw", "REQUIRED"),
         ("voltage", "OUT_OF_RANGE")]
+
+
+def test_error_fields_are_named_as_the_schema_names_fields() -> None:
+    """Review s20: errors named fields by a regex of their own, which left ``limit_2`` as
+    is where the schema (strawberry's converter) says ``limit2``."""
+    from strawberry.utils.str_converters import to_camel_case
+
+    from graph.errors import camel
+    for name in ("cp_id", "charging_schedule.start_period", "limit_2", "phase_l1_n"):
+        assert camel(name) == to_camel_case(name)
+    assert camel("limit_2") == "limit2"

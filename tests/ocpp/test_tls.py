@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from websockets.asyncio.client import connect
 
-from chargegraph.app import _ocpp_ssl
 from chargegraph.settings import Settings
+from chargegraph.tls import ocpp_ssl_context
 from ocpp_bridge.server import OcppServer
 from ocpp_bridge.simulator import SimulatedChargePoint, basic_auth
 from tests.ocpp.conftest import STATION_PASSWORD, Central
@@ -26,7 +26,7 @@ def make_certificate(folder: Path) -> tuple[Path, Path]:
 
 async def test_wss_with_basic_auth(central: Central, tmp_path: Path) -> None:
     cert, key = make_certificate(tmp_path)
-    context = _ocpp_ssl(Settings(ocpp_tls_cert=cert, ocpp_tls_key=key))
+    context = ocpp_ssl_context(Settings(ocpp_tls_cert=cert, ocpp_tls_key=key))
     server = OcppServer(central.services.charging, central.gateway, "127.0.0.1", 0,
                         ssl_context=context)
     await server.start()
