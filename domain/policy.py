@@ -105,7 +105,9 @@ _NOT_ACCEPTED = In("registration", (Registration.PENDING, Registration.REJECTED)
 _ON_MAP: dict[str, Filter] = {
     "station": Eq("registration", Registration.ACCEPTED),
     "connector": NotSub("station_id", "station", _NOT_ACCEPTED),
-    "tariff": ALL,
+    # Company-wide prices, and those of stations that exist: a removed station's are
+    # kept as its sessions' price history, for those who keep their books.
+    "tariff": any_of(Eq("station_id", None), Sub("station_id", "station", ALL)),
 }
 
 

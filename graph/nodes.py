@@ -1026,7 +1026,8 @@ class Session(Node, Audited):
     @strawberry.field(description=(
         "The tariff that prices the session: the station's, else the company's whose "
         "books it is in, in force at its start. Null when there is none, or when the "
-        "viewer may not see it (as `tariffs` shows them)."))
+        "viewer may not see it (as `tariffs` shows them: a removed station's price list "
+        "is kept for admins, and never replaced by its company's)."))
     def tariff(self, info: Info) -> Tariff | None:
         ctx = _ctx(info)
         return _pricing_tariff(  # type: ignore[no-any-return]
@@ -1036,7 +1037,7 @@ class Session(Node, Audited):
     @strawberry.field(description=(
         "The `cost` of a COMPLETED session split into its lines; null for other states, "
         "a session priced by no tariff, and one whose tariff no longer gives the cost it "
-        "was billed (a version an admin dated back since, its station removed)."))
+        "was billed (a version an admin dated back since)."))
     def cost_breakdown(self, info: Info) -> CostBreakdown | None:
         r = self._r
         if r.state is not d.SessionState.COMPLETED or r.cost_minor is None \

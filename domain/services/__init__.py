@@ -52,6 +52,7 @@ class Services:
         self.commands = CommandService(ctx, gateway, timeout=command_timeout)
         self.withdrawal = Withdrawal(ctx, self.commands)
         self.commands.on_list_wanting = self.withdrawal.push_later
+        self.stations.cancel_at_chargers = self.withdrawal.cancel_reservations
         self.accounts.on_deactivated = self.withdrawal.withdraw_user
         self.fleet.on_withdrawn = self.withdrawal.withdraw_card
         self.accounts.on_reactivated = self.withdrawal.restore_user

@@ -372,6 +372,21 @@ def patch(record: E, viewer: Viewer, *, only_if: tuple[str, Any] | None = None,
                   required)
 
 
+def touch(record: E, **updates: Any) -> Update:
+    """An ``Update`` of telemetry (a station's ``last_seen``, ``booted_at``) that is no
+    change to the record: its ``updated_at``/``updated_by`` stay. They are shown to
+    whoever sees the record, and moved by every heartbeat they told the public map each
+    charger's rhythm of contact, a private field's (``last_seen``; QA s20)."""
+    names = _field_names(type(record))
+    unknown = set(updates) - names
+    if unknown:
+        raise TypeError(f"{type(record).__name__} has no field {sorted(unknown)[0]!r}")
+    copy = object.__new__(type(record))
+    copy.__dict__.update(record.__dict__)
+    copy.__dict__.update(updates)
+    return Update(copy, frozenset(updates))
+
+
 def changed(record: E, viewer: Viewer, **updates: Any) -> E:
     """A copy of ``record`` with the given (non-UNSET) fields replaced and the update
     stamps set. The original stays untouched as the audit before-image.

@@ -64,6 +64,7 @@ from domain.services.base import (
     reservation_changed,
     reserved_for_card,
     stamp_new,
+    touch,
 )
 from domain.services.batching import GroupCommitter
 from domain.services.charger_cache import CACHED_TOPICS, ChargerCache
@@ -392,7 +393,7 @@ class ChargingService(ChargerConnections):
             update = patch(station, actor, last_seen=now, booted_at=booted, **details)
             await self.commit(actor, [(update, station)])
         else:
-            update = patch(station, actor, last_seen=now, booted_at=booted)
+            update = touch(station, last_seen=now, booted_at=booted)
             await self.store.write([update], [])
         self.cache.remember(cast(Station, update.record), renew=False)
         return BootResult(station.registration, self.boot_interval(station), now)
@@ -418,7 +419,7 @@ class ChargingService(ChargerConnections):
         station = await self._require_station(cp_id)
         await self._still_connected(station)
         now = self.now()
-        update = patch(station, charger(cp_id), last_seen=now)
+        update = touch(station, last_seen=now)
         await self.telemetry.write([update])
         self.cache.remember(cast(Station, update.record), renew=False)
         return now
@@ -435,7 +436,7 @@ class ChargingService(ChargerConnections):
         now = self.now()
         if station.last_seen is not None and now - station.last_seen < LAST_SEEN_EVERY:
             return
-        update = patch(station, charger(cp_id), last_seen=now)
+        update = touch(station, last_seen=now)
         await self.telemetry.write([update])
         self.cache.remember(cast(Station, update.record), renew=False)
 

@@ -21,14 +21,13 @@ from domain.entities import (
     Session,
     SessionState,
     Station,
-    Tariff,
     User,
 )
 from domain.errors import Conflict, Forbidden, UniqueViolation, ValidationError
 from domain.events import StationChanged, StationRemoved
 from domain.policy import Viewer
 from domain.ports import Change, Delete, Insert, Store
-from domain.query import Eq, In, all_of
+from domain.query import Eq, Filter, In, all_of
 from domain.services.background import Background
 from domain.services.base import (
     UNSET,
@@ -41,6 +40,7 @@ from domain.services.base import (
 )
 from domain.services.configuration import forget_configuration
 from domain.services.offline_notices import forget_outages
+from domain.services.withdrawal import forget_local_list
 
 log = logging.getLogger("chargegraph.services")
 
@@ -130,6 +130,10 @@ class StationService(Service):
         #: Asked to share a site's power again when a station leaves it here (handed to
         #: another company); ``Services`` wires in ``SiteLoad.request_site``.
         self.on_site_left: Callable[[str], None] | None = None
+        #: Cancels live reservations at their chargers before what they hold is removed
+        #: (``Services`` wires in ``Withdrawal.cancel_reservations``): cancelled here
+        #: only, the charger kept the plug reserved for the old card until it expired.
+        self.cancel_at_chargers: Callable[[Viewer, Filter], Awaitable[None]] | None = None
         self._nudging = Background()
 
     async def create_station(self, viewer: Viewer, *, cp_id: str, name: str,
@@ -300,16 +304,17 @@ class StationService(Service):
         await self._nudging.settled()
 
     async def remove_station(self, viewer: Viewer, station_id: str) -> Station:
-        """Removes the station, its connectors and its tariffs in one write, and what is
-        known of its charger's configuration; then its outages' webhook notices (nothing
-        would end them). Its sessions, payments and history stay for the books; refused
-        while a session is active."""
+        """Removes the station and its connectors in one write, and what is known of its
+        charger's configuration and local list; then its outages' webhook notices
+        (nothing would end them). Its sessions, payments, history and tariffs stay for the
+        books (a session's ``tariff`` is the one that priced it, not the company's that
+        would have stood in); refused while a session is active. Its live reservations are
+        cancelled at the charger first."""
         station = await self.managed_station(viewer, station_id)
         await self._refuse_if_charging(Eq("station_id", station.id))
+        await self._cancel_at_chargers(viewer, Eq("station_id", station.id))
         connectors = await self.store.find_all(Connector, Eq("station_id", station.id))
-        tariffs = await self.store.find_all(Tariff, Eq("station_id", station.id))
         changes: list[tuple[Change, Any]] = [(Delete(c), c) for c in connectors]
-        changes += [(Delete(t), t) for t in tariffs]
         cancelled = await self._cancel_reservations(viewer, Eq("station_id", station.id),
                                                     changes)
         changes.append((Delete(station), station))
@@ -317,7 +322,8 @@ class StationService(Service):
             viewer, all_of(Eq("cp_id", station.cp_id), Eq("station_id", station.id)))
         # Unaudited as it was written: control state, each command audited as itself.
         await self.commit(viewer, changes, unaudited=[
-            *history, *await forget_configuration(self.store, station)])
+            *history, *await forget_configuration(self.store, station),
+            *await forget_local_list(self.store, station)])
         await self._announce(cancelled, station)
         await self._hang_up_charger(station)
         # After the removal's write, not in it: a connection may close a notice meanwhile,
@@ -330,6 +336,12 @@ class StationService(Service):
             log.exception("%s: removed; its offline notices are left to the sweep",
                           station.cp_id)
         return station
+
+    async def _cancel_at_chargers(self, viewer: Viewer, where: Filter) -> None:
+        """The live reservations ``where`` cancelled at their chargers first (those
+        not answered are cancelled here by the removal's own write)."""
+        if self.cancel_at_chargers is not None:
+            await self.cancel_at_chargers(viewer, where)
 
     async def _cancel_reservations(self, viewer: Viewer, where: Any,
                                    changes: list[tuple[Change, Any]]) -> list[Reservation]:
@@ -434,10 +446,11 @@ class StationService(Service):
         await self._refuse_if_charging(
             all_of(Eq("cp_id", connector.cp_id), Eq("connector_id", connector.connector_id))
         )
+        held = all_of(Eq("station_id", connector.station_id),
+                      Eq("connector_id", connector.connector_id))
+        await self._cancel_at_chargers(viewer, held)
         changes: list[tuple[Change, Any]] = []
-        cancelled = await self._cancel_reservations(viewer, all_of(
-            Eq("station_id", connector.station_id),
-            Eq("connector_id", connector.connector_id)), changes)
+        cancelled = await self._cancel_reservations(viewer, held, changes)
         changes.append((Delete(connector), connector))
         await self.commit(viewer, changes, unaudited=await self._end_state_history(
             viewer, all_of(Eq("cp_id", connector.cp_id),

@@ -142,6 +142,17 @@ def _recorded(entry: LocalListEntry, status: str, card_id: str | None, restore: 
                      card_status)
 
 
+async def forget_local_list(store: Store, station: Station) -> list[Change]:
+    """The deletions of what a removed station's charger was known to hold in its local
+    list: left, a later withdrawal of one of its cards would find a list to push to a
+    station that no longer exists (its cpId may be given to a new station)."""
+    where = Eq("station_id", station.id)
+    entries = await store.find_all(
+        LocalListEntry, where, limit=max(1, await store.count(LocalListEntry, where)))
+    lists = await store.find_all(LocalList, where, limit=10)
+    return [*(Delete(entry) for entry in entries), *(Delete(held) for held in lists)]
+
+
 async def record_local_list(store: Store, station: Station, payload: dict[str, Any],
                             actor: Viewer, *, ours: bool, now: datetime) -> bool:
     """Records what a SendLocalList the charger accepted put in its list (``payload`` as
@@ -322,7 +333,7 @@ class Withdrawal(Service):
             # card as it was made (``base.made_for``); of a tag of no card, no one.
             await self._stop_sessions(actor, all_of(Eq("id_tag", card.tag),
                                                     Eq("user_id", card.user_id)))
-            await self._cancel_reservations(actor, all_of(Eq("id_tag", card.tag),
+            await self.cancel_reservations(actor, all_of(Eq("id_tag", card.tag),
                                                           Eq("user_id", card.user_id)))
         for station_id in await self._stations_wanting([card.id]):
             await self.push(actor, station_id)
@@ -337,7 +348,7 @@ class Withdrawal(Service):
         card_ids = [c.id for c in cards]
         await self._mark_wanted(actor, card_ids, "Blocked")
         await self._stop_sessions(actor, Eq("user_id", user.id))
-        await self._cancel_reservations(actor, Eq("user_id", user.id))
+        await self.cancel_reservations(actor, Eq("user_id", user.id))
         for station_id in await self._stations_wanting(card_ids):
             await self.push(actor, station_id)
 
@@ -567,17 +578,27 @@ class Withdrawal(Service):
                 log.info("session %d of a withdrawn card not stopped: %s",
                          session.transaction_id, outcome.error.message)
 
-    async def _cancel_reservations(self, actor: Viewer, where: Filter) -> None:
+    async def cancel_reservations(self, actor: Viewer, where: Filter) -> None:
+        """Cancels the live reservations ``where`` at their chargers (CancelReservation,
+        audited as ``actor``), best effort: an answered cancel stores CANCELLED; one not
+        delivered (charger offline) is left to the caller's own write or to its expiry.
+        For withdrawn cards and users, and for connectors and stations being removed: the
+        charger otherwise holds the plug for a reservation nobody here knows of."""
         held = await self.store.find_all(Reservation, all_of(
             where, live_reservations(self.now())), limit=100)
         for reservation in held:
             try:
-                await self.commands.send(SYSTEM, reservation.cp_id, "CancelReservation",
-                                         {"reservationId": reservation.reservation_id},
-                                         audited_as=actor)
+                outcome = await self.commands.send(
+                    SYSTEM, reservation.cp_id, "CancelReservation",
+                    {"reservationId": reservation.reservation_id}, audited_as=actor)
             except DomainError as exc:
-                log.info("reservation %d of a withdrawn card not cancelled: %s",
-                         reservation.reservation_id, exc.message)
+                log.info("%s: reservation %d not cancelled at the charger: %s",
+                         reservation.cp_id, reservation.reservation_id, exc.message)
+                continue
+            if outcome.error is not None:
+                log.info("%s: reservation %d not cancelled at the charger: %s",
+                         reservation.cp_id, reservation.reservation_id,
+                         outcome.error.message)
 
 
 def _after(cursor: tuple[datetime, str | None]) -> Filter:

@@ -492,3 +492,20 @@ async def test_an_operator_edit_reaches_a_connected_charger_at_once(central: Cen
         await central.services.stations.update_station(
             SYSTEM, station.id, registration=d.Registration.REJECTED)
         assert (await cp.boot()).status == "Rejected"
+
+
+async def test_contact_moves_last_seen_not_the_stations_updated_at(central: Central) -> None:
+    """QA s20: every heartbeat (and boot, and message a minute) stamped the station's
+    ``updatedAt``, shown to the public map and drivers, who are not shown ``lastSeen``:
+    it told them each charger's rhythm of contact, and sorted the map by it."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await cp.call(call.Heartbeat())
+        first = await central.store.find_one(d.Station, Eq("cp_id", "CP-1"))
+        await asyncio.sleep(0.01)
+        await cp.call(call.Heartbeat())
+        await cp.boot()
+        later = await central.store.find_one(d.Station, Eq("cp_id", "CP-1"))
+    assert first is not None and later is not None and first.last_seen is not None
+    assert later.last_seen is not None and later.last_seen > first.last_seen
+    assert (later.updated_at, later.updated_by) == (first.updated_at, first.updated_by)

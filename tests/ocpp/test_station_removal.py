@@ -13,7 +13,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from domain import entities as d
 from domain.policy import SYSTEM
-from domain.query import Eq
+from domain.query import Eq, all_of
 from graph.ids import to_global_id
 from ocpp_bridge.handler import CLOSE_UNKNOWN_STATION
 from ocpp_bridge.simulator import basic_auth, connected
@@ -334,3 +334,91 @@ async def test_a_removal_stands_and_hangs_up_whatever_its_notice_cleanup_meets(
     finally:
         await stop_central(central)
         await bus.close()
+
+
+REMOVE_CONNECTOR = """mutation($id: ID!) { removeConnector(input: {id: $id}) {
+    errors { code } } }"""
+
+
+@pytest.mark.parametrize("what", ["connector", "station"])
+async def test_a_removal_cancels_the_reservations_it_ends_at_the_charger(
+        central: Central, what: str) -> None:
+    """QA s20: removeConnector stored its live reservation CANCELLED and told the charger
+    nothing: it kept the plug reserved for the old card until the reservation expired,
+    while ChargeGraph showed none."""
+    soon = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await cp.report_all()
+        held = await central.gql("""mutation($input: ReserveNowInput!) {
+            reserveNow(input: $input) { errors { code } reservation { reservationId } } }""",
+                                 {"input": {"cpId": "CP-1", "connectorId": 2,
+                                            "idTag": "TAG-OK", "expiryDate": soon}},
+                                 as_user="op")
+        assert held["reserveNow"]["errors"] == [], held
+        number = held["reserveNow"]["reservation"]["reservationId"]
+        if what == "connector":
+            connector = await central.store.find_one(d.Connector, all_of(
+                Eq("cp_id", "CP-1"), Eq("connector_id", 2)))
+            assert connector is not None
+            removed = (await central.gql(REMOVE_CONNECTOR, {
+                "id": to_global_id("connector", connector.id)}, as_user="op")
+                       )["removeConnector"]
+        else:
+            removed = (await central.gql(REMOVE, {
+                "id": to_global_id("station", central.stations["CP-1"].id)}, as_user="op")
+                       )["removeStation"]
+        assert removed["errors"] == [], removed
+        assert ("CancelReservation", {"reservation_id": number}) in cp.received
+    [reservation] = await central.store.find_all(d.Reservation, Eq("reservation_id", number))
+    assert reservation.state is d.ReservationState.CANCELLED
+
+
+async def test_a_removed_stations_tariff_is_not_replaced_by_its_companys(
+        central: Central) -> None:
+    """QA s20: removeStation deleted the station's tariffs, and its sessions' ``tariff``
+    then showed the company's (2.00/kWh, no fee) beside a cost billed at the station's
+    (1.00/kWh + 0.30), and the receipt's lines were gone. The tariffs are kept as price
+    history: the receipt stays; the tariff itself is an admin's to read (no station
+    names whose it is), never another standing in for it; the price list offers no
+    station that is gone. Its local list is forgotten with it."""
+    from decimal import Decimal
+
+    from domain.clock import utcnow
+    from tests.ocpp.test_card_withdrawal import send_full_list
+
+    station = central.stations["CP-1"]
+    for owner in ({"station_id": station.id},
+                  {"company_id": central.users["op"].company_id}):
+        await central.services.tariffs.set_tariff(
+            SYSTEM, **owner, price_per_kwh=Decimal("1.00" if owner.get("station_id")
+                                                   else "2.00"),
+            session_fee=Decimal("0.30" if owner.get("station_id") else "0"),
+            currency="EUR", valid_from=utcnow() - timedelta(days=1))
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await send_full_list(central, "CP-1", "TAG-OK")
+        tx, _ = await cp.start_transaction(1, "TAG-OK")
+        cp.connectors[1].power_w = 2_000
+        await cp.meter_values(1, seconds=3600)
+        await cp.stop_transaction(1)
+    session = await central.session(tx)
+    assert session is not None
+    priced = """query($id: ID!) { node(id: $id) { ... on Session {
+        cost { amountMinor } costBreakdown { energy fee }
+        tariff { pricePerKwh sessionFee } } } }"""
+    gid = {"id": to_global_id("session", session.id)}
+    before = await central.gql(priced, gid, as_user="op")
+    assert before["node"]["tariff"] == {"pricePerKwh": "1.00", "sessionFee": "0.30"}
+    await remove_cp1(central)
+    for who in ("op", "driver", "admin"):
+        after = (await central.gql(priced, gid, as_user=who))["node"]
+        assert after["cost"] == before["node"]["cost"], who
+        assert after["costBreakdown"] == before["node"]["costBreakdown"], who
+        assert after["tariff"] == (before["node"]["tariff"] if who == "admin" else None), who
+    listed = "{ tariffs(first: 50) { nodes { pricePerKwh } } }"
+    for who in ("driver", "op"):
+        prices = (await central.gql(listed, as_user=who))["tariffs"]["nodes"]
+        assert {"pricePerKwh": "1.00"} not in prices, who
+    assert await central.store.find_all(d.LocalListEntry, Eq("cp_id", "CP-1")) == []
+    assert await central.store.find_all(d.LocalList, Eq("cp_id", "CP-1")) == []
