@@ -176,8 +176,9 @@ class Policy:
     def __init__(self, *, public_map: bool = False,
                  clock: Callable[[], datetime] = utcnow) -> None:
         self.public_map = public_map
-        #: What "now" is for rules that depend on it (a live reservation); tests set
-        #: their services' clock here too.
+        #: What "now" is for read scopes that depend on it (a live reservation is its
+        #: station's operators' too): the wall clock, as requests' own "now" is. Services
+        #: pass their own clock's now to ``live_reservations`` where they decide.
         self.clock = clock
 
     # ---------------------------------------------------------------- read scopes

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
 import strawberry
 from graphql import GraphQLError
-from strawberry.utils.str_converters import to_camel_case
 
 from domain.errors import DomainError, Forbidden, Unauthenticated, each
 from graph.request_errors import variable_refused
@@ -42,13 +42,18 @@ PAYLOAD_ERRORS = ("Expected failures, each with the input field at fault and a s
                   "code; empty when the mutation succeeded.")
 
 
+_SNAKE = re.compile(r"_([a-z0-9])")
+
+
 def camel(field: str | None) -> str | None:
-    """Domain (storage) field names to the API's camelCase: ``cp_id`` → ``cpId``, by
-    the converter that names the schema's fields, so that an error names a field the
-    schema has (``limit_2`` → ``limit2``, where a regex of its own said ``limit_2``)."""
+    """Domain (storage) field names to the API's camelCase: ``cp_id`` → ``cpId``;
+    ``limit_2`` → ``limit2``, as the schema's names are made. Only the letter after an
+    underscore changes: a path naming camelCase fields already
+    (``energy_bands[0].startTime``) keeps them (strawberry's converter, which lowers the
+    rest of each part, would say ``starttime``)."""
     if field is None:
         return None
-    return to_camel_case(field)
+    return _SNAKE.sub(lambda m: m.group(1).upper(), field)
 
 
 def user_error(error: DomainError) -> UserError:

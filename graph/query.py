@@ -240,8 +240,9 @@ class Query(AnalyticsQuery, WebhookQuery, SiteQuery):
 
     @strawberry.field(description=(
         "Price lists, latest `validFrom` first. Drivers, and signed-out clients when the "
-        "public map is on, see all; an operator their company's and their stations'; an "
-        "admin all."))
+        "public map is on, see every company's and every existing station's; an "
+        "operator their company's and their stations'; an admin all (also a removed "
+        "station's, kept as its sessions' price history)."))
     async def tariffs(self, info: Info, first: int | None = None, after: str | None = None,
                       last: int | None = None, before: str | None = None
                       ) -> Connection[Tariff]:

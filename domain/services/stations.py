@@ -312,7 +312,8 @@ class StationService(Service):
         cancelled at the charger first."""
         station = await self.managed_station(viewer, station_id)
         await self._refuse_if_charging(Eq("station_id", station.id))
-        await self._cancel_at_chargers(viewer, Eq("station_id", station.id))
+        await self._cancel_at_chargers(viewer, Eq("station_id", station.id),
+                                       Eq("station_id", station.id))
         connectors = await self.store.find_all(Connector, Eq("station_id", station.id))
         changes: list[tuple[Change, Any]] = [(Delete(c), c) for c in connectors]
         cancelled = await self._cancel_reservations(viewer, Eq("station_id", station.id),
@@ -322,8 +323,7 @@ class StationService(Service):
             viewer, all_of(Eq("cp_id", station.cp_id), Eq("station_id", station.id)))
         # Unaudited as it was written: control state, each command audited as itself.
         await self.commit(viewer, changes, unaudited=[
-            *history, *await forget_configuration(self.store, station),
-            *await forget_local_list(self.store, station)])
+            *history, *await forget_configuration(self.store, station)])
         await self._announce(cancelled, station)
         await self._hang_up_charger(station)
         # After the removal's write, not in it: a connection may close a notice meanwhile,
@@ -335,13 +335,25 @@ class StationService(Service):
         except Exception:
             log.exception("%s: removed; its offline notices are left to the sweep",
                           station.cp_id)
+        # Its local list after the write too, for the same reason: a list answer
+        # recorded meanwhile (a push, an operator's list) may delete an entry first.
+        try:
+            await self.store.write(await forget_local_list(self.store, station), [])
+        except Exception:
+            log.exception("%s: removed; its local-list records are left behind",
+                          station.cp_id)
         return station
 
-    async def _cancel_at_chargers(self, viewer: Viewer, where: Filter) -> None:
-        """The live reservations ``where`` cancelled at their chargers first (those
-        not answered are cancelled here by the removal's own write)."""
+    async def _cancel_at_chargers(self, viewer: Viewer, held: Filter, charging: Filter
+                                  ) -> None:
+        """The live reservations ``held`` cancelled at their chargers first (those not
+        answered are cancelled by the removal's own write). Then whether a session is
+        ``charging`` is asked again: a start during those round trips (the holder at the
+        plug, most likely) would otherwise have its station or connector removed under
+        it, and its session never close (review s20)."""
         if self.cancel_at_chargers is not None:
-            await self.cancel_at_chargers(viewer, where)
+            await self.cancel_at_chargers(viewer, held)
+            await self._refuse_if_charging(charging)
 
     async def _cancel_reservations(self, viewer: Viewer, where: Any,
                                    changes: list[tuple[Change, Any]]) -> list[Reservation]:
@@ -443,12 +455,12 @@ class StationService(Service):
 
     async def remove_connector(self, viewer: Viewer, connector_id: str) -> Connector:
         connector = await self.managed_connector(viewer, connector_id)
-        await self._refuse_if_charging(
-            all_of(Eq("cp_id", connector.cp_id), Eq("connector_id", connector.connector_id))
-        )
+        charging = all_of(Eq("cp_id", connector.cp_id),
+                          Eq("connector_id", connector.connector_id))
+        await self._refuse_if_charging(charging)
         held = all_of(Eq("station_id", connector.station_id),
                       Eq("connector_id", connector.connector_id))
-        await self._cancel_at_chargers(viewer, held)
+        await self._cancel_at_chargers(viewer, held, charging)
         changes: list[tuple[Change, Any]] = []
         cancelled = await self._cancel_reservations(viewer, held, changes)
         changes.append((Delete(connector), connector))

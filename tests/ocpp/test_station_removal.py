@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from ocpp.v16 import call
@@ -422,3 +424,57 @@ async def test_a_removed_stations_tariff_is_not_replaced_by_its_companys(
         assert {"pricePerKwh": "1.00"} not in prices, who
     assert await central.store.find_all(d.LocalListEntry, Eq("cp_id", "CP-1")) == []
     assert await central.store.find_all(d.LocalList, Eq("cp_id", "CP-1")) == []
+
+
+class StartDuringCancel:
+    """The command gateway, but while the first CancelReservation travels the charger
+    starts a transaction (``meanwhile``), as its holder at the plug may."""
+
+    def __init__(self, real: Any, meanwhile: Callable[[], Awaitable[None]]) -> None:
+        self.real = real
+        self.meanwhile: Callable[[], Awaitable[None]] | None = meanwhile
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    async def call(self, cp_id: str, action: str, payload: Any, timeout: float) -> Any:
+        if action == "CancelReservation" and self.meanwhile is not None:
+            go, self.meanwhile = self.meanwhile, None
+            await go()
+        return await self.real.call(cp_id, action, payload, timeout)
+
+
+@pytest.mark.parametrize("what", ["connector", "station"])
+async def test_a_start_during_a_removals_cancels_refuses_the_removal(
+        central: Central, what: str) -> None:
+    """Review s20: the IN_USE check ran before the CancelReservation round trips and
+    never again; a session started meanwhile was left ACTIVE on a deleted station or
+    plug, holding its driver's card everywhere."""
+    soon = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await cp.report_all()
+        held = await central.gql("""mutation($input: ReserveNowInput!) {
+            reserveNow(input: $input) { errors { code } } }""", {"input": {
+            "cpId": "CP-1", "connectorId": 2, "idTag": "TAG-OK", "expiryDate": soon}},
+            as_user="op")
+        assert held["reserveNow"]["errors"] == [], held
+
+        async def start() -> None:  # the holder starts on the reserved plug
+            await cp.start_transaction(2, "TAG-OK")
+        commands = central.services.commands
+        commands.gateway = StartDuringCancel(commands.gateway, start)
+        if what == "connector":
+            connector = await central.store.find_one(d.Connector, all_of(
+                Eq("cp_id", "CP-1"), Eq("connector_id", 2)))
+            assert connector is not None
+            removed = (await central.gql(REMOVE_CONNECTOR, {
+                "id": to_global_id("connector", connector.id)}, as_user="op")
+                       )["removeConnector"]
+        else:
+            removed = (await central.gql(REMOVE, {
+                "id": to_global_id("station", central.stations["CP-1"].id)}, as_user="op")
+                       )["removeStation"]
+        assert removed["errors"] == [{"code": "IN_USE"}], removed
+    assert await central.store.find_one(d.Connector, all_of(
+        Eq("cp_id", "CP-1"), Eq("connector_id", 2))) is not None
