@@ -484,10 +484,11 @@ BAD_FRAMES = [
         '"status": "Available", "timestamp": "1969-12-31T23:59:59Z"}]',
         '[2, "t4", "StopTransaction", {"transactionId": 1, "meterStop": 5, '
         '"timestamp": "2200-01-01T00:00:00Z"}]',
-        # sampled values that are not finite numbers of a sane size
+        # sampled values that are not finite numbers of a sane size, nothing else in
+        # their frame (beside a readable one, they are left out and the frame kept)
         *[json.dumps([2, f"v{i}", "MeterValues", {"connectorId": 1, "meterValue": [{
             "timestamp": "2026-01-01T00:00:00Z",
-            "sampledValue": [{"value": "1"}, {"value": value}]}]}])
+            "sampledValue": [{"value": value}]}]}])
           for i, value in enumerate(["NaN", "1e309", "-inf", "-1e308",
                                      # numbers Python reads but no meter writes
                                      "1_000", " 5", "\u0661\u0662", "12\n"])],
