@@ -57,7 +57,9 @@ class Settings(BaseSettings):
         False, description="Refuse (CALLERROR FormationViolation) charger messages and "
                            "answers with properties the OCPP 1.6 schemas do not define; "
                            "off, such properties are left out and logged once per "
-                           "connection (vendors add fields of their own)")
+                           "connection (vendors add fields of their own), and a stop's, "
+                           "a meter value's or a status report's secondary field the "
+                           "schemas refuse is mended (ocpp_bridge.frames.LENIENT)")
     ocpp_tls_cert: Path | None = Field(None, description="PEM certificate: wss:// "
                                                          "(OCPP security profile 2)")
     ocpp_tls_key: Path | None = None

@@ -409,13 +409,15 @@ class Policy:
                 return all_of(*(self._guard_subqueries(viewer, part) for part in parts))
             case Or(parts):
                 return any_of(*(self._guard_subqueries(viewer, part) for part in parts))
-            case Sub(field, kind, inner, select):
-                return Sub(field, kind, self.guard_nested(viewer, kind, inner), select)
-            case NotSub(field, kind, inner, select):
+            case Sub(field, kind, inner, select, joined):
+                return Sub(field, kind, self.guard_nested(viewer, kind, inner), select,
+                           joined)
+            case NotSub(field, kind, inner, select, joined):
                 # Guarding narrows the sub-select to what the viewer may know, so its
                 # complement grows: "not on company X's stations" matches everything for
                 # a driver, which tells them nothing about company X.
-                return NotSub(field, kind, self.guard_nested(viewer, kind, inner), select)
+                return NotSub(field, kind, self.guard_nested(viewer, kind, inner), select,
+                              joined)
             case _:
                 return where
 

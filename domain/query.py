@@ -73,12 +73,18 @@ class Near:
 @dataclass(frozen=True, slots=True)
 class Sub:
     """``field`` IN (SELECT ``select`` FROM ``kind`` WHERE ``where``): how the policy says
-    "sessions on stations this operator may see" without loading the station ids first."""
+    "sessions on stations this operator may see" without loading the station ids first.
+
+    ``joined``: (outer field, inner field) pairs that must be equal too, for a key of
+    several fields: "a session ACTIVE on this very plug" is its station's and its
+    connector number's (``AND inner.connector_id = outer.connector_id``, a correlated
+    sub-select). Fields of the same type on both sides, never null."""
 
     field: str
     kind: str
     where: Filter
     select: str = "id"
+    joined: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +101,7 @@ class NotSub:
     kind: str
     where: Filter
     select: str = "id"
+    joined: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

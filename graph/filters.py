@@ -332,8 +332,9 @@ class StationFilter:
     min_kw: float | None = strawberry.field(default=None, description=(
         "With a connector giving at least this power (`maxKw`; unknown power does not)."))
     available_now: bool | None = strawberry.field(default=None, description=(
-        "true: with a connector available now (its last report was AVAILABLE, the "
-        "station is online and not UNAVAILABLE or FAULTED as a whole). The connector "
+        "true: with a connector available now (its last report was AVAILABLE, it holds "
+        "no ACTIVE session, the station is online and not UNAVAILABLE or FAULTED as a "
+        "whole). The connector "
         "conditions hold for one connector together: a CCS2 of 150 kW free now. false: "
         "the others, with the connector conditions: stations with a connector meeting "
         "them (any station, with connectors or not, without them) none of which is "
@@ -369,18 +370,21 @@ class ConnectorFilter:
     station_id: strawberry.ID | None = strawberry.field(default=None, description=(
         "Of this station."))
     status: ConnectorStatus | None = strawberry.field(default=None, description=(
-        "AVAILABLE: available now, as `availableNow: true`; any other status: the last "
-        "one reported, as `Connector.status` shows it."))
+        "AVAILABLE: available now, as `availableNow: true` (not a connector holding an "
+        "ACTIVE session, whatever it reported); any other status: the last one "
+        "reported, as `Connector.status` shows it (a charger that started a session "
+        "without reporting CHARGING is not in `CHARGING`)."))
     types: list[ConnectorType] | None = strawberry.field(default=None, description=(
         "One of these types (null or empty: any)."))
     min_kw: float | None = strawberry.field(default=None, description=(
         "At least this power (`maxKw`; unknown power does not match)."))
     available_now: bool | None = strawberry.field(default=None, description=(
-        "true: a driver can plug in now: it last reported AVAILABLE, its station is "
-        "online and its charge point as a whole (connector 0) is not UNAVAILABLE or "
-        "FAULTED. `Connector.status` stays what the charger last reported, so a "
-        "connector of an offline station may read AVAILABLE and not match. false: the "
-        "others."))
+        "true: a driver can plug in now: it last reported AVAILABLE, it holds no "
+        "ACTIVE session, its station is online and its charge point as a whole "
+        "(connector 0) is not UNAVAILABLE or FAULTED. `Connector.status` stays what the "
+        "charger last reported, so a connector of an offline station, or one a charger "
+        "started a session on without reporting it, may read AVAILABLE and not match. "
+        "false: the others."))
 
     def to_domain(self) -> Filter:
         return all_of(

@@ -212,25 +212,168 @@ def _pruner(message_type: int, action: str) -> Callable[[Any], list[str]]:
     return compile_pruner(_schema(message_type, action))
 
 
+@dataclass(frozen=True, slots=True)
+class Mend:
+    """A place in a charger's message where a value the 1.6 schema refuses is left out
+    (``replacement`` ``None``) or replaced, and the message kept. ``path`` names a
+    property of the payload, through arrays (``transactionData[].sampledValue[]``: every
+    sampled value of every reading); ending in ``[]`` it is the items of an array, each
+    left out on its own (an item whose array would then hold fewer than its schema's
+    ``minItems`` is kept, and so is the error: nothing usable would be left)."""
+
+    path: str
+    replacement: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Mended:
+    """One value a ``Mend`` left out or replaced: where it was (``transactionData[0].
+    sampledValue[1]``), by which rule (its ``path``, for logging once per rule), what
+    was wrong, and what it was replaced with (``None``: left out)."""
+
+    path: str
+    rule: str
+    reason: str
+    replacement: str | None = None
+
+
+#: The charger's messages that are kept with a secondary field the 1.6 schema refuses
+#: (not ``strict``): refusing them loses what cannot be asked for again. A StopTransaction
+#: refused for its idTag, its reason or one sampled value of its transactionData left its
+#: session ACTIVE and its card answering ConcurrentTx everywhere (QA s20); a MeterValues
+#: frame refused for one sampled value lost the energy readings beside it; a status
+#: report refused for a long ``info`` lost the status. What such a message is for stays
+#: checked as strictly as anywhere (a StopTransaction's transactionId, meterStop and
+#: timestamp; a status and its errorCode), and every other action keeps the schema's
+#: letter: a start, an authorization or a boot with a wrong idTag or field is the
+#: charger's to correct, and it is told so. Deepest first: a sampled value is left out
+#: before its reading is judged.
+LENIENT: dict[str, tuple[Mend, ...]] = {
+    "StopTransaction": (
+        Mend("transactionData[].sampledValue[]"),
+        Mend("transactionData[]"),  # a reading without a readable timestamp
+        Mend("transactionData"),  # not even a list of readings
+        Mend("idTag"),  # the stop stands; its answer carries no idTagInfo
+        Mend("reason", "Other"),  # a reason the 1.6 enumeration does not have
+    ),
+    "MeterValues": (
+        Mend("meterValue[].sampledValue[]"),
+        Mend("meterValue[]"),  # a reading without a timestamp, or no value left
+    ),
+    "StatusNotification": (Mend("info"), Mend("vendorId"), Mend("vendorErrorCode")),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """What ``validate`` changed in a payload it let through: the paths of properties
+    the schema does not know, left out, and the values ``LENIENT`` mended."""
+
+    unknown: list[str]
+    mended: list[Mended]
+
+
+CLEAN = Checked([], [])
+
+
 def validate(message_type: int, action: str, payload: dict[str, Any], unique_id: str, *,
-             strict: bool = True) -> list[str]:
+             strict: bool = True) -> Checked:
     """Validate a payload against the 1.6 JSON schema of ``action``, raising the CALLERROR
     the 1.6 table prescribes for what is wrong. Not ``strict``, properties the schema does
-    not know are removed from ``payload`` instead (the paths returned) and the rest is
-    checked as strictly: vendors add fields of their own, and a charger refused its boot
-    for one never charges."""
+    not know are removed from ``payload`` instead (vendors add fields of their own, and a
+    charger refused its boot for one never charges), the values ``LENIENT`` names for a
+    charger's ``action`` are mended, and the rest is checked as strictly. Clean payloads
+    pay one validation: the rest runs only after a refusal."""
     try:
         _validator(message_type, action)(payload)
-        return []
+        return CLEAN
     except SchemaError as error:
-        if strict or error.rule != "additionalProperties":
+        if strict:
             _refuse(error, unique_id)
     removed = _pruner(message_type, action)(payload)
+    mended = _mend(action, payload) if message_type == CALL else []
     try:
         _validator(message_type, action)(payload)
     except SchemaError as error:
         _refuse(error, unique_id)
-    return removed
+    return Checked(removed, mended)
+
+
+def _mend(action: str, payload: dict[str, Any]) -> list[Mended]:
+    mended: list[Mended] = []
+    for rule in LENIENT.get(action, ()):
+        *parents, last = rule.path.split(".")
+        places: list[tuple[str, dict[str, Any]]] = [("", payload)]
+        for step in parents:  # down to the objects holding the last step
+            name = step.removesuffix("[]")
+            places = [(f"{where}{name}[{index}].", item)
+                      for where, parent in places
+                      if isinstance(items := parent.get(name), list)
+                      for index, item in enumerate(items) if isinstance(item, dict)]
+        for where, parent in places:
+            mended += _mend_one(action, rule, last, where, parent)
+    return mended
+
+
+def _mend_one(action: str, rule: Mend, step: str, where: str, parent: dict[str, Any]
+              ) -> list[Mended]:
+    """``rule``'s last ``step`` in one object (``parent``, at ``where``)."""
+    name = step.removesuffix("[]")
+    if name not in parent:
+        return []
+    check = _part_validator(action, rule.path)
+    if step == name:
+        reason = _refusal(check, parent[name])
+        if reason is None:
+            return []
+        if rule.replacement is None:
+            del parent[name]
+        else:
+            parent[name] = rule.replacement
+        return [Mended(f"{where}{name}", rule.path, f"{where}{name}{reason}",
+                       rule.replacement)]
+    items = parent[name]
+    if not isinstance(items, list):
+        return []
+    kept, mended = [], []
+    for index, item in enumerate(items):
+        reason = _refusal(check, item)
+        if reason is None:
+            kept.append(item)
+        else:
+            path = f"{where}{name}[{index}]"
+            mended.append(Mended(path, rule.path, f"{path}{reason}"))
+    fewest = _schema_at(action, rule.path.removesuffix("[]")).get("minItems", 0)
+    if not mended or len(kept) < fewest:
+        return []  # nothing usable would be left: the message is refused as it is
+    parent[name] = kept
+    return mended
+
+
+def _refusal(check: Callable[[Any], Any], value: Any) -> str | None:
+    """Why ``check`` refuses ``value`` (in the schema's words, after the value's
+    path), or ``None``."""
+    try:
+        check(value)
+    except SchemaError as error:
+        return error.message.removeprefix("data")
+    return None
+
+
+def _schema_at(action: str, path: str) -> dict[str, Any]:
+    """The part of ``action``'s schema at ``path`` (``[]``: an array's items)."""
+    schema = _schema(CALL, action)
+    for step in path.split("."):
+        schema = schema["properties"][step.removesuffix("[]")]
+        if step.endswith("[]"):
+            schema = schema["items"]
+    return schema
+
+
+@cache
+def _part_validator(action: str, path: str) -> Callable[[Any], Any]:
+    return compile_schema(_schema_at(action, path),
+                          formats={"date-time": _DATE_TIME.pattern})
 
 
 def _refuse(error: SchemaError, unique_id: str) -> NoReturn:

@@ -154,10 +154,12 @@ class ChargePointHandler(ChargePoint):
         self.charging = charging
         self.metrics = metrics
         #: Refuse (FormationViolation) properties the 1.6 schemas do not know, instead of
-        #: leaving them out (``frames.validate``).
+        #: leaving them out, and refuse the values ``frames.LENIENT`` would mend
+        #: (``frames.validate``): the schemas' letter, for testing a charger.
         self.strict_schema = strict_schema
-        #: (action, path) of the unknown properties this connection was told about in
-        #: the log already: once each, not at every frame.
+        #: (action, path) of the unknown properties, and (action, rule) of the values
+        #: mended (``frames.LENIENT``), this connection was told about in the log
+        #: already: once each, not at every frame.
         self._unknown_seen: set[tuple[str, str]] = set()
         #: Commands in flight: unique id → action, to read the answer's schema.
         self._actions: dict[str, str] = {}
@@ -322,18 +324,36 @@ class ChargePointHandler(ChargePoint):
         if self.strict_schema or action is None or not isinstance(response.payload, dict):
             return
         try:
-            removed = frames.validate(frames.CALLRESULT, action, response.payload,
+            checked = frames.validate(frames.CALLRESULT, action, response.payload,
                                       response.unique_id, strict=False)
         except (FrameError, OSError):
             return  # the package refuses it with its own words
-        self._note_unknown(action, removed)
+        self._note_unknown(action, checked.unknown)
 
     def _note_unknown(self, action: str, removed: list[str]) -> None:
         for path in removed:
-            if (action, path) not in self._unknown_seen and len(self._unknown_seen) < 100:
-                self._unknown_seen.add((action, path))
+            if self._first_time(action, path):
                 log.info("%s: %s carries %s, which OCPP 1.6 does not define: left out",
                          self.id, action, path)
+
+    def _note_mended(self, action: str, mended: list[frames.Mended]) -> None:
+        """A WARNING, once per connection and rule (a charger that gets a unit wrong
+        gets it wrong in every message): what it sent is lost, or read as Other."""
+        for fix in mended:
+            if self._first_time(action, fix.rule):
+                kept = "left out" if fix.replacement is None \
+                    else f"read as {fix.replacement}"
+                log.warning("%s: %s: %s (OCPP 1.6): %s, the rest of the message kept; "
+                            "not logged again on this connection", self.id, action,
+                            fix.reason, kept)
+
+    def _first_time(self, action: str, path: str) -> bool:
+        """Whether (``action``, ``path``) is told about for the first time on this
+        connection (and at most 100 of them)."""
+        if (action, path) in self._unknown_seen or len(self._unknown_seen) >= 100:
+            return False
+        self._unknown_seen.add((action, path))
+        return True
 
     # ------------------------------------------------------------- sending
     async def _send(self, message: str) -> None:
@@ -407,10 +427,11 @@ class ChargePointHandler(ChargePoint):
                 code = frames.NOT_SUPPORTED if action in frames.KNOWN_UNSERVED \
                     else frames.NOT_IMPLEMENTED
                 raise FrameError(code, f"{action} is not served here", uid)
-            removed = frames.validate(frames.CALL, action, frame.payload, uid,
+            checked = frames.validate(frames.CALL, action, frame.payload, uid,
                                       strict=self.strict_schema)
-            if removed:
-                self._note_unknown(action, removed)
+            if checked is not frames.CLEAN:
+                self._note_unknown(action, checked.unknown)
+                self._note_mended(action, checked.mended)
             if action != "BootNotification" and not await self.charging.admits(self.id,
                                                                                 action):
                 # The charger keeps what it queued (a StartTransaction, its meter values)

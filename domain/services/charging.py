@@ -84,6 +84,7 @@ from domain.services.metering import (
     MAX_BELIEVABLE_KW,
     MeterReading,
     RegisterCount,
+    UnreadableValues,
     added_wh,
     believed,
     closing_sample,
@@ -315,6 +316,7 @@ class ChargingService(ChargerConnections):
         self.telemetry = GroupCommitter(ctx.store)
         self.cache = ChargerCache()
         self.clocks = ChargerClocks(self.now)
+        self.unreadable = UnreadableValues()
         self.reboot_checks = RebootChecks(self._close_lost_at_reboot)
         self.session_updates = LatestUpdates(self.publish)
         ctx.committed.append(self.cache.forget)
@@ -899,7 +901,8 @@ class ChargingService(ChargerConnections):
         rated_kw = await self._rated_kw(station, connector_id) if session is not None \
             else MAX_BELIEVABLE_KW
         count = register_count(session, rated_kw)
-        readings = believed(readings, self.clocks.believable, self.now())
+        readings = believed(self.unreadable.kept(cp_id, readings), self.clocks.believable,
+                            self.now())
         samples = samples_of(station, connector_id, transaction_id, session, readings, count)
         if readings:
             # After ``_samples`` checked every timestamp: a refused frame must not move it.

@@ -256,36 +256,106 @@ def believed(readings: list[MeterReading], believable: Callable[[datetime], bool
 
 def sound(readings: list[MeterReading], cp_id: str, transaction_id: int
           ) -> list[MeterReading]:
-    """A stop's ``transactionData`` without the readings and sampled values a
-    MeterValues frame would be refused for (a timestamp out of range, NaN, a number no
-    meter writes). Refusing the whole StopTransaction over a temperature of "NaN" left
-    the session ACTIVE and its driver's card blocked once the charger gave up retrying
-    (QA s17); a MeterValues frame is still refused whole, which loses that frame only."""
-    kept: list[MeterReading] = []
-    dropped = 0
-    for reading in readings:
-        try:
-            v.instant(as_utc(reading.timestamp), "meterValue.timestamp")
-        except (ValidationError, ValueError, OverflowError):
-            dropped += len(reading.values)
-            continue
-        values = tuple(sv for sv in reading.values if _readable(sv))
-        dropped += len(reading.values) - len(values)
-        if values:
-            kept.append(reading._replace(values=values))
+    """A stop's ``transactionData`` without the readings and sampled values that cannot
+    be read (``readable``). Refusing the whole StopTransaction over a temperature of
+    "NaN" left the session ACTIVE and its driver's card blocked once the charger gave up
+    retrying (QA s17); a stop is kept even when none of it is left."""
+    kept, dropped = readable(readings)
     if dropped:
         log.warning("%s: %s sampled value(s) in the transactionData of transaction %s were "
-                    "not readable and are left out; the stop is kept", cp_id, dropped,
+                    "not readable and are left out; the stop is kept", cp_id, len(dropped),
                     transaction_id)
     return kept
 
 
-def _readable(sv: SampledValue) -> bool:
+class Unreadable(NamedTuple):
+    """A sampled value ``readable`` left out, and why (for a reading stamped outside
+    the years any instant may have, each of its values, with that error)."""
+
+    value: SampledValue
+    error: ValidationError
+
+
+def readable(readings: list[MeterReading]
+             ) -> tuple[list[MeterReading], list[Unreadable]]:
+    """``readings`` without those stamped outside the years any instant may have and the
+    sampled values no meter writes (NaN, beyond ±10^12, padded, ``1_000``): what a
+    charger's frame is kept with, and what was left out. A reading left with no value is
+    left out too. SignedData and other text that is no number are readable (kept out of
+    the numbers without an error)."""
+    kept: list[MeterReading] = []
+    dropped: list[Unreadable] = []
+    for reading in readings:
+        late = _unreadable_time(reading)
+        if late is not None:
+            dropped += [Unreadable(sv, late) for sv in reading.values]
+            continue
+        values: list[SampledValue] = []
+        for sv in reading.values:
+            error = _unreadable(sv)
+            if error is None:
+                values.append(sv)
+            else:
+                dropped.append(Unreadable(sv, error))
+        if len(values) == len(reading.values):
+            kept.append(reading)
+        elif values:
+            kept.append(reading._replace(values=tuple(values)))
+    return kept, dropped
+
+
+def _unreadable_time(reading: MeterReading) -> ValidationError | None:
+    try:
+        v.instant(as_utc(reading.timestamp), "meterValue.timestamp")
+    except ValidationError as error:
+        return error
+    except (ValueError, OverflowError):  # beyond what a datetime holds in UTC
+        return ValidationError(f"must be within {v.EARLIEST.year}..{v.LATEST.year - 1}",
+                               field="meterValue.timestamp", code="OUT_OF_RANGE")
+    return None
+
+
+def _unreadable(sv: SampledValue) -> ValidationError | None:
     try:
         reading_number(sv)
-    except ValidationError:
-        return False
-    return True
+    except ValidationError as error:
+        return error
+    return None
+
+
+#: How many (charger, reason) pairs ``UnreadableValues`` remembers having logged; past
+#: it, it starts over (a line again for each), so the set cannot grow without bound.
+TOLD_LIMIT = 10_000
+
+
+class UnreadableValues:
+    """MeterValues frames kept without what cannot be read (``readable``), each reason
+    logged once per charger, not at every frame (a temperature probe reading "NaN" every
+    ten seconds). A frame refused for one temperature of "NaN" lost the energy register
+    beside it (QA s20). A frame of which nothing is left is refused with its first
+    error, as before: nothing of it could be stored."""
+
+    def __init__(self) -> None:
+        self._told: set[tuple[str, str]] = set()
+
+    def kept(self, cp_id: str, readings: list[MeterReading]) -> list[MeterReading]:
+        kept, dropped = readable(readings)
+        if not dropped:
+            return readings
+        if not kept:
+            raise dropped[0].error
+        for value, error in dropped:
+            reason = f"{error.field} {error.message}"
+            if (cp_id, reason) in self._told:
+                continue
+            if len(self._told) >= TOLD_LIMIT:
+                self._told.clear()
+            self._told.add((cp_id, reason))
+            log.warning("%s: a MeterValues sampled value (%s %.40r): %s: left out, the "
+                        "rest of the frame kept; not logged again for this charger and "
+                        "reason", cp_id, value.measurand or ENERGY_REGISTER, value.value,
+                        reason)
+        return kept
 
 
 def added_wh(samples: list[MeterSample]) -> int:

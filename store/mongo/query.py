@@ -278,10 +278,14 @@ class FilterCompiler:
         found = f"_j{number}"
         foreign = storage_name(selected.name)
         # NULL never matches IN, as in SQL (a null key would find the null ones).
-        matching = inner.pipeline(extra={foreign: {"$ne": None}}, limit=1)
+        extra: dict[str, Any] = {foreign: {"$ne": None}}
+        lookup: dict[str, Any] = {"from": sub.kind, "localField": local,
+                                  "foreignField": foreign}
+        if sub.joined:
+            lookup["let"], extra["$expr"] = _joined(kind, inner_kind, sub.joined, number)
+        matching = inner.pipeline(extra=extra, limit=1)
         self.stages.append({"$lookup": {
-            "from": sub.kind, "localField": local, "foreignField": foreign,
-            "pipeline": [*matching, {"$project": {"_id": 1}}], "as": found}})
+            **lookup, "pipeline": [*matching, {"$project": {"_id": 1}}], "as": found}})
         self.added.append(found)
         return found
 
@@ -293,6 +297,24 @@ class FilterCompiler:
                 "input": f"${name}", "to": to, "onError": None, "onNull": None}}}})
             self.added.append(key)
         return key
+
+
+def _joined(kind: type[Record], inner_kind: type[Record], pairs: Sequence[tuple[str, str]],
+            number: int) -> tuple[dict[str, str], dict[str, Any]]:
+    """A ``Sub``'s further key fields (``joined``): the lookup's ``let`` (the outer
+    document's values, as ``$$k<lookup>_<i>``) and the ``$expr`` the inner documents
+    must meet (MongoDB 5.0's correlated lookup: localField/foreignField with a pipeline
+    and its variables)."""
+    names: dict[str, str] = {}
+    equal: list[dict[str, Any]] = []
+    for index, (outer_field, inner_field) in enumerate(pairs):
+        outer, inner = spec_of(kind, outer_field), spec_of(inner_kind, inner_field)
+        if outer.category != inner.category:
+            raise ValueError(f"joined fields differ in type: {outer_field}, {inner_field}")
+        name = f"k{number}_{index}"
+        names[name] = f"${storage_name(outer.name)}"
+        equal.append({"$eq": [f"${storage_name(inner.name)}", f"$${name}"]})
+    return names, {"$and": equal} if len(equal) > 1 else equal[0]
 
 
 def squared_chord(center: dict[str, float]) -> dict[str, Any]:

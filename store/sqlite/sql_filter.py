@@ -188,11 +188,17 @@ def _sub(kind: type[Record], node: Sub | NotSub, alias: str, params: list[SqlVal
     inner_alias = f"t{int(alias[1:]) + 1}"
     inner_col = column(inner_alias, selected.name)
     inner_where = _node(inner_kind, node.where, inner_alias, params)
+    # The further key fields make it a correlated sub-select (run per outer row, through
+    # the inner kind's index on the selected field).
+    joined = "".join(
+        f" AND {column(inner_alias, spec_of(inner_kind, inner).name)} = "
+        f"{column(alias, spec_of(kind, outer_field).name)}"
+        for outer_field, inner in node.joined)
     # A NULL in the selected column must match nothing. IN already never matches it, but
     # saying so lets the planner skip those rows in the subquery's index.
     return (
         f"{column(alias, outer.name)} IN (SELECT {inner_col} FROM {quote(inner_kind.kind)} "
-        f"AS {inner_alias} WHERE {inner_col} IS NOT NULL AND {inner_where})"
+        f"AS {inner_alias} WHERE {inner_col} IS NOT NULL AND {inner_where}{joined})"
     )
 
 

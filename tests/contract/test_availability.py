@@ -7,14 +7,15 @@ from __future__ import annotations
 from domain.availability import (
     connector_fits,
     connectors_available_now,
+    connectors_held,
     connectors_not_available_now,
     stations_in_service,
     stations_out_of_service,
     stations_with,
 )
-from domain.entities import Connector, ConnectorStatus, ConnectorType, Station
+from domain.entities import Connector, ConnectorStatus, ConnectorType, SessionState, Station
 from domain.ports import Store
-from tests.contract.factories import connector, put, station
+from tests.contract.factories import connector, put, session, station
 
 A = ConnectorStatus.AVAILABLE
 
@@ -95,3 +96,37 @@ async def test_stations_with_none_available_now_are_the_exact_complement(
     assert await ids(store, Station, stations_with(ccs, available_now=True)) == set()
     assert await ids(store, Station, stations_with(ccs, available_now=False)) == {
         mixed.id, offline.id, faulted.id, busy.id}  # not bare: it has no CCS2
+
+
+async def test_a_connector_holding_an_active_session_is_not_available_now(
+        store: Store) -> None:
+    """A charger that reported Available, then started a transaction and sent meter
+    values without reporting Preparing or Charging, was listed free (QA s20). The ACTIVE
+    session on that very plug (its station and connector number) makes it occupied; a
+    session on another plug of the station, another station's plug of the same number,
+    or a completed one do not."""
+    taken = station(online=True)
+    other = station(online=True)
+    held = connector(taken, 1, status=A)
+    beside = connector(taken, 2, status=A)
+    same_number = connector(other, 1, status=A)
+    done = connector(other, 2, status=A)
+    await put(store, taken, other, held, beside, same_number, done,
+              session(taken, 1),
+              session(other, 2, state=SessionState.COMPLETED),
+              session(other, 3))  # on a plug the station has no record of
+
+    assert await ids(store, Connector, connectors_held()) == {held.id}
+    free = {beside.id, same_number.id, done.id}
+    assert await ids(store, Connector, connectors_available_now()) == free
+    assert await ids(store, Connector, connectors_not_available_now()) == {held.id}
+
+    # A station whose only free plug is held is in "none available now".
+    lone = station(online=True)
+    plug = connector(lone, 1, status=A)
+    await put(store, lone, plug, session(lone, 1))
+    everywhere = connector_fits()
+    assert await ids(store, Station, stations_with(everywhere, available_now=True)) == {
+        taken.id, other.id}
+    assert await ids(store, Station, stations_with(everywhere, available_now=False)) == {
+        lone.id}

@@ -24,6 +24,17 @@ def test_guard_nested_guards_inside_a_not_sub_as_inside_a_sub() -> None:
         Sub("station_id", "station", NONE)
 
 
+def test_guard_nested_keeps_a_sub_s_further_key_fields() -> None:
+    """A sub-select joined on several fields ("the session ACTIVE on this very plug")
+    guarded stays joined on all of them: rebuilt on its first key alone it would match
+    a session on any plug of the station."""
+    policy = Policy()
+    plug = (("connector_id", "connector_id"),)
+    for node in (Sub("station_id", "session", Eq("state", "ACTIVE"), "station_id", plug),
+                 NotSub("station_id", "session", Eq("state", "ACTIVE"), "station_id", plug)):
+        assert policy.guard_nested(DRIVER, "connector", node).joined == plug  # type: ignore[union-attr]
+
+
 def test_guard_private_guards_a_not_sub_on_a_private_field() -> None:
     policy = Policy()
     on_people = NotSub("company_id", "company", Eq("name", "Acme"))  # a user's company

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from datetime import timedelta
 from typing import Any
 
 from domain import entities as d
@@ -152,7 +153,14 @@ async def _fleet_states(services: Services, world: World) -> None:
     * A-002: online, its CCS2 charging, its Type 2 free;
     * B-001: offline: both last reported Available;
     * B-002: online, both report Available, but the charge point is Faulted as a whole.
+
+    The world's ACTIVE session on A-001's CCS2 has ended: a plug holding one is taken,
+    whatever it reported (``availability.connectors_held``).
     """
+    held = world.sessions["s1"]
+    await services.ctx.store.write([Update(replace(
+        held, state=d.SessionState.COMPLETED, end_time=held.start_time + timedelta(hours=1),
+        meter_stop_wh=held.meter_start_wh + held.energy_wh))], [])
     await arrange(services, world, "A-001", connectors=(AVAILABLE, CHARGING))
     await arrange(services, world, "A-002", connectors=(CHARGING, AVAILABLE))
     await arrange(services, world, "B-001", online=False)

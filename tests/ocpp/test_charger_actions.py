@@ -509,3 +509,37 @@ async def test_contact_moves_last_seen_not_the_stations_updated_at(central: Cent
     assert first is not None and later is not None and first.last_seen is not None
     assert later.last_seen is not None and later.last_seen > first.last_seen
     assert (later.updated_at, later.updated_by) == (first.updated_at, first.updated_by)
+
+
+FREE_NOW = """{
+  stations(first: 10, filter: {availableNow: true}) { nodes { cpId } }
+  free: connectors(first: 10, filter: {status: AVAILABLE, cpId: "CP-1"}) {
+    nodes { connectorId } }
+  all: connectors(first: 10, filter: {cpId: "CP-1"}) { nodes { connectorId status } }
+}"""
+
+
+async def test_a_plug_charging_without_saying_so_is_not_listed_free(central: Central) -> None:
+    """A charger that reported Available, then started a transaction and sent meter
+    values without reporting Preparing or Charging, was listed as free by
+    ``availableNow`` and ``status: AVAILABLE`` (QA s20). Its ACTIVE session makes it
+    occupied; ``Connector.status`` still reads what the charger last reported."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.call(call.StatusNotification(connector_id=1, error_code="NoError",
+                                              status="Available", timestamp=now()))
+        answer = await cp.call(call.StartTransaction(
+            connector_id=1, id_tag="TAG-OK", meter_start=100, timestamp=now()))
+        await cp.call(call.MeterValues(connector_id=1, transaction_id=answer.transaction_id,
+                                       meter_value=[{"timestamp": now(),
+                                                     "sampledValue": [{"value": "300"}]}]))
+        listed = await central.gql(FREE_NOW, as_user="driver")
+        assert listed["stations"]["nodes"] == []  # connector 2 never reported
+        assert listed["free"]["nodes"] == []
+        assert {"connectorId": 1, "status": "AVAILABLE"} in listed["all"]["nodes"]
+        await cp.call(call.StopTransaction(transaction_id=answer.transaction_id,
+                                           meter_stop=400, timestamp=now()))
+        await cp.call(call.StatusNotification(connector_id=1, error_code="NoError",
+                                              status="Available", timestamp=now()))
+        listed = await central.gql(FREE_NOW, as_user="driver")
+        assert listed["stations"]["nodes"] == [{"cpId": "CP-1"}]
+        assert listed["free"]["nodes"] == [{"connectorId": 1}]

@@ -5,8 +5,11 @@ arrival (QA s17, chaos)."""
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 
+import pytest
+from ocpp.exceptions import OCPPError
 from ocpp.v16 import call
 
 from domain import entities as d
@@ -36,6 +39,46 @@ async def test_a_stop_with_an_unreadable_sampled_value_still_ends_its_session(
     assert session.energy_wh == 2_000
     kept = await central.store.find_all(d.MeterSample, Eq("transaction_id", charger.tx))
     assert {s.measurand for s in kept if s.at == end} == {"Energy.Active.Import.Register"}
+
+
+async def test_a_meter_values_frame_is_kept_without_its_unreadable_values(
+        central: Central, caplog: pytest.LogCaptureFixture) -> None:
+    """One temperature of "NaN" beside the energy register refused the whole MeterValues
+    frame, and the register's reading was lost (QA s20). The unreadable value is left
+    out, logged once per charger and reason (a probe reading "NaN" every ten seconds
+    says so once); a frame of which nothing is readable is still refused."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        charger = Charger(cp)
+        await charger.start(100_000)
+
+        async def frame(*values: dict) -> None:
+            charger.at += timedelta(minutes=1)
+            await cp.call(call.MeterValues(
+                connector_id=1, transaction_id=charger.tx,
+                meter_value=[{"timestamp": iso(charger.at), "sampledValue": list(values)}]),
+                suppress=False)
+
+        nan = {"value": "NaN", "measurand": "Temperature", "unit": "Celsius"}
+        with caplog.at_level(logging.WARNING, logger="chargegraph.charging"):
+            await frame({"value": "100500"}, nan)
+            await frame({"value": "100600"}, nan)  # the same reason: no second line
+            await frame({"value": "100700"}, {"value": " 31", "measurand": "Temperature"})
+            with pytest.raises(OCPPError) as refused:
+                await frame({"value": " 100800"})
+        assert refused.value.code == "PropertyConstraintViolation"
+        assert "must be a plain decimal number" in refused.value.description
+        live = await central.session(charger.tx)
+        assert live is not None and live.energy_wh == 700
+        await charger.stop(101_000)
+    kept = await central.store.find_all(d.MeterSample, Eq("transaction_id", charger.tx))
+    assert sorted(s.value for s in kept if s.measurand == "Energy.Active.Import.Register"
+                  ) == [100_500, 100_600, 100_700, 101_000]
+    assert not [s for s in kept if s.measurand == "Temperature"]
+    told = [r.getMessage() for r in caplog.records if r.name == "chargegraph.charging"
+            and "MeterValues" in r.getMessage()]
+    assert len(told) == 2, told
+    assert "must be a finite number" in told[0] and "plain decimal" in told[1], told
+    assert (await billed(central, charger.tx)).energy_wh == 1_000
 
 
 async def test_a_reading_stamped_beyond_belief_is_placed_at_its_arrival(

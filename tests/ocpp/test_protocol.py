@@ -293,6 +293,128 @@ async def test_fields_a_vendor_adds_are_left_out_unless_strict(
             await stop_central(central)
 
 
+async def test_a_stop_with_a_secondary_field_out_of_schema_is_kept(
+        central: Central, caplog: pytest.LogCaptureFixture) -> None:
+    """A StopTransaction with a 21-character idTag, a reason outside the enumeration or a
+    sampled value in "kwh" was refused whole: the session stayed ACTIVE and its card
+    answered ConcurrentTx everywhere (QA s20). Now the bad field is left out (the reason
+    read as Other, the sampled value dropped), logged once per rule and connection; its
+    core (transactionId, meterStop, timestamp) is still checked."""
+    ws = await raw(central)
+
+    async def call(uid: str, action: str, payload: dict) -> list:
+        return await exchange(ws, json.dumps([2, uid, action, payload]))
+
+    async def start(uid: str, connector: int) -> int:
+        answer = await call(uid, "StartTransaction", {
+            "connectorId": connector, "idTag": "TAG-OK", "meterStart": 100,
+            "timestamp": now()})
+        return answer[2]["transactionId"]
+
+    def stop(tx: int, **extra: object) -> dict:
+        return {"transactionId": tx, "meterStop": 600, "timestamp": now(), **extra}
+
+    sample = {"timestamp": now(), "sampledValue": [
+        {"value": "0.7", "unit": "kwh", "measurand": "Energy.Active.Import.Register"},
+        {"value": "31", "unit": "Celsius", "measurand": "Temperature"}]}
+    try:
+        with caplog.at_level(logging.WARNING, logger="chargegraph.ocpp"):
+            long_tag = await start("s1", 1)
+            answer = await call("e1", "StopTransaction",
+                                stop(long_tag, idTag="ABCDEFGHIJKLMNOPQRSTU"))
+            assert answer[:3] == [3, "e1", {}], answer  # no idTagInfo for no idTag
+            odd_reason = await start("s2", 1)
+            answer = await call("e2", "StopTransaction", stop(odd_reason,
+                                                              reason="EVDisconnect"))
+            assert answer[0] == 3, answer
+            kwh = await start("s3", 1)
+            answer = await call("e3", "StopTransaction", stop(kwh, transactionData=[sample]))
+            assert answer[0] == 3, answer
+            again = await start("s4", 1)  # the same unit again: not logged again
+            await call("e4", "StopTransaction", stop(again, transactionData=[sample]))
+            # The core is still checked, and refused with the 1.6 code.
+            open_one = await start("s5", 2)
+            for uid, payload, code in (
+                    ("c1", stop(open_one, transactionId=str(open_one)),
+                     "TypeConstraintViolation"),
+                    ("c2", {"transactionId": open_one, "timestamp": now(),
+                            "reason": "EVDisconnect"}, "OccurenceConstraintViolation"),
+                    ("c3", stop(open_one, timestamp="soon"), "TypeConstraintViolation")):
+                answer = await call(uid, "StopTransaction", payload)
+                assert answer[:3] == [4, uid, code], answer
+    finally:
+        await ws.close()
+    for tx in (long_tag, odd_reason, kwh, again):
+        session = await central.session(tx)
+        assert session is not None and session.state is d.SessionState.COMPLETED, tx
+        assert session.meter_stop_wh == 600
+    assert (await central.session(odd_reason)).stop_reason == "Other"  # type: ignore[union-attr]
+    assert (await central.session(open_one)).state is d.SessionState.ACTIVE  # type: ignore[union-attr]
+    kept = await central.store.find_all(d.MeterSample, Eq("transaction_id", kwh))
+    # The temperature beside it kept; the register is the stop's closing sample only.
+    assert sorted((s.measurand, s.value) for s in kept) == [
+        ("Energy.Active.Import.Register", 600.0), ("Temperature", 31.0)]
+    assert caplog.text.count("idTag must be shorter than or equal to 20") == 1
+    assert caplog.text.count("reason must be one of") == 1
+    assert caplog.text.count("sampledValue[0].unit must be one of") == 1
+
+
+async def test_meter_values_and_status_reports_lose_only_the_bad_field(
+        central: Central) -> None:
+    """A MeterValues frame is kept without a sampled value the schema refuses (and
+    refused when none would be left); a status report without an ``info`` or vendor code
+    longer than 1.6 allows. Other actions keep the schema's letter: a start with a
+    21-character idTag is still refused."""
+    ws = await raw(central)
+
+    async def call(uid: str, action: str, payload: dict) -> list:
+        return await exchange(ws, json.dumps([2, uid, action, payload]))
+
+    def reading(*values: dict) -> dict:
+        return {"connectorId": 1, "meterValue": [{"timestamp": now(),
+                                                  "sampledValue": list(values)}]}
+
+    try:
+        kept = await call("m1", "MeterValues", reading({"value": "1200"},
+                                                       {"value": "7", "unit": "kwh"}))
+        assert kept[0] == 3, kept
+        refused = await call("m2", "MeterValues", reading({"value": "7", "unit": "kwh"}))
+        assert refused[:3] == [4, "m2", "PropertyConstraintViolation"], refused
+        status = await call("n1", "StatusNotification", {
+            "connectorId": 2, "status": "Faulted", "errorCode": "OtherError",
+            "info": "contactor welded, see service manual section 12.4.7 (rev B)",
+            "vendorErrorCode": "E" * 51})
+        assert status[0] == 3, status
+        start = await call("s1", "StartTransaction", {
+            "connectorId": 1, "idTag": "ABCDEFGHIJKLMNOPQRSTU", "meterStart": 0,
+            "timestamp": now()})
+        assert start[:3] == [4, "s1", "TypeConstraintViolation"], start
+    finally:
+        await ws.close()
+    samples = await central.store.find_all(d.MeterSample, Eq("cp_id", "CP-1"))
+    assert [s.value for s in samples] == [1200.0]
+    faulted = [c for c in await central.store.find_all(d.Connector, Eq("cp_id", "CP-1"))
+               if c.connector_id == 2]
+    assert faulted[0].status is d.ConnectorStatus.FAULTED
+    assert faulted[0].info is None and faulted[0].vendor_error_code is None
+
+
+async def test_strict_schema_mends_nothing(tmp_path: Path) -> None:
+    """``CHARGEGRAPH_OCPP_STRICT_SCHEMA``: the 1.6 schemas' letter, for testing a
+    charger: a stop with a reason outside the enumeration is refused."""
+    central = await start_central(tmp_path / "strict.db", strict_schema=True)
+    await seed(central)
+    ws = await raw(central)
+    try:
+        answer = await exchange(ws, json.dumps([2, "e1", "StopTransaction", {
+            "transactionId": 1, "meterStop": 5, "timestamp": now(),
+            "reason": "EVDisconnect"}]))
+        assert answer[:3] == [4, "e1", "PropertyConstraintViolation"], answer
+    finally:
+        await ws.close()
+        await stop_central(central)
+
+
 async def test_a_charger_registers_its_connectors_one_by_one(tmp_path: Path) -> None:
     """A station with no connectors (auto-registered, or created without them) learns
     them from the charger's reports, in the order chargers send them; commands may only
@@ -362,10 +484,11 @@ BAD_FRAMES = [
         '"status": "Available", "timestamp": "1969-12-31T23:59:59Z"}]',
         '[2, "t4", "StopTransaction", {"transactionId": 1, "meterStop": 5, '
         '"timestamp": "2200-01-01T00:00:00Z"}]',
-        # sampled values that are not finite numbers of a sane size
+        # sampled values that are not finite numbers of a sane size, nothing else in
+        # their frame (beside a readable one, they are left out and the frame kept)
         *[json.dumps([2, f"v{i}", "MeterValues", {"connectorId": 1, "meterValue": [{
             "timestamp": "2026-01-01T00:00:00Z",
-            "sampledValue": [{"value": "1"}, {"value": value}]}]}])
+            "sampledValue": [{"value": value}]}]}])
           for i, value in enumerate(["NaN", "1e309", "-inf", "-1e308",
                                      # numbers Python reads but no meter writes
                                      "1_000", " 5", "\u0661\u0662", "12\n"])],

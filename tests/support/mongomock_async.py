@@ -107,7 +107,8 @@ class AsyncCollection:
 # Two stages the store's joins use (``store/mongo/query.py``) that mongomock does not run:
 # a ``$lookup`` with ``localField``/``foreignField`` *and* a ``pipeline`` (MongoDB 5.0's
 # correlated form: the foreign documents whose field equals the local value, through the
-# pipeline), and ``$addFields`` of a ``$convert`` to ``objectId`` or ``string``. The
+# pipeline, with ``let`` variables bound to the local document's values), and
+# ``$addFields`` of a ``$convert`` to ``objectId`` or ``string``. The
 # pipeline is cut at such a stage: mongomock runs the part before it, the stage is applied
 # here document by document with the server's semantics, and the rest runs on the result.
 
@@ -149,12 +150,31 @@ def _apply(db: Any, stage: dict[str, Any], doc: dict[str, Any]) -> dict[str, Any
         match = {spec["foreignField"]: {"$in": local} if isinstance(local, list) else local}
         # find first: mongomock answers an ``_id`` equality from its dict, not a scan
         found = list(db[spec["from"]].find(match))
-        doc[spec["as"]] = _aggregate_over(db, found, spec["pipeline"])
+        pipeline = spec["pipeline"]
+        if "let" in spec:  # the variables, as the server binds them: this doc's values
+            bound = {f"$${name}": _path(doc, path.removeprefix("$"))
+                     for name, path in spec["let"].items()}
+            pipeline = _bind(pipeline, bound)
+        doc[spec["as"]] = _aggregate_over(db, found, pipeline)
         return doc
     for name, value in stage["$addFields"].items():
         convert = value["$convert"]
         doc[name] = _convert(_path(doc, convert["input"].removeprefix("$")), convert)
     return doc
+
+
+def _bind(value: Any, bound: dict[str, Any]) -> Any:
+    """``value`` (a pipeline) with each ``$$variable`` replaced by its value. A nested
+    lookup's own variables shadow ours of the same name, as on the server: bound later."""
+    if isinstance(value, str):
+        return bound.get(value, value)
+    if isinstance(value, list):
+        return [_bind(item, bound) for item in value]
+    if isinstance(value, dict):
+        if isinstance(value.get("let"), dict):
+            bound = {name: v for name, v in bound.items() if name[2:] not in value["let"]}
+        return {key: _bind(item, bound) for key, item in value.items()}
+    return value
 
 
 def _path(doc: dict[str, Any], path: str) -> Any:
