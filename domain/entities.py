@@ -92,8 +92,9 @@ class MeterAnomaly(StrEnum):
     """What a session's energy register did that its energy is counted across, for an
     operator to review: it rolled over at its limit (a 32-bit or a 999,999.9 kWh
     counter), or restarted near 0 (a meter reset or replaced); or the transaction's final
-    register (meterStop) could not be believed (below meterStart, or more than the
-    connector could deliver), so the session was billed what its readings metered."""
+    register (meterStop) could not be believed (below meterStart, below what its
+    readings counted by more than rounding, or more than the connector could deliver),
+    so the session was billed what its readings metered."""
 
     ROLLOVER = "ROLLOVER"
     RESET = "RESET"

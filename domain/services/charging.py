@@ -93,6 +93,7 @@ from domain.services.metering import (
     samples_of,
     signed_values_of,
     sound,
+    stop_believed,
 )
 from domain.services.payments import UNCOLLECTED, payment_changed, reprice_change, repriced
 from domain.services.reboot_checks import RebootChecks
@@ -1029,22 +1030,26 @@ class ChargingService(ChargerConnections):
         # meterStop is the transaction's own final register (what the charger signs and
         # bills by), so it decides the energy, counted across a rollover or reset of the
         # meter as the readings are (below meterStart, it may be one); a reading above
-        # it (a glitch, a late frame of another kind) was counted live and is taken back
-        # by the closing sample, which makes the samples add up to the billed energy.
+        # it by no more than rounding was counted live and is taken back by the closing
+        # sample, which makes the samples add up to the billed energy.
         if count is None:  # closed or flushed late, awaiting its stop: no readings counted
             count = RegisterCount(session, rated_kw)
         final = count.counted(meter_stop, end, final=True)
         meter = count.fields()
-        if final is None or final < session.meter_start_wh:
+        if final is None or not stop_believed(final, count):
             # A glitching final register (0xFFFFFFFF: more than the connector could
-            # deliver; below meterStart: less than nothing, with no rollover or reset to
-            # explain it) must bill neither megawatt-hours nor nothing: the session is
-            # billed what it believably metered, as a lost stop would be, and flagged for
-            # review (QA s17: a stop below its start billed 0 without a trace).
-            energy = session.energy_wh + added_wh(samples)
-            log.warning("%s: meterStop %s Wh of transaction %s (meterStart %s Wh) is not "
-                        "believable; billing the %s Wh metered", cp_id, meter_stop,
-                        session.transaction_id, session.meter_start_wh, energy)
+            # deliver; below meterStart or below what the charger's own readings, the
+            # stop's included, counted: with no rollover or reset to explain it) must
+            # bill neither megawatt-hours nor nothing: the session is billed the highest
+            # register the charger reported for it (its count: what it metered, the
+            # stop's own readings too), as a lost stop would be, and flagged for review
+            # (QA s17: a stop below its start billed 0 without a trace; s20: one that
+            # did not move billed 0 though its Transaction.End read 1.2 kWh more).
+            energy = count.high - session.meter_start_wh
+            log.warning("%s: meterStop %s Wh of transaction %s (meterStart %s Wh, its "
+                        "readings up to %s Wh) is not believable; billing the %s Wh "
+                        "metered", cp_id, meter_stop, session.transaction_id,
+                        session.meter_start_wh, count.high - count.offset, energy)
             meter["meter_anomaly"] = MeterAnomaly.IMPLAUSIBLE_STOP
         else:
             energy = final - session.meter_start_wh

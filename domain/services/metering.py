@@ -74,6 +74,11 @@ NEAR_ZERO = 0.1
 #: connector could deliver since the reading before: this long at full power (coarse
 #: clocks, a reading stamped late).
 STEP_SLACK_S = 60.0
+#: How far a transaction's meterStop may fall below the register its own readings counted
+#: and still decide the energy: rounding (a reading sent in kWh with one decimal is up to
+#: 50 Wh above the Wh register it was read from). Below that, with no rollover or reset to
+#: explain it, the stop is not believed (``stop_believed``).
+STOP_ROUNDING_WH = 100
 
 
 def believable_register(session: Session, wh: float, at: datetime, rated_kw: float) -> bool:
@@ -84,6 +89,16 @@ def believable_register(session: Session, wh: float, at: datetime, rated_kw: flo
     slack = METER_SLACK_WH if rated_kw >= MAX_BELIEVABLE_KW \
         else rated_kw * RATING_HEADROOM * RATED_SLACK.total_seconds() / 3.6
     return wh <= session.meter_start_wh + rated_kw * RATING_HEADROOM * seconds / 3.6 + slack
+
+
+def stop_believed(final: int, count: RegisterCount) -> bool:
+    """Whether a transaction's final register, as ``count`` counted it (``counted`` with
+    ``final``: across a rollover or reset it shows), decides its energy: not below
+    meterStart (less than nothing), nor more than ``STOP_ROUNDING_WH`` below what its
+    own readings counted. A meterStop that did not move (3,000 kWh at start and stop,
+    the readings and the stop's own Transaction.End at 3,001.2 kWh) billed 0 and took
+    back the increments those readings had added (QA s20)."""
+    return final >= count.session.meter_start_wh and final >= count.high - STOP_ROUNDING_WH
 
 
 class RegisterCount:

@@ -248,16 +248,19 @@ async def test_a_register_no_meter_could_show_adds_nothing_live_or_billed(
 
 async def test_readings_above_meter_stop_are_taken_back_where_they_were_added(
         world: World) -> None:
+    """A meterStop below the readings by rounding (``STOP_ROUNDING_WH``) decides the
+    energy; further below, it is not believed (``IMPLAUSIBLE_STOP``, QA s20)."""
     charging = world.services.charging
     tx, _ = await charging.start_transaction(CP, 1, "TAG-1", 0, T0)
     await charging.meter_values(CP, 1, tx, register(1000, 600))
-    await charging.meter_values(CP, 1, tx, register(9000, 1800))  # believable, yet wrong
+    await charging.meter_values(CP, 1, tx, register(2080, 1800))  # read in kWh, rounded
     await charging.stop_transaction(CP, tx, 2000, T0 + timedelta(seconds=3000))
     samples = await world.store.find_all(d.MeterSample, Eq("transaction_id", tx))
     # The excess comes off the reading that added it; no negative closing sample, so no
     # hour of the trend goes below zero (one used to read -7 kWh).
     assert sorted(s.delta_wh for s in samples if s.delta_wh is not None) == [1000, 1000]
     assert min(await hourly(world)) >= 0 and sum(await hourly(world)) == 2000
+    assert (await world.session(tx)).meter_anomaly is None
 
 
 async def test_a_second_reading_stamped_the_same_second_is_a_sample_of_its_own(
