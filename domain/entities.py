@@ -94,11 +94,14 @@ class MeterAnomaly(StrEnum):
     counter), or restarted near 0 (a meter reset or replaced); or the transaction's final
     register (meterStop) could not be believed (below meterStart, below what its
     readings counted by more than rounding, or more than the connector could deliver),
-    so the session was billed what its readings metered."""
+    so the session was billed what its readings metered; or its meterStart was 0 while
+    its register read its total after (the meter not read at the start), so the session
+    counts from its first reading."""
 
     ROLLOVER = "ROLLOVER"
     RESET = "RESET"
     IMPLAUSIBLE_STOP = "IMPLAUSIBLE_STOP"
+    UNREAD_START = "UNREAD_START"
 
 
 class SignedEncoding(StrEnum):

@@ -132,6 +132,9 @@ VALUE_DESCRIPTIONS: dict[str, dict[str, str]] = {
                             "included) counted by more than rounding, or more than the "
                             "connector could deliver: the session was billed the highest "
                             "register the charger reported for it.",
+        "UNREAD_START": "The transaction's meterStart was 0 while its register read its "
+                        "total after (the meter was not read at the start): the session "
+                        "counts from its first register reading.",
     },
     # Registered in graph/webhooks.py. Each value says the `type` its deliveries carry.
     "WebhookEvent": {

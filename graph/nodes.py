@@ -928,7 +928,9 @@ class Session(Node, Audited):
         "(the highest reading before plus those after), for an operator to review; "
         "or its meterStop could not be believed (IMPLAUSIBLE_STOP: below meterStart, "
         "below what its readings counted by more than rounding, or more than the "
-        "connector could deliver) and it was billed what was metered."))
+        "connector could deliver) and it was billed what was metered; or its meterStart "
+        "was 0 while its register read its total (UNREAD_START: the meter was not read at "
+        "the start) and it counts from its first reading."))
     _r: strawberry.Private[d.Session]
 
     @classmethod

@@ -44,8 +44,9 @@ LINE_OF_PHASE = {"L1": "L1", "L2": "L2", "L3": "L3",
 
 #: The most power a connector of unknown rating is believed to deliver (megawatt charging
 #: tops out at 3.75 MW). A register that rose faster since the session's start is a
-#: glitch (0xFFFFFFFF, a meter counting from 0 at the start and from its total after):
-#: kept as a sample, but it adds nothing to the session, its energy or its bill.
+#: glitch (0xFFFFFFFF): kept as a sample, but it adds nothing to the session, its energy
+#: or its bill. (A meter not read at the start, meterStart 0, and read at its total
+#: after is counted from that first reading: ``RegisterCount._start_at``.)
 MAX_BELIEVABLE_KW = 4000.0
 #: Headroom over a connector's rating (meter and rating disagree a little).
 RATING_HEADROOM = 1.25
@@ -112,8 +113,10 @@ class RegisterCount:
     flagged; a drop neither explains adds nothing, as before. Once a session had one, a
     reading that on the offset before it goes on from the count is the old register
     again (a meter that read 0 once), not counted twice, and each other step is judged
-    by what the connector could deliver since the reading before. One per frame, and
-    only for an active session."""
+    by what the connector could deliver since the reading before. A session started at
+    meterStart 0 whose first reading is beyond belief from 0 (the meter was not read at
+    the start) counts from that reading (``_start_at``), flagged ``UNREAD_START``. One
+    per frame, and only for an active session."""
 
     __slots__ = ("anomaly", "at", "high", "offset", "prior", "rated_kw", "session")
 
@@ -156,7 +159,10 @@ class RegisterCount:
         elif self.anomaly is not None and not self._step_ok(counted - self.high, at):
             return None  # beyond what the connector could deliver since: no reading
         if not believable_register(self.session, counted, at, self.rated_kw):
-            return None
+            if final or not self._unread_start():
+                return None
+            self._start_at(wh, at)
+            return wh + self.offset
         return counted
 
     def fields(self) -> dict[str, Any]:
@@ -170,6 +176,26 @@ class RegisterCount:
             changed.update(meter_offset_wh=self.offset, meter_prior_offset_wh=self.prior,
                            meter_anomaly=self.anomaly)
         return changed
+
+    def _unread_start(self) -> bool:
+        """Whether the session started at meterStart 0 and nothing moved its count yet:
+        a charger that did not read its meter at the start (it sends 0) and reads the
+        register's total after, which no reading from 0 could be believed to reach."""
+        return self.session.meter_start_wh == 0 and self.high == 0 and self.offset == 0 \
+            and self.anomaly is None and self.at is None
+
+    def _start_at(self, wh: int, at: datetime) -> None:
+        """Counts the session from the register reading ``wh``, its first after an unread
+        start (``_unread_start``): it counts 0 and those after it from there, judged as
+        readings after a rollover or reset are. Without it, live energy stayed 0 and
+        the stop, as far beyond belief, billed 0 flagged (QA s20). No prior offset: the
+        register it had before was never read."""
+        log.warning("%s: transaction %s started at meterStart 0 and its register reads %s "
+                    "Wh: the meter was not read at the start, counted from this reading "
+                    "(the session is flagged for review)", self.session.cp_id,
+                    self.session.transaction_id, wh)
+        self.prior, self.offset, self.anomaly, self.at = \
+            None, -wh, MeterAnomaly.UNREAD_START, at
 
     def _known_since(self, at: datetime) -> bool:
         """Whether ``at`` is after the reading that last moved the count. A session

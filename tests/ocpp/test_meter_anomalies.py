@@ -252,3 +252,40 @@ async def test_a_reset_that_reads_like_the_old_register_bills_the_lower_count_fl
         await charger.stop(5_100)
     session = await billed(central, charger.tx)
     assert session.energy_wh == 5_100 and session.meter_anomaly is d.MeterAnomaly.RESET
+
+
+async def test_a_meter_not_read_at_the_start_counts_from_its_first_reading(
+        central: Central) -> None:
+    """QA (s20): meterStart 0 (the meter not read at the start), then the register's
+    total (5,000.1 kWh, 5,000.3 kWh, meterStop 5,000.5 kWh): every reading was beyond
+    belief from 0, so live energy stayed 0 and the stop billed 0. The first reading is
+    the session's start: 0.2 kWh live, 0.4 kWh billed, flagged for review."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        charger = Charger(cp)
+        await charger.start(0)
+        await charger.reading(5_000_100)
+        await charger.reading(5_000_300)
+        live = await central.session(charger.tx)
+        assert live is not None and live.energy_wh == 200
+        await charger.stop(5_000_500)
+        data = await central.gql(ANOMALY, as_user="op")
+    session = await billed(central, charger.tx)
+    assert (session.energy_wh, session.cost_minor) == (400, 16)  # 0.4 kWh at 0.40
+    assert session.meter_anomaly is d.MeterAnomaly.UNREAD_START
+    [shown] = [s for s in data["sessions"]["nodes"] if s["transactionId"] == charger.tx]
+    assert shown["meterAnomaly"] == "UNREAD_START"
+    samples = await central.store.find_all(d.MeterSample, Eq("session_id", session.id))
+    assert sum(s.delta_wh or 0 for s in samples) == 400
+
+
+async def test_a_meter_counting_each_transaction_from_zero_is_no_unread_start(
+        central: Central) -> None:
+    """meterStart 0 and readings believable from it: counted as they are, not flagged."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        charger = Charger(cp)
+        await charger.start(0)
+        await charger.reading(1_500)
+        await charger.reading(3_000)
+        await charger.stop(4_000)
+    session = await billed(central, charger.tx)
+    assert (session.energy_wh, session.meter_anomaly) == (4_000, None)
