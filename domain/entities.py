@@ -463,6 +463,11 @@ class Session(Record):
     meter_prior_offset_wh: int | None = None
     meter_at: datetime | None = None
     meter_anomaly: MeterAnomaly | None = None
+    #: When (our clock) a MeterValues first named it after its charger's latest boot,
+    #: for a session recorded before that boot (written once per boot, not per frame): its
+    #: charger still has the transaction, and the reboot's check does not close it as
+    #: lost (``ChargingService._close_lost_at_reboot``). Null otherwise.
+    named_at: datetime | None = None
     #: Its charger's clock was behind ours when it started (``ChargerClocks.behind_at``):
     #: its start predates its station's record, or came long after its timestamp over a
     #: connection open since before it. Such a session is billed no longer than our

@@ -113,6 +113,10 @@ END_ATTEMPTS = 3
 #: beyond them is taken back by a negative closing sample.
 MAX_TRIMMED_SAMPLES = 1000
 
+#: Sessions closed without their stop whose charger still metered them, noted so that is
+#: logged once per session (``ChargingService._still_metered``); forgotten past this many.
+MAX_NOTED_CLOSES = 1000
+
 #: How soon a copy of a StartTransaction stamped far in our future may follow the first
 #: (a charger retrying an unanswered CALL) and still be taken for the same start.
 GLITCH_RETRY_WINDOW = timedelta(minutes=5)
@@ -317,6 +321,8 @@ class ChargingService(ChargerConnections):
         self.clocks = ChargerClocks(self.now)
         self.reboot_checks = RebootChecks(self._close_lost_at_reboot)
         self.session_updates = LatestUpdates(self.publish)
+        #: Sessions whose metering after their close without a stop was logged.
+        self._metered_after_close: set[str] = set()
         ctx.committed.append(self.cache.forget)
         #: Called with the station's id once a StartTransaction's answer went out
         #: (``start_answered``): the site's load management tells the new session its
@@ -621,16 +627,39 @@ class ChargingService(ChargerConnections):
             Eq("cp_id", station.cp_id), Eq("connector_id", connector_id),
             Eq("state", SessionState.ACTIVE), Range("created_at", lt=booted)),
             limit=MAX_OPEN_PER_CONNECTOR)
-        actor = charger(station.cp_id)
         for session in lost:
+            await self._close_if_lost(station, session, booted)
+
+    async def _close_if_lost(self, station: Station, session: Session, booted: datetime
+                             ) -> None:
+        """Closes ``session`` as lost at the boot at ``booted``, unless a MeterValues
+        named it since (``Session.named_at``): a charger that sent a BootNotification
+        without losing anything (a periodic one, a controller restart) and goes on
+        metering the transaction still has it (QA s20: closed after 2 minutes while
+        its meter values kept coming, its energy frozen and its card free elsewhere).
+        Written only onto the session as read: a frame naming it meanwhile makes it read
+        again and decide anew."""
+        actor = charger(station.cp_id)
+        for _ in range(END_ATTEMPTS):
+            if session.state is not SessionState.ACTIVE \
+                    or (session.named_at is not None and session.named_at >= booted):
+                return  # stopped or closed meanwhile, or its charger still meters it
             end = lost_end(session, booted, booted + MAX_CLOCK_AHEAD)
             closed, changes = await self._close(station, session, None, end,
-                                                CLOSED_WITHOUT_STOP, actor)
+                                                CLOSED_WITHOUT_STOP, actor,
+                                                unchanged_since=session.updated_at)
             try:
                 await self.commit(actor, changes)
             except Conflict:
-                continue  # its stop (or an operator) closed it meanwhile
+                # Written meanwhile: its stop or an operator closed it, or a frame
+                # named or metered it. Read again.
+                again = await self.store.get_many(Session, [session.id])
+                if again[0] is None:
+                    return
+                session = again[0]
+                continue
             await self._announce_end(station, closed)
+            return
 
     # ------------------------------------------------------------- transactions
     async def start_transaction(self, cp_id: str, connector_id: int, id_tag: str,
@@ -911,9 +940,13 @@ class ChargingService(ChargerConnections):
         signed = signed_values_of(station, connector_id, transaction_id, session, readings)
         changes: list[Change] = [InsertIfAbsent(s) for s in (*samples, *signed)]
         updated = None
+        if transaction_id is not None and session is not None:
+            self._still_metered(session, transaction_id)
         if session is not None and session.state is SessionState.ACTIVE:
             live = live_patch(session, readings, added_wh(samples), charger(cp_id),
-                              self.clocks.believable, count)
+                              self.clocks.believable, count,
+                              named_at=self._named_since_boot(station, session)
+                              if transaction_id is not None else None)
             if live is not None:
                 changes.append(live)
                 updated = cast(Session, live.record)
@@ -923,6 +956,37 @@ class ChargingService(ChargerConnections):
         if updated is not None:
             await self.session_updates.offer(
                 updated.id, cp_id, partial(self._session_event, station, updated, "UPDATED"))
+
+    def _named_since_boot(self, station: Station, session: Session) -> datetime | None:
+        """"Now", when a frame naming ``session`` is the first to since its charger's
+        latest boot and the session was recorded before that boot: its charger still has
+        the transaction, which the reboot's check must not close as lost
+        (``Session.named_at``). ``None`` otherwise, so this costs a write once per boot,
+        not one per frame."""
+        booted = station.booted_at
+        if booted is None or session.created_at >= booted:
+            return None  # no boot since it was recorded: nothing for a check to close
+        if session.named_at is not None and session.named_at >= booted:
+            return None  # named since this boot already
+        return self.now()
+
+    def _still_metered(self, session: Session, transaction_id: int) -> None:
+        """A frame naming a transaction closed without its stop (as lost at a reboot,
+        by a newer start or by an operator) while its charger still meters it: its
+        samples are kept as the session's history, adding nothing to its energy (its
+        stop, when it comes, corrects the close with the real meterStop). Logged once
+        per session and process, so an operator learns the close was wrong instead of
+        the frames vanishing silently."""
+        if not closed_without_stop(session) or session.id in self._metered_after_close:
+            return
+        if len(self._metered_after_close) >= MAX_NOTED_CLOSES:
+            self._metered_after_close.clear()  # bounded: at worst one more line each
+        self._metered_after_close.add(session.id)
+        log.warning("%s: transaction %s, closed without its stop (%s), is still metered "
+                    "by its charger: its meter values are kept as history, adding "
+                    "nothing until its StopTransaction corrects the close; end it at the "
+                    "charger or check the close", session.cp_id, transaction_id,
+                    session.updated_by)
 
     async def stop_transaction(self, cp_id: str, transaction_id: int, meter_stop: int,
                                timestamp: datetime, *, reason: str | None = None,

@@ -523,7 +523,8 @@ def final_soc(session: Session, readings: Sequence[MeterReading],
 
 def live_patch(session: Session, readings: list[MeterReading], added: int,
                actor: Viewer, believable: Callable[[datetime], bool],
-               count: RegisterCount | None = None) -> Update | None:
+               count: RegisterCount | None = None, *,
+               named_at: datetime | None = None) -> Update | None:
     """Live energy grows by what the frame's samples add (``added``, their
     ``delta_wh``): never from the newest reading alone, which a late or lower one would
     take back, and always equal to the sum of the session's increments; with it the
@@ -531,8 +532,9 @@ def live_patch(session: Session, readings: list[MeterReading], added: int,
     Power from
     the newest total active power (``reading_power``), State of Charge as
     ``final_soc`` takes it, each unless the one shown is newer (a believable
-    time: one stamped in our future by a glitching clock must not freeze it). ``None``
-    when nothing changed."""
+    time: one stamped in our future by a glitching clock must not freeze it).
+    ``named_at``: the frame named the session first since its charger's boot
+    (``Session.named_at``). ``None`` when nothing changed."""
     power_at = session.power_at
     if power_at is not None and not believable(power_at):
         power_at = None
@@ -548,6 +550,8 @@ def live_patch(session: Session, readings: list[MeterReading], added: int,
         updates["energy_wh"] = session.energy_wh + added
     if count is not None:
         updates.update(count.fields())  # the register's count moved (or rolled over)
+    if named_at is not None:
+        updates["named_at"] = named_at
     if power is not None:
         updates["power_w"] = power
         updates["power_at"] = as_utc(power_at) if power_at is not None else None
