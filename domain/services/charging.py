@@ -117,6 +117,11 @@ MAX_TRIMMED_SAMPLES = 1000
 #: logged once per session (``ChargingService._still_metered``); forgotten past this many.
 MAX_NOTED_CLOSES = 1000
 
+#: How soon a StartTransaction whose answer was lost may be sent again with a timestamp of
+#: its own (the charger stamps the resend) and still be taken for the same start: the
+#: time a charger waits for an answer before it resends (commonly 30 s), with room.
+START_RETRY_WINDOW = timedelta(seconds=60)
+
 #: How soon a copy of a StartTransaction stamped far in our future may follow the first
 #: (a charger retrying an unanswered CALL) and still be taken for the same start.
 GLITCH_RETRY_WINDOW = timedelta(minutes=5)
@@ -162,6 +167,24 @@ class _StartIdentity(NamedTuple):
         if self.glitch:
             return now - session.created_at <= GLITCH_RETRY_WINDOW
         return session.start_time == self.start
+
+    def may_resend(self, session: Session, now: datetime) -> bool:
+        """``session`` may be this start's first copy, sent again with a new timestamp
+        (its answer lost: QA s20, the resend 2 s later opened a second session and the
+        first was billed its session fee): same card and meterStart, stamped no later
+        than this one and within ``START_RETRY_WINDOW`` of it, recorded moments ago on
+        our clock, and nothing metered since (no energy, power or State of Charge; the
+        caller checks its samples). Whichever of the two the charger holds, nothing was
+        charged under the other."""
+        if self.glitch or (session.id_tag, session.meter_start_wh) != (
+                self.tag, self.meter_start):
+            return False
+        if not timedelta(0) <= self.start - session.start_time <= START_RETRY_WINDOW:
+            return False
+        if now - session.created_at > START_RETRY_WINDOW:
+            return False
+        return session.energy_wh == 0 and session.meter_at is None \
+            and session.power_at is None and session.soc_at is None
 
     def started_by(self, now: datetime) -> datetime:
         """When the start happened, as far as a reservation's expiry is judged: its own
@@ -829,7 +852,8 @@ class ChargingService(ChargerConnections):
             Eq("state", SessionState.ACTIVE)), limit=MAX_OPEN_PER_CONNECTOR)
         now = self.now()
         for other in open_here:
-            if identity.matches(other, now):
+            if identity.matches(other, now) or (identity.may_resend(other, now)
+                                                 and await self._never_metered(other)):
                 return other
         ended: list[Session] = []
         newer = [s for s in open_here if identity.flushed_before(s)]
@@ -839,11 +863,14 @@ class ChargingService(ChargerConnections):
             session = replace(session, state=SessionState.COMPLETED, end_time=start)
         # A session open on this connector since before this start lost its
         # StopTransaction: closed first, so the connector never has two active sessions.
+        # One that metered nothing is not priced (no session fee, no payment): nothing
+        # says it charged, and its driver is charging now (QA s20: a start resent after
+        # the retry window paid the fee twice). Its stop, should it come, prices it.
         for stale in (s for s in open_here if s not in newer):
             closed, closing = await self._close(
                 station, stale, None, lost_end(stale, station.booted_at,
                                                min(start, self.now())),
-                CLOSED_WITHOUT_STOP, actor)
+                CLOSED_WITHOUT_STOP, actor, priced=not await self._never_metered(stale))
             changes += closing
             ended.append(closed)
         used = None
@@ -857,6 +884,15 @@ class ChargingService(ChargerConnections):
         changes.append((Insert(session), None))
         await self.commit(actor, changes)
         return session, ended, used
+
+    async def _never_metered(self, session: Session) -> bool:
+        """Whether nothing was metered for ``session``: no energy, no live reading, and
+        no meter sample linked to it (a reading that moved nothing, a signed-off
+        Transaction.Begin, is one)."""
+        if session.energy_wh or session.meter_at is not None or session.power_at is not None \
+                or session.soc_at is not None:
+            return False
+        return await self.store.find_one(MeterSample, Eq("session_id", session.id)) is None
 
     async def _reservation_kept(self, station: Station, connector_id: int, presented: str,
                                 card: IdTag | None) -> Reservation | None:
@@ -1200,7 +1236,7 @@ class ChargingService(ChargerConnections):
                      unchanged_since: datetime | None = None,
                      readings: Sequence[MeterReading] = (),
                      metered: Sequence[MeterSample] = (),
-                     meter: dict[str, Any] | None = None
+                     meter: dict[str, Any] | None = None, priced: bool = True
                      ) -> tuple[Session, list[tuple[Change, Any]]]:
         """The closed session, and its write with the payment it opens (the changes to
         commit). ``energy_wh``: the session's energy
@@ -1217,7 +1253,8 @@ class ChargingService(ChargerConnections):
         stop's, its closing sample, stored ones whose increments it lowers), which
         time-of-day prices count over the stored ones. ``meter``: its register's count as
         the stop left it (``RegisterCount.fields``: a rollover or reset it showed is
-        flagged)."""
+        flagged). ``priced``: false for a close that bills nothing (no cost, no payment:
+        a session that metered nothing, closed by a newer start), as a refused start."""
         # A stop stamped before the start (a clock reset mid-session) ends the session
         # when it began, so no duration anywhere comes out negative; one stamped by a
         # clock set right since a start far behind ours ends when our clock saw it end.
@@ -1234,7 +1271,7 @@ class ChargingService(ChargerConnections):
         tariff = await self.tariffs.tariff_at(station, session.priced_at,
                                               company_id=session.company_id,
                                               connector_type=session.connector_type
-                                              ) if session.billable else None
+                                              ) if session.billable and priced else None
         cost = idle = band_wh = None
         if tariff is not None:
             idle = await self._idle_seconds(tariff, session, end)
