@@ -683,6 +683,9 @@ class ChargingService(ChargerConnections):
                 continue
             await self._announce_end(station, closed)
             return
+        log.warning("%s: transaction %s kept changing while its reboot's check closed it; "
+                    "left open (its stop or an operator's endSession ends it)",
+                    station.cp_id, session.transaction_id)
 
     # ------------------------------------------------------------- transactions
     async def start_transaction(self, cp_id: str, connector_id: int, id_tag: str,
@@ -1018,7 +1021,7 @@ class ChargingService(ChargerConnections):
         if len(self._metered_after_close) >= MAX_NOTED_CLOSES:
             self._metered_after_close.clear()  # bounded: at worst one more line each
         self._metered_after_close.add(session.id)
-        log.warning("%s: transaction %s, closed without its stop (%s), is still metered "
+        log.warning("%s: transaction %s, closed without its stop by %s, is still metered "
                     "by its charger: its meter values are kept as history, adding "
                     "nothing until its StopTransaction corrects the close; end it at the "
                     "charger or check the close", session.cp_id, transaction_id,
