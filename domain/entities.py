@@ -92,12 +92,16 @@ class MeterAnomaly(StrEnum):
     """What a session's energy register did that its energy is counted across, for an
     operator to review: it rolled over at its limit (a 32-bit or a 999,999.9 kWh
     counter), or restarted near 0 (a meter reset or replaced); or the transaction's final
-    register (meterStop) could not be believed (below meterStart, or more than the
-    connector could deliver), so the session was billed what its readings metered."""
+    register (meterStop) could not be believed (below meterStart, below what its
+    readings counted by more than rounding, or more than the connector could deliver),
+    so the session was billed what its readings metered; or its meterStart was 0 while
+    its register read its total after (the meter not read at the start), so the session
+    counts from its first reading."""
 
     ROLLOVER = "ROLLOVER"
     RESET = "RESET"
     IMPLAUSIBLE_STOP = "IMPLAUSIBLE_STOP"
+    UNREAD_START = "UNREAD_START"
 
 
 class SignedEncoding(StrEnum):
@@ -459,6 +463,11 @@ class Session(Record):
     meter_prior_offset_wh: int | None = None
     meter_at: datetime | None = None
     meter_anomaly: MeterAnomaly | None = None
+    #: When (our clock) a MeterValues first named it after its charger's latest boot,
+    #: for a session recorded before that boot (written once per boot, not per frame): its
+    #: charger still has the transaction, and the reboot's check does not close it as
+    #: lost (``ChargingService._close_lost_at_reboot``). Null otherwise.
+    named_at: datetime | None = None
     #: Its charger's clock was behind ours when it started (``ChargerClocks.behind_at``):
     #: its start predates its station's record, or came long after its timestamp over a
     #: connection open since before it. Such a session is billed no longer than our

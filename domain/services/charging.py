@@ -95,6 +95,7 @@ from domain.services.metering import (
     samples_of,
     signed_values_of,
     sound,
+    stop_believed,
 )
 from domain.services.payments import UNCOLLECTED, payment_changed, reprice_change, repriced
 from domain.services.reboot_checks import RebootChecks
@@ -113,6 +114,15 @@ END_ATTEMPTS = 3
 #: Stored increments a stop may take an excess back from (newest first); what is left
 #: beyond them is taken back by a negative closing sample.
 MAX_TRIMMED_SAMPLES = 1000
+
+#: Sessions closed without their stop whose charger still metered them, noted so that is
+#: logged once per session (``ChargingService._still_metered``); forgotten past this many.
+MAX_NOTED_CLOSES = 1000
+
+#: How soon a StartTransaction whose answer was lost may be sent again with a timestamp of
+#: its own (the charger stamps the resend) and still be taken for the same start: the
+#: time a charger waits for an answer before it resends (commonly 30 s), with room.
+START_RETRY_WINDOW = timedelta(seconds=60)
 
 #: How soon a copy of a StartTransaction stamped far in our future may follow the first
 #: (a charger retrying an unanswered CALL) and still be taken for the same start.
@@ -159,6 +169,24 @@ class _StartIdentity(NamedTuple):
         if self.glitch:
             return now - session.created_at <= GLITCH_RETRY_WINDOW
         return session.start_time == self.start
+
+    def may_resend(self, session: Session, now: datetime) -> bool:
+        """``session`` may be this start's first copy, sent again with a new timestamp
+        (its answer lost: QA s20, the resend 2 s later opened a second session and the
+        first was billed its session fee): same card and meterStart, stamped no later
+        than this one and within ``START_RETRY_WINDOW`` of it, recorded moments ago on
+        our clock, and nothing metered since (no energy, power or State of Charge; the
+        caller checks its samples). Whichever of the two the charger holds, nothing was
+        charged under the other."""
+        if self.glitch or (session.id_tag, session.meter_start_wh) != (
+                self.tag, self.meter_start):
+            return False
+        if not timedelta(0) <= self.start - session.start_time <= START_RETRY_WINDOW:
+            return False
+        if now - session.created_at > START_RETRY_WINDOW:
+            return False
+        return session.energy_wh == 0 and session.meter_at is None \
+            and session.power_at is None and session.soc_at is None
 
     def started_by(self, now: datetime) -> datetime:
         """When the start happened, as far as a reservation's expiry is judged: its own
@@ -319,6 +347,8 @@ class ChargingService(ChargerConnections):
         self.unreadable = UnreadableValues()
         self.reboot_checks = RebootChecks(self._close_lost_at_reboot)
         self.session_updates = LatestUpdates(self.publish)
+        #: Sessions whose metering after their close without a stop was logged.
+        self._metered_after_close: set[str] = set()
         ctx.committed.append(self.cache.forget)
         #: Called with the station's id once a StartTransaction's answer went out
         #: (``start_answered``): the site's load management tells the new session its
@@ -623,16 +653,42 @@ class ChargingService(ChargerConnections):
             Eq("cp_id", station.cp_id), Eq("connector_id", connector_id),
             Eq("state", SessionState.ACTIVE), Range("created_at", lt=booted)),
             limit=MAX_OPEN_PER_CONNECTOR)
-        actor = charger(station.cp_id)
         for session in lost:
+            await self._close_if_lost(station, session, booted)
+
+    async def _close_if_lost(self, station: Station, session: Session, booted: datetime
+                             ) -> None:
+        """Closes ``session`` as lost at the boot at ``booted``, unless a MeterValues
+        named it since (``Session.named_at``): a charger that sent a BootNotification
+        without losing anything (a periodic one, a controller restart) and goes on
+        metering the transaction still has it (QA s20: closed after 2 minutes while
+        its meter values kept coming, its energy frozen and its card free elsewhere).
+        Written only onto the session as read: a frame naming it meanwhile makes it read
+        again and decide anew."""
+        actor = charger(station.cp_id)
+        for _ in range(END_ATTEMPTS):
+            if session.state is not SessionState.ACTIVE \
+                    or (session.named_at is not None and session.named_at >= booted):
+                return  # stopped or closed meanwhile, or its charger still meters it
             end = lost_end(session, booted, booted + MAX_CLOCK_AHEAD)
             closed, changes = await self._close(station, session, None, end,
-                                                CLOSED_WITHOUT_STOP, actor)
+                                                CLOSED_WITHOUT_STOP, actor,
+                                                unchanged_since=session.updated_at)
             try:
                 await self.commit(actor, changes)
             except Conflict:
-                continue  # its stop (or an operator) closed it meanwhile
+                # Written meanwhile: its stop or an operator closed it, or a frame
+                # named or metered it. Read again.
+                again = await self.store.get_many(Session, [session.id])
+                if again[0] is None:
+                    return
+                session = again[0]
+                continue
             await self._announce_end(station, closed)
+            return
+        log.warning("%s: transaction %s kept changing while its reboot's check closed it; "
+                    "left open (its stop or an operator's endSession ends it)",
+                    station.cp_id, session.transaction_id)
 
     # ------------------------------------------------------------- transactions
     async def start_transaction(self, cp_id: str, connector_id: int, id_tag: str,
@@ -802,7 +858,8 @@ class ChargingService(ChargerConnections):
             Eq("state", SessionState.ACTIVE)), limit=MAX_OPEN_PER_CONNECTOR)
         now = self.now()
         for other in open_here:
-            if identity.matches(other, now):
+            if identity.matches(other, now) or (identity.may_resend(other, now)
+                                                 and await self._never_metered(other)):
                 return other
         ended: list[Session] = []
         newer = [s for s in open_here if identity.flushed_before(s)]
@@ -812,11 +869,14 @@ class ChargingService(ChargerConnections):
             session = replace(session, state=SessionState.COMPLETED, end_time=start)
         # A session open on this connector since before this start lost its
         # StopTransaction: closed first, so the connector never has two active sessions.
+        # One that metered nothing is not priced (no session fee, no payment): nothing
+        # says it charged, and its driver is charging now (QA s20: a start resent after
+        # the retry window paid the fee twice). Its stop, should it come, prices it.
         for stale in (s for s in open_here if s not in newer):
             closed, closing = await self._close(
                 station, stale, None, lost_end(stale, station.booted_at,
                                                min(start, self.now())),
-                CLOSED_WITHOUT_STOP, actor)
+                CLOSED_WITHOUT_STOP, actor, priced=not await self._never_metered(stale))
             changes += closing
             ended.append(closed)
         used = None
@@ -830,6 +890,15 @@ class ChargingService(ChargerConnections):
         changes.append((Insert(session), None))
         await self.commit(actor, changes)
         return session, ended, used
+
+    async def _never_metered(self, session: Session) -> bool:
+        """Whether nothing was metered for ``session``: no energy, no live reading, and
+        no meter sample linked to it (a reading that moved nothing, a signed-off
+        Transaction.Begin, is one)."""
+        if session.energy_wh or session.meter_at is not None or session.power_at is not None \
+                or session.soc_at is not None:
+            return False
+        return await self.store.find_one(MeterSample, Eq("session_id", session.id)) is None
 
     async def _reservation_kept(self, station: Station, connector_id: int, presented: str,
                                 card: IdTag | None) -> Reservation | None:
@@ -914,9 +983,13 @@ class ChargingService(ChargerConnections):
         signed = signed_values_of(station, connector_id, transaction_id, session, readings)
         changes: list[Change] = [InsertIfAbsent(s) for s in (*samples, *signed)]
         updated = None
+        if transaction_id is not None and session is not None:
+            self._still_metered(session, transaction_id)
         if session is not None and session.state is SessionState.ACTIVE:
             live = live_patch(session, readings, added_wh(samples), charger(cp_id),
-                              self.clocks.believable, count)
+                              self.clocks.believable, count,
+                              named_at=self._named_since_boot(station, session)
+                              if transaction_id is not None else None)
             if live is not None:
                 changes.append(live)
                 updated = cast(Session, live.record)
@@ -926,6 +999,37 @@ class ChargingService(ChargerConnections):
         if updated is not None:
             await self.session_updates.offer(
                 updated.id, cp_id, partial(self._session_event, station, updated, "UPDATED"))
+
+    def _named_since_boot(self, station: Station, session: Session) -> datetime | None:
+        """"Now", when a frame naming ``session`` is the first to since its charger's
+        latest boot and the session was recorded before that boot: its charger still has
+        the transaction, which the reboot's check must not close as lost
+        (``Session.named_at``). ``None`` otherwise, so this costs a write once per boot,
+        not one per frame."""
+        booted = station.booted_at
+        if booted is None or session.created_at >= booted:
+            return None  # no boot since it was recorded: nothing for a check to close
+        if session.named_at is not None and session.named_at >= booted:
+            return None  # named since this boot already
+        return self.now()
+
+    def _still_metered(self, session: Session, transaction_id: int) -> None:
+        """A frame naming a transaction closed without its stop (as lost at a reboot,
+        by a newer start or by an operator) while its charger still meters it: its
+        samples are kept as the session's history, adding nothing to its energy (its
+        stop, when it comes, corrects the close with the real meterStop). Logged once
+        per session and process, so an operator learns the close was wrong instead of
+        the frames vanishing silently."""
+        if not closed_without_stop(session) or session.id in self._metered_after_close:
+            return
+        if len(self._metered_after_close) >= MAX_NOTED_CLOSES:
+            self._metered_after_close.clear()  # bounded: at worst one more line each
+        self._metered_after_close.add(session.id)
+        log.warning("%s: transaction %s, closed without its stop by %s, is still metered "
+                    "by its charger: its meter values are kept as history, adding "
+                    "nothing until its StopTransaction corrects the close; end it at the "
+                    "charger or check the close", session.cp_id, transaction_id,
+                    session.updated_by)
 
     async def stop_transaction(self, cp_id: str, transaction_id: int, meter_stop: int,
                                timestamp: datetime, *, reason: str | None = None,
@@ -1033,22 +1137,26 @@ class ChargingService(ChargerConnections):
         # meterStop is the transaction's own final register (what the charger signs and
         # bills by), so it decides the energy, counted across a rollover or reset of the
         # meter as the readings are (below meterStart, it may be one); a reading above
-        # it (a glitch, a late frame of another kind) was counted live and is taken back
-        # by the closing sample, which makes the samples add up to the billed energy.
+        # it by no more than rounding was counted live and is taken back by the closing
+        # sample, which makes the samples add up to the billed energy.
         if count is None:  # closed or flushed late, awaiting its stop: no readings counted
             count = RegisterCount(session, rated_kw)
         final = count.counted(meter_stop, end, final=True)
         meter = count.fields()
-        if final is None or final < session.meter_start_wh:
+        if final is None or not stop_believed(final, count):
             # A glitching final register (0xFFFFFFFF: more than the connector could
-            # deliver; below meterStart: less than nothing, with no rollover or reset to
-            # explain it) must bill neither megawatt-hours nor nothing: the session is
-            # billed what it believably metered, as a lost stop would be, and flagged for
-            # review (QA s17: a stop below its start billed 0 without a trace).
-            energy = session.energy_wh + added_wh(samples)
-            log.warning("%s: meterStop %s Wh of transaction %s (meterStart %s Wh) is not "
-                        "believable; billing the %s Wh metered", cp_id, meter_stop,
-                        session.transaction_id, session.meter_start_wh, energy)
+            # deliver; below meterStart or below what the charger's own readings, the
+            # stop's included, counted: with no rollover or reset to explain it) must
+            # bill neither megawatt-hours nor nothing: the session is billed the highest
+            # register the charger reported for it (its count: what it metered, the
+            # stop's own readings too), as a lost stop would be, and flagged for review
+            # (QA s17: a stop below its start billed 0 without a trace; s20: one that
+            # did not move billed 0 though its Transaction.End read 1.2 kWh more).
+            energy = count.high - session.meter_start_wh
+            log.warning("%s: meterStop %s Wh of transaction %s (meterStart %s Wh, its "
+                        "readings up to %s Wh) is not believable; billing the %s Wh "
+                        "metered", cp_id, meter_stop, session.transaction_id,
+                        session.meter_start_wh, count.high - count.offset, energy)
             meter["meter_anomaly"] = MeterAnomaly.IMPLAUSIBLE_STOP
         else:
             energy = final - session.meter_start_wh
@@ -1135,7 +1243,7 @@ class ChargingService(ChargerConnections):
                      unchanged_since: datetime | None = None,
                      readings: Sequence[MeterReading] = (),
                      metered: Sequence[MeterSample] = (),
-                     meter: dict[str, Any] | None = None
+                     meter: dict[str, Any] | None = None, priced: bool = True
                      ) -> tuple[Session, list[tuple[Change, Any]]]:
         """The closed session, and its write with the payment it opens (the changes to
         commit). ``energy_wh``: the session's energy
@@ -1152,7 +1260,8 @@ class ChargingService(ChargerConnections):
         stop's, its closing sample, stored ones whose increments it lowers), which
         time-of-day prices count over the stored ones. ``meter``: its register's count as
         the stop left it (``RegisterCount.fields``: a rollover or reset it showed is
-        flagged)."""
+        flagged). ``priced``: false for a close that bills nothing (no cost, no payment:
+        a session that metered nothing, closed by a newer start), as a refused start."""
         # A stop stamped before the start (a clock reset mid-session) ends the session
         # when it began, so no duration anywhere comes out negative; one stamped by a
         # clock set right since a start far behind ours ends when our clock saw it end.
@@ -1169,7 +1278,7 @@ class ChargingService(ChargerConnections):
         tariff = await self.tariffs.tariff_at(station, session.priced_at,
                                               company_id=session.company_id,
                                               connector_type=session.connector_type
-                                              ) if session.billable else None
+                                              ) if session.billable and priced else None
         cost = idle = band_wh = None
         if tariff is not None:
             idle = await self._idle_seconds(tariff, session, end)

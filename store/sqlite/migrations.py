@@ -1019,6 +1019,14 @@ _V44 = """
 ALTER TABLE "local_list_entry" ADD COLUMN "restore" TEXT;
 """
 
+# Version 45: when a MeterValues first named a session after its charger's latest boot
+# (``Session.named_at``, our clock): a transaction its charger still meters is not closed
+# as lost with the reboot (QA s20). Nothing to fill in: a session recorded before reads
+# NULL, and is judged by the reboot's check as before.
+_V45 = """
+ALTER TABLE "session" ADD COLUMN "named_at" INTEGER;
+"""
+
 #: Every migration, oldest first. Append only.
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
@@ -1032,7 +1040,7 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (35, _V35), (36, _V36), (37, _V37),
                                      (38, _V38), (39, _V39), (40, _V40),
                                      (41, _V41), (42, _V42), (43, _V43),
-                                     (44, _V44))
+                                     (44, _V44), (45, _V45))
 
 #: Python functions migrations call, registered on the migrating connection: a value only
 #: the domain's rules can compute for rows written before (name, arity, function).

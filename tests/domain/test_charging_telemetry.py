@@ -248,16 +248,19 @@ async def test_a_register_no_meter_could_show_adds_nothing_live_or_billed(
 
 async def test_readings_above_meter_stop_are_taken_back_where_they_were_added(
         world: World) -> None:
+    """A meterStop below the readings by rounding (``STOP_ROUNDING_WH``) decides the
+    energy; further below, it is not believed (``IMPLAUSIBLE_STOP``, QA s20)."""
     charging = world.services.charging
     tx, _ = await charging.start_transaction(CP, 1, "TAG-1", 0, T0)
     await charging.meter_values(CP, 1, tx, register(1000, 600))
-    await charging.meter_values(CP, 1, tx, register(9000, 1800))  # believable, yet wrong
+    await charging.meter_values(CP, 1, tx, register(2080, 1800))  # read in kWh, rounded
     await charging.stop_transaction(CP, tx, 2000, T0 + timedelta(seconds=3000))
     samples = await world.store.find_all(d.MeterSample, Eq("transaction_id", tx))
     # The excess comes off the reading that added it; no negative closing sample, so no
     # hour of the trend goes below zero (one used to read -7 kWh).
     assert sorted(s.delta_wh for s in samples if s.delta_wh is not None) == [1000, 1000]
     assert min(await hourly(world)) >= 0 and sum(await hourly(world)) == 2000
+    assert (await world.session(tx)).meter_anomaly is None
 
 
 async def test_a_second_reading_stamped_the_same_second_is_a_sample_of_its_own(
@@ -823,3 +826,65 @@ async def test_a_refused_start_on_a_clock_behind_ours_is_no_late_flush(
                                     reason="DeAuthorized")
     session = await world.session(tx)
     assert (session.start_refused, session.cost_minor) == ("Invalid", None)
+
+
+async def _payments_of(world: World, transaction_id: int) -> list[d.Payment]:
+    session = await world.session(transaction_id)
+    return await world.store.find_all(d.Payment, Eq("session_id", session.id))
+
+
+async def test_a_start_resent_with_a_new_timestamp_is_the_same_start(world: World) -> None:
+    """QA (s20): the answer lost, the charger resends its StartTransaction 2 s later,
+    stamped anew (same connector, card and meterStart). It opened a second session and
+    closed the first, never metered, billing its 0.60 session fee: the driver paid the
+    fee twice. It is the same start, answered with the same transaction."""
+    charging = world.services.charging
+    await _priced(world, price_per_kwh="0.40", session_fee="0.60")
+    stamped = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=10)
+    first, _ = await charging.start_transaction(CP, 2, "TAG-1", 500_000, stamped)
+    resent, info = await charging.start_transaction(CP, 2, "TAG-1", 500_000,
+                                                    stamped + timedelta(seconds=2))
+    assert (resent, info.status) == (first, "Accepted")
+    await charging.meter_values(CP, 2, first, register(500_800, 3600))
+    await charging.stop_transaction(CP, first, 501_000, stamped + timedelta(seconds=60))
+    sessions = await world.store.find_all(d.Session, Eq("cp_id", CP))
+    assert [(s.transaction_id, s.energy_wh, s.cost_minor) for s in sessions] == [
+        (first, 1000, 100)]  # 1 kWh at 0.40 and one fee
+    assert [p.amount_minor for p in await _payments_of(world, first)] == [100]
+
+
+async def test_a_start_after_a_metered_one_is_a_new_transaction_however_soon(
+        world: World) -> None:
+    """Only a session that metered nothing may be the resent start's first copy: one
+    with a sample (a reading that moved nothing included) is a transaction of its own."""
+    charging = world.services.charging
+    stamped = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=10)
+    first, _ = await charging.start_transaction(CP, 2, "TAG-1", 500_000, stamped)
+    await charging.meter_values(CP, 2, first, [MeterReading(stamped, (SampledValue(
+        "500000", "Energy.Active.Import.Register", "Wh", context="Transaction.Begin"),))])
+    second, _ = await charging.start_transaction(CP, 2, "TAG-1", 500_000,
+                                                 stamped + timedelta(seconds=2))
+    assert second != first
+    assert (await world.session(first)).state is d.SessionState.COMPLETED
+
+
+async def test_a_session_closed_by_a_newer_start_having_metered_nothing_bills_nothing(
+        world: World) -> None:
+    """Closed without its stop by the next start on its connector, a session that
+    metered nothing (0 Wh, no samples) opens no payment: its session fee was billed on
+    top of the new session's. One that metered is billed as before; a stop that comes
+    after all still prices the close."""
+    charging = world.services.charging
+    await _priced(world, price_per_kwh="0.40", session_fee="0.60")
+    idle, _ = await charging.start_transaction(CP, 1, "TAG-1", 0, T0)
+    await charging.start_transaction(CP, 1, "TAG-1", 0, T0 + timedelta(minutes=10))
+    closed = await world.session(idle)
+    assert (closed.state, closed.stop_reason, closed.cost_minor) == (
+        d.SessionState.COMPLETED, "Other", None)
+    assert await _payments_of(world, idle) == []
+    metered, _ = await charging.start_transaction(CP, 2, "TAG-2", 0, T0)
+    await charging.meter_values(CP, 2, metered, register(1000, 60))
+    await charging.start_transaction(CP, 2, "TAG-2", 1000, T0 + timedelta(minutes=10))
+    assert [p.amount_minor for p in await _payments_of(world, metered)] == [100]
+    await charging.stop_transaction(CP, idle, 500, T0 + timedelta(minutes=5))
+    assert [p.amount_minor for p in await _payments_of(world, idle)] == [80]

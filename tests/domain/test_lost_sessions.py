@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -215,3 +215,81 @@ async def test_a_payment_already_captured_keeps_its_money(
     assert (payment.status, payment.amount_minor, payment.updated_at) == (
         d.PaymentStatus.CAPTURED, 40, captured.updated_at)
     assert "settle the difference" in caplog.text
+
+
+async def _booted(world: World) -> datetime:
+    """The charger's latest boot, as its station records it."""
+    station = await world.store.find_one(d.Station, Eq("cp_id", CP))
+    assert station is not None and station.booted_at is not None
+    return station.booted_at
+
+
+async def test_a_transaction_still_metered_after_a_boot_is_not_lost(world: World) -> None:
+    """QA (s20): a BootNotification without a reboot (a periodic one), the connector
+    reported Available, and MeterValues naming the transaction kept coming: two minutes
+    later the session was closed as lost (reason Other, energy frozen, the card free
+    elsewhere). A frame naming it after the boot says the charger still has it."""
+    charging = world.services.charging
+    charging.reboot_checks.grace_s = 30.0  # the check is run below, as its grace ends
+    tx, _ = await charging.start_transaction(CP, 1, "TAG-1", 7_000_000, T0)
+    await charging.meter_values(CP, 1, tx, register(7_000_100, 600))
+    await booted_later(charging)
+    await charging.status_notification(CP, 1, "Available", "NoError")  # stale, repeated
+    await charging.meter_values(CP, 1, tx, register(7_000_150, 3600))
+    await charging.meter_values(CP, 1, tx, register(7_000_200, 3615))
+    await charging.reboot_checks.close_lost(CP, 1, await _booted(world))  # the grace is over
+    charging.reboot_checks.stop()
+    session = await world.session(tx)
+    assert (session.state, session.energy_wh) == (d.SessionState.ACTIVE, 200)
+    assert (await charging.authorize(CP, "TAG-1")).status == "ConcurrentTx"
+    await charging.meter_values(CP, 1, tx, register(7_000_300, 3630))
+    await charging.stop_transaction(CP, tx, 7_000_400, T0 + timedelta(seconds=3645))
+    stopped = await world.session(tx)
+    assert (stopped.energy_wh, stopped.stop_reason) == (400, "Local")
+
+
+async def test_a_frame_naming_the_transaction_while_the_check_closes_it_keeps_it_open(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A frame committed between the check's read and its close: the close is written
+    only onto the session as read, so it reads again and finds it named since the boot."""
+    charging = world.services.charging
+    charging.reboot_checks.grace_s = 30.0
+    tx, _ = await charging.start_transaction(CP, 1, "TAG-1", 1000, T0)
+    await booted_later(charging)
+    await charging.status_notification(CP, 1, "Available", "NoError")
+    close = charging._close
+
+    async def named_meanwhile(*args: object, **kwargs: object) -> object:
+        closing = await close(*args, **kwargs)  # type: ignore[arg-type]
+        await charging.meter_values(CP, 1, tx, register(1500, 3600))
+        return closing
+
+    monkeypatch.setattr(charging, "_close", named_meanwhile)
+    await charging.reboot_checks.close_lost(CP, 1, await _booted(world))
+    charging.reboot_checks.stop()
+    assert (await world.session(tx)).state is d.SessionState.ACTIVE
+
+
+async def test_meter_values_of_a_transaction_closed_as_lost_are_kept_and_logged(
+        world: World, caplog: pytest.LogCaptureFixture) -> None:
+    """Its charger named it only after the grace (meter values every five minutes): it
+    was closed as lost. Its frames are kept as its history, adding nothing, and logged
+    once for an operator, not dropped silently; its stop corrects the close."""
+    charging = world.services.charging
+    charging.reboot_checks.grace_s = 0.0
+    tx, _ = await charging.start_transaction(CP, 1, "TAG-1", 1000, T0)
+    await charging.meter_values(CP, 1, tx, register(2000, 600))
+    await booted_later(charging)
+    await charging.status_notification(CP, 1, "Available", "NoError")
+    await charging.reboot_checks.done()
+    assert (await world.session(tx)).state is d.SessionState.COMPLETED
+    with caplog.at_level(logging.WARNING, "chargegraph.charging"):
+        await charging.meter_values(CP, 1, tx, register(2500, 3600))
+        await charging.meter_values(CP, 1, tx, register(3000, 3900))
+    [warned] = [r for r in caplog.records if "still metered" in r.getMessage()]
+    assert f"transaction {tx}" in warned.getMessage()
+    values = {s.value for s in await world.store.find_all(
+        d.MeterSample, Eq("transaction_id", tx))}
+    assert values == {2000.0, 2500.0, 3000.0}
+    await charging.stop_transaction(CP, tx, 3500, T0 + timedelta(seconds=4000))
+    assert (await world.session(tx)).energy_wh == 2500
