@@ -1129,8 +1129,10 @@ class ChargingService(ChargerConnections):
         samples = samples_of(station, session.connector_id, session.transaction_id,
                              session, readings, count)
         actor = charger(cp_id)
-        if not self.clocks.believable(end):
-            # A clock glitch (a stop stamped 2150) must not bill decades: the session ends
+        if not self.clocks.believable(end) or end < session.start_time:
+            # A clock glitch (a stop stamped 2150) must not bill decades, nor a clock
+            # reset mid-session (a stop stamped 1970, before its start) bill nothing of
+            # its time (QA s20: 70 s at 1.00/min billed 0, occupancy 0): the session ends
             # at "now" on its own timeline, as an operator's endSession would end it.
             end = self._timeline_now(session)
         await self._clock_report(station, end)
@@ -1262,9 +1264,10 @@ class ChargingService(ChargerConnections):
         the stop left it (``RegisterCount.fields``: a rollover or reset it showed is
         flagged). ``priced``: false for a close that bills nothing (no cost, no payment:
         a session that metered nothing, closed by a newer start), as a refused start."""
-        # A stop stamped before the start (a clock reset mid-session) ends the session
-        # when it began, so no duration anywhere comes out negative; one stamped by a
-        # clock set right since a start far behind ours ends when our clock saw it end.
+        # No close ends before its start, so no duration anywhere comes out negative (a
+        # stop stamped before it was moved to "now" on the timeline already, ``_stop``);
+        # one stamped by a clock set right since a start far behind ours ends when our
+        # clock saw it end.
         billed_end = session.billed_end(end, self.now())
         if billed_end < end:
             log.warning("%s: transaction %s lasted %s by its charger's clock, %s by ours "

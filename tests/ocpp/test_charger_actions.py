@@ -418,16 +418,23 @@ async def test_meter_values_of_unknown_transactions_are_kept(central: Central) -
     assert samples[0].value == 42.5 and samples[0].unit == "kWh"
 
 
-async def test_stop_stamped_before_its_start_ends_when_it_began(central: Central) -> None:
-    started = datetime(2026, 3, 1, 10, tzinfo=UTC)
-    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
-        tx, _ = await cp.start_transaction(1, "TAG-OK", timestamp=started.isoformat())
-        await cp.call(call.StopTransaction(  # the charger's clock was reset meanwhile
-            meter_stop=2_000, timestamp=(started - timedelta(hours=1)).isoformat(),
-            transaction_id=tx))
-    session = await central.session(tx)
-    assert session is not None and session.state is d.SessionState.COMPLETED
-    assert session.end_time == started
+async def test_stop_stamped_before_its_start_ends_when_our_clock_saw_it_end(
+        central: Central) -> None:
+    """A stop stamped before its start (the charger's clock reset mid-session) ends the
+    session at "now" on its timeline: the start plus what our clock saw pass. It ended
+    at its start, billing none of its time (QA s20: 70 s at 1.00/min billed 0)."""
+    for started in (datetime(2026, 3, 1, 10, tzinfo=UTC),  # a clock behind ours
+                    datetime.now(UTC)):  # a live start, then the clock reset to 1970
+        async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+            tx, _ = await cp.start_transaction(1, "TAG-OK", timestamp=started.isoformat())
+            await asyncio.sleep(0.2)
+            await cp.call(call.StopTransaction(
+                meter_stop=2_000, timestamp="1970-01-01T00:00:00Z", transaction_id=tx))
+        session = await central.session(tx)
+        assert session is not None and session.state is d.SessionState.COMPLETED
+        assert session.end_time is not None
+        lasted = session.end_time - session.start_time
+        assert timedelta(seconds=0.2) <= lasted < timedelta(seconds=10), lasted
 
 
 async def test_lost_stop_is_closed_by_next_start(central: Central) -> None:
