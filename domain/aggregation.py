@@ -61,13 +61,18 @@ class Max:
 @dataclass(frozen=True, slots=True)
 class OverlapSeconds:
     """Σ seconds of overlap between each record's [start, end) and [lo, hi); a null end
-    means "still going" and counts up to ``open_end``."""
+    means "still going" and counts up to ``open_end``, or, with ``since``, up to the
+    record's own "now": its start plus the time from its ``since`` (the instant on
+    ``open_end``'s clock at which its start was current) to ``open_end``. A record's
+    times may be on another clock than ours (a charger's): its open end is then on that
+    clock too. A record whose ``since`` is null counts up to ``open_end``."""
 
     start: str
     end: str
     lo: datetime
     hi: datetime
     open_end: datetime
+    since: str | None = None
 
 
 Metric: TypeAlias = Count | Sum | Min | Max | OverlapSeconds

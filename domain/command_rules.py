@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,6 +29,11 @@ MAX_LIMIT = 10_000_000.0
 MAX_LIMIT_PER_UNIT = {"W": MAX_LIMIT, "A": 3_000.0}
 MAX_URL = 2000
 TENTH = Decimal("0.1")
+#: How far ahead an UpdateFirmware's ``retrieveDate`` may be: a rollout is planned for
+#: days or weeks, and a charger told 2150 holds the request for ever (and a later one
+#: replaces it unseen). A past one means "at once", as OCPP 1.6 reads it (5.19: not
+#: before that time).
+MAX_RETRIEVE_AHEAD = timedelta(days=365)
 #: Actions whose connectorId 0 means the charge point as a whole (or "any connector").
 WHOLE_STATION_ACTIONS = frozenset({"ChangeAvailability", "ReserveNow", "TriggerMessage",
                                    "SetChargingProfile", "ClearChargingProfile",
@@ -134,17 +139,36 @@ RULES: dict[str, Rule] = {
 }
 
 
-def check_command(action: str, payload: dict[str, Any]) -> dict[str, Any]:
+def check_command(action: str, payload: dict[str, Any], *, now: datetime) -> dict[str, Any]:
     """The payload with every known field checked (id tags upper-cased, as stored);
-    ``ValidationError`` on the first field that breaks its rule."""
+    ``ValidationError`` on the first field that breaks its rule. ``now``: the service's
+    clock, which times in the payload are judged against (``_timely``)."""
     checked = _walk(payload, "")
     connector = checked.get("connectorId")
     if connector is not None:
         low = 0 if action in WHOLE_STATION_ACTIONS else 1
         checked["connectorId"] = _whole(low, 100)(connector, "connectorId")
     _ordered(checked)
+    _timely(checked, now)
     _consistent(action, checked)
     return checked
+
+
+def _timely(payload: dict[str, Any], now: datetime) -> None:
+    """Times that only make sense from now on, as ``reserveNow``'s expiry and a card's
+    are refused in the past: a profile whose ``validTo`` has passed never applies (the
+    charger accepts it, and an operator believes a limit is set), and a firmware
+    ``retrieveDate`` is within ``MAX_RETRIEVE_AHEAD`` (a past one is "at once")."""
+    for key in ("csChargingProfiles", "chargingProfile"):
+        profile = payload.get(key)
+        end = profile.get("validTo") if isinstance(profile, dict) else None
+        if end is not None and end <= now:
+            raise ValidationError("must be in the future: the profile would never apply",
+                                  field=f"{key}.validTo", code="OUT_OF_RANGE")
+    retrieve = payload.get("retrieveDate")
+    if retrieve is not None and retrieve > now + MAX_RETRIEVE_AHEAD:
+        raise ValidationError(f"at most {MAX_RETRIEVE_AHEAD.days} days ahead",
+                              field="retrieveDate", code="OUT_OF_RANGE")
 
 
 def _consistent(action: str, payload: dict[str, Any]) -> None:

@@ -646,7 +646,17 @@ class ConnectorInterval(Record):
     its own outage (``ConnectionEvent.server_outage``: it stopped, or crashed and the
     disconnect was found later), until the charger's next connection: nobody was
     listening, so nothing can be said of the connector then, not even that its charger
-    was away. Analytics count it as unknown time, neither usable nor offline."""
+    was away. Analytics count it as unknown time, neither usable nor offline.
+
+    ``observed_at`` is the instant on our clock (the service's) at which its charger's
+    clock read ``start``: the two clocks' offset, kept on the record because analytics
+    may run on another instance than the one holding the charger
+    (``ChargerClocks`` is in-process). An open interval lasts, on its charger's timeline,
+    until its start plus the time our clock has seen pass since ``observed_at``
+    (``OverlapSeconds.since``). Null in history recorded before it was kept (SQLite
+    migration 46), for the stretches the central system places on our own clock
+    (``intervals.known_offline``), and where nothing told the offset: such an open
+    interval lasts until our "now", as all did before."""
 
     kind: ClassVar[str] = "connector_interval"
     station_id: str
@@ -660,6 +670,7 @@ class ConnectorInterval(Record):
     start: datetime
     end: datetime | None = None
     known: bool = True
+    observed_at: datetime | None = None
 
 
 @dataclass(kw_only=True)

@@ -333,7 +333,8 @@ class ChargingProfileInput:
     valid_from: datetime | None = strawberry.field(default=None, description=(
         "When the profile starts to apply; left out: at once."))
     valid_to: datetime | None = strawberry.field(default=None, description=(
-        "When it stops applying, after `validFrom`; left out: until replaced or cleared."))
+        "When it stops applying: in the future and after `validFrom` (else "
+        "`OUT_OF_RANGE`); left out: until replaced or cleared."))
 
 
 # ------------------------------------------------------------------ local list inputs

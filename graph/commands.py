@@ -289,7 +289,8 @@ class UpdateFirmwareInput:
         "Where the charger downloads the firmware: an absolute ftp(s), sftp or http(s) "
         "URL, at most 2000 characters (the audit log keeps it without user information)."))
     retrieve_date: datetime = strawberry.field(description=(
-        "When the charger is to download it (not before)."))
+        "When the charger is to download it (not before): at most a year ahead "
+        "(`OUT_OF_RANGE`); a past time means at once."))
     retries: int | None = strawberry.field(default=None, description=_RETRIES)
     retry_interval: int | None = strawberry.field(default=None, description=_RETRY_INTERVAL)
 

@@ -342,6 +342,23 @@ def _per_station(rows: list[ShareRow]) -> list[ShareRow]:
     return list(stations.values())
 
 
+#: A record kind's start, end and the instant on our clock its start was current:
+#: (start, end, since) of ``OverlapSeconds``.
+_Times = tuple[str, str, str]
+#: Sessions and state intervals live on their charger's timeline (its clock may be hours
+#: behind ours, or 1970), so one still open lasts until its own "now" there: its start
+#: plus what our clock saw since it was current (a session's start received,
+#: ``created_at``, on the service's clock; an interval's ``observed_at``). Our clock's
+#: now was hours of charging for a charger 3 h behind, and a whole day so far for one
+#: never set (QA s20, time). Stored, not ``ChargerClocks``: analytics may run on an
+#: instance that does not hold the charger. A start queued offline and sent on
+#: reconnecting counts, while open, from its receipt's offset: its close sets it right.
+TIMES: dict[type[Record], _Times] = {
+    Session: ("start_time", "end_time", "created_at"),
+    ConnectorInterval: ("start", "end", "observed_at"),
+}
+
+
 #: The store sums state and session time per connector (``AnalyticsService._rows``).
 PER_CONNECTOR = [ByField("station_id"), ByField("connector_id")]
 
@@ -554,9 +571,11 @@ class AnalyticsService(Service):
     def _spans(self, start: datetime, end: datetime, bucket: Bucket | None, time_zone: str,
                budget: BucketBudget | None) -> list[_Span]:
         """The windows shares are of: the whole window, or each bucket's part of it
-        (aligned in ``time_zone`` as energy trends are), each up to now."""
+        (aligned in ``time_zone`` as energy trends are), each up to now. ``now`` is our
+        clock's, not capped at the window: an open record's own now is its start plus
+        what our clock saw since (``TIMES``), which the window's end caps in the store."""
         tz = zone(time_zone)
-        now = min(self.now(), end)
+        now = self.now()
         if bucket is None:
             return [_Span(start, end, now)]
         starts = plan("start", bucket, tz, start, end).starts
@@ -567,27 +586,28 @@ class AnalyticsService(Service):
                 for lo, hi in zip(starts, ends, strict=True)]
 
     async def _overlaps(self, viewer: Viewer, kind: type[Record], where: Filter,
-                        fields: tuple[str, str], spans: list[_Span]
+                        fields: _Times, spans: list[_Span]
                         ) -> list[dict[tuple[Any, ...], float]]:
         """Per span, the seconds each connector's records of ``kind`` overlap it: one
         ``OverlapSeconds`` per span in one aggregate (``SPANS_PER_QUERY`` at a time),
-        only over the records overlapping those spans."""
-        lo, hi = fields
+        only over the records overlapping those spans; a record still open up to its
+        own now on its charger's timeline (``TIMES``)."""
+        lo, hi, since = fields
         found: list[dict[tuple[Any, ...], float]] = []
         for first in range(0, len(spans), SPANS_PER_QUERY):
             part = spans[first:first + SPANS_PER_QUERY]
             rows = await self.store.aggregate(
                 kind, self._scoped(viewer, "connector_interval", all_of(
                     where, _overlapping(lo, hi, part[0].lo, part[-1].hi))),
-                PER_CONNECTOR, {f"s{i}": OverlapSeconds(lo, hi, s.lo, s.hi, s.now)
+                PER_CONNECTOR, {f"s{i}": OverlapSeconds(lo, hi, s.lo, s.hi, s.now, since)
                                 for i, s in enumerate(part)})
             found.extend({(r["g0"], r["g1"]): float(r[f"s{i}"]) for r in rows}
                          for i in range(len(part)))
         return found
 
     async def _share_rows(self, viewer: Viewer, scope: Scope, by_connector: bool,
-                          spans: list[_Span], first: tuple[type[Record], Filter, tuple[str, str]],
-                          second: tuple[type[Record], Filter, tuple[str, str]]
+                          spans: list[_Span], first: tuple[type[Record], Filter, _Times],
+                          second: tuple[type[Record], Filter, _Times]
                           ) -> list[ShareRow]:
         """Rows of two overlap sums per connector (or station) per span, each capped at
         its span (``_rows``). The rows' number is known before the sums: beyond
@@ -622,12 +642,12 @@ class AnalyticsService(Service):
         # an hour of charging and no occupancy for its new operator).
         return await self._share_rows(
             viewer, scope, by_connector, spans,
-            (Session, scope.sessions(), ("start_time", "end_time")),
+            (Session, scope.sessions(), TIMES[Session]),
             # Charging while its station was online: offline, the status is only the
             # last one reported, and nobody can tell the charging went on.
             (ConnectorInterval, all_of(scope.on_stations(), Eq("online", True),
                                        Eq("status", ConnectorStatus.CHARGING)),
-             ("start", "end")))
+             TIMES[ConnectorInterval]))
 
     async def availability(self, viewer: Viewer, scope: Scope, start: datetime, end: datetime,
                            by_connector: bool, bucket: Bucket | None = None,
@@ -651,11 +671,12 @@ class AnalyticsService(Service):
         return await self._share_rows(
             viewer, scope, by_connector, spans,
             (ConnectorInterval, all_of(scope.on_stations(), Eq("online", True),
-                                       In("status", tuple(usable))), ("start", "end")),
+                                       In("status", tuple(usable))),
+             TIMES[ConnectorInterval]),
             # Every stretch of state history, offline ones included (known to be
             # offline), but the central system's outages: nobody was listening.
             (ConnectorInterval, all_of(scope.on_stations(), Eq("known", True)),
-             ("start", "end")))
+             TIMES[ConnectorInterval]))
 
     # ------------------------------------------------------------- faults
     def fault_events_filter(self, scope: Scope, start: datetime, end: datetime) -> Filter:
@@ -716,10 +737,11 @@ class AnalyticsService(Service):
         """Time in each fault within the window, from the state intervals: a connector's
         own faults (its error code while the charge point was not down), and the charge
         point's (connector 0: its error code beside every connector's stretch)."""
-        now = min(self.now(), end)
-        within = all_of(scope.on_stations(), _overlapping("start", "end", start, end))
-        metrics: dict[str, Metric] = {"s": OverlapSeconds("start", "end", start, end, now),
-                                      "since": Min("start")}
+        lo, hi, observed = TIMES[ConnectorInterval]
+        within = all_of(scope.on_stations(), _overlapping(lo, hi, start, end))
+        # An open fault lasts until its own now on its charger's timeline (``TIMES``).
+        metrics: dict[str, Metric] = {
+            "s": OverlapSeconds(lo, hi, start, end, self.now(), observed), "since": Min(lo)}
         own = await self.store.aggregate(
             ConnectorInterval, self._scoped(viewer, "connector_interval", all_of(
                 within, fault_filter(), _connector_own_state())),

@@ -258,7 +258,8 @@ class CommandService(Service):
         _refuse_unregistered(station, action, payload)
         if not manages:
             _refuse_driver_profile(action, payload)
-        payload = check_command(action, payload)  # a copy: the driver rules edit it
+        # A copy: the driver rules edit it. Its times are judged on the service's clock.
+        payload = check_command(action, payload, now=self.now())
         if manages and payload.get("vehicleId") is not None:
             # A driver's shorthand for their own card: an operator names the card itself
             # (a driver's vehicle is not theirs to see). Left in, it reached the charger's

@@ -49,12 +49,16 @@ def point_state(station: Station) -> tuple[ConnectorStatus | None, str]:
 
 async def next_interval(store: Store, station: Station, connector_id: int,
                         status: ConnectorStatus, error_code: str, online: bool,
-                        at: datetime, actor: Viewer, *, known: bool = True) -> list[Change]:
+                        at: datetime, actor: Viewer, *, known: bool = True,
+                        ours: datetime | None = None) -> list[Change]:
     """Close the connector's open state interval at ``at`` and open the next one,
     unless nothing that analytics distinguishes changed. ``station`` is the one
     ``effective_state`` was given: its status is the charge point's during the stretch.
     ``known``: false from a disconnect recorded for the central system's own outage
-    (``ConnectorInterval.known``)."""
+    (``ConnectorInterval.known``). ``ours``: ``at`` on our clock (the service's), kept as
+    the new interval's ``observed_at``; without it (a status report, a stop) the
+    charger's clock is taken to be as far from ours as when the interval before began
+    (``_observed``)."""
     current = await store.find_one(ConnectorInterval, all_of(
         Eq("cp_id", station.cp_id), Eq("connector_id", connector_id), Eq("end", None)))
     point_status, point_error_code = point_state(station)
@@ -65,12 +69,29 @@ async def next_interval(store: Store, station: Station, connector_id: int,
                     status, error_code, online, point_status, point_error_code, known):
             return []
         changes.append(_close(current, max(at, current.start), actor))
+    start = max(at, current.start) if current else at
     changes.append(Insert(stamp_new(ConnectorInterval(
         station_id=station.id, cp_id=station.cp_id, connector_id=connector_id,
         status=status, error_code=error_code, online=online, point_status=point_status,
-        point_error_code=point_error_code, known=known,
-        start=max(at, current.start) if current else at), actor, at)))
+        point_error_code=point_error_code, known=known, start=start,
+        observed_at=_observed(current, start, at, ours)), actor, at)))
     return changes
+
+
+def _observed(current: ConnectorInterval | None, start: datetime, at: datetime,
+              ours: datetime | None) -> datetime | None:
+    """The new interval's ``observed_at``: when its charger's clock read ``start``, on
+    ours. Given ``ours`` (``at`` on our clock: a connect or disconnect, placed by
+    ``ChargerClocks``), that less what ``start`` was moved past ``at``. Else the offset
+    of the interval before (it is the same charger's clock; connects and the first
+    timestamp of each connection, ``rebase_intervals``, set it): a report's own time
+    cannot tell its clock from ours. None where nothing told it: the interval counts up
+    to our now, as history from before ``observed_at`` does."""
+    if ours is not None:
+        return ours + (start - at)
+    if current is None or current.observed_at is None:
+        return None
+    return current.observed_at + (start - current.start)
 
 
 def _close(current: ConnectorInterval, at: datetime, actor: Viewer) -> Change:
@@ -152,6 +173,9 @@ async def _move_start(store: Store, current: ConnectorInterval, to: datetime,
     start = max(to, before[0].start) if before else to
     if start >= current.start:
         return []
+    # Its ``observed_at`` stays the connection's: the charger's clock read ``to`` a
+    # moment after it (its first timestamp), so the open interval's now runs at most
+    # that moment ahead of the charger's, instead of hours behind on our clock.
     changes: list[Change] = [patch(current, actor, start=start)]
     if before:
         changes.append(patch(before[0], actor, end=start))

@@ -4,7 +4,7 @@ filter with a ``Sub``, then $group)."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from domain.aggregation import (
@@ -49,6 +49,30 @@ def _time_key(kind: type[Record], group: ByTime) -> Any:
     return {"$floor": {"$divide": [local, int(group.size_s)]}}
 
 
+def _millis(value: Any) -> Any:
+    """Milliseconds since 1970 of a date (a field's, null for a null field, or a given
+    instant): the overlap is worked out in numbers, as ``$add`` of a date and a number
+    is not everywhere a date (mongomock adds numbers only)."""
+    if isinstance(value, datetime):
+        return (value - EPOCH) // timedelta(milliseconds=1)
+    return {"$subtract": [value, EPOCH]}
+
+
+def _overlap_end(kind: type[Record], metric: OverlapSeconds) -> Any:
+    """Where a record's overlap ends, in milliseconds: its end, or for one still going
+    ``open_end`` or, with ``since``, its own now (its start plus what our clock saw since
+    its ``since``; ``open_end`` where that is null or absent); never past ``hi``."""
+    open_end: Any = _millis(metric.open_end)
+    if metric.since is not None:
+        since = _field(kind, metric.since)
+        open_end = {"$cond": [
+            {"$eq": [{"$ifNull": [since, None]}, None]}, open_end,
+            {"$add": [_millis(_field(kind, metric.start)),
+                      {"$subtract": [metric.open_end, since]}]}]}
+    return {"$min": [{"$ifNull": [_millis(_field(kind, metric.end)), open_end]},
+                     _millis(metric.hi)]}
+
+
 def _metric(kind: type[Record], metric: Metric) -> Any:
     match metric:
         case Count():
@@ -60,10 +84,8 @@ def _metric(kind: type[Record], metric: Metric) -> Any:
         case Max(field=field):
             return {"$max": _field(kind, field)}
         case OverlapSeconds():
-            end = {"$min": [{"$ifNull": [_field(kind, metric.end), metric.open_end]},
-                            metric.hi]}
-            start = {"$max": [_field(kind, metric.start), metric.lo]}
-            return {"$sum": {"$max": [0, {"$subtract": [end, start]}]}}
+            return {"$sum": {"$max": [0, {"$subtract": [_overlap_end(kind, metric), {
+                "$max": [_millis(_field(kind, metric.start)), _millis(metric.lo)]}]}]}}
     raise TypeError(f"not a metric: {metric!r}")
 
 

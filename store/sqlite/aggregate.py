@@ -80,10 +80,17 @@ def _metric(kind: type[Record], metric: Metric, params: list[SqlValue]) -> str:
             return f"MAX({column('t0', field)})"
         case OverlapSeconds():
             start, end = column("t0", metric.start), column("t0", metric.end)
-            params.extend([_micros(kind, metric.end, metric.open_end),
-                           _micros(kind, metric.end, metric.hi),
+            open_end = "?"
+            params.append(_micros(kind, metric.end, metric.open_end))
+            if metric.since is not None:
+                # The record's own now: its start plus what our clock saw since its
+                # ``since`` (all in microseconds); a null ``since`` is NULL here, and
+                # COALESCE goes on to ``open_end``.
+                open_end = f"{start} + ? - {column('t0', metric.since)}, ?"
+                params.append(_micros(kind, metric.end, metric.open_end))
+            params.extend([_micros(kind, metric.end, metric.hi),
                            _micros(kind, metric.start, metric.lo)])
-            return (f"TOTAL(MAX(0, MIN(COALESCE({end}, ?), ?) - MAX({start}, ?))) "
+            return (f"TOTAL(MAX(0, MIN(COALESCE({end}, {open_end}), ?) - MAX({start}, ?))) "
                     f"/ {float(MICROS)}")
     raise TypeError(f"not a metric: {metric!r}")
 

@@ -1027,6 +1027,16 @@ _V45 = """
 ALTER TABLE "session" ADD COLUMN "named_at" INTEGER;
 """
 
+# Version 46: an open state interval's "now" on its charger's timeline
+# (``ConnectorInterval.observed_at``: when, on our clock, the charger's clock read its
+# start). Analytics counted an open interval up to our clock's now while its start sat
+# on the charger's: hours of charging for a charger whose clock is behind (QA s20,
+# time). Nothing to fill in: history recorded before keeps NULL and counts up to our
+# now, as it did.
+_V46 = """
+ALTER TABLE "connector_interval" ADD COLUMN "observed_at" INTEGER;
+"""
+
 #: Every migration, oldest first. Append only.
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
@@ -1040,7 +1050,7 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (35, _V35), (36, _V36), (37, _V37),
                                      (38, _V38), (39, _V39), (40, _V40),
                                      (41, _V41), (42, _V42), (43, _V43),
-                                     (44, _V44), (45, _V45))
+                                     (44, _V44), (45, _V45), (46, _V46))
 
 #: Python functions migrations call, registered on the migrating connection: a value only
 #: the domain's rules can compute for rows written before (name, arity, function).

@@ -114,6 +114,39 @@ async def test_overlap_seconds_with_open_intervals(store: Store) -> None:
                        ConnectorStatus.AVAILABLE: 3 * 3600.0}
 
 
+async def test_overlap_seconds_open_records_end_at_their_own_now(store: Store) -> None:
+    """With ``since``, a record still going lasts until its start plus what our clock saw
+    since ``since``: records on a clock 3 h behind ours (a charger's) and 1970 (a clock
+    never set) count what our clock saw, not up to our "now" on their timeline; a closed
+    record keeps its end, and one without ``since`` (stored before it was kept) counts
+    up to ``open_end`` as before."""
+    now, station = T0 + timedelta(hours=8), new_id()
+
+    def interval(connector: int, start: datetime, end: datetime | None,
+                 observed_at: datetime | None) -> ConnectorInterval:
+        return ConnectorInterval(station_id=station, cp_id="CP-1", connector_id=connector,
+                                 status=ConnectorStatus.CHARGING, start=start, end=end,
+                                 observed_at=observed_at)
+
+    behind = now - timedelta(hours=3)
+    never_set = datetime(1970, 1, 1, 0, 0, 5, tzinfo=UTC)
+    await put(store,
+              # Opened 20 s ago on our clock, stamped 3 h behind.
+              interval(1, behind - timedelta(seconds=20), None, now - timedelta(seconds=20)),
+              # Closed: its end stands, whatever its clock.
+              interval(2, behind - timedelta(hours=1), behind, now - timedelta(hours=1)),
+              interval(3, never_set, None, now - timedelta(minutes=10)),
+              # Stored before ``observed_at``: up to our now, as before.
+              interval(4, now - timedelta(hours=2), None, None))
+    for lo, hi, want in (
+            (T0, T0 + timedelta(hours=24), {1: 20.0, 2: 3600.0, 3: 0.0, 4: 7200.0}),
+            (datetime(1970, 1, 1, tzinfo=UTC), datetime(1970, 1, 2, tzinfo=UTC),
+             {1: 0.0, 2: 0.0, 3: 600.0, 4: 0.0})):
+        metric = OverlapSeconds("start", "end", lo, hi, open_end=now, since="observed_at")
+        rows = await store.aggregate(ConnectorInterval, ALL, [ByField("connector_id")],
+                                     {"s": metric})
+        assert {r["g0"]: r["s"] for r in rows} == want
+
 async def test_no_group_gives_one_row_even_without_matches(store: Store) -> None:
     rows = await store.aggregate(MeterSample, Eq("cp_id", "nope"), [],
                                  {"n": Count(), "wh": Sum("delta_wh")})

@@ -3,8 +3,22 @@ with the 1.6 enums): a refusal test alone could not tell a rule from a typo in i
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
 from domain import ocpp16
-from domain.command_rules import check_command
+from domain.command_rules import MAX_RETRIEVE_AHEAD, check_command
+from domain.errors import ValidationError
+
+NOW = datetime(2026, 12, 5, 10, 0, tzinfo=UTC)
+
+
+def check(action: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """``check_command`` on 2026-12-05, 10:00 UTC."""
+    return check_command(action, payload, now=NOW)
+
 
 PERIODS = {"chargingRateUnit": ocpp16.ChargingRateUnitType.A,
            "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 16.0}]}
@@ -15,7 +29,7 @@ def test_a_remote_start_with_its_transactions_profile_passes() -> None:
                "chargingProfilePurpose": ocpp16.ChargingProfilePurposeType.TX_PROFILE,
                "chargingProfileKind": ocpp16.ChargingProfileKindType.RELATIVE,
                "chargingSchedule": PERIODS}
-    checked = check_command("RemoteStartTransaction", {"connectorId": 1, "idTag": "tag",
+    checked = check("RemoteStartTransaction", {"connectorId": 1, "idTag": "tag",
                                                        "chargingProfile": profile})
     assert checked["chargingProfile"] == profile and checked["idTag"] == "TAG"
 
@@ -26,17 +40,13 @@ def test_a_recurring_profile_with_its_kind_and_a_full_list_with_its_info_pass() 
                  "chargingProfileKind": ocpp16.ChargingProfileKindType.RECURRING,
                  "recurrencyKind": ocpp16.RecurrencyKind.DAILY,
                  "chargingSchedule": PERIODS}
-    check_command("SetChargingProfile", {"connectorId": 1, "csChargingProfiles": recurring})
-    check_command("SendLocalList", {
+    check("SetChargingProfile", {"connectorId": 1, "csChargingProfiles": recurring})
+    check("SendLocalList", {
         "listVersion": 2, "updateType": ocpp16.UpdateType.DIFFERENTIAL,
         "localAuthorizationList": [{"idTag": "GONE"}]})  # a removal
 
 
 def test_limits_go_in_steps_of_a_tenth_as_the_client_wrote_them() -> None:
-    import pytest
-
-    from domain.errors import ValidationError
-
     def profile(limit: float, minimum: float = 6.0) -> dict[str, object]:
         return {"connectorId": 1, "csChargingProfiles": {
             "chargingProfileId": 1, "stackLevel": 0,
@@ -48,14 +58,58 @@ def test_limits_go_in_steps_of_a_tenth_as_the_client_wrote_them() -> None:
                                      {"startPeriod": 60, "limit": limit}]}}}
 
     for fine in (16.3, 2999.5, 0.1, 32, 0):
-        check_command("SetChargingProfile", profile(fine))
+        check("SetChargingProfile", profile(fine))
     for wrong, field in ((16.35, "csChargingProfiles.chargingSchedule."
                                  "chargingSchedulePeriod.1.limit"),
                          (0.05, "csChargingProfiles.chargingSchedule."
                                 "chargingSchedulePeriod.1.limit")):
         with pytest.raises(ValidationError) as info:
-            check_command("SetChargingProfile", profile(wrong))
+            check("SetChargingProfile", profile(wrong))
         assert (info.value.field, info.value.code) == (field, "INVALID")
     with pytest.raises(ValidationError) as info:
-        check_command("SetChargingProfile", profile(16.0, minimum=6.25))
+        check("SetChargingProfile", profile(16.0, minimum=6.25))
     assert info.value.field == "csChargingProfiles.chargingSchedule.minChargingRate"
+
+
+def test_a_profile_ending_in_the_past_is_refused() -> None:
+    """A profile whose ``validTo`` has passed would never apply: the charger accepts it
+    and the operator believes a limit is set (QA s20, time 2). Refused wherever the
+    profile sits, with or without ``validFrom``, as a reservation's past expiry is."""
+
+    def profile(**times: datetime) -> dict[str, Any]:
+        return {"chargingProfileId": 1, "stackLevel": 0,
+                "chargingProfilePurpose": ocpp16.ChargingProfilePurposeType.TX_DEFAULT_PROFILE,
+                "chargingProfileKind": ocpp16.ChargingProfileKindType.ABSOLUTE,
+                "chargingSchedule": PERIODS, **times}
+
+    dec = {day: datetime(2026, 12, day, tzinfo=UTC) for day in (1, 2)}
+    for times in ({"validFrom": dec[1], "validTo": dec[2]}, {"validTo": dec[2]},
+                  {"validTo": NOW}):
+        with pytest.raises(ValidationError) as info:
+            check("SetChargingProfile", {"connectorId": 1,
+                                         "csChargingProfiles": profile(**times)})
+        assert (info.value.field, info.value.code) == ("csChargingProfiles.validTo",
+                                                       "OUT_OF_RANGE")
+        with pytest.raises(ValidationError) as info:
+            check("RemoteStartTransaction", {"idTag": "tag", "chargingProfile": {
+                **profile(**times),
+                "chargingProfilePurpose": ocpp16.ChargingProfilePurposeType.TX_PROFILE}})
+        assert (info.value.field, info.value.code) == ("chargingProfile.validTo",
+                                                       "OUT_OF_RANGE")
+    # Begun already and still applying, or to come: sent.
+    later = NOW + timedelta(seconds=1)
+    for times in ({"validFrom": dec[1], "validTo": later}, {"validTo": later}, {}):
+        check("SetChargingProfile", {"connectorId": 1, "csChargingProfiles": profile(**times)})
+
+
+def test_a_firmware_retrieve_date_is_at_most_a_year_ahead() -> None:
+    """A rollout is planned days or weeks ahead; 2150 held the charger's request for ever
+    (QA s20, time 2). A past date means "at once" (OCPP 1.6: not before it)."""
+    firmware = {"location": "https://fw.example.com/x.bin"}
+    for fine in (datetime(2020, 1, 1, tzinfo=UTC), NOW, NOW + MAX_RETRIEVE_AHEAD):
+        check("UpdateFirmware", {**firmware, "retrieveDate": fine})
+    for wrong in (NOW + MAX_RETRIEVE_AHEAD + timedelta(seconds=1),
+                  datetime(2150, 1, 1, tzinfo=UTC)):
+        with pytest.raises(ValidationError) as info:
+            check("UpdateFirmware", {**firmware, "retrieveDate": wrong})
+        assert (info.value.field, info.value.code) == ("retrieveDate", "OUT_OF_RANGE")

@@ -635,6 +635,16 @@ BAD_COMMANDS: list[tuple[str, dict[str, Any], str, str]] = [
                         "stopTime": "2029-01-01T00:00:00Z"}, "stopTime", "OUT_OF_RANGE"),
     ("updateFirmware", {"location": "https://fw.example.com/x.bin", "retrieveDate": LATER,
                         "retryInterval": -5}, "retryInterval", "OUT_OF_RANGE"),
+    # QA s20 (time): a rollout held for ever, and profiles whose end has passed.
+    ("updateFirmware", {"location": "https://fw.example.com/x.bin",
+                        "retrieveDate": "2150-01-01T00:00:00Z"}, "retrieveDate",
+     "OUT_OF_RANGE"),
+    ("setChargingProfile", {"connectorId": 1, "csChargingProfiles": {
+        **PROFILE, "validFrom": "2020-12-01T00:00:00Z", "validTo": "2020-12-02T00:00:00Z"}},
+     "csChargingProfiles.validTo", "OUT_OF_RANGE"),
+    ("setChargingProfile", {"connectorId": 1, "csChargingProfiles": {
+        **PROFILE, "validTo": "2020-12-02T00:00:00Z"}}, "csChargingProfiles.validTo",
+     "OUT_OF_RANGE"),
     ("sendLocalList", {"listVersion": -1, "updateType": "FULL"}, "listVersion",
      "OUT_OF_RANGE"),
     ("sendLocalList", {"listVersion": 1, "updateType": "FULL", "localAuthorizationList": [

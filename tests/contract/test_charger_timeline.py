@@ -1,0 +1,122 @@
+"""Open records end at "now" on their charger's timeline, on every backend: utilization,
+availability and fault time of a charger whose clock is hours behind ours, or never set
+(1970), count the time that passed, not the gap between the two clocks (QA s20, time).
+Sessions and state intervals carry their starts on the charger's clock; what analytics
+read of its "now" is stored (``Session.created_at``, ``ConnectorInterval.observed_at``),
+so any instance answers alike."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from domain import entities as d
+from domain.policy import SYSTEM, Policy
+from domain.ports import Store
+from domain.services import ConnectorSpec, ServiceContext, Services
+from domain.services.analytics import Scope, ShareRow
+from tests.helpers import FastHasher
+from tests.support.history import Clock
+
+NOW = datetime(2026, 12, 5, 10, 0, tzinfo=UTC)
+TODAY = datetime(2026, 12, 5, tzinfo=UTC)
+TOMORROW = TODAY + timedelta(days=1)
+BEHIND = timedelta(hours=3)
+
+
+class Charger:
+    """One charger, its clock ``offset`` from ours (the services' clock, ``clock``)."""
+
+    def __init__(self, services: Services, clock: Clock, cp_id: str,
+                 offset: timedelta | datetime) -> None:
+        self.services, self.clock, self.cp_id = services, clock, cp_id
+        # A datetime: the clock read that when ours read NOW (a clock never set).
+        self.offset = offset - NOW if isinstance(offset, datetime) else offset
+
+    def time(self) -> datetime:
+        return self.clock.now + self.offset
+
+    def wait(self, seconds: float) -> None:
+        self.clock.now += timedelta(seconds=seconds)
+
+    async def status(self, connector: int, status: str, error: str = "NoError") -> None:
+        await self.services.charging.status_notification(
+            self.cp_id, connector, status, error, timestamp=self.time())
+
+    async def charging(self) -> None:
+        """Online, every connector Available, then a session on connector 1."""
+        await self.services.charging.set_online(self.cp_id, True)
+        for connector in (0, 1, 2):
+            await self.status(connector, "Available")
+        self.wait(2)
+        await self.status(1, "Preparing")
+        await self.services.charging.start_transaction(self.cp_id, 1, "TAG-1", 100,
+                                                       self.time())
+        await self.status(1, "Charging")
+
+
+@pytest.fixture
+async def world(store: Store) -> tuple[Services, Clock]:
+    clock = Clock()
+    clock.now = NOW
+    services = Services(ServiceContext(store=store, policy=Policy(), hasher=FastHasher(),
+                                       clock=clock))
+    admin = await services.accounts.create_user(SYSTEM, email="a@x.de", name="a",
+                                                password="password-1", role=d.Role.ADMIN)
+    await services.fleet.issue_id_tag(SYSTEM, tag="TAG-1", user_id=admin.id)
+    for cp_id in ("BEHIND", "NEVER-SET"):
+        await services.stations.create_station(
+            SYSTEM, cp_id=cp_id, name=cp_id,
+            connectors=[ConnectorSpec(1), ConnectorSpec(2)])
+    return services, clock
+
+
+def usage(rows: list[ShareRow]) -> dict[int | None, tuple[float, float]]:
+    return {r.connector_id: (r.first_seconds, r.second_seconds) for r in rows}
+
+
+async def test_a_charger_behind_counts_the_time_that_passed(
+        world: tuple[Services, Clock]) -> None:
+    services = world[0]
+    analytics, cp = services.analytics, Charger(*world, "BEHIND", -BEHIND)
+    await cp.charging()
+    cp.wait(20)
+    # While the session is open: 20 s occupied and charging, not 3 h and 20 s.
+    rows = await analytics.utilization(SYSTEM, Scope(cp_ids=("BEHIND",)), TODAY, TOMORROW,
+                                       by_connector=True)
+    assert usage(rows) == {1: (20.0, 20.0), 2: (0.0, 0.0)}
+    await cp.status(2, "Faulted", "GroundFailure")
+    cp.wait(30)
+    faults = await analytics.fault_reports(SYSTEM, Scope(cp_ids=("BEHIND",)), TODAY,
+                                           TOMORROW)
+    assert [(f.connector_id, f.duration_seconds, f.open) for f in faults] == [
+        (2, 30.0, True)]
+    # The charger goes away; its known state history is the 52 s it had, and 9 s offline
+    # since: its station was created 61 s ago (not 3 h and 61 s).
+    await services.charging.set_online("BEHIND", False)
+    cp.wait(9)
+    rows = await analytics.availability(SYSTEM, Scope(cp_ids=("BEHIND",)), TODAY,
+                                        TOMORROW, by_connector=True)
+    assert {r.connector_id: r.second_seconds for r in rows} == {1: 61.0, 2: 61.0}
+    # Usable: Available 52 s on connector 1 (occupied counts as usable), 20 s before the
+    # fault on connector 2; nothing since it went away.
+    assert {r.connector_id: r.first_seconds for r in rows} == {1: 52.0, 2: 22.0}
+
+
+async def test_a_clock_never_set_leaves_today_alone(world: tuple[Services, Clock]) -> None:
+    services = world[0]
+    epoch = datetime(1970, 1, 1, 0, 0, 5, tzinfo=UTC)
+    cp = Charger(*world, "NEVER-SET", epoch)
+    await cp.charging()
+    cp.wait(600)
+    # Its session and state live in 1970: today saw none of it (it read occupied and
+    # charging for all of today so far), and 1970 saw the ten minutes.
+    scope = Scope(cp_ids=("NEVER-SET",))
+    rows = await services.analytics.utilization(SYSTEM, scope, TODAY, TOMORROW,
+                                                by_connector=True)
+    assert usage(rows) == {1: (0.0, 0.0), 2: (0.0, 0.0)}
+    day = epoch.replace(second=0)
+    rows = await services.analytics.utilization(SYSTEM, scope, day, day + timedelta(days=1),
+                                                by_connector=True)
+    assert usage(rows)[1] == (600.0, 600.0)
