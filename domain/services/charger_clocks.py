@@ -88,3 +88,13 @@ class ChargerClocks:
         process that died was last heard of) goes onto its intervals' timeline too."""
         seen = self._seen.get(cp_id)
         return at if seen is None else seen[0] + (at - seen[1])
+
+    def ours_at(self, cp_id: str, charger_time: datetime) -> datetime | None:
+        """The instant on our clock when the charger's clock read ``charger_time``, by
+        its tracked clock (``None`` before it sent this process a timestamp): when a
+        state interval opened at ``charger_time`` was observed
+        (``ConnectorInterval.observed_at``). A report queued offline is placed when it
+        happened, not when it arrived; a clock set right mid-connection (1970, then
+        today) is followed from its first new timestamp on."""
+        seen = self._seen.get(cp_id)
+        return None if seen is None else seen[1] + (charger_time - seen[0])

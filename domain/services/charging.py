@@ -581,7 +581,7 @@ class ChargingService(ChargerConnections):
                     telemetry += await next_interval(self.store,
                         reported_station, plug.connector_id,
                         *effective_state(reported_station, plug.status, plug.error_code),
-                        station.online, at, actor)
+                        station.online, at, actor, ours=self.clocks.ours_at(cp_id, at))
         else:
             current, is_new = await self._connector(station, connector_id)
             previous = None if is_new else _Reported.of_connector(current)
@@ -597,7 +597,7 @@ class ChargingService(ChargerConnections):
                     telemetry.append(update)
                 telemetry += await next_interval(self.store,
                     station, connector_id, *effective_state(station, new_status, error_code),
-                    station.online, at, actor)
+                    station.online, at, actor, ours=self.clocks.ours_at(cp_id, at))
             # else: an older report arriving late is history, not the current state
         await self.commit(actor, audited, unaudited=telemetry)
         if reported_station is not None:
@@ -1098,7 +1098,8 @@ class ChargingService(ChargerConnections):
                 Eq("state", SessionState.ACTIVE))) is not None:
             return
         changes = await finishing(self.store, station, connector, closed.end_time,
-                                  charger(station.cp_id))
+                                  charger(station.cp_id),
+                                  self.clocks.ours_at(station.cp_id, closed.end_time))
         if not changes:
             return
         try:

@@ -56,9 +56,10 @@ async def next_interval(store: Store, station: Station, connector_id: int,
     ``effective_state`` was given: its status is the charge point's during the stretch.
     ``known``: false from a disconnect recorded for the central system's own outage
     (``ConnectorInterval.known``). ``ours``: ``at`` on our clock (the service's), kept as
-    the new interval's ``observed_at``; without it (a status report, a stop) the
-    charger's clock is taken to be as far from ours as when the interval before began
-    (``_observed``)."""
+    the new interval's ``observed_at`` (a status report's or a stop's by the charger's
+    tracked clock, ``ChargerClocks.ours_at``); without it (nothing of that clock seen by
+    this process yet) the charger's clock is taken to be as far from ours as when the
+    interval before began (``_observed``)."""
     current = await store.find_one(ConnectorInterval, all_of(
         Eq("cp_id", station.cp_id), Eq("connector_id", connector_id), Eq("end", None)))
     point_status, point_error_code = point_state(station)
@@ -122,7 +123,7 @@ def known_offline(current: ConnectorInterval, at: datetime, actor: Viewer) -> li
 
 
 async def finishing(store: Store, station: Station, connector: Connector, at: datetime,
-                    actor: Viewer) -> list[Change]:
+                    actor: Viewer, ours: datetime | None = None) -> list[Change]:
     """The connector's state after its transaction's StopTransaction at ``at`` (charger
     timeline): still in the transaction's state (``IN_TRANSACTION``) and not reported
     since, it is Finishing from then on, as OCPP 1.6 has it (stopped, not yet free),
@@ -130,7 +131,8 @@ async def finishing(store: Store, station: Station, connector: Connector, at: da
     reports nothing before it goes, and its connector read Charging through its absence
     and after its return until it reported again (QA s5: 10 s of charging for a 2 s
     session). Written only onto the state as read (``status_at``): a report that came
-    meanwhile stands. Nothing for a connector in any other state."""
+    meanwhile stands. Nothing for a connector in any other state. ``ours``: ``at`` on
+    our clock (``next_interval``)."""
     if connector.status not in IN_TRANSACTION or (
             connector.status_at is not None and connector.status_at > at):
         return []
@@ -142,7 +144,7 @@ async def finishing(store: Store, station: Station, connector: Connector, at: da
     return [update, *await next_interval(
         store, station, connector.connector_id,
         *effective_state(station, ConnectorStatus.FINISHING, connector.error_code),
-        station.online, at, actor)]
+        station.online, at, actor, ours=ours)]
 
 
 async def rebase_intervals(store: Store, station: Station, at: datetime) -> None:

@@ -120,3 +120,22 @@ async def test_a_clock_never_set_leaves_today_alone(world: tuple[Services, Clock
     rows = await services.analytics.utilization(SYSTEM, scope, day, day + timedelta(days=1),
                                                 by_connector=True)
     assert usage(rows)[1] == (600.0, 600.0)
+
+
+async def test_a_clock_set_right_mid_connection_counts_from_its_new_time(
+        world: tuple[Services, Clock]) -> None:
+    """A charger on 1970 whose clock is set right while connected: the state it reports
+    on the new clock is counted from then (its interval's now taken from the charger's
+    tracked clock), not from the 1970 interval's offset, which put its now 56 years
+    ahead of ours and counted nothing while it was open."""
+    services = world[0]
+    cp = Charger(*world, "NEVER-SET", datetime(1970, 1, 1, 0, 0, 5, tzinfo=UTC))
+    await cp.charging()
+    cp.wait(60)
+    cp.offset = timedelta(0)  # NTP came through
+    await cp.status(2, "Faulted", "GroundFailure")
+    cp.wait(30)
+    faults = await services.analytics.fault_reports(
+        SYSTEM, Scope(cp_ids=("NEVER-SET",)), TODAY, TOMORROW)
+    assert [(f.connector_id, f.duration_seconds, f.open) for f in faults] == [
+        (2, 30.0, True)]
