@@ -92,16 +92,12 @@ class MeterAnomaly(StrEnum):
     """What a session's energy register did that its energy is counted across, for an
     operator to review: it rolled over at its limit (a 32-bit or a 999,999.9 kWh
     counter), or restarted near 0 (a meter reset or replaced); or the transaction's final
-    register (meterStop) could not be believed (below meterStart, below what its
-    readings counted by more than rounding, or more than the connector could deliver),
-    so the session was billed what its readings metered; or its meterStart was 0 while
-    its register read its total after (the meter not read at the start), so the session
-    counts from its first reading."""
+    register (meterStop) could not be believed (below meterStart, or more than the
+    connector could deliver), so the session was billed what its readings metered."""
 
     ROLLOVER = "ROLLOVER"
     RESET = "RESET"
     IMPLAUSIBLE_STOP = "IMPLAUSIBLE_STOP"
-    UNREAD_START = "UNREAD_START"
 
 
 class SignedEncoding(StrEnum):

@@ -128,13 +128,8 @@ VALUE_DESCRIPTIONS: dict[str, dict[str, str]] = {
                     "counter).",
         "RESET": "The register restarted near 0 (a meter reset or replaced).",
         "IMPLAUSIBLE_STOP": "The transaction's final register (meterStop) was below "
-                            "meterStart, below what its readings (the stop's own "
-                            "included) counted by more than rounding, or more than the "
-                            "connector could deliver: the session was billed the highest "
-                            "register the charger reported for it.",
-        "UNREAD_START": "The transaction's meterStart was 0 while its register read its "
-                        "total after (the meter was not read at the start): the session "
-                        "counts from its first register reading.",
+                            "meterStart or more than the connector could deliver: the "
+                            "session was billed what its readings metered.",
     },
     # Registered in graph/webhooks.py. Each value says the `type` its deliveries carry.
     "WebhookEvent": {

@@ -926,11 +926,8 @@ class Session(Node, Audited):
         "Set when the charger's energy register rolled over at its limit or restarted "
         "near 0 (reset, replaced) during the session: its energy is counted across it "
         "(the highest reading before plus those after), for an operator to review; "
-        "or its meterStop could not be believed (IMPLAUSIBLE_STOP: below meterStart, "
-        "below what its readings counted by more than rounding, or more than the "
-        "connector could deliver) and it was billed what was metered; or its meterStart "
-        "was 0 while its register read its total (UNREAD_START: the meter was not read at "
-        "the start) and it counts from its first reading."))
+        "or its meterStop could not be believed (IMPLAUSIBLE_STOP: below meterStart, or "
+        "more than the connector could deliver) and it was billed what was metered."))
     _r: strawberry.Private[d.Session]
 
     @classmethod

@@ -542,14 +542,17 @@ class ChargePointHandler(ChargePoint):
         info = await self.charging.stop_transaction(
             self.id, p["transactionId"], p["meterStop"], self._time(p["timestamp"], "timestamp"),
             reason=p.get("reason"), id_tag=p.get("idTag"),
-            readings=self._readings(p.get("transactionData") or []))
+            readings=self._readings(p.get("transactionData") or [],
+                                    action="StopTransaction", required=False))
         return {"idTagInfo": id_tag_info(info)} if info else EMPTY
 
     async def meter_values(self, p: Payload) -> Payload:
         connector_id = p["connectorId"]
         await self._connector_ok(connector_id, allow_zero=True)
         await self.charging.meter_values(self.id, connector_id, p.get("transactionId"),
-                                         self._readings(p["meterValue"]))
+                                         self._readings(p["meterValue"],
+                                                        action="MeterValues",
+                                                        required=True))
         return EMPTY
 
     async def status_notification(self, p: Payload) -> Payload:
@@ -575,16 +578,39 @@ class ChargePointHandler(ChargePoint):
         return EMPTY
 
     # ------------------------------------------------------------- helpers
-    def _readings(self, meter_values: list[Payload]) -> list[MeterReading]:
-        return [
-            MeterReading(self._time(mv["timestamp"], "meterValue.timestamp"), tuple(
+    def _readings(self, meter_values: list[Payload], *, action: str,
+                  required: bool) -> list[MeterReading]:
+        """The readings of a MeterValues or a stop's transactionData. One whose timestamp
+        fits the schema's pattern but is no instant (February 30th, month 13, year 1)
+        is left out as ``frames.LENIENT`` leaves out one the schema refuses (the rest
+        kept, logged once per connection), unless the schema is followed to the letter
+        or nothing would be left where a reading is ``required`` (a MeterValues):
+        then the message is refused with its first error (review s20: a stop refused
+        for one reading's date left its session ACTIVE)."""
+        readings: list[MeterReading] = []
+        refused: FrameError | None = None
+        for mv in meter_values:
+            try:
+                at = self._time(mv["timestamp"], "meterValue.timestamp")
+            except FrameError as error:
+                if self.strict_schema:
+                    raise
+                refused = refused or error
+                continue
+            readings.append(MeterReading(at, tuple(
                 SampledValue(value=str(sv["value"]), measurand=sv.get("measurand"),
                              unit=sv.get("unit"), phase=sv.get("phase"),
                              context=sv.get("context"), location=sv.get("location"),
                              format=sv.get("format"))
-                for sv in mv.get("sampledValue", ())))
-            for mv in meter_values
-        ]
+                for sv in mv.get("sampledValue", ()))))
+        if refused is not None:
+            if required and not readings:
+                raise refused
+            if self._first_time(action, "meterValue.timestamp"):
+                log.warning("%s: %s: a reading's timestamp is no instant (%s): that "
+                            "reading left out, the rest of the message kept; not logged "
+                            "again on this connection", self.id, action, refused)
+        return readings
 
 
 #: Actions whose handling records the station seen itself (``last_seen``).

@@ -95,7 +95,6 @@ from domain.services.metering import (
     samples_of,
     signed_values_of,
     sound,
-    stop_believed,
 )
 from domain.services.payments import UNCOLLECTED, payment_changed, reprice_change, repriced
 from domain.services.reboot_checks import RebootChecks
@@ -174,19 +173,16 @@ class _StartIdentity(NamedTuple):
         """``session`` may be this start's first copy, sent again with a new timestamp
         (its answer lost: QA s20, the resend 2 s later opened a second session and the
         first was billed its session fee): same card and meterStart, stamped no later
-        than this one and within ``START_RETRY_WINDOW`` of it, recorded moments ago on
-        our clock, and nothing metered since (no energy, power or State of Charge; the
-        caller checks its samples). Whichever of the two the charger holds, nothing was
+        than this one and within ``START_RETRY_WINDOW`` of it, and recorded moments ago
+        on our clock. The caller checks that nothing was metered since
+        (``_never_metered``): whichever of the two the charger holds, nothing was
         charged under the other."""
         if self.glitch or (session.id_tag, session.meter_start_wh) != (
                 self.tag, self.meter_start):
             return False
         if not timedelta(0) <= self.start - session.start_time <= START_RETRY_WINDOW:
             return False
-        if now - session.created_at > START_RETRY_WINDOW:
-            return False
-        return session.energy_wh == 0 and session.meter_at is None \
-            and session.power_at is None and session.soc_at is None
+        return now - session.created_at <= START_RETRY_WINDOW
 
     def started_by(self, now: datetime) -> datetime:
         """When the start happened, as far as a reservation's expiry is judged: its own
@@ -869,14 +865,11 @@ class ChargingService(ChargerConnections):
             session = replace(session, state=SessionState.COMPLETED, end_time=start)
         # A session open on this connector since before this start lost its
         # StopTransaction: closed first, so the connector never has two active sessions.
-        # One that metered nothing is not priced (no session fee, no payment): nothing
-        # says it charged, and its driver is charging now (QA s20: a start resent after
-        # the retry window paid the fee twice). Its stop, should it come, prices it.
         for stale in (s for s in open_here if s not in newer):
             closed, closing = await self._close(
                 station, stale, None, lost_end(stale, station.booted_at,
                                                min(start, self.now())),
-                CLOSED_WITHOUT_STOP, actor, priced=not await self._never_metered(stale))
+                CLOSED_WITHOUT_STOP, actor)
             changes += closing
             ended.append(closed)
         used = None
@@ -1134,32 +1127,41 @@ class ChargingService(ChargerConnections):
             # A clock glitch (a stop stamped 2150) must not bill decades, nor a clock
             # reset mid-session (a stop stamped 1970, before its start) bill nothing of
             # its time (QA s20: 70 s at 1.00/min billed 0, occupancy 0): the session ends
-            # at "now" on its own timeline, as an operator's endSession would end it.
-            end = self._timeline_now(session)
+            # at "now" on its own timeline, as an operator's endSession would end it. One
+            # closed without its stop already ended (by a newer start, an operator, a
+            # reboot's check): its late stop keeps that end, not "now", however late it
+            # comes (review s20: 6 h billed for a 10-minute session).
+            end = session.end_time if closed_without_stop(session) \
+                and session.end_time is not None else self._timeline_now(session)
         await self._clock_report(station, end)
         # meterStop is the transaction's own final register (what the charger signs and
         # bills by), so it decides the energy, counted across a rollover or reset of the
         # meter as the readings are (below meterStart, it may be one); a reading above
-        # it by no more than rounding was counted live and is taken back by the closing
-        # sample, which makes the samples add up to the billed energy.
+        # it (a glitch, a late frame of another kind) was counted live and is taken back
+        # by the closing sample, which makes the samples add up to the billed energy.
         if count is None:  # closed or flushed late, awaiting its stop: no readings counted
             count = RegisterCount(session, rated_kw)
         final = count.counted(meter_stop, end, final=True)
         meter = count.fields()
-        if final is None or not stop_believed(final, count):
+        metered = session.energy_wh + added_wh(samples)
+        unread = final == session.meter_start_wh and metered > 0 \
+            and not closed_without_stop(session)
+        if final is None or final < session.meter_start_wh or unread:
             # A glitching final register (0xFFFFFFFF: more than the connector could
-            # deliver; below meterStart or below what the charger's own readings, the
-            # stop's included, counted: with no rollover or reset to explain it) must
-            # bill neither megawatt-hours nor nothing: the session is billed the highest
-            # register the charger reported for it (its count: what it metered, the
-            # stop's own readings too), as a lost stop would be, and flagged for review
-            # (QA s17: a stop below its start billed 0 without a trace; s20: one that
-            # did not move billed 0 though its Transaction.End read 1.2 kWh more).
-            energy = count.high - session.meter_start_wh
-            log.warning("%s: meterStop %s Wh of transaction %s (meterStart %s Wh, its "
-                        "readings up to %s Wh) is not believable; billing the %s Wh "
-                        "metered", cp_id, meter_stop, session.transaction_id,
-                        session.meter_start_wh, count.high - count.offset, energy)
+            # deliver; below meterStart: less than nothing, with no rollover or reset to
+            # explain it; meterStart itself, though its readings, the stop's own among
+            # them, moved: a register the charger did not read at the stop; not so for a
+            # stop correcting a close made without it, whose word on what was delivered
+            # the billing lead asked to be final) must bill
+            # neither megawatt-hours nor nothing: the session is billed what it
+            # believably metered, as a lost stop would be, and flagged for review (QA
+            # s17: a stop below its start billed 0 without a trace; s20: one that did
+            # not move billed 0 though its Transaction.End read 1.2 kWh more). A stop
+            # that moved decides, below a reading too (the reading was the glitch).
+            energy = metered
+            log.warning("%s: meterStop %s Wh of transaction %s (meterStart %s Wh) is not "
+                        "believable; billing the %s Wh metered", cp_id, meter_stop,
+                        session.transaction_id, session.meter_start_wh, energy)
             meter["meter_anomaly"] = MeterAnomaly.IMPLAUSIBLE_STOP
         else:
             energy = final - session.meter_start_wh
@@ -1246,7 +1248,7 @@ class ChargingService(ChargerConnections):
                      unchanged_since: datetime | None = None,
                      readings: Sequence[MeterReading] = (),
                      metered: Sequence[MeterSample] = (),
-                     meter: dict[str, Any] | None = None, priced: bool = True
+                     meter: dict[str, Any] | None = None
                      ) -> tuple[Session, list[tuple[Change, Any]]]:
         """The closed session, and its write with the payment it opens (the changes to
         commit). ``energy_wh``: the session's energy
@@ -1263,8 +1265,7 @@ class ChargingService(ChargerConnections):
         stop's, its closing sample, stored ones whose increments it lowers), which
         time-of-day prices count over the stored ones. ``meter``: its register's count as
         the stop left it (``RegisterCount.fields``: a rollover or reset it showed is
-        flagged). ``priced``: false for a close that bills nothing (no cost, no payment:
-        a session that metered nothing, closed by a newer start), as a refused start."""
+        flagged)."""
         # No close ends before its start, so no duration anywhere comes out negative (a
         # stop stamped before it was moved to "now" on the timeline already, ``_stop``);
         # one stamped by a clock set right since a start far behind ours ends when our
@@ -1282,7 +1283,7 @@ class ChargingService(ChargerConnections):
         tariff = await self.tariffs.tariff_at(station, session.priced_at,
                                               company_id=session.company_id,
                                               connector_type=session.connector_type
-                                              ) if session.billable and priced else None
+                                              ) if session.billable else None
         cost = idle = band_wh = None
         if tariff is not None:
             idle = await self._idle_seconds(tariff, session, end)

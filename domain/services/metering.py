@@ -44,9 +44,8 @@ LINE_OF_PHASE = {"L1": "L1", "L2": "L2", "L3": "L3",
 
 #: The most power a connector of unknown rating is believed to deliver (megawatt charging
 #: tops out at 3.75 MW). A register that rose faster since the session's start is a
-#: glitch (0xFFFFFFFF): kept as a sample, but it adds nothing to the session, its energy
-#: or its bill. (A meter not read at the start, meterStart 0, and read at its total
-#: after is counted from that first reading: ``RegisterCount._start_at``.)
+#: glitch (0xFFFFFFFF, a meter counting from 0 at the start and from its total after):
+#: kept as a sample, but it adds nothing to the session, its energy or its bill.
 MAX_BELIEVABLE_KW = 4000.0
 #: Headroom over a connector's rating (meter and rating disagree a little).
 RATING_HEADROOM = 1.25
@@ -75,11 +74,6 @@ NEAR_ZERO = 0.1
 #: connector could deliver since the reading before: this long at full power (coarse
 #: clocks, a reading stamped late).
 STEP_SLACK_S = 60.0
-#: How far a transaction's meterStop may fall below the register its own readings counted
-#: and still decide the energy: rounding (a reading sent in kWh with one decimal is up to
-#: 50 Wh above the Wh register it was read from). Below that, with no rollover or reset to
-#: explain it, the stop is not believed (``stop_believed``).
-STOP_ROUNDING_WH = 100
 
 
 def believable_register(session: Session, wh: float, at: datetime, rated_kw: float) -> bool:
@@ -90,16 +84,6 @@ def believable_register(session: Session, wh: float, at: datetime, rated_kw: flo
     slack = METER_SLACK_WH if rated_kw >= MAX_BELIEVABLE_KW \
         else rated_kw * RATING_HEADROOM * RATED_SLACK.total_seconds() / 3.6
     return wh <= session.meter_start_wh + rated_kw * RATING_HEADROOM * seconds / 3.6 + slack
-
-
-def stop_believed(final: int, count: RegisterCount) -> bool:
-    """Whether a transaction's final register, as ``count`` counted it (``counted`` with
-    ``final``: across a rollover or reset it shows), decides its energy: not below
-    meterStart (less than nothing), nor more than ``STOP_ROUNDING_WH`` below what its
-    own readings counted. A meterStop that did not move (3,000 kWh at start and stop,
-    the readings and the stop's own Transaction.End at 3,001.2 kWh) billed 0 and took
-    back the increments those readings had added (QA s20)."""
-    return final >= count.session.meter_start_wh and final >= count.high - STOP_ROUNDING_WH
 
 
 class RegisterCount:
@@ -113,10 +97,8 @@ class RegisterCount:
     flagged; a drop neither explains adds nothing, as before. Once a session had one, a
     reading that on the offset before it goes on from the count is the old register
     again (a meter that read 0 once), not counted twice, and each other step is judged
-    by what the connector could deliver since the reading before. A session started at
-    meterStart 0 whose first reading is beyond belief from 0 (the meter was not read at
-    the start) counts from that reading (``_start_at``), flagged ``UNREAD_START``. One
-    per frame, and only for an active session."""
+    by what the connector could deliver since the reading before. One per frame, and
+    only for an active session."""
 
     __slots__ = ("anomaly", "at", "high", "offset", "prior", "rated_kw", "session")
 
@@ -159,10 +141,7 @@ class RegisterCount:
         elif self.anomaly is not None and not self._step_ok(counted - self.high, at):
             return None  # beyond what the connector could deliver since: no reading
         if not believable_register(self.session, counted, at, self.rated_kw):
-            if final or not self._unread_start():
-                return None
-            self._start_at(wh, at)
-            return wh + self.offset
+            return None
         return counted
 
     def fields(self) -> dict[str, Any]:
@@ -176,26 +155,6 @@ class RegisterCount:
             changed.update(meter_offset_wh=self.offset, meter_prior_offset_wh=self.prior,
                            meter_anomaly=self.anomaly)
         return changed
-
-    def _unread_start(self) -> bool:
-        """Whether the session started at meterStart 0 and nothing moved its count yet:
-        a charger that did not read its meter at the start (it sends 0) and reads the
-        register's total after, which no reading from 0 could be believed to reach."""
-        return self.session.meter_start_wh == 0 and self.high == 0 and self.offset == 0 \
-            and self.anomaly is None and self.at is None
-
-    def _start_at(self, wh: int, at: datetime) -> None:
-        """Counts the session from the register reading ``wh``, its first after an unread
-        start (``_unread_start``): it counts 0 and those after it from there, judged as
-        readings after a rollover or reset are. Without it, live energy stayed 0 and
-        the stop, as far beyond belief, billed 0 flagged (QA s20). No prior offset: the
-        register it had before was never read."""
-        log.warning("%s: transaction %s started at meterStart 0 and its register reads %s "
-                    "Wh: the meter was not read at the start, counted from this reading "
-                    "(the session is flagged for review)", self.session.cp_id,
-                    self.session.transaction_id, wh)
-        self.prior, self.offset, self.anomaly, self.at = \
-            None, -wh, MeterAnomaly.UNREAD_START, at
 
     def _known_since(self, at: datetime) -> bool:
         """Whether ``at`` is after the reading that last moved the count. A session

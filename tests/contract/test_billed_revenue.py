@@ -5,7 +5,7 @@ opened, not the sessions' cost by when they ended. A late StopTransaction rewrit
 session's cost and end after the money moved; net (billed less refunded) then still
 matches what was collected, and a period already reported keeps its revenue.
 
-Over ``tests/support/late_stops.py``: a 100 Wh session on CP-LATE (company A) ended by
+Over ``tests/support/late_stops.py``: a 4 kWh session on CP-LATE (company A) ended by
 A's operator at 11:00 on 2025-07-01, 2.00 EUR."""
 
 from __future__ import annotations
@@ -88,18 +88,18 @@ async def test_captured_then_corrected_up_stays_what_was_billed(late: LateStops)
     be collected, and revenue is not what nobody billed."""
     tx, payment = await late.ended_by_the_operator(at(10), at(11))
     await late.services.payments.capture(late.viewer("op_a"), payment.id)
-    session = await late.late_stop(tx, 50150, at(10, 45), at(11, 10))
+    session = await late.late_stop(tx, 56000, at(10, 45), at(11, 10))
     assert session.cost_minor == 300
     assert await figures(late) == seen(200, 0)
 
 
 async def test_captured_corrected_down_and_the_difference_refunded_reconciles(
         late: LateStops) -> None:
-    """Corrected to 50 Wh (1.00 EUR) and 1.00 paid back: net 1.00, what was kept (it
+    """Corrected to 2 kWh (1.00 EUR) and 1.00 paid back: net 1.00, what was kept (it
     read 0: the correction counted twice)."""
     tx, payment = await late.ended_by_the_operator(at(10), at(11))
     await late.services.payments.capture(late.viewer("op_a"), payment.id)
-    assert (await late.late_stop(tx, 50050, at(10, 30), at(11, 10))).cost_minor == 100
+    assert (await late.late_stop(tx, 52000, at(10, 30), at(11, 10))).cost_minor == 100
     late.clock.now = at(12)
     await late.services.payments.refund(late.viewer("op_a"), payment.id, Decimal("1.00"))
     assert await figures(late) == seen(200, 100)
@@ -127,7 +127,7 @@ async def test_a_failed_payment_follows_its_correction(late: LateStops) -> None:
     revenue with it; the next try collects the corrected amount."""
     tx, payment = await late.ended_by_the_operator(at(10), at(11))
     await late.services.payments.fail(late.viewer("op_a"), payment.id)
-    await late.late_stop(tx, 50150, at(10, 45), at(11, 10))
+    await late.late_stop(tx, 56000, at(10, 45), at(11, 10))
     repriced = await late.payment(tx)
     assert (repriced.status, repriced.amount_minor) == (d.PaymentStatus.FAILED, 300)
     assert await figures(late) == seen(300, 0)
@@ -139,7 +139,7 @@ async def test_a_pending_payment_follows_its_correction(late: LateStops) -> None
     """No money moved yet: the payment is repriced, and revenue with it; corrected to
     nothing, it is VOIDED and bills nothing."""
     up, _ = await late.ended_by_the_operator(at(10), at(11))
-    await late.late_stop(up, 50150, at(10, 45), at(11, 10))
+    await late.late_stop(up, 56000, at(10, 45), at(11, 10))
     assert (await late.payment(up)).amount_minor == 300
     assert await figures(late) == seen(300, 0)
     nothing, _ = await late.ended_by_the_operator(at(13), at(14))
@@ -156,7 +156,7 @@ async def test_a_late_stop_across_a_month_boundary_stays_in_the_billed_month(
     june_1 = datetime(2025, 6, 1, tzinfo=UTC)
     tx, payment = await late.ended_by_the_operator(may_31, june_1 + timedelta(hours=1))
     await late.services.payments.capture(late.viewer("op_a"), payment.id)
-    session = await late.late_stop(tx, 50100, may_31 + timedelta(minutes=30),
+    session = await late.late_stop(tx, 54000, may_31 + timedelta(minutes=30),
                                    june_1 + timedelta(hours=1, minutes=10))
     assert session.end_time is not None and session.end_time < june_1
     for who in ROLES:

@@ -3,7 +3,7 @@
 vehicle, which revenue reads from the payment itself: housekeeping
 (``PaymentService.fill_charger_fields``) gives them their session's, on every backend.
 
-Over ``tests/support/late_stops.py``: a 100 Wh session on CP-LATE c1 (company A, the
+Over ``tests/support/late_stops.py``: a 4 kWh session on CP-LATE c1 (company A, the
 driver's car) ended by A's operator, 2.00 EUR."""
 
 from __future__ import annotations

@@ -20,7 +20,6 @@ from domain.events import PaymentChanged
 from domain.policy import SYSTEM, Viewer
 from domain.query import Eq, all_of
 from domain.services.base import patch
-from domain.services.metering import STOP_ROUNDING_WH
 from tests.domain.test_charging_telemetry import (
     ADMIN,
     CP,
@@ -43,26 +42,19 @@ async def world(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
         yield built
 
 
-#: What ``_ended_by_an_operator`` meters: no more above meterStart than a stop at
-#: meterStart may correct to nothing (rounding); beyond it, such a stop is not believed
-#: and bills what was metered (``IMPLAUSIBLE_STOP``, QA s20). 0.1 kWh at 0.40: 4 cents.
-METERED_WH = STOP_ROUNDING_WH
-METERED_MINOR = 4
-
-
 async def _payments(world: World, session: d.Session) -> list[d.Payment]:
     return await world.store.find_all(d.Payment, Eq("session_id", session.id))
 
 
 async def _ended_by_an_operator(world: World, connector: int = 1) -> tuple[int, d.Payment]:
-    """A session metered to 100 Wh, ended by an operator (its stop did not come): 4
+    """A session metered to 1 kWh, ended by an operator (its stop did not come): 40
     cents PENDING."""
     charging = world.services.charging
     tx, _ = await charging.start_transaction(CP, connector, "TAG-1", 5000, T0)
-    await charging.meter_values(CP, connector, tx, register(5000 + METERED_WH, 600))
+    await charging.meter_values(CP, connector, tx, register(6000, 600))
     await charging.end_session(ADMIN, (await world.session(tx)).id)
     [payment] = await _payments(world, await world.session(tx))
-    assert (payment.status, payment.amount_minor) == (d.PaymentStatus.PENDING, METERED_MINOR)
+    assert (payment.status, payment.amount_minor) == (d.PaymentStatus.PENDING, 40)
     return tx, payment
 
 
@@ -136,7 +128,7 @@ async def test_a_capture_racing_the_void_keeps_its_money(world: World) -> None:
     assert (session.energy_wh, session.cost_minor) == (0, 0)
     [kept] = await _payments(world, session)
     assert (kept.status, kept.amount_minor, kept.updated_at) == (
-        d.PaymentStatus.CAPTURED, METERED_MINOR, raced[0].updated_at)
+        d.PaymentStatus.CAPTURED, 40, raced[0].updated_at)
 
 
 async def test_a_pending_payment_of_nothing_from_before_is_voided_by_its_correction(
@@ -216,7 +208,7 @@ async def test_a_reprice_is_announced_once_and_a_correction_to_the_same_price_no
 
     other, _ = await _ended_by_an_operator(world, connector=2)
     seen.clear()
-    await _late_stop(world, other, 5000 + METERED_WH)  # what was metered: the same
+    await _late_stop(world, other, 6000)  # what was metered: the same 40 cents
     assert seen == []
 
 
@@ -259,8 +251,8 @@ async def test_a_capture_retry_racing_the_void_of_a_failed_payment_keeps_its_mon
     seen = announced(world)
     kept = await _late_stop(world, tx, 5000)
     assert raced, "the correction wrote no payment change to race"
-    assert (kept.status, kept.amount_minor) == (d.PaymentStatus.CAPTURED, METERED_MINOR)
-    assert told(seen) == [("CAPTURED", "CAPTURED", METERED_MINOR)]
+    assert (kept.status, kept.amount_minor) == (d.PaymentStatus.CAPTURED, 40)
+    assert told(seen) == [("CAPTURED", "CAPTURED", 40)]
 
 
 class IdempotentProvider:
@@ -284,11 +276,11 @@ class IdempotentProvider:
     (7000, (d.PaymentStatus.PENDING, 80)), (5000, (d.PaymentStatus.VOIDED, 0))])
 async def test_a_capture_a_correction_overtook_records_what_was_collected(
         world: World, stop_wh: int, corrected: tuple[d.PaymentStatus, int]) -> None:
-    """The provider collects what the payment asked when it was read (4 cents); a late
+    """The provider collects what the payment asked when it was read (40 cents); a late
     stop reprices it to 80, or voids it, before the capture is written. Refused, the
-    capture left the 4 collected with no trace (VOIDED, or PENDING at 80 that a retry,
+    capture left the 40 collected with no trace (VOIDED, or PENDING at 80 that a retry,
     answered with the first capture by the provider, recorded CAPTURED at 80): review
-    s19. The payment says what moved: CAPTURED at 4; the session's corrected cost
+    s19. The payment says what moved: CAPTURED at 40; the session's corrected cost
     beside it shows what an operator settles."""
     tx, payment = await _ended_by_an_operator(world)
     payments = world.services.payments
@@ -303,13 +295,13 @@ async def test_a_capture_a_correction_overtook_records_what_was_collected(
     payments.provider = CorrectedMeanwhile()
     seen = announced(world)
     captured = await payments.capture(ADMIN, payment.id)
-    assert acquirer.collected == {payment.id: METERED_MINOR}
+    assert acquirer.collected == {payment.id: 40}
     assert (captured.status, captured.amount_minor, captured.provider_ref) == (
-        d.PaymentStatus.CAPTURED, METERED_MINOR, f"cap-{payment.id}")
+        d.PaymentStatus.CAPTURED, 40, f"cap-{payment.id}")
     [stored] = await _payments(world, await world.session(tx))
     assert stored == captured
     change = "VOIDED" if corrected[0] is d.PaymentStatus.VOIDED else "REPRICED"
-    assert told(seen) == [(change, *corrected), ("CAPTURED", "CAPTURED", METERED_MINOR)]
+    assert told(seen) == [(change, *corrected), ("CAPTURED", "CAPTURED", 40)]
 
 
 async def test_a_captured_payment_corrected_down_keeps_what_was_collected(
@@ -322,9 +314,9 @@ async def test_a_captured_payment_corrected_down_keeps_what_was_collected(
     seen = announced(world)
     kept = await _late_stop(world, tx, 5000)
     assert (kept.status, kept.amount_minor, kept.refunded_minor) == (
-        d.PaymentStatus.CAPTURED, METERED_MINOR, 0)
+        d.PaymentStatus.CAPTURED, 40, 0)
     assert (await world.session(tx)).cost_minor == 0
     assert seen == []
-    refunded = await world.services.payments.refund(ADMIN, payment.id, Decimal("0.04"))
+    refunded = await world.services.payments.refund(ADMIN, payment.id, Decimal("0.40"))
     assert refunded.status is d.PaymentStatus.REFUNDED
-    assert told(seen) == [("REFUNDED", "REFUNDED", METERED_MINOR)]
+    assert told(seen) == [("REFUNDED", "REFUNDED", 40)]

@@ -109,7 +109,7 @@ async def test_a_late_stop_across_months_stays_in_the_billed_month_in_graphql_an
     may_31, june_1 = datetime(2025, 5, 31, 23, tzinfo=UTC), datetime(2025, 6, 1, tzinfo=UTC)
     tx, payment = await late.ended_by_the_operator(may_31, june_1 + timedelta(hours=1))
     await late.services.payments.capture(late.viewer("op_a"), payment.id)
-    await late.late_stop(tx, 50100, may_31 + timedelta(minutes=30),
+    await late.late_stop(tx, 54000, may_31 + timedelta(minutes=30),
                          june_1 + timedelta(hours=1, minutes=10))
     zero = Decimal("0.00")
     for who in ROLES:

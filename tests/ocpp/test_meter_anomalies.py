@@ -11,7 +11,6 @@ from ocpp.v16 import call
 
 from domain import entities as d
 from domain.query import Eq
-from domain.services.metering import STOP_ROUNDING_WH
 from ocpp_bridge.simulator import SimulatedChargePoint, connected
 from tests.ocpp.conftest import STATION_PASSWORD, Central
 
@@ -180,8 +179,8 @@ async def test_a_stop_below_its_start_bills_what_was_metered_flagged(
         central: Central) -> None:
     """QA (s17): meterStop below meterStart with no rollover or reset to explain it
     billed 0 and dropped the 2 kWh the readings had metered, with nothing for an
-    operator to see. It bills what was metered, flagged; a stop above the start and
-    below a reading by no more than rounding still decides the energy."""
+    operator to see. It bills what was metered, flagged; a stop above the start but
+    below a reading still decides the energy (the reading was the glitch)."""
     async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
         charger = Charger(cp)
         await charger.start(50_000)
@@ -191,7 +190,7 @@ async def test_a_stop_below_its_start_bills_what_was_metered_flagged(
         charger = Charger(cp)
         await charger.start(60_000)
         await charger.reading(62_000)
-        await charger.stop(62_000 - STOP_ROUNDING_WH)
+        await charger.stop(61_000)
         data = await central.gql(ANOMALY, as_user="op")
     session = await billed(central, below_start)
     assert session.energy_wh == 2_000 and session.cost_minor == 80  # 2 kWh at 0.40
@@ -199,16 +198,15 @@ async def test_a_stop_below_its_start_bills_what_was_metered_flagged(
     shown = {s["transactionId"]: s["meterAnomaly"] for s in data["sessions"]["nodes"]}
     assert shown[below_start] == "IMPLAUSIBLE_STOP"
     trusted = await billed(central, charger.tx)
-    assert (trusted.energy_wh, trusted.meter_anomaly) == (2_000 - STOP_ROUNDING_WH, None)
+    assert (trusted.energy_wh, trusted.meter_anomaly) == (1_000, None)
 
 
-async def test_a_stop_that_did_not_move_bills_the_register_the_charger_reported(
-        central: Central) -> None:
+async def test_a_stop_that_did_not_move_bills_what_was_metered(central: Central) -> None:
     """QA (s20): meterStop equal to meterStart, though the meter values read 1 kWh more
     and the stop's own Transaction.End 1.2 kWh more, billed 0 (no payment, no flag) and
-    took back the increments the readings had added. Below what the session counted by
-    more than rounding, with no rollover or reset to explain it, the stop is not
-    believed: billed the highest register the charger reported, flagged."""
+    took back the increments the readings had added. A stop that did not move while its
+    transaction metered is a register not read at the stop: billed what was metered,
+    the stop's own readings included, flagged. (A stop that moved still decides.)"""
     start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
     async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
         tx = (await cp.call(call.StartTransaction(
@@ -252,40 +250,3 @@ async def test_a_reset_that_reads_like_the_old_register_bills_the_lower_count_fl
         await charger.stop(5_100)
     session = await billed(central, charger.tx)
     assert session.energy_wh == 5_100 and session.meter_anomaly is d.MeterAnomaly.RESET
-
-
-async def test_a_meter_not_read_at_the_start_counts_from_its_first_reading(
-        central: Central) -> None:
-    """QA (s20): meterStart 0 (the meter not read at the start), then the register's
-    total (5,000.1 kWh, 5,000.3 kWh, meterStop 5,000.5 kWh): every reading was beyond
-    belief from 0, so live energy stayed 0 and the stop billed 0. The first reading is
-    the session's start: 0.2 kWh live, 0.4 kWh billed, flagged for review."""
-    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
-        charger = Charger(cp)
-        await charger.start(0)
-        await charger.reading(5_000_100)
-        await charger.reading(5_000_300)
-        live = await central.session(charger.tx)
-        assert live is not None and live.energy_wh == 200
-        await charger.stop(5_000_500)
-        data = await central.gql(ANOMALY, as_user="op")
-    session = await billed(central, charger.tx)
-    assert (session.energy_wh, session.cost_minor) == (400, 16)  # 0.4 kWh at 0.40
-    assert session.meter_anomaly is d.MeterAnomaly.UNREAD_START
-    [shown] = [s for s in data["sessions"]["nodes"] if s["transactionId"] == charger.tx]
-    assert shown["meterAnomaly"] == "UNREAD_START"
-    samples = await central.store.find_all(d.MeterSample, Eq("session_id", session.id))
-    assert sum(s.delta_wh or 0 for s in samples) == 400
-
-
-async def test_a_meter_counting_each_transaction_from_zero_is_no_unread_start(
-        central: Central) -> None:
-    """meterStart 0 and readings believable from it: counted as they are, not flagged."""
-    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
-        charger = Charger(cp)
-        await charger.start(0)
-        await charger.reading(1_500)
-        await charger.reading(3_000)
-        await charger.stop(4_000)
-    session = await billed(central, charger.tx)
-    assert (session.energy_wh, session.meter_anomaly) == (4_000, None)

@@ -695,3 +695,37 @@ async def test_an_identity_with_a_colon_is_no_new_station_nor_one_with_a_passwor
         await central.services.stations.update_station(SYSTEM, older.id,
                                                        password="long-enough-pw")
     assert (no_password.value.field, no_password.value.code) == ("password", "INVALID")
+
+
+@pytest.mark.parametrize("stamp", ["2026-02-30T10:00:00Z", "0001-01-01T00:30:00+01:00",
+                                   "2026-13-01T10:00:00Z"])
+async def test_a_reading_dated_on_no_real_instant_is_left_out_not_the_stop(
+        central: Central, stamp: str) -> None:
+    """Review s20: a reading whose timestamp fits the schema's pattern but is no instant
+    (February 30th, month 13, before year 1 in UTC) refused the whole StopTransaction,
+    leaving its session ACTIVE; and a MeterValues lost the good readings beside it. It
+    is left out as one the schema refuses; a MeterValues with nothing else is refused."""
+    ws = await raw(central)
+    try:
+        started = await exchange(ws, json.dumps([2, "s1", "StartTransaction", {
+            "connectorId": 1, "idTag": "TAG-OK", "meterStart": 100, "timestamp": now()}]))
+        tx = started[2]["transactionId"]
+        bad = {"timestamp": stamp, "sampledValue": [{"value": "31",
+                                                     "measurand": "Temperature"}]}
+        good = {"timestamp": now(), "sampledValue": [{"value": "400"}]}
+        kept = await exchange(ws, json.dumps([2, "m1", "MeterValues", {
+            "connectorId": 1, "transactionId": tx, "meterValue": [good, bad]}]))
+        assert kept[0] == 3, kept
+        alone = await exchange(ws, json.dumps([2, "m2", "MeterValues", {
+            "connectorId": 1, "transactionId": tx, "meterValue": [bad]}]))
+        assert alone[0] == 4, alone
+        stopped = await exchange(ws, json.dumps([2, "e1", "StopTransaction", {
+            "transactionId": tx, "meterStop": 600, "timestamp": now(),
+            "transactionData": [{"timestamp": now(), "sampledValue": [{"value": "600"}]},
+                                bad]}]))
+        assert stopped[0] == 3, stopped
+    finally:
+        await ws.close()
+    session = await central.session(tx)
+    assert session is not None and session.state is d.SessionState.COMPLETED
+    assert session.energy_wh == 500

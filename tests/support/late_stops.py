@@ -3,13 +3,9 @@ operator ends the session, its payment is settled, and then the charger's
 StopTransaction arrives and corrects the session's cost and end. Revenue is what the
 payment billed, on the day it was opened; the corrected session no longer decides it.
 
-Station CP-LATE of company A (two connectors, 20.00 EUR/kWh), driver ``driver`` with
-card TAG-D2 on their car; company B runs CP-B. A session meters 100 Wh (50000 → 50100 Wh)
-in its first half hour and is ended by A's operator half an hour later: 2.00 EUR. (A
-stop may correct a session down only within rounding of what its readings metered,
-``metering.STOP_ROUNDING_WH``: beyond it, it is not believed, QA s20. Hence the few
-watt-hours at a price that makes them whole euros: a stop at 50000 corrects it to
-nothing, at 50050 to 1.00 EUR, at 50150 up to 3.00 EUR.)"""
+Station CP-LATE of company A (two connectors, 0.50 EUR/kWh), driver ``driver`` with
+card TAG-D2 on their car; company B runs CP-B. A session meters 4 kWh (50000 → 54000 Wh)
+in its first half hour and is ended by A's operator half an hour later: 2.00 EUR."""
 
 from __future__ import annotations
 
@@ -44,12 +40,12 @@ class LateStops:
 
     async def ended_by_the_operator(self, start: datetime, end: datetime
                                     ) -> tuple[int, d.Payment]:
-        """A session on CP-LATE c1 from ``start`` metering 100 Wh in half an hour, then
+        """A session on CP-LATE c1 from ``start`` metering 4 kWh in half an hour, then
         silent; A's operator ends it at ``end`` (our clock): 2.00 EUR PENDING."""
         charging = self.services.charging
         self.clock.now = start
         tx, _ = await charging.start_transaction(CP, 1, "TAG-D2", 50000, start)
-        for minutes, wh in ((15, 50050), (30, 50100)):
+        for minutes, wh in ((15, 52000), (30, 54000)):
             self.clock.now = start + timedelta(minutes=minutes)
             await charging.meter_values(CP, 1, tx, register(wh, self.clock.now))
         self.clock.now = end
@@ -104,7 +100,7 @@ async def build_late_stops(store: Store) -> LateStops:
         stations[cp_id], _ = await services.stations.create_station(
             SYSTEM, cp_id=cp_id, name=cp_id, company_id=company.id,
             connectors=[ConnectorSpec(1), ConnectorSpec(2)])
-    await services.tariffs.set_tariff(SYSTEM, company_id=a.id, price_per_kwh=Decimal("20.00"),
+    await services.tariffs.set_tariff(SYSTEM, company_id=a.id, price_per_kwh=Decimal("0.50"),
                                       currency="EUR", valid_from=clock.now)
     return LateStops(services, clock, users, stations, car)
 

@@ -196,19 +196,18 @@ async def test_settling_a_payment_is_delivered_to_its_books(world: World) -> Non
 
 
 async def _charged_and_ended(world: World, start: datetime) -> tuple[int, d.Payment]:
-    """A session on CP-1 metered to 100 Wh (within rounding of a stop at its start,
-    which may so correct it to nothing) and ended by an admin, its stop still to come:
-    4 cents PENDING in Volt's books."""
+    """A session on CP-1 metered to 1 kWh and ended by an admin, its stop still to
+    come: 40 cents PENDING in Volt's books."""
     charging = world.services.charging
     tx, _ = await charging.start_transaction("CP-1", 1, "TAG-OK", 5000, start)
     await charging.meter_values("CP-1", 1, tx, [MeterReading(
         start + timedelta(minutes=5),
-        (SampledValue("5100", "Energy.Active.Import.Register", "Wh"),))])
+        (SampledValue("6000", "Energy.Active.Import.Register", "Wh"),))])
     session = await world.store.find_one(d.Session, Eq("transaction_id", tx))
     assert session is not None
     await charging.end_session(world.viewer("admin"), session.id)
     payment = await world.store.find_one(d.Payment, Eq("session_id", session.id))
-    assert payment is not None and payment.amount_minor == 4
+    assert payment is not None and payment.amount_minor == 40
     return tx, payment
 
 
@@ -239,9 +238,9 @@ async def test_a_late_stop_repricing_or_voiding_a_payment_is_delivered(world: Wo
            for r in books.requests]
     gid = {p.id: to_global_id("payment", p.id) for p in (first, second, third)}
     assert got == [("payment.repriced", gid[first.id], "PENDING", 80, "REPRICED"),
-                   ("payment.failed", gid[second.id], "FAILED", 4, "FAILED"),
+                   ("payment.failed", gid[second.id], "FAILED", 40, "FAILED"),
                    ("payment.voided", gid[second.id], "VOIDED", 0, "VOIDED"),
-                   ("payment.failed", gid[third.id], "FAILED", 4, "FAILED"),
+                   ("payment.failed", gid[third.id], "FAILED", 40, "FAILED"),
                    ("payment.repriced", gid[third.id], "FAILED", 80, "REPRICED")]
     assert stranger.requests == []
 
