@@ -27,6 +27,7 @@ from domain.ports import Insert
 from domain.query import Eq
 from domain.services.background import Background
 from domain.services.base import UNSET, Service, ServiceContext, patch, stamp_new
+from domain.services.fleet import group_left_behind
 from domain.services.throttle import SignInThrottle
 
 log = logging.getLogger("chargegraph.accounts")
@@ -240,6 +241,7 @@ class AccountService(Service):
                 raise Forbidden("only admins move users between companies", field="companyId")
             if company_id is not None:
                 await self.visible(viewer, Company, company_id, field="companyId")
+            await self._refuse_splitting_a_group(user, company_id)
         if active is False and is_self:
             raise Forbidden("you cannot deactivate yourself", field="active")
         # A new password or a deactivation revokes the user's tokens: one stolen with the
@@ -280,6 +282,21 @@ class AccountService(Service):
                                 f"restore-reactivated-{user.id}",
                                 f"restoring reactivated user {user.id}'s cards failed")
         return updated
+
+    async def _refuse_splitting_a_group(self, user: User, company_id: str | None) -> None:
+        """A card group is one company's (``fleet.foreign_card``): a holder whose group
+        has other members, who stay where they are, is not moved out of it (QA s20: the
+        move left the group two companies', and then neither company's operators could
+        issue into it). Their cards are taken out of the group first, or the other
+        members moved too. Admins too: a move says nothing of the group, and a group
+        across companies is an admin's explicit choice on the cards."""
+        split = await group_left_behind(self.store, user, company_id)
+        if split is None:
+            return
+        card, group = split
+        raise Conflict(f"their card {card.tag} is in card group {group} with cards of "
+                       f"people who stay in their company: take it out of the group "
+                       f"first", field="companyId", code="IN_USE")
 
     async def settled(self) -> None:
         """Waits for what deactivations release in the background (tests, shutdown)."""
