@@ -151,6 +151,30 @@ async def test_update_and_deactivate_user(api: Api, world: World) -> None:
     assert (await api.gql(q, {"p": PASSWORD}))["login"]["token"] is None
 
 
+async def test_a_station_owner_is_not_demoted_to_driver(api: Api, world: World) -> None:
+    """QA s20: demoting a station's owner to DRIVER left a driver owning stations, which
+    ``updateStation`` refuses. Refused, naming how many, until they are handed over;
+    then the demotion is taken. A role that may own (OPERATOR to ADMIN) is no matter."""
+    owner = gid("user", world.users["op_a"].id)
+    refused = await call(api, world, "admin", "updateUser",
+                         {"id": owner, "role": "DRIVER"}, "user { role }")
+    assert codes(refused) == [("role", "IN_USE")]
+    assert "2 stations" in refused["errors"][0]["message"]
+    assert refused["user"] is None
+    for cp_id in ("A-001", "A-002"):
+        handed = await call(api, world, "admin", "updateStation", {
+            "id": gid("station", world.stations[cp_id].id),
+            "ownerId": gid("user", world.users["op_a2"].id)}, "station { id }")
+        assert handed["errors"] == [], handed
+    promoted = await call(api, world, "admin", "updateUser",
+                          {"id": gid("user", world.users["op_a2"].id), "role": "ADMIN"},
+                          "user { role }")
+    assert promoted == {"user": {"role": "ADMIN"}, "errors": []}
+    demoted = await call(api, world, "admin", "updateUser",
+                         {"id": owner, "role": "DRIVER"}, "user { role }")
+    assert demoted == {"user": {"role": "DRIVER"}, "errors": []}
+
+
 async def login(api: Api, email: str, password: str) -> str | None:
     q = """mutation($e: String!, $p: String!) { login(email: $e, password: $p) { token } }"""
     return (await api.gql(q, {"e": email, "p": password}))["login"]["token"]  # type: ignore[no-any-return]
