@@ -727,7 +727,9 @@ class LocalListEntry(Record):
     #: The card (``IdTag`` id) the tag named when the list holding it was accepted, if
     #: any. A tag string is nobody's: a card issued with it later (by anyone, of any
     #: company) is not what the list's sender put there, so a withdrawal acts only on
-    #: the entries of the withdrawn card's id (``Withdrawal``), never on the tag's.
+    #: the entries of the withdrawn card's id (``Withdrawal``), never on the tag's. (A
+    #: card issued with a removed card's tag is handed what our withdrawal of that card
+    #: changed, to be put back: ``withdrawal.reissue_marks``.)
     card_id: str | None = None
     #: What a card usable again puts back, while the charger holds ``status`` because a
     #: withdrawal of ours had it accept so: ``"Accepted"`` (its list held the card

@@ -583,8 +583,11 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
     # ------------------------------------------------------------- sessions
     @strawberry.mutation(description=(
         "End an ACTIVE session its charger will never stop (it lost the transaction or "
-        "is gone): closed with the energy last metered, priced, reason `Other`. For the "
-        "station's operators and admins; the charger is not asked (see "
+        "is gone): closed with the energy last metered, priced, reason `Other`. For "
+        "admins and the operators who keep the session's books (the company that ran "
+        "its station when it started, or its owner of no company): they bill it, so "
+        "after a station changed hands mid-session it is the old operators who end "
+        "it, not the station's operators now. The charger is not asked (see "
         "`remoteStopTransaction`)."))
     async def end_session(self, info: Info, input: EndSessionInput) -> SessionPayload:
         ctx = _ctx(info)

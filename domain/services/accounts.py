@@ -11,7 +11,7 @@ from datetime import timedelta
 from typing import Any, cast
 
 from domain import validation as v
-from domain.entities import Company, Role, User
+from domain.entities import Company, Role, Station, User
 from domain.errors import (
     Conflict,
     DomainError,
@@ -27,6 +27,8 @@ from domain.ports import Insert
 from domain.query import Eq
 from domain.services.background import Background
 from domain.services.base import UNSET, Service, ServiceContext, patch, stamp_new
+from domain.services.fleet import group_left_behind
+from domain.services.stations import may_own
 from domain.services.throttle import SignInThrottle
 
 log = logging.getLogger("chargegraph.accounts")
@@ -233,6 +235,8 @@ class AccountService(Service):
                 raise Forbidden("only admins grant the admin role", field="role")
             if is_self and role is not user.role:
                 raise Forbidden("you cannot change your own role", field="role")
+            if may_own(user.role) and not may_own(role):
+                await self._refuse_owner_demotion(user)
         if company_id is not UNSET and company_id != user.company_id:
             # Taking someone out of a company (null) is a move as well: an operator could
             # otherwise strand a colleague, or themselves, outside every company.
@@ -240,6 +244,7 @@ class AccountService(Service):
                 raise Forbidden("only admins move users between companies", field="companyId")
             if company_id is not None:
                 await self.visible(viewer, Company, company_id, field="companyId")
+            await self._refuse_splitting_a_group(user, company_id)
         if active is False and is_self:
             raise Forbidden("you cannot deactivate yourself", field="active")
         # A new password or a deactivation revokes the user's tokens: one stolen with the
@@ -280,6 +285,31 @@ class AccountService(Service):
                                 f"restore-reactivated-{user.id}",
                                 f"restoring reactivated user {user.id}'s cards failed")
         return updated
+
+    async def _refuse_owner_demotion(self, user: User) -> None:
+        """A role that may not own stations (``stations.may_own``) is not given to one
+        who owns some (QA s20: a driver owning a station, which ``updateStation``
+        refuses): they are handed over first. Counted, not listed: one query."""
+        owned = await self.store.count(Station, Eq("owner_id", user.id))
+        if owned:
+            raise Conflict(f"they own {owned} station{'s' if owned != 1 else ''}: hand "
+                           f"{'them' if owned != 1 else 'it'} to another owner first "
+                           f"(updateStation ownerId)", field="role", code="IN_USE")
+
+    async def _refuse_splitting_a_group(self, user: User, company_id: str | None) -> None:
+        """A card group is one company's (``fleet.foreign_card``): a holder whose group
+        has other members, who stay where they are, is not moved out of it (QA s20: the
+        move left the group two companies', and then neither company's operators could
+        issue into it). Their cards are taken out of the group first, or the other
+        members moved too. Admins too: a move says nothing of the group, and a group
+        across companies is an admin's explicit choice on the cards."""
+        split = await group_left_behind(self.store, user, company_id)
+        if split is None:
+            return
+        card, group = split
+        raise Conflict(f"their card {card.tag} is in card group {group} with cards of "
+                       f"people who stay in their company: take it out of the group "
+                       f"first", field="companyId", code="IN_USE")
 
     async def settled(self) -> None:
         """Waits for what deactivations release in the background (tests, shutdown)."""

@@ -20,11 +20,19 @@ from domain.entities import (
 )
 from domain.errors import Conflict, Forbidden, UniqueViolation, ValidationError
 from domain.policy import Viewer
-from domain.ports import Change, Delete, Insert
-from domain.query import Eq, NotSub, all_of, any_of
+from domain.ports import Change, Delete, Insert, Store
+from domain.query import Eq, In, NotSub, Range, Sort, all_of, any_of
 from domain.services.background import Background
 from domain.services.base import UNSET, Service, ServiceContext, patch, stamp_new
-from domain.services.withdrawal import list_status, restoration_marks, withdrawal_marks
+from domain.services.withdrawal import (
+    list_status,
+    reissue_marks,
+    restoration_marks,
+    withdrawal_marks,
+)
+
+#: The most cards of one holder whose groups one query checks (``group_left_behind``).
+GROUP_BATCH = 200
 
 
 def blocked_by_others(tag: IdTag, owner: User) -> bool:
@@ -49,6 +57,43 @@ def _status(status: Any) -> Any:
     if status is not UNSET and not isinstance(status, IdTagStatus):
         raise ValidationError("unknown status", field="status")
     return status
+
+
+async def foreign_card(store: Store, company_id: str | None, groups: Sequence[str], *,
+                       as_group: bool, apart_from: str | None = None) -> IdTag | None:
+    """A card of a holder outside the company ``company_id`` (drivers of no company are
+    one pool) that carries one of ``groups`` as its parentIdTag, or (``as_group``: they
+    are to be parentIdTags) is one of them itself; the cards of ``apart_from`` (a holder
+    being moved) do not count. The rule "a group is one company's" asks this; one
+    query: the holders are a sub-select."""
+    named = any_of(In("parent_tag", tuple(groups)), In("tag", tuple(groups))) if as_group \
+        else In("parent_tag", tuple(groups))
+    company = Eq("company_id", company_id)
+    staying = company if apart_from is None else any_of(company, Eq("id", apart_from))
+    return await store.find_one(IdTag, all_of(named, NotSub("user_id", "user", staying)))
+
+
+async def group_left_behind(store: Store, holder: User, company_id: str | None
+                            ) -> tuple[IdTag, str] | None:
+    """A card of ``holder`` and its group (its parentIdTag, or the card itself as other
+    cards' parent) that has cards of holders outside the company ``company_id``: moving
+    ``holder`` there would make the group two companies' (``foreign_card``'s rule, the
+    one ``FleetService._parent_tag`` keeps when cards are put in groups). ``None`` when
+    every group of theirs has no other members, or only members of ``company_id``."""
+    after: str | None = None
+    while True:  # in batches of cards, by id: a fleet manager may hold many
+        cards = await store.find_all(IdTag, all_of(
+            Eq("user_id", holder.id), Range("id", gt=after) if after else None),
+            [Sort("id")], limit=GROUP_BATCH)
+        groups = sorted({g for c in cards for g in (c.parent_tag, c.tag) if g is not None})
+        other = await foreign_card(store, company_id, groups, as_group=True,
+                                   apart_from=holder.id) if groups else None
+        if other is not None:
+            group = other.parent_tag if other.parent_tag in groups else other.tag
+            return next(c for c in cards if group in (c.parent_tag, c.tag)), group
+        if len(cards) < GROUP_BATCH:
+            return None
+        after = cards[-1].id
 
 
 class FleetService(Service):
@@ -240,7 +285,13 @@ class FleetService(Service):
             ),
             viewer,
         )
-        await self.commit(viewer, [(Insert(id_tag), None)])
+        # The tag of a card removed: what our withdrawal of that card blocked in the
+        # chargers' lists is put back for this one, as an unblocked card's is (QA s20:
+        # it stayed Blocked there for good). Marked in this commit, pushed after.
+        marks = await reissue_marks(self.store, viewer, id_tag)
+        await self.commit(viewer, [(Insert(id_tag), None)], unaudited=marks)
+        if marks:
+            self._restored(viewer, id_tag)
         return id_tag
 
     async def _refuse_if_withdrawn(self, owner: User) -> None:
@@ -392,14 +443,9 @@ class FleetService(Service):
         return group
 
     async def _foreign_group(self, owner: User, group: str, *, as_group: bool) -> bool:
-        """Whether a card of a holder outside ``owner``'s company (drivers of no company
-        are one pool) carries ``group`` as its parentIdTag, or (``as_group``: ``group``
-        is to be a parentIdTag) is that card itself. One query: the holders are a
-        sub-select."""
-        named = any_of(Eq("parent_tag", group), Eq("tag", group)) if as_group \
-            else Eq("parent_tag", group)
-        outside = NotSub("user_id", "user", Eq("company_id", owner.company_id))
-        return await self.store.find_one(IdTag, all_of(named, outside)) is not None
+        """Whether ``group`` is another company's than ``owner``'s (``foreign_card``)."""
+        return await foreign_card(self.store, owner.company_id, (group,),
+                                  as_group=as_group) is not None
 
     async def _vehicle_of(self, viewer: Viewer, owner: User, vehicle_id: str) -> Vehicle:
         vehicle = await self.visible(viewer, Vehicle, vehicle_id, field="vehicleId")

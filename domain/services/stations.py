@@ -112,10 +112,16 @@ def _unique(number: int, seen: set[int], field: str) -> None:
     seen.add(number)
 
 
-def _may_own(owner: User) -> None:
+def may_own(role: Role) -> bool:
     """Owners run their stations (commands, tariffs, history): an operator or an admin,
-    never a driver, whose scope would not even show the station's sessions."""
-    if owner.role is Role.DRIVER:
+    never a driver, whose scope would not even show the station's sessions. Asked when
+    a station is given an owner and when its owner's role changes
+    (``AccountService.update_user``)."""
+    return role is not Role.DRIVER
+
+
+def _may_own(owner: User) -> None:
+    if not may_own(owner.role):
         raise ValidationError("a driver cannot own a station; make them an operator",
                               field="ownerId", code="INVALID")
 

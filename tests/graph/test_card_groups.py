@@ -5,11 +5,15 @@ the fleet's reservations and could end its group's transactions."""
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
+
+import pytest
 
 from domain import entities as d
 from domain.clock import utcnow
 from domain.policy import SYSTEM
 from domain.ports import Delete, Insert
+from domain.services import fleet
 from domain.services.base import stamp_new
 from graph.ids import to_global_id
 from tests.graph.conftest import Api
@@ -82,3 +86,59 @@ async def test_an_operator_cannot_join_another_companys_card_group(api: Api, wor
         assert codes(mine["remoteStartTransaction"]) == [(None, "CHARGER_OFFLINE")], \
             reserved_for
         await services.ctx.store.write([Delete(reservation)], [])
+
+
+UPDATE_USER = "user { company { name } }"
+
+
+async def test_a_member_of_a_card_group_is_not_moved_away_from_its_other_members(
+        api: Api, world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """QA s20: a driver holding a card of Alpha's group GRP-A moved to Beta left the
+    group two companies', and both companies' operators were then told the group is
+    another company's. The move is refused (naming the card and the group) while other
+    members stay, as a card's own parent or a member; once the card is out of the group,
+    or its only members are the driver's own, the driver moves."""
+    monkeypatch.setattr(fleet, "GROUP_BATCH", 1)  # the driver's cards read in batches
+    services = api.client._transport.app.services  # type: ignore[attr-defined]
+    alpha = world.companies["a"]
+    other = await services.accounts.create_user(
+        SYSTEM, email="driver_a2@example.com", password=PASSWORD, name="Driver A2",
+        role=d.Role.DRIVER, company_id=alpha.id)
+    driver, beta = world.users["driver_a"], to_global_id("company", world.companies["b"].id)
+
+    async def issue(tag: str, holder: d.User, group: str | None) -> str:
+        issued = await call(api, world, "op_a", "issueIdTag", {
+            "tag": tag, "userId": to_global_id("user", holder.id), "parentIdTag": group},
+            "idTag { id }")
+        assert issued["errors"] == [], issued
+        return str(issued["idTag"]["id"])
+
+    async def move() -> dict[str, Any]:
+        return await call(api, world, "admin", "updateUser", {
+            "id": to_global_id("user", driver.id), "companyId": beta}, UPDATE_USER)
+
+    mine = await issue("TAG-G1", driver, "GRP-A")
+    theirs = await issue("TAG-G2", other, "GRP-A")
+    refused = await move()
+    assert codes(refused) == [("companyId", "IN_USE")]
+    assert "TAG-G1" in refused["errors"][0]["message"]
+    assert "GRP-A" in refused["errors"][0]["message"]
+    [stored] = await services.ctx.store.get_many(d.User, [driver.id])
+    assert stored is not None and stored.company_id == alpha.id
+
+    # The driver's card as the group's parent: the same.
+    assert (await call(api, world, "op_a", "updateIdTag",
+                       {"id": theirs, "parentIdTag": "TAG-G1"}, "idTag { id }")
+            )["errors"] == []
+    assert (await call(api, world, "op_a", "updateIdTag",
+                       {"id": mine, "parentIdTag": None}, "idTag { id }"))["errors"] == []
+    refused = await move()
+    assert codes(refused) == [("companyId", "IN_USE")]
+    assert "TAG-G1" in refused["errors"][0]["message"]
+
+    # Out of it, with a group of the driver's own cards only: moved, the group with them.
+    assert (await call(api, world, "op_a", "updateIdTag",
+                       {"id": theirs, "parentIdTag": None}, "idTag { id }"))["errors"] == []
+    await issue("TAG-G3", driver, "TAG-G1")
+    moved = await move()
+    assert moved == {"user": {"company": {"name": "Beta Power"}}, "errors": []}

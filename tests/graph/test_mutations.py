@@ -10,6 +10,7 @@ from domain.policy import SYSTEM
 from domain.ports import Update
 from domain.query import ALL
 from graph.ids import from_global_id, to_global_id
+from graph.schema import schema
 from tests.graph.conftest import Api
 from tests.graph.world import PASSWORD, World
 
@@ -149,6 +150,52 @@ async def test_update_and_deactivate_user(api: Api, world: World) -> None:
     q = """mutation($p: String!) { login(email: "driver2@example.com", password: $p) {
       token } }"""
     assert (await api.gql(q, {"p": PASSWORD}))["login"]["token"] is None
+
+
+async def test_a_station_owner_is_not_demoted_to_driver(api: Api, world: World) -> None:
+    """QA s20: demoting a station's owner to DRIVER left a driver owning stations, which
+    ``updateStation`` refuses. Refused, naming how many, until they are handed over;
+    then the demotion is taken. A role that may own (OPERATOR to ADMIN) is no matter."""
+    owner = gid("user", world.users["op_a"].id)
+    refused = await call(api, world, "admin", "updateUser",
+                         {"id": owner, "role": "DRIVER"}, "user { role }")
+    assert codes(refused) == [("role", "IN_USE")]
+    assert "2 stations" in refused["errors"][0]["message"]
+    assert refused["user"] is None
+    for cp_id in ("A-001", "A-002"):
+        handed = await call(api, world, "admin", "updateStation", {
+            "id": gid("station", world.stations[cp_id].id),
+            "ownerId": gid("user", world.users["op_a2"].id)}, "station { id }")
+        assert handed["errors"] == [], handed
+    promoted = await call(api, world, "admin", "updateUser",
+                          {"id": gid("user", world.users["op_a2"].id), "role": "ADMIN"},
+                          "user { role }")
+    assert promoted == {"user": {"role": "ADMIN"}, "errors": []}
+    demoted = await call(api, world, "admin", "updateUser",
+                         {"id": owner, "role": "DRIVER"}, "user { role }")
+    assert demoted == {"user": {"role": "DRIVER"}, "errors": []}
+
+
+async def test_end_session_is_for_whoever_keeps_its_books_as_described(
+        api: Api, world: World) -> None:
+    """QA s20: ``endSession`` said it was for the station's operators, while the code
+    lets those who keep the session's books end it (they bill it). A station handed to
+    Beta mid-session: Beta, running it now, cannot (the session is not in its books, so
+    not even found); Alpha ends it; the description says so."""
+    handed = await call(api, world, "admin", "updateStation", {
+        "id": gid("station", world.stations["A-001"].id),
+        "companyId": gid("company", world.companies["b"].id)}, "station { id }")
+    assert handed["errors"] == [], handed
+    session = {"id": gid("session", world.sessions["s1"].id)}
+    assert codes(await call(api, world, "op_b", "endSession", session,
+                            "session { state }")) == [("id", "NOT_FOUND")]
+    ended = await call(api, world, "op_a", "endSession", session, "session { state }")
+    assert ended == {"session": {"state": "COMPLETED"}, "errors": []}
+    mutations = schema._schema.mutation_type
+    assert mutations is not None
+    text = mutations.fields["endSession"].description or ""
+    assert "keep the session's books" in text
+    assert "station's operators and admins" not in text
 
 
 async def login(api: Api, email: str, password: str) -> str | None:
