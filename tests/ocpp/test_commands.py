@@ -1680,11 +1680,15 @@ async def test_a_charger_that_cannot_do_a_request_is_told_from_one_that_failed(
         await stop_central(central)
 
 
+@pytest.mark.parametrize("settle_refused", [False, True], ids=["settled", "logged"])
 async def test_a_reservation_whose_command_could_not_be_audited_is_not_left_pending(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+        settle_refused: bool) -> None:
     """Review (s17): the SENT entry is written before sending; when that write failed,
     the reservation stored for the ReserveNow stayed PENDING, holding the plug, with
-    nothing sent. It is settled as refused, and the caller told."""
+    nothing sent. It is settled as refused, and the caller told. Review s20: when the
+    store refuses the settle too, the reservation stays PENDING until it expires, and
+    that is logged (the settle's error was suppressed)."""
     from domain.errors import StoreUnavailable
 
     central = await start_central(tmp_path / "c.db", command_timeout=0.5)
@@ -1694,7 +1698,12 @@ async def test_a_reservation_whose_command_could_not_be_audited_is_not_left_pend
 
     async def commit(viewer: Viewer, changes: Any, **kw: Any) -> Any:
         audit = kw.get("extra_audit") or []
-        if not changes and audit and (audit[0].after or {}).get("stage") == "SENT":
+        stage = (audit[0].after or {}).get("stage") if audit else None
+        if (not changes or settle_refused) and stage in ("SENT", "ANSWERED"):
+            raise StoreUnavailable("the store is busy", reason="busy")
+        if settle_refused and any(  # the settle; the PENDING insert is let through
+                isinstance(change.record, d.Reservation) and not isinstance(change, Insert)
+                for change, _ in changes):
             raise StoreUnavailable("the store is busy", reason="busy")
         return await real_commit(viewer, changes, **kw)
 
@@ -1707,51 +1716,16 @@ async def test_a_reservation_whose_command_could_not_be_audited_is_not_left_pend
                 "status reservation { state }")
             assert [e["code"] for e in answer["errors"]] == ["STORE_UNAVAILABLE"], answer
             assert charger.received == []  # nothing sent
-        found = await central.store.find_all(d.Reservation, Eq("cp_id", "CP-1"))
-        assert [r.state for r in found] == [d.ReservationState.REJECTED]
-    finally:
-        await stop_central(central)
-
-
-
-async def test_a_reservation_left_pending_because_the_store_refused_twice_is_logged(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        caplog: pytest.LogCaptureFixture) -> None:
-    """Review s20: when the store refused the SENT entry and then the settle too, the
-    reservation stayed PENDING, holding its plug until it expired, and nothing said so
-    (the settle's error was suppressed)."""
-    from domain.errors import StoreUnavailable
-
-    central = await start_central(tmp_path / "c.db", command_timeout=0.5)
-    await seed(central)
-    commands = central.services.commands
-    real_commit = commands.commit
-
-    async def commit(viewer: Viewer, changes: Any, **kw: Any) -> Any:
-        audit = kw.get("extra_audit") or []
-        if audit and (audit[0].after or {}).get("stage") in ("SENT", "ANSWERED"):
-            raise StoreUnavailable("the store is busy", reason="busy")
-        if any(isinstance(change.record, d.Reservation) and not isinstance(change, Insert)
-               for change, _ in changes):  # the settle; the PENDING insert is let through
-            raise StoreUnavailable("the store is busy", reason="busy")
-        return await real_commit(viewer, changes, **kw)
-
-    soon = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
-    try:
-        async with scripted_charger(central) as charger:
-            monkeypatch.setattr(commands, "commit", commit)
-            answer = await run(central, "reserveNow", {
-                "cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OK", "expiryDate": soon},
-                "status reservation { state }")
-            assert [e["code"] for e in answer["errors"]] == ["STORE_UNAVAILABLE"], answer
-            assert charger.received == []
-        found = await central.store.find_all(d.Reservation, Eq("cp_id", "CP-1"))
-        assert [r.state for r in found] == [d.ReservationState.PENDING]
+        [found] = await central.store.find_all(d.Reservation, Eq("cp_id", "CP-1"))
         logged = [r for r in caplog.records if r.name == "chargegraph.commands"
-                  and found[0].id in r.getMessage()]
-        assert logged and "stays PENDING" in logged[0].getMessage(), caplog.text
+                  and found.id in r.getMessage() and "stays PENDING" in r.getMessage()]
+        if settle_refused:
+            assert found.state is d.ReservationState.PENDING and logged, caplog.text
+        else:
+            assert found.state is d.ReservationState.REJECTED and not logged
     finally:
         await stop_central(central)
+
 
 STATION_INTERVAL = '{ station(cpId: "CP-1") { heartbeatInterval } }'
 

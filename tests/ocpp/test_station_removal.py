@@ -342,34 +342,42 @@ REMOVE_CONNECTOR = """mutation($id: ID!) { removeConnector(input: {id: $id}) {
     errors { code } } }"""
 
 
+async def reserve_plug_2(central: Central) -> int:
+    """A live reservation of CP-1's connector 2 for TAG-OK; its reservationId."""
+    soon = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
+    held = await central.gql("""mutation($input: ReserveNowInput!) {
+        reserveNow(input: $input) { errors { code } reservation { reservationId } } }""",
+                             {"input": {"cpId": "CP-1", "connectorId": 2,
+                                        "idTag": "TAG-OK", "expiryDate": soon}},
+                             as_user="op")
+    assert held["reserveNow"]["errors"] == [], held
+    return int(held["reserveNow"]["reservation"]["reservationId"])
+
+
+async def remove_plug_2_or_cp1(central: Central, what: str) -> dict[str, Any]:
+    """The answer to removing CP-1's connector 2 (``what`` "connector") or CP-1."""
+    if what == "connector":
+        connector = await central.store.find_one(d.Connector, all_of(
+            Eq("cp_id", "CP-1"), Eq("connector_id", 2)))
+        assert connector is not None
+        return dict((await central.gql(REMOVE_CONNECTOR, {
+            "id": to_global_id("connector", connector.id)}, as_user="op"))["removeConnector"])
+    return dict((await central.gql(REMOVE, {
+        "id": to_global_id("station", central.stations["CP-1"].id)}, as_user="op")
+                 )["removeStation"])
+
+
 @pytest.mark.parametrize("what", ["connector", "station"])
 async def test_a_removal_cancels_the_reservations_it_ends_at_the_charger(
         central: Central, what: str) -> None:
     """QA s20: removeConnector stored its live reservation CANCELLED and told the charger
     nothing: it kept the plug reserved for the old card until the reservation expired,
     while ChargeGraph showed none."""
-    soon = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
     async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
         await cp.boot()
         await cp.report_all()
-        held = await central.gql("""mutation($input: ReserveNowInput!) {
-            reserveNow(input: $input) { errors { code } reservation { reservationId } } }""",
-                                 {"input": {"cpId": "CP-1", "connectorId": 2,
-                                            "idTag": "TAG-OK", "expiryDate": soon}},
-                                 as_user="op")
-        assert held["reserveNow"]["errors"] == [], held
-        number = held["reserveNow"]["reservation"]["reservationId"]
-        if what == "connector":
-            connector = await central.store.find_one(d.Connector, all_of(
-                Eq("cp_id", "CP-1"), Eq("connector_id", 2)))
-            assert connector is not None
-            removed = (await central.gql(REMOVE_CONNECTOR, {
-                "id": to_global_id("connector", connector.id)}, as_user="op")
-                       )["removeConnector"]
-        else:
-            removed = (await central.gql(REMOVE, {
-                "id": to_global_id("station", central.stations["CP-1"].id)}, as_user="op")
-                       )["removeStation"]
+        number = await reserve_plug_2(central)
+        removed = await remove_plug_2_or_cp1(central, what)
         assert removed["errors"] == [], removed
         assert ("CancelReservation", {"reservation_id": number}) in cp.received
     [reservation] = await central.store.find_all(d.Reservation, Eq("reservation_id", number))
@@ -450,31 +458,16 @@ async def test_a_start_during_a_removals_cancels_refuses_the_removal(
     """Review s20: the IN_USE check ran before the CancelReservation round trips and
     never again; a session started meanwhile was left ACTIVE on a deleted station or
     plug, holding its driver's card everywhere."""
-    soon = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
     async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
         await cp.boot()
         await cp.report_all()
-        held = await central.gql("""mutation($input: ReserveNowInput!) {
-            reserveNow(input: $input) { errors { code } } }""", {"input": {
-            "cpId": "CP-1", "connectorId": 2, "idTag": "TAG-OK", "expiryDate": soon}},
-            as_user="op")
-        assert held["reserveNow"]["errors"] == [], held
+        await reserve_plug_2(central)
 
         async def start() -> None:  # the holder starts on the reserved plug
             await cp.start_transaction(2, "TAG-OK")
         commands = central.services.commands
         commands.gateway = StartDuringCancel(commands.gateway, start)
-        if what == "connector":
-            connector = await central.store.find_one(d.Connector, all_of(
-                Eq("cp_id", "CP-1"), Eq("connector_id", 2)))
-            assert connector is not None
-            removed = (await central.gql(REMOVE_CONNECTOR, {
-                "id": to_global_id("connector", connector.id)}, as_user="op")
-                       )["removeConnector"]
-        else:
-            removed = (await central.gql(REMOVE, {
-                "id": to_global_id("station", central.stations["CP-1"].id)}, as_user="op")
-                       )["removeStation"]
+        removed = await remove_plug_2_or_cp1(central, what)
         assert removed["errors"] == [{"code": "IN_USE"}], removed
     assert await central.store.find_one(d.Connector, all_of(
         Eq("cp_id", "CP-1"), Eq("connector_id", 2))) is not None
