@@ -92,8 +92,9 @@ class MeterAnomaly(StrEnum):
     """What a session's energy register did that its energy is counted across, for an
     operator to review: it rolled over at its limit (a 32-bit or a 999,999.9 kWh
     counter), or restarted near 0 (a meter reset or replaced); or the transaction's final
-    register (meterStop) could not be believed (below meterStart, or more than the
-    connector could deliver), so the session was billed what its readings metered."""
+    register (meterStop) could not be believed (below meterStart, more than the
+    connector could deliver, or meterStart itself though its readings moved), so the
+    session was billed what its readings metered."""
 
     ROLLOVER = "ROLLOVER"
     RESET = "RESET"
@@ -727,9 +728,7 @@ class LocalListEntry(Record):
     #: The card (``IdTag`` id) the tag named when the list holding it was accepted, if
     #: any. A tag string is nobody's: a card issued with it later (by anyone, of any
     #: company) is not what the list's sender put there, so a withdrawal acts only on
-    #: the entries of the withdrawn card's id (``Withdrawal``), never on the tag's. (A
-    #: card issued with a removed card's tag is handed what our withdrawal of that card
-    #: changed, to be put back: ``withdrawal.reissue_marks``.)
+    #: the entries of the withdrawn card's id (``Withdrawal``), never on the tag's.
     card_id: str | None = None
     #: What a card usable again puts back, while the charger holds ``status`` because a
     #: withdrawal of ours had it accept so: ``"Accepted"`` (its list held the card

@@ -128,8 +128,9 @@ VALUE_DESCRIPTIONS: dict[str, dict[str, str]] = {
                     "counter).",
         "RESET": "The register restarted near 0 (a meter reset or replaced).",
         "IMPLAUSIBLE_STOP": "The transaction's final register (meterStop) was below "
-                            "meterStart or more than the connector could deliver: the "
-                            "session was billed what its readings metered.",
+                            "meterStart, more than the connector could deliver, or "
+                            "meterStart itself though the transaction's readings moved: "
+                            "the session was billed what its readings metered.",
     },
     # Registered in graph/webhooks.py. Each value says the `type` its deliveries carry.
     "WebhookEvent": {

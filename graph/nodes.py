@@ -926,8 +926,9 @@ class Session(Node, Audited):
         "Set when the charger's energy register rolled over at its limit or restarted "
         "near 0 (reset, replaced) during the session: its energy is counted across it "
         "(the highest reading before plus those after), for an operator to review; "
-        "or its meterStop could not be believed (IMPLAUSIBLE_STOP: below meterStart, or "
-        "more than the connector could deliver) and it was billed what was metered."))
+        "or its meterStop could not be believed (IMPLAUSIBLE_STOP: below meterStart, "
+        "more than the connector could deliver, or meterStart though its readings "
+        "moved) and it was billed what was metered."))
     _r: strawberry.Private[d.Session]
 
     @classmethod

@@ -300,9 +300,11 @@ class AccountService(Service):
         """A card group is one company's (``fleet.foreign_card``): a holder whose group
         has other members, who stay where they are, is not moved out of it (QA s20: the
         move left the group two companies', and then neither company's operators could
-        issue into it). Their cards are taken out of the group first, or the other
-        members moved too. Admins too: a move says nothing of the group, and a group
-        across companies is an admin's explicit choice on the cards."""
+        issue into it). Their cards are taken out of the group first (moved one by
+        one, a group's holders can never all be moved: take the cards out, move the
+        holders, then set the group again). Admins too: a move says nothing of the
+        group, and a group across companies is an admin's explicit choice on the
+        cards."""
         split = await group_left_behind(self.store, user, company_id)
         if split is None:
             return

@@ -24,12 +24,7 @@ from domain.ports import Change, Delete, Insert, Store
 from domain.query import Eq, In, NotSub, Range, Sort, all_of, any_of
 from domain.services.background import Background
 from domain.services.base import UNSET, Service, ServiceContext, patch, stamp_new
-from domain.services.withdrawal import (
-    list_status,
-    reissue_marks,
-    restoration_marks,
-    withdrawal_marks,
-)
+from domain.services.withdrawal import list_status, restoration_marks, withdrawal_marks
 
 #: The most cards of one holder whose groups one query checks (``group_left_behind``).
 GROUP_BATCH = 200
@@ -285,13 +280,7 @@ class FleetService(Service):
             ),
             viewer,
         )
-        # The tag of a card removed: what our withdrawal of that card blocked in the
-        # chargers' lists is put back for this one, as an unblocked card's is (QA s20:
-        # it stayed Blocked there for good). Marked in this commit, pushed after.
-        marks = await reissue_marks(self.store, viewer, id_tag)
-        await self.commit(viewer, [(Insert(id_tag), None)], unaudited=marks)
-        if marks:
-            self._restored(viewer, id_tag)
+        await self.commit(viewer, [(Insert(id_tag), None)])
         return id_tag
 
     async def _refuse_if_withdrawn(self, owner: User) -> None:

@@ -20,9 +20,7 @@ reactivated) has what its withdrawals changed put back the same way (``restore_c
 (``LocalListEntry.restore``) is wanted Accepted and sent as the card is now (its expiry
 and parentIdTag), or removed again where the withdrawal may have added it; with the
 same marks in the card's commit, the same boot check and the same re-derivation from
-the card's state when sent. A removed card's tag issued again has what the removal's
-withdrawal changed handed to the new card and put back the same way
-(``reissue_marks``). An entry the list's sender set (Blocked by the operator, a
+the card's state when sent. An entry the list's sender set (Blocked by the operator, a
 Full list since) is theirs and never touched: only a list of ours (``push``) leaves a
 ``restore`` mark, and anyone else's list clears it on the entries it names.
 Every list a charger accepted is judged, entry by entry, by the cards' state when it is
@@ -62,7 +60,7 @@ from domain.policy import SYSTEM, Viewer, live_reservations
 from domain.ports import Change, Delete, Insert, Store
 from domain.query import Eq, Filter, In, Range, Sort, all_of, any_of
 from domain.services.background import Background
-from domain.services.base import UNSET, Service, ServiceContext, patch, stamp_new
+from domain.services.base import Service, ServiceContext, patch, stamp_new
 
 if TYPE_CHECKING:
     from domain.services.commands import CommandService
@@ -118,16 +116,13 @@ def _restore_after(entry: LocalListEntry, status: str, card_id: str | None,
                    follows: bool) -> str | None:
     """``entry.restore`` once the charger accepted ``status`` for it from a list of ours
     (``Withdrawal.push``; an operator's own list clears the mark, ``record_local_list``):
-    a withdrawal of the same card, or of a card removed since (its tag names none now,
-    ``card_id`` ``None``), keeps what was to be put back, or learns it: Accepted when
-    the list held it so at the version the withdrawal followed (``follows``), Removed
-    when the list had moved on without us (the tag may be new to it). A removed card's
-    mark is what a card issued again with its tag puts back (``reissue_marks``; QA s20:
-    without it the tag stayed Blocked in the lists for good). Whether anything is still
-    wanted of it is not asked: a withdrawal sent twice (two pushes at once), or accepted
-    after its card was unblocked meanwhile, still changed the list, and only the mark
-    lets it be put back. A restoration done has nothing to undo."""
-    if status not in WITHDRAWN or card_id not in (entry.card_id, None):
+    a withdrawal of the same card keeps what was to be put back, or learns it: Accepted
+    when the list held it so at the version the withdrawal followed (``follows``),
+    Removed when the list had moved on without us (the tag may be new to it). Whether
+    anything is still wanted of it is not asked: a withdrawal sent twice (two pushes at
+    once), or accepted after its card was unblocked meanwhile, still changed the list,
+    and only the mark lets it be put back. A restoration done has nothing to undo."""
+    if status not in WITHDRAWN or card_id != entry.card_id:
         return None
     if entry.restore is not None:  # withdrawn again (expired, then blocked): as at first
         return entry.restore
@@ -277,31 +272,6 @@ async def restoration_marks(store: Store, actor: Viewer, card_ids: Sequence[str]
         In("card_id", tuple(card_ids)), In("restore", RESTORES)), limit=MAX_LIST)
     return [patch(e, actor, only_if=("card_id", e.card_id), wanted=ACCEPTED) for e in held
             if e.status != ACCEPTED and e.wanted != ACCEPTED]
-
-
-def _adopted(entry: LocalListEntry, card_id: str, actor: Viewer) -> Change:
-    """``entry`` handed to ``card_id``, the card issued now with the tag of the removed
-    card it held (guarded on the card it names still being the one read): a withdrawal
-    of ours that changed it (``restore``) is wanted put back, as a restoration is
-    (``restoration_marks``' rule); one not sent or accepted yet is judged by the new
-    card when sent (``_to_send``), so a usable card is sent nothing."""
-    restoring = entry.restore in RESTORES and entry.status != ACCEPTED
-    return patch(entry, actor, only_if=("card_id", entry.card_id), card_id=card_id,
-                 wanted=ACCEPTED if restoring else UNSET)
-
-
-async def reissue_marks(store: Store, actor: Viewer, card: IdTag) -> list[Change]:
-    """The changes handing ``card``, being issued with the tag of a removed card, what
-    our withdrawal of that card left in the chargers' lists (QA s20: the tag stayed
-    Blocked in them for good, while a card unblocked is put back): the entries of its
-    tag that name a card (none has the tag while it is being issued, so a removed one)
-    or that a withdrawal of ours changed while naming none (``_restore_after``). An
-    entry of no card and no mark is the list sender's own (a tag they listed before
-    any card had it): not ours, left as it is. Written in the new card's commit, then
-    pushed as a restoration (``Withdrawal.restore_card``)."""
-    held = await store.find_all(LocalListEntry, Eq("tag", card.tag), limit=MAX_LIST)
-    return [_adopted(e, card.id, actor) for e in held
-            if e.card_id is not None or e.restore in RESTORES]
 
 
 def _to_send(entry: LocalListEntry, card_status: str | None) -> str | None:
@@ -465,12 +435,10 @@ class Withdrawal(Service):
         our withdrawals changed of cards usable again (a restoration whose push was
         lost, a holder reactivated while no instance ran), then pushes. An entry of no
         card (its tag named none when its list was accepted) is the list sender's own:
-        not ours to withdraw. One a withdrawal of a removed card changed, whose tag a
-        card has again, is that card's to put back (a re-issue's marks lost to a race
-        with the withdrawal's record)."""
-        ours = await self._adopt(await self.store.find_all(LocalListEntry, all_of(
+        not ours to withdraw."""
+        ours = await self.store.find_all(LocalListEntry, all_of(
             Eq("station_id", station_id),
-            any_of(Eq("status", ACCEPTED), In("restore", RESTORES))), limit=MAX_LIST))
+            any_of(Eq("status", ACCEPTED), In("restore", RESTORES))), limit=MAX_LIST)
         unmarked = [e for e in ours if e.wanted is None and e.card_id is not None]
         cards_now = await self._wanted_now(unmarked)
         wanted = {e.id: wanted_of(e, cards_now[e.id]) for e in unmarked}
@@ -480,19 +448,6 @@ class Withdrawal(Service):
         if changes:
             await self.store.write(changes, [])
         await self.push(SYSTEM, station_id)
-
-    async def _adopt(self, entries: Sequence[LocalListEntry]) -> list[LocalListEntry]:
-        """``entries`` with those a withdrawal of a removed card changed (``restore``,
-        no card) handed to the card their tag names now, if any (``_adopted``), as
-        written."""
-        orphans = [e for e in entries if e.card_id is None and e.restore in RESTORES]
-        named = await _cards_named(self.store, [e.tag for e in orphans])
-        adopted = {e.id: _adopted(e, named[e.tag], SYSTEM) for e in orphans
-                   if e.tag in named}
-        if adopted:
-            await self.store.write(list(adopted.values()), [])
-        return [cast(LocalListEntry, adopted[e.id].record) if e.id in adopted else e
-                for e in entries]
 
     async def _wanted_now(self, entries: Sequence[LocalListEntry]) -> dict[str, str | None]:
         """Each entry's (by id) card's state now, as a list spells it

@@ -28,9 +28,8 @@ INDEXES: dict[str, list[list[tuple[str, int]]]] = {
     "id_tag": [[("user_id", ASCENDING)], [("vehicle_id", ASCENDING)],
                [("parent_tag", ASCENDING)], [("expires_at", ASCENDING)]],
     # The lists holding a card (one withdrawn: by its id, not its tag string); a
-    # station's list by station and tag is the unique rule's index; a tag's entries in
-    # every list, for a card issued with a removed card's tag (``reissue_marks``).
-    "local_list_entry": [[("card_id", ASCENDING)], [("tag", ASCENDING)]],
+    # station's list by station and tag is the unique rule's index.
+    "local_list_entry": [[("card_id", ASCENDING)]],
     "station": [[("company_id", ASCENDING)], [("owner_id", ASCENDING)],
                 [("lat", ASCENDING)], [("online", ASCENDING)],
                 [("connected_instance", ASCENDING)], [("site_id", ASCENDING)],
@@ -143,6 +142,8 @@ SUPERSEDED: dict[str, tuple[str, ...]] = {
     # A session's samples were indexed with the ``_id`` tie-breaker, and by measurand for
     # the State of Charge, which the session keeps now (every MeterValues paid for both).
     "meter_sample": ("session_id_1_at_1__id_1", "session_id_1_measurand_1_at_1__id_1"),
+    # List entries were found by their tag string, now by their card (``card_id``).
+    "local_list_entry": ("tag_1",),
 }
 
 #: The field a partial rule reports: for one ACTIVE session per connector, the connector is

@@ -1037,15 +1037,6 @@ _V46 = """
 ALTER TABLE "connector_interval" ADD COLUMN "observed_at" INTEGER;
 """
 
-# Version 47: a station's list entries found by tag (QA s20, lifecycle): a card issued
-# with a removed card's tag is handed what the removal's withdrawal left in the chargers' lists
-# (``withdrawal.reissue_marks``), on every issueIdTag; without it each issue read the
-# whole table. Not named local_list_entry_tag_idx: an earlier text of 33 made one so
-# named, which reconciling drops as a leftover.
-_V47 = """
-CREATE INDEX "local_list_entry_by_tag_idx" ON "local_list_entry" ("tag");
-"""
-
 #: Every migration, oldest first. Append only.
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
@@ -1059,7 +1050,7 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (35, _V35), (36, _V36), (37, _V37),
                                      (38, _V38), (39, _V39), (40, _V40),
                                      (41, _V41), (42, _V42), (43, _V43),
-                                     (44, _V44), (45, _V45), (46, _V46), (47, _V47))
+                                     (44, _V44), (45, _V45), (46, _V46))
 
 #: Python functions migrations call, registered on the migrating connection: a value only
 #: the domain's rules can compute for rows written before (name, arity, function).

@@ -12,9 +12,8 @@ from typing import Any
 
 from domain import entities as d
 from domain.policy import SYSTEM, Viewer
-from domain.ports import Insert
 from domain.query import Eq
-from domain.services.base import patch, stamp_new
+from domain.services.base import patch
 from graph.ids import to_global_id
 from ocpp_bridge.simulator import connected
 from tests.helpers import until
@@ -26,7 +25,6 @@ from tests.ocpp.test_card_withdrawal import (
     entry,
     local_lists_sent,
     offline,
-    remove,
     send_full_list,
     settled,
 )
@@ -219,115 +217,3 @@ async def test_a_reactivation_no_instance_pushed_is_put_back_at_the_boot(
     await central.store.write([patch(holder, SYSTEM, active=True)], [])  # no push
     async with connected(central.url, "CP-1", password=STATION_PASSWORD) as back:
         await booted_and_restored(central, back, kept_version, kept)
-
-
-# ------------------------------------------ a removed card's tag issued again (QA s20)
-async def reissue(central: Central, tag: str, holder: str,
-                  parent_tag: str | None = None) -> d.IdTag:
-    card = await central.services.fleet.issue_id_tag(
-        Viewer.of(central.users["admin"]), tag=tag, user_id=central.users[holder].id,
-        parent_tag=parent_tag)
-    central.tags[tag] = card
-    return card
-
-
-async def booted_with_tag_x_back(central: Central, back: Any, version: int,
-                                 held: dict[str, Any]) -> None:
-    """``back`` boots holding ``held`` at ``version`` and is sent TAG-X Accepted."""
-    back.local_list_version, back.local_list = version, held
-    await back.boot()
-
-    async def restored() -> bool:
-        return back.local_list.get("TAG-X", {}).get("status") == "Accepted"
-    await until(restored)
-    await settled(central)
-
-
-async def test_a_removed_cards_tag_issued_again_is_accepted_again_in_the_lists(
-        central: Central) -> None:
-    """QA's steps: TAG-X in a Full list, the card removed (a Differential with it
-    Blocked), then a card issued with TAG-X to another driver: nothing was sent, ever,
-    and the entry stayed Blocked naming no card. Now the new card is put back as a
-    restoration puts a card back: its idTagInfo at the next version, and the entry
-    names it."""
-    await reissue(central, "TAG-X", "driver")
-    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
-        await cp.boot()
-        await send_full_list(central, "CP-1", "TAG-X", "TAG-OK")
-        await remove(central, "TAG-X", who="admin")
-        await settled(central)
-        assert cp.local_list["TAG-X"] == {"status": "Blocked"}
-        left = await entry(central, "CP-1", "TAG-X")
-        assert left is not None and (left.card_id, left.restore) == (None, "Accepted")
-
-        card = await reissue(central, "TAG-X", "driver2", parent_tag="FLEET-2")
-        await settled(central)
-        assert local_lists_sent(cp)[-1] == {
-            "list_version": 3, "update_type": "Differential",
-            "entries": [{"id_tag": "TAG-X", "id_tag_info": {
-                "status": "Accepted", "parent_id_tag": "FLEET-2"}}]}
-        back = await entry(central, "CP-1", "TAG-X")
-        assert back is not None and (back.status, back.card_id, back.wanted,
-                                     back.restore) == ("Accepted", card.id, None, None)
-        assert cp.local_list["TAG-OK"] == {"status": "Accepted"}  # never touched
-
-        # It is the new card's now: blocking it withdraws it there again.
-        await block(central, "TAG-X", who="admin")
-        await settled(central)
-        assert cp.local_list["TAG-X"] == {"status": "Blocked"}
-
-
-async def test_a_removed_cards_tag_issued_again_while_its_charger_was_away(
-        central: Central) -> None:
-    """Issued again while the charger was offline: the entry is marked in the new
-    card's commit and sent at the boot. A removal the charger never heard of (it was
-    away) is not sent at all: the new card is what its list accepts."""
-    await reissue(central, "TAG-X", "driver")
-    await reissue(central, "TAG-Y", "driver")
-    async with connected(central.url, "CP-OPEN") as cp:
-        await cp.boot()
-        await send_full_list(central, "CP-OPEN", "TAG-X", "TAG-Y")
-        await remove(central, "TAG-X", who="admin")
-        await settled(central)
-        assert cp.local_list["TAG-X"] == {"status": "Blocked"}
-        kept_version, kept = cp.local_list_version, dict(cp.local_list)
-    await offline(central, "CP-OPEN")
-    await remove(central, "TAG-Y", who="admin")  # marked wanted Blocked, never sent
-    await settled(central)
-    card_x = await reissue(central, "TAG-X", "driver2")
-    card_y = await reissue(central, "TAG-Y", "driver2")
-    await settled(central)
-    waiting = await entry(central, "CP-OPEN", "TAG-X")
-    assert waiting is not None and (waiting.card_id, waiting.wanted) == (card_x.id,
-                                                                        "Accepted")
-
-    async with connected(central.url, "CP-OPEN") as back:
-        await booted_with_tag_x_back(central, back, kept_version, kept)
-        assert local_lists_sent(back) == [{
-            "list_version": kept_version + 1, "update_type": "Differential",
-            "entries": [{"id_tag": "TAG-X", "id_tag_info": {"status": "Accepted"}}]}]
-        assert back.local_list["TAG-Y"] == {"status": "Accepted"}
-        y = await entry(central, "CP-OPEN", "TAG-Y")
-        assert y is not None and (y.status, y.card_id, y.wanted) == ("Accepted",
-                                                                     card_y.id, None)
-
-
-async def test_a_reissue_whose_marks_were_lost_is_put_back_at_the_boot(
-        central: Central) -> None:
-    """The re-issue's marks skipped (the withdrawal's record landed between their read
-    and their write, and named no card): the charger's boot hands the entry to the card
-    its tag names and puts it back."""
-    await reissue(central, "TAG-X", "driver")
-    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
-        await cp.boot()
-        await send_full_list(central, "CP-1", "TAG-X")
-        await remove(central, "TAG-X", who="admin")
-        await settled(central)
-        kept_version, kept = cp.local_list_version, dict(cp.local_list)
-    await offline(central, "CP-1")
-    card = stamp_new(d.IdTag(tag="TAG-X", user_id=central.users["driver2"].id), SYSTEM)
-    await central.store.write([Insert(card)], [])  # as if no marks were written
-    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as back:
-        await booted_with_tag_x_back(central, back, kept_version, kept)
-        done = await entry(central, "CP-1", "TAG-X")
-        assert done is not None and (done.card_id, done.restore) == (card.id, None)

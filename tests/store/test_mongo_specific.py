@@ -302,10 +302,9 @@ async def test_start_drops_the_indexes_longer_ones_replaced(mongo: MongoStore) -
 
 async def test_start_drops_the_indexes_no_longer_wanted(mongo: MongoStore) -> None:
     """What earlier versions created on every start (``git log -p --
-    store/mongo/indexes.py``: the sample indexes of f36a9df, QA s19 leftover.py) and
-    dropped from ``INDEXES`` later: ``create_index`` only adds, so a database made then
-    kept them, and every MeterValues paid for two of them. (48d7a05's tag index of list
-    entries, dropped too, is wanted again since QA s20: ``reissue_marks`` reads by tag.)"""
+    store/mongo/indexes.py``: the sample indexes of f36a9df and 48d7a05's tag index, QA
+    s19 leftover.py) and dropped from ``INDEXES`` later: ``create_index`` only adds, so a
+    database made then kept them, and every MeterValues paid for two of them."""
     db = raw(mongo)
     db["meter_sample"].create_index([("session_id", 1), ("at", 1), ("_id", 1)])
     db["meter_sample"].create_index([("session_id", 1), ("measurand", 1), ("at", 1),
@@ -315,7 +314,7 @@ async def test_start_drops_the_indexes_no_longer_wanted(mongo: MongoStore) -> No
     samples = set(db["meter_sample"].index_information())
     entries = set(db["local_list_entry"].index_information())
     assert not samples & {"session_id_1_at_1__id_1", "session_id_1_measurand_1_at_1__id_1"}
-    assert "tag_1" in entries  # wanted again (see above), not dropped
+    assert "tag_1" not in entries
     assert {"session_id_1_at_1", "cp_id_1_at_1", "at_1"} <= samples  # the wanted ones stay
     assert {"card_id_1", "uniq_local_list_entry_station_id_tag"} <= entries
 

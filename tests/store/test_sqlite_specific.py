@@ -28,7 +28,6 @@ from domain.entities import (
     ConnectorInterval,
     ConnectorStatus,
     IdTagStatus,
-    LocalListEntry,
     MeterSample,
     Record,
     Role,
@@ -1264,8 +1263,6 @@ async def test_typical_queries_use_indexes(store: SqliteStore) -> None:
         (Station, Near(52.52, 13.40, 10)),
         (User, Eq("email", "a@b.c")),
         (AuditEntry, Eq("entity_id", "x")),
-        # Every issueIdTag: the entries a removed card's tag left (``reissue_marks``).
-        (LocalListEntry, Eq("tag", "TAG-X")),
         *((kind, policy.scope(op, kind.kind)) for kind in ENTITY_TYPES
           # NONE compiles to a constant false: SQLite plans a scan it never runs.
           if kind.kind not in ("company",) and policy.scope(op, kind.kind) is not NONE),
