@@ -94,11 +94,13 @@ class MeterAnomaly(StrEnum):
     counter), or restarted near 0 (a meter reset or replaced); or the transaction's final
     register (meterStop) could not be believed (below meterStart, more than the
     connector could deliver, or meterStart itself though its readings moved), so the
-    session was billed what its readings metered."""
+    session was billed what its readings metered; or it was believed though the
+    transaction's own readings went higher (``STOP_BELOW_READINGS``: billed by it)."""
 
     ROLLOVER = "ROLLOVER"
     RESET = "RESET"
     IMPLAUSIBLE_STOP = "IMPLAUSIBLE_STOP"
+    STOP_BELOW_READINGS = "STOP_BELOW_READINGS"
 
 
 class SignedEncoding(StrEnum):

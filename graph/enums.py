@@ -26,7 +26,7 @@ strawberry.enum(d.PaymentStatus, description=(
 strawberry.enum(d.AuditAction, description="What a change log entry records.")
 strawberry.enum(d.MeterAnomaly, description=(
     "What a session's energy register did that its energy is counted across, or a "
-    "final register (meterStop) that was not believed."))
+    "final register (meterStop) that was not believed or that its readings passed."))
 
 Role = d.Role
 IdTagStatus = d.IdTagStatus
@@ -131,6 +131,10 @@ VALUE_DESCRIPTIONS: dict[str, dict[str, str]] = {
                             "meterStart, more than the connector could deliver, or "
                             "meterStart itself though the transaction's readings moved: "
                             "the session was billed what its readings metered.",
+        "STOP_BELOW_READINGS": "The final register (meterStop) was believed and billed, "
+                               "but the transaction's own readings had gone more than "
+                               "100 Wh higher (a glitching reading, or a register not "
+                               "read at the stop): for an operator to review.",
     },
     # Registered in graph/webhooks.py. Each value says the `type` its deliveries carry.
     "WebhookEvent": {

@@ -928,7 +928,8 @@ class Session(Node, Audited):
         "(the highest reading before plus those after), for an operator to review; "
         "or its meterStop could not be believed (IMPLAUSIBLE_STOP: below meterStart, "
         "more than the connector could deliver, or meterStart though its readings "
-        "moved) and it was billed what was metered."))
+        "moved) and it was billed what was metered; or it was billed by a meterStop its "
+        "own readings had passed (STOP_BELOW_READINGS)."))
     _r: strawberry.Private[d.Session]
 
     @classmethod

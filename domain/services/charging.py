@@ -114,6 +114,11 @@ END_ATTEMPTS = 3
 #: beyond them is taken back by a negative closing sample.
 MAX_TRIMMED_SAMPLES = 1000
 
+#: How far a believed meterStop may lie below the transaction's own highest reading
+#: before the session is flagged ``STOP_BELOW_READINGS``: readings sent in kWh with one
+#: decimal are up to 50 Wh off.
+STOP_BELOW_READINGS_SLACK_WH = 100
+
 #: Sessions closed without their stop whose charger still metered them, noted so that is
 #: logged once per session (``ChargingService._still_metered``); forgotten past this many.
 MAX_NOTED_CLOSES = 1000
@@ -981,7 +986,7 @@ class ChargingService(ChargerConnections):
         if session is not None and session.state is SessionState.ACTIVE:
             live = live_patch(session, readings, added_wh(samples), charger(cp_id),
                               self.clocks.believable, count,
-                              named_at=self._named_since_boot(station, session)
+                              named_at=self._named_since_boot(station, session, readings)
                               if transaction_id is not None else None)
             if live is not None:
                 changes.append(live)
@@ -993,17 +998,25 @@ class ChargingService(ChargerConnections):
             await self.session_updates.offer(
                 updated.id, cp_id, partial(self._session_event, station, updated, "UPDATED"))
 
-    def _named_since_boot(self, station: Station, session: Session) -> datetime | None:
+    def _named_since_boot(self, station: Station, session: Session,
+                          readings: Sequence[MeterReading]) -> datetime | None:
         """"Now", when a frame naming ``session`` is the first to since its charger's
-        latest boot and the session was recorded before that boot: its charger still has
-        the transaction, which the reboot's check must not close as lost
-        (``Session.named_at``). ``None`` otherwise, so this costs a write once per boot,
-        not one per frame."""
+        latest boot, the session was recorded before that boot, and the frame holds a
+        reading taken after it (by the charger's tracked clock, ``ChargerClocks.ours_at``;
+        its own timestamp while none is known): its charger still has the transaction,
+        which the reboot's check must not close as lost (``Session.named_at``). A
+        reading queued before the boot and flushed after it proves nothing: the
+        transaction may be what the reboot lost (QA s20, verify: kept open for ever).
+        ``None`` otherwise, so this costs a write once per boot, not one per frame."""
         booted = station.booted_at
         if booted is None or session.created_at >= booted:
             return None  # no boot since it was recorded: nothing for a check to close
         if session.named_at is not None and session.named_at >= booted:
             return None  # named since this boot already
+        taken = [self.clocks.ours_at(station.cp_id, r.timestamp) or r.timestamp
+                 for r in readings]
+        if not taken or max(taken) < booted:
+            return None
         return self.now()
 
     def _still_metered(self, session: Session, transaction_id: int) -> None:
@@ -1165,6 +1178,12 @@ class ChargingService(ChargerConnections):
             meter["meter_anomaly"] = MeterAnomaly.IMPLAUSIBLE_STOP
         else:
             energy = final - session.meter_start_wh
+            if count.anomaly is None and not closed_without_stop(session) \
+                    and count.high - final > STOP_BELOW_READINGS_SLACK_WH:
+                # The stop decides (a reading above it may be the glitch), but an
+                # operator is shown that the transaction's own readings said more
+                # (QA s20, verify: 0.001 kWh billed after readings of 1.2, no flag).
+                meter["meter_anomaly"] = MeterAnomaly.STOP_BELOW_READINGS
         samples, trimmed, stored_wh = await self._settled_samples(session, samples, energy)
         # At the stop, on the session's timeline: a stop stamped before the start (a
         # clock reset) must not put the session's last energy before it began.
