@@ -968,9 +968,20 @@ class ChargingService(ChargerConnections):
         rated_kw = await self._rated_kw(station, connector_id) if session is not None \
             else MAX_BELIEVABLE_KW
         count = register_count(session, rated_kw)
-        readings = believed(self.unreadable.kept(cp_id, readings), self.clocks.believable,
-                            self.now())
-        samples = samples_of(station, connector_id, transaction_id, session, readings, count)
+        try:
+            readings_in = readings
+            readings = believed(readings_in, self.clocks.believable, self.now())
+            samples = samples_of(station, connector_id, transaction_id, session, readings,
+                                 count)
+        except (ValidationError, ValueError, OverflowError):
+            # A value or a timestamp no meter writes: left out, the rest of the frame kept
+            # (``UnreadableValues``; refused when nothing is left), counted afresh. Only
+            # then: a clean frame is read once, on the hot path.
+            readings = believed(self.unreadable.kept(cp_id, readings_in),
+                                self.clocks.believable, self.now())
+            count = register_count(session, rated_kw)
+            samples = samples_of(station, connector_id, transaction_id, session, readings,
+                                 count)
         if readings:
             # After ``_samples`` checked every timestamp: a refused frame must not move it.
             # As sent: a stamp beyond belief is ignored there, where our own clock put
