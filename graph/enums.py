@@ -133,7 +133,7 @@ VALUE_DESCRIPTIONS: dict[str, dict[str, str]] = {
                             "the session was billed what its readings metered.",
         "STOP_BELOW_READINGS": "The final register (meterStop) was believed and billed, "
                                "but the transaction's own readings had gone more than "
-                               "100 Wh higher (a glitching reading, or a register not "
+                               "500 Wh higher (a glitching reading, or a register not "
                                "read at the stop): for an operator to review.",
     },
     # Registered in graph/webhooks.py. Each value says the `type` its deliveries carry.

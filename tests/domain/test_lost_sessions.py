@@ -248,23 +248,6 @@ async def test_a_transaction_still_metered_after_a_boot_is_not_lost(world: World
     assert (stopped.energy_wh, stopped.stop_reason) == (400, "Local")
 
 
-async def test_a_reading_queued_before_the_boot_does_not_keep_the_transaction(
-        world: World) -> None:
-    """QA s20 (verify): a MeterValues naming the transaction, flushed after a real
-    reboot but read before it, kept the session open for ever (its card ConcurrentTx
-    everywhere): only a reading taken after the boot says the charger still has it."""
-    charging = world.services.charging
-    charging.reboot_checks.grace_s = 30.0
-    tx, _ = await charging.start_transaction(CP, 1, "TAG-1", 7_000_000, T0)
-    await charging.meter_values(CP, 1, tx, register(7_000_100, 600))
-    await booted_later(charging)
-    await charging.status_notification(CP, 1, "Available", "NoError")
-    await charging.meter_values(CP, 1, tx, register(7_000_050, 300))  # queued, older
-    await charging.reboot_checks.close_lost(CP, 1, await _booted(world))
-    charging.reboot_checks.stop()
-    assert (await world.session(tx)).state is d.SessionState.COMPLETED
-
-
 async def test_a_frame_naming_the_transaction_while_the_check_closes_it_keeps_it_open(
         world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     """A frame committed between the check's read and its close: the close is written

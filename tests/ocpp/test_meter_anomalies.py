@@ -240,6 +240,37 @@ async def test_a_stop_that_did_not_move_bills_what_was_metered(central: Central)
     assert sum(s.delta_wh or 0 for s in samples) == 1_200  # the trends add up to the bill
 
 
+async def test_a_stop_below_its_readings_is_flagged_only_beyond_rounding(
+        central: Central) -> None:
+    """STOP_BELOW_READINGS (QA s20, verify) changes no bill and marks a believed stop
+    more than 500 Wh below the transaction's own readings (whole-kWh readings are up to
+    500 Wh off), a late stop correcting a close made without it too; a stop within that,
+    and a session whose register was reset (its own flag kept), are not marked."""
+    from domain.policy import SYSTEM
+
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        within = Charger(cp)
+        await within.start(10_000)
+        await within.reading(13_000)  # "13" kWh rounded from 12.55
+        await within.stop(12_550)
+        corrected = Charger(cp)
+        await corrected.start(20_000)
+        await corrected.reading(21_200)
+        session = await central.session(corrected.tx)
+        assert session is not None
+        await central.services.charging.end_session(SYSTEM, session.id)
+        await corrected.stop(20_001)
+        reset = Charger(cp)
+        await reset.start(30_000)
+        await reset.reading(31_000)
+        await reset.reading(1_500)  # the meter restarted near 0
+        await reset.stop(900)  # 600 Wh below, on the reset's own flag
+    assert [(s.energy_wh, s.meter_anomaly) for s in [
+        await billed(central, within.tx), await billed(central, corrected.tx)]] == [
+        (2_550, None), (1, d.MeterAnomaly.STOP_BELOW_READINGS)]
+    assert (await billed(central, reset.tx)).meter_anomaly is d.MeterAnomaly.RESET
+
+
 async def test_a_reset_that_reads_like_the_old_register_bills_the_lower_count_flagged(
         central: Central) -> None:
     """A per-transaction meter reset at 2 kWh reading 2.6 kWh a minute later reads as the
