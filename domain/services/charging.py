@@ -128,6 +128,10 @@ MAX_NOTED_CLOSES = 1000
 #: time a charger waits for an answer before it resends (commonly 30 s), with room.
 START_RETRY_WINDOW = timedelta(seconds=60)
 
+#: How much higher a resent StartTransaction's meterStart may be than its first copy's
+#: (the meter read again for the resend, QA s20 verify: 2 Wh opened a second session).
+RESEND_METER_SLACK_WH = 100
+
 #: How soon a copy of a StartTransaction stamped far in our future may follow the first
 #: (a charger retrying an unanswered CALL) and still be taken for the same start.
 GLITCH_RETRY_WINDOW = timedelta(minutes=5)
@@ -177,13 +181,15 @@ class _StartIdentity(NamedTuple):
     def may_resend(self, session: Session, now: datetime) -> bool:
         """``session`` may be this start's first copy, sent again with a new timestamp
         (its answer lost: QA s20, the resend 2 s later opened a second session and the
-        first was billed its session fee): same card and meterStart, stamped no later
-        than this one and within ``START_RETRY_WINDOW`` of it, and recorded moments ago
-        on our clock. The caller checks that nothing was metered since
-        (``_never_metered``): whichever of the two the charger holds, nothing was
-        charged under the other."""
-        if self.glitch or (session.id_tag, session.meter_start_wh) != (
-                self.tag, self.meter_start):
+        first was billed its session fee): same card, a meterStart no lower and at most
+        ``RESEND_METER_SLACK_WH`` higher (a charger that reads its meter again for the
+        resend), stamped no later than this one and within ``START_RETRY_WINDOW`` of
+        it, and recorded moments ago on our clock. The caller checks that nothing was
+        metered since (``_never_metered``): whichever of the two the charger holds,
+        nothing was charged under the other (what its meter moved in between is the
+        same plug-in's, billed from the first copy's meterStart)."""
+        if self.glitch or session.id_tag != self.tag or not (
+                0 <= self.meter_start - session.meter_start_wh <= RESEND_METER_SLACK_WH):
             return False
         if not timedelta(0) <= self.start - session.start_time <= START_RETRY_WINDOW:
             return False

@@ -850,6 +850,25 @@ async def test_a_start_resent_with_a_new_timestamp_is_the_same_start(world: Worl
     assert [p.amount_minor for p in await _payments_of(world, first)] == [100]
 
 
+async def test_a_start_resent_with_its_meter_read_again_is_the_same_start(
+        world: World) -> None:
+    """QA s20 (verify): the resend's meterStart 2 Wh higher (its meter read again)
+    opened a second session and billed the fee twice. Up to RESEND_METER_SLACK_WH
+    higher it is the same start; lower, or further, a transaction of its own."""
+    charging = world.services.charging
+    stamped = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=10)
+    first, _ = await charging.start_transaction(CP, 2, "TAG-1", 500_000, stamped)
+    resent, _ = await charging.start_transaction(CP, 2, "TAG-1", 500_002,
+                                                 stamped + timedelta(seconds=2))
+    assert resent == first
+    other, _ = await charging.start_transaction(CP, 1, "TAG-2", 600_000, stamped)
+    further, _ = await charging.start_transaction(CP, 1, "TAG-2", 600_101,
+                                                  stamped + timedelta(seconds=2))
+    lower, _ = await charging.start_transaction(CP, 1, "TAG-2", 600_100,
+                                                stamped + timedelta(seconds=4))
+    assert len({other, further, lower}) == 3
+
+
 async def test_a_start_after_a_metered_one_is_a_new_transaction_however_soon(
         world: World) -> None:
     """Only a session that metered nothing may be the resent start's first copy: one
