@@ -8,7 +8,7 @@ A hidden record reads exactly like a missing one.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -173,13 +173,8 @@ class Policy:
     """Scopes and permissions for viewers. ``public_map`` allows anonymous viewers to see
     the public station view (name, location, connectors and their live status)."""
 
-    def __init__(self, *, public_map: bool = False,
-                 clock: Callable[[], datetime] = utcnow) -> None:
+    def __init__(self, *, public_map: bool = False) -> None:
         self.public_map = public_map
-        #: What "now" is for read scopes that depend on it (a live reservation is its
-        #: station's operators' too): the wall clock, as requests' own "now" is. Services
-        #: pass their own clock's now to ``live_reservations`` where they decide.
-        self.clock = clock
 
     # ---------------------------------------------------------------- read scopes
     def scope(self, viewer: Viewer, kind: str) -> Filter:
@@ -248,7 +243,9 @@ class Policy:
                 # Reservations too stay in the books they were made in; one still live
                 # is also its station's current operators': they run the charger holding
                 # its plug, and must be able to cancel it.
-                return any_of(books, all_of(live_reservations(self.clock()), on_stations))
+                # Live on the wall clock, as a request's own "now" is (services pass
+                # their own clock's now to ``live_reservations`` where they decide).
+                return any_of(books, all_of(live_reservations(utcnow()), on_stations))
             case "connector" | "status_event" | "connection_event" | "connector_interval":
                 return on_stations
             case "configuration_key":

@@ -365,35 +365,41 @@ def patch(record: E, viewer: Viewer, *, only_if: tuple[str, Any] | None = None,
     """An ``Update`` writing only ``updates`` (those not ``UNSET``, the keys derived from
     them, and the stamps) onto the stored record, so a change made meanwhile to another
     field stays; ``only_if`` and ``required``: see ``Update``."""
-    given = frozenset(key for key, value in updates.items() if value is not UNSET)
-    derived = frozenset(key for source, key, _ in _derived_keys(type(record))
-                        if source in given)
-    return Update(changed(record, viewer, **updates), given | derived | STAMPS, only_if,
-                  required)
+    return Update(changed(record, viewer, **updates), _written(record, updates) | STAMPS,
+                  only_if, required)
 
 
 def touch(record: E, **updates: Any) -> Update:
     """An ``Update`` of telemetry (a station's ``last_seen``, ``booted_at``) that is no
-    change to the record: its ``updated_at``/``updated_by`` stay. They are shown to
-    whoever sees the record, and moved by every heartbeat they told the public map each
-    charger's rhythm of contact, a private field's (``last_seen``; QA s20)."""
-    names = _field_names(type(record))
-    unknown = set(updates) - names
-    if unknown:
-        raise TypeError(f"{type(record).__name__} has no field {sorted(unknown)[0]!r}")
-    copy = object.__new__(type(record))
-    copy.__dict__.update(record.__dict__)
-    copy.__dict__.update(updates)
-    return Update(copy, frozenset(updates))
+    change to the record: ``patch`` without the update stamps, which stay. They are
+    shown to whoever sees the record, and moved by every heartbeat they told the public
+    map each charger's rhythm of contact, a private field's (``last_seen``; QA s20)."""
+    return Update(_replaced(record, updates), _written(record, updates))
 
 
 def changed(record: E, viewer: Viewer, **updates: Any) -> E:
     """A copy of ``record`` with the given (non-UNSET) fields replaced and the update
-    stamps set. The original stays untouched as the audit before-image.
+    stamps set. The original stays untouched as the audit before-image."""
+    copy = _replaced(record, updates)
+    copy.updated_at = utcnow()
+    copy.updated_by = viewer.actor
+    return copy
 
-    Like ``dataclasses.replace`` (unknown fields are a ``TypeError``) without re-running
-    ``__init__``: entities have no ``__post_init__`` and every field is set already, and
-    replace's generic path was a tenth of a MeterValues frame's cost."""
+
+def _written(record: Record, updates: dict[str, Any]) -> frozenset[str]:
+    """The fields an update of ``updates`` writes: those given (not ``UNSET``) and the
+    keys derived from them."""
+    given = frozenset(key for key, value in updates.items() if value is not UNSET)
+    return given | frozenset(key for source, key, _ in _derived_keys(type(record))
+                             if source in given)
+
+
+def _replaced(record: E, updates: dict[str, Any]) -> E:
+    """A copy of ``record`` with the given (non-UNSET) fields replaced and the keys
+    derived from them. Like ``dataclasses.replace`` (unknown fields are a ``TypeError``)
+    without re-running ``__init__``: entities have no ``__post_init__`` and every field
+    is set already, and replace's generic path was a tenth of a MeterValues frame's
+    cost."""
     names = _field_names(type(record))
     copy = object.__new__(type(record))
     copy.__dict__.update(record.__dict__)
@@ -407,8 +413,6 @@ def changed(record: E, viewer: Viewer, **updates: Any) -> E:
         value = updates.get(source, UNSET)
         if value is not UNSET:
             copy.__dict__[key] = make(value)
-    copy.updated_at = utcnow()
-    copy.updated_by = viewer.actor
     return copy
 
 

@@ -147,9 +147,9 @@ async def test_a_stop_after_a_newer_start_corrects_the_session_that_start_closed
     assert (await world.session(older)).energy_wh == 19_000
 
 
-async def test_a_stop_after_the_reboot_grace_corrects_the_session_closed_as_lost(
-        world: World) -> None:
-    """The QA's t16: the stop queued through a power loss came after the grace."""
+async def closed_as_lost(world: World) -> int:
+    """A transaction metered to 1 kWh whose charger booted again and reported its plug
+    Available, closed as lost by the reboot's check (no grace); its transactionId."""
     charging = world.services.charging
     charging.reboot_checks.grace_s = 0.0
     tx, _ = await charging.start_transaction(CP, 1, "TAG-1", 1000, T0)
@@ -157,6 +157,14 @@ async def test_a_stop_after_the_reboot_grace_corrects_the_session_closed_as_lost
     await booted_later(charging)
     await charging.status_notification(CP, 1, "Available", "NoError")
     await charging.reboot_checks.done()
+    return int(tx)
+
+
+async def test_a_stop_after_the_reboot_grace_corrects_the_session_closed_as_lost(
+        world: World) -> None:
+    """The QA's t16: the stop queued through a power loss came after the grace."""
+    charging = world.services.charging
+    tx = await closed_as_lost(world)
     assert (await world.session(tx)).energy_wh == 1000
     await world.events_until(lambda e: e.change == "ENDED")
 
@@ -276,12 +284,7 @@ async def test_meter_values_of_a_transaction_closed_as_lost_are_kept_and_logged(
     was closed as lost. Its frames are kept as its history, adding nothing, and logged
     once for an operator, not dropped silently; its stop corrects the close."""
     charging = world.services.charging
-    charging.reboot_checks.grace_s = 0.0
-    tx, _ = await charging.start_transaction(CP, 1, "TAG-1", 1000, T0)
-    await charging.meter_values(CP, 1, tx, register(2000, 600))
-    await booted_later(charging)
-    await charging.status_notification(CP, 1, "Available", "NoError")
-    await charging.reboot_checks.done()
+    tx = await closed_as_lost(world)
     assert (await world.session(tx)).state is d.SessionState.COMPLETED
     with caplog.at_level(logging.WARNING, "chargegraph.charging"):
         await charging.meter_values(CP, 1, tx, register(2500, 3600))
