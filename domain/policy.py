@@ -58,8 +58,12 @@ from domain.query import (
 #: field hides (an email guessed a letter at a time by search, a role by filtering on
 #: it, an email in the cursor of a list sorted by it).
 PRIVATE_FIELDS: dict[str, frozenset[str]] = {
+    # When a person's record last changed tells when they changed a private field (a
+    # deactivation, a new email, a new battery): ``updatedAt`` reads ``createdAt`` in
+    # their reduced views, and sorting by it is theirs only too.
     "user": frozenset({"email", "role", "active", "company_id", "created_by",
-                       "updated_by"}),
+                       "updated_by", "updated_at"}),
+    "vehicle": frozenset({"battery_kwh", "created_by", "updated_by", "updated_at"}),
     "station": frozenset({"owner_id", "company_id", "registration", "vendor", "model",
                           "serial", "firmware", "firmware_status", "diagnostics_status",
                           "last_seen", "created_by", "updated_by", "site_id",
@@ -371,6 +375,8 @@ class Policy:
                           if viewer.is_operator and viewer.company_id else NONE)
         if kind == "station":
             return self.operator_stations(viewer) if viewer.is_operator else NONE
+        if kind == "vehicle":
+            return Eq("owner_id", viewer.user_id)
         if kind in BOOKED_KINDS:
             # An operator reads only those in their books (or live reservations on the
             # stations they run); nobody else keeps any.

@@ -243,7 +243,9 @@ def _page(first: int | None, after: str | None, last: int | None, before: str | 
 @strawberry.interface(description="Who created and last changed a record, and when.")
 class Audited:
     created_at: datetime = strawberry.field(description="When the record was created, UTC.")
-    updated_at: datetime = strawberry.field(description="When it last changed, UTC.")
+    updated_at: datetime = strawberry.field(description=(
+        "When it last changed, UTC. A user or vehicle in a reduced view (seen by name or "
+        "plate only) reads its `createdAt`: its last change may be a private one."))
     created_by: str | None = strawberry.field(
         description="User id, `ocpp:<cpId>` or `system`; null where the viewer may not know."
     )
@@ -290,13 +292,15 @@ def _node(cls: type[NodeT], fields: dict[str, Any]) -> NodeT:
     return node
 
 
-def _audited(cls: type[NodeT], r: d.Record, fields: dict[str, Any], visible: bool = True
-             ) -> NodeT:
+def _audited(cls: type[NodeT], r: d.Record, fields: dict[str, Any], visible: bool = True,
+             *, changes_visible: bool = True) -> NodeT:
     """``_node`` for an ``Audited`` type: adds the record and its audit stamps (who made
-    and changed it, hidden where the viewer may not know)."""
+    and changed it, hidden where the viewer may not know). ``changes_visible`` false (a
+    person's record in a reduced view): ``updatedAt`` reads ``createdAt``, since the time
+    of the last change is the time of a private one (a deactivation, a new email)."""
     fields["_r"] = r
     fields["created_at"] = r.created_at
-    fields["updated_at"] = r.updated_at
+    fields["updated_at"] = r.updated_at if changes_visible else r.created_at
     fields["created_by"] = r.created_by if visible else None
     fields["updated_by"] = r.updated_by if visible else None
     return _node(cls, fields)
@@ -369,7 +373,7 @@ class User(Node, Audited):
             "role": r.role if private else None,
             "active": r.active if private else None,
             "_private": private,
-        }, private)
+        }, private, changes_visible=private)
 
     @strawberry.field(description="Their company; null when none, and in reduced views.")
     async def company(self, info: Info) -> Company | None:
@@ -433,7 +437,7 @@ class Vehicle(Node, Audited):
             "model": r.model,
             "battery_kwh": r.battery_kwh if private else None,
             "_private": private,
-        }, private)
+        }, private, changes_visible=private)
 
     @strawberry.field(description="Its owner; null when the viewer may not see them.")
     async def owner(self, info: Info) -> User | None:

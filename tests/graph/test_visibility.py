@@ -576,3 +576,32 @@ async def test_statuses_read_and_filter_as_they_are_now(api: Api, world: World,
     assert 9001 not in {n["reservationId"] for n in active["reservations"]["nodes"]}
     gone = await api.gql(reservations, {"s": "EXPIRED"}, as_user=admin)
     assert {"reservationId": 9001, "state": "EXPIRED"} in gone["reservations"]["nodes"]
+
+
+async def test_reduced_views_of_people_do_not_tell_when_they_changed(
+        api: Api, world: World) -> None:
+    """An operator sees the driver of a session on their station by name and plate only:
+    the driver's deactivation or new battery moves ``updatedAt``, which would tell them when
+    (and sorting by it would order the drivers by it)."""
+    uid = to_global_id("user", world.users["driver1"].id)
+    vid = to_global_id("vehicle", world.vehicles["driver1"].id)
+    admin = world.users["admin"].id
+    for mutation, input_ in (
+            ("deactivateUser(input: {id: $id}) { user { id } }", uid),
+            ("updateVehicle(input: {id: $id, batteryKwh: 77}) { vehicle { id } }", vid)):
+        await api.gql(f"mutation($id: ID!) {{ {mutation} }}", {"id": input_}, as_user=admin)
+    query = """query($u: ID!, $v: ID!) { u: node(id: $u) { ... on User { createdAt updatedAt } }
+      v: node(id: $v) { ... on Vehicle { createdAt updatedAt } } }"""
+    own = await api.gql(query, {"u": uid, "v": vid}, as_user=admin)
+    assert own["u"]["updatedAt"] > own["u"]["createdAt"]
+    assert own["v"]["updatedAt"] > own["v"]["createdAt"]
+    reduced = await api.gql(query, {"u": uid, "v": vid}, as_user=world.users["op_a"].id)
+    assert reduced == {"u": {"createdAt": own["u"]["createdAt"],
+                             "updatedAt": own["u"]["createdAt"]},
+                       "v": {"createdAt": own["v"]["createdAt"],
+                             "updatedAt": own["v"]["createdAt"]}}
+    by_change = """{ users(orderBy: [{field: UPDATED_AT}]) { nodes { id } }
+      vehicles(orderBy: [{field: UPDATED_AT}]) { nodes { id } } }"""
+    seen = await api.gql(by_change, as_user=world.users["op_a"].id)
+    assert uid not in [n["id"] for n in seen["users"]["nodes"]]
+    assert vid not in [n["id"] for n in seen["vehicles"]["nodes"]]
