@@ -230,6 +230,9 @@ class PageRequest:
     after: str | None = None
     last: int | None = None
     before: str | None = None
+    #: Which list of the kind its cursors belong to, beyond the kind and order: one
+    #: parent's nested list (``nested_list``), ``None`` for a top-level list.
+    within: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("first", "last"):
@@ -297,15 +300,24 @@ def _signature(raw: Any) -> tuple[Any, ...]:
     return (str(field_name), bool(descending), *(float(o) for o in origin))
 
 
-def encode_cursor(kind: str, sort: Sequence[Sort], values: Sequence[Any], record_id: str
-                  ) -> str:
-    """The cursor of one row of a list of ``kind`` records in ``sort`` order."""
-    payload = {
+def nested_list(key_field: str, key: Any) -> str:
+    """The ``PageRequest.within`` of one parent's nested list (``Station.sessions``: the
+    sessions whose ``station_id`` is the station's)."""
+    return f"{key_field}={key}"
+
+
+def encode_cursor(kind: str, sort: Sequence[Sort], values: Sequence[Any], record_id: str,
+                  within: str | None = None) -> str:
+    """The cursor of one row of a list of ``kind`` records in ``sort`` order (``within``:
+    of one parent's nested list, ``nested_list``)."""
+    payload: dict[str, Any] = {
         "k": kind,
         "s": [list(s.signature) for s in sort],
         "v": [_encode_value(v) for v in values],
         "i": record_id,
     }
+    if within is not None:
+        payload["p"] = within
     # orjson: the standard library's encoder is built anew on every call (~3 µs, and a
     # page of 100 rows needs 100 cursors). Compact like ``separators=(",", ":")``; JSON
     # either way, so cursors made before still decode.
@@ -313,10 +325,11 @@ def encode_cursor(kind: str, sort: Sequence[Sort], values: Sequence[Any], record
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str, kind: str, sort: Sequence[Sort], field: str = "after"
-                  ) -> CursorKey:
-    """Decode a cursor and check it was made for a list of ``kind`` in this sort order;
-    errors name ``field`` (``after`` or ``before``)."""
+def decode_cursor(cursor: str, kind: str, sort: Sequence[Sort], field: str = "after",
+                  within: str | None = None) -> CursorKey:
+    """Decode a cursor and check it was made for a list of ``kind`` in this sort order,
+    and ``within`` the same parent's list (or both top-level); errors name ``field``
+    (``after`` or ``before``)."""
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         payload = json.loads(base64.urlsafe_b64decode(padded.encode()))
@@ -327,6 +340,7 @@ def decode_cursor(cursor: str, kind: str, sort: Sequence[Sort], field: str = "af
         )
         # Cursors made before they named their kind carry none; they still decode.
         made_for = str(payload.get("k", kind))
+        made_within = payload.get("p")
     except (ValueError, KeyError, TypeError, ArithmeticError) as exc:
         # ArithmeticError: decimal.InvalidOperation, a decimal value that is no number.
         raise ValidationError("malformed cursor", field=field, code="INVALID_CURSOR") from exc
@@ -334,6 +348,11 @@ def decode_cursor(cursor: str, kind: str, sort: Sequence[Sort], field: str = "af
         # A cursor of another list (users' cursor on stations) is a client's mistake: its
         # values would silently position this list somewhere arbitrary.
         raise ValidationError(f"cursor belongs to another list ({made_for})", field=field,
+                              code="INVALID_CURSOR")
+    if made_within != within:
+        # Another parent's list of the same kind and order (station A's sessions'
+        # cursor on station B's): a position in B's list, but not one B's client had.
+        raise ValidationError("cursor belongs to another parent's list", field=field,
                               code="INVALID_CURSOR")
     if key.sort != tuple(s.signature for s in sort) or len(key.values) != len(sort):
         raise ValidationError(

@@ -19,6 +19,7 @@ from domain.query import (
     PageRequest,
     Sort,
     encode_cursor,
+    nested_list,
     sort_value,
 )
 from graph.errors import graphql_error
@@ -208,7 +209,8 @@ async def nested_connection(ctx: GraphContext, kind: type[E], wrap: Wrap, key_fi
         args.request()  # raises the same error as a top-level list
     rows = await ctx.loaders.many_by(kind, key_field, where, tuple(sort), limit + 1).load(key)
     records = rows[:limit]
-    cursors = [encode_cursor(kind.kind, sort, [sort_value(r, s) for s in sort], r.id)
+    within = nested_list(key_field, key)
+    cursors = [encode_cursor(kind.kind, sort, [sort_value(r, s) for s in sort], r.id, within)
                for r in records]
 
     async def total() -> int:

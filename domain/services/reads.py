@@ -4,6 +4,7 @@ ANDed into the store query: the single enforcement point for visibility."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -18,6 +19,7 @@ from domain.query import (
     PageRequest,
     Sort,
     all_of,
+    nested_list,
     sorts_by_distance,
 )
 from domain.services.base import Service
@@ -70,7 +72,10 @@ class ReadService(Service):
 
     async def page(self, viewer: Viewer, kind: type[E], where: Filter, sort: Sequence[Sort],
                    page: PageRequest, under: tuple[str, Any] | None = None) -> Page[E]:
-        """A page of a list; ``under`` (key field, value): of one parent's nested list."""
+        """A page of a list; ``under`` (key field, value): of one parent's nested list,
+        whose cursors belong to it alone."""
+        if under is not None:
+            page = replace(page, within=nested_list(*under))
         return await self.store.find_page(
             kind, self._under(viewer, kind, where, sort, under), sort, page)
 

@@ -269,7 +269,7 @@ class MongoStore:
         for cursor_value, is_after, field in ((page.after, True, "after"),
                                               (page.before, False, "before")):
             if cursor_value is not None:
-                key = decode_cursor(cursor_value, kind.kind, sort, field)
+                key = decode_cursor(cursor_value, kind.kind, sort, field, page.within)
                 positions.append(beyond(kind, sort, key, after=is_after, field=field))
         backward = page.backward
         limit = page.limit
@@ -284,7 +284,8 @@ class MongoStore:
         # ``computed_keys`` field), not one recomputed here.
         cursors = [encode_cursor(kind.kind, sort,
                                  [doc[computed_name(i)] if s.origin is not None
-                                  else getattr(r, s.field) for i, s in enumerate(sort)], r.id)
+                                  else getattr(r, s.field) for i, s in enumerate(sort)], r.id,
+                                 page.within)
                    for r, doc in zip(items, docs, strict=True)]
         if backward:
             return Page(items, cursors, has_next=page.before is not None, has_previous=more)

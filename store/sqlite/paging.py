@@ -75,10 +75,11 @@ def order_by(kind: type[Record], sort: Sequence[Sort], alias: str = "t0",
     return ", ".join(terms), params
 
 
-def decode(cursor: str, kind: type[Record], sort: Sequence[Sort], field: str) -> CursorKey:
+def decode(cursor: str, kind: type[Record], sort: Sequence[Sort], field: str,
+           within: str | None = None) -> CursorKey:
     """``decode_cursor`` naming the argument the bad cursor came in (``after``/``before``)."""
     try:
-        return decode_cursor(cursor, kind.kind, sort)
+        return decode_cursor(cursor, kind.kind, sort, within=within)
     except ValidationError as exc:
         raise ValidationError(exc.message, field=field, code=exc.code) from exc
 
@@ -133,10 +134,10 @@ def _encode(key: _Key, value: Any) -> SqlValue:
     return float(value)
 
 
-def cursor_of(record: Record, sort: Sequence[Sort]) -> str:
+def cursor_of(record: Record, sort: Sequence[Sort], within: str | None = None) -> str:
     """The cursor of ``record`` in ``sort`` order (the values ``beyond`` compares)."""
     values = [_cursor_value(sort_value(record, s)) for s in sort]
-    return encode_cursor(record.kind, sort, values, record.id)
+    return encode_cursor(record.kind, sort, values, record.id, within)
 
 
 def _cursor_value(value: Any) -> Any:

@@ -406,8 +406,10 @@ class SqliteStore:
         where_sql, params = compile_where(kind, where)
         conditions = [where_sql]
         # Relay: both cursors bound the list, then first/last cut it.
-        after = paging.decode(page.after, kind, sort, "after") if page.after else None
-        before = paging.decode(page.before, kind, sort, "before") if page.before else None
+        after = (paging.decode(page.after, kind, sort, "after", page.within)
+                 if page.after else None)
+        before = (paging.decode(page.before, kind, sort, "before", page.within)
+                  if page.before else None)
         for key, is_after, name in ((after, True, "after"), (before, False, "before")):
             if key is not None:
                 sql, extra = paging.beyond(kind, sort, key, after=is_after, field=name)
@@ -428,7 +430,7 @@ class SqliteStore:
             items.reverse()
         return Page(
             items=items,
-            cursors=[paging.cursor_of(item, sort) for item in items],
+            cursors=[paging.cursor_of(item, sort, page.within) for item in items],
             # Across a cursor, Relay lets us answer "there is something" without looking:
             # the row the cursor came from is there (or was, a moment ago).
             has_next=before is not None if backward else more,
