@@ -184,8 +184,9 @@ class _StartIdentity(NamedTuple):
         first was billed its session fee): same card, a meterStart no lower and at most
         ``RESEND_METER_SLACK_WH`` higher (a charger that reads its meter again for the
         resend), stamped no later than this one and within ``START_RETRY_WINDOW`` of
-        it, and recorded moments ago on our clock. The caller checks that nothing was
-        metered since (``_never_metered``): whichever of the two the charger holds,
+        it, and recorded moments ago on our clock. The caller checks that nothing
+        metered since proves it a transaction of its own (``ChargingService._its_own``):
+        whichever of the two the charger holds,
         nothing was charged under the other (what its meter moved in between is the
         same plug-in's, billed from the first copy's meterStart)."""
         if self.glitch or session.id_tag != self.tag or not (
@@ -866,7 +867,7 @@ class ChargingService(ChargerConnections):
         now = self.now()
         for other in open_here:
             if identity.matches(other, now) or (identity.may_resend(other, now)
-                                                 and await self._never_metered(other)):
+                                                 and not await self._its_own(other)):
                 return other
         ended: list[Session] = []
         newer = [s for s in open_here if identity.flushed_before(s)]
@@ -895,14 +896,21 @@ class ChargingService(ChargerConnections):
         await self.commit(actor, changes)
         return session, ended, used
 
-    async def _never_metered(self, session: Session) -> bool:
-        """Whether nothing was metered for ``session``: no energy, no live reading, and
-        no meter sample linked to it (a reading that moved nothing, a signed-off
-        Transaction.Begin, is one)."""
-        if session.energy_wh or session.meter_at is not None or session.power_at is not None \
-                or session.soc_at is not None:
-            return False
-        return await self.store.find_one(MeterSample, Eq("session_id", session.id)) is None
+    async def _its_own(self, session: Session) -> bool:
+        """Whether what was metered since ``session`` opened proves it a transaction of
+        its own, no first copy of a start resent: a sample naming its transactionId (the
+        charger had its answer; a reading that moved nothing, a signed-off
+        Transaction.Begin, is one), or more energy than a meter read again for the resend
+        may show (``RESEND_METER_SLACK_WH``). A reading without a transactionId (clock-
+        aligned on the connector) meters the session open there, but is the plug-in's
+        whichever copy the charger holds, and proves nothing (QA s21: it opened a second
+        session, its fee billed twice and the first closed as lost); nor do the power
+        and State of Charge such readings set on the session."""
+        if session.energy_wh > RESEND_METER_SLACK_WH:
+            return True
+        return await self.store.find_one(MeterSample, all_of(
+            Eq("session_id", session.id),
+            Eq("transaction_id", session.transaction_id))) is not None
 
     async def _reservation_kept(self, station: Station, connector_id: int, presented: str,
                                 card: IdTag | None) -> Reservation | None:
