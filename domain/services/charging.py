@@ -88,6 +88,7 @@ from domain.services.metering import (
     added_wh,
     believed,
     closing_sample,
+    cut_at_next_start,
     final_soc,
     live_patch,
     register_count,
@@ -877,12 +878,11 @@ class ChargingService(ChargerConnections):
             session = replace(session, state=SessionState.COMPLETED, end_time=start)
         # A session open on this connector since before this start lost its
         # StopTransaction: closed first, so the connector never has two active sessions.
+        samples: list[Change] = []
         for stale in (s for s in open_here if s not in newer):
-            closed, closing = await self._close(
-                station, stale, None, lost_end(stale, station.booted_at,
-                                               min(start, self.now())),
-                CLOSED_WITHOUT_STOP, actor)
+            closed, closing, settled = await self._closed_by_start(station, stale, identity)
             changes += closing
+            samples += settled
             ended.append(closed)
         used = None
         if reservation is not None and reservation.state in LIVE_RESERVATION_STATES:
@@ -893,8 +893,40 @@ class ChargingService(ChargerConnections):
             used = cast(Reservation, use.record)
             changes.append((use, reservation))
         changes.append((Insert(session), None))
-        await self.commit(actor, changes)
+        await self.commit(actor, changes, unaudited=samples)
         return session, ended, used
+
+    async def _closed_by_start(self, station: Station, stale: Session,
+                               identity: _StartIdentity
+                               ) -> tuple[Session, list[tuple[Change, Any]], list[Change]]:
+        """``stale``, open on the connector since before the newer start ``identity``,
+        closed as one whose StopTransaction was lost: the closed session, its changes,
+        and the samples the close writes or lowers (unaudited, as a stop's are). When
+        that start's meterStart lies below its readings on the same register
+        (``metering.cut_at_next_start``), it ends there: its increments above it are
+        taken back as a stop's are (``_settled_close``) and it is flagged
+        ``NEXT_START_BELOW_READINGS`` (QA s21: billed to its last reading, the newer
+        from its meterStart, the energy between twice)."""
+        actor = charger(station.cp_id)
+        end = lost_end(stale, station.booted_at, min(identity.start, self.now()))
+        register = cut_at_next_start(stale, identity.meter_start)
+        if register is None:
+            closed, changes = await self._close(station, stale, None, end,
+                                                CLOSED_WITHOUT_STOP, actor)
+            return closed, changes, []
+        energy = register - stale.meter_start_wh
+        log.warning("%s: transaction %s, closed by a newer start on its connector, read "
+                    "%s Wh, above that start's meterStart %s Wh: billed up to it (%s Wh, "
+                    "not %s), the rest being the newer transaction's; flagged for review",
+                    stale.cp_id, stale.transaction_id, stale.meter_start_wh + stale.energy_wh,
+                    register, energy, stale.energy_wh)
+        samples, trimmed = await self._settled_close(
+            station, stale, [], energy, register, max(end, stale.start_time))
+        closed, changes = await self._close(
+            station, stale, None, end, CLOSED_WITHOUT_STOP, actor, energy_wh=energy,
+            metered=[*samples, *(cast(MeterSample, u.record) for u in trimmed)],
+            meter={"meter_anomaly": MeterAnomaly.NEXT_START_BELOW_READINGS})
+        return closed, changes, [*trimmed, *(InsertIfAbsent(s) for s in samples)]
 
     async def _its_own(self, session: Session) -> bool:
         """Whether what was metered since ``session`` opened proves it a transaction of
@@ -1207,13 +1239,10 @@ class ChargingService(ChargerConnections):
                 # (QA s20, verify: 0.001 kWh billed after readings of 1.2, no flag).
                 # A late stop correcting a close too: the flag changes no bill.
                 meter["meter_anomaly"] = MeterAnomaly.STOP_BELOW_READINGS
-        samples, trimmed, stored_wh = await self._settled_samples(session, samples, energy)
         # At the stop, on the session's timeline: a stop stamped before the start (a
         # clock reset) must not put the session's last energy before it began.
-        closing = closing_sample(station, session, samples, stored_wh, energy,
-                                 meter_stop, max(end, session.start_time))
-        if closing is not None:
-            samples.append(closing)
+        samples, trimmed = await self._settled_close(
+            station, session, samples, energy, meter_stop, max(end, session.start_time))
         if closed_without_stop(session):
             log.info("%s: the stop of transaction %s, closed without it (%s Wh, ended %s), "
                      "corrects its close: %s Wh, ended %s", cp_id, session.transaction_id,
@@ -1458,6 +1487,19 @@ class ChargingService(ChargerConnections):
         return "UnknownVendorId", None
 
     # ------------------------------------------------------------- helpers
+    async def _settled_close(self, station: Station, session: Session,
+                             samples: list[MeterSample], energy: int, register: int,
+                             end: datetime) -> tuple[list[MeterSample], list[Change]]:
+        """The samples a close at ``energy`` writes: ``samples`` (a stop's own) and the
+        closing one with what they still miss (``closing_sample``: reading ``register``
+        at ``end``); and the updates of stored ones whose increments it lowers
+        (``_settled_samples``). So the session's increments add up to its energy, for a
+        stop and for a close at a newer start's meterStart alike."""
+        samples, trimmed, stored_wh = await self._settled_samples(session, samples, energy)
+        closing = closing_sample(station, session, samples, stored_wh, energy, register,
+                                 end)
+        return [*samples, closing] if closing is not None else samples, trimmed
+
     async def _settled_samples(self, session: Session, samples: list[MeterSample],
                                energy: int) -> tuple[list[MeterSample], list[Change], int]:
         """When the session's readings went above its final ``energy`` (a glitch below
