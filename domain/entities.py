@@ -95,12 +95,16 @@ class MeterAnomaly(StrEnum):
     register (meterStop) could not be believed (below meterStart, more than the
     connector could deliver, or meterStart itself though its readings moved), so the
     session was billed what its readings metered; or it was believed though the
-    transaction's own readings went higher (``STOP_BELOW_READINGS``: billed by it)."""
+    transaction's own readings went higher (``STOP_BELOW_READINGS``: billed by it); or,
+    closed as lost by a newer start on its connector, that start's meterStart lay below
+    its readings (``NEXT_START_BELOW_READINGS``: billed up to that meterStart, the
+    energy above it being the newer session's)."""
 
     ROLLOVER = "ROLLOVER"
     RESET = "RESET"
     IMPLAUSIBLE_STOP = "IMPLAUSIBLE_STOP"
     STOP_BELOW_READINGS = "STOP_BELOW_READINGS"
+    NEXT_START_BELOW_READINGS = "NEXT_START_BELOW_READINGS"
 
 
 class SignedEncoding(StrEnum):

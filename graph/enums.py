@@ -26,7 +26,8 @@ strawberry.enum(d.PaymentStatus, description=(
 strawberry.enum(d.AuditAction, description="What a change log entry records.")
 strawberry.enum(d.MeterAnomaly, description=(
     "What a session's energy register did that its energy is counted across, or a "
-    "final register (meterStop) that was not believed or that its readings passed."))
+    "final register (meterStop, or the next start's meterStart) that was not believed "
+    "or that its readings passed."))
 
 Role = d.Role
 IdTagStatus = d.IdTagStatus
@@ -135,6 +136,13 @@ VALUE_DESCRIPTIONS: dict[str, dict[str, str]] = {
                                "but the transaction's own readings had gone more than "
                                "500 Wh higher (a glitching reading, or a register not "
                                "read at the stop): for an operator to review.",
+        "NEXT_START_BELOW_READINGS": "Its stop lost, the session was closed by a newer "
+                                     "start on its connector whose meterStart lay below "
+                                     "its readings: it was billed up to that meterStart "
+                                     "(the energy above it is the newer session's, "
+                                     "billed there), not to its last reading; a "
+                                     "StopTransaction of its own arriving later still "
+                                     "decides. For an operator to review.",
     },
     # Registered in graph/webhooks.py. Each value says the `type` its deliveries carry.
     "WebhookEvent": {

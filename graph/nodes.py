@@ -933,7 +933,9 @@ class Session(Node, Audited):
         "or its meterStop could not be believed (IMPLAUSIBLE_STOP: below meterStart, "
         "more than the connector could deliver, or meterStart though its readings "
         "moved) and it was billed what was metered; or it was billed by a meterStop its "
-        "own readings had passed (STOP_BELOW_READINGS)."))
+        "own readings had passed (STOP_BELOW_READINGS); or, its stop lost, a newer "
+        "start on its connector closed it with a meterStart below its readings, and it "
+        "was billed up to that meterStart (NEXT_START_BELOW_READINGS)."))
     _r: strawberry.Private[d.Session]
 
     @classmethod

@@ -88,6 +88,7 @@ from domain.services.metering import (
     added_wh,
     believed,
     closing_sample,
+    cut_at_next_start,
     final_soc,
     live_patch,
     register_count,
@@ -184,8 +185,9 @@ class _StartIdentity(NamedTuple):
         first was billed its session fee): same card, a meterStart no lower and at most
         ``RESEND_METER_SLACK_WH`` higher (a charger that reads its meter again for the
         resend), stamped no later than this one and within ``START_RETRY_WINDOW`` of
-        it, and recorded moments ago on our clock. The caller checks that nothing was
-        metered since (``_never_metered``): whichever of the two the charger holds,
+        it, and recorded moments ago on our clock. The caller checks that nothing
+        metered since proves it a transaction of its own (``ChargingService._its_own``):
+        whichever of the two the charger holds,
         nothing was charged under the other (what its meter moved in between is the
         same plug-in's, billed from the first copy's meterStart)."""
         if self.glitch or session.id_tag != self.tag or not (
@@ -866,7 +868,7 @@ class ChargingService(ChargerConnections):
         now = self.now()
         for other in open_here:
             if identity.matches(other, now) or (identity.may_resend(other, now)
-                                                 and await self._never_metered(other)):
+                                                 and not await self._its_own(other)):
                 return other
         ended: list[Session] = []
         newer = [s for s in open_here if identity.flushed_before(s)]
@@ -876,12 +878,11 @@ class ChargingService(ChargerConnections):
             session = replace(session, state=SessionState.COMPLETED, end_time=start)
         # A session open on this connector since before this start lost its
         # StopTransaction: closed first, so the connector never has two active sessions.
+        samples: list[Change] = []
         for stale in (s for s in open_here if s not in newer):
-            closed, closing = await self._close(
-                station, stale, None, lost_end(stale, station.booted_at,
-                                               min(start, self.now())),
-                CLOSED_WITHOUT_STOP, actor)
+            closed, closing, settled = await self._closed_by_start(station, stale, identity)
             changes += closing
+            samples += settled
             ended.append(closed)
         used = None
         if reservation is not None and reservation.state in LIVE_RESERVATION_STATES:
@@ -892,17 +893,56 @@ class ChargingService(ChargerConnections):
             used = cast(Reservation, use.record)
             changes.append((use, reservation))
         changes.append((Insert(session), None))
-        await self.commit(actor, changes)
+        await self.commit(actor, changes, unaudited=samples)
         return session, ended, used
 
-    async def _never_metered(self, session: Session) -> bool:
-        """Whether nothing was metered for ``session``: no energy, no live reading, and
-        no meter sample linked to it (a reading that moved nothing, a signed-off
-        Transaction.Begin, is one)."""
-        if session.energy_wh or session.meter_at is not None or session.power_at is not None \
-                or session.soc_at is not None:
-            return False
-        return await self.store.find_one(MeterSample, Eq("session_id", session.id)) is None
+    async def _closed_by_start(self, station: Station, stale: Session,
+                               identity: _StartIdentity
+                               ) -> tuple[Session, list[tuple[Change, Any]], list[Change]]:
+        """``stale``, open on the connector since before the newer start ``identity``,
+        closed as one whose StopTransaction was lost: the closed session, its changes,
+        and the samples the close writes or lowers (unaudited, as a stop's are). When
+        that start's meterStart lies below its readings on the same register
+        (``metering.cut_at_next_start``), it ends there: its increments above it are
+        taken back as a stop's are (``_settled_close``) and it is flagged
+        ``NEXT_START_BELOW_READINGS`` (QA s21: billed to its last reading, the newer
+        from its meterStart, the energy between twice)."""
+        actor = charger(station.cp_id)
+        end = lost_end(stale, station.booted_at, min(identity.start, self.now()))
+        register = cut_at_next_start(stale, identity.meter_start)
+        if register is None:
+            closed, changes = await self._close(station, stale, None, end,
+                                                CLOSED_WITHOUT_STOP, actor)
+            return closed, changes, []
+        energy = register - stale.meter_start_wh
+        log.warning("%s: transaction %s, closed by a newer start on its connector, read "
+                    "%s Wh, above that start's meterStart %s Wh: billed up to it (%s Wh, "
+                    "not %s), the rest being the newer transaction's; flagged for review",
+                    stale.cp_id, stale.transaction_id, stale.meter_start_wh + stale.energy_wh,
+                    register, energy, stale.energy_wh)
+        samples, trimmed = await self._settled_close(
+            station, stale, [], energy, register, max(end, stale.start_time))
+        closed, changes = await self._close(
+            station, stale, None, end, CLOSED_WITHOUT_STOP, actor, energy_wh=energy,
+            metered=[*samples, *(cast(MeterSample, u.record) for u in trimmed)],
+            meter={"meter_anomaly": MeterAnomaly.NEXT_START_BELOW_READINGS})
+        return closed, changes, [*trimmed, *(InsertIfAbsent(s) for s in samples)]
+
+    async def _its_own(self, session: Session) -> bool:
+        """Whether what was metered since ``session`` opened proves it a transaction of
+        its own, no first copy of a start resent: a sample naming its transactionId (the
+        charger had its answer; a reading that moved nothing, a signed-off
+        Transaction.Begin, is one), or more energy than a meter read again for the resend
+        may show (``RESEND_METER_SLACK_WH``). A reading without a transactionId (clock-
+        aligned on the connector) meters the session open there, but is the plug-in's
+        whichever copy the charger holds, and proves nothing (QA s21: it opened a second
+        session, its fee billed twice and the first closed as lost); nor do the power
+        and State of Charge such readings set on the session."""
+        if session.energy_wh > RESEND_METER_SLACK_WH:
+            return True
+        return await self.store.find_one(MeterSample, all_of(
+            Eq("session_id", session.id),
+            Eq("transaction_id", session.transaction_id))) is not None
 
     async def _reservation_kept(self, station: Station, connector_id: int, presented: str,
                                 card: IdTag | None) -> Reservation | None:
@@ -1199,13 +1239,10 @@ class ChargingService(ChargerConnections):
                 # (QA s20, verify: 0.001 kWh billed after readings of 1.2, no flag).
                 # A late stop correcting a close too: the flag changes no bill.
                 meter["meter_anomaly"] = MeterAnomaly.STOP_BELOW_READINGS
-        samples, trimmed, stored_wh = await self._settled_samples(session, samples, energy)
         # At the stop, on the session's timeline: a stop stamped before the start (a
         # clock reset) must not put the session's last energy before it began.
-        closing = closing_sample(station, session, samples, stored_wh, energy,
-                                 meter_stop, max(end, session.start_time))
-        if closing is not None:
-            samples.append(closing)
+        samples, trimmed = await self._settled_close(
+            station, session, samples, energy, meter_stop, max(end, session.start_time))
         if closed_without_stop(session):
             log.info("%s: the stop of transaction %s, closed without it (%s Wh, ended %s), "
                      "corrects its close: %s Wh, ended %s", cp_id, session.transaction_id,
@@ -1450,6 +1487,19 @@ class ChargingService(ChargerConnections):
         return "UnknownVendorId", None
 
     # ------------------------------------------------------------- helpers
+    async def _settled_close(self, station: Station, session: Session,
+                             samples: list[MeterSample], energy: int, register: int,
+                             end: datetime) -> tuple[list[MeterSample], list[Change]]:
+        """The samples a close at ``energy`` writes: ``samples`` (a stop's own) and the
+        closing one with what they still miss (``closing_sample``: reading ``register``
+        at ``end``); and the updates of stored ones whose increments it lowers
+        (``_settled_samples``). So the session's increments add up to its energy, for a
+        stop and for a close at a newer start's meterStart alike."""
+        samples, trimmed, stored_wh = await self._settled_samples(session, samples, energy)
+        closing = closing_sample(station, session, samples, stored_wh, energy, register,
+                                 end)
+        return [*samples, closing] if closing is not None else samples, trimmed
+
     async def _settled_samples(self, session: Session, samples: list[MeterSample],
                                energy: int) -> tuple[list[MeterSample], list[Change], int]:
         """When the session's readings went above its final ``energy`` (a glitch below

@@ -70,6 +70,10 @@ REGISTER_LIMITS = tuple(sorted(
 NEAR_LIMIT = 0.01
 #: A reset: the register fell to within this share of the highest reading before.
 NEAR_ZERO = 0.1
+#: The anomalies a session's register count went across (``RegisterCount``): its
+#: readings count on an offset since, and each step is judged. The others flag a close
+#: for review and change no count.
+COUNTED_ACROSS = (MeterAnomaly.ROLLOVER, MeterAnomaly.RESET)
 #: What a rollover, a reset or a step of a session that had one may add beyond what the
 #: connector could deliver since the reading before: this long at full power (coarse
 #: clocks, a reading stamped late).
@@ -106,7 +110,11 @@ class RegisterCount:
         self.session, self.rated_kw = session, rated_kw
         self.high = session.meter_start_wh + session.energy_wh
         self.offset, self.prior = session.meter_offset_wh, session.meter_prior_offset_wh
-        self.at, self.anomaly = session.meter_at, session.meter_anomaly
+        self.at = session.meter_at
+        # Only a drop counted across: a flag a close set (its late stop counted here)
+        # says nothing of how the register counts.
+        self.anomaly = session.meter_anomaly \
+            if session.meter_anomaly in COUNTED_ACROSS else None
 
     def added(self, wh: int, at: datetime) -> int | None:
         """What the register reading ``wh`` at ``at`` adds to the count (0 when it is
@@ -190,6 +198,26 @@ class RegisterCount:
                     self.session.cp_id, self.session.transaction_id, wh,
                     self.high - self.offset, kind.value.lower())
         self.prior, self.offset, self.anomaly, self.at = self.offset, offset, kind, at
+
+
+def cut_at_next_start(session: Session, next_start_wh: int) -> int | None:
+    """The register ``session`` ends at when a newer start on its connector closes it
+    (its StopTransaction lost) with meterStart ``next_start_wh`` below its readings: a
+    register only grows, so what they counted above that meterStart is the newer
+    transaction's, billed there from it (QA s21: the energy between was billed twice).
+    ``None``: it ends as metered. No overlap; or a meterStart on another scale than its
+    readings, where a cut would bill it nothing: at or below ``NEAR_ZERO`` of its
+    highest reading (a meter counting each transaction from 0, as ``RegisterCount``
+    tells a reset), or below its own meterStart (a register gone back: another meter);
+    or a count across a rollover or reset, whose readings are no longer the
+    register's."""
+    if session.meter_offset_wh or session.meter_anomaly in COUNTED_ACROSS:
+        return None
+    high = session.meter_start_wh + session.energy_wh
+    if not session.meter_start_wh <= next_start_wh < high \
+            or next_start_wh <= high * NEAR_ZERO:
+        return None
+    return next_start_wh
 
 
 class SampledValue(NamedTuple):

@@ -884,6 +884,46 @@ async def test_a_start_after_a_metered_one_is_a_new_transaction_however_soon(
     assert (await world.session(first)).state is d.SessionState.COMPLETED
 
 
+def _on_the_connector(at: datetime, wh: int, kw: str | None = None) -> list[MeterReading]:
+    """A clock-aligned reading of the connector's meter, sent without a transactionId."""
+    values = [SampledValue(str(wh), "Energy.Active.Import.Register", "Wh",
+                           context="Sample.Clock")]
+    if kw is not None:
+        values.append(SampledValue(kw, "Power.Active.Import", "kW", context="Sample.Clock"))
+    return [MeterReading(at, tuple(values))]
+
+
+async def test_a_connector_reading_between_the_copies_leaves_the_resend_the_same_start(
+        world: World) -> None:
+    """QA s21: a clock-aligned register reading of the connector (no transactionId) came
+    between a StartTransaction and its resend: the first session counted as metered, a
+    second one was opened, the fee billed twice and the first closed as lost. Such a
+    reading is the plug-in's, whichever copy the charger holds: it proves no transaction
+    of its own. One naming the transaction does (the charger had its answer: the test
+    above), and so does energy moved beyond RESEND_METER_SLACK_WH (connector 1)."""
+    charging = world.services.charging
+    await _priced(world, price_per_kwh="0.40", session_fee="0.60")
+    stamped = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=10)
+    first, _ = await charging.start_transaction(CP, 2, "TAG-1", 500_000, stamped)
+    await charging.meter_values(CP, 2, None, _on_the_connector(
+        stamped + timedelta(seconds=1), 500_040, kw="7.4"))
+    resent, info = await charging.start_transaction(CP, 2, "TAG-1", 500_002,
+                                                    stamped + timedelta(seconds=2))
+    assert (resent, info.status) == (first, "Accepted")
+    await charging.stop_transaction(CP, first, 501_000, stamped + timedelta(seconds=60))
+    billed = [(s.transaction_id, s.energy_wh, s.cost_minor, s.meter_anomaly)
+              for s in await world.store.find_all(d.Session, Eq("connector_id", 2))]
+    assert billed == [(first, 1000, 100, None)]  # 1 kWh at 0.40 and one fee
+    assert [p.amount_minor for p in await _payments_of(world, first)] == [100]
+
+    other, _ = await charging.start_transaction(CP, 1, "TAG-1", 600_000, stamped)
+    await charging.meter_values(CP, 1, None, _on_the_connector(
+        stamped + timedelta(seconds=1), 600_101))
+    again, _ = await charging.start_transaction(CP, 1, "TAG-1", 600_000,
+                                                stamped + timedelta(seconds=2))
+    assert again != other  # 101 Wh: no meter read again for a resend moved that far
+
+
 
 async def test_a_late_stop_stamped_before_its_start_keeps_the_end_its_close_gave(
         world: World) -> None:

@@ -20,16 +20,18 @@ def stamp(at: datetime) -> str:
     return at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-async def meter(cp: SimulatedChargePoint, transaction_id: int, wh: int, at: datetime
-                ) -> None:
-    await cp.call(call.MeterValues(connector_id=1, transaction_id=transaction_id,
+async def meter(cp: SimulatedChargePoint, transaction_id: int | None, wh: int,
+                at: datetime, *, connector: int = 1) -> None:
+    """A register reading; ``transaction_id`` ``None``: of the connector (clock-aligned)."""
+    await cp.call(call.MeterValues(connector_id=connector, transaction_id=transaction_id,
                                    meter_value=[{"timestamp": stamp(at), "sampledValue": [
                                        {"value": str(wh), "unit": "Wh",
                                         "measurand": "Energy.Active.Import.Register"}]}]))
 
 
-async def start(cp: SimulatedChargePoint, meter_start: int, at: datetime) -> int:
-    answer = await cp.call(call.StartTransaction(connector_id=1, id_tag="TAG-OK",
+async def start(cp: SimulatedChargePoint, meter_start: int, at: datetime, *,
+                connector: int = 1) -> int:
+    answer = await cp.call(call.StartTransaction(connector_id=connector, id_tag="TAG-OK",
                                                  meter_start=meter_start,
                                                  timestamp=stamp(at)))
     assert answer.id_tag_info["status"] == "Accepted"
@@ -116,6 +118,76 @@ async def test_a_stop_replayed_after_the_next_start_corrects_the_session(
         assert (payment.status, payment.amount_minor) == (d.PaymentStatus.PENDING, 760)
         running = await central.session(newer)
         assert running is not None and running.state is d.SessionState.ACTIVE
+
+
+async def added_wh(central: Central, session: d.Session) -> int:
+    """What the session's stored samples add up to (its increments)."""
+    samples = await central.store.find_all(d.MeterSample, Eq("session_id", session.id))
+    return sum(s.delta_wh or 0 for s in samples)
+
+
+async def test_a_newer_start_below_the_lost_sessions_readings_ends_it_there(
+        central: Central) -> None:
+    """QA s21: a transaction's stop was lost; the next one began at 3 kWh on the
+    register, but its StartTransaction waited in the charger's queue behind a
+    clock-aligned reading of the connector (5 kWh), which metered the older session.
+    That start closed the older billed to 5 kWh and the newer from 3 kWh: 2 kWh twice.
+    A register only grows: the older ends at the newer's meterStart, its increments
+    taken back above it as a stop's are, flagged for review."""
+    now = datetime.now(UTC)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        older = await start(cp, 1000, now - timedelta(hours=2), connector=2)
+        await meter(cp, older, 2500, now - timedelta(minutes=90), connector=2)
+        await meter(cp, None, 5000, now - timedelta(minutes=50), connector=2)
+        newer = await start(cp, 3000, now - timedelta(hours=1), connector=2)
+        lost = await central.session(older)
+        assert lost is not None
+        assert (lost.state, lost.stop_reason, lost.meter_stop_wh, lost.energy_wh,
+                lost.cost_minor, lost.meter_anomaly) == (
+            d.SessionState.COMPLETED, "Other", None, 2000, 80,
+            d.MeterAnomaly.NEXT_START_BELOW_READINGS)
+        assert await added_wh(central, lost) == 2000  # its increments add up to the bill
+        assert (await payment_of(central, lost)).amount_minor == 80  # 2 kWh at 0.40
+        await cp.call(call.StopTransaction(meter_stop=6000, transaction_id=newer,
+                                           timestamp=stamp(now - timedelta(minutes=10))))
+        stopped = await central.session(newer)
+        assert stopped is not None and (stopped.energy_wh, stopped.meter_anomaly) == (
+            3000, None)  # the register moved 5 kWh (1 to 6), billed 5 kWh in all
+
+        # Its own StopTransaction, should it come after all, decides as any late stop
+        # does: the flag is no rollover or reset its meterStop is counted across.
+        await cp.call(call.StopTransaction(meter_stop=5000, transaction_id=older,
+                                           timestamp=stamp(now - timedelta(minutes=55))))
+    corrected = await central.session(older)
+    assert corrected is not None
+    assert (corrected.meter_stop_wh, corrected.energy_wh, corrected.meter_anomaly) == (
+        5000, 4000, d.MeterAnomaly.NEXT_START_BELOW_READINGS)
+    assert await added_wh(central, corrected) == 4000
+
+
+@pytest.mark.parametrize(("older_start", "reading", "newer_start"), [
+    (0, 4000, 0),  # a meter counting each transaction from 0
+    (0, 4000, 300),  # ... from near 0 (within 10 % of the older's readings)
+    (500_000, 505_000, 0),  # a charger's register, then a per-transaction meter
+    (500_000, 505_000, 499_000),  # below the older's own start: a register gone back
+])
+async def test_a_newer_start_on_another_meter_scale_leaves_the_lost_session_as_metered(
+        central: Central, older_start: int, reading: int, newer_start: int) -> None:
+    """A newer meterStart at or near 0, or below the older's own meterStart, is no
+    reading of the register the older session was metered on: cutting the older at it
+    would bill it nothing. It is billed as metered, as before, and not flagged."""
+    now = datetime.now(UTC)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        older = await start(cp, older_start, now - timedelta(hours=2))
+        await meter(cp, older, reading, now - timedelta(minutes=90))
+        await start(cp, newer_start, now - timedelta(hours=1))
+    lost = await central.session(older)
+    assert lost is not None
+    assert (lost.state, lost.energy_wh, lost.cost_minor, lost.meter_anomaly) == (
+        d.SessionState.COMPLETED, reading - older_start,
+        round((reading - older_start) * 0.04), None)
 
 
 async def test_a_stop_after_the_reboot_grace_corrects_the_session_closed_as_lost(
