@@ -210,8 +210,11 @@ def cut_at_next_start(session: Session, next_start_wh: int) -> int | None:
     highest reading (a meter counting each transaction from 0, as ``RegisterCount``
     tells a reset), or below its own meterStart (a register gone back: another meter);
     or a count across a rollover or reset, whose readings are no longer the
-    register's."""
-    if session.meter_offset_wh or session.meter_anomaly in COUNTED_ACROSS:
+    register's. Nor when the older started at 0: a meter counting each transaction from
+    0 (a register of a charger in service reads more), whose next meterStart, whatever
+    it is, is on no scale of the older's readings."""
+    if session.meter_offset_wh or session.meter_anomaly in COUNTED_ACROSS \
+            or session.meter_start_wh == 0:
         return None
     high = session.meter_start_wh + session.energy_wh
     if not session.meter_start_wh <= next_start_wh < high \
