@@ -728,8 +728,13 @@ class CommandService(Service):
         station = outcome.station
         audit = self._audit_entry(viewer, outcome, payload, "ANSWERED")
         changes = []
-        reservation = outcome.reservation
-        if reservation is not None:
+        reservation = sent = outcome.reservation
+        if reservation is not None and sent is not None:
+            # As it is now, not as read before the command was sent: a cancel sent while
+            # the ReserveNow was still unanswered finds it ACTIVE, which that answer made
+            # it (QA s21: the charger's Accepted was reported, the reservation kept).
+            reservation = (await self.store.get_many(Reservation, [reservation.id]))[0] \
+                or reservation
             if outcome.action == "ReserveNow":
                 error = outcome.error
                 # No answer, or one we could not read: the charger may hold it. It stays
@@ -746,10 +751,13 @@ class CommandService(Service):
                 # charger may still hold it: both leave it as it was.
                 ended = outcome.error is None or isinstance(outcome.error, ChargerRejected)
                 state = ReservationState.CANCELLED if ended else reservation.state
-            if state is not reservation.state:
-                # Only from the state read before the command was sent: a charger that
-                # used the reservation meanwhile (StartTransaction: USED), or a removal
-                # that cancelled it, is not overwritten by this answer.
+            # Only from the state it was sent in (ReserveNow: PENDING) or, for a cancel,
+            # from a live one: a charger that used the reservation meanwhile
+            # (StartTransaction: USED), or a removal that cancelled it, is not
+            # overwritten by this answer.
+            sent_in = (sent.state,) if outcome.action == "ReserveNow" \
+                else LIVE_RESERVATION_STATES
+            if state is not reservation.state and reservation.state in sent_in:
                 update = patch(reservation, viewer, only_if=("state", reservation.state),
                                state=state)
                 changes.append((update, reservation))
