@@ -320,6 +320,19 @@ class Service:
         station changes hands), or for one written without them its station's. The
         stations and people needed are taken from the write itself where it has them,
         the others read at once (one read of each kind for the whole write)."""
+        stations, users = await self._named_by(changes)
+        whose: dict[str, Whose] = {}
+        for change, before in changes:
+            after = _whose_of(change.record, stations, users)
+            then = _whose_of(before, stations, users) if before is not None else NOBODY
+            books = then.books if then.books != NO_BOOKS else after.books
+            whose[change.record.id] = Whose(*books, then.holder_id or after.holder_id)
+        return whose
+
+    async def _named_by(self, changes: Sequence[tuple[Change, Record | None]]
+                        ) -> tuple[dict[str, Station], dict[str, User]]:
+        """The stations and people whose books the changed records take (``_whose_of``),
+        by id: as the write has them before it, the others as stored now."""
         stations: dict[str, Station] = {}
         users: dict[str, User] = {}
         for change, before in changes:
@@ -344,13 +357,7 @@ class Service:
         if wanted_users - users.keys():
             users.update((u.id, u) for u in await self.store.get_many(
                 User, sorted(wanted_users - users.keys())) if u is not None)
-        whose: dict[str, Whose] = {}
-        for change, before in changes:
-            after = _whose_of(change.record, stations, users)
-            then = _whose_of(before, stations, users) if before is not None else NOBODY
-            books = then.books if then.books != NO_BOOKS else after.books
-            whose[change.record.id] = Whose(*books, then.holder_id or after.holder_id)
-        return whose
+        return stations, users
 
 
 def _holder(record: IdTag | Vehicle) -> str:
