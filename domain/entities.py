@@ -918,14 +918,23 @@ class AuditEntry(Record):
     at: datetime = field(default_factory=utcnow)
     before: dict[str, Any] | None = None
     after: dict[str, Any] | None = None
-    #: Whose books the entry was written in, for what happens at a station (its record,
-    #: commands to its charger, its reservations): the station's company then, or for a
-    #: station of no company its owner (``base.books_of``), as sessions record theirs.
-    #: Operators read these entries by their books, not by who runs the station now: a
-    #: company a station is handed to must not learn the drivers and cards of the old
-    #: one's commands, and the old one keeps its history. ``None`` for other entries.
+    #: Whose books the entry was written in (``base.Service._whose``), as sessions record
+    #: theirs: for what happens at a station (its record, commands to its charger, its
+    #: connectors, tariffs and reservations) the station's company then, or for a station
+    #: of no company its owner (``base.books_of``); for a company's people and what they
+    #: hold (a user, their cards and vehicles) the person's company then; a session's,
+    #: payment's or reservation's own books; a site's, webhook's or company-wide tariff's
+    #: company. Operators read these entries by their books, not by who runs the station
+    #: or employs the person now: a company a station is handed to or a person moves to
+    #: must not learn the old one's history (drivers' cards in commands, emails), and the
+    #: old one keeps it, removals included. ``None`` where the record is no one's.
     company_id: str | None = None
     station_owner_id: str | None = None
+    #: The person the changed record belonged to then (a user themself, a card's holder,
+    #: a vehicle's owner, a session's, reservation's, payment's or refund's driver), so
+    #: that they read what happened to what is theirs, its removal included, whoever
+    #: acted; ``None`` for records of no person (stations, tariffs, commands).
+    holder_id: str | None = None
 
 
 class WebhookEvent(StrEnum):

@@ -82,6 +82,10 @@ PRIVATE_FIELDS: dict[str, frozenset[str]] = {
 BOOKED_KINDS = frozenset({"session", "payment", "refund", "reservation"})
 
 
+#: Kinds of record a person holds (``AuditEntry.holder_id``) and reads as an operator too:
+#: their account, their cards and their cars.
+_HELD_KINDS = ("user", "id_tag", "vehicle")
+
 #: Audit actions that change a record (``COMMAND`` records an action instead).
 RECORD_CHANGES = (AuditAction.CREATE, AuditAction.UPDATE, AuditAction.DELETE)
 
@@ -300,32 +304,30 @@ class Policy:
                     Sub("station_id", "station", stations),
                 )
             case "audit_entry":
-                # What happened to what they run or keep the books of: by the entity, not
-                # by who acted, since an actor who moves to another company would take
-                # their past entries (the old company's records, emails included) along.
-                # Their own removals stay theirs: no scope can name a record that is gone.
-                company = viewer.company_id
-                people: Filter = Eq("company_id", company) if company else NONE
+                # By whose the changed record was when it changed, recorded on the entry
+                # (``AuditEntry.company_id``/``station_owner_id``/``holder_id``, see
+                # ``base.Service._whose``), not by who acted: an actor who moves to
+                # another company or is demoted takes nothing along, their removals
+                # included, and their colleagues read those. Nor by whose the record is
+                # now: a company a person or a station moves to does not inherit the
+                # old one's history of them (emails, drivers' cards in commands), and the
+                # old one keeps it, also once the record is gone.
                 return any_of(
-                    all_of(Eq("actor", viewer.user_id), Eq("action", AuditAction.DELETE)),
-                    Eq("entity_id", viewer.user_id),
+                    books,
+                    # Their own account, cards and cars, whoever acted, as they read
+                    # those records (not their sessions as a driver elsewhere, which are
+                    # in another's books and not theirs to read as an operator).
+                    all_of(Eq("holder_id", viewer.user_id), In("entity", _HELD_KINDS)),
+                    # Entries written before sessions' and payments' recorded books.
                     Sub("entity_id", "session", books),
                     Sub("entity_id", "payment", books),
-                    # What happened at a station (commands to its charger, its
-                    # reservations: drivers' ids and cards) by the books it was written
-                    # in (``AuditEntry.company_id``), not by who runs the station now.
-                    books,
-                    # The station's own record carries no driver's data: its changes
-                    # are also its current operators', who run it with that history.
+                    # Records that carry no driver's data are also their current
+                    # operators', who run them with that history: a station's own record,
+                    # its connectors and its tariffs.
                     all_of(Eq("entity", "station"), In("action", RECORD_CHANGES),
                            Sub("entity_id", "station", stations)),
                     Sub("entity_id", "connector", on_stations),
-                    Sub("entity_id", "tariff", any_of(
-                        people, Sub("station_id", "station", stations))),
-                    Eq("entity_id", company) if company else NONE,
-                    Sub("entity_id", "user", people) if company else NONE,
-                    Sub("entity_id", "id_tag", Sub("user_id", "user", people))
-                    if company else NONE,
+                    Sub("entity_id", "tariff", Sub("station_id", "station", stations)),
                 )
             case _:
                 return NONE
@@ -347,17 +349,12 @@ class Policy:
             case "meter_sample" | "signed_meter_value":
                 return Sub("session_id", "session", Eq("user_id", me))
             case "audit_entry":
-                # About what is theirs, whoever acted; not every entry they ever wrote:
-                # an operator or admin demoted to driver must not keep reading the people
-                # and cards they once managed. Their own removals stay theirs.
-                mine: Filter = Eq("user_id", me)
-                return any_of(
-                    all_of(Eq("actor", me), Eq("action", AuditAction.DELETE)),
-                    Eq("entity_id", me),
-                    Sub("entity_id", "vehicle", Eq("owner_id", me)),
-                    *(Sub("entity_id", kind_, mine)
-                      for kind_ in ("id_tag", "session", "reservation", "payment")),
-                )
+                # About what was theirs when it changed (``AuditEntry.holder_id``: their
+                # account, cards, cars, sessions, reservations, payments), whoever acted,
+                # its removal included; not every entry they ever wrote: an operator or
+                # admin demoted to driver must not keep reading the people and cards
+                # they once managed, nor a car's new owner its former owner's history.
+                return Eq("holder_id", me)
             case _:
                 return NONE
 

@@ -33,6 +33,7 @@ ID_FIELDS = frozenset(
         "station_id",
         "session_id",
         "family_id",
+        "holder_id",
     }
 )
 

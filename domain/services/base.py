@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Final, cast
+from typing import Any, Final, NamedTuple
 
 from domain import validation as v
 from domain.clock import utcnow
@@ -18,14 +18,21 @@ from domain.command_rules import folded_key
 from domain.entities import (
     AuditAction,
     AuditEntry,
+    Company,
+    Connector,
     E,
     IdTag,
+    Payment,
     Record,
+    Refund,
     Registration,
     Reservation,
+    Session,
     Site,
     Station,
+    Tariff,
     User,
+    Vehicle,
     Webhook,
     audit_after,
     snapshot,
@@ -172,8 +179,24 @@ def books_of(station: Station) -> tuple[str | None, str | None]:
     return None, station.owner_id
 
 
-#: The books of an audit entry about nothing that happens at a station.
+#: The books of an audit entry about a record of no one's books.
 NO_BOOKS: tuple[str | None, str | None] = (None, None)
+
+
+class Whose(NamedTuple):
+    """Whose an audit entry is (``AuditEntry.company_id``, ``station_owner_id``,
+    ``holder_id``): the books it is written in and the person it is about."""
+
+    company_id: str | None = None
+    station_owner_id: str | None = None
+    holder_id: str | None = None
+
+    @property
+    def books(self) -> tuple[str | None, str | None]:
+        return self.company_id, self.station_owner_id
+
+
+NOBODY: Final = Whose()
 
 
 def reservation_changed(reservation: Reservation, station: Station | None
@@ -251,7 +274,7 @@ class Service:
         (telemetry with a history of its own) ride along in the same operation, and so do
         ``extra_audit`` entries that record actions rather than record changes."""
         now = utcnow()
-        books = await self._books(changes)
+        whose = await self._whose(changes)
         audit = []
         for change, before in changes:
             record = change.record
@@ -261,7 +284,7 @@ class Service:
                 action = AuditAction.UPDATE
             else:
                 action = AuditAction.DELETE
-            company_id, station_owner_id = books.get(record.id, NO_BOOKS)
+            entry_of = whose.get(record.id, NOBODY)
             audit.append(
                 AuditEntry(
                     entity=record.kind,
@@ -275,55 +298,115 @@ class Service:
                     updated_by=viewer.actor,
                     before=snapshot(before) if before is not None else None,
                     after=None if isinstance(change, Delete) else audit_after(before, record),
-                    company_id=company_id,
-                    station_owner_id=station_owner_id,
+                    company_id=entry_of.company_id,
+                    station_owner_id=entry_of.station_owner_id,
+                    holder_id=entry_of.holder_id,
                 )
             )
         await self.store.write([*(c for c, _ in changes), *unaudited], [*audit, *extra_audit])
         for listener in self.ctx.committed:
             listener([c for c, _ in changes])
 
-    async def _books(self, changes: Sequence[tuple[Change, Record | None]]
-                     ) -> dict[str, tuple[str | None, str | None]]:
-        """The books each audited change of a station, a reservation or a company's
-        webhook is written in
-        (``AuditEntry.company_id``), by record id: the station's as it was before the
-        change (its hand-over is in the books it leaves); a reservation's own (its
-        history stays with it when its station changes hands: a cancel by the station's
-        new operator is in the books the reservation was made in). A reservation of no
-        books (written without them) takes its station's, read unless it is in the same
-        write (one read for the whole write)."""
-        stations: dict[str, Station] = {}
+    async def _whose(self, changes: Sequence[tuple[Change, Record | None]]
+                     ) -> dict[str, Whose]:
+        """Whose each audited change is (``Whose``), by record id: the record's books and
+        person as they were before the change (a station's hand-over, a person's move
+        to another company, a car's new owner stay with those they leave, who keep
+        their history), or, where it then had none (a new record, one joining a
+        company), as they are after it. Books that are not the record's own are
+        looked up at write time, not when the entry is read: a card's or a car's are
+        its holder's company, a connector's or a station's tariff its station's
+        (``books_of``); a reservation's are its own (its history stays with it when its
+        station changes hands), or for one written without them its station's. The
+        stations and people needed are taken from the write itself where it has them,
+        the others read at once (one read of each kind for the whole write)."""
+        stations, users = await self._named_by(changes)
+        whose: dict[str, Whose] = {}
         for change, before in changes:
-            if isinstance(change.record, Station):
-                stations[change.record.id] = cast(Station, before or change.record)
-        wanted = {change.record.station_id for change, _ in changes
-                  if isinstance(change.record, Reservation)
-                  and _own_books(change.record) is None} - stations.keys()
-        if wanted:
+            after = _whose_of(change.record, stations, users)
+            then = _whose_of(before, stations, users) if before is not None else NOBODY
+            books = then.books if then.books != NO_BOOKS else after.books
+            whose[change.record.id] = Whose(*books, then.holder_id or after.holder_id)
+        return whose
+
+    async def _named_by(self, changes: Sequence[tuple[Change, Record | None]]
+                        ) -> tuple[dict[str, Station], dict[str, User]]:
+        """The stations and people whose books the changed records take (``_whose_of``),
+        by id: as the write has them before it, the others as stored now."""
+        stations: dict[str, Station] = {}
+        users: dict[str, User] = {}
+        for change, before in changes:
+            record = before or change.record  # as it was before this write
+            if isinstance(record, Station):
+                stations[record.id] = record
+            elif isinstance(record, User):
+                users[record.id] = record
+        wanted_stations: set[str] = set()
+        wanted_users: set[str] = set()
+        for change, before in changes:
+            for image in (before, change.record):
+                if isinstance(image, Connector | Tariff) or (
+                        isinstance(image, Reservation) and _own_books(image) is None):
+                    if image.station_id is not None:
+                        wanted_stations.add(image.station_id)
+                elif isinstance(image, IdTag | Vehicle):
+                    wanted_users.add(_holder(image))
+        if wanted_stations - stations.keys():
             stations.update((st.id, st) for st in await self.store.get_many(
-                Station, sorted(wanted)) if st is not None)
-        books: dict[str, tuple[str | None, str | None]] = {}
-        for change, _ in changes:
-            record = change.record
-            own = _own_books(record) if isinstance(record, Reservation) else None
-            if own is not None:
-                books[record.id] = own
-                continue
-            station_id = record.id if isinstance(record, Station) \
-                else record.station_id if isinstance(record, Reservation) else None
-            station = stations.get(station_id) if station_id is not None else None
-            if station is not None:
-                books[record.id] = books_of(station)
-            elif isinstance(record, Site):
-                # Its company's operators read its history, also once it is removed.
-                books[record.id] = (record.company_id, None)
-            elif isinstance(record, Webhook):
-                # Its operators read its history (who changed its URL, who disabled it),
-                # as they manage it: a company's, or, of no company, its owner's.
-                books[record.id] = (record.company_id,
-                                    None if record.company_id else record.owner_id)
-        return books
+                Station, sorted(wanted_stations - stations.keys())) if st is not None)
+        if wanted_users - users.keys():
+            users.update((u.id, u) for u in await self.store.get_many(
+                User, sorted(wanted_users - users.keys())) if u is not None)
+        return stations, users
+
+
+def _holder(record: IdTag | Vehicle) -> str:
+    return record.user_id if isinstance(record, IdTag) else record.owner_id
+
+
+def _whose_of(record: Record, stations: dict[str, Station], users: dict[str, User]
+              ) -> Whose:
+    """Whose ``record`` is as this image of it says (``Service._whose``); the stations
+    and people it names as the write found them."""
+
+    def station_books(station_id: str | None) -> tuple[str | None, str | None]:
+        station = stations.get(station_id) if station_id is not None else None
+        return books_of(station) if station is not None else NO_BOOKS
+
+    def company_of(user_id: str) -> str | None:
+        person = users.get(user_id)
+        return person.company_id if person is not None else None
+
+    match record:
+        case Station():
+            return Whose(*books_of(record))
+        case Reservation():
+            return Whose(*(_own_books(record) or station_books(record.station_id)),
+                         record.user_id)
+        case Session() | Payment() | Refund():
+            # Their own books, recorded when they happened.
+            return Whose(record.company_id, record.station_owner_id, record.user_id)
+        case User():
+            return Whose(record.company_id, None, record.id)
+        case IdTag() | Vehicle():
+            holder = _holder(record)
+            return Whose(company_of(holder), None, holder)
+        case Connector():
+            return Whose(*station_books(record.station_id))
+        case Tariff():
+            return Whose(record.company_id, None) if record.company_id is not None \
+                else Whose(*station_books(record.station_id))
+        case Site():
+            # Its company's operators read its history, also once it is removed.
+            return Whose(record.company_id)
+        case Webhook():
+            # Its operators read its history (who changed its URL, who disabled it), as
+            # they manage it: a company's, or, of no company, its owner's.
+            return Whose(record.company_id, None if record.company_id else record.owner_id)
+        case Company():
+            return Whose(record.id)
+        case _:
+            return NOBODY
 
 
 def _own_books(reservation: Reservation) -> tuple[str | None, str | None] | None:

@@ -103,7 +103,9 @@ INDEXES: dict[str, list[list[tuple[str, int]]]] = {
                     [("at", DESCENDING), ("_id", ASCENDING)],
                     [("at", ASCENDING), ("_id", ASCENDING)],
                     [("company_id", ASCENDING), ("at", DESCENDING)],
-                    [("station_owner_id", ASCENDING), ("at", DESCENDING)]],
+                    [("station_owner_id", ASCENDING), ("at", DESCENDING)],
+                    # A driver's audit log: what was theirs (``holder_id``).
+                    [("holder_id", ASCENDING), ("at", DESCENDING)]],
     # A company's webhooks (the policy's scope), an admin's own, and the enabled ones
     # every instance routes events to.
     "webhook": [[("company_id", ASCENDING)], [("owner_id", ASCENDING)],

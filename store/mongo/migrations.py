@@ -1,6 +1,6 @@
 """Data changes the MongoDB store makes when the model changes (SQLite makes the same in its
 schema migrations, ``store/sqlite/migrations.py``: versions 7, 8, 10, 14, 16, 18, 23,
-24, 26, 27, 29, 32, 34, 37, 40, 41 and 42).
+24, 26, 27, 29, 32, 34, 37, 40, 41, 42 and 47).
 
 MongoDB has no schema to migrate, only documents written under older rules. Each step
 here runs at every start (or until one start recorded it done: ``_once``), is
@@ -84,6 +84,7 @@ async def migrate(db: Any) -> None:
     await _minor_units(db)
     await _blockers(db)
     await _once(db, "audit_books", _audit_books)
+    await _once(db, "audit_holders", _audit_holders)
     await _once(db, "reservation_books", _reservation_books)
     await _once(db, "refunded_whole", _refunded_whole)
     await _once(db, "name_keys", _name_keys)
@@ -340,6 +341,91 @@ async def _audit_books(db: Any) -> None:
         books = await _station_books(db, [i for i in station_of.values() if i is not None])
         for doc in docs:
             await _write_books(db, "audit_entry", doc["_id"], books.get(station_of[doc["_id"]]))
+
+
+#: The field of an audit image naming the person the record belongs to, by kind (a
+#: user's entries are about the user themself).
+_HOLDER_FIELDS = {"vehicle": "owner_id", "id_tag": "user_id", "session": "user_id",
+                  "reservation": "user_id", "payment": "user_id", "refund": "user_id"}
+
+
+async def _audit_holders(db: Any) -> None:
+    """What SQLite migration 47 does: audit entries written before they recorded whose
+    their record was (``AuditEntry.holder_id``, and the books of a company's people,
+    cards, cars, connectors, tariffs, sessions and payments) take what their images
+    say, before the change, else after it; what they do not say as it stands now: a
+    card's or a car's company its holder's, a connector's or a station tariff's books
+    its station's (none when it is gone). Books already recorded (a station's, a
+    reservation's, a site's, a webhook's) stay. Marked by the field itself: new
+    documents always carry ``holder_id``, possibly null."""
+    while True:
+        docs = await db["audit_entry"].find(
+            {"holder_id": {"$exists": False}},
+            {"entity": 1, "entity_id": 1, "before": 1, "after": 1}).limit(BATCH).to_list()
+        if not docs:
+            break
+        holders = {doc["_id"]: _audit_holder(doc) for doc in docs}
+        companies = {u["_id"]: u.get("company_id") for u in await db["user"].find(
+            {"_id": {"$in": [holders[doc["_id"]] for doc in docs
+                             if doc["entity"] in ("id_tag", "vehicle")]}},
+            {"company_id": 1}).to_list()}
+        stations = await _station_books(db, [
+            _as_id(_image_value(doc, "station_id")) for doc in docs
+            if doc["entity"] in ("connector", "tariff")])
+        for doc in docs:
+            holder = holders[doc["_id"]]
+            update: dict[str, Any] = {"holder_id": holder, MARK: ObjectId()}
+            entity = doc["entity"]
+            books: tuple[Any, Any] | None = None
+            if entity == "company":
+                books = (_as_id(doc["entity_id"]), None)
+            elif entity == "user" or (entity == "tariff"
+                                      and _image_value(doc, "company_id") is not None):
+                books = (_as_id(_image_value(doc, "company_id")), None)
+            elif entity in ("id_tag", "vehicle"):
+                books = (companies.get(holder), None)
+            elif entity in ("connector", "tariff"):
+                books = stations.get(_as_id(_image_value(doc, "station_id")), (None, None))
+            elif entity in ("session", "payment", "refund"):
+                image = _booked_image(doc)
+                books = (_as_id(image.get("company_id")), _as_id(image.get("station_owner_id")))
+            if books is not None:
+                update["company_id"], update["station_owner_id"] = books
+            await db["audit_entry"].update_one(
+                {"_id": doc["_id"], "holder_id": {"$exists": False}}, {"$set": update})
+
+
+def _audit_holder(doc: dict[str, Any]) -> ObjectId | None:
+    """The person an audit entry's record belonged to, as its images say."""
+    if doc["entity"] == "user":
+        return _as_id(doc["entity_id"])
+    field = _HOLDER_FIELDS.get(doc["entity"])
+    return _as_id(_image_value(doc, field)) if field is not None else None
+
+
+def _image_value(doc: dict[str, Any], field: str) -> Any:
+    """``field`` of an audit entry's record before the change, else after it."""
+    for image in (doc.get("before"), doc.get("after")):
+        if isinstance(image, dict) and image.get(field) is not None:
+            return image[field]
+    return None
+
+
+def _booked_image(doc: dict[str, Any]) -> dict[str, Any]:
+    """The image of a session, payment or refund whose books an entry takes: before the
+    change if it had books then, else after it."""
+    before, after = doc.get("before"), doc.get("after")
+    if isinstance(before, dict) and (before.get("company_id") is not None
+                                     or before.get("station_owner_id") is not None):
+        return before
+    return after if isinstance(after, dict) else {}
+
+
+def _as_id(value: Any) -> ObjectId | None:
+    """A record id as MongoDB stores it; text that is no id (or none) is ``None``."""
+    if isinstance(value, ObjectId):
+        return value
+    return ObjectId(value) if isinstance(value, str) and ObjectId.is_valid(value) else None
 
 
 async def _reservation_books(db: Any) -> None:

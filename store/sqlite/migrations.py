@@ -1037,6 +1037,52 @@ _V46 = """
 ALTER TABLE "connector_interval" ADD COLUMN "observed_at" INTEGER;
 """
 
+# Version 47: audit entries record whose the changed record was when it changed
+# (``AuditEntry.holder_id``, the person it belonged to; ``company_id`` and
+# ``station_owner_id``, its books, now for every company-held kind: ``base.Service._whose``).
+# Removals were read by their actor alone, who kept them after moving to another company
+# or being demoted, while the record's company and its driver could not read them (QA
+# s21). Older entries take what their images say: a user's company and a session's,
+# payment's or refund's books before the change, else after it (as the service writes
+# them); a person from the entry (a user), its images' owner (a car) or driver. What the
+# images do not say is taken as it stands now, which is what read these entries until
+# then: a card's or a car's company is its holder's now, a connector's or a station
+# tariff's books its station's now (none when it is gone), as version 18 did for
+# stations. Entries of records of no one (a station's commands, tariffs of a removed
+# station) keep none: admins read them.
+_V47 = """
+ALTER TABLE "audit_entry" ADD COLUMN "holder_id" TEXT;
+UPDATE "audit_entry" SET "holder_id" = "entity_id" WHERE "entity" = 'user';
+UPDATE "audit_entry" SET "holder_id" = COALESCE(json_extract("before", '$.owner_id'),
+                                                json_extract("after", '$.owner_id'))
+WHERE "entity" = 'vehicle';
+UPDATE "audit_entry" SET "holder_id" = COALESCE(json_extract("before", '$.user_id'),
+                                                json_extract("after", '$.user_id'))
+WHERE "entity" IN ('id_tag', 'session', 'reservation', 'payment', 'refund');
+UPDATE "audit_entry" SET "company_id" = "entity_id" WHERE "entity" = 'company';
+UPDATE "audit_entry" SET "company_id" = COALESCE(json_extract("before", '$.company_id'),
+                                                 json_extract("after", '$.company_id'))
+WHERE "entity" = 'user' OR ("entity" = 'tariff' AND COALESCE(
+    json_extract("before", '$.company_id'), json_extract("after", '$.company_id')) IS NOT NULL);
+UPDATE "audit_entry" SET "company_id" = (
+    SELECT "company_id" FROM "user" WHERE "user"."id" = "audit_entry"."holder_id")
+WHERE "entity" IN ('id_tag', 'vehicle');
+UPDATE "audit_entry" SET ("company_id", "station_owner_id") = (
+    SELECT "company_id", CASE WHEN "company_id" IS NULL THEN "owner_id" END FROM "station"
+    WHERE "station"."id" = COALESCE(json_extract("audit_entry"."before", '$.station_id'),
+                                    json_extract("audit_entry"."after", '$.station_id')))
+WHERE "entity" = 'connector' OR ("entity" = 'tariff' AND "company_id" IS NULL);
+UPDATE "audit_entry" SET ("company_id", "station_owner_id") = (
+    json_extract(CASE WHEN COALESCE(json_extract("before", '$.company_id'),
+                                    json_extract("before", '$.station_owner_id')) IS NOT NULL
+                      THEN "before" ELSE "after" END, '$.company_id'),
+    json_extract(CASE WHEN COALESCE(json_extract("before", '$.company_id'),
+                                    json_extract("before", '$.station_owner_id')) IS NOT NULL
+                      THEN "before" ELSE "after" END, '$.station_owner_id'))
+WHERE "entity" IN ('session', 'payment', 'refund');
+CREATE INDEX "audit_entry_holder_at_idx" ON "audit_entry" ("holder_id", "at");
+"""
+
 #: Every migration, oldest first. Append only.
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
@@ -1050,7 +1096,8 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (35, _V35), (36, _V36), (37, _V37),
                                      (38, _V38), (39, _V39), (40, _V40),
                                      (41, _V41), (42, _V42), (43, _V43),
-                                     (44, _V44), (45, _V45), (46, _V46))
+                                     (44, _V44), (45, _V45), (46, _V46),
+                                     (47, _V47))
 
 #: Python functions migrations call, registered on the migrating connection: a value only
 #: the domain's rules can compute for rows written before (name, arity, function).

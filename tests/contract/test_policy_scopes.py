@@ -2,7 +2,8 @@
 returns exactly the records DESIGN.md section 3 says each viewer may see.
 
 The world: companies A and B; operators opA and opA2 (company A), opB (company B, owns S3)
-and opSolo (no company, owns S4); drivers d1, d2 (no company) and d3 (company B).
+and opSolo (no company, owns S4); drivers d1, d2 (no company), d3 (company B) and d4
+(company A, moved there from B).
 Stations S1 (A, owned by opA), S2 (A, no owner), S3 (B), S4 (opSolo), S5 (opA, no company),
 S6 (B's now, handed over by A: A keeps its books, sessions and reservations made under A).
 """
@@ -75,6 +76,7 @@ def build_world() -> dict[str, Record]:
     w.opSolo = user(role=Role.OPERATOR)
     w.d1, w.d2 = user(), user()
     w.d3 = user(company_id=w.B.id)
+    w.d4 = user(company_id=w.A.id)  # of B until an admin moved them to A
     w.v1, w.v2, w.v3 = vehicle(w.d1), vehicle(w.d2), vehicle(w.d3)
     w.t1, w.t2, w.t3 = id_tag(w.d1, vehicle_id=w.v1.id), id_tag(w.d2), id_tag(w.d3)
     w.t4 = id_tag(w.opA2)
@@ -133,29 +135,55 @@ def build_world() -> dict[str, Record]:
     # paid back since B runs S6 (A pays it back; B does not learn of it).
     w.f1, w.f2 = refund(w.x1, w.p1.id), refund(w.x2, w.p2.id)
     w.f6 = refund(w.x6)
+    # Audit entries as the services write them (``base.Service._whose``): in the books
+    # of the record then, about its person then. Entries of a station's own record are
+    # written here without books: its current operators read those by the station.
+    books_a = {"company_id": w.A.id}
+    books_b = {"company_id": w.B.id}
     w.a_opA = audit(w.S1, w.opA.id)
-    w.a_opA2 = audit(w.A, w.opA2.id)
+    w.a_opA2 = audit(w.A, w.opA2.id, **books_a)
     w.a_opB = audit(w.S3, w.opB.id)
-    w.a_sys_c2 = audit(w.C2, "system")
-    w.a_d1 = audit(w.v1, w.d1.id)
-    w.a_ocpp_x2 = audit(w.x2, "ocpp:" + w.S3.cp_id)
+    w.a_sys_c2 = audit(w.C2, "system", **books_a)
+    w.a_d1 = audit(w.v1, w.d1.id, holder_id=w.d1.id)
+    w.a_ocpp_x2 = audit(w.x2, "ocpp:" + w.S3.cp_id, holder_id=w.d2.id, **books_b)
     w.a_sys_s4 = audit(w.S4, "system")
     # opA2 worked for B (on S3) before joining A: A does not inherit that entry, B keeps it.
     w.a_moved = audit(w.S3, w.opA2.id)
-    w.a_b_person = audit(w.d3, w.opB.id)  # about one of B's people
-    w.a_a_tariff = audit(w.tA, w.opA2.id)
+    w.a_b_person = audit(w.d3, w.opB.id, holder_id=w.d3.id, **books_b)  # one of B's people
+    w.a_a_tariff = audit(w.tA, w.opA2.id, **books_a)
     # opA2, still in B, changed one of B's people: no longer opA2's to read.
-    w.a_moved_person = audit(w.d3, w.opA2.id)
-    # opA2 removed a station: gone, so only its own actor can find the entry.
-    w.a_removal = audit(station(company_id=w.A.id), w.opA2.id, action=AuditAction.DELETE)
-    w.a_x1_ended = audit(w.x1, w.opA.id)  # a session in A's books
+    w.a_moved_person = audit(w.d3, w.opA2.id, holder_id=w.d3.id, **books_b)
+    # opA2 removed one of A's stations: gone, A's operators read it by its books.
+    w.a_removal = audit(station(company_id=w.A.id), w.opA2.id, action=AuditAction.DELETE,
+                        **books_a)
+    w.a_x1_ended = audit(w.x1, w.opA.id, holder_id=w.d1.id, **books_a)  # a session in A's books
     # d1, an operator of B before being demoted to driver, changed d3's card: d1's no more.
-    w.a_demoted = audit(w.t3, w.d1.id)
+    w.a_demoted = audit(w.t3, w.d1.id, holder_id=w.d3.id, **books_b)
+    # Removals (QA s21): read by the record's books and its person, whoever acted, and no
+    # longer by their actor. d1, then an operator of B, removed d3's other card, and
+    # opA2, then in B, d3's second car: B's and d3's, neither d1's (a driver now) nor
+    # opA2's (in A now). An admin removed d1's car (d1's) and a card of B's d3 (B's
+    # and d3's); and a station of no one's (admins' only).
+    w.a_demoted_removal = audit(id_tag(w.d3), w.d1.id, action=AuditAction.DELETE,
+                                holder_id=w.d3.id, **books_b)
+    w.a_moved_removal = audit(vehicle(w.d3), w.opA2.id, action=AuditAction.DELETE,
+                              holder_id=w.d3.id, **books_b)
+    w.a_admin_removed_car = audit(vehicle(w.d1), w.admin.id, action=AuditAction.DELETE,
+                                  holder_id=w.d1.id)
+    w.a_admin_removed_card = audit(id_tag(w.d3), w.admin.id, action=AuditAction.DELETE,
+                                   holder_id=w.d3.id, **books_b)
+    w.a_nobody_removed = audit(station(), w.admin.id, action=AuditAction.DELETE)
+    # d4 moved from B to A: B keeps what was written in its books (the move too, in the
+    # books d4 left), A reads only what was written since.
+    w.a_d4_in_b = audit(w.d4, w.opB.id, holder_id=w.d4.id, **books_b)
+    w.a_d4_moved = audit(w.d4, w.admin.id, holder_id=w.d4.id, **books_b)
+    w.a_d4_in_a = audit(w.d4, w.opA.id, holder_id=w.d4.id, **books_a)
     # Written in A's books while A ran S6, before it was handed to B: a command (drivers'
     # cards in its request) and a reservation stay A's; the station's own record is B's too.
     w.a_command_s6 = audit(w.S6, w.opA.id, action=AuditAction.COMMAND, company_id=w.A.id)
     w.a_record_s6 = audit(w.S6, w.opA.id, company_id=w.A.id)
-    w.a_reserved_r1 = audit(w.r1, w.d1.id, action=AuditAction.CREATE, company_id=w.A.id)
+    w.a_reserved_r1 = audit(w.r1, w.d1.id, action=AuditAction.CREATE, company_id=w.A.id,
+                            holder_id=w.d1.id)
     # What is known of chargers' configuration: those who run the station now only (S6's
     # is B's, whoever ran it when it was read), never drivers nor the map.
     w.k1, w.k3, w.k4, w.k6, w.k7 = (configuration_key(s) for s in
@@ -171,7 +199,7 @@ EXPECTED: dict[str, dict[str, set[str]]] = {
     "opA": {
         "configuration_key": {"k1", "k7"},
         "company": {"A"},
-        "user": {"opA", "opA2", "d1", "d3"},
+        "user": {"opA", "opA2", "d1", "d3", "d4"},
         "vehicle": {"v1", "v3"},
         "id_tag": {"t4"},
         "station": {"S1", "S2", "S5", "S7"},
@@ -183,14 +211,17 @@ EXPECTED: dict[str, dict[str, set[str]]] = {
         "tariff": {"tA", "tS5"},
         "payment": {"p1"},
         "refund": {"f1", "f6"},
+        # A colleague's removal too (opA2's of a station), and of d4 what was written
+        # since d4 joined A.
         "audit_entry": {"a_opA", "a_opA2", "a_sys_c2", "a_a_tariff", "a_x1_ended",
-                        "a_command_s6", "a_record_s6", "a_reserved_r1"},
+                        "a_command_s6", "a_record_s6", "a_reserved_r1", "a_removal",
+                        "a_d4_in_a"},
     },
     # Moved from B to A: A's records, B's left behind (a_moved, a_moved_person).
     "opA2": {
         "configuration_key": {"k1", "k7"},
         "company": {"A"},
-        "user": {"opA", "opA2", "d1", "d3"},
+        "user": {"opA", "opA2", "d1", "d3", "d4"},
         "vehicle": {"v1", "v3"},
         "id_tag": {"t4"},
         "station": {"S1", "S2", "S7"},
@@ -202,8 +233,10 @@ EXPECTED: dict[str, dict[str, set[str]]] = {
         "tariff": {"tA"},
         "payment": {"p1"},
         "refund": {"f1", "f6"},
+        # Not the removal they made while in B (a_moved_removal).
         "audit_entry": {"a_opA", "a_opA2", "a_sys_c2", "a_a_tariff", "a_removal",
-                        "a_x1_ended", "a_command_s6", "a_record_s6", "a_reserved_r1"},
+                        "a_x1_ended", "a_command_s6", "a_record_s6", "a_reserved_r1",
+                        "a_d4_in_a"},
     },
     "opB": {
         "configuration_key": {"k3", "k6"},
@@ -220,8 +253,11 @@ EXPECTED: dict[str, dict[str, set[str]]] = {
         "tariff": {"tS3"},
         "payment": {"p2"},
         "refund": {"f2"},
+        # Its people's removals, whoever made them and wherever they are now; d4's
+        # history up to the move, which A does not inherit.
         "audit_entry": {"a_opB", "a_moved", "a_b_person", "a_moved_person", "a_ocpp_x2",
-                        "a_demoted", "a_record_s6"},
+                        "a_demoted", "a_record_s6", "a_demoted_removal", "a_moved_removal",
+                        "a_admin_removed_card", "a_d4_in_b", "a_d4_moved"},
     },
     "opSolo": {
         "configuration_key": {"k4"},
@@ -243,8 +279,9 @@ EXPECTED: dict[str, dict[str, set[str]]] = {
         "reservation": {"r1", "r6_done", "r6_lapsed"},
         "payment": {"p1"},
         "refund": {"f1", "f6"},
-        # About what is theirs, whoever acted (their session, ended by its operator).
-        "audit_entry": {"a_d1", "a_x1_ended", "a_reserved_r1"},
+        # About what is theirs, whoever acted (their session, ended by its operator;
+        # their car, removed by an admin), not the removal they made as B's operator.
+        "audit_entry": {"a_d1", "a_x1_ended", "a_reserved_r1", "a_admin_removed_car"},
         # The public map: every station, connector and price.
         "station": {"S1", "S2", "S3", "S4", "S5", "S6"},
         "connector": {"C1", "C2", "C3", "C4", "C5"},
@@ -260,8 +297,19 @@ EXPECTED: dict[str, dict[str, set[str]]] = {
         "station": {"S1", "S2", "S3", "S4", "S5", "S6"},
         "connector": {"C1", "C2", "C3", "C4", "C5"},
         "tariff": {"tA", "tS3", "tS4", "tS5"},
-        # Entries about themselves, by their operators.
-        "audit_entry": {"a_b_person", "a_moved_person", "a_demoted"},
+        # Entries about themselves and what they hold, by their operators, its removals
+        # included.
+        "audit_entry": {"a_b_person", "a_moved_person", "a_demoted", "a_demoted_removal",
+                        "a_moved_removal", "a_admin_removed_card"},
+    },
+    # Moved from B to A: their whole history, whichever company's books it is in.
+    "d4": {
+        "company": {"A"},
+        "user": {"d4"},
+        "station": {"S1", "S2", "S3", "S4", "S5", "S6"},
+        "connector": {"C1", "C2", "C3", "C4", "C5"},
+        "tariff": {"tA", "tS3", "tS4", "tS5"},
+        "audit_entry": {"a_d4_in_b", "a_d4_moved", "a_d4_in_a"},
     },
     "anonymous, public map": {
         "station": {"S1", "S2", "S3", "S4", "S5", "S6"},

@@ -460,6 +460,53 @@ async def test_payments_and_audit_scoped(api: Api, world: World) -> None:
     assert len(everything["auditLog"]["nodes"]) > len(mine["auditLog"]["nodes"])
 
 
+REMOVALS = """{ auditLog(first: 100, filter: {action: DELETE}) {
+  nodes { entity entityId actor before } } }"""
+
+
+async def removals(api: Api, world: World, who: str) -> set[str]:
+    """The raw ids of the records whose removal ``who`` reads in the audit log."""
+    data = await api.gql(REMOVALS, as_user=world.users[who].id)
+    return {base64.b64decode(n["entityId"]).decode().split(":", 1)[1]
+            for n in data["auditLog"]["nodes"]}
+
+
+async def mutate(api: Api, world: World, who: str, mutation: str, input: dict[str, Any]
+                 ) -> None:
+    name = mutation[0].upper() + mutation[1:]
+    query = f"""mutation($input: {name}Input!) {{ {mutation}(input: $input) {{
+      errors {{ field code }} }} }}"""
+    data = await api.gql(query, {"input": input}, as_user=world.users[who].id)
+    assert data[mutation]["errors"] == [], data
+
+
+async def test_removals_are_read_by_the_record_s_company_and_person_not_by_who_removed(
+        api: Api, world: World) -> None:
+    """QA s21: removals were read by their actor alone. op_a2 removes a card of A's
+    driver_a, then moves to company B: op_a2 no longer reads that removal (with its
+    before-image, the card), their former colleague op_a does, and so does driver_a;
+    op_b, op_a2's new colleague, does not. An admin's removal of driver2's car is read
+    by driver2 (no company: nobody else but admins)."""
+    card = world.tags["driver_a"]
+    await mutate(api, world, "op_a2", "removeIdTag", {"id": to_global_id("id_tag", card.id)})
+    car = world.vehicles["driver2"]
+    await mutate(api, world, "admin", "removeVehicle", {"id": to_global_id("vehicle", car.id)})
+    await mutate(api, world, "admin", "updateUser", {
+        "id": to_global_id("user", world.users["op_a2"].id),
+        "companyId": to_global_id("company", world.companies["b"].id)})
+
+    assert await removals(api, world, "op_a2") == set()
+    assert await removals(api, world, "op_b") == set()
+    assert await removals(api, world, "op_a") == {card.id}
+    assert await removals(api, world, "driver_a") == {card.id}
+    assert await removals(api, world, "driver2") == {car.id}
+    assert await removals(api, world, "driver1") == set()
+    seen = await api.gql(REMOVALS, as_user=world.users["driver_a"].id)
+    [removal] = seen["auditLog"]["nodes"]
+    assert (removal["entity"], removal["actor"], removal["before"]["tag"]) == (
+        "id_tag", world.users["op_a2"].id, card.tag)
+
+
 async def test_public_map_for_anonymous(services, world: World) -> None:
     from datetime import timedelta
 

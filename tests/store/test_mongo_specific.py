@@ -1892,6 +1892,61 @@ async def test_station_audit_entries_from_before_get_their_books(mongo: MongoSto
     assert raw(mongo)["audit_entry"].count_documents({"company_id": {"$exists": False}}) == 1
 
 
+async def test_audit_entries_from_before_get_whose_their_record_was(
+        mongo: MongoStore) -> None:
+    """What SQLite migration 47 does: entries take their person (``holder_id``) and, for
+    a company's people, cards, cars, connectors, tariffs, sessions and payments, their
+    books, from their images (before the change, else after it); what the images do not
+    say as it stands now. Books recorded before (a station's) stay; once."""
+    from tests.contract.factories import company, station, user
+
+    co, old_co = company(), company()
+    holder, driver = user(company_id=co.id), user()
+    of_company, own = station(company_id=co.id), station(owner_id=holder.id)
+
+    def entry(entity: str, entity_id: str, before: dict[str, Any] | None,
+              after: dict[str, Any] | None, **books: Any) -> AuditEntry:
+        return AuditEntry(entity=entity, entity_id=entity_id, action=AuditAction.UPDATE,
+                          actor="system", before=before, after=after, **books)
+
+    gone = str(ObjectId())
+    entries = {
+        "moved": entry("user", holder.id, {"company_id": old_co.id}, {"company_id": co.id}),
+        "card": entry("id_tag", gone, {"user_id": holder.id}, None),
+        "car": entry("vehicle", gone, {"owner_id": driver.id}, {"owner_id": holder.id}),
+        "plug": entry("connector", gone, {"station_id": own.id}, None),
+        "plug_gone": entry("connector", gone, {"station_id": gone}, None),
+        "tariff": entry("tariff", gone, None, {"company_id": None,
+                                               "station_id": of_company.id}),
+        "session": entry("session", gone, None, {"user_id": driver.id, "company_id": None,
+                                                 "station_owner_id": holder.id}),
+        "company": entry("company", co.id, {"name": "A"}, {"name": "B"}),
+        "command": entry("station", own.id, None, {"command": "Reset"},
+                         station_owner_id=holder.id),
+    }
+    await mongo.write([Insert(r) for r in (co, old_co, holder, driver, of_company, own)],
+                      list(entries.values()))
+    db = raw(mongo)
+    db["audit_entry"].update_many({}, {"$unset": {"holder_id": ""}})  # written before
+    db["audit_entry"].update_many({"entity": {"$ne": "station"}}, {
+        "$unset": {"company_id": "", "station_owner_id": ""}})
+    db[migrations.MIGRATIONS].delete_many({})  # a database from before the migrations
+
+    await migrations.migrate(mongo.db)
+    await migrations.migrate(mongo.db)  # another start
+
+    stored = {e.id: (e.company_id, e.station_owner_id, e.holder_id)
+              for e in await mongo.find_all(AuditEntry, ALL)}
+    assert {name: stored[e.id] for name, e in entries.items()} == {
+        "moved": (old_co.id, None, holder.id), "card": (co.id, None, holder.id),
+        "car": (None, None, driver.id), "plug": (None, holder.id, None),
+        "plug_gone": (None, None, None), "tariff": (co.id, None, None),
+        "session": (None, holder.id, driver.id), "company": (co.id, None, None),
+        "command": (None, holder.id, None)}
+    assert db["audit_entry"].count_documents({"holder_id": {"$exists": False}}) == 0
+    assert db[migrations.MIGRATIONS].find_one({"_id": "audit_holders"})["done"] is True
+
+
 async def test_reservations_from_before_get_their_books_once(mongo: MongoStore) -> None:
     """What SQLite migration 23 does: reservations take their station's books (its
     company, or its owner for a station of no company; none when it is gone). The step

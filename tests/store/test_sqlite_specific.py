@@ -992,6 +992,61 @@ async def test_version_42_flags_stations_holding_more_configuration_keys_than_ke
     assert flags == {"s1": True, "s2": False, "s3": False}
 
 
+async def test_version_47_gives_audit_entries_whose_their_record_was(db_path: str) -> None:
+    """Entries written before version 47 take their person (``holder_id``) and, for a
+    company's people, cards, cars, connectors, tariffs, sessions and payments, their
+    books: from their images, before the change else after it; what the images do not
+    say as it stands now (a card's or a car's holder's company, a connector's or a
+    station tariff's station, none when it is gone). Books recorded before stay."""
+    import json
+
+    async with aiosqlite.connect(db_path, isolation_level=None) as conn:
+        await apply_migrations(conn, [m for m in MIGRATIONS if m[0] <= 46])
+        await two_stations(conn)  # st1 of co1, st2 of no company (owner u1)
+        for user_id, company_sql in (("u1", "'co1'"), ("u2", "NULL")):
+            await conn.execute(
+                'INSERT INTO "user" ("id", "created_at", "updated_at", "created_by", '
+                '"updated_by", "email", "name", "role", "company_id", "password_hash", '
+                f"\"active\") VALUES ('{user_id}', 0, 0, 'system', 'system', "
+                f"'{user_id}@example.com', 'U', 'DRIVER', {company_sql}, '', 1)")
+        entries = [
+            # (id, entity, entity_id, before, after, books recorded then)
+            ("e01", "user", "u1", {"company_id": "co0"}, {"company_id": "co1"}, None),
+            ("e02", "user", "u2", None, {"company_id": "co1"}, None),
+            ("e03", "id_tag", "t1", {"user_id": "u1"}, None, None),
+            ("e04", "vehicle", "v1", {"owner_id": "u2"}, {"owner_id": "u1"}, None),
+            ("e05", "connector", "c1", {"station_id": "st2"}, None, None),
+            ("e06", "connector", "c2", {"station_id": "gone"}, None, None),
+            ("e07", "tariff", "f1", None, {"company_id": "co1", "station_id": None}, None),
+            ("e08", "tariff", "f2", None, {"company_id": None, "station_id": "st1"}, None),
+            ("e09", "session", "x1", {"user_id": "u2", "company_id": None,
+                                      "station_owner_id": "u1"},
+             {"user_id": "u2", "company_id": None, "station_owner_id": "u1"}, None),
+            ("e10", "payment", "p1", None, {"user_id": "u1", "company_id": "co1",
+                                            "station_owner_id": None}, None),
+            ("e11", "company", "co1", {"name": "A"}, {"name": "B"}, None),
+            ("e12", "station", "st1", None, None, ("co1", None)),
+            ("e13", "reservation", "r1", None, {"user_id": "u2"}, (None, "u1")),
+        ]
+        for entry_id, entity, entity_id, before, after, books in entries:
+            company_id, owner_id = books or (None, None)
+            await conn.execute(
+                'INSERT INTO "audit_entry" ("id", "created_at", "updated_at", "created_by", '
+                '"updated_by", "entity", "entity_id", "action", "actor", "at", "before", '
+                '"after", "company_id", "station_owner_id") '
+                "VALUES (?, 0, 0, 'system', 'system', ?, ?, 'UPDATE', 'op', 0, ?, ?, ?, ?)",
+                (entry_id, entity, entity_id, None if before is None else json.dumps(before),
+                 None if after is None else json.dumps(after), company_id, owner_id))
+        assert 47 in await apply_migrations(conn)
+    assert raw(db_path, 'SELECT "id", "company_id", "station_owner_id", "holder_id" '
+                        'FROM "audit_entry" ORDER BY "id"') == [
+        ("e01", "co0", None, "u1"), ("e02", "co1", None, "u2"), ("e03", "co1", None, "u1"),
+        ("e04", None, None, "u2"), ("e05", None, "u1", None), ("e06", None, None, None),
+        ("e07", "co1", None, None), ("e08", "co1", None, None), ("e09", None, "u1", "u2"),
+        ("e10", "co1", None, "u1"), ("e11", "co1", None, None), ("e12", "co1", None, None),
+        ("e13", None, "u1", "u2")]
+
+
 def names_of(records: Sequence[Record]) -> list[str]:
     """The names of companies, users or stations."""
     return [cast(Company, r).name for r in records]
