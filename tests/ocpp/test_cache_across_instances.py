@@ -145,6 +145,16 @@ async def test_a_chargers_own_reports_do_not_keep_its_cached_station_alive(
     assert await boot(alone.a) is d.Registration.REJECTED
 
 
+async def test_a_boot_is_answered_by_the_registration_as_stored(alone: Instances) -> None:
+    """A boot right after a Rejected set on another instance, its announcement not (yet)
+    delivered: the answer is Rejected, not the cached Accepted (QA s21)."""
+    for _ in range(2):  # the first writes the charger's details (and drops its copy)
+        assert await boot(alone.a) is d.Registration.ACCEPTED
+    assert alone.a.charging.cache.station("CP-1") is not None
+    await reject_on_b(alone)
+    assert await boot(alone.a) is d.Registration.REJECTED
+
+
 async def test_a_station_removed_unannounced_is_an_unknown_charge_point(
         alone: Instances) -> None:
     """Its cached copy still answers the charger, but the write fails: the charger is
