@@ -293,8 +293,11 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
 
     routes: list[BaseRoute] = [
         Route("/", home), Route("/healthz", healthz),
+        # Every method reaches the handler, which refuses all but GET and POST itself:
+        # as JSON with the API's error code, and an Allow header that offers no HEAD
+        # (the router's own 405 is plain text and offers the HEAD it adds to GET).
         Route("/graphql", cross_origin(graphql, settings.cors_allowed_origins),
-              methods=cors_methods(settings.cors_allowed_origins)),
+              methods=None),
         WebSocketRoute("/graphql", graphql),
         # ``name`` is ``sessions.csv`` and the like (graph/csv_export.py): GET only, and
         # callable from the browser apps /graphql is (a back office's download button).

@@ -125,28 +125,46 @@ def legacy_email(value: str | None) -> str | None:
 
 
 def name(value: str | None, field: str = "name") -> str:
-    cleaned = " ".join(_given(value, field).split())
+    # Joiners join nothing at a name's ends or beside a space: there they only make a
+    # name that reads like another one ("Spree Charging GmbH" and a ZWNJ) a second name.
+    words = (word.strip(_JOINERS) for word in _given(value, field).split())
+    cleaned = " ".join(word for word in words if word)
     if not cleaned:
         raise ValidationError("must not be empty", field=field, code="REQUIRED")
     if len(cleaned) > MAX_NAME:
         raise ValidationError(f"at most {MAX_NAME} characters", field=field, code="TOO_LONG")
-    return _printable(cleaned, field)
+    _printable(cleaned, field)
+    if not any(unicodedata.category(c)[0] in "LNPS" for c in cleaned):
+        # Only marks (a lone combining accent): a name that shows as nothing.
+        raise ValidationError("must show a letter, digit or symbol", field=field,
+                              code="INVALID")
+    return cleaned
+
+
+#: Zero-width joiner and non-joiner: kept inside words (emoji sequences, Persian and
+#: Indic names need them), dropped where they join nothing.
+_JOINERS = "\u200c\u200d"
 
 
 #: Characters that make text read differently from how it is stored: bidirectional
 #: embeddings, overrides and isolates ("Trojan source"), and the invisible ones behind
 #: look-alike names (byte order mark, zero-width space, soft hyphen, word joiner,
-#: direction marks). No name needs them. Joiners (ZWJ, ZWNJ) stay: emoji sequences and
-#: Persian or Indic names do.
+#: direction marks), and the blanks that are letters or symbols to Unicode (Hangul
+#: fillers, the braille blank, the combining grapheme joiner, the Mongolian vowel
+#: separator, Khmer's invisible vowels). No name needs them. Joiners (ZWJ, ZWNJ) stay
+#: inside words: emoji sequences and Persian or Indic names need them (``name``).
 _INVISIBLE = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
-                       "\ufeff\u200b\u00ad\u2060\u061c\u200e\u200f")
+                       "\ufeff\u200b\u00ad\u2060\u061c\u200e\u200f"
+                       "\u3164\uffa0\u115f\u1160\u2800\u034f\u180e\u17b4\u17b5")
+#: Those of ``_INVISIBLE`` that ``str.isprintable`` lets through.
+_BLANKS = frozenset(c for c in _INVISIBLE if c.isprintable())
 
 
 def _printable(value: str, field: str, allowed: str = "") -> str:
     """No control characters (NUL, escapes, ...: they end strings in C clients, corrupt
     terminals and CSV exports), lone surrogates (no database stores them as UTF-8) or
     invisible ones (``_INVISIBLE``)."""
-    if value.isprintable():
+    if value.isprintable() and _BLANKS.isdisjoint(value):
         return value
     if any(c not in allowed and _hidden(c) for c in value):
         raise ValidationError("no control or invisible characters", field=field,
@@ -290,14 +308,20 @@ def connector_id(value: int, field: str = "connectorId") -> int:
 
 
 def coordinates(lat: float | None, lon: float | None, field: str = "location") -> None:
+    """A point on the map (both or neither given), or the user errors naming ``field``'s
+    ``lat`` and ``lon``: both at once when both are out of range."""
     if (lat is None) != (lon is None):
         raise ValidationError("give both lat and lon", field=field, code="REQUIRED")
-    if lat is not None and not -90.0 <= lat <= 90.0:
-        raise ValidationError("lat must be within -90..90", field=f"{field}.lat",
-                              code="OUT_OF_RANGE")
-    if lon is not None and not -180.0 <= lon <= 180.0:
-        raise ValidationError("lon must be within -180..180", field=f"{field}.lon",
-                              code="OUT_OF_RANGE")
+    checks = Checks()
+    checks(_within, lat, 90.0, f"{field}.lat")
+    checks(_within, lon, 180.0, f"{field}.lon")
+    checks.done()
+
+
+def _within(degrees: float | None, bound: float, field: str) -> None:
+    if degrees is not None and not -bound <= degrees <= bound:
+        raise ValidationError(f"{field.rsplit('.', 1)[-1]} must be within "
+                              f"-{bound:g}..{bound:g}", field=field, code="OUT_OF_RANGE")
 
 
 def positive(value: float | None, field: str, *, max_value: float = 10_000.0) -> float | None:

@@ -274,13 +274,8 @@ def _tag_status(status: IdTagStatus, now: datetime) -> Filter:
 
 
 def check_point(lat: float, lon: float, field: str) -> None:
-    """A point on the map, or a user error naming ``field``'s ``lat`` or ``lon``."""
-    if not -90 <= lat <= 90:
-        raise ValidationError("lat must be within -90..90", field=f"{field}.lat",
-                              code="OUT_OF_RANGE")
-    if not -180 <= lon <= 180:
-        raise ValidationError("lon must be within -180..180", field=f"{field}.lon",
-                              code="OUT_OF_RANGE")
+    """A point on the map, or the user errors naming ``field``'s ``lat`` and ``lon``."""
+    v.coordinates(lat, lon, field)
 
 
 _LAT = "Latitude in degrees, -90 to 90 (OUT_OF_RANGE otherwise)."

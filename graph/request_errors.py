@@ -16,6 +16,7 @@ from graphql import (
     ArgumentNode,
     DocumentNode,
     GraphQLError,
+    ListValueNode,
     Node,
     ObjectFieldNode,
     Visitor,
@@ -83,25 +84,34 @@ def variable_refused(error: GraphQLError) -> GraphQLError:
 
 
 class _ArgumentPaths(Visitor):
-    """The dotted path of argument and input-object field names of every node inside an
-    argument, by the node's place in the document."""
+    """The dotted path of argument and input-object field names, and list indexes, of
+    every node inside an argument, by the node's place in the document: the path a
+    variable's refusal names too (``input.connectors.1.type``)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.names: list[str] = []
         self.paths: dict[tuple[int, int], str] = {}
 
-    def enter(self, node: Node, *_: Any) -> Any:
+    def enter(self, node: Node, key: Any, _parent: Any, _path: Any, ancestors: Any) -> Any:
         if isinstance(node, ArgumentNode | ObjectFieldNode):
             self.names.append(node.name.value)
+        elif _list_item(key, ancestors):
+            self.names.append(str(key))
         if self.names and node.loc is not None:
             self.paths.setdefault((node.loc.start, node.loc.end), ".".join(self.names))
         return None
 
-    def leave(self, node: Node, *_: Any) -> Any:
-        if isinstance(node, ArgumentNode | ObjectFieldNode):
+    def leave(self, node: Node, key: Any, _parent: Any, _path: Any, ancestors: Any) -> Any:
+        if isinstance(node, ArgumentNode | ObjectFieldNode) or _list_item(key, ancestors):
             self.names.pop()
         return None
+
+
+def _list_item(key: Any, ancestors: Any) -> bool:
+    """Whether the visited node is an item of a list value (its key is its index)."""
+    return isinstance(key, int) and bool(ancestors) and isinstance(ancestors[-1],
+                                                                    ListValueNode)
 
 
 def _argument_paths(document: DocumentNode) -> dict[tuple[int, int], str]:

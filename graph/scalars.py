@@ -58,7 +58,10 @@ def _decimal(value: Any) -> Decimal:
     if _PLAIN_DECIMAL.fullmatch(text) is None:
         raise ValueError(f"Decimal cannot represent {value!r}: write a plain decimal "
                          "number such as 0.35")
-    return Decimal(text)
+    try:
+        return Decimal(text)
+    except ArithmeticError:  # decimal.InvalidOperation: an exponent beyond its range
+        raise ValueError(f"Decimal cannot represent {value!r}: out of range") from None
 
 
 SCALARS: dict[object, Any] = {

@@ -74,11 +74,13 @@ class ConnectorSpec:
 
 
 def _station_password(value: str, field: str = "password") -> str:
-    if not MIN_STATION_PASSWORD <= len(value) <= MAX_STATION_PASSWORD:
-        raise ValidationError(
-            f"{MIN_STATION_PASSWORD} to {MAX_STATION_PASSWORD} characters", field=field,
-            code="INVALID_LENGTH",
-        )
+    # The codes user passwords and every other text field use for their bounds.
+    if len(value) < MIN_STATION_PASSWORD:
+        raise ValidationError(f"at least {MIN_STATION_PASSWORD} characters", field=field,
+                              code="TOO_SHORT")
+    if len(value) > MAX_STATION_PASSWORD:
+        raise ValidationError(f"at most {MAX_STATION_PASSWORD} characters", field=field,
+                              code="TOO_LONG")
     if not value.isascii() or not value.isprintable():
         raise ValidationError("printable ASCII only", field=field)
     return value

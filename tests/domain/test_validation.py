@@ -121,6 +121,31 @@ def test_names_refuse_controls_surrogates_and_bidi_overrides_but_keep_joiners() 
     assert v.optional_text("Street 1\n10115 Berlin", "address") == "Street 1\n10115 Berlin"
 
 
+def test_names_that_read_like_another_or_like_nothing() -> None:
+    """QA s21: a company made beside "Spree Charging GmbH" with a ZWNJ at its end, a
+    Hangul filler, a braille blank or a combining grapheme joiner; names showing nothing
+    at all ("\u200d", "\u3164", a lone accent) were accepted too."""
+    for joined in ("Spree Charging GmbH\u200c", "\u200dSpree Charging GmbH",
+                   "Spree \u200cCharging\u200d GmbH"):
+        assert v.name(joined) == "Spree Charging GmbH", repr(joined)
+    for blank in ("Spree Charging GmbH\u3164", "Spree\u2800Charging GmbH",
+                  "Spree Charging GmbH\u034f", "\uffa0Spree", "\u3164", "\u0301", "\u0301\u0302"):
+        with pytest.raises(ValidationError) as err:
+            v.name(blank)
+        assert err.value.code == "INVALID", repr(blank)
+    with pytest.raises(ValidationError) as err:
+        v.name("\u200d \u200c")
+    assert err.value.code == "REQUIRED"
+    assert v.name("Caf\u00e9 \u0301x") == "Caf\u00e9 \u0301x"  # a mark beside a letter
+
+
+def test_coordinates_out_of_range_are_reported_together() -> None:
+    with pytest.raises(ValidationErrors) as err:
+        v.coordinates(91, 200)
+    assert [(e.field, e.code) for e in each(err.value)] == [
+        ("location.lat", "OUT_OF_RANGE"), ("location.lon", "OUT_OF_RANGE")]
+
+
 def test_charger_text_keeps_what_can_be_shown() -> None:
     assert v.shown_text("RCD tripped – ünïcode") == "RCD tripped – ünïcode"
     assert v.shown_text("\x1b[2J\x00evil\u202e") == "[2Jevil"

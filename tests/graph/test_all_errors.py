@@ -121,13 +121,14 @@ async def test_stations_and_connectors_report_every_invalid_field(
     connectors = await store.inner.count(d.Connector, ALL)
     assert await refused(api, world, store, "op_a", "createStation", {
         "cpId": "has space", "name": "", "companyId": gid("company", world.companies["b"].id),
-        "location": {"lat": 91, "lon": 0},
+        "location": {"lat": 91, "lon": 200},
         "connectors": [{"connectorId": 1}, {"connectorId": 1, "maxKw": -1},
                        {"connectorId": 0}],
         "password": "short"}) == [
         ("cpId", "INVALID"), ("name", "REQUIRED"), ("location.lat", "OUT_OF_RANGE"),
+        ("location.lon", "OUT_OF_RANGE"),
         ("connectors.1.connectorId", "DUPLICATE"), ("connectors.1.maxKw", "OUT_OF_RANGE"),
-        ("connectors.2.connectorId", "OUT_OF_RANGE"), ("password", "INVALID_LENGTH")]
+        ("connectors.2.connectorId", "OUT_OF_RANGE"), ("password", "TOO_SHORT")]
     assert (await store.inner.count(d.Station, ALL),
             await store.inner.count(d.Connector, ALL)) == (stations, connectors)
 
@@ -135,7 +136,7 @@ async def test_stations_and_connectors_report_every_invalid_field(
     assert await refused(api, world, store, "op_a", "updateStation", {
         "id": gid("station", station.id), "name": "", "password": "short",
         "registration": None, "heartbeatInterval": 0}) == [
-        ("name", "REQUIRED"), ("password", "INVALID_LENGTH"), ("registration", "REQUIRED"),
+        ("name", "REQUIRED"), ("password", "TOO_SHORT"), ("registration", "REQUIRED"),
         ("heartbeatInterval", "OUT_OF_RANGE")]
     [kept] = await store.inner.get_many(d.Station, [station.id])
     assert kept is not None and kept.name == station.name

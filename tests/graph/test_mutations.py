@@ -535,9 +535,10 @@ async def test_create_station_and_errors(api: Api, world: World, store) -> None:
          ("connectors.1.connectorId", "DUPLICATE")),
         ({"cpId": "OK-4", "connectors": [{"connectorId": 0}]},
          ("connectors.0.connectorId", "OUT_OF_RANGE")),
-        ({"cpId": "OK-5", "password": "short"}, ("password", "INVALID_LENGTH")),
+        ({"cpId": "OK-5", "password": "short"}, ("password", "TOO_SHORT")),
+        ({"cpId": "OK-5", "password": "p" * 41}, ("password", "TOO_LONG")),
         # QA (s17): an empty password (a form's blank field) made a station without one.
-        ({"cpId": "OK-5", "password": ""}, ("password", "INVALID_LENGTH")),
+        ({"cpId": "OK-5", "password": ""}, ("password", "TOO_SHORT")),
         ({"cpId": "OK-6", "companyId": gid("company", world.companies["b"].id)},
          ("companyId", "NOT_FOUND")),
         ({"cpId": "OK-7", "ownerId": gid("user", world.users["driver_a"].id)},
@@ -564,7 +565,7 @@ async def test_update_remove_station_and_connectors(api: Api, world: World) -> N
                             "station { id }")) == [("id", "NOT_FOUND")]
     # An empty password is refused; only null removes it.
     assert codes(await call(api, world, "op_a2", "updateStation", {"id": sid, "password": ""},
-                            "station { id }")) == [("password", "INVALID_LENGTH")]
+                            "station { id }")) == [("password", "TOO_SHORT")]
     for password, required in (("a-new-password", True), (None, False)):
         made = await call(api, world, "op_a2", "updateStation",
                           {"id": sid, "password": password}, "station { passwordRequired }")

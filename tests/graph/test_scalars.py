@@ -79,3 +79,16 @@ def test_decimals_are_plain_ascii_numbers() -> None:
     for bad in ("0.3_5", "1_000", "\u0663.\u0665", "NaN", "Infinity", "", "1.2.3", True):
         with pytest.raises(ValueError, match="Decimal cannot represent"):
             parse(bad)
+
+
+def test_a_decimal_beyond_the_exponent_range_is_refused_in_plain_words() -> None:
+    """QA s21: "1e9999999999999999999" told the client "[<class
+    'decimal.InvalidOperation'>]"."""
+    from decimal import Decimal
+
+    import pytest
+
+    with pytest.raises(ValueError) as raised:
+        SCALARS[Decimal].parse_value("1e9999999999999999999")
+    assert str(raised.value) == ("Decimal cannot represent '1e9999999999999999999': "
+                                 "out of range")

@@ -141,3 +141,18 @@ def test_the_csv_exports_take_the_same_origins(tmp_path: Path) -> None:
         # An OPTIONS that is no preflight exports nothing.
         assert client.options("/export/sessions.csv").status_code == 405
         assert client.post("/export/sessions.csv").status_code == 405
+
+
+@pytest.mark.parametrize("origins", ["", APP])
+def test_other_methods_on_graphql_are_refused_as_the_api_refuses(tmp_path: Path,
+                                                                 origins: str) -> None:
+    """QA s21: PUT, DELETE and a plain OPTIONS got the router's text/plain 405, whose
+    Allow offered a HEAD that was then refused too."""
+    with client_for(tmp_path, origins) as client:
+        for method in ("PUT", "DELETE", "OPTIONS", "HEAD", "PATCH"):
+            refused = client.request(method, "/graphql")
+            assert refused.status_code == 405, method
+            assert refused.headers["allow"] == "GET, POST", method
+            if method != "HEAD":
+                assert refused.headers["content-type"].startswith("application/json")
+                assert refused.json()["errors"][0]["extensions"]["code"] == "BAD_REQUEST"
