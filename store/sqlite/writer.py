@@ -140,6 +140,11 @@ def connect(path: str) -> sqlite3.Connection:
     return conn
 
 
+#: The files SQLite keeps a WAL database in, by suffix, and what people call them.
+_FILES = (("", "database file"), ("-wal", "database's -wal file"),
+          ("-shm", "database's -shm file"))
+
+
 class Writer:
     """Runs whole write transactions (functions of the connection that BEGIN, COMMIT and
     roll back on error) one at a time; the caller serializes them (the store's lock)."""
@@ -158,15 +163,17 @@ class Writer:
         self._trim: asyncio.TimerHandle | None = None
         #: Why the last write transaction failed, if the database itself refused it.
         self.failing: sqlite3.DatabaseError | None = None
-        #: The file the connection opened: the path must still lead to it.
-        self._identity: FileIdentity | None = None
+        #: The files the connection opened, by suffix (the database, its ``-wal`` and
+        #: ``-shm``): the paths must still lead to them.
+        self._identities: dict[str, FileIdentity] = {}
         self._next_refusal_log = 0.0
         self._refusal_told = False
         self._moved_told = False
 
     def open(self) -> None:
         conn = connect(self.path)  # opens the file: what is at the path now is ours
-        self._identity = file_identity(self.path)
+        self._identities = {}
+        self.moved()  # takes the identities of the files there now
         conn.execute("PRAGMA busy_timeout = 0")  # inline attempts never wait on the loop
         conn.execute("PRAGMA wal_autocheckpoint = 0")  # checkpoints run off the loop
         # No journal_size_limit here: this connection would cut the WAL file in the
@@ -211,21 +218,31 @@ class Writer:
         return result
 
     def moved(self) -> str | None:
-        """Why the database's path no longer leads to the file this connection writes
-        (deleted, or another file put there), else None. Under WAL, SQLite does not look:
-        it would go on acknowledging writes into a file nobody can open again. A stat per
-        write transaction costs about a microsecond."""
-        if self._identity is None:
-            return None
-        now = file_identity(self.path)
-        if now == self._identity:
+        """Why the database's path, or its ``-wal`` or ``-shm`` file's, no longer leads
+        to the file this connection writes (deleted, or another file put there), else
+        None. Under WAL, SQLite does not look: it would go on acknowledging writes into a
+        file nobody can open again. A deleted ``-wal`` lost every write after it (QA
+        s21): this connection appended to the unlinked file, readers opened a new empty
+        one, and a restart lost them all. A stat per file and write transaction costs
+        about a microsecond each. A ``-wal`` or ``-shm`` not there when the connection
+        opened is taken as SQLite makes it."""
+        change = None
+        for suffix, kind in _FILES:
+            now = file_identity(self.path + suffix)
+            known = self._identities.get(suffix)
+            if known is None:
+                if now is not None:
+                    self._identities[suffix] = now
+            elif now != known and change is None:
+                change = f"the {kind} was " \
+                    f"{'deleted' if now is None else 'replaced'} while the service ran"
+        if change is None:
             if self._moved_told:
                 log.warning("the database file %s is back: writes go through again",
                             self.path)
                 self._moved_told = False
             return None
-        reason = ("the database file was deleted while the service ran" if now is None
-                  else "the database file was replaced while the service ran")
+        reason = change
         if not self._moved_told:
             self._moved_told = True
             # The data is not lost yet: this process still holds the file open.

@@ -516,6 +516,26 @@ async def test_a_database_file_deleted_under_the_store_refuses_writes_and_health
         await s.close()
 
 
+@pytest.mark.parametrize("suffix", ["-wal", "-shm"])
+async def test_a_wal_or_shm_file_deleted_under_the_store_refuses_writes(
+        db_path: str, suffix: str) -> None:
+    """QA s21: with the -wal deleted, every write was acknowledged into the unlinked
+    file while readers saw a new empty one (each write hid the one before), healthz said
+    ok, and a restart lost them all."""
+    s = SqliteStore(db_path)
+    await s.start()
+    try:
+        await put(s, company(name="Before"))
+        os.remove(db_path + suffix)
+        kind = suffix.lstrip("-")
+        assert await s.health() == (f"the database's -{kind} file was deleted while the "
+                                    "service ran: writes are refused")
+        with pytest.raises(StoreUnavailable, match=f"-{kind} file was deleted"):
+            await put(s, company(name="Lost"))
+    finally:
+        await s.close()
+
+
 async def test_a_database_file_replaced_under_the_store_refuses_writes(
         tmp_path: Path, db_path: str) -> None:
     other = str(tmp_path / "other.db")
