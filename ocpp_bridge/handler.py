@@ -178,6 +178,8 @@ class ChargePointHandler(ChargePoint):
         self._answered: set[str] = set()
         self._closed = False
         self.pacer = FramePacer()
+        #: When the charger's last frame came (our clock); ``None`` before its first.
+        self.heard_at: datetime | None = None
 
     async def start(self) -> None:
         """The package's receive loop, paced (``ocpp_bridge/pacing.py``): a charger sending
@@ -185,6 +187,7 @@ class ChargePointHandler(ChargePoint):
         every other charger and request shares."""
         while True:
             message = await self._connection.recv()
+            self.heard_at = self.charging.now()
             if wire_log.isEnabledFor(logging.INFO):
                 wire_log.info("%s: receive message %s", self.id, logged_frame(message))
             wait = self.pacer.delay()

@@ -30,6 +30,7 @@ from urllib.parse import unquote
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
@@ -552,9 +553,14 @@ class OcppServer:
                          f": {ws.close_reason!r}" if ws.close_reason else "")
                 try:
                     # Only if this connection is still the station's newest.
-                    await self.charging.disconnect(cp_id, number=recorded,
-                                                   instance=self.instance_id,
-                                                   stopping=self._stopping)
+                    # No close frame came (1006: a charger that lost power or
+                    # network, or stopped answering pings): it was last heard at its
+                    # last frame, not now (QA s21: lastSeen 70 s after its last word).
+                    unheard = ws.close_code == CloseCode.ABNORMAL_CLOSURE
+                    await self.charging.disconnect(
+                        cp_id, number=recorded, instance=self.instance_id,
+                        stopping=self._stopping, heard=not unheard,
+                        last_heard=handler.heard_at)
                 except StoreUnavailable as exc:
                     log.warning("%s: could not record the disconnect: %s", cp_id,
                                 exc.reason)

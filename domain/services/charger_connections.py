@@ -233,7 +233,8 @@ class ChargerConnections(Service):
 
     async def disconnect(self, cp_id: str, *, number: int | None = None,
                          instance: str | None = None, lost: Lost | None = None,
-                         stopping: bool = False) -> datetime | None:
+                         stopping: bool = False, heard: bool = True,
+                         last_heard: datetime | None = None) -> datetime | None:
         """Records that the charger's connection ``number`` (held by ``instance``) closed;
         returns the time, or ``None`` when nothing was recorded: it is not the station's
         connection any more (the charger connected again, here or to another instance,
@@ -244,7 +245,9 @@ class ChargerConnections(Service):
         disconnect is dated then, not now. ``stopping``: the instance holding it is
         stopping and closed it. Either is the central system's outage, not the
         charger's leaving: until the charger connects again its state is unknown
-        (``ConnectorInterval.known``), not offline."""
+        (``ConnectorInterval.known``), not offline. ``heard`` false: the charger sent no
+        close frame (the socket died, or it stopped answering pings), so it was last
+        heard at ``last_heard`` (its last frame), not at the close found now."""
         await self.session_updates.flush(cp_id)  # no frame of it will publish what it held
         station = await self.station(cp_id)
         if station is None or not station.online:
@@ -259,7 +262,8 @@ class ChargerConnections(Service):
         try:
             return await self._record_connection(
                 station, False, guard=guard, outage=stopping or lost is not None,
-                at=None if lost is None else self._lost_at(station, lost))
+                at=None if lost is None else self._lost_at(station, lost),
+                heard=heard, last_heard=_later(station.last_seen, last_heard))
         except Conflict:  # a newer connection was recorded meanwhile
             return None
 
@@ -273,14 +277,16 @@ class ChargerConnections(Service):
     async def _record_connection(self, station: Station, online: bool, *,
                                  instance: str | None = None, number: int | None = None,
                                  guard: tuple[str, Any] | None = None,
-                                 at: datetime | None = None, outage: bool = False
+                                 at: datetime | None = None, outage: bool = False,
+                                 heard: bool = True, last_heard: datetime | None = None
                                  ) -> datetime:
         """Writes the connect or disconnect (flag, connection history, state intervals;
         only while ``guard`` holds, else ``Conflict``) and announces it. ``at``: a
         disconnect found after the fact (``Lost``), dated when the connection was last
         known to be there. ``outage``: a disconnect of the central system's own doing:
         the state after it is unknown, and the charger was not heard closing it, so
-        ``last_seen`` stays."""
+        ``last_seen`` stays. ``heard`` false: a close the charger did not send; it was last
+        heard at ``last_heard`` (``last_seen`` then, not now; unknown: as it was)."""
         cp_id = station.cp_id
         now = self.now()
         when = now if at is None else at
@@ -289,8 +295,8 @@ class ChargerConnections(Service):
                                 server_outage=outage)
         fields: dict[str, Any] = {"online": online,
                                   "connected_instance": instance if online else None}
-        if not outage:
-            fields["last_seen"] = now
+        if not outage and (heard or last_heard is not None):
+            fields["last_seen"] = now if heard else last_heard
         if online:
             fields["connection"] = number
         update = patch(station, actor, only_if=guard, required=guard is not None, **fields)
@@ -315,3 +321,9 @@ class ChargerConnections(Service):
         if not station.online and self.still_connected is not None:
             await self.still_connected(station.cp_id)
             self.cache.drop_station(station.cp_id)  # read what it recorded
+
+
+def _later(known: datetime | None, heard: datetime | None) -> datetime | None:
+    """The later of two times a charger was last heard, either unknown (``None``)."""
+    times = [t for t in (known, heard) if t is not None]
+    return max(times) if times else None

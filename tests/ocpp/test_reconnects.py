@@ -73,3 +73,33 @@ async def test_a_connection_replaced_while_the_one_before_closes_is_never_the_st
         await second.close()
     finally:
         first.close()
+
+
+async def test_a_socket_that_dies_without_a_close_leaves_the_charger_last_seen_at_its_last_frame(
+        central: Central) -> None:
+    """QA s21: a charger gone silent (no close frame: power, network, or no answer to
+    pings) read lastSeen at the moment its socket was found dead, ~70 s after its last
+    word. Its last frame is when it was last heard; the disconnect itself is dated when
+    it was found."""
+    from datetime import UTC, datetime
+
+    cp = await connect(f"{central.url}/CP-1", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+                       additional_headers=basic_auth("CP-1", STATION_PASSWORD))
+    await cp.send(json.dumps([2, "b1", "BootNotification", BOOT]))
+    assert json.loads(await asyncio.wait_for(cp.recv(), 15))[:2] == [3, "b1"]
+    answered = datetime.now(UTC)
+    await asyncio.sleep(0.05)  # the socket dies after the answer, not with it
+    cp.transport.abort()  # no close frame: the server finds the socket dead (1006)
+
+    async def offline() -> bool:
+        station = await central.store.find_one(d.Station, Eq("cp_id", "CP-1"))
+        assert station is not None
+        return not station.online
+
+    await until(offline)
+    station = await central.store.find_one(d.Station, Eq("cp_id", "CP-1"))
+    assert station is not None and station.last_seen is not None
+    assert station.last_seen <= answered
+    [gone] = [e for e in await central.store.find_all(d.ConnectionEvent, Eq("cp_id", "CP-1"))
+              if not e.online]
+    assert gone.at > answered
