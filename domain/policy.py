@@ -17,6 +17,7 @@ from domain.clock import utcnow
 from domain.entities import (
     LIVE_RESERVATION_STATES,
     AuditAction,
+    AuditEntry,
     Payment,
     Record,
     Registration,
@@ -421,16 +422,33 @@ class Policy:
             case _:
                 return where
 
-    def audit_snapshot(self, viewer: Viewer, entity: str, snapshot: dict[str, Any] | None
-                       ) -> dict[str, Any] | None:
+    def audit_snapshot(self, viewer: Viewer, entry: AuditEntry,
+                       snapshot: dict[str, Any] | None) -> dict[str, Any] | None:
         """An audit entry's before or after image as ``viewer`` may read it: without the
-        private fields of a kind whose private view they have of no record (a driver
-        reading their own session's entries is not told whose books it went to, as no
-        read of the session tells them)."""
-        private = PRIVATE_FIELDS.get(entity)
-        if snapshot is None or not private or self.private_view(viewer, entity) != NONE:
+        private fields of a kind whose private view they have not of that record (a
+        driver reading their own session's entries is not told whose books it went to,
+        as no read of the session tells them; an operator reading their company's
+        drivers' cars is not told their batteries, as the car's own read does not)."""
+        private = PRIVATE_FIELDS.get(entry.entity)
+        if snapshot is None or not private or self._sees_image_private(viewer, entry):
             return snapshot
         return {key: value for key, value in snapshot.items() if key not in private}
+
+    def _sees_image_private(self, viewer: Viewer, entry: AuditEntry) -> bool:
+        """``sees_*_private`` for the record an entry is about, as it was then: a
+        person's record by the person and books the entry recorded (``holder_id``,
+        ``company_id``); other kinds by whether the viewer has any private view."""
+        if viewer.is_admin:
+            return True
+        match entry.entity:
+            case "vehicle":
+                return entry.holder_id is not None and entry.holder_id == viewer.user_id
+            case "user":
+                return entry.entity_id == viewer.user_id or (
+                    viewer.is_operator and viewer.company_id is not None
+                    and entry.company_id == viewer.company_id)
+            case kind:
+                return self.private_view(viewer, kind) != NONE
 
     # ---------------------------------------------------------------- live events
     def sees_event(self, viewer: Viewer, event: DomainEvent) -> bool:

@@ -300,10 +300,12 @@ def _signature(raw: Any) -> tuple[Any, ...]:
     return (str(field_name), bool(descending), *(float(o) for o in origin))
 
 
-def nested_list(key_field: str, key: Any) -> str:
+def nested_list(key_field: str, key: Any, *more: tuple[str, Any]) -> str:
     """The ``PageRequest.within`` of one parent's nested list (``Station.sessions``: the
-    sessions whose ``station_id`` is the station's)."""
-    return f"{key_field}={key}"
+    sessions whose ``station_id`` is the station's); ``more``: further keys that tell
+    the parent's list apart (``Connector.statusHistory``: its station's reports of its
+    connector number)."""
+    return "&".join(f"{name}={value}" for name, value in ((key_field, key), *more))
 
 
 def encode_cursor(kind: str, sort: Sequence[Sort], values: Sequence[Any], record_id: str,
@@ -316,8 +318,10 @@ def encode_cursor(kind: str, sort: Sequence[Sort], values: Sequence[Any], record
         "v": [_encode_value(v) for v in values],
         "i": record_id,
     }
-    if within is not None:
-        payload["p"] = within
+    # A top-level list's cursors say so (null): a cursor without the key at all was
+    # made before cursors named their list, and still pages (a rolling upgrade's
+    # instances hand each other their clients' cursors).
+    payload["p"] = within
     # orjson: the standard library's encoder is built anew on every call (~3 µs, and a
     # page of 100 rows needs 100 cursors). Compact like ``separators=(",", ":")``; JSON
     # either way, so cursors made before still decode.
@@ -340,7 +344,7 @@ def decode_cursor(cursor: str, kind: str, sort: Sequence[Sort], field: str = "af
         )
         # Cursors made before they named their kind carry none; they still decode.
         made_for = str(payload.get("k", kind))
-        made_within = payload.get("p")
+        made_within = payload.get("p", within)
     except (ValueError, KeyError, TypeError, ArithmeticError) as exc:
         # ArithmeticError: decimal.InvalidOperation, a decimal value that is no number.
         raise ValidationError("malformed cursor", field=field, code="INVALID_CURSOR") from exc

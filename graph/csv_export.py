@@ -310,8 +310,8 @@ async def _audit_rows(reads: ReadService, viewer: Viewer, entries: list[d.AuditE
     return [(global_id("audit_entry", e.id), e.at, e.entity,
              to_global_id(e.entity, e.entity_id) if e.entity in TYPE_BY_KIND
              else e.entity_id, e.action, e.actor,
-             _image(policy.audit_snapshot(viewer, e.entity, e.before)),
-             _image(policy.audit_snapshot(viewer, e.entity, e.after))) for e in entries]
+             _image(policy.audit_snapshot(viewer, e, e.before)),
+             _image(policy.audit_snapshot(viewer, e, e.after))) for e in entries]
 
 
 async def _audit(services: Services, viewer: Viewer, q: Params) -> Pages:

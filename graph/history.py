@@ -109,7 +109,8 @@ async def status_history(ctx: GraphContext, connector: d.Connector, wrap: Wrap,
     connector number, not the connector's record."""
     where = all_of(Eq("connector_id", connector.connector_id), window("at", start, end))
     return await nested_connection(ctx, d.StatusEvent, wrap, "station_id",
-                                   connector.station_id, where, NEWEST_FIRST, args)
+                                   connector.station_id, where, NEWEST_FIRST, args,
+                                   parent=(("connector_id", connector.connector_id),))
 
 
 async def connection_history(ctx: GraphContext, station: d.Station, start: datetime | None,

@@ -1365,8 +1365,8 @@ class AuditEntry(Node, Audited):
             "action": r.action,
             "actor": r.actor,
             "at": r.at,
-            "before": cast(JSON, policy.audit_snapshot(ctx.viewer, r.entity, r.before)),
-            "after": cast(JSON, policy.audit_snapshot(ctx.viewer, r.entity, r.after)),
+            "before": cast(JSON, policy.audit_snapshot(ctx.viewer, r, r.before)),
+            "after": cast(JSON, policy.audit_snapshot(ctx.viewer, r, r.after)),
         })
 
     @strawberry.field(description="The user who made the change, when it was a user.")

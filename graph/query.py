@@ -250,9 +250,14 @@ class Query(AnalyticsQuery, WebhookQuery, SiteQuery):
                            (Sort("valid_from", descending=True),), first, after, last, before)
 
     @strawberry.field(description=(
-        "The change log, newest first unless `orderBy` says otherwise. A driver reads the "
-        "entries about what is theirs; an operator those about what they run or keep the "
-        "books of; an admin all. Each reader's own removals stay theirs."))
+        "The change log, newest first unless `orderBy` says otherwise. Entries are read "
+        "by whose the record was when it changed, not by who changed it: a driver reads "
+        "those about what was theirs (their account, cards, cars, sessions, "
+        "reservations, payments); an operator those in their company's books (its "
+        "people, stations, tariffs, sites, webhooks, the sessions it kept the books of) "
+        "and the history of the stations they run now; an admin all. Private fields of "
+        "a person's records (a car's battery) are left out of images as reads leave them "
+        "out."))
     async def audit_log(self, info: Info, filter: AuditFilter | None = None,
                         order_by: list[AuditOrder] | None = None,  # type: ignore[valid-type]
                         first: int | None = None, after: str | None = None,

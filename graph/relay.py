@@ -180,12 +180,15 @@ def _connection(ctx: GraphContext, records: Sequence[Record], cursors: Sequence[
 
 async def page_connection(ctx: GraphContext, kind: type[E], wrap: Wrap, where: Filter,
                           sort: Sequence[Sort], args: PageArgs,
-                          under: tuple[str, Any] | None = None) -> Connection[Any]:
-    """A top-level list (or, ``under`` its key field and value, one parent's nested list):
-    one store query for the page, one more only if ``totalCount`` is selected."""
+                          under: tuple[str, Any] | None = None, within: str | None = None
+                          ) -> Connection[Any]:
+    """A top-level list (or, ``under`` its key field and value, one parent's nested list,
+    ``within`` naming it when more than that key does): one store query for the page, one
+    more only if ``totalCount`` is selected."""
     reads = ctx.services.reads
     try:
-        page = await reads.page(ctx.viewer, kind, where, sort, args.request(), under)
+        page = await reads.page(ctx.viewer, kind, where, sort, args.request(), under,
+                                within)
     except DomainError as exc:
         raise graphql_error(exc) from exc
 
@@ -197,19 +200,22 @@ async def page_connection(ctx: GraphContext, kind: type[E], wrap: Wrap, where: F
 
 
 async def nested_connection(ctx: GraphContext, kind: type[E], wrap: Wrap, key_field: str,
-                            key: Any, where: Filter, sort: Sequence[Sort], args: PageArgs
-                            ) -> Connection[Any]:
+                            key: Any, where: Filter, sort: Sequence[Sort], args: PageArgs,
+                            parent: Sequence[tuple[str, Any]] = ()) -> Connection[Any]:
     """A list under a parent (``Station.sessions``). With only ``first``, the rows for all
     parents come from one batched query; paging within one parent's list with cursors is
-    a query of its own (clients do that for one parent at a time)."""
+    a query of its own (clients do that for one parent at a time). ``parent``: keys of
+    ``where`` that, beyond ``key_field``, make the list the parent's own (its cursors
+    belong to it alone, ``query.nested_list``)."""
+    within = nested_list(key_field, key, *parent)
     if not args.simple_first:
-        return await page_connection(ctx, kind, wrap, where, sort, args, (key_field, key))
+        return await page_connection(ctx, kind, wrap, where, sort, args, (key_field, key),
+                                     within)
     limit = args.first if args.first is not None else 20
     if not 0 <= limit <= MAX_PAGE_SIZE:
         args.request()  # raises the same error as a top-level list
     rows = await ctx.loaders.many_by(kind, key_field, where, tuple(sort), limit + 1).load(key)
     records = rows[:limit]
-    within = nested_list(key_field, key)
     cursors = [encode_cursor(kind.kind, sort, [sort_value(r, s) for s in sort], r.id, within)
                for r in records]
 

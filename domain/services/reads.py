@@ -71,11 +71,13 @@ class ReadService(Service):
         return await self.store.find_one(kind, self.scoped(viewer, kind, where))
 
     async def page(self, viewer: Viewer, kind: type[E], where: Filter, sort: Sequence[Sort],
-                   page: PageRequest, under: tuple[str, Any] | None = None) -> Page[E]:
+                   page: PageRequest, under: tuple[str, Any] | None = None,
+                   within: str | None = None) -> Page[E]:
         """A page of a list; ``under`` (key field, value): of one parent's nested list,
-        whose cursors belong to it alone."""
+        whose cursors belong to it alone (``within``: the list's name, when more keys
+        than ``under``'s make it the parent's, ``query.nested_list``)."""
         if under is not None:
-            page = replace(page, within=nested_list(*under))
+            page = replace(page, within=within or nested_list(*under))
         return await self.store.find_page(
             kind, self._under(viewer, kind, where, sort, under), sort, page)
 

@@ -361,7 +361,8 @@ async def _audit_holders(db: Any) -> None:
     while True:
         docs = await db["audit_entry"].find(
             {"holder_id": {"$exists": False}},
-            {"entity": 1, "entity_id": 1, "before": 1, "after": 1}).limit(BATCH).to_list()
+            {"entity": 1, "entity_id": 1, "before": 1, "after": 1, "company_id": 1,
+             "station_owner_id": 1}).limit(BATCH).to_list()
         if not docs:
             break
         holders = {doc["_id"]: _audit_holder(doc) for doc in docs}
@@ -389,6 +390,13 @@ async def _audit_holders(db: Any) -> None:
             elif entity in ("session", "payment", "refund"):
                 image = _booked_image(doc)
                 books = (_as_id(image.get("company_id")), _as_id(image.get("station_owner_id")))
+            elif entity == "station" and doc.get("company_id") is None \
+                    and doc.get("station_owner_id") is None:
+                # A station removed before its entries recorded books (``_audit_books``
+                # found none to read): the books its images name.
+                image = doc.get("before") or doc.get("after") or {}
+                company = _as_id(image.get("company_id"))
+                books = (company, None if company else _as_id(image.get("owner_id")))
             if books is not None:
                 update["company_id"], update["station_owner_id"] = books
             await db["audit_entry"].update_one(

@@ -1080,6 +1080,12 @@ UPDATE "audit_entry" SET ("company_id", "station_owner_id") = (
                                     json_extract("before", '$.station_owner_id')) IS NOT NULL
                       THEN "before" ELSE "after" END, '$.station_owner_id'))
 WHERE "entity" IN ('session', 'payment', 'refund');
+UPDATE "audit_entry" SET ("company_id", "station_owner_id") = (
+    json_extract(COALESCE("before", "after"), '$.company_id'),
+    CASE WHEN json_extract(COALESCE("before", "after"), '$.company_id') IS NULL
+         THEN json_extract(COALESCE("before", "after"), '$.owner_id') END)
+WHERE "entity" = 'station' AND "company_id" IS NULL AND "station_owner_id" IS NULL
+  AND COALESCE("before", "after") IS NOT NULL;
 CREATE INDEX "audit_entry_holder_at_idx" ON "audit_entry" ("holder_id", "at");
 """
 

@@ -228,6 +228,23 @@ async def test_a_cursor_of_another_list_is_refused(api: Api, history_world: Worl
     assert error["extensions"]["code"] == "INVALID_CURSOR"
 
 
+async def test_a_connector_s_status_cursor_pages_only_its_own_history(
+        api: Api, history_world: World) -> None:
+    """Review s21: connector 1's statusHistory cursor paged connector 2's (both lists
+    are the station's reports, told apart by connector number), skipping its rows."""
+    admin = history_world.users["admin"].id
+    query = """query($cp: String!, $after: String) { station(cpId: $cp) { connectors {
+      connectorId statusHistory(first: 5, after: $after) { nodes { status }
+      pageInfo { endCursor } } } } }"""
+    first = await api.gql(query, {"cp": "A-001"}, as_user=admin)
+    one = next(c for c in first["station"]["connectors"] if c["connectorId"] == 1)
+    cursor = one["statusHistory"]["pageInfo"]["endCursor"]
+    response = await api.post(query, {"cp": "A-001", "after": cursor}, api.token_for(admin))
+    errors = response.json()["errors"]  # connector 2's list refuses it; 1's pages on
+    assert [e["extensions"]["code"] for e in errors] == ["INVALID_CURSOR"]
+    assert errors[0]["path"][-1] == "statusHistory"
+
+
 # ---------------------------------------------------------------- status and connections
 STATIONS = """{ stations(first: 50) { nodes { cpId
   connectionHistory(first: 10) { totalCount nodes { online at } }

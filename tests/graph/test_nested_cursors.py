@@ -32,3 +32,20 @@ async def test_a_cursor_pages_only_its_own_parent_s_list(api: Api, world: World)
                         admin) == refused
     nested_on_top = "query($after: String) { sessions(after: $after) { edges { cursor } } }"
     assert await _error(api, nested_on_top, {"after": cursor}, admin) == refused
+
+
+async def test_a_cursor_made_before_cursors_named_their_list_still_pages(
+        api: Api, world: World) -> None:
+    """During a rolling upgrade an older instance's cursors (no list named at all) reach
+    newer ones: they page on as before (review s21)."""
+    import base64
+    import json
+
+    admin = world.users["admin"].id
+    first = await api.gql(STATION_SESSIONS, {"cp": "B-001"}, as_user=admin)
+    cursor = first["station"]["sessions"]["edges"][0]["cursor"]
+    payload = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    assert payload.pop("p") == "station_id=" + world.stations["B-001"].id
+    legacy = base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=")
+    paged = await api.gql(STATION_SESSIONS, {"cp": "B-001", "after": legacy}, as_user=admin)
+    assert paged["station"]["sessions"]["edges"] == first["station"]["sessions"]["edges"][1:]

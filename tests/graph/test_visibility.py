@@ -652,3 +652,29 @@ async def test_reduced_views_of_people_do_not_tell_when_they_changed(
     seen = await api.gql(by_change, as_user=world.users["op_a"].id)
     assert uid not in [n["id"] for n in seen["users"]["nodes"]]
     assert vid not in [n["id"] for n in seen["vehicles"]["nodes"]]
+
+
+async def test_a_company_s_operators_read_its_drivers_cars_history_without_their_battery(
+        api: Api, world: World) -> None:
+    """Review s21: the car's history is in its owner's company's books, and its images
+    told the company's operators the battery (and when it changed) that the car's own
+    read hides from them. The owner reads all of it."""
+    car = world.vehicles["driver_a"]  # driver_a is company A's
+    driver = world.users["driver_a"].id
+    await api.gql("""mutation($id: ID!) { updateVehicle(input: {id: $id, batteryKwh: 77}) {
+      errors { code } } }""", {"id": to_global_id("vehicle", car.id)}, as_user=driver)
+    log = """{ auditLog(filter: {entity: "vehicle"}) { nodes { action before after } } }"""
+
+    def of_the_car(data: dict) -> list[dict]:
+        return [n for n in data["auditLog"]["nodes"]
+                if (n["after"] or n["before"] or {}).get("owner_id") == driver
+                or (n["before"] or {}).get("owner_id") == driver]
+
+    seen = of_the_car(await api.gql(log, as_user=world.users["op_a"].id))
+    assert {n["action"] for n in seen} == {"CREATE", "UPDATE"}
+    for entry in seen:
+        for image in (entry["before"], entry["after"]):
+            assert image is None or not {"battery_kwh", "updated_at", "updated_by",
+                                         "created_by"} & set(image), image
+    own = of_the_car(await api.gql(log, as_user=driver))
+    assert [n["after"]["battery_kwh"] for n in own if n["action"] == "UPDATE"] == [77]

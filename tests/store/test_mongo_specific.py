@@ -1923,6 +1923,11 @@ async def test_audit_entries_from_before_get_whose_their_record_was(
         "company": entry("company", co.id, {"name": "A"}, {"name": "B"}),
         "command": entry("station", own.id, None, {"command": "Reset"},
                          station_owner_id=holder.id),
+        # Removed before station entries recorded books (review s21): its image's.
+        "removed": entry("station", gone, {"company_id": co.id, "owner_id": holder.id},
+                         None),
+        "removed_own": entry("station", gone, {"company_id": None, "owner_id": holder.id},
+                             None),
     }
     await mongo.write([Insert(r) for r in (co, old_co, holder, driver, of_company, own)],
                       list(entries.values()))
@@ -1942,7 +1947,8 @@ async def test_audit_entries_from_before_get_whose_their_record_was(
         "car": (None, None, driver.id), "plug": (None, holder.id, None),
         "plug_gone": (None, None, None), "tariff": (co.id, None, None),
         "session": (None, holder.id, driver.id), "company": (co.id, None, None),
-        "command": (None, holder.id, None)}
+        "command": (None, holder.id, None), "removed": (co.id, None, None),
+        "removed_own": (None, holder.id, None)}
     assert db["audit_entry"].count_documents({"holder_id": {"$exists": False}}) == 0
     assert db[migrations.MIGRATIONS].find_one({"_id": "audit_holders"})["done"] is True
 

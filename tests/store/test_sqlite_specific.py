@@ -1047,6 +1047,9 @@ async def test_version_47_gives_audit_entries_whose_their_record_was(db_path: st
             ("e11", "company", "co1", {"name": "A"}, {"name": "B"}, None),
             ("e12", "station", "st1", None, None, ("co1", None)),
             ("e13", "reservation", "r1", None, {"user_id": "u2"}, (None, "u1")),
+            # Removed before station entries recorded books (review s21): its image's.
+            ("e14", "station", "st9", {"company_id": "co1", "owner_id": "u1"}, None, None),
+            ("e15", "station", "st8", {"company_id": None, "owner_id": "u1"}, None, None),
         ]
         for entry_id, entity, entity_id, before, after, books in entries:
             company_id, owner_id = books or (None, None)
@@ -1064,7 +1067,7 @@ async def test_version_47_gives_audit_entries_whose_their_record_was(db_path: st
         ("e04", None, None, "u2"), ("e05", None, "u1", None), ("e06", None, None, None),
         ("e07", "co1", None, None), ("e08", "co1", None, None), ("e09", None, "u1", "u2"),
         ("e10", "co1", None, "u1"), ("e11", "co1", None, None), ("e12", "co1", None, None),
-        ("e13", None, "u1", "u2")]
+        ("e13", None, "u1", "u2"), ("e14", "co1", None, None), ("e15", None, "u1", None)]
 
 
 def names_of(records: Sequence[Record]) -> list[str]:
