@@ -393,7 +393,10 @@ class StationService(Service):
         # Unaudited as it was written: control state, each command audited as itself.
         await self.commit(viewer, changes, unaudited=[
             *history, *await forget_configuration(self.store, station)],
-            guards=[not_charging(Eq("station_id", station.id))])
+            # A connector added on another instance meanwhile would be left behind,
+            # of no station: the write fails, and runs again with it.
+            guards=[not_charging(Eq("station_id", station.id)),
+                    Guard(Connector, Eq("station_id", station.id), exists=False)])
         return station, cancelled
 
     async def _cancel_at_chargers(self, viewer: Viewer, held: Filter, charging: Filter
@@ -476,7 +479,9 @@ class StationService(Service):
         station = await self.managed_station(viewer, station_id, field="stationId")
         connector = stamp_new(self._connector(station, spec), viewer)
         try:
-            await self.commit(viewer, [(Insert(connector), None)])
+            # Removed on another instance meanwhile, the station would leave it behind.
+            await self.commit(viewer, [(Insert(connector), None)],
+                              guards=[Guard(Station, Eq("id", station.id))])
         except UniqueViolation as exc:
             raise UniqueViolation("this station has that connector already",
                                   field="connectorId") from exc

@@ -264,3 +264,15 @@ async def _owner_may_own(two: Instances, owner: d.User) -> None:
     assert station is not None and station.owner_id == owner.id
 
 
+
+
+async def test_a_connector_added_while_its_station_is_removed_goes_with_it(
+        two: Instances, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A has read the station's connectors to remove them with it; B adds one before A
+    writes. A runs again and removes it too: no connector of no station is left."""
+    stations = two.a.stations
+    monkeypatch.setattr(stations, "_end_state_history", once(
+        lambda: two.b.stations.add_connector(SYSTEM, two.station.id, ConnectorSpec(2)),
+        stations._end_state_history))
+    await stations.remove_station(SYSTEM, two.station.id)
+    assert await two.store.find_all(d.Connector, Eq("cp_id", CP)) == []
