@@ -50,6 +50,23 @@ class Delete:
 
 Change = Insert | InsertIfAbsent | Update | Delete
 
+
+@dataclass(frozen=True, slots=True)
+class Guard:
+    """A condition a whole write depends on: records of ``kind`` matching ``where`` exist
+    (``exists``), or none do (``exists=False``). Checked inside the write, on the store as
+    the write's own changes leave it; one that does not hold fails the whole write with
+    ``Conflict`` (code ``CHANGED``), as an ``Update`` that is ``required`` does, and
+    nothing of it stays. It writes nothing itself. What a use case checked by a read
+    before its write (no session active on a station it removes, an owner who may own
+    stations) may have changed by the write on another instance sharing the store: the
+    guard makes the check part of the write (``docs/architecture.md``, "Several
+    instances on one store")."""
+
+    kind: type[Record]
+    where: Filter
+    exists: bool = True
+
 #: Uniqueness rules every store enforces with a unique index, by entity kind. The name of
 #: the rule's first field is what ``UniqueViolation.field`` carries.
 UNIQUE_RULES: dict[str, tuple[tuple[str, ...], ...]] = {
@@ -141,11 +158,14 @@ class Store(Protocol):
         self, kind: type[E], key_field: str, keys: Sequence[Any], where: Filter
     ) -> dict[Any, int]: ...
 
-    async def write(self, changes: Sequence[Change], audit: Sequence[AuditEntry]) -> None:
-        """Apply the changes and append the audit entries, all or nothing.
+    async def write(self, changes: Sequence[Change], audit: Sequence[AuditEntry],
+                    guards: Sequence[Guard] = ()) -> None:
+        """Apply the changes and append the audit entries, all or nothing, if every one
+        of ``guards`` holds once they are applied.
 
-        Raises ``UniqueViolation`` when a unique rule rejects a change and ``NotFound``
-        when an ``Update``/``Delete`` names a missing record; nothing is left half-written.
+        Raises ``UniqueViolation`` when a unique rule rejects a change, ``NotFound``
+        when an ``Update``/``Delete`` names a missing record and ``Conflict`` (code
+        ``CHANGED``) when a guard does not hold; nothing is left half-written.
         """
 
     async def next_sequence(self, name: str) -> int:

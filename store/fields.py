@@ -180,6 +180,7 @@ def duplicate_message(kind: str, fields: tuple[str, ...]) -> str:
 
 
 def changed_meanwhile(kind: str) -> Conflict:
-    """A required guard (``Update.required``) that no longer held: the whole write fails."""
+    """A required guard (``Update.required``) or a ``Guard`` that no longer held: the
+    whole write fails."""
     return Conflict(f"the {kind.replace('_', ' ')} changed meanwhile", field="id",
                     code="CHANGED")

@@ -23,10 +23,11 @@ from domain.errors import (
 )
 from domain.events import AccessChanged
 from domain.policy import Viewer
-from domain.ports import Insert
+from domain.ports import Guard, Insert
 from domain.query import Eq
 from domain.services.background import Background
 from domain.services.base import UNSET, Service, ServiceContext, patch, stamp_new
+from domain.services.edits import edit, retried
 from domain.services.fleet import group_left_behind
 from domain.services.stations import may_own
 from domain.services.throttle import SignInThrottle
@@ -150,14 +151,18 @@ class AccountService(Service):
         checks = checks or v.Checks()
         name = checks(v.name, name)
         checks.done()
-        company = await self.visible(viewer, Company, company_id)
-        if not self.policy.may_manage_company(viewer, company.id):
-            raise Forbidden("you may not change this company")
-        update = patch(company, viewer, name=name)
-        updated = cast(Company, update.record)
-        await self._refuse_taken_name(updated)
-        await self.commit(viewer, [(update, company)])
-        return updated
+
+        async def once() -> Company:
+            company = await self.visible(viewer, Company, company_id)
+            if not self.policy.may_manage_company(viewer, company.id):
+                raise Forbidden("you may not change this company")
+            update = edit(company, viewer, name=name)
+            updated = cast(Company, update.record)
+            await self._refuse_taken_name(updated)
+            await self.commit(viewer, [(update, company)])
+            return updated
+
+        return await retried(once)
 
     async def ensure_company(self, viewer: Viewer, name: str) -> Company:
         """The company with this name, created when missing (CLI and seeding)."""
@@ -219,58 +224,10 @@ class AccountService(Service):
         checks.done()
         # Hashed before the user is read: the record written below is the one read.
         password_hash = UNSET if password is UNSET else await self.hash_password(password)
-        user = await self.visible(viewer, User, user_id)
-        is_self = viewer.user_id == user.id
-        manages = self.policy.may_manage_user(viewer, user)
-        if not (is_self or manages):
-            raise Forbidden("you may not change this user")
-        if is_self and (email not in (UNSET, None) or password not in (UNSET, None)):
-            await self._confirm_current_password(user, current_password)
-        privileged = {"role": role, "companyId": company_id, "active": active}
-        for field, value in privileged.items():
-            if value is not UNSET and not manages:
-                raise Forbidden("you may not change this field", field=field)
-        if role is not UNSET:
-            if role is Role.ADMIN and not viewer.is_admin:
-                raise Forbidden("only admins grant the admin role", field="role")
-            if is_self and role is not user.role:
-                raise Forbidden("you cannot change your own role", field="role")
-            if may_own(user.role) and not may_own(role):
-                await self._refuse_owner_demotion(user)
-        if company_id is not UNSET and company_id != user.company_id:
-            # Taking someone out of a company (null) is a move as well: an operator could
-            # otherwise strand a colleague, or themselves, outside every company.
-            if not viewer.is_admin:
-                raise Forbidden("only admins move users between companies", field="companyId")
-            if company_id is not None:
-                await self.visible(viewer, Company, company_id, field="companyId")
-            await self._refuse_splitting_a_group(user, company_id)
-        if active is False and is_self:
-            raise Forbidden("you cannot deactivate yourself", field="active")
-        # A new password or a deactivation revokes the user's tokens: one stolen with the
-        # old password, or held by someone whose access was withdrawn, must not come back
-        # to life when the account is reactivated. A reactivation does too: a deactivation
-        # by a build before token epochs left the epoch of the tokens it withdrew.
-        revoke = password is not UNSET or (isinstance(active, bool) and active != user.active)
-        # Only the fields given are written: a deactivation or password reset landing
-        # while this request checked a password must not be undone by it. A revocation
-        # moves the token epoch on from the one read, or fails (CHANGED) if another one
-        # moved it meanwhile, so no revoked token comes back.
-        update = patch(
-            user,
-            viewer,
-            only_if=("token_epoch", user.token_epoch) if revoke else None,
-            required=revoke,
-            token_epoch=user.token_epoch + 1 if revoke else UNSET,
-            name=name,
-            email=email,
-            password_hash=password_hash,
-            role=role,
-            company_id=company_id,
-            active=active,
-        )
-        updated = cast(User, update.record)
-        await self.commit(viewer, [(update, user)])
+        given = {"name": name, "email": email, "password_hash": password_hash,
+                 "role": role, "company_id": company_id, "active": active}
+        user, updated = await retried(
+            lambda: self._edit_user(viewer, user_id, given, current_password))
         if (updated.role, updated.company_id, updated.active, updated.token_epoch) != \
                 (user.role, user.company_id, user.active, user.token_epoch):
             await self._access_changed(user.id)
@@ -285,6 +242,61 @@ class AccountService(Service):
                                 f"restore-reactivated-{user.id}",
                                 f"restoring reactivated user {user.id}'s cards failed")
         return updated
+
+    async def _edit_user(self, viewer: Viewer, user_id: str, given: dict[str, Any],
+                         current_password: Any) -> tuple[User, User]:
+        """``update_user``'s read, checks and write (``retried``): the user as read and as
+        written."""
+        user = await self.visible(viewer, User, user_id)
+        email, password_hash = given["email"], given["password_hash"]
+        role, company_id, active = given["role"], given["company_id"], given["active"]
+        is_self = viewer.user_id == user.id
+        manages = self.policy.may_manage_user(viewer, user)
+        if not (is_self or manages):
+            raise Forbidden("you may not change this user")
+        if is_self and (email not in (UNSET, None) or password_hash not in (UNSET, None)):
+            await self._confirm_current_password(user, current_password)
+        privileged = {"role": role, "companyId": company_id, "active": active}
+        for field, value in privileged.items():
+            if value is not UNSET and not manages:
+                raise Forbidden("you may not change this field", field=field)
+        guards = []
+        if role is not UNSET:
+            if role is Role.ADMIN and not viewer.is_admin:
+                raise Forbidden("only admins grant the admin role", field="role")
+            if is_self and role is not user.role:
+                raise Forbidden("you cannot change your own role", field="role")
+            if may_own(user.role) and not may_own(role):
+                await self._refuse_owner_demotion(user)
+                # Counted by a read: a station handed to them on another instance
+                # meanwhile must fail this write, not leave a driver owning it (QA s21;
+                # the hand-over is guarded the other way, ``stations.owner_still``).
+                guards.append(Guard(Station, Eq("owner_id", user.id), exists=False))
+        if company_id is not UNSET and company_id != user.company_id:
+            # Taking someone out of a company (null) is a move as well: an operator could
+            # otherwise strand a colleague, or themselves, outside every company.
+            if not viewer.is_admin:
+                raise Forbidden("only admins move users between companies", field="companyId")
+            if company_id is not None:
+                await self.visible(viewer, Company, company_id, field="companyId")
+            await self._refuse_splitting_a_group(user, company_id)
+        if active is False and is_self:
+            raise Forbidden("you cannot deactivate yourself", field="active")
+        # A new password or a deactivation revokes the user's tokens: one stolen with the
+        # old password, or held by someone whose access was withdrawn, must not come back
+        # to life when the account is reactivated. A reactivation does too: a deactivation
+        # by a build before token epochs left the epoch of the tokens it withdrew.
+        revoke = password_hash is not UNSET \
+            or (isinstance(active, bool) and active != user.active)
+        # Only the fields given are written, and only onto the version read (``edit``):
+        # a deactivation or password reset landing while this request checked a password
+        # makes it run again on the new version, which it then does not undo. A
+        # revocation moves the token epoch on from the one read, so no revoked token
+        # comes back and two revocations never merge into one epoch.
+        update = edit(user, viewer, token_epoch=user.token_epoch + 1 if revoke else UNSET,
+                      **given)
+        await self.commit(viewer, [(update, user)], guards=guards)
+        return user, cast(User, update.record)
 
     async def _refuse_owner_demotion(self, user: User) -> None:
         """A role that may not own stations (``stations.may_own``) is not given to one

@@ -41,7 +41,16 @@ from domain.errors import NotFound
 from domain.events import MaintenanceStatusChanged, ReservationChanged
 from domain.ids import is_id
 from domain.policy import Policy, Viewer
-from domain.ports import Change, Delete, EventBus, Insert, PasswordHasher, Store, Update
+from domain.ports import (
+    Change,
+    Delete,
+    EventBus,
+    Guard,
+    Insert,
+    PasswordHasher,
+    Store,
+    Update,
+)
 from domain.query import Eq
 
 log = logging.getLogger("chargegraph.services")
@@ -268,11 +277,13 @@ class Service:
 
     async def commit(self, viewer: Viewer, changes: Sequence[tuple[Change, Record | None]],
                      unaudited: Sequence[Change] = (),
-                     extra_audit: Sequence[AuditEntry] = ()) -> None:
+                     extra_audit: Sequence[AuditEntry] = (),
+                     guards: Sequence[Guard] = ()) -> None:
         """Write ``changes`` (each with the record's before-image, ``None`` for inserts)
         and one audit entry per change, in a single store operation. ``unaudited`` changes
         (telemetry with a history of its own) ride along in the same operation, and so do
-        ``extra_audit`` entries that record actions rather than record changes."""
+        ``extra_audit`` entries that record actions rather than record changes; the
+        operation holds only if ``guards`` do (``Guard``)."""
         now = utcnow()
         whose = await self._whose(changes)
         audit = []
@@ -303,7 +314,11 @@ class Service:
                     holder_id=entry_of.holder_id,
                 )
             )
-        await self.store.write([*(c for c, _ in changes), *unaudited], [*audit, *extra_audit])
+        written = [*(c for c, _ in changes), *unaudited]
+        if guards:
+            await self.store.write(written, [*audit, *extra_audit], guards)
+        else:
+            await self.store.write(written, [*audit, *extra_audit])
         for listener in self.ctx.committed:
             listener([c for c, _ in changes])
 

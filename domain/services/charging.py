@@ -50,7 +50,7 @@ from domain.events import (
 from domain.faults import is_fault
 from domain.ids import stable_id
 from domain.policy import Viewer, live_reservations
-from domain.ports import Change, Insert, InsertIfAbsent, Update
+from domain.ports import Change, Guard, Insert, InsertIfAbsent, Update
 from domain.pricing import billed_idle_seconds, session_cost_minor
 from domain.query import Eq, In, Range, Sort, all_of
 from domain.registration import admits
@@ -743,7 +743,12 @@ class ChargingService(ChargerConnections):
             except Conflict:
                 # Another socket's copy of this very start (a charger retrying on a second
                 # connection, to another instance) or a stop won the race for the
-                # connector: read again, once, and answer as the winner's copy.
+                # connector: read again, once, and answer as the winner's copy. Or the
+                # station (its connector) was removed meanwhile, on another instance
+                # maybe: the write's guards refused it whole, and its charger is told
+                # what any charger of an unknown charge point is (it is hung up on).
+                station = await self._still_registered(cp_id)
+                company_id, station_owner_id = books_of(station)
                 if attempt == 2:
                     raise
                 continue
@@ -768,6 +773,11 @@ class ChargingService(ChargerConnections):
             await self._announce_end(station, old)
         await self.publish(self._session_event(station, session, "STARTED"))
         return session.transaction_id, info
+
+    async def _still_registered(self, cp_id: str) -> Station:
+        """The station as stored now (not as cached), or ``_unknown`` when it is gone."""
+        self.cache.drop_station(cp_id)
+        return await self._require_station(cp_id)
 
     async def start_answered(self, cp_id: str) -> None:
         """The charger has been told its StartTransaction's answer (the OCPP bridge calls
@@ -898,8 +908,22 @@ class ChargingService(ChargerConnections):
             used = cast(Reservation, use.record)
             changes.append((use, reservation))
         changes.append((Insert(session), None))
-        await self.commit(actor, changes, unaudited=samples)
+        await self.commit(actor, changes, unaudited=samples,
+                          guards=self._start_guards(station, plug, is_new))
         return session, ended, used
+
+    @staticmethod
+    def _start_guards(station: Station, plug: Connector, is_new: bool) -> list[Guard]:
+        """A session is written only while its station, and the connector it was read
+        with, are there: ``station`` may be a cached copy, and a removal on another
+        instance may land between the reads and this write (QA s21: a session ACTIVE on
+        a station that no longer existed held its card for good). The removal is
+        guarded the other way (``stations.not_charging``). A plug new here is inserted
+        by the write itself (its unique rule refuses a second)."""
+        guards = [Guard(Station, Eq("id", station.id))]
+        if not is_new:
+            guards.append(Guard(Connector, Eq("id", plug.id)))
+        return guards
 
     async def _closed_by_start(self, station: Station, stale: Session,
                                identity: _StartIdentity

@@ -24,6 +24,7 @@ from domain.ports import Change, Delete, Insert, Store
 from domain.query import Eq, In, NotSub, Range, Sort, all_of, any_of
 from domain.services.background import Background
 from domain.services.base import UNSET, Service, ServiceContext, patch, stamp_new
+from domain.services.edits import edit, retried
 from domain.services.withdrawal import list_status, restoration_marks, withdrawal_marks
 
 #: The most cards of one holder whose groups one query checks (``group_left_behind``).
@@ -202,30 +203,34 @@ class FleetService(Service):
         battery_kwh = battery_kwh if battery_kwh is UNSET \
             else checks(v.positive, battery_kwh, "batteryKwh", max_value=1000)
         checks.done()
-        vehicle = await self._own_vehicle(viewer, vehicle_id)
-        new_owner = UNSET if owner_id is UNSET or owner_id == vehicle.owner_id \
-            else (await self._owner(viewer, owner_id, "ownerId")).id
-        update = patch(
-            vehicle,
-            viewer,
-            owner_id=new_owner,
-            # The key is written with the plate, always: the two never disagree.
-            license_plate=plate,
-            plate_key=UNSET if plate is UNSET else v.plate_key(plate),
-            make=make,
-            model=model,
-            battery_kwh=battery_kwh,
-        )
-        updated = cast(Vehicle, update.record)
-        changes: list[tuple[Change, Record | None]] = [(update, vehicle)]
-        if new_owner is not UNSET:
-            tags = await self.store.find_all(IdTag, Eq("vehicle_id", vehicle.id))
-            changes += [(patch(tag, viewer, vehicle_id=None), tag) for tag in tags
-                        if tag.user_id != new_owner]
-        await self._commit_plate(viewer, changes,
-                                 plate_field="licensePlate" if new_owner is UNSET
-                                 else "ownerId")
-        return updated
+
+        async def once() -> Vehicle:
+            vehicle = await self._own_vehicle(viewer, vehicle_id)
+            new_owner = UNSET if owner_id is UNSET or owner_id == vehicle.owner_id \
+                else (await self._owner(viewer, owner_id, "ownerId")).id
+            update = edit(
+                vehicle,
+                viewer,
+                owner_id=new_owner,
+                # The key is written with the plate, always: the two never disagree.
+                license_plate=plate,
+                plate_key=UNSET if plate is UNSET else v.plate_key(plate),
+                make=make,
+                model=model,
+                battery_kwh=battery_kwh,
+            )
+            updated = cast(Vehicle, update.record)
+            changes: list[tuple[Change, Record | None]] = [(update, vehicle)]
+            if new_owner is not UNSET:
+                tags = await self.store.find_all(IdTag, Eq("vehicle_id", vehicle.id))
+                changes += [(edit(tag, viewer, vehicle_id=None), tag) for tag in tags
+                            if tag.user_id != new_owner]
+            await self._commit_plate(viewer, changes,
+                                     plate_field="licensePlate" if new_owner is UNSET
+                                     else "ownerId")
+            return updated
+
+        return await retried(once)
 
     async def remove_vehicle(self, viewer: Viewer, vehicle_id: str) -> Vehicle:
         """Sessions keep their vehicle id for history; tags pointing at the car are
@@ -306,6 +311,21 @@ class FleetService(Service):
         if parent_tag not in (UNSET, None):
             parent_tag = checks(v.id_tag, parent_tag, "parentIdTag")
         checks.done()
+        updated, became, restored = await retried(lambda: self._edit_id_tag(
+            viewer, id_tag_id, status, vehicle_id, expires_at, parent_tag))
+        if became is not None:
+            # Blocked (a lost card) it may not go on charging; expired, a session it
+            # started before stays authorized.
+            self._withdrawn(viewer, updated, became, stop=became is IdTagStatus.BLOCKED)
+        if restored:
+            self._restored(viewer, updated)
+        return updated
+
+    async def _edit_id_tag(self, viewer: Viewer, id_tag_id: str, status: Any,
+                           vehicle_id: Any, expires_at: Any, parent_tag: Any
+                           ) -> tuple[IdTag, IdTagStatus | None, bool]:
+        """``update_id_tag``'s read, checks and write (``retried``): the card as written,
+        what it was withdrawn as (``_withdrawn_as``) and whether it is usable again."""
         id_tag = await self.visible(viewer, IdTag, id_tag_id)
         owner = await self.visible(viewer, User, id_tag.user_id)
         if not self.policy.may_act_for_user(viewer, owner):
@@ -337,7 +357,7 @@ class FleetService(Service):
             blocked_by = viewer.actor  # an operator blocking a self-blocked card makes it theirs
         elif status is not UNSET and status is not IdTagStatus.BLOCKED:
             blocked_by = None
-        update = patch(
+        update = edit(
             id_tag,
             viewer,
             status=status,
@@ -354,13 +374,7 @@ class FleetService(Service):
         if restored:  # marked in the same commit, as a withdrawal is (a crash loses none)
             marks += await restoration_marks(self.store, viewer, [id_tag.id])
         await self.commit(viewer, [(update, id_tag)], unaudited=marks)
-        if became is not None:
-            # Blocked (a lost card) it may not go on charging; expired, a session it
-            # started before stays authorized.
-            self._withdrawn(viewer, updated, became, stop=became is IdTagStatus.BLOCKED)
-        if restored:
-            self._restored(viewer, updated)
-        return updated
+        return updated, became, restored
 
     def _usable_again(self, before: IdTag, after: IdTag) -> bool:
         """Whether a card that could not charge can now: unblocked, re-validated, its

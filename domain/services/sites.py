@@ -24,9 +24,10 @@ from domain.entities import (
 from domain.errors import Conflict, Forbidden, ValidationError
 from domain.events import StationChanged
 from domain.policy import Viewer
-from domain.ports import Delete, Insert
-from domain.query import Eq
-from domain.services.base import UNSET, Service, owned_by, patch, stamp_new
+from domain.ports import Delete, Guard, Insert
+from domain.query import Eq, all_of
+from domain.services.base import UNSET, Service, owned_by, stamp_new
+from domain.services.edits import edit, retried
 
 #: A grid connection no site has: 100 MW.
 MAX_SITE_KW = 100_000.0
@@ -172,31 +173,45 @@ class SiteService(Service):
         voltage = _edit(checks, voltage, "voltage", _voltage)
         phases = _edit(checks, phases, "phases", _phases)
         checks.done()
-        site = await self.managed_site(viewer, site_id)
-        max_kw = site.max_power_kw if max_power_kw is UNSET else max_power_kw
-        min_kw = site.min_power_kw if min_power_kw is UNSET else min_power_kw
-        rate_unit = site.unit if unit is UNSET else unit
-        volts = site.voltage if voltage is UNSET else voltage
-        lines = site.phases if phases is UNSET else phases
-        # The 6 A floor is judged when the edit touches what it is made of: a rename of a
-        # site stored with a lower minimum is not refused over a field it did not send.
-        _min_within(min_kw, max_kw, rate_unit, volts, lines, floor_checked=any(
-            given is not UNSET for given in (min_power_kw, unit, voltage, phases)))
-        update = patch(site, viewer, name=name, max_power_kw=max_power_kw,
-                       min_power_kw=min_power_kw, unit=unit, voltage=voltage, phases=phases)
-        await self.commit(viewer, [(update, site)])
-        self._recompute(site.id)
-        return cast(Site, update.record)
+
+        async def once() -> Site:
+            site = await self.managed_site(viewer, site_id)
+            max_kw = site.max_power_kw if max_power_kw is UNSET else max_power_kw
+            min_kw = site.min_power_kw if min_power_kw is UNSET else min_power_kw
+            rate_unit = site.unit if unit is UNSET else unit
+            volts = site.voltage if voltage is UNSET else voltage
+            lines = site.phases if phases is UNSET else phases
+            # The 6 A floor is judged when the edit touches what it is made of: a rename of
+            # a site stored with a lower minimum is not refused over a field it did not
+            # send.
+            _min_within(min_kw, max_kw, rate_unit, volts, lines, floor_checked=any(
+                given is not UNSET for given in (min_power_kw, unit, voltage, phases)))
+            update = edit(site, viewer, name=name, max_power_kw=max_power_kw,
+                          min_power_kw=min_power_kw, unit=unit, voltage=voltage, phases=phases)
+            await self.commit(viewer, [(update, site)])
+            return cast(Site, update.record)
+
+        updated = await retried(once)
+        self._recompute(updated.id)
+        return updated
 
     async def remove_site(self, viewer: Viewer, site_id: str) -> Site:
         """Removes a site, refused while stations are assigned to it: unassigning them is
         a decision about each station's chargers (they leave the site's limit), not a
         side effect of tidying up."""
-        site = await self.managed_site(viewer, site_id)
-        if await self.store.find_one(Station, Eq("site_id", site.id)) is not None:
-            raise Conflict("stations are assigned to this site: unassign them first",
-                           field="id", code="IN_USE")
-        await self.commit(viewer, [(Delete(site), site)])
+
+        async def once() -> Site:
+            site = await self.managed_site(viewer, site_id)
+            if await self.store.find_one(Station, Eq("site_id", site.id)) is not None:
+                raise Conflict("stations are assigned to this site: unassign them first",
+                               field="id", code="IN_USE")
+            # A station assigned on another instance meanwhile fails the write; run
+            # again, the check above says so.
+            await self.commit(viewer, [(Delete(site), site)], guards=[
+                Guard(Station, Eq("site_id", site.id), exists=False)])
+            return site
+
+        site = await retried(once)
         self._recompute(site.id)  # forgets what shares it still records
         return site
 
@@ -204,20 +219,35 @@ class SiteService(Service):
                              ) -> Station:
         """Puts a station behind a site of its own company (``None``: behind none). Both
         sites' shares are recomputed: the one it left and the one it joined."""
+        station, updated = await retried(lambda: self._assign(viewer, station_id, site_id))
+        if updated is station:
+            return station
+        # Other instances drop their cached copy of the station (as any station edit).
+        await self.publish(StationChanged(**owned_by(updated)))
+        self._recompute(station.site_id, site_id)
+        return updated
+
+    async def _assign(self, viewer: Viewer, station_id: str, site_id: str | None
+                      ) -> tuple[Station, Station]:
+        """``assign_station``'s read, checks and write (``retried``): the station as read
+        and as written (the same object when it was behind that site already). The site
+        must still be there, its company's, when the write is: removed on another
+        instance meanwhile, the station would be left behind a site nobody sees."""
         station = await self.visible(viewer, Station, station_id, field="stationId")
         if not self.policy.may_manage_station(viewer, station):
             raise Forbidden("you may not change this station", field="stationId")
+        guards = []
         if site_id is not None:
             site = await self.managed_site(viewer, site_id, field="siteId")
             if station.company_id != site.company_id:
                 raise ValidationError("a station joins only a site of its own company",
                                       field="siteId", code="INVALID")
+            guards.append(Guard(Site, all_of(Eq("id", site.id),
+                                             Eq("company_id", site.company_id))))
         if station.site_id == site_id:
-            return station
-        update = patch(station, viewer, site_id=site_id)
-        await self.commit(viewer, [(update, station)])
-        updated = cast(Station, update.record)
-        # Other instances drop their cached copy of the station (as any station edit).
-        await self.publish(StationChanged(**owned_by(updated)))
-        self._recompute(station.site_id, site_id)
-        return updated
+            return station, station
+        # On the station as read: moved to another company meanwhile, it is checked again.
+        update = edit(station, viewer, site_id=site_id)
+        await self.commit(viewer, [(update, station)], guards=guards)
+        return station, cast(Station, update.record)
+

@@ -26,7 +26,7 @@ from domain.entities import (
 from domain.errors import Conflict, Forbidden, UniqueViolation, ValidationError
 from domain.events import StationChanged, StationRemoved
 from domain.policy import Viewer
-from domain.ports import Change, Delete, Insert, Store
+from domain.ports import Change, Delete, Guard, Insert, Store
 from domain.query import Eq, Filter, In, all_of
 from domain.services.background import Background
 from domain.services.base import (
@@ -39,6 +39,7 @@ from domain.services.base import (
     stamp_new,
 )
 from domain.services.configuration import forget_configuration
+from domain.services.edits import edit, retried
 from domain.services.offline_notices import forget_outages
 from domain.services.withdrawal import forget_local_list
 
@@ -128,6 +129,30 @@ def _may_own(owner: User) -> None:
                               field="ownerId", code="INVALID")
 
 
+#: The roles ``may_own`` allows, as a filter's values.
+OWNER_ROLES = tuple(role for role in Role if may_own(role))
+
+
+def owner_still(owner: User, viewer: Viewer) -> Guard:
+    """The write naming ``owner`` a station's owner holds only while they are what it was
+    checked against: a role that may own stations, and for an operator's write still of
+    the operator's company. Read before, a demotion on another instance landing
+    between the read and the write left a driver owning a station (QA s21); the
+    demotion is guarded the other way (``AccountService.update_user``)."""
+    where = all_of(Eq("id", owner.id), In("role", OWNER_ROLES),
+                   *([Eq("company_id", viewer.company_id)] if viewer.is_operator else []))
+    return Guard(User, where)
+
+
+def not_charging(where: Filter) -> Guard:
+    """A removal holds only while no session is active ``where``: checked by a read
+    first (``_refuse_if_charging``, for the user's IN_USE), a start on another instance
+    could still land before the removal's write and leave a session charging on a
+    station that no longer exists (QA s21); the start is guarded the other way
+    (``ChargingService._open_session``)."""
+    return Guard(Session, all_of(where, Eq("state", SessionState.ACTIVE)), exists=False)
+
+
 class StationService(Service):
     def __init__(self, ctx: ServiceContext) -> None:
         super().__init__(ctx)
@@ -175,12 +200,17 @@ class StationService(Service):
         if viewer.is_operator and company_id != viewer.company_id:
             raise Forbidden("operators create stations for their own company",
                             field="companyId")
+        guards = []
         if owner_id is not None:
             owner = await self.visible(viewer, User, owner_id, field="ownerId")
             if viewer.is_operator and owner.id != viewer.user_id \
                     and owner.company_id != viewer.company_id:
                 raise Forbidden("the owner must work for your company", field="ownerId")
             _may_own(owner)
+            # The operator themselves may be of no company (then their own is none).
+            guards.append(owner_still(owner, viewer) if owner.id != viewer.user_id
+                          else Guard(User, all_of(Eq("id", owner.id),
+                                                  In("role", OWNER_ROLES))))
         station = stamp_new(
             Station(
                 cp_id=cp_id,
@@ -201,7 +231,7 @@ class StationService(Service):
         created = [stamp_new(self._connector(station, spec), viewer) for spec in specs]
         changes: list[tuple[Change, Any]] = [(Insert(station), None)]
         changes += [(Insert(c), None) for c in created]
-        await self.commit(viewer, changes)
+        await self.commit(viewer, changes, guards=guards)
         return station, created
 
     @staticmethod
@@ -251,8 +281,28 @@ class StationService(Service):
         # and a charger's connect landing during a slow hash must not be overwritten.
         password_hash = password if password in (UNSET, None) \
             else await self.hash_password(password)
+        given = {"name": name, "lat": lat, "lon": lon, "address": address,
+                 "company_id": company_id, "owner_id": owner_id,
+                 "auth_password_hash": password_hash, "registration": registration,
+                 "heartbeat_interval": heartbeat_interval}
+        station, updated = await retried(
+            lambda: self._edit_station(viewer, station_id, given))
+        await self._changed(updated)
+        if updated.registration is Registration.ACCEPTED \
+                and station.registration is not Registration.ACCEPTED:
+            self._nudge(updated)
+        if station.site_id is not None and updated.site_id is None \
+                and self.on_site_left is not None:
+            self.on_site_left(station.site_id)  # its sessions' shares go to the others
+        return updated
+
+    async def _edit_station(self, viewer: Viewer, station_id: str, given: dict[str, Any]
+                            ) -> tuple[Station, Station]:
+        """``update_station``'s read, checks and write (``retried``): the station as read
+        and as written."""
         station = await self.managed_station(viewer, station_id)
-        if password_hash not in (UNSET, None) and ":" in station.cp_id:
+        company_id, owner_id = given["company_id"], given["owner_id"]
+        if given["auth_password_hash"] not in (UNSET, None) and ":" in station.cp_id:
             raise ValidationError("a charger whose identity has a ':' cannot sign in with a "
                                   "password (HTTP Basic auth)", field="password",
                                   code="INVALID")
@@ -262,40 +312,27 @@ class StationService(Service):
                                 field="companyId")
             if company_id is not None:
                 await self.visible(viewer, Company, company_id, field="companyId")
+        guards = []
         if owner_id not in (UNSET, None):
             owner = await self.visible(viewer, User, owner_id, field="ownerId")
             if viewer.is_operator and owner.company_id != viewer.company_id:
                 raise Forbidden("the owner must work for your company", field="ownerId")
             _may_own(owner)
+            guards.append(owner_still(owner, viewer))
+        lat, lon = given["lat"], given["lon"]
         if lat is UNSET or lon is UNSET:
             v.coordinates(station.lat if lat is UNSET else lat,
                           station.lon if lon is UNSET else lon)
-        update = patch(
+        update = edit(
             station,
             viewer,
-            name=name,
-            lat=lat,
-            lon=lon,
-            address=address,
-            company_id=company_id,
+            **given,
             # A station joins only its own company's site: handed to another company,
             # it leaves the old company's site (whose limit it charged under).
             site_id=None if company_id not in (UNSET, station.company_id) else UNSET,
-            owner_id=owner_id,
-            auth_password_hash=password_hash,
-            registration=registration,
-            heartbeat_interval=heartbeat_interval,
         )
-        updated = cast(Station, update.record)
-        await self.commit(viewer, [(update, station)])
-        await self._changed(updated)
-        if updated.registration is Registration.ACCEPTED \
-                and station.registration is not Registration.ACCEPTED:
-            self._nudge(updated)
-        if station.site_id is not None and updated.site_id is None \
-                and self.on_site_left is not None:
-            self.on_site_left(station.site_id)  # its sessions' shares go to the others
-        return updated
+        await self.commit(viewer, [(update, station)], guards=guards)
+        return station, cast(Station, update.record)
 
     def _nudge(self, station: Station) -> None:
         """A charger told Pending or Rejected waits out its boot interval before it boots
@@ -318,20 +355,7 @@ class StationService(Service):
         books (a session's ``tariff`` is the one that priced it, not the company's that
         would have stood in); refused while a session is active. Its live reservations are
         cancelled at the charger first."""
-        station = await self.managed_station(viewer, station_id)
-        await self._refuse_if_charging(Eq("station_id", station.id))
-        await self._cancel_at_chargers(viewer, Eq("station_id", station.id),
-                                       Eq("station_id", station.id))
-        connectors = await self.store.find_all(Connector, Eq("station_id", station.id))
-        changes: list[tuple[Change, Any]] = [(Delete(c), c) for c in connectors]
-        cancelled = await self._cancel_reservations(viewer, Eq("station_id", station.id),
-                                                    changes)
-        changes.append((Delete(station), station))
-        history = await self._end_state_history(
-            viewer, all_of(Eq("cp_id", station.cp_id), Eq("station_id", station.id)))
-        # Unaudited as it was written: control state, each command audited as itself.
-        await self.commit(viewer, changes, unaudited=[
-            *history, *await forget_configuration(self.store, station)])
+        station, cancelled = await retried(lambda: self._remove_station(viewer, station_id))
         await self._announce(cancelled, station)
         await self._hang_up_charger(station)
         # After the removal's write, not in it: a connection may close a notice meanwhile,
@@ -351,6 +375,31 @@ class StationService(Service):
             log.exception("%s: removed; its local-list records are left behind",
                           station.cp_id)
         return station
+
+    async def _remove_station(self, viewer: Viewer, station_id: str
+                              ) -> tuple[Station, list[Reservation]]:
+        """``remove_station``'s read, checks and write (``retried``: a start that beat the
+        write is then refused as IN_USE by the check): the station and the reservations
+        it cancelled."""
+        station = await self.managed_station(viewer, station_id)
+        await self._refuse_if_charging(Eq("station_id", station.id))
+        await self._cancel_at_chargers(viewer, Eq("station_id", station.id),
+                                       Eq("station_id", station.id))
+        connectors = await self.store.find_all(Connector, Eq("station_id", station.id))
+        changes: list[tuple[Change, Any]] = [(Delete(c), c) for c in connectors]
+        cancelled = await self._cancel_reservations(viewer, Eq("station_id", station.id),
+                                                    changes)
+        changes.append((Delete(station), station))
+        history = await self._end_state_history(
+            viewer, all_of(Eq("cp_id", station.cp_id), Eq("station_id", station.id)))
+        # Unaudited as it was written: control state, each command audited as itself.
+        await self.commit(viewer, changes, unaudited=[
+            *history, *await forget_configuration(self.store, station)],
+            # A connector added on another instance meanwhile would be left behind,
+            # of no station: the write fails, and runs again with it.
+            guards=[not_charging(Eq("station_id", station.id)),
+                    Guard(Connector, Eq("station_id", station.id), exists=False)])
+        return station, cancelled
 
     async def _cancel_at_chargers(self, viewer: Viewer, held: Filter, charging: Filter
                                   ) -> None:
@@ -432,7 +481,9 @@ class StationService(Service):
         station = await self.managed_station(viewer, station_id, field="stationId")
         connector = stamp_new(self._connector(station, spec), viewer)
         try:
-            await self.commit(viewer, [(Insert(connector), None)])
+            # Removed on another instance meanwhile, the station would leave it behind.
+            await self.commit(viewer, [(Insert(connector), None)],
+                              guards=[Guard(Station, Eq("id", station.id))])
         except UniqueViolation as exc:
             raise UniqueViolation("this station has that connector already",
                                   field="connectorId") from exc
@@ -454,14 +505,30 @@ class StationService(Service):
         if max_kw is not UNSET:
             max_kw = checks(v.positive, max_kw, "maxKw", max_value=1000)
         checks.done()
-        connector = await self.managed_connector(viewer, connector_id)
-        update = patch(connector, viewer, type=type, max_kw=max_kw)
-        updated = cast(Connector, update.record)
-        await self.commit(viewer, [(update, connector)])
+
+        async def once() -> Connector:
+            connector = await self.managed_connector(viewer, connector_id)
+            update = edit(connector, viewer, type=type, max_kw=max_kw)
+            await self.commit(viewer, [(update, connector)])
+            return cast(Connector, update.record)
+
+        updated = await retried(once)
         await self._connector_changed(updated)
         return updated
 
     async def remove_connector(self, viewer: Viewer, connector_id: str) -> Connector:
+        connector, cancelled = await retried(
+            lambda: self._remove_connector(viewer, connector_id))
+        [station] = await self.store.get_many(Station, [connector.station_id])
+        if cancelled:
+            await self._announce(cancelled, station)
+        await self._changed(station)
+        return connector
+
+    async def _remove_connector(self, viewer: Viewer, connector_id: str
+                                ) -> tuple[Connector, list[Reservation]]:
+        """``remove_connector``'s read, checks and write (``retried``, as
+        ``_remove_station``)."""
         connector = await self.managed_connector(viewer, connector_id)
         charging = all_of(Eq("cp_id", connector.cp_id),
                           Eq("connector_id", connector.connector_id))
@@ -475,9 +542,6 @@ class StationService(Service):
         await self.commit(viewer, changes, unaudited=await self._end_state_history(
             viewer, all_of(Eq("cp_id", connector.cp_id),
                            Eq("connector_id", connector.connector_id),
-                           Eq("station_id", connector.station_id))))
-        [station] = await self.store.get_many(Station, [connector.station_id])
-        if cancelled:
-            await self._announce(cancelled, station)
-        await self._changed(station)
-        return connector
+                           Eq("station_id", connector.station_id))),
+            guards=[not_charging(charging)])
+        return connector, cancelled

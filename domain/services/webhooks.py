@@ -43,6 +43,7 @@ from domain.policy import SYSTEM, Viewer
 from domain.ports import Delete, Insert, Update, WebhookAttempt, WebhookSender
 from domain.query import Eq, Sort, all_of
 from domain.services.base import UNSET, Service, ServiceContext, changed, patch, stamp_new
+from domain.services.edits import edit, retried
 
 MAX_URL = 2048
 MAX_DESCRIPTION = 200
@@ -303,7 +304,14 @@ class WebhookService(Service):
                                             MAX_DESCRIPTION)
         active = checks(v.present, active, "active")
         checks.done()
+        return await retried(lambda: self._edit(viewer, webhook_id, updates, active))
+
+    async def _edit(self, viewer: Viewer, webhook_id: str, given: dict[str, Any],
+                    active: Any) -> Webhook:
+        """``update_webhook``'s read, checks and write (``retried``: a delivery's health
+        write moves the webhook's version too)."""
         webhook = await self.visible(viewer, Webhook, webhook_id)
+        updates = dict(given)
         if active is not UNSET:
             updates["active"] = bool(active)
             if active:
@@ -315,7 +323,7 @@ class WebhookService(Service):
                     updates["owner_id"] = viewer.user_id
         if not updates:
             return webhook
-        change = patch(webhook, viewer, **updates)
+        change = edit(webhook, viewer, **updates)
         await self.commit(viewer, [(change, webhook)])
         return cast(Webhook, change.record)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import pymongo
@@ -39,8 +39,14 @@ class Yielded(Exception):
         self.kind = kind
 
 
-async def write(db: Any, changes: Sequence[Change], audit: Sequence[AuditEntry]) -> None:
-    """Writes one journaled batch, all or nothing.
+#: What a batch checks once it has written everything, before it closes its journal
+#: (the store's ``Guard`` checks): raising, it rolls the batch back.
+Check = Callable[[], Awaitable[None]]
+
+
+async def write(db: Any, changes: Sequence[Change], audit: Sequence[AuditEntry],
+                check: Check | None = None) -> None:
+    """Writes one journaled batch, all or nothing (``check``: see ``Check``).
 
     Two batches writing the same documents in opposite orders would each wait for the
     other (``Batch._committed_image``) and both fail ``CHANGED``. The older one (lower
@@ -55,7 +61,7 @@ async def write(db: Any, changes: Sequence[Change], audit: Sequence[AuditEntry])
     while True:
         batch = await Batch.open(db, changes, audit, journal_id, deadline)
         try:
-            await batch.run(changes, audit)
+            await batch.run(changes, audit, check)
             return
         except Yielded:
             journal_id = batch.id
@@ -116,8 +122,10 @@ class Batch:
                                           within=_time_left(deadline))
         return cls(db, layout, undo, entries, settle_wait, deadline)
 
-    async def run(self, changes: Sequence[Change], audit: Sequence[AuditEntry]) -> None:
-        """Writes everything, or (raising what failed it) undoes what it wrote."""
+    async def run(self, changes: Sequence[Change], audit: Sequence[AuditEntry],
+                  check: Check | None = None) -> None:
+        """Writes everything, then runs ``check``; or (raising what failed either) undoes
+        what it wrote."""
         steps: list[tuple[Step, ObjectId | None]] = [
             (step, self.id) for step in writes.steps(changes)]
         if audit:
@@ -128,6 +136,9 @@ class Batch:
         try:
             for step, mark in steps:
                 await self._write(step, mark)
+            step = []  # every step written: a failed check undoes all of them
+            if check is not None:
+                await check()
         except Yielded as exc:
             # Raised before the step wrote anything. Written again only if the rollback
             # left nothing of this attempt (else that would stand twice).

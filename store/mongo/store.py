@@ -23,9 +23,9 @@ from pymongo.errors import ConfigurationError, PyMongoError
 
 from domain.aggregation import Group, Metric
 from domain.entities import AuditEntry, E, Record
-from domain.ports import Change
+from domain.ports import Change, Guard
 from domain.query import ALL, Filter, Page, PageRequest, Sort, decode_cursor, encode_cursor
-from store.fields import FieldSpec
+from store.fields import FieldSpec, changed_meanwhile
 from store.mongo import aggregate, batch, journal, writes
 from store.mongo.codec import compared, from_doc, shadow, spec_of
 from store.mongo.indexes import ensure_indexes
@@ -338,13 +338,34 @@ class MongoStore:
 
     # ------------------------------------------------------------------ writes
     @mapping_outages
-    async def write(self, changes: Sequence[Change], audit: Sequence[AuditEntry]) -> None:
+    async def write(self, changes: Sequence[Change], audit: Sequence[AuditEntry],
+                    guards: Sequence[Guard] = ()) -> None:
         if not changes and not audit:
+            await self._check_guards(guards)
             return
-        if len(changes) == 1 and not audit:
+        if len(changes) == 1 and not audit and not guards:
             await writes.apply(self.db, changes[0])  # one document: atomic by itself
             return
-        await batch.write(self.db, changes, audit)
+        check = (lambda: self._check_guards(guards)) if guards else None
+        await batch.write(self.db, changes, audit, check)
+
+    async def _check_guards(self, guards: Sequence[Guard]) -> None:
+        """The guards, read once the batch has written everything and before its journal
+        closes (``batch.Batch.run``); one that does not hold rolls the batch back.
+
+        Without multi-document transactions this is no lock, and there is a window: a
+        batch of another instance may change what a guard read between the read and the
+        journal's close. Checking after the writes narrows it to what matters for the
+        use cases' pairs of guarded writes (a session's insert guarded by its station's
+        existence, the station's delete guarded by no active session on it): each
+        writes first and reads second, so of two such batches at least one reads the
+        other's write and fails (both may: a batch in flight is read before its
+        rollback). A guard may thus fail on another batch's write that is rolled back
+        later: the caller sees CHANGED and tries again."""
+        for guard in guards:
+            found = await self.find_one(guard.kind, guard.where) is not None
+            if found != guard.exists:
+                raise changed_meanwhile(guard.kind.kind)
 
     @mapping_outages
     async def next_sequence(self, name: str) -> int:

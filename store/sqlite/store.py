@@ -32,7 +32,7 @@ import orjson
 from domain.aggregation import Group, Metric
 from domain.entities import AuditEntry, E, Record
 from domain.errors import NotFound
-from domain.ports import Change, Delete, Insert, InsertIfAbsent, Update
+from domain.ports import Change, Delete, Guard, Insert, InsertIfAbsent, Update
 from domain.query import ALL, Filter, Page, PageRequest, Sort
 from store.fields import FieldSpec, changed_meanwhile
 from store.sqlite import aggregate, paging
@@ -61,6 +61,9 @@ from store.sqlite.sql_filter import (
 from store.sqlite.writer import Writer
 
 _Statement = tuple[str, tuple[SqlValue, ...], Change | None]
+#: A ``Guard`` compiled: the query finding one record it is about, its parameters, the
+#: guard.
+_GuardQuery = tuple[str, list[SqlValue], Guard]
 
 #: The SQL functions our filters use, registered on every read connection.
 SQL_FUNCTIONS = ((HAVERSINE, 4, haversine_km), (UNICODE_LOWER, 1, unicode_lower))
@@ -201,10 +204,26 @@ def _apply_required(conn: sqlite3.Connection, run: list[_Statement]) -> None:
             raise NotFound(_missing(conn, [(sql, params, change)]), field="id")
 
 
-def _apply_batch(conn: sqlite3.Connection, statements: list[_Statement]) -> None:
+def _guard_query(guard: Guard) -> _GuardQuery:
+    where_sql, params = compile_where(guard.kind, guard.where)
+    return f"SELECT 1 FROM {_from(guard.kind)} WHERE {where_sql} LIMIT 1", params, guard
+
+
+def _check_guards(conn: sqlite3.Connection, guards: Sequence[_GuardQuery]) -> None:
+    """Inside the write transaction, after its changes: SQLite has one writer at a time
+    (``BEGIN IMMEDIATE`` takes the lock, for every process on the file), so nothing can
+    change what a guard reads between its check and the commit."""
+    for sql, params, guard in guards:
+        found = conn.execute(sql, params).fetchone() is not None
+        if found != guard.exists:
+            raise changed_meanwhile(guard.kind.kind)
+
+
+def _apply_batch(conn: sqlite3.Connection, statements: list[_Statement],
+                 guards: Sequence[_GuardQuery] = ()) -> None:
     """One write transaction. Runs of the same insert go as multi-row statements, runs of
     the same update or delete through ``executemany``; updates and deletes must each
-    touch their row."""
+    touch their row; then the guards are checked."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         index = 0
@@ -227,6 +246,7 @@ def _apply_batch(conn: sqlite3.Connection, statements: list[_Statement]) -> None
                 if cursor.rowcount < len(run) and not guarded:
                     raise NotFound(_missing(conn, run), field="id")
             index = end
+        _check_guards(conn, guards)
         conn.commit()
     except BaseException:
         conn.rollback()
@@ -278,7 +298,9 @@ class SqliteStore:
         finally:
             await migrator.close()
         writer = Writer(self.path, busy_timeout=self.busy_timeout)
-        writer.open()
+        # A ``Guard`` is a filter run inside the write transaction: any filter a read may
+        # use (a search, a distance) must run there too.
+        writer.open(SQL_FUNCTIONS)
         try:
             reader = await self._connect()
         except BaseException:
@@ -501,16 +523,18 @@ class SqliteStore:
         return column("t0", spec.name), originals, _json_array(list(originals))
 
     # ------------------------------------------------------------------ writes
-    async def write(self, changes: Sequence[Change], audit: Sequence[AuditEntry]) -> None:
+    async def write(self, changes: Sequence[Change], audit: Sequence[AuditEntry],
+                    guards: Sequence[Guard] = ()) -> None:
         # Encode everything before taking the lock: a bad value fails before BEGIN.
         statements = [self._statement(change) for change in changes]
         statements += [(_insert_sql(AuditEntry), to_row(entry), None) for entry in audit]
-        if not statements:
+        checks = [_guard_query(guard) for guard in guards]
+        if not statements and not checks:
             return
         writer = self._writer_conn()
         async with self._write_lock:
             try:
-                await writer.run(lambda conn: _apply_batch(conn, statements))
+                await writer.run(lambda conn: _apply_batch(conn, statements, checks))
             except sqlite3.IntegrityError as exc:
                 violation = unique_violation(exc)
                 if violation is None:

@@ -33,8 +33,8 @@ import os
 import sqlite3
 import sys
 import time
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from domain.errors import StoreBusy, StoreUnavailable
 
@@ -170,8 +170,11 @@ class Writer:
         self._refusal_told = False
         self._moved_told = False
 
-    def open(self) -> None:
+    def open(self, functions: Sequence[tuple[str, int, Callable[..., Any]]] = ()) -> None:
+        """``functions``: SQL functions (name, arity, function) the transactions use."""
         conn = connect(self.path)  # opens the file: what is at the path now is ours
+        for name, arity, function in functions:
+            conn.create_function(name, arity, function, deterministic=True)
         self._identities = {}
         self.moved()  # takes the identities of the files there now
         conn.execute("PRAGMA busy_timeout = 0")  # inline attempts never wait on the loop

@@ -24,6 +24,7 @@ from domain.entities import (
     Record,
     RefreshToken,
     Reservation,
+    Role,
     Session,
     SessionState,
     Station,
@@ -31,8 +32,8 @@ from domain.entities import (
     Vehicle,
 )
 from domain.errors import Conflict, NotFound, UniqueViolation
-from domain.ports import UNIQUE_RULES, Change, Delete, Insert, Store, Update
-from domain.query import ALL, Eq, all_of
+from domain.ports import UNIQUE_RULES, Change, Delete, Guard, Insert, Store, Update
+from domain.query import ALL, Eq, In, Search, Sub, all_of
 from tests.contract.factories import (
     at,
     audit,
@@ -215,6 +216,87 @@ async def test_a_required_guard_that_no_longer_holds_fails_the_whole_write(
     assert (await store.get_many(Payment, [pay.id]))[0] == captured
     assert await store.get_many(Company, [bystander.id]) == [None]
     await store.write([quiet], [])  # alone, a quiet guard that fails is no error
+
+
+def _active_on(st: Station) -> Any:
+    return all_of(Eq("station_id", st.id), Eq("state", SessionState.ACTIVE))
+
+
+async def test_a_write_whose_guard_holds_is_written_whole(store: Store) -> None:
+    """``Guard``: a session's insert while its station exists, a station's removal while
+    no session is active on it; both with their audit entries."""
+    st = station(cp_id="CP-G")
+    await put(store, st)
+    opened = session(st)
+    await store.write([Insert(opened)], [audit(opened, "ocpp:CP-G")],
+                      [Guard(Station, Eq("id", st.id))])
+    assert await store.get_many(Session, [opened.id]) == [opened]
+    ended = dataclasses.replace(opened, state=SessionState.COMPLETED)
+    await store.write([Update(ended)], [])
+    await store.write([Delete(st)], [audit(st, "admin")],
+                      [Guard(Session, _active_on(st), exists=False)])
+    assert await store.get_many(Station, [st.id]) == [None]
+    assert await store.count(AuditEntry, ALL) == 2
+
+
+async def test_a_guard_that_does_not_hold_fails_the_whole_write(store: Store) -> None:
+    """The station removed before the start's write: the session is not inserted, nor
+    anything else of its write, and the error is the one of a required update
+    (CHANGED). And the station's removal with a session active on it fails the same
+    way, its connector and audit entry staying as they were."""
+    gone, kept = station(cp_id="CP-GONE"), station(cp_id="CP-KEPT")
+    plug = connector(kept)
+    await put(store, kept, plug)
+    orphan = session(gone)
+    bystander = company(name="Written with the orphan")
+    with pytest.raises(Conflict) as raised:
+        await store.write([Insert(bystander), Insert(orphan)], [audit(orphan, "ocpp:x")],
+                          [Guard(Station, Eq("id", gone.id))])
+    assert (raised.value.code, raised.value.field) == ("CHANGED", "id")
+    assert await store.get_many(Session, [orphan.id]) == [None]
+    assert await store.get_many(Company, [bystander.id]) == [None]
+    live = session(kept)
+    await put(store, live)
+    with pytest.raises(Conflict) as raised:
+        await store.write([Delete(plug), Delete(kept)], [audit(kept, "admin")],
+                          [Guard(Session, _active_on(kept), exists=False)])
+    assert raised.value.code == "CHANGED"
+    assert await store.get_many(Station, [kept.id]) == [kept]
+    assert await store.get_many(Connector, [plug.id]) == [plug]
+    assert await store.count(AuditEntry, ALL) == 0
+
+
+async def test_a_guard_is_checked_on_the_store_as_the_write_leaves_it(store: Store) -> None:
+    """Checked after the write's own changes: a write that inserts what its guard asks
+    for passes, one whose own change breaks its guard fails; a write of guards alone
+    writes nothing and fails or passes as they do."""
+    st = station(cp_id="CP-OWN")
+    await store.write([Insert(st)], [], [Guard(Station, Eq("cp_id", "CP-OWN"))])
+    with pytest.raises(Conflict):
+        await store.write([Insert(session(st))], [],
+                          [Guard(Session, _active_on(st), exists=False)])
+    assert await store.count(Session, ALL) == 0
+    await store.write([], [], [Guard(Station, Eq("id", st.id))])
+    with pytest.raises(Conflict):
+        await store.write([], [], [Guard(Station, Eq("id", st.id), exists=False)])
+
+
+async def test_a_guard_may_use_any_filter_a_read_may(store: Store) -> None:
+    """A guard's filter is the query language's (a sub-select, a search), compiled as a
+    read's: a demotion guarded by "no station they own", a station's owner by their
+    role."""
+    owner = user(role=Role.OPERATOR, name="Orla Owner")
+    st = station(cp_id="CP-OWNED", owner_id=owner.id)
+    await put(store, owner, st)
+    may_own = all_of(Eq("id", owner.id), In("role", (Role.OPERATOR, Role.ADMIN)),
+                     Search(("name",), "orla"))
+    await store.write([Update(dataclasses.replace(st, name="Renamed"))], [],
+                      [Guard(User, may_own)])
+    owns = Sub("id", "station", Eq("owner_id", owner.id), select="owner_id")
+    with pytest.raises(Conflict):
+        await store.write([Update(dataclasses.replace(owner, role=Role.DRIVER))], [],
+                          [Guard(User, all_of(Eq("id", owner.id), owns), exists=False)])
+    assert (await store.get_many(User, [owner.id]))[0] == owner
 
 
 async def test_a_unique_violation_is_told_in_words_not_column_names(store: Store) -> None:

@@ -14,6 +14,7 @@ from domain import entities as d
 from domain.errors import Conflict
 from domain.policy import SYSTEM, Policy, Viewer
 from domain.services import ServiceContext, Services
+from domain.services.edits import EDIT_ATTEMPTS
 from store.sqlite import SqliteStore
 from tests.helpers import FastHasher
 
@@ -84,13 +85,14 @@ async def test_two_revocations_at_once_move_the_token_epoch_once_each_or_fail(
 
 async def test_edits_of_other_fields_made_meanwhile_stay(
         services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each edit below works on a copy read before the other one committed."""
+    """Each edit below first works on a copy read before the other one committed: its
+    write meets the newer version and it runs again on a fresh read, writing only its
+    own field (``edits.retried``)."""
     stations, fleet = services.stations, services.fleet
     station, _ = await stations.create_station(SYSTEM, cp_id="CP-1", name="Old name")
-    stale_station = station
     await stations.update_station(SYSTEM, station.id, lat=52.5, lon=13.4)
     monkeypatch.setattr(stations, "managed_station",
-                        lambda viewer, station_id: _ready(stale_station))
+                        stale_once(station, stations.managed_station))
     await stations.update_station(SYSTEM, station.id, name="New name")
     [final] = await services.ctx.store.get_many(d.Station, [station.id])
     assert final is not None and (final.name, final.lat, final.lon) == ("New name", 52.5, 13.4)
@@ -101,9 +103,12 @@ async def test_edits_of_other_fields_made_meanwhile_stay(
     tag = await fleet.issue_id_tag(Viewer.of(driver), tag="LOST-CARD")
     await fleet.update_id_tag(Viewer.of(driver), tag.id, status=d.IdTagStatus.BLOCKED)
     visible = fleet.visible
+    read_tag = stale_once(tag, visible)
 
     async def stale_tag(viewer: Viewer, kind: Any, record_id: str, **kw: Any) -> Any:
-        return tag if kind is d.IdTag else await visible(viewer, kind, record_id, **kw)
+        if kind is d.IdTag:
+            return await read_tag(viewer, kind, record_id, **kw)
+        return await visible(viewer, kind, record_id, **kw)
 
     monkeypatch.setattr(fleet, "visible", stale_tag)
     soon = tag.created_at.replace(year=tag.created_at.year + 1)
@@ -111,6 +116,41 @@ async def test_edits_of_other_fields_made_meanwhile_stay(
     [card] = await services.ctx.store.get_many(d.IdTag, [tag.id])
     assert card is not None and card.status is d.IdTagStatus.BLOCKED
     assert card.expires_at == soon
+
+
+async def test_an_edit_never_written_on_a_stale_read_fails_changed(
+        services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read stale every time (another instance's edits keep landing between its read and
+    its write), an edit gives up after ``EDIT_ATTEMPTS`` with CHANGED on ``id``, and
+    writes nothing."""
+    stations = services.stations
+    station, _ = await stations.create_station(SYSTEM, cp_id="CP-1", name="Old name")
+    await stations.update_station(SYSTEM, station.id, name="Newer name")
+    reads = 0
+
+    async def always_stale(viewer: Viewer, station_id: str, field: str = "id") -> Any:
+        nonlocal reads
+        reads += 1
+        return station
+
+    monkeypatch.setattr(stations, "managed_station", always_stale)
+    with pytest.raises(Conflict) as raised:
+        await stations.update_station(SYSTEM, station.id, name="Lost name")
+    assert (raised.value.code, raised.value.field) == ("CHANGED", "id")
+    assert reads == EDIT_ATTEMPTS
+    [final] = await services.ctx.store.get_many(d.Station, [station.id])
+    assert final is not None and final.name == "Newer name"
+
+
+def stale_once(stale: Any, read: Any) -> Any:
+    """``read`` that answers ``stale`` the first time it is called."""
+    calls = 0
+
+    async def reading(*args: Any, **kw: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return stale if calls == 1 else await read(*args, **kw)
+    return reading
 
 
 async def _ready(value: Any) -> Any:

@@ -1,0 +1,278 @@
+"""Two instances on one store (QA s21, multi-instance write integrity): each its own
+``Services`` (its own keyed locks and caches) over its own connection to one SQLite
+file, or one MongoDB database. The competing write is run by a hook between one
+instance's read and its write, so every interleaving here is forced, not hoped for."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from domain import entities as d
+from domain.errors import Conflict, ValidationError
+from domain.policy import SYSTEM, Policy
+from domain.ports import Store
+from domain.query import Eq, Sort
+from domain.services import ConnectorSpec, ServiceContext, Services
+from domain.services.charging import BootInfo
+from store.mongo import MongoStore
+from store.sqlite import SqliteStore
+from tests.helpers import FastHasher
+from tests.support.mongomock_async import async_mongomock_database
+
+CP = "CP-RACE"
+
+
+@dataclass
+class Instances:
+    a: Services
+    b: Services
+    store: Store  # A's: what is stored, read after the race
+    station: d.Station
+    connector: d.Connector
+
+
+@contextlib.asynccontextmanager
+async def two_stores(kind: str, path: Path) -> AsyncIterator[tuple[Store, Store]]:
+    first: Store
+    second: Store
+    if kind == "sqlite":
+        first, second = SqliteStore(str(path)), SqliteStore(str(path))
+    else:
+        db = async_mongomock_database()
+        first, second = MongoStore(db, sweep_every=None), MongoStore(db, sweep_every=None)
+    await first.start()
+    await second.start()
+    try:
+        yield first, second
+    finally:
+        await second.close()
+        await first.close()
+
+
+@pytest.fixture(params=["sqlite", "mongo"])
+async def two(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Instances]:
+    async with two_stores(request.param, tmp_path / "shared.db") as (first, second):
+        a, b = (Services(ServiceContext(store=s, policy=Policy(), hasher=FastHasher()))
+                for s in (first, second))
+        station, [plug] = await a.stations.create_station(
+            SYSTEM, cp_id=CP, name="Potsdam", connectors=[ConnectorSpec(1, max_kw=50)])
+        yield Instances(a, b, first, station, plug)
+
+
+def once(hook: Callable[[], Awaitable[Any]], then: Callable[..., Awaitable[Any]]
+         ) -> Callable[..., Awaitable[Any]]:
+    """``then``, the first call of which runs ``hook`` (the other instance's write) after
+    it: between the read ``then`` makes and whatever its caller writes next."""
+    ran = False
+
+    async def hooked(*args: Any, **kw: Any) -> Any:
+        nonlocal ran
+        result = await then(*args, **kw)
+        if not ran:
+            ran = True
+            await hook()
+        return result
+    return hooked
+
+
+async def sessions(store: Store) -> list[d.Session]:
+    return await store.find_all(d.Session, Eq("cp_id", CP))
+
+
+async def start(services: Services) -> Any:
+    return await services.charging.start_transaction(
+        CP, 1, "TAG-1", 0, datetime.now(UTC).replace(microsecond=0))
+
+
+# ------------------------------------------------------------------ (A) removal vs start
+async def test_a_start_whose_station_was_removed_meanwhile_writes_nothing(
+        two: Instances, monkeypatch: pytest.MonkeyPatch) -> None:
+    """B's start has read the station (and cached it); A removes the station before B
+    writes. B's write is refused whole: no session (an orphan held the card everywhere,
+    ConcurrentTx, until endSession), and the charger is told its charge point is
+    unknown, as after any removal (its handler hangs up on it)."""
+    charging = two.b.charging
+    # B holds the charger: the station is cached there.
+    await charging.boot(CP, BootInfo(vendor="QA", model="R"))
+    monkeypatch.setattr(charging, "_connector", once(
+        lambda: two.a.stations.remove_station(SYSTEM, two.station.id), charging._connector))
+    with pytest.raises(ValidationError) as raised:
+        await start(two.b)
+    assert (raised.value.code, raised.value.field) == ("NOT_FOUND", "cpId")
+    assert await sessions(two.store) == []
+    assert await two.store.get_many(d.Station, [two.station.id]) == [None]
+
+
+async def test_a_removal_that_a_start_beat_is_refused_in_use(
+        two: Instances, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A has checked that nothing charges on the station; B's start commits before A's
+    write. A's write is refused, run again, and answered as a removal of a station
+    that charges is: IN_USE. The session keeps its station."""
+    stations = two.a.stations
+    monkeypatch.setattr(stations, "_end_state_history", once(
+        lambda: start(two.b), stations._end_state_history))
+    with pytest.raises(Conflict) as raised:
+        await stations.remove_station(SYSTEM, two.station.id)
+    assert raised.value.code == "IN_USE"
+    [session] = await sessions(two.store)
+    assert session.state is d.SessionState.ACTIVE
+    assert await two.store.get_many(d.Station, [two.station.id]) == [two.station]
+
+
+async def test_a_connector_removal_that_a_start_beat_is_refused_in_use(
+        two: Instances, monkeypatch: pytest.MonkeyPatch) -> None:
+    stations = two.a.stations
+    monkeypatch.setattr(stations, "_end_state_history", once(
+        lambda: start(two.b), stations._end_state_history))
+    with pytest.raises(Conflict) as raised:
+        await stations.remove_connector(SYSTEM, two.connector.id)
+    assert raised.value.code == "IN_USE"
+    assert await two.store.get_many(d.Connector, [two.connector.id]) == [two.connector]
+
+
+# ------------------------------------------------------------------ (B) two edits at once
+async def updates_of(store: Store, record_id: str) -> list[d.AuditEntry]:
+    entries = await store.find_all(d.AuditEntry, Eq("entity_id", record_id),
+                                   [Sort("at"), Sort("id")])
+    return [e for e in entries if e.action is d.AuditAction.UPDATE]
+
+
+def chained(entries: list[d.AuditEntry], field: str) -> bool:
+    """Each entry's before-image of ``field`` is what the one before it wrote."""
+    return all(later.before is not None and earlier.after is not None
+               and later.before[field] == earlier.after[field]
+               for earlier, later in itertools.pairwise(entries))
+
+
+async def test_two_edits_of_a_station_at_once_both_land_and_chain(
+        two: Instances, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reads the station to rename it; B renames it before A writes. A's write meets
+    the newer version and runs again: last writer wins, and its audit entry's
+    before-image is B's name, not the one A first read."""
+    stations = two.a.stations
+    monkeypatch.setattr(stations, "managed_station", once(
+        lambda: two.b.stations.update_station(SYSTEM, two.station.id, name="By B"),
+        stations.managed_station))
+    await stations.update_station(SYSTEM, two.station.id, name="By A")
+    [final] = await two.store.get_many(d.Station, [two.station.id])
+    assert final is not None and final.name == "By A"
+    entries = await updates_of(two.store, two.station.id)
+    assert [e.after["name"] for e in entries if e.after] == ["By B", "By A"]
+    assert chained(entries, "name")
+
+
+async def test_two_edits_of_a_connector_at_once_both_land_and_chain(
+        two: Instances, monkeypatch: pytest.MonkeyPatch) -> None:
+    stations = two.a.stations
+    monkeypatch.setattr(stations, "managed_connector", once(
+        lambda: two.b.stations.update_connector(SYSTEM, two.connector.id, max_kw=200),
+        stations.managed_connector))
+    await stations.update_connector(SYSTEM, two.connector.id, max_kw=100)
+    entries = await updates_of(two.store, two.connector.id)
+    assert [e.after["max_kw"] for e in entries if e.after] == [200, 100]
+    assert chained(entries, "max_kw")
+
+
+async def test_two_edits_of_a_user_at_once_both_land_and_chain(
+        two: Instances, monkeypatch: pytest.MonkeyPatch) -> None:
+    accounts = two.a.accounts
+    user = await accounts.create_user(SYSTEM, email="ana@example.com", password="pw-12345678",
+                                      name="Ana", role=d.Role.DRIVER)
+    monkeypatch.setattr(accounts, "visible", once(
+        lambda: two.b.accounts.update_user(SYSTEM, user.id, name="Ana B"),
+        accounts.visible))
+    await accounts.update_user(SYSTEM, user.id, name="Ana A")
+    entries = await updates_of(two.store, user.id)
+    assert [e.after["name"] for e in entries if e.after] == ["Ana B", "Ana A"]
+    assert chained(entries, "name")
+
+
+async def test_a_charger_s_telemetry_meanwhile_neither_fails_nor_is_undone(
+        two: Instances, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A status report patches the connector between an operator's read and write: the
+    edit runs again and lands, and the report (written without any version guard)
+    stands."""
+    stations = two.a.stations
+    monkeypatch.setattr(stations, "managed_connector", once(
+        lambda: two.b.charging.status_notification(CP, 1, "Faulted", "GroundFailure"),
+        stations.managed_connector))
+    await stations.update_connector(SYSTEM, two.connector.id, max_kw=150)
+    [plug] = await two.store.get_many(d.Connector, [two.connector.id])
+    assert plug is not None and plug.max_kw == 150
+    assert plug.status.value == "Faulted"
+
+
+# ------------------------------------------------------------------ (C) owner vs demotion
+async def operator(two: Instances) -> d.User:
+    return await two.a.accounts.create_user(
+        SYSTEM, email="own@example.com", password="pw-12345678", name="Own",
+        role=d.Role.OPERATOR)
+
+
+async def test_a_demotion_that_a_hand_over_beat_is_refused_in_use(
+        two: Instances, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A has counted the stations the operator owns (none) to make them a driver; B
+    hands them a station before A writes. A runs again and refuses: they own one."""
+    owner = await operator(two)
+    accounts = two.a.accounts
+    monkeypatch.setattr(accounts, "_refuse_owner_demotion", once(
+        lambda: two.b.stations.update_station(SYSTEM, two.station.id, owner_id=owner.id),
+        accounts._refuse_owner_demotion))
+    with pytest.raises(Conflict) as raised:
+        await accounts.update_user(SYSTEM, owner.id, role=d.Role.DRIVER)
+    assert (raised.value.code, raised.value.field) == ("IN_USE", "role")
+    await _owner_may_own(two, owner)
+
+
+async def test_a_hand_over_that_a_demotion_beat_is_refused(
+        two: Instances, monkeypatch: pytest.MonkeyPatch) -> None:
+    """B has checked the new owner's role to hand them the station; A makes them a
+    driver before B writes. B runs again and refuses: a driver cannot own a station."""
+    owner = await operator(two)
+    stations = two.b.stations
+    read = stations.visible
+    demoted = False
+
+    async def owner_read(viewer: Any, kind: Any, record_id: Any, **kw: Any) -> Any:
+        nonlocal demoted
+        found = await read(viewer, kind, record_id, **kw)
+        if kind is d.User and not demoted:
+            demoted = True
+            await two.a.accounts.update_user(SYSTEM, owner.id, role=d.Role.DRIVER)
+        return found
+
+    monkeypatch.setattr(stations, "visible", owner_read)
+    with pytest.raises(ValidationError) as raised:
+        await two.b.stations.update_station(SYSTEM, two.station.id, owner_id=owner.id)
+    assert (raised.value.code, raised.value.field) == ("INVALID", "ownerId")
+    [station] = await two.store.get_many(d.Station, [two.station.id])
+    assert station is not None and station.owner_id is None
+
+
+async def _owner_may_own(two: Instances, owner: d.User) -> None:
+    [user] = await two.store.get_many(d.User, [owner.id])
+    [station] = await two.store.get_many(d.Station, [two.station.id])
+    assert user is not None and user.role is d.Role.OPERATOR
+    assert station is not None and station.owner_id == owner.id
+
+
+
+
+async def test_a_connector_added_while_its_station_is_removed_goes_with_it(
+        two: Instances, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A has read the station's connectors to remove them with it; B adds one before A
+    writes. A runs again and removes it too: no connector of no station is left."""
+    stations = two.a.stations
+    monkeypatch.setattr(stations, "_end_state_history", once(
+        lambda: two.b.stations.add_connector(SYSTEM, two.station.id, ConnectorSpec(2)),
+        stations._end_state_history))
+    await stations.remove_station(SYSTEM, two.station.id)
+    assert await two.store.find_all(d.Connector, Eq("cp_id", CP)) == []
