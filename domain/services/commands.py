@@ -49,7 +49,7 @@ from domain.errors import (
 from domain.events import CommandCompleted, StationChanged
 from domain.ids import new_id
 from domain.policy import SYSTEM, Viewer, live_reservations
-from domain.ports import ChargerGateway, Delete, Insert, Update
+from domain.ports import Change, ChargerGateway, Delete, Insert, Update
 from domain.query import ALL, Eq, Filter, In, Range, all_of
 from domain.registration import PENDING_MAY_SEND
 from domain.services.base import (
@@ -64,6 +64,7 @@ from domain.services.base import (
     stamp_new,
 )
 from domain.services.configuration import record_change, record_read, without_secrets
+from domain.services.edits import retried
 from domain.services.stations import connector_in_range
 from domain.services.withdrawal import record_local_list
 from domain.validation import heartbeat_interval
@@ -723,44 +724,48 @@ class CommandService(Service):
                    "error": outcome.error.code if outcome.error else None},
         )
 
+    async def _reservation_answered(self, viewer: Viewer, outcome: CommandOutcome
+                                    ) -> list[tuple[Change, Any]]:
+        """The change a ReserveNow's or CancelReservation's answer makes to its
+        reservation, as the reservation is now (read again: a cancel sent while the
+        ReserveNow was unanswered finds it ACTIVE, which that answer made it; QA s21),
+        written only onto that state (``required``: another write between this read and
+        the commit runs it again, ``retried``; review s21: the cancel's guard failed
+        silently and left it ACTIVE)."""
+        sent = outcome.reservation
+        if sent is None:
+            return []
+        reservation = (await self.store.get_many(Reservation, [sent.id]))[0] or sent
+        if outcome.action == "ReserveNow":
+            error = outcome.error
+            # No answer, or one we could not read: the charger may hold it. It stays
+            # PENDING (holding the connector until it expires; it can be cancelled)
+            # rather than be called REJECTED while the charger keeps the plug. A
+            # CALLERROR (say NotSupported) is a definite no, like Rejected.
+            uncertain = isinstance(error, ChargerTimeout) or type(error) is ChargerError
+            state = ReservationState.ACTIVE if error is None \
+                else reservation.state if uncertain else ReservationState.REJECTED
+        else:
+            # Done, or the charger's word that it holds no such reservation (Rejected:
+            # "not found"): either way it is over. A CALLERROR ("InternalError: try
+            # again") says nothing about the reservation, and without an answer the
+            # charger may still hold it: both leave it as it was.
+            ended = outcome.error is None or isinstance(outcome.error, ChargerRejected)
+            state = ReservationState.CANCELLED if ended else reservation.state
+        # Only from the state it was sent in (ReserveNow: PENDING) or, for a cancel, from
+        # a live one: a charger that used the reservation meanwhile (StartTransaction:
+        # USED), or a removal that cancelled it, is not overwritten by this answer.
+        sent_in = (sent.state,) if outcome.action == "ReserveNow" else LIVE_RESERVATION_STATES
+        if state is reservation.state or reservation.state not in sent_in:
+            return []
+        update = patch(reservation, viewer, only_if=("state", reservation.state),
+                       required=True, state=state)
+        return [(update, reservation)]
+
     async def _after(self, viewer: Viewer, outcome: CommandOutcome, payload: dict[str, Any]
                      ) -> None:
         station = outcome.station
         audit = self._audit_entry(viewer, outcome, payload, "ANSWERED")
-        changes = []
-        reservation = sent = outcome.reservation
-        if reservation is not None and sent is not None:
-            # As it is now, not as read before the command was sent: a cancel sent while
-            # the ReserveNow was still unanswered finds it ACTIVE, which that answer made
-            # it (QA s21: the charger's Accepted was reported, the reservation kept).
-            reservation = (await self.store.get_many(Reservation, [reservation.id]))[0] \
-                or reservation
-            if outcome.action == "ReserveNow":
-                error = outcome.error
-                # No answer, or one we could not read: the charger may hold it. It stays
-                # PENDING (holding the connector until it expires; it can be cancelled)
-                # rather than be called REJECTED while the charger keeps the plug. A
-                # CALLERROR (say NotSupported) is a definite no, like Rejected.
-                uncertain = isinstance(error, ChargerTimeout) or type(error) is ChargerError
-                state = ReservationState.ACTIVE if error is None \
-                    else reservation.state if uncertain else ReservationState.REJECTED
-            else:
-                # Done, or the charger's word that it holds no such reservation (Rejected:
-                # "not found"): either way it is over. A CALLERROR ("InternalError: try
-                # again") says nothing about the reservation, and without an answer the
-                # charger may still hold it: both leave it as it was.
-                ended = outcome.error is None or isinstance(outcome.error, ChargerRejected)
-                state = ReservationState.CANCELLED if ended else reservation.state
-            # Only from the state it was sent in (ReserveNow: PENDING) or, for a cancel,
-            # from a live one: a charger that used the reservation meanwhile
-            # (StartTransaction: USED), or a removal that cancelled it, is not
-            # overwritten by this answer.
-            sent_in = (sent.state,) if outcome.action == "ReserveNow" \
-                else LIVE_RESERVATION_STATES
-            if state is not reservation.state and reservation.state in sent_in:
-                update = patch(reservation, viewer, only_if=("state", reservation.state),
-                               state=state)
-                changes.append((update, reservation))
         interval = _interval_taken(outcome, payload)
         remembered = [(patch(station, viewer, heartbeat_interval=interval), station)] \
             if interval is not None and interval != station.heartbeat_interval else []
@@ -768,7 +773,22 @@ class CommandService(Service):
         rollout = _rollout(outcome, payload, answered_at)
         if rollout:
             remembered.append((_requested(station, viewer, rollout, answered_at), station))
-        await self.commit(viewer, [*changes, *remembered], extra_audit=[audit])
+
+        async def write() -> list[tuple[Change, Any]]:
+            changes = await self._reservation_answered(viewer, outcome)
+            await self.commit(viewer, [*changes, *remembered], extra_audit=[audit])
+            return changes
+
+        try:
+            changes = await retried(write)
+        except Conflict:
+            # The reservation changed under each of three tries (a charger using it and
+            # a removal racing the answer): it is left as those made it, and the
+            # answer is still recorded.
+            log.warning("%s: the answer to %s found its reservation changing under it "
+                        "three times; left as it is", station.cp_id, outcome.action)
+            changes = []
+            await self.commit(viewer, remembered, extra_audit=[audit])
         if remembered:
             # Every instance drops its cached copy: the one holding the charger answers
             # its next boot from it, and its firmware reports name the new rollout.

@@ -1301,6 +1301,48 @@ async def test_a_cancel_sent_before_the_reservation_was_answered_cancels_it(
         await stop_central(central)
 
 
+async def test_a_cancel_answered_while_the_reserve_answer_is_being_written_cancels_it(
+        tmp_path: Path) -> None:
+    """Review s21: the cancel's answer came while the ReserveNow's answer was between its
+    read and its write: both read PENDING, ACTIVE landed first, and the cancel's write,
+    guarded by PENDING, was skipped without a word: ACTIVE at our end, cancelled at the
+    charger's. It is tried again on a fresh read."""
+    central = await start_central(tmp_path / "c.db", command_timeout=5)
+    await seed(central)
+    store = central.store
+    real_get_many = store.get_many
+
+    async def slow_get_many(kind: Any, ids: Any, *args: Any, **kwargs: Any) -> Any:
+        found = await real_get_many(kind, ids, *args, **kwargs)
+        if kind is d.Reservation:
+            await asyncio.sleep(0.08)  # a store some way off: both answers read first
+        return found
+
+    store.get_many = slow_get_many  # type: ignore[method-assign]
+    soon = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    try:
+        async with scripted_charger(central, delay=0.3) as charger:
+            charger.answers.extend([("result", {"status": "Accepted"})] * 2)
+            reserve = asyncio.create_task(run(central, "reserveNow", {
+                "cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OK", "expiryDate": soon},
+                "reservation { reservationId state }"))
+            for _ in range(200):
+                if charger.received:
+                    break
+                await asyncio.sleep(0.01)
+            charger.delay = 0.0  # the cancel is answered at once
+            [pending] = await store.find_all(d.Reservation, Eq("cp_id", "CP-1"))
+            cancelled = await run(central, "cancelReservation", {
+                "cpId": "CP-1", "reservationId": pending.reservation_id},
+                "status reservation { state }")
+            await reserve
+            [stored] = await store.find_all(d.Reservation, Eq("cp_id", "CP-1"))
+            assert (cancelled["status"], cancelled["reservation"]) == (
+                "ACCEPTED", {"state": "CANCELLED"})
+            assert stored.state is d.ReservationState.CANCELLED
+    finally:
+        await stop_central(central)
+
 async def test_a_stop_fails_sent_commands_as_unanswered_and_queued_ones_as_unsent(
         tmp_path: Path) -> None:
     """When the service stops, a ReserveNow the charger already has may still be acted on:
