@@ -81,6 +81,7 @@ from domain.services.intervals import (
 )
 from domain.services.live_updates import LatestUpdates
 from domain.services.metering import (
+    ENERGY_REGISTER,
     MAX_BELIEVABLE_KW,
     MeterReading,
     RegisterCount,
@@ -96,6 +97,7 @@ from domain.services.metering import (
     samples_of,
     signed_values_of,
     sound,
+    to_wh,
 )
 from domain.services.payments import UNCOLLECTED, payment_changed, reprice_change, repriced
 from domain.services.reboot_checks import RebootChecks
@@ -938,7 +940,8 @@ class ChargingService(ChargerConnections):
         from its meterStart, the energy between twice)."""
         actor = charger(station.cp_id)
         end = lost_end(stale, station.booted_at, min(identity.start, self.now()))
-        register = cut_at_next_start(stale, identity.meter_start)
+        register = cut_at_next_start(stale, identity.meter_start,
+                                     await self._own_register(stale))
         if register is None:
             closed, changes = await self._close(station, stale, None, end,
                                                 CLOSED_WITHOUT_STOP, actor)
@@ -957,18 +960,27 @@ class ChargingService(ChargerConnections):
             meter={"meter_anomaly": MeterAnomaly.NEXT_START_BELOW_READINGS})
         return closed, changes, [*trimmed, *(InsertIfAbsent(s) for s in samples)]
 
+    async def _own_register(self, session: Session) -> float | None:
+        """The session's latest energy register reading (Wh) that named its transaction,
+        ``None`` when none did (``metering.cut_at_next_start``)."""
+        latest = await self.store.find_all(MeterSample, all_of(
+            Eq("session_id", session.id), Eq("transaction_id", session.transaction_id),
+            Eq("measurand", ENERGY_REGISTER), Eq("phase", None)),
+            sort=[Sort("at", descending=True)], limit=1)
+        return to_wh(latest[0].value, latest[0].unit) if latest else None
+
     async def _its_own(self, session: Session) -> bool:
         """Whether what was metered since ``session`` opened proves it a transaction of
         its own, no first copy of a start resent: a sample naming its transactionId (the
         charger had its answer; a reading that moved nothing, a signed-off
-        Transaction.Begin, is one), or more energy than a meter read again for the resend
-        may show (``RESEND_METER_SLACK_WH``). A reading without a transactionId (clock-
-        aligned on the connector) meters the session open there, but is the plug-in's
-        whichever copy the charger holds, and proves nothing (QA s21: it opened a second
-        session, its fee billed twice and the first closed as lost); nor do the power
-        and State of Charge such readings set on the session."""
-        if session.energy_wh > RESEND_METER_SLACK_WH:
-            return True
+        Transaction.Begin, is one). A reading without a transactionId (clock-aligned on
+        the connector) meters the session open there, but is the plug-in's whichever
+        copy the charger holds, and proves nothing (QA s21: it opened a second session,
+        its fee billed twice and the first closed as lost), whatever energy it shows: the
+        resend's meterStart, within ``RESEND_METER_SLACK_WH`` of the first's, says the
+        register stood there when the start was made, before those readings (review
+        s21: a DC charger's +400 Wh split the start again). Nor do the power and State
+        of Charge such readings set on the session."""
         return await self.store.find_one(MeterSample, all_of(
             Eq("session_id", session.id),
             Eq("transaction_id", session.transaction_id))) is not None

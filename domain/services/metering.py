@@ -200,7 +200,8 @@ class RegisterCount:
         self.prior, self.offset, self.anomaly, self.at = self.offset, offset, kind, at
 
 
-def cut_at_next_start(session: Session, next_start_wh: int) -> int | None:
+def cut_at_next_start(session: Session, next_start_wh: int, own_wh: float | None
+                      ) -> int | None:
     """The register ``session`` ends at when a newer start on its connector closes it
     (its StopTransaction lost) with meterStart ``next_start_wh`` below its readings: a
     register only grows, so what they counted above that meterStart is the newer
@@ -212,9 +213,16 @@ def cut_at_next_start(session: Session, next_start_wh: int) -> int | None:
     or a count across a rollover or reset, whose readings are no longer the
     register's. Nor when the older started at 0: a meter counting each transaction from
     0 (a register of a charger in service reads more), whose next meterStart, whatever
-    it is, is on no scale of the older's readings."""
+    it is, is on no scale of the older's readings. Nor below ``own_wh``, its latest
+    register reading that named its transaction: that one is the older's by the
+    charger's own word, and a newer meterStart below it is another meter's scale (a
+    per-transaction meter that read some energy before each transaction; review s21:
+    300 → 4000 Wh cut to 1200 by a next start at 1500). The readings a cut takes back
+    are those sent without a transactionId (clock-aligned on the connector), which may
+    have been the newer transaction's while its start waited in the charger's queue."""
     if session.meter_offset_wh or session.meter_anomaly in COUNTED_ACROSS \
-            or session.meter_start_wh == 0:
+            or session.meter_start_wh == 0 \
+            or (own_wh is not None and next_start_wh < own_wh):
         return None
     high = session.meter_start_wh + session.energy_wh
     if not session.meter_start_wh <= next_start_wh < high \

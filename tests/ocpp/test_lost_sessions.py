@@ -170,6 +170,7 @@ async def test_a_newer_start_below_the_lost_sessions_readings_ends_it_there(
     (0, 4000, 0),  # a meter counting each transaction from 0
     (0, 4000, 300),  # ... from near 0 (within 10 % of the older's readings)
     (0, 4000, 1500),  # ... whose next start read some energy before the transaction
+    (300, 4000, 1500),  # ... and its first too (review s21): below a reading of its own
     (500_000, 505_000, 0),  # a charger's register, then a per-transaction meter
     (500_000, 505_000, 499_000),  # below the older's own start: a register gone back
 ])
