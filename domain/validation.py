@@ -134,16 +134,39 @@ def name(value: str | None, field: str = "name") -> str:
     if len(cleaned) > MAX_NAME:
         raise ValidationError(f"at most {MAX_NAME} characters", field=field, code="TOO_LONG")
     _printable(cleaned, field)
-    if not any(unicodedata.category(c)[0] in "LNPS" for c in cleaned):
-        # Only marks (a lone combining accent): a name that shows as nothing.
-        raise ValidationError("must show a letter, digit or symbol", field=field,
-                              code="INVALID")
+    if not cleaned.isascii():
+        _joins_something(cleaned, field)
+        if not any(unicodedata.category(c)[0] in "LNPS" for c in cleaned):
+            # Only marks (a lone combining accent): a name that shows as nothing.
+            raise ValidationError("must show a letter, digit or symbol", field=field,
+                                  code="INVALID")
     return cleaned
+
+
+def _joins_something(text: str, field: str) -> None:
+    """Joiners and emoji presentation selectors where they change how text shows: a
+    joiner between two non-ASCII characters (an emoji sequence, a Persian or Indic
+    word), a selector after one (an emoji). Beside ASCII letters they show nothing and
+    only make a name that reads like another one a second name (review s21:
+    "Spree Charg\u200cing GmbH" beside "Spree Charging GmbH")."""
+    for i, c in enumerate(text):
+        if c in _JOINERS:
+            shows = 0 < i < len(text) - 1 and not text[i - 1].isascii() \
+                and not text[i + 1].isascii()
+        elif c in _PRESENTATION:
+            shows = i > 0 and not text[i - 1].isascii()
+        else:
+            continue
+        if not shows:
+            raise ValidationError("no invisible characters between plain letters",
+                                  field=field, code="INVALID")
 
 
 #: Zero-width joiner and non-joiner: kept inside words (emoji sequences, Persian and
 #: Indic names need them), dropped where they join nothing.
 _JOINERS = "\u200c\u200d"
+#: Text and emoji presentation selectors (VS15, VS16): "\u2764\ufe0f" is a red heart.
+_PRESENTATION = "\ufe0e\ufe0f"
 
 
 #: Characters that make text read differently from how it is stored: bidirectional
@@ -156,15 +179,20 @@ _JOINERS = "\u200c\u200d"
 _INVISIBLE = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
                        "\ufeff\u200b\u00ad\u2060\u061c\u200e\u200f"
                        "\u3164\uffa0\u115f\u1160\u2800\u034f\u180e\u17b4\u17b5")
-#: Those of ``_INVISIBLE`` that ``str.isprintable`` lets through.
-_BLANKS = frozenset(c for c in _INVISIBLE if c.isprintable())
+#: Unicode's default-ignorable code points (DerivedCoreProperties.txt): shown as nothing
+#: by every renderer, so refused too (invisible operators, variation selectors, the
+#: Mongolian selectors, musical formatting; review s21), but for the joiners and
+#: presentation selectors, which ``name`` judges by where they stand.
+_IGNORABLE_RANGES = ((0x180B, 0x180F), (0x200B, 0x200F), (0x202A, 0x202E),
+                     (0x2060, 0x206F), (0xFE00, 0xFE0F), (0xFFF0, 0xFFF8),
+                     (0x1BCA0, 0x1BCA3), (0x1D173, 0x1D17A), (0xE0000, 0xE0FFF))
 
 
 def _printable(value: str, field: str, allowed: str = "") -> str:
     """No control characters (NUL, escapes, ...: they end strings in C clients, corrupt
     terminals and CSV exports), lone surrogates (no database stores them as UTF-8) or
-    invisible ones (``_INVISIBLE``)."""
-    if value.isprintable() and _BLANKS.isdisjoint(value):
+    invisible ones (``_INVISIBLE``, default-ignorable code points)."""
+    if value.isascii() and value.isprintable():
         return value
     if any(c not in allowed and _hidden(c) for c in value):
         raise ValidationError("no control or invisible characters", field=field,
@@ -173,17 +201,22 @@ def _printable(value: str, field: str, allowed: str = "") -> str:
 
 
 def _hidden(c: str) -> bool:
-    """A control character, a lone surrogate, or one of ``_INVISIBLE`` or the invisible
-    tag characters."""
-    return c in _INVISIBLE or unicodedata.category(c) in ("Cc", "Cs") \
-        or "\U000e0000" <= c <= "\U000e007f"
+    """A control character, a lone surrogate, one of ``_INVISIBLE``, or another
+    default-ignorable code point but for the joiners and presentation selectors."""
+    if c in _INVISIBLE or unicodedata.category(c) in ("Cc", "Cs"):
+        return True
+    if c in _JOINERS or c in _PRESENTATION:
+        return False
+    code = ord(c)
+    return any(low <= code <= high for low, high in _IGNORABLE_RANGES)
 
 
 def shown_text(value: str | None) -> str | None:
     """Text a charger reports (status info, vendor, model): kept, but without the
     characters ``_printable`` refuses from people. A charger's report is not refused
-    over a stray escape code; it is shown in dashboards and exports, so those go."""
-    if value is None or value.isprintable():
+    over a stray escape code; it is shown in dashboards and exports, so those go (the
+    blanks too: a model of Hangul fillers showed as nothing)."""
+    if value is None or (value.isascii() and value.isprintable()):
         return value
     kept = []
     for c in value:

@@ -274,7 +274,9 @@ def _tag_status(status: IdTagStatus, now: datetime) -> Filter:
 
 
 def check_point(lat: float, lon: float, field: str) -> None:
-    """A point on the map, or the user errors naming ``field``'s ``lat`` and ``lon``."""
+    """A point on the map, or the user error naming ``field``'s ``lat`` or ``lon``: a
+    query's field fails with one GraphQL error, which names the first of the two when
+    both are out of range (a mutation's payload lists both)."""
     v.coordinates(lat, lon, field)
 
 

@@ -137,6 +137,16 @@ def test_names_that_read_like_another_or_like_nothing() -> None:
         v.name("\u200d \u200c")
     assert err.value.code == "REQUIRED"
     assert v.name("Caf\u00e9 \u0301x") == "Caf\u00e9 \u0301x"  # a mark beside a letter
+    # Review s21: inside plain words, or characters every renderer shows as nothing.
+    for hidden in ("Spree Charg\u200cing GmbH", "Spree Charging Gm\u200dbH",
+                   "Spree Charging GmbH\u2062", "Spree Charging GmbH\u2063",
+                   "Spree Charging GmbH\ufe00", "Spree Charging GmbH\ufe0f",
+                   "Spree Charging GmbH\u180b", "Spree Charging GmbH\U0001d173"):
+        with pytest.raises(ValidationError) as err:
+            v.name(hidden)
+        assert err.value.code == "INVALID", repr(hidden)
+    assert v.name("I \u2764\ufe0f EVs") == "I \u2764\ufe0f EVs"  # a red heart
+    assert v.shown_text("Model \u3164\u2800X") == "Model X"
 
 
 def test_coordinates_out_of_range_are_reported_together() -> None:
