@@ -43,6 +43,9 @@ MIN_BACKOFF_S = 0.1
 MAX_BACKGROUND_PUBLISHES = 64
 #: The least time between two log lines counting events that did not reach Redis.
 UNSENT_LOG_INTERVAL_S = 60.0
+#: The longest ``close()`` waits for each of its steps (the listener to end, each client
+#: to close): a stop must end whatever Redis does.
+CLOSE_TIMEOUT_S = 5.0
 
 
 class RedisEventBus:
@@ -109,15 +112,19 @@ class RedisEventBus:
             retry=Retry(NoBackoff(), 0), health_check_interval=0)
         self._listener = asyncio.create_task(self._listen(), name="chargegraph-redis-events")
         try:
-            await asyncio.wait_for(self._subscribed.wait(), self.start_timeout)
+            # ``timeout``, not ``wait_for``: see ``_session``.
+            async with asyncio.timeout(self.start_timeout):
+                await self._subscribed.wait()
         except TimeoutError:
             await self.close()
             raise ConnectionError(f"cannot subscribe to Redis at {redacted(self.url)} "
                                   f"within {self.start_timeout:g}s") from None
 
     async def close(self) -> None:
-        """Stop the listener, close both connections, end every local stream."""
-        self._closed = True
+        """Stop the listener, close both connections, end every local stream. Each step
+        is bounded (``CLOSE_TIMEOUT_S``): the service's stop waits on this (QA s21: an
+        instance stopped with Redis never finished stopping)."""
+        self._closed = True  # the listener's loop ends on it even if a cancel is lost
         for task in list(self._background):
             task.cancel()
         listener, self._listener = self._listener, None
@@ -125,10 +132,13 @@ class RedisEventBus:
             listener.cancel()
             # wait(), not `await listener`: its CancelledError is expected, and suppressing
             # that would also swallow a cancellation of close() itself.
-            await asyncio.wait([listener])
+            done, _ = await asyncio.wait([listener], timeout=CLOSE_TIMEOUT_S)
+            if not done:
+                log.warning("the Redis listener did not stop within %gs; left behind",
+                            CLOSE_TIMEOUT_S)
         for client in (self._publisher, self._subscriber):
             if client is not None:
-                await client.aclose()
+                await _close_client(client)
         self._publisher = self._subscriber = None
         await self.local.close()
 
@@ -201,7 +211,9 @@ class RedisEventBus:
 
     async def _listen(self) -> None:
         backoff = MIN_BACKOFF_S
-        while True:
+        # Not ``while True``: a cancel that some await below drops (``wait_for`` in
+        # Python 3.11, or a library) must not keep reconnecting for ever after close().
+        while not self._closed:
             self._healthy = False
             try:
                 await self._session()
@@ -236,8 +248,13 @@ class RedisEventBus:
             await self._receive(pubsub)
         finally:
             self._subscribing = False
+            # ``timeout``, not ``wait_for``: in Python 3.11, ``wait_for`` returns the
+            # result of an awaitable that finished in the step its caller was cancelled,
+            # dropping the cancel. A stop that came as a refused attempt's connection
+            # closed then left the listener reconnecting for ever (QA s21).
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(pubsub.aclose(), self.health_interval)
+                async with asyncio.timeout(self.health_interval):
+                    await pubsub.aclose()
 
     async def _confirm(self, pubsub: PubSub) -> None:
         """Wait until the server confirmed every channel. ``subscribe()`` only sends the
@@ -292,6 +309,16 @@ class RedisEventBus:
             log.warning("skipped a %r event that arrived on %s", event.topic, channel)
             return
         self.local.deliver(event)
+
+
+async def _close_client(client: aioredis.Redis) -> None:
+    """Closes ``client``'s connections, giving up after ``CLOSE_TIMEOUT_S`` (a Redis that
+    hangs) or on an error (one already gone): nothing is left to tell it."""
+    try:
+        async with asyncio.timeout(CLOSE_TIMEOUT_S):
+            await client.aclose()
+    except Exception as exc:
+        log.debug("closing a Redis client: %s", _describe(exc))
 
 
 def redacted(url: str) -> str:

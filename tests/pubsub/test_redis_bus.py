@@ -5,6 +5,7 @@ listener outlives a Redis restart or a connection that silently died."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -14,6 +15,7 @@ from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
 from pubsub import EventsDropped
+from pubsub import redis as redis_module
 from pubsub.codec import encode
 from pubsub.factory import open_event_bus
 from pubsub.redis import RedisEventBus
@@ -339,3 +341,73 @@ async def test_a_bus_starts_once(redis_server: RedisServer) -> None:
         await bus.start()
     with pytest.raises(RuntimeError, match="after close"):
         await bus.publish(SAMPLES[0])
+
+
+async def test_a_stop_at_the_end_of_a_reconnect_attempt_completes() -> None:
+    """QA s21 (resilience): instances stopped together with Redis sometimes never
+    finished stopping, logging "cannot subscribe" every second. The stop's cancel of the
+    listener came in the step where a failed attempt's connection had just closed;
+    Python 3.11's ``asyncio.wait_for`` then returns the finished result and drops the
+    cancel, and the listener went on reconnecting while ``close()`` waited for it. Here
+    the stop begins exactly then, every time."""
+    with RedisServer() as server:
+        bus = await started(server.url, max_backoff=0.2)
+        assert bus._subscriber is not None
+        new_pubsub = bus._subscriber.pubsub
+        closing: list[asyncio.Future[None]] = []
+
+        def pubsub() -> Any:
+            session = new_pubsub()
+            closed = session.aclose
+
+            async def aclose() -> None:
+                await closed()
+                if not closing:  # SIGTERM arrives as the attempt's connection closes
+                    closing.append(asyncio.ensure_future(bus.close()))
+
+            session.aclose = aclose  # type: ignore[method-assign]
+            return session
+
+        bus._subscriber.pubsub = pubsub  # type: ignore[method-assign, assignment]
+        try:
+            server.stop()  # the listener's session ends; its next attempt is refused
+
+            async def stop_began() -> bool:
+                return bool(closing)
+            await until(stop_began, attempts=1000)
+            # Bounded waits: without the fix the stop never completes.
+            await asyncio.wait_for(asyncio.shield(closing[0]), 10)
+            assert not [t for t in asyncio.all_tasks()
+                        if t.get_name() == "chargegraph-redis-events"]
+        finally:
+            for task in asyncio.all_tasks():
+                if task.get_name() == "chargegraph-redis-events":
+                    task.cancel()
+            await bus.close()
+
+
+async def test_close_does_not_wait_for_ever_on_a_listener_that_will_not_stop(
+        redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The service's stop waits on ``close()``: should a cancel of the listener be lost
+    below it (a library's await, as ``wait_for`` did: QA s21), the stop still ends, and
+    says what it left behind."""
+    monkeypatch.setattr(redis_module, "CLOSE_TIMEOUT_S", 0.2)
+    bus = await started(redis_server.url)
+    released = asyncio.Event()
+
+    async def deaf() -> None:  # an await that drops every cancel until released
+        while not released.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await released.wait()
+
+    listener = bus._listener
+    assert listener is not None
+    listener.cancel()
+    await asyncio.wait([listener])
+    bus._listener = asyncio.create_task(deaf(), name="deaf-listener")
+    try:
+        await asyncio.wait_for(bus.close(), 10)  # waited for ever before
+        assert any("did not stop" in r.getMessage() for r in caplog.records)
+    finally:
+        released.set()
