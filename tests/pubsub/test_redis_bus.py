@@ -411,3 +411,73 @@ async def test_close_does_not_wait_for_ever_on_a_listener_that_will_not_stop(
         assert any("did not stop" in r.getMessage() for r in caplog.records)
     finally:
         released.set()
+
+
+async def test_a_publish_redis_did_not_take_sends_the_next_ones_to_the_background(
+        ) -> None:
+    """QA s21 (resilience): with Redis hung (SIGSTOP), every transaction message and
+    status report was answered 2 s late for 10 s: each publish awaited the socket's
+    timeout and its retry while the listener still counted the bus healthy (its PING
+    notices only after twice ``health_interval``), and /healthz said ok meanwhile. The
+    first publish that fails now marks the bus out of touch: the next ones take the
+    background path, and ``connected`` (/healthz) says so at once."""
+    with RedisServer() as server:
+        # A listener that notices nothing for a minute: here only the publish can.
+        bus = await started(server.url, publish_timeout=0.3, health_interval=60)
+        watcher = bus.subscribe(["station_connection"])
+        try:
+            server.pause()
+            try:
+                with pytest.raises(RedisError):
+                    await asyncio.wait_for(bus.publish(connection(1, "FIRST")), 10)
+                assert not bus.connected  # /healthz "events": "unavailable"
+                # Returns without awaiting the socket: the publish waits in the background.
+                await asyncio.wait_for(bus.publish(connection(2, "SECOND")), 10)
+                assert len(bus._background) == 1
+            finally:
+                server.resume()
+
+            async def recovered() -> bool:
+                return bus.connected
+            await until(recovered, attempts=2000)  # the background publish got through
+            await arrives(watcher, connection(2, "SECOND"))
+            third = connection(3, "THIRD")
+            await asyncio.wait_for(bus.publish(third), 10)
+            assert not bus._background  # awaited on the caller's path again
+            await arrives(watcher, third)
+        finally:
+            await watcher.aclose()
+            await bus.close()
+
+
+async def arrives(stream: Any, event: Any) -> None:
+    """Reads ``stream`` until ``event`` (bounded). What Redis read from the socket of a
+    publish that timed out while it was stopped may come first."""
+    async with asyncio.timeout(10):
+        async for item in stream:
+            if item == event:
+                return
+
+
+async def test_redis_answering_again_is_noticed_while_events_come_in(
+        redis_server: RedisServer, redis: aioredis.Redis) -> None:
+    """After a publish Redis did not take, the listener asks Redis (PING) whether it
+    answers, at its next wake: not only after a silence (another instance's events may
+    keep coming) nor only once an event of this one got through in the background."""
+    bus = await started(redis_server.url, health_interval=60)  # no silence PING here
+    stream = bus.subscribe(["station_connection"])
+    try:
+        bus._refuse(RedisError("as a publish that timed out"))
+        assert not bus.connected
+        other = connection(1, "FROM-ANOTHER-INSTANCE")
+        await redis.publish("chargegraph:station_connection", encode(other))
+        await arrives(stream, other)
+
+        async def recovered() -> bool:
+            return bus.connected
+        await until(recovered, attempts=2000)
+        await asyncio.wait_for(bus.publish(connection(2, "AGAIN")), 10)
+        assert not bus._background  # awaited on the caller's path again
+    finally:
+        await stream.aclose()
+        await bus.close()
