@@ -76,6 +76,11 @@ CLAIM_TIMEOUT_S = 1.0
 #: carrying a command out (three reports per timeout: one lost one is no silence).
 PROGRESS_SHARE = 1 / 3
 
+#: The longest ``close()`` waits for what this instance carries out for others: each tells
+#: its asker the charger went offline, a publish a hung bus may hold (QA s21: the stop of
+#: an instance must end whatever Redis does).
+CLOSE_TIMEOUT_S = 5.0
+
 #: Errors that cross the wire as themselves (by class name, with their code, message and
 #: field); any other arrives as a ChargerError with the same code.
 _ERRORS: dict[str, type[DomainError]] = {
@@ -139,7 +144,11 @@ class CommandRelay:
         for task in tasks:
             task.cancel()
         if tasks:
-            await asyncio.wait(tasks)
+            _, left = await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT_S)
+            if left:  # their askers time out instead, as with a holder that was killed
+                log.warning("%d relayed commands could not be answered at stop within "
+                            "%gs (the event bus does not take them)", len(left),
+                            CLOSE_TIMEOUT_S)
         for pending in self._pending.values():
             pending.fail(ChargerOffline("the service is shutting down"))
 

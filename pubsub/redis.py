@@ -43,6 +43,9 @@ MIN_BACKOFF_S = 0.1
 MAX_BACKGROUND_PUBLISHES = 64
 #: The least time between two log lines counting events that did not reach Redis.
 UNSENT_LOG_INTERVAL_S = 60.0
+#: The longest ``close()`` waits for each of its steps (the listener to end, each client
+#: to close): a stop must end whatever Redis does.
+CLOSE_TIMEOUT_S = 5.0
 
 
 class RedisEventBus:
@@ -52,7 +55,8 @@ class RedisEventBus:
     ``channel_prefix``: channels are ``<prefix><topic>``; pub/sub ignores the database
     number in the URL, so deployments sharing one Redis need different prefixes.
     ``publish_timeout``: connect and write timeout of ``publish``, which the domain awaits
-    on a charger's message path; an unreachable Redis must fail fast, not stall chargers.
+    on a charger's message path; an unreachable Redis must fail fast, not stall chargers
+    (and once one publish failed, the next ones do not wait: ``_refused``).
     ``health_interval``: after this much silence the listener PINGs; silence for another
     interval means the connection is dead (a half-open TCP connection never errors).
     ``start_timeout``: how long ``start()`` waits for the first subscription.
@@ -79,6 +83,10 @@ class RedisEventBus:
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()  # the first subscription, for start()
         self._healthy = False  # the current connection has been subscribed
+        #: A publish failed or timed out since the listener subscribed: Redis is taken for
+        #: away (``connected`` is False, publishes go to the background) until a publish
+        #: goes through, the listener's PING is answered or it subscribes again.
+        self._refused = False
         #: A SUBSCRIBE has been sent on the current connection: from then on Redis may
         #: send this process's own events back, so ``publish`` no longer delivers them
         #: locally (both: a duplicate at every reconnect, review s19).
@@ -109,15 +117,19 @@ class RedisEventBus:
             retry=Retry(NoBackoff(), 0), health_check_interval=0)
         self._listener = asyncio.create_task(self._listen(), name="chargegraph-redis-events")
         try:
-            await asyncio.wait_for(self._subscribed.wait(), self.start_timeout)
+            # ``timeout``, not ``wait_for``: see ``_session``.
+            async with asyncio.timeout(self.start_timeout):
+                await self._subscribed.wait()
         except TimeoutError:
             await self.close()
             raise ConnectionError(f"cannot subscribe to Redis at {redacted(self.url)} "
                                   f"within {self.start_timeout:g}s") from None
 
     async def close(self) -> None:
-        """Stop the listener, close both connections, end every local stream."""
-        self._closed = True
+        """Stop the listener, close both connections, end every local stream. Each step
+        is bounded (``CLOSE_TIMEOUT_S``): the service's stop waits on this (QA s21: an
+        instance stopped with Redis never finished stopping)."""
+        self._closed = True  # the listener's loop ends on it even if a cancel is lost
         for task in list(self._background):
             task.cancel()
         listener, self._listener = self._listener, None
@@ -125,10 +137,13 @@ class RedisEventBus:
             listener.cancel()
             # wait(), not `await listener`: its CancelledError is expected, and suppressing
             # that would also swallow a cancellation of close() itself.
-            await asyncio.wait([listener])
+            done, _ = await asyncio.wait([listener], timeout=CLOSE_TIMEOUT_S)
+            if not done:
+                log.warning("the Redis listener did not stop within %gs; left behind",
+                            CLOSE_TIMEOUT_S)
         for client in (self._publisher, self._subscriber):
             if client is not None:
-                await client.aclose()
+                await _close_client(client)
         self._publisher = self._subscriber = None
         await self.local.close()
 
@@ -139,15 +154,16 @@ class RedisEventBus:
     @property
     def connected(self) -> bool:
         """Whether events reach the other instances now: subscribed at Redis on the
-        current connection (``/healthz``'s ``events``, the ``event_bus_up`` gauge)."""
-        return self._healthy and not self._closed
+        current connection, and no publish failed since Redis last answered
+        (``/healthz``'s ``events``, the ``event_bus_up`` gauge)."""
+        return self._healthy and not self._refused and not self._closed
 
     # ------------------------------------------------------------------ the port
     async def publish(self, event: DomainEvent) -> None:
         """``PUBLISH <prefix><topic> <json>``. Raises on any failure while the listener is
         subscribed (the domain logs it and carries on: the change itself has committed);
-        while it is not, the publish is tried in the background (``_publish_later``) and
-        this returns at once.
+        while it is not, or once a publish failed (``_refused``), the publish is tried in
+        the background (``_publish_later``) and this returns at once.
 
         While the listener is not subscribed, the event would not come back through
         Redis: this process's own subscribers get it directly, so a live map on this
@@ -161,13 +177,34 @@ class RedisEventBus:
             raise RuntimeError("RedisEventBus.publish() before start() or after close()")
         if not self._healthy and not self._subscribing:
             self.local.deliver(event)
-        if not self._healthy:
+        if not self._healthy or self._refused:
             # Redis is away or not answering: awaited here, each publish held the
             # charger's answer for its timeout and retry (2 s a message while Redis hung:
             # QA s19, soak). Tried in the background instead, a bounded number at once.
             self._publish_later(event)
             return
-        await self._publisher.publish(self._channel(event.topic), encode(event))
+        payload = encode(event)  # an event it cannot encode says nothing about Redis
+        try:
+            await self._publisher.publish(self._channel(event.topic), payload)
+        except Exception as exc:
+            # At once, not when the listener's PING goes unanswered (twice
+            # ``health_interval``): until then every charger message waited 2 s for its
+            # event, and /healthz said ok (QA s21).
+            self._refuse(exc)
+            raise
+
+    def _refuse(self, exc: BaseException) -> None:
+        if not self._refused:
+            self._refused = True
+            log.warning("Redis at %s did not take an event (%s); events are published in "
+                        "the background until it answers", redacted(self.url),
+                        _describe(exc))
+
+    def _answered(self) -> None:
+        """Redis took a publish or answered a PING: publishes are awaited again."""
+        if self._refused:
+            self._refused = False
+            log.info("Redis at %s takes events again", redacted(self.url))
 
     def _publish_later(self, event: DomainEvent) -> None:
         if len(self._background) >= MAX_BACKGROUND_PUBLISHES:
@@ -181,6 +218,7 @@ class RedisEventBus:
         assert self._publisher is not None
         try:
             await self._publisher.publish(self._channel(event.topic), encode(event))
+            self._answered()
         except Exception as exc:
             # Said once a minute with the count, not once per event with its traceback:
             # the listener already logs the outage and its end.
@@ -201,7 +239,9 @@ class RedisEventBus:
 
     async def _listen(self) -> None:
         backoff = MIN_BACKOFF_S
-        while True:
+        # Not ``while True``: a cancel that some await below drops (``wait_for`` in
+        # Python 3.11, or a library) must not keep reconnecting for ever after close().
+        while not self._closed:
             self._healthy = False
             try:
                 await self._session()
@@ -232,12 +272,18 @@ class RedisEventBus:
                 log.info("Redis pub/sub at %s subscribed again", redacted(self.url))
                 self.local.interrupt()
             self._healthy, self._reconnecting = True, False
+            self._answered()  # a new subscription: Redis answers again
             self._subscribed.set()
             await self._receive(pubsub)
         finally:
             self._subscribing = False
+            # ``timeout``, not ``wait_for``: in Python 3.11, ``wait_for`` returns the
+            # result of an awaitable that finished in the step its caller was cancelled,
+            # dropping the cancel. A stop that came as a refused attempt's connection
+            # closed then left the listener reconnecting for ever (QA s21).
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(pubsub.aclose(), self.health_interval)
+                async with asyncio.timeout(self.health_interval):
+                    await pubsub.aclose()
 
     async def _confirm(self, pubsub: PubSub) -> None:
         """Wait until the server confirmed every channel. ``subscribe()`` only sends the
@@ -261,7 +307,8 @@ class RedisEventBus:
     async def _receive(self, pubsub: PubSub) -> None:
         loop = asyncio.get_running_loop()
         heard = loop.time()
-        pinged = False
+        pinged = False  # a PING after silence, unanswered
+        probed = False  # a PING since a publish Redis did not take, unanswered
         while True:
             message = await pubsub.get_message(timeout=self.health_interval)
             now = loop.time()
@@ -269,13 +316,19 @@ class RedisEventBus:
                 heard, pinged = now, False
                 if message["type"] == "message":
                     self._dispatch(message)
-                continue
-            if now - heard < self.health_interval:
-                continue
-            if pinged:
-                raise RedisConnectionError(f"no answer to PING for {now - heard:.1f}s")
-            await pubsub.ping()
-            pinged = True
+                elif message["type"] == "pong":
+                    probed = False
+                    self._answered()
+            elif now - heard >= self.health_interval:
+                if pinged:
+                    raise RedisConnectionError(f"no answer to PING for {now - heard:.1f}s")
+                await pubsub.ping()
+                pinged = True
+            if self._refused and not probed:
+                # Its answer says Redis is back: publishes are awaited again without
+                # waiting for an event to get through in the background.
+                await pubsub.ping()
+                probed = True
 
     def _dispatch(self, message: dict[str, Any]) -> None:
         """One message to the local subscribers; a bad one is logged and skipped."""
@@ -292,6 +345,16 @@ class RedisEventBus:
             log.warning("skipped a %r event that arrived on %s", event.topic, channel)
             return
         self.local.deliver(event)
+
+
+async def _close_client(client: aioredis.Redis) -> None:
+    """Closes ``client``'s connections, giving up after ``CLOSE_TIMEOUT_S`` (a Redis that
+    hangs) or on an error (one already gone): nothing is left to tell it."""
+    try:
+        async with asyncio.timeout(CLOSE_TIMEOUT_S):
+            await client.aclose()
+    except Exception as exc:
+        log.debug("closing a Redis client: %s", _describe(exc))
 
 
 def redacted(url: str) -> str:

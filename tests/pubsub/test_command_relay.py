@@ -25,6 +25,7 @@ from domain.events import (
     ChargerCommandConfirmed,
     ChargerCommandRelayed,
 )
+from pubsub import command_relay
 from pubsub.command_relay import CommandRelay
 from pubsub.factory import ManagedEventBus
 from pubsub.memory import MemoryEventBus
@@ -460,3 +461,40 @@ async def test_a_holder_that_answers_after_its_charger_went_offline_is_heard(
     finally:
         await requests.aclose()  # type: ignore[attr-defined]
         await relay.close()
+
+
+async def test_a_holder_stops_in_bounded_time_when_the_bus_hangs(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its stop tells the asker of a command it carries out that the charger went
+    offline: with the bus hung, that publish never ends, and the instance's stop waited
+    on it (QA s21: every await on the bus during a stop is bounded)."""
+    monkeypatch.setattr(command_relay, "CLOSE_TIMEOUT_S", 0.2)
+    released = asyncio.Event()
+
+    class HangingBus(WireBus):
+        hung = False
+
+        async def publish(self, event: Any) -> None:
+            if self.hung:
+                await released.wait()  # Redis stopped answering
+            await super().publish(event)
+
+    bus = HangingBus()
+    await bus.start()
+    on_b = FakeChargers("CP-B")
+    on_b.answer = "never"
+    a = CommandRelay(bus, None, claim_timeout=CLAIM_TIMEOUT)
+    b = CommandRelay(bus, on_b, claim_timeout=CLAIM_TIMEOUT)
+    await a.start()
+    await b.start()
+    asked = asyncio.create_task(a.call("CP-B", "Reset", {"type": "Soft"}, LONG))
+    try:
+        await asyncio.wait_for(on_b.called.wait(), AT_ONCE)
+        bus.hung = True
+        await asyncio.wait_for(b.close(), AT_ONCE)  # waited for ever before
+    finally:
+        released.set()
+        await a.close()
+        with pytest.raises(DomainError):
+            await asyncio.wait_for(asked, AT_ONCE)
+        await bus.close()

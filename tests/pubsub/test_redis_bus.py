@@ -5,6 +5,7 @@ listener outlives a Redis restart or a connection that silently died."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -14,6 +15,7 @@ from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
 from pubsub import EventsDropped
+from pubsub import redis as redis_module
 from pubsub.codec import encode
 from pubsub.factory import open_event_bus
 from pubsub.redis import RedisEventBus
@@ -339,3 +341,143 @@ async def test_a_bus_starts_once(redis_server: RedisServer) -> None:
         await bus.start()
     with pytest.raises(RuntimeError, match="after close"):
         await bus.publish(SAMPLES[0])
+
+
+async def test_a_stop_at_the_end_of_a_reconnect_attempt_completes() -> None:
+    """QA s21 (resilience): instances stopped together with Redis sometimes never
+    finished stopping, logging "cannot subscribe" every second. The stop's cancel of the
+    listener came in the step where a failed attempt's connection had just closed;
+    Python 3.11's ``asyncio.wait_for`` then returns the finished result and drops the
+    cancel, and the listener went on reconnecting while ``close()`` waited for it. Here
+    the stop begins exactly then, every time."""
+    with RedisServer() as server:
+        bus = await started(server.url, max_backoff=0.2)
+        assert bus._subscriber is not None
+        new_pubsub = bus._subscriber.pubsub
+        closing: list[asyncio.Future[None]] = []
+
+        def pubsub() -> Any:
+            session = new_pubsub()
+            closed = session.aclose
+
+            async def aclose() -> None:
+                await closed()
+                if not closing:  # SIGTERM arrives as the attempt's connection closes
+                    closing.append(asyncio.ensure_future(bus.close()))
+
+            session.aclose = aclose  # type: ignore[method-assign]
+            return session
+
+        bus._subscriber.pubsub = pubsub  # type: ignore[method-assign, assignment]
+        try:
+            server.stop()  # the listener's session ends; its next attempt is refused
+
+            async def stop_began() -> bool:
+                return bool(closing)
+            await until(stop_began, attempts=1000)
+            # Bounded waits: without the fix the stop never completes.
+            await asyncio.wait_for(asyncio.shield(closing[0]), 10)
+            assert not [t for t in asyncio.all_tasks()
+                        if t.get_name() == "chargegraph-redis-events"]
+        finally:
+            for task in asyncio.all_tasks():
+                if task.get_name() == "chargegraph-redis-events":
+                    task.cancel()
+            await bus.close()
+
+
+async def test_close_does_not_wait_for_ever_on_a_listener_that_will_not_stop(
+        redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The service's stop waits on ``close()``: should a cancel of the listener be lost
+    below it (a library's await, as ``wait_for`` did: QA s21), the stop still ends, and
+    says what it left behind."""
+    monkeypatch.setattr(redis_module, "CLOSE_TIMEOUT_S", 0.2)
+    bus = await started(redis_server.url)
+    released = asyncio.Event()
+
+    async def deaf() -> None:  # an await that drops every cancel until released
+        while not released.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await released.wait()
+
+    listener = bus._listener
+    assert listener is not None
+    listener.cancel()
+    await asyncio.wait([listener])
+    bus._listener = asyncio.create_task(deaf(), name="deaf-listener")
+    try:
+        await asyncio.wait_for(bus.close(), 10)  # waited for ever before
+        assert any("did not stop" in r.getMessage() for r in caplog.records)
+    finally:
+        released.set()
+
+
+async def test_a_publish_redis_did_not_take_sends_the_next_ones_to_the_background(
+        ) -> None:
+    """QA s21 (resilience): with Redis hung (SIGSTOP), every transaction message and
+    status report was answered 2 s late for 10 s: each publish awaited the socket's
+    timeout and its retry while the listener still counted the bus healthy (its PING
+    notices only after twice ``health_interval``), and /healthz said ok meanwhile. The
+    first publish that fails now marks the bus out of touch: the next ones take the
+    background path, and ``connected`` (/healthz) says so at once."""
+    with RedisServer() as server:
+        # A listener that notices nothing for a minute: here only the publish can.
+        bus = await started(server.url, publish_timeout=0.3, health_interval=60)
+        watcher = bus.subscribe(["station_connection"])
+        try:
+            server.pause()
+            try:
+                with pytest.raises(RedisError):
+                    await asyncio.wait_for(bus.publish(connection(1, "FIRST")), 10)
+                assert not bus.connected  # /healthz "events": "unavailable"
+                # Returns without awaiting the socket: the publish waits in the background.
+                await asyncio.wait_for(bus.publish(connection(2, "SECOND")), 10)
+                assert len(bus._background) == 1
+            finally:
+                server.resume()
+
+            async def recovered() -> bool:
+                return bus.connected
+            await until(recovered, attempts=2000)  # the background publish got through
+            await arrives(watcher, connection(2, "SECOND"))
+            third = connection(3, "THIRD")
+            await asyncio.wait_for(bus.publish(third), 10)
+            assert not bus._background  # awaited on the caller's path again
+            await arrives(watcher, third)
+        finally:
+            await watcher.aclose()
+            await bus.close()
+
+
+async def arrives(stream: Any, event: Any) -> None:
+    """Reads ``stream`` until ``event`` (bounded). What Redis read from the socket of a
+    publish that timed out while it was stopped may come first."""
+    async with asyncio.timeout(10):
+        async for item in stream:
+            if item == event:
+                return
+
+
+async def test_redis_answering_again_is_noticed_while_events_come_in(
+        redis_server: RedisServer, redis: aioredis.Redis) -> None:
+    """After a publish Redis did not take, the listener asks Redis (PING) whether it
+    answers, at its next wake: not only after a silence (another instance's events may
+    keep coming) nor only once an event of this one got through in the background."""
+    bus = await started(redis_server.url, health_interval=60)  # no silence PING here
+    stream = bus.subscribe(["station_connection"])
+    try:
+        bus._refuse(RedisError("as a publish that timed out"))
+        assert not bus.connected
+        other = connection(1, "FROM-ANOTHER-INSTANCE")
+        await redis.publish("chargegraph:station_connection", encode(other))
+        await arrives(stream, other)
+
+        async def recovered() -> bool:
+            return bus.connected
+        await until(recovered, attempts=2000)
+        await asyncio.wait_for(bus.publish(connection(2, "AGAIN")), 10)
+        assert not bus._background  # awaited on the caller's path again
+    finally:
+        await stream.aclose()
+        await bus.close()
