@@ -9,7 +9,7 @@ import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Final, NamedTuple
 
 from domain import validation as v
@@ -479,9 +479,23 @@ def changed(record: E, viewer: Viewer, **updates: Any) -> E:
     """A copy of ``record`` with the given (non-UNSET) fields replaced and the update
     stamps set. The original stays untouched as the audit before-image."""
     copy = _replaced(record, updates)
-    copy.updated_at = utcnow()
+    # A new version, always: ``updated_at`` is the version an edit is guarded on
+    # (``edits.edit``), and MongoDB keeps it to the millisecond; a change in the same
+    # millisecond as the one before (a record made and edited at once) read as the same
+    # version, and an edit on the older read landed on it (its before-image stale).
+    copy.updated_at = max(utcnow(), _next_version(record.updated_at))
     copy.updated_by = viewer.actor
     return copy
+
+
+def _next_version(updated_at: datetime) -> datetime:
+    """The least ``updated_at`` after ``updated_at`` that every store tells apart from it
+    (the next millisecond)."""
+    return updated_at.replace(microsecond=updated_at.microsecond // 1000 * 1000) \
+        + _MILLISECOND
+
+
+_MILLISECOND = timedelta(milliseconds=1)
 
 
 def _written(record: Record, updates: dict[str, Any]) -> frozenset[str]:

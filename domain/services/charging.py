@@ -901,6 +901,11 @@ class ChargingService(ChargerConnections):
             changes += closing
             samples += settled
             ended.append(closed)
+        if not open_here:
+            closing, settled = await self._lost_cut_by_start(station, connector_id,
+                                                             identity)
+            changes += closing
+            samples += settled
         used = None
         if reservation is not None and reservation.state in LIVE_RESERVATION_STATES:
             # From the state read: a cancel or a removal that ended it meanwhile
@@ -946,19 +951,54 @@ class ChargingService(ChargerConnections):
             closed, changes = await self._close(station, stale, None, end,
                                                 CLOSED_WITHOUT_STOP, actor)
             return closed, changes, []
-        energy = register - stale.meter_start_wh
-        log.warning("%s: transaction %s, closed by a newer start on its connector, read "
-                    "%s Wh, above that start's meterStart %s Wh: billed up to it (%s Wh, "
-                    "not %s), the rest being the newer transaction's; flagged for review",
-                    stale.cp_id, stale.transaction_id, stale.meter_start_wh + stale.energy_wh,
-                    register, energy, stale.energy_wh)
+        return await self._cut_close(station, stale, register, end)
+
+    async def _cut_close(self, station: Station, session: Session, register: int,
+                         end: datetime
+                         ) -> tuple[Session, list[tuple[Change, Any]], list[Change]]:
+        """``session`` closed (or its close without a stop corrected) at ``register``, a
+        newer start's meterStart below its readings (``metering.cut_at_next_start``):
+        its increments above it taken back as a stop's are (``_settled_close``), flagged
+        ``NEXT_START_BELOW_READINGS``."""
+        energy = register - session.meter_start_wh
+        log.warning("%s: transaction %s, closed without its stop, read %s Wh, above the "
+                    "meterStart %s Wh of a newer start on its connector: billed up to it "
+                    "(%s Wh, not %s), the rest being the newer transaction's; flagged for "
+                    "review", session.cp_id, session.transaction_id,
+                    session.meter_start_wh + session.energy_wh, register, energy,
+                    session.energy_wh)
         samples, trimmed = await self._settled_close(
-            station, stale, [], energy, register, max(end, stale.start_time))
+            station, session, [], energy, register, max(end, session.start_time))
         closed, changes = await self._close(
-            station, stale, None, end, CLOSED_WITHOUT_STOP, actor, energy_wh=energy,
+            station, session, None, end, CLOSED_WITHOUT_STOP, charger(station.cp_id),
+            energy_wh=energy,
             metered=[*samples, *(cast(MeterSample, u.record) for u in trimmed)],
             meter={"meter_anomaly": MeterAnomaly.NEXT_START_BELOW_READINGS})
         return closed, changes, [*trimmed, *(InsertIfAbsent(s) for s in samples)]
+
+    async def _lost_cut_by_start(self, station: Station, connector_id: int,
+                                 identity: _StartIdentity
+                                 ) -> tuple[list[tuple[Change, Any]], list[Change]]:
+        """The cut of ``_closed_by_start`` for the connector's last session when it was
+        closed without its stop before this start came (a reboot check, an operator's
+        ``endSession``): its close is corrected at the newer meterStart, keeping its
+        end (review s21: closed at reboot first, it kept its full readings and the
+        energy between was billed twice)."""
+        found = await self.store.find_all(Session, all_of(
+            Eq("cp_id", station.cp_id), Eq("connector_id", connector_id)),
+            sort=[Sort("start_time", descending=True)], limit=1)
+        last = found[0] if found else None
+        if last is None or last.state is not SessionState.COMPLETED \
+                or not closed_without_stop(last) or last.end_time is None \
+                or last.start_time > identity.start \
+                or last.meter_anomaly is MeterAnomaly.NEXT_START_BELOW_READINGS:
+            return [], []
+        register = cut_at_next_start(last, identity.meter_start,
+                                     await self._own_register(last))
+        if register is None:
+            return [], []
+        _, changes, samples = await self._cut_close(station, last, register, last.end_time)
+        return changes, samples
 
     async def _own_register(self, session: Session) -> float | None:
         """The session's latest energy register reading (Wh) that named its transaction,

@@ -927,6 +927,37 @@ async def test_a_connector_reading_between_the_copies_leaves_the_resend_the_same
     assert (session.state, session.energy_wh) == (d.SessionState.ACTIVE, 400)
 
 
+async def test_a_session_closed_at_a_reboot_is_cut_at_the_next_start_below_its_readings(
+        world: World) -> None:
+    """Review s21: the cut came only when the newer start closed the older session
+    itself. Closed by the reboot check first (the usual way a stop is lost), the older
+    kept the connector reading of the newer transaction's charging, billed twice."""
+    charging = world.services.charging
+    await _priced(world, price_per_kwh="0.40")
+    charging.reboot_checks.grace_s = 0.0
+    now = datetime.now(UTC).replace(microsecond=0)
+    older, _ = await charging.start_transaction(CP, 2, "TAG-1", 1000, now - timedelta(hours=2))
+    await charging.meter_values(CP, 2, older, _on_the_connector(
+        now - timedelta(minutes=90), 2500))
+    await charging.meter_values(CP, 2, None, _on_the_connector(
+        now - timedelta(minutes=50), 5000))
+    await booted_later(charging)
+    await charging.status_notification(CP, 2, "Available", "NoError")
+    await charging.reboot_checks.done()
+    [lost] = await world.store.find_all(d.Session, Eq("transaction_id", older))
+    assert (lost.state, lost.energy_wh) == (d.SessionState.COMPLETED, 4000)
+    newer, _ = await charging.start_transaction(CP, 2, "TAG-1", 3000,
+                                                now - timedelta(minutes=40))
+    await charging.stop_transaction(CP, newer, 6000, now - timedelta(minutes=10))
+    billed = {s.transaction_id: (s.energy_wh, s.cost_minor, s.meter_anomaly)
+              for s in await world.store.find_all(d.Session, Eq("connector_id", 2))}
+    assert billed == {older: (2000, 80, d.MeterAnomaly.NEXT_START_BELOW_READINGS),
+                      newer: (3000, 120, None)}  # the register moved 1000 -> 6000
+    assert [p.amount_minor for p in await _payments_of(world, older)] == [80]
+    assert sum(s.delta_wh or 0 for s in await world.store.find_all(
+        d.MeterSample, Eq("session_id", lost.id))) == 2000
+
+
 async def test_a_late_stop_stamped_before_its_start_keeps_the_end_its_close_gave(
         world: World) -> None:
     """Review s20: a session closed by the next start after 10 minutes, whose stop came

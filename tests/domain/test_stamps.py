@@ -52,3 +52,21 @@ def test_a_name_is_written_with_its_sort_key(kind: Callable[[str], Company | Use
     untouched = patch(new, SYSTEM, name=UNSET)
     assert cast(Company, untouched.record).name_key == "arztehaus"
     assert untouched.fields is not None and "name_key" not in untouched.fields
+
+
+def test_a_change_is_a_new_version_even_within_the_same_millisecond(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``updated_at`` is the version edits are guarded on, and MongoDB keeps it to the
+    millisecond: a record made and changed within one read as the same version, and an
+    edit on the first read landed on the change (review s21, a flaky race test)."""
+    from datetime import UTC, datetime, timedelta
+
+    from domain.services import base
+
+    now = datetime(2026, 12, 5, 13, 0, 0, 123_456, tzinfo=UTC)
+    monkeypatch.setattr(base, "utcnow", lambda: now)
+    made = stamp_new(Company(name="Made"), SYSTEM)
+    edited = changed(made, SYSTEM, name="Edited")
+    assert edited.updated_at == datetime(2026, 12, 5, 13, 0, 0, 124_000, tzinfo=UTC)
+    assert changed(edited, SYSTEM, name="Again").updated_at == edited.updated_at + timedelta(
+        milliseconds=1)
