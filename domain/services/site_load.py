@@ -370,8 +370,13 @@ class SiteLoad(Service):
             self._again.add(site.id)  # the others lowered: these get the rest
         elif higher and await self._claim(site, seen, higher,
                                           told={s.id for s, _ in [*lower, *resent]}):
-            await self._all_accepted(site.id, [
-                self._send(site, held[s.id], s, kw, bound(s)) for s, kw in higher])
+            if not await self._all_accepted(site.id, [
+                    self._send(site, held[s.id], s, kw, bound(s)) for s, kw in higher]):
+                # A refused raise leaves the session loose at what it had: shared again
+                # now, so the next run holds that for it, gives the rest to the others
+                # and asks it again in a while (``RETRY_LOOSE_S``). Left alone, the
+                # power it refused went unused and it was never asked again (QA s21).
+                self._again.add(site.id)
         under_way = {s.id for s in loose
                      if s.id not in busy and self._under_way(held[s.id])}
         if under_way:
