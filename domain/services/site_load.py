@@ -32,6 +32,7 @@ from typing import Any
 
 from domain.entities import (
     Connector,
+    ConnectorStatus,
     LimitAnswer,
     Session,
     SessionState,
@@ -47,7 +48,12 @@ from domain.errors import (
     Conflict,
     DomainError,
 )
-from domain.events import SessionChanged, StationChanged, StationConnectionChanged
+from domain.events import (
+    ConnectorStatusChanged,
+    SessionChanged,
+    StationChanged,
+    StationConnectionChanged,
+)
 from domain.load_sharing import (
     STACK_LEVEL,
     Demand,
@@ -61,6 +67,7 @@ from domain.policy import SYSTEM
 from domain.ports import Change, Delete, Insert, Update
 from domain.query import Eq, In, all_of
 from domain.services.base import Service, ServiceContext, changed, stamp_new
+from domain.services.charging import closed_without_stop
 from domain.services.commands import CommandOutcome, CommandService
 
 log = logging.getLogger("chargegraph.sites")
@@ -139,6 +146,9 @@ class _Seen:
     #: Sessions whose charger came back online and has not taken its limit again yet:
     #: it may have lost the one it accepted (a reboot) and draw up to its rating.
     unsure: set[str] = field(default_factory=set)
+    #: Sessions closed without their StopTransaction (an operator's endSession) whose
+    #: charger, online, may still charge them: held at their bound (``_ending``).
+    ending: list[Session] = field(default_factory=list)
 
     @property
     def live(self) -> list[Session]:
@@ -167,7 +177,8 @@ class _Seen:
     def key(self, skip: set[str]) -> tuple[Any, ...]:
         """What a raise depends on, but for the sessions in ``skip``: the site's limits,
         which sessions charge, on which chargers online, and every other share."""
-        return (self.site, frozenset(s.id for s in self.sessions), frozenset(self.online),
+        return (self.site, frozenset(s.id for s in [*self.sessions, *self.ending]),
+                frozenset(self.online),
                 frozenset((a.session_id, a.answer, a.bound_kw, a.power_kw)
                           for a in self.held.values() if a.session_id not in skip))
 
@@ -219,6 +230,12 @@ class SiteLoad(Service):
         """A published event that may change what charges behind a site (a start is
         taken after its answer instead: ``start_answered``)."""
         if isinstance(event, SessionChanged) and event.change != "ENDED":
+            return
+        if isinstance(event, ConnectorStatusChanged):
+            # Available: a session ended without its stop no longer draws (``_ending``).
+            if event.status == ConnectorStatus.AVAILABLE.value \
+                    and event.station_id is not None:
+                self.request_station(event.station_id)
             return
         if isinstance(event, StationConnectionChanged):
             self._levels.pop(event.cp_id, None)  # read again: it may be another charger
@@ -451,6 +468,8 @@ class SiteLoad(Service):
         # An offline charger goes on applying what it has (OCPP 1.6 keeps a TxProfile
         # for its transaction, and it charges offline): held back, as a loose one's.
         offline = sum(bound(s) for s in seen.sessions if s.station_id not in seen.online)
+        # Ended here but not yet at the charger: it still draws what it may (``_ending``).
+        offline += sum(bound(s) for s in seen.ending)
         shares = allocate(site.max_power_kw, site.min_power_kw,
                           [seen.demand(s) for s in controlled],
                           offline + sum(bound(s) for s in loose))
@@ -589,6 +608,9 @@ class SiteLoad(Service):
         ids = {s.id for s in sessions}
         recorded = await self.store.find_all(SiteAllocation, Eq("site_id", site_id),
                                              limit=MAX_PER_SITE)
+        ending = await self._ending(stations, sessions,
+                                    [a for a in recorded if a.session_id not in ids])
+        ids |= {s.id for s in ending}
         await self._release([a for a in recorded if a.session_id not in ids])
         # By session (an allocation's id is its session's): one recorded under the site
         # a station just left moves with it.
@@ -599,7 +621,31 @@ class SiteLoad(Service):
         settings = () if site is None else (site.max_power_kw, site.min_power_kw,
                                             site.unit, site.voltage, site.phases)
         return _Seen(sessions, {st.id for st in stations if st.online}, held, ratings,
-                     limit, settings)
+                     limit, settings, ending=ending)
+
+    async def _ending(self, stations: Sequence[Station], active: Sequence[Session],
+                      gone: Sequence[SiteAllocation]) -> list[Session]:
+        """Of the sessions with a share recorded and no longer ACTIVE (``gone``), those
+        closed without their StopTransaction (an operator's ``endSession``) whose
+        charger may still charge them: its station online, the connector not reporting
+        Available, no newer session on it. Their share is kept and held (QA s21: freed at
+        once, while the charger drew its old limit until its stop, 40 kW on 30); their
+        stop, the station going offline or the connector Available release it."""
+        online = {st.id for st in stations if st.online}
+        candidates = [a.session_id for a in gone if a.station_id in online]
+        if not candidates:
+            return []
+        plugs = {(s.station_id, s.connector_id) for s in active}
+        ended = [s for s in await self.store.get_many(Session, candidates)
+                 if s is not None and closed_without_stop(s)
+                 and (s.station_id, s.connector_id) not in plugs]
+        if not ended:
+            return []
+        connectors = await self.store.find_all(Connector, In(
+            "station_id", tuple({s.station_id for s in ended})), limit=MAX_PER_SITE * 10)
+        free = {(c.station_id, c.connector_id) for c in connectors
+                if c.status is ConnectorStatus.AVAILABLE}
+        return [s for s in ended if (s.station_id, s.connector_id) not in free]
 
     async def _claim(self, site: Site, seen: _Seen,
                      raises: Sequence[tuple[Session, float]], told: set[str]) -> bool:
