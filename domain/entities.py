@@ -340,6 +340,10 @@ class LimitAnswer(StrEnum):
     #: A higher limit being sent now (by this or another instance): held at it until
     #: the charger answers.
     PENDING = "Pending"
+    #: A person's own TxProfile above the site's stack level governs the session (a
+    #: deliberate override): the site holds its connector's rating for it and does not
+    #: ask it again until that is cleared or the transaction ends.
+    OVERRIDDEN = "Overridden"
 
 
 #: The least current IEC 61851 lets an AC charger offer a car, per phase. A site's

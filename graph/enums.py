@@ -194,6 +194,9 @@ VALUE_DESCRIPTIONS: dict[str, dict[str, str]] = {
                  "read.",
         "PENDING": "A higher limit is being sent now: the site holds that much for the "
                    "session until the charger answers.",
+        "OVERRIDDEN": "An operator's own TxProfile above the site's stack level governs "
+                      "the session: the site holds its connector's rating for it, not "
+                      "under control, until that profile is cleared or the session ends.",
     },
     # Registered in graph/signed.py.
     "SignedEncoding": {

@@ -622,6 +622,15 @@ class SimulatedChargePoint(ChargePoint):
         self.received.append(("SetChargingProfile", {"connector_id": connector_id,
                                                       "profile": cs_charging_profiles}))
         profile_id = int(cs_charging_profiles["charging_profile_id"])
+        # OCPP 1.6 (3.13.2): a new profile replaces the one with its id, and the one of
+        # its stackLevel and purpose on its connector.
+        for held_id, held in list(self.charging_profiles.items()):
+            if held_id == profile_id or (
+                    held["connector_id"] == connector_id
+                    and held["stack_level"] == cs_charging_profiles["stack_level"]
+                    and held["charging_profile_purpose"]
+                    == cs_charging_profiles["charging_profile_purpose"]):
+                del self.charging_profiles[held_id]
         self.charging_profiles[profile_id] = {"connector_id": connector_id,
                                               **cs_charging_profiles}
         return result.SetChargingProfile(status="Accepted")  # type: ignore[arg-type]

@@ -66,6 +66,7 @@ class Services:
         self.offline_notices = OfflineNotices(ctx)
         self.sites = SiteService(ctx)
         self.site_load = SiteLoad(ctx, self.commands)
+        self.commands.profile_watch = self.site_load
         self.sites.recompute = self.site_load.request_site
         self.stations.on_site_left = self.site_load.request_site
         self.charging.on_start_answered.append(self.site_load.request_station)

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any, Protocol, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from domain.command_rules import check_command, is_heartbeat_key, is_secret_key
@@ -165,6 +165,25 @@ def _refuse_unadmitted_trigger(payload: dict[str, Any]) -> None:
                               field="requestedMessage", code="INVALID_STATE")
 
 
+#: The commands that change what limits a charger applies (``ProfileWatch``).
+PROFILE_ACTIONS = frozenset({"SetChargingProfile", "ClearChargingProfile"})
+
+
+class ProfileWatch(Protocol):
+    """Told of a person's charging profile commands: the site's load management
+    (``site_load.SiteLoad``) keeps its own limits at the charger, which such a command
+    may replace or clear. Defined here, implemented there: commands know nothing of
+    sites."""
+
+    async def check_profile(self, station: Station, payload: dict[str, Any]) -> None:
+        """Before a SetChargingProfile is sent: raises the user error of one that would
+        silently replace the site's limit, or be replaced by it."""
+
+    async def profile_commanded(self, outcome: CommandOutcome,
+                                payload: dict[str, Any]) -> None:
+        """After a Set/ClearChargingProfile was answered (or not)."""
+
+
 @dataclass(slots=True)
 class CommandOutcome:
     command_id: str
@@ -231,6 +250,9 @@ class CommandService(Service):
         #: blocked again while its restoration was in flight, an operator's list
         #: accepting a blocked card.
         self.on_list_wanting: Callable[[str], None] | None = None
+        #: Told of every Set/ClearChargingProfile sent by someone other than the service
+        #: itself (the site's own limits are sent as ``SYSTEM``).
+        self.profile_watch: ProfileWatch | None = None
 
     async def send(self, viewer: Viewer, cp_id: str, action: str, payload: dict[str, Any],
                    *, audited_as: Viewer | None = None, own_list: bool = False
@@ -277,6 +299,10 @@ class CommandService(Service):
             await connector_in_range(self.store, station, payload["connectorId"])
         if action == "SetChargingProfile":
             await self._check_tx_profile(station, payload)
+        watched = self.profile_watch if action in PROFILE_ACTIONS \
+            and viewer.actor != SYSTEM.actor else None
+        if watched is not None and action == "SetChargingProfile":
+            await watched.check_profile(station, payload)
         outcome = CommandOutcome(command_id=new_id(), action=action, station=station,
                                  own_list=own_list)
         if action == "ReserveNow":
@@ -298,6 +324,8 @@ class CommandService(Service):
             await asyncio.shield(self._after(viewer, outcome, payload))
             raise
         await self._after(viewer, outcome, payload)
+        if watched is not None:
+            await watched.profile_commanded(outcome, payload)
         return outcome
 
     async def _call(self, outcome: CommandOutcome, payload: dict[str, Any]) -> None:

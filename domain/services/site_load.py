@@ -32,6 +32,7 @@ from typing import Any
 
 from domain.entities import (
     Connector,
+    ConnectorStatus,
     LimitAnswer,
     Session,
     SessionState,
@@ -44,9 +45,15 @@ from domain.errors import (
     ChargerOffline,
     ChargerRejected,
     ChargerTimeout,
+    Conflict,
     DomainError,
 )
-from domain.events import SessionChanged, StationChanged, StationConnectionChanged
+from domain.events import (
+    ConnectorStatusChanged,
+    SessionChanged,
+    StationChanged,
+    StationConnectionChanged,
+)
 from domain.load_sharing import (
     STACK_LEVEL,
     Demand,
@@ -60,6 +67,7 @@ from domain.policy import SYSTEM
 from domain.ports import Change, Delete, Insert, Update
 from domain.query import Eq, In, all_of
 from domain.services.base import Service, ServiceContext, changed, stamp_new
+from domain.services.charging import closed_without_stop
 from domain.services.commands import CommandOutcome, CommandService
 
 log = logging.getLogger("chargegraph.sites")
@@ -92,6 +100,12 @@ MAX_STACK_LEVEL_KEY = "ChargeProfileMaxStackLevel"
 _ANSWERS = {a.value: a for a in LimitAnswer}
 #: Answers after which the charger surely kept the limit it had (it said no).
 _REFUSED = frozenset({LimitAnswer.REJECTED, LimitAnswer.NOT_SUPPORTED})
+#: A person's profile command answered so: the charger kept the profiles it had.
+_KEPT = _REFUSED | {LimitAnswer.OFFLINE}
+#: The purposes of a person's profile that the site's TxProfile at the same stack level
+#: replaces, or is replaced by (OCPP 1.6, 3.13.2: same stackLevel and purpose; some
+#: chargers go by the stack level alone).
+_CLASHING = frozenset({"TxProfile", "TxDefaultProfile"})
 
 
 def bound_after(before_kw: float, sent_kw: float, answer: LimitAnswer) -> float:
@@ -132,6 +146,9 @@ class _Seen:
     #: Sessions whose charger came back online and has not taken its limit again yet:
     #: it may have lost the one it accepted (a reboot) and draw up to its rating.
     unsure: set[str] = field(default_factory=set)
+    #: Sessions closed without their StopTransaction (an operator's endSession) whose
+    #: charger, online, may still charge them: held at their bound (``_ending``).
+    ending: list[Session] = field(default_factory=list)
 
     @property
     def live(self) -> list[Session]:
@@ -160,7 +177,8 @@ class _Seen:
     def key(self, skip: set[str]) -> tuple[Any, ...]:
         """What a raise depends on, but for the sessions in ``skip``: the site's limits,
         which sessions charge, on which chargers online, and every other share."""
-        return (self.site, frozenset(s.id for s in self.sessions), frozenset(self.online),
+        return (self.site, frozenset(s.id for s in [*self.sessions, *self.ending]),
+                frozenset(self.online),
                 frozenset((a.session_id, a.answer, a.bound_kw, a.power_kw)
                           for a in self.held.values() if a.session_id not in skip))
 
@@ -212,6 +230,12 @@ class SiteLoad(Service):
         """A published event that may change what charges behind a site (a start is
         taken after its answer instead: ``start_answered``)."""
         if isinstance(event, SessionChanged) and event.change != "ENDED":
+            return
+        if isinstance(event, ConnectorStatusChanged):
+            # Available: a session ended without its stop no longer draws (``_ending``).
+            if event.status == ConnectorStatus.AVAILABLE.value \
+                    and event.station_id is not None:
+                self.request_station(event.station_id)
             return
         if isinstance(event, StationConnectionChanged):
             self._levels.pop(event.cp_id, None)  # read again: it may be another charger
@@ -306,6 +330,99 @@ class SiteLoad(Service):
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
+    # ------------------------------------------------------------- people's profiles
+    async def check_profile(self, station: Station, payload: dict[str, Any]) -> None:
+        """Before a person's SetChargingProfile (``CommandService.profile_watch``): a
+        TxProfile or TxDefaultProfile at the site's own stack level on a connector the
+        site limits now (connector 0: any of the station's) is refused, ``IN_USE`` on
+        ``csChargingProfiles.stackLevel``. At a charger following OCPP 1.6 it replaces
+        the site's profile (same stackLevel and purpose), and the site's next share
+        replaces it in turn: either way one of the two limits is lost without a word
+        (QA s21: 22 kW on a site sharing 20). A lower level is allowed (the site's limit
+        wins), and a higher one is a deliberate override (``profile_commanded``)."""
+        profile = payload.get("csChargingProfiles")
+        if station.site_id is None or not isinstance(profile, dict) \
+                or profile.get("chargingProfilePurpose") not in _CLASHING:
+            return
+        if not await self._limited(station, payload.get("connectorId")):
+            return
+        level = await self._stack_level(station.cp_id)
+        if profile.get("stackLevel") == level:
+            raise Conflict(f"stack level {level} is this site's own limit on the connector: "
+                           "the two profiles would replace each other; use a lower level "
+                           "(the site's limit wins) or, to override the site, a higher one",
+                           field="csChargingProfiles.stackLevel", code="IN_USE")
+
+    async def profile_commanded(self, outcome: CommandOutcome, payload: dict[str, Any]
+                                ) -> None:
+        """After a person's Set/ClearChargingProfile on a station in a site, unless the
+        charger surely kept what it had (refused, not connected): the site asserts its
+        limits again, as for a charger back online (``charger_back``: told again, held
+        at its rating until it takes them). A clear may have removed the site's profile
+        (QA s21: a clear of every profile, of its id or of every TxProfile was Accepted
+        and the charger drew its rating, 32 kW on a 20 kW site, while the site said
+        ACCEPTED). A TxProfile above the site's level overrides it: that session is
+        held at its connector's rating (``OVERRIDDEN``) so the others' shares keep the
+        sum within the limit; a clear of every TxProfile on its connector ends that."""
+        station = outcome.station
+        if self._closed or station.site_id is None or answer_of(outcome) in _KEPT:
+            return
+        try:
+            if outcome.action == "SetChargingProfile":
+                await self._override(station, payload)
+            else:
+                await self._lift_overrides(station, payload)
+        finally:  # whatever became of the marks, the limits are told again
+            self.charger_back(station.id)
+
+    async def _override(self, station: Station, payload: dict[str, Any]) -> None:
+        """Marks the session a TxProfile above the site's level now governs
+        ``OVERRIDDEN``, held at its connector's rating (the site's limit, not known)."""
+        profile = payload["csChargingProfiles"]
+        if profile.get("chargingProfilePurpose") != "TxProfile":
+            return  # a TxProfile wins over any TxDefaultProfile whatever its level
+        sessions = await self._limited(station, payload.get("connectorId"))
+        if station.site_id is None or not sessions or int(profile.get("stackLevel", 0)) \
+                <= await self._stack_level(station.cp_id):
+            return
+        [site] = await self.store.get_many(Site, [station.site_id])
+        if site is None:
+            return
+        ratings = await self._ratings([station])
+        for session in sessions:
+            [held] = await self.store.get_many(SiteAllocation, [session.id])
+            rating = ratings.get((session.station_id, session.connector_id))
+            bound_kw = max(site.max_power_kw if rating is None else rating,
+                           0.0 if held is None else held.bound_kw)
+            await self._record(site, held, session, 0.0 if held is None else held.power_kw,
+                               None if held is None else held.limit,
+                               LimitAnswer.OVERRIDDEN, bound_kw)
+
+    async def _lift_overrides(self, station: Station, payload: dict[str, Any]) -> None:
+        """A clear of every TxProfile on a connector (no id, no stack level, purpose
+        TxProfile or none) removed a person's override there: its session is taken
+        back under the site's control (told its limit with the others). Any narrower
+        clear may have left the override: the session stays held at its rating."""
+        if payload.get("id") is not None or payload.get("stackLevel") is not None \
+                or payload.get("chargingProfilePurpose") not in (None, "TxProfile"):
+            return
+        connector = payload.get("connectorId")
+        sessions = [s for s in await self._limited(station, None)
+                    if connector is None or s.connector_id == connector]
+        marked = [a for a in await self.store.get_many(
+            SiteAllocation, [s.id for s in sessions])
+                  if a is not None and a.answer is LimitAnswer.OVERRIDDEN]
+        await self.store.write([Update(changed(a, SYSTEM, answer=None),
+                                       fields=frozenset({"answer"}),
+                                       only_if=("answer", LimitAnswer.OVERRIDDEN))
+                                for a in marked], [])
+
+    async def _limited(self, station: Station, connector_id: Any) -> list[Session]:
+        """The station's ACTIVE sessions the site limits, on ``connector_id`` (0 or
+        none: all of them)."""
+        return [s for s in await self._active([station])
+                if not connector_id or s.connector_id == connector_id]
+
     # ------------------------------------------------------------- the recompute
     async def recompute(self, site_id: str) -> None:
         """Shares the site's power among the sessions charging behind it now and tells
@@ -345,9 +462,14 @@ class SiteLoad(Service):
             s.id not in held or held[s.id].answer is LimitAnswer.ACCEPTED)]
         under = {s.id for s in controlled}  # by id: a Session compares all its fields
         loose = [s for s in live if s.id not in under]
+        # A person's higher TxProfile governs these: held at their rating, not asked.
+        overridden = {s.id for s in loose
+                      if s.id in held and held[s.id].answer is LimitAnswer.OVERRIDDEN}
         # An offline charger goes on applying what it has (OCPP 1.6 keeps a TxProfile
         # for its transaction, and it charges offline): held back, as a loose one's.
         offline = sum(bound(s) for s in seen.sessions if s.station_id not in seen.online)
+        # Ended here but not yet at the charger: it still draws what it may (``_ending``).
+        offline += sum(bound(s) for s in seen.ending)
         shares = allocate(site.max_power_kw, site.min_power_kw,
                           [seen.demand(s) for s in controlled],
                           offline + sum(bound(s) for s in loose))
@@ -369,9 +491,14 @@ class SiteLoad(Service):
                 or any(kw < shares[s.id] for s, kw in resent):
             self._again.add(site.id)  # the others lowered: these get the rest
         elif higher and await self._claim(site, seen, higher,
-                                          told={s.id for s, _ in [*lower, *resent]}):
-            await self._all_accepted(site.id, [
-                self._send(site, held[s.id], s, kw, bound(s)) for s, kw in higher])
+                                          told={s.id for s, _ in [*lower, *resent]}) \
+                and not await self._all_accepted(site.id, [
+                    self._send(site, held[s.id], s, kw, bound(s)) for s, kw in higher]):
+            # A refused raise leaves the session loose at what it had: shared again now,
+            # so the next run holds that for it, gives the rest to the others and asks
+            # it again in a while (``RETRY_LOOSE_S``). Left alone, the power it refused
+            # went unused and it was never asked again (QA s21).
+            self._again.add(site.id)
         under_way = {s.id for s in loose
                      if s.id not in busy and self._under_way(held[s.id])}
         if under_way:
@@ -379,7 +506,7 @@ class SiteLoad(Service):
         fair = allocate(site.max_power_kw, site.min_power_kw,
                         [seen.demand(s) for s in live], offline)
         for session in loose:
-            if session.id in under_way or session.id in busy:
+            if session.id in under_way or session.id in busy or session.id in overridden:
                 continue
             told = held[session.id].limit_sent_at
             # Back online: asked at once (it may have lost what it had), not in a while.
@@ -400,6 +527,7 @@ class SiteLoad(Service):
         marked = self._back.pop(site_id, set())
         owed = self._owed.pop(site_id, set())
         seen.unsure = {s.id for s in seen.live if s.id in seen.held
+                       and seen.held[s.id].answer is not LimitAnswer.OVERRIDDEN
                        and (s.id in owed or s.station_id in marked)}
         waiting = {sid for sid in seen.unsure
                    if sid in self._inflight or self._under_way(seen.held[sid])}
@@ -480,6 +608,9 @@ class SiteLoad(Service):
         ids = {s.id for s in sessions}
         recorded = await self.store.find_all(SiteAllocation, Eq("site_id", site_id),
                                              limit=MAX_PER_SITE)
+        ending = await self._ending(stations, sessions,
+                                    [a for a in recorded if a.session_id not in ids])
+        ids |= {s.id for s in ending}
         await self._release([a for a in recorded if a.session_id not in ids])
         # By session (an allocation's id is its session's): one recorded under the site
         # a station just left moves with it.
@@ -490,7 +621,31 @@ class SiteLoad(Service):
         settings = () if site is None else (site.max_power_kw, site.min_power_kw,
                                             site.unit, site.voltage, site.phases)
         return _Seen(sessions, {st.id for st in stations if st.online}, held, ratings,
-                     limit, settings)
+                     limit, settings, ending=ending)
+
+    async def _ending(self, stations: Sequence[Station], active: Sequence[Session],
+                      gone: Sequence[SiteAllocation]) -> list[Session]:
+        """Of the sessions with a share recorded and no longer ACTIVE (``gone``), those
+        closed without their StopTransaction (an operator's ``endSession``) whose
+        charger may still charge them: its station online, the connector not reporting
+        Available, no newer session on it. Their share is kept and held (QA s21: freed at
+        once, while the charger drew its old limit until its stop, 40 kW on 30); their
+        stop, the station going offline or the connector Available release it."""
+        online = {st.id for st in stations if st.online}
+        candidates = [a.session_id for a in gone if a.station_id in online]
+        if not candidates:
+            return []
+        plugs = {(s.station_id, s.connector_id) for s in active}
+        ended = [s for s in await self.store.get_many(Session, candidates)
+                 if s is not None and closed_without_stop(s)
+                 and (s.station_id, s.connector_id) not in plugs]
+        if not ended:
+            return []
+        connectors = await self.store.find_all(Connector, In(
+            "station_id", tuple({s.station_id for s in ended})), limit=MAX_PER_SITE * 10)
+        free = {(c.station_id, c.connector_id) for c in connectors
+                if c.status is ConnectorStatus.AVAILABLE}
+        return [s for s in ended if (s.station_id, s.connector_id) not in free]
 
     async def _claim(self, site: Site, seen: _Seen,
                      raises: Sequence[tuple[Session, float]], told: set[str]) -> bool:
@@ -656,8 +811,8 @@ class SiteLoad(Service):
         return level
 
     async def _record(self, site: Site, held: SiteAllocation | None, session: Session,
-                      power_kw: float, limit: float, answer: LimitAnswer, bound_kw: float
-                      ) -> None:
+                      power_kw: float, limit: float | None, answer: LimitAnswer,
+                      bound_kw: float) -> None:
         values: dict[str, Any] = {
             "site_id": site.id, "company_id": site.company_id, "power_kw": power_kw,
             "bound_kw": bound_kw, "limit": limit, "unit": site.unit,

@@ -315,3 +315,79 @@ async def test_a_charger_back_online_refusing_its_limit_is_held_at_its_rating(
             again.connectors[2].transaction_id = tx1  # it went on across the reconnect
             await again.stop_transaction(2)
         await two.stop_transaction(1)
+
+
+SET_PROFILE = """mutation($i: SetChargingProfileInput!) {
+  setChargingProfile(input: $i) { status errors { code field } } }"""
+CLEAR_PROFILE = """mutation($i: ClearChargingProfileInput!) {
+  clearChargingProfile(input: $i) { status errors { code field } } }"""
+
+
+def operators_cap(level: int, limit: float, tx: int) -> dict[str, Any]:
+    return {"chargingProfileId": 5, "stackLevel": level, "transactionId": tx,
+            "chargingProfilePurpose": "TX_PROFILE", "chargingProfileKind": "RELATIVE",
+            "chargingSchedule": {"chargingRateUnit": "W", "chargingSchedulePeriod": [
+                {"startPeriod": 0, "limit": limit}]}}
+
+
+async def test_an_operators_own_profiles_do_not_lift_the_sites_limit(
+        service: Running) -> None:
+    """QA s21: an operator's ClearChargingProfile removed the site's limit at the charger
+    (it drew its rating, the site still said ACCEPTED) and nothing sent it again; an
+    operator's TxProfile at the site's stack level replaced it; one above it overrode it
+    while the site still counted the session at its share."""
+    site, token = await site_of_two(service, 40)
+    url = service.ocpp_url
+    ours = PROFILE_ID_BASE + 2
+
+    async def shares() -> list[tuple[float, float, str, bool]]:
+        await service.services.site_load.settled()
+        return [(a["powerKw"], a["boundKw"], a["answer"], a["underControl"])
+                for a in await allocations(service, site, token)]
+
+    async with connected(url, "CP-1", password=STATION_PASSWORD,
+                         charge_point=StrictChargePoint) as one, \
+            connected(url, "CP-OPEN", charge_point=StrictChargePoint) as two:
+        await one.start_transaction(2, "TAG-OK")
+        tx2, _ = await two.start_transaction(2, "TAG-OTHER")
+        await until(lambda: limits(one)[-1:] == limits(two)[-1:] == [20_000.0], "20 each")
+        # A clear of every profile takes the site's too: the site tells it again.
+        cleared = await service.gql(CLEAR_PROFILE, {"i": {"cpId": "CP-1"}}, token)
+        assert cleared["clearChargingProfile"] == {"status": "ACCEPTED", "errors": []}
+        await until(lambda: ours in one.charging_profiles, "the site's limit told again")
+        assert one.charging_profiles[ours]["charging_schedule"][
+            "charging_schedule_period"][0]["limit"] == 20_000.0
+        assert await shares() == [(20.0, 20.0, "ACCEPTED", True)] * 2
+
+        # At the site's own level (the simulator's ChargeProfileMaxStackLevel, 10) the two
+        # would replace each other: refused, nothing sent.
+        sent = len(two.received)
+        same = await service.gql(SET_PROFILE, {"i": {
+            "cpId": "CP-OPEN", "connectorId": 2, "csChargingProfiles": operators_cap(
+                10, 22_000, tx2)}}, token)
+        assert same["setChargingProfile"]["errors"] == [
+            {"code": "IN_USE", "field": "csChargingProfiles.stackLevel"}]
+        assert len(two.received) == sent and ours in two.charging_profiles
+
+        # Above it, a deliberate override: the site holds the connector's rating (22 kW)
+        # for that session, not under control, and the other gets the rest.
+        over = await service.gql(SET_PROFILE, {"i": {
+            "cpId": "CP-OPEN", "connectorId": 2, "csChargingProfiles": operators_cap(
+                11, 22_000, tx2)}}, token)
+        assert over["setChargingProfile"] == {"status": "ACCEPTED", "errors": []}
+        await until(lambda: limits(one)[-1] == 18_000.0, "CP-1 lowered to the rest")
+        assert await shares() == [(18.0, 18.0, "ACCEPTED", True),
+                                  (20.0, 22.0, "OVERRIDDEN", False)]
+
+        # Clearing every TxProfile on that connector ends the override: under control.
+        lifted = await service.gql(CLEAR_PROFILE, {"i": {
+            "cpId": "CP-OPEN", "connectorId": 2, "chargingProfilePurpose": "TX_PROFILE"}},
+            token)
+        assert lifted["clearChargingProfile"]["status"] == "ACCEPTED"
+        await until(lambda: ours in two.charging_profiles, "CP-OPEN told its limit again")
+        for _ in range(300):
+            if await shares() == [(20.0, 20.0, "ACCEPTED", True)] * 2:
+                break
+            await asyncio.sleep(0.01)
+        assert await shares() == [(20.0, 20.0, "ACCEPTED", True)] * 2
+        assert limits(one)[-1] == limits(two)[-1] == 20_000.0

@@ -17,7 +17,7 @@ from typing import Any, cast
 import pytest
 
 from domain.clock import utcnow
-from domain.entities import LimitAnswer, Site, SiteAllocation, Station
+from domain.entities import LimitAnswer, Session, Site, SiteAllocation, Station
 from domain.errors import ChargerNotSupported, ChargerRejected, ChargerTimeout
 from domain.policy import SYSTEM, Viewer
 from domain.ports import Delete
@@ -436,3 +436,52 @@ async def test_a_charger_back_online_with_its_limit_in_flight_is_told_once_answe
     assert one == [22000.0, 20000.0, 15000.0, 15000.0]
     assert (await shares(central, site))[tx1] == (15.0, 15.0, "Accepted")
     assert services.site_load._owed == {}
+
+
+async def test_a_refused_raise_is_asked_again_later(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """QA s21: a raise answered Rejected (or NotSupported, a CALLERROR) left the power it
+    freed unused, and the charger was never asked again. It is now loose like any
+    refusal: asked again after ``RETRY_LOOSE_S`` and, accepting, raised."""
+    monkeypatch.setattr(site_load, "RETRY_LOOSE_S", 0.05)
+    chargers = scripted(central)
+    site = await depot(central, 30)
+    tx1 = await start(central, "CP-1", 2, "TAG-OK")
+    tx2 = await start(central, "CP-OPEN", 2, "TAG-OTHER")
+    assert chargers.applied == {("CP-1", 2): 15000.0, ("CP-OPEN", 2): 15000.0}
+    chargers.behaviour[("CP-OPEN", 2)] = "reject"
+    await central.services.charging.stop_transaction("CP-1", tx1, 2000, utcnow())
+    chargers.applied.pop(("CP-1", 2))
+    await central.services.site_load.settled()
+    assert (await shares(central, site))[tx2] == (22.0, 15.0, "Rejected")
+    chargers.behaviour.pop(("CP-OPEN", 2))  # it takes limits again
+    for _ in range(300):
+        await central.services.site_load.settled()
+        if chargers.applied[("CP-OPEN", 2)] == 22000.0:
+            break
+        await asyncio.sleep(0.01)
+    assert chargers.applied == {("CP-OPEN", 2): 22000.0}
+    assert (await shares(central, site))[tx2] == (22.0, 22.0, "Accepted")
+
+
+async def test_a_session_ended_by_an_operator_is_held_until_its_charger_stops(
+        central: Central) -> None:
+    """QA s21: endSession on a session its charger (online) still charged freed its
+    share at once, and the other session was raised while the charger kept drawing its
+    old limit until its StopTransaction: 40 kW on 30. Held until the stop comes."""
+    chargers = scripted(central)
+    site = await depot(central, 30)
+    tx1 = await start(central, "CP-1", 2, "TAG-OK")
+    tx2 = await start(central, "CP-OPEN", 2, "TAG-OTHER")
+    assert chargers.applied == {("CP-1", 2): 15000.0, ("CP-OPEN", 2): 15000.0}
+    [session] = await central.store.find_all(Session, Eq("transaction_id", tx1))
+    await central.services.charging.end_session(SYSTEM, session.id)
+    await central.services.site_load.settled()
+    assert chargers.applied == {("CP-1", 2): 15000.0, ("CP-OPEN", 2): 15000.0}
+    assert (await shares(central, site))[tx1] == (15.0, 15.0, "Accepted")
+    # Its stop arrives: the share is released and the other session raised.
+    await central.services.charging.stop_transaction("CP-1", tx1, 2000, utcnow())
+    chargers.applied.pop(("CP-1", 2))
+    await central.services.site_load.settled()
+    assert chargers.applied == {("CP-OPEN", 2): 22000.0}
+    assert await shares(central, site) == {tx2: (22.0, 22.0, "Accepted")}
