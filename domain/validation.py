@@ -146,19 +146,21 @@ def name(value: str | None, field: str = "name") -> str:
 def _joins_something(text: str, field: str) -> None:
     """Joiners and emoji presentation selectors where they change how text shows: a
     joiner between two non-ASCII characters (an emoji sequence, a Persian or Indic
-    word), a selector after one (an emoji). Beside ASCII letters they show nothing and
-    only make a name that reads like another one a second name (review s21:
-    "Spree Charg\u200cing GmbH" beside "Spree Charging GmbH")."""
+    word), a selector after one (an emoji) or in a keycap. Beside ASCII letters they
+    show nothing and only make a name that reads like another one a second name
+    (review s21: "Spree Charg\u200cing GmbH" beside "Spree Charging GmbH")."""
     for i, c in enumerate(text):
         if c in _JOINERS:
             shows = 0 < i < len(text) - 1 and not text[i - 1].isascii() \
                 and not text[i + 1].isascii()
         elif c in _PRESENTATION:
-            shows = i > 0 and not text[i - 1].isascii()
+            # After an emoji; or a keycap's digit, # or * ("1\ufe0f\u20e3" is 1️⃣).
+            shows = i > 0 and (not text[i - 1].isascii() or (
+                text[i - 1] in _KEYCAP_BASES and text[i + 1:i + 2] == _KEYCAP))
         else:
             continue
         if not shows:
-            raise ValidationError("no invisible characters between plain letters",
+            raise ValidationError("no invisible characters beside plain letters",
                                   field=field, code="INVALID")
 
 
@@ -167,6 +169,9 @@ def _joins_something(text: str, field: str) -> None:
 _JOINERS = "\u200c\u200d"
 #: Text and emoji presentation selectors (VS15, VS16): "\u2764\ufe0f" is a red heart.
 _PRESENTATION = "\ufe0e\ufe0f"
+#: The combining enclosing keycap, and the ASCII characters a keycap emoji encloses.
+_KEYCAP = "\u20e3"
+_KEYCAP_BASES = "0123456789#*"
 
 
 #: Characters that make text read differently from how it is stored: bidirectional

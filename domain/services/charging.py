@@ -615,7 +615,15 @@ class ChargingService(ChargerConnections):
                     station, connector_id, *effective_state(station, new_status, error_code),
                     station.online, at, actor, ours=self.clocks.ours_at(cp_id, at))
             # else: an older report arriving late is history, not the current state
-        await self.commit(actor, audited, unaudited=telemetry)
+        try:
+            # A plug new here is written only while its station is there: a removal on
+            # another instance between this report's read and its write left a
+            # connector of no station, its state interval open for good (review s21).
+            await self.commit(actor, audited, unaudited=telemetry, guards=[
+                Guard(Station, Eq("id", station.id))] if audited else [])
+        except Conflict:
+            await self._still_registered(cp_id)  # gone: an unknown charge point
+            raise
         if reported_station is not None:
             self.cache.remember(reported_station, renew=False)
         await self._announce_report(station, connector_id, at, connector, stated, previous,

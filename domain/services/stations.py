@@ -355,7 +355,9 @@ class StationService(Service):
         books (a session's ``tariff`` is the one that priced it, not the company's that
         would have stood in); refused while a session is active. Its live reservations are
         cancelled at the charger first."""
-        station, cancelled = await retried(lambda: self._remove_station(viewer, station_id))
+        asked: list[bool] = []  # the chargers are asked once, whatever runs again
+        station, cancelled = await retried(
+            lambda: self._remove_station(viewer, station_id, asked))
         await self._announce(cancelled, station)
         await self._hang_up_charger(station)
         # After the removal's write, not in it: a connection may close a notice meanwhile,
@@ -376,15 +378,15 @@ class StationService(Service):
                           station.cp_id)
         return station
 
-    async def _remove_station(self, viewer: Viewer, station_id: str
+    async def _remove_station(self, viewer: Viewer, station_id: str, asked: list[bool]
                               ) -> tuple[Station, list[Reservation]]:
         """``remove_station``'s read, checks and write (``retried``: a start that beat the
         write is then refused as IN_USE by the check): the station and the reservations
-        it cancelled."""
+        it cancelled. ``asked``: whether its chargers were asked to cancel already."""
         station = await self.managed_station(viewer, station_id)
         await self._refuse_if_charging(Eq("station_id", station.id))
         await self._cancel_at_chargers(viewer, Eq("station_id", station.id),
-                                       Eq("station_id", station.id))
+                                       Eq("station_id", station.id), asked)
         connectors = await self.store.find_all(Connector, Eq("station_id", station.id))
         changes: list[tuple[Change, Any]] = [(Delete(c), c) for c in connectors]
         cancelled = await self._cancel_reservations(viewer, Eq("station_id", station.id),
@@ -401,14 +403,17 @@ class StationService(Service):
                     Guard(Connector, Eq("station_id", station.id), exists=False)])
         return station, cancelled
 
-    async def _cancel_at_chargers(self, viewer: Viewer, held: Filter, charging: Filter
-                                  ) -> None:
+    async def _cancel_at_chargers(self, viewer: Viewer, held: Filter, charging: Filter,
+                                  asked: list[bool]) -> None:
         """The live reservations ``held`` cancelled at their chargers first (those not
         answered are cancelled by the removal's own write). Then whether a session is
         ``charging`` is asked again: a start during those round trips (the holder at the
         plug, most likely) would otherwise have its station or connector removed under
-        it, and its session never close (review s20)."""
-        if self.cancel_at_chargers is not None:
+        it, and its session never close (review s20). Once per removal (``asked``): a
+        removal run again (``retried``) sent every unanswered cancel again, up to 30 s
+        each (review s21)."""
+        if self.cancel_at_chargers is not None and not asked:
+            asked.append(True)
             await self.cancel_at_chargers(viewer, held)
             await self._refuse_if_charging(charging)
 
@@ -517,15 +522,16 @@ class StationService(Service):
         return updated
 
     async def remove_connector(self, viewer: Viewer, connector_id: str) -> Connector:
+        asked: list[bool] = []
         connector, cancelled = await retried(
-            lambda: self._remove_connector(viewer, connector_id))
+            lambda: self._remove_connector(viewer, connector_id, asked))
         [station] = await self.store.get_many(Station, [connector.station_id])
         if cancelled:
             await self._announce(cancelled, station)
         await self._changed(station)
         return connector
 
-    async def _remove_connector(self, viewer: Viewer, connector_id: str
+    async def _remove_connector(self, viewer: Viewer, connector_id: str, asked: list[bool]
                                 ) -> tuple[Connector, list[Reservation]]:
         """``remove_connector``'s read, checks and write (``retried``, as
         ``_remove_station``)."""
@@ -535,7 +541,7 @@ class StationService(Service):
         await self._refuse_if_charging(charging)
         held = all_of(Eq("station_id", connector.station_id),
                       Eq("connector_id", connector.connector_id))
-        await self._cancel_at_chargers(viewer, held, charging)
+        await self._cancel_at_chargers(viewer, held, charging, asked)
         changes: list[tuple[Change, Any]] = []
         cancelled = await self._cancel_reservations(viewer, held, changes)
         changes.append((Delete(connector), connector))

@@ -308,8 +308,10 @@ class WebhookService(Service):
 
     async def _edit(self, viewer: Viewer, webhook_id: str, given: dict[str, Any],
                     active: Any) -> Webhook:
-        """``update_webhook``'s read, checks and write (``retried``: a delivery's health
-        write moves the webhook's version too)."""
+        """``update_webhook``'s read, checks and write (``retried``: another edit landed
+        meanwhile). A delivery's health write keeps the webhook's version (its fields
+        are written apart, without stamps): an edit is not run again for one, and its
+        before-image shows the health as it read it."""
         webhook = await self.visible(viewer, Webhook, webhook_id)
         updates = dict(given)
         if active is not UNSET:

@@ -286,3 +286,59 @@ async def test_a_connector_added_while_its_station_is_removed_goes_with_it(
         stations._end_state_history))
     await stations.remove_station(SYSTEM, two.station.id)
     assert await two.store.find_all(d.Connector, Eq("cp_id", CP)) == []
+
+
+async def test_a_report_of_a_new_plug_after_its_station_was_removed_leaves_nothing(
+        two: Instances, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review s21: a StatusNotification for a connector not on record, its station read
+    before a removal on another instance committed, inserted the connector after it: a
+    connector of no station, its state interval open for good. Its charger is told its
+    charge point is unknown."""
+    from domain.errors import ValidationError
+    from domain.services.charging import BootInfo
+
+    charging = two.b.charging
+    await charging.boot(CP, BootInfo(vendor="QA", model="R"))  # B holds the charger
+    monkeypatch.setattr(charging, "_connector", once(
+        lambda: two.a.stations.remove_station(SYSTEM, two.station.id), charging._connector))
+    with pytest.raises(ValidationError) as raised:
+        await charging.status_notification(CP, 2, "Available", "NoError")
+    assert (raised.value.field, raised.value.code) == ("cpId", "NOT_FOUND")
+    for kind in (d.Connector, d.StatusEvent, d.ConnectorInterval):
+        assert await two.store.find_all(kind, Eq("station_id", two.station.id)) == [], kind
+
+
+async def test_a_removal_run_again_asks_its_chargers_to_cancel_once(
+        two: Instances, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review s21: a removal whose write met a connector added on another instance runs
+    again whole, and sent every CancelReservation its charger had not answered again
+    (each waiting up to the command timeout)."""
+    from datetime import UTC, datetime, timedelta
+
+    from domain.errors import ChargerTimeout
+    from domain.ports import Insert
+    from domain.services import ConnectorSpec
+    from domain.services.base import stamp_new
+
+    held = stamp_new(d.Reservation(reservation_id=7, station_id=two.station.id, cp_id=CP,
+                                   connector_id=1, id_tag="TAG-1",
+                                   expires_at=datetime.now(UTC) + timedelta(hours=1),
+                                   state=d.ReservationState.ACTIVE), SYSTEM)
+    await two.store.write([Insert(held)], [])
+    sent: list[str] = []
+
+    async def send(viewer: Any, cp_id: str, action: str, payload: dict[str, Any],
+                   **kw: Any) -> Any:
+        sent.append(action)
+        raise ChargerTimeout("no answer within the command timeout")
+
+    monkeypatch.setattr(two.a.withdrawal.commands, "send", send)
+    stations = two.a.stations
+    monkeypatch.setattr(stations, "_end_state_history", once(
+        lambda: two.b.stations.add_connector(SYSTEM, two.station.id, ConnectorSpec(2)),
+        stations._end_state_history))
+    await stations.remove_station(SYSTEM, two.station.id)
+    assert sent == ["CancelReservation"]
+    assert await two.store.find_all(d.Connector, Eq("station_id", two.station.id)) == []
+    [cancelled] = await two.store.get_many(d.Reservation, [held.id])
+    assert cancelled is not None and cancelled.state is d.ReservationState.CANCELLED

@@ -146,6 +146,10 @@ def test_names_that_read_like_another_or_like_nothing() -> None:
             v.name(hidden)
         assert err.value.code == "INVALID", repr(hidden)
     assert v.name("I \u2764\ufe0f EVs") == "I \u2764\ufe0f EVs"  # a red heart
+    for keycap in ("Ladepark 1\ufe0f\u20e3", "Halle #\ufe0f\u20e3"):  # 1️⃣, #️⃣
+        assert v.name(keycap) == keycap
+    with pytest.raises(ValidationError):
+        v.name("Ladepark 1\ufe0f")  # no keycap after it: shows nothing
     assert v.shown_text("Model \u3164\u2800X") == "Model X"
 
 
