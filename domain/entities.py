@@ -547,8 +547,11 @@ class Session(Record):
     def priced_at(self) -> datetime:
         """The instant whose tariff prices it: its start, or when we received its start if
         its charger's clock was behind ours then (a start stamped 1970 found no tariff in
-        force and charged nothing)."""
-        return self.created_at if self.clock_behind else self.start_time
+        force and charged nothing); never after we received it (a charger's clock a few
+        minutes ahead priced its session by a version set after the start had come, QA
+        s21: 3.00 EUR billed 50.00)."""
+        return self.created_at if self.clock_behind \
+            else min(self.start_time, self.created_at)
 
     def billed_end(self, end: datetime, ours: datetime) -> datetime:
         """The end a bill runs to when the session closes at ``end`` on its timeline and

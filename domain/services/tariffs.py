@@ -162,12 +162,18 @@ def _one_scope(connector_type: ConnectorType | None, power_type: PowerType | Non
 def _valid_from(valid_from: datetime, viewer: Viewer) -> datetime:
     """A version's start. A session is priced by the tariff in force when it started: a
     version dated back would re-price sessions under way (and their drivers agreed to
-    the old price). Admins may correct history; operators price from now on."""
+    the old price). Admins may correct history; operators price from now on. An
+    operator's instant a little in the past (``BACKDATE_SLACK``: a client's clock behind
+    ours, or "now" sent a moment ago) is taken as now: kept as given, it re-priced the
+    sessions started in that minute (QA s21: 3.00 EUR billed 50.00)."""
     start = v.instant(valid_from, "validFrom")
-    if not viewer.is_admin and start < utcnow() - BACKDATE_SLACK:
+    if viewer.is_admin:
+        return start
+    now = utcnow()
+    if start < now - BACKDATE_SLACK:
         raise ValidationError("validFrom cannot be in the past", field="validFrom",
                               code="OUT_OF_RANGE")
-    return start
+    return max(start, now)
 
 
 class TariffService(Service):
