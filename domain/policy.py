@@ -79,6 +79,10 @@ PRIVATE_FIELDS: dict[str, frozenset[str]] = {
     "reservation": frozenset({"company_id", "station_owner_id"}),
 }
 
+#: Kinds whose private fields only their holder (and admins) read (``private_view``): a
+#: change of nothing else is written in no company's books (``base._whose``).
+HOLDER_PRIVATE_KINDS = frozenset({"vehicle"})
+
 #: Kinds recorded in the books of whoever ran their station when they happened.
 BOOKED_KINDS = frozenset({"session", "payment", "refund", "reservation"})
 

@@ -127,7 +127,7 @@ def legacy_email(value: str | None) -> str | None:
 def name(value: str | None, field: str = "name") -> str:
     # Joiners join nothing at a name's ends or beside a space: there they only make a
     # name that reads like another one ("Spree Charging GmbH" and a ZWNJ) a second name.
-    words = (word.strip(_JOINERS) for word in _given(value, field).split())
+    words = (_trimmed(word) for word in _given(value, field).split())
     cleaned = " ".join(word for word in words if word)
     if not cleaned:
         raise ValidationError("must not be empty", field=field, code="REQUIRED")
@@ -135,7 +135,7 @@ def name(value: str | None, field: str = "name") -> str:
         raise ValidationError(f"at most {MAX_NAME} characters", field=field, code="TOO_LONG")
     _printable(cleaned, field)
     if not cleaned.isascii():
-        _joins_something(cleaned, field)
+        _placed(cleaned, field)
         if not any(unicodedata.category(c)[0] in "LNPS" for c in cleaned):
             # Only marks (a lone combining accent): a name that shows as nothing.
             raise ValidationError("must show a letter, digit or symbol", field=field,
@@ -143,25 +143,60 @@ def name(value: str | None, field: str = "name") -> str:
     return cleaned
 
 
-def _joins_something(text: str, field: str) -> None:
-    """Joiners and emoji presentation selectors where they change how text shows: a
-    joiner between two non-ASCII characters (an emoji sequence, a Persian or Indic
-    word), a selector after one (an emoji) or in a keycap. Beside ASCII letters they
-    show nothing and only make a name that reads like another one a second name
-    (review s21: "Spree Charg\u200cing GmbH" beside "Spree Charging GmbH")."""
+def _trimmed(word: str) -> str:
+    """``word`` without the joiners at its ends that join nothing: all at its start;
+    at its end unless after a virama (a Malayalam chillu, a half form: "അവന്\u200d"
+    is written so; verify s21)."""
+    word = word.lstrip(_JOINERS)
+    end = len(word)
+    while end and word[end - 1] in _JOINERS:
+        end -= 1
+    if end < len(word) and end and _virama(word[end - 1]):
+        return word[:end + 1]
+    return word[:end]
+
+
+def _placed(text: str, field: str) -> None:
+    """The characters that show only beside others, where they change how text shows
+    (``_shows``). Elsewhere they show nothing and only make a name that reads like
+    another one a second name (review s21: "Spree Charg\u200cing GmbH" beside "Spree
+    Charging GmbH")."""
     for i, c in enumerate(text):
-        if c in _JOINERS:
-            shows = 0 < i < len(text) - 1 and not text[i - 1].isascii() \
-                and not text[i + 1].isascii()
-        elif c in _PRESENTATION:
-            # After an emoji; or a keycap's digit, # or * ("1\ufe0f\u20e3" is 1️⃣).
-            shows = i > 0 and (not text[i - 1].isascii() or (
-                text[i - 1] in _KEYCAP_BASES and text[i + 1:i + 2] == _KEYCAP))
-        else:
-            continue
-        if not shows:
+        if _modifier(c) and not _shows(text, i):
             raise ValidationError("no invisible characters beside plain letters",
                                   field=field, code="INVALID")
+
+
+def _shows(text: str, i: int) -> bool:
+    """Whether the modifier ``text[i]`` (``_modifier``) changes how its neighbours show:
+    a joiner between two non-ASCII characters (an emoji sequence, a Persian or Indic
+    word) or after a virama; a variation selector (emoji presentation, a Japanese
+    name's ideographic variant, a Mongolian form) or the Mongolian vowel separator after
+    a non-ASCII character, or in a keycap ("1\ufe0f\u20e3" is 1️⃣); a tag character in
+    a tag sequence (the flags of England, Scotland, Wales: 🏴 and tags)."""
+    c = text[i]
+    before = text[i - 1] if i else ""
+    after = text[i + 1] if i + 1 < len(text) else ""
+    if c in _JOINERS:
+        return bool(before) and not before.isascii() and (
+            (bool(after) and not after.isascii()) or _virama(before))
+    if _TAGS[0] <= c <= _TAGS[1]:
+        return before == _BLACK_FLAG or _TAGS[0] <= before <= _TAGS[1]
+    if not before:
+        return False
+    return not before.isascii() or (c in _PRESENTATION and before in _KEYCAP_BASES
+                                    and after == _KEYCAP)
+
+
+def _modifier(c: str) -> bool:
+    """A character that shows nothing by itself, only by changing its neighbours:
+    joiners, variation selectors, Mongolian selectors, tag characters."""
+    code = ord(c)
+    return c in _JOINERS or any(low <= code <= high for low, high in _MODIFIER_RANGES)
+
+
+def _virama(c: str) -> bool:
+    return unicodedata.combining(c) == _VIRAMA_CLASS
 
 
 #: Zero-width joiner and non-joiner: kept inside words (emoji sequences, Persian and
@@ -172,25 +207,33 @@ _PRESENTATION = "\ufe0e\ufe0f"
 #: The combining enclosing keycap, and the ASCII characters a keycap emoji encloses.
 _KEYCAP = "\u20e3"
 _KEYCAP_BASES = "0123456789#*"
+#: A tag sequence starts with the waving black flag; tags run to CANCEL TAG.
+_BLACK_FLAG = "\U0001f3f4"
+_TAGS = ("\U000e0020", "\U000e007f")
+#: The canonical combining class of viramas (halant): a joiner after one picks a form.
+_VIRAMA_CLASS = 9
+#: Modifiers by code point, beside the joiners: Mongolian free variation selectors and
+#: vowel separator, variation selectors, tag characters, ideographic variation selectors.
+_MODIFIER_RANGES = ((0x180B, 0x180F), (0xFE00, 0xFE0F), (0xE0020, 0xE007F),
+                    (0xE0100, 0xE01EF))
 
 
 #: Characters that make text read differently from how it is stored: bidirectional
 #: embeddings, overrides and isolates ("Trojan source"), and the invisible ones behind
 #: look-alike names (byte order mark, zero-width space, soft hyphen, word joiner,
 #: direction marks), and the blanks that are letters or symbols to Unicode (Hangul
-#: fillers, the braille blank, the combining grapheme joiner, the Mongolian vowel
-#: separator, Khmer's invisible vowels). No name needs them. Joiners (ZWJ, ZWNJ) stay
-#: inside words: emoji sequences and Persian or Indic names need them (``name``).
+#: fillers, the braille blank, the combining grapheme joiner, Khmer's invisible
+#: vowels). No name needs them. Modifiers (joiners, variation selectors) are judged by
+#: where they stand (``name``).
 _INVISIBLE = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
                        "\ufeff\u200b\u00ad\u2060\u061c\u200e\u200f"
-                       "\u3164\uffa0\u115f\u1160\u2800\u034f\u180e\u17b4\u17b5")
-#: Unicode's default-ignorable code points (DerivedCoreProperties.txt): shown as nothing
-#: by every renderer, so refused too (invisible operators, variation selectors, the
-#: Mongolian selectors, musical formatting; review s21), but for the joiners and
-#: presentation selectors, which ``name`` judges by where they stand.
-_IGNORABLE_RANGES = ((0x180B, 0x180F), (0x200B, 0x200F), (0x202A, 0x202E),
-                     (0x2060, 0x206F), (0xFE00, 0xFE0F), (0xFFF0, 0xFFF8),
-                     (0x1BCA0, 0x1BCA3), (0x1D173, 0x1D17A), (0xE0000, 0xE0FFF))
+                       "\u3164\uffa0\u115f\u1160\u2800\u034f\u17b4\u17b5")
+#: Unicode's default-ignorable code points (DerivedCoreProperties.txt) but for the
+#: modifiers: shown as nothing by every renderer, so refused too (invisible operators,
+#: musical formatting, unassigned tags; review s21).
+_IGNORABLE_RANGES = ((0x200B, 0x200F), (0x202A, 0x202E), (0x2060, 0x206F),
+                     (0xFFF0, 0xFFF8), (0x1BCA0, 0x1BCA3), (0x1D173, 0x1D17A),
+                     (0xE0000, 0xE001F), (0xE0080, 0xE00FF), (0xE01F0, 0xE0FFF))
 
 
 def _printable(value: str, field: str, allowed: str = "") -> str:
@@ -207,10 +250,10 @@ def _printable(value: str, field: str, allowed: str = "") -> str:
 
 def _hidden(c: str) -> bool:
     """A control character, a lone surrogate, one of ``_INVISIBLE``, or another
-    default-ignorable code point but for the joiners and presentation selectors."""
+    default-ignorable code point but for the modifiers (``_modifier``)."""
     if c in _INVISIBLE or unicodedata.category(c) in ("Cc", "Cs"):
         return True
-    if c in _JOINERS or c in _PRESENTATION:
+    if _modifier(c):
         return False
     code = ord(c)
     return any(low <= code <= high for low, high in _IGNORABLE_RANGES)

@@ -196,7 +196,8 @@ VALUE_DESCRIPTIONS: dict[str, dict[str, str]] = {
                    "session until the charger answers.",
         "OVERRIDDEN": "An operator's own TxProfile above the site's stack level governs "
                       "the session: the site holds its connector's rating for it, not "
-                      "under control, until that profile is cleared or the session ends.",
+                      "under control, until every TxProfile on its connector is cleared "
+                      "(a clear naming no profile id or stack level) or the session ends.",
     },
     # Registered in graph/signed.py.
     "SignedEncoding": {

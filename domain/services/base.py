@@ -40,7 +40,7 @@ from domain.entities import (
 from domain.errors import NotFound
 from domain.events import MaintenanceStatusChanged, ReservationChanged
 from domain.ids import is_id
-from domain.policy import Policy, Viewer
+from domain.policy import HOLDER_PRIVATE_KINDS, PRIVATE_FIELDS, Policy, Viewer
 from domain.ports import (
     Change,
     Delete,
@@ -341,6 +341,10 @@ class Service:
             after = _whose_of(change.record, stations, users)
             then = _whose_of(before, stations, users) if before is not None else NOBODY
             books = then.books if then.books != NO_BOOKS else after.books
+            if before is not None and _holder_private_change(before, change.record):
+                # Its company's operators would read that, and when, the holder changed
+                # what they may not see (a car's battery: review s21, verify).
+                books = NO_BOOKS
             whose[change.record.id] = Whose(*books, then.holder_id or after.holder_id)
         return whose
 
@@ -373,6 +377,16 @@ class Service:
             users.update((u.id, u) for u in await self.store.get_many(
                 User, sorted(wanted_users - users.keys())) if u is not None)
         return stations, users
+
+
+def _holder_private_change(before: Record, after: Record) -> bool:
+    """Whether a change of a record whose private fields only its holder reads
+    (``HOLDER_PRIVATE_KINDS``) changed nothing else: an entry of the holder's alone."""
+    if after.kind not in HOLDER_PRIVATE_KINDS:
+        return False
+    changed = {f.name for f in dataclasses.fields(after)
+               if getattr(before, f.name) != getattr(after, f.name)} - STAMPS
+    return bool(changed) and changed <= PRIVATE_FIELDS[after.kind]
 
 
 def _holder(record: IdTag | Vehicle) -> str:

@@ -240,8 +240,9 @@ def closed_without_stop(session: Session) -> bool:
 
 def updated_payments(changes: Sequence[tuple[Change, Any]]) -> list[Payment]:
     """The payments ``changes`` update (a correction's reprice or void), as written.
-    Only a stop's correction of a close updates one (``_repriced_payment``): the other
-    closes close an ACTIVE session or one awaiting its stop, and open a payment."""
+    Only a correction of a close updates one (``_repriced_payment``: a late stop's, or a
+    newer start's cut, ``_lost_cut_by_start``): the other closes close an ACTIVE session
+    or one awaiting its stop, and open a payment."""
     return [cast(Payment, change.record) for change, _ in changes
             if isinstance(change, Update) and isinstance(change.record, Payment)]
 
@@ -766,7 +767,7 @@ class ChargingService(ChargerConnections):
                 info = await self.authorize(cp_id, presented, (opened.id,))
                 await self._answered(station, opened, info)
                 return opened.transaction_id, info
-            session, ended, used = opened
+            session, ended, used, repriced = opened
             break
         # Asked once the session is written: of two starts with one card at once (two
         # connectors), the later transaction meets the earlier, whatever the timing, and
@@ -781,6 +782,10 @@ class ChargingService(ChargerConnections):
         self.cache.remember(session)
         for old in ended:
             await self._announce_end(station, old)
+        # A lost session's close corrected by this start (``_lost_cut_by_start``): the
+        # payment it repriced or voided, as a stop's correction announces it.
+        for payment in repriced:
+            await self.publish(payment_changed(payment, reprice_change(payment)))
         await self.publish(self._session_event(station, session, "STARTED"))
         return session.transaction_id, info
 
@@ -839,7 +844,8 @@ class ChargingService(ChargerConnections):
     async def _open_session(self, station: Station, connector_id: int, presented: str,
                             identity: _StartIdentity, reservation_id: int | None,
                             company_id: str | None, station_owner_id: str | None
-                            ) -> Session | tuple[Session, list[Session], Reservation | None]:
+                            ) -> Session | tuple[Session, list[Session], Reservation | None,
+                                                 list[Payment]]:
         """Writes a new session, closing those its connector still has open from before
         it (their stops were lost) and using its reservation; or returns the open session
         if it is this very start, committed by another socket while the transaction id was
@@ -910,10 +916,11 @@ class ChargingService(ChargerConnections):
             samples += settled
             ended.append(closed)
         if not open_here:
-            closing, settled = await self._lost_cut_by_start(station, connector_id,
-                                                             identity)
+            cut, closing, settled = await self._lost_cut_by_start(station, connector_id,
+                                                                  identity)
             changes += closing
             samples += settled
+            ended += [] if cut is None else [cut]
         used = None
         if reservation is not None and reservation.state in LIVE_RESERVATION_STATES:
             # From the state read: a cancel or a removal that ended it meanwhile
@@ -925,7 +932,7 @@ class ChargingService(ChargerConnections):
         changes.append((Insert(session), None))
         await self.commit(actor, changes, unaudited=samples,
                           guards=self._start_guards(station, plug, is_new))
-        return session, ended, used
+        return session, ended, used, updated_payments(changes)
 
     @staticmethod
     def _start_guards(station: Station, plug: Connector, is_new: bool) -> list[Guard]:
@@ -986,27 +993,30 @@ class ChargingService(ChargerConnections):
 
     async def _lost_cut_by_start(self, station: Station, connector_id: int,
                                  identity: _StartIdentity
-                                 ) -> tuple[list[tuple[Change, Any]], list[Change]]:
+                                 ) -> tuple[Session | None, list[tuple[Change, Any]],
+                                            list[Change]]:
         """The cut of ``_closed_by_start`` for the connector's last session when it was
         closed without its stop before this start came (a reboot check, an operator's
         ``endSession``): its close is corrected at the newer meterStart, keeping its
         end (review s21: closed at reboot first, it kept its full readings and the
         energy between was billed twice)."""
+        # Of this station: a cpId given to a new station after the old one was removed
+        # starts with none (review s21: the old station's session was repriced by the
+        # new one's tariff).
         found = await self.store.find_all(Session, all_of(
-            Eq("cp_id", station.cp_id), Eq("connector_id", connector_id)),
+            Eq("station_id", station.id), Eq("connector_id", connector_id)),
             sort=[Sort("start_time", descending=True)], limit=1)
         last = found[0] if found else None
         if last is None or last.state is not SessionState.COMPLETED \
                 or not closed_without_stop(last) or last.end_time is None \
                 or last.start_time > identity.start \
                 or last.meter_anomaly is MeterAnomaly.NEXT_START_BELOW_READINGS:
-            return [], []
+            return None, [], []
         register = cut_at_next_start(last, identity.meter_start,
                                      await self._own_register(last))
         if register is None:
-            return [], []
-        _, changes, samples = await self._cut_close(station, last, register, last.end_time)
-        return changes, samples
+            return None, [], []
+        return await self._cut_close(station, last, register, last.end_time)
 
     async def _own_register(self, session: Session) -> float | None:
         """The session's latest energy register reading (Wh) that named its transaction,

@@ -179,6 +179,10 @@ class ProfileWatch(Protocol):
         """Before a SetChargingProfile is sent: raises the user error of one that would
         silently replace the site's limit, or be replaced by it."""
 
+    async def check_remote_start(self, station: Station, payload: dict[str, Any]) -> None:
+        """Before a RemoteStartTransaction is sent: raises the user error of one whose
+        charging profile the site cannot account for."""
+
     async def profile_commanded(self, outcome: CommandOutcome,
                                 payload: dict[str, Any]) -> None:
         """After a Set/ClearChargingProfile was answered (or not)."""
@@ -303,6 +307,9 @@ class CommandService(Service):
             and viewer.actor != SYSTEM.actor else None
         if watched is not None and action == "SetChargingProfile":
             await watched.check_profile(station, payload)
+        if self.profile_watch is not None and action == "RemoteStartTransaction" \
+                and viewer.actor != SYSTEM.actor:
+            await self.profile_watch.check_remote_start(station, payload)
         outcome = CommandOutcome(command_id=new_id(), action=action, station=station,
                                  own_list=own_list)
         if action == "ReserveNow":

@@ -956,6 +956,33 @@ async def test_a_session_closed_at_a_reboot_is_cut_at_the_next_start_below_its_r
     assert [p.amount_minor for p in await _payments_of(world, older)] == [80]
     assert sum(s.delta_wh or 0 for s in await world.store.find_all(
         d.MeterSample, Eq("session_id", lost.id))) == 2000
+    # Announced as a late stop's correction is (review s21: nothing was): ENDED again,
+    # with its corrected figures, before the newer session's STARTED.
+    seen = await world.events_until(lambda e: e.transaction_id == newer)
+    assert [(e.transaction_id, e.change, e.energy_wh) for e in seen][-2:] == [
+        (older, "ENDED", 2000), (newer, "STARTED", 0)]
+
+
+async def test_the_cut_never_reaches_a_removed_station_s_session(world: World) -> None:
+    """Review s21: the previous session on the plug was looked up by cpId, so the first
+    start of a new station given a removed one's cpId cut the old station's session and
+    priced it by the new station's tariff (1 kWh billed 9.00 where 8 kWh were 3.20)."""
+    services, charging = world.services, world.services.charging
+    [old] = await world.store.find_all(d.Station, Eq("cp_id", CP))
+    await _priced(world, price_per_kwh="0.40")
+    now = datetime.now(UTC).replace(microsecond=0)
+    tx, _ = await charging.start_transaction(CP, 2, "TAG-1", 1000, now - timedelta(hours=3))
+    await charging.meter_values(CP, 2, None, _on_the_connector(
+        now - timedelta(hours=2), 9000))
+    await services.charging.end_session(SYSTEM, (await world.session(tx)).id)
+    await services.stations.remove_station(SYSTEM, old.id)
+    before = await world.session(tx)
+    await services.stations.create_station(SYSTEM, cp_id=CP, name="new",
+                                           connectors=[ConnectorSpec(2)])
+    await charging.start_transaction(CP, 2, "TAG-1", 2000, now - timedelta(minutes=5))
+    after = await world.session(tx)
+    assert (after.energy_wh, after.cost_minor, after.meter_anomaly) == (
+        before.energy_wh, before.cost_minor, None) == (8000, 320, None)
 
 
 async def test_a_late_stop_stamped_before_its_start_keeps_the_end_its_close_gave(

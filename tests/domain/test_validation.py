@@ -148,6 +148,16 @@ def test_names_that_read_like_another_or_like_nothing() -> None:
     assert v.name("I \u2764\ufe0f EVs") == "I \u2764\ufe0f EVs"  # a red heart
     for keycap in ("Ladepark 1\ufe0f\u20e3", "Halle #\ufe0f\u20e3"):  # 1️⃣, #️⃣
         assert v.name(keycap) == keycap
+    # Verify s21: real names that need modifiers (a flag's tags, a Japanese name's
+    # ideographic variant, Mongolian selectors, a Malayalam chillu) are kept as written.
+    for real in ("\U0001f3f4\U000e0067\U000e0062\U000e0073\U000e0063\U000e0074\U000e007f"
+                 " Power Ltd", "\u6e21\u9089\U000e0102 \u592a\u90ce",
+                 "\u182c\u1820\u1837\u1820\u180e\u1820", "\u182d\u1820\u180b\u1835",
+                 "\u0d05\u0d35\u0d28\u0d4d\u200d EV"):
+        assert v.name(real) == real, repr(real)
+    for stray in ("x\U000e0067", "Admin\U000e0001"):  # a tag outside a flag
+        with pytest.raises(ValidationError):
+            v.name(stray)
     with pytest.raises(ValidationError):
         v.name("Ladepark 1\ufe0f")  # no keycap after it: shows nothing
     assert v.shown_text("Model \u3164\u2800X") == "Model X"

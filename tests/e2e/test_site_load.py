@@ -391,3 +391,25 @@ async def test_an_operators_own_profiles_do_not_lift_the_sites_limit(
             await asyncio.sleep(0.01)
         assert await shares() == [(20.0, 20.0, "ACCEPTED", True)] * 2
         assert limits(one)[-1] == limits(two)[-1] == 20_000.0
+
+
+async def test_a_remote_start_with_a_profile_on_a_site_is_refused(service: Running) -> None:
+    """Review s21: a remote start's TxProfile reached the charger unwatched: above the
+    site's level it overrode the site while the site counted the session at its share.
+    Its transaction does not exist yet: refused, nothing sent; without one it starts."""
+    _, token = await site_of_two(service, 40)
+    start = """mutation($i: RemoteStartTransactionInput!) {
+      remoteStartTransaction(input: $i) { status errors { code field } } }"""
+    profile = operators_cap(9, 22_000, 0)
+    del profile["transactionId"]
+    async with connected(service.ocpp_url, "CP-OPEN", charge_point=StrictChargePoint) as cp:
+        sent = len(cp.received)
+        refused = await service.gql(start, {"i": {
+            "cpId": "CP-OPEN", "connectorId": 2, "idTag": "TAG-OTHER",
+            "chargingProfile": profile}}, token)
+        assert refused["remoteStartTransaction"]["errors"] == [
+            {"code": "IN_USE", "field": "chargingProfile"}]
+        assert len(cp.received) == sent
+        plain = await service.gql(start, {"i": {
+            "cpId": "CP-OPEN", "connectorId": 2, "idTag": "TAG-OTHER"}}, token)
+        assert plain["remoteStartTransaction"]["errors"] == []

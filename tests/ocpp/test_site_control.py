@@ -485,3 +485,56 @@ async def test_a_session_ended_by_an_operator_is_held_until_its_charger_stops(
     await central.services.site_load.settled()
     assert chargers.applied == {("CP-OPEN", 2): 22000.0}
     assert await shares(central, site) == {tx2: (22.0, 22.0, "Accepted")}
+
+
+def _override(tx: int, level: int, limit_w: float) -> dict[str, Any]:
+    return {"connectorId": 2, "csChargingProfiles": {
+        "chargingProfileId": 5, "transactionId": tx, "stackLevel": level,
+        "chargingProfilePurpose": "TxProfile", "chargingProfileKind": "Relative",
+        "chargingSchedule": {"chargingRateUnit": "W", "chargingSchedulePeriod": [
+            {"startPeriod": 0, "limit": limit_w}]}}}
+
+
+async def test_an_override_landing_while_the_site_s_limit_is_in_flight_stands(
+        central: Central) -> None:
+    """Review s21: the answer to the site's limit, in flight when an operator's override
+    was recorded, wrote Accepted over OVERRIDDEN: the session counted at its share again,
+    the other was raised, and the site drew 15 + 22 kW on 30."""
+    chargers = scripted(central)
+    load = central.services.site_load
+    await depot(central, 30)
+    await start(central, "CP-1", 2, "TAG-OK")
+    tx2 = await start(central, "CP-OPEN", 2, "TAG-OTHER")
+    [session] = await central.store.find_all(Session, Eq("transaction_id", tx2))
+    [station] = await central.store.find_all(Station, Eq("cp_id", "CP-OPEN"))
+    chargers.behaviour[("CP-OPEN", 2)] = "held"  # its limit told again, answered late
+    load.charger_back(station.id)
+    for _ in range(200):
+        if session.id in load._inflight:
+            break
+        await asyncio.sleep(0.01)
+    assert session.id in load._inflight
+    outcome = CommandOutcome(command_id="op", action="SetChargingProfile", station=station)
+    await load.profile_commanded(outcome, _override(tx2, 9, 22_000))
+    chargers.release.set()
+    await load.settled()
+    [held] = await central.store.get_many(SiteAllocation, [session.id])
+    assert held is not None and held.answer is LimitAnswer.OVERRIDDEN
+    assert chargers.applied[("CP-1", 2)] / 1000 + 22.0 <= 30
+
+
+async def test_a_session_ended_by_an_operator_is_released_when_its_charger_finishes(
+        central: Central) -> None:
+    """Review s21: the hold of a session closed by endSession outlived its transaction at
+    the charger: Finishing kept it (as Unavailable would), capping the other session for
+    as long as the car stayed plugged in."""
+    scripted(central)  # the chargers answer their limits
+    site = await depot(central, 30)
+    tx1 = await start(central, "CP-1", 2, "TAG-OK")
+    tx2 = await start(central, "CP-OPEN", 2, "TAG-OTHER")
+    [session] = await central.store.find_all(Session, Eq("transaction_id", tx1))
+    await central.services.charging.end_session(SYSTEM, session.id)
+    await central.services.charging.status_notification("CP-1", 2, "Finishing", "NoError",
+                                                        timestamp=utcnow())
+    await central.services.site_load.settled()
+    assert await shares(central, site) == {tx2: (22.0, 22.0, "Accepted")}
