@@ -168,24 +168,72 @@ def _placed(text: str, field: str) -> None:
 
 
 def _shows(text: str, i: int) -> bool:
-    """Whether the modifier ``text[i]`` (``_modifier``) changes how its neighbours show:
-    a joiner between two non-ASCII characters (an emoji sequence, a Persian or Indic
-    word) or after a virama; a variation selector (emoji presentation, a Japanese
-    name's ideographic variant, a Mongolian form) or the Mongolian vowel separator after
-    a non-ASCII character, or in a keycap ("1\ufe0f\u20e3" is 1️⃣); a tag character in
-    a tag sequence (the flags of England, Scotland, Wales: 🏴 and tags)."""
+    """Whether the modifier ``text[i]`` (``_modifier``) changes how its neighbours show,
+    by the base it follows (never another modifier, nor a letter of an alphabet that
+    has no use for it: a Latin, Greek or Cyrillic "ü" takes no selector, review s21):
+    - a joiner between two characters of an emoji sequence or a script that joins
+      (Arabic, Indic, Sinhala, ...), or after a virama at a word's end (a chillu);
+    - a variation selector after a symbol (emoji presentation, ©️) or a CJK ideograph,
+      or in a keycap ("1\ufe0f\u20e3" is 1️⃣); an ideographic one after a CJK
+      ideograph (a Japanese name's variant); a Mongolian selector or the vowel
+      separator after a Mongolian letter;
+    - a tag character inside a flag's tag sequence (🏴, tags, CANCEL TAG)."""
     c = text[i]
     before = text[i - 1] if i else ""
     after = text[i + 1] if i + 1 < len(text) else ""
-    if c in _JOINERS:
-        return bool(before) and not before.isascii() and (
-            (bool(after) and not after.isascii()) or _virama(before))
-    if _TAGS[0] <= c <= _TAGS[1]:
-        return before == _BLACK_FLAG or _TAGS[0] <= before <= _TAGS[1]
-    if not before:
+    if c in _JOINERS and before in _PRESENTATION and i > 1 \
+            and unicodedata.category(text[i - 2])[0] == "S":
+        before = text[i - 2]  # an emoji in its presentation: 🏳️‍🌈, ❤️‍🔥
+    if not before or _modifier(before) and not _TAGS[0] <= before <= _TAGS[1]:
         return False
-    return not before.isascii() or (c in _PRESENTATION and before in _KEYCAP_BASES
-                                    and after == _KEYCAP)
+    code = ord(c)
+    if c in _JOINERS:
+        if _virama(before) and (not after or after.isspace()):
+            return True
+        return _joinable(before) and bool(after) and _joinable(after)
+    if _TAGS[0] <= c <= _TAGS[1]:
+        return _in_tag_sequence(text, i)
+    if 0xE0100 <= code <= 0xE01EF:
+        return _cjk(before)
+    if 0x180B <= code <= 0x180F:
+        return _block(before) == "MONGOLIAN"
+    # U+FE00..U+FE0F
+    if before.isascii():
+        return c in _PRESENTATION and before in _KEYCAP_BASES and after == _KEYCAP
+    return unicodedata.category(before)[0] == "S" or _cjk(before)
+
+
+def _joinable(c: str) -> bool:
+    """A character a joiner may stand beside: not ASCII, not a modifier, not a letter of
+    the Latin, Greek or Cyrillic alphabets (no joiner changes them)."""
+    return not c.isascii() and not _modifier(c) and _block(c) not in _UNJOINED
+
+
+def _in_tag_sequence(text: str, i: int) -> bool:
+    """Whether the tag ``text[i]`` belongs to a run of tags right after 🏴 that ends with
+    CANCEL TAG (and has some tag before that)."""
+    start = i
+    while start and _TAGS[0] <= text[start - 1] <= _TAGS[1]:
+        start -= 1
+    end = i
+    while end + 1 < len(text) and _TAGS[0] <= text[end + 1] <= _TAGS[1]:
+        end += 1
+    run = text[start:end + 1]
+    return start > 0 and text[start - 1] == _BLACK_FLAG and len(run) > 1 \
+        and run[-1] == _TAGS[1] and _TAGS[1] not in run[:-1]
+
+
+def _block(c: str) -> str:
+    """The first word of a character's Unicode name: its script or kind, roughly."""
+    return unicodedata.name(c, "").split(" ", 1)[0]
+
+
+def _cjk(c: str) -> bool:
+    return _block(c) == "CJK"
+
+
+#: Scripts no joiner changes: there one only makes a name that reads like another.
+_UNJOINED = frozenset({"LATIN", "GREEK", "CYRILLIC"})
 
 
 def _modifier(c: str) -> bool:

@@ -98,7 +98,8 @@ class RemoteStartTransactionInput:
     charging_profile: t.ChargingProfileInput | None = strawberry.field(
         default=None, description=(
             "A TX_PROFILE limiting the transaction to be (no `transactionId`); not for "
-            "drivers."))
+            "drivers. Refused (IN_USE) on a station in a site, whose load management "
+            "sets each transaction's limit: set one for the transaction once it runs."))
 
 
 @strawberry.input(description=(

@@ -285,7 +285,7 @@ class Service:
         ``extra_audit`` entries that record actions rather than record changes; the
         operation holds only if ``guards`` do (``Guard``)."""
         now = utcnow()
-        whose = await self._whose(changes)
+        whose = await self._whose(changes, viewer)
         audit = []
         for change, before in changes:
             record = change.record
@@ -322,8 +322,8 @@ class Service:
         for listener in self.ctx.committed:
             listener([c for c, _ in changes])
 
-    async def _whose(self, changes: Sequence[tuple[Change, Record | None]]
-                     ) -> dict[str, Whose]:
+    async def _whose(self, changes: Sequence[tuple[Change, Record | None]],
+                     viewer: Viewer) -> dict[str, Whose]:
         """Whose each audited change is (``Whose``), by record id: the record's books and
         person as they were before the change (a station's hand-over, a person's move
         to another company, a car's new owner stay with those they leave, who keep
@@ -341,11 +341,14 @@ class Service:
             after = _whose_of(change.record, stations, users)
             then = _whose_of(before, stations, users) if before is not None else NOBODY
             books = then.books if then.books != NO_BOOKS else after.books
-            if before is not None and _holder_private_change(before, change.record):
+            holder = then.holder_id or after.holder_id
+            if before is not None and holder is not None and holder == viewer.user_id \
+                    and _holder_private_change(before, change.record):
                 # Its company's operators would read that, and when, the holder changed
-                # what they may not see (a car's battery: review s21, verify).
+                # what they may not see (a car's battery: verify s21). One of them who
+                # changed it keeps it in the books (review s21).
                 books = NO_BOOKS
-            whose[change.record.id] = Whose(*books, then.holder_id or after.holder_id)
+            whose[change.record.id] = Whose(*books, holder)
         return whose
 
     async def _named_by(self, changes: Sequence[tuple[Change, Record | None]]

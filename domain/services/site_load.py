@@ -853,14 +853,19 @@ class SiteLoad(Service):
             # its share again while it draws what the operator set (review s21: 37 kW
             # on a 30 kW site). Refused, the next run reads what is there.
             [current] = await self.store.get_many(SiteAllocation, [held.id])
-            if current is not None and current.answer is LimitAnswer.OVERRIDDEN:
+            if answer is LimitAnswer.OVERRIDDEN:
+                # An override is recorded whatever the site's limit in flight does
+                # (review s21: guarded too, it lost to that limit's answer: 37 kW on 30).
+                change = Update(changed(current or held, SYSTEM, **values))
+            elif current is not None and current.answer is LimitAnswer.OVERRIDDEN:
                 log.info("site %s: transaction %d was overridden while its limit was on "
                          "its way; its answer is not recorded", site.id,
                          session.transaction_id)
                 return
-            current = current or held
-            change = patch(current, SYSTEM, only_if=("answer", current.answer),
-                           required=True, **values)
+            else:
+                current = current or held
+                change = patch(current, SYSTEM, only_if=("answer", current.answer),
+                               required=True, **values)
         try:
             await self.store.write([change], [])
         except DomainError as exc:

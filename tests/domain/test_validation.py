@@ -158,6 +158,17 @@ def test_names_that_read_like_another_or_like_nothing() -> None:
     for stray in ("x\U000e0067", "Admin\U000e0001"):  # a tag outside a flag
         with pytest.raises(ValidationError):
             v.name(stray)
+    # Review s21 (rev-e): selectors and joiners beside letters no joiner or selector
+    # changes (an accented Latin letter, Cyrillic), runs of them, unterminated tags.
+    for alike in ("M\u00fc\ufe0fller Laden GmbH", "M\u00fc\U000e0100ller",
+                  "K\u00f6\u180bln", "Caf\u00e9\ufe0f\ufe0f Strom", "Jos\u00e9\u200d\u00c9",
+                  "\u0410\U000e0100dmin", "\U0001f3f4\U000e0061\U000e0064 Pirates"):
+        with pytest.raises(ValidationError):
+            v.name(alike)
+    for emoji in ("\U0001f3f3\ufe0f\u200d\U0001f308 Pride",  # 🏳️‍🌈
+                  "\U0001f469\U0001f3fd\u200d\U0001f527 Werkstatt",  # 👩🏽‍🔧
+                  "\u0dc1\u0dca\u200d\u0dbb\u0dd3 \u0dbd\u0d82\u0d9a\u0dcf"):  # Sinhala
+        assert v.name(emoji) == emoji, repr(emoji)
     with pytest.raises(ValidationError):
         v.name("Ladepark 1\ufe0f")  # no keycap after it: shows nothing
     assert v.shown_text("Model \u3164\u2800X") == "Model X"

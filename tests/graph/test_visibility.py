@@ -678,9 +678,17 @@ async def test_a_company_s_operators_read_its_drivers_cars_history_without_their
                   {"id": to_global_id("vehicle", car.id)}, as_user=driver)
     seen = of_the_car(await api.gql(log, as_user=world.users["op_a"].id))
     assert [n["action"] for n in seen] == ["UPDATE", "CREATE"]  # a plate they see
+    # A battery an operator of the company set is in its books (review s21).
+    changed = await api.gql("""mutation($id: ID!) { updateVehicle(input: {id: $id,
+      batteryKwh: 80}) { errors { code } } }""", {"id": to_global_id("vehicle", car.id)},
+                            as_user=world.users["op_a"].id)
+    assert changed["updateVehicle"]["errors"] == []
+    seen = of_the_car(await api.gql(log, as_user=world.users["op_a2"].id))
+    assert [n["action"] for n in seen] == ["UPDATE", "UPDATE", "CREATE"]
     for entry in seen:
         for image in (entry["before"], entry["after"]):
             assert image is None or not {"battery_kwh", "updated_at", "updated_by",
                                          "created_by"} & set(image), image
     own = of_the_car(await api.gql(log, as_user=driver))
-    assert [n["after"]["battery_kwh"] for n in own if n["action"] == "UPDATE"] == [77, 77]
+    assert [n["after"]["battery_kwh"] for n in own if n["action"] == "UPDATE"] == [
+        80, 77, 77]

@@ -538,3 +538,51 @@ async def test_a_session_ended_by_an_operator_is_released_when_its_charger_finis
                                                         timestamp=utcnow())
     await central.services.site_load.settled()
     assert await shares(central, site) == {tx2: (22.0, 22.0, "Accepted")}
+
+
+async def test_an_override_whose_write_the_raise_s_answer_overtakes_is_recorded(
+        central: Central) -> None:
+    """Review s21 (rev-e): the override was written guarded like a limit's answer; the
+    raise in flight answered between its read and its write, and the override was lost
+    (the session counted at its share while it drew the operator's 22 kW)."""
+    chargers = scripted(central)
+    load = central.services.site_load
+    await depot(central, 30)
+    tx1 = await start(central, "CP-1", 2, "TAG-OK")
+    tx2 = await start(central, "CP-OPEN", 2, "TAG-OTHER")
+    [session] = await central.store.find_all(Session, Eq("transaction_id", tx2))
+    [station] = await central.store.find_all(Station, Eq("cp_id", "CP-OPEN"))
+    chargers.behaviour[("CP-OPEN", 2)] = "held"  # the raise is answered late
+    await central.services.charging.stop_transaction("CP-1", tx1, 2000, utcnow())
+    for _ in range(300):
+        [pending] = await central.store.get_many(SiteAllocation, [session.id])
+        if pending is not None and pending.answer is LimitAnswer.PENDING:
+            break
+        await asyncio.sleep(0.01)
+    store = central.store
+    original = store.get_many
+    reads = 0
+
+    async def answered_meanwhile(kind: Any, ids: Any, *args: Any) -> Any:
+        nonlocal reads
+        found = await original(kind, ids, *args)
+        if kind is SiteAllocation and asyncio.current_task() is overriding:
+            reads += 1
+            if reads == 2:  # the override's own read: now the raise's answer lands
+                chargers.release.set()
+                for _ in range(300):
+                    [now] = await original(SiteAllocation, [session.id])
+                    if now is not None and now.answer is not LimitAnswer.PENDING:
+                        break
+                    await asyncio.sleep(0.01)
+        return found
+
+    store.get_many = answered_meanwhile  # type: ignore[method-assign]
+    outcome = CommandOutcome(command_id="op", action="SetChargingProfile", station=station)
+    overriding = asyncio.create_task(load.profile_commanded(outcome,
+                                                            _override(tx2, 9, 22_000)))
+    await overriding
+    store.get_many = original  # type: ignore[method-assign]
+    await load.settled()
+    [held] = await central.store.get_many(SiteAllocation, [session.id])
+    assert held is not None and held.answer is LimitAnswer.OVERRIDDEN
