@@ -184,7 +184,7 @@ def _shows(text: str, i: int) -> bool:
     if c in _JOINERS and before in _PRESENTATION and i > 1 \
             and unicodedata.category(text[i - 2])[0] == "S":
         before = text[i - 2]  # an emoji in its presentation: 🏳️‍🌈, ❤️‍🔥
-    if not before or _modifier(before) and not _TAGS[0] <= before <= _TAGS[1]:
+    if not before or (_modifier(before) and not _TAGS[0] <= before <= _TAGS[1]):
         return False
     code = ord(c)
     if c in _JOINERS:

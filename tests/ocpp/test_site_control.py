@@ -577,7 +577,7 @@ async def test_an_override_whose_write_the_raise_s_answer_overtakes_is_recorded(
                     await asyncio.sleep(0.01)
         return found
 
-    store.get_many = answered_meanwhile  # type: ignore[method-assign]
+    store.get_many = answered_meanwhile  # type: ignore[method-assign,assignment]
     outcome = CommandOutcome(command_id="op", action="SetChargingProfile", station=station)
     overriding = asyncio.create_task(load.profile_commanded(outcome,
                                                             _override(tx2, 9, 22_000)))
