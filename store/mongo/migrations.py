@@ -362,7 +362,7 @@ async def _audit_holders(db: Any) -> None:
         docs = await db["audit_entry"].find(
             {"holder_id": {"$exists": False}},
             {"entity": 1, "entity_id": 1, "before": 1, "after": 1, "company_id": 1,
-             "station_owner_id": 1}).limit(BATCH).to_list()
+             "station_owner_id": 1, "action": 1, "actor": 1}).limit(BATCH).to_list()
         if not docs:
             break
         holders = {doc["_id"]: _audit_holder(doc) for doc in docs}
@@ -384,7 +384,8 @@ async def _audit_holders(db: Any) -> None:
                                       and _image_value(doc, "company_id") is not None):
                 books = (_as_id(_image_value(doc, "company_id")), None)
             elif entity in ("id_tag", "vehicle"):
-                books = (companies.get(holder), None)
+                books = (None, None) if _holder_private(doc, holder) \
+                    else (companies.get(holder), None)
             elif entity in ("connector", "tariff"):
                 books = stations.get(_as_id(_image_value(doc, "station_id")), (None, None))
             elif entity in ("session", "payment", "refund"):
@@ -401,6 +402,18 @@ async def _audit_holders(db: Any) -> None:
                 update["company_id"], update["station_owner_id"] = books
             await db["audit_entry"].update_one(
                 {"_id": doc["_id"], "holder_id": {"$exists": False}}, {"$set": update})
+
+
+def _holder_private(doc: dict[str, Any], holder: ObjectId | None) -> bool:
+    """A car's update by its owner that changed none of what its company's operators see
+    (plate, make, model, owner): its battery, theirs alone (``base._holder_private_change``,
+    SQLite migration 47)."""
+    before, after = doc.get("before"), doc.get("after")
+    return doc["entity"] == "vehicle" and doc.get("action") == "UPDATE" \
+        and holder is not None and str(doc.get("actor")) == str(holder) \
+        and isinstance(before, dict) and isinstance(after, dict) \
+        and all(before.get(key) == after.get(key)
+                for key in ("owner_id", "license_plate", "make", "model"))
 
 
 def _audit_holder(doc: dict[str, Any]) -> ObjectId | None:

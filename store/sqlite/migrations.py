@@ -1086,6 +1086,12 @@ UPDATE "audit_entry" SET ("company_id", "station_owner_id") = (
          THEN json_extract(COALESCE("before", "after"), '$.owner_id') END)
 WHERE "entity" = 'station' AND "company_id" IS NULL AND "station_owner_id" IS NULL
   AND COALESCE("before", "after") IS NOT NULL;
+UPDATE "audit_entry" SET "company_id" = NULL
+WHERE "entity" = 'vehicle' AND "action" = 'UPDATE' AND "actor" = "holder_id"
+  AND json_extract("before", '$.owner_id') IS json_extract("after", '$.owner_id')
+  AND json_extract("before", '$.license_plate') IS json_extract("after", '$.license_plate')
+  AND json_extract("before", '$.make') IS json_extract("after", '$.make')
+  AND json_extract("before", '$.model') IS json_extract("after", '$.model');
 CREATE INDEX "audit_entry_holder_at_idx" ON "audit_entry" ("holder_id", "at");
 """
 

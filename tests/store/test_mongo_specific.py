@@ -1910,6 +1910,7 @@ async def test_audit_entries_from_before_get_whose_their_record_was(
                           actor="system", before=before, after=after, **books)
 
     gone = str(ObjectId())
+    car = {"owner_id": holder.id, "license_plate": "B-A 1", "make": None, "model": None}
     entries = {
         "moved": entry("user", holder.id, {"company_id": old_co.id}, {"company_id": co.id}),
         "card": entry("id_tag", gone, {"user_id": holder.id}, None),
@@ -1928,6 +1929,10 @@ async def test_audit_entries_from_before_get_whose_their_record_was(
                          None),
         "removed_own": entry("station", gone, {"company_id": None, "owner_id": holder.id},
                              None),
+        # A car's battery changed by its owner: theirs alone (review s21).
+        "battery": AuditEntry(entity="vehicle", entity_id=gone, action=AuditAction.UPDATE,
+                              actor=holder.id, before={**car, "battery_kwh": 50},
+                              after={**car, "battery_kwh": 60}),
     }
     await mongo.write([Insert(r) for r in (co, old_co, holder, driver, of_company, own)],
                       list(entries.values()))
@@ -1948,7 +1953,7 @@ async def test_audit_entries_from_before_get_whose_their_record_was(
         "plug_gone": (None, None, None), "tariff": (co.id, None, None),
         "session": (None, holder.id, driver.id), "company": (co.id, None, None),
         "command": (None, holder.id, None), "removed": (co.id, None, None),
-        "removed_own": (None, holder.id, None)}
+        "removed_own": (None, holder.id, None), "battery": (None, None, holder.id)}
     assert db["audit_entry"].count_documents({"holder_id": {"$exists": False}}) == 0
     assert db[migrations.MIGRATIONS].find_one({"_id": "audit_holders"})["done"] is True
 

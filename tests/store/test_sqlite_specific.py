@@ -1060,6 +1060,14 @@ async def test_version_47_gives_audit_entries_whose_their_record_was(db_path: st
                 "VALUES (?, 0, 0, 'system', 'system', ?, ?, 'UPDATE', 'op', 0, ?, ?, ?, ?)",
                 (entry_id, entity, entity_id, None if before is None else json.dumps(before),
                  None if after is None else json.dumps(after), company_id, owner_id))
+        # A car's battery changed by its owner (u1 of co1), theirs alone (review s21).
+        car = {"owner_id": "u1", "license_plate": "B-A 1", "make": None, "model": None}
+        await conn.execute(
+            'INSERT INTO "audit_entry" ("id", "created_at", "updated_at", "created_by", '
+            '"updated_by", "entity", "entity_id", "action", "actor", "at", "before", '
+            '"after") VALUES (\'e16\', 0, 0, \'u1\', \'u1\', \'vehicle\', \'v1\', '
+            "'UPDATE', 'u1', 0, ?, ?)",
+            (json.dumps({**car, "battery_kwh": 50}), json.dumps({**car, "battery_kwh": 60})))
         assert 47 in await apply_migrations(conn)
     assert raw(db_path, 'SELECT "id", "company_id", "station_owner_id", "holder_id" '
                         'FROM "audit_entry" ORDER BY "id"') == [
@@ -1067,7 +1075,8 @@ async def test_version_47_gives_audit_entries_whose_their_record_was(db_path: st
         ("e04", None, None, "u2"), ("e05", None, "u1", None), ("e06", None, None, None),
         ("e07", "co1", None, None), ("e08", "co1", None, None), ("e09", None, "u1", "u2"),
         ("e10", "co1", None, "u1"), ("e11", "co1", None, None), ("e12", "co1", None, None),
-        ("e13", None, "u1", "u2"), ("e14", "co1", None, None), ("e15", None, "u1", None)]
+        ("e13", None, "u1", "u2"), ("e14", "co1", None, None), ("e15", None, "u1", None),
+        ("e16", None, None, "u1")]
 
 
 def names_of(records: Sequence[Record]) -> list[str]:
