@@ -302,7 +302,7 @@ class Service:
                     entity_id=record.id,
                     action=action,
                     actor=viewer.actor,
-                    at=now,
+                    at=_entry_at(now, change, before),
                     created_at=now,
                     updated_at=now,
                     created_by=viewer.actor,
@@ -503,6 +503,21 @@ def changed(record: E, viewer: Viewer, **updates: Any) -> E:
     copy.updated_at = max(utcnow(), _next_version(record.updated_at))
     copy.updated_by = viewer.actor
     return copy
+
+
+def _entry_at(now: datetime, change: Change, before: Record | None) -> datetime:
+    """When an audit entry says its change happened: the version it wrote
+    (``updated_at``, a millisecond past the one before at least: ``changed``), so a
+    record's entries in time order are its versions in order, even two written in one
+    millisecond on two instances (verify s21: listed the other way round, their images
+    did not chain). A removal, or a write that stamped no new version: ``now``, past
+    the version it replaced."""
+    if before is None:
+        return change.record.updated_at if isinstance(change, Insert) else now
+    written = change.record.updated_at
+    if not isinstance(change, Delete) and written > before.updated_at:
+        return written
+    return max(now, _next_version(before.updated_at))
 
 
 def _next_version(updated_at: datetime) -> datetime:

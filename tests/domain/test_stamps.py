@@ -70,3 +70,23 @@ def test_a_change_is_a_new_version_even_within_the_same_millisecond(
     assert edited.updated_at == datetime(2026, 12, 5, 13, 0, 0, 124_000, tzinfo=UTC)
     assert changed(edited, SYSTEM, name="Again").updated_at == edited.updated_at + timedelta(
         milliseconds=1)
+
+
+def test_an_entry_is_dated_by_the_version_it_wrote(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Verify s21: two edits of one record in one millisecond (two instances) had entries
+    of one ``at``, listed by id the other way round: their images did not chain."""
+    from datetime import UTC, datetime, timedelta
+
+    from domain.ports import Delete, Update
+    from domain.services import base
+
+    now = datetime(2026, 12, 5, 13, 0, 0, 123_456, tzinfo=UTC)
+    monkeypatch.setattr(base, "utcnow", lambda: now)
+    made = stamp_new(Company(name="Made"), SYSTEM)
+    first = changed(made, SYSTEM, name="First")
+    second = changed(first, SYSTEM, name="Second")
+    dated = [base._entry_at(now, Update(first), made),
+             base._entry_at(now, Update(second), first),
+             base._entry_at(now, Delete(second), second)]
+    assert dated == sorted(set(dated))  # strictly later, each
+    assert dated[0] > now and dated[2] - dated[1] == timedelta(milliseconds=1)
