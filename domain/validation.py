@@ -197,21 +197,31 @@ def _shows(text: str, i: int) -> bool:
         return _cjk(before)
     if 0x180B <= code <= 0x180F:
         return _block(before) == "MONGOLIAN"
-    # U+FE00..U+FE0F
+    # U+FE00..U+FE0F: presentation (FE0E, FE0F) of an emoji or a keycap; the others
+    # standardized variants of CJK ideographs and math symbols.
     if before.isascii():
         return c in _PRESENTATION and before in _KEYCAP_BASES and after == _KEYCAP
-    return unicodedata.category(before)[0] == "S" or _cjk(before)
+    if _cjk(before):
+        return c not in _PRESENTATION
+    return not _alphabetic(before)
 
 
 def _joinable(c: str) -> bool:
     """A character a joiner may stand beside: not ASCII, not a modifier, not a letter of
     the Latin, Greek or Cyrillic alphabets (no joiner changes them)."""
-    return not c.isascii() and not _modifier(c) and _block(c) not in _UNJOINED
+    return not c.isascii() and not _modifier(c) and not _alphabetic(c)
+
+
+def _alphabetic(c: str) -> bool:
+    """A letter of the Latin, Greek or Cyrillic alphabets, full-width forms included:
+    no joiner or selector changes them (review s21: "Mü\ufe0fller", "Ｍ\u200dＵ")."""
+    words = unicodedata.name(c, "").split(" ", 2)[:2]
+    return any(word in _UNJOINED for word in words)
 
 
 def _in_tag_sequence(text: str, i: int) -> bool:
-    """Whether the tag ``text[i]`` belongs to a run of tags right after 🏴 that ends with
-    CANCEL TAG (and has some tag before that)."""
+    """Whether the tag ``text[i]`` belongs to a run of tags right after 🏴 that names a
+    subdivision emoji show and ends with CANCEL TAG."""
     start = i
     while start and _TAGS[0] <= text[start - 1] <= _TAGS[1]:
         start -= 1
@@ -219,8 +229,8 @@ def _in_tag_sequence(text: str, i: int) -> bool:
     while end + 1 < len(text) and _TAGS[0] <= text[end + 1] <= _TAGS[1]:
         end += 1
     run = text[start:end + 1]
-    return start > 0 and text[start - 1] == _BLACK_FLAG and len(run) > 1 \
-        and run[-1] == _TAGS[1] and _TAGS[1] not in run[:-1]
+    return start > 0 and text[start - 1] == _BLACK_FLAG and run[-1] == _TAGS[1] \
+        and "".join(chr(ord(t) - 0xE0000) for t in run[:-1]) in _SUBDIVISION_FLAGS
 
 
 def _block(c: str) -> str:
@@ -234,6 +244,9 @@ def _cjk(c: str) -> bool:
 
 #: Scripts no joiner changes: there one only makes a name that reads like another.
 _UNJOINED = frozenset({"LATIN", "GREEK", "CYRILLIC"})
+#: The flags of subdivisions emoji show (England, Scotland, Wales): any other tag run
+#: shows as the plain black flag, another name that reads like one.
+_SUBDIVISION_FLAGS = frozenset({"gbeng", "gbsct", "gbwls"})
 
 
 def _modifier(c: str) -> bool:

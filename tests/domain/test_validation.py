@@ -162,12 +162,15 @@ def test_names_that_read_like_another_or_like_nothing() -> None:
     # changes (an accented Latin letter, Cyrillic), runs of them, unterminated tags.
     for alike in ("M\u00fc\ufe0fller Laden GmbH", "M\u00fc\U000e0100ller",
                   "K\u00f6\u180bln", "Caf\u00e9\ufe0f\ufe0f Strom", "Jos\u00e9\u200d\u00c9",
-                  "\u0410\U000e0100dmin", "\U0001f3f4\U000e0061\U000e0064 Pirates"):
+                  "\u0410\U000e0100dmin", "\U0001f3f4\U000e0061\U000e0064 Pirates",
+                  "\U0001f3f4\U000e0061\U000e007f Pirates",  # a flag no emoji shows
+                  "\u6e21\ufe0f\u8fba", "\uff2d\u200d\uff35\uff2c\uff2c\uff25\uff32"):
         with pytest.raises(ValidationError):
             v.name(alike)
     for emoji in ("\U0001f3f3\ufe0f\u200d\U0001f308 Pride",  # 🏳️‍🌈
                   "\U0001f469\U0001f3fd\u200d\U0001f527 Werkstatt",  # 👩🏽‍🔧
-                  "\u0dc1\u0dca\u200d\u0dbb\u0dd3 \u0dbd\u0d82\u0d9a\u0dcf"):  # Sinhala
+                  "\u0dc1\u0dca\u200d\u0dbb\u0dd3 \u0dbd\u0d82\u0d9a\u0dcf",  # Sinhala
+                  "Info \u2139\ufe0f Punkt", "Achtung \u203c\ufe0f", "Welle \u3030\ufe0f"):
         assert v.name(emoji) == emoji, repr(emoji)
     with pytest.raises(ValidationError):
         v.name("Ladepark 1\ufe0f")  # no keycap after it: shows nothing

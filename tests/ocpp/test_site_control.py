@@ -20,7 +20,7 @@ from domain.clock import utcnow
 from domain.entities import LimitAnswer, Session, Site, SiteAllocation, Station
 from domain.errors import ChargerNotSupported, ChargerRejected, ChargerTimeout
 from domain.policy import SYSTEM, Viewer
-from domain.ports import Delete
+from domain.ports import Delete, Update
 from domain.query import Eq
 from domain.services import site_load
 from domain.services.commands import CommandOutcome, CommandService
@@ -578,6 +578,87 @@ async def test_an_override_whose_write_the_raise_s_answer_overtakes_is_recorded(
         return found
 
     store.get_many = answered_meanwhile  # type: ignore[method-assign,assignment]
+    outcome = CommandOutcome(command_id="op", action="SetChargingProfile", station=station)
+    overriding = asyncio.create_task(load.profile_commanded(outcome,
+                                                            _override(tx2, 9, 22_000)))
+    await overriding
+    store.get_many = original  # type: ignore[method-assign]
+    await load.settled()
+    [held] = await central.store.get_many(SiteAllocation, [session.id])
+    assert held is not None and held.answer is LimitAnswer.OVERRIDDEN
+
+
+async def test_a_raise_claimed_after_an_override_leaves_it_standing(
+        central: Central) -> None:
+    """Review s21 (rev-f): a raise's PENDING claim, written over an override recorded
+    since the run read the site, erased it: the raise was answered ACCEPTED at the share
+    while the charger kept the operator's 22 kW."""
+    scripted(central)
+    load = central.services.site_load
+    await depot(central, 30)
+    tx1 = await start(central, "CP-1", 2, "TAG-OK")
+    tx2 = await start(central, "CP-OPEN", 2, "TAG-OTHER")
+    [session] = await central.store.find_all(Session, Eq("transaction_id", tx2))
+    [station] = await central.store.find_all(Station, Eq("cp_id", "CP-OPEN"))
+    store = central.store
+    original = store.write
+    overridden: list[bool] = []
+
+    async def override_before_the_claim(changes: Any, audit: Any, *args: Any) -> Any:
+        claims = [c for c in changes if isinstance(c, Update) and c.record.id == session.id
+                  and c.fields == frozenset({"answer", "bound_kw"})
+                  and cast(SiteAllocation, c.record).answer is LimitAnswer.PENDING]
+        if claims and not overridden:
+            overridden.append(True)
+            outcome = CommandOutcome(command_id="op", action="SetChargingProfile",
+                                     station=station)
+            await load.profile_commanded(outcome, _override(tx2, 9, 22_000))
+        return await original(changes, audit, *args)
+
+    store.write = override_before_the_claim  # type: ignore[method-assign,assignment]
+    await central.services.charging.stop_transaction("CP-1", tx1, 2000, utcnow())
+    await load.settled()
+    store.write = original  # type: ignore[method-assign]
+    assert overridden
+    [held] = await central.store.get_many(SiteAllocation, [session.id])
+    assert held is not None and held.answer is LimitAnswer.OVERRIDDEN
+
+
+async def test_an_override_of_a_session_awaiting_its_first_limit_is_recorded(
+        central: Central) -> None:
+    """Review s21 (rev-f): no share was recorded yet (its first limit in flight), the
+    override's insert met the one the first limit's answer made, and was dropped."""
+    chargers = scripted(central)
+    load = central.services.site_load
+    charging = central.services.charging
+    await depot(central, 30)
+    await start(central, "CP-1", 2, "TAG-OK")
+    chargers.behaviour[("CP-OPEN", 2)] = "held"  # its first limit is answered late
+    tx2, _ = await charging.start_transaction("CP-OPEN", 2, "TAG-OTHER", 1000, utcnow())
+    await charging.start_answered("CP-OPEN")
+    [session] = await central.store.find_all(Session, Eq("transaction_id", tx2))
+    [station] = await central.store.find_all(Station, Eq("cp_id", "CP-OPEN"))
+    for _ in range(300):
+        if session.id in load._inflight:
+            break
+        await asyncio.sleep(0.01)
+    store = central.store
+    original = store.get_many
+    answered: list[bool] = []
+
+    async def answered_after_the_read(kind: Any, ids: Any, *args: Any) -> Any:
+        found = await original(kind, ids, *args)
+        if kind is SiteAllocation and asyncio.current_task() is overriding and not answered:
+            answered.append(True)  # the override read no share: now the first limit lands
+            chargers.release.set()
+            for _ in range(300):
+                [now] = await original(SiteAllocation, [session.id])
+                if now is not None:
+                    break
+                await asyncio.sleep(0.01)
+        return found
+
+    store.get_many = answered_after_the_read  # type: ignore[method-assign,assignment]
     outcome = CommandOutcome(command_id="op", action="SetChargingProfile", station=station)
     overriding = asyncio.create_task(load.profile_commanded(outcome,
                                                             _override(tx2, 9, 22_000)))
