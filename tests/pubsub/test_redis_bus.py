@@ -130,7 +130,14 @@ async def test_one_pubsub_connection_per_process_however_many_subscribers(
     finally:
         await a.close()
         await b.close()
-    assert await redis.pubsub_numsub("chargegraph:fault") == [(b"chargegraph:fault", 0)]
+    # Counted until it settles too: the server drops a closed connection's subscriptions
+    # when it reads the close, a moment after ours (a loaded machine, the full suite).
+    for _ in range(50):
+        left = await redis.pubsub_numsub("chargegraph:fault")
+        if left == [(b"chargegraph:fault", 0)]:
+            break
+        await asyncio.sleep(0.05)
+    assert left == [(b"chargegraph:fault", 0)]
 
 
 async def test_messages_that_are_not_events_are_logged_and_skipped(
