@@ -495,6 +495,33 @@ def _override(tx: int, level: int, limit_w: float) -> dict[str, Any]:
             {"startPeriod": 0, "limit": limit_w}]}}}
 
 
+OVERRIDING = "operator-override"
+
+
+async def _overridden_while(central: Central, station: Station, session: Session,
+                            reads: Any) -> SiteAllocation | None:
+    """An operator's override of ``session`` (level 9, 22 kW, above the site's) run in a
+    task named ``OVERRIDING``, the store's ``get_many`` replaced by ``reads(original)``
+    meanwhile; the session's allocation once the site settled."""
+    store = central.store
+    original = store.get_many
+    store.get_many = reads(original)  # type: ignore[method-assign]
+    outcome = CommandOutcome(command_id="op", action="SetChargingProfile", station=station)
+    try:
+        await asyncio.create_task(central.services.site_load.profile_commanded(
+            outcome, _override(session.transaction_id, 9, 22_000)), name=OVERRIDING)
+    finally:
+        store.get_many = original  # type: ignore[method-assign]
+    await central.services.site_load.settled()
+    [held] = await store.get_many(SiteAllocation, [session.id])
+    return held
+
+
+def _overriding() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.get_name() == OVERRIDING
+
+
 async def test_an_override_landing_while_the_site_s_limit_is_in_flight_stands(
         central: Central) -> None:
     """Review s21: the answer to the site's limit, in flight when an operator's override
@@ -546,7 +573,6 @@ async def test_an_override_whose_write_the_raise_s_answer_overtakes_is_recorded(
     raise in flight answered between its read and its write, and the override was lost
     (the session counted at its share while it drew the operator's 22 kW)."""
     chargers = scripted(central)
-    load = central.services.site_load
     await depot(central, 30)
     tx1 = await start(central, "CP-1", 2, "TAG-OK")
     tx2 = await start(central, "CP-OPEN", 2, "TAG-OTHER")
@@ -559,32 +585,25 @@ async def test_an_override_whose_write_the_raise_s_answer_overtakes_is_recorded(
         if pending is not None and pending.answer is LimitAnswer.PENDING:
             break
         await asyncio.sleep(0.01)
-    store = central.store
-    original = store.get_many
-    reads = 0
+    def answered_meanwhile(original: Any) -> Any:
+        reads = 0
 
-    async def answered_meanwhile(kind: Any, ids: Any, *args: Any) -> Any:
-        nonlocal reads
-        found = await original(kind, ids, *args)
-        if kind is SiteAllocation and asyncio.current_task() is overriding:
-            reads += 1
-            if reads == 2:  # the override's own read: now the raise's answer lands
-                chargers.release.set()
-                for _ in range(300):
-                    [now] = await original(SiteAllocation, [session.id])
-                    if now is not None and now.answer is not LimitAnswer.PENDING:
-                        break
-                    await asyncio.sleep(0.01)
-        return found
+        async def get_many(kind: Any, ids: Any, *args: Any) -> Any:
+            nonlocal reads
+            found = await original(kind, ids, *args)
+            if kind is SiteAllocation and _overriding():
+                reads += 1
+                if reads == 2:  # the override's own read: now the raise's answer lands
+                    chargers.release.set()
+                    for _ in range(300):
+                        [now] = await original(SiteAllocation, [session.id])
+                        if now is not None and now.answer is not LimitAnswer.PENDING:
+                            break
+                        await asyncio.sleep(0.01)
+            return found
+        return get_many
 
-    store.get_many = answered_meanwhile  # type: ignore[method-assign,assignment]
-    outcome = CommandOutcome(command_id="op", action="SetChargingProfile", station=station)
-    overriding = asyncio.create_task(load.profile_commanded(outcome,
-                                                            _override(tx2, 9, 22_000)))
-    await overriding
-    store.get_many = original  # type: ignore[method-assign]
-    await load.settled()
-    [held] = await central.store.get_many(SiteAllocation, [session.id])
+    held = await _overridden_while(central, station, session, answered_meanwhile)
     assert held is not None and held.answer is LimitAnswer.OVERRIDDEN
 
 
@@ -642,28 +661,21 @@ async def test_an_override_of_a_session_awaiting_its_first_limit_is_recorded(
         if session.id in load._inflight:
             break
         await asyncio.sleep(0.01)
-    store = central.store
-    original = store.get_many
-    answered: list[bool] = []
+    def answered_after_the_read(original: Any) -> Any:
+        answered: list[bool] = []
 
-    async def answered_after_the_read(kind: Any, ids: Any, *args: Any) -> Any:
-        found = await original(kind, ids, *args)
-        if kind is SiteAllocation and asyncio.current_task() is overriding and not answered:
-            answered.append(True)  # the override read no share: now the first limit lands
-            chargers.release.set()
-            for _ in range(300):
-                [now] = await original(SiteAllocation, [session.id])
-                if now is not None:
-                    break
-                await asyncio.sleep(0.01)
-        return found
+        async def get_many(kind: Any, ids: Any, *args: Any) -> Any:
+            found = await original(kind, ids, *args)
+            if kind is SiteAllocation and _overriding() and not answered:
+                answered.append(True)  # it read no share: now the first limit lands
+                chargers.release.set()
+                for _ in range(300):
+                    [now] = await original(SiteAllocation, [session.id])
+                    if now is not None:
+                        break
+                    await asyncio.sleep(0.01)
+            return found
+        return get_many
 
-    store.get_many = answered_after_the_read  # type: ignore[method-assign,assignment]
-    outcome = CommandOutcome(command_id="op", action="SetChargingProfile", station=station)
-    overriding = asyncio.create_task(load.profile_commanded(outcome,
-                                                            _override(tx2, 9, 22_000)))
-    await overriding
-    store.get_many = original  # type: ignore[method-assign]
-    await load.settled()
-    [held] = await central.store.get_many(SiteAllocation, [session.id])
+    held = await _overridden_while(central, station, session, answered_after_the_read)
     assert held is not None and held.answer is LimitAnswer.OVERRIDDEN
