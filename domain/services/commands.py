@@ -303,13 +303,14 @@ class CommandService(Service):
             await connector_in_range(self.store, station, payload["connectorId"])
         if action == "SetChargingProfile":
             await self._check_tx_profile(station, payload)
-        watched = self.profile_watch if action in PROFILE_ACTIONS \
-            and viewer.actor != SYSTEM.actor else None
+        # A person's command (the site's own limits go as SYSTEM) the site may need to
+        # judge before it goes, and hear of after.
+        person = self.profile_watch if viewer.actor != SYSTEM.actor else None
+        watched = person if action in PROFILE_ACTIONS else None
         if watched is not None and action == "SetChargingProfile":
             await watched.check_profile(station, payload)
-        if self.profile_watch is not None and action == "RemoteStartTransaction" \
-                and viewer.actor != SYSTEM.actor:
-            await self.profile_watch.check_remote_start(station, payload)
+        if person is not None and action == "RemoteStartTransaction":
+            await person.check_remote_start(station, payload)
         outcome = CommandOutcome(command_id=new_id(), action=action, station=station,
                                  own_list=own_list)
         if action == "ReserveNow":

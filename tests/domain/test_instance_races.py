@@ -139,10 +139,9 @@ async def test_a_connector_removal_that_a_start_beat_is_refused_in_use(
 
 
 # ------------------------------------------------------------------ (B) two edits at once
-async def updates_of(store: Store, record_id: str, field: str) -> list[d.AuditEntry]:
+async def updates_of(store: Store, record_id: str) -> list[d.AuditEntry]:
     """The record's UPDATE entries in time order: the order they were written, even two
-    in one millisecond (an entry is dated by the version it wrote, ``base._entry_at``).
-    ``field``: the one the test chains (kept for the callers' reading)."""
+    in one millisecond (an entry is dated by the version it wrote, ``base._entry_at``)."""
     entries = await store.find_all(d.AuditEntry, Eq("entity_id", record_id),
                                    [Sort("at"), Sort("id")])
     return [e for e in entries if e.action is d.AuditAction.UPDATE]
@@ -167,7 +166,7 @@ async def test_two_edits_of_a_station_at_once_both_land_and_chain(
     await stations.update_station(SYSTEM, two.station.id, name="By A")
     [final] = await two.store.get_many(d.Station, [two.station.id])
     assert final is not None and final.name == "By A"
-    entries = await updates_of(two.store, two.station.id, "name")
+    entries = await updates_of(two.store, two.station.id)
     assert [e.after["name"] for e in entries if e.after] == ["By B", "By A"]
     assert chained(entries, "name")
 
@@ -179,7 +178,7 @@ async def test_two_edits_of_a_connector_at_once_both_land_and_chain(
         lambda: two.b.stations.update_connector(SYSTEM, two.connector.id, max_kw=200),
         stations.managed_connector))
     await stations.update_connector(SYSTEM, two.connector.id, max_kw=100)
-    entries = await updates_of(two.store, two.connector.id, "max_kw")
+    entries = await updates_of(two.store, two.connector.id)
     assert [e.after["max_kw"] for e in entries if e.after] == [200, 100]
     assert chained(entries, "max_kw")
 
@@ -193,7 +192,7 @@ async def test_two_edits_of_a_user_at_once_both_land_and_chain(
         lambda: two.b.accounts.update_user(SYSTEM, user.id, name="Ana B"),
         accounts.visible))
     await accounts.update_user(SYSTEM, user.id, name="Ana A")
-    entries = await updates_of(two.store, user.id, "name")
+    entries = await updates_of(two.store, user.id)
     assert [e.after["name"] for e in entries if e.after] == ["Ana B", "Ana A"]
     assert chained(entries, "name")
 

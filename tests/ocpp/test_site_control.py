@@ -11,6 +11,7 @@ not supported, silent, or held until released), on a real store and real session
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -517,6 +518,17 @@ async def _overridden_while(central: Central, station: Station, session: Session
     return held
 
 
+async def _answer_landed(chargers: Any, original: Any, session_id: str,
+                         landed: Callable[[SiteAllocation | None], bool]) -> None:
+    """The held charger answers now; back once the share it records is ``landed``."""
+    chargers.release.set()
+    for _ in range(300):
+        [now] = await original(SiteAllocation, [session_id])
+        if landed(now):
+            return
+        await asyncio.sleep(0.01)
+
+
 def _overriding() -> bool:
     task = asyncio.current_task()
     return task is not None and task.get_name() == OVERRIDING
@@ -594,12 +606,8 @@ async def test_an_override_whose_write_the_raise_s_answer_overtakes_is_recorded(
             if kind is SiteAllocation and _overriding():
                 reads += 1
                 if reads == 2:  # the override's own read: now the raise's answer lands
-                    chargers.release.set()
-                    for _ in range(300):
-                        [now] = await original(SiteAllocation, [session.id])
-                        if now is not None and now.answer is not LimitAnswer.PENDING:
-                            break
-                        await asyncio.sleep(0.01)
+                    await _answer_landed(chargers, original, session.id, lambda now: (
+                        now is not None and now.answer is not LimitAnswer.PENDING))
             return found
         return get_many
 
@@ -668,12 +676,8 @@ async def test_an_override_of_a_session_awaiting_its_first_limit_is_recorded(
             found = await original(kind, ids, *args)
             if kind is SiteAllocation and _overriding() and not answered:
                 answered.append(True)  # it read no share: now the first limit lands
-                chargers.release.set()
-                for _ in range(300):
-                    [now] = await original(SiteAllocation, [session.id])
-                    if now is not None:
-                        break
-                    await asyncio.sleep(0.01)
+                await _answer_landed(chargers, original, session.id,
+                                     lambda now: now is not None)
             return found
         return get_many
 
