@@ -312,6 +312,12 @@ class Station(Record):
     #: first of them by folded key. Cleared by a read of every key that all fit
     #: (SQLite migration 42; ``False`` on stations stored before).
     configuration_truncated: bool = False
+    #: The fallback its site last sent its charger (kW; ``site_load``: a TxDefaultProfile
+    #: its new sessions draw until their share arrives), written before it is sent:
+    #: the charger may hold it. Cleared once the charger, its station behind no site
+    #: any more, has had it removed. ``None``: it holds none of ours (SQLite
+    #: migration 48).
+    site_fallback_kw: float | None = None
 
 
 #: ``Station.firmware_status`` from an UpdateFirmware its charger accepted until the

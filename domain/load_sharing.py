@@ -21,6 +21,9 @@ from domain.entities import ChargingRateUnit
 #: 3.13.2), and one id for all connectors would move the limit from plug to plug. Far
 #: above what back offices number their own profiles from.
 PROFILE_ID_BASE = 7_160_000
+#: The id of a site charger's fallback (``fallback_profile``): connector 0's, which no
+#: TxProfile of ours uses.
+FALLBACK_PROFILE_ID = PROFILE_ID_BASE
 #: Their stack level: above the TxProfiles an operator sets by hand at the usual levels,
 #: so the site's limit wins; an operator who must override it uses a level above this.
 #: A charger whose ChargeProfileMaxStackLevel is lower gets that (``site_load``).
@@ -115,6 +118,23 @@ def tx_profile(connector_id: int, transaction_id: int, limit: float,
                ) -> dict[str, Any]:
     """The SetChargingProfile request for a session's share: a TxProfile for its
     transaction on its connector, one period from its start on."""
+    payload = _profile(connector_id, "TxProfile", limit, unit, phases, stack_level)
+    payload["csChargingProfiles"]["transactionId"] = transaction_id
+    return payload
+
+
+def fallback_profile(limit: float, unit: ChargingRateUnit, phases: int,
+                     stack_level: int = STACK_LEVEL) -> dict[str, Any]:
+    """The SetChargingProfile request for a site charger's fallback: a TxDefaultProfile
+    on connector 0 (every connector's transactions to come), ``FALLBACK_PROFILE_ID``.
+    A transaction draws it from its start until its own TxProfile (the site's share)
+    arrives, which overrules it whatever the stack levels (OCPP 1.6, 3.13.2), and
+    while the charger cannot reach the central system."""
+    return _profile(0, "TxDefaultProfile", limit, unit, phases, stack_level)
+
+
+def _profile(connector_id: int, purpose: str, limit: float, unit: ChargingRateUnit,
+             phases: int, stack_level: int) -> dict[str, Any]:
     schedule: dict[str, Any] = {
         "chargingRateUnit": unit.value,
         "chargingSchedulePeriod": [{"startPeriod": 0, "limit": limit}],
@@ -125,9 +145,8 @@ def tx_profile(connector_id: int, transaction_id: int, limit: float,
         "connectorId": connector_id,
         "csChargingProfiles": {
             "chargingProfileId": profile_id(connector_id),
-            "transactionId": transaction_id,
             "stackLevel": stack_level,
-            "chargingProfilePurpose": "TxProfile",
+            "chargingProfilePurpose": purpose,
             "chargingProfileKind": "Relative",
             "chargingSchedule": schedule,
         },

@@ -361,25 +361,32 @@ class SimulatedChargePoint(ChargePoint):
             ]}]))
 
     def drawn_w(self, connector_id: int) -> float:
-        """What the connector draws: its car's power, at most the lowest limit of the
-        charging profiles it holds for the connector (TxProfile or TxDefaultProfile, in W,
-        or A on its phases at 230 V), as a charger under site load management does."""
+        """What the connector draws: its car's power, within the charging profiles it
+        holds (W, or A on its phases at 230 V) as OCPP 1.6 (3.13.2) composes them: its
+        transaction's TxProfile overrules any TxDefaultProfile (the connector's, else
+        connector 0's), the highest stack level of a purpose wins, and a
+        ChargePointMaxProfile caps the whole. So a site's fallback governs a session
+        only until its share arrives."""
         state = self.connectors[connector_id]
-        power = state.power_w
+        limits: dict[str, tuple[int, int, float]] = {}  # purpose: (level, own plug, limit)
         for profile in self.charging_profiles.values():
-            if profile.get("connector_id") not in (connector_id, 0):
-                continue
-            named = profile.get("transaction_id")
-            if named is not None and named != state.transaction_id:
+            purpose = str(profile.get("charging_profile_purpose"))
+            plug = profile.get("connector_id")
+            if plug not in (connector_id, 0) or (
+                    purpose == "TxProfile" and profile.get("transaction_id")
+                    not in (None, state.transaction_id)):
                 continue  # a TxProfile is its transaction's only
-            schedule = profile.get("charging_schedule") or {}
-            periods = schedule.get("charging_schedule_period") or []
-            if not periods:
+            limit = _first_limit_w(profile)
+            if limit is None:
                 continue
-            limit = float(periods[0]["limit"])
-            if schedule.get("charging_rate_unit") == "A":
-                limit *= 230 * int(periods[0].get("number_phases") or 3)
-            power = min(power, limit)
+            rank = (int(profile.get("stack_level") or 0), int(plug == connector_id), limit)
+            if purpose not in limits or rank[:2] > limits[purpose][:2]:
+                limits[purpose] = rank
+        power = state.power_w
+        transaction = limits.get("TxProfile") or limits.get("TxDefaultProfile")
+        for chosen in (transaction, limits.get("ChargePointMaxProfile")):
+            if chosen is not None:
+                power = min(power, chosen[2])
         return power
 
     async def stop_transaction(self, connector_id: int, reason: str = "Local") -> None:
@@ -939,3 +946,15 @@ async def run_fleet(plan: FleetPlan, stop: asyncio.Event) -> None:
 
 def expiry(minutes: int) -> datetime:
     return datetime.now(UTC) + timedelta(minutes=minutes)
+
+
+def _first_limit_w(profile: dict[str, Any]) -> float | None:
+    """A held profile's first period's limit in W (A on its phases at 230 V)."""
+    schedule = profile.get("charging_schedule") or {}
+    periods = schedule.get("charging_schedule_period") or []
+    if not periods:
+        return None
+    limit = float(periods[0]["limit"])
+    if schedule.get("charging_rate_unit") == "A":
+        limit *= 230 * int(periods[0].get("number_phases") or 3)
+    return limit

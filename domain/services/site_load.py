@@ -69,6 +69,7 @@ from domain.query import Eq, In, all_of
 from domain.services.base import Service, ServiceContext, changed, patch, stamp_new
 from domain.services.charging import closed_without_stop
 from domain.services.commands import CommandOutcome, CommandService
+from domain.services.site_fallbacks import SiteFallbacks
 
 log = logging.getLogger("chargegraph.sites")
 
@@ -157,6 +158,8 @@ class _Seen:
     #: Sessions closed without their StopTransaction (an operator's endSession) whose
     #: charger, online, may still charge them: held at their bound (``_ending``).
     ending: list[Session] = field(default_factory=list)
+    #: The site's stations.
+    stations: list[Station] = field(default_factory=list)
 
     @property
     def live(self) -> list[Session]:
@@ -231,6 +234,8 @@ class SiteLoad(Service):
         #: By site: sessions owed their limit again whose last one was still in flight
         #: (``_defer``), told once it has been answered.
         self._owed: dict[str, set[str]] = {}
+        #: Each charger's fallback for new sessions (a TxDefaultProfile).
+        self.fallbacks = SiteFallbacks(ctx.store, commands, self._stack_level, self.now)
         ctx.published.append(self._heard)
 
     # ------------------------------------------------------------- triggers
@@ -247,6 +252,8 @@ class SiteLoad(Service):
             return
         if isinstance(event, StationConnectionChanged):
             self._levels.pop(event.cp_id, None)  # read again: it may be another charger
+            if event.station_id is not None:
+                self.fallbacks.forget(event.station_id)
             if event.online and event.station_id is not None:
                 self.charger_back(event.station_id)
                 return
@@ -261,6 +268,7 @@ class SiteLoad(Service):
         harmless, and one that rebooted or lost its profile would draw its rating."""
         if self._closed:
             return
+        self.fallbacks.forget(station_id)
         self._back_stations.add(station_id)
         self.request_station(station_id)
 
@@ -299,6 +307,8 @@ class SiteLoad(Service):
                     if station.id in back:
                         self._back.setdefault(station.site_id, set()).add(station.id)
                     self.request_site(station.site_id)
+                elif station is not None:  # behind no site: no fallback of ours stays
+                    self.fallbacks.clear(station, self.charger_back)
 
     async def _run(self, site_id: str) -> None:
         try:
@@ -317,7 +327,8 @@ class SiteLoad(Service):
     async def settled(self) -> None:
         """Waits until no recompute is asked for or running (tests, shutdown)."""
         while True:
-            waiting = [*self._running.values(), *self._inflight.values()]
+            waiting = [*self._running.values(), *self._inflight.values(),
+                       *self.fallbacks.under_way()]
             if self._resolver is not None and not self._resolver.done():
                 waiting.append(self._resolver)
             if not waiting:
@@ -337,13 +348,15 @@ class SiteLoad(Service):
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.fallbacks.close()
 
     # ------------------------------------------------------------- people's profiles
     async def check_profile(self, station: Station, payload: dict[str, Any]) -> None:
         """Before a person's SetChargingProfile (``CommandService.profile_watch``): a
-        TxProfile or TxDefaultProfile at the site's own stack level on a connector the
-        site limits now (connector 0: any of the station's) is refused, ``IN_USE`` on
-        ``csChargingProfiles.stackLevel``. At a charger following OCPP 1.6 it replaces
+        TxProfile at the site's own stack level on a connector the site limits now
+        (connector 0: any of the station's), or a TxDefaultProfile at that level on any
+        of the site's chargers (each holds the site's fallback), is refused, ``IN_USE``
+        on ``csChargingProfiles.stackLevel``. At a charger following OCPP 1.6 it replaces
         the site's profile (same stackLevel and purpose), and the site's next share
         replaces it in turn: either way one of the two limits is lost without a word
         (QA s21: 22 kW on a site sharing 20). A lower level is allowed (the site's limit
@@ -352,7 +365,10 @@ class SiteLoad(Service):
         if station.site_id is None or not isinstance(profile, dict) \
                 or profile.get("chargingProfilePurpose") not in _CLASHING:
             return
-        if not await self._limited(station, payload.get("connectorId")):
+        # The site's fallback (a TxDefaultProfile at its level) is on every charger of
+        # it, sessions or not (``site_fallbacks``).
+        if profile.get("chargingProfilePurpose") == "TxProfile" \
+                and not await self._limited(station, payload.get("connectorId")):
             return
         level = await self._stack_level(station.cp_id)
         if profile.get("stackLevel") == level:
@@ -475,6 +491,8 @@ class SiteLoad(Service):
         [site] = await self.store.get_many(Site, [site_id])
         seen = await self._read(site_id, site)
         again = self._came_back(site_id, seen)
+        if site is not None:
+            self.fallbacks.tell(site, seen.stations, self.charger_back)
         if site is None or not seen.sessions:
             return
         live, held, bound = seen.live, seen.held, seen.bound
@@ -642,7 +660,7 @@ class SiteLoad(Service):
         settings = () if site is None else (site.max_power_kw, site.min_power_kw,
                                             site.unit, site.voltage, site.phases)
         return _Seen(sessions, {st.id for st in stations if st.online}, held, ratings,
-                     limit, settings, ending=ending)
+                     limit, settings, ending=ending, stations=stations)
 
     async def _ending(self, stations: Sequence[Station], active: Sequence[Session],
                       gone: Sequence[SiteAllocation]) -> list[Session]:

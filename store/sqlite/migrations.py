@@ -1095,6 +1095,13 @@ WHERE "entity" = 'vehicle' AND "action" = 'UPDATE' AND "actor" = "holder_id"
 CREATE INDEX "audit_entry_holder_at_idx" ON "audit_entry" ("holder_id", "at");
 """
 
+# Version 48: the fallback a station's site last sent its charger
+# (``Station.site_fallback_kw``, a TxDefaultProfile): what a charger may still hold once
+# its station left the site, to be removed. Older rows: none sent.
+_V48 = """
+ALTER TABLE "station" ADD COLUMN "site_fallback_kw" REAL;
+"""
+
 #: Every migration, oldest first. Append only.
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
@@ -1109,7 +1116,7 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (38, _V38), (39, _V39), (40, _V40),
                                      (41, _V41), (42, _V42), (43, _V43),
                                      (44, _V44), (45, _V45), (46, _V46),
-                                     (47, _V47))
+                                     (47, _V47), (48, _V48))
 
 #: Python functions migrations call, registered on the migrating connection: a value only
 #: the domain's rules can compute for rows written before (name, arity, function).

@@ -17,7 +17,7 @@ from ocpp.v16 import call_result as result
 from ocpp.v16.enums import Action
 
 from domain.entities import Station
-from domain.load_sharing import PROFILE_ID_BASE
+from domain.load_sharing import FALLBACK_PROFILE_ID, PROFILE_ID_BASE
 from graph.ids import expect_id, to_global_id
 from ocpp_bridge.simulator import SimulatedChargePoint, connected
 from tests.e2e.conftest import Running, running_service
@@ -41,6 +41,8 @@ class StrictChargePoint(SimulatedChargePoint):
     @on(Action.set_charging_profile)
     def on_set_charging_profile(self, connector_id: int, cs_charging_profiles: dict[str, Any]
                                 ) -> result.SetChargingProfile:
+        if cs_charging_profiles["charging_profile_purpose"] != "TxProfile":
+            return super().on_set_charging_profile(connector_id, cs_charging_profiles)
         known = self.connectors[connector_id].transaction_id
         if known is None or known != cs_charging_profiles.get("transaction_id"):
             return result.SetChargingProfile(status="Rejected")  # type: ignore[arg-type]
@@ -70,8 +72,17 @@ class SilentChargePoint(SimulatedChargePoint):
         await super().route_message(raw_msg)
 
 
+def fallbacks(cp: SimulatedChargePoint) -> list[dict[str, Any]]:
+    """The site's fallbacks the charger took (TxDefaultProfiles), oldest first, with the
+    connector they were set on."""
+    return [{"connector_id": p["connector_id"], **p["profile"]}
+            for action, p in cp.received if action == "SetChargingProfile"
+            and p["profile"].get("charging_profile_id") == FALLBACK_PROFILE_ID]
+
+
 def limits(cp: SimulatedChargePoint) -> list[float]:
-    """The limits the charger took (or, silent, was sent), oldest first. The package
+    """The sessions' limits the charger took (or, silent, was sent), oldest first (not
+    the site's fallback, a TxDefaultProfile: ``fallbacks``). The package
     hands handlers snake_case; the silent charger keeps the frame's camelCase."""
     def limit(profile: dict[str, Any]) -> float:
         schedule = profile.get("charging_schedule") or profile["chargingSchedule"]
@@ -79,8 +90,12 @@ def limits(cp: SimulatedChargePoint) -> list[float]:
             or schedule["chargingSchedulePeriod"]
         return float(periods[0]["limit"])
 
+    def purpose(profile: dict[str, Any]) -> str:
+        return str(profile.get("charging_profile_purpose")
+                   or profile["chargingProfilePurpose"])
+
     return [limit(p["profile"]) for action, p in cp.received
-            if action == "SetChargingProfile"]
+            if action == "SetChargingProfile" and purpose(p["profile"]) == "TxProfile"]
 
 
 async def until(check: Callable[[], Any], what: str) -> None:
@@ -121,7 +136,8 @@ async def test_two_chargers_share_the_site_s_limit(service: Running) -> None:
         tx1, status = await one.start_transaction(2, "TAG-OK")
         assert status == "Accepted"
         await until(lambda: limits(one) == [22_000.0], "CP-1 told 22 kW")
-        [sent] = [p for a, p in one.received if a == "SetChargingProfile"]
+        [sent] = [p for a, p in one.received if a == "SetChargingProfile"
+                  and p["profile"]["charging_profile_purpose"] == "TxProfile"]
         assert sent["connector_id"] == 2
         assert sent["profile"] == {
             "charging_profile_id": PROFILE_ID_BASE + 2, "transaction_id": tx1,
@@ -160,6 +176,14 @@ async def test_two_chargers_share_the_site_s_limit(service: Running) -> None:
         await service.services.site_load.settled()
         assert limits(one) == [22_000.0, 20_000.0]
         assert limits(two) == [18_000.0, 20_000.0, 40_000.0, 30_000.0]
+        # Each charger took the site's fallback once, on connector 0 at the site's
+        # level (the least a session charges at, 6 A on three phases), not at each run.
+        assert fallbacks(one) == fallbacks(two) == [{
+            "connector_id": 0, "charging_profile_id": PROFILE_ID_BASE, "stack_level": 10,
+            "charging_profile_purpose": "TxDefaultProfile",
+            "charging_profile_kind": "Relative", "charging_schedule": {
+                "charging_rate_unit": "W",
+                "charging_schedule_period": [{"start_period": 0, "limit": 4140.0}]}}]
         assert [(a["transactionId"], a["powerKw"])
                 for a in await allocations(service, site, token)] == [(tx2, 30.0)]
         await two.stop_transaction(1)  # its end is heard before it is answered
@@ -403,6 +427,8 @@ async def test_a_remote_start_with_a_profile_on_a_site_is_refused(service: Runni
     profile = operators_cap(9, 22_000, 0)
     del profile["transactionId"]
     async with connected(service.ocpp_url, "CP-OPEN", charge_point=StrictChargePoint) as cp:
+        await until(lambda: fallbacks(cp), "the site's fallback taken")
+        await service.services.site_load.settled()
         sent = len(cp.received)
         refused = await service.gql(start, {"i": {
             "cpId": "CP-OPEN", "connectorId": 2, "idTag": "TAG-OTHER",

@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from ocpp.v16 import call
@@ -20,7 +20,13 @@ from ocpp.v16 import call
 from domain import entities as d
 from domain.policy import SYSTEM
 from domain.query import ALL, Eq
-from ocpp_bridge.simulator import FleetPlan, SimulatorConfig, connected, run_station
+from ocpp_bridge.simulator import (
+    FleetPlan,
+    SimulatedChargePoint,
+    SimulatorConfig,
+    connected,
+    run_station,
+)
 from tests.helpers import until
 from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
 
@@ -344,3 +350,38 @@ async def test_a_refused_handshake_is_said_plainly_and_retried(
         lines = [record.getMessage() for record in caplog.records]
         assert all(line.startswith(f"{said}, reconnecting in ") for line in lines), lines
         assert "Response(" not in caplog.text
+
+
+def held(cp: SimulatedChargePoint, connector: int, profile_id: int, purpose: str,
+         level: int, limit_w: float, transaction_id: int | None = None) -> None:
+    profile: dict[str, Any] = {
+        "charging_profile_id": profile_id, "stack_level": level,
+        "charging_profile_purpose": purpose, "charging_profile_kind": "Relative",
+        "charging_schedule": {"charging_rate_unit": "W", "charging_schedule_period": [
+            {"start_period": 0, "limit": limit_w}]}}
+    if transaction_id is not None:
+        profile["transaction_id"] = transaction_id
+    assert cp.on_set_charging_profile(connector, profile).status == "Accepted"
+
+
+def test_the_simulator_composes_profiles_as_ocpp_does() -> None:
+    """A site's fallback (a TxDefaultProfile on connector 0) governs a session only until
+    its own TxProfile arrives, whatever their limits: the simulator drew the lowest of
+    every profile it held, so a session's share above the fallback was never drawn."""
+    cp = SimulatedChargePoint("SIM", cast(Any, None), SimulatorConfig(max_power_w=22_000))
+    cp.connectors[1].transaction_id = 7
+    cp.connectors[1].power_w = 22_000.0
+    held(cp, 0, 100, "TxDefaultProfile", 90, 4_140.0)
+    assert cp.drawn_w(1) == 4_140.0
+    held(cp, 0, 101, "TxDefaultProfile", 5, 1_000.0)  # a lower level loses
+    assert cp.drawn_w(1) == 4_140.0
+    held(cp, 1, 102, "TxDefaultProfile", 90, 11_000.0)  # the connector's own wins a tie
+    assert cp.drawn_w(1) == 11_000.0
+    held(cp, 1, 103, "TxProfile", 10, 18_000.0, transaction_id=7)  # overrules defaults
+    assert cp.drawn_w(1) == 18_000.0
+    held(cp, 1, 104, "TxProfile", 20, 16_000.0, transaction_id=7)
+    assert cp.drawn_w(1) == 16_000.0
+    held(cp, 1, 105, "TxProfile", 30, 2_000.0, transaction_id=8)  # another transaction's
+    assert cp.drawn_w(1) == 16_000.0
+    held(cp, 0, 106, "ChargePointMaxProfile", 0, 12_000.0)  # caps the whole
+    assert cp.drawn_w(1) == 12_000.0

@@ -1,0 +1,179 @@
+"""A site charger's fallback: what a new session draws before the site's share for it
+arrives, and while the charger cannot reach ChargeGraph.
+
+A site tells each session its share with a TxProfile for its transaction, which can
+only be sent once the charger was told the transaction (``ChargingService
+.start_answered``). Until it lands the session drew its connector's rating: two starts at
+once drew 44 kW on a 30 kW site (QA s21), and a session started while the charger was
+cut off from ChargeGraph drew it for hours. So each charger behind a site holds a
+TxDefaultProfile of ours (``load_sharing.fallback_profile``, on connector 0 at the
+site's stack level): the site's least per session (``Site.min_power_kw``, 6 A on each
+phase unless set), which every new transaction on it draws until its own TxProfile
+overrules it (OCPP 1.6, 3.13.2).
+
+Sent by ``SiteLoad`` at each run of the site to each of its chargers online that has not
+taken the current one on this connection (``tell``), forgotten when a charger connects
+or comes back (``forget``: a reboot may lose it), asked again after a refusal at a later
+run, not at every one. What was sent is written on the station before it goes
+(``Station.site_fallback_kw``: the charger may hold it), so whichever instance finds the
+station behind no site any more, now or when its charger next connects, removes it
+(``clear``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from domain.entities import Site, Station
+from domain.errors import ChargerNotSupported, ChargerOffline, ChargerRejected, DomainError
+from domain.load_sharing import FALLBACK_PROFILE_ID, fallback_profile, limit_in_unit
+from domain.policy import SYSTEM
+from domain.ports import Store, Update
+from domain.services.base import touch
+from domain.services.commands import CommandService
+
+log = logging.getLogger("chargegraph.sites")
+
+#: How long after a charger refused its fallback (or did not answer) it is asked again,
+#: at the site's next run after that: not at every start and stop on the site.
+ASK_AGAIN_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Told:
+    """A fallback sent to a charger on its current connection: which, and its answer."""
+
+    site_id: str
+    limit: float
+    unit: str
+    phases: int
+    accepted: bool
+    at: datetime
+
+
+class SiteFallbacks:
+    def __init__(self, store: Store, commands: CommandService,
+                 stack_level: Callable[[str], Awaitable[int]], now: Callable[[], datetime]
+                 ) -> None:
+        self.store = store
+        self.commands = commands
+        self.now = now
+        self._stack_level = stack_level
+        #: By station: the fallback its charger was sent on this connection.
+        self._told: dict[str, _Told] = {}
+        #: By station: a fallback or its removal under way (one at a time per charger).
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._closed = False
+
+    def forget(self, station_id: str) -> None:
+        """The station's charger connected or came back: it may have lost its fallback
+        (a reboot), or be another charger; the next run of its site sends it again."""
+        self._told.pop(station_id, None)
+
+    def tell(self, site: Site, stations: list[Station],
+             on_moved: Callable[[str], None]) -> None:
+        """Sends the site's fallback, in the background, to each of its chargers online
+        that was not sent it on this connection (or refused it ``ASK_AGAIN_S`` ago).
+        ``on_moved`` is called with a station found behind no site once its fallback
+        landed (it left meanwhile): its removal is the next run's."""
+        limit = limit_in_unit(site.min_power_kw, site.unit, site.voltage, site.phases)
+        for station in stations:
+            told = self._told.get(station.id)
+            if not station.online or station.id in self._tasks or self._closed or (
+                    told is not None and (told.site_id, told.limit, told.unit,
+                                          told.phases) == (site.id, limit, site.unit.value,
+                                                           site.phases)
+                    and (told.accepted or (self.now() - told.at).total_seconds()
+                         < ASK_AGAIN_S)):
+                continue
+            self._start(station.id, self._send(site, station, limit, on_moved))
+
+    def clear(self, station: Station, on_moved: Callable[[str], None]) -> None:
+        """Removes the fallback a station's charger may hold (``site_fallback_kw``) now
+        that the station is behind no site, in the background. Kept (an unanswered or
+        offline charger) it is tried again when the charger next connects."""
+        if station.online and station.site_fallback_kw is not None \
+                and station.id not in self._tasks and not self._closed:
+            self._start(station.id, self._remove(station, on_moved))
+
+    def under_way(self) -> list[asyncio.Task[None]]:
+        """The fallbacks and removals being sent now (``SiteLoad.settled``)."""
+        return list(self._tasks.values())
+
+    async def close(self) -> None:
+        self._closed = True
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _start(self, station_id: str, work: Awaitable[None]) -> None:
+        async def run() -> None:
+            try:
+                await work
+            except DomainError as exc:  # the store refused: the next run tries again
+                log.info("the site fallback of station %s: %s", station_id, exc.message)
+            except Exception:
+                log.exception("the site fallback of station %s failed", station_id)
+            finally:
+                self._tasks.pop(station_id, None)
+
+        self._tasks[station_id] = asyncio.create_task(run(),
+                                                      name=f"site-fallback-{station_id}")
+
+    async def _send(self, site: Site, station: Station, limit: float,
+                    on_moved: Callable[[str], None]) -> None:
+        level = await self._stack_level(station.cp_id)
+        if station.site_fallback_kw != site.min_power_kw:
+            # Before it goes: once sent, the charger may hold it, and it must be found
+            # to be removed whichever instance sees the station leave the site.
+            await self.store.write([touch(station, site_fallback_kw=site.min_power_kw)], [])
+        try:
+            outcome = await self.commands.send(
+                SYSTEM, station.cp_id, "SetChargingProfile",
+                fallback_profile(limit, site.unit, site.phases, level))
+        except DomainError as exc:  # not sent (gone offline meanwhile)
+            log.info("site %s: fallback for %s not sent: %s", site.id, station.cp_id,
+                     exc.message)
+            return
+        accepted = outcome.error is None
+        if not accepted and not isinstance(outcome.error, ChargerOffline):
+            log.warning("site %s: %s answered %s to its fallback", site.id, station.cp_id,
+                        outcome.status or outcome.error)
+        self._told[station.id] = _Told(site.id, limit, site.unit.value, site.phases,
+                                       accepted, self.now())
+        [now] = await self.store.get_many(Station, [station.id])
+        if now is not None and now.site_id != site.id:
+            # It left the site while the fallback was on its way: the removal, or the
+            # new site's own, comes after it.
+            self._told.pop(station.id, None)
+            on_moved(station.id)
+
+    async def _remove(self, station: Station, on_moved: Callable[[str], None]) -> None:
+        try:
+            outcome = await self.commands.send(SYSTEM, station.cp_id, "ClearChargingProfile",
+                                               {"id": FALLBACK_PROFILE_ID})
+        except DomainError as exc:
+            log.info("the site fallback of %s was not removed: %s", station.cp_id,
+                     exc.message)
+            return
+        error = outcome.error
+        # Accepted: removed; Unknown: it held none; NotSupported: it takes no profiles.
+        if error is not None and not isinstance(error, ChargerNotSupported) and not (
+                isinstance(error, ChargerRejected) and outcome.status == "Unknown"):
+            log.warning("%s answered %s to removing its site fallback", station.cp_id,
+                        outcome.status or error)
+            return
+        self._told.pop(station.id, None)
+        # Only onto what was read: a site joined meanwhile wrote its own fallback.
+        await self.store.write([Update(replace(station, site_fallback_kw=None),
+                                       fields=frozenset({"site_fallback_kw"}),
+                                       only_if=("site_fallback_kw",
+                                                station.site_fallback_kw))], [])
+        [now] = await self.store.get_many(Station, [station.id])
+        if now is not None and now.site_id is not None:
+            on_moved(station.id)  # joined a site meanwhile: its fallback goes again
