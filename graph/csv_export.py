@@ -88,10 +88,18 @@ ViewerOf = Callable[[str | None], Awaitable[Viewer]]
 
 # ------------------------------------------------------------------------ cells and lines
 def defuse(text: str) -> str:
-    """``text`` as a spreadsheet shows it rather than runs it."""
+    """``text`` as a spreadsheet shows it rather than runs it: an apostrophe before a
+    formula's start, at the start of the text and after each separator a spreadsheet
+    may split on instead of our comma (QA s22: German Excel opens a ``.csv`` with ``;``,
+    and a tag ``B;=SUM(1;2);`` made a cell ``=SUM(1;2)``; a quote opening that cell does
+    not stop it)."""
+    text = _FORMULA_AFTER_SEPARATOR.sub(r"\1'\2", text)
     return "'" + text if text.startswith(FORMULA_STARTS) else text
 
 
+#: A separator other than the comma a reader may split on (``;`` in locales whose
+#: decimal mark is the comma, a tab), any quotes or spaces, then a formula's start.
+_FORMULA_AFTER_SEPARATOR = re.compile(r"([;\t][\s\"]*)([=+\-@])")
 
 
 def cell(value: object) -> str:

@@ -11,13 +11,15 @@ site's stack level): the site's least per session (``Site.min_power_kw``, 6 A on
 phase unless set), which every new transaction on it draws until its own TxProfile
 overrules it (OCPP 1.6, 3.13.2).
 
-Sent by ``SiteLoad`` at each run of the site to each of its chargers online that has not
-taken the current one on this connection (``tell``), forgotten when a charger connects
-or comes back (``forget``: a reboot may lose it), asked again after a refusal at a later
-run, not at every one. What was sent is written on the station before it goes
-(``Station.site_fallback_kw``: the charger may hold it), so whichever instance finds the
-station behind no site any more, now or when its charger next connects, removes it
-(``clear``).
+Sent by ``SiteLoad`` at each run of the site, after the shares, to each of its chargers
+online that has not taken the current one on this connection (``tell``), forgotten when
+a charger connects or comes back (``forget``: a reboot may lose it), asked again after a
+refusal at a later run, not at every one. What was sent is written on the station before
+it goes (``Station.site_fallback_kw``: the charger may hold it), so whichever instance
+finds the station behind no site any more, now or when its charger next connects,
+removes it (``clear``); and the instance that sent one looks at the station again once
+it landed, removing it itself if the station left meanwhile (a removal on another
+instance may have landed before it, and cleared the record).
 """
 
 from __future__ import annotations
@@ -27,20 +29,26 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Any
 
 from domain.entities import Site, Station
 from domain.errors import ChargerNotSupported, ChargerOffline, ChargerRejected, DomainError
 from domain.load_sharing import FALLBACK_PROFILE_ID, fallback_profile, limit_in_unit
-from domain.policy import SYSTEM
+from domain.policy import SYSTEM, Viewer
 from domain.ports import Store, Update
 from domain.services.base import touch
-from domain.services.commands import CommandService
+from domain.services.commands import CommandOutcome
 
 log = logging.getLogger("chargegraph.sites")
 
 #: How long after a charger refused its fallback (or did not answer) it is asked again,
 #: at the site's next run after that: not at every start and stop on the site.
 ASK_AGAIN_S = 60.0
+#: Fallbacks and removals sent at once (a site's first run on an instance tells each of
+#: its chargers); the others wait their turn.
+MAX_AT_ONCE = 16
+
+Send = Callable[[Viewer, str, str, dict[str, Any]], Awaitable[CommandOutcome]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,19 +62,30 @@ class _Told:
     accepted: bool
     at: datetime
 
+    @property
+    def key(self) -> tuple[str, float, str, int]:
+        return (self.site_id, self.limit, self.unit, self.phases)
+
 
 class SiteFallbacks:
-    def __init__(self, store: Store, commands: CommandService,
-                 stack_level: Callable[[str], Awaitable[int]], now: Callable[[], datetime]
-                 ) -> None:
+    def __init__(self, store: Store, send: Send, stack_level: Callable[[str], Awaitable[int]],
+                 now: Callable[[], datetime], look_again: Callable[[str], None]) -> None:
+        """``send``: how commands go (``CommandService.send``); ``look_again``: has a
+        station's site found again and its fallback sent or removed
+        (``SiteLoad.charger_back``)."""
         self.store = store
-        self.commands = commands
+        self.send = send
         self.now = now
         self._stack_level = stack_level
+        self._look_again = look_again
         #: By station: the fallback its charger was sent on this connection.
         self._told: dict[str, _Told] = {}
         #: By station: a fallback or its removal under way (one at a time per charger).
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        #: Stations whose removal was asked for while a task of theirs ran: looked at
+        #: again once it ends.
+        self._pending: set[str] = set()
+        self._slots = asyncio.Semaphore(MAX_AT_ONCE)
         self._closed = False
 
     def forget(self, station_id: str) -> None:
@@ -74,31 +93,34 @@ class SiteFallbacks:
         (a reboot), or be another charger; the next run of its site sends it again."""
         self._told.pop(station_id, None)
 
-    def tell(self, site: Site, stations: list[Station],
-             on_moved: Callable[[str], None]) -> None:
+    def tell(self, site: Site, stations: list[Station]) -> None:
         """Sends the site's fallback, in the background, to each of its chargers online
-        that was not sent it on this connection (or refused it ``ASK_AGAIN_S`` ago).
-        ``on_moved`` is called with a station found behind no site once its fallback
-        landed (it left meanwhile): its removal is the next run's."""
+        that was not sent it on this connection (or refused it ``ASK_AGAIN_S`` ago), or
+        whose record says it holds none of this value: another instance may have
+        removed it since this one sent it."""
         limit = limit_in_unit(site.min_power_kw, site.unit, site.voltage, site.phases)
+        key = (site.id, limit, site.unit.value, site.phases)
         for station in stations:
             told = self._told.get(station.id)
             if not station.online or station.id in self._tasks or self._closed or (
-                    told is not None and (told.site_id, told.limit, told.unit,
-                                          told.phases) == (site.id, limit, site.unit.value,
-                                                           site.phases)
+                    told is not None and told.key == key
+                    and station.site_fallback_kw == site.min_power_kw
                     and (told.accepted or (self.now() - told.at).total_seconds()
                          < ASK_AGAIN_S)):
                 continue
-            self._start(station.id, self._send(site, station, limit, on_moved))
+            self._start(station.id, self._send(site, station, limit))
 
-    def clear(self, station: Station, on_moved: Callable[[str], None]) -> None:
+    def clear(self, station: Station) -> None:
         """Removes the fallback a station's charger may hold (``site_fallback_kw``) now
-        that the station is behind no site, in the background. Kept (an unanswered or
-        offline charger) it is tried again when the charger next connects."""
-        if station.online and station.site_fallback_kw is not None \
-                and station.id not in self._tasks and not self._closed:
-            self._start(station.id, self._remove(station, on_moved))
+        that the station is behind no site, in the background (after a task of its
+        still running). Kept (an unanswered or offline charger) it is tried again when
+        the charger next connects."""
+        if not station.online or station.site_fallback_kw is None or self._closed:
+            return
+        if station.id in self._tasks:
+            self._pending.add(station.id)
+            return
+        self._start(station.id, self._remove(station, station.site_fallback_kw))
 
     def under_way(self) -> list[asyncio.Task[None]]:
         """The fallbacks and removals being sent now (``SiteLoad.settled``)."""
@@ -114,49 +136,57 @@ class SiteFallbacks:
     def _start(self, station_id: str, work: Awaitable[None]) -> None:
         async def run() -> None:
             try:
-                await work
+                async with self._slots:
+                    await work
             except DomainError as exc:  # the store refused: the next run tries again
                 log.info("the site fallback of station %s: %s", station_id, exc.message)
             except Exception:
                 log.exception("the site fallback of station %s failed", station_id)
             finally:
                 self._tasks.pop(station_id, None)
+                if station_id in self._pending and not self._closed:
+                    self._pending.discard(station_id)
+                    self._look_again(station_id)
 
         self._tasks[station_id] = asyncio.create_task(run(),
                                                       name=f"site-fallback-{station_id}")
 
-    async def _send(self, site: Site, station: Station, limit: float,
-                    on_moved: Callable[[str], None]) -> None:
+    async def _send(self, site: Site, station: Station, limit: float) -> None:
         level = await self._stack_level(station.cp_id)
         if station.site_fallback_kw != site.min_power_kw:
             # Before it goes: once sent, the charger may hold it, and it must be found
             # to be removed whichever instance sees the station leave the site.
             await self.store.write([touch(station, site_fallback_kw=site.min_power_kw)], [])
+        told = _Told(site.id, limit, site.unit.value, site.phases, False, self.now())
         try:
-            outcome = await self.commands.send(
-                SYSTEM, station.cp_id, "SetChargingProfile",
-                fallback_profile(limit, site.unit, site.phases, level))
-        except DomainError as exc:  # not sent (gone offline meanwhile)
+            outcome = await self.send(SYSTEM, station.cp_id, "SetChargingProfile",
+                                      fallback_profile(limit, site.unit, site.phases, level))
+        except DomainError as exc:  # not sent (gone offline, its registration refused)
             log.info("site %s: fallback for %s not sent: %s", site.id, station.cp_id,
                      exc.message)
+            self._told[station.id] = told  # asked again in a while, not at every run
             return
         accepted = outcome.error is None
         if not accepted and not isinstance(outcome.error, ChargerOffline):
             log.warning("site %s: %s answered %s to its fallback", site.id, station.cp_id,
                         outcome.status or outcome.error)
-        self._told[station.id] = _Told(site.id, limit, site.unit.value, site.phases,
-                                       accepted, self.now())
+        self._told[station.id] = replace(told, accepted=accepted)
         [now] = await self.store.get_many(Station, [station.id])
-        if now is not None and now.site_id != site.id:
-            # It left the site while the fallback was on its way: the removal, or the
-            # new site's own, comes after it.
-            self._told.pop(station.id, None)
-            on_moved(station.id)
+        if now is None or now.site_id == site.id:
+            return
+        self._told.pop(station.id, None)
+        if now.site_id is None:
+            # It left the site while the fallback was on its way, and a removal by
+            # another instance may have landed before it (and cleared the record, so
+            # nobody else would remove it): removed here.
+            await self._remove(now, site.min_power_kw)
+        else:
+            self._look_again(station.id)  # the new site's own replaces it (same id)
 
-    async def _remove(self, station: Station, on_moved: Callable[[str], None]) -> None:
+    async def _remove(self, station: Station, held_kw: float) -> None:
         try:
-            outcome = await self.commands.send(SYSTEM, station.cp_id, "ClearChargingProfile",
-                                               {"id": FALLBACK_PROFILE_ID})
+            outcome = await self.send(SYSTEM, station.cp_id, "ClearChargingProfile",
+                                      {"id": FALLBACK_PROFILE_ID})
         except DomainError as exc:
             log.info("the site fallback of %s was not removed: %s", station.cp_id,
                      exc.message)
@@ -169,11 +199,13 @@ class SiteFallbacks:
                         outcome.status or error)
             return
         self._told.pop(station.id, None)
-        # Only onto what was read: a site joined meanwhile wrote its own fallback.
-        await self.store.write([Update(replace(station, site_fallback_kw=None),
-                                       fields=frozenset({"site_fallback_kw"}),
-                                       only_if=("site_fallback_kw",
-                                                station.site_fallback_kw))], [])
         [now] = await self.store.get_many(Station, [station.id])
-        if now is not None and now.site_id is not None:
-            on_moved(station.id)  # joined a site meanwhile: its fallback goes again
+        if now is None:
+            return
+        if now.site_fallback_kw is not None:
+            # Only onto what is there: a site joined meanwhile writes its own first.
+            await self.store.write([Update(replace(now, site_fallback_kw=None),
+                                           fields=frozenset({"site_fallback_kw"}),
+                                           only_if=("site_fallback_kw", held_kw))], [])
+        if now.site_id is not None:
+            self._look_again(station.id)  # joined a site meanwhile: its fallback again

@@ -41,6 +41,7 @@ from domain.entities import (
     Station,
 )
 from domain.errors import (
+    ChargerBusy,
     ChargerNotSupported,
     ChargerOffline,
     ChargerRejected,
@@ -63,7 +64,7 @@ from domain.load_sharing import (
     profile_id,
     tx_profile,
 )
-from domain.policy import SYSTEM
+from domain.policy import SYSTEM, Viewer
 from domain.ports import Change, Delete, Insert, Update
 from domain.query import Eq, In, all_of
 from domain.services.base import Service, ServiceContext, changed, patch, stamp_new
@@ -235,7 +236,8 @@ class SiteLoad(Service):
         #: (``_defer``), told once it has been answered.
         self._owed: dict[str, set[str]] = {}
         #: Each charger's fallback for new sessions (a TxDefaultProfile).
-        self.fallbacks = SiteFallbacks(ctx.store, commands, self._stack_level, self.now)
+        self.fallbacks = SiteFallbacks(ctx.store, self._command, self._stack_level, self.now,
+                                       self.charger_back)
         ctx.published.append(self._heard)
 
     # ------------------------------------------------------------- triggers
@@ -308,7 +310,7 @@ class SiteLoad(Service):
                         self._back.setdefault(station.site_id, set()).add(station.id)
                     self.request_site(station.site_id)
                 elif station is not None:  # behind no site: no fallback of ours stays
-                    self.fallbacks.clear(station, self.charger_back)
+                    self.fallbacks.clear(station)
 
     async def _run(self, site_id: str) -> None:
         try:
@@ -372,7 +374,7 @@ class SiteLoad(Service):
             return
         level = await self._stack_level(station.cp_id)
         if profile.get("stackLevel") == level:
-            raise Conflict(f"stack level {level} is this site's own limit on the connector: "
+            raise Conflict(f"stack level {level} is this site's own limit on this charger: "
                            "the two profiles would replace each other; use a lower level "
                            "(the site's limit wins) or, to override the site, a higher one",
                            field="csChargingProfiles.stackLevel", code="IN_USE")
@@ -490,9 +492,18 @@ class SiteLoad(Service):
         another instance) is told once that has been answered (``_defer``)."""
         [site] = await self.store.get_many(Site, [site_id])
         seen = await self._read(site_id, site)
+        try:
+            await self._share(site_id, site, seen)
+        finally:
+            # After the shares: a charger takes one command at a time, and a session's
+            # limit must not wait behind the fallback (a silent charger's for the
+            # command timeout).
+            if site is not None:
+                self.fallbacks.tell(site, seen.stations)
+
+    async def _share(self, site_id: str, site: Site | None, seen: _Seen) -> None:
+        """``recompute``'s sharing of what it read (``seen``)."""
         again = self._came_back(site_id, seen)
-        if site is not None:
-            self.fallbacks.tell(site, seen.stations, self.charger_back)
         if site is None or not seen.sessions:
             return
         live, held, bound = seen.live, seen.held, seen.bound
@@ -829,12 +840,27 @@ class SiteLoad(Service):
             log.info("site %s: limit for transaction %d not sent: %s", site.id,
                      session.transaction_id, exc.message)
             answer = LimitAnswer.ERROR
+        else:
+            if isinstance(outcome.error, ChargerBusy):
+                # Never sent (the charger was busy with other commands till it timed
+                # out): nothing changed at the charger, so nothing is recorded, and the
+                # site is shared again in a moment rather than held loose for
+                # ``RETRY_LOOSE_S`` (a fallback at a silent charger's connection held a
+                # new session's first limit back a minute).
+                log.info("site %s: limit for transaction %d not sent, %s was busy",
+                         site.id, session.transaction_id, session.cp_id)
+                self._later(site.id)
+                return LimitAnswer.ERROR
         if answer is not LimitAnswer.ACCEPTED:
             log.warning("site %s: %s answered %s to its limit for transaction %d",
                         site.id, session.cp_id, answer.value, session.transaction_id)
         await self._record(site, held, session, power_kw, limit, answer,
                            bound_after(bound_kw, power_kw, answer))
         return answer
+
+    async def _command(self, viewer: Viewer, cp_id: str, action: str,
+                       payload: dict[str, Any]) -> CommandOutcome:
+        return await self.commands.send(viewer, cp_id, action, payload)
 
     async def _stack_level(self, cp_id: str) -> int:
         """The stack level of the charger's site limits: ``STACK_LEVEL``, or the highest

@@ -28,6 +28,12 @@ def test_text_that_would_start_a_formula_gets_an_apostrophe() -> None:
         assert cell(text) == "'" + text
     for text in ("CP-1", "a=b", "", "'quoted"):
         assert cell(text) == text
+    # QA s22: a reader splitting on ";" (German Excel) or tabs made cells of these.
+    assert cell("B;=SUM(1;2);") == "B;'=SUM(1;2);"
+    assert cell("x; \"@A1") == "x; \"'@A1"
+    assert cell("a\t+1") == "a\t'+1"
+    assert cell("=a;-b") == "'=a;'-b"
+    assert cell("a;b, c=d") == "a;b, c=d"
     # What we format ourselves is a number, never a formula: not prefixed.
     assert cell(Decimal("-1.50")) == "-1.50"
     assert cell(-3) == "-3"

@@ -20,6 +20,7 @@ import pytest
 from domain.clock import utcnow
 from domain.entities import LimitAnswer, Session, Site, SiteAllocation, Station
 from domain.errors import ChargerNotSupported, ChargerRejected, ChargerTimeout
+from domain.load_sharing import FALLBACK_PROFILE_ID, PROFILE_ID_BASE
 from domain.policy import SYSTEM, Viewer
 from domain.ports import Delete, Update
 from domain.query import Eq
@@ -38,7 +39,7 @@ class Chargers:
         self.behaviour: dict[tuple[str, int], str] = {}
         self.applied: dict[tuple[str, int], float] = {}
         self.sent: list[tuple[str, int, float]] = []
-        self.cleared: list[str] = []
+        self.cleared: list[tuple[str, int]] = []
         self.asked_config: list[str] = []
         self.fallbacks: dict[str, float] = {}
         self.release = asyncio.Event()
@@ -56,8 +57,11 @@ class Chargers:
                 {"key": "ChargeProfileMaxStackLevel", "value": "8", "readonly": True}]}
             return outcome
         if action == "ClearChargingProfile":  # the site's limit lifted: off this site
-            self.cleared.append(cp_id)
-            self.applied = {p: kw for p, kw in self.applied.items() if p[0] != cp_id}
+            self.cleared.append((cp_id, payload["id"]))
+            if payload["id"] == FALLBACK_PROFILE_ID:
+                self.fallbacks.pop(cp_id, None)
+            else:
+                self.applied = {p: kw for p, kw in self.applied.items() if p[0] != cp_id}
             outcome.status = "Accepted"
             return outcome
         assert action == "SetChargingProfile", action
@@ -247,7 +251,9 @@ async def test_a_station_handed_to_another_company_frees_its_share(
     await central.services.site_load.settled()
     assert await shares(central, site) == {tx2: (22.0, 22.0, "Accepted")}
     assert ("CP-OPEN", 2, 22000.0) in chargers.sent
-    assert chargers.cleared == ["CP-1"]  # its own limit lifted: it is no site's now
+    # Its session's limit lifted and its fallback removed: it is no site's now.
+    assert sorted(chargers.cleared) == [("CP-1", FALLBACK_PROFILE_ID),
+                                        ("CP-1", PROFILE_ID_BASE + 2)]
     assert [st.cp_id for st in await central.store.find_all(
         Station, Eq("site_id", site.id))] == ["CP-OPEN"]
     assert LimitAnswer.PENDING not in {a.answer for a in await central.store.find_all(
@@ -320,7 +326,9 @@ async def test_a_charger_that_does_not_say_its_stack_level_is_not_asked_each_tim
     for limit in (30, 20, 25):
         await central.services.sites.update_site(SYSTEM, site.id, max_power_kw=limit)
         await central.services.site_load.settled()
-    assert chargers.asked_config.count("CP-1") == 1
+    assert chargers.asked_config.count("CP-1") == 1  # CP-OPEN's: for its fallback
+    # Each charger took the site's fallback once (the scripted chargers see it too).
+    assert chargers.fallbacks == {"CP-1": 4140.0, "CP-OPEN": 4140.0}
     # 30 kW leaves its 22 kW plug as it was: nothing sent.
     assert [kw for cp, _, kw in chargers.sent if cp == "CP-1"] == [22000.0, 20000.0, 22000.0]
 

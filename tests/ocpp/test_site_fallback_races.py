@@ -1,0 +1,191 @@
+"""A site charger's fallback across instances and in-flight commands (review s22): a
+removal on one instance overtaken by another's fallback left it on the charger with
+nothing recording it; an instance whose memory said the charger took it did not send it
+again after another removed it; a removal asked for while a fallback was on its way was
+dropped. Two ``SiteLoad`` instances on one real store, chargers scripted by profile id,
+and the test says which instance hears what."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+
+from domain.entities import Site, Station
+from domain.errors import ChargerRejected
+from domain.load_sharing import FALLBACK_PROFILE_ID
+from domain.policy import SYSTEM, Viewer
+from domain.services.commands import CommandOutcome, CommandService
+from domain.services.site_load import SiteLoad
+from tests.helpers import until
+from tests.ocpp.conftest import Central, seed, start_central, stop_central
+
+
+class Chargers:
+    """What each charger holds, by profile id; one instance's fallbacks can be held on
+    their way (``gate``)."""
+
+    def __init__(self) -> None:
+        self.held: dict[str, dict[int, str]] = {}
+        self.gate: tuple[str, asyncio.Event] | None = None
+        self.on_the_way = asyncio.Event()
+
+    def of(self, instance: str) -> CommandService:
+        chargers = self
+
+        class Port:
+            timeout = 5.0
+
+            async def send(self, viewer: Viewer, cp_id: str, action: str,
+                           payload: dict[str, Any]) -> CommandOutcome:
+                return await chargers.answer(instance, cp_id, action, payload)
+
+        return cast(CommandService, Port())
+
+    async def answer(self, instance: str, cp_id: str, action: str,
+                     payload: dict[str, Any]) -> CommandOutcome:
+        outcome = CommandOutcome(command_id="c", action=action,
+                                 station=cast(Station, None), status="Accepted")
+        held = self.held.setdefault(cp_id, {})
+        if action == "GetConfiguration":
+            outcome.result = {"configurationKey": [
+                {"key": "ChargeProfileMaxStackLevel", "value": "10", "readonly": True}]}
+        elif action == "ClearChargingProfile":
+            if held.pop(payload["id"], None) is None:
+                outcome.status = "Unknown"
+                outcome.error = ChargerRejected("Unknown")
+        else:
+            profile = payload["csChargingProfiles"]
+            if self.gate is not None and self.gate[0] == instance:
+                self.on_the_way.set()
+                await self.gate[1].wait()
+            held[profile["chargingProfileId"]] = profile["chargingProfilePurpose"]
+        return outcome
+
+
+@pytest.fixture
+async def central(tmp_path: Path) -> Any:
+    central = await start_central(tmp_path / "central.db")
+    await seed(central)
+    try:
+        yield central
+    finally:
+        await central.services.site_load.close()
+        await stop_central(central)
+
+
+@pytest.fixture
+async def world(central: Central) -> Any:
+    """Instances A (the services' own) and B on one store, nobody hearing events by
+    itself; CP-OPEN behind a site, online."""
+    chargers = Chargers()
+    services = central.services
+    a = services.site_load
+    a.commands = chargers.of("A")
+    b = SiteLoad(services.ctx, chargers.of("B"))
+    services.ctx.published.remove(a._heard)
+    services.ctx.published.remove(b._heard)
+    company = central.stations["CP-OPEN"].company_id
+    assert company is not None
+    site = await services.sites.create_site(SYSTEM, name="Depot", company_id=company,
+                                            max_power_kw=30)
+    station_id = central.stations["CP-OPEN"].id
+    await services.sites.assign_station(SYSTEM, station_id, site.id)
+    await services.charging.set_online("CP-OPEN", True)
+    try:
+        yield chargers, a, b, site, station_id
+    finally:
+        await b.close()
+
+
+World = tuple[Chargers, SiteLoad, SiteLoad, Site, str]
+
+
+async def stored(central: Central, station_id: str) -> Station:
+    [station] = await central.store.get_many(Station, [station_id])
+    assert station is not None
+    return station
+
+
+async def leave(central: Central, instance: SiteLoad, station_id: str) -> None:
+    """The station leaves its site; ``instance`` hears its StationChanged."""
+    await central.services.sites.assign_station(SYSTEM, station_id, None)
+    instance.request_station(station_id)
+
+
+async def test_a_removal_overtaken_by_another_instance_s_fallback_is_made_good(
+        central: Central, world: World) -> None:
+    chargers, a, b, site, station_id = world
+    a.request_site(site.id)
+    await a.settled()
+    assert chargers.held["CP-OPEN"] == {FALLBACK_PROFILE_ID: "TxDefaultProfile"}
+    # B's first run of the site sends it too, slowly (its memory is its own).
+    chargers.gate = ("B", asyncio.Event())
+    b.request_site(site.id)
+    await asyncio.wait_for(chargers.on_the_way.wait(), 5)
+    await leave(central, a, station_id)
+    await a.settled()
+    assert chargers.held["CP-OPEN"] == {}  # A removed it, and cleared the record
+    assert (await stored(central, station_id)).site_fallback_kw is None
+    chargers.gate[1].set()  # B's lands after the removal: B finds the station left
+    await b.settled()
+    await a.settled()
+    assert chargers.held["CP-OPEN"] == {}
+    assert (await stored(central, station_id)).site_fallback_kw is None
+
+
+async def test_a_fallback_removed_elsewhere_is_sent_again_when_the_station_returns(
+        central: Central, world: World) -> None:
+    chargers, a, b, site, station_id = world
+    b.request_site(site.id)
+    await b.settled()
+    await leave(central, a, station_id)
+    await a.settled()
+    assert chargers.held["CP-OPEN"] == {}
+    # Back behind the site, heard by B, whose memory says the charger took it.
+    central.services.sites.recompute = b.request_site
+    await central.services.sites.assign_station(SYSTEM, station_id, site.id)
+    b.request_station(station_id)
+    await b.settled()
+    assert chargers.held["CP-OPEN"] == {FALLBACK_PROFILE_ID: "TxDefaultProfile"}
+    assert (await stored(central, station_id)).site_fallback_kw == 4.14
+
+
+async def test_a_removal_asked_for_while_a_fallback_is_on_its_way_follows_it(
+        central: Central, world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fallback's look at the station once it landed was read just before the
+    station left, and the removal asked for then found a task under way."""
+    chargers, a, _, site, station_id = world
+    a.request_site(site.id)
+    await a.settled()
+    a.charger_back(station_id)  # the charger came back: its fallback goes again
+    store = central.store
+    read = store.get_many
+    looked, answer = asyncio.Event(), asyncio.Event()
+
+    async def late(kind: Any, ids: Any, *more: Any) -> Any:
+        found = await read(kind, ids, *more)
+        task = asyncio.current_task()
+        if kind is Station and task is not None \
+                and task.get_name().startswith("site-fallback-"):
+            looked.set()  # read: the station is still behind the site
+            await answer.wait()
+        return found
+
+    monkeypatch.setattr(store, "get_many", late)
+    await asyncio.wait_for(looked.wait(), 5)
+    central.services.sites.recompute = a.request_site
+    await leave(central, a, station_id)
+
+    async def resolved() -> bool:  # found behind no site: its removal asked for
+        return a._resolver is not None and a._resolver.done()
+
+    await until(resolved)
+    answer.set()
+    await a.settled()
+    monkeypatch.undo()
+    assert (await stored(central, station_id)).site_id is None
+    assert chargers.held["CP-OPEN"] == {}
+    assert (await stored(central, station_id)).site_fallback_kw is None
