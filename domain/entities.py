@@ -786,6 +786,8 @@ class ConfigurationKey(Record):
     #: it was read.
     changed_at: datetime | None = None
     #: That change was answered RebootRequired: the value applies from the next boot.
+    #: Until then a read of another value (the one still in force) does not replace it
+    #: (``services.configuration``).
     reboot_required: bool = False
 
     def awaits_reboot(self, booted_at: datetime | None) -> bool:

@@ -374,13 +374,17 @@ class ConfigurationKey:
         "named for a password or secret."))
     read_at: datetime | None = strawberry.field(default=None, description=(
         "When a `getConfiguration` answer last gave it; null when known only from a "
-        "change."))
+        "change. While `rebootRequired`, an answer giving another value (the one still "
+        "in force) is not recorded."))
     changed_at: datetime | None = strawberry.field(default=None, description=(
         "When the charger last took a `changeConfiguration` of it (ACCEPTED or "
         "REBOOT_REQUIRED); null when none went through the service."))
     reboot_required: bool = strawberry.field(default=False, description=(
         "Its last change was answered REBOOT_REQUIRED and the charger has not booted "
-        "since: `value` applies from its next boot."))
+        "since: `value` is the one set, which applies from its next boot (a "
+        "`getConfiguration` meanwhile answers the one still in force and does not "
+        "replace it here; one giving the value set does not clear this: only a boot "
+        "does)."))
 
 
 @strawberry.type(description="One period of a charger's schedule (OCPP "

@@ -90,7 +90,10 @@ def _common(outcome: CommandOutcome | None, errors: list[UserError]) -> dict[str
 class RemoteStartTransactionInput:
     cp_id: str = strawberry.field(description=_CP_ID)
     connector_id: int | None = strawberry.field(default=None, description=(
-        "The connector to charge on, from 1; left out: the charger picks one."))
+        "The connector to charge on, from 1; left out: the charger picks one. Refused "
+        "(IN_USE) while it charges a session or is reserved for another card; for "
+        "drivers also (INVALID_STATE; on `cpId` when left out) while it, or the charger "
+        "as a whole, last reported FAULTED or UNAVAILABLE."))
     id_tag: str | None = strawberry.field(
         default=None, description="Drivers may leave it out: their vehicle's or first tag.")
     vehicle_id: strawberry.ID | None = strawberry.field(

@@ -16,12 +16,14 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol, cast
 from urllib.parse import urlsplit, urlunsplit
 
+from domain.availability import POINT_DOWN
 from domain.command_rules import check_command, is_heartbeat_key, is_secret_key
 from domain.entities import (
     FIRMWARE_REQUESTED,
     LIVE_RESERVATION_STATES,
     AuditAction,
     AuditEntry,
+    Connector,
     IdTag,
     IdTagStatus,
     Registration,
@@ -301,6 +303,8 @@ class CommandService(Service):
             await self._refuse_transaction_elsewhere(station, payload)
         if payload.get("connectorId"):
             await connector_in_range(self.store, station, payload["connectorId"])
+        if action == "RemoteStartTransaction":
+            await self._check_plug(station, payload, driver=not manages)
         if action == "SetChargingProfile":
             await self._check_tx_profile(station, payload)
         # A person's command (the site's own limits go as SYSTEM) the site may need to
@@ -375,8 +379,6 @@ class CommandService(Service):
                             payload: dict[str, Any]) -> None:
         if action in ("RemoteStartTransaction", "ReserveNow"):
             await self._own_tag(viewer, payload, starting=action == "RemoteStartTransaction")
-            if action == "RemoteStartTransaction":
-                await self._refuse_reserved(station, payload)
         elif action == "RemoteStopTransaction":
             session = await self.store.find_one(Session, all_of(
                 Eq("transaction_id", payload.get("transactionId")), Eq("cp_id", station.cp_id)))
@@ -462,12 +464,65 @@ class CommandService(Service):
         await self._refuse_unusable_tag(tag, self.now())
         await self._refuse_charging(tag)
 
+    # ------------------------------------------------------------- the plug to start on
+    async def _check_plug(self, station: Station, payload: dict[str, Any], *, driver: bool
+                          ) -> None:
+        """A remote start is refused before it is sent where the plug cannot take it: a
+        charger that does not check answers Accepted and starts there anyway (QA s22).
+        For everyone, where it would take what another customer holds: a plug charging
+        another session (its StartTransaction closed that session as lost, billed
+        short) or reserved for another card. Staff clear those first, each an audited
+        act of its own (``remoteStopTransaction`` or ``endSession``,
+        ``cancelReservation``). For drivers also a plug, or a charger as a whole, out of
+        service (Faulted, Unavailable): staff may still try one whose report they doubt
+        (support), and the charger refuses a real one, nobody else harmed. A start that
+        names no connector lets the charger pick one of its free ones."""
+        await self._refuse_occupied(station, payload)
+        await self._refuse_reserved(station, payload)
+        if driver:
+            await self._refuse_out_of_service(station, payload)
+
+    async def _refuse_occupied(self, station: Station, payload: dict[str, Any]) -> None:
+        """A plug holding an ACTIVE session (of any card: one of the starting card was
+        refused on ``idTag`` already), whatever its last report says (a charger may
+        start a transaction without reporting Charging: availability's rule)."""
+        connector_id = payload.get("connectorId")
+        if not connector_id:
+            return
+        held = await self.store.find_one(Session, all_of(
+            Eq("station_id", station.id), Eq("connector_id", connector_id),
+            Eq("state", SessionState.ACTIVE)))
+        if held is not None:
+            raise Conflict("the connector is charging another session", field="connectorId",
+                           code="IN_USE")
+
+    async def _refuse_out_of_service(self, station: Station, payload: dict[str, Any]
+                                     ) -> None:
+        """A charger whose connector 0 last reported Unavailable or Faulted (none of its
+        connectors can charge: ``availability.POINT_DOWN``), or a plug that did. A plug
+        that never reported (its stored status is the default, not a report) is not
+        judged: the charger decides."""
+        connector_id = payload.get("connectorId")
+        field = "connectorId" if connector_id else "cpId"
+        if station.status in POINT_DOWN:
+            raise ValidationError(f"the charger reports itself {station.status.value.lower()}: "
+                                  "none of its connectors can charge now", field=field,
+                                  code="INVALID_STATE")
+        if not connector_id:
+            return
+        plug = await self.store.find_one(Connector, all_of(
+            Eq("station_id", station.id), Eq("connector_id", connector_id)))
+        if plug is not None and plug.status_at is not None and plug.status in POINT_DOWN:
+            raise ValidationError(f"the connector reports itself {plug.status.value.lower()}: "
+                                  "it cannot charge now", field=field, code="INVALID_STATE")
+
     async def _refuse_reserved(self, station: Station, payload: dict[str, Any]) -> None:
-        """A driver's remote start on a connector reserved for another card (OCPP 1.6,
-        5.13: a reserved connector serves the reserved idTag or its group) is refused:
-        a charger that does not check would end the other driver's reservation, one
-        that does would refuse the start after it was answered. Connector 0 reserves the
-        station's next free connector, so it holds them all (as ``_refuse_clash``)."""
+        """A remote start on a connector reserved for another card (OCPP 1.6, 5.13: a
+        reserved connector serves the reserved idTag or its group) is refused, a
+        driver's and staff's alike: a charger that does not check would end the other
+        card's reservation, one that does would refuse the start after it was answered.
+        Connector 0 reserves the station's next free connector, so it holds them all (as
+        ``_refuse_clash``)."""
         connector_id = payload.get("connectorId")
         where = Eq("connector_id", 0) if not connector_id \
             else In("connector_id", (connector_id, 0))

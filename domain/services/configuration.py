@@ -8,6 +8,17 @@ forgotten), and so is every ChangeConfiguration the charger took (``record_chang
 Accepted or RebootRequired; a refusal or no answer leaves the key as it was known).
 Keys the answer did not mention are kept: a read of some keys says nothing of the others.
 
+A change answered RebootRequired waits for the charger's next boot, and until then a
+read gives the value still in force, the old one (QA s22: the read replaced the value set,
+the pending flag stayed on it, and after the boot the old value read as the one in
+force). So while a change waits for its boot (``ConfigurationKey.awaits_reboot``) a read
+of another value leaves the key as the change left it: the value set is the one that
+applies from the boot, and the read is the charger's live answer, no more. A read after
+the boot decides again. A read giving the value set records that it was read; the key
+still waits for the boot (many chargers report the stored value before it is in force,
+and only a boot says it is). Each read's write is guarded by the change it saw
+(``changed_at``): one that meets a change recorded meanwhile is made again, judged on it.
+
 At most ``MAX_KEYS`` keys are kept of a station: of all it holds and is told of, the
 first ``MAX_KEYS`` by folded key (``kept``), the order ``Station.configuration`` lists
 them in; a key past them is not stored, or is deleted when a key before it arrives.
@@ -29,7 +40,7 @@ from typing import Any
 
 from domain.command_rules import folded_key, is_secret_key
 from domain.entities import ConfigurationKey, Station
-from domain.errors import NotFound, UniqueViolation
+from domain.errors import Conflict, NotFound, UniqueViolation
 from domain.policy import Viewer
 from domain.ports import Change, Delete, Insert, Store
 from domain.query import Eq
@@ -60,7 +71,8 @@ async def record_read(store: Store, station: Station, result: dict[str, Any], ac
     station's keys; ``whole``: the request named no keys, so the answer has every key
     the charger has. Two answers recorded at once may both insert a key new to the
     station, or delete one past the first ``MAX_KEYS``: the second then reads the
-    station's keys again and writes over what the first left."""
+    station's keys again and writes over what the first left; so does a read that meets
+    a change recorded meanwhile (``changed_at`` moved), which it may not overwrite."""
     given: dict[str, dict[str, Any]] = {}
     for entry in result.get("configurationKey") or ():
         if isinstance(entry, dict) and isinstance(entry.get("key"), str):
@@ -71,7 +83,7 @@ async def record_read(store: Store, station: Station, result: dict[str, Any], ac
         try:
             await _write_read(store, station, given, unknown, whole, actor, now)
             return
-        except (UniqueViolation, NotFound):  # a key another write inserted or deleted
+        except (Conflict, NotFound):  # a key another write inserted, changed or deleted
             if attempt:
                 raise
 
@@ -79,6 +91,7 @@ async def record_read(store: Store, station: Station, result: dict[str, Any], ac
 async def _write_read(store: Store, station: Station, given: dict[str, dict[str, Any]],
                       unknown: set[str], whole: bool, actor: Viewer, now: datetime) -> None:
     held = await _all_held(store, station)
+    booted_at = await _booted_at(store, station)
     keep, left_out = kept((held.keys() - unknown) | given.keys())
     # Forgotten (the charger does not know it) or past the first MAX_KEYS.
     changes: list[Change] = [Delete(known) for folded, known in held.items()
@@ -93,12 +106,32 @@ async def _write_read(store: Store, station: Station, given: dict[str, dict[str,
             "value": None if secret or not isinstance(value, str) else value,
             "secret": secret, "read_at": now}
         known = held.get(folded)
-        changes.append(patch(known, actor, **read) if known is not None else Insert(
-            stamp_new(ConfigurationKey(station_id=station.id, cp_id=station.cp_id, **read),
-                      actor, now)))
+        if known is None:
+            changes.append(Insert(stamp_new(ConfigurationKey(
+                station_id=station.id, cp_id=station.cp_id, **read), actor, now)))
+        elif _read_replaces(known, read["value"], booted_at):
+            # Only over the change it saw: one recorded since (or a key deleted) fails
+            # the write, which ``record_read`` makes again on the keys as they are now.
+            changes.append(patch(known, actor, only_if=("changed_at", known.changed_at),
+                                 required=True, **read))
     changes.extend(_truncation(station, actor, left_out, whole))
     if changes:
         await store.write(changes, [])
+
+
+def _read_replaces(known: ConfigurationKey, value: str | None,
+                   booted_at: datetime | None) -> bool:
+    """Whether a read giving ``value`` is written over the key as ``known``: always,
+    but while a change of it waits for the charger's boot only when it gives the value
+    set (another is the one in force until the boot, not the one that applies after)."""
+    return not known.awaits_reboot(booted_at) or value == known.value
+
+
+async def _booted_at(store: Store, station: Station) -> datetime | None:
+    """When the station's charger last booted, as stored now: the station the command
+    was sent with may be older than a boot its answer came after."""
+    [current] = await store.get_many(Station, [station.id])
+    return (current or station).booted_at
 
 
 async def record_change(store: Store, station: Station, key: str, value: str, status: str,

@@ -62,11 +62,12 @@ async def test_an_operator_cannot_join_another_companys_card_group(api: Api, wor
     joined = await call(api, world, "admin", "updateIdTag",
                         {"id": card_b, "parentIdTag": "FLEETGRP"}, "idTag { parentIdTag }")
     assert joined["idTag"] == {"parentIdTag": "FLEETGRP"}
+    # Connector 2: driver1's session holds connector 1 (a start there is IN_USE anyway).
     station = world.stations["A-001"]
     for reserved_for, maker in (("FLEET-0001", "op_a"), ("FLEETGRP", "op_a")):
         reservation = stamp_new(d.Reservation(
             reservation_id=await services.ctx.store.next_sequence("reservation"),
-            station_id=station.id, cp_id=station.cp_id, connector_id=1,
+            station_id=station.id, cp_id=station.cp_id, connector_id=2,
             id_tag=reserved_for, expires_at=utcnow() + timedelta(hours=1),
             # As reserveNow records it: the holder of a known card, none for a bare id.
             user_id=world.users["driver_a"].id if reserved_for == "FLEET-0001" else None,
@@ -75,12 +76,12 @@ async def test_an_operator_cannot_join_another_companys_card_group(api: Api, wor
         await services.ctx.store.write([Insert(reservation)], [])
         start = """mutation($input: RemoteStartTransactionInput!) {
             remoteStartTransaction(input: $input) { status errors { field code } } }"""
-        other = await api.gql(start, {"input": {"cpId": station.cp_id, "connectorId": 1,
+        other = await api.gql(start, {"input": {"cpId": station.cp_id, "connectorId": 2,
                                                 "idTag": "CARD-B1"}}, as_user=driver_b.id)
         assert codes(other["remoteStartTransaction"]) == [("connectorId", "IN_USE")], \
             reserved_for
         # The fleet's other card passes the reservation (then finds no charger here).
-        mine = await api.gql(start, {"input": {"cpId": station.cp_id, "connectorId": 1,
+        mine = await api.gql(start, {"input": {"cpId": station.cp_id, "connectorId": 2,
                                                "idTag": "FLEET-0002"}},
                              as_user=world.users["driver_a"].id)
         assert codes(mine["remoteStartTransaction"]) == [(None, "CHARGER_OFFLINE")], \

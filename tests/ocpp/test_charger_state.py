@@ -22,6 +22,7 @@ from domain.events import CommandCompleted, MaintenanceStatusChanged
 from domain.policy import SYSTEM, Viewer
 from domain.ports import Change, Delete, Store
 from domain.query import Eq
+from domain.services.base import touch
 from domain.services.configuration import MAX_KEYS, record_change, record_read
 from domain.services.webhooks import webhook_event
 from domain.wire import rfc3339
@@ -243,6 +244,59 @@ async def test_a_chargers_configuration_is_shown_while_it_is_offline(
         await commands.aclose()
 
 
+async def test_a_change_waiting_for_its_reboot_is_not_lost_to_a_read(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """QA s22: after a change answered RebootRequired, a read (the charger answering the
+    value still in force) replaced the value set and kept the pending flag on the old
+    one; after the boot the old value read as the one in force, while the charger ran
+    the new one. A read of another value leaves a change waiting for its boot as it is
+    (whole reads too); a read giving the value set is recorded and the key still waits
+    (only a boot says it is in force); a second change replaces the first, a refusal
+    does not; after the boot the value set is shown, and a read after it decides."""
+    monkeypatch.setattr(simulator, "REBOOT_KEYS", frozenset({"WebSocketPingInterval"}))
+    base, key = {"cpId": "CP-1"}, "WebSocketPingInterval"
+
+    async def shown() -> dict[str, Any]:
+        station = (await central.gql(CONFIGURATION, as_user="op"))["station"]
+        return {k["key"]: k for k in station["configuration"]}[key]  # type: ignore[no-any-return]
+
+    async def change(value: str, status: str) -> None:
+        answer = await run(central, "changeConfiguration", {**base, "key": key,
+                                                            "value": value})
+        assert answer["status"] == status, answer
+
+    async def read(in_force: str, keys: list[str] | None) -> None:
+        cp.configuration[key] = (in_force, False)  # what the charger runs now
+        answer = await run(central, "getConfiguration", {**base, "key": keys},
+                           "configurationKey { key value }")
+        assert {k["key"]: k["value"] for k in answer["configurationKey"]}[key] == in_force
+
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await read("60", [key])
+        await change("120", "REBOOT_REQUIRED")
+        pending = await shown()
+        assert (pending["value"], pending["rebootRequired"]) == ("120", True)
+        for keys in ([key], None):  # the value in force until the boot, of one key or all
+            await read("60", keys)
+            assert await shown() == pending
+        await read("120", [key])  # a charger reporting the value it stored
+        stored = await shown()
+        assert (stored["value"], stored["rebootRequired"]) == ("120", True)
+        assert when(stored["readAt"]) > when(stored["changedAt"])
+        await change("150", "REBOOT_REQUIRED")  # a second change before the boot
+        cp.configuration[key] = ("60", True)  # the charger refuses the next one
+        await change("90", "REJECTED")
+        await read("60", None)
+        again = await shown()
+        assert (again["value"], again["rebootRequired"]) == ("150", True)
+        await cp.boot()
+        booted = await shown()
+        assert (booted["value"], booted["rebootRequired"]) == ("150", False)
+        await read("60", [key])  # it did not take it after all: a read after the boot
+        assert (await shown())["value"] == "60"
+
+
 async def test_a_key_is_one_whatever_its_case_and_leaves_with_its_station(
         central: Central) -> None:
     """OCPP keys are CiStrings: a change spelled otherwise than the charger's answer is
@@ -358,6 +412,56 @@ async def test_a_key_deleted_meanwhile_does_not_lose_the_read(central: Central) 
                       whole=True)
     kept = await store.find_all(d.ConfigurationKey, Eq("station_id", station.id))
     assert {k.key: k.value for k in kept} == {"A": "10", "B": "20"}
+
+
+class _ChangeFirst:
+    """The store, where a change of a key (``record_change``) lands just before a read's
+    first write, after the read took the keys the station held."""
+
+    def __init__(self, store: Store, station: d.Station, key: str, value: str) -> None:
+        self.store, self.station, self.pending = store, station, (key, value)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    async def write(self, changes: list[Change], audit: list[d.AuditEntry]) -> None:
+        pending, self.pending = self.pending, None  # type: ignore[assignment]
+        if pending is not None:
+            await record_change(self.store, self.station, *pending, "RebootRequired",
+                                SYSTEM, datetime.now(UTC))
+        await self.store.write(changes, audit)
+
+
+async def test_a_read_does_not_overwrite_a_change_recorded_meanwhile(central: Central
+                                                                       ) -> None:
+    """A read answered with the value in force, recorded while a change answered
+    RebootRequired lands between the read taking the station's keys and writing them:
+    its old value landed on the change's pending flag, the QA s22 defect by a race."""
+    station, store = central.stations["CP-1"], central.store
+    answer = {"configurationKey": [{"key": "WebSocketPingInterval", "readonly": False,
+                                    "value": "60"}]}
+    await record_read(store, station, answer, SYSTEM, datetime.now(UTC), whole=False)
+    racing = cast(Store, _ChangeFirst(store, station, "WebSocketPingInterval", "120"))
+    await record_read(racing, station, answer, SYSTEM, datetime.now(UTC), whole=False)
+    [kept] = await store.find_all(d.ConfigurationKey, Eq("station_id", station.id))
+    assert (kept.value, kept.reboot_required) == ("120", True)
+
+
+async def test_a_read_answered_after_a_boot_decides_whatever_the_station_sent_with(
+        central: Central) -> None:
+    """The station a read was sent with may predate a boot its answer came after: the
+    boot is read as stored, so the answer (the value in force after it) is recorded."""
+    station, store = central.stations["CP-1"], central.store  # as seeded: never booted
+    await record_change(store, station, "WebSocketPingInterval", "120", "RebootRequired",
+                        SYSTEM, datetime.now(UTC))
+    [current] = await store.get_many(d.Station, [station.id])
+    assert current is not None
+    await store.write([touch(current, booted_at=datetime.now(UTC))], [])
+    answer = {"configurationKey": [{"key": "WebSocketPingInterval", "readonly": False,
+                                    "value": "60"}]}
+    await record_read(store, station, answer, SYSTEM, datetime.now(UTC), whole=False)
+    [kept] = await store.find_all(d.ConfigurationKey, Eq("station_id", station.id))
+    assert kept.value == "60"
 
 
 async def _completed(events: AsyncIterator[Any], action: str) -> CommandCompleted:

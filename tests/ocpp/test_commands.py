@@ -1429,6 +1429,103 @@ async def test_a_driver_cannot_remote_start_a_card_that_is_charging(central: Cen
         assert free["errors"] == [] and free["status"] == "ACCEPTED", free
 
 
+def _codes(answer: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(e["field"], e["code"]) for e in answer["errors"]]
+
+
+def _starts_sent(cp: Any) -> list[int | None]:
+    return [body["connector_id"] for name, body in cp.received
+            if name == "RemoteStartTransaction"]
+
+
+async def test_a_remote_start_on_a_plug_charging_another_session_is_refused(
+        central: Central) -> None:
+    """QA s22: a driver's remote start on the plug charging another driver's session was
+    sent and answered ACCEPTED; a lenient charger then started it, and the other
+    driver's session was closed as lost and billed short. Refused before sending
+    (IN_USE on connectorId), whatever the plug last reported (this charger says
+    Available while it charges), for drivers and staff alike: staff stop or end that
+    session first. The station's free plug still starts."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        transaction_id, _ = await cp.start_transaction(1, "TAG-OTHER")
+        await cp.status(1, "Available")
+        for as_user, extra in (("driver", {}), ("op", {"idTag": "TAG-OK"}),
+                               ("admin", {"idTag": "TAG-OK"})):
+            busy = await run(central, "remoteStartTransaction",
+                             {"cpId": "CP-1", "connectorId": 1, **extra}, as_user=as_user)
+            assert _codes(busy) == [("connectorId", "IN_USE")], (as_user, busy)
+        await settle()
+        assert _starts_sent(cp) == []
+        other = await central.session(transaction_id)
+        assert other is not None and other.state is d.SessionState.ACTIVE
+        free = await run(central, "remoteStartTransaction",
+                         {"cpId": "CP-1", "connectorId": 2}, as_user="driver")
+        assert free["errors"] == [] and free["status"] == "ACCEPTED", free
+        assert _starts_sent(cp) == [2]
+
+
+async def test_a_drivers_remote_start_on_a_plug_out_of_service_is_refused(
+        central: Central) -> None:
+    """QA s22: a driver's remote start on a plug that last reported Faulted or
+    Unavailable, or on a charger whose connector 0 did, was sent. Refused before
+    sending (INVALID_STATE, on connectorId, or on cpId for a start naming none). Staff
+    may still try such a plug (support: a report they doubt); the charger decides. A
+    plug that never reported is not judged."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await cp.status(1, "Faulted", "GroundFailure")
+        await cp.status(2, "Unavailable")
+        down = []
+        for connector in (1, 2):
+            answer = await run(central, "remoteStartTransaction",
+                               {"cpId": "CP-1", "connectorId": connector}, as_user="driver")
+            down.append(_codes(answer))
+        assert down == [[("connectorId", "INVALID_STATE")]] * 2
+        await cp.status(1, "Available")
+        await cp.status(0, "Unavailable")  # the charger as a whole
+        whole = []
+        for extra in ({"connectorId": 1}, {}):
+            answer = await run(central, "remoteStartTransaction",
+                               {"cpId": "CP-1", **extra}, as_user="driver")
+            whole.append(_codes(answer))
+        assert whole == [[("connectorId", "INVALID_STATE")], [("cpId", "INVALID_STATE")]]
+        assert _starts_sent(cp) == []
+        await cp.status(0, "Available")
+        up = await run(central, "remoteStartTransaction", {"cpId": "CP-1", "connectorId": 1},
+                       as_user="driver")
+        assert up["errors"] == [] and up["status"] == "ACCEPTED", up
+        support = await run(central, "remoteStartTransaction",
+                            {"cpId": "CP-1", "connectorId": 2, "idTag": "TAG-OTHER"})
+        assert ("connectorId", "INVALID_STATE") not in _codes(support), support
+        assert _starts_sent(cp) == [1, 2]
+
+
+async def test_an_operators_remote_start_on_a_plug_reserved_for_another_is_refused(
+        central: Central) -> None:
+    """QA s22: an operator's remote start on a plug reserved for another card was sent
+    (only a driver's was refused): a charger that does not check ends the reservation.
+    Refused as a driver's is (IN_USE on connectorId): the operator cancels the
+    reservation first. With the reserved card it starts."""
+    soon = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        held = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": 1,
+                                                 "expiryDate": soon}, "__typename",
+                         as_user="driver2")
+        assert held["errors"] == []
+        for as_user in ("op", "admin"):
+            refused = await run(central, "remoteStartTransaction",
+                                {"cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OK"},
+                                as_user=as_user)
+            assert _codes(refused) == [("connectorId", "IN_USE")], (as_user, refused)
+        assert _starts_sent(cp) == []
+        reserved_card = await run(central, "remoteStartTransaction",
+                                  {"cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OTHER"})
+        assert reserved_card["errors"] == [], reserved_card
+        assert _starts_sent(cp) == [1]
+
+
 async def test_a_tx_profile_is_for_the_transaction_under_way(central: Central) -> None:
     """OCPP 1.6: a TxProfile limits the transaction on its connector, the one it names."""
     tx_profile = {**PROFILE, "chargingProfilePurpose": "TX_PROFILE"}
