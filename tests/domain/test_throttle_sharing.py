@@ -85,14 +85,14 @@ def test_counts_travel_as_digests_and_unknown_ones_are_skipped() -> None:
     assert sent == [("email", "failed", digest("ada@example.com", SECRET))]
     # Keyed: a list of emails does not find it (QA s18: the unkeyed digest did).
     assert sent[0][2] != digest("ada@example.com")
-    sharing = ThrottleSharing(MemoryEventBus(), [SignInThrottle(lambda: NOW, limit=1,
-                                                                name="email")], SECRET)
+    email = SignInThrottle(lambda: NOW, limit=1, name="email")
+    sharing = ThrottleSharing(MemoryEventBus(), [email], SECRET)
     bob = digest("bob@example.com", SECRET)
     # A newer instance's throttle or operation, or a malformed entry: skipped, not raised.
     sharing.apply(["captcha failed x", "email reset x", "email", "email failed " + "x" * 10_000,
                    "email failed " + bob])
-    assert sharing.throttles["email"].locked_for("bob@example.com") is not None
-    assert len(sharing.throttles["email"]._failures) == 1  # the long one was not taken
+    assert email.locked_for("bob@example.com") is not None
+    assert len(email._failures) == 1  # the long one was not taken
 
 
 async def test_a_flood_counted_in_one_step_is_sent_in_bounded_events(
@@ -121,3 +121,4 @@ def test_an_event_is_taken_up_to_the_most_an_instance_sends() -> None:
     sharing.apply([f"email failed {digest(f'u{i}@example.com', SECRET)}"
                    for i in range(throttle_sharing.MAX_PER_EVENT + 10)])
     assert len(throttle._failures) == throttle_sharing.MAX_PER_EVENT
+
