@@ -26,7 +26,8 @@ import socket
 import ssl
 import time
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import timedelta
 from http import HTTPStatus
 from typing import Any
@@ -242,6 +243,7 @@ class OcppServer:
         self._server.close()
         await self._server.wait_closed()
         self._server = None
+        self.refusals.flush()  # what the last minute held back is not lost
         self._stopping = False
         if self.instances is not None:
             try:
@@ -447,8 +449,8 @@ class OcppServer:
         if len(shown) > SHOWN_OFFER:  # a header of any length must not make a long line
             shown = shown[:SHOWN_OFFER] + "…"
         self.refusals.note(cp_id_from_path(request.path) or "", self._peer(ws, request),
-                           f"it does not offer the subprotocol {SUBPROTOCOL} "
-                           f"(offered: {shown})")
+                           f"it does not offer the subprotocol {SUBPROTOCOL}",
+                           f" (offered: {shown})")
 
     async def _password_ok(self, station: Any, password: str, peer: str = ""
                            ) -> bool | Refused:
@@ -649,33 +651,110 @@ class OcppServer:
 
 def shown_id(text: str) -> str:
     """A cpId (or an address) as log lines show it: at most ``SHOWN_ID`` characters, then
-    "…"."""
+    "…": a scan's ids padded to 4,000 characters wrote megabytes a second (QA s22)."""
     return text if len(text) <= SHOWN_ID else text[:SHOWN_ID] + "…"
 
 
+@dataclass(slots=True)
+class _Minute:
+    """One reason's minute of ``RefusalLog``: lines written, and those held back."""
+
+    started: float
+    written: int = 0
+    held: int = 0
+    #: Which charge points the held lines were about (bounded: beyond it, only counted).
+    held_ids: set[str] = field(default_factory=set)
+    #: The timer that writes the summary at the minute's end.
+    timer: asyncio.TimerHandle | None = None
+
+
 class RefusalLog:
-    """Logs refused handshakes (unknown cpId, bad credentials, no ``ocpp1.6`` offered) so
-    an operator can see why a charger does not connect, at most once a minute per charge
-    point and reason: a charger retrying every few seconds, or a scan of made-up ids,
-    must not flood the log.
+    """Logs refused handshakes (unknown cpId, bad credentials, locked out, no ``ocpp1.6``
+    offered) so an operator can see why a charger does not connect; a charger retrying
+    every few seconds, or a scan of made-up ids, must not flood the log:
+
+    - a charge point and reason at most once a minute (a retrying charger);
+    - a reason at most ``PER_REASON`` lines a minute in all (a scan: every made-up id is
+      a new charge point, QA s22 wrote 3,000 lines for 3,000 handshakes). What is held
+      back is summed up in one line, "N more charge points refused: reason", at the
+      minute's end, or before the reason's next line, whichever comes first;
+    - cpIds and addresses cut to ``SHOWN_ID`` characters (``shown_id``).
     Never the credentials themselves."""
 
     EVERY_S = 60.0
+    PER_REASON = 5
     REMEMBERED = 10_000
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
         self._last: dict[tuple[str, str], float] = {}
+        #: reason → its current minute. The reasons are few (their details, the
+        #: subprotocols offered, are not part of the key): so is this.
+        self._minutes: dict[str, _Minute] = {}
 
-    def note(self, cp_id: str, peer: str, reason: str) -> None:
-        now = time.monotonic()
-        key = (cp_id, reason)
+    def note(self, cp_id: str, peer: str, reason: str, detail: str = "") -> None:
+        """``detail`` follows the reason in the line (which subprotocols were offered):
+        a charger offering something else logs again, but it counts in its reason's
+        lines a minute, so varying it does not get a scan more lines."""
+        now = self.clock()
+        shown = shown_id(cp_id)
+        key = (shown, reason + detail)  # cut: 10,000 ids of 4,000 characters were 40 MB
         last = self._last.get(key)
         if last is not None and now - last < self.EVERY_S:
+            return
+        minute = self._minute(reason, now)
+        if minute.written >= self.PER_REASON:
+            self._hold(minute, reason, shown)
             return
         if len(self._last) >= self.REMEMBERED:
             self._last.clear()
         self._last[key] = now
-        log.info("refused charge point %r from %s: %s", cp_id, peer or "?", reason)
+        minute.written += 1
+        log.info("refused charge point %r from %s: %s%s", shown, shown_id(peer) or "?",
+                 reason, detail)
+
+    def flush(self) -> None:
+        """Writes every summary still held (the server stops)."""
+        for reason in list(self._minutes):
+            self._end(reason)
+
+    def end_due(self) -> None:
+        """Writes the summaries of the minutes that are over (their timers call it)."""
+        now = self.clock()
+        for reason, minute in list(self._minutes.items()):
+            if now - minute.started >= self.EVERY_S:
+                self._end(reason)
+
+    def _minute(self, reason: str, now: float) -> _Minute:
+        minute = self._minutes.get(reason)
+        if minute is not None and now - minute.started >= self.EVERY_S:
+            self._end(reason)  # its summary goes before this line
+            minute = None
+        if minute is None:
+            minute = self._minutes[reason] = _Minute(started=now)
+        return minute
+
+    def _hold(self, minute: _Minute, reason: str, shown: str) -> None:
+        minute.held += 1
+        if len(minute.held_ids) < self.REMEMBERED:
+            minute.held_ids.add(shown)
+        if minute.timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no loop (a tool): the next line writes it
+                return
+            left = self.EVERY_S - (self.clock() - minute.started)
+            minute.timer = loop.call_later(max(left, 0.0), self.end_due)
+
+    def _end(self, reason: str) -> None:
+        minute = self._minutes.pop(reason)
+        if minute.timer is not None:
+            minute.timer.cancel()
+        if not minute.held:
+            return
+        charge_points = len(minute.held_ids)
+        attempts = "" if minute.held == charge_points else f" ({minute.held} attempts)"
+        log.info("%d more charge points refused: %s%s", charge_points, reason, attempts)
 
 
 def _duration(span: timedelta) -> str:

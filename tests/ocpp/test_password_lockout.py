@@ -1,6 +1,8 @@
 """Wrong charger passwords lock the guesser out, never the charger at its own address
-(QA s22: once the charger had connected, 6,000 guesses took 2.3 s). Real websockets;
-addresses through the trusted loopback proxy's X-Forwarded-For."""
+(QA s22: once the charger had connected, 6,000 guesses took 2.3 s), and refused
+handshakes write a bounded log however many made-up cpIds a scan tries (QA s22: one
+line of 4,000 characters per handshake). Real websockets; addresses through the
+trusted loopback proxy's X-Forwarded-For."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from websockets.exceptions import InvalidStatus
 from domain import entities as d
 from domain.policy import SYSTEM
 from domain.services.charger_sign_ins import ChargerSignInLimits, ChargerSignIns
+from ocpp_bridge.server import RefusalLog
 from ocpp_bridge.simulator import basic_auth
 from tests.ocpp.conftest import STATION_PASSWORD, Central
 
@@ -133,3 +136,44 @@ async def test_lockouts_end_and_double_and_a_new_password_starts_afresh(
                                                    password="brand-new-password-2")
     assert await attempt(central, "brand-new-password-2", guesser) == 101
 
+
+async def test_a_scan_of_made_up_ids_writes_a_few_short_lines_and_one_summary(
+        central: Central, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "chargegraph.ocpp")
+    now = [1000.0]
+    central.server.refusals.clock = lambda: now[0]
+    padded = [f"SCAN-{i:03d}" + "A" * 4000 for i in range(20)]
+    for cp_id in padded:
+        assert await attempt(central, None, "203.0.113.5", cp_id) == 404
+    assert await attempt(central, None, "203.0.113.5", padded[-1]) == 404  # again
+    refused = [r.getMessage() for r in caplog.records if r.name == "chargegraph.ocpp"]
+    assert len(refused) == RefusalLog.PER_REASON
+    assert refused[0] == ("refused charge point 'SCAN-000" + "A" * 56 + "…' from "
+                          "203.0.113.5: unknown charge point")
+    assert max(len(line) for line in refused) < 200
+    # The minute is over: its summary comes before the next line.
+    now[0] += RefusalLog.EVERY_S
+    assert await attempt(central, None, "203.0.113.5", "NOPE") == 404
+    refused = [r.getMessage() for r in caplog.records if r.name == "chargegraph.ocpp"]
+    assert refused[RefusalLog.PER_REASON:] == [
+        "15 more charge points refused: unknown charge point (16 attempts)",
+        "refused charge point 'NOPE' from 203.0.113.5: unknown charge point"]
+
+
+async def test_a_held_back_minute_is_summed_up_at_its_end_without_another_refusal(
+        central: Central, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "chargegraph.ocpp")
+    now = [1000.0]
+    refusals = central.server.refusals
+    refusals.clock = lambda: now[0]
+    for i in range(RefusalLog.PER_REASON + 3):
+        assert await attempt(central, None, "203.0.113.5", f"SCAN-{i}") == 404
+    assert await attempt(central, "wrong-password", "203.0.113.5") == 401  # its own budget
+    now[0] += RefusalLog.EVERY_S
+    refusals.end_due()  # what the minute's timer runs
+    lines = [r.getMessage() for r in caplog.records if r.name == "chargegraph.ocpp"]
+    assert lines[-2:] == [
+        "refused charge point 'CP-1' from 203.0.113.5: wrong user name or password",
+        "3 more charge points refused: unknown charge point"]
+    refusals.end_due()
+    assert len([r for r in caplog.records if r.name == "chargegraph.ocpp"]) == len(lines)
