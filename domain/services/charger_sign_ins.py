@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
+from functools import lru_cache
 
 from domain.services.accounts import client_key
 from domain.services.throttle import MAX_TRACKED, Share, SignInThrottle, digest
@@ -119,18 +120,19 @@ class ChargerSignIns:
     def refused_for(self, cp_id: str, password_hash: str, address: str) -> timedelta | None:
         """How long ``address`` is refused (unchecked) this station's password; ``None``:
         check it."""
-        station, pair = _keys(cp_id, password_hash, address)
+        client = _client(address)
+        station, pair = _keys(cp_id, password_hash, client)
         locked = self.by_address.locked_for(pair)
         if locked is not None:
             return locked
         locked = self.by_station.locked_for(station)
-        if locked is not None and not self.known.knows(_known_key(cp_id, address)):
+        if locked is not None and not self.known.knows(_known_key(cp_id, client)):
             return locked
         return None
 
     def failed(self, cp_id: str, password_hash: str, address: str) -> list[Lockout]:
         """Counts a wrong password; the lockouts it started (each is logged once)."""
-        station, pair = _keys(cp_id, password_hash, address)
+        station, pair = _keys(cp_id, password_hash, _client(address))
         started = []
         for limit, throttle, key in ((Limit.ADDRESS, self.by_address, pair),
                                      (Limit.STATION, self.by_station, station)):
@@ -140,21 +142,29 @@ class ChargerSignIns:
 
     def succeeded(self, cp_id: str, password_hash: str, address: str) -> None:
         """The right password: its address's count is cleared (only counted when there is
-        one: the connection-density path stays a digest and a lookup) and the address is
-        known for the station."""
-        _, pair = _keys(cp_id, password_hash, address)
+        one: the connection-density path stays a few digests and lookups) and the address
+        is known for the station."""
+        client = _client(address)
+        _, pair = _keys(cp_id, password_hash, client)
         if self.by_address.tracks(pair):
             self.by_address.succeeded(pair)
-        self.known.passed(_known_key(cp_id, address))
+        self.known.passed(_known_key(cp_id, client))
 
 
-def _keys(cp_id: str, password_hash: str, address: str) -> tuple[str, str]:
-    """The station's key and the (station, address) key, both of this password."""
+@lru_cache(maxsize=4096)
+def _client(address: str) -> str:
+    """``client_key`` (an IPv6 address by its /64), cached: parsing an address costs more
+    than the rest of a right password's counting, and chargers reconnect from the same."""
+    return client_key(address) or ""
+
+
+def _keys(cp_id: str, password_hash: str, client: str) -> tuple[str, str]:
+    """The station's key and the (station, client) key, both of this password."""
     station = f"{cp_id}\n{password_hash}"
-    return station, f"{station}\n{client_key(address) or ''}"
+    return station, f"{station}\n{client}"
 
 
-def _known_key(cp_id: str, address: str) -> str:
+def _known_key(cp_id: str, client: str) -> str:
     """Known addresses outlive a password change: a station's charger given a new
     password still connects from where it did."""
-    return f"{cp_id}\n{client_key(address) or ''}"
+    return f"{cp_id}\n{client}"
