@@ -65,6 +65,7 @@ def build_services(settings: Settings, store: Store, hasher: PasswordHasher,
         sign_up=settings.sign_up,
         refresh_ttl=timedelta(days=settings.refresh_ttl_days),
         auth_cache=timedelta(hours=settings.auth_cache_hours),
+        charger_sign_ins=settings.charger_sign_ins,
     )
 
 
@@ -204,9 +205,13 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
                 # chargers until they are gone.
                 stack.push_async_callback(relay.close)
                 # One sign-in limit across the instances: each tells the others what
-                # its throttles count.
-                sharing = ThrottleSharing(instances_bus, services.accounts.throttles,
-                                          derived_key(jwt_secret, "sign-in throttle"))
+                # its throttles count, chargers' password checks included (and where
+                # chargers passed them from: a station locked by guesses on one instance
+                # still checks its charger's own address on another).
+                sharing = ThrottleSharing(
+                    instances_bus,
+                    [*services.accounts.throttles, *services.charging.sign_ins.shared],
+                    derived_key(jwt_secret, "sign-in throttle"))
                 await stack.enter_async_context(housekeeping.following(
                     sharing.follow(instances_bus.subscribe([SignInsCounted.topic])),
                     "sign-in-counts"))

@@ -5,14 +5,16 @@ from __future__ import annotations
 import difflib
 import ipaddress
 from collections.abc import Iterable, Mapping
+from datetime import timedelta
 from pathlib import Path
 from typing import Literal, get_args
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from chargegraph.stores import sqlite_path
+from domain.services.charger_sign_ins import ChargerSignInLimits
 from domain.validation import MAX_HEARTBEAT_S
 
 ENV_PREFIX = "CHARGEGRAPH_"
@@ -60,6 +62,31 @@ class Settings(BaseSettings):
                            "connection (vendors add fields of their own), and a stop's, "
                            "a meter value's or a status report's secondary field the "
                            "schemas refuse is mended (ocpp_bridge.frames.LENIENT)")
+    # Chargers' Basic-auth passwords (QA s22: guessed at 2,700 a second). Per address a
+    # few failures, as a misconfigured charger retrying makes; per station enough that
+    # a handful of the station's own addresses failing (a password change not yet on
+    # the charger) does not shut newcomers out. The lockout doubles up to the maximum.
+    ocpp_password_failures_per_address: int = Field(
+        5, ge=1, le=1000,
+        description="Wrong Basic-auth passwords of one charge point from one address "
+                    "within the window before that address is refused, unchecked (429), "
+                    "for the lockout")
+    ocpp_password_failures_per_station: int = Field(
+        20, ge=1, le=100_000,
+        description="Wrong passwords of one charge point from all addresses within the "
+                    "window before only the addresses its charger passed from are "
+                    "checked, for the lockout")
+    ocpp_password_window_s: float = Field(
+        900.0, ge=1, le=86_400,
+        description="Seconds within which wrong charger passwords are counted")
+    ocpp_password_lockout_s: float = Field(
+        60.0, ge=1, le=86_400,
+        description="Seconds of a charger password lockout; each further one in a row "
+                    "lasts twice as long, up to the maximum")
+    ocpp_password_max_lockout_s: float = Field(
+        3600.0, ge=1, le=7 * 86_400,
+        description="Seconds a charger password lockout lasts at most (at least the "
+                    "lockout; equal: no doubling)")
     ocpp_tls_cert: Path | None = Field(None, description="PEM certificate: wss:// "
                                                          "(OCPP security profile 2)")
     ocpp_tls_key: Path | None = None
@@ -133,6 +160,24 @@ class Settings(BaseSettings):
     state_dir: Path | None = Field(None, description="Where generated state (the JWT "
                                                      "secret) lives")
     log_level: LogLevel = "INFO"
+
+    @field_validator("ocpp_password_max_lockout_s")
+    @classmethod
+    def _max_lockout(cls, value: float, info: ValidationInfo) -> float:
+        lockout = info.data.get("ocpp_password_lockout_s")
+        if lockout is not None and value < lockout:
+            raise ValueError(f"must be at least CHARGEGRAPH_OCPP_PASSWORD_LOCKOUT_S ({lockout:g})")
+        return value
+
+    @property
+    def charger_sign_ins(self) -> ChargerSignInLimits:
+        """The ``ocpp_password_*`` settings as the services take them."""
+        return ChargerSignInLimits(
+            per_address=self.ocpp_password_failures_per_address,
+            per_station=self.ocpp_password_failures_per_station,
+            window=timedelta(seconds=self.ocpp_password_window_s),
+            lockout=timedelta(seconds=self.ocpp_password_lockout_s),
+            max_lockout=timedelta(seconds=self.ocpp_password_max_lockout_s))
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -205,8 +205,10 @@ class StationChanged(DomainEvent):
 @dataclass(frozen=True, kw_only=True)
 class SignInsCounted(DomainEvent):
     """Never to clients: what an instance's sign-in throttles counted (``ThrottleSharing``),
-    so every instance meets one limit. Each of ``counted`` is "throttle operation digest".
-    Not about a station: ``station_id`` is None and ``cp_id`` empty."""
+    chargers' password checks and the addresses they passed from included
+    (``ChargerSignIns``), so every instance meets one limit. Each of ``counted`` is
+    "throttle operation digest". Not about one station: ``station_id`` is None and
+    ``cp_id`` empty (a charger's appears only inside a digest)."""
 
     topic: ClassVar[str] = "sign_ins_counted"
     #: The instance that counted them: it skips its own.

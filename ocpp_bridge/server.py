@@ -5,7 +5,9 @@
   the header and the connection is closed at once (OCPP-J 1.6 section 3.2).
 - HTTP Basic auth with the station's password, user name = cp_id (security profile 1;
   profile 2 when a TLS certificate is configured). Unknown cp_id: 404, or a Pending
-  station when auto-registration is on.
+  station when auto-registration is on. Wrong passwords are counted and lock the guesser
+  out (429, unchecked), never the charger at its own address
+  (``domain.services.charger_sign_ins``).
 - One live connection per charger: a new one replaces the old cleanly.
 """
 
@@ -18,11 +20,14 @@ import contextlib
 import hashlib
 import hmac
 import logging
+import math
 import os
 import socket
 import ssl
 import time
 from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import timedelta
 from http import HTTPStatus
 from typing import Any
@@ -39,6 +44,7 @@ from domain.events import StationConnectionChanged, StationRemoved
 from domain.ids import new_id
 from domain.keyed_locks import KeyedLocks
 from domain.ports import NO_METRICS, EventBus, Metrics
+from domain.services.charger_sign_ins import Limit, Lockout
 from domain.services.charging import ChargingService
 from domain.services.instances import InstanceService
 from ocpp_bridge.gateway import OcppGateway
@@ -53,6 +59,8 @@ SUBPROTOCOL_HEADER = "Sec-WebSocket-Protocol"
 UNKNOWN_CHARGE_POINT = "unknown charge point"
 #: How much of the subprotocols a refused charger offered the log line shows.
 SHOWN_OFFER = 100
+#: How much of a cpId (or an address) log lines show (``shown_id``).
+SHOWN_ID = 64
 #: The largest frame read (websockets closes with 1009 beyond it). A StopTransaction's
 #: transactionData grows with the session: 12 h of one-minute samples of five measurands
 #: is 450 KB, and a charger refused with 1009 retries the same frame forever, so the
@@ -64,8 +72,21 @@ REALM = 'Basic realm="ChargeGraph OCPP", charset="UTF-8"'
 #: Close code for a charger whose connection cannot be recorded now (1013: try again
 #: later): it reconnects, as it does after any drop.
 CLOSE_TRY_AGAIN_LATER = 1013
-#: Refused passwords remembered per station (repeated guesses are refused for free).
+#: Refused passwords remembered per station (repeated guesses are refused without argon2;
+#: they are still counted).
 REFUSED_REMEMBERED = 32
+#: The reason a locked-out attempt is logged with (``RefusalLog``).
+LOCKED_OUT = "too many wrong passwords from there: refused unchecked"
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A handshake answered 429 without its password checked: locked out
+    (``ChargerSignIns``), or a check from the same address still under way."""
+
+    retry_after: int  # seconds
+    message: str
+    locked: bool = False
 
 
 def cp_id_from_path(path: str) -> str | None:
@@ -222,6 +243,7 @@ class OcppServer:
         self._server.close()
         await self._server.wait_closed()
         self._server = None
+        self.refusals.flush()  # what the last minute held back is not lost
         self._stopping = False
         if self.instances is not None:
             try:
@@ -389,14 +411,18 @@ class OcppServer:
         if station.auth_password_hash is None:
             return None  # security profile 0: the operator chose no password
         credentials = basic_credentials(request.headers.get("Authorization"))
-        ok = credentials is not None and credentials[0] == cp_id and \
-            await self._password_ok(station, credentials[1], peer)
-        if ok is None:
-            response = connection.respond(HTTPStatus.TOO_MANY_REQUESTS,
-                                          "a password check from here is under way\n")
-            response.headers["Retry-After"] = "1"
+        # A user name other than the cpId is refused before any password is looked at:
+        # nothing about the password is learnt from it, so it is not counted either.
+        verdict: bool | Refused = False
+        if credentials is not None and credentials[0] == cp_id:
+            verdict = await self._password_ok(station, credentials[1], peer)
+        if isinstance(verdict, Refused):
+            if verdict.locked:
+                self.refusals.note(cp_id, peer, LOCKED_OUT)
+            response = connection.respond(HTTPStatus.TOO_MANY_REQUESTS, verdict.message)
+            response.headers["Retry-After"] = str(verdict.retry_after)
             return response
-        if not ok:
+        if not verdict:
             self.refusals.note(cp_id, peer, "no credentials" if credentials is None
                                else "wrong user name or password")
             response = connection.respond(HTTPStatus.UNAUTHORIZED, "authentication failed\n")
@@ -423,48 +449,103 @@ class OcppServer:
         if len(shown) > SHOWN_OFFER:  # a header of any length must not make a long line
             shown = shown[:SHOWN_OFFER] + "…"
         self.refusals.note(cp_id_from_path(request.path) or "", self._peer(ws, request),
-                           f"it does not offer the subprotocol {SUBPROTOCOL} "
-                           f"(offered: {shown})")
+                           f"it does not offer the subprotocol {SUBPROTOCOL}",
+                           f" (offered: {shown})")
 
     async def _password_ok(self, station: Any, password: str, peer: str = ""
-                           ) -> bool | None:
-        """Whether ``password`` is the station's; ``None`` (not checked) while a check
-        for the same station from the same address is still under way."""
+                           ) -> bool | Refused:
+        """Whether ``password`` is the station's, counted (``ChargerSignIns``); ``Refused``
+        (not checked) while ``peer`` is locked out of the station, or a check for the
+        same station from the same address is still under way."""
+        # Before anything answers for the password, the cached digests too: they settled
+        # guesses for free, thousands a second, once the charger had connected (QA s22).
+        refused = self._locked_out(station, peer)
+        if refused is not None:
+            return refused
         digest = hashlib.sha256(password.encode()).digest()
-        cached = self._verified.get(station.cp_id)
-        if cached is not None and cached[0] == station.auth_password_hash:
-            return hmac.compare_digest(cached[1], digest)  # the password it was set to
-        # A guess already refused for this password hash costs nothing the second time.
-        refused = self._refused.get(station.cp_id)
-        if refused is not None and refused[0] == station.auth_password_hash \
-                and digest in refused[1]:
-            return False
+        known = self._known_answer(station, digest)
+        if known is not None:
+            return self._counted(station, peer, known)
         # argon2 costs tens of milliseconds of CPU: on the services' hashing threads (a
         # few at a time, shared with sign-ins), and one check per station at a time, so
         # a flood against one station waits behind itself rather than taking every
-        # thread. Every password is checked in turn: refusing unchecked ones would let
-        # anyone who knows a cpId keep its charger out.
+        # thread. Every password is checked in turn until the lockouts say otherwise.
         # And one check in flight per station and address: a flood of distinct guesses
         # from a few addresses queues a few checks, so a real charger connecting from its
         # own address waits behind them, not behind hundreds (the handshake times out in
         # 10 s); the flood's extra attempts are told to come back (429).
         slot = (station.cp_id, peer)
         if slot in self._in_flight:
-            return None
+            return Refused(1, "a password check from here is under way\n")
         self._in_flight.add(slot)
         try:
             async with self._checking.one_at_a_time(station.cp_id):
+                # Again in its turn: the checks it waited behind may have used the
+                # station's budget up (checks run one at a time, so it is exact).
+                refused = self._locked_out(station, peer)
+                if refused is not None:
+                    return refused
                 ok = await self.charging.station_password_ok(station, password)
         finally:
             self._in_flight.discard(slot)
+        self._remember(station, digest, ok)
+        return self._counted(station, peer, ok)
+
+    def _locked_out(self, station: Any, peer: str) -> Refused | None:
+        left = self.charging.sign_ins.refused_for(station.cp_id, station.auth_password_hash,
+                                                  peer)
+        if left is None:
+            return None
+        return Refused(max(1, math.ceil(left.total_seconds())),
+                       "too many wrong passwords: try again later\n", locked=True)
+
+    def _known_answer(self, station: Any, digest: bytes) -> bool | None:
+        """What a password already checked against the station's hash was: right (the
+        digest cached when it matched: reconnect storms cost no argon2), or a guess
+        refused lately; ``None`` when it must be checked."""
+        cached = self._verified.get(station.cp_id)
+        if cached is not None and cached[0] == station.auth_password_hash:
+            return hmac.compare_digest(cached[1], digest)  # the password it was set to
+        refused = self._refused.get(station.cp_id)
+        if refused is not None and refused[0] == station.auth_password_hash \
+                and digest in refused[1]:
+            return False
+        return None
+
+    def _remember(self, station: Any, digest: bytes, ok: bool) -> None:
         if ok:
             self._verified[station.cp_id] = (station.auth_password_hash, digest)
+            return
+        refused = self._refused.get(station.cp_id)
+        if refused is None or refused[0] != station.auth_password_hash:
+            refused = (station.auth_password_hash, deque(maxlen=REFUSED_REMEMBERED))
+            self._refused[station.cp_id] = refused
+        refused[1].append(digest)
+
+    def _counted(self, station: Any, peer: str, ok: bool) -> bool:
+        """Counts a checked password (a wrong one however it was found wrong), logging a
+        lockout it starts once, at WARNING: an operator should see a station attacked."""
+        sign_ins = self.charging.sign_ins
+        if ok:
+            sign_ins.succeeded(station.cp_id, station.auth_password_hash, peer)
+            return True
+        for lockout in sign_ins.failed(station.cp_id, station.auth_password_hash, peer):
+            self._log_lockout(station.cp_id, peer, lockout)
+        return False
+
+    def _log_lockout(self, cp_id: str, peer: str, lockout: Lockout) -> None:
+        limits = self.charging.sign_ins.limits
+        window = _duration(limits.window)
+        if lockout.limit is Limit.ADDRESS:
+            log.warning("charge point %r: %d wrong passwords from %s within %s: that "
+                        "address is refused unchecked for %s", shown_id(cp_id),
+                        limits.per_address, shown_id(peer) or "?", window,
+                        _duration(lockout.lasts))
         else:
-            if refused is None or refused[0] != station.auth_password_hash:
-                refused = (station.auth_password_hash, deque(maxlen=REFUSED_REMEMBERED))
-                self._refused[station.cp_id] = refused
-            refused[1].append(digest)
-        return ok
+            log.warning("charge point %r: %d wrong passwords from all addresses within "
+                        "%s: for %s only the addresses its charger passed from are "
+                        "checked", shown_id(cp_id), limits.per_station, window,
+                        _duration(lockout.lasts))
 
     # ------------------------------------------------------------- connection
     def _newer_here(self, cp_id: str, number: int) -> bool:
@@ -568,29 +649,121 @@ class OcppServer:
                     log.exception("%s: could not record the disconnect", cp_id)
 
 
+def shown_id(text: str) -> str:
+    """A cpId (or an address) as log lines show it: at most ``SHOWN_ID`` characters, then
+    "…": a scan's ids padded to 4,000 characters wrote megabytes a second (QA s22)."""
+    return text if len(text) <= SHOWN_ID else text[:SHOWN_ID] + "…"
+
+
+@dataclass(slots=True)
+class _Minute:
+    """One reason's minute of ``RefusalLog``: lines written, and those held back."""
+
+    started: float
+    written: int = 0
+    held: int = 0
+    #: Which charge points the held lines were about (bounded: beyond it, only counted).
+    held_ids: set[str] = field(default_factory=set)
+    #: The timer that writes the summary at the minute's end.
+    timer: asyncio.TimerHandle | None = None
+
+
 class RefusalLog:
-    """Logs refused handshakes (unknown cpId, bad credentials, no ``ocpp1.6`` offered) so
-    an operator can see why a charger does not connect, at most once a minute per charge
-    point and reason: a charger retrying every few seconds, or a scan of made-up ids,
-    must not flood the log.
+    """Logs refused handshakes (unknown cpId, bad credentials, locked out, no ``ocpp1.6``
+    offered) so an operator can see why a charger does not connect; a charger retrying
+    every few seconds, or a scan of made-up ids, must not flood the log:
+
+    - a charge point and reason at most once a minute (a retrying charger);
+    - a reason at most ``PER_REASON`` lines a minute in all (a scan: every made-up id is
+      a new charge point, QA s22 wrote 3,000 lines for 3,000 handshakes). What is held
+      back is summed up in one line, "N more charge points refused: reason", at the
+      minute's end, or before the reason's next line, whichever comes first;
+    - cpIds and addresses cut to ``SHOWN_ID`` characters (``shown_id``).
     Never the credentials themselves."""
 
     EVERY_S = 60.0
+    PER_REASON = 5
     REMEMBERED = 10_000
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
         self._last: dict[tuple[str, str], float] = {}
+        #: reason → its current minute. The reasons are few (their details, the
+        #: subprotocols offered, are not part of the key): so is this.
+        self._minutes: dict[str, _Minute] = {}
 
-    def note(self, cp_id: str, peer: str, reason: str) -> None:
-        now = time.monotonic()
-        key = (cp_id, reason)
+    def note(self, cp_id: str, peer: str, reason: str, detail: str = "") -> None:
+        """``detail`` follows the reason in the line (which subprotocols were offered):
+        a charger offering something else logs again, but it counts in its reason's
+        lines a minute, so varying it does not get a scan more lines."""
+        now = self.clock()
+        shown = shown_id(cp_id)
+        key = (shown, reason + detail)  # cut: 10,000 ids of 4,000 characters were 40 MB
         last = self._last.get(key)
         if last is not None and now - last < self.EVERY_S:
+            return
+        minute = self._minute(reason, now)
+        if minute.written >= self.PER_REASON:
+            self._hold(minute, reason, shown)
             return
         if len(self._last) >= self.REMEMBERED:
             self._last.clear()
         self._last[key] = now
-        log.info("refused charge point %r from %s: %s", cp_id, peer or "?", reason)
+        minute.written += 1
+        log.info("refused charge point %r from %s: %s%s", shown, shown_id(peer) or "?",
+                 reason, detail)
+
+    def flush(self) -> None:
+        """Writes every summary still held (the server stops)."""
+        for reason in list(self._minutes):
+            self._end(reason)
+
+    def end_due(self) -> None:
+        """Writes the summaries of the minutes that are over (their timers call it)."""
+        now = self.clock()
+        for reason, minute in list(self._minutes.items()):
+            if now - minute.started >= self.EVERY_S:
+                self._end(reason)
+
+    def _minute(self, reason: str, now: float) -> _Minute:
+        minute = self._minutes.get(reason)
+        if minute is not None and now - minute.started >= self.EVERY_S:
+            self._end(reason)  # its summary goes before this line
+            minute = None
+        if minute is None:
+            minute = self._minutes[reason] = _Minute(started=now)
+        return minute
+
+    def _hold(self, minute: _Minute, reason: str, shown: str) -> None:
+        minute.held += 1
+        if len(minute.held_ids) < self.REMEMBERED:
+            minute.held_ids.add(shown)
+        if minute.timer is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no loop (a tool): the next line writes it
+                return
+            left = self.EVERY_S - (self.clock() - minute.started)
+            minute.timer = loop.call_later(max(left, 0.0), self.end_due)
+
+    def _end(self, reason: str) -> None:
+        minute = self._minutes.pop(reason)
+        if minute.timer is not None:
+            minute.timer.cancel()
+        if not minute.held:
+            return
+        charge_points = len(minute.held_ids)
+        attempts = "" if minute.held == charge_points else f" ({minute.held} attempts)"
+        log.info("%d more charge points refused: %s%s", charge_points, reason, attempts)
+
+
+def _duration(span: timedelta) -> str:
+    """A lockout or window as a log line says it: "90 s", "15 min", "1.5 h"."""
+    seconds = round(span.total_seconds())
+    if seconds < 120:
+        return f"{seconds} s"
+    return f"{round(seconds / 60, 1):g} min" if seconds < 7200 \
+        else f"{round(seconds / 3600, 1):g} h"
 
 
 def _gone(host: str) -> bool:

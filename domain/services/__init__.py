@@ -8,6 +8,7 @@ from domain.ports import ChargerGateway, PaymentProvider
 from domain.services.accounts import AccountService
 from domain.services.analytics import AnalyticsService
 from domain.services.base import UNSET, ServiceContext
+from domain.services.charger_sign_ins import ChargerSignInLimits
 from domain.services.charging import DEFAULT_AUTH_CACHE, ChargingService
 from domain.services.commands import CommandService
 from domain.services.fleet import FleetService
@@ -36,7 +37,8 @@ class Services:
                  payment_provider: PaymentProvider | None = None,
                  webhooks_allow_private: bool = False, sign_up: bool = False,
                  refresh_ttl: timedelta = DEFAULT_TTL,
-                 auth_cache: timedelta = DEFAULT_AUTH_CACHE) -> None:
+                 auth_cache: timedelta = DEFAULT_AUTH_CACHE,
+                 charger_sign_ins: ChargerSignInLimits = ChargerSignInLimits()) -> None:
         self.ctx = ctx
         self.policy = ctx.policy
         self.reads = ReadService(ctx)
@@ -48,7 +50,8 @@ class Services:
         self.tariffs = TariffService(ctx)
         self.charging = ChargingService(ctx, heartbeat_interval=heartbeat_interval,
                                         auto_register=auto_register,
-                                        auth_cache=auth_cache)
+                                        auth_cache=auth_cache,
+                                        sign_in_limits=charger_sign_ins)
         self.commands = CommandService(ctx, gateway, timeout=command_timeout)
         self.withdrawal = Withdrawal(ctx, self.commands)
         self.commands.on_list_wanting = self.withdrawal.push_later

@@ -39,6 +39,7 @@ from domain.services.base import (
 )
 from domain.services.charger_cache import ChargerCache
 from domain.services.charger_clocks import ChargerClocks
+from domain.services.charger_sign_ins import ChargerSignIns
 from domain.services.intervals import (
     effective_state,
     next_interval,
@@ -84,6 +85,7 @@ class ChargerConnections(Service):
     clocks: ChargerClocks
     reboot_checks: RebootChecks
     session_updates: LatestUpdates
+    sign_ins: ChargerSignIns
     #: Set by the OCPP server: records again the connection it holds for a charger
     #: whose station a message found recorded offline (``_still_connected``).
     still_connected: Callable[[str], Awaitable[None]] | None

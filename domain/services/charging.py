@@ -70,6 +70,7 @@ from domain.services.batching import GroupCommitter
 from domain.services.charger_cache import CACHED_TOPICS, ChargerCache
 from domain.services.charger_clocks import MAX_CLOCK_AHEAD, ChargerClocks
 from domain.services.charger_connections import MAX_OPEN_PER_CONNECTOR, ChargerConnections
+from domain.services.charger_sign_ins import ChargerSignInLimits, ChargerSignIns
 from domain.services.intervals import (
     POINT_STATUSES,
     IdleSpan,
@@ -346,8 +347,12 @@ class BootResult:
 class ChargingService(ChargerConnections):
     def __init__(self, ctx: ServiceContext, *, heartbeat_interval: int = 300,
                  auto_register: bool = False,
-                 auth_cache: timedelta = DEFAULT_AUTH_CACHE) -> None:
+                 auth_cache: timedelta = DEFAULT_AUTH_CACHE,
+                 sign_in_limits: ChargerSignInLimits = ChargerSignInLimits()) -> None:
         super().__init__(ctx)
+        #: Chargers' failed password checks, which lock guessers out (the OCPP server
+        #: asks before it checks a password and counts what it checked).
+        self.sign_ins = ChargerSignIns(ctx.clock, sign_in_limits)
         #: How long a charger may cache an Accepted answer (``_cached_until``).
         self.auth_cache = auth_cache
         self.heartbeat_interval = heartbeat_interval

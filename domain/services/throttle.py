@@ -10,6 +10,11 @@ Behind a load balancer the instances share what they count (``ThrottleSharing``)
 tells the others, over the event bus, every failure, success and forgiveness it counts,
 so a guesser spreading tries over the instances meets one limit, not one per instance.
 Keys are kept and shared as digests: the bus never carries an email or an address.
+
+With ``max_lockout`` above ``lockout`` the lockouts back off: each one a key earns before
+it has been quiet for ``max_lockout`` since its last lockout ended lasts twice the one
+before, up to ``max_lockout`` (chargers' password checks, ``charger_sign_ins``); a
+guesser who waits out a lockout gets ``limit`` more tries, then a longer wait.
 """
 
 from __future__ import annotations
@@ -19,19 +24,41 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Protocol
 
 #: Keys tracked at most; the least recently failed are forgotten first.
 MAX_TRACKED = 100_000
+
+
+#: Doublings of a lockout at most (``max_lockout`` caps it anyway; this keeps the
+#: multiplication small whatever the count of lockouts).
+MAX_DOUBLINGS = 32
 
 
 @dataclass(slots=True)
 class _Failures:
     times: list[datetime] = field(default_factory=list)
     locked_until: datetime | None = None
+    #: Lockouts in a row (backoff); when the last one ends (``max_lockout`` of quiet
+    #: after it forgets them).
+    strikes: int = 0
+    last_lock_end: datetime | None = None
 
 
 #: What a throttle tells the other instances: its name, the operation and the key's digest.
 Share = Callable[[str, str, str], None]
+
+
+class Shared(Protocol):
+    """What ``ThrottleSharing`` shares across instances: a throttle, or anything counted
+    the same way (keys as ``digest``, operations applied by name)."""
+
+    name: str
+    share: Share | None
+    secret: bytes
+
+    def apply(self, operation: str, key_digest: str) -> None: ...
+
 
 #: A digest's length in hex characters (``digest``).
 DIGEST_CHARS = 32
@@ -49,11 +76,14 @@ def digest(key: str, secret: bytes = b"") -> str:
 class SignInThrottle:
     def __init__(self, clock: Callable[[], datetime], *, limit: int = 5,
                  window: timedelta = timedelta(minutes=15),
-                 lockout: timedelta = timedelta(minutes=15), name: str = "") -> None:
+                 lockout: timedelta = timedelta(minutes=15),
+                 max_lockout: timedelta | None = None, name: str = "") -> None:
         self.clock = clock
         self.limit = limit
         self.window = window
         self.lockout = lockout
+        #: The longest lockout; above ``lockout``, lockouts back off (module docstring).
+        self.max_lockout = max(lockout, max_lockout or lockout)
         #: Which of a service's throttles this is, for the other instances.
         self.name = name
         #: Told each operation counted here (``ThrottleSharing``); ``None``: kept here.
@@ -61,7 +91,7 @@ class SignInThrottle:
         #: What keys are digested with (``digest``): set, with ``share``, before use.
         self.secret = b""
         self._failures: OrderedDict[str, _Failures] = OrderedDict()
-        self._operations: dict[str, Callable[[str], None]] = {
+        self._operations: dict[str, Callable[[str], bool | None]] = {
             "failed": self._failed, "succeeded": self._succeeded, "forgive": self._forgive}
 
     def locked_for(self, key: str) -> timedelta | None:
@@ -72,12 +102,21 @@ class SignInThrottle:
             return None
         left = entry.locked_until - self.clock()
         if left <= timedelta(0):
-            del self._failures[key]  # served its time: a fresh start
+            if not self._backs_off:
+                del self._failures[key]  # served its time: a fresh start
+            else:  # a fresh count, but the lockouts it earned are remembered
+                entry.times, entry.locked_until = [], None
             return None
         return left
 
-    def failed(self, key: str) -> None:
-        self._count("failed", digest(key, self.secret))
+    def tracks(self, key: str) -> bool:
+        """Whether ``key`` has failures (or a lockout) counted: a success of a key that has
+        none need not be counted, nor told to the other instances."""
+        return digest(key, self.secret) in self._failures
+
+    def failed(self, key: str) -> bool:
+        """Counts a failure; whether it started a lockout (it was not locked before)."""
+        return bool(self._count("failed", digest(key, self.secret)))
 
     def succeeded(self, key: str) -> None:
         self._count("succeeded", digest(key, self.secret))
@@ -94,20 +133,41 @@ class SignInThrottle:
         if counted is not None:
             counted(key_digest)
 
-    def _count(self, operation: str, key: str) -> None:
-        self._operations[operation](key)
+    def _count(self, operation: str, key: str) -> bool | None:
+        outcome = self._operations[operation](key)
         if self.share is not None:
             self.share(self.name, operation, key)
+        return outcome
 
-    def _failed(self, key: str) -> None:
+    @property
+    def _backs_off(self) -> bool:
+        return self.max_lockout > self.lockout
+
+    def _failed(self, key: str) -> bool:
         now = self.clock()
         entry = self._failures.pop(key, None) or _Failures()
+        if entry.locked_until is not None and entry.locked_until <= now:
+            # Served its time (``locked_for`` was not asked since: counts another instance
+            # shared): a fresh count, as there.
+            entry.times, entry.locked_until = [], None
+        if entry.last_lock_end is not None and now - entry.last_lock_end >= self.max_lockout:
+            entry.strikes = 0  # quiet long enough since its last lockout: forgiven
         entry.times = [t for t in entry.times if now - t < self.window] + [now]
+        started = False
         if len(entry.times) >= self.limit:
-            entry.locked_until = now + self.lockout
+            started = entry.locked_until is None
+            entry.strikes += started
+            entry.locked_until = entry.last_lock_end = now + self._lockout(entry.strikes)
         self._failures[key] = entry  # most recent last
         while len(self._failures) > MAX_TRACKED:
             self._failures.popitem(last=False)
+        return started
+
+    def _lockout(self, strikes: int) -> timedelta:
+        """The ``strikes``-th lockout in a row: ``lockout``, doubled for each one before it
+        when backing off, up to ``max_lockout``."""
+        doublings = min(max(strikes - 1, 0), MAX_DOUBLINGS) if self._backs_off else 0
+        return min(self.lockout * (2 ** doublings), self.max_lockout)
 
     def _succeeded(self, key: str) -> None:
         self._failures.pop(key, None)
@@ -119,3 +179,4 @@ class SignInThrottle:
         entry.times.pop()
         if entry.locked_until is not None and len(entry.times) < self.limit:
             entry.locked_until = None
+            entry.strikes = max(entry.strikes - 1, 0)  # the lockout it set did not happen

@@ -1,8 +1,9 @@
 """One sign-in limit across the instances behind a load balancer.
 
-Every instance counts sign-ins in its own throttles (``SignInThrottle``); this tells the
-others what it counted, over the event bus, and applies what they counted. Without it a
-guesser spreading tries over N instances would get N times the tries per lockout.
+Every instance counts sign-ins (and chargers' password checks, ``ChargerSignIns``) in its
+own throttles (``SignInThrottle``); this tells the others what it counted, over the event
+bus, and applies what they counted. Without it a guesser spreading tries over N instances
+would get N times the tries per lockout.
 
 What is counted during one step of the event loop travels as one event (a failed sign-in
 counts in three throttles). Delivery is best effort, as every event's: an instance that
@@ -19,7 +20,7 @@ from collections.abc import AsyncIterator, Sequence
 from domain.events import DomainEvent, EventsDropped, SignInsCounted
 from domain.ids import new_id
 from domain.ports import EventBus
-from domain.services.throttle import DIGEST_CHARS, SignInThrottle
+from domain.services.throttle import DIGEST_CHARS, Shared
 
 log = logging.getLogger("chargegraph.services")
 
@@ -29,7 +30,7 @@ MAX_PER_EVENT = 500
 
 
 class ThrottleSharing:
-    def __init__(self, bus: EventBus, throttles: Sequence[SignInThrottle], secret: bytes
+    def __init__(self, bus: EventBus, throttles: Sequence[Shared], secret: bytes
                  ) -> None:
         """``secret``: the key every instance digests keys with (``throttle.digest``), at
         most 64 bytes; the throttles must not have counted anything yet."""

@@ -85,14 +85,14 @@ def test_counts_travel_as_digests_and_unknown_ones_are_skipped() -> None:
     assert sent == [("email", "failed", digest("ada@example.com", SECRET))]
     # Keyed: a list of emails does not find it (QA s18: the unkeyed digest did).
     assert sent[0][2] != digest("ada@example.com")
-    sharing = ThrottleSharing(MemoryEventBus(), [SignInThrottle(lambda: NOW, limit=1,
-                                                                name="email")], SECRET)
+    email = SignInThrottle(lambda: NOW, limit=1, name="email")
+    sharing = ThrottleSharing(MemoryEventBus(), [email], SECRET)
     bob = digest("bob@example.com", SECRET)
     # A newer instance's throttle or operation, or a malformed entry: skipped, not raised.
     sharing.apply(["captcha failed x", "email reset x", "email", "email failed " + "x" * 10_000,
                    "email failed " + bob])
-    assert sharing.throttles["email"].locked_for("bob@example.com") is not None
-    assert len(sharing.throttles["email"]._failures) == 1  # the long one was not taken
+    assert email.locked_for("bob@example.com") is not None
+    assert len(email._failures) == 1  # the long one was not taken
 
 
 async def test_a_flood_counted_in_one_step_is_sent_in_bounded_events(
@@ -121,3 +121,32 @@ def test_an_event_is_taken_up_to_the_most_an_instance_sends() -> None:
     sharing.apply([f"email failed {digest(f'u{i}@example.com', SECRET)}"
                    for i in range(throttle_sharing.MAX_PER_EVENT + 10)])
     assert len(throttle._failures) == throttle_sharing.MAX_PER_EVENT
+
+
+async def test_chargers_counts_and_the_addresses_they_passed_from_are_shared(
+        bus: MemoryEventBus) -> None:
+    """A station locked by guesses on A still checks, on B, the address its charger
+    passed from on A; the guessers' failures on A lock them out on B too."""
+    from domain.services.charger_sign_ins import ChargerSignIns
+
+    instances = []
+    for _ in range(2):
+        sign_ins = ChargerSignIns(lambda: NOW)
+        sharing = ThrottleSharing(bus, sign_ins.shared, SECRET)
+        instances.append((sign_ins, sharing, asyncio.create_task(
+            sharing.follow(bus.subscribe([SignInsCounted.topic])))))
+    await asyncio.sleep(0)  # both subscribed
+    (a, a_sharing, _), (b, _, _) = instances
+    a.succeeded("CP-1", "hash", "198.51.100.10")  # the charger, on A
+    for i in range(20):
+        a.failed("CP-1", "hash", f"203.0.113.{i // 4}")
+    await a_sharing.settled()
+    for _ in range(200):  # bounded: the bus delivers within a few loop steps
+        if b.refused_for("CP-1", "hash", "203.0.113.0") is not None:
+            break
+        await asyncio.sleep(0.005)
+    assert b.refused_for("CP-1", "hash", "203.0.113.0") is not None  # the station's limit
+    assert b.refused_for("CP-1", "hash", "192.0.2.1") is not None  # a stranger
+    assert b.refused_for("CP-1", "hash", "198.51.100.10") is None  # the charger's address
+    for _, _, follower in instances:
+        follower.cancel()

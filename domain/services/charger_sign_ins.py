@@ -1,0 +1,170 @@
+"""Failed password checks of chargers' handshakes (HTTP Basic, OCPP security profiles 1
+and 2), so a station's password cannot be guessed at the speed of the network (QA s22:
+6,000 guesses in 2.3 s once the charger had connected once).
+
+Two limits, as for people's sign-ins (``AccountService``), neither of which lets a
+guesser lock the real charger out:
+
+- per station and client address (``ChargerSignInLimits.per_address`` failures within
+  ``window``): that address is refused, unchecked, for ``lockout``, twice as long for
+  each further lockout up to ``max_lockout`` (``SignInThrottle``'s backoff). A charger
+  connecting from its own address is not held up by failures counted for others;
+- per station across all addresses (``per_station``, a guesser with many addresses):
+  while it is locked only the addresses the station's charger has passed the check from
+  (``KnownAddresses``) are checked; the others are refused unchecked.
+
+The keys carry the station's password hash: a new password (``updateStation``) starts
+every count of the station afresh, so a charger locked out for a password it had not yet
+been given is let in as soon as it has it. A right password clears its address's count,
+never the station's (the real charger reconnecting must not reset a guesser's budget).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import Enum
+from functools import lru_cache
+
+from domain.services.accounts import client_key
+from domain.services.throttle import MAX_TRACKED, Share, SignInThrottle, digest
+
+#: How long an address a charger passed the check from stays known for its station.
+KNOWN_FOR = timedelta(days=30)
+#: A known address passing again is told to the other instances at most this often (a
+#: charger reconnecting every minute must not cost an event every time).
+RETOLD_AFTER = timedelta(days=1)
+
+
+@dataclass(frozen=True, slots=True)
+class ChargerSignInLimits:
+    """``Settings.ocpp_password_*``: see the module docstring."""
+
+    per_address: int = 5
+    per_station: int = 20
+    window: timedelta = timedelta(minutes=15)
+    lockout: timedelta = timedelta(minutes=1)
+    max_lockout: timedelta = timedelta(hours=1)
+
+
+class Limit(Enum):
+    """Which limit a failure reached (``ChargerSignIns.failed``)."""
+
+    ADDRESS = "address"
+    STATION = "station"
+
+
+@dataclass(frozen=True, slots=True)
+class Lockout:
+    """A lockout a failure started, and how long it lasts."""
+
+    limit: Limit
+    lasts: timedelta
+
+
+class KnownAddresses:
+    """(station, address) pairs a charger passed the password check from within
+    ``KNOWN_FOR``, as digests (shared across instances like a throttle's counts)."""
+
+    def __init__(self, clock: Callable[[], datetime], name: str) -> None:
+        self.clock = clock
+        self.name = name
+        self.share: Share | None = None
+        self.secret = b""
+        self._passed: OrderedDict[str, datetime] = OrderedDict()  # digest → last passed
+
+    def knows(self, pair: str) -> bool:
+        passed = self._passed.get(digest(pair, self.secret))
+        return passed is not None and self.clock() - passed < KNOWN_FOR
+
+    def passed(self, pair: str) -> None:
+        key = digest(pair, self.secret)
+        last = self._passed.get(key)
+        if last is not None and self.clock() - last < RETOLD_AFTER:
+            return  # known and fresh: nothing new to remember or tell
+        self._remember(key)
+        if self.share is not None:
+            self.share(self.name, "passed", key)
+
+    def apply(self, operation: str, key_digest: str) -> None:
+        """What another instance told (``ThrottleSharing``); unknown operations ignored."""
+        if operation == "passed":
+            self._remember(key_digest)
+
+    def _remember(self, key: str) -> None:
+        self._passed.pop(key, None)
+        self._passed[key] = self.clock()  # most recent last
+        while len(self._passed) > MAX_TRACKED:
+            self._passed.popitem(last=False)
+
+
+class ChargerSignIns:
+    def __init__(self, clock: Callable[[], datetime],
+                 limits: ChargerSignInLimits = ChargerSignInLimits()) -> None:
+        self.limits = limits
+        self.by_address = SignInThrottle(
+            clock, limit=limits.per_address, window=limits.window, lockout=limits.lockout,
+            max_lockout=limits.max_lockout, name="charger_address")
+        self.by_station = SignInThrottle(
+            clock, limit=limits.per_station, window=limits.window, lockout=limits.lockout,
+            max_lockout=limits.max_lockout, name="charger_station")
+        self.known = KnownAddresses(clock, name="charger_known")
+
+    @property
+    def shared(self) -> list[SignInThrottle | KnownAddresses]:
+        """What the instances share (``ThrottleSharing``)."""
+        return [self.by_address, self.by_station, self.known]
+
+    def refused_for(self, cp_id: str, password_hash: str, address: str) -> timedelta | None:
+        """How long ``address`` is refused (unchecked) this station's password; ``None``:
+        check it."""
+        client = _client(address)
+        station, pair = _keys(cp_id, password_hash, client)
+        locked = self.by_address.locked_for(pair)
+        if locked is not None:
+            return locked
+        locked = self.by_station.locked_for(station)
+        if locked is not None and not self.known.knows(_known_key(cp_id, client)):
+            return locked
+        return None
+
+    def failed(self, cp_id: str, password_hash: str, address: str) -> list[Lockout]:
+        """Counts a wrong password; the lockouts it started (each is logged once)."""
+        station, pair = _keys(cp_id, password_hash, _client(address))
+        started = []
+        for limit, throttle, key in ((Limit.ADDRESS, self.by_address, pair),
+                                     (Limit.STATION, self.by_station, station)):
+            if throttle.failed(key):
+                started.append(Lockout(limit, throttle.locked_for(key) or timedelta(0)))
+        return started
+
+    def succeeded(self, cp_id: str, password_hash: str, address: str) -> None:
+        """The right password: its address's count is cleared (only counted when there is
+        one: the connection-density path stays a few digests and lookups) and the address
+        is known for the station."""
+        client = _client(address)
+        _, pair = _keys(cp_id, password_hash, client)
+        if self.by_address.tracks(pair):
+            self.by_address.succeeded(pair)
+        self.known.passed(_known_key(cp_id, client))
+
+
+@lru_cache(maxsize=4096)
+def _client(address: str) -> str:
+    """``client_key`` (an IPv6 address by its /64), cached: parsing an address costs more
+    than the rest of a right password's counting, and chargers reconnect from the same."""
+    return client_key(address) or ""
+
+
+def _keys(cp_id: str, password_hash: str, client: str) -> tuple[str, str]:
+    """The station's key and the (station, client) key, both of this password."""
+    station = f"{cp_id}\n{password_hash}"
+    return station, f"{station}\n{client}"
+
+
+def _known_key(cp_id: str, client: str) -> str:
+    """Known addresses outlive a password change: a station's charger given a new
+    password still connects from where it did."""
+    return f"{cp_id}\n{client}"

@@ -1,0 +1,179 @@
+"""Wrong charger passwords lock the guesser out, never the charger at its own address
+(QA s22: once the charger had connected, 6,000 guesses took 2.3 s), and refused
+handshakes write a bounded log however many made-up cpIds a scan tries (QA s22: one
+line of 4,000 characters per handshake). Real websockets; addresses through the
+trusted loopback proxy's X-Forwarded-For."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from domain import entities as d
+from domain.policy import SYSTEM
+from domain.services.charger_sign_ins import ChargerSignInLimits, ChargerSignIns
+from ocpp_bridge.server import RefusalLog
+from ocpp_bridge.simulator import basic_auth
+from tests.ocpp.conftest import STATION_PASSWORD, Central
+
+CHARGER = "198.51.100.10"  # where CP-1's charger connects from
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+async def attempt(central: Central, password: str | None, source: str,
+                  cp_id: str = "CP-1") -> int:
+    """The handshake's status: 101 when the socket opened (closed again at once)."""
+    headers = {"X-Forwarded-For": source, **(basic_auth(cp_id, password) if password
+                                             else {})}
+    try:
+        ws = await connect(f"{central.url}/{cp_id}", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+                           additional_headers=headers)
+    except InvalidStatus as err:
+        if err.response.status_code == 429:
+            assert int(err.response.headers["Retry-After"]) >= 1
+        return err.response.status_code
+    await ws.close()
+    return 101
+
+
+def counting_checks(central: Central, monkeypatch: pytest.MonkeyPatch) -> list[str | None]:
+    """The passwords argon2 checks from now on."""
+    checked: list[str | None] = []
+    real = central.services.charging.password_ok
+
+    def counting(station: d.Station, password: str | None) -> bool:
+        checked.append(password)
+        return real(station, password)
+
+    monkeypatch.setattr(central.services.charging, "password_ok", counting)
+    return checked
+
+
+def warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.name == "chargegraph.ocpp" and r.levelno == logging.WARNING]
+
+
+async def test_guesses_after_the_charger_connected_are_locked_out_not_the_charger(
+        central: Central, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "chargegraph.ocpp")
+    assert await attempt(central, STATION_PASSWORD, CHARGER) == 101  # its digest cached
+    checked = counting_checks(central, monkeypatch)
+    for i in range(5):
+        assert await attempt(central, f"guess-{i:05d}", "203.0.113.5") == 401
+    # Locked: refused unchecked, the right password too (a right guess learns nothing).
+    assert await attempt(central, STATION_PASSWORD, "203.0.113.5") == 429
+    assert await attempt(central, "guess-00099", "203.0.113.5") == 429
+    # The charger, from its address, still gets in during the attack, and so does a
+    # first-time address (under the station's limit).
+    assert await attempt(central, STATION_PASSWORD, CHARGER) == 101
+    assert await attempt(central, STATION_PASSWORD, "192.0.2.77") == 101
+    assert checked == []  # every guess settled by the cached digest, and counted
+    assert warnings(caplog) == [  # once per lockout, not per refused attempt
+        "charge point 'CP-1': 5 wrong passwords from 203.0.113.5 within 15 min: that "
+        "address is refused unchecked for 60 s"]
+    assert "refused charge point 'CP-1' from 203.0.113.5: too many wrong passwords from " \
+        "there: refused unchecked" in caplog.text
+    assert "guess-" not in caplog.text and STATION_PASSWORD not in caplog.text
+
+
+async def test_guesses_from_many_addresses_leave_only_the_chargers_addresses_checked(
+        central: Central, caplog: pytest.LogCaptureFixture) -> None:
+    """Four guesses from each of five addresses (each under its own limit of five) reach
+    the station's twenty: only addresses its charger passed from are checked then."""
+    caplog.set_level(logging.INFO, "chargegraph.ocpp")
+    assert await attempt(central, STATION_PASSWORD, CHARGER) == 101
+    for source in range(5):
+        for i in range(4):
+            assert await attempt(central, f"guess-{source}-{i}", f"203.0.113.{source}") == 401
+    assert await attempt(central, STATION_PASSWORD, "203.0.113.9") == 429  # a new address
+    assert await attempt(central, STATION_PASSWORD, "203.0.113.0") == 429  # a guesser's
+    assert await attempt(central, STATION_PASSWORD, CHARGER) == 101
+    assert warnings(caplog) == [
+        "charge point 'CP-1': 20 wrong passwords from all addresses within 15 min: for "
+        "60 s only the addresses its charger passed from are checked"]
+    # At the charger's own address wrong passwords are still counted, and lock that
+    # address out in its turn (someone behind the charger's NAT).
+    for i in range(5):
+        assert await attempt(central, f"nat-guess-{i}", CHARGER) == 401
+    assert await attempt(central, STATION_PASSWORD, CHARGER) == 429
+
+
+async def test_lockouts_end_and_double_and_a_new_password_starts_afresh(
+        central: Central) -> None:
+    clock = Clock()
+    central.services.charging.sign_ins = ChargerSignIns(clock, ChargerSignInLimits(
+        per_address=2, per_station=100, window=timedelta(minutes=15),
+        lockout=timedelta(minutes=1), max_lockout=timedelta(minutes=3)))
+    guesser = "203.0.113.5"
+    for expected in (401, 401, 429):
+        assert await attempt(central, "guess-1", guesser) == expected
+    clock.now += timedelta(minutes=1)  # served: checked again, two more tries
+    for expected in (401, 401, 429):
+        assert await attempt(central, "guess-2", guesser) == expected
+    clock.now += timedelta(minutes=1)  # the second lockout lasts two minutes
+    assert await attempt(central, STATION_PASSWORD, guesser) == 429
+    clock.now += timedelta(minutes=1)
+    for expected in (401, 401, 429):
+        assert await attempt(central, "guess-3", guesser) == expected
+    clock.now += timedelta(minutes=2, seconds=59)  # the third: three, the maximum
+    assert await attempt(central, STATION_PASSWORD, guesser) == 429
+    # The operator gives the station a new password: what was counted against the old
+    # one is over (a charger locked out while it still had the old one gets in).
+    await central.services.stations.update_station(SYSTEM, central.stations["CP-1"].id,
+                                                   password="brand-new-password-2")
+    assert await attempt(central, "brand-new-password-2", guesser) == 101
+
+
+async def test_a_scan_of_made_up_ids_writes_a_few_short_lines_and_one_summary(
+        central: Central, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "chargegraph.ocpp")
+    now = [1000.0]
+    central.server.refusals.clock = lambda: now[0]
+    padded = [f"SCAN-{i:03d}" + "A" * 4000 for i in range(20)]
+    for cp_id in padded:
+        assert await attempt(central, None, "203.0.113.5", cp_id) == 404
+    assert await attempt(central, None, "203.0.113.5", padded[-1]) == 404  # again
+    refused = [r.getMessage() for r in caplog.records if r.name == "chargegraph.ocpp"]
+    assert len(refused) == RefusalLog.PER_REASON
+    assert refused[0] == ("refused charge point 'SCAN-000" + "A" * 56 + "…' from "
+                          "203.0.113.5: unknown charge point")
+    assert max(len(line) for line in refused) < 200
+    # The minute is over: its summary comes before the next line.
+    now[0] += RefusalLog.EVERY_S
+    assert await attempt(central, None, "203.0.113.5", "NOPE") == 404
+    refused = [r.getMessage() for r in caplog.records if r.name == "chargegraph.ocpp"]
+    assert refused[RefusalLog.PER_REASON:] == [
+        "15 more charge points refused: unknown charge point (16 attempts)",
+        "refused charge point 'NOPE' from 203.0.113.5: unknown charge point"]
+
+
+async def test_a_held_back_minute_is_summed_up_at_its_end_without_another_refusal(
+        central: Central, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "chargegraph.ocpp")
+    now = [1000.0]
+    refusals = central.server.refusals
+    refusals.clock = lambda: now[0]
+    for i in range(RefusalLog.PER_REASON + 3):
+        assert await attempt(central, None, "203.0.113.5", f"SCAN-{i}") == 404
+    assert await attempt(central, "wrong-password", "203.0.113.5") == 401  # its own budget
+    now[0] += RefusalLog.EVERY_S
+    refusals.end_due()  # what the minute's timer runs
+    lines = [r.getMessage() for r in caplog.records if r.name == "chargegraph.ocpp"]
+    assert lines[-2:] == [
+        "refused charge point 'CP-1' from 203.0.113.5: wrong user name or password",
+        "3 more charge points refused: unknown charge point"]
+    refusals.end_due()
+    assert len([r for r in caplog.records if r.name == "chargegraph.ocpp"]) == len(lines)
