@@ -94,24 +94,46 @@ _SHM_PAGE_SIZE, _SHM_MAX_FRAME, _SHM_BACKFILL = 14, 16, 96
 _WAL_FRAME_HEADER = 24
 
 
-def wal_pending_bytes(path: str) -> int | None:
-    """Bytes of WAL frames not yet checkpointed into the database at ``path``; ``None``
-    when the wal-index cannot be read. Not the WAL file's size: SQLite reuses the file
-    from its start after a checkpoint and never shrinks it by itself, so a file once
-    past the threshold had a checkpoint (two fsyncs) run after nearly every commit, ten
-    a second under load (QA s19, soak)."""
-    try:
-        with open(path + "-shm", "rb") as shm:
-            header = shm.read(_SHM_BACKFILL + 4)
-    except OSError:
-        return None
-    if len(header) < _SHM_BACKFILL + 4:
-        return None
-    page = int.from_bytes(header[_SHM_PAGE_SIZE:_SHM_PAGE_SIZE + 2], sys.byteorder)
-    frames = int.from_bytes(header[_SHM_MAX_FRAME:_SHM_MAX_FRAME + 4], sys.byteorder)
-    copied = int.from_bytes(header[_SHM_BACKFILL:_SHM_BACKFILL + 4], sys.byteorder)
-    page = 65536 if page == 1 else page
-    return max(frames - copied, 0) * (page + _WAL_FRAME_HEADER)
+class WalIndex:
+    """Reads the wal-index (the ``-shm`` file) through one descriptor kept open until
+    ``close``, which the writer calls after its connections closed.
+
+    Never a descriptor opened and closed per read: closing any descriptor of a file drops
+    every POSIX lock the process holds on it (fcntl semantics), also SQLite's shared lock
+    on the ``-shm`` that tells other processes the database is in use. Another process
+    opening the database then took itself for its only user and rebuilt the wal-index
+    under this one's memory map: the server died of SIGBUS mid-write when ``chargegraph
+    backup`` or an ``sqlite3`` shell opened the file (QA s22)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path + "-shm"
+        self._fd: int | None = None
+
+    def pending_bytes(self) -> int | None:
+        """Bytes of WAL frames not yet checkpointed into the database; ``None`` when the
+        wal-index cannot be read. Not the WAL file's size: SQLite reuses the file from
+        its start after a checkpoint and never shrinks it by itself, so a file once past
+        the threshold had a checkpoint (two fsyncs) run after nearly every commit, ten a
+        second under load (QA s19, soak)."""
+        try:
+            if self._fd is None:
+                self._fd = os.open(self.path, os.O_RDONLY)
+            header = os.pread(self._fd, _SHM_BACKFILL + 4, 0)
+        except OSError:
+            return None
+        if len(header) < _SHM_BACKFILL + 4:
+            return None
+        page = int.from_bytes(header[_SHM_PAGE_SIZE:_SHM_PAGE_SIZE + 2], sys.byteorder)
+        frames = int.from_bytes(header[_SHM_MAX_FRAME:_SHM_MAX_FRAME + 4], sys.byteorder)
+        copied = int.from_bytes(header[_SHM_BACKFILL:_SHM_BACKFILL + 4], sys.byteorder)
+        page = 65536 if page == 1 else page
+        return max(frames - copied, 0) * (page + _WAL_FRAME_HEADER)
+
+    def close(self) -> None:
+        """Only once this process's connections to the database are closed."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def wal_size(path: str) -> int:
@@ -166,6 +188,8 @@ class Writer:
         #: The files the connection opened, by suffix (the database, its ``-wal`` and
         #: ``-shm``): the paths must still lead to them.
         self._identities: dict[str, FileIdentity] = {}
+        #: How many WAL frames wait for a checkpoint (``_after_commit``).
+        self._wal_index = WalIndex(path)
         self._next_refusal_log = 0.0
         self._refusal_told = False
         self._moved_told = False
@@ -301,7 +325,7 @@ class Writer:
                                            and not self._checkpoint.done()):
             return
         self._next_size_check = now + _SIZE_CHECK_INTERVAL_S
-        pending = wal_pending_bytes(self.path)
+        pending = self._wal_index.pending_bytes()
         if pending is None:  # no wal-index to read: the file's size, as a last resort
             pending = wal_size(self.path)
         loop = asyncio.get_running_loop()
@@ -373,3 +397,6 @@ class Writer:
                 conn.execute("PRAGMA optimize")
             finally:
                 conn.close()
+        # After the connections: its descriptor's close drops this process's locks on
+        # the -shm file (``WalIndex``).
+        self._wal_index.close()

@@ -8,6 +8,7 @@ import contextlib
 import logging
 import os
 import sqlite3
+import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
@@ -64,8 +65,8 @@ from store.sqlite.sql_filter import compile_where
 from store.sqlite.writer import (
     TRIM_WHEN_IDLE_S,
     WAL_KEPT_BYTES,
+    WalIndex,
     cannot_write,
-    wal_pending_bytes,
 )
 from tests.contract.factories import T0, audit, company, put, station, tariff, user
 from tests.support.schema_at import roll_back
@@ -264,14 +265,57 @@ async def test_a_wal_file_left_large_does_not_checkpoint_every_commit(
         await asyncio.shield(writer._checkpoint)
     await asyncio.to_thread(writer._run_checkpoint)
     assert await asyncio.to_thread(os.path.getsize, db_path + "-wal") > 64 * 1024
-    assert wal_pending_bytes(db_path) == 0
+    assert writer._wal_index.pending_bytes() == 0
     last = writer._checkpoint
     for i in range(5):  # a few small commits: far below the threshold
         writer._next_size_check = 0.0
         await put(store, company(name=f"Small {i}"))
     assert writer._checkpoint is last  # none started
-    pending = wal_pending_bytes(db_path)
+    pending = writer._wal_index.pending_bytes()
     assert pending is not None and 0 < pending < writer.checkpoint_bytes
+
+
+#: Run in another process: whether it can take a write lock on the byte of the -shm file
+#: SQLite's users hold a read lock on (the "DMS" byte, 128 past the wal-index locks' 120):
+#: it can only when no other process uses the database, so it may rebuild the wal-index.
+_ALONE = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+try:
+    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 128)
+except OSError:
+    sys.exit(1)
+sys.exit(0)
+"""
+
+
+async def test_reading_the_wal_index_keeps_sqlite_s_locks(
+        store: SqliteStore, db_path: str) -> None:
+    """QA s22: reading the -shm header through a file opened and closed per check dropped
+    every POSIX lock the server held on it (closing any descriptor of a file does), so a
+    ``chargegraph backup`` or an ``sqlite3`` shell opening the database took itself for its
+    only user, rebuilt the wal-index, and the server died of SIGBUS mid-write."""
+    writer = store._writer
+    assert writer is not None
+    for i in range(3):
+        writer._next_size_check = 0.0  # each commit reads the wal-index
+        await put(store, company(name=f"Company {i}"))
+    assert writer._wal_index.pending_bytes() is not None
+
+    async def alone(path: str) -> bool:
+        check = await asyncio.create_subprocess_exec(sys.executable, "-c", _ALONE, path)
+        return await check.wait() == 0
+
+    assert not await alone(db_path + "-shm")  # the server's lock is still held
+    unused = db_path + "-unused"
+    await asyncio.to_thread(Path(unused).write_bytes, bytes(256))
+    assert await alone(unused)  # where nobody holds one, the check takes it
+
+
+def test_the_wal_index_reads_nothing_without_a_file(tmp_path: Path) -> None:
+    index = WalIndex(str(tmp_path / "none.db"))
+    assert index.pending_bytes() is None
+    index.close()
 
 
 async def test_readers_never_see_an_open_write_transaction(store: SqliteStore) -> None:
