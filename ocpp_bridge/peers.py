@@ -35,8 +35,22 @@ class TrustedProxies:
         proxy (one further left could have been written by the client itself)."""
         if not forwarded_for or not self.trusts(peer):
             return peer
-        hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
+        hops = [_address(hop) for hop in forwarded_for.split(",") if hop.strip()]
         for hop in reversed(hops):
             if not self.trusts(hop):
                 return hop
         return hops[0] if hops else peer
+
+
+def _address(hop: str) -> str:
+    """An X-Forwarded-For hop's address without a port some proxies add
+    (``198.51.100.10:50001``, ``[2001:db8::1]:443``; review s22: each source port counted
+    as an address of its own, so no lockout tripped and a charger's address was never
+    known again)."""
+    hop = hop.strip()
+    if hop.startswith("["):
+        return hop[1:].partition("]")[0]
+    host, colon, port = hop.rpartition(":")
+    if colon and ":" not in host and port.isdigit():
+        return host
+    return hop

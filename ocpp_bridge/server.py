@@ -6,7 +6,7 @@
 - HTTP Basic auth with the station's password, user name = cp_id (security profile 1;
   profile 2 when a TLS certificate is configured). Unknown cp_id: 404, or a Pending
   station when auto-registration is on. Wrong passwords are counted and lock the guesser
-  out (429, unchecked), never the charger at its own address
+  out (429, unchecked), not the charger at an address it is known to pass from
   (``domain.services.charger_sign_ins``).
 - One live connection per charger: a new one replaces the old cleanly.
 """
@@ -463,6 +463,12 @@ class OcppServer:
         if refused is not None:
             return refused
         digest = hashlib.sha256(password.encode()).digest()
+        if self._former_password(station, digest):
+            # Its charger, not told yet of a new one (review s22: its retries counted
+            # against the new password at its own address, and locked it out for up to
+            # the longest lockout once it had it). Refused, not counted: nobody learns
+            # anything from a password that no longer opens the station.
+            return False
         known = self._known_answer(station, digest)
         if known is not None:
             return self._counted(station, peer, known)
@@ -498,6 +504,13 @@ class OcppServer:
             return None
         return Refused(max(1, math.ceil(left.total_seconds())),
                        "too many wrong passwords: try again later\n", locked=True)
+
+    def _former_password(self, station: Any, digest: bytes) -> bool:
+        """Whether ``digest`` is of the password the station's charger passed with here
+        before the station was given another."""
+        cached = self._verified.get(station.cp_id)
+        return cached is not None and cached[0] != station.auth_password_hash \
+            and hmac.compare_digest(cached[1], digest)
 
     def _known_answer(self, station: Any, digest: bytes) -> bool | None:
         """What a password already checked against the station's hash was: right (the

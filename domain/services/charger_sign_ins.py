@@ -3,7 +3,9 @@ and 2), so a station's password cannot be guessed at the speed of the network (Q
 6,000 guesses in 2.3 s once the charger had connected once).
 
 Two limits, as for people's sign-ins (``AccountService``), neither of which lets a
-guesser lock the real charger out:
+guesser lock the real charger out at an address it is known to pass from (what they
+cannot protect is in docs/architecture.md: a station no charger passed yet on this
+instance, a new address, a spoofable ``X-Forwarded-For``):
 
 - per station and client address (``ChargerSignInLimits.per_address`` failures within
   ``window``): that address is refused, unchecked, for ``lockout``, twice as long for
@@ -15,8 +17,10 @@ guesser lock the real charger out:
 
 The keys carry the station's password hash: a new password (``updateStation``) starts
 every count of the station afresh, so a charger locked out for a password it had not yet
-been given is let in as soon as it has it. A right password clears its address's count,
-never the station's (the real charger reconnecting must not reset a guesser's budget).
+been given is let in as soon as it has it (and its retries with the former one are not
+counted against the new one: ``OcppServer._former_password``). A right password clears
+its address's count, never the station's (the real charger reconnecting must not reset
+a guesser's budget).
 """
 
 from __future__ import annotations

@@ -109,7 +109,7 @@ async def _write_read(store: Store, station: Station, given: dict[str, dict[str,
         if known is None:
             changes.append(Insert(stamp_new(ConfigurationKey(
                 station_id=station.id, cp_id=station.cp_id, **read), actor, now)))
-        elif _read_replaces(known, read["value"], booted_at):
+        elif _read_replaces(known, read["value"], booted_at, now):
             # Only over the change it saw: one recorded since (or a key deleted) fails
             # the write, which ``record_read`` makes again on the keys as they are now.
             changes.append(patch(known, actor, only_if=("changed_at", known.changed_at),
@@ -120,10 +120,15 @@ async def _write_read(store: Store, station: Station, given: dict[str, dict[str,
 
 
 def _read_replaces(known: ConfigurationKey, value: str | None,
-                   booted_at: datetime | None) -> bool:
-    """Whether a read giving ``value`` is written over the key as ``known``: always,
-    but while a change of it waits for the charger's boot only when it gives the value
-    set (another is the one in force until the boot, not the one that applies after)."""
+                   booted_at: datetime | None, read_at: datetime) -> bool:
+    """Whether a read giving ``value``, answered at ``read_at``, is written over the key
+    as ``known``: never over a change the charger took after that answer (review s22:
+    a read recorded again after meeting a newer accepted change wrote its older value
+    over it); while a change of it waits for the charger's boot only when it gives the
+    value set (another is the one in force until the boot, not the one that applies
+    after); otherwise always."""
+    if known.changed_at is not None and known.changed_at > read_at:
+        return False
     return not known.awaits_reboot(booted_at) or value == known.value
 
 

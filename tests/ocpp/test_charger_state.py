@@ -418,8 +418,10 @@ class _ChangeFirst:
     """The store, where a change of a key (``record_change``) lands just before a read's
     first write, after the read took the keys the station held."""
 
-    def __init__(self, store: Store, station: d.Station, key: str, value: str) -> None:
+    def __init__(self, store: Store, station: d.Station, key: str, value: str,
+                 status: str = "RebootRequired") -> None:
         self.store, self.station, self.pending = store, station, (key, value)
+        self.status = status
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.store, name)
@@ -427,7 +429,7 @@ class _ChangeFirst:
     async def write(self, changes: list[Change], audit: list[d.AuditEntry]) -> None:
         pending, self.pending = self.pending, None  # type: ignore[assignment]
         if pending is not None:
-            await record_change(self.store, self.station, *pending, "RebootRequired",
+            await record_change(self.store, self.station, *pending, self.status,
                                 SYSTEM, datetime.now(UTC))
         await self.store.write(changes, audit)
 
@@ -445,6 +447,22 @@ async def test_a_read_does_not_overwrite_a_change_recorded_meanwhile(central: Ce
     await record_read(racing, station, answer, SYSTEM, datetime.now(UTC), whole=False)
     [kept] = await store.find_all(d.ConfigurationKey, Eq("station_id", station.id))
     assert (kept.value, kept.reboot_required) == ("120", True)
+
+
+async def test_a_read_does_not_overwrite_an_accepted_change_recorded_after_it(
+        central: Central) -> None:
+    """Review s22: the read, made again on the keys as they are after meeting the change,
+    wrote its older value over a change the charger accepted after answering it."""
+    station, store = central.stations["CP-1"], central.store
+    answer = {"configurationKey": [{"key": "WebSocketPingInterval", "readonly": False,
+                                    "value": "60"}]}
+    read_at = datetime.now(UTC)
+    await record_read(store, station, answer, SYSTEM, read_at, whole=False)
+    racing = cast(Store, _ChangeFirst(store, station, "WebSocketPingInterval", "120",
+                                      "Accepted"))
+    await record_read(racing, station, answer, SYSTEM, read_at, whole=False)
+    [kept] = await store.find_all(d.ConfigurationKey, Eq("station_id", station.id))
+    assert (kept.value, kept.reboot_required) == ("120", False)
 
 
 async def test_a_read_answered_after_a_boot_decides_whatever_the_station_sent_with(

@@ -137,6 +137,22 @@ async def test_lockouts_end_and_double_and_a_new_password_starts_afresh(
     assert await attempt(central, "brand-new-password-2", guesser) == 101
 
 
+async def test_a_charger_retrying_its_former_password_is_not_locked_out(
+        central: Central) -> None:
+    """Review s22: after the operator gave the station a new password, the charger's
+    retries with the one it still had counted against the new one at its own address;
+    told the new one at last, it was locked out for up to the longest lockout."""
+    assert await attempt(central, STATION_PASSWORD, CHARGER) == 101
+    await central.services.stations.update_station(SYSTEM, central.stations["CP-1"].id,
+                                                   password="brand-new-password-2")
+    for _ in range(12):  # past the address's limit and the backoff's first steps
+        assert await attempt(central, STATION_PASSWORD, CHARGER) == 401
+    assert await attempt(central, "brand-new-password-2", CHARGER) == 101
+    for i in range(5):  # other wrong passwords from there still count
+        assert await attempt(central, f"guess-{i}", CHARGER) == 401
+    assert await attempt(central, "brand-new-password-2", CHARGER) == 429
+
+
 async def test_a_scan_of_made_up_ids_writes_a_few_short_lines_and_one_summary(
         central: Central, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, "chargegraph.ocpp")
