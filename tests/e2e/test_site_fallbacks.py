@@ -108,8 +108,7 @@ async def test_a_station_leaving_its_site_has_its_fallback_removed(
     _, token = await site_of_two(service, 30)
     station = to_global_id("station", service.central.stations["CP-OPEN"].id)
     async with connected(service.ocpp_url, "CP-OPEN") as cp:
-        await until(lambda: len(fallbacks(cp)) == 1, "the fallback")
-        await service.services.site_load.settled()
+        await took_the_fallback(service, cp)
         left = await service.gql(ASSIGN, {"st": station, "site": None}, token)
         assert left["assignStationToSite"]["errors"] == []
         await until(lambda: CLEARED in cp.received, "the fallback removed")
@@ -123,8 +122,7 @@ async def test_a_fallback_left_on_an_offline_charger_is_removed_when_it_connects
     _, token = await site_of_two(service, 30)
     station = to_global_id("station", service.central.stations["CP-OPEN"].id)
     async with connected(service.ocpp_url, "CP-OPEN") as cp:
-        await until(lambda: len(fallbacks(cp)) == 1, "the fallback")
-        await service.services.site_load.settled()
+        await took_the_fallback(service, cp)
 
     async def offline() -> bool:
         return not (await stored(service, "CP-OPEN")).online
@@ -143,6 +141,13 @@ async def test_a_fallback_left_on_an_offline_charger_is_removed_when_it_connects
         assert "ClearChargingProfile" not in [action for action, _ in cp.received]
 
 
+async def took_the_fallback(service: Running, cp: SimulatedChargePoint) -> None:
+    """Waits until the charger, just connected, took its site's fallback, and the site's
+    runs are over."""
+    await until(lambda: len(fallbacks(cp)) == 1, "the fallback")
+    await service.services.site_load.settled()
+
+
 def operators_default(level: int) -> dict[str, Any]:
     return {"chargingProfileId": 5, "stackLevel": level,
             "chargingProfilePurpose": "TX_DEFAULT_PROFILE", "chargingProfileKind": "RELATIVE",
@@ -155,8 +160,7 @@ async def test_an_operators_profiles_keep_the_fallback(service: Running) -> None
     none: refused. A clear of every profile removes it: the site sends it again."""
     _, token = await site_of_two(service, 30)
     async with connected(service.ocpp_url, "CP-OPEN") as cp:
-        await until(lambda: len(fallbacks(cp)) == 1, "the fallback")
-        await service.services.site_load.settled()
+        await took_the_fallback(service, cp)
         same = await service.gql(SET_PROFILE, {"i": {
             "cpId": "CP-OPEN", "connectorId": 0, "csChargingProfiles": operators_default(
                 10)}}, token)  # the simulator's ChargeProfileMaxStackLevel

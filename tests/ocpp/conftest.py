@@ -96,6 +96,7 @@ async def start_central(path: Path, *, auto_register: bool = False, bus: Any = N
 
 
 async def stop_central(central: Central) -> None:
+    await central.services.site_load.close()  # its runs send commands through the server
     await central.server.stop()
     for closing in central.relays:
         await closing.close()

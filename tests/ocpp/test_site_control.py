@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -27,7 +26,7 @@ from domain.query import Eq
 from domain.services import site_load
 from domain.services.commands import CommandOutcome, CommandService
 from domain.services.site_load import SiteLoad
-from tests.ocpp.conftest import Central, seed, start_central, stop_central
+from tests.ocpp.conftest import Central
 
 
 class Chargers:
@@ -95,17 +94,6 @@ class Chargers:
         """kW drawn at worst: the limit each applies, its rating where it has none."""
         plugs = set(self.applied) | set(unlimited)
         return sum(self.applied.get(p, unlimited.get(p, 0.0) * 1000) for p in plugs) / 1000
-
-
-@pytest.fixture
-async def central(tmp_path: Path) -> Any:
-    central = await start_central(tmp_path / "central.db")
-    await seed(central)
-    try:
-        yield central
-    finally:
-        await central.services.site_load.close()
-        await stop_central(central)
 
 
 async def depot(central: Central, max_kw: float, **options: Any) -> Site:

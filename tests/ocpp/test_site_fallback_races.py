@@ -8,7 +8,6 @@ and the test says which instance hears what."""
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import Any, cast
 
 import pytest
@@ -20,7 +19,7 @@ from domain.policy import SYSTEM, Viewer
 from domain.services.commands import CommandOutcome, CommandService
 from domain.services.site_load import SiteLoad
 from tests.helpers import until
-from tests.ocpp.conftest import Central, seed, start_central, stop_central
+from tests.ocpp.conftest import Central
 
 
 class Chargers:
@@ -63,17 +62,6 @@ class Chargers:
                 await self.gate[1].wait()
             held[profile["chargingProfileId"]] = profile["chargingProfilePurpose"]
         return outcome
-
-
-@pytest.fixture
-async def central(tmp_path: Path) -> Any:
-    central = await start_central(tmp_path / "central.db")
-    await seed(central)
-    try:
-        yield central
-    finally:
-        await central.services.site_load.close()
-        await stop_central(central)
 
 
 @pytest.fixture
