@@ -101,14 +101,16 @@ class SiteFallbacks:
         limit = limit_in_unit(site.min_power_kw, site.unit, site.voltage, site.phases)
         key = (site.id, limit, site.unit.value, site.phases)
         for station in stations:
-            told = self._told.get(station.id)
-            if not station.online or station.id in self._tasks or self._closed or (
-                    told is not None and told.key == key
-                    and station.site_fallback_kw == site.min_power_kw
-                    and (told.accepted or (self.now() - told.at).total_seconds()
-                         < ASK_AGAIN_S)):
+            if not station.online or station.id in self._tasks or self._closed:
                 continue
-            self._start(station.id, self._send(site, station, limit))
+            told = self._told.get(station.id)
+            sent = told is not None and told.key == key and (
+                told.accepted or (self.now() - told.at).total_seconds() < ASK_AGAIN_S)
+            if sent and station.site_fallback_kw == site.min_power_kw:
+                continue
+            # Sent, but the record read says otherwise: it may predate the record this
+            # instance wrote (the run read it before), so it is read again first.
+            self._start(station.id, self._send(site, station, limit, look_first=sent))
 
     def clear(self, station: Station) -> None:
         """Removes the fallback a station's charger may hold (``site_fallback_kw``) now
@@ -151,7 +153,13 @@ class SiteFallbacks:
         self._tasks[station_id] = asyncio.create_task(run(),
                                                       name=f"site-fallback-{station_id}")
 
-    async def _send(self, site: Site, station: Station, limit: float) -> None:
+    async def _send(self, site: Site, station: Station, limit: float, *,
+                    look_first: bool = False) -> None:
+        if look_first:
+            [now] = await self.store.get_many(Station, [station.id])
+            if now is None or now.site_fallback_kw == site.min_power_kw:
+                return
+            station = now
         level = await self._stack_level(station.cp_id)
         if station.site_fallback_kw != site.min_power_kw:
             # Before it goes: once sent, the charger may hold it, and it must be found

@@ -8,6 +8,7 @@ and the test says which instance hears what."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any, cast
 
 import pytest
@@ -29,6 +30,7 @@ class Chargers:
     def __init__(self) -> None:
         self.held: dict[str, dict[int, str]] = {}
         self.gate: tuple[str, asyncio.Event] | None = None
+        self.sets = 0
         self.on_the_way = asyncio.Event()
 
     def of(self, instance: str) -> CommandService:
@@ -61,6 +63,7 @@ class Chargers:
                 self.on_the_way.set()
                 await self.gate[1].wait()
             held[profile["chargingProfileId"]] = profile["chargingProfilePurpose"]
+            self.sets += 1
         return outcome
 
 
@@ -177,3 +180,19 @@ async def test_a_removal_asked_for_while_a_fallback_is_on_its_way_follows_it(
     assert (await stored(central, station_id)).site_id is None
     assert chargers.held["CP-OPEN"] == {}
     assert (await stored(central, station_id)).site_fallback_kw is None
+
+
+async def test_a_run_that_read_the_station_before_its_fallback_was_recorded_sends_none(
+        central: Central, world: World) -> None:
+    """A run reads the site's stations, then shares (up to two seconds) and only then
+    tells the fallbacks: a station read before this instance recorded the fallback it
+    sent meanwhile looked like one holding none, and was sent it again."""
+    chargers, a, _, site, station_id = world
+    await a.settled()
+    assert chargers.sets == 1  # the station's assignment had the site run
+    now = await stored(central, station_id)
+    assert now.site_fallback_kw == 4.14
+    # The run's reading, older than the record.
+    a.fallbacks.tell(site, [replace(now, site_fallback_kw=None)])
+    await a.settled()
+    assert chargers.sets == 1
