@@ -209,6 +209,12 @@ class Vehicle(Record):
     make: str | None = None
     model: str | None = None
     battery_kwh: float | None = None
+    #: When its owner removed it from their garage (``FleetService.remove_vehicle``);
+    #: ``None`` while kept. A removed car stays as the car its sessions, payments and
+    #: refunds were charged for (history reads it, QA s22), but no list of cars, card
+    #: link or remote start offers it, and its plate is free again for its owner (the
+    #: unique rule holds over kept cars only, ``ports.PARTIAL_UNIQUE_RULES``).
+    removed_at: datetime | None = None
 
 
 @dataclass(kw_only=True)

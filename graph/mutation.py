@@ -394,7 +394,11 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
         return VehiclePayload(vehicle=Vehicle.wrap(vehicle, ctx) if vehicle else None,
                               errors=errors)
 
-    @strawberry.mutation(description="Returns the removed vehicle as it was.")
+    @strawberry.mutation(description=(
+        "Takes the vehicle out of its owner's garage: no list of vehicles, card link or "
+        "remote start offers it any more, and its plate may be added again. It stays as "
+        "the vehicle of the sessions charged with it (`removedAt` set). Returns it "
+        "removed. NOT_FOUND once removed; IN_USE while it charges."))
     async def remove_vehicle(self, info: Info, input: RemoveVehicleInput) -> VehiclePayload:
         ctx = _ctx(info)
 
