@@ -362,6 +362,9 @@ class User(Node, Audited):
     active: bool | None = strawberry.field(description=(
         "False once deactivated: no sign-in, cards refused at chargers. Null in reduced "
         "views."))
+    erased_at: datetime | None = strawberry.field(description=(
+        "When the account was erased (`eraseUser`, `eraseMyAccount`): its name and "
+        "email read as placeholders since. Null when not erased, and in reduced views."))
     _r: strawberry.Private[d.User]
     _private: strawberry.Private[bool]
 
@@ -373,6 +376,7 @@ class User(Node, Audited):
             "email": r.email if private else None,
             "role": r.role if private else None,
             "active": r.active if private else None,
+            "erased_at": r.erased_at if private else None,
             "_private": private,
         }, private, changes_visible=private)
 

@@ -1114,6 +1114,13 @@ CREATE UNIQUE INDEX "vehicle_plate_key_owner_kept_key" ON "vehicle" ("plate_key"
     WHERE "removed_at" IS NULL;
 """
 
+# Version 52: an account erased (``User.erased_at``, the right to erasure): its personal
+# fields anonymised, its sessions and payments kept under its id. Nothing to fill in: no
+# account was erased before.
+_V52 = """
+ALTER TABLE "user" ADD COLUMN "erased_at" INTEGER;
+"""
+
 #: Every migration, oldest first. Append only.
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
@@ -1128,7 +1135,8 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (38, _V38), (39, _V39), (40, _V40),
                                      (41, _V41), (42, _V42), (43, _V43),
                                      (44, _V44), (45, _V45), (46, _V46),
-                                     (47, _V47), (48, _V48), (51, _V51))
+                                     (47, _V47), (48, _V48), (51, _V51),
+                                     (52, _V52))
 
 #: Python functions migrations call, registered on the migrating connection: a value only
 #: the domain's rules can compute for rows written before (name, arity, function).
