@@ -100,7 +100,7 @@ async def _settle(services: Services) -> None:
 
 async def _settled_in_order(services: Services) -> None:
     await asyncio.gather(services.accounts.settled(), services.stations.settled(),
-                         services.fleet.settled())
+                         services.fleet.settled(), services.erasure.settled())
     await services.withdrawal.settled()
 
 

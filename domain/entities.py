@@ -145,6 +145,9 @@ class AuditAction(StrEnum):
     DELETE = "DELETE"
     #: An operator command sent to a charger (who reset which charger, and its answer).
     COMMAND = "COMMAND"
+    #: A person's account erased (``Erasure``): names no personal data, nor do the
+    #: entries about them once it has run.
+    ERASE = "ERASE"
 
 
 SYSTEM_ACTOR = "system"
@@ -195,6 +198,10 @@ class User(Record):
     #: Tokens carry the epoch they were issued in; raising it (a password change, a
     #: deactivation) revokes every token issued before.
     token_epoch: int = 0
+    #: When the account was erased (``Erasure``, the right to erasure): its personal
+    #: fields anonymised, deactivated for good; its id stays on the sessions, payments
+    #: and refunds kept for the operators' books. ``None``: not erased.
+    erased_at: datetime | None = None
 
 
 @dataclass(kw_only=True)
@@ -209,6 +216,12 @@ class Vehicle(Record):
     make: str | None = None
     model: str | None = None
     battery_kwh: float | None = None
+    #: When its owner removed it from their garage (``FleetService.remove_vehicle``);
+    #: ``None`` while kept. A removed car stays as the car its sessions, payments and
+    #: refunds were charged for (history reads it, QA s22), but no list of cars, card
+    #: link or remote start offers it, and its plate is free again for its owner (the
+    #: unique rule holds over kept cars only, ``ports.PARTIAL_UNIQUE_RULES``).
+    removed_at: datetime | None = None
 
 
 @dataclass(kw_only=True)

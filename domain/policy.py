@@ -63,7 +63,7 @@ PRIVATE_FIELDS: dict[str, frozenset[str]] = {
     # deactivation, a new email, a new battery): ``updatedAt`` reads ``createdAt`` in
     # their reduced views, and sorting by it is theirs only too.
     "user": frozenset({"email", "role", "active", "company_id", "created_by",
-                       "updated_by", "updated_at"}),
+                       "updated_by", "updated_at", "erased_at"}),
     "vehicle": frozenset({"battery_kwh", "created_by", "updated_by", "updated_at"}),
     "station": frozenset({"owner_id", "company_id", "registration", "vendor", "model",
                           "serial", "firmware", "firmware_status", "diagnostics_status",

@@ -73,9 +73,6 @@ UNIQUE_RULES: dict[str, tuple[tuple[str, ...], ...]] = {
     "user": (("email",),),
     # How people (and ``create-user --company``) tell companies apart.
     "company": (("name",),),
-    # Per owner: a family car is registered by each driver who charges it. On the plate's
-    # key, not on the plate as entered: "B-MI 2024" and "BMI2024" are one car.
-    "vehicle": (("plate_key", "owner_id"),),
     "id_tag": (("tag",),),
     "station": (("cp_id",),),
     "connector": (("cp_id", "connector_id"),),
@@ -89,10 +86,17 @@ UNIQUE_RULES: dict[str, tuple[tuple[str, ...], ...]] = {
     # A charger's configuration key is one whatever its case (OCPP CiString).
     "configuration_key": (("station_id", "folded_key"),),
 }
-#: Partial unique rules: (fields, (condition field, value)). One ACTIVE session per
-#: connector; completed sessions on the same connector are history, not duplicates.
-PARTIAL_UNIQUE_RULES: dict[str, tuple[tuple[tuple[str, ...], tuple[str, str]], ...]] = {
+#: Partial unique rules: (fields, (condition field, value)), held among the records whose
+#: condition field has that value (``None``: has none). One ACTIVE session per
+#: connector; completed sessions on the same connector are history, not duplicates. A
+#: partial rule is reported by its first field, as a rule is; the session's by its
+#: connector, which is what is taken.
+PARTIAL_UNIQUE_RULES: dict[str, tuple[tuple[tuple[str, ...], tuple[str, str | None]], ...]] = {
     "session": ((("cp_id", "connector_id"), ("state", "ACTIVE")),),
+    # Per owner: a family car is registered by each driver who charges it. On the plate's
+    # key, not on the plate as entered: "B-MI 2024" and "BMI2024" are one car. Among the
+    # cars kept: one removed stays as its sessions' car, and its plate may be added again.
+    "vehicle": ((("plate_key", "owner_id"), ("removed_at", None)),),
 }
 
 

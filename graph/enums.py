@@ -119,6 +119,9 @@ VALUE_DESCRIPTIONS: dict[str, dict[str, str]] = {
         "UPDATE": "A record was changed.",
         "DELETE": "A record was removed.",
         "COMMAND": "A command was sent to a charger (who sent which, and its answer).",
+        "ERASE": "A person's account was erased (`eraseUser`, `eraseMyAccount`): their "
+                 "name, email and plates are gone from it and from the entries about "
+                 "them; this entry names none.",
     },
     "OrderDirection": {
         "ASC": "Smallest, earliest or A first.",

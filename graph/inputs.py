@@ -107,6 +107,17 @@ class DeactivateUserInput:
     id: strawberry.ID = strawberry.field(description=_id_of("user"))
 
 
+@strawberry.input(description="The account to erase.")
+class EraseUserInput:
+    id: strawberry.ID = strawberry.field(description=_id_of("user"))
+
+
+@strawberry.input(description="Your own account, to erase.")
+class EraseMyAccountInput:
+    current_password: str = strawberry.field(description=(
+        "The password in use now: a token alone does not erase an account."))
+
+
 @strawberry.input(description="The vehicle to remove.")
 class RemoveVehicleInput:
     id: strawberry.ID = strawberry.field(description=_id_of("vehicle"))

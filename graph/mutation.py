@@ -27,6 +27,8 @@ from graph.inputs import (
     CreateUserInput,
     DeactivateUserInput,
     EndSessionInput,
+    EraseMyAccountInput,
+    EraseUserInput,
     FailPaymentInput,
     IssueIdTagInput,
     RefundPaymentInput,
@@ -357,6 +359,35 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
         user, errors = await attempt(ctx, run)
         return UserPayload(user=User.wrap(user, ctx) if user else None, errors=errors)
 
+    @strawberry.mutation(description=(
+        "Erase an account (admins; the right to erasure): its name, email (free for a "
+        "new sign-up), password and cars' plates are anonymised, here and in the audit "
+        "log's entries about it; it is deactivated for good (every token revoked); its "
+        "cards are removed (chargers refuse them) and its cars removed (sessions keep "
+        "showing the car). Its sessions, payments and refunds stay under its id. IN_USE "
+        "while a session of theirs is under way, while they own stations, and for the "
+        "last admin."))
+    async def erase_user(self, info: Info, input: EraseUserInput) -> UserPayload:
+        ctx = _ctx(info)
+
+        async def run() -> Any:
+            return await ctx.services.erasure.erase_user(
+                ctx.viewer, expect_id(str(input.id), "user", "id"))
+
+        user, errors = await attempt(ctx, run)
+        return UserPayload(user=User.wrap(user, ctx) if user else None, errors=errors)
+
+    @strawberry.mutation(description=(
+        "Erase your own account, confirmed with your password (`eraseUser` says what "
+        "goes and what stays). Signs you out everywhere; the payload's user is the "
+        "account as erased."))
+    async def erase_my_account(self, info: Info, input: EraseMyAccountInput
+                               ) -> UserPayload:
+        ctx = _ctx(info)
+        user, errors = await attempt(ctx, lambda: ctx.services.erasure.erase_my_account(
+            ctx.viewer, input.current_password), input=input)
+        return UserPayload(user=User.wrap(user, ctx) if user else None, errors=errors)
+
     # ------------------------------------------------------------- vehicles and id tags
     @strawberry.mutation(description=(
         "Register a vehicle for yourself, or (admins, operators for their company's people) "
@@ -394,7 +425,11 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
         return VehiclePayload(vehicle=Vehicle.wrap(vehicle, ctx) if vehicle else None,
                               errors=errors)
 
-    @strawberry.mutation(description="Returns the removed vehicle as it was.")
+    @strawberry.mutation(description=(
+        "Takes the vehicle out of its owner's garage: no list of vehicles, card link or "
+        "remote start offers it any more, and its plate may be added again. It stays as "
+        "the vehicle of the sessions charged with it (`removedAt` set). Returns it "
+        "removed. NOT_FOUND once removed; IN_USE while it charges."))
     async def remove_vehicle(self, info: Info, input: RemoveVehicleInput) -> VehiclePayload:
         ctx = _ctx(info)
 

@@ -28,6 +28,7 @@ from domain.geo import distance_km
 from domain.ids import is_id
 from domain.query import ALL, Eq, Range, Sort, all_of
 from domain.services.configuration import MAX_KEYS
+from domain.services.fleet import IN_GARAGE
 from domain.services.intervals import IdleSpan
 from domain.services.tariffs import LATEST_VERSION_FIRST, PricedAt
 from domain.tariff_bands import session_split
@@ -361,6 +362,9 @@ class User(Node, Audited):
     active: bool | None = strawberry.field(description=(
         "False once deactivated: no sign-in, cards refused at chargers. Null in reduced "
         "views."))
+    erased_at: datetime | None = strawberry.field(description=(
+        "When the account was erased (`eraseUser`, `eraseMyAccount`): its name and "
+        "email read as placeholders since. Null when not erased, and in reduced views."))
     _r: strawberry.Private[d.User]
     _private: strawberry.Private[bool]
 
@@ -372,6 +376,7 @@ class User(Node, Audited):
             "email": r.email if private else None,
             "role": r.role if private else None,
             "active": r.active if private else None,
+            "erased_at": r.erased_at if private else None,
             "_private": private,
         }, private, changes_visible=private)
 
@@ -381,13 +386,14 @@ class User(Node, Audited):
             return None
         return await _related(info, Company, self._r.company_id)
 
-    @strawberry.field(description="Their vehicles, in creation order, as far as the viewer "
-                                  "may see them.")
+    @strawberry.field(description="Their vehicles (their garage: not those removed), in "
+                                  "creation order, as far as the viewer may see them.")
     async def vehicles(self, info: Info, first: int | None = None, after: str | None = None,
                        last: int | None = None, before: str | None = None
                        ) -> Connection[Vehicle]:
         return await nested_connection(_ctx(info), d.Vehicle, Vehicle.wrap, "owner_id",
-                                       self._r.id, ALL, (), _page(first, after, last, before))
+                                       self._r.id, IN_GARAGE, (),
+                                       _page(first, after, last, before))
 
     @strawberry.field(name="idTags", description="Their charging cards, in creation order, "
                                                  "as far as the viewer may see them.")
@@ -425,6 +431,10 @@ class Vehicle(Node, Audited):
     battery_kwh: float | None = strawberry.field(description=(
         "Battery capacity in kWh; null when not given, and for viewers other than its "
         "owner and admins."))
+    removed_at: datetime | None = strawberry.field(description=(
+        "When its owner removed it (`removeVehicle`), UTC; null while it is in their "
+        "garage. A removed vehicle is in no list of vehicles and no longer chosen for "
+        "cards or charging; it stays as the vehicle of the sessions charged with it."))
     _r: strawberry.Private[d.Vehicle]
     _private: strawberry.Private[bool]
 
@@ -436,6 +446,7 @@ class Vehicle(Node, Audited):
             "make": r.make,
             "model": r.model,
             "battery_kwh": r.battery_kwh if private else None,
+            "removed_at": r.removed_at,
             "_private": private,
         }, private, changes_visible=private)
 

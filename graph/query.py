@@ -8,7 +8,8 @@ import strawberry
 
 from domain import entities as d
 from domain.errors import DomainError
-from domain.query import ALL, Eq, Sort
+from domain.query import ALL, Eq, Filter, Sort, all_of
+from domain.services.fleet import IN_GARAGE
 from graph.analytics import AnalyticsQuery
 from graph.context import GraphContext
 from graph.filters import (
@@ -65,8 +66,10 @@ def _ctx(info: Info) -> GraphContext:
 
 async def _list(info: Info, kind: type[d.Record], node: Any, filter: Any, order_by: Any,
                 default_sort: tuple[Sort, ...], first: int | None, after: str | None,
-                last: int | None, before: str | None) -> Connection[Any]:
-    where = filter.to_domain() if filter is not None else ALL
+                last: int | None, before: str | None, within: Filter = ALL
+                ) -> Connection[Any]:
+    """``within``: the records the list is of, whatever the filter (a garage's cars)."""
+    where = all_of(filter.to_domain() if filter is not None else ALL, within)
     # A list filtered by ``near`` may be ordered by DISTANCE from its point.
     near = getattr(filter, "near", None)
     connection = await page_connection(
@@ -148,16 +151,17 @@ class Query(AnalyticsQuery, WebhookQuery, SiteQuery):
                            before)
 
     @strawberry.field(description=(
-        "Vehicles, in id order: a driver's own; an operator's own, their company's "
-        "people's and those of sessions in their books; an admin's all. None when signed "
-        "out."))
+        "Vehicles in garages (not those removed), in id order: a driver's own; an "
+        "operator's own, their company's people's and those of sessions in their books; "
+        "an admin's all. None when signed out. A removed vehicle is read as its sessions' "
+        "`vehicle` or by `node(id:)`."))
     async def vehicles(self, info: Info, filter: VehicleFilter | None = None,
                        order_by: list[VehicleOrder] | None = None,  # type: ignore[valid-type]
                        first: int | None = None, after: str | None = None,
                        last: int | None = None, before: str | None = None
                        ) -> Connection[Vehicle]:
         return await _list(info, d.Vehicle, Vehicle, filter, order_by, (), first, after, last,
-                           before)
+                           before, within=IN_GARAGE)
 
     @strawberry.field(name="idTags", description=(
         "Charging cards (OCPP idTags), in id order: a driver's own, an operator's own and "

@@ -11,6 +11,7 @@ from domain.services.base import UNSET, ServiceContext
 from domain.services.charger_sign_ins import ChargerSignInLimits
 from domain.services.charging import DEFAULT_AUTH_CACHE, ChargingService
 from domain.services.commands import CommandService
+from domain.services.erasure import Erasure
 from domain.services.fleet import FleetService
 from domain.services.instances import InstanceService
 from domain.services.live import LiveService
@@ -60,6 +61,8 @@ class Services:
         self.fleet.on_withdrawn = self.withdrawal.withdraw_card
         self.accounts.on_reactivated = self.withdrawal.restore_user
         self.fleet.on_restored = self.withdrawal.restore_card
+        self.erasure = Erasure(ctx, self.accounts)
+        self.erasure.on_erased = self.withdrawal.withdraw_erased
         self.stations.on_accepted = self.commands.ask_to_boot
         self.instances = InstanceService(ctx, self.charging)
         self.live = LiveService(ctx)

@@ -248,6 +248,9 @@ class AccountService(Service):
         """``update_user``'s read, checks and write (``retried``): the user as read and as
         written."""
         user = await self.visible(viewer, User, user_id)
+        if user.erased_at is not None:
+            # Its person asked to be forgotten: nothing of them is written back into it.
+            raise Conflict("the account was erased", field="id", code="INVALID_STATE")
         email, password_hash = given["email"], given["password_hash"]
         role, company_id, active = given["role"], given["company_id"], given["active"]
         is_self = viewer.user_id == user.id
@@ -255,7 +258,7 @@ class AccountService(Service):
         if not (is_self or manages):
             raise Forbidden("you may not change this user")
         if is_self and (email not in (UNSET, None) or password_hash not in (UNSET, None)):
-            await self._confirm_current_password(user, current_password)
+            await self.confirm_current_password(user, current_password)
         privileged = {"role": role, "companyId": company_id, "active": active}
         for field, value in privileged.items():
             if value is not UNSET and not manages:
@@ -490,7 +493,7 @@ class AccountService(Service):
             user = cast(User, upgrade.record)
         return user
 
-    async def _confirm_current_password(self, user: User, given: Any) -> None:
+    async def confirm_current_password(self, user: User, given: Any) -> None:
         """A token alone must not take an account over for good: changing one's own email
         or password asks for the password as well (throttled like a sign-in)."""
         if given is UNSET or given is None or given == "":

@@ -289,12 +289,13 @@ class Service:
         audit = []
         for change, before in changes:
             record = change.record
+            removal = isinstance(change, Delete) or _removes(before, record)
             if isinstance(change, Insert):
                 action = AuditAction.CREATE
-            elif isinstance(change, Update):
-                action = AuditAction.UPDATE
-            else:
+            elif removal:
                 action = AuditAction.DELETE
+            else:
+                action = AuditAction.UPDATE
             entry_of = whose.get(record.id, NOBODY)
             audit.append(
                 AuditEntry(
@@ -308,7 +309,7 @@ class Service:
                     created_by=viewer.actor,
                     updated_by=viewer.actor,
                     before=snapshot(before) if before is not None else None,
-                    after=None if isinstance(change, Delete) else audit_after(before, record),
+                    after=None if removal else audit_after(before, record),
                     company_id=entry_of.company_id,
                     station_owner_id=entry_of.station_owner_id,
                     holder_id=entry_of.holder_id,
@@ -380,6 +381,14 @@ class Service:
             users.update((u.id, u) for u in await self.store.get_many(
                 User, sorted(wanted_users - users.keys())) if u is not None)
         return stations, users
+
+
+def _removes(before: Record | None, after: Record) -> bool:
+    """Whether a change removes a record that stays as history (``Vehicle.removed_at``
+    set): it is audited as the removal it is to its owner, a DELETE with the record as
+    it was, as when cars were deleted; the record itself stays for what refers to it."""
+    return before is not None and getattr(before, "removed_at", None) is None \
+        and getattr(after, "removed_at", None) is not None
 
 
 def _holder_private_change(before: Record, after: Record) -> bool:

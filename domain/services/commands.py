@@ -67,6 +67,7 @@ from domain.services.base import (
 )
 from domain.services.configuration import record_change, record_read, without_secrets
 from domain.services.edits import retried
+from domain.services.fleet import IN_GARAGE
 from domain.services.stations import connector_in_range
 from domain.services.withdrawal import record_local_list
 from domain.validation import heartbeat_interval
@@ -425,7 +426,7 @@ class CommandService(Service):
             where = all_of(Eq("user_id", viewer.user_id), Eq("status", IdTagStatus.ACCEPTED))
             if vehicle_id is not None:
                 vehicle = await self.store.find_one(Vehicle, all_of(
-                    Eq("id", vehicle_id), Eq("owner_id", viewer.user_id)))
+                    Eq("id", vehicle_id), Eq("owner_id", viewer.user_id), IN_GARAGE))
                 if vehicle is None:  # not "no usable tag": the app sent a wrong id
                     raise NotFound("no such vehicle", field="vehicleId")
                 where = all_of(where, Eq("vehicle_id", vehicle_id))

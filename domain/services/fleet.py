@@ -18,10 +18,10 @@ from domain.entities import (
     User,
     Vehicle,
 )
-from domain.errors import Conflict, Forbidden, UniqueViolation, ValidationError
+from domain.errors import Conflict, Forbidden, NotFound, UniqueViolation, ValidationError
 from domain.policy import Viewer
 from domain.ports import Change, Delete, Insert, Store
-from domain.query import Eq, In, NotSub, Range, Sort, all_of, any_of
+from domain.query import Eq, Filter, In, NotSub, Range, Sort, all_of, any_of
 from domain.services.background import Background
 from domain.services.base import UNSET, Service, ServiceContext, patch, stamp_new
 from domain.services.edits import edit, retried
@@ -29,6 +29,12 @@ from domain.services.withdrawal import list_status, restoration_marks, withdrawa
 
 #: The most cards of one holder whose groups one query checks (``group_left_behind``).
 GROUP_BATCH = 200
+
+#: A garage's cars: those not removed (``Vehicle.removed_at``). Lists of cars and every
+#: choice of one (a card's link, a remote start or reservation by car) read these; a
+#: session's car, ``node(id:)``, filters by a car's id and the CSV export read any car,
+#: so history keeps the car it was charged for (QA s22).
+IN_GARAGE: Filter = Eq("removed_at", None)
 
 
 def blocked_by_others(tag: IdTag, owner: User) -> bool:
@@ -178,7 +184,7 @@ class FleetService(Service):
 
     async def _own_vehicle(self, viewer: Viewer, vehicle_id: str, field: str = "id"
                            ) -> Vehicle:
-        vehicle = await self.visible(viewer, Vehicle, vehicle_id, field=field)
+        vehicle = await self._kept_vehicle(viewer, vehicle_id, field)
         owner = await self.visible(viewer, User, vehicle.owner_id, field=field)
         if not self.policy.may_act_for_user(viewer, owner):
             raise Forbidden("you may not change this vehicle", field=field)
@@ -232,9 +238,25 @@ class FleetService(Service):
 
         return await retried(once)
 
+    async def _kept_vehicle(self, viewer: Viewer, vehicle_id: str, field: str) -> Vehicle:
+        """A car the viewer sees that is still in its garage: a removed one is history,
+        no longer to be changed, removed again or chosen (NOT_FOUND, as for a car the
+        viewer cannot see: it is gone from every list of cars)."""
+        vehicle = await self.visible(viewer, Vehicle, vehicle_id, field=field)
+        if vehicle.removed_at is not None:
+            raise NotFound("the vehicle was removed", field=field)
+        return vehicle
+
     async def remove_vehicle(self, viewer: Viewer, vehicle_id: str) -> Vehicle:
-        """Sessions keep their vehicle id for history; tags pointing at the car are
-        unlinked in the same write."""
+        """Takes the car out of its owner's garage (QA s22): no list of cars, card link
+        or remote start offers it any more, and its plate may be added again. It stays
+        as the car its sessions, payments and refunds were charged for (``removed_at``:
+        a soft removal; deleting it made a session's car and the CSV export read null
+        while a filter by its id still matched). Tags pointing at the car are unlinked
+        in the same write. Not while it charges."""
+        return await retried(lambda: self._remove_vehicle(viewer, vehicle_id))
+
+    async def _remove_vehicle(self, viewer: Viewer, vehicle_id: str) -> Vehicle:
         vehicle = await self._own_vehicle(viewer, vehicle_id)
         active = await self.store.find_one(
             Session, all_of(Eq("vehicle_id", vehicle.id), Eq("state", SessionState.ACTIVE))
@@ -245,9 +267,10 @@ class FleetService(Service):
         changes: list[Any] = [
             (patch(tag, viewer, vehicle_id=None), tag) for tag in tags
         ]
-        changes.append((Delete(vehicle), vehicle))
+        removal = edit(vehicle, viewer, removed_at=self.now())
+        changes.append((removal, vehicle))
         await self.commit(viewer, changes)
-        return vehicle
+        return cast(Vehicle, removal.record)
 
     # ---------------------------------------------------------------- id tags
     async def issue_id_tag(self, viewer: Viewer, *, tag: str, user_id: str | None = None,
@@ -451,7 +474,7 @@ class FleetService(Service):
                                   as_group=as_group) is not None
 
     async def _vehicle_of(self, viewer: Viewer, owner: User, vehicle_id: str) -> Vehicle:
-        vehicle = await self.visible(viewer, Vehicle, vehicle_id, field="vehicleId")
+        vehicle = await self._kept_vehicle(viewer, vehicle_id, "vehicleId")
         if vehicle.owner_id != owner.id:
             raise ValidationError("the vehicle belongs to someone else", field="vehicleId")
         return vehicle

@@ -352,6 +352,17 @@ class Withdrawal(Service):
         for station_id in await self._stations_wanting(card_ids):
             await self.push(actor, station_id)
 
+    async def withdraw_erased(self, actor: Viewer, user: User, cards: Sequence[IdTag]
+                              ) -> None:
+        """``user``'s account was erased by ``actor`` and ``cards``, theirs, removed with
+        it (``Erasure``): each card is withdrawn as a removed one is (Blocked in the lists
+        that hold it, its reservations cancelled), and so are the reservations still
+        live in their name. No session of theirs was under way (refused). ``Erasure``
+        runs it in the background."""
+        for card in cards:
+            await self.withdraw_card(actor, card, IdTagStatus.BLOCKED, stop=True)
+        await self.cancel_reservations(actor, Eq("user_id", user.id))
+
     async def restore_card(self, actor: Viewer, card: IdTag) -> None:
         """``card`` is usable again (unblocked, its expiry moved later or cleared), by
         ``actor``: what withdrawals of it changed in the lists is put back (see the

@@ -133,8 +133,10 @@ SUPERSEDED: dict[str, tuple[str, ...]] = {
     "session": ("station_id_1_state_1", "station_id_1_start_time_-1",
                 "user_id_1_start_time_-1", "vehicle_id_1"),
     # License plates became unique per owner (a shared car), then per owner on the
-    # plate's key (its letters and digits), the plate itself kept as entered.
-    "vehicle": ("uniq_vehicle_license_plate", "uniq_vehicle_license_plate_owner_id"),
+    # plate's key (its letters and digits), the plate itself kept as entered, then among
+    # the cars kept only (a removed car stays as its sessions' car, ``removed_at``).
+    "vehicle": ("uniq_vehicle_license_plate", "uniq_vehicle_license_plate_owner_id",
+                "uniq_vehicle_plate_key_owner_id"),
     # The connection history's index gained the ``_id`` tie-breaker.
     "connection_event": ("station_id_1_at_1",),
     # So did the audit log's (in both orders).
@@ -153,6 +155,12 @@ SUPERSEDED: dict[str, tuple[str, ...]] = {
 PARTIAL_RULE_FIELD = "connector_id"
 
 
+def partial_rule_field(kind: str, fields: Sequence[str]) -> str:
+    """The field a partial rule's violation names (``ports.PARTIAL_UNIQUE_RULES``): its
+    first, as a rule's, but the session's connector."""
+    return PARTIAL_RULE_FIELD if kind == "session" else fields[0]
+
+
 def index_name(kind: str, fields: Sequence[str], partial: bool = False) -> str:
     return f"uniq_{kind}_{'_'.join(fields)}{'_active' if partial else ''}"
 
@@ -165,8 +173,9 @@ for _kind, _rules in UNIQUE_RULES.items():
         _FIELD_BY_PATTERN[(_kind, tuple(_fields))] = _fields[0]
 for _kind, _partials in PARTIAL_UNIQUE_RULES.items():
     for _fields, _condition in _partials:
-        _FIELD_BY_INDEX[index_name(_kind, _fields, True)] = PARTIAL_RULE_FIELD
-        _FIELD_BY_PATTERN.setdefault((_kind, tuple(_fields)), PARTIAL_RULE_FIELD)
+        _FIELD_BY_INDEX[index_name(_kind, _fields, True)] = partial_rule_field(_kind, _fields)
+        _FIELD_BY_PATTERN.setdefault((_kind, tuple(_fields)),
+                                     partial_rule_field(_kind, _fields))
 
 #: The server's code for dropping an index that is not there (any more).
 _INDEX_NOT_FOUND = 27

@@ -38,7 +38,7 @@ from store.mongo.codec import (
     shadow,
     to_doc,
 )
-from store.mongo.indexes import PARTIAL_RULE_FIELD, violated_field
+from store.mongo.indexes import PARTIAL_RULE_FIELD, partial_rule_field, violated_field
 from store.mongo.journal import MARK, in_flight
 
 DUPLICATE_KEY = 11000
@@ -304,7 +304,8 @@ _MESSAGES = {("session", PARTIAL_RULE_FIELD): "the connector already has an acti
 def violation(kind: str, field: str) -> UniqueViolation:
     """The error of ``kind``'s rule on ``field``, worded as SQLite's (``id``: "another
     station has the same id")."""
-    rule = next((r for r in UNIQUE_RULES.get(kind, ()) if r[0] == field), (field,))
+    rules = (*UNIQUE_RULES.get(kind, ()), *(r for r, _ in PARTIAL_UNIQUE_RULES.get(kind, ())))
+    rule = next((r for r in rules if r[0] == field), (field,))
     message = _MESSAGES.get((kind, field)) or duplicate_message(kind, rule)
     return UniqueViolation(message, field=field)
 
@@ -328,5 +329,5 @@ async def explain(db: Any, record: Record, details: Mapping[str, Any] | None, *,
     for fields, (cond_field, cond_value) in PARTIAL_UNIQUE_RULES.get(record.kind, ()):
         if doc.get(cond_field) == cond_value and await collection.find_one(
                 {**others, cond_field: cond_value, **{f: doc[f] for f in fields}}, {"_id": 1}):
-            return violation(record.kind, PARTIAL_RULE_FIELD)
+            return violation(record.kind, partial_rule_field(record.kind, fields))
     return UniqueViolation("a unique rule rejected the change")

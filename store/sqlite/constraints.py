@@ -12,7 +12,7 @@ import re
 import sqlite3
 
 from domain.errors import UniqueViolation
-from domain.ports import UNIQUE_RULES
+from domain.ports import PARTIAL_UNIQUE_RULES, UNIQUE_RULES
 from store.fields import duplicate_message
 
 _UNIQUE_FAILED = re.compile(r"UNIQUE constraint failed: (?P<columns>.+)$")
@@ -20,7 +20,8 @@ _UNIQUE_FAILED = re.compile(r"UNIQUE constraint failed: (?P<columns>.+)$")
 #: (table, columns) -> the field ``UniqueViolation`` names, from the domain's rules.
 _FIELD_BY_RULE: dict[tuple[str, tuple[str, ...]], str] = {
     (kind, rule): rule[0] for kind, rules in UNIQUE_RULES.items() for rule in rules
-}
+} | {(kind, rule): rule[0] for kind, rules in PARTIAL_UNIQUE_RULES.items()
+     for rule, _ in rules}
 # The partial index "one ACTIVE session per connector" (not a domain rule: a store-level
 # invariant). It is the connector that is taken, so the violation names connector_id.
 _FIELD_BY_RULE["session", ("cp_id", "connector_id")] = "connector_id"

@@ -32,7 +32,16 @@ from domain.entities import (
     Vehicle,
 )
 from domain.errors import Conflict, NotFound, UniqueViolation
-from domain.ports import UNIQUE_RULES, Change, Delete, Guard, Insert, Store, Update
+from domain.ports import (
+    PARTIAL_UNIQUE_RULES,
+    UNIQUE_RULES,
+    Change,
+    Delete,
+    Guard,
+    Insert,
+    Store,
+    Update,
+)
 from domain.query import ALL, Eq, In, Search, Sub, all_of
 from tests.contract.factories import (
     at,
@@ -59,10 +68,14 @@ CLASHES: dict[str, tuple[type[Record], Callable[[], Record], Callable[[], Record
                    lambda: user(email="same@example.com"), "email"),
     "company.name": (Company, lambda: company(name="Same GmbH"),
                      lambda: company(name="Same GmbH"), "name"),
-    # On the plate's key: the plates as entered differ.
+    # On the plate's key: the plates as entered differ. (Among kept cars: below.)
     "vehicle.plate_key+owner_id": (
         Vehicle, lambda: vehicle(_owner, license_plate="B-AB 123"),
         lambda: vehicle(_owner, license_plate="BAB123"), "plate_key"),
+    # Among ACTIVE sessions: the connector is what is taken.
+    "session.cp_id+connector_id": (
+        Session, lambda: session(_st, 3, transaction_id=31),
+        lambda: session(_st, 3, transaction_id=32), "connector_id"),
     "id_tag.tag": (IdTag, lambda: id_tag(_owner, tag="04A2B3"),
                    lambda: id_tag(user(), tag="04A2B3"), "tag"),
     "station.cp_id": (Station, lambda: station(cp_id="CP-1"), lambda: station(cp_id="CP-1"),
@@ -102,6 +115,8 @@ CLASHES: dict[str, tuple[type[Record], Callable[[], Record], Callable[[], Record
 
 def test_every_unique_rule_has_a_clash_case() -> None:
     rules = {f"{kind}.{'+'.join(rule)}" for kind, rs in UNIQUE_RULES.items() for rule in rs}
+    rules |= {f"{kind}.{'+'.join(rule)}" for kind, rs in PARTIAL_UNIQUE_RULES.items()
+              for rule, _ in rs}
     assert rules == set(CLASHES)
 
 
@@ -120,6 +135,31 @@ async def test_unique_rule_rejects_the_second_record(store: Store, rule: str) ->
     assert await store.get_many(kind, [kept.id, clashing.id]) == [kept, None]
     assert await store.count(kind, ALL) == 1
     assert await store.count(AuditEntry, ALL) == 0
+
+
+async def test_a_plate_is_unique_among_its_owner_s_kept_cars_only(store: Store) -> None:
+    """QA s22: a removed car stays as its sessions' car (``Vehicle.removed_at``), and its
+    owner may add the plate again; twice removed, twice kept as history. A kept car still
+    clashes with a kept one, and putting a removed car back where a kept one has its
+    plate is refused."""
+    owner = user()
+    first = vehicle(owner, license_plate="B-LE 123")
+    await put(store, owner, first)
+    gone = dataclasses.replace(first, removed_at=at(0))
+    await store.write([Update(gone)], [])
+    again = vehicle(owner, license_plate="BLE123")
+    await store.write([Insert(again)], [])
+    await store.write([Update(dataclasses.replace(again, removed_at=at(1)))], [])
+    third = vehicle(owner, license_plate="B LE 123")
+    await store.write([Insert(third)], [])
+    with pytest.raises(UniqueViolation) as raised:
+        await store.write([Insert(vehicle(owner, license_plate="b-le-123"))], [])
+    assert raised.value.field == "plate_key"
+    with pytest.raises(UniqueViolation):
+        await store.write([Update(dataclasses.replace(gone, removed_at=None))], [])
+    assert await store.count(Vehicle, Eq("owner_id", owner.id)) == 3
+    assert [v.id for v in await store.find_all(Vehicle, all_of(
+        Eq("owner_id", owner.id), Eq("removed_at", None)))] == [third.id]
 
 
 async def test_a_guarded_update_is_skipped_once_its_condition_no_longer_holds(

@@ -41,14 +41,14 @@ async def test_an_email_change_never_undoes_a_deactivation_made_while_it_ran(
     user = await accounts.create_user(SYSTEM, email="mia@example.com", password="pass-word-1",
                                       name="Mia", role=d.Role.DRIVER)
     checking, go_on = asyncio.Event(), asyncio.Event()
-    confirm = accounts._confirm_current_password
+    confirm = accounts.confirm_current_password
 
     async def slow_confirm(*args: Any) -> None:
         await confirm(*args)
         checking.set()
         await go_on.wait()
 
-    monkeypatch.setattr(accounts, "_confirm_current_password", slow_confirm)
+    monkeypatch.setattr(accounts, "confirm_current_password", slow_confirm)
     change = asyncio.create_task(accounts.update_user(
         Viewer.of(user), user.id, email="mia@new.example.com",
         current_password="pass-word-1"))

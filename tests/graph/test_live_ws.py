@@ -546,6 +546,25 @@ async def test_a_rights_change_closes_sockets_at_once_and_ops_are_checked(
     await other.close()
 
 
+async def test_an_erasure_closes_the_erased_person_s_sockets_at_once(live: Setup) -> None:
+    """QA s22: an erased account is signed out everywhere, as a deactivated one is: its
+    open sockets close without waiting for the periodic re-check."""
+    slow = Setup(live.services, live.world, live.bus, revalidate_every=timedelta(hours=1))
+    erased = await slow.open("driver2")
+    erased.subscribe("1", LOCAL)
+    other = await slow.open("op_b")
+    other.subscribe("1", LOCAL)
+    await live.subscribed(2)
+    await live.services.erasure.erase_user(live.world.viewer("admin"),
+                                           live.world.users["driver2"].id)
+    closed = await erased.raw(timeout=2)
+    assert closed == {"type": "websocket.close", "code": 4403, "reason": "Forbidden"}
+    await erased.close()
+    assert other.nothing_pending()
+    await other.close()
+    await live.services.erasure.settled()
+
+
 async def test_one_connection_init_per_socket_and_subscriptions_are_size_checked(
         live: Setup) -> None:
     legacy = await live.open("driver1", protocol="graphql-ws")

@@ -464,3 +464,24 @@ async def test_a_card_unblocked_while_its_charger_was_away_is_not_blocked_at_its
         assert back.local_list == {"TAG-OK": {"status": "Accepted"}}
         kept = await entry(central, "CP-OPEN", "TAG-OK")
         assert kept is not None and kept.status == "Accepted"
+
+
+async def test_an_erased_account_s_cards_are_blocked_in_the_lists_that_accept_them(
+        central: Central) -> None:
+    """QA s22, erasure: the erased person's cards are removed as ``removeIdTag`` removes
+    one, so a charger's local list that accepts one is told it is Blocked (not left to
+    accept it offline), and Authorize refuses it."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await send_full_list(central, "CP-1", "TAG-OK", "TAG-OTHER")
+        answer = await central.gql("""mutation($input: EraseUserInput!) {
+            eraseUser(input: $input) { errors { field code } } }""",
+                                   {"input": {"id": to_global_id(
+                                       "user", central.users["driver"].id)}}, as_user="admin")
+        assert answer["eraseUser"]["errors"] == [], answer
+        await central.services.erasure.settled()
+        await settled(central)
+        assert cp.local_list["TAG-OK"]["status"] == "Blocked"
+        assert cp.local_list["TAG-OTHER"]["status"] == "Accepted"  # driver2's: left
+        refused = await cp.call(call.Authorize(id_tag="TAG-OK"))
+        assert refused.id_tag_info["status"] == "Invalid"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from domain.ports import UNIQUE_RULES
+from domain.ports import PARTIAL_UNIQUE_RULES, UNIQUE_RULES
 from store.fields import duplicate_message
 
 #: Every unique rule's message, as a person reads it: no column names, no "cp".
@@ -32,6 +32,9 @@ EXPECTED = {
 
 def test_every_unique_rule_is_told_in_the_words_people_use() -> None:
     rules = {(kind, rule) for kind, kind_rules in UNIQUE_RULES.items() for rule in kind_rules}
+    # A partial rule's words too (the session's own are the stores' ``_MESSAGES``).
+    rules |= {(kind, rule) for kind, kind_rules in PARTIAL_UNIQUE_RULES.items()
+              for rule, _ in kind_rules if kind != "session"}
     assert rules == set(EXPECTED)  # a new rule gets its message checked here
     assert {rule: duplicate_message(*rule) for rule in rules} == EXPECTED
 

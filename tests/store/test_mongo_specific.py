@@ -2122,6 +2122,37 @@ async def test_a_migrated_document_gets_a_new_version(mongo: MongoStore) -> None
     assert doc[journal.MARK] not in (None, before)
 
 
+async def test_a_plate_is_unique_among_kept_cars_from_the_start_after_the_upgrade(
+        mongo: MongoStore) -> None:
+    """QA s22: a database from before held the plate's rule over every car; ``start``
+    puts the rule over the cars kept (``removed_at`` null or, on cars written before,
+    missing: no backfill) in its place, so a removed car's plate may be added again."""
+    from domain.entities import Vehicle
+    from tests.contract.factories import at, user, vehicle
+
+    db = raw(mongo)
+    kept = index_name("vehicle", ("plate_key", "owner_id"), True)
+    db["vehicle"].drop_index(kept)
+    db["vehicle"].create_index([("plate_key", 1), ("owner_id", 1)], unique=True,
+                               name=index_name("vehicle", ("plate_key", "owner_id")))
+    owner = user()
+    old = vehicle(owner, license_plate="B-LE 123")
+    await mongo.write([Insert(owner), Insert(old)], [])
+    db["vehicle"].update_many({}, {"$unset": {"removed_at": ""}})  # as written before
+
+    await mongo.start()
+
+    indexes = db["vehicle"].index_information()
+    assert index_name("vehicle", ("plate_key", "owner_id")) not in indexes
+    assert indexes[kept]["partialFilterExpression"] == {"removed_at": None}
+    with pytest.raises(UniqueViolation) as raised:
+        await mongo.write([Insert(vehicle(owner, license_plate="BLE123"))], [])
+    assert raised.value.field == "plate_key"
+    [stored] = await mongo.find_all(Vehicle, Eq("removed_at", None))
+    await mongo.write([Update(dataclasses.replace(stored, removed_at=at(0)))], [])
+    await mongo.write([Insert(vehicle(owner, license_plate="BLE123"))], [])
+
+
 async def test_plates_from_before_are_keyed_by_their_stored_form_before_the_index(
         mongo: MongoStore, monkeypatch: pytest.MonkeyPatch) -> None:
     """What SQLite migration 29 does: a plate stored before was stored as its key
@@ -2137,7 +2168,7 @@ async def test_plates_from_before_are_keyed_by_their_stored_form_before_the_inde
             vehicle(other, license_plate="BMI2024")]
     await mongo.write([Insert(r) for r in (owner, other, *cars)], [])
     db = raw(mongo)
-    db["vehicle"].drop_index(index_name("vehicle", ("plate_key", "owner_id")))
+    db["vehicle"].drop_index(index_name("vehicle", ("plate_key", "owner_id"), True))
     db["vehicle"].update_many({}, {"$unset": {"plate_key": ""}})  # as written before
     db["vehicle"].create_index([("license_plate", 1), ("owner_id", 1)], unique=True,
                                name="uniq_vehicle_license_plate_owner_id")
@@ -2150,7 +2181,7 @@ async def test_plates_from_before_are_keyed_by_their_stored_form_before_the_inde
                    cars[2].id: ("BMI2024", "BMI2024")}
     indexes = db["vehicle"].index_information()
     assert "uniq_vehicle_license_plate_owner_id" not in indexes
-    assert indexes[index_name("vehicle", ("plate_key", "owner_id"))]["unique"] is True
+    assert indexes[index_name("vehicle", ("plate_key", "owner_id"), True)]["unique"] is True
     with pytest.raises(UniqueViolation) as raised:
         await mongo.write([Insert(vehicle(owner, license_plate="B-MI 2024"))], [])
     assert raised.value.field == "plate_key"

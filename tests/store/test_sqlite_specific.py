@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import sqlite3
@@ -19,6 +20,7 @@ from typing import cast
 import aiosqlite
 import pytest
 
+from domain.clock import utcnow
 from domain.entities import (
     ENTITY_TYPES,
     AuditEntry,
@@ -42,7 +44,7 @@ from domain.entities import (
 )
 from domain.errors import StoreBusy, StoreUnavailable, UniqueViolation
 from domain.policy import Policy, Viewer
-from domain.ports import UNIQUE_RULES, Insert
+from domain.ports import PARTIAL_UNIQUE_RULES, UNIQUE_RULES, Insert, Update
 from domain.query import (
     ALL,
     NONE,
@@ -960,6 +962,32 @@ async def test_version_26_leaves_older_tariffs_without_idle_fees_bands_or_plugs(
         await store.close()
 
 
+async def test_version_51_keeps_removed_cars_and_their_plates_free(db_path: str) -> None:
+    """QA s22: a car stored before version 51 is kept (``removed_at`` NULL), and the
+    plate's rule holds among kept cars only: its owner may add the plate of a car they
+    removed."""
+    async with aiosqlite.connect(db_path, isolation_level=None) as conn:
+        await apply_migrations(conn, [m for m in MIGRATIONS if m[0] <= 48])
+        await conn.execute(
+            'INSERT INTO "vehicle" ("id", "created_at", "updated_at", "created_by", '
+            '"updated_by", "owner_id", "license_plate", "plate_key") VALUES '
+            "('v1', 0, 0, 'system', 'system', 'u1', 'B-LE 123', 'BLE123')")
+        assert 51 in await apply_migrations(conn)
+    store = SqliteStore(db_path)
+    await store.start()
+    try:
+        [kept] = await store.get_many(Vehicle, ["v1"])
+        assert kept is not None and kept.removed_at is None
+        again = Vehicle(owner_id="u1", license_plate="BLE123", plate_key="BLE123")
+        with pytest.raises(UniqueViolation) as raised:
+            await put(store, again)
+        assert raised.value.field == "plate_key"
+        await store.write([Update(dataclasses.replace(kept, removed_at=utcnow()))], [])
+        await put(store, again)
+    finally:
+        await store.close()
+
+
 async def test_version_29_keys_plates_from_before_by_their_stored_form(db_path: str) -> None:
     """Plates stored before version 29 were stored as their key ("BMI2024"): that is
     their key, and how they go on reading. Uniqueness per owner moves to the key: a
@@ -1272,7 +1300,9 @@ async def test_every_unique_rule_is_a_unique_index(store: SqliteStore, db_path: 
         indexes = _unique_indexes(db_path, kind)
         for rule in rules:
             assert indexes.get(rule) is False, (kind, rule)
-    assert _unique_indexes(db_path, "session")[("cp_id", "connector_id")] is True
+    for kind, partials in PARTIAL_UNIQUE_RULES.items():
+        for rule, _ in partials:
+            assert _unique_indexes(db_path, kind).get(rule) is True, (kind, rule)
 
 
 # ---------------------------------------------------------------------------- format

@@ -1,0 +1,213 @@
+"""The right to erasure (GDPR art. 17): an admin's ``eraseUser`` and a person's own
+``eraseMyAccount`` (confirmed with their password).
+
+An account could only be deactivated, and its email could never be used again (QA s22).
+Erasing it anonymises what names the person — the account's name and email (the email
+is free for a new sign-up), its password, its cars' plates — and ends its access as a
+deactivation does (every token revoked, open sockets closed). Its cards are removed as
+``removeIdTag`` removes one, so chargers refuse them (Blocked in the local lists that
+hold them, in the background). Its cars are removed (``Vehicle.removed_at``): sessions
+keep showing the car they were charged for, without the person's plate. Sessions,
+payments and refunds stay for the operators' books under the account's id
+(pseudonymous). The audit log's images of the person's account and cars are scrubbed of
+those values, and the erasure is recorded by one entry that names none of them.
+
+Not while a session of theirs is under way (it would be billed to nobody's card), nor
+for the last active admin, nor while they own stations (hand them over first, as for a
+demotion). Erasing an erased account again is allowed: it scrubs the audit log again
+(what to do when a crash stopped the scrub, which runs after the erasure's write).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, cast
+
+from domain.entities import (
+    AuditAction,
+    AuditEntry,
+    IdTag,
+    Role,
+    Session,
+    SessionState,
+    Station,
+    User,
+    Vehicle,
+)
+from domain.errors import Conflict, Forbidden, Unauthenticated
+from domain.events import AccessChanged
+from domain.policy import Viewer
+from domain.ports import Change, Delete, Guard, Update
+from domain.query import Eq, Filter, In, Range, Sort, all_of, any_of
+from domain.services.accounts import AccountService
+from domain.services.background import Background
+from domain.services.base import Service, ServiceContext, patch
+from domain.services.edits import edit, retried
+from domain.services.withdrawal import withdrawal_marks
+
+#: What an erased account is called; its email is ``erased_email`` (unique, as emails
+#: must be, and in the reserved ``.invalid`` domain: it reaches nobody).
+ERASED_NAME = "Erased user"
+#: What an erased person's cars' plates read (and their keys: the plate rule holds
+#: among kept cars only, and an erased person's cars are all removed).
+ERASED_PLATE = "ERASED"
+#: Audit entries rewritten per store write while scrubbing.
+SCRUB_BATCH = 200
+
+#: The fields of a person's records that name them, by kind: what an erasure overwrites
+#: in the records and scrubs from the audit log's images of them.
+PERSONAL_FIELDS: dict[str, tuple[str, ...]] = {
+    "user": ("name", "name_key", "email"),
+    "vehicle": ("license_plate", "plate_key"),
+}
+
+
+def erased_email(user_id: str) -> str:
+    return f"erased-{user_id}@erased.invalid"
+
+
+def scrubbed(image: dict[str, Any] | None, values: dict[str, Any]) -> dict[str, Any] | None:
+    """An audit image with each personal field it holds replaced by ``values``' (the
+    erased record's own): the image keeps its shape, and says nothing of the person."""
+    if image is None:
+        return None
+    return {key: values.get(key, value) for key, value in image.items()}
+
+
+def _other_than(record_id: str) -> Filter:
+    """Every record but ``record_id`` (the query language has no "not equal")."""
+    return any_of(Range("id", lt=record_id), Range("id", gt=record_id))
+
+
+class Erasure(Service):
+    def __init__(self, ctx: ServiceContext, accounts: AccountService) -> None:
+        super().__init__(ctx)
+        self.accounts = accounts
+        #: What an erasure sets off at the chargers (``Services`` wires in
+        #: ``Withdrawal.withdraw_erased``: the removed cards Blocked in the lists, the
+        #: live reservations cancelled); in the background, as a deactivation's.
+        self.on_erased: Callable[[Viewer, User, Sequence[IdTag]], Awaitable[None]] | None \
+            = None
+        self._releasing = Background()
+
+    async def settled(self) -> None:
+        """Waits for what erasures set off in the background (tests, shutdown)."""
+        await self._releasing.settled()
+
+    async def erase_user(self, viewer: Viewer, user_id: str) -> User:
+        """An admin erases an account (``user_id``)."""
+        if not viewer.is_admin:
+            raise Forbidden("only admins erase accounts", field="id")
+        user = await self.visible(viewer, User, user_id)
+        return await self._erase(viewer, user, field="id")
+
+    async def erase_my_account(self, viewer: Viewer, current_password: Any) -> User:
+        """The signed-in person erases their own account, confirmed with their password
+        (throttled as changing it is: a token alone must not erase an account)."""
+        if viewer.user_id is None:
+            raise Unauthenticated("sign in first")
+        user = await self.visible(viewer, User, viewer.user_id)
+        await self.accounts.confirm_current_password(user, current_password)
+        return await self._erase(viewer, user, field=None)
+
+    async def _erase(self, viewer: Viewer, user: User, field: str | None) -> User:
+        erased, cards = await retried(lambda: self._write(viewer, user.id, field))
+        await self._scrub_audit(erased)
+        # Open sockets of theirs, on every instance, are checked again now: revoked.
+        await self.publish(AccessChanged(station_id=None, cp_id="", user_id=erased.id))
+        if self.on_erased is not None:
+            self._releasing.run(self.on_erased(viewer, erased, cards),
+                                f"release-erased-{erased.id}",
+                                f"withdrawing erased user {erased.id}'s cards failed")
+        return erased
+
+    async def _write(self, viewer: Viewer, user_id: str, field: str | None
+                     ) -> tuple[User, list[IdTag]]:
+        """The erasure's one write (``retried``): the account anonymised and deactivated,
+        its cars removed without their plates, its cards removed (their list entries
+        marked Blocked in the same write, as ``removeIdTag`` does), and its entry."""
+        user = await self.visible(viewer, User, user_id)
+        guards = await self._refusals(user, field)
+        now = self.now()
+        update = edit(user, viewer, name=ERASED_NAME, email=erased_email(user.id),
+                      password_hash="", active=False, token_epoch=user.token_epoch + 1,
+                      erased_at=now)
+        cars = await self.store.find_all(Vehicle, Eq("owner_id", user.id))
+        cards = await self.store.find_all(IdTag, Eq("user_id", user.id))
+        # The account and cars are written unaudited: an entry's before-image would
+        # name the person again. The erasure's own entry stands for them.
+        unaudited: list[Change] = [update]
+        unaudited += [patch(car, viewer, license_plate=ERASED_PLATE, plate_key=ERASED_PLATE,
+                            removed_at=car.removed_at or now) for car in cars]
+        unaudited += await withdrawal_marks(self.store, viewer, [c.id for c in cards],
+                                            "Blocked")
+        entry = self._entry(viewer, user, len(cars), len(cards))
+        await self.commit(viewer, [(Delete(card), card) for card in cards],
+                          unaudited=unaudited, extra_audit=[entry], guards=guards)
+        return cast(User, update.record), cards
+
+    async def _refusals(self, user: User, field: str | None) -> list[Guard]:
+        """Refuses what an erasure must wait for, and the guards that keep each check
+        true inside the write (another instance may start a session meanwhile)."""
+        charging = all_of(Eq("user_id", user.id), Eq("state", SessionState.ACTIVE))
+        if await self.store.find_one(Session, charging) is not None:
+            raise Conflict("a session of theirs is under way: erase the account once it "
+                           "has ended", field=field, code="IN_USE")
+        owned = await self.store.count(Station, Eq("owner_id", user.id))
+        if owned:
+            raise Conflict(f"they own {owned} station{'s' if owned != 1 else ''}: hand "
+                           f"{'them' if owned != 1 else 'it'} to another owner first "
+                           f"(updateStation ownerId)", field=field, code="IN_USE")
+        guards = [Guard(Session, charging, exists=False),
+                  Guard(Station, Eq("owner_id", user.id), exists=False)]
+        if user.role is Role.ADMIN and user.active:
+            others = all_of(Eq("role", Role.ADMIN), Eq("active", True), _other_than(user.id))
+            if await self.store.count(User, others) == 0:
+                raise Conflict("the last admin cannot be erased: make another admin first",
+                               field=field, code="IN_USE")
+            guards.append(Guard(User, others))
+        return guards
+
+    def _entry(self, viewer: Viewer, user: User, cars: int, cards: int) -> AuditEntry:
+        """The erasure's audit entry: who erased which account, and how many cars and
+        cards went with it; no name, email or plate. In the books of the account's
+        company and read by admins (its person no longer signs in)."""
+        now = self.now()
+        return AuditEntry(entity=user.kind, entity_id=user.id, action=AuditAction.ERASE,
+                          actor=viewer.actor, at=now, created_at=now, updated_at=now,
+                          created_by=viewer.actor, updated_by=viewer.actor,
+                          after={"vehicles_removed": cars, "id_tags_removed": cards},
+                          company_id=user.company_id, holder_id=user.id)
+
+    async def _scrub_audit(self, erased: User) -> None:
+        """Rewrites the images of every audit entry about the erased account or its cars
+        with the erased values (``PERSONAL_FIELDS``), in batches by id. Runs after the
+        erasure's write; erasing again runs it again."""
+        cars = await self.store.find_all(Vehicle, Eq("owner_id", erased.id))
+        values = {"user": {f: getattr(erased, f) for f in PERSONAL_FIELDS["user"]},
+                  "vehicle": dict.fromkeys(PERSONAL_FIELDS["vehicle"], ERASED_PLATE)}
+        about = all_of(Eq("entity", "user"), Eq("entity_id", erased.id))
+        if cars:
+            about = any_of(about, all_of(Eq("entity", "vehicle"),
+                                         In("entity_id", tuple(c.id for c in cars))))
+        after: str | None = None
+        while True:
+            entries = await self.store.find_all(
+                AuditEntry, all_of(about, Range("id", gt=after) if after else None),
+                [Sort("id")], limit=SCRUB_BATCH)
+            rewrites = [self._rewrite(e, values[e.entity]) for e in entries]
+            changes = [r for r in rewrites if r is not None]
+            if changes:
+                await self.store.write(changes, [])
+            if len(entries) < SCRUB_BATCH:
+                return
+            after = entries[-1].id
+
+    @staticmethod
+    def _rewrite(entry: AuditEntry, values: dict[str, Any]) -> Update | None:
+        before, after = scrubbed(entry.before, values), scrubbed(entry.after, values)
+        if (before, after) == (entry.before, entry.after):
+            return None
+        return Update(dataclasses.replace(entry, before=before, after=after),
+                      frozenset({"before", "after"}))

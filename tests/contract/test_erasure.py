@@ -1,0 +1,56 @@
+"""What an erasure asks of a store (``domain/services/erasure.py``), on every backend:
+the audit log's images of the person's account and cars rewritten in place (entries are
+otherwise only appended), found by entity and id across batches, and nothing else
+touched."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from domain.entities import AuditAction, AuditEntry, Role, User
+from domain.policy import Policy, Viewer
+from domain.ports import Store
+from domain.query import ALL, Eq
+from domain.services.accounts import AccountService
+from domain.services.base import ServiceContext
+from domain.services.erasure import ERASED_PLATE, Erasure, erased_email
+from tests.contract.factories import audit, put, user, vehicle
+from tests.helpers import FastHasher
+
+
+async def test_the_audit_images_of_an_erased_person_are_scrubbed(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    person, other = user(name="Lena Example", email="lena@example.com"), user()
+    car, others_car = vehicle(person, license_plate="B-LE 123"), vehicle(other)
+    image = {"name": "Lena Example", "name_key": "lena example",
+             "email": "lena@example.com", "role": "DRIVER"}
+    plate = {"license_plate": "B-LE 123", "plate_key": "BLE123", "make": "VW"}
+    about_person = [audit(person, "system", action=AuditAction.UPDATE, before=image,
+                          after={**image, "name": "Lena"}) for _ in range(5)]
+    about_car = audit(car, person.id, action=AuditAction.DELETE, before=plate)
+    untouched = [audit(other, "system", before={"name": "Other", "email": "o@x.org"}),
+                 audit(others_car, "system", before={"license_plate": "B-OT 1"})]
+    await put(store, person, other, car, others_car)
+    await store.write([], [*about_person, about_car, *untouched])
+
+    ctx = ServiceContext(store=store, policy=Policy(), hasher=FastHasher())
+    erasure = Erasure(ctx, AccountService(ctx))
+    monkeypatch.setattr("domain.services.erasure.SCRUB_BATCH", 2)  # several batches
+    erased = await erasure.erase_user(Viewer.of(user(role=Role.ADMIN)), person.id)
+
+    entries = await store.find_all(AuditEntry, ALL)
+    text = json.dumps([(e.before, e.after) for e in entries])
+    assert [p for p in ("Lena", "lena@example.com", "B-LE 123", "BLE123") if p in text] == []
+    by_id = {e.id: e for e in entries}
+    for entry in about_person:
+        assert by_id[entry.id].before == {
+            "name": "Erased user", "name_key": erased.name_key,
+            "email": erased_email(person.id), "role": "DRIVER"}
+    assert by_id[about_car.id].before == {"license_plate": ERASED_PLATE,
+                                          "plate_key": ERASED_PLATE, "make": "VW"}
+    assert [by_id[e.id] for e in untouched] == untouched
+    [stored] = await store.find_all(User, Eq("id", person.id))
+    assert (stored.email, stored.active, stored.password_hash) == (
+        erased_email(person.id), False, "")
