@@ -1102,22 +1102,22 @@ _V48 = """
 ALTER TABLE "station" ADD COLUMN "site_fallback_kw" REAL;
 """
 
-# Version 51: a removed car is kept as its sessions' car (``Vehicle.removed_at``): its
+# Version 49: a removed car is kept as its sessions' car (``Vehicle.removed_at``): its
 # removal deleted it, and history (a session's car, the CSV export, ``node(id:)``) read
 # null while a filter by its id still matched (QA s22). A plate is unique per owner among
 # the cars kept, so a removed car's plate may be added again. Nothing to fill in: every
 # car stored was kept. (49 and 50 are other branches'.)
-_V51 = """
+_V49 = """
 ALTER TABLE "vehicle" ADD COLUMN "removed_at" INTEGER;
 DROP INDEX "vehicle_plate_key_owner_key";
 CREATE UNIQUE INDEX "vehicle_plate_key_owner_kept_key" ON "vehicle" ("plate_key", "owner_id")
     WHERE "removed_at" IS NULL;
 """
 
-# Version 52: an account erased (``User.erased_at``, the right to erasure): its personal
+# Version 50: an account erased (``User.erased_at``, the right to erasure): its personal
 # fields anonymised, its sessions and payments kept under its id. Nothing to fill in: no
 # account was erased before.
-_V52 = """
+_V50 = """
 ALTER TABLE "user" ADD COLUMN "erased_at" INTEGER;
 """
 
@@ -1135,8 +1135,8 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (38, _V38), (39, _V39), (40, _V40),
                                      (41, _V41), (42, _V42), (43, _V43),
                                      (44, _V44), (45, _V45), (46, _V46),
-                                     (47, _V47), (48, _V48), (51, _V51),
-                                     (52, _V52))
+                                     (47, _V47), (48, _V48), (49, _V49),
+                                     (50, _V50))
 
 #: Python functions migrations call, registered on the migrating connection: a value only
 #: the domain's rules can compute for rows written before (name, arity, function).

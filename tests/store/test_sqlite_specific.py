@@ -963,7 +963,7 @@ async def test_version_26_leaves_older_tariffs_without_idle_fees_bands_or_plugs(
 
 
 async def test_version_51_keeps_removed_cars_and_their_plates_free(db_path: str) -> None:
-    """QA s22: a car stored before version 51 is kept (``removed_at`` NULL), and the
+    """QA s22: a car stored before version 49 is kept (``removed_at`` NULL), and the
     plate's rule holds among kept cars only: its owner may add the plate of a car they
     removed."""
     async with aiosqlite.connect(db_path, isolation_level=None) as conn:
@@ -972,7 +972,7 @@ async def test_version_51_keeps_removed_cars_and_their_plates_free(db_path: str)
             'INSERT INTO "vehicle" ("id", "created_at", "updated_at", "created_by", '
             '"updated_by", "owner_id", "license_plate", "plate_key") VALUES '
             "('v1', 0, 0, 'system', 'system', 'u1', 'B-LE 123', 'BLE123')")
-        assert 51 in await apply_migrations(conn)
+        assert 49 in await apply_migrations(conn)
     store = SqliteStore(db_path)
     await store.start()
     try:
