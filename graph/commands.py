@@ -93,7 +93,8 @@ class RemoteStartTransactionInput:
         "The connector to charge on, from 1; left out: the charger picks one. Refused "
         "(IN_USE) while it charges a session or is reserved for another card; for "
         "drivers also (INVALID_STATE; on `cpId` when left out) while it, or the charger "
-        "as a whole, last reported FAULTED or UNAVAILABLE."))
+        "as a whole, last reported FAULTED or UNAVAILABLE. Left out, refused the same "
+        "way (on `cpId`) when no connector of the station is free."))
     id_tag: str | None = strawberry.field(
         default=None, description="Drivers may leave it out: their vehicle's or first tag.")
     vehicle_id: strawberry.ID | None = strawberry.field(

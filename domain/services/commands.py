@@ -191,6 +191,11 @@ class ProfileWatch(Protocol):
         """After a Set/ClearChargingProfile was answered (or not)."""
 
 
+#: The most connectors a station has (``validation.connector_id``): what one read of a
+#: station's plugs, sessions or reservations takes.
+_MOST_CONNECTORS = 100
+
+
 @dataclass(slots=True)
 class CommandOutcome:
     command_id: str
@@ -477,11 +482,45 @@ class CommandService(Service):
         ``cancelReservation``). For drivers also a plug, or a charger as a whole, out of
         service (Faulted, Unavailable): staff may still try one whose report they doubt
         (support), and the charger refuses a real one, nobody else harmed. A start that
-        names no connector lets the charger pick one of its free ones."""
+        names no connector lets the charger pick one of its free ones, and is refused
+        where none is (``_refuse_none_free``)."""
         await self._refuse_occupied(station, payload)
         await self._refuse_reserved(station, payload)
         if driver:
             await self._refuse_out_of_service(station, payload)
+        if not payload.get("connectorId"):
+            await self._refuse_none_free(station, payload, driver=driver)
+
+    async def _refuse_none_free(self, station: Station, payload: dict[str, Any], *,
+                                driver: bool) -> None:
+        """A start naming no connector, where every connector the station has is
+        charging a session, reserved for another card, or (for drivers) out of service:
+        a lenient charger started it on one anyway, and closed the session there as lost
+        (QA s22 verify: a single-plug station's app leaves the connector out). A station
+        whose connectors are not known yet is left to its charger."""
+        plugs = await self.store.find_all(Connector, Eq("station_id", station.id),
+                                          limit=_MOST_CONNECTORS)
+        if not plugs:
+            return
+        busy = {s.connector_id for s in await self.store.find_all(Session, all_of(
+            Eq("station_id", station.id), Eq("state", SessionState.ACTIVE)),
+            limit=_MOST_CONNECTORS)}
+        reservations = await self.store.find_all(Reservation, all_of(
+            Eq("station_id", station.id), live_reservations(self.now())),
+            limit=_MOST_CONNECTORS)
+        card = await self.store.find_one(IdTag, Eq("tag", payload["idTag"]))
+        held = {r.connector_id for r in reservations
+                if not await reserved_for_card(self.store, r, payload["idTag"], card)}
+        taken = [p for p in plugs if p.connector_id in busy or p.connector_id in held]
+        if len(taken) == len(plugs):
+            raise Conflict("every connector of this station is charging another session "
+                           "or reserved for another card", field="cpId", code="IN_USE")
+        down = [p for p in plugs if p.status_at is not None and p.status in POINT_DOWN]
+        if driver and {p.connector_id for p in [*taken, *down]} >= \
+                {p.connector_id for p in plugs}:
+            raise ValidationError("no connector of this station can start a session now: "
+                                  "the free ones report themselves out of service",
+                                  field="cpId", code="INVALID_STATE")
 
     async def _refuse_occupied(self, station: Station, payload: dict[str, Any]) -> None:
         """A plug holding an ACTIVE session (of any card: one of the starting card was

@@ -1526,6 +1526,51 @@ async def test_an_operators_remote_start_on_a_plug_reserved_for_another_is_refus
         assert _starts_sent(cp) == [1]
 
 
+async def test_a_remote_start_naming_no_connector_is_refused_where_none_is_free(
+        central: Central) -> None:
+    """QA s22 verify: a start naming no connector skipped the plug checks, and a lenient
+    charger started it on the plug charging another session (closed as lost). Refused
+    (IN_USE on cpId) while every connector charges or is reserved for another card, for
+    drivers and staff; the card a reservation holds a plug for still starts."""
+    soon = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await cp.status(1, "Available")
+        await cp.status(2, "Available")
+        await cp.start_transaction(1, "TAG-X")  # an unknown card: answered Invalid, runs
+        held = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": 2,
+                                                 "expiryDate": soon}, "__typename",
+                         as_user="driver2")
+        assert held["errors"] == []
+        for as_user, extra in (("driver", {}), ("op", {"idTag": "TAG-OK"})):
+            refused = await run(central, "remoteStartTransaction", {"cpId": "CP-1", **extra},
+                                as_user=as_user)
+            assert _codes(refused) == [("cpId", "IN_USE")], (as_user, refused)
+        assert _starts_sent(cp) == []
+        reserved_card = await run(central, "remoteStartTransaction", {"cpId": "CP-1"},
+                                  as_user="driver2")
+        assert ("cpId", "IN_USE") not in _codes(reserved_card)  # the charger decides
+        assert _starts_sent(cp) == [None]
+
+
+async def test_a_drivers_start_naming_no_connector_needs_one_in_service(
+        central: Central) -> None:
+    """The plugs not charging report themselves out of service: a driver's start naming
+    none is refused (INVALID_STATE on cpId); staff's is sent (the charger decides)."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await cp.status(1, "Faulted", "GroundFailure")
+        await cp.status(2, "Available")
+        await cp.start_transaction(2, "TAG-X")
+        driver = await run(central, "remoteStartTransaction", {"cpId": "CP-1"},
+                           as_user="driver")
+        assert _codes(driver) == [("cpId", "INVALID_STATE")], driver
+        staff = await run(central, "remoteStartTransaction",
+                          {"cpId": "CP-1", "idTag": "TAG-OK"})
+        assert ("cpId", "INVALID_STATE") not in _codes(staff), staff
+        assert _starts_sent(cp) == [None]
+
+
 async def test_a_tx_profile_is_for_the_transaction_under_way(central: Central) -> None:
     """OCPP 1.6: a TxProfile limits the transaction on its connector, the one it names."""
     tx_profile = {**PROFILE, "chargingProfilePurpose": "TX_PROFILE"}
