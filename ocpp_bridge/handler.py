@@ -102,6 +102,17 @@ def logged_frame(message: str | bytes) -> str:
 
 
 Payload = dict[str, Any]
+#: How long after its TriggerMessage is answered a charger's BootNotification is taken as
+#: that trigger's (it sends it right after the answer), not as a restart.
+BOOT_AFTER_TRIGGER_S = 30.0
+
+
+def _asks_boot(request: Any) -> bool:
+    """Whether ``request`` is a TriggerMessage asking for a BootNotification."""
+    return type(request).__name__.removesuffix("Payload") == "TriggerMessage" \
+        and str(getattr(request, "requested_message", "")) == "BootNotification"
+
+
 ActionHandler = Callable[["ChargePointHandler", Payload], Awaitable[Payload]]
 #: Below this many bytes waiting in a socket's write buffer, frames skip flow control.
 FAST_SEND_BUFFER = 64 * 1024
@@ -180,6 +191,9 @@ class ChargePointHandler(ChargePoint):
         self.pacer = FramePacer()
         #: When the charger's last frame came (our clock); ``None`` before its first.
         self.heard_at: datetime | None = None
+        #: Until when (the loop's clock) a BootNotification answers a TriggerMessage of
+        #: ours rather than says the charger restarted (``_boot_triggered``).
+        self._boot_asked_until: float | None = None
 
     async def start(self) -> None:
         """The package's receive loop, paced (``ocpp_bridge/pacing.py``): a charger sending
@@ -214,6 +228,9 @@ class ChargePointHandler(ChargePoint):
         unique_id = str(uuid.uuid4())
         await _check_outgoing(request, unique_id)
         loop = asyncio.get_running_loop()
+        asks_boot = _asks_boot(request)
+        if asks_boot:  # from before it goes: the charger may boot before its answer is read
+            self._boot_asked_until = loop.time() + timeout + BOOT_AFTER_TRIGGER_S
         failed: asyncio.Future[ChargerError] = loop.create_future()
         sent: asyncio.Future[None] = loop.create_future()
         self._pending[unique_id] = failed
@@ -238,6 +255,9 @@ class ChargePointHandler(ChargePoint):
             # Cancelled here (by a failure, or the timeout), the package's call leaves its
             # lock and the queue of answers as they were.
             call.cancel()
+        if asks_boot and not (call.done() and not call.cancelled() and call.exception() is None
+                              and getattr(call.result(), "status", None) == "Accepted"):
+            self._boot_asked_until = None  # it will not boot for it
         if failed.done() and not (call.done() and not call.cancelled()):
             raise failed.result()  # the failure came first (an answer that came wins)
         if not call.done():
@@ -522,11 +542,19 @@ class ChargePointHandler(ChargePoint):
         boot = await self.charging.boot(self.id, BootInfo(
             vendor=p["chargePointVendor"], model=p["chargePointModel"],
             serial=p.get("chargePointSerialNumber") or p.get("chargeBoxSerialNumber"),
-            firmware=p.get("firmwareVersion"),
+            firmware=p.get("firmwareVersion"), triggered=self._boot_triggered(),
             extra=to_snake({k: v for k, v in p.items()
                             if k not in ("chargePointVendor", "chargePointModel")})))
         return {"currentTime": rfc3339(boot.current_time), "interval": boot.interval,
                 "status": boot.status.value}
+
+    def _boot_triggered(self) -> bool:
+        """Whether this BootNotification answers a TriggerMessage of ours (sent, or
+        accepted a moment ago): the charger sends it without restarting, so it is no
+        reboot (QA s22 verify: it ended a configuration change's wait for the reboot that
+        applies it). Once: the next boot is a restart."""
+        until, self._boot_asked_until = self._boot_asked_until, None
+        return until is not None and asyncio.get_running_loop().time() <= until
 
     async def heartbeat(self, p: Payload) -> Payload:
         return {"currentTime": rfc3339(await self.charging.heartbeat(self.id))}

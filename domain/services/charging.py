@@ -299,6 +299,9 @@ class BootInfo:
     serial: str | None = None
     firmware: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: It answers a TriggerMessage of ours: the charger did not restart, so its boot time
+    #: stays (what waits for a restart, a configuration change, still waits).
+    triggered: bool = False
 
 
 #: How long a charger may cache an Accepted authorization unless set
@@ -442,7 +445,9 @@ class ChargingService(ChargerConnections):
             "vendor": v.shown_text(info.vendor), "model": v.shown_text(info.model),
             "serial": v.shown_text(info.serial), "firmware": v.shown_text(info.firmware)}
         actor = charger(cp_id)
-        booted = now  # our clock, as sessions' created_at; stored, for a restart of ours
+        # Our clock, as sessions' created_at; stored, for a restart of ours. A triggered
+        # boot is no restart: the last one stays.
+        booted = station.booted_at if info.triggered else now
         if any(getattr(station, k) != val for k, val in details.items()):
             update = patch(station, actor, last_seen=now, booted_at=booted, **details)
             await self.commit(actor, [(update, station)])

@@ -31,7 +31,7 @@ from ocpp_bridge.simulator import connected
 from pubsub.memory import MemoryEventBus
 from tests.helpers import until
 from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
-from tests.ocpp.test_commands import run
+from tests.ocpp.test_commands import run, settle
 
 FIRMWARE = """{ station(cpId: "CP-1") { firmwareStatus firmwareStatusAt diagnosticsStatus
     diagnosticsStatusAt firmwareRollout { requestedAt location retrieveDate } } }"""
@@ -432,6 +432,46 @@ class _ChangeFirst:
             await record_change(self.store, self.station, *pending, self.status,
                                 SYSTEM, datetime.now(UTC))
         await self.store.write(changes, audit)
+
+
+async def test_a_boot_the_service_triggered_is_no_restart(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """QA s22 verify: a TriggerMessage for a BootNotification (the charger sends one
+    without restarting) ended a change's wait for its reboot, and a read after it put
+    the old value back as the one in force. A boot answering our trigger keeps the
+    charger's last boot time; the next one, unasked, is a restart."""
+    monkeypatch.setattr(simulator, "REBOOT_KEYS", frozenset({"WebSocketPingInterval"}))
+    base, key = {"cpId": "CP-1"}, "WebSocketPingInterval"
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        [first] = await central.store.get_many(d.Station, [central.stations["CP-1"].id])
+        assert first is not None and first.booted_at is not None
+        changed = await run(central, "changeConfiguration", {**base, "key": key,
+                                                             "value": "120"})
+        assert changed["status"] == "REBOOT_REQUIRED"
+        triggered = await run(central, "triggerMessage",
+                              {**base, "requestedMessage": "BOOT_NOTIFICATION"})
+        assert triggered["status"] == "ACCEPTED", triggered
+
+        async def rebooted() -> bool:
+            [now] = await central.store.get_many(d.Station, [first.id])
+            return now is not None and now.last_seen is not None \
+                and now.last_seen > first.booted_at  # type: ignore[operator]
+
+        await until(rebooted)
+        await settle()
+        [after] = await central.store.get_many(d.Station, [first.id])
+        assert after is not None and after.booted_at == first.booted_at
+        cp.configuration[key] = ("60", False)  # what it runs until it restarts
+        await run(central, "getConfiguration", {**base, "key": [key]},
+                  "configurationKey { key value }")
+        station = (await central.gql(CONFIGURATION, as_user="op"))["station"]
+        shown = {k["key"]: k for k in station["configuration"]}[key]
+        assert (shown["value"], shown["rebootRequired"]) == ("120", True)
+        await cp.boot()  # unasked: a restart
+        [last] = await central.store.get_many(d.Station, [first.id])
+        assert last is not None and last.booted_at is not None \
+            and last.booted_at > first.booted_at
 
 
 async def test_a_read_does_not_overwrite_a_change_recorded_meanwhile(central: Central
