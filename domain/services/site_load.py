@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -56,6 +56,8 @@ from domain.events import (
     StationConnectionChanged,
 )
 from domain.load_sharing import (
+    FALLBACK_PROFILE_ID,
+    PROFILE_ID_BASE,
     STACK_LEVEL,
     Demand,
     allocate,
@@ -116,6 +118,8 @@ _KEPT = _REFUSED | {LimitAnswer.OFFLINE}
 #: replaces, or is replaced by (OCPP 1.6, 3.13.2: same stackLevel and purpose; some
 #: chargers go by the stack level alone).
 _CLASHING = frozenset({"TxProfile", "TxDefaultProfile"})
+#: The profile ids a site uses on its chargers: its fallback's and each connector's.
+_OURS = range(FALLBACK_PROFILE_ID, profile_id(100) + 1)  # connector ids go to 100
 
 
 def bound_after(before_kw: float, sent_kw: float, answer: LimitAnswer) -> float:
@@ -311,6 +315,31 @@ class SiteLoad(Service):
                     self.request_site(station.site_id)
                 elif station is not None:  # behind no site: no fallback of ours stays
                     self.fallbacks.clear(station)
+            await self._left_behind([st for st in stations if st is not None])
+
+    async def _left_behind(self, stations: Sequence[Station]) -> None:
+        """For stations behind no site now that were lately (their fallback not removed
+        yet): forgets the shares still recorded for them, whichever site recorded them,
+        and lifts the limit of each of their sessions under way, recorded or not. A
+        share whose recording lost a race with the release of the site its station left
+        was recorded nowhere, and no site's run would have lifted it (review s22: a
+        station moved from one site to another and then out of every site kept the
+        second site's limit). A clear of a profile the charger does not hold is answered
+        Unknown, harmlessly. The others cost nothing."""
+        left = [st for st in stations
+                if st.site_id is None and st.site_fallback_kw is not None]
+        if not left:
+            return
+        try:
+            recorded = await self.store.find_all(SiteAllocation, In(
+                "station_id", tuple(st.id for st in left)), limit=MAX_PER_SITE)
+            if recorded:
+                await self.store.write([Delete(a) for a in recorded], [])
+            sessions = await self._active([st for st in left if st.online])
+            await asyncio.gather(*(self._lift(s) for s in sessions))
+        except Exception:
+            log.exception("releasing the limits of %d stations behind no site failed",
+                          len(left))
 
     async def _run(self, site_id: str) -> None:
         try:
@@ -364,8 +393,15 @@ class SiteLoad(Service):
         (QA s21: 22 kW on a site sharing 20). A lower level is allowed (the site's limit
         wins), and a higher one is a deliberate override (``profile_commanded``)."""
         profile = payload.get("csChargingProfiles")
-        if station.site_id is None or not isinstance(profile, dict) \
-                or profile.get("chargingProfilePurpose") not in _CLASHING:
+        if station.site_id is None or not isinstance(profile, dict):
+            return
+        if profile.get("chargingProfileId") in _OURS:
+            # It would replace the site's fallback or a session's limit, and be replaced
+            # by them in turn (QA s22 verify: accepted, then silently gone).
+            raise Conflict("this charging profile id is the site's own on its chargers: "
+                           f"use one below {PROFILE_ID_BASE}",
+                           field="csChargingProfiles.chargingProfileId", code="IN_USE")
+        if profile.get("chargingProfilePurpose") not in _CLASHING:
             return
         # The site's fallback (a TxDefaultProfile at its level) is on every charger of
         # it, sessions or not (``site_fallbacks``).
@@ -508,6 +544,13 @@ class SiteLoad(Service):
             return
         live, held, bound = seen.live, seen.held, seen.bound
         busy = set(self._inflight)
+        for session in live:
+            if session.id in busy:
+                # Its limit is on its way (this site's run, or the run of a site its
+                # station just left): shared again once it lands, or the share it needs
+                # here waits for the next trigger (review s22: a station moved to
+                # another site mid-answer was never told the new site's share).
+                self._inflight[session.id].add_done_callback(self._again_for(site.id))
         controlled = [s for s in live if s.id not in busy and (
             s.id not in held or held[s.id].answer is LimitAnswer.ACCEPTED)]
         under = {s.id for s in controlled}  # by id: a Session compares all its fields
@@ -567,6 +610,12 @@ class SiteLoad(Service):
             else:
                 self._retry(site, held[session.id], session,
                             min(fair[session.id], bound(session)), bound(session))
+
+    def _again_for(self, site_id: str) -> Callable[[asyncio.Task[LimitAnswer]], None]:
+        """A done callback sharing ``site_id`` again."""
+        def again(_: asyncio.Task[LimitAnswer]) -> None:
+            self.request_site(site_id)
+        return again
 
     def _came_back(self, site_id: str, seen: _Seen) -> set[str]:
         """The sessions to tell their limit again now, their charger being back online
@@ -810,7 +859,7 @@ class SiteLoad(Service):
                                if a.station_id in stations
                                and stations[a.station_id].site_id is None))
 
-    async def _lift(self, allocation: SiteAllocation) -> None:
+    async def _lift(self, allocation: SiteAllocation | Session) -> None:
         try:
             outcome = await self.commands.send(
                 SYSTEM, allocation.cp_id, "ClearChargingProfile",
@@ -930,6 +979,10 @@ class SiteLoad(Service):
                 await self._record(site, now, session, power_kw, limit, answer, bound_kw)
                 return
             # Recorded meanwhile by another instance (Conflict), or forgotten since (its
-            # session ended: NotFound): the next run reads what is there.
+            # session ended, or the site its station left released it: NotFound): a run
+            # in a moment reads what is there. Left to the next trigger, a share the
+            # charger holds could stay unrecorded, and never be lifted when its station
+            # left every site (review s22, a station moved between sites).
             log.info("site %s: the share of transaction %d was not recorded: %s",
                      site.id, session.transaction_id, exc.message)
+            self._later(site.id)

@@ -148,8 +148,8 @@ async def took_the_fallback(service: Running, cp: SimulatedChargePoint) -> None:
     await service.services.site_load.settled()
 
 
-def operators_default(level: int) -> dict[str, Any]:
-    return {"chargingProfileId": 5, "stackLevel": level,
+def operators_default(level: int, profile_id: int = 5) -> dict[str, Any]:
+    return {"chargingProfileId": profile_id, "stackLevel": level,
             "chargingProfilePurpose": "TX_DEFAULT_PROFILE", "chargingProfileKind": "RELATIVE",
             "chargingSchedule": {"chargingRateUnit": "W", "chargingSchedulePeriod": [
                 {"startPeriod": 0, "limit": 11_000}]}}
@@ -166,6 +166,13 @@ async def test_an_operators_profiles_keep_the_fallback(service: Running) -> None
                 10)}}, token)  # the simulator's ChargeProfileMaxStackLevel
         assert same["setChargingProfile"]["errors"] == [
             {"code": "IN_USE", "field": "csChargingProfiles.stackLevel"}]
+        # QA s22 verify: a profile of the site's own id replaced the fallback, and the
+        # fallback it in turn: refused, at any level.
+        ours = await service.gql(SET_PROFILE, {"i": {
+            "cpId": "CP-OPEN", "connectorId": 2, "csChargingProfiles": operators_default(
+                3, FALLBACK_PROFILE_ID)}}, token)
+        assert ours["setChargingProfile"]["errors"] == [
+            {"code": "IN_USE", "field": "csChargingProfiles.chargingProfileId"}]
         lower = await service.gql(SET_PROFILE, {"i": {
             "cpId": "CP-OPEN", "connectorId": 0, "csChargingProfiles": operators_default(
                 3)}}, token)

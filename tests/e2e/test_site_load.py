@@ -39,10 +39,17 @@ class StrictChargePoint(SimulatedChargePoint):
     chargers do: one sent before the StartTransaction's answer reached it is refused."""
 
     @on(Action.set_charging_profile)
-    def on_set_charging_profile(self, connector_id: int, cs_charging_profiles: dict[str, Any]
-                                ) -> result.SetChargingProfile:
+    async def on_set_charging_profile(self, connector_id: int,
+                                      cs_charging_profiles: dict[str, Any]
+                                      ) -> result.SetChargingProfile:
         if cs_charging_profiles["charging_profile_purpose"] != "TxProfile":
             return super().on_set_charging_profile(connector_id, cs_charging_profiles)
+        # A real charger has read its StartTransaction's answer before the next frame;
+        # here the coroutine that reads it may not have run yet when this one arrives.
+        for _ in range(50):
+            if self.connectors[connector_id].transaction_id is not None:
+                break
+            await asyncio.sleep(0.01)
         known = self.connectors[connector_id].transaction_id
         if known is None or known != cs_charging_profiles.get("transaction_id"):
             return result.SetChargingProfile(status="Rejected")  # type: ignore[arg-type]

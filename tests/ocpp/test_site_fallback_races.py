@@ -13,10 +13,13 @@ from typing import Any, cast
 
 import pytest
 
-from domain.entities import Site, Station
+from domain.clock import utcnow
+from domain.entities import Site, SiteAllocation, Station
 from domain.errors import ChargerRejected
-from domain.load_sharing import FALLBACK_PROFILE_ID
+from domain.load_sharing import FALLBACK_PROFILE_ID, PROFILE_ID_BASE
 from domain.policy import SYSTEM, Viewer
+from domain.ports import Delete
+from domain.query import Eq
 from domain.services.commands import CommandOutcome, CommandService
 from domain.services.site_load import SiteLoad
 from tests.helpers import until
@@ -31,6 +34,7 @@ class Chargers:
         self.held: dict[str, dict[int, str]] = {}
         self.gate: tuple[str, asyncio.Event] | None = None
         self.sets = 0
+        self.cleared: list[tuple[str, int]] = []
         self.on_the_way = asyncio.Event()
 
     def of(self, instance: str) -> CommandService:
@@ -54,6 +58,7 @@ class Chargers:
             outcome.result = {"configurationKey": [
                 {"key": "ChargeProfileMaxStackLevel", "value": "10", "readonly": True}]}
         elif action == "ClearChargingProfile":
+            self.cleared.append((cp_id, payload["id"]))
             if held.pop(payload["id"], None) is None:
                 outcome.status = "Unknown"
                 outcome.error = ChargerRejected("Unknown")
@@ -196,3 +201,25 @@ async def test_a_run_that_read_the_station_before_its_fallback_was_recorded_send
     a.fallbacks.tell(site, [replace(now, site_fallback_kw=None)])
     await a.settled()
     assert chargers.sets == 1
+
+
+async def test_a_station_leaving_every_site_lifts_limits_recorded_nowhere(
+        central: Central, world: World) -> None:
+    """Review s22: a share whose recording lost a race with the release of the site its
+    station left was recorded nowhere, so when the station then left every site nobody
+    lifted it, and the charger kept the limit. A station found behind no site while it
+    still has a fallback lifts the limits of its sessions under way, recorded or not."""
+    chargers, a, _, site, station_id = world
+    charging = central.services.charging
+    await charging.start_transaction("CP-OPEN", 1, "TAG-OK", 1000, utcnow())
+    await charging.start_answered("CP-OPEN")
+    await a.settled()
+    assert PROFILE_ID_BASE + 1 in chargers.held["CP-OPEN"]
+    for allocation in await central.store.find_all(SiteAllocation, Eq("site_id", site.id)):
+        await central.store.write([Delete(allocation)], [])  # the record lost
+    central.services.sites.recompute = a.request_site
+    await leave(central, a, station_id)
+    await a.settled()
+    assert ("CP-OPEN", PROFILE_ID_BASE + 1) in chargers.cleared
+    assert PROFILE_ID_BASE + 1 not in chargers.held["CP-OPEN"]
+    assert chargers.held["CP-OPEN"] == {}
