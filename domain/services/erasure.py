@@ -16,11 +16,19 @@ Not while a session of theirs is under way (it would be billed to nobody's card)
 for the last active admin, nor while they own stations (hand them over first, as for a
 demotion). Erasing an erased account again is allowed: it scrubs the audit log again
 (what to do when a crash stopped the scrub, which runs after the erasure's write).
+
+What the write sets off (the person signed out everywhere, their cards withdrawn at the
+chargers) starts as soon as it commits, before the scrub: a scrub that fails must leave
+neither undone (review s22: it did, and a re-run found the cards gone and never had the
+chargers told). A failed scrub does not fail the erasure, which happened: it is logged
+and tried again in the background (``SCRUB_RETRY_S``); erasing again scrubs too.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
@@ -54,6 +62,11 @@ ERASED_NAME = "Erased user"
 ERASED_PLATE = "ERASED"
 #: Audit entries rewritten per store write while scrubbing.
 SCRUB_BATCH = 200
+#: The pauses before each background retry of a scrub that failed (a store away for a
+#: moment); after the last, the log says to erase the account again.
+SCRUB_RETRY_S: tuple[float, ...] = (1.0, 10.0)
+
+log = logging.getLogger("chargegraph.erasure")
 
 #: The fields of a person's records that name them, by kind: what an erasure overwrites
 #: in the records and scrubs from the audit log's images of them.
@@ -113,14 +126,37 @@ class Erasure(Service):
 
     async def _erase(self, viewer: Viewer, user: User, field: str | None) -> User:
         erased, cards = await retried(lambda: self._write(viewer, user.id, field))
-        await self._scrub_audit(erased)
+        # First what the committed write must set off, whatever the scrub does next.
         # Open sockets of theirs, on every instance, are checked again now: revoked.
         await self.publish(AccessChanged(station_id=None, cp_id="", user_id=erased.id))
         if self.on_erased is not None:
             self._releasing.run(self.on_erased(viewer, erased, cards),
                                 f"release-erased-{erased.id}",
                                 f"withdrawing erased user {erased.id}'s cards failed")
+        try:
+            await self._scrub_audit(erased)
+        except Exception:
+            # The erasure stands and is the caller's answer; the scrub is retried.
+            log.exception("scrubbing the audit log of erased user %s failed: retried in "
+                          "the background", erased.id)
+            self._releasing.run(self._scrub_later(erased), f"scrub-erased-{erased.id}",
+                                f"scrubbing the audit log of erased user {erased.id} "
+                                f"failed again: erase the account again to finish it")
         return erased
+
+    async def _scrub_later(self, erased: User) -> None:
+        """``_scrub_audit`` again after each pause of ``SCRUB_RETRY_S`` until it succeeds;
+        the last failure is raised (logged by ``Background``)."""
+        for attempt, pause in enumerate(SCRUB_RETRY_S, start=1):
+            await asyncio.sleep(pause)
+            try:
+                await self._scrub_audit(erased)
+                return
+            except Exception:
+                if attempt == len(SCRUB_RETRY_S):
+                    raise
+                log.exception("scrubbing the audit log of erased user %s failed again",
+                              erased.id)
 
     async def _write(self, viewer: Viewer, user_id: str, field: str | None
                      ) -> tuple[User, list[IdTag]]:
