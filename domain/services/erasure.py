@@ -46,12 +46,13 @@ from domain.entities import (
 from domain.errors import Conflict, Forbidden, Unauthenticated
 from domain.events import AccessChanged
 from domain.policy import Viewer
-from domain.ports import Change, Delete, Guard, Update
+from domain.ports import Change, Guard, Update
 from domain.query import Eq, Filter, In, Range, Sort, all_of, any_of
 from domain.services.accounts import AccountService
 from domain.services.background import Background
-from domain.services.base import Service, ServiceContext, patch
-from domain.services.edits import edit, retried
+from domain.services.base import Service, ServiceContext
+from domain.services.edits import edit, removal, retried
+from domain.services.fleet import IN_GARAGE
 from domain.services.withdrawal import withdrawal_marks
 
 #: What an erased account is called; its email is ``erased_email`` (unique, as emails
@@ -88,9 +89,23 @@ def scrubbed(image: dict[str, Any] | None, values: dict[str, Any]) -> dict[str, 
     return {key: values.get(key, value) for key, value in image.items()}
 
 
-def _other_than(record_id: str) -> Filter:
-    """Every record but ``record_id`` (the query language has no "not equal")."""
-    return any_of(Range("id", lt=record_id), Range("id", gt=record_id))
+def _other_than(record_id: str, field: str = "id") -> Filter:
+    """Every record whose ``field`` is not ``record_id`` (the query language has no "not
+    equal")."""
+    return any_of(Range(field, lt=record_id), Range(field, gt=record_id))
+
+
+def _nothing_else_of(user_id: str) -> list[Guard]:
+    """The guards that the erasure's write took every car and card of the person: once
+    it is applied, none of theirs is left kept, or with a plate, or at all (a card). A
+    car or card added (or a car handed to them) between the erasure's reads and its
+    write on another instance fails it, and it runs again on a fresh read (review s22:
+    they survived, the car with its plate, the card accepted)."""
+    theirs = Eq("owner_id", user_id)
+    return [Guard(Vehicle, all_of(theirs, IN_GARAGE), exists=False),
+            Guard(Vehicle, all_of(theirs, _other_than(ERASED_PLATE, "license_plate")),
+                  exists=False),
+            Guard(IdTag, Eq("user_id", user_id), exists=False)]
 
 
 class Erasure(Service):
@@ -172,15 +187,18 @@ class Erasure(Service):
         cars = await self.store.find_all(Vehicle, Eq("owner_id", user.id))
         cards = await self.store.find_all(IdTag, Eq("user_id", user.id))
         # The account and cars are written unaudited: an entry's before-image would
-        # name the person again. The erasure's own entry stands for them.
+        # name the person again. The erasure's own entry stands for them. Each car and
+        # card only as read (``edit``, ``removal``): one handed to someone else, or
+        # changed, meanwhile is read again, never overwritten.
         unaudited: list[Change] = [update]
-        unaudited += [patch(car, viewer, license_plate=ERASED_PLATE, plate_key=ERASED_PLATE,
-                            removed_at=car.removed_at or now) for car in cars]
+        unaudited += [edit(car, viewer, license_plate=ERASED_PLATE, plate_key=ERASED_PLATE,
+                           removed_at=car.removed_at or now) for car in cars]
         unaudited += await withdrawal_marks(self.store, viewer, [c.id for c in cards],
                                             "Blocked")
         entry = self._entry(viewer, user, len(cars), len(cards))
-        await self.commit(viewer, [(Delete(card), card) for card in cards],
-                          unaudited=unaudited, extra_audit=[entry], guards=guards)
+        await self.commit(viewer, [(removal(card), card) for card in cards],
+                          unaudited=unaudited, extra_audit=[entry],
+                          guards=[*guards, *_nothing_else_of(user.id)])
         return cast(User, update.record), cards
 
     async def _refusals(self, user: User, field: str | None) -> list[Guard]:

@@ -74,3 +74,84 @@ async def test_a_failed_scrub_still_signs_out_withdraws_and_is_retried(
     assert scrubs == [person.id, person.id]
     text = await audit_text(services)
     assert [p for p in PERSONAL if p in text] == []
+
+
+def inside_the_write(monkeypatch: pytest.MonkeyPatch,
+                     action: Callable[[], Awaitable[None]]) -> None:
+    """Runs ``action`` once inside the erasure's write, after it read the person's cars
+    and cards and before it commits: another instance's request landing then."""
+    original = erasure_module.withdrawal_marks
+    done: list[bool] = []
+
+    async def marks(*args: Any, **kwargs: Any) -> Any:
+        if not done:
+            done.append(True)
+            await action()
+        return await original(*args, **kwargs)
+
+    monkeypatch.setattr(erasure_module, "withdrawal_marks", marks)
+
+
+async def test_a_car_handed_to_someone_else_meanwhile_is_theirs_untouched(
+        services: Services, world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    car = world.vehicles["driver2"]
+    driver1 = world.users["driver1"]
+
+    async def hand_over() -> None:
+        await services.fleet.update_vehicle(world.viewer("admin"), car.id,
+                                            owner_id=driver1.id)
+
+    inside_the_write(monkeypatch, hand_over)
+    erased = await services.erasure.erase_user(world.viewer("admin"),
+                                               world.users["driver2"].id)
+    await settle(services)
+    [now] = await services.ctx.store.find_all(d.Vehicle, Eq("id", car.id))
+    assert (now.owner_id, now.license_plate, now.removed_at) == (
+        driver1.id, "B-DR 2", None)
+    [entry] = [e for e in await services.ctx.store.find_all(d.AuditEntry, ALL)
+               if e.action is d.AuditAction.ERASE]
+    assert entry.after == {"vehicles_removed": 0, "id_tags_removed": 1}
+    assert erased.erased_at is not None
+
+
+async def test_a_car_and_card_added_meanwhile_go_with_the_erasure(
+        services: Services, world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    person = world.users["driver2"]
+    added: dict[str, Any] = {}
+
+    async def add() -> None:
+        added["car"] = await services.fleet.add_vehicle(
+            Viewer.of(person), license_plate="B-LATE 77", make="Fiat")
+        added["card"] = await services.fleet.issue_id_tag(
+            world.viewer("admin"), tag="TAG-LATE", user_id=person.id)
+
+    inside_the_write(monkeypatch, add)
+    await services.erasure.erase_user(world.viewer("admin"), person.id)
+    await settle(services)
+    [car] = await services.ctx.store.find_all(d.Vehicle, Eq("id", added["car"].id))
+    assert (car.license_plate, car.plate_key) == ("ERASED", "ERASED")
+    assert car.removed_at is not None
+    assert await services.ctx.store.count(d.IdTag, Eq("user_id", person.id)) == 0
+    assert [p for p in (*PERSONAL, "B-LATE 77", "BLATE77")
+            if p in await audit_text(services)] == []
+    [entry] = [e for e in await services.ctx.store.find_all(d.AuditEntry, ALL)
+               if e.action is d.AuditAction.ERASE]
+    assert entry.after == {"vehicles_removed": 2, "id_tags_removed": 2}
+
+
+async def test_a_card_changed_meanwhile_is_removed_as_it_stands_then(
+        services: Services, world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    card = world.tags["driver2"]
+
+    async def block() -> None:
+        await services.fleet.update_id_tag(world.viewer("admin"), card.id,
+                                           status=d.IdTagStatus.BLOCKED)
+
+    inside_the_write(monkeypatch, block)
+    await services.erasure.erase_user(world.viewer("admin"), world.users["driver2"].id)
+    await settle(services)
+    # Its removal's entry holds the card as the block left it: the images chain.
+    entries = [e for e in await services.ctx.store.find_all(d.AuditEntry, ALL)
+               if e.entity_id == card.id]
+    deleted = [e for e in entries if e.action is d.AuditAction.DELETE]
+    assert [e.before["status"] for e in deleted if e.before] == ["Blocked"]
