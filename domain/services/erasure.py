@@ -183,7 +183,9 @@ class Erasure(Service):
         now = self.now()
         update = edit(user, viewer, name=ERASED_NAME, email=erased_email(user.id),
                       password_hash="", active=False, token_epoch=user.token_epoch + 1,
-                      erased_at=now)
+                      # When it was erased is when first: a re-run (to finish a scrub)
+                      # is no new erasure.
+                      erased_at=user.erased_at or now)
         cars = await self.store.find_all(Vehicle, Eq("owner_id", user.id))
         cards = await self.store.find_all(IdTag, Eq("user_id", user.id))
         # The account and cars are written unaudited: an entry's before-image would
@@ -195,7 +197,11 @@ class Erasure(Service):
                            removed_at=car.removed_at or now) for car in cars]
         unaudited += await withdrawal_marks(self.store, viewer, [c.id for c in cards],
                                             "Blocked")
-        entry = self._entry(viewer, user, len(cars), len(cards))
+        # What this run removed: a car removed before (by its owner, or by an erasure
+        # run before this one) is only stripped of its plate (review s22: a re-run's
+        # entry counted the first run's cars again).
+        removed = sum(1 for car in cars if car.removed_at is None)
+        entry = self._entry(viewer, user, removed, len(cards))
         await self.commit(viewer, [(removal(card), card) for card in cards],
                           unaudited=unaudited, extra_audit=[entry],
                           guards=[*guards, *_nothing_else_of(user.id)])

@@ -155,3 +155,25 @@ async def test_a_card_changed_meanwhile_is_removed_as_it_stands_then(
                if e.entity_id == card.id]
     deleted = [e for e in entries if e.action is d.AuditAction.DELETE]
     assert [e.before["status"] for e in deleted if e.before] == ["Blocked"]
+
+
+async def test_erasing_again_keeps_when_and_counts_only_what_it_removed(
+        services: Services, world: World) -> None:
+    person = world.users["driver2"]
+    admin = world.viewer("admin")
+    # A car the person had removed themselves before: its plate goes, it is no removal
+    # of the erasure's.
+    old = await services.fleet.add_vehicle(Viewer.of(person), license_plate="B-OLD 1")
+    await services.fleet.remove_vehicle(Viewer.of(person), old.id)
+    first = await services.erasure.erase_user(admin, person.id)
+    second = await services.erasure.erase_user(admin, person.id)
+    await settle(services)
+    assert second.erased_at == first.erased_at
+    [stored] = await services.ctx.store.find_all(d.User, Eq("id", person.id))
+    assert stored.erased_at == first.erased_at
+    [car] = await services.ctx.store.find_all(d.Vehicle, Eq("id", old.id))
+    assert car.license_plate == "ERASED"
+    entries = [e for e in await services.ctx.store.find_all(d.AuditEntry, ALL)
+               if e.action is d.AuditAction.ERASE]
+    assert [e.after for e in entries] == [{"vehicles_removed": 1, "id_tags_removed": 1},
+                                          {"vehicles_removed": 0, "id_tags_removed": 0}]
