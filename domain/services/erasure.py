@@ -35,6 +35,7 @@ from typing import Any, cast
 from domain.entities import (
     AuditAction,
     AuditEntry,
+    E,
     IdTag,
     Role,
     Session,
@@ -46,7 +47,7 @@ from domain.entities import (
 from domain.errors import Conflict, Forbidden, Unauthenticated
 from domain.events import AccessChanged
 from domain.policy import Viewer
-from domain.ports import Change, Guard, Update
+from domain.ports import Change, Guard, Store, Update
 from domain.query import Eq, Filter, In, Range, Sort, all_of, any_of
 from domain.services.accounts import AccountService
 from domain.services.background import Background
@@ -66,6 +67,12 @@ SCRUB_BATCH = 200
 #: The pauses before each background retry of a scrub that failed (a store away for a
 #: moment); after the last, the log says to erase the account again.
 SCRUB_RETRY_S: tuple[float, ...] = (1.0, 10.0)
+
+#: A person's cars (or cards) read per query: an erasure reads them all, page by page
+#: (review s22: a fleet manager's over a thousand cards were left after it).
+READ_BATCH = 1000
+#: The cards whose list entries are read per query (``withdrawal_marks``).
+MARK_BATCH = 500
 
 log = logging.getLogger("chargegraph.erasure")
 
@@ -106,6 +113,31 @@ def _nothing_else_of(user_id: str) -> list[Guard]:
             Guard(Vehicle, all_of(theirs, _other_than(ERASED_PLATE, "license_plate")),
                   exists=False),
             Guard(IdTag, Eq("user_id", user_id), exists=False)]
+
+
+async def every(store: Store, kind: type[E], where: Filter) -> list[E]:
+    """Every record of ``kind`` matching ``where``, read by pages of ``READ_BATCH`` in id
+    order (``find_all`` stops at its limit)."""
+    found: list[E] = []
+    after: str | None = None
+    while True:
+        page = await store.find_all(kind, all_of(where, Range("id", gt=after) if after
+                                                 else None), [Sort("id")], limit=READ_BATCH)
+        found += page
+        if len(page) < READ_BATCH:
+            return found
+        after = page[-1].id
+
+
+async def _withdrawal_marks(store: Store, viewer: Viewer, cards: Sequence[IdTag]
+                            ) -> list[Change]:
+    """``withdrawal_marks`` (Blocked) of every one of ``cards``, read in batches."""
+    marks: list[Change] = []
+    for start in range(0, len(cards), MARK_BATCH):
+        marks += await withdrawal_marks(store, viewer,
+                                        [c.id for c in cards[start:start + MARK_BATCH]],
+                                        "Blocked")
+    return marks
 
 
 class Erasure(Service):
@@ -186,8 +218,8 @@ class Erasure(Service):
                       # When it was erased is when first: a re-run (to finish a scrub)
                       # is no new erasure.
                       erased_at=user.erased_at or now)
-        cars = await self.store.find_all(Vehicle, Eq("owner_id", user.id))
-        cards = await self.store.find_all(IdTag, Eq("user_id", user.id))
+        cars = await every(self.store, Vehicle, Eq("owner_id", user.id))
+        cards = await every(self.store, IdTag, Eq("user_id", user.id))
         # The account and cars are written unaudited: an entry's before-image would
         # name the person again. The erasure's own entry stands for them. Each car and
         # card only as read (``edit``, ``removal``): one handed to someone else, or
@@ -195,8 +227,7 @@ class Erasure(Service):
         unaudited: list[Change] = [update]
         unaudited += [edit(car, viewer, license_plate=ERASED_PLATE, plate_key=ERASED_PLATE,
                            removed_at=car.removed_at or now) for car in cars]
-        unaudited += await withdrawal_marks(self.store, viewer, [c.id for c in cards],
-                                            "Blocked")
+        unaudited += await _withdrawal_marks(self.store, viewer, cards)
         # What this run removed: a car removed before (by its owner, or by an erasure
         # run before this one) is only stripped of its plate (review s22: a re-run's
         # entry counted the first run's cars again).
@@ -244,7 +275,7 @@ class Erasure(Service):
         """Rewrites the images of every audit entry about the erased account or its cars
         with the erased values (``PERSONAL_FIELDS``), in batches by id. Runs after the
         erasure's write; erasing again runs it again."""
-        cars = await self.store.find_all(Vehicle, Eq("owner_id", erased.id))
+        cars = await every(self.store, Vehicle, Eq("owner_id", erased.id))
         values = {"user": {f: getattr(erased, f) for f in PERSONAL_FIELDS["user"]},
                   "vehicle": dict.fromkeys(PERSONAL_FIELDS["vehicle"], ERASED_PLATE)}
         about = all_of(Eq("entity", "user"), Eq("entity_id", erased.id))

@@ -15,8 +15,10 @@ import domain.services.erasure as erasure_module
 from domain import entities as d
 from domain.events import AccessChanged
 from domain.policy import Viewer
-from domain.query import ALL, Eq
+from domain.ports import Insert
+from domain.query import ALL, Eq, all_of
 from domain.services import Services
+from tests.contract.factories import id_tag, vehicle
 from tests.graph.world import World
 
 #: What names driver2 in the world: their name, email, plate and its key.
@@ -177,3 +179,30 @@ async def test_erasing_again_keeps_when_and_counts_only_what_it_removed(
                if e.action is d.AuditAction.ERASE]
     assert [e.after for e in entries] == [{"vehicles_removed": 1, "id_tags_removed": 1},
                                           {"vehicles_removed": 0, "id_tags_removed": 0}]
+
+
+async def test_a_fleet_of_over_a_thousand_cards_and_cars_goes_whole(
+        services: Services, world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """More than ``find_all``'s default limit (1000) of each."""
+    person = world.users["driver2"]
+    store = services.ctx.store
+    await store.write([Insert(id_tag(person, tag=f"FLEET-{i:05d}")) for i in range(1000)]
+                      + [Insert(vehicle(person, license_plate=f"B-FL {i}"))
+                         for i in range(1000)], [])
+    withdrawn: list[int] = []
+
+    async def on_erased(viewer: Viewer, user: d.User, cards: Sequence[d.IdTag]) -> None:
+        withdrawn.append(len(cards))
+
+    monkeypatch.setattr(services.erasure, "on_erased", on_erased)
+    await services.erasure.erase_user(world.viewer("admin"), person.id)
+    await settle(services)
+    assert await store.count(d.IdTag, Eq("user_id", person.id)) == 0
+    assert await store.count(d.Vehicle, all_of(Eq("owner_id", person.id),
+                                               Eq("removed_at", None))) == 0
+    assert await store.count(d.Vehicle, all_of(Eq("owner_id", person.id),
+                                               Eq("license_plate", "ERASED"))) == 1001
+    assert withdrawn == [1001]
+    [entry] = [e for e in await store.find_all(d.AuditEntry, ALL, limit=10_000)
+               if e.action is d.AuditAction.ERASE]
+    assert entry.after == {"vehicles_removed": 1001, "id_tags_removed": 1001}
