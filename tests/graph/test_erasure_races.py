@@ -206,3 +206,29 @@ async def test_a_fleet_of_over_a_thousand_cards_and_cars_goes_whole(
     [entry] = [e for e in await store.find_all(d.AuditEntry, ALL, limit=10_000)
                if e.action is d.AuditAction.ERASE]
     assert entry.after == {"vehicles_removed": 1001, "id_tags_removed": 1001}
+
+
+async def test_a_start_that_read_the_card_before_the_erasure_charges_for_no_one(
+        services: Services, world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    from domain.clock import utcnow
+    person = world.users["driver2"]
+    real_commit = services.charging.commit
+    erased: list[d.User] = []
+
+    async def commit(actor: Viewer, changes: Any, *args: Any, **kwargs: Any) -> None:
+        # The start has read the card; the erasure lands before its write.
+        if not erased and any(isinstance(c.record, d.Session) for c, _ in changes):
+            erased.append(await services.erasure.erase_user(world.viewer("admin"),
+                                                            person.id))
+        await real_commit(actor, changes, *args, **kwargs)
+
+    monkeypatch.setattr(services.charging, "commit", commit)
+    tx, info = await services.charging.start_transaction("B-002", 1, "TAG-driver2", 0,
+                                                         utcnow())
+    await settle(services)
+    assert erased and erased[0].erased_at is not None
+    assert info.status == "Invalid"
+    [session] = await services.ctx.store.find_all(d.Session, Eq("transaction_id", tx))
+    assert (session.state, session.user_id) == (d.SessionState.ACTIVE, None)
+    assert await services.ctx.store.count(d.Session, all_of(
+        Eq("user_id", person.id), Eq("state", d.SessionState.ACTIVE))) == 0
