@@ -232,3 +232,33 @@ async def test_a_start_that_read_the_card_before_the_erasure_charges_for_no_one(
     assert (session.state, session.user_id) == (d.SessionState.ACTIVE, None)
     assert await services.ctx.store.count(d.Session, all_of(
         Eq("user_id", person.id), Eq("state", d.SessionState.ACTIVE))) == 0
+
+
+async def test_no_station_is_handed_to_an_erased_account(
+        services: Services, world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    from domain.errors import Conflict
+    admin = world.viewer("admin")
+    op = world.users["op_a2"]  # an operator of company a who owns nothing
+    station = world.stations["A-001"]
+    real_commit = services.stations.commit
+    erased: list[d.User] = []
+
+    async def commit(viewer: Viewer, changes: Any, *args: Any, **kwargs: Any) -> None:
+        # The hand-over has read the owner; their erasure lands before its write.
+        if not erased:
+            erased.append(await services.erasure.erase_user(admin, op.id))
+        await real_commit(viewer, changes, *args, **kwargs)
+
+    monkeypatch.setattr(services.stations, "commit", commit)
+    with pytest.raises(Conflict) as raised:
+        await services.stations.update_station(admin, station.id, owner_id=op.id)
+    assert (raised.value.field, raised.value.code) == ("ownerId", "INVALID_STATE")
+    assert erased and erased[0].erased_at is not None
+    [now] = await services.ctx.store.find_all(d.Station, Eq("id", station.id))
+    assert now.owner_id == world.users["op_a"].id
+    # Afterwards too, and to a new station.
+    with pytest.raises(Conflict):
+        await services.stations.update_station(admin, station.id, owner_id=op.id)
+    with pytest.raises(Conflict):
+        await services.stations.create_station(admin, cp_id="A-NEW", name="New",
+                                               owner_id=op.id, lat=52.5, lon=13.4)
