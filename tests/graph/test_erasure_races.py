@@ -262,3 +262,59 @@ async def test_no_station_is_handed_to_an_erased_account(
     with pytest.raises(Conflict):
         await services.stations.create_station(admin, cp_id="A-NEW", name="New",
                                                owner_id=op.id, lat=52.5, lon=13.4)
+
+
+async def test_a_card_is_not_linked_to_a_car_removed_meanwhile(
+        services: Services, world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    from domain.errors import NotFound
+    from domain.services.fleet import FleetService
+    person = world.users["driver2"]
+    car = world.vehicles["driver2"]
+    original = FleetService._vehicle_of
+    removed: list[bool] = []
+
+    async def vehicle_of(self: FleetService, viewer: Viewer, owner: d.User,
+                         vehicle_id: str) -> d.Vehicle:
+        found = await original(self, viewer, owner, vehicle_id)
+        if not removed:  # the link has read the car; its removal lands now
+            removed.append(True)
+            await services.fleet.remove_vehicle(Viewer.of(person), vehicle_id)
+        return found
+
+    monkeypatch.setattr(FleetService, "_vehicle_of", vehicle_of)
+    with pytest.raises(NotFound) as raised:
+        await services.fleet.issue_id_tag(Viewer.of(person), tag="TAG-NEW",
+                                          vehicle_id=car.id)
+    assert raised.value.field == "vehicleId"
+    assert await services.ctx.store.count(d.IdTag, Eq("tag", "TAG-NEW")) == 0
+    # The same for a card's new link.
+    card = await services.fleet.issue_id_tag(Viewer.of(person), tag="TAG-TWO")
+    other = await services.fleet.add_vehicle(Viewer.of(person), license_plate="B-TWO 2")
+    removed.clear()
+    with pytest.raises(NotFound):
+        await services.fleet.update_id_tag(Viewer.of(person), card.id, vehicle_id=other.id)
+    [stored] = await services.ctx.store.find_all(d.IdTag, Eq("id", card.id))
+    assert stored.vehicle_id is None
+
+
+async def test_a_car_s_removal_unlinks_a_card_linked_meanwhile(
+        services: Services, world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    person = world.users["driver2"]
+    car = world.vehicles["driver2"]
+    card = await services.fleet.issue_id_tag(Viewer.of(person), tag="TAG-LINK")
+    real_commit = services.fleet.commit
+    linked: list[bool] = []
+
+    async def commit(viewer: Viewer, changes: Any, *args: Any, **kwargs: Any) -> None:
+        removing = any(isinstance(c.record, d.Vehicle) and c.record.removed_at is not None
+                       for c, _ in changes)
+        if removing and not linked:  # the removal has read the car's links
+            linked.append(True)
+            await services.fleet.update_id_tag(Viewer.of(person), card.id,
+                                               vehicle_id=car.id)
+        await real_commit(viewer, changes, *args, **kwargs)
+
+    monkeypatch.setattr(services.fleet, "commit", commit)
+    await services.fleet.remove_vehicle(Viewer.of(person), car.id)
+    [stored] = await services.ctx.store.find_all(d.IdTag, Eq("id", card.id))
+    assert linked and stored.vehicle_id is None
