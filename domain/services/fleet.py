@@ -45,11 +45,18 @@ def kept_for(vehicle: Vehicle, owner: User) -> Guard:
     return Guard(Vehicle, all_of(Eq("id", vehicle.id), Eq("owner_id", owner.id), IN_GARAGE))
 
 
+def not_erased(owner: User) -> Guard:
+    """A car or card given to ``owner`` holds only while they are not erased: their
+    erasure may land on another instance between the read of them and the write (it is
+    guarded the other way: ``erasure._nothing_else_of``)."""
+    return Guard(User, all_of(Eq("id", owner.id), Eq("erased_at", None)))
+
+
 def _no_links_but(vehicle: Vehicle, holder_id: str | None) -> Guard:
     """A car's removal (``holder_id`` ``None``) or hand-over to ``holder_id`` holds only
     while no card is left linked to it but of ``holder_id``: a card linked between its
     read of the links and its write is unlinked on the next try."""
-    linked = Eq("vehicle_id", vehicle.id)
+    linked: Filter = Eq("vehicle_id", vehicle.id)
     if holder_id is not None:
         linked = all_of(linked, any_of(Range("user_id", lt=holder_id),
                                        Range("user_id", gt=holder_id)))
@@ -151,11 +158,15 @@ class FleetService(Service):
                               f"restoring card {card.tag} at the chargers failed")
 
     async def _owner(self, viewer: Viewer, owner_id: str | None, field: str) -> User:
-        """The user the viewer acts for: themselves unless another id is given."""
+        """The user the viewer acts for: themselves unless another id is given. Never an
+        erased account: a car or card given to it would name or serve nobody, and would
+        outlive its erasure (the write is guarded too: ``not_erased``)."""
         target_id = owner_id or viewer.user_id
         owner = await self.visible(viewer, User, target_id, field=field)
         if not self.policy.may_act_for_user(viewer, owner):
             raise Forbidden("you may not act for this user", field=field)
+        if owner.erased_at is not None:
+            raise Conflict("the account was erased", field=field, code="INVALID_STATE")
         return owner
 
     # ---------------------------------------------------------------- vehicles
@@ -183,7 +194,8 @@ class FleetService(Service):
             ),
             viewer,
         )
-        await self._commit_plate(viewer, [(Insert(vehicle), None)])
+        await self._commit_plate(viewer, [(Insert(vehicle), None)],
+                                 guards=[not_erased(owner)])
         return vehicle
 
     async def _commit_plate(self, viewer: Viewer,
@@ -232,8 +244,9 @@ class FleetService(Service):
 
         async def once() -> Vehicle:
             vehicle = await self._own_vehicle(viewer, vehicle_id)
-            new_owner = UNSET if owner_id is UNSET or owner_id == vehicle.owner_id \
-                else (await self._owner(viewer, owner_id, "ownerId")).id
+            new_owner_record = None if owner_id is UNSET or owner_id == vehicle.owner_id \
+                else await self._owner(viewer, owner_id, "ownerId")
+            new_owner = UNSET if new_owner_record is None else new_owner_record.id
             update = edit(
                 vehicle,
                 viewer,
@@ -254,8 +267,9 @@ class FleetService(Service):
             await self._commit_plate(viewer, changes,
                                      plate_field="licensePlate" if new_owner is UNSET
                                      else "ownerId",
-                                     guards=() if new_owner is UNSET
-                                     else [_no_links_but(vehicle, new_owner)])
+                                     guards=() if new_owner_record is None
+                                     else [_no_links_but(vehicle, new_owner_record.id),
+                                           not_erased(new_owner_record)])
             return updated
 
         return await retried(once)
@@ -324,8 +338,9 @@ class FleetService(Service):
                            code="IN_USE")
         if parent_tag is not None:
             parent_tag = await self._parent_tag(viewer, owner, parent_tag)
-        guards = [] if vehicle_id is None \
-            else [kept_for(await self._vehicle_of(viewer, owner, vehicle_id), owner)]
+        guards = [not_erased(owner)]
+        if vehicle_id is not None:
+            guards.append(kept_for(await self._vehicle_of(viewer, owner, vehicle_id), owner))
         if not self.policy.may_manage_user(viewer, owner):
             await self._refuse_if_withdrawn(owner)
         id_tag = stamp_new(

@@ -318,3 +318,32 @@ async def test_a_car_s_removal_unlinks_a_card_linked_meanwhile(
     await services.fleet.remove_vehicle(Viewer.of(person), car.id)
     [stored] = await services.ctx.store.find_all(d.IdTag, Eq("id", card.id))
     assert linked and stored.vehicle_id is None
+
+
+async def test_no_car_or_card_is_given_to_an_erased_account(
+        services: Services, world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    from domain.errors import Conflict
+    admin = world.viewer("admin")
+    person = world.users["driver2"]
+    real_commit = services.fleet.commit
+    erased: list[d.User] = []
+
+    async def commit(viewer: Viewer, changes: Any, *args: Any, **kwargs: Any) -> None:
+        # The new card has read its holder; their erasure lands before its write.
+        if not erased:
+            erased.append(await services.erasure.erase_user(admin, person.id))
+        await real_commit(viewer, changes, *args, **kwargs)
+
+    monkeypatch.setattr(services.fleet, "commit", commit)
+    with pytest.raises(Conflict) as raised:
+        await services.fleet.issue_id_tag(admin, tag="TAG-LATE", user_id=person.id)
+    assert (raised.value.field, raised.value.code) == ("userId", "INVALID_STATE")
+    monkeypatch.setattr(services.fleet, "commit", real_commit)
+    with pytest.raises(Conflict):
+        await services.fleet.add_vehicle(admin, license_plate="B-LATE 1", owner_id=person.id)
+    with pytest.raises(Conflict):
+        await services.fleet.update_vehicle(admin, world.vehicles["driver1"].id,
+                                            owner_id=person.id)
+    assert await services.ctx.store.count(d.IdTag, Eq("user_id", person.id)) == 0
+    assert await services.ctx.store.count(d.Vehicle, all_of(
+        Eq("owner_id", person.id), Eq("removed_at", None))) == 0
