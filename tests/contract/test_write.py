@@ -429,8 +429,10 @@ async def test_a_delete_on_the_version_read_fails_the_write_once_it_changed(
                                   updated_at=read.updated_at + timedelta(seconds=1))
     await store.write([Update(blocked, frozenset({"blocked_by", "updated_at"}))], [])
     bystander = company(name="Written with the stale delete")
-    for stale in ([Delete(other), Delete(read, ("updated_at", read.updated_at))],
-                  [Delete(read, ("updated_at", read.updated_at)), Insert(bystander)]):
+    writes: list[list[Change]] = [
+        [Delete(other), Delete(read, ("updated_at", read.updated_at))],
+        [Delete(read, ("updated_at", read.updated_at)), Insert(bystander)]]
+    for stale in writes:
         with pytest.raises(Conflict) as raised:
             await store.write(stale, [])
         assert raised.value.code == "CHANGED"
