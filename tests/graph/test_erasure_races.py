@@ -78,20 +78,22 @@ async def test_a_failed_scrub_still_signs_out_withdraws_and_is_retried(
     assert [p for p in PERSONAL if p in text] == []
 
 
-def inside_the_write(monkeypatch: pytest.MonkeyPatch,
+def inside_the_write(services: Services, monkeypatch: pytest.MonkeyPatch,
                      action: Callable[[], Awaitable[None]]) -> None:
-    """Runs ``action`` once inside the erasure's write, after it read the person's cars
-    and cards and before it commits: another instance's request landing then."""
-    original = erasure_module.withdrawal_marks
+    """Runs ``action`` once inside the erasure's write, after it read the person's
+    account, cars and cards and before it commits: another instance's request landing
+    then."""
+    erasure = services.erasure
+    real_commit = erasure.commit
     done: list[bool] = []
 
-    async def marks(*args: Any, **kwargs: Any) -> Any:
+    async def commit(*args: Any, **kwargs: Any) -> None:
         if not done:
             done.append(True)
             await action()
-        return await original(*args, **kwargs)
+        await real_commit(*args, **kwargs)
 
-    monkeypatch.setattr(erasure_module, "withdrawal_marks", marks)
+    monkeypatch.setattr(erasure, "commit", commit)
 
 
 async def test_a_car_handed_to_someone_else_meanwhile_is_theirs_untouched(
@@ -103,7 +105,7 @@ async def test_a_car_handed_to_someone_else_meanwhile_is_theirs_untouched(
         await services.fleet.update_vehicle(world.viewer("admin"), car.id,
                                             owner_id=driver1.id)
 
-    inside_the_write(monkeypatch, hand_over)
+    inside_the_write(services, monkeypatch, hand_over)
     erased = await services.erasure.erase_user(world.viewer("admin"),
                                                world.users["driver2"].id)
     await settle(services)
@@ -127,7 +129,7 @@ async def test_a_car_and_card_added_meanwhile_go_with_the_erasure(
         added["card"] = await services.fleet.issue_id_tag(
             world.viewer("admin"), tag="TAG-LATE", user_id=person.id)
 
-    inside_the_write(monkeypatch, add)
+    inside_the_write(services, monkeypatch, add)
     await services.erasure.erase_user(world.viewer("admin"), person.id)
     await settle(services)
     [car] = await services.ctx.store.find_all(d.Vehicle, Eq("id", added["car"].id))
@@ -149,7 +151,7 @@ async def test_a_card_changed_meanwhile_is_removed_as_it_stands_then(
         await services.fleet.update_id_tag(world.viewer("admin"), card.id,
                                            status=d.IdTagStatus.BLOCKED)
 
-    inside_the_write(monkeypatch, block)
+    inside_the_write(services, monkeypatch, block)
     await services.erasure.erase_user(world.viewer("admin"), world.users["driver2"].id)
     await settle(services)
     # Its removal's entry holds the card as the block left it: the images chain.
@@ -347,3 +349,22 @@ async def test_no_car_or_card_is_given_to_an_erased_account(
     assert await services.ctx.store.count(d.IdTag, Eq("user_id", person.id)) == 0
     assert await services.ctx.store.count(d.Vehicle, all_of(
         Eq("owner_id", person.id), Eq("removed_at", None))) == 0
+
+
+async def test_two_admins_erasing_each_other_leave_one(
+        services: Services, world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    from domain.errors import Conflict
+    a = world.users["admin"]
+    b = await services.accounts.create_user(
+        world.viewer("admin"), email="b@example.com", password="pw pw pw 12", name="B",
+        role=d.Role.ADMIN)
+
+    async def b_erases_a() -> None:
+        await services.erasure.erase_user(Viewer.of(b), a.id)
+
+    inside_the_write(services, monkeypatch, b_erases_a)
+    with pytest.raises(Conflict) as raised:
+        await services.erasure.erase_user(Viewer.of(a), b.id)
+    assert raised.value.code == "IN_USE"
+    admins = await services.ctx.store.find_all(d.User, Eq("role", d.Role.ADMIN))
+    assert [u.id for u in admins if u.active] == [b.id]
