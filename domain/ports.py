@@ -45,7 +45,14 @@ class Update:
 
 @dataclass(frozen=True, slots=True)
 class Delete:
+    """Delete the stored record with ``record``'s id. With ``only_if`` (a field and a
+    value) only while the stored record still holds that value: otherwise, or when it is
+    gone already, the whole write fails with ``Conflict`` (code ``CHANGED``), as a
+    ``required`` ``Update``'s guard does. A removal judged on the version it read (an
+    erasure's cards: ``edits.removal``) must not take one changed since."""
+
     record: Record
+    only_if: tuple[str, Any] | None = None
 
 
 Change = Insert | InsertIfAbsent | Update | Delete

@@ -941,20 +941,27 @@ class ChargingService(ChargerConnections):
             changes.append((use, reservation))
         changes.append((Insert(session), None))
         await self.commit(actor, changes, unaudited=samples,
-                          guards=self._start_guards(station, plug, is_new))
+                          guards=self._start_guards(station, plug, is_new, id_tag_record))
         return session, ended, used, updated_payments(changes)
 
     @staticmethod
-    def _start_guards(station: Station, plug: Connector, is_new: bool) -> list[Guard]:
+    def _start_guards(station: Station, plug: Connector, is_new: bool,
+                      card: IdTag | None) -> list[Guard]:
         """A session is written only while its station, and the connector it was read
         with, are there: ``station`` may be a cached copy, and a removal on another
         instance may land between the reads and this write (QA s21: a session ACTIVE on
         a station that no longer existed held its card for good). The removal is
         guarded the other way (``stations.not_charging``). A plug new here is inserted
-        by the write itself (its unique rule refuses a second)."""
+        by the write itself (its unique rule refuses a second). A session of a card's
+        holder only while they are not erased: an erasure landing after the card was
+        read left an ACTIVE session on the erased account (review s22); refused, the
+        start reads again, finds the card gone and is a session of no one's. The
+        erasure is guarded the other way (no ACTIVE session of theirs)."""
         guards = [Guard(Station, Eq("id", station.id))]
         if not is_new:
             guards.append(Guard(Connector, Eq("id", plug.id)))
+        if card is not None:
+            guards.append(Guard(User, all_of(Eq("id", card.user_id), Eq("erased_at", None))))
         return guards
 
     async def _closed_by_start(self, station: Station, stale: Session,

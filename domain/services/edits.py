@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 from domain.entities import Record
 from domain.errors import Conflict
 from domain.policy import Viewer
-from domain.ports import Update
+from domain.ports import Delete, Update
 from domain.services.base import patch
 
 T = TypeVar("T")
@@ -37,6 +37,13 @@ def edit(record: Record, viewer: Viewer, **updates: Any) -> Update:
     whole write with ``Conflict`` (code ``CHANGED``), for ``retried`` to run again."""
     return patch(record, viewer, only_if=("updated_at", record.updated_at), required=True,
                  **updates)
+
+
+def removal(record: Record) -> Delete:
+    """A deletion of ``record`` written only onto the version that was read (as ``edit``):
+    one changed or deleted meanwhile fails the whole write with ``Conflict`` (code
+    ``CHANGED``), for ``retried`` to run again."""
+    return Delete(record, only_if=("updated_at", record.updated_at))
 
 
 async def retried(operation: Callable[[], Awaitable[T]], attempts: int = EDIT_ATTEMPTS

@@ -16,17 +16,26 @@ Not while a session of theirs is under way (it would be billed to nobody's card)
 for the last active admin, nor while they own stations (hand them over first, as for a
 demotion). Erasing an erased account again is allowed: it scrubs the audit log again
 (what to do when a crash stopped the scrub, which runs after the erasure's write).
+
+What the write sets off (the person signed out everywhere, their cards withdrawn at the
+chargers) starts as soon as it commits, before the scrub: a scrub that fails must leave
+neither undone (review s22: it did, and a re-run found the cards gone and never had the
+chargers told). A failed scrub does not fail the erasure, which happened: it is logged
+and tried again in the background (``SCRUB_RETRY_S``); erasing again scrubs too.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
 from domain.entities import (
     AuditAction,
     AuditEntry,
+    E,
     IdTag,
     Role,
     Session,
@@ -38,12 +47,13 @@ from domain.entities import (
 from domain.errors import Conflict, Forbidden, Unauthenticated
 from domain.events import AccessChanged
 from domain.policy import Viewer
-from domain.ports import Change, Delete, Guard, Update
+from domain.ports import Change, Guard, Store, Update
 from domain.query import Eq, Filter, In, Range, Sort, all_of, any_of
 from domain.services.accounts import AccountService
 from domain.services.background import Background
-from domain.services.base import Service, ServiceContext, patch
-from domain.services.edits import edit, retried
+from domain.services.base import Service, ServiceContext
+from domain.services.edits import edit, removal, retried
+from domain.services.fleet import IN_GARAGE
 from domain.services.withdrawal import withdrawal_marks
 
 #: What an erased account is called; its email is ``erased_email`` (unique, as emails
@@ -54,6 +64,17 @@ ERASED_NAME = "Erased user"
 ERASED_PLATE = "ERASED"
 #: Audit entries rewritten per store write while scrubbing.
 SCRUB_BATCH = 200
+#: The pauses before each background retry of a scrub that failed (a store away for a
+#: moment); after the last, the log says to erase the account again.
+SCRUB_RETRY_S: tuple[float, ...] = (1.0, 10.0)
+
+#: A person's cars (or cards) read per query: an erasure reads them all, page by page
+#: (review s22: a fleet manager's over a thousand cards were left after it).
+READ_BATCH = 1000
+#: The cards whose list entries are read per query (``withdrawal_marks``).
+MARK_BATCH = 500
+
+log = logging.getLogger("chargegraph.erasure")
 
 #: The fields of a person's records that name them, by kind: what an erasure overwrites
 #: in the records and scrubs from the audit log's images of them.
@@ -75,9 +96,48 @@ def scrubbed(image: dict[str, Any] | None, values: dict[str, Any]) -> dict[str, 
     return {key: values.get(key, value) for key, value in image.items()}
 
 
-def _other_than(record_id: str) -> Filter:
-    """Every record but ``record_id`` (the query language has no "not equal")."""
-    return any_of(Range("id", lt=record_id), Range("id", gt=record_id))
+def _other_than(record_id: str, field: str = "id") -> Filter:
+    """Every record whose ``field`` is not ``record_id`` (the query language has no "not
+    equal")."""
+    return any_of(Range(field, lt=record_id), Range(field, gt=record_id))
+
+
+def _nothing_else_of(user_id: str) -> list[Guard]:
+    """The guards that the erasure's write took every car and card of the person: once
+    it is applied, none of theirs is left kept, or with a plate, or at all (a card). A
+    car or card added (or a car handed to them) between the erasure's reads and its
+    write on another instance fails it, and it runs again on a fresh read (review s22:
+    they survived, the car with its plate, the card accepted)."""
+    theirs = Eq("owner_id", user_id)
+    return [Guard(Vehicle, all_of(theirs, IN_GARAGE), exists=False),
+            Guard(Vehicle, all_of(theirs, _other_than(ERASED_PLATE, "license_plate")),
+                  exists=False),
+            Guard(IdTag, Eq("user_id", user_id), exists=False)]
+
+
+async def every(store: Store, kind: type[E], where: Filter) -> list[E]:
+    """Every record of ``kind`` matching ``where``, read by pages of ``READ_BATCH`` in id
+    order (``find_all`` stops at its limit)."""
+    found: list[E] = []
+    after: str | None = None
+    while True:
+        page = await store.find_all(kind, all_of(where, Range("id", gt=after) if after
+                                                 else None), [Sort("id")], limit=READ_BATCH)
+        found += page
+        if len(page) < READ_BATCH:
+            return found
+        after = page[-1].id
+
+
+async def _withdrawal_marks(store: Store, viewer: Viewer, cards: Sequence[IdTag]
+                            ) -> list[Change]:
+    """``withdrawal_marks`` (Blocked) of every one of ``cards``, read in batches."""
+    marks: list[Change] = []
+    for start in range(0, len(cards), MARK_BATCH):
+        marks += await withdrawal_marks(store, viewer,
+                                        [c.id for c in cards[start:start + MARK_BATCH]],
+                                        "Blocked")
+    return marks
 
 
 class Erasure(Service):
@@ -113,14 +173,37 @@ class Erasure(Service):
 
     async def _erase(self, viewer: Viewer, user: User, field: str | None) -> User:
         erased, cards = await retried(lambda: self._write(viewer, user.id, field))
-        await self._scrub_audit(erased)
+        # First what the committed write must set off, whatever the scrub does next.
         # Open sockets of theirs, on every instance, are checked again now: revoked.
         await self.publish(AccessChanged(station_id=None, cp_id="", user_id=erased.id))
         if self.on_erased is not None:
             self._releasing.run(self.on_erased(viewer, erased, cards),
                                 f"release-erased-{erased.id}",
                                 f"withdrawing erased user {erased.id}'s cards failed")
+        try:
+            await self._scrub_audit(erased)
+        except Exception:
+            # The erasure stands and is the caller's answer; the scrub is retried.
+            log.exception("scrubbing the audit log of erased user %s failed: retried in "
+                          "the background", erased.id)
+            self._releasing.run(self._scrub_later(erased), f"scrub-erased-{erased.id}",
+                                f"scrubbing the audit log of erased user {erased.id} "
+                                f"failed again: erase the account again to finish it")
         return erased
+
+    async def _scrub_later(self, erased: User) -> None:
+        """``_scrub_audit`` again after each pause of ``SCRUB_RETRY_S`` until it succeeds;
+        the last failure is raised (logged by ``Background``)."""
+        for attempt, pause in enumerate(SCRUB_RETRY_S, start=1):
+            await asyncio.sleep(pause)
+            try:
+                await self._scrub_audit(erased)
+                return
+            except Exception:
+                if attempt == len(SCRUB_RETRY_S):
+                    raise
+                log.exception("scrubbing the audit log of erased user %s failed again",
+                              erased.id)
 
     async def _write(self, viewer: Viewer, user_id: str, field: str | None
                      ) -> tuple[User, list[IdTag]]:
@@ -132,19 +215,27 @@ class Erasure(Service):
         now = self.now()
         update = edit(user, viewer, name=ERASED_NAME, email=erased_email(user.id),
                       password_hash="", active=False, token_epoch=user.token_epoch + 1,
-                      erased_at=now)
-        cars = await self.store.find_all(Vehicle, Eq("owner_id", user.id))
-        cards = await self.store.find_all(IdTag, Eq("user_id", user.id))
+                      # When it was erased is when first: a re-run (to finish a scrub)
+                      # is no new erasure.
+                      erased_at=user.erased_at or now)
+        cars = await every(self.store, Vehicle, Eq("owner_id", user.id))
+        cards = await every(self.store, IdTag, Eq("user_id", user.id))
         # The account and cars are written unaudited: an entry's before-image would
-        # name the person again. The erasure's own entry stands for them.
+        # name the person again. The erasure's own entry stands for them. Each car and
+        # card only as read (``edit``, ``removal``): one handed to someone else, or
+        # changed, meanwhile is read again, never overwritten.
         unaudited: list[Change] = [update]
-        unaudited += [patch(car, viewer, license_plate=ERASED_PLATE, plate_key=ERASED_PLATE,
-                            removed_at=car.removed_at or now) for car in cars]
-        unaudited += await withdrawal_marks(self.store, viewer, [c.id for c in cards],
-                                            "Blocked")
-        entry = self._entry(viewer, user, len(cars), len(cards))
-        await self.commit(viewer, [(Delete(card), card) for card in cards],
-                          unaudited=unaudited, extra_audit=[entry], guards=guards)
+        unaudited += [edit(car, viewer, license_plate=ERASED_PLATE, plate_key=ERASED_PLATE,
+                           removed_at=car.removed_at or now) for car in cars]
+        unaudited += await _withdrawal_marks(self.store, viewer, cards)
+        # What this run removed: a car removed before (by its owner, or by an erasure
+        # run before this one) is only stripped of its plate (review s22: a re-run's
+        # entry counted the first run's cars again).
+        removed = sum(1 for car in cars if car.removed_at is None)
+        entry = self._entry(viewer, user, removed, len(cards))
+        await self.commit(viewer, [(removal(card), card) for card in cards],
+                          unaudited=unaudited, extra_audit=[entry],
+                          guards=[*guards, *_nothing_else_of(user.id)])
         return cast(User, update.record), cards
 
     async def _refusals(self, user: User, field: str | None) -> list[Guard]:
@@ -184,7 +275,7 @@ class Erasure(Service):
         """Rewrites the images of every audit entry about the erased account or its cars
         with the erased values (``PERSONAL_FIELDS``), in batches by id. Runs after the
         erasure's write; erasing again runs it again."""
-        cars = await self.store.find_all(Vehicle, Eq("owner_id", erased.id))
+        cars = await every(self.store, Vehicle, Eq("owner_id", erased.id))
         values = {"user": {f: getattr(erased, f) for f in PERSONAL_FIELDS["user"]},
                   "vehicle": dict.fromkeys(PERSONAL_FIELDS["vehicle"], ERASED_PLATE)}
         about = all_of(Eq("entity", "user"), Eq("entity_id", erased.id))

@@ -20,7 +20,7 @@ from domain.entities import (
 )
 from domain.errors import Conflict, Forbidden, NotFound, UniqueViolation, ValidationError
 from domain.policy import Viewer
-from domain.ports import Change, Delete, Insert, Store
+from domain.ports import Change, Delete, Guard, Insert, Store
 from domain.query import Eq, Filter, In, NotSub, Range, Sort, all_of, any_of
 from domain.services.background import Background
 from domain.services.base import UNSET, Service, ServiceContext, patch, stamp_new
@@ -35,6 +35,32 @@ GROUP_BATCH = 200
 #: session's car, ``node(id:)``, filters by a car's id and the CSV export read any car,
 #: so history keeps the car it was charged for (QA s22).
 IN_GARAGE: Filter = Eq("removed_at", None)
+
+
+def kept_for(vehicle: Vehicle, owner: User) -> Guard:
+    """A card's link to ``vehicle`` holds only while the car is still ``owner``'s and in
+    their garage: a removal or hand-over on another instance may land between the
+    link's read and its write (review s22: a card ended pointing at a removed car).
+    Both are guarded the other way (``_no_links_but``)."""
+    return Guard(Vehicle, all_of(Eq("id", vehicle.id), Eq("owner_id", owner.id), IN_GARAGE))
+
+
+def not_erased(owner: User) -> Guard:
+    """A car or card given to ``owner`` holds only while they are not erased: their
+    erasure may land on another instance between the read of them and the write (it is
+    guarded the other way: ``erasure._nothing_else_of``)."""
+    return Guard(User, all_of(Eq("id", owner.id), Eq("erased_at", None)))
+
+
+def _no_links_but(vehicle: Vehicle, holder_id: str | None) -> Guard:
+    """A car's removal (``holder_id`` ``None``) or hand-over to ``holder_id`` holds only
+    while no card is left linked to it but of ``holder_id``: a card linked between its
+    read of the links and its write is unlinked on the next try."""
+    linked: Filter = Eq("vehicle_id", vehicle.id)
+    if holder_id is not None:
+        linked = all_of(linked, any_of(Range("user_id", lt=holder_id),
+                                       Range("user_id", gt=holder_id)))
+    return Guard(IdTag, linked, exists=False)
 
 
 def blocked_by_others(tag: IdTag, owner: User) -> bool:
@@ -132,11 +158,15 @@ class FleetService(Service):
                               f"restoring card {card.tag} at the chargers failed")
 
     async def _owner(self, viewer: Viewer, owner_id: str | None, field: str) -> User:
-        """The user the viewer acts for: themselves unless another id is given."""
+        """The user the viewer acts for: themselves unless another id is given. Never an
+        erased account: a car or card given to it would name or serve nobody, and would
+        outlive its erasure (the write is guarded too: ``not_erased``)."""
         target_id = owner_id or viewer.user_id
         owner = await self.visible(viewer, User, target_id, field=field)
         if not self.policy.may_act_for_user(viewer, owner):
             raise Forbidden("you may not act for this user", field=field)
+        if owner.erased_at is not None:
+            raise Conflict("the account was erased", field=field, code="INVALID_STATE")
         return owner
 
     # ---------------------------------------------------------------- vehicles
@@ -164,18 +194,20 @@ class FleetService(Service):
             ),
             viewer,
         )
-        await self._commit_plate(viewer, [(Insert(vehicle), None)])
+        await self._commit_plate(viewer, [(Insert(vehicle), None)],
+                                 guards=[not_erased(owner)])
         return vehicle
 
     async def _commit_plate(self, viewer: Viewer,
                             changes: Sequence[tuple[Change, Record | None]],
-                            plate_field: str = "licensePlate") -> None:
+                            plate_field: str = "licensePlate",
+                            guards: Sequence[Guard] = ()) -> None:
         """Commits a vehicle's write. The store's unique rule is on ``plate_key``, which
         no input names: the driver typed ``licensePlate`` (or handed the vehicle to an
         owner who has one with that plate: ``ownerId``), so that is where the duplicate
         is reported."""
         try:
-            await self.commit(viewer, changes)
+            await self.commit(viewer, changes, guards=guards)
         except UniqueViolation as exc:
             if exc.field != "plate_key":
                 raise
@@ -212,8 +244,9 @@ class FleetService(Service):
 
         async def once() -> Vehicle:
             vehicle = await self._own_vehicle(viewer, vehicle_id)
-            new_owner = UNSET if owner_id is UNSET or owner_id == vehicle.owner_id \
-                else (await self._owner(viewer, owner_id, "ownerId")).id
+            new_owner_record = None if owner_id is UNSET or owner_id == vehicle.owner_id \
+                else await self._owner(viewer, owner_id, "ownerId")
+            new_owner = UNSET if new_owner_record is None else new_owner_record.id
             update = edit(
                 vehicle,
                 viewer,
@@ -233,7 +266,10 @@ class FleetService(Service):
                             if tag.user_id != new_owner]
             await self._commit_plate(viewer, changes,
                                      plate_field="licensePlate" if new_owner is UNSET
-                                     else "ownerId")
+                                     else "ownerId",
+                                     guards=() if new_owner_record is None
+                                     else [_no_links_but(vehicle, new_owner_record.id),
+                                           not_erased(new_owner_record)])
             return updated
 
         return await retried(once)
@@ -269,7 +305,7 @@ class FleetService(Service):
         ]
         removal = edit(vehicle, viewer, removed_at=self.now())
         changes.append((removal, vehicle))
-        await self.commit(viewer, changes)
+        await self.commit(viewer, changes, guards=[_no_links_but(vehicle, None)])
         return cast(Vehicle, removal.record)
 
     # ---------------------------------------------------------------- id tags
@@ -286,6 +322,14 @@ class FleetService(Service):
         if parent_tag is not None:
             parent_tag = checks(v.id_tag, parent_tag, "parentIdTag")
         checks.done()
+        return await retried(lambda: self._issue_id_tag(
+            viewer, tag, user_id, vehicle_id, expires_at, parent_tag))
+
+    async def _issue_id_tag(self, viewer: Viewer, tag: str, user_id: str | None,
+                            vehicle_id: str | None, expires_at: datetime | None,
+                            parent_tag: str | None) -> IdTag:
+        """``issue_id_tag``'s reads, checks and write (``retried``: a car it links to that
+        was removed or handed over meanwhile is read again, and refused)."""
         owner = await self._owner(viewer, user_id, "userId")
         if not viewer.is_admin and await self._foreign_group(owner, tag, as_group=False):
             # Presented at a charger, it would take the reservations made for that group
@@ -294,8 +338,9 @@ class FleetService(Service):
                            code="IN_USE")
         if parent_tag is not None:
             parent_tag = await self._parent_tag(viewer, owner, parent_tag)
+        guards = [not_erased(owner)]
         if vehicle_id is not None:
-            await self._vehicle_of(viewer, owner, vehicle_id)
+            guards.append(kept_for(await self._vehicle_of(viewer, owner, vehicle_id), owner))
         if not self.policy.may_manage_user(viewer, owner):
             await self._refuse_if_withdrawn(owner)
         id_tag = stamp_new(
@@ -308,7 +353,7 @@ class FleetService(Service):
             ),
             viewer,
         )
-        await self.commit(viewer, [(Insert(id_tag), None)])
+        await self.commit(viewer, [(Insert(id_tag), None)], guards=guards)
         return id_tag
 
     async def _refuse_if_withdrawn(self, owner: User) -> None:
@@ -370,8 +415,8 @@ class FleetService(Service):
             if expires_at is not UNSET and expires_at != id_tag.expires_at:
                 raise Forbidden("only operators and admins change an id tag's expiry",
                                 field="expiresAt")
-        if vehicle_id not in (UNSET, None):
-            await self._vehicle_of(viewer, owner, vehicle_id)
+        guards = [] if vehicle_id in (UNSET, None) \
+            else [kept_for(await self._vehicle_of(viewer, owner, vehicle_id), owner)]
         if parent_tag not in (UNSET, id_tag.parent_tag):
             parent_tag = await self._parent_tag(viewer, owner, parent_tag)
         blocked_by: Any = UNSET  # who blocked it stays, whoever writes to it later
@@ -396,7 +441,7 @@ class FleetService(Service):
             self.store, viewer, [id_tag.id], list_status(became))
         if restored:  # marked in the same commit, as a withdrawal is (a crash loses none)
             marks += await restoration_marks(self.store, viewer, [id_tag.id])
-        await self.commit(viewer, [(update, id_tag)], unaudited=marks)
+        await self.commit(viewer, [(update, id_tag)], unaudited=marks, guards=guards)
         return updated, became, restored
 
     def _usable_again(self, before: IdTag, after: IdTag) -> bool:

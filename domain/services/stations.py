@@ -127,6 +127,10 @@ def _may_own(owner: User) -> None:
     if not may_own(owner.role):
         raise ValidationError("a driver cannot own a station; make them an operator",
                               field="ownerId", code="INVALID")
+    if owner.erased_at is not None:
+        # Nobody runs it for them (they never sign in again), and an erasure refuses
+        # an owner of stations (review s22: one could be handed stations afterwards).
+        raise Conflict("the account was erased", field="ownerId", code="INVALID_STATE")
 
 
 #: The roles ``may_own`` allows, as a filter's values.
@@ -135,11 +139,11 @@ OWNER_ROLES = tuple(role for role in Role if may_own(role))
 
 def owner_still(owner: User, viewer: Viewer) -> Guard:
     """The write naming ``owner`` a station's owner holds only while they are what it was
-    checked against: a role that may own stations, and for an operator's write still of
-    the operator's company. Read before, a demotion on another instance landing
+    checked against: a role that may own stations, not erased, and for an operator's
+    write still of the operator's company. Read before, a demotion on another instance landing
     between the read and the write left a driver owning a station (QA s21); the
     demotion is guarded the other way (``AccountService.update_user``)."""
-    where = all_of(Eq("id", owner.id), In("role", OWNER_ROLES),
+    where = all_of(Eq("id", owner.id), In("role", OWNER_ROLES), Eq("erased_at", None),
                    *([Eq("company_id", viewer.company_id)] if viewer.is_operator else []))
     return Guard(User, where)
 
@@ -210,7 +214,8 @@ class StationService(Service):
             # The operator themselves may be of no company (then their own is none).
             guards.append(owner_still(owner, viewer) if owner.id != viewer.user_id
                           else Guard(User, all_of(Eq("id", owner.id),
-                                                  In("role", OWNER_ROLES))))
+                                                  In("role", OWNER_ROLES),
+                                                  Eq("erased_at", None))))
         station = stamp_new(
             Station(
                 cp_id=cp_id,

@@ -284,11 +284,17 @@ async def delete(db: Any, change: Delete, expected: Version = Expect.ANY) -> Non
     record = change.record
     collection = db[record.kind]
     version = _version_filter(expected)
+    target: dict[str, Any] = {"_id": ObjectId(record.id)}
+    if change.only_if is not None:
+        field, value = change.only_if
+        target[shadow(spec_by_name(type(record))[field])] = _guard(type(record), field, value)
     if version is not None:
-        result = await collection.delete_one({"_id": ObjectId(record.id), **version})
+        result = await collection.delete_one({**target, **version})
         if result.deleted_count:
             return
     await _raise_if_stale(collection, record, expected)
+    if change.only_if is not None:  # changed, or gone, since it was read
+        raise changed_meanwhile(record.kind)
     raise _not_found(record)
 
 

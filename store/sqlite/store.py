@@ -191,15 +191,23 @@ def _insert_run(conn: sqlite3.Connection, sql: str, run: list[_Statement]) -> No
         index += size
 
 
+def _must_apply(change: Change | None) -> bool:
+    """Whether a guarded change that did not apply fails the write: a ``required``
+    update, a delete with ``only_if``."""
+    return (isinstance(change, Update) and change.required) \
+        or (isinstance(change, Delete) and change.only_if is not None)
+
+
 def _apply_required(conn: sqlite3.Connection, run: list[_Statement]) -> None:
-    """Updates one at a time, each that must apply checked on its own (a run may mix
-    them with updates whose guard may fail quietly)."""
+    """Updates (or deletes) one at a time, each that must apply checked on its own (a run
+    may mix them with updates whose guard may fail quietly)."""
     for sql, params, change in run:
         if conn.execute(sql, params).rowcount:
             continue
-        assert isinstance(change, Update)
-        if change.required:
+        assert change is not None  # inserts are not applied one at a time
+        if _must_apply(change):
             raise changed_meanwhile(change.record.kind)
+        assert isinstance(change, Update)
         if change.only_if is None:
             raise NotFound(_missing(conn, [(sql, params, change)]), field="id")
 
@@ -236,7 +244,7 @@ def _apply_batch(conn: sqlite3.Connection, statements: list[_Statement],
             if isinstance(run[0][2], Insert | InsertIfAbsent) or run[0][2] is None:
                 _insert_run(conn, sql, run)
             else:
-                if any(isinstance(c, Update) and c.required for _, _, c in run):
+                if any(_must_apply(c) for _, _, c in run):
                     _apply_required(conn, run)
                     index = end
                     continue
@@ -560,7 +568,13 @@ class SqliteStore:
                 raise ValueError("only_if needs the fields to write")
             return _update_sql(kind), _update_params(change.record), change
         if isinstance(change, Delete):
-            return f'DELETE FROM {quote(kind.kind)} WHERE "id" = ?', (change.record.id,), change
+            if change.only_if is None:
+                return (f'DELETE FROM {quote(kind.kind)} WHERE "id" = ?',
+                        (change.record.id,), change)
+            field, value = change.only_if
+            # IS, not =: as an update's guard (the value may be NULL).
+            return (f'DELETE FROM {quote(kind.kind)} WHERE "id" = ? AND {quote(field)} IS ?',
+                    (change.record.id, encode(spec_of(kind, field), value)), change)
         raise TypeError(f"not a change: {change!r}")
 
     async def next_sequence(self, name: str) -> int:

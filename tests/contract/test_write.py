@@ -415,6 +415,37 @@ async def test_delete_removes_the_record(store: Store) -> None:
     assert await store.count(AuditEntry, Eq("action", AuditAction.DELETE)) == 1
 
 
+async def test_a_delete_on_the_version_read_fails_the_write_once_it_changed(
+        store: Store) -> None:
+    """``Delete.only_if``: an erasure removes a person's cards as it read them; one
+    changed since (or gone) fails the whole write with CHANGED, for it to read again,
+    and nothing of the write stays. On the version still stored, it deletes."""
+    owner = user()
+    card, other = id_tag(owner, tag="TAG-V1"), id_tag(owner, tag="TAG-V2")
+    await put(store, owner, card, other)
+    read = (await store.get_many(IdTag, [card.id]))[0]
+    assert read is not None
+    blocked = dataclasses.replace(read, blocked_by="someone",
+                                  updated_at=read.updated_at + timedelta(seconds=1))
+    await store.write([Update(blocked, frozenset({"blocked_by", "updated_at"}))], [])
+    bystander = company(name="Written with the stale delete")
+    writes: list[list[Change]] = [
+        [Delete(other), Delete(read, ("updated_at", read.updated_at))],
+        [Delete(read, ("updated_at", read.updated_at)), Insert(bystander)]]
+    for stale in writes:
+        with pytest.raises(Conflict) as raised:
+            await store.write(stale, [])
+        assert raised.value.code == "CHANGED"
+        assert await store.count(IdTag, Eq("user_id", owner.id)) == 2
+        assert await store.get_many(Company, [bystander.id]) == [None]
+    fresh = (await store.get_many(IdTag, [card.id]))[0]
+    assert fresh is not None
+    await store.write([Delete(fresh, ("updated_at", fresh.updated_at))], [])
+    assert await store.get_many(IdTag, [card.id, other.id]) == [None, other]
+    with pytest.raises(Conflict):  # gone meanwhile: changed too
+        await store.write([Delete(fresh, ("updated_at", fresh.updated_at))], [])
+
+
 @pytest.mark.parametrize("change", [Update, Delete])
 async def test_update_or_delete_of_a_missing_record_is_not_found(
     store: Store, change: type[Update] | type[Delete]

@@ -962,7 +962,7 @@ async def test_version_26_leaves_older_tariffs_without_idle_fees_bands_or_plugs(
         await store.close()
 
 
-async def test_version_51_keeps_removed_cars_and_their_plates_free(db_path: str) -> None:
+async def test_version_49_keeps_removed_cars_and_their_plates_free(db_path: str) -> None:
     """QA s22: a car stored before version 49 is kept (``removed_at`` NULL), and the
     plate's rule holds among kept cars only: its owner may add the plate of a car they
     removed."""
