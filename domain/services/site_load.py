@@ -90,6 +90,8 @@ MAX_SITES_AT_ONCE = 8
 RESOLVE_BATCH = 500
 #: The most stations and active sessions a site's recompute reads.
 MAX_PER_SITE = 1_000
+#: Lifts remembered (``SiteLoad._left_behind``) before the memory starts afresh.
+MAX_LIFTED_KEPT = 10_000
 
 #: How long after seeing another instance's raise under way (or taking its own back) a
 #: site is shared again: a range, drawn from, so two instances do not retry in step.
@@ -239,6 +241,9 @@ class SiteLoad(Service):
         #: By site: sessions owed their limit again whose last one was still in flight
         #: (``_defer``), told once it has been answered.
         self._owed: dict[str, set[str]] = {}
+        #: (station, transaction) whose limit was lifted already (``_lift``), not lifted
+        #: again by ``_left_behind``.
+        self._lifted: set[tuple[str, int]] = set()
         #: Each charger's fallback for new sessions (a TxDefaultProfile).
         self.fallbacks = SiteFallbacks(ctx.store, self._command, self._stack_level, self.now,
                                        self.charger_back)
@@ -333,10 +338,18 @@ class SiteLoad(Service):
         try:
             recorded = await self.store.find_all(SiteAllocation, In(
                 "station_id", tuple(st.id for st in left)), limit=MAX_PER_SITE)
-            if recorded:
-                await self.store.write([Delete(a) for a in recorded], [])
             sessions = await self._active([st for st in left if st.online])
-            await asyncio.gather(*(self._lift(s) for s in sessions))
+            # Read again last: a station that joined a site meanwhile is that site's now,
+            # and its share must not be lifted nor its record forgotten (review s22).
+            still = {st.id for st in await self.store.get_many(
+                Station, [st.id for st in left]) if st is not None and st.site_id is None}
+            gone = [a for a in recorded if a.station_id in still]
+            if gone:
+                await self.store.write([Delete(a) for a in gone], [])
+            # Once per session: a fallback whose removal the charger refuses keeps its
+            # station here at every later event (review s22: a clear, and a warning,
+            # each time).
+            await self._lift_once([s for s in sessions if s.station_id in still])
         except Exception:
             log.exception("releasing the limits of %d stations behind no site failed",
                           len(left))
@@ -855,9 +868,18 @@ class SiteLoad(Service):
             return
         stations = {st.id: st for st in await self.store.get_many(
             Station, list({a.station_id for a in still})) if st is not None}
-        await asyncio.gather(*(self._lift(a) for a in still
-                               if a.station_id in stations
-                               and stations[a.station_id].site_id is None))
+        await self._lift_once([a for a in still if a.station_id in stations
+                               and stations[a.station_id].site_id is None])
+
+    async def _lift_once(self, limited: Sequence[SiteAllocation | Session]) -> None:
+        """Lifts each limit not lifted yet (by this instance): a station left behind is
+        looked at by every later event of it (``_left_behind``), and its old site's run
+        releases it too."""
+        if len(self._lifted) > MAX_LIFTED_KEPT:
+            self._lifted.clear()
+        todo = [a for a in limited if (a.station_id, a.transaction_id) not in self._lifted]
+        self._lifted.update((a.station_id, a.transaction_id) for a in todo)
+        await asyncio.gather(*(self._lift(a) for a in todo))
 
     async def _lift(self, allocation: SiteAllocation | Session) -> None:
         try:
@@ -878,6 +900,8 @@ class SiteLoad(Service):
         """Sends the session's share and records it with the charger's answer and what
         the charger may draw after it (``bound_kw`` before)."""
         limit = limit_in_unit(power_kw, site.unit, site.voltage, site.phases)
+        # A limit told again is one to lift again once its station leaves every site.
+        self._lifted.discard((session.station_id, session.transaction_id))
         level = await self._stack_level(session.cp_id)
         payload = tx_profile(session.connector_id, session.transaction_id, limit,
                              site.unit, site.phases, level)

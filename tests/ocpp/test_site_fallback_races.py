@@ -14,7 +14,7 @@ from typing import Any, cast
 import pytest
 
 from domain.clock import utcnow
-from domain.entities import Site, SiteAllocation, Station
+from domain.entities import LimitAnswer, Session, Site, SiteAllocation, Station
 from domain.errors import ChargerRejected
 from domain.load_sharing import FALLBACK_PROFILE_ID, PROFILE_ID_BASE
 from domain.policy import SYSTEM, Viewer
@@ -223,3 +223,78 @@ async def test_a_station_leaving_every_site_lifts_limits_recorded_nowhere(
     assert ("CP-OPEN", PROFILE_ID_BASE + 1) in chargers.cleared
     assert PROFILE_ID_BASE + 1 not in chargers.held["CP-OPEN"]
     assert chargers.held["CP-OPEN"] == {}
+
+
+async def test_a_station_left_behind_is_lifted_once_however_often_it_is_heard(
+        central: Central, world: World) -> None:
+    """Review s22: while the charger refused the fallback's removal, every later event of
+    the station lifted its sessions' limits again (a clear and a warning each time)."""
+    chargers, a, _, _, station_id = world
+    charging = central.services.charging
+    await charging.start_transaction("CP-OPEN", 1, "TAG-OK", 1000, utcnow())
+    await charging.start_answered("CP-OPEN")
+    await a.settled()
+    answer = chargers.answer
+
+    async def keeping_the_fallback(instance: str, cp_id: str, action: str,
+                                   payload: dict[str, Any]) -> CommandOutcome:
+        if action == "ClearChargingProfile" and payload["id"] == FALLBACK_PROFILE_ID:
+            refused = CommandOutcome(command_id="c", action=action,
+                                     station=cast(Station, None), status="Rejected")
+            refused.error = ChargerRejected("Rejected")
+            return refused
+        return await answer(instance, cp_id, action, payload)
+
+    chargers.answer = keeping_the_fallback  # type: ignore[method-assign]
+    central.services.sites.recompute = a.request_site
+    await leave(central, a, station_id)
+    await a.settled()
+    for _ in range(4):  # further events of the station
+        a.request_station(station_id)
+        await a.settled()
+    assert (await stored(central, station_id)).site_fallback_kw is not None
+    assert chargers.cleared.count(("CP-OPEN", PROFILE_ID_BASE + 1)) == 1
+
+
+async def test_a_station_that_joined_a_site_meanwhile_keeps_its_new_share(
+        central: Central, world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review s22: the look at a station left behind read it behind no site, then it
+    joined another site whose run told and recorded its share, and the lift cleared that
+    share at the charger while the record still said ACCEPTED (never sent again)."""
+    chargers, a, b, _, station_id = world
+    charging = central.services.charging
+    await charging.start_transaction("CP-OPEN", 1, "TAG-OK", 1000, utcnow())
+    await charging.start_answered("CP-OPEN")
+    await a.settled()
+    company = central.stations["CP-OPEN"].company_id
+    assert company is not None
+    other = await central.services.sites.create_site(SYSTEM, name="Yard",
+                                                     company_id=company, max_power_kw=30)
+    store = central.store
+    find_all = store.find_all
+    paused, go = asyncio.Event(), asyncio.Event()
+
+    async def pausing(kind: Any, *args: Any, **kwargs: Any) -> Any:
+        found = await find_all(kind, *args, **kwargs)
+        task = asyncio.current_task()
+        if kind is Session and task is not None \
+                and task.get_name() == "site-load-resolve" and not go.is_set():
+            paused.set()  # the sessions of the stations behind no site read
+            await go.wait()
+        return found
+
+    monkeypatch.setattr(store, "find_all", pausing)
+    central.services.sites.recompute = lambda _: None  # the test says who runs what
+    await leave(central, a, station_id)
+    await asyncio.wait_for(paused.wait(), 5)
+    await central.services.sites.assign_station(SYSTEM, station_id, other.id)
+    b.request_site(other.id)
+    await b.settled()
+    assert PROFILE_ID_BASE + 1 in chargers.held["CP-OPEN"]  # the yard's share
+    go.set()
+    await a.settled()
+    monkeypatch.undo()
+    assert PROFILE_ID_BASE + 1 in chargers.held["CP-OPEN"]
+    assert ("CP-OPEN", PROFILE_ID_BASE + 1) not in chargers.cleared
+    [kept] = await store.find_all(SiteAllocation, Eq("station_id", station_id))
+    assert kept.answer is LimitAnswer.ACCEPTED  # not forgotten either
