@@ -64,6 +64,9 @@ PRIVATE_FIELDS: dict[str, frozenset[str]] = {
     # their reduced views, and sorting by it is theirs only too.
     "user": frozenset({"email", "role", "active", "company_id", "created_by",
                        "updated_by", "updated_at", "erased_at"}),
+    # Not ``removed_at``: shown in the private view only (``graph.nodes.Vehicle``), but
+    # the garage's own filter (``fleet.IN_GARAGE``) reads it for every viewer, and no
+    # client filters or sorts by it.
     "vehicle": frozenset({"battery_kwh", "created_by", "updated_by", "updated_at"}),
     "station": frozenset({"owner_id", "company_id", "registration", "vendor", "model",
                           "serial", "firmware", "firmware_status", "diagnostics_status",

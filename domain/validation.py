@@ -441,11 +441,16 @@ def stored_id_tag(presented: str) -> str:
                                                  for c in tag)
 
 
+#: The highest connector id a station may have.
+MAX_CONNECTOR_ID = 100
+
+
 def connector_id(value: int, field: str = "connectorId") -> int:
     if value < 1:
         raise ValidationError("connector ids start at 1", field=field, code="OUT_OF_RANGE")
-    if value > 100:
-        raise ValidationError("at most 100 connectors", field=field, code="OUT_OF_RANGE")
+    if value > MAX_CONNECTOR_ID:
+        raise ValidationError(f"at most {MAX_CONNECTOR_ID} connectors", field=field,
+                              code="OUT_OF_RANGE")
     return value
 
 

@@ -433,8 +433,10 @@ class Vehicle(Node, Audited):
         "owner and admins."))
     removed_at: datetime | None = strawberry.field(description=(
         "When its owner removed it (`removeVehicle`), UTC; null while it is in their "
-        "garage. A removed vehicle is in no list of vehicles and no longer chosen for "
-        "cards or charging; it stays as the vehicle of the sessions charged with it."))
+        "garage, and for viewers other than its owner and admins (it would tell when "
+        "they last changed it). A removed vehicle is in no list of vehicles and no "
+        "longer chosen for cards or charging; it stays as the vehicle of the sessions "
+        "charged with it."))
     _r: strawberry.Private[d.Vehicle]
     _private: strawberry.Private[bool]
 
@@ -446,7 +448,7 @@ class Vehicle(Node, Audited):
             "make": r.make,
             "model": r.model,
             "battery_kwh": r.battery_kwh if private else None,
-            "removed_at": r.removed_at,
+            "removed_at": r.removed_at if private else None,
             "_private": private,
         }, private, changes_visible=private)
 

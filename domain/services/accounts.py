@@ -230,7 +230,7 @@ class AccountService(Service):
             lambda: self._edit_user(viewer, user_id, given, current_password))
         if (updated.role, updated.company_id, updated.active, updated.token_epoch) != \
                 (user.role, user.company_id, user.active, user.token_epoch):
-            await self._access_changed(user.id)
+            await self.access_changed(user.id)
         if active is False and user.active and self.on_deactivated is not None:
             # The deactivation stands if this fails: what it holds expires on its own.
             self._releasing.run(self.on_deactivated(viewer, updated),
@@ -270,7 +270,7 @@ class AccountService(Service):
             if is_self and role is not user.role:
                 raise Forbidden("you cannot change your own role", field="role")
             if may_own(user.role) and not may_own(role):
-                await self._refuse_owner_demotion(user)
+                await self.refuse_owner_demotion(user)
                 # Counted by a read: a station handed to them on another instance
                 # meanwhile must fail this write, not leave a driver owning it (QA s21;
                 # the hand-over is guarded the other way, ``stations.owner_still``).
@@ -301,15 +301,16 @@ class AccountService(Service):
         await self.commit(viewer, [(update, user)], guards=guards)
         return user, cast(User, update.record)
 
-    async def _refuse_owner_demotion(self, user: User) -> None:
+    async def refuse_owner_demotion(self, user: User, field: str | None = "role") -> None:
         """A role that may not own stations (``stations.may_own``) is not given to one
         who owns some (QA s20: a driver owning a station, which ``updateStation``
-        refuses): they are handed over first. Counted, not listed: one query."""
+        refuses), nor is an owner erased (``erasure``): they are handed over first.
+        Counted, not listed: one query."""
         owned = await self.store.count(Station, Eq("owner_id", user.id))
         if owned:
             raise Conflict(f"they own {owned} station{'s' if owned != 1 else ''}: hand "
                            f"{'them' if owned != 1 else 'it'} to another owner first "
-                           f"(updateStation ownerId)", field="role", code="IN_USE")
+                           f"(updateStation ownerId)", field=field, code="IN_USE")
 
     async def _refuse_splitting_a_group(self, user: User, company_id: str | None) -> None:
         """A card group is one company's (``fleet.foreign_card``): a holder whose group
@@ -332,7 +333,7 @@ class AccountService(Service):
         """Waits for what deactivations release in the background (tests, shutdown)."""
         await self._releasing.settled()
 
-    async def _access_changed(self, user_id: str) -> None:
+    async def access_changed(self, user_id: str) -> None:
         """Open GraphQL sockets of this user, on every instance, are checked again now
         (had this been lost, the periodic re-check still catches it within a minute)."""
         await self.publish(AccessChanged(station_id=None, cp_id="", user_id=user_id))

@@ -70,7 +70,7 @@ from domain.services.edits import retried
 from domain.services.fleet import IN_GARAGE
 from domain.services.stations import connector_in_range
 from domain.services.withdrawal import record_local_list
-from domain.validation import heartbeat_interval
+from domain.validation import MAX_CONNECTOR_ID, heartbeat_interval
 from domain.wire import wire_json
 
 log = logging.getLogger("chargegraph.commands")
@@ -189,11 +189,6 @@ class ProfileWatch(Protocol):
     async def profile_commanded(self, outcome: CommandOutcome,
                                 payload: dict[str, Any]) -> None:
         """After a Set/ClearChargingProfile was answered (or not)."""
-
-
-#: The most connectors a station has (``validation.connector_id``): what one read of a
-#: station's plugs, sessions or reservations takes.
-_MOST_CONNECTORS = 100
 
 
 @dataclass(slots=True)
@@ -499,15 +494,15 @@ class CommandService(Service):
         (QA s22 verify: a single-plug station's app leaves the connector out). A station
         whose connectors are not known yet is left to its charger."""
         plugs = await self.store.find_all(Connector, Eq("station_id", station.id),
-                                          limit=_MOST_CONNECTORS)
+                                          limit=MAX_CONNECTOR_ID)
         if not plugs:
             return
         busy = {s.connector_id for s in await self.store.find_all(Session, all_of(
             Eq("station_id", station.id), Eq("state", SessionState.ACTIVE)),
-            limit=_MOST_CONNECTORS)}
+            limit=MAX_CONNECTOR_ID)}
         reservations = await self.store.find_all(Reservation, all_of(
             Eq("station_id", station.id), live_reservations(self.now())),
-            limit=_MOST_CONNECTORS)
+            limit=MAX_CONNECTOR_ID)
         card = await self.store.find_one(IdTag, Eq("tag", payload["idTag"]))
         held = {r.connector_id for r in reservations
                 if not await reserved_for_card(self.store, r, payload["idTag"], card)}

@@ -45,7 +45,6 @@ from domain.entities import (
     Vehicle,
 )
 from domain.errors import Conflict, Forbidden, Unauthenticated
-from domain.events import AccessChanged
 from domain.policy import Viewer
 from domain.ports import Change, Guard, Store, Update
 from domain.query import Eq, Filter, In, Range, Sort, all_of, any_of
@@ -175,7 +174,7 @@ class Erasure(Service):
         erased, cards = await retried(lambda: self._write(viewer, user.id, field))
         # First what the committed write must set off, whatever the scrub does next.
         # Open sockets of theirs, on every instance, are checked again now: revoked.
-        await self.publish(AccessChanged(station_id=None, cp_id="", user_id=erased.id))
+        await self.accounts.access_changed(erased.id)
         if self.on_erased is not None:
             self._releasing.run(self.on_erased(viewer, erased, cards),
                                 f"release-erased-{erased.id}",
@@ -245,11 +244,7 @@ class Erasure(Service):
         if await self.store.find_one(Session, charging) is not None:
             raise Conflict("a session of theirs is under way: erase the account once it "
                            "has ended", field=field, code="IN_USE")
-        owned = await self.store.count(Station, Eq("owner_id", user.id))
-        if owned:
-            raise Conflict(f"they own {owned} station{'s' if owned != 1 else ''}: hand "
-                           f"{'them' if owned != 1 else 'it'} to another owner first "
-                           f"(updateStation ownerId)", field=field, code="IN_USE")
+        await self.accounts.refuse_owner_demotion(user, field)
         guards = [Guard(Session, charging, exists=False),
                   Guard(Station, Eq("owner_id", user.id), exists=False)]
         if user.role is Role.ADMIN and user.active:

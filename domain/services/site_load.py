@@ -73,6 +73,7 @@ from domain.services.base import Service, ServiceContext, changed, patch, stamp_
 from domain.services.charging import closed_without_stop
 from domain.services.commands import CommandOutcome, CommandService
 from domain.services.site_fallbacks import SiteFallbacks
+from domain.validation import MAX_CONNECTOR_ID
 
 log = logging.getLogger("chargegraph.sites")
 
@@ -121,7 +122,7 @@ _KEPT = _REFUSED | {LimitAnswer.OFFLINE}
 #: chargers go by the stack level alone).
 _CLASHING = frozenset({"TxProfile", "TxDefaultProfile"})
 #: The profile ids a site uses on its chargers: its fallback's and each connector's.
-_OURS = range(FALLBACK_PROFILE_ID, profile_id(100) + 1)  # connector ids go to 100
+_OURS = range(FALLBACK_PROFILE_ID, profile_id(MAX_CONNECTOR_ID) + 1)
 
 
 def bound_after(before_kw: float, sent_kw: float, answer: LimitAnswer) -> float:

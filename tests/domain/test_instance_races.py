@@ -225,9 +225,9 @@ async def test_a_demotion_that_a_hand_over_beat_is_refused_in_use(
     hands them a station before A writes. A runs again and refuses: they own one."""
     owner = await operator(two)
     accounts = two.a.accounts
-    monkeypatch.setattr(accounts, "_refuse_owner_demotion", once(
+    monkeypatch.setattr(accounts, "refuse_owner_demotion", once(
         lambda: two.b.stations.update_station(SYSTEM, two.station.id, owner_id=owner.id),
-        accounts._refuse_owner_demotion))
+        accounts.refuse_owner_demotion))
     with pytest.raises(Conflict) as raised:
         await accounts.update_user(SYSTEM, owner.id, role=d.Role.DRIVER)
     assert (raised.value.code, raised.value.field) == ("IN_USE", "role")

@@ -39,7 +39,7 @@ async def test_a_failed_scrub_still_signs_out_withdraws_and_is_retried(
         services: Services, world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     erasure = services.erasure
     published: list[Any] = []
-    real_publish = erasure.publish
+    real_publish = erasure.accounts.publish  # the sign-out goes as a deactivation's
 
     async def publish(event: Any) -> None:
         published.append(event)
@@ -59,7 +59,7 @@ async def test_a_failed_scrub_still_signs_out_withdraws_and_is_retried(
             raise RuntimeError("the store went away mid-scrub")
         await real_scrub(erased)
 
-    monkeypatch.setattr(erasure, "publish", publish)
+    monkeypatch.setattr(erasure.accounts, "publish", publish)
     monkeypatch.setattr(erasure, "on_erased", on_erased)
     monkeypatch.setattr(erasure, "_scrub_audit", scrub_failing_once)
     monkeypatch.setattr(erasure_module, "SCRUB_RETRY_S", (0.0,), raising=False)

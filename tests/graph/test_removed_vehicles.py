@@ -103,3 +103,19 @@ async def test_a_removed_car_is_no_choice_and_its_plate_is_free(api: Api,
                             "vehicle { id }")) == [("licensePlate", "DUPLICATE")]
     garage = await api.gql("{ vehicles { nodes { id } } }", as_user=world.users["driver2"].id)
     assert garage["vehicles"]["nodes"] == [{"id": again["vehicle"]["id"]}]
+
+
+async def test_when_a_car_was_removed_is_its_owner_s_to_read(api: Api, world: World) -> None:
+    """Review s22: a removed car's removedAt, shown to an operator who sees the car by
+    its plate only, told the moment its owner last changed it, which that view hides
+    (updatedAt reads createdAt there)."""
+    car = gid("vehicle", world.vehicles["driver2"].id)
+    removed = await call(api, world, "driver2", "removeVehicle", {"id": car},
+                         "vehicle { updatedAt removedAt }")
+    assert codes(removed) == [] and removed["vehicle"]["removedAt"] is not None
+    seen = await api.gql("""query($car: ID!) { sessions(filter: {vehicleId: $car}, first: 10)
+      { nodes { vehicle { createdAt updatedAt removedAt } } } }""", {"car": car},
+                         as_user=world.users["op_a"].id)
+    [reduced] = [n["vehicle"] for n in seen["sessions"]["nodes"]][:1]
+    assert reduced["updatedAt"] == reduced["createdAt"]
+    assert reduced["removedAt"] is None
