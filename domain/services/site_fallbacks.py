@@ -32,7 +32,13 @@ from datetime import datetime
 from typing import Any
 
 from domain.entities import Site, Station
-from domain.errors import ChargerNotSupported, ChargerOffline, ChargerRejected, DomainError
+from domain.errors import (
+    ChargerBusy,
+    ChargerNotSupported,
+    ChargerOffline,
+    ChargerRejected,
+    DomainError,
+)
 from domain.load_sharing import FALLBACK_PROFILE_ID, fallback_profile, limit_in_unit
 from domain.policy import SYSTEM, Viewer
 from domain.ports import Store, Update
@@ -47,6 +53,9 @@ ASK_AGAIN_S = 60.0
 #: Fallbacks and removals sent at once (a site's first run on an instance tells each of
 #: its chargers); the others wait their turn.
 MAX_AT_ONCE = 16
+#: How long after a fallback that waited its turn at a busy charger, never sent, it is
+#: asked again.
+BUSY_AGAIN_S = 2.0
 
 Send = Callable[[Viewer, str, str, dict[str, Any]], Awaitable[CommandOutcome]]
 
@@ -69,15 +78,20 @@ class _Told:
 
 class SiteFallbacks:
     def __init__(self, store: Store, send: Send, stack_level: Callable[[str], Awaitable[int]],
-                 now: Callable[[], datetime], look_again: Callable[[str], None]) -> None:
+                 now: Callable[[], datetime], look_again: Callable[[str], None],
+                 run_again: Callable[[str], None]) -> None:
         """``send``: how commands go (``CommandService.send``); ``look_again``: has a
-        station's site found again and its fallback sent or removed
-        (``SiteLoad.charger_back``)."""
+        station's site found again and its fallback sent or removed, as for a charger
+        back (``SiteLoad.charger_back``); ``run_again``: has its site run again
+        (``SiteLoad.request_station``)."""
         self.store = store
         self.send = send
         self.now = now
         self._stack_level = stack_level
         self._look_again = look_again
+        self._run_again = run_again
+        #: By station: the timer asking again for a fallback that did not land.
+        self._timers: dict[str, asyncio.TimerHandle] = {}
         #: By station: the fallback its charger was sent on this connection.
         self._told: dict[str, _Told] = {}
         #: By station: a fallback or its removal under way (one at a time per charger).
@@ -130,6 +144,9 @@ class SiteFallbacks:
 
     async def close(self) -> None:
         self._closed = True
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()
@@ -175,9 +192,16 @@ class SiteFallbacks:
             self._told[station.id] = told  # asked again in a while, not at every run
             return
         accepted = outcome.error is None
+        if isinstance(outcome.error, ChargerBusy):
+            # Never sent: asked again in a moment, whatever else happens on the site.
+            self._ask_again(station.id, BUSY_AGAIN_S)
+            return
         if not accepted and not isinstance(outcome.error, ChargerOffline):
             log.warning("site %s: %s answered %s to its fallback", site.id, station.cp_id,
                         outcome.status or outcome.error)
+            # A quiet site runs on no event (QA s22 verify: a charger busy at the time
+            # held no fallback for minutes): asked again once the while is over.
+            self._ask_again(station.id, ASK_AGAIN_S + 1)
         self._told[station.id] = replace(told, accepted=accepted)
         [now] = await self.store.get_many(Station, [station.id])
         if now is None or now.site_id == site.id:
@@ -190,6 +214,17 @@ class SiteFallbacks:
             await self._remove(now, site.min_power_kw)
         else:
             self._look_again(station.id)  # the new site's own replaces it (same id)
+
+    def _ask_again(self, station_id: str, delay: float) -> None:
+        """Has the station's site run again in ``delay`` s (one timer per station)."""
+        if self._closed or station_id in self._timers:
+            return
+
+        def fire() -> None:
+            self._timers.pop(station_id, None)
+            self._run_again(station_id)
+
+        self._timers[station_id] = asyncio.get_running_loop().call_later(delay, fire)
 
     async def _remove(self, station: Station, held_kw: float) -> None:
         try:

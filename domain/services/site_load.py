@@ -247,7 +247,7 @@ class SiteLoad(Service):
         self._lifted: set[tuple[str, int]] = set()
         #: Each charger's fallback for new sessions (a TxDefaultProfile).
         self.fallbacks = SiteFallbacks(ctx.store, self._command, self._stack_level, self.now,
-                                       self.charger_back)
+                                       self.charger_back, self.request_station)
         ctx.published.append(self._heard)
 
     # ------------------------------------------------------------- triggers
@@ -407,15 +407,16 @@ class SiteLoad(Service):
         (QA s21: 22 kW on a site sharing 20). A lower level is allowed (the site's limit
         wins), and a higher one is a deliberate override (``profile_commanded``)."""
         profile = payload.get("csChargingProfiles")
-        if station.site_id is None or not isinstance(profile, dict):
+        if not isinstance(profile, dict):
             return
         if profile.get("chargingProfileId") in _OURS:
             # It would replace the site's fallback or a session's limit, and be replaced
-            # by them in turn (QA s22 verify: accepted, then silently gone).
-            raise Conflict("this charging profile id is the site's own on its chargers: "
+            # by them in turn (QA s22 verify: accepted, then silently gone); on a station
+            # in no site too, which may join one (and its leaving clears them).
+            raise Conflict("this charging profile id is what sites set on their chargers: "
                            f"use one below {PROFILE_ID_BASE}",
                            field="csChargingProfiles.chargingProfileId", code="IN_USE")
-        if profile.get("chargingProfilePurpose") not in _CLASHING:
+        if station.site_id is None or profile.get("chargingProfilePurpose") not in _CLASHING:
             return
         # The site's fallback (a TxDefaultProfile at its level) is on every charger of
         # it, sessions or not (``site_fallbacks``).
@@ -934,6 +935,8 @@ class SiteLoad(Service):
 
     async def _command(self, viewer: Viewer, cp_id: str, action: str,
                        payload: dict[str, Any]) -> CommandOutcome:
+        """``self.commands.send`` as it is at the call (tests script the chargers by
+        replacing ``commands``; the fallbacks' commands must go the same way)."""
         return await self.commands.send(viewer, cp_id, action, payload)
 
     async def _stack_level(self, cp_id: str) -> int:

@@ -15,11 +15,12 @@ import pytest
 
 from domain.clock import utcnow
 from domain.entities import LimitAnswer, Session, Site, SiteAllocation, Station
-from domain.errors import ChargerRejected
+from domain.errors import ChargerBusy, ChargerRejected, ChargerTimeout, Conflict
 from domain.load_sharing import FALLBACK_PROFILE_ID, PROFILE_ID_BASE
 from domain.policy import SYSTEM, Viewer
 from domain.ports import Delete
 from domain.query import Eq
+from domain.services import site_fallbacks
 from domain.services.commands import CommandOutcome, CommandService
 from domain.services.site_load import SiteLoad
 from tests.helpers import until
@@ -298,3 +299,54 @@ async def test_a_station_that_joined_a_site_meanwhile_keeps_its_new_share(
     assert ("CP-OPEN", PROFILE_ID_BASE + 1) not in chargers.cleared
     [kept] = await store.find_all(SiteAllocation, Eq("station_id", station_id))
     assert kept.answer is LimitAnswer.ACCEPTED  # not forgotten either
+
+
+async def test_a_fallback_that_did_not_land_is_asked_again_on_a_quiet_site(
+        central: Central, world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """QA s22 verify: a fallback that waited its turn at a busy charger (never sent), or
+    was refused, was asked again only at a run of the site, and a quiet site has none:
+    the charger held no fallback for minutes."""
+    monkeypatch.setattr(site_fallbacks, "BUSY_AGAIN_S", 0.05)
+    monkeypatch.setattr(site_fallbacks, "ASK_AGAIN_S", 0.1)
+    chargers, a, _, _, station_id = world
+    await a.settled()
+    answer = chargers.answer
+    failures = [ChargerBusy("busy"), ChargerTimeout("no answer")]
+
+    async def failing_twice(instance: str, cp_id: str, action: str,
+                            payload: dict[str, Any]) -> CommandOutcome:
+        if action == "SetChargingProfile" and failures:
+            failed = CommandOutcome(command_id="c", action=action,
+                                    station=cast(Station, None))
+            failed.error = failures.pop(0)
+            return failed
+        return await answer(instance, cp_id, action, payload)
+
+    chargers.answer = failing_twice  # type: ignore[method-assign]
+    chargers.held["CP-OPEN"].clear()  # the charger lost it (a reboot, say)
+    a.charger_back(station_id)
+    for _ in range(300):
+        await a.settled()
+        if FALLBACK_PROFILE_ID in chargers.held["CP-OPEN"]:
+            break
+        await asyncio.sleep(0.01)
+    assert failures == []
+    assert chargers.held["CP-OPEN"] == {FALLBACK_PROFILE_ID: "TxDefaultProfile"}
+
+
+async def test_the_site_s_profile_ids_are_refused_on_a_station_in_no_site(
+        central: Central, world: World) -> None:
+    """QA s22 verify: accepted there, they were replaced by the site's own once the
+    station joined one, and cleared when it left."""
+    _, a, _, _, station_id = world
+    await central.services.sites.assign_station(SYSTEM, station_id, None)
+    station = await stored(central, station_id)
+    assert station.site_id is None
+    with pytest.raises(Conflict) as refused:
+        await a.check_profile(station, {"connectorId": 1, "csChargingProfiles": {
+            "chargingProfileId": PROFILE_ID_BASE + 1, "stackLevel": 5,
+            "chargingProfilePurpose": "TxProfile"}})
+    assert refused.value.field == "csChargingProfiles.chargingProfileId"
+    await a.check_profile(station, {"connectorId": 1, "csChargingProfiles": {
+        "chargingProfileId": PROFILE_ID_BASE - 1, "stackLevel": 5,
+        "chargingProfilePurpose": "TxProfile"}})
