@@ -51,7 +51,7 @@ from domain.ports import (
     Store,
     Update,
 )
-from domain.query import Eq
+from domain.query import Eq, all_of
 
 log = logging.getLogger("chargegraph.services")
 
@@ -491,6 +491,13 @@ def patch(record: E, viewer: Viewer, *, only_if: tuple[str, Any] | None = None,
     field stays; ``only_if`` and ``required``: see ``Update``."""
     return Update(changed(record, viewer, **updates), _written(record, updates) | STAMPS,
                   only_if, required)
+
+
+def not_erased(user_id: str) -> Guard:
+    """A write giving something to a person (a car, a card, a station, a session) holds
+    only while they are not erased: their erasure may land on another instance between
+    the read of them and the write (guarded the other way: ``erasure``)."""
+    return Guard(User, all_of(Eq("id", user_id), Eq("erased_at", None)))
 
 
 def touch(record: E, **updates: Any) -> Update:

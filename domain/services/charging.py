@@ -59,6 +59,7 @@ from domain.services.base import (
     books_of,
     charger,
     maintenance_event,
+    not_erased,
     owned_by,
     patch,
     reservation_changed,
@@ -961,7 +962,7 @@ class ChargingService(ChargerConnections):
         if not is_new:
             guards.append(Guard(Connector, Eq("id", plug.id)))
         if card is not None:
-            guards.append(Guard(User, all_of(Eq("id", card.user_id), Eq("erased_at", None))))
+            guards.append(not_erased(card.user_id))
         return guards
 
     async def _closed_by_start(self, station: Station, stale: Session,

@@ -569,8 +569,11 @@ class CommandService(Service):
         for reservation in held:
             if not await reserved_for_card(self.store, reservation, payload["idTag"],
                                            card):
+                # On the field the start named: a start naming no connector is refused
+                # on cpId, as the API says (QA s22 verify 2).
                 raise Conflict("the connector is reserved for another card",
-                               field="connectorId", code="IN_USE")
+                               field="connectorId" if connector_id else "cpId",
+                               code="IN_USE")
 
     async def _charging_with(self, tag: IdTag) -> Session | None:
         return await self.store.find_one(Session, all_of(

@@ -23,7 +23,14 @@ from domain.policy import Viewer
 from domain.ports import Change, Delete, Guard, Insert, Store
 from domain.query import Eq, Filter, In, NotSub, Range, Sort, all_of, any_of
 from domain.services.background import Background
-from domain.services.base import UNSET, Service, ServiceContext, patch, stamp_new
+from domain.services.base import (
+    UNSET,
+    Service,
+    ServiceContext,
+    not_erased,
+    patch,
+    stamp_new,
+)
 from domain.services.edits import edit, retried
 from domain.services.withdrawal import list_status, restoration_marks, withdrawal_marks
 
@@ -43,13 +50,6 @@ def kept_for(vehicle: Vehicle, owner: User) -> Guard:
     link's read and its write (review s22: a card ended pointing at a removed car).
     Both are guarded the other way (``_no_links_but``)."""
     return Guard(Vehicle, all_of(Eq("id", vehicle.id), Eq("owner_id", owner.id), IN_GARAGE))
-
-
-def not_erased(owner: User) -> Guard:
-    """A car or card given to ``owner`` holds only while they are not erased: their
-    erasure may land on another instance between the read of them and the write (it is
-    guarded the other way: ``erasure._nothing_else_of``)."""
-    return Guard(User, all_of(Eq("id", owner.id), Eq("erased_at", None)))
 
 
 def _no_links_but(vehicle: Vehicle, holder_id: str | None) -> Guard:
@@ -195,7 +195,7 @@ class FleetService(Service):
             viewer,
         )
         await self._commit_plate(viewer, [(Insert(vehicle), None)],
-                                 guards=[not_erased(owner)])
+                                 guards=[not_erased(owner.id)])
         return vehicle
 
     async def _commit_plate(self, viewer: Viewer,
@@ -269,7 +269,7 @@ class FleetService(Service):
                                      else "ownerId",
                                      guards=() if new_owner_record is None
                                      else [_no_links_but(vehicle, new_owner_record.id),
-                                           not_erased(new_owner_record)])
+                                           not_erased(new_owner_record.id)])
             return updated
 
         return await retried(once)
@@ -338,7 +338,7 @@ class FleetService(Service):
                            code="IN_USE")
         if parent_tag is not None:
             parent_tag = await self._parent_tag(viewer, owner, parent_tag)
-        guards = [not_erased(owner)]
+        guards = [not_erased(owner.id)]
         if vehicle_id is not None:
             guards.append(kept_for(await self._vehicle_of(viewer, owner, vehicle_id), owner))
         if not self.policy.may_manage_user(viewer, owner):

@@ -33,6 +33,7 @@ from domain.services.base import (
     UNSET,
     Service,
     ServiceContext,
+    not_erased,
     owned_by,
     patch,
     reservation_changed,
@@ -214,8 +215,8 @@ class StationService(Service):
             # The operator themselves may be of no company (then their own is none).
             guards.append(owner_still(owner, viewer) if owner.id != viewer.user_id
                           else Guard(User, all_of(Eq("id", owner.id),
-                                                  In("role", OWNER_ROLES),
-                                                  Eq("erased_at", None))))
+                                                  In("role", OWNER_ROLES))))
+            guards.append(not_erased(owner.id))
         station = stamp_new(
             Station(
                 cp_id=cp_id,

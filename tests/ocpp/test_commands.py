@@ -1553,6 +1553,24 @@ async def test_a_remote_start_naming_no_connector_is_refused_where_none_is_free(
         assert _starts_sent(cp) == [None]
 
 
+async def test_a_start_naming_no_connector_is_refused_on_cp_id_for_a_station_reservation(
+        central: Central) -> None:
+    """A reservation of connector 0 (the station's next free plug) for another card
+    refuses a start naming no connector on cpId, the field it named (QA s22 verify 2:
+    reported on connectorId)."""
+    soon = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        held = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": 0,
+                                                 "expiryDate": soon}, "__typename",
+                         as_user="driver2")
+        assert held["errors"] == []
+        refused = await run(central, "remoteStartTransaction", {"cpId": "CP-1"},
+                            as_user="driver")
+        assert _codes(refused) == [("cpId", "IN_USE")], refused
+        assert _starts_sent(cp) == []
+
+
 async def test_a_drivers_start_naming_no_connector_needs_one_in_service(
         central: Central) -> None:
     """The plugs not charging report themselves out of service: a driver's start naming
