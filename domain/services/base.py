@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -51,7 +51,7 @@ from domain.ports import (
     Store,
     Update,
 )
-from domain.query import Eq, all_of
+from domain.query import Eq, Filter, Range, Sort, all_of
 
 log = logging.getLogger("chargegraph.services")
 
@@ -491,6 +491,22 @@ def patch(record: E, viewer: Viewer, *, only_if: tuple[str, Any] | None = None,
     field stays; ``only_if`` and ``required``: see ``Update``."""
     return Update(changed(record, viewer, **updates), _written(record, updates) | STAMPS,
                   only_if, required)
+
+
+async def pages(store: Store, kind: type[E], where: Filter, size: int
+                ) -> AsyncIterator[list[E]]:
+    """Every record of ``kind`` matching ``where``, a page of at most ``size`` at a time
+    in id order (``find_all`` stops at its limit; a caller may stop early). Writes
+    between pages that change no ids keep the paging exact."""
+    after: str | None = None
+    while True:
+        page = await store.find_all(kind, all_of(where, Range("id", gt=after) if after
+                                                 else None), [Sort("id")], limit=size)
+        if page:
+            yield page
+        if len(page) < size:
+            return
+        after = page[-1].id
 
 
 def not_erased(user_id: str) -> Guard:

@@ -47,10 +47,10 @@ from domain.entities import (
 from domain.errors import Conflict, Forbidden, Unauthenticated
 from domain.policy import Viewer
 from domain.ports import Change, Guard, Store, Update
-from domain.query import Eq, Filter, In, Range, Sort, all_of, any_of
+from domain.query import Eq, Filter, In, Range, all_of, any_of
 from domain.services.accounts import AccountService
 from domain.services.background import Background
-from domain.services.base import Service, ServiceContext
+from domain.services.base import Service, ServiceContext, pages
 from domain.services.edits import edit, removal, retried
 from domain.services.fleet import IN_GARAGE
 from domain.services.withdrawal import withdrawal_marks
@@ -117,15 +117,8 @@ def _nothing_else_of(user_id: str) -> list[Guard]:
 async def every(store: Store, kind: type[E], where: Filter) -> list[E]:
     """Every record of ``kind`` matching ``where``, read by pages of ``READ_BATCH`` in id
     order (``find_all`` stops at its limit)."""
-    found: list[E] = []
-    after: str | None = None
-    while True:
-        page = await store.find_all(kind, all_of(where, Range("id", gt=after) if after
-                                                 else None), [Sort("id")], limit=READ_BATCH)
-        found += page
-        if len(page) < READ_BATCH:
-            return found
-        after = page[-1].id
+    return [record async for page in pages(store, kind, where, READ_BATCH)
+            for record in page]
 
 
 async def _withdrawal_marks(store: Store, viewer: Viewer, cards: Sequence[IdTag]
@@ -277,18 +270,11 @@ class Erasure(Service):
         if cars:
             about = any_of(about, all_of(Eq("entity", "vehicle"),
                                          In("entity_id", tuple(c.id for c in cars))))
-        after: str | None = None
-        while True:
-            entries = await self.store.find_all(
-                AuditEntry, all_of(about, Range("id", gt=after) if after else None),
-                [Sort("id")], limit=SCRUB_BATCH)
+        async for entries in pages(self.store, AuditEntry, about, SCRUB_BATCH):
             rewrites = [self._rewrite(e, values[e.entity]) for e in entries]
             changes = [r for r in rewrites if r is not None]
             if changes:
                 await self.store.write(changes, [])
-            if len(entries) < SCRUB_BATCH:
-                return
-            after = entries[-1].id
 
     @staticmethod
     def _rewrite(entry: AuditEntry, values: dict[str, Any]) -> Update | None:

@@ -21,13 +21,14 @@ from domain.entities import (
 from domain.errors import Conflict, Forbidden, NotFound, UniqueViolation, ValidationError
 from domain.policy import Viewer
 from domain.ports import Change, Delete, Guard, Insert, Store
-from domain.query import Eq, Filter, In, NotSub, Range, Sort, all_of, any_of
+from domain.query import Eq, Filter, In, NotSub, Range, all_of, any_of
 from domain.services.background import Background
 from domain.services.base import (
     UNSET,
     Service,
     ServiceContext,
     not_erased,
+    pages,
     patch,
     stamp_new,
 )
@@ -108,20 +109,15 @@ async def group_left_behind(store: Store, holder: User, company_id: str | None
     ``holder`` there would make the group two companies' (``foreign_card``'s rule, the
     one ``FleetService._parent_tag`` keeps when cards are put in groups). ``None`` when
     every group of theirs has no other members, or only members of ``company_id``."""
-    after: str | None = None
-    while True:  # in batches of cards, by id: a fleet manager may hold many
-        cards = await store.find_all(IdTag, all_of(
-            Eq("user_id", holder.id), Range("id", gt=after) if after else None),
-            [Sort("id")], limit=GROUP_BATCH)
+    # In batches of cards, by id: a fleet manager may hold many.
+    async for cards in pages(store, IdTag, Eq("user_id", holder.id), GROUP_BATCH):
         groups = sorted({g for c in cards for g in (c.parent_tag, c.tag) if g is not None})
         other = await foreign_card(store, company_id, groups, as_group=True,
                                    apart_from=holder.id) if groups else None
         if other is not None:
             group = other.parent_tag if other.parent_tag in groups else other.tag
             return next(c for c in cards if group in (c.parent_tag, c.tag)), group
-        if len(cards) < GROUP_BATCH:
-            return None
-        after = cards[-1].id
+    return None
 
 
 class FleetService(Service):

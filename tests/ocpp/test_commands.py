@@ -299,10 +299,7 @@ async def test_a_driver_does_not_remote_start_on_a_connector_reserved_for_anothe
         assert cancelled["errors"] == []
     async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
         await cp.boot()
-        held = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": 1,
-                                                 "expiryDate": soon}, "__typename",
-                         as_user="driver2")
-        assert held["errors"] == []
+        await reserved_for_driver2(central, 1)
         started = []
         for connector in (1, 2):
             answer = await run(central, "remoteStartTransaction",
@@ -326,13 +323,9 @@ async def test_a_card_of_the_reserving_cards_group_may_remote_start_there(
     fleet = central.services.fleet
     for tag in ("ok", "other"):
         await fleet.update_id_tag(SYSTEM, central.tags[tag].id, parent_tag="FLEET-1")
-    soon = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
         await cp.boot()
-        held = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": 1,
-                                                 "expiryDate": soon}, "__typename",
-                         as_user="driver2")
-        assert held["errors"] == []
+        await reserved_for_driver2(central, 1)
         mate = await run(central, "remoteStartTransaction",
                          {"cpId": "CP-1", "connectorId": 1}, as_user="driver")
         # Sent: the charger decides (the simulator knows no card's group: it says no).
@@ -1429,6 +1422,16 @@ async def test_a_driver_cannot_remote_start_a_card_that_is_charging(central: Cen
         assert free["errors"] == [] and free["status"] == "ACCEPTED", free
 
 
+async def reserved_for_driver2(central: Central, connector: int) -> None:
+    """driver2 reserves CP-1's ``connector`` (0: the station's next free one) for an
+    hour, with their own card."""
+    soon = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    held = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": connector,
+                                             "expiryDate": soon}, "__typename",
+                     as_user="driver2")
+    assert held["errors"] == []
+
+
 def _codes(answer: dict[str, Any]) -> list[tuple[str, str]]:
     return [(e["field"], e["code"]) for e in answer["errors"]]
 
@@ -1507,13 +1510,9 @@ async def test_an_operators_remote_start_on_a_plug_reserved_for_another_is_refus
     (only a driver's was refused): a charger that does not check ends the reservation.
     Refused as a driver's is (IN_USE on connectorId): the operator cancels the
     reservation first. With the reserved card it starts."""
-    soon = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
         await cp.boot()
-        held = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": 1,
-                                                 "expiryDate": soon}, "__typename",
-                         as_user="driver2")
-        assert held["errors"] == []
+        await reserved_for_driver2(central, 1)
         for as_user in ("op", "admin"):
             refused = await run(central, "remoteStartTransaction",
                                 {"cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OK"},
@@ -1532,16 +1531,12 @@ async def test_a_remote_start_naming_no_connector_is_refused_where_none_is_free(
     charger started it on the plug charging another session (closed as lost). Refused
     (IN_USE on cpId) while every connector charges or is reserved for another card, for
     drivers and staff; the card a reservation holds a plug for still starts."""
-    soon = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
         await cp.boot()
         await cp.status(1, "Available")
         await cp.status(2, "Available")
         await cp.start_transaction(1, "TAG-X")  # an unknown card: answered Invalid, runs
-        held = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": 2,
-                                                 "expiryDate": soon}, "__typename",
-                         as_user="driver2")
-        assert held["errors"] == []
+        await reserved_for_driver2(central, 2)
         for as_user, extra in (("driver", {}), ("op", {"idTag": "TAG-OK"})):
             refused = await run(central, "remoteStartTransaction", {"cpId": "CP-1", **extra},
                                 as_user=as_user)
@@ -1558,13 +1553,9 @@ async def test_a_start_naming_no_connector_is_refused_on_cp_id_for_a_station_res
     """A reservation of connector 0 (the station's next free plug) for another card
     refuses a start naming no connector on cpId, the field it named (QA s22 verify 2:
     reported on connectorId)."""
-    soon = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
     async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
         await cp.boot()
-        held = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": 0,
-                                                 "expiryDate": soon}, "__typename",
-                         as_user="driver2")
-        assert held["errors"] == []
+        await reserved_for_driver2(central, 0)
         refused = await run(central, "remoteStartTransaction", {"cpId": "CP-1"},
                             as_user="driver")
         assert _codes(refused) == [("cpId", "IN_USE")], refused
