@@ -61,7 +61,7 @@ class Services:
         self.fleet.on_withdrawn = self.withdrawal.withdraw_card
         self.accounts.on_reactivated = self.withdrawal.restore_user
         self.fleet.on_restored = self.withdrawal.restore_card
-        self.erasure = Erasure(ctx, self.accounts)
+        self.erasure = Erasure(ctx, self.accounts, self.refresh_tokens)
         self.erasure.on_erased = self.withdrawal.withdraw_erased
         self.stations.on_accepted = self.commands.ask_to_boot
         self.instances = InstanceService(ctx, self.charging)

@@ -10,7 +10,8 @@ hold them, in the background). Its cars are removed (``Vehicle.removed_at``): se
 keep showing the car they were charged for, without the person's plate. Sessions,
 payments and refunds stay for the operators' books under the account's id
 (pseudonymous). The audit log's images of the person's account and cars are scrubbed of
-those values, and the erasure is recorded by one entry that names none of them.
+those values, and the erasure is recorded by one entry that names none of them. The
+account's refresh tokens (its devices and when each last refreshed) are deleted.
 
 Not while a session of theirs is under way (it would be billed to nobody's card), nor
 for the last active admin, nor while they own stations (hand them over first, as for a
@@ -53,6 +54,7 @@ from domain.services.background import Background
 from domain.services.base import Service, ServiceContext, pages
 from domain.services.edits import edit, removal, retried
 from domain.services.fleet import IN_GARAGE
+from domain.services.refresh_tokens import RefreshTokenService
 from domain.services.withdrawal import withdrawal_marks
 
 #: What an erased account is called; its email is ``erased_email`` (unique, as emails
@@ -133,9 +135,11 @@ async def _withdrawal_marks(store: Store, viewer: Viewer, cards: Sequence[IdTag]
 
 
 class Erasure(Service):
-    def __init__(self, ctx: ServiceContext, accounts: AccountService) -> None:
+    def __init__(self, ctx: ServiceContext, accounts: AccountService,
+                 refresh_tokens: RefreshTokenService) -> None:
         super().__init__(ctx)
         self.accounts = accounts
+        self.refresh_tokens = refresh_tokens
         #: What an erasure sets off at the chargers (``Services`` wires in
         #: ``Withdrawal.withdraw_erased``: the removed cards Blocked in the lists, the
         #: live reservations cancelled); in the background, as a deactivation's.
@@ -173,7 +177,7 @@ class Erasure(Service):
                                 f"release-erased-{erased.id}",
                                 f"withdrawing erased user {erased.id}'s cards failed")
         try:
-            await self._scrub_audit(erased)
+            await self._tidy(erased)
         except Exception:
             # The erasure stands and is the caller's answer; the scrub is retried.
             log.exception("scrubbing the audit log of erased user %s failed: retried in "
@@ -183,13 +187,20 @@ class Erasure(Service):
                                 f"failed again: erase the account again to finish it")
         return erased
 
+    async def _tidy(self, erased: User) -> None:
+        """What follows the erasure's write and may fail without undoing it: the audit
+        log scrubbed, the refresh tokens deleted (signed out already by the raised token
+        epoch). Both are repeatable, so a retry, or erasing again, runs both."""
+        await self._scrub_audit(erased)
+        await self.refresh_tokens.forget(erased.id)
+
     async def _scrub_later(self, erased: User) -> None:
-        """``_scrub_audit`` again after each pause of ``SCRUB_RETRY_S`` until it succeeds;
-        the last failure is raised (logged by ``Background``)."""
+        """``_tidy`` again after each pause of ``SCRUB_RETRY_S`` until it succeeds; the
+        last failure is raised (logged by ``Background``)."""
         for attempt, pause in enumerate(SCRUB_RETRY_S, start=1):
             await asyncio.sleep(pause)
             try:
-                await self._scrub_audit(erased)
+                await self._tidy(erased)
                 return
             except Exception:
                 if attempt == len(SCRUB_RETRY_S):

@@ -22,15 +22,16 @@ import hashlib
 import logging
 import re
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from domain.entities import RefreshFamily, RefreshToken, User
+from domain.entities import Record, RefreshFamily, RefreshToken, User
 from domain.errors import Conflict, NotFound, Unauthenticated, ValidationError
 from domain.policy import SYSTEM, Viewer
 from domain.ports import Change, Delete, Insert
 from domain.query import Eq, Range, all_of
-from domain.services.base import Service, ServiceContext, patch, stamp_new
+from domain.services.base import Service, ServiceContext, pages, patch, stamp_new
 
 log = logging.getLogger("chargegraph.accounts")
 
@@ -40,6 +41,8 @@ DEFAULT_TTL = timedelta(days=30)
 _TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{43}")
 #: Expired tokens and families of a user deleted per sign-in, at most.
 PRUNE_LIMIT = 500
+#: Tokens (or families) deleted per store write when a user's are all forgotten.
+FORGET_BATCH = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,3 +191,26 @@ class RefreshTokenService(Service):
                                     *(Delete(f) for f in families)], [])
         except NotFound:
             log.debug("expired refresh tokens of user %s were deleted meanwhile", user.id)
+
+    async def forget(self, user_id: str) -> None:
+        """Deletes every refresh token and family of the user (an erasure: when and how
+        often each of their devices refreshed is theirs, and the raised token epoch
+        ended them all already). Tokens first, so a failure part-way leaves no token
+        whose family is gone; each page is deleted as read (a deleted record leaves the
+        next page's bounds as they were)."""
+        theirs = Eq("user_id", user_id)
+        for kind in (RefreshToken, RefreshFamily):
+            async for page in pages(self.store, kind, theirs, FORGET_BATCH):
+                try:
+                    await self.store.write([Delete(record) for record in page], [])
+                except NotFound:
+                    # A sign-in's prune took some of them meanwhile: the rest go one by
+                    # one, so those already gone are no failure.
+                    await self._delete_each(page)
+
+    async def _delete_each(self, records: Sequence[Record]) -> None:
+        for record in records:
+            try:
+                await self.store.write([Delete(record)], [])
+            except NotFound:
+                continue

@@ -1,7 +1,7 @@
 """What an erasure asks of a store (``domain/services/erasure.py``), on every backend:
 the audit log's images of the person's account and cars rewritten in place (entries are
 otherwise only appended), found by entity and id across batches, and nothing else
-touched."""
+touched; and every refresh token and family of the person deleted, nobody else's."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ import json
 
 import pytest
 
-from domain.entities import AuditAction, AuditEntry, Role, User
+from domain.entities import AuditAction, AuditEntry, RefreshFamily, RefreshToken, Role, User
 from domain.policy import Policy, Viewer
 from domain.ports import Store
 from domain.query import ALL, Eq
 from domain.services.accounts import AccountService
 from domain.services.base import ServiceContext
 from domain.services.erasure import ERASED_PLATE, Erasure, erased_email
+from domain.services.refresh_tokens import RefreshTokenService
 from tests.contract.factories import audit, put, user, vehicle
 from tests.helpers import FastHasher
 
@@ -36,7 +37,7 @@ async def test_the_audit_images_of_an_erased_person_are_scrubbed(
     await store.write([], [*about_person, about_car, *untouched])
 
     ctx = ServiceContext(store=store, policy=Policy(), hasher=FastHasher())
-    erasure = Erasure(ctx, AccountService(ctx))
+    erasure = Erasure(ctx, AccountService(ctx), RefreshTokenService(ctx))
     monkeypatch.setattr("domain.services.erasure.SCRUB_BATCH", 2)  # several batches
     erased = await erasure.erase_user(Viewer.of(user(role=Role.ADMIN)), person.id)
 
@@ -54,3 +55,24 @@ async def test_the_audit_images_of_an_erased_person_are_scrubbed(
     [stored] = await store.find_all(User, Eq("id", person.id))
     assert (stored.email, stored.active, stored.password_hash) == (
         erased_email(person.id), False, "")
+
+
+async def test_an_erased_persons_refresh_tokens_are_deleted(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    person, other = user(), user()
+    await put(store, person, other)
+    ctx = ServiceContext(store=store, policy=Policy(), hasher=FastHasher())
+    refresh = RefreshTokenService(ctx)
+    for _ in range(3):  # three devices, one of them refreshed once: four tokens
+        await refresh.start(person)
+    await refresh.rotate((await refresh.start(person)).token)
+    kept = await refresh.start(other)
+    monkeypatch.setattr("domain.services.refresh_tokens.FORGET_BATCH", 2)  # pages
+
+    await Erasure(ctx, AccountService(ctx), refresh).erase_user(
+        Viewer.of(user(role=Role.ADMIN)), person.id)
+
+    assert {t.user_id for t in await store.find_all(RefreshToken, ALL)} == {other.id}
+    assert {f.user_id for f in await store.find_all(RefreshFamily, ALL)} == {other.id}
+    user_of_kept, _ = await refresh.rotate(kept.token)
+    assert user_of_kept.id == other.id
