@@ -299,7 +299,7 @@ class CommandService(Service):
         if not manages:
             await self._check_driver(viewer, station, action, payload)
         elif action == "RemoteStartTransaction":
-            await self._check_start_tag(payload)
+            await self._check_start_tag(viewer, payload)
         elif action == "RemoteStopTransaction":
             await self._refuse_transaction_elsewhere(station, payload)
         if payload.get("connectorId"):
@@ -421,7 +421,7 @@ class CommandService(Service):
                 raise ValidationError(f"this id tag is {status.value.lower()}",
                                       field="idTag", code="INVALID_STATE")
             if starting:
-                await self._refuse_charging(tag)
+                await self._refuse_charging(viewer, tag)
         else:
             where = all_of(Eq("user_id", viewer.user_id), Eq("status", IdTagStatus.ACCEPTED))
             if vehicle_id is not None:
@@ -444,10 +444,10 @@ class CommandService(Service):
                         tag = candidate
                         break
                 else:
-                    await self._refuse_charging(tag)
+                    await self._refuse_charging(viewer, tag)
         payload["idTag"] = tag.tag
 
-    async def _check_start_tag(self, payload: dict[str, Any]) -> None:
+    async def _check_start_tag(self, viewer: Viewer, payload: dict[str, Any]) -> None:
         """An operator's (or admin's) remote start names any card (a driver of another
         network may charge here). One whose StartTransaction we would refuse (unknown
         here, blocked, expired, of a deactivated user, charging elsewhere) is refused
@@ -463,7 +463,7 @@ class CommandService(Service):
             raise NotFound("no such id tag: the charger's start would be refused",
                            field="idTag")
         await self._refuse_unusable_tag(tag, self.now())
-        await self._refuse_charging(tag)
+        await self._refuse_charging(viewer, tag)
 
     # ------------------------------------------------------------- the plug to start on
     async def _check_plug(self, station: Station, payload: dict[str, Any], *, driver: bool
@@ -575,11 +575,16 @@ class CommandService(Service):
                                field="connectorId" if connector_id else "cpId",
                                code="IN_USE")
 
+    async def _sees(self, viewer: Viewer, session: Session) -> bool:
+        found = await self.store.get_many(Session, [session.id],
+                                          self.policy.scope(viewer, "session"))
+        return found[0] is not None
+
     async def _charging_with(self, tag: IdTag) -> Session | None:
         return await self.store.find_one(Session, all_of(
             Eq("id_tag", tag.tag), Eq("state", SessionState.ACTIVE)))
 
-    async def _refuse_charging(self, tag: IdTag) -> None:
+    async def _refuse_charging(self, viewer: Viewer, tag: IdTag) -> None:
         session = await self._charging_with(tag)
         if session is None:
             return
@@ -587,6 +592,13 @@ class CommandService(Service):
             # Its tag is in use by a session that was not this card's (a tag of no card
             # then, at any company's charger): where is not this card's holder's to know.
             raise Conflict("this card's tag is in use by a session in progress",
+                           field="idTag", code="IN_USE")
+        if not await self._sees(viewer, session):
+            # Where a person charges is theirs and their charging station's operators'
+            # to know: another company's operator starting with the card (any card may
+            # charge anywhere) must not learn it (QA s23: they could follow a driver
+            # across a competitor's network by the station this named).
+            raise Conflict("this card is charging at another station now",
                            field="idTag", code="IN_USE")
         [where] = await self.store.get_many(Station, [session.station_id])
         raise Conflict(f"this card is charging at {where.name if where else session.cp_id}",
@@ -729,9 +741,12 @@ class CommandService(Service):
                               else In("connector_id", (connector_id, 0)))):
             raise Conflict("the connector is reserved already", field="connectorId",
                            code="IN_USE")
-        if viewer.is_driver and await other(Eq("user_id", viewer.user_id)):
+        if viewer.is_driver and await other(all_of(Eq("user_id", viewer.user_id),
+                                                   Eq("created_by", viewer.actor))):
             # One at a time: a driver holding connectors on many stations keeps everyone
-            # else from charging there.
+            # else from charging there. Only those they made: one an operator made for
+            # their card (any company's, on its own charger) is that operator's doing,
+            # and must not keep them from reserving (QA s23).
             raise Conflict("you hold a reservation already: cancel it first",
                            code="LIMIT_REACHED")
 

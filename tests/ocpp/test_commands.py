@@ -27,6 +27,7 @@ from domain.policy import SYSTEM, Viewer
 from domain.ports import Insert
 from domain.query import ALL, Eq, all_of
 from domain.registration import admits
+from domain.services import ConnectorSpec
 from domain.services.base import books_of, patch
 from domain.services.webhooks import webhook_event
 from graph.ids import to_global_id
@@ -1420,6 +1421,62 @@ async def test_a_driver_cannot_remote_start_a_card_that_is_charging(central: Cen
                          {"cpId": "CP-1", "connectorId": 2, "idTag": "TAG-OK"},
                          as_user="driver")
         assert free["errors"] == [] and free["status"] == "ACCEPTED", free
+
+
+async def _other_companys_station(central: Central) -> None:
+    """``CP-X``: a station of op_other's company (op_other runs it), open to any charger."""
+    op_other = central.users["op_other"]
+    await central.services.stations.create_station(
+        SYSTEM, cp_id="CP-X", name="CP-X", company_id=op_other.company_id,
+        owner_id=op_other.id, connectors=[ConnectorSpec(1, d.ConnectorType.CCS2, 50)])
+
+
+async def test_a_start_with_a_card_charging_elsewhere_names_only_a_station_seen(
+        central: Central) -> None:
+    """QA s23: another company's operator starting with a driver's card (any card may
+    charge anywhere) was told the station it was charging at, naming a station of
+    theirs they cannot see: polling a card followed its driver across a competitor's
+    network. The operator whose books the session is in is still told where."""
+    await _other_companys_station(central)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp, \
+            connected(central.url, "CP-X") as other:
+        await cp.report_all()
+        await other.report_all()
+        await cp.start_transaction(1, "TAG-OK")
+        foreign = await run(central, "remoteStartTransaction",
+                            {"cpId": "CP-X", "connectorId": 1, "idTag": "TAG-OK"},
+                            as_user="op_other")
+        assert foreign["errors"] == [{"field": "idTag", "code": "IN_USE", "message":
+                                      "this card is charging at another station now"}]
+        own = await run(central, "remoteStartTransaction",
+                        {"cpId": "CP-1", "connectorId": 2, "idTag": "TAG-OK"})
+        assert own["errors"] == [{"field": "idTag", "code": "IN_USE",
+                                  "message": "this card is charging at CP-1"}]
+        await settle()
+        assert cp.received == [] and other.received == []
+
+
+async def test_a_reservation_an_operator_made_for_a_card_leaves_its_driver_one(
+        central: Central) -> None:
+    """QA s23: any company's operator reserving on their own charger for a driver's card
+    used up the driver's one reservation at a time (LIMIT_REACHED "you hold a
+    reservation already"): only those the driver made count."""
+    future = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.report_all()
+        by_op = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": 1,
+                                                  "expiryDate": future, "idTag": "TAG-OK"})
+        assert by_op["status"] == "ACCEPTED", by_op
+        mine = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": 2,
+                                                 "expiryDate": future}, as_user="driver")
+        assert mine["status"] == "ACCEPTED", mine
+        [theirs] = await central.store.find_all(d.Reservation, Eq("connector_id", 1))
+        await run(central, "cancelReservation", {"cpId": "CP-1",
+                                                 "reservationId": theirs.reservation_id})
+        again = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": 1,
+                                                  "expiryDate": future}, "__typename",
+                          as_user="driver")
+        assert _codes(again) == [(None, "LIMIT_REACHED")]  # their own still counts
 
 
 async def reserved_for_driver2(central: Central, connector: int) -> None:
