@@ -27,7 +27,9 @@ from graphql import (
     InlineFragmentNode,
     IntValueNode,
     ListValueNode,
+    ObjectValueNode,
     SelectionSetNode,
+    StringValueNode,
     ValueNode,
     VariableNode,
     get_named_type,
@@ -58,6 +60,12 @@ LARGE_LISTS: dict[tuple[str, str], int] = {
     ("FaultReport", "groups"): ROOT_LIST_GUESS,
     ("Station", "configuration"): MAX_KEYS,
 }
+#: Pages whose ``filter`` names a unique key, by (type, field): the filter's field that
+#: names one record at most. ``stations(filter: {cpId: "X"}) { nodes { configuration } }``
+#: is one station's keys, not a default page's (QA s23: refused as 40,000 objects).
+ONE_BY: dict[tuple[str, str], str] = {
+    ("Query", "stations"): "cpId",
+}
 
 
 def estimated_objects(schema: GraphQLSchema, query: str, document: DocumentNode,
@@ -67,10 +75,11 @@ def estimated_objects(schema: GraphQLSchema, query: str, document: DocumentNode,
     variables: a repeated request costs a dictionary lookup."""
     sizes = tuple(sorted((name, size) for name, value in (variables or {}).items()
                          if (size := _size(value)) is not None))
-    key = (id(schema), query, operation_name, sizes)
+    texts = _texts(variables or {})
+    key = (id(schema), query, operation_name, sizes, texts)
     found = _ESTIMATES.get(key)
     if found is None:
-        found = _estimate(schema, document, operation_name, dict(sizes))
+        found = _estimate(schema, document, operation_name, dict(sizes), texts)
         if len(_ESTIMATES) >= CACHED_ESTIMATES:
             _ESTIMATES.pop(next(iter(_ESTIMATES)))  # the oldest
         _ESTIMATES[key] = found
@@ -102,8 +111,21 @@ def _size(value: Any) -> int | None:
     return None
 
 
+def _texts(variables: dict[str, Any]) -> frozenset[str]:
+    """The variables given as text, and the text fields of those given as objects
+    (``"filter.cpId"``): what an ``ONE_BY`` filter may name its key with."""
+    found: set[str] = set()
+    for name, value in variables.items():
+        if isinstance(value, str):
+            found.add(name)
+        elif isinstance(value, dict):
+            found.update(f"{name}.{field}" for field, inner in value.items()
+                         if isinstance(inner, str))
+    return frozenset(found)
+
+
 def _estimate(schema: GraphQLSchema, document: DocumentNode, operation_name: str | None,
-              sizes: dict[str, int]) -> int:
+              sizes: dict[str, int], texts: frozenset[str] = frozenset()) -> int:
     operation = get_operation_ast(document, operation_name)
     if operation is None:
         return 0
@@ -119,8 +141,8 @@ def _estimate(schema: GraphQLSchema, document: DocumentNode, operation_name: str
             size = _literal_size(default)
             if size is not None:
                 sizes = {**sizes, name: size}
-    return _Estimator(schema, fragments, sizes).selection(root, operation.selection_set, 1,
-                                                          None)
+    return _Estimator(schema, fragments, sizes, texts).selection(
+        root, operation.selection_set, 1, None)
 
 
 def _literal_size(value: ValueNode) -> int | None:
@@ -133,10 +155,11 @@ def _literal_size(value: ValueNode) -> int | None:
 
 class _Estimator:
     def __init__(self, schema: GraphQLSchema, fragments: dict[str, FragmentDefinitionNode],
-                 sizes: dict[str, int]) -> None:
+                 sizes: dict[str, int], texts: frozenset[str]) -> None:
         self.schema = schema
         self.fragments = fragments
         self.sizes = sizes
+        self.texts = texts
         #: ``fragment``'s estimates per (fragment, type, page), for one parent.
         self.measured: dict[tuple[str, str, int | None], int] = {}
 
@@ -184,6 +207,9 @@ class _Estimator:
         paged = "first" in definition.args or "last" in definition.args
         if paged:
             count, inner_page = parents, self._page(node)
+            if (key := ONE_BY.get((parent.name, node.name.value))) is not None \
+                    and self._names(node, key):
+                inner_page = min(inner_page, 1)
         elif "ids" in definition.args:  # nodes(ids: [...]): one object per id
             count, inner_page = parents * self._ids(node), None
         elif is_list_type(get_nullable_type(definition.type)):
@@ -201,6 +227,24 @@ class _Estimator:
         if not sizes:
             return DEFAULT_PAGE_SIZE
         return max(0, min(max(sizes), MAX_PAGE_SIZE))  # both given: the larger
+
+    def _names(self, node: FieldNode, key: str) -> bool:
+        """Whether the field's ``filter`` gives ``key`` as text: literally, or by a
+        variable given text (the filter itself a variable holding it, or its field)."""
+        for argument in node.arguments or ():
+            if argument.name.value != "filter":
+                continue
+            value = argument.value
+            if isinstance(value, VariableNode):
+                return f"{value.name.value}.{key}" in self.texts
+            if isinstance(value, ObjectValueNode):
+                for field in value.fields:
+                    if field.name.value == key:
+                        given = field.value
+                        return isinstance(given, StringValueNode) or (
+                            isinstance(given, VariableNode)
+                            and given.name.value in self.texts)
+        return False
 
     def _ids(self, node: FieldNode) -> int:
         size = self._argument(node, "ids")

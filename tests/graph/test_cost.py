@@ -120,3 +120,25 @@ def test_a_payment_s_refunds_count_as_a_list() -> None:
     payments = 100
     refunds = payments * LIST_GUESS
     assert estimate(query) == 1 + payments + refunds + refunds
+
+
+def test_a_page_filtered_by_one_cp_id_counts_as_one_station() -> None:
+    """QA s23: ``stations(filter: {cpId: "X"}) { nodes { configuration } }``, one
+    station's keys, was refused as a default page of stations' (40,000 objects). The
+    key named literally, by a variable, or in a filter given as a variable; a variable
+    given null (or no cpId) narrows nothing."""
+    one = 1 + 1 + MAX_KEYS  # the connection, its one station, that station's keys
+    literal = '{ stations(filter: {cpId: "CP-1"}) { nodes { configuration { key } } } }'
+    assert estimate(literal) == one
+    by_field = """query($cp: String) { stations(filter: {cpId: $cp}) {
+        nodes { configuration { key } } } }"""
+    assert estimate(by_field, {"cp": "CP-1"}) == one
+    assert estimate(by_field, {"cp": None}) == 1 + 20 * (1 + MAX_KEYS) > MAX_OBJECTS
+    by_filter = """query($f: StationFilter) { stations(filter: $f) {
+        nodes { configuration { key } } } }"""
+    assert estimate(by_filter, {"f": {"cpId": "CP-1"}}) == one
+    assert estimate(by_filter, {"f": {"search": "CP-1"}}) > MAX_OBJECTS
+    assert estimate(by_filter, {"f": {"cpId": None}}) > MAX_OBJECTS
+    # Other filters narrow nothing for the estimate.
+    assert estimate('{ stations(filter: {search: "CP-1"}) { nodes { configuration '
+                    '{ key } } } }') > MAX_OBJECTS
