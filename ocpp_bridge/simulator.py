@@ -598,7 +598,8 @@ class SimulatedChargePoint(ChargePoint):
                        reservation_id: int, parent_id_tag: str | None = None
                        ) -> result.ReserveNow:
         self.received.append(("ReserveNow", {"connector_id": connector_id,
-                                             "reservation_id": reservation_id}))
+                                             "reservation_id": reservation_id,
+                                             "parent_id_tag": parent_id_tag}))
         target = connector_id or next((i for i, c in self.connectors.items()
                                        if c.status == "Available"), 0)
         state = self.connectors.get(target)

@@ -378,6 +378,12 @@ class CommandService(Service):
     # ------------------------------------------------------------- driver rules
     async def _check_driver(self, viewer: Viewer, station: Station, action: str,
                             payload: dict[str, Any]) -> None:
+        if action == "ReserveNow" and payload.get("parentIdTag") is not None:
+            # Every card of the group named would take the plug held for them (OCPP 1.6
+            # ReserveNow): groups are their operators' to name, as for cards (QA s23: a
+            # driver's reservation named any group, and the charger was sent it).
+            raise Forbidden("only operators and admins reserve for a card group",
+                            field="parentIdTag")
         if action in ("RemoteStartTransaction", "ReserveNow"):
             await self._own_tag(viewer, payload, starting=action == "RemoteStartTransaction")
         elif action == "RemoteStopTransaction":

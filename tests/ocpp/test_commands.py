@@ -1479,6 +1479,27 @@ async def test_a_reservation_an_operator_made_for_a_card_leaves_its_driver_one(
         assert _codes(again) == [(None, "LIMIT_REACHED")]  # their own still counts
 
 
+async def test_a_driver_cannot_reserve_for_a_card_group(central: Central) -> None:
+    """QA s23: a driver's reservation named any parentIdTag, and the charger was sent it:
+    every card of that group could take the plug held for the driver. Refused, as a
+    driver putting a card in a group is; an operator's stands."""
+    future = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.report_all()
+        grouped = await run(central, "reserveNow", {
+            "cpId": "CP-1", "connectorId": 1, "expiryDate": future,
+            "parentIdTag": "SOMEONE-ELSES"}, "__typename", as_user="driver")
+        assert _codes(grouped) == [("parentIdTag", "FORBIDDEN")]
+        await settle()
+        assert cp.received == []
+        by_op = await run(central, "reserveNow", {
+            "cpId": "CP-1", "connectorId": 1, "expiryDate": future, "idTag": "TAG-OK",
+            "parentIdTag": "FLEET-1"})
+        assert by_op["status"] == "ACCEPTED", by_op
+        assert [body.get("parent_id_tag") for name, body in cp.received
+                if name == "ReserveNow"] == ["FLEET-1"]
+
+
 async def reserved_for_driver2(central: Central, connector: int) -> None:
     """driver2 reserves CP-1's ``connector`` (0: the station's next free one) for an
     hour, with their own card."""
