@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import ParamSpec, TypeVar, cast
 
+from domain.common_passwords import COMMON_PASSWORDS
 from domain.currencies import MINOR_DIGITS
 from domain.errors import ValidationError, ValidationErrors
 
@@ -347,6 +348,9 @@ def optional_text(value: str | None, field: str, max_len: int = MAX_NAME) -> str
 
 
 def password(value: str | None, field: str = "password") -> str:
+    """A new password: its length, and not one guessed first (``TOO_WEAK``: blank, one
+    character repeated, or among ``COMMON_PASSWORDS``). No rules on what it must
+    contain: those make passwords harder to remember, not to guess (NIST SP 800-63B)."""
     value = _given(value, field)
     if len(value) < MIN_PASSWORD:
         raise ValidationError(
@@ -354,6 +358,9 @@ def password(value: str | None, field: str = "password") -> str:
         )
     if len(value) > MAX_PASSWORD:
         raise ValidationError(f"at most {MAX_PASSWORD} characters", field=field, code="TOO_LONG")
+    if len(set(value)) == 1 or not value.strip() or value.casefold() in COMMON_PASSWORDS:
+        raise ValidationError("too easy to guess: one of the passwords tried first (choose "
+                              "a few unrelated words)", field=field, code="TOO_WEAK")
     return value
 
 

@@ -37,7 +37,8 @@ def checked_id(checks: Checks, value: Any, kind: str, field: str) -> Any:
 _NAME = "At most 200 characters; runs of whitespace become one space."
 _EMAIL = ("A sign-in address, stored trimmed and in lower case: unique whatever its case "
           "(DUPLICATE).")
-_PASSWORD = "8 to 256 characters (TOO_SHORT, TOO_LONG)."
+_PASSWORD = ("8 to 256 characters (TOO_SHORT, TOO_LONG), not one of the passwords guessed "
+             "first (TOO_WEAK: common ones, one character repeated).")
 _MAX_KW = "Rated power in kW, above 0 and at most 1000; null: unknown."
 _BATTERY = "Battery capacity in kWh, above 0 and at most 1000."
 _PLATE = ("Letters, digits, spaces and dashes, at most 16 letters and digits; stored "

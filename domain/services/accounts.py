@@ -394,6 +394,11 @@ class AccountService(Service):
         fields."""
         if viewer.user_id is None:
             raise Unauthenticated("sign in first")
+        if new_password is not None and new_password == current_password:
+            # A "change" that keeps the password (one someone else learnt, say) would
+            # still sign every other device out and read as done.
+            raise ValidationError("the new password is the current one: choose another",
+                                  field="newPassword", code="UNCHANGED")
         try:
             return await self.update_user(viewer, viewer.user_id, password=new_password,
                                           current_password=current_password)

@@ -85,6 +85,11 @@ async def test_sign_up_input_is_checked_field_by_field(api: Api, services: Servi
             ("not an email", PASSWORD, "Neo", ("email", "INVALID")),
             ("neo@example.com", "short", "Neo", ("password", "TOO_SHORT")),
             ("neo@example.com", "x" * 1000, "Neo", ("password", "TOO_LONG")),
+            # QA s23: the passwords guessed first were taken (no rules on what it holds).
+            ("neo@example.com", "password", "Neo", ("password", "TOO_WEAK")),
+            ("neo@example.com", "Password123", "Neo", ("password", "TOO_WEAK")),
+            ("neo@example.com", " " * 8, "Neo", ("password", "TOO_WEAK")),
+            ("neo@example.com", "zzzzzzzzzz", "Neo", ("password", "TOO_WEAK")),
             ("neo@example.com", PASSWORD, "   ", ("name", "REQUIRED")),
             ("neo@example.com", PASSWORD, "Neo\u202e", ("name", "INVALID"))):
         refused = await sign_up(api, email, password, name)
@@ -247,7 +252,10 @@ async def test_change_password_checks_its_fields(api: Api, world: World) -> None
             ("", "a brand new secret", ("currentPassword", "REQUIRED")),
             ("not it", "a brand new secret", ("currentPassword", "FORBIDDEN")),
             (PASSWORD, "short", ("newPassword", "TOO_SHORT")),
-            (PASSWORD, "x" * 1000, ("newPassword", "TOO_LONG"))):
+            (PASSWORD, "x" * 1000, ("newPassword", "TOO_LONG")),
+            (PASSWORD, "QwertyUiop", ("newPassword", "TOO_WEAK")),
+            # QA s23: the current one again was taken, and signed every device out.
+            (PASSWORD, PASSWORD, ("newPassword", "UNCHANGED"))):
         payload = (await api.post(CHANGE, {"c": current, "n": new}, token=token)
                    ).json()["data"]["changePassword"]
         assert errors(payload) == [expected] and payload["token"] is None, expected
