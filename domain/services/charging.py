@@ -93,6 +93,7 @@ from domain.services.metering import (
     closing_sample,
     cut_at_next_start,
     final_soc,
+    late_share,
     live_patch,
     register_count,
     register_readings,
@@ -114,6 +115,20 @@ log = logging.getLogger("chargegraph.charging")
 LAST_SEEN_EVERY = timedelta(minutes=1)
 #: How often ``endSession`` reads a session again that changed under it before it gives up.
 END_ATTEMPTS = 3
+
+#: Stored samples whose increments a late reading moved (``_late_shares``): each as read
+#: and as it is to be written, by id.
+Shares = dict[str, tuple[MeterSample, MeterSample]]
+
+
+def given_up(shares: Shares, actor: Viewer) -> list[Change]:
+    """The updates of ``shares``, each only while the sample still has the increment it
+    was read with: two instances moving a share of the same sample (the same late frame
+    twice, two late frames at once) must not both move it, nor a stop's trim (``Conflict``:
+    the loser reads again)."""
+    return [patch(old, actor, only_if=("delta_wh", old.delta_wh), required=True,
+                  delta_wh=new.delta_wh) for old, new in shares.values()]
+
 
 #: Stored increments a stop may take an excess back from (newest first); what is left
 #: beyond them is taken back by a negative closing sample.
@@ -1151,19 +1166,32 @@ class ChargingService(ChargerConnections):
         # Signed meter values (OCMF…) are no numbers: records of their own, in the same
         # group commit as the samples.
         signed = signed_values_of(station, connector_id, transaction_id, session, readings)
+        # What the frame adds, before its late readings take their shares: those are
+        # moved from stored samples, not added.
+        added = added_wh(samples)
+        shares = await self._late_shares(session, samples, count) \
+            if session is not None and count is not None and count.late else {}
         changes: list[Change] = [InsertIfAbsent(s) for s in (*samples, *signed)]
+        changes += given_up(shares, charger(cp_id))
         updated = None
         if transaction_id is not None and session is not None:
             self._still_metered(session, transaction_id)
         if session is not None and session.state is SessionState.ACTIVE:
-            live = live_patch(session, readings, added_wh(samples), charger(cp_id),
+            live = live_patch(session, readings, added, charger(cp_id),
                               self.clocks.believable, count,
                               named_at=self._named_since_boot(station, session)
                               if transaction_id is not None else None)
             if live is not None:
                 changes.append(live)
                 updated = cast(Session, live.record)
-        await self.telemetry.write(changes)
+        if shares and session is not None:
+            # A late frame (rare): on its own, not in the group commit, guarded as a
+            # whole: increments moved onto a session closed meanwhile would no longer add
+            # up to its billed energy (``Conflict``: read again, it moves nothing).
+            await self.store.write(changes, [], [Guard(Session, all_of(
+                Eq("id", session.id), Eq("state", SessionState.ACTIVE)))])
+        else:
+            await self.telemetry.write(changes)
         if session is not None and session.state is SessionState.ACTIVE:
             self.cache.remember(updated or session, renew=False)
         if updated is not None:
@@ -1306,6 +1334,9 @@ class ChargingService(ChargerConnections):
         count = register_count(session, rated_kw)
         samples = samples_of(station, session.connector_id, session.transaction_id,
                              session, readings, count)
+        added = added_wh(samples)  # as for a frame: its late readings' shares are moved
+        shares = await self._late_shares(session, samples, count) \
+            if count is not None and count.late else {}
         actor = charger(cp_id)
         if not self.clocks.believable(end) or end < session.start_time:
             # A clock glitch (a stop stamped 2150) must not bill decades, nor a clock
@@ -1327,7 +1358,7 @@ class ChargingService(ChargerConnections):
             count = RegisterCount(session, rated_kw)
         final = count.counted(meter_stop, end, final=True)
         meter = count.fields()
-        metered = session.energy_wh + added_wh(samples)
+        metered = session.energy_wh + added
         unread = final == session.meter_start_wh and metered > 0 \
             and not closed_without_stop(session)
         if final is None or final < session.meter_start_wh or unread:
@@ -1359,7 +1390,8 @@ class ChargingService(ChargerConnections):
         # At the stop, on the session's timeline: a stop stamped before the start (a
         # clock reset) must not put the session's last energy before it began.
         samples, trimmed = await self._settled_close(
-            station, session, samples, energy, meter_stop, max(end, session.start_time))
+            station, session, samples, energy, meter_stop, max(end, session.start_time),
+            shares)
         if closed_without_stop(session):
             log.info("%s: the stop of transaction %s, closed without it (%s Wh, ended %s), "
                      "corrects its close: %s Wh, ended %s", cp_id, session.transaction_id,
@@ -1606,36 +1638,44 @@ class ChargingService(ChargerConnections):
     # ------------------------------------------------------------- helpers
     async def _settled_close(self, station: Station, session: Session,
                              samples: list[MeterSample], energy: int, register: int,
-                             end: datetime) -> tuple[list[MeterSample], list[Change]]:
+                             end: datetime, shares: Shares | None = None
+                             ) -> tuple[list[MeterSample], list[Change]]:
         """The samples a close at ``energy`` writes: ``samples`` (a stop's own) and the
         closing one with what they still miss (``closing_sample``: reading ``register``
         at ``end``); and the updates of stored ones whose increments it lowers
-        (``_settled_samples``). So the session's increments add up to its energy, for a
-        stop and for a close at a newer start's meterStart alike."""
-        samples, trimmed, stored_wh = await self._settled_samples(session, samples, energy)
+        (``_settled_samples``) or late readings of the stop moved (``shares``). So the
+        session's increments add up to its energy, for a stop and for a close at a newer
+        start's meterStart alike."""
+        samples, trimmed, stored_wh = await self._settled_samples(
+            session, samples, energy, shares or {})
         closing = closing_sample(station, session, samples, stored_wh, energy, register,
                                  end)
         return [*samples, closing] if closing is not None else samples, trimmed
 
     async def _settled_samples(self, session: Session, samples: list[MeterSample],
-                               energy: int) -> tuple[list[MeterSample], list[Change], int]:
+                               energy: int, shares: Shares
+                               ) -> tuple[list[MeterSample], list[Change], int]:
         """When the session's readings went above its final ``energy`` (a glitch below
         the believable ceiling, a reading of another kind), the excess is taken back from
         the newest increments, where it was added: the stop frame's ``samples`` and the
-        stored ones. So the hours of the trends never go below zero, as a negative
-        closing sample at the stop would make them. Returns the frame's samples, the
-        stored ones' updates and what the stored ones add up to then."""
-        stored_wh = session.energy_wh
+        stored ones (as the stop's late readings left them: ``shares``). So the hours of
+        the trends never go below zero, as a negative closing sample at the stop would
+        make them. Returns the frame's samples, the stored ones' updates (the shares'
+        among them) and what the stored ones add up to then."""
+        actor = charger(session.cp_id)
+        stored_wh = session.energy_wh + sum(
+            (new.delta_wh or 0) - (old.delta_wh or 0) for old, new in shares.values())
         excess = stored_wh + added_wh(samples) - energy
         if excess <= 0:
-            return samples, [], stored_wh
+            return samples, given_up(shares, actor), stored_wh
         stored = await self.store.find_all(MeterSample, all_of(
             Eq("session_id", session.id), Range("delta_wh", gt=0)),
             (Sort("at", descending=True),), limit=MAX_TRIMMED_SAMPLES)
+        stored = [shares[s.id][1] if s.id in shares else s for s in stored]
         frame = sorted((s for s in samples if s.delta_wh), key=lambda s: s.at, reverse=True)
         kept = {id(s): s for s in samples}
+        shares = dict(shares)
         updates: list[Change] = []
-        actor = charger(session.cp_id)
         for sample in sorted([*frame, *stored], key=lambda s: s.at, reverse=True):
             if excess <= 0:
                 break
@@ -1645,9 +1685,60 @@ class ChargingService(ChargerConnections):
             if id(sample) in kept:
                 kept[id(sample)] = replace(sample, delta_wh=delta - cut)
             else:
-                updates.append(patch(sample, actor, delta_wh=delta - cut))
+                # Guarded as a share is, from the increment it was read with.
+                read = shares.pop(sample.id, (sample, sample))[0]
+                updates.append(patch(read, actor, only_if=("delta_wh", read.delta_wh),
+                                     required=True, delta_wh=delta - cut))
                 stored_wh -= cut
-        return [kept[id(s)] for s in samples], updates, stored_wh
+        return [kept[id(s)] for s in samples], [*updates, *given_up(shares, actor)], \
+            stored_wh
+
+    async def _late_shares(self, session: Session, samples: list[MeterSample],
+                           count: RegisterCount) -> Shares:
+        """Gives each late reading of the frame (``count.late``: stamped before the
+        reading that last moved the count, lower than it) its share of the energy: what
+        the register counted from the reading before it up to it, which the first sample
+        stamped after it with an increment (the frame's or a stored one) was credited
+        with and gives up (``metering.late_share``). So the energy lands in the hour it
+        was delivered in, and the session's increments add up to what they did (QA: a
+        queued reading flushed after a live one added 0, the live one had it all). The
+        frame's samples are changed in place; returned, the stored samples changed, each
+        as read and as it is to be written (``given_up``). Store reads only for a frame
+        with a late reading: the samples stamped after each, and whether it is stored
+        already (the same frame resent: a reading stored without its share, its next
+        sample not stored yet then, takes it now; one stored with it takes nothing
+        again)."""
+        shares: Shares = {}
+        stored_late = {s.id: s for s in await self.store.find_all(MeterSample, In(
+            "id", tuple(samples[late.position].id for late in count.late)))}
+        for late in count.late:
+            sample = samples[late.position]
+            if stored_late.get(sample.id, sample).delta_wh:
+                continue  # stored with its share already
+            after: list[tuple[int | None, MeterSample]] = [
+                (i, s) for i, s in enumerate(samples)
+                if (s.delta_wh or 0) > 0 and s.at > sample.at]
+            found = await self.store.find_all(MeterSample, all_of(
+                Eq("session_id", session.id), Range("at", gt=sample.at),
+                Range("delta_wh", gt=0)), (Sort("at"),), limit=1)
+            after += [(None, shares[s.id][1] if s.id in shares else s) for s in found]
+            if not after:
+                continue
+            index, giver = min(after, key=lambda pair: pair[1].at)
+            share = late_share(late, giver)
+            if not share:
+                continue
+            given = replace(giver, delta_wh=(giver.delta_wh or 0) - share)
+            if index is not None:
+                samples[index] = given
+            else:
+                shares[giver.id] = (shares.get(giver.id, (giver,))[0], given)
+            taken = replace(sample, delta_wh=share)
+            if sample.id in stored_late:
+                shares[sample.id] = (stored_late[sample.id], taken)
+            else:
+                samples[late.position] = taken
+        return shares
 
     async def _announce_end(self, station: Station, closed: Session) -> None:
         """After a close committed: no held live update goes out after it, the cache

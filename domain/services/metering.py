@@ -102,9 +102,12 @@ class RegisterCount:
     reading that on the offset before it goes on from the count is the old register
     again (a meter that read 0 once), not counted twice, and each other step is judged
     by what the connector could deliver since the reading before. One per frame, and
-    only for an active session."""
+    only for an active session. A lower reading stamped before the one that last moved
+    the count is late (``late``): its share of the energy is the stored samples' to give
+    up (``ChargingService._late_shares``), not the count's to add."""
 
-    __slots__ = ("anomaly", "at", "high", "offset", "prior", "rated_kw", "session")
+    __slots__ = ("anomaly", "at", "behind", "high", "late", "offset", "prior", "rated_kw",
+                 "session")
 
     def __init__(self, session: Session, rated_kw: float) -> None:
         self.session, self.rated_kw = session, rated_kw
@@ -115,14 +118,21 @@ class RegisterCount:
         # says nothing of how the register counts.
         self.anomaly = session.meter_anomaly \
             if session.meter_anomaly in COUNTED_ACROSS else None
+        #: The last reading ``added`` judged late: its register on the count, else None.
+        self.behind: int | None = None
+        #: The frame's late readings (``LateReading``), oldest first (``samples_of``).
+        self.late: list[LateReading] = []
 
     def added(self, wh: int, at: datetime) -> int | None:
         """What the register reading ``wh`` at ``at`` adds to the count (0 when it is
         not above it); ``None`` for one no meter could show (``believable_register``)."""
+        self.behind = None
         counted = self.counted(wh, at)
         if counted is None:
             return None
         if counted <= self.high:
+            if self._late(counted, at):
+                self.behind = counted
             return 0
         added, self.high, self.at = counted - self.high, counted, at
         return added
@@ -164,6 +174,14 @@ class RegisterCount:
                            meter_anomaly=self.anomaly)
         return changed
 
+    def _late(self, counted: int, at: datetime) -> bool:
+        """Whether a reading at or below the count is a late one, whose energy a stored
+        sample stamped after it was credited with: stamped before the reading that last
+        moved the count, above meterStart. Only on a count with no rollover or reset
+        (its readings all on one scale: a stored sample's register is comparable)."""
+        return self.at is not None and at < self.at and self.offset == 0 \
+            and self.anomaly is None and counted > self.session.meter_start_wh
+
     def _known_since(self, at: datetime) -> bool:
         """Whether ``at`` is after the reading that last moved the count. A session
         recorded before that time was kept, with energy counted, knows none: no drop
@@ -198,6 +216,30 @@ class RegisterCount:
                     self.session.cp_id, self.session.transaction_id, wh,
                     self.high - self.offset, kind.value.lower())
         self.prior, self.offset, self.anomaly, self.at = self.offset, offset, kind, at
+
+
+class LateReading(NamedTuple):
+    """A late energy register reading of a frame (``RegisterCount._late``): where the
+    sample that takes its share is in ``samples_of``'s list (``position``), and its
+    register on the count."""
+
+    position: int
+    counted: int
+
+
+def late_share(late: LateReading, next_sample: MeterSample) -> int:
+    """What a late reading takes of ``next_sample``'s increment: the energy from the
+    register the sample was counted from (its reading less its increment) up to the late
+    one, which lies between them in time. 0 when it is not between them in register too
+    (the same late reading again: its share taken already; a register that went back)
+    or when the sample is a line's, whose reading is not the total register."""
+    delta = next_sample.delta_wh or 0
+    if next_sample.phase is not None or delta <= 0:
+        return 0
+    reading = round(to_wh(next_sample.value, next_sample.unit))
+    if not reading - delta < late.counted < reading:
+        return 0
+    return late.counted - (reading - delta)
 
 
 def cut_at_next_start(session: Session, next_start_wh: int, own_wh: float | None
@@ -417,7 +459,8 @@ def samples_of(station: Station, connector_id: int, transaction_id: int | None,
     the session (``delta_wh``) through its ``count`` (``register_count``): counted from
     the highest register so far (``meter_start_wh + energy_wh``), so energy per period
     is a plain sum in the store. A reading at or below it (late, or a register that went
-    back) adds nothing, unless the meter rolled over or was reset (``RegisterCount``);
+    back) adds nothing (a late one is noted in ``count.late``, for the stored samples to
+    give it its share), unless the meter rolled over or was reset (``RegisterCount``);
     nor does one no meter could show: above what the connector could have delivered
     since the start, both on the charger's clock (one running ahead of ours still
     meters live)."""
@@ -448,6 +491,8 @@ def samples_of(station: Station, connector_id: int, transaction_id: int | None,
                 if sv.phase is None:
                     total_seen = True
                     delta_wh = count.added(round(to_wh(value, sv.unit)), at)
+                    if count.behind is not None:
+                        count.late.append(LateReading(len(samples), count.behind))
                 elif sv.phase in LINE_OF_PHASE:
                     lines.setdefault(LINE_OF_PHASE[sv.phase],
                                      (to_wh(value, sv.unit), len(samples)))
@@ -473,9 +518,11 @@ def samples_of(station: Station, connector_id: int, transaction_id: int | None,
             # energy landed at the stop). The increment goes on the reading's last
             # line sample, so energy per period stays a plain sum of increments.
             added = count.added(round(sum(line_wh for line_wh, _ in lines.values())), at)
+            last = max(index for _, index in lines.values())
             if added:
-                last = max(index for _, index in lines.values())
                 samples[last] = replace(samples[last], delta_wh=added)
+            elif count.behind is not None:
+                count.late.append(LateReading(last, count.behind))
     return samples
 
 

@@ -9,7 +9,7 @@ import contextlib
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from domain.ports import Store
 from domain.query import Eq, Sort
 from domain.services import ConnectorSpec, ServiceContext, Services
 from domain.services.charging import BootInfo
+from domain.services.metering import MeterReading, SampledValue
 from store.mongo import MongoStore
 from store.sqlite import SqliteStore
 from tests.helpers import FastHasher
@@ -334,3 +335,32 @@ async def test_a_removal_run_again_asks_its_chargers_to_cancel_once(
     assert await two.store.find_all(d.Connector, Eq("station_id", two.station.id)) == []
     [cancelled] = await two.store.get_many(d.Reservation, [held.id])
     assert cancelled is not None and cancelled.state is d.ReservationState.CANCELLED
+
+
+# ------------------------------------------------------------------ late meter values
+def register(wh: int, at: datetime) -> list[MeterReading]:
+    return [MeterReading(at, (SampledValue(str(wh)),))]
+
+
+@pytest.mark.parametrize("second_wh", [1_500, 2_500])
+async def test_late_readings_racing_move_each_share_once(
+        two: Instances, monkeypatch: pytest.MonkeyPatch, second_wh: int) -> None:
+    """A late reading moves energy from the stored sample after it to its own: B sends
+    the same late frame (a charger resending it to another instance), or another late
+    one, between A's read of that sample and A's write. Each share moves once; the
+    session's increments add up to its energy."""
+    begin = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
+    tx, _ = await two.a.charging.start_transaction(CP, 1, "TAG-1", 500, begin)
+    await two.a.charging.meter_values(CP, 1, tx, register(3_500, begin + timedelta(minutes=40)))
+    other = begin + timedelta(minutes=5 if second_wh == 1_500 else 20)
+    charging = two.a.charging
+    monkeypatch.setattr(charging, "_late_shares", once(
+        lambda: two.b.charging.meter_values(CP, 1, tx, register(second_wh, other)),
+        charging._late_shares))
+    await charging.meter_values(CP, 1, tx, register(1_500, begin + timedelta(minutes=5)))
+    [session] = await sessions(two.store)
+    kept = await two.store.find_all(d.MeterSample, Eq("session_id", session.id))
+    steps = {int((s.at - begin).total_seconds() // 60): s.delta_wh for s in kept}
+    assert sum(s or 0 for s in steps.values()) == session.energy_wh == 3_000
+    assert steps == ({5: 1_000, 40: 2_000} if second_wh == 1_500
+                     else {5: 1_000, 20: 1_000, 40: 1_000}), steps
