@@ -3,7 +3,7 @@ tells apart (status, error code, online), on the charger's timeline."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import cast
@@ -14,6 +14,7 @@ from domain.policy import Viewer
 from domain.ports import Change, Insert, Store
 from domain.query import Eq, In, Range, Sort, all_of, any_of
 from domain.services.base import charger, patch, stamp_new
+from domain.services.charger_clocks import MAX_QUEUED_BEFORE_RECORD
 
 #: The statuses OCPP 1.6 gives connector 0.
 POINT_STATUSES = POINT_DOWN | {ConnectorStatus.AVAILABLE}
@@ -182,6 +183,35 @@ async def _move_start(store: Store, current: ConnectorInterval, to: datetime,
     if before:
         changes.append(patch(before[0], actor, end=start))
     return changes
+
+
+async def observe_again(store: Store, station: Station, charger_now: datetime,
+                        ours_at: Callable[[datetime], datetime | None]) -> None:
+    """The charger's tracked clock moved forward (``ChargerClocks.observe``, ``ahead``):
+    each of its open intervals is observed again by it (``observed_at``: ``ours_at`` its
+    start, earlier than before), so that it lasts until the charger's now
+    (``charger_now``), where a report would close it. The first timestamp this process
+    saw from the charger may have been a queued one (a flush after connecting or after a
+    restart of ours), taken for its clock, days behind ours: the intervals opened then
+    lasted only as long as our clock had seen since, and the current report that showed
+    the clock, of the same state, was no change and corrected nothing (QA: CP-Q1 read
+    unknown seconds after reporting Available). An interval started more than
+    ``MAX_QUEUED_BEFORE_RECORD`` before the charger's now was stamped by a clock never
+    set (1970) and since set right, not queued: it stays in 1970, rather than lasting
+    through all of today. Nor is one that nothing placed (``observed_at`` null: on our
+    clock). One store read per forward move, never on every message."""
+    actor = charger(station.cp_id)
+    changes: list[Change] = []
+    for current in await store.find_all(ConnectorInterval, all_of(
+            Eq("cp_id", station.cp_id), Eq("end", None)), limit=100):
+        if current.observed_at is None \
+                or current.start < charger_now - MAX_QUEUED_BEFORE_RECORD:
+            continue
+        observed = ours_at(current.start)
+        if observed is not None and observed < current.observed_at:
+            changes.append(patch(current, actor, observed_at=observed))
+    if changes:
+        await store.write(changes, [])
 
 
 @dataclass(frozen=True, slots=True)

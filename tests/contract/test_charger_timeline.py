@@ -127,7 +127,8 @@ async def test_a_clock_set_right_mid_connection_counts_from_its_new_time(
     """A charger on 1970 whose clock is set right while connected: the state it reports
     on the new clock is counted from then (its interval's now taken from the charger's
     tracked clock), not from the 1970 interval's offset, which put its now 56 years
-    ahead of ours and counted nothing while it was open."""
+    ahead of ours and counted nothing while it was open. The states it reported on the
+    old clock stay in 1970."""
     services = world[0]
     cp = Charger(*world, "NEVER-SET", datetime(1970, 1, 1, 0, 0, 5, tzinfo=UTC))
     await cp.charging()
@@ -139,3 +140,9 @@ async def test_a_clock_set_right_mid_connection_counts_from_its_new_time(
         SYSTEM, Scope(cp_ids=("NEVER-SET",)), TODAY, TOMORROW)
     assert [(f.connector_id, f.duration_seconds, f.open) for f in faults] == [
         (2, 30.0, True)]
+    # Its clock moved 56 years forward (``intervals.observe_again``): connector 1,
+    # Charging since 1970 on the charger's timeline, was stamped by a clock never set,
+    # not queued, and its charging does not take all of today so far (ten hours).
+    rows = await services.analytics.utilization(SYSTEM, Scope(cp_ids=("NEVER-SET",)),
+                                                TODAY, TOMORROW, by_connector=True)
+    assert usage(rows)[1][1] <= 90

@@ -374,3 +374,88 @@ async def test_a_clock_behind_shown_by_live_readings_prices_and_bills_on_ours(
     assert session.end_time - session.start_time <= timedelta(seconds=20) + BILLED_TIME_TOLERANCE
     # 1 kWh at 0.30 and at most a couple of minutes at 0.60: priced, and not 10 minutes.
     assert session.cost_minor is not None and 30 <= session.cost_minor <= 30 + 140
+
+
+AVAILABILITY = """query($from: DateTime!, $to: DateTime!) {
+    availability(from: $from, to: $to, groupBy: CONNECTOR) {
+      cpId connectorId windowSeconds availableSeconds reportedSeconds unknownSeconds } }"""
+
+
+async def availability(central: Central, since: datetime) -> dict[int, dict[str, float]]:
+    """CP-1's availability per connector from ``since`` to now (a window ending in the
+    future is counted up to now)."""
+    window = {"from": iso(since), "to": iso(datetime.now(UTC) + timedelta(days=1))}
+    data = await central.gql(AVAILABILITY, window, as_user="admin")
+    return {r["connectorId"]: r for r in data["availability"] if r["cpId"] == "CP-1"}
+
+
+async def _flush_old_reports_then_the_current_one(cp: SimulatedChargePoint,
+                                                  t: datetime, ago: timedelta) -> None:
+    """Connector 1's status history queued ``ago`` before ``t`` (Available, an hour
+    Faulted, Available again), flushed, then its state now: the same, stamped ``t``."""
+    await report(cp, 1, "Available", iso(t - ago))
+    await cp.call(call.StatusNotification(connector_id=1, error_code="GroundFailure",
+                                          status="Faulted",
+                                          timestamp=iso(t - ago + timedelta(hours=1))))
+    await report(cp, 1, "Available", iso(t - ago + timedelta(hours=2)))
+    await report(cp, 1, "Available", iso(t))
+
+
+def assert_known_throughout(rows: dict[int, dict[str, float]], faulted: float) -> None:
+    """Every connector's state known over the whole window (up to now, but for the
+    moment the charger's current report took to arrive), connector 1 usable but for its
+    ``faulted`` seconds."""
+    for row in rows.values():
+        assert row["unknownSeconds"] == pytest.approx(0, abs=2)
+        assert row["reportedSeconds"] == pytest.approx(row["windowSeconds"], abs=2)
+    assert rows[1]["availableSeconds"] == pytest.approx(
+        rows[1]["windowSeconds"] - faulted, abs=2)
+
+
+async def test_a_queue_flushed_on_connecting_is_known_once_the_charger_reports_now(
+        central: Central) -> None:
+    """A charger's first timestamps are a queue it flushes on connecting, eight days
+    old, then it reports its current state (the same as its last queued one) stamped
+    now. Its clock was taken from the queue, eight days behind ours: the open interval
+    lasted seconds, and the current report, no change, set nothing right. Availability
+    read the days since, and the seconds since the current report, unknown (QA CP-Q1)."""
+    t = datetime.now(UTC)
+    ago = timedelta(days=8, hours=3)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await _flush_old_reports_then_the_current_one(cp, t, ago)
+        assert (await statuses(central))[1] == "AVAILABLE"
+        rows = await availability(central, t - ago)
+        assert rows[1]["windowSeconds"] > ago.total_seconds()
+        assert_known_throughout(rows, faulted=3600)
+        # The seconds since its current report were known to be Available too.
+        rows = await availability(central, t)
+        assert_known_throughout(rows, faulted=0)
+
+
+async def test_a_queue_flushed_after_our_restart_is_known_once_the_charger_reports_now(
+        tmp_path: Path) -> None:
+    """The same after the service restarted (two hours later): the new process's first
+    timestamp of the charger is a queued one, from its time offline."""
+    t = datetime.now(UTC)
+    central = await start_central(tmp_path / "restarted.db")
+    await seed(central)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await report(cp, 1, "Available", iso(t))
+    await offline_recorded(central)
+    await stop_central(central)
+    later = timedelta(hours=2, minutes=30)
+    users = central.users
+    central = await start_central(tmp_path / "restarted.db", ahead=later)
+    central.users = users  # the same database
+    try:
+        async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+            await cp.boot()
+            # Queued from ten minutes after it went away; now is ``later`` after that.
+            queued = later - timedelta(minutes=10)
+            await _flush_old_reports_then_the_current_one(cp, t + later, queued)
+            rows = await availability(central, t + later - queued)
+            assert rows[1]["windowSeconds"] > queued.total_seconds()
+            assert_known_throughout(rows, faulted=3600)
+    finally:
+        await stop_central(central)
