@@ -330,8 +330,11 @@ class StationFilter:
         "With a connector giving at least this power (`maxKw`; unknown power does not)."))
     available_now: bool | None = strawberry.field(default=None, description=(
         "true: with a connector available now (its last report was AVAILABLE, it holds "
-        "no ACTIVE session, the station is online and not UNAVAILABLE or FAULTED as a "
-        "whole). The connector "
+        "no ACTIVE session, no live reservation holds it, the station is online and not "
+        "UNAVAILABLE or FAULTED as a whole). A PENDING or ACTIVE reservation not past "
+        "its `expiresAt` holds its connector, for everyone (its holder too) and "
+        "whether or not the charger reported it RESERVED yet; one of connector 0 holds "
+        "every connector of its station. The connector "
         "conditions hold for one connector together: a CCS2 of 150 kW free now. false: "
         "the others, with the connector conditions: stations with a connector meeting "
         "them (any station, with connectors or not, without them) none of which is "
@@ -351,7 +354,7 @@ class StationFilter:
     def _connectors(self) -> Filter:
         fits = connector_fits(self.connector_types or (),
                               _min_kw(self.min_kw, "filter.minKw"))
-        return stations_with(fits, available_now=self.available_now)
+        return stations_with(fits, available_now=self.available_now, now=utcnow())
 
 
 def _min_kw(value: float | None, field: str) -> float | None:
@@ -368,7 +371,8 @@ class ConnectorFilter:
         "Of this station."))
     status: ConnectorStatus | None = strawberry.field(default=None, description=(
         "AVAILABLE: available now, as `availableNow: true` (not a connector holding an "
-        "ACTIVE session, whatever it reported); any other status: the last one "
+        "ACTIVE session or held by a live reservation, whatever it reported); any other "
+        "status: the last one "
         "reported, as `Connector.status` shows it (a charger that started a session "
         "without reporting CHARGING is not in `CHARGING`)."))
     types: list[ConnectorType] | None = strawberry.field(default=None, description=(
@@ -377,11 +381,14 @@ class ConnectorFilter:
         "At least this power (`maxKw`; unknown power does not match)."))
     available_now: bool | None = strawberry.field(default=None, description=(
         "true: a driver can plug in now: it last reported AVAILABLE, it holds no "
-        "ACTIVE session, its station is online and its charge point as a whole "
-        "(connector 0) is not UNAVAILABLE or FAULTED. `Connector.status` stays what the "
-        "charger last reported, so a connector of an offline station, or one a charger "
-        "started a session on without reporting it, may read AVAILABLE and not match. "
-        "false: the others."))
+        "ACTIVE session, no live reservation holds it (a PENDING or ACTIVE one not past "
+        "its `expiresAt`, of this connector or of its station's connector 0; for "
+        "everyone, its holder too), its station is online and its charge point as a "
+        "whole (connector 0) is not UNAVAILABLE or FAULTED. `Connector.status` stays "
+        "what the charger last reported, so a connector of an offline station, one a "
+        "charger started a session on without reporting it, or one reserved before its "
+        "charger reported RESERVED may read AVAILABLE and not match. false: the "
+        "others."))
 
     def to_domain(self) -> Filter:
         return all_of(
@@ -396,14 +403,16 @@ class ConnectorFilter:
         # What a driver filtering AVAILABLE means is "can I charge there now": a
         # connector of a charger that went offline still reads its last report.
         if self.status is ConnectorStatus.AVAILABLE:
-            return connectors_available_now()
+            return connectors_available_now(utcnow())
         return _eq("status", self.status)
 
 
 def _available(available_now: bool | None) -> Filter | None:
     if available_now is None:
         return None
-    return connectors_available_now() if available_now else connectors_not_available_now()
+    now = utcnow()
+    return connectors_available_now(now) if available_now \
+        else connectors_not_available_now(now)
 
 
 @strawberry.input(description="Which sessions to list; every condition given must hold.")

@@ -786,7 +786,8 @@ class Connector(Node, Audited):
     status: ConnectorStatus = strawberry.field(description=(
         "What its charger last reported (see `statusAt`), kept while the charger is "
         "offline. Whether a driver can plug in now also needs its station online and not "
-        "UNAVAILABLE or FAULTED as a whole: filter with `availableNow`."))
+        "UNAVAILABLE or FAULTED as a whole, and no session or live reservation holding "
+        "it (one the charger has not reported yet too): filter with `availableNow`."))
     error_code: str = strawberry.field(description="OCPP ChargePointErrorCode, `NoError` "
                                                    "when healthy.")
     info: str | None = strawberry.field(description=(

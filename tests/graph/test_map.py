@@ -1,6 +1,7 @@
 """"Find a charger near me", done by the API: stations within a circle ordered by
 distance (with the distance shown), the driver app's connector filters, and "available
-now", which a charger that went offline or is down as a whole is not."""
+now", which a charger that went offline or is down as a whole is not, nor a plug a
+session or a live reservation holds."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from datetime import timedelta
 from typing import Any
 
 from domain import entities as d
+from domain.clock import utcnow
 from domain.policy import SYSTEM
-from domain.ports import Update
+from domain.ports import Insert, Update
 from domain.services import ConnectorSpec, Services
+from domain.services.base import books_of
 from tests.graph.conftest import Api
 from tests.graph.world import World
 
@@ -296,3 +299,68 @@ async def test_connector_type_and_power_filters(api: Api, world: World,
     query = "{ connectors(first: 5, filter: {minKw: -0.5}) { nodes { cpId } } }"
     assert await errors(api, query, "driver1", world) == [
         {"code": "OUT_OF_RANGE", "field": "filter.minKw"}]
+
+
+async def _reserve(services: Services, world: World, cp_id: str, connector_id: int,
+                   driver: str, state: d.ReservationState = d.ReservationState.ACTIVE
+                   ) -> d.Reservation:
+    """A reservation of ``connector_id`` (0: the station's next free one) for ``driver``'s
+    card for an hour, stored as ``reserveNow`` stores it (PENDING until the charger
+    answers, ACTIVE once it accepted); its charger has reported nothing of it."""
+    station = world.stations[cp_id]
+    company_id, station_owner_id = books_of(station)
+    reservation = d.Reservation(
+        reservation_id=await services.ctx.store.next_sequence("reservation"),
+        station_id=station.id, cp_id=cp_id, connector_id=connector_id,
+        id_tag=world.tags[driver].tag, user_id=world.users[driver].id, state=state,
+        expires_at=utcnow() + timedelta(hours=1), company_id=company_id,
+        station_owner_id=station_owner_id)
+    await services.ctx.store.write([Insert(reservation)], [])
+    return reservation
+
+
+async def test_a_plug_a_live_reservation_holds_is_not_available_now(
+        api: Api, world: World, services: Services) -> None:
+    """QA s23: with an ACTIVE reservation for another card on a plug whose charger had
+    not reported it Reserved, both filters listed the plug free, and a remote start
+    there was refused (IN_USE, reserved for another card); a PENDING one (ReserveNow
+    unanswered) did so for up to 24 h. A live reservation holds its plug for everyone,
+    its holder too (who finds it by the reservation); ended ones hold nothing."""
+    await _fleet_states(services, world)  # free: A-001's CCS2 and A-002's Type 2
+    accepted = await _reserve(services, world, "A-001", 1, "driver2")
+    unanswered = await _reserve(services, world, "A-002", 2, "driver2",
+                                d.ReservationState.PENDING)
+    for who in ("driver1", "driver2", "op_a"):  # driver2 holds both
+        assert await connectors(api, world, {"status": "AVAILABLE"}, who) == set(), who
+        assert await connectors(api, world, {"availableNow": True}, who) == set(), who
+    held = {("A-001", 1), ("A-002", 2)}
+    assert held <= await connectors(api, world, {"availableNow": False})
+    assert await stations(api, world, {"availableNow": True}) == set()
+    assert {"A-001", "A-002"} <= await stations(api, world, {"availableNow": False})
+    # What the charger reported stays what the connector shows.
+    shown = await api.gql('{ station(cpId: "A-001") { connectors { status } } }',
+                          as_user=world.users["driver1"].id)
+    assert shown["station"]["connectors"][0] == {"status": "AVAILABLE"}
+
+    # Cancelled, or live but past its expiry before the sweep stored it: free again.
+    await services.ctx.store.write([
+        Update(replace(accepted, state=d.ReservationState.CANCELLED)),
+        Update(replace(unanswered, expires_at=utcnow() - timedelta(seconds=1)))], [])
+    assert await connectors(api, world, {"status": "AVAILABLE"}) == held
+    assert await stations(api, world, {"availableNow": True}) == {"A-001", "A-002"}
+
+
+async def test_a_station_wide_reservation_holds_every_plug_of_its_station(
+        api: Api, world: World, services: Services) -> None:
+    """A reservation of connector 0 holds the plug the charger picks when the car
+    comes: which one is not known before, and a remote start for another card is
+    refused on each (``CommandService._refuse_reserved``), so none is listed, though
+    two are free."""
+    await _fleet_states(services, world)
+    await arrange(services, world, "A-002")  # both plugs free
+    await _reserve(services, world, "A-002", 0, "driver2")
+    assert await connectors(api, world, {"status": "AVAILABLE"}) == {("A-001", 1)}
+    assert await stations(api, world, {"availableNow": True}) == {"A-001"}
+    assert "A-002" in await stations(api, world, {"availableNow": False})
+    assert await stations(api, world, {"connectorTypes": ["TYPE2"],
+                                       "availableNow": True}) == set()

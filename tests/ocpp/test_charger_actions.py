@@ -9,12 +9,15 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+from ocpp.routing import on
 from ocpp.v16 import call
+from ocpp.v16 import call_result as result
+from ocpp.v16.enums import Action
 
 from domain import entities as d
 from domain.policy import SYSTEM
 from domain.query import ALL, Eq, all_of
-from ocpp_bridge.simulator import connected, now
+from ocpp_bridge.simulator import SimulatedChargePoint, connected, now
 from tests.helpers import MovedClock
 from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
 
@@ -550,3 +553,58 @@ async def test_a_plug_charging_without_saying_so_is_not_listed_free(central: Cen
         listed = await central.gql(FREE_NOW, as_user="driver")
         assert listed["stations"]["nodes"] == [{"cpId": "CP-1"}]
         assert listed["free"]["nodes"] == [{"connectorId": 1}]
+
+
+class ReservesWithoutSayingSo(SimulatedChargePoint):
+    """Accepts a ReserveNow and holds the plug for its card, but reports no Reserved
+    status for it (QA s23's charger: many report it late, some never)."""
+
+    @on(Action.reserve_now)
+    def on_reserve_now(self, connector_id: int, expiry_date: str, id_tag: str,
+                       reservation_id: int, parent_id_tag: str | None = None
+                       ) -> result.ReserveNow:
+        state = self.connectors[connector_id]
+        state.reservation_id, state.reserved_for = reservation_id, (id_tag.upper(),)
+        return result.ReserveNow(status="Accepted")  # type: ignore[arg-type]
+
+
+RESERVE = """mutation($input: ReserveNowInput!) { reserveNow(input: $input) {
+    status reservation { reservationId state } errors { code } } }"""
+START = """mutation($input: RemoteStartTransactionInput!) { remoteStartTransaction(
+    input: $input) { status errors { field code } } }"""
+CANCEL = """mutation($input: CancelReservationInput!) { cancelReservation(input: $input) {
+    status errors { code } } }"""
+
+
+async def test_a_plug_reserved_for_another_card_is_not_listed_free(
+        central: Central) -> None:
+    """QA s23: with an ACTIVE reservation for another card on connector 1, which its
+    charger still reported Available, ``availableNow`` and ``status: AVAILABLE`` listed
+    it free, and a remote start there with another card was refused as reserved. The
+    filters now agree with that refusal; cancelled, the plug is free again."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD,
+                         charge_point=ReservesWithoutSayingSo) as cp:
+        for connector_id in (1, 2):
+            await cp.call(call.StatusNotification(connector_id=connector_id,
+                                                  error_code="NoError", status="Available",
+                                                  timestamp=now()))
+        expiry = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+        reserved = (await central.gql(RESERVE, {"input": {
+            "cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OTHER", "expiryDate": expiry}},
+            as_user="op"))["reserveNow"]
+        assert reserved["reservation"]["state"] == "ACTIVE", reserved
+        listed = await central.gql(FREE_NOW, as_user="driver")
+        assert listed["free"]["nodes"] == [{"connectorId": 2}]
+        assert listed["stations"]["nodes"] == [{"cpId": "CP-1"}]  # connector 2 is free
+        assert {"connectorId": 1, "status": "AVAILABLE"} in listed["all"]["nodes"]
+        refused = (await central.gql(START, {"input": {
+            "cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OK"}},
+            as_user="op"))["remoteStartTransaction"]
+        assert refused["errors"] == [{"field": "connectorId", "code": "IN_USE"}]
+
+        cancelled = (await central.gql(CANCEL, {"input": {
+            "cpId": "CP-1", "reservationId": reserved["reservation"]["reservationId"]}},
+            as_user="op"))["cancelReservation"]
+        assert cancelled == {"status": "ACCEPTED", "errors": []}
+        listed = await central.gql(FREE_NOW, as_user="driver")
+        assert listed["free"]["nodes"] == [{"connectorId": 1}, {"connectorId": 2}]

@@ -34,6 +34,12 @@ from pymongo.errors import (
 
 from chargegraph.startup import StartupFailed, starting
 from domain.aggregation import Count
+from domain.availability import (
+    connector_fits,
+    connectors_available_now,
+    connectors_not_available_now,
+    stations_with,
+)
 from domain.clock import utcnow
 from domain.entities import (
     AuditAction,
@@ -82,7 +88,7 @@ from store.mongo import store as store_module
 from store.mongo.codec import to_doc
 from store.mongo.indexes import SUPERSEDED, index_name, violated_field
 from store.mongo.journal import JOURNAL
-from store.mongo.query import sort_spec
+from store.mongo.query import compile_query, sort_spec
 from store.sqlite import migrations as sqlite_migrations
 from tests.support.mongomock_async import (
     AsyncCollection,
@@ -358,6 +364,39 @@ async def test_start_accepts_a_server_of_5_0_or_later(
     store = MongoStore(answering_build_info(monkeypatch, info), sweep_every=None)
     await store.start()
     await store.close()
+
+
+def _lookups(stages: Any, into: str) -> list[dict[str, Any]]:
+    """Every ``$lookup`` into ``into`` in an aggregation, nested ones included."""
+    found: list[dict[str, Any]] = []
+    if isinstance(stages, dict):
+        lookup = stages.get("$lookup")
+        if isinstance(lookup, dict) and lookup.get("from") == into:
+            found.append(lookup)
+        for value in stages.values():
+            found += _lookups(value, into)
+    elif isinstance(stages, list):
+        for stage in stages:
+            found += _lookups(stage, into)
+    return found
+
+
+async def test_available_now_joins_reservations_by_their_station(mongo: MongoStore) -> None:
+    """"Available now" looks for a live reservation of each plug and of its station's
+    connector 0 by the reservation's ``station_id`` (indexed): per connector, its
+    station's few reservations, never the collection."""
+    now = utcnow()
+    for kind, where in ((Connector, connectors_available_now(now)),
+                        (Connector, connectors_not_available_now(now)),
+                        (Station, stations_with(connector_fits(), available_now=True,
+                                                now=now)),
+                        (Station, stations_with(connector_fits(), available_now=False,
+                                                now=now))):
+        lookups = _lookups(compile_query(kind, where).pipeline(), "reservation")
+        assert [lookup["foreignField"] for lookup in lookups] == ["station_id"] * 2
+    indexed = [info["key"][0][0] for info in
+               raw(mongo)["reservation"].index_information().values()]
+    assert "station_id" in indexed
 
 
 async def test_one_active_session_per_connector_is_a_partial_unique_index(

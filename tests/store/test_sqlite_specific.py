@@ -20,6 +20,11 @@ from typing import cast
 import aiosqlite
 import pytest
 
+from domain.availability import (
+    connectors_available_now,
+    connectors_not_available_now,
+    stations_with,
+)
 from domain.clock import utcnow
 from domain.entities import (
     ENTITY_TYPES,
@@ -1431,6 +1436,22 @@ async def test_typical_queries_use_indexes(store: SqliteStore) -> None:
     for kind, where in queries:
         plan = await _plan(store, kind, where)
         assert "SCAN t0" not in plan, (kind.kind, plan)
+
+
+async def test_available_now_reads_only_each_station_s_reservations(
+        store: SqliteStore) -> None:
+    """"Available now" asks, per connector, for a live reservation of its plug and of
+    its station's connector 0 (``availability._reserved``): each from the station's
+    reservations by ``(station_id, expires_at)``. Joined on the connector number alone,
+    or not at all, SQLite scanned every reservation ever made (per connector, or once
+    per statement)."""
+    for kind, where in ((Connector, connectors_available_now(T0)),
+                        (Connector, connectors_not_available_now(T0)),
+                        (Station, stations_with(ALL, available_now=True, now=T0)),
+                        (Station, stations_with(ALL, available_now=False, now=T0))):
+        plan = await _plan(store, kind, where)
+        assert plan.count("USING INDEX reservation_station_idx (station_id=? AND "
+                          "expires_at>?)") == 2, (kind.kind, plan)
 
 
 async def test_active_sessions_of_a_page_of_stations_use_the_state_index(
