@@ -53,9 +53,12 @@ def stations_out_of_service() -> Filter:
 
 
 #: A connector's ACTIVE session: the one of its station and connector number (a
-#: correlated sub-select; one at most, by the store's unique rule).
+#: correlated sub-select; one at most, by the store's unique rule). Joined on the station
+#: explicitly too, as ``_reserved`` is and for the same reason: on the connector number
+#: alone SQLite scanned every ACTIVE session of the network per connector (its partial
+#: index leads with cpId); so it reads the station's from ``(station_id, state)``.
 _HELD = ("station_id", "session", Eq("state", SessionState.ACTIVE), "station_id",
-         (("connector_id", "connector_id"),))
+         (("station_id", "station_id"), ("connector_id", "connector_id")))
 
 
 def connectors_held() -> Filter:

@@ -1452,6 +1452,9 @@ async def test_available_now_reads_only_each_station_s_reservations(
         plan = await _plan(store, kind, where)
         assert plan.count("USING INDEX reservation_station_idx (station_id=? AND "
                           "expires_at>?)") == 2, (kind.kind, plan)
+        # And its station's ACTIVE sessions, not the network's (``availability._HELD``).
+        assert "USING INDEX session_station_state_idx (station_id=? AND state=?)" in plan \
+            and "session_active_connector_key" not in plan, (kind.kind, plan)
 
 
 async def test_active_sessions_of_a_page_of_stations_use_the_state_index(
