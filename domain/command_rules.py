@@ -5,7 +5,10 @@ duration or retry count, or an id tag of 21 characters, would reach the charger 
 back as its error (or, worse, be acted on). Each field is checked here by its OCPP name,
 wherever it sits in the payload, and refused as a user error naming the field's path
 (``csChargingProfiles.chargingSchedule.chargingSchedulePeriod.1.startPeriod``) before
-anything is stored or sent. Lengths follow the 1.6 CiString types.
+anything is stored or sent: every field at fault at once, in the payload's order (which
+is the input's), as the rest of the API reports an input (``validation.Checks``). A rule
+across fields judges only fields that passed their own rule, so no field is reported
+twice. Lengths follow the 1.6 CiString types.
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ TENTH = Decimal("0.1")
 #: replaces it unseen). A past one means "at once", as OCPP 1.6 reads it (5.19: not
 #: before that time).
 MAX_RETRIEVE_AHEAD = timedelta(days=365)
+#: How long a reservation may hold a connector (ReserveNow's ``expiryDate`` from now).
+MAX_RESERVATION_HOURS = 24
+MAX_RESERVATION = timedelta(hours=MAX_RESERVATION_HOURS)
 #: Actions whose connectorId 0 means the charge point as a whole (or "any connector").
 WHOLE_STATION_ACTIONS = frozenset({"ChangeAvailability", "ReserveNow", "TriggerMessage",
                                    "SetChargingProfile", "ClearChargingProfile",
@@ -140,38 +146,86 @@ RULES: dict[str, Rule] = {
 
 
 def check_command(action: str, payload: dict[str, Any], *, now: datetime) -> dict[str, Any]:
-    """The payload with every known field checked (id tags upper-cased, as stored);
-    ``ValidationError`` on the first field that breaks its rule. ``now``: the service's
-    clock, which times in the payload are judged against (``_timely``)."""
-    checked = _walk(payload, "")
+    """The payload with every known field checked (id tags upper-cased, as stored). What
+    fails is raised once all is checked: every field at fault, in the payload's order
+    (``_place``), one ``ValidationError`` or several as ``ValidationErrors``. A field that
+    failed its own rule is ``None`` in what the rules across fields read, and they skip
+    it (or ask ``checks.failed``): it is not reported again through another field's rule.
+    ``now``: the service's clock, which times in the payload are judged against
+    (``_timely``)."""
+    checks = v.Checks()
+    checked = _walk(payload, "", checks)
     connector = checked.get("connectorId")
     if connector is not None:
         low = 0 if action in WHOLE_STATION_ACTIONS else 1
-        checked["connectorId"] = _whole(low, 100)(connector, "connectorId")
-    _ordered(checked)
-    _timely(checked, now)
-    _consistent(action, checked)
+        checked["connectorId"] = checks(_whole(low, 100), connector, "connectorId")
+    _ordered(checked, checks)
+    _timely(action, checked, now, checks)
+    _consistent(action, checked, checks)
+    # The rules ran field by field, then across fields: a client is told the fields in
+    # the order its input gives them (a form's order), as any other mutation's.
+    checks.errors.sort(key=lambda error: _place(payload, error.field))
+    checks.done()
     return checked
 
 
-def _timely(payload: dict[str, Any], now: datetime) -> None:
-    """Times that only make sense from now on, as ``reserveNow``'s expiry and a card's
-    are refused in the past: a profile whose ``validTo`` has passed never applies (the
-    charger accepts it, and an operator believes a limit is set), and a firmware
-    ``retrieveDate`` is within ``MAX_RETRIEVE_AHEAD`` (a past one is "at once")."""
+def _fault(checks: v.Checks, message: str, field: str, code: str) -> None:
+    """Keeps the failure of a rule across fields with those of the fields' own rules."""
+    checks.errors.append(ValidationError(message, field=field, code=code))
+
+
+def _place(payload: dict[str, Any], field: str | None) -> tuple[int, ...]:
+    """Where ``field`` (a dotted path) sits in ``payload``: the place of each part of its
+    path among the fields (or items) of its level. A part the payload lacks (a field a
+    rule requires, left out) comes after the fields given at its level."""
+    place: list[int] = []
+    node: Any = payload
+    for part in (field or "").split("."):
+        if isinstance(node, dict):
+            keys = list(node)
+            place.append(keys.index(part) if part in node else len(keys))
+            node = node.get(part)
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            place.append(int(part))
+            node = node[int(part)]
+        else:
+            place.append(0)
+            node = None
+    return tuple(place)
+
+
+def _timely(action: str, payload: dict[str, Any], now: datetime, checks: v.Checks) -> None:
+    """Times that only make sense from now on: a reservation's ``expiryDate`` is in the
+    future and at most ``MAX_RESERVATION`` ahead (``_reservation_end``); a profile whose
+    ``validTo`` has passed never applies (the charger accepts it, and an operator
+    believes a limit is set); and a firmware ``retrieveDate`` is within
+    ``MAX_RETRIEVE_AHEAD`` (a past one is "at once")."""
+    if action == "ReserveNow" and not checks.failed("expiryDate"):
+        checks(_reservation_end, payload.get("expiryDate"), now)
     for key in ("csChargingProfiles", "chargingProfile"):
         profile = payload.get(key)
         end = profile.get("validTo") if isinstance(profile, dict) else None
-        if end is not None and end <= now:
-            raise ValidationError("must be in the future: the profile would never apply",
-                                  field=f"{key}.validTo", code="OUT_OF_RANGE")
+        if end is not None and end <= now and not checks.failed(f"{key}.validTo"):
+            _fault(checks, "must be in the future: the profile would never apply",
+                   f"{key}.validTo", "OUT_OF_RANGE")
     retrieve = payload.get("retrieveDate")
     if retrieve is not None and retrieve > now + MAX_RETRIEVE_AHEAD:
-        raise ValidationError(f"at most {MAX_RETRIEVE_AHEAD.days} days ahead",
-                              field="retrieveDate", code="OUT_OF_RANGE")
+        _fault(checks, f"at most {MAX_RETRIEVE_AHEAD.days} days ahead", "retrieveDate",
+               "OUT_OF_RANGE")
 
 
-def _consistent(action: str, payload: dict[str, Any]) -> None:
+def _reservation_end(expiry: Any, now: datetime) -> None:
+    """A ReserveNow's ``expiryDate``: in the future, at most ``MAX_RESERVATION`` ahead.
+    Judged with the payload's other fields, not once the reservation is being made: a
+    request with a bad connector, tag and expiry is told all three at once."""
+    if not isinstance(expiry, datetime) or expiry <= now:
+        raise ValidationError("expiryDate must be in the future", field="expiryDate")
+    if expiry > now + MAX_RESERVATION:
+        raise ValidationError(f"a reservation lasts at most {MAX_RESERVATION_HOURS} h",
+                              field="expiryDate", code="OUT_OF_RANGE")
+
+
+def _consistent(action: str, payload: dict[str, Any], checks: v.Checks) -> None:
     """Rules OCPP 1.6 states across fields, which a charger would refuse (its compliance
     tests check that it does), or worse, read its own way."""
     if action == "RemoteStartTransaction":
@@ -179,35 +233,34 @@ def _consistent(action: str, payload: dict[str, Any]) -> None:
         if isinstance(profile, dict):
             # 5.11: the profile of a remote start is the transaction's own.
             if profile.get("chargingProfilePurpose") != "TxProfile":
-                raise ValidationError("a remote start's profile must be a TxProfile",
-                                      field="chargingProfile.chargingProfilePurpose",
-                                      code="INVALID")
+                _fault(checks, "a remote start's profile must be a TxProfile",
+                       "chargingProfile.chargingProfilePurpose", "INVALID")
             if profile.get("transactionId") is not None:
-                raise ValidationError("there is no transaction yet",
-                                      field="chargingProfile.transactionId", code="INVALID")
+                _fault(checks, "there is no transaction yet",
+                       "chargingProfile.transactionId", "INVALID")
     if action == "SetChargingProfile":
-        _profile_fits_connector(payload)
+        _profile_fits_connector(payload, checks)
     for key in ("csChargingProfiles", "chargingProfile"):
         profile = payload.get(key)
         if isinstance(profile, dict) and profile.get("chargingProfileKind") == "Recurring" \
                 and profile.get("recurrencyKind") is None:
-            raise ValidationError("a Recurring profile needs its recurrencyKind",
-                                  field=f"{key}.recurrencyKind", code="REQUIRED")
+            _fault(checks, "a Recurring profile needs its recurrencyKind",
+                   f"{key}.recurrencyKind", "REQUIRED")
     if action == "SendLocalList":
-        _local_list(payload)
-    if action == "ChangeConfiguration" and is_heartbeat_key(payload.get("key")):
+        _local_list(payload, checks)
+    if action == "ChangeConfiguration" and is_heartbeat_key(payload.get("key")) \
+            and not checks.failed("value"):
         # Accepted, it is what the station's boots are answered with from then on
         # (``Station.heartbeat_interval``): a value no boot may carry is refused here,
         # before the charger takes it, as the global setting's would be at start.
-        v.heartbeat_interval(payload.get("value", ""), "value")
+        checks(v.heartbeat_interval, payload.get("value", ""), "value")
     if action == "ChangeConfiguration" and str(payload.get("key", "")).lower() \
             == "authorizationkey":
         # The charger's Basic-auth password: changed here, our stored hash would not
         # follow, and the charger would be refused with its new key (and a change
         # whose answer is lost leaves nobody knowing which key it has).
-        raise ValidationError("the charger's password is not changed by a command: set it "
-                              "with updateStation(password:) and on the charger itself",
-                              field="key", code="INVALID")
+        _fault(checks, "the charger's password is not changed by a command: set it "
+               "with updateStation(password:) and on the charger itself", "key", "INVALID")
 
 
 def is_heartbeat_key(key: Any) -> bool:
@@ -224,10 +277,18 @@ def folded_key(key: str) -> str:
 #: What makes a configuration key's value a secret, in its folded name: the OCPP 1.6
 #: security whitepaper's ``AuthorizationKey`` (the charger's Basic-auth password of
 #: security profiles 1 and 2; write-only there, yet some chargers read it back) and any
-#: vendor key named for a password or secret. Matched as parts of the name, so a vendor's
+#: vendor key named for a password, secret or credential the way vendors write them:
+#: ``MqttPwd``, ``WifiPSK`` (a pre-shared key), ``ApiToken``, ``ModemPassphrase``,
+#: ``CloudApiKey``, ``TlsPrivateKey``. Matched as parts of the name, so a vendor's
 #: ``BackendPassword`` or ``OcppAuthorizationKey`` is one too: showing a key's value
-#: needlessly masked costs an operator little, a leaked password the charger.
-SECRET_KEY_PARTS = ("authorizationkey", "password", "passwd", "secret")
+#: needlessly masked costs an operator little, a leaked password the charger. Not "key"
+#: alone, nor "auth" or "cert": the standard keys (``AuthorizeRemoteTxRequests``,
+#: ``LocalAuthListEnabled``, ``CertificateStoreMaxLength``, ...) hold no secret, and are
+#: what operators read (QA s23: ``MqttPwd``, ``ApiToken`` and ``WifiPSK`` were shown and
+#: audited in clear). Plain text, also read as a pattern (``log_masking``).
+SECRET_KEY_PARTS = ("authorizationkey", "password", "passwd", "passphrase", "pwd", "secret",
+                    "token", "psk", "credential", "apikey", "api_key", "privatekey",
+                    "private_key")
 
 
 def is_secret_key(key: Any) -> bool:
@@ -235,7 +296,7 @@ def is_secret_key(key: Any) -> bool:
     return isinstance(key, str) and any(part in folded_key(key) for part in SECRET_KEY_PARTS)
 
 
-def _profile_fits_connector(payload: dict[str, Any]) -> None:
+def _profile_fits_connector(payload: dict[str, Any], checks: v.Checks) -> None:
     """OCPP 1.6 (3.13.2): a ChargePointMaxProfile is the station's (connector 0), a
     TxProfile a connector's transaction, and a TxDefaultProfile is for transactions to
     come, so it names none."""
@@ -243,60 +304,64 @@ def _profile_fits_connector(payload: dict[str, Any]) -> None:
     if not isinstance(profile, dict):
         return
     purpose, connector = profile.get("chargingProfilePurpose"), payload.get("connectorId")
-    if purpose == "TxProfile" and connector == 0:
-        raise ValidationError("a TxProfile is for a connector's transaction, not "
-                              "connector 0", field="connectorId", code="INVALID")
-    if purpose == "ChargePointMaxProfile" and connector != 0:
-        raise ValidationError("a ChargePointMaxProfile limits the whole station: "
-                              "connector 0", field="connectorId", code="INVALID")
+    if not checks.failed("connectorId"):
+        if purpose == "TxProfile" and connector == 0:
+            _fault(checks, "a TxProfile is for a connector's transaction, not connector 0",
+                   "connectorId", "INVALID")
+        if purpose == "ChargePointMaxProfile" and connector != 0:
+            _fault(checks, "a ChargePointMaxProfile limits the whole station: connector 0",
+                   "connectorId", "INVALID")
     if purpose == "TxDefaultProfile" and profile.get("transactionId") is not None:
-        raise ValidationError("a TxDefaultProfile is for transactions to come, not one "
-                              "(use a TxProfile)", field="csChargingProfiles.transactionId",
-                              code="INVALID")
+        _fault(checks, "a TxDefaultProfile is for transactions to come, not one (use a "
+               "TxProfile)", "csChargingProfiles.transactionId", "INVALID")
 
 
-def _local_list(payload: dict[str, Any]) -> None:
+def _local_list(payload: dict[str, Any], checks: v.Checks) -> None:
     entries = [e for e in payload.get("localAuthorizationList") or () if isinstance(e, dict)]
     if entries and payload.get("listVersion") == 0:
         # GetLocalListVersion answers 0 for "no list": a list with tags has a version.
-        raise ValidationError("a list with tags has version 1 or more (0 means no list)",
-                              field="listVersion", code="OUT_OF_RANGE")
+        _fault(checks, "a list with tags has version 1 or more (0 means no list)",
+               "listVersion", "OUT_OF_RANGE")
     seen: set[str] = set()
     for i, entry in enumerate(entries):
         # Id tags are upper-cased by now, as chargers compare them (case-insensitive):
         # two entries for one card, each with its own idTagInfo, contradict each other.
-        tag = str(entry.get("idTag"))
-        if tag in seen:
-            raise ValidationError("this id tag is in the list already",
-                                  field=f"localAuthorizationList.{i}.idTag",
-                                  code="DUPLICATE")
-        seen.add(tag)
+        # A tag its own rule refused (None) is no other entry's duplicate.
+        tag = entry.get("idTag")
+        if isinstance(tag, str) and tag in seen:
+            _fault(checks, "this id tag is in the list already",
+                   f"localAuthorizationList.{i}.idTag", "DUPLICATE")
+        if isinstance(tag, str):
+            seen.add(tag)
         # A Differential entry without idTagInfo removes the tag; a Full list has none.
         if payload.get("updateType") == "Full" and entry.get("idTagInfo") is None:
-            raise ValidationError("a full list gives every tag's idTagInfo",
-                                  field=f"localAuthorizationList.{i}.idTagInfo",
-                                  code="REQUIRED")
+            _fault(checks, "a full list gives every tag's idTagInfo",
+                   f"localAuthorizationList.{i}.idTagInfo", "REQUIRED")
 
 
-def _walk(value: Any, path: str) -> Any:
+def _walk(value: Any, path: str, checks: v.Checks) -> Any:
+    """``value`` with each field's rule (``RULES``) applied; a field that fails it is
+    kept in ``checks`` and is ``None`` here."""
     if isinstance(value, dict):
         out = {}
         for key, item in value.items():
             where = f"{path}.{key}" if path else key
             if isinstance(item, list) and key == "key":  # GetConfiguration: a list of keys
-                out[key] = [RULES["key"](k, f"{where}.{i}") for i, k in enumerate(item)]
+                out[key] = [checks(RULES["key"], k, f"{where}.{i}")
+                            for i, k in enumerate(item)]
             elif key in RULES and item is not None and not isinstance(item, dict | list):
-                out[key] = RULES[key](item, where)
+                out[key] = checks(RULES[key], item, where)
             else:
-                out[key] = _walk(item, where)
+                out[key] = _walk(item, where, checks)
         return out
     if isinstance(value, list):
-        return [_walk(item, f"{path}.{i}") for i, item in enumerate(value)]
+        return [_walk(item, f"{path}.{i}", checks) for i, item in enumerate(value)]
     return value
 
 
-def _within_unit(schedule: dict[str, Any], where: str) -> None:
-    """Limits within what the schedule's unit makes believable (``MAX_LIMIT_PER_UNIT``)."""
+def _within_unit(schedule: dict[str, Any], where: str, checks: v.Checks) -> None:
+    """Limits within what the schedule's unit makes believable (``MAX_LIMIT_PER_UNIT``);
+    one refused by its own rule (``None`` here) is not judged again."""
     cap = MAX_LIMIT_PER_UNIT.get(schedule.get("chargingRateUnit", ""), MAX_LIMIT)
     unit = schedule.get("chargingRateUnit", "")
     limits = [(f"{where}.chargingSchedulePeriod.{i}.limit", period.get("limit"))
@@ -304,38 +369,40 @@ def _within_unit(schedule: dict[str, Any], where: str) -> None:
     limits.append((f"{where}.minChargingRate", schedule.get("minChargingRate")))
     for path, value in limits:
         if isinstance(value, int | float) and value > cap:
-            raise ValidationError(f"at most {cap:g} {unit}".rstrip(), field=path,
-                                  code="OUT_OF_RANGE")
+            _fault(checks, f"at most {cap:g} {unit}".rstrip(), path, "OUT_OF_RANGE")
 
 
-def _ordered(payload: dict[str, Any]) -> None:
-    """Pairs of fields that only make sense in order, wherever a profile sits."""
+def _ordered(payload: dict[str, Any], checks: v.Checks) -> None:
+    """Pairs of fields that only make sense in order, wherever a profile sits. A field
+    refused by its own rule is ``None`` here, and judged against no other."""
     for profile_key in ("csChargingProfiles", "chargingProfile"):
         profile = payload.get(profile_key)
         if not isinstance(profile, dict):
             continue
         start, end = profile.get("validFrom"), profile.get("validTo")
         if start is not None and end is not None and end <= start:
-            raise ValidationError("must be after validFrom", field=f"{profile_key}.validTo",
-                                  code="OUT_OF_RANGE")
+            _fault(checks, "must be after validFrom", f"{profile_key}.validTo",
+                   "OUT_OF_RANGE")
         schedule = profile.get("chargingSchedule") or {}
         periods = schedule.get("chargingSchedulePeriod")
         if periods is None:
             continue
         where = f"{profile_key}.chargingSchedule.chargingSchedulePeriod"
         if not periods:
-            raise ValidationError("at least one period", field=where, code="REQUIRED")
+            _fault(checks, "at least one period", where, "REQUIRED")
+            continue
+        starts = [period.get("startPeriod", 0) for period in periods]
         # The schedule starts with its first period: before it, no limit would apply.
-        if periods[0].get("startPeriod", 0) != 0:
-            raise ValidationError("the first period starts at 0", field=f"{where}.0.startPeriod",
-                                  code="INVALID")
-        _within_unit(schedule, f"{profile_key}.chargingSchedule")
+        if starts[0] is not None and starts[0] != 0:
+            _fault(checks, "the first period starts at 0", f"{where}.0.startPeriod",
+                   "INVALID")
+        _within_unit(schedule, f"{profile_key}.chargingSchedule", checks)
         # Each period's start is the previous one's end (OCPP 1.6 ChargingSchedulePeriod).
-        for i in range(1, len(periods)):
-            if periods[i].get("startPeriod", 0) <= periods[i - 1].get("startPeriod", 0):
-                raise ValidationError("periods must start in increasing order",
-                                      field=f"{where}.{i}.startPeriod", code="INVALID")
+        for i in range(1, len(starts)):
+            before, start_i = starts[i - 1], starts[i]
+            if before is not None and start_i is not None and start_i <= before:
+                _fault(checks, "periods must start in increasing order",
+                       f"{where}.{i}.startPeriod", "INVALID")
     start, stop = payload.get("startTime"), payload.get("stopTime")
     if start is not None and stop is not None and stop <= start:
-        raise ValidationError("must be after startTime", field="stopTime",
-                              code="OUT_OF_RANGE")
+        _fault(checks, "must be after startTime", "stopTime", "OUT_OF_RANGE")

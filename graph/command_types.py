@@ -372,7 +372,8 @@ class ConfigurationKey:
     masked: bool = strawberry.field(default=False, description=(
         "A secret whose value is never stored nor shown: `AuthorizationKey` (the "
         "charger's Basic-auth password, OCPP 1.6 security profiles 1 and 2) and any key "
-        "named for a password or secret."))
+        "named for a password, secret, token, pre-shared key, credential, API key or "
+        "private key (`BackendPassword`, `MqttPwd`, `ApiToken`, `WifiPSK`, …)."))
     read_at: datetime | None = strawberry.field(default=None, description=(
         "When a `getConfiguration` answer last gave it; null when known only from a "
         "change. While `rebootRequired`, an answer giving another value (the one still "

@@ -18,7 +18,7 @@ from domain.errors import DomainError
 from domain.services.commands import CommandOutcome
 from graph import command_types as t
 from graph.context import GraphContext
-from graph.errors import UserError, user_error
+from graph.errors import UserError, user_error, user_errors
 from graph.ids import expect_id
 from graph.nodes import Reservation
 
@@ -43,7 +43,8 @@ async def _send(info: Info, cp_id: str, action: str, payload: dict[str, Any]
         if exc.code == "FORBIDDEN" and ctx.viewer.anonymous:
             return None, [UserError(field=None, message="sign in first",
                                     code="UNAUTHENTICATED")]
-        return None, [user_error(exc)]
+        # Every field of the input at fault, in its order (``command_rules``).
+        return None, user_errors(exc)
     return outcome, [user_error(outcome.error)] if outcome.error else []
 
 

@@ -27,7 +27,7 @@ from domain.currencies import major_units
 from domain.geo import distance_km
 from domain.ids import is_id
 from domain.query import ALL, Eq, Range, Sort, all_of
-from domain.services.configuration import MAX_KEYS
+from domain.services.configuration import MAX_KEYS, is_secret
 from domain.services.fleet import IN_GARAGE
 from domain.services.intervals import IdleSpan
 from domain.services.tariffs import LATEST_VERSION_FIRST, PricedAt
@@ -765,8 +765,9 @@ class Station(Node, Audited):
         ctx = _ctx(info)
         known = await ctx.loaders.shared(_new_configuration_loader).load(self._r.id)
         booted = self._r.booted_at
-        return [ConfigurationKey(key=k.key, readonly=k.readonly, value=k.value,
-                                 masked=k.secret, read_at=k.read_at, changed_at=k.changed_at,
+        return [ConfigurationKey(key=k.key, readonly=k.readonly,
+                                 value=None if is_secret(k) else k.value, masked=is_secret(k),
+                                 read_at=k.read_at, changed_at=k.changed_at,
                                  reboot_required=k.awaits_reboot(booted)) for k in known]
 
     @strawberry.field(description="When the charger connected and disconnected, newest "

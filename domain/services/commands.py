@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Protocol, cast
 from urllib.parse import urlsplit, urlunsplit
 
@@ -83,8 +83,6 @@ DRIVER_ACTIONS = frozenset({"RemoteStartTransaction", "RemoteStopTransaction", "
 #: (ChangeConfiguration): the setting is stored and applies after the next reboot.
 POSITIVE = frozenset({"Accepted", "Unlocked", "Scheduled", "RebootRequired"})
 COMMAND_TIMEOUT_S = 30.0
-MAX_RESERVATION_HOURS = 24
-MAX_RESERVATION = timedelta(hours=MAX_RESERVATION_HOURS)
 
 
 #: What a station that is not Accepted may not be asked: OCPP 1.6 (4.2) has the central
@@ -672,13 +670,10 @@ class CommandService(Service):
             if not tag_value:
                 raise ValidationError("give the id tag to reserve for", field="idTag",
                                       code="REQUIRED")
-        expiry = payload.get("expiryDate")
+        # In the future and at most a day ahead: judged with the other fields
+        # (``command_rules``).
+        expiry = payload["expiryDate"]
         now = self.now()
-        if not isinstance(expiry, datetime) or expiry <= now:
-            raise ValidationError("expiryDate must be in the future", field="expiryDate")
-        if expiry > now + MAX_RESERVATION:
-            raise ValidationError(f"a reservation lasts at most {MAX_RESERVATION_HOURS} h",
-                                  field="expiryDate", code="OUT_OF_RANGE")
         connector_id = int(payload.get("connectorId", 0))
         await self._refuse_clash(viewer, station, connector_id, now)
         tag = await self.store.find_one(IdTag, Eq("tag", str(payload["idTag"]).upper()))

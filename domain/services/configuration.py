@@ -65,6 +65,14 @@ def without_secrets(action: str, result: dict[str, Any]) -> dict[str, Any]:
     return {**result, "configurationKey": shown}
 
 
+def is_secret(known: ConfigurationKey) -> bool:
+    """Whether a kept key's value is a secret, never shown: as it was recorded
+    (``secret``), or by the rule as it is now (``is_secret_key``). A key kept before the
+    rule named it one (QA s23: a vendor's ``MqttPwd``, ``ApiToken``, ``WifiPSK``) may still
+    hold its value, until its next read or change forgets it."""
+    return known.secret or is_secret_key(known.key)
+
+
 async def record_read(store: Store, station: Station, result: dict[str, Any], actor: Viewer,
                       now: datetime, *, whole: bool) -> None:
     """Keeps what a GetConfiguration answer (``result``, OCPP field names) says of the

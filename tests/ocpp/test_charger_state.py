@@ -7,6 +7,7 @@ only: an offline charger showed nothing)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -240,6 +241,106 @@ async def test_a_chargers_configuration_is_shown_while_it_is_offline(
             rebooted = (await central.gql(CONFIGURATION, as_user="op"))["station"]
         assert {k["key"]: k["rebootRequired"] for k in rebooted["configuration"]}[
             "WebSocketPingInterval"] is False
+    finally:
+        await commands.aclose()
+
+
+#: Secret keys as vendors name them (QA s23: the first three were shown and audited in
+#: clear), each with its value.
+VENDOR_SECRETS = {"MqttPwd": "mqtt-hunter2", "ApiToken": "tok-8f2a9c", "WifiPSK": "psk-wifi-77",
+                  "Modem_Passphrase": "modem-pass-1", "CloudApiKey": "api-key-0x1f",
+                  "TlsPrivateKey": "-----BEGIN-PK-----", "MQTT_PASSWORD": "mqtt-pass-2",
+                  "BackendCredentials": "cred-user:pw", "OcppSecret": "ocpp-secret-9"}
+#: Standard OCPP 1.6 keys (core, smart charging, local list, security whitepaper, ISO
+#: 15118): none holds a secret but AuthorizationKey, and all are what operators read.
+STANDARD_KEYS = (
+    "AllowOfflineTxForUnknownId", "AuthorizationCacheEnabled", "AuthorizeRemoteTxRequests",
+    "BlinkRepeat", "ClockAlignedDataInterval", "ConnectionTimeOut", "ConnectorPhaseRotation",
+    "GetConfigurationMaxKeys", "HeartbeatInterval", "LightIntensity",
+    "LocalAuthorizeOffline", "LocalPreAuthorize", "MaxEnergyOnInvalidId",
+    "MeterValuesAlignedData", "MeterValuesSampledData", "MeterValueSampleInterval",
+    "MinimumStatusDuration", "NumberOfConnectors", "ResetRetries",
+    "StopTransactionOnEVSideDisconnect", "StopTransactionOnInvalidId", "StopTxnAlignedData",
+    "StopTxnSampledData", "SupportedFeatureProfiles", "TransactionMessageAttempts",
+    "TransactionMessageRetryInterval", "UnlockConnectorOnEVSideDisconnect",
+    "WebSocketPingInterval", "LocalAuthListEnabled", "LocalAuthListMaxLength",
+    "SendLocalListMaxLength", "ReserveConnectorZeroSupported", "ChargeProfileMaxStackLevel",
+    "ChargingScheduleAllowedChargingRateUnit", "ChargingScheduleMaxPeriods",
+    "ConnectorSwitch3to1PhaseSupported", "MaxChargingProfilesInstalled",
+    "AdditionalRootCertificateCheck", "CertificateSignedMaxChainSize",
+    "CertificateStoreMaxLength", "CpoName", "SecurityProfile",
+    "CentralContractValidationAllowed", "CertSigningWaitMinimum", "CertSigningRepeatTimes",
+    "ContractValidationOffline", "ISO15118PnCEnabled")
+
+
+def test_vendor_secret_keys_are_secret_and_standard_keys_are_not() -> None:
+    from domain.command_rules import is_secret_key
+
+    assert [k for k in (*VENDOR_SECRETS, "AuthorizationKey", "BackendPassword")
+            if not is_secret_key(k)] == []
+    assert [k for k in STANDARD_KEYS if is_secret_key(k)] == []
+
+
+async def test_vendor_secret_keys_are_never_shown_audited_nor_announced(
+        central: Central, bus: MemoryEventBus, caplog: pytest.LogCaptureFixture) -> None:
+    """QA s23: MqttPwd, ApiToken and WifiPSK were shown in clear in getConfiguration,
+    Station.configuration (masked false) and the audit of a ChangeConfiguration: only
+    names with password, passwd, secret or authorizationkey were secrets. Every standard
+    OCPP 1.6 key is still shown. A key kept in clear before it counted as a secret is
+    masked too."""
+    from domain.ports import Insert
+    from domain.services.base import stamp_new
+
+    caplog.set_level(logging.DEBUG, logger="chargegraph.ocpp.wire")
+    commands = bus.subscribe(["command"])
+    base = {"cpId": "CP-1"}
+    station = await central.store.find_one(d.Station, Eq("cp_id", "CP-1"))
+    assert station is not None
+    # As an older version kept it: not a secret then, its value in clear.
+    await central.store.write([Insert(stamp_new(d.ConfigurationKey(
+        station_id=station.id, cp_id="CP-1", key="OldVendorPwd", value="kept-in-clear"),
+        SYSTEM))], [])
+    try:
+        async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+            await cp.boot()
+            for key, value in VENDOR_SECRETS.items():
+                cp.configuration[key] = (value, False)
+            for key in STANDARD_KEYS:
+                cp.configuration.setdefault(key, (f"{key}-value", False))
+            live = await run(central, "getConfiguration", base,
+                             "configurationKey { key value masked }")
+            got = {k["key"]: (k["value"], k["masked"]) for k in live["configurationKey"]}
+            assert {k: got[k] for k in VENDOR_SECRETS} == {
+                k: (None, True) for k in VENDOR_SECRETS}
+            assert {k: got[k] for k in STANDARD_KEYS} == {
+                k: (cp.configuration[k][0], False) for k in STANDARD_KEYS}
+            completed = await _completed(commands, "GetConfiguration")
+            announced = str(completed.result) + payload(
+                "evt", "command.completed", completed.at, event_data(completed)).decode()
+            assert [v for v in VENDOR_SECRETS.values() if v in announced] == []
+            assert "HeartbeatInterval-value" in announced or "300" in announced
+            for key, value in (("MqttPwd", "new-mqtt-pw"), ("WifiPSK", "new-wifi-psk")):
+                changed = await run(central, "changeConfiguration",
+                                    {**base, "key": key, "value": value})
+                assert changed == {**changed, "status": "ACCEPTED", "errors": []}
+                assert cp.configuration[key] == (value, False)  # the charger has it whole
+                completed = await _completed(commands, "ChangeConfiguration")
+        offline = (await central.gql(CONFIGURATION, as_user="op"))["station"]
+        shown = {k["key"]: (k["value"], k["masked"]) for k in offline["configuration"]}
+        assert {k: shown[k] for k in (*VENDOR_SECRETS, "OldVendorPwd")} == {
+            k: (None, True) for k in (*VENDOR_SECRETS, "OldVendorPwd")}
+        assert {k: shown[k][1] for k in STANDARD_KEYS} == dict.fromkeys(STANDARD_KEYS, False)
+        assert shown["HeartbeatInterval"][0] is not None
+        secrets = [*VENDOR_SECRETS.values(), "new-mqtt-pw", "new-wifi-psk"]
+        stored = str(await central.store.find_all(d.ConfigurationKey, Eq("cp_id", "CP-1")))
+        assert [v for v in secrets if v in stored] == []
+        audit = await central.store.find_all(d.AuditEntry, Eq("action", d.AuditAction.COMMAND))
+        requests = [a.after["request"] for a in audit
+                    if a.after and a.after["request"].get("key") in ("MqttPwd", "WifiPSK")]
+        assert len(requests) == 4 and {r["value"] for r in requests} == {"[hidden]"}
+        assert [v for v in secrets if v in str([a.after for a in audit])] == []
+        logged = str([r.getMessage() for r in caplog.records])
+        assert [v for v in secrets if v in logged] == []
     finally:
         await commands.aclose()
 

@@ -599,13 +599,15 @@ PROFILE: dict[str, Any] = {
     "chargingSchedule": {"chargingRateUnit": "A", "chargingSchedulePeriod": [
         {"startPeriod": 0, "limit": 16.0}, {"startPeriod": 600, "limit": 8.0}]}}
 LATER = "2030-01-01T00:00:00Z"
+#: Within a reservation's day (and a firmware's year): a bad command's other fields are fine.
+SOON = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
 BAD_COMMANDS: list[tuple[str, dict[str, Any], str, str]] = [
     ("unlockConnector", {"connectorId": -3}, "connectorId", "OUT_OF_RANGE"),
     ("unlockConnector", {"connectorId": 0}, "connectorId", "OUT_OF_RANGE"),
     ("unlockConnector", {"connectorId": 3}, "connectorId", "OUT_OF_RANGE"),  # has 2
-    ("reserveNow", {"connectorId": -3, "expiryDate": LATER, "idTag": "TAG-OK"},
+    ("reserveNow", {"connectorId": -3, "expiryDate": SOON, "idTag": "TAG-OK"},
      "connectorId", "OUT_OF_RANGE"),
-    ("reserveNow", {"connectorId": 1, "expiryDate": LATER, "idTag": "T" * 21},
+    ("reserveNow", {"connectorId": 1, "expiryDate": SOON, "idTag": "T" * 21},
      "idTag", "TOO_LONG"),
     ("reserveNow", {"connectorId": 1, "expiryDate": "9999-12-31T00:00:00Z",
                     "idTag": "TAG-OK"}, "expiryDate", "OUT_OF_RANGE"),
@@ -627,7 +629,7 @@ BAD_COMMANDS: list[tuple[str, dict[str, Any], str, str]] = [
     ("getDiagnostics", {"location": "not a url"}, "location", "INVALID"),
     ("getDiagnostics", {"location": "https://d.example.com/", "startTime": LATER,
                         "stopTime": "2029-01-01T00:00:00Z"}, "stopTime", "OUT_OF_RANGE"),
-    ("updateFirmware", {"location": "https://fw.example.com/x.bin", "retrieveDate": LATER,
+    ("updateFirmware", {"location": "https://fw.example.com/x.bin", "retrieveDate": SOON,
                         "retryInterval": -5}, "retryInterval", "OUT_OF_RANGE"),
     # QA s20 (time): a rollout held for ever, and profiles whose end has passed.
     ("updateFirmware", {"location": "https://fw.example.com/x.bin",
@@ -641,8 +643,9 @@ BAD_COMMANDS: list[tuple[str, dict[str, Any], str, str]] = [
      "OUT_OF_RANGE"),
     ("sendLocalList", {"listVersion": -1, "updateType": "FULL"}, "listVersion",
      "OUT_OF_RANGE"),
-    ("sendLocalList", {"listVersion": 1, "updateType": "FULL", "localAuthorizationList": [
-        {"idTag": "OK"}, {"idTag": "X" * 21}]}, "localAuthorizationList.1.idTag", "TOO_LONG"),
+    ("sendLocalList", {"listVersion": 1, "updateType": "DIFFERENTIAL",
+                       "localAuthorizationList": [{"idTag": "OK"}, {"idTag": "X" * 21}]},
+     "localAuthorizationList.1.idTag", "TOO_LONG"),
     ("setChargingProfile", {"connectorId": 1, "csChargingProfiles": {
         **PROFILE, "stackLevel": -1}}, "csChargingProfiles.stackLevel", "OUT_OF_RANGE"),
     ("setChargingProfile", {"connectorId": 1, "csChargingProfiles": {
@@ -726,6 +729,96 @@ async def test_bad_command_input_is_a_user_error_and_nothing_is_sent(central: Ce
         good = await run(central, "setChargingProfile",
                          {"cpId": "CP-1", "connectorId": 0, "csChargingProfiles": PROFILE})
         assert good["errors"] == [] and good["status"] == "ACCEPTED"
+    assert await central.store.count(d.Reservation, Eq("cp_id", "CP-1")) == 0
+
+
+SCHEDULE = "csChargingProfiles.chargingSchedule.chargingSchedulePeriod"
+#: Commands with several fields at fault, each given in an order other than the input
+#: type's, and every failure expected in the input type's order (nested ones by their
+#: place in it), each field once: a rule across fields skips a field refused by its own.
+MANY_BAD: list[tuple[str, dict[str, Any], list[tuple[str, str]]]] = [
+    # QA s23 (rules): only idTag came back.
+    ("reserveNow", {"idTag": "T" * 33, "expiryDate": "2020-01-01T00:00:00Z",
+                    "connectorId": -1},
+     [("connectorId", "OUT_OF_RANGE"), ("expiryDate", "INVALID"), ("idTag", "TOO_LONG")]),
+    ("reserveNow", {"idTag": "TAG\u0007", "expiryDate": "2020-01-01T00:00", "connectorId": 101},
+     [("connectorId", "OUT_OF_RANGE"), ("expiryDate", "INVALID"), ("idTag", "INVALID")]),
+    ("setChargingProfile", {"csChargingProfiles": {
+        **PROFILE, "stackLevel": 101, "chargingProfileId": -1,
+        "chargingSchedule": {"chargingRateUnit": "W", "chargingSchedulePeriod": [
+            {"limit": -1.0, "startPeriod": 0}, {"limit": 1.05, "startPeriod": 0}]}},
+        "connectorId": 1},
+     [("csChargingProfiles.chargingProfileId", "OUT_OF_RANGE"),
+      ("csChargingProfiles.stackLevel", "OUT_OF_RANGE"),
+      (f"{SCHEDULE}.0.limit", "OUT_OF_RANGE"), (f"{SCHEDULE}.1.startPeriod", "INVALID"),
+      (f"{SCHEDULE}.1.limit", "INVALID")]),
+    # Each field once: a start refused as negative is not also "not 0" or "not after
+    # the one before"; a limit beyond any unit is not also beyond the unit's; a bad
+    # connector is not also the wrong one for the purpose; a bad validTo is not judged
+    # against validFrom or now.
+    ("setChargingProfile", {"connectorId": -1, "csChargingProfiles": {
+        **PROFILE, "chargingProfilePurpose": "CHARGE_POINT_MAX_PROFILE",
+        "validFrom": "2030-01-02T00:00:00Z", "validTo": "1960-01-01T00:00:00Z",
+        "chargingSchedule": {"chargingRateUnit": "A", "chargingSchedulePeriod": [
+            {"startPeriod": -5, "limit": 20_000_000.0}, {"startPeriod": -6, "limit": 8.0},
+            {"startPeriod": 60, "limit": 5_000.0}]}}},
+     [("connectorId", "OUT_OF_RANGE"),
+      (f"{SCHEDULE}.0.startPeriod", "OUT_OF_RANGE"), (f"{SCHEDULE}.0.limit", "OUT_OF_RANGE"),
+      (f"{SCHEDULE}.1.startPeriod", "OUT_OF_RANGE"), (f"{SCHEDULE}.2.limit", "OUT_OF_RANGE"),
+      ("csChargingProfiles.validTo", "OUT_OF_RANGE")]),
+    # A validTo both before validFrom and past is told once.
+    ("setChargingProfile", {"connectorId": 1, "csChargingProfiles": {
+        **PROFILE, "validFrom": "2020-12-02T00:00:00Z", "validTo": "2020-12-01T00:00:00Z"}},
+     [("csChargingProfiles.validTo", "OUT_OF_RANGE")]),
+    ("getDiagnostics", {"stopTime": "2029-01-01T00:00:00Z", "retryInterval": 90_000,
+                        "retries": -1, "startTime": LATER, "location": "not a url"},
+     [("location", "INVALID"), ("retries", "OUT_OF_RANGE"), ("retryInterval", "OUT_OF_RANGE"),
+      ("stopTime", "OUT_OF_RANGE")]),
+    ("changeConfiguration", {"value": "v" * 501, "key": "K" * 51},
+     [("key", "TOO_LONG"), ("value", "TOO_LONG")]),
+    ("changeConfiguration", {"value": "9e2", "key": "heartbeatinterval"},
+     [("value", "INVALID")]),
+    ("updateFirmware", {"retryInterval": -5, "retries": 101,
+                        "retrieveDate": "2150-01-01T00:00:00Z", "location": "ftp://"},
+     [("location", "INVALID"), ("retrieveDate", "OUT_OF_RANGE"), ("retries", "OUT_OF_RANGE"),
+      ("retryInterval", "OUT_OF_RANGE")]),
+    ("sendLocalList", {"updateType": "FULL", "listVersion": -1, "localAuthorizationList": [
+        {"idTagInfo": {"status": "ACCEPTED"}, "idTag": "X" * 21},
+        {"idTag": "X" * 21}, {"idTag": "ok"}, {"idTag": "OK", "idTagInfo": {
+            "status": "BLOCKED", "parentIdTag": "P" * 21}}]},
+     [("listVersion", "OUT_OF_RANGE"), ("localAuthorizationList.0.idTag", "TOO_LONG"),
+      ("localAuthorizationList.1.idTag", "TOO_LONG"),
+      ("localAuthorizationList.1.idTagInfo", "REQUIRED"),
+      ("localAuthorizationList.2.idTagInfo", "REQUIRED"),
+      ("localAuthorizationList.3.idTag", "DUPLICATE"),
+      ("localAuthorizationList.3.idTagInfo.parentIdTag", "TOO_LONG")]),
+    ("remoteStartTransaction", {"chargingProfile": {**PROFILE, "stackLevel": -1},
+                                "idTag": "TAG\u0007", "connectorId": 0},
+     [("connectorId", "OUT_OF_RANGE"), ("idTag", "INVALID"),
+      ("chargingProfile.stackLevel", "OUT_OF_RANGE"),
+      ("chargingProfile.chargingProfilePurpose", "INVALID")]),
+    ("getCompositeSchedule", {"duration": -1, "connectorId": 101},
+     [("connectorId", "OUT_OF_RANGE"), ("duration", "OUT_OF_RANGE")]),
+    ("getConfiguration", {"key": ["K" * 51, "HeartbeatInterval", ""]},
+     [("key.0", "TOO_LONG"), ("key.2", "REQUIRED")]),
+]
+
+
+async def test_every_invalid_field_of_a_command_is_told_at_once_in_the_inputs_order(
+        central: Central) -> None:
+    """QA s23 (rules): a command refused its first invalid field only (a reserveNow with
+    a bad connector, tag and expiry was told of the tag), where the schema promises every
+    invalid field of the input at once, in the input's order, as createStation does."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await cp.report_all()
+        for name, extra, expected in MANY_BAD:
+            answer = await run(central, name, {"cpId": "CP-1", **extra}, "__typename")
+            assert [(e["field"], e["code"]) for e in answer["errors"]] == expected, (
+                name, answer)
+            assert answer["commandId"] is None
+        await settle()
+        assert cp.received == []
     assert await central.store.count(d.Reservation, Eq("cp_id", "CP-1")) == 0
 
 
