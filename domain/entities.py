@@ -309,8 +309,9 @@ class Station(Record):
     #: (``domain.load_sharing``); ``None``: no site limit applies.
     site_id: str | None = None
     #: When ``firmware_status`` and ``diagnostics_status`` were set (the charger's
-    #: notification, or ``FIRMWARE_REQUESTED`` from an accepted UpdateFirmware), on our
-    #: clock: "Installed" alone does not say which rollout, today's or last year's.
+    #: notification, or ``FIRMWARE_REQUESTED``/``DIAGNOSTICS_REQUESTED`` from an
+    #: accepted UpdateFirmware/GetDiagnostics), on our clock: "Installed" alone does not
+    #: say which rollout, today's or last year's.
     #: ``None`` for statuses stored before the time was kept (SQLite migration 38).
     firmware_status_at: datetime | None = None
     diagnostics_status_at: datetime | None = None
@@ -320,6 +321,16 @@ class Station(Record):
     firmware_requested_at: datetime | None = None
     firmware_location: str | None = None
     firmware_retrieve_date: datetime | None = None
+    #: The last diagnostics upload its charger accepted (GetDiagnostics answered with a
+    #: ``fileName``): when, and the file it said it would upload. Diagnostics statuses
+    #: after ``diagnostics_requested_at`` are its (SQLite migration 53).
+    diagnostics_requested_at: datetime | None = None
+    diagnostics_file_name: str | None = None
+    #: While ``diagnostics_status`` is ``DIAGNOSTICS_REQUESTED``: the upload before it was
+    #: still under way (its last word Uploading) when this one was accepted, so the
+    #: Uploaded or UploadFailed that comes first is that upload's end, not this one's
+    #: (a DiagnosticsStatusNotification names no file; ``base.keeps_requested``).
+    diagnostics_previous_uploading: bool = False
     #: Its charger reported more configuration keys than are kept of a station
     #: (``services.configuration.MAX_KEYS``): its ``ConfigurationKey`` records are the
     #: first of them by folded key. Cleared by a read of every key that all fit
@@ -337,6 +348,10 @@ class Station(Record):
 #: charger reports on it: ours, not one of OCPP 1.6's FirmwareStatus values, so the last
 #: rollout's "Installed" is not read as the new one's.
 FIRMWARE_REQUESTED = "Requested"
+#: ``Station.diagnostics_status`` from a GetDiagnostics its charger accepted (its answer
+#: named a file) until the charger reports on it: ours too, so the last upload's
+#: "Uploaded" is not read as the new one's.
+DIAGNOSTICS_REQUESTED = "Requested"
 
 
 class ChargingRateUnit(StrEnum):

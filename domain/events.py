@@ -83,19 +83,21 @@ class FaultReported(DomainEvent):
 @dataclass(frozen=True, kw_only=True)
 class MaintenanceStatusChanged(DomainEvent):
     """A charger reported the progress of a firmware update or a diagnostics upload
-    (FirmwareStatusNotification, DiagnosticsStatusNotification): an operator rolling out
-    firmware follows it live instead of polling ``Station.firmwareStatus``."""
+    (FirmwareStatusNotification, DiagnosticsStatusNotification), or accepted one
+    (``Requested``): an operator rolling out firmware follows it live instead of polling
+    ``Station.firmwareStatus``."""
 
     topic: ClassVar[str] = "maintenance"
     #: ``FIRMWARE`` or ``DIAGNOSTICS``.
     kind: str
     #: As OCPP 1.6 spells it (Downloading, Installed, Uploaded, ...), or ours
-    #: ``Requested`` (``entities.FIRMWARE_REQUESTED``): an UpdateFirmware the charger
-    #: accepted. With ``at``, what the station stores (``Station.firmware_status_at``).
+    #: ``Requested`` (``entities.FIRMWARE_REQUESTED``, ``DIAGNOSTICS_REQUESTED``): an
+    #: UpdateFirmware or GetDiagnostics the charger accepted. With ``at``, what the
+    #: station stores (``Station.firmware_status_at``).
     status: str
-    #: For FIRMWARE, the rollout the status follows (``Station.firmware_requested_at``);
-    #: ``None`` for diagnostics, before any rollout was recorded, and from versions
-    #: before it was carried.
+    #: The rollout (``Station.firmware_requested_at``) or upload
+    #: (``diagnostics_requested_at``) the status follows; ``None`` before any was
+    #: recorded, and from versions before it was carried.
     requested_at: datetime | None = None
 
 

@@ -74,6 +74,8 @@ PRIVATE_FIELDS: dict[str, frozenset[str]] = {
                           "heartbeat_interval", "firmware_status_at",
                           "diagnostics_status_at", "firmware_requested_at",
                           "firmware_location", "firmware_retrieve_date",
+                          "diagnostics_requested_at", "diagnostics_file_name",
+                          "diagnostics_previous_uploading",
                           "configuration_truncated", "site_fallback_kw"}),
     # Whose books: who ran the station then, which a driver is not told of any station.
     "session": frozenset({"company_id", "station_owner_id"}),

@@ -422,8 +422,8 @@ class SendLocalListPayload(CommandPayload):
 @strawberry.type(description="The answer to `getDiagnostics`.")
 class GetDiagnosticsPayload(CommandPayload):
     file_name: str | None = strawberry.field(description=(
-        "The name of the file the charger will upload; null when it has nothing to "
-        "upload (or did not answer)."))
+        "The name of the file the charger will upload (kept as the station's "
+        "`diagnosticsRequest`); null when it has nothing to upload (or did not answer)."))
 
 
 @strawberry.type(description="The answer to `updateFirmware`.")

@@ -161,7 +161,8 @@ VALUE_DESCRIPTIONS: dict[str, dict[str, str]] = {
                            "on (a FirmwareStatusNotification, or `Requested`: an "
                            "`updateFirmware` it accepted).",
         "DIAGNOSTICS_STATUS": "`station.diagnostics_status`: a charger's diagnostics "
-                              "upload moved on (DiagnosticsStatusNotification).",
+                              "upload moved on (a DiagnosticsStatusNotification, or "
+                              "`Requested`: a `getDiagnostics` it accepted).",
         "STATION_ONLINE": "`station.online`: a charger is back, after a delivered "
                           "`station.offline`.",
         "STATION_OFFLINE": "`station.offline`: a charger has stayed offline for the "

@@ -532,6 +532,22 @@ class FirmwareRollout:
                    retrieve_date=r.firmware_retrieve_date)
 
 
+@strawberry.type(description=(
+    "A diagnostics upload its charger accepted (OCPP GetDiagnostics answered with a file "
+    "name)."))
+class DiagnosticsRequest:
+    requested_at: datetime = strawberry.field(description="When the charger accepted it.")
+    file_name: str = strawberry.field(description=(
+        "The name of the file the charger said it would upload (its answer's `fileName`)."))
+
+    @classmethod
+    def of(cls, r: d.Station) -> DiagnosticsRequest | None:
+        if r.diagnostics_requested_at is None:
+            return None
+        return cls(requested_at=r.diagnostics_requested_at,
+                   file_name=r.diagnostics_file_name or "")
+
+
 @strawberry.type(description="A charge point (OCPP identity `cpId`).")
 class Station(Node, Audited):
     cp_id: str = strawberry.field(description=(
@@ -559,8 +575,9 @@ class Station(Node, Audited):
         "Its charger's last FirmwareStatusNotification as OCPP 1.6 spells it "
         "(Downloading, Downloaded, Installing, Installed, DownloadFailed, "
         "InstallationFailed, Idle), or `Requested`: an `updateFirmware` the charger "
-        "accepted (`firmwareRollout`) and has not reported on yet. See "
-        "`firmwareStatusAt`. Staff only."))
+        "accepted (`firmwareRollout`) and has not reported on yet. An Idle before "
+        "`firmwareRollout.retrieveDate` leaves `Requested` (the download is not due); "
+        "from then on it is shown. See `firmwareStatusAt`. Staff only."))
     firmware_status_at: datetime | None = strawberry.field(description=(
         "When `firmwareStatus` was set (the notification came, or the rollout was "
         "accepted); null for a status kept before times were. Staff only."))
@@ -569,10 +586,17 @@ class Station(Node, Audited):
         "statuses from `firmwareRollout.requestedAt` on are this rollout's. Staff only."))
     diagnostics_status: str | None = strawberry.field(description=(
         "Its charger's last DiagnosticsStatusNotification (Idle, Uploading, Uploaded, "
-        "UploadFailed). See `diagnosticsStatusAt`. Staff only."))
+        "UploadFailed), or `Requested`: a `getDiagnostics` the charger accepted "
+        "(`diagnosticsRequest`) and has not reported on yet. An Uploaded or UploadFailed "
+        "while the upload before it was still Uploading is that upload's end and leaves "
+        "`Requested`. See `diagnosticsStatusAt`. Staff only."))
     diagnostics_status_at: datetime | None = strawberry.field(description=(
-        "When `diagnosticsStatus` was reported; null for a status kept before times "
-        "were. Staff only."))
+        "When `diagnosticsStatus` was set (the notification came, or the upload was "
+        "accepted); null for a status kept before times were. Staff only."))
+    diagnostics_request: DiagnosticsRequest | None = strawberry.field(description=(
+        "The last `getDiagnostics` its charger accepted with a file name; null before "
+        "any. Diagnostics statuses from `diagnosticsRequest.requestedAt` on are this "
+        "upload's. Staff only."))
     password_required: bool | None = strawberry.field(description=(
         "Whether its charger must present the station's password (HTTP Basic, OCPP "
         "security profile 1 or 2). False: anyone who knows the cpId can connect as it. "
@@ -644,6 +668,7 @@ class Station(Node, Audited):
             "firmware_rollout": FirmwareRollout.of(r) if private else None,
             "diagnostics_status": r.diagnostics_status if private else None,
             "diagnostics_status_at": r.diagnostics_status_at if private else None,
+            "diagnostics_request": DiagnosticsRequest.of(r) if private else None,
             "password_required": (r.auth_password_hash is not None) if private else None,
             "status": r.status,
             "error_code": r.error_code,

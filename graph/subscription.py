@@ -216,12 +216,12 @@ class MaintenanceKind(Enum):
     FIRMWARE = strawberry.enum_value("FIRMWARE", description=(
         "A firmware update (FirmwareStatusNotification, or `Requested`)."))
     DIAGNOSTICS = strawberry.enum_value("DIAGNOSTICS", description=(
-        "A diagnostics upload (DiagnosticsStatusNotification)."))
+        "A diagnostics upload (DiagnosticsStatusNotification, or `Requested`)."))
 
 
 @strawberry.type(description="A charger's progress with a firmware update or a "
                              "diagnostics upload (Firmware/DiagnosticsStatusNotification), "
-                             "and a firmware update it accepted (`Requested`): what "
+                             "and an update or upload it accepted (`Requested`): what "
                              "`Station.firmwareStatus` and `diagnosticsStatus` read now.")
 class MaintenanceEvent(_OfStation):
     cp_id: str = strawberry.field(description=_CP_ID)
@@ -230,14 +230,15 @@ class MaintenanceEvent(_OfStation):
                                                "Downloaded, Installing, Installed, "
                                                "DownloadFailed, InstallationFailed; "
                                                "Uploading, Uploaded, UploadFailed; Idle. "
-                                               "Or `Requested`: an `updateFirmware` the "
-                                               "charger accepted.")
+                                               "Or `Requested`: an `updateFirmware` or "
+                                               "`getDiagnostics` the charger accepted.")
     at: datetime = strawberry.field(description=(
         "When it was reported (or the update accepted), UTC: the station's "
         "`firmwareStatusAt` or `diagnosticsStatusAt`."))
     requested_at: datetime | None = strawberry.field(description=(
-        "FIRMWARE: the rollout the status follows (`Station.firmwareRollout.requestedAt`); "
-        "null for diagnostics and before any rollout was recorded."))
+        "The request the status follows: FIRMWARE, the rollout "
+        "(`Station.firmwareRollout.requestedAt`); DIAGNOSTICS, the upload "
+        "(`Station.diagnosticsRequest.requestedAt`). Null before any was recorded."))
     dropped_before: int = strawberry.field(description=_DROPPED)
     _e: strawberry.Private[MaintenanceStatusChanged]
 

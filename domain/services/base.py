@@ -16,6 +16,8 @@ from domain import validation as v
 from domain.clock import utcnow
 from domain.command_rules import folded_key
 from domain.entities import (
+    DIAGNOSTICS_REQUESTED,
+    FIRMWARE_REQUESTED,
     AuditAction,
     AuditEntry,
     Company,
@@ -173,9 +175,34 @@ def maintenance_event(station: Station, kind: str, status: str, at: datetime
                       ) -> MaintenanceStatusChanged:
     """The announcement of a station's firmware (``FIRMWARE``) or diagnostics status as
     stored at ``at``: subscriptions and webhooks say what ``Station`` reads."""
-    requested = station.firmware_requested_at if kind == "FIRMWARE" else None
+    requested = station.firmware_requested_at if kind == "FIRMWARE" \
+        else station.diagnostics_requested_at
     return MaintenanceStatusChanged(**owned_by(station), kind=kind, status=status, at=at,
                                     requested_at=requested)
+
+
+#: The DiagnosticsStatusNotification statuses that end an upload.
+UPLOAD_ENDS = frozenset({"Uploaded", "UploadFailed"})
+
+
+def keeps_requested(station: Station, kind: str, status: str, now: datetime) -> bool:
+    """Whether a charger's firmware (``FIRMWARE``) or diagnostics report of ``status``,
+    coming while ``station`` reads ``Requested``, is not news of that request, so the
+    station goes on reading ``Requested``. A firmware ``Idle`` before the rollout's
+    ``firmware_retrieve_date``: the charger is not doing anything yet because the
+    download is not due (answering a TriggerMessage, say), which is what ``Requested``
+    with the rollout's date says already; from that date on an ``Idle`` is news (the
+    charger dropped or has not begun a download it should have) and is kept. A
+    diagnostics Uploaded or UploadFailed while the upload before the request was still
+    under way (``diagnostics_previous_uploading``): that upload's end, late. OCPP 1.6's
+    notifications name neither a rollout nor a file, so nothing else can be told apart:
+    every other report is taken as the request's."""
+    if kind == "FIRMWARE":
+        due = station.firmware_retrieve_date
+        return station.firmware_status == FIRMWARE_REQUESTED and status == "Idle" \
+            and due is not None and due > now
+    return station.diagnostics_status == DIAGNOSTICS_REQUESTED \
+        and station.diagnostics_previous_uploading and status in UPLOAD_ENDS
 
 
 def books_of(station: Station) -> tuple[str | None, str | None]:

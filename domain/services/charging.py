@@ -58,6 +58,7 @@ from domain.services.base import (
     ServiceContext,
     books_of,
     charger,
+    keeps_requested,
     maintenance_event,
     not_erased,
     owned_by,
@@ -1622,16 +1623,28 @@ class ChargingService(ChargerConnections):
     async def _station_report(self, cp_id: str, kind: str, status: str) -> None:
         """Stores the status with when it came (``firmware_status_at``), and announces
         both as stored: the event's ``at`` is the station's time, its ``requested_at``
-        the rollout the station records (a firmware status belongs to the last one)."""
+        the rollout or upload the station records (a status belongs to the last one).
+        A report that is no news of a ``Requested`` one (``keeps_requested``: a firmware
+        Idle before the download is due, the late end of the upload before) leaves it
+        ``Requested`` and is not announced: the station reads what it did."""
         station = await self._require_station(cp_id)
         actor = charger(cp_id)
         now = self.now()
         field = "firmware_status" if kind == "FIRMWARE" else "diagnostics_status"
         values: dict[str, Any] = {field: status, f"{field}_at": now}
+        if keeps_requested(station, kind, status, now):
+            log.info("%s reported %s %s while %s is requested: not its news, the station "
+                     "still reads Requested", cp_id, kind.lower(), status,
+                     "a rollout" if kind == "FIRMWARE" else "an upload")
+            if kind == "FIRMWARE":
+                return  # nothing to record: the rollout's date says when it is due
+            # The one before ended: the next end is this upload's.
+            values = {"diagnostics_previous_uploading": False}
         update = patch(station, actor, **values)
         await self.commit(actor, [(update, station)])
         self.cache.remember(cast(Station, update.record), renew=False)
-        await self.publish(maintenance_event(station, kind, status, now))
+        if field in values:
+            await self.publish(maintenance_event(station, kind, status, now))
 
     async def data_transfer(self, cp_id: str, vendor_id: str, message_id: str | None,
                             data: str | None) -> tuple[str, str | None]:

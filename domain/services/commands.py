@@ -19,6 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 from domain.availability import POINT_DOWN
 from domain.command_rules import check_command, is_heartbeat_key, is_secret_key
 from domain.entities import (
+    DIAGNOSTICS_REQUESTED,
     FIRMWARE_REQUESTED,
     LIVE_RESERVATION_STATES,
     AuditAction,
@@ -58,6 +59,7 @@ from domain.services.base import (
     Service,
     ServiceContext,
     books_of,
+    keeps_requested,
     maintenance_event,
     owned_by,
     patch,
@@ -224,9 +226,17 @@ def _interval_taken(outcome: CommandOutcome, payload: dict[str, Any]) -> int | N
 def _rollout(outcome: CommandOutcome, payload: dict[str, Any], now: datetime
              ) -> dict[str, Any]:
     """The firmware rollout an UpdateFirmware the charger accepted starts (its answer
-    has no status: any answer but a CALLERROR is a yes), as its station records it;
-    empty for any other command or outcome. The location as the audit keeps it."""
-    if outcome.action != "UpdateFirmware" or outcome.error is not None:
+    has no status: any answer but a CALLERROR is a yes), or the diagnostics upload a
+    GetDiagnostics it accepted does (its answer names the file it will upload: without
+    a ``fileName`` it has nothing to upload, and nothing starts), as its station records
+    it; empty for any other command or outcome. The location as the audit keeps it."""
+    if outcome.error is not None:
+        return {}
+    if outcome.action == "GetDiagnostics":
+        name = outcome.result.get("fileName")
+        return {"diagnostics_requested_at": now, "diagnostics_file_name": name} \
+            if isinstance(name, str) and name else {}
+    if outcome.action != "UpdateFirmware":
         return {}
     retrieve = payload.get("retrieveDate")
     return {"firmware_requested_at": now,
@@ -234,14 +244,31 @@ def _rollout(outcome: CommandOutcome, payload: dict[str, Any], now: datetime
             "firmware_retrieve_date": retrieve if isinstance(retrieve, datetime) else None}
 
 
-def _requested(station: Station, viewer: Viewer, rollout: dict[str, Any], now: datetime
-               ) -> Update:
-    """The station's new rollout, its firmware status ``Requested`` from ``now``: the
-    last rollout's "Installed" is not the new one's. Only while no firmware report came
-    since the station was read before sending (``firmware_status_at``): one that did is
-    the charger's word on this rollout already (``_announce_requested``)."""
-    return patch(station, viewer, only_if=("firmware_status_at", station.firmware_status_at),
-                 firmware_status=FIRMWARE_REQUESTED, firmware_status_at=now, **rollout)
+def _kind(action: str) -> str:
+    """What a rollout's action reports the progress of (``MaintenanceStatusChanged``)."""
+    return "FIRMWARE" if action == "UpdateFirmware" else "DIAGNOSTICS"
+
+
+def _requested(station: Station, viewer: Viewer, kind: str, rollout: dict[str, Any],
+               now: datetime) -> Update:
+    """The station's new rollout (or upload), its status ``Requested`` from ``now``: the
+    last one's "Installed" or "Uploaded" is not the new one's. Only while no report of
+    that ``kind`` came since the station was read (``firmware_status_at``,
+    ``diagnostics_status_at``): one that did
+    is the charger's word on this request already, unless it is no news of it
+    (``_announce_requested``). An upload requested while the one before is still under
+    way remembers it (``diagnostics_previous_uploading``): its end is still to come."""
+    if kind == "FIRMWARE":
+        return patch(station, viewer,
+                     only_if=("firmware_status_at", station.firmware_status_at),
+                     firmware_status=FIRMWARE_REQUESTED, firmware_status_at=now, **rollout)
+    uploading = station.diagnostics_status == "Uploading" or (
+        station.diagnostics_status == DIAGNOSTICS_REQUESTED
+        and station.diagnostics_previous_uploading)
+    return patch(station, viewer,
+                 only_if=("diagnostics_status_at", station.diagnostics_status_at),
+                 diagnostics_status=DIAGNOSTICS_REQUESTED, diagnostics_status_at=now,
+                 diagnostics_previous_uploading=uploading, **rollout)
 
 
 class CommandService(Service):
@@ -791,20 +818,35 @@ class CommandService(Service):
         return expired
 
     # ------------------------------------------------------------- what chargers took
-    async def _announce_requested(self, viewer: Viewer, wrote: Any, rollout: dict[str, Any],
-                                  now: datetime) -> None:
-        """After a rollout was recorded: announced as ``Requested`` if that status landed.
-        It did not if the charger reported on the rollout first (its notification
-        raced the answer here): then its report stands, and the rollout is recorded
-        beside it."""
+    async def _announce_requested(self, viewer: Viewer, kind: str, wrote: Any,
+                                  rollout: dict[str, Any]) -> None:
+        """After a rollout (or upload) was recorded: announced as ``Requested`` if that
+        status landed. It did not if the charger reported first (its notification raced
+        the answer here): that report stands, and the rollout is recorded beside it,
+        unless it is no news of the request (``keeps_requested``: a firmware Idle before
+        the download is due, the end of the upload before): then ``Requested`` is
+        written over it, as it would have been had it come first."""
         requested = cast(Station, wrote)
-        if await self.landed([requested]):
-            await self.publish(maintenance_event(requested, "FIRMWARE", FIRMWARE_REQUESTED,
-                                                 now))
-            return
-        [current] = await self.store.get_many(Station, [requested.id])
-        if current is not None:
-            await self.commit(viewer, [(patch(current, viewer, **rollout), current)])
+        while not await self.landed([requested]):
+            [current] = await self.store.get_many(Station, [requested.id])
+            if current is None:
+                return
+            reported = current.firmware_status if kind == "FIRMWARE" \
+                else current.diagnostics_status
+            if reported is None or not keeps_requested(requested, kind, reported,
+                                                       self.now()):
+                await self.commit(viewer, [(patch(current, viewer, **rollout), current)])
+                return
+            again = _requested(current, viewer, kind, rollout, self.now())
+            await self.commit(viewer, [(again, current)])
+            requested = cast(Station, again.record)
+        if kind == "FIRMWARE":
+            await self.publish(maintenance_event(requested, kind, FIRMWARE_REQUESTED,
+                                                 cast(datetime, requested.firmware_status_at)))
+        else:
+            await self.publish(maintenance_event(
+                requested, kind, DIAGNOSTICS_REQUESTED,
+                cast(datetime, requested.diagnostics_status_at)))
 
     async def _record_configuration(self, viewer: Viewer, outcome: CommandOutcome,
                                     payload: dict[str, Any], now: datetime) -> None:
@@ -917,7 +959,8 @@ class CommandService(Service):
         answered_at = outcome.answered_at = self.now()
         rollout = _rollout(outcome, payload, answered_at)
         if rollout:
-            remembered.append((_requested(station, viewer, rollout, answered_at), station))
+            remembered.append((_requested(station, viewer, _kind(outcome.action), rollout,
+                                          answered_at), station))
 
         async def write() -> list[tuple[Change, Any]]:
             changes = await self._reservation_answered(viewer, outcome)
@@ -936,11 +979,12 @@ class CommandService(Service):
             await self.commit(viewer, remembered, extra_audit=[audit])
         if remembered:
             # Every instance drops its cached copy: the one holding the charger answers
-            # its next boot from it, and its firmware reports name the new rollout.
+            # its next boot from it, and its firmware and diagnostics reports name the
+            # new rollout or upload.
             await self.publish(StationChanged(**owned_by(station)))
         if rollout:
-            await self._announce_requested(viewer, remembered[-1][0].record, rollout,
-                                           answered_at)
+            await self._announce_requested(viewer, _kind(outcome.action),
+                                           remembered[-1][0].record, rollout)
         if outcome.action == "SendLocalList" and outcome.error is None:
             # What the charger's list holds now: a blocked card is withdrawn from the
             # lists that accept it (``Withdrawal``).

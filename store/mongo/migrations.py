@@ -105,10 +105,10 @@ async def migrate(db: Any) -> None:
 
 #: The fields added with a default to a kind that had documents already: (kind, field).
 #: SQLite's ``ADD COLUMN … NOT NULL DEFAULT`` stored the default in every older row
-#: (migrations 7, 24, 26, 27, 32 and 42); here older documents lack the field. They read as the
-#: default (``fields.build``), but a filter or a guard compares what is stored: a user
-#: without ``token_epoch`` matched no guard ``token_epoch == 0`` and could never be
-#: deactivated. ``vehicle.plate_key`` (migration 29) is ``_plate_keys``'s: its value is
+#: (migrations 7, 24, 26, 27, 32, 42 and 53); here older documents lack the field. They
+#: read as the default (``fields.build``), but a filter or a guard compares what is
+#: stored: a user without ``token_epoch`` matched no guard ``token_epoch == 0`` and could
+#: never be deactivated. ``vehicle.plate_key`` (migration 29) is ``_plate_keys``'s: its value is
 #: the plate's; ``name_key`` (migration 34) is ``_name_keys``'s, the name's key.
 #: ``tests/store/test_mongo_specific.py`` checks the list against SQLite's.
 ADDED_WITH_DEFAULT: tuple[tuple[str, str], ...] = (
@@ -122,6 +122,7 @@ ADDED_WITH_DEFAULT: tuple[tuple[str, str], ...] = (
     ("connector_interval", "known"),
     ("connection_event", "server_outage"),
     ("station", "configuration_truncated"),
+    ("station", "diagnostics_previous_uploading"),
 )
 
 

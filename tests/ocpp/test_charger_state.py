@@ -15,7 +15,10 @@ from typing import Any, cast
 
 import orjson
 import pytest
+from ocpp.routing import on
 from ocpp.v16 import call
+from ocpp.v16 import call_result as result
+from ocpp.v16.enums import Action
 
 from chargegraph.webhooks import event_data, payload
 from domain import entities as d
@@ -36,6 +39,8 @@ from tests.ocpp.test_commands import run, settle
 
 FIRMWARE = """{ station(cpId: "CP-1") { firmwareStatus firmwareStatusAt diagnosticsStatus
     diagnosticsStatusAt firmwareRollout { requestedAt location retrieveDate } } }"""
+DIAGNOSTICS = """{ station(cpId: "CP-1") { diagnosticsStatus diagnosticsStatusAt
+    diagnosticsRequest { requestedAt fileName } } }"""
 CONFIGURATION = """{ station(cpId: "CP-1") { online configuration { key value readonly
     masked readAt changedAt rebootRequired } } }"""
 KEPT = """{ station(cpId: "CP-1") { configurationTruncated configuration { key value } } }"""
@@ -64,6 +69,10 @@ def when(text: str | None) -> datetime:
 
 async def firmware(central: Central, as_user: str = "op") -> dict[str, Any]:
     return (await central.gql(FIRMWARE, as_user=as_user))["station"]  # type: ignore[no-any-return]
+
+
+async def diagnostics(central: Central, as_user: str = "op") -> dict[str, Any]:
+    return (await central.gql(DIAGNOSTICS, as_user=as_user))["station"]  # type: ignore[no-any-return]
 
 
 async def next_maintenance(events: AsyncIterator[Any]) -> MaintenanceStatusChanged:
@@ -169,6 +178,189 @@ async def test_a_firmware_report_that_beat_the_answer_is_not_overwritten(
     assert answer["accepted"] is True
     station = await firmware(central)
     assert station["firmwareStatus"] == "Downloading"
+    assert station["firmwareRollout"]["location"] == "https://fw.example.com/2.0.bin"
+
+
+class _NamesEachUpload(simulator.SimulatedChargePoint):
+    """A charger that names each upload's file (diag-1.zip, diag-2.zip, ...) and reports
+    on it when the test says."""
+
+    uploads = 0
+
+    @on(Action.get_diagnostics)
+    def on_get_diagnostics(self, location: str, **options: Any) -> result.GetDiagnostics:
+        self.uploads += 1
+        return result.GetDiagnostics(file_name=f"diag-{self.uploads}.zip")
+
+
+async def test_an_accepted_diagnostics_request_reads_requested_until_the_charger_reports(
+        central: Central, bus: MemoryEventBus) -> None:
+    """QA: after an upload reported Uploaded, a second getDiagnostics the charger accepted
+    left the station reading that "Uploaded" with its time, and the file name it answered
+    was kept nowhere. Now the station reads ``Requested`` from the answer, with the
+    request (when, the file), until the charger reports; subscriptions and webhooks say
+    so, and each status carries the request it follows (``requestedAt``)."""
+    events = bus.subscribe(["maintenance"])
+    base = {"cpId": "CP-1", "location": "https://diag.example.com/up"}
+    try:
+        async with connected(central.url, "CP-1", password=STATION_PASSWORD,
+                             charge_point=_NamesEachUpload) as cp:
+            await cp.boot()
+            await run(central, "getDiagnostics", base, "fileName")
+            assert (await next_maintenance(events)).status == "Requested"
+            for status in ("Uploading", "Uploaded"):
+                await cp.call(call.DiagnosticsStatusNotification(status=status))
+                assert (await next_maintenance(events)).status == status
+            uploaded = await diagnostics(central)
+            assert uploaded["diagnosticsStatus"] == "Uploaded"
+            second = await run(central, "getDiagnostics", base, "fileName errors { code }")
+            assert second == {**second, "fileName": "diag-2.zip", "errors": []}
+            requested = await diagnostics(central)
+            request = requested["diagnosticsRequest"]
+            assert requested["diagnosticsStatus"] == "Requested"
+            assert request["fileName"] == "diag-2.zip"
+            assert when(requested["diagnosticsStatusAt"]) == when(request["requestedAt"]) \
+                > when(uploaded["diagnosticsStatusAt"])
+            announced = await next_maintenance(events)
+            assert (announced.kind, announced.status, announced.at, announced.requested_at) \
+                == ("DIAGNOSTICS", "Requested", when(request["requestedAt"]),
+                    when(request["requestedAt"]))
+            await cp.call(call.DiagnosticsStatusNotification(status="Uploading"))
+            uploading = await diagnostics(central)
+            assert uploading["diagnosticsStatus"] == "Uploading"
+            assert uploading["diagnosticsRequest"] == request  # the same request
+            event = await next_maintenance(events)
+            assert (event.status, event.at, event.requested_at) == (
+                "Uploading", when(uploading["diagnosticsStatusAt"]),
+                when(request["requestedAt"]))
+    finally:
+        await events.aclose()
+    assert webhook_event(announced) is d.WebhookEvent.DIAGNOSTICS_STATUS
+    body = orjson.loads(payload("evt", "station.diagnostics_status", announced.at,
+                                event_data(announced)))
+    assert (body["at"], body["data"]["status"], body["data"]["requestedAt"]) == (
+        request["requestedAt"], "Requested", request["requestedAt"])
+    hidden = await diagnostics(central, "driver")
+    assert hidden == dict.fromkeys(hidden)  # staff only, as the status itself
+
+
+async def test_the_late_end_of_the_upload_before_is_not_the_new_ones(
+        central: Central, bus: MemoryEventBus) -> None:
+    """A DiagnosticsStatusNotification names no file. An upload requested while the one
+    before was still Uploading reads ``Requested`` through that one's Uploaded (its end,
+    late: not announced); the charger's next report is the new upload's, an end too."""
+    events = bus.subscribe(["maintenance"])
+    base = {"cpId": "CP-1", "location": "https://diag.example.com/up"}
+    try:
+        async with connected(central.url, "CP-1", password=STATION_PASSWORD,
+                             charge_point=_NamesEachUpload) as cp:
+            await cp.boot()
+            await run(central, "getDiagnostics", base, "fileName")
+            await cp.call(call.DiagnosticsStatusNotification(status="Uploading"))
+            await run(central, "getDiagnostics", base, "fileName")
+            requested = await diagnostics(central)
+            assert requested["diagnosticsStatus"] == "Requested"
+            await cp.call(call.DiagnosticsStatusNotification(status="Uploaded"))  # diag-1's
+            assert await diagnostics(central) == requested
+            # diag-2's: its upload server could not be reached.
+            await cp.call(call.DiagnosticsStatusNotification(status="UploadFailed"))
+            assert (await diagnostics(central))["diagnosticsStatus"] == "UploadFailed"
+            seen = [(await next_maintenance(events)).status for _ in range(4)]
+    finally:
+        await events.aclose()
+    assert seen == ["Requested", "Uploading", "Requested", "UploadFailed"]
+
+
+async def test_an_idle_before_the_download_is_due_leaves_the_rollout_requested(
+        central: Central, bus: MemoryEventBus, monkeypatch: pytest.MonkeyPatch) -> None:
+    """QA: a charger's FirmwareStatusNotification Idle (answering a TriggerMessage before
+    the rollout's retrieveDate) replaced ``Requested``, so a scheduled rollout read Idle.
+    Before the date it is no news: the station still reads ``Requested`` (and its time),
+    nothing is announced, and the charger's progress moves it on. From the date on, an
+    Idle is news (the download did not begin) and is shown."""
+    monkeypatch.setattr(simulator.SimulatedChargePoint, "_install_firmware", _reports_nothing)
+    events = bus.subscribe(["maintenance"])
+    now = datetime.now(UTC)
+    try:
+        async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+            await cp.boot()
+            await run(central, "updateFirmware", {
+                "cpId": "CP-1", "location": "https://fw.example.com/2.0.bin",
+                "retrieveDate": (now + timedelta(hours=3)).isoformat()}, "accepted")
+            requested = await firmware(central)
+            assert requested["firmwareStatus"] == "Requested"
+            await cp.call(call.FirmwareStatusNotification(status="Idle"))
+            assert await firmware(central) == requested
+            await cp.call(call.FirmwareStatusNotification(status="Downloading"))
+            assert (await firmware(central))["firmwareStatus"] == "Downloading"
+            # Due at once (a past retrieveDate): an Idle says the download did not begin.
+            await run(central, "updateFirmware", {
+                "cpId": "CP-1", "location": "https://fw.example.com/2.1.bin",
+                "retrieveDate": (now - timedelta(minutes=1)).isoformat()}, "accepted")
+            await cp.call(call.FirmwareStatusNotification(status="Idle"))
+            idle = await firmware(central)
+            assert idle["firmwareStatus"] == "Idle"
+            assert when(idle["firmwareStatusAt"]) > when(idle["firmwareRollout"]["requestedAt"])
+            seen = [(await next_maintenance(events)).status for _ in range(4)]
+    finally:
+        await events.aclose()
+    assert seen == ["Requested", "Downloading", "Requested", "Idle"]
+
+
+class _ReportsFirst:
+    """A charger whose ``kind`` notification of ``status`` is handled before its
+    ``answer`` to the command (the two race in the central system)."""
+
+    def __init__(self, central: Central, kind: str, status: str, answer: dict[str, Any]
+                 ) -> None:
+        self.central, self.kind, self.status, self.answer = central, kind, status, answer
+
+    async def call(self, cp_id: str, action: str, payload: dict[str, Any], timeout: float
+                   ) -> dict[str, Any]:
+        charging = self.central.services.charging
+        report = charging.firmware_status if self.kind == "FIRMWARE" \
+            else charging.diagnostics_status
+        await report(cp_id, self.status)
+        return self.answer
+
+
+@pytest.mark.parametrize(("before", "racing", "shown"), [
+    ("Uploading", "Uploaded", "Requested"),  # the upload before's end: not this one's
+    ("Uploading", "UploadFailed", "Requested"),
+    ("Uploaded", "Uploading", "Uploading"),  # the charger began the new one at once
+    (None, "UploadFailed", "UploadFailed"),
+])
+async def test_a_diagnostics_report_that_beat_the_answer(
+        central: Central, before: str | None, racing: str, shown: str) -> None:
+    """A report handled before the answer stands when it is the new upload's, as a
+    firmware one does; the end of an upload that was still Uploading is not: the
+    station reads ``Requested``. The request is recorded either way."""
+    if before is not None:
+        await central.services.charging.diagnostics_status("CP-1", before)
+    central.services.attach_gateway(_ReportsFirst(  # type: ignore[arg-type]
+        central, "DIAGNOSTICS", racing, {"fileName": "diag.zip"}))
+    answer = await run(central, "getDiagnostics", {
+        "cpId": "CP-1", "location": "https://diag.example.com/up"}, "fileName")
+    assert answer["fileName"] == "diag.zip"
+    station = await diagnostics(central)
+    assert station["diagnosticsStatus"] == shown
+    assert station["diagnosticsRequest"]["fileName"] == "diag.zip"
+
+
+@pytest.mark.parametrize(("due", "shown"), [(timedelta(hours=3), "Requested"),
+                                            (-timedelta(minutes=1), "Idle")])
+async def test_an_idle_that_beat_the_answer(central: Central, due: timedelta, shown: str
+                                            ) -> None:
+    """An Idle handled before the UpdateFirmware's answer is no news of a rollout not
+    due yet either: ``Requested`` is written over it. Once due, it stands."""
+    central.services.attach_gateway(_ReportsFirst(  # type: ignore[arg-type]
+        central, "FIRMWARE", "Idle", {}))
+    answer = await run(central, "updateFirmware", {
+        "cpId": "CP-1", "location": "https://fw.example.com/2.0.bin",
+        "retrieveDate": (datetime.now(UTC) + due).isoformat()}, "accepted")
+    assert answer["accepted"] is True
+    station = await firmware(central)
+    assert station["firmwareStatus"] == shown
     assert station["firmwareRollout"]["location"] == "https://fw.example.com/2.0.bin"
 
 
