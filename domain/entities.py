@@ -323,7 +323,7 @@ class Station(Record):
     firmware_retrieve_date: datetime | None = None
     #: The last diagnostics upload its charger accepted (GetDiagnostics answered with a
     #: ``fileName``): when, and the file it said it would upload. Diagnostics statuses
-    #: after ``diagnostics_requested_at`` are its (SQLite migration 53).
+    #: after ``diagnostics_requested_at`` are its (SQLite migration 51).
     diagnostics_requested_at: datetime | None = None
     diagnostics_file_name: str | None = None
     #: While ``diagnostics_status`` is ``DIAGNOSTICS_REQUESTED``: the upload before it was

@@ -1121,12 +1121,12 @@ _V50 = """
 ALTER TABLE "user" ADD COLUMN "erased_at" INTEGER;
 """
 
-# Version 53: the last diagnostics upload a station's charger accepted
+# Version 51: the last diagnostics upload a station's charger accepted
 # (``Station.diagnostics_requested_at``, ``diagnostics_file_name``), and whether the one
 # before was still uploading then (``diagnostics_previous_uploading``): an accepted
 # GetDiagnostics left the last upload's "Uploaded" showing (QA). Older rows: none
 # recorded. (51 and 52 are other branches'.)
-_V53 = """
+_V51 = """
 ALTER TABLE "station" ADD COLUMN "diagnostics_requested_at" INTEGER;
 ALTER TABLE "station" ADD COLUMN "diagnostics_file_name" TEXT;
 ALTER TABLE "station" ADD COLUMN "diagnostics_previous_uploading" INTEGER NOT NULL DEFAULT 0;
@@ -1147,7 +1147,7 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (41, _V41), (42, _V42), (43, _V43),
                                      (44, _V44), (45, _V45), (46, _V46),
                                      (47, _V47), (48, _V48), (49, _V49),
-                                     (50, _V50), (53, _V53))
+                                     (50, _V50), (51, _V51))
 
 #: Python functions migrations call, registered on the migrating connection: a value only
 #: the domain's rules can compute for rows written before (name, arity, function).
