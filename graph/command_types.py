@@ -345,8 +345,7 @@ class IdTagInfoInput:
     expiry_date: datetime | None = strawberry.field(default=None, description=(
         "When the charger stops accepting the tag; left out: no expiry."))
     parent_id_tag: str | None = strawberry.field(default=None, description=(
-        "The tag's group (OCPP parentIdTag, at most 20 characters): every card of it may "
-        "take the reserved plug. Operators and admins only (a driver's is FORBIDDEN)."))
+        "The tag's group (OCPP parentIdTag, at most 20 characters)."))
 
 
 @strawberry.input(description="OCPP AuthorizationData.")

@@ -197,7 +197,8 @@ class ReserveNowInput:
         default=None, description="Drivers may leave it out (their first usable tag).")
     parent_id_tag: str | None = strawberry.field(default=None, description=(
         "The tag's group (OCPP parentIdTag): a card of the group may use the reservation "
-        "too, at chargers that allow it."))
+        "too, at chargers that allow it. Operators and admins only (a driver's is "
+        "FORBIDDEN: every card of the group would take the plug held for them)."))
     vehicle_id: strawberry.ID | None = strawberry.field(default=None, description=(
         "Drivers: reserve for the tag linked to this vehicle of theirs. Not for operators "
         "(INVALID): they give `idTag`."))

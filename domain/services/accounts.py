@@ -394,9 +394,13 @@ class AccountService(Service):
         fields."""
         if viewer.user_id is None:
             raise Unauthenticated("sign in first")
-        if new_password is not None and new_password == current_password:
+        if new_password and new_password == current_password:
             # A "change" that keeps the password (one someone else learnt, say) would
-            # still sign every other device out and read as done.
+            # still sign every other device out and read as done. Said only of the
+            # current password: a wrong one (given twice) is refused as wrong first,
+            # throttled as every wrong one is (review s23).
+            user = await self.visible(viewer, User, viewer.user_id)
+            await self.confirm_current_password(user, current_password)
             raise ValidationError("the new password is the current one: choose another",
                                   field="newPassword", code="UNCHANGED")
         try:

@@ -29,7 +29,7 @@ from datetime import datetime, timedelta
 from domain.entities import Record, RefreshFamily, RefreshToken, User
 from domain.errors import Conflict, NotFound, Unauthenticated, ValidationError
 from domain.policy import SYSTEM, Viewer
-from domain.ports import Change, Delete, Insert
+from domain.ports import Change, Delete, Guard, Insert
 from domain.query import Eq, Range, all_of
 from domain.services.base import Service, ServiceContext, pages, patch, stamp_new
 
@@ -87,7 +87,20 @@ class RefreshTokenService(Service):
         family = stamp_new(RefreshFamily(user_id=user.id, token_epoch=user.token_epoch,
                                          expires_at=now + self.ttl), viewer, now)
         issued, token = self._next(family, now)
-        await self.store.write([Insert(family), Insert(token)], [])
+        try:
+            # Only while the user is as they proved themselves: a sign-in whose password
+            # was being checked when the account was erased, deactivated or given a new
+            # password (another epoch) must not store a family after it (review s23: an
+            # erasure's deletion of the person's tokens ran before this insert, and the
+            # erased person's device record stayed for good).
+            await self.store.write([Insert(family), Insert(token)], [], [Guard(User, all_of(
+                Eq("id", user.id), Eq("token_epoch", user.token_epoch),
+                Eq("active", True), Eq("erased_at", None)))])
+        except Conflict as conflict:
+            if conflict.code != "CHANGED":
+                raise
+            raise Unauthenticated("the account changed while signing in: sign in "
+                                  "again") from None
         await self._prune(user, now)
         return issued
 

@@ -5,11 +5,14 @@ touched; and every refresh token and family of the person deleted, nobody else's
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 
 import pytest
 
 from domain.entities import AuditAction, AuditEntry, RefreshFamily, RefreshToken, Role, User
+from domain.errors import Unauthenticated
 from domain.policy import Policy, Viewer
 from domain.ports import Store
 from domain.query import ALL, Eq
@@ -76,3 +79,44 @@ async def test_an_erased_persons_refresh_tokens_are_deleted(
     assert {f.user_id for f in await store.find_all(RefreshFamily, ALL)} == {other.id}
     user_of_kept, _ = await refresh.rotate(kept.token)
     assert user_of_kept.id == other.id
+
+
+class HeldHasher(FastHasher):
+    """Verifies as argon2 does, but only once ``release`` is set (a slow hash)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started = threading.Event()
+        self.release = threading.Event()
+
+    def verify(self, password_hash: str, password: str) -> bool:
+        self.started.set()
+        self.release.wait(10)
+        return super().verify(password_hash, password)
+
+
+async def test_a_sign_in_the_erasure_overtook_stores_no_refresh_token(store: Store) -> None:
+    """Review s23: a sign-in whose password was being checked when the account was
+    erased stored its refresh family after the erasure deleted the person's: the erased
+    person's device record stayed for good. The sign-in fails instead."""
+    hasher = HeldHasher()
+    ctx = ServiceContext(store=store, policy=Policy(), hasher=hasher)
+    person = user(email="lena@example.com")
+    person.password_hash = hasher.hash("correct horse battery")
+    await put(store, person)
+    accounts, refresh = AccountService(ctx), RefreshTokenService(ctx)
+    erasure = Erasure(ctx, accounts, refresh)
+
+    async def login() -> None:  # graph/mutation.py login: authenticate, then _signed_in
+        signed_in = await accounts.authenticate("lena@example.com", "correct horse battery")
+        await refresh.start(signed_in)
+
+    signing_in = asyncio.create_task(login())
+    await asyncio.to_thread(hasher.started.wait, 10)  # its password is being checked
+    await erasure.erase_user(Viewer.of(user(role=Role.ADMIN)), person.id)
+    hasher.release.set()
+    with pytest.raises(Unauthenticated, match="sign in again"):
+        await signing_in
+    await erasure.settled()
+    assert await store.find_all(RefreshToken, Eq("user_id", person.id)) == []
+    assert await store.find_all(RefreshFamily, Eq("user_id", person.id)) == []

@@ -255,7 +255,9 @@ async def test_change_password_checks_its_fields(api: Api, world: World) -> None
             (PASSWORD, "x" * 1000, ("newPassword", "TOO_LONG")),
             (PASSWORD, "QwertyUiop", ("newPassword", "TOO_WEAK")),
             # QA s23: the current one again was taken, and signed every device out.
-            (PASSWORD, PASSWORD, ("newPassword", "UNCHANGED"))):
+            (PASSWORD, PASSWORD, ("newPassword", "UNCHANGED")),
+            # Review s23: only of the current one; a wrong one given twice is wrong.
+            ("not it at all", "not it at all", ("currentPassword", "FORBIDDEN"))):
         payload = (await api.post(CHANGE, {"c": current, "n": new}, token=token)
                    ).json()["data"]["changePassword"]
         assert errors(payload) == [expected] and payload["token"] is None, expected
