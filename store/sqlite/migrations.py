@@ -1121,6 +1121,33 @@ _V50 = """
 ALTER TABLE "user" ADD COLUMN "erased_at" INTEGER;
 """
 
+# Version 56: remote starts whose StartTransaction has not come yet (``PendingStart``): a
+# card or a connector with one live is not started again (QA s24: three starts with one
+# card before the first StartTransaction were all ACCEPTED, two then refused ConcurrentTx
+# at the charger). Self-contained (a table of its own); found by card (a start's checks,
+# the StartTransaction that consumes it), by station (the plug checks) and by expiry
+# (the sweep). (51 to 55 are other branches'.)
+_V56 = """
+CREATE TABLE "pending_start" (
+    "id" TEXT PRIMARY KEY NOT NULL,
+    "created_at" INTEGER NOT NULL,
+    "updated_at" INTEGER NOT NULL,
+    "created_by" TEXT NOT NULL,
+    "updated_by" TEXT NOT NULL,
+    "station_id" TEXT NOT NULL,
+    "cp_id" TEXT NOT NULL,
+    "connector_id" INTEGER,
+    "id_tag" TEXT NOT NULL,
+    "user_id" TEXT,
+    "vehicle_id" TEXT,
+    "expires_at" INTEGER NOT NULL,
+    "settled_at" INTEGER
+) STRICT;
+CREATE INDEX "pending_start_id_tag_expires_idx" ON "pending_start" ("id_tag", "expires_at");
+CREATE INDEX "pending_start_station_expires_idx" ON "pending_start" ("station_id", "expires_at");
+CREATE INDEX "pending_start_expires_idx" ON "pending_start" ("expires_at");
+"""
+
 #: Every migration, oldest first. Append only.
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
@@ -1136,7 +1163,7 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (41, _V41), (42, _V42), (43, _V43),
                                      (44, _V44), (45, _V45), (46, _V46),
                                      (47, _V47), (48, _V48), (49, _V49),
-                                     (50, _V50))
+                                     (50, _V50), (56, _V56))
 
 #: Python functions migrations call, registered on the migrating connection: a value only
 #: the domain's rules can compute for rows written before (name, arity, function).
