@@ -251,6 +251,11 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
             await stack.enter_async_context(housekeeping.every(
                 housekeeping.RESERVATION_SWEEP_S, services.commands.expire_reservations,
                 "reservation-expiry"))
+            # Remote starts whose window ended without a StartTransaction (every check
+            # ignores them already): deleted.
+            await stack.enter_async_context(housekeeping.every(
+                housekeeping.RESERVATION_SWEEP_S, services.commands.forget_pending_starts,
+                "pending-start-expiry"))
             # Cards whose expiry passed are withdrawn from the chargers' local lists.
             await stack.enter_async_context(housekeeping.every(
                 housekeeping.CARD_EXPIRY_SWEEP_S, services.withdrawal.sweep_expired,

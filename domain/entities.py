@@ -854,6 +854,34 @@ class Reservation(Record):
 
 
 @dataclass(kw_only=True)
+class PendingStart(Record):
+    """A remote start the service sent (or is sending) whose StartTransaction has not come
+    yet: the charger may have taken it, and will start it within its ConnectionTimeOut
+    (``expires_at``). Stored just before the RemoteStartTransaction is sent, settled
+    (``settled_at``) when its StartTransaction arrives (``ChargingService``) or the
+    charger answers no (``CommandService``); one settled or past ``expires_at`` holds
+    nothing, and is swept after its expiry. In the store, not in memory: the command may
+    be sent from one instance and its StartTransaction arrive on another. ``created_by``:
+    who asked, ``created_at``: when."""
+
+    kind: ClassVar[str] = "pending_start"
+    station_id: str
+    cp_id: str
+    #: The connector the start named; ``None``: the charger picks a free one.
+    connector_id: int | None = None
+    id_tag: str
+    #: The card's holder, and the car the session is booked to (the driver's
+    #: ``vehicleId``, else the card's car; ``None`` for neither).
+    user_id: str | None = None
+    vehicle_id: str | None = None
+    expires_at: datetime
+    #: When its StartTransaction came, or the charger said no: marked, not deleted, so a
+    #: second settling (a StartTransaction's copy on another socket, an answer after the
+    #: StartTransaction) finds nothing to do rather than a record gone.
+    settled_at: datetime | None = None
+
+
+@dataclass(kw_only=True)
 class Tariff(Record):
     """A price list. Exactly one of ``company_id``/``station_id`` is set; a station's tariff
     wins over its company's."""
@@ -1132,6 +1160,7 @@ ENTITY_TYPES: tuple[type[Record], ...] = (
     ConnectionEvent,
     ConnectorInterval,
     Reservation,
+    PendingStart,
     Tariff,
     Payment,
     Refund,

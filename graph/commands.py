@@ -95,11 +95,17 @@ class RemoteStartTransactionInput:
         "(IN_USE) while it charges a session or is reserved for another card; for "
         "drivers also (INVALID_STATE; on `cpId` when left out) while it, or the charger "
         "as a whole, last reported FAULTED or UNAVAILABLE. Left out, refused the same "
-        "way (on `cpId`) when no connector of the station is free."))
-    id_tag: str | None = strawberry.field(
-        default=None, description="Drivers may leave it out: their vehicle's or first tag.")
-    vehicle_id: strawberry.ID | None = strawberry.field(
-        default=None, description="Drivers: charge with the tag linked to this vehicle.")
+        "way (on `cpId`) when no connector of the station is free. Also refused (IN_USE) "
+        "while another remote start, not started yet (up to 120 s), waits on it, or left "
+        "out, when every free connector is awaited so."))
+    id_tag: str | None = strawberry.field(default=None, description=(
+        "Drivers may leave it out: their vehicle's card, else their first usable one not "
+        "charging. Refused (IN_USE) while the card charges, or has a remote start not "
+        "started yet (up to 120 s)."))
+    vehicle_id: strawberry.ID | None = strawberry.field(default=None, description=(
+        "Drivers: the car of theirs to charge (NOT_FOUND if it is not theirs); the "
+        "session is booked to it, with the card given or else the one linked to it (or "
+        "their first usable one). Not for operators (INVALID): they give `idTag`."))
     charging_profile: t.ChargingProfileInput | None = strawberry.field(
         default=None, description=(
             "A TX_PROFILE limiting the transaction to be (no `transactionId`); not for "
@@ -200,7 +206,8 @@ class ReserveNowInput:
         "too, at chargers that allow it. Operators and admins only (a driver's is "
         "FORBIDDEN: every card of the group would take the plug held for them)."))
     vehicle_id: strawberry.ID | None = strawberry.field(default=None, description=(
-        "Drivers: reserve for the tag linked to this vehicle of theirs. Not for operators "
+        "Drivers: reserve for the tag linked to this vehicle of theirs (else their first "
+        "usable one); with `idTag`, it must be theirs too (NOT_FOUND). Not for operators "
         "(INVALID): they give `idTag`."))
 
 

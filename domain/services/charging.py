@@ -29,6 +29,7 @@ from domain.entities import (
     MeterAnomaly,
     MeterSample,
     Payment,
+    PendingStart,
     Registration,
     Reservation,
     ReservationState,
@@ -105,6 +106,7 @@ from domain.services.metering import (
     to_wh,
 )
 from domain.services.payments import UNCOLLECTED, payment_changed, reprice_change, repriced
+from domain.services.pending_starts import live_pending_starts, settle, started_by
 from domain.services.reboot_checks import RebootChecks
 from domain.services.stations import connector_in_range
 from domain.services.tariffs import TariffService
@@ -890,6 +892,11 @@ class ChargingService(ChargerConnections):
         cp_id = station.cp_id
         tag, start, meter_start = identity.tag, identity.start, identity.meter_start
         id_tag_record = await self.store.find_one(IdTag, Eq("tag", presented))
+        # The remote start this one carries out, if any: its car (a driver's choice) is
+        # the session's, and it holds the card and plug no longer (``PendingStart``).
+        pending = started_by(await self.store.find_all(PendingStart, all_of(
+            Eq("id_tag", tag), Eq("cp_id", cp_id), live_pending_starts(self.now())),
+            limit=5), connector_id)
         actor = charger(cp_id)
         reservation = None if reservation_id is None else await self.store.find_one(
             Reservation, all_of(Eq("station_id", station.id),
@@ -914,7 +921,8 @@ class ChargingService(ChargerConnections):
             station_id=station.id, cp_id=cp_id, connector_id=connector_id, id_tag=tag,
             start_time=start, meter_start_wh=meter_start,
             user_id=id_tag_record.user_id if id_tag_record else None,
-            vehicle_id=id_tag_record.vehicle_id if id_tag_record else None,
+            vehicle_id=pending.vehicle_id if pending is not None and pending.vehicle_id
+            else id_tag_record.vehicle_id if id_tag_record else None,
             reservation_id=reservation_id, company_id=company_id,
             station_owner_id=station_owner_id,
             # The plug it was started on is priced (a DC tariff), not the one the
@@ -964,7 +972,8 @@ class ChargingService(ChargerConnections):
             used = cast(Reservation, use.record)
             changes.append((use, reservation))
         changes.append((Insert(session), None))
-        await self.commit(actor, changes, unaudited=samples,
+        consumed = [settle(pending, actor, now)] if pending is not None else []
+        await self.commit(actor, changes, unaudited=[*samples, *consumed],
                           guards=self._start_guards(station, plug, is_new, id_tag_record))
         return session, ended, used, updated_payments(changes)
 

@@ -27,6 +27,7 @@ from domain.entities import (
     Connector,
     IdTag,
     IdTagStatus,
+    PendingStart,
     Registration,
     Reservation,
     ReservationState,
@@ -52,8 +53,8 @@ from domain.errors import (
 from domain.events import CommandCompleted, StationChanged
 from domain.ids import new_id
 from domain.policy import SYSTEM, Viewer, live_reservations
-from domain.ports import Change, ChargerGateway, Delete, Insert, Update
-from domain.query import ALL, Eq, Filter, In, Range, all_of
+from domain.ports import Change, ChargerGateway, Delete, Guard, Insert, Update
+from domain.query import ALL, Eq, Filter, In, NotSub, Range, all_of
 from domain.registration import PENDING_MAY_SEND
 from domain.services.base import (
     Service,
@@ -70,9 +71,10 @@ from domain.services.base import (
 from domain.services.configuration import record_change, record_read, without_secrets
 from domain.services.edits import retried
 from domain.services.fleet import IN_GARAGE
+from domain.services.pending_starts import PENDING_START_WINDOW, live_pending_starts, settle
 from domain.services.stations import connector_in_range
 from domain.services.withdrawal import record_local_list
-from domain.validation import MAX_CONNECTOR_ID, heartbeat_interval
+from domain.validation import MAX_CONNECTOR_ID, heartbeat_interval, stored_id_tag
 from domain.wire import wire_json
 
 log = logging.getLogger("chargegraph.commands")
@@ -209,6 +211,17 @@ class CommandOutcome:
     #: A SendLocalList of ``Withdrawal``'s own (a withdrawal or restoration): only its
     #: accepted entries remember what to put back (``record_local_list``).
     own_list: bool = False
+    #: A RemoteStartTransaction's record of itself until its StartTransaction comes
+    #: (``CommandService._hold_start``).
+    pending: PendingStart | None = None
+
+
+def _may_start(error: DomainError | None) -> bool:
+    """Whether a remote start so answered may still be carried out by the charger:
+    Accepted, no answer (``ChargerTimeout``: it may have taken it), or an answer we could
+    not read (as a ReserveNow's, ``_reservation_answered``). A refusal, a CALLERROR, or a
+    start never sent (offline, unclaimed, unbuildable) is a definite no."""
+    return error is None or isinstance(error, ChargerTimeout) or type(error) is ChargerError
 
 
 def _interval_taken(outcome: CommandOutcome, payload: dict[str, Any]) -> int | None:
@@ -321,16 +334,21 @@ class CommandService(Service):
             # request and broke it, after a reservation was stored.
             raise ValidationError("vehicleId is for drivers charging with their own card: "
                                   "give idTag", field="vehicleId", code="INVALID")
+        # A remote start's card's holder, and the car its session is for when one was
+        # chosen (a driver's ``vehicleId``); else the card's car, as a tap's.
+        holder, vehicle_id = None, None
         if not manages:
-            await self._check_driver(viewer, station, action, payload)
+            vehicle_id = await self._check_driver(viewer, station, action, payload)
+            holder = viewer.user_id
         elif action == "RemoteStartTransaction":
-            await self._check_start_tag(viewer, payload)
+            holder = (await self._check_start_tag(viewer, payload)).user_id
         elif action == "RemoteStopTransaction":
             await self._refuse_transaction_elsewhere(station, payload)
         if payload.get("connectorId"):
             await connector_in_range(self.store, station, payload["connectorId"])
         if action == "RemoteStartTransaction":
             await self._check_plug(station, payload, driver=not manages)
+            await self._refuse_pending(viewer, station, payload)
         if action == "SetChargingProfile":
             await self._check_tx_profile(station, payload)
         # A person's command (the site's own limits go as SYSTEM) the site may need to
@@ -345,6 +363,9 @@ class CommandService(Service):
                                  own_list=own_list)
         if action == "ReserveNow":
             outcome.reservation = await self._new_reservation(viewer, station, payload)
+        elif action == "RemoteStartTransaction":
+            outcome.pending = await self._hold_start(viewer, station, payload, holder,
+                                                     vehicle_id)
         elif action == "CancelReservation":
             outcome.reservation = await self._reservation(viewer, station,
                                                           payload.get("reservationId"))
@@ -402,7 +423,9 @@ class CommandService(Service):
 
     # ------------------------------------------------------------- driver rules
     async def _check_driver(self, viewer: Viewer, station: Station, action: str,
-                            payload: dict[str, Any]) -> None:
+                            payload: dict[str, Any]) -> str | None:
+        """Raises what a driver may not send; returns the car a start or reservation is
+        for when they named one (``vehicleId``, ``_own_tag``)."""
         if action == "ReserveNow" and payload.get("parentIdTag") is not None:
             # Every card of the group named would take the plug held for them (OCPP 1.6
             # ReserveNow): groups are their operators' to name, as for cards (QA s23: a
@@ -410,8 +433,9 @@ class CommandService(Service):
             raise Forbidden("only operators and admins reserve for a card group",
                             field="parentIdTag")
         if action in ("RemoteStartTransaction", "ReserveNow"):
-            await self._own_tag(viewer, payload, starting=action == "RemoteStartTransaction")
-        elif action == "RemoteStopTransaction":
+            return await self._own_tag(viewer, payload,
+                                       starting=action == "RemoteStartTransaction")
+        if action == "RemoteStopTransaction":
             session = await self.store.find_one(Session, all_of(
                 Eq("transaction_id", payload.get("transactionId")), Eq("cp_id", station.cp_id)))
             if session is None or session.user_id != viewer.user_id:
@@ -419,6 +443,7 @@ class CommandService(Service):
             if session.state is not SessionState.ACTIVE:
                 raise ValidationError("the session has ended", field="transactionId",
                                       code="INVALID_STATE")
+        return None
 
     async def _refuse_transaction_elsewhere(self, station: Station,
                                             payload: dict[str, Any]) -> None:
@@ -433,14 +458,25 @@ class CommandService(Service):
             raise NotFound("no such transaction on this station", field="transactionId")
 
     async def _own_tag(self, viewer: Viewer, payload: dict[str, Any], *, starting: bool
-                       ) -> None:
-        """A driver charges with their own tag: the one given, or the one of the vehicle
-        given (``vehicleId``), or their first usable tag. To start charging (``starting``)
-        it must not be charging already: the charger would accept the remote start and
-        then refuse its StartTransaction (ConcurrentTx), the driver left at a dead plug."""
+                       ) -> str | None:
+        """A driver charges with their own tag: the one given, or (none given) the one
+        linked to the vehicle given (``vehicleId``), else their first usable tag. The
+        vehicle, given, must be theirs and kept (``NOT_FOUND``), with a tag given too: it
+        is the car the session is booked to (returned; QA s23: it was ignored beside an
+        idTag, the session booked to the card's car, another driver's car never
+        checked; and a car no card is linked to read "no usable id tag" though the
+        driver held one). To start charging (``starting``) the tag must not be charging
+        already nor have a remote start pending (``_refuse_pending``): the charger would
+        accept the remote start and then refuse its StartTransaction (ConcurrentTx), the
+        driver left at a dead plug."""
         vehicle_id = payload.pop("vehicleId", None)
         tag_value = payload.get("idTag")
         now = self.now()
+        if vehicle_id is not None:
+            vehicle = await self.store.find_one(Vehicle, all_of(
+                Eq("id", vehicle_id), Eq("owner_id", viewer.user_id), IN_GARAGE))
+            if vehicle is None:  # not "no usable tag": the app sent a wrong id
+                raise NotFound("no such vehicle", field="vehicleId")
         if tag_value:
             tag = await self.store.find_one(IdTag, Eq("tag", str(tag_value).strip().upper()))
             if tag is None or tag.user_id != viewer.user_id:
@@ -455,30 +491,30 @@ class CommandService(Service):
                 await self._refuse_charging(viewer, tag)
         else:
             where = all_of(Eq("user_id", viewer.user_id), Eq("status", IdTagStatus.ACCEPTED))
-            if vehicle_id is not None:
-                vehicle = await self.store.find_one(Vehicle, all_of(
-                    Eq("id", vehicle_id), Eq("owner_id", viewer.user_id), IN_GARAGE))
-                if vehicle is None:  # not "no usable tag": the app sent a wrong id
-                    raise NotFound("no such vehicle", field="vehicleId")
-                where = all_of(where, Eq("vehicle_id", vehicle_id))
             tags = [t for t in await self.store.find_all(IdTag, where, limit=20)
                     if t.status_at(now) is IdTagStatus.ACCEPTED]
+            if vehicle_id is not None:
+                # The car's own card first; any other of theirs charges it too.
+                tags.sort(key=lambda t: t.vehicle_id != vehicle_id)
             if not tags:
-                raise ValidationError("no usable id tag for this driver or vehicle",
+                raise ValidationError("no usable id tag for this driver",
                                       field="vehicleId" if vehicle_id else "idTag",
                                       code="REQUIRED")
             tag = tags[0]
             if starting:
-                # The first card that is not charging now; if all are, why not.
+                # The first card that is not charging now nor starting; if all are, why
+                # not.
                 for candidate in tags:
-                    if await self._charging_with(candidate) is None:
+                    if await self._charging_with(candidate) is None \
+                            and not await self._pending_with(candidate.tag):
                         tag = candidate
                         break
                 else:
                     await self._refuse_charging(viewer, tag)
         payload["idTag"] = tag.tag
+        return vehicle_id
 
-    async def _check_start_tag(self, viewer: Viewer, payload: dict[str, Any]) -> None:
+    async def _check_start_tag(self, viewer: Viewer, payload: dict[str, Any]) -> IdTag:
         """An operator's (or admin's) remote start names any card (a driver of another
         network may charge here). One whose StartTransaction we would refuse (unknown
         here, blocked, expired, of a deactivated user, charging elsewhere) is refused
@@ -495,6 +531,7 @@ class CommandService(Service):
                            field="idTag")
         await self._refuse_unusable_tag(tag, self.now())
         await self._refuse_charging(viewer, tag)
+        return tag
 
     # ------------------------------------------------------------- the plug to start on
     async def _check_plug(self, station: Station, payload: dict[str, Any], *, driver: bool
@@ -524,20 +561,10 @@ class CommandService(Service):
         a lenient charger started it on one anyway, and closed the session there as lost
         (QA s22 verify: a single-plug station's app leaves the connector out). A station
         whose connectors are not known yet is left to its charger."""
-        plugs = await self.store.find_all(Connector, Eq("station_id", station.id),
-                                          limit=MAX_CONNECTOR_ID)
+        plugs, taken_ids = await self._plugs_taken(station, payload)
         if not plugs:
             return
-        busy = {s.connector_id for s in await self.store.find_all(Session, all_of(
-            Eq("station_id", station.id), Eq("state", SessionState.ACTIVE)),
-            limit=MAX_CONNECTOR_ID)}
-        reservations = await self.store.find_all(Reservation, all_of(
-            Eq("station_id", station.id), live_reservations(self.now())),
-            limit=MAX_CONNECTOR_ID)
-        card = await self.store.find_one(IdTag, Eq("tag", payload["idTag"]))
-        held = {r.connector_id for r in reservations
-                if not await reserved_for_card(self.store, r, payload["idTag"], card)}
-        taken = [p for p in plugs if p.connector_id in busy or p.connector_id in held]
+        taken = [p for p in plugs if p.connector_id in taken_ids]
         if len(taken) == len(plugs):
             raise Conflict("every connector of this station is charging another session "
                            "or reserved for another card", field="cpId", code="IN_USE")
@@ -547,6 +574,25 @@ class CommandService(Service):
             raise ValidationError("no connector of this station can start a session now: "
                                   "the free ones report themselves out of service",
                                   field="cpId", code="INVALID_STATE")
+
+    async def _plugs_taken(self, station: Station, payload: dict[str, Any]
+                           ) -> tuple[list[Connector], set[int]]:
+        """The station's connectors (none when not known yet), and those of them charging
+        a session or reserved for a card other than the start's."""
+        plugs = await self.store.find_all(Connector, Eq("station_id", station.id),
+                                          limit=MAX_CONNECTOR_ID)
+        if not plugs:
+            return [], set()
+        busy = {s.connector_id for s in await self.store.find_all(Session, all_of(
+            Eq("station_id", station.id), Eq("state", SessionState.ACTIVE)),
+            limit=MAX_CONNECTOR_ID)}
+        reservations = await self.store.find_all(Reservation, all_of(
+            Eq("station_id", station.id), live_reservations(self.now())),
+            limit=MAX_CONNECTOR_ID)
+        card = await self.store.find_one(IdTag, Eq("tag", payload["idTag"]))
+        held = {r.connector_id for r in reservations
+                if not await reserved_for_card(self.store, r, payload["idTag"], card)}
+        return plugs, busy | held
 
     async def _refuse_occupied(self, station: Station, payload: dict[str, Any]) -> None:
         """A plug holding an ACTIVE session (of any card: one of the starting card was
@@ -605,6 +651,126 @@ class CommandService(Service):
                 raise Conflict("the connector is reserved for another card",
                                field="connectorId" if connector_id else "cpId",
                                code="IN_USE")
+
+    # ------------------------------------------------------------- starts not started yet
+    async def _pending_with(self, tag: str, own: str | None = None) -> PendingStart | None:
+        """A live remote start with card ``tag`` (stored form) other than ``own``."""
+        found = await self.store.find_all(PendingStart, all_of(
+            Eq("id_tag", stored_id_tag(tag)), live_pending_starts(self.now())), limit=2)
+        return next((p for p in found if p.id != own), None)
+
+    async def _refuse_pending(self, viewer: Viewer, station: Station, payload: dict[str, Any],
+                              own: str | None = None) -> None:
+        """A remote start the charger may still carry out (``PendingStart``: sent, its
+        StartTransaction not come, within ``PENDING_START_WINDOW``) holds its card and its
+        plug, as a session does (QA s23: three starts with one card, or two with two
+        cards on one plug, before the first StartTransaction, were all ACCEPTED, and the
+        charger then refused the later ones' StartTransaction, ConcurrentTx, or
+        rejected them, the drivers left at a dead plug). Refused ``IN_USE``: a start with
+        the same card (on ``idTag``, the station named only to whoever may know where the
+        card starts, as ``_refuse_charging`` does), one naming the same connector (on
+        ``connectorId``). A start naming no connector takes one of the station's free
+        ones: one naming none is refused (on ``cpId``) when the free connectors are no
+        more than the pending starts that name none; one naming a connector, when the
+        other free ones are fewer than those (the charger's pick may be its).
+        ``own``: the start being sent, stored already (``_hold_start``)."""
+        pending = await self._pending_with(payload["idTag"], own)
+        if pending is not None:
+            raise await self._card_starting(viewer, pending)
+        here = [p for p in await self.store.find_all(PendingStart, all_of(
+            Eq("station_id", station.id), live_pending_starts(self.now())),
+            limit=MAX_CONNECTOR_ID) if p.id != own]
+        if not here:
+            return
+        connector_id = payload.get("connectorId")
+        if connector_id and any(p.connector_id == connector_id for p in here):
+            raise Conflict("a remote start is pending on this connector: its car is "
+                           "expected there", field="connectorId", code="IN_USE")
+        anywhere = sum(1 for p in here if not p.connector_id)
+        if connector_id and not anywhere:
+            return
+        plugs, taken = await self._plugs_taken(station, payload)
+        if not plugs:
+            return  # not known yet: left to the charger, as ``_refuse_none_free`` does
+        free = {p.connector_id for p in plugs} - taken \
+            - {p.connector_id for p in here if p.connector_id}
+        if connector_id and len(free - {connector_id}) < anywhere:
+            raise Conflict("a remote start is pending on this station, and this connector "
+                           "is the one free for it", field="connectorId", code="IN_USE")
+        if not connector_id and len(free) <= anywhere:
+            raise Conflict("every connector of this station is charging another session, "
+                           "reserved for another card or awaiting a remote start",
+                           field="cpId", code="IN_USE")
+
+    async def _card_starting(self, viewer: Viewer, pending: PendingStart) -> Conflict:
+        """The refusal of a start with a card that has ``pending`` under way, naming its
+        station only to whoever may know where the card starts: its holder, who asked,
+        the station's operators and admins (as ``_refuse_charging`` names a session's
+        to whoever sees the session)."""
+        [where] = await self.store.get_many(Station, [pending.station_id])
+        told = viewer.is_admin or viewer.actor == pending.created_by or (
+            viewer.user_id is not None and viewer.user_id == pending.user_id) or (
+            where is not None and self.policy.may_manage_station(viewer, where))
+        if not told:
+            return Conflict("this card is starting a session at another station now",
+                            field="idTag", code="IN_USE")
+        return Conflict(f"this card is starting a session at "
+                        f"{where.name if where else pending.cp_id}: its remote start is "
+                        "waiting for the car", field="idTag", code="IN_USE")
+
+    async def _hold_start(self, viewer: Viewer, station: Station, payload: dict[str, Any],
+                          holder: str | None, vehicle_id: str | None) -> PendingStart:
+        """Stores the remote start about to be sent (``PendingStart``), until its
+        StartTransaction or its window's end. Two sent at once (two requests, two
+        instances) must not both pass ``_refuse_pending``: the insert is guarded by no
+        other live pending start with its card or on its named connector (on SQLite,
+        of two at once exactly one is stored; on MongoDB at least one is refused, maybe
+        both: "Several instances on one store"), then the checks run again beside it
+        (for the free connectors a start naming none takes); a start refused either
+        way is not sent."""
+        now = self.now()
+        tag = stored_id_tag(payload["idTag"])
+        connector_id = payload.get("connectorId") or None
+        pending = stamp_new(PendingStart(
+            station_id=station.id, cp_id=station.cp_id, connector_id=connector_id,
+            id_tag=tag, user_id=holder, vehicle_id=vehicle_id,
+            expires_at=now + PENDING_START_WINDOW), viewer)
+        others = all_of(live_pending_starts(now),
+                        NotSub("id", PendingStart.kind, Eq("id", pending.id)))
+        guards = [Guard(PendingStart, all_of(others, Eq("id_tag", tag)), exists=False)]
+        if connector_id:
+            guards.append(Guard(PendingStart, all_of(
+                others, Eq("station_id", station.id), Eq("connector_id", connector_id)),
+                exists=False))
+        try:
+            # Unaudited: the command's own entries (SENT, ANSWERED) say what was asked.
+            await self.commit(viewer, [], unaudited=[Insert(pending)], guards=guards)
+        except Conflict:
+            # Another start won: refused as that one's (or, if it is gone already, as
+            # a clash to try again).
+            await self._refuse_pending(viewer, station, payload)
+            raise Conflict("another remote start was sent at the same moment: try again",
+                           field="idTag", code="IN_USE") from None
+        try:
+            await self._refuse_pending(viewer, station, payload, own=pending.id)
+        except Conflict:
+            await self.commit(viewer, [], unaudited=[Delete(pending)])
+            raise
+        return pending
+
+    async def forget_pending_starts(self, limit: int = 500) -> int:
+        """Deletes pending starts past their window (they hold nothing: every check
+        ignores them); returns how many. Run by the housekeeping beside the reservations'
+        sweep: by the expiry index, a few at a time."""
+        due = await self.store.find_all(PendingStart, Range(
+            "expires_at", lte=self.now()), limit=limit)
+        if not due:
+            return 0
+        try:
+            await self.commit(SYSTEM, [], unaudited=[Delete(p) for p in due])
+        except (NotFound, Conflict):
+            return 0  # another instance's sweep took some first: the next round's
+        return len(due)
 
     async def _sees(self, viewer: Viewer, session: Session) -> bool:
         found = await self.store.get_many(Session, [session.id],
@@ -874,13 +1040,14 @@ class CommandService(Service):
         """The audit entry written before the charger may act on the command: a process
         killed while the charger held it left no trace of who started the session it then
         began (QA s17); the answer is a second entry, ``stage`` ANSWERED. When it cannot
-        be written, nothing is sent, and what the command stored (a PENDING reservation)
-        is settled as not sent rather than left holding the plug (review s17)."""
+        be written, nothing is sent, and what the command stored (a PENDING reservation, a
+        pending start) is settled as not sent rather than left holding the plug (review
+        s17)."""
         try:
             await self.commit(viewer, [], extra_audit=[
                 self._audit_entry(viewer, outcome, payload, "SENT")])
         except BaseException as exc:
-            if outcome.reservation is not None:
+            if outcome.reservation is not None or outcome.pending is not None:
                 # Not sent, so a definite no (REJECTED), not an unanswered one.
                 outcome.error = exc if isinstance(exc, DomainError) \
                     else ChargerOffline(f"{outcome.action} was not sent")
@@ -888,11 +1055,18 @@ class CommandService(Service):
                     await asyncio.shield(self._after(viewer, outcome, payload))
                 except Exception:
                     # The store that refused the entry likely refuses this too: the
-                    # reservation then holds its plug until it expires; say so.
-                    log.exception("%s: reservation %s was not sent and could not be "
-                                  "settled as REJECTED: it stays PENDING until it "
-                                  "expires at %s", outcome.station.cp_id,
-                                  outcome.reservation.id, outcome.reservation.expires_at)
+                    # reservation (or start) then holds its plug until it expires; say so.
+                    if outcome.reservation is not None:
+                        log.exception("%s: reservation %s was not sent and could not be "
+                                      "settled as REJECTED: it stays PENDING until it "
+                                      "expires at %s", outcome.station.cp_id,
+                                      outcome.reservation.id,
+                                      outcome.reservation.expires_at)
+                    elif outcome.pending is not None:
+                        log.exception("%s: a remote start was not sent and could not be "
+                                      "forgotten: it holds card %s until %s",
+                                      outcome.station.cp_id, outcome.pending.id_tag,
+                                      outcome.pending.expires_at)
             raise
 
     @staticmethod
@@ -962,9 +1136,16 @@ class CommandService(Service):
             remembered.append((_requested(station, viewer, _kind(outcome.action), rollout,
                                           answered_at), station))
 
+        # A remote start the charger refused (or never got) holds its card and plug no
+        # longer; one accepted, or unanswered (it may have taken it), holds them until
+        # its StartTransaction or its window's end.
+        freed = [settle(outcome.pending, viewer, answered_at)] \
+            if outcome.pending is not None and not _may_start(outcome.error) else []
+
         async def write() -> list[tuple[Change, Any]]:
             changes = await self._reservation_answered(viewer, outcome)
-            await self.commit(viewer, [*changes, *remembered], extra_audit=[audit])
+            await self.commit(viewer, [*changes, *remembered], extra_audit=[audit],
+                              unaudited=freed)
             return changes
 
         try:
@@ -976,7 +1157,7 @@ class CommandService(Service):
             log.warning("%s: the answer to %s found its reservation changing under it "
                         "three times; left as it is", station.cp_id, outcome.action)
             changes = []
-            await self.commit(viewer, remembered, extra_audit=[audit])
+            await self.commit(viewer, remembered, extra_audit=[audit], unaudited=freed)
         if remembered:
             # Every instance drops its cached copy: the one holding the charger answers
             # its next boot from it, and its firmware and diagnostics reports name the

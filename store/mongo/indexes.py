@@ -118,6 +118,11 @@ INDEXES: dict[str, list[list[tuple[str, int]]]] = {
     # token's hash has its unique index from ``UNIQUE_RULES``).
     "refresh_family": [[("user_id", ASCENDING), ("expires_at", ASCENDING)]],
     "refresh_token": [[("user_id", ASCENDING), ("expires_at", ASCENDING)]],
+    # Remote starts awaiting their StartTransaction: by card (a start's checks and the
+    # StartTransaction consuming it), by station (the plug checks), by expiry (the sweep).
+    "pending_start": [[("id_tag", ASCENDING), ("expires_at", ASCENDING)],
+                      [("station_id", ASCENDING), ("expires_at", ASCENDING)],
+                      [("expires_at", ASCENDING)]],
     # The sweep looks for batches whose writer died; a large batch's journal is read
     # and deleted with its parts.
     JOURNAL: [[("at", ASCENDING)]],

@@ -1125,11 +1125,38 @@ ALTER TABLE "user" ADD COLUMN "erased_at" INTEGER;
 # (``Station.diagnostics_requested_at``, ``diagnostics_file_name``), and whether the one
 # before was still uploading then (``diagnostics_previous_uploading``): an accepted
 # GetDiagnostics left the last upload's "Uploaded" showing (QA). Older rows: none
-# recorded. (51 and 52 are other branches'.)
+# recorded.
 _V51 = """
 ALTER TABLE "station" ADD COLUMN "diagnostics_requested_at" INTEGER;
 ALTER TABLE "station" ADD COLUMN "diagnostics_file_name" TEXT;
 ALTER TABLE "station" ADD COLUMN "diagnostics_previous_uploading" INTEGER NOT NULL DEFAULT 0;
+"""
+
+# Version 52: remote starts whose StartTransaction has not come yet (``PendingStart``): a
+# card or a connector with one live is not started again (QA s23: three starts with one
+# card before the first StartTransaction were all ACCEPTED, two then refused ConcurrentTx
+# at the charger). Self-contained (a table of its own); found by card (a start's checks,
+# the StartTransaction that consumes it), by station (the plug checks) and by expiry
+# (the sweep).
+_V52 = """
+CREATE TABLE "pending_start" (
+    "id" TEXT PRIMARY KEY NOT NULL,
+    "created_at" INTEGER NOT NULL,
+    "updated_at" INTEGER NOT NULL,
+    "created_by" TEXT NOT NULL,
+    "updated_by" TEXT NOT NULL,
+    "station_id" TEXT NOT NULL,
+    "cp_id" TEXT NOT NULL,
+    "connector_id" INTEGER,
+    "id_tag" TEXT NOT NULL,
+    "user_id" TEXT,
+    "vehicle_id" TEXT,
+    "expires_at" INTEGER NOT NULL,
+    "settled_at" INTEGER
+) STRICT;
+CREATE INDEX "pending_start_id_tag_expires_idx" ON "pending_start" ("id_tag", "expires_at");
+CREATE INDEX "pending_start_station_expires_idx" ON "pending_start" ("station_id", "expires_at");
+CREATE INDEX "pending_start_expires_idx" ON "pending_start" ("expires_at");
 """
 
 #: Every migration, oldest first. Append only.
@@ -1147,7 +1174,7 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (41, _V41), (42, _V42), (43, _V43),
                                      (44, _V44), (45, _V45), (46, _V46),
                                      (47, _V47), (48, _V48), (49, _V49),
-                                     (50, _V50), (51, _V51))
+                                     (50, _V50), (51, _V51), (52, _V52))
 
 #: Python functions migrations call, registered on the migrating connection: a value only
 #: the domain's rules can compute for rows written before (name, arity, function).

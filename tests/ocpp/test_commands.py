@@ -2249,3 +2249,213 @@ async def test_an_answer_repeated_by_the_charger_is_dropped_quietly(
             assert "repeated, dropped" in caplog.text
     finally:
         await stop_central(central)
+
+
+# ------------------------------------------------------------- starts not started yet
+def holding_starts(cp: Any) -> Any:
+    """``cp`` answers remote starts as it did but starts none itself: the car is not
+    plugged in yet (the test sends the StartTransaction when it is)."""
+    async def waiting_for_the_car(id_tag: str) -> None:
+        return None
+
+    cp._start_remotely = waiting_for_the_car
+    return cp
+
+
+START = "remoteStartTransaction"
+
+
+def in_a_dead_heat(central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next two remote starts both pass their first checks before either is stored,
+    and both are stored (if the store lets them) before either checks again (two
+    requests, or two instances, at the same moment)."""
+    commands = central.services.commands
+    real = commands._refuse_pending
+    checked, stored = asyncio.Barrier(2), asyncio.Barrier(2)
+    first_checks = [0]
+
+    async def together(barrier: asyncio.Barrier) -> None:
+        # The other may never come this far (its insert refused): then not for long.
+        with contextlib.suppress(TimeoutError, asyncio.BrokenBarrierError):
+            await asyncio.wait_for(barrier.wait(), 0.5)
+
+    async def checked_together(*args: Any, **kwargs: Any) -> None:
+        if kwargs.get("own") is None:
+            await real(*args, **kwargs)
+            if first_checks[0] < 2:
+                first_checks[0] += 1
+                await together(checked)
+            return
+        await together(stored)  # both stored (if the store let them) before either
+        await real(*args, **kwargs)  # checks again
+
+    monkeypatch.setattr(commands, "_refuse_pending", checked_together)
+
+
+async def test_a_card_with_a_remote_start_pending_is_not_started_again(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """QA s23 (A): a driver's double tap, two starts at once on two stations and a third
+    after them, all before the first StartTransaction, were all ACCEPTED; the charger
+    then answered the later ones' StartTransaction ConcurrentTx, the driver left at a
+    dead plug. Of the two at once exactly one is sent; the third is refused, naming the
+    station to the driver. Once the StartTransaction came, the card is charging (refused
+    as before), and after its stop it starts again."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp, \
+            connected(central.url, "CP-OPEN") as other:
+        holding_starts(cp), holding_starts(other)
+        await cp.report_all()
+        await other.report_all()
+        in_a_dead_heat(central, monkeypatch)
+        both = await asyncio.gather(
+            run(central, START, {"cpId": "CP-1", "connectorId": 1}, as_user="driver"),
+            run(central, START, {"cpId": "CP-OPEN", "connectorId": 1}, as_user="driver"))
+        assert sorted(a["status"] or _codes(a)[0][1] for a in both) == ["ACCEPTED", "IN_USE"]
+        assert len(_starts_sent(cp)) + len(_starts_sent(other)) == 1
+        first, at = (cp, "CP-1") if _starts_sent(cp) else (other, "CP-OPEN")
+        third = await run(central, START, {"cpId": "CP-1", "connectorId": 2},
+                          as_user="driver")
+        assert third["errors"] == [{"field": "idTag", "code": "IN_USE", "message":
+                                    f"this card is starting a session at {at}: its "
+                                    "remote start is waiting for the car"}]
+        # Another company's operator starting the card on their own charger is not
+        # told where it starts (QA s23's rule for a card charging).
+        await _other_companys_station(central)
+        hidden = await run(central, START, {"cpId": "CP-X", "connectorId": 1,
+                                            "idTag": "TAG-OK"}, as_user="op_other")
+        assert hidden["errors"] == [{"field": "idTag", "code": "IN_USE", "message":
+                                     "this card is starting a session at another "
+                                     "station now"}]
+        assert len(_starts_sent(cp)) + len(_starts_sent(other)) == 1
+        _, status = await first.start_transaction(1, "TAG-OK")
+        assert status == "Accepted"  # not ConcurrentTx
+        [consumed] = await central.store.find_all(d.PendingStart, ALL)
+        assert consumed.settled_at is not None
+        busy = await run(central, START, {"cpId": "CP-1", "connectorId": 2},
+                         as_user="driver")
+        assert _codes(busy) == [("idTag", "IN_USE")]
+        await first.stop_transaction(1)
+        again = await run(central, START, {"cpId": "CP-1", "connectorId": 2},
+                          as_user="driver")
+        assert again["status"] == "ACCEPTED", again
+
+
+async def test_a_connector_with_a_remote_start_pending_takes_no_other(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """QA s23 (B): two starts at once on one connector with two cards were both sent and
+    both ACCEPTED; nothing tracked the first until its StartTransaction. Exactly one is
+    sent, the other refused IN_USE on connectorId; the station's other plug still starts,
+    and a start naming no connector is refused once none is left for it."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        holding_starts(cp)
+        await cp.report_all()
+        in_a_dead_heat(central, monkeypatch)
+        both = await asyncio.gather(
+            run(central, START, {"cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OK"}),
+            run(central, START, {"cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OTHER"}))
+        assert sorted(a["status"] or str(_codes(a)) for a in both) == [
+            "ACCEPTED", str([("connectorId", "IN_USE")])], both
+        assert _starts_sent(cp) == [1]
+        [pending] = await central.store.find_all(d.PendingStart, ALL)
+        loser = "TAG-OTHER" if pending.id_tag == "TAG-OK" else "TAG-OK"
+        anywhere = await run(central, START, {"cpId": "CP-1", "idTag": loser})
+        assert anywhere["status"] == "ACCEPTED", anywhere  # the charger picks plug 2
+        await central.services.fleet.issue_id_tag(SYSTEM, tag="TAG-THIRD",
+                                                  user_id=central.users["driver2"].id)
+        none_left = await run(central, START, {"cpId": "CP-1", "idTag": "TAG-THIRD"})
+        assert _codes(none_left) == [("cpId", "IN_USE")], none_left
+        named = await run(central, START, {"cpId": "CP-1", "connectorId": 2,
+                                           "idTag": "TAG-THIRD"})
+        assert _codes(named) == [("connectorId", "IN_USE")], named
+        assert _starts_sent(cp) == [1, None]
+
+
+async def test_a_rejected_remote_start_frees_its_card_at_once(central: Central) -> None:
+    """A charger's Rejected is a definite no: the card (and plug) are free for the next
+    start at once, not held for the start's window."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        holding_starts(cp)
+        await cp.report_all()
+        cp.connectors[1].transaction_id = 4711  # busy as far as the charger knows
+        refused = await run(central, START, {"cpId": "CP-1", "connectorId": 1},
+                            as_user="driver")
+        assert refused["status"] == "REJECTED"
+        [freed] = await central.store.find_all(d.PendingStart, ALL)
+        assert freed.settled_at is not None
+        other_plug = await run(central, START, {"cpId": "CP-1", "connectorId": 2},
+                               as_user="driver")
+        assert other_plug["status"] == "ACCEPTED", other_plug
+
+
+async def test_a_remote_start_without_an_answer_holds_its_card_for_its_window(
+        tmp_path: Path) -> None:
+    """No answer: the charger may have taken it, so the card stays held (a second start
+    would be answered ConcurrentTx); a refusal of the start never sent frees it."""
+    central = await start_central(tmp_path / "t.db", command_timeout=0.3)
+    await seed(central)
+    ws = await connect(f"{central.url}/CP-1", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+                       additional_headers=basic_auth("CP-1", STATION_PASSWORD))
+    try:
+        silent = await run(central, START, {"cpId": "CP-1", "connectorId": 1},
+                           as_user="driver")
+        assert [e["code"] for e in silent["errors"]] == ["CHARGER_TIMEOUT"], silent
+        [held] = await central.store.find_all(d.PendingStart, ALL)
+        assert held.id_tag == "TAG-OK" and held.connector_id == 1
+        again = await run(central, START, {"cpId": "CP-1", "connectorId": 2},
+                          as_user="driver")
+        assert _codes(again) == [("idTag", "IN_USE")]
+    finally:
+        await ws.close()
+        await stop_central(central)
+
+
+async def test_an_expired_pending_start_holds_nothing_and_is_swept(central: Central
+                                                                  ) -> None:
+    """A start whose window ended without its StartTransaction (the charger gave it up)
+    blocks neither its card nor its plug, and the sweep deletes it."""
+    station = central.stations["CP-1"]
+    gone = d.PendingStart(station_id=station.id, cp_id="CP-1", connector_id=1,
+                          id_tag="TAG-OK", user_id=central.users["driver"].id,
+                          expires_at=utcnow() - timedelta(seconds=1))
+    await central.store.write([Insert(gone)], [])
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        holding_starts(cp)
+        await cp.report_all()
+        fresh = await run(central, START, {"cpId": "CP-1", "connectorId": 1},
+                          as_user="driver")
+        assert fresh["status"] == "ACCEPTED", fresh
+    assert await central.services.commands.forget_pending_starts() == 1
+    [kept] = await central.store.find_all(d.PendingStart, ALL)
+    assert kept.id != gone.id  # the live one stays
+
+
+async def test_a_drivers_vehicle_is_the_sessions_car(central: Central) -> None:
+    """QA s23 (C): with an idTag, vehicleId was ignored: the session was booked to the
+    card's car, another driver's car was never checked; a car no card is linked to read
+    "no usable id tag" (REQUIRED) though the driver held a usable card. The car must be
+    theirs (NOT_FOUND), and the session is booked to it, with or without the card."""
+    driver = Viewer.of(central.users["driver"])
+    second = await central.services.fleet.add_vehicle(driver, license_plate="B-EV 2")
+    foreign = await central.services.fleet.add_vehicle(Viewer.of(central.users["driver2"]),
+                                                       license_plate="B-XX 9")
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.report_all()
+        theirs = await run(central, START, {"cpId": "CP-1", "connectorId": 1,
+                                            "idTag": "TAG-OK",
+                                            "vehicleId": to_global_id("vehicle", foreign.id)},
+                           "__typename", as_user="driver")
+        assert _codes(theirs) == [("vehicleId", "NOT_FOUND")]
+        assert cp.received == []
+        for connector, extra in ((1, {"idTag": "TAG-OK"}), (2, {})):
+            started = await run(central, START, {
+                "cpId": "CP-1", "connectorId": connector,
+                "vehicleId": to_global_id("vehicle", second.id), **extra}, as_user="driver")
+            assert started["status"] == "ACCEPTED", (extra, started)
+            await cp.starts_answered()
+            await settle()
+            [session] = await central.store.find_all(d.Session, all_of(
+                Eq("cp_id", "CP-1"), Eq("state", d.SessionState.ACTIVE)))
+            assert (session.id_tag, session.vehicle_id) == ("TAG-OK", second.id), extra
+            await cp.stop_transaction(connector)
+            await settle()
+    assert [p.settled_at is not None for p in
+            await central.store.find_all(d.PendingStart, ALL)] == [True, True]
