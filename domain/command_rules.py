@@ -14,6 +14,7 @@ twice. Lengths follow the 1.6 CiString types.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -274,26 +275,55 @@ def folded_key(key: str) -> str:
     return key.lower()
 
 
-#: What makes a configuration key's value a secret, in its folded name: the OCPP 1.6
-#: security whitepaper's ``AuthorizationKey`` (the charger's Basic-auth password of
-#: security profiles 1 and 2; write-only there, yet some chargers read it back) and any
-#: vendor key named for a password, secret or credential the way vendors write them:
-#: ``MqttPwd``, ``WifiPSK`` (a pre-shared key), ``ApiToken``, ``ModemPassphrase``,
-#: ``CloudApiKey``, ``TlsPrivateKey``. Matched as parts of the name, so a vendor's
-#: ``BackendPassword`` or ``OcppAuthorizationKey`` is one too: showing a key's value
-#: needlessly masked costs an operator little, a leaked password the charger. Not "key"
-#: alone, nor "auth" or "cert": the standard keys (``AuthorizeRemoteTxRequests``,
-#: ``LocalAuthListEnabled``, ``CertificateStoreMaxLength``, ...) hold no secret, and are
-#: what operators read (QA s23: ``MqttPwd``, ``ApiToken`` and ``WifiPSK`` were shown and
-#: audited in clear). Plain text, also read as a pattern (``log_masking``).
-SECRET_KEY_PARTS = ("authorizationkey", "password", "passwd", "passphrase", "pwd", "secret",
-                    "token", "psk", "credential", "apikey", "api_key", "privatekey",
-                    "private_key")
+#: What makes a configuration key's value a secret: the OCPP 1.6 security whitepaper's
+#: ``AuthorizationKey`` (the charger's Basic-auth password of security profiles 1 and 2;
+#: write-only there, yet some chargers read it back) and any vendor key named for a
+#: password, secret or credential the way vendors write them: ``MqttPwd``, ``WifiPSK`` (a
+#: pre-shared key), ``ApiToken``, ``ModemPassphrase``, ``CloudApiKey``, ``TlsPrivateKey``
+#: (QA s23: the first three were shown and audited in clear). Parts that name a secret
+#: wherever they stand in the folded name (``BackendPassword``, ``OcppAuthorizationKey``);
+#: also read as a pattern by ``log_masking``, which withholds a line naming any of them.
+SECRET_KEY_PARTS = ("authorizationkey", "password", "passwd", "passphrase", "secret",
+                    "apikey", "api_key", "privatekey", "private_key")
+#: Words that name a secret only as the key's last word, what it holds: ``MqttPwd``,
+#: ``WifiPSK``, ``ApiToken``, ``CloudCredentials``; not ``IdTokenType``,
+#: ``TokenReaderEnabled``, ``PwdComplexityEnabled`` or ``CredentialsRequired``, which
+#: are settings about them (review s23: matched anywhere, they hid those, and
+#: ``UseHttpsKeepAlive`` and ``MaxAmpsKw`` for the "psk" across their words).
+SECRET_LAST_WORDS = frozenset({"pwd", "psk", "token", "credential", "credentials",
+                               "pin", "puk"})  # a modem's SIM: ``GsmPin``
+#: A key's words: lower-case runs after a capital, runs of capitals (an acronym), digits.
+_WORDS = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|[0-9]+")
+
+
+#: What stands for a secret's value wherever one would be shown or logged.
+HIDDEN = "[hidden]"
+
+
+def without_secret_value(image: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A COMMAND audit image (``commands.masked`` wrote it) with a ChangeConfiguration's
+    value ``HIDDEN`` when its key is a secret by the rule as it is now: entries written
+    before the rule named the key one (review s23: a vendor's ``MqttPwd`` changed before
+    QA s23 was read back in clear by every operator of the station, for good)."""
+    if image is None or image.get("command") != "ChangeConfiguration":
+        return image
+    request = image.get("request")
+    if not isinstance(request, dict) or "value" not in request \
+            or request["value"] == HIDDEN or not is_secret_key(request.get("key")):
+        return image
+    return {**image, "request": {**request, "value": HIDDEN}}
 
 
 def is_secret_key(key: Any) -> bool:
-    """Whether a configuration key's value is never stored nor shown (``SECRET_KEY_PARTS``)."""
-    return isinstance(key, str) and any(part in folded_key(key) for part in SECRET_KEY_PARTS)
+    """Whether a configuration key's value is never stored nor shown: it holds one of
+    ``SECRET_KEY_PARTS``, or its last word is one of ``SECRET_LAST_WORDS``."""
+    if not isinstance(key, str):
+        return False
+    folded = folded_key(key)
+    if any(part in folded for part in SECRET_KEY_PARTS):
+        return True
+    words = _WORDS.findall(key)
+    return bool(words) and words[-1].lower() in SECRET_LAST_WORDS
 
 
 def _profile_fits_connector(payload: dict[str, Any], checks: v.Checks) -> None:

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from domain.clock import utcnow
+from domain.command_rules import without_secret_value
 from domain.entities import (
     LIVE_RESERVATION_STATES,
     AuditAction,
@@ -438,6 +439,8 @@ class Policy:
         driver reading their own session's entries is not told whose books it went to,
         as no read of the session tells them; an operator reading their company's
         drivers' cars is not told their batteries, as the car's own read does not)."""
+        if entry.action is AuditAction.COMMAND:
+            snapshot = without_secret_value(snapshot)
         private = PRIVATE_FIELDS.get(entry.entity)
         if snapshot is None or not private or self._sees_image_private(viewer, entry):
             return snapshot

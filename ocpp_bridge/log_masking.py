@@ -20,12 +20,18 @@ from __future__ import annotations
 import logging
 import re
 
-from domain.command_rules import SECRET_KEY_PARTS
+from domain.command_rules import is_secret_key
 
 HIDDEN = "[hidden]"
 
-#: A secret key's name anywhere in a line, as written or escaped (``\u004bey``).
-_SECRET_NAME = re.compile("|".join(SECRET_KEY_PARTS), re.IGNORECASE)
+#: A name in a line, as written or escaped (``\u004bey``): a secret's when
+#: ``is_secret_key`` says so.
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_\-]*")
+
+
+def _secret_names(text: str) -> int:
+    """How many times ``text`` names a secret key."""
+    return sum(1 for name in _NAME.findall(_unescaped(text)) if is_secret_key(name))
 
 #: ``"key": "<name>", "value": "<value>"`` as JSON writes it, or as a Python dict's repr
 #: (``'key': '<name>', 'value': '<value>'``).
@@ -37,20 +43,20 @@ _PAIR = re.compile(
 
 def masked_line(text: str) -> str:
     """``text`` with every secret key's value hidden, or withheld (see the module)."""
-    if _SECRET_NAME.search(_unescaped(text)) is None:
+    if _secret_names(text) == 0:
         return text
     masked = 0
 
     def hide(match: re.Match[str]) -> str:
         nonlocal masked
-        if _SECRET_NAME.search(match["name"]) is None:
+        if not is_secret_key(match["name"]):
             return match[0]
         masked += 1
         quote = match["sq"]
         return f"{match['head']}{quote}{HIDDEN}{quote}"
 
     result = _PAIR.sub(hide, text)
-    if len(_SECRET_NAME.findall(_unescaped(result))) > masked:
+    if _secret_names(result) > masked:
         return f"<{len(text)} characters withheld: they may hold a secret configuration value>"
     return result
 

@@ -17,7 +17,7 @@ from typing import Any, Protocol, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from domain.availability import POINT_DOWN
-from domain.command_rules import check_command, is_heartbeat_key, is_secret_key
+from domain.command_rules import HIDDEN, check_command, is_heartbeat_key, is_secret_key
 from domain.entities import (
     DIAGNOSTICS_REQUESTED,
     FIRMWARE_REQUESTED,
@@ -97,7 +97,6 @@ _CHARGING_ACTIONS = frozenset({"RemoteStartTransaction", "RemoteStopTransaction"
 
 
 #: Written in an audit entry instead of a secret a command carries.
-HIDDEN = "[hidden]"
 
 
 def masked(action: str, request: dict[str, Any]) -> dict[str, Any]:
