@@ -1297,6 +1297,15 @@ class ChargingService(ChargerConnections):
                 await self.publish(payment_changed(payment, reprice_change(payment)))
             await self._finish_connector(station, closed)
             return info
+        if session is None:
+            # Nothing here to close: its start never reached this service, or the
+            # database was restored from a backup taken before it (ops QA s23: such a
+            # stop was answered and forgotten without a word). Said where operators
+            # look; its meter values are kept below, as any unknown transaction's.
+            log.warning("%s: StopTransaction of transaction %s, unknown here (its start "
+                        "was lost, or the database restored from an older backup), "
+                        "not recorded: meterStop %s Wh at %s, idTag %s", cp_id,
+                        transaction_id, meter_stop, end.isoformat(), id_tag)
         # A repeated stop (or one whose session kept changing under it): its meter values
         # are kept as history, adding no energy (no increments) to a session closed.
         kept = samples_of(station, session.connector_id if session else 0, transaction_id,

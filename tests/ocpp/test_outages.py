@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -456,3 +457,19 @@ async def test_after_a_crash_a_charger_that_never_comes_back_is_offline_from_the
     *_, unknown, offline = settled
     assert unknown.end == restarted == offline.start
     assert restarted - unknown.start > timedelta(minutes=29)
+
+
+async def test_the_stop_of_a_transaction_unknown_here_is_logged(
+        central: Central, caplog: pytest.LogCaptureFixture) -> None:
+    """Ops QA s23: after a restore from an older backup, a charger's stop of a
+    transaction started since was answered and forgotten without a word."""
+    caplog.set_level(logging.WARNING, logger="chargegraph")
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.report_all()
+        answer = await cp.call(call.StopTransaction(
+            meter_stop=40_000, timestamp=stamp(datetime.now(UTC)), transaction_id=987_654,
+            id_tag="TAG-OK"))
+        assert answer.id_tag_info["status"] == "Accepted"  # the charger's queue moves on
+    assert await central.store.find_all(d.Session, Eq("transaction_id", 987_654)) == []
+    [line] = [r.getMessage() for r in caplog.records if "987654" in r.getMessage()]
+    assert "unknown here" in line and "meterStop 40000 Wh" in line, line
