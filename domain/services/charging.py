@@ -10,6 +10,7 @@ entities (StatusEvent, MeterSample, ConnectionEvent) instead of the audit log.
 from __future__ import annotations
 
 import logging
+from bisect import bisect_right
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Coroutine, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -94,6 +95,7 @@ from domain.services.metering import (
     added_wh,
     believed,
     closing_sample,
+    credited_readings,
     cut_at_next_start,
     final_soc,
     late_share,
@@ -137,6 +139,9 @@ def given_up(shares: Shares, actor: Viewer) -> list[Change]:
 #: Stored increments a stop may take an excess back from (newest first); what is left
 #: beyond them is taken back by a negative closing sample.
 MAX_TRIMMED_SAMPLES = 1000
+#: Stored increments a frame's late readings may take their shares from (oldest first,
+#: from the earliest of them): one read for any number of them.
+MAX_LATE_SAMPLES = 1000
 
 #: How far a believed meterStop may lie below the transaction's own highest reading
 #: before the session is flagged ``STOP_BELOW_READINGS``: readings sent in whole kWh are
@@ -1742,24 +1747,44 @@ class ChargingService(ChargerConnections):
         queued reading flushed after a live one added 0, the live one had it all). The
         frame's samples are changed in place; returned, the stored samples changed, each
         as read and as it is to be written (``given_up``). Store reads only for a frame
-        with a late reading: the samples stamped after each, and whether it is stored
-        already (the same frame resent: a reading stored without its share, its next
-        sample not stored yet then, takes it now; one stored with it takes nothing
-        again)."""
+        with a late reading, two whatever their number: whether they are stored already
+        (the same frame resent: a reading stored without its share, its next sample not
+        stored yet then, takes it now; one stored with it takes nothing again), and the
+        samples with an increment stamped from the earliest one not stored with it on
+        (``MAX_LATE_SAMPLES``). A reading whose register was credited at or after its
+        time (a stop's ``transactionData`` repeating the live readings in kWh or
+        another context: ``metering.credited_readings``) needs none."""
         shares: Shares = {}
         stored_late = {s.id: s for s in await self.store.find_all(MeterSample, In(
             "id", tuple(samples[late.position].id for late in count.late)))}
-        for late in count.late:
+        lates = [late for late in count.late if not stored_late.get(
+            samples[late.position].id, samples[late.position]).delta_wh]
+        if not lates:
+            return shares  # each stored with its share already
+        # Oldest first: the first after a late reading is the first of those after it.
+        stored = await self.store.find_all(MeterSample, all_of(
+            Eq("session_id", session.id),
+            Range("at", gte=min(samples[late.position].at for late in lates)),
+            Range("delta_wh", gt=0)), (Sort("at"),), limit=MAX_LATE_SAMPLES)
+        stamped = [s.at for s in stored]
+        # More may follow the last one read: past it, which sample comes first after a
+        # reading is unknown, so it takes nothing (as before shares were moved).
+        full = len(stored) == MAX_LATE_SAMPLES
+        credited = credited_readings([*stored, *samples])
+        for late in lates:
             sample = samples[late.position]
-            if stored_late.get(sample.id, sample).delta_wh:
-                continue  # stored with its share already
+            read_at = credited.get(late.counted)
+            if read_at is not None and read_at >= sample.at:
+                continue  # that reading again: the energy up to it credited already
             after: list[tuple[int | None, MeterSample]] = [
                 (i, s) for i, s in enumerate(samples)
                 if (s.delta_wh or 0) > 0 and s.at > sample.at]
-            found = await self.store.find_all(MeterSample, all_of(
-                Eq("session_id", session.id), Range("at", gt=sample.at),
-                Range("delta_wh", gt=0)), (Sort("at"),), limit=1)
-            after += [(None, shares[s.id][1] if s.id in shares else s) for s in found]
+            first = bisect_right(stamped, sample.at)
+            if first < len(stored):
+                found = stored[first]
+                after.append((None, shares[found.id][1] if found.id in shares else found))
+            elif full:
+                continue
             if not after:
                 continue
             index, giver = min(after, key=lambda pair: pair[1].at)

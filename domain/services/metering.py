@@ -6,7 +6,7 @@ service reads and writes the store around them."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
@@ -240,6 +240,20 @@ def late_share(late: LateReading, next_sample: MeterSample) -> int:
     if not reading - delta < late.counted < reading:
         return 0
     return late.counted - (reading - delta)
+
+
+def credited_readings(samples: Iterable[MeterSample]) -> dict[int, datetime]:
+    """The total register readings of ``samples`` credited with an increment, each with
+    the latest time it was read at. A late reading of one of them at or before that time
+    is that reading again (in another unit or context: a stop's ``transactionData``
+    repeating the live ones), the energy up to it credited already: it has no share to
+    take (``late_share`` would find none)."""
+    credited: dict[int, datetime] = {}
+    for sample in samples:
+        if sample.phase is None and (sample.delta_wh or 0) > 0:
+            wh = round(to_wh(sample.value, sample.unit))
+            credited[wh] = max(sample.at, credited.get(wh, sample.at))
+    return credited
 
 
 def cut_at_next_start(session: Session, next_start_wh: int, own_wh: float | None

@@ -7,14 +7,19 @@ reading added 0, the live one before it had it all)."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from datetime import timedelta
+from typing import Any
 
+import pytest
 from ocpp.v16 import call
 
 from domain import entities as d
 from domain.policy import SYSTEM
 from domain.query import Eq
+from domain.services import charging
 from domain.services.base import patch
+from domain.services.metering import LateReading, late_share
 from ocpp_bridge.simulator import connected
 from tests.ocpp.conftest import STATION_PASSWORD, Central
 from tests.ocpp.test_meter_anomalies import Charger, billed, iso
@@ -102,3 +107,117 @@ async def test_a_late_reading_stored_without_its_share_takes_it_when_resent(
         await charger.stop(4_000)
     session = await billed(central, charger.tx)
     assert session.energy_wh == 3_500
+
+
+class Reads:
+    """Counts the store's ``find_all`` calls while ``counting``."""
+
+    def __init__(self, central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls, self.counting = 0, False
+        real = central.store.find_all
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            self.calls += self.counting
+            return await real(*args, **kwargs)
+
+        monkeypatch.setattr(central.store, "find_all", counted)
+
+    async def of(self, sent: Awaitable[Any]) -> int:
+        self.calls, self.counting = 0, True
+        try:
+            await sent
+        finally:
+            self.counting = False
+        return self.calls
+
+
+async def test_a_stop_repeating_its_readings_in_kwh_reads_the_store_twice_more(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review of the late shares: a stop's transactionData repeating the 120 readings
+    sent live, in kWh (another sample id each, each below the count and stamped before
+    it: late), read the store once per reading (122 reads, 2 before). They are the
+    readings credited already: none needs a share, the stop reads twice more whatever
+    their number, and every increment stays where it was."""
+    n = 120
+    consulted = 0
+
+    def counting(late: LateReading, next_sample: d.MeterSample) -> int:
+        nonlocal consulted
+        consulted += 1
+        return late_share(late, next_sample)
+
+    monkeypatch.setattr(charging, "late_share", counting)
+    reads = Reads(central, monkeypatch)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        charger = Charger(cp)
+        start = charger.at - timedelta(minutes=n + 5)
+        charger.at = start
+        await charger.start(1_000)
+        data = []
+        for i in range(1, n + 1):
+            at = start + timedelta(minutes=i)
+            await charger.reading(1_000 + 100 * i, at=at)
+            data.append({"timestamp": iso(at), "sampledValue": [
+                {"value": f"{(1_000 + 100 * i) / 1000:.1f}", "unit": "kWh",
+                 "context": "Sample.Periodic"}]})
+        calls = await reads.of(cp.call(call.StopTransaction(
+            meter_stop=1_000 + 100 * n, timestamp=iso(start + timedelta(minutes=n + 1)),
+            transaction_id=charger.tx, transaction_data=data)))
+    session = await billed(central, charger.tx)
+    assert session.energy_wh == 100 * n
+    assert calls <= 4, calls  # the stop's own two, the late readings' two
+    assert consulted == 0
+    kept = await central.store.find_all(d.MeterSample, Eq("transaction_id", charger.tx))
+    live = {s.at: s.delta_wh for s in kept if s.unit == "Wh" and s.at > start}
+    assert set(live.values()) == {100} and len(live) == n, live
+    assert {s.delta_wh for s in kept if s.unit == "kWh"} == {0}
+
+
+async def test_a_frame_of_many_late_readings_reads_the_store_twice_more(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A charger flushing 120 queued readings in one MeterValues frame after a live one:
+    each takes its share (100 Wh a minute, from the live one first, then from the late
+    share before it), in two reads more than an in-order frame costs."""
+    n = 120
+    reads = Reads(central, monkeypatch)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        charger = Charger(cp)
+        start = charger.at - timedelta(minutes=n + 5)
+        charger.at = start
+        await charger.start(1_000)
+        in_order = await reads.of(charger.reading(
+            1_000 + 100 * (n + 1), at=start + timedelta(minutes=n + 1)))
+        late = await reads.of(cp.call(call.MeterValues(
+            connector_id=1, transaction_id=charger.tx, meter_value=[
+                {"timestamp": iso(start + timedelta(minutes=i)),
+                 "sampledValue": [{"value": str(1_000 + 100 * i)}]}
+                for i in range(1, n + 1)])))
+        live = await central.session(charger.tx)
+        assert live is not None and live.energy_wh == 100 * (n + 1)
+    assert late <= in_order + 2, (late, in_order)
+    steps = await increments(central, charger.tx)
+    assert steps == {i: 100 for i in range(1, n + 2)}, steps
+
+
+async def test_late_readings_past_the_stored_samples_read_take_nothing(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The samples a late frame reads are bounded (``MAX_LATE_SAMPLES``, here 2): the
+    late readings before the last one read take their shares from them, one after it,
+    whose next sample was not read, takes nothing (as before shares were moved). The
+    session's increments still add up to its energy."""
+    monkeypatch.setattr(charging, "MAX_LATE_SAMPLES", 2)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        charger = Charger(cp)
+        start = charger.at - timedelta(minutes=50)
+        charger.at = start
+        await charger.start(0)
+        for minute in (10, 20, 30, 40):
+            await charger.reading(100 * minute, at=start + timedelta(minutes=minute))
+        await cp.call(call.MeterValues(connector_id=1, transaction_id=charger.tx,
+                                       meter_value=[
+            {"timestamp": iso(start + timedelta(minutes=minute)),
+             "sampledValue": [{"value": str(100 * minute)}]} for minute in (5, 15, 35)]))
+        live = await central.session(charger.tx)
+        assert live is not None and live.energy_wh == 4_000
+    steps = await increments(central, charger.tx)
+    assert steps == {5: 500, 10: 500, 15: 500, 20: 500, 30: 1_000, 35: 0, 40: 1_000}, steps
