@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import NamedTuple
 
 from domain.entities import BILLED_TIME_TOLERANCE
 
@@ -18,16 +17,6 @@ MAX_CLOCK_AHEAD = timedelta(minutes=5)
 MAX_QUEUED_BEFORE_RECORD = timedelta(days=30)
 
 
-class Observed(NamedTuple):
-    """What a charger's timestamp told of its clock (``ChargerClocks.observe``).
-    ``first``: the first believable one since the service started or the connection
-    opened. ``ahead``: the tracked clock moved forward (nearer ours) by more than
-    ``BILLED_TIME_TOLERANCE`` since its open intervals were last placed on it."""
-
-    first: bool
-    ahead: bool
-
-
 class ChargerClocks:
     def __init__(self, now: Callable[[], datetime]) -> None:
         self.now = now
@@ -37,9 +26,6 @@ class ChargerClocks:
         self._connected: dict[str, datetime] = {}
         # Chargers connected again whose connection has sent no timestamp yet.
         self._fresh: set[str] = set()
-        # cp_id → the tracked clock's offset (ours less the charger's) that its open
-        # intervals' ``observed_at`` were last placed by.
-        self._aligned: dict[str, timedelta] = {}
 
     def connected(self, cp_id: str, at: datetime) -> None:
         self._connected[cp_id] = at
@@ -72,34 +58,45 @@ class ChargerClocks:
         reports placed at their arrival, on our clock."""
         return charger_time <= (now or self.now()) + MAX_CLOCK_AHEAD
 
-    def observe(self, cp_id: str, charger_time: datetime) -> Observed:
+    def observe(self, cp_id: str, charger_time: datetime) -> bool:
         """Track the charger's clock from its newest believable timestamps. Older ones (a
-        queue flushed after an outage) say nothing about its clock now and are ignored.
-        ``first`` for the first believable timestamp of this charger since the service
-        started, and since each connection opened: the intervals a reconnect opened on
-        our clock go onto the charger's timeline then too (a queue it flushes on
-        reconnecting was clamped to the reconnect, and a session's idle time in it lost).
-        ``ahead`` when the tracked clock moved forward by more than
-        ``BILLED_TIME_TOLERANCE`` since the charger's open intervals were last placed on
-        it (``intervals.observe_again`` places them again): the first timestamp this
-        process saw may have been a queued one, taken for its clock (days behind ours),
-        and the current report that shows the clock repeats the connector's state, so
-        opens no interval. Moves back (a reading sent late) are not followed: the next
-        timely one would undo them, and each would be a write."""
+        reading sent late) say nothing about its clock now and are ignored; so are
+        queued ones (``queued``), placed where they happened by the clock known. True
+        for the first believable timestamp of this charger since the service started,
+        and since each connection opened: the intervals a reconnect opened on our clock
+        go onto the charger's timeline then too (a queue it flushes on reconnecting was
+        clamped to the reconnect, and a session's idle time in it lost)."""
         now = self.now()
         if not self.believable(charger_time, now):
-            return Observed(False, False)
+            return False
         seen = self._seen.get(cp_id)
-        if seen is None or charger_time >= seen[0]:
+        if seen is None or (charger_time >= seen[0] and not self.queued(cp_id, charger_time)):
             self._seen[cp_id] = (charger_time, now)
         first = seen is None or cp_id in self._fresh
         self._fresh.discard(cp_id)
-        tracked, at = self._seen[cp_id]
-        aligned = self._aligned.get(cp_id)
-        ahead = aligned is not None and aligned - (at - tracked) > BILLED_TIME_TOLERANCE
-        if aligned is None or ahead:
-            self._aligned[cp_id] = at - tracked
-        return Observed(first, ahead)
+        return first
+
+    def queued(self, cp_id: str, charger_time: datetime) -> bool:
+        """Whether a timestamp is a report the charger queued while away from this
+        connection: this process knows its clock (from an earlier connection, or from
+        this one before), and it is stamped more than ``BILLED_TIME_TOLERANCE`` before
+        the connection opened on that clock. Taken for the clock, a queue flushed on
+        reconnecting put it hours behind: the intervals opened by its reports, and the
+        one of a connector it left out, lasted only as long as our clock had seen since,
+        and availability read the time since unknown (QA CP-Q1); kept, ``charger_now``
+        stays the charger's now through the flush. Not one stamped more than
+        ``MAX_QUEUED_BEFORE_RECORD`` before: a clock reset (1970), not a queue. A clock
+        set back by less since the charger was last heard looks the same, and its
+        reports are placed by the clock it had (that much too early) until its new one
+        passes the connection's opening. Without a known clock (the first connection to
+        this process) a queue flushed first is taken for the clock: a clock really
+        behind looks the same, and counting its offset inflated every open interval."""
+        opened = self._connected.get(cp_id)
+        if opened is None or cp_id not in self._seen:
+            return False
+        known = self.charger_time(cp_id, opened)
+        return known - MAX_QUEUED_BEFORE_RECORD <= charger_time \
+            < known - BILLED_TIME_TOLERANCE
 
     def charger_now(self, cp_id: str) -> datetime:
         """The current instant on the charger's clock (our clock until it sent a

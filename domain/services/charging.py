@@ -82,7 +82,6 @@ from domain.services.intervals import (
     finishing,
     idle_times,
     next_interval,
-    observe_again,
     rebase_intervals,
 )
 from domain.services.live_updates import LatestUpdates
@@ -411,15 +410,11 @@ class ChargingService(ChargerConnections):
     async def _clock_report(self, station: Station, charger_time: datetime) -> None:
         """``ChargerClocks.observe``; and on the charger's first timestamp, whichever
         message carries it, moves onto its timeline the intervals its connection opened
-        on ours; and when its clock moved forward (the first was a queued one), its open
-        intervals are observed again by it (``observe_again``)."""
+        on ours, observed when its clock read it (a queued one by the clock known)."""
         cp_id = station.cp_id
-        observed = self.clocks.observe(cp_id, charger_time)
-        if observed.first:
-            await rebase_intervals(self.store, station, charger_time)
-        if observed.ahead:
-            await observe_again(self.store, station, self.clocks.charger_now(cp_id),
-                                partial(self.clocks.ours_at, cp_id))
+        if self.clocks.observe(cp_id, charger_time):
+            await rebase_intervals(self.store, station, charger_time,
+                                   self.clocks.ours_at(cp_id, charger_time))
 
     #: What ``follow`` listens to.
     CACHED_TOPICS = CACHED_TOPICS

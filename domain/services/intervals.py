@@ -3,7 +3,7 @@ tells apart (status, error code, online), on the charger's timeline."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import cast
@@ -14,7 +14,6 @@ from domain.policy import Viewer
 from domain.ports import Change, Insert, Store
 from domain.query import Eq, In, Range, Sort, all_of, any_of
 from domain.services.base import charger, patch, stamp_new
-from domain.services.charger_clocks import MAX_QUEUED_BEFORE_RECORD
 
 #: The statuses OCPP 1.6 gives connector 0.
 POINT_STATUSES = POINT_DOWN | {ConnectorStatus.AVAILABLE}
@@ -148,25 +147,27 @@ async def finishing(store: Store, station: Station, connector: Connector, at: da
         station.online, at, actor, ours=ours)]
 
 
-async def rebase_intervals(store: Store, station: Station, at: datetime) -> None:
+async def rebase_intervals(store: Store, station: Station, at: datetime,
+                           ours: datetime | None) -> None:
     """The charger's first timestamp ``at`` came after its connection opened an
     interval for every connector at "now" on our clock (nothing better was known).
     If its clock is behind ours, each open interval that starts after ``at`` is moved
     back to it, so that the charger's reports, of any connector, fall inside the
-    intervals instead of being clamped to their start. Once per connection (and
-    process): a few store reads, never on every message."""
+    intervals instead of being clamped to their start. ``ours``: ``at`` on our clock
+    (``ChargerClocks.ours_at``), by which the moved intervals are observed. Once per
+    connection (and process): a few store reads, never on every message."""
     actor = charger(station.cp_id)
     changes: list[Change] = []
     for current in await store.find_all(ConnectorInterval, all_of(
             Eq("cp_id", station.cp_id), Eq("end", None)), limit=100):
         if current.start > at:
-            changes += await _move_start(store, current, at, actor)
+            changes += await _move_start(store, current, at, ours, actor)
     if changes:
         await store.write(changes, [])
 
 
 async def _move_start(store: Store, current: ConnectorInterval, to: datetime,
-                      actor: Viewer) -> list[Change]:
+                      ours: datetime | None, actor: Viewer) -> list[Change]:
     """Start the open interval ``current`` at ``to`` and end the one before it there
     too: intervals stay contiguous and never overlap. Not before the previous one's
     start, which was placed on the charger's timeline (an earlier connection's)."""
@@ -176,42 +177,15 @@ async def _move_start(store: Store, current: ConnectorInterval, to: datetime,
     start = max(to, before[0].start) if before else to
     if start >= current.start:
         return []
-    # Its ``observed_at`` stays the connection's: the charger's clock read ``to`` a
-    # moment after it (its first timestamp), so the open interval's now runs at most
-    # that moment ahead of the charger's, instead of hours behind on our clock.
-    changes: list[Change] = [patch(current, actor, start=start)]
+    # Observed when the charger's clock read its new start, not at the connection: a
+    # queued report (``ChargerClocks.queued``) that moved it back hours happened hours
+    # before it came, and kept, the connection's observation left the open interval of
+    # a connector the flush did not report lasting only the seconds since (QA CP-Q1).
+    observed = current.observed_at if ours is None else ours + (start - to)
+    changes: list[Change] = [patch(current, actor, start=start, observed_at=observed)]
     if before:
         changes.append(patch(before[0], actor, end=start))
     return changes
-
-
-async def observe_again(store: Store, station: Station, charger_now: datetime,
-                        ours_at: Callable[[datetime], datetime | None]) -> None:
-    """The charger's tracked clock moved forward (``ChargerClocks.observe``, ``ahead``):
-    each of its open intervals is observed again by it (``observed_at``: ``ours_at`` its
-    start, earlier than before), so that it lasts until the charger's now
-    (``charger_now``), where a report would close it. The first timestamp this process
-    saw from the charger may have been a queued one (a flush after connecting or after a
-    restart of ours), taken for its clock, days behind ours: the intervals opened then
-    lasted only as long as our clock had seen since, and the current report that showed
-    the clock, of the same state, was no change and corrected nothing (QA: CP-Q1 read
-    unknown seconds after reporting Available). An interval started more than
-    ``MAX_QUEUED_BEFORE_RECORD`` before the charger's now was stamped by a clock never
-    set (1970) and since set right, not queued: it stays in 1970, rather than lasting
-    through all of today. Nor is one that nothing placed (``observed_at`` null: on our
-    clock). One store read per forward move, never on every message."""
-    actor = charger(station.cp_id)
-    changes: list[Change] = []
-    for current in await store.find_all(ConnectorInterval, all_of(
-            Eq("cp_id", station.cp_id), Eq("end", None)), limit=100):
-        if current.observed_at is None \
-                or current.start < charger_now - MAX_QUEUED_BEFORE_RECORD:
-            continue
-        observed = ours_at(current.start)
-        if observed is not None and observed < current.observed_at:
-            changes.append(patch(current, actor, observed_at=observed))
-    if changes:
-        await store.write(changes, [])
 
 
 @dataclass(frozen=True, slots=True)

@@ -140,9 +140,9 @@ async def test_a_clock_set_right_mid_connection_counts_from_its_new_time(
         SYSTEM, Scope(cp_ids=("NEVER-SET",)), TODAY, TOMORROW)
     assert [(f.connector_id, f.duration_seconds, f.open) for f in faults] == [
         (2, 30.0, True)]
-    # Its clock moved 56 years forward (``intervals.observe_again``): connector 1,
-    # Charging since 1970 on the charger's timeline, was stamped by a clock never set,
-    # not queued, and its charging does not take all of today so far (ten hours).
+    # Its clock moved 56 years forward: connector 1, Charging since 1970 on the
+    # charger's timeline, is not observed again by the new clock (nothing is, after the
+    # fact), and its charging does not take all of today so far (ten hours).
     rows = await services.analytics.utilization(SYSTEM, Scope(cp_ids=("NEVER-SET",)),
                                                 TODAY, TOMORROW, by_connector=True)
     assert usage(rows)[1][1] <= 90

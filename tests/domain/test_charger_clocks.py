@@ -1,0 +1,51 @@
+"""Which of a charger's timestamps are its clock and which are reports it queued while
+away (``ChargerClocks.queued``): the bounds of the rule, on the clocks alone."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from domain.services.charger_clocks import ChargerClocks
+
+T = datetime(2026, 12, 5, 10, 0, tzinfo=UTC)
+
+
+class Ours:
+    """Our clock, moved by the test."""
+
+    def __init__(self) -> None:
+        self.now = T
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def test_a_queue_is_told_from_the_clock_only_once_the_clock_is_known() -> None:
+    ours = Ours()
+    clocks = ChargerClocks(ours)
+    clocks.connected("CP", T)
+    # Never heard from: its first timestamp, hours old, is taken for its clock.
+    assert clocks.observe("CP", T - timedelta(hours=5))
+    assert clocks.charger_now("CP") == T - timedelta(hours=5)
+    clocks.observe("CP", T)  # and its current one sets it right
+    ours.now = T + timedelta(hours=8)
+    clocks.connected("CP", ours.now)
+    # Back after 8 h: a report stamped an hour after it left is queued, placed where it
+    # happened, and its clock stays ours.
+    assert clocks.observe("CP", T + timedelta(hours=1))
+    assert clocks.ours_at("CP", T + timedelta(hours=1)) == T + timedelta(hours=1)
+    assert clocks.charger_now("CP") == ours.now
+    # Within the tolerance of the connection's opening: its clock, a minute behind.
+    assert not clocks.observe("CP", ours.now - timedelta(minutes=1))
+    assert clocks.charger_now("CP") == ours.now - timedelta(minutes=1)
+
+
+def test_a_timestamp_a_month_before_the_connection_is_a_clock_reset_not_a_queue() -> None:
+    ours = Ours()
+    clocks = ChargerClocks(ours)
+    clocks.connected("CP", T)
+    clocks.observe("CP", T)
+    ours.now = T + timedelta(days=50)
+    clocks.connected("CP", ours.now)
+    clocks.observe("CP", T + timedelta(days=5))  # 45 days before: followed
+    assert clocks.charger_now("CP") == T + timedelta(days=5)
