@@ -285,15 +285,28 @@ def folded_key(key: str) -> str:
 #: also read as a pattern by ``log_masking``, which withholds a line naming any of them.
 SECRET_KEY_PARTS = ("authorizationkey", "password", "passwd", "passphrase", "secret",
                     "apikey", "api_key", "privatekey", "private_key")
-#: Words that name a secret only as the key's last word, what it holds: ``MqttPwd``,
-#: ``WifiPSK``, ``ApiToken``, ``CloudCredentials``; not ``IdTokenType``,
-#: ``TokenReaderEnabled``, ``PwdComplexityEnabled`` or ``CredentialsRequired``, which
-#: are settings about them (review s23: matched anywhere, they hid those, and
-#: ``UseHttpsKeepAlive`` and ``MaxAmpsKw`` for the "psk" across their words).
-SECRET_LAST_WORDS = frozenset({"pwd", "psk", "token", "credential", "credentials",
-                               "pin", "puk"})  # a modem's SIM: ``GsmPin``
+#: Words that name a secret when they are words of the key (not letters across two:
+#: ``UseHttpsKeepAlive`` holds no "psk"): ``MqttPwd``, ``WifiPSK``, ``ApiToken2``,
+#: ``AccessTokenValue``, ``CloudCredentials``, ``SimPinCode``; unless the key is a setting
+#: about them (``SETTING_WORDS``, below).
+SECRET_WORDS = frozenset({"pwd", "psk", "token", "credential", "credentials", "pin", "puk"})
+#: Last words that make a key a setting about a secret, not one: ``IdTokenType``,
+#: ``RfidTokenFormat``, ``TokenReaderEnabled``, ``TokenCaseInsensitive``,
+#: ``PwdComplexityEnabled``, ``CredentialsRequired``, ``LockPinTimeout`` (review s23:
+#: matched anywhere in the name they were hidden; matched as the last word only,
+#: ``MqttPwd2`` and ``AccessTokenValue`` were shown).
+SETTING_WORDS = frozenset({
+    "type", "types", "format", "enabled", "enable", "disabled", "disable", "required",
+    "complexity", "length", "mode", "reader", "insensitive", "sensitive", "interval",
+    "timeout", "count", "supported", "allowed", "policy", "version", "status"})
 #: A key's words: lower-case runs after a capital, runs of capitals (an acronym), digits.
 _WORDS = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|[0-9]+")
+
+
+def key_words(key: str) -> list[str]:
+    """``key``'s words, lower case: camel case, acronyms, underscores and dashes split;
+    digits are no words (``MqttPwd2`` is mqtt, pwd)."""
+    return [w.lower() for w in _WORDS.findall(key) if not w.isdigit()]
 
 
 #: What stands for a secret's value wherever one would be shown or logged.
@@ -316,14 +329,16 @@ def without_secret_value(image: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def is_secret_key(key: Any) -> bool:
     """Whether a configuration key's value is never stored nor shown: it holds one of
-    ``SECRET_KEY_PARTS``, or its last word is one of ``SECRET_LAST_WORDS``."""
+    ``SECRET_KEY_PARTS``, or one of its words is one of ``SECRET_WORDS`` and its last
+    is none of ``SETTING_WORDS``."""
     if not isinstance(key, str):
         return False
     folded = folded_key(key)
     if any(part in folded for part in SECRET_KEY_PARTS):
         return True
-    words = _WORDS.findall(key)
-    return bool(words) and words[-1].lower() in SECRET_LAST_WORDS
+    words = key_words(key)
+    return bool(words) and not SECRET_WORDS.isdisjoint(words) \
+        and words[-1] not in SETTING_WORDS
 
 
 def _profile_fits_connector(payload: dict[str, Any], checks: v.Checks) -> None:

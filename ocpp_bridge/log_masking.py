@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import re
 
-from domain.command_rules import is_secret_key
+from domain.command_rules import SECRET_KEY_PARTS, is_secret_key, key_words
 
 HIDDEN = "[hidden]"
 
@@ -30,8 +30,14 @@ _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_\-]*")
 
 
 def _secret_names(text: str) -> int:
-    """How many times ``text`` names a secret key."""
-    return sum(1 for name in _NAME.findall(_unescaped(text)) if is_secret_key(name))
+    """How many times ``text`` names a secret key: a name of two words or more
+    (``MqttPwd``, ``api_token``), or one holding a part that names a secret anywhere
+    (``password``). Not a lone word of free text ("pin voltage out of range", "token"):
+    a status's ``info`` saying so was withheld whole (review s23). A key named by one
+    such word alone is still masked where it is a key (``_PAIR``)."""
+    return sum(1 for name in _NAME.findall(_unescaped(text))
+               if is_secret_key(name) and (len(key_words(name)) > 1 or any(
+                   part in name.lower() for part in SECRET_KEY_PARTS)))
 
 #: ``"key": "<name>", "value": "<value>"`` as JSON writes it, or as a Python dict's repr
 #: (``'key': '<name>', 'value': '<value>'``).
@@ -43,8 +49,8 @@ _PAIR = re.compile(
 
 def masked_line(text: str) -> str:
     """``text`` with every secret key's value hidden, or withheld (see the module)."""
-    if _secret_names(text) == 0:
-        return text
+    if "key" not in text and _secret_names(text) == 0:
+        return text  # no pair to mask, no secret named
     masked = 0
 
     def hide(match: re.Match[str]) -> str:
@@ -56,6 +62,8 @@ def masked_line(text: str) -> str:
         return f"{match['head']}{quote}{HIDDEN}{quote}"
 
     result = _PAIR.sub(hide, text)
+    if masked == 0 and _secret_names(text) == 0:
+        return text
     if _secret_names(result) > masked:
         return f"<{len(text)} characters withheld: they may hold a secret configuration value>"
     return result
