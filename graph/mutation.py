@@ -111,7 +111,12 @@ async def _signed_in(ctx: GraphContext, user: Any, refresh: IssuedRefresh | None
     """The tokens of ``user``, who has just proved who they are; ``refresh`` when a
     rotation issued it already, else a new device's (a new refresh family)."""
     if refresh is None:
-        refresh = await ctx.services.refresh_tokens.start(user)
+        # Refused when the account changed while its password was checked (erased,
+        # deactivated, a new password): a failed sign-in in the payload, as any other.
+        refresh, errors = await attempt(
+            ctx, lambda: ctx.services.refresh_tokens.start(user), public=True)
+        if refresh is None:
+            return _failed_sign_in(errors)
     issued = ctx.tokens.issue(user.id, user.token_epoch)
     own_view = GraphContext.build(ctx.services, ctx.tokens, Viewer.of(user))
     return LoginPayload(token=issued.token, expires_at=issued.expires_at,

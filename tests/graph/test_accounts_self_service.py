@@ -265,3 +265,17 @@ async def test_change_password_checks_its_fields(api: Api, world: World) -> None
     anonymous = (await api.gql(CHANGE, {"c": PASSWORD, "n": "a brand new secret"})
                  )["changePassword"]
     assert errors(anonymous) == [(None, "UNAUTHENTICATED")]
+
+
+async def test_a_sign_in_whose_account_changed_meanwhile_fails_in_the_payload(
+        api: Api, services: Services, monkeypatch: Any) -> None:
+    """Review s23: the refresh family of a sign-in the account's erasure (or a new
+    password) overtook is refused; the sign-in fails as any other, in the payload."""
+    from domain.errors import Unauthenticated
+
+    async def overtaken(user: User) -> Any:
+        raise Unauthenticated("the account changed while signing in: sign in again")
+
+    monkeypatch.setattr(services.refresh_tokens, "start", overtaken)
+    payload = await login(api)
+    assert errors(payload) == [(None, "UNAUTHENTICATED")] and payload["token"] is None
