@@ -268,7 +268,7 @@ async def test_change_password_checks_its_fields(api: Api, world: World) -> None
 
 
 async def test_a_sign_in_whose_account_changed_meanwhile_fails_in_the_payload(
-        api: Api, services: Services, monkeypatch: Any) -> None:
+        api: Api, services: Services, world: World, monkeypatch: Any) -> None:
     """Review s23: the refresh family of a sign-in the account's erasure (or a new
     password) overtook is refused; the sign-in fails as any other, in the payload."""
     from domain.errors import Unauthenticated
@@ -278,4 +278,6 @@ async def test_a_sign_in_whose_account_changed_meanwhile_fails_in_the_payload(
 
     monkeypatch.setattr(services.refresh_tokens, "start", overtaken)
     payload = await login(api)
-    assert errors(payload) == [(None, "UNAUTHENTICATED")] and payload["token"] is None
+    assert payload["errors"] == [{"field": None, "code": "UNAUTHENTICATED", "message":
+                                  "the account changed while signing in: sign in again"}]
+    assert payload["token"] is None
