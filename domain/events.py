@@ -38,6 +38,13 @@ class ConnectorStatusChanged(DomainEvent):
     #: The charger's own code for the error; ``None`` when it sent none (and from
     #: versions before it was carried).
     vendor_error_code: str | None = None
+    #: Whether the plug itself is free when the event is published, by the rule of
+    #: "available now" without its station's part (``availability.connectors_free``:
+    #: reports Available, holds no ACTIVE session, no live reservation holds it). Set by
+    #: ``Service.publish`` for every such event; ``None`` for connector 0 and from
+    #: versions before it was carried. An event with an unchanged status says that a
+    #: reservation began or stopped holding the plug (whose is not told).
+    free: bool | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -23,6 +23,7 @@ from strawberry.scalars import JSON
 
 from domain import entities as d
 from domain import pricing
+from domain.availability import connectors_free
 from domain.currencies import major_units
 from domain.geo import distance_km
 from domain.ids import is_id
@@ -856,6 +857,19 @@ class Connector(Node, Audited):
         if wants("activeSession"):
             await _prefetch_active_sessions(ctx, station_ids,
                                             lambda *path: wants("activeSession", *path))
+
+    @strawberry.field(description=(
+        "Whether the plug itself is free now: it last reported AVAILABLE, holds no "
+        "session and no live reservation holds it (its own or its station's connector "
+        "0's; one the charger has not reported yet too; whose is not told). It is "
+        "available now (`availableNow`) when its station is also online and not "
+        "UNAVAILABLE or FAULTED as a whole. `connectorStatusChanged` carries it too."))
+    async def free(self, info: Info) -> bool:
+        ctx = _ctx(info)
+        # The rule of the availableNow filter, batched over the page: one store call.
+        found = await ctx.loaders.one_by(d.Connector, "id", connectors_free(ctx.now)
+                                         ).load(self._r.id)
+        return found is not None
 
     @strawberry.field(description="Its station.")
     def station(self, info: Info) -> Station | None:

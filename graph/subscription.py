@@ -135,7 +135,10 @@ class _OfStation:
 @strawberry.type(description=(
     "A connector's (or, for connector 0, the charge point's) reported state changed: its "
     "status, errorCode, info or vendorErrorCode (the live availability map). A report "
-    "repeating the state, as chargers send after each reconnect, is none."))
+    "repeating the state, as chargers send after each reconnect, is none. Also, with the "
+    "state unchanged, for each plug a reservation begins or stops holding (connector 0's: "
+    "every plug of its station), whether or not the charger reports it Reserved: see "
+    "`free`."))
 class ConnectorStatusEvent(_OfStation):
     cp_id: str = strawberry.field(description=_CP_ID)
     connector_id: int = strawberry.field(description=_CONNECTOR_ID)
@@ -151,6 +154,13 @@ class ConnectorStatusEvent(_OfStation):
         "older than the `statusAt` a client holds is stale."))
     dropped_before: int = strawberry.field(
         description="Events this subscriber missed right before this one (it fell behind).")
+    free: bool | None = strawberry.field(description=(
+        "Whether the plug itself is free as of this event: as `Connector.free` (reports "
+        "AVAILABLE, no session on it, no live reservation holds it; whose is not told). "
+        "Available now (`availableNow`) when its station is also online and not "
+        "UNAVAILABLE or FAULTED as a whole (`stationConnectionChanged`, connector 0's "
+        "events). Null for connector 0, and when not known (an instance of an older "
+        "version published it)."))
     _e: strawberry.Private[ConnectorStatusChanged]
 
     @strawberry.field(description=("The connector as it reads now; null for connector 0 "
@@ -374,7 +384,7 @@ def _connector_status(e: ConnectorStatusChanged, dropped: int) -> ConnectorStatu
     return ConnectorStatusEvent(cp_id=e.cp_id, connector_id=e.connector_id,
                                 status=_status(e.status), error_code=e.error_code,
                                 info=e.info, vendor_error_code=e.vendor_error_code,
-                                at=e.at, dropped_before=dropped, _e=e)
+                                at=e.at, dropped_before=dropped, free=e.free, _e=e)
 
 
 def _station_connection(e: StationConnectionChanged, dropped: int) -> StationConnectionEvent:

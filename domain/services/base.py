@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any, Final, NamedTuple
 
 from domain import validation as v
+from domain.availability import connectors_free
 from domain.clock import utcnow
 from domain.command_rules import folded_key
 from domain.entities import (
@@ -22,6 +23,7 @@ from domain.entities import (
     AuditEntry,
     Company,
     Connector,
+    ConnectorStatus,
     E,
     IdTag,
     Payment,
@@ -40,7 +42,12 @@ from domain.entities import (
     snapshot,
 )
 from domain.errors import NotFound
-from domain.events import MaintenanceStatusChanged, ReservationChanged
+from domain.events import (
+    ConnectorStatusChanged,
+    DomainEvent,
+    MaintenanceStatusChanged,
+    ReservationChanged,
+)
 from domain.ids import is_id
 from domain.policy import HOLDER_PRIVATE_KINDS, PRIVATE_FIELDS, Policy, Viewer
 from domain.ports import (
@@ -259,7 +266,14 @@ class Service:
 
     async def publish(self, event: Any) -> None:
         """Announce ``event`` (after its change committed), best effort: a lost live
-        update must not undo the change, and every reader has a slower way to learn it."""
+        update must not undo the change, and every reader has a slower way to learn it.
+
+        Done here for every publisher, so none can forget it: a ``ConnectorStatusChanged``
+        goes out with ``free`` (``_with_free``), and a ``ReservationChanged`` is followed
+        by one for each plug the reservation held or holds now (``plugs_held``): the live
+        map cannot see reservations, yet they take plugs out of "available now"."""
+        if isinstance(event, ConnectorStatusChanged) and event.free is None:
+            event = await self._with_free(event)
         for listener in self.ctx.published:
             try:
                 listener(event)
@@ -271,6 +285,61 @@ class Service:
             await self.ctx.bus.publish(event)
         except Exception:
             log.exception("publishing %s failed", event.topic)
+        if isinstance(event, ReservationChanged):
+            await self.plugs_held(event, event.connector_id)
+
+    async def _with_free(self, event: ConnectorStatusChanged) -> ConnectorStatusChanged:
+        """``event`` with ``free`` as the plug reads now: without a read when its status
+        says it already (connector 0: ``None``; any status but Available: not free), else
+        by the one indexed read of ``connectors_free`` on its record. A read that fails
+        leaves it ``None`` (unknown), as from an older version."""
+        if event.connector_record_id is None:
+            return event
+        if event.status != ConnectorStatus.AVAILABLE.value:
+            return dataclasses.replace(event, free=False)
+        try:
+            found = await self.store.find_one(Connector, all_of(
+                Eq("id", event.connector_record_id), connectors_free(self.now())))
+        except Exception:
+            log.exception("reading whether connector %s is free failed",
+                          event.connector_record_id)
+            return event
+        return dataclasses.replace(event, free=found is not None)
+
+    async def plugs_held(self, of: DomainEvent, connector_id: int) -> None:
+        """Publishes a ``ConnectorStatusChanged`` (its status unchanged, ``free`` as it
+        reads now) for each plug a reservation of ``connector_id`` on ``of``'s station
+        holds or held: that plug, or every plug of the station for connector 0. For the
+        live map, whenever a reservation begins or stops holding (stored PENDING: the
+        caller; then ACTIVE, REJECTED, USED, CANCELLED, EXPIRED: ``publish``), as the
+        charger may never report Reserved. Carries the station's ownership from ``of``
+        and nothing of the reservation, so it is as public as any status event. Each
+        instance publishes those of its own changes, and they reach the others by the
+        bus as any event."""
+        if of.station_id is None:
+            return
+        where = all_of(Eq("station_id", of.station_id),
+                       Eq("connector_id", connector_id) if connector_id else None)
+        try:
+            plugs = await self.store.find_all(Connector, where)
+            free = {c.id for c in await self.store.find_all(
+                Connector, all_of(where, connectors_free(self.now())))} \
+                if any(c.status is ConnectorStatus.AVAILABLE for c in plugs) else set()
+        except Exception:
+            log.exception("reading the plugs of station %s's reservation failed",
+                          of.station_id)
+            return
+        owned: dict[str, Any] = {"station_id": of.station_id, "cp_id": of.cp_id,
+                 "company_id": of.company_id, "owner_id": of.owner_id,
+                 "on_map": of.on_map}
+        for plug in plugs:
+            # Dated by the status it repeats (a client keeps it as ``statusAt``, and
+            # skips as stale only an event older than that).
+            await self.publish(ConnectorStatusChanged(
+                **owned, at=plug.status_at or of.at, connector_record_id=plug.id,
+                connector_id=plug.connector_id, status=plug.status.value,
+                error_code=plug.error_code, info=plug.info,
+                vendor_error_code=plug.vendor_error_code, free=plug.id in free))
 
     async def hash_password(self, password: str) -> str:
         loop = asyncio.get_running_loop()

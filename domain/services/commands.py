@@ -893,6 +893,8 @@ class CommandService(Service):
         except Conflict:
             await self.commit(viewer, [(Delete(reservation), reservation)])
             raise
+        # It holds its plug from now, answered or not: the live map hears of it.
+        await self.plugs_held(reservation_changed(reservation, station), connector_id)
         return reservation
 
     async def _refuse_unusable_tag(self, tag: IdTag, now: datetime) -> None:

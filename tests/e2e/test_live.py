@@ -3,14 +3,23 @@ ChargeGraph, and websocket subscribers of each role see exactly what they may.""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from ocpp.routing import on
+from ocpp.v16 import call_result as result
+from ocpp.v16.enums import Action
 
+from domain import entities as d
+from domain.policy import SYSTEM
+from domain.query import Eq
+from domain.services.base import patch
 from ocpp_bridge.simulator import connected
 from tests.e2e.conftest import Running, running_service
 from tests.e2e.wsclient import GraphQLWS
 from tests.ocpp.conftest import STATION_PASSWORD
+from tests.ocpp.test_charger_actions import CANCEL, RESERVE, ReservesWithoutSayingSo
 
 STATUS = """subscription($f: StationEventFilter) { connectorStatusChanged(filter: $f) {
   cpId connectorId status errorCode droppedBefore connector { status maxKw }
@@ -151,3 +160,86 @@ async def test_command_completed_reaches_the_operator(service: Running) -> None:
     finally:
         await operator.close()
         await driver.close()
+
+
+class ReservesAnyWithoutSayingSo(ReservesWithoutSayingSo):
+    """As its base, and accepts a reservation of connector 0 too (the charger picks the
+    plug when the car comes)."""
+
+    @on(Action.reserve_now)
+    def on_reserve_now(self, connector_id: int, expiry_date: str, id_tag: str,
+                       reservation_id: int, parent_id_tag: str | None = None
+                       ) -> result.ReserveNow:
+        if connector_id:
+            return super().on_reserve_now(connector_id, expiry_date, id_tag,
+                                          reservation_id, parent_id_tag)
+        return result.ReserveNow(status="Accepted")  # type: ignore[arg-type]
+
+
+MAP = """subscription { connectorStatusChanged { cpId connectorId status free } }"""
+PLUGS = """{ connectors(first: 10, filter: {cpId: "CP-1"}) { nodes { connectorId free } } }"""
+
+
+async def _events(client: GraphQLWS, seconds: float = 0.5) -> list[tuple[int, str, bool]]:
+    got = []
+    try:
+        while True:
+            event = (await client.next(timeout=seconds))["payload"]["data"][
+                "connectorStatusChanged"]
+            got.append((event["connectorId"], event["status"], event["free"]))
+    except TimeoutError:
+        return got
+
+
+async def test_the_public_map_hears_of_reservations_the_charger_does_not_report(
+        tmp_path: Path) -> None:
+    """Review of 163f9e3: a reservation takes its plug out of ``availableNow`` while the
+    charger goes on reporting Available (some never report Reserved), and its end puts
+    it back; the live map's feed said nothing either time, and a signed-out map may not
+    follow reservations. Now each is a ``connectorStatusChanged`` of the plugs it holds
+    (connector 0's: every plug of the station), status unchanged, ``free`` as
+    ``Connector.free`` and the filter read it, saying nothing of whose it is."""
+    async with running_service(tmp_path, public_map=True) as service:
+        anonymous = await GraphQLWS.open(service.ws_url)
+        op = await service.token("op")
+        try:
+            await anonymous.subscribe(MAP)
+            await service.until_subscribed(1)
+            async with connected(service.ocpp_url, "CP-1", password=STATION_PASSWORD,
+                                 charge_point=ReservesAnyWithoutSayingSo) as cp:
+                for connector_id in (1, 2):
+                    await cp.status(connector_id, "Available")
+                # A charger's reports carry it too.
+                assert await _events(anonymous) == [(1, "AVAILABLE", True),
+                                                    (2, "AVAILABLE", True)]
+                expiry = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+                reserved = (await service.gql(RESERVE, {"input": {
+                    "cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OTHER",
+                    "expiryDate": expiry}}, token=op))["reserveNow"]
+                assert reserved["reservation"]["state"] == "ACTIVE"
+                # Stored PENDING (held from then, answered or not), then ACTIVE.
+                assert await _events(anonymous) == [(1, "AVAILABLE", False)] * 2
+                assert (await service.gql(PLUGS))["connectors"]["nodes"] == [
+                    {"connectorId": 1, "free": False}, {"connectorId": 2, "free": True}]
+                await service.gql(CANCEL, {"input": {
+                    "cpId": "CP-1",
+                    "reservationId": reserved["reservation"]["reservationId"]}}, token=op)
+                assert await _events(anonymous) == [(1, "AVAILABLE", True)]
+
+                # Connector 0's holds every plug of the station, until the sweep expires it.
+                station_wide = (await service.gql(RESERVE, {"input": {
+                    "cpId": "CP-1", "connectorId": 0, "idTag": "TAG-OTHER",
+                    "expiryDate": expiry}}, token=op))["reserveNow"]["reservation"]
+                assert station_wide["state"] == "ACTIVE"
+                assert sorted(await _events(anonymous)) == [(1, "AVAILABLE", False)] * 2 \
+                    + [(2, "AVAILABLE", False)] * 2
+                store = service.services.ctx.store
+                [held] = await store.find_all(d.Reservation, Eq(
+                    "reservation_id", station_wide["reservationId"]))
+                await store.write([patch(held, SYSTEM, expires_at=datetime.now(UTC)
+                                         - timedelta(seconds=1))], [])
+                assert await service.services.commands.expire_reservations() == 1
+                assert sorted(await _events(anonymous)) == [(1, "AVAILABLE", True),
+                                                            (2, "AVAILABLE", True)]
+        finally:
+            await anonymous.close()
