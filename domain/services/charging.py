@@ -75,6 +75,7 @@ from domain.services.charger_cache import CACHED_TOPICS, ChargerCache
 from domain.services.charger_clocks import MAX_CLOCK_AHEAD, ChargerClocks
 from domain.services.charger_connections import MAX_OPEN_PER_CONNECTOR, ChargerConnections
 from domain.services.charger_sign_ins import ChargerSignInLimits, ChargerSignIns
+from domain.services.edits import edit, retried
 from domain.services.intervals import (
     POINT_STATUSES,
     IdleSpan,
@@ -1644,25 +1645,37 @@ class ChargingService(ChargerConnections):
         the rollout or upload the station records (a status belongs to the last one).
         A report that is no news of a ``Requested`` one (``keeps_requested``: a firmware
         Idle before the download is due, the late end of the upload before) leaves it
-        ``Requested`` and is not announced: the station reads what it did."""
-        station = await self._require_station(cp_id)
+        ``Requested`` and is not announced: the station reads what it did. Judged on the
+        station as stored, not as cached, and written only onto that version
+        (``edits.edit``; read again and judged again when another write came between):
+        a request answered on another instance an instant ago is what the report is news
+        of or not, before its ``StationChanged`` reaches this one (QA)."""
         actor = charger(cp_id)
-        now = self.now()
         field = "firmware_status" if kind == "FIRMWARE" else "diagnostics_status"
-        values: dict[str, Any] = {field: status, f"{field}_at": now}
-        if keeps_requested(station, kind, status, now):
+
+        async def report() -> tuple[Station, dict[str, Any], datetime]:
+            # Fresh: these reports are rare, and what they are news of may have been
+            # recorded on another instance (the operator's) since this one cached it.
+            station = await self._require_station(cp_id, fresh=True)
+            now = self.now()
+            values: dict[str, Any] = {field: status, f"{field}_at": now}
+            if keeps_requested(station, kind, status, now):
+                if kind == "FIRMWARE":
+                    return station, {}, now  # the rollout's date says when it is due
+                # The one before ended: the next end is this upload's.
+                values = {"diagnostics_previous_uploading": False}
+            update = edit(station, actor, **values)
+            await self.commit(actor, [(update, station)])
+            self.cache.remember(cast(Station, update.record), renew=False)
+            return station, values, now
+
+        station, values, now = await retried(report)
+        if field in values:
+            await self.publish(maintenance_event(station, kind, status, now))
+        else:
             log.info("%s reported %s %s while %s is requested: not its news, the station "
                      "still reads Requested", cp_id, kind.lower(), status,
                      "a rollout" if kind == "FIRMWARE" else "an upload")
-            if kind == "FIRMWARE":
-                return  # nothing to record: the rollout's date says when it is due
-            # The one before ended: the next end is this upload's.
-            values = {"diagnostics_previous_uploading": False}
-        update = patch(station, actor, **values)
-        await self.commit(actor, [(update, station)])
-        self.cache.remember(cast(Station, update.record), renew=False)
-        if field in values:
-            await self.publish(maintenance_event(station, kind, status, now))
 
     async def data_transfer(self, cp_id: str, vendor_id: str, message_id: str | None,
                             data: str | None) -> tuple[str, str | None]:

@@ -264,23 +264,35 @@ def _kind(action: str) -> str:
 def _requested(station: Station, viewer: Viewer, kind: str, rollout: dict[str, Any],
                now: datetime) -> Update:
     """The station's new rollout (or upload), its status ``Requested`` from ``now``: the
-    last one's "Installed" or "Uploaded" is not the new one's. Only while no report of
-    that ``kind`` came since the station was read (``firmware_status_at``,
-    ``diagnostics_status_at``): one that did
-    is the charger's word on this request already, unless it is no news of it
-    (``_announce_requested``). An upload requested while the one before is still under
-    way remembers it (``diagnostics_previous_uploading``): its end is still to come."""
+    last one's "Installed" or "Uploaded" is not the new one's. Written only onto the
+    version of ``station`` it was decided on (``updated_at``, which every report's write
+    moves, the one clearing ``diagnostics_previous_uploading`` too), else skipped: a
+    report since is the charger's word on this request already, unless it is no news of
+    it, and a flag cleared since is not set again from the older read; either way
+    ``_announce_requested`` decides again on the station as stored. An upload requested
+    while the one before is still under way remembers it
+    (``diagnostics_previous_uploading``): its end is still to come."""
+    version = ("updated_at", station.updated_at)
     if kind == "FIRMWARE":
-        return patch(station, viewer,
-                     only_if=("firmware_status_at", station.firmware_status_at),
+        return patch(station, viewer, only_if=version,
                      firmware_status=FIRMWARE_REQUESTED, firmware_status_at=now, **rollout)
     uploading = station.diagnostics_status == "Uploading" or (
         station.diagnostics_status == DIAGNOSTICS_REQUESTED
         and station.diagnostics_previous_uploading)
-    return patch(station, viewer,
-                 only_if=("diagnostics_status_at", station.diagnostics_status_at),
+    return patch(station, viewer, only_if=version,
                  diagnostics_status=DIAGNOSTICS_REQUESTED, diagnostics_status_at=now,
                  diagnostics_previous_uploading=uploading, **rollout)
+
+
+def _holds(station: Station, kind: str, rollout: dict[str, Any]) -> bool:
+    """Whether ``station`` reads ``Requested`` for this rollout (or upload): only its
+    answer writes that status with this request's time (``firmware_requested_at``,
+    ``diagnostics_requested_at``), whatever else was written to the station since."""
+    if kind == "FIRMWARE":
+        return station.firmware_status == FIRMWARE_REQUESTED \
+            and station.firmware_requested_at == rollout["firmware_requested_at"]
+    return station.diagnostics_status == DIAGNOSTICS_REQUESTED \
+        and station.diagnostics_requested_at == rollout["diagnostics_requested_at"]
 
 
 class CommandService(Service):
@@ -985,26 +997,40 @@ class CommandService(Service):
         return expired
 
     # ------------------------------------------------------------- what chargers took
-    async def _announce_requested(self, viewer: Viewer, kind: str, wrote: Any,
-                                  rollout: dict[str, Any]) -> None:
-        """After a rollout (or upload) was recorded: announced as ``Requested`` if that
-        status landed. It did not if the charger reported first (its notification raced
-        the answer here): that report stands, and the rollout is recorded beside it,
-        unless it is no news of the request (``keeps_requested``: a firmware Idle before
-        the download is due, the end of the upload before): then ``Requested`` is
-        written over it, as it would have been had it come first."""
-        requested = cast(Station, wrote)
+    async def _announce_requested(self, viewer: Viewer, kind: str, sent: Station,
+                                  wrote: Any, rollout: dict[str, Any], answered_at: datetime
+                                  ) -> None:
+        """After a rollout (or upload) was recorded: announced as ``Requested`` once that
+        status is what the station holds for it (``_holds``: a write that came after it,
+        a connector-0 StatusNotification say, does not make it any less ours). It did
+        not land if the station was written since it was read before sending
+        (``sent``). Without a report since (another write moved the station, or one
+        cleared ``diagnostics_previous_uploading``), ``Requested`` is decided again on
+        the station as stored. With one (the charger's notification raced the answer
+        here), that report stands and the rollout is recorded beside it, unless it is no
+        news of the request (``keeps_requested``: a firmware Idle before the download is
+        due, the end of the upload before): then ``Requested`` is written over it, as it
+        would have been had it come first."""
+        first = requested = cast(Station, wrote)
+        field = "firmware_status" if kind == "FIRMWARE" else "diagnostics_status"
         while not await self.landed([requested]):
             [current] = await self.store.get_many(Station, [requested.id])
             if current is None:
                 return
-            reported = current.firmware_status if kind == "FIRMWARE" \
-                else current.diagnostics_status
-            if reported is None or not keeps_requested(requested, kind, reported,
-                                                       self.now()):
+            if _holds(current, kind, rollout):
+                requested = current  # ours landed; a write since moved the stamps only
+                break
+            reported = getattr(current, field)
+            if getattr(current, f"{field}_at") == getattr(sent, f"{field}_at"):
+                # No report since sending: decided again on what is stored now, so a
+                # flag a late end cleared meanwhile is not set again from ``sent``.
+                again = _requested(current, viewer, kind, rollout, answered_at)
+            elif reported is not None and keeps_requested(first, kind, reported,
+                                                          self.now()):
+                again = _requested(current, viewer, kind, rollout, self.now())
+            else:
                 await self.commit(viewer, [(patch(current, viewer, **rollout), current)])
                 return
-            again = _requested(current, viewer, kind, rollout, self.now())
             await self.commit(viewer, [(again, current)])
             requested = cast(Station, again.record)
         if kind == "FIRMWARE":
@@ -1165,8 +1191,8 @@ class CommandService(Service):
             # new rollout or upload.
             await self.publish(StationChanged(**owned_by(station)))
         if rollout:
-            await self._announce_requested(viewer, _kind(outcome.action),
-                                           remembered[-1][0].record, rollout)
+            await self._announce_requested(viewer, _kind(outcome.action), station,
+                                           remembered[-1][0].record, rollout, answered_at)
         if outcome.action == "SendLocalList" and outcome.error is None:
             # What the charger's list holds now: a blocked card is withdrawn from the
             # lists that accept it (``Withdrawal``).

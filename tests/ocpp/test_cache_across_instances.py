@@ -236,3 +236,120 @@ async def test_events_lost_drop_everything_cached(alone: Instances) -> None:
     await reject_on_b(alone)
     alone.a.charging.cache.drop(EventsDropped(0, interrupted=True))
     assert await boot(alone.a) is d.Registration.REJECTED
+
+
+# ------------------------------------------------------------------ maintenance reports
+class Answers:
+    """The charger's answer to B's command (B's gateway: the operator works there)."""
+
+    def __init__(self, answer: dict[str, Any]) -> None:
+        self.answer = answer
+
+    async def call(self, cp_id: str, action: str, payload: dict[str, Any], timeout: float
+                   ) -> dict[str, Any]:
+        return self.answer
+
+
+async def stored(x: Instances) -> d.Station:
+    station = await x.stores[0].find_one(d.Station, Eq("cp_id", "CP-1"))
+    assert station is not None
+    return station
+
+
+async def firmware_requested_on_b(x: Instances) -> None:
+    """B records a rollout due in 3 h while A holds the station cached from before."""
+    await x.a.charging.firmware_status("CP-1", "Installed")
+    assert await x.a.charging.admits("CP-1", "Heartbeat")  # A caches the station
+    x.b.attach_gateway(Answers({}))  # type: ignore[arg-type]
+    outcome = await x.b.commands.send(SYSTEM, "CP-1", "UpdateFirmware", {
+        "location": "https://fw.example.com/2.0.bin",
+        "retrieveDate": utcnow() + timedelta(hours=3)})
+    assert outcome.error is None
+    assert (await stored(x)).firmware_status == "Requested"
+
+
+async def diagnostics_requested_on_b(x: Instances) -> None:
+    """B records an upload accepted while the one before was Uploading (A cached that)."""
+    await x.a.charging.diagnostics_status("CP-1", "Uploading")
+    assert await x.a.charging.admits("CP-1", "Heartbeat")  # A caches the station
+    x.b.attach_gateway(Answers({"fileName": "diag-2.zip"}))  # type: ignore[arg-type]
+    outcome = await x.b.commands.send(SYSTEM, "CP-1", "GetDiagnostics",
+                                      {"location": "https://diag.example.com/up"})
+    assert outcome.error is None
+    requested = await stored(x)
+    assert (requested.diagnostics_status, requested.diagnostics_previous_uploading) == (
+        "Requested", True)
+
+
+async def test_a_firmware_idle_before_the_download_is_due_is_judged_as_stored(
+        alone: Instances) -> None:
+    """Review of b9b76ee: A judged the charger's Idle against its cached station (from
+    before B recorded the rollout, its StationChanged not arrived), so a rollout not due
+    for 3 h read Idle. Judged on the station as stored, it still reads Requested."""
+    await firmware_requested_on_b(alone)
+    await alone.a.charging.firmware_status("CP-1", "Idle")  # answering a TriggerMessage
+    assert (await stored(alone)).firmware_status == "Requested"
+
+
+async def test_the_late_end_of_the_upload_before_is_judged_as_stored(
+        alone: Instances) -> None:
+    """The upload before's Uploaded, judged on A's cached Uploading, was stored as the
+    new upload's end; judged as stored it is the one before's: the flag is cleared, and
+    the new upload's own end is shown."""
+    await diagnostics_requested_on_b(alone)
+    requested = await stored(alone)
+    await alone.a.charging.diagnostics_status("CP-1", "Uploaded")  # the one before's
+    after = await stored(alone)
+    assert (after.diagnostics_status, after.diagnostics_status_at,
+            after.diagnostics_previous_uploading) == (
+        "Requested", requested.diagnostics_status_at, False)
+    await alone.a.charging.diagnostics_status("CP-1", "UploadFailed")  # the new one's
+    assert (await stored(alone)).diagnostics_status == "UploadFailed"
+
+
+@pytest.mark.parametrize("kind", ["FIRMWARE", "DIAGNOSTICS"])
+async def test_a_report_handled_before_the_announcement_arrives_is_judged_as_stored(
+        linked: Instances, kind: str) -> None:
+    """With the bus too (in-process: no latency at all), a report A handles before its
+    follower took B's StationChanged is not judged on the copy it had."""
+    if kind == "FIRMWARE":
+        await firmware_requested_on_b(linked)
+        await linked.a.charging.firmware_status("CP-1", "Idle")
+        assert (await stored(linked)).firmware_status == "Requested"
+    else:
+        await diagnostics_requested_on_b(linked)
+        await linked.a.charging.diagnostics_status("CP-1", "Uploaded")
+        assert (await stored(linked)).diagnostics_status == "Requested"
+
+
+@pytest.mark.parametrize(("kind", "before", "report"), [
+    ("FIRMWARE", "Installed", "Idle"), ("DIAGNOSTICS", "Uploading", "Uploaded")])
+async def test_a_request_recorded_between_a_reports_read_and_its_write_is_not_overwritten(
+        alone: Instances, monkeypatch: pytest.MonkeyPatch, kind: str, before: str,
+        report: str) -> None:
+    """A judges a report on the station as it read it; B's request landing between that
+    read and A's write makes A read and judge again: a firmware Idle before the rollout
+    is due, or the end of the upload under way when the next was accepted, leaves the
+    new request Requested."""
+    charging = alone.a.charging
+    reports = charging.firmware_status if kind == "FIRMWARE" else charging.diagnostics_status
+    await reports("CP-1", before)
+    read = charging._require_station
+    answers = [Answers({}) if kind == "FIRMWARE" else Answers({"fileName": "diag-2.zip"})]
+
+    async def answered_meanwhile(cp_id: str, *, fresh: bool = False) -> d.Station:
+        station = await read(cp_id, fresh=fresh)
+        if fresh and answers:  # the report's read, before its write
+            alone.b.attach_gateway(answers.pop())  # type: ignore[arg-type]
+            outcome = await alone.b.commands.send(
+                SYSTEM, "CP-1", "UpdateFirmware" if kind == "FIRMWARE" else "GetDiagnostics",
+                {"location": "https://example.com/x", "retrieveDate": utcnow() + timedelta(
+                    hours=3)} if kind == "FIRMWARE" else {"location": "https://example.com/x"})
+            assert outcome.error is None
+        return station
+
+    monkeypatch.setattr(charging, "_require_station", answered_meanwhile)
+    await reports("CP-1", report)
+    station = await stored(alone)
+    shown = station.firmware_status if kind == "FIRMWARE" else station.diagnostics_status
+    assert (shown, station.diagnostics_previous_uploading) == ("Requested", False)

@@ -364,6 +364,92 @@ async def test_an_idle_that_beat_the_answer(central: Central, due: timedelta, sh
     assert station["firmwareRollout"]["location"] == "https://fw.example.com/2.0.bin"
 
 
+class _EndsFirstOnce:
+    """A charger naming each upload's file (diag-1.zip, ...) whose ``report_first``, when
+    set, is handled before its next answer (the two race in the central system)."""
+
+    def __init__(self, central: Central) -> None:
+        self.central, self.uploads = central, 0
+        self.report_first: str | None = None
+
+    async def call(self, cp_id: str, action: str, payload: dict[str, Any], timeout: float
+                   ) -> dict[str, Any]:
+        if self.report_first is not None:
+            report, self.report_first = self.report_first, None
+            await self.central.services.charging.diagnostics_status(cp_id, report)
+        self.uploads += 1
+        return {"fileName": f"diag-{self.uploads}.zip"}
+
+
+async def test_the_upload_befores_end_between_sending_and_the_answer_is_not_undone(
+        central: Central, bus: MemoryEventBus) -> None:
+    """Review of b9b76ee: upload 0 Uploading, diag-1 accepted (the flag set), diag-2
+    sent; upload 0's Uploaded, handled before diag-2's answer, cleared the flag, and the
+    answer wrote it back from the station read before sending. diag-2's own end (it
+    failed at once: no Uploading) was then taken for upload 0's: the station read
+    Requested for good and nothing was announced. The flag is decided on the station as
+    stored when the answer is written."""
+    charger = _EndsFirstOnce(central)
+    central.services.attach_gateway(charger)  # type: ignore[arg-type]
+    events = bus.subscribe(["maintenance"])
+    up = {"cpId": "CP-1", "location": "https://diag.example.com/up"}
+    try:
+        await central.services.charging.diagnostics_status("CP-1", "Uploading")  # upload 0
+        await run(central, "getDiagnostics", up, "fileName")  # diag-1, while 0 uploads
+        charger.report_first = "Uploaded"  # upload 0's end, handled before the answer
+        await run(central, "getDiagnostics", up, "fileName")  # diag-2
+        requested = await diagnostics(central)
+        assert (requested["diagnosticsStatus"], requested["diagnosticsRequest"]["fileName"]
+                ) == ("Requested", "diag-2.zip")
+        # diag-2's upload server could not be reached: its end is news.
+        await central.services.charging.diagnostics_status("CP-1", "UploadFailed")
+        assert (await diagnostics(central))["diagnosticsStatus"] == "UploadFailed"
+        seen = [(await next_maintenance(events)).status for _ in range(4)]
+    finally:
+        await events.aclose()
+    assert seen == ["Uploading", "Requested", "Requested", "UploadFailed"]
+
+
+@pytest.mark.parametrize("kind", ["FIRMWARE", "DIAGNOSTICS"])
+async def test_a_request_is_announced_whatever_was_written_to_the_station_after_it(
+        central: Central, bus: MemoryEventBus, monkeypatch: pytest.MonkeyPatch, kind: str
+        ) -> None:
+    """Review of b9b76ee: whether ``Requested`` landed was asked of the station's stamps;
+    another write after it (here the charger's StatusNotification for connector 0,
+    handled meanwhile) made the answer no, and the accepted request was never announced.
+    It is announced when the station holds the request's ``Requested``."""
+    from domain.services.commands import CommandService
+
+    monkeypatch.setattr(simulator.SimulatedChargePoint, "_install_firmware", _reports_nothing)
+    landed = CommandService.landed
+    events = bus.subscribe(["maintenance"])
+    try:
+        async with connected(central.url, "CP-1", password=STATION_PASSWORD,
+                             charge_point=_NamesEachUpload) as cp:
+            await cp.boot()
+
+            async def written_after(self: CommandService, written: Any) -> Any:
+                await cp.call(call.StatusNotification(connector_id=0, error_code="NoError",
+                                                      status="Available"))
+                return await landed(self, written)
+
+            monkeypatch.setattr(CommandService, "landed", written_after)
+            if kind == "FIRMWARE":
+                await run(central, "updateFirmware", {
+                    "cpId": "CP-1", "location": "https://fw.example.com/2.0.bin",
+                    "retrieveDate": datetime.now(UTC).isoformat()}, "accepted")
+                shown = (await firmware(central))["firmwareStatus"]
+            else:
+                await run(central, "getDiagnostics", {
+                    "cpId": "CP-1", "location": "https://diag.example.com/up"}, "fileName")
+                shown = (await diagnostics(central))["diagnosticsStatus"]
+            assert shown == "Requested"
+            announced = await next_maintenance(events)
+    finally:
+        await events.aclose()
+    assert (announced.kind, announced.status) == (kind, "Requested")
+
+
 async def test_a_chargers_configuration_is_shown_while_it_is_offline(
         central: Central, bus: MemoryEventBus, monkeypatch: pytest.MonkeyPatch) -> None:
     """``getConfiguration`` was live only: with the charger offline an operator saw
