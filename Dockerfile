@@ -27,10 +27,12 @@ USER chargegraph
 WORKDIR /data
 VOLUME ["/data"]
 EXPOSE 8000 9000
-# urlopen raises on 503 (store down) and on connection errors: both mark the container
-# unhealthy. The port follows CHARGEGRAPH_PORT when that is overridden.
+# `chargegraph healthcheck` reads the settings `serve` reads (the environment, then
+# /data/.env), so it asks the host and port the server listens on; it exits 1 on a 503
+# (the store down), on no answer and on a configuration error.
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
-  CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('CHARGEGRAPH_PORT', '8000'), timeout=2)"]
-# --host repeats CHARGEGRAPH_HOST to keep the command explicit; the environment also covers
-# the OCPP port and `docker run … chargegraph demo`.
-CMD ["chargegraph", "serve", "--host", "0.0.0.0"]
+  CMD ["chargegraph", "healthcheck"]
+# No --host: the interface is CHARGEGRAPH_HOST above, which `docker run -e` or compose
+# replaces (an option here would override the user's value, and the health check would
+# not see it). The environment also covers the OCPP port and `docker run … chargegraph demo`.
+CMD ["chargegraph", "serve"]

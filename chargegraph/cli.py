@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import signal
@@ -246,6 +247,46 @@ def backup(
             raise typer.Exit(1) from exc
     typer.echo(f"backed up to {report.target} ({report.size} bytes, schema version "
                f"{report.schema_version})")
+
+
+@app.command()
+def healthcheck(
+    timeout: Annotated[float, typer.Option(min=0.1, max=60,
+                                           help="Seconds to wait for the answer.")] = 2,
+) -> None:
+    """Exit 0 when the service answers GET /healthz with 200, else 1 (a container's
+    HEALTHCHECK). It reads the settings `serve` reads, the working folder's .env included."""
+    import urllib.request
+
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        # 1, not 2: Docker reserves exit code 2 of a health check.
+        for problem in problems(exc):
+            typer.echo(f"configuration error: {problem}", err=True)
+        raise typer.Exit(1) from exc
+    url = f"http://{_reachable(settings.host)}:{settings.port}/healthz"
+    # No proxy: HTTP_PROXY in the container's environment is for the way out.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=timeout):
+            pass  # urlopen raises on 503 (the store down) and on any other error status
+    except (OSError, ValueError) as exc:  # URLError and HTTPError are OSErrors
+        typer.echo(f"unhealthy: {url}: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(f"healthy: {url}")
+
+
+def _reachable(host: str) -> str:
+    """Where this machine reaches a server listening on ``host``, as a URL's host: a
+    wildcard address by its family's loopback."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host  # a name
+    if address.is_unspecified:
+        address = ipaddress.ip_address("::1" if address.version == 6 else "127.0.0.1")
+    return f"[{address}]" if address.version == 6 else str(address)
 
 
 @app.command("export-schema")

@@ -1,6 +1,8 @@
 """The GraphQL port is bound before anything starts, so a taken port is one line naming it
 and the service never announces itself ready on a port it cannot serve (uvicorn binds only
-after the lifespan has started the store, the OCPP server and its "ready" log line)."""
+after the lifespan has started the store, the OCPP server and its "ready" log line). The
+sockets listen at once, so nothing else (the OCPP server on the same port) can bind them
+meanwhile."""
 
 from __future__ import annotations
 
@@ -8,9 +10,9 @@ import socket
 
 
 def listening_sockets(host: str, port: int) -> list[socket.socket]:
-    """Bound TCP sockets for ``host`` (an address or a name: every address it resolves to,
-    as asyncio's ``create_server`` would bind) and ``port``. Raises ``OSError`` with the
-    system's reason; no socket stays open then."""
+    """Bound, listening TCP sockets for ``host`` (an address or a name: every address it
+    resolves to, as asyncio's ``create_server`` would bind) and ``port``. Raises
+    ``OSError`` with the system's reason; no socket stays open then."""
     bound: list[socket.socket] = []
     try:
         for family, kind, proto, _, address in socket.getaddrinfo(
@@ -23,6 +25,12 @@ def listening_sockets(host: str, port: int) -> list[socket.socket]:
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind(address)
+            # Listening at once makes the address this socket's alone: SO_REUSEADDR lets
+            # another socket (the OCPP server's, on a port set twice) bind it too until
+            # one of them listens, and that one then got every connection. Connections
+            # made before uvicorn serves wait in the backlog (uvicorn listens again,
+            # with its own backlog).
+            sock.listen()
             if port == 0:  # every address on the port the first one was given
                 port = sock.getsockname()[1]
     except OSError:

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import ipaddress
+import socket
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Literal, get_args
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from chargegraph.stores import sqlite_path
@@ -24,6 +33,10 @@ ENV_FILE = Path(".env")
 #: Python's level names. uvicorn's extra TRACE is left out on purpose: at TRACE it logs
 #: every request and response body, passwords and tokens included.
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+#: The settings whose empty value means something of its own: no origin allowed, no proxy
+#: believed. Any other setting given empty is refused (``Settings._not_empty``).
+EMPTY_MEANS_NONE = frozenset({"cors_origins", "trusted_proxies"})
 
 
 class Settings(BaseSettings):
@@ -161,6 +174,33 @@ class Settings(BaseSettings):
                                                      "secret) lives")
     log_level: LogLevel = "INFO"
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _not_empty(cls, value: object, info: ValidationInfo) -> object:
+        """An empty value is refused, whatever the setting, rather than read as something:
+        as a path it was the working directory (the JWT secret written there, a
+        certificate "is a directory"), as a host every interface (compose's ``${VAR}``
+        gives an empty value when VAR is unset). Leaving the variable out gives the
+        default."""
+        if isinstance(value, str) and not value.strip() \
+                and info.field_name not in EMPTY_MEANS_NONE:
+            raise ValueError("is empty: give a value, or leave the variable out for the "
+                             "default")
+        return value
+
+    @model_validator(mode="after")
+    def _ports_apart(self) -> Settings:
+        """The GraphQL and OCPP servers on one port of one interface: the socket both
+        bind is served by one of them only (QA: GraphQL answered 404 from the OCPP
+        server, after a "ready" line)."""
+        if self.ocpp_enabled and self.port == self.ocpp_port \
+                and _may_overlap(self.host, self.ocpp_host):
+            raise ValueError(
+                f"{ENV_PREFIX}PORT and {ENV_PREFIX}OCPP_PORT are both {self.port} on "
+                f"{self.host} and {self.ocpp_host}: give the GraphQL and the OCPP server "
+                "a port each")
+        return self
+
     @field_validator("ocpp_password_max_lockout_s")
     @classmethod
     def _max_lockout(cls, value: float, info: ValidationInfo) -> float:
@@ -250,6 +290,27 @@ class Settings(BaseSettings):
         return (database.parent if database is not None else Path()) / ".chargegraph"
 
 
+def _may_overlap(host: str, other: str) -> bool:
+    """Whether sockets bound on ``host`` and on ``other`` (at one port) may take the same
+    connections: a shared address, or a wildcard (``0.0.0.0``, ``::``) on either side,
+    which covers every address. A name counts as the addresses it resolves to; one that
+    does not resolve is left to the bind, which names it."""
+    ours, theirs = _addresses(host), _addresses(other)
+    return any(a == b or a.is_unspecified or b.is_unspecified for a in ours for b in theirs)
+
+
+def _addresses(host: str) -> set[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    with contextlib.suppress(ValueError):
+        return {ipaddress.ip_address(host)}
+    try:
+        found = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except OSError:
+        return set()
+    # An IPv6 address may carry its interface (fe80::1%eth0), which ip_address refuses.
+    return {ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in found}
+
+
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -331,16 +392,18 @@ def environment_warnings(environ: Mapping[str, str], env_file: Path) -> list[str
 def problems(error: ValidationError) -> list[str]:
     """One line per invalid setting, named as the operator sets it
     (``CHARGEGRAPH_PORT: Input should be …``), without pydantic's multi-line layout and
-    documentation links."""
+    documentation links; a rule between settings is its message, which names them."""
     lines = []
     for problem in error.errors(include_url=False):
         field = ".".join(str(part) for part in problem["loc"])
-        name = f"{ENV_PREFIX}{field.upper()}" if field else "settings"
         message = problem["msg"].removeprefix("Value error, ")
+        if not field:  # a rule between settings (``_ports_apart``): its message names them
+            lines.append(message)
+            continue
         given = problem.get("input")
         # The value helps spot a typo; a secret's value is never echoed.
         if isinstance(given, str) and "secret" not in field:
             shown = given if len(given) <= 60 else given[:57] + "..."
             message += f" (got {shown!r})"
-        lines.append(f"{name}: {message}")
+        lines.append(f"{ENV_PREFIX}{field.upper()}: {message}")
     return lines

@@ -248,6 +248,9 @@ class OcppServer:
         if self.instances is not None:
             try:
                 await self.instances.release(self.instance_id)
+            except StoreUnavailable as exc:  # the store said why, once, when it happened
+                log.warning("could not release the instance lease (%s); it expires on "
+                            "its own", exc.reason)
             except Exception:  # the store may be closing; the lease expires on its own
                 log.exception("could not release the instance lease")
 

@@ -97,6 +97,8 @@ class RedisEventBus:
         self._background: set[asyncio.Task[None]] = set()
         self._unsent = 0
         self._next_unsent_log = 0.0
+        #: Why the last attempt to subscribe failed: named when ``start`` gives up.
+        self._last_failure: str | None = None
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -122,8 +124,11 @@ class RedisEventBus:
                 await self._subscribed.wait()
         except TimeoutError:
             await self.close()
+            # The cause (a wrong password, a refused connection) was otherwise only in
+            # the WARNINGs before this line, which is the one an operator reads.
+            cause = f": {self._last_failure}" if self._last_failure else ""
             raise ConnectionError(f"cannot subscribe to Redis at {redacted(self.url)} "
-                                  f"within {self.start_timeout:g}s") from None
+                                  f"within {self.start_timeout:g}s{cause}") from None
 
     async def close(self) -> None:
         """Stop the listener, close both connections, end every local stream. Each step
@@ -256,6 +261,7 @@ class RedisEventBus:
                 else:
                     log.warning("cannot subscribe at Redis %s (%s)", redacted(self.url),
                                 _describe(exc))
+                self._last_failure = _describe(exc)
             # Jitter, so instances do not reconnect in lockstep after a Redis restart.
             await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
             backoff = min(backoff * 2, self.max_backoff)

@@ -26,6 +26,10 @@ from urllib.parse import quote
 BUSY_TIMEOUT_MS = 5000
 
 
+#: The files SQLite keeps beside a database, named after it.
+SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
 class BackupError(Exception):
     """The backup could not be made; the message says why. Nothing was left behind."""
 
@@ -55,8 +59,11 @@ def backup(source: str | Path, target: str | Path, *, overwrite: bool = False
         _sync(temporary)
         os.replace(temporary, target)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(temporary)
+        # The copy's own journal too: a write that failed half-way (a full disk) leaves
+        # SQLite's rollback journal beside it, which nobody would ever clean up.
+        for leftover in (temporary, *(temporary + suffix for suffix in SIDE_FILES)):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(leftover)
         raise
     _sync_folder(target.parent)
     return BackupReport(target=target, size=target.stat().st_size, schema_version=version)
@@ -67,6 +74,16 @@ def _check_target(source: Path, target: Path, *, overwrite: bool) -> None:
         raise BackupError(f"the folder {target.parent} does not exist")
     if target.is_dir():
         raise BackupError(f"{target} is a folder: name the backup file")
+    # Also when they do not exist (yet): a copy written as the database's WAL, rollback
+    # journal or shared-memory index is replayed into, or corrupts, the database at its
+    # next opening, and --force put it in place of the live WAL (the commits in it lost
+    # at the next crash).
+    for suffix in SIDE_FILES:
+        # SQLite names them after the database's real path (a symbolic link resolved).
+        if any(_same_path(target, database.with_name(database.name + suffix))
+               for database in (source, source.resolve())):
+            raise BackupError(f"{target} is the database's {suffix[1:]} file: name another "
+                              "file")
     if not target.exists():
         return
     if target.samefile(source):
@@ -74,6 +91,16 @@ def _check_target(source: Path, target: Path, *, overwrite: bool) -> None:
         raise BackupError(f"{target} is the database itself: name another file")
     if not overwrite:
         raise BackupError(f"{target} exists: pass --force to overwrite it")
+
+
+def _same_path(target: Path, other: Path) -> bool:
+    """``target`` names ``other``: the same path once resolved, or (both existing) the
+    same file under another name."""
+    if target.resolve() == other.resolve():
+        return True
+    with contextlib.suppress(OSError):
+        return target.samefile(other)
+    return False
 
 
 def _copy(source: Path, temporary: str) -> None:

@@ -273,6 +273,25 @@ async def test_an_instance_stopping_releases_its_lease(central: Central) -> None
     assert await leases(central) == set()
 
 
+async def test_a_lease_the_store_cannot_release_at_stop_is_one_line(
+        central: Central, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The database deleted under the service: the stop logged a traceback for what the
+    store had already explained."""
+    def delete_database() -> None:
+        for path in tmp_path.glob("central.db*"):
+            path.unlink()
+
+    async with leased_instance(central):
+        delete_database()
+        caplog.clear()
+    released = [record for record in caplog.records
+                if "instance lease" in record.getMessage()]
+    assert [(record.levelname, record.getMessage(), record.exc_info)
+            for record in released] == [
+        ("WARNING", "could not release the instance lease (the database file was deleted "
+                    "while the service ran); it expires on its own", None)]
+
+
 async def test_an_instance_whose_lapsed_lease_was_partly_swept_records_those_again(
         central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
     """One station per sweep: B's first sweep takes CP-1 and leaves A's lease (CP-OPEN

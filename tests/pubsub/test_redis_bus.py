@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -210,6 +211,24 @@ async def test_start_fails_clearly_when_redis_cannot_be_reached() -> None:
         await bus.start()
     assert "s3cret" not in str(info.value)
     assert not [t for t in asyncio.all_tasks() if t.get_name() == "chargegraph-redis-events"]
+
+
+async def test_a_start_that_gives_up_names_the_last_failure() -> None:
+    """A wrong password was named only in the WARNINGs before "cannot subscribe …
+    within 10s", the line that stops the service."""
+    with RedisServer() as server:  # its own: a password for it alone
+        admin = aioredis.Redis.from_url(server.url)
+        await admin.config_set("requirepass", "right-password-123")
+        await admin.aclose()
+        url = f"redis://:wrong-password-456@127.0.0.1:{server.port}/0"
+        with pytest.raises(ConnectionError) as info:
+            await RedisEventBus(url, start_timeout=1).start()
+    assert re.fullmatch(r"cannot subscribe to Redis at redis://:\*\*\*@127\.0\.0\.1:\d+/0 "
+                        r"within 1s: AuthenticationError: .+", str(info.value)), info.value
+    assert "wrong-password-456" not in str(info.value)
+    unreachable = RedisEventBus(f"redis://127.0.0.1:{free_port()}/0", start_timeout=1)
+    with pytest.raises(ConnectionError, match=r"within 1s: ConnectionError: Error 111 connecting"):
+        await unreachable.start()
 
 
 async def test_the_listener_survives_a_redis_restart(caplog: pytest.LogCaptureFixture

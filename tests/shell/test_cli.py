@@ -345,3 +345,22 @@ def test_backup_of_mongodb_points_to_mongodump(runner: CliRunner,
     monkeypatch.setenv("CHARGEGRAPH_DATABASE_URL", "mongodb://127.0.0.1:1/cg")
     refused = runner.invoke(cli, ["backup", "copy.db"])
     assert refused.exit_code == 2 and "mongodump" in refused.stderr
+
+
+@pytest.mark.parametrize(("host", "asked"), [
+    ("0.0.0.0", "127.0.0.1"), ("::", "[::1]"), ("::1", "[::1]"), ("10.1.2.3", "10.1.2.3"),
+    ("localhost", "localhost")])
+def test_healthcheck_asks_where_the_server_listens(host: str, asked: str) -> None:
+    from chargegraph.cli import _reachable
+
+    assert _reachable(host) == asked
+
+
+def test_healthcheck_of_a_broken_configuration_is_unhealthy_not_2(
+        runner: CliRunner, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Docker reserves a health check's exit code 2."""
+    monkeypatch.setenv("CHARGEGRAPH_PORT", "80x")
+    result = runner.invoke(cli, ["healthcheck"])
+    assert result.exit_code == 1
+    assert "configuration error: CHARGEGRAPH_PORT: Input should be a valid integer" \
+        in result.output

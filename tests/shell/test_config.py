@@ -164,7 +164,7 @@ def test_log_levels_in_any_case(given: str, kept: str) -> None:
     assert Settings(log_level=given).log_level == kept  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("wrong", ["verbose", "TRACE", "warn ing", ""])
+@pytest.mark.parametrize("wrong", ["verbose", "TRACE", "warn ing"])  # "": is empty, below
 def test_unknown_log_levels_are_refused(wrong: str) -> None:
     from pydantic import ValidationError
 
@@ -287,3 +287,42 @@ def test_the_cli_warns_of_misspelt_variables_at_start(
         "you mean CHARGEGRAPH_PUBLIC_MAP?",
         "CHARGEGRAPH_DB (in .env) is not a setting and is ignored: did you mean "
         "CHARGEGRAPH_DATABASE_URL?"]
+
+
+@pytest.mark.parametrize("name", sorted(set(Settings.model_fields) - {"cors_origins",
+                                                                      "trusted_proxies"}))
+@pytest.mark.parametrize("empty", ["", "  "])
+def test_an_empty_value_is_refused_whatever_the_setting(name: str, empty: str) -> None:
+    """Compose's ``${VAR}`` gives an empty value when VAR is unset: as a path it was the
+    working directory (the JWT secret written there), as a host every interface."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as refused:
+        Settings(**{name: empty})  # type: ignore[arg-type]
+    assert problems(refused.value)[0].startswith(
+        f"CHARGEGRAPH_{name.upper()}: is empty: give a value, or leave the variable out "
+        "for the default")
+
+
+def test_empty_cors_origins_and_trusted_proxies_mean_none() -> None:
+    settings = Settings(cors_origins="", trusted_proxies="")
+    assert (settings.cors_allowed_origins, settings.trusted_proxies) == ([], "")
+
+
+@pytest.mark.parametrize(("host", "ocpp_host"), [
+    ("127.0.0.1", "127.0.0.1"), ("0.0.0.0", "127.0.0.1"), ("127.0.0.1", "0.0.0.0"),
+    ("::", "127.0.0.1"), ("::1", "0.0.0.0"), ("localhost", "127.0.0.1")])
+def test_one_port_for_graphql_and_ocpp_on_overlapping_hosts_is_refused(
+        host: str, ocpp_host: str) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as refused:
+        Settings(host=host, ocpp_host=ocpp_host, port=9000, ocpp_port=9000)
+    assert problems(refused.value) == [
+        f"CHARGEGRAPH_PORT and CHARGEGRAPH_OCPP_PORT are both 9000 on {host} and "
+        f"{ocpp_host}: give the GraphQL and the OCPP server a port each"]
+
+
+def test_one_port_on_distinct_addresses_or_without_ocpp_is_kept() -> None:
+    assert Settings(host="127.0.0.2", ocpp_host="127.0.0.1", port=9000).port == 9000
+    assert Settings(port=9000, ocpp_enabled=False).port == 9000

@@ -162,6 +162,78 @@ def test_a_taken_graphql_port_is_one_line_before_anything_starts(tmp_path: Path)
     assert "OCPP 1.6J central system" not in process.stderr
 
 
+def test_one_port_for_graphql_and_ocpp_is_a_configuration_error(tmp_path: Path) -> None:
+    """It used to log "ready" while the OCPP server took every connection to the port
+    (/healthz answered 404 from it)."""
+    port = free_port()
+    process = subprocess.run(
+        [sys.executable, "-m", "chargegraph", "serve", "--port", str(port), "--ocpp-port",
+         str(port)], cwd=tmp_path, env=clean_env(tmp_path), text=True,
+        capture_output=True, timeout=60)
+    assert process.returncode == 2, process.stderr
+    assert process.stderr == (
+        f"configuration error: CHARGEGRAPH_PORT and CHARGEGRAPH_OCPP_PORT are both {port} "
+        f"on 127.0.0.1 and 127.0.0.1: give the GraphQL and the OCPP server a port each\n")
+
+
+@pytest.mark.parametrize("name", ["CHARGEGRAPH_OCPP_HOST", "CHARGEGRAPH_HOST",
+                                  "CHARGEGRAPH_STATE_DIR", "CHARGEGRAPH_OCPP_TLS_CERT"])
+def test_an_empty_host_or_path_is_a_configuration_error(tmp_path: Path, name: str) -> None:
+    """As compose's ``${VAR}`` passes an unset VAR: an empty OCPP host opened the port on
+    every interface, an empty state dir wrote the JWT secret into the working folder."""
+    process = subprocess.run(
+        [sys.executable, "-m", "chargegraph", "serve", "--port", str(free_port()),
+         "--ocpp-port", str(free_port())], cwd=tmp_path,
+        env={**clean_env(tmp_path), name: ""}, text=True, capture_output=True, timeout=60)
+    assert process.returncode == 2, process.stderr
+    assert process.stderr.startswith(f"configuration error: {name}: is empty"), \
+        process.stderr
+    assert list(tmp_path.iterdir()) == []  # no jwt_secret, no database
+
+
+def image_command(instruction: str) -> list[str]:
+    """The Dockerfile's ``CMD`` or ``HEALTHCHECK … CMD`` (exec form), run from this
+    checkout: ``chargegraph`` as ``python -m chargegraph``, ``python`` as this one."""
+    import json
+
+    text = (CHECKOUT / "Dockerfile").read_text().replace("\\\n", " ")
+    line = next(line for line in text.splitlines() if line.startswith(instruction + " "))
+    command = json.loads(line[line.index("CMD ") + 4:])
+    program = {"chargegraph": [sys.executable, "-m", "chargegraph"],
+               "python": [sys.executable]}[command[0]]
+    return [*program, *command[1:]]
+
+
+def test_the_images_health_check_and_command_follow_the_users_configuration(
+        launch: list[subprocess.Popen[str]], tmp_path: Path) -> None:
+    """The ports in /data/.env (the image's working folder), the host in the environment
+    in place of the image's ENV: the health check used to read the port from the
+    environment only (it asked 8000: unhealthy), and the command's ``--host 0.0.0.0``
+    overrode the user's host."""
+    port, ocpp_port = free_port(), free_port()
+    (tmp_path / ".env").write_text(f"CHARGEGRAPH_PORT={port}\n"
+                                   f"CHARGEGRAPH_OCPP_PORT={ocpp_port}\n")
+    env = {**clean_env(tmp_path), "CHARGEGRAPH_HOST": "127.0.0.1",
+           "CHARGEGRAPH_OCPP_HOST": "127.0.0.1"}
+    process = subprocess.Popen(image_command("CMD"), cwd=tmp_path, env=env, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    launch.append(process)
+    wait_healthy(process, f"http://127.0.0.1:{port}")
+
+    def health_check() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(image_command("HEALTHCHECK"), cwd=tmp_path, env=env,
+                              text=True, capture_output=True, timeout=60)
+
+    healthy = health_check()
+    assert healthy.returncode == 0, healthy.stderr
+    assert healthy.stdout == f"healthy: http://127.0.0.1:{port}/healthz\n"
+    _, stderr = stop(process)
+    assert f"GraphQL on http://127.0.0.1:{port}/graphql" in stderr
+    stopped = health_check()
+    assert stopped.returncode == 1
+    assert stopped.stderr.startswith(f"unhealthy: http://127.0.0.1:{port}/healthz: ")
+
+
 def test_a_corrupt_database_is_one_line_not_a_traceback(tmp_path: Path) -> None:
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "svc.db").write_text("this is not a database\n" * 100)

@@ -134,3 +134,63 @@ def test_a_file_that_is_no_chargegraph_database_leaves_no_copy(tmp_path: Path) -
 def test_a_missing_folder_is_named(database: Path, tmp_path: Path) -> None:
     with pytest.raises(BackupError, match="does not exist"):
         backup(database, tmp_path / "nowhere" / "backup.db")
+
+
+@pytest.mark.parametrize("suffix", ["-wal", "-shm", "-journal"])
+async def test_the_databases_own_side_files_are_never_the_target(
+        tmp_path: Path, suffix: str) -> None:
+    """``--force`` on ``live.db-wal`` put a copy in place of the live WAL: the commits
+    still in it were gone after the next crash. Whether the file exists at that moment
+    or not (a copy named ``-journal`` would be rolled back into the database)."""
+    live = tmp_path / "live.db"
+    store = SqliteStore(str(live))
+    await store.start()
+    assert store._writer is not None
+    store._writer.checkpoint_bytes = 1 << 40  # the commit stays in the WAL
+    try:
+        made = company(name="In the WAL")
+        await store.write([Insert(made)], [audit(made, "system")])
+        side = tmp_path / f"live.db{suffix}"
+        before = side.read_bytes() if side.exists() else None
+        with pytest.raises(BackupError, match=f"is the database's {suffix[1:]} file"):
+            backup(live, side, overwrite=True)
+        assert (side.read_bytes() if side.exists() else None) == before
+        # Named through a link to the folder, and by a link to the database.
+        (tmp_path / "link").symlink_to(tmp_path)
+        (tmp_path / "alias.db").symlink_to(live)
+        for other in (tmp_path / "link" / f"live.db{suffix}", tmp_path / f"alias.db{suffix}"):
+            with pytest.raises(BackupError, match=f"is the database's {suffix[1:]} file"):
+                backup(tmp_path / "alias.db", other, overwrite=True)
+    finally:
+        await store.close()
+    assert counts(live) == (1, 1)
+
+
+def test_a_full_disk_leaves_neither_the_copy_nor_its_journal(database: Path,
+                                                               tmp_path: Path) -> None:
+    """In a process whose files may not grow past 1 MB, as on a full disk: SQLite's
+    rollback journal of the copy (``.backup.db.….part-journal``) was left behind. The
+    database outgrows SQLite's page cache (2 MB), so the copy spills pages to its file
+    mid-way, with the journal already written."""
+    import resource
+    import signal
+    import subprocess
+    import sys
+
+    def small_disk() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails instead (EFBIG)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, 1_000_000))
+
+    with contextlib.closing(sqlite3.connect(database)) as conn, conn:
+        conn.execute("CREATE TABLE padding (x)")
+        conn.executemany("INSERT INTO padding VALUES (?)", [("y" * 1000,)] * 3000)
+    target = tmp_path / "out" / "backup.db"
+    target.parent.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys; from store.sqlite.backup import backup; "
+         "backup(sys.argv[1], sys.argv[2])", str(database), str(target)],
+        preexec_fn=small_disk, capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    assert done.returncode == 1
+    assert "BackupError: cannot back up" in done.stderr
+    assert os.listdir(target.parent) == []
