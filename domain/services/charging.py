@@ -95,11 +95,11 @@ from domain.services.metering import (
     added_wh,
     believed,
     closing_sample,
-    credited_readings,
     cut_at_next_start,
     final_soc,
     late_share,
     live_patch,
+    not_credited,
     register_count,
     register_readings,
     samples_of,
@@ -1755,13 +1755,17 @@ class ChargingService(ChargerConnections):
         queued reading flushed after a live one added 0, the live one had it all). The
         frame's samples are changed in place; returned, the stored samples changed, each
         as read and as it is to be written (``given_up``). Store reads only for a frame
-        with a late reading, two whatever their number: whether they are stored already
-        (the same frame resent: a reading stored without its share, its next sample not
-        stored yet then, takes it now; one stored with it takes nothing again), and the
-        samples with an increment stamped from the earliest one not stored with it on
-        (``MAX_LATE_SAMPLES``). A reading whose register was credited at or after its
-        time (a stop's ``transactionData`` repeating the live readings in kWh or
-        another context: ``metering.credited_readings``) needs none."""
+        with a late reading, two whatever their number (a third at most): whether they
+        are stored already (the same frame resent: a reading stored without its share,
+        its next sample not stored yet then, takes it now; one stored with it takes
+        nothing again), and the samples with an increment stamped from the earliest one
+        not stored with it on (``MAX_LATE_SAMPLES``). A reading whose register was
+        credited at or after its time (a stop's ``transactionData`` repeating the live
+        readings in kWh or another context: ``metering.credited_readings``) needs none,
+        and is set aside before the window is chosen: when the one read from it was
+        full, the window is read once more from the earliest late reading left (review:
+        a repeat of the session's first reading filled it before a late one was
+        reached)."""
         shares: Shares = {}
         stored_late = {s.id: s for s in await self.store.find_all(MeterSample, In(
             "id", tuple(samples[late.position].id for late in count.late)))}
@@ -1769,21 +1773,24 @@ class ChargingService(ChargerConnections):
             samples[late.position].id, samples[late.position]).delta_wh]
         if not lates:
             return shares  # each stored with its share already
-        # Oldest first: the first after a late reading is the first of those after it.
-        stored = await self.store.find_all(MeterSample, all_of(
-            Eq("session_id", session.id),
-            Range("at", gte=min(samples[late.position].at for late in lates)),
-            Range("delta_wh", gt=0)), (Sort("at"),), limit=MAX_LATE_SAMPLES)
+        since = min(samples[late.position].at for late in lates)
+        stored = await self._late_window(session, since)
+        lates = not_credited(lates, samples, stored)
+        if not lates:
+            return shares  # each that reading again
+        start = min(samples[late.position].at for late in lates)
+        if start > since and len(stored) == MAX_LATE_SAMPLES:
+            # The window was read from a reading credited already and may end before
+            # the late readings needing a share: read it from the earliest of them (one
+            # read more, only then). Readings credited past its end are found there.
+            stored = await self._late_window(session, start)
+            lates = not_credited(lates, samples, stored)
         stamped = [s.at for s in stored]
         # More may follow the last one read: past it, which sample comes first after a
         # reading is unknown, so it takes nothing (as before shares were moved).
         full = len(stored) == MAX_LATE_SAMPLES
-        credited = credited_readings([*stored, *samples])
         for late in lates:
             sample = samples[late.position]
-            read_at = credited.get(late.counted)
-            if read_at is not None and read_at >= sample.at:
-                continue  # that reading again: the energy up to it credited already
             after: list[tuple[int | None, MeterSample]] = [
                 (i, s) for i, s in enumerate(samples)
                 if (s.delta_wh or 0) > 0 and s.at > sample.at]
@@ -1810,6 +1817,14 @@ class ChargingService(ChargerConnections):
             else:
                 samples[late.position] = taken
         return shares
+
+    async def _late_window(self, session: Session, since: datetime) -> list[MeterSample]:
+        """The session's samples with an increment stamped at or after ``since``, oldest
+        first (the first after a late reading is the first of those after it), up to
+        ``MAX_LATE_SAMPLES``: where a frame's late readings take their shares from."""
+        return await self.store.find_all(MeterSample, all_of(
+            Eq("session_id", session.id), Range("at", gte=since),
+            Range("delta_wh", gt=0)), (Sort("at"),), limit=MAX_LATE_SAMPLES)
 
     async def _announce_end(self, station: Station, closed: Session) -> None:
         """After a close committed: no held live update goes out after it, the cache

@@ -256,6 +256,20 @@ def credited_readings(samples: Iterable[MeterSample]) -> dict[int, datetime]:
     return credited
 
 
+def not_credited(lates: Sequence[LateReading], samples: Sequence[MeterSample],
+                 stored: Iterable[MeterSample]) -> list[LateReading]:
+    """The late readings of a frame (at their positions in its ``samples``) that are not
+    a reading credited already, by the frame's samples or the ``stored`` ones, at or
+    after their time (``credited_readings``): those needing a share."""
+    credited = credited_readings([*stored, *samples])
+    needing = []
+    for late in lates:
+        read_at = credited.get(late.counted)
+        if read_at is None or read_at < samples[late.position].at:
+            needing.append(late)
+    return needing
+
+
 def cut_at_next_start(session: Session, next_start_wh: int, own_wh: float | None
                       ) -> int | None:
     """The register ``session`` ends at when a newer start on its connector closes it

@@ -221,3 +221,41 @@ async def test_late_readings_past_the_stored_samples_read_take_nothing(
         assert live is not None and live.energy_wh == 4_000
     steps = await increments(central, charger.tx)
     assert steps == {5: 500, 10: 500, 15: 500, 20: 500, 30: 1_000, 35: 0, 40: 1_000}, steps
+
+
+async def _session_with_a_late_frame(central: Central, repeat_first: bool
+                                     ) -> dict[int, int | None]:
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        charger = Charger(cp)
+        start = charger.at - timedelta(minutes=90)
+        charger.at = start
+        await charger.start(0)
+        for minute in range(10, 90, 10):  # 100 Wh a minute, read every 10 minutes
+            await charger.reading(100 * minute, at=start + timedelta(minutes=minute))
+        frame = []
+        if repeat_first:
+            # The reading of minute 10 again, in kWh, clock-aligned: credited already,
+            # needs no share (``credited_readings``).
+            frame.append({"timestamp": iso(start + timedelta(minutes=10)),
+                          "sampledValue": [{"value": "1.0", "unit": "kWh",
+                                            "context": "Sample.Clock"}]})
+        # A genuinely late reading: minute 75, queued and flushed now.
+        frame.append({"timestamp": iso(start + timedelta(minutes=75)),
+                      "sampledValue": [{"value": "7500"}]})
+        await cp.call(call.MeterValues(connector_id=1, transaction_id=charger.tx,
+                                       meter_value=frame))
+    return await increments(central, charger.tx)
+
+
+@pytest.mark.parametrize("repeat_first", [False, True])
+async def test_a_repeated_reading_does_not_cost_a_late_one_its_share(
+        central: Central, monkeypatch: pytest.MonkeyPatch, repeat_first: bool) -> None:
+    """Review of the one-read window (``MAX_LATE_SAMPLES``, here 3 to keep the session
+    short): a frame carrying the session's first reading again (in kWh: credited
+    already) and a genuinely late reading at minute 75. The window was read from the
+    repeat, full by minute 30, and the late reading took nothing; the repeat is set
+    aside first, the window read from minute 75, and it takes its 500 Wh from minute 80
+    as it does without the repeat beside it."""
+    monkeypatch.setattr(charging, "MAX_LATE_SAMPLES", 3)
+    steps = await _session_with_a_late_frame(central, repeat_first)
+    assert steps.get(75) == 500 and steps.get(80) == 500, steps
