@@ -61,16 +61,19 @@ class ChargerClocks:
     def observe(self, cp_id: str, charger_time: datetime) -> bool:
         """Track the charger's clock from its newest believable timestamps. Older ones (a
         reading sent late) say nothing about its clock now and are ignored; so are
-        queued ones (``queued``), placed where they happened by the clock known. True
-        for the first believable timestamp of this charger since the service started,
-        and since each connection opened: the intervals a reconnect opened on our clock
-        go onto the charger's timeline then too (a queue it flushes on reconnecting was
-        clamped to the reconnect, and a session's idle time in it lost)."""
+        queued ones (``queued``). True for the first believable timestamp of this
+        charger since the service started, and since each connection opened, that shows
+        its clock: the intervals a reconnect opened on our clock go onto the charger's
+        timeline then (``intervals.rebase_intervals``). Never for a queued one: moved
+        back to it, the connection's online intervals took over the hours the charger
+        was away, and counted them online, available (review of e4bd937); its reports
+        change the state at the connection's opening instead (``next_interval`` clamps
+        them), and the next timestamp that shows the clock is the connection's first."""
         now = self.now()
-        if not self.believable(charger_time, now):
+        if not self.believable(charger_time, now) or self.queued(cp_id, charger_time):
             return False
         seen = self._seen.get(cp_id)
-        if seen is None or (charger_time >= seen[0] and not self.queued(cp_id, charger_time)):
+        if seen is None or charger_time >= seen[0]:
             self._seen[cp_id] = (charger_time, now)
         first = seen is None or cp_id in self._fresh
         self._fresh.discard(cp_id)
@@ -87,10 +90,10 @@ class ChargerClocks:
         stays the charger's now through the flush. Not one stamped more than
         ``MAX_QUEUED_BEFORE_RECORD`` before: a clock reset (1970), not a queue. A clock
         set back by less since the charger was last heard looks the same, and its
-        reports are placed by the clock it had (that much too early) until its new one
-        passes the connection's opening. Without a known clock (the first connection to
-        this process) a queue flushed first is taken for the clock: a clock really
-        behind looks the same, and counting its offset inflated every open interval."""
+        reports take effect at the connection's opening until its new one passes it.
+        Without a known clock (the first connection to this process) a queue flushed
+        first is taken for the clock: a clock really behind looks the same, and counting
+        its offset inflated every open interval."""
         opened = self._connected.get(cp_id)
         if opened is None or cp_id not in self._seen:
             return False

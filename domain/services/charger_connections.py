@@ -308,7 +308,8 @@ class ChargerConnections(Service):
             changes += await next_interval(self.store,
                 station, connector.connector_id,
                 *effective_state(station, connector.status, connector.error_code), online,
-                self.clocks.charger_time(cp_id, when), actor, known=not outage, ours=when)
+                self.clocks.charger_time(cp_id, when), actor, now=now, known=not outage,
+                ours=when)
         await self.store.write(changes, [])
         self.cache.remember(cast(Station, update.record), renew=False)
         await self.publish(StationConnectionChanged(

@@ -409,13 +409,15 @@ class ChargingService(ChargerConnections):
 
     # ------------------------------------------------------------- plumbing
     async def _clock_report(self, station: Station, charger_time: datetime) -> None:
-        """``ChargerClocks.observe``; and on the charger's first timestamp, whichever
-        message carries it, moves onto its timeline the intervals its connection opened
-        on ours, observed when its clock read it (a queued one by the clock known)."""
+        """``ChargerClocks.observe``; and on the charger's first timestamp that shows its
+        clock, whichever message carries it, moves onto its timeline the intervals its
+        connection opened on ours, observed when its clock read it (never after our
+        now). A queued one (``ChargerClocks.queued``) moves nothing: the outage stays
+        as its disconnect recorded it, offline."""
         cp_id = station.cp_id
         if self.clocks.observe(cp_id, charger_time):
             await rebase_intervals(self.store, station, charger_time,
-                                   self.clocks.ours_at(cp_id, charger_time))
+                                   self.clocks.ours_at(cp_id, charger_time), self.now())
 
     #: What ``follow`` listens to.
     CACHED_TOPICS = CACHED_TOPICS
@@ -635,7 +637,8 @@ class ChargingService(ChargerConnections):
                     telemetry += await next_interval(self.store,
                         reported_station, plug.connector_id,
                         *effective_state(reported_station, plug.status, plug.error_code),
-                        station.online, at, actor, ours=self.clocks.ours_at(cp_id, at))
+                        station.online, at, actor, now=self.now(),
+                        ours=self.clocks.ours_at(cp_id, at))
         else:
             current, is_new = await self._connector(station, connector_id)
             previous = None if is_new else _Reported.of_connector(current)
@@ -651,7 +654,8 @@ class ChargingService(ChargerConnections):
                     telemetry.append(update)
                 telemetry += await next_interval(self.store,
                     station, connector_id, *effective_state(station, new_status, error_code),
-                    station.online, at, actor, ours=self.clocks.ours_at(cp_id, at))
+                    station.online, at, actor, now=self.now(),
+                    ours=self.clocks.ours_at(cp_id, at))
             # else: an older report arriving late is history, not the current state
         try:
             # A plug new here is written only while its station is there: a removal on
@@ -1331,7 +1335,8 @@ class ChargingService(ChargerConnections):
             return
         changes = await finishing(self.store, station, connector, closed.end_time,
                                   charger(station.cp_id),
-                                  self.clocks.ours_at(station.cp_id, closed.end_time))
+                                  self.clocks.ours_at(station.cp_id, closed.end_time),
+                                  self.now())
         if not changes:
             return
         try:

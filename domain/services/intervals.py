@@ -49,7 +49,7 @@ def point_state(station: Station) -> tuple[ConnectorStatus | None, str]:
 
 async def next_interval(store: Store, station: Station, connector_id: int,
                         status: ConnectorStatus, error_code: str, online: bool,
-                        at: datetime, actor: Viewer, *, known: bool = True,
+                        at: datetime, actor: Viewer, *, now: datetime, known: bool = True,
                         ours: datetime | None = None) -> list[Change]:
     """Close the connector's open state interval at ``at`` and open the next one,
     unless nothing that analytics distinguishes changed. ``station`` is the one
@@ -59,7 +59,8 @@ async def next_interval(store: Store, station: Station, connector_id: int,
     the new interval's ``observed_at`` (a status report's or a stop's by the charger's
     tracked clock, ``ChargerClocks.ours_at``); without it (nothing of that clock seen by
     this process yet) the charger's clock is taken to be as far from ours as when the
-    interval before began (``_observed``)."""
+    interval before began (``_observed``). ``now``: our clock's, which no
+    ``observed_at`` passes."""
     current = await store.find_one(ConnectorInterval, all_of(
         Eq("cp_id", station.cp_id), Eq("connector_id", connector_id), Eq("end", None)))
     point_status, point_error_code = point_state(station)
@@ -75,24 +76,27 @@ async def next_interval(store: Store, station: Station, connector_id: int,
         station_id=station.id, cp_id=station.cp_id, connector_id=connector_id,
         status=status, error_code=error_code, online=online, point_status=point_status,
         point_error_code=point_error_code, known=known, start=start,
-        observed_at=_observed(current, start, at, ours)), actor, at)))
+        observed_at=_observed(current, start, at, ours, now)), actor, at)))
     return changes
 
 
 def _observed(current: ConnectorInterval | None, start: datetime, at: datetime,
-              ours: datetime | None) -> datetime | None:
+              ours: datetime | None, now: datetime) -> datetime | None:
     """The new interval's ``observed_at``: when its charger's clock read ``start``, on
     ours. Given ``ours`` (``at`` on our clock: a connect or disconnect, placed by
     ``ChargerClocks``), that less what ``start`` was moved past ``at``. Else the offset
     of the interval before (it is the same charger's clock; connects and the first
     timestamp of each connection, ``rebase_intervals``, set it): a report's own time
     cannot tell its clock from ours. None where nothing told it: the interval counts up
-    to our now, as history from before ``observed_at`` does."""
+    to our now, as history from before ``observed_at`` does. Never after ``now``: an
+    interval before placed by a clock since set back (another process's, or ours before
+    a restart) holds ``start`` hours past ``at``, and observed in our future the new
+    one counted nothing, the state it reports now unknown (review of e4bd937)."""
     if ours is not None:
-        return ours + (start - at)
+        return min(ours + (start - at), now)
     if current is None or current.observed_at is None:
         return None
-    return current.observed_at + (start - current.start)
+    return min(current.observed_at + (start - current.start), now)
 
 
 def _close(current: ConnectorInterval, at: datetime, actor: Viewer) -> Change:
@@ -123,7 +127,7 @@ def known_offline(current: ConnectorInterval, at: datetime, actor: Viewer) -> li
 
 
 async def finishing(store: Store, station: Station, connector: Connector, at: datetime,
-                    actor: Viewer, ours: datetime | None = None) -> list[Change]:
+                    actor: Viewer, ours: datetime | None, now: datetime) -> list[Change]:
     """The connector's state after its transaction's StopTransaction at ``at`` (charger
     timeline): still in the transaction's state (``IN_TRANSACTION``) and not reported
     since, it is Finishing from then on, as OCPP 1.6 has it (stopped, not yet free),
@@ -132,7 +136,7 @@ async def finishing(store: Store, station: Station, connector: Connector, at: da
     and after its return until it reported again (QA s5: 10 s of charging for a 2 s
     session). Written only onto the state as read (``status_at``): a report that came
     meanwhile stands. Nothing for a connector in any other state. ``ours``: ``at`` on
-    our clock (``next_interval``)."""
+    our clock, ``now`` our now (``next_interval``)."""
     if connector.status not in IN_TRANSACTION or (
             connector.status_at is not None and connector.status_at > at):
         return []
@@ -144,30 +148,32 @@ async def finishing(store: Store, station: Station, connector: Connector, at: da
     return [update, *await next_interval(
         store, station, connector.connector_id,
         *effective_state(station, ConnectorStatus.FINISHING, connector.error_code),
-        station.online, at, actor, ours=ours)]
+        station.online, at, actor, now=now, ours=ours)]
 
 
 async def rebase_intervals(store: Store, station: Station, at: datetime,
-                           ours: datetime | None) -> None:
-    """The charger's first timestamp ``at`` came after its connection opened an
+                           ours: datetime | None, now: datetime) -> None:
+    """The charger's first timestamp ``at`` that shows its clock
+    (``ChargerClocks.observe``: not a queued one) came after its connection opened an
     interval for every connector at "now" on our clock (nothing better was known).
     If its clock is behind ours, each open interval that starts after ``at`` is moved
     back to it, so that the charger's reports, of any connector, fall inside the
     intervals instead of being clamped to their start. ``ours``: ``at`` on our clock
-    (``ChargerClocks.ours_at``), by which the moved intervals are observed. Once per
-    connection (and process): a few store reads, never on every message."""
+    (``ChargerClocks.ours_at``), by which the moved intervals are observed, never
+    after ``now`` (ours). Once per connection (and process): a few store reads, never
+    on every message."""
     actor = charger(station.cp_id)
     changes: list[Change] = []
     for current in await store.find_all(ConnectorInterval, all_of(
             Eq("cp_id", station.cp_id), Eq("end", None)), limit=100):
         if current.start > at:
-            changes += await _move_start(store, current, at, ours, actor)
+            changes += await _move_start(store, current, at, ours, now, actor)
     if changes:
         await store.write(changes, [])
 
 
 async def _move_start(store: Store, current: ConnectorInterval, to: datetime,
-                      ours: datetime | None, actor: Viewer) -> list[Change]:
+                      ours: datetime | None, now: datetime, actor: Viewer) -> list[Change]:
     """Start the open interval ``current`` at ``to`` and end the one before it there
     too: intervals stay contiguous and never overlap. Not before the previous one's
     start, which was placed on the charger's timeline (an earlier connection's)."""
@@ -177,11 +183,11 @@ async def _move_start(store: Store, current: ConnectorInterval, to: datetime,
     start = max(to, before[0].start) if before else to
     if start >= current.start:
         return []
-    # Observed when the charger's clock read its new start, not at the connection: a
-    # queued report (``ChargerClocks.queued``) that moved it back hours happened hours
-    # before it came, and kept, the connection's observation left the open interval of
-    # a connector the flush did not report lasting only the seconds since (QA CP-Q1).
-    observed = current.observed_at if ours is None else ours + (start - to)
+    # Observed when the charger's clock read its new start. Not after our now: stopped
+    # at the interval before, placed by a clock since set back (another process's, or
+    # ours before a restart), that is hours ahead of ``to``, and the open interval
+    # observed in our future counted nothing (the state it reports now read unknown).
+    observed = current.observed_at if ours is None else min(ours + (start - to), now)
     changes: list[Change] = [patch(current, actor, start=start, observed_at=observed)]
     if before:
         changes.append(patch(before[0], actor, end=start))

@@ -30,14 +30,17 @@ def test_a_queue_is_told_from_the_clock_only_once_the_clock_is_known() -> None:
     clocks.observe("CP", T)  # and its current one sets it right
     ours.now = T + timedelta(hours=8)
     clocks.connected("CP", ours.now)
-    # Back after 8 h: a report stamped an hour after it left is queued, placed where it
-    # happened, and its clock stays ours.
-    assert clocks.observe("CP", T + timedelta(hours=1))
+    # Back after 8 h: a report stamped an hour after it left is queued, placed by the
+    # clock known, and its clock stays ours. It is not the connection's first timestamp
+    # of its clock: moved back to it, the connection's online intervals took the outage.
+    assert not clocks.observe("CP", T + timedelta(hours=1))
     assert clocks.ours_at("CP", T + timedelta(hours=1)) == T + timedelta(hours=1)
     assert clocks.charger_now("CP") == ours.now
-    # Within the tolerance of the connection's opening: its clock, a minute behind.
-    assert not clocks.observe("CP", ours.now - timedelta(minutes=1))
+    # Within the tolerance of the connection's opening: its clock, a minute behind, and
+    # the connection's first timestamp of it.
+    assert clocks.observe("CP", ours.now - timedelta(minutes=1))
     assert clocks.charger_now("CP") == ours.now - timedelta(minutes=1)
+    assert not clocks.observe("CP", ours.now)
 
 
 def test_a_timestamp_a_month_before_the_connection_is_a_clock_reset_not_a_queue() -> None:

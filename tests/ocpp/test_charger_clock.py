@@ -381,10 +381,12 @@ AVAILABILITY = """query($from: DateTime!, $to: DateTime!) {
       cpId connectorId windowSeconds availableSeconds reportedSeconds unknownSeconds } }"""
 
 
-async def availability(central: Central, since: datetime) -> dict[int, dict[str, float]]:
-    """CP-1's availability per connector from ``since`` to now (a window ending in the
-    future is counted up to now)."""
-    window = {"from": iso(since), "to": iso(datetime.now(UTC) + timedelta(days=1))}
+async def availability(central: Central, since: datetime, until: datetime | None = None
+                       ) -> dict[int, dict[str, float]]:
+    """CP-1's availability per connector from ``since`` to ``until`` (by default to now:
+    a window ending in the future is counted up to now)."""
+    window = {"from": iso(since),
+              "to": iso(until or datetime.now(UTC) + timedelta(days=1))}
     data = await central.gql(AVAILABILITY, window, as_user="admin")
     return {r["connectorId"]: r for r in data["availability"] if r["cpId"] == "CP-1"}
 
@@ -412,14 +414,17 @@ def assert_known_throughout(rows: dict[int, dict[str, float]], faulted: float) -
         rows[1]["windowSeconds"] - faulted, abs=2)
 
 
-async def test_a_queue_flushed_on_reconnecting_is_placed_by_the_clock_known(
+async def test_a_queue_flushed_on_reconnecting_leaves_the_outage_offline(
         central: Central) -> None:
     """A charger whose clock this process knows (right, from its connection before) is
     away 8 h, reconnects, flushes what it queued, then reports its current state (the
-    same). The flush was taken for its clock, hours behind: the intervals its reports
-    opened, and the one of connector 2 moved back to its first, lasted only the seconds
-    since, and availability read the hours since the queue unknown (QA CP-Q1, review of
-    7d4e1f2). Queued reports are placed by the clock known (``ChargerClocks.queued``)."""
+    same). Taken for its clock, the flush put it hours behind, and availability read the
+    time since the queue unknown (QA CP-Q1, review of 7d4e1f2). Then the queued first
+    timestamp (``ChargerClocks.queued``) moved the connection's online intervals back
+    to it, over the outage, observed there: connector 2, which no queued report names,
+    read 28199 s of the 8 h away available (review of e4bd937). Queued reports move
+    nothing: the outage stays offline as the disconnect recorded it, their changes take
+    effect at the connection's opening, and the state reported now counts from now."""
     with MovedClock(central.services.ctx) as clock:
         t0 = clock.t0
         async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
@@ -437,11 +442,103 @@ async def test_a_queue_flushed_on_reconnecting_is_placed_by_the_clock_known(
             await report(cp, 2, "Available", iso(t))
             assert (await statuses(central))[1] == "AVAILABLE"
             clock.by(later + timedelta(seconds=5))  # 5 s after the current report
-            assert_known_throughout(await availability(central, t - queued), faulted=3600)
+            # The outage, from a minute after it began to a second before the reconnect:
+            # known (offline), and not a second of it available.
+            away = await availability(central, t0 + timedelta(minutes=1),
+                                      t - timedelta(seconds=1))
+            for row in away.values():
+                assert row["availableSeconds"] == 0, row
+                assert row["unknownSeconds"] == pytest.approx(0, abs=2), row
             assert_known_throughout(await availability(central, t), faulted=0)
             # The queue did not set its clock back: ours is still its now.
             assert abs(central.services.charging.clocks.charger_now("CP-1")
                        - (t + timedelta(seconds=5))) < timedelta(seconds=2)
+    # Its history keeps the queued reports as stamped.
+    events = await central.store.find_all(d.StatusEvent, Eq("cp_id", "CP-1"))
+    assert [e.at for e in events if e.status is d.ConnectorStatus.FAULTED] == [
+        t - queued + timedelta(hours=1)]
+
+
+async def test_a_session_queued_through_an_outage_bills_no_idle_time_while_offline(
+        central: Central) -> None:
+    """A charger whose clock this process knows goes away for two hours, charges a car
+    meanwhile and flushes the session on reconnecting: 40 minutes of it the car sat
+    there (SuspendedEV, then Finishing). Idle time is time idle while the station was
+    online (``intervals.idle_within``): the queued first timestamp moved the
+    connection's online intervals back over the outage, and the 40 offline minutes
+    were billed at the idle price (review of e4bd937)."""
+    await central.services.tariffs.set_tariff(
+        SYSTEM, station_id=central.stations["CP-1"].id, price_per_kwh=Decimal("0.30"),
+        idle_price_per_minute=Decimal("0.60"), currency="EUR",
+        valid_from=datetime.now(UTC) - timedelta(days=1))
+    with MovedClock(central.services.ctx) as clock:
+        t0 = clock.t0
+        async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+            await report(cp, 1, "Available", iso(t0))
+            clock.at(2)
+        await offline_recorded(central)
+        clock.at(2 * 3600)
+        async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+            await cp.boot()
+            started = await cp.call(call.StartTransaction(
+                connector_id=1, id_tag="TAG-OK", meter_start=0,
+                timestamp=iso(t0 + timedelta(minutes=10))))
+            tx = started.transaction_id
+            await report(cp, 1, "Charging", iso(t0 + timedelta(minutes=10)))
+            await report(cp, 1, "SuspendedEV", iso(t0 + timedelta(minutes=30)))
+            await report(cp, 1, "Finishing", iso(t0 + timedelta(minutes=60)))
+            await cp.call(call.StopTransaction(meter_stop=1_000, transaction_id=tx,
+                                               timestamp=iso(t0 + timedelta(minutes=70))))
+    session = await central.session(tx)
+    assert session is not None and session.end_time == t0 + timedelta(minutes=70)
+    assert session.idle_seconds == 0
+    assert session.cost_minor == 30  # 1 kWh at 0.30, no idle fee
+
+
+async def test_a_clock_set_back_while_another_process_knew_it_counts_from_its_reconnect(
+        tmp_path: Path) -> None:
+    """A process placed a charger's history on its clock, 90 minutes behind ours; ours
+    restarts, and meanwhile the charger's clock is set back 110 minutes more. It
+    reconnects and reports both connectors Available (200 minutes behind): the
+    connection's intervals move back only as far as the interval before (placed by the
+    old clock, 110 minutes after the first timestamp), and were observed when the
+    charger's clock would read that, 110 minutes in our future: a minute later they
+    counted 0.001 s, the state it reports now read unknown (review of e4bd937). So did
+    the offline interval its disconnect opened there. No ``observed_at`` is after our
+    now."""
+    t = datetime.now(UTC).replace(microsecond=0)
+    central = await start_central(tmp_path / "restarted.db")
+    await seed(central)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await report(cp, 1, "Available", iso(t - timedelta(minutes=90)))
+        await report(cp, 2, "Available", iso(t - timedelta(minutes=90)))
+    await offline_recorded(central)
+    await stop_central(central)
+    users = central.users
+    central = await start_central(tmp_path / "restarted.db")
+    central.users = users  # the same database
+    try:
+        with MovedClock(central.services.ctx) as clock:
+            async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+                await report(cp, 1, "Available", iso(t - timedelta(minutes=200)))
+                await report(cp, 2, "Available", iso(t - timedelta(minutes=200)))
+                clock.by(timedelta(seconds=60))
+                since = t - timedelta(minutes=91)
+                for row in (await availability(central, since)).values():
+                    assert row["availableSeconds"] >= 55, row  # the minute since
+            await offline_recorded(central)
+            clock.by(timedelta(seconds=120))
+            # Offline for the minute since its disconnect: known, not available. (The
+            # minute online before it ends where it began, on the old clock: a timeline
+            # cannot run back.)
+            for row in (await availability(central, since)).values():
+                assert row["reportedSeconds"] - row["availableSeconds"] >= 55, row
+            ours = central.services.ctx.clock()
+            for connector_id in (1, 2):
+                assert all(i.observed_at is None or i.observed_at <= ours
+                           for i in await intervals(central, connector_id))
+    finally:
+        await stop_central(central)
 
 
 async def test_a_clock_behind_set_right_at_a_reboot_adds_nothing_to_open_intervals(
