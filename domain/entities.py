@@ -858,11 +858,12 @@ class PendingStart(Record):
     """A remote start the service sent (or is sending) whose StartTransaction has not come
     yet: the charger may have taken it, and will start it within its ConnectionTimeOut
     (``expires_at``). Stored just before the RemoteStartTransaction is sent, settled
-    (``settled_at``) when its StartTransaction arrives (``ChargingService``) or the
-    charger answers no (``CommandService``); one settled or past ``expires_at`` holds
-    nothing, and is swept after its expiry. In the store, not in memory: the command may
-    be sent from one instance and its StartTransaction arrive on another. ``created_by``:
-    who asked, ``created_at``: when."""
+    (``settled_at``) when its StartTransaction arrives or the charger reports it given
+    up (``ChargingService``), or the charger answers no (``CommandService``); one
+    settled or past ``expires_at`` holds nothing, and is swept after its expiry. In the
+    store, not in memory: the command may be sent from one instance and its
+    StartTransaction arrive on another. ``created_by``: who asked, ``created_at``:
+    when."""
 
     kind: ClassVar[str] = "pending_start"
     station_id: str
@@ -870,8 +871,9 @@ class PendingStart(Record):
     #: The connector the start named; ``None``: the charger picks a free one.
     connector_id: int | None = None
     id_tag: str
-    #: The card's holder, and the car the session is booked to (the driver's
-    #: ``vehicleId``, else the card's car; ``None`` for neither).
+    #: The card's holder, and the car the start is for (the driver's ``vehicleId``,
+    #: else the card's car; ``None`` for neither): the session's while it is still the
+    #: holder's and kept when the StartTransaction comes.
     user_id: str | None = None
     vehicle_id: str | None = None
     expires_at: datetime

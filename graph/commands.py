@@ -101,11 +101,14 @@ class RemoteStartTransactionInput:
     id_tag: str | None = strawberry.field(default=None, description=(
         "Drivers may leave it out: their vehicle's card, else their first usable one not "
         "charging. Refused (IN_USE) while the card charges, or has a remote start not "
-        "started yet (up to 120 s)."))
+        "started yet (up to 120 s); a driver's start naming neither card nor vehicle, "
+        "while a start of theirs is not started yet."))
     vehicle_id: strawberry.ID | None = strawberry.field(default=None, description=(
         "Drivers: the car of theirs to charge (NOT_FOUND if it is not theirs); the "
         "session is booked to it, with the card given or else the one linked to it (or "
-        "their first usable one). Not for operators (INVALID): they give `idTag`."))
+        "their first usable one). Refused (IN_USE, on `idTag`) while the car charges or "
+        "has a remote start not started yet, whichever card. Not for operators "
+        "(INVALID): they give `idTag`."))
     charging_profile: t.ChargingProfileInput | None = strawberry.field(
         default=None, description=(
             "A TX_PROFILE limiting the transaction to be (no `transactionId`); not for "

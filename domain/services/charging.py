@@ -40,6 +40,7 @@ from domain.entities import (
     StatusEvent,
     Tariff,
     User,
+    Vehicle,
 )
 from domain.errors import Conflict, Forbidden, NotFound, ValidationError
 from domain.events import (
@@ -76,6 +77,7 @@ from domain.services.charger_clocks import MAX_CLOCK_AHEAD, ChargerClocks
 from domain.services.charger_connections import MAX_OPEN_PER_CONNECTOR, ChargerConnections
 from domain.services.charger_sign_ins import ChargerSignInLimits, ChargerSignIns
 from domain.services.edits import edit, retried
+from domain.services.fleet import IN_GARAGE
 from domain.services.intervals import (
     POINT_STATUSES,
     IdleSpan,
@@ -108,7 +110,13 @@ from domain.services.metering import (
     to_wh,
 )
 from domain.services.payments import UNCOLLECTED, payment_changed, reprice_change, repriced
-from domain.services.pending_starts import live_pending_starts, settle, started_by
+from domain.services.pending_starts import (
+    GIVEN_UP,
+    abandoned,
+    live_pending_starts,
+    settle,
+    started_by,
+)
 from domain.services.reboot_checks import RebootChecks
 from domain.services.stations import connector_in_range
 from domain.services.tariffs import TariffService
@@ -615,6 +623,9 @@ class ChargingService(ChargerConnections):
         reported_station: Station | None = None
         stated = _Reported(new_status, error_code, info, vendor_error_code)
         previous: _Reported | None  # the state before it; None: a plug we did not know
+        # Since when the connector has been reported Preparing (that report's write):
+        # a remote start it was taken for may end with this report (``abandoned``).
+        preparing_since: datetime | None = None
         if connector_id == 0:
             # The charge point as a whole (its main controller): Unavailable or Faulted
             # here means none of its connectors can charge, whatever they report. OCPP
@@ -642,6 +653,8 @@ class ChargingService(ChargerConnections):
         else:
             current, is_new = await self._connector(station, connector_id)
             previous = None if is_new else _Reported.of_connector(current)
+            if not is_new and current.status is ConnectorStatus.PREPARING:
+                preparing_since = current.updated_at
             # A state stamped in our future (kept before glitches were recognized) yields.
             if current.status_at is None or at >= current.status_at \
                     or not self.clocks.believable(current.status_at):
@@ -674,6 +687,24 @@ class ChargingService(ChargerConnections):
         if connector is not None and new_status is ConnectorStatus.AVAILABLE \
                 and station.booted_at is not None:
             self.reboot_checks.schedule(station.cp_id, connector_id, station.booted_at)
+        if connector is not None and preparing_since is not None and new_status in GIVEN_UP:
+            await self._start_given_up(station, connector_id, preparing_since)
+
+    async def _start_given_up(self, station: Station, connector_id: int,
+                              preparing_since: datetime) -> None:
+        """Settles the remote starts the charger gave up on ``connector_id``, which left
+        the Preparing it was in since ``preparing_since`` without a StartTransaction
+        (``abandoned``): their card and plug are free at once, not held for the rest of
+        their window. Read only on such a report (a car unplugged before charging, a
+        start given up), by the station's live pending starts."""
+        live = await self.store.find_all(PendingStart, all_of(
+            Eq("station_id", station.id), Eq("connector_id", connector_id),
+            live_pending_starts(self.now())), limit=5)
+        ended = abandoned(live, connector_id, preparing_since)
+        if ended:
+            actor = charger(station.cp_id)
+            now = self.now()
+            await self.commit(actor, [], unaudited=[settle(p, actor, now) for p in ended])
 
     async def _announce_report(self, station: Station, connector_id: int, at: datetime,
                                connector: Connector | None, stated: _Reported,
@@ -926,8 +957,7 @@ class ChargingService(ChargerConnections):
             station_id=station.id, cp_id=cp_id, connector_id=connector_id, id_tag=tag,
             start_time=start, meter_start_wh=meter_start,
             user_id=id_tag_record.user_id if id_tag_record else None,
-            vehicle_id=pending.vehicle_id if pending is not None and pending.vehicle_id
-            else id_tag_record.vehicle_id if id_tag_record else None,
+            vehicle_id=await self._car_started(pending, id_tag_record),
             reservation_id=reservation_id, company_id=company_id,
             station_owner_id=station_owner_id,
             # The plug it was started on is priced (a DC tariff), not the one the
@@ -1001,6 +1031,20 @@ class ChargingService(ChargerConnections):
         if card is not None:
             guards.append(not_erased(card.user_id))
         return guards
+
+    async def _car_started(self, pending: PendingStart | None, card: IdTag | None
+                           ) -> str | None:
+        """The car a new session is booked to: the one its remote start was for
+        (``pending``) while it is still the card holder's and kept, else the card's car.
+        The car may have been removed or handed over since the start was sent (review of
+        1c05ebe: the session was booked to a removed car, or to another driver's)."""
+        if pending is not None and pending.vehicle_id and card is not None \
+                and card.user_id is not None:
+            kept = await self.store.find_one(Vehicle, all_of(
+                Eq("id", pending.vehicle_id), Eq("owner_id", card.user_id), IN_GARAGE))
+            if kept is not None:
+                return kept.id
+        return card.vehicle_id if card is not None else None
 
     async def _closed_by_start(self, station: Station, stale: Session,
                                identity: _StartIdentity

@@ -345,14 +345,15 @@ class CommandService(Service):
             # request and broke it, after a reservation was stored.
             raise ValidationError("vehicleId is for drivers charging with their own card: "
                                   "give idTag", field="vehicleId", code="INVALID")
-        # A remote start's card's holder, and the car its session is for when one was
-        # chosen (a driver's ``vehicleId``); else the card's car, as a tap's.
+        # A remote start's card's holder, and the car its session is for: the one a
+        # driver chose (``vehicleId``), else the card's car, as a tap's.
         holder, vehicle_id = None, None
         if not manages:
             vehicle_id = await self._check_driver(viewer, station, action, payload)
             holder = viewer.user_id
         elif action == "RemoteStartTransaction":
-            holder = (await self._check_start_tag(viewer, payload)).user_id
+            card = await self._check_start_tag(viewer, payload)
+            holder, vehicle_id = card.user_id, card.vehicle_id
         elif action == "RemoteStopTransaction":
             await self._refuse_transaction_elsewhere(station, payload)
         if payload.get("connectorId"):
@@ -436,7 +437,7 @@ class CommandService(Service):
     async def _check_driver(self, viewer: Viewer, station: Station, action: str,
                             payload: dict[str, Any]) -> str | None:
         """Raises what a driver may not send; returns the car a start or reservation is
-        for when they named one (``vehicleId``, ``_own_tag``)."""
+        for: the one they named (``vehicleId``), else their card's (``_own_tag``)."""
         if action == "ReserveNow" and payload.get("parentIdTag") is not None:
             # Every card of the group named would take the plug held for them (OCPP 1.6
             # ReserveNow): groups are their operators' to name, as for cards (QA s23: a
@@ -479,7 +480,9 @@ class CommandService(Service):
         driver held one). To start charging (``starting``) the tag must not be charging
         already nor have a remote start pending (``_refuse_pending``): the charger would
         accept the remote start and then refuse its StartTransaction (ConcurrentTx), the
-        driver left at a dead plug."""
+        driver left at a dead plug; nor the car be starting or charging, nor (naming
+        neither card nor car) the driver be starting (``_refuse_driver_starting``).
+        Returns the car the start is for: the one given, else the card's."""
         vehicle_id = payload.pop("vehicleId", None)
         tag_value = payload.get("idTag")
         now = self.now()
@@ -522,8 +525,39 @@ class CommandService(Service):
                         break
                 else:
                     await self._refuse_charging(viewer, tag)
+        if starting:
+            await self._refuse_driver_starting(viewer, vehicle_id, named=bool(tag_value))
         payload["idTag"] = tag.tag
-        return vehicle_id
+        return vehicle_id if vehicle_id is not None else tag.vehicle_id
+
+    async def _refuse_driver_starting(self, viewer: Viewer, vehicle_id: str | None, *,
+                                      named: bool) -> None:
+        """A car charges one session at a time, whichever of its driver's cards starts
+        it: a start for a car (``vehicleId``) with a session ACTIVE booked to it, or a
+        remote start under way for it (a live ``PendingStart`` of its, by the car chosen
+        or by its card's), is refused IN_USE (on ``idTag``, as a card charging is). A
+        start naming neither card nor car (``named``: a card was given) while one of the
+        driver's is under way is a double tap, refused the same way. A driver naming
+        another card, or another car of theirs, starts it: a fleet driver may charge two
+        cars at once (review of 1c05ebe: a double tap for one car was sent twice, with
+        each of the driver's two cards, and a car charging was started again with the
+        other card, two sessions ACTIVE for it)."""
+        if vehicle_id is None and named:
+            return
+        if vehicle_id is not None and await self.store.find_one(Session, all_of(
+                Eq("vehicle_id", vehicle_id), Eq("state", SessionState.ACTIVE))):
+            raise Conflict("this car is charging now", field="idTag", code="IN_USE")
+        # By the expiry index: the live ones are the starts of the last two minutes.
+        theirs = await self.store.find_all(PendingStart, all_of(
+            Eq("user_id", viewer.user_id), live_pending_starts(self.now())), limit=20)
+        for pending in theirs:
+            if vehicle_id is None:
+                raise await self._card_starting(viewer, pending)  # as the card's own
+            if pending.vehicle_id == vehicle_id:
+                [where] = await self.store.get_many(Station, [pending.station_id])
+                raise Conflict(f"this car is starting a session at "
+                               f"{where.name if where else pending.cp_id}: its remote "
+                               "start is waiting for the car", field="idTag", code="IN_USE")
 
     async def _check_start_tag(self, viewer: Viewer, payload: dict[str, Any]) -> IdTag:
         """An operator's (or admin's) remote start names any card (a driver of another

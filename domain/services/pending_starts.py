@@ -1,9 +1,12 @@
 """Remote starts whose StartTransaction has not come yet (``PendingStart``).
 
 ``CommandService`` stores one just before it sends a RemoteStartTransaction and refuses a
-second start with the same card, or on the same connector, while it lives;
-``ChargingService`` takes its car for the session and deletes it when the
-StartTransaction comes. Both judge "live" by these rules.
+second start with the same card, on the same connector, for the same car, or (naming
+neither card nor car) by the same driver while it lives; it settles one the charger
+refused. ``ChargingService`` settles it (``settled_at``) when its StartTransaction comes,
+taking its car for the session, or when the charger reports its connector given up
+(``GIVEN_UP``). ``CommandService.forget_pending_starts`` deletes it once its window has
+passed. Both judge "live" by these rules.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from domain.entities import PendingStart
+from domain.entities import ConnectorStatus, PendingStart
 from domain.policy import Viewer
 from domain.ports import Update
 from domain.query import Eq, Filter, Range, all_of
@@ -23,6 +26,13 @@ from domain.services.base import patch
 #: above most). Past it, no StartTransaction is expected for it any more (one flushed
 #: later from an offline queue is taken as it comes), and it holds nothing.
 PENDING_START_WINDOW = timedelta(seconds=120)
+
+
+#: What a connector reports, leaving the Preparing a remote start put it in, when its
+#: charger gave the start up (no car within its ConnectionTimeOut, the start cancelled at
+#: the charger, the plug failing): no StartTransaction will come for it.
+GIVEN_UP = frozenset({ConnectorStatus.AVAILABLE, ConnectorStatus.FAULTED,
+                      ConnectorStatus.UNAVAILABLE})
 
 
 def live_pending_starts(now: datetime) -> Filter:
@@ -42,8 +52,27 @@ def settle(pending: PendingStart, actor: Viewer, now: datetime) -> Update:
 def started_by(pending: Sequence[PendingStart], connector_id: int) -> PendingStart | None:
     """Of a card's live pending starts on a charger, the one a StartTransaction on
     ``connector_id`` carries out: one that named this connector, else one that let the
-    charger pick (``connector_id`` ``None``)."""
+    charger pick (``connector_id`` ``None``), else one that named another connector: the
+    driver plugged into the plug beside the one they chose and tapped the card there
+    (review of 1c05ebe: left unsettled, it held the card once that session ended, and
+    the session lost the car chosen). The charger holds one transaction per card, so
+    the card's start here is this one."""
     named = [p for p in pending if p.connector_id == connector_id]
     free = [p for p in pending if not p.connector_id]
-    found = sorted(named or free, key=lambda p: p.created_at)
+    found = sorted(named or free or pending, key=lambda p: p.created_at)
     return found[0] if found else None
+
+
+def abandoned(pending: Sequence[PendingStart], connector_id: int,
+             preparing_since: datetime) -> list[PendingStart]:
+    """Of a station's live pending starts, those its charger gave up when ``connector_id``
+    left for a ``GIVEN_UP`` state the Preparing it was reported in since
+    ``preparing_since`` (when that report was stored, on our clock): those that named the
+    connector and were stored before it, so the Preparing was the charger taking the
+    start (review of 1c05ebe: a start given up held the card and plug for its whole
+    window, and nobody could clear it). Not a report before any Preparing (some chargers
+    repeat Available as they accept a start, then go Preparing), nor one left from before
+    the start (a car plugged in first), nor one that named no connector (the charger's
+    pick is not known): those hold until their StartTransaction or their window's end."""
+    return [p for p in pending
+            if p.connector_id == connector_id and p.created_at <= preparing_since]

@@ -75,4 +75,5 @@ def test_a_start_takes_the_pending_start_of_its_connector_first() -> None:
     anywhere, named = start(connector_id=None), start(connector_id=2)
     assert started_by([anywhere, named], 2) is named
     assert started_by([anywhere, named], 1) is anywhere
-    assert started_by([named], 1) is None
+    # The card tapped on the plug beside the one named: that start, carried out there.
+    assert started_by([named], 1) is named

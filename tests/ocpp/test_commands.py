@@ -2459,3 +2459,146 @@ async def test_a_drivers_vehicle_is_the_sessions_car(central: Central) -> None:
             await settle()
     assert [p.settled_at is not None for p in
             await central.store.find_all(d.PendingStart, ALL)] == [True, True]
+
+
+async def test_a_car_is_started_once_whichever_card_is_taken(central: Central) -> None:
+    """Review of 1c05ebe (F1): a driver with two cards double-tapping "start" for their
+    car (vehicleId, no idTag) had the second start sent with the other card, and the
+    same naming nothing at all. The car's start under way refuses it, as the driver's
+    start under way refuses one naming neither card nor car; naming another card starts
+    a second car at once (a fleet driver)."""
+    await central.services.fleet.issue_id_tag(Viewer.of(central.users["driver"]),
+                                              tag="TAG-TWO")
+    car = to_global_id("vehicle", central.vehicles["car"].id)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp, \
+            connected(central.url, "CP-OPEN") as other:
+        holding_starts(cp), holding_starts(other)
+        await cp.report_all()
+        await other.report_all()
+        first = await run(central, START, {"cpId": "CP-1", "connectorId": 1,
+                                           "vehicleId": car}, as_user="driver")
+        assert first["status"] == "ACCEPTED", first
+        by_car = await run(central, START, {"cpId": "CP-OPEN", "connectorId": 1,
+                                            "vehicleId": car}, as_user="driver")
+        assert by_car["errors"] == [{"field": "idTag", "code": "IN_USE", "message":
+                                     "this car is starting a session at CP-1: its remote "
+                                     "start is waiting for the car"}]
+        naming_none = await run(central, START, {"cpId": "CP-OPEN", "connectorId": 1},
+                                as_user="driver")
+        assert _codes(naming_none) == [("idTag", "IN_USE")], naming_none
+        assert _starts_sent(other) == []
+        fleet = await run(central, START, {"cpId": "CP-OPEN", "connectorId": 1,
+                                           "idTag": "TAG-TWO"}, as_user="driver")
+        assert fleet["status"] == "ACCEPTED", fleet
+        assert _starts_sent(other) == [1]
+
+
+async def test_a_car_charging_is_not_started_again_with_another_card(central: Central
+                                                                     ) -> None:
+    """Review of 1c05ebe (F1, a regression): vehicleId alone took the driver's other
+    card when the car's own was charging, and the car had two ACTIVE sessions."""
+    await central.services.fleet.issue_id_tag(Viewer.of(central.users["driver"]),
+                                              tag="TAG-TWO")
+    car = to_global_id("vehicle", central.vehicles["car"].id)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.report_all()
+        await cp.start_transaction(1, "TAG-OK")  # the car charges with its own card
+        for extra in ({}, {"idTag": "TAG-TWO"}):
+            again = await run(central, START, {"cpId": "CP-1", "connectorId": 2,
+                                               "vehicleId": car, **extra}, as_user="driver")
+            assert again["errors"] == [{"field": "idTag", "code": "IN_USE",
+                                        "message": "this car is charging now"}], extra
+        assert _starts_sent(cp) == []
+        active = await central.store.find_all(d.Session, all_of(
+            Eq("vehicle_id", central.vehicles["car"].id), Eq("state", d.SessionState.ACTIVE)))
+        assert len(active) == 1
+
+
+@pytest.mark.parametrize(("who", "start"), [
+    ("driver", {"cpId": "CP-1", "connectorId": 1}),
+    ("driver", {"cpId": "CP-OPEN", "connectorId": 1}),
+    ("op", {"cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OK"}),
+    ("admin", {"cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OK"}),
+    ("op", {"cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OTHER"}),
+], ids=["driver-again", "driver-elsewhere", "operator", "admin", "another-card"])
+async def test_a_start_the_charger_gave_up_frees_its_card_and_plug(
+        central: Central, who: str, start: dict[str, Any]) -> None:
+    """Review of 1c05ebe (F2): the charger took the start (Preparing) and gave it up (no
+    car within its ConnectionTimeOut, or cancelled at the charger), reporting the plug
+    Available: the card and plug stayed held for the start's whole window, nobody able
+    to clear them. Its Available after that Preparing settles the start; an Available
+    before any Preparing (a charger repeating its state as it accepts) does not, and
+    nobody, staff neither, overrides a start the charger may still carry out."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp, \
+            connected(central.url, "CP-OPEN") as other:
+        holding_starts(cp), holding_starts(other)
+        await cp.report_all()
+        await other.report_all()
+        first = await run(central, START, {"cpId": "CP-1", "connectorId": 1},
+                          as_user="driver")
+        assert first["status"] == "ACCEPTED", first
+        await cp.status(1, "Available")
+        await cp.status(1, "Preparing")
+        held = await run(central, START, start, as_user=who)
+        assert _codes(held) in ([("idTag", "IN_USE")], [("connectorId", "IN_USE")]), held
+        await cp.status(1, "Available")  # the charger gave the start up
+        [pending] = await central.store.find_all(d.PendingStart, ALL)
+        assert pending.settled_at is not None
+        freed = await run(central, START, start, as_user=who)
+        assert freed["status"] == "ACCEPTED", freed
+
+
+async def test_a_sessions_car_is_still_its_drivers_when_the_start_comes(central: Central
+                                                                       ) -> None:
+    """Review of 1c05ebe (F3): the car a remote start was for, removed or handed to
+    another driver before its StartTransaction, was the session's all the same. The
+    session takes the card's car then."""
+    driver = Viewer.of(central.users["driver"])
+    own_car = central.vehicles["car"].id
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        holding_starts(cp)
+        await cp.report_all()
+        for connector, gone in ((1, "removed"), (2, "handed over")):
+            chosen = await central.services.fleet.add_vehicle(
+                driver, license_plate=f"B-EV {connector + 1}")
+            started = await run(central, START, {
+                "cpId": "CP-1", "connectorId": connector, "idTag": "TAG-OK",
+                "vehicleId": to_global_id("vehicle", chosen.id)}, as_user="driver")
+            assert started["status"] == "ACCEPTED", started
+            if gone == "removed":
+                await central.services.fleet.remove_vehicle(driver, chosen.id)
+            else:
+                await central.services.fleet.update_vehicle(
+                    Viewer.of(central.users["admin"]), chosen.id,
+                    owner_id=central.users["driver2"].id)
+            await cp.start_transaction(connector, "TAG-OK")
+            [session] = await central.store.find_all(d.Session, Eq("state",
+                                                                    d.SessionState.ACTIVE))
+            assert session.vehicle_id == own_car, gone
+            await cp.stop_transaction(connector)
+
+
+async def test_a_start_carried_out_on_the_plug_beside_keeps_its_car(central: Central
+                                                                    ) -> None:
+    """Review of 1c05ebe (F4): started for their second car on plug 1, the driver plugs
+    into plug 2 and taps the card there. The session was booked to the card's car and
+    the start on plug 1 left unsettled, holding the card after that session ended."""
+    driver = Viewer.of(central.users["driver"])
+    second = await central.services.fleet.add_vehicle(driver, license_plate="B-EV 2")
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        holding_starts(cp)
+        await cp.report_all()
+        started = await run(central, START, {
+            "cpId": "CP-1", "connectorId": 1,
+            "vehicleId": to_global_id("vehicle", second.id)}, as_user="driver")
+        assert started["status"] == "ACCEPTED", started
+        await cp.start_transaction(2, "TAG-OK")
+        [session] = await central.store.find_all(d.Session, Eq("state",
+                                                                d.SessionState.ACTIVE))
+        assert session.vehicle_id == second.id
+        [pending] = await central.store.find_all(d.PendingStart, ALL)
+        assert pending.settled_at is not None
+        await cp.stop_transaction(2)
+        again = await run(central, START, {"cpId": "CP-1", "connectorId": 1},
+                          as_user="driver")
+        assert again["status"] == "ACCEPTED", again
