@@ -250,6 +250,29 @@ def backup(
 
 
 @app.command()
+def restore(
+    path: Annotated[Path, typer.Argument(help="The backup to put back.")],
+) -> None:
+    """Put a backup in place of the SQLite database, with every instance stopped. The
+    numbers it draws (transaction ids, ...) move a million ahead, so none a charger still
+    holds is given again; the database replaced is gone (back it up first if unsure)."""
+    from chargegraph.stores import restore_sqlite_database
+    from store.sqlite.backup import BackupError
+
+    with _plain_failures():
+        settings = Settings()
+        _logging(settings)
+        try:
+            report = restore_sqlite_database(settings.database_url, path)
+        except BackupError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from exc
+    numbers = ", ".join(f"{name} {value}" for name, value in sorted(report.sequences.items()))
+    typer.echo(f"restored {path} to {report.database} (schema version "
+               f"{report.schema_version}); next numbers: {numbers}")
+
+
+@app.command()
 def healthcheck(
     timeout: Annotated[float, typer.Option(min=0.1, max=60,
                                            help="Seconds to wait for the answer.")] = 2,

@@ -13,7 +13,7 @@ from chargegraph.startup import starting
 from domain.ports import Store
 
 if TYPE_CHECKING:
-    from store.sqlite.backup import BackupReport
+    from store.sqlite.backup import BackupReport, RestoreReport
 
 SQLITE = "sqlite:///"
 MONGO = ("mongodb://", "mongodb+srv://")
@@ -120,3 +120,13 @@ def backup_sqlite_database(database_url: str, target: Path, *, overwrite: bool
     from store.sqlite.backup import backup
 
     return backup(path, target, overwrite=overwrite)
+
+
+def restore_sqlite_database(database_url: str, backup_file: Path) -> RestoreReport:
+    """Puts a backup in place of the SQLite database (``store.sqlite.backup.restore``)."""
+    path = sqlite_path(database_url)
+    if path is None:
+        raise ConfigError("restore puts SQLite backups back; for MongoDB use mongorestore")
+    from store.sqlite.backup import restore
+
+    return restore(backup_file, path)

@@ -1,4 +1,5 @@
-"""A consistent copy of a live SQLite database (``chargegraph backup``).
+"""A consistent copy of a live SQLite database (``chargegraph backup``), and putting one
+back (``chargegraph restore``).
 
 Copying ``chargegraph.db`` with ``cp`` while the service runs misses every commit still in
 ``chargegraph.db-wal`` (the writer checkpoints only every 4 MiB of WAL), and a copy taken
@@ -17,6 +18,7 @@ import contextlib
 import os
 import sqlite3
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -28,6 +30,16 @@ BUSY_TIMEOUT_MS = 5000
 
 #: The files SQLite keeps beside a database, named after it.
 SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+#: How far a restore moves every number the store draws (transaction ids, reservation
+#: ids, connection numbers) past where the backup left them: chargers keep the
+#: transactions started after the backup was taken, and a restored counter handed their
+#: ids to new ones (ops QA s23: a charger's StopTransaction of its transaction, started
+#: after the backup, was then taken for nobody's, and the number given again). A million
+#: is more than any network starts between two backups; OCPP's ids are 32-bit, so two
+#: thousand restores fit.
+RESTORE_GAP = 1_000_000
 
 
 class BackupError(Exception):
@@ -147,3 +159,79 @@ def _sync_folder(folder: Path) -> None:
     """Makes the rename durable (a power cut right after would otherwise lose it)."""
     with contextlib.suppress(OSError):  # some filesystems cannot open a folder
         _sync(str(folder))
+
+
+@dataclass(frozen=True, slots=True)
+class RestoreReport:
+    database: Path
+    schema_version: int
+    #: Each sequence's next number after the restore, by name.
+    sequences: dict[str, int]
+
+
+def restore(backup_file: str | Path, database: str | Path) -> RestoreReport:
+    """Puts the backup ``backup_file`` in place of ``database``: checked, its sequences
+    moved ``RESTORE_GAP`` ahead, the database's stale WAL and shared-memory files removed
+    (replayed into the restored file they would corrupt it), then renamed into place.
+    Refused while an instance of the service holds a lease on ``database`` (it runs:
+    stop every instance first). The file replaced is gone: back it up first if unsure."""
+    backup_file, database = Path(backup_file), Path(database)
+    if not backup_file.is_file():
+        raise BackupError(f"there is no backup at {backup_file}")
+    if not database.parent.is_dir():
+        raise BackupError(f"the folder {database.parent} does not exist")
+    if database.exists() and database.samefile(backup_file):
+        raise BackupError(f"{backup_file} is the database itself")
+    if database.exists():
+        _refuse_running(database)
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{database.name}.", suffix=".part",
+                                             dir=database.parent)
+    os.close(descriptor)
+    try:
+        _copy(backup_file, temporary)
+        version = _checked_version(backup_file, temporary)
+        sequences = _moved_sequences(temporary)
+        _sync(temporary)
+        for suffix in ("-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(f"{database}{suffix}")
+        os.replace(temporary, database)
+    except BaseException:
+        for leftover in (temporary, *(temporary + suffix for suffix in SIDE_FILES)):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(leftover)
+        raise
+    _sync_folder(database.parent)
+    return RestoreReport(database=database, schema_version=version, sequences=sequences)
+
+
+def _refuse_running(database: Path) -> None:
+    """A live instance lease (renewed every few seconds while an instance runs) means
+    the service is up: it would go on writing to the file replaced under it."""
+    uri = f"file:{quote(str(database.resolve()))}?mode=ro"
+    now_us = int(time.time() * 1_000_000)
+    try:
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as current:
+            current.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            row = current.execute('SELECT COUNT(*) FROM "instance_lease" WHERE '
+                                  '"expires_at" > ?', (now_us,)).fetchone()
+    except sqlite3.Error:
+        return  # not a ChargeGraph database (or none yet): nothing runs on it
+    if row and row[0]:
+        raise BackupError(f"an instance of the service runs on {database} (its lease is "
+                          "live): stop every instance, then restore")
+
+
+def _moved_sequences(temporary: str) -> dict[str, int]:
+    """Moves every sequence of the copy ``RESTORE_GAP`` ahead, the transactions' also
+    past the highest transaction id it holds; returns each one's next number."""
+    with contextlib.closing(sqlite3.connect(temporary)) as copy:
+        with copy:
+            copy.execute('UPDATE "sequence" SET "value" = "value" + ?', (RESTORE_GAP,))
+            copy.execute(
+                'INSERT INTO "sequence" ("name", "value") VALUES (\'transaction\', '
+                '(SELECT COALESCE(MAX("transaction_id"), 0) FROM "session") + ?) '
+                'ON CONFLICT ("name") DO UPDATE SET "value" = MAX("value", '
+                '"excluded"."value")', (RESTORE_GAP,))
+        rows = copy.execute('SELECT "name", "value" FROM "sequence"').fetchall()
+    return {str(name): int(value) + 1 for name, value in rows}

@@ -333,6 +333,22 @@ def test_backup_copies_the_database_and_keeps_an_existing_file_unless_forced(
             ("root@example.com",)]
 
 
+def test_restore_puts_a_backup_back(runner: CliRunner, tmp_path: Path) -> None:
+    assert runner.invoke(cli, ["create-user", "--email", "root@example.com", "--password",
+                               PASSWORD, "--role", "admin"]).exit_code == 0
+    assert runner.invoke(cli, ["backup", "copy.db"]).exit_code == 0
+    assert runner.invoke(cli, ["create-user", "--email", "later@example.com", "--password",
+                               PASSWORD, "--role", "admin"]).exit_code == 0
+    put_back = runner.invoke(cli, ["restore", "copy.db"])
+    assert put_back.exit_code == 0, put_back.output
+    assert put_back.stdout.startswith(f"restored copy.db to {tmp_path}/cli.db (schema ")
+    with sqlite3.connect(tmp_path / "cli.db") as conn:
+        assert conn.execute('SELECT "email" FROM "user"').fetchall() == [
+            ("root@example.com",)]
+    missing = runner.invoke(cli, ["restore", "nope.db"])
+    assert (missing.exit_code, missing.stderr) == (1, "error: there is no backup at nope.db\n")
+
+
 def test_backup_of_no_database_creates_none(runner: CliRunner, tmp_path: Path) -> None:
     missing = runner.invoke(cli, ["backup", "copy.db"])
     assert missing.exit_code == 1

@@ -15,7 +15,7 @@ import pytest
 from domain.entities import AuditAction
 from domain.ports import Insert
 from store.sqlite import SqliteStore
-from store.sqlite.backup import BackupError, BackupReport, backup
+from store.sqlite.backup import RESTORE_GAP, BackupError, BackupReport, backup, restore
 from store.sqlite.migrations import MIGRATIONS
 from tests.contract.factories import audit, company
 
@@ -194,3 +194,46 @@ def test_a_full_disk_leaves_neither_the_copy_nor_its_journal(database: Path,
     assert done.returncode == 1
     assert "BackupError: cannot back up" in done.stderr
     assert os.listdir(target.parent) == []
+
+
+async def test_a_restore_puts_the_backup_back_and_draws_no_number_again(
+        database: Path, tmp_path: Path) -> None:
+    """Ops QA s23: restored, the counters were the backup's, and the transaction ids of
+    sessions started after it (which chargers still hold and stop) were given again."""
+    store = SqliteStore(str(database))
+    await store.start()
+    before = [await store.next_sequence("transaction") for _ in range(3)]
+    reservation = await store.next_sequence("reservation")
+    await store.close()
+    backup(database, tmp_path / "copy.db")
+    store = SqliteStore(str(database))
+    await store.start()
+    after_backup = await store.next_sequence("transaction")  # a charger holds it
+    await store.write([Insert(company(name="Lost"))], [])
+    await store.close()
+
+    report = restore(tmp_path / "copy.db", database)
+
+    assert report.sequences["transaction"] == before[-1] + RESTORE_GAP + 1
+    store = SqliteStore(str(database))
+    await store.start()
+    try:
+        drawn = await store.next_sequence("transaction")
+        assert drawn == report.sequences["transaction"] > after_backup
+        assert await store.next_sequence("reservation") == reservation + RESTORE_GAP + 1
+    finally:
+        await store.close()
+    with contextlib.closing(sqlite3.connect(database)) as conn:
+        assert conn.execute('SELECT "name" FROM "company"').fetchall() == [("Kept",)]
+
+
+async def test_a_restore_is_refused_while_the_service_runs(database: Path,
+                                                           tmp_path: Path) -> None:
+    backup(database, tmp_path / "copy.db")
+    with contextlib.closing(sqlite3.connect(database)) as conn, conn:
+        far = 10**18  # a lease that expires in the far future: an instance runs
+        conn.execute('INSERT INTO "instance_lease" VALUES (?, 0, 0, ?, ?, ?, 0, ?)',
+                     ("i1", "system", "system", "host", far))
+    with pytest.raises(BackupError, match="an instance of the service runs"):
+        restore(tmp_path / "copy.db", database)
+    assert [name for name in os.listdir(tmp_path) if ".part" in name] == []
