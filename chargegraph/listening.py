@@ -1,8 +1,10 @@
 """The GraphQL port is bound before anything starts, so a taken port is one line naming it
 and the service never announces itself ready on a port it cannot serve (uvicorn binds only
 after the lifespan has started the store, the OCPP server and its "ready" log line). The
-sockets listen at once, so nothing else (the OCPP server on the same port) can bind them
-meanwhile."""
+sockets are bound, not listening, until uvicorn serves: a TCP probe (a load balancer's, a
+Kubernetes ``tcpSocket``) is refused during the start-up, not told "up" and then left to
+hang (review s23: listening at bind did that). The OCPP server on the same port, which
+could bind it too meanwhile, is refused by the settings (``Settings._ports_apart``)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import socket
 
 
 def listening_sockets(host: str, port: int) -> list[socket.socket]:
-    """Bound, listening TCP sockets for ``host`` (an address or a name: every address it
+    """Bound TCP sockets for ``host`` (an address or a name: every address it
     resolves to, as asyncio's ``create_server`` would bind) and ``port``. Raises
     ``OSError`` with the system's reason; no socket stays open then."""
     bound: list[socket.socket] = []
@@ -25,12 +27,6 @@ def listening_sockets(host: str, port: int) -> list[socket.socket]:
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind(address)
-            # Listening at once makes the address this socket's alone: SO_REUSEADDR lets
-            # another socket (the OCPP server's, on a port set twice) bind it too until
-            # one of them listens, and that one then got every connection. Connections
-            # made before uvicorn serves wait in the backlog (uvicorn listens again,
-            # with its own backlog).
-            sock.listen()
             if port == 0:  # every address on the port the first one was given
                 port = sock.getsockname()[1]
     except OSError:

@@ -36,7 +36,7 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 #: The settings whose empty value means something of its own: no origin allowed, no proxy
 #: believed. Any other setting given empty is refused (``Settings._not_empty``).
-EMPTY_MEANS_NONE = frozenset({"cors_origins", "trusted_proxies"})
+EMPTY_MEANS_NONE = frozenset({"cors_origins", "trusted_proxies", "graphiql_assets"})
 
 
 class Settings(BaseSettings):
@@ -292,11 +292,14 @@ class Settings(BaseSettings):
 
 def _may_overlap(host: str, other: str) -> bool:
     """Whether sockets bound on ``host`` and on ``other`` (at one port) may take the same
-    connections: a shared address, or a wildcard (``0.0.0.0``, ``::``) on either side,
-    which covers every address. A name counts as the addresses it resolves to; one that
-    does not resolve is left to the bind, which names it."""
+    connections: a shared address, or a wildcard of the same family on either side
+    (``0.0.0.0`` covers every IPv4 address, ``::`` every IPv6 one: both servers bind IPv6
+    sockets IPv6-only, so ``0.0.0.0`` and ``::1`` share a port; review s23). A name
+    counts as the addresses it resolves to; one that does not resolve is left to the
+    bind, which names it."""
     ours, theirs = _addresses(host), _addresses(other)
-    return any(a == b or a.is_unspecified or b.is_unspecified for a in ours for b in theirs)
+    return any(a == b or (a.version == b.version and (a.is_unspecified or b.is_unspecified))
+               for a in ours for b in theirs)
 
 
 def _addresses(host: str) -> set[ipaddress.IPv4Address | ipaddress.IPv6Address]:

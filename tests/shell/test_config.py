@@ -289,8 +289,8 @@ def test_the_cli_warns_of_misspelt_variables_at_start(
         "CHARGEGRAPH_DATABASE_URL?"]
 
 
-@pytest.mark.parametrize("name", sorted(set(Settings.model_fields) - {"cors_origins",
-                                                                      "trusted_proxies"}))
+@pytest.mark.parametrize("name", sorted(set(Settings.model_fields) - {
+    "cors_origins", "trusted_proxies", "graphiql_assets"}))
 @pytest.mark.parametrize("empty", ["", "  "])
 def test_an_empty_value_is_refused_whatever_the_setting(name: str, empty: str) -> None:
     """Compose's ``${VAR}`` gives an empty value when VAR is unset: as a path it was the
@@ -304,14 +304,17 @@ def test_an_empty_value_is_refused_whatever_the_setting(name: str, empty: str) -
         "for the default")
 
 
-def test_empty_cors_origins_and_trusted_proxies_mean_none() -> None:
-    settings = Settings(cors_origins="", trusted_proxies="")
-    assert (settings.cors_allowed_origins, settings.trusted_proxies) == ([], "")
+def test_empty_cors_origins_trusted_proxies_and_graphiql_assets_mean_none() -> None:
+    """GraphiQL's assets empty meant unpkg.com before empty values were refused (review
+    s23: a deployment setting it so stopped starting)."""
+    settings = Settings(cors_origins="", trusted_proxies="", graphiql_assets="")
+    assert (settings.cors_allowed_origins, settings.trusted_proxies,
+            settings.graphiql_assets) == ([], "", None)
 
 
 @pytest.mark.parametrize(("host", "ocpp_host"), [
     ("127.0.0.1", "127.0.0.1"), ("0.0.0.0", "127.0.0.1"), ("127.0.0.1", "0.0.0.0"),
-    ("::", "127.0.0.1"), ("::1", "0.0.0.0"), ("localhost", "127.0.0.1")])
+    ("::", "::1"), ("::1", "::"), ("localhost", "127.0.0.1")])
 def test_one_port_for_graphql_and_ocpp_on_overlapping_hosts_is_refused(
         host: str, ocpp_host: str) -> None:
     from pydantic import ValidationError
@@ -325,4 +328,7 @@ def test_one_port_for_graphql_and_ocpp_on_overlapping_hosts_is_refused(
 
 def test_one_port_on_distinct_addresses_or_without_ocpp_is_kept() -> None:
     assert Settings(host="127.0.0.2", ocpp_host="127.0.0.1", port=9000).port == 9000
+    # Review s23: IPv6 sockets are bound IPv6-only, so a wildcard covers its own family.
+    assert Settings(host="0.0.0.0", ocpp_host="::1", port=9000).port == 9000
+    assert Settings(host="::", ocpp_host="127.0.0.1", port=9000).port == 9000
     assert Settings(port=9000, ocpp_enabled=False).port == 9000
