@@ -261,6 +261,10 @@ def _kind(action: str) -> str:
     return "FIRMWARE" if action == "UpdateFirmware" else "DIAGNOSTICS"
 
 
+#: Rounds ``_announce_requested`` reads and writes again before it gives up.
+ANNOUNCE_ROUNDS = 5
+
+
 def _requested(station: Station, viewer: Viewer, kind: str, rollout: dict[str, Any],
                now: datetime) -> Update:
     """The station's new rollout (or upload), its status ``Requested`` from ``now``: the
@@ -1047,7 +1051,17 @@ class CommandService(Service):
         would have been had it come first."""
         first = requested = cast(Station, wrote)
         field = "firmware_status" if kind == "FIRMWARE" else "diagnostics_status"
+        asked = "firmware_requested_at" if kind == "FIRMWARE" else "diagnostics_requested_at"
+        rounds = 0
         while not await self.landed([requested]):
+            rounds += 1
+            if rounds > ANNOUNCE_ROUNDS:
+                # Other writes (a charger's connector-0 reports) kept landing between
+                # each read and write (review s23: the loop had no end, and the command
+                # never answered): the charger's next report says where it stands.
+                log.warning("%s: the %s request could not be recorded as Requested: "
+                            "the station kept changing", sent.cp_id, kind.lower())
+                return
             [current] = await self.store.get_many(Station, [requested.id])
             if current is None:
                 return
@@ -1063,7 +1077,11 @@ class CommandService(Service):
                                                           self.now()):
                 again = _requested(current, viewer, kind, rollout, self.now())
             else:
-                await self.commit(viewer, [(patch(current, viewer, **rollout), current)])
+                # The report stands; the request is recorded beside it, unless a newer
+                # request was recorded meanwhile (review s23: this older answer wrote
+                # its location over the newer one's, which the charger acts on).
+                await self.commit(viewer, [(patch(current, viewer, **rollout, only_if=(
+                    asked, getattr(sent, asked))), current)])
                 return
             await self.commit(viewer, [(again, current)])
             requested = cast(Station, again.record)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
@@ -24,9 +24,10 @@ from chargegraph.webhooks import event_data, payload
 from domain import entities as d
 from domain.events import CommandCompleted, MaintenanceStatusChanged
 from domain.policy import SYSTEM, Viewer
-from domain.ports import Change, Delete, Store
+from domain.ports import Change, Delete, Store, Update
 from domain.query import Eq
 from domain.services.base import touch
+from domain.services.commands import ANNOUNCE_ROUNDS, CommandService
 from domain.services.configuration import MAX_KEYS, record_change, record_read
 from domain.services.webhooks import webhook_event
 from domain.wire import rfc3339
@@ -919,3 +920,93 @@ async def _offline(central: Central) -> bool:
     station = await central.store.find_one(d.Station, Eq("cp_id", "CP-1"))
     return station is not None and not station.online
 
+
+# Requested recorded while other writes race it (``_announce_requested``, review s23):
+# the loop ends, and an older request's answer never overwrites a newer one's.
+RACE_NOW = datetime.now(UTC).isoformat()
+
+
+class _AcceptingCharger:
+    """Accepts every command; ``before_answer`` runs while the answer is on its way."""
+
+    def __init__(self) -> None:
+        self.before_answer: Callable[[], Awaitable[None]] | None = None
+
+    def is_connected(self, cp_id: str) -> bool:
+        return True
+
+    async def call(self, cp_id: str, action: str, payload: dict[str, Any], timeout: float
+                   ) -> dict[str, Any]:
+        hook, self.before_answer = self.before_answer, None
+        if hook is not None:
+            await hook()
+        return {}
+
+
+def _status0(central: Central, status: str = "Available") -> Callable[[], Awaitable[None]]:
+    async def report() -> None:  # the charger's StatusNotification for connector 0
+        await central.services.charging.status_notification("CP-1", 0, status, "NoError")
+    return report
+
+
+@pytest.mark.parametrize("status_before_answer", [True, False])
+async def test_an_older_request_does_not_overwrite_the_newer_one(
+        central: Central, bus: MemoryEventBus, monkeypatch: pytest.MonkeyPatch,
+        status_before_answer: bool) -> None:
+    """A (fw/A) is answered; B (fw/B), sent after it, is recorded first (with or without
+    a connector-0 report moving the station before A's answer). A's loop takes B's
+    Requested for a charger's report: it wrote A's rollout over B's, which the charger
+    acts on; only onto the request it was sent after now."""
+    charger = _AcceptingCharger()
+    central.services.attach_gateway(charger)  # type: ignore[arg-type]
+    landed = CommandService.landed
+    armed = True
+
+    async def b_meanwhile(self: CommandService, written: Any) -> Any:
+        nonlocal armed
+        if armed:
+            armed = False
+            await run(central, "updateFirmware", {"cpId": "CP-1",
+                                                  "location": "https://fw.example.com/B",
+                                                  "retrieveDate": RACE_NOW},
+                      "accepted")
+        return await landed(self, written)
+
+    monkeypatch.setattr(CommandService, "landed", b_meanwhile)
+    if status_before_answer:
+        charger.before_answer = _status0(central)
+    await run(central, "updateFirmware", {"cpId": "CP-1",
+                                          "location": "https://fw.example.com/A",
+                                          "retrieveDate": RACE_NOW},
+              "accepted")
+    shown = await firmware(central)
+    assert shown["firmwareRollout"]["location"] == "https://fw.example.com/B", shown
+
+
+async def test_announce_requested_gives_up_after_a_few_rounds(
+        central: Central, bus: MemoryEventBus, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another write lands between each read and write of the Requested (a connector-0
+    StatusNotification before each): the loop had no end, and the mutation never
+    answered; it gives up after ``ANNOUNCE_ROUNDS``."""
+    charger = _AcceptingCharger()
+    central.services.attach_gateway(charger)  # type: ignore[arg-type]
+    commit = CommandService.commit
+    rounds = 0
+
+    async def raced(self: CommandService, viewer: Any, changes: Any, *args: Any,
+                    **kwargs: Any) -> Any:
+        nonlocal rounds
+        guarded = [c for c, _ in changes if isinstance(c, Update)
+                   and isinstance(c.record, d.Station) and c.only_if
+                   and c.only_if[0] == "updated_at" and not c.required]
+        if guarded and rounds < 200:
+            rounds += 1
+            await _status0(central, "Unavailable" if rounds % 2 else "Available")()
+        return await commit(self, viewer, changes, *args, **kwargs)
+
+    monkeypatch.setattr(CommandService, "commit", raced)
+    await run(central, "updateFirmware", {"cpId": "CP-1",
+                                          "location": "https://fw.example.com/A",
+                                          "retrieveDate": RACE_NOW},
+              "accepted")
+    assert rounds == 1 + ANNOUNCE_ROUNDS, f"{rounds} write attempts"
