@@ -67,8 +67,9 @@ class ChargerClocks:
         timeline then (``intervals.rebase_intervals``). Never for a queued one: moved
         back to it, the connection's online intervals took over the hours the charger
         was away, and counted them online, available (review of e4bd937); its reports
-        change the state at the connection's opening instead (``next_interval`` clamps
-        them), and the next timestamp that shows the clock is the connection's first."""
+        change the state inside the outage, offline, and at the connection's opening
+        (``next_interval``), and the next timestamp that shows the clock is the
+        connection's first."""
         now = self.now()
         if not self.believable(charger_time, now) or self.queued(cp_id, charger_time):
             return False

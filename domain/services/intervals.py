@@ -9,7 +9,14 @@ from datetime import datetime, timedelta
 from typing import cast
 
 from domain.availability import POINT_DOWN
-from domain.entities import Connector, ConnectorInterval, ConnectorStatus, Session, Station
+from domain.entities import (
+    BILLED_TIME_TOLERANCE,
+    Connector,
+    ConnectorInterval,
+    ConnectorStatus,
+    Session,
+    Station,
+)
 from domain.policy import Viewer
 from domain.ports import Change, Insert, Store
 from domain.query import Eq, In, Range, Sort, all_of, any_of
@@ -66,10 +73,14 @@ async def next_interval(store: Store, station: Station, connector_id: int,
     point_status, point_error_code = point_state(station)
     changes: list[Change] = []
     if current is not None:
+        if at < current.start:
+            # A report queued through an outage: what the charger did while away, offline.
+            changes += await _offline_change(store, station, connector_id, status,
+                                             error_code, at, actor, now, ours)
         if (current.status, current.error_code, current.online, current.point_status,
                 current.point_error_code, current.known) == (
                     status, error_code, online, point_status, point_error_code, known):
-            return []
+            return changes
         changes.append(_close(current, max(at, current.start), actor))
     start = max(at, current.start) if current else at
     changes.append(Insert(stamp_new(ConnectorInterval(
@@ -97,6 +108,36 @@ def _observed(current: ConnectorInterval | None, start: datetime, at: datetime,
     if current is None or current.observed_at is None:
         return None
     return min(current.observed_at + (start - current.start), now)
+
+
+async def _offline_change(store: Store, station: Station, connector_id: int,
+                          status: ConnectorStatus, error_code: str, at: datetime,
+                          actor: Viewer, now: datetime, ours: datetime | None
+                          ) -> list[Change]:
+    """A report stamped ``at``, before the connector's open interval began, that falls
+    inside an interval its disconnect recorded offline (``known``): the state changes
+    there, offline, until that interval's end (a later queued report's, or the
+    reconnect). Clamped to the reconnect instead, a fault the charger queued through
+    the outage lasted no time in fault reports (review r3a F1); the time stays offline,
+    so availability and idle fees (online only) count none of it. Intervals are on the
+    charger's timeline, so this needs no clock this process knows: a reconnect to
+    another instance, or after a restart, splits the outage the same way. Observed by
+    ``ours``, else by the offline interval's own offset (``_observed``)."""
+    found = await store.find_all(ConnectorInterval, all_of(
+        Eq("cp_id", station.cp_id), Eq("connector_id", connector_id), Eq("online", False),
+        Eq("known", True), Range("start", lte=at), Range("end", gt=at)), limit=1)
+    if not found:
+        return []
+    outage = found[0]
+    point_status, point_error_code = point_state(station)
+    if (outage.status, outage.error_code, outage.point_status, outage.point_error_code) \
+            == (status, error_code, point_status, point_error_code):
+        return []
+    return [patch(outage, actor, end=at), Insert(stamp_new(ConnectorInterval(
+        station_id=station.id, cp_id=station.cp_id, connector_id=connector_id,
+        status=status, error_code=error_code, online=False, point_status=point_status,
+        point_error_code=point_error_code, known=True, start=at, end=outage.end,
+        observed_at=_observed(outage, at, at, ours, now)), actor, at))]
 
 
 def _close(current: ConnectorInterval, at: datetime, actor: Viewer) -> Change:
@@ -158,7 +199,8 @@ async def rebase_intervals(store: Store, station: Station, at: datetime,
     interval for every connector at "now" on our clock (nothing better was known).
     If its clock is behind ours, each open interval that starts after ``at`` is moved
     back to it, so that the charger's reports, of any connector, fall inside the
-    intervals instead of being clamped to their start. ``ours``: ``at`` on our clock
+    intervals instead of being clamped to their start; never over an outage its
+    disconnect recorded (``_move_start``). ``ours``: ``at`` on our clock
     (``ChargerClocks.ours_at``), by which the moved intervals are observed, never
     after ``now`` (ours). Once per connection (and process): a few store reads, never
     on every message."""
@@ -176,12 +218,13 @@ async def _move_start(store: Store, current: ConnectorInterval, to: datetime,
                       ours: datetime | None, now: datetime, actor: Viewer) -> list[Change]:
     """Start the open interval ``current`` at ``to`` and end the one before it there
     too: intervals stay contiguous and never overlap. Not before the previous one's
-    start, which was placed on the charger's timeline (an earlier connection's)."""
+    start, which was placed on the charger's timeline (an earlier connection's). Never
+    over an outage its disconnect recorded (``_outage_end``)."""
     before = await store.find_all(ConnectorInterval, all_of(
         Eq("cp_id", current.cp_id), Eq("connector_id", current.connector_id),
         Eq("end", current.start)), (Sort("start", descending=True),), limit=1)
     start = max(to, before[0].start) if before else to
-    if start >= current.start:
+    if start >= current.start or (before and start < _outage_end(before[0], current)):
         return []
     # Observed when the charger's clock read its new start. Not after our now: stopped
     # at the interval before, placed by a clock since set back (another process's, or
@@ -192,6 +235,29 @@ async def _move_start(store: Store, current: ConnectorInterval, to: datetime,
     if before:
         changes.append(patch(before[0], actor, end=start))
     return changes
+
+
+def _outage_end(before: ConnectorInterval, current: ConnectorInterval) -> datetime:
+    """How far back ``current`` (opened by a reconnect) may move over ``before``: over
+    an interval recorded offline (``known``), not more than ``BILLED_TIME_TOLERANCE``
+    (the clock's noise, as ``ChargerClocks.queued`` has it) before the charger came
+    back. A first timestamp stamped earlier is a report queued through the outage or a
+    clock reset (1970), not the clock: moved back to it, the connection's online
+    intervals took over the outage and counted it available, a session queued through
+    it billed idle, and on another instance (or after a restart: the clock unknown
+    there) the outage read unknown (review r3a F2-F4). Nothing moves then; its reports
+    change the state offline (``_offline_change``). The charger came back, on its
+    timeline, at the reconnect (``current.observed_at``, ours) less the clock's offset
+    the disconnect recorded (``before``'s): a process that did not know a clock really
+    behind placed the reconnect on ours, and that part of ``before`` may still go.
+    Without both offsets, at ``current.start``."""
+    if before.online or not before.known:
+        return before.start
+    if before.observed_at is None or current.observed_at is None:
+        back = current.start
+    else:
+        back = current.observed_at - (before.observed_at - before.start)
+    return back - BILLED_TIME_TOLERANCE
 
 
 @dataclass(frozen=True, slots=True)
