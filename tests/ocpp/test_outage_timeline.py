@@ -1,6 +1,8 @@
-"""Review r3a of f7ea856 (queued reports on a known clock move no interval back).
-Real central system(s) on real SQLite files, real `ocpp` charge point.
-Copy into tests/ocpp/ to run."""
+"""An outage as its disconnect recorded it, whatever the charger's clock and whichever
+instance it reconnects to (review s23): queued reports split the offline stretch (a
+fault keeps its hour as offline time), a reconnect moves nothing back over it (no idle
+fee, no availability for offline time, not even with a clock reset to 1970). Real
+central systems on real SQLite files, a real ``ocpp`` charge point."""
 
 from __future__ import annotations
 
