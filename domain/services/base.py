@@ -348,10 +348,15 @@ class Service:
             return
         where = self._plugs(of.station_id, connector_id)
         try:
-            plugs = await self.store.find_all(Connector, where)
-            free = {c.id for c in await self.store.find_all(
-                Connector, all_of(where, connectors_free(self.now())))} \
-                if any(c.status is ConnectorStatus.AVAILABLE for c in plugs) else set()
+            if were_free:
+                plugs = await self.store.find_all(Connector, where)
+                free = {c.id for c in await self.store.find_all(
+                    Connector, all_of(where, connectors_free(self.now())))} \
+                    if any(c.status is ConnectorStatus.AVAILABLE for c in plugs) else set()
+            else:  # none was free: those free now are all that turned (one read)
+                plugs = await self.store.find_all(
+                    Connector, all_of(where, connectors_free(self.now())))
+                free = {c.id for c in plugs}
         except Exception:
             log.exception("reading the plugs of station %s failed", of.station_id)
             return
