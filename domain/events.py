@@ -43,7 +43,7 @@ class ConnectorStatusChanged(DomainEvent):
     #: reports Available, holds no ACTIVE session, no live reservation holds it). Set by
     #: ``Service.publish`` for every such event; ``None`` for connector 0 and from
     #: versions before it was carried. An event with an unchanged status says that a
-    #: reservation began or stopped holding the plug (whose is not told).
+    #: reservation or a session turned ``free`` (whose is not told: ``plugs_held``).
     free: bool | None = None
 
 

@@ -136,9 +136,11 @@ class _OfStation:
     "A connector's (or, for connector 0, the charge point's) reported state changed: its "
     "status, errorCode, info or vendorErrorCode (the live availability map). A report "
     "repeating the state, as chargers send after each reconnect, is none. Also, with the "
-    "state unchanged, for each plug a reservation begins or stops holding (connector 0's: "
-    "every plug of its station), whether or not the charger reports it Reserved: see "
-    "`free`."))
+    "state unchanged, for each plug whose `free` a reservation or a session turned "
+    "without a report of it, and only then: a reservation beginning or ending (connector "
+    "0's: every plug of its station) whether or not the charger reports it Reserved, a "
+    "session starting on a plug reported AVAILABLE, a session ending on one reported "
+    "AVAILABLE already."))
 class ConnectorStatusEvent(_OfStation):
     cp_id: str = strawberry.field(description=_CP_ID)
     connector_id: int = strawberry.field(description=_CONNECTOR_ID)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -19,6 +19,7 @@ from domain.command_rules import folded_key
 from domain.entities import (
     DIAGNOSTICS_REQUESTED,
     FIRMWARE_REQUESTED,
+    LIVE_RESERVATION_STATES,
     AuditAction,
     AuditEntry,
     Company,
@@ -255,6 +256,10 @@ def reservation_changed(reservation: Reservation, station: Station | None
         books_station_owner_id=reservation.station_owner_id)
 
 
+#: A reservation's states (``ReservationChanged.state``) in which it holds its plugs.
+_HOLDING = frozenset(s.value for s in LIVE_RESERVATION_STATES)
+
+
 class Service:
     def __init__(self, ctx: ServiceContext) -> None:
         self.ctx = ctx
@@ -269,9 +274,14 @@ class Service:
         update must not undo the change, and every reader has a slower way to learn it.
 
         Done here for every publisher, so none can forget it: a ``ConnectorStatusChanged``
-        goes out with ``free`` (``_with_free``), and a ``ReservationChanged`` is followed
-        by one for each plug the reservation held or holds now (``plugs_held``): the live
-        map cannot see reservations, yet they take plugs out of "available now"."""
+        goes out with ``free`` (``_with_free``), and a ``ReservationChanged`` that ends
+        the reservation (REJECTED, USED, CANCELLED, EXPIRED) is followed by one for each
+        plug it held that is free now (``plugs_held``): the live map cannot see
+        reservations, yet they take plugs out of "available now". An ACTIVE one held its
+        plugs already as PENDING (``CommandService._new_reservation`` told of them): no
+        plug changes by it. The follow-ups go to this process's listeners whether or not
+        a bus runs (review r3b: without one, a CLI's or a test's webhooks never heard a
+        reservation end)."""
         if isinstance(event, ConnectorStatusChanged) and event.free is None:
             event = await self._with_free(event)
         for listener in self.ctx.published:
@@ -279,13 +289,12 @@ class Service:
                 listener(event)
             except Exception:
                 log.exception("a listener of published %s events failed", event.topic)
-        if self.ctx.bus is None:
-            return
-        try:
-            await self.ctx.bus.publish(event)
-        except Exception:
-            log.exception("publishing %s failed", event.topic)
-        if isinstance(event, ReservationChanged):
+        if self.ctx.bus is not None:
+            try:
+                await self.ctx.bus.publish(event)
+            except Exception:
+                log.exception("publishing %s failed", event.topic)
+        if isinstance(event, ReservationChanged) and event.state not in _HOLDING:
             await self.plugs_held(event, event.connector_id)
 
     async def _with_free(self, event: ConnectorStatusChanged) -> ConnectorStatusChanged:
@@ -306,29 +315,52 @@ class Service:
             return event
         return dataclasses.replace(event, free=found is not None)
 
-    async def plugs_held(self, of: DomainEvent, connector_id: int) -> None:
+    async def plugs_free(self, station_id: str, connector_id: int) -> frozenset[str]:
+        """The record ids of the plugs of ``connector_id`` on the station (every plug of
+        it for connector 0) that are free now (``connectors_free``): one indexed read.
+        Taken before a change that may take them (``plugs_held``'s ``were_free``)."""
+        return frozenset(c.id for c in await self.store.find_all(Connector, all_of(
+            self._plugs(station_id, connector_id), connectors_free(self.now()))))
+
+    @staticmethod
+    def _plugs(station_id: str, connector_id: int) -> Filter:
+        return all_of(Eq("station_id", station_id),
+                      Eq("connector_id", connector_id) if connector_id else None)
+
+    async def plugs_held(self, of: DomainEvent, connector_id: int,
+                         were_free: Collection[str] = frozenset()) -> None:
         """Publishes a ``ConnectorStatusChanged`` (its status unchanged, ``free`` as it
-        reads now) for each plug a reservation of ``connector_id`` on ``of``'s station
-        holds or held: that plug, or every plug of the station for connector 0. For the
-        live map, whenever a reservation begins or stops holding (stored PENDING: the
-        caller; then ACTIVE, REJECTED, USED, CANCELLED, EXPIRED: ``publish``), as the
-        charger may never report Reserved. Carries the station's ownership from ``of``
-        and nothing of the reservation, so it is as public as any status event. Each
+        reads now) for each plug of ``connector_id`` on ``of``'s station (every plug of
+        the station for connector 0) whose ``free`` a change just turned: free now and
+        not among ``were_free`` (the record ids of those free before it, ``plugs_free``;
+        none for a change that ends what held them), or the other way round. For the
+        live map, whenever a reservation begins or stops holding (stored PENDING:
+        ``CommandService._new_reservation``; REJECTED, USED, CANCELLED, EXPIRED:
+        ``publish``) or a session starts or ends (``ChargingService``), as the charger
+        may report nothing (no Reserved; Available before the StopTransaction; a
+        StartTransaction with no Preparing). Only on a change: a plug taken anyway (a
+        refused reservation of a charging plug) tells the map nothing, and nobody of a
+        reservation attempt (review r3b). Carries the station's ownership from ``of``
+        and nothing of what changed, so it is as public as any status event. Each
         instance publishes those of its own changes, and they reach the others by the
         bus as any event."""
         if of.station_id is None:
             return
-        where = all_of(Eq("station_id", of.station_id),
-                       Eq("connector_id", connector_id) if connector_id else None)
+        where = self._plugs(of.station_id, connector_id)
         try:
-            plugs = await self.store.find_all(Connector, where)
-            free = {c.id for c in await self.store.find_all(
-                Connector, all_of(where, connectors_free(self.now())))} \
-                if any(c.status is ConnectorStatus.AVAILABLE for c in plugs) else set()
+            if were_free:
+                plugs = await self.store.find_all(Connector, where)
+                free = {c.id for c in await self.store.find_all(
+                    Connector, all_of(where, connectors_free(self.now())))} \
+                    if any(c.status is ConnectorStatus.AVAILABLE for c in plugs) else set()
+            else:  # none was free: those free now are all that turned (one read)
+                plugs = await self.store.find_all(
+                    Connector, all_of(where, connectors_free(self.now())))
+                free = {c.id for c in plugs}
         except Exception:
-            log.exception("reading the plugs of station %s's reservation failed",
-                          of.station_id)
+            log.exception("reading the plugs of station %s failed", of.station_id)
             return
+        plugs = [p for p in plugs if (p.id in free) != (p.id in were_free)]
         owned: dict[str, Any] = {"station_id": of.station_id, "cp_id": of.cp_id,
                  "company_id": of.company_id, "owner_id": of.owner_id,
                  "on_map": of.on_map}

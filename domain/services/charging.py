@@ -623,8 +623,9 @@ class ChargingService(ChargerConnections):
         reported_station: Station | None = None
         stated = _Reported(new_status, error_code, info, vendor_error_code)
         previous: _Reported | None  # the state before it; None: a plug we did not know
-        # Since when the connector has been reported Preparing (that report's write):
-        # a remote start it was taken for may end with this report (``abandoned``).
+        # Since when the connector has been reported Preparing (the write of the report
+        # that began it: a repeat keeps the stamps): a remote start it was taken for may
+        # end with this report (``abandoned``).
         preparing_since: datetime | None = None
         if connector_id == 0:
             # The charge point as a whole (its main controller): Unavailable or Faulted
@@ -658,8 +659,14 @@ class ChargingService(ChargerConnections):
             # A state stamped in our future (kept before glitches were recognized) yields.
             if current.status_at is None or at >= current.status_at \
                     or not self.clocks.believable(current.status_at):
-                update = patch(current, actor, status=new_status, error_code=error_code,
-                               info=info, vendor_error_code=vendor_error_code, status_at=at)
+                # A repeat of the state (after a reconnect, every few minutes) is no
+                # change to the connector: its stamps stay when the state began, which
+                # ``preparing_since`` reads (review r3b: a repeated Preparing from before
+                # a remote start made it look taken for the start, which the next
+                # Available settled). Its time moves: later reports are judged by it.
+                update = touch(current, status_at=at) if stated == previous else patch(
+                    current, actor, status=new_status, error_code=error_code, info=info,
+                    vendor_error_code=vendor_error_code, status_at=at)
                 connector = cast(Connector, update.record)
                 if is_new:  # a plug we did not know: a record change worth auditing
                     audited.append((Insert(connector), None))
@@ -819,6 +826,9 @@ class ChargingService(ChargerConnections):
                 info = await self.authorize(cp_id, presented, (same.id,))
                 await self._answered(station, same, info)
                 return same.transaction_id, info
+            # Whether the plug was free before the session takes it: a charger going
+            # from Available straight to StartTransaction says nothing the map hears.
+            were_free = await self.plugs_free(station.id, connector_id)
             try:
                 opened = await self._open_session(
                     station, connector_id, presented, identity, reservation_id, company_id,
@@ -859,6 +869,8 @@ class ChargingService(ChargerConnections):
         for payment in repriced:
             await self.publish(payment_changed(payment, reprice_change(payment)))
         await self.publish(self._session_event(station, session, "STARTED"))
+        if were_free:  # else taken before, and taken still: nothing changed
+            await self.plugs_held(DomainEvent(**owned_by(station)), connector_id, were_free)
         return session.transaction_id, info
 
     async def _still_registered(self, cp_id: str) -> Station:
@@ -1877,10 +1889,13 @@ class ChargingService(ChargerConnections):
 
     async def _announce_end(self, station: Station, closed: Session) -> None:
         """After a close committed: no held live update goes out after it, the cache
-        forgets the session, and ENDED is announced (its last event)."""
+        forgets the session, and ENDED is announced (its last event). Its plug, free
+        now, is announced so (``plugs_held``): a charger reporting Available before its
+        StopTransaction was heard not free, the session still holding it (review r3b)."""
         await self.session_updates.end(closed.id)
         self.cache.remember(closed)
         await self.publish(self._session_event(station, closed, "ENDED"))
+        await self.plugs_held(DomainEvent(**owned_by(station)), closed.connector_id)
 
     def _session_event(self, station: Station, session: Session, change: str
                        ) -> SessionChanged:

@@ -529,24 +529,32 @@ class CommandService(Service):
                         break
                 else:
                     await self._refuse_charging(viewer, tag)
+        car = vehicle_id if vehicle_id is not None else tag.vehicle_id
         if starting:
-            await self._refuse_driver_starting(viewer, vehicle_id, named=bool(tag_value))
+            # The car the session will be booked to, however it was chosen: the card's
+            # own, named or picked, is checked as a car named is (review r3b: the car
+            # charging with another card was booked a second session through its own).
+            await self._refuse_driver_starting(
+                viewer, car, chose=bool(tag_value) or vehicle_id is not None)
         payload["idTag"] = tag.tag
-        return vehicle_id if vehicle_id is not None else tag.vehicle_id
+        return car
 
     async def _refuse_driver_starting(self, viewer: Viewer, vehicle_id: str | None, *,
-                                      named: bool) -> None:
+                                      chose: bool) -> None:
         """A car charges one session at a time, whichever of its driver's cards starts
-        it: a start for a car (``vehicleId``) with a session ACTIVE booked to it, or a
-        remote start under way for it (a live ``PendingStart`` of its, by the car chosen
-        or by its card's), is refused IN_USE (on ``idTag``, as a card charging is). A
-        start naming neither card nor car (``named``: a card was given) while one of the
+        it: a start for a car (``vehicle_id``: the one the session would be booked to,
+        the car named, else the card's, named or picked) with a session ACTIVE booked to
+        it, or a remote start under way for it (a live ``PendingStart`` of its, by the
+        car chosen or by its card's), is refused IN_USE (on ``idTag``, as a card charging
+        is). A start naming neither card nor car (``chose`` false) while one of the
         driver's is under way is a double tap, refused the same way. A driver naming
         another card, or another car of theirs, starts it: a fleet driver may charge two
         cars at once (review of 1c05ebe: a double tap for one car was sent twice, with
         each of the driver's two cards, and a car charging was started again with the
-        other card, two sessions ACTIVE for it)."""
-        if vehicle_id is None and named:
+        other card, two sessions ACTIVE for it; review r3b: the car was checked only
+        when named, and a start naming its own card, or naming nothing, booked it a
+        second session)."""
+        if vehicle_id is None and chose:
             return
         if vehicle_id is not None and await self.store.find_one(Session, all_of(
                 Eq("vehicle_id", vehicle_id), Eq("state", SessionState.ACTIVE))):
@@ -555,7 +563,7 @@ class CommandService(Service):
         theirs = await self.store.find_all(PendingStart, all_of(
             Eq("user_id", viewer.user_id), live_pending_starts(self.now())), limit=20)
         for pending in theirs:
-            if vehicle_id is None:
+            if not chose:
                 raise await self._card_starting(viewer, pending)  # as the card's own
             if pending.vehicle_id == vehicle_id:
                 [where] = await self.store.get_many(Station, [pending.station_id])
@@ -933,6 +941,8 @@ class CommandService(Service):
             user_id=tag.user_id if tag else None, company_id=company_id,
             station_owner_id=station_owner_id), viewer)
         payload["reservationId"] = reservation.reservation_id
+        # Which of its plugs were free before it: the map hears of those it takes only.
+        were_free = await self.plugs_free(station.id, connector_id)
         await self.commit(viewer, [(Insert(reservation), None)])
         try:
             # Checked again with ours stored: two requests (here or on another instance)
@@ -944,7 +954,8 @@ class CommandService(Service):
             await self.commit(viewer, [(Delete(reservation), reservation)])
             raise
         # It holds its plug from now, answered or not: the live map hears of it.
-        await self.plugs_held(reservation_changed(reservation, station), connector_id)
+        await self.plugs_held(reservation_changed(reservation, station), connector_id,
+                              were_free)
         return reservation
 
     async def _refuse_unusable_tag(self, tag: IdTag, now: datetime) -> None:

@@ -30,9 +30,12 @@ PENDING_START_WINDOW = timedelta(seconds=120)
 
 #: What a connector reports, leaving the Preparing a remote start put it in, when its
 #: charger gave the start up (no car within its ConnectionTimeOut, the start cancelled at
-#: the charger, the plug failing): no StartTransaction will come for it.
-GIVEN_UP = frozenset({ConnectorStatus.AVAILABLE, ConnectorStatus.FAULTED,
-                      ConnectorStatus.UNAVAILABLE})
+#: the charger): no StartTransaction will come for it. Available only: a Faulted or
+#: Unavailable may pass (a ground fault cleared, Preparing again) and the charger still
+#: carry the start out within its ConnectionTimeOut (review r3b: settled on a brief
+#: Faulted, the start's StartTransaction lost the car the driver chose); such a start
+#: holds its card and plug until its window ends.
+GIVEN_UP = frozenset({ConnectorStatus.AVAILABLE})
 
 
 def live_pending_starts(now: datetime) -> Filter:

@@ -1,0 +1,121 @@
+"""Review r3b of c517bb7 (remote starts round 2): each test failed before its fix and
+states what should happen."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from domain import entities as d
+from domain.policy import Viewer
+from domain.query import ALL, Eq, all_of
+from graph.ids import to_global_id
+from ocpp_bridge.simulator import connected
+from tests.ocpp import test_commands
+from tests.ocpp.conftest import STATION_PASSWORD, Central
+from tests.ocpp.test_commands import START, _starts_sent, holding_starts, run, settle
+
+#: Every test runs with the OCPP bridge in this process and relayed from another.
+central = test_commands.central
+
+
+async def _active_for(central: Central, vehicle_id: str) -> list[d.Session]:
+    return await central.store.find_all(d.Session, all_of(
+        Eq("vehicle_id", vehicle_id), Eq("state", d.SessionState.ACTIVE)))
+
+
+# F1: "a car charges one session at a time, whichever of its driver's cards starts it".
+# TAG-OK is linked to the car (conftest). The car charges with TAG-TWO (vehicleId
+# given); then a start with TAG-OK (named) or naming nothing (TAG-OK is picked: the
+# first card not charging nor starting) is sent and its session booked to the same car.
+@pytest.mark.parametrize("second_start", [{"idTag": "TAG-OK"}, {}],
+                         ids=["card-named", "neither-named"])
+async def test_a_car_charging_is_not_booked_again_through_its_own_card(
+        central: Central, second_start: dict[str, Any]) -> None:
+    await central.services.fleet.issue_id_tag(Viewer.of(central.users["driver"]),
+                                              tag="TAG-TWO")
+    car_id = central.vehicles["car"].id
+    car = to_global_id("vehicle", car_id)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.report_all()
+        first = await run(central, START, {"cpId": "CP-1", "connectorId": 1,
+                                           "idTag": "TAG-TWO", "vehicleId": car},
+                          as_user="driver")
+        assert first["status"] == "ACCEPTED", first
+        await cp.starts_answered()
+        await settle()
+        assert len(await _active_for(central, car_id)) == 1
+        second = await run(central, START, {"cpId": "CP-1", "connectorId": 2,
+                                            **second_start}, as_user="driver")
+        await cp.starts_answered()
+        await settle()
+        active = await _active_for(central, car_id)
+        assert len(active) == 1, (second, [(s.connector_id, s.id_tag) for s in active])
+
+
+async def test_a_car_starting_is_not_started_again_through_its_own_card(
+        central: Central) -> None:
+    """The car's remote start is under way with TAG-TWO (vehicleId given); the driver
+    then names TAG-OK, the car's own card: a second start for the same car is sent and
+    stored for that car (two PendingStarts for one car)."""
+    await central.services.fleet.issue_id_tag(Viewer.of(central.users["driver"]),
+                                              tag="TAG-TWO")
+    car_id = central.vehicles["car"].id
+    car = to_global_id("vehicle", car_id)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp, \
+            connected(central.url, "CP-OPEN") as other:
+        holding_starts(cp), holding_starts(other)
+        await cp.report_all()
+        await other.report_all()
+        first = await run(central, START, {"cpId": "CP-1", "connectorId": 1,
+                                           "idTag": "TAG-TWO", "vehicleId": car},
+                          as_user="driver")
+        assert first["status"] == "ACCEPTED", first
+        second = await run(central, START, {"cpId": "CP-OPEN", "connectorId": 1,
+                                            "idTag": "TAG-OK"}, as_user="driver")
+        pending = await central.store.find_all(d.PendingStart, ALL)
+        for_car = [p for p in pending if p.vehicle_id == car_id]
+        assert len(for_car) == 1 and _starts_sent(other) == [], (
+            second, [(p.cp_id, p.id_tag, p.vehicle_id) for p in pending])
+
+
+# F2: documented "a Preparing left from before the start (the car plugged in first)
+# settles nothing" (architecture.md, pending_starts.abandoned). preparing_since is the
+# connector's updated_at, which any later write moves: a charger repeating Preparing
+# (after a reconnect, every few minutes) makes that old Preparing look taken for the start.
+async def test_a_preparing_from_before_the_start_repeated_settles_nothing(
+        central: Central) -> None:
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        holding_starts(cp)
+        await cp.report_all()
+        await cp.status(1, "Preparing")  # the car plugged in first
+        started = await run(central, START, {"cpId": "CP-1", "connectorId": 1},
+                            as_user="driver")
+        assert started["status"] == "ACCEPTED", started
+        await cp.status(1, "Preparing")  # the charger repeats its state
+        await cp.status(1, "Available")
+        [pending] = await central.store.find_all(d.PendingStart, ALL)
+        assert pending.settled_at is None, "settled by a Preparing from before the start"
+
+
+# F2 + F3: a start the charger still carries out after a transient Faulted (the plug
+# recovers within its ConnectionTimeOut) is settled as given up; its StartTransaction
+# then loses the car the driver chose.
+async def test_a_transient_fault_does_not_lose_the_chosen_car(central: Central) -> None:
+    driver = Viewer.of(central.users["driver"])
+    second = await central.services.fleet.add_vehicle(driver, license_plate="B-EV 2")
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        holding_starts(cp)
+        await cp.report_all()
+        started = await run(central, START, {
+            "cpId": "CP-1", "connectorId": 1,
+            "vehicleId": to_global_id("vehicle", second.id)}, as_user="driver")
+        assert started["status"] == "ACCEPTED", started
+        await cp.status(1, "Preparing")
+        await cp.status(1, "Faulted", "GroundFailure")
+        await cp.status(1, "Preparing", "NoError")
+        await cp.start_transaction(1, "TAG-OK")
+        [session] = await central.store.find_all(d.Session, Eq("state",
+                                                                d.SessionState.ACTIVE))
+        assert session.vehicle_id == second.id, "booked to the card's car"
