@@ -1,5 +1,6 @@
-"""Review r3b of 019fae6 (live map: ``free`` on connector status events): each test
-failed before its fix and states what should happen."""
+"""The live map's ``free`` on connector status events (review s23): heard when a session
+starts or ends on a plug, a reservation begins or stops holding one, and only when it
+changes; with or without an event bus."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Review r3b of c517bb7 (remote starts round 2): each test failed before its fix and
-states what should happen."""
+"""Remote starts and the car they book (review s23): a car charges one session at a time
+whichever card starts it; a repeated Preparing or a brief fault does not end a start."""
 
 from __future__ import annotations
 
