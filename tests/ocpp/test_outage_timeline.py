@@ -6,19 +6,17 @@ central systems on real SQLite files, a real ``ocpp`` charge point."""
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
 from ocpp.v16 import call
 
-from domain import entities as d
 from domain.policy import SYSTEM
-from domain.query import Eq
 from ocpp_bridge.simulator import connected
 from tests.helpers import MovedClock
 from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
+from tests.ocpp.test_charger_clock import offline_recorded
 
 AVAILABILITY = """query($from: DateTime!, $to: DateTime!) {
     availability(from: $from, to: $to, groupBy: CONNECTOR) {
@@ -40,23 +38,6 @@ async def availability(central: Central, since: datetime, until: datetime
     data = await central.gql(AVAILABILITY, {"from": iso(since), "to": iso(until)},
                              as_user="admin")
     return {r["connectorId"]: r for r in data["availability"] if r["cpId"] == "CP-1"}
-
-
-async def offline_recorded(central: Central) -> None:
-    for _ in range(250):
-        station = await central.store.find_one(d.Station, Eq("cp_id", "CP-1"))
-        if station is not None and not station.online:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("the disconnect was never recorded")
-
-
-async def dump(central: Central, connector_id: int) -> None:
-    found = await central.store.find_all(d.ConnectorInterval, Eq("cp_id", "CP-1"), limit=100)
-    for i in sorted((i for i in found if i.connector_id == connector_id),
-                    key=lambda i: (i.start, i.end is None)):
-        print(f"  c{connector_id} {i.status.value:10} online={i.online!s:5} known={i.known!s:5}"
-              f" start={i.start} end={i.end} observed_at={i.observed_at}")
 
 
 async def test_a_queue_flushed_to_another_instance_leaves_the_outage_offline(
@@ -91,11 +72,9 @@ async def test_a_queue_flushed_to_another_instance_leaves_the_outage_offline(
             await report(cp, 1, "Available", t)
             await report(cp, 2, "Available", t)
             away = await availability(b, t0 + timedelta(minutes=1), t - timedelta(seconds=1))
-            await dump(b, 2)
     finally:
         await stop_central(b)
         await stop_central(a)
-    print("availability during the outage:", away)
     assert away[2]["availableSeconds"] <= 60, away[2]
     assert away[1]["availableSeconds"] <= 3600 + 60, away[1]
     # As on the instance that knew the clock (f7ea856's own test): the outage is known
@@ -138,13 +117,11 @@ async def test_a_session_queued_through_an_outage_to_another_instance_bills_no_i
             await report(cp, 1, "Finishing", t0 + timedelta(minutes=60))
             await cp.call(call.StopTransaction(meter_stop=1_000, transaction_id=tx,
                                                timestamp=iso(t0 + timedelta(minutes=70))))
-            await dump(b, 1)
         session = await b.session(tx)
     finally:
         await stop_central(b)
         await stop_central(a)
     assert session is not None and session.end_time == t0 + timedelta(minutes=70)
-    print("idle_seconds", session.idle_seconds, "cost_minor", session.cost_minor)
     assert session.idle_seconds == 0
     assert session.cost_minor == 30  # 1 kWh at 0.30, no idle fee
 
@@ -177,8 +154,6 @@ async def test_a_clock_reset_during_an_outage_leaves_the_outage_offline(
             clock.by(later + timedelta(seconds=5))
             away = await availability(central, t0 + timedelta(minutes=1),
                                       t - timedelta(seconds=1))
-            await dump(central, 2)
-    print("availability during the outage:", away)
     for row in away.values():
         assert row["availableSeconds"] <= 60, row
 
@@ -218,8 +193,6 @@ async def test_a_fault_the_charger_queued_through_an_outage_keeps_its_hour(
             clock.by(later + timedelta(seconds=5))
             data = await central.gql(FAULTS, {"from": iso(t0), "to": iso(t + timedelta(
                 minutes=1))}, as_user="admin")
-            await dump(central, 1)
     groups = [g for g in data["faultReports"]["groups"] if g["errorCode"] == "GroundFailure"]
-    print("fault groups:", groups)
     assert len(groups) == 1 and groups[0]["count"] == 1
     assert abs(groups[0]["totalDurationSeconds"] - 3600) <= 60, groups[0]
