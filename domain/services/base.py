@@ -125,6 +125,14 @@ def owned_by(station: Station) -> dict[str, Any]:
             "on_map": station.registration is Registration.ACCEPTED}
 
 
+def owned_as(event: DomainEvent) -> dict[str, Any]:
+    """``owned_by`` of the station ``event`` is about, as the event carries it: for an
+    event that follows another (``Service.plugs_held``)."""
+    return {"station_id": event.station_id, "cp_id": event.cp_id,
+            "company_id": event.company_id, "owner_id": event.owner_id,
+            "on_map": event.on_map}
+
+
 async def reserved_for_card(store: Store, reservation: Reservation, presented: str,
                             card: IdTag | None) -> bool:
     """Whether ``reservation`` holds its plug for the card presented (OCPP 1.6, 5.13):
@@ -295,7 +303,7 @@ class Service:
             except Exception:
                 log.exception("publishing %s failed", event.topic)
         if isinstance(event, ReservationChanged) and event.state not in _HOLDING:
-            await self.plugs_held(event, event.connector_id)
+            await self.plugs_held(owned_as(event), event.connector_id, at=event.at)
 
     async def _with_free(self, event: ConnectorStatusChanged) -> ConnectorStatusChanged:
         """``event`` with ``free`` as the plug reads now: without a read when its status
@@ -327,26 +335,30 @@ class Service:
         return all_of(Eq("station_id", station_id),
                       Eq("connector_id", connector_id) if connector_id else None)
 
-    async def plugs_held(self, of: DomainEvent, connector_id: int,
-                         were_free: Collection[str] = frozenset()) -> None:
+    async def plugs_held(self, owned: dict[str, Any], connector_id: int,
+                         were_free: Collection[str] = frozenset(),
+                         at: datetime | None = None) -> None:
         """Publishes a ``ConnectorStatusChanged`` (its status unchanged, ``free`` as it
-        reads now) for each plug of ``connector_id`` on ``of``'s station (every plug of
-        the station for connector 0) whose ``free`` a change just turned: free now and
-        not among ``were_free`` (the record ids of those free before it, ``plugs_free``;
-        none for a change that ends what held them), or the other way round. For the
+        reads now) for each plug of ``connector_id`` on the station ``owned`` names
+        (``owned_by``; every plug of the station for connector 0) whose ``free`` a change
+        just turned: free now and not among ``were_free`` (the record ids of those free
+        before it, ``plugs_free``; none for a change that ends what held them), or the
+        other way round. For the
         live map, whenever a reservation begins or stops holding (stored PENDING:
         ``CommandService._new_reservation``; REJECTED, USED, CANCELLED, EXPIRED:
         ``publish``) or a session starts or ends (``ChargingService``), as the charger
         may report nothing (no Reserved; Available before the StopTransaction; a
         StartTransaction with no Preparing). Only on a change: a plug taken anyway (a
         refused reservation of a charging plug) tells the map nothing, and nobody of a
-        reservation attempt (review r3b). Carries the station's ownership from ``of``
-        and nothing of what changed, so it is as public as any status event. Each
+        reservation attempt (review r3b). Carries the station's ownership (``owned``)
+        and nothing of what changed, so it is as public as any status event; dated by
+        the status it repeats, else ``at`` (the change's), else now. Each
         instance publishes those of its own changes, and they reach the others by the
         bus as any event."""
-        if of.station_id is None:
+        station_id = owned["station_id"]
+        if station_id is None:
             return
-        where = self._plugs(of.station_id, connector_id)
+        where = self._plugs(station_id, connector_id)
         try:
             if were_free:
                 plugs = await self.store.find_all(Connector, where)
@@ -358,17 +370,14 @@ class Service:
                     Connector, all_of(where, connectors_free(self.now())))
                 free = {c.id for c in plugs}
         except Exception:
-            log.exception("reading the plugs of station %s failed", of.station_id)
+            log.exception("reading the plugs of station %s failed", station_id)
             return
         plugs = [p for p in plugs if (p.id in free) != (p.id in were_free)]
-        owned: dict[str, Any] = {"station_id": of.station_id, "cp_id": of.cp_id,
-                 "company_id": of.company_id, "owner_id": of.owner_id,
-                 "on_map": of.on_map}
         for plug in plugs:
             # Dated by the status it repeats (a client keeps it as ``statusAt``, and
             # skips as stale only an event older than that).
             await self.publish(ConnectorStatusChanged(
-                **owned, at=plug.status_at or of.at, connector_record_id=plug.id,
+                **owned, at=plug.status_at or at or self.now(), connector_record_id=plug.id,
                 connector_id=plug.connector_id, status=plug.status.value,
                 error_code=plug.error_code, info=plug.info,
                 vendor_error_code=plug.vendor_error_code, free=plug.id in free))

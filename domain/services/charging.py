@@ -870,7 +870,7 @@ class ChargingService(ChargerConnections):
             await self.publish(payment_changed(payment, reprice_change(payment)))
         await self.publish(self._session_event(station, session, "STARTED"))
         if were_free:  # else taken before, and taken still: nothing changed
-            await self.plugs_held(DomainEvent(**owned_by(station)), connector_id, were_free)
+            await self.plugs_held(owned_by(station), connector_id, were_free)
         return session.transaction_id, info
 
     async def _still_registered(self, cp_id: str) -> Station:
@@ -1895,7 +1895,7 @@ class ChargingService(ChargerConnections):
         await self.session_updates.end(closed.id)
         self.cache.remember(closed)
         await self.publish(self._session_event(station, closed, "ENDED"))
-        await self.plugs_held(DomainEvent(**owned_by(station)), closed.connector_id)
+        await self.plugs_held(owned_by(station), closed.connector_id)
 
     def _session_event(self, station: Station, session: Session, change: str
                        ) -> SessionChanged:

@@ -954,8 +954,7 @@ class CommandService(Service):
             await self.commit(viewer, [(Delete(reservation), reservation)])
             raise
         # It holds its plug from now, answered or not: the live map hears of it.
-        await self.plugs_held(reservation_changed(reservation, station), connector_id,
-                              were_free)
+        await self.plugs_held(owned_by(station), connector_id, were_free)
         return reservation
 
     async def _refuse_unusable_tag(self, tag: IdTag, now: datetime) -> None:
