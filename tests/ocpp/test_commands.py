@@ -2578,20 +2578,27 @@ async def test_a_sessions_car_is_still_its_drivers_when_the_start_comes(central:
             await cp.stop_transaction(connector)
 
 
+async def started_for_a_second_car(central: Central, cp: Any) -> d.Vehicle:
+    """The driver's second car (no card linked to it), remote started on CP-1's plug 1,
+    which holds the start (``holding_starts``): the StartTransaction is the test's."""
+    second = await central.services.fleet.add_vehicle(
+        Viewer.of(central.users["driver"]), license_plate="B-EV 2")
+    holding_starts(cp)
+    await cp.report_all()
+    started = await run(central, START, {
+        "cpId": "CP-1", "connectorId": 1,
+        "vehicleId": to_global_id("vehicle", second.id)}, as_user="driver")
+    assert started["status"] == "ACCEPTED", started
+    return second
+
+
 async def test_a_start_carried_out_on_the_plug_beside_keeps_its_car(central: Central
                                                                     ) -> None:
     """Review of 1c05ebe (F4): started for their second car on plug 1, the driver plugs
     into plug 2 and taps the card there. The session was booked to the card's car and
     the start on plug 1 left unsettled, holding the card after that session ended."""
-    driver = Viewer.of(central.users["driver"])
-    second = await central.services.fleet.add_vehicle(driver, license_plate="B-EV 2")
     async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
-        holding_starts(cp)
-        await cp.report_all()
-        started = await run(central, START, {
-            "cpId": "CP-1", "connectorId": 1,
-            "vehicleId": to_global_id("vehicle", second.id)}, as_user="driver")
-        assert started["status"] == "ACCEPTED", started
+        second = await started_for_a_second_car(central, cp)
         await cp.start_transaction(2, "TAG-OK")
         [session] = await central.store.find_all(d.Session, Eq("state",
                                                                 d.SessionState.ACTIVE))

@@ -14,7 +14,14 @@ from graph.ids import to_global_id
 from ocpp_bridge.simulator import connected
 from tests.ocpp import test_commands
 from tests.ocpp.conftest import STATION_PASSWORD, Central
-from tests.ocpp.test_commands import START, _starts_sent, holding_starts, run, settle
+from tests.ocpp.test_commands import (
+    START,
+    _starts_sent,
+    holding_starts,
+    run,
+    settle,
+    started_for_a_second_car,
+)
 
 #: Every test runs with the OCPP bridge in this process and relayed from another.
 central = test_commands.central
@@ -103,15 +110,8 @@ async def test_a_preparing_from_before_the_start_repeated_settles_nothing(
 # recovers within its ConnectionTimeOut) is settled as given up; its StartTransaction
 # then loses the car the driver chose.
 async def test_a_transient_fault_does_not_lose_the_chosen_car(central: Central) -> None:
-    driver = Viewer.of(central.users["driver"])
-    second = await central.services.fleet.add_vehicle(driver, license_plate="B-EV 2")
     async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
-        holding_starts(cp)
-        await cp.report_all()
-        started = await run(central, START, {
-            "cpId": "CP-1", "connectorId": 1,
-            "vehicleId": to_global_id("vehicle", second.id)}, as_user="driver")
-        assert started["status"] == "ACCEPTED", started
+        second = await started_for_a_second_car(central, cp)
         await cp.status(1, "Preparing")
         await cp.status(1, "Faulted", "GroundFailure")
         await cp.status(1, "Preparing", "NoError")
