@@ -22,7 +22,8 @@ class ByTime:
     With ``size_s``: key = floor((epoch seconds + offset - origin_s) / size_s), where the
     offset is the one of the last ``offsets`` entry whose instant is <= the value (the first
     entry's offset applies before it too). With ``boundaries`` instead: key = index of the
-    last boundary <= the value (values before the first boundary get key 0).
+    last boundary <= the value (values before the first boundary get key 0). A null value
+    is in no bucket: its record is left out (``Store.aggregate``).
     """
 
     field: str

@@ -186,7 +186,9 @@ class Store(Protocol):
                         metrics: Mapping[str, Metric]) -> list[dict[str, Any]]:
         """One row per group: keys ``g0``, ``g1``, … (domain values; ``ByTime`` gives int
         bucket keys) and one key per metric (``Count``/``Sum``: numbers, ``Min``/``Max``:
-        domain values, ``OverlapSeconds``: float seconds). Computed in the database."""
+        domain values, ``OverlapSeconds``: float seconds). Computed in the database.
+        A record whose ``ByTime`` field is null is in no time bucket: it is left out of
+        such an aggregate (not counted in bucket 0 or the last)."""
 
 
 class PasswordHasher(Protocol):

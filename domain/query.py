@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import json
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -55,10 +56,50 @@ class Range:
 @dataclass(frozen=True, slots=True)
 class Search:
     """Case-insensitive substring match of ``text`` in any of ``fields`` (literal, not a
-    pattern: ``%``, ``_``, ``.`` and friends match themselves)."""
+    pattern: ``%``, ``_``, ``.`` and friends match themselves): the field's text folded
+    (``search_folded``) contains the folded ``text``. Only the fields ``SEARCHED`` lists
+    for the kind may be searched; a store refuses others (``ValueError``)."""
 
     fields: tuple[str, ...]
     text: str
+
+
+#: The fields ``Search`` looks in, by kind: the ones the API searches
+#: (``graph/filters.py``). MongoDB keeps their text folded beside them
+#: (``store/mongo/codec.py``), so searching another field is a programming error on
+#: every store, not a search that works on one of them only.
+SEARCHED: dict[str, frozenset[str]] = {
+    "company": frozenset({"name"}),
+    "user": frozenset({"name", "email"}),
+    "vehicle": frozenset({"license_plate", "make", "model", "plate_key"}),
+    "id_tag": frozenset({"tag"}),
+    "station": frozenset({"name", "cp_id", "address"}),
+}
+
+
+def searched_fields(kind: str, fields: Sequence[str]) -> tuple[str, ...]:
+    """``fields`` of a ``Search`` on ``kind``, each checked against ``SEARCHED``."""
+    allowed = SEARCHED.get(kind, frozenset())
+    for name in fields:
+        if name not in allowed:
+            raise ValueError(f"{kind} field {name!r} is not searchable (domain.query.SEARCHED)")
+    return tuple(fields)
+
+
+def search_folded(text: str) -> str:
+    """``text`` as ``Search`` compares it, the one folding every store applies to the
+    needle and the searched text alike: compatibility forms unfolded (NFKC: a full-width
+    "Ｍ" is an "m", "ﬁ" is "fi"), then Unicode case folding, which also makes "ß" "ss" and
+    the Greek final sigma "ς" a "σ" (lower-casing alone left "ΟΔΟΣ" as "οδος", which did
+    not find "ΟΔΟΣΤΡΩΜΑ 12"), then NFKC again (folding may decompose). The Turkish "İ" folds to
+    "i" and a combining dot above, and "ı" to itself: both are made a plain "i", so
+    "istanbul" finds "İstanbul" and "KADIKÖY" finds "Kadıköy" (and "kadikoy" finds it
+    too). Exact and server-independent: a store compares the folded texts case-sensitively
+    and never needs its own idea of case (MongoDB's PCRE2 has no "İ"/"i" pair)."""
+    if text.isascii():
+        return text.lower()  # the same as below for ASCII, and most text is
+    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
+    return folded.replace("i\u0307", "i").replace("\u0131", "i")
 
 
 @dataclass(frozen=True, slots=True)

@@ -89,6 +89,14 @@ def _metric(kind: type[Record], metric: Metric) -> Any:
     raise TypeError(f"not a metric: {metric!r}")
 
 
+def bucketed(kind: type[Record], group: Sequence[Group]) -> dict[str, Any] | None:
+    """The filter keeping records out whose time bucket field is null (or missing): they
+    are in no bucket (``Store.aggregate``)."""
+    present = {storage_name(spec_of(kind, g.field).name): {"$ne": None}
+               for g in group if isinstance(g, ByTime)}
+    return present or None
+
+
 def pipeline(kind: type[Record], matching: Sequence[dict[str, Any]], group: Sequence[Group],
              metrics: Mapping[str, Metric]) -> list[dict[str, Any]]:
     """``matching``: the stages selecting the documents (``Query.pipeline()``)."""

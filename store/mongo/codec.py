@@ -3,11 +3,20 @@
 ==========  ==============================================================
 id fields   ``ObjectId`` (``id`` is stored as ``_id``)
 datetime    BSON date (UTC; BSON keeps milliseconds, as the domain does)
-decimal     exact text, plus a numeric shadow ``_n_<field>`` that Range and sort use
-            (``Decimal128`` would do both, but mongomock cannot compare it)
+decimal     exact text, plus a numeric shadow ``_n_<field>`` that Eq, In, Range and
+            sort use (``Decimal128`` would do both, but mongomock cannot compare it)
 enum        the member's value
 json        embedded document
 ==========  ==============================================================
+
+A searched text field (``domain.query.SEARCHED``) also carries a folded shadow
+``_f_<field>``: its text as ``domain.query.search_folded`` folds it (null for null), which
+``Search`` matches with a case-sensitive regex of the folded needle. The server's regex
+engine then never decides what case is: PCRE2's caseless matching has no "İ"/"i" pair
+(a real server's "istanbul" missed "İstanbul", which mongomock, using Python's ``re``,
+found), and SQLite folds the same way (``store/sqlite/sql_filter.py``). Every write
+derives it from the field (``to_doc``, ``written_names``); ``migrations._search_folded``
+fills it in for documents stored before.
 
 Stations also carry ``_geo``, the unit vector of their position: "within r km of P" is then
 ``|_geo - P|² <= (2 sin(r / 2R))²`` (the squared chord), exact at a metre as at a continent
@@ -28,6 +37,7 @@ from bson import Decimal128, ObjectId
 
 from domain import geo
 from domain.entities import Record
+from domain.query import SEARCHED, search_folded
 from store import fields
 from store.fields import FieldSpec, build, checked_scalar
 
@@ -111,6 +121,16 @@ def shadow(spec: FieldSpec) -> str:
     return f"_n_{spec.name}" if spec.category == "decimal" else storage_name(spec.name)
 
 
+def folded_name(field: str) -> str:
+    """The stored name of searched field ``field``'s folded shadow."""
+    return f"_f_{field}"
+
+
+def folded(value: Any) -> str | None:
+    """A searched field's value as its folded shadow holds it."""
+    return search_folded(value) if isinstance(value, str) else None
+
+
 def compared(spec: FieldSpec, value: Any) -> Any:
     """A filter or cursor value in the form ``shadow(spec)`` holds."""
     if spec.category == "decimal" and value is not None:
@@ -154,6 +174,8 @@ def to_doc(record: Record) -> dict[str, Any]:
         doc[storage_name(spec.name)] = encode(spec, value)
         if spec.category == "decimal":
             doc[shadow(spec)] = compared(spec, value)
+    for name in SEARCHED.get(record.kind, ()):
+        doc[folded_name(name)] = folded(getattr(record, name))
     lat, lon = doc.get("lat"), doc.get("lon")
     if _has_geo(record) and lat is not None and lon is not None:
         doc[GEO] = unit_vector(lat, lon)
@@ -162,13 +184,15 @@ def to_doc(record: Record) -> dict[str, Any]:
 
 def written_names(record: Record, fields: frozenset[str]) -> set[str]:
     """The stored names a partial update of ``fields`` writes: the fields themselves, a
-    decimal's numeric shadow, and a station's ``_geo`` when its position moves."""
+    decimal's numeric shadow, a searched field's folded one, and a station's ``_geo``
+    when its position moves."""
     specs = spec_by_name(type(record))
     unknown = fields - specs.keys()
     if unknown or "id" in fields:
         raise ValueError(f"cannot update {sorted(unknown or {'id'})} of {record.kind}")
     names = {storage_name(name) for name in fields}
     names |= {shadow(specs[name]) for name in fields if specs[name].category == "decimal"}
+    names |= {folded_name(name) for name in fields & SEARCHED.get(record.kind, frozenset())}
     if _has_geo(record) and {"lat", "lon"} & fields:
         names.add(GEO)
     return names

@@ -23,11 +23,14 @@ from bson import ObjectId
 from pymongo import ReturnDocument
 
 from domain.entities import ENTITY_BY_KIND, Payment, Refund, Session
+from domain.query import SEARCHED
 from domain.services.configuration import MAX_KEYS
 from domain.validation import name_key
 from store.mongo.codec import (
     compared,
     encode,
+    folded,
+    folded_name,
     from_doc,
     shadow,
     spec_of,
@@ -61,9 +64,11 @@ async def _plate_keys(db: Any) -> None:
         if not docs:
             break
         for doc in docs:
+            plate = doc["license_plate"]
             await db["vehicle"].update_one(
                 {"_id": doc["_id"], "plate_key": {"$exists": False}},
-                {"$set": {"plate_key": doc["license_plate"], MARK: ObjectId()}})
+                {"$set": {"plate_key": plate, folded_name("plate_key"): folded(plate),
+                          MARK: ObjectId()}})
 
 
 async def _unique_company_names(db: Any) -> None:
@@ -74,8 +79,9 @@ async def _unique_company_names(db: Any) -> None:
         {"$match": {"n": {"$gt": 1}}}])).to_list(None)
     for group in duplicates:
         for extra in sorted(group["ids"])[1:]:
+            name = f"{group['_id']} ({extra})"
             await db["company"].update_one(
-                {"_id": extra}, {"$set": {"name": f"{group['_id']} ({extra})",
+                {"_id": extra}, {"$set": {"name": name, folded_name("name"): folded(name),
                                           MARK: ObjectId()}})
 
 
@@ -101,6 +107,43 @@ async def migrate(db: Any) -> None:
     # After ``refund_records``: the refunds it made copied their payments' books.
     await _once(db, "company_books_without_owner", _company_books_without_owner)
     await _once(db, "payment_plugs", _payment_plugs)
+    # After ``plate_keys`` (``before_indexes``), which fills a field searched.
+    for kind, fields in sorted(SEARCHED.items()):
+        for name in sorted(fields):
+            await _once(db, f"search_folded_{kind}_{name}", _search_folding(kind, name))
+
+
+def _search_folding(kind: str, name: str) -> Callable[[Any], Awaitable[None]]:
+    async def fill(db: Any) -> None:
+        await _search_folded(db, kind, name)
+    return fill
+
+
+async def _search_folded(db: Any, kind: str, name: str) -> None:
+    """Searched fields carry their folded text beside them (``codec.folded_name``), which
+    ``Search`` matches: documents stored before get it here, else no search would find
+    them. One step per field, so a field searched later gets its own. Marked by the
+    shadow itself: new documents always carry it, possibly null. Each is written only
+    while it still lacks the shadow and holds the text it was folded from (an instance
+    of the version before may rename it meanwhile, in a rolling upgrade; what it writes
+    after the step is found again once a later version writes the record)."""
+    shadow_name = folded_name(name)
+    last: Any = None
+    while True:
+        query: dict[str, Any] = {shadow_name: {"$exists": False}}
+        if last is not None:
+            query["_id"] = {"$gt": last}
+        docs = await db[kind].find(query, {name: 1}).sort([("_id", 1)]).limit(
+            BATCH).to_list()
+        if not docs:
+            break
+        # On by id: one skipped (renamed meanwhile) is not read again and again.
+        last = docs[-1]["_id"]
+        for doc in docs:
+            value = doc.get(name)
+            await db[kind].update_one(
+                {"_id": doc["_id"], shadow_name: {"$exists": False}, name: value},
+                {"$set": {shadow_name: folded(value), MARK: ObjectId()}})
 
 
 #: The fields added with a default to a kind that had documents already: (kind, field).

@@ -39,11 +39,14 @@ from domain.query import (
     Search,
     Sort,
     Sub,
+    search_folded,
+    searched_fields,
 )
 from store.fields import FieldSpec
 from store.mongo.codec import (
     EARTH_RADIUS_KM,
     compared,
+    folded_name,
     shadow,
     spec_of,
     storage_name,
@@ -202,10 +205,13 @@ class FilterCompiler:
                     return NEVER
                 return {shadow(spec): bounds} if bounds else {}
             case Search(fields=names, text=text):
+                names = searched_fields(kind.kind, names)
                 if not names:
                     return NEVER  # an OR over no fields (MongoDB refuses an empty $or)
-                pattern = {"$regex": re.escape(text), "$options": "i"}
-                return {"$or": [{storage_name(spec_of(kind, n).name): pattern}
+                # The folded shadows, case-sensitively (no "i" option): the server's
+                # regex engine folds case otherwise than the domain (codec's note).
+                pattern = {"$regex": re.escape(search_folded(text))}
+                return {"$or": [{folded_name(spec_of(kind, n).name): pattern}
                                 for n in names]}
             case Near():
                 return self._near(where)

@@ -242,7 +242,8 @@ class MongoStore:
         if query.never:
             rows: list[dict[str, Any]] = []
         else:
-            stages = aggregate.pipeline(kind, query.pipeline(), group, metrics)
+            stages = aggregate.pipeline(
+                kind, query.pipeline(aggregate.bucketed(kind, group)), group, metrics)
             rows = await self._aggregate(kind, stages)
         if not group and not rows:
             rows = [{}]  # SQL's one row of zeros over no matches

@@ -107,6 +107,9 @@ def build_query(kind: type[Record], where: Any, group: Sequence[Group],
     values = [f"{_metric(kind, m, select_params)} AS {quote(name)}"
               for name, m in metrics.items()]
     where_sql, where_params = compile_where(kind, where)
+    # A record whose bucket field is null is in no time bucket (``Store.aggregate``).
+    where_sql = " AND ".join([where_sql, *(f"{column('t0', g.field)} IS NOT NULL"
+                                           for g in group if isinstance(g, ByTime))])
     sql = f"SELECT {', '.join(keys + values)} FROM {quote(kind.kind)} AS t0 WHERE {where_sql}"
     if keys:
         sql += " GROUP BY " + ", ".join(f"g{i}" for i in range(len(keys)))

@@ -20,7 +20,20 @@ import math
 
 from domain.entities import Record
 from domain.geo import EARTH_RADIUS_KM, distance_km
-from domain.query import And, Eq, Filter, In, Near, NotSub, Or, Range, Search, Sub
+from domain.query import (
+    And,
+    Eq,
+    Filter,
+    In,
+    Near,
+    NotSub,
+    Or,
+    Range,
+    Search,
+    Sub,
+    search_folded,
+    searched_fields,
+)
 from store.fields import FieldSpec
 from store.sqlite.codec import SqlValue, encode, kind_of, quote, spec_of
 
@@ -29,9 +42,10 @@ FALSE = "0"
 
 #: Name of the SQL function computing great-circle distances (registered per connection).
 HAVERSINE = "haversine_km"
-#: Name of the SQL function lower-casing text Unicode-aware. SQLite's own ``lower`` only
-#: folds ASCII, so "MÜLLER" would not find "Müller".
-UNICODE_LOWER = "unicode_lower"
+#: Name of the SQL function folding text as ``Search`` compares it
+#: (``domain.query.search_folded``). SQLite's own ``lower`` only folds ASCII, so "MÜLLER"
+#: would not find "Müller".
+SEARCH_FOLDED = "search_folded"
 
 
 def haversine_km(lat1: float | None, lon1: float | None, lat2: float | None,
@@ -44,10 +58,12 @@ def haversine_km(lat1: float | None, lon1: float | None, lat2: float | None,
     return distance_km(lat1, lon1, lat2, lon2)
 
 
-def unicode_lower(text: str | None) -> str | None:
-    # "İ" (Turkish dotted capital I) is the one letter whose lower case is two code points,
-    # "i" and a combining dot: folded to a plain "i", "istanbul" finds "İstanbul".
-    return text.lower().replace("i\u0307", "i") if isinstance(text, str) else None
+def search_folded_sql(text: str | None) -> str | None:
+    """The SQL function ``SEARCH_FOLDED``: the domain's folding, NULL for NULL (and for
+    anything not text, which no searched column holds)."""
+    # The domain's function itself: both stores fold alike, and this one with MongoDB's
+    # folded shadows (store/mongo/codec.py).
+    return search_folded(text) if isinstance(text, str) else None
 
 
 def column(alias: str, name: str) -> str:
@@ -55,8 +71,9 @@ def column(alias: str, name: str) -> str:
 
 
 def sortable(spec: FieldSpec, sql: str) -> str:
-    """``sql`` (a column or a ``?``) as compared in ranges and orderings. Decimals are stored
-    as exact TEXT, which would order "10" before "9"; they compare as numbers instead."""
+    """``sql`` (a column or a ``?``) as compared in equality, ranges and orderings. Decimals
+    are stored as exact TEXT, which would order "10" before "9" and tell "0.390" from
+    "0.39"; they compare as numbers instead."""
     return f"CAST({sql} AS REAL)" if spec.category == "decimal" else sql
 
 
@@ -110,16 +127,20 @@ def _eq(kind: type[Record], node: Eq, alias: str, params: list[SqlValue]) -> str
     spec = spec_of(kind, node.field)
     if node.value is None:
         return f"{column(alias, spec.name)} IS NULL"
-    return f"{column(alias, spec.name)} = {_value(spec, node.value, params)}"
+    # By number for a decimal (``sortable``), as MongoDB compares its numeric shadow: as
+    # text, "0.390" is not "0.39".
+    return (f"{sortable(spec, column(alias, spec.name))} = "
+            f"{sortable(spec, _value(spec, node.value, params))}")
 
 
 def _in(kind: type[Record], node: In, alias: str, params: list[SqlValue]) -> str:
     spec = spec_of(kind, node.field)
     col = column(alias, spec.name)
-    values = [_value(spec, v, params) for v in node.values if v is not None]
+    # Decimals by number, as in ``_eq``.
+    values = [sortable(spec, _value(spec, v, params)) for v in node.values if v is not None]
     parts = []
     if values:
-        parts.append(f"{col} IN ({', '.join(values)})")
+        parts.append(f"{sortable(spec, col)} IN ({', '.join(values)})")
     if len(values) < len(node.values):  # a None among the values: "or is null", like Eq
         parts.append(f"{col} IS NULL")
     if not parts:
@@ -142,13 +163,13 @@ def _range(kind: type[Record], node: Range, alias: str, params: list[SqlValue]) 
 
 def _search(kind: type[Record], node: Search, alias: str, params: list[SqlValue]) -> str:
     # instr() takes the needle literally, so % _ . * in the text match only themselves
-    # (LIKE would need escaping). The needle is lower-cased once, here, not per row.
-    needle = unicode_lower(node.text)
+    # (LIKE would need escaping). The needle is folded once, here, not per row.
+    needle = search_folded(node.text)
     parts = []
-    for name in node.fields:
+    for name in searched_fields(kind.kind, node.fields):
         spec = spec_of(kind, name)
         params.append(needle)
-        parts.append(f"instr({UNICODE_LOWER}({column(alias, spec.name)}), ?) > 0")
+        parts.append(f"instr({SEARCH_FOLDED}({column(alias, spec.name)}), ?) > 0")
     if not parts:
         return FALSE
     return parts[0] if len(parts) == 1 else "(" + " OR ".join(parts) + ")"

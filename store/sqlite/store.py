@@ -52,11 +52,11 @@ from store.sqlite.migrations import apply_migrations
 from store.sqlite.reader import InlineReader, open_inline_reader
 from store.sqlite.sql_filter import (
     HAVERSINE,
-    UNICODE_LOWER,
+    SEARCH_FOLDED,
     column,
     compile_where,
     haversine_km,
-    unicode_lower,
+    search_folded_sql,
 )
 from store.sqlite.writer import Writer
 
@@ -66,7 +66,7 @@ _Statement = tuple[str, tuple[SqlValue, ...], Change | None]
 _GuardQuery = tuple[str, list[SqlValue], Guard]
 
 #: The SQL functions our filters use, registered on every read connection.
-SQL_FUNCTIONS = ((HAVERSINE, 4, haversine_km), (UNICODE_LOWER, 1, unicode_lower))
+SQL_FUNCTIONS = ((HAVERSINE, 4, haversine_km), (SEARCH_FOLDED, 1, search_folded_sql))
 
 
 @per_kind

@@ -5,7 +5,16 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from domain.aggregation import ByField, ByTime, Count, Max, Min, OverlapSeconds, Sum
+from domain.aggregation import (
+    ByField,
+    ByTime,
+    Count,
+    Max,
+    Metric,
+    Min,
+    OverlapSeconds,
+    Sum,
+)
 from domain.entities import (
     ConnectorInterval,
     ConnectorStatus,
@@ -180,3 +189,35 @@ async def test_time_buckets_floor_before_their_origin(store: Store) -> None:
     rows = await store.aggregate(MeterSample, Eq("cp_id", "HOUR"), [hour],
                                  {"wh": Sum("delta_wh")})
     assert [(r["g0"], r["wh"]) for r in rows] == [(-1, 40)]
+
+
+async def test_a_record_whose_bucket_field_is_null_is_in_no_time_bucket(store: Store
+                                                                        ) -> None:
+    """``Store.aggregate``: an active session (``end_time`` null) bucketed by its end is
+    left out. SQLite put it in the last of the boundaries' buckets and failed on a
+    fixed size's (a null key); MongoDB put it in bucket 0."""
+    station = new_id()
+
+    def ended(transaction_id: int, hours: float | None) -> Session:
+        return Session(transaction_id=transaction_id, station_id=station, cp_id="A",
+                       connector_id=transaction_id, id_tag="T", start_time=T0,
+                       meter_start_wh=0, energy_wh=100 * transaction_id,
+                       end_time=T0 + timedelta(hours=hours) if hours is not None else None,
+                       state=SessionState.COMPLETED if hours is not None
+                       else SessionState.ACTIVE)
+
+    await put(store, ended(1, 2), ended(2, 30), ended(3, None))
+    metrics: dict[str, Metric] = {"n": Count(), "wh": Sum("energy_wh")}
+    days = ByTime("end_time", boundaries=(T0, T0 + timedelta(days=1)))
+    rows = await store.aggregate(Session, ALL, [days], metrics)
+    assert {r["g0"]: (r["n"], r["wh"]) for r in rows} == {0: (1, 100), 1: (1, 200)}
+
+    sized = ByTime("end_time", size_s=86400, origin_s=int(T0.timestamp()))
+    rows = await store.aggregate(Session, ALL, [sized], metrics)
+    assert {r["g0"]: (r["n"], r["wh"]) for r in rows} == {0: (1, 100), 1: (1, 200)}
+
+    by_plug = await store.aggregate(Session, ALL, [ByField("connector_id"), sized], metrics)
+    assert {(r["g0"], r["g1"]): r["n"] for r in by_plug} == {(1, 0): 1, (2, 1): 1}
+    only_active = await store.aggregate(Session, Eq("state", SessionState.ACTIVE), [sized],
+                                        metrics)
+    assert only_active == []

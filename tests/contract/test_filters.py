@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
 from types import SimpleNamespace
 
 import pytest
@@ -20,9 +22,10 @@ from domain.entities import (
     Session,
     SessionState,
     Station,
+    Tariff,
     User,
 )
-from domain.ports import Store
+from domain.ports import Store, Update
 from domain.query import (
     ALL,
     NONE,
@@ -50,6 +53,7 @@ from tests.contract.factories import (
     put,
     session,
     station,
+    tariff,
     user,
 )
 
@@ -94,6 +98,27 @@ async def test_in_matches_any_value_and_empty_in_matches_nothing(store: Store) -
     assert await matching(store, Station, In("name", ("A", "C", "Z"))) == {a.id, c.id}
     assert await matching(store, Station, In("id", (b.id,))) == {b.id}
     assert await matching(store, Station, In("name", ())) == set()
+
+
+async def test_eq_and_in_compare_decimals_by_value(store: Store) -> None:
+    """``domain.query``: decimals compare by numeric value in every backend. SQLite
+    compared their exact text: "0.390" was not Eq 0.39 (MongoDB, by its numeric
+    shadow, found it)."""
+    trailing = tariff(price_per_kwh=Decimal("0.390"))
+    whole = tariff(price_per_kwh=Decimal("1.00"))
+    other = tariff(price_per_kwh=Decimal("0.391"))
+    await put(store, trailing, whole, other)
+
+    assert await matching(store, Tariff, Eq("price_per_kwh", Decimal("0.39"))) == {
+        trailing.id}
+    assert await matching(store, Tariff, Eq("price_per_kwh", Decimal("0.3900"))) == {
+        trailing.id}
+    assert await matching(store, Tariff, Eq("price_per_kwh", Decimal("1"))) == {whole.id}
+    assert await matching(store, Tariff, In("price_per_kwh", (Decimal("0.39"), Decimal("1"),
+                                                              None))) == {
+        trailing.id, whole.id}
+    assert await matching(store, Tariff, In("price_per_kwh", (Decimal("0.3910"),))) == {
+        other.id}
 
 
 async def test_in_with_enum_values(store: Store) -> None:
@@ -195,6 +220,62 @@ async def test_search_folds_non_ascii_case(store: Store) -> None:
     await put(store, istanbul)
     for needle in ("istanbul", "ISTANBUL", "İstanbul"):
         assert await matching(store, User, Search(("name",), needle)) == {istanbul.id}, needle
+
+
+async def test_search_folds_turkish_i_and_greek_sigma_both_ways(store: Store) -> None:
+    """One folding on both stores (``domain.query.search_folded``), not the database's:
+    a real MongoDB's regex engine (PCRE2) has no "İ"/"i" nor "ı"/"I" pair, which
+    mongomock (Python's ``re``) hid, and lower-casing kept a final "ς" apart from "σ"."""
+    dotted = station(name="İstanbul Merkez", address="Kadıköy")
+    plain = station(name="ISTANBUL HAVALIMANI", address="KADIKÖY İSKELE")
+    capital = station(name="ΟΔΟΣΤΡΩΜΑ 12", address=None)
+    final = station(name="Στάση", address="οδος 5")
+    await put(store, dotted, plain, capital, final)
+
+    for needle in ("istanbul", "ISTANBUL", "İstanbul", "İSTANBUL", "ıstanbul"):
+        assert await matching(store, Station, Search(("name",), needle)) == {
+            dotted.id, plain.id}, needle
+    for needle in ("kadıköy", "KADIKÖY", "Kadıköy", "KADİKÖY", "kadiköy"):
+        assert await matching(store, Station, Search(("address",), needle)) == {
+            dotted.id, plain.id}, needle
+    assert await matching(store, Station, Search(("address",), "iskele")) == {plain.id}
+    assert await matching(store, Station, Search(("name",), "havalımanı")) == {plain.id}
+    # A final sigma finds the medial one and back: "ΟΔΟΣ" is "οδος" lower-cased.
+    for needle in ("ΟΔΟΣ", "οδος", "οδοσ", "Οδοσ"):
+        assert await matching(store, Station, Search(("name", "address"), needle)) == {
+            capital.id, final.id}, needle
+    assert await matching(store, Station, Search(("name",), "ΣΤΆΣΗ")) == {final.id}
+
+
+async def test_search_follows_every_write_of_the_searched_text(store: Store) -> None:
+    """MongoDB matches the text folded beside the field: a rename, whole or of the
+    field alone, alone or in a batch, is found by its new text and no longer by the old."""
+    st = station(name="Alpha", address="Old Street")
+    other = station(name="Other")
+    await put(store, st, other)
+
+    renamed = dataclasses.replace(st, name="İzmir")
+    await store.write([Update(renamed, fields=frozenset({"name"}))], [])
+    assert await matching(store, Station, Search(("name",), "IZMIR")) == {st.id}
+    assert await matching(store, Station, Search(("name",), "alpha")) == set()
+
+    moved = dataclasses.replace(renamed, address="Ὁδός 1")
+    await store.write([Update(moved), Update(dataclasses.replace(other, name="Σ"))],
+                      [audit(moved, "system")])
+    assert await matching(store, Station, Search(("address",), "ὁδόσ")) == {st.id}
+    assert await matching(store, Station, Search(("address",), "old")) == set()
+    assert await matching(store, Station, Search(("name",), "ς")) == {other.id}
+    cleared = dataclasses.replace(moved, address=None)
+    await store.write([Update(cleared, fields=frozenset({"address"}))], [])
+    assert await matching(store, Station, Search(("address",), "1")) == set()
+
+
+async def test_search_is_refused_on_a_field_no_search_is_made_on(store: Store) -> None:
+    """Only ``domain.query.SEARCHED`` fields may be searched (MongoDB keeps only their
+    text folded), on either store alike."""
+    await put(store, station(vendor="Acme"))
+    with pytest.raises(ValueError, match="not searchable"):
+        await store.find_all(Station, Search(("name", "vendor"), "acme"))
 
 
 # ---------------------------------------------------------------------------- Near

@@ -78,7 +78,7 @@ from domain.ports import (
     InsertIfAbsent,
     Update,
 )
-from domain.query import ALL, Eq, In, Near, PageRequest, Range, Search, Sort, Sub
+from domain.query import ALL, SEARCHED, Eq, In, Near, PageRequest, Range, Search, Sort, Sub
 from graph.history import NEWEST_FIRST as HISTORY_NEWEST_FIRST
 from graph.history import OLDEST_FIRST
 from graph.nodes import BY_CONNECTOR, NEWEST_FIRST
@@ -1700,6 +1700,101 @@ async def test_search_over_no_fields_matches_nothing(mongo: MongoStore) -> None:
     assert await mongo.find_all(Company, ALL, limit=0) == []
 
 
+async def test_search_matches_the_folded_shadow_case_sensitively(mongo: MongoStore) -> None:
+    """A searched field keeps its text folded beside it (``_f_<field>``, null for null),
+    and ``Search`` matches that with the escaped folded needle and no "i" option: a real
+    server's PCRE2 folds case otherwise than the domain (its caseless "istanbul" misses
+    "İstanbul"), which mongomock's Python ``re`` would hide."""
+    station = Station(cp_id="CP-İ", name="İstanbul Merkez", address=None)
+    await mongo.write([Insert(station)], [])
+
+    doc = raw(mongo)["station"].find_one({"_id": ObjectId(station.id)})
+    assert (doc["_f_name"], doc["_f_cp_id"], doc["_f_address"]) == (
+        "istanbul merkez", "cp-i", None)
+    assert doc["name"] == "İstanbul Merkez"  # the field itself as written
+    assert "_f_vendor" not in doc  # no search is made on it: no shadow
+    query = compile_query(Station, Search(("name", "address"), "İSTANBUL (M."))
+    assert query.before == {"$or": [{"_f_name": {"$regex": re.escape("istanbul (m.")}},
+                                    {"_f_address": {"$regex": re.escape("istanbul (m.")}}]}
+    assert "$options" not in str(query.before)
+    assert [s.id for s in await mongo.find_all(Station, Search(("name",), "ISTANBUL"))] == [
+        station.id]
+
+
+async def test_searched_text_from_before_its_folded_shadow_gets_it_at_start_up(
+        mongo: MongoStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Documents stored before searched fields carried their folded text get it at the
+    next start (``migrations._search_folded``, one step per searched field), so every
+    search finds them; a document whose text changed meanwhile keeps what its writer
+    stored; once one start has done it, later ones do not look again."""
+    from domain.entities import IdTag, Vehicle
+    from tests.contract.factories import id_tag, station, user, vehicle
+
+    driver = user(name="Işık Yılmaz", email="ISIK@example.com")
+    records: list[Record] = [
+        Company(name="ΟΔΟΣ Energy"), driver, vehicle(driver, license_plate="İZ-34 AB",
+                                                      make="Škoda", model="Enyaq"),
+        id_tag(driver, tag="İD-TAG"), station(name="Kadıköy", cp_id="CP-Σ", address="Οδός 1")]
+    await mongo.write([Insert(r) for r in records], [])
+    db = raw(mongo)
+    for kind, fields in SEARCHED.items():  # as written before
+        db[kind].update_many({}, {"$unset": {f"_f_{name}": "" for name in fields}})
+    db[migrations.MIGRATIONS].delete_many({})
+
+    await mongo.start()
+
+    for entity, name, needle in ((Company, "name", "οδος"), (User, "name", "ışık"),
+                                 (User, "email", "isik@"), (Vehicle, "license_plate", "iz-34"),
+                                 (Vehicle, "plate_key", "iz34"), (Vehicle, "make", "ŠKODA"),
+                                 (Vehicle, "model", "enyaq"), (IdTag, "tag", "id-tag"),
+                                 (Station, "name", "KADIKÖY"), (Station, "cp_id", "cp-ς"),
+                                 (Station, "address", "ΟΔΌΣ")):
+        assert len(await mongo.find_all(entity, Search((name,), needle))) == 1, (entity, name)
+    for kind, fields in SEARCHED.items():
+        for name in fields:
+            assert db[migrations.MIGRATIONS].find_one(
+                {"_id": f"search_folded_{kind}_{name}"})["done"] is True
+            assert db[kind].count_documents({f"_f_{name}": {"$exists": False}}) == 0
+
+    looked: list[str] = []
+    find = AsyncCollection.find
+
+    def finding(self: AsyncCollection, *args: Any, **kwargs: Any) -> AsyncCursor:
+        if "_f_" in str(args[0] if args else kwargs.get("filter")):
+            looked.append(self._c.name)
+        return find(self, *args, **kwargs)
+
+    monkeypatch.setattr(AsyncCollection, "find", finding)
+    await mongo.start()  # every later start
+    assert looked == []
+
+
+async def test_the_folded_shadow_is_not_filled_from_text_renamed_meanwhile(
+        mongo: MongoStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Several instances may run the step at once, and one of the version before may
+    rename a company between the step's read and its write: the write is made only on
+    the text it folded (and only where the shadow is still missing)."""
+    company = Company(name="Old Name")
+    await mongo.write([Insert(company)], [])
+    db = raw(mongo)
+    db["company"].update_many({}, {"$unset": {"_f_name": ""}})
+    find = AsyncCollection.find
+
+    class RenamedAfterTheRead(AsyncCursor):
+        async def to_list(self, length: int | None = None) -> list[Any]:
+            docs = await super().to_list(length)
+            db["company"].update_one({}, {"$set": {"name": "New Name"}})
+            return docs
+
+    def finding(self: AsyncCollection, *args: Any, **kwargs: Any) -> AsyncCursor:
+        cursor = find(self, *args, **kwargs)
+        return RenamedAfterTheRead(cursor._cursor) if "_f_name" in str(args[0]) else cursor
+
+    monkeypatch.setattr(AsyncCollection, "find", finding)
+    await migrations._search_folded(mongo.db, "company", "name")
+    assert "_f_name" not in db["company"].find_one()
+
+
 # ---------------------------------------------------------------------------- connection
 
 
@@ -2297,6 +2392,9 @@ async def test_duplicate_company_names_from_before_the_rule_are_kept_renamed(
     await ensure_indexes(mongo.db)
     names = {c.id: c.name for c in await mongo.find_all(Company, ALL)}
     assert names == {first.id: "Acme", second.id: f"Acme ({second.id})", solo.id: "Solo"}
+    # Searched by its new name (its folded shadow written with it), as any rename is.
+    renamed = await mongo.find_all(Company, Search(("name",), f"ACME ({second.id.upper()})"))
+    assert [c.id for c in renamed] == [second.id]
     with pytest.raises(UniqueViolation):
         await mongo.write([Insert(Company(name="Solo"))], [])
 
