@@ -458,6 +458,21 @@ class Connector(Record):
     max_kw: float | None = None
 
 
+#: The highest transactionId and reservationId this service issues (store sequences
+#: counting from 1): OCPP 1.6's "integer", as chargers implement it, and GraphQL's Int,
+#: which shows them, are 32-bit signed. An id a charger sends outside 1..this is none we
+#: issued: unknown without a lookup (``issued_id``), and never handed to a store, whose
+#: integers end at 2**63 (SQLite's and BSON's: such a lookup failed, and the charger
+#: retried the InternalError it was answered with, its queue blocked behind it).
+MAX_ISSUED_ID = 2**31 - 1
+
+
+def issued_id(value: int) -> bool:
+    """Whether ``value``, a transactionId or reservationId a charger sent, can be one we
+    issued (``MAX_ISSUED_ID``)."""
+    return 1 <= value <= MAX_ISSUED_ID
+
+
 #: How much longer than our clock saw, between the receipt of its start and its close, a
 #: session whose charger's clock was behind ours at its start (``start_clock_behind``) may
 #: last by its charger's timestamps and be billed so: network delay, a start queued for a
@@ -512,7 +527,7 @@ class Session(Record):
     #: Its charger's clock was behind ours when it started (``ChargerClocks.behind_at``):
     #: its start predates its station's record, or came long after its timestamp over a
     #: connection open since before it. Such a session is billed no longer than our
-    #: clock saw (``billed_end``); any other is billed by its charger's timestamps, a
+    #: clock saw (``billed_span``); any other is billed by its charger's timestamps, a
     #: transaction queued offline and sent later included.
     start_clock_behind: bool = False
     #: What its charger was told of the card at the start when not Accepted (Blocked,
@@ -587,20 +602,29 @@ class Session(Record):
         return self.created_at if self.clock_behind \
             else min(self.start_time, self.created_at)
 
-    def billed_end(self, end: datetime, ours: datetime) -> datetime:
-        """The end a bill runs to when the session closes at ``end`` on its timeline and
-        at ``ours`` on our clock: never before its start, and, when its charger's clock
-        was behind ours at the start (``start_clock_behind``), never more than our clock
-        saw since its start's receipt (``created_at``) plus ``BILLED_TIME_TOLERANCE``.
-        Both ends are the charger's timestamps, so a clock set right mid-session (years
-        behind at the start) would bill years. Only then: a transaction the charger
-        queued offline and sent later, start and stop together, lasted what its
-        timestamps say, which our clock never saw."""
+    def billed_span(self, end: datetime, ours: datetime) -> tuple[datetime, datetime]:
+        """The start and end a bill runs over when the session closes at ``end`` on its
+        timeline and at ``ours`` on our clock: never ending before its start, and, when
+        its charger's clock was behind ours at the start (``clock_behind``), never longer
+        than our clock saw since its start's receipt (``created_at``) plus
+        ``BILLED_TIME_TOLERANCE``. Both ends are the charger's timestamps, so a clock set
+        right mid-session (years behind at the start) would bill years. Only then: a
+        transaction the charger queued offline and sent later, start and stop together,
+        lasted what its timestamps say, which our clock never saw.
+
+        Where it lasted longer, the end, stamped by a clock set right since (not before
+        the start's receipt on ours), is kept, and the start placed at its receipt, or
+        later so that no more than our clock saw is billed: a start stamped 1970 and
+        stopped at a correct time was stored ending in 1970, a few milliseconds after it
+        (QA). An end still before the receipt is on a clock still behind, ours unknown:
+        the session keeps its start and lasts what our clock saw."""
         observed = max(ours - self.created_at, timedelta(0))
         if self.clock_behind \
                 and end - self.start_time > observed + BILLED_TIME_TOLERANCE:
-            return self.start_time + observed
-        return max(end, self.start_time)
+            if end >= self.created_at:
+                return max(self.created_at, end - observed), end
+            return self.start_time, self.start_time + observed
+        return self.start_time, max(end, self.start_time)
 
 
 @dataclass(kw_only=True)

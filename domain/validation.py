@@ -574,15 +574,21 @@ def meter_register(value: int, field: str) -> int:
 
 
 #: A plain ASCII decimal, as OCPP's "Raw" sampled values are written. Python's ``float``
-#: also reads ``1_000``, surrounding spaces and other scripts' digits, which no meter
-#: sends: such a value is refused rather than counted as energy.
+#: also reads ``1_000`` and other scripts' digits, which no meter sends: such a value is
+#: refused rather than counted as energy.
 _DECIMAL_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+#: What may surround a sampled value's plain decimal: ASCII blanks, as firmware pads a
+#: number to a width (" 12"). Read as the number they surround, as every other reader
+#: of the value (a CSV export, a spreadsheet) reads it; refused, that value alone cost
+#: the charger its whole frame while "abc" beside it was let through (QA).
+_PADDING = " \t\r\n"
 
 
 def sampled_number(text: str, field: str) -> float | None:
-    """The number a sampled value's text writes (checked by ``reading``), or ``None`` for
-    a value that is no number at all (SignedData and other formats are not counted)."""
-    if _DECIMAL_RE.fullmatch(text) is not None:
+    """The number a sampled value's text writes (checked by ``reading``), ASCII blanks
+    around it left out, or ``None`` for a value that is no number at all (SignedData and
+    other formats are not counted)."""
+    if _DECIMAL_RE.fullmatch(text.strip(_PADDING)) is not None:
         return reading(float(text), field)
     try:
         value = float(text)

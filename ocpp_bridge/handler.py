@@ -36,6 +36,7 @@ from websockets.asyncio.server import ServerConnection, broadcast
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
+from domain.command_rules import MAX_INT
 from domain.errors import (
     OUTCOME_UNKNOWN,
     ChargerBusy,
@@ -142,6 +143,28 @@ OCPP16_SPELLING = {"FormatViolation": "FormationViolation",
 #: CALLERROR codes by which a charger says it cannot do a request at all
 #: (``ChargerNotSupported``), not that it failed this time.
 CANNOT_DO = frozenset({"NotSupported", "NotImplemented"})
+
+
+def _beyond_int(value: Any, path: str = "") -> str | None:
+    """The path of the first integer in ``value`` (an answer's payload) outside OCPP's
+    integer as chargers and GraphQL's Int hold it (32-bit signed, ``MAX_INT``), or
+    ``None``. The 1.6 schemas bound none (a listVersion of 2**63 passes them), and such
+    a number failed whatever read it next: the API's Int, a store's integer."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return None if -MAX_INT - 1 <= value <= MAX_INT else path or "payload"
+    if isinstance(value, dict):
+        items: Any = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = _beyond_int(item, f"{path}.{key}" if path else str(key))
+        if found is not None:
+            return found
+    return None
 
 
 async def _check_outgoing(request: Any, unique_id: str) -> None:
@@ -335,6 +358,13 @@ class ChargePointHandler(ChargePoint):
         if isinstance(response, CallError):
             self._call_errors.add(response.unique_id)
         else:
+            beyond = _beyond_int(response.payload)
+            if beyond is not None:
+                log.info("%s: answer %s carries %s beyond OCPP's 32-bit integers", self.id,
+                         response.unique_id, beyond)
+                failed.set_result(ChargerError(f"an answer whose {beyond} is beyond "
+                                               "OCPP's 32-bit integers"))
+                return
             self._leave_out_unknown(response)
         self._response_queue.put_nowait(response)
 

@@ -41,6 +41,7 @@ from domain.entities import (
     Tariff,
     User,
     Vehicle,
+    issued_id,
 )
 from domain.errors import Conflict, Forbidden, NotFound, ValidationError
 from domain.events import (
@@ -946,9 +947,10 @@ class ChargingService(ChargerConnections):
             Eq("id_tag", tag), Eq("cp_id", cp_id), live_pending_starts(self.now())),
             limit=5), connector_id)
         actor = charger(cp_id)
-        reservation = None if reservation_id is None else await self.store.find_one(
-            Reservation, all_of(Eq("station_id", station.id),
-                                Eq("reservation_id", reservation_id)))
+        # One we never issued (``issued_id``) is unknown, as any other we do not hold.
+        reservation = None if reservation_id is None or not issued_id(reservation_id) \
+            else await self.store.find_one(Reservation, all_of(
+                Eq("station_id", station.id), Eq("reservation_id", reservation_id)))
         if reservation is not None and (
                 reservation.state_at(identity.started_by(self.now())) is ReservationState.EXPIRED
                 or not await self._reserved_for(reservation, connector_id, presented,
@@ -1203,6 +1205,11 @@ class ChargingService(ChargerConnections):
                             readings: list[MeterReading], *, cached: bool = True) -> None:
         station = await self._require_station(cp_id)
         session = None
+        named = transaction_id is not None
+        if transaction_id is not None and not issued_id(transaction_id):
+            # A transaction we never issued: unknown, its samples kept unlinked with no
+            # transaction id (there is none of ours to keep), not looked up.
+            transaction_id = None
         if transaction_id is not None:
             session = self.cache.session(transaction_id) if cached else None
             if session is None:
@@ -1212,7 +1219,7 @@ class ChargingService(ChargerConnections):
                     self.cache.remember(session)  # read afresh: cached from here on
             if session is not None and session.cp_id != cp_id:
                 session = None  # another charger's transaction id: keep samples unlinked
-        elif connector_id > 0:
+        elif connector_id > 0 and not named:
             # transactionId is optional: chargers leave it out of clock-aligned samples.
             # They are the session's on that connector all the same (its live energy, its
             # hours in the trends), not a lump added at its stop.
@@ -1333,12 +1340,14 @@ class ChargingService(ChargerConnections):
             info = IdTagInfo("Accepted", info.expiry_date, info.parent_id_tag)
         readings = readings or []
         session = await self._transaction(cp_id, transaction_id)
+        # What its records keep: none for an id we never issued (``issued_id``).
+        kept_id = transaction_id if issued_id(transaction_id) else None
         # The stop's signed meter values (its transactionData: the record of the whole
         # transaction a customer is handed) are evidence as sent, whatever the close
         # makes of the numbers: written first, on their own, idempotent if it is sent
         # again.
         await self.telemetry.write([InsertIfAbsent(s) for s in signed_values_of(
-            station, session.connector_id if session else 0, transaction_id, session,
+            station, session.connector_id if session else 0, kept_id, session,
             readings)])
         for _ in range(END_ATTEMPTS):
             if session is None or not stoppable(session):
@@ -1369,7 +1378,7 @@ class ChargingService(ChargerConnections):
                         transaction_id, meter_stop, end.isoformat(), id_tag)
         # A repeated stop (or one whose session kept changing under it): its meter values
         # are kept as history, adding no energy (no increments) to a session closed.
-        kept = samples_of(station, session.connector_id if session else 0, transaction_id,
+        kept = samples_of(station, session.connector_id if session else 0, kept_id,
                           session, readings)
         if kept:
             await self.store.write([InsertIfAbsent(s) for s in kept], [])
@@ -1405,7 +1414,10 @@ class ChargingService(ChargerConnections):
             error_code=connector.error_code, info=None))
 
     async def _transaction(self, cp_id: str, transaction_id: int) -> Session | None:
-        """The charger's session of ``transaction_id`` (another charger's is none)."""
+        """The charger's session of ``transaction_id`` (another charger's is none, and so
+        is an id we never issued, not looked up)."""
+        if not issued_id(transaction_id):
+            return None
         session = await self.store.find_one(Session, Eq("transaction_id", transaction_id))
         return session if session is not None and session.cp_id == cp_id else None
 
@@ -1576,15 +1588,18 @@ class ChargingService(ChargerConnections):
         flagged)."""
         # No close ends before its start, so no duration anywhere comes out negative (a
         # stop stamped before it was moved to "now" on the timeline already, ``_stop``);
-        # one stamped by a clock set right since a start far behind ours ends when our
-        # clock saw it end.
-        billed_end = session.billed_end(end, self.now())
-        if billed_end < end:
+        # one stamped by a clock set right since a start far behind ours keeps its end,
+        # its start moved to its receipt (``Session.billed_span``).
+        start, billed_end = session.billed_span(end, self.now())
+        if billed_end - start < end - session.start_time:
             log.warning("%s: transaction %s lasted %s by its charger's clock, %s by ours "
-                        "(the charger's clock jumped): billing %s", session.cp_id,
+                        "(the charger's clock jumped): billing %s from %s", session.cp_id,
                         session.transaction_id, end - session.start_time,
-                        billed_end - session.start_time, billed_end - session.start_time)
+                        billed_end - start, billed_end - start, start.isoformat())
         end = billed_end
+        # Priced, and stored, over the span billed (a start moved to its receipt).
+        billed = replace(session, start_time=start) if start != session.start_time \
+            else session
         energy = session.energy_wh if energy_wh is None else energy_wh
         # The tariff of whoever keeps the session's books, in force at its start: a
         # station handed to another company mid-session is still priced as agreed.
@@ -1594,9 +1609,9 @@ class ChargingService(ChargerConnections):
                                               ) if session.billable else None
         cost = idle = band_wh = None
         if tariff is not None:
-            idle = await self._idle_seconds(tariff, session, end)
-            band_wh = await self._band_energy(tariff, session, energy, metered, end)
-            cost = session_cost_minor(tariff, energy, session.start_time, end,
+            idle = await self._idle_seconds(tariff, billed, end)
+            band_wh = await self._band_energy(tariff, billed, energy, metered, end)
+            cost = session_cost_minor(tariff, energy, start, end,
                                       timedelta(seconds=idle or 0), band_wh)
         guard: tuple[str, Any] = ("stop_reason", None) if awaited \
             else ("state", SessionState.ACTIVE)
@@ -1609,7 +1624,8 @@ class ChargingService(ChargerConnections):
         if unchanged_since is not None:  # nothing written to it since it was read
             guard = ("updated_at", unchanged_since)
         close = patch(session, actor, only_if=guard, required=True,
-                      state=SessionState.COMPLETED, end_time=end, meter_stop_wh=meter_stop,
+                      state=SessionState.COMPLETED, start_time=start, end_time=end,
+                      meter_stop_wh=meter_stop,
                       energy_wh=energy, power_w=None, stop_reason=reason, cost_minor=cost,
                       currency=tariff.currency if tariff else None, idle_seconds=idle,
                       band_energy_wh=band_wh,

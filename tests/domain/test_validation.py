@@ -200,11 +200,14 @@ def test_amounts_are_stored_in_plain_notation() -> None:
 
 def test_sampled_numbers_are_plain_decimals() -> None:
     for text, number in (("1", 1.0), ("-2.5", -2.5), ("+3", 3.0), ("1e3", 1000.0),
-                         (".5", 0.5), ("5.", 5.0), ("7E-1", 0.7)):
+                         (".5", 0.5), ("5.", 5.0), ("7E-1", 0.7),
+                         # Padded with ASCII blanks: the number they surround (QA).
+                         (" 12", 12.0), ("12 ", 12.0), ("\t-1.5\r\n", -1.5)):
         assert v.sampled_number(text, "value") == number
-    for text in ("", "abc", "0xDEADBEEF", "SIGNED:ab12"):  # not numbers: not counted
+    for text in ("", " ", "1 2", "abc", "0xDEADBEEF", "SIGNED:ab12"):  # not numbers: not counted
         assert v.sampled_number(text, "value") is None
-    for text, code in (("1_000", "INVALID"), (" 5", "INVALID"), ("\u0661\u0662", "INVALID"),
+    for text, code in (("1_000", "INVALID"), ("\u00a05", "INVALID"),
+                       ("\u0661\u0662", "INVALID"),
                        ("NaN", "OUT_OF_RANGE"), ("-inf", "OUT_OF_RANGE"),
                        ("1e13", "OUT_OF_RANGE")):
         with pytest.raises(ValidationError) as caught:

@@ -62,9 +62,9 @@ async def test_a_meter_values_frame_is_kept_without_its_unreadable_values(
         with caplog.at_level(logging.WARNING, logger="chargegraph.charging"):
             await frame({"value": "100500"}, nan)
             await frame({"value": "100600"}, nan)  # the same reason: no second line
-            await frame({"value": "100700"}, {"value": " 31", "measurand": "Temperature"})
+            await frame({"value": "100700"}, {"value": "3_1", "measurand": "Temperature"})
             with pytest.raises(OCPPError) as refused:
-                await frame({"value": " 100800"})
+                await frame({"value": "100_800"})
         assert refused.value.code == "PropertyConstraintViolation"
         assert "must be a plain decimal number" in refused.value.description
         live = await central.session(charger.tx)
@@ -79,6 +79,25 @@ async def test_a_meter_values_frame_is_kept_without_its_unreadable_values(
     assert len(told) == 2, told
     assert "must be a finite number" in told[0] and "plain decimal" in told[1], told
     assert (await billed(central, charger.tx)).energy_wh == 1_000
+
+
+async def test_a_value_padded_with_blanks_is_read_as_its_number(central: Central) -> None:
+    """QA: a lone sampled value " 12" (firmware padding a number to a width) refused the
+    whole MeterValues frame as no plain decimal, while "abc" was taken as text. It is the
+    number the blanks surround."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        charger = Charger(cp)
+        await charger.start(100_000)
+        charger.at += timedelta(minutes=1)
+        await cp.call(call.MeterValues(
+            connector_id=1, transaction_id=charger.tx, meter_value=[{
+                "timestamp": iso(charger.at), "sampledValue": [{"value": " 100500\t"}]}]),
+            suppress=False)
+        live = await central.session(charger.tx)
+        assert live is not None and live.energy_wh == 500
+        await charger.stop(101_000)
+    kept = await central.store.find_all(d.MeterSample, Eq("transaction_id", charger.tx))
+    assert 100_500 in {s.value for s in kept}
 
 
 async def test_a_reading_stamped_beyond_belief_is_placed_at_its_arrival(

@@ -494,8 +494,9 @@ BAD_FRAMES = [
             "timestamp": "2026-01-01T00:00:00Z",
             "sampledValue": [{"value": value}]}]}])
           for i, value in enumerate(["NaN", "1e309", "-inf", "-1e308",
-                                     # numbers Python reads but no meter writes
-                                     "1_000", " 5", "\u0661\u0662", "12\n"])],
+                                     # numbers Python reads but no meter writes (ASCII
+                                     # blanks around one are left out: " 5" is 5)
+                                     "1_000", "\u00a05", "\u0661\u0662", "12\u2028"])],
         '[2, "v9", "MeterValues", {"connectorId": 1, "meterValue": [{"timestamp": '
         '"0001-01-01T00:00:00Z", "sampledValue": [{"value": "1"}]}]}]',
         '[2, "v10", "MeterValues", {"connectorId": 1, "meterValue": [{"timestamp": '
