@@ -17,6 +17,11 @@ from starlette.types import ASGIApp
 #: bodies and a bearer token. Accept is safelisted by the CORS standard already.
 METHODS = ("GET", "POST", "OPTIONS")
 HEADERS = ("Authorization", "Content-Type")
+#: The headers of our answers a page may read beyond the safelisted ones (Content-Type,
+#: Content-Length, Cache-Control…): without them listed, fetch() sees none of them. An
+#: export's file name (Content-Disposition), why a token was refused (WWW-Authenticate:
+#: a 401 of /graphql or an export) and the methods a route takes (Allow: a 405).
+EXPOSED = ("Content-Disposition", "WWW-Authenticate", "Allow")
 #: How long a browser may keep a preflight's answer (Chromium caps it at 2 hours).
 PREFLIGHT_MAX_AGE_S = 600
 
@@ -27,8 +32,8 @@ def cross_origin(app: ASGIApp, origins: list[str]) -> ASGIApp:
     if not origins:
         return app
     return CORSMiddleware(app, allow_origins=origins, allow_methods=METHODS,
-                          allow_headers=HEADERS, allow_credentials=False,
-                          max_age=PREFLIGHT_MAX_AGE_S)
+                          allow_headers=HEADERS, expose_headers=EXPOSED,
+                          allow_credentials=False, max_age=PREFLIGHT_MAX_AGE_S)
 
 
 def methods(origins: list[str], allowed: Sequence[str] = ("GET", "POST")) -> list[str]:

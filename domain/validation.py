@@ -126,9 +126,14 @@ def legacy_email(value: str | None) -> str | None:
 
 
 def name(value: str | None, field: str = "name") -> str:
+    """A person's, company's, site's or station's name: trimmed, whitespace runs one
+    space, composed (NFC: an "ä" typed as "a" and a combining diaeresis, as macOS input
+    and text copied out of PDFs give it, is stored as the one letter; it shows the
+    same), without invisible characters where they only make a second name."""
     # Joiners join nothing at a name's ends or beside a space: there they only make a
     # name that reads like another one ("Spree Charging GmbH" and a ZWNJ) a second name.
-    words = (_trimmed(word) for word in _given(value, field).split())
+    text = unicodedata.normalize("NFC", _given(value, field))
+    words = (_trimmed(word) for word in text.split())
     cleaned = " ".join(word for word in words if word)
     if not cleaned:
         raise ValidationError("must not be empty", field=field, code="REQUIRED")
@@ -405,6 +410,15 @@ def name_key(text: str) -> str:
     folded = unicodedata.normalize("NFKD", unicodedata.normalize("NFKD", text).casefold())
     bare = "".join(c for c in folded if not unicodedata.combining(c))
     return " ".join(bare.split())
+
+
+def name_identity(text: str) -> str:
+    """What two names are one name by, where a name must be unique (companies'): case
+    folded and normalized for compatibility (NFKC), as emails are, so "BÄCKEREI", an
+    "ä" typed as "a" and a combining diaeresis, a full-width "Ａ" or the ligature "ﬁ"
+    make no second name. Accents are kept, unlike ``name_key``'s: "Müller" and "Muller"
+    are two names that read apart (and two families), only sorted together."""
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
 
 
 def cp_id(value: str | None, field: str = "cpId") -> str:

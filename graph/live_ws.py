@@ -541,7 +541,14 @@ class Connection:
     async def _subscribe(self, op_id: str, document: DocumentNode, query: str,
                          variables: dict[str, Any] | None, operation_name: str | None
                          ) -> None:
+        """A subscription: started once the connection's rights are checked again, as a
+        query's are (``_single``); past the token's expiry, or with the rights withdrawn,
+        the socket is closed (4403) instead, whatever the periodic re-check has yet to
+        find (QA: a new subscription on a socket whose token had expired ran)."""
         assert self.context is not None
+        reason = await self.withdrawn()
+        if reason is not None:
+            raise _Close(4403, reason)
         schema = self.hub.schema._schema
         built = Executor.build(schema, document, None, self.context, variables,
                                operation_name)

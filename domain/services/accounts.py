@@ -129,20 +129,27 @@ class AccountService(Service):
     async def _refuse_taken_name(self, company: Company) -> None:
         """Company names are how people (and ``create-user --company``) tell companies
         apart: two of one name would make every such choice a guess."""
-        other = await self._company_named(company.name)
-        if other is not None and other.id != company.id:
+        named = await self._companies_named(company.name)
+        if any(other.id != company.id for other in named):
             raise Conflict("another company has this name", field="name", code="DUPLICATE")
 
     async def _company_named(self, name: str) -> Company | None:
-        """The company of this name, whatever its case (QA s17: "hofgarten properties"
-        made a second company beside "Hofgarten Properties", its operator seeing none of
-        the first one's stations). Found by the folded sort key every company stores
-        (``Company.name_key``: one exact lookup, where a substring search over names
-        could miss it past its limit), then compared lower-cased: "Straße" and
-        "STRASSE" share a key but are two names."""
-        wanted = name.lower()
+        """The company of this name (``_companies_named``), if any."""
+        return next(iter(await self._companies_named(name)), None)
+
+    async def _companies_named(self, name: str) -> list[Company]:
+        """The companies of this name, whatever its case or how its letters were typed
+        (``validation.name_identity``; QA s17: "hofgarten properties" made a second
+        company beside "Hofgarten Properties", its operator seeing none of the first
+        one's stations; an "ä" typed as "a" and a combining diaeresis made another
+        "Bäckerei"). Several only where names were stored before these rules. Found by
+        the folded sort key every company stores (``Company.name_key``: one exact
+        lookup, where a substring search over names could miss it past its limit; names
+        of one identity share it), then compared by identity: the key drops accents,
+        and "Muller" is not "Müller"."""
+        wanted = v.name_identity(name)
         candidates = await self.store.find_all(Company, Eq("name_key", v.name_key(name)))
-        return next((c for c in candidates if c.name.lower() == wanted), None)
+        return [c for c in candidates if v.name_identity(c.name) == wanted]
 
     async def update_company(self, viewer: Viewer, company_id: str, *, name: str,
                              checks: v.Checks | None = None) -> Company:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Any
 
 from domain import entities as d
 from domain.entities import Connector
 from domain.policy import SYSTEM
-from domain.ports import Update
+from domain.ports import Insert, Update
 from domain.query import ALL
+from domain.services.base import stamp_new
 from graph.ids import from_global_id, to_global_id
 from graph.schema import schema
 from tests.graph.conftest import Api
@@ -121,6 +123,37 @@ async def test_companies_and_users(api: Api, world: World) -> None:
     assert codes(await call(api, world, "op_a", "createUser",
                             {**new_user, "email": "y@example.com", "role": "ADMIN"},
                             "user { id }")) == [("role", "FORBIDDEN")]
+
+
+async def test_a_company_name_is_one_however_its_letters_were_typed(api: Api,
+                                                                    world: World) -> None:
+    """QA: "Bäckerei" with its "ä" typed as "a" and a combining diaeresis (macOS input,
+    text copied out of a PDF) made a second company beside "Bäckerei", the two reading
+    alike. Names are stored composed (NFC) and compared by their identity (NFKC, case
+    folded): a name stored decomposed before, a full-width letter, "SS" for "ß" are the
+    same name; an accent left out is another one ("Muller" is not "Müller")."""
+    def make(name: str) -> Any:
+        return call(api, world, "admin", "createCompany", {"name": name},
+                    "company { id name }")
+
+    nfd = unicodedata.normalize("NFD", "Bäckerei Süd")
+    assert nfd != "Bäckerei Süd"
+    made = await make(nfd)
+    assert made["company"]["name"] == "Bäckerei Süd"  # stored composed, shown the same
+    # One written decomposed before names were composed on saving.
+    services = api.client._transport.app.services  # type: ignore[attr-defined]
+    old = stamp_new(d.Company(name=unicodedata.normalize("NFD", "Müllerei Straße")), SYSTEM)
+    await services.ctx.store.write([Insert(old)], [])
+    for same in ("Bäckerei Süd", "BÄCKEREI SÜD", unicodedata.normalize("NFD", "BÄCKEREI SÜD"),
+                 "Ｂäckerei Süd", "Müllerei Straße", "MÜLLEREI STRASSE", "müllerei strasse"):
+        assert codes(await make(same)) == [("name", "DUPLICATE")], same
+    assert codes(await call(api, world, "op_a", "updateCompany",
+                            {"id": gid("company", world.companies["a"].id),
+                             "name": "Müllerei Straße"}, "company { id }")
+                 ) == [("name", "DUPLICATE")]
+    assert (await services.accounts.ensure_company(SYSTEM, "MÜLLEREI STRASSE")).id == old.id
+    # Accents are part of a name: sorted together, but two names.
+    assert (await make("Backerei Sud"))["company"]["name"] == "Backerei Sud"
 
 
 async def test_update_and_deactivate_user(api: Api, world: World) -> None:

@@ -13,8 +13,11 @@ from typer.testing import CliRunner
 
 from chargegraph.app import create_app
 from chargegraph.cli import app as cli
+from chargegraph.headers import SECURITY_HEADERS
 from chargegraph.security import Argon2Hasher
 from chargegraph.settings import Settings
+from domain.entities import Role
+from domain.policy import SYSTEM
 
 APP = "http://localhost:3000"
 STRANGER = "https://evil.example"
@@ -156,3 +159,44 @@ def test_other_methods_on_graphql_are_refused_as_the_api_refuses(tmp_path: Path,
             if method != "HEAD":
                 assert refused.headers["content-type"].startswith("application/json")
                 assert refused.json()["errors"][0]["extensions"]["code"] == "BAD_REQUEST"
+
+
+#: What a page reads of any answer without being told (the CORS-safelisted response
+#: headers), and what is said to the browser, not to the page.
+SAFELISTED = {"cache-control", "content-language", "content-length", "content-type",
+              "expires", "last-modified", "pragma"}
+FOR_THE_BROWSER = {name.decode() for name, _ in SECURITY_HEADERS} | {
+    "vary", "date", "server", "transfer-encoding", "connection"}
+
+
+def test_a_page_reads_the_headers_our_answers_carry(tmp_path: Path) -> None:
+    """QA: no Access-Control-Expose-Headers, so a dashboard's fetch() could not read an
+    export's file name (Content-Disposition), nor a 401's WWW-Authenticate or a 405's
+    Allow. Every header the answers carry is exposed, but for the safelisted ones and
+    those for the browser itself."""
+    with client_for(tmp_path, APP) as client:
+        services = client.app.state.services  # type: ignore[attr-defined]
+        client.portal.call(lambda: services.accounts.create_user(  # type: ignore[union-attr]
+            SYSTEM, email="admin@example.com", password="password-123", name="Admin",
+            role=Role.ADMIN))
+        login = client.post("/graphql", headers={"origin": APP}, json={"query": """mutation {
+            login(email: "admin@example.com", password: "password-123") { token } }"""})
+        token = login.json()["data"]["login"]["token"]
+        export = client.get("/export/sessions.csv", headers={
+            "origin": APP, "authorization": f"Bearer {token}"})
+        assert export.status_code == 200
+        assert export.headers["content-disposition"].startswith("attachment; filename=")
+        answers = [login, export,
+                   client.get("/export/sessions.csv", headers={"origin": APP}),  # 401
+                   client.post("/graphql", headers={"origin": APP, "authorization": "Bearer x"},
+                               json=QUERY),  # 401
+                   client.get("/graphql", params={"query": "mutation { logout }"},
+                              headers={"origin": APP})]  # 405
+        assert [a.status_code for a in answers] == [200, 200, 401, 401, 405]
+        for answer in answers:
+            assert answer.headers["access-control-allow-origin"] == APP
+            exposed = {h.strip().lower() for h in
+                       answer.headers["access-control-expose-headers"].split(",")}
+            carried = {h for h in answer.headers if not h.startswith("access-control-")}
+            assert carried - SAFELISTED - FOR_THE_BROWSER <= exposed, answer.request.url
+        assert {"content-disposition", "www-authenticate", "allow"} <= exposed
