@@ -182,6 +182,13 @@ class Store(Protocol):
     async def next_sequence(self, name: str) -> int:
         """Atomically increment and return the named counter (first value 1)."""
 
+    async def scrub(self) -> None:
+        """Overwrites what the database's files still hold of records as they were before
+        the last writes (an erasure's): old page images of an embedded database. Returns
+        once done or, when other readers keep it from finishing now, once it is left to
+        try again in the background; never raises for that. A no-op where nothing of
+        the kind outlives a write."""
+
     async def aggregate(self, kind: type[E], where: Filter, group: Sequence[Group],
                         metrics: Mapping[str, Metric]) -> list[dict[str, Any]]:
         """One row per group: keys ``g0``, ``g1``, … (domain values; ``ByTime`` gives int

@@ -11,7 +11,9 @@ keep showing the car they were charged for, without the person's plate. Sessions
 payments and refunds stay for the operators' books under the account's id
 (pseudonymous). The audit log's images of the person's account and cars are scrubbed of
 those values, and the erasure is recorded by one entry that names none of them. The
-account's refresh tokens (its devices and when each last refreshed) are deleted.
+account's refresh tokens (its devices and when each last refreshed) are deleted. Then
+the store overwrites the old versions of all that its files still hold
+(``Store.scrub``).
 
 Not while a session of theirs is under way (it would be billed to nobody's card), nor
 for the last active admin, nor while they own stations (hand them over first, as for a
@@ -190,9 +192,13 @@ class Erasure(Service):
     async def _tidy(self, erased: User) -> None:
         """What follows the erasure's write and may fail without undoing it: the audit
         log scrubbed, the refresh tokens deleted (signed out already by the raised token
-        epoch). Both are repeatable, so a retry, or erasing again, runs both."""
+        epoch), and then the store's files scrubbed of the old versions of what those
+        writes overwrote (``Store.scrub``: SQLite kept them in its ``-wal`` file until
+        the service stopped, QA s24). All are repeatable, so a retry, or erasing again,
+        runs them all."""
         await self._scrub_audit(erased)
         await self.refresh_tokens.forget(erased.id)
+        await self.store.scrub()
 
     async def _scrub_later(self, erased: User) -> None:
         """``_tidy`` again after each pause of ``SCRUB_RETRY_S`` until it succeeds; the

@@ -368,6 +368,14 @@ class MongoStore:
             if found != guard.exists:
                 raise changed_meanwhile(guard.kind.kind)
 
+    async def scrub(self) -> None:
+        """Nothing to do: no document image outlives its write here. The journal keeps a
+        batch's before-images (an erased person's name and email among them) only while
+        the batch is in flight, and deletes them when it ends (``journal.close_batch``;
+        a dead writer's by the sweep). What the server keeps of deleted or overwritten
+        documents (WiredTiger's free blocks, a replica set's oplog until it rolls over) is
+        the deployment's to bound: see "Erasing an account" in docs/architecture.md."""
+
     @mapping_outages
     async def next_sequence(self, name: str) -> int:
         doc = await self.db[COUNTERS].find_one_and_update(

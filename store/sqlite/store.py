@@ -58,7 +58,7 @@ from store.sqlite.sql_filter import (
     haversine_km,
     search_folded_sql,
 )
-from store.sqlite.writer import Writer
+from store.sqlite.writer import SECURE_DELETE, Writer
 
 _Statement = tuple[str, tuple[SqlValue, ...], Change | None]
 #: A ``Guard`` compiled: the query finding one record it is about, its parameters, the
@@ -331,6 +331,8 @@ class SqliteStore:
             # NORMAL under WAL: a commit is durable once the WAL is synced at checkpoint;
             # a power cut may lose the last commits but never corrupts the database.
             await conn.execute("PRAGMA synchronous = NORMAL")
+            # Migrations delete and rewrite rows too (``writer.SECURE_DELETE``).
+            await conn.execute(f"PRAGMA secure_delete = {SECURE_DELETE}")
             for name, arity, function in SQL_FUNCTIONS:
                 await conn.create_function(name, arity, function, deterministic=True)
         except BaseException:
@@ -590,6 +592,13 @@ class SqliteStore:
                 (name,),
             ).fetchall())
         return int(rows[0][0])
+
+    async def scrub(self) -> None:
+        """Old page images cut from the ``-wal`` file (``Writer.scrub``: a TRUNCATE
+        checkpoint off the event loop, tried again in the background while a reader of
+        an older snapshot blocks it); what was freed in the database file was zeroed
+        when it was freed (``secure_delete``)."""
+        await self._writer_conn().scrub()
 
     def _writer_conn(self) -> Writer:
         if self._writer is None:

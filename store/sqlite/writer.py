@@ -19,6 +19,16 @@ The two things that can take long are kept off the loop:
   a PASSIVE checkpoint runs on a worker thread with its own connection, concurrently with
   further writes (that is what PASSIVE means).
 
+A **scrub** (``scrub``, after an erasure) leaves no old version of any page in the files:
+a PASSIVE checkpoint copies only the newest version of each page back and leaves the
+older ones in the WAL file until later commits happen to overwrite them, so an erased
+person's name and email stayed readable in the ``-wal`` file (2 MiB of old page images)
+until the service stopped, for a file copy or a volume snapshot to pick up (QA s24). It
+is a TRUNCATE checkpoint on the checkpoint thread, waiting for no one, tried again in the
+background (``SCRUB_RETRY_S``) while a reader of an older snapshot keeps it from cutting
+the file. Freed content within the database file is zeroed as it is freed
+(``SECURE_DELETE``).
+
 A database that cannot write now (disk full, an I/O error, a read-only file) fails the
 write with the domain's ``StoreUnavailable`` rather than a bare ``sqlite3`` error, and so
 does a database file deleted or replaced under the running service: SQLite keeps writing
@@ -56,6 +66,16 @@ TRIM_WHEN_IDLE_S = 2.0
 _SIZE_CHECK_INTERVAL_S = 0.1
 #: The least time between two log lines saying the database refuses writes.
 REFUSAL_LOG_INTERVAL_S = 60.0
+#: What SQLite does with the bytes of content deleted or overwritten: ON writes zeros
+#: over them, in the b-tree pages and in pages going to the freelist. Not the build's
+#: default, which may be off (an erased person's name would stay in the pages' free
+#: space), nor FAST, which leaves freelist pages as they were (SQLite's "forensic
+#: traces"). Its cost is the zeros of freed pages written: nothing for the hot path,
+#: which inserts and updates in place (``python -m bench.store_inserts``, QA s24).
+SECURE_DELETE = "ON"
+#: The pauses between the tries of a scrub that other connections' readers kept from
+#: finishing (``Writer.scrub``); the last repeats until one finishes.
+SCRUB_RETRY_S: tuple[float, ...] = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 
 
 #: SQLite's primary result codes for "the database cannot write now": the request was
@@ -156,6 +176,7 @@ def connect(path: str) -> sqlite3.Connection:
         # NORMAL under WAL: a commit is durable once the WAL is synced at checkpoint;
         # a power cut may lose the last commits but never corrupts the database.
         conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute(f"PRAGMA secure_delete = {SECURE_DELETE}")
     except BaseException:
         conn.close()
         raise
@@ -178,7 +199,11 @@ class Writer:
         self.checkpoint_bytes = checkpoint_bytes
         self.conn: sqlite3.Connection | None = None
         self._checkpointer: sqlite3.Connection | None = None
-        self._checkpoint: asyncio.Future[None] | None = None
+        #: The checkpoint (or scrub) running on a worker thread: one at a time.
+        self._checkpoint: asyncio.Future[Any] | None = None
+        #: The next try of a scrub readers kept from finishing, and how many failed.
+        self._scrub_retry: asyncio.TimerHandle | None = None
+        self._scrub_failures = 0
         self._next_size_check = 0.0
         self._last_commit = 0.0
         #: The idle check that cuts a WAL file left large (``_trim_when_idle``).
@@ -374,6 +399,79 @@ class Writer:
             else:
                 log.warning("WAL checkpoint failed", exc_info=True)
 
+    # ------------------------------------------------------------- scrubs
+    async def scrub(self) -> bool:
+        """Leaves no old version of any page in the database's files: every frame of the
+        WAL copied into the database and the ``-wal`` file cut to nothing (a TRUNCATE
+        checkpoint on the worker thread, after any checkpoint running there). True once
+        done; False when another connection's read of an older snapshot (or another
+        process's write) kept it from finishing: it is then tried again in the
+        background (``SCRUB_RETRY_S``) until it finishes or the writer closes. The event
+        loop never waits on it; a commit meanwhile waits on a worker thread for the
+        moment it holds the write lock (as for ``_trim_when_idle``)."""
+        if self._scrub_retry is not None:
+            self._scrub_retry.cancel()
+            self._scrub_retry = None
+        self._scrub_failures = 0
+        while self._checkpoint is not None and not self._checkpoint.done():
+            await asyncio.shield(self._checkpoint)
+        if self.conn is None:
+            return False
+        return bool(await asyncio.shield(self._start_scrub()))
+
+    def _start_scrub(self) -> asyncio.Future[bool]:
+        scrub = asyncio.get_running_loop().run_in_executor(None, self._run_scrub)
+        self._checkpoint = scrub
+        scrub.add_done_callback(self._scrub_done)
+        return scrub
+
+    def _scrub_done(self, scrub: asyncio.Future[bool]) -> None:
+        if scrub.cancelled() or self.conn is None:
+            return
+        if scrub.exception() is None and scrub.result():
+            if self._scrub_failures >= len(SCRUB_RETRY_S):
+                log.warning("the database's old page images are scrubbed at last")
+            self._scrub_failures = 0
+            return
+        pause = SCRUB_RETRY_S[min(self._scrub_failures, len(SCRUB_RETRY_S) - 1)]
+        self._scrub_failures += 1
+        if self._scrub_failures == len(SCRUB_RETRY_S):
+            # Erased data stays in the -wal file meanwhile: someone should look.
+            log.warning("the database's -wal file still holds old page images (erased "
+                        "data) after %d tries: a connection keeps a read transaction "
+                        "open (an sqlite3 shell, a backup?); trying again every %gs",
+                        self._scrub_failures, pause)
+        self._scrub_retry = asyncio.get_running_loop().call_later(pause, self._retry_scrub)
+
+    def _retry_scrub(self) -> None:
+        self._scrub_retry = None
+        if self.conn is None:
+            return
+        if self._checkpoint is not None and not self._checkpoint.done():
+            # A checkpoint of the writes' own: this try waits its turn.
+            self._scrub_retry = asyncio.get_running_loop().call_later(
+                0.1, self._retry_scrub)
+            return
+        self._start_scrub()
+
+    def _run_scrub(self) -> bool:
+        """A TRUNCATE checkpoint that waits for no one (busy timeout 0: waiting, it
+        would hold the write lock, and every commit with it, for a reader); whether it
+        copied every frame and cut the file."""
+        try:
+            if self._checkpointer is None:
+                self._checkpointer = connect(self.path)
+            checkpointer = self._checkpointer
+            checkpointer.execute("PRAGMA busy_timeout = 0")
+            busy, _, _ = checkpointer.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error as error:
+            if isinstance(error, sqlite3.DatabaseError) and cannot_write(error) is not None:
+                log.debug("scrubbing the WAL failed: %s", error)
+            elif not (isinstance(error, sqlite3.OperationalError) and is_busy(error)):
+                log.warning("scrubbing the WAL failed", exc_info=True)
+            return False
+        return not busy
+
     # ------------------------------------------------------------- lifecycle
     def _open_conn(self) -> sqlite3.Connection:
         if self.conn is None:
@@ -386,6 +484,11 @@ class Writer:
             self._trim = None
         if self._checkpoint is not None:
             await asyncio.shield(self._checkpoint)
+        if self._scrub_retry is not None:
+            # (Also one the scrub just awaited asked for.) SQLite checkpoints the WAL
+            # and deletes it as the last connection to the database closes.
+            self._scrub_retry.cancel()
+            self._scrub_retry = None
         conn, checkpointer = self.conn, self._checkpointer
         self.conn = self._checkpointer = None
         if checkpointer is not None:
