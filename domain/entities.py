@@ -527,7 +527,7 @@ class Session(Record):
     #: Its charger's clock was behind ours when it started (``ChargerClocks.behind_at``):
     #: its start predates its station's record, or came long after its timestamp over a
     #: connection open since before it. Such a session is billed no longer than our
-    #: clock saw (``billed_span``); any other is billed by its charger's timestamps, a
+    #: clock saw (``billed_end``); any other is billed by its charger's timestamps, a
     #: transaction queued offline and sent later included.
     start_clock_behind: bool = False
     #: What its charger was told of the card at the start when not Accepted (Blocked,
@@ -602,29 +602,20 @@ class Session(Record):
         return self.created_at if self.clock_behind \
             else min(self.start_time, self.created_at)
 
-    def billed_span(self, end: datetime, ours: datetime) -> tuple[datetime, datetime]:
-        """The start and end a bill runs over when the session closes at ``end`` on its
-        timeline and at ``ours`` on our clock: never ending before its start, and, when
-        its charger's clock was behind ours at the start (``clock_behind``), never longer
-        than our clock saw since its start's receipt (``created_at``) plus
-        ``BILLED_TIME_TOLERANCE``. Both ends are the charger's timestamps, so a clock set
-        right mid-session (years behind at the start) would bill years. Only then: a
-        transaction the charger queued offline and sent later, start and stop together,
-        lasted what its timestamps say, which our clock never saw.
-
-        Where it lasted longer, the end, stamped by a clock set right since (not before
-        the start's receipt on ours), is kept, and the start placed at its receipt, or
-        later so that no more than our clock saw is billed: a start stamped 1970 and
-        stopped at a correct time was stored ending in 1970, a few milliseconds after it
-        (QA). An end still before the receipt is on a clock still behind, ours unknown:
-        the session keeps its start and lasts what our clock saw."""
+    def billed_end(self, end: datetime, ours: datetime) -> datetime:
+        """The end a bill runs to when the session closes at ``end`` on its timeline and
+        at ``ours`` on our clock: never before its start, and, when its charger's clock
+        was behind ours at the start (``start_clock_behind``), never more than our clock
+        saw since its start's receipt (``created_at``) plus ``BILLED_TIME_TOLERANCE``.
+        Both ends are the charger's timestamps, so a clock set right mid-session (years
+        behind at the start) would bill years. Only then: a transaction the charger
+        queued offline and sent later, start and stop together, lasted what its
+        timestamps say, which our clock never saw."""
         observed = max(ours - self.created_at, timedelta(0))
         if self.clock_behind \
                 and end - self.start_time > observed + BILLED_TIME_TOLERANCE:
-            if end >= self.created_at:
-                return max(self.created_at, end - observed), end
-            return self.start_time, self.start_time + observed
-        return self.start_time, max(end, self.start_time)
+            return self.start_time + observed
+        return max(end, self.start_time)
 
 
 @dataclass(kw_only=True)

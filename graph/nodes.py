@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar, cast
@@ -1122,12 +1121,11 @@ class Session(Node, Audited):
             return None
         ctx = _ctx(info)
         now = ctx.now
-        # Over the span endSession would bill (``Session.billed_span``): a charger clock
+        # Ends where endSession would bill it (``Session.billed_end``): a charger clock
         # set right since the start does not estimate years.
-        start, end = r.billed_span(r.now_on_timeline(now), now)
-        billed = r if start == r.start_time else replace(r, start_time=start)
+        end = r.billed_end(r.now_on_timeline(now), now)
         return _pricing_tariff(  # type: ignore[no-any-return]
-            ctx, r, lambda tariff, _shown: _estimate(ctx, billed, tariff, end))
+            ctx, r, lambda tariff, _shown: _estimate(ctx, r, tariff, end))
 
     @strawberry.field(description="The latest State of Charge the charger reported for "
                                   "this session, in percent; null when it reports none.")

@@ -358,6 +358,9 @@ class ChargePointHandler(ChargePoint):
         if isinstance(response, CallError):
             self._call_errors.add(response.unique_id)
         else:
+            # A vendor's own fields go first: a big number of theirs (a millisecond
+            # timestamp) is theirs, not an answer the command failed on (review s24).
+            self._leave_out_unknown(response)
             beyond = _beyond_int(response.payload)
             if beyond is not None:
                 log.info("%s: answer %s carries %s beyond OCPP's 32-bit integers", self.id,
@@ -365,7 +368,6 @@ class ChargePointHandler(ChargePoint):
                 failed.set_result(ChargerError(f"an answer whose {beyond} is beyond "
                                                "OCPP's 32-bit integers"))
                 return
-            self._leave_out_unknown(response)
         self._response_queue.put_nowait(response)
 
     def _leave_out_unknown(self, response: CallResult) -> None:

@@ -1588,18 +1588,15 @@ class ChargingService(ChargerConnections):
         flagged)."""
         # No close ends before its start, so no duration anywhere comes out negative (a
         # stop stamped before it was moved to "now" on the timeline already, ``_stop``);
-        # one stamped by a clock set right since a start far behind ours keeps its end,
-        # its start moved to its receipt (``Session.billed_span``).
-        start, billed_end = session.billed_span(end, self.now())
-        if billed_end - start < end - session.start_time:
+        # one stamped by a clock set right since a start far behind ours ends when our
+        # clock saw it end.
+        billed_end = session.billed_end(end, self.now())
+        if billed_end < end:
             log.warning("%s: transaction %s lasted %s by its charger's clock, %s by ours "
-                        "(the charger's clock jumped): billing %s from %s", session.cp_id,
+                        "(the charger's clock jumped): billing %s", session.cp_id,
                         session.transaction_id, end - session.start_time,
-                        billed_end - start, billed_end - start, start.isoformat())
+                        billed_end - session.start_time, billed_end - session.start_time)
         end = billed_end
-        # Priced, and stored, over the span billed (a start moved to its receipt).
-        billed = replace(session, start_time=start) if start != session.start_time \
-            else session
         energy = session.energy_wh if energy_wh is None else energy_wh
         # The tariff of whoever keeps the session's books, in force at its start: a
         # station handed to another company mid-session is still priced as agreed.
@@ -1609,9 +1606,9 @@ class ChargingService(ChargerConnections):
                                               ) if session.billable else None
         cost = idle = band_wh = None
         if tariff is not None:
-            idle = await self._idle_seconds(tariff, billed, end)
-            band_wh = await self._band_energy(tariff, billed, energy, metered, end)
-            cost = session_cost_minor(tariff, energy, start, end,
+            idle = await self._idle_seconds(tariff, session, end)
+            band_wh = await self._band_energy(tariff, session, energy, metered, end)
+            cost = session_cost_minor(tariff, energy, session.start_time, end,
                                       timedelta(seconds=idle or 0), band_wh)
         guard: tuple[str, Any] = ("stop_reason", None) if awaited \
             else ("state", SessionState.ACTIVE)
@@ -1624,8 +1621,7 @@ class ChargingService(ChargerConnections):
         if unchanged_since is not None:  # nothing written to it since it was read
             guard = ("updated_at", unchanged_since)
         close = patch(session, actor, only_if=guard, required=True,
-                      state=SessionState.COMPLETED, start_time=start, end_time=end,
-                      meter_stop_wh=meter_stop,
+                      state=SessionState.COMPLETED, end_time=end, meter_stop_wh=meter_stop,
                       energy_wh=energy, power_w=None, stop_reason=reason, cost_minor=cost,
                       currency=tariff.currency if tariff else None, idle_seconds=idle,
                       band_energy_wh=band_wh,

@@ -91,7 +91,7 @@ async def _session(services: Services, w: World, key: str, driver: str, cp_id: s
         meter_stop_wh=None if active else 13000,
         created_by=f"ocpp:{cp_id}", updated_by=f"ocpp:{cp_id}",
         # Recorded when its charger started it: a session recorded now but started two
-        # hours ago is billed from its receipt (``Session.billed_span``).
+        # hours ago is billed from its receipt (``Session.billed_end``).
         created_at=start, updated_at=start,
         company_id=company_id, station_owner_id=station_owner_id,
     )
