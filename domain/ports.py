@@ -33,7 +33,8 @@ class Update:
     an operator's rename that landed in between. With ``only_if`` (a field and a value,
     ``fields`` required) the write happens only while the stored record still holds that
     value, and is skipped without error otherwise: a charger's live energy must not land
-    on a session another instance has just ended. With ``required`` as well, a guard that
+    on a session another instance has just ended (an audit entry of it is an
+    ``AuditIfApplied``, skipped with it). With ``required`` as well, a guard that
     no longer holds fails the whole write with ``Conflict`` (code ``CHANGED``): a state
     change two requests raced for (two captures of one payment) happens once."""
 
@@ -56,6 +57,24 @@ class Delete:
 
 
 Change = Insert | InsertIfAbsent | Update | Delete
+
+
+@dataclass(frozen=True, slots=True)
+class AuditIfApplied:
+    """An audit entry written only if ``change``, an ``Update`` of the same write (that
+    very object), applied: one with ``only_if`` and without ``required`` is skipped
+    silently when its guard no longer holds, and an entry of it would record a change
+    the record never had, its after-image not the before-image of the record's next
+    entry (QA: a firmware rollout's ``Requested`` the charger's ``Downloading`` had
+    overtaken). Decided inside the write, so the entry stands or goes with its change."""
+
+    entry: AuditEntry
+    change: Update
+
+
+#: What ``Store.write`` appends to the audit log: an entry, or one that depends on its
+#: change (``AuditIfApplied``).
+Audit = AuditEntry | AuditIfApplied
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,10 +188,12 @@ class Store(Protocol):
         self, kind: type[E], key_field: str, keys: Sequence[Any], where: Filter
     ) -> dict[Any, int]: ...
 
-    async def write(self, changes: Sequence[Change], audit: Sequence[AuditEntry],
+    async def write(self, changes: Sequence[Change], audit: Sequence[Audit],
                     guards: Sequence[Guard] = ()) -> None:
         """Apply the changes and append the audit entries, all or nothing, if every one
-        of ``guards`` holds once they are applied.
+        of ``guards`` holds once they are applied. An ``AuditIfApplied`` is appended
+        only if its change applied (``ValueError`` when its change is not one of
+        ``changes``).
 
         Raises ``UniqueViolation`` when a unique rule rejects a change, ``NotFound``
         when an ``Update``/``Delete`` names a missing record and ``Conflict`` (code

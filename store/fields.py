@@ -10,14 +10,16 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any, Literal
 
-from domain.entities import ENTITY_TYPES, Record
+from domain.entities import ENTITY_TYPES, AuditEntry, Record
 from domain.errors import Conflict
+from domain.ports import Audit, AuditIfApplied, Change, Update
 
 Category = Literal["id", "str", "int", "float", "bool", "datetime", "decimal", "enum", "json"]
 
@@ -184,3 +186,23 @@ def changed_meanwhile(kind: str) -> Conflict:
     whole write fails."""
     return Conflict(f"the {kind.replace('_', ' ')} changed meanwhile", field="id",
                     code="CHANGED")
+
+
+def audit_parts(changes: Sequence[Change], audit: Sequence[Audit]
+                ) -> tuple[list[AuditEntry], list[tuple[AuditEntry, Update]]]:
+    """A write's audit entries: those it appends whatever its changes do, and those it
+    appends only if their update applied (``AuditIfApplied``), each with that update,
+    which must be one of ``changes`` (the object itself: two equal updates of one
+    record are two changes)."""
+    entries: list[AuditEntry] = []
+    conditional: list[tuple[AuditEntry, Update]] = []
+    for item in audit:
+        if isinstance(item, AuditIfApplied):
+            conditional.append((item.entry, item.change))
+        else:
+            entries.append(item)
+    if conditional:
+        ours = {id(change) for change in changes}
+        if any(id(change) not in ours for _, change in conditional):
+            raise ValueError("an AuditIfApplied's change is not one of the write's")
+    return entries, conditional

@@ -52,6 +52,8 @@ from domain.events import (
 from domain.ids import is_id
 from domain.policy import HOLDER_PRIVATE_KINDS, PRIVATE_FIELDS, Policy, Viewer
 from domain.ports import (
+    Audit,
+    AuditIfApplied,
     Change,
     Delete,
     EventBus,
@@ -417,13 +419,15 @@ class Service:
                      extra_audit: Sequence[AuditEntry] = (),
                      guards: Sequence[Guard] = ()) -> None:
         """Write ``changes`` (each with the record's before-image, ``None`` for inserts)
-        and one audit entry per change, in a single store operation. ``unaudited`` changes
-        (telemetry with a history of its own) ride along in the same operation, and so do
-        ``extra_audit`` entries that record actions rather than record changes; the
-        operation holds only if ``guards`` do (``Guard``)."""
+        and one audit entry per change, in a single store operation: the entry of an
+        update the store may skip (``only_if`` without ``required``) only if it applied
+        (``AuditIfApplied``), so no entry records a change that did not land.
+        ``unaudited`` changes (telemetry with a history of its own) ride along in the
+        same operation, and so do ``extra_audit`` entries that record actions rather
+        than record changes; the operation holds only if ``guards`` do (``Guard``)."""
         now = utcnow()
         whose = await self._whose(changes, viewer)
-        audit = []
+        audit: list[Audit] = []
         for change, before in changes:
             record = change.record
             removal = isinstance(change, Delete) or _removes(before, record)
@@ -434,24 +438,27 @@ class Service:
             else:
                 action = AuditAction.UPDATE
             entry_of = whose.get(record.id, NOBODY)
-            audit.append(
-                AuditEntry(
-                    entity=record.kind,
-                    entity_id=record.id,
-                    action=action,
-                    actor=viewer.actor,
-                    at=_entry_at(now, change, before),
-                    created_at=now,
-                    updated_at=now,
-                    created_by=viewer.actor,
-                    updated_by=viewer.actor,
-                    before=snapshot(before) if before is not None else None,
-                    after=None if removal else audit_after(before, record),
-                    company_id=entry_of.company_id,
-                    station_owner_id=entry_of.station_owner_id,
-                    holder_id=entry_of.holder_id,
-                )
+            entry = AuditEntry(
+                entity=record.kind,
+                entity_id=record.id,
+                action=action,
+                actor=viewer.actor,
+                at=_entry_at(now, change, before),
+                created_at=now,
+                updated_at=now,
+                created_by=viewer.actor,
+                updated_by=viewer.actor,
+                before=snapshot(before) if before is not None else None,
+                after=None if removal else audit_after(before, record),
+                company_id=entry_of.company_id,
+                station_owner_id=entry_of.station_owner_id,
+                holder_id=entry_of.holder_id,
             )
+            if isinstance(change, Update) and change.only_if is not None \
+                    and not change.required:
+                audit.append(AuditIfApplied(entry, change))
+            else:
+                audit.append(entry)
         written = [*(c for c, _ in changes), *unaudited]
         if guards:
             await self.store.write(written, [*audit, *extra_audit], guards)

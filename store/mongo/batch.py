@@ -11,10 +11,10 @@ from typing import Any
 import pymongo
 from bson import ObjectId
 
-from domain.entities import AuditEntry, Record
+from domain.entities import Record
 from domain.errors import DomainError
-from domain.ports import Change, Delete, Insert
-from store.fields import changed_meanwhile
+from domain.ports import Audit, Change, Delete, Insert, Update
+from store.fields import audit_parts, changed_meanwhile
 from store.mongo import journal, writes
 from store.mongo.codec import to_doc
 from store.mongo.journal import MARK, key_of
@@ -44,7 +44,7 @@ class Yielded(Exception):
 Check = Callable[[], Awaitable[None]]
 
 
-async def write(db: Any, changes: Sequence[Change], audit: Sequence[AuditEntry],
+async def write(db: Any, changes: Sequence[Change], audit: Sequence[Audit],
                 check: Check | None = None) -> None:
     """Writes one journaled batch, all or nothing (``check``: see ``Check``).
 
@@ -84,12 +84,15 @@ class Batch:
         self.entries = {key_of(entry): index for index, entry in enumerate(undo)}
         self.versions: dict[Key, Version] = {key_of(e): _version(e["before"]) for e in undo}
         self.written: set[Key] = set()
+        #: The ``id()`` of each guarded update the batch found its guard no longer held
+        #: for, which wrote nothing: its ``AuditIfApplied`` entry is not written.
+        self.skipped: set[int] = set()
         self.deadline = deadline
         #: How long it waits for another batch in flight (``journal.settle_wait``).
         self.settle_wait = settle_wait
 
     @classmethod
-    async def open(cls, db: Any, changes: Sequence[Change], audit: Sequence[AuditEntry],
+    async def open(cls, db: Any, changes: Sequence[Change], audit: Sequence[Audit],
                    journal_id: ObjectId | None = None, deadline: float | None = None
                    ) -> Batch:
         """Reads the images and records the journal; nothing is written yet. ``journal_id``
@@ -117,25 +120,32 @@ class Batch:
                 break
             if not await journal.wait_settled(db, busy, settled_by - time.monotonic()):
                 raise changed_meanwhile(_written_by(undo, busy))
-        entries = [to_doc(entry) for entry in audit]
+        # Every entry the batch may write, those of guarded updates too: an undo deletes
+        # its entries by id, and one never written is no matter.
+        unconditional, conditional = audit_parts(changes, audit)
+        entries = [to_doc(entry) for entry in
+                   [*unconditional, *(entry for entry, _ in conditional)]]
         layout = await journal.open_batch(db, undo, entries, journal_id,
                                           within=_time_left(deadline))
         return cls(db, layout, undo, entries, settle_wait, deadline)
 
-    async def run(self, changes: Sequence[Change], audit: Sequence[AuditEntry],
+    async def run(self, changes: Sequence[Change], audit: Sequence[Audit],
                   check: Check | None = None) -> None:
         """Writes everything, then runs ``check``; or (raising what failed either) undoes
-        what it wrote."""
-        steps: list[tuple[Step, ObjectId | None]] = [
-            (step, self.id) for step in writes.steps(changes)]
-        if audit:
-            # Marked too: an undo deletes the batch's audit entries by their ids and its
-            # mark, never another write's entry that holds one of those ids.
-            steps.append(([Insert(entry) for entry in audit], self.id))
+        what it wrote. The audit entries go last: an ``AuditIfApplied`` only if its
+        update applied."""
+        entries, conditional = audit_parts(changes, audit)
         step: Step = []  # (none yet)
         try:
-            for step, mark in steps:
-                await self._write(step, mark)
+            for step in writes.steps(changes):
+                await self._write(step, self.id)
+            step = [Insert(entry) for entry in [
+                *entries, *(entry for entry, update in conditional
+                            if id(update) not in self.skipped)]]
+            if step:
+                # Marked too: an undo deletes the batch's audit entries by their ids and
+                # its mark, never another write's entry that holds one of those ids.
+                await self._write(step, self.id)
             step = []  # every step written: a failed check undoes all of them
             if check is not None:
                 await check()
@@ -157,6 +167,8 @@ class Batch:
             except writes.Stale as stale:
                 await self._read_again(stale.record)
                 continue
+            if isinstance(step, Update) and not records:
+                self.skipped.add(id(step))
             for key in _keys(records):
                 self.written.add(key)
                 self.versions[key] = Expect.ABSENT if isinstance(step, Delete) else mark

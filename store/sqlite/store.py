@@ -32,9 +32,9 @@ import orjson
 from domain.aggregation import Group, Metric
 from domain.entities import AuditEntry, E, Record
 from domain.errors import NotFound
-from domain.ports import Change, Delete, Guard, Insert, InsertIfAbsent, Update
+from domain.ports import Audit, Change, Delete, Guard, Insert, InsertIfAbsent, Update
 from domain.query import ALL, Filter, Page, PageRequest, Sort
-from store.fields import FieldSpec, changed_meanwhile
+from store.fields import FieldSpec, audit_parts, changed_meanwhile
 from store.sqlite import aggregate, paging
 from store.sqlite.codec import (
     SqlValue,
@@ -61,6 +61,8 @@ from store.sqlite.sql_filter import (
 from store.sqlite.writer import SECURE_DELETE, Writer
 
 _Statement = tuple[str, tuple[SqlValue, ...], Change | None]
+#: An audit entry's insert, and the update it is written only if applied.
+_Conditional = tuple[_Statement, Update]
 #: A ``Guard`` compiled: the query finding one record it is about, its parameters, the
 #: guard.
 _GuardQuery = tuple[str, list[SqlValue], Guard]
@@ -198,9 +200,12 @@ def _must_apply(change: Change | None) -> bool:
         or (isinstance(change, Delete) and change.only_if is not None)
 
 
-def _apply_required(conn: sqlite3.Connection, run: list[_Statement]) -> None:
+def _apply_each(conn: sqlite3.Connection, run: list[_Statement]) -> set[int]:
     """Updates (or deletes) one at a time, each that must apply checked on its own (a run
-    may mix them with updates whose guard may fail quietly)."""
+    may mix them with updates whose guard may fail quietly); returns the ``id()`` of
+    each update skipped so (an ``executemany`` tells only how many rows a run changed,
+    not which: ``_apply_batch`` comes here for a run with an audited guarded update)."""
+    skipped: set[int] = set()
     for sql, params, change in run:
         if conn.execute(sql, params).rowcount:
             continue
@@ -210,6 +215,8 @@ def _apply_required(conn: sqlite3.Connection, run: list[_Statement]) -> None:
         assert isinstance(change, Update)
         if change.only_if is None:
             raise NotFound(_missing(conn, [(sql, params, change)]), field="id")
+        skipped.add(id(change))
+    return skipped
 
 
 def _guard_query(guard: Guard) -> _GuardQuery:
@@ -228,10 +235,14 @@ def _check_guards(conn: sqlite3.Connection, guards: Sequence[_GuardQuery]) -> No
 
 
 def _apply_batch(conn: sqlite3.Connection, statements: list[_Statement],
-                 guards: Sequence[_GuardQuery] = ()) -> None:
+                 guards: Sequence[_GuardQuery] = (),
+                 conditional: Sequence[_Conditional] = ()) -> None:
     """One write transaction. Runs of the same insert go as multi-row statements, runs of
     the same update or delete through ``executemany``; updates and deletes must each
-    touch their row; then the guards are checked."""
+    touch their row (a guarded update may skip it); then the ``conditional`` audit
+    entries whose update applied are inserted, and the guards are checked."""
+    watched = {id(update) for _, update in conditional}
+    skipped: set[int] = set()
     conn.execute("BEGIN IMMEDIATE")
     try:
         index = 0
@@ -244,8 +255,8 @@ def _apply_batch(conn: sqlite3.Connection, statements: list[_Statement],
             if isinstance(run[0][2], Insert | InsertIfAbsent) or run[0][2] is None:
                 _insert_run(conn, sql, run)
             else:
-                if any(_must_apply(c) for _, _, c in run):
-                    _apply_required(conn, run)
+                if any(_must_apply(c) or id(c) in watched for _, _, c in run):
+                    skipped |= _apply_each(conn, run)
                     index = end
                     continue
                 cursor = conn.executemany(sql, [params for _, params, _ in run]) \
@@ -254,6 +265,9 @@ def _apply_batch(conn: sqlite3.Connection, statements: list[_Statement],
                 if cursor.rowcount < len(run) and not guarded:
                     raise NotFound(_missing(conn, run), field="id")
             index = end
+        applied = [entry for entry, update in conditional if id(update) not in skipped]
+        if applied:
+            _insert_run(conn, applied[0][0], applied)
         _check_guards(conn, guards)
         conn.commit()
     except BaseException:
@@ -533,18 +547,22 @@ class SqliteStore:
         return column("t0", spec.name), originals, _json_array(list(originals))
 
     # ------------------------------------------------------------------ writes
-    async def write(self, changes: Sequence[Change], audit: Sequence[AuditEntry],
+    async def write(self, changes: Sequence[Change], audit: Sequence[Audit],
                     guards: Sequence[Guard] = ()) -> None:
         # Encode everything before taking the lock: a bad value fails before BEGIN.
         statements = [self._statement(change) for change in changes]
-        statements += [(_insert_sql(AuditEntry), to_row(entry), None) for entry in audit]
+        entries, depending = audit_parts(changes, audit)
+        statements += [(_insert_sql(AuditEntry), to_row(entry), None) for entry in entries]
+        conditional = [((_insert_sql(AuditEntry), to_row(entry), None), update)
+                       for entry, update in depending]
         checks = [_guard_query(guard) for guard in guards]
         if not statements and not checks:
             return
         writer = self._writer_conn()
         async with self._write_lock:
             try:
-                await writer.run(lambda conn: _apply_batch(conn, statements, checks))
+                await writer.run(
+                    lambda conn: _apply_batch(conn, statements, checks, conditional))
             except sqlite3.IntegrityError as exc:
                 violation = unique_violation(exc)
                 if violation is None:

@@ -35,6 +35,7 @@ from domain.errors import Conflict, NotFound, UniqueViolation
 from domain.ports import (
     PARTIAL_UNIQUE_RULES,
     UNIQUE_RULES,
+    AuditIfApplied,
     Change,
     Delete,
     Guard,
@@ -391,6 +392,68 @@ async def test_audit_entries_are_written_with_their_changes(store: Store) -> Non
 
     assert await store.get_many(AuditEntry, [e.id for e in entries]) == entries
     assert await store.find_all(AuditEntry, Eq("entity_id", s.id)) == [entries[1]]
+
+
+async def test_the_entry_of_a_guarded_update_is_written_only_if_the_update_applied(
+        store: Store) -> None:
+    """``AuditIfApplied``: a firmware rollout's ``Requested`` written onto the station as
+    read, which a charger's report overtook, is skipped, and so is its entry; the same
+    write's other guarded update lands with its own, and an entry of the write's that
+    depends on nothing stays. Two alike updates in one write (on SQLite one statement
+    for both, were it not for the entries depending on them) each decide their own
+    entry (QA: the audit said ``Installed → Requested`` of a station that never was)."""
+    held, overtaken = station(firmware_status="Installed"), station(firmware_status="Installed")
+    await put(store, held, overtaken)
+    await store.write([Update(dataclasses.replace(overtaken, firmware_status="Downloading"),
+                              frozenset({"firmware_status"}))], [])
+    guard = ("firmware_status", "Installed")
+    fields = frozenset({"firmware_status"})
+    updates = [Update(dataclasses.replace(st, firmware_status="Requested"), fields, guard)
+               for st in (held, overtaken)]
+    entries = [audit(st, "admin", at=at(1), before={"firmware_status": "Installed"},
+                     after={"firmware_status": "Requested"}) for st in (held, overtaken)]
+    command = audit(overtaken, "admin", action=AuditAction.COMMAND, at=at(1),
+                    after={"command": "UpdateFirmware"})
+
+    await store.write(updates, [*(AuditIfApplied(e, u) for e, u in zip(entries, updates,
+                                                                        strict=True)),
+                                command])
+
+    stored = await store.get_many(Station, [held.id, overtaken.id])
+    assert [st.firmware_status for st in stored if st is not None] == [
+        "Requested", "Downloading"]
+    assert await store.get_many(AuditEntry, [e.id for e in entries]) == [entries[0], None]
+    assert await store.find_all(AuditEntry, Eq("entity_id", overtaken.id)) == [command]
+
+
+async def test_an_entry_of_a_guarded_update_goes_with_a_write_that_fails(
+        store: Store) -> None:
+    """An applied guarded update's entry is part of its all-or-nothing write: a guard
+    of the write that fails leaves neither."""
+    st = station(firmware_status="Installed")
+    await put(store, st)
+    update = Update(dataclasses.replace(st, firmware_status="Requested"),
+                    frozenset({"firmware_status"}), ("firmware_status", "Installed"))
+    entry = audit(st, "admin", at=at(1))
+    with pytest.raises(Conflict):
+        await store.write([update], [AuditIfApplied(entry, update)],
+                          [Guard(Company, ALL)])
+    assert (await store.get_many(Station, [st.id]))[0] == st
+    assert await store.count(AuditEntry, ALL) == 0
+
+
+async def test_an_entry_may_depend_only_on_a_change_of_its_own_write(store: Store) -> None:
+    """Told by the object, not by its value: an equal update is another change, which
+    this write does not make."""
+    st = station(firmware_status="Installed")
+    await put(store, st)
+    update = Update(dataclasses.replace(st, firmware_status="Requested"),
+                    frozenset({"firmware_status"}), ("firmware_status", "Installed"))
+    with pytest.raises(ValueError, match="change"):
+        await store.write([dataclasses.replace(update)],
+                          [AuditIfApplied(audit(st, "admin"), update)])
+    assert (await store.get_many(Station, [st.id]))[0] == st
+    assert await store.count(AuditEntry, ALL) == 0
 
 
 async def test_update_replaces_the_whole_record(store: Store) -> None:

@@ -7,6 +7,7 @@ only: an offline charger showed nothing)."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -25,7 +26,7 @@ from domain import entities as d
 from domain.events import CommandCompleted, MaintenanceStatusChanged
 from domain.policy import SYSTEM, Viewer
 from domain.ports import Change, Delete, Store, Update
-from domain.query import Eq
+from domain.query import Eq, Sort, all_of
 from domain.services.base import touch
 from domain.services.commands import ANNOUNCE_ROUNDS, CommandService
 from domain.services.configuration import MAX_KEYS, record_change, record_read
@@ -449,6 +450,69 @@ async def test_a_request_is_announced_whatever_was_written_to_the_station_after_
     finally:
         await events.aclose()
     assert (announced.kind, announced.status) == (kind, "Requested")
+
+
+@pytest.mark.parametrize(("kind", "report"), [("FIRMWARE", "Downloading"),
+                                              ("DIAGNOSTICS", "Uploading")])
+async def test_a_report_landing_before_the_requested_write_leaves_no_entry_of_it(
+        central: Central, monkeypatch: pytest.MonkeyPatch, kind: str, report: str) -> None:
+    """QA (firmware_phantom): a charger reports Downloading (Uploading) right after it
+    accepts, and the report was written after the answer's ``Requested`` was decided on
+    the station as read and before that was written: the guarded write was skipped,
+    its audit entry written anyway (``Installed → Requested`` of a station that never
+    read Requested; the charger's entry after it began from another version). The
+    station's entries chain: one of the charger's report, then one of the operator's
+    recording the request beside it, and nothing announces a ``Requested``."""
+    monkeypatch.setattr(simulator.SimulatedChargePoint, "_install_firmware", _reports_nothing)
+    monkeypatch.setattr(simulator.SimulatedChargePoint, "_upload_diagnostics",
+                        _reports_nothing)
+    field = "firmware_status" if kind == "FIRMWARE" else "diagnostics_status"
+    commit = CommandService.commit
+    published: list[Any] = []
+    central.services.commands.ctx.published.append(published.append)
+    station_id = central.stations["CP-1"].id
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        raced: list[bool] = []
+
+        async def report_first(self: CommandService, viewer: Viewer,
+                               changes: Any, *args: Any, **kwargs: Any) -> None:
+            if not raced and any(getattr(c.record, field, None) == "Requested"
+                                 for c, _ in changes):
+                raced.append(True)  # decided; the charger's report is written first
+                notification = call.FirmwareStatusNotification(status=report) \
+                    if kind == "FIRMWARE" else call.DiagnosticsStatusNotification(status=report)
+                await cp.call(notification)
+            await commit(self, viewer, changes, *args, **kwargs)
+
+        monkeypatch.setattr(CommandService, "commit", report_first)
+        if kind == "FIRMWARE":
+            await run(central, "updateFirmware", {
+                "cpId": "CP-1", "location": "https://fw.example.com/2.0.bin",
+                "retrieveDate": datetime.now(UTC).isoformat()}, "accepted")
+        else:
+            await run(central, "getDiagnostics", {
+                "cpId": "CP-1", "location": "https://diag.example.com/up"}, "fileName")
+    assert raced
+    [stored] = await central.store.get_many(d.Station, [station_id])
+    assert stored is not None and getattr(stored, field) == report
+    assert (stored.firmware_location if kind == "FIRMWARE"
+            else stored.diagnostics_file_name) is not None  # the request, beside it
+    entries = await central.store.find_all(d.AuditEntry, all_of(
+        Eq("entity_id", station_id), Eq("action", d.AuditAction.UPDATE)),
+        [Sort("at"), Sort("id")])
+    changed = [e for e in entries if e.before is not None and e.after is not None
+               and e.before.get(field) != e.after.get(field)]
+    assert [(e.actor, e.after[field]) for e in changed] == [  # type: ignore[index]
+        ("ocpp:CP-1", report)]
+    assert entries[-1].actor == central.users["op"].id
+    assert entries[-1].after == {**entries[-1].after, field: report}  # type: ignore[dict-item]
+    for previous, entry in itertools.pairwise(entries):
+        assert entry.before == previous.after
+    # The last entry is the station's version stored (telemetry since is no version).
+    assert entries[-1].after["updated_at"] == rfc3339(stored.updated_at)  # type: ignore[index]
+    assert [e.status for e in published if isinstance(e, MaintenanceStatusChanged)] == [
+        report]
 
 
 async def test_a_chargers_configuration_is_shown_while_it_is_offline(
