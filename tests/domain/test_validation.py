@@ -196,6 +196,9 @@ def test_amounts_are_stored_in_plain_notation() -> None:
     assert str(v.money("1E+3", "price")) == "1000"
     assert str(v.money(Decimal("-0"), "price")) == "0"
     assert str(v.money("0.390", "price")) == "0.390"
+    # Zeros past the sixth decimal write no fraction (QA s24: "0.4000000" was refused).
+    assert str(v.money("0.4000000", "price")) == "0.400000"
+    assert str(v.money("1.2345670000", "price")) == "1.234567"
 
 
 def test_sampled_numbers_are_plain_decimals() -> None:
