@@ -197,8 +197,10 @@ class SiteFallbacks:
             self._ask_again(station.id, BUSY_AGAIN_S)
             return
         if not accepted and not isinstance(outcome.error, ChargerOffline):
-            log.warning("site %s: %s answered %s to its fallback", site.id, station.cp_id,
-                        outcome.status or outcome.error)
+            # The error's words say what the charger answered ("... answered
+            # SetChargingProfile with InternalError", "the charger answered Rejected").
+            log.warning("site %s: fallback for %s refused: %s", site.id, station.cp_id,
+                        outcome.error)
             # A quiet site runs on no event (QA s22 verify: a charger busy at the time
             # held no fallback for minutes): asked again once the while is over.
             self._ask_again(station.id, ASK_AGAIN_S + 1)
