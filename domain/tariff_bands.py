@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo
 
 from domain import validation as v
 from domain.apportion import largest_remainder
-from domain.entities import Session, Tariff
+from domain.entities import BILLED_TIME_TOLERANCE, Session, Tariff
 from domain.errors import ValidationError
 from domain.timebuckets import offsets, zone
 
@@ -193,11 +193,26 @@ def band_at(bands: Sequence[PriceBand], tz: ZoneInfo, instant: datetime) -> int:
 def session_split(tariff: Tariff, session: Session, energy_wh: int,
                   readings: Iterable[tuple[datetime, int]], until: datetime) -> list[int]:
     """``attributed_wh`` for ``session`` up to ``until`` (its billed end, or now on its
-    timeline). A session whose charger's clock was behind ours at its start has its
-    readings on a timeline that cannot be placed (1970, then today): all its energy is
-    at the price in force when its start came (``Session.priced_at``), as its tariff is."""
+    timeline). A session whose charger's clock is behind ours (``Session.clock_behind``)
+    is split on our clock: its readings are placed by the lag its start showed (its
+    receipt, ``created_at``, less its stamp), which a clock that runs steadily behind
+    (minutes, or from 1970 never set) keeps, so its energy is priced by when it really
+    flowed. They are placed within the span billed, from that receipt to ``until``
+    placed alike: one landing outside it by up to ``BILLED_TIME_TOLERANCE`` is moved to
+    its edge (network delay: the start's is in the lag, so a reading just in lands past
+    an estimate's end); one further out was stamped by a clock that jumped since the
+    start (set right by NTP, reset to 1970), cannot be placed, and accounts for
+    nothing: its energy is at the price in force when the start came
+    (``Session.priced_at``), as all of such a session's energy was before."""
     if session.clock_behind:
-        return attributed_wh(tariff, session.priced_at, energy_wh, (), session.priced_at)
+        # From what the session stores, not a process's ``ChargerClocks``: its close and
+        # every instance's estimate place its readings alike.
+        lag = session.created_at - session.start_time
+        first, last = session.created_at, until + lag
+        placed = [(min(max(at + lag, first), last), wh) for at, wh in readings
+                  if first - BILLED_TIME_TOLERANCE <= at + lag
+                  <= last + BILLED_TIME_TOLERANCE]
+        return attributed_wh(tariff, session.priced_at, energy_wh, placed, last)
     return attributed_wh(tariff, session.start_time, energy_wh, readings, until)
 
 

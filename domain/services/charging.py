@@ -1696,8 +1696,6 @@ class ChargingService(ChargerConnections):
         writes); None, and no store read, for a tariff without bands."""
         if not tariff.energy_bands:
             return None
-        if session.clock_behind:  # its readings are not read (``session_split``)
-            return session_split(tariff, session, energy, (), end)
         stored = await register_readings(self.store, [session.id])
         samples = {s.id: s for s in stored.get(session.id, [])}
         samples.update((s.id, s) for s in metered if s.delta_wh is not None)

@@ -77,19 +77,40 @@ def test_a_reading_stamped_far_ahead_is_no_reason_to_walk_centuries() -> None:
                                               (glitch, 1)]) == [0, 800]
 
 
-def test_a_session_started_on_a_clock_behind_ours_is_split_at_its_receipt() -> None:
-    """Its readings are on a timeline that cannot be placed (1970, then today): its
-    energy is at the price in force when its start came, as its tariff is."""
+def test_a_clock_behind_ours_is_split_on_ours_by_the_lag_its_start_showed() -> None:
+    """Its readings are placed on our clock by the lag its start showed (its receipt less
+    its stamp): a clock never set that runs on from 1970, or one minutes behind (QA s11:
+    all of its energy was at the price in force when its start came). Within the span
+    billed: a reading past its end by less than ``BILLED_TIME_TOLERANCE`` counts at the
+    end; one stamped by a clock that jumped since (set right, reset to 1970) lands
+    further out, cannot be placed, and is at the price in force when the start came."""
     tariff = _tariff([PEAK])
-    session = d.Session(transaction_id=1, station_id="s" * 24, cp_id=CP, connector_id=1,
-                        id_tag="T", start_time=datetime(1970, 1, 1, tzinfo=UTC),
-                        meter_start_wh=0, start_clock_behind=True, created_at=_at(-60))
-    readings = [(datetime(1970, 1, 1, 0, 30, tzinfo=UTC), 400), (_at(10), 600)]
-    # Received Monday 20:30 Berlin: peak.
-    assert session_split(tariff, session, 1000, readings, _at(20)) == [1000, 0]
-    session.start_clock_behind, session.start_time = False, _at(-60)
-    assert session_split(tariff, session, 1000, [(_at(-30), 400), (_at(70), 600)],
-                         _at(80)) != [1000, 0]
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    never_set = d.Session(transaction_id=1, station_id="s" * 24, cp_id=CP, connector_id=1,
+                          id_tag="T", start_time=epoch, meter_start_wh=0,
+                          start_clock_behind=True, created_at=_at(0))
+    minute = timedelta(minutes=1)
+    readings = [(epoch + 15 * minute, 1000),  # 21:45 Berlin: peak
+                (epoch + 45 * minute, 2000),  # 21:45-22:15: half of it peak
+                (epoch + 61 * minute, 500),  # a minute past the end: at it, off-peak
+                (_at(50), 400)]  # set right by NTP: at the receipt's price, peak
+    assert session_split(tariff, never_set, 3900, readings, epoch + 60 * minute) == [
+        2400, 1500]
+    behind = d.Session(transaction_id=2, station_id="s" * 24, cp_id=CP, connector_id=1,
+                       id_tag="T", start_time=_at(-3), meter_start_wh=0,
+                       start_clock_behind=True, created_at=_at(0))
+    readings = [(_at(12), 1000), (_at(42), 1000),
+                (epoch + 5 * minute, 600)]  # reset to 1970: at the receipt's price
+    assert session_split(tariff, behind, 2600, readings, _at(57)) == [2100, 500]
+    # Shown live, not known at its start: the same (a close keeps the flag).
+    live = d.Session(transaction_id=3, station_id="s" * 24, cp_id=CP, connector_id=1,
+                     id_tag="T", start_time=_at(-3), meter_start_wh=0, created_at=_at(0),
+                     meter_at=_at(42), updated_at=_at(45))
+    assert live.clock_behind
+    assert session_split(tariff, live, 2000, readings[:2], _at(57)) == [1500, 500]
+    # A clock not behind is split by its stamps, three minutes earlier: more of it peak.
+    behind.start_clock_behind = False
+    assert session_split(tariff, behind, 2000, readings[:2], _at(57)) == [1600, 400]
 
 
 def test_readings_of_one_instant_spread_over_the_time_before_it() -> None:
