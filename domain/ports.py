@@ -193,7 +193,7 @@ class Store(Protocol):
         """Apply the changes and append the audit entries, all or nothing, if every one
         of ``guards`` holds once they are applied. An ``AuditIfApplied`` is appended
         only if its change applied (``ValueError`` when its change is not one of
-        ``changes``).
+        ``changes``, or is given there more than once).
 
         Raises ``UniqueViolation`` when a unique rule rejects a change, ``NotFound``
         when an ``Update``/``Delete`` names a missing record and ``Conflict`` (code

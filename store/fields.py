@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -193,7 +194,10 @@ def audit_parts(changes: Sequence[Change], audit: Sequence[Audit]
     """A write's audit entries: those it appends whatever its changes do, and those it
     appends only if their update applied (``AuditIfApplied``), each with that update,
     which must be one of ``changes`` (the object itself: two equal updates of one
-    record are two changes)."""
+    record are two changes), and given once: a store tells which updates applied by
+    the object, so of one given twice, applied once, it could not tell which entry
+    stands (review r2: both were dropped), and such a write is refused
+    (``ValueError``) rather than mis-recorded."""
     entries: list[AuditEntry] = []
     conditional: list[tuple[AuditEntry, Update]] = []
     for item in audit:
@@ -202,7 +206,9 @@ def audit_parts(changes: Sequence[Change], audit: Sequence[Audit]
         else:
             entries.append(item)
     if conditional:
-        ours = {id(change) for change in changes}
+        ours = Counter(id(change) for change in changes)
         if any(id(change) not in ours for _, change in conditional):
             raise ValueError("an AuditIfApplied's change is not one of the write's")
+        if any(ours[id(change)] > 1 for _, change in conditional):
+            raise ValueError("an AuditIfApplied's change is given more than once")
     return entries, conditional

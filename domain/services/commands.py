@@ -1055,10 +1055,11 @@ class CommandService(Service):
         (``sent``). Without a report since (another write moved the station, or one
         cleared ``diagnostics_previous_uploading``), ``Requested`` is decided again on
         the station as stored. With one (the charger's notification raced the answer
-        here), that report stands and the rollout is recorded beside it, unless it is no
-        news of the request (``keeps_requested``: a firmware Idle before the download is
-        due, the end of the upload before): then ``Requested`` is written over it, as it
-        would have been had it come first."""
+        here), that report stands and the rollout is recorded beside it, onto the
+        station's version read (another report since: read and decided again), unless
+        it is no news of the request (``keeps_requested``: a firmware Idle before the
+        download is due, the end of the upload before): then ``Requested`` is written
+        over it, as it would have been had it come first."""
         first = requested = cast(Station, wrote)
         field = "firmware_status" if kind == "FIRMWARE" else "diagnostics_status"
         asked = "firmware_requested_at" if kind == "FIRMWARE" else "diagnostics_requested_at"
@@ -1069,8 +1070,8 @@ class CommandService(Service):
                 # Other writes (a charger's connector-0 reports) kept landing between
                 # each read and write (review s23: the loop had no end, and the command
                 # never answered): the charger's next report says where it stands.
-                log.warning("%s: the %s request could not be recorded as Requested: "
-                            "the station kept changing", sent.cp_id, kind.lower())
+                log.warning("%s: the %s request could not be recorded: the station "
+                            "kept changing", sent.cp_id, kind.lower())
                 return
             [current] = await self.store.get_many(Station, [requested.id])
             if current is None:
@@ -1090,9 +1091,19 @@ class CommandService(Service):
                 # The report stands; the request is recorded beside it, unless a newer
                 # request was recorded meanwhile (review s23: this older answer wrote
                 # its location over the newer one's, which the charger acts on).
-                await self.commit(viewer, [(patch(current, viewer, **rollout, only_if=(
-                    asked, getattr(sent, asked))), current)])
-                return
+                if getattr(current, asked) != getattr(sent, asked):
+                    return
+                # Only onto the version read, like ``Requested``: guarded on the
+                # request time alone it landed on a report written since, its stamps
+                # older than that report's and its entry's images of the station
+                # before it (review r2: the audit chain broke, ``updated_at`` went
+                # back). Read and decided again when another write came between.
+                beside = patch(current, viewer, **rollout,
+                               only_if=("updated_at", current.updated_at))
+                await self.commit(viewer, [(beside, current)])
+                if await self.landed([beside.record]):
+                    return
+                continue
             await self.commit(viewer, [(again, current)])
             requested = cast(Station, again.record)
         if kind == "FIRMWARE":

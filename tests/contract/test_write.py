@@ -456,6 +456,23 @@ async def test_an_entry_may_depend_only_on_a_change_of_its_own_write(store: Stor
     assert await store.count(AuditEntry, ALL) == 0
 
 
+async def test_an_entry_may_not_depend_on_a_change_given_twice(store: Store) -> None:
+    """Review r2: the store tells which updates applied by the object, so one update
+    given twice (applied the first time, its guard failing the second) lost the entry of
+    the time it applied, the record changed without one. Refused, nothing written."""
+    st = station(firmware_status="Installed")
+    await put(store, st)
+    update = Update(dataclasses.replace(st, firmware_status="Requested"),
+                    frozenset({"firmware_status"}), ("firmware_status", "Installed"))
+    entries = [audit(st, "admin", at=at(n), before={"firmware_status": "Installed"},
+                     after={"firmware_status": "Requested"}) for n in (1, 2)]
+    with pytest.raises(ValueError, match="more than once"):
+        await store.write([update, update],
+                          [AuditIfApplied(entry, update) for entry in entries])
+    assert (await store.get_many(Station, [st.id]))[0] == st
+    assert await store.count(AuditEntry, ALL) == 0
+
+
 async def test_update_replaces_the_whole_record(store: Store) -> None:
     st = station(name="Old", online=False, lat=52.0, lon=13.0)
     await put(store, st)

@@ -515,6 +515,72 @@ async def test_a_report_landing_before_the_requested_write_leaves_no_entry_of_it
         report]
 
 
+@pytest.mark.parametrize(("kind", "reports"), [("FIRMWARE", ("Downloading", "Downloaded")),
+                                               ("DIAGNOSTICS", ("Uploading", "Uploaded"))])
+async def test_a_report_landing_before_the_request_is_recorded_beside_one_chains(
+        central: Central, monkeypatch: pytest.MonkeyPatch, kind: str,
+        reports: tuple[str, str]) -> None:
+    """Review r2: the charger's first report lands before the answer's ``Requested``
+    (above), and its second between ``_announce_requested``'s read of the station and
+    its write recording the request beside the first. That write was guarded on the
+    request time only, so it landed on the second report's version with the stamps and
+    images of the read before it: the operator's entry ended in the first report, the
+    charger's next began from the version before the operator's, and the station's
+    ``updated_at`` went back. Pins: it is written onto the version read only, and read
+    and written again on the newer one, so the entries chain and the last is the
+    station as stored."""
+    monkeypatch.setattr(simulator.SimulatedChargePoint, "_install_firmware", _reports_nothing)
+    monkeypatch.setattr(simulator.SimulatedChargePoint, "_upload_diagnostics",
+                        _reports_nothing)
+    field = "firmware_status" if kind == "FIRMWARE" else "diagnostics_status"
+    beside = "firmware_location" if kind == "FIRMWARE" else "diagnostics_file_name"
+    commit = CommandService.commit
+    station_id = central.stations["CP-1"].id
+
+    def notification(status: str) -> Any:
+        return call.FirmwareStatusNotification(status=status) if kind == "FIRMWARE" \
+            else call.DiagnosticsStatusNotification(status=status)
+
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        sent: list[str] = []
+
+        async def reports_between(self: CommandService, viewer: Viewer,
+                                  changes: Any, *args: Any, **kwargs: Any) -> None:
+            records = [c.record for c, _ in changes]
+            if not sent and any(getattr(r, field, None) == "Requested" for r in records):
+                sent.append(reports[0])  # lands before the Requested write
+                await cp.call(notification(reports[0]))
+            elif sent == [reports[0]] and any(getattr(r, field, None) == reports[0]
+                                              and getattr(r, beside, None)
+                                              for r in records):
+                sent.append(reports[1])  # lands before the request recorded beside
+                await cp.call(notification(reports[1]))
+            await commit(self, viewer, changes, *args, **kwargs)
+
+        monkeypatch.setattr(CommandService, "commit", reports_between)
+        if kind == "FIRMWARE":
+            await run(central, "updateFirmware", {
+                "cpId": "CP-1", "location": "https://fw.example.com/2.0.bin",
+                "retrieveDate": datetime.now(UTC).isoformat()}, "accepted")
+        else:
+            await run(central, "getDiagnostics", {
+                "cpId": "CP-1", "location": "https://diag.example.com/up"}, "fileName")
+    assert sent == list(reports)
+    [stored] = await central.store.get_many(d.Station, [station_id])
+    assert stored is not None and getattr(stored, field) == reports[1]
+    assert getattr(stored, beside) is not None  # the request, beside the reports
+    entries = await central.store.find_all(d.AuditEntry, all_of(
+        Eq("entity_id", station_id), Eq("action", d.AuditAction.UPDATE)),
+        [Sort("at"), Sort("id")])
+    for previous, entry in itertools.pairwise(entries):
+        assert entry.before == previous.after
+    last = entries[-1]
+    assert last.actor == central.users["op"].id  # recorded onto the second report
+    assert last.after is not None and last.after[field] == reports[1]
+    assert last.after["updated_at"] == rfc3339(stored.updated_at)  # never went back
+
+
 async def test_a_chargers_configuration_is_shown_while_it_is_offline(
         central: Central, bus: MemoryEventBus, monkeypatch: pytest.MonkeyPatch) -> None:
     """``getConfiguration`` was live only: with the charger offline an operator saw
