@@ -466,15 +466,18 @@ class OcppServer:
         if refused is not None:
             return refused
         digest = hashlib.sha256(password.encode()).digest()
-        if self._former_password(station, digest):
-            # Its charger, not told yet of a new one (review s22: its retries counted
-            # against the new password at its own address, and locked it out for up to
-            # the longest lockout once it had it). Refused, not counted: nobody learns
-            # anything from a password that no longer opens the station.
-            return False
+        # The password the charger passed with before the station's hash changed: its
+        # charger, maybe not told yet of a new one (review s22: its retries counted
+        # against the new password at its own address, and locked it out for up to the
+        # longest lockout once it had it). Refused, it is not counted (``_answered``).
+        # The current hash decides all the same: the station may have been given the
+        # same password again, under a new salt (QA s24: refused unchecked, the charger
+        # was locked out for good on every instance it had passed on). Checked once per
+        # hash: a refusal is remembered, a pass cached, like any other password's.
+        former = self._former_password(station, digest)
         known = self._known_answer(station, digest)
         if known is not None:
-            return self._counted(station, peer, known)
+            return self._answered(station, peer, known, former=former)
         # argon2 costs tens of milliseconds of CPU: on the services' hashing threads (a
         # few at a time, shared with sign-ins), and one check per station at a time, so
         # a flood against one station waits behind itself rather than taking every
@@ -498,7 +501,7 @@ class OcppServer:
         finally:
             self._in_flight.discard(slot)
         self._remember(station, digest, ok)
-        return self._counted(station, peer, ok)
+        return self._answered(station, peer, ok, former=former)
 
     def _locked_out(self, station: Any, peer: str) -> Refused | None:
         left = self.charging.sign_ins.refused_for(station.cp_id, station.auth_password_hash,
@@ -508,9 +511,17 @@ class OcppServer:
         return Refused(max(1, math.ceil(left.total_seconds())),
                        "too many wrong passwords: try again later\n", locked=True)
 
+    def _answered(self, station: Any, peer: str, ok: bool, *, former: bool) -> bool:
+        """``_counted``, but the former password refused is not counted: nobody learns
+        anything from a password that no longer opens the station."""
+        if former and not ok:
+            return False
+        return self._counted(station, peer, ok)
+
     def _former_password(self, station: Any, digest: bytes) -> bool:
         """Whether ``digest`` is of the password the station's charger passed with here
-        before the station was given another."""
+        before the station's hash changed: given another password, or the same one
+        again (``_password_ok`` checks it against the new hash)."""
         cached = self._verified.get(station.cp_id)
         return cached is not None and cached[0] != station.auth_password_hash \
             and hmac.compare_digest(cached[1], digest)
