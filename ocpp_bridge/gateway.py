@@ -124,8 +124,8 @@ class OcppGateway:
             raise ChargerTimeout(f"{cp_id} did not answer {action} within {timeout:g}s"
                                  ) from exc
         except ChargerOffline as exc:
-            raise ChargerOffline(self._stopping or f"{cp_id} went offline before "
-                                 f"{action} was sent") from exc
+            raise ChargerOffline(self._stopping or f"{cp_id} {handler.left or 'went offline'}"
+                                 f" before {action} was sent") from exc
         except ChargerTimeout:
             # Sent, never answered: the service is stopping (``stop_commands``), or the
             # socket closed after the charger got it (``connection_closed``).

@@ -211,6 +211,9 @@ class ChargePointHandler(ChargePoint):
         #: Commands in progress already handed their answer: a second one is a repeat.
         self._answered: set[str] = set()
         self._closed = False
+        #: Why this connection stopped being its charger's while its socket still closes
+        #: ("connected to another instance"; ``superseded``), else ``None``.
+        self.left: str | None = None
         self.pacer = FramePacer()
         #: When the charger's last frame came (our clock); ``None`` before its first.
         self.heard_at: datetime | None = None
@@ -250,6 +253,8 @@ class ChargePointHandler(ChargePoint):
             raise ChargerOffline(f"{self.id} went offline")
         unique_id = str(uuid.uuid4())
         await _check_outgoing(request, unique_id)
+        if self._closed:  # while it was checked (on a thread): its failure went by it
+            raise ChargerOffline(f"{self.id} went offline")
         loop = asyncio.get_running_loop()
         asks_boot = _asks_boot(request)
         if asks_boot:  # from before it goes: the charger may boot before its answer is read
@@ -320,6 +325,19 @@ class ChargePointHandler(ChargePoint):
         called REJECTED while the charger may hold the plug."""
         self._fail_all(lambda unique_id: ChargerOffline(f"{self.id} went offline")
                        if unique_id in self._sending else ChargerTimeout(OUTCOME_UNKNOWN))
+
+    def superseded(self, left: str) -> None:
+        """A newer connection of the charger took over (``left`` says where: "connected to
+        another instance"): this one is not its connection any more, though its socket
+        may take the close timeout to close (a dead peer). Its commands fail now as at a
+        close, and later ones are refused: one not sent yet as never sent
+        (``ChargerOffline``), one the charger may have got as unanswered
+        (``ChargerTimeout``), each saying why."""
+        self.left = left
+        self._fail_all(lambda unique_id: ChargerOffline(f"{self.id} {left}")
+                       if unique_id in self._sending else ChargerTimeout(
+                           f"{self.id} {left} while its previous connection had the "
+                           "command; its outcome is unknown"))
 
     def _fail_all(self, error_for: Callable[[str], ChargerError]) -> None:
         self._closed = True

@@ -75,6 +75,9 @@ CLOSE_TRY_AGAIN_LATER = 1013
 #: Refused passwords remembered per station (repeated guesses are refused without argon2;
 #: they are still counted).
 REFUSED_REMEMBERED = 32
+#: Why a connection whose charger connected to another instance is closed (and its
+#: commands failed, ``ChargePointHandler.superseded``).
+ELSEWHERE = "connected to another instance"
 #: The reason a locked-out attempt is logged with (``RefusalLog``).
 LOCKED_OUT = "too many wrong passwords from there: refused unchecked"
 
@@ -332,13 +335,14 @@ class OcppServer:
         if connected.newest:
             handler.connected_at = connected.at
         else:
-            self._hang_up(handler, 1000, "connected to another instance")
+            self._lost_to_elsewhere(handler)
 
     async def _watch_elsewhere(self, stream: Any) -> None:
         """With several instances: a charger that connected to another instance after
         it connected here has left this socket, even if it has not been noticed dead yet.
-        Closing it keeps commands from reaching the charger twice and frees the
-        connection at once (its disconnect is not recorded: the newer connection is, see
+        Letting it go (``_let_go``: out of the gateway now, closed in the background)
+        keeps commands from reaching the charger twice and frees the connection at once
+        (its disconnect is not recorded: the newer connection is, see
         ``ChargingService.disconnect``). Newer is the higher connection number the store
         drew, not a later clock: two connections at one moment, or instances whose clocks
         are seconds apart, still have exactly one winner. An announcement heard while
@@ -370,7 +374,22 @@ class OcppServer:
     def _lost_to_elsewhere(self, handler: ChargePointHandler) -> None:
         log.info("%s connected to another instance: closing its connection here",
                  handler.id)
-        self._hang_up(handler, 1000, "connected to another instance")
+        self._let_go(handler, ELSEWHERE, ELSEWHERE)
+
+    def _let_go(self, handler: ChargePointHandler, left: str, reason: str) -> None:
+        """``handler``'s connection is superseded by a newer one of its charger (here, or
+        on another instance): it stops being the charger's connection at once, while its
+        socket closes in the background. Left registered until that close was done (a
+        dead peer's closing handshake takes the 10 s close timeout), it took this
+        instance's commands and claimed relayed ones, which went to the dead socket and
+        timed out (QA s24). Taken out of the gateway only if it is still the one there
+        (a connection that replaced it here stays); its commands fail now
+        (``ChargePointHandler.superseded``, saying the charger ``left``). Its close
+        (1000, ``reason``) records no disconnect (``_connection``): the newer connection
+        is the station's."""
+        handler.superseded(left)
+        self.gateway.unregister(handler)
+        self._hang_up(handler, 1000, reason)
 
     async def _watch_removals(self, stream: Any) -> None:
         """A removed station's charger is hung up on at once, by whichever instance holds
@@ -466,15 +485,18 @@ class OcppServer:
         if refused is not None:
             return refused
         digest = hashlib.sha256(password.encode()).digest()
-        if self._former_password(station, digest):
-            # Its charger, not told yet of a new one (review s22: its retries counted
-            # against the new password at its own address, and locked it out for up to
-            # the longest lockout once it had it). Refused, not counted: nobody learns
-            # anything from a password that no longer opens the station.
-            return False
+        # The password the charger passed with before the station's hash changed: its
+        # charger, maybe not told yet of a new one (review s22: its retries counted
+        # against the new password at its own address, and locked it out for up to the
+        # longest lockout once it had it). Refused, it is not counted (``_answered``).
+        # The current hash decides all the same: the station may have been given the
+        # same password again, under a new salt (QA s24: refused unchecked, the charger
+        # was locked out for good on every instance it had passed on). Checked once per
+        # hash: a refusal is remembered, a pass cached, like any other password's.
+        former = self._former_password(station, digest)
         known = self._known_answer(station, digest)
         if known is not None:
-            return self._counted(station, peer, known)
+            return self._answered(station, peer, known, former=former)
         # argon2 costs tens of milliseconds of CPU: on the services' hashing threads (a
         # few at a time, shared with sign-ins), and one check per station at a time, so
         # a flood against one station waits behind itself rather than taking every
@@ -498,7 +520,7 @@ class OcppServer:
         finally:
             self._in_flight.discard(slot)
         self._remember(station, digest, ok)
-        return self._counted(station, peer, ok)
+        return self._answered(station, peer, ok, former=former)
 
     def _locked_out(self, station: Any, peer: str) -> Refused | None:
         left = self.charging.sign_ins.refused_for(station.cp_id, station.auth_password_hash,
@@ -508,9 +530,17 @@ class OcppServer:
         return Refused(max(1, math.ceil(left.total_seconds())),
                        "too many wrong passwords: try again later\n", locked=True)
 
+    def _answered(self, station: Any, peer: str, ok: bool, *, former: bool) -> bool:
+        """``_counted``, but the former password refused is not counted: nobody learns
+        anything from a password that no longer opens the station."""
+        if former and not ok:
+            return False
+        return self._counted(station, peer, ok)
+
     def _former_password(self, station: Any, digest: bytes) -> bool:
         """Whether ``digest`` is of the password the station's charger passed with here
-        before the station was given another."""
+        before the station's hash changed: given another password, or the same one
+        again (``_password_ok`` checks it against the new hash)."""
         cached = self._verified.get(station.cp_id)
         return cached is not None and cached[0] != station.auth_password_hash \
             and hmac.compare_digest(cached[1], digest)
@@ -583,7 +613,7 @@ class OcppServer:
             # close timeout, and the charger's new connection was not answered
             # meanwhile (its boot waited 10 s).
             log.info("%s reconnected: closing its previous connection", cp_id)
-            self._hang_up(previous, 1000, "replaced by a new connection")
+            self._let_go(previous, "reconnected", "replaced by a new connection")
         log.info("%s connected from %s", cp_id, peer)
         connected = await self.charging.connect(cp_id, instance=self.instance_id,
                                                 number=number)
@@ -644,6 +674,7 @@ class OcppServer:
             # CHARGER_OFFLINE, not at its timeout.
             handler.connection_closed()
             recorded = self._numbers.pop(handler, None)
+            # Not if it was let go already (superseded, ``_let_go``), or replaced here.
             if self.gateway.unregister(handler):
                 self._newer_elsewhere.pop(cp_id, None)
                 log.info("%s disconnected (close code %s%s)", cp_id, ws.close_code,

@@ -125,6 +125,10 @@ async def test_a_charger_that_connected_elsewhere_is_let_go_here(tmp_path: Path)
                     return not a.gateway.is_connected("CP-1")
                 await until(a_let_go)
                 assert b.gateway.is_connected("CP-1")
+
+                async def a_closed() -> bool:  # after it was let go, in the background
+                    return on_a._connection.close_code is not None  # type: ignore[no-any-return]
+                await until(a_closed)
                 assert on_a._connection.close_code == 1000  # type: ignore[attr-defined]
                 await asyncio.sleep(0.2)  # A's disconnect handling, had it written anything
                 assert await online(central)

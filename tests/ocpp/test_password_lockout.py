@@ -138,19 +138,38 @@ async def test_lockouts_end_and_double_and_a_new_password_starts_afresh(
 
 
 async def test_a_charger_retrying_its_former_password_is_not_locked_out(
-        central: Central) -> None:
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
     """Review s22: after the operator gave the station a new password, the charger's
     retries with the one it still had counted against the new one at its own address;
     told the new one at last, it was locked out for up to the longest lockout."""
     assert await attempt(central, STATION_PASSWORD, CHARGER) == 101
     await central.services.stations.update_station(SYSTEM, central.stations["CP-1"].id,
                                                    password="brand-new-password-2")
+    checked = counting_checks(central, monkeypatch)
     for _ in range(12):  # past the address's limit and the backoff's first steps
         assert await attempt(central, STATION_PASSWORD, CHARGER) == 401
+    assert checked == [STATION_PASSWORD]  # against the new hash once, then remembered
     assert await attempt(central, "brand-new-password-2", CHARGER) == 101
     for i in range(5):  # other wrong passwords from there still count
         assert await attempt(central, f"guess-{i}", CHARGER) == 401
     assert await attempt(central, "brand-new-password-2", CHARGER) == 429
+
+
+async def test_a_station_given_its_password_again_still_takes_its_charger(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """QA s24: the same password set again is a new hash (a new salt). The password the
+    charger had passed with was taken for its former one and refused unchecked, and
+    only a pass would have told this instance otherwise: locked out for good."""
+    stations, station_id = central.services.stations, central.stations["CP-1"].id
+    assert await attempt(central, STATION_PASSWORD, CHARGER) == 101  # its digest cached
+    await stations.update_station(SYSTEM, station_id, password=STATION_PASSWORD)
+    checked = counting_checks(central, monkeypatch)
+    for _ in range(3):  # a reconnect storm costs one check against the new hash
+        assert await attempt(central, STATION_PASSWORD, CHARGER) == 101
+    assert checked == [STATION_PASSWORD]
+    await stations.update_station(SYSTEM, station_id, password="brand-new-password-2")
+    await stations.update_station(SYSTEM, station_id, password=STATION_PASSWORD)  # back
+    assert await attempt(central, STATION_PASSWORD, CHARGER) == 101
 
 
 async def test_a_scan_of_made_up_ids_writes_a_few_short_lines_and_one_summary(

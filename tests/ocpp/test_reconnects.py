@@ -8,13 +8,17 @@ import asyncio
 import base64
 import json
 import os
+from typing import Any
 from urllib.parse import urlsplit
 
+import pytest
 from websockets.asyncio.client import connect
 
+import ocpp_bridge.handler as handler_module
 from domain import entities as d
+from domain.errors import ChargerOffline, ChargerTimeout
 from domain.query import Eq
-from ocpp_bridge.simulator import basic_auth
+from ocpp_bridge.simulator import basic_auth, connected
 from tests.helpers import until
 from tests.ocpp.conftest import STATION_PASSWORD, Central
 
@@ -103,3 +107,55 @@ async def test_a_socket_that_dies_without_a_close_leaves_the_charger_last_seen_a
     [gone] = [e for e in await central.store.find_all(d.ConnectionEvent, Eq("cp_id", "CP-1"))
               if not e.online]
     assert gone.at > answered
+
+
+async def test_a_command_on_a_connection_replaced_here_fails_at_once(
+        central: Central) -> None:
+    """A command the half-open socket had when its charger connected again waited for
+    that socket's close (10 s) to fail; it fails as soon as the new connection takes
+    over, saying why (the charger may have it: outcome unknown), and the next command
+    goes to the new connection."""
+    first = await half_open(central.url)
+    try:
+        await until(lambda: _connected(central))
+        stale = central.gateway.handler_of("CP-1")
+        in_flight = asyncio.create_task(central.gateway.call(
+            "CP-1", "UnlockConnector", {"connectorId": 1}, 8))
+
+        async def sent() -> bool:
+            return stale is not None and not stale._sending and bool(stale._pending)
+        await until(sent)
+        async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+            await cp.boot()
+            with pytest.raises(ChargerTimeout, match="CP-1 reconnected while its previous "
+                               "connection had the command"):
+                await asyncio.wait_for(in_flight, 3)
+            answer = await central.gateway.call("CP-1", "UnlockConnector",
+                                                {"connectorId": 1}, 8)
+            assert answer == {"status": "Unlocked"}
+    finally:
+        first.close()
+
+
+async def test_a_command_whose_connection_was_let_go_while_it_was_checked_is_not_sent(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The request is checked on a thread before it is queued: a connection let go
+    meanwhile (its charger connected to another instance) does not send it."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await until(lambda: _connected(central))
+        handler = central.gateway.handler_of("CP-1")
+        assert handler is not None
+        real = handler_module._check_outgoing
+
+        async def checking(request: Any, unique_id: str) -> None:
+            await real(request, unique_id)
+            handler.superseded("connected to another instance")
+        monkeypatch.setattr(handler_module, "_check_outgoing", checking)
+        with pytest.raises(ChargerOffline, match="CP-1 connected to another instance "
+                           "before UnlockConnector was sent"):
+            await central.gateway.call("CP-1", "UnlockConnector", {"connectorId": 1}, 8)
+        assert cp.received == []
+
+
+async def _connected(central: Central) -> bool:
+    return central.gateway.is_connected("CP-1")
