@@ -577,17 +577,22 @@ class Session(Record):
         """Whether its charger's clock is behind ours by more than
         ``BILLED_TIME_TOLERANCE``: known at its start (``start_clock_behind``), or, while
         it is active, shown by its readings arriving live: its last reading's charger
-        time (``meter_at``) is as far from its start on the charger's clock as its
-        arrival (``updated_at``) from the start's (``created_at``) on ours, both lagging
-        by the same amount. A queue flushed on reconnecting arrives all at once, the
-        charger's span far longer than ours: not this. A close keeps what this says
-        (``start_clock_behind``), so its receipt is priced alike later."""
+        time (the latest of ``meter_at``, ``power_at`` and ``soc_at``) is as far from its
+        start on the charger's clock as its arrival (``updated_at``) from the start's
+        (``created_at``) on ours, both lagging by the same amount. A queue flushed on
+        reconnecting arrives all at once, the charger's span far longer than ours: not
+        this. A close keeps what this says (``start_clock_behind``), so its receipt is
+        priced alike later. Every reading's time counts, not only the register's: a car
+        full for its last minutes moves no count, while its power readings move
+        ``updated_at``, and the lag read from the count alone was lost before the stop
+        (review s24: its bands then priced all of it at the start's)."""
         if self.start_clock_behind:
             return True
-        if self.state is not SessionState.ACTIVE or self.meter_at is None:
+        read = [at for at in (self.meter_at, self.power_at, self.soc_at) if at is not None]
+        if self.state is not SessionState.ACTIVE or not read:
             return False
         lag = self.created_at - self.start_time
-        theirs = self.meter_at - self.start_time
+        theirs = max(read) - self.start_time
         ours = self.updated_at - self.created_at
         return lag > BILLED_TIME_TOLERANCE and theirs >= LIVE_SPAN \
             and abs(theirs - ours) <= max(LIVE_SLACK, theirs / 10)

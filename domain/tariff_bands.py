@@ -203,7 +203,9 @@ def session_split(tariff: Tariff, session: Session, energy_wh: int,
     an estimate's end); one further out was stamped by a clock that jumped since the
     start (set right by NTP, reset to 1970), cannot be placed, and accounts for
     nothing: its energy is at the price in force when the start came
-    (``Session.priced_at``), as all of such a session's energy was before."""
+    (``Session.priced_at``), as all of such a session's energy was before. A jump is
+    not seen reading by reading: those stamped after a clock set right and still
+    inside the span are placed late by the start's lag (off by at most that lag)."""
     if session.clock_behind:
         # From what the session stores, not a process's ``ChargerClocks``: its close and
         # every instance's estimate place its readings alike.

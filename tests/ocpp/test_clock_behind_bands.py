@@ -168,3 +168,57 @@ async def test_readings_after_a_clock_jump_mid_session_are_at_the_receipts_price
     # 0.75 kWh at 0.60, 0.25 kWh at 0.20, 2 minutes at 0.10.
     assert session.cost_minor == 45 + 5 + 20
     assert estimate == pytest.approx(70, abs=1)
+
+
+async def _power_frame(cp: SimulatedChargePoint, tx: int, at: datetime, wh: int, w: int) -> None:
+    await cp.call(call.MeterValues(connector_id=1, transaction_id=tx, meter_value=[
+        {"timestamp": iso(at), "sampledValue": [
+            {"value": str(wh), "measurand": "Energy.Active.Import.Register", "unit": "Wh"},
+            {"value": str(w), "measurand": "Power.Active.Import", "unit": "W"}]}]))
+
+
+async def test_a_lag_shown_live_outlasts_a_car_full_before_the_stop(
+        central: Central, moved: MovedClock) -> None:
+    """A charger 3 minutes behind ours, its lag shown by its live readings (not known at its
+    start), and a car full for the last minute: the last frames carry its power (0 W) but no
+    new register count. The lag is still known at the stop (``Session.clock_behind`` reads
+    every reading's time), so the bill splits the bands on our clock as every estimate did
+    (review s24: read from the register's time alone, the lag was lost and all of it priced
+    at the band its start came in).
+
+    Expected (our clock): 500 Wh before the band edge at 0.60, 1500 Wh after at 0.20,
+    5 minutes at 0.10: 30 + 30 + 50 = 110. By the charger's stamps (3 min early) all 2000 Wh
+    is in the band: 120 + 50 = 170."""
+    with moved as clock:
+        t0 = clock.t0
+        edge = _edge_after(t0)
+        await _band_tariff(central, edge)
+        began = edge - timedelta(minutes=1)
+        lag = timedelta(minutes=3)
+
+        def ours(seconds: int) -> datetime:
+            clock.at((began - t0).total_seconds() + seconds)
+            return began + timedelta(seconds=seconds)
+
+        ours(0)  # connected after its clock read the start: lag shown by readings
+        async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+            await cp.call(call.Heartbeat())
+            tx = (await cp.call(call.StartTransaction(
+                connector_id=1, id_tag="TAG-OK", meter_start=0,
+                timestamp=iso(ours(0) - lag)))).transaction_id
+            estimates = {}
+            for k in range(1, 11):
+                full = k > 8  # the car is full: the register stays, power drops to 0
+                await _power_frame(cp, tx, ours(30 * k) - lag, 250 * min(k, 8),
+                             0 if full else 30_000)
+                if k in (8, 10):
+                    session = await central.session(tx)
+                    assert session is not None
+                    estimates[k] = (session.clock_behind, await _estimate(central, tx))
+            await cp.call(call.StopTransaction(meter_stop=2_000, transaction_id=tx,
+                                               timestamp=iso(ours(300) - lag)))
+    session = await central.session(tx)
+    assert session is not None
+    assert (estimates, session.start_clock_behind, session.band_energy_wh,
+            session.cost_minor) == ({8: (True, 100), 10: (True, 110)}, True, [500, 1500],
+                                    110)
