@@ -85,7 +85,7 @@ SCRUB_RETRY_S: tuple[float, ...] = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 def owe_scrub(conn: sqlite3.Connection) -> None:
     """Records in the database that a scrub is owed (``Writer.scrub``), as one statement
     in its own transaction, after the writes whose old page images it is to cut: the
-    ``scrub_owed`` row (migration 61), its ``seq`` raised if it is there. Kept only in
+    ``scrub_owed`` row (migration 53), its ``seq`` raised if it is there. Kept only in
     the memory of the instance that owed it, a scrub a reader blocked was dropped when
     that instance stopped while another had the file open (a rolling restart), and the
     erased person stayed in the -wal file (review r2)."""
