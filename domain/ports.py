@@ -207,8 +207,9 @@ class Store(Protocol):
         """Overwrites what the database's files still hold of records as they were before
         the last writes (an erasure's): old page images of an embedded database. Returns
         once done or, when other readers keep it from finishing now, once it is left to
-        try again in the background; never raises for that. A no-op where nothing of
-        the kind outlives a write."""
+        try again in the background (owed in the store itself, so that any instance
+        finishes it, also after this one stops); never raises for that. A no-op where
+        nothing of the kind outlives a write."""
 
     async def aggregate(self, kind: type[E], where: Filter, group: Sequence[Group],
                         metrics: Mapping[str, Metric]) -> list[dict[str, Any]]:

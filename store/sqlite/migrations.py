@@ -1159,6 +1159,18 @@ CREATE INDEX "pending_start_station_expires_idx" ON "pending_start" ("station_id
 CREATE INDEX "pending_start_expires_idx" ON "pending_start" ("expires_at");
 """
 
+# Version 53: a scrub of the WAL owed (``writer.owe_scrub``, after an erasure): kept only
+# in the memory of the instance that owed it, it was dropped when that instance stopped
+# while another still had the file open, and the erased person's old page images stayed
+# in the -wal file (review r2). One row at most, its ``seq`` raised by each erasure; any
+# instance's writer performs the scrub it finds owed and deletes the row.
+_V53 = """
+CREATE TABLE "scrub_owed" (
+    "id" INTEGER PRIMARY KEY NOT NULL CHECK ("id" = 1),
+    "seq" INTEGER NOT NULL
+) STRICT;
+"""
+
 #: Every migration, oldest first. Append only.
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
@@ -1174,7 +1186,8 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (41, _V41), (42, _V42), (43, _V43),
                                      (44, _V44), (45, _V45), (46, _V46),
                                      (47, _V47), (48, _V48), (49, _V49),
-                                     (50, _V50), (51, _V51), (52, _V52))
+                                     (50, _V50), (51, _V51), (52, _V52),
+                                     (53, _V53))
 
 #: Python functions migrations call, registered on the migrating connection: a value only
 #: the domain's rules can compute for rows written before (name, arity, function).

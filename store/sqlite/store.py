@@ -58,7 +58,7 @@ from store.sqlite.sql_filter import (
     haversine_km,
     search_folded_sql,
 )
-from store.sqlite.writer import SECURE_DELETE, Writer
+from store.sqlite.writer import SECURE_DELETE, Writer, owe_scrub
 
 _Statement = tuple[str, tuple[SqlValue, ...], Change | None]
 #: An audit entry's insert, and the update it is written only if applied.
@@ -335,6 +335,8 @@ class SqliteStore:
             await writer.close()
             raise
         self._writer, self._reader, self._inline = writer, reader, inline
+        # One an instance that stopped left owed (``Writer.scrub_if_owed``).
+        writer.scrub_if_owed()
 
     async def _connect(self) -> aiosqlite.Connection:
         # isolation_level=None: no implicit transactions from the sqlite3 module; every
@@ -612,11 +614,15 @@ class SqliteStore:
         return int(rows[0][0])
 
     async def scrub(self) -> None:
-        """Old page images cut from the ``-wal`` file (``Writer.scrub``: a TRUNCATE
-        checkpoint off the event loop, tried again in the background while a reader of
-        an older snapshot blocks it); what was freed in the database file was zeroed
-        when it was freed (``secure_delete``)."""
-        await self._writer_conn().scrub()
+        """Old page images cut from the ``-wal`` file (``Writer.scrub``: a PASSIVE
+        checkpoint then a TRUNCATE off the event loop, tried again in the background
+        while a reader of an older snapshot blocks it), recorded as owed in the database
+        first so that no instance stopping drops it (``owe_scrub``); what was freed in
+        the database file was zeroed when it was freed (``secure_delete``)."""
+        writer = self._writer_conn()
+        async with self._write_lock:
+            await writer.run(owe_scrub)
+        await writer.scrub()
 
     def _writer_conn(self) -> Writer:
         if self._writer is None:
