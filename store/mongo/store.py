@@ -22,8 +22,8 @@ from pymongo import ReturnDocument
 from pymongo.errors import ConfigurationError, PyMongoError
 
 from domain.aggregation import Group, Metric
-from domain.entities import AuditEntry, E, Record
-from domain.ports import Change, Guard
+from domain.entities import E, Record
+from domain.ports import Audit, Change, Guard
 from domain.query import ALL, Filter, Page, PageRequest, Sort, decode_cursor, encode_cursor
 from store.fields import FieldSpec, changed_meanwhile
 from store.mongo import aggregate, batch, journal, writes
@@ -339,7 +339,7 @@ class MongoStore:
 
     # ------------------------------------------------------------------ writes
     @mapping_outages
-    async def write(self, changes: Sequence[Change], audit: Sequence[AuditEntry],
+    async def write(self, changes: Sequence[Change], audit: Sequence[Audit],
                     guards: Sequence[Guard] = ()) -> None:
         if not changes and not audit:
             await self._check_guards(guards)
