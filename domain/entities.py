@@ -458,7 +458,7 @@ class Connector(Record):
     max_kw: float | None = None
     #: The phases it charges on (1 to 3): what a site's limit in amperes is converted
     #: with for it (``load_sharing.limit_in_unit``) and tells it (``numberPhases``);
-    #: ``None``: its site's ``phases`` (SQLite migration 64).
+    #: ``None``: its site's ``phases`` (SQLite migration 54).
     phases: int | None = None
 
 

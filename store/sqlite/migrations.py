@@ -1159,11 +1159,10 @@ CREATE INDEX "pending_start_station_expires_idx" ON "pending_start" ("station_id
 CREATE INDEX "pending_start_expires_idx" ON "pending_start" ("expires_at");
 """
 
-# Version 64: the phases a connector charges on (``Connector.phases``): a site's limit in
+# Version 54: the phases a connector charges on (``Connector.phases``): a site's limit in
 # amperes was converted with the site's phases for every connector, and a single-phase
 # wallbox was sent a third of its current (QA sites s5). Older rows: null, the site's.
-# (53 to 63 are other branches'.)
-_V64 = """
+_V54 = """
 ALTER TABLE "connector" ADD COLUMN "phases" INTEGER;
 """
 
@@ -1183,7 +1182,7 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (44, _V44), (45, _V45), (46, _V46),
                                      (47, _V47), (48, _V48), (49, _V49),
                                      (50, _V50), (51, _V51), (52, _V52),
-                                     (64, _V64))
+                                     (54, _V54))
 
 #: Python functions migrations call, registered on the migrating connection: a value only
 #: the domain's rules can compute for rows written before (name, arity, function).
