@@ -456,6 +456,10 @@ class Connector(Record):
     status_at: datetime | None = None
     type: ConnectorType = ConnectorType.TYPE2
     max_kw: float | None = None
+    #: The phases it charges on (1 to 3): what a site's limit in amperes is converted
+    #: with for it (``load_sharing.limit_in_unit``) and tells it (``numberPhases``);
+    #: ``None``: its site's ``phases`` (SQLite migration 54).
+    phases: int | None = None
 
 
 #: The highest transactionId and reservationId this service issues (store sequences

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -33,12 +33,16 @@ STACK_LEVEL = 90
 @dataclass(frozen=True, slots=True)
 class Demand:
     """A session charging on a site: who, when it started (the later, the first paused),
-    and its connector's rating (``None``: not known, no cap)."""
+    its connector's rating (``None``: not known, no cap) and the least it may be given
+    unless paused (``least_kw``: for limits in amperes 6 A on its connector's phases,
+    ``entities.min_session_kw``, the least IEC 61851 lets an AC charger offer; 0 for
+    limits in watts)."""
 
     session_id: str
     started: datetime
     transaction_id: int
     max_kw: float | None = None
+    least_kw: float = 0.0
 
 
 def allocate(limit_kw: float, min_kw: float, demands: Sequence[Demand],
@@ -48,18 +52,29 @@ def allocate(limit_kw: float, min_kw: float, demands: Sequence[Demand],
 
     Equal shares, each capped at its connector's rating, what a cap leaves over shared by
     the others (water-filling). Nobody gets less than ``min_kw`` (or its rating, if that
-    is lower): when the site cannot give every session that much, the sessions started
-    last get 0 (paused) until the rest fit. Deterministic: by start, then transaction id.
-    Shares are rounded down to whole watts, so they never add up to more than the limit.
+    is lower), nor less than its ``least_kw`` (in amperes, 6 A on its phases: a
+    connector rated below that is given that, which it cannot draw more than anyway):
+    when the site cannot give every session that much, the sessions started last get 0
+    (paused) until each of the rest gets its least. Deterministic: by start, then
+    transaction id. Shares are rounded down to whole watts, so they never add up to more
+    than the limit (and a share of 6 A is not rounded below it: ``floor_to``).
     """
     available = max(limit_kw - reserved_kw, 0.0)
-    ordered = sorted(demands, key=lambda d: (d.started, d.transaction_id, d.session_id))
-    floors = [_floor(d, min_kw) for d in ordered]
+    ordered = [_capped(d) for d in sorted(
+        demands, key=lambda d: (d.started, d.transaction_id, d.session_id))]
+    floors = [least_share(d, min_kw) for d in ordered]
     kept = len(ordered)
-    while kept and sum(floors[:kept]) > available + 1e-9:
-        kept -= 1  # the most recently started of those left is paused
     shares = {d.session_id: 0.0 for d in ordered}
-    shares.update(_water_fill(available, ordered[:kept]))
+    while kept:
+        if sum(floors[:kept]) <= available + 1e-9:
+            fill = _water_fill(available, ordered[:kept])
+            # Equal shares may leave one below its own least when the leasts differ (a
+            # three-phase connector's 6 A on a single-phase site's minimum): it is not
+            # sent less than it charges at; the last started is paused instead.
+            if all(fill[d.session_id] >= d.least_kw - 1e-9 for d in ordered[:kept]):
+                shares.update(fill)
+                break
+        kept -= 1  # the most recently started of those left is paused
     return {sid: floor_to(kw, 0.001) for sid, kw in shares.items()}
 
 
@@ -71,12 +86,22 @@ def floor_to(value: float, step: float) -> float:
     return math.floor(value * per_step + 1e-6) / per_step
 
 
-def _floor(demand: Demand, min_kw: float) -> float:
-    """The least a session may be given: the site's minimum, or its connector's rating
-    when that is lower (it can never reach the minimum; it still charges)."""
-    if demand.max_kw is None:
-        return min_kw
-    return min(min_kw, demand.max_kw)
+def least_share(demand: Demand, min_kw: float) -> float:
+    """The least a session may be given but 0: the site's minimum, or its connector's
+    rating when that is lower (it can never reach the minimum; it still charges), and
+    never less than its ``least_kw``."""
+    capped = _capped(demand)
+    if capped.max_kw is None:
+        return max(min_kw, capped.least_kw)
+    return max(min(min_kw, capped.max_kw), capped.least_kw)
+
+
+def _capped(demand: Demand) -> Demand:
+    """``demand`` with its rating raised to its ``least_kw``: a connector rated below 6 A
+    on its phases is given 6 A (it draws its rating), not a limit it cannot charge at."""
+    if demand.max_kw is None or demand.max_kw >= demand.least_kw:
+        return demand
+    return replace(demand, max_kw=demand.least_kw)
 
 
 def _water_fill(available: float, demands: Sequence[Demand]) -> dict[str, float]:
@@ -102,8 +127,9 @@ def _water_fill(available: float, demands: Sequence[Demand]) -> dict[str, float]
 
 def limit_in_unit(power_kw: float, unit: ChargingRateUnit, voltage: float, phases: int
                   ) -> float:
-    """A share as the charger is told it: W, or A per phase at the site's voltage and
-    phases. Rounded down to OCPP's 0.1 steps, so the charger never gets more."""
+    """A share as the charger is told it: W, or A per phase at the site's voltage and the
+    phases of the session's connector (the site's when not given). Rounded down to
+    OCPP's 0.1 steps, so the charger never gets more."""
     watts = power_kw * 1000
     value = watts if unit is ChargingRateUnit.W else watts / (voltage * phases)
     return floor_to(value, 0.1)

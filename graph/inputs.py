@@ -210,6 +210,9 @@ class UpdateIdTagInput:
 
 
 _CONNECTOR_ID = "OCPP connector id, 1 to 100, unique within the station."
+_PHASES = ("The phases it charges on, 1, 2 or 3 (a single-phase wallbox: 1): its share of a "
+           "site limited in A is converted with them, and sent with them as `numberPhases`. "
+           "Left out or null: its site's `phases`.")
 
 
 @strawberry.input(description="A connector of a new station.")
@@ -218,6 +221,7 @@ class ConnectorInput:
     type: ConnectorType = strawberry.field(  # type: ignore[assignment]
         default=ConnectorType.TYPE2, description="Plug standard; TYPE2 unless given.")
     max_kw: float | None = strawberry.field(default=None, description=_MAX_KW)
+    phases: int | None = strawberry.field(default=None, description=_PHASES)
 
 
 @strawberry.input(description="A new station (admins and operators).")
@@ -272,6 +276,7 @@ class AddConnectorInput:
     type: ConnectorType = strawberry.field(  # type: ignore[assignment]
         default=ConnectorType.TYPE2, description="Plug standard; TYPE2 unless given.")
     max_kw: float | None = strawberry.field(default=None, description=_MAX_KW)
+    phases: int | None = strawberry.field(default=None, description=_PHASES)
 
 
 @strawberry.input(description="What to change of a connector; fields left out stay as they "
@@ -281,6 +286,8 @@ class UpdateConnectorInput:
     type: ConnectorType | None = strawberry.field(default=strawberry.UNSET, description=(
         "Plug standard; cannot be null."))
     max_kw: float | None = strawberry.field(default=strawberry.UNSET, description=_MAX_KW)
+    phases: int | None = strawberry.field(default=strawberry.UNSET, description=(
+        _PHASES + " Null: the site's again."))
 
 
 @strawberry.input(description=(

@@ -518,7 +518,8 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
                 lon=location.lon if location else None,
                 address=location.address if location else None,
                 connectors=[
-                    ConnectorSpec(c.connector_id, c.type, c.max_kw)  # type: ignore[arg-type]
+                    ConnectorSpec(c.connector_id, c.type, c.max_kw,  # type: ignore[arg-type]
+                                  c.phases)
                     for c in input.connectors
                 ],
                 password=input.password, checks=checks,
@@ -582,7 +583,7 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
             return await ctx.services.stations.add_connector(
                 ctx.viewer, checked_id(checks, input.station_id, "station", "stationId"),
                 ConnectorSpec(input.connector_id, input.type,  # type: ignore[arg-type]
-                              input.max_kw), checks=checks,
+                              input.max_kw, input.phases), checks=checks,
             )
 
         connector, errors = await attempt(ctx, run, input=input)
@@ -590,7 +591,7 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
                                 errors=errors)
 
     @strawberry.mutation(description=(
-        "Change a plug's type or power (admins and its station's operators)."))
+        "Change a plug's type, power or phases (admins and its station's operators)."))
     async def update_connector(self, info: Info, input: UpdateConnectorInput
                                ) -> ConnectorPayload:
         ctx = _ctx(info)
@@ -599,7 +600,8 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
             checks = Checks()
             return await ctx.services.stations.update_connector(
                 ctx.viewer, checked_id(checks, input.id, "connector", "id"),
-                type=given(input.type), max_kw=given(input.max_kw), checks=checks,
+                type=given(input.type), max_kw=given(input.max_kw),
+                phases=given(input.phases), checks=checks,
             )
 
         connector, errors = await attempt(ctx, run, input=input)

@@ -828,6 +828,9 @@ class Connector(Node, Audited):
     type: ConnectorType = strawberry.field(description="Its plug standard.")
     max_kw: float | None = strawberry.field(description=(
         "Its rated power in kW; null: unknown (it then meets no `minKw` filter)."))
+    phases: int | None = strawberry.field(description=(
+        "The phases it charges on (1 to 3), which a site limited in A converts its share "
+        "with; null: its site's `phases`."))
     _r: strawberry.Private[d.Connector]
 
     @classmethod
@@ -842,6 +845,7 @@ class Connector(Node, Audited):
             "status_at": r.status_at,
             "type": r.type,
             "max_kw": r.max_kw,
+            "phases": r.phases,
         }, _staff(ctx))
 
     @staticmethod

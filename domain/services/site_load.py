@@ -31,6 +31,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from domain.entities import (
+    DEFAULT_PHASES,
+    SYSTEM_ACTOR,
+    AuditAction,
+    AuditEntry,
+    ChargingRateUnit,
     Connector,
     ConnectorStatus,
     LimitAnswer,
@@ -39,6 +44,7 @@ from domain.entities import (
     Site,
     SiteAllocation,
     Station,
+    min_session_kw,
 )
 from domain.errors import (
     ChargerBusy,
@@ -62,13 +68,14 @@ from domain.load_sharing import (
     Demand,
     allocate,
     floor_to,
+    least_share,
     limit_in_unit,
     profile_id,
     tx_profile,
 )
 from domain.policy import SYSTEM, Viewer
 from domain.ports import Change, Delete, Insert, Update
-from domain.query import Eq, In, all_of
+from domain.query import Eq, In, Range, Sort, all_of
 from domain.services.base import Service, ServiceContext, changed, patch, stamp_new
 from domain.services.charging import closed_without_stop
 from domain.services.commands import CommandOutcome, CommandService
@@ -123,6 +130,14 @@ _KEPT = _REFUSED | {LimitAnswer.OFFLINE}
 _CLASHING = frozenset({"TxProfile", "TxDefaultProfile"})
 #: The profile ids a site uses on its chargers: its fallback's and each connector's.
 _OURS = range(FALLBACK_PROFILE_ID, profile_id(MAX_CONNECTOR_ID) + 1)
+#: The most command entries of a station read to find an override set before a session
+#: came under a site's control (``SiteLoad._overridden``), the latest first.
+MAX_COMMANDS_READ = 1_000
+#: A person's profile command recorded with these errors surely left the charger's
+#: profiles as they were (refused, not connected, never sent); no error, no answer or an
+#: unreadable one (or a CALLERROR: the audit does not tell NotSupported from others)
+#: may have changed them.
+_KEPT_CODES = frozenset({"CHARGER_REJECTED", "CHARGER_OFFLINE", "CHARGER_BUSY", "INVALID"})
 
 
 def bound_after(before_kw: float, sent_kw: float, answer: LimitAnswer) -> float:
@@ -151,7 +166,7 @@ def stack_level_of(result: dict[str, Any]) -> int:
 @dataclass(slots=True)
 class _Seen:
     """A site as one reading found it: its active sessions, the stations of those
-    online, their recorded shares and their connectors' ratings."""
+    online, their recorded shares and their connectors' ratings and phases."""
 
     sessions: list[Session]
     online: set[str]
@@ -160,6 +175,10 @@ class _Seen:
     limit_kw: float
     #: The site's settings the shares were computed from.
     site: tuple[Any, ...]
+    #: The site as read (``None``: removed).
+    record: Site | None = None
+    #: Each connector's phases (``None``: the site's).
+    phases: dict[tuple[str, int], int | None] = field(default_factory=dict)
     #: Sessions whose charger came back online and has not taken its limit again yet:
     #: it may have lost the one it accepted (a reboot) and draw up to its rating.
     unsure: set[str] = field(default_factory=set)
@@ -189,9 +208,24 @@ class _Seen:
             return max(known.bound_kw, unlimited)
         return known.bound_kw
 
+    def phases_of(self, session: Session) -> int:
+        """The phases the session's limit in amperes is converted with: its connector's,
+        else the site's."""
+        phases = self.phases.get((session.station_id, session.connector_id))
+        if phases is not None or self.record is None:
+            return phases or DEFAULT_PHASES
+        return self.record.phases
+
+    def least_kw(self, session: Session) -> float:
+        """The least the session may be sent but 0 (paused): with limits in amperes, 6 A
+        on its connector's phases (IEC 61851: a charger offers no less); in watts, 0."""
+        if self.record is None or self.record.unit is not ChargingRateUnit.A:
+            return 0.0
+        return min_session_kw(self.record.voltage, self.phases_of(session))
+
     def demand(self, session: Session) -> Demand:
         return Demand(session.id, session.start_time, session.transaction_id,
-                      self.rating(session))
+                      self.rating(session), self.least_kw(session))
 
     def key(self, skip: set[str]) -> tuple[Any, ...]:
         """What a raise depends on, but for the sessions in ``skip``: the site's limits,
@@ -200,6 +234,24 @@ class _Seen:
                 frozenset(self.online),
                 frozenset((a.session_id, a.answer, a.bound_kw, a.power_kw)
                           for a in self.held.values() if a.session_id not in skip))
+
+
+def _lifts(clear: dict[str, Any], session: Session) -> bool:
+    """Whether a ClearChargingProfile (its request as the audit records it) removed every
+    TxProfile on the session's connector, a person's override with them: no id, no
+    stack level, purpose TxProfile or none, that connector or none named
+    (``_lift_overrides``' rule: a narrower clear may have left the override)."""
+    return clear.get("id") is None and clear.get("stackLevel") is None \
+        and clear.get("chargingProfilePurpose") in (None, "TxProfile") \
+        and clear.get("connectorId") in (None, session.connector_id)
+
+
+def _int(value: Any) -> int:
+    """A stack level as recorded; 0 for one that is no number."""
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
 
 
 def answer_of(outcome: CommandOutcome) -> LimitAnswer:
@@ -455,8 +507,16 @@ class SiteLoad(Service):
         held at its connector's rating (``OVERRIDDEN``) so the others' shares keep the
         sum within the limit; a clear of every TxProfile on its connector ends that."""
         station = outcome.station
-        if self._closed or station.site_id is None or answer_of(outcome) in _KEPT:
+        if self._closed or answer_of(outcome) in _KEPT:
             return
+        if station.site_id is None:
+            # Read again: a station that joined a site while the command was on its way
+            # was shared before its answer was recorded (``_overridden_already`` read
+            # none), and the override would go unseen.
+            [now] = await self.store.get_many(Station, [station.id])
+            if now is None or now.site_id is None:
+                return
+            station = now
         try:
             if outcome.action == "SetChargingProfile":
                 await self._override(station, payload)
@@ -478,10 +538,11 @@ class SiteLoad(Service):
         [site] = await self.store.get_many(Site, [station.site_id])
         if site is None:
             return
-        ratings = await self._ratings([station])
+        plugs = await self._connectors([station])
         for session in sessions:
             [held] = await self.store.get_many(SiteAllocation, [session.id])
-            rating = ratings.get((session.station_id, session.connector_id))
+            plug = plugs.get((session.station_id, session.connector_id))
+            rating = None if plug is None else plug.max_kw
             bound_kw = max(site.max_power_kw if rating is None else rating,
                            0.0 if held is None else held.bound_kw)
             await self._record(site, held, session, 0.0 if held is None else held.power_kw,
@@ -506,6 +567,60 @@ class SiteLoad(Service):
                                        fields=frozenset({"answer"}),
                                        only_if=("answer", LimitAnswer.OVERRIDDEN))
                                 for a in marked], [])
+
+    async def _overridden_already(self, site: Site, seen: _Seen) -> None:
+        """Marks ``OVERRIDDEN`` (held at its connector's rating, as ``_override`` does)
+        each session coming under the site's control (online, no share recorded, none on
+        its way) that a person's TxProfile above the site's level governs already: set
+        while its station was in no site, or in another site, which forgets its shares
+        when the station leaves (QA sites s3: such a session was counted ACCEPTED at its
+        share while it drew the operator's 22 kW, 37 kW on a 30 kW site). Found in the
+        station's command records (``_overridden``)."""
+        new = [s for s in seen.live if s.id not in seen.held and s.id not in self._inflight]
+        marked = [s for s in new if await self._overridden(s)]
+        if not marked:
+            return
+        for session in marked:
+            rating = seen.rating(session)
+            await self._record(site, None, session, 0.0, None, LimitAnswer.OVERRIDDEN,
+                               site.max_power_kw if rating is None else rating)
+        seen.held.update((a.session_id, a) for a in await self.store.get_many(
+            SiteAllocation, [s.id for s in marked]) if a is not None)
+
+    async def _overridden(self, session: Session) -> bool:
+        """Whether a person's SetChargingProfile since the session was recorded, a
+        TxProfile for it above the charger's site level, may govern it now: the latest
+        of those and of the clears that lift one (``_lifts``) is such a profile. Read
+        from the station's command records (the audit log's ``COMMAND`` entries with
+        their answers), whatever site the station was in when it was sent: a site only
+        hears of a person's profile commands to its own stations (``profile_commanded``)."""
+        entries = await self.store.find_all(AuditEntry, all_of(
+            Eq("entity_id", session.station_id), Eq("action", AuditAction.COMMAND),
+            Range("at", gte=session.created_at)),
+            sort=[Sort("at", descending=True)], limit=MAX_COMMANDS_READ)
+        level: int | None = None
+        for entry in entries:
+            after = entry.after or {}
+            request = after.get("request")
+            if entry.entity != "station" or entry.actor == SYSTEM_ACTOR \
+                    or after.get("stage") != "ANSWERED" or not isinstance(request, dict) \
+                    or after.get("error") in _KEPT_CODES:
+                continue
+            if after.get("command") == "ClearChargingProfile":
+                if after.get("error") is None and _lifts(request, session):
+                    return False
+                continue
+            profile = request.get("csChargingProfiles")
+            if after.get("command") != "SetChargingProfile" or not isinstance(profile, dict) \
+                    or profile.get("chargingProfilePurpose") != "TxProfile" \
+                    or request.get("connectorId") != session.connector_id \
+                    or profile.get("transactionId") not in (None, session.transaction_id):
+                continue
+            if level is None:
+                level = await self._stack_level(session.cp_id)
+            if _int(profile.get("stackLevel")) > level:
+                return True
+        return False
 
     async def _limited(self, station: Station, connector_id: Any) -> list[Session]:
         """The station's ACTIVE sessions the site limits, on ``connector_id`` (0 or
@@ -544,6 +659,8 @@ class SiteLoad(Service):
         [site] = await self.store.get_many(Site, [site_id])
         seen = await self._read(site_id, site)
         try:
+            if site is not None:
+                await self._overridden_already(site, seen)
             await self._share(site_id, site, seen)
         finally:
             # After the shares: a charger takes one command at a time, and a session's
@@ -582,7 +699,7 @@ class SiteLoad(Service):
                           [seen.demand(s) for s in controlled],
                           offline + sum(bound(s) for s in loose))
         due = [(s, shares[s.id]) for s in controlled if s.id not in again
-               and self._due(site, held.get(s.id), shares[s.id])]
+               and self._due(site, held.get(s.id), shares[s.id], seen.phases_of(s))]
         lower = [(s, kw) for s, kw in due if s.id not in held or kw < bound(s)]
         higher = [(s, kw) for s, kw in due if s.id in held and kw >= bound(s)]
         # Told again: what it accepted last at most (a raise goes only after its claim).
@@ -591,7 +708,7 @@ class SiteLoad(Service):
         drawn = offline + sum(bound(s) for s in live)  # at most, before anyone lowers
         first = {s.id: self._first_limit(site, seen, s, kw, drawn)
                  for s, kw in lower if s.id not in held}
-        sent = [self._send(site, held.get(s.id), s, first.get(s.id, kw), bound(s))
+        sent = [self._send(site, seen, held.get(s.id), s, first.get(s.id, kw), bound(s))
                 for s, kw in [*lower, *resent]]
         if not await self._all_accepted(site.id, sent):
             self._again.add(site.id)  # shared again with what the site must now hold
@@ -601,7 +718,8 @@ class SiteLoad(Service):
         elif higher and await self._claim(site, seen, higher,
                                           told={s.id for s, _ in [*lower, *resent]}) \
                 and not await self._all_accepted(site.id, [
-                    self._send(site, held[s.id], s, kw, bound(s)) for s, kw in higher]):
+                    self._send(site, seen, held[s.id], s, kw, bound(s))
+                    for s, kw in higher]):
             # A refused raise leaves the session loose at what it had: shared again now,
             # so the next run holds that for it, gives the rest to the others and asks
             # it again in a while (``RETRY_LOOSE_S``). Left alone, the power it refused
@@ -623,7 +741,7 @@ class SiteLoad(Service):
             if wait > 0:  # asked moments ago: again in a while, not at every recompute
                 self._later(site.id, wait)
             else:
-                self._retry(site, held[session.id], session,
+                self._retry(site, seen, held[session.id], session,
                             min(fair[session.id], bound(session)), bound(session))
 
     def _again_for(self, site_id: str) -> Callable[[asyncio.Task[LimitAnswer]], None]:
@@ -670,18 +788,17 @@ class SiteLoad(Service):
         rather than less than the least it could charge at."""
         headroom = site.max_power_kw - (drawn - seen.bound(session))
         kw = max(0.0, min(share, floor_to(headroom, 0.001)))
-        rating = seen.rating(session)
-        least = site.min_power_kw if rating is None else min(site.min_power_kw, rating)
-        return kw if kw >= least else 0.0
+        least = least_share(seen.demand(session), site.min_power_kw)
+        return kw if kw >= least - 1e-9 else 0.0
 
-    def _send(self, site: Site, held: SiteAllocation | None, session: Session,
+    def _send(self, site: Site, seen: _Seen, held: SiteAllocation | None, session: Session,
               power_kw: float, bound_kw: float) -> asyncio.Task[LimitAnswer]:
         """Tells the session its limit in a task of its own, in flight (``_inflight``)
         until the charger answers: meanwhile the site holds what it may draw and asks it
         nothing more."""
         async def tell() -> LimitAnswer:
             try:
-                return await self._tell(site, held, session, power_kw, bound_kw)
+                return await self._tell(site, seen, held, session, power_kw, bound_kw)
             finally:
                 self._inflight.pop(session.id, None)
 
@@ -730,12 +847,15 @@ class SiteLoad(Service):
         # a station just left moves with it.
         held = {a.session_id: a for a in await self.store.get_many(
             SiteAllocation, list(ids)) if a is not None}
-        ratings = await self._ratings(stations) if sessions else {}
+        plugs = await self._connectors(stations) if sessions else {}
+        ratings = {key: plug.max_kw for key, plug in plugs.items()}
         limit = site.max_power_kw if site is not None else 0.0
         settings = () if site is None else (site.max_power_kw, site.min_power_kw,
                                             site.unit, site.voltage, site.phases)
         return _Seen(sessions, {st.id for st in stations if st.online}, held, ratings,
-                     limit, settings, ending=ending, stations=stations)
+                     limit, settings, record=site,
+                     phases={key: plug.phases for key, plug in plugs.items()},
+                     ending=ending, stations=stations)
 
     async def _ending(self, stations: Sequence[Station], active: Sequence[Session],
                       gone: Sequence[SiteAllocation]) -> list[Session]:
@@ -819,14 +939,14 @@ class SiteLoad(Service):
 
         self._timers[site_id] = loop.call_at(due, fire)
 
-    def _retry(self, site: Site, held: SiteAllocation, session: Session, power_kw: float,
-               bound_kw: float) -> None:
+    def _retry(self, site: Site, seen: _Seen, held: SiteAllocation, session: Session,
+               power_kw: float, bound_kw: float) -> None:
         """Asks a charger not under control again, in the background (``_send``; it may
         draw ``bound_kw`` until it answers). Accepted, the site is shared again with it
         under control."""
         if session.id in self._inflight or self._closed:
             return
-        task = self._send(site, held, session, power_kw, bound_kw)
+        task = self._send(site, seen, held, session, power_kw, bound_kw)
         task.add_done_callback(
             lambda t: self.request_site(site.id) if not t.cancelled()
             and t.exception() is None and t.result() is LimitAnswer.ACCEPTED else None)
@@ -838,19 +958,19 @@ class SiteLoad(Service):
             In("station_id", tuple(st.id for st in stations)),
             Eq("state", SessionState.ACTIVE)), limit=MAX_PER_SITE)
 
-    async def _ratings(self, stations: Sequence[Station]
-                       ) -> dict[tuple[str, int], float | None]:
+    async def _connectors(self, stations: Sequence[Station]
+                          ) -> dict[tuple[str, int], Connector]:
         connectors = await self.store.find_all(Connector, In(
             "station_id", tuple(st.id for st in stations)), limit=MAX_PER_SITE * 10)
-        return {(c.station_id, c.connector_id): c.max_kw for c in connectors}
+        return {(c.station_id, c.connector_id): c for c in connectors}
 
     @staticmethod
-    def _due(site: Site, held: SiteAllocation | None, power_kw: float) -> bool:
+    def _due(site: Site, held: SiteAllocation | None, power_kw: float, phases: int) -> bool:
         """Whether a session under control must be told: its share (as sent, in the
-        site's unit) changed."""
+        site's unit, on its connector's ``phases``) changed."""
         if held is None or held.unit != site.unit:
             return True
-        return held.limit != limit_in_unit(power_kw, site.unit, site.voltage, site.phases)
+        return held.limit != limit_in_unit(power_kw, site.unit, site.voltage, phases)
 
     async def _release(self, gone: Sequence[SiteAllocation]) -> None:
         """Forgets the shares of sessions no longer charging behind the site. One still
@@ -897,16 +1017,25 @@ class SiteLoad(Service):
                         allocation.cp_id, answer_of(outcome).value,
                         allocation.transaction_id)
 
-    async def _tell(self, site: Site, held: SiteAllocation | None, session: Session,
-                    power_kw: float, bound_kw: float) -> LimitAnswer:
+    async def _tell(self, site: Site, seen: _Seen, held: SiteAllocation | None,
+                    session: Session, power_kw: float, bound_kw: float) -> LimitAnswer:
         """Sends the session's share and records it with the charger's answer and what
-        the charger may draw after it (``bound_kw`` before)."""
-        limit = limit_in_unit(power_kw, site.unit, site.voltage, site.phases)
+        the charger may draw after it (``bound_kw`` before). In amperes, converted with
+        its connector's phases (``_Seen.phases_of``), and never between 0 and 6 A: a
+        limit held below that (a loose session asked again for what it may draw) is
+        raised to 6 A when its connector is rated no more (it draws its rating, which
+        the site holds), else sent as 0, paused."""
+        phases = seen.phases_of(session)
+        least = seen.least_kw(session)
+        if 0 < power_kw < least - 1e-9:
+            rating = seen.rating(session)
+            power_kw = least if rating is not None and rating <= least else 0.0
+        limit = limit_in_unit(power_kw, site.unit, site.voltage, phases)
         # A limit told again is one to lift again once its station leaves every site.
         self._lifted.discard((session.station_id, session.transaction_id))
         level = await self._stack_level(session.cp_id)
         payload = tx_profile(session.connector_id, session.transaction_id, limit,
-                             site.unit, site.phases, level)
+                             site.unit, phases, level)
         try:
             outcome = await self.commands.send(SYSTEM, session.cp_id, "SetChargingProfile",
                                                payload)

@@ -73,6 +73,18 @@ class ConnectorSpec:
     connector_id: int
     type: ConnectorType = ConnectorType.TYPE2
     max_kw: float | None = None
+    #: The phases it charges on; ``None``: its site's (``Connector.phases``).
+    phases: int | None = None
+
+
+def connector_phases(value: Any, field: str = "phases") -> int | None:
+    """A connector's phases: 1, 2 or 3, or ``None`` (its site's)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value not in (1, 2, 3):
+        raise ValidationError("1, 2 or 3 (null: the site's)", field=field,
+                              code="OUT_OF_RANGE")
+    return value
 
 
 def _station_password(value: str, field: str = "password") -> str:
@@ -97,6 +109,7 @@ def _connector_spec(spec: ConnectorSpec, prefix: str = "", seen: set[int] | None
     if seen is not None and not checks.failed(f"{prefix}connectorId"):
         checks(_unique, spec.connector_id, seen, f"{prefix}connectorId")
     checks(v.positive, spec.max_kw, f"{prefix}maxKw", max_value=1000)
+    checks(connector_phases, spec.phases, f"{prefix}phases")
     checks.done()
 
 
@@ -249,6 +262,7 @@ class StationService(Service):
             connector_id=spec.connector_id,
             type=spec.type,
             max_kw=spec.max_kw,
+            phases=spec.phases,
         )
 
     async def managed_station(self, viewer: Viewer, station_id: str, field: str = "id"
@@ -507,19 +521,21 @@ class StationService(Service):
         return connector
 
     async def update_connector(self, viewer: Viewer, connector_id: str, *, type: Any = UNSET,
-                               max_kw: Any = UNSET, checks: v.Checks | None = None
-                               ) -> Connector:
+                               max_kw: Any = UNSET, phases: Any = UNSET,
+                               checks: v.Checks | None = None) -> Connector:
         """The fields given are checked together (with the caller's ``checks``) before
         the connector is read."""
         checks = checks or v.Checks()
         type = checks(v.present, type, "type", "type cannot be empty")
         if max_kw is not UNSET:
             max_kw = checks(v.positive, max_kw, "maxKw", max_value=1000)
+        if phases is not UNSET:
+            phases = checks(connector_phases, phases)
         checks.done()
 
         async def once() -> Connector:
             connector = await self.managed_connector(viewer, connector_id)
-            update = edit(connector, viewer, type=type, max_kw=max_kw)
+            update = edit(connector, viewer, type=type, max_kw=max_kw, phases=phases)
             await self.commit(viewer, [(update, connector)])
             return cast(Connector, update.record)
 

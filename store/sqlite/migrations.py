@@ -1171,6 +1171,13 @@ CREATE TABLE "scrub_owed" (
 ) STRICT;
 """
 
+# Version 54: the phases a connector charges on (``Connector.phases``): a site's limit in
+# amperes was converted with the site's phases for every connector, and a single-phase
+# wallbox was sent a third of its current (QA sites s5). Older rows: null, the site's.
+_V54 = """
+ALTER TABLE "connector" ADD COLUMN "phases" INTEGER;
+"""
+
 #: Every migration, oldest first. Append only.
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
@@ -1187,7 +1194,8 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (44, _V44), (45, _V45), (46, _V46),
                                      (47, _V47), (48, _V48), (49, _V49),
                                      (50, _V50), (51, _V51), (52, _V52),
-                                     (53, _V53))
+                                     (53, _V53),
+                                     (54, _V54))
 
 #: Python functions migrations call, registered on the migrating connection: a value only
 #: the domain's rules can compute for rows written before (name, arity, function).

@@ -155,3 +155,32 @@ def test_the_stack_level_is_the_chargers_highest_when_lower() -> None:
     assert [stack_level_of(answer(v)) for v in ("10", " 3 ", "500", "x")] == [
         10, 3, STACK_LEVEL, STACK_LEVEL]
     assert stack_level_of({"unknownKey": ["ChargeProfileMaxStackLevel"]}) == STACK_LEVEL
+
+
+def amps(n: int, max_kw: float | None, phases: int) -> Demand:
+    """Session ``s<n>`` on a site limited in amperes (230 V): its least is 6 A on its
+    connector's ``phases``."""
+    return Demand(f"s{n}", T0 + timedelta(minutes=n), 100 + n, max_kw,
+                  least_kw=6 * 230 * phases / 1000)
+
+
+def test_a_connector_rated_below_6_a_is_given_6_a_not_its_rating() -> None:
+    """QA sites s5: a 3.7 kW wallbox counted on three phases was given 3.7 kW, sent as
+    5.3 A, which no AC charger charges at. It is given 6 A (4.14 kW), which it cannot
+    draw more than its rating of anyway; on its one phase 3.7 kW is 16 A, above."""
+    shares = allocate(40, 4.14, [amps(1, 3.7, 3), amps(2, 3.7, 1)])
+    assert shares == {"s1": 4.14, "s2": 3.7}
+    assert limit_in_unit(shares["s1"], ChargingRateUnit.A, 230, 3) == 6.0
+    assert limit_in_unit(shares["s2"], ChargingRateUnit.A, 230, 1) == 16.0
+
+
+def test_a_share_below_a_session_s_6_a_pauses_the_last_started_instead() -> None:
+    # A single-phase site (minimum 1.38 kW) with a three-phase charger: equal shares of
+    # 6 kW (3 kW each) are 4.3 A on three phases. The last started is paused, and the
+    # three-phase one gets what is left, at least 6 A.
+    shares = allocate(6, 1.38, [amps(1, None, 3), amps(2, None, 1)])
+    assert shares == {"s1": 6, "s2": 0}
+    shares = allocate(6, 1.38, [amps(1, None, 1), amps(2, None, 3)])
+    assert shares == {"s1": 6, "s2": 0}
+    # Enough for both: equal shares, each at least its 6 A.
+    assert allocate(9, 1.38, [amps(1, None, 3), amps(2, None, 1)]) == {"s1": 4.5, "s2": 4.5}

@@ -446,3 +446,151 @@ async def test_a_remote_start_with_a_profile_on_a_site_is_refused(service: Runni
         plain = await service.gql(start, {"i": {
             "cpId": "CP-OPEN", "connectorId": 2, "idTag": "TAG-OTHER"}}, token)
         assert plain["remoteStartTransaction"]["errors"] == []
+
+
+async def _drawn_by_all(*cps: SimulatedChargePoint) -> float:
+    """What every charging connector of ``cps`` draws now, its profiles composed as OCPP
+    1.6 does."""
+    return sum(cp.drawn_w(c) for cp in cps for c, state in cp.connectors.items()
+               if state.transaction_id is not None)
+
+
+async def test_an_override_set_before_the_station_joined_a_site_is_held(
+        service: Running) -> None:
+    """QA sites s3: an operator's TxProfile above the site's stack level, set while the
+    station was in no site, went on governing its session once the station joined a
+    30 kW site, which counted it ACCEPTED at its 15 kW share: 22 + 15 kW drawn. It is
+    OVERRIDDEN, held at its connector's rating, and the other session gets the rest."""
+    token = await service.token("op")
+    async with connected(service.ocpp_url, "CP-1", password=STATION_PASSWORD,
+                         charge_point=StrictChargePoint) as one, \
+            connected(service.ocpp_url, "CP-OPEN", charge_point=StrictChargePoint) as two:
+        one.connectors[2].power_w = two.connectors[2].power_w = 22_000.0
+        await one.start_transaction(2, "TAG-OK")
+        tx2, _ = await two.start_transaction(2, "TAG-OTHER")
+        # In no site: nothing of a site's to judge it by, accepted.
+        over = await service.gql(SET_PROFILE, {"i": {
+            "cpId": "CP-OPEN", "connectorId": 2, "csChargingProfiles": operators_cap(
+                11, 22_000, tx2)}}, token)
+        assert over["setChargingProfile"] == {"status": "ACCEPTED", "errors": []}
+        site, _ = await site_of_two(service, 30)
+        await until(lambda: limits(one)[-1:] == [8_000.0], "CP-1 told the rest")
+        await service.services.site_load.settled()
+        shares = await allocations(service, site, token)
+        assert [(a["powerKw"], a["boundKw"], a["answer"], a["underControl"])
+                for a in shares] == [(8.0, 8.0, "ACCEPTED", True),
+                                     (0.0, 22.0, "OVERRIDDEN", False)]
+        # Not told the site's share, which would not govern it anyway.
+        assert PROFILE_ID_BASE + 2 not in two.charging_profiles
+        assert two.drawn_w(2) == 22_000.0 and one.drawn_w(2) == 8_000.0
+        assert await _drawn_by_all(one, two) <= 30_000
+
+
+async def test_an_override_follows_its_station_from_one_site_to_another(
+        service: Running) -> None:
+    """QA sites s3: a station leaving a site forgets its sessions' shares, OVERRIDDEN
+    marks with them; joining another site mid-session, the override was counted at the
+    new site's share. It stays OVERRIDDEN there until a clear of every TxProfile on its
+    connector lifts it."""
+    first, token = await site_of_two(service, 40)
+    created = await service.gql(SITE, {"i": {"name": "Yard", "maxPowerKw": 30}}, token)
+    second = created["createSite"]["site"]["id"]
+    station = to_global_id("station", service.central.stations["CP-OPEN"].id)
+    async with connected(service.ocpp_url, "CP-1", password=STATION_PASSWORD,
+                         charge_point=StrictChargePoint) as one, \
+            connected(service.ocpp_url, "CP-OPEN", charge_point=StrictChargePoint) as two:
+        await one.start_transaction(2, "TAG-OK")
+        tx2, _ = await two.start_transaction(2, "TAG-OTHER")
+        await until(lambda: limits(one)[-1:] == limits(two)[-1:] == [20_000.0], "20 each")
+        over = await service.gql(SET_PROFILE, {"i": {
+            "cpId": "CP-OPEN", "connectorId": 2, "csChargingProfiles": operators_cap(
+                11, 22_000, tx2)}}, token)
+        assert over["setChargingProfile"] == {"status": "ACCEPTED", "errors": []}
+        await until(lambda: limits(one)[-1] == 18_000.0, "CP-1 lowered to the rest")
+
+        # Out of every site (its marks forgotten), then into the second one with CP-1.
+        for site in (None, second):
+            moved = await service.gql(ASSIGN, {"st": station, "site": site}, token)
+            assert moved["assignStationToSite"]["errors"] == []
+            await service.services.site_load.settled()
+        one_id = to_global_id("station", service.central.stations["CP-1"].id)
+        moved = await service.gql(ASSIGN, {"st": one_id, "site": second}, token)
+        assert moved["assignStationToSite"]["errors"] == []
+        await until(lambda: limits(one)[-1] == 8_000.0, "CP-1 told the second site's rest")
+        await service.services.site_load.settled()
+
+        async def shares() -> list[tuple[float, float, str, bool]]:
+            await service.services.site_load.settled()
+            return [(a["powerKw"], a["boundKw"], a["answer"], a["underControl"])
+                    for a in await allocations(service, second, token)]
+
+        assert await shares() == [(8.0, 8.0, "ACCEPTED", True),
+                                  (0.0, 22.0, "OVERRIDDEN", False)]
+        assert await allocations(service, first, token) == []
+
+        # Clearing every TxProfile on that connector lifts the override: under control.
+        lifted = await service.gql(CLEAR_PROFILE, {"i": {
+            "cpId": "CP-OPEN", "connectorId": 2, "chargingProfilePurpose": "TX_PROFILE"}},
+            token)
+        assert lifted["clearChargingProfile"]["status"] == "ACCEPTED"
+        for _ in range(300):
+            if await shares() == [(15.0, 15.0, "ACCEPTED", True)] * 2:
+                break
+            await asyncio.sleep(0.01)
+        assert await shares() == [(15.0, 15.0, "ACCEPTED", True)] * 2
+
+
+CREATE_STATION = """mutation($i: CreateStationInput!) {
+  createStation(input: $i) { station { id connectors { id connectorId phases } }
+  errors { code field } } }"""
+UPDATE_CONNECTOR = """mutation($i: UpdateConnectorInput!) {
+  updateConnector(input: $i) { connector { phases } errors { code field } } }"""
+
+
+def sent_in_amperes(cp: SimulatedChargePoint) -> list[tuple[float, int]]:
+    """Each session's limit the charger took: (A, numberPhases), oldest first."""
+    return [(float(period["limit"]), int(period["number_phases"]))
+            for action, p in cp.received if action == "SetChargingProfile"
+            and p["profile"]["charging_profile_purpose"] == "TxProfile"
+            for period in p["profile"]["charging_schedule"]["charging_schedule_period"]]
+
+
+async def test_a_site_in_amperes_sends_each_connector_its_current_on_its_phases(
+        service: Running) -> None:
+    """QA sites s5: a site in A converted every share with its own phases (3): a
+    single-phase 3.7 kW (16 A) wallbox was sent 5.3 A on 3 phases, below the 6 A an AC
+    charger charges at. A connector's `phases` converts its share (and is sent as
+    `numberPhases`); one left to the site's is never sent less than 6 A."""
+    token = await service.token("op")
+    created = await service.gql(SITE, {"i": {"name": "Depot", "maxPowerKw": 40,
+                                             "unit": "A"}}, token)
+    site = created["createSite"]["site"]["id"]
+    connectors = {}
+    for cp_id, phases in (("WB-1PH", 1), ("WB-SITE", None)):
+        plug = {"connectorId": 1, "maxKw": 3.7, **({"phases": phases} if phases else {})}
+        made = await service.gql(CREATE_STATION, {"i": {
+            "cpId": cp_id, "name": cp_id, "connectors": [plug]}}, token)
+        assert made["createStation"]["errors"] == []
+        station = made["createStation"]["station"]
+        assert [c["phases"] for c in station["connectors"]] == [phases]
+        connectors[cp_id] = station["connectors"][0]["id"]
+        assigned = await service.gql(ASSIGN, {"st": station["id"], "site": site}, token)
+        assert assigned["assignStationToSite"]["errors"] == []
+    async with connected(service.ocpp_url, "WB-1PH", charge_point=StrictChargePoint) as one, \
+            connected(service.ocpp_url, "WB-SITE", charge_point=StrictChargePoint) as three:
+        await one.start_transaction(1, "TAG-OK")
+        await three.start_transaction(1, "TAG-OTHER")
+        await until(lambda: sent_in_amperes(one) and sent_in_amperes(three), "both told")
+        await service.services.site_load.settled()
+        assert sent_in_amperes(one) == [(16.0, 1)]  # 3.7 kW on one 230 V phase
+        assert sent_in_amperes(three) == [(6.0, 3)]  # not 5.3 A: 6 A, it draws 3.7 kW
+
+        # Told its one phase, the second is sent its 16 A on it.
+        edited = await service.gql(UPDATE_CONNECTOR, {"i": {"id": connectors["WB-SITE"],
+                                                            "phases": 1}}, token)
+        assert edited["updateConnector"] == {"connector": {"phases": 1}, "errors": []}
+        await until(lambda: sent_in_amperes(three)[-1:] == [(16.0, 1)], "16 A on 1 phase")
+        bad = await service.gql(UPDATE_CONNECTOR, {"i": {"id": connectors["WB-SITE"],
+                                                         "phases": 4}}, token)
+        assert bad["updateConnector"]["errors"] == [{"code": "OUT_OF_RANGE",
+                                                     "field": "phases"}]

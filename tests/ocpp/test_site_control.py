@@ -11,6 +11,7 @@ not supported, silent, or held until released), on a real store and real session
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -683,4 +684,25 @@ async def test_an_override_of_a_session_awaiting_its_first_limit_is_recorded(
         return get_many
 
     held = await _overridden_while(central, station, session, answered_after_the_read)
+    assert held is not None and held.answer is LimitAnswer.OVERRIDDEN
+
+
+async def test_an_override_sent_before_its_station_joined_and_answered_after_is_seen(
+        central: Central) -> None:
+    """QA sites s3: an operator's override sent to a station in no site, answered once
+    the station had joined one (whose first run found no answer recorded, and shared it
+    as under control): its station, as read when it was sent, was in no site, and the
+    answer was not watched. Its station is read again: OVERRIDDEN."""
+    scripted(central)
+    load = central.services.site_load
+    await depot(central, 30)
+    await start(central, "CP-1", 2, "TAG-OK")
+    tx2 = await start(central, "CP-OPEN", 2, "TAG-OTHER")
+    [session] = await central.store.find_all(Session, Eq("transaction_id", tx2))
+    [station] = await central.store.find_all(Station, Eq("cp_id", "CP-OPEN"))
+    before = dataclasses.replace(station, site_id=None)  # as the command read it
+    outcome = CommandOutcome(command_id="op", action="SetChargingProfile", station=before)
+    await load.profile_commanded(outcome, _override(tx2, 9, 22_000))
+    await load.settled()
+    [held] = await central.store.get_many(SiteAllocation, [session.id])
     assert held is not None and held.answer is LimitAnswer.OVERRIDDEN
