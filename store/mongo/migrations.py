@@ -1,6 +1,6 @@
 """Data changes the MongoDB store makes when the model changes (SQLite makes the same in its
 schema migrations, ``store/sqlite/migrations.py``: versions 7, 8, 10, 14, 16, 18, 23,
-24, 26, 27, 29, 32, 34, 37, 40, 41, 42, 47 and 63).
+24, 26, 27, 29, 32, 34, 37, 40, 41, 42, 47 and 55).
 
 MongoDB has no schema to migrate, only documents written under older rules. Each step
 here runs at every start (or until one start recorded it done: ``_once``), is
@@ -353,7 +353,7 @@ async def _name_keys(db: Any) -> None:
 
 async def _name_identities(db: Any) -> None:
     """Company names are unique by their identity (``Company.name_identity``:
-    ``validation.name_identity``), as SQLite's migration 63 makes them: companies from
+    ``validation.name_identity``), as SQLite's migration 55 makes them: companies from
     before get theirs, oldest first. Once the unique index is built (it holds among the
     documents with one, ``indexes.held_among``), so two instances at once never give one
     identity twice. A company whose name was an older one's this way is left without

@@ -1159,15 +1159,15 @@ CREATE INDEX "pending_start_station_expires_idx" ON "pending_start" ("station_id
 CREATE INDEX "pending_start_expires_idx" ON "pending_start" ("expires_at");
 """
 
-# Version 63: company names are unique by their identity in the store
+# Version 55: company names are unique by their identity in the store
 # (``Company.name_identity``, ``validation.name_identity``: case folded, NFKC), not only
 # by the service's check before its write, which two creations at once both passed (review
 # r2: "Bäckerei X" and "BÄCKEREI X"). Older rows get theirs from the same function
 # (``chargegraph_name_identity``); of companies whose names were one this way before, the
 # oldest keeps the identity and the others are left without one (NULL, which no unique
 # index counts) and logged for an admin to rename (``chargegraph_identity_left``): their
-# names and histories stay. (53 to 62 are other branches'.)
-_V63 = """
+# names and histories stay.
+_V55 = """
 ALTER TABLE "company" ADD COLUMN "name_identity" TEXT;
 UPDATE "company" SET "name_identity" = chargegraph_name_identity("name")
 WHERE "id" IN (SELECT MIN("id") FROM "company" GROUP BY chargegraph_name_identity("name"));
@@ -1191,12 +1191,12 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (41, _V41), (42, _V42), (43, _V43),
                                      (44, _V44), (45, _V45), (46, _V46),
                                      (47, _V47), (48, _V48), (49, _V49),
-                                     (50, _V50), (51, _V51), (52, _V52), (63, _V63))
+                                     (50, _V50), (51, _V51), (52, _V52), (55, _V55))
 
 
 def identity_left(company_id: str, name: str) -> None:
     """A company migrated without its name's identity, another (older) one having it
-    (migration 63; MongoDB's ``migrations._name_identities``): said in the log, for an
+    (migration 55; MongoDB's ``migrations._name_identities``): said in the log, for an
     admin to rename it. ``None``, the identity it is left with."""
     log.warning("company %s (%r) has the name of an older company, told apart only by "
                 "case or how its letters were typed: rename it (updateCompany)",

@@ -172,7 +172,7 @@ async def test_a_plate_is_unique_among_its_owner_s_kept_cars_only(store: Store) 
 async def test_a_company_without_a_name_identity_clashes_only_by_its_name(
         store: Store) -> None:
     """``Company.name_identity`` is unique where a company has one; one left without
-    (``None``: its name an older one's by identity before the rule, migration 63) is
+    (``None``: its name an older one's by identity before the rule, migration 55) is
     under no rule but the exact name's, as many as there are, and takes one when
     renamed."""
     older = company(name="Bäckerei X", name_identity="bäckerei x")

@@ -59,7 +59,7 @@ def test_a_name_is_written_with_its_sort_key(kind: Callable[[str], Company | Use
 def test_a_company_s_name_is_written_with_its_identity() -> None:
     """What company names are unique by in the store (``Company.name_identity``) is kept
     in step with the name as its sort key is (review r2), a company left without one
-    (migration 63) taking one when renamed."""
+    (migration 55) taking one when renamed."""
     new = stamp_new(Company(name="BÄCKEREI X"), SYSTEM)
     assert new.name_identity == "bäckerei x"
     left = Company(name="Bäckerei X", name_identity=None)

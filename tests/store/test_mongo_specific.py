@@ -2402,7 +2402,7 @@ async def test_duplicate_company_names_from_before_the_rule_are_kept_renamed(
 
 async def test_company_names_from_before_get_their_identity_older_twins_left_alone(
         mongo: MongoStore, caplog: pytest.LogCaptureFixture) -> None:
-    """What SQLite migration 63 does: companies stored before get their name's identity
+    """What SQLite migration 55 does: companies stored before get their name's identity
     (``Company.name_identity``), the oldest of names one this way keeping it, the
     others left without (null, under no rule: the index holds among documents with
     one) and logged for an admin to rename; the store then refuses a taken identity, and
