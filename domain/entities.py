@@ -178,6 +178,12 @@ class Company(Record):
     #: What NAME order sorts by (``validation.name_key``: "ärztehaus"), written with the
     #: name by ``services.base`` (``stamp_new``, ``patch``); never given by a client nor shown.
     name_key: str = ""
+    #: What the name is one with another by (``validation.name_identity``: "bäckerei x"),
+    #: unique in the store (``ports.UNIQUE_RULES``), written with the name as
+    #: ``name_key`` is. ``None`` is under no rule: a company whose name was another's
+    #: this way before the rule (left without one by the stores' migrations, until it
+    #: is renamed), or a record written to a store directly (tests).
+    name_identity: str | None = None
 
 
 @dataclass(kw_only=True)

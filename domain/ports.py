@@ -94,11 +94,14 @@ class Guard:
     exists: bool = True
 
 #: Uniqueness rules every store enforces with a unique index, by entity kind. The name of
-#: the rule's first field is what ``UniqueViolation.field`` carries.
+#: the rule's first field is what ``UniqueViolation.field`` carries. A record whose rule
+#: field may be and is ``None`` is under no rule (SQL's NULLs never clash).
 UNIQUE_RULES: dict[str, tuple[tuple[str, ...], ...]] = {
     "user": (("email",),),
-    # How people (and ``create-user --company``) tell companies apart.
-    "company": (("name",),),
+    # How people (and ``create-user --company``) tell companies apart: by the name's
+    # identity (``Company.name_identity``: "BÄCKEREI X" is "Bäckerei X"), where it has
+    # one (a field's ``None`` clashes with nothing, as SQL's NULL), and by the name.
+    "company": (("name",), ("name_identity",)),
     "id_tag": (("tag",),),
     "station": (("cp_id",),),
     "connector": (("cp_id", "connector_id"),),

@@ -15,6 +15,9 @@ from domain.errors import Unauthenticated
 
 ISSUER = "chargegraph"
 AUDIENCE = "chargegraph-api"
+#: How long past its ``exp`` a token is still taken: the issuer's and the checker's
+#: clocks may be apart.
+LEEWAY = timedelta(seconds=30)
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +31,9 @@ class TokenSubject:
     user_id: str
     #: The user's token epoch when it was issued (0 for tokens older than epochs).
     epoch: int
+    #: When ``subject`` starts refusing the token as expired: its ``exp`` and the
+    #: ``LEEWAY``.
+    valid_until: datetime
 
 
 class TokenService:
@@ -62,7 +68,7 @@ class TokenService:
                 audience=AUDIENCE,
                 issuer=ISSUER,
                 options={"require": ["exp", "sub", "iat"]},
-                leeway=30,
+                leeway=LEEWAY,
             )
         except jwt.ExpiredSignatureError as exc:
             raise Unauthenticated("the token has expired", code="TOKEN_EXPIRED") from exc
@@ -71,7 +77,8 @@ class TokenService:
         epoch = claims.get("epoch", 0)
         if not isinstance(epoch, int) or isinstance(epoch, bool):
             raise Unauthenticated("the token is not valid", code="INVALID_TOKEN")
-        return TokenSubject(str(claims["sub"]), epoch)
+        return TokenSubject(str(claims["sub"]), epoch,
+                            datetime.fromtimestamp(claims["exp"], UTC) + LEEWAY)
 
 
 def bearer_token(header: str | None) -> str | None:

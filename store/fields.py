@@ -144,7 +144,9 @@ _FIELD_WORDS = {"cp_id": "charge point id (cpId)",
                # A plate's key is its letters and digits: people call it the plate.
                "plate_key": "license plate",
                # A configuration key compared without regard to case is the key.
-               "folded_key": "key"}
+               "folded_key": "key",
+               # Two names of one identity are one name ("BÄCKEREI X", "Bäckerei X").
+               "name_identity": "name"}
 
 
 def field_words(name: str) -> str:

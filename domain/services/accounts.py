@@ -5,13 +5,13 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any, cast
 
 from domain import validation as v
-from domain.entities import Company, Role, Station, User
+from domain.entities import Company, Record, Role, Station, User
 from domain.errors import (
     Conflict,
     DomainError,
@@ -23,7 +23,7 @@ from domain.errors import (
 )
 from domain.events import AccessChanged
 from domain.policy import Viewer
-from domain.ports import Guard, Insert
+from domain.ports import Change, Guard, Insert
 from domain.query import Eq
 from domain.services.background import Background
 from domain.services.base import UNSET, Service, ServiceContext, patch, stamp_new
@@ -76,6 +76,10 @@ def client_key(address: str | None) -> str | None:
     return str(parsed)
 
 
+def _name_taken() -> Conflict:
+    return Conflict("another company has this name", field="name", code="DUPLICATE")
+
+
 class AccountService(Service):
     _dummy_hash: str | None = None
 
@@ -123,7 +127,7 @@ class AccountService(Service):
             raise Forbidden("only admins create companies")
         company = stamp_new(Company(name=v.name(name)), viewer)
         await self._refuse_taken_name(company)
-        await self.commit(viewer, [(Insert(company), None)])
+        await self._commit_named(viewer, [(Insert(company), None)])
         return company
 
     async def _refuse_taken_name(self, company: Company) -> None:
@@ -131,7 +135,20 @@ class AccountService(Service):
         apart: two of one name would make every such choice a guess."""
         named = await self._companies_named(company.name)
         if any(other.id != company.id for other in named):
-            raise Conflict("another company has this name", field="name", code="DUPLICATE")
+            raise _name_taken()
+
+    async def _commit_named(self, viewer: Viewer,
+                            changes: Sequence[tuple[Change, Record | None]]) -> None:
+        """Commits a company's write of its name. ``_refuse_taken_name`` answers before
+        it, but two writes of one name at once (two requests, two instances) both pass
+        that read: the store's unique rule on the name's identity (``name_identity``)
+        refuses the second, reported as the check reports it (review r2)."""
+        try:
+            await self.commit(viewer, changes)
+        except UniqueViolation as exc:
+            if exc.field != "name_identity":
+                raise
+            raise _name_taken() from None
 
     async def _company_named(self, name: str) -> Company | None:
         """The company of this name (``_companies_named``), if any."""
@@ -166,7 +183,7 @@ class AccountService(Service):
             update = edit(company, viewer, name=name)
             updated = cast(Company, update.record)
             await self._refuse_taken_name(updated)
-            await self.commit(viewer, [(update, company)])
+            await self._commit_named(viewer, [(update, company)])
             return updated
 
         return await retried(once)

@@ -605,14 +605,18 @@ def charger(cp_id: str) -> Viewer:
     return Viewer(user_id=f"ocpp:{cp_id}")
 
 
-#: Keys stored beside a field and written whenever it is (source field: key field, the
-#: function of the source's value): what a list in that field's order sorts by. Kept
-#: here, where every new record is stamped and every edit patched, so no use case can
-#: write a name and leave its key behind (the stations a charger registers itself too).
-DERIVED_KEYS: dict[str, tuple[str, Callable[[Any], Any]]] = {
-    "name": ("name_key", v.name_key),
+#: Keys stored beside a field and written whenever it is (source field, key field, the
+#: function of the source's value): what a list in that field's order sorts by, or a
+#: unique rule compares. Kept here, where every new record is stamped and every edit
+#: patched, so no use case can write a name and leave its key behind (the stations a
+#: charger registers itself too).
+DERIVED_KEYS: tuple[tuple[str, str, Callable[[Any], Any]], ...] = (
+    ("name", "name_key", v.name_key),
+    # What company names are unique by, in the store: a check before the write let two
+    # creations at once through (review r2).
+    ("name", "name_identity", v.name_identity),
     # A charger's configuration key is one whatever its case (``ConfigurationKey``).
-    "key": ("folded_key", folded_key)}
+    ("key", "folded_key", folded_key))
 
 
 def stamp_new(record: E, viewer: Viewer, now: datetime | None = None) -> E:
@@ -747,7 +751,7 @@ def _derived_keys(kind: type[Record]) -> tuple[tuple[str, str, Callable[[Any], A
     if found is None:
         names = _field_names(kind)
         found = _DERIVED[kind] = tuple(
-            (source, key, make) for source, (key, make) in DERIVED_KEYS.items()
+            (source, key, make) for source, key, make in DERIVED_KEYS
             if source in names and key in names)
     return found
 

@@ -1,7 +1,8 @@
 """The indexes the MongoDB store needs, and which uniqueness rule a duplicate-key error broke.
 
 Unique rules (``domain.ports.UNIQUE_RULES``) are enforced by unique indexes named
-``uniq_<kind>_<fields>``; the partial "one ACTIVE session per connector" rule by a partial
+``uniq_<kind>_<fields>`` (over the documents with a value, where a rule's field may be
+null: ``held_among``); the partial "one ACTIVE session per connector" rule by a partial
 unique index (``partialFilterExpression``), which mongomock 4.3 enforces too (on insert,
 update and replace), so no read-then-write emulation is needed for tests.
 """
@@ -15,7 +16,9 @@ from typing import Any
 from pymongo import ASCENDING, DESCENDING
 from pymongo.errors import OperationFailure
 
+from domain.entities import ENTITY_BY_KIND
 from domain.ports import PARTIAL_UNIQUE_RULES, UNIQUE_RULES
+from store.mongo.codec import spec_of, storage_name
 from store.mongo.journal import JOURNAL, JOURNAL_PARTS
 
 #: Lookup indexes besides the unique ones: foreign keys, the policy's sub-selects and the
@@ -203,13 +206,30 @@ def violated_field(kind: str, details: Mapping[str, Any] | None) -> str | None:
     return _FIELD_BY_PATTERN.get((kind, pattern)) if pattern else None
 
 
+#: The BSON type of a value of a field category that may be null in a unique rule.
+_BSON_TYPES = {"str": "string"}
+
+
+def held_among(kind: str, fields: Sequence[str]) -> dict[str, Any] | None:
+    """The documents a unique rule holds among, as a partial index's filter: those with a
+    value in each of its fields that may be null (``Company.name_identity``), as SQL's
+    NULLs never clash, where a unique index here counts every null as one value.
+    ``None``: all of them."""
+    specs = [spec_of(ENTITY_BY_KIND[kind], field) for field in fields]
+    present = {storage_name(spec.name): {"$type": _BSON_TYPES[spec.category]}
+               for spec in specs if spec.nullable}
+    return present or None
+
+
 async def ensure_indexes(db: Any) -> None:
     """Creates every index; idempotent (an existing index with the same name and options is
     left alone). Safe to run from several instances at once."""
     for kind, rules in UNIQUE_RULES.items():
         for fields in rules:
+            held = held_among(kind, fields)
             await db[kind].create_index([(f, ASCENDING) for f in fields], unique=True,
-                                        name=index_name(kind, fields))
+                                        name=index_name(kind, fields),
+                                        **({"partialFilterExpression": held} if held else {}))
     for kind, partials in PARTIAL_UNIQUE_RULES.items():
         for fields, (cond_field, cond_value) in partials:
             await db[kind].create_index(

@@ -1,6 +1,6 @@
 """Data changes the MongoDB store makes when the model changes (SQLite makes the same in its
 schema migrations, ``store/sqlite/migrations.py``: versions 7, 8, 10, 14, 16, 18, 23,
-24, 26, 27, 29, 32, 34, 37, 40, 41, 42 and 47).
+24, 26, 27, 29, 32, 34, 37, 40, 41, 42, 47 and 55).
 
 MongoDB has no schema to migrate, only documents written under older rules. Each step
 here runs at every start (or until one start recorded it done: ``_once``), is
@@ -14,6 +14,7 @@ meanwhile journals the migrated image, not the one from before.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal
@@ -21,11 +22,12 @@ from typing import Any, cast
 
 from bson import ObjectId
 from pymongo import ReturnDocument
+from pymongo.errors import DuplicateKeyError
 
 from domain.entities import ENTITY_BY_KIND, Payment, Refund, Session
 from domain.query import SEARCHED
 from domain.services.configuration import MAX_KEYS
-from domain.validation import name_key
+from domain.validation import name_identity, name_key
 from store.mongo.codec import (
     compared,
     encode,
@@ -38,6 +40,8 @@ from store.mongo.codec import (
     to_doc,
 )
 from store.mongo.journal import MARK
+
+log = logging.getLogger("chargegraph.store")
 
 #: Where a step that must not touch documents written after it began records when that was.
 MIGRATIONS = "schema_migrations"
@@ -94,6 +98,7 @@ async def migrate(db: Any) -> None:
     await _once(db, "reservation_books", _reservation_books)
     await _once(db, "refunded_whole", _refunded_whole)
     await _once(db, "name_keys", _name_keys)
+    await _once(db, "name_identities", _name_identities)
     # Before the defaults: a station holding more keys than are kept is flagged, not
     # given false.
     await _once(db, "configuration_truncated", _configuration_truncated)
@@ -344,6 +349,37 @@ async def _name_keys(db: Any) -> None:
                 await db[kind].update_one(
                     {"_id": doc["_id"], "name_key": {"$exists": False}},
                     {"$set": {"name_key": name_key(doc["name"]), MARK: ObjectId()}})
+
+
+async def _name_identities(db: Any) -> None:
+    """Company names are unique by their identity (``Company.name_identity``:
+    ``validation.name_identity``), as SQLite's migration 55 makes them: companies from
+    before get theirs, oldest first. Once the unique index is built (it holds among the
+    documents with one, ``indexes.held_among``), so two instances at once never give one
+    identity twice. A company whose name was an older one's this way is left without
+    one (null, under no rule) and logged for an admin to rename, as there. Marked by the
+    field itself: new documents always carry ``name_identity``, possibly null."""
+    last: Any = None
+    while True:
+        query: dict[str, Any] = {"name_identity": {"$exists": False}}
+        if last is not None:
+            query["_id"] = {"$gt": last}
+        docs = await db["company"].find(query, {"name": 1}).sort([("_id", 1)]).limit(
+            BATCH).to_list()
+        if not docs:
+            break
+        last = docs[-1]["_id"]
+        for doc in docs:
+            unmarked = {"_id": doc["_id"], "name_identity": {"$exists": False}}
+            try:
+                await db["company"].update_one(unmarked, {"$set": {
+                    "name_identity": name_identity(doc["name"]), MARK: ObjectId()}})
+            except DuplicateKeyError:
+                log.warning("company %s (%r) has the name of an older company, told apart "
+                            "only by case or how its letters were typed: rename it "
+                            "(updateCompany)", doc["_id"], doc["name"])
+                await db["company"].update_one(unmarked, {"$set": {
+                    "name_identity": None, MARK: ObjectId()}})
 
 
 async def _blockers(db: Any) -> None:

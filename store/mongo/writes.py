@@ -330,6 +330,8 @@ async def explain(db: Any, record: Record, details: Mapping[str, Any] | None, *,
         return violation(record.kind, "id")
     others = {"_id": {"$ne": doc["_id"]}}
     for fields in UNIQUE_RULES.get(record.kind, ()):
+        if any(doc[f] is None for f in fields):
+            continue  # under no rule (``indexes.held_among``)
         if await collection.find_one({**others, **{f: doc[f] for f in fields}}, {"_id": 1}):
             return violation(record.kind, fields[0])
     for fields, (cond_field, cond_value) in PARTIAL_UNIQUE_RULES.get(record.kind, ()):

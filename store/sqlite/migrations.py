@@ -20,7 +20,7 @@ from typing import Any
 
 import aiosqlite
 
-from domain.validation import name_key
+from domain.validation import name_identity, name_key
 from store.sqlite.reconcile import SOC_FROM_SAMPLES, reconcile, reference
 
 log = logging.getLogger("chargegraph.store")
@@ -1178,6 +1178,23 @@ _V54 = """
 ALTER TABLE "connector" ADD COLUMN "phases" INTEGER;
 """
 
+# Version 55: company names are unique by their identity in the store
+# (``Company.name_identity``, ``validation.name_identity``: case folded, NFKC), not only
+# by the service's check before its write, which two creations at once both passed (review
+# r2: "Bäckerei X" and "BÄCKEREI X"). Older rows get theirs from the same function
+# (``chargegraph_name_identity``); of companies whose names were one this way before, the
+# oldest keeps the identity and the others are left without one (NULL, which no unique
+# index counts) and logged for an admin to rename (``chargegraph_identity_left``): their
+# names and histories stay.
+_V55 = """
+ALTER TABLE "company" ADD COLUMN "name_identity" TEXT;
+UPDATE "company" SET "name_identity" = chargegraph_name_identity("name")
+WHERE "id" IN (SELECT MIN("id") FROM "company" GROUP BY chargegraph_name_identity("name"));
+UPDATE "company" SET "name_identity" = chargegraph_identity_left("id", "name")
+WHERE "name_identity" IS NULL;
+CREATE UNIQUE INDEX "company_name_identity_key" ON "company" ("name_identity");
+"""
+
 #: Every migration, oldest first. Append only.
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
@@ -1195,12 +1212,26 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (47, _V47), (48, _V48), (49, _V49),
                                      (50, _V50), (51, _V51), (52, _V52),
                                      (53, _V53),
-                                     (54, _V54))
+                                     (54, _V54),
+                                     (55, _V55))
+
+
+def identity_left(company_id: str, name: str) -> None:
+    """A company migrated without its name's identity, another (older) one having it
+    (migration 55; MongoDB's ``migrations._name_identities``): said in the log, for an
+    admin to rename it. ``None``, the identity it is left with."""
+    log.warning("company %s (%r) has the name of an older company, told apart only by "
+                "case or how its letters were typed: rename it (updateCompany)",
+                company_id, name)
+
 
 #: Python functions migrations call, registered on the migrating connection: a value only
 #: the domain's rules can compute for rows written before (name, arity, function).
 MIGRATION_FUNCTIONS: tuple[tuple[str, int, Callable[..., Any]], ...] = (
-    ("chargegraph_name_key", 1, name_key),)
+    ("chargegraph_name_key", 1, name_key),
+    ("chargegraph_name_identity", 1, name_identity),
+    ("chargegraph_identity_left", 2, identity_left))
+
 
 _BOOTSTRAP = """
 CREATE TABLE IF NOT EXISTS "schema_version" (

@@ -67,8 +67,14 @@ _sess = session(_st)
 CLASHES: dict[str, tuple[type[Record], Callable[[], Record], Callable[[], Record], str]] = {
     "user.email": (User, lambda: user(email="same@example.com"),
                    lambda: user(email="same@example.com"), "email"),
+    # Without a name's identity (``None``, as the factory makes them; below): the same
+    # name with one breaks both rules, and a store may report either.
     "company.name": (Company, lambda: company(name="Same GmbH"),
                      lambda: company(name="Same GmbH"), "name"),
+    # On the name's identity: the names as entered differ (review r2).
+    "company.name_identity": (
+        Company, lambda: company(name="Bäckerei X", name_identity="bäckerei x"),
+        lambda: company(name="BÄCKEREI X", name_identity="bäckerei x"), "name_identity"),
     # On the plate's key: the plates as entered differ. (Among kept cars: below.)
     "vehicle.plate_key+owner_id": (
         Vehicle, lambda: vehicle(_owner, license_plate="B-AB 123"),
@@ -161,6 +167,29 @@ async def test_a_plate_is_unique_among_its_owner_s_kept_cars_only(store: Store) 
     assert await store.count(Vehicle, Eq("owner_id", owner.id)) == 3
     assert [v.id for v in await store.find_all(Vehicle, all_of(
         Eq("owner_id", owner.id), Eq("removed_at", None)))] == [third.id]
+
+
+async def test_a_company_without_a_name_identity_clashes_only_by_its_name(
+        store: Store) -> None:
+    """``Company.name_identity`` is unique where a company has one; one left without
+    (``None``: its name an older one's by identity before the rule, migration 55) is
+    under no rule but the exact name's, as many as there are, and takes one when
+    renamed."""
+    older = company(name="Bäckerei X", name_identity="bäckerei x")
+    left = [company(name=name) for name in ("BÄCKEREI X", "bäckerei x")]
+    await put(store, older, *left)
+    assert await store.count(Company, Eq("name_identity", None)) == 2
+    with pytest.raises(UniqueViolation) as raised:
+        await store.write([Insert(company(name="Bäckerei X"))], [])
+    assert raised.value.field == "name"
+    with pytest.raises(UniqueViolation) as raised:
+        await store.write([Update(dataclasses.replace(left[0], name_identity="bäckerei x"),
+                                  frozenset({"name_identity"}))], [])
+    assert raised.value.field == "name_identity"
+    renamed = dataclasses.replace(left[0], name="Bäckerei X Süd",
+                                  name_identity="bäckerei x süd")
+    await store.write([Update(renamed, frozenset({"name", "name_identity"}))], [])
+    assert await store.get_many(Company, [left[0].id]) == [renamed]
 
 
 async def test_a_guarded_update_is_skipped_once_its_condition_no_longer_holds(

@@ -31,8 +31,10 @@ def test_changed_skips_unset_and_refuses_unknown_fields() -> None:
 
 def test_patch_writes_only_the_named_fields_and_stamps() -> None:
     update = patch(Company(name="A"), SYSTEM, name="B")
-    # ``name_key`` goes with the name: it is what NAME order sorts by.
-    assert update.fields == frozenset({"name", "name_key", "updated_at", "updated_by"})
+    # ``name_key`` goes with the name: it is what NAME order sorts by; so does a
+    # company's ``name_identity``, what its name is unique by.
+    assert update.fields == frozenset({"name", "name_key", "name_identity", "updated_at",
+                                       "updated_by"})
 
 
 @pytest.mark.parametrize("kind", [
@@ -52,6 +54,18 @@ def test_a_name_is_written_with_its_sort_key(kind: Callable[[str], Company | Use
     untouched = patch(new, SYSTEM, name=UNSET)
     assert cast(Company, untouched.record).name_key == "arztehaus"
     assert untouched.fields is not None and "name_key" not in untouched.fields
+
+
+def test_a_company_s_name_is_written_with_its_identity() -> None:
+    """What company names are unique by in the store (``Company.name_identity``) is kept
+    in step with the name as its sort key is (review r2), a company left without one
+    (migration 55) taking one when renamed."""
+    new = stamp_new(Company(name="BÄCKEREI X"), SYSTEM)
+    assert new.name_identity == "bäckerei x"
+    left = Company(name="Bäckerei X", name_identity=None)
+    renamed = patch(left, SYSTEM, name="Bäckerei X Süd")
+    assert cast(Company, renamed.record).name_identity == "bäckerei x süd"
+    assert renamed.fields is not None and "name_identity" in renamed.fields
 
 
 def test_a_change_is_a_new_version_even_within_the_same_millisecond(

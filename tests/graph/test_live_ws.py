@@ -517,6 +517,27 @@ async def test_an_expired_token_closes_the_socket_saying_so(live: Setup) -> None
     await socket.close()
 
 
+async def test_a_subscribe_checks_the_token_s_expiry_without_a_store_read(
+        live: Setup, store: CountingStore) -> None:
+    """Review r2: the check before a new subscription read the user (``withdrawn``),
+    one store read per subscribe awaited in turn in the socket's message loop (a round
+    trip each on MongoDB). Rights withdrawn close the sockets as it is announced
+    (``AccessChanged``) or by the periodic re-check; a subscribe checks only the token's
+    expiry, which the token carries. Both protocols; the user is read once, by
+    ``connection_init``."""
+    for protocol in ("graphql-transport-ws", "graphql-ws"):
+        store.detail.clear()
+        socket = await live.open("driver1", protocol)
+        assert store.detail.count("get_many:user") == 1, protocol
+        store.detail.clear()
+        for i in range(5):
+            socket.subscribe(str(i), LOCAL)
+        await live.subscribed(5)
+        assert store.detail == [], protocol
+        await socket.close()
+        await asyncio.sleep(0)
+
+
 async def test_a_rights_change_closes_sockets_at_once_and_ops_are_checked(
         live: Setup) -> None:
     """Without waiting for the periodic re-check: the account change is announced on

@@ -9,6 +9,8 @@ from store.fields import duplicate_message
 EXPECTED = {
     ("user", ("email",)): "another user has the same email",
     ("company", ("name",)): "another company has the same name",
+    # Names of one identity are one name ("BÄCKEREI X" is "Bäckerei X").
+    ("company", ("name_identity",)): "another company has the same name",
     ("vehicle", ("plate_key", "owner_id")):
         "another vehicle has the same license plate and owner",
     ("id_tag", ("tag",)): "another id tag has the same tag",

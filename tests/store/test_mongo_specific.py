@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import re
 import sqlite3
 import time
@@ -2397,6 +2398,36 @@ async def test_duplicate_company_names_from_before_the_rule_are_kept_renamed(
     assert [c.id for c in renamed] == [second.id]
     with pytest.raises(UniqueViolation):
         await mongo.write([Insert(Company(name="Solo"))], [])
+
+
+async def test_company_names_from_before_get_their_identity_older_twins_left_alone(
+        mongo: MongoStore, caplog: pytest.LogCaptureFixture) -> None:
+    """What SQLite migration 55 does: companies stored before get their name's identity
+    (``Company.name_identity``), the oldest of names one this way keeping it, the
+    others left without (null, under no rule: the index holds among documents with
+    one) and logged for an admin to rename; the store then refuses a taken identity, and
+    later starts do not look again."""
+    from domain.errors import UniqueViolation
+
+    caplog.set_level(logging.WARNING, logger="chargegraph.store")
+    db = raw(mongo)
+    records = [Company(name=name) for name in
+               ("Bäckerei X", "BÄCKEREI X", "Ba\u0308ckerei x", "Solo")]
+    for record in records:
+        db["company"].insert_one({"_id": ObjectId(record.id), "name": record.name,
+                                  "created_at": T0, "updated_at": T0,
+                                  "created_by": "system", "updated_by": "system"})
+    db[migrations.MIGRATIONS].delete_many({})  # a database from before the step
+    await mongo.start()
+    stored = {c.id: c.name_identity for c in await mongo.find_all(Company, ALL)}
+    assert stored == {records[0].id: "bäckerei x", records[1].id: None,
+                      records[2].id: None, records[3].id: "solo"}
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 2 and records[1].id in warned[0] and records[2].id in warned[1]
+    with pytest.raises(UniqueViolation) as raised:
+        await mongo.write([Insert(Company(name="SOLO", name_identity="solo"))], [])
+    assert raised.value.field == "name_identity"
+    assert db[migrations.MIGRATIONS].find_one({"_id": "name_identities"})["done"] is True
 
 
 # ------------------------------------------------------- fields added later with a default

@@ -274,7 +274,9 @@ async def test_a_wal_file_left_large_does_not_checkpoint_every_commit(
     assert await asyncio.to_thread(os.path.getsize, db_path + "-wal") > 64 * 1024
     assert writer._wal_index.pending_bytes() == 0
     last = writer._checkpoint
-    for i in range(5):  # a few small commits: far below the threshold
+    # A few small commits, below the threshold: each writes a page of the company table
+    # and one of each of its three indexes (id, name, name's identity), 4 KiB each.
+    for i in range(3):
         writer._next_size_check = 0.0
         await put(store, company(name=f"Small {i}"))
     assert writer._checkpoint is last  # none started
@@ -1207,6 +1209,40 @@ async def test_names_from_before_their_sort_key_get_it_from_the_domain_s_rule(
     assert raw(db_path, 'SELECT "name" FROM sqlite_master WHERE "name" LIKE '
                         "'%name_key_idx' ORDER BY 1") == [("station_name_key_idx",),
                                                           ("user_name_key_idx",)]
+
+
+async def test_version_63_gives_company_names_their_identity_leaving_older_twins_alone(
+        db_path: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Company names became unique by their identity in the store (review r2: two
+    creations at once passed the service's check). Names one this way before the rule
+    do not fail the migration: the oldest company keeps the identity, the others are
+    left without (NULL, under no rule), their names kept, and logged for an admin to
+    rename; from then on the store refuses a company of a taken identity."""
+    caplog.set_level(logging.WARNING, logger="chargegraph.store")
+    async with aiosqlite.connect(db_path, isolation_level=None) as conn:
+        await apply_migrations(conn, [m for m in MIGRATIONS if m[0] < 55])
+        names = {"c1": "Bäckerei X", "c2": "BÄCKEREI X", "c3": "Ba\u0308ckerei x",
+                 "c4": "Solo"}
+        for company_id, name in names.items():
+            await conn.execute(
+                'INSERT INTO "company" ("id", "created_at", "updated_at", "created_by", '
+                "\"updated_by\", \"name\") VALUES (?, 0, 0, 'system', 'system', ?)",
+                (company_id, name))
+        assert await apply_migrations(conn, [m for m in MIGRATIONS if m[0] <= 55]) == [55]
+    assert raw(db_path, 'SELECT "id", "name", "name_identity" FROM "company" ORDER BY 1'
+               ) == [("c1", "Bäckerei X", "bäckerei x"), ("c2", "BÄCKEREI X", None),
+                     ("c3", "Ba\u0308ckerei x", None), ("c4", "Solo", "solo")]
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 2 and "c2" in warned[0] and "c3" in warned[1], warned
+    store = SqliteStore(db_path)
+    await store.start()
+    try:
+        with pytest.raises(UniqueViolation) as raised:
+            await put(store, company(name="SOLO", name_identity="solo"))
+        assert raised.value.field == "name_identity"
+        await put(store, company(name="Konditorei", name_identity="konditorei"))
+    finally:
+        await store.close()
 
 
 async def test_version_8_gives_existing_sessions_and_payments_their_books(

@@ -17,6 +17,8 @@ from typing import Any
 
 import mongomock
 from bson import ObjectId
+from mongomock import helpers as mongomock_helpers
+from pymongo.errors import DuplicateKeyError
 
 #: Collection methods that are coroutines in ``pymongo.asynchronous.collection``.
 COROUTINES = frozenset({
@@ -88,7 +90,26 @@ class AsyncCollection:
                 existing.get(option) == value for option, value in options.items()
                 if option != "name"):
             return str(name)
+        partial = options.get("partialFilterExpression")
+        if options.get("unique") and partial is not None and name:
+            return self._partial_unique(keys, str(name), partial)
         return str(self._c.create_index(keys, **options))
+
+    def _partial_unique(self, keys: list[tuple[str, int]], name: str,
+                        partial: dict[str, Any]) -> str:
+        """A unique partial index built as a server builds it: unique among the documents
+        its filter matches. mongomock checks every document, so a collection of two
+        documents outside the filter alike in its keys (two companies without a name's
+        identity) could not have it; it enforces the filter on later writes."""
+        seen: set[str] = set()
+        for doc in self._c.find(partial):
+            key = repr([doc.get(field) for field, _ in keys])
+            if key in seen:
+                raise DuplicateKeyError("E11000 Duplicate Key Error", 11000)
+            seen.add(key)
+        self._c._store.create_index(name, {"key": mongomock_helpers.create_index_list(keys),
+                                           "unique": True, "partialFilterExpression": partial})
+        return name
 
     def __getattr__(self, name: str) -> Any:
         if name not in COROUTINES:
