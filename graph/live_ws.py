@@ -377,6 +377,12 @@ class Connection:
     async def _authorize(self, payload: dict[str, Any]) -> None:
         self.authorization = connection_authorization(payload, self.request)
         viewer = await self.endpoint.authorize(self.authorization)
+        if viewer.anonymous and not self.hub.services.policy.public_map:
+            # Without the public map an anonymous socket has nothing to follow (every
+            # subscription is refused), and what else it could send HTTP answers as
+            # well: acknowledged, such sockets were held open for ever (QA s24). Closed
+            # at init instead (4403), as graphql-transport-ws allows.
+            raise Unauthenticated("sign in first")
         context = GraphContext.build(self.hub.services, self.hub.tokens, viewer, self.request)
         # Only what is used, not the payload: it lives as long as the socket, and a client
         # could make it as large as a message may be.
