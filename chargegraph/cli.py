@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from chargegraph import __version__, logs
 from chargegraph.errors import ConfigError
 from chargegraph.listening import listening_sockets
-from chargegraph.runtime import tune_garbage_collector
+from chargegraph.runtime import raise_open_file_limit, tune_garbage_collector
 from chargegraph.settings import ENV_FILE, Settings, environment_warnings, problems
 from chargegraph.signals import cancelled_by_signals
 from chargegraph.startup import StartupFailed, starting
@@ -139,6 +139,7 @@ class GracefulServer(uvicorn.Server):
 
 def _uvicorn(settings: Settings) -> uvicorn.Server:
     from chargegraph.app import create_app
+    from chargegraph.http_limits import HeadTimeoutProtocol, log_refusals
     from graph.http import MAX_BODY
 
     config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
@@ -151,7 +152,14 @@ def _uvicorn(settings: Settings) -> uvicorn.Server:
                             # be: uvicorn's 16 MiB let thirty sockets hold half a gigabyte
                             # of connection_init payloads. Beyond it the socket is closed
                             # with 1009 (message too big) before the message is read.
-                            ws_max_size=MAX_BODY)
+                            ws_max_size=MAX_BODY,
+                            # A request head not complete within 10 s closes its
+                            # connection, and connections beyond the cap are answered
+                            # 503: idle or half-sent sockets held for ever filled the
+                            # open files this process shares with the chargers' sockets.
+                            http=HeadTimeoutProtocol,
+                            limit_concurrency=settings.max_connections)
+    log_refusals(settings.max_connections)
     return GracefulServer(config)
 
 
@@ -171,6 +179,7 @@ def serve(host: HostOpt = None, port: PortOpt = None, ocpp_port: OcppPortOpt = N
         _logging(settings)
         server = _uvicorn(settings)
     tune_garbage_collector()
+    raise_open_file_limit()
     server.run()
 
 
@@ -367,6 +376,7 @@ def demo(host: HostOpt = None, port: PortOpt = None, ocpp_port: OcppPortOpt = No
             for path in remove_sqlite_database(settings.database_url):
                 logging.getLogger("chargegraph").info("--reset: removed %s", path)
     tune_garbage_collector()
+    raise_open_file_limit()
     with _plain_failures():  # seeding opens the store outside the server's lifespan
         asyncio.run(_demo(settings, server, chargers))
 

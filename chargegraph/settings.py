@@ -65,6 +65,13 @@ class Settings(BaseSettings):
         "", description="Comma-separated origins (scheme://host[:port]) of browser apps "
                         "allowed to call /graphql from another origin; * for any; empty: "
                         "none (no CORS headers)")
+    # A cap below the process's open files (``runtime.raise_open_file_limit``), so that
+    # GraphQL clients alone cannot take the descriptors new chargers need.
+    max_connections: int = Field(
+        1000, ge=1, le=1_000_000,
+        description="Connections the GraphQL port serves at once, websockets included; "
+                    "a request beyond them is answered 503 (logged at WARNING at most "
+                    "once a minute)")
     ocpp_host: str = "127.0.0.1"
     ocpp_port: int = Field(9000, ge=1, le=65535)
     ocpp_enabled: bool = True

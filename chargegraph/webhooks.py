@@ -508,10 +508,13 @@ class WebhookDispatcher:
         header the receiver expects, and the TLS name to verify."""
         parts = urlsplit(url)
         host = (parts.hostname or "").rstrip(".")
-        port = parts.port or (443 if parts.scheme.lower() == "https" else 80)
+        # ``is None``: port 0, written explicitly, is not the scheme's default (it was
+        # posted to 80; such a URL is refused now, but may be stored from before).
+        port = parts.port if parts.port is not None \
+            else (443 if parts.scheme.lower() == "https" else 80)
         address = await self._address(host, port)
         shown = f"[{address}]" if address.version == 6 else str(address)
-        netloc = f"{shown}:{parts.port}" if parts.port else shown
+        netloc = f"{shown}:{parts.port}" if parts.port is not None else shown
         extensions: dict[str, Any] = {}
         if parts.scheme.lower() == "https":
             extensions["sni_hostname"] = host  # TLS verifies the name, not the address

@@ -379,6 +379,12 @@ class Connection:
     async def _authorize(self, payload: dict[str, Any]) -> None:
         self.authorization = connection_authorization(payload, self.request)
         viewer = await self.endpoint.authorize(self.authorization)
+        if viewer.anonymous and not self.hub.services.policy.public_map:
+            # Without the public map an anonymous socket has nothing to follow (every
+            # subscription is refused), and what else it could send HTTP answers as
+            # well: acknowledged, such sockets were held open for ever (QA s24). Closed
+            # at init instead (4403), as graphql-transport-ws allows.
+            raise Unauthenticated("sign in first")
         token = bearer_token(self.authorization)
         # Read once, for the check before each new subscription (``expired``).
         self.valid_until = self.hub.tokens.subject(token).valid_until if token else None

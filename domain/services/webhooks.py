@@ -5,8 +5,8 @@ retries); this is the rules it follows.
 * An admin's webhook sees everything; an operator's belongs to their company and gets
   what that company may see: ``Policy.sees_event`` with ``Policy.webhook_viewer`` (the
   owner as read at delivery time), the rule every subscription obeys. Drivers keep none.
-* A URL is http or https, carries no credentials, and names no loopback, private,
-  link-local or otherwise non-public address unless the deployment allows it
+* A URL is http or https, carries no credentials nor port 0, and names no loopback,
+  private, link-local or otherwise non-public address unless the deployment allows it
   (``allow_private``: a receiver on the same network). Names are checked again when
   delivered to, by what they resolve to (``chargegraph/webhooks.py``).
 * Every change an owner makes is audited (the secret never is); delivery health is
@@ -159,11 +159,14 @@ def webhook_url(value: str | None, *, allow_private: bool, field: str = "url") -
                               "international names)", field=field)
     try:
         parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises on a port that is no number or out of range
+        port = parts.port  # raises on a port that is no number or out of range
     except ValueError:
         raise ValidationError("not a valid URL", field=field) from None
     if parts.scheme.lower() not in ("http", "https"):
         raise ValidationError("only http and https URLs", field=field, code="UNSUPPORTED")
+    if port == 0:
+        # No receiver listens on port 0; taken for "no port", it was posted to 80 (QA s24).
+        raise ValidationError("port 0 is no port a receiver listens on", field=field)
     if parts.username is not None or parts.password is not None or "@" in parts.netloc:
         # They would travel with every delivery and show in every list of webhooks;
         # receivers authenticate deliveries by their signature.

@@ -447,13 +447,6 @@ async def test_connection_init_auth_and_subprotocols(live: Setup) -> None:
     assert (await socket.raw())["code"] == 4406
     await socket.task  # type: ignore[misc]
 
-    anonymous = await live.open(None)
-    anonymous.subscribe("1", LOCAL)
-    error = await anonymous.next()
-    assert error["type"] == "error"
-    assert error["payload"][0]["extensions"]["code"] == "UNAUTHENTICATED"
-    await anonymous.close()
-
     legacy = Socket(live.endpoint, "graphql-ws")
     await legacy.connect()
     legacy.put({"type": "connection_init", "payload": {"authorization": "Bearer nope"}})
@@ -462,6 +455,37 @@ async def test_connection_init_auth_and_subprotocols(live: Setup) -> None:
     assert rejected["payload"]["code"] == "INVALID_TOKEN"
     assert (await legacy.raw())["code"] == 1011
     await legacy.close()
+
+
+@pytest.mark.parametrize("protocol", ["graphql-transport-ws", "graphql-ws"])
+async def test_an_anonymous_socket_is_closed_at_init_unless_the_map_is_public(
+        live: Setup, protocol: str) -> None:
+    """QA s24: with the public map off, a ``connection_init`` without a token was
+    acknowledged and the socket held open for ever, though every subscription on it was
+    refused. It is closed at init now (4403; the legacy protocol's connection_error);
+    with the public map on it is acknowledged and follows the public topics only."""
+    socket = Socket(live.endpoint, protocol)
+    await socket.connect()
+    socket.put({"type": "connection_init", "payload": {}})
+    if protocol == "graphql-ws":
+        assert await socket.next() == {"type": "connection_error", "payload": {
+            "code": "UNAUTHENTICATED", "message": "sign in first"}}
+        assert (await socket.raw())["code"] == 1011
+    else:
+        assert await socket.raw() == {"type": "websocket.close", "code": 4403,
+                                      "reason": "Forbidden"}
+    await socket.close()
+
+    live.services.policy.public_map = True
+    anonymous = await live.open(None, protocol=protocol)  # acknowledged (``init``)
+    anonymous.subscribe("1", "subscription { sessionUpdated { transactionId } }")
+    error = await anonymous.next()
+    assert error["type"] == "error"
+    refusal = error["payload"][0] if protocol == "graphql-transport-ws" else error["payload"]
+    assert refusal["extensions"]["code"] == "UNAUTHENTICATED"
+    anonymous.subscribe("2", LOCAL)  # the public availability map
+    await live.subscribed(1)
+    await anonymous.close()
 
 
 async def test_the_periodic_re_check_catches_what_was_not_announced(live: Setup) -> None:
@@ -934,7 +958,7 @@ async def test_a_socket_without_connection_init_is_closed_on_both_protocols(
 
     initialised = Socket(endpoint, protocol)
     await initialised.connect()
-    await initialised.init(None)
+    await initialised.init(live.token("driver1"))
     await asyncio.sleep(0.2)  # the timeout's time has passed
     assert initialised.nothing_pending()
     await initialised.close()

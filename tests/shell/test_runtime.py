@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import resource
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 import chargegraph.cli as cli_module
+from tests.helpers import free_port, wait_healthy
+from tests.shell.test_process import clean_env
 
 
 def test_serve_tunes_the_collector_in_its_own_process() -> None:
@@ -32,8 +36,38 @@ def test_serve_applies_them_before_running(tmp_path: Path,
     monkeypatch.setenv("CHARGEGRAPH_DATABASE_URL", f"sqlite:///{tmp_path}/gc.db")
     monkeypatch.setenv("CHARGEGRAPH_JWT_SECRET", "s" * 40)
     monkeypatch.setattr(cli_module, "tune_garbage_collector", lambda: calls.append("gc"))
+    monkeypatch.setattr(cli_module, "raise_open_file_limit", lambda: calls.append("nofile"))
     monkeypatch.setattr(cli_module.GracefulServer, "run",
                         lambda self, sockets=None: calls.append("run"))
     result = CliRunner().invoke(cli_module.app, ["serve", "--port", "1"])
     assert result.exit_code == 0, result.output
-    assert calls == ["gc", "run"]
+    assert calls == ["gc", "nofile", "run"]
+
+
+def test_serve_raises_its_open_file_limit_to_the_hard_one(tmp_path: Path) -> None:
+    """QA s24: at systemd's default soft limit (1024) a thousand sockets to the GraphQL
+    port left no descriptor for new chargers or /healthz; the hard limit is what the
+    administrator allows, and `serve` raises to it, saying so."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard <= 256:
+        pytest.skip(f"the hard limit ({hard}) leaves nothing to raise")
+
+    def lowered() -> None:  # in the child, before it runs: as systemd starts a service
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+
+    port = free_port()
+    env = {**clean_env(tmp_path), "CHARGEGRAPH_JWT_SECRET": "r" * 40}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "chargegraph", "serve", "--port", str(port), "--ocpp-port",
+         str(free_port())], cwd=tmp_path, env=env, text=True, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, preexec_fn=lowered)
+    try:
+        wait_healthy(process, f"http://127.0.0.1:{port}")
+        limits = Path(f"/proc/{process.pid}/limits").read_text().splitlines()
+        [line] = [line for line in limits if line.startswith("Max open files")]
+        shown = "unlimited" if hard == resource.RLIM_INFINITY else str(hard)
+        assert line.split()[3:5] == [shown, shown]  # soft and hard
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=10)
+    assert f"INFO chargegraph: open-file limit: {shown} (raised from 256)" in stderr

@@ -23,7 +23,8 @@ async def served(tmp_path: Path) -> AsyncIterator[str]:
     port = free_port()
     settings = Settings(database_url=f"sqlite:///{tmp_path}/ws.db",  # type: ignore[call-arg]
                         jwt_secret="w" * 40, ocpp_enabled=False, port=port,
-                        log_level="WARNING")
+                        # Anonymous sockets are acknowledged only with the public map.
+                        public_map=True, log_level="WARNING")
     server = _uvicorn(settings)
     task = asyncio.create_task(server.serve())
     await until_started(server)

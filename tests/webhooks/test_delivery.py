@@ -447,6 +447,33 @@ async def test_a_name_whose_nameserver_never_answers_is_cut_off_in_time(
         dispatcher._resolver.shutdown(wait=True)
 
 
+async def test_a_stored_url_with_port_0_is_not_posted_to_port_80() -> None:
+    """QA s24: ``http://127.0.0.1:0/hook`` (refused now, but a webhook may be stored from
+    before) was posted to port 80, port 0 being taken for no port at all."""
+    from types import SimpleNamespace
+
+    import chargegraph.webhooks as module
+
+    posted: list[httpx.URL] = []
+
+    def receive(request: httpx.Request) -> httpx.Response:
+        posted.append(request.url)
+        return httpx.Response(204)
+
+    dispatcher = module.WebhookDispatcher(SimpleNamespace(),  # type: ignore[arg-type]
+                                          allow_private=True)
+    dispatcher._client = httpx.AsyncClient(transport=httpx.MockTransport(receive))
+    try:
+        for url, port in (("http://127.0.0.1:0/hook", 0), ("http://127.0.0.1/hook", None),
+                          ("http://127.0.0.1:8080/hook", 8080)):
+            hook = SimpleNamespace(url=url, secret="whsec_x")
+            await dispatcher.post(hook, "ping", "delivery-1", b"{}")  # type: ignore[arg-type]
+            assert posted[-1].port == port, url  # None: the scheme's default, 80
+    finally:
+        await dispatcher._client.aclose()
+        dispatcher._resolver.shutdown(wait=True)
+
+
 async def test_a_webhook_made_while_the_routes_are_read_is_routed(
         world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     """A refresh whose read started before a webhook was made here used to put its older

@@ -45,6 +45,9 @@ REFUSED = {
     "hooks.example.com/in": "UNSUPPORTED",
     "https:///in": "INVALID",
     "https://hooks.example.com:99999/in": "INVALID",
+    # Port 0 was taken for no port and posted to 80 (QA s24).
+    "https://hooks.example.com:0/in": "INVALID",
+    "http://8.8.8.8:00/in": "INVALID",
     "https://hooks.example.com/in#frag": "INVALID",
     "https://hooks.example.com/a b": "INVALID",
     "": "REQUIRED",
@@ -75,6 +78,8 @@ def test_private_addresses_are_taken_when_the_deployment_allows_them() -> None:
         == "http://127.0.0.1:9999/hooks"
     with pytest.raises(DomainError):  # credentials and schemes stay refused
         webhook_url("http://a:b@127.0.0.1/", allow_private=True)
+    with pytest.raises(DomainError):  # and port 0 (QA s24: posted to 80)
+        webhook_url("http://127.0.0.1:0/hook", allow_private=True)
 
 
 async def test_drivers_and_the_system_keep_no_webhooks(world: World) -> None:

@@ -1,0 +1,147 @@
+"""Bounds on the GraphQL port's connections (QA s24: a thousand idle or half-sent sockets
+filled the process's open files, and GraphQL, /healthz and new chargers, which share the
+process, were all refused until the client let go).
+
+* A request head must be complete within ``HEAD_TIMEOUT_S`` of the connection opening,
+  or of its first byte on a kept-alive connection, else the connection is closed: uvicorn
+  times a connection out only between requests (keep-alive, after a response), so one
+  that never finished its first request head was held for ever. The OCPP port's
+  websockets server closes an unfinished handshake after 10 s too (its open timeout).
+* At most ``CHARGEGRAPH_MAX_CONNECTIONS`` connections (websockets included) are served at
+  once: uvicorn's ``limit_concurrency`` answers the requests beyond them 503. Its own line
+  for each refusal is turned into one WARNING a minute at most (``RefusalLog``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+#: Seconds a request head may take, from the connection opening (or, on a connection
+#: kept alive, from the next request's first byte) until its blank line.
+HEAD_TIMEOUT_S = 10.0
+
+#: What uvicorn logs (at WARNING, on ``uvicorn.error``) for each request it answers 503
+#: at ``limit_concurrency``.
+UVICORN_REFUSAL = "Exceeded concurrency limit."
+
+
+class _HeadTimer:
+    """The head timeout, shared by the HTTP protocols below. ``_arm`` starts it unless it
+    runs; ``_disarm`` stops it; when it fires, the connection is closed (no answer: the
+    client has not finished asking)."""
+
+    transport: asyncio.Transport
+    loop: asyncio.AbstractEventLoop
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def _arm(self) -> None:
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(HEAD_TIMEOUT_S, self._head_timed_out)
+
+    def _disarm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+
+class H11HeadTimeout(_HeadTimer, H11Protocol):
+    """uvicorn's h11 protocol (where httptools is not installed) with the head timeout:
+    h11 reports the peer ``IDLE`` until a request's head is complete."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            self._arm()
+        else:
+            self._disarm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+
+HeadTimeoutProtocol: type[asyncio.Protocol]
+try:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+except ImportError:  # pragma: no cover - uvicorn[standard] brings httptools on CPython
+    HeadTimeoutProtocol = H11HeadTimeout
+else:
+    class HttpToolsHeadTimeout(_HeadTimer, HttpToolsProtocol):
+        """uvicorn's httptools protocol (the one ``http="auto"`` picks when httptools is
+        installed) with the head timeout: armed when the connection opens and when a
+        request begins, stopped when its head is complete (a websocket upgrade's too: the
+        websocket has timeouts of its own) or the connection is lost."""
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._arm()
+
+        def on_headers_complete(self) -> None:
+            self._disarm()
+            super().on_headers_complete()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    HeadTimeoutProtocol = HttpToolsHeadTimeout
+
+
+class RefusalLog(logging.Filter):
+    """Turns uvicorn's line for each request refused at ``limit_concurrency`` into one
+    WARNING naming the setting, then at most one per ``every`` seconds, each counting the
+    refusals since the line before: a flood of requests would otherwise log a line each."""
+
+    def __init__(self, every: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.every = every
+        self.clock = clock
+        #: The cap ``limit_concurrency`` was given (the server's ``Config``).
+        self.limit: int | None = None
+        self._last: float | None = None
+        self._refused = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg != UVICORN_REFUSAL:
+            return True
+        self._refused += 1
+        now = self.clock()
+        if self._last is not None and now - self._last < self.every:
+            return False
+        self._last = now
+        record.msg = ("%d request(s) answered 503 Service Unavailable: the GraphQL port "
+                      "serves at most CHARGEGRAPH_MAX_CONNECTIONS (%s) connections at "
+                      "once (logged at most once every %g s)")
+        record.args = (self._refused, self.limit, self.every)
+        self._refused = 0
+        return True
+
+
+#: On ``uvicorn.error``, where uvicorn logs the refusals (``log_refusals``).
+REFUSALS = RefusalLog()
+
+
+def log_refusals(limit: int) -> None:
+    """Installs ``REFUSALS`` for a server whose ``limit_concurrency`` is ``limit``."""
+    REFUSALS.limit = limit
+    logging.getLogger("uvicorn.error").addFilter(REFUSALS)  # the same object: added once
