@@ -29,7 +29,7 @@ async def test_two_creations_of_one_company_name_at_once_make_one_company() -> N
     """The reviewer's case: both creations pass the check; the store's unique rule on the
     name's identity refuses the second write, reported as the check reports it."""
     async with open_mongo_store() as store:
-        accounts = AccountService(ServiceContext(store=store,  # type: ignore[arg-type]
+        accounts = AccountService(ServiceContext(store=store,
                                                  policy=Policy(),
                                                  hasher=FastHasher()))
         admin = Viewer.of(user(role=Role.ADMIN))
