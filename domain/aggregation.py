@@ -24,6 +24,14 @@ class ByTime:
     entry's offset applies before it too). With ``boundaries`` instead: key = index of the
     last boundary <= the value (values before the first boundary get key 0). A null value
     is in no bucket: its record is left out (``Store.aggregate``).
+
+    ``closed_right``: buckets are (start, end] instead of [start, end): a value exactly on
+    a boundary is in the bucket that ends there. With ``size_s``: key =
+    ceil((epoch seconds + offset - origin_s) / size_s) - 1, the offset the one of the last
+    entry whose instant is < the value (an instant where the offset changes ends the
+    stretch before it); with ``boundaries``: the index of the last boundary < the value.
+    The keys of a bucket are the same either way. For readings that report what happened
+    up to their instant (a meter sample's energy flowed before it was taken).
     """
 
     field: str
@@ -31,6 +39,7 @@ class ByTime:
     size_s: int | None = None
     origin_s: int = 0
     boundaries: tuple[datetime, ...] = ()
+    closed_right: bool = False
 
 
 Group: TypeAlias = ByField | ByTime

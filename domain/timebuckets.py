@@ -101,14 +101,15 @@ def _local_midnight(tz: ZoneInfo, day: date) -> datetime:
     return datetime(day.year, day.month, day.day, tzinfo=tz).astimezone(UTC)
 
 
-def plan(field: str, bucket: Bucket, tz: ZoneInfo, start: datetime, end: datetime
-         ) -> BucketPlan:
+def plan(field: str, bucket: Bucket, tz: ZoneInfo, start: datetime, end: datetime,
+         closed_right: bool = False) -> BucketPlan:
     """Every bucket overlapping [start, end), in order, with the grouping that yields the
-    same keys in the store."""
+    same keys in the store; ``closed_right``: its buckets are (start, end]
+    (``ByTime.closed_right``), with the same starts and keys."""
     if end <= start:
         raise ValidationError("`to` must be after `from`", field="to", code="OUT_OF_RANGE")
     if bucket is Bucket.HOUR:
-        return _hours(field, tz, start, end)
+        return _hours(field, tz, start, end, closed_right)
     day = start.astimezone(tz).date()
     if bucket is Bucket.WEEK:
         day -= timedelta(days=day.weekday())
@@ -128,22 +129,25 @@ def plan(field: str, bucket: Bucket, tz: ZoneInfo, start: datetime, end: datetim
         else:
             day = (day.replace(day=28) + timedelta(days=4)).replace(day=1)
     if bucket is Bucket.MONTH:
-        return BucketPlan(ByTime(field, boundaries=tuple(starts)), tuple(starts),
-                          tuple(range(len(starts))))
+        return BucketPlan(ByTime(field, boundaries=tuple(starts), closed_right=closed_right),
+                          tuple(starts), tuple(range(len(starts))))
     spans = offsets(tz, starts[0] - timedelta(days=1), end + timedelta(days=1))
     size = {Bucket.DAY: 86_400, Bucket.WEEK: 604_800}[bucket]
     origin = MONDAY_ORIGIN_S if bucket is Bucket.WEEK else 0
-    grouping = ByTime(field, offsets=spans, size_s=size, origin_s=origin)
+    grouping = ByTime(field, offsets=spans, size_s=size, origin_s=origin,
+                      closed_right=closed_right)
     return BucketPlan(grouping, tuple(starts), tuple(_key(s, grouping) for s in starts))
 
 
-def _hours(field: str, tz: ZoneInfo, start: datetime, end: datetime) -> BucketPlan:
+def _hours(field: str, tz: ZoneInfo, start: datetime, end: datetime, closed_right: bool
+           ) -> BucketPlan:
     """Local hours: a bucket from each whole local hour, and from each offset change,
     to the next of either. Where the clocks move by half an hour (Lord Howe, Caracas in
     2016) the local hour around the change is a half-hour bucket; a repeated hour is
     two buckets."""
     grouping = ByTime(field, size_s=3600, offsets=_hour_offsets(
-        offsets(tz, start - timedelta(days=1), end + timedelta(days=1))))
+        offsets(tz, start - timedelta(days=1), end + timedelta(days=1))),
+        closed_right=closed_right)
     spans = grouping.offsets
     span = max(i for i, (since, _) in enumerate(spans) if since <= start)  # [0]: a day before
     at = _seconds(start)
@@ -187,6 +191,8 @@ def _seconds(instant: datetime) -> int:
 
 
 def _key(instant: datetime, grouping: ByTime) -> int:
+    """The key of the bucket starting at ``instant``: the one the store gives the instants
+    after it, closed on the right or not (``ByTime.closed_right``)."""
     offset = grouping.offsets[0][1]
     for since, value in grouping.offsets:
         if instant >= since:

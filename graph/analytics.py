@@ -81,8 +81,10 @@ class EnergyTrendFilter(AnalyticsFilter):
 class EnergyBucket:
     start: datetime = strawberry.field(description="Bucket start (UTC instant of the local "
                                                    "midnight, hour, Monday or month start).")
-    energy_kwh: float = strawberry.field(description="Energy delivered in the bucket, from "
-                                                     "meter values.")
+    energy_kwh: float = strawberry.field(description=(
+        "Energy delivered in the bucket, from meter values: a reading counts in the bucket "
+        "it ends, so one taken exactly at the bucket's end is in it (it reports what "
+        "flowed up to then), one at its start in the bucket before."))
     sessions: int = strawberry.field(description="Sessions that started in the bucket.")
     revenue: Decimal = strawberry.field(description=(
         "Gross: what was billed in the bucket, in `currency`, refunds not deducted: the "
@@ -316,7 +318,8 @@ class Overview:
                     "that is away cannot start a session); each connector once.")
     active_sessions: int = strawberry.field(description="Sessions charging now (ACTIVE).")
     energy_today_kwh: float = strawberry.field(description=(
-        "Energy delivered today (from midnight in `timeZone`), kWh, from meter values."))
+        "Energy delivered today (from midnight in `timeZone`), kWh, from meter values: "
+        "a reading taken at midnight is yesterday's (it reports what flowed up to then)."))
     revenue_today: list[Money] = strawberry.field(
         description="Gross per currency: what was billed today (the payments opened "
                     "today, as `EnergyBucket.revenue` counts them).")

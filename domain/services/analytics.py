@@ -127,6 +127,22 @@ BILLED = (PaymentStatus.PENDING, PaymentStatus.CAPTURED, PaymentStatus.FAILED,
           PaymentStatus.REFUNDED)
 
 
+def sampled_in(start: datetime, end: datetime) -> Filter:
+    """Meter samples whose energy a window [start, end) holds: those in (start, end].
+
+    A reading reports the energy that flowed up to its instant, over the interval since
+    the reading before, so samples are bucketed closed on the right too
+    (``ByTime.closed_right``): one taken exactly on a bucket's end (a clock-aligned
+    meter's 00:00:00) is in the bucket that ends there, as billing spreads it over that
+    interval (``tariff_bands.attributed_wh``). Closed on the left, every hour of
+    clock-aligned readings was one reading interval late (QA s6: 23:00 → 0.5 kWh,
+    00:00 → 1.5 kWh where billing said 1.0 / 1.0; readings ending at 22:00:00 put energy
+    in the hour after the session ended). A sample records only its own instant, not
+    where its interval began, so its energy is not spread: a reading interval with a
+    bucket boundary inside it counts whole in the bucket it ends."""
+    return Range("at", gt=start, lte=end)
+
+
 def billed(scope: Filter, start: datetime, end: datetime, currency: str | None = None
            ) -> Filter:
     """Payments opened in [start, end) (``created_at``: the invoice date) that bill what
@@ -442,8 +458,9 @@ class AnalyticsService(Service):
                            currency: str | None = None, budget: BucketBudget | None = None,
                            group_by: GroupBy | None = None) -> list[EnergyBucket]:
         """Energy per bucket from meter samples (a session over midnight counts on both
-        days), sessions started per bucket, gross revenue billed in it (``_revenue``)
-        and the refunds made in it (``_refunds``; net is the one less the other).
+        days; a sample counts in the bucket it ends, ``sampled_in``), sessions started
+        per bucket, gross revenue billed in it (``_revenue``) and the refunds made in it
+        (``_refunds``; net is the one less the other).
         For signed-in viewers only (anyone else would get a window of zeros); ``budget``:
         the request's (``BucketBudget``). With ``group_by``, every bucket once per
         station (connector) with figures in the window, each the same three aggregates
@@ -455,14 +472,14 @@ class AnalyticsService(Service):
         # session and answer a revenue of 0 in a currency that does not exist.
         if currency is not None:
             currency = v.currency(currency)
-        energy_plan = plan("at", bucket, tz, start, end)
+        energy_plan = plan("at", bucket, tz, start, end, closed_right=True)
         if budget is not None:  # before the first await: aliases run side by side
             budget.spend(len(energy_plan.starts))
         keys = _energy_groups(group_by)
         energy = await self.store.aggregate(
             MeterSample,
             self._scoped(viewer, "meter_sample",
-                         all_of(scope.samples(), Range("at", gte=start, lt=end))),
+                         all_of(scope.samples(), sampled_in(start, end))),
             [energy_plan.grouping, *keys], {"wh": Sum("delta_wh")})
         started_plan = plan("start_time", bucket, tz, start, end)
         started = await self.store.aggregate(
@@ -475,9 +492,11 @@ class AnalyticsService(Service):
                                       [billed_plan.grouping, *keys])
         wh, n = _cells(energy, "wh", len(keys)), _cells(started, "n", len(keys))
         minor = _cells(revenue, "minor", len(keys))
-        # Meter samples and refunds are both bucketed by their ``at``: one plan.
+        # Refunds are bucketed by their ``at`` too, but a refund is made at that instant:
+        # in the bucket starting there (the same keys, closed on the left).
+        made = replace(energy_plan.grouping, closed_right=False)
         back = _cells(await self._refunds(viewer, scope, currency, start, end,
-                                          [energy_plan.grouping, *keys]), "minor", len(keys))
+                                          [made, *keys]), "minor", len(keys))
         groups = [()] if group_by is None else _groups_in(wh, n, minor, back)
         _check_cells(len(energy_plan.starts) * len(groups), "groupBy")
         return [EnergyBucket(start=instant,
@@ -793,9 +812,10 @@ class AnalyticsService(Service):
             now.tzinfo)
         tomorrow = (datetime(local.year, local.month, local.day, tzinfo=tz)
                     + timedelta(days=1)).astimezone(now.tzinfo)
-        # "Today" is [midnight, tomorrow) for energy as for revenue: samples a charger
+        # "Today" is midnight to tomorrow for energy as for revenue: samples a charger
         # stamped after today (its clock ahead, or history replayed) are another day's,
-        # so the overview and the energy trend's day agree.
+        # so the overview and the energy trend's day agree (a reading at midnight is
+        # yesterday's energy: ``sampled_in``).
         stations = await self.store.aggregate(
             Station, self._scoped(viewer, "station", scope.stations()),
             [ByField("online")], {"n": Count()})
@@ -805,7 +825,7 @@ class AnalyticsService(Service):
             scope.booked_sessions(), Eq("state", SessionState.ACTIVE))))
         energy = await self.store.aggregate(
             MeterSample, self._scoped(viewer, "meter_sample", all_of(
-                scope.samples(), Range("at", gte=midnight, lt=tomorrow))), [],
+                scope.samples(), sampled_in(midnight, tomorrow))), [],
             {"wh": Sum("delta_wh")})
         revenue = await self._revenue(viewer, scope, None, midnight, tomorrow,
                                       [ByField("currency")])

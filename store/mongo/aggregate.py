@@ -30,8 +30,10 @@ def _field(kind: type[Record], name: str) -> str:
 
 def _time_key(kind: type[Record], group: ByTime) -> Any:
     at = _field(kind, group.field)
+    # Closed on the right, an instant on a boundary (or an offset change) is before it.
+    before = "$lte" if group.closed_right else "$lt"
     if group.boundaries:
-        branches = [{"case": {"$lt": [at, boundary]}, "then": index}
+        branches = [{"case": {before: [at, boundary]}, "then": index}
                     for index, boundary in enumerate(group.boundaries[1:])]
         last = len(group.boundaries) - 1
         return {"$switch": {"branches": branches, "default": last}} if branches else 0
@@ -39,13 +41,16 @@ def _time_key(kind: type[Record], group: ByTime) -> Any:
         raise ValueError("ByTime needs size_s or boundaries")
     offset: Any = 0
     if group.offsets:
-        branches = [{"case": {"$lt": [at, instant]}, "then": int(previous)}
+        branches = [{"case": {before: [at, instant]}, "then": int(previous)}
                     for (_, previous), (instant, _) in zip(group.offsets, group.offsets[1:],
                                                            strict=False)]
         last = int(group.offsets[-1][1])
         offset = {"$switch": {"branches": branches, "default": last}} if branches else last
     seconds = {"$divide": [{"$subtract": [at, EPOCH]}, 1000]}
     local = {"$subtract": [{"$add": [seconds, offset]}, int(group.origin_s)]}
+    if group.closed_right:
+        # Boundaries are whole seconds, exact in a double: on one the quotient is whole.
+        return {"$subtract": [{"$ceil": {"$divide": [local, int(group.size_s)]}}, 1]}
     return {"$floor": {"$divide": [local, int(group.size_s)]}}
 
 

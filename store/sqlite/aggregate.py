@@ -34,10 +34,12 @@ def _micros(kind: type[Record], field: str, value: datetime) -> SqlValue:
 
 def _time_key(kind: type[Record], group: ByTime, params: list[SqlValue]) -> str:
     col = column("t0", group.field)
+    # Closed on the right, an instant on a boundary (or an offset change) is before it.
+    before = "<=" if group.closed_right else "<"
     if group.boundaries:
         branches = []
         for index, boundary in enumerate(group.boundaries[1:]):
-            branches.append(f"WHEN {col} < ? THEN {index}")
+            branches.append(f"WHEN {col} {before} ? THEN {index}")
             params.append(_micros(kind, group.field, boundary))
         return f"(CASE {' '.join(branches)} ELSE {len(group.boundaries) - 1} END)" \
             if branches else "0"
@@ -47,7 +49,7 @@ def _time_key(kind: type[Record], group: ByTime, params: list[SqlValue]) -> str:
     if group.offsets:
         branches = []
         for (_, previous), (instant, _) in zip(group.offsets, group.offsets[1:], strict=False):
-            branches.append(f"WHEN {col} < ? THEN {int(previous)}")
+            branches.append(f"WHEN {col} {before} ? THEN {int(previous)}")
             params.append(_micros(kind, group.field, instant))
         last = int(group.offsets[-1][1])
         offset = f"(CASE {' '.join(branches)} ELSE {last} END)" if branches else str(last)
@@ -60,6 +62,9 @@ def _time_key(kind: type[Record], group: ByTime, params: list[SqlValue]) -> str:
     size = int(group.size_s)
     shift = -(-_LOWEST_S // size)  # buckets, rounded up
     local = f"({col} + ({offset} - {int(group.origin_s)} + {shift * size}) * {MICROS})"
+    if group.closed_right:
+        # ceil(x / size) - 1 is floor((x - 1) / size) for whole microseconds.
+        local = f"({local} - 1)"
     return f"({local} / {size * MICROS} - {shift})"
 
 

@@ -101,6 +101,47 @@ async def test_time_buckets_by_boundaries_and_window(store: Store) -> None:
     assert {r["g0"]: (r["wh"], r["n"]) for r in rows} == {0: (3, 2), 1: (4, 1)}
 
 
+async def test_time_buckets_closed_on_the_right(store: Store) -> None:
+    """``ByTime.closed_right``: an instant on a boundary is in the bucket that ends there,
+    for fixed sizes and boundaries alike, with the keys the plan gives the buckets'
+    starts; an instant where the offset changes is in the stretch before it. Havana
+    moves from UTC-5 to UTC-4 at local midnight (2026-03-08 05:00 UTC): that instant
+    ends March 7 (on its offset, 00:00 of the 8th; on the new one, 01:00 of the 8th)."""
+    havana = ZoneInfo("America/Havana")
+    change = datetime(2026, 3, 8, 5, 0, tzinfo=UTC)
+    second = timedelta(seconds=1)
+    await put(store, sample(change - second, 1, cp="DAY"), sample(change, 2, cp="DAY"),
+              sample(change + second, 4, cp="DAY"),
+              sample(T0, 8, cp="HOUR"), sample(T0 + second, 16, cp="HOUR"),
+              sample(T0 + timedelta(hours=1), 32, cp="HOUR"),
+              sample(datetime(2026, 3, 1, tzinfo=UTC), 64, cp="MONTH"),
+              sample(datetime(2026, 4, 1, tzinfo=UTC), 128, cp="MONTH"),
+              sample(datetime(2026, 4, 1, tzinfo=UTC) + second, 256, cp="MONTH"))
+    start, end = datetime(2026, 3, 6, tzinfo=UTC), datetime(2026, 3, 10, tzinfo=UTC)
+    berlin = ZoneInfo("Europe/Berlin")
+    cases = (("DAY", plan("at", Bucket.DAY, havana, start, end, closed_right=True),
+              {datetime(2026, 3, 7, 5, tzinfo=UTC): 3, change: 4}),
+             ("HOUR", plan("at", Bucket.HOUR, berlin, T0 - timedelta(hours=2),
+                           T0 + timedelta(hours=2), closed_right=True),
+              {T0 - timedelta(hours=1): 8, T0: 48}),
+             ("MONTH", plan("at", Bucket.MONTH, ZoneInfo("UTC"),
+                            datetime(2026, 2, 1, tzinfo=UTC), datetime(2026, 5, 1, tzinfo=UTC),
+                            closed_right=True),
+              {datetime(2026, 2, 1, tzinfo=UTC): 64, datetime(2026, 3, 1, tzinfo=UTC): 128,
+               datetime(2026, 4, 1, tzinfo=UTC): 256}))
+    for cp, bucketed, want in cases:
+        assert bucketed.grouping.closed_right
+        rows = await store.aggregate(MeterSample, Eq("cp_id", cp), [bucketed.grouping],
+                                     {"wh": Sum("delta_wh")})
+        assert {bucketed.start_of(r["g0"]): r["wh"] for r in rows} == want, cp
+    # Closed on the left (the default), the same samples start the buckets.
+    left = plan("at", Bucket.DAY, havana, start, end)
+    rows = await store.aggregate(MeterSample, Eq("cp_id", "DAY"), [left.grouping],
+                                 {"wh": Sum("delta_wh")})
+    assert {left.start_of(r["g0"]): r["wh"] for r in rows} == {
+        datetime(2026, 3, 7, 5, tzinfo=UTC): 1, change: 6}
+
+
 async def test_overlap_seconds_with_open_intervals(store: Store) -> None:
     station = new_id()
 
