@@ -179,7 +179,9 @@ async def test_password_hashing_leaves_the_event_loop_free(store: SqliteStore) -
     results = await asyncio.gather(*attempts, return_exceptions=True)
     ticking.cancel()
     assert all(isinstance(r, Unauthenticated) for r in results)
-    assert max(gaps) < 0.1, max(gaps)  # on the loop, each check would stop it 200 ms
+    # On the loop, each check would stop it 200 ms; off it, a gap is the scheduler's alone
+    # (0.12 s seen on a loaded 2-core machine), so the bound sits just below one check.
+    assert max(gaps) < 0.18, max(gaps)
 
 
 async def test_guessing_spread_over_many_clients_still_meets_a_limit(store: SqliteStore
