@@ -44,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 import sqlite3
 import sys
 import time
@@ -85,12 +86,15 @@ SCRUB_RETRY_S: tuple[float, ...] = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 def owe_scrub(conn: sqlite3.Connection) -> None:
     """Records in the database that a scrub is owed (``Writer.scrub``), as one statement
     in its own transaction, after the writes whose old page images it is to cut: the
-    ``scrub_owed`` row (migration 53), its ``seq`` raised if it is there. Kept only in
-    the memory of the instance that owed it, a scrub a reader blocked was dropped when
-    that instance stopped while another had the file open (a rolling restart), and the
-    erased person stayed in the -wal file (review r2)."""
-    conn.execute('INSERT INTO "scrub_owed" ("id", "seq") VALUES (1, 1) '
-                 'ON CONFLICT ("id") DO UPDATE SET "seq" = "seq" + 1')
+    ``scrub_owed`` row (migration 53), its ``seq`` a new random number. Kept only in the
+    memory of the instance that owed it, a scrub a reader blocked was dropped when that
+    instance stopped while another had the file open (a rolling restart), and the
+    erased person stayed in the -wal file (review r2). Random, not counted: a count
+    started again at 1 once the row was deleted, and an instance ending an older scrub
+    deleted the new one it could not tell from the one it read (review r5)."""
+    conn.execute('INSERT INTO "scrub_owed" ("id", "seq") VALUES (1, ?) '
+                 'ON CONFLICT ("id") DO UPDATE SET "seq" = "excluded"."seq"',
+                 (secrets.randbits(62) + 1,))
 
 
 def owed_scrub(conn: sqlite3.Connection) -> int | None:

@@ -231,14 +231,18 @@ async def test_a_scrub_keeps_the_record_of_one_owed_after_it_began(
     checkpointer = writer_module.connect(store.path)
     writer._checkpointer = checkpointer
 
+    began = await asyncio.to_thread(owed, store.path)
+    seen: list[int | None] = []
+
     def meanwhile(statement: str) -> None:
         if statement.startswith('DELETE FROM "scrub_owed"'):
             writer_module.owe_scrub(other)  # another instance's erasure, just now
+            seen.append(writer_module.owed_scrub(other))
 
     checkpointer.set_trace_callback(meanwhile)
     try:
         assert await asyncio.to_thread(writer._run_scrub)
-        assert await asyncio.to_thread(owed, store.path) == 2  # still owed
+        assert await asyncio.to_thread(owed, store.path) == seen[0] != began  # still owed
         checkpointer.set_trace_callback(None)
         assert await asyncio.to_thread(writer._run_scrub)  # the next try
         assert await asyncio.to_thread(owed, store.path) is None
@@ -281,3 +285,20 @@ def owed(path: str) -> int | None:
     """The ``seq`` of the scrub the database records as owed."""
     with contextlib.closing(sqlite3.connect(path)) as conn:
         return writer_module.owed_scrub(conn)
+
+
+def test_a_scrub_owed_again_is_told_from_the_one_before(tmp_path: Path) -> None:
+    """Review r5: the record's number restarted at 1 once a scrub deleted it, so an instance
+    ending an older scrub (``DELETE ... WHERE seq = <read>``) deleted a newer one owed
+    since, which it could not tell apart, and the person erased meanwhile stayed in the
+    -wal file. Each scrub owed has a number of its own."""
+    path = str(tmp_path / "owed.db")
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.execute('CREATE TABLE "scrub_owed" ("id" INTEGER PRIMARY KEY NOT NULL, '
+                     '"seq" INTEGER NOT NULL)')
+        numbers = set()
+        for _ in range(20):
+            writer_module.owe_scrub(conn)
+            numbers.add(writer_module.owed_scrub(conn))
+            conn.execute('DELETE FROM "scrub_owed"')  # a scrub done
+        assert len(numbers) == 20 and None not in numbers
