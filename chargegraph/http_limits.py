@@ -7,8 +7,9 @@ process, were all refused until the client let go).
   times a connection out only between requests (keep-alive, after a response), so one
   that never finished its first request head was held for ever. The OCPP port's
   websockets server closes an unfinished handshake after 10 s too (its open timeout).
-* At most ``CHARGEGRAPH_MAX_CONNECTIONS`` connections (websockets included) are served at
-  once: uvicorn's ``limit_concurrency`` answers the requests beyond them 503. Its own line
+* At most ``CHARGEGRAPH_MAX_CONNECTIONS`` connections are served at once: uvicorn's
+  ``limit_concurrency`` answers the requests beyond them 503. Open websockets count toward
+  it, though uvicorn never refuses an upgrade (the default leaves room for them). Its own line
   for each refusal is turned into one WARNING a minute at most (``RefusalLog``).
 """
 

@@ -66,12 +66,16 @@ class Settings(BaseSettings):
                         "allowed to call /graphql from another origin; * for any; empty: "
                         "none (no CORS headers)")
     # A cap below the process's open files (``runtime.raise_open_file_limit``), so that
-    # GraphQL clients alone cannot take the descriptors new chargers need.
+    # GraphQL clients alone cannot take the descriptors new chargers need. uvicorn counts
+    # open websockets toward it but never refuses an upgrade: at 1,000 (review s24) a
+    # thousand live-map subscribers made every HTTP request, /healthz included, a 503.
+    # The default leaves room for as many sockets as the live hub runs operations
+    # (``graph.live_ws.MAX_OPERATIONS``) and HTTP beside them.
     max_connections: int = Field(
-        1000, ge=1, le=1_000_000,
-        description="Connections the GraphQL port serves at once, websockets included; "
-                    "a request beyond them is answered 503 (logged at WARNING at most "
-                    "once a minute)")
+        12_000, ge=1, le=1_000_000,
+        description="Connections the GraphQL port serves at once; open websockets count "
+                    "toward it (an upgrade itself is never refused), and a request beyond "
+                    "it is answered 503 (logged at WARNING at most once a minute)")
     ocpp_host: str = "127.0.0.1"
     ocpp_port: int = Field(9000, ge=1, le=65535)
     ocpp_enabled: bool = True

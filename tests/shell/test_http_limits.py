@@ -22,6 +22,7 @@ from websockets.asyncio.client import connect
 import chargegraph.http_limits as http_limits
 from chargegraph.cli import _uvicorn
 from chargegraph.settings import Settings
+from graph.live_ws import MAX_OPERATIONS
 from tests.helpers import free_port, until_started
 
 #: The head timeout in these tests (10 s in service).
@@ -183,3 +184,11 @@ async def test_the_server_keeps_serving_while_sockets_stall(tmp_path: Path,
         finally:
             for sock in stalled:
                 sock.close()
+
+
+def test_the_default_cap_leaves_room_for_the_live_hub_s_subscribers() -> None:
+    """Review s24: uvicorn counts open websockets toward ``limit_concurrency`` but never
+    refuses an upgrade, so at a default of 1,000 a thousand live-map subscribers made every
+    HTTP request, /healthz included, a 503. The default sits above as many sockets as the
+    live hub runs operations, with room for HTTP beside them."""
+    assert Settings().max_connections >= MAX_OPERATIONS + 1000
