@@ -175,7 +175,9 @@ async def test_a_scrub_owed_is_not_lost_when_one_of_two_instances_stops(
         for n in range(20):  # B goes on writing, its checkpoints as usual
             await put(b, company(name=f"after {n}"))
         for _ in range(100):
-            if not await asyncio.to_thread(left_in_files, path):
+            # Clean files first, the record deleted just after: waited for both.
+            if not await asyncio.to_thread(left_in_files, path) \
+                    and await asyncio.to_thread(owed, path) is None:
                 break
             await asyncio.sleep(0.05)
         assert await asyncio.to_thread(left_in_files, path) == {}
