@@ -95,11 +95,22 @@ async def started_store(database_url: str) -> AsyncIterator[Store]:
 
 def remove_sqlite_database(database_url: str) -> list[Path]:
     """Deletes a SQLite database with its WAL side files; returns what was removed. Refuses
-    other backends: dropping a MongoDB database is too destructive to do on a flag."""
+    a database an instance of the service runs on (its lease is live), and other
+    backends: dropping a MongoDB database is too destructive to do on a flag."""
     path = sqlite_path(database_url)
     if path is None:
         raise ConfigError("--reset works on SQLite databases only; drop the MongoDB "
                           "database yourself to start over")
+    from store.sqlite.backup import BackupError, refuse_running
+
+    if path.exists():
+        # Not under a running instance (QA s24: a second `demo --reset` deleted the first
+        # demo's database, which then refused every write, and only after that found
+        # its ports taken).
+        try:
+            refuse_running(path, "reset")
+        except BackupError as exc:
+            raise ConfigError(f"--reset: {exc}") from exc
     removed = []
     for candidate in (path, *(path.with_name(path.name + s) for s in ("-wal", "-shm"))):
         if candidate.exists():

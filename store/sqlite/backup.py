@@ -183,7 +183,7 @@ def restore(backup_file: str | Path, database: str | Path) -> RestoreReport:
     if database.exists() and database.samefile(backup_file):
         raise BackupError(f"{backup_file} is the database itself")
     if database.exists():
-        _refuse_running(database)
+        refuse_running(database, "restore")
     descriptor, temporary = tempfile.mkstemp(prefix=f".{database.name}.", suffix=".part",
                                              dir=database.parent)
     os.close(descriptor)
@@ -205,9 +205,10 @@ def restore(backup_file: str | Path, database: str | Path) -> RestoreReport:
     return RestoreReport(database=database, schema_version=version, sequences=sequences)
 
 
-def _refuse_running(database: Path) -> None:
+def refuse_running(database: Path, then: str) -> None:
     """A live instance lease (renewed every few seconds while an instance runs) means
-    the service is up: it would go on writing to the file replaced under it."""
+    the service is up: it would go on writing to the file replaced (or removed) under
+    it. ``then``: what to do once every instance is stopped."""
     uri = f"file:{quote(str(database.resolve()))}?mode=ro"
     now_us = int(time.time() * 1_000_000)
     try:
@@ -219,7 +220,7 @@ def _refuse_running(database: Path) -> None:
         return  # not a ChargeGraph database (or none yet): nothing runs on it
     if row and row[0]:
         raise BackupError(f"an instance of the service runs on {database} (its lease is "
-                          "live): stop every instance, then restore")
+                          f"live): stop every instance, then {then}")
 
 
 def _moved_sequences(temporary: str) -> dict[str, int]:

@@ -126,6 +126,34 @@ def test_demo_reset_refuses_mongodb(runner: CliRunner,
     assert refused.exit_code == 2 and "SQLite databases only" in refused.stderr
 
 
+def test_demo_reset_refuses_a_database_an_instance_runs_on(
+        runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """QA s24: a second `demo --reset` deleted the database of a demo still running (which
+    then refused every write), and only after that found its ports taken. A live instance
+    lease refuses the reset, as it refuses a restore, and nothing is deleted."""
+    import asyncio
+    import contextlib
+
+    from store.sqlite import SqliteStore
+
+    async def migrated() -> None:
+        store = SqliteStore(str(tmp_path / "cli.db"))
+        await store.start()
+        await store.close()
+
+    asyncio.run(migrated())
+    with contextlib.closing(sqlite3.connect(tmp_path / "cli.db")) as conn, conn:
+        far = 10**18  # a lease that expires in the far future: an instance runs
+        conn.execute('INSERT INTO "instance_lease" VALUES (?, 0, 0, ?, ?, ?, 0, ?)',
+                     ("i1", "system", "system", "host", far))
+    never_serve(monkeypatch)
+    refused = runner.invoke(cli, ["demo", "--reset"])
+    assert refused.exit_code == 2, refused.output
+    assert "an instance of the service runs on" in refused.stderr
+    assert "stop every instance, then reset" in refused.stderr
+    assert (tmp_path / "cli.db").exists()
+
+
 def test_export_schema(runner: CliRunner) -> None:
     schema = runner.invoke(cli, ["export-schema"])
     assert schema.exit_code == 0
