@@ -1021,6 +1021,11 @@ class AuditEntry(Record):
     at: datetime = field(default_factory=utcnow)
     before: dict[str, Any] | None = None
     after: dict[str, Any] | None = None
+    #: A ``COMMAND`` entry's command (``after["command"]``, SQLite migration 56): a column
+    #: of its own, so a station's commands of a few kinds are found in the store query
+    #: (``SiteLoad._overridden``: a person's profile commands, which the site's own
+    #: traffic to the station must not push out of what is read); ``None`` for others.
+    command: str | None = None
     #: Whose books the entry was written in (``base.Service._whose``), as sessions record
     #: theirs: for what happens at a station (its record, commands to its charger, its
     #: connectors, tariffs and reservations) the station's company then, or for a station

@@ -57,7 +57,7 @@ def allocate(limit_kw: float, min_kw: float, demands: Sequence[Demand],
     when the site cannot give every session that much, the sessions started last get 0
     (paused) until each of the rest gets its least. Deterministic: by start, then
     transaction id. Shares are rounded down to whole watts, so they never add up to more
-    than the limit (and a share of 6 A is not rounded below it: ``floor_to``).
+    than the limit, but never below the least they were given (``floor_share``).
     """
     available = max(limit_kw - reserved_kw, 0.0)
     ordered = [_capped(d) for d in sorted(
@@ -75,7 +75,8 @@ def allocate(limit_kw: float, min_kw: float, demands: Sequence[Demand],
                 shares.update(fill)
                 break
         kept -= 1  # the most recently started of those left is paused
-    return {sid: floor_to(kw, 0.001) for sid, kw in shares.items()}
+    least = {d.session_id: floor for d, floor in zip(ordered, floors, strict=True)}
+    return {sid: floor_share(kw, least[sid]) for sid, kw in shares.items()}
 
 
 def floor_to(value: float, step: float) -> float:
@@ -84,6 +85,16 @@ def floor_to(value: float, step: float) -> float:
     below a step (0.3 * 1000 = 299.99999999999994) on it."""
     per_step = round(1 / step)
     return math.floor(value * per_step + 1e-6) / per_step
+
+
+def floor_share(power_kw: float, least_kw: float) -> float:
+    """``power_kw`` rounded down to whole watts, but one that is at least ``least_kw``
+    (a session's ``least_share``) not below that: 6 A is no whole number of watts at
+    most voltages (1.3902 kW at 231.7 V), and rounded down (1.390 kW) it was sent as
+    5.9 A, or the session paused as below its least (review r4). Never more than
+    ``power_kw`` (but for a float's last bits): shares still add up to the limit at most."""
+    rounded = floor_to(power_kw, 0.001)
+    return max(rounded, least_kw) if power_kw >= least_kw - 1e-9 else rounded
 
 
 def least_share(demand: Demand, min_kw: float) -> float:

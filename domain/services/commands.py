@@ -1177,7 +1177,8 @@ class CommandService(Service):
         company_id, station_owner_id = books_of(outcome.station)  # the books it is in
         return AuditEntry(
             entity="station", entity_id=outcome.station.id, action=AuditAction.COMMAND,
-            actor=viewer.actor, created_by=viewer.actor, updated_by=viewer.actor,
+            command=outcome.action, actor=viewer.actor, created_by=viewer.actor,
+            updated_by=viewer.actor,
             company_id=company_id, station_owner_id=station_owner_id,
             after={"command": outcome.action, "commandId": outcome.command_id,
                    "stage": stage, "request": masked(outcome.action, wire_json(payload)),

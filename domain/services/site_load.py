@@ -67,7 +67,7 @@ from domain.load_sharing import (
     STACK_LEVEL,
     Demand,
     allocate,
-    floor_to,
+    floor_share,
     least_share,
     limit_in_unit,
     profile_id,
@@ -75,12 +75,13 @@ from domain.load_sharing import (
 )
 from domain.policy import SYSTEM, Viewer
 from domain.ports import Change, Delete, Insert, Update
-from domain.query import Eq, In, Range, Sort, all_of
+from domain.query import Eq, In, Range, Sort, all_of, any_of
 from domain.services.base import Service, ServiceContext, changed, patch, stamp_new
 from domain.services.charging import closed_without_stop
 from domain.services.commands import CommandOutcome, CommandService
+from domain.services.pending_starts import PENDING_START_WINDOW
 from domain.services.site_fallbacks import SiteFallbacks
-from domain.validation import MAX_CONNECTOR_ID
+from domain.validation import MAX_CONNECTOR_ID, stored_id_tag
 
 log = logging.getLogger("chargegraph.sites")
 
@@ -130,9 +131,16 @@ _KEPT = _REFUSED | {LimitAnswer.OFFLINE}
 _CLASHING = frozenset({"TxProfile", "TxDefaultProfile"})
 #: The profile ids a site uses on its chargers: its fallback's and each connector's.
 _OURS = range(FALLBACK_PROFILE_ID, profile_id(MAX_CONNECTOR_ID) + 1)
-#: The most command entries of a station read to find an override set before a session
-#: came under a site's control (``SiteLoad._overridden``), the latest first.
+#: The most entries of people's profile commands to a station (``_PEOPLES_PROFILE_COMMANDS``,
+#: two each: sent and answered) read to find an override set before a session came
+#: under a site's control (``SiteLoad._overridden``), the latest first. The site's own
+#: commands are not among them: they never push a person's override out.
 MAX_COMMANDS_READ = 1_000
+#: The commands that may set or lift a person's override of a session's limit: a
+#: TxProfile set, a clear, or a remote start carrying one (OCPP 1.6, 5.11: the charger
+#: applies it to the transaction it starts).
+_PEOPLES_PROFILE_COMMANDS = ("SetChargingProfile", "ClearChargingProfile",
+                             "RemoteStartTransaction")
 #: A person's profile command recorded with these errors surely left the charger's
 #: profiles as they were (refused, not connected, never sent); no error, no answer or an
 #: unreadable one (or a CALLERROR: the audit does not tell NotSupported from others)
@@ -244,6 +252,19 @@ def _lifts(clear: dict[str, Any], session: Session) -> bool:
     return clear.get("id") is None and clear.get("stackLevel") is None \
         and clear.get("chargingProfilePurpose") in (None, "TxProfile") \
         and clear.get("connectorId") in (None, session.connector_id)
+
+
+def _started_with(start: dict[str, Any], session: Session) -> Any:
+    """The charging profile a RemoteStartTransaction (its request as the audit records
+    it) gave the transaction it started, if that can be the session's: the same card,
+    on its connector or on the one the charger picked (none named); else ``None``. Its
+    answer may be recorded after the session (the StartTransaction can come first), so
+    one is taken from ``PENDING_START_WINDOW`` before the session on."""
+    tag = start.get("idTag")
+    if not isinstance(tag, str) or stored_id_tag(tag) != session.id_tag \
+            or start.get("connectorId") not in (None, session.connector_id):
+        return None
+    return start.get("chargingProfile")
 
 
 def _int(value: Any) -> int:
@@ -588,15 +609,23 @@ class SiteLoad(Service):
             SiteAllocation, [s.id for s in marked]) if a is not None)
 
     async def _overridden(self, session: Session) -> bool:
-        """Whether a person's SetChargingProfile since the session was recorded, a
-        TxProfile for it above the charger's site level, may govern it now: the latest
+        """Whether a person's TxProfile above the charger's site level may govern the
+        session now: set for it by a SetChargingProfile since the session was recorded,
+        or carried by the remote start that began it (``_started_with``), and the latest
         of those and of the clears that lift one (``_lifts``) is such a profile. Read
         from the station's command records (the audit log's ``COMMAND`` entries with
         their answers), whatever site the station was in when it was sent: a site only
-        hears of a person's profile commands to its own stations (``profile_commanded``)."""
+        hears of a person's profile commands to its own stations (``profile_commanded``).
+        Only people's profile commands are read, chosen in the query (review r4: the
+        latest 1000 entries of every kind, the site's own shares to the station's other
+        connectors among them, left a person's override behind 500 later commands)."""
         entries = await self.store.find_all(AuditEntry, all_of(
             Eq("entity_id", session.station_id), Eq("action", AuditAction.COMMAND),
-            Range("at", gte=session.created_at)),
+            In("command", _PEOPLES_PROFILE_COMMANDS),
+            # Not the site's: the actor is not SYSTEM's (the query has no "not equal").
+            any_of(Range("actor", lt=SYSTEM_ACTOR), Range("actor", gt=SYSTEM_ACTOR)),
+            # A remote start is sent before the session is recorded, within its window.
+            Range("at", gte=session.created_at - PENDING_START_WINDOW)),
             sort=[Sort("at", descending=True)], limit=MAX_COMMANDS_READ)
         level: int | None = None
         for entry in entries:
@@ -606,15 +635,22 @@ class SiteLoad(Service):
                     or after.get("stage") != "ANSWERED" or not isinstance(request, dict) \
                     or after.get("error") in _KEPT_CODES:
                 continue
-            if after.get("command") == "ClearChargingProfile":
+            if entry.command == "RemoteStartTransaction":
+                profile = _started_with(request, session)
+            elif entry.at < session.created_at:
+                continue  # before the session: not for its transaction
+            elif entry.command == "ClearChargingProfile":
                 if after.get("error") is None and _lifts(request, session):
                     return False
                 continue
-            profile = request.get("csChargingProfiles")
-            if after.get("command") != "SetChargingProfile" or not isinstance(profile, dict) \
-                    or profile.get("chargingProfilePurpose") != "TxProfile" \
-                    or request.get("connectorId") != session.connector_id \
-                    or profile.get("transactionId") not in (None, session.transaction_id):
+            else:
+                profile = request.get("csChargingProfiles")
+                if request.get("connectorId") != session.connector_id \
+                        or not isinstance(profile, dict) \
+                        or profile.get("transactionId") not in (None, session.transaction_id):
+                    continue
+            if not isinstance(profile, dict) \
+                    or profile.get("chargingProfilePurpose") != "TxProfile":
                 continue
             if level is None:
                 level = await self._stack_level(session.cp_id)
@@ -787,8 +823,8 @@ class SiteLoad(Service):
         may not draw now (``drawn`` all of them together, this one at its rating), and 0
         rather than less than the least it could charge at."""
         headroom = site.max_power_kw - (drawn - seen.bound(session))
-        kw = max(0.0, min(share, floor_to(headroom, 0.001)))
         least = least_share(seen.demand(session), site.min_power_kw)
+        kw = max(0.0, min(share, floor_share(headroom, least)))
         return kw if kw >= least - 1e-9 else 0.0
 
     def _send(self, site: Site, seen: _Seen, held: SiteAllocation | None, session: Session,

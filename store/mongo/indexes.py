@@ -108,7 +108,9 @@ INDEXES: dict[str, list[list[tuple[str, int]]]] = {
                     [("company_id", ASCENDING), ("at", DESCENDING)],
                     [("station_owner_id", ASCENDING), ("at", DESCENDING)],
                     # A driver's audit log: what was theirs (``holder_id``).
-                    [("holder_id", ASCENDING), ("at", DESCENDING)]],
+                    [("holder_id", ASCENDING), ("at", DESCENDING)],
+                    # A station's commands of a few kinds (``SiteLoad._overridden``).
+                    [("entity_id", ASCENDING), ("command", ASCENDING), ("at", DESCENDING)]],
     # A company's webhooks (the policy's scope), an admin's own, and the enabled ones
     # every instance routes events to.
     "webhook": [[("company_id", ASCENDING)], [("owner_id", ASCENDING)],

@@ -95,6 +95,7 @@ async def migrate(db: Any) -> None:
     await _blockers(db)
     await _once(db, "audit_books", _audit_books)
     await _once(db, "audit_holders", _audit_holders)
+    await _once(db, "audit_commands", _audit_commands)
     await _once(db, "reservation_books", _reservation_books)
     await _once(db, "refunded_whole", _refunded_whole)
     await _once(db, "name_keys", _name_keys)
@@ -421,6 +422,14 @@ async def _audit_books(db: Any) -> None:
         books = await _station_books(db, [i for i in station_of.values() if i is not None])
         for doc in docs:
             await _write_books(db, "audit_entry", doc["_id"], books.get(station_of[doc["_id"]]))
+
+
+async def _audit_commands(db: Any) -> None:
+    """What SQLite migration 56 does: command entries written before they carried their
+    command beside the image (``AuditEntry.command``) take the image's."""
+    await db["audit_entry"].update_many(
+        {"action": "COMMAND", "command": {"$exists": False}},
+        [{"$set": {"command": "$after.command"}}])
 
 
 #: The field of an audit image naming the person the record belongs to, by kind (a

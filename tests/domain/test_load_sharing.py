@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from domain.entities import ChargingRateUnit
+from domain.entities import ChargingRateUnit, min_session_kw
 from domain.load_sharing import (
     PROFILE_ID_BASE,
     STACK_LEVEL,
@@ -184,3 +184,20 @@ def test_a_share_below_a_session_s_6_a_pauses_the_last_started_instead() -> None
     assert shares == {"s1": 6, "s2": 0}
     # Enough for both: equal shares, each at least its 6 A.
     assert allocate(9, 1.38, [amps(1, None, 3), amps(2, None, 1)]) == {"s1": 4.5, "s2": 4.5}
+
+
+def test_a_share_of_6_a_is_not_rounded_below_it_at_any_voltage() -> None:
+    """6 A at 231.7 V is 1.3902 kW, no whole number of watts: the share the site's limit
+    gives exactly that is not rounded down to 1.390 kW (sent as 5.9 A, or paused as
+    below its least; review r4), and it is sent as 6.0 A."""
+    least = min_session_kw(231.7, 1)
+    demand = Demand("s1", T0, 1, max_kw=3.7, least_kw=least)
+    share = allocate(least, least, [demand])["s1"]
+    assert share >= least - 1e-9
+    assert limit_in_unit(share, ChargingRateUnit.A, 231.7, 1) == 6.0
+    # Two at 6 A each on a limit 1 W short of both: the last started is paused, and
+    # the other is given its 6 A, no more than the limit.
+    shares = allocate(2 * least - 0.001, least, [
+        demand, Demand("s2", T0 + timedelta(seconds=1), 2, max_kw=3.7, least_kw=least)])
+    assert shares["s2"] == 0.0 and shares["s1"] >= least - 1e-9
+    assert sum(shares.values()) <= 2 * least - 0.001

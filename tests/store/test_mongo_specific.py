@@ -2093,6 +2093,34 @@ async def test_audit_entries_from_before_get_whose_their_record_was(
     assert db[migrations.MIGRATIONS].find_one({"_id": "audit_holders"})["done"] is True
 
 
+async def test_command_entries_from_before_get_their_command(mongo: MongoStore) -> None:
+    """What SQLite migration 56 does: command entries written before they carried their
+    command beside the image (``AuditEntry.command``) take the image's, so a query on it
+    finds them; other entries have none."""
+    entries = {
+        "set": AuditEntry(entity="station", entity_id="st1", action=AuditAction.COMMAND,
+                          actor="u1", after={"command": "SetChargingProfile"}),
+        "reset": AuditEntry(entity="station", entity_id="st1", action=AuditAction.COMMAND,
+                            actor="u1", after={"command": "Reset"}),
+        "update": AuditEntry(entity="station", entity_id="st1", action=AuditAction.UPDATE,
+                             actor="u1", after={"command": "not a command entry"}),
+    }
+    await mongo.write([], list(entries.values()))
+    db = raw(mongo)
+    db["audit_entry"].update_many({}, {"$unset": {"command": ""}})  # written before
+    db[migrations.MIGRATIONS].delete_many({})  # a database from before the migrations
+
+    await migrations.migrate(mongo.db)
+    await migrations.migrate(mongo.db)  # another start
+
+    stored = {e.id: e.command for e in await mongo.find_all(AuditEntry, ALL)}
+    assert {name: stored[e.id] for name, e in entries.items()} == {
+        "set": "SetChargingProfile", "reset": "Reset", "update": None}
+    found = await mongo.find_all(AuditEntry, In("command", ("SetChargingProfile",)))
+    assert [e.id for e in found] == [entries["set"].id]
+    assert db[migrations.MIGRATIONS].find_one({"_id": "audit_commands"})["done"] is True
+
+
 async def test_reservations_from_before_get_their_books_once(mongo: MongoStore) -> None:
     """What SQLite migration 23 does: reservations take their station's books (its
     company, or its owner for a station of no company; none when it is gone). The step

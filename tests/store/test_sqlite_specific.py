@@ -1245,6 +1245,35 @@ async def test_version_63_gives_company_names_their_identity_leaving_older_twins
         await store.close()
 
 
+async def test_version_56_gives_command_entries_their_command(db_path: str) -> None:
+    """A command entry's command became a column (``AuditEntry.command``), so a
+    station's profile commands by people are found in the query (review r4: the
+    site's own traffic pushed a person's override out of what was read). Entries from
+    before take their image's; others have none."""
+    async with aiosqlite.connect(db_path, isolation_level=None) as conn:
+        await apply_migrations(conn, [m for m in MIGRATIONS if m[0] < 56])
+        for entry_id, action, after in (
+                ("a1", "COMMAND", '{"command": "SetChargingProfile", "stage": "SENT"}'),
+                ("a2", "COMMAND", '{"command": "Reset", "stage": "ANSWERED"}'),
+                ("a3", "UPDATE", '{"command": "not a command entry"}')):
+            await conn.execute(
+                'INSERT INTO "audit_entry" ("id", "created_at", "updated_at", "created_by", '
+                '"updated_by", "entity", "entity_id", "action", "actor", "at", "after") '
+                "VALUES (?, 0, 0, 'u1', 'u1', 'station', 'st1', ?, 'u1', 0, ?)",
+                (entry_id, action, after))
+        assert await apply_migrations(conn, [m for m in MIGRATIONS if m[0] <= 56]) == [56]
+    assert raw(db_path, 'SELECT "id", "command" FROM "audit_entry" ORDER BY 1') == [
+        ("a1", "SetChargingProfile"), ("a2", "Reset"), ("a3", None)]
+    store = SqliteStore(db_path)
+    await store.start()
+    try:
+        found = await store.find_all(AuditEntry, all_of(
+            Eq("entity_id", "st1"), In("command", ("SetChargingProfile",))))
+        assert [e.id for e in found] == ["a1"]
+    finally:
+        await store.close()
+
+
 async def test_version_8_gives_existing_sessions_and_payments_their_books(
         db_path: str) -> None:
     """Rows written before version 8 get their station's company, or for a station of no
