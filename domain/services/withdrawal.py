@@ -14,7 +14,8 @@ background: the change that caused it never waits on chargers. What a charger di
 accept (it was offline, it failed) stays wanted (``LocalListEntry.wanted``) and is sent
 when it boots, as the card's state is then. A blocked card's, or a deactivated driver's,
 session under way is stopped (RemoteStopTransaction) and its live reservations
-cancelled: only the sessions and reservations that were the card's.
+cancelled: only the sessions and reservations that were the card's; a reservation whose
+charger was offline then is cancelled when it boots (``charger_back``).
 A card usable again (unblocked, its expiry moved later or cleared, its holder
 reactivated) has what its withdrawals changed put back the same way (``restore_card``,
 ``restore_user``): each entry a withdrawal of ours had the charger accept
@@ -399,10 +400,15 @@ class Withdrawal(Service):
                        f"correcting the local list of station {station_id} failed")
 
     def charger_back(self, station_id: str) -> None:
-        """A charger booted (its boot answered Accepted): what its list should hold and
-        does not is sent now, in the background."""
-        self._work.run(self._correct(station_id), f"local-list-{station_id}",
+        """A charger booted (its boot answered Accepted): its live reservations of cards
+        no longer usable are cancelled (``_cancel_unusable``), and what its list should
+        hold and does not is sent, now, in the background."""
+        self._work.run(self._back(station_id), f"local-list-{station_id}",
                        f"correcting the local list of station {station_id} failed")
+
+    async def _back(self, station_id: str) -> None:
+        await self._cancel_unusable(station_id)
+        await self._correct(station_id)
 
     async def sweep_expired(self) -> int:
         """Withdraws the cards that expired since the last sweep; returns how many. Paged
@@ -469,6 +475,26 @@ class Withdrawal(Service):
         if changes:
             await self.store.write(changes, [])
         await self.push(SYSTEM, station_id)
+
+    async def _cancel_unusable(self, station_id: str) -> None:
+        """Cancels the station's live reservations made for a card (``base.made_for``) not
+        usable now: blocked, expired, removed, its holder deactivated or erased. A
+        withdrawal's own cancel is best effort (``cancel_reservations``): sent while the
+        charger was offline it was lost, and the reservation stayed ACTIVE, the plug
+        shown RESERVED and its driver refused elsewhere, until it expired (QA s24). A
+        reservation of a bare id (no holder) is its maker's, never judged by a card."""
+        held = [r for r in await self.store.find_all(Reservation, all_of(
+            Eq("station_id", station_id), live_reservations(self.now())), limit=100)
+            if r.user_id is not None]
+        if not held:
+            return
+        cards = await self.store.find_all(IdTag, In("tag", tuple({r.id_tag for r in held})),
+                                          limit=BATCH)
+        states = await card_states(self.store, [c.id for c in cards], self.now())
+        usable = {(c.tag, c.user_id) for c in cards if states.get(c.id) == ACCEPTED}
+        dead = [r.id for r in held if (r.id_tag, r.user_id) not in usable]
+        if dead:
+            await self.cancel_reservations(SYSTEM, In("id", tuple(dead)))
 
     async def _wanted_now(self, entries: Sequence[LocalListEntry]) -> dict[str, str | None]:
         """Each entry's (by id) card's state now, as a list spells it
@@ -653,7 +679,8 @@ class Withdrawal(Service):
     async def cancel_reservations(self, actor: Viewer, where: Filter) -> None:
         """Cancels the live reservations ``where`` at their chargers (CancelReservation,
         audited as ``actor``), best effort: an answered cancel stores CANCELLED; one not
-        delivered (charger offline) is left to the caller's own write or to its expiry.
+        delivered (charger offline) is left to the caller's own write, to its expiry or,
+        for a card's, to the charger's boot (``_cancel_unusable``).
         For withdrawn cards and users, and for connectors and stations being removed: the
         charger otherwise holds the plug for a reservation nobody here knows of."""
         held = await self.store.find_all(Reservation, all_of(

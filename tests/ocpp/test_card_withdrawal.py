@@ -561,3 +561,42 @@ async def test_a_list_the_charger_fails_is_warned_of(
         assert cp.local_list["FLEET-0"]["status"] == "Accepted"
         assert any(r.levelname == "WARNING" and "CP-1" in r.getMessage()
                    and "Failed" in r.getMessage() for r in caplog.records), caplog.text
+
+
+RESERVE = """mutation($input: ReserveNowInput!) { reserveNow(input: $input) {
+    reservation { state } errors { code } } }"""
+
+
+async def test_a_withdrawn_cards_reservation_is_cancelled_when_its_charger_is_back(
+        central: Central) -> None:
+    """QA s24: a card blocked while its reservation's charger was offline kept the
+    reservation ACTIVE until it expired (the cancel was not delivered, nothing tried
+    again): the plug shown RESERVED, its driver refused elsewhere. The charger's boot
+    cancels its live reservations of cards no longer usable; a usable card's stays."""
+    soon = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await cp.report_all()
+        for connector, tag in ((1, "TAG-OTHER"), (2, "TAG-OK")):
+            reserved = await central.gql(RESERVE, {"input": {
+                "cpId": "CP-1", "connectorId": connector, "expiryDate": soon,
+                "idTag": tag}}, as_user="op")
+            assert reserved["reserveNow"]["reservation"]["state"] == "ACTIVE", reserved
+    await offline(central, "CP-1")
+    await block(central, "ok", who="driver")
+    await settled(central)
+    [lost] = await central.store.find_all(d.Reservation, Eq("id_tag", "TAG-OK"))
+    assert lost.state is d.ReservationState.ACTIVE  # the cancel could not be sent
+
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as back:
+        await back.boot()
+
+        async def cancelled() -> bool:
+            [now] = await central.store.find_all(d.Reservation, Eq("id_tag", "TAG-OK"))
+            return now.state is d.ReservationState.CANCELLED
+        await until(cancelled)
+        await settled(central)
+        assert [payload for name, payload in back.received
+                if name == "CancelReservation"] == [{"reservation_id": lost.reservation_id}]
+        [kept] = await central.store.find_all(d.Reservation, Eq("id_tag", "TAG-OTHER"))
+        assert kept.state is d.ReservationState.ACTIVE
