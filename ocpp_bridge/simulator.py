@@ -690,6 +690,10 @@ class SimulatedChargePoint(ChargePoint):
         self.received.append(("SendLocalList", {"list_version": list_version,
                                                 "update_type": update_type,
                                                 "entries": local_authorization_list}))
+        most = self.configuration.get("SendLocalListMaxLength")
+        if most is not None and len(local_authorization_list or []) > int(most[0]):
+            # OCPP 1.6, 5.15: a list longer than the charger takes in one message.
+            return result.SendLocalList(status="Failed")  # type: ignore[arg-type]
         if update_type == "Differential" and list_version <= self.local_list_version:
             return result.SendLocalList(status="VersionMismatch")  # type: ignore[arg-type]
         if update_type == "Full":

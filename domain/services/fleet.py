@@ -431,6 +431,12 @@ class FleetService(Service):
             parent_tag=parent_tag,
         )
         updated = cast(IdTag, update.record)
+        if status is IdTagStatus.ACCEPTED and updated.status_at(self.now()) \
+                is IdTagStatus.EXPIRED:
+            # ACCEPTED alone does not lift an expiry: the card still read EXPIRED and the
+            # caller was told nothing (QA s24). Moving nothing, they are told what to move.
+            raise Conflict("the card's expiry is past: move expiresAt later or clear it "
+                           "to make it usable", field="expiresAt", code="EXPIRED")
         became = self._withdrawn_as(id_tag, updated)
         restored = self._usable_again(id_tag, updated)
         marks = [] if became is None else await withdrawal_marks(

@@ -8,12 +8,14 @@ called for every SendLocalList a charger accepted: a Full list replaces, a Diffe
 adds, updates and removes), and for each tag the card it named then
 (``LocalListEntry.card_id``). When a card stops being usable, every list holding that
 card (by id: a tag string is nobody's) as Accepted is sent a Differential
-(``listVersion`` + 1) marking it so (``Withdrawal``), in the background: the change that
-caused it never waits on chargers. What a charger did not accept (it was offline, it
-failed) stays wanted (``LocalListEntry.wanted``) and is sent when it boots, as the
-card's state is then. A blocked card's, or a deactivated driver's, session under way is
-stopped (RemoteStopTransaction) and its live reservations cancelled: only the sessions
-and reservations that were the card's.
+(``listVersion`` + 1; several, each its own version, when they are more than the
+charger's ``SendLocalListMaxLength`` takes) marking it so (``Withdrawal``), in the
+background: the change that caused it never waits on chargers. What a charger did not
+accept (it was offline, it failed) stays wanted (``LocalListEntry.wanted``) and is sent
+when it boots, as the card's state is then. A blocked card's, or a deactivated driver's,
+session under way is stopped (RemoteStopTransaction) and its live reservations
+cancelled: only the sessions and reservations that were the card's; a reservation whose
+charger was offline then is cancelled when it boots (``charger_back``).
 A card usable again (unblocked, its expiry moved later or cleared, its holder
 reactivated) has what its withdrawals changed put back the same way (``restore_card``,
 ``restore_user``): each entry a withdrawal of ours had the charger accept
@@ -43,7 +45,9 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
+from domain.command_rules import folded_key
 from domain.entities import (
+    ConfigurationKey,
     IdTag,
     IdTagStatus,
     LocalList,
@@ -88,6 +92,11 @@ RESTORE_ACCEPTED = "Accepted"
 #: ``LocalListEntry.restore``: our withdrawal may have added the tag; taken out again.
 RESTORE_REMOVED = "Removed"
 RESTORES = (RESTORE_ACCEPTED, RESTORE_REMOVED)
+#: The charger's configuration key bounding the entries of one SendLocalList.
+SEND_MAX_KEY = "SendLocalListMaxLength"
+#: How many entries one SendLocalList holds when the charger does not say how many it
+#: takes (no such key, no answer): few enough for the chargers we know of.
+DEFAULT_SEND_MAX = 20
 
 
 def list_status(status: IdTagStatus) -> str:
@@ -391,10 +400,15 @@ class Withdrawal(Service):
                        f"correcting the local list of station {station_id} failed")
 
     def charger_back(self, station_id: str) -> None:
-        """A charger booted (its boot answered Accepted): what its list should hold and
-        does not is sent now, in the background."""
-        self._work.run(self._correct(station_id), f"local-list-{station_id}",
+        """A charger booted (its boot answered Accepted): its live reservations of cards
+        no longer usable are cancelled (``_cancel_unusable``), and what its list should
+        hold and does not is sent, now, in the background."""
+        self._work.run(self._back(station_id), f"local-list-{station_id}",
                        f"correcting the local list of station {station_id} failed")
+
+    async def _back(self, station_id: str) -> None:
+        await self._cancel_unusable(station_id)
+        await self._correct(station_id)
 
     async def sweep_expired(self) -> int:
         """Withdraws the cards that expired since the last sweep; returns how many. Paged
@@ -462,6 +476,26 @@ class Withdrawal(Service):
             await self.store.write(changes, [])
         await self.push(SYSTEM, station_id)
 
+    async def _cancel_unusable(self, station_id: str) -> None:
+        """Cancels the station's live reservations made for a card (``base.made_for``) not
+        usable now: blocked, expired, removed, its holder deactivated or erased. A
+        withdrawal's own cancel is best effort (``cancel_reservations``): sent while the
+        charger was offline it was lost, and the reservation stayed ACTIVE, the plug
+        shown RESERVED and its driver refused elsewhere, until it expired (QA s24). A
+        reservation of a bare id (no holder) is its maker's, never judged by a card."""
+        held = [r for r in await self.store.find_all(Reservation, all_of(
+            Eq("station_id", station_id), live_reservations(self.now())), limit=100)
+            if r.user_id is not None]
+        if not held:
+            return
+        cards = await self.store.find_all(IdTag, In("tag", tuple({r.id_tag for r in held})),
+                                          limit=BATCH)
+        states = await card_states(self.store, [c.id for c in cards], self.now())
+        usable = {(c.tag, c.user_id) for c in cards if states.get(c.id) == ACCEPTED}
+        dead = [r.id for r in held if (r.id_tag, r.user_id) not in usable]
+        if dead:
+            await self.cancel_reservations(SYSTEM, In("id", tuple(dead)))
+
     async def _wanted_now(self, entries: Sequence[LocalListEntry]) -> dict[str, str | None]:
         """Each entry's (by id) card's state now, as a list spells it
         (``card_states``), Blocked for a card removed since, ``None`` for an entry of
@@ -497,12 +531,13 @@ class Withdrawal(Service):
 
     async def push(self, actor: Viewer, station_id: str) -> None:
         """Sends the station's wanted entries, as their cards' state has them now, as
-        one Differential, when its charger is connected (otherwise its next boot does);
-        one push at a time per station (``_pushing``). A VersionMismatch (the charger's
-        list is at a version we did not record: changed elsewhere, or reset) is answered
-        by asking its version and sending once more above it what is wanted then: the
-        entries are read and judged again, since the list that moved it (an operator's
-        Full list) may have dropped or set them."""
+        Differentials the charger takes (``_send_chunks``), when its charger is
+        connected (otherwise its next boot does); one push at a time per station
+        (``_pushing``). A VersionMismatch (the charger's list is at a version we did not
+        record: changed elsewhere, or reset) is answered by asking its version and
+        sending once more above it what is wanted then: the entries are read and judged
+        again, since the list that moved it (an operator's Full list) may have dropped
+        or set them."""
         async with self._pushing.one_at_a_time(station_id):
             await self._push(actor, station_id)
 
@@ -515,7 +550,8 @@ class Withdrawal(Service):
             return
         [current] = await self.store.get_many(LocalList, [station_id])
         version = (current.version if current is not None else 0) + 1
-        outcome = await self._send(actor, station, version, wanted)
+        most = await self._send_max(actor, station, len(wanted))
+        outcome, version = await self._send_chunks(actor, station, version, wanted, most)
         if outcome != "VersionMismatch":
             return
         asked = await self.commands.send(SYSTEM, station.cp_id, "GetLocalListVersion",
@@ -525,7 +561,50 @@ class Withdrawal(Service):
             return
         wanted = await self._still_wanted(actor, await self._marked(station_id))
         if wanted:
-            await self._send(actor, station, max(theirs, version) + 1, wanted)
+            await self._send_chunks(actor, station, max(theirs, version) + 1, wanted, most)
+
+    async def _send_chunks(self, actor: Viewer, station: Station, version: int,
+                           wanted: Sequence[LocalListEntry], most: int
+                           ) -> tuple[str | None, int]:
+        """Sends ``wanted`` as Differentials of at most ``most`` entries each, the first
+        at ``version`` and each next one a version above it (a charger refuses, Failed,
+        a SendLocalList longer than its ``SendLocalListMaxLength``: QA s24, a deactivated
+        driver's 4 cards sent at once to a charger taking 3 stayed Accepted there for
+        good). Stops at the first answer not Accepted; what was not sent stays wanted.
+        Returns that answer (the last one's when all were accepted) and the version it
+        was sent at."""
+        outcome: str | None = None
+        for start in range(0, len(wanted), most):
+            chunk_version = version + start // most
+            outcome = await self._send(actor, station, chunk_version,
+                                       wanted[start:start + most])
+            if outcome != ACCEPTED:
+                return outcome, chunk_version
+        return outcome, version + (len(wanted) - 1) // most
+
+    async def _send_max(self, actor: Viewer, station: Station, count: int) -> int:
+        """The most entries one SendLocalList to ``station`` may hold: its
+        ``SendLocalListMaxLength`` as its stored configuration knows it
+        (``services.configuration``), else as a GetConfiguration of that key answers
+        (recorded there, so asked once), else ``DEFAULT_SEND_MAX``. Nothing is asked
+        for a single entry (``count``): any charger takes one."""
+        if count <= 1:
+            return 1
+        known = await self.store.find_one(ConfigurationKey, all_of(
+            Eq("station_id", station.id), Eq("folded_key", folded_key(SEND_MAX_KEY))))
+        most = _positive(known.value) if known is not None else None
+        if most is not None:
+            return most
+        try:
+            asked = await self.commands.send(SYSTEM, station.cp_id, "GetConfiguration",
+                                             {"key": [SEND_MAX_KEY]}, audited_as=actor)
+        except DomainError:  # the station went meanwhile: the send says so
+            return DEFAULT_SEND_MAX
+        for key in asked.result.get("configurationKey") or ():
+            if isinstance(key, dict) and folded_key(str(key.get("key"))) \
+                    == folded_key(SEND_MAX_KEY):
+                most = _positive(key.get("value"))
+        return most or DEFAULT_SEND_MAX
 
     async def _marked(self, station_id: str) -> list[LocalListEntry]:
         """The station's entries marked wanted, as stored now."""
@@ -542,7 +621,13 @@ class Withdrawal(Service):
         except DomainError as exc:  # the station went meanwhile: nothing to correct
             log.info("local list of %s not corrected: %s", station.cp_id, exc.message)
             return None
-        if outcome.error is not None:
+        if outcome.status == "Failed":
+            # The charger will not take it: retried only at each boot, it is left
+            # accepting the cards until someone looks (QA s24: logged at INFO alone).
+            log.warning("local list of %s not corrected: the charger answered Failed to "
+                        "a Differential of %d entries (sent again at its next boot)",
+                        station.cp_id, len(wanted))
+        elif outcome.error is not None:
             log.info("local list of %s not corrected now (sent again at its next boot): "
                      "%s", station.cp_id, outcome.error.message)
         return outcome.status
@@ -594,7 +679,8 @@ class Withdrawal(Service):
     async def cancel_reservations(self, actor: Viewer, where: Filter) -> None:
         """Cancels the live reservations ``where`` at their chargers (CancelReservation,
         audited as ``actor``), best effort: an answered cancel stores CANCELLED; one not
-        delivered (charger offline) is left to the caller's own write or to its expiry.
+        delivered (charger offline) is left to the caller's own write, to its expiry or,
+        for a card's, to the charger's boot (``_cancel_unusable``).
         For withdrawn cards and users, and for connectors and stations being removed: the
         charger otherwise holds the plug for a reservation nobody here knows of."""
         held = await self.store.find_all(Reservation, all_of(
@@ -612,6 +698,15 @@ class Withdrawal(Service):
                 log.info("%s: reservation %d not cancelled at the charger: %s",
                          reservation.cp_id, reservation.reservation_id,
                          outcome.error.message)
+
+
+def _positive(value: Any) -> int | None:
+    """A configuration value read as a positive count; ``None`` if it is not one."""
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        return None
+    return number if number > 0 else None
 
 
 def _after(cursor: tuple[datetime, str | None]) -> Filter:

@@ -398,6 +398,33 @@ async def test_card_groups_are_set_by_operators_and_admins(api: Api, world: Worl
     assert regrouped.parent_tag == info.parent_id_tag == "FLEET-C"  # as chargers are told
 
 
+async def test_accepting_a_card_past_its_expiry_says_to_move_the_expiry(
+        api: Api, world: World) -> None:
+    """QA s24: ``updateIdTag(status: ACCEPTED)`` on a card past its expiry did nothing
+    (it still read EXPIRED) and answered no error. It changes nothing and answers
+    EXPIRED on expiresAt; with the expiry moved later in the same input it is usable."""
+    issued = await call(api, world, "admin", "issueIdTag",
+                        {"tag": "LAPSED-1", "userId": gid("user", world.users["driver1"].id)},
+                        "idTag { id }")
+    tag = issued["idTag"]["id"]
+    lapsed = await call(api, world, "admin", "updateIdTag",
+                        {"id": tag, "expiresAt": "2020-01-01T00:00:00Z"},
+                        "idTag { status }")
+    assert lapsed["idTag"] == {"status": "EXPIRED"}
+    for given in ({}, {"expiresAt": "2021-01-01T00:00:00Z"}):
+        refused = await call(api, world, "admin", "updateIdTag",
+                             {"id": tag, "status": "ACCEPTED", **given}, "idTag { id }")
+        assert codes(refused) == [("expiresAt", "EXPIRED")] and refused["idTag"] is None
+    services = api.client._transport.app.services  # type: ignore[attr-defined]
+    [card] = await services.fleet.store.get_many(d.IdTag, [from_global_id(tag)[1]])
+    assert card is not None and card.expires_at is not None \
+        and card.expires_at.year == 2020  # nothing written
+    moved = await call(api, world, "admin", "updateIdTag",
+                       {"id": tag, "status": "ACCEPTED", "expiresAt": "2030-01-01T00:00:00Z"},
+                       "idTag { status }")
+    assert moved == {"idTag": {"status": "ACCEPTED"}, "errors": []}
+
+
 async def test_id_tags(api: Api, world: World) -> None:
     issued = await call(api, world, "driver1", "issueIdTag",
                         {"tag": "rfid-0001", "vehicleId": gid("vehicle",

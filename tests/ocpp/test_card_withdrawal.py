@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from ocpp.v16 import call
 
 from domain import entities as d
@@ -485,3 +486,117 @@ async def test_an_erased_account_s_cards_are_blocked_in_the_lists_that_accept_th
         assert cp.local_list["TAG-OTHER"]["status"] == "Accepted"  # driver2's: left
         refused = await cp.call(call.Authorize(id_tag="TAG-OK"))
         assert refused.id_tag_info["status"] == "Invalid"
+
+
+# ------------------------------------------- a list sent in the charger's sizes (QA s24)
+UPDATE_USER = """mutation($input: UpdateUserInput!) { updateUser(input: $input)
+    { errors { code } } }"""
+
+
+async def fleet_driver(central: Central, cards: int) -> d.User:
+    """A driver holding ``cards`` cards, FLEET-0 .. FLEET-<cards - 1>."""
+    holder = await central.services.accounts.create_user(
+        SYSTEM, email="fleet@example.com", password="password-123", name="fleet",
+        role=d.Role.DRIVER)
+    central.users["fleet"] = holder
+    for n in range(cards):
+        await issue(central, "admin", f"FLEET-{n}", holder)
+    return holder
+
+
+async def test_a_withdrawal_is_sent_in_lists_the_charger_takes(central: Central) -> None:
+    """A driver with 4 cards in the list of a charger taking 3 entries per SendLocalList
+    (``SendLocalListMaxLength``) was deactivated: one Differential of the 4, answered
+    Failed at every boot, and the cards stayed Accepted there for good. Sent in
+    Differentials of at most 3, each its own version; the length read once from the
+    charger (GetConfiguration, then kept), the restoration sent the same way."""
+    holder = await fleet_driver(central, 4)
+    tags = [f"FLEET-{n}" for n in range(4)]
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await send_full_list(central, "CP-1", *tags)
+        cp.configuration["SendLocalListMaxLength"] = ("3", True)
+
+        await central.gql(UPDATE_USER, {"input": {"id": to_global_id("user", holder.id),
+                                                  "active": False}}, as_user="admin")
+        await settled(central)
+        sent = local_lists_sent(cp)[1:]
+        assert [(s["list_version"], len(s["entries"])) for s in sent] == [(2, 3), (3, 1)]
+        assert cp.local_list_version == 3
+        assert {tag: cp.local_list[tag]["status"] for tag in tags} == dict.fromkeys(
+            tags, "Blocked")
+        for tag in tags:
+            done = await entry(central, "CP-1", tag)
+            assert done is not None and (done.status, done.wanted) == ("Blocked", None)
+        assert [name for name, _ in cp.received].count("GetConfiguration") == 1
+
+        await central.gql(UPDATE_USER, {"input": {"id": to_global_id("user", holder.id),
+                                                  "active": True}}, as_user="admin")
+        await settled(central)
+        sent = local_lists_sent(cp)[3:]
+        assert [(s["list_version"], len(s["entries"])) for s in sent] == [(4, 3), (5, 1)]
+        assert {tag: cp.local_list[tag]["status"] for tag in tags} == dict.fromkeys(
+            tags, "Accepted")
+        # The length was kept from the first read: not asked again.
+        assert [name for name, _ in cp.received].count("GetConfiguration") == 1
+
+
+async def test_a_list_the_charger_fails_is_warned_of(
+        central: Central, caplog: pytest.LogCaptureFixture) -> None:
+    """A charger answering Failed keeps accepting the cards until someone looks: a
+    WARNING names the station (it was logged at INFO alone)."""
+    holder = await fleet_driver(central, 2)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await send_full_list(central, "CP-1", "FLEET-0", "FLEET-1")
+        cp.configuration["SendLocalListMaxLength"] = ("1", False)
+        # What the service kept of it is stale: it says 5.
+        await central.services.commands.send(SYSTEM, "CP-1", "ChangeConfiguration",
+                                             {"key": "SendLocalListMaxLength", "value": "5"})
+        cp.configuration["SendLocalListMaxLength"] = ("1", True)
+        with caplog.at_level("WARNING", logger="chargegraph.withdrawal"):
+            await central.gql(UPDATE_USER, {"input": {
+                "id": to_global_id("user", holder.id), "active": False}}, as_user="admin")
+            await settled(central)
+        assert cp.local_list["FLEET-0"]["status"] == "Accepted"
+        assert any(r.levelname == "WARNING" and "CP-1" in r.getMessage()
+                   and "Failed" in r.getMessage() for r in caplog.records), caplog.text
+
+
+RESERVE = """mutation($input: ReserveNowInput!) { reserveNow(input: $input) {
+    reservation { state } errors { code } } }"""
+
+
+async def test_a_withdrawn_cards_reservation_is_cancelled_when_its_charger_is_back(
+        central: Central) -> None:
+    """QA s24: a card blocked while its reservation's charger was offline kept the
+    reservation ACTIVE until it expired (the cancel was not delivered, nothing tried
+    again): the plug shown RESERVED, its driver refused elsewhere. The charger's boot
+    cancels its live reservations of cards no longer usable; a usable card's stays."""
+    soon = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await cp.report_all()
+        for connector, tag in ((1, "TAG-OTHER"), (2, "TAG-OK")):
+            reserved = await central.gql(RESERVE, {"input": {
+                "cpId": "CP-1", "connectorId": connector, "expiryDate": soon,
+                "idTag": tag}}, as_user="op")
+            assert reserved["reserveNow"]["reservation"]["state"] == "ACTIVE", reserved
+    await offline(central, "CP-1")
+    await block(central, "ok", who="driver")
+    await settled(central)
+    [lost] = await central.store.find_all(d.Reservation, Eq("id_tag", "TAG-OK"))
+    assert lost.state is d.ReservationState.ACTIVE  # the cancel could not be sent
+
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as back:
+        await back.boot()
+
+        async def cancelled() -> bool:
+            [now] = await central.store.find_all(d.Reservation, Eq("id_tag", "TAG-OK"))
+            return now.state is d.ReservationState.CANCELLED
+        await until(cancelled)
+        await settled(central)
+        assert [payload for name, payload in back.received
+                if name == "CancelReservation"] == [{"reservation_id": lost.reservation_id}]
+        [kept] = await central.store.find_all(d.Reservation, Eq("id_tag", "TAG-OTHER"))
+        assert kept.state is d.ReservationState.ACTIVE
