@@ -637,6 +637,8 @@ class SiteLoad(Service):
                 continue
             if entry.command == "RemoteStartTransaction":
                 profile = _started_with(request, session)
+                if profile is not None and await self._began_another(entry, session):
+                    continue
             elif entry.at < session.created_at:
                 continue  # before the session: not for its transaction
             elif entry.command == "ClearChargingProfile":
@@ -657,6 +659,18 @@ class SiteLoad(Service):
             if _int(profile.get("stackLevel")) > level:
                 return True
         return False
+
+    async def _began_another(self, start: AuditEntry, session: Session) -> bool:
+        """Whether the remote start whose answer ``start`` records began another session
+        of the card at the station, recorded after that answer and before ``session``: a
+        profile given in a RemoteStartTransaction governs the transaction it began only
+        (OCPP 1.6 5.11; review s24: the same card's next, local, session within the
+        window was held as overridden, and the site stopped limiting it). A start whose
+        StartTransaction came before its answer was recorded is not found so, and such a
+        later session is still held: more than it needs, never over the site's limit."""
+        return await self.store.find_one(Session, all_of(
+            Eq("station_id", session.station_id), Eq("id_tag", session.id_tag),
+            Range("created_at", gte=start.at, lt=session.created_at))) is not None
 
     async def _limited(self, station: Station, connector_id: Any) -> list[Session]:
         """The station's ACTIVE sessions the site limits, on ``connector_id`` (0 or
