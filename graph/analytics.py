@@ -72,7 +72,9 @@ class AnalyticsFilter:
 class EnergyTrendFilter(AnalyticsFilter):
     from_: datetime = strawberry.field(name="from", description="Window start.")
     to: datetime = strawberry.field(description=(
-        "Window end, exclusive: after `from`, at most three years later."))
+        "Window end, exclusive: after `from`, at most three years later. Energy from meter "
+        "values counts readings after `from` up to `to` included (a reading reports what "
+        "flowed up to it)."))
 
 
 @strawberry.type(description="Energy, sessions and revenue of one time bucket: gross "
