@@ -111,12 +111,30 @@ def remove_sqlite_database(database_url: str) -> list[Path]:
             refuse_running(path, "reset")
         except BackupError as exc:
             raise ConfigError(f"--reset: {exc}") from exc
+        if _open_elsewhere(path):
+            raise ConfigError(f"--reset: {path} is open in another process (a demo still "
+                              "starting or seeding?): stop it, then reset")
     removed = []
     for candidate in (path, *(path.with_name(path.name + s) for s in ("-wal", "-shm"))):
         if candidate.exists():
             candidate.unlink()
             removed.append(candidate)
     return removed
+
+
+def _open_elsewhere(path: Path) -> bool:
+    """Whether another connection has the WAL database open: leaving WAL mode needs the
+    only connection, and a process that is still seeding holds no lease yet (review s24:
+    a reset during a demo's seeding deleted its database). Out of WAL mode is harmless
+    here: the file is about to be deleted."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(path, timeout=0)) as conn:
+        try:
+            mode = conn.execute("PRAGMA journal_mode=DELETE").fetchone()
+        except sqlite3.OperationalError:
+            return True  # locked by a writer
+    return not mode or str(mode[0]).lower() != "delete"
 
 
 def backup_sqlite_database(database_url: str, target: Path, *, overwrite: bool

@@ -154,6 +154,30 @@ def test_demo_reset_refuses_a_database_an_instance_runs_on(
     assert (tmp_path / "cli.db").exists()
 
 
+def test_demo_reset_refuses_a_database_open_in_another_process(
+        runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review s24: a demo still seeding holds no lease yet, and a reset then deleted its
+    database. A database another connection has open is refused too."""
+    import asyncio
+    import contextlib
+
+    from store.sqlite import SqliteStore
+
+    async def migrated() -> None:
+        store = SqliteStore(str(tmp_path / "cli.db"))
+        await store.start()
+        await store.close()
+
+    asyncio.run(migrated())
+    never_serve(monkeypatch)
+    with contextlib.closing(sqlite3.connect(tmp_path / "cli.db")) as seeding:
+        seeding.execute('SELECT COUNT(*) FROM "company"').fetchall()  # open, no lease
+        refused = runner.invoke(cli, ["demo", "--reset"])
+    assert refused.exit_code == 2, refused.output
+    assert "is open in another process" in refused.stderr
+    assert (tmp_path / "cli.db").exists()
+
+
 def test_export_schema(runner: CliRunner) -> None:
     schema = runner.invoke(cli, ["export-schema"])
     assert schema.exit_code == 0
