@@ -103,7 +103,7 @@ def remove_sqlite_database(database_url: str) -> list[Path]:
                           "database yourself to start over")
     from store.sqlite.backup import BackupError, refuse_running
 
-    if path.exists():
+    if _sqlite_file(path):
         # Not under a running instance (QA s24: a second `demo --reset` deleted the first
         # demo's database, which then refused every write, and only after that found
         # its ports taken).
@@ -120,6 +120,16 @@ def remove_sqlite_database(database_url: str) -> list[Path]:
             candidate.unlink()
             removed.append(candidate)
     return removed
+
+
+def _sqlite_file(path: Path) -> bool:
+    """Whether ``path`` is a SQLite database file: only such is opened to check whether it
+    is in use (SQLite discards the side files of anything else it opens)."""
+    try:
+        with path.open("rb") as file:
+            return file.read(16) == b"SQLite format 3\x00"
+    except OSError:
+        return False
 
 
 def _open_elsewhere(path: Path) -> bool:
