@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import json
-import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -26,6 +25,7 @@ import orjson
 
 from domain.errors import ValidationError
 from domain.geo import distance_km
+from domain.validation import name_identity
 
 T = TypeVar("T")
 
@@ -98,8 +98,7 @@ def search_folded(text: str) -> str:
     and never needs its own idea of case (MongoDB's PCRE2 has no "İ"/"i" pair)."""
     if text.isascii():
         return text.lower()  # the same as below for ASCII, and most text is
-    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
-    return folded.replace("i\u0307", "i").replace("\u0131", "i")
+    return name_identity(text).replace("i\u0307", "i").replace("\u0131", "i")
 
 
 @dataclass(frozen=True, slots=True)

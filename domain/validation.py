@@ -103,8 +103,7 @@ def email(value: str | None, field: str = "email") -> str:
     qualified name ("x.dev." is "x.dev"). A quoted local part is refused: ``"mia"@x`` is
     the mailbox ``mia@x``, and each of these opened an account beside the real one
     that read as it to operators (QA s16)."""
-    text = unicodedata.normalize("NFKC", _given(value, field).strip())
-    cleaned = unicodedata.normalize("NFKC", text.casefold())
+    cleaned = name_identity(_given(value, field).strip())
     local, at, domain = cleaned.rpartition("@")
     cleaned = f"{local}{at}{domain.rstrip('.')}"
     if len(cleaned) > MAX_EMAIL or not _EMAIL_RE.match(cleaned) \
@@ -414,7 +413,8 @@ def name_key(text: str) -> str:
 
 def name_identity(text: str) -> str:
     """What two names are one name by, where a name must be unique (companies'): case
-    folded and normalized for compatibility (NFKC), as emails are, so "BÄCKEREI", an
+    folded and normalized for compatibility (NFKC), the fold emails (``email``) and
+    searches (``query.search_folded``) build on too, so "BÄCKEREI", an
     "ä" typed as "a" and a combining diaeresis, a full-width "Ａ" or the ligature "ﬁ"
     make no second name. Accents are kept, unlike ``name_key``'s: "Müller" and "Muller"
     are two names that read apart (and two families), only sorted together."""
