@@ -244,13 +244,19 @@ class _Seen:
                           for a in self.held.values() if a.session_id not in skip))
 
 
-def _lifts(clear: dict[str, Any], session: Session) -> bool:
-    """Whether a ClearChargingProfile (its request as the audit records it) removed every
-    TxProfile on the session's connector, a person's override with them: no id, no
-    stack level, purpose TxProfile or none, that connector or none named
-    (``_lift_overrides``' rule: a narrower clear may have left the override)."""
+def _clears_every_tx_profile(clear: dict[str, Any]) -> bool:
+    """Whether a ClearChargingProfile removes every TxProfile on the connector it names
+    (or on all): no id, no stack level, purpose TxProfile or none. A narrower clear may
+    have left a person's override in place."""
     return clear.get("id") is None and clear.get("stackLevel") is None \
-        and clear.get("chargingProfilePurpose") in (None, "TxProfile") \
+        and clear.get("chargingProfilePurpose") in (None, "TxProfile")
+
+
+def _lifts(clear: dict[str, Any], session: Session) -> bool:
+    """Whether a ClearChargingProfile (its request as the audit records it) removed a
+    person's override of the session: every TxProfile on its connector
+    (``_clears_every_tx_profile``, the rule ``_lift_overrides`` applies as it is sent)."""
+    return _clears_every_tx_profile(clear) \
         and clear.get("connectorId") in (None, session.connector_id)
 
 
@@ -575,8 +581,7 @@ class SiteLoad(Service):
         TxProfile or none) removed a person's override there: its session is taken
         back under the site's control (told its limit with the others). Any narrower
         clear may have left the override: the session stays held at its rating."""
-        if payload.get("id") is not None or payload.get("stackLevel") is not None \
-                or payload.get("chargingProfilePurpose") not in (None, "TxProfile"):
+        if not _clears_every_tx_profile(payload):
             return
         connector = payload.get("connectorId")
         sessions = [s for s in await self._limited(station, None)
