@@ -97,6 +97,19 @@ def owe_scrub(conn: sqlite3.Connection) -> None:
                  (secrets.randbits(62) + 1,))
 
 
+def _copy_then_cut(checkpointer: sqlite3.Connection) -> bool:
+    """A PASSIVE checkpoint, copying the WAL into the database beside the writes, then,
+    only if it copied every frame, a TRUNCATE one cutting the emptied file: it takes the
+    write lock for that moment alone, and waits for no one (busy timeout 0). Whether the
+    WAL was cut (not when a reader of an older snapshot still needs frames)."""
+    busy, frames, copied = checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    if busy or frames != copied:
+        return False
+    checkpointer.execute("PRAGMA busy_timeout = 0")
+    busy, _, _ = checkpointer.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    return not busy
+
+
 def owed_scrub(conn: sqlite3.Connection) -> int | None:
     """The ``seq`` of the scrub owed, or None when none is."""
     rows = conn.execute('SELECT "seq" FROM "scrub_owed"').fetchall()
@@ -411,11 +424,10 @@ class Writer:
             if self._checkpointer is None:
                 self._checkpointer = connect(self.path)
             checkpointer = self._checkpointer
-            busy, frames, copied = checkpointer.execute(
-                "PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-            if trim and not busy and frames == copied:
-                checkpointer.execute("PRAGMA busy_timeout = 0")
-                checkpointer.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            if trim:
+                _copy_then_cut(checkpointer)
+            else:
+                checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
         except sqlite3.Error as error:
             # Busy (another checkpoint) or transient: the next commit tries again. A disk
             # that cannot take writes is already said once by ``run`` and /healthz: no
@@ -523,13 +535,8 @@ class Writer:
             owed = owed_scrub(checkpointer)
             if owed is None:
                 return True  # done by another instance's writer, or never owed
-            busy, frames, copied = checkpointer.execute(
-                "PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-            if busy or frames != copied:
+            if not _copy_then_cut(checkpointer):
                 return False  # a reader of an older snapshot still needs frames
-            busy, _, _ = checkpointer.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-            if busy:
-                return False
             # A write of its own: it waits for the write lock as commits do (off the loop).
             checkpointer.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
             checkpointer.execute('DELETE FROM "scrub_owed" WHERE "seq" = ?', (owed,))
