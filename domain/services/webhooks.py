@@ -63,6 +63,10 @@ MAX_ERROR = 300
 HEALTH_FIELDS = frozenset({"last_status", "last_error", "last_attempt_at", "last_success_at",
                            "consecutive_failures", "dropped_events"})
 
+#: Why a webhook whose owner can no longer see its events was disabled.
+ORPHANED = ("its owner can no longer receive its events (left the company, deactivated, "
+            "demoted or erased); a colleague who enables it again takes it over")
+
 _NUMERIC_HOST = re.compile(r"^(0x[0-9a-f]*|[0-9]+)(\.(0x[0-9a-f]*|[0-9]*))*$")
 
 
@@ -384,9 +388,7 @@ class WebhookService(Service):
 
     async def _disable_orphan(self, webhook: Webhook) -> None:
         off = patch(webhook, SYSTEM, only_if=("active", True), active=False,
-                    disabled_reason="its owner can no longer receive its events (left "
-                                    "the company, deactivated or demoted); a colleague who "
-                                    "enables it again takes it over")
+                    disabled_reason=ORPHANED)
         await self.commit(SYSTEM, [(off, webhook)])
 
     async def record_attempt(self, webhook: Webhook, attempt: WebhookAttempt, *,
