@@ -537,6 +537,19 @@ class Policy:
             return Viewer(user_id=owner.id, role=Role.OPERATOR, company_id=webhook.company_id)
         return None
 
+    @staticmethod
+    def takes_over_webhook(webhook: Webhook, owner: User | None, enabler: Viewer) -> bool:
+        """Whether enabling ``webhook`` again makes it ``enabler``'s (its events seen with
+        their eyes from then on). A company's webhook sees what the company sees whoever
+        owns it, so it always does. One of no company sees with its owner's eyes: an
+        admin taking over an operator's would send every company's events to the URL
+        that operator chose (QA s25: a solo operator's receiver, enabled again by an
+        admin who fixed it for them, got every other company's sessions), so it stays
+        the operator's; an admin's passes between admins."""
+        if webhook.company_id is not None or not enabler.is_admin:
+            return True
+        return owner is not None and owner.role is Role.ADMIN
+
     # ---------------------------------------------------------------- field-level views
     def sees_station_private(self, viewer: Viewer, station: Station) -> bool:
         """Owner, company, hardware details, registration: for those who manage it

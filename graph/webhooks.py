@@ -107,7 +107,8 @@ class Webhook(Node, Audited):
 
     @strawberry.field(description=(
         "Whose view its events are delivered with: who created it, or who last enabled it "
-        "again (`updateWebhook` with `active: true`)."))
+        "again (`updateWebhook` with `active: true`; an operator's own webhook, of no "
+        "company, stays theirs when an admin enables it)."))
     async def owner(self, info: Info) -> User | None:
         return await _related(info, User, self._r.owner_id)  # type: ignore[no-any-return]
 
@@ -217,7 +218,8 @@ class WebhookMutation:
 
     @strawberry.mutation(description=(
         "Change what is given. Enabling it again (`active`) clears its failures and why "
-        "it was disabled, and makes it the enabler's."))
+        "it was disabled, and makes it the enabler's (an operator's own, of no company, "
+        "stays theirs when an admin enables it)."))
     async def update_webhook(self, info: Info, input: UpdateWebhookInput) -> WebhookPayload:
         ctx = _ctx(info)
 

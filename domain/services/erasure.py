@@ -46,6 +46,7 @@ from domain.entities import (
     Station,
     User,
     Vehicle,
+    Webhook,
 )
 from domain.errors import Conflict, Forbidden, Unauthenticated
 from domain.policy import Viewer
@@ -57,6 +58,7 @@ from domain.services.base import Service, ServiceContext, pages
 from domain.services.edits import edit, removal, retried
 from domain.services.fleet import IN_GARAGE
 from domain.services.refresh_tokens import RefreshTokenService
+from domain.services.webhooks import ORPHANED
 from domain.services.withdrawal import withdrawal_marks
 
 #: What an erased account is called; its email is ``erased_email`` (unique, as emails
@@ -84,7 +86,12 @@ log = logging.getLogger("chargegraph.erasure")
 PERSONAL_FIELDS: dict[str, tuple[str, ...]] = {
     "user": ("name", "name_key", "email"),
     "vehicle": ("license_plate", "plate_key"),
+    # The person's own webhooks (of no company): where their events went, and their note.
+    "webhook": ("url", "description"),
 }
+#: What an erased person's removed webhooks' URLs read in the audit log (``.invalid``:
+#: it reaches nobody).
+ERASED_URL = "https://erased.invalid/"
 
 
 def erased_email(user_id: str) -> str:
@@ -115,7 +122,29 @@ def _nothing_else_of(user_id: str) -> list[Guard]:
     return [Guard(Vehicle, all_of(theirs, IN_GARAGE), exists=False),
             Guard(Vehicle, all_of(theirs, _other_than(ERASED_PLATE, "license_plate")),
                   exists=False),
-            Guard(IdTag, Eq("user_id", user_id), exists=False)]
+            Guard(IdTag, Eq("user_id", user_id), exists=False),
+            # No webhook of theirs left of no company, nor enabled (``_webhook_changes``).
+            Guard(Webhook, all_of(theirs, any_of(Eq("company_id", None),
+                                                 Eq("active", True))), exists=False)]
+
+
+def _webhook_changes(viewer: Viewer, webhooks: Sequence[Webhook]
+                     ) -> list[tuple[Change, Webhook]]:
+    """What an erasure does to the webhooks the person owns. Their own (of no company:
+    an admin's, or an operator's of no company) are removed: nobody else manages them,
+    and they kept the URL and note the person chose, enabled, after the person was gone
+    (QA s25); their audit images are scrubbed of both (``PERSONAL_FIELDS``). Their
+    company's stay the company's (its receiver, its operators manage them), disabled
+    now rather than at the next delivery, for a colleague to enable and take over.
+    Audited, as their owners' changes are (the secret never is)."""
+    changes: list[tuple[Change, Webhook]] = []
+    for webhook in webhooks:
+        if webhook.company_id is None:
+            changes.append((removal(webhook), webhook))
+        elif webhook.active:
+            changes.append((edit(webhook, viewer, active=False, disabled_reason=ORPHANED),
+                            webhook))
+    return changes
 
 
 async def every(store: Store, kind: type[E], where: Filter) -> list[E]:
@@ -218,7 +247,8 @@ class Erasure(Service):
                      ) -> tuple[User, list[IdTag]]:
         """The erasure's one write (``retried``): the account anonymised and deactivated,
         its cars removed without their plates, its cards removed (their list entries
-        marked Blocked in the same write, as ``removeIdTag`` does), and its entry."""
+        marked Blocked in the same write, as ``removeIdTag`` does), its webhooks removed
+        or disabled (``_webhook_changes``), and its entry."""
         user = await self.visible(viewer, User, user_id)
         guards = await self._refusals(user, field)
         now = self.now()
@@ -229,6 +259,7 @@ class Erasure(Service):
                       erased_at=user.erased_at or now)
         cars = await every(self.store, Vehicle, Eq("owner_id", user.id))
         cards = await every(self.store, IdTag, Eq("user_id", user.id))
+        webhooks = await every(self.store, Webhook, Eq("owner_id", user.id))
         # The account and cars are written unaudited: an entry's before-image would
         # name the person again. The erasure's own entry stands for them. Each car and
         # card only as read (``edit``, ``removal``): one handed to someone else, or
@@ -242,7 +273,8 @@ class Erasure(Service):
         # entry counted the first run's cars again).
         removed = sum(1 for car in cars if car.removed_at is None)
         entry = self._entry(viewer, user, removed, len(cards))
-        await self.commit(viewer, [(removal(card), card) for card in cards],
+        await self.commit(viewer, [*((removal(card), card) for card in cards),
+                                   *_webhook_changes(viewer, webhooks)],
                           unaudited=unaudited, extra_audit=[entry],
                           guards=[*guards, *_nothing_else_of(user.id)])
         return cast(User, update.record), cards
@@ -282,8 +314,13 @@ class Erasure(Service):
         erasure's write; erasing again runs it again."""
         cars = await every(self.store, Vehicle, Eq("owner_id", erased.id))
         values = {"user": {f: getattr(erased, f) for f in PERSONAL_FIELDS["user"]},
-                  "vehicle": dict.fromkeys(PERSONAL_FIELDS["vehicle"], ERASED_PLATE)}
-        about = all_of(Eq("entity", "user"), Eq("entity_id", erased.id))
+                  "vehicle": dict.fromkeys(PERSONAL_FIELDS["vehicle"], ERASED_PLATE),
+                  "webhook": {"url": ERASED_URL, "description": None}}
+        # The entries of the webhooks they kept of no company: in their books (a
+        # webhook of no company is its owner's, ``base._whose``), removed or not, also
+        # on a run again, which finds them removed.
+        about = any_of(all_of(Eq("entity", "user"), Eq("entity_id", erased.id)),
+                       all_of(Eq("entity", "webhook"), Eq("station_owner_id", erased.id)))
         if cars:
             about = any_of(about, all_of(Eq("entity", "vehicle"),
                                          In("entity_id", tuple(c.id for c in cars))))

@@ -63,6 +63,10 @@ MAX_ERROR = 300
 HEALTH_FIELDS = frozenset({"last_status", "last_error", "last_attempt_at", "last_success_at",
                            "consecutive_failures", "dropped_events"})
 
+#: Why a webhook whose owner can no longer see its events was disabled.
+ORPHANED = ("its owner can no longer receive its events (left the company, deactivated, "
+            "demoted or erased); a colleague who enables it again takes it over")
+
 _NUMERIC_HOST = re.compile(r"^(0x[0-9a-f]*|[0-9]+)(\.(0x[0-9a-f]*|[0-9]*))*$")
 
 
@@ -293,9 +297,10 @@ class WebhookService(Service):
                              active: Any = UNSET, checks: v.Checks | None = None
                              ) -> Webhook:
         """Edits what is given. Enabling a webhook again (``active``) starts its failure
-        count afresh, clears why it was disabled and makes it the enabler's. The fields
-        given are checked together (with the caller's ``checks``) before the webhook is
-        read."""
+        count afresh, clears why it was disabled and makes it the enabler's (not an
+        operator's own, of no company, enabled by an admin: ``takes_over_webhook``). The
+        fields given are checked together (with the caller's ``checks``) before the
+        webhook is read."""
         checks = checks or v.Checks()
         updates: dict[str, Any] = {}
         if url is not UNSET:
@@ -322,7 +327,8 @@ class WebhookService(Service):
             if active:
                 updates["consecutive_failures"] = 0
                 updates["disabled_reason"] = None
-                if not webhook.active and viewer.user_id is not None:
+                if not webhook.active and viewer.user_id is not None \
+                        and await self._taken_over(webhook, viewer):
                     # Enabled again by whoever does it: theirs from now on (its owner may
                     # be the reason it was disabled), its events seen with their eyes.
                     updates["owner_id"] = viewer.user_id
@@ -331,6 +337,11 @@ class WebhookService(Service):
         change = edit(webhook, viewer, **updates)
         await self.commit(viewer, [(change, webhook)])
         return cast(Webhook, change.record)
+
+    async def _taken_over(self, webhook: Webhook, enabler: Viewer) -> bool:
+        """``Policy.takes_over_webhook``, with the owner read now."""
+        [owner] = await self.store.get_many(User, [webhook.owner_id])
+        return self.policy.takes_over_webhook(webhook, owner, enabler)
 
     async def remove_webhook(self, viewer: Viewer, webhook_id: str) -> Webhook:
         """Deletes it; events already queued for it are not delivered."""
@@ -377,9 +388,7 @@ class WebhookService(Service):
 
     async def _disable_orphan(self, webhook: Webhook) -> None:
         off = patch(webhook, SYSTEM, only_if=("active", True), active=False,
-                    disabled_reason="its owner can no longer receive its events (left "
-                                    "the company, deactivated or demoted); a colleague who "
-                                    "enables it again takes it over")
+                    disabled_reason=ORPHANED)
         await self.commit(SYSTEM, [(off, webhook)])
 
     async def record_attempt(self, webhook: Webhook, attempt: WebhookAttempt, *,

@@ -11,16 +11,24 @@ import threading
 
 import pytest
 
-from domain.entities import AuditAction, AuditEntry, RefreshFamily, RefreshToken, Role, User
+from domain.entities import (
+    AuditAction,
+    AuditEntry,
+    RefreshFamily,
+    RefreshToken,
+    Role,
+    User,
+    Webhook,
+)
 from domain.errors import Unauthenticated
 from domain.policy import Policy, Viewer
 from domain.ports import Store
 from domain.query import ALL, Eq
 from domain.services.accounts import AccountService
 from domain.services.base import ServiceContext
-from domain.services.erasure import ERASED_PLATE, Erasure, erased_email
+from domain.services.erasure import ERASED_PLATE, ERASED_URL, Erasure, erased_email
 from domain.services.refresh_tokens import RefreshTokenService
-from tests.contract.factories import audit, put, user, vehicle
+from tests.contract.factories import audit, oid, put, user, vehicle
 from tests.helpers import FastHasher
 
 
@@ -120,3 +128,34 @@ async def test_a_sign_in_the_erasure_overtook_stores_no_refresh_token(store: Sto
     await erasure.settled()
     assert await store.find_all(RefreshToken, Eq("user_id", person.id)) == []
     assert await store.find_all(RefreshFamily, Eq("user_id", person.id)) == []
+
+
+async def test_an_erased_persons_own_webhooks_go_and_their_company_s_stop(
+        store: Store) -> None:
+    """On every backend: the erasure's write removes the person's webhooks of no company
+    and disables their company's (its guard, with ``company_id`` null, holds), and the
+    scrub finds the removed ones' entries by their books (``station_owner_id``)."""
+    person = user(role=Role.ADMIN, name="Lena Example", email="lena@example.com")
+    company_id = oid(900)
+    own = Webhook(url="https://lena.example.org/hook", events=["session.ended"],
+                  secret="s", owner_id=person.id, description="Lena's pager")
+    company_s = Webhook(url="https://billing.example.com/hook", events=["session.ended"],
+                        secret="s", owner_id=person.id, company_id=company_id)
+    image = {"url": own.url, "description": own.description, "active": True}
+    created = audit(own, person.id, action=AuditAction.CREATE, after=image,
+                    station_owner_id=person.id)
+    await put(store, person, user(role=Role.ADMIN), own, company_s)
+    await store.write([], [created])
+
+    ctx = ServiceContext(store=store, policy=Policy(), hasher=FastHasher())
+    erasure = Erasure(ctx, AccountService(ctx), RefreshTokenService(ctx))
+    await erasure.erase_user(Viewer.of(user(role=Role.ADMIN)), person.id)
+
+    [gone, kept] = await store.get_many(Webhook, [own.id, company_s.id])
+    assert gone is None
+    assert kept is not None and (kept.url, kept.active) == (company_s.url, False)
+    entries = await store.find_all(AuditEntry, Eq("entity_id", own.id))
+    text = json.dumps([(e.before, e.after) for e in entries])
+    assert "lena" not in text.lower()
+    [first] = [e for e in entries if e.id == created.id]
+    assert first.after == {"url": ERASED_URL, "description": None, "active": True}

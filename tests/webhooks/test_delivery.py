@@ -280,6 +280,96 @@ async def test_a_revoked_operator_stops_receiving_at_once(world: World) -> None:
     assert len(receiver.requests) == 2
 
 
+async def test_an_admin_enabling_a_solo_operators_webhook_does_not_widen_it(
+        world: World) -> None:
+    """An operator of no company keeps webhooks of no company, seeing what they run. An
+    admin who enables one again (the receiver fixed for them) must not make it theirs:
+    a webhook of no company sees with its owner's eyes, and the operator's receiver got
+    every other company's events (QA s25). A company's webhook still passes to its
+    enabler (it sees what the company sees, whoever owns it), and an admin's to another
+    admin."""
+    await world.dispatcher()
+    solo = await world.services.accounts.create_user(
+        SYSTEM, email="solo@example.com", password="password-123", name="solo",
+        role=d.Role.OPERATOR, company_id=None)
+    receiver = await world.receiver()
+    created = await world.services.webhooks.create_webhook(
+        Viewer.of(solo), url=receiver.url, events=["connector.status_changed"])
+    hooks = world.services.webhooks
+    await hooks.update_webhook(Viewer.of(solo), created.webhook.id, active=False)
+
+    enabled = await hooks.update_webhook(world.viewer("admin"), created.webhook.id,
+                                         active=True)
+    await available(world, "CP-OTHER")  # another company's charger
+    await available(world)  # Volt's
+    await world.settled()
+
+    assert enabled.active and enabled.owner_id == solo.id
+    assert receiver.requests == []
+    # Still the operator's to manage (their list shows it).
+    [mine] = await world.store.find_all(
+        d.Webhook, world.services.policy.webhook_scope(Viewer.of(solo)))
+    assert mine.id == created.webhook.id
+
+    company, _ = await world.webhook("op", receiver, "connector.status_changed")
+    await hooks.update_webhook(world.viewer("op"), company.id, active=False)
+    taken = await hooks.update_webhook(world.viewer("admin"), company.id, active=True)
+    assert taken.owner_id == world.users["admin"].id
+    admin2 = await world.services.accounts.create_user(
+        SYSTEM, email="admin2@example.com", password="password-123", name="admin2",
+        role=d.Role.ADMIN)
+    own, _ = await world.webhook("admin", receiver, "connector.status_changed")
+    await hooks.update_webhook(world.viewer("admin"), own.id, active=False)
+    passed = await hooks.update_webhook(Viewer.of(admin2), own.id, active=True)
+    assert passed.owner_id == admin2.id
+
+
+async def test_an_erased_persons_webhooks_go_with_them(world: World) -> None:
+    """Erasing an account removes the webhooks it kept of no company (an admin's own),
+    and their URL and note from the audit log's images of them: they stayed, enabled,
+    with the URL the person chose (QA s25). Their company's webhooks stay the company's,
+    URL and all, disabled at once for a colleague to take over (not at the next
+    delivery, which may be weeks away for a rare event)."""
+    await world.dispatcher()
+    receiver = await world.receiver()
+    admin2 = await world.services.accounts.create_user(
+        SYSTEM, email="admin2@example.com", password="password-123", name="Alice Example",
+        role=d.Role.ADMIN)
+    mine = (await world.services.webhooks.create_webhook(
+        Viewer.of(admin2), url=receiver.url + "/alice", description="Alice's pager",
+        events=["connector.status_changed"])).webhook
+    await world.services.webhooks.update_webhook(Viewer.of(admin2), mine.id,
+                                                 description="Alice Example's pager")
+    company, _ = await world.webhook("op", receiver, "connector.status_changed")
+
+    erasure = world.services.erasure
+    await erasure.erase_user(world.viewer("admin"), admin2.id)
+    await erasure.erase_user(world.viewer("admin"), world.users["op"].id)
+    await available(world)
+    await world.settled()
+
+    assert receiver.requests == []
+    assert (await world.store.get_many(d.Webhook, [mine.id])) == [None]
+    kept = await world.stored(company)
+    assert (kept.url, kept.active) == (receiver.url, False)
+    assert "erased" in (kept.disabled_reason or "")
+    entries = await world.store.find_all(d.AuditEntry, Eq("entity_id", mine.id))
+    assert [e.action for e in entries] == [d.AuditAction.CREATE, d.AuditAction.UPDATE,
+                                           d.AuditAction.DELETE]
+    images = [i for e in entries for i in (e.before, e.after) if i is not None]
+    assert images and all("alice" not in str(i).lower() for i in images)
+    # The company's webhook's history keeps its receiver.
+    history = await world.store.find_all(d.AuditEntry, Eq("entity_id", company.id))
+    assert history[0].after is not None and history[0].after["url"] == receiver.url
+    assert history[-1].after is not None and history[-1].after["active"] is False
+
+    # A colleague takes the company's over; erasing again finds nothing more to do.
+    taken = await world.services.webhooks.update_webhook(world.viewer("op2"), company.id,
+                                                         active=True)
+    await erasure.erase_user(world.viewer("admin"), world.users["op"].id)
+    assert (await world.stored(taken)).active
+
+
 async def test_a_failed_delivery_is_tried_again_until_it_succeeds(world: World) -> None:
     await world.dispatcher()
     receiver = await world.receiver(500, 503, 200)
