@@ -16,6 +16,7 @@ from typing import Any
 
 from domain import validation as v
 from domain.aggregation import ByField, Count, Group, Max, Metric, Min, OverlapSeconds, Sum
+from domain.availability import stations_in_service
 from domain.entities import (
     Connector,
     ConnectorInterval,
@@ -842,12 +843,22 @@ class AnalyticsService(Service):
         """Connectors of online stations by their status, those of offline stations
         under ``OFFLINE``: their status is the last one reported, and a connector of a
         charger that is away cannot be started, whatever it said last (a map would
-        advertise it as available)."""
+        advertise it as available). The connectors of an online station down as a whole
+        (connector 0 Unavailable or Faulted) count under that status, as their state
+        history records them (``intervals.effective_state``): each plug may still say
+        Available, but none can charge (QA: counted AVAILABLE while availability and
+        ``availableNow`` had them unusable)."""
         on = await self.store.aggregate(
             Connector, self._scoped(viewer, "connector", all_of(
-                scope.on_stations(), Sub("station_id", "station", Eq("online", True)))),
+                scope.on_stations(), Sub("station_id", "station", stations_in_service()))),
             [ByField("status")], {"n": Count()})
-        off = await self.store.count(Connector, self._scoped(viewer, "connector", all_of(
-            scope.on_stations(), Sub("station_id", "station", Eq("online", False)))))
-        counts = {ConnectorStatus(r["g0"]).name: int(r["n"]) for r in on}
-        return counts | ({OFFLINE: off} if off else {})
+        counts = Counter({ConnectorStatus(r["g0"]).name: int(r["n"]) for r in on})
+        for down in sorted(POINT_DOWN):
+            counts[down.name] += await self.store.count(
+                Connector, self._scoped(viewer, "connector", all_of(
+                    scope.on_stations(), Sub("station_id", "station", all_of(
+                        Eq("online", True), Eq("status", down))))))
+        counts[OFFLINE] = await self.store.count(
+            Connector, self._scoped(viewer, "connector", all_of(
+                scope.on_stations(), Sub("station_id", "station", Eq("online", False)))))
+        return {status: n for status, n in counts.items() if n}
