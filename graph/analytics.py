@@ -317,7 +317,9 @@ class Overview:
     connectors_by_status: list[StatusCount] = strawberry.field(
         description="Connectors of online stations by status, and those of offline "
                     "stations under `OFFLINE` (never counted as available: a charger "
-                    "that is away cannot start a session); each connector once.")
+                    "that is away cannot start a session); those of a station "
+                    "`UNAVAILABLE` or `FAULTED` as a whole under that status, whatever "
+                    "they report (none of them can charge); each connector once.")
     active_sessions: int = strawberry.field(description="Sessions charging now (ACTIVE).")
     energy_today_kwh: float = strawberry.field(description=(
         "Energy delivered today (from midnight in `timeZone`), kWh, from meter values: "

@@ -16,6 +16,7 @@ from typing import Any
 
 from domain import validation as v
 from domain.aggregation import ByField, Count, Group, Max, Metric, Min, OverlapSeconds, Sum
+from domain.availability import stations_in_service
 from domain.entities import (
     Connector,
     ConnectorInterval,
@@ -296,23 +297,29 @@ def _overlapping(start_field: str, end_field: str, lo: datetime, hi: datetime) -
                                                  Range(end_field, gt=lo))))
 
 
-#: Buckets one request may ask for across all its energy trends: a trend costs about a
-#: hundred microseconds of the event loop per bucket (building and sending it), and thirty
-#: aliased trends of 10,000 hourly buckets stalled chargers for seconds.
+#: Rows (buckets, each once per station or connector when grouped) one request may ask
+#: for across all its energy trends and bucketed shares: a row costs about a hundred
+#: microseconds of the event loop (building and sending it), and thirty aliased trends
+#: of 10,000 hourly buckets stalled chargers for seconds.
 BUCKETS_PER_REQUEST = 20_000
 
 
 @dataclass(slots=True)
 class BucketBudget:
-    """What is left of a request's ``BUCKETS_PER_REQUEST``; spent before any store work."""
+    """What is left of a request's ``BUCKETS_PER_REQUEST``. Its buckets are spent before
+    any store work; the rest of its rows (the buckets again for each further station or
+    connector) once their number is known, before they are built. Counted as buckets
+    only, twenty aliases of 10,000 rows per connector (500 buckets each) were 200,000
+    rows for 10,000 spent, and held the event loop for seconds (QA)."""
 
     left: int = BUCKETS_PER_REQUEST
 
-    def spend(self, count: int) -> None:
+    def spend(self, count: int, field: str = "bucket") -> None:
         if count > self.left:
             raise ValidationError(
-                f"more than {BUCKETS_PER_REQUEST} buckets in one request: use larger buckets, "
-                "shorter windows or fewer trends", field="bucket", code="QUERY_TOO_COMPLEX")
+                f"more than {BUCKETS_PER_REQUEST} rows (buckets, per station or connector "
+                "when grouped) in one request: use larger buckets, shorter windows, fewer "
+                "stations or fewer queries", field=field, code="QUERY_TOO_COMPLEX")
         self.left -= count
 
 
@@ -499,6 +506,8 @@ class AnalyticsService(Service):
                                           [made, *keys]), "minor", len(keys))
         groups = [()] if group_by is None else _groups_in(wh, n, minor, back)
         _check_cells(len(energy_plan.starts) * len(groups), "groupBy")
+        if budget is not None and len(groups) > 1:  # its buckets once are spent already
+            budget.spend(len(energy_plan.starts) * (len(groups) - 1), "groupBy")
         return [EnergyBucket(start=instant,
                              energy_wh=round(wh.get((energy_plan.keys[i], g), 0)),
                              sessions=int(n.get((started_plan.keys[i], g), 0)),
@@ -626,15 +635,18 @@ class AnalyticsService(Service):
 
     async def _share_rows(self, viewer: Viewer, scope: Scope, by_connector: bool,
                           spans: list[_Span], first: tuple[type[Record], Filter, _Times],
-                          second: tuple[type[Record], Filter, _Times]
-                          ) -> list[ShareRow]:
+                          second: tuple[type[Record], Filter, _Times],
+                          budget: BucketBudget | None = None) -> list[ShareRow]:
         """Rows of two overlap sums per connector (or station) per span, each capped at
         its span (``_rows``). The rows' number is known before the sums: beyond
-        ``MAX_CELLS`` it is refused before they are."""
+        ``MAX_CELLS``, or beyond what is left of the request's ``budget`` (its spans were
+        spent by ``_spans``), it is refused before they are."""
         connectors = await self._connectors(viewer, scope)
         groups = len(connectors) if by_connector else len({c.station_id for c in connectors})
         if len(spans) > 1:
             _check_cells(len(spans) * groups, "bucket")
+        if budget is not None and groups > 1:
+            budget.spend(len(spans) * (groups - 1))
         firsts = await self._overlaps(viewer, *first, spans)
         seconds = await self._overlaps(viewer, *second, spans)
         rows = [row for span, a, b in zip(spans, firsts, seconds, strict=True)
@@ -666,7 +678,7 @@ class AnalyticsService(Service):
             # last one reported, and nobody can tell the charging went on.
             (ConnectorInterval, all_of(scope.on_stations(), Eq("online", True),
                                        Eq("status", ConnectorStatus.CHARGING)),
-             TIMES[ConnectorInterval]))
+             TIMES[ConnectorInterval]), budget if bucket is not None else None)
 
     async def availability(self, viewer: Viewer, scope: Scope, start: datetime, end: datetime,
                            by_connector: bool, bucket: Bucket | None = None,
@@ -695,7 +707,7 @@ class AnalyticsService(Service):
             # Every stretch of state history, offline ones included (known to be
             # offline), but the central system's outages: nobody was listening.
             (ConnectorInterval, all_of(scope.on_stations(), Eq("known", True)),
-             TIMES[ConnectorInterval]))
+             TIMES[ConnectorInterval]), budget if bucket is not None else None)
 
     # ------------------------------------------------------------- faults
     def fault_events_filter(self, scope: Scope, start: datetime, end: datetime) -> Filter:
@@ -842,12 +854,22 @@ class AnalyticsService(Service):
         """Connectors of online stations by their status, those of offline stations
         under ``OFFLINE``: their status is the last one reported, and a connector of a
         charger that is away cannot be started, whatever it said last (a map would
-        advertise it as available)."""
+        advertise it as available). The connectors of an online station down as a whole
+        (connector 0 Unavailable or Faulted) count under that status, as their state
+        history records them (``intervals.effective_state``): each plug may still say
+        Available, but none can charge (QA: counted AVAILABLE while availability and
+        ``availableNow`` had them unusable)."""
         on = await self.store.aggregate(
             Connector, self._scoped(viewer, "connector", all_of(
-                scope.on_stations(), Sub("station_id", "station", Eq("online", True)))),
+                scope.on_stations(), Sub("station_id", "station", stations_in_service()))),
             [ByField("status")], {"n": Count()})
-        off = await self.store.count(Connector, self._scoped(viewer, "connector", all_of(
-            scope.on_stations(), Sub("station_id", "station", Eq("online", False)))))
-        counts = {ConnectorStatus(r["g0"]).name: int(r["n"]) for r in on}
-        return counts | ({OFFLINE: off} if off else {})
+        counts = Counter({ConnectorStatus(r["g0"]).name: int(r["n"]) for r in on})
+        for down in sorted(POINT_DOWN):
+            counts[down.name] += await self.store.count(
+                Connector, self._scoped(viewer, "connector", all_of(
+                    scope.on_stations(), Sub("station_id", "station", all_of(
+                        Eq("online", True), Eq("status", down))))))
+        counts[OFFLINE] = await self.store.count(
+            Connector, self._scoped(viewer, "connector", all_of(
+                scope.on_stations(), Sub("station_id", "station", Eq("online", False)))))
+        return {status: n for status, n in counts.items() if n}

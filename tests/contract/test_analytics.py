@@ -269,6 +269,30 @@ async def test_overview(history: History) -> None:
     assert overview.revenue_today == {"EUR": 870}
 
 
+async def test_overview_counts_a_station_down_as_a_whole_under_its_status(
+        history: History) -> None:
+    """QA: S1 back online, its charger reported connector 0 Unavailable (taken out of
+    service) and then Faulted, its plugs still saying Available: the overview counted
+    both as AVAILABLE, while availability, the map's ``availableNow`` and the plugs'
+    state history all had them unusable. They count under the charge point's status,
+    as the state history records them (``intervals.effective_state``)."""
+    history.clock.now = utc(31, 13)
+    charging, admin = history.services.charging, history.viewer("admin")
+    await charging.set_online("S1", True)
+    await charging.status_notification("S1", 0, "Unavailable", "NoError",
+                                       timestamp=utc(31, 13))
+    overview = await history.services.analytics.overview(admin, Scope())
+    assert overview.connectors_by_status == {"UNAVAILABLE": 2, "FAULTED": 1}
+    await charging.status_notification("S1", 0, "Faulted", "InternalError",
+                                       timestamp=utc(31, 13, 5))
+    overview = await history.services.analytics.overview(admin, Scope())
+    assert overview.connectors_by_status == {"FAULTED": 3}
+    await charging.status_notification("S1", 0, "Available", "NoError",
+                                       timestamp=utc(31, 13, 10))
+    overview = await history.services.analytics.overview(admin, Scope())
+    assert overview.connectors_by_status == {"AVAILABLE": 2, "FAULTED": 1}
+
+
 async def test_overview_energy_today_ends_at_midnight(history: History) -> None:
     # "Today" (the 29th in Berlin) ends at the next local midnight, as its revenue does:
     # the session on S2 metered on the 30th is not today's energy, so the overview and

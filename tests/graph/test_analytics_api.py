@@ -72,6 +72,28 @@ async def test_a_request_asks_for_a_bounded_number_of_buckets(scripted: tuple[Hi
     assert anonymous.json()["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
 
 
+ROWS_BY_CONNECTOR = """utilization(from: "2025-01-01T00:00:00Z",
+    to: "2025-04-15T04:00:00Z", groupBy: CONNECTOR, bucket: HOUR) { start }"""
+
+
+async def test_a_request_answers_a_bounded_number_of_rows(scripted: tuple[History, Api]
+                                                          ) -> None:
+    """QA: the budget counted buckets, so rows per connector went past it: three aliases
+    of 2,500 hours by connector (3 connectors: 7,500 rows each, within ``MAX_CELLS``)
+    answered 22,500 rows for a budget of 20,000; twenty aliases of 10,000 rows each held
+    the event loop for seconds. Two fit; the third is refused before any is computed."""
+    history, api = scripted
+    admin = api.token_for(history.users["admin"].id)
+    two = await api.post("{ " + " ".join(f"u{i}: {ROWS_BY_CONNECTOR}" for i in range(2))
+                         + " }", token=admin)
+    assert "errors" not in two.json() and len(two.json()["data"]["u1"]) == 7500
+    three = await api.post("{ " + " ".join(f"u{i}: {ROWS_BY_CONNECTOR}" for i in range(3))
+                           + " }", token=admin)
+    errors = three.json()["errors"]
+    assert [e["extensions"] for e in errors] == [{"code": "QUERY_TOO_COMPLEX",
+                                                  "field": "bucket"}]
+
+
 async def test_bad_time_zone_is_a_coded_error(scripted: tuple[History, Api]) -> None:
     history, api = scripted
     r = await api.post("""{ energyTrend(filter: {from: "2026-03-28T00:00:00Z",
