@@ -60,7 +60,8 @@ from domain.services.refresh_tokens import RefreshTokenService
 from domain.services.withdrawal import withdrawal_marks
 
 #: What an erased account is called; its email is ``erased_email`` (unique, as emails
-#: must be, and in the reserved ``.invalid`` domain: it reaches nobody).
+#: must be, and in the reserved ``.invalid`` domain: it reaches nobody, and no account
+#: is given one by anyone else, ``validation.email`` refusing it).
 ERASED_NAME = "Erased user"
 #: What an erased person's cars' plates read (and their keys: the plate rule holds
 #: among kept cars only, and an erased person's cars are all removed).
