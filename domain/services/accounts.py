@@ -233,12 +233,14 @@ class AccountService(Service):
                           email: Any = UNSET, password: Any = UNSET, role: Any = UNSET,
                           company_id: Any = UNSET, active: Any = UNSET,
                           current_password: Any = UNSET,
-                          checks: v.Checks | None = None) -> User:
+                          checks: v.Checks | None = None,
+                          client: str | None = None) -> User:
         """Users change their own name, email and password (the last two with their
         ``current_password``); managers (admins, and operators for their company's
         people) also role, company and activity, and reset others' passwords. The
         fields' formats are checked together (with the caller's ``checks``) before the
-        user is read."""
+        user is read. ``client``: the caller's address, which a change of one's own
+        email is counted by as a sign-up is (``_counting_taken_emails``)."""
         checks = checks or v.Checks()
         name = name if name is UNSET else checks(v.name, name)
         email = email if email is UNSET else checks(v.email, email)
@@ -250,8 +252,10 @@ class AccountService(Service):
         password_hash = UNSET if password is UNSET else await self.hash_password(password)
         given = {"name": name, "email": email, "password_hash": password_hash,
                  "role": role, "company_id": company_id, "active": active}
-        user, updated = await retried(
-            lambda: self._edit_user(viewer, user_id, given, current_password))
+        probing = email is not UNSET and viewer.user_id == user_id
+        with self._counting_taken_emails(client_key(client) if probing else None):
+            user, updated = await retried(
+                lambda: self._edit_user(viewer, user_id, given, current_password))
         if (updated.role, updated.company_id, updated.active, updated.token_epoch) != \
                 (user.role, user.company_id, user.active, user.token_epoch):
             await self.access_changed(user.id)
@@ -266,6 +270,25 @@ class AccountService(Service):
                                 f"restore-reactivated-{user.id}",
                                 f"restoring reactivated user {user.id}'s cards failed")
         return updated
+
+    @contextmanager
+    def _counting_taken_emails(self, client: str | None) -> Iterator[None]:
+        """A change of one's own email answers DUPLICATE for a taken one, so it tells
+        which emails have an account as a sign-up does (QA s26: any signed-in driver
+        probed emails this way, unlimited). Counted the same: refused while the client
+        is locked, a taken email a failed sign-in of the client."""
+        if not client:
+            yield
+            return
+        # Its sign-ups are no concern here: an office's ten new drivers may still fix
+        # their emails.
+        self._refuse_locked_client(client, sign_ups=False)
+        try:
+            yield
+        except UniqueViolation as exc:
+            if exc.field == "email":
+                self.client_throttle.failed(client)
+            raise
 
     async def _edit_user(self, viewer: Viewer, user_id: str, given: dict[str, Any],
                          current_password: Any) -> tuple[User, User]:
@@ -403,9 +426,12 @@ class AccountService(Service):
                            field="email", code="DUPLICATE") from None
         return user
 
-    def _refuse_locked_client(self, client: str | None) -> None:
+    def _refuse_locked_client(self, client: str | None, *, sign_ups: bool = True) -> None:
+        """Refuses a client its sign-in limit locked (``sign_ups``: or its sign-up
+        limit)."""
         locked = (self.client_throttle.locked_for(client)
-                  or self.sign_up_throttle.locked_for(client)) if client else None
+                  or (self.sign_up_throttle.locked_for(client) if sign_ups else None)
+                  ) if client else None
         if locked is not None:
             minutes = max(1, round(locked.total_seconds() / 60))
             raise Unauthenticated(f"too many attempts from your address: try again in "
