@@ -24,7 +24,7 @@ from domain.errors import (
 from domain.events import AccessChanged
 from domain.policy import Viewer
 from domain.ports import Change, Guard, Insert
-from domain.query import Eq
+from domain.query import Eq, Filter, Range, all_of, any_of
 from domain.services.background import Background
 from domain.services.base import UNSET, Service, ServiceContext, patch, stamp_new
 from domain.services.edits import edit, retried
@@ -74,6 +74,13 @@ def client_key(address: str | None) -> str | None:
             return str(parsed.ipv4_mapped)
         return str(ipaddress.IPv6Network((parsed, 64), strict=False))
     return str(parsed)
+
+
+def other_active_admins(user_id: str) -> Filter:
+    """The active admins but ``user_id``: one must stay when that user's admin rights go
+    (a demotion, a deactivation, an erasure), or nobody could manage the deployment."""
+    return all_of(Eq("role", Role.ADMIN), Eq("active", True),
+                  any_of(Range("id", lt=user_id), Range("id", gt=user_id)))
 
 
 def _name_taken() -> Conflict:
@@ -332,6 +339,18 @@ class AccountService(Service):
             await self._refuse_splitting_a_group(user, company_id)
         if active is False and is_self:
             raise Forbidden("you cannot deactivate yourself", field="active")
+        if user.role is Role.ADMIN and user.active and (
+                active is False or role not in (UNSET, Role.ADMIN)):
+            # Nobody takes their own, so one admin is always left, but for two taking
+            # each other's at once, each checked while the other was still an admin
+            # (QA s26: both succeeded, and no admin was left). The guard keeps the
+            # count true inside the write; the second one's retry then finds none.
+            others = other_active_admins(user.id)
+            if await self.store.count(User, others) == 0:
+                raise Conflict("the last active admin keeps their rights: make another "
+                               "admin first", field="active" if active is False else "role",
+                               code="IN_USE")
+            guards.append(Guard(User, others))
         # A new password or a deactivation revokes the user's tokens: one stolen with the
         # old password, or held by someone whose access was withdrawn, must not come back
         # to life when the account is reactivated. A reactivation does too: a deactivation
