@@ -377,6 +377,14 @@ def password(value: str | None, field: str = "password") -> str:
     return value
 
 
+def password_form(value: str) -> str:
+    """What an account's password is hashed and checked as: its NFKC form (NIST SP
+    800-63B), so it signs in however its letters were typed ("ü" as one letter, or "u"
+    and a combining diaeresis, as some keyboards and pastes give it; full-width forms),
+    as emails are compared (QA s26). The rules of ``password`` apply to the text given."""
+    return unicodedata.normalize("NFKC", value)
+
+
 def license_plate(value: str | None, field: str = "licensePlate") -> str:
     """The plate as entered, for display: trimmed, runs of whitespace one space, upper
     case ("b-mi  2024" is "B-MI 2024"). Letters, digits, spaces and dashes only; what

@@ -121,6 +121,20 @@ class AccountService(Service):
                                                window=SIGN_UP_WINDOW, lockout=SIGN_UP_WINDOW,
                                                name="sign_up")
 
+    async def hash_password(self, password: str) -> str:
+        """An account's password hashed in its normalized form (``password_form``);
+        chargers' passwords (``StationService``) are hashed as given."""
+        return await super().hash_password(v.password_form(password))
+
+    async def password_matches(self, password_hash: str, password: str) -> bool:
+        """Whether ``password`` is the one of ``password_hash``: in its normalized form,
+        or as typed, for hashes made before passwords were normalized."""
+        normalized = v.password_form(password)
+        if await super().password_matches(password_hash, normalized):
+            return True
+        return normalized != password and await super().password_matches(password_hash,
+                                                                          password)
+
     @property
     def throttles(self) -> list[SignInThrottle]:
         """Every limit on sign-ins and sign-ups, for the instances to share
@@ -463,7 +477,8 @@ class AccountService(Service):
         fields."""
         if viewer.user_id is None:
             raise Unauthenticated("sign in first")
-        if new_password and new_password == current_password:
+        if new_password and current_password is not None \
+                and v.password_form(new_password) == v.password_form(current_password):
             # A "change" that keeps the password (one someone else learnt, say) would
             # still sign every other device out and read as done. Said only of the
             # current password: a wrong one (given twice) is refused as wrong first,
