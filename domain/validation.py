@@ -18,6 +18,9 @@ from domain.errors import ValidationError, ValidationErrors
 # system's job; this catches typos and garbage.
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 MAX_EMAIL = 254
+#: The top-level domain no mailbox is ever in (RFC 6761): an erasure's own, for the
+#: emails it gives erased accounts (``erasure.erased_email``), so none is ever given.
+RESERVED_EMAIL_TLD = ".invalid"
 MAX_NAME = 200
 MAX_CP_ID = 48
 MAX_ID_TAG = 20
@@ -102,13 +105,19 @@ def email(value: str | None, field: str = "email") -> str:
     and width ("ｍia" is "mia"); the domain without the trailing dot of a fully
     qualified name ("x.dev." is "x.dev"). A quoted local part is refused: ``"mia"@x`` is
     the mailbox ``mia@x``, and each of these opened an account beside the real one
-    that read as it to operators (QA s16)."""
+    that read as it to operators (QA s16). An address in the reserved ``.invalid``
+    domain is refused: it reaches nobody, and erasures give accounts such emails
+    (QA s26: one taken first, by a sign-up or an email change, made that account's
+    erasure fail for good)."""
     cleaned = name_identity(_given(value, field).strip())
     local, at, domain = cleaned.rpartition("@")
     cleaned = f"{local}{at}{domain.rstrip('.')}"
     if len(cleaned) > MAX_EMAIL or not _EMAIL_RE.match(cleaned) \
             or not cleaned.isprintable() or '"' in local:
         raise ValidationError("not a valid email address", field=field)
+    if cleaned.endswith(RESERVED_EMAIL_TLD):
+        raise ValidationError("not a valid email address: the .invalid domain reaches "
+                              "nobody", field=field)
     return cleaned
 
 
@@ -366,6 +375,14 @@ def password(value: str | None, field: str = "password") -> str:
         raise ValidationError("too easy to guess: one of the passwords tried first (choose "
                               "a few unrelated words)", field=field, code="TOO_WEAK")
     return value
+
+
+def password_form(value: str) -> str:
+    """What an account's password is hashed and checked as: its NFKC form (NIST SP
+    800-63B), so it signs in however its letters were typed ("ü" as one letter, or "u"
+    and a combining diaeresis, as some keyboards and pastes give it; full-width forms),
+    as emails are compared (QA s26). The rules of ``password`` apply to the text given."""
+    return unicodedata.normalize("NFKC", value)
 
 
 def license_plate(value: str | None, field: str = "licensePlate") -> str:

@@ -349,7 +349,7 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
                 password=given(input.password), role=given(input.role),
                 company_id=checked_id(checks, input.company_id, "company", "companyId"),
                 active=given(input.active), current_password=given(input.current_password),
-                checks=checks)
+                checks=checks, client=_client(ctx))
 
         user, errors = await attempt(ctx, run, input=input)
         return UserPayload(user=User.wrap(user, ctx) if user else None, errors=errors)

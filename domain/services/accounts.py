@@ -24,7 +24,7 @@ from domain.errors import (
 from domain.events import AccessChanged
 from domain.policy import Viewer
 from domain.ports import Change, Guard, Insert
-from domain.query import Eq
+from domain.query import Eq, Filter, Range, all_of, any_of
 from domain.services.background import Background
 from domain.services.base import UNSET, Service, ServiceContext, patch, stamp_new
 from domain.services.edits import edit, retried
@@ -76,6 +76,13 @@ def client_key(address: str | None) -> str | None:
     return str(parsed)
 
 
+def other_active_admins(user_id: str) -> Filter:
+    """The active admins but ``user_id``: one must stay when that user's admin rights go
+    (a demotion, a deactivation, an erasure), or nobody could manage the deployment."""
+    return all_of(Eq("role", Role.ADMIN), Eq("active", True),
+                  any_of(Range("id", lt=user_id), Range("id", gt=user_id)))
+
+
 def _name_taken() -> Conflict:
     return Conflict("another company has this name", field="name", code="DUPLICATE")
 
@@ -113,6 +120,20 @@ class AccountService(Service):
         self.sign_up_throttle = SignInThrottle(ctx.clock, limit=SIGN_UP_LIMIT,
                                                window=SIGN_UP_WINDOW, lockout=SIGN_UP_WINDOW,
                                                name="sign_up")
+
+    async def hash_password(self, password: str) -> str:
+        """An account's password hashed in its normalized form (``password_form``);
+        chargers' passwords (``StationService``) are hashed as given."""
+        return await super().hash_password(v.password_form(password))
+
+    async def password_matches(self, password_hash: str, password: str) -> bool:
+        """Whether ``password`` is the one of ``password_hash``: in its normalized form,
+        or as typed, for hashes made before passwords were normalized."""
+        normalized = v.password_form(password)
+        if await super().password_matches(password_hash, normalized):
+            return True
+        return normalized != password and await super().password_matches(password_hash,
+                                                                          password)
 
     @property
     def throttles(self) -> list[SignInThrottle]:
@@ -233,12 +254,14 @@ class AccountService(Service):
                           email: Any = UNSET, password: Any = UNSET, role: Any = UNSET,
                           company_id: Any = UNSET, active: Any = UNSET,
                           current_password: Any = UNSET,
-                          checks: v.Checks | None = None) -> User:
+                          checks: v.Checks | None = None,
+                          client: str | None = None) -> User:
         """Users change their own name, email and password (the last two with their
         ``current_password``); managers (admins, and operators for their company's
         people) also role, company and activity, and reset others' passwords. The
         fields' formats are checked together (with the caller's ``checks``) before the
-        user is read."""
+        user is read. ``client``: the caller's address, which a change of one's own
+        email is counted by as a sign-up is (``_counting_taken_emails``)."""
         checks = checks or v.Checks()
         name = name if name is UNSET else checks(v.name, name)
         email = email if email is UNSET else checks(v.email, email)
@@ -250,8 +273,10 @@ class AccountService(Service):
         password_hash = UNSET if password is UNSET else await self.hash_password(password)
         given = {"name": name, "email": email, "password_hash": password_hash,
                  "role": role, "company_id": company_id, "active": active}
-        user, updated = await retried(
-            lambda: self._edit_user(viewer, user_id, given, current_password))
+        probing = email is not UNSET and viewer.user_id == user_id
+        with self._counting_taken_emails(client_key(client) if probing else None):
+            user, updated = await retried(
+                lambda: self._edit_user(viewer, user_id, given, current_password))
         if (updated.role, updated.company_id, updated.active, updated.token_epoch) != \
                 (user.role, user.company_id, user.active, user.token_epoch):
             await self.access_changed(user.id)
@@ -266,6 +291,25 @@ class AccountService(Service):
                                 f"restore-reactivated-{user.id}",
                                 f"restoring reactivated user {user.id}'s cards failed")
         return updated
+
+    @contextmanager
+    def _counting_taken_emails(self, client: str | None) -> Iterator[None]:
+        """A change of one's own email answers DUPLICATE for a taken one, so it tells
+        which emails have an account as a sign-up does (QA s26: any signed-in driver
+        probed emails this way, unlimited). Counted the same: refused while the client
+        is locked, a taken email a failed sign-in of the client."""
+        if not client:
+            yield
+            return
+        # Its sign-ups are no concern here: an office's ten new drivers may still fix
+        # their emails.
+        self._refuse_locked_client(client, sign_ups=False)
+        try:
+            yield
+        except UniqueViolation as exc:
+            if exc.field == "email":
+                self.client_throttle.failed(client)
+            raise
 
     async def _edit_user(self, viewer: Viewer, user_id: str, given: dict[str, Any],
                          current_password: Any) -> tuple[User, User]:
@@ -309,6 +353,18 @@ class AccountService(Service):
             await self._refuse_splitting_a_group(user, company_id)
         if active is False and is_self:
             raise Forbidden("you cannot deactivate yourself", field="active")
+        if user.role is Role.ADMIN and user.active and (
+                active is False or role not in (UNSET, Role.ADMIN)):
+            # Nobody takes their own, so one admin is always left, but for two taking
+            # each other's at once, each checked while the other was still an admin
+            # (QA s26: both succeeded, and no admin was left). The guard keeps the
+            # count true inside the write; the second one's retry then finds none.
+            others = other_active_admins(user.id)
+            if await self.store.count(User, others) == 0:
+                raise Conflict("the last active admin keeps their rights: make another "
+                               "admin first", field="active" if active is False else "role",
+                               code="IN_USE")
+            guards.append(Guard(User, others))
         # A new password or a deactivation revokes the user's tokens: one stolen with the
         # old password, or held by someone whose access was withdrawn, must not come back
         # to life when the account is reactivated. A reactivation does too: a deactivation
@@ -403,9 +459,12 @@ class AccountService(Service):
                            field="email", code="DUPLICATE") from None
         return user
 
-    def _refuse_locked_client(self, client: str | None) -> None:
+    def _refuse_locked_client(self, client: str | None, *, sign_ups: bool = True) -> None:
+        """Refuses a client its sign-in limit locked (``sign_ups``: or its sign-up
+        limit)."""
         locked = (self.client_throttle.locked_for(client)
-                  or self.sign_up_throttle.locked_for(client)) if client else None
+                  or (self.sign_up_throttle.locked_for(client) if sign_ups else None)
+                  ) if client else None
         if locked is not None:
             minutes = max(1, round(locked.total_seconds() / 60))
             raise Unauthenticated(f"too many attempts from your address: try again in "
@@ -418,7 +477,8 @@ class AccountService(Service):
         fields."""
         if viewer.user_id is None:
             raise Unauthenticated("sign in first")
-        if new_password and new_password == current_password:
+        if new_password and current_password is not None \
+                and v.password_form(new_password) == v.password_form(current_password):
             # A "change" that keeps the password (one someone else learnt, say) would
             # still sign every other device out and read as done. Said only of the
             # current password: a wrong one (given twice) is refused as wrong first,

@@ -52,7 +52,7 @@ from domain.errors import Conflict, Forbidden, Unauthenticated
 from domain.policy import Viewer
 from domain.ports import Change, Guard, Store, Update
 from domain.query import Eq, Filter, In, Range, all_of, any_of
-from domain.services.accounts import AccountService
+from domain.services.accounts import AccountService, other_active_admins
 from domain.services.background import Background
 from domain.services.base import Service, ServiceContext, pages
 from domain.services.edits import edit, removal, retried
@@ -62,7 +62,8 @@ from domain.services.webhooks import ORPHANED
 from domain.services.withdrawal import withdrawal_marks
 
 #: What an erased account is called; its email is ``erased_email`` (unique, as emails
-#: must be, and in the reserved ``.invalid`` domain: it reaches nobody).
+#: must be, and in the reserved ``.invalid`` domain: it reaches nobody, and no account
+#: is given one by anyone else, ``validation.email`` refusing it).
 ERASED_NAME = "Erased user"
 #: What an erased person's cars' plates read (and their keys: the plate rule holds
 #: among kept cars only, and an erased person's cars are all removed).
@@ -290,7 +291,7 @@ class Erasure(Service):
         guards = [Guard(Session, charging, exists=False),
                   Guard(Station, Eq("owner_id", user.id), exists=False)]
         if user.role is Role.ADMIN and user.active:
-            others = all_of(Eq("role", Role.ADMIN), Eq("active", True), _other_than(user.id))
+            others = other_active_admins(user.id)
             if await self.store.count(User, others) == 0:
                 raise Conflict("the last admin cannot be erased: make another admin first",
                                field=field, code="IN_USE")

@@ -155,3 +155,32 @@ def stale_once(stale: Any, read: Any) -> Any:
 
 async def _ready(value: Any) -> Any:
     return value
+
+
+@pytest.mark.parametrize("change", [{"active": False}, {"role": d.Role.OPERATOR}],
+                         ids=["deactivated", "demoted"])
+async def test_two_admins_taking_each_other_s_rights_at_once_leave_one_admin(
+        services: Services, change: dict[str, Any]) -> None:
+    """QA s26: two admins deactivating (or demoting) each other at once both succeeded,
+    each checked while the other was still an admin, and the deployment was left with
+    no admin (only the command line on the database's machine makes one). As an
+    erasure does, a change that takes the last active admin's rights is refused
+    (IN_USE), and a guard keeps that so inside the write."""
+    accounts = services.accounts
+    first, second = [await accounts.create_user(
+        SYSTEM, email=f"{name}@example.com", password="pass word x", name=name,
+        role=d.Role.ADMIN) for name in ("a", "b")]
+    done = await asyncio.gather(
+        accounts.update_user(Viewer.of(first), second.id, **change),
+        accounts.update_user(Viewer.of(second), first.id, **change),
+        return_exceptions=True)
+    refused = [r for r in done if isinstance(r, Exception)]
+    assert len(refused) == 1 and isinstance(refused[0], Conflict), done
+    assert (refused[0].code, refused[0].field) == ("IN_USE", next(iter(change)))
+    admins = [u for u in [await stored_user(services, x.id) for x in (first, second)]
+              if u.role is d.Role.ADMIN and u.active]
+    assert len(admins) == 1
+    # One admin left: nobody takes that one's rights (an erasure says the same).
+    with pytest.raises(Conflict) as kept:
+        await accounts.update_user(SYSTEM, admins[0].id, **change)
+    assert kept.value.code == "IN_USE"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,8 @@ import pytest
 from argon2 import PasswordHasher as Argon2
 
 from domain import entities as d
-from domain.policy import SYSTEM, Policy
+from domain.errors import Unauthenticated, ValidationError
+from domain.policy import SYSTEM, Policy, Viewer
 from domain.ports import Update
 from domain.services import ServiceContext, Services
 from domain.services.base import changed
@@ -437,3 +439,32 @@ async def test_an_address_stored_before_the_normalization_of_0_3_still_signs_in(
                                             role=d.Role.DRIVER)
     await store.write([Update(changed(look_alike, SYSTEM, email="ada@example.com."))], [])
     assert (await accounts.authenticate("ada@example.com.", "first password")).id == ada.id
+
+
+async def test_a_password_signs_in_however_its_letters_were_typed(store: SqliteStore
+                                                                   ) -> None:
+    """QA s26: emails were compared Unicode-normalized, passwords as bytes: "Grüße aus
+    Köln" set on one device did not sign in where the keyboard (or a paste) gave the
+    "ü" as "u" and a combining diaeresis, nor with full-width letters. Account
+    passwords are hashed and checked in their NFKC form (NIST SP 800-63B); a hash made
+    before, of the text as typed then, still takes that text."""
+    composed = unicodedata.normalize("NFC", "Grüße aus Köln")
+    decomposed = unicodedata.normalize("NFD", composed)
+    services = Services(ServiceContext(store=store, policy=Policy(), hasher=FastHasher()))
+    accounts = services.accounts
+    ada = await accounts.create_user(SYSTEM, email="ada@example.com", password=composed,
+                                     name="Ada", role=d.Role.DRIVER)
+    for typed in (composed, decomposed, "Ｇｒüße aus Köln"):
+        assert (await accounts.authenticate("ada@example.com", typed)).id == ada.id
+    # Changing it to the same password typed the other way changes nothing.
+    with pytest.raises(ValidationError) as same:
+        await accounts.change_password(Viewer.of(ada), current_password=decomposed,
+                                       new_password=composed)
+    assert (same.value.field, same.value.code) == ("newPassword", "UNCHANGED")
+    # A hash of the decomposed text, made before passwords were normalized.
+    before = FastHasher().hash(decomposed)
+    await store.write([Update(changed(await stored(store, ada), SYSTEM,
+                                      password_hash=before))], [])
+    assert (await accounts.authenticate("ada@example.com", decomposed)).id == ada.id
+    with pytest.raises(Unauthenticated):
+        await accounts.authenticate("ada@example.com", "Gruße aus Köln")

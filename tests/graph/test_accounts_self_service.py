@@ -139,6 +139,36 @@ async def test_probing_emails_by_sign_up_spends_the_clients_sign_in_budget(
     assert errors(await login(api)) == [(None, "TOO_MANY_ATTEMPTS")]
 
 
+async def test_probing_emails_by_changing_one_s_own_spends_the_same_budget(
+        api: Api, services: Services, world: World) -> None:
+    """QA s26: a signed-in driver (any sign-up) moving their own email to others' learnt
+    which have an account (DUPLICATE) as fast as the server hashed their password, with
+    no limit: 120 probes in half a minute, never refused. A taken email counts as a
+    failed sign-in of the client there too, and a locked client changes no email."""
+    services.accounts.client_throttle.limit = 2
+    change = """mutation($i: UpdateUserInput!) { updateUser(input: $i) {
+      user { email } errors { field code } } }"""
+    me_id = to_global_id("user", world.users["driver1"].id)
+
+    async def move_to(email: str) -> list[tuple[str | None, str]]:
+        moved = (await api.gql(change, {"i": {"id": me_id, "email": email,
+                                               "currentPassword": PASSWORD}},
+                               as_user=world.users["driver1"].id))["updateUser"]
+        return errors(moved)
+
+    for email in ("driver2@example.com", "op_a@example.com"):
+        assert await move_to(email) == [("email", "DUPLICATE")]
+    assert await move_to("fresh@example.com") == [(None, "TOO_MANY_ATTEMPTS")]
+    assert errors(await login(api)) == [(None, "TOO_MANY_ATTEMPTS")]
+    # Another address is not held up by this one.
+    driver = world.viewer("driver1")
+    moved = await services.accounts.update_user(driver, driver.user_id or "",
+                                                email="fresh@example.com",
+                                                current_password=PASSWORD,
+                                                client="203.0.113.9")
+    assert moved.email == "fresh@example.com"
+
+
 # ------------------------------------------------------------------ refresh tokens
 async def test_sign_in_keeps_its_fields_and_adds_a_refresh_token(api: Api,
                                                                  world: World) -> None:

@@ -126,3 +126,34 @@ async def test_erasure_waits_for_a_session_and_keeps_the_last_admin(
                  ) == [("id", "IN_USE")]
     still = await api.gql("{ me { name } }", as_user=world.users["driver1"].id)
     assert still["me"] == {"name": "Driver1"}
+
+
+async def test_nobody_can_take_an_account_s_erased_email_and_block_its_erasure(
+        api: Api, world: World, services: Services) -> None:
+    """QA s26: the email an erasure gives the account (``erased-<id>@erased.invalid``)
+    could be taken first, by a sign-up or by anyone changing their own email, and the
+    erasure then failed for good (DUPLICATE on an `email` the admin never gave): anyone
+    knowing an account's id could keep it from being erased. The reserved ``.invalid``
+    domain (RFC 6761: no mailbox there exists) is refused as an account's email."""
+    driver = world.users["driver2"]
+    placeholder = f"erased-{driver.id}@erased.invalid"
+    services.accounts.sign_up_open = True
+    for email in (placeholder, placeholder.upper(), f"{placeholder}.",
+                  "someone@example.invalid"):
+        taken = (await api.gql(SIGN_UP, {"e": email, "p": PASSWORD}))["signUp"]
+        assert taken["errors"] == [{"field": "email", "code": "INVALID"}], email
+    moved = await call(api, world, "driver1", "updateUser",
+                       {"id": gid("user", world.users["driver1"].id), "email": placeholder,
+                        "currentPassword": PASSWORD}, "user { email }")
+    assert codes(moved) == [("email", "INVALID")]
+    made = await call(api, world, "admin", "createUser",
+                      {"email": placeholder, "password": PASSWORD, "name": "Squatter",
+                       "role": "DRIVER"}, "user { id }")
+    assert codes(made) == [("email", "INVALID")]
+
+    erased = await call(api, world, "admin", "eraseUser", {"id": gid("user", driver.id)},
+                        "user { email }")
+    await settle(services)
+    assert codes(erased) == [] and erased["user"]["email"] == placeholder
+    # The erased account still reads as it was written (the rule is on what is given).
+    assert (await login(api, placeholder))["errors"] == [{"code": "UNAUTHENTICATED"}]
