@@ -107,7 +107,7 @@ def email(value: str | None, field: str = "email") -> str:
     the mailbox ``mia@x``, and each of these opened an account beside the real one
     that read as it to operators (QA s16). An address in the reserved ``.invalid``
     domain is refused: it reaches nobody, and erasures give accounts such emails
-    (QA s26: one taken first, by a sign-up or an email change, made that account's
+    (QA s25: one taken first, by a sign-up or an email change, made that account's
     erasure fail for good)."""
     cleaned = name_identity(_given(value, field).strip())
     local, at, domain = cleaned.rpartition("@")
@@ -381,7 +381,7 @@ def password_form(value: str) -> str:
     """What an account's password is hashed and checked as: its NFKC form (NIST SP
     800-63B), so it signs in however its letters were typed ("ü" as one letter, or "u"
     and a combining diaeresis, as some keyboards and pastes give it; full-width forms),
-    as emails are compared (QA s26). The rules of ``password`` apply to the text given."""
+    as emails are compared (QA s25). The rules of ``password`` apply to the text given."""
     return unicodedata.normalize("NFKC", value)
 
 

@@ -295,7 +295,7 @@ class AccountService(Service):
     @contextmanager
     def _counting_taken_emails(self, client: str | None) -> Iterator[None]:
         """A change of one's own email answers DUPLICATE for a taken one, so it tells
-        which emails have an account as a sign-up does (QA s26: any signed-in driver
+        which emails have an account as a sign-up does (QA s25: any signed-in driver
         probed emails this way, unlimited). Counted the same: refused while the client
         is locked, a taken email a failed sign-in of the client."""
         if not client:
@@ -357,7 +357,7 @@ class AccountService(Service):
                 active is False or role not in (UNSET, Role.ADMIN)):
             # Nobody takes their own, so one admin is always left, but for two taking
             # each other's at once, each checked while the other was still an admin
-            # (QA s26: both succeeded, and no admin was left). The guard keeps the
+            # (QA s25: both succeeded, and no admin was left). The guard keeps the
             # count true inside the write; the second one's retry then finds none.
             others = other_active_admins(user.id)
             if await self.store.count(User, others) == 0:

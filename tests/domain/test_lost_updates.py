@@ -161,7 +161,7 @@ async def _ready(value: Any) -> Any:
                          ids=["deactivated", "demoted"])
 async def test_two_admins_taking_each_other_s_rights_at_once_leave_one_admin(
         services: Services, change: dict[str, Any]) -> None:
-    """QA s26: two admins deactivating (or demoting) each other at once both succeeded,
+    """QA s25: two admins deactivating (or demoting) each other at once both succeeded,
     each checked while the other was still an admin, and the deployment was left with
     no admin (only the command line on the database's machine makes one). As an
     erasure does, a change that takes the last active admin's rights is refused

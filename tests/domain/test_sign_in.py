@@ -443,7 +443,7 @@ async def test_an_address_stored_before_the_normalization_of_0_3_still_signs_in(
 
 async def test_a_password_signs_in_however_its_letters_were_typed(store: SqliteStore
                                                                    ) -> None:
-    """QA s26: emails were compared Unicode-normalized, passwords as bytes: "Grüße aus
+    """QA s25: emails were compared Unicode-normalized, passwords as bytes: "Grüße aus
     Köln" set on one device did not sign in where the keyboard (or a paste) gave the
     "ü" as "u" and a combining diaeresis, nor with full-width letters. Account
     passwords are hashed and checked in their NFKC form (NIST SP 800-63B); a hash made

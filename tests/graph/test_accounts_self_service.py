@@ -141,7 +141,7 @@ async def test_probing_emails_by_sign_up_spends_the_clients_sign_in_budget(
 
 async def test_probing_emails_by_changing_one_s_own_spends_the_same_budget(
         api: Api, services: Services, world: World) -> None:
-    """QA s26: a signed-in driver (any sign-up) moving their own email to others' learnt
+    """QA s25: a signed-in driver (any sign-up) moving their own email to others' learnt
     which have an account (DUPLICATE) as fast as the server hashed their password, with
     no limit: 120 probes in half a minute, never refused. A taken email counts as a
     failed sign-in of the client there too, and a locked client changes no email."""

@@ -130,7 +130,7 @@ async def test_erasure_waits_for_a_session_and_keeps_the_last_admin(
 
 async def test_nobody_can_take_an_account_s_erased_email_and_block_its_erasure(
         api: Api, world: World, services: Services) -> None:
-    """QA s26: the email an erasure gives the account (``erased-<id>@erased.invalid``)
+    """QA s25: the email an erasure gives the account (``erased-<id>@erased.invalid``)
     could be taken first, by a sign-up or by anyone changing their own email, and the
     erasure then failed for good (DUPLICATE on an `email` the admin never gave): anyone
     knowing an account's id could keep it from being erased. The reserved ``.invalid``
