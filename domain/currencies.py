@@ -46,7 +46,11 @@ def minor_units(amount: Decimal, code: str | None) -> int | None:
     (12.345 EUR) or not a finite number."""
     if not amount.is_finite():
         return None
-    scaled = amount.scaleb(minor_digits(code or ""))
-    if scaled != scaled.to_integral_value():
+    digits = minor_digits(code or "")
+    whole = amount.scaleb(digits).to_integral_value()
+    # Checked against ``amount`` itself (comparisons are exact): ``scaleb`` rounds to
+    # the context's 28 digits, so 0.0099999999999999999999999999999 EUR scaled read as
+    # a whole cent, and a refund of it paid back 0.01.
+    if whole.scaleb(-digits) != amount:
         return None
-    return int(scaled)
+    return int(whole)

@@ -92,7 +92,8 @@ class EnergyBucket:
         "Gross: what was billed in the bucket, in `currency`, refunds not deducted: the "
         "amounts of the payments opened in it (a session's payment is opened when the "
         "session ends), as asked of the drivers, collected or not. A late correction of "
-        "a session changes it only while its payment is PENDING (a voided one bills "
+        "a session changes it only while its payment collected nothing (PENDING or "
+        "FAILED: its next try asks the corrected amount; a voided one bills "
         "nothing); once money moved, neither the amount nor the bucket changes."))
     refunds: Decimal = strawberry.field(
         description="Paid back in the bucket, in `currency`: booked when the refund was "

@@ -186,7 +186,8 @@ class PaymentService(Service):
             reference = await self.provider.capture(payment)
         # Only onto the payment as read (its last write, not only its status): of two
         # requests racing (two captures, a capture and a fail), one moves the payment and
-        # the other is told it moved meanwhile; and a late stop's reprice committed
+        # the other is told it moved meanwhile (but a capture, whose money moved, is
+        # recorded over a fail: ``_collected_meanwhile``); and a late stop's reprice committed
         # between the read and this write (the status kept, the amount changed) does not
         # have the payment read CAPTURED at an amount the provider never captured.
         # (The provider, asked twice, keys its idempotency on the payment and the step.)
@@ -204,20 +205,23 @@ class PaymentService(Service):
     async def _collected_meanwhile(self, viewer: Viewer, read: Payment,
                                    reference: str | None) -> Payment:
         """The provider collected ``read``'s amount, and the payment changed before that
-        was written: a late stop repriced or voided it. The money
-        moved, so the payment says so: CAPTURED at the amount collected, written onto
-        the payment as it is now. Refused, the capture left money collected with no
+        was written: a late stop repriced or voided it, or a fail marked it FAILED. The
+        money moved, so the payment says so: CAPTURED at the amount collected, written
+        onto the payment as it is now. Refused, the capture left money collected with no
         trace (VOIDED with 40 cents taken), and its retry, which the provider answers
-        with the first capture, recorded CAPTURED at the repriced 80 (review s19). The
+        with the first capture, recorded CAPTURED at the repriced 80 (review s19); a
+        fail that overtook it left the payment FAILED with the money taken and no
+        reference of the capture (QA s26: the driver dunned for money collected). The
         session's corrected cost beside it shows the difference an operator settles, as
-        for any payment captured before a correction. One another capture or a fail
-        settled meanwhile is told, as before (the provider, asked again, collects once)."""
+        for any payment captured before a correction. One another capture settled
+        meanwhile is told, as before (the provider, asked again, collects once)."""
         for _ in range(3):  # each miss is another write that came between
             [now] = await self.store.get_many(Payment, [read.id])
-            # Only a correction came between (the status as read, its amount changed, or
-            # VOIDED): a capture or fail recorded meanwhile is a settlement of its own,
-            # and of two settlements one moves the payment and the other is told.
-            if now is None or now.status not in (read.status, PaymentStatus.VOIDED):
+            # Still uncollected (PENDING or FAILED: a correction or a fail came between,
+            # and FAILED may be captured anyway) or VOIDED: this capture's money is the
+            # only money moved. CAPTURED or REFUNDED: another capture recorded it, and
+            # of two captures one moves the payment and the other is told.
+            if now is None or now.status not in UNCOLLECTED | {PaymentStatus.VOIDED}:
                 raise Conflict("the payment was settled meanwhile: read it again",
                                field="id", code="INVALID_STATE")
             move = patch(now, viewer, only_if=("updated_at", now.updated_at),

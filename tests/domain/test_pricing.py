@@ -42,6 +42,26 @@ def test_major_units_follow_the_currency() -> None:
     assert major_units(1234, None) == Decimal("12.34")
 
 
+def test_minor_units_are_exact_however_many_digits_an_amount_has() -> None:
+    """What a refund's ``amount`` is read as: a whole count of the currency's minor unit,
+    or nothing. Past 28 significant digits (the decimal context's precision) the scaled
+    amount was rounded before it was checked: a refund of
+    0.0099999999999999999999999999999 EUR paid back 0.01, and one of
+    1.0000000000000000000000000001 JPY 1 yen, while 0.005 EUR was refused."""
+    from domain.currencies import minor_units
+    assert minor_units(Decimal("12.34"), "EUR") == 1234
+    assert minor_units(Decimal("12.340000000000000000000000000000"), "EUR") == 1234
+    assert minor_units(Decimal("1E+2"), "JPY") == 100
+    assert minor_units(Decimal("1.234"), "KWD") == 1234
+    assert minor_units(Decimal("-0.01"), "EUR") == -1
+    for amount, code in (("0.005", "EUR"), ("0.0099999999999999999999999999999", "EUR"),
+                         ("1.0000000000000000000000000001", "EUR"),
+                         ("1.0000000000000000000000000001", "JPY"),
+                         ("0.00100000000000000000000000001", "KWD"),
+                         ("Infinity", "EUR"), ("NaN", "EUR")):
+        assert minor_units(Decimal(amount), code) is None, (amount, code)
+
+
 def _tariff(kwh: str, minute: str = "0", fee: str = "0", tax: str = "0",
             currency: str = "EUR") -> Tariff:
     return Tariff(company_id="c" * 24, price_per_kwh=Decimal(kwh), currency=currency,

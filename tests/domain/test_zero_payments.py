@@ -304,6 +304,61 @@ async def test_a_capture_a_correction_overtook_records_what_was_collected(
     assert told(seen) == [(change, *corrected), ("CAPTURED", "CAPTURED", 40)]
 
 
+async def test_a_capture_a_fail_overtook_records_what_was_collected(world: World) -> None:
+    """The provider collects the 40 cents; before the capture is written, another
+    operator (or a payments integration) marks the payment FAILED. Refused as "settled
+    meanwhile", the capture left the 40 collected while the payment read FAILED, with
+    no reference of the capture anywhere: the driver is dunned for money taken. A
+    failed payment may be captured anyway, and money moved: it is CAPTURED at what was
+    collected, after the fail, and both are announced."""
+    tx, payment = await _ended_by_an_operator(world)
+    payments = world.services.payments
+    acquirer = IdempotentProvider()
+
+    class FailedMeanwhile(IdempotentProvider):
+        async def capture(self, read: d.Payment) -> str:
+            reference = await acquirer.capture(read)
+            await payments.fail(ADMIN, read.id)
+            return reference
+
+    payments.provider = FailedMeanwhile()
+    seen = announced(world)
+    captured = await payments.capture(ADMIN, payment.id)
+    assert acquirer.collected == {payment.id: 40}
+    assert (captured.status, captured.amount_minor, captured.provider_ref) == (
+        d.PaymentStatus.CAPTURED, 40, f"cap-{payment.id}")
+    [stored] = await _payments(world, await world.session(tx))
+    assert stored == captured
+    assert told(seen) == [("FAILED", "FAILED", 40), ("CAPTURED", "CAPTURED", 40)]
+    # Audited as any capture: FAILED before, CAPTURED after, under who captured it.
+    entries = await world.store.find_all(d.AuditEntry, all_of(
+        Eq("entity_id", payment.id), Eq("action", d.AuditAction.UPDATE)))
+    last = max(entries, key=lambda e: e.at)
+    assert last.before is not None and last.after is not None
+    assert (last.before["status"], last.after["status"]) == ("FAILED", "CAPTURED")
+
+
+async def test_a_capture_another_capture_overtook_is_told(world: World) -> None:
+    """Two captures racing: the provider collects once (its idempotency), one capture
+    records it and the other is told, as before."""
+    _, payment = await _ended_by_an_operator(world)
+    payments = world.services.payments
+    acquirer = IdempotentProvider()
+
+    class CapturedMeanwhile(IdempotentProvider):
+        async def capture(self, read: d.Payment) -> str:
+            reference = await acquirer.capture(read)
+            payments.provider = acquirer
+            await payments.capture(ADMIN, read.id)
+            return reference
+
+    payments.provider = CapturedMeanwhile()
+    with pytest.raises(Conflict) as told_so:
+        await payments.capture(ADMIN, payment.id)
+    assert told_so.value.code == "INVALID_STATE"
+    assert acquirer.collected == {payment.id: 40}
+
+
 async def test_a_captured_payment_corrected_down_keeps_what_was_collected(
         world: World) -> None:
     """Money moved: the correction does not rewrite it, announces nothing about the
