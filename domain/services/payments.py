@@ -211,7 +211,7 @@ class PaymentService(Service):
         trace (VOIDED with 40 cents taken), and its retry, which the provider answers
         with the first capture, recorded CAPTURED at the repriced 80 (review s19); a
         fail that overtook it left the payment FAILED with the money taken and no
-        reference of the capture (QA s26: the driver dunned for money collected). The
+        reference of the capture (QA s25: the driver dunned for money collected). The
         session's corrected cost beside it shows the difference an operator settles, as
         for any payment captured before a correction. One another capture settled
         meanwhile is told, as before (the provider, asked again, collects once)."""

@@ -219,7 +219,7 @@ async def test_a_capture_and_a_fail_at_once_leave_the_payment_captured(
     """A capture and a fail of one payment, both past the status check before either
     writes. The provider collected the money either way, so the payment ends CAPTURED:
     a fail written after the capture is told it was settled meanwhile; one written
-    first is answered FAILED, and the capture is recorded over it (QA s26: refused, it
+    first is answered FAILED, and the capture is recorded over it (QA s25: refused, it
     left the payment FAILED with the money taken)."""
     history, api = scripted
     [first, *_] = await history.services.ctx.store.find_all(d.Payment, ALL)
