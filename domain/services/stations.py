@@ -24,7 +24,7 @@ from domain.entities import (
     User,
 )
 from domain.errors import Conflict, Forbidden, UniqueViolation, ValidationError
-from domain.events import StationChanged, StationRemoved
+from domain.events import StationChanged, StationConnectionChanged, StationRemoved
 from domain.policy import Viewer
 from domain.ports import Change, Delete, Guard, Insert, Store
 from domain.query import Eq, Filter, In, all_of
@@ -484,7 +484,15 @@ class StationService(Service):
 
     async def _hang_up_charger(self, station: Station) -> None:
         """Whichever instance holds the removed station's charger closes its socket now
-        (had this been lost, the charger's next message still meets the missing station)."""
+        (had this been lost, the charger's next message still meets the missing station).
+        A charger that was online is announced offline: its close finds no station to
+        record or announce a disconnect for, and a live map (README: subscribe, query,
+        apply the events) went on showing the removed station online, its plugs
+        available now, until it queried again (QA s26)."""
+        if station.online:
+            await self.publish(StationConnectionChanged(
+                **owned_by(station), online=False, at=self.now(),
+                connection=station.connection))
         await self.publish(StationRemoved(**owned_by(station)))
 
     async def _end_state_history(self, viewer: Viewer, where: Any) -> list[Change]:

@@ -558,3 +558,41 @@ async def test_a_removed_stations_connection_is_let_go_though_its_close_is_not_a
         charger.close()
         await stop_central(central)
         await bus.close()
+
+
+async def test_a_live_map_sees_a_removed_stations_charger_go_offline(tmp_path: Path) -> None:
+    """README's live map (subscribe, query, apply the events) showed a station removed
+    while its charger was online as online, its plugs available now, until the client
+    queried again: the removal hung up on the charger, whose disconnect then found no
+    station to record or announce. Its going offline is announced, to whoever saw it
+    online (the public map too)."""
+    from domain.events import StationConnectionChanged
+    from domain.policy import Viewer
+
+    bus = MemoryEventBus()
+    await bus.start()
+    central = await start_central(tmp_path / "central.db", bus=bus)
+    await seed(central)
+    events = bus.subscribe([StationConnectionChanged.topic])
+    station = central.stations["CP-1"]
+    try:
+        ws = await booted_charger(central.url)
+        try:
+            online = await asyncio.wait_for(anext(events), 5)
+            assert isinstance(online, StationConnectionChanged) and online.online
+            await remove_cp1(central)
+            offline = await asyncio.wait_for(anext(events), 5)
+            assert isinstance(offline, StationConnectionChanged)
+            assert (offline.station_id, offline.online) == (station.id, False)
+            assert offline.at >= online.at
+            policy = central.services.policy
+            for viewer in ("driver", "op"):
+                assert policy.sees_event(Viewer.of(central.users[viewer]), offline)
+            assert not policy.sees_event(Viewer.of(central.users["op_other"]), offline)
+            await hung_up_as_unknown(ws)
+        finally:
+            await ws.close()
+    finally:
+        await events.aclose()
+        await stop_central(central)
+        await bus.close()
