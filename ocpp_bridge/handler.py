@@ -214,6 +214,8 @@ class ChargePointHandler(ChargePoint):
         #: Why this connection stopped being its charger's while its socket still closes
         #: ("connected to another instance"; ``superseded``), else ``None``.
         self.left: str | None = None
+        #: Its station was removed (``station_removed``): its messages are refused.
+        self._station_removed = False
         self.pacer = FramePacer()
         #: When the charger's last frame came (our clock); ``None`` before its first.
         self.heard_at: datetime | None = None
@@ -338,6 +340,15 @@ class ChargePointHandler(ChargePoint):
                        if unique_id in self._sending else ChargerTimeout(
                            f"{self.id} {left} while its previous connection had the "
                            "command; its outcome is unknown"))
+
+    def station_removed(self) -> None:
+        """Its station was removed while it was connected: its commands fail now as at
+        a supersession, and what the socket still delivers while it closes is refused
+        unread, as from an unknown charge point. It signed in as a station that no
+        longer exists: one created again under its cpId (maybe another company's, with
+        another password) is not this connection's to report into."""
+        self.superseded("had its station removed")
+        self._station_removed = True
 
     def _fail_all(self, error_for: Callable[[str], ChargerError]) -> None:
         self._closed = True
@@ -505,6 +516,9 @@ class ChargePointHandler(ChargePoint):
             if checked is not frames.CLEAN:
                 self._note_unknown(action, checked.unknown)
                 self._note_mended(action, checked.mended)
+            if self._station_removed:
+                raise FrameError(frames.PROPERTY_CONSTRAINT_VIOLATION,
+                                 f"unknown charge point {self.id}", uid)
             if action != "BootNotification" and not await self.charging.admits(self.id,
                                                                                 action):
                 # The charger keeps what it queued (a StartTransaction, its meter values)

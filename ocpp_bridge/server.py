@@ -394,7 +394,12 @@ class OcppServer:
     async def _watch_removals(self, stream: Any) -> None:
         """A removed station's charger is hung up on at once, by whichever instance holds
         it; reconnecting, it meets the 404 of an unknown charge point. (Had this event
-        been lost, its next message would still find the station gone.)"""
+        been lost, its next message would still find the station gone.) Its connection
+        stops being the charger's now, not once its close is done (a peer that does not
+        answer it takes the 10 s close timeout): meanwhile the cpId created again had
+        its commands sent to the closing socket, waiting out the command timeout, and
+        what the socket still delivered was recorded on the new station, under the
+        removed station's password (``ChargePointHandler.station_removed``)."""
         async with contextlib.aclosing(stream):
             async for event in stream:
                 if not isinstance(event, StationRemoved):
@@ -403,6 +408,10 @@ class OcppServer:
                 if handler is None:
                     continue
                 log.info("%s: its station was removed; closing", event.cp_id)
+                handler.station_removed()
+                # Its close then records no disconnect (``_connection``): the station
+                # is gone, and one created again since was never this socket's.
+                self.gateway.unregister(handler)
                 self._hang_up(handler, CLOSE_UNKNOWN_STATION, "unknown charge point")
 
     async def _follow_changes(self, stream: Any) -> None:

@@ -24,7 +24,7 @@ from domain.entities import (
     User,
 )
 from domain.errors import Conflict, Forbidden, UniqueViolation, ValidationError
-from domain.events import StationChanged, StationRemoved
+from domain.events import StationChanged, StationConnectionChanged, StationRemoved
 from domain.policy import Viewer
 from domain.ports import Change, Delete, Guard, Insert, Store
 from domain.query import Eq, Filter, In, all_of
@@ -333,6 +333,15 @@ class StationService(Service):
             if company_id is not None:
                 await self.visible(viewer, Company, company_id, field="companyId")
         guards = []
+        if given["registration"] not in (UNSET, Registration.ACCEPTED):
+            # Its charger learns a registration at its next boot: until then it charges
+            # on, and its StopTransaction and meter values would be refused (SecurityError,
+            # ``domain.registration``), then dropped by the charger after its retries: the
+            # session never closed, its energy never billed (QA s26). Stopped (or ended)
+            # first, as for a removal; guarded, for a start landing meanwhile.
+            charging = Eq("station_id", station.id)
+            await self._refuse_if_charging(charging, field="registration")
+            guards.append(not_charging(charging))
         if owner_id not in (UNSET, None):
             owner = await self.visible(viewer, User, owner_id, field="ownerId")
             if viewer.is_operator and owner.company_id != viewer.company_id:
@@ -475,7 +484,15 @@ class StationService(Service):
 
     async def _hang_up_charger(self, station: Station) -> None:
         """Whichever instance holds the removed station's charger closes its socket now
-        (had this been lost, the charger's next message still meets the missing station)."""
+        (had this been lost, the charger's next message still meets the missing station).
+        A charger that was online is announced offline: its close finds no station to
+        record or announce a disconnect for, and a live map (README: subscribe, query,
+        apply the events) went on showing the removed station online, its plugs
+        available now, until it queried again (QA s26)."""
+        if station.online:
+            await self.publish(StationConnectionChanged(
+                **owned_by(station), online=False, at=self.now(),
+                connection=station.connection))
         await self.publish(StationRemoved(**owned_by(station)))
 
     async def _end_state_history(self, viewer: Viewer, where: Any) -> list[Change]:
@@ -488,12 +505,12 @@ class StationService(Service):
                 for interval in await self.store.find_all(
                     ConnectorInterval, all_of(where, Eq("end", None)), limit=1000)]
 
-    async def _refuse_if_charging(self, where: Any) -> None:
+    async def _refuse_if_charging(self, where: Any, field: str = "id") -> None:
         active = await self.store.find_one(
             Session, all_of(where, Eq("state", SessionState.ACTIVE))
         )
         if active is not None:
-            raise Conflict("a charging session is active", field="id", code="IN_USE")
+            raise Conflict("a charging session is active", field=field, code="IN_USE")
 
     # ---------------------------------------------------------------- connectors
     async def add_connector(self, viewer: Viewer, station_id: str, spec: ConnectorSpec,

@@ -18,6 +18,7 @@ from domain.policy import SYSTEM
 from domain.ports import Insert
 from domain.query import Eq
 from domain.services.base import stamp_new
+from graph.ids import to_global_id
 from ocpp_bridge.simulator import basic_auth, connected, now
 from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
 
@@ -262,6 +263,41 @@ async def test_a_charger_not_accepted_gets_security_errors_for_cards_and_session
         await set_registration(d.Registration.ACCEPTED)
         started = await exchange(ws, start)
         assert started[0] == 3 and started[2]["idTagInfo"]["status"] == "Accepted"
+    finally:
+        await ws.close()
+
+
+SET_REGISTRATION = """mutation($id: ID!, $r: Registration!) {
+    updateStation(input: {id: $id, registration: $r}) {
+        station { registration } errors { field code } } }"""
+
+
+async def test_a_station_charging_is_not_made_pending_or_rejected(central: Central) -> None:
+    """QA s26: a station made Pending or Rejected mid-session refused its charger's
+    StopTransaction and meter values (SecurityError); the charger, not told (it learns
+    its registration at its next boot), went on charging, and drops a transaction message
+    refused its TransactionMessageAttempts times: the session stayed ACTIVE, its energy
+    never billed. Refused (IN_USE) while a session is active, as a removal is."""
+    station_id = to_global_id("station", central.stations["CP-OPEN"].id)
+    ws = await raw(central, "CP-OPEN", None)
+    try:
+        started = await exchange(ws, json.dumps([2, "s1", "StartTransaction", {
+            "connectorId": 1, "idTag": "TAG-OK", "meterStart": 0, "timestamp": now()}]))
+        tx = started[2]["transactionId"]
+        for registration in ("PENDING", "REJECTED"):
+            refused = await central.gql(SET_REGISTRATION, {"id": station_id,
+                                                           "r": registration}, as_user="op")
+            assert refused["updateStation"] == {
+                "station": None, "errors": [{"field": "registration", "code": "IN_USE"}]}
+        stopped = await exchange(ws, json.dumps([2, "t1", "StopTransaction", {
+            "transactionId": tx, "meterStop": 5000, "timestamp": now()}]))
+        assert stopped[0] == 3, stopped
+        session = await central.session(tx)
+        assert session is not None and session.state is d.SessionState.COMPLETED
+        rejected = await central.gql(SET_REGISTRATION, {"id": station_id, "r": "REJECTED"},
+                                     as_user="op")
+        assert rejected["updateStation"] == {"station": {"registration": "REJECTED"},
+                                             "errors": []}
     finally:
         await ws.close()
 

@@ -11,15 +11,21 @@ from typing import Any
 import pytest
 from ocpp.v16 import call
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.protocol import State
+from websockets.typing import Subprotocol
+from websockets.uri import parse_uri
 
 from domain import entities as d
 from domain.policy import SYSTEM
 from domain.query import Eq, all_of
+from domain.services import ConnectorSpec
 from graph.ids import to_global_id
 from ocpp_bridge.handler import CLOSE_UNKNOWN_STATION
 from ocpp_bridge.simulator import basic_auth, connected
 from pubsub.memory import MemoryEventBus
+from tests.helpers import until
 from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
 from tests.ocpp.test_instances import second_instance
 
@@ -471,3 +477,122 @@ async def test_a_start_during_a_removals_cancels_refuses_the_removal(
         assert removed["errors"] == [{"code": "IN_USE"}], removed
     assert await central.store.find_one(d.Connector, all_of(
         Eq("cp_id", "CP-1"), Eq("connector_id", 2))) is not None
+
+
+class DeafCharger:
+    """A charger's websocket that never answers a close frame (firmware that ignores
+    it, or a link that carries only one way): the server's close waits out its timeout
+    (10 s) while the socket still delivers what the charger sends."""
+
+    async def open(self, url: str, headers: dict[str, str]) -> None:
+        uri = parse_uri(url)
+        self._protocol = ClientProtocol(uri, subprotocols=[Subprotocol("ocpp1.6")])
+        request = self._protocol.connect()
+        for name, value in headers.items():
+            request.headers[name] = value
+        self._reader, self._writer = await asyncio.open_connection(uri.host, uri.port)
+        self._protocol.send_request(request)
+        self._writer.write(b"".join(self._protocol.data_to_send()))
+        while self._protocol.state is State.CONNECTING:
+            self._protocol.receive_data(await asyncio.wait_for(self._reader.read(65536), 5))
+        assert self._protocol.state is State.OPEN, self._protocol.handshake_exc
+        self._read = b""
+
+    def send(self, text: str) -> None:
+        self._protocol.send_text(text.encode())
+        self._writer.write(b"".join(self._protocol.data_to_send()))
+
+    async def until_received(self, wanted: bytes) -> None:
+        """Reads (not answering anything) until ``wanted`` has arrived."""
+        while wanted not in self._read:
+            self._read += await asyncio.wait_for(self._reader.read(65536), 5)
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+async def test_a_removed_stations_connection_is_let_go_though_its_close_is_not_answered(
+        tmp_path: Path) -> None:
+    """The known leftover: a removal hung up on the charger in the background, its
+    connection left the charger's until the close was done (a peer that does not
+    answer it: the 10 s close timeout). Meanwhile the cpId created again (another
+    company's station) had its commands sent to that socket, waiting out the command
+    timeout, and the old connection, signed in with the removed station's password,
+    reported into the new station."""
+    bus = MemoryEventBus()
+    await bus.start()
+    central = await start_central(tmp_path / "central.db", bus=bus)
+    await seed(central)
+    charger = DeafCharger()
+    try:
+        await charger.open(f"{central.url}/CP-1", basic_auth("CP-1", STATION_PASSWORD))
+        charger.send('[2, "h", "Heartbeat", {}]')
+        await charger.until_received(b'[3,"h"')
+        connection = central.gateway.handler_of("CP-1")
+        assert connection is not None and connection.heard_at is not None
+        heard = connection.heard_at
+        await remove_cp1(central)
+        await charger.until_received(b"unknown charge point")  # the close frame
+        await central.services.stations.create_station(
+            SYSTEM, cp_id="CP-1", name="CP-1 again",
+            company_id=central.users["op_other"].company_id,
+            connectors=[ConnectorSpec(1, d.ConnectorType.CCS2, 50)],
+            password="another-password")
+        charger.send('[2, "s", "StatusNotification", {"connectorId": 1, '
+                      '"errorCode": "GroundFailure", "status": "Faulted"}]')
+
+        async def taken() -> bool:
+            return connection.heard_at is not None and connection.heard_at > heard
+        await until(taken)
+        await asyncio.sleep(0.3)  # what it sets off (a store write) is done by then
+        started = asyncio.get_running_loop().time()
+        changed = await central.gql("""mutation { changeAvailability(input: {cpId: "CP-1",
+            connectorId: 1, type: INOPERATIVE}) { errors { code } } }""", as_user="op_other")
+        assert changed["changeAvailability"]["errors"] == [{"code": "CHARGER_OFFLINE"}]
+        assert asyncio.get_running_loop().time() - started < 2  # not the 5 s timeout
+        plug = await central.store.find_one(d.Connector, Eq("cp_id", "CP-1"))
+        assert plug is not None and plug.status is not d.ConnectorStatus.FAULTED
+        again = await central.store.find_one(d.Station, Eq("cp_id", "CP-1"))
+        assert again is not None and not again.online
+    finally:
+        charger.close()
+        await stop_central(central)
+        await bus.close()
+
+
+async def test_a_live_map_sees_a_removed_stations_charger_go_offline(tmp_path: Path) -> None:
+    """README's live map (subscribe, query, apply the events) showed a station removed
+    while its charger was online as online, its plugs available now, until the client
+    queried again: the removal hung up on the charger, whose disconnect then found no
+    station to record or announce. Its going offline is announced, to whoever saw it
+    online (the public map too)."""
+    from domain.events import StationConnectionChanged
+    from domain.policy import Viewer
+
+    bus = MemoryEventBus()
+    await bus.start()
+    central = await start_central(tmp_path / "central.db", bus=bus)
+    await seed(central)
+    events = bus.subscribe([StationConnectionChanged.topic])
+    station = central.stations["CP-1"]
+    try:
+        ws = await booted_charger(central.url)
+        try:
+            online = await asyncio.wait_for(anext(events), 5)
+            assert isinstance(online, StationConnectionChanged) and online.online
+            await remove_cp1(central)
+            offline = await asyncio.wait_for(anext(events), 5)
+            assert isinstance(offline, StationConnectionChanged)
+            assert (offline.station_id, offline.online) == (station.id, False)
+            assert offline.at >= online.at
+            policy = central.services.policy
+            for viewer in ("driver", "op"):
+                assert policy.sees_event(Viewer.of(central.users[viewer]), offline)
+            assert not policy.sees_event(Viewer.of(central.users["op_other"]), offline)
+            await hung_up_as_unknown(ws)
+        finally:
+            await ws.close()
+    finally:
+        await events.aclose()
+        await stop_central(central)
+        await bus.close()
