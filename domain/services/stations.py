@@ -337,7 +337,7 @@ class StationService(Service):
             # Its charger learns a registration at its next boot: until then it charges
             # on, and its StopTransaction and meter values would be refused (SecurityError,
             # ``domain.registration``), then dropped by the charger after its retries: the
-            # session never closed, its energy never billed (QA s26). Stopped (or ended)
+            # session never closed, its energy never billed (QA s25). Stopped (or ended)
             # first, as for a removal; guarded, for a start landing meanwhile.
             charging = Eq("station_id", station.id)
             await self._refuse_if_charging(charging, field="registration")
@@ -488,7 +488,7 @@ class StationService(Service):
         A charger that was online is announced offline: its close finds no station to
         record or announce a disconnect for, and a live map (README: subscribe, query,
         apply the events) went on showing the removed station online, its plugs
-        available now, until it queried again (QA s26)."""
+        available now, until it queried again (QA s25)."""
         if station.online:
             await self.publish(StationConnectionChanged(
                 **owned_by(station), online=False, at=self.now(),

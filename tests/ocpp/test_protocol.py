@@ -273,7 +273,7 @@ SET_REGISTRATION = """mutation($id: ID!, $r: Registration!) {
 
 
 async def test_a_station_charging_is_not_made_pending_or_rejected(central: Central) -> None:
-    """QA s26: a station made Pending or Rejected mid-session refused its charger's
+    """QA s25: a station made Pending or Rejected mid-session refused its charger's
     StopTransaction and meter values (SecurityError); the charger, not told (it learns
     its registration at its next boot), went on charging, and drops a transaction message
     refused its TransactionMessageAttempts times: the session stayed ACTIVE, its energy
