@@ -2514,6 +2514,38 @@ async def test_a_car_charging_is_not_started_again_with_another_card(central: Ce
         assert len(active) == 1
 
 
+async def test_a_reboot_frees_the_remote_starts_the_charger_held(central: Central) -> None:
+    """QA s25 (commands): a remote start the charger accepted lives in its memory until
+    the car comes; a reboot (an operator's Reset, a power cut) forgets it. Its card and
+    plug stayed held for the start's whole window all the same (IN_USE: "its remote
+    start is waiting for the car"), so the driver the Reset was for could not start
+    again, nor anyone else on that plug, for up to two minutes. A boot settles the
+    station's starts sent before it; one answering our own TriggerMessage is no
+    restart, and leaves them held."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        holding_starts(cp)
+        await cp.boot()
+        await cp.report_all()
+        first = await run(central, START, {"cpId": "CP-1", "connectorId": 1},
+                          as_user="driver")
+        assert first["status"] == "ACCEPTED", first
+        asked = await run(central, "triggerMessage",
+                          {"cpId": "CP-1", "requestedMessage": "BOOT_NOTIFICATION"})
+        assert asked["status"] == "ACCEPTED", asked
+        await settle()  # the triggered boot came: no restart, the start still held
+        held = await run(central, START, {"cpId": "CP-1", "connectorId": 1},
+                         as_user="driver")
+        assert _codes(held) == [("idTag", "IN_USE")], held
+        reset = await run(central, "reset", {"cpId": "CP-1", "type": "HARD"})
+        assert reset["status"] == "ACCEPTED", reset
+        await settle()  # the charger rebooted: BootNotification, its plugs Available
+        [pending] = await central.store.find_all(d.PendingStart, ALL)
+        assert pending.settled_at is not None
+        again = await run(central, START, {"cpId": "CP-1", "connectorId": 1},
+                          as_user="driver")
+        assert again["status"] == "ACCEPTED", again
+
+
 @pytest.mark.parametrize(("who", "start"), [
     ("driver", {"cpId": "CP-1", "connectorId": 1}),
     ("driver", {"cpId": "CP-OPEN", "connectorId": 1}),
