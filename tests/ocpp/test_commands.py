@@ -1268,6 +1268,60 @@ async def test_a_vendors_extra_answer_fields_are_left_out(
         await stop_central(central)
 
 
+#: MeterValuesSampledData as a Wallbox Copper SB reports it: 551 characters, over OCPP
+#: 1.6's CiString500 (evcc-io/evcc#12901, lbbrhzn/ocpp#821).
+LONG_MEASURANDS = ",".join([
+    "Energy.Active.Import.Register", "Energy.Reactive.Import.Register",
+    "Energy.Active.Import.Interval", "Energy.Reactive.Import.Interval",
+    "Power.Active.Import", "Power.Reactive.Import", "Power.Offered", "Power.Factor",
+    "Current.Import.L1", "Current.Import.L2", "Current.Import.L3", "Current.Offered",
+    "Voltage.L1-N", "Voltage.L2-N", "Voltage.L3-N", "Frequency", "RPM", "SoC",
+    "Temperature", "Current.Export.L1", "Current.Export.L2", "Current.Export.L3",
+    "Energy.Active.Export.Register", "Energy.Reactive.Export.Register",
+    "Energy.Active.Export.Interval", "Energy.Reactive.Export.Interval",
+    "Power.Active.Export", "Power.Reactive.Export"])
+
+
+@pytest.mark.parametrize("strict", [False, True], ids=["lenient", "strict"])
+async def test_a_configuration_value_over_500_characters_is_read_whole(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, strict: bool) -> None:
+    """QA s25 (commands): a charger whose configuration holds one value longer than
+    OCPP 1.6's 500 characters (chargers in the field list every measurand they meter in
+    MeterValuesSampledData) had every getConfiguration refused as malformed
+    (CHARGER_ERROR): the operator read none of its keys, and none was recorded. By
+    default the answer is taken with the value whole, as the charger holds it (logged
+    once); strict (``CHARGEGRAPH_OCPP_STRICT_SCHEMA``), it is refused as before."""
+    assert len(LONG_MEASURANDS) > 500
+    central = await start_central(tmp_path / "c.db", command_timeout=2, strict_schema=strict)
+    await seed(central)
+    keys = [{"key": "HeartbeatInterval", "readonly": False, "value": "300"},
+            {"key": "MeterValuesSampledData", "readonly": False, "value": LONG_MEASURANDS}]
+    try:
+        async with scripted_charger(central) as charger:
+            charger.answers.append(("result", {"configurationKey": keys}))
+            with caplog.at_level(logging.INFO, logger="chargegraph.ocpp"):
+                answer = await run(central, "getConfiguration", {"cpId": "CP-1"},
+                                   "configurationKey { key value }")
+            if strict:
+                assert [e["code"] for e in answer["errors"]] == ["CHARGER_ERROR"], answer
+                return
+            assert answer["errors"] == [], answer
+            assert answer["configurationKey"] == [
+                {"key": k["key"], "value": k["value"]} for k in keys]
+            assert "MeterValuesSampledData" in caplog.text and "500" in caplog.text
+            # Still refused: a value of the wrong type, however long the others.
+            charger.answers.append(("result", {"configurationKey": [
+                *keys, {"key": "X", "readonly": "no", "value": "1"}]}))
+            [error] = (await run(central, "getConfiguration", {"cpId": "CP-1"},
+                                 "configurationKey { key }"))["errors"]
+            assert error["code"] == "CHARGER_ERROR", error
+        known = await central.store.find_all(d.ConfigurationKey, Eq(
+            "station_id", central.stations["CP-1"].id), limit=10)
+        assert {k.key: k.value for k in known}["MeterValuesSampledData"] == LONG_MEASURANDS
+    finally:
+        await stop_central(central)
+
+
 async def test_reservations_end_with_what_they_hold(tmp_path: Path) -> None:
     """A removed station's (or connector's) live reservations are cancelled with it, so
     neither its driver nor its cpId stays blocked; a deactivated driver's reservation is
