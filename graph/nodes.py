@@ -521,7 +521,8 @@ class FirmwareRollout:
     requested_at: datetime = strawberry.field(description="When the charger accepted it.")
     location: str = strawberry.field(description=(
         "Where the charger was to fetch the firmware from, without the URL's user "
-        "information (as the audit log keeps it)."))
+        "information nor its query string's values, where a presigned URL carries its "
+        "signature (as the audit log keeps it)."))
     retrieve_date: datetime | None = strawberry.field(description=(
         "When the charger was to fetch it (not before)."))
 

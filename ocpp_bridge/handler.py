@@ -69,11 +69,14 @@ wire_log.addFilter(SecretMasking())
 
 
 #: Text in every frame that may carry a secret (``logged_frame``): a download or upload
-#: URL's user information, a ChangeConfiguration (of a vendor's BackendPassword, say) and
-#: a GetConfiguration answer (a charger reading its AuthorizationKey back). Looked for as
+#: URL's user information, or the signed query string of a GetDiagnostics' or an
+#: UpdateFirmware's (QA s25: an Azure SAS token's ``sig`` was logged whole), a
+#: ChangeConfiguration (of a vendor's BackendPassword, say) and a
+#: GetConfiguration answer (a charger reading its AuthorizationKey back). Looked for as
 #: text: the wire log writes every frame on the chargers' hot path, and a MeterValues or
 #: a Heartbeat is never parsed again for it.
-MAY_HOLD_SECRET = ("@", '"ChangeConfiguration"', '"configurationKey"')
+MAY_HOLD_SECRET = ("@", '"GetDiagnostics"', '"UpdateFirmware"', '"ChangeConfiguration"',
+                   '"configurationKey"')
 #: What the wire log writes of such a frame when it cannot be read as an OCPP frame.
 NOT_SHOWN = "[{} characters not shown: no OCPP frame, and they may hold a secret]"
 

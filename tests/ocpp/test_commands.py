@@ -1904,6 +1904,45 @@ async def test_secrets_in_a_commands_request_are_not_audited(
     assert not [line for line in logged if "s3cret" in line or "fw:pw" in line]
 
 
+async def test_a_presigned_locations_signature_is_not_audited(
+        central: Central, caplog: pytest.LogCaptureFixture) -> None:
+    """QA s25 (commands): an upload or download URL signed in its query string (an S3
+    presigned URL, an Azure SAS token: how a bucket is usually given to a charger) is as
+    much a credential as ``user:password@``, and was kept whole in the audit log (read by
+    every operator of the station, kept for good), in the station's ``firmwareRollout``
+    and in the wire log. Its query values are hidden there as the user information is
+    (its parameter names kept, to tell which URL it was); the charger gets it whole."""
+    future = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    upload = ("https://bucket.s3.amazonaws.com/diag/CP-1.zip?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+              "&X-Amz-Credential=AKIAEXAMPLE%2F20261206&X-Amz-Signature=deadbeef5ec7e7")
+    download = "https://fw.blob.core.windows.net/fw/1.6.bin?sv=2024-01-01&sig=c2VjcmV0c2ln"
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        caplog.set_level(logging.INFO, logger="chargegraph.ocpp.wire")
+        diag = await run(central, "getDiagnostics", {"cpId": "CP-1", "location": upload},
+                         "fileName")
+        assert diag["errors"] == []
+        firmware = await run(central, "updateFirmware", {
+            "cpId": "CP-1", "location": download, "retrieveDate": future}, "accepted")
+        assert firmware["errors"] == []
+        await settle()
+        sent = dict(cp.received)
+        assert sent["GetDiagnostics"]["location"] == upload
+        assert sent["UpdateFirmware"]["location"] == download
+    audit = await central.store.find_all(d.AuditEntry, Eq("action", d.AuditAction.COMMAND))
+    locations = sorted({a.after["request"]["location"] for a in audit if a.after})
+    assert locations == [
+        "https://bucket.s3.amazonaws.com/diag/CP-1.zip?X-Amz-Algorithm=[hidden]"
+        "&X-Amz-Credential=[hidden]&X-Amz-Signature=[hidden]",
+        "https://fw.blob.core.windows.net/fw/1.6.bin?sv=[hidden]&sig=[hidden]"]
+    station = await central.store.find_one(d.Station, Eq("cp_id", "CP-1"))
+    assert station is not None
+    assert station.firmware_location == \
+        "https://fw.blob.core.windows.net/fw/1.6.bin?sv=[hidden]&sig=[hidden]"
+    logged = [r.getMessage() for r in caplog.records if r.name == "chargegraph.ocpp.wire"]
+    assert not [line for line in logged if "deadbeef" in line or "c2VjcmV0c2ln" in line]
+
+
 def test_an_authorization_key_is_masked_in_the_audit() -> None:
     """Refused before sending (``command_rules``), and masked should one be audited."""
     from domain.services.commands import masked
