@@ -24,6 +24,7 @@ from strawberry.scalars import JSON
 from domain import entities as d
 from domain import pricing
 from domain.availability import connectors_free
+from domain.command_rules import without_credentials
 from domain.currencies import major_units
 from domain.geo import distance_km
 from domain.ids import is_id
@@ -530,7 +531,9 @@ class FirmwareRollout:
     def of(cls, r: d.Station) -> FirmwareRollout | None:
         if r.firmware_requested_at is None:
             return None
-        return cls(requested_at=r.firmware_requested_at, location=r.firmware_location or "",
+        # Also a rollout recorded before query values were hidden (QA s25).
+        return cls(requested_at=r.firmware_requested_at,
+                   location=without_credentials(r.firmware_location or ""),
                    retrieve_date=r.firmware_retrieve_date)
 
 

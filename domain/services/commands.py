@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, cast
-from urllib.parse import urlsplit, urlunsplit
 
 from domain.availability import POINT_DOWN
-from domain.command_rules import HIDDEN, check_command, is_heartbeat_key, is_secret_key
+from domain.command_rules import (
+    HIDDEN,
+    check_command,
+    is_heartbeat_key,
+    is_secret_key,
+    without_credentials,
+)
 from domain.entities import (
     DIAGNOSTICS_REQUESTED,
     FIRMWARE_REQUESTED,
@@ -104,13 +108,13 @@ def masked(action: str, request: dict[str, Any]) -> dict[str, Any]:
     """A command's request as the audit log keeps it: without the secrets it may carry
     (the audit log is read by every operator of the station and kept for good). A
     charger's AuthorizationKey (refused anyway: ``command_rules``), the user information
-    and query values of an upload or download URL (``_without_credentials``), and the
+    and query values of an upload or download URL (``command_rules.without_credentials``), and the
     value of any other secret key (``command_rules.is_secret_key``)."""
     out = dict(request)
     if action == "ChangeConfiguration" and is_secret_key(out.get("key")) and "value" in out:
         out["value"] = HIDDEN
     if isinstance(out.get("location"), str):
-        out["location"] = _without_credentials(out["location"])
+        out["location"] = without_credentials(out["location"])
     return out
 
 
@@ -127,41 +131,6 @@ def masked_answer(result: dict[str, Any]) -> dict[str, Any]:
              if isinstance(entry, dict) and "value" in entry and is_secret_key(entry.get("key"))
              else entry for entry in keys]
     return {**result, "configurationKey": shown}
-
-
-def _without_credentials(url: str) -> str:
-    """An upload or download URL as the audit log, the station's rollout and the wire
-    log keep it: its user information (``ftp://user:password@host/``) and its query
-    string's values ``HIDDEN``. A URL signed in its query string (an S3 presigned URL's
-    ``X-Amz-Signature``, an Azure SAS token's ``sig``: how a bucket is usually handed to
-    a charger) is a credential as much (QA s25: kept whole); the parameters' names stay,
-    to tell which URL it was."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = f"{HIDDEN}@{netloc.rsplit('@', 1)[1]}"
-    query = _query_names(parts.query)
-    if netloc == parts.netloc and query == parts.query:
-        return url
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
-
-
-#: A query parameter's name kept in a URL shown (``_query_names``): a short identifier.
-#: Anything else may be a value sent without ``=`` (``?<token>``) and is hidden as one.
-_PARAMETER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,31}")
-
-
-def _query_names(query: str) -> str:
-    """``X-Amz-Credential=[hidden]&X-Amz-Signature=[hidden]``: each parameter's name
-    where it looks like one, every value hidden (as request lines are logged)."""
-    if not query:
-        return query
-    shown = []
-    for parameter in query.split("&"):
-        name, equals, _ = parameter.partition("=")
-        shown.append(f"{name}={HIDDEN}" if equals and _PARAMETER_NAME.fullmatch(name)
-                     else HIDDEN)
-    return "&".join(shown)
 
 
 def _refuse_driver_profile(action: str, payload: dict[str, Any]) -> None:
@@ -280,7 +249,7 @@ def _rollout(outcome: CommandOutcome, payload: dict[str, Any], now: datetime
         return {}
     retrieve = payload.get("retrieveDate")
     return {"firmware_requested_at": now,
-            "firmware_location": _without_credentials(str(payload.get("location", ""))),
+            "firmware_location": without_credentials(str(payload.get("location", ""))),
             "firmware_retrieve_date": retrieve if isinstance(retrieve, datetime) else None}
 
 
