@@ -322,8 +322,9 @@ class Station(Record):
     firmware_status_at: datetime | None = None
     diagnostics_status_at: datetime | None = None
     #: The last firmware rollout its charger accepted (UpdateFirmware): when, where from
-    #: (the URL without its user information, as the audit keeps it) and when the
-    #: charger was to fetch it. Statuses after ``firmware_requested_at`` are its.
+    #: (the URL without its user information nor query values, as the audit keeps it)
+    #: and when the charger was to fetch it. Statuses after ``firmware_requested_at`` are
+    #: its.
     firmware_requested_at: datetime | None = None
     firmware_location: str | None = None
     firmware_retrieve_date: datetime | None = None
