@@ -305,9 +305,11 @@ class Erasure(Service):
         # run before this one) is only stripped of its plate (review s22: a re-run's
         # entry counted the first run's cars again).
         removed = sum(1 for car in cars if car.removed_at is None)
-        entry = self._entry(viewer, user, removed, len(cards))
-        await self.commit(viewer, [*((removal(card), card) for card in cards),
-                                   *_webhook_changes(viewer, webhooks)],
+        hooks = _webhook_changes(viewer, webhooks)
+        hooks_removed = sum(1 for _, webhook in hooks if webhook.company_id is None)
+        entry = self._entry(viewer, user, removed, len(cards),
+                            (hooks_removed, len(hooks) - hooks_removed))
+        await self.commit(viewer, [*((removal(card), card) for card in cards), *hooks],
                           unaudited=unaudited, extra_audit=[entry],
                           guards=[*guards, *_nothing_else_of(user.id)])
         return cast(User, update.record), cards
@@ -330,15 +332,19 @@ class Erasure(Service):
             guards.append(Guard(User, others))
         return guards
 
-    def _entry(self, viewer: Viewer, user: User, cars: int, cards: int) -> AuditEntry:
+    def _entry(self, viewer: Viewer, user: User, cars: int, cards: int,
+               webhooks: tuple[int, int]) -> AuditEntry:
         """The erasure's audit entry: who erased which account, and how many cars and
-        cards went with it; no name, email or plate. In the books of the account's
+        cards went with it and how many webhooks it removed and disabled
+        (``_webhook_changes``); no name, email or plate. In the books of the account's
         company and read by admins (its person no longer signs in)."""
         now = self.now()
         return AuditEntry(entity=user.kind, entity_id=user.id, action=AuditAction.ERASE,
                           actor=viewer.actor, at=now, created_at=now, updated_at=now,
                           created_by=viewer.actor, updated_by=viewer.actor,
-                          after={"vehicles_removed": cars, "id_tags_removed": cards},
+                          after={"vehicles_removed": cars, "id_tags_removed": cards,
+                                 "webhooks_removed": webhooks[0],
+                                 "webhooks_disabled": webhooks[1]},
                           company_id=user.company_id, holder_id=user.id)
 
     async def _scrub_audit(self, erased: User) -> None:

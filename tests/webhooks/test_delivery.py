@@ -409,6 +409,11 @@ async def test_an_erased_persons_webhooks_go_with_them(world: World) -> None:
                                                          active=True)
     await erasure.erase_user(world.viewer("admin"), world.users["op"].id)
     assert (await world.stored(taken)).active
+    # Each erasure's entry counts the webhooks that run removed and disabled.
+    erased = await world.store.find_all(d.AuditEntry, Eq("action", d.AuditAction.ERASE))
+    assert [(e.entity_id, e.after and (e.after["webhooks_removed"],
+                                       e.after["webhooks_disabled"])) for e in erased] == [
+        (admin2.id, (1, 0)), (world.users["op"].id, (0, 1)), (world.users["op"].id, (0, 0))]
 
 
 async def test_a_failed_delivery_is_tried_again_until_it_succeeds(world: World) -> None:
