@@ -537,18 +537,24 @@ class Policy:
             return Viewer(user_id=owner.id, role=Role.OPERATOR, company_id=webhook.company_id)
         return None
 
-    @staticmethod
-    def takes_over_webhook(webhook: Webhook, owner: User | None, enabler: Viewer) -> bool:
+    @classmethod
+    def takes_over_webhook(cls, webhook: Webhook, owner: User | None, enabler: Viewer
+                           ) -> bool:
         """Whether enabling ``webhook`` again makes it ``enabler``'s (its events seen with
         their eyes from then on). A company's webhook sees what the company sees whoever
         owns it, so it always does. One of no company sees with its owner's eyes: an
         admin taking over an operator's would send every company's events to the URL
         that operator chose (QA s25: a solo operator's receiver, enabled again by an
-        admin who fixed it for them, got every other company's sessions), so it stays
-        the operator's; an admin's passes between admins."""
+        admin who fixed it for them, got every other company's sessions), so an operator
+        who can still receive its events keeps theirs. An admin takes over one whose
+        owner is an admin, or whose owner can no longer receive its events
+        (``webhook_viewer`` is None: deactivated, demoted, erased, the rule that
+        disables it as orphaned); otherwise it stayed the orphan's and was disabled
+        again at its next event (review s25)."""
         if webhook.company_id is not None or not enabler.is_admin:
             return True
-        return owner is not None and owner.role is Role.ADMIN
+        return owner is None or owner.role is Role.ADMIN \
+            or cls.webhook_viewer(webhook, owner) is None
 
     # ---------------------------------------------------------------- field-level views
     def sees_station_private(self, viewer: Viewer, station: Station) -> bool:

@@ -371,9 +371,10 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
         "new sign-up), password and cars' plates are anonymised, here and in the audit "
         "log's entries about it; it is deactivated for good (every token revoked); its "
         "cards are removed (chargers refuse them) and its cars removed (sessions keep "
-        "showing the car). Its sessions, payments and refunds stay under its id. IN_USE "
-        "while a session of theirs is under way, while they own stations, and for the "
-        "last admin."))
+        "showing the car); its own webhooks (of no company) are removed, their URL and "
+        "errors scrubbed from the audit log, and its company's disabled. Its sessions, "
+        "payments and refunds stay under its id. IN_USE while a session of theirs is "
+        "under way, while they own stations, and for the last admin."))
     async def erase_user(self, info: Info, input: EraseUserInput) -> UserPayload:
         ctx = _ctx(info)
 

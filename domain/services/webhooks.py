@@ -298,7 +298,8 @@ class WebhookService(Service):
                              ) -> Webhook:
         """Edits what is given. Enabling a webhook again (``active``) starts its failure
         count afresh, clears why it was disabled and makes it the enabler's (not an
-        operator's own, of no company, enabled by an admin: ``takes_over_webhook``). The
+        operator's own, of no company, enabled by an admin while they can still receive
+        its events: ``takes_over_webhook``). The
         fields given are checked together (with the caller's ``checks``) before the
         webhook is read."""
         checks = checks or v.Checks()
