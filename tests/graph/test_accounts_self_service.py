@@ -9,6 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 import httpx
+import pytest
 
 from domain.entities import AuditEntry, RefreshFamily, RefreshToken, Role, User
 from domain.query import ALL, Eq
@@ -16,6 +17,7 @@ from domain.services import Services
 from graph import TokenService, create_graphql_app
 from graph.ids import to_global_id
 from tests.graph.conftest import SECRET, Api
+from tests.graph.test_mutations import call, codes
 from tests.graph.world import PASSWORD, World
 
 SESSION = "token expiresAt refreshToken refreshExpiresAt user { id email role } " \
@@ -295,6 +297,39 @@ async def test_change_password_checks_its_fields(api: Api, world: World) -> None
     anonymous = (await api.gql(CHANGE, {"c": PASSWORD, "n": "a brand new secret"})
                  )["changePassword"]
     assert errors(anonymous) == [(None, "UNAUTHENTICATED")]
+
+
+@pytest.mark.parametrize("typed, code", [
+    # Full-width letters (an IME in full-width mode): hashed as "password".
+    ("ｐａｓｓｗｏｒｄ", "TOO_WEAK"),
+    # One letter repeated, every other one full-width: two characters given, one hashed.
+    ("aａaａaａaａ", "TOO_WEAK"),
+    # Eight code points given, four letters ("áéíó") hashed.
+    ("a\u0301e\u0301i\u0301o\u0301", "TOO_SHORT"),
+], ids=["full-width-common", "full-width-repeated", "combining-short"])
+async def test_password_rules_hold_for_the_password_as_it_is_hashed(
+        api: Api, services: Services, world: World, typed: str, code: str) -> None:
+    """Review s25: the rules checked the password as typed, the hash is of its NFKC form,
+    so "ｐａｓｓｗｏｒｄ" was taken and then the plain "password" signed in. Wherever an
+    account's password is set: sign-up, createUser, a reset by updateUser, and
+    changePassword."""
+    services.accounts.sign_up_open = True
+    assert errors(await sign_up(api, password=typed)) == [("password", code)]
+    made = await call(api, world, "admin", "createUser",
+                      {"email": "weak@example.com", "password": typed, "name": "Weak",
+                       "role": "DRIVER"}, "user { id }")
+    assert codes(made) == [("password", code)]
+    reset = await call(api, world, "admin", "updateUser",
+                       {"id": to_global_id("user", world.users["driver2"].id),
+                        "password": typed}, "user { id }")
+    assert codes(reset) == [("password", code)]
+    token = (await login(api))["token"]
+    changed = (await api.post(CHANGE, {"c": PASSWORD, "n": typed}, token=token)
+               ).json()["data"]["changePassword"]
+    assert errors(changed) == [("newPassword", code)]
+    for email in ("neo@example.com", "weak@example.com", "driver2@example.com",
+                  "driver1@example.com"):
+        assert errors(await login(api, email, "password")) == [(None, "UNAUTHENTICATED")]
 
 
 async def test_a_sign_in_whose_account_changed_meanwhile_fails_in_the_payload(
