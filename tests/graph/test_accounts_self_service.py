@@ -4,6 +4,7 @@ changePassword."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from datetime import timedelta
 from typing import Any
@@ -12,6 +13,7 @@ import httpx
 import pytest
 
 from domain.entities import AuditEntry, RefreshFamily, RefreshToken, Role, User
+from domain.errors import DomainError
 from domain.query import ALL, Eq
 from domain.services import Services
 from graph import TokenService, create_graphql_app
@@ -169,6 +171,63 @@ async def test_probing_emails_by_changing_one_s_own_spends_the_same_budget(
                                                 current_password=PASSWORD,
                                                 client="203.0.113.9")
     assert moved.email == "fresh@example.com"
+
+
+async def test_probes_sent_at_once_meet_the_same_limit(services: Services,
+                                                      world: World) -> None:
+    """Review s25: the client's lock was read before the (slow) password check and a
+    taken email counted only after the write, so probes sent at once all passed the
+    lock: with a limit of 2, ten at once answered DUPLICATE ten times. Each is counted
+    before its slow part, as a sign-in is, and taken back unless the email was taken:
+    a sign-up's too."""
+    accounts = services.accounts
+    accounts.client_throttle.limit = 2
+    accounts.sign_up_open = True
+    driver = world.viewer("driver1")
+    taken = ["driver2@example.com", "op_a@example.com", "op_b@example.com",
+             "admin@example.com", "driver_a@example.com"] * 2
+
+    async def moving(email: str, client: str) -> str:
+        try:
+            await accounts.update_user(driver, driver.user_id or "", email=email,
+                                       current_password=PASSWORD, client=client)
+        except DomainError as exc:
+            return exc.code
+        return "MOVED"
+
+    async def signing_up(email: str, client: str) -> str:
+        try:
+            await accounts.sign_up(email=email, password=PASSWORD, name="Probe",
+                                   client=client)
+        except DomainError as exc:
+            return exc.code
+        return "SIGNED_UP"
+
+    for attempt, client in ((moving, "198.51.100.7"), (signing_up, "198.51.100.8")):
+        answers = await asyncio.gather(*(attempt(e, client) for e in taken))
+        assert answers.count("DUPLICATE") == 2, answers
+        assert set(answers) == {"DUPLICATE", "TOO_MANY_ATTEMPTS"}, answers
+
+
+async def test_an_email_change_that_finds_none_taken_is_not_counted(
+        services: Services, world: World) -> None:
+    """Counted before its check, a probe is taken back when the email was free (or the
+    password wrong: that counts against the account, as ever): moves to free emails,
+    at once, leave the client free to sign in."""
+    accounts = services.accounts
+    accounts.client_throttle.limit = 2
+    driver = world.viewer("driver1")
+    moved = await accounts.update_user(driver, driver.user_id or "",
+                                       email="fresh@example.com",
+                                       current_password=PASSWORD, client="198.51.100.7")
+    assert moved.email == "fresh@example.com"
+    with pytest.raises(DomainError):
+        await accounts.update_user(driver, driver.user_id or "", email="new@example.com",
+                                   current_password="not it", client="198.51.100.7")
+    assert accounts.client_throttle.locked_for("198.51.100.7") is None
+    signed_in = await accounts.authenticate("fresh@example.com", PASSWORD,
+                                            client="198.51.100.7")
+    assert signed_in.id == driver.user_id
 
 
 # ------------------------------------------------------------------ refresh tokens
