@@ -132,11 +132,19 @@ class AccountService(Service):
     async def password_matches(self, password_hash: str, password: str) -> bool:
         """Whether ``password`` is the one of ``password_hash``: in its normalized form,
         or as typed, for hashes made before passwords were normalized."""
+        return await self._matched_form(password_hash, password) is not None
+
+    async def _matched_form(self, password_hash: str, password: str) -> str | None:
+        """The form of ``password`` that ``password_hash`` is of: its normalized form
+        (``password_form``), or, for a hash made before passwords were normalized, the
+        text as typed, in which case it is not ``password_form``'s; ``None``: neither."""
         normalized = v.password_form(password)
         if await super().password_matches(password_hash, normalized):
-            return True
-        return normalized != password and await super().password_matches(password_hash,
-                                                                          password)
+            return normalized
+        if normalized != password and await super().password_matches(password_hash,
+                                                                      password):
+            return password
+        return None
 
     @property
     def throttles(self) -> list[SignInThrottle]:
@@ -591,13 +599,19 @@ class AccountService(Service):
         if user is None or not user.password_hash:
             await self.password_matches(await self._dummy(), password)
             raise Unauthenticated("wrong email or password")
-        if not await self.password_matches(user.password_hash, password) or not user.active:
+        matched = await self._matched_form(user.password_hash, password)
+        if matched is None or not user.active:
             raise Unauthenticated("wrong email or password")
         self.throttle.succeeded(key)
         self.email_throttle.forgive(user.email)
         if client:
             self.client_throttle.forgive(client)
-        if self.ctx.hasher.needs_rehash(user.password_hash):
+        # Rehashed when the hasher's parameters moved on, and when the hash is of the
+        # text as typed before passwords were normalized (review s25: such an account
+        # signed in only as typed then, never by the same letters typed otherwise; now
+        # its first sign-in stores its normalized form, and from then on it does).
+        if matched != v.password_form(password) \
+                or self.ctx.hasher.needs_rehash(user.password_hash):
             # Only the hash, and only while it is still the one just verified: a whole
             # record written back could undo a deactivation or a new password that
             # another instance stored meanwhile.

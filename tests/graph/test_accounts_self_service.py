@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import unicodedata
 from datetime import timedelta
 from typing import Any
 
@@ -14,8 +15,11 @@ import pytest
 
 from domain.entities import AuditEntry, RefreshFamily, RefreshToken, Role, User
 from domain.errors import DomainError
+from domain.policy import SYSTEM
+from domain.ports import Update
 from domain.query import ALL, Eq
 from domain.services import Services
+from domain.services.base import changed
 from graph import TokenService, create_graphql_app
 from graph.ids import to_global_id
 from tests.graph.conftest import SECRET, Api
@@ -389,6 +393,30 @@ async def test_password_rules_hold_for_the_password_as_it_is_hashed(
     for email in ("neo@example.com", "weak@example.com", "driver2@example.com",
                   "driver1@example.com"):
         assert errors(await login(api, email, "password")) == [(None, "UNAUTHENTICATED")]
+
+
+async def test_a_password_hashed_before_normalization_gains_it_at_its_next_sign_in(
+        api: Api, services: Services, world: World) -> None:
+    """Review s25: a hash made before passwords were normalized, of the text as typed
+    then (here decomposed, as pasted from a PDF), took only that text, and a sign-in by
+    it changed nothing, so the same letters typed as one "ü" never signed in. The first
+    sign-in by the old form stores the password normalized; from then on it signs in
+    however typed."""
+    composed = unicodedata.normalize("NFC", "Grüße aus Köln")
+    decomposed = unicodedata.normalize("NFD", composed)
+    driver = world.users["driver1"]
+    store = services.accounts.store
+    [user] = await store.get_many(User, [driver.id])
+    assert user is not None
+    legacy = services.accounts.ctx.hasher.hash(decomposed)
+    await store.write([Update(changed(user, SYSTEM, password_hash=legacy))], [])
+    assert errors(await login(api, password=composed)) == [(None, "UNAUTHENTICATED")]
+    assert errors(await login(api, password=decomposed)) == []
+    [upgraded] = await store.get_many(User, [driver.id])
+    assert upgraded is not None and upgraded.password_hash != legacy
+    assert upgraded.token_epoch == user.token_epoch  # the same password: nobody signed out
+    for typed in (composed, decomposed, "Ｇｒüße aus Köln"):
+        assert errors(await login(api, password=typed)) == [], typed
 
 
 async def test_a_sign_in_whose_account_changed_meanwhile_fails_in_the_payload(
