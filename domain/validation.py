@@ -363,15 +363,21 @@ def optional_text(value: str | None, field: str, max_len: int = MAX_NAME) -> str
 def password(value: str | None, field: str = "password") -> str:
     """A new password: its length, and not one guessed first (``TOO_WEAK``: blank, one
     character repeated, or among ``COMMON_PASSWORDS``). No rules on what it must
-    contain: those make passwords harder to remember, not to guess (NIST SP 800-63B)."""
+    contain: those make passwords harder to remember, not to guess (NIST SP 800-63B).
+    The rules hold for the password as it is hashed (``password_form``), not as typed:
+    a full-width "ｐａｓｓｗｏｒｄ" is "password", "aａaａaａaａ" one letter repeated, and
+    "a" with a combining accent one character (review s25: each was taken, and then the
+    weak password it stands for signed in). The text given is returned, hashed by
+    ``AccountService.hash_password`` in that form."""
     value = _given(value, field)
-    if len(value) < MIN_PASSWORD:
+    hashed = password_form(value)
+    if len(hashed) < MIN_PASSWORD:
         raise ValidationError(
             f"at least {MIN_PASSWORD} characters", field=field, code="TOO_SHORT"
         )
-    if len(value) > MAX_PASSWORD:
+    if len(hashed) > MAX_PASSWORD:
         raise ValidationError(f"at most {MAX_PASSWORD} characters", field=field, code="TOO_LONG")
-    if len(set(value)) == 1 or not value.strip() or value.casefold() in COMMON_PASSWORDS:
+    if len(set(hashed)) == 1 or not hashed.strip() or hashed.casefold() in COMMON_PASSWORDS:
         raise ValidationError("too easy to guess: one of the passwords tried first (choose "
                               "a few unrelated words)", field=field, code="TOO_WEAK")
     return value
@@ -381,7 +387,8 @@ def password_form(value: str) -> str:
     """What an account's password is hashed and checked as: its NFKC form (NIST SP
     800-63B), so it signs in however its letters were typed ("ü" as one letter, or "u"
     and a combining diaeresis, as some keyboards and pastes give it; full-width forms),
-    as emails are compared (QA s25). The rules of ``password`` apply to the text given."""
+    as emails are compared (QA s25). The rules of ``password`` apply to this form too:
+    it is the password the account really has."""
     return unicodedata.normalize("NFKC", value)
 
 

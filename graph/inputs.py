@@ -38,7 +38,9 @@ _NAME = "At most 200 characters; runs of whitespace become one space."
 _EMAIL = ("A sign-in address, stored trimmed and in lower case: unique whatever its case "
           "(DUPLICATE).")
 _PASSWORD = ("8 to 256 characters (TOO_SHORT, TOO_LONG), not one of the passwords guessed "
-             "first (TOO_WEAK: common ones, one character repeated).")
+             "first (TOO_WEAK: common ones, one character repeated), both of it as it is "
+             "compared: Unicode-normalized (NFKC: full-width letters as plain ones, a "
+             "letter and its combining accent as one).")
 _MAX_KW = "Rated power in kW, above 0 and at most 1000; null: unknown."
 _BATTERY = "Battery capacity in kWh, above 0 and at most 1000."
 _PLATE = ("Letters, digits, spaces and dashes, at most 16 letters and digits; stored "

@@ -74,7 +74,9 @@ INPUT_ARGUMENT = ("What to do; each field is described on the input type. Expect
 Email = Annotated[str, strawberry.argument(description="The account's email (any case).")]
 NewPassword = Annotated[str, strawberry.argument(
     description="8 to 256 characters (TOO_SHORT, TOO_LONG), not one of the passwords "
-                "guessed first (TOO_WEAK: common ones, one character repeated); for "
+                "guessed first (TOO_WEAK: common ones, one character repeated), both of "
+                "it as it is compared: Unicode-normalized (NFKC: full-width letters as "
+                "plain ones, a letter and its combining accent as one); for "
                 "changePassword, not the current one (UNCHANGED).")]
 RefreshToken = Annotated[str, strawberry.argument(
     description="A refresh token, as `refreshToken` in a LoginPayload.")]
