@@ -343,9 +343,12 @@ class Erasure(Service):
         been erased (taken before ``.invalid`` emails were refused): it reaches nobody,
         and an admin should give it a real one. One read of the email index (the
         ``erased-`` prefix; ``-`` sorts just before ``.``); the ids, for tests."""
+        # Erased accounts are left out by the read, not after it: past ``limit`` of
+        # them, a holder would never be seen.
         held = [u for u in await self.store.find_all(
-                    User, Range("email", gte="erased-", lt="erased."), limit=limit)
-                if u.erased_at is None and u.email.endswith("@erased.invalid")]
+                    User, all_of(Range("email", gte="erased-", lt="erased."),
+                                 Eq("erased_at", None)), limit=limit)
+                if u.email.endswith("@erased.invalid")]
         for user in held:
             log.warning("account %s holds an erased account's email (%s), taken before "
                         "such emails were refused: it reaches nobody, give it a real one "

@@ -193,5 +193,6 @@ async def test_an_erased_email_taken_before_it_was_refused_does_not_block_the_er
         and given[0].endswith("@erased.invalid"), given
     [held] = await services.accounts.store.get_many(User, [squatter.id])
     assert held is not None and held.email == placeholder
-    # The erased account's own placeholder is no such account.
-    assert await services.erasure.warn_of_held_placeholders() == [squatter.id]
+    # The erased account's own placeholder is no such account, and is left out by the
+    # read (it sorts first: with one read, the holder is still found).
+    assert await services.erasure.warn_of_held_placeholders(limit=1) == [squatter.id]
