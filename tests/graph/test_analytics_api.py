@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
@@ -328,6 +329,61 @@ async def test_partial_refunds_add_up_to_the_whole(scripted: tuple[History, Api]
                 n["after"]["status"]) for n in log["auditLog"]["nodes"]
                if n["action"] == "UPDATE" and n["after"]["refunded_minor"]]
     assert refunds == [(250, 660, "REFUNDED"), (0, 250, "CAPTURED")]
+
+
+async def _captured_660(history: History, api: Api) -> tuple[str, str, str]:
+    [payment] = [p for p in await history.services.ctx.store.find_all(d.Payment, ALL)
+                 if p.amount_minor == 660]
+    gid, op = to_global_id("payment", payment.id), history.users["op_a"].id
+    await api.gql(PAY % "capturePayment", {"id": gid}, as_user=op)
+    return payment.id, gid, op
+
+
+async def _refunded_minor(history: History, payment_id: str) -> int:
+    [stored] = await history.services.ctx.store.get_many(d.Payment, [payment_id])
+    assert stored is not None
+    return stored.refunded_minor
+
+
+@pytest.mark.parametrize("amount", ["0.010000000000000001",
+                                    "0.0099999999999999999999999999999"])
+async def test_a_refund_sent_as_a_json_number_finer_than_a_cent_is_refused(
+        scripted: tuple[History, Api], amount: str) -> None:
+    """The ``Decimal`` scalar takes a JSON number: read as a float first, it lost its
+    last digits and a refund finer than a cent was paid back as 0.01 (review s25). It is
+    read as the client wrote it, and refused as any amount finer than the minor unit."""
+    history, api = scripted
+    payment_id, gid, op = await _captured_660(history, api)
+    # A raw body: the amount a JSON number, its digits exactly as a client wrote them.
+    body = json.dumps({"query": REFUND, "variables": {"id": gid, "amount": "AMOUNT"}}
+                      ).replace('"AMOUNT"', amount)
+    response = await api.client.post(
+        "/graphql", content=body.encode(),
+        headers={"content-type": "application/json",
+                 "authorization": f"Bearer {api.token_for(op)}"})
+    answer = response.json()["data"]["refundPayment"]
+    assert answer == {"payment": None, "errors": [{"field": "amount", "code": "INVALID"}]}
+    assert await _refunded_minor(history, payment_id) == 0
+
+
+async def test_a_refund_written_in_the_query_finer_than_a_cent_is_refused(
+        scripted: tuple[History, Api]) -> None:
+    """A number written in the query text was read as a float too (review s25)."""
+    history, api = scripted
+    payment_id, gid, op = await _captured_660(history, api)
+    query = """mutation($id: ID!) { refundPayment(input: {id: $id,
+      amount: %s}) { payment { refunded { amount } } errors { field code } } }"""
+    fine = await api.gql(query % "0.0099999999999999999999999999999", {"id": gid},
+                         as_user=op)
+    assert fine["refundPayment"] == {
+        "payment": None, "errors": [{"field": "amount", "code": "INVALID"}]}
+    assert await _refunded_minor(history, payment_id) == 0
+    # A whole cent written so is refunded as before.
+    cent = await api.gql(query % "0.0100000000000000000000000000000", {"id": gid},
+                         as_user=op)
+    assert cent["refundPayment"] == {"payment": {"refunded": {"amount": "0.01"}},
+                                     "errors": []}
+    assert await _refunded_minor(history, payment_id) == 1
 
 
 async def test_two_partial_refunds_at_once_pay_back_once(
