@@ -679,7 +679,10 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
     async def capture_payment(self, info: Info, input: CapturePaymentInput) -> PaymentPayload:
         return await _settle(info, input.id, "capture")
 
-    @strawberry.mutation(description="Mark a PENDING payment as failed.")
+    @strawberry.mutation(description=(
+        "Mark a PENDING payment as failed. A capture already under way (its provider "
+        "asked before the fail was written) may still record the payment CAPTURED "
+        "afterwards: its money moved."))
     async def fail_payment(self, info: Info, input: FailPaymentInput) -> PaymentPayload:
         return await _settle(info, input.id, "fail")
 
