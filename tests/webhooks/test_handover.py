@@ -19,7 +19,7 @@ from domain.query import ALL, Eq
 from pubsub.codec import encode
 from tests.helpers import until
 from tests.webhooks.conftest import World, two_instances
-from tests.webhooks.receiver import Receiver
+from tests.webhooks.receiver import DRIP, Receiver
 from tests.webhooks.test_delivery import available
 
 #: A retry waits this long: long enough to stop and hand over before it is due.
@@ -96,6 +96,27 @@ async def test_a_handed_over_delivery_keeps_the_tries_it_made(tmp_path: Path) ->
         assert len(receiver.requests) == 3
         assert len({r.headers["x-chargegraph-delivery"] for r in receiver.requests}) == 1
         assert (await world.stored(webhook)).consecutive_failures == 1
+
+
+async def test_a_try_cut_short_by_the_stop_is_made_again_after_it(tmp_path: Path) -> None:
+    """The receiver is still answering (slowly) when the instance stops: that try is
+    handed over as not made, and posted again, with its delivery id, after the stop."""
+    async with two_instances(tmp_path) as (world, first, second):
+        receiver = await world.receiver(DRIP, 200)
+        await world.webhook("op", receiver, "connector.status_changed")
+        stopping = await world.dispatcher(first, timeout=30.0)
+        await available(world)
+        await requests_at_least(receiver, 1)
+        await asyncio.wait_for(stopping.close(), 5)
+        world.dispatchers.remove(stopping)
+        [stored] = await handed_over(world)
+        assert stored.tries_made == 0
+        await world.dispatcher(second)
+        await requests_at_least(receiver, 2)
+        await world.settled()
+    cut_short, again = receiver.requests
+    assert again.headers["x-chargegraph-delivery"] == \
+        cut_short.headers["x-chargegraph-delivery"] and again.body == cut_short.body
 
 
 async def test_what_a_removed_or_disabled_webhook_had_waiting_is_not_delivered(
