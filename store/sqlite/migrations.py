@@ -1206,12 +1206,12 @@ WHERE "action" = 'COMMAND';
 CREATE INDEX "audit_entry_entity_command_at_idx" ON "audit_entry" ("entity_id", "command", "at");
 """
 
-# Version 63: webhook deliveries handed over at a graceful stop (``PendingDelivery``):
+# Version 57: webhook deliveries handed over at a graceful stop (``PendingDelivery``):
 # what an instance still had queued or waiting for a retry, with its body, delivery id,
 # tries made and next try's time, for the next instance to claim (a guarded delete) and
 # resume in order. Read oldest first (``queued_at``, ``id``), and a webhook's together,
-# in that order. (57 to 62 were taken by other branches of the same release.)
-_V63 = """
+# in that order.
+_V57 = """
 CREATE TABLE "pending_delivery" (
     "id" TEXT PRIMARY KEY NOT NULL,
     "created_at" INTEGER NOT NULL,
@@ -1252,7 +1252,7 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (54, _V54),
                                      (55, _V55),
                                      (56, _V56),
-                                     (63, _V63))
+                                     (57, _V57))
 
 
 def identity_left(company_id: str, name: str) -> None:
