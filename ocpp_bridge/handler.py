@@ -224,6 +224,10 @@ class ChargePointHandler(ChargePoint):
         self.left: str | None = None
         #: Its station was removed (``station_removed``): its messages are refused.
         self._station_removed = False
+        #: The id of the station record it signed in as (at its handshake); ``None``
+        #: when not known. A removal is its only if it is of that station: the cpId may
+        #: have been created again since (``OcppServer._watch_removals``).
+        self.station_id: str | None = None
         self.pacer = FramePacer()
         #: When the charger's last frame came (our clock); ``None`` before its first.
         self.heard_at: datetime | None = None
