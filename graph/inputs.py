@@ -267,9 +267,10 @@ class UpdateStationInput:
     registration: Registration | None = strawberry.field(default=strawberry.UNSET,
                                                          description=(
         "How its charger's boots are answered; accepting a PENDING or REJECTED station "
-        "asks its charger, if connected, to boot again. Not PENDING or REJECTED while a "
-        "session is active there (IN_USE): its charger, told at its next boot, would "
-        "have its stop refused; stop or end the session first."))
+        "asks its charger, if connected, to boot again. Made PENDING or REJECTED, no "
+        "session starts there from then on; one under way runs to its end and is billed "
+        "as any other (its charger, told at its next boot, still has its meter values "
+        "and stop taken)."))
     heartbeat_interval: int | None = strawberry.field(default=strawberry.UNSET, description=(
         "Seconds (1 to 86400) its charger's boots are answered with from now on, which it "
         "takes at its next boot (a `changeConfiguration` of `HeartbeatInterval` it accepts "

@@ -122,6 +122,14 @@ ActionHandler = Callable[["ChargePointHandler", Payload], Awaitable[Payload]]
 FAST_SEND_BUFFER = 64 * 1024
 #: Close code for a charger whose station was removed (1008: policy violation).
 CLOSE_UNKNOWN_STATION = 1008
+
+
+def _int(payload: Any, key: str) -> int | None:
+    """``payload[key]`` if it is an integer (a transaction or connector id), else ``None``."""
+    value = payload.get(key) if isinstance(payload, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 #: The answer to the notifications whose confirmation carries no fields.
 EMPTY: Payload = {}
 #: The metrics label of an action we do not serve (or a frame without one): chargers may
@@ -255,6 +263,10 @@ class ChargePointHandler(ChargePoint):
         self.left: str | None = None
         #: Its station was removed (``station_removed``): its messages are refused.
         self._station_removed = False
+        #: The id of the station record it signed in as (at its handshake); ``None``
+        #: when not known. A removal is its only if it is of that station: the cpId may
+        #: have been created again since (``OcppServer._watch_removals``).
+        self.station_id: str | None = None
         self.pacer = FramePacer()
         #: When the charger's last frame came (our clock); ``None`` before its first.
         self.heard_at: datetime | None = None
@@ -583,10 +595,12 @@ class ChargePointHandler(ChargePoint):
             if self._station_removed:
                 raise FrameError(frames.PROPERTY_CONSTRAINT_VIOLATION,
                                  f"unknown charge point {self.id}", uid)
-            if action != "BootNotification" and not await self.charging.admits(self.id,
-                                                                                action):
+            if action != "BootNotification" and not await self.charging.admits(
+                    self.id, action, transaction_id=_int(frame.payload, "transactionId"),
+                    connector_id=_int(frame.payload, "connectorId")):
                 # The charger keeps what it queued (a StartTransaction, its meter values)
-                # and sends it once an operator accepts the station.
+                # and sends it once an operator accepts the station. What is about a
+                # transaction open there is taken whatever the registration (a stop).
                 raise FrameError(frames.SECURITY_ERROR,
                                  f"{action} refused: the station is not accepted (its "
                                  "registration is pending or rejected)", uid)

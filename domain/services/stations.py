@@ -333,15 +333,13 @@ class StationService(Service):
             if company_id is not None:
                 await self.visible(viewer, Company, company_id, field="companyId")
         guards = []
-        if given["registration"] not in (UNSET, Registration.ACCEPTED):
-            # Its charger learns a registration at its next boot: until then it charges
-            # on, and its StopTransaction and meter values would be refused (SecurityError,
-            # ``domain.registration``), then dropped by the charger after its retries: the
-            # session never closed, its energy never billed (QA s25). Stopped (or ended)
-            # first, as for a removal; guarded, for a start landing meanwhile.
-            charging = Eq("station_id", station.id)
-            await self._refuse_if_charging(charging, field="registration")
-            guards.append(not_charging(charging))
+        # Made Pending or Rejected mid-session, the station's session runs on: its charger
+        # learns the registration at its next boot, and its StopTransaction and meter
+        # values are taken whatever the registration (``domain.registration``,
+        # ``ChargingService.admits``). Refusing the change while a session was active
+        # (QA s25) held only if the start was written first: one admitted on a cached
+        # Accepted copy (up to ``CACHE_TTL_S`` on another instance) and written after it
+        # was left unstoppable (review s25).
         if owner_id not in (UNSET, None):
             owner = await self.visible(viewer, User, owner_id, field="ownerId")
             if viewer.is_operator and owner.company_id != viewer.company_id:
@@ -420,7 +418,12 @@ class StationService(Service):
         changes: list[tuple[Change, Any]] = [(Delete(c), c) for c in connectors]
         cancelled = await self._cancel_reservations(viewer, Eq("station_id", station.id),
                                                     changes)
-        changes.append((Delete(station), station))
+        # Only as it was read: whether it is announced offline is decided from the
+        # station as deleted (``_hang_up_charger``). Its charger connecting during the
+        # cancels' round trips (up to 30 s each) was announced online, then hung up on
+        # with no disconnect recorded or announced (review s25): the write fails, and
+        # runs again on the station online.
+        changes.append((Delete(station, only_if=("online", station.online)), station))
         history = await self._end_state_history(
             viewer, all_of(Eq("cp_id", station.cp_id), Eq("station_id", station.id)))
         # Unaudited as it was written: control state, each command audited as itself.
@@ -488,7 +491,9 @@ class StationService(Service):
         A charger that was online is announced offline: its close finds no station to
         record or announce a disconnect for, and a live map (README: subscribe, query,
         apply the events) went on showing the removed station online, its plugs
-        available now, until it queried again (QA s25)."""
+        available now, until it queried again (QA s25). ``station`` is as deleted (the
+        delete is guarded on its ``online``, ``_remove_station``): not as read before
+        the cancels' round trips (review s25)."""
         if station.online:
             await self.publish(StationConnectionChanged(
                 **owned_by(station), online=False, at=self.now(),
@@ -505,12 +510,12 @@ class StationService(Service):
                 for interval in await self.store.find_all(
                     ConnectorInterval, all_of(where, Eq("end", None)), limit=1000)]
 
-    async def _refuse_if_charging(self, where: Any, field: str = "id") -> None:
+    async def _refuse_if_charging(self, where: Any) -> None:
         active = await self.store.find_one(
             Session, all_of(where, Eq("state", SessionState.ACTIVE))
         )
         if active is not None:
-            raise Conflict("a charging session is active", field=field, code="IN_USE")
+            raise Conflict("a charging session is active", field="id", code="IN_USE")
 
     # ---------------------------------------------------------------- connectors
     async def add_connector(self, viewer: Viewer, station_id: str, spec: ConnectorSpec,
