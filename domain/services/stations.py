@@ -13,6 +13,7 @@ from domain.entities import (
     Company,
     Connector,
     ConnectorInterval,
+    ConnectorStatus,
     ConnectorType,
     Registration,
     Reservation,
@@ -25,6 +26,7 @@ from domain.entities import (
 )
 from domain.errors import Conflict, Forbidden, UniqueViolation, ValidationError
 from domain.events import (
+    ConnectorStatusChanged,
     StationChanged,
     StationConnectionChanged,
     StationRemoved,
@@ -590,7 +592,20 @@ class StationService(Service):
         if cancelled:
             await self._announce(cancelled, station)
         await self._changed(station)
+        if station is not None:
+            await self._announce_gone(station, connector)
         return connector
+
+    async def _announce_gone(self, station: Station, connector: Connector) -> None:
+        """A plug removed is announced UNAVAILABLE (and not free) to the live map, its
+        record gone (the event's ``connector`` reads null), as a removed station is
+        announced offline: told nothing, every driver's map kept offering it, AVAILABLE
+        and free, until it queried again (QA s26). Dated now: later than any state the
+        map holds for it."""
+        await self.publish(ConnectorStatusChanged(
+            **owned_by(station), at=self.now(), connector_record_id=connector.id,
+            connector_id=connector.connector_id,
+            status=ConnectorStatus.UNAVAILABLE.value, free=False))
 
     async def _remove_connector(self, viewer: Viewer, connector_id: str, asked: list[bool]
                                 ) -> tuple[Connector, list[Reservation]]:

@@ -14,7 +14,7 @@ from ocpp.v16.enums import Action
 
 from domain import entities as d
 from domain.policy import SYSTEM
-from domain.query import Eq
+from domain.query import Eq, all_of
 from domain.services.base import patch
 from graph.ids import to_global_id
 from ocpp_bridge.simulator import connected
@@ -337,3 +337,35 @@ async def test_a_station_taken_off_the_map_leaves_the_public_map(tmp_path: Path)
         finally:
             for client in (*public, *staff):
                 await client.close()
+
+
+async def test_a_plug_removed_leaves_the_live_map(tmp_path: Path) -> None:
+    """QA s26: a plug removed (`removeConnector`) was told to no live map: every driver's
+    kept it AVAILABLE and free, a plug to drive to that no longer exists, until the map
+    queried again. It is announced UNAVAILABLE and not free now, its `connector` null
+    from then on, as a removed station is announced offline."""
+    async with running_service(tmp_path, public_map=True) as service:
+        anonymous = await GraphQLWS.open(service.ws_url)
+        try:
+            await anonymous.subscribe("""subscription { connectorStatusChanged {
+                cpId connectorId status free connector { connectorId } } }""")
+            await service.until_subscribed(1)
+            async with connected(service.ocpp_url, "CP-1", password=STATION_PASSWORD) as cp:
+                for connector_id in (1, 2):
+                    await cp.status(connector_id, "Available")
+                assert await _events(anonymous) == [(1, "AVAILABLE", True),
+                                                    (2, "AVAILABLE", True)]
+                [plug] = await service.services.ctx.store.find_all(d.Connector, all_of(
+                    Eq("cp_id", "CP-1"), Eq("connector_id", 2)))
+                removed = (await service.gql(
+                    """mutation($input: RemoveConnectorInput!) { removeConnector(
+                    input: $input) { errors { code } } }""",
+                    {"input": {"id": to_global_id("connector", plug.id)}},
+                    token=await service.token("op")))["removeConnector"]
+                assert removed == {"errors": []}
+                event = (await anonymous.next())["payload"]["data"]["connectorStatusChanged"]
+                assert event == {"cpId": "CP-1", "connectorId": 2, "status": "UNAVAILABLE",
+                                 "free": False, "connector": None}
+                assert await _events(anonymous) == []  # and nothing of plug 1
+        finally:
+            await anonymous.close()
