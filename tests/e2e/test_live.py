@@ -369,3 +369,34 @@ async def test_a_plug_removed_leaves_the_live_map(tmp_path: Path) -> None:
                 assert await _events(anonymous) == []  # and nothing of plug 1
         finally:
             await anonymous.close()
+
+
+async def test_what_follows_a_subscribe_on_its_socket_runs_once_it_is_registered(
+        service: Running) -> None:
+    """The live map's recipe (README): subscribe, then query. A subscribe is not
+    acknowledged, so a client cannot know when it is registered; what it sends next on
+    the same socket (a query, a mutation) runs only once it is, so nothing that
+    operation sees or does can be missed by the subscription. Not so for a request over
+    HTTP, which may run before the socket has even been acknowledged."""
+    op = await GraphQLWS.open(service.ws_url, await service.token("op"))
+    try:
+        async with connected(service.ocpp_url, "CP-1", password=STATION_PASSWORD,
+                             charge_point=ReservesWithoutSayingSo) as cp:
+            for connector_id in (1, 2):
+                await cp.status(connector_id, "Available")
+            expiry = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+            watching = await op.subscribe(MAP)
+            # At once, without waiting for the server to register the subscription.
+            reserving = await op.subscribe(RESERVE, {"input": {
+                "cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OTHER",
+                "expiryDate": expiry}})
+            got: dict[str, list[Any]] = {watching: [], reserving: []}
+            while not got[watching] or not got[reserving]:
+                message = await op.next()
+                if message["type"] == "next":
+                    got[message["id"]].append(message["payload"]["data"])
+            assert got[reserving][0]["reserveNow"]["errors"] == []
+            assert got[watching][0]["connectorStatusChanged"] == {
+                "cpId": "CP-1", "connectorId": 1, "status": "AVAILABLE", "free": False}
+    finally:
+        await op.close()
