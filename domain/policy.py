@@ -37,6 +37,7 @@ from domain.events import (
     ReservationChanged,
     SessionChanged,
     StationConnectionChanged,
+    StationSightChanged,
 )
 from domain.query import (
     ALL,
@@ -466,6 +467,12 @@ class Policy:
     def sees_event(self, viewer: Viewer, event: DomainEvent) -> bool:
         """The subscription-side twin of ``scope``: the same rules, decided on the event's
         ownership snapshot instead of in a store query."""
+        if isinstance(event, StationSightChanged):
+            # Only to whom the edit changed the station's sight: an admin, or a driver
+            # of a station handed over on the map, sees it before and after (nothing
+            # changed for them, and no charger went offline).
+            now, before = (self.sees_event(viewer, side) for side in event.sides())
+            return now and not before if event.joined else before and not now
         if viewer.is_admin:
             return True
         public = isinstance(event, ConnectorStatusChanged | StationConnectionChanged) \

@@ -616,7 +616,8 @@ class Connection:
         live = LiveOperation(self, op_id, group, source)
         self._add(op_id, live)
         try:
-            live.watch = self.hub.services.live.watch(self.context.viewer, [source.topic],
+            live.watch = self.hub.services.live.watch(self.context.viewer,
+                                                      list(source.topics),
                                                       live.deliver, live.ended)
         except Exception:
             self._drop(op_id)

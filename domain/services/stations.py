@@ -13,6 +13,7 @@ from domain.entities import (
     Company,
     Connector,
     ConnectorInterval,
+    ConnectorStatus,
     ConnectorType,
     Registration,
     Reservation,
@@ -24,7 +25,13 @@ from domain.entities import (
     User,
 )
 from domain.errors import Conflict, Forbidden, UniqueViolation, ValidationError
-from domain.events import StationChanged, StationConnectionChanged, StationRemoved
+from domain.events import (
+    ConnectorStatusChanged,
+    StationChanged,
+    StationConnectionChanged,
+    StationRemoved,
+    StationSightChanged,
+)
 from domain.policy import Viewer
 from domain.ports import Change, Delete, Guard, Insert, Store
 from domain.query import Eq, Filter, In, all_of
@@ -308,6 +315,7 @@ class StationService(Service):
         station, updated = await retried(
             lambda: self._edit_station(viewer, station_id, given))
         await self._changed(updated)
+        await self._announce_sight(station, updated)
         if updated.registration is Registration.ACCEPTED \
                 and station.registration is not Registration.ACCEPTED:
             self._nudge(updated)
@@ -479,6 +487,22 @@ class StationService(Service):
         if station is not None:
             await self.publish(StationChanged(**owned_by(station)))
 
+    async def _announce_sight(self, before: Station, after: Station) -> None:
+        """When an edit changed who may see the station (its company, its owner, its
+        registration on or off the map), live maps hear of it (``StationSightChanged``):
+        those who lost sight of it are told it offline, those who gained it its
+        connection. Without it the old company's map went on showing a station handed
+        away, online with its plugs available now, and every driver's map a station no
+        longer accepted, until they queried again (QA s25)."""
+        was, now = owned_by(before), owned_by(after)
+        if all(was[key] == now[key] for key in ("company_id", "owner_id", "on_map")):
+            return
+        for joined in (False, True):
+            await self.publish(StationSightChanged(
+                **now, joined=joined, online=after.online and joined, at=self.now(),
+                was_company_id=was["company_id"], was_owner_id=was["owner_id"],
+                was_on_map=was["on_map"]))
+
     async def _connector_changed(self, connector: Connector) -> None:
         """``_changed`` for an edit of a connector (its rating is cached with the
         station)."""
@@ -573,7 +597,20 @@ class StationService(Service):
         if cancelled:
             await self._announce(cancelled, station)
         await self._changed(station)
+        if station is not None:
+            await self._announce_gone(station, connector)
         return connector
+
+    async def _announce_gone(self, station: Station, connector: Connector) -> None:
+        """A plug removed is announced UNAVAILABLE (and not free) to the live map, its
+        record gone (the event's ``connector`` reads null), as a removed station is
+        announced offline: told nothing, every driver's map kept offering it, AVAILABLE
+        and free, until it queried again (QA s25). Dated now: later than any state the
+        map holds for it."""
+        await self.publish(ConnectorStatusChanged(
+            **owned_by(station), at=self.now(), connector_record_id=connector.id,
+            connector_id=connector.connector_id,
+            status=ConnectorStatus.UNAVAILABLE.value, free=False))
 
     async def _remove_connector(self, viewer: Viewer, connector_id: str, asked: list[bool]
                                 ) -> tuple[Connector, list[Reservation]]:
