@@ -347,6 +347,11 @@ class SetTariffInput:
         "Price only sessions on plugs of this power type, such as a station's DC plugs."))
 
 
+@strawberry.input(description="The price list version to remove.")
+class RemoveTariffInput:
+    id: strawberry.ID = strawberry.field(description=_id_of("tariff"))
+
+
 @strawberry.input(description="The payment to collect.")
 class CapturePaymentInput:
     id: strawberry.ID = strawberry.field(description=_id_of("payment"))

@@ -752,11 +752,13 @@ class Station(Node, Audited):
                           Eq("power_type", None))
         newest = LATEST_VERSION_FIRST  # the version set last wins a tie, as in pricing
         own = await ctx.loaders.one_by(d.Tariff, "station_id", in_force, newest).load(self._r.id)
+        if own is not None and own.removed_by(ctx.now):
+            own = None  # removed: the station is on its company's prices again
         if own is None and self._r.company_id is not None:
             own = await ctx.loaders.one_by(d.Tariff, "company_id", in_force, newest).load(
                 self._r.company_id
             )
-        return Tariff.wrap(own, ctx) if own else None
+        return Tariff.wrap(own, ctx) if own and not own.removed_by(ctx.now) else None
 
     @strawberry.field(description=(
         "Sessions charged on it, newest first, as far as the viewer may see them (an "
@@ -1289,6 +1291,10 @@ class Tariff(Node, Audited):
         "Type 1, Type 2 and Schuko AC; NACS and Other neither). Neither set: all plugs. "
         "Of a station's (else its company's) versions in force, the most specific that "
         "fits a session's plug prices it."))
+    valid_until: datetime | None = strawberry.field(description=(
+        "When it was removed (`removeTariff`), UTC: sessions started from then on are "
+        "priced by its owner's next scope (power type, all plugs) and, for a station's, "
+        "by its company's. Null: in force until a later version of its scope."))
     _r: strawberry.Private[d.Tariff]
 
     @classmethod
@@ -1307,6 +1313,7 @@ class Tariff(Node, Audited):
             "time_zone": r.time_zone,
             "connector_type": r.connector_type,
             "power_type": r.power_type,
+            "valid_until": r.valid_until,
         }, _staff(ctx))
 
     @strawberry.field(description="The station whose price list it is; null for a "

@@ -1206,6 +1206,13 @@ WHERE "action" = 'COMMAND';
 CREATE INDEX "audit_entry_entity_command_at_idx" ON "audit_entry" ("entity_id", "command", "at");
 """
 
+# Version 65: a price list version's removal (``Tariff.valid_until``): from then on its
+# owner has no price list in its scope (a station back on its company's prices). Older
+# versions were never removed: null.
+_V65 = """
+ALTER TABLE "tariff" ADD COLUMN "valid_until" INTEGER;
+"""
+
 #: Every migration, oldest first. Append only.
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
@@ -1225,7 +1232,8 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (53, _V53),
                                      (54, _V54),
                                      (55, _V55),
-                                     (56, _V56))
+                                     (56, _V56),
+                                     (65, _V65))
 
 
 def identity_left(company_id: str, name: str) -> None:
