@@ -156,6 +156,14 @@ def scope_of(tariff: Tariff) -> Scope:
     return None
 
 
+def _known_currency(currency: str) -> str | None:
+    """``currency`` as stored when the tariffs take it, else None (its own field tells)."""
+    try:
+        return v.currency(currency)
+    except ValidationError:
+        return None
+
+
 def _one_owner(company_id: str | None, station_id: str | None) -> None:
     if (company_id is None) == (station_id is None):
         raise ValidationError("give exactly one of companyId and stationId",
@@ -206,25 +214,26 @@ class TariffService(Service):
         the station or company is looked up."""
         checks = checks or v.Checks()
         checks(_one_owner, company_id, station_id)
+        code = _known_currency(currency)  # prices are bounded in its minor units
         tariff = Tariff(
             company_id=company_id,
             station_id=station_id,
-            price_per_kwh=checks(v.money, price_per_kwh, "pricePerKwh"),
+            price_per_kwh=checks(v.price, price_per_kwh, "pricePerKwh", code),
             currency=checks(v.currency, currency),
-            price_per_minute=checks(v.money, price_per_minute, "pricePerMinute"),
-            session_fee=checks(v.money, session_fee, "sessionFee"),
+            price_per_minute=checks(v.price, price_per_minute, "pricePerMinute", code),
+            session_fee=checks(v.price, session_fee, "sessionFee", code),
             tax_rate=checks(v.rate, tax_rate, "taxRate"),
-            idle_price_per_minute=checks(v.money, idle_price_per_minute,
-                                         "idlePricePerMinute"),
+            idle_price_per_minute=checks(v.price, idle_price_per_minute,
+                                         "idlePricePerMinute", code),
             idle_grace_minutes=checks(v.whole, idle_grace_minutes, "idleGraceMinutes",
                                       max_value=MAX_IDLE_GRACE_MINUTES),
             idle_fee_cap=None if idle_fee_cap is None
-            else checks(v.money, idle_fee_cap, "idleFeeCap"),
+            else checks(v.price, idle_fee_cap, "idleFeeCap", code),
         )
         if valid_from is not None:
             tariff.valid_from = checks(_valid_from, valid_from, viewer) or tariff.valid_from
         tariff.energy_bands, tariff.time_zone = checks(checked_bands, energy_bands,
-                                                       time_zone) or ([], None)
+                                                       time_zone, currency=code) or ([], None)
         checks(_one_scope, connector_type, power_type)
         tariff.connector_type, tariff.power_type = connector_type, power_type
         checks.done()
