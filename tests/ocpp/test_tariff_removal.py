@@ -114,3 +114,18 @@ async def test_a_scheduled_price_change_is_called_off_and_a_dc_price_given_up(
         await cp.call(call.StopTransaction(meter_stop=1000, transaction_id=tx,
                                            timestamp=iso(datetime.now(UTC))))
     assert (await _costs(central))[tx] == 40  # 1 kWh at the all-plugs 0.40, not 0.69
+
+
+async def test_a_removal_is_in_the_company_s_change_log(central: Central) -> None:
+    """The operator's colleagues read who removed which price list, as every change to it:
+    a station's (ended) and a company's scheduled one (deleted)."""
+    station_id, company_id = await _ids(central)
+    own = await _set(central, stationId=station_id, pricePerKwh="0.25")
+    scheduled = await _set(central, companyId=company_id, pricePerKwh="0.45",
+                           validFrom=iso(datetime.now(UTC) + timedelta(days=1)))
+    for tariff in (own, scheduled):
+        assert (await _remove(central, tariff["id"]))["errors"] == []
+    log = await central.gql("""{ auditLog(filter: {entity: "tariff"}, first: 20) {
+        nodes { entityId action } } }""", as_user="op")
+    actions = [(e["entityId"], e["action"]) for e in log["auditLog"]["nodes"]]
+    assert (own["id"], "UPDATE") in actions and (scheduled["id"], "DELETE") in actions
