@@ -924,8 +924,8 @@ class CostBreakdown:
     fee: Decimal = strawberry.field(description="The session fee.")
     idle: Decimal = strawberry.field(description=(
         "The idle fee: minutes the connector sat occupied but not charging because the car "
-        "was done (`SUSPENDED_EV`, `FINISHING`) beyond the tariff's grace × its idle price, at "
-        "most its cap."))
+        "was done (`SUSPENDED_EV`, `FINISHING`, after it first charged) beyond the tariff's "
+        "grace × its idle price, at most its cap."))
     net: Decimal = strawberry.field(description="Before tax.")
     tax: Decimal = strawberry.field(description=(
         "`gross` − `net`: the tariff's tax on `net`, each figure rounded to the currency's "
@@ -1272,8 +1272,9 @@ class Tariff(Node, Audited):
         "start."))
     idle_price_per_minute: Decimal = strawberry.field(description=(
         "Per minute the connector sits occupied but not charging because the car is done "
-        "(`SUSPENDED_EV`; `FINISHING` while the transaction is open; never `SUSPENDED_EVSE`), "
-        "beyond `idleGraceMinutes` of such time per session."))
+        "(`SUSPENDED_EV`; `FINISHING` while the transaction is open; never `SUSPENDED_EVSE`; "
+        "only from the session's first `CHARGING` on: a car waiting for its departure timer "
+        "is not done), beyond `idleGraceMinutes` of such time per session."))
     idle_grace_minutes: int = strawberry.field(description=(
         "Idle minutes per session that are free, counted over the whole session."))
     idle_fee_cap: Decimal | None = strawberry.field(description=(
