@@ -48,3 +48,4 @@ async def test_the_bound_is_a_hundred_million_minor_units(api: Api, world: World
     # An unknown currency is its own error; its prices are bounded as two digits'.
     assert codes(await _set(api, world, currency="XYZ", pricePerKwh="1000000.01")) == [
         ("pricePerKwh", "OUT_OF_RANGE"), ("currency", "INVALID")]
+
