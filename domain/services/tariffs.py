@@ -147,7 +147,7 @@ async def _latest(store: Store, field: str, key: Any, at: datetime, scope: Scope
     return found[0] if found else None
 
 
-def scope_of(tariff: Tariff) -> Scope:
+def _scope_of(tariff: Tariff) -> Scope:
     """The scope a version prices (``scopes_for``)."""
     if tariff.connector_type is not None:
         return ("connector_type", tariff.connector_type)
@@ -278,7 +278,7 @@ class TariffService(Service):
             return tariff
         field, key = (("station_id", tariff.station_id) if tariff.station_id is not None
                       else ("company_id", tariff.company_id))
-        latest = await _latest(self.store, field, key, now, scope_of(tariff))
+        latest = await _latest(self.store, field, key, now, _scope_of(tariff))
         if tariff.removed_by(now) or latest is None or latest.id != tariff.id:
             raise ValidationError("it prices no new session already (removed, or replaced "
                                   "by a later version)", field="id", code="INVALID_STATE")
