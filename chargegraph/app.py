@@ -164,6 +164,12 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
                 await bus.start()
             stack.push_async_callback(bus.close)
             services = build_services(settings, store, hasher or Argon2Hasher(), bus)
+            try:
+                # Accounts that took an erased account's email before such emails were
+                # refused, for an admin to fix (review s25); never a reason not to start.
+                await services.erasure.warn_of_held_placeholders()
+            except Exception:
+                log.exception("looking for accounts holding erased accounts' emails failed")
             app.state.services = services
             app.state.store = store
             sources.store, sources.bus = store, bus

@@ -317,14 +317,62 @@ def without_secret_value(image: dict[str, Any] | None) -> dict[str, Any] | None:
     """A COMMAND audit image (``commands.masked`` wrote it) with a ChangeConfiguration's
     value ``HIDDEN`` when its key is a secret by the rule as it is now: entries written
     before the rule named the key one (review s23: a vendor's ``MqttPwd`` changed before
-    QA s23 was read back in clear by every operator of the station, for good)."""
-    if image is None or image.get("command") != "ChangeConfiguration":
+    QA s23 was read back in clear by every operator of the station, for good); and an
+    upload or download location without its credentials (``without_credentials``), for
+    entries written before its query values were hidden (QA s25)."""
+    if image is None:
+        return image
+    request = image.get("request")
+    if isinstance(request, dict) and isinstance(request.get("location"), str):
+        shown = without_credentials(request["location"])
+        if shown != request["location"]:
+            image = {**image, "request": {**request, "location": shown}}
+    if image.get("command") != "ChangeConfiguration":
         return image
     request = image.get("request")
     if not isinstance(request, dict) or "value" not in request \
             or request["value"] == HIDDEN or not is_secret_key(request.get("key")):
         return image
     return {**image, "request": {**request, "value": HIDDEN}}
+
+
+def without_credentials(url: str) -> str:
+    """An upload or download URL as the audit log, the station's rollout and the wire
+    log keep it: its user information (``ftp://user:password@host/``) and its query
+    string's values ``HIDDEN``. A URL signed in its query string (an S3 presigned URL's
+    ``X-Amz-Signature``, an Azure SAS token's ``sig``: how a bucket is usually handed to
+    a charger) is a credential as much (QA s25: kept whole); the parameters' names stay,
+    to tell which URL it was. Idempotent: a URL shown so is shown as it is."""
+    # By hand, not ``urlsplit``: a URL shown so (``ftp://[hidden]@host/``, as older
+    # entries keep it) is read again on every audit read, and ``urlsplit`` refuses its
+    # bracketed user information as a malformed IPv6 host.
+    base, hashmark, fragment = url.partition("#")
+    base, mark, query = base.partition("?")
+    scheme, sep, rest = base.partition("://")
+    if sep:
+        authority, slash, path = rest.partition("/")
+        if "@" in authority:
+            authority = f"{HIDDEN}@{authority.rsplit('@', 1)[1]}"
+        base = f"{scheme}{sep}{authority}{slash}{path}"
+    return f"{base}{mark}{_query_names(query)}{hashmark}{fragment}"
+
+
+#: A query parameter's name kept in a URL shown (``_query_names``): a short identifier.
+#: Anything else may be a value sent without ``=`` (``?<token>``) and is hidden as one.
+_PARAMETER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,31}")
+
+
+def _query_names(query: str) -> str:
+    """``X-Amz-Credential=[hidden]&X-Amz-Signature=[hidden]``: each parameter's name
+    where it looks like one, every value hidden (as request lines are logged)."""
+    if not query:
+        return query
+    shown = []
+    for parameter in query.split("&"):
+        name, equals, _ = parameter.partition("=")
+        shown.append(f"{name}={HIDDEN}" if equals and _PARAMETER_NAME.fullmatch(name)
+                     else HIDDEN)
+    return "&".join(shown)
 
 
 def is_secret_key(key: Any) -> bool:

@@ -322,8 +322,9 @@ class Station(Record):
     firmware_status_at: datetime | None = None
     diagnostics_status_at: datetime | None = None
     #: The last firmware rollout its charger accepted (UpdateFirmware): when, where from
-    #: (the URL without its user information, as the audit keeps it) and when the
-    #: charger was to fetch it. Statuses after ``firmware_requested_at`` are its.
+    #: (the URL without its user information nor query values, as the audit keeps it)
+    #: and when the charger was to fetch it. Statuses after ``firmware_requested_at`` are
+    #: its.
     firmware_requested_at: datetime | None = None
     firmware_location: str | None = None
     firmware_retrieve_date: datetime | None = None
@@ -1159,6 +1160,35 @@ class OfflineNotice(Record):
 
 
 @dataclass(kw_only=True)
+class PendingDelivery(Record):
+    """A webhook delivery an instance still had queued or waiting for a retry when it
+    stopped gracefully, handed over for whichever instance starts (or runs) next to
+    claim and resume: by deleting it with a guard (``Delete(only_if=...)``), which one
+    instance wins. Exactly what the receiver would have got: the body already built (its
+    event id, and the signature computed over it), the delivery id it was (or would have
+    been) posted with, the tries made and when the next is due. Control state written by
+    the service, not audited."""
+
+    kind: ClassVar[str] = "pending_delivery"
+    webhook_id: str
+    #: ``X-ChargeGraph-Delivery``: the same on every try, before and after the handover.
+    delivery_id: str
+    #: The webhook type (``X-ChargeGraph-Event``).
+    event_type: str
+    #: The JSON posted, as built when the delivery began (UTF-8 text, byte for byte).
+    body: str
+    #: The event as instances carry it between them (``pubsub/codec.py``): who may see
+    #: it is decided again before each try, on its ownership snapshot, as for any other.
+    event: str
+    #: POSTs made so far (0: it was still queued); the next is due at ``due_at``.
+    tries_made: int = 0
+    due_at: datetime
+    #: When it was queued: claimed and resumed in this order (``id`` breaking ties), so
+    #: a webhook's deliveries keep their order.
+    queued_at: datetime
+
+
+@dataclass(kw_only=True)
 class RefreshFamily(Record):
     """One signed-in device: the chain of refresh tokens a sign-in starts, each rotation
     handing on to the next. Revoking it (sign-out, or a rotated token presented again)
@@ -1216,6 +1246,7 @@ ENTITY_TYPES: tuple[type[Record], ...] = (
     ConfigurationKey,
     Webhook,
     OfflineNotice,
+    PendingDelivery,
     RefreshFamily,
     RefreshToken,
     Site,

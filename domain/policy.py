@@ -37,6 +37,7 @@ from domain.events import (
     ReservationChanged,
     SessionChanged,
     StationConnectionChanged,
+    StationSightChanged,
 )
 from domain.query import (
     ALL,
@@ -466,6 +467,12 @@ class Policy:
     def sees_event(self, viewer: Viewer, event: DomainEvent) -> bool:
         """The subscription-side twin of ``scope``: the same rules, decided on the event's
         ownership snapshot instead of in a store query."""
+        if isinstance(event, StationSightChanged):
+            # Only to whom the edit changed the station's sight: an admin, or a driver
+            # of a station handed over on the map, sees it before and after (nothing
+            # changed for them, and no charger went offline).
+            now, before = (self.sees_event(viewer, side) for side in event.sides())
+            return now and not before if event.joined else before and not now
         if viewer.is_admin:
             return True
         public = isinstance(event, ConnectorStatusChanged | StationConnectionChanged) \
@@ -537,18 +544,24 @@ class Policy:
             return Viewer(user_id=owner.id, role=Role.OPERATOR, company_id=webhook.company_id)
         return None
 
-    @staticmethod
-    def takes_over_webhook(webhook: Webhook, owner: User | None, enabler: Viewer) -> bool:
+    @classmethod
+    def takes_over_webhook(cls, webhook: Webhook, owner: User | None, enabler: Viewer
+                           ) -> bool:
         """Whether enabling ``webhook`` again makes it ``enabler``'s (its events seen with
         their eyes from then on). A company's webhook sees what the company sees whoever
         owns it, so it always does. One of no company sees with its owner's eyes: an
         admin taking over an operator's would send every company's events to the URL
         that operator chose (QA s25: a solo operator's receiver, enabled again by an
-        admin who fixed it for them, got every other company's sessions), so it stays
-        the operator's; an admin's passes between admins."""
+        admin who fixed it for them, got every other company's sessions), so an operator
+        who can still receive its events keeps theirs. An admin takes over one whose
+        owner is an admin, or whose owner can no longer receive its events
+        (``webhook_viewer`` is None: deactivated, demoted, erased, the rule that
+        disables it as orphaned); otherwise it stayed the orphan's and was disabled
+        again at its next event (review s25)."""
         if webhook.company_id is not None or not enabler.is_admin:
             return True
-        return owner is not None and owner.role is Role.ADMIN
+        return owner is None or owner.role is Role.ADMIN \
+            or cls.webhook_viewer(webhook, owner) is None
 
     # ---------------------------------------------------------------- field-level views
     def sees_station_private(self, viewer: Viewer, station: Station) -> bool:

@@ -6,6 +6,15 @@ and what the central system asks for, and a Rejected one nothing but its next bo
 SecurityError. Without it a charger nobody accepted (a Pending one that registered itself,
 with ``CHARGEGRAPH_AUTO_REGISTER``) could check every card with Authorize and open
 sessions on drivers' cards, which then read ConcurrentTx at real stations.
+
+A station made Pending or Rejected while its charger was Accepted is another matter: the
+charger learns its registration only at its next boot (4.2), and until then sends what an
+Accepted one does. Its messages about a transaction already open on the station
+(``ABOUT_OPEN_TRANSACTIONS``: its StopTransaction, its meter values, its connectors'
+states) are admitted whatever the registration (``ChargingService.admits``): refused, the
+charger drops them after its TransactionMessageAttempts, and the session stays ACTIVE and
+unbilled for good (review s25). Nothing opens a transaction: no StartTransaction, no
+Authorize, whatever is open.
 """
 
 from __future__ import annotations
@@ -20,6 +29,12 @@ PENDING_MAY_SEND = frozenset({
     "BootNotification", "Heartbeat", "StatusNotification",
     "DiagnosticsStatusNotification", "FirmwareStatusNotification",
 })
+
+
+#: What a charger may send about a transaction open on its station (ACTIVE, awaiting its
+#: late stop, or closed without its stop), whatever the station's registration: the
+#: messages that close it, measure it, and report its connector.
+ABOUT_OPEN_TRANSACTIONS = frozenset({"StopTransaction", "MeterValues", "StatusNotification"})
 
 
 def admits(registration: Registration, action: str) -> bool:

@@ -363,15 +363,21 @@ def optional_text(value: str | None, field: str, max_len: int = MAX_NAME) -> str
 def password(value: str | None, field: str = "password") -> str:
     """A new password: its length, and not one guessed first (``TOO_WEAK``: blank, one
     character repeated, or among ``COMMON_PASSWORDS``). No rules on what it must
-    contain: those make passwords harder to remember, not to guess (NIST SP 800-63B)."""
+    contain: those make passwords harder to remember, not to guess (NIST SP 800-63B).
+    The rules hold for the password as it is hashed (``password_form``), not as typed:
+    a full-width "ｐａｓｓｗｏｒｄ" is "password", "aａaａaａaａ" one letter repeated, and
+    "a" with a combining accent one character (review s25: each was taken, and then the
+    weak password it stands for signed in). The text given is returned, hashed by
+    ``AccountService.hash_password`` in that form."""
     value = _given(value, field)
-    if len(value) < MIN_PASSWORD:
+    hashed = password_form(value)
+    if len(hashed) < MIN_PASSWORD:
         raise ValidationError(
             f"at least {MIN_PASSWORD} characters", field=field, code="TOO_SHORT"
         )
-    if len(value) > MAX_PASSWORD:
+    if len(hashed) > MAX_PASSWORD:
         raise ValidationError(f"at most {MAX_PASSWORD} characters", field=field, code="TOO_LONG")
-    if len(set(value)) == 1 or not value.strip() or value.casefold() in COMMON_PASSWORDS:
+    if len(set(hashed)) == 1 or not hashed.strip() or hashed.casefold() in COMMON_PASSWORDS:
         raise ValidationError("too easy to guess: one of the passwords tried first (choose "
                               "a few unrelated words)", field=field, code="TOO_WEAK")
     return value
@@ -381,7 +387,8 @@ def password_form(value: str) -> str:
     """What an account's password is hashed and checked as: its NFKC form (NIST SP
     800-63B), so it signs in however its letters were typed ("ü" as one letter, or "u"
     and a combining diaeresis, as some keyboards and pastes give it; full-width forms),
-    as emails are compared (QA s25). The rules of ``password`` apply to the text given."""
+    as emails are compared (QA s25). The rules of ``password`` apply to this form too:
+    it is the password the account really has."""
     return unicodedata.normalize("NFKC", value)
 
 
@@ -542,7 +549,7 @@ def money(value: Decimal | str | float, field: str, *, max_value: Decimal = Deci
 
 #: The most a price may be, in minor units of its currency: 1,000,000 EUR, 100,000,000
 #: JPY, KRW or CLP, 1,000,000 IDR, 10,000 CLF. One bound in major units (10,000 of any
-#: currency) refused everyday fees where a unit is worth little (QA s26: a 15,000 CLP
+#: currency) refused everyday fees where a unit is worth little (QA s25: a 15,000 CLP
 #: idle-fee cap, a 20,000 KRW session fee), of currencies the tariffs take. A cost stays
 #: within the stores' 64-bit integers for any energy a register may report
 #: (``MAX_READING``): 10,000 CLF, which the old bound allowed, is this many units too.

@@ -304,7 +304,8 @@ class UpdateFirmwareInput:
     cp_id: str = strawberry.field(description=_CP_ID)
     location: str = strawberry.field(description=(
         "Where the charger downloads the firmware: an absolute ftp(s), sftp or http(s) "
-        "URL, at most 2000 characters (the audit log keeps it without user information)."))
+        "URL, at most 2000 characters (the audit log keeps it without user information "
+        "nor query string values: a presigned URL's signature)."))
     retrieve_date: datetime = strawberry.field(description=(
         "When the charger is to download it (not before): at most a year ahead "
         "(`OUT_OF_RANGE`); a past time means at once."))

@@ -38,7 +38,9 @@ _NAME = "At most 200 characters; runs of whitespace become one space."
 _EMAIL = ("A sign-in address, stored trimmed and in lower case: unique whatever its case "
           "(DUPLICATE).")
 _PASSWORD = ("8 to 256 characters (TOO_SHORT, TOO_LONG), not one of the passwords guessed "
-             "first (TOO_WEAK: common ones, one character repeated).")
+             "first (TOO_WEAK: common ones, one character repeated), both of it as it is "
+             "compared: Unicode-normalized (NFKC: full-width letters as plain ones, a "
+             "letter and its combining accent as one).")
 _MAX_KW = "Rated power in kW, above 0 and at most 1000; null: unknown."
 _BATTERY = "Battery capacity in kWh, above 0 and at most 1000."
 _PLATE = ("Letters, digits, spaces and dashes, at most 16 letters and digits; stored "
@@ -265,9 +267,10 @@ class UpdateStationInput:
     registration: Registration | None = strawberry.field(default=strawberry.UNSET,
                                                          description=(
         "How its charger's boots are answered; accepting a PENDING or REJECTED station "
-        "asks its charger, if connected, to boot again. Not PENDING or REJECTED while a "
-        "session is active there (IN_USE): its charger, told at its next boot, would "
-        "have its stop refused; stop or end the session first."))
+        "asks its charger, if connected, to boot again. Made PENDING or REJECTED, no "
+        "session starts there from then on; one under way runs to its end and is billed "
+        "as any other (its charger, told at its next boot, still has its meter values "
+        "and stop taken)."))
     heartbeat_interval: int | None = strawberry.field(default=strawberry.UNSET, description=(
         "Seconds (1 to 86400) its charger's boots are answered with from now on, which it "
         "takes at its next boot (a `changeConfiguration` of `HeartbeatInterval` it accepts "

@@ -75,7 +75,9 @@ INPUT_ARGUMENT = ("What to do; each field is described on the input type. Expect
 Email = Annotated[str, strawberry.argument(description="The account's email (any case).")]
 NewPassword = Annotated[str, strawberry.argument(
     description="8 to 256 characters (TOO_SHORT, TOO_LONG), not one of the passwords "
-                "guessed first (TOO_WEAK: common ones, one character repeated); for "
+                "guessed first (TOO_WEAK: common ones, one character repeated), both of "
+                "it as it is compared: Unicode-normalized (NFKC: full-width letters as "
+                "plain ones, a letter and its combining accent as one); for "
                 "changePassword, not the current one (UNCHANGED).")]
 RefreshToken = Annotated[str, strawberry.argument(
     description="A refresh token, as `refreshToken` in a LoginPayload.")]
@@ -372,9 +374,10 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
         "new sign-up), password and cars' plates are anonymised, here and in the audit "
         "log's entries about it; it is deactivated for good (every token revoked); its "
         "cards are removed (chargers refuse them) and its cars removed (sessions keep "
-        "showing the car). Its sessions, payments and refunds stay under its id. IN_USE "
-        "while a session of theirs is under way, while they own stations, and for the "
-        "last admin."))
+        "showing the car); its own webhooks (of no company) are removed, their URL and "
+        "errors scrubbed from the audit log, and its company's disabled. Its sessions, "
+        "payments and refunds stay under its id. IN_USE while a session of theirs is "
+        "under way, while they own stations, and for the last admin."))
     async def erase_user(self, info: Info, input: EraseUserInput) -> UserPayload:
         ctx = _ctx(info)
 
@@ -695,7 +698,10 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
     async def capture_payment(self, info: Info, input: CapturePaymentInput) -> PaymentPayload:
         return await _settle(info, input.id, "capture")
 
-    @strawberry.mutation(description="Mark a PENDING payment as failed.")
+    @strawberry.mutation(description=(
+        "Mark a PENDING payment as failed. A capture already under way (its provider "
+        "asked before the fail was written) may still record the payment CAPTURED "
+        "afterwards: its money moved."))
     async def fail_payment(self, info: Info, input: FailPaymentInput) -> PaymentPayload:
         return await _settle(info, input.id, "fail")
 

@@ -24,6 +24,7 @@ from strawberry.scalars import JSON
 from domain import entities as d
 from domain import pricing
 from domain.availability import connectors_free
+from domain.command_rules import without_credentials
 from domain.currencies import major_units
 from domain.geo import distance_km
 from domain.ids import is_id
@@ -521,7 +522,8 @@ class FirmwareRollout:
     requested_at: datetime = strawberry.field(description="When the charger accepted it.")
     location: str = strawberry.field(description=(
         "Where the charger was to fetch the firmware from, without the URL's user "
-        "information (as the audit log keeps it)."))
+        "information nor its query string's values, where a presigned URL carries its "
+        "signature (as the audit log keeps it)."))
     retrieve_date: datetime | None = strawberry.field(description=(
         "When the charger was to fetch it (not before)."))
 
@@ -529,7 +531,9 @@ class FirmwareRollout:
     def of(cls, r: d.Station) -> FirmwareRollout | None:
         if r.firmware_requested_at is None:
             return None
-        return cls(requested_at=r.firmware_requested_at, location=r.firmware_location or "",
+        # Also a rollout recorded before query values were hidden (QA s25).
+        return cls(requested_at=r.firmware_requested_at,
+                   location=without_credentials(r.firmware_location or ""),
                    retrieve_date=r.firmware_retrieve_date)
 
 

@@ -108,7 +108,8 @@ class Webhook(Node, Audited):
     @strawberry.field(description=(
         "Whose view its events are delivered with: who created it, or who last enabled it "
         "again (`updateWebhook` with `active: true`; an operator's own webhook, of no "
-        "company, stays theirs when an admin enables it)."))
+        "company, stays theirs when an admin enables it while they can still receive its "
+        "events)."))
     async def owner(self, info: Info) -> User | None:
         return await _related(info, User, self._r.owner_id)  # type: ignore[no-any-return]
 
@@ -219,7 +220,8 @@ class WebhookMutation:
     @strawberry.mutation(description=(
         "Change what is given. Enabling it again (`active`) clears its failures and why "
         "it was disabled, and makes it the enabler's (an operator's own, of no company, "
-        "stays theirs when an admin enables it)."))
+        "stays theirs when an admin enables it while they can still receive its "
+        "events)."))
     async def update_webhook(self, info: Info, input: UpdateWebhookInput) -> WebhookPayload:
         ctx = _ctx(info)
 

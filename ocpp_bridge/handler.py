@@ -69,11 +69,14 @@ wire_log.addFilter(SecretMasking())
 
 
 #: Text in every frame that may carry a secret (``logged_frame``): a download or upload
-#: URL's user information, a ChangeConfiguration (of a vendor's BackendPassword, say) and
-#: a GetConfiguration answer (a charger reading its AuthorizationKey back). Looked for as
+#: URL's user information, or the signed query string of a GetDiagnostics' or an
+#: UpdateFirmware's (QA s25: an Azure SAS token's ``sig`` was logged whole), a
+#: ChangeConfiguration (of a vendor's BackendPassword, say) and a
+#: GetConfiguration answer (a charger reading its AuthorizationKey back). Looked for as
 #: text: the wire log writes every frame on the chargers' hot path, and a MeterValues or
 #: a Heartbeat is never parsed again for it.
-MAY_HOLD_SECRET = ("@", '"ChangeConfiguration"', '"configurationKey"')
+MAY_HOLD_SECRET = ("@", '"GetDiagnostics"', '"UpdateFirmware"', '"ChangeConfiguration"',
+                   '"configurationKey"')
 #: What the wire log writes of such a frame when it cannot be read as an OCPP frame.
 NOT_SHOWN = "[{} characters not shown: no OCPP frame, and they may hold a secret]"
 
@@ -119,6 +122,14 @@ ActionHandler = Callable[["ChargePointHandler", Payload], Awaitable[Payload]]
 FAST_SEND_BUFFER = 64 * 1024
 #: Close code for a charger whose station was removed (1008: policy violation).
 CLOSE_UNKNOWN_STATION = 1008
+
+
+def _int(payload: Any, key: str) -> int | None:
+    """``payload[key]`` if it is an integer (a transaction or connector id), else ``None``."""
+    value = payload.get(key) if isinstance(payload, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 #: The answer to the notifications whose confirmation carries no fields.
 EMPTY: Payload = {}
 #: The metrics label of an action we do not serve (or a frame without one): chargers may
@@ -143,6 +154,39 @@ OCPP16_SPELLING = {"FormatViolation": "FormationViolation",
 #: CALLERROR codes by which a charger says it cannot do a request at all
 #: (``ChargerNotSupported``), not that it failed this time.
 CANNOT_DO = frozenset({"NotSupported", "NotImplemented"})
+
+#: OCPP 1.6's bound on a configuration value (CiString500). Chargers in the field report
+#: longer ones (every measurand they meter, in MeterValuesSampledData: 551 characters on
+#: a Wallbox Copper SB), and the schema refused the whole GetConfiguration answer for one.
+CONFIGURATION_VALUE_MAX = 500
+
+
+def _set_aside_long_values(payload: Any) -> dict[int, str]:
+    """Takes the configuration values longer than ``CONFIGURATION_VALUE_MAX`` out of a
+    GetConfiguration answer's ``payload`` (a value is optional there), by the index of
+    their key, so the package's schema check judges the rest; ``_put_back`` returns them
+    to the answer it builds."""
+    keys = payload.get("configurationKey") if isinstance(payload, dict) else None
+    if not isinstance(keys, list):
+        return {}
+    aside: dict[int, str] = {}
+    for index, entry in enumerate(keys):
+        if isinstance(entry, dict) and isinstance(entry.get("value"), str) \
+                and len(entry["value"]) > CONFIGURATION_VALUE_MAX:
+            aside[index] = entry.pop("value")
+    return aside
+
+
+def _put_back(answer: Any, aside: dict[int, str]) -> Any:
+    """``answer`` (the package's GetConfiguration result) with the values
+    ``_set_aside_long_values`` took out at their keys again."""
+    keys = getattr(answer, "configuration_key", None)
+    if not aside or not isinstance(keys, list):
+        return answer
+    for index, value in aside.items():
+        if index < len(keys) and isinstance(keys[index], dict):
+            keys[index]["value"] = value
+    return answer
 
 
 def _beyond_int(value: Any, path: str = "") -> str | None:
@@ -210,12 +254,19 @@ class ChargePointHandler(ChargePoint):
         self._call_errors: set[str] = set()
         #: Commands in progress already handed their answer: a second one is a repeat.
         self._answered: set[str] = set()
+        #: GetConfiguration answers' values over OCPP's 500 characters, set aside while
+        #: the package checks the rest (``_set_aside_long_values``), by unique id.
+        self._long_values: dict[str, dict[int, str]] = {}
         self._closed = False
         #: Why this connection stopped being its charger's while its socket still closes
         #: ("connected to another instance"; ``superseded``), else ``None``.
         self.left: str | None = None
         #: Its station was removed (``station_removed``): its messages are refused.
         self._station_removed = False
+        #: The id of the station record it signed in as (at its handshake); ``None``
+        #: when not known. A removal is its only if it is of that station: the cpId may
+        #: have been created again since (``OcppServer._watch_removals``).
+        self.station_id: str | None = None
         self.pacer = FramePacer()
         #: When the charger's last frame came (our clock); ``None`` before its first.
         self.heard_at: datetime | None = None
@@ -282,6 +333,7 @@ class ChargePointHandler(ChargePoint):
             answered_with_error = unique_id in self._call_errors
             self._call_errors.discard(unique_id)
             self._answered.discard(unique_id)
+            long_values = self._long_values.pop(unique_id, {})
             # Cancelled here (by a failure, or the timeout), the package's call leaves its
             # lock and the queue of answers as they were.
             call.cancel()
@@ -293,7 +345,7 @@ class ChargePointHandler(ChargePoint):
         if not call.done():
             raise TimeoutError(f"no answer within {timeout:g}s")
         try:
-            return call.result()
+            return _put_back(call.result(), long_values)
         except ConnectionClosed as exc:  # sent after the socket closed, before we knew
             raise ChargerOffline(f"{self.id} went offline") from exc
         except OCPPError as exc:
@@ -387,8 +439,12 @@ class ChargePointHandler(ChargePoint):
         if isinstance(response, CallError):
             self._call_errors.add(response.unique_id)
         else:
-            # A vendor's own fields go first: a big number of theirs (a millisecond
-            # timestamp) is theirs, not an answer the command failed on (review s24).
+            # Long configuration values are set aside first, so the vendor's own fields
+            # are told apart (and logged) by a check the rest of the answer passes. A
+            # vendor's own fields go before the integers: a big number of theirs (a
+            # millisecond timestamp) is theirs, not an answer the command failed on
+            # (review s24).
+            self._keep_long_values(response)
             self._leave_out_unknown(response)
             beyond = _beyond_int(response.payload)
             if beyond is not None:
@@ -413,6 +469,26 @@ class ChargePointHandler(ChargePoint):
         except (FrameError, OSError):
             return  # the package refuses it with its own words
         self._note_unknown(action, checked.unknown)
+
+    def _keep_long_values(self, response: CallResult) -> None:
+        """A GetConfiguration answer whose values go beyond OCPP 1.6's 500 characters is
+        taken with them whole, as the charger holds them (not ``strict_schema``): the
+        operator asked what the charger is configured with, and one long value lost
+        the whole answer (QA s25). Everything else in it is checked as strictly."""
+        if self.strict_schema \
+                or self._actions.get(response.unique_id) != "GetConfiguration":
+            return
+        aside = _set_aside_long_values(response.payload)
+        if not aside:
+            return
+        self._long_values[response.unique_id] = aside
+        keys = response.payload["configurationKey"]
+        for index in aside:
+            key = keys[index].get("key") if isinstance(keys[index], dict) else None
+            if self._first_time("GetConfiguration", f"value of {key}"):
+                log.info("%s: GetConfiguration: %s's value is longer than OCPP 1.6's %d "
+                         "characters (%d): kept whole", self.id, key,
+                         CONFIGURATION_VALUE_MAX, len(aside[index]))
 
     def _note_unknown(self, action: str, removed: list[str]) -> None:
         for path in removed:
@@ -519,10 +595,12 @@ class ChargePointHandler(ChargePoint):
             if self._station_removed:
                 raise FrameError(frames.PROPERTY_CONSTRAINT_VIOLATION,
                                  f"unknown charge point {self.id}", uid)
-            if action != "BootNotification" and not await self.charging.admits(self.id,
-                                                                                action):
+            if action != "BootNotification" and not await self.charging.admits(
+                    self.id, action, transaction_id=_int(frame.payload, "transactionId"),
+                    connector_id=_int(frame.payload, "connectorId")):
                 # The charger keeps what it queued (a StartTransaction, its meter values)
-                # and sends it once an operator accepts the station.
+                # and sends it once an operator accepts the station. What is about a
+                # transaction open there is taken whatever the registration (a stop).
                 raise FrameError(frames.SECURITY_ERROR,
                                  f"{action} refused: the station is not accepted (its "
                                  "registration is pending or rejected)", uid)

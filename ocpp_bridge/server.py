@@ -25,6 +25,7 @@ import os
 import socket
 import ssl
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -170,6 +171,10 @@ class OcppServer:
         self._checking = KeyedLocks()  # one password check per station at a time
         self._in_flight: set[tuple[str, str]] = set()  # (cp_id, peer address) being checked
         self.refusals = RefusalLog()
+        #: A socket let in at its handshake → the id of the station it signed in as,
+        #: until its handler takes it (``_connection``).
+        self._signed_in: weakref.WeakKeyDictionary[ServerConnection, str] = \
+            weakref.WeakKeyDictionary()
         self.proxies = TrustedProxies(trusted_proxies)
         #: Where every connection's handler counts the CALLs it answers (``/metrics``).
         self.metrics = metrics
@@ -399,13 +404,17 @@ class OcppServer:
         answer it takes the 10 s close timeout): meanwhile the cpId created again had
         its commands sent to the closing socket, waiting out the command timeout, and
         what the socket still delivered was recorded on the new station, under the
-        removed station's password (``ChargePointHandler.station_removed``)."""
+        removed station's password (``ChargePointHandler.station_removed``). Only the
+        connection that signed in as the removed station (``_signed_in_as``): matched by
+        cpId, a removal delivered late (an instance lagging) after the cpId was created
+        again and its charger connected let that connection go, the new station left
+        online with no connection (review s25)."""
         async with contextlib.aclosing(stream):
             async for event in stream:
                 if not isinstance(event, StationRemoved):
                     continue
                 handler = self.gateway.handler_of(event.cp_id)
-                if handler is None:
+                if handler is None or not _signed_in_as(handler, event.station_id):
                     continue
                 log.info("%s: its station was removed; closing", event.cp_id)
                 handler.station_removed()
@@ -440,6 +449,7 @@ class OcppServer:
             self.refusals.note(cp_id, peer, UNKNOWN_CHARGE_POINT)
             return connection.respond(HTTPStatus.NOT_FOUND, f"{UNKNOWN_CHARGE_POINT}\n")
         if station.auth_password_hash is None:
+            self._signed_in[connection] = station.id
             return None  # security profile 0: the operator chose no password
         credentials = basic_credentials(request.headers.get("Authorization"))
         # A user name other than the cpId is refused before any password is looked at:
@@ -459,6 +469,7 @@ class OcppServer:
             response = connection.respond(HTTPStatus.UNAUTHORIZED, "authentication failed\n")
             response.headers["WWW-Authenticate"] = REALM
             return response
+        self._signed_in[connection] = station.id
         return None
 
     def _peer(self, connection: ServerConnection, request: Request) -> str:
@@ -645,6 +656,7 @@ class OcppServer:
         handler = ChargePointHandler(cp_id, ws, self.charging,
                                      response_timeout=self.response_timeout,
                                      metrics=self.metrics, strict_schema=self.strict_schema)
+        handler.station_id = self._signed_in.pop(ws, None)
         try:
             # The number ordering this connection among the charger's others (here and on
             # other instances) is drawn as the socket arrives, before it waits its turn:
@@ -703,6 +715,13 @@ class OcppServer:
                                 exc.reason)
                 except Exception:  # the store may already be closing at shutdown
                     log.exception("%s: could not record the disconnect", cp_id)
+
+
+def _signed_in_as(handler: ChargePointHandler, station_id: str | None) -> bool:
+    """Whether ``handler``'s connection signed in as the station ``station_id`` (one not
+    known on either side is taken as its: the cpId is all there is to go by)."""
+    return handler.station_id is None or station_id is None \
+        or handler.station_id == station_id
 
 
 def shown_id(text: str) -> str:

@@ -112,6 +112,9 @@ class AccountService(Service):
         self.on_reactivated: Callable[[Viewer, User], Awaitable[None]] | None = None
         #: Sign-ins being checked now, per (email, client): a lock they set is theirs.
         self._checking: Counter[str] = Counter()
+        #: Attempts that may find an email taken being checked now, per client
+        #: (``_counting_taken_emails``): a lock they set is theirs.
+        self._probing: Counter[str] = Counter()
         self._releasing = Background()
         #: Whether drivers may open accounts themselves (``sign_up``); off unless the
         #: deployment says so (``Settings.sign_up``).
@@ -129,11 +132,19 @@ class AccountService(Service):
     async def password_matches(self, password_hash: str, password: str) -> bool:
         """Whether ``password`` is the one of ``password_hash``: in its normalized form,
         or as typed, for hashes made before passwords were normalized."""
+        return await self._matched_form(password_hash, password) is not None
+
+    async def _matched_form(self, password_hash: str, password: str) -> str | None:
+        """The form of ``password`` that ``password_hash`` is of: its normalized form
+        (``password_form``), or, for a hash made before passwords were normalized, the
+        text as typed, in which case it is not ``password_form``'s; ``None``: neither."""
         normalized = v.password_form(password)
         if await super().password_matches(password_hash, normalized):
-            return True
-        return normalized != password and await super().password_matches(password_hash,
-                                                                          password)
+            return normalized
+        if normalized != password and await super().password_matches(password_hash,
+                                                                      password):
+            return password
+        return None
 
     @property
     def throttles(self) -> list[SignInThrottle]:
@@ -273,6 +284,8 @@ class AccountService(Service):
         password_hash = UNSET if password is UNSET else await self.hash_password(password)
         given = {"name": name, "email": email, "password_hash": password_hash,
                  "role": role, "company_id": company_id, "active": active}
+        # Counted by the client's sign-in limit only: its sign-ups are no concern here
+        # (an office's ten new drivers may still fix their emails).
         probing = email is not UNSET and viewer.user_id == user_id
         with self._counting_taken_emails(client_key(client) if probing else None):
             user, updated = await retried(
@@ -293,23 +306,35 @@ class AccountService(Service):
         return updated
 
     @contextmanager
-    def _counting_taken_emails(self, client: str | None) -> Iterator[None]:
-        """A change of one's own email answers DUPLICATE for a taken one, so it tells
-        which emails have an account as a sign-up does (QA s25: any signed-in driver
-        probed emails this way, unlimited). Counted the same: refused while the client
-        is locked, a taken email a failed sign-in of the client."""
+    def _counting_taken_emails(self, client: str | None, *, sign_ups: bool = False
+                               ) -> Iterator[None]:
+        """What answers DUPLICATE for a taken email (a sign-up, a change of one's own
+        email) tells which emails have an account, so it is counted as a sign-in is
+        (QA s25: any signed-in driver probed emails by changing their own, unlimited):
+        refused while the client is locked (``sign_ups``: by its sign-ups too), and
+        counted as a failed sign-in of the client *before* the slow part (a password
+        hashed or checked), in the same step as the lock test, as ``authenticate``
+        counts: review s25, probes sent at once all passed the lock while the first
+        were still checking the password, and ten answered with a limit of two. The
+        count is taken back (``forgive``) unless the answer was a taken email."""
         if not client:
             yield
             return
-        # Its sign-ups are no concern here: an office's ten new drivers may still fix
-        # their emails.
-        self._refuse_locked_client(client, sign_ups=False)
+        self._refuse_locked_client(client, sign_ups=sign_ups)
+        self.client_throttle.failed(client)
+        self._probing[client] += 1
+        taken = False
         try:
             yield
         except UniqueViolation as exc:
-            if exc.field == "email":
-                self.client_throttle.failed(client)
+            taken = exc.field == "email"
             raise
+        finally:
+            self._probing[client] -= 1
+            if not self._probing[client]:
+                del self._probing[client]
+            if not taken:
+                self.client_throttle.forgive(client)
 
     async def _edit_user(self, viewer: Viewer, user_id: str, given: dict[str, Any],
                          current_password: Any) -> tuple[User, User]:
@@ -439,22 +464,20 @@ class AccountService(Service):
         checks.done()
         user = User(email=email, name=name, role=Role.DRIVER)
         client = client_key(client)
-        self._refuse_locked_client(client)
-        self._refuse_when_busy(client)
-        if client:
-            self.sign_up_throttle.failed(client)  # every attempt counts, a success too
-        with self._hashing_slot(client):
-            user.password_hash = await self.hash_password(checked)
-        # The new user is the actor: nobody else made the account.
-        viewer = Viewer.of(user)
-        stamp_new(user, viewer)
         try:
-            await self.commit(viewer, [(Insert(user), None)])
+            with self._counting_taken_emails(client, sign_ups=True):
+                self._refuse_when_busy(client)
+                if client:
+                    self.sign_up_throttle.failed(client)  # every attempt, a success too
+                with self._hashing_slot(client):
+                    user.password_hash = await self.hash_password(checked)
+                # The new user is the actor: nobody else made the account.
+                viewer = Viewer.of(user)
+                stamp_new(user, viewer)
+                await self.commit(viewer, [(Insert(user), None)])
         except UniqueViolation as exc:
             if exc.field != "email":
                 raise
-            if client:
-                self.client_throttle.failed(client)
             raise Conflict("an account with this email exists: sign in instead",
                            field="email", code="DUPLICATE") from None
         return user
@@ -465,6 +488,11 @@ class AccountService(Service):
         locked = (self.client_throttle.locked_for(client)
                   or (self.sign_up_throttle.locked_for(client) if sign_ups else None)
                   ) if client else None
+        if locked is not None and client and self._probing[client]:
+            # Locked by probes still under way (counted as taken until they are not):
+            # they may all be fine, so no claim of minutes (as ``authenticate`` says).
+            raise Unauthenticated("too many attempts at once from your address: try "
+                                  "again in a moment", code="TOO_MANY_ATTEMPTS")
         if locked is not None:
             minutes = max(1, round(locked.total_seconds() / 60))
             raise Unauthenticated(f"too many attempts from your address: try again in "
@@ -571,13 +599,19 @@ class AccountService(Service):
         if user is None or not user.password_hash:
             await self.password_matches(await self._dummy(), password)
             raise Unauthenticated("wrong email or password")
-        if not await self.password_matches(user.password_hash, password) or not user.active:
+        matched = await self._matched_form(user.password_hash, password)
+        if matched is None or not user.active:
             raise Unauthenticated("wrong email or password")
         self.throttle.succeeded(key)
         self.email_throttle.forgive(user.email)
         if client:
             self.client_throttle.forgive(client)
-        if self.ctx.hasher.needs_rehash(user.password_hash):
+        # Rehashed when the hasher's parameters moved on, and when the hash is of the
+        # text as typed before passwords were normalized (review s25: such an account
+        # signed in only as typed then, never by the same letters typed otherwise; now
+        # its first sign-in stores its normalized form, and from then on it does).
+        if matched != v.password_form(password) \
+                or self.ctx.hasher.needs_rehash(user.password_hash):
             # Only the hash, and only while it is still the one just verified: a whole
             # record written back could undo a deactivation or a new password that
             # another instance stored meanwhile.

@@ -57,7 +57,7 @@ from domain.policy import Viewer, live_reservations
 from domain.ports import Change, Guard, Insert, InsertIfAbsent, Update
 from domain.pricing import billed_idle_seconds, session_cost_minor
 from domain.query import Eq, In, Range, Sort, all_of
-from domain.registration import admits
+from domain.registration import ABOUT_OPEN_TRANSACTIONS, admits
 from domain.services.base import (
     ServiceContext,
     books_of,
@@ -160,6 +160,9 @@ STOP_BELOW_READINGS_SLACK_WH = 500
 #: Sessions closed without their stop whose charger still metered them, noted so that is
 #: logged once per session (``ChargingService._still_metered``); forgotten past this many.
 MAX_NOTED_CLOSES = 1000
+#: The most remote starts a boot settles at once (``_starts_forgotten``): far above the
+#: live ones a station holds (one per connector, a few naming none, each card once).
+MAX_FORGOTTEN_STARTS = 200
 
 #: How soon a StartTransaction whose answer was lost may be sent again with a timestamp of
 #: its own (the charger stamps the resend) and still be taken for the same start: the
@@ -464,11 +467,54 @@ class ChargingService(ChargerConnections):
         self.cache.remember(station)
         return station
 
-    async def admits(self, cp_id: str, action: str) -> bool:
+    async def admits(self, cp_id: str, action: str, *, transaction_id: int | None = None,
+                     connector_id: int | None = None) -> bool:
         """Whether the charger may send ``action`` now (``domain.registration``): its
-        station's registration, as cached for its other messages."""
+        station's registration, as cached for its other messages; whatever it is, a
+        message about a transaction open on the station (``ABOUT_OPEN_TRANSACTIONS``,
+        ``_about_open_transaction``). ``transaction_id``, ``connector_id``: the
+        message's, as it names them."""
         station = await self._require_station(cp_id)
-        return admits(station.registration, action)
+        if admits(station.registration, action):
+            return True
+        return action in ABOUT_OPEN_TRANSACTIONS and await self._about_open_transaction(
+            station, action, transaction_id, connector_id)
+
+    async def _about_open_transaction(self, station: Station, action: str,
+                                      transaction_id: int | None,
+                                      connector_id: int | None) -> bool:
+        """Whether a message of a charger not (any more) Accepted is about a transaction
+        open on its station: one that closes or measures it must be taken, or the session
+        is never closed, never billed (review s25). The charger learns a Pending or
+        Rejected registration only at its next boot, and its transactions do not wait for
+        it: whichever of a start and the operator's update landed first, and however
+        stale an instance's copy of the station was (``CACHE_TTL_S``), a session it opened
+        is stopped. Only this station's (by its id: a station created again under the
+        cpId is not the removed one's), and only one a stop would still close or correct
+        (``stoppable``: ACTIVE, awaiting its late stop, or closed without it). A
+        StopTransaction names its transaction; MeterValues name it, or (clock-aligned
+        samples) only the connector, then an ACTIVE session there; a StatusNotification
+        while a session is ACTIVE or awaits its stop on the station."""
+        if transaction_id is not None:
+            if action == "StatusNotification" or not issued_id(transaction_id):
+                return False
+            session = await self.store.find_one(Session, Eq("transaction_id", transaction_id))
+            return session is not None and session.station_id == station.id \
+                and stoppable(session)
+        if action == "StopTransaction":
+            return False
+        if action == "MeterValues":
+            if not connector_id:
+                return False
+            return await self.store.find_one(Session, all_of(
+                Eq("station_id", station.id), Eq("connector_id", connector_id),
+                Eq("state", SessionState.ACTIVE))) is not None
+        if await self.store.find_one(Session, all_of(
+                Eq("station_id", station.id), Eq("state", SessionState.ACTIVE))) is not None:
+            return True
+        return await self.store.find_one(Session, all_of(  # awaiting its late stop
+            Eq("station_id", station.id), Eq("state", SessionState.COMPLETED),
+            Eq("stop_reason", None))) is not None
 
     # ------------------------------------------------------------- boot and heartbeat
     @_station_must_exist
@@ -493,7 +539,23 @@ class ChargingService(ChargerConnections):
             update = touch(station, last_seen=now, booted_at=booted)
             await self.store.write([update], [])
         self.cache.remember(cast(Station, update.record), renew=False)
+        if not info.triggered:
+            await self._starts_forgotten(station, now)
         return BootResult(station.registration, self.boot_interval(station), now)
+
+    async def _starts_forgotten(self, station: Station, booted: datetime) -> None:
+        """Settles the station's remote starts sent before its charger restarted at
+        ``booted``: a charger keeps an accepted start in memory until the car comes, and
+        a reboot (a Reset, a power cut) forgets it, so no StartTransaction will come for
+        it. Held for the rest of their window, they kept the driver the Reset was for,
+        and everyone else on that plug, from starting again (QA s25). A boot answering
+        our TriggerMessage is no restart (the caller's ``triggered``)."""
+        live = await self.store.find_all(PendingStart, all_of(
+            Eq("station_id", station.id), Range("created_at", lt=booted),
+            live_pending_starts(booted)), limit=MAX_FORGOTTEN_STARTS)
+        if live:
+            actor = charger(station.cp_id)
+            await self.commit(actor, [], unaudited=[settle(p, actor, booted) for p in live])
 
     def boot_interval(self, station: Station) -> int:
         """The interval a boot is answered with. For an Accepted station, its heartbeat

@@ -14,10 +14,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, cast
-from urllib.parse import urlsplit, urlunsplit
 
 from domain.availability import POINT_DOWN
-from domain.command_rules import HIDDEN, check_command, is_heartbeat_key, is_secret_key
+from domain.command_rules import (
+    HIDDEN,
+    check_command,
+    is_heartbeat_key,
+    is_secret_key,
+    without_credentials,
+)
 from domain.entities import (
     DIAGNOSTICS_REQUESTED,
     FIRMWARE_REQUESTED,
@@ -102,14 +107,14 @@ _CHARGING_ACTIONS = frozenset({"RemoteStartTransaction", "RemoteStopTransaction"
 def masked(action: str, request: dict[str, Any]) -> dict[str, Any]:
     """A command's request as the audit log keeps it: without the secrets it may carry
     (the audit log is read by every operator of the station and kept for good). A
-    charger's AuthorizationKey (refused anyway: ``command_rules``), and the user
-    information of an upload or download URL (``ftp://user:password@host/``), and the
+    charger's AuthorizationKey (refused anyway: ``command_rules``), the user information
+    and query values of an upload or download URL (``command_rules.without_credentials``), and the
     value of any other secret key (``command_rules.is_secret_key``)."""
     out = dict(request)
     if action == "ChangeConfiguration" and is_secret_key(out.get("key")) and "value" in out:
         out["value"] = HIDDEN
     if isinstance(out.get("location"), str):
-        out["location"] = _without_user_info(out["location"])
+        out["location"] = without_credentials(out["location"])
     return out
 
 
@@ -126,14 +131,6 @@ def masked_answer(result: dict[str, Any]) -> dict[str, Any]:
              if isinstance(entry, dict) and "value" in entry and is_secret_key(entry.get("key"))
              else entry for entry in keys]
     return {**result, "configurationKey": shown}
-
-
-def _without_user_info(url: str) -> str:
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{HIDDEN}@{host}"))
 
 
 def _refuse_driver_profile(action: str, payload: dict[str, Any]) -> None:
@@ -252,7 +249,7 @@ def _rollout(outcome: CommandOutcome, payload: dict[str, Any], now: datetime
         return {}
     retrieve = payload.get("retrieveDate")
     return {"firmware_requested_at": now,
-            "firmware_location": _without_user_info(str(payload.get("location", ""))),
+            "firmware_location": without_credentials(str(payload.get("location", ""))),
             "firmware_retrieve_date": retrieve if isinstance(retrieve, datetime) else None}
 
 

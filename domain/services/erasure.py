@@ -9,11 +9,12 @@ deactivation does (every token revoked, open sockets closed). Its cards are remo
 hold them, in the background). Its cars are removed (``Vehicle.removed_at``): sessions
 keep showing the car they were charged for, without the person's plate. Sessions,
 payments and refunds stay for the operators' books under the account's id
-(pseudonymous). The audit log's images of the person's account and cars are scrubbed of
-those values, and the erasure is recorded by one entry that names none of them. The
-account's refresh tokens (its devices and when each last refreshed) are deleted. Then
-the store overwrites the old versions of all that its files still hold
-(``Store.scrub``).
+(pseudonymous). Its own webhooks (of no company) are removed, its company's disabled.
+The audit log's images of the person's account and cars, and of the webhooks while
+they were its own, are scrubbed of those values, and the erasure is recorded by one
+entry that names none of them. The account's refresh tokens (its devices and when each
+last refreshed) are deleted. Then the store overwrites the old versions of all that its
+files still hold (``Store.scrub``).
 
 Not while a session of theirs is under way (it would be billed to nobody's card), nor
 for the last active admin, nor while they own stations (hand them over first, as for a
@@ -32,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
@@ -87,16 +89,26 @@ log = logging.getLogger("chargegraph.erasure")
 PERSONAL_FIELDS: dict[str, tuple[str, ...]] = {
     "user": ("name", "name_key", "email"),
     "vehicle": ("license_plate", "plate_key"),
-    # The person's own webhooks (of no company): where their events went, and their note.
-    "webhook": ("url", "description"),
+    # The person's own webhooks (of no company): where their events went, their note,
+    # and what their receiver answered (``last_error``: a host that "does not resolve",
+    # a receiver's error body) and so why it was disabled (``disabled_reason`` quotes
+    # it; review s25: the host stayed in the system's disabling entry and the erasure's
+    # own DELETE).
+    "webhook": ("url", "description", "last_error", "disabled_reason"),
 }
 #: What an erased person's removed webhooks' URLs read in the audit log (``.invalid``:
 #: it reaches nobody).
 ERASED_URL = "https://erased.invalid/"
+#: What an erased person's webhooks' ``last_error`` and ``disabled_reason`` read in the
+#: audit log where they were set (null stays null: the image still says whether a
+#: delivery had failed and whether it was disabled, ``last_status`` and ``active`` kept).
+ERASED_NOTE = "(erased with its owner)"
 
 
-def erased_email(user_id: str) -> str:
-    return f"erased-{user_id}@erased.invalid"
+def erased_email(user_id: str, suffix: str = "") -> str:
+    """The email an erasure gives account ``user_id``; with ``suffix`` when another
+    account holds the plain one (``Erasure._placeholder``)."""
+    return f"erased-{user_id}{f'-{suffix}' if suffix else ''}@erased.invalid"
 
 
 def scrubbed(image: dict[str, Any] | None, values: dict[str, Any]) -> dict[str, Any] | None:
@@ -105,6 +117,29 @@ def scrubbed(image: dict[str, Any] | None, values: dict[str, Any]) -> dict[str, 
     if image is None:
         return None
     return {key: values.get(key, value) for key, value in image.items()}
+
+
+def scrubbed_webhook(image: dict[str, Any] | None) -> dict[str, Any] | None:
+    """An audit image of an erased person's webhook without what names or leads to them
+    (``PERSONAL_FIELDS["webhook"]``)."""
+    out = scrubbed(image, {"url": ERASED_URL, "description": None})
+    if out is None:
+        return None
+    for key in ("last_error", "disabled_reason"):
+        if out.get(key) is not None:
+            out[key] = ERASED_NOTE
+    return out
+
+
+def _owned_by(image: dict[str, Any] | None, entry: AuditEntry, user_id: str) -> bool:
+    """Whether an audit image of a webhook shows it as ``user_id``'s own (of no company):
+    each image by its own ``owner_id`` (a take-over's before-image is the former owner's,
+    its after-image, with the URL the enabler set, the enabler's); an image without one
+    by the entry's books (a webhook of no company is in its owner's)."""
+    if image is None:
+        return False
+    owner = image.get("owner_id", entry.station_owner_id)
+    return owner == user_id and image.get("company_id", entry.company_id) is None
 
 
 def _other_than(record_id: str, field: str = "id") -> Filter:
@@ -253,7 +288,7 @@ class Erasure(Service):
         user = await self.visible(viewer, User, user_id)
         guards = await self._refusals(user, field)
         now = self.now()
-        update = edit(user, viewer, name=ERASED_NAME, email=erased_email(user.id),
+        update = edit(user, viewer, name=ERASED_NAME, email=await self._placeholder(user),
                       password_hash="", active=False, token_epoch=user.token_epoch + 1,
                       # When it was erased is when first: a re-run (to finish a scrub)
                       # is no new erasure.
@@ -273,12 +308,52 @@ class Erasure(Service):
         # run before this one) is only stripped of its plate (review s22: a re-run's
         # entry counted the first run's cars again).
         removed = sum(1 for car in cars if car.removed_at is None)
-        entry = self._entry(viewer, user, removed, len(cards))
-        await self.commit(viewer, [*((removal(card), card) for card in cards),
-                                   *_webhook_changes(viewer, webhooks)],
+        hooks = _webhook_changes(viewer, webhooks)
+        hooks_removed = sum(1 for _, webhook in hooks if webhook.company_id is None)
+        entry = self._entry(viewer, user, removed, len(cards),
+                            (hooks_removed, len(hooks) - hooks_removed))
+        await self.commit(viewer, [*((removal(card), card) for card in cards), *hooks],
                           unaudited=unaudited, extra_audit=[entry],
                           guards=[*guards, *_nothing_else_of(user.id)])
         return cast(User, update.record), cards
+
+    async def _placeholder(self, user: User) -> str:
+        """The email the erasure gives ``user``: the one it has if it was erased before
+        (a re-run keeps it), else ``erased_email``; and when another account holds that
+        one, the same with a random suffix, in the same reserved domain. Review s25: an
+        account given ``erased-<id>@erased.invalid`` before such emails were refused
+        (QA s25) made that account's erasure fail for good (DUPLICATE). The placeholder
+        is only unique and reaching nobody; nothing looks an erased account up by it, so
+        a suffix costs nothing, where moving the other account aside would rewrite the
+        sign-in of a live account its person never asked to change. The holder is
+        logged for an admin to give it a real email."""
+        if user.erased_at is not None and user.email.endswith("@erased.invalid"):
+            return user.email
+        email = erased_email(user.id)
+        holder = await self.store.find_one(User, Eq("email", email))
+        if holder is None or holder.id == user.id:
+            return email
+        log.warning("account %s holds the email %s, given to erased accounts (taken before "
+                    "such emails were refused): erasing account %s under another; give "
+                    "account %s a real email", holder.id, email, user.id, holder.id)
+        return erased_email(user.id, secrets.token_hex(8))
+
+    async def warn_of_held_placeholders(self, limit: int = 100) -> list[str]:
+        """Logs (at start) each account that holds an erasure's email without having
+        been erased (taken before ``.invalid`` emails were refused): it reaches nobody,
+        and an admin should give it a real one. One read of the email index (the
+        ``erased-`` prefix; ``-`` sorts just before ``.``); the ids, for tests."""
+        # Erased accounts are left out by the read, not after it: past ``limit`` of
+        # them, a holder would never be seen.
+        held = [u for u in await self.store.find_all(
+                    User, all_of(Range("email", gte="erased-", lt="erased."),
+                                 Eq("erased_at", None)), limit=limit)
+                if u.email.endswith("@erased.invalid")]
+        for user in held:
+            log.warning("account %s holds an erased account's email (%s), taken before "
+                        "such emails were refused: it reaches nobody, give it a real one "
+                        "(updateUser email)", user.id, user.email)
+        return [u.id for u in held]
 
     async def _refusals(self, user: User, field: str | None) -> list[Guard]:
         """Refuses what an erasure must wait for, and the guards that keep each check
@@ -298,42 +373,68 @@ class Erasure(Service):
             guards.append(Guard(User, others))
         return guards
 
-    def _entry(self, viewer: Viewer, user: User, cars: int, cards: int) -> AuditEntry:
+    def _entry(self, viewer: Viewer, user: User, cars: int, cards: int,
+               webhooks: tuple[int, int]) -> AuditEntry:
         """The erasure's audit entry: who erased which account, and how many cars and
-        cards went with it; no name, email or plate. In the books of the account's
+        cards went with it and how many webhooks it removed and disabled
+        (``_webhook_changes``); no name, email or plate. In the books of the account's
         company and read by admins (its person no longer signs in)."""
         now = self.now()
         return AuditEntry(entity=user.kind, entity_id=user.id, action=AuditAction.ERASE,
                           actor=viewer.actor, at=now, created_at=now, updated_at=now,
                           created_by=viewer.actor, updated_by=viewer.actor,
-                          after={"vehicles_removed": cars, "id_tags_removed": cards},
+                          after={"vehicles_removed": cars, "id_tags_removed": cards,
+                                 "webhooks_removed": webhooks[0],
+                                 "webhooks_disabled": webhooks[1]},
                           company_id=user.company_id, holder_id=user.id)
 
     async def _scrub_audit(self, erased: User) -> None:
         """Rewrites the images of every audit entry about the erased account or its cars
-        with the erased values (``PERSONAL_FIELDS``), in batches by id. Runs after the
-        erasure's write; erasing again runs it again."""
+        with the erased values (``PERSONAL_FIELDS``), and those of its webhooks of no
+        company that show them its own (``_owned_by``), in batches by id. Runs after
+        the erasure's write; erasing again runs it again."""
         cars = await every(self.store, Vehicle, Eq("owner_id", erased.id))
         values = {"user": {f: getattr(erased, f) for f in PERSONAL_FIELDS["user"]},
-                  "vehicle": dict.fromkeys(PERSONAL_FIELDS["vehicle"], ERASED_PLATE),
-                  "webhook": {"url": ERASED_URL, "description": None}}
-        # The entries of the webhooks they kept of no company: in their books (a
-        # webhook of no company is its owner's, ``base._whose``), removed or not, also
-        # on a run again, which finds them removed.
-        about = any_of(all_of(Eq("entity", "user"), Eq("entity_id", erased.id)),
-                       all_of(Eq("entity", "webhook"), Eq("station_owner_id", erased.id)))
+                  "vehicle": dict.fromkeys(PERSONAL_FIELDS["vehicle"], ERASED_PLATE)}
+        about = all_of(Eq("entity", "user"), Eq("entity_id", erased.id))
         if cars:
             about = any_of(about, all_of(Eq("entity", "vehicle"),
                                          In("entity_id", tuple(c.id for c in cars))))
+        hooks = await self._webhooks_owned(erased)
+        if hooks:
+            about = any_of(about, all_of(Eq("entity", "webhook"), In("entity_id", hooks)))
+
+        def rewrite(entry: AuditEntry) -> Update | None:
+            if entry.entity != "webhook":
+                return self._rewrite(entry, lambda i: scrubbed(i, values[entry.entity]))
+            # Only the images that show it theirs: a take-over entry holds the former
+            # owner's URL before and the enabler's after (review s25: the entry, in the
+            # former owner's books, kept the erased enabler's URL, and erasing the
+            # former owner rewrote the enabler's live URL out of its history).
+            return self._rewrite(entry, lambda i: scrubbed_webhook(i) if _owned_by(
+                i, entry, erased.id) else i)
+
         async for entries in pages(self.store, AuditEntry, about, SCRUB_BATCH):
-            rewrites = [self._rewrite(e, values[e.entity]) for e in entries]
-            changes = [r for r in rewrites if r is not None]
+            changes = [r for r in map(rewrite, entries) if r is not None]
             if changes:
                 await self.store.write(changes, [])
 
+    async def _webhooks_owned(self, erased: User) -> tuple[str, ...]:
+        """The webhooks of no company ``erased`` ever owned, by id, found by the audit
+        entries in their books (a webhook of no company is in its owner's,
+        ``base._whose``): each has one at least, the erasure's own DELETE if none
+        other, and they outlive its removal, so a run again finds them too."""
+        theirs = all_of(Eq("entity", "webhook"), Eq("station_owner_id", erased.id))
+        ids: set[str] = set()
+        async for entries in pages(self.store, AuditEntry, theirs, SCRUB_BATCH):
+            ids.update(e.entity_id for e in entries)
+        return tuple(sorted(ids))
+
     @staticmethod
-    def _rewrite(entry: AuditEntry, values: dict[str, Any]) -> Update | None:
-        before, after = scrubbed(entry.before, values), scrubbed(entry.after, values)
+    def _rewrite(entry: AuditEntry,
+                 scrub: Callable[[dict[str, Any] | None], dict[str, Any] | None]
+                 ) -> Update | None:
+        before, after = scrub(entry.before), scrub(entry.after)
         if (before, after) == (entry.before, entry.after):
             return None
         return Update(dataclasses.replace(entry, before=before, after=after),

@@ -285,7 +285,7 @@ def idle_within(intervals: Iterable[ConnectorInterval], start: datetime, end: da
     one can tell the car sat there), from the connector's first Charging within the
     span on. A car that has taken no energy yet is not done: SuspendedEV is also a car
     waiting for its departure timer (the cheap night hours a tariff's bands offer), and
-    it was billed idle from the plug-in (QA s26: 5 minutes waiting, 8.00 billed for 3
+    it was billed idle from the plug-in (QA s25: 5 minutes waiting, 8.00 billed for 3
     idle minutes at 1.00). An open interval lasts until ``end``."""
     within = list(intervals)
     charged = min((max(i.start, start) for i in within

@@ -26,7 +26,7 @@ from typing import Any, cast
 from urllib.parse import urlsplit
 
 from domain import validation as v
-from domain.entities import User, Webhook, WebhookEvent
+from domain.entities import PendingDelivery, User, Webhook, WebhookEvent
 from domain.errors import Conflict, DomainError, Forbidden, NotFound, ValidationError
 from domain.events import (
     CommandCompleted,
@@ -41,7 +41,7 @@ from domain.events import (
 )
 from domain.policy import SYSTEM, Viewer
 from domain.ports import Delete, Insert, Update, WebhookAttempt, WebhookSender
-from domain.query import Eq, Sort, all_of
+from domain.query import ALL, Eq, Sort, all_of
 from domain.services.base import UNSET, Service, ServiceContext, changed, patch, stamp_new
 from domain.services.edits import edit, retried
 
@@ -57,6 +57,9 @@ DISABLE_AFTER_FAILURES = 10
 HEALTH_REFRESH = timedelta(minutes=1)
 #: How much of a receiver's error text is kept (it is shown to the owner).
 MAX_ERROR = 300
+#: Handed-over deliveries of one webhook one claim takes on, in one guarded write (a
+#: webhook's queue holds 1,000: one stop's fit).
+CLAIM_BATCH = 1000
 
 #: The health fields a delivery writes, without the update stamps: who last changed the
 #: webhook stays its owner (``updatedBy``), not the instance that delivered.
@@ -298,7 +301,8 @@ class WebhookService(Service):
                              ) -> Webhook:
         """Edits what is given. Enabling a webhook again (``active``) starts its failure
         count afresh, clears why it was disabled and makes it the enabler's (not an
-        operator's own, of no company, enabled by an admin: ``takes_over_webhook``). The
+        operator's own, of no company, enabled by an admin while they can still receive
+        its events: ``takes_over_webhook``). The
         fields given are checked together (with the caller's ``checks``) before the
         webhook is read."""
         checks = checks or v.Checks()
@@ -452,3 +456,39 @@ class WebhookService(Service):
                 and current.last_status == attempt.status
                 and current.last_success_at is not None
                 and attempt.at - current.last_success_at < HEALTH_REFRESH)
+
+    # ------------------------------------------------------------- handing over at a stop
+    async def hand_over(self, deliveries: Sequence[PendingDelivery]) -> None:
+        """Stores what a stopping instance still had to deliver, in one write, for the
+        next instance to claim (``claim_handed_over``)."""
+        if not deliveries:
+            return
+        now = self.now()
+        await self.store.write([Insert(stamp_new(d, SYSTEM, now)) for d in deliveries], [])
+
+    async def claim_handed_over(self, limit: int = CLAIM_BATCH
+                                ) -> list[PendingDelivery] | None:
+        """The handed-over deliveries of one webhook (the one whose is oldest), at most
+        ``limit``, in order, now this instance's alone: taken by deleting them in one
+        write with a guard on each, which fails as a whole when another instance took
+        any of them first (two instances starting together never both deliver one).
+        One webhook's together: split between instances, its deliveries would be
+        posted side by side, out of order. Empty when another instance won the race
+        (look again); ``None`` when none are left."""
+        order = (Sort("queued_at"), Sort("id"))
+        oldest = await self.store.find_all(PendingDelivery, ALL, order, limit=1)
+        if not oldest:
+            return None
+        found = await self.store.find_all(
+            PendingDelivery, Eq("webhook_id", oldest[0].webhook_id), order, limit=limit)
+        try:
+            await self.store.write([_taken(d) for d in found], [])
+        except (Conflict, NotFound):
+            return []  # taken meanwhile (all or some): read again
+        return found
+
+
+def _taken(delivery: PendingDelivery) -> Delete:
+    """The claim of ``delivery``: its deletion, only while it is still there (the guard
+    fails the write, ``Conflict``, once another instance deleted it)."""
+    return Delete(delivery, only_if=("delivery_id", delivery.delivery_id))

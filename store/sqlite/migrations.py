@@ -1206,10 +1206,36 @@ WHERE "action" = 'COMMAND';
 CREATE INDEX "audit_entry_entity_command_at_idx" ON "audit_entry" ("entity_id", "command", "at");
 """
 
-# Version 65: a price list version's removal (``Tariff.valid_until``): from then on its
+# Version 57: webhook deliveries handed over at a graceful stop (``PendingDelivery``):
+# what an instance still had queued or waiting for a retry, with its body, delivery id,
+# tries made and next try's time, for the next instance to claim (a guarded delete) and
+# resume in order. Read oldest first (``queued_at``, ``id``), and a webhook's together,
+# in that order.
+_V57 = """
+CREATE TABLE "pending_delivery" (
+    "id" TEXT PRIMARY KEY NOT NULL,
+    "created_at" INTEGER NOT NULL,
+    "updated_at" INTEGER NOT NULL,
+    "created_by" TEXT NOT NULL,
+    "updated_by" TEXT NOT NULL,
+    "webhook_id" TEXT NOT NULL,
+    "delivery_id" TEXT NOT NULL,
+    "event_type" TEXT NOT NULL,
+    "body" TEXT NOT NULL,
+    "event" TEXT NOT NULL,
+    "tries_made" INTEGER NOT NULL,
+    "due_at" INTEGER NOT NULL,
+    "queued_at" INTEGER NOT NULL
+) STRICT;
+CREATE INDEX "pending_delivery_queued_at_idx" ON "pending_delivery" ("queued_at", "id");
+CREATE INDEX "pending_delivery_webhook_idx"
+    ON "pending_delivery" ("webhook_id", "queued_at", "id");
+"""
+
+# Version 58: a price list version's removal (``Tariff.valid_until``): from then on its
 # owner has no price list in its scope (a station back on its company's prices). Older
 # versions were never removed: null.
-_V65 = """
+_V58 = """
 ALTER TABLE "tariff" ADD COLUMN "valid_until" INTEGER;
 """
 
@@ -1233,7 +1259,8 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (54, _V54),
                                      (55, _V55),
                                      (56, _V56),
-                                     (65, _V65))
+                                     (57, _V57),
+                                     (58, _V58))
 
 
 def identity_left(company_id: str, name: str) -> None:

@@ -11,6 +11,7 @@ import threading
 
 import pytest
 
+from domain.clock import utcnow
 from domain.entities import (
     AuditAction,
     AuditEntry,
@@ -22,12 +23,19 @@ from domain.entities import (
 )
 from domain.errors import Unauthenticated
 from domain.policy import Policy, Viewer
-from domain.ports import Store
-from domain.query import ALL, Eq
+from domain.ports import Store, WebhookAttempt
+from domain.query import ALL, Eq, all_of
 from domain.services.accounts import AccountService
 from domain.services.base import ServiceContext
-from domain.services.erasure import ERASED_PLATE, ERASED_URL, Erasure, erased_email
+from domain.services.erasure import (
+    ERASED_NOTE,
+    ERASED_PLATE,
+    ERASED_URL,
+    Erasure,
+    erased_email,
+)
 from domain.services.refresh_tokens import RefreshTokenService
+from domain.services.webhooks import WebhookService
 from tests.contract.factories import audit, oid, put, user, vehicle
 from tests.helpers import FastHasher
 
@@ -159,3 +167,91 @@ async def test_an_erased_persons_own_webhooks_go_and_their_company_s_stop(
     assert "lena" not in text.lower()
     [first] = [e for e in entries if e.id == created.id]
     assert first.after == {"url": ERASED_URL, "description": None, "active": True}
+
+
+def _services(store: Store) -> tuple[Erasure, WebhookService]:
+    ctx = ServiceContext(store=store, policy=Policy(), hasher=FastHasher())
+    return (Erasure(ctx, AccountService(ctx), RefreshTokenService(ctx)),
+            WebhookService(ctx, allow_private=True, disable_after=1))
+
+
+async def _audit_text(store: Store) -> str:
+    entries = await store.find_all(AuditEntry, ALL)
+    return json.dumps([(e.entity, e.before, e.after) for e in entries])
+
+
+async def test_an_erased_persons_webhook_errors_are_scrubbed_from_the_audit_log(
+        store: Store) -> None:
+    """A delivery's error names the receiver's host ("<host> does not resolve") or
+    quotes its body; it is kept in ``last_error`` and quoted in the disabling's
+    ``disabled_reason``, both in audit images (the system's disabling entry, the
+    erasure's DELETE). Set ones read ``ERASED_NOTE`` after the scrub; the images keep
+    saying that a delivery failed and that it was disabled (review s25)."""
+    person, admin = user(role=Role.ADMIN, name="Lena Example"), user(role=Role.ADMIN)
+    await put(store, person, admin)
+    erasure, hooks = _services(store)
+    created = (await hooks.create_webhook(
+        Viewer.of(person), url="https://lena-example.org/hook",
+        events=["session.ended"])).webhook
+    await hooks.record_attempt(created, WebhookAttempt(
+        ok=False, status=None, error="lena-example.org does not resolve", at=utcnow()),
+        final=True)
+    await erasure.erase_user(Viewer.of(admin), person.id)
+
+    assert "lena-example.org" not in await _audit_text(store)
+    [deleted] = await store.find_all(AuditEntry, all_of(
+        Eq("entity_id", created.id), Eq("action", AuditAction.DELETE)))
+    assert deleted.before is not None
+    assert (deleted.before["url"], deleted.before["last_error"],
+            deleted.before["disabled_reason"], deleted.before["active"]) == (
+        ERASED_URL, ERASED_NOTE, ERASED_NOTE, False)
+
+
+async def test_erasing_a_webhooks_enabler_scrubs_the_url_they_set_taking_it_over(
+        store: Store) -> None:
+    """Admin B fixes admin A's disabled webhook and enables it in one update (URL and
+    note B's): the entry is in A's books, the books before the change. Erasing B, whose
+    webhook it now is, scrubs B's URL and note from its after-image, and leaves A's
+    before-image as A left it (review s25: B's stayed)."""
+    a = user(role=Role.ADMIN, name="Anna")
+    b = user(role=Role.ADMIN, name="Bert Example")
+    admin = user(role=Role.ADMIN)
+    await put(store, a, b, admin)
+    erasure, hooks = _services(store)
+    created = (await hooks.create_webhook(
+        Viewer.of(a), url="https://anna.example.com/hook", events=["session.ended"])).webhook
+    await hooks.update_webhook(Viewer.of(a), created.id, active=False)
+    taken = await hooks.update_webhook(Viewer.of(b), created.id, active=True,
+                                       url="https://bert-example.org/hook",
+                                       description="Bert's pager")
+    assert taken.owner_id == b.id
+    await erasure.erase_user(Viewer.of(admin), b.id)
+
+    assert await store.get_many(Webhook, [created.id]) == [None]
+    text = await _audit_text(store)
+    assert "bert" not in text.lower()
+    assert "https://anna.example.com/hook" in text
+
+
+async def test_erasing_a_webhooks_former_owner_keeps_its_new_owners_history(
+        store: Store) -> None:
+    """The converse: erasing A, in whose books B's take-over entry is, scrubs A's
+    before-image only; its after-image keeps B's live receiver (review s25: it was
+    rewritten to erased.invalid while the webhook, B's, kept posting there)."""
+    a = user(role=Role.ADMIN, name="Anna")
+    b = user(role=Role.ADMIN, name="Bert")
+    admin = user(role=Role.ADMIN)
+    await put(store, a, b, admin)
+    erasure, hooks = _services(store)
+    created = (await hooks.create_webhook(
+        Viewer.of(a), url="https://anna.example.com/hook", events=["session.ended"])).webhook
+    await hooks.update_webhook(Viewer.of(a), created.id, active=False)
+    await hooks.update_webhook(Viewer.of(b), created.id, active=True,
+                               url="https://billing.example.net/hook")
+    await erasure.erase_user(Viewer.of(admin), a.id)
+
+    [live] = await store.get_many(Webhook, [created.id])
+    assert live is not None and live.url == "https://billing.example.net/hook"
+    text = await _audit_text(store)
+    assert "https://billing.example.net/hook" in text
+    assert "anna.example.com" not in text

@@ -33,6 +33,7 @@ from domain.entities import (
     OfflineNotice,
     Payment,
     PaymentStatus,
+    PendingDelivery,
     PendingStart,
     PowerType,
     Record,
@@ -171,6 +172,13 @@ FULL: dict[type[Record], Callable[[], Record]] = {
                                          state=NoticeState.ANNOUNCED, announced_at=at(16),
                                          company_id=new_id(), owner_id=new_id(),
                                          returned_connection=4243, **STAMPS),
+    # The body byte for byte, with what JSON writes unescaped (a receiver's signature is
+    # over these bytes).
+    PendingDelivery: lambda: PendingDelivery(
+        webhook_id=new_id(), delivery_id="dlv_" + "a" * 32, event_type="payment.captured",
+        body='{"id":"evt_1","type":"payment.captured","data":{"note":"Zahlung ✓ é\\u0000"}}',
+        event='{"topic":"payment","amount_minor":1234}', tries_made=3, due_at=at(20),
+        queued_at=at(19), **STAMPS),
     PendingStart: lambda: PendingStart(station_id=new_id(), cp_id="CP-FULL", connector_id=2,
                                        id_tag="04A2B3C4", user_id=new_id(),
                                        vehicle_id=new_id(), expires_at=at(2),
@@ -251,6 +259,9 @@ MINIMAL: dict[type[Record], Callable[[], Record]] = {
     Webhook: lambda: Webhook(url="https://x.example", events=["ping"], secret="s",
                              owner_id=new_id()),
     OfflineNotice: lambda: OfflineNotice(station_id=new_id(), cp_id="CP-MIN", offline_at=T0),
+    PendingDelivery: lambda: PendingDelivery(webhook_id=new_id(), delivery_id="dlv_1",
+                                             event_type="ping", body="{}", event="{}",
+                                             due_at=T0, queued_at=T0),
     RefreshFamily: lambda: RefreshFamily(user_id=new_id(), token_epoch=0, expires_at=T0),
     RefreshToken: lambda: RefreshToken(family_id=new_id(), user_id=new_id(),
                                        token_hash="cd" * 32, expires_at=T0),

@@ -56,7 +56,7 @@ def test_idle_is_suspended_ev_and_finishing_online_within_the_session() -> None:
 
 
 def test_a_car_that_has_not_charged_yet_is_not_idle() -> None:
-    """QA s26: a car plugged in at 22:00 waits for its departure timer (SuspendedEV: the
+    """QA s25: a car plugged in at 22:00 waits for its departure timer (SuspendedEV: the
     charger offers energy, the car takes none), charges from 22:30, is full at 23:10 and
     unplugged at 23:20. It was done for 10 minutes, and was billed idle for 40. A
     session that never charged was never done."""

@@ -4,18 +4,26 @@ changePassword."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import unicodedata
 from datetime import timedelta
 from typing import Any
 
 import httpx
+import pytest
 
 from domain.entities import AuditEntry, RefreshFamily, RefreshToken, Role, User
+from domain.errors import DomainError
+from domain.policy import SYSTEM
+from domain.ports import Update
 from domain.query import ALL, Eq
 from domain.services import Services
+from domain.services.base import changed
 from graph import TokenService, create_graphql_app
 from graph.ids import to_global_id
 from tests.graph.conftest import SECRET, Api
+from tests.graph.test_mutations import call, codes
 from tests.graph.world import PASSWORD, World
 
 SESSION = "token expiresAt refreshToken refreshExpiresAt user { id email role } " \
@@ -169,6 +177,63 @@ async def test_probing_emails_by_changing_one_s_own_spends_the_same_budget(
     assert moved.email == "fresh@example.com"
 
 
+async def test_probes_sent_at_once_meet_the_same_limit(services: Services,
+                                                      world: World) -> None:
+    """Review s25: the client's lock was read before the (slow) password check and a
+    taken email counted only after the write, so probes sent at once all passed the
+    lock: with a limit of 2, ten at once answered DUPLICATE ten times. Each is counted
+    before its slow part, as a sign-in is, and taken back unless the email was taken:
+    a sign-up's too."""
+    accounts = services.accounts
+    accounts.client_throttle.limit = 2
+    accounts.sign_up_open = True
+    driver = world.viewer("driver1")
+    taken = ["driver2@example.com", "op_a@example.com", "op_b@example.com",
+             "admin@example.com", "driver_a@example.com"] * 2
+
+    async def moving(email: str, client: str) -> str:
+        try:
+            await accounts.update_user(driver, driver.user_id or "", email=email,
+                                       current_password=PASSWORD, client=client)
+        except DomainError as exc:
+            return exc.code
+        return "MOVED"
+
+    async def signing_up(email: str, client: str) -> str:
+        try:
+            await accounts.sign_up(email=email, password=PASSWORD, name="Probe",
+                                   client=client)
+        except DomainError as exc:
+            return exc.code
+        return "SIGNED_UP"
+
+    for attempt, client in ((moving, "198.51.100.7"), (signing_up, "198.51.100.8")):
+        answers = await asyncio.gather(*(attempt(e, client) for e in taken))
+        assert answers.count("DUPLICATE") == 2, answers
+        assert set(answers) == {"DUPLICATE", "TOO_MANY_ATTEMPTS"}, answers
+
+
+async def test_an_email_change_that_finds_none_taken_is_not_counted(
+        services: Services, world: World) -> None:
+    """Counted before its check, a probe is taken back when the email was free (or the
+    password wrong: that counts against the account, as ever): moves to free emails,
+    at once, leave the client free to sign in."""
+    accounts = services.accounts
+    accounts.client_throttle.limit = 2
+    driver = world.viewer("driver1")
+    moved = await accounts.update_user(driver, driver.user_id or "",
+                                       email="fresh@example.com",
+                                       current_password=PASSWORD, client="198.51.100.7")
+    assert moved.email == "fresh@example.com"
+    with pytest.raises(DomainError):
+        await accounts.update_user(driver, driver.user_id or "", email="new@example.com",
+                                   current_password="not it", client="198.51.100.7")
+    assert accounts.client_throttle.locked_for("198.51.100.7") is None
+    signed_in = await accounts.authenticate("fresh@example.com", PASSWORD,
+                                            client="198.51.100.7")
+    assert signed_in.id == driver.user_id
+
+
 # ------------------------------------------------------------------ refresh tokens
 async def test_sign_in_keeps_its_fields_and_adds_a_refresh_token(api: Api,
                                                                  world: World) -> None:
@@ -295,6 +360,63 @@ async def test_change_password_checks_its_fields(api: Api, world: World) -> None
     anonymous = (await api.gql(CHANGE, {"c": PASSWORD, "n": "a brand new secret"})
                  )["changePassword"]
     assert errors(anonymous) == [(None, "UNAUTHENTICATED")]
+
+
+@pytest.mark.parametrize("typed, code", [
+    # Full-width letters (an IME in full-width mode): hashed as "password".
+    ("ｐａｓｓｗｏｒｄ", "TOO_WEAK"),
+    # One letter repeated, every other one full-width: two characters given, one hashed.
+    ("aａaａaａaａ", "TOO_WEAK"),
+    # Eight code points given, four letters ("áéíó") hashed.
+    ("a\u0301e\u0301i\u0301o\u0301", "TOO_SHORT"),
+], ids=["full-width-common", "full-width-repeated", "combining-short"])
+async def test_password_rules_hold_for_the_password_as_it_is_hashed(
+        api: Api, services: Services, world: World, typed: str, code: str) -> None:
+    """Review s25: the rules checked the password as typed, the hash is of its NFKC form,
+    so "ｐａｓｓｗｏｒｄ" was taken and then the plain "password" signed in. Wherever an
+    account's password is set: sign-up, createUser, a reset by updateUser, and
+    changePassword."""
+    services.accounts.sign_up_open = True
+    assert errors(await sign_up(api, password=typed)) == [("password", code)]
+    made = await call(api, world, "admin", "createUser",
+                      {"email": "weak@example.com", "password": typed, "name": "Weak",
+                       "role": "DRIVER"}, "user { id }")
+    assert codes(made) == [("password", code)]
+    reset = await call(api, world, "admin", "updateUser",
+                       {"id": to_global_id("user", world.users["driver2"].id),
+                        "password": typed}, "user { id }")
+    assert codes(reset) == [("password", code)]
+    token = (await login(api))["token"]
+    changed = (await api.post(CHANGE, {"c": PASSWORD, "n": typed}, token=token)
+               ).json()["data"]["changePassword"]
+    assert errors(changed) == [("newPassword", code)]
+    for email in ("neo@example.com", "weak@example.com", "driver2@example.com",
+                  "driver1@example.com"):
+        assert errors(await login(api, email, "password")) == [(None, "UNAUTHENTICATED")]
+
+
+async def test_a_password_hashed_before_normalization_gains_it_at_its_next_sign_in(
+        api: Api, services: Services, world: World) -> None:
+    """Review s25: a hash made before passwords were normalized, of the text as typed
+    then (here decomposed, as pasted from a PDF), took only that text, and a sign-in by
+    it changed nothing, so the same letters typed as one "ü" never signed in. The first
+    sign-in by the old form stores the password normalized; from then on it signs in
+    however typed."""
+    composed = unicodedata.normalize("NFC", "Grüße aus Köln")
+    decomposed = unicodedata.normalize("NFD", composed)
+    driver = world.users["driver1"]
+    store = services.accounts.store
+    [user] = await store.get_many(User, [driver.id])
+    assert user is not None
+    legacy = services.accounts.ctx.hasher.hash(decomposed)
+    await store.write([Update(changed(user, SYSTEM, password_hash=legacy))], [])
+    assert errors(await login(api, password=composed)) == [(None, "UNAUTHENTICATED")]
+    assert errors(await login(api, password=decomposed)) == []
+    [upgraded] = await store.get_many(User, [driver.id])
+    assert upgraded is not None and upgraded.password_hash != legacy
+    assert upgraded.token_epoch == user.token_epoch  # the same password: nobody signed out
+    for typed in (composed, decomposed, "Ｇｒüße aus Köln"):
+        assert errors(await login(api, password=typed)) == [], typed
 
 
 async def test_a_sign_in_whose_account_changed_meanwhile_fails_in_the_payload(

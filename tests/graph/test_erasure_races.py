@@ -19,6 +19,7 @@ from domain.ports import Insert
 from domain.query import ALL, Eq, all_of
 from domain.services import Services
 from tests.contract.factories import id_tag, vehicle
+from tests.graph.test_erasure import NO_WEBHOOKS
 from tests.graph.world import World
 
 #: What names driver2 in the world: their name, email, plate and its key.
@@ -114,7 +115,7 @@ async def test_a_car_handed_to_someone_else_meanwhile_is_theirs_untouched(
         driver1.id, "B-DR 2", None)
     [entry] = [e for e in await services.ctx.store.find_all(d.AuditEntry, ALL)
                if e.action is d.AuditAction.ERASE]
-    assert entry.after == {"vehicles_removed": 0, "id_tags_removed": 1}
+    assert entry.after == {"vehicles_removed": 0, "id_tags_removed": 1, **NO_WEBHOOKS}
     assert erased.erased_at is not None
 
 
@@ -140,7 +141,7 @@ async def test_a_car_and_card_added_meanwhile_go_with_the_erasure(
             if p in await audit_text(services)] == []
     [entry] = [e for e in await services.ctx.store.find_all(d.AuditEntry, ALL)
                if e.action is d.AuditAction.ERASE]
-    assert entry.after == {"vehicles_removed": 2, "id_tags_removed": 2}
+    assert entry.after == {"vehicles_removed": 2, "id_tags_removed": 2, **NO_WEBHOOKS}
 
 
 async def test_a_card_changed_meanwhile_is_removed_as_it_stands_then(
@@ -179,8 +180,9 @@ async def test_erasing_again_keeps_when_and_counts_only_what_it_removed(
     assert car.license_plate == "ERASED"
     entries = [e for e in await services.ctx.store.find_all(d.AuditEntry, ALL)
                if e.action is d.AuditAction.ERASE]
-    assert [e.after for e in entries] == [{"vehicles_removed": 1, "id_tags_removed": 1},
-                                          {"vehicles_removed": 0, "id_tags_removed": 0}]
+    assert [e.after for e in entries] == [
+        {"vehicles_removed": 1, "id_tags_removed": 1, **NO_WEBHOOKS},
+        {"vehicles_removed": 0, "id_tags_removed": 0, **NO_WEBHOOKS}]
 
 
 async def test_a_fleet_of_over_a_thousand_cards_and_cars_goes_whole(
@@ -207,7 +209,7 @@ async def test_a_fleet_of_over_a_thousand_cards_and_cars_goes_whole(
     assert withdrawn == [1001]
     [entry] = [e for e in await store.find_all(d.AuditEntry, ALL, limit=10_000)
                if e.action is d.AuditAction.ERASE]
-    assert entry.after == {"vehicles_removed": 1001, "id_tags_removed": 1001}
+    assert entry.after == {"vehicles_removed": 1001, "id_tags_removed": 1001, **NO_WEBHOOKS}
 
 
 async def test_a_start_that_read_the_card_before_the_erasure_charges_for_no_one(

@@ -226,3 +226,38 @@ async def test_a_time_zone_name_no_zone_has_is_a_user_error(api: Api, world) -> 
         r = await api.post("""query($z: String!) { overview(timeZone: $z) {
             stationsOnline } }""", {"z": name}, token)
         assert r.json()["errors"][0]["extensions"] == {"code": "INVALID", "field": "timeZone"}
+
+
+def test_json_numbers_keep_their_digits() -> None:
+    """Review s25: orjson reads a number with a fraction as a float, and a ``Decimal``
+    argument read from it lost digits. Such a body is read again keeping each one's text;
+    a ``Float`` argument still reads a float; what is JSON stays orjson's to say."""
+    import math
+
+    import orjson
+    from graphql import GraphQLFloat
+
+    from graph.exact_json import ExactFloat, encode_default, loads
+    from graph.http import parse_params
+
+    body = loads(b'{"query": "{ x }", "variables": {"a": 0.010000000000000001, '
+                 b'"b": [1E2, {"c": -0.0}], "n": 3}}')
+    a, (b, nested) = body["variables"]["a"], body["variables"]["b"]
+    assert (type(a), a.text, a) == (ExactFloat, "0.010000000000000001", 0.01)
+    assert (b.text, nested["c"].text, body["variables"]["n"]) == ("1E2", "-0.0", 3)
+    assert type(GraphQLFloat.parse_value(a)) is float
+    assert math.copysign(1, nested["c"]) == -1
+    plain = loads(b'{"n": [1, "2.5"]}')  # no number with a fraction: orjson's reading
+    assert plain == {"n": [1, "2.5"]}
+    # A GET's (or a POST's) variables sent as a JSON-encoded string.
+    _, variables, _ = parse_params({"query": "{ x }", "variables": '{"a": 1.10}'})
+    assert variables is not None and variables["a"].text == "1.10"
+    for bad in (b'{"a": 0.5, "b": NaN}', b'{"a": 0.5, "b": "\\ud800"}',
+                b"[" * 1000 + b"0.5" + b"]" * 1000):
+        try:
+            loads(bad)
+        except orjson.JSONDecodeError:
+            continue
+        raise AssertionError(bad[:40])
+    # Written back (a subscription's variables key its render group) as they came.
+    assert orjson.dumps({"a": a}, default=encode_default) == b'{"a":0.010000000000000001}'

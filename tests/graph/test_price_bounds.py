@@ -1,5 +1,5 @@
 """Prices are bounded in their currency's minor units (``validation.MAX_PRICE_MINOR``), not
-by one number of major units whatever the currency (QA s26: 10,000 of any currency
+by one number of major units whatever the currency (QA s25: 10,000 of any currency
 refused a 15,000 CLP idle-fee cap and a 20,000 KRW session fee, everyday fees where a
 unit is worth little, while 10,000 EUR per kWh was taken). Over both stores."""
 

@@ -170,6 +170,32 @@ async def test_a_station_removed_unannounced_is_an_unknown_charge_point(
 
 
 # ------------------------------------------------------------------ announced on the bus
+async def test_a_start_admitted_on_a_stale_copy_of_a_pending_station_is_stopped(
+        alone: Instances, clock: FakeMonotonic) -> None:
+    """Review s25: B makes the station Pending (no session yet); A, holding the charger,
+    still admits its StartTransaction from its cached Accepted copy (the announcement
+    lost, or not yet delivered). Once A reads the station again, Pending, the session's
+    meter values and StopTransaction are still taken, and it is closed: no session is
+    left ACTIVE and unbilled. A new start is refused."""
+    a = alone.a
+    for _ in range(2):  # the first writes the charger's details (and drops its copy)
+        assert await boot(a) is d.Registration.ACCEPTED
+    assert a.charging.cache.station("CP-1") is not None
+    await alone.b.stations.update_station(SYSTEM, alone.station.id,
+                                          registration=d.Registration.PENDING)
+    assert await a.charging.admits("CP-1", "StartTransaction")  # the cached Accepted
+    tx, _ = await a.charging.start_transaction("CP-1", 1, "ANY-CARD", 0, utcnow())
+    clock.now += CACHE_TTL_S + 1
+    assert not await a.charging.admits("CP-1", "StartTransaction")  # Pending, as stored
+    for action in ("MeterValues", "StopTransaction"):
+        assert await a.charging.admits("CP-1", action, transaction_id=tx, connector_id=1)
+    assert not await a.charging.admits("CP-1", "StopTransaction", transaction_id=tx + 1)
+    await a.charging.stop_transaction("CP-1", tx, 4000, utcnow())
+    session = await a.charging.store.find_one(d.Session, Eq("transaction_id", tx))
+    assert session is not None and session.state is d.SessionState.COMPLETED
+    assert not await a.charging.admits("CP-1", "StopTransaction", transaction_id=tx)
+
+
 async def test_a_registration_rejected_elsewhere_reaches_the_charger_at_once(
         linked: Instances) -> None:
     assert await boot(linked.a) is d.Registration.ACCEPTED

@@ -1268,6 +1268,60 @@ async def test_a_vendors_extra_answer_fields_are_left_out(
         await stop_central(central)
 
 
+#: MeterValuesSampledData as a Wallbox Copper SB reports it: 551 characters, over OCPP
+#: 1.6's CiString500 (evcc-io/evcc#12901, lbbrhzn/ocpp#821).
+LONG_MEASURANDS = ",".join([
+    "Energy.Active.Import.Register", "Energy.Reactive.Import.Register",
+    "Energy.Active.Import.Interval", "Energy.Reactive.Import.Interval",
+    "Power.Active.Import", "Power.Reactive.Import", "Power.Offered", "Power.Factor",
+    "Current.Import.L1", "Current.Import.L2", "Current.Import.L3", "Current.Offered",
+    "Voltage.L1-N", "Voltage.L2-N", "Voltage.L3-N", "Frequency", "RPM", "SoC",
+    "Temperature", "Current.Export.L1", "Current.Export.L2", "Current.Export.L3",
+    "Energy.Active.Export.Register", "Energy.Reactive.Export.Register",
+    "Energy.Active.Export.Interval", "Energy.Reactive.Export.Interval",
+    "Power.Active.Export", "Power.Reactive.Export"])
+
+
+@pytest.mark.parametrize("strict", [False, True], ids=["lenient", "strict"])
+async def test_a_configuration_value_over_500_characters_is_read_whole(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, strict: bool) -> None:
+    """QA s25 (commands): a charger whose configuration holds one value longer than
+    OCPP 1.6's 500 characters (chargers in the field list every measurand they meter in
+    MeterValuesSampledData) had every getConfiguration refused as malformed
+    (CHARGER_ERROR): the operator read none of its keys, and none was recorded. By
+    default the answer is taken with the value whole, as the charger holds it (logged
+    once); strict (``CHARGEGRAPH_OCPP_STRICT_SCHEMA``), it is refused as before."""
+    assert len(LONG_MEASURANDS) > 500
+    central = await start_central(tmp_path / "c.db", command_timeout=2, strict_schema=strict)
+    await seed(central)
+    keys = [{"key": "HeartbeatInterval", "readonly": False, "value": "300"},
+            {"key": "MeterValuesSampledData", "readonly": False, "value": LONG_MEASURANDS}]
+    try:
+        async with scripted_charger(central) as charger:
+            charger.answers.append(("result", {"configurationKey": keys}))
+            with caplog.at_level(logging.INFO, logger="chargegraph.ocpp"):
+                answer = await run(central, "getConfiguration", {"cpId": "CP-1"},
+                                   "configurationKey { key value }")
+            if strict:
+                assert [e["code"] for e in answer["errors"]] == ["CHARGER_ERROR"], answer
+                return
+            assert answer["errors"] == [], answer
+            assert answer["configurationKey"] == [
+                {"key": k["key"], "value": k["value"]} for k in keys]
+            assert "MeterValuesSampledData" in caplog.text and "500" in caplog.text
+            # Still refused: a value of the wrong type, however long the others.
+            charger.answers.append(("result", {"configurationKey": [
+                *keys, {"key": "X", "readonly": "no", "value": "1"}]}))
+            [error] = (await run(central, "getConfiguration", {"cpId": "CP-1"},
+                                 "configurationKey { key }"))["errors"]
+            assert error["code"] == "CHARGER_ERROR", error
+        known = await central.store.find_all(d.ConfigurationKey, Eq(
+            "station_id", central.stations["CP-1"].id), limit=10)
+        assert {k.key: k.value for k in known}["MeterValuesSampledData"] == LONG_MEASURANDS
+    finally:
+        await stop_central(central)
+
+
 async def test_reservations_end_with_what_they_hold(tmp_path: Path) -> None:
     """A removed station's (or connector's) live reservations are cancelled with it, so
     neither its driver nor its cpId stays blocked; a deactivated driver's reservation is
@@ -1848,6 +1902,45 @@ async def test_secrets_in_a_commands_request_are_not_audited(
                   or "UpdateFirmware" in line]
     assert len(sent_lines) == 2 and all("[hidden]@" in line for line in sent_lines), logged
     assert not [line for line in logged if "s3cret" in line or "fw:pw" in line]
+
+
+async def test_a_presigned_locations_signature_is_not_audited(
+        central: Central, caplog: pytest.LogCaptureFixture) -> None:
+    """QA s25 (commands): an upload or download URL signed in its query string (an S3
+    presigned URL, an Azure SAS token: how a bucket is usually given to a charger) is as
+    much a credential as ``user:password@``, and was kept whole in the audit log (read by
+    every operator of the station, kept for good), in the station's ``firmwareRollout``
+    and in the wire log. Its query values are hidden there as the user information is
+    (its parameter names kept, to tell which URL it was); the charger gets it whole."""
+    future = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    upload = ("https://bucket.s3.amazonaws.com/diag/CP-1.zip?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+              "&X-Amz-Credential=AKIAEXAMPLE%2F20261206&X-Amz-Signature=deadbeef5ec7e7")
+    download = "https://fw.blob.core.windows.net/fw/1.6.bin?sv=2024-01-01&sig=c2VjcmV0c2ln"
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        caplog.set_level(logging.INFO, logger="chargegraph.ocpp.wire")
+        diag = await run(central, "getDiagnostics", {"cpId": "CP-1", "location": upload},
+                         "fileName")
+        assert diag["errors"] == []
+        firmware = await run(central, "updateFirmware", {
+            "cpId": "CP-1", "location": download, "retrieveDate": future}, "accepted")
+        assert firmware["errors"] == []
+        await settle()
+        sent = dict(cp.received)
+        assert sent["GetDiagnostics"]["location"] == upload
+        assert sent["UpdateFirmware"]["location"] == download
+    audit = await central.store.find_all(d.AuditEntry, Eq("action", d.AuditAction.COMMAND))
+    locations = sorted({a.after["request"]["location"] for a in audit if a.after})
+    assert locations == [
+        "https://bucket.s3.amazonaws.com/diag/CP-1.zip?X-Amz-Algorithm=[hidden]"
+        "&X-Amz-Credential=[hidden]&X-Amz-Signature=[hidden]",
+        "https://fw.blob.core.windows.net/fw/1.6.bin?sv=[hidden]&sig=[hidden]"]
+    station = await central.store.find_one(d.Station, Eq("cp_id", "CP-1"))
+    assert station is not None
+    assert station.firmware_location == \
+        "https://fw.blob.core.windows.net/fw/1.6.bin?sv=[hidden]&sig=[hidden]"
+    logged = [r.getMessage() for r in caplog.records if r.name == "chargegraph.ocpp.wire"]
+    assert not [line for line in logged if "deadbeef" in line or "c2VjcmV0c2ln" in line]
 
 
 def test_an_authorization_key_is_masked_in_the_audit() -> None:
@@ -2512,6 +2605,38 @@ async def test_a_car_charging_is_not_started_again_with_another_card(central: Ce
         active = await central.store.find_all(d.Session, all_of(
             Eq("vehicle_id", central.vehicles["car"].id), Eq("state", d.SessionState.ACTIVE)))
         assert len(active) == 1
+
+
+async def test_a_reboot_frees_the_remote_starts_the_charger_held(central: Central) -> None:
+    """QA s25 (commands): a remote start the charger accepted lives in its memory until
+    the car comes; a reboot (an operator's Reset, a power cut) forgets it. Its card and
+    plug stayed held for the start's whole window all the same (IN_USE: "its remote
+    start is waiting for the car"), so the driver the Reset was for could not start
+    again, nor anyone else on that plug, for up to two minutes. A boot settles the
+    station's starts sent before it; one answering our own TriggerMessage is no
+    restart, and leaves them held."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        holding_starts(cp)
+        await cp.boot()
+        await cp.report_all()
+        first = await run(central, START, {"cpId": "CP-1", "connectorId": 1},
+                          as_user="driver")
+        assert first["status"] == "ACCEPTED", first
+        asked = await run(central, "triggerMessage",
+                          {"cpId": "CP-1", "requestedMessage": "BOOT_NOTIFICATION"})
+        assert asked["status"] == "ACCEPTED", asked
+        await settle()  # the triggered boot came: no restart, the start still held
+        held = await run(central, START, {"cpId": "CP-1", "connectorId": 1},
+                         as_user="driver")
+        assert _codes(held) == [("idTag", "IN_USE")], held
+        reset = await run(central, "reset", {"cpId": "CP-1", "type": "HARD"})
+        assert reset["status"] == "ACCEPTED", reset
+        await settle()  # the charger rebooted: BootNotification, its plugs Available
+        [pending] = await central.store.find_all(d.PendingStart, ALL)
+        assert pending.settled_at is not None
+        again = await run(central, START, {"cpId": "CP-1", "connectorId": 1},
+                          as_user="driver")
+        assert again["status"] == "ACCEPTED", again
 
 
 @pytest.mark.parametrize(("who", "start"), [

@@ -1,4 +1,4 @@
-"""Idle fees start once the car has charged (QA s26). A car that waits for its departure
+"""Idle fees start once the car has charged (QA s25). A car that waits for its departure
 timer reports SuspendedEV from the plug-in (OCPP 1.6: the charger offers energy, the
 car takes none); it is not done, and was billed idle for the wait."""
 

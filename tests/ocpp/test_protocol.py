@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -272,32 +273,91 @@ SET_REGISTRATION = """mutation($id: ID!, $r: Registration!) {
         station { registration } errors { field code } } }"""
 
 
-async def test_a_station_charging_is_not_made_pending_or_rejected(central: Central) -> None:
-    """QA s25: a station made Pending or Rejected mid-session refused its charger's
-    StopTransaction and meter values (SecurityError); the charger, not told (it learns
-    its registration at its next boot), went on charging, and drops a transaction message
-    refused its TransactionMessageAttempts times: the session stayed ACTIVE, its energy
-    never billed. Refused (IN_USE) while a session is active, as a removal is."""
+async def test_a_station_made_pending_or_rejected_mid_session_still_closes_its_sessions(
+        central: Central) -> None:
+    """Review s25: the charger learns its registration at its next boot and charges on
+    meanwhile. Made Pending or Rejected mid-session (allowed), its station takes what is
+    about its open transactions (StopTransaction, meter values, connector states), also
+    the late stop of one flushed late (awaiting its stop): refused, the charger drops
+    them after its retries and the session is never closed nor billed. Nothing new: no
+    start, no card checked, no stop of a transaction that is not the station's."""
     station_id = to_global_id("station", central.stations["CP-OPEN"].id)
+    stamp = now()
+    ws = await raw(central, "CP-OPEN", None)
+    try:
+        started = await exchange(ws, json.dumps([2, "s1", "StartTransaction", {
+            "connectorId": 1, "idTag": "TAG-OK", "meterStart": 5000, "timestamp": stamp}]))
+        live = started[2]["transactionId"]
+        earlier = (datetime.now(UTC) - timedelta(minutes=10)).isoformat()
+        flushed = await exchange(ws, json.dumps([2, "s2", "StartTransaction", {
+            "connectorId": 1, "idTag": "TAG-OK", "meterStart": 0, "timestamp": earlier}]))
+        late = flushed[2]["transactionId"]
+        waiting = await central.session(late)
+        assert waiting is not None and waiting.state is d.SessionState.COMPLETED \
+            and waiting.stop_reason is None  # awaiting its stop
+        for registration in ("PENDING", "REJECTED"):
+            changed = await central.gql(SET_REGISTRATION, {"id": station_id,
+                                                           "r": registration}, as_user="op")
+            assert changed["updateStation"] == {"station": {"registration": registration},
+                                                "errors": []}
+        for uid, frame in (
+                ("a1", ["Authorize", {"idTag": "TAG-OK"}]),
+                ("s3", ["StartTransaction", {"connectorId": 2, "idTag": "TAG-OK",
+                                             "meterStart": 0, "timestamp": now()}]),
+                ("t0", ["StopTransaction", {"transactionId": live + 1000,
+                                            "meterStop": 1, "timestamp": now()}])):
+            answer = await exchange(ws, json.dumps([2, uid, *frame]))
+            assert answer[:3] == [4, uid, "SecurityError"], answer
+        assert (await exchange(ws, json.dumps([2, "m1", "MeterValues", {
+            "connectorId": 1, "transactionId": live, "meterValue": [{
+                "timestamp": now(), "sampledValue": [{"value": "6000"}]}]}])))[0] == 3
+        assert (await exchange(ws, json.dumps([2, "n1", "StatusNotification", {
+            "connectorId": 1, "errorCode": "NoError", "status": "Charging"}])))[0] == 3
+        for uid, tx, meter_stop in (("t1", late, 4000), ("t2", live, 9000)):
+            stopped = await exchange(ws, json.dumps([2, uid, "StopTransaction", {
+                "transactionId": tx, "meterStop": meter_stop, "timestamp": now()}]))
+            assert stopped[0] == 3, stopped
+            session = await central.session(tx)
+            assert session is not None and session.state is d.SessionState.COMPLETED \
+                and session.meter_stop_wh == meter_stop, session
+        assert await central.store.find_one(d.Session, Eq("state", d.SessionState.ACTIVE)) \
+            is None
+        assert (await exchange(ws, json.dumps([2, "h1", "Heartbeat", {}])))[:3] == [
+            4, "h1", "SecurityError"]  # Rejected, nothing open: as before
+    finally:
+        await ws.close()
+
+
+async def test_a_start_written_after_a_pending_update_is_still_stopped(
+        central: Central) -> None:
+    """Review s25: whichever lands first, the operator's Pending or the start admitted
+    on the Accepted station it read, the session the start opens is stopped and billed
+    (refusing the update while a session was active held only when the start was
+    written first)."""
+    charging = central.services.charging
+    station_id = to_global_id("station", central.stations["CP-OPEN"].id)
+    original = charging._open_session
+    answers: list[dict] = []
+
+    async def update_lands_meanwhile(*args, **kwargs):
+        # The operator's update runs while the start is between its reads and its write.
+        answers.append(await central.gql(SET_REGISTRATION, {"id": station_id,
+                                                            "r": "PENDING"}, as_user="op"))
+        return await original(*args, **kwargs)
+
+    charging._open_session = update_lands_meanwhile  # type: ignore[method-assign]
     ws = await raw(central, "CP-OPEN", None)
     try:
         started = await exchange(ws, json.dumps([2, "s1", "StartTransaction", {
             "connectorId": 1, "idTag": "TAG-OK", "meterStart": 0, "timestamp": now()}]))
+        charging._open_session = original  # type: ignore[method-assign]
+        assert answers and answers[0]["updateStation"]["errors"] == [], answers
         tx = started[2]["transactionId"]
-        for registration in ("PENDING", "REJECTED"):
-            refused = await central.gql(SET_REGISTRATION, {"id": station_id,
-                                                           "r": registration}, as_user="op")
-            assert refused["updateStation"] == {
-                "station": None, "errors": [{"field": "registration", "code": "IN_USE"}]}
         stopped = await exchange(ws, json.dumps([2, "t1", "StopTransaction", {
             "transactionId": tx, "meterStop": 5000, "timestamp": now()}]))
-        assert stopped[0] == 3, stopped
         session = await central.session(tx)
-        assert session is not None and session.state is d.SessionState.COMPLETED
-        rejected = await central.gql(SET_REGISTRATION, {"id": station_id, "r": "REJECTED"},
-                                     as_user="op")
-        assert rejected["updateStation"] == {"station": {"registration": "REJECTED"},
-                                             "errors": []}
+        assert stopped[0] == 3 and session is not None \
+            and session.state is d.SessionState.COMPLETED, (stopped, session and session.state)
     finally:
         await ws.close()
 

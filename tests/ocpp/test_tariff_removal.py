@@ -1,4 +1,4 @@
-"""Removing a price list (QA s26: there was no way to). A station priced on its own could
+"""Removing a price list (QA s25: there was no way to). A station priced on its own could
 never go back to its company's prices, nor a company give up a DC price list, nor a
 price change scheduled by mistake be called off: every version stayed in force until
 a later one of its scope replaced it. Over real OCPP sessions on a real SQLite file."""

@@ -324,6 +324,47 @@ async def test_an_admin_enabling_a_solo_operators_webhook_does_not_widen_it(
     assert passed.owner_id == admin2.id
 
 
+async def test_an_admin_takes_over_an_orphaned_webhook_of_no_company(
+        world: World) -> None:
+    """An admin's own webhook whose admin was demoted into a company is disabled as
+    orphaned, its reason inviting a colleague to enable it and take it over: another
+    admin who does makes it theirs, and it keeps receiving (review s25: it stayed the
+    demoted owner's, disabled again at the next event). So does a deactivated solo
+    operator's: only an operator who can still receive keeps theirs."""
+    await world.dispatcher()
+    receiver = await world.receiver()
+    accounts, hooks = world.services.accounts, world.services.webhooks
+    admin2 = await accounts.create_user(
+        SYSTEM, email="admin2@example.com", password="password-123", name="admin2",
+        role=d.Role.ADMIN)
+    created = (await hooks.create_webhook(
+        Viewer.of(admin2), url=receiver.url, events=["connector.status_changed"])).webhook
+    await accounts.update_user(SYSTEM, admin2.id, role=d.Role.OPERATOR,
+                               company_id=world.companies["volt"].id)
+    await available(world)
+    await world.settled()
+    orphaned = await world.stored(created)
+    assert not orphaned.active and "colleague who enables it again takes it over" in (
+        orphaned.disabled_reason or "")
+
+    enabled = await hooks.update_webhook(world.viewer("admin"), created.id, active=True)
+    await available(world)
+    await world.settled()
+    assert enabled.owner_id == world.users["admin"].id
+    assert (await world.stored(created)).active
+    assert len(receiver.requests) == 1
+
+    solo = await accounts.create_user(
+        SYSTEM, email="solo@example.com", password="password-123", name="solo",
+        role=d.Role.OPERATOR, company_id=None)
+    own = (await hooks.create_webhook(
+        Viewer.of(solo), url=receiver.url, events=["connector.status_changed"])).webhook
+    await hooks.update_webhook(Viewer.of(solo), own.id, active=False)
+    await accounts.deactivate_user(SYSTEM, solo.id)
+    taken = await hooks.update_webhook(world.viewer("admin"), own.id, active=True)
+    assert taken.owner_id == world.users["admin"].id
+
+
 async def test_an_erased_persons_webhooks_go_with_them(world: World) -> None:
     """Erasing an account removes the webhooks it kept of no company (an admin's own),
     and their URL and note from the audit log's images of them: they stayed, enabled,
@@ -368,6 +409,11 @@ async def test_an_erased_persons_webhooks_go_with_them(world: World) -> None:
                                                          active=True)
     await erasure.erase_user(world.viewer("admin"), world.users["op"].id)
     assert (await world.stored(taken)).active
+    # Each erasure's entry counts the webhooks that run removed and disabled.
+    erased = await world.store.find_all(d.AuditEntry, Eq("action", d.AuditAction.ERASE))
+    assert [(e.entity_id, e.after and (e.after["webhooks_removed"],
+                                       e.after["webhooks_disabled"])) for e in erased] == [
+        (admin2.id, (1, 0)), (world.users["op"].id, (0, 1)), (world.users["op"].id, (0, 0))]
 
 
 async def test_a_failed_delivery_is_tried_again_until_it_succeeds(world: World) -> None:
