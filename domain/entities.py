@@ -946,6 +946,14 @@ class Tariff(Record):
     #: (``tariffs.scopes_for``).
     connector_type: ConnectorType | None = None
     power_type: PowerType | None = None
+    #: When it was removed (``TariffService.remove_tariff``): from then on its owner has
+    #: no price list in its scope, until a later version; sessions started before keep
+    #: it. None: in force until a later version of its scope replaces it.
+    valid_until: datetime | None = None
+
+    def removed_by(self, at: datetime) -> bool:
+        """Whether it was removed at or before ``at`` (prices no session started then)."""
+        return self.valid_until is not None and self.valid_until <= at
 
     @property
     def bills_idle(self) -> bool:

@@ -1232,6 +1232,13 @@ CREATE INDEX "pending_delivery_webhook_idx"
     ON "pending_delivery" ("webhook_id", "queued_at", "id");
 """
 
+# Version 58: a price list version's removal (``Tariff.valid_until``): from then on its
+# owner has no price list in its scope (a station back on its company's prices). Older
+# versions were never removed: null.
+_V58 = """
+ALTER TABLE "tariff" ADD COLUMN "valid_until" INTEGER;
+"""
+
 #: Every migration, oldest first. Append only.
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
@@ -1252,7 +1259,8 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (54, _V54),
                                      (55, _V55),
                                      (56, _V56),
-                                     (57, _V57))
+                                     (57, _V57),
+                                     (58, _V58))
 
 
 def identity_left(company_id: str, name: str) -> None:
