@@ -547,6 +547,22 @@ def money(value: Decimal | str | float, field: str, *, max_value: Decimal = Deci
     return amount.copy_abs()  # "-0" is zero
 
 
+#: The most a price may be, in minor units of its currency: 1,000,000 EUR, 100,000,000
+#: JPY, KRW or CLP, 1,000,000 IDR, 10,000 CLF. One bound in major units (10,000 of any
+#: currency) refused everyday fees where a unit is worth little (QA s25: a 15,000 CLP
+#: idle-fee cap, a 20,000 KRW session fee), of currencies the tariffs take. A cost stays
+#: within the stores' 64-bit integers for any energy a register may report
+#: (``MAX_READING``): 10,000 CLF, which the old bound allowed, is this many units too.
+MAX_PRICE_MINOR = 10**8
+
+
+def price(value: Decimal | str | float, field: str, currency: str | None) -> Decimal:
+    """``money`` of at most ``MAX_PRICE_MINOR`` minor units of ``currency`` (with two
+    digits, the most common, for one not known: its own field tells that)."""
+    digits = MINOR_DIGITS.get(currency or "", 2)
+    return money(value, field, max_value=Decimal(MAX_PRICE_MINOR // 10**digits))
+
+
 def whole(value: int, field: str, *, max_value: int) -> int:
     """A whole number within 0..``max_value`` (a count of minutes, say)."""
     if isinstance(value, bool) or not isinstance(value, int):

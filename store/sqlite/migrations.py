@@ -1232,10 +1232,17 @@ CREATE INDEX "pending_delivery_webhook_idx"
     ON "pending_delivery" ("webhook_id", "queued_at", "id");
 """
 
-# Version 58: the lock of a claim of one webhook's handed-over deliveries
+# Version 58: a price list version's removal (``Tariff.valid_until``): from then on its
+# owner has no price list in its scope (a station back on its company's prices). Older
+# versions were never removed: null.
+_V58 = """
+ALTER TABLE "tariff" ADD COLUMN "valid_until" INTEGER;
+"""
+
+# Version 59: the lock of a claim of one webhook's handed-over deliveries
 # (``DeliveryClaim``): its id is the webhook's, so a second claim's insert fails on the
 # primary key while the first deletes the webhook's ``pending_delivery`` rows.
-_V58 = """
+_V59 = """
 CREATE TABLE "delivery_claim" (
     "id" TEXT PRIMARY KEY NOT NULL,
     "created_at" INTEGER NOT NULL,
@@ -1268,7 +1275,8 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (55, _V55),
                                      (56, _V56),
                                      (57, _V57),
-                                     (58, _V58))
+                                     (58, _V58),
+                                     (59, _V59))
 
 
 def identity_left(company_id: str, name: str) -> None:

@@ -143,6 +143,7 @@ FULL: dict[type[Record], Callable[[], Record]] = {
                            energy_bands=[{"days": ["MON", "SAT"], "start": "07:00",
                                           "end": "24:00", "price_per_kwh": "0.450"}],
                            connector_type=ConnectorType.CCS2, power_type=PowerType.DC,
+                           valid_until=at(-30),
                            **STAMPS),
     Payment: lambda: Payment(session_id=new_id(), station_id=new_id(), user_id=new_id(),
                              amount_minor=1659, currency="EUR", status=PaymentStatus.REFUNDED,
