@@ -1197,6 +1197,23 @@ class PendingDelivery(Record):
 
 
 @dataclass(kw_only=True)
+class DeliveryClaim(Record):
+    """One instance taking one webhook's handed-over deliveries (``PendingDelivery``),
+    held while it deletes them: its ``id`` is the webhook's, so the insert that takes it
+    is one document on MongoDB as in SQLite, and a second instance's fails on the id.
+    With it held, no other instance takes any of that webhook's, however the deletes
+    that follow are written (on MongoDB a batch others may see half-done): one claim
+    takes a webhook's in order, all of them. Deleted when the claim ends; one left by an
+    instance that died claiming is broken once older than ``CLAIM_STALE``. Control
+    state written by the service, not audited."""
+
+    kind: ClassVar[str] = "delivery_claim"
+    #: Which claim holds it (a fresh id per claim): only its own release deletes it.
+    claimant: str
+    claimed_at: datetime
+
+
+@dataclass(kw_only=True)
 class RefreshFamily(Record):
     """One signed-in device: the chain of refresh tokens a sign-in starts, each rotation
     handing on to the next. Revoking it (sign-out, or a rotated token presented again)
@@ -1255,6 +1272,7 @@ ENTITY_TYPES: tuple[type[Record], ...] = (
     Webhook,
     OfflineNotice,
     PendingDelivery,
+    DeliveryClaim,
     RefreshFamily,
     RefreshToken,
     Site,

@@ -1239,6 +1239,21 @@ _V58 = """
 ALTER TABLE "tariff" ADD COLUMN "valid_until" INTEGER;
 """
 
+# Version 59: the lock of a claim of one webhook's handed-over deliveries
+# (``DeliveryClaim``): its id is the webhook's, so a second claim's insert fails on the
+# primary key while the first deletes the webhook's ``pending_delivery`` rows.
+_V59 = """
+CREATE TABLE "delivery_claim" (
+    "id" TEXT PRIMARY KEY NOT NULL,
+    "created_at" INTEGER NOT NULL,
+    "updated_at" INTEGER NOT NULL,
+    "created_by" TEXT NOT NULL,
+    "updated_by" TEXT NOT NULL,
+    "claimant" TEXT NOT NULL,
+    "claimed_at" INTEGER NOT NULL
+) STRICT;
+"""
+
 #: Every migration, oldest first. Append only.
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
@@ -1260,7 +1275,8 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (55, _V55),
                                      (56, _V56),
                                      (57, _V57),
-                                     (58, _V58))
+                                     (58, _V58),
+                                     (59, _V59))
 
 
 def identity_left(company_id: str, name: str) -> None:
