@@ -237,3 +237,64 @@ async def test_a_restore_is_refused_while_the_service_runs(database: Path,
     with pytest.raises(BackupError, match="an instance of the service runs"):
         restore(tmp_path / "copy.db", database)
     assert [name for name in os.listdir(tmp_path) if ".part" in name] == []
+
+
+def test_a_backup_of_a_newer_schema_is_refused_before_the_database_is_touched(
+        database: Path, tmp_path: Path) -> None:
+    """Ops QA s26: a backup a newer ChargeGraph made (after an upgrade, restored with the
+    old build once the upgrade was rolled back) was put in place of the database, which
+    was gone; the service then refused to start on it ("written by a newer ChargeGraph"),
+    leaving neither database to run."""
+    backup(database, tmp_path / "copy.db")
+    newest = MIGRATIONS[-1][0]
+    with contextlib.closing(sqlite3.connect(tmp_path / "copy.db")) as conn, conn:
+        conn.execute('INSERT INTO "schema_version" VALUES (?, 0)', (newest + 1,))
+    before = database.read_bytes()
+
+    with pytest.raises(BackupError, match=f"schema version {newest + 1}, written by a "
+                                          f"newer ChargeGraph .*knows up to {newest}"):
+        restore(tmp_path / "copy.db", database)
+
+    assert database.read_bytes() == before
+    assert [name for name in os.listdir(tmp_path) if ".part" in name] == []
+
+
+async def test_a_restore_is_refused_while_a_process_without_a_lease_has_it_open(
+        database: Path, tmp_path: Path) -> None:
+    """Ops QA s26: an instance serving only GraphQL (``CHARGEGRAPH_OCPP_ENABLED=false``)
+    holds no lease, so the restore went ahead under it: the database was replaced while
+    it ran, and it refused every write until restarted."""
+    backup(database, tmp_path / "copy.db")
+    store = SqliteStore(str(database))
+    await store.start()
+    try:
+        with pytest.raises(BackupError, match="open in another process"):
+            restore(tmp_path / "copy.db", database)
+        assert await store.health() is None  # still its own file
+    finally:
+        await store.close()
+    assert [name for name in os.listdir(tmp_path) if ".part" in name] == []
+    restore(tmp_path / "copy.db", database)  # stopped, it goes ahead
+
+
+async def test_a_restore_moves_numbers_never_drawn_before_the_backup_too(
+        database: Path, tmp_path: Path) -> None:
+    """Ops QA s26: a number first drawn after the backup (the network's first
+    reservation) had no counter in it to move, and was drawn again from 1 after the
+    restore: a charger still holding that reservation had it replaced by a new one."""
+    backup(database, tmp_path / "copy.db")
+    store = SqliteStore(str(database))
+    await store.start()
+    after_backup = await store.next_sequence("reservation")  # a charger holds it
+    await store.close()
+
+    report = restore(tmp_path / "copy.db", database)
+
+    store = SqliteStore(str(database))
+    await store.start()
+    try:
+        drawn = await store.next_sequence("reservation")
+        assert drawn == report.sequences["reservation"] > after_backup
+        assert await store.next_sequence("connection") > RESTORE_GAP
+    finally:
+        await store.close()
