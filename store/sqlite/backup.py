@@ -19,6 +19,7 @@ import os
 import sqlite3
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -205,7 +206,7 @@ def restore(backup_file: str | Path, database: str | Path) -> RestoreReport:
         _copy(backup_file, temporary)
         version = _checked_version(backup_file, temporary)
         _refuse_newer(version)
-        sequences = _moved_sequences(temporary)
+        sequences = _moved_sequences(temporary, _drawn(database))
         _sync(temporary)
         if database.exists():
             # Last, just before the file is replaced: an instance serving GraphQL only
@@ -262,8 +263,13 @@ def refuse_open(database: Path, then: str) -> None:
     try:
         with contextlib.closing(sqlite3.connect(database, timeout=0)) as conn:
             mode = conn.execute("PRAGMA journal_mode=DELETE").fetchone()
-    except sqlite3.OperationalError:
+    except sqlite3.OperationalError as error:
+        if getattr(error, "sqlite_errorcode", None) not in (sqlite3.SQLITE_BUSY,
+                                                            sqlite3.SQLITE_LOCKED):
+            return  # not readable as a database (corrupt: what a restore is for)
         mode = None  # locked by a writer
+    except sqlite3.DatabaseError:
+        return  # corrupt ("file is not a database"): what a restore is for
     if not mode or str(mode[0]).lower() != "delete":
         raise BackupError(f"{database} is open in another process (an instance serving "
                           f"GraphQL only, a demo still seeding?): stop it, then {then}")
@@ -279,19 +285,34 @@ def _sqlite_file(path: Path) -> bool:
         return False
 
 
-def _moved_sequences(temporary: str) -> dict[str, int]:
+def _drawn(database: Path) -> dict[str, int]:
+    """The numbers the database being replaced has drawn, by sequence: past the backup's
+    when it was restored from it before (ops QA s26: a second restore of one backup gave
+    again the ids drawn since the first). Nothing when it cannot be read (corrupt)."""
+    uri = f"file:{quote(str(database.resolve()))}?mode=ro"
+    try:
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as current:
+            current.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            rows = current.execute('SELECT "name", "value" FROM "sequence"').fetchall()
+    except sqlite3.Error:
+        return {}  # none yet, not a ChargeGraph database, or unreadable
+    return {str(name): int(value) for name, value in rows}
+
+
+def _moved_sequences(temporary: str, drawn: Mapping[str, int]) -> dict[str, int]:
     """Moves every sequence of the copy ``RESTORE_GAP`` ahead, each also past the
-    highest number of it the copy holds, and those it has no counter of yet from 0;
-    returns each one's next number."""
+    highest number of it the copy holds and past what the replaced database ``drawn``,
+    and those it has no counter of yet from 0; returns each one's next number."""
     with contextlib.closing(sqlite3.connect(temporary)) as copy:
         with copy:
             copy.execute('UPDATE "sequence" SET "value" = "value" + ?', (RESTORE_GAP,))
-            for name, held in SEQUENCES.items():
+            for name in {**dict.fromkeys(SEQUENCES), **dict.fromkeys(drawn)}:
+                held = SEQUENCES.get(name)
                 highest = "0" if held is None else \
                     f'(SELECT COALESCE(MAX("{held[1]}"), 0) FROM "{held[0]}")'
                 copy.execute(
-                    f'INSERT INTO "sequence" ("name", "value") VALUES (?, {highest} + ?) '
-                    'ON CONFLICT ("name") DO UPDATE SET "value" = MAX("value", '
-                    '"excluded"."value")', (name, RESTORE_GAP))
+                    f'INSERT INTO "sequence" ("name", "value") VALUES (?, MAX({highest}, ?) '
+                    '+ ?) ON CONFLICT ("name") DO UPDATE SET "value" = MAX("value", '
+                    '"excluded"."value")', (name, drawn.get(name, 0), RESTORE_GAP))
         rows = copy.execute('SELECT "name", "value" FROM "sequence"').fetchall()
     return {str(name): int(value) + 1 for name, value in rows}

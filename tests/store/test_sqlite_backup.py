@@ -214,7 +214,9 @@ async def test_a_restore_puts_the_backup_back_and_draws_no_number_again(
 
     report = restore(tmp_path / "copy.db", database)
 
-    assert report.sequences["transaction"] == before[-1] + RESTORE_GAP + 1
+    # Past the database it replaced, which drew one since the backup (ops QA s26).
+    assert report.sequences["transaction"] == after_backup + RESTORE_GAP + 1
+    assert after_backup == before[-1] + 1
     store = SqliteStore(str(database))
     await store.start()
     try:
@@ -298,3 +300,39 @@ async def test_a_restore_moves_numbers_never_drawn_before_the_backup_too(
         assert await store.next_sequence("connection") > RESTORE_GAP
     finally:
         await store.close()
+
+
+async def test_a_second_restore_of_the_same_backup_draws_no_number_the_first_gave(
+        database: Path, tmp_path: Path) -> None:
+    """Ops QA s26: each restore moved the counters a million past the backup's, not past
+    the database it replaced: restoring the same backup again (a first restore retried,
+    or an older backup after a newer one) gave again the transaction ids drawn since the
+    first, which chargers still held."""
+    backup(database, tmp_path / "copy.db")
+    restore(tmp_path / "copy.db", database)
+    store = SqliteStore(str(database))
+    await store.start()
+    since_first = [await store.next_sequence(name) for name in ("transaction", "reservation")]
+    await store.close()
+
+    report = restore(tmp_path / "copy.db", database)
+
+    assert report.sequences["transaction"] > since_first[0] + RESTORE_GAP - 1
+    assert report.sequences["reservation"] > since_first[1] + RESTORE_GAP - 1
+
+
+async def test_a_restore_over_a_database_that_cannot_be_read_moves_the_backups_numbers(
+        tmp_path: Path) -> None:
+    """A corrupt database, the usual reason to restore, has no counters to read: the
+    backup's are moved ahead as ever."""
+    store = SqliteStore(str(tmp_path / "source.db"))
+    await store.start()
+    drawn = await store.next_sequence("transaction")
+    await store.close()
+    backup(tmp_path / "source.db", tmp_path / "copy.db")
+    broken = tmp_path / "live.db"
+    broken.write_bytes(b"SQLite format 3\x00" + b"\xff" * 4000)
+
+    report = restore(tmp_path / "copy.db", broken)
+
+    assert report.sequences["transaction"] == drawn + RESTORE_GAP + 1
