@@ -369,7 +369,7 @@ def password(value: str | None, field: str = "password") -> str:
     letter repeated, and "a" with a combining accent one character once normalized
     (review s25: each was taken, and then the weak password it stands for signed in);
     "¼¼¼" (three keystrokes), "㍍" eight times (one key) or a single "ﷺ" grow long only
-    once normalized, and are refused for what was typed (review s26). The text given is
+    once normalized, and are refused for what was typed (review s25). The text given is
     returned, hashed by ``AccountService.hash_password`` in that form."""
     value = _given(value, field)
     forms = (value, password_form(value))

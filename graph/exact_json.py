@@ -12,7 +12,7 @@ argument reads it as before), that keeps its text (the ``Decimal`` scalar reads 
 
 That second reading costs some 30 times orjson's per number, and it runs before any
 authentication (and before a websocket's ``connection_init``): a 1 MB body of floats
-held the event loop ~250 ms instead of 8 ms (review s26). It is bounded: only a message
+held the event loop ~250 ms instead of 8 ms (review s25). It is bounded: only a message
 of at most ``EXACT_MAX_SIZE`` characters whose part holds at most ``EXACT_MAX_NUMBERS``
 such numbers is read again, and only that part (the rest is skipped by the standard
 library's C reader, floats as plain floats). Beyond the bound the numbers stay plain

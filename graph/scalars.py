@@ -60,7 +60,7 @@ def _decimal(value: Any) -> Decimal:
     # (``graph/exact_json.py``): ``str`` of its float kept 17 significant digits, and a
     # refund of 0.010000000000000001 EUR was paid back as 0.01 (review s25). A plain
     # float is one whose digits are gone (in a message too large to read them again,
-    # review s26): refused, not rounded to whatever the float reads as.
+    # review s25): refused, not rounded to whatever the float reads as.
     if isinstance(value, float) and not isinstance(value, ExactFloat):
         raise ValueError(f"Decimal cannot represent {value!r} exactly: a JSON number's "
                          "digits are kept only in a small request's variables; send the "

@@ -72,7 +72,7 @@ MAX_MESSAGE = 4 * 1024 * 1024
 #: Seconds a closing connection waits for the charger's close frame before it drops the
 #: TCP connection. Chargers whose link went silent without a FIN (a cellular modem out of
 #: coverage) never answer, and the stop waited websockets' default 10 s for them, which is
-#: all `docker stop` waits before it kills the process (ops QA s26: the disconnects and
+#: all `docker stop` waits before it kills the process (ops QA s25: the disconnects and
 #: the lease release were never written). A charger that does answer takes milliseconds.
 CLOSE_TIMEOUT_S = 2.0
 REALM = 'Basic realm="ChargeGraph OCPP", charset="UTF-8"'

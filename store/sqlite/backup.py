@@ -46,7 +46,7 @@ RESTORE_GAP = 1_000_000
 
 #: Every number the store draws (``Store.next_sequence``), with the column that holds
 #: those drawn, if any. A restore moves each ahead, also one the backup holds no counter
-#: of yet (ops QA s26: drawn first after the backup, such as a network's first
+#: of yet (ops QA s25: drawn first after the backup, such as a network's first
 #: reservation, it started again from 1 after the restore, while chargers held it).
 SEQUENCES: dict[str, tuple[str, str] | None] = {
     "transaction": ("session", "transaction_id"),
@@ -210,7 +210,7 @@ def restore(backup_file: str | Path, database: str | Path) -> RestoreReport:
         _sync(temporary)
         if database.exists():
             # Last, just before the file is replaced: an instance serving GraphQL only
-            # holds no lease (ops QA s26: the restore went ahead under it).
+            # holds no lease (ops QA s25: the restore went ahead under it).
             refuse_open(database, "restore")
         for suffix in ("-wal", "-shm"):
             with contextlib.suppress(FileNotFoundError):
@@ -245,7 +245,7 @@ def refuse_running(database: Path, then: str) -> None:
 
 def _refuse_newer(version: int) -> None:
     """A backup a newer ChargeGraph migrated would replace the database with one this
-    build refuses to start on (ops QA s26: both were then lost to it)."""
+    build refuses to start on (ops QA s25: both were then lost to it)."""
     known = MIGRATIONS[-1][0]
     if version > known:
         raise BackupError(f"the backup has schema version {version}, written by a newer "
@@ -287,7 +287,7 @@ def _sqlite_file(path: Path) -> bool:
 
 def _drawn(database: Path) -> dict[str, int]:
     """The numbers the database being replaced has drawn, by sequence: past the backup's
-    when it was restored from it before (ops QA s26: a second restore of one backup gave
+    when it was restored from it before (ops QA s25: a second restore of one backup gave
     again the ids drawn since the first). Nothing when it cannot be read (corrupt)."""
     uri = f"file:{quote(str(database.resolve()))}?mode=ro"
     try:

@@ -123,7 +123,7 @@ def test_every_export_names_its_columns_once() -> None:
 
 
 def test_an_offsets_plus_left_unencoded_in_the_url_is_still_its_offset() -> None:
-    """Ops QA s26: ``?from=2024-05-01T02:00:00+02:00`` (curl, a browser's address bar)
+    """Ops QA s25: ``?from=2024-05-01T02:00:00+02:00`` (curl, a browser's address bar)
     arrives as ``…02:00:00 02:00``, a URL's ``+`` being a space: the export answered
     400, "an ISO 8601 date-time with an offset", to someone who had given one."""
     from starlette.datastructures import QueryParams

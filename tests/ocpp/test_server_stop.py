@@ -14,7 +14,7 @@ from tests.ocpp.conftest import STATION_PASSWORD, seed, start_central, stop_cent
 
 
 async def test_a_silent_charger_does_not_hold_the_stop(tmp_path: Path) -> None:
-    """Ops QA s26: the stop waited websockets' default 10 s for the silent charger's
+    """Ops QA s25: the stop waited websockets' default 10 s for the silent charger's
     close frame, as long as `docker stop` waits before it kills the process: the
     disconnects were not written nor the instance lease released, and a graceful stop
     ended as a SIGKILL. The charger is recorded offline all the same."""

@@ -155,7 +155,7 @@ def test_demo_reset_refuses_a_database_an_instance_runs_on(
 
 
 def test_demo_reset_removes_a_corrupt_database(tmp_path: Path) -> None:
-    """Ops QA s26: the check for another process reading it raised SQLite's "file is not
+    """Ops QA s25: the check for another process reading it raised SQLite's "file is not
     a database" out of `demo --reset` as a traceback; a damaged file is what a reset (or
     a restore) is for."""
     from chargegraph.stores import remove_sqlite_database

@@ -214,7 +214,7 @@ async def test_a_restore_puts_the_backup_back_and_draws_no_number_again(
 
     report = restore(tmp_path / "copy.db", database)
 
-    # Past the database it replaced, which drew one since the backup (ops QA s26).
+    # Past the database it replaced, which drew one since the backup (ops QA s25).
     assert report.sequences["transaction"] == after_backup + RESTORE_GAP + 1
     assert after_backup == before[-1] + 1
     store = SqliteStore(str(database))
@@ -243,7 +243,7 @@ async def test_a_restore_is_refused_while_the_service_runs(database: Path,
 
 def test_a_backup_of_a_newer_schema_is_refused_before_the_database_is_touched(
         database: Path, tmp_path: Path) -> None:
-    """Ops QA s26: a backup a newer ChargeGraph made (after an upgrade, restored with the
+    """Ops QA s25: a backup a newer ChargeGraph made (after an upgrade, restored with the
     old build once the upgrade was rolled back) was put in place of the database, which
     was gone; the service then refused to start on it ("written by a newer ChargeGraph"),
     leaving neither database to run."""
@@ -263,7 +263,7 @@ def test_a_backup_of_a_newer_schema_is_refused_before_the_database_is_touched(
 
 async def test_a_restore_is_refused_while_a_process_without_a_lease_has_it_open(
         database: Path, tmp_path: Path) -> None:
-    """Ops QA s26: an instance serving only GraphQL (``CHARGEGRAPH_OCPP_ENABLED=false``)
+    """Ops QA s25: an instance serving only GraphQL (``CHARGEGRAPH_OCPP_ENABLED=false``)
     holds no lease, so the restore went ahead under it: the database was replaced while
     it ran, and it refused every write until restarted."""
     backup(database, tmp_path / "copy.db")
@@ -281,7 +281,7 @@ async def test_a_restore_is_refused_while_a_process_without_a_lease_has_it_open(
 
 async def test_a_restore_moves_numbers_never_drawn_before_the_backup_too(
         database: Path, tmp_path: Path) -> None:
-    """Ops QA s26: a number first drawn after the backup (the network's first
+    """Ops QA s25: a number first drawn after the backup (the network's first
     reservation) had no counter in it to move, and was drawn again from 1 after the
     restore: a charger still holding that reservation had it replaced by a new one."""
     backup(database, tmp_path / "copy.db")
@@ -304,7 +304,7 @@ async def test_a_restore_moves_numbers_never_drawn_before_the_backup_too(
 
 async def test_a_second_restore_of_the_same_backup_draws_no_number_the_first_gave(
         database: Path, tmp_path: Path) -> None:
-    """Ops QA s26: each restore moved the counters a million past the backup's, not past
+    """Ops QA s25: each restore moved the counters a million past the backup's, not past
     the database it replaced: restoring the same backup again (a first restore retried,
     or an older backup after a newer one) gave again the transaction ids drawn since the
     first, which chargers still held."""
