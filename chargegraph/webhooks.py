@@ -7,17 +7,20 @@ delivery's outcome does to the webhook).
   subscription, which every instance behind Redis would see.
 * ``offer`` never waits (it runs on a charger's message path): events go into a bounded
   queue per webhook, and a full queue drops its oldest event (counted in the webhook's
-  ``dropped_events``). One task per webhook with pending events posts them in order.
+  ``dropped_events``), never one taken over from a stopped instance. One task per
+  webhook with pending events posts them in order.
 * A delivery is up to ``tries`` POSTs with backoff between them; before each, the
   webhook and its owner are read again, so a disabled or removed webhook, or a revoked
   owner, gets nothing more.
 * A graceful stop (``close``) hands over what is still queued or waiting for a retry:
   each delivery is stored (``PendingDelivery``: its body, delivery id, tries made, next
-  try's time), in one write bounded by ``HANDOVER_S``, and the next instance to start
-  (or any running one, every ``refresh_s``) claims it (a guarded delete, which one
-  instance wins) and resumes it where it was: the same body and delivery id, the tries
-  left, the next one when it was due. A crash hands over nothing: what it had in memory
-  is lost.
+  try's time), in one write, the stop bounded by ``HANDOVER_S`` in all, and the next
+  instance to start (or any running one, every ``refresh_s``) claims it, with all of
+  its webhook's (under the webhook's ``DeliveryClaim``, which one instance wins), and
+  resumes it where it was: the same body and delivery id, the tries left, the next one
+  when it was due; a full queue never drops one taken over. A claim landing after its
+  instance's stop handed over puts back what it took. A crash hands over nothing: what
+  it had in memory is lost.
 * ``station.offline`` waits out a grace (``offline_grace``, the setting
   ``CHARGEGRAPH_OFFLINE_WEBHOOK_GRACE_S``) and ``station.online`` follows only an
   announced one (``domain/services/offline_notices.py``): a disconnect is stored as a
@@ -186,6 +189,9 @@ class _Delivery:
     due_at: datetime | None = None
     #: Its outcome is final (succeeded, or failed its last try): nothing to hand over.
     settled: bool = False
+    #: Taken over from a stopped instance (claimed: deleted from the store), so never
+    #: dropped by a full queue: it is stored nowhere else.
+    resumed: bool = False
 
     def begun(self) -> tuple[bytes, str]:
         if self.body is None or self.delivery_id is None:
@@ -268,6 +274,9 @@ class WebhookDispatcher:
         #: (what it claimed is deleted from the store: it must reach a queue, and so
         #: the handover, not vanish with a cancelled task).
         self._resuming: asyncio.Task[int] | None = None
+        #: Set once ``close`` has taken what it hands over: a claim landing after that
+        #: puts back what it took instead of queueing it where nobody sends it.
+        self._handed_over = False
         #: Route changes made while ``refresh`` reads (None when it does not).
         self._meanwhile: list[tuple[Webhook, bool]] | None = None
         self._closed = False
@@ -299,8 +308,11 @@ class WebhookDispatcher:
 
     async def close(self) -> None:
         """Stops delivering, and hands over what is still queued or waiting for a retry
-        (``resume_handed_over`` on the next instance), within ``handover_s``."""
+        (``resume_handed_over`` on the next instance), within ``handover_s`` in all: a
+        claim under way is waited for half of it at most (what it took is handed over
+        with the rest), the handover's write gets what is left."""
         self._closed = True
+        loop = asyncio.get_running_loop()
         ctx = self.services.ctx
         with contextlib.suppress(ValueError):
             ctx.published.remove(self.offer)
@@ -314,9 +326,11 @@ class WebhookDispatcher:
             # The disconnects of this instance's stop are stored as pending outages, for
             # the next start (or another instance) to announce if they last the grace.
             await asyncio.wait(set(self._settling))
+        deadline = loop.time() + self.handover_s
         if self._resuming is not None and not self._resuming.done():
-            # It stops after its batch, queueing what it claimed for the handover below.
-            await asyncio.wait([self._resuming], timeout=self.handover_s)
+            # It stops after its claim, queueing what it took for the handover below;
+            # one the store holds longer puts it back itself once it lands.
+            await asyncio.wait([self._resuming], timeout=self.handover_s / 2)
         tasks = [t for t in (self._refresher, self._sweeper,
                              *(c.task for c in self._channels.values())) if t is not None]
         for task in tasks:
@@ -327,7 +341,12 @@ class WebhookDispatcher:
                       for channel in self._channels.values()
                       for delivery in channel.unfinished()]
         self._channels.clear()
-        await self._hand_over(unfinished)
+        self._handed_over = True
+        await self._hand_over(unfinished, max(0.0, deadline - loop.time()))
+        if self._resuming is not None and not self._resuming.done():
+            log.warning("a claim of handed-over webhook deliveries is still waiting for "
+                        "the store: it puts back what it takes if it lands before the "
+                        "process ends")
         if self._client is not None:
             await self._client.aclose()
         # A lookup still waiting on its nameserver is not waited for.
@@ -425,24 +444,31 @@ class WebhookDispatcher:
         channel = self._channels.get(webhook_id)
         if channel is None:
             channel = self._channels[webhook_id] = _Channel(webhook_id)
-        if len(channel.queue) >= self.queue_size:
-            channel.queue.popleft()
+        if len(channel.queue) >= self.queue_size and not delivery.resumed:
+            # Full: its oldest event is dropped, never one taken over (the queue may
+            # hold more of those than its size; then the new event is dropped).
             channel.dropped += 1
-        channel.queue.append(delivery)
+            oldest = next((n for n, d in enumerate(channel.queue) if not d.resumed), None)
+            if oldest is not None:
+                del channel.queue[oldest]
+                channel.queue.append(delivery)
+        else:
+            channel.queue.append(delivery)
         if channel.task is None and not self._closed:  # closing: handed over instead
             channel.task = asyncio.get_running_loop().create_task(
                 self._drain(channel), name=f"chargegraph-webhook-{webhook_id}")
 
     # ------------------------------------------------------------- handing over
-    async def _hand_over(self, unfinished: list[tuple[str, _Delivery]]) -> None:
+    async def _hand_over(self, unfinished: list[tuple[str, _Delivery]],
+                         within: float) -> None:
         """Stores what this stopping instance still had to deliver, for another to
-        resume; a store that does not take it within ``handover_s`` does not hold the
-        stop (what it had is then lost, as a crash loses it)."""
+        resume; a store that does not take it ``within`` seconds does not hold the stop
+        (what it had is then lost, as a crash loses it)."""
         if not unfinished:
             return
         try:
             records = [delivery.handed_over(webhook_id) for webhook_id, delivery in unfinished]
-            async with asyncio.timeout(self.handover_s):
+            async with asyncio.timeout(within):
                 await self.services.webhooks.hand_over(records)
         except Exception:  # TimeoutError included
             log.exception("handing over %d webhook deliveries for the next instance "
@@ -461,6 +487,11 @@ class WebhookDispatcher:
         try:
             while not self._closed and (
                     claimed := await self.services.webhooks.claim_handed_over()) is not None:
+                if self._handed_over:
+                    # Landed after the stop took what it hands over: nobody would send
+                    # these nor hand them over, so they go back to the store.
+                    await self._put_back(claimed)
+                    break
                 for record in claimed:
                     delivery = _resumed(record)
                     if delivery is not None:
@@ -473,6 +504,19 @@ class WebhookDispatcher:
             log.info("resumed %d webhook deliveries a stopped instance handed over",
                      resumed)
         return resumed
+
+    async def _put_back(self, claimed: list[PendingDelivery]) -> None:
+        if not claimed:
+            return
+        try:
+            async with asyncio.timeout(self.handover_s):
+                await self.services.webhooks.hand_over(claimed)
+        except Exception:
+            log.exception("putting back %d handed-over webhook deliveries claimed as "
+                          "this instance stopped failed: they may be lost", len(claimed))
+            return
+        log.info("put back %d handed-over webhook deliveries claimed as this instance "
+                 "stopped", len(claimed))
 
     # ------------------------------------------------------------- outages
     def _debounce(self, event: StationConnectionChanged) -> None:
@@ -687,7 +731,7 @@ def _resumed(record: PendingDelivery) -> _Delivery | None:
         return None
     return _Delivery(event, record.event_type, event_id, record.queued_at, body=body,
                      delivery_id=record.delivery_id, tries_made=record.tries_made,
-                     due_at=record.due_at)
+                     due_at=record.due_at, resumed=True)
 
 
 async def _error_text(response: httpx.Response) -> str:

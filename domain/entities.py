@@ -17,6 +17,7 @@ from enum import StrEnum
 from typing import Any, ClassVar, TypeVar
 
 from domain.clock import utcnow
+from domain.command_rules import without_credentials
 from domain.ids import new_id
 from domain.wire import rfc3339
 
@@ -163,6 +164,10 @@ class Record:
     #: (secret field, marker): an update's audit image says ``marker: true`` when the
     #: secret changed (``audit_after``), so a password reset shows without the secret.
     secret_markers: ClassVar[tuple[tuple[str, str], ...]] = ()
+    #: Fields holding an upload or download URL a charger was given: copied into audit
+    #: snapshots, and read from older ones, without its credentials
+    #: (``command_rules.without_credentials``; ``snapshot``, ``without_url_credentials``).
+    url_fields: ClassVar[frozenset[str]] = frozenset()
 
     id: str = field(default_factory=new_id)
     created_at: datetime = field(default_factory=utcnow)
@@ -266,6 +271,9 @@ class Station(Record):
     secret_fields: ClassVar[frozenset[str]] = frozenset({"auth_password_hash"})
     secret_markers: ClassVar[tuple[tuple[str, str], ...]] = (
         ("auth_password_hash", "password_changed"),)
+    #: A rollout recorded before QA s25 keeps its presigned URL's signature here: every
+    #: update of the station wrote it again into its audit images (review s25).
+    url_fields: ClassVar[frozenset[str]] = frozenset({"firmware_location"})
     cp_id: str
     name: str
     #: What NAME order sorts by (``validation.name_key``: "ärztehaus"), written with the
@@ -952,6 +960,14 @@ class Tariff(Record):
     #: (``tariffs.scopes_for``).
     connector_type: ConnectorType | None = None
     power_type: PowerType | None = None
+    #: When it was removed (``TariffService.remove_tariff``): from then on its owner has
+    #: no price list in its scope, until a later version; sessions started before keep
+    #: it. None: in force until a later version of its scope replaces it.
+    valid_until: datetime | None = None
+
+    def removed_by(self, at: datetime) -> bool:
+        """Whether it was removed at or before ``at`` (prices no session started then)."""
+        return self.valid_until is not None and self.valid_until <= at
 
     @property
     def bills_idle(self) -> bool:
@@ -1187,6 +1203,23 @@ class PendingDelivery(Record):
 
 
 @dataclass(kw_only=True)
+class DeliveryClaim(Record):
+    """One instance taking one webhook's handed-over deliveries (``PendingDelivery``),
+    held while it deletes them: its ``id`` is the webhook's, so the insert that takes it
+    is one document on MongoDB as in SQLite, and a second instance's fails on the id.
+    With it held, no other instance takes any of that webhook's, however the deletes
+    that follow are written (on MongoDB a batch others may see half-done): one claim
+    takes a webhook's in order, all of them. Deleted when the claim ends; one left by an
+    instance that died claiming is broken once older than ``CLAIM_STALE``. Control
+    state written by the service, not audited."""
+
+    kind: ClassVar[str] = "delivery_claim"
+    #: Which claim holds it (a fresh id per claim): only its own release deletes it.
+    claimant: str
+    claimed_at: datetime
+
+
+@dataclass(kw_only=True)
 class RefreshFamily(Record):
     """One signed-in device: the chain of refresh tokens a sign-in starts, each rotation
     handing on to the next. Revoking it (sign-out, or a rotated token presented again)
@@ -1245,6 +1278,7 @@ ENTITY_TYPES: tuple[type[Record], ...] = (
     Webhook,
     OfflineNotice,
     PendingDelivery,
+    DeliveryClaim,
     RefreshFamily,
     RefreshToken,
     Site,
@@ -1256,13 +1290,16 @@ E = TypeVar("E", bound=Record)
 
 
 def snapshot(record: Record) -> dict[str, Any]:
-    """A JSON-friendly copy of a record for audit before/after images (secrets left out)."""
+    """A JSON-friendly copy of a record for audit before/after images (secrets left out,
+    URLs without their credentials: ``Record.url_fields``)."""
     out: dict[str, Any] = {}
     for f in dataclasses.fields(record):
         if f.name in record.secret_fields:
             continue
         value = getattr(record, f.name)
-        if isinstance(value, datetime):
+        if f.name in record.url_fields and isinstance(value, str):
+            value = without_credentials(value)
+        elif isinstance(value, datetime):
             value = rfc3339(value)  # as the API writes every instant (QA s17)
         elif isinstance(value, Decimal):
             value = str(value)
@@ -1270,6 +1307,21 @@ def snapshot(record: Record) -> dict[str, Any]:
             value = value.value
         out[f.name] = value
     return out
+
+
+def without_url_credentials(kind: str, image: dict[str, Any] | None
+                            ) -> dict[str, Any] | None:
+    """An audit image of a ``kind`` record as it is read: its ``url_fields`` without
+    their credentials, for images written before ``snapshot`` hid them (a station's
+    rollout location, presigned, in every station UPDATE entry: review s25)."""
+    record_type = ENTITY_BY_KIND.get(kind)
+    if image is None or record_type is None:
+        return image
+    shown = {name: without_credentials(image[name]) for name in record_type.url_fields
+             if isinstance(image.get(name), str)}
+    if all(shown[name] == image[name] for name in shown):
+        return image
+    return {**image, **shown}
 
 
 def audit_after(before: Record | None, after: Record) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from domain.entities import (
     User,
     Vehicle,
     Webhook,
+    without_url_credentials,
 )
 from domain.events import (
     CommandCompleted,
@@ -439,9 +440,14 @@ class Policy:
         private fields of a kind whose private view they have not of that record (a
         driver reading their own session's entries is not told whose books it went to,
         as no read of the session tells them; an operator reading their company's
-        drivers' cars is not told their batteries, as the car's own read does not)."""
+        drivers' cars is not told their batteries, as the car's own read does not).
+        A command's secrets as the rules are now (``without_secret_value``), a record's
+        URLs without their credentials (``without_url_credentials``), also in entries
+        written before they were hidden."""
         if entry.action is AuditAction.COMMAND:
             snapshot = without_secret_value(snapshot)
+        else:
+            snapshot = without_url_credentials(entry.entity, snapshot)
         private = PRIVATE_FIELDS.get(entry.entity)
         if snapshot is None or not private or self._sees_image_private(viewer, entry):
             return snapshot

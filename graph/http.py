@@ -117,7 +117,8 @@ def _json_param(raw: Any, name: str) -> dict[str, Any] | None:
     """``variables``/``extensions``: a map, null, or (from GET) a JSON-encoded map."""
     if isinstance(raw, str):
         try:
-            raw = exact_json.loads(raw)
+            raw = exact_json.loads(raw, exact=exact_json.VARIABLES if name == "variables"
+                                   else exact_json.NOTHING)
         except orjson.JSONDecodeError as exc:
             raise RequestError(f"'{name}' is not valid JSON") from exc
     if raw is not None and not isinstance(raw, dict):
@@ -168,8 +169,9 @@ async def read_post(request: Request) -> dict[str, Any]:
     try:
         # orjson, not json: it refuses lone surrogates ("\ud800"), which no database can
         # store as UTF-8, and NaN/Infinity, which are not JSON. ``exact_json``: a JSON
-        # number keeps its digits for a ``Decimal`` argument.
-        parsed = exact_json.loads(body)
+        # number in ``variables`` keeps its digits for a ``Decimal`` argument (a small
+        # body only: see there).
+        parsed = exact_json.loads(body, exact=exact_json.BODY)
     except orjson.JSONDecodeError as exc:
         raise RequestError("the request body is not valid JSON") from exc
     if not isinstance(parsed, dict):

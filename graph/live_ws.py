@@ -288,7 +288,8 @@ class Connection:
     # -- messages -----------------------------------------------------------
     async def handle(self, raw: str) -> None:
         try:
-            message = exact_json.loads(raw)  # a JSON number keeps its digits
+            # A JSON number in ``payload.variables`` keeps its digits (a small message).
+            message = exact_json.loads(raw, exact=exact_json.MESSAGE)
         except orjson.JSONDecodeError:
             if self.protocol == LEGACY_WS:
                 return  # the legacy protocol ignores what it cannot parse

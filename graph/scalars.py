@@ -14,7 +14,7 @@ from graphql import FloatValueNode, IntValueNode, ValueNode, value_from_ast_unty
 
 from domain.clock import to_millisecond
 from domain.wire import rfc3339
-from graph.exact_json import ExactFloat
+from graph.exact_json import EXACT_MAX_NUMBERS, EXACT_MAX_SIZE, ExactFloat
 
 #: GraphQL's ``Int`` is 32 bits by the spec: a meter register of a long-lived DC charger
 #: (billions of Wh) or a large amount in minor units does not fit, and one such value
@@ -58,7 +58,13 @@ def _decimal(value: Any) -> Decimal:
         raise ValueError(f"Decimal cannot represent {value!r}")
     # A JSON number with a fraction arrives with the digits it was written with
     # (``graph/exact_json.py``): ``str`` of its float kept 17 significant digits, and a
-    # refund of 0.010000000000000001 EUR was paid back as 0.01 (review s25).
+    # refund of 0.010000000000000001 EUR was paid back as 0.01 (review s25). A plain
+    # float is one whose digits are gone (in a message too large to read them again,
+    # review s25): refused, not rounded to whatever the float reads as.
+    if isinstance(value, float) and not isinstance(value, ExactFloat):
+        raise ValueError(f"Decimal cannot represent {value!r} exactly: a JSON number's "
+                         "digits are kept only in a small request's variables; send the "
+                         f'amount as a string ("{value!r}")')
     text = (value.text if isinstance(value, ExactFloat) else str(value)).strip()
     if _PLAIN_DECIMAL.fullmatch(text) is None:
         raise ValueError(f"Decimal cannot represent {value!r}: write a plain decimal "
@@ -81,9 +87,13 @@ SCALARS: dict[object, Any] = {
     Decimal: strawberry.scalar(
         name="Decimal",
         description="An exact decimal number (prices, rates, amounts in major units), "
-                    "returned as a string (\"0.35\"). Sent in as a string or a number "
-                    "(in JSON or in the query), written plainly: no `_`, no NaN; read "
-                    "exactly as written, every digit, a number too.",
+                    "returned as a string (\"0.35\"). Send it as a string, written "
+                    "plainly (no `_`, no NaN): read exactly as written, every digit. A "
+                    "number is read so too when written in the query, or in the "
+                    "variables of a request (or websocket message) of at most "
+                    f"{EXACT_MAX_SIZE // 1024} KiB holding at most {EXACT_MAX_NUMBERS} "
+                    "numbers with a fraction or an exponent; beyond that a JSON number's "
+                    "digits are not kept, and it is refused rather than rounded.",
         serialize=str,
         parse_value=_decimal,
         parse_literal=_decimal_literal,

@@ -160,9 +160,6 @@ STOP_BELOW_READINGS_SLACK_WH = 500
 #: Sessions closed without their stop whose charger still metered them, noted so that is
 #: logged once per session (``ChargingService._still_metered``); forgotten past this many.
 MAX_NOTED_CLOSES = 1000
-#: The most remote starts a boot settles at once (``_starts_forgotten``): far above the
-#: live ones a station holds (one per connector, a few naming none, each card once).
-MAX_FORGOTTEN_STARTS = 200
 
 #: How soon a StartTransaction whose answer was lost may be sent again with a timestamp of
 #: its own (the charger stamps the resend) and still be taken for the same start: the
@@ -520,23 +517,10 @@ class ChargingService(ChargerConnections):
                            charger_registration=told)
             await self.store.write([update], [])
         self.cache.remember(cast(Station, update.record), renew=False)
-        if not info.triggered:
-            await self._starts_forgotten(station, now)
+        # A boot (no trigger's) settles no remote start sent before it: they stop holding
+        # their card and plug (``pending_starts.holds``, by ``booted_at``), and one the
+        # charger still carries out still gets its car (review s25).
         return BootResult(station.registration, self.boot_interval(station), now)
-
-    async def _starts_forgotten(self, station: Station, booted: datetime) -> None:
-        """Settles the station's remote starts sent before its charger restarted at
-        ``booted``: a charger keeps an accepted start in memory until the car comes, and
-        a reboot (a Reset, a power cut) forgets it, so no StartTransaction will come for
-        it. Held for the rest of their window, they kept the driver the Reset was for,
-        and everyone else on that plug, from starting again (QA s25). A boot answering
-        our TriggerMessage is no restart (the caller's ``triggered``)."""
-        live = await self.store.find_all(PendingStart, all_of(
-            Eq("station_id", station.id), Range("created_at", lt=booted),
-            live_pending_starts(booted)), limit=MAX_FORGOTTEN_STARTS)
-        if live:
-            actor = charger(station.cp_id)
-            await self.commit(actor, [], unaudited=[settle(p, actor, booted) for p in live])
 
     def boot_interval(self, station: Station) -> int:
         """The interval a boot is answered with. For an Accepted station, its heartbeat

@@ -1232,12 +1232,34 @@ CREATE INDEX "pending_delivery_webhook_idx"
     ON "pending_delivery" ("webhook_id", "queued_at", "id");
 """
 
-# Version 59: the registration a station's charger acts on (``Station.charger_registration``):
+# Version 58: a price list version's removal (``Tariff.valid_until``): from then on its
+# owner has no price list in its scope (a station back on its company's prices). Older
+# versions were never removed: null.
+_V58 = """
+ALTER TABLE "tariff" ADD COLUMN "valid_until" INTEGER;
+"""
+
+# Version 59: the lock of a claim of one webhook's handed-over deliveries
+# (``DeliveryClaim``): its id is the webhook's, so a second claim's insert fails on the
+# primary key while the first deletes the webhook's ``pending_delivery`` rows.
+_V59 = """
+CREATE TABLE "delivery_claim" (
+    "id" TEXT PRIMARY KEY NOT NULL,
+    "created_at" INTEGER NOT NULL,
+    "updated_at" INTEGER NOT NULL,
+    "created_by" TEXT NOT NULL,
+    "updated_by" TEXT NOT NULL,
+    "claimant" TEXT NOT NULL,
+    "claimed_at" INTEGER NOT NULL
+) STRICT;
+"""
+
+# Version 60: the registration a station's charger acts on (``Station.charger_registration``):
 # the answer to its last BootNotification, which it keeps until its next boot. A station
 # made Pending or Rejected mid-session had its charger's stop, meter values and reports
 # judged by a registration the charger had not been told (review s25). Older rows: null,
-# the station's registration (58 is the price lists' removal, on its own branch).
-_V59 = """
+# the station's registration.
+_V60 = """
 ALTER TABLE "station" ADD COLUMN "charger_registration" TEXT;
 """
 
@@ -1262,7 +1284,9 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (55, _V55),
                                      (56, _V56),
                                      (57, _V57),
-                                     (59, _V59))
+                                     (58, _V58),
+                                     (59, _V59),
+                                     (60, _V60))
 
 
 def identity_left(company_id: str, name: str) -> None:

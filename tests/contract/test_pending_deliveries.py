@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 
-from domain.entities import PendingDelivery
+from domain.entities import DeliveryClaim, PendingDelivery
 from domain.errors import Conflict
 from domain.policy import Policy
-from domain.ports import Delete, Store
+from domain.ports import Delete, Insert, Store
 from domain.query import ALL
 from domain.services import ServiceContext
-from domain.services.webhooks import WebhookService
+from domain.services.webhooks import CLAIM_STALE, WebhookService
 from tests.contract.factories import oid
 from tests.helpers import FastHasher
 
@@ -103,18 +103,21 @@ async def test_instances_claiming_at_once_get_each_delivery_once(
 
 
 class _WritesTogether:
-    """A store whose writes wait until ``count`` are under way: every claimer has read
-    the deliveries before any deletes them, the race a claim must survive."""
+    """A store whose first ``count`` writes wait until all are under way: every claimer
+    has read the deliveries before any takes them, the race a claim must survive."""
 
     def __init__(self, store: Store, count: int) -> None:
         self._store = store
         self._barrier = asyncio.Barrier(count)
+        self._waiting = count
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._store, name)
 
     async def write(self, *args: Any, **kwargs: Any) -> None:
-        await self._barrier.wait()
+        if self._waiting:
+            self._waiting -= 1
+            await self._barrier.wait()
         await self._store.write(*args, **kwargs)
 
 
@@ -128,3 +131,68 @@ async def test_instances_that_read_the_same_deliveries_claim_them_once(
     assert won[0] == [] and [p.delivery_id for p in won[1] or []] == [
         "dlv_1_0", "dlv_1_1", "dlv_1_2"]
     assert await service(store).claim_handed_over() is None
+
+
+async def test_more_deliveries_of_a_webhook_than_one_write_takes_are_claimed_together(
+        store: Store) -> None:
+    """A stop hands over up to a full queue and the try under way (1,001): one claim
+    takes every one of the webhook's, in order, however many writes it needs."""
+    webhooks = service(store)
+    await webhooks.hand_over([pending(1, n) for n in range(7)] + [pending(2, 99)])
+    claimed = await webhooks.claim_handed_over(batch=3)
+    assert [p.delivery_id for p in claimed or []] == [f"dlv_1_{n}" for n in range(7)]
+    assert [p.webhook_id for p in await store.find_all(PendingDelivery, ALL)] == [oid(2)]
+
+
+async def test_a_webhook_another_instance_is_claiming_is_left_to_it(store: Store) -> None:
+    """While one instance takes a webhook's (its lock held), another takes none of
+    them, but goes on to the next webhook's."""
+    webhooks = service(store)
+    await webhooks.hand_over([pending(1, n) for n in range(3)] + [pending(2, 5)])
+    lock = DeliveryClaim(id=oid(1), claimant="another", claimed_at=T0)
+    webhooks.ctx.clock = lambda: T0 + timedelta(seconds=1)
+    await store.write([Insert(lock)], [])
+    second = await webhooks.claim_handed_over()
+    assert [p.delivery_id for p in second or []] == ["dlv_2_5"]
+    assert await webhooks.claim_handed_over() is None
+    assert len(await store.find_all(PendingDelivery, ALL)) == 3
+    # The other instance died claiming: its lock lapses, and the webhook's are taken.
+    webhooks.ctx.clock = lambda: T0 + CLAIM_STALE + timedelta(seconds=1)
+    third = await webhooks.claim_handed_over()
+    assert [p.delivery_id for p in third or []] == ["dlv_1_0", "dlv_1_1", "dlv_1_2"]
+    assert await store.find_all(DeliveryClaim, ALL) == []
+
+
+async def test_mongo_a_claim_half_written_leaves_the_webhook_to_its_claimer(
+        monkeypatch: Any) -> None:
+    """MongoDB writes a claim's deletes one by one (a journaled batch, no transaction):
+    another instance looking between them must not take the webhook's later ones
+    first, which would post them before the earlier ones (review of the handover)."""
+    from store.mongo import writes
+    from tests.support.mongo_backend import open_mongo_store
+
+    async with open_mongo_store() as store:
+        await service(store).hand_over([pending(1, n) for n in range(3)])
+        real_delete = writes.delete
+        first_deleted, b_done = asyncio.Event(), asyncio.Event()
+
+        async def pausing(db: Any, change: Any, *rest: Any) -> None:
+            await real_delete(db, change, *rest)
+            if isinstance(change.record, PendingDelivery) and not first_deleted.is_set():
+                first_deleted.set()  # A's first delete: B looks now
+                await asyncio.wait_for(b_done.wait(), 5)
+        monkeypatch.setattr(writes, "delete", pausing)
+
+        async def b() -> list[PendingDelivery] | None:
+            await first_deleted.wait()
+            try:
+                return await service(store).claim_handed_over()
+            finally:
+                b_done.set()
+
+        a_claim, b_claim = await asyncio.gather(service(store).claim_handed_over(), b())
+        monkeypatch.setattr(writes, "delete", real_delete)
+        later = await service(store).claim_handed_over()
+        claims = [[p.delivery_id for p in c] for c in (a_claim, b_claim, later) if c]
+        left = await store.find_all(PendingDelivery, ALL)
+    assert claims == [["dlv_1_0", "dlv_1_1", "dlv_1_2"]] and left == [], claims

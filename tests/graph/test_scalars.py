@@ -8,6 +8,7 @@ from domain import entities as d
 from domain.ids import new_id
 from domain.ports import Insert
 from domain.services import Services
+from graph.exact_json import ExactFloat
 from graph.ids import to_global_id
 from graph.scalars import SCALARS, BigInt
 from tests.graph.conftest import Api
@@ -74,7 +75,7 @@ def test_decimals_are_plain_ascii_numbers() -> None:
 
     parse = SCALARS[Decimal].parse_value
     for text, value in (("0.35", "0.35"), (" 12 ", "12"), ("1e3", "1E+3"), (".5", "0.5"),
-                        (0.35, "0.35"), (7, "7"), ("-0.10", "-0.10")):
+                        (ExactFloat("0.350"), "0.350"), (7, "7"), ("-0.10", "-0.10")):
         assert parse(text) == Decimal(value), text
     for bad in ("0.3_5", "1_000", "\u0663.\u0665", "NaN", "Infinity", "", "1.2.3", True):
         with pytest.raises(ValueError, match="Decimal cannot represent"):
@@ -124,6 +125,42 @@ async def test_a_decimal_sent_as_a_json_number_is_read_as_written(api: Api, worl
         "tariff": {"pricePerKwh": "0.5900", "taxRate": "0.19"}, "errors": []}
     assert await set_price("0.35000000000000001") == {
         "tariff": None, "errors": [{"field": "pricePerKwh", "code": "INVALID"}]}
+
+
+async def test_a_decimal_sent_as_a_json_number_whose_digits_were_not_kept_is_refused(
+        api: Api, world: World) -> None:
+    """Review s26: a JSON number's digits are kept only in a small request's variables
+    (the re-read is bounded). Beyond that the ``Decimal`` scalar gets a plain float, and
+    refuses it telling the client to send a string, rather than round the price."""
+    from decimal import Decimal
+
+    import pytest
+
+    from graph.exact_json import EXACT_MAX_NUMBERS
+
+    company = to_global_id("company", world.companies["a"].id)
+    headers = {"content-type": "application/json",
+               "authorization": f"Bearer {api.token_for(world.users['op_a'].id)}"}
+    many = ",".join(["0.5"] * (EXACT_MAX_NUMBERS + 1))
+
+    def padded(price: str, tax: str) -> bytes:  # more numbers than are read exactly
+        return set_price_body(company, price).replace(b"0.19", tax.encode()).replace(
+            b'"variables": {', f'"variables": {{"pad": [{many}], '.encode())
+
+    r = await api.client.post("/graphql", content=padded("0.59", "0.19"), headers=headers)
+    answer = r.json()
+    assert answer.get("data") is None
+    assert [e["extensions"] for e in answer["errors"]] == [
+        {"code": "BAD_USER_INPUT", "field": "input.pricePerKwh"},
+        {"code": "BAD_USER_INPUT", "field": "input.taxRate"}]
+    assert all("send the amount as a string" in e["message"] for e in answer["errors"])
+    # The same amounts as strings.
+    r = await api.client.post("/graphql", content=padded('"0.5900"', '"0.19"'),
+                              headers=headers)
+    assert r.json()["data"]["setTariff"] == {
+        "tariff": {"pricePerKwh": "0.5900", "taxRate": "0.19"}, "errors": []}
+    with pytest.raises(ValueError, match="send the amount as a string"):
+        SCALARS[Decimal].parse_value(0.35)
 
 
 def test_a_decimal_literal_is_read_from_its_text() -> None:

@@ -2643,9 +2643,10 @@ async def test_a_reboot_frees_the_remote_starts_the_charger_held(central: Centra
     the car comes; a reboot (an operator's Reset, a power cut) forgets it. Its card and
     plug stayed held for the start's whole window all the same (IN_USE: "its remote
     start is waiting for the car"), so the driver the Reset was for could not start
-    again, nor anyone else on that plug, for up to two minutes. A boot settles the
-    station's starts sent before it; one answering our own TriggerMessage is no
-    restart, and leaves them held."""
+    again, nor anyone else on that plug, for up to two minutes. A boot lets the
+    station's starts sent before it hold nothing (review s25: not settled, as a boot at
+    a mere reconnect is no restart; a new start supersedes them); one answering our own
+    TriggerMessage leaves them held."""
     async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
         holding_starts(cp)
         await cp.boot()
@@ -2664,10 +2665,45 @@ async def test_a_reboot_frees_the_remote_starts_the_charger_held(central: Centra
         assert reset["status"] == "ACCEPTED", reset
         await settle()  # the charger rebooted: BootNotification, its plugs Available
         [pending] = await central.store.find_all(d.PendingStart, ALL)
-        assert pending.settled_at is not None
+        assert pending.settled_at is None  # its StartTransaction would still match it
         again = await run(central, START, {"cpId": "CP-1", "connectorId": 1},
                           as_user="driver")
         assert again["status"] == "ACCEPTED", again
+        # Superseded by the new start, which its StartTransaction carries out.
+        [superseded] = await central.store.find_all(d.PendingStart, Eq("id", pending.id))
+        assert superseded.settled_at is not None
+
+
+async def test_a_boot_at_a_reconnect_keeps_the_car_the_driver_chose(central: Central
+                                                                      ) -> None:
+    """Review s25: README: a remote start's vehicleId is the car the session is booked
+    to. The charger accepts the start and holds it until the car comes; its websocket
+    drops and it reconnects with a BootNotification, as some chargers do at every
+    reconnect without restarting (nothing tells that from a restart). The boot settled
+    the start: when the car came, the session was booked to the card's car. Now the
+    start still matches its StartTransaction; it only stops holding card and plug."""
+    driver = Viewer.of(central.users["driver"])
+    second = await central.services.fleet.add_vehicle(driver, license_plate="B-EV 2")
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        holding_starts(cp)
+        await cp.boot()
+        await cp.report_all()
+        started = await run(central, START, {
+            "cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OK",
+            "vehicleId": to_global_id("vehicle", second.id)}, as_user="driver")
+        assert started["status"] == "ACCEPTED", started
+        await settle()
+    # A network blip: the charger, still holding the start, reconnects and boots.
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await cp.report_all()
+        # The car plugged in now: the charger carries out the start it held.
+        await cp.start_transaction(1, "TAG-OK")
+        await settle()
+        [session] = await central.store.find_all(d.Session, all_of(
+            Eq("cp_id", "CP-1"), Eq("state", d.SessionState.ACTIVE)))
+        assert session.vehicle_id == second.id, (
+            "booked to the card's car", session.vehicle_id == central.vehicles["car"].id)
 
 
 @pytest.mark.parametrize(("who", "start"), [

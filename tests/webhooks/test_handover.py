@@ -15,6 +15,7 @@ from typing import Any
 from domain import entities as d
 from domain.clock import utcnow
 from domain.events import ConnectorStatusChanged
+from domain.ports import Delete
 from domain.query import ALL, Eq
 from pubsub.codec import encode
 from tests.helpers import until
@@ -210,6 +211,97 @@ async def test_a_stop_does_not_hang_on_a_store_that_does_not_answer(
         await asyncio.wait_for(stopping.close(), 5)
         world.dispatchers.remove(stopping)
         assert time.monotonic() - started < 2
+
+
+async def test_a_stop_with_a_full_queue_is_taken_over_by_one_instance_together(
+        tmp_path: Path) -> None:
+    """A try under way and a full queue (1,000) behind it: 1,001 handed over, all of
+    them taken by one claim, none left for another instance to post side by side,
+    out of order (review of the handover)."""
+    async with two_instances(tmp_path) as (world, first, second):
+        receiver = await world.receiver(DRIP)
+        webhook, _ = await world.webhook("op", receiver, "connector.status_changed")
+        stopping = await world.dispatcher(first, timeout=30.0)
+        await available(world)  # its try hangs on the receiver: the delivery under way
+        await requests_at_least(receiver, 1)
+        [plug] = await world.store.find_all(d.Connector, Eq("cp_id", "CP-1"))
+        for n in range(1000):  # the queue behind it, full (queue_size 1000)
+            stopping.offer(ConnectorStatusChanged(
+                station_id=plug.station_id, cp_id="CP-1",
+                company_id=world.companies["volt"].id, connector_record_id=plug.id,
+                connector_id=1, status="Available", info=str(n)))
+        await asyncio.wait_for(stopping.close(), 10)
+        world.dispatchers.remove(stopping)
+        assert await world.store.count(d.PendingDelivery, ALL) == 1001
+
+        claimed = await second.webhooks.claim_handed_over()
+        left = await world.store.count(d.PendingDelivery, Eq("webhook_id", webhook.id))
+        assert (len(claimed or []), left) == (1001, 0)
+
+
+async def test_a_claim_still_running_when_the_stop_gives_up_puts_back_what_it_took(
+        tmp_path: Path) -> None:
+    """A running instance's claim is held by a slow store past the stop's wait for it
+    (``handover_s``): what it then deletes goes back to the store, for the next
+    instance, not into queues nobody sends nor hands over (review of the handover)."""
+    async with two_instances(tmp_path) as (world, first, second):
+        receiver = await world.receiver()
+        webhook, _ = await world.webhook("op", receiver, "connector.status_changed")
+        running = await world.dispatcher(second, refresh_s=0.05, handover_s=0.2)
+        store = second.webhooks.store
+        real_write = store.write
+        claiming, claimed = asyncio.Event(), asyncio.Event()
+
+        async def slow_claims(changes: Any, audit: Any, *rest: Any) -> None:
+            if changes and all(isinstance(c, Delete) for c in changes) \
+                    and isinstance(changes[0].record, d.PendingDelivery):
+                claiming.set()
+                await asyncio.sleep(1.0)  # slower than handover_s
+                await real_write(changes, audit, *rest)
+                claimed.set()
+                return
+            await real_write(changes, audit, *rest)
+        store.write = slow_claims  # type: ignore[method-assign,assignment]
+
+        [plug] = await world.store.find_all(d.Connector, Eq("cp_id", "CP-1"))
+        event = encode(ConnectorStatusChanged(
+            station_id=plug.station_id, cp_id="CP-1", company_id=world.companies["volt"].id,
+            connector_record_id=plug.id, connector_id=1, status="Available")).decode()
+        await first.webhooks.hand_over([_pending(webhook.id, n, event) for n in range(3)])
+        await asyncio.wait_for(claiming.wait(), 5)
+        await asyncio.wait_for(running.close(), 5)
+        world.dispatchers.remove(running)
+        await asyncio.wait_for(claimed.wait(), 5)  # the claim's deletes land after it
+
+        async def put_back() -> bool:
+            return await world.store.count(d.PendingDelivery, ALL) == 3
+        await until(put_back)
+        stored = await handed_over(world)
+        assert [p.delivery_id for p in stored] == [f"{webhook.id}-{n}" for n in range(3)]
+        assert receiver.requests == []
+
+
+async def test_a_full_queue_never_drops_a_delivery_taken_over(tmp_path: Path) -> None:
+    """Taken over, a delivery is stored nowhere else: a queue full of them drops the new
+    event instead (counted), and a new event never pushes one of them out."""
+    async with two_instances(tmp_path) as (world, first, second):
+        receiver = await world.receiver(DRIP)
+        webhook, _ = await world.webhook("op", receiver, "connector.status_changed")
+        [plug] = await world.store.find_all(d.Connector, Eq("cp_id", "CP-1"))
+        event = encode(ConnectorStatusChanged(
+            station_id=plug.station_id, cp_id="CP-1", company_id=world.companies["volt"].id,
+            connector_record_id=plug.id, connector_id=1, status="Available")).decode()
+        await first.webhooks.hand_over([_pending(webhook.id, n, event) for n in range(4)])
+        taking = await world.dispatcher(second, timeout=30.0, queue_size=2)
+        await requests_at_least(receiver, 1)  # the first hangs; three wait
+        [channel] = taking._channels.values()
+        assert len(channel.queue) == 3
+        taking.offer(ConnectorStatusChanged(
+            station_id=plug.station_id, cp_id="CP-1", company_id=world.companies["volt"].id,
+            connector_record_id=plug.id, connector_id=1, status="Faulted"))
+        assert [p.delivery_id for p in channel.queue] == [
+            f"{webhook.id}-{n}" for n in range(1, 4)]
+        assert channel.dropped == 1
 
 
 def _pending(webhook_id: str, number: int, event: str) -> d.PendingDelivery:
