@@ -342,12 +342,17 @@ class StationService(Service):
                 await self.visible(viewer, Company, company_id, field="companyId")
         guards = []
         # Made Pending or Rejected mid-session, the station's session runs on: its charger
-        # learns the registration at its next boot, and its StopTransaction and meter
-        # values are taken whatever the registration (``domain.registration``,
-        # ``ChargingService.admits``). Refusing the change while a session was active
-        # (QA s25) held only if the start was written first: one admitted on a cached
-        # Accepted copy (up to ``CACHE_TTL_S`` on another instance) and written after it
-        # was left unstoppable (review s25).
+        # learns the registration at its next boot, and what it reports is judged by the
+        # one it was told (``Station.charger_registration``, ``domain.registration``).
+        # Refusing the change while a session was active (QA s25) held only if the start
+        # was written first: one admitted on a cached Accepted copy (up to
+        # ``CACHE_TTL_S`` on another instance) and written after it was left unstoppable
+        # (review s25). A charger not booted since that was kept acts on the
+        # registration changed from.
+        told: Any = UNSET
+        if given["registration"] not in (UNSET, station.registration) \
+                and station.charger_registration is None:
+            told = station.registration
         if owner_id not in (UNSET, None):
             owner = await self.visible(viewer, User, owner_id, field="ownerId")
             if viewer.is_operator and owner.company_id != viewer.company_id:
@@ -362,6 +367,7 @@ class StationService(Service):
             station,
             viewer,
             **given,
+            charger_registration=told,
             # A station joins only its own company's site: handed to another company,
             # it leaves the old company's site (whose limit it charged under).
             site_id=None if company_id not in (UNSET, station.company_id) else UNSET,

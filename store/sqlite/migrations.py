@@ -1254,6 +1254,15 @@ CREATE TABLE "delivery_claim" (
 ) STRICT;
 """
 
+# Version 60: the registration a station's charger acts on (``Station.charger_registration``):
+# the answer to its last BootNotification, which it keeps until its next boot. A station
+# made Pending or Rejected mid-session had its charger's stop, meter values and reports
+# judged by a registration the charger had not been told (review s25). Older rows: null,
+# the station's registration.
+_V60 = """
+ALTER TABLE "station" ADD COLUMN "charger_registration" TEXT;
+"""
+
 #: Every migration, oldest first. Append only.
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
@@ -1276,7 +1285,8 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (56, _V56),
                                      (57, _V57),
                                      (58, _V58),
-                                     (59, _V59))
+                                     (59, _V59),
+                                     (60, _V60))
 
 
 def identity_left(company_id: str, name: str) -> None:
