@@ -101,50 +101,23 @@ def remove_sqlite_database(database_url: str) -> list[Path]:
     if path is None:
         raise ConfigError("--reset works on SQLite databases only; drop the MongoDB "
                           "database yourself to start over")
-    from store.sqlite.backup import BackupError, refuse_running
+    from store.sqlite.backup import BackupError, refuse_open, refuse_running
 
-    if _sqlite_file(path):
-        # Not under a running instance (QA s24: a second `demo --reset` deleted the first
-        # demo's database, which then refused every write, and only after that found
-        # its ports taken).
-        try:
-            refuse_running(path, "reset")
-        except BackupError as exc:
-            raise ConfigError(f"--reset: {exc}") from exc
-        if _open_elsewhere(path):
-            raise ConfigError(f"--reset: {path} is open in another process (a demo still "
-                              "starting or seeding?): stop it, then reset")
+    # Not under a running instance (QA s24: a second `demo --reset` deleted the first
+    # demo's database, which then refused every write, and only after that found its
+    # ports taken), nor under a process that holds no lease yet (review s24: a reset
+    # during a demo's seeding deleted its database).
+    try:
+        refuse_running(path, "reset")
+        refuse_open(path, "reset")
+    except BackupError as exc:
+        raise ConfigError(f"--reset: {exc}") from exc
     removed = []
     for candidate in (path, *(path.with_name(path.name + s) for s in ("-wal", "-shm"))):
         if candidate.exists():
             candidate.unlink()
             removed.append(candidate)
     return removed
-
-
-def _sqlite_file(path: Path) -> bool:
-    """Whether ``path`` is a SQLite database file: only such is opened to check whether it
-    is in use (SQLite discards the side files of anything else it opens)."""
-    try:
-        with path.open("rb") as file:
-            return file.read(16) == b"SQLite format 3\x00"
-    except OSError:
-        return False
-
-
-def _open_elsewhere(path: Path) -> bool:
-    """Whether another connection has the WAL database open: leaving WAL mode needs the
-    only connection, and a process that is still seeding holds no lease yet (review s24:
-    a reset during a demo's seeding deleted its database). Out of WAL mode is harmless
-    here: the file is about to be deleted."""
-    import sqlite3
-
-    with contextlib.closing(sqlite3.connect(path, timeout=0)) as conn:
-        try:
-            mode = conn.execute("PRAGMA journal_mode=DELETE").fetchone()
-        except sqlite3.OperationalError:
-            return True  # locked by a writer
-    return not mode or str(mode[0]).lower() != "delete"
 
 
 def backup_sqlite_database(database_url: str, target: Path, *, overwrite: bool

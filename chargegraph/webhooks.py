@@ -7,10 +7,20 @@ delivery's outcome does to the webhook).
   subscription, which every instance behind Redis would see.
 * ``offer`` never waits (it runs on a charger's message path): events go into a bounded
   queue per webhook, and a full queue drops its oldest event (counted in the webhook's
-  ``dropped_events``). One task per webhook with pending events posts them in order.
+  ``dropped_events``), never one taken over from a stopped instance. One task per
+  webhook with pending events posts them in order.
 * A delivery is up to ``tries`` POSTs with backoff between them; before each, the
   webhook and its owner are read again, so a disabled or removed webhook, or a revoked
   owner, gets nothing more.
+* A graceful stop (``close``) hands over what is still queued or waiting for a retry:
+  each delivery is stored (``PendingDelivery``: its body, delivery id, tries made, next
+  try's time), in one write, the stop bounded by ``HANDOVER_S`` in all, and the next
+  instance to start (or any running one, every ``refresh_s``) claims it, with all of
+  its webhook's (under the webhook's ``DeliveryClaim``, which one instance wins), and
+  resumes it where it was: the same body and delivery id, the tries left, the next one
+  when it was due; a full queue never drops one taken over. A claim landing after its
+  instance's stop handed over puts back what it took. A crash hands over nothing: what
+  it had in memory is lost.
 * ``station.offline`` waits out a grace (``offline_grace``, the setting
   ``CHARGEGRAPH_OFFLINE_WEBHOOK_GRACE_S``) and ``station.online`` follows only an
   announced one (``domain/services/offline_notices.py``): a disconnect is stored as a
@@ -50,7 +60,7 @@ import orjson
 
 from chargegraph import __version__
 from domain.clock import utcnow
-from domain.entities import Webhook, WebhookEvent
+from domain.entities import PendingDelivery, Webhook, WebhookEvent
 from domain.events import DomainEvent, StationConnectionChanged
 from domain.ids import is_id
 from domain.ports import Change, Delete, WebhookAttempt
@@ -58,6 +68,7 @@ from domain.services import Services
 from domain.services.webhooks import ALLOW_PRIVATE, public_address, webhook_event
 from domain.wire import rfc3339
 from graph.ids import to_global_id
+from pubsub.codec import decode, encode
 
 log = logging.getLogger("chargegraph.webhooks")
 
@@ -83,6 +94,9 @@ ERROR_BODY_BYTES = 200
 SWEEP_S = 5.0
 #: ...and at least: a grace of a few milliseconds would be a read loop.
 MIN_SWEEP_S = 0.05
+#: How long a stop waits for the store to take what it hands over: a store that does
+#: not answer must not hold the stop (uvicorn's graceful shutdown is 10 s in all).
+HANDOVER_S = 5.0
 #: The types whose events wait for an outage to be settled instead of being queued.
 _DEBOUNCED = (WebhookEvent.STATION_OFFLINE.value, WebhookEvent.STATION_ONLINE.value)
 
@@ -158,16 +172,62 @@ def payload(event_id: str, kind: str, at: datetime, data: dict[str, Any]) -> byt
     return orjson.dumps({"id": event_id, "type": kind, "at": rfc3339(at), "data": data})
 
 
+@dataclasses.dataclass(slots=True)
+class _Delivery:
+    """One event on its way to one webhook. Its ``body`` and ``delivery_id`` are made
+    when its first try begins (or came with it, handed over), and stay the same for
+    every try, before and after a handover."""
+
+    event: DomainEvent
+    kind: str
+    event_id: str
+    queued_at: datetime
+    body: bytes | None = None
+    delivery_id: str | None = None
+    tries_made: int = 0
+    #: When the next try may be made (None: at once).
+    due_at: datetime | None = None
+    #: Its outcome is final (succeeded, or failed its last try): nothing to hand over.
+    settled: bool = False
+    #: Taken over from a stopped instance (claimed: deleted from the store), so never
+    #: dropped by a full queue: it is stored nowhere else.
+    resumed: bool = False
+
+    def begun(self) -> tuple[bytes, str]:
+        if self.body is None or self.delivery_id is None:
+            self.body = payload(self.event_id, self.kind, self.event.at,
+                                event_data(self.event))
+            self.delivery_id = "dlv_" + uuid.uuid4().hex  # receivers dedupe by it
+        return self.body, self.delivery_id
+
+    def handed_over(self, webhook_id: str) -> PendingDelivery:
+        body, delivery_id = self.begun()  # one still queued gets its body now
+        return PendingDelivery(webhook_id=webhook_id, delivery_id=delivery_id,
+                               event_type=self.kind, body=body.decode(),
+                               event=encode(self.event).decode(),
+                               tries_made=self.tries_made,
+                               due_at=self.due_at or utcnow(), queued_at=self.queued_at)
+
+
 class _Channel:
     """One webhook's pending events and the task posting them."""
 
-    __slots__ = ("dropped", "queue", "task", "webhook_id")
+    __slots__ = ("current", "dropped", "queue", "task", "webhook_id")
 
     def __init__(self, webhook_id: str) -> None:
         self.webhook_id = webhook_id
-        self.queue: deque[tuple[str, DomainEvent]] = deque()
+        self.queue: deque[_Delivery] = deque()
+        #: The delivery being tried, or waiting for its next try.
+        self.current: _Delivery | None = None
         self.dropped = 0
         self.task: asyncio.Task[None] | None = None
+
+    def unfinished(self) -> list[_Delivery]:
+        """What a stop hands over: the delivery under way (unless its outcome is final),
+        then the queue, in order."""
+        current = [self.current] if self.current is not None \
+            and not self.current.settled else []
+        return [*current, *self.queue]
 
 
 class WebhookDispatcher:
@@ -178,7 +238,7 @@ class WebhookDispatcher:
                  tries: int = TRIES, backoff: Sequence[float] = BACKOFF_S,
                  timeout: float = TIMEOUT_S, queue_size: int = QUEUE_SIZE,
                  refresh_s: float = REFRESH_S, offline_grace: float = 0.0,
-                 sweep_s: float | None = None) -> None:
+                 sweep_s: float | None = None, handover_s: float = HANDOVER_S) -> None:
         if tries < 1 or queue_size < 1 or not backoff:
             raise ValueError("tries and queue_size must be positive, backoff not empty")
         if offline_grace < 0:
@@ -190,6 +250,7 @@ class WebhookDispatcher:
         self.timeout = timeout
         self.queue_size = queue_size
         self.refresh_s = refresh_s
+        self.handover_s = handover_s
         #: How long a charger stays offline before its ``station.offline`` is delivered
         #: (0: at once, and ``station.online`` always).
         self.offline_grace = timedelta(seconds=offline_grace)
@@ -209,6 +270,13 @@ class WebhookDispatcher:
         self._resolver = ThreadPoolExecutor(RESOLVER_THREADS,
                                             thread_name_prefix="chargegraph-webhook-dns")
         self._refresher: asyncio.Task[None] | None = None
+        #: The refresher's look for handed-over deliveries, left to finish by ``close``
+        #: (what it claimed is deleted from the store: it must reach a queue, and so
+        #: the handover, not vanish with a cancelled task).
+        self._resuming: asyncio.Task[int] | None = None
+        #: Set once ``close`` has taken what it hands over: a claim landing after that
+        #: puts back what it took instead of queueing it where nobody sends it.
+        self._handed_over = False
         #: Route changes made while ``refresh`` reads (None when it does not).
         self._meanwhile: list[tuple[Webhook, bool]] | None = None
         self._closed = False
@@ -223,6 +291,9 @@ class WebhookDispatcher:
         ctx.published.append(self.offer)
         ctx.committed.append(self._committed)
         self.services.webhooks.sender = self
+        # What stopped instances handed over is resumed before this one serves (its own
+        # events follow it in each webhook's queue).
+        await self.resume_handed_over()
         self._refresher = asyncio.create_task(self._refresh_loop(),
                                               name="chargegraph-webhook-routes")
         if self.offline_grace:
@@ -236,8 +307,12 @@ class WebhookDispatcher:
             await self.release_held()
 
     async def close(self) -> None:
-        """Stops delivering: events still queued are lost (delivery is at most once)."""
+        """Stops delivering, and hands over what is still queued or waiting for a retry
+        (``resume_handed_over`` on the next instance), within ``handover_s`` in all: a
+        claim under way is waited for half of it at most (what it took is handed over
+        with the rest), the handover's write gets what is left."""
         self._closed = True
+        loop = asyncio.get_running_loop()
         ctx = self.services.ctx
         with contextlib.suppress(ValueError):
             ctx.published.remove(self.offer)
@@ -251,13 +326,27 @@ class WebhookDispatcher:
             # The disconnects of this instance's stop are stored as pending outages, for
             # the next start (or another instance) to announce if they last the grace.
             await asyncio.wait(set(self._settling))
+        deadline = loop.time() + self.handover_s
+        if self._resuming is not None and not self._resuming.done():
+            # It stops after its claim, queueing what it took for the handover below;
+            # one the store holds longer puts it back itself once it lands.
+            await asyncio.wait([self._resuming], timeout=self.handover_s / 2)
         tasks = [t for t in (self._refresher, self._sweeper,
                              *(c.task for c in self._channels.values())) if t is not None]
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks)
+        unfinished = [(channel.webhook_id, delivery)
+                      for channel in self._channels.values()
+                      for delivery in channel.unfinished()]
         self._channels.clear()
+        self._handed_over = True
+        await self._hand_over(unfinished, max(0.0, deadline - loop.time()))
+        if self._resuming is not None and not self._resuming.done():
+            log.warning("a claim of handed-over webhook deliveries is still waiting for "
+                        "the store: it puts back what it takes if it lands before the "
+                        "process ends")
         if self._client is not None:
             await self._client.aclose()
         # A lookup still waiting on its nameserver is not waited for.
@@ -308,6 +397,10 @@ class WebhookDispatcher:
                 await self.refresh()
             except Exception:
                 log.exception("reading the webhooks failed; retrying in %gs", self.refresh_s)
+            # An instance stopping while this one runs (scaling down, a rolling deploy
+            # whose new instances started first) hands over to whoever looks.
+            self._resuming = asyncio.create_task(self.resume_handed_over())
+            await asyncio.shield(self._resuming)
 
     def _committed(self, changes: Sequence[Change]) -> None:
         """A webhook created, edited, disabled or removed here: routed by at once (the
@@ -341,18 +434,89 @@ class WebhookDispatcher:
         targets = self._routes.get(kind.value, ()) if kind is not None else ()
         if self._closed or not targets:
             return
+        assert kind is not None  # it has targets
         event_id = "evt_" + uuid.uuid4().hex  # the same for every webhook it goes to
+        queued_at = utcnow()
         for webhook_id in targets:
-            channel = self._channels.get(webhook_id)
-            if channel is None:
-                channel = self._channels[webhook_id] = _Channel(webhook_id)
-            if len(channel.queue) >= self.queue_size:
-                channel.queue.popleft()
-                channel.dropped += 1
-            channel.queue.append((event_id, event))
-            if channel.task is None:
-                channel.task = asyncio.get_running_loop().create_task(
-                    self._drain(channel), name=f"chargegraph-webhook-{webhook_id}")
+            self._queue(webhook_id, _Delivery(event, kind.value, event_id, queued_at))
+
+    def _queue(self, webhook_id: str, delivery: _Delivery) -> None:
+        channel = self._channels.get(webhook_id)
+        if channel is None:
+            channel = self._channels[webhook_id] = _Channel(webhook_id)
+        if len(channel.queue) >= self.queue_size and not delivery.resumed:
+            # Full: its oldest event is dropped, never one taken over (the queue may
+            # hold more of those than its size; then the new event is dropped).
+            channel.dropped += 1
+            oldest = next((n for n, d in enumerate(channel.queue) if not d.resumed), None)
+            if oldest is not None:
+                del channel.queue[oldest]
+                channel.queue.append(delivery)
+        else:
+            channel.queue.append(delivery)
+        if channel.task is None and not self._closed:  # closing: handed over instead
+            channel.task = asyncio.get_running_loop().create_task(
+                self._drain(channel), name=f"chargegraph-webhook-{webhook_id}")
+
+    # ------------------------------------------------------------- handing over
+    async def _hand_over(self, unfinished: list[tuple[str, _Delivery]],
+                         within: float) -> None:
+        """Stores what this stopping instance still had to deliver, for another to
+        resume; a store that does not take it ``within`` seconds does not hold the stop
+        (what it had is then lost, as a crash loses it)."""
+        if not unfinished:
+            return
+        try:
+            records = [delivery.handed_over(webhook_id) for webhook_id, delivery in unfinished]
+            async with asyncio.timeout(within):
+                await self.services.webhooks.hand_over(records)
+        except Exception:  # TimeoutError included
+            log.exception("handing over %d webhook deliveries for the next instance "
+                          "failed: they may be lost", len(unfinished))
+            return
+        log.info("handed over %d webhook deliveries for the next instance",
+                 len(unfinished))
+
+    async def resume_handed_over(self) -> int:
+        """Claims the deliveries stopped instances handed over, oldest first, and queues
+        each for its webhook where it was (body, delivery id, tries left, next try's
+        time); how many. One whose webhook was removed meanwhile is dropped at its try,
+        as one whose webhook was disabled, like any queued one. A store failing is
+        logged: they stay stored for the next look."""
+        resumed = 0
+        try:
+            while not self._closed and (
+                    claimed := await self.services.webhooks.claim_handed_over()) is not None:
+                if self._handed_over:
+                    # Landed after the stop took what it hands over: nobody would send
+                    # these nor hand them over, so they go back to the store.
+                    await self._put_back(claimed)
+                    break
+                for record in claimed:
+                    delivery = _resumed(record)
+                    if delivery is not None:
+                        self._queue(record.webhook_id, delivery)
+                        resumed += 1
+        except Exception:
+            log.exception("resuming handed-over webhook deliveries failed; looking again "
+                          "in %gs", self.refresh_s)
+        if resumed:
+            log.info("resumed %d webhook deliveries a stopped instance handed over",
+                     resumed)
+        return resumed
+
+    async def _put_back(self, claimed: list[PendingDelivery]) -> None:
+        if not claimed:
+            return
+        try:
+            async with asyncio.timeout(self.handover_s):
+                await self.services.webhooks.hand_over(claimed)
+        except Exception:
+            log.exception("putting back %d handed-over webhook deliveries claimed as "
+                          "this instance stopped failed: they may be lost", len(claimed))
+            return
+        log.info("put back %d handed-over webhook deliveries claimed as this instance "
+                 "stopped", len(claimed))
 
     # ------------------------------------------------------------- outages
     def _debounce(self, event: StationConnectionChanged) -> None:
@@ -419,31 +583,42 @@ class WebhookDispatcher:
     async def _drain(self, channel: _Channel) -> None:
         try:
             while channel.queue and not self._closed:
-                event_id, event = channel.queue.popleft()
+                channel.current = delivery = channel.queue.popleft()
                 try:
-                    await self._deliver(channel, event_id, event)
+                    await self._deliver(channel, delivery)
                 except Exception:
-                    log.exception("delivering %s to webhook %s failed", event_id,
+                    log.exception("delivering %s to webhook %s failed", delivery.event_id,
                                   channel.webhook_id)
+                # Not on a cancellation (a stop): the delivery under way is handed over.
+                channel.current = None
         finally:
             channel.task = None
 
     # ------------------------------------------------------------- delivery
-    async def _deliver(self, channel: _Channel, event_id: str, event: DomainEvent) -> None:
-        """One event to one webhook: up to ``tries`` POSTs, each outcome recorded."""
-        kind = webhook_event(event)
-        assert kind is not None  # routed by it
-        body = payload(event_id, kind.value, event.at, event_data(event))
-        delivery_id = "dlv_" + uuid.uuid4().hex  # the same for each try: receivers dedupe
+    async def _deliver(self, channel: _Channel, delivery: _Delivery) -> None:
+        """One event to one webhook: up to ``tries`` POSTs, each outcome recorded. A
+        handed-over delivery goes on from the tries it had made (at least one more)."""
+        body, delivery_id = delivery.begun()
+        tries = max(self.tries, delivery.tries_made + 1)
         webhooks = self.services.webhooks
-        for attempt in range(1, self.tries + 1):
+        for attempt in range(delivery.tries_made + 1, tries + 1):
+            if delivery.due_at is not None:
+                wait = (delivery.due_at - utcnow()).total_seconds()
+                if wait > 0:
+                    await asyncio.sleep(wait)
             # Read again before every try: disabled, removed, or its owner revoked
             # meanwhile means nothing more is sent.
-            webhook = await webhooks.deliverable(channel.webhook_id, event)
+            webhook = await webhooks.deliverable(channel.webhook_id, delivery.event)
             if webhook is None:
                 return
-            outcome = await self.post(webhook, kind.value, delivery_id, body)
-            final = outcome.ok or attempt == self.tries
+            outcome = await self.post(webhook, delivery.kind, delivery_id, body)
+            final = outcome.ok or attempt == tries
+            # Counted once posted: a stop while the outcome is written hands over the
+            # tries left, or (final) nothing.
+            delivery.tries_made, delivery.settled = attempt, final
+            if not final:
+                delivery.due_at = utcnow() + timedelta(
+                    seconds=self.backoff[min(attempt, len(self.backoff)) - 1])
             dropped, channel.dropped = channel.dropped, 0
             written = await webhooks.record_attempt(webhook, outcome, final=final,
                                                     dropped=dropped)
@@ -452,7 +627,6 @@ class WebhookDispatcher:
                 return
             if final:
                 return
-            await asyncio.sleep(self.backoff[min(attempt, len(self.backoff)) - 1])
 
     async def ping(self, webhook: Any) -> WebhookAttempt:
         body = payload("evt_" + uuid.uuid4().hex, "ping", utcnow(), {
@@ -542,6 +716,22 @@ class WebhookDispatcher:
             raise Refused(f"{host} resolves to a loopback, private or reserved address"
                           f"{ALLOW_PRIVATE}")
         return addresses[0]
+
+
+def _resumed(record: PendingDelivery) -> _Delivery | None:
+    """A handed-over delivery as this instance goes on with it (None, logged, for one
+    this version cannot read)."""
+    body = record.body.encode()
+    try:
+        event = decode(record.event)
+        event_id = str(orjson.loads(body)["id"])
+    except (ValueError, KeyError, TypeError):  # UndecodableEvent, or a body not ours
+        log.exception("a handed-over delivery %s to webhook %s cannot be read: dropped",
+                      record.delivery_id, record.webhook_id)
+        return None
+    return _Delivery(event, record.event_type, event_id, record.queued_at, body=body,
+                     delivery_id=record.delivery_id, tries_made=record.tries_made,
+                     due_at=record.due_at, resumed=True)
 
 
 async def _error_text(response: httpx.Response) -> str:

@@ -342,19 +342,46 @@ def without_credentials(url: str) -> str:
     string's values ``HIDDEN``. A URL signed in its query string (an S3 presigned URL's
     ``X-Amz-Signature``, an Azure SAS token's ``sig``: how a bucket is usually handed to
     a charger) is a credential as much (QA s25: kept whole); the parameters' names stay,
-    to tell which URL it was. Idempotent: a URL shown so is shown as it is."""
+    to tell which URL it was. Idempotent: a URL shown so is shown as it is.
+
+    The user information is everything up to the ``@`` that precedes the host
+    (``_user_info_end``), not only up to the first ``/``, ``?`` or ``#``: a password
+    typed with one of those unencoded (``ftp://diag:p#ss@host/``, which ``_url``
+    accepts) was kept whole (review s25). Fail closed: an ``@`` in a path followed by
+    something host-like (``https://host/a@b/``) hides what precedes it too."""
     # By hand, not ``urlsplit``: a URL shown so (``ftp://[hidden]@host/``, as older
     # entries keep it) is read again on every audit read, and ``urlsplit`` refuses its
     # bracketed user information as a malformed IPv6 host.
-    base, hashmark, fragment = url.partition("#")
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    else:
+        end = _user_info_end(rest)
+        if end >= 0:
+            rest = f"{HIDDEN}{rest[end:]}"
+        scheme = f"{scheme}{sep}"
+    base, hashmark, fragment = rest.partition("#")
     base, mark, query = base.partition("?")
-    scheme, sep, rest = base.partition("://")
-    if sep:
-        authority, slash, path = rest.partition("/")
-        if "@" in authority:
-            authority = f"{HIDDEN}@{authority.rsplit('@', 1)[1]}"
-        base = f"{scheme}{sep}{authority}{slash}{path}"
-    return f"{base}{mark}{_query_names(query)}{hashmark}{fragment}"
+    return f"{scheme}{base}{mark}{_query_names(query)}{hashmark}{fragment}"
+
+
+#: A URL's host as it follows its user information's ``@``: a name or an IPv4 address,
+#: or a bracketed IPv6 one, and a port; up to the path, query or fragment.
+_HOST = re.compile(r"(?:\[[0-9A-Za-z:.%]+\]|[A-Za-z0-9.\-_~%]+)(?::[0-9]*)?")
+
+
+def _user_info_end(rest: str) -> int:
+    """Where the user information of a URL's ``rest`` (what follows ``scheme://``) ends:
+    the index of the last ``@`` followed by a host (``_HOST``, up to a ``/``, ``?``,
+    ``#`` or the end), or -1 for none. The last such: a password may hold ``@``, ``/``,
+    ``?`` and ``#`` unencoded, a host none of them."""
+    at = rest.rfind("@")
+    while at >= 0:
+        host = re.split(r"[/?#]", rest[at + 1:], maxsplit=1)[0]
+        if _HOST.fullmatch(host):
+            return at
+        at = rest.rfind("@", 0, at)
+    return -1
 
 
 #: A query parameter's name kept in a URL shown (``_query_names``): a short identifier.

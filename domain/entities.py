@@ -17,6 +17,7 @@ from enum import StrEnum
 from typing import Any, ClassVar, TypeVar
 
 from domain.clock import utcnow
+from domain.command_rules import without_credentials
 from domain.ids import new_id
 from domain.wire import rfc3339
 
@@ -163,6 +164,10 @@ class Record:
     #: (secret field, marker): an update's audit image says ``marker: true`` when the
     #: secret changed (``audit_after``), so a password reset shows without the secret.
     secret_markers: ClassVar[tuple[tuple[str, str], ...]] = ()
+    #: Fields holding an upload or download URL a charger was given: copied into audit
+    #: snapshots, and read from older ones, without its credentials
+    #: (``command_rules.without_credentials``; ``snapshot``, ``without_url_credentials``).
+    url_fields: ClassVar[frozenset[str]] = frozenset()
 
     id: str = field(default_factory=new_id)
     created_at: datetime = field(default_factory=utcnow)
@@ -266,6 +271,9 @@ class Station(Record):
     secret_fields: ClassVar[frozenset[str]] = frozenset({"auth_password_hash"})
     secret_markers: ClassVar[tuple[tuple[str, str], ...]] = (
         ("auth_password_hash", "password_changed"),)
+    #: A rollout recorded before QA s25 keeps its presigned URL's signature here: every
+    #: update of the station wrote it again into its audit images (review s25).
+    url_fields: ClassVar[frozenset[str]] = frozenset({"firmware_location"})
     cp_id: str
     name: str
     #: What NAME order sorts by (``validation.name_key``: "ärztehaus"), written with the
@@ -297,6 +305,12 @@ class Station(Record):
     #: When its charger last booted (BootNotification), on our clock: a session recorded
     #: before it and still open on a connector then reported Available lost its stop.
     booted_at: datetime | None = None
+    #: The registration its charger acts on (``domain.registration``): the one its last
+    #: BootNotification was answered with, which OCPP 1.6 (4.2) has it keep until its
+    #: next boot; or, when ``registration`` was changed before any boot was answered
+    #: with it kept, the registration it was changed from. ``None``: ``registration``'s
+    #: (SQLite migration 59; stations from before it, until their next boot).
+    charger_registration: Registration | None = None
     #: The charge point as a whole, from its StatusNotifications for connector 0
     #: (Available, Unavailable or Faulted); ``None`` until it sent one.
     status: ConnectorStatus | None = None
@@ -946,6 +960,14 @@ class Tariff(Record):
     #: (``tariffs.scopes_for``).
     connector_type: ConnectorType | None = None
     power_type: PowerType | None = None
+    #: When it was removed (``TariffService.remove_tariff``): from then on its owner has
+    #: no price list in its scope, until a later version; sessions started before keep
+    #: it. None: in force until a later version of its scope replaces it.
+    valid_until: datetime | None = None
+
+    def removed_by(self, at: datetime) -> bool:
+        """Whether it was removed at or before ``at`` (prices no session started then)."""
+        return self.valid_until is not None and self.valid_until <= at
 
     @property
     def bills_idle(self) -> bool:
@@ -1152,6 +1174,52 @@ class OfflineNotice(Record):
 
 
 @dataclass(kw_only=True)
+class PendingDelivery(Record):
+    """A webhook delivery an instance still had queued or waiting for a retry when it
+    stopped gracefully, handed over for whichever instance starts (or runs) next to
+    claim and resume: by deleting it with a guard (``Delete(only_if=...)``), which one
+    instance wins. Exactly what the receiver would have got: the body already built (its
+    event id, and the signature computed over it), the delivery id it was (or would have
+    been) posted with, the tries made and when the next is due. Control state written by
+    the service, not audited."""
+
+    kind: ClassVar[str] = "pending_delivery"
+    webhook_id: str
+    #: ``X-ChargeGraph-Delivery``: the same on every try, before and after the handover.
+    delivery_id: str
+    #: The webhook type (``X-ChargeGraph-Event``).
+    event_type: str
+    #: The JSON posted, as built when the delivery began (UTF-8 text, byte for byte).
+    body: str
+    #: The event as instances carry it between them (``pubsub/codec.py``): who may see
+    #: it is decided again before each try, on its ownership snapshot, as for any other.
+    event: str
+    #: POSTs made so far (0: it was still queued); the next is due at ``due_at``.
+    tries_made: int = 0
+    due_at: datetime
+    #: When it was queued: claimed and resumed in this order (``id`` breaking ties), so
+    #: a webhook's deliveries keep their order.
+    queued_at: datetime
+
+
+@dataclass(kw_only=True)
+class DeliveryClaim(Record):
+    """One instance taking one webhook's handed-over deliveries (``PendingDelivery``),
+    held while it deletes them: its ``id`` is the webhook's, so the insert that takes it
+    is one document on MongoDB as in SQLite, and a second instance's fails on the id.
+    With it held, no other instance takes any of that webhook's, however the deletes
+    that follow are written (on MongoDB a batch others may see half-done): one claim
+    takes a webhook's in order, all of them. Deleted when the claim ends; one left by an
+    instance that died claiming is broken once older than ``CLAIM_STALE``. Control
+    state written by the service, not audited."""
+
+    kind: ClassVar[str] = "delivery_claim"
+    #: Which claim holds it (a fresh id per claim): only its own release deletes it.
+    claimant: str
+    claimed_at: datetime
+
+
+@dataclass(kw_only=True)
 class RefreshFamily(Record):
     """One signed-in device: the chain of refresh tokens a sign-in starts, each rotation
     handing on to the next. Revoking it (sign-out, or a rotated token presented again)
@@ -1209,6 +1277,8 @@ ENTITY_TYPES: tuple[type[Record], ...] = (
     ConfigurationKey,
     Webhook,
     OfflineNotice,
+    PendingDelivery,
+    DeliveryClaim,
     RefreshFamily,
     RefreshToken,
     Site,
@@ -1220,13 +1290,16 @@ E = TypeVar("E", bound=Record)
 
 
 def snapshot(record: Record) -> dict[str, Any]:
-    """A JSON-friendly copy of a record for audit before/after images (secrets left out)."""
+    """A JSON-friendly copy of a record for audit before/after images (secrets left out,
+    URLs without their credentials: ``Record.url_fields``)."""
     out: dict[str, Any] = {}
     for f in dataclasses.fields(record):
         if f.name in record.secret_fields:
             continue
         value = getattr(record, f.name)
-        if isinstance(value, datetime):
+        if f.name in record.url_fields and isinstance(value, str):
+            value = without_credentials(value)
+        elif isinstance(value, datetime):
             value = rfc3339(value)  # as the API writes every instant (QA s17)
         elif isinstance(value, Decimal):
             value = str(value)
@@ -1234,6 +1307,21 @@ def snapshot(record: Record) -> dict[str, Any]:
             value = value.value
         out[f.name] = value
     return out
+
+
+def without_url_credentials(kind: str, image: dict[str, Any] | None
+                            ) -> dict[str, Any] | None:
+    """An audit image of a ``kind`` record as it is read: its ``url_fields`` without
+    their credentials, for images written before ``snapshot`` hid them (a station's
+    rollout location, presigned, in every station UPDATE entry: review s25)."""
+    record_type = ENTITY_BY_KIND.get(kind)
+    if image is None or record_type is None:
+        return image
+    shown = {name: without_credentials(image[name]) for name in record_type.url_fields
+             if isinstance(image.get(name), str)}
+    if all(shown[name] == image[name] for name in shown):
+        return image
+    return {**image, **shown}
 
 
 def audit_after(before: Record | None, after: Record) -> dict[str, Any]:

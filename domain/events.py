@@ -58,6 +58,42 @@ class StationConnectionChanged(DomainEvent):
 
 
 @dataclass(frozen=True, kw_only=True)
+class StationSightChanged(DomainEvent):
+    """An edit changed who sees a station (``Policy.sees_event``): it was handed to
+    another company or owner, or its registration took it off the map or onto it. For
+    live maps, through ``stationConnectionChanged``, which otherwise kept a station handed
+    away on the old company's map, online with its plugs available now, and a station
+    that left the map on every driver's, until they queried again (QA s25). Published
+    twice: ``joined`` false to those who saw it and do not now, offline (gone from
+    their map, as a removed station is announced); ``joined`` true to those who see it
+    now and did not, with its connection as it is (a map adds it). The ownership fields
+    are the station's after the edit, ``was_*`` before it. Not a connection change: no
+    charger went anywhere, so it has a topic of its own, which the services that follow
+    connections (commands, site limits, webhooks, caches) do not hear."""
+
+    topic: ClassVar[str] = "station_sight"
+    joined: bool
+    #: What the viewers it reaches are told of the connection: ``False`` to those who
+    #: lost sight of it; the station's own to those who gained it.
+    online: bool
+    was_company_id: str | None = None
+    was_owner_id: str | None = None
+    was_on_map: bool = True
+
+    def sides(self) -> tuple[StationConnectionChanged, StationConnectionChanged]:
+        """The station as seen after the edit and before it: to ask the visibility rules
+        (``Policy.sees_event``) of each."""
+        now = StationConnectionChanged(station_id=self.station_id, cp_id=self.cp_id,
+                                       company_id=self.company_id, owner_id=self.owner_id,
+                                       on_map=self.on_map, online=self.online, at=self.at)
+        before = StationConnectionChanged(
+            station_id=self.station_id, cp_id=self.cp_id, company_id=self.was_company_id,
+            owner_id=self.was_owner_id, on_map=self.was_on_map, online=self.online,
+            at=self.at)
+        return now, before
+
+
+@dataclass(frozen=True, kw_only=True)
 class SessionChanged(DomainEvent):
     """STARTED, UPDATED (meter values, throttled per session) or ENDED."""
 
@@ -226,7 +262,8 @@ class SignInsCounted(DomainEvent):
 
 
 #: The topics clients may subscribe to (the relay's three, ``access``,
-#: ``station_removed``, ``station_changed`` and ``sign_ins_counted`` are internal).
+#: ``station_removed``, ``station_changed`` and ``sign_ins_counted`` are internal;
+#: ``station_sight`` reaches clients as ``stationConnectionChanged``, beside its topic).
 ALL_TOPICS: tuple[str, ...] = (
     ConnectorStatusChanged.topic,
     StationConnectionChanged.topic,
@@ -267,7 +304,8 @@ EVENT_TYPES: dict[str, type[DomainEvent]] = {
     for t in (ConnectorStatusChanged, StationConnectionChanged, SessionChanged, FaultReported,
               MaintenanceStatusChanged, ReservationChanged, CommandCompleted, PaymentChanged,
               ChargerCommandRelayed, ChargerCommandAnswered, ChargerCommandConfirmed,
-              AccessChanged, StationRemoved, StationChanged, SignInsCounted)
+              AccessChanged, StationRemoved, StationChanged, SignInsCounted,
+              StationSightChanged)
 }
 
 

@@ -28,6 +28,7 @@ from domain.entities import (
     User,
     Vehicle,
     Webhook,
+    without_url_credentials,
 )
 from domain.events import (
     CommandCompleted,
@@ -37,6 +38,7 @@ from domain.events import (
     ReservationChanged,
     SessionChanged,
     StationConnectionChanged,
+    StationSightChanged,
 )
 from domain.query import (
     ALL,
@@ -438,9 +440,14 @@ class Policy:
         private fields of a kind whose private view they have not of that record (a
         driver reading their own session's entries is not told whose books it went to,
         as no read of the session tells them; an operator reading their company's
-        drivers' cars is not told their batteries, as the car's own read does not)."""
+        drivers' cars is not told their batteries, as the car's own read does not).
+        A command's secrets as the rules are now (``without_secret_value``), a record's
+        URLs without their credentials (``without_url_credentials``), also in entries
+        written before they were hidden."""
         if entry.action is AuditAction.COMMAND:
             snapshot = without_secret_value(snapshot)
+        else:
+            snapshot = without_url_credentials(entry.entity, snapshot)
         private = PRIVATE_FIELDS.get(entry.entity)
         if snapshot is None or not private or self._sees_image_private(viewer, entry):
             return snapshot
@@ -466,6 +473,12 @@ class Policy:
     def sees_event(self, viewer: Viewer, event: DomainEvent) -> bool:
         """The subscription-side twin of ``scope``: the same rules, decided on the event's
         ownership snapshot instead of in a store query."""
+        if isinstance(event, StationSightChanged):
+            # Only to whom the edit changed the station's sight: an admin, or a driver
+            # of a station handed over on the map, sees it before and after (nothing
+            # changed for them, and no charger went offline).
+            now, before = (self.sees_event(viewer, side) for side in event.sides())
+            return now and not before if event.joined else before and not now
         if viewer.is_admin:
             return True
         public = isinstance(event, ConnectorStatusChanged | StationConnectionChanged) \

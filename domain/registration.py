@@ -6,6 +6,17 @@ and what the central system asks for, and a Rejected one nothing but its next bo
 SecurityError. Without it a charger nobody accepted (a Pending one that registered itself,
 with ``CHARGEGRAPH_AUTO_REGISTER``) could check every card with Authorize and open
 sessions on drivers' cards, which then read ConcurrentTx at real stations.
+
+A charger learns its registration only from the answer to its BootNotification, and acts
+on it until its next boot (``Station.charger_registration``). A station made Pending or
+Rejected while its charger was told Accepted goes on sending what an Accepted one does:
+its stops, meter values, connector states and starts it made on its own (a local list,
+free vend). Those reports are judged by the registration the charger was told: refused,
+it drops a StopTransaction after its TransactionMessageAttempts, the session ACTIVE and
+unbilled for good, and its connector left Finishing once the stop is taken (review s25).
+The station's registration as it is now withholds new authorizations alone: Authorize is
+refused (``NEW_AUTHORIZATIONS``), a start or stop is answered without its card's status
+(``ChargingService``), and no remote start or reservation is sent (``commands``).
 """
 
 from __future__ import annotations
@@ -21,9 +32,24 @@ PENDING_MAY_SEND = frozenset({
     "DiagnosticsStatusNotification", "FirmwareStatusNotification",
 })
 
+#: What asks the central system for a new authorization (a card checked): judged by the
+#: station's registration as it is now, not by the one its charger was told.
+NEW_AUTHORIZATIONS = frozenset({"Authorize"})
 
-def admits(registration: Registration, action: str) -> bool:
-    """Whether a charger of a station in ``registration`` may send ``action``."""
+
+def admits(registration: Registration, action: str,
+           told: Registration | None = None) -> bool:
+    """Whether a charger of a station in ``registration`` may send ``action``, its last
+    boot answered ``told`` (``Station.charger_registration``; ``None``: ``registration``):
+    what either lets it send, but a new authorization (``NEW_AUTHORIZATIONS``) only by
+    ``registration``. An operator's acceptance admits at once what the charger, still
+    Pending, sends anyway."""
+    if _may_send(registration, action):
+        return True
+    return told is not None and action not in NEW_AUTHORIZATIONS and _may_send(told, action)
+
+
+def _may_send(registration: Registration, action: str) -> bool:
     if registration is Registration.ACCEPTED:
         return True
     if registration is Registration.PENDING:

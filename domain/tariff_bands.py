@@ -87,16 +87,17 @@ class BandInput:
     price_per_kwh: Decimal | str
 
 
-def checked_bands(given: Sequence[BandInput], time_zone: str | None, field: str = "energyBands"
-                  ) -> tuple[list[dict[str, Any]], str | None]:
+def checked_bands(given: Sequence[BandInput], time_zone: str | None, field: str = "energyBands",
+                  currency: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
     """The bands to store and the tariff's time zone, or every user error at once, as
     the other fields of an input are reported (``validation.Checks``): the time zone's,
     then each band's in input order, each naming the band's field
     (``energyBands.1.end``): an unknown day, a time that is no HH:MM, an end not after
-    its start, a negative price, two bands covering the same minute of a day (both
-    bands are told, each naming the other), or bands without a time zone (a Berlin
-    operator's 07:00 must not silently be UTC's). More than ``MAX_BANDS`` are refused
-    without checking each."""
+    its start, a price out of range (``validation.price``, bounded in ``currency``'s
+    minor units), two bands covering the same minute of a day (both bands are told,
+    each naming the other), or bands without a time zone (a Berlin operator's 07:00
+    must not silently be UTC's). More than ``MAX_BANDS`` are refused without checking
+    each."""
     checks = v.Checks()
     if time_zone is not None:
         checks(zone, time_zone, "timeZone")
@@ -108,7 +109,7 @@ def checked_bands(given: Sequence[BandInput], time_zone: str | None, field: str 
                                              code="TOO_MANY"))
         checks.done()
     per_band = [v.Checks() for _ in given]
-    bands = [band_checks(_checked, band, f"{field}.{i}")
+    bands = [band_checks(_checked, band, f"{field}.{i}", currency)
              for i, (band, band_checks) in enumerate(zip(given, per_band, strict=True))]
     for i, band_checks in enumerate(per_band):
         band_checks(_no_overlap, bands, i, f"{field}.{i}")
@@ -132,7 +133,7 @@ def _no_overlap(bands: Sequence[PriceBand | None], i: int, field: str) -> None:
                               code="OVERLAP")
 
 
-def _checked(band: BandInput, field: str) -> PriceBand:
+def _checked(band: BandInput, field: str, currency: str | None = None) -> PriceBand:
     """The band, or every one of its fields at fault (in the input's order)."""
     checks = v.Checks()
     days = checks(_days, band.days, f"{field}.days")
@@ -142,7 +143,7 @@ def _checked(band: BandInput, field: str) -> PriceBand:
         checks.errors.append(ValidationError(
             "ends after it starts (a band over midnight is two bands)",
             field=f"{field}.end", code="OUT_OF_RANGE"))
-    price = checks(v.money, band.price_per_kwh, f"{field}.pricePerKwh")
+    price = checks(v.price, band.price_per_kwh, f"{field}.pricePerKwh", currency)
     checks.done()
     return PriceBand(days, start, end, price)
 

@@ -364,20 +364,23 @@ def password(value: str | None, field: str = "password") -> str:
     """A new password: its length, and not one guessed first (``TOO_WEAK``: blank, one
     character repeated, or among ``COMMON_PASSWORDS``). No rules on what it must
     contain: those make passwords harder to remember, not to guess (NIST SP 800-63B).
-    The rules hold for the password as it is hashed (``password_form``), not as typed:
-    a full-width "ｐａｓｓｗｏｒｄ" is "password", "aａaａaａaａ" one letter repeated, and
-    "a" with a combining accent one character (review s25: each was taken, and then the
-    weak password it stands for signed in). The text given is returned, hashed by
-    ``AccountService.hash_password`` in that form."""
+    Each rule holds for the text as typed AND for the form it is hashed in
+    (``password_form``): a full-width "ｐａｓｓｗｏｒｄ" is "password", "aａaａaａaａ" one
+    letter repeated, and "a" with a combining accent one character once normalized
+    (review s25: each was taken, and then the weak password it stands for signed in);
+    "¼¼¼" (three keystrokes), "㍍" eight times (one key) or a single "ﷺ" grow long only
+    once normalized, and are refused for what was typed (review s25). The text given is
+    returned, hashed by ``AccountService.hash_password`` in that form."""
     value = _given(value, field)
-    hashed = password_form(value)
-    if len(hashed) < MIN_PASSWORD:
+    forms = (value, password_form(value))
+    if any(len(form) < MIN_PASSWORD for form in forms):
         raise ValidationError(
             f"at least {MIN_PASSWORD} characters", field=field, code="TOO_SHORT"
         )
-    if len(hashed) > MAX_PASSWORD:
+    if any(len(form) > MAX_PASSWORD for form in forms):
         raise ValidationError(f"at most {MAX_PASSWORD} characters", field=field, code="TOO_LONG")
-    if len(set(hashed)) == 1 or not hashed.strip() or hashed.casefold() in COMMON_PASSWORDS:
+    if any(len(set(form)) == 1 or not form.strip() or form.casefold() in COMMON_PASSWORDS
+           for form in forms):
         raise ValidationError("too easy to guess: one of the passwords tried first (choose "
                               "a few unrelated words)", field=field, code="TOO_WEAK")
     return value
@@ -387,8 +390,9 @@ def password_form(value: str) -> str:
     """What an account's password is hashed and checked as: its NFKC form (NIST SP
     800-63B), so it signs in however its letters were typed ("ü" as one letter, or "u"
     and a combining diaeresis, as some keyboards and pastes give it; full-width forms),
-    as emails are compared (QA s25). The rules of ``password`` apply to this form too:
-    it is the password the account really has."""
+    as emails are compared (QA s25). The rules of ``password`` apply to this form as well
+    as to the text typed: it is the password the account really has, the typed text the
+    keys a guesser presses."""
     return unicodedata.normalize("NFKC", value)
 
 
@@ -414,7 +418,7 @@ def license_plate(value: str | None, field: str = "licensePlate") -> str:
 
 def plate_shown(text: str) -> str:
     """A plate as it is kept and shown: in its compatibility form (NFKC, as emails and
-    passwords are compared: QA s26, full-width "ＢＭＩ２０２４" from an IME was another
+    passwords are compared: QA s25, full-width "ＢＭＩ２０２４" from an IME was another
     car than "BMI2024", its owner's second, and no search for "bmi 2024" found it),
     trimmed, runs of whitespace one space, upper case."""
     return " ".join(unicodedata.normalize("NFKC", text).split()).upper()
@@ -553,6 +557,22 @@ def money(value: Decimal | str | float, field: str, *, max_value: Decimal = Deci
     if exponent > 0:  # type: ignore[operator]
         amount = amount.quantize(Decimal(1))  # "1E+3" is stored and shown as 1000
     return amount.copy_abs()  # "-0" is zero
+
+
+#: The most a price may be, in minor units of its currency: 1,000,000 EUR, 100,000,000
+#: JPY, KRW or CLP, 1,000,000 IDR, 10,000 CLF. One bound in major units (10,000 of any
+#: currency) refused everyday fees where a unit is worth little (QA s25: a 15,000 CLP
+#: idle-fee cap, a 20,000 KRW session fee), of currencies the tariffs take. A cost stays
+#: within the stores' 64-bit integers for any energy a register may report
+#: (``MAX_READING``): 10,000 CLF, which the old bound allowed, is this many units too.
+MAX_PRICE_MINOR = 10**8
+
+
+def price(value: Decimal | str | float, field: str, currency: str | None) -> Decimal:
+    """``money`` of at most ``MAX_PRICE_MINOR`` minor units of ``currency`` (with two
+    digits, the most common, for one not known: its own field tells that)."""
+    digits = MINOR_DIGITS.get(currency or "", 2)
+    return money(value, field, max_value=Decimal(MAX_PRICE_MINOR // 10**digits))
 
 
 def whole(value: int, field: str, *, max_value: int) -> int:

@@ -157,7 +157,17 @@ def _integer(name: str, raw: str) -> int:
     return int(raw)
 
 
+#: A time of day, then a space where its offset's ``+`` was: a ``+`` left unencoded in a
+#: URL (``?from=2024-05-01T02:00:00+02:00`` typed in curl or a browser) reads as a space.
+_PLUS_READ_AS_SPACE = re.compile(r"(.*[T ][0-9]{2}(?::?[0-9]{2}){0,2}(?:[.,][0-9]+)?) "
+                                 r"([0-9]{2}(?::?[0-9]{2})?)")
+
+
 def _instant(name: str, raw: str) -> datetime:
+    # Nothing else ends in a space and an offset's digits: the "+" is put back (ops QA
+    # s26: the 400 said to give an offset to someone who had given one).
+    if (decoded := _PLUS_READ_AS_SPACE.fullmatch(raw)) is not None:
+        raw = f"{decoded[1]}+{decoded[2]}"
     try:
         return parse_instant(raw)
     except ValueError:

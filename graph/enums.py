@@ -22,7 +22,8 @@ strawberry.enum(d.ReservationState, description="Where a reservation (OCPP Reser
 strawberry.enum(d.PaymentStatus, description=(
     "Where a payment is: PENDING, then CAPTURED or FAILED (FAILED, then CAPTURED on a "
     "later try); CAPTURED, then REFUNDED; PENDING or FAILED, then VOIDED when its "
-    "session's corrected cost is 0."))
+    "session's corrected cost is 0. A capture already under way when a payment is "
+    "failed or voided records it CAPTURED after that: its money moved."))
 strawberry.enum(d.AuditAction, description="What a change log entry records.")
 strawberry.enum(d.MeterAnomaly, description=(
     "What a session's energy register did that its energy is counted across, or a "
@@ -112,7 +113,10 @@ VALUE_DESCRIPTIONS: dict[str, dict[str, str]] = {
                   "voids it).",
         "REFUNDED": "Paid back in full.",
         "VOIDED": "Nothing to collect: a late stop corrected its session's cost to 0 "
-                  "(a session free from the start has no payment). Final: never captured.",
+                  "(a session free from the start has no payment). No capture, fail or "
+                  "refund asked afterwards moves it; a capture already under way when it "
+                  "was voided is recorded CAPTURED at what it collected (its money "
+                  "moved).",
     },
     "AuditAction": {
         "CREATE": "A record was created.",

@@ -29,6 +29,7 @@ from strawberry.types.graphql import OperationType
 
 from domain.errors import Unauthenticated
 from domain.ports import NO_METRICS, Metrics
+from graph import exact_json
 from graph.context import GraphContext
 from graph.pipeline import operation_type, operations_in
 
@@ -116,7 +117,8 @@ def _json_param(raw: Any, name: str) -> dict[str, Any] | None:
     """``variables``/``extensions``: a map, null, or (from GET) a JSON-encoded map."""
     if isinstance(raw, str):
         try:
-            raw = orjson.loads(raw)
+            raw = exact_json.loads(raw, exact=exact_json.VARIABLES if name == "variables"
+                                   else exact_json.NOTHING)
         except orjson.JSONDecodeError as exc:
             raise RequestError(f"'{name}' is not valid JSON") from exc
     if raw is not None and not isinstance(raw, dict):
@@ -166,8 +168,10 @@ async def read_post(request: Request) -> dict[str, Any]:
     body = await _capped_body(request)
     try:
         # orjson, not json: it refuses lone surrogates ("\ud800"), which no database can
-        # store as UTF-8, and NaN/Infinity, which are not JSON.
-        parsed = orjson.loads(body)
+        # store as UTF-8, and NaN/Infinity, which are not JSON. ``exact_json``: a JSON
+        # number in ``variables`` keeps its digits for a ``Decimal`` argument (a small
+        # body only: see there).
+        parsed = exact_json.loads(body, exact=exact_json.BODY)
     except orjson.JSONDecodeError as exc:
         raise RequestError("the request body is not valid JSON") from exc
     if not isinstance(parsed, dict):

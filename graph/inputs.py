@@ -268,9 +268,11 @@ class UpdateStationInput:
     registration: Registration | None = strawberry.field(default=strawberry.UNSET,
                                                          description=(
         "How its charger's boots are answered; accepting a PENDING or REJECTED station "
-        "asks its charger, if connected, to boot again. Not PENDING or REJECTED while a "
-        "session is active there (IN_USE): its charger, told at its next boot, would "
-        "have its stop refused; stop or end the session first."))
+        "asks its charger, if connected, to boot again. Made PENDING or REJECTED, it "
+        "authorizes no session from then on (no remote start or reservation, no card "
+        "checked); its charger, told at its next boot, acts as before until then: a "
+        "session under way runs to its end, a start it makes anyway is recorded and "
+        "billed, and it may still be sent a remote stop, an unlock or a reset."))
     heartbeat_interval: int | None = strawberry.field(default=strawberry.UNSET, description=(
         "Seconds (1 to 86400) its charger's boots are answered with from now on, which it "
         "takes at its next boot (a `changeConfiguration` of `HeartbeatInterval` it accepts "
@@ -298,6 +300,10 @@ class UpdateConnectorInput:
         _PHASES + " Null: the site's again."))
 
 
+_PRICE_RANGE = ("0 to 100,000,000 minor units of `currency` (1,000,000 EUR, 100,000,000 "
+                "JPY, 10,000 CLF), at most 6 decimals.")
+
+
 @strawberry.input(description=(
     "A time-of-day energy price: `pricePerKwh` on `days` from `start` to `end`, local "
     "times of the tariff's `timeZone`. A band over midnight is two bands."))
@@ -307,10 +313,10 @@ class PriceBandInput:
     start: str = strawberry.field(description="HH:MM, from 00:00.")
     end: str = strawberry.field(description="HH:MM after `start`, up to 24:00.")
     price_per_kwh: Decimal = strawberry.field(description=(
-        "Per kWh in the band, before tax: 0 to 10000, at most 6 decimals."))
+        "Per kWh in the band, before tax: " + _PRICE_RANGE))
 
 
-_PRICE = "In `currency`'s major units, before tax: 0 to 10000, at most 6 decimals."
+_PRICE = "In `currency`'s major units, before tax: " + _PRICE_RANGE
 
 
 @strawberry.input(description=(
@@ -332,11 +338,12 @@ class SetTariffInput:
     valid_from: datetime | None = strawberry.field(default=None, description=(
         "When it takes effect; defaults to now. Only admins date one back."))
     idle_price_per_minute: Decimal = strawberry.field(default=Decimal(0), description=(
-        "Per idle minute beyond the grace (the car done, the connector still occupied)."))
+        "Per idle minute beyond the grace (the car done, the connector still occupied). "
+        + _PRICE_RANGE))
     idle_grace_minutes: int = strawberry.field(default=0, description=(
         "Free idle minutes per session, 0..1440."))
     idle_fee_cap: Decimal | None = strawberry.field(default=None, description=(
-        "The most a session's idle fee comes to, before tax; null: no cap."))
+        "The most a session's idle fee comes to, before tax; null: no cap. " + _PRICE_RANGE))
     energy_bands: list[PriceBandInput] = strawberry.field(default_factory=list, description=(
         "Time-of-day energy prices (none may overlap); energy at a time no band covers is "
         "at `pricePerKwh`."))
@@ -348,6 +355,11 @@ class SetTariffInput:
         "`powerType`; neither: all plugs)."))
     power_type: PowerType | None = strawberry.field(default=None, description=(
         "Price only sessions on plugs of this power type, such as a station's DC plugs."))
+
+
+@strawberry.input(description="The price list version to remove.")
+class RemoveTariffInput:
+    id: strawberry.ID = strawberry.field(description=_id_of("tariff"))
 
 
 @strawberry.input(description="The payment to collect.")

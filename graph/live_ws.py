@@ -66,6 +66,7 @@ from domain.events import AccessChanged, DomainEvent, EventsDropped
 from domain.policy import SYSTEM, Viewer
 from domain.services import Services
 from domain.services.live import Watch
+from graph import exact_json
 from graph.auth import TokenService, bearer_token
 from graph.context import GraphContext
 from graph.errors import mask
@@ -287,7 +288,8 @@ class Connection:
     # -- messages -----------------------------------------------------------
     async def handle(self, raw: str) -> None:
         try:
-            message = orjson.loads(raw)
+            # A JSON number in ``payload.variables`` keeps its digits (a small message).
+            message = exact_json.loads(raw, exact=exact_json.MESSAGE)
         except orjson.JSONDecodeError:
             if self.protocol == LEGACY_WS:
                 return  # the legacy protocol ignores what it cannot parse
@@ -602,7 +604,8 @@ class Connection:
         local = local_fields(event_type)
         shared = all(reads_event_only(d.node.selection_set, local,
                                        executor.fragment_definitions) for d in details)
-        variables_key = orjson.dumps(variables or {}, option=orjson.OPT_SORT_KEYS)
+        variables_key = orjson.dumps(variables or {}, default=exact_json.encode_default,
+                                     option=orjson.OPT_SORT_KEYS)
         key: tuple[Any, ...] = (query, operation_name, variables_key)
         if not shared:
             key = (*key, self.context.viewer)
@@ -614,7 +617,8 @@ class Connection:
         live = LiveOperation(self, op_id, group, source)
         self._add(op_id, live)
         try:
-            live.watch = self.hub.services.live.watch(self.context.viewer, [source.topic],
+            live.watch = self.hub.services.live.watch(self.context.viewer,
+                                                      list(source.topics),
                                                       live.deliver, live.ended)
         except Exception:
             self._drop(op_id)

@@ -35,6 +35,7 @@ from graph.inputs import (
     RemoveConnectorInput,
     RemoveIdTagInput,
     RemoveStationInput,
+    RemoveTariffInput,
     RemoveVehicleInput,
     SetTariffInput,
     UpdateCompanyInput,
@@ -674,12 +675,33 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
         return TariffPayload(tariff=Tariff.wrap(tariff, ctx) if tariff else None,
                              errors=errors)
 
+    @strawberry.mutation(description=(
+        "Remove a price list version (who may set it). One not in force yet is deleted "
+        "(the version before it goes on); the one in force ends now (`validUntil`): "
+        "sessions starting later are priced by its owner's next scope (a plug standard's "
+        "by its power type's, that by the all-plugs one) and, for a station's, by its "
+        "company's; sessions started before keep it. One a later version replaced, or "
+        "removed already, is INVALID_STATE. Returns it as it was deleted or as it ends."))
+    async def remove_tariff(self, info: Info, input: RemoveTariffInput) -> TariffPayload:
+        ctx = _ctx(info)
+
+        async def run() -> Any:
+            return await ctx.services.tariffs.remove_tariff(
+                ctx.viewer, expect_id(str(input.id), "tariff", "id"))
+
+        tariff, errors = await attempt(ctx, run)
+        return TariffPayload(tariff=Tariff.wrap(tariff, ctx) if tariff else None,
+                             errors=errors)
+
     # ------------------------------------------------------------- payments
     @strawberry.mutation(description="Collect a PENDING (or FAILED) payment.")
     async def capture_payment(self, info: Info, input: CapturePaymentInput) -> PaymentPayload:
         return await _settle(info, input.id, "capture")
 
-    @strawberry.mutation(description="Mark a PENDING payment as failed.")
+    @strawberry.mutation(description=(
+        "Mark a PENDING payment as failed. A capture already under way (its provider "
+        "asked before the fail was written) may still record the payment CAPTURED "
+        "afterwards: its money moved."))
     async def fail_payment(self, info: Info, input: FailPaymentInput) -> PaymentPayload:
         return await _settle(info, input.id, "fail")
 

@@ -757,11 +757,13 @@ class Station(Node, Audited):
                           Eq("power_type", None))
         newest = LATEST_VERSION_FIRST  # the version set last wins a tie, as in pricing
         own = await ctx.loaders.one_by(d.Tariff, "station_id", in_force, newest).load(self._r.id)
+        if own is not None and own.removed_by(ctx.now):
+            own = None  # removed: the station is on its company's prices again
         if own is None and self._r.company_id is not None:
             own = await ctx.loaders.one_by(d.Tariff, "company_id", in_force, newest).load(
                 self._r.company_id
             )
-        return Tariff.wrap(own, ctx) if own else None
+        return Tariff.wrap(own, ctx) if own and not own.removed_by(ctx.now) else None
 
     @strawberry.field(description=(
         "Sessions charged on it, newest first, as far as the viewer may see them (an "
@@ -927,8 +929,8 @@ class CostBreakdown:
     fee: Decimal = strawberry.field(description="The session fee.")
     idle: Decimal = strawberry.field(description=(
         "The idle fee: minutes the connector sat occupied but not charging because the car "
-        "was done (`SUSPENDED_EV`, `FINISHING`) beyond the tariff's grace × its idle price, at "
-        "most its cap."))
+        "was done (`SUSPENDED_EV`, `FINISHING`, after it first charged) beyond the tariff's "
+        "grace × its idle price, at most its cap."))
     net: Decimal = strawberry.field(description="Before tax.")
     tax: Decimal = strawberry.field(description=(
         "`gross` − `net`: the tariff's tax on `net`, each figure rounded to the currency's "
@@ -1275,8 +1277,9 @@ class Tariff(Node, Audited):
         "start."))
     idle_price_per_minute: Decimal = strawberry.field(description=(
         "Per minute the connector sits occupied but not charging because the car is done "
-        "(`SUSPENDED_EV`; `FINISHING` while the transaction is open; never `SUSPENDED_EVSE`), "
-        "beyond `idleGraceMinutes` of such time per session."))
+        "(`SUSPENDED_EV`; `FINISHING` while the transaction is open; never `SUSPENDED_EVSE`; "
+        "only from the session's first `CHARGING` on: a car waiting for its departure timer "
+        "is not done), beyond `idleGraceMinutes` of such time per session."))
     idle_grace_minutes: int = strawberry.field(description=(
         "Idle minutes per session that are free, counted over the whole session."))
     idle_fee_cap: Decimal | None = strawberry.field(description=(
@@ -1294,6 +1297,10 @@ class Tariff(Node, Audited):
         "Type 1, Type 2 and Schuko AC; NACS and Other neither). Neither set: all plugs. "
         "Of a station's (else its company's) versions in force, the most specific that "
         "fits a session's plug prices it."))
+    valid_until: datetime | None = strawberry.field(description=(
+        "When it was removed (`removeTariff`), UTC: sessions started from then on are "
+        "priced by its owner's next scope (power type, all plugs) and, for a station's, "
+        "by its company's. Null: in force until a later version of its scope."))
     _r: strawberry.Private[d.Tariff]
 
     @classmethod
@@ -1312,6 +1319,7 @@ class Tariff(Node, Audited):
             "time_zone": r.time_zone,
             "connector_type": r.connector_type,
             "power_type": r.power_type,
+            "valid_until": r.valid_until,
         }, _staff(ctx))
 
     @strawberry.field(description="The station whose price list it is; null for a "

@@ -10,9 +10,11 @@ from typing import Any, NewType
 
 import dateutil.parser
 import strawberry
+from graphql import FloatValueNode, IntValueNode, ValueNode, value_from_ast_untyped
 
 from domain.clock import to_millisecond
 from domain.wire import rfc3339
+from graph.exact_json import EXACT_MAX_NUMBERS, EXACT_MAX_SIZE, ExactFloat
 
 #: GraphQL's ``Int`` is 32 bits by the spec: a meter register of a long-lived DC charger
 #: (billions of Wh) or a large amount in minor units does not fit, and one such value
@@ -54,7 +56,16 @@ _PLAIN_DECIMAL = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)
 def _decimal(value: Any) -> Decimal:
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise ValueError(f"Decimal cannot represent {value!r}")
-    text = str(value).strip()  # a JSON number arrives as an int or float
+    # A JSON number with a fraction arrives with the digits it was written with
+    # (``graph/exact_json.py``): ``str`` of its float kept 17 significant digits, and a
+    # refund of 0.010000000000000001 EUR was paid back as 0.01 (review s25). A plain
+    # float is one whose digits are gone (in a message too large to read them again,
+    # review s25): refused, not rounded to whatever the float reads as.
+    if isinstance(value, float) and not isinstance(value, ExactFloat):
+        raise ValueError(f"Decimal cannot represent {value!r} exactly: a JSON number's "
+                         "digits are kept only in a small request's variables; send the "
+                         f'amount as a string ("{value!r}")')
+    text = (value.text if isinstance(value, ExactFloat) else str(value)).strip()
     if _PLAIN_DECIMAL.fullmatch(text) is None:
         raise ValueError(f"Decimal cannot represent {value!r}: write a plain decimal "
                          "number such as 0.35")
@@ -64,14 +75,28 @@ def _decimal(value: Any) -> Decimal:
         raise ValueError(f"Decimal cannot represent {value!r}: out of range") from None
 
 
+def _decimal_literal(node: ValueNode, variables: dict[str, Any] | None = None) -> Decimal:
+    """A number written in the query, read from its own text: graphql-core's default
+    reads it as a float first (review s25, as for a JSON number)."""
+    if isinstance(node, FloatValueNode | IntValueNode):
+        return _decimal(node.value)
+    return _decimal(value_from_ast_untyped(node, variables))
+
+
 SCALARS: dict[object, Any] = {
     Decimal: strawberry.scalar(
         name="Decimal",
         description="An exact decimal number (prices, rates, amounts in major units), "
-                    "returned as a string (\"0.35\"). Sent in as a string or a JSON "
-                    "number, written plainly: no `_`, no NaN.",
+                    "returned as a string (\"0.35\"). Send it as a string, written "
+                    "plainly (no `_`, no NaN): read exactly as written, every digit. A "
+                    "number is read so too when written in the query, or in the "
+                    "variables of a request (or websocket message) of at most "
+                    f"{EXACT_MAX_SIZE // 1024} KiB holding at most {EXACT_MAX_NUMBERS} "
+                    "numbers with a fraction or an exponent; beyond that a JSON number's "
+                    "digits are not kept, and it is refused rather than rounded.",
         serialize=str,
         parse_value=_decimal,
+        parse_literal=_decimal_literal,
     ),
     datetime: strawberry.scalar(
         name="DateTime",

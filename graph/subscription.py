@@ -29,6 +29,7 @@ from domain.events import (
     ReservationChanged,
     SessionChanged,
     StationConnectionChanged,
+    StationSightChanged,
 )
 from domain.ids import is_id
 from graph.context import GraphContext
@@ -175,13 +176,18 @@ class ConnectorStatusEvent(_OfStation):
         return Connector.wrap(record, ctx) if record else None
 
 
-@strawberry.type(description="A charger connected or disconnected.")
+@strawberry.type(description=(
+    "A charger connected or disconnected. Also, when an edit changed who sees its "
+    "station: to those who no longer do (handed to another company, taken off the map), "
+    "offline with `station` null, as for a station removed; to those who now do, its "
+    "connection as it is (a station the map does not hold yet: read it by `stationId`)."))
 class StationConnectionEvent(_OfStation):
     cp_id: str = strawberry.field(description=_CP_ID)
     online: bool = strawberry.field(description="Whether it is connected now.")
-    at: datetime = strawberry.field(description="When we saw it connect or disconnect, UTC.")
+    at: datetime = strawberry.field(description=(
+        "When we saw it connect or disconnect (or its sight change), UTC."))
     dropped_before: int = strawberry.field(description=_DROPPED)
-    _e: strawberry.Private[StationConnectionChanged]
+    _e: strawberry.Private[StationConnectionChanged | StationSightChanged]
 
 
 @strawberry.type(description="A session started, progressed (throttled) or ended.")
@@ -306,9 +312,13 @@ class LiveFeed(AsyncIterator[Any]):
     def __init__(self, context: GraphContext, topic: str, accept: Callable[[Any], bool],
                  wrap: Callable[[Any, int], Any], *,
                  last: Callable[[Any], bool] | None = None,
-                 over: Callable[[], Awaitable[bool]] | None = None) -> None:
+                 over: Callable[[], Awaitable[bool]] | None = None,
+                 also: tuple[str, ...] = ()) -> None:
         self.context = context
         self.topic = topic
+        #: Every topic the feed listens to: ``topic`` and those whose events it shapes
+        #: as its own (``also``: a station's sight changing, for the connection feed).
+        self.topics = (topic, *also)
         self.accept = accept
         self.wrap = wrap
         #: After an accepted event for which this is true, the subscription is complete
@@ -334,7 +344,7 @@ class LiveFeed(AsyncIterator[Any]):
     async def _iterate(self) -> AsyncGenerator[Any, None]:
         ctx = self.context
         dropped = 0
-        events = ctx.services.live.events(ctx.viewer, [self.topic])
+        events = ctx.services.live.events(ctx.viewer, list(self.topics))
         # Subscribed before it is asked whether anything is left to follow: an end
         # published meanwhile is then in the stream, not lost.
         if self.over is not None and await self.over():
@@ -366,12 +376,13 @@ def events_lost() -> GraphQLError:
 
 def _feed(info: Info, topic: str, accept: Callable[[Any], bool],
           wrap: Callable[[Any, int], Any], *, last: Callable[[Any], bool] | None = None,
-          over: Callable[[], Awaitable[bool]] | None = None) -> LiveFeed:
+          over: Callable[[], Awaitable[bool]] | None = None,
+          also: tuple[str, ...] = ()) -> LiveFeed:
     ctx: GraphContext = info.context
     if ctx.viewer.anonymous and (topic not in PUBLIC_TOPICS
                                  or not ctx.services.policy.public_map):
         raise GraphQLError("sign in first", extensions={"code": "UNAUTHENTICATED"})
-    return LiveFeed(ctx, topic, accept, wrap, last=last, over=over)
+    return LiveFeed(ctx, topic, accept, wrap, last=last, over=over, also=also)
 
 
 def _status(value: str) -> Any:
@@ -389,7 +400,8 @@ def _connector_status(e: ConnectorStatusChanged, dropped: int) -> ConnectorStatu
                                 at=e.at, dropped_before=dropped, free=e.free, _e=e)
 
 
-def _station_connection(e: StationConnectionChanged, dropped: int) -> StationConnectionEvent:
+def _station_connection(e: StationConnectionChanged | StationSightChanged, dropped: int
+                        ) -> StationConnectionEvent:
     return StationConnectionEvent(cp_id=e.cp_id, online=e.online, at=e.at,
                                   dropped_before=dropped, _e=e)
 
@@ -451,7 +463,9 @@ class Subscription:
                                    filter: StationEventFilter | None = None
                                    ) -> AsyncIterator[StationConnectionEvent]:
         accept = filter.accepts() if filter else _everything
-        return _feed(info, StationConnectionChanged.topic, accept, _station_connection)
+        # A station's sight changing is told here too: a live map keys stations by it.
+        return _feed(info, StationConnectionChanged.topic, accept, _station_connection,
+                     also=(StationSightChanged.topic,))
 
     @strawberry.subscription(description="Session started / energy so far / ended.")
     def session_updated(self, info: Info, filter: SessionEventFilter | None = None

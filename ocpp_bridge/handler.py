@@ -56,7 +56,7 @@ from domain.wire import rfc3339
 from ocpp_bridge import frames
 from ocpp_bridge.casing import to_snake
 from ocpp_bridge.frames import FrameError
-from ocpp_bridge.log_masking import SecretMasking
+from ocpp_bridge.log_masking import SecretMasking, without_url_credentials
 from ocpp_bridge.pacing import FRAME_RATE, FramePacer
 from ocpp_bridge.timefmt import parse_timestamp
 
@@ -64,32 +64,34 @@ log = logging.getLogger("chargegraph.ocpp")
 #: Every frame in and out, at INFO: quiet unless this logger is turned up.
 wire_log = logging.getLogger("chargegraph.ocpp.wire")
 # Whoever logs on it (the ``ocpp`` package logs a charger's CALLERROR at WARNING, with
-# what it echoed): a secret configuration value is masked or the line withheld.
+# what it echoed): a URL's credentials are hidden, and a secret configuration value is
+# masked or the line withheld.
 wire_log.addFilter(SecretMasking())
 
 
-#: Text in every frame that may carry a secret (``logged_frame``): a download or upload
-#: URL's user information, or the signed query string of a GetDiagnostics' or an
-#: UpdateFirmware's (QA s25: an Azure SAS token's ``sig`` was logged whole), a
-#: ChangeConfiguration (of a vendor's BackendPassword, say) and a
-#: GetConfiguration answer (a charger reading its AuthorizationKey back). Looked for as
-#: text: the wire log writes every frame on the chargers' hot path, and a MeterValues or
-#: a Heartbeat is never parsed again for it.
-MAY_HOLD_SECRET = ("@", '"GetDiagnostics"', '"UpdateFirmware"', '"ChangeConfiguration"',
-                   '"configurationKey"')
+#: Text in every frame that may carry a secret configuration value (``logged_frame``):
+#: a ChangeConfiguration (of a vendor's BackendPassword, say) and a GetConfiguration
+#: answer (a charger reading its AuthorizationKey back). Looked for as text: the wire log
+#: writes every frame on the chargers' hot path, and a MeterValues or a Heartbeat is never
+#: parsed again for it. A URL's credentials are hidden in every frame and line, not by
+#: action (``log_masking.without_url_credentials``): a CALLERROR repeating a presigned
+#: URL names no action (review s25).
+MAY_HOLD_SECRET = ('"ChangeConfiguration"', '"configurationKey"')
 #: What the wire log writes of such a frame when it cannot be read as an OCPP frame.
 NOT_SHOWN = "[{} characters not shown: no OCPP frame, and they may hold a secret]"
 
 
 def logged_frame(message: str | bytes) -> str:
-    """A frame, sent or received, as the wire log writes it: a command's secrets masked
-    as its audit entry masks them (``commands.masked``: the user information of an upload
-    or download URL, a secret key's new value) and a secret key's value in a
-    GetConfiguration answer (``commands.masked_answer``), since logs are shipped and read
-    more widely than the audit. Only a frame holding ``MAY_HOLD_SECRET`` text is parsed
-    again; one of those that is no JSON array is not written at all (nothing in it can
-    be told apart from a secret)."""
+    """A frame, sent or received, as the wire log writes it: the credentials of every URL
+    in it hidden as the audit hides an upload or download location's
+    (``log_masking.without_url_credentials``: user information, query values), a
+    command's secret key's new value as its audit entry masks it (``commands.masked``)
+    and a secret key's value in a GetConfiguration answer (``commands.masked_answer``),
+    since logs are shipped and read more widely than the audit. Only a frame holding
+    ``MAY_HOLD_SECRET`` text is parsed again; one of those that is no JSON array is not
+    written at all (nothing in it can be told apart from a secret)."""
     text = message if isinstance(message, str) else message.decode("utf-8", "replace")
+    text = without_url_credentials(text)
     if not any(marker in text for marker in MAY_HOLD_SECRET):
         return text
     try:
@@ -255,6 +257,10 @@ class ChargePointHandler(ChargePoint):
         self.left: str | None = None
         #: Its station was removed (``station_removed``): its messages are refused.
         self._station_removed = False
+        #: The id of the station record it signed in as (at its handshake); ``None``
+        #: when not known. A removal is its only if it is of that station: the cpId may
+        #: have been created again since (``OcppServer._watch_removals``).
+        self.station_id: str | None = None
         self.pacer = FramePacer()
         #: When the charger's last frame came (our clock); ``None`` before its first.
         self.heard_at: datetime | None = None
@@ -586,7 +592,9 @@ class ChargePointHandler(ChargePoint):
             if action != "BootNotification" and not await self.charging.admits(self.id,
                                                                                 action):
                 # The charger keeps what it queued (a StartTransaction, its meter values)
-                # and sends it once an operator accepts the station.
+                # and sends it once an operator accepts the station. One told Accepted at
+                # its last boot has its reports taken whatever the station's registration
+                # became since (``domain.registration``).
                 raise FrameError(frames.SECURITY_ERROR,
                                  f"{action} refused: the station is not accepted (its "
                                  "registration is pending or rejected)", uid)

@@ -8,11 +8,20 @@ value in it; and answers in unusual shapes (a key name written with a ``\\u`` es
 list of pairs) passed the text check (review s18). This filter sits on the wire logger and
 sees every line it writes, whoever logs it, already formatted.
 
-Rule: each ``key``/``value`` pair whose key is a secret's (``command_rules.is_secret_key``)
-has its value replaced; if the line still names a secret more often than it masked one
-(the value came first, another shape, an escaped name), the line is withheld, its length
-kept. Fail closed: a debug line lost costs less than a password in a log shipped to
-everyone who reads logs.
+URLs: every URL-looking substring of a line (``_URL``: ``scheme://`` up to a space or a
+quote, slashes JSON-escaped or not) is written as the audit keeps an upload or download
+location (``command_rules.without_credentials``: user information and query values
+hidden), whatever frame or message holds it. A charger's CALLERROR repeating a presigned
+URL (in its description, or its details echoing the request) holds no action name, so
+``handler.logged_frame`` never read it again, and the package's WARNING line of it was
+not read for URLs at all (review s25: an Azure ``sig`` was logged whole). A line with no
+``:/`` (nearly every frame: MeterValues, Heartbeat) is not searched.
+
+Configuration values: each ``key``/``value`` pair whose key is a secret's
+(``command_rules.is_secret_key``) has its value replaced; if the line still names a
+secret more often than it masked one (the value came first, another shape, an escaped
+name), the line is withheld, its length kept. Fail closed: a debug line lost costs less
+than a password in a log shipped to everyone who reads logs.
 """
 
 from __future__ import annotations
@@ -20,7 +29,12 @@ from __future__ import annotations
 import logging
 import re
 
-from domain.command_rules import SECRET_KEY_PARTS, is_secret_key, key_words
+from domain.command_rules import (
+    SECRET_KEY_PARTS,
+    is_secret_key,
+    key_words,
+    without_credentials,
+)
 
 HIDDEN = "[hidden]"
 
@@ -47,8 +61,30 @@ _PAIR = re.compile(
     r"""\s*,\s*(?P<vq>["'])value(?P=vq)\s*:\s*)(?P<sq>["'])(?P<value>(?:\\.|[^"'\\])*)(?P=sq)""")
 
 
+#: A URL in a log line: a scheme, ``://`` (JSON may escape its slashes: ``:\/\/``) and
+#: what follows up to a space, a quote or an angle bracket (a Python repr's end).
+_URL = re.compile(r"""[A-Za-z][A-Za-z0-9+.\-]*:(?:\\?/){2}[^\s"'<>]*""")
+
+
+def without_url_credentials(text: str) -> str:
+    """``text`` with each URL in it shown as ``without_credentials`` shows it; ``text``
+    itself when none changed (or there is none: the cheap test first)."""
+    if ":/" not in text and ":\\/" not in text:
+        return text
+
+    def hide(match: re.Match[str]) -> str:
+        url = match[0]
+        shown = without_credentials(url.replace("\\/", "/"))
+        return url if shown == url.replace("\\/", "/") else shown
+
+    result = _URL.sub(hide, text)
+    return text if result == text else result
+
+
 def masked_line(text: str) -> str:
-    """``text`` with every secret key's value hidden, or withheld (see the module)."""
+    """``text`` with credentials in its URLs and every secret key's value hidden, or
+    withheld (see the module)."""
+    text = without_url_credentials(text)
     if "key" not in text and _secret_names(text) == 0:
         return text  # no pair to mask, no secret named
     masked = 0

@@ -25,6 +25,7 @@ import os
 import socket
 import ssl
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -68,6 +69,12 @@ SHOWN_ID = 64
 #: reserves nothing: memory is taken as frames arrive (websockets buffers at most
 #: ``max_queue``, 16, unread frames per connection before it stops reading).
 MAX_MESSAGE = 4 * 1024 * 1024
+#: Seconds a closing connection waits for the charger's close frame before it drops the
+#: TCP connection. Chargers whose link went silent without a FIN (a cellular modem out of
+#: coverage) never answer, and the stop waited websockets' default 10 s for them, which is
+#: all `docker stop` waits before it kills the process (ops QA s25: the disconnects and
+#: the lease release were never written). A charger that does answer takes milliseconds.
+CLOSE_TIMEOUT_S = 2.0
 REALM = 'Basic realm="ChargeGraph OCPP", charset="UTF-8"'
 #: Close code for a charger whose connection cannot be recorded now (1013: try again
 #: later): it reconnects, as it does after any drop.
@@ -170,6 +177,10 @@ class OcppServer:
         self._checking = KeyedLocks()  # one password check per station at a time
         self._in_flight: set[tuple[str, str]] = set()  # (cp_id, peer address) being checked
         self.refusals = RefusalLog()
+        #: A socket let in at its handshake → the id of the station it signed in as,
+        #: until its handler takes it (``_connection``).
+        self._signed_in: weakref.WeakKeyDictionary[ServerConnection, str] = \
+            weakref.WeakKeyDictionary()
         self.proxies = TrustedProxies(trusted_proxies)
         #: Where every connection's handler counts the CALLs it answers (``/metrics``).
         self.metrics = metrics
@@ -204,6 +215,7 @@ class OcppServer:
             process_request=self._process_request,
             compression=None,  # chargers rarely negotiate it; it costs CPU per frame
             max_size=MAX_MESSAGE,
+            close_timeout=CLOSE_TIMEOUT_S,
             ping_interval=self.ping_interval,
             ping_timeout=self.ping_interval,
             ssl=self.ssl_context,
@@ -399,13 +411,17 @@ class OcppServer:
         answer it takes the 10 s close timeout): meanwhile the cpId created again had
         its commands sent to the closing socket, waiting out the command timeout, and
         what the socket still delivered was recorded on the new station, under the
-        removed station's password (``ChargePointHandler.station_removed``)."""
+        removed station's password (``ChargePointHandler.station_removed``). Only the
+        connection that signed in as the removed station (``_signed_in_as``): matched by
+        cpId, a removal delivered late (an instance lagging) after the cpId was created
+        again and its charger connected let that connection go, the new station left
+        online with no connection (review s25)."""
         async with contextlib.aclosing(stream):
             async for event in stream:
                 if not isinstance(event, StationRemoved):
                     continue
                 handler = self.gateway.handler_of(event.cp_id)
-                if handler is None:
+                if handler is None or not _signed_in_as(handler, event.station_id):
                     continue
                 log.info("%s: its station was removed; closing", event.cp_id)
                 handler.station_removed()
@@ -440,6 +456,7 @@ class OcppServer:
             self.refusals.note(cp_id, peer, UNKNOWN_CHARGE_POINT)
             return connection.respond(HTTPStatus.NOT_FOUND, f"{UNKNOWN_CHARGE_POINT}\n")
         if station.auth_password_hash is None:
+            self._signed_in[connection] = station.id
             return None  # security profile 0: the operator chose no password
         credentials = basic_credentials(request.headers.get("Authorization"))
         # A user name other than the cpId is refused before any password is looked at:
@@ -459,6 +476,7 @@ class OcppServer:
             response = connection.respond(HTTPStatus.UNAUTHORIZED, "authentication failed\n")
             response.headers["WWW-Authenticate"] = REALM
             return response
+        self._signed_in[connection] = station.id
         return None
 
     def _peer(self, connection: ServerConnection, request: Request) -> str:
@@ -645,6 +663,7 @@ class OcppServer:
         handler = ChargePointHandler(cp_id, ws, self.charging,
                                      response_timeout=self.response_timeout,
                                      metrics=self.metrics, strict_schema=self.strict_schema)
+        handler.station_id = self._signed_in.pop(ws, None)
         try:
             # The number ordering this connection among the charger's others (here and on
             # other instances) is drawn as the socket arrives, before it waits its turn:
@@ -703,6 +722,13 @@ class OcppServer:
                                 exc.reason)
                 except Exception:  # the store may already be closing at shutdown
                     log.exception("%s: could not record the disconnect", cp_id)
+
+
+def _signed_in_as(handler: ChargePointHandler, station_id: str | None) -> bool:
+    """Whether ``handler``'s connection signed in as the station ``station_id`` (one not
+    known on either side is taken as its: the cpId is all there is to go by)."""
+    return handler.station_id is None or station_id is None \
+        or handler.station_id == station_id
 
 
 def shown_id(text: str) -> str:

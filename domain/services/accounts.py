@@ -616,7 +616,7 @@ class AccountService(Service):
             # Only the hash, and only while it is still the one just verified: a whole
             # record written back could undo a deactivation or a new password that
             # another instance stored meanwhile. The password is the same: no change of
-            # the account, so neither audited nor stamped (QA s26: it was audited as the
+            # the account, so neither audited nor stamped (QA s25: it was audited as the
             # person's UPDATE with ``password_changed: true``, a password change that
             # never happened, after every hasher upgrade). Its version (``updated_at``)
             # stays, and no image holds the hash, so the entries still chain.

@@ -160,9 +160,6 @@ STOP_BELOW_READINGS_SLACK_WH = 500
 #: Sessions closed without their stop whose charger still metered them, noted so that is
 #: logged once per session (``ChargingService._still_metered``); forgotten past this many.
 MAX_NOTED_CLOSES = 1000
-#: The most remote starts a boot settles at once (``_starts_forgotten``): far above the
-#: live ones a station holds (one per connector, a few naming none, each card once).
-MAX_FORGOTTEN_STARTS = 200
 
 #: How soon a StartTransaction whose answer was lost may be sent again with a timestamp of
 #: its own (the charger stamps the resend) and still be taken for the same start: the
@@ -329,6 +326,23 @@ class IdTagInfo:
     parent_id_tag: str | None = None
 
 
+#: What the charger of a station not Accepted is told of the card its StartTransaction
+#: names, whatever the card (``_told``).
+WITHHELD = IdTagInfo("Invalid")
+
+
+def _told(station: Station, info: IdTagInfo) -> IdTagInfo:
+    """What the charger is told of its start's card (``info``: the card's status, which
+    the session is recorded and billed by, ``ChargingService._answered``). A station
+    not Accepted now authorizes nothing: a charger still acting on an earlier Accepted
+    (told its registration at its next boot) may start on its own (its local list or
+    cache, after its Authorize was refused), and that session is recorded, stopped and
+    billed as any other; but its answer is ``WITHHELD`` whatever the card, so no card is
+    checked through a start (Invalid: a charger stops the transaction), as none is
+    through Authorize (``registration.NEW_AUTHORIZATIONS``) or a stop."""
+    return info if station.registration is Registration.ACCEPTED else WITHHELD
+
+
 @dataclass(frozen=True, slots=True)
 class BootInfo:
     vendor: str
@@ -468,10 +482,12 @@ class ChargingService(ChargerConnections):
         return station
 
     async def admits(self, cp_id: str, action: str) -> bool:
-        """Whether the charger may send ``action`` now (``domain.registration``): its
-        station's registration, as cached for its other messages."""
+        """Whether the charger may send ``action`` now (``domain.registration``): by the
+        registration its last boot was answered with, which it acts on, or its station's
+        as it is now (for a new authorization, that one alone), as cached for its other
+        messages. No store read for a refused frame beyond the cached station's."""
         station = await self._require_station(cp_id)
-        return admits(station.registration, action)
+        return admits(station.registration, action, station.charger_registration)
 
     # ------------------------------------------------------------- boot and heartbeat
     @_station_must_exist
@@ -489,30 +505,22 @@ class ChargingService(ChargerConnections):
         # Our clock, as sessions' created_at; stored, for a restart of ours. A triggered
         # boot is no restart: the last one stays.
         booted = station.booted_at if info.triggered else now
+        # What the charger is told, and acts on until its next boot (a triggered one's
+        # answer too): its reports are judged by it (``domain.registration``).
+        told = station.registration
         if any(getattr(station, k) != val for k, val in details.items()):
-            update = patch(station, actor, last_seen=now, booted_at=booted, **details)
+            update = patch(station, actor, last_seen=now, booted_at=booted,
+                           charger_registration=told, **details)
             await self.commit(actor, [(update, station)])
         else:
-            update = touch(station, last_seen=now, booted_at=booted)
+            update = touch(station, last_seen=now, booted_at=booted,
+                           charger_registration=told)
             await self.store.write([update], [])
         self.cache.remember(cast(Station, update.record), renew=False)
-        if not info.triggered:
-            await self._starts_forgotten(station, now)
+        # A boot (no trigger's) settles no remote start sent before it: they stop holding
+        # their card and plug (``pending_starts.holds``, by ``booted_at``), and one the
+        # charger still carries out still gets its car (review s25).
         return BootResult(station.registration, self.boot_interval(station), now)
-
-    async def _starts_forgotten(self, station: Station, booted: datetime) -> None:
-        """Settles the station's remote starts sent before its charger restarted at
-        ``booted``: a charger keeps an accepted start in memory until the car comes, and
-        a reboot (a Reset, a power cut) forgets it, so no StartTransaction will come for
-        it. Held for the rest of their window, they kept the driver the Reset was for,
-        and everyone else on that plug, from starting again (QA s25). A boot answering
-        our TriggerMessage is no restart (the caller's ``triggered``)."""
-        live = await self.store.find_all(PendingStart, all_of(
-            Eq("station_id", station.id), Range("created_at", lt=booted),
-            live_pending_starts(booted)), limit=MAX_FORGOTTEN_STARTS)
-        if live:
-            actor = charger(station.cp_id)
-            await self.commit(actor, [], unaudited=[settle(p, actor, booted) for p in live])
 
     def boot_interval(self, station: Station) -> int:
         """The interval a boot is answered with. For an Accepted station, its heartbeat
@@ -823,7 +831,10 @@ class ChargingService(ChargerConnections):
         the charger was offline arrives late and is accepted as it is."""
         v.meter_register(meter_start, "meterStart")
         start = v.instant(as_utc(timestamp), "timestamp")
-        station = await self._require_station(cp_id)
+        # Read as stored, not cached: whether the charger is told its card's status is
+        # the station's registration now (``_told``), and a Pending or Rejected set on
+        # another instance must not wait for its announcement. Starts are rare.
+        station = await self._require_station(cp_id, fresh=True)
         # A start stamped far in our future (a clock glitch: 2099) would date the session
         # there, out of every list and day it belongs to: it started on arrival, as an
         # unbelievable stop or status report is taken. Its retries then carry the same
@@ -845,7 +856,7 @@ class ChargingService(ChargerConnections):
             if same is not None and identity.matches(same, self.now()):
                 info = await self.authorize(cp_id, presented, (same.id,))
                 await self._answered(station, same, info)
-                return same.transaction_id, info
+                return same.transaction_id, _told(station, info)
             # Whether the plug was free before the session takes it: a charger going
             # from Available straight to StartTransaction says nothing the map hears.
             were_free = await self.plugs_free(station.id, connector_id)
@@ -868,7 +879,7 @@ class ChargingService(ChargerConnections):
             if isinstance(opened, Session):  # the copy committed while we waited
                 info = await self.authorize(cp_id, presented, (opened.id,))
                 await self._answered(station, opened, info)
-                return opened.transaction_id, info
+                return opened.transaction_id, _told(station, info)
             session, ended, used, repriced = opened
             break
         # Asked once the session is written: of two starts with one card at once (two
@@ -891,7 +902,7 @@ class ChargingService(ChargerConnections):
         await self.publish(self._session_event(station, session, "STARTED"))
         if were_free:  # else taken before, and taken still: nothing changed
             await self.plugs_held(owned_by(station), connector_id, were_free)
-        return session.transaction_id, info
+        return session.transaction_id, _told(station, info)
 
     async def _still_registered(self, cp_id: str) -> Station:
         """The station as stored now (not as cached), or ``_unknown`` when it is gone."""
@@ -922,7 +933,9 @@ class ChargingService(ChargerConnections):
     async def _answered(self, station: Station, session: Session, info: IdTagInfo
                         ) -> Session:
         """Records on ``session`` the answer its start got when it refused a start the
-        charger could still act on (``Session.start_refused``: priced by no tariff), and
+        charger could still act on (``Session.start_refused``: priced by no tariff): its
+        card's status (``info``), also where the charger was told ``WITHHELD`` (a
+        station not Accepted now: a valid card's session it started anyway is billed), and
         clears it when a retry of that start was told Accepted (the charger charges on
         that answer). A start its charger sent long after its timestamp (flushed from an
         offline queue) charged before it was asked: billed whatever it is told now (its
@@ -1354,7 +1367,10 @@ class ChargingService(ChargerConnections):
         station = await self._require_station(cp_id)
         readings = believed(sound(readings or [], cp_id, transaction_id),
                             self.clocks.believable, self.now())
-        info = await self.authorize(cp_id, id_tag) if id_tag else None
+        # A station not Accepted (now) has no card checked, by its stop either: the
+        # answer leaves idTagInfo out (optional in 1.6), as for a stop without an idTag.
+        info = await self.authorize(cp_id, id_tag) \
+            if id_tag and station.registration is Registration.ACCEPTED else None
         if info is not None and info.status == "ConcurrentTx":
             info = IdTagInfo("Accepted", info.expiry_date, info.parent_id_tag)
         readings = readings or []

@@ -76,7 +76,13 @@ from domain.services.base import (
 from domain.services.configuration import record_change, record_read, without_secrets
 from domain.services.edits import retried
 from domain.services.fleet import IN_GARAGE
-from domain.services.pending_starts import PENDING_START_WINDOW, live_pending_starts, settle
+from domain.services.pending_starts import (
+    PENDING_START_WINDOW,
+    holding,
+    holds,
+    live_pending_starts,
+    settle,
+)
 from domain.services.stations import connector_in_range
 from domain.services.withdrawal import record_local_list
 from domain.validation import MAX_CONNECTOR_ID, heartbeat_interval, stored_id_tag
@@ -99,6 +105,9 @@ COMMAND_TIMEOUT_S = 30.0
 #: only read or change its configuration: no remote start or stop, no reservation.
 _CHARGING_ACTIONS = frozenset({"RemoteStartTransaction", "RemoteStopTransaction",
                                "ReserveNow"})
+#: What authorizes a new session (a card on a plug): sent only to a station Accepted now,
+#: whatever its charger was told (``registration.NEW_AUTHORIZATIONS``, the charger's).
+_AUTHORIZING_ACTIONS = frozenset({"RemoteStartTransaction", "ReserveNow"})
 
 
 #: Written in an audit entry instead of a secret a command carries.
@@ -143,6 +152,20 @@ def _refuse_driver_profile(action: str, payload: dict[str, Any]) -> None:
 
 
 def _refuse_unregistered(station: Station, action: str, payload: dict[str, Any]) -> None:
+    """Refuses a command a station's charger is not to be sent for its registration. A
+    charger told Accepted at its last boot (``Station.charger_registration``) acts as
+    Accepted until its next, whatever the station was made since: it is sent what an
+    Accepted one is, a session it runs stopped (RemoteStopTransaction), its connector
+    unlocked, itself reset (so it boots and learns), but nothing that authorizes a new
+    session (``_AUTHORIZING_ACTIONS``) unless the station is Accepted now. Refused
+    INVALID_STATE, a session left running on a station made Pending could not be stopped
+    remotely (review s25)."""
+    if station.registration is not Registration.ACCEPTED and action in _AUTHORIZING_ACTIONS:
+        raise ValidationError(f"the station's registration is "
+                              f"{station.registration.value.lower()}: accept it first",
+                              field="cpId", code="INVALID_STATE")
+    if Registration.ACCEPTED in (station.registration, station.charger_registration):
+        return
     if station.registration is Registration.REJECTED or (
             station.registration is Registration.PENDING and action in _CHARGING_ACTIONS):
         raise ValidationError(f"the station's registration is "
@@ -557,8 +580,8 @@ class CommandService(Service):
                 Eq("vehicle_id", vehicle_id), Eq("state", SessionState.ACTIVE))):
             raise Conflict("this car is charging now", field="idTag", code="IN_USE")
         # By the expiry index: the live ones are the starts of the last two minutes.
-        theirs = await self.store.find_all(PendingStart, all_of(
-            Eq("user_id", viewer.user_id), live_pending_starts(self.now())), limit=20)
+        theirs = await self._holding(await self.store.find_all(PendingStart, all_of(
+            Eq("user_id", viewer.user_id), live_pending_starts(self.now())), limit=20))
         for pending in theirs:
             if not chose:
                 raise await self._card_starting(viewer, pending)  # as the card's own
@@ -707,11 +730,22 @@ class CommandService(Service):
                                code="IN_USE")
 
     # ------------------------------------------------------------- starts not started yet
+    async def _holding(self, pending: list[PendingStart]) -> list[PendingStart]:
+        """Of live ``pending``, those holding their card and plug: not sent before their
+        charger's last boot (``pending_starts.holds``; review s25)."""
+        if not pending:
+            return pending
+        ids = sorted({p.station_id for p in pending})
+        stations = dict(zip(ids, await self.store.get_many(Station, ids), strict=True))
+        return holding(pending, stations)
+
     async def _pending_with(self, tag: str, own: str | None = None) -> PendingStart | None:
-        """A live remote start with card ``tag`` (stored form) other than ``own``."""
+        """A remote start with card ``tag`` (stored form) other than ``own`` that holds
+        the card (``_holding``)."""
         found = await self.store.find_all(PendingStart, all_of(
-            Eq("id_tag", stored_id_tag(tag)), live_pending_starts(self.now())), limit=2)
-        return next((p for p in found if p.id != own), None)
+            Eq("id_tag", stored_id_tag(tag)), live_pending_starts(self.now())),
+            limit=MAX_CONNECTOR_ID)
+        return next((p for p in await self._holding(found) if p.id != own), None)
 
     async def _refuse_pending(self, viewer: Viewer, station: Station, payload: dict[str, Any],
                               own: str | None = None) -> None:
@@ -727,13 +761,14 @@ class CommandService(Service):
         ones: one naming none is refused (on ``cpId``) when the free connectors are no
         more than the pending starts that name none; one naming a connector, when the
         other free ones are fewer than those (the charger's pick may be its).
-        ``own``: the start being sent, stored already (``_hold_start``)."""
+        ``own``: the start being sent, stored already (``_hold_start``). A start sent
+        before its charger's last boot holds nothing (``pending_starts.holds``)."""
         pending = await self._pending_with(payload["idTag"], own)
         if pending is not None:
             raise await self._card_starting(viewer, pending)
         here = [p for p in await self.store.find_all(PendingStart, all_of(
             Eq("station_id", station.id), live_pending_starts(self.now())),
-            limit=MAX_CONNECTOR_ID) if p.id != own]
+            limit=MAX_CONNECTOR_ID) if p.id != own and holds(p, station)]
         if not here:
             return
         connector_id = payload.get("connectorId")
@@ -781,7 +816,12 @@ class CommandService(Service):
         of two at once exactly one is stored; on MongoDB at least one is refused, maybe
         both: "Several instances on one store"), then the checks run again beside it
         (for the free connectors a start naming none takes); a start refused either
-        way is not sent."""
+        way is not sent.
+
+        A start with the same card, or on the same named connector, sent before its
+        charger's last boot (which no longer holds them: ``pending_starts.holds``) is
+        superseded: settled with this one's insert, so this start's StartTransaction
+        takes this start's car (review s25)."""
         now = self.now()
         tag = stored_id_tag(payload["idTag"])
         connector_id = payload.get("connectorId") or None
@@ -789,8 +829,9 @@ class CommandService(Service):
             station_id=station.id, cp_id=station.cp_id, connector_id=connector_id,
             id_tag=tag, user_id=holder, vehicle_id=vehicle_id,
             expires_at=now + PENDING_START_WINDOW), viewer)
-        others = all_of(live_pending_starts(now),
-                        NotSub("id", PendingStart.kind, Eq("id", pending.id)))
+        superseded = await self._superseded(station, tag, connector_id, now)
+        others = all_of(live_pending_starts(now), NotSub("id", PendingStart.kind, In(
+            "id", (pending.id, *(p.id for p in superseded)))))
         guards = [Guard(PendingStart, all_of(others, Eq("id_tag", tag)), exists=False)]
         if connector_id:
             guards.append(Guard(PendingStart, all_of(
@@ -798,7 +839,9 @@ class CommandService(Service):
                 exists=False))
         try:
             # Unaudited: the command's own entries (SENT, ANSWERED) say what was asked.
-            await self.commit(viewer, [], unaudited=[Insert(pending)], guards=guards)
+            await self.commit(viewer, [], unaudited=[
+                Insert(pending), *(settle(p, viewer, now) for p in superseded)],
+                guards=guards)
         except Conflict:
             # Another start won: refused as that one's (or, if it is gone already, as
             # a clash to try again).
@@ -811,6 +854,21 @@ class CommandService(Service):
             await self.commit(viewer, [], unaudited=[Delete(pending)])
             raise
         return pending
+
+    async def _superseded(self, station: Station, tag: str, connector_id: int | None,
+                          now: datetime) -> list[PendingStart]:
+        """The live starts a new one with card ``tag`` on ``station``'s ``connector_id``
+        supersedes: with that card, or on that named connector, and holding nothing
+        any more (sent before their charger's last boot)."""
+        found = await self.store.find_all(PendingStart, all_of(
+            Eq("id_tag", tag), live_pending_starts(now)), limit=MAX_CONNECTOR_ID)
+        if connector_id:
+            found += await self.store.find_all(PendingStart, all_of(
+                Eq("station_id", station.id), Eq("connector_id", connector_id),
+                live_pending_starts(now)), limit=MAX_CONNECTOR_ID)
+        unique = list({p.id: p for p in found}.values())
+        kept = {p.id for p in await self._holding(unique)}
+        return [p for p in unique if p.id not in kept]
 
     async def forget_pending_starts(self, limit: int = 500) -> int:
         """Deletes pending starts past their window (they hold nothing: every check

@@ -172,7 +172,7 @@ class FleetService(Service):
         """Every invalid field is reported at once (with the caller's ``checks``), before
         the owner is looked up. ``retried``, as ``issue_id_tag``: an owner erased between
         the read and the write fails the guard, and the next read refuses them on
-        ``ownerId`` (QA s26: the caller was told CHANGED on an ``id`` the input has not)."""
+        ``ownerId`` (QA s25: the caller was told CHANGED on an ``id`` the input has not)."""
         checks = checks or v.Checks()
         plate = checks(v.license_plate, license_plate)
         make = checks(v.optional_text, make, "make")

@@ -27,13 +27,14 @@ POINT_STATUSES = POINT_DOWN | {ConnectorStatus.AVAILABLE}
 #: A connector occupied but not charging because the car is done: SuspendedEV (the car
 #: stopped taking energy) and Finishing (stopped, not yet unplugged; counted only while
 #: the transaction is open, as the span of a session bounds it). SuspendedEVSE is the
-#: charger or its operator throttling, never the driver's doing, so never billed.
+#: charger or its operator throttling, never the driver's doing, so never billed. Only
+#: once the car has charged in the session (``idle_within``).
 IDLE_STATUSES = (ConnectorStatus.SUSPENDED_EV, ConnectorStatus.FINISHING)
 #: A connector's statuses while a transaction runs on it (OCPP 1.6, 4.9): its
 #: StopTransaction ends them (``finishing``).
 IN_TRANSACTION = (ConnectorStatus.CHARGING, ConnectorStatus.SUSPENDED_EV,
                   ConnectorStatus.SUSPENDED_EVSE)
-#: Idle stretches read per cpId for one batch of sessions (``idle_times``); a session
+#: Idle (and charging) stretches read per cpId for one batch of sessions (``idle_times``); a session
 #: with more status changes than that is billed for the idle time of those read (fewer,
 #: never more).
 IDLE_STRETCHES_PER_BATCH = 1000
@@ -281,13 +282,23 @@ def idle_within(intervals: Iterable[ConnectorInterval], start: datetime, end: da
                 ) -> timedelta:
     """How long, within ``start`` .. ``end``, the intervals spent idle: an idle status
     while the station was online (offline, its state is only the last one reported: no
-    one can tell the car sat there). An open interval lasts until ``end``."""
+    one can tell the car sat there), from the connector's first Charging within the
+    span on. A car that has taken no energy yet is not done: SuspendedEV is also a car
+    waiting for its departure timer (the cheap night hours a tariff's bands offer), and
+    it was billed idle from the plug-in (QA s25: 5 minutes waiting, 8.00 billed for 3
+    idle minutes at 1.00). An open interval lasts until ``end``."""
+    within = list(intervals)
+    charged = min((max(i.start, start) for i in within
+                   if i.status is ConnectorStatus.CHARGING and i.start < end
+                   and (i.end is None or i.end > start)), default=None)
+    if charged is None:
+        return timedelta(0)  # never charged in the span: nothing it was done with
     total = timedelta(0)
-    for interval in intervals:
+    for interval in within:
         if interval.status not in IDLE_STATUSES or not interval.online:
             continue
         stop = end if interval.end is None else min(interval.end, end)
-        total += max(stop - max(interval.start, start), timedelta(0))
+        total += max(stop - max(interval.start, charged), timedelta(0))
     return total
 
 
@@ -302,7 +313,9 @@ async def idle_times(store: Store, spans: Sequence[IdleSpan]) -> list[timedelta]
         Eq("cp_id", span.cp_id), Eq("connector_id", span.connector_id),
         any_of(Eq("end", None), Range("end", gt=span.start)),
         Range("start", lt=span.end), Eq("station_id", span.station_id),
-        In("status", IDLE_STATUSES), Eq("online", True)) for span in dict.fromkeys(spans)))
+        # Idle online, and when it charged (offline too: it charged all the same).
+        any_of(all_of(In("status", IDLE_STATUSES), Eq("online", True)),
+               Eq("status", ConnectorStatus.CHARGING))) for span in dict.fromkeys(spans)))
     found = await store.find_grouped(ConnectorInterval, "cp_id", list({s.cp_id for s in spans}),
                                      where, (Sort("start"),), IDLE_STRETCHES_PER_BATCH)
     return [idle_within((i for i in found.get(span.cp_id, [])

@@ -7,14 +7,24 @@ refused. ``ChargingService`` settles it (``settled_at``) when its StartTransacti
 taking its car for the session, or when the charger reports its connector given up
 (``GIVEN_UP``). ``CommandService.forget_pending_starts`` deletes it once its window has
 passed. Both judge "live" by these rules.
+
+A start sent before its charger's last boot (``Station.booted_at``: a boot that answered
+no TriggerMessage of ours) is still live, but no longer holds its card and plug
+(``holds``): a reboot forgets a start the charger held (QA s25: held for its whole
+window, the driver the Reset was for could not start again), but some chargers send a
+BootNotification at every reconnect without restarting, and still carry the start out
+(review s25: settled at the boot, its StartTransaction then lost the car the driver
+chose). So its StartTransaction, if it comes, still matches it and takes its car; and a
+new remote start with its card or on its plug is sent, and settles it as superseded
+(``CommandService._hold_start``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 
-from domain.entities import ConnectorStatus, PendingStart
+from domain.entities import ConnectorStatus, PendingStart, Station
 from domain.policy import Viewer
 from domain.ports import Update
 from domain.query import Eq, Filter, Range, all_of
@@ -39,10 +49,25 @@ GIVEN_UP = frozenset({ConnectorStatus.AVAILABLE})
 
 
 def live_pending_starts(now: datetime) -> Filter:
-    """Pending starts that hold their card and plug at ``now``: not settled (started,
-    or refused by the charger) and within their window. An expired one is ignored by
+    """Pending starts live at ``now``: not settled (started, or refused by the charger)
+    and within their window; a StartTransaction may still carry them out, and those
+    ``holds`` allows hold their card and plug. An expired one is ignored by
     every check before the sweep (``CommandService.forget_pending_starts``) deletes it."""
     return all_of(Range("expires_at", gt=now), Eq("settled_at", None))
+
+
+def holds(pending: PendingStart, station: Station | None) -> bool:
+    """Whether live ``pending`` holds its card and plug: not when it was sent before its
+    ``station``'s last boot (see the module); a station gone holds nothing either."""
+    return station is not None and (
+        station.booted_at is None or pending.created_at >= station.booted_at)
+
+
+def holding(pending: Sequence[PendingStart], stations: Mapping[str, Station | None]
+            ) -> list[PendingStart]:
+    """Of live ``pending``, those that hold their card and plug (``holds``), by their
+    stations (``stations``: by id)."""
+    return [p for p in pending if holds(p, stations.get(p.station_id))]
 
 
 def settle(pending: PendingStart, actor: Viewer, now: datetime) -> Update:

@@ -13,6 +13,7 @@ from domain.entities import (
     Company,
     Connector,
     ConnectorInterval,
+    ConnectorStatus,
     ConnectorType,
     Registration,
     Reservation,
@@ -24,7 +25,13 @@ from domain.entities import (
     User,
 )
 from domain.errors import Conflict, Forbidden, UniqueViolation, ValidationError
-from domain.events import StationChanged, StationConnectionChanged, StationRemoved
+from domain.events import (
+    ConnectorStatusChanged,
+    StationChanged,
+    StationConnectionChanged,
+    StationRemoved,
+    StationSightChanged,
+)
 from domain.policy import Viewer
 from domain.ports import Change, Delete, Guard, Insert, Store
 from domain.query import Eq, Filter, In, all_of
@@ -308,6 +315,7 @@ class StationService(Service):
         station, updated = await retried(
             lambda: self._edit_station(viewer, station_id, given))
         await self._changed(updated)
+        await self._announce_sight(station, updated)
         if updated.registration is Registration.ACCEPTED \
                 and station.registration is not Registration.ACCEPTED:
             self._nudge(updated)
@@ -333,15 +341,18 @@ class StationService(Service):
             if company_id is not None:
                 await self.visible(viewer, Company, company_id, field="companyId")
         guards = []
-        if given["registration"] not in (UNSET, Registration.ACCEPTED):
-            # Its charger learns a registration at its next boot: until then it charges
-            # on, and its StopTransaction and meter values would be refused (SecurityError,
-            # ``domain.registration``), then dropped by the charger after its retries: the
-            # session never closed, its energy never billed (QA s25). Stopped (or ended)
-            # first, as for a removal; guarded, for a start landing meanwhile.
-            charging = Eq("station_id", station.id)
-            await self._refuse_if_charging(charging, field="registration")
-            guards.append(not_charging(charging))
+        # Made Pending or Rejected mid-session, the station's session runs on: its charger
+        # learns the registration at its next boot, and what it reports is judged by the
+        # one it was told (``Station.charger_registration``, ``domain.registration``).
+        # Refusing the change while a session was active (QA s25) held only if the start
+        # was written first: one admitted on a cached Accepted copy (up to
+        # ``CACHE_TTL_S`` on another instance) and written after it was left unstoppable
+        # (review s25). A charger not booted since that was kept acts on the
+        # registration changed from.
+        told: Any = UNSET
+        if given["registration"] not in (UNSET, station.registration) \
+                and station.charger_registration is None:
+            told = station.registration
         if owner_id not in (UNSET, None):
             owner = await self.visible(viewer, User, owner_id, field="ownerId")
             if viewer.is_operator and owner.company_id != viewer.company_id:
@@ -356,6 +367,7 @@ class StationService(Service):
             station,
             viewer,
             **given,
+            charger_registration=told,
             # A station joins only its own company's site: handed to another company,
             # it leaves the old company's site (whose limit it charged under).
             site_id=None if company_id not in (UNSET, station.company_id) else UNSET,
@@ -420,7 +432,12 @@ class StationService(Service):
         changes: list[tuple[Change, Any]] = [(Delete(c), c) for c in connectors]
         cancelled = await self._cancel_reservations(viewer, Eq("station_id", station.id),
                                                     changes)
-        changes.append((Delete(station), station))
+        # Only as it was read: whether it is announced offline is decided from the
+        # station as deleted (``_hang_up_charger``). Its charger connecting during the
+        # cancels' round trips (up to 30 s each) was announced online, then hung up on
+        # with no disconnect recorded or announced (review s25): the write fails, and
+        # runs again on the station online.
+        changes.append((Delete(station, only_if=("online", station.online)), station))
         history = await self._end_state_history(
             viewer, all_of(Eq("cp_id", station.cp_id), Eq("station_id", station.id)))
         # Unaudited as it was written: control state, each command audited as itself.
@@ -476,6 +493,22 @@ class StationService(Service):
         if station is not None:
             await self.publish(StationChanged(**owned_by(station)))
 
+    async def _announce_sight(self, before: Station, after: Station) -> None:
+        """When an edit changed who may see the station (its company, its owner, its
+        registration on or off the map), live maps hear of it (``StationSightChanged``):
+        those who lost sight of it are told it offline, those who gained it its
+        connection. Without it the old company's map went on showing a station handed
+        away, online with its plugs available now, and every driver's map a station no
+        longer accepted, until they queried again (QA s25)."""
+        was, now = owned_by(before), owned_by(after)
+        if all(was[key] == now[key] for key in ("company_id", "owner_id", "on_map")):
+            return
+        for joined in (False, True):
+            await self.publish(StationSightChanged(
+                **now, joined=joined, online=after.online and joined, at=self.now(),
+                was_company_id=was["company_id"], was_owner_id=was["owner_id"],
+                was_on_map=was["on_map"]))
+
     async def _connector_changed(self, connector: Connector) -> None:
         """``_changed`` for an edit of a connector (its rating is cached with the
         station)."""
@@ -488,7 +521,9 @@ class StationService(Service):
         A charger that was online is announced offline: its close finds no station to
         record or announce a disconnect for, and a live map (README: subscribe, query,
         apply the events) went on showing the removed station online, its plugs
-        available now, until it queried again (QA s25)."""
+        available now, until it queried again (QA s25). ``station`` is as deleted (the
+        delete is guarded on its ``online``, ``_remove_station``): not as read before
+        the cancels' round trips (review s25)."""
         if station.online:
             await self.publish(StationConnectionChanged(
                 **owned_by(station), online=False, at=self.now(),
@@ -505,12 +540,12 @@ class StationService(Service):
                 for interval in await self.store.find_all(
                     ConnectorInterval, all_of(where, Eq("end", None)), limit=1000)]
 
-    async def _refuse_if_charging(self, where: Any, field: str = "id") -> None:
+    async def _refuse_if_charging(self, where: Any) -> None:
         active = await self.store.find_one(
             Session, all_of(where, Eq("state", SessionState.ACTIVE))
         )
         if active is not None:
-            raise Conflict("a charging session is active", field=field, code="IN_USE")
+            raise Conflict("a charging session is active", field="id", code="IN_USE")
 
     # ---------------------------------------------------------------- connectors
     async def add_connector(self, viewer: Viewer, station_id: str, spec: ConnectorSpec,
@@ -568,7 +603,20 @@ class StationService(Service):
         if cancelled:
             await self._announce(cancelled, station)
         await self._changed(station)
+        if station is not None:
+            await self._announce_gone(station, connector)
         return connector
+
+    async def _announce_gone(self, station: Station, connector: Connector) -> None:
+        """A plug removed is announced UNAVAILABLE (and not free) to the live map, its
+        record gone (the event's ``connector`` reads null), as a removed station is
+        announced offline: told nothing, every driver's map kept offering it, AVAILABLE
+        and free, until it queried again (QA s25). Dated now: later than any state the
+        map holds for it."""
+        await self.publish(ConnectorStatusChanged(
+            **owned_by(station), at=self.now(), connector_record_id=connector.id,
+            connector_id=connector.connector_id,
+            status=ConnectorStatus.UNAVAILABLE.value, free=False))
 
     async def _remove_connector(self, viewer: Viewer, connector_id: str, asked: list[bool]
                                 ) -> tuple[Connector, list[Reservation]]:

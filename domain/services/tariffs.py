@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 from domain import validation as v
 from domain.clock import utcnow
@@ -23,9 +23,9 @@ from domain.entities import (
 )
 from domain.errors import Forbidden, ValidationError
 from domain.policy import Viewer
-from domain.ports import Insert, Store
+from domain.ports import Delete, Insert, Store
 from domain.query import Eq, Filter, Range, Sort, all_of
-from domain.services.base import UNSET, Service, stamp_new
+from domain.services.base import UNSET, Service, patch, stamp_new
 from domain.tariff_bands import BandInput, checked_bands
 
 #: How far before "now" an operator's validFrom may be (clocks of client and server).
@@ -128,12 +128,13 @@ async def _pick(store: Store, field: str, key: Any, at: datetime, plug: Connecto
     most specific scope that has one (``scopes_for``): in each scope the first in that
     order from before ``at``, the one a query of those alone, limited to one, would find.
     When ``limit`` versions were read, a scope none of them has may have older ones: it
-    is looked up alone."""
+    is looked up alone. A scope whose latest version was removed by ``at``
+    (``Tariff.removed_by``) has none: the versions it replaced do not come back."""
     for scope in scopes_for(plug):
         hit = next((t for t in versions if t.valid_from <= at and _in_scope(t, scope)), None)
         if hit is None and len(versions) == limit:
             hit = await _latest(store, field, key, at, scope)  # older than those read
-        if hit is not None:
+        if hit is not None and not hit.removed_by(at):
             return hit
     return None
 
@@ -144,6 +145,23 @@ async def _latest(store: Store, field: str, key: Any, at: datetime, scope: Scope
                                                 _scope_filter(scope)),
                                  LATEST_VERSION_FIRST, limit=1)
     return found[0] if found else None
+
+
+def _scope_of(tariff: Tariff) -> Scope:
+    """The scope a version prices (``scopes_for``)."""
+    if tariff.connector_type is not None:
+        return ("connector_type", tariff.connector_type)
+    if tariff.power_type is not None:
+        return ("power_type", tariff.power_type)
+    return None
+
+
+def _known_currency(currency: str) -> str | None:
+    """``currency`` as stored when the tariffs take it, else None (its own field tells)."""
+    try:
+        return v.currency(currency)
+    except ValidationError:
+        return None
 
 
 def _one_owner(company_id: str | None, station_id: str | None) -> None:
@@ -196,39 +214,78 @@ class TariffService(Service):
         the station or company is looked up."""
         checks = checks or v.Checks()
         checks(_one_owner, company_id, station_id)
+        code = _known_currency(currency)  # prices are bounded in its minor units
         tariff = Tariff(
             company_id=company_id,
             station_id=station_id,
-            price_per_kwh=checks(v.money, price_per_kwh, "pricePerKwh"),
+            price_per_kwh=checks(v.price, price_per_kwh, "pricePerKwh", code),
             currency=checks(v.currency, currency),
-            price_per_minute=checks(v.money, price_per_minute, "pricePerMinute"),
-            session_fee=checks(v.money, session_fee, "sessionFee"),
+            price_per_minute=checks(v.price, price_per_minute, "pricePerMinute", code),
+            session_fee=checks(v.price, session_fee, "sessionFee", code),
             tax_rate=checks(v.rate, tax_rate, "taxRate"),
-            idle_price_per_minute=checks(v.money, idle_price_per_minute,
-                                         "idlePricePerMinute"),
+            idle_price_per_minute=checks(v.price, idle_price_per_minute,
+                                         "idlePricePerMinute", code),
             idle_grace_minutes=checks(v.whole, idle_grace_minutes, "idleGraceMinutes",
                                       max_value=MAX_IDLE_GRACE_MINUTES),
             idle_fee_cap=None if idle_fee_cap is None
-            else checks(v.money, idle_fee_cap, "idleFeeCap"),
+            else checks(v.price, idle_fee_cap, "idleFeeCap", code),
         )
         if valid_from is not None:
             tariff.valid_from = checks(_valid_from, valid_from, viewer) or tariff.valid_from
         tariff.energy_bands, tariff.time_zone = checks(checked_bands, energy_bands,
-                                                       time_zone) or ([], None)
+                                                       time_zone, currency=code) or ([], None)
         checks(_one_scope, connector_type, power_type)
         tariff.connector_type, tariff.power_type = connector_type, power_type
         checks.done()
-        if station_id is not None:
-            station = await self.visible(viewer, Station, station_id, field="stationId")
-            if not self.policy.may_manage_station(viewer, station):
-                raise Forbidden("you may not price this station", field="stationId")
-        else:
-            await self.visible(viewer, Company, company_id, field="companyId")
-            if not self.policy.may_manage_company(viewer, company_id):
-                raise Forbidden("you may not price this company", field="companyId")
+        await self._may_price(viewer, company_id, station_id)
         stamp_new(tariff, viewer)
         await self.commit(viewer, [(Insert(tariff), None)])
         return tariff
+
+    async def _may_price(self, viewer: Viewer, company_id: str | None,
+                         station_id: str | None, field: str | None = None) -> None:
+        """The station (or company) exists for the viewer, who may set its prices."""
+        if station_id is not None:
+            station = await self.visible(viewer, Station, station_id,
+                                         field=field or "stationId")
+            if not self.policy.may_manage_station(viewer, station):
+                raise Forbidden("you may not price this station", field=field or "stationId")
+        else:
+            await self.visible(viewer, Company, company_id, field=field or "companyId")
+            if not self.policy.may_manage_company(viewer, company_id):
+                raise Forbidden("you may not price this company", field=field or "companyId")
+
+    async def remove_tariff(self, viewer: Viewer, tariff_id: str) -> Tariff:
+        """Removes a price list version, for whoever may set it (``set_tariff``'s rule).
+        One not in force yet is deleted: the version before it goes on (a price change
+        called off). The one in force in its scope ends now (``Tariff.valid_until``):
+        sessions starting from then on are priced by the next scope of its owner's
+        (``scopes_for``: a plug standard's by its power type's, that by the all-plugs
+        one), and a station's, having none left, by its company's; sessions started
+        before keep it, and their receipts with it. Without a removal a station once
+        priced on its own could never go back to its company's prices, nor a company's
+        DC price list be given up. A version a later one replaced, or removed already,
+        prices no new session: ``INVALID_STATE``. Answers the version as it was (deleted)
+        or as it is now (ended)."""
+        tariff = await self.visible(viewer, Tariff, tariff_id)
+        await self._may_price(viewer, tariff.company_id, tariff.station_id, field="id")
+        now = self.now()
+        if tariff.valid_from > now:
+            # No session is priced by it: each is by the version in force when its start
+            # came (``Session.priced_at``), and none came after now.
+            await self.commit(viewer, [(Delete(tariff, only_if=("valid_from",
+                                                                tariff.valid_from)), tariff)])
+            return tariff
+        field, key = (("station_id", tariff.station_id) if tariff.station_id is not None
+                      else ("company_id", tariff.company_id))
+        latest = await _latest(self.store, field, key, now, _scope_of(tariff))
+        if tariff.removed_by(now) or latest is None or latest.id != tariff.id:
+            raise ValidationError("it prices no new session already (removed, or replaced "
+                                  "by a later version)", field="id", code="INVALID_STATE")
+        ended = patch(tariff, viewer, only_if=("valid_until", None), required=True,
+                      valid_until=now)
+        await self.commit(viewer, [(ended, tariff)])
+        return cast(Tariff, ended.record)
 
     async def tariff_at(self, station: Station, at: datetime, company_id: Any = UNSET,
                         connector_type: ConnectorType | None = None) -> Tariff | None:

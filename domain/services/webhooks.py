@@ -16,18 +16,27 @@ retries); this is the rules it follows.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import logging
 import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, cast
 from urllib.parse import urlsplit
 
 from domain import validation as v
-from domain.entities import User, Webhook, WebhookEvent
-from domain.errors import Conflict, DomainError, Forbidden, NotFound, ValidationError
+from domain.entities import DeliveryClaim, PendingDelivery, User, Webhook, WebhookEvent
+from domain.errors import (
+    Conflict,
+    DomainError,
+    Forbidden,
+    NotFound,
+    UniqueViolation,
+    ValidationError,
+)
 from domain.events import (
     CommandCompleted,
     ConnectorStatusChanged,
@@ -39,11 +48,14 @@ from domain.events import (
     SessionChanged,
     StationConnectionChanged,
 )
+from domain.ids import new_id
 from domain.policy import SYSTEM, Viewer
 from domain.ports import Delete, Insert, Update, WebhookAttempt, WebhookSender
-from domain.query import Eq, Sort, all_of
+from domain.query import ALL, Eq, NotSub, Range, Sort, all_of
 from domain.services.base import UNSET, Service, ServiceContext, changed, patch, stamp_new
 from domain.services.edits import edit, retried
+
+log = logging.getLogger("chargegraph.webhooks")
 
 MAX_URL = 2048
 MAX_DESCRIPTION = 200
@@ -57,6 +69,12 @@ DISABLE_AFTER_FAILURES = 10
 HEALTH_REFRESH = timedelta(minutes=1)
 #: How much of a receiver's error text is kept (it is shown to the owner).
 MAX_ERROR = 300
+#: Handed-over deliveries one write of a claim deletes (a claim takes all of its
+#: webhook's, in as many writes as it needs, under its ``DeliveryClaim``).
+CLAIM_BATCH = 1000
+#: A claim's lock older than this was left by an instance that died claiming: broken by
+#: the next claim (a live claim holds it for a few writes).
+CLAIM_STALE = timedelta(minutes=5)
 
 #: The health fields a delivery writes, without the update stamps: who last changed the
 #: webhook stays its owner (``updatedBy``), not the instance that delivered.
@@ -453,3 +471,80 @@ class WebhookService(Service):
                 and current.last_status == attempt.status
                 and current.last_success_at is not None
                 and attempt.at - current.last_success_at < HEALTH_REFRESH)
+
+    # ------------------------------------------------------------- handing over at a stop
+    async def hand_over(self, deliveries: Sequence[PendingDelivery]) -> None:
+        """Stores what a stopping instance still had to deliver, in one write, for the
+        next instance to claim (``claim_handed_over``)."""
+        if not deliveries:
+            return
+        now = self.now()
+        await self.store.write([Insert(stamp_new(d, SYSTEM, now)) for d in deliveries], [])
+
+    async def claim_handed_over(self, batch: int = CLAIM_BATCH
+                                ) -> list[PendingDelivery] | None:
+        """The handed-over deliveries of one webhook (the one whose is oldest, among
+        those no other instance is claiming), all of them, in order, now this
+        instance's alone; ``None`` when none are left to take now.
+
+        One webhook's together, by one instance: split between instances, they would be
+        posted side by side, out of order. So the claim first takes the webhook's
+        ``DeliveryClaim`` (one insert, which one instance wins, on either store), then
+        deletes its deliveries, ``batch`` to a write, each delete guarded (taken once),
+        and gives the lock back. Empty when another instance won the lock (look again:
+        that webhook is skipped while it holds it)."""
+        now = self.now()
+        await self._break_stale_claims(now)
+        order = (Sort("queued_at"), Sort("id"))
+        unclaimed = NotSub("webhook_id", DeliveryClaim.kind, ALL)
+        oldest = await self.store.find_all(PendingDelivery, unclaimed, order, limit=1)
+        if not oldest:
+            return None
+        lock = stamp_new(DeliveryClaim(id=oldest[0].webhook_id, claimant=new_id(),
+                                       claimed_at=now), SYSTEM, now)
+        try:
+            await self.store.write([Insert(lock)], [])
+        except UniqueViolation:
+            return []  # another instance is taking this webhook's
+        taken: list[PendingDelivery] = []
+        try:
+            mine = Eq("webhook_id", lock.id)
+            while found := await self.store.find_all(PendingDelivery, mine, order,
+                                                     limit=batch):
+                try:
+                    await self.store.write([_taken(d) for d in found], [])
+                except (Conflict, NotFound):
+                    break  # deleted meanwhile (its webhook removed): the rest stays
+                except Exception:
+                    if not taken:
+                        raise
+                    # What was deleted already is this instance's to deliver: the rest
+                    # stays for a later claim.
+                    log.exception("claiming webhook %s's handed-over deliveries failed "
+                                  "after %d of them", lock.id, len(taken))
+                    break
+                taken += found
+        finally:
+            try:
+                await self.store.write([Delete(lock, only_if=("claimant", lock.claimant))],
+                                       [])
+            except Exception:  # left for CLAIM_STALE; what was taken is still returned
+                log.warning("releasing the claim of webhook %s's handed-over deliveries "
+                            "failed; it lapses within %s", lock.id, CLAIM_STALE,
+                            exc_info=True)
+        return taken
+
+    async def _break_stale_claims(self, now: datetime) -> None:
+        """Deletes the locks of claims older than ``CLAIM_STALE`` (their instance died
+        claiming), each only while it is still that claim's."""
+        for stale in await self.store.find_all(
+                DeliveryClaim, Range("claimed_at", lt=now - CLAIM_STALE), limit=100):
+            with contextlib.suppress(Conflict, NotFound):
+                await self.store.write(
+                    [Delete(stale, only_if=("claimant", stale.claimant))], [])
+
+
+def _taken(delivery: PendingDelivery) -> Delete:
+    """The claim of ``delivery``: its deletion, only while it is still there (the guard
+    fails the write, ``Conflict``, once another instance deleted it)."""
+    return Delete(delivery, only_if=("delivery_id", delivery.delivery_id))

@@ -119,6 +119,11 @@ INDEXES: dict[str, list[list[tuple[str, int]]]] = {
     # station's open ones (each connection of a charger looks).
     "offline_notice": [[("state", ASCENDING), ("offline_at", ASCENDING)],
                        [("station_id", ASCENDING), ("state", ASCENDING)]],
+    # Webhook deliveries handed over at a graceful stop: the oldest, then all of its
+    # webhook's, in order (one instance claims a webhook's together).
+    "pending_delivery": [[("queued_at", ASCENDING), ("_id", ASCENDING)],
+                         [("webhook_id", ASCENDING), ("queued_at", ASCENDING),
+                          ("_id", ASCENDING)]],
     # A user's expired refresh tokens and families, deleted at their next sign-in (the
     # token's hash has its unique index from ``UNIQUE_RULES``).
     "refresh_family": [[("user_id", ASCENDING), ("expires_at", ASCENDING)]],

@@ -1,6 +1,6 @@
 """Data changes the MongoDB store makes when the model changes (SQLite makes the same in its
 schema migrations, ``store/sqlite/migrations.py``: versions 7, 8, 10, 14, 16, 18, 23,
-24, 26, 27, 29, 32, 34, 37, 40, 41, 42, 47, 55 and 67).
+24, 26, 27, 29, 32, 34, 37, 40, 41, 42, 47, 55 and 61).
 
 MongoDB has no schema to migrate, only documents written under older rules. Each step
 here runs at every start (or until one start recorded it done: ``_once``), is
@@ -78,7 +78,7 @@ async def _plate_keys(db: Any) -> None:
 async def _plate_forms(db: Any) -> None:
     """Plates are kept and compared in their compatibility form (``validation.
     plate_shown``, NFKC: full-width "ＢＭＩ２０２４" is "BMI2024"), as SQLite's migration
-    67 makes them: cars from before take that form and its key, with their folded
+    61 makes them: cars from before take that form and its key, with their folded
     copies. A car whose owner keeps another with that key (the unique index refuses it)
     keeps its plate as stored, logged for the owner to remove one of the two, as
     there. Idempotent: a plate in that form already is left alone."""

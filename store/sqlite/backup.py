@@ -19,9 +19,12 @@ import os
 import sqlite3
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
+
+from store.sqlite.migrations import MIGRATIONS
 
 #: How long the copy waits for a lock (a recovery or an exclusive lock elsewhere): the
 #: service's own busy timeout.
@@ -40,6 +43,16 @@ SIDE_FILES = ("-wal", "-shm", "-journal")
 #: is more than any network starts between two backups; OCPP's ids are 32-bit, so two
 #: thousand restores fit.
 RESTORE_GAP = 1_000_000
+
+#: Every number the store draws (``Store.next_sequence``), with the column that holds
+#: those drawn, if any. A restore moves each ahead, also one the backup holds no counter
+#: of yet (ops QA s25: drawn first after the backup, such as a network's first
+#: reservation, it started again from 1 after the restore, while chargers held it).
+SEQUENCES: dict[str, tuple[str, str] | None] = {
+    "transaction": ("session", "transaction_id"),
+    "reservation": ("reservation", "reservation_id"),
+    "connection": None,
+}
 
 
 class BackupError(Exception):
@@ -173,8 +186,10 @@ def restore(backup_file: str | Path, database: str | Path) -> RestoreReport:
     """Puts the backup ``backup_file`` in place of ``database``: checked, its sequences
     moved ``RESTORE_GAP`` ahead, the database's stale WAL and shared-memory files removed
     (replayed into the restored file they would corrupt it), then renamed into place.
-    Refused while an instance of the service holds a lease on ``database`` (it runs:
-    stop every instance first). The file replaced is gone: back it up first if unsure."""
+    Refused while an instance of the service holds a lease on ``database`` or another
+    process has it open (it runs: stop every instance first), and for a backup of a
+    schema newer than this build's, which it could not start on. The file replaced is
+    gone: back it up first if unsure."""
     backup_file, database = Path(backup_file), Path(database)
     if not backup_file.is_file():
         raise BackupError(f"there is no backup at {backup_file}")
@@ -190,8 +205,13 @@ def restore(backup_file: str | Path, database: str | Path) -> RestoreReport:
     try:
         _copy(backup_file, temporary)
         version = _checked_version(backup_file, temporary)
-        sequences = _moved_sequences(temporary)
+        _refuse_newer(version)
+        sequences = _moved_sequences(temporary, _drawn(database))
         _sync(temporary)
+        if database.exists():
+            # Last, just before the file is replaced: an instance serving GraphQL only
+            # holds no lease (ops QA s25: the restore went ahead under it).
+            refuse_open(database, "restore")
         for suffix in ("-wal", "-shm"):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(f"{database}{suffix}")
@@ -223,16 +243,76 @@ def refuse_running(database: Path, then: str) -> None:
                           f"live): stop every instance, then {then}")
 
 
-def _moved_sequences(temporary: str) -> dict[str, int]:
-    """Moves every sequence of the copy ``RESTORE_GAP`` ahead, the transactions' also
-    past the highest transaction id it holds; returns each one's next number."""
+def _refuse_newer(version: int) -> None:
+    """A backup a newer ChargeGraph migrated would replace the database with one this
+    build refuses to start on (ops QA s25: both were then lost to it)."""
+    known = MIGRATIONS[-1][0]
+    if version > known:
+        raise BackupError(f"the backup has schema version {version}, written by a newer "
+                          f"ChargeGraph (this one knows up to {known}): restore it with "
+                          "that version")
+
+
+def refuse_open(database: Path, then: str) -> None:
+    """Refuses a SQLite database another process has open: a process that holds no lease
+    (an instance serving GraphQL only, a demo still seeding) would go on with the file
+    replaced or removed under it. Leaving WAL mode needs the only connection; out of
+    WAL mode is harmless here (the service's start sets it again)."""
+    if not _sqlite_file(database):
+        return  # not a database (or none): nothing has it open as one
+    try:
+        with contextlib.closing(sqlite3.connect(database, timeout=0)) as conn:
+            mode = conn.execute("PRAGMA journal_mode=DELETE").fetchone()
+    except sqlite3.OperationalError as error:
+        if getattr(error, "sqlite_errorcode", None) not in (sqlite3.SQLITE_BUSY,
+                                                            sqlite3.SQLITE_LOCKED):
+            return  # not readable as a database (corrupt: what a restore is for)
+        mode = None  # locked by a writer
+    except sqlite3.DatabaseError:
+        return  # corrupt ("file is not a database"): what a restore is for
+    if not mode or str(mode[0]).lower() != "delete":
+        raise BackupError(f"{database} is open in another process (an instance serving "
+                          f"GraphQL only, a demo still seeding?): stop it, then {then}")
+
+
+def _sqlite_file(path: Path) -> bool:
+    """Whether ``path`` is a SQLite database file: only such is opened to check whether it
+    is in use (SQLite discards the side files of anything else it opens)."""
+    try:
+        with path.open("rb") as file:
+            return file.read(16) == b"SQLite format 3\x00"
+    except OSError:
+        return False
+
+
+def _drawn(database: Path) -> dict[str, int]:
+    """The numbers the database being replaced has drawn, by sequence: past the backup's
+    when it was restored from it before (ops QA s25: a second restore of one backup gave
+    again the ids drawn since the first). Nothing when it cannot be read (corrupt)."""
+    uri = f"file:{quote(str(database.resolve()))}?mode=ro"
+    try:
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as current:
+            current.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            rows = current.execute('SELECT "name", "value" FROM "sequence"').fetchall()
+    except sqlite3.Error:
+        return {}  # none yet, not a ChargeGraph database, or unreadable
+    return {str(name): int(value) for name, value in rows}
+
+
+def _moved_sequences(temporary: str, drawn: Mapping[str, int]) -> dict[str, int]:
+    """Moves every sequence of the copy ``RESTORE_GAP`` ahead, each also past the
+    highest number of it the copy holds and past what the replaced database ``drawn``,
+    and those it has no counter of yet from 0; returns each one's next number."""
     with contextlib.closing(sqlite3.connect(temporary)) as copy:
         with copy:
             copy.execute('UPDATE "sequence" SET "value" = "value" + ?', (RESTORE_GAP,))
-            copy.execute(
-                'INSERT INTO "sequence" ("name", "value") VALUES (\'transaction\', '
-                '(SELECT COALESCE(MAX("transaction_id"), 0) FROM "session") + ?) '
-                'ON CONFLICT ("name") DO UPDATE SET "value" = MAX("value", '
-                '"excluded"."value")', (RESTORE_GAP,))
+            for name in {**dict.fromkeys(SEQUENCES), **dict.fromkeys(drawn)}:
+                held = SEQUENCES.get(name)
+                highest = "0" if held is None else \
+                    f'(SELECT COALESCE(MAX("{held[1]}"), 0) FROM "{held[0]}")'
+                copy.execute(
+                    f'INSERT INTO "sequence" ("name", "value") VALUES (?, MAX({highest}, ?) '
+                    '+ ?) ON CONFLICT ("name") DO UPDATE SET "value" = MAX("value", '
+                    '"excluded"."value")', (name, drawn.get(name, 0), RESTORE_GAP))
         rows = copy.execute('SELECT "name", "value" FROM "sequence"').fetchall()
     return {str(name): int(value) + 1 for name, value in rows}

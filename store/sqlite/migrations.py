@@ -1206,13 +1206,70 @@ WHERE "action" = 'COMMAND';
 CREATE INDEX "audit_entry_entity_command_at_idx" ON "audit_entry" ("entity_id", "command", "at");
 """
 
-# Version 67: a plate is kept and compared in its compatibility form (NFKC,
-# ``validation.plate_shown``: QA s26, a full-width "ＢＭＩ２０２４" typed with a phone's
+# Version 57: webhook deliveries handed over at a graceful stop (``PendingDelivery``):
+# what an instance still had queued or waiting for a retry, with its body, delivery id,
+# tries made and next try's time, for the next instance to claim (a guarded delete) and
+# resume in order. Read oldest first (``queued_at``, ``id``), and a webhook's together,
+# in that order.
+_V57 = """
+CREATE TABLE "pending_delivery" (
+    "id" TEXT PRIMARY KEY NOT NULL,
+    "created_at" INTEGER NOT NULL,
+    "updated_at" INTEGER NOT NULL,
+    "created_by" TEXT NOT NULL,
+    "updated_by" TEXT NOT NULL,
+    "webhook_id" TEXT NOT NULL,
+    "delivery_id" TEXT NOT NULL,
+    "event_type" TEXT NOT NULL,
+    "body" TEXT NOT NULL,
+    "event" TEXT NOT NULL,
+    "tries_made" INTEGER NOT NULL,
+    "due_at" INTEGER NOT NULL,
+    "queued_at" INTEGER NOT NULL
+) STRICT;
+CREATE INDEX "pending_delivery_queued_at_idx" ON "pending_delivery" ("queued_at", "id");
+CREATE INDEX "pending_delivery_webhook_idx"
+    ON "pending_delivery" ("webhook_id", "queued_at", "id");
+"""
+
+# Version 58: a price list version's removal (``Tariff.valid_until``): from then on its
+# owner has no price list in its scope (a station back on its company's prices). Older
+# versions were never removed: null.
+_V58 = """
+ALTER TABLE "tariff" ADD COLUMN "valid_until" INTEGER;
+"""
+
+# Version 59: the lock of a claim of one webhook's handed-over deliveries
+# (``DeliveryClaim``): its id is the webhook's, so a second claim's insert fails on the
+# primary key while the first deletes the webhook's ``pending_delivery`` rows.
+_V59 = """
+CREATE TABLE "delivery_claim" (
+    "id" TEXT PRIMARY KEY NOT NULL,
+    "created_at" INTEGER NOT NULL,
+    "updated_at" INTEGER NOT NULL,
+    "created_by" TEXT NOT NULL,
+    "updated_by" TEXT NOT NULL,
+    "claimant" TEXT NOT NULL,
+    "claimed_at" INTEGER NOT NULL
+) STRICT;
+"""
+
+# Version 60: the registration a station's charger acts on (``Station.charger_registration``):
+# the answer to its last BootNotification, which it keeps until its next boot. A station
+# made Pending or Rejected mid-session had its charger's stop, meter values and reports
+# judged by a registration the charger had not been told (review s25). Older rows: null,
+# the station's registration.
+_V60 = """
+ALTER TABLE "station" ADD COLUMN "charger_registration" TEXT;
+"""
+
+# Version 61: a plate is kept and compared in its compatibility form (NFKC,
+# ``validation.plate_shown``: QA s25, a full-width "ＢＭＩ２０２４" typed with a phone's
 # keyboard was its owner's second car beside "BMI2024", and no search found it). Plates
 # stored before take that form and its key, unless the owner keeps another car with that
 # key (it would break the unique rule): such a plate stays as it is, logged, for its
 # owner to remove one of the two. Removed cars are under no rule and all take it.
-_V67 = """
+_V61 = """
 UPDATE "vehicle" SET "license_plate" = chargegraph_plate_shown("license_plate"),
     "plate_key" = chargegraph_plate_key("license_plate")
 WHERE "license_plate" IS NOT chargegraph_plate_shown("license_plate")
@@ -1246,7 +1303,11 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (54, _V54),
                                      (55, _V55),
                                      (56, _V56),
-                                     (67, _V67))
+                                     (57, _V57),
+                                     (58, _V58),
+                                     (59, _V59),
+                                     (60, _V60),
+                                     (61, _V61))
 
 
 def identity_left(company_id: str, name: str) -> None:
@@ -1260,7 +1321,7 @@ def identity_left(company_id: str, name: str) -> None:
 
 def plate_left(vehicle_id: str, plate: str) -> str:
     """A car migrated without its plate's compatibility form, its owner keeping another
-    car with that key (migration 67; MongoDB's ``migrations._plate_forms``): said in the
+    car with that key (migration 61; MongoDB's ``migrations._plate_forms``): said in the
     log, for the owner to remove one of the two. The plate it keeps, as it is."""
     log.warning("vehicle %s (%r) is another car of its owner typed otherwise: it keeps "
                 "its plate as stored; remove one of the two (removeVehicle)",

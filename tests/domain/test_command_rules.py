@@ -113,3 +113,17 @@ def test_a_firmware_retrieve_date_is_at_most_a_year_ahead() -> None:
         with pytest.raises(ValidationError) as info:
             check("UpdateFirmware", {**firmware, "retrieveDate": wrong})
         assert (info.value.field, info.value.code) == ("retrieveDate", "OUT_OF_RANGE")
+
+
+def test_a_password_holding_a_hash_slash_or_question_mark_is_not_audited() -> None:
+    """getDiagnostics/updateFirmware accept (``command_rules._url``: a scheme and a
+    netloc) an FTP URL whose password holds ``#``, ``/`` or ``?`` unencoded, as users
+    type them: everything up to the ``@`` before the host is hidden, not only up to the
+    first of them (review s25), and the host and path are kept."""
+    from domain.command_rules import RULES
+    from domain.services.commands import masked
+    for url in ("ftp://diag:p#ss@files.example.com/up", "ftp://diag:12/34@files.example.com/up",
+                "ftp://diag:secret?x@files.example.com/up"):
+        RULES["location"](url, "location")  # accepted
+        shown = masked("GetDiagnostics", {"location": url})["location"]
+        assert shown == "ftp://[hidden]@files.example.com/up", (url, shown)

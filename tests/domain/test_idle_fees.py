@@ -51,8 +51,26 @@ def test_idle_is_suspended_ev_and_finishing_online_within_the_session() -> None:
     # Finishing after the transaction ended (the stop came at 75) is not the session's.
     assert idle_within(history, START, START + timedelta(minutes=75)) == timedelta(minutes=35)
     # Idle before the session started is not its either.
-    assert idle_within(history, START + timedelta(minutes=35),
-                       START + timedelta(minutes=60)) == timedelta(minutes=15)
+    assert idle_within(history, START + timedelta(minutes=15),
+                       START + timedelta(minutes=60)) == timedelta(minutes=20)
+
+
+def test_a_car_that_has_not_charged_yet_is_not_idle() -> None:
+    """QA s25: a car plugged in at 22:00 waits for its departure timer (SuspendedEV: the
+    charger offers energy, the car takes none), charges from 22:30, is full at 23:10 and
+    unplugged at 23:20. It was done for 10 minutes, and was billed idle for 40. A
+    session that never charged was never done."""
+    history = [
+        _interval(d.ConnectorStatus.SUSPENDED_EV, 0, 30),
+        _interval(d.ConnectorStatus.CHARGING, 30, 70),
+        _interval(d.ConnectorStatus.SUSPENDED_EV, 70, None),
+    ]
+    end = START + timedelta(minutes=80)
+    assert idle_within(history, START, end) == timedelta(minutes=10)
+    assert idle_within(history[:1], START, START + timedelta(minutes=30)) == timedelta(0)
+    # A car charging already when the session's start was stamped counts from the start.
+    assert idle_within(history[1:], START + timedelta(minutes=40), end) == timedelta(
+        minutes=10)
 
 
 def test_idle_fee_after_the_grace_and_up_to_the_cap() -> None:

@@ -110,7 +110,7 @@ async def test_an_outdated_hash_is_upgraded_at_sign_in(store: SqliteStore) -> No
 
 async def test_an_upgrade_at_sign_in_is_no_change_of_the_account(store: SqliteStore
                                                                    ) -> None:
-    """QA s26: the rehash was audited as the person's own UPDATE with
+    """QA s25: the rehash was audited as the person's own UPDATE with
     ``password_changed: true`` (the marker of a new password), so every sign-in after a
     hasher upgrade wrote a password change that never happened into the log their
     operators and admins read, and moved the account's ``updatedAt``/``updatedBy``. The

@@ -275,3 +275,24 @@ def test_a_heartbeat_interval_is_read_from_its_digits_however_many() -> None:
         with pytest.raises(ValidationError) as caught:
             v.heartbeat_interval(text, "value")
         assert caught.value.code == code, text
+
+
+@pytest.mark.parametrize(("typed", "code"), [
+    ("¼¼¼", "TOO_SHORT"),          # three keystrokes ("1⁄41⁄41⁄4", 9 long, once normalized)
+    ("㍍" * 8, "TOO_WEAK"),         # one key pressed eight times ("メートル" x 8 normalized)
+    ("\ufdfa", "TOO_SHORT"),        # a single character (18 once normalized)
+    ("\ufdfa" * 2, "TOO_SHORT"),
+], ids=["fractions", "one-key-repeated", "one-ligature", "two-ligatures"])
+def test_a_password_that_grows_only_when_normalized_is_judged_as_typed_too(
+        typed: str, code: str) -> None:
+    """Review s26: the rules saw only the NFKC form, so a password of one key, or one
+    key pressed three times, passed (its guess space is that of "aaaaaaaa"). Each rule
+    holds for the text typed and for its normalized form alike."""
+    assert len(v.password_form(typed)) >= v.MIN_PASSWORD
+    with pytest.raises(ValidationError) as refused:
+        v.password(typed)
+    assert (refused.value.field, refused.value.code) == ("password", code)
+    # Still refused for the normalized form alone (review s25), and fine when both hold.
+    with pytest.raises(ValidationError):
+        v.password("ｐａｓｓｗｏｒｄ")
+    assert v.password("Grüße aus Köln") == "Grüße aus Köln"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from ocpp.routing import on
@@ -13,8 +14,9 @@ from ocpp.v16.enums import Action
 
 from domain import entities as d
 from domain.policy import SYSTEM
-from domain.query import Eq
+from domain.query import Eq, all_of
 from domain.services.base import patch
+from graph.ids import to_global_id
 from ocpp_bridge.simulator import connected
 from tests.e2e.conftest import Running, running_service
 from tests.e2e.wsclient import GraphQLWS
@@ -243,3 +245,158 @@ async def test_the_public_map_hears_of_reservations_the_charger_does_not_report(
                                                             (2, "AVAILABLE", True)]
         finally:
             await anonymous.close()
+
+
+SIGHT = "subscription { stationConnectionChanged { cpId stationId online station { cpId } } }"
+EDIT = """mutation($input: UpdateStationInput!) { updateStation(input: $input) {
+  errors { field code } } }"""
+
+
+async def _connections(client: GraphQLWS, seconds: float = 0.5) -> list[dict[str, Any]]:
+    got = []
+    try:
+        while True:
+            got.append((await client.next(timeout=seconds))["payload"]["data"][
+                "stationConnectionChanged"])
+    except TimeoutError:
+        return got
+
+
+async def test_a_station_handed_to_another_company_leaves_the_old_map_for_the_new(
+        tmp_path: Path) -> None:
+    """QA s25: an operator's live map (subscribe, query, apply the events) went on
+    showing a station an admin handed to another company, online with its plugs
+    available now, for as long as it ran, and the new company's map never heard of it
+    until it queried again. Now those who lost sight of it are told it offline (its
+    `station` null, as a removed station's), those who gained it that it is online; to
+    whoever sees it before and after (an admin, a driver's public map) nothing
+    changed."""
+    async with running_service(tmp_path, public_map=True) as service:
+        names = ("op", "op_other", "admin", "driver")
+        clients = {name: await GraphQLWS.open(service.ws_url, await service.token(name))
+                   for name in names}
+        anonymous = await GraphQLWS.open(service.ws_url)
+        station = service.central.stations["CP-1"]
+        station_id = to_global_id("station", station.id)
+        try:
+            for client in (*clients.values(), anonymous):
+                await client.subscribe(SIGHT)
+            await service.until_subscribed(len(names) + 1)
+            async with connected(service.ocpp_url, "CP-1", password=STATION_PASSWORD):
+                for client in (*clients.values(), anonymous):
+                    await _connections(client, 0.3)  # its coming online
+                other = service.central.users["op_other"]
+                assert (await service.gql(EDIT, {"input": {
+                    "id": station_id,
+                    "companyId": to_global_id("company", other.company_id or ""),
+                    "ownerId": to_global_id("user", other.id)}},
+                    token=await service.token("admin")))["updateStation"]["errors"] == []
+                assert await _connections(clients["op"]) == [
+                    {"cpId": "CP-1", "stationId": station_id, "online": False,
+                     "station": None}]
+                assert await _connections(clients["op_other"]) == [
+                    {"cpId": "CP-1", "stationId": station_id, "online": True,
+                     "station": {"cpId": "CP-1"}}]
+                for unchanged in (clients["admin"], clients["driver"], anonymous):
+                    assert await _connections(unchanged, 0.2) == []
+        finally:
+            for client in (*clients.values(), anonymous):
+                await client.close()
+
+
+async def test_a_station_taken_off_the_map_leaves_the_public_map(tmp_path: Path) -> None:
+    """QA s25: a station set back to PENDING (or REJECTED) is no longer on the map, nor
+    available now, yet every driver's and signed-out live map went on showing it online
+    and its plugs free; accepted again, it came back to none of them. Its operators and
+    admins see it either way, and hear nothing of it."""
+    async with running_service(tmp_path, public_map=True) as service:
+        admin = await service.token("admin")
+        public = [await GraphQLWS.open(service.ws_url, await service.token("driver")),
+                  await GraphQLWS.open(service.ws_url)]
+        staff = [await GraphQLWS.open(service.ws_url, await service.token("op")),
+                 await GraphQLWS.open(service.ws_url, admin)]
+        station_id = to_global_id("station", service.central.stations["CP-1"].id)
+        try:
+            for client in (*public, *staff):
+                await client.subscribe(SIGHT)
+            await service.until_subscribed(4)
+            async with connected(service.ocpp_url, "CP-1", password=STATION_PASSWORD):
+                for client in (*public, *staff):
+                    await _connections(client, 0.3)
+                for registration, online, station in (
+                        ("PENDING", False, None), ("ACCEPTED", True, {"cpId": "CP-1"})):
+                    assert (await service.gql(EDIT, {"input": {
+                        "id": station_id, "registration": registration}}, token=admin)
+                    )["updateStation"]["errors"] == []
+                    for client in public:
+                        assert await _connections(client) == [
+                            {"cpId": "CP-1", "stationId": station_id, "online": online,
+                             "station": station}]
+                    for client in staff:
+                        assert await _connections(client, 0.2) == []
+        finally:
+            for client in (*public, *staff):
+                await client.close()
+
+
+async def test_a_plug_removed_leaves_the_live_map(tmp_path: Path) -> None:
+    """QA s25: a plug removed (`removeConnector`) was told to no live map: every driver's
+    kept it AVAILABLE and free, a plug to drive to that no longer exists, until the map
+    queried again. It is announced UNAVAILABLE and not free now, its `connector` null
+    from then on, as a removed station is announced offline."""
+    async with running_service(tmp_path, public_map=True) as service:
+        anonymous = await GraphQLWS.open(service.ws_url)
+        try:
+            await anonymous.subscribe("""subscription { connectorStatusChanged {
+                cpId connectorId status free connector { connectorId } } }""")
+            await service.until_subscribed(1)
+            async with connected(service.ocpp_url, "CP-1", password=STATION_PASSWORD) as cp:
+                for connector_id in (1, 2):
+                    await cp.status(connector_id, "Available")
+                assert await _events(anonymous) == [(1, "AVAILABLE", True),
+                                                    (2, "AVAILABLE", True)]
+                [plug] = await service.services.ctx.store.find_all(d.Connector, all_of(
+                    Eq("cp_id", "CP-1"), Eq("connector_id", 2)))
+                removed = (await service.gql(
+                    """mutation($input: RemoveConnectorInput!) { removeConnector(
+                    input: $input) { errors { code } } }""",
+                    {"input": {"id": to_global_id("connector", plug.id)}},
+                    token=await service.token("op")))["removeConnector"]
+                assert removed == {"errors": []}
+                event = (await anonymous.next())["payload"]["data"]["connectorStatusChanged"]
+                assert event == {"cpId": "CP-1", "connectorId": 2, "status": "UNAVAILABLE",
+                                 "free": False, "connector": None}
+                assert await _events(anonymous) == []  # and nothing of plug 1
+        finally:
+            await anonymous.close()
+
+
+async def test_what_follows_a_subscribe_on_its_socket_runs_once_it_is_registered(
+        service: Running) -> None:
+    """The live map's recipe (README): subscribe, then query. A subscribe is not
+    acknowledged, so a client cannot know when it is registered; what it sends next on
+    the same socket (a query, a mutation) runs only once it is, so nothing that
+    operation sees or does can be missed by the subscription. Not so for a request over
+    HTTP, which may run before the socket has even been acknowledged."""
+    op = await GraphQLWS.open(service.ws_url, await service.token("op"))
+    try:
+        async with connected(service.ocpp_url, "CP-1", password=STATION_PASSWORD,
+                             charge_point=ReservesWithoutSayingSo) as cp:
+            for connector_id in (1, 2):
+                await cp.status(connector_id, "Available")
+            expiry = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+            watching = await op.subscribe(MAP)
+            # At once, without waiting for the server to register the subscription.
+            reserving = await op.subscribe(RESERVE, {"input": {
+                "cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OTHER",
+                "expiryDate": expiry}})
+            got: dict[str, list[Any]] = {watching: [], reserving: []}
+            while not got[watching] or not got[reserving]:
+                message = await op.next()
+                if message["type"] == "next":
+                    got[message["id"]].append(message["payload"]["data"])
+            assert got[reserving][0]["reserveNow"]["errors"] == []
+            assert got[watching][0]["connectorStatusChanged"] == {
+                "cpId": "CP-1", "connectorId": 1, "status": "AVAILABLE", "free": False}
+    finally:
+        await op.close()

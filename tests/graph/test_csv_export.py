@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import MutableMapping
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -120,3 +120,20 @@ async def test_a_client_going_away_ends_the_export_as_aborted(
 def test_every_export_names_its_columns_once() -> None:
     for name, export in csv_export.EXPORTS.items():
         assert len(set(export.columns)) == len(export.columns), name
+
+
+def test_an_offsets_plus_left_unencoded_in_the_url_is_still_its_offset() -> None:
+    """Ops QA s25: ``?from=2024-05-01T02:00:00+02:00`` (curl, a browser's address bar)
+    arrives as ``…02:00:00 02:00``, a URL's ``+`` being a space: the export answered
+    400, "an ISO 8601 date-time with an offset", to someone who had given one."""
+    from starlette.datastructures import QueryParams
+
+    sessions = csv_export.EXPORTS["sessions"].params
+    for query in ("from=2024-05-01T02:00:00+02:00", "from=2024-05-01T02:00:00%2B02:00",
+                  "from=2024-05-01T02:00+0200", "from=2024-05-01T00:00:00Z"):
+        given = csv_export.Params(QueryParams(query), sessions).get("from")
+        assert given == datetime(2024, 5, 1, tzinfo=UTC), query
+    for query in ("from=2024-05-01T02:00:00 2", "from=2024-05-01T02:00:00 02:00 x"):
+        with pytest.raises(csv_export.DomainError) as refused:
+            csv_export.Params(QueryParams(query), sessions)
+        assert refused.value.code == "INVALID"

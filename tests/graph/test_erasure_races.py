@@ -355,7 +355,7 @@ async def test_no_car_or_card_is_given_to_an_erased_account(
 
 async def test_a_car_added_as_its_owner_is_erased_is_refused_on_its_owner(
         services: Services, world: World, monkeypatch: pytest.MonkeyPatch) -> None:
-    """QA s26: the new car has read its owner; their erasure lands before its write. The
+    """QA s25: the new car has read its owner; their erasure lands before its write. The
     guard refuses the write, and the add runs again as ``issueIdTag`` does: refused on
     ``ownerId`` (INVALID_STATE), not told ``CHANGED`` on an ``id`` its input has not."""
     from domain.errors import Conflict

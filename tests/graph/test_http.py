@@ -226,3 +226,141 @@ async def test_a_time_zone_name_no_zone_has_is_a_user_error(api: Api, world) -> 
         r = await api.post("""query($z: String!) { overview(timeZone: $z) {
             stationsOnline } }""", {"z": name}, token)
         assert r.json()["errors"][0]["extensions"] == {"code": "INVALID", "field": "timeZone"}
+
+
+def test_json_numbers_in_variables_keep_their_digits() -> None:
+    """Review s25: orjson reads a number with a fraction as a float, and a ``Decimal``
+    argument read from it lost digits. A request's variables (a websocket message's
+    ``payload.variables``) are read again keeping each one's text; a ``Float`` argument
+    still reads a float; what is JSON stays orjson's to say."""
+    import math
+
+    import orjson
+    from graphql import GraphQLFloat
+
+    from graph.exact_json import BODY, MESSAGE, ExactFloat, encode_default, loads
+    from graph.http import parse_params
+
+    body = loads(b'{"query": "{ x }", "variables": {"a": 0.010000000000000001, '
+                 b'"b": [1E2, {"c": -0.0}], "n": 3}, "extensions": {"e": 0.10}}',
+                 exact=BODY)
+    a, (b, nested) = body["variables"]["a"], body["variables"]["b"]
+    assert (type(a), a.text, a) == (ExactFloat, "0.010000000000000001", 0.01)
+    assert (b.text, nested["c"].text, body["variables"]["n"]) == ("1E2", "-0.0", 3)
+    assert type(GraphQLFloat.parse_value(a)) is float
+    assert math.copysign(1, nested["c"]) == -1
+    assert type(body["extensions"]["e"]) is float  # no argument there: not read again
+    # A member given twice is the last one, as orjson reads it.
+    twice = loads(b'{"variables": {"a": 1.5}, "variables": {"a": 2.50}}', exact=BODY)
+    assert twice["variables"]["a"].text == "2.50"
+    message = loads('{"id": "1", "type": "subscribe", "payload": {"query": "{ x }", '
+                    '"variables": {"p": 0.5900}}}', exact=MESSAGE)
+    assert message["payload"]["variables"]["p"].text == "0.5900"
+    plain = loads(b'{"variables": {"n": [1, "2.5"]}}', exact=BODY)  # orjson's reading
+    assert plain == {"variables": {"n": [1, "2.5"]}}
+    # A GET's (or a POST's) variables sent as a JSON-encoded string.
+    _, variables, _ = parse_params({"query": "{ x }", "variables": '{"a": 1.10}'})
+    assert variables is not None and variables["a"].text == "1.10"
+    for bad in (b'{"a": 0.5, "b": NaN}', b'{"a": 0.5, "b": "\\ud800"}'):
+        try:
+            loads(bad, exact=BODY)
+        except orjson.JSONDecodeError:
+            continue
+        raise AssertionError(bad[:40])
+    # Written back (a subscription's variables key its render group) as they came.
+    assert orjson.dumps({"a": a}, default=encode_default) == b'{"a":0.010000000000000001}'
+
+
+def test_a_body_nested_deeper_than_the_standard_library_reads_is_still_json() -> None:
+    """Review s26: orjson reads 1024 levels, the standard library fewer; the exact
+    re-read of a deep body failed and the body was "not valid JSON". orjson says what is
+    JSON: such variables keep orjson's reading (plain floats, which a ``Decimal``
+    refuses)."""
+    from graph.exact_json import BODY, VARIABLES, loads
+
+    deep = b"[" * 1000 + b"0.5" + b"]" * 1000
+    body = loads(b'{"query": "{ x }", "variables": {"a": ' + deep + b', "b": 0.10}}',
+                 exact=BODY)
+    assert type(body["variables"]["b"]) is float
+    inner = body["variables"]["a"]
+    while isinstance(inner, list):
+        [inner] = inner
+    assert inner == 0.5
+    # Deep elsewhere in the body: JSON too, its variables orjson's reading.
+    elsewhere = loads(b'{"extensions": {"d": ' + deep + b'}, "variables": {"b": 0.10}}',
+                      exact=BODY)
+    assert type(elsewhere["variables"]["b"]) is float
+    assert type(loads(b'{"a": ' + deep + b"}", exact=VARIABLES)["a"]) is list
+
+
+def _floats_body(n: int, query: str = "{ __typename }", extra: str = "") -> bytes:
+    """A request whose variables hold ``n`` numbers with an exponent (``extra``: more
+    variables)."""
+    return (f'{{"query":{json.dumps(query)},"variables":{{{extra}"x":['.encode()
+            + b",".join([b"1e5"] * n) + b"]}}")
+
+
+def _count_exact_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The numbers ``exact_json`` reads again, as they are read."""
+    from graph import exact_json
+
+    read: list[str] = []
+
+    def counted(text: str) -> exact_json.ExactFloat:
+        read.append(text)
+        return exact_json.ExactFloat(text)
+
+    monkeypatch.setattr(exact_json, "_EXACT", json.JSONDecoder(parse_float=counted))
+    return read
+
+
+def test_the_exact_re_read_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review s26: every body holding a float was read a second time by the standard
+    library, an ``ExactFloat`` per number (~30x orjson's cost), before any
+    authentication or a websocket's ``connection_init``: 1 MB of floats held the event
+    loop ~250 ms. Only the variables of a small message with few such numbers are read
+    again; beyond that they stay orjson's plain floats."""
+    from graph.exact_json import (
+        BODY,
+        EXACT_MAX_NUMBERS,
+        EXACT_MAX_SIZE,
+        MESSAGE,
+        VARIABLES,
+        ExactFloat,
+        loads,
+    )
+
+    read = _count_exact_reads(monkeypatch)
+    # Within both bounds: those numbers, and none of the rest of the body.
+    few = loads(b'{"extensions": {"e": [' + b",".join([b"0.5"] * 2000) + b"]}, "
+                b'"variables": {"x": [1e5, 2.50]}}', exact=BODY)
+    assert read == ["1e5", "2.50"] and type(few["extensions"]["e"][0]) is float
+    read.clear()
+    # Too many such numbers in the variables, or too large a body: none read again.
+    for many in (_floats_body(EXACT_MAX_NUMBERS + 1),
+                 _floats_body(1, extra=f'"pad":"{"x" * EXACT_MAX_SIZE}",')):
+        parsed = loads(many, exact=BODY)
+        assert not isinstance(parsed["variables"]["x"][0], ExactFloat)
+    huge = _floats_body(240_000)  # MAX_BODY (and ``ws_max_size``): 1 MB
+    assert len(huge) < 1_000_000
+    assert type(loads(huge, exact=BODY)["variables"]["x"][-1]) is float
+    variables = huge[huge.index(b'"variables":') + len(b'"variables":'):-1]
+    message = b'{"type":"subscribe","payload":{"variables":' + variables + b"}}"
+    assert type(loads(message, exact=MESSAGE)["payload"]["variables"]["x"][0]) is float
+    assert type(loads(variables, exact=VARIABLES)["x"][0]) is float
+    assert read == []
+    # At the bound exactly, still read.
+    assert len(loads(_floats_body(EXACT_MAX_NUMBERS), exact=BODY)["variables"]["x"]
+               ) == len(read) == EXACT_MAX_NUMBERS
+
+
+async def test_an_anonymous_post_of_a_megabyte_of_floats_is_not_read_twice(
+        api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review s26, through the HTTP door, no token: a body of floats nobody reads as a
+    ``Decimal`` costs what orjson costs, as one of integers does."""
+    read = _count_exact_reads(monkeypatch)
+    r = await api.client.post("/graphql", content=_floats_body(240_000),
+                              headers={"content-type": "application/json"})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"data": {"__typename": "Query"}}
+    assert read == []

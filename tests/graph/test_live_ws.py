@@ -29,6 +29,7 @@ from domain.services.base import changed
 from graph import TokenService
 from graph.app import resolve_viewer
 from graph.context import GraphContext
+from graph.ids import to_global_id
 from graph.live_outbox import start_eagerly
 from graph.live_render import RENDER_BACKLOG, RenderQueue
 from graph.live_ws import LiveEndpoint
@@ -36,6 +37,7 @@ from graph.pipeline import MAX_TOKENS
 from graph.schema import schema
 from pubsub.memory import MemoryEventBus
 from tests.graph.conftest import SECRET, CountingStore
+from tests.graph.test_scalars import set_price_body
 from tests.graph.world import World, build_world
 from tests.helpers import FastHasher
 from tests.support.fragments import counting_parser, doubling
@@ -1248,4 +1250,31 @@ async def test_every_charger_event_names_its_station_by_global_id(live: Setup) -
         owner_id=station.owner_id, online=True))
     event = (await socket.next())["payload"]["data"]["stationConnectionChanged"]
     assert event == {"cpId": "A-001", "stationId": to_global_id("station", station.id)}
+    await socket.close()
+
+
+@pytest.mark.parametrize("protocol", ["graphql-transport-ws", "graphql-ws"])
+async def test_a_decimal_sent_as_a_json_number_over_the_socket_is_read_as_written(
+        live: Setup, protocol: str) -> None:
+    """As over HTTP (review s25): a JSON number was read as a float, so a price of
+    0.35000000000000001 (finer than a price may be) was stored as 0.35. And a
+    subscription whose variables hold such a number is still keyed and served."""
+    socket = await live.open("op_a", protocol=protocol)
+    company = to_global_id("company", live.world.companies["a"].id)
+    kind = "subscribe" if protocol == "graphql-transport-ws" else "start"
+    for op_id, price, answer in (
+            ("fine", "0.35000000000000001",
+             {"tariff": None, "errors": [{"field": "pricePerKwh", "code": "INVALID"}]}),
+            ("kept", "0.5900",
+             {"tariff": {"pricePerKwh": "0.5900", "taxRate": "0.19"}, "errors": []})):
+        socket.put(f'{{"id": "{op_id}", "type": "{kind}", "payload": '
+                   f'{set_price_body(company, price).decode()}}}')
+        result = await socket.next()
+        assert result["id"] == op_id and result["payload"]["data"]["setTariff"] == answer
+        assert (await socket.next())["type"] == "complete"
+    socket.put(json.dumps({"id": "s", "type": kind, "payload": {
+        "query": LOCAL, "variables": {"unused": "NUMBER"}}}).replace('"NUMBER"', "0.10"))
+    await live.subscribed(1)
+    await live.bus.publish(live.status("A-001", "exact"))
+    assert data(await socket.next())["info"] == "exact"
     await socket.close()

@@ -97,7 +97,7 @@ async def test_a_bad_plate_is_a_user_error_on_the_plate(api: Api, world: World) 
 
 
 async def test_a_plate_typed_full_width_is_the_same_plate(api: Api, world: World) -> None:
-    """QA s26: a plate typed with a phone's full-width keyboard (an IME) was another
+    """QA s25: a plate typed with a phone's full-width keyboard (an IME) was another
     car: "Ｂ-ＭＩ ２０２４" beside "B-MI 2024" in one garage, and no search for "bmi 2024"
     found it. Plates are kept and compared in their compatibility form (NFKC), as
     emails and passwords are."""

@@ -8,6 +8,7 @@ from domain import entities as d
 from domain.ids import new_id
 from domain.ports import Insert
 from domain.services import Services
+from graph.exact_json import ExactFloat
 from graph.ids import to_global_id
 from graph.scalars import SCALARS, BigInt
 from tests.graph.conftest import Api
@@ -74,7 +75,7 @@ def test_decimals_are_plain_ascii_numbers() -> None:
 
     parse = SCALARS[Decimal].parse_value
     for text, value in (("0.35", "0.35"), (" 12 ", "12"), ("1e3", "1E+3"), (".5", "0.5"),
-                        (0.35, "0.35"), (7, "7"), ("-0.10", "-0.10")):
+                        (ExactFloat("0.350"), "0.350"), (7, "7"), ("-0.10", "-0.10")):
         assert parse(text) == Decimal(value), text
     for bad in ("0.3_5", "1_000", "\u0663.\u0665", "NaN", "Infinity", "", "1.2.3", True):
         with pytest.raises(ValueError, match="Decimal cannot represent"):
@@ -92,3 +93,91 @@ def test_a_decimal_beyond_the_exponent_range_is_refused_in_plain_words() -> None
         SCALARS[Decimal].parse_value("1e9999999999999999999")
     assert str(raised.value) == ("Decimal cannot represent '1e9999999999999999999': "
                                  "out of range")
+
+
+SET_PRICE = """mutation($input: SetTariffInput!) { setTariff(input: $input) {
+  tariff { pricePerKwh taxRate } errors { field code } } }"""
+
+
+def set_price_body(company: str, price: str) -> bytes:
+    """A raw body: the prices JSON numbers, their digits exactly as a client wrote them."""
+    import json
+    return json.dumps({"query": SET_PRICE, "variables": {"input": {
+        "companyId": company, "currency": "EUR", "pricePerKwh": "PRICE",
+        "taxRate": "TAX"}}}).replace('"PRICE"', price).replace('"TAX"', "0.19").encode()
+
+
+async def test_a_decimal_sent_as_a_json_number_is_read_as_written(api: Api, world: World
+                                                                  ) -> None:
+    """Review s25: a JSON number was read as a float first, so a ``Decimal`` argument got
+    the float's digits: a price of 0.5900 was stored as 0.59, and one of
+    0.35000000000000001 (7 decimals more than a price may have) as 0.35."""
+    company = to_global_id("company", world.companies["a"].id)
+    headers = {"content-type": "application/json",
+               "authorization": f"Bearer {api.token_for(world.users['op_a'].id)}"}
+
+    async def set_price(price: str) -> dict[str, object]:
+        r = await api.client.post("/graphql", content=set_price_body(company, price),
+                                  headers=headers)
+        return r.json()["data"]["setTariff"]  # type: ignore[no-any-return]
+
+    assert await set_price("0.5900") == {
+        "tariff": {"pricePerKwh": "0.5900", "taxRate": "0.19"}, "errors": []}
+    assert await set_price("0.35000000000000001") == {
+        "tariff": None, "errors": [{"field": "pricePerKwh", "code": "INVALID"}]}
+
+
+async def test_a_decimal_sent_as_a_json_number_whose_digits_were_not_kept_is_refused(
+        api: Api, world: World) -> None:
+    """Review s26: a JSON number's digits are kept only in a small request's variables
+    (the re-read is bounded). Beyond that the ``Decimal`` scalar gets a plain float, and
+    refuses it telling the client to send a string, rather than round the price."""
+    from decimal import Decimal
+
+    import pytest
+
+    from graph.exact_json import EXACT_MAX_NUMBERS
+
+    company = to_global_id("company", world.companies["a"].id)
+    headers = {"content-type": "application/json",
+               "authorization": f"Bearer {api.token_for(world.users['op_a'].id)}"}
+    many = ",".join(["0.5"] * (EXACT_MAX_NUMBERS + 1))
+
+    def padded(price: str, tax: str) -> bytes:  # more numbers than are read exactly
+        return set_price_body(company, price).replace(b"0.19", tax.encode()).replace(
+            b'"variables": {', f'"variables": {{"pad": [{many}], '.encode())
+
+    r = await api.client.post("/graphql", content=padded("0.59", "0.19"), headers=headers)
+    answer = r.json()
+    assert answer.get("data") is None
+    assert [e["extensions"] for e in answer["errors"]] == [
+        {"code": "BAD_USER_INPUT", "field": "input.pricePerKwh"},
+        {"code": "BAD_USER_INPUT", "field": "input.taxRate"}]
+    assert all("send the amount as a string" in e["message"] for e in answer["errors"])
+    # The same amounts as strings.
+    r = await api.client.post("/graphql", content=padded('"0.5900"', '"0.19"'),
+                              headers=headers)
+    assert r.json()["data"]["setTariff"] == {
+        "tariff": {"pricePerKwh": "0.5900", "taxRate": "0.19"}, "errors": []}
+    with pytest.raises(ValueError, match="send the amount as a string"):
+        SCALARS[Decimal].parse_value(0.35)
+
+
+def test_a_decimal_literal_is_read_from_its_text() -> None:
+    """What a number written in the query reads as (review s25: as a float first)."""
+    from decimal import Decimal
+
+    from graphql import parse_value
+
+    parse = SCALARS[Decimal].parse_literal
+    assert parse(parse_value("0.0099999999999999999999999999999")) == Decimal(
+        "0.0099999999999999999999999999999")
+    assert str(parse(parse_value("0.5900"))) == "0.5900"
+    assert parse(parse_value("12345678901234567890123")) == 12345678901234567890123
+    assert parse(parse_value('"1.10"')) == Decimal("1.10")
+    for bad in ("true", '"1_000"', "[1]"):
+        try:
+            parse(parse_value(bad))
+        except ValueError:
+            continue
+        raise AssertionError(f"Decimal read {bad}")

@@ -257,12 +257,14 @@ async def test_a_page_of_estimates_reads_idle_time_in_one_store_call(
         sessions.append(await _started(services, world, cp_id, "driver1",
                                        timedelta(minutes=30 + i), 1000))
     for session in sessions:
-        await _history(services, session, (d.ConnectorStatus.SUSPENDED_EV, 0, None))
+        await _history(services, session, (d.ConnectorStatus.CHARGING, 0, 1),
+                       (d.ConnectorStatus.SUSPENDED_EV, 1, None))
     store.detail.clear()
     found = await _sessions(api, world, "admin")
     estimates = [found[s.transaction_id]["estimatedCost"]["amountMinor"] for s in sessions]
-    # Each idle since its start, 120 and 30-32 minutes, beyond the 10 minutes' grace.
-    assert estimates[0] > 1100 and all(200 <= e <= 300 for e in estimates[1:])
+    # Each idle since its first minute's charge, 119 and 29-31 minutes, beyond the 10
+    # minutes' grace.
+    assert estimates[0] > 1000 and all(190 <= e <= 290 for e in estimates[1:])
     assert store.detail.count("find_grouped:connector_interval") == 1
 
 

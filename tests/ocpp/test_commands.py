@@ -167,7 +167,8 @@ async def test_every_command_reaches_the_charger(central: Central) -> None:
 async def test_a_station_not_accepted_is_asked_only_what_ocpp_allows(central: Central
                                                                       ) -> None:
     """Rejected: nothing at all. Pending: its configuration, but no charging (no remote
-    start or stop, no reservation)."""
+    start or stop, no reservation). As its charger was told at its boot: one told
+    Accepted acts as Accepted until its next (``test_review_stations2``)."""
     station_id = central.stations["CP-1"].id
     async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
         await cp.boot()
@@ -181,12 +182,42 @@ async def test_a_station_not_accepted_is_asked_only_what_ocpp_allows(central: Ce
                 (d.Registration.REJECTED, "reset", {"type": "SOFT"}, False)):
             await central.services.stations.update_station(SYSTEM, station_id,
                                                            registration=registration)
+            assert (await cp.boot()).status == registration.value  # told, it acts on it
             answer = await run(central, name, {"cpId": "CP-1", **extra}, "__typename")
             errors = [(e["field"], e["code"]) for e in answer["errors"]]
             assert errors == ([] if allowed else [("cpId", "INVALID_STATE")]), (
                 registration, name, answer)
         await settle()
         assert [name for name, _ in cp.received] == ["GetConfiguration"]
+
+
+@pytest.mark.parametrize("registration", [d.Registration.PENDING, d.Registration.REJECTED])
+async def test_a_session_left_running_on_a_station_made_pending_can_still_be_stopped(
+        central: Central, registration: d.Registration) -> None:
+    """Review s25: a station may be made Pending or Rejected mid-session (its session
+    runs to its end), and its charger, told Accepted at its boot, acts as Accepted until
+    its next: an operator may still stop that session remotely, unlock its plug, reset
+    it (refused INVALID_STATE, it could not be stopped at all from here). Only what
+    authorizes a new session (a remote start, a reservation) waits for an acceptance."""
+    station_id = central.stations["CP-1"].id
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        tx, status = await cp.start_transaction(1, "TAG-OK")
+        assert status == "Accepted"
+        await central.services.stations.update_station(SYSTEM, station_id,
+                                                       registration=registration)
+        # The operator's (a driver does not see the station any more: NOT_FOUND).
+        answer = await run(central, "remoteStopTransaction",
+                           {"cpId": "CP-1", "transactionId": tx}, "status errors { code }")
+        assert answer["status"] == "ACCEPTED" and answer["errors"] == [], answer
+        answer = await run(central, "unlockConnector", {"cpId": "CP-1", "connectorId": 1},
+                           "errors { code }")
+        assert answer["errors"] == [], answer
+        started = await run(central, "remoteStartTransaction",
+                            {"cpId": "CP-1", "connectorId": 2, "idTag": "TAG-OTHER"},
+                            "errors { field code }")
+        assert [(e["field"], e["code"]) for e in started["errors"]] == [
+            ("cpId", "INVALID_STATE")], started
 
 
 async def test_a_pending_station_is_triggered_only_for_what_it_may_send(central: Central
@@ -2612,9 +2643,10 @@ async def test_a_reboot_frees_the_remote_starts_the_charger_held(central: Centra
     the car comes; a reboot (an operator's Reset, a power cut) forgets it. Its card and
     plug stayed held for the start's whole window all the same (IN_USE: "its remote
     start is waiting for the car"), so the driver the Reset was for could not start
-    again, nor anyone else on that plug, for up to two minutes. A boot settles the
-    station's starts sent before it; one answering our own TriggerMessage is no
-    restart, and leaves them held."""
+    again, nor anyone else on that plug, for up to two minutes. A boot lets the
+    station's starts sent before it hold nothing (review s25: not settled, as a boot at
+    a mere reconnect is no restart; a new start supersedes them); one answering our own
+    TriggerMessage leaves them held."""
     async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
         holding_starts(cp)
         await cp.boot()
@@ -2633,10 +2665,45 @@ async def test_a_reboot_frees_the_remote_starts_the_charger_held(central: Centra
         assert reset["status"] == "ACCEPTED", reset
         await settle()  # the charger rebooted: BootNotification, its plugs Available
         [pending] = await central.store.find_all(d.PendingStart, ALL)
-        assert pending.settled_at is not None
+        assert pending.settled_at is None  # its StartTransaction would still match it
         again = await run(central, START, {"cpId": "CP-1", "connectorId": 1},
                           as_user="driver")
         assert again["status"] == "ACCEPTED", again
+        # Superseded by the new start, which its StartTransaction carries out.
+        [superseded] = await central.store.find_all(d.PendingStart, Eq("id", pending.id))
+        assert superseded.settled_at is not None
+
+
+async def test_a_boot_at_a_reconnect_keeps_the_car_the_driver_chose(central: Central
+                                                                      ) -> None:
+    """Review s25: README: a remote start's vehicleId is the car the session is booked
+    to. The charger accepts the start and holds it until the car comes; its websocket
+    drops and it reconnects with a BootNotification, as some chargers do at every
+    reconnect without restarting (nothing tells that from a restart). The boot settled
+    the start: when the car came, the session was booked to the card's car. Now the
+    start still matches its StartTransaction; it only stops holding card and plug."""
+    driver = Viewer.of(central.users["driver"])
+    second = await central.services.fleet.add_vehicle(driver, license_plate="B-EV 2")
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        holding_starts(cp)
+        await cp.boot()
+        await cp.report_all()
+        started = await run(central, START, {
+            "cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OK",
+            "vehicleId": to_global_id("vehicle", second.id)}, as_user="driver")
+        assert started["status"] == "ACCEPTED", started
+        await settle()
+    # A network blip: the charger, still holding the start, reconnects and boots.
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await cp.report_all()
+        # The car plugged in now: the charger carries out the start it held.
+        await cp.start_transaction(1, "TAG-OK")
+        await settle()
+        [session] = await central.store.find_all(d.Session, all_of(
+            Eq("cp_id", "CP-1"), Eq("state", d.SessionState.ACTIVE)))
+        assert session.vehicle_id == second.id, (
+            "booked to the card's car", session.vehicle_id == central.vehicles["car"].id)
 
 
 @pytest.mark.parametrize(("who", "start"), [

@@ -7,13 +7,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import connect
 
+from domain import entities as d
+from domain.query import Eq
 from ocpp_bridge.log_masking import masked_line
 from ocpp_bridge.simulator import basic_auth
-from tests.ocpp.conftest import STATION_PASSWORD, Central
+from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
 from tests.ocpp.test_commands import run
 
 SECRET = "hunter22-s3cret"
@@ -36,7 +39,20 @@ SECRET = "hunter22-s3cret"
     ('[3,"u",{"configurationKey":[["AuthorizationKey","hunter22-s3cret"]]}]', None),
     ('[3,"u",{"configurationKey":[{"value":"hunter22-s3cret","key":"AuthorizationKey"}]}]',
      None),
-    # No secret's name: as it came.
+    # A URL's credentials, in any line, whatever holds it (review s25): a CALLERROR's
+    # description and echoed details, slashes JSON-escaped, a password holding '/'.
+    ('[4,"u","GenericError","cannot upload to https://h.example.com/up?sv=1&sig=hunter22-s3cret",'
+     '{"request":{"location":"ftp://diag:hunter22-s3cret@h.example.com/up"}}]',
+     '[4,"u","GenericError","cannot upload to https://h.example.com/up?sv=[hidden]&sig=[hidden]",'
+     '{"request":{"location":"ftp://[hidden]@h.example.com/up"}}]'),
+    ("Received a CALLError: error_details={'request': {'location': "
+     "'https:\\/\\/h.example.com\\/up?sig=hunter22-s3cret'}}>",
+     "Received a CALLError: error_details={'request': {'location': "
+     "'https://h.example.com/up?sig=[hidden]'}}>"),
+    ("sent ftp://diag:hunter22/s3cret@h.example.com/up", "sent ftp://[hidden]@h.example.com/up"),
+    # No URL credentials, no secret's name: as it came.
+    ('[2,"u1","UpdateFirmware",{"location":"https://fw.example.com/1.6.bin",'
+     '"retrieveDate":"2026-01-01T00:00:00Z"}]', "same"),
     ('[3,"u",{"configurationKey":[{"key":"HeartbeatInterval","readonly":false,'
      '"value":"300"}]}]', "same"),
 ])
@@ -80,3 +96,46 @@ async def test_a_callerror_echoing_a_secret_is_logged_without_it(
     assert refused["errors"], refused
     assert any("CALLError" in r.getMessage() for r in caplog.records)
     assert not [r for r in caplog.records if SECRET in r.getMessage()]
+
+
+#: An Azure SAS URL's signature, as chargers are handed one to upload diagnostics to.
+SIGNATURE = "c2VjcmV0c2lnbmF0dXJl"
+UPLOAD = f"https://diag.blob.core.windows.net/up/CP-1.zip?sv=2024-01-01&sp=cw&sig={SIGNATURE}"
+
+
+async def test_a_callerror_repeating_a_signed_url_is_logged_without_its_signature(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A charger refusing getDiagnostics with a CALLERROR that names the URL it could
+    not use (its description) and echoes the request (its details): neither the
+    package's WARNING line nor the INFO wire log of the frame (which names no action,
+    so was never read again) holds the signature, nor does the audit (review s25)."""
+    central = await start_central(tmp_path / "c.db", command_timeout=2)
+    await seed(central)
+    ws = await connect(f"{central.url}/CP-1", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+                       additional_headers=basic_auth("CP-1", STATION_PASSWORD))
+
+    async def refuse() -> None:
+        async for raw in ws:
+            frame = json.loads(raw)
+            if frame[0] == 2:
+                await ws.send(json.dumps([
+                    4, frame[1], "GenericError", f"cannot upload to {frame[3]['location']}",
+                    {"request": frame[3]}]))
+
+    task = asyncio.create_task(refuse())
+    try:
+        caplog.set_level(logging.WARNING)
+        caplog.set_level(logging.INFO, logger="chargegraph.ocpp.wire")
+        answer = await run(central, "getDiagnostics", {"cpId": "CP-1", "location": UPLOAD},
+                           "fileName")
+        assert answer["errors"], answer
+        lines = [r.getMessage() for r in caplog.records]
+        assert any("CALLError" in line for line in lines), lines
+        assert any("receive" in line and "GenericError" in line for line in lines), lines
+        assert not [line for line in lines if SIGNATURE in line]
+        audit = await central.store.find_all(d.AuditEntry, Eq("action", d.AuditAction.COMMAND))
+        assert not [a.after for a in audit if SIGNATURE in repr(a.after)]
+    finally:
+        task.cancel()
+        await ws.close()
+        await stop_central(central)

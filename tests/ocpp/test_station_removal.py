@@ -596,3 +596,96 @@ async def test_a_live_map_sees_a_removed_stations_charger_go_offline(tmp_path: P
         await events.aclose()
         await stop_central(central)
         await bus.close()
+
+
+async def test_a_charger_connecting_during_a_removal_is_announced_offline(
+        tmp_path: Path) -> None:
+    """Review s25: whether a removal announces its station offline was decided from the
+    station as read before its reservations were cancelled at the chargers (round trips
+    of up to 30 s each). A charger connecting meanwhile was announced online, hung up on
+    as unknown, and its close recorded nothing: a live map kept the removed station
+    online, its plugs available now, for good. Decided from the station as deleted."""
+    from domain.events import StationConnectionChanged
+
+    bus = MemoryEventBus()
+    await bus.start()
+    central = await start_central(tmp_path / "central.db", bus=bus)
+    await seed(central)
+    events = bus.subscribe([StationConnectionChanged.topic])
+    stations = central.services.stations
+    original = stations._cancel_at_chargers
+    sockets: list[ClientConnection] = []
+
+    async def charger_connects_meanwhile(*args: Any, **kwargs: Any) -> None:
+        if sockets:  # the removal run again: the chargers were asked already
+            return await original(*args, **kwargs)
+        sockets.append(await booted_charger(central.url))
+
+        async def recorded() -> bool:
+            s = await central.store.find_one(d.Station, Eq("cp_id", "CP-1"))
+            return s is not None and s.online
+        await until(recorded)
+        return await original(*args, **kwargs)
+
+    stations._cancel_at_chargers = charger_connects_meanwhile  # type: ignore[method-assign]
+    try:
+        await remove_cp1(central)
+        online = await asyncio.wait_for(anext(events), 5)
+        assert isinstance(online, StationConnectionChanged) and online.online
+        assert await central.store.find_one(d.Station, Eq("cp_id", "CP-1")) is None
+        try:
+            offline = await asyncio.wait_for(anext(events), 5)
+        except TimeoutError:
+            raise AssertionError("the removed station was never announced offline") from None
+        assert isinstance(offline, StationConnectionChanged) and not offline.online
+        for ws in sockets:
+            await hung_up_as_unknown(ws)
+    finally:
+        for ws in sockets:
+            await ws.close()
+        await events.aclose()
+        await stop_central(central)
+        await bus.close()
+
+
+async def test_a_late_removal_leaves_the_connection_of_the_station_created_again(
+        tmp_path: Path) -> None:
+    """Review s25: a removal is matched to a connection by the station it signed in as,
+    not by cpId. Its StationRemoved delivered late (an instance lagging) after the cpId
+    was created again and the new station's charger connected took that legitimate
+    connection for the removed station's: refused its messages, let it go and hung up,
+    the new station left online with no connection."""
+    from domain.events import StationRemoved
+    from domain.services.base import owned_by
+
+    bus = MemoryEventBus()
+    await bus.start()
+    central = await start_central(tmp_path / "central.db", bus=bus)
+    await seed(central)
+    removed = central.stations["CP-1"]
+    ws = None
+    try:
+        await central.services.stations.remove_station(SYSTEM, removed.id)
+        await central.services.stations.create_station(
+            SYSTEM, cp_id="CP-1", name="CP-1 again",
+            company_id=central.users["op_other"].company_id,
+            connectors=[ConnectorSpec(1, d.ConnectorType.CCS2, 50)],
+            password=STATION_PASSWORD)
+        ws = await booted_charger(central.url)
+        connection = central.gateway.handler_of("CP-1")
+        assert connection is not None
+        await bus.publish(StationRemoved(**owned_by(removed)))  # late, as delivered
+        await asyncio.sleep(0.3)  # what it sets off is done by then
+        assert central.gateway.handler_of("CP-1") is connection
+        await ws.send('[2, "h2", "Heartbeat", {}]')
+        assert str(await asyncio.wait_for(ws.recv(), 5)).startswith('[3,"h2"')
+        again = await central.store.find_one(d.Station, Eq("cp_id", "CP-1"))
+        assert again is not None and again.id != removed.id and again.online
+        # The removal of the station it signed in as still hangs it up.
+        await central.services.stations.remove_station(SYSTEM, again.id)
+        await hung_up_as_unknown(ws)
+    finally:
+        if ws is not None:
+            await ws.close()
+        await stop_central(central)
+        await bus.close()

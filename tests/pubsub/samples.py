@@ -24,6 +24,7 @@ from domain.events import (
     StationChanged,
     StationConnectionChanged,
     StationRemoved,
+    StationSightChanged,
 )
 
 AT = datetime(2026, 3, 29, 1, 59, 59, 123456, tzinfo=UTC)
@@ -84,6 +85,9 @@ SAMPLES: list[DomainEvent] = [
                    at=AT),
     SignInsCounted(station_id=None, cp_id="", at=AT, origin="7" * 24,
                    counted=["email failed " + "8" * 32, "sign_in succeeded " + "9" * 32]),
+    StationSightChanged(station_id=STATION, cp_id="CP-1", company_id=COMPANY, owner_id=None,
+                        on_map=False, at=AT, joined=True, online=True,
+                        was_company_id=None, was_owner_id=OWNER, was_on_map=True),
 ]
 ALL_TOPICS = [event.topic for event in SAMPLES]
 

@@ -154,6 +154,18 @@ def test_demo_reset_refuses_a_database_an_instance_runs_on(
     assert (tmp_path / "cli.db").exists()
 
 
+def test_demo_reset_removes_a_corrupt_database(tmp_path: Path) -> None:
+    """Ops QA s25: the check for another process reading it raised SQLite's "file is not
+    a database" out of `demo --reset` as a traceback; a damaged file is what a reset (or
+    a restore) is for."""
+    from chargegraph.stores import remove_sqlite_database
+
+    broken = tmp_path / "cli.db"
+    broken.write_bytes(b"SQLite format 3\x00" + b"\xff" * 4000)
+    assert remove_sqlite_database(f"sqlite:///{broken}") == [broken]
+    assert not broken.exists()
+
+
 def test_demo_reset_refuses_a_database_open_in_another_process(
         runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Review s24: a demo still seeding holds no lease yet, and a reset then deleted its

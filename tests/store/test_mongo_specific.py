@@ -2473,7 +2473,7 @@ async def test_company_names_from_before_get_their_identity_older_twins_left_alo
 
 async def test_plates_from_before_take_their_compatibility_form(
         mongo: MongoStore, caplog: pytest.LogCaptureFixture) -> None:
-    """What SQLite migration 67 does: plates stored before take their compatibility form
+    """What SQLite migration 61 does: plates stored before take their compatibility form
     (NFKC) and its key, searched by it; one whose owner keeps another car of that key
     stays as it is (the unique index refuses it), logged; removed cars all take it."""
     caplog.set_level(logging.WARNING, logger="chargegraph.store")

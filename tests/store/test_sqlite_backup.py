@@ -214,7 +214,9 @@ async def test_a_restore_puts_the_backup_back_and_draws_no_number_again(
 
     report = restore(tmp_path / "copy.db", database)
 
-    assert report.sequences["transaction"] == before[-1] + RESTORE_GAP + 1
+    # Past the database it replaced, which drew one since the backup (ops QA s25).
+    assert report.sequences["transaction"] == after_backup + RESTORE_GAP + 1
+    assert after_backup == before[-1] + 1
     store = SqliteStore(str(database))
     await store.start()
     try:
@@ -237,3 +239,100 @@ async def test_a_restore_is_refused_while_the_service_runs(database: Path,
     with pytest.raises(BackupError, match="an instance of the service runs"):
         restore(tmp_path / "copy.db", database)
     assert [name for name in os.listdir(tmp_path) if ".part" in name] == []
+
+
+def test_a_backup_of_a_newer_schema_is_refused_before_the_database_is_touched(
+        database: Path, tmp_path: Path) -> None:
+    """Ops QA s25: a backup a newer ChargeGraph made (after an upgrade, restored with the
+    old build once the upgrade was rolled back) was put in place of the database, which
+    was gone; the service then refused to start on it ("written by a newer ChargeGraph"),
+    leaving neither database to run."""
+    backup(database, tmp_path / "copy.db")
+    newest = MIGRATIONS[-1][0]
+    with contextlib.closing(sqlite3.connect(tmp_path / "copy.db")) as conn, conn:
+        conn.execute('INSERT INTO "schema_version" VALUES (?, 0)', (newest + 1,))
+    before = database.read_bytes()
+
+    with pytest.raises(BackupError, match=f"schema version {newest + 1}, written by a "
+                                          f"newer ChargeGraph .*knows up to {newest}"):
+        restore(tmp_path / "copy.db", database)
+
+    assert database.read_bytes() == before
+    assert [name for name in os.listdir(tmp_path) if ".part" in name] == []
+
+
+async def test_a_restore_is_refused_while_a_process_without_a_lease_has_it_open(
+        database: Path, tmp_path: Path) -> None:
+    """Ops QA s25: an instance serving only GraphQL (``CHARGEGRAPH_OCPP_ENABLED=false``)
+    holds no lease, so the restore went ahead under it: the database was replaced while
+    it ran, and it refused every write until restarted."""
+    backup(database, tmp_path / "copy.db")
+    store = SqliteStore(str(database))
+    await store.start()
+    try:
+        with pytest.raises(BackupError, match="open in another process"):
+            restore(tmp_path / "copy.db", database)
+        assert await store.health() is None  # still its own file
+    finally:
+        await store.close()
+    assert [name for name in os.listdir(tmp_path) if ".part" in name] == []
+    restore(tmp_path / "copy.db", database)  # stopped, it goes ahead
+
+
+async def test_a_restore_moves_numbers_never_drawn_before_the_backup_too(
+        database: Path, tmp_path: Path) -> None:
+    """Ops QA s25: a number first drawn after the backup (the network's first
+    reservation) had no counter in it to move, and was drawn again from 1 after the
+    restore: a charger still holding that reservation had it replaced by a new one."""
+    backup(database, tmp_path / "copy.db")
+    store = SqliteStore(str(database))
+    await store.start()
+    after_backup = await store.next_sequence("reservation")  # a charger holds it
+    await store.close()
+
+    report = restore(tmp_path / "copy.db", database)
+
+    store = SqliteStore(str(database))
+    await store.start()
+    try:
+        drawn = await store.next_sequence("reservation")
+        assert drawn == report.sequences["reservation"] > after_backup
+        assert await store.next_sequence("connection") > RESTORE_GAP
+    finally:
+        await store.close()
+
+
+async def test_a_second_restore_of_the_same_backup_draws_no_number_the_first_gave(
+        database: Path, tmp_path: Path) -> None:
+    """Ops QA s25: each restore moved the counters a million past the backup's, not past
+    the database it replaced: restoring the same backup again (a first restore retried,
+    or an older backup after a newer one) gave again the transaction ids drawn since the
+    first, which chargers still held."""
+    backup(database, tmp_path / "copy.db")
+    restore(tmp_path / "copy.db", database)
+    store = SqliteStore(str(database))
+    await store.start()
+    since_first = [await store.next_sequence(name) for name in ("transaction", "reservation")]
+    await store.close()
+
+    report = restore(tmp_path / "copy.db", database)
+
+    assert report.sequences["transaction"] > since_first[0] + RESTORE_GAP - 1
+    assert report.sequences["reservation"] > since_first[1] + RESTORE_GAP - 1
+
+
+async def test_a_restore_over_a_database_that_cannot_be_read_moves_the_backups_numbers(
+        tmp_path: Path) -> None:
+    """A corrupt database, the usual reason to restore, has no counters to read: the
+    backup's are moved ahead as ever."""
+    store = SqliteStore(str(tmp_path / "source.db"))
+    await store.start()
+    drawn = await store.next_sequence("transaction")
+    await store.close()
+    backup(tmp_path / "source.db", tmp_path / "copy.db")
+    broken = tmp_path / "live.db"
+    broken.write_bytes(b"SQLite format 3\x00" + b"\xff" * 4000)
+
+    report = restore(tmp_path / "copy.db", broken)
+
+    assert report.sequences["transaction"] == drawn + RESTORE_GAP + 1

@@ -1,0 +1,103 @@
+"""A deploy loses no webhook delivery: the service (uvicorn, OCPP server, SQLite file) is
+stopped while a delivery waits for its retry and another waits behind it, and started
+again on its file. Both arrive after the restart, the retry with the delivery id, body
+and signing secret of its first try, when it was due, then the other. A real charger
+over OCPP reports the statuses; the receiver listens on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+
+import chargegraph.app
+from chargegraph.webhooks import WebhookDispatcher
+from domain.entities import PendingDelivery
+from domain.query import ALL
+from ocpp_bridge.simulator import basic_auth
+from store.sqlite import SqliteStore
+from tests.e2e.conftest import running_service
+from tests.helpers import until
+from tests.ocpp.conftest import STATION_PASSWORD
+from tests.webhooks.receiver import Received, Receiver
+
+#: The wait before a retry in this test's service: longer than a stop and a start.
+BACKOFF_S = 4.0
+
+CREATE = """mutation($url: String!) { createWebhook(input: {url: $url,
+    events: [CONNECTOR_STATUS_CHANGED]}) { secret errors { code message } } }"""
+
+
+async def call(ws: ClientConnection, unique_id: str, action: str, payload: dict[str, Any]
+               ) -> Any:
+    await ws.send(json.dumps([2, unique_id, action, payload]))
+    while True:
+        frame = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        if frame[0] == 3 and frame[1] == unique_id:
+            return frame[2]
+
+
+def reports(receiver: Receiver, connector_id: int) -> list[Received]:
+    return [r for r in receiver.requests if r.json["data"]["connectorId"] == connector_id
+            and r.json["data"]["status"] == "Available"]
+
+
+async def test_a_delivery_waiting_at_a_stop_arrives_after_the_restart(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(chargegraph.app, "WebhookDispatcher", functools.partial(
+        WebhookDispatcher, tries=3, backoff=(BACKOFF_S,)))
+    receiver = await Receiver(500, 200).start()
+    try:
+        async with running_service(tmp_path, webhooks_allow_private=True) as service:
+            token = await service.token("admin")
+            created = (await service.gql(CREATE, {"url": receiver.url}, token=token))[
+                "createWebhook"]
+            assert created["errors"] == []
+            secret = created["secret"]
+            async with connect(f"{service.ocpp_url}/CP-1", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+                               additional_headers=basic_auth("CP-1", STATION_PASSWORD)
+                               ) as ws:
+                await call(ws, "b", "BootNotification", {
+                    "chargePointVendor": "Test", "chargePointModel": "Handover"})
+                for connector_id in (1, 2):
+                    await call(ws, f"s{connector_id}", "StatusNotification", {
+                        "connectorId": connector_id, "status": "Available",
+                        "errorCode": "NoError"})
+
+                async def first_try_failed() -> bool:
+                    return len(reports(receiver, 1)) == 1
+                await until(first_try_failed)
+                failed_at = time.monotonic()
+        # Stopped (the lifespan ran to its end) before the retry was due.
+        assert time.monotonic() - failed_at < BACKOFF_S
+        assert len(reports(receiver, 1)) == 1 and reports(receiver, 2) == []
+        store = SqliteStore(str(tmp_path / "e2e.db"))
+        await store.start()
+        try:
+            stored = await store.find_all(PendingDelivery, ALL)
+        finally:
+            await store.close()
+        assert {p.tries_made for p in stored} >= {0, 1}
+
+        async with running_service(tmp_path, seed_data=False, webhooks_allow_private=True):
+            async def both_arrived() -> bool:
+                return len(reports(receiver, 1)) == 2 and len(reports(receiver, 2)) == 1
+            await until(both_arrived, attempts=1000)
+    finally:
+        await receiver.close()
+
+    first_try, retry = reports(receiver, 1)
+    [queued] = reports(receiver, 2)
+    assert time.monotonic() - failed_at >= BACKOFF_S * 0.9  # when it was due
+    assert retry.headers["x-chargegraph-delivery"] == \
+        first_try.headers["x-chargegraph-delivery"]
+    assert retry.body == first_try.body
+    assert first_try.signed_with(secret) and retry.signed_with(secret)
+    assert queued.signed_with(secret)
+    assert receiver.requests.index(retry) < receiver.requests.index(queued)
