@@ -44,7 +44,8 @@ _PASSWORD = ("8 to 256 characters (TOO_SHORT, TOO_LONG), not one of the password
 _MAX_KW = "Rated power in kW, above 0 and at most 1000; null: unknown."
 _BATTERY = "Battery capacity in kWh, above 0 and at most 1000."
 _PLATE = ("Letters, digits, spaces and dashes, at most 16 letters and digits; stored "
-          "upper case. Unique per owner by its letters and digits (DUPLICATE).")
+          "upper case, full-width characters as their plain ones (NFKC). Unique per owner "
+          "by its letters and digits (DUPLICATE).")
 
 
 def _id_of(what: str) -> str:
