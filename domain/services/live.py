@@ -3,12 +3,16 @@
 Two ways to listen:
 
 * ``events(viewer, topics)``: one bus subscription per caller, an async iterator.
-* ``watch(viewer, topics, deliver, closed)``: push delivery for fan-out. Each topic has
-  ONE bus subscription per process, however many watchers it has; its pump decides
-  ``Policy.sees_event`` once per distinct viewer per event and calls the watchers'
-  ``deliver`` (plain calls, in order; after every ``HAND_OUT_SLICE`` of them it lets the
-  loop run what else is ready). A thousand map subscribers then cost the bus one queue,
-  and the caller can share the work of shaping one event between watchers.
+* ``watch(viewer, topics, deliver, closed)``: push delivery for fan-out. Each set of
+  topics watched has ONE bus subscription per process, however many watchers it has;
+  its pump decides ``Policy.sees_event`` once per distinct viewer per event and calls
+  the watchers' ``deliver`` (plain calls, in order; after every ``HAND_OUT_SLICE`` of
+  them it lets the loop run what else is ready). A thousand map subscribers then cost
+  the bus one queue, and the caller can share the work of shaping one event between
+  watchers. One subscription for all of a watcher's topics, not one per topic: two
+  pumps of one watcher overtook each other (one pausing after a slice while the other
+  ran), and a connection event reached a map before the station's earlier joining it,
+  which then undid it (review s25).
 """
 
 from __future__ import annotations
@@ -54,14 +58,14 @@ class Watch:
 
 
 class _Pump:
-    """Reads one topic's bus subscription and hands every event to the watchers whose
-    viewer may see it. Watchers are kept per viewer in tuples replaced on change, so a
+    """Reads one set of topics' bus subscription and hands every event to the watchers
+    whose viewer may see it. Watchers are kept per viewer in tuples replaced on change, so a
     watcher that unsubscribes while an event is being handed out changes nothing under
     the loop's feet."""
 
-    def __init__(self, live: LiveService, topic: str, stream: Any) -> None:
+    def __init__(self, live: LiveService, topics: tuple[str, ...], stream: Any) -> None:
         self.live = live
-        self.topic = topic
+        self.topics = topics
         self.stream = stream
         self.by_viewer: dict[Viewer, tuple[Watch, ...]] = {}
         self.count = 0
@@ -102,7 +106,7 @@ class _Pump:
                         handed += 1
                         if handed % HAND_OUT_SLICE == 0:
                             # Watchers are handed events in order all the same: this
-                            # task is the only one handing out this topic's.
+                            # task is the only one handing out these topics'.
                             await asyncio.sleep(0)
         finally:
             # The bus closed (shutdown) or we were stopped: tell whoever is still here.
@@ -134,7 +138,8 @@ class _Pump:
 class LiveService(Service):
     def __init__(self, ctx: ServiceContext) -> None:
         super().__init__(ctx)
-        self._pumps: dict[str, _Pump] = {}
+        #: By the (sorted) topics they read.
+        self._pumps: dict[tuple[str, ...], _Pump] = {}
         self._closing: set[asyncio.Future[Any]] = set()
 
     def _bus(self) -> Any:
@@ -170,23 +175,26 @@ class LiveService(Service):
             raise TypeError("watch() takes a list of topics, not one string")
         bus = self._bus()
         watch = Watch(viewer, deliver, ended)
-        for topic in dict.fromkeys(topics):
-            pump = self._pumps.get(topic)
-            if pump is None:
-                # Subscribed here, synchronously: an event published right after watch()
-                # returns is already queued for the pump.
-                pump = _Pump(self, topic, bus.subscribe([topic]))
-                self._pumps[topic] = pump
-                pump.task = asyncio.get_running_loop().create_task(
-                    pump.run(), name=f"live-pump-{topic}")
-            pump.add(watch)
-            watch._pumps.append(pump)
+        key = tuple(sorted(set(topics)))
+        pump = self._pumps.get(key)
+        if pump is None:
+            # Subscribed here, synchronously: an event published right after watch()
+            # returns is already queued for the pump. One subscription for all the
+            # topics: the bus queues their events in one order, and one task hands
+            # them out (see the module's docstring).
+            pump = _Pump(self, key, bus.subscribe(list(key)))
+            self._pumps[key] = pump
+            pump.task = asyncio.get_running_loop().create_task(
+                pump.run(), name=f"live-pump-{'+'.join(key)}")
+        pump.add(watch)
+        watch._pumps.append(pump)
         return watch
 
     @property
     def watching(self) -> int:
-        """Open watches of client topics, summed over topics (tests wait on it)."""
-        return sum(pump.count for pump in self._pumps.values() if pump.topic in ALL_TOPICS)
+        """Open watches of client topics (tests wait on it)."""
+        return sum(pump.count for pump in self._pumps.values()
+                   if any(topic in ALL_TOPICS for topic in pump.topics))
 
     def _stop(self, pump: _Pump) -> None:
         # Nobody left: give the bus subscription back (a new watcher starts a new pump).
@@ -199,5 +207,5 @@ class LiveService(Service):
                 self._closing = {t for t in self._closing if not t.done()}
 
     def _forget(self, pump: _Pump) -> None:
-        if self._pumps.get(pump.topic) is pump:
-            del self._pumps[pump.topic]
+        if self._pumps.get(pump.topics) is pump:
+            del self._pumps[pump.topics]
