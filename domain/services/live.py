@@ -13,6 +13,11 @@ Two ways to listen:
   pumps of one watcher overtook each other (one pausing after a slice while the other
   ran), and a connection event reached a map before the station's earlier joining it,
   which then undid it (review s25).
+
+Either way, ``StationSightChanged`` is told as ``SightOrder`` has it: an edit's sight
+event arriving after a later edit's is judged by the later ownership, and a sight
+event's connection read loses to a connection event of that connection or a newer one
+that arrived first.
 """
 
 from __future__ import annotations
@@ -20,10 +25,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from domain.errors import DomainError
-from domain.events import ALL_TOPICS, DomainEvent, EventsDropped
+from domain.events import (
+    ALL_TOPICS,
+    DomainEvent,
+    EventsDropped,
+    StationConnectionChanged,
+    StationSightChanged,
+)
 from domain.policy import Viewer
 from domain.services.base import Service, ServiceContext
 
@@ -57,6 +69,62 @@ class Watch:
         self._pumps.clear()
 
 
+class SightOrder:
+    """What one ordered stream of events (a pump's, a caller's of ``events``) tells of
+    stations whose sight changed (``StationSightChanged``), kept per station:
+
+    * the newest edit's ownership (by its ``sight`` number): a sight event of an earlier
+      edit arriving after it (two edits in a row on two instances, A->B then B->C, whose
+      events Redis carried in the other order) is judged by the newer ownership, its
+      ``was_*`` kept: those who saw the station before it and do not now are told it
+      left, those who see it now and did not joined; the middle company B is neither
+      told it joined last nor told its connection (review s25);
+    * the connection last told (a connection event's, or a sight event's as told): a
+      sight event's connection read, when a connection event of the same connection or
+      a newer one arrived first, is older than what maps were told, and that one's
+      ``online`` is told instead (review s25: a disconnect published on another
+      instance while the edit announced the station, "joined, online" arriving last).
+
+    Not told of a station removed: its id never comes back."""
+
+    __slots__ = ("connections", "sights")
+
+    def __init__(self) -> None:
+        self.sights: dict[str, StationSightChanged] = {}
+        self.connections: dict[str, tuple[int, bool]] = {}
+
+    def shape(self, event: DomainEvent) -> DomainEvent:
+        """``event`` as it is to be told (the same object when nothing changes)."""
+        station = event.station_id
+        if station is None:
+            return event
+        if isinstance(event, StationConnectionChanged):
+            self.connections[station] = (_number(event.connection), event.online)
+            return event
+        if not isinstance(event, StationSightChanged):
+            return event
+        newest = self.sights.get(station)
+        if event.sight is not None and (newest is None or newest.sight is None
+                                        or event.sight >= newest.sight):
+            self.sights[station] = event
+        elif newest is not None and newest.sight is not None and event.sight is not None:
+            # An earlier edit, told after a later one: by the later one's ownership.
+            event = replace(event, company_id=newest.company_id, owner_id=newest.owner_id,
+                            on_map=newest.on_map)
+        if not event.joined:
+            return event
+        told = self.connections.get(station)
+        if told is None or told[0] < _number(event.connection):
+            self.connections[station] = (_number(event.connection), event.online)
+        elif told[1] != event.online:
+            event = replace(event, online=told[1])
+        return event
+
+
+def _number(connection: int | None) -> int:
+    return -1 if connection is None else connection
+
+
 class _Pump:
     """Reads one set of topics' bus subscription and hands every event to the watchers
     whose viewer may see it. Watchers are kept per viewer in tuples replaced on change, so a
@@ -67,6 +135,7 @@ class _Pump:
         self.live = live
         self.topics = topics
         self.stream = stream
+        self.order = SightOrder()
         self.by_viewer: dict[Viewer, tuple[Watch, ...]] = {}
         self.count = 0
         self.started = False
@@ -95,6 +164,8 @@ class _Pump:
         try:
             async for event in self.stream:
                 everyone = isinstance(event, EventsDropped)
+                if not everyone:
+                    event = self.order.shape(event)
                 handed = 0
                 for viewer, watches in tuple(self.by_viewer.items()):
                     if not everyone and not sees(viewer, event):
@@ -158,8 +229,13 @@ class LiveService(Service):
     async def _visible(self, viewer: Viewer, stream: Any
                        ) -> AsyncIterator[DomainEvent | EventsDropped]:
         try:
+            order = SightOrder()
             async for event in stream:
-                if isinstance(event, EventsDropped) or self.policy.sees_event(viewer, event):
+                if isinstance(event, EventsDropped):
+                    yield event
+                    continue
+                event = order.shape(event)
+                if self.policy.sees_event(viewer, event):
                     yield event
         finally:
             await stream.aclose()
