@@ -623,10 +623,18 @@ class StationService(Service):
         """A plug removed is announced UNAVAILABLE (and not free) to the live map, its
         record gone (the event's ``connector`` reads null), as a removed station is
         announced offline: told nothing, every driver's map kept offering it, AVAILABLE
-        and free, until it queried again (QA s25). Dated now: later than any state the
-        map holds for it."""
+        and free, until it queried again (QA s25).
+
+        Dated when the plug's last reported state began (``status_at``, the charger's
+        clock; never reported: when it was made), not now: a map takes an event as
+        stale when it is older than the ``statusAt`` it holds, and the charger's next
+        report, which makes the plug again (``ChargingService.status_notification``),
+        is dated by the charger's clock, often before our now. Dated now, the removal
+        outranked it, and the map kept the plug UNAVAILABLE though it reads AVAILABLE
+        (review s25). Not older than what the map holds for the plug: it is applied."""
+        at = connector.status_at if connector.status_at is not None else connector.created_at
         await self.publish(ConnectorStatusChanged(
-            **owned_by(station), at=self.now(), connector_record_id=connector.id,
+            **owned_by(station), at=at, connector_record_id=connector.id,
             connector_id=connector.connector_id,
             status=ConnectorStatus.UNAVAILABLE.value, free=False))
 

@@ -1,20 +1,29 @@
 """A station handed over or taken off the map leaves and joins live maps
 (``StationSightChanged``): in the right order, with its connection as it is, whatever
-else happens to the station meanwhile (review s25)."""
+else happens to the station meanwhile; and a plug removed leaves them without outranking
+what its charger reports next (review s25)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from domain.entities import Company, Role
-from domain.events import DomainEvent, StationConnectionChanged, StationSightChanged
+from domain.clock import utcnow
+from domain.entities import Company, Connector, Role
+from domain.events import (
+    ConnectorStatusChanged,
+    DomainEvent,
+    StationConnectionChanged,
+    StationSightChanged,
+)
 from domain.policy import SYSTEM, Policy, Viewer
+from domain.query import Eq
 from domain.services import ConnectorSpec, ServiceContext, Services
 from domain.services.live import LiveService
 from pubsub.memory import MemoryEventBus
@@ -190,3 +199,26 @@ async def test_an_earlier_handover_arriving_last_is_judged_by_the_later_one() ->
     assert got["B"] == [("StationSightChanged", False)], got
     assert got["C"] and got["C"][-1] == ("StationSightChanged", True), got
 
+
+async def test_a_plug_removed_then_reported_again_is_not_stale_on_the_map(
+        world: World) -> None:
+    """A plug removed while its charger still has it: the charger's next report makes it
+    again, dated by the charger's clock. The removal is dated so that this report is not
+    older than it: a map skipping events older than the `statusAt` it holds (README)
+    kept the plug UNAVAILABLE, though it reads AVAILABLE, until it queried again."""
+    began = utcnow() - timedelta(minutes=30)
+    charging = world.services.charging
+    await charging.status_notification(CP, 1, "Available", "NoError", timestamp=began)
+    [plug] = await world.services.ctx.store.find_all(Connector, Eq("station_id",
+                                                                   world.station_id))
+    events = world.services.live.events(SYSTEM, [ConnectorStatusChanged.topic])
+    await world.services.stations.remove_connector(SYSTEM, plug.id)
+    await charging.status_notification(CP, 1, "Available", "NoError",
+                                       timestamp=began + timedelta(minutes=1))
+    removal, report = await told(events)
+    assert (removal.status, removal.free, report.status) == ("Unavailable", False,
+                                                             "Available")
+    assert removal.at <= report.at, "the map skips the report as older than the removal"
+    [again] = await world.services.ctx.store.find_all(Connector, Eq("station_id",
+                                                                    world.station_id))
+    assert again.status_at == report.at
