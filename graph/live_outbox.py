@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import deque
 from collections.abc import Awaitable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any
@@ -92,6 +93,9 @@ class Outbox:
         self._queue: deque[QueuedSend] = deque()
         self._writer: asyncio.Task[None] | None = None
         self.dead = False
+        #: ``time.monotonic()`` when a message last went to the socket (the keep-alive
+        #: pings a socket that has been quiet, ``Connection.keep_alive``).
+        self.sent_at = time.monotonic()
 
     def control(self, message: Message) -> None:
         self._push(QueuedSend({"type": "websocket.send", "text": dumps(message)}))
@@ -126,6 +130,7 @@ class Outbox:
             self._queue.append(item)
 
     def _now(self, message: Message) -> None:
+        self.sent_at = time.monotonic()
         sending: Awaitable[None] = self._send(message)
         rest: Awaitable[Any] | None = sending
         if asyncio.iscoroutine(sending):  # an ASGI send may be any awaitable
@@ -153,6 +158,7 @@ class Outbox:
                     assert op is not None and item.event is not None
                     message = await op.group.render_alone(op, item.event, item.dropped_before)
                 await self._send(message)
+                self.sent_at = time.monotonic()
         except Exception:
             self._die()
         finally:

@@ -48,6 +48,9 @@ NESTED = """subscription($f: StationEventFilter) { connectorStatusChanged(filter
 LOCAL = "subscription { connectorStatusChanged { cpId status info droppedBefore } }"
 LOCAL_FRAGMENT = """subscription { connectorStatusChanged { ...F __typename } }
 fragment F on ConnectorStatusEvent { cpId info stationId at }"""
+#: These sockets' messages are counted exactly: no keep-alives among them (a legacy socket
+#: gets a ``ka`` right after its ack). Keep-alives: tests/shell/test_websocket_keepalive.py.
+NO_KEEPALIVE = timedelta(0)
 
 
 class Setup:
@@ -64,7 +67,8 @@ class Setup:
 
         self.endpoint = LiveEndpoint(services, self.tokens, schema, authorize,
                                      queue_size=queue_size,
-                                     revalidate_every=revalidate_every)
+                                     revalidate_every=revalidate_every,
+                                     keep_alive=NO_KEEPALIVE)
 
     def token(self, name: str) -> str:
         return self.tokens.issue(self.world.users[name].id).token
@@ -949,7 +953,8 @@ async def test_a_socket_without_connection_init_is_closed_on_both_protocols(
         return await resolve_viewer(live.services, live.tokens, header)
 
     endpoint = LiveEndpoint(live.services, live.tokens, schema, authorize,
-                            connection_init_timeout=timedelta(milliseconds=50))
+                            connection_init_timeout=timedelta(milliseconds=50),
+                            keep_alive=NO_KEEPALIVE)
     silent = Socket(endpoint, protocol)
     await silent.connect()
     silent.put({"type": "ka"} if protocol == "graphql-ws" else {"type": "ping"})
@@ -974,7 +979,8 @@ async def test_operations_are_limited_per_client_address_and_in_all(live: Setup)
         return await resolve_viewer(live.services, live.tokens, header)
 
     endpoint = LiveEndpoint(live.services, live.tokens, schema, authorize,
-                            max_operations=5, max_operations_per_client=3)
+                            max_operations=5, max_operations_per_client=3,
+                            keep_alive=NO_KEEPALIVE)
     hub = endpoint.hub
 
     async def opened(client: str) -> Socket:
@@ -1063,7 +1069,7 @@ async def held_setup(store: CountingStore, max_renders: int,
 
     live.endpoint = LiveEndpoint(services, live.tokens, schema, authorize,
                                  queue_size=queue_size, max_renders=max_renders,
-                                 render_backlog=render_backlog)
+                                 render_backlog=render_backlog, keep_alive=NO_KEEPALIVE)
     return held, bus, live
 
 
