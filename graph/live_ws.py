@@ -119,6 +119,8 @@ KEEPALIVE = timedelta(seconds=25)
 #: time: graphql-ws's own recipe for a pong timeout (a client closing with 4408 "Request
 #: Timeout"), and a code its client retries (1011 is among those it gives up on).
 PONG_TIMEOUT = (4408, "Pong timeout")
+#: How early by ``time.monotonic()`` a timer may run: what is this close is due.
+_EARLY = 0.001
 
 Authorize = Callable[[str | None], Awaitable[Viewer]]
 
@@ -294,8 +296,10 @@ class Connection:
         self.closing: asyncio.Future[None] | None = None
         #: ``time.monotonic()`` when the client last sent a message.
         self.heard_at = time.monotonic()
-        #: When the keep-alive's ``ping`` went out that no message has answered yet.
-        self.ping_sent_at: float | None = None
+        #: The keep-alive's ``ping`` that no message has answered yet, and when it was
+        #: given to the outbox (it may wait there behind a backlog).
+        self.ping: QueuedSend | None = None
+        self.ping_queued_at = 0.0
         self.keep_alive_timer: asyncio.TimerHandle | None = None
         self.operations: dict[str, LiveOperation | asyncio.Task[None]] = {}
 
@@ -456,8 +460,10 @@ class Connection:
           quiet meaning nothing sent to the client or nothing heard from it (events going
           out do not show that anyone still reads them: a half-open socket takes them into
           its buffers without complaint). A client that sends nothing at all (no ``pong``,
-          nothing else) within a further interval is closed, 4408 "Pong timeout", which
-          graphql-ws's client answers by reconnecting.
+          nothing else) within a further interval from when the ping went out is closed,
+          4408 "Pong timeout", which graphql-ws's client answers by reconnecting; a ping
+          queued behind a backlog waits while the socket keeps taking messages
+          (``_pong_wait``).
         * graphql-ws (legacy): a ``ka`` every interval, busy or not, as its reference
           server sends them: Apollo's client counts only ``ka``, never data, and closes a
           socket that went 30 s without one. The protocol has no answer to it.
@@ -484,19 +490,35 @@ class Connection:
             self._keep_alive_in(interval)
             return
         now = time.monotonic()
-        if self.ping_sent_at is not None:
-            if self.heard_at < self.ping_sent_at:
-                self.closing = asyncio.ensure_future(self.outbox.close(*PONG_TIMEOUT))
+        if self.ping is not None:
+            if self.heard_at < self.ping_queued_at:
+                wait = self._pong_wait(self.ping, now, interval)
+                if wait is None:
+                    self.closing = asyncio.ensure_future(self.outbox.close(*PONG_TIMEOUT))
+                else:
+                    self._keep_alive_in(wait)
                 return
-            self.ping_sent_at = None
-        # A timer may run a hair early by this clock: what is that close is due.
+            self.ping = None
         wait = min(self.heard_at, self.outbox.sent_at) + interval - now
-        if wait > 0.001:
+        if wait > _EARLY:
             self._keep_alive_in(wait)
             return
-        self.outbox.control({"type": "ping"})
-        self.ping_sent_at = now
+        self.ping = self.outbox.control({"type": "ping"})
+        self.ping_queued_at = now
         self._keep_alive_in(interval)
+
+    def _pong_wait(self, ping: QueuedSend, now: float, interval: float) -> float | None:
+        """How much longer an unanswered ``ping`` may wait for its answer; ``None``: no
+        longer, the client is gone. A full interval from when it went out, not from when
+        it was queued: behind a backlog (a client on a slow link reading a burst of
+        events) it reaches the client late, and such a client was closed although it
+        read and answered (QA). While it waits in the outbox, the socket taking
+        messages (anything sent within the interval) shows that the client reads; a
+        socket that took nothing for an interval is not read by anyone."""
+        if ping.sent_at is None:
+            return interval if now - self.outbox.sent_at < interval else None
+        wait = ping.sent_at + interval - now
+        return wait if wait > _EARLY else None
 
     # -- operations ---------------------------------------------------------
     def _room_for(self, op_id: str) -> bool:
