@@ -119,7 +119,7 @@ KEEPALIVE = timedelta(seconds=25)
 #: time: graphql-ws's own recipe for a pong timeout (a client closing with 4408 "Request
 #: Timeout"), and a code its client retries (1011 is among those it gives up on).
 PONG_TIMEOUT = (4408, "Pong timeout")
-#: How early by ``time.monotonic()`` a timer may run: what is this close is due.
+#: How early by ``time.monotonic()`` a timer may run: a deadline this close is reached.
 _EARLY = 0.001
 
 Authorize = Callable[[str | None], Awaitable[Viewer]]
