@@ -101,19 +101,29 @@ def remove_sqlite_database(database_url: str) -> list[Path]:
     if path is None:
         raise ConfigError("--reset works on SQLite databases only; drop the MongoDB "
                           "database yourself to start over")
-    from store.sqlite.backup import BackupError, refuse_open, refuse_running
+    from store.sqlite.backup import (
+        SIDE_FILES,
+        BackupError,
+        refuse_inaccessible,
+        refuse_open,
+        refuse_running,
+    )
 
     # Not under a running instance (QA s24: a second `demo --reset` deleted the first
     # demo's database, which then refused every write, and only after that found its
     # ports taken), nor under a process that holds no lease yet (review s24: a reset
-    # during a demo's seeding deleted its database).
+    # during a demo's seeding deleted its database), nor when this user cannot tell
+    # (review s26: an error that is no proof of a damaged file, such as SQLITE_IOERR_LOCK
+    # for a user who may not write the -shm of a database in use, let it through).
     try:
+        refuse_inaccessible(path, "reset")
         refuse_running(path, "reset")
         refuse_open(path, "reset")
     except BackupError as exc:
         raise ConfigError(f"--reset: {exc}") from exc
     removed = []
-    for candidate in (path, *(path.with_name(path.name + s) for s in ("-wal", "-shm"))):
+    # A stale rollback journal too: SQLite would replay it into the next database made here.
+    for candidate in (path, *(path.with_name(path.name + s) for s in SIDE_FILES)):
         if candidate.exists():
             candidate.unlink()
             removed.append(candidate)
