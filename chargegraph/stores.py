@@ -94,8 +94,10 @@ async def started_store(database_url: str) -> AsyncIterator[Store]:
 
 
 def remove_sqlite_database(database_url: str) -> list[Path]:
-    """Deletes a SQLite database with its WAL side files; returns what was removed. Refuses
-    a database an instance of the service runs on (its lease is live), and other
+    """Deletes a SQLite database with its side files (WAL, shared memory, a stale rollback
+    journal); returns what was removed. Refuses a database an instance of the service
+    runs on (its lease is live) or another process has open, one this user cannot tell
+    that of (it may not read and write it: ``backup.refuse_inaccessible``), and other
     backends: dropping a MongoDB database is too destructive to do on a flag."""
     path = sqlite_path(database_url)
     if path is None:
