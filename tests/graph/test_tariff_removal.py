@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -194,3 +195,12 @@ async def test_a_version_dated_back_across_a_removal_is_in_force_after_it(
         valid_from=utcnow() - timedelta(hours=1))
     assert (await services.tariffs.tariff_at(station, utcnow())).id == backdated.id  # type: ignore[union-attr]
 
+
+def test_the_architecture_s_edit_rules_tell_how_a_tariff_is_removed() -> None:
+    """docs/architecture.md said tariffs are never edited while ``removeTariff`` ends and
+    deletes versions (review s25): its edit rules name the guarded writes it uses."""
+    text = " ".join((Path(__file__).parents[2] / "docs" / "architecture.md")
+                    .read_text(encoding="utf-8").split())
+    assert "Tariffs are never edited (`setTariff` inserts the next one)" not in text
+    assert "`removeTariff` ends a version with `edit()` (`valid_until`) or deletes one " \
+           "with `removal()`" in text
