@@ -203,3 +203,21 @@ async def test_a_store_failure_is_503_before_and_a_cut_transfer_after(
     samples, _ = await scrape(service)
     assert value(samples, "chargegraph_export_requests_total", export="me",
                  outcome="error") == 2
+
+
+async def test_what_they_did_to_others_records_is_listed_without_those_records(
+        service: Running) -> None:
+    """An admin's own copy lists their change of driver2's card (that they did it, and
+    when), but not the card's images: those are driver2's data, not the admin's."""
+    c = service.central
+    admin = c.users["admin"]
+    await service.services.fleet.update_id_tag(Viewer.of(admin), c.tags["other"].id,
+                                               status=d.IdTagStatus.BLOCKED)
+    response = await download(service, "/export/me.json", await service.token("admin"))
+    doc = response.json()
+    [done] = [e for e in doc["auditLog"] if e["entity"] == "id_tag"]
+    assert (done["entityId"], done["action"], done["actor"], done["aboutYou"],
+            done["before"], done["after"]) == (gid("id_tag", c.tags["other"].id),
+                                               "UPDATE", admin.id, False, None, None)
+    assert "TAG-OTHER" not in response.text
+    assert c.users["driver2"].id not in response.text
