@@ -283,8 +283,10 @@ class PersonalDataExport:
         raw = request.path_params.get("user")
         name = "me" if raw is None else "user"
         if request.query_params:
+            # Named in the message as sent (the error's field would be camel-cased): a
+            # token sent as ``?access_token=`` belongs in the Authorization header.
             return error_response(DomainError(
-                "this export takes no parameters", field=next(iter(request.query_params)),
+                f"this export takes no parameters (got {next(iter(request.query_params))!r})",
                 code="INVALID"), 400)
         try:
             viewer = await self.viewer_of(request.headers.get("authorization"))
