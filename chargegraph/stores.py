@@ -115,8 +115,14 @@ def remove_sqlite_database(database_url: str) -> list[Path]:
     # demo's database, which then refused every write, and only after that found its
     # ports taken), nor under a process that holds no lease yet (review s24: a reset
     # during a demo's seeding deleted its database), nor when this user cannot tell
-    # (review s26: an error that is no proof of a damaged file, such as SQLITE_IOERR_LOCK
+    # (review s25: an error that is no proof of a damaged file, such as SQLITE_IOERR_LOCK
     # for a user who may not write the -shm of a database in use, let it through).
+    # A stale rollback journal too: SQLite would replay it into the next database made here.
+    # Listed before the checks: their own open of the database may already take a side
+    # file away (SQLite drops an unusable -wal as it closes), and it is still one removed.
+    found = [candidate for candidate in
+             (path, *(path.with_name(path.name + s) for s in SIDE_FILES))
+             if candidate.exists()]
     try:
         refuse_inaccessible(path, "reset")
         refuse_running(path, "reset")
@@ -124,11 +130,12 @@ def remove_sqlite_database(database_url: str) -> list[Path]:
     except BackupError as exc:
         raise ConfigError(f"--reset: {exc}") from exc
     removed = []
-    # A stale rollback journal too: SQLite would replay it into the next database made here.
+    for candidate in found:
+        candidate.unlink(missing_ok=True)
+        removed.append(candidate)
     for candidate in (path, *(path.with_name(path.name + s) for s in SIDE_FILES)):
-        if candidate.exists():
+        if candidate not in found and candidate.exists():  # made by the checks' open
             candidate.unlink()
-            removed.append(candidate)
     return removed
 
 

@@ -72,7 +72,7 @@ MAX_MESSAGE = 4 * 1024 * 1024
 #: Seconds a connection the server closes waits for the charger's close frame before it
 #: drops the TCP connection (websockets' default): a charger on a slow link answering a
 #: hang-up (1008, 1013, a replaced connection) in a few seconds closes cleanly, and its
-#: disconnect is recorded as heard, not as a lost link's 1006 (review s26).
+#: disconnect is recorded as heard, not as a lost link's 1006 (review s25).
 CLOSE_TIMEOUT_S = 10.0
 #: The same wait for the connections closed by ``OcppServer.stop`` (1001), set on each
 #: as the stop begins. Chargers whose link went silent without a FIN (a cellular modem

@@ -239,7 +239,7 @@ def restore(backup_file: str | Path, database: str | Path) -> RestoreReport:
 
 
 def _keep_mode_and_owner(temporary: str, database: Path, replaced: os.stat_result) -> None:
-    """Gives the restored file the replaced one's mode and owner (review s26: restored by
+    """Gives the restored file the replaced one's mode and owner (review s25: restored by
     `sudo chargegraph restore`, the database was root's own 0600 temporary, and the
     service, running as its own user, could not open it). Refused, before the database is
     touched, when this user may not give it that owner: run it as root or as the owner."""
@@ -314,7 +314,7 @@ def _cannot_tell(database: Path, error: object, then: str) -> BackupError:
 def refuse_inaccessible(database: Path, then: str) -> None:
     """Refuses, before anything is touched, a database this user may not read and write:
     whether another process has it open cannot be told without writing to it
-    (``refuse_open``), nor its lease read without reading it (review s26)."""
+    (``refuse_open``), nor its lease read without reading it (review s25)."""
     if database.exists() and not os.access(database, os.R_OK | os.W_OK):
         raise _cannot_tell(database, "this user may not read and write it", then)
 
