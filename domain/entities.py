@@ -149,6 +149,9 @@ class AuditAction(StrEnum):
     #: A person's account erased (``Erasure``): names no personal data, nor do the
     #: entries about them once it has run.
     ERASE = "ERASE"
+    #: A copy of a person's data downloaded (``PersonalDataService``: ``/export/me.json``,
+    #: ``/export/users/{id}.json``): who took whose, and when; it names nothing else.
+    EXPORT = "EXPORT"
 
 
 SYSTEM_ACTOR = "system"
@@ -305,6 +308,12 @@ class Station(Record):
     #: When its charger last booted (BootNotification), on our clock: a session recorded
     #: before it and still open on a connector then reported Available lost its stop.
     booted_at: datetime | None = None
+    #: The registration its charger acts on (``domain.registration``): the one its last
+    #: BootNotification was answered with, which OCPP 1.6 (4.2) has it keep until its
+    #: next boot; or, when ``registration`` was changed before any boot was answered
+    #: with it kept, the registration it was changed from. ``None``: ``registration``'s
+    #: (SQLite migration 59; stations from before it, until their next boot).
+    charger_registration: Registration | None = None
     #: The charge point as a whole, from its StatusNotifications for connector 0
     #: (Available, Unavailable or Faulted); ``None`` until it sent one.
     status: ConnectorStatus | None = None

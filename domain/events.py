@@ -69,16 +69,31 @@ class StationSightChanged(DomainEvent):
     now and did not, with its connection as it is (a map adds it). The ownership fields
     are the station's after the edit, ``was_*`` before it. Not a connection change: no
     charger went anywhere, so it has a topic of its own, which the services that follow
-    connections (commands, site limits, webhooks, caches) do not hear."""
+    connections (commands, site limits, webhooks, caches) do not hear, and an older
+    instance cannot take for a disconnect. Live maps read both topics through one
+    subscription, in one order (``LiveService.watch``), and place it by ``sight`` and
+    ``connection`` (``domain.services.live.SightOrder``)."""
 
     topic: ClassVar[str] = "station_sight"
     joined: bool
     #: What the viewers it reaches are told of the connection: ``False`` to those who
-    #: lost sight of it; the station's own to those who gained it.
+    #: lost sight of it; the station's own to those who gained it, read when it is
+    #: published (not by the edit: a disconnect in between was told first, then undone).
     online: bool
     was_company_id: str | None = None
     was_owner_id: str | None = None
     was_on_map: bool = True
+    #: Which edit of the station's sight this is: a number the store draws between the
+    #: edit's read and its write (``Store.next_sequence("station_sight")``), so of two
+    #: edits the later has the higher, whatever the instances' clocks. Live maps judge a
+    #: sight event that arrives after a later edit's by the later edit's ownership
+    #: (``domain.services.live``). ``None`` from versions before it was carried.
+    sight: int | None = None
+    #: The connection ``online`` was read with (``Station.connection``): a connection
+    #: event of this connection or a newer one that reached a map first is newer than
+    #: the read, and its ``online`` is told instead. ``None``: never connected, and from
+    #: versions before it was carried.
+    connection: int | None = None
 
     def sides(self) -> tuple[StationConnectionChanged, StationConnectionChanged]:
         """The station as seen after the edit and before it: to ask the visibility rules
@@ -232,7 +247,8 @@ class AccessChanged(DomainEvent):
 @dataclass(frozen=True, kw_only=True)
 class StationRemoved(DomainEvent):
     """Never to clients: a station was removed, so the instance holding its charger's
-    websocket hangs up at once instead of at the charger's next message."""
+    websocket hangs up at once instead of at the charger's next message, and live maps'
+    streams forget what they kept of it (``domain.services.live.SightOrder``)."""
 
     topic: ClassVar[str] = "station_removed"
 

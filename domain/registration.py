@@ -7,14 +7,16 @@ SecurityError. Without it a charger nobody accepted (a Pending one that register
 with ``CHARGEGRAPH_AUTO_REGISTER``) could check every card with Authorize and open
 sessions on drivers' cards, which then read ConcurrentTx at real stations.
 
-A station made Pending or Rejected while its charger was Accepted is another matter: the
-charger learns its registration only at its next boot (4.2), and until then sends what an
-Accepted one does. Its messages about a transaction already open on the station
-(``ABOUT_OPEN_TRANSACTIONS``: its StopTransaction, its meter values, its connectors'
-states) are admitted whatever the registration (``ChargingService.admits``): refused, the
-charger drops them after its TransactionMessageAttempts, and the session stays ACTIVE and
-unbilled for good (review s25). Nothing opens a transaction: no StartTransaction, no
-Authorize, whatever is open.
+A charger learns its registration only from the answer to its BootNotification, and acts
+on it until its next boot (``Station.charger_registration``). A station made Pending or
+Rejected while its charger was told Accepted goes on sending what an Accepted one does:
+its stops, meter values, connector states and starts it made on its own (a local list,
+free vend). Those reports are judged by the registration the charger was told: refused,
+it drops a StopTransaction after its TransactionMessageAttempts, the session ACTIVE and
+unbilled for good, and its connector left Finishing once the stop is taken (review s25).
+The station's registration as it is now withholds new authorizations alone: Authorize is
+refused (``NEW_AUTHORIZATIONS``), a start or stop is answered without its card's status
+(``ChargingService``), and no remote start or reservation is sent (``commands``).
 """
 
 from __future__ import annotations
@@ -30,15 +32,24 @@ PENDING_MAY_SEND = frozenset({
     "DiagnosticsStatusNotification", "FirmwareStatusNotification",
 })
 
-
-#: What a charger may send about a transaction open on its station (ACTIVE, awaiting its
-#: late stop, or closed without its stop), whatever the station's registration: the
-#: messages that close it, measure it, and report its connector.
-ABOUT_OPEN_TRANSACTIONS = frozenset({"StopTransaction", "MeterValues", "StatusNotification"})
+#: What asks the central system for a new authorization (a card checked): judged by the
+#: station's registration as it is now, not by the one its charger was told.
+NEW_AUTHORIZATIONS = frozenset({"Authorize"})
 
 
-def admits(registration: Registration, action: str) -> bool:
-    """Whether a charger of a station in ``registration`` may send ``action``."""
+def admits(registration: Registration, action: str,
+           told: Registration | None = None) -> bool:
+    """Whether a charger of a station in ``registration`` may send ``action``, its last
+    boot answered ``told`` (``Station.charger_registration``; ``None``: ``registration``):
+    what either lets it send, but a new authorization (``NEW_AUTHORIZATIONS``) only by
+    ``registration``. An operator's acceptance admits at once what the charger, still
+    Pending, sends anyway."""
+    if _may_send(registration, action):
+        return True
+    return told is not None and action not in NEW_AUTHORIZATIONS and _may_send(told, action)
+
+
+def _may_send(registration: Registration, action: str) -> bool:
     if registration is Registration.ACCEPTED:
         return True
     if registration is Registration.PENDING:

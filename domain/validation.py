@@ -397,10 +397,10 @@ def password_form(value: str) -> str:
 
 
 def license_plate(value: str | None, field: str = "licensePlate") -> str:
-    """The plate as entered, for display: trimmed, runs of whitespace one space, upper
-    case ("b-mi  2024" is "B-MI 2024"). Letters, digits, spaces and dashes only; what
-    tells one car from another is its ``plate_key``."""
-    shown = " ".join(_given(value, field).split()).upper()
+    """The plate as entered, for display (``plate_shown``): "b-mi  2024" is "B-MI 2024",
+    and so is "ｂ-ｍｉ　２０２４" typed with a phone's full-width keyboard. Letters, digits,
+    spaces and dashes only; what tells one car from another is its ``plate_key``."""
+    shown = plate_shown(_given(value, field))
     key = plate_key(shown)
     rule = (f"letters, digits, spaces and dashes only, at most {MAX_PLATE} letters and "
             "digits")
@@ -416,12 +416,20 @@ def license_plate(value: str | None, field: str = "licensePlate") -> str:
     return shown
 
 
+def plate_shown(text: str) -> str:
+    """A plate as it is kept and shown: in its compatibility form (NFKC, as emails and
+    passwords are compared: QA s25, full-width "ＢＭＩ２０２４" from an IME was another
+    car than "BMI2024", its owner's second, and no search for "bmi 2024" found it),
+    trimmed, runs of whitespace one space, upper case."""
+    return " ".join(unicodedata.normalize("NFKC", text).split()).upper()
+
+
 def plate_key(text: str) -> str:
-    """What a plate is compared by: its letters and digits, upper case. "B-MI 2024",
-    "bmi2024" and "B MI-2024" are one car (unique per owner on this key), and a search
-    for "bmi 2024" finds it. For a plate written before plates kept their separators,
-    the stored plate is its key."""
-    return "".join(c for c in text.upper() if c.isalnum())
+    """What a plate is compared by: its letters and digits, upper case, in compatibility
+    form (``plate_shown``). "B-MI 2024", "bmi2024", "B MI-2024" and "ＢＭＩ２０２４" are
+    one car (unique per owner on this key), and a search for "bmi 2024" finds it. For
+    a plate written before plates kept their separators, the stored plate is its key."""
+    return "".join(c for c in plate_shown(text) if c.isalnum())
 
 
 def name_key(text: str) -> str:

@@ -17,6 +17,7 @@ from domain.services import Services
 from graph.auth import TokenService, bearer_token
 from graph.context import GraphContext
 from graph.csv_export import CsvExports
+from graph.data_export import PersonalDataExport
 from graph.http import GraphQLHTTPHandler
 from graph.live_ws import KEEPALIVE, LiveEndpoint
 from graph.schema import schema
@@ -52,6 +53,8 @@ class GraphQLApp:
         # The same viewer from the same token, the same services and metrics: an export
         # sees exactly what the GraphQL lists show.
         self.export = CsvExports(services, self.bearer_viewer, metrics)
+        # A person's copy of their data (``/export/me.json``, ``/export/users/{id}.json``).
+        self.personal_data = PersonalDataExport(services, self.bearer_viewer, metrics)
 
     async def bearer_viewer(self, authorization: str | None) -> Viewer:
         return await resolve_viewer(self.services, self.tokens, authorization)

@@ -44,7 +44,8 @@ _PASSWORD = ("8 to 256 characters (TOO_SHORT, TOO_LONG), not one of the password
 _MAX_KW = "Rated power in kW, above 0 and at most 1000; null: unknown."
 _BATTERY = "Battery capacity in kWh, above 0 and at most 1000."
 _PLATE = ("Letters, digits, spaces and dashes, at most 16 letters and digits; stored "
-          "upper case. Unique per owner by its letters and digits (DUPLICATE).")
+          "upper case, full-width characters as their plain ones (NFKC). Unique per owner "
+          "by its letters and digits (DUPLICATE).")
 
 
 def _id_of(what: str) -> str:
@@ -267,10 +268,11 @@ class UpdateStationInput:
     registration: Registration | None = strawberry.field(default=strawberry.UNSET,
                                                          description=(
         "How its charger's boots are answered; accepting a PENDING or REJECTED station "
-        "asks its charger, if connected, to boot again. Made PENDING or REJECTED, no "
-        "session starts there from then on; one under way runs to its end and is billed "
-        "as any other (its charger, told at its next boot, still has its meter values "
-        "and stop taken)."))
+        "asks its charger, if connected, to boot again. Made PENDING or REJECTED, it "
+        "authorizes no session from then on (no remote start or reservation, no card "
+        "checked); its charger, told at its next boot, acts as before until then: a "
+        "session under way runs to its end, a start it makes anyway is recorded and "
+        "billed, and it may still be sent a remote stop, an unlock or a reset."))
     heartbeat_interval: int | None = strawberry.field(default=strawberry.UNSET, description=(
         "Seconds (1 to 86400) its charger's boots are answered with from now on, which it "
         "takes at its next boot (a `changeConfiguration` of `HeartbeatInterval` it accepts "

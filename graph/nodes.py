@@ -425,9 +425,10 @@ class User(Node, Audited):
 @strawberry.type(description="An electric vehicle, owned by a user.")
 class Vehicle(Node, Audited):
     license_plate: str = strawberry.field(
-        description="As entered, for display: trimmed, spaces collapsed, upper case "
-                    "(\"B-MI 2024\"). Unique per owner by its letters and digits alone: "
-                    "\"BMI2024\" is the same plate.")
+        description="As entered, for display: trimmed, spaces collapsed, upper case, "
+                    "full-width characters as their plain ones (\"B-MI 2024\"). Unique "
+                    "per owner by its letters and digits alone: \"BMI2024\" is the same "
+                    "plate.")
     make: str | None = strawberry.field(description="As entered; null when not given.")
     model: str | None = strawberry.field(description="As entered; null when not given.")
     battery_kwh: float | None = strawberry.field(description=(

@@ -145,7 +145,9 @@ class _OfStation:
 class ConnectorStatusEvent(_OfStation):
     cp_id: str = strawberry.field(description=_CP_ID)
     connector_id: int = strawberry.field(description=_CONNECTOR_ID)
-    status: ConnectorStatus = strawberry.field(description="The status reported.")
+    status: ConnectorStatus = strawberry.field(description=(
+        "The status reported; `UNAVAILABLE` for a plug removed (`removeConnector`: no "
+        "report, `connector` null from then on)."))
     error_code: str = strawberry.field(description="OCPP ChargePointErrorCode, `NoError` "
                                                    "when healthy.")
     info: str | None = strawberry.field(description="The charger's free-text detail.")
@@ -154,7 +156,9 @@ class ConnectorStatusEvent(_OfStation):
     at: datetime = strawberry.field(description=(
         "When the status began, by the charger's timestamp (else its clock's now), UTC: "
         "the connector's (for connector 0 the station's) `statusAt` from now on. An event "
-        "older than the `statusAt` a client holds is stale."))
+        "older than the `statusAt` a client holds is stale. A plug removed: when its last "
+        "reported status began (its `statusAt`; never reported: when it was added), so "
+        "its charger's next report, which adds it again, is not stale."))
     dropped_before: int = strawberry.field(
         description="Events this subscriber missed right before this one (it fell behind).")
     free: bool | None = strawberry.field(description=(

@@ -124,14 +124,6 @@ ActionHandler = Callable[["ChargePointHandler", Payload], Awaitable[Payload]]
 FAST_SEND_BUFFER = 64 * 1024
 #: Close code for a charger whose station was removed (1008: policy violation).
 CLOSE_UNKNOWN_STATION = 1008
-
-
-def _int(payload: Any, key: str) -> int | None:
-    """``payload[key]`` if it is an integer (a transaction or connector id), else ``None``."""
-    value = payload.get(key) if isinstance(payload, dict) else None
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
 #: The answer to the notifications whose confirmation carries no fields.
 EMPTY: Payload = {}
 #: The metrics label of an action we do not serve (or a frame without one): chargers may
@@ -597,12 +589,12 @@ class ChargePointHandler(ChargePoint):
             if self._station_removed:
                 raise FrameError(frames.PROPERTY_CONSTRAINT_VIOLATION,
                                  f"unknown charge point {self.id}", uid)
-            if action != "BootNotification" and not await self.charging.admits(
-                    self.id, action, transaction_id=_int(frame.payload, "transactionId"),
-                    connector_id=_int(frame.payload, "connectorId")):
+            if action != "BootNotification" and not await self.charging.admits(self.id,
+                                                                                action):
                 # The charger keeps what it queued (a StartTransaction, its meter values)
-                # and sends it once an operator accepts the station. What is about a
-                # transaction open there is taken whatever the registration (a stop).
+                # and sends it once an operator accepts the station. One told Accepted at
+                # its last boot has its reports taken whatever the station's registration
+                # became since (``domain.registration``).
                 raise FrameError(frames.SECURITY_ERROR,
                                  f"{action} refused: the station is not accepted (its "
                                  "registration is pending or rejected)", uid)

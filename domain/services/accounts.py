@@ -7,6 +7,7 @@ import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any, cast
 
@@ -26,7 +27,7 @@ from domain.policy import Viewer
 from domain.ports import Change, Guard, Insert
 from domain.query import Eq, Filter, Range, all_of, any_of
 from domain.services.background import Background
-from domain.services.base import UNSET, Service, ServiceContext, patch, stamp_new
+from domain.services.base import UNSET, Service, ServiceContext, stamp_new, touch
 from domain.services.edits import edit, retried
 from domain.services.fleet import group_left_behind
 from domain.services.stations import may_own
@@ -614,10 +615,14 @@ class AccountService(Service):
                 or self.ctx.hasher.needs_rehash(user.password_hash):
             # Only the hash, and only while it is still the one just verified: a whole
             # record written back could undo a deactivation or a new password that
-            # another instance stored meanwhile.
-            upgrade = patch(user, Viewer.of(user), only_if=("password_hash", user.password_hash),
-                            password_hash=await self.hash_password(password))
-            await self.commit(Viewer.of(user), [(upgrade, user)])
+            # another instance stored meanwhile. The password is the same: no change of
+            # the account, so neither audited nor stamped (QA s25: it was audited as the
+            # person's UPDATE with ``password_changed: true``, a password change that
+            # never happened, after every hasher upgrade). Its version (``updated_at``)
+            # stays, and no image holds the hash, so the entries still chain.
+            upgrade = touch(user, password_hash=await self.hash_password(password))
+            await self.store.write([replace(upgrade, only_if=(
+                "password_hash", user.password_hash))], [])
             user = cast(User, upgrade.record)
         return user
 

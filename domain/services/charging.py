@@ -57,7 +57,7 @@ from domain.policy import Viewer, live_reservations
 from domain.ports import Change, Guard, Insert, InsertIfAbsent, Update
 from domain.pricing import billed_idle_seconds, session_cost_minor
 from domain.query import Eq, In, Range, Sort, all_of
-from domain.registration import ABOUT_OPEN_TRANSACTIONS, admits
+from domain.registration import admits
 from domain.services.base import (
     ServiceContext,
     books_of,
@@ -326,6 +326,23 @@ class IdTagInfo:
     parent_id_tag: str | None = None
 
 
+#: What the charger of a station not Accepted is told of the card its StartTransaction
+#: names, whatever the card (``_told``).
+WITHHELD = IdTagInfo("Invalid")
+
+
+def _told(station: Station, info: IdTagInfo) -> IdTagInfo:
+    """What the charger is told of its start's card (``info``: the card's status, which
+    the session is recorded and billed by, ``ChargingService._answered``). A station
+    not Accepted now authorizes nothing: a charger still acting on an earlier Accepted
+    (told its registration at its next boot) may start on its own (its local list or
+    cache, after its Authorize was refused), and that session is recorded, stopped and
+    billed as any other; but its answer is ``WITHHELD`` whatever the card, so no card is
+    checked through a start (Invalid: a charger stops the transaction), as none is
+    through Authorize (``registration.NEW_AUTHORIZATIONS``) or a stop."""
+    return info if station.registration is Registration.ACCEPTED else WITHHELD
+
+
 @dataclass(frozen=True, slots=True)
 class BootInfo:
     vendor: str
@@ -464,54 +481,13 @@ class ChargingService(ChargerConnections):
         self.cache.remember(station)
         return station
 
-    async def admits(self, cp_id: str, action: str, *, transaction_id: int | None = None,
-                     connector_id: int | None = None) -> bool:
-        """Whether the charger may send ``action`` now (``domain.registration``): its
-        station's registration, as cached for its other messages; whatever it is, a
-        message about a transaction open on the station (``ABOUT_OPEN_TRANSACTIONS``,
-        ``_about_open_transaction``). ``transaction_id``, ``connector_id``: the
-        message's, as it names them."""
+    async def admits(self, cp_id: str, action: str) -> bool:
+        """Whether the charger may send ``action`` now (``domain.registration``): by the
+        registration its last boot was answered with, which it acts on, or its station's
+        as it is now (for a new authorization, that one alone), as cached for its other
+        messages. No store read for a refused frame beyond the cached station's."""
         station = await self._require_station(cp_id)
-        if admits(station.registration, action):
-            return True
-        return action in ABOUT_OPEN_TRANSACTIONS and await self._about_open_transaction(
-            station, action, transaction_id, connector_id)
-
-    async def _about_open_transaction(self, station: Station, action: str,
-                                      transaction_id: int | None,
-                                      connector_id: int | None) -> bool:
-        """Whether a message of a charger not (any more) Accepted is about a transaction
-        open on its station: one that closes or measures it must be taken, or the session
-        is never closed, never billed (review s25). The charger learns a Pending or
-        Rejected registration only at its next boot, and its transactions do not wait for
-        it: whichever of a start and the operator's update landed first, and however
-        stale an instance's copy of the station was (``CACHE_TTL_S``), a session it opened
-        is stopped. Only this station's (by its id: a station created again under the
-        cpId is not the removed one's), and only one a stop would still close or correct
-        (``stoppable``: ACTIVE, awaiting its late stop, or closed without it). A
-        StopTransaction names its transaction; MeterValues name it, or (clock-aligned
-        samples) only the connector, then an ACTIVE session there; a StatusNotification
-        while a session is ACTIVE or awaits its stop on the station."""
-        if transaction_id is not None:
-            if action == "StatusNotification" or not issued_id(transaction_id):
-                return False
-            session = await self.store.find_one(Session, Eq("transaction_id", transaction_id))
-            return session is not None and session.station_id == station.id \
-                and stoppable(session)
-        if action == "StopTransaction":
-            return False
-        if action == "MeterValues":
-            if not connector_id:
-                return False
-            return await self.store.find_one(Session, all_of(
-                Eq("station_id", station.id), Eq("connector_id", connector_id),
-                Eq("state", SessionState.ACTIVE))) is not None
-        if await self.store.find_one(Session, all_of(
-                Eq("station_id", station.id), Eq("state", SessionState.ACTIVE))) is not None:
-            return True
-        return await self.store.find_one(Session, all_of(  # awaiting its late stop
-            Eq("station_id", station.id), Eq("state", SessionState.COMPLETED),
-            Eq("stop_reason", None))) is not None
+        return admits(station.registration, action, station.charger_registration)
 
     # ------------------------------------------------------------- boot and heartbeat
     @_station_must_exist
@@ -529,11 +505,16 @@ class ChargingService(ChargerConnections):
         # Our clock, as sessions' created_at; stored, for a restart of ours. A triggered
         # boot is no restart: the last one stays.
         booted = station.booted_at if info.triggered else now
+        # What the charger is told, and acts on until its next boot (a triggered one's
+        # answer too): its reports are judged by it (``domain.registration``).
+        told = station.registration
         if any(getattr(station, k) != val for k, val in details.items()):
-            update = patch(station, actor, last_seen=now, booted_at=booted, **details)
+            update = patch(station, actor, last_seen=now, booted_at=booted,
+                           charger_registration=told, **details)
             await self.commit(actor, [(update, station)])
         else:
-            update = touch(station, last_seen=now, booted_at=booted)
+            update = touch(station, last_seen=now, booted_at=booted,
+                           charger_registration=told)
             await self.store.write([update], [])
         self.cache.remember(cast(Station, update.record), renew=False)
         # A boot (no trigger's) settles no remote start sent before it: they stop holding
@@ -850,7 +831,10 @@ class ChargingService(ChargerConnections):
         the charger was offline arrives late and is accepted as it is."""
         v.meter_register(meter_start, "meterStart")
         start = v.instant(as_utc(timestamp), "timestamp")
-        station = await self._require_station(cp_id)
+        # Read as stored, not cached: whether the charger is told its card's status is
+        # the station's registration now (``_told``), and a Pending or Rejected set on
+        # another instance must not wait for its announcement. Starts are rare.
+        station = await self._require_station(cp_id, fresh=True)
         # A start stamped far in our future (a clock glitch: 2099) would date the session
         # there, out of every list and day it belongs to: it started on arrival, as an
         # unbelievable stop or status report is taken. Its retries then carry the same
@@ -872,7 +856,7 @@ class ChargingService(ChargerConnections):
             if same is not None and identity.matches(same, self.now()):
                 info = await self.authorize(cp_id, presented, (same.id,))
                 await self._answered(station, same, info)
-                return same.transaction_id, info
+                return same.transaction_id, _told(station, info)
             # Whether the plug was free before the session takes it: a charger going
             # from Available straight to StartTransaction says nothing the map hears.
             were_free = await self.plugs_free(station.id, connector_id)
@@ -895,7 +879,7 @@ class ChargingService(ChargerConnections):
             if isinstance(opened, Session):  # the copy committed while we waited
                 info = await self.authorize(cp_id, presented, (opened.id,))
                 await self._answered(station, opened, info)
-                return opened.transaction_id, info
+                return opened.transaction_id, _told(station, info)
             session, ended, used, repriced = opened
             break
         # Asked once the session is written: of two starts with one card at once (two
@@ -918,7 +902,7 @@ class ChargingService(ChargerConnections):
         await self.publish(self._session_event(station, session, "STARTED"))
         if were_free:  # else taken before, and taken still: nothing changed
             await self.plugs_held(owned_by(station), connector_id, were_free)
-        return session.transaction_id, info
+        return session.transaction_id, _told(station, info)
 
     async def _still_registered(self, cp_id: str) -> Station:
         """The station as stored now (not as cached), or ``_unknown`` when it is gone."""
@@ -949,7 +933,9 @@ class ChargingService(ChargerConnections):
     async def _answered(self, station: Station, session: Session, info: IdTagInfo
                         ) -> Session:
         """Records on ``session`` the answer its start got when it refused a start the
-        charger could still act on (``Session.start_refused``: priced by no tariff), and
+        charger could still act on (``Session.start_refused``: priced by no tariff): its
+        card's status (``info``), also where the charger was told ``WITHHELD`` (a
+        station not Accepted now: a valid card's session it started anyway is billed), and
         clears it when a retry of that start was told Accepted (the charger charges on
         that answer). A start its charger sent long after its timestamp (flushed from an
         offline queue) charged before it was asked: billed whatever it is told now (its
@@ -1381,7 +1367,10 @@ class ChargingService(ChargerConnections):
         station = await self._require_station(cp_id)
         readings = believed(sound(readings or [], cp_id, transaction_id),
                             self.clocks.believable, self.now())
-        info = await self.authorize(cp_id, id_tag) if id_tag else None
+        # A station not Accepted (now) has no card checked, by its stop either: the
+        # answer leaves idTagInfo out (optional in 1.6), as for a stop without an idTag.
+        info = await self.authorize(cp_id, id_tag) \
+            if id_tag and station.registration is Registration.ACCEPTED else None
         if info is not None and info.status == "ConcurrentTx":
             info = IdTagInfo("Accepted", info.expiry_date, info.parent_id_tag)
         readings = readings or []

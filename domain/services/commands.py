@@ -105,6 +105,9 @@ COMMAND_TIMEOUT_S = 30.0
 #: only read or change its configuration: no remote start or stop, no reservation.
 _CHARGING_ACTIONS = frozenset({"RemoteStartTransaction", "RemoteStopTransaction",
                                "ReserveNow"})
+#: What authorizes a new session (a card on a plug): sent only to a station Accepted now,
+#: whatever its charger was told (``registration.NEW_AUTHORIZATIONS``, the charger's).
+_AUTHORIZING_ACTIONS = frozenset({"RemoteStartTransaction", "ReserveNow"})
 
 
 #: Written in an audit entry instead of a secret a command carries.
@@ -149,6 +152,20 @@ def _refuse_driver_profile(action: str, payload: dict[str, Any]) -> None:
 
 
 def _refuse_unregistered(station: Station, action: str, payload: dict[str, Any]) -> None:
+    """Refuses a command a station's charger is not to be sent for its registration. A
+    charger told Accepted at its last boot (``Station.charger_registration``) acts as
+    Accepted until its next, whatever the station was made since: it is sent what an
+    Accepted one is, a session it runs stopped (RemoteStopTransaction), its connector
+    unlocked, itself reset (so it boots and learns), but nothing that authorizes a new
+    session (``_AUTHORIZING_ACTIONS``) unless the station is Accepted now. Refused
+    INVALID_STATE, a session left running on a station made Pending could not be stopped
+    remotely (review s25)."""
+    if station.registration is not Registration.ACCEPTED and action in _AUTHORIZING_ACTIONS:
+        raise ValidationError(f"the station's registration is "
+                              f"{station.registration.value.lower()}: accept it first",
+                              field="cpId", code="INVALID_STATE")
+    if Registration.ACCEPTED in (station.registration, station.charger_registration):
+        return
     if station.registration is Registration.REJECTED or (
             station.registration is Registration.PENDING and action in _CHARGING_ACTIONS):
         raise ValidationError(f"the station's registration is "

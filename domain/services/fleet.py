@@ -20,7 +20,7 @@ from domain.entities import (
 )
 from domain.errors import Conflict, Forbidden, NotFound, UniqueViolation, ValidationError
 from domain.policy import Viewer
-from domain.ports import Change, Delete, Guard, Insert, Store
+from domain.ports import Change, Guard, Insert, Store
 from domain.query import Eq, Filter, In, NotSub, Range, all_of, any_of
 from domain.services.background import Background
 from domain.services.base import (
@@ -29,10 +29,9 @@ from domain.services.base import (
     ServiceContext,
     not_erased,
     pages,
-    patch,
     stamp_new,
 )
-from domain.services.edits import edit, retried
+from domain.services.edits import edit, removal, retried
 from domain.services.withdrawal import list_status, restoration_marks, withdrawal_marks
 
 #: The most cards of one holder whose groups one query checks (``group_left_behind``).
@@ -171,28 +170,34 @@ class FleetService(Service):
                           model: str | None = None, battery_kwh: float | None = None,
                           checks: v.Checks | None = None) -> Vehicle:
         """Every invalid field is reported at once (with the caller's ``checks``), before
-        the owner is looked up."""
+        the owner is looked up. ``retried``, as ``issue_id_tag``: an owner erased between
+        the read and the write fails the guard, and the next read refuses them on
+        ``ownerId`` (QA s25: the caller was told CHANGED on an ``id`` the input has not)."""
         checks = checks or v.Checks()
         plate = checks(v.license_plate, license_plate)
         make = checks(v.optional_text, make, "make")
         model = checks(v.optional_text, model, "model")
         battery_kwh = checks(v.positive, battery_kwh, "batteryKwh", max_value=1000)
         checks.done()
-        owner = await self._owner(viewer, owner_id, "ownerId")
-        vehicle = stamp_new(
-            Vehicle(
-                owner_id=owner.id,
-                license_plate=plate,
-                plate_key=v.plate_key(plate),
-                make=make,
-                model=model,
-                battery_kwh=battery_kwh,
-            ),
-            viewer,
-        )
-        await self._commit_plate(viewer, [(Insert(vehicle), None)],
-                                 guards=[not_erased(owner.id)])
-        return vehicle
+
+        async def once() -> Vehicle:
+            owner = await self._owner(viewer, owner_id, "ownerId")
+            vehicle = stamp_new(
+                Vehicle(
+                    owner_id=owner.id,
+                    license_plate=plate,
+                    plate_key=v.plate_key(plate),
+                    make=make,
+                    model=model,
+                    battery_kwh=battery_kwh,
+                ),
+                viewer,
+            )
+            await self._commit_plate(viewer, [(Insert(vehicle), None)],
+                                     guards=[not_erased(owner.id)])
+            return vehicle
+
+        return await retried(once)
 
     async def _commit_plate(self, viewer: Viewer,
                             changes: Sequence[tuple[Change, Record | None]],
@@ -296,13 +301,16 @@ class FleetService(Service):
         if active is not None:
             raise Conflict("the vehicle is charging right now", field="id", code="IN_USE")
         tags = await self.store.find_all(IdTag, Eq("vehicle_id", vehicle.id))
+        # Each unlink on the card's version read, as the car's hand-over unlinks: a card
+        # edited meanwhile (its operator blocked it) made an entry saying it Accepted
+        # while the store kept it Blocked; now the removal runs again on a fresh read.
         changes: list[Any] = [
-            (patch(tag, viewer, vehicle_id=None), tag) for tag in tags
+            (edit(tag, viewer, vehicle_id=None), tag) for tag in tags
         ]
-        removal = edit(vehicle, viewer, removed_at=self.now())
-        changes.append((removal, vehicle))
+        taken_out = edit(vehicle, viewer, removed_at=self.now())
+        changes.append((taken_out, vehicle))
         await self.commit(viewer, changes, guards=[_no_links_but(vehicle, None)])
-        return cast(Vehicle, removal.record)
+        return cast(Vehicle, taken_out.record)
 
     # ---------------------------------------------------------------- id tags
     async def issue_id_tag(self, viewer: Viewer, *, tag: str, user_id: str | None = None,
@@ -473,6 +481,15 @@ class FleetService(Service):
         charging; its live reservations are cancelled and the chargers' lists holding it
         told it is blocked, in the background. A driver cannot remove a card their
         operator blocked (issuing a new one would then get round the block)."""
+        id_tag = await retried(lambda: self._remove_id_tag(viewer, id_tag_id))
+        self._withdrawn(viewer, id_tag, IdTagStatus.BLOCKED, stop=True)
+        return id_tag
+
+    async def _remove_id_tag(self, viewer: Viewer, id_tag_id: str) -> IdTag:
+        """``remove_id_tag``'s read, checks and deletion, on the version read
+        (``edits.removal``; ``retried``): a block by the card's operator landing between
+        its driver's read and the delete deleted the blocked card (the block gone, a new
+        card issuable around it) with an entry whose before-image was the card as read."""
         id_tag = await self.visible(viewer, IdTag, id_tag_id)
         owner = await self.visible(viewer, User, id_tag.user_id)
         if not self.policy.may_act_for_user(viewer, owner):
@@ -491,8 +508,7 @@ class FleetService(Service):
         # the delete's own commit: the push runs in the background, and a crash before it
         # must not leave the lists accepting the card (a charger's boot sends the mark).
         marks = await withdrawal_marks(self.store, viewer, [id_tag.id], "Blocked")
-        await self.commit(viewer, [(Delete(id_tag), id_tag)], unaudited=marks)
-        self._withdrawn(viewer, id_tag, IdTagStatus.BLOCKED, stop=True)
+        await self.commit(viewer, [(removal(id_tag), id_tag)], unaudited=marks)
         return id_tag
 
     async def _parent_tag(self, viewer: Viewer, owner: User, group: str | None

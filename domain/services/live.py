@@ -3,12 +3,24 @@
 Two ways to listen:
 
 * ``events(viewer, topics)``: one bus subscription per caller, an async iterator.
-* ``watch(viewer, topics, deliver, closed)``: push delivery for fan-out. Each topic has
-  ONE bus subscription per process, however many watchers it has; its pump decides
-  ``Policy.sees_event`` once per distinct viewer per event and calls the watchers'
-  ``deliver`` (plain calls, in order; after every ``HAND_OUT_SLICE`` of them it lets the
-  loop run what else is ready). A thousand map subscribers then cost the bus one queue,
-  and the caller can share the work of shaping one event between watchers.
+* ``watch(viewer, topics, deliver, closed)``: push delivery for fan-out. Each set of
+  topics watched has ONE bus subscription per process, however many watchers it has;
+  its pump decides ``Policy.sees_event`` once per distinct viewer per event and calls
+  the watchers' ``deliver`` (plain calls, in order; after every ``HAND_OUT_SLICE`` of
+  them it lets the loop run what else is ready). A thousand map subscribers then cost
+  the bus one queue, and the caller can share the work of shaping one event between
+  watchers. One subscription for all of a watcher's topics, not one per topic: two
+  pumps of one watcher overtook each other (one pausing after a slice while the other
+  ran), and a connection event reached a map before the station's earlier joining it,
+  which then undid it (review s25).
+
+Either way, ``StationSightChanged`` is told as ``SightOrder`` has it: an edit's sight
+event arriving after a later edit's is judged by the later ownership, a sight event's
+connection read loses to a connection event of that connection or a newer one that
+arrived first, and an event of the station published with an ownership older than the
+newest edit's the stream was told (a disconnect that read the station before a
+handover) is judged by the newest. A stream of those topics also reads
+``StationRemoved`` (never told to anyone), to forget what it kept of a removed station.
 """
 
 from __future__ import annotations
@@ -16,10 +28,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from domain.errors import DomainError
-from domain.events import ALL_TOPICS, DomainEvent, EventsDropped
+from domain.events import (
+    ALL_TOPICS,
+    DomainEvent,
+    EventsDropped,
+    StationConnectionChanged,
+    StationRemoved,
+    StationSightChanged,
+)
 from domain.policy import Viewer
 from domain.services.base import Service, ServiceContext
 
@@ -53,16 +73,111 @@ class Watch:
         self._pumps.clear()
 
 
+class SightOrder:
+    """What one ordered stream of events (a pump's, a caller's of ``events``) tells of
+    stations whose sight changed (``StationSightChanged``), kept per station:
+
+    * the newest edit's ownership (by its ``sight`` number): a sight event of an earlier
+      edit arriving after it (two edits in a row on two instances, A->B then B->C, whose
+      events Redis carried in the other order) is judged by the newer ownership, its
+      ``was_*`` kept: those who saw the station before it and do not now are told it
+      left, those who see it now and did not joined; the middle company B is neither
+      told it joined last nor told its connection (review s25);
+    * and so is any other event of the station arriving after it with another ownership
+      (``owned``): a connection event (or a plug's status) is published with the
+      ownership its own read found, and one that read the station before the handover
+      and was published after it told the old company of a station it no longer has,
+      and the new one's map kept it online for good (a disconnect: its write is guarded
+      only by its connection number; review s25). Another ownership than the newest
+      told is older, or belongs to a newer edit whose sight event has not arrived yet:
+      judged by the one told, the old side is told it first and then that the station
+      left, and the new side joins it with this event's connection (below), so that
+      case comes out right too;
+    * the connection last told (a connection event's, or a sight event's as told): a
+      sight event's connection read, when a connection event of the same connection or
+      a newer one arrived first, is older than what maps were told, and that one's
+      ``online`` is told instead (review s25: a disconnect published on another
+      instance while the edit announced the station, "joined, online" arriving last).
+
+    A station removed (``StationRemoved``, which the stream reads for this and never
+    tells) is forgotten: kept, every station ever handed over or connected stayed here
+    for as long as the pump or the socket lived."""
+
+    __slots__ = ("connections", "sights")
+
+    def __init__(self) -> None:
+        self.sights: dict[str, StationSightChanged] = {}
+        self.connections: dict[str, tuple[int, bool]] = {}
+
+    def shape(self, event: DomainEvent) -> DomainEvent | None:
+        """``event`` as it is to be told (the same object when nothing changes); ``None``:
+        told to nobody (``StationRemoved``)."""
+        station = event.station_id
+        if station is None:
+            return event
+        if isinstance(event, StationRemoved):
+            self.sights.pop(station, None)
+            self.connections.pop(station, None)
+            return None
+        if isinstance(event, StationConnectionChanged):
+            self.connections[station] = (_number(event.connection), event.online)
+            return self.owned(event)
+        if not isinstance(event, StationSightChanged):
+            return self.owned(event)
+        newest = self.sights.get(station)
+        if event.sight is not None and (newest is None or newest.sight is None
+                                        or event.sight >= newest.sight):
+            self.sights[station] = event
+        elif newest is not None and newest.sight is not None and event.sight is not None:
+            # An earlier edit, told after a later one: by the later one's ownership.
+            event = replace(event, company_id=newest.company_id, owner_id=newest.owner_id,
+                            on_map=newest.on_map)
+        if not event.joined:
+            return event
+        told = self.connections.get(station)
+        if told is None or told[0] < _number(event.connection):
+            self.connections[station] = (_number(event.connection), event.online)
+        elif told[1] != event.online:
+            event = replace(event, online=told[1])
+        return event
+
+    def owned(self, event: DomainEvent) -> DomainEvent:
+        """An event of a station (not its sight's) with the newest ownership told."""
+        newest = self.sights.get(event.station_id or "")
+        if newest is None or (event.company_id, event.owner_id, event.on_map) == (
+                newest.company_id, newest.owner_id, newest.on_map):
+            return event
+        return replace(event, company_id=newest.company_id, owner_id=newest.owner_id,
+                       on_map=newest.on_map)
+
+
+#: Topics whose streams keep a ``SightOrder`` and so also read ``StationRemoved``.
+_ORDERED = frozenset({StationConnectionChanged.topic, StationSightChanged.topic})
+
+
+def _read(topics: Sequence[str]) -> list[str]:
+    """The bus topics a stream of ``topics`` reads."""
+    read = list(dict.fromkeys(topics))
+    if _ORDERED.intersection(read) and StationRemoved.topic not in read:
+        read.append(StationRemoved.topic)
+    return read
+
+
+def _number(connection: int | None) -> int:
+    return -1 if connection is None else connection
+
+
 class _Pump:
-    """Reads one topic's bus subscription and hands every event to the watchers whose
-    viewer may see it. Watchers are kept per viewer in tuples replaced on change, so a
+    """Reads one set of topics' bus subscription and hands every event to the watchers
+    whose viewer may see it. Watchers are kept per viewer in tuples replaced on change, so a
     watcher that unsubscribes while an event is being handed out changes nothing under
     the loop's feet."""
 
-    def __init__(self, live: LiveService, topic: str, stream: Any) -> None:
+    def __init__(self, live: LiveService, topics: tuple[str, ...], stream: Any) -> None:
         self.live = live
-        self.topic = topic
+        self.topics = topics
         self.stream = stream
+        self.order = SightOrder()
         self.by_viewer: dict[Viewer, tuple[Watch, ...]] = {}
         self.count = 0
         self.started = False
@@ -91,6 +206,11 @@ class _Pump:
         try:
             async for event in self.stream:
                 everyone = isinstance(event, EventsDropped)
+                if not everyone:
+                    shaped = self.order.shape(event)
+                    if shaped is None:
+                        continue
+                    event = shaped
                 handed = 0
                 for viewer, watches in tuple(self.by_viewer.items()):
                     if not everyone and not sees(viewer, event):
@@ -102,7 +222,7 @@ class _Pump:
                         handed += 1
                         if handed % HAND_OUT_SLICE == 0:
                             # Watchers are handed events in order all the same: this
-                            # task is the only one handing out this topic's.
+                            # task is the only one handing out these topics'.
                             await asyncio.sleep(0)
         finally:
             # The bus closed (shutdown) or we were stopped: tell whoever is still here.
@@ -134,7 +254,8 @@ class _Pump:
 class LiveService(Service):
     def __init__(self, ctx: ServiceContext) -> None:
         super().__init__(ctx)
-        self._pumps: dict[str, _Pump] = {}
+        #: By the (sorted) topics they read.
+        self._pumps: dict[tuple[str, ...], _Pump] = {}
         self._closing: set[asyncio.Future[Any]] = set()
 
     def _bus(self) -> Any:
@@ -148,14 +269,19 @@ class LiveService(Service):
         """The events on ``topics`` this viewer may see, from this call on (the
         subscription is registered before the first read); ``EventsDropped`` markers pass
         through so clients learn they missed some."""
-        return self._visible(viewer, self._bus().subscribe(list(topics)))
+        return self._visible(viewer, self._bus().subscribe(_read(topics)))
 
     async def _visible(self, viewer: Viewer, stream: Any
                        ) -> AsyncIterator[DomainEvent | EventsDropped]:
         try:
+            order = SightOrder()
             async for event in stream:
-                if isinstance(event, EventsDropped) or self.policy.sees_event(viewer, event):
+                if isinstance(event, EventsDropped):
                     yield event
+                    continue
+                shaped = order.shape(event)
+                if shaped is not None and self.policy.sees_event(viewer, shaped):
+                    yield shaped
         finally:
             await stream.aclose()
 
@@ -170,23 +296,26 @@ class LiveService(Service):
             raise TypeError("watch() takes a list of topics, not one string")
         bus = self._bus()
         watch = Watch(viewer, deliver, ended)
-        for topic in dict.fromkeys(topics):
-            pump = self._pumps.get(topic)
-            if pump is None:
-                # Subscribed here, synchronously: an event published right after watch()
-                # returns is already queued for the pump.
-                pump = _Pump(self, topic, bus.subscribe([topic]))
-                self._pumps[topic] = pump
-                pump.task = asyncio.get_running_loop().create_task(
-                    pump.run(), name=f"live-pump-{topic}")
-            pump.add(watch)
-            watch._pumps.append(pump)
+        key = tuple(sorted(set(topics)))
+        pump = self._pumps.get(key)
+        if pump is None:
+            # Subscribed here, synchronously: an event published right after watch()
+            # returns is already queued for the pump. One subscription for all the
+            # topics: the bus queues their events in one order, and one task hands
+            # them out (see the module's docstring).
+            pump = _Pump(self, key, bus.subscribe(_read(key)))
+            self._pumps[key] = pump
+            pump.task = asyncio.get_running_loop().create_task(
+                pump.run(), name=f"live-pump-{'+'.join(key)}")
+        pump.add(watch)
+        watch._pumps.append(pump)
         return watch
 
     @property
     def watching(self) -> int:
-        """Open watches of client topics, summed over topics (tests wait on it)."""
-        return sum(pump.count for pump in self._pumps.values() if pump.topic in ALL_TOPICS)
+        """Open watches of client topics (tests wait on it)."""
+        return sum(pump.count for pump in self._pumps.values()
+                   if any(topic in ALL_TOPICS for topic in pump.topics))
 
     def _stop(self, pump: _Pump) -> None:
         # Nobody left: give the bus subscription back (a new watcher starts a new pump).
@@ -199,5 +328,5 @@ class LiveService(Service):
                 self._closing = {t for t in self._closing if not t.done()}
 
     def _forget(self, pump: _Pump) -> None:
-        if self._pumps.get(pump.topic) is pump:
-            del self._pumps[pump.topic]
+        if self._pumps.get(pump.topics) is pump:
+            del self._pumps[pump.topics]

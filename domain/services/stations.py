@@ -312,10 +312,11 @@ class StationService(Service):
                  "company_id": company_id, "owner_id": owner_id,
                  "auth_password_hash": password_hash, "registration": registration,
                  "heartbeat_interval": heartbeat_interval}
-        station, updated = await retried(
+        station, updated, sight = await retried(
             lambda: self._edit_station(viewer, station_id, given))
         await self._changed(updated)
-        await self._announce_sight(station, updated)
+        if sight is not None:
+            await self._announce_sight(station, updated, sight)
         if updated.registration is Registration.ACCEPTED \
                 and station.registration is not Registration.ACCEPTED:
             self._nudge(updated)
@@ -325,9 +326,10 @@ class StationService(Service):
         return updated
 
     async def _edit_station(self, viewer: Viewer, station_id: str, given: dict[str, Any]
-                            ) -> tuple[Station, Station]:
+                            ) -> tuple[Station, Station, int | None]:
         """``update_station``'s read, checks and write (``retried``): the station as read
-        and as written."""
+        and as written, and when the edit changes who sees it, the number of that change
+        (``StationSightChanged.sight``)."""
         station = await self.managed_station(viewer, station_id)
         company_id, owner_id = given["company_id"], given["owner_id"]
         if given["auth_password_hash"] not in (UNSET, None) and ":" in station.cp_id:
@@ -342,12 +344,17 @@ class StationService(Service):
                 await self.visible(viewer, Company, company_id, field="companyId")
         guards = []
         # Made Pending or Rejected mid-session, the station's session runs on: its charger
-        # learns the registration at its next boot, and its StopTransaction and meter
-        # values are taken whatever the registration (``domain.registration``,
-        # ``ChargingService.admits``). Refusing the change while a session was active
-        # (QA s25) held only if the start was written first: one admitted on a cached
-        # Accepted copy (up to ``CACHE_TTL_S`` on another instance) and written after it
-        # was left unstoppable (review s25).
+        # learns the registration at its next boot, and what it reports is judged by the
+        # one it was told (``Station.charger_registration``, ``domain.registration``).
+        # Refusing the change while a session was active (QA s25) held only if the start
+        # was written first: one admitted on a cached Accepted copy (up to
+        # ``CACHE_TTL_S`` on another instance) and written after it was left unstoppable
+        # (review s25). A charger not booted since that was kept acts on the
+        # registration changed from.
+        told: Any = UNSET
+        if given["registration"] not in (UNSET, station.registration) \
+                and station.charger_registration is None:
+            told = station.registration
         if owner_id not in (UNSET, None):
             owner = await self.visible(viewer, User, owner_id, field="ownerId")
             if viewer.is_operator and owner.company_id != viewer.company_id:
@@ -362,12 +369,21 @@ class StationService(Service):
             station,
             viewer,
             **given,
+            charger_registration=told,
             # A station joins only its own company's site: handed to another company,
             # it leaves the old company's site (whose limit it charged under).
             site_id=None if company_id not in (UNSET, station.company_id) else UNSET,
         )
+        updated = cast(Station, update.record)
+        sight = None
+        if _sight_of(station) != _sight_of(updated):
+            # Drawn after the read and before the write, which holds only on the version
+            # read: an edit that read this one's write draws after this one drew, so of
+            # two edits of a station's sight the later has the higher number (review s25:
+            # A->B and B->C published in the other order left B holding C's station).
+            sight = await self.store.next_sequence("station_sight")
         await self.commit(viewer, [(update, station)], guards=guards)
-        return station, cast(Station, update.record)
+        return station, updated, sight
 
     def _nudge(self, station: Station) -> None:
         """A charger told Pending or Rejected waits out its boot interval before it boots
@@ -487,21 +503,40 @@ class StationService(Service):
         if station is not None:
             await self.publish(StationChanged(**owned_by(station)))
 
-    async def _announce_sight(self, before: Station, after: Station) -> None:
+    async def _announce_sight(self, before: Station, after: Station, sight: int) -> None:
         """When an edit changed who may see the station (its company, its owner, its
         registration on or off the map), live maps hear of it (``StationSightChanged``):
         those who lost sight of it are told it offline, those who gained it its
         connection. Without it the old company's map went on showing a station handed
         away, online with its plugs available now, and every driver's map a station no
-        longer accepted, until they queried again (QA s25)."""
+        longer accepted, until they queried again (QA s25).
+
+        The connection is read now, not taken from the edit's read: a disconnect landing
+        after that read was announced to the new company first, then contradicted by
+        "joined, online" (review s25). One landing after this read is announced after
+        it, or, published on another instance, may reach a map first: the event carries
+        the connection it read, and a map's feed tells the newer state instead
+        (``domain.services.live``). ``sight`` orders the edits (``_edit_station``).
+
+        Best effort, as ``publish``: the edit has committed, so a store that fails this
+        read (a failover) does not answer it as failed, nor skip what follows it
+        (``update_station``: the nudge, the site's shares). The connection is then the
+        edit's read's, which a connection event that reached a map first still
+        outranks (review s25)."""
         was, now = owned_by(before), owned_by(after)
-        if all(was[key] == now[key] for key in ("company_id", "owner_id", "on_map")):
-            return
+        try:
+            [current] = await self.store.get_many(Station, [after.id])
+        except Exception:
+            log.warning("station %s: reading its connection to announce its handover "
+                        "failed; announced as the edit read it", after.id, exc_info=True)
+            current = after
+        online = current is not None and current.online
+        connection = current.connection if current is not None else after.connection
         for joined in (False, True):
             await self.publish(StationSightChanged(
-                **now, joined=joined, online=after.online and joined, at=self.now(),
+                **now, joined=joined, online=online and joined, at=self.now(),
                 was_company_id=was["company_id"], was_owner_id=was["owner_id"],
-                was_on_map=was["on_map"]))
+                was_on_map=was["on_map"], sight=sight, connection=connection))
 
     async def _connector_changed(self, connector: Connector) -> None:
         """``_changed`` for an edit of a connector (its rating is cached with the
@@ -605,10 +640,18 @@ class StationService(Service):
         """A plug removed is announced UNAVAILABLE (and not free) to the live map, its
         record gone (the event's ``connector`` reads null), as a removed station is
         announced offline: told nothing, every driver's map kept offering it, AVAILABLE
-        and free, until it queried again (QA s25). Dated now: later than any state the
-        map holds for it."""
+        and free, until it queried again (QA s25).
+
+        Dated when the plug's last reported state began (``status_at``, the charger's
+        clock; never reported: when it was made), not now: a map takes an event as
+        stale when it is older than the ``statusAt`` it holds, and the charger's next
+        report, which makes the plug again (``ChargingService.status_notification``),
+        is dated by the charger's clock, often before our now. Dated now, the removal
+        outranked it, and the map kept the plug UNAVAILABLE though it reads AVAILABLE
+        (review s25). Not older than what the map holds for the plug: it is applied."""
+        at = connector.status_at if connector.status_at is not None else connector.created_at
         await self.publish(ConnectorStatusChanged(
-            **owned_by(station), at=self.now(), connector_record_id=connector.id,
+            **owned_by(station), at=at, connector_record_id=connector.id,
             connector_id=connector.connector_id,
             status=ConnectorStatus.UNAVAILABLE.value, free=False))
 
@@ -632,3 +675,10 @@ class StationService(Service):
                            Eq("station_id", connector.station_id))),
             guards=[not_charging(charging)])
         return connector, cancelled
+
+
+def _sight_of(station: Station) -> tuple[Any, ...]:
+    """What decides who sees a station (``Policy.sees_event``): an edit changing it is
+    announced to live maps (``StationService._announce_sight``)."""
+    owned = owned_by(station)
+    return owned["company_id"], owned["owner_id"], owned["on_map"]

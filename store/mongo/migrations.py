@@ -1,6 +1,6 @@
 """Data changes the MongoDB store makes when the model changes (SQLite makes the same in its
 schema migrations, ``store/sqlite/migrations.py``: versions 7, 8, 10, 14, 16, 18, 23,
-24, 26, 27, 29, 32, 34, 37, 40, 41, 42, 47 and 55).
+24, 26, 27, 29, 32, 34, 37, 40, 41, 42, 47, 55 and 61).
 
 MongoDB has no schema to migrate, only documents written under older rules. Each step
 here runs at every start (or until one start recorded it done: ``_once``), is
@@ -27,7 +27,7 @@ from pymongo.errors import DuplicateKeyError
 from domain.entities import ENTITY_BY_KIND, Payment, Refund, Session
 from domain.query import SEARCHED
 from domain.services.configuration import MAX_KEYS
-from domain.validation import name_identity, name_key
+from domain.validation import name_identity, name_key, plate_key, plate_shown
 from store.mongo.codec import (
     compared,
     encode,
@@ -75,6 +75,38 @@ async def _plate_keys(db: Any) -> None:
                           MARK: ObjectId()}})
 
 
+async def _plate_forms(db: Any) -> None:
+    """Plates are kept and compared in their compatibility form (``validation.
+    plate_shown``, NFKC: full-width "ＢＭＩ２０２４" is "BMI2024"), as SQLite's migration
+    61 makes them: cars from before take that form and its key, with their folded
+    copies. A car whose owner keeps another with that key (the unique index refuses it)
+    keeps its plate as stored, logged for the owner to remove one of the two, as
+    there. Idempotent: a plate in that form already is left alone."""
+    last: Any = None
+    while True:
+        query: dict[str, Any] = {} if last is None else {"_id": {"$gt": last}}
+        docs = await db["vehicle"].find(query, {"license_plate": 1}).sort(
+            [("_id", 1)]).limit(BATCH).to_list()
+        if not docs:
+            break
+        last = docs[-1]["_id"]
+        for doc in docs:
+            plate = doc.get("license_plate")
+            if not isinstance(plate, str) or plate == plate_shown(plate):
+                continue
+            shown = plate_shown(plate)
+            key = plate_key(shown)
+            try:
+                await db["vehicle"].update_one({"_id": doc["_id"], "license_plate": plate}, {
+                    "$set": {"license_plate": shown, "plate_key": key,
+                             folded_name("license_plate"): folded(shown),
+                             folded_name("plate_key"): folded(key), MARK: ObjectId()}})
+            except DuplicateKeyError:
+                log.warning("vehicle %s (%r) is another car of its owner typed otherwise: "
+                            "it keeps its plate as stored; remove one of the two "
+                            "(removeVehicle)", doc["_id"], plate)
+
+
 async def _unique_company_names(db: Any) -> None:
     """Company names became unique in the store: duplicates made before keep their
     history, every one but the oldest with its id appended, for an admin to rename."""
@@ -113,6 +145,9 @@ async def migrate(db: Any) -> None:
     # After ``refund_records``: the refunds it made copied their payments' books.
     await _once(db, "company_books_without_owner", _company_books_without_owner)
     await _once(db, "payment_plugs", _payment_plugs)
+    # After ``plate_keys`` (``before_indexes``) and the unique index on the key, which
+    # tells a plate another car of its owner's.
+    await _once(db, "plate_forms", _plate_forms)
     # After ``plate_keys`` (``before_indexes``), which fills a field searched.
     for kind, fields in sorted(SEARCHED.items()):
         for name in sorted(fields):

@@ -20,7 +20,7 @@ from typing import Any
 
 import aiosqlite
 
-from domain.validation import name_identity, name_key
+from domain.validation import name_identity, name_key, plate_key, plate_shown
 from store.sqlite.reconcile import SOC_FROM_SAMPLES, reconcile, reference
 
 log = logging.getLogger("chargegraph.store")
@@ -1254,6 +1254,35 @@ CREATE TABLE "delivery_claim" (
 ) STRICT;
 """
 
+# Version 60: the registration a station's charger acts on (``Station.charger_registration``):
+# the answer to its last BootNotification, which it keeps until its next boot. A station
+# made Pending or Rejected mid-session had its charger's stop, meter values and reports
+# judged by a registration the charger had not been told (review s25). Older rows: null,
+# the station's registration.
+_V60 = """
+ALTER TABLE "station" ADD COLUMN "charger_registration" TEXT;
+"""
+
+# Version 61: a plate is kept and compared in its compatibility form (NFKC,
+# ``validation.plate_shown``: QA s25, a full-width "ＢＭＩ２０２４" typed with a phone's
+# keyboard was its owner's second car beside "BMI2024", and no search found it). Plates
+# stored before take that form and its key, unless the owner keeps another car with that
+# key (it would break the unique rule): such a plate stays as it is, logged, for its
+# owner to remove one of the two. Removed cars are under no rule and all take it.
+_V61 = """
+UPDATE "vehicle" SET "license_plate" = chargegraph_plate_shown("license_plate"),
+    "plate_key" = chargegraph_plate_key("license_plate")
+WHERE "license_plate" IS NOT chargegraph_plate_shown("license_plate")
+  AND ("removed_at" IS NOT NULL OR NOT EXISTS (
+    SELECT 1 FROM "vehicle" AS "other"
+    WHERE "other"."owner_id" = "vehicle"."owner_id" AND "other"."id" != "vehicle"."id"
+      AND "other"."removed_at" IS NULL
+      AND chargegraph_plate_key("other"."license_plate")
+          = chargegraph_plate_key("vehicle"."license_plate")));
+UPDATE "vehicle" SET "license_plate" = chargegraph_plate_left("id", "license_plate")
+WHERE "license_plate" IS NOT chargegraph_plate_shown("license_plate");
+"""
+
 #: Every migration, oldest first. Append only.
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
@@ -1276,7 +1305,9 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (56, _V56),
                                      (57, _V57),
                                      (58, _V58),
-                                     (59, _V59))
+                                     (59, _V59),
+                                     (60, _V60),
+                                     (61, _V61))
 
 
 def identity_left(company_id: str, name: str) -> None:
@@ -1288,12 +1319,25 @@ def identity_left(company_id: str, name: str) -> None:
                 company_id, name)
 
 
+def plate_left(vehicle_id: str, plate: str) -> str:
+    """A car migrated without its plate's compatibility form, its owner keeping another
+    car with that key (migration 61; MongoDB's ``migrations._plate_forms``): said in the
+    log, for the owner to remove one of the two. The plate it keeps, as it is."""
+    log.warning("vehicle %s (%r) is another car of its owner typed otherwise: it keeps "
+                "its plate as stored; remove one of the two (removeVehicle)",
+                vehicle_id, plate)
+    return plate
+
+
 #: Python functions migrations call, registered on the migrating connection: a value only
 #: the domain's rules can compute for rows written before (name, arity, function).
 MIGRATION_FUNCTIONS: tuple[tuple[str, int, Callable[..., Any]], ...] = (
     ("chargegraph_name_key", 1, name_key),
     ("chargegraph_name_identity", 1, name_identity),
-    ("chargegraph_identity_left", 2, identity_left))
+    ("chargegraph_identity_left", 2, identity_left),
+    ("chargegraph_plate_shown", 1, plate_shown),
+    ("chargegraph_plate_key", 1, plate_key),
+    ("chargegraph_plate_left", 2, plate_left))
 
 
 _BOOTSTRAP = """

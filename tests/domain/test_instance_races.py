@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from domain import entities as d
-from domain.errors import Conflict, ValidationError
-from domain.policy import SYSTEM, Policy
+from domain.errors import Conflict, Forbidden, ValidationError
+from domain.policy import SYSTEM, Policy, Viewer
 from domain.ports import Store
 from domain.query import Eq, Sort
 from domain.services import ConnectorSpec, ServiceContext, Services
@@ -364,3 +364,102 @@ async def test_late_readings_racing_move_each_share_once(
     assert sum(s or 0 for s in steps.values()) == session.energy_wh == 3_000
     assert steps == ({5: 1_000, 40: 2_000} if second_wh == 1_500
                      else {5: 1_000, 20: 1_000, 40: 1_000}), steps
+
+
+# ------------------------------------------------------------------ drivers' cards and cars
+async def fleet_of(two: Instances) -> tuple[d.User, d.User, d.Vehicle, d.IdTag]:
+    """An operator of a company, a driver of it with a car and a card linked to it."""
+    company = await two.a.accounts.create_company(SYSTEM, name="Fleet Co")
+    boss = await two.a.accounts.create_user(
+        SYSTEM, email="boss@example.com", password="pw-12345678", name="Boss",
+        role=d.Role.OPERATOR, company_id=company.id)
+    driver = await two.a.accounts.create_user(
+        SYSTEM, email="dora@example.com", password="pw-12345678", name="Dora",
+        role=d.Role.DRIVER, company_id=company.id)
+    car = await two.a.fleet.add_vehicle(Viewer.of(driver), license_plate="P-DO 1")
+    card = await two.a.fleet.issue_id_tag(Viewer.of(driver), tag="DORA-1",
+                                          vehicle_id=car.id)
+    return boss, driver, car, card
+
+
+async def entries_of(store: Store, record_id: str) -> list[d.AuditEntry]:
+    return await store.find_all(d.AuditEntry, Eq("entity_id", record_id),
+                                [Sort("at"), Sort("id")])
+
+
+async def test_a_card_its_operator_blocked_meanwhile_is_not_removed_by_its_driver(
+        two: Instances, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A's driver has read their card (Accepted) to remove it; B's operator blocks it
+    before A writes. The removal runs again on the blocked card and is refused, as a
+    removal of a card its operator blocked is: it was deleted, the block gone with it
+    (the driver then issued themselves a new card around it), and its DELETE entry's
+    before-image was the Accepted card read, not the Blocked one it replaced."""
+    boss, driver, _, card = await fleet_of(two)
+    fleet = two.a.fleet
+    monkeypatch.setattr(fleet, "visible", once(
+        lambda: two.b.fleet.update_id_tag(Viewer.of(boss), card.id,
+                                          status=d.IdTagStatus.BLOCKED),
+        fleet.visible))
+    with pytest.raises(Forbidden) as raised:
+        await fleet.remove_id_tag(Viewer.of(driver), card.id)
+    assert raised.value.field == "id"
+    [kept] = await two.store.get_many(d.IdTag, [card.id])
+    assert kept is not None and kept.status is d.IdTagStatus.BLOCKED
+    assert kept.blocked_by == boss.id
+    assert [e.action for e in await entries_of(two.store, card.id)] == [
+        d.AuditAction.CREATE, d.AuditAction.UPDATE]
+    await two.a.fleet.settled()
+    await two.b.fleet.settled()
+
+
+async def test_a_card_removed_after_an_edit_meanwhile_is_audited_as_it_was(
+        two: Instances, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An operator reads a card to remove it; another sets its expiry before the
+    removal writes. The removal runs again: its DELETE entry's before-image is the card
+    as it was deleted (the expiry set), chaining to the entry before it."""
+    boss, _, _, card = await fleet_of(two)
+    expiry = (datetime.now(UTC) + timedelta(days=30)).replace(microsecond=0)
+    fleet = two.a.fleet
+    monkeypatch.setattr(fleet, "visible", once(
+        lambda: two.b.fleet.update_id_tag(Viewer.of(boss), card.id, expires_at=expiry),
+        fleet.visible))
+    await fleet.remove_id_tag(Viewer.of(boss), card.id)
+    assert await two.store.get_many(d.IdTag, [card.id]) == [None]
+    entries = await entries_of(two.store, card.id)
+    assert [e.action for e in entries] == [
+        d.AuditAction.CREATE, d.AuditAction.UPDATE, d.AuditAction.DELETE]
+    assert entries[2].before == entries[1].after
+    await two.a.fleet.settled()
+    await two.b.fleet.settled()
+
+
+async def test_a_car_removed_while_its_card_is_blocked_audits_the_card_as_it_is(
+        two: Instances, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A driver's removal of their car has read the card linked to it; their operator
+    blocks the card before the removal writes. The unlink runs again on the blocked
+    card: its entry's images say Blocked (they said Accepted, the card read, while the
+    store kept the block: the log no longer told the card's state), and chain."""
+    boss, driver, car, card = await fleet_of(two)
+    fleet = two.a.fleet
+    read = fleet.store.find_all
+    blocked = False
+
+    async def links_read(kind: Any, *args: Any, **kw: Any) -> Any:
+        nonlocal blocked
+        found = await read(kind, *args, **kw)
+        if kind is d.IdTag and not blocked:
+            blocked = True
+            await two.b.fleet.update_id_tag(Viewer.of(boss), card.id,
+                                            status=d.IdTagStatus.BLOCKED)
+        return found
+
+    monkeypatch.setattr(fleet.store, "find_all", links_read)
+    await fleet.remove_vehicle(Viewer.of(driver), car.id)
+    [kept] = await two.store.get_many(d.IdTag, [card.id])
+    assert kept is not None and kept.vehicle_id is None
+    assert kept.status is d.IdTagStatus.BLOCKED
+    entries = await updates_of(two.store, card.id)
+    assert [e.after["status"] for e in entries if e.after] == ["Blocked", "Blocked"]
+    assert entries[1].before == entries[0].after
+    await two.a.fleet.settled()
+    await two.b.fleet.settled()

@@ -1,12 +1,14 @@
-"""The live pump hands an event to many watchers without holding the loop for all of them."""
+"""The live pump hands an event to many watchers without holding the loop for all of them,
+and a watcher's topics in the order they were published."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
 
-from domain.events import ConnectorStatusChanged
-from domain.policy import SYSTEM, Policy
+from domain.entities import Role
+from domain.events import ConnectorStatusChanged, StationConnectionChanged, StationSightChanged
+from domain.policy import SYSTEM, Policy, Viewer
 from domain.services import ServiceContext
 from domain.services.live import HAND_OUT_SLICE, LiveService
 from pubsub.memory import MemoryEventBus
@@ -49,4 +51,45 @@ async def test_a_hand_out_to_many_watchers_lets_the_loop_run_in_between() -> Non
     spans = [turn for _, turn in got]
     assert len(set(spans)) == 4  # four slices, other work ran between them
     assert all(spans.count(turn) <= HAND_OUT_SLICE for turn in set(spans))
+    await bus.close()
+
+
+async def test_a_map_gets_a_station_joining_before_its_charger_disconnects() -> None:
+    """Two stations join the map (X, then Y), then Y's charger disconnects: every map
+    ends with Y offline. With one pump per topic, a map past the first hand-out slice got
+    Y's disconnect (the connection pump idle) before Y's joining online (the sight pump
+    still handing out X's), and showed Y online for ever (review s25)."""
+    bus = MemoryEventBus()
+    live = LiveService(ServiceContext(store=None, policy=Policy(public_map=True),  # type: ignore[arg-type]
+                                      hasher=FastHasher(), bus=bus))
+    maps: list[dict[str, bool]] = []
+
+    def watcher(state: dict[str, bool]) -> Callable[[object], None]:
+        def deliver(event: object) -> None:
+            if isinstance(event, StationConnectionChanged | StationSightChanged):
+                state[event.station_id or ""] = event.online
+        return deliver
+
+    for number in range(2 * HAND_OUT_SLICE + 88):  # a thousand maps is what it is sized for
+        state: dict[str, bool] = {}
+        maps.append(state)
+        driver = Viewer(user_id=f"driver-{number}", role=Role.DRIVER)
+        live.watch(driver, [StationConnectionChanged.topic, StationSightChanged.topic],
+                   watcher(state), lambda: None)
+    await asyncio.sleep(0)
+
+    def joined(station: str) -> StationSightChanged:
+        return StationSightChanged(station_id=station, cp_id=f"CP-{station}",
+                                   company_id="A", on_map=True, was_company_id="A",
+                                   was_on_map=False, joined=True, online=True)
+
+    await bus.publish(joined("X"))
+    await bus.publish(joined("Y"))
+    await bus.publish(StationConnectionChanged(station_id="Y", cp_id="CP-Y", company_id="A",
+                                               on_map=True, online=False))
+    for _ in range(200):
+        await asyncio.sleep(0)
+    assert all("Y" in state for state in maps)
+    wrong = [number for number, state in enumerate(maps) if state["Y"]]
+    assert wrong == [], f"{len(wrong)} of {len(maps)} maps show Y online"
     await bus.close()

@@ -14,6 +14,7 @@ from domain import entities as d
 from domain.errors import Unauthenticated, ValidationError
 from domain.policy import SYSTEM, Policy, Viewer
 from domain.ports import Update
+from domain.query import Eq
 from domain.services import ServiceContext, Services
 from domain.services.base import changed
 from domain.services.throttle import digest
@@ -107,6 +108,28 @@ async def test_an_outdated_hash_is_upgraded_at_sign_in(store: SqliteStore) -> No
     assert ",t=2," in upgraded and hasher.verify(upgraded, "first password")
 
 
+async def test_an_upgrade_at_sign_in_is_no_change_of_the_account(store: SqliteStore
+                                                                   ) -> None:
+    """QA s25: the rehash was audited as the person's own UPDATE with
+    ``password_changed: true`` (the marker of a new password), so every sign-in after a
+    hasher upgrade wrote a password change that never happened into the log their
+    operators and admins read, and moved the account's ``updatedAt``/``updatedBy``. The
+    password is the same: nothing of the account changed, and the log says nothing."""
+    user = await user_with_old_hash(store)
+    hasher = Upgrading()
+    services = Services(ServiceContext(store=store, policy=Policy(), hasher=hasher))
+    signed_in = await services.accounts.authenticate("ada@example.com", "first password")
+    after = await stored(store, user)
+    assert ",t=2," in after.password_hash  # upgraded still
+    assert (after.updated_at, after.updated_by) == (user.updated_at, user.updated_by)
+    assert signed_in.password_hash == after.password_hash
+    entries = await store.find_all(d.AuditEntry, Eq("entity_id", user.id))
+    assert [e.action for e in entries] == [d.AuditAction.CREATE]
+    # An edit on the version read before the upgrade lands: the upgrade moved none.
+    await services.accounts.update_user(SYSTEM, user.id, name="Ada L")
+    assert hasher.verify((await stored(store, user)).password_hash, "first password")
+
+
 async def test_the_upgrade_does_not_undo_a_password_changed_meanwhile(
         store: SqliteStore, monkeypatch: pytest.MonkeyPatch) -> None:
     user = await user_with_old_hash(store)
@@ -127,14 +150,14 @@ async def test_the_upgrade_does_not_undo_a_password_changed_meanwhile(
         return real_hash(password)
 
     monkeypatch.setattr(hasher, "hash", hash_then_race)
-    real_commit = services.accounts.commit
+    real_write = store.write
 
-    async def commit_after_the_race(*args: object, **kwargs: object) -> None:
-        for race in pending:
-            await race  # type: ignore[misc]
-        await real_commit(*args, **kwargs)  # type: ignore[arg-type]
+    async def write_after_the_race(*args: object, **kwargs: object) -> None:
+        while pending:
+            await pending.pop()  # type: ignore[misc]
+        await real_write(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(services.accounts, "commit", commit_after_the_race)
+    monkeypatch.setattr(store, "write", write_after_the_race)
     await services.accounts.authenticate("ada@example.com", "first password")
     after = await stored(store, user)
     assert after.password_hash == elsewhere and after.token_epoch == 1

@@ -353,6 +353,30 @@ async def test_no_car_or_card_is_given_to_an_erased_account(
         Eq("owner_id", person.id), Eq("removed_at", None))) == 0
 
 
+async def test_a_car_added_as_its_owner_is_erased_is_refused_on_its_owner(
+        services: Services, world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """QA s25: the new car has read its owner; their erasure lands before its write. The
+    guard refuses the write, and the add runs again as ``issueIdTag`` does: refused on
+    ``ownerId`` (INVALID_STATE), not told ``CHANGED`` on an ``id`` its input has not."""
+    from domain.errors import Conflict
+    admin = world.viewer("admin")
+    person = world.users["driver2"]
+    real_commit = services.fleet.commit
+    erased: list[d.User] = []
+
+    async def commit(viewer: Viewer, changes: Any, *args: Any, **kwargs: Any) -> None:
+        if not erased:
+            erased.append(await services.erasure.erase_user(admin, person.id))
+        await real_commit(viewer, changes, *args, **kwargs)
+
+    monkeypatch.setattr(services.fleet, "commit", commit)
+    with pytest.raises(Conflict) as raised:
+        await services.fleet.add_vehicle(admin, license_plate="B-LATE 1", owner_id=person.id)
+    assert (raised.value.field, raised.value.code) == ("ownerId", "INVALID_STATE")
+    assert await services.ctx.store.count(d.Vehicle, all_of(
+        Eq("owner_id", person.id), Eq("removed_at", None))) == 0
+
+
 async def test_two_admins_erasing_each_other_leave_one(
         services: Services, world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     from domain.errors import Conflict

@@ -94,3 +94,16 @@ async def test_a_bad_plate_is_a_user_error_on_the_plate(api: Api, world: World) 
     assert codes(await add(api, world, "driver1", " - ")) == [("licensePlate", "REQUIRED")]
     assert codes(await add(api, world, "driver1", "B" + "-" * 30 + "1")) == [
         ("licensePlate", "TOO_LONG")]
+
+
+async def test_a_plate_typed_full_width_is_the_same_plate(api: Api, world: World) -> None:
+    """QA s25: a plate typed with a phone's full-width keyboard (an IME) was another
+    car: "Ｂ-ＭＩ ２０２４" beside "B-MI 2024" in one garage, and no search for "bmi 2024"
+    found it. Plates are kept and compared in their compatibility form (NFKC), as
+    emails and passwords are."""
+    added = await add(api, world, "driver1", "ｂ-ｍｉ\u3000２０２４")
+    assert codes(added) == [] and added["vehicle"]["licensePlate"] == "B-MI 2024"
+    assert codes(await add(api, world, "driver1", "B-MI 2024")) == [
+        ("licensePlate", "DUPLICATE")]
+    assert await plates(api, world, "driver1", search="bmi 2024") == ["B-MI 2024"]
+    assert await plates(api, world, "driver1", search="ＢＭＩ２０２４") == ["B-MI 2024"]

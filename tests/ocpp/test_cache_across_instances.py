@@ -20,7 +20,7 @@ from domain import entities as d
 from domain.clock import utcnow
 from domain.errors import ValidationError
 from domain.events import EventsDropped
-from domain.policy import SYSTEM, Policy
+from domain.policy import SYSTEM, Policy, Viewer
 from domain.query import Eq
 from domain.services import ConnectorSpec, ServiceContext, Services
 from domain.services.charger_cache import CACHE_TTL_S
@@ -170,30 +170,40 @@ async def test_a_station_removed_unannounced_is_an_unknown_charge_point(
 
 
 # ------------------------------------------------------------------ announced on the bus
-async def test_a_start_admitted_on_a_stale_copy_of_a_pending_station_is_stopped(
+async def test_a_start_on_a_stale_copy_of_a_pending_station_is_told_no_card(
         alone: Instances, clock: FakeMonotonic) -> None:
     """Review s25: B makes the station Pending (no session yet); A, holding the charger,
-    still admits its StartTransaction from its cached Accepted copy (the announcement
-    lost, or not yet delivered). Once A reads the station again, Pending, the session's
-    meter values and StopTransaction are still taken, and it is closed: no session is
-    left ACTIVE and unbilled. A new start is refused."""
+    still has its cached Accepted copy (the announcement lost). The charger, told
+    Accepted at its boot, acts as Accepted until its next: its StartTransaction is taken
+    (recorded, then stopped and billed), but answered as the station is now, read as
+    stored: no card's status (Invalid, whatever the card), not Accepted from the stale
+    copy. Its meter values and stop are taken; booted again (told Pending), it may start
+    no more."""
     a = alone.a
+    driver = await alone.b.accounts.create_user(
+        SYSTEM, email="d@example.com", password="password-123", name="D",
+        role=d.Role.DRIVER)
+    await alone.b.fleet.issue_id_tag(Viewer.of(driver), tag="TAG-A")
     for _ in range(2):  # the first writes the charger's details (and drops its copy)
         assert await boot(a) is d.Registration.ACCEPTED
     assert a.charging.cache.station("CP-1") is not None
     await alone.b.stations.update_station(SYSTEM, alone.station.id,
                                           registration=d.Registration.PENDING)
-    assert await a.charging.admits("CP-1", "StartTransaction")  # the cached Accepted
-    tx, _ = await a.charging.start_transaction("CP-1", 1, "ANY-CARD", 0, utcnow())
+    assert await a.charging.admits("CP-1", "StartTransaction")  # told Accepted at boot
+    tx, info = await a.charging.start_transaction("CP-1", 1, "TAG-A", 0, utcnow())
+    assert info.status == "Invalid"  # the card is valid: not said
     clock.now += CACHE_TTL_S + 1
-    assert not await a.charging.admits("CP-1", "StartTransaction")  # Pending, as stored
-    for action in ("MeterValues", "StopTransaction"):
-        assert await a.charging.admits("CP-1", action, transaction_id=tx, connector_id=1)
-    assert not await a.charging.admits("CP-1", "StopTransaction", transaction_id=tx + 1)
-    await a.charging.stop_transaction("CP-1", tx, 4000, utcnow())
+    assert not await a.charging.admits("CP-1", "Authorize")  # a card check: Pending now
+    for action in ("MeterValues", "StopTransaction", "StatusNotification"):
+        assert await a.charging.admits("CP-1", action)  # the charger's own registration
+    await a.charging.meter_values("CP-1", 1, tx, register(1000))
+    assert await a.charging.stop_transaction("CP-1", tx, 4000, utcnow(),
+                                             id_tag="TAG-A") is None  # no card status
     session = await a.charging.store.find_one(d.Session, Eq("transaction_id", tx))
-    assert session is not None and session.state is d.SessionState.COMPLETED
-    assert not await a.charging.admits("CP-1", "StopTransaction", transaction_id=tx)
+    assert session is not None and session.state is d.SessionState.COMPLETED \
+        and session.start_refused is None and session.energy_wh == 4000, session
+    assert await boot(a) is d.Registration.PENDING
+    assert not await a.charging.admits("CP-1", "StartTransaction")
 
 
 async def test_a_registration_rejected_elsewhere_reaches_the_charger_at_once(

@@ -167,7 +167,8 @@ async def test_every_command_reaches_the_charger(central: Central) -> None:
 async def test_a_station_not_accepted_is_asked_only_what_ocpp_allows(central: Central
                                                                       ) -> None:
     """Rejected: nothing at all. Pending: its configuration, but no charging (no remote
-    start or stop, no reservation)."""
+    start or stop, no reservation). As its charger was told at its boot: one told
+    Accepted acts as Accepted until its next (``test_review_stations2``)."""
     station_id = central.stations["CP-1"].id
     async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
         await cp.boot()
@@ -181,12 +182,42 @@ async def test_a_station_not_accepted_is_asked_only_what_ocpp_allows(central: Ce
                 (d.Registration.REJECTED, "reset", {"type": "SOFT"}, False)):
             await central.services.stations.update_station(SYSTEM, station_id,
                                                            registration=registration)
+            assert (await cp.boot()).status == registration.value  # told, it acts on it
             answer = await run(central, name, {"cpId": "CP-1", **extra}, "__typename")
             errors = [(e["field"], e["code"]) for e in answer["errors"]]
             assert errors == ([] if allowed else [("cpId", "INVALID_STATE")]), (
                 registration, name, answer)
         await settle()
         assert [name for name, _ in cp.received] == ["GetConfiguration"]
+
+
+@pytest.mark.parametrize("registration", [d.Registration.PENDING, d.Registration.REJECTED])
+async def test_a_session_left_running_on_a_station_made_pending_can_still_be_stopped(
+        central: Central, registration: d.Registration) -> None:
+    """Review s25: a station may be made Pending or Rejected mid-session (its session
+    runs to its end), and its charger, told Accepted at its boot, acts as Accepted until
+    its next: an operator may still stop that session remotely, unlock its plug, reset
+    it (refused INVALID_STATE, it could not be stopped at all from here). Only what
+    authorizes a new session (a remote start, a reservation) waits for an acceptance."""
+    station_id = central.stations["CP-1"].id
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        tx, status = await cp.start_transaction(1, "TAG-OK")
+        assert status == "Accepted"
+        await central.services.stations.update_station(SYSTEM, station_id,
+                                                       registration=registration)
+        # The operator's (a driver does not see the station any more: NOT_FOUND).
+        answer = await run(central, "remoteStopTransaction",
+                           {"cpId": "CP-1", "transactionId": tx}, "status errors { code }")
+        assert answer["status"] == "ACCEPTED" and answer["errors"] == [], answer
+        answer = await run(central, "unlockConnector", {"cpId": "CP-1", "connectorId": 1},
+                           "errors { code }")
+        assert answer["errors"] == [], answer
+        started = await run(central, "remoteStartTransaction",
+                            {"cpId": "CP-1", "connectorId": 2, "idTag": "TAG-OTHER"},
+                            "errors { field code }")
+        assert [(e["field"], e["code"]) for e in started["errors"]] == [
+            ("cpId", "INVALID_STATE")], started
 
 
 async def test_a_pending_station_is_triggered_only_for_what_it_may_send(central: Central

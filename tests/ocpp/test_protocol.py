@@ -17,7 +17,7 @@ from domain import entities as d
 from domain.errors import ValidationError
 from domain.policy import SYSTEM
 from domain.ports import Insert
-from domain.query import Eq
+from domain.query import Eq, all_of
 from domain.services.base import stamp_new
 from graph.ids import to_global_id
 from ocpp_bridge.simulator import basic_auth, connected, now
@@ -251,15 +251,17 @@ async def test_a_charger_not_accepted_gets_security_errors_for_cards_and_session
     ws = await raw(central, "CP-OPEN", None)
     try:
         await set_registration(d.Registration.PENDING)
+        # Told Pending at its boot: it acts as Pending (an earlier Accepted is not its
+        # word any more, ``Station.charger_registration``).
+        assert (await exchange(ws, boot))[2]["status"] == "Pending"
         for frame, uid in ((authorize, "a1"), (start, "s1")):
             answer = await exchange(ws, frame)
             assert answer[:3] == [4, uid, "SecurityError"], answer
-        assert (await exchange(ws, boot))[2]["status"] == "Pending"
         assert (await exchange(ws, heartbeat))[0] == 3
         assert (await exchange(ws, status))[0] == 3
         await set_registration(d.Registration.REJECTED)
-        assert (await exchange(ws, heartbeat))[:3] == [4, "h1", "SecurityError"]
         assert (await exchange(ws, boot))[2]["status"] == "Rejected"
+        assert (await exchange(ws, heartbeat))[:3] == [4, "h1", "SecurityError"]
         assert await central.store.find_all(d.Session, Eq("cp_id", "CP-OPEN")) == []
         await set_registration(d.Registration.ACCEPTED)
         started = await exchange(ws, start)
@@ -275,12 +277,14 @@ SET_REGISTRATION = """mutation($id: ID!, $r: Registration!) {
 
 async def test_a_station_made_pending_or_rejected_mid_session_still_closes_its_sessions(
         central: Central) -> None:
-    """Review s25: the charger learns its registration at its next boot and charges on
-    meanwhile. Made Pending or Rejected mid-session (allowed), its station takes what is
-    about its open transactions (StopTransaction, meter values, connector states), also
-    the late stop of one flushed late (awaiting its stop): refused, the charger drops
-    them after its retries and the session is never closed nor billed. Nothing new: no
-    start, no card checked, no stop of a transaction that is not the station's."""
+    """Review s25: the charger learns its registration at its next boot and acts on the
+    one it was told (Accepted) meanwhile. Made Pending or Rejected mid-session (allowed),
+    its station takes what the charger reports (StopTransaction, meter values, connector
+    states, heartbeats), also the late stop of one flushed late (awaiting its stop):
+    refused, the charger drops them after its retries and the session is never closed
+    nor billed. What authorizes is withheld: no Authorize, and a start it makes anyway is
+    recorded and billed but told Invalid, whatever the card. Booted again (told
+    Rejected), it is refused all but its boot."""
     station_id = to_global_id("station", central.stations["CP-OPEN"].id)
     stamp = now()
     ws = await raw(central, "CP-OPEN", None)
@@ -300,30 +304,100 @@ async def test_a_station_made_pending_or_rejected_mid_session_still_closes_its_s
                                                            "r": registration}, as_user="op")
             assert changed["updateStation"] == {"station": {"registration": registration},
                                                 "errors": []}
-        for uid, frame in (
-                ("a1", ["Authorize", {"idTag": "TAG-OK"}]),
-                ("s3", ["StartTransaction", {"connectorId": 2, "idTag": "TAG-OK",
-                                             "meterStart": 0, "timestamp": now()}]),
-                ("t0", ["StopTransaction", {"transactionId": live + 1000,
-                                            "meterStop": 1, "timestamp": now()}])):
-            answer = await exchange(ws, json.dumps([2, uid, *frame]))
-            assert answer[:3] == [4, uid, "SecurityError"], answer
+        answer = await exchange(ws, json.dumps([2, "a1", "Authorize", {"idTag": "TAG-OK"}]))
+        assert answer[:3] == [4, "a1", "SecurityError"], answer
+        own = await exchange(ws, json.dumps([2, "s3", "StartTransaction", {
+            "connectorId": 2, "idTag": "TAG-OTHER", "meterStart": 0, "timestamp": now()}]))
+        assert own[0] == 3 and own[2]["idTagInfo"] == {"status": "Invalid"}, own
         assert (await exchange(ws, json.dumps([2, "m1", "MeterValues", {
             "connectorId": 1, "transactionId": live, "meterValue": [{
                 "timestamp": now(), "sampledValue": [{"value": "6000"}]}]}])))[0] == 3
         assert (await exchange(ws, json.dumps([2, "n1", "StatusNotification", {
             "connectorId": 1, "errorCode": "NoError", "status": "Charging"}])))[0] == 3
-        for uid, tx, meter_stop in (("t1", late, 4000), ("t2", live, 9000)):
+        for uid, tx, meter_stop in (("t1", late, 4000), ("t2", live, 9000),
+                                    ("t3", own[2]["transactionId"], 700)):
             stopped = await exchange(ws, json.dumps([2, uid, "StopTransaction", {
-                "transactionId": tx, "meterStop": meter_stop, "timestamp": now()}]))
-            assert stopped[0] == 3, stopped
+                "transactionId": tx, "meterStop": meter_stop, "timestamp": now(),
+                "idTag": "TAG-OK"}]))
+            assert stopped == [3, uid, {}], stopped  # no card's status either
             session = await central.session(tx)
             assert session is not None and session.state is d.SessionState.COMPLETED \
                 and session.meter_stop_wh == meter_stop, session
+        billed = await central.session(own[2]["transactionId"])
+        assert billed is not None and billed.start_refused is None \
+            and billed.energy_wh == 700, billed  # recorded and billed, as any other
         assert await central.store.find_one(d.Session, Eq("state", d.SessionState.ACTIVE)) \
             is None
-        assert (await exchange(ws, json.dumps([2, "h1", "Heartbeat", {}])))[:3] == [
-            4, "h1", "SecurityError"]  # Rejected, nothing open: as before
+        assert (await exchange(ws, json.dumps([2, "h1", "Heartbeat", {}])))[0] == 3
+        booted = await exchange(ws, json.dumps([2, "b1", "BootNotification", {
+            "chargePointVendor": "V", "chargePointModel": "M"}]))
+        assert booted[2]["status"] == "Rejected"
+        for uid, frame in (("h2", ["Heartbeat", {}]),
+                           ("s4", ["StartTransaction", {"connectorId": 2,
+                                                        "idTag": "TAG-OTHER",
+                                                        "meterStart": 0,
+                                                        "timestamp": now()}])):
+            answer = await exchange(ws, json.dumps([2, uid, *frame]))
+            assert answer[:3] == [4, uid, "SecurityError"], answer  # told Rejected now
+    finally:
+        await ws.close()
+
+
+async def test_a_station_made_rejected_has_no_card_checked_through_a_stop(
+        central: Central) -> None:
+    """Review s25: a charger told Accepted whose station was made Rejected had its
+    StopTransaction answered with the status of whatever idTag it named (Blocked,
+    Invalid, Accepted) while its Authorize was refused: cards checked all the same. The
+    stop is taken, its answer carries no idTagInfo (optional in 1.6)."""
+    station_id = central.stations["CP-OPEN"].id
+    ws = await raw(central, "CP-OPEN", None)
+    try:
+        started = await exchange(ws, json.dumps([2, "s1", "StartTransaction", {
+            "connectorId": 1, "idTag": "TAG-OK", "meterStart": 0, "timestamp": now()}]))
+        tx = started[2]["transactionId"]
+        await central.services.stations.update_station(
+            SYSTEM, station_id, registration=d.Registration.REJECTED)
+        authorize = await exchange(ws, json.dumps([2, "a1", "Authorize",
+                                                   {"idTag": "TAG-BLOCKED"}]))
+        assert authorize[:3] == [4, "a1", "SecurityError"]  # refused as a card check
+        stopped = await exchange(ws, json.dumps([2, "t1", "StopTransaction", {
+            "transactionId": tx, "meterStop": 1000, "timestamp": now(),
+            "idTag": "TAG-BLOCKED"}]))
+        assert stopped == [3, "t1", {}], stopped
+        session = await central.session(tx)
+        assert session is not None and session.state is d.SessionState.COMPLETED
+    finally:
+        await ws.close()
+
+
+async def test_a_station_made_rejected_has_its_connector_reported_after_its_stop(
+        central: Central) -> None:
+    """Review s25: a Rejected station's StatusNotification was taken only while a
+    session was open there. The stop closes the session and marks its connector
+    Finishing; the charger's next report (Available, the plug taken out) was refused, the
+    connector left Finishing, its occupancy growing, until the charger's next boot. Its
+    reports are judged by the registration it was told (Accepted) until then."""
+    station_id = central.stations["CP-OPEN"].id
+    ws = await raw(central, "CP-OPEN", None)
+    try:
+        started = await exchange(ws, json.dumps([2, "s1", "StartTransaction", {
+            "connectorId": 1, "idTag": "TAG-OK", "meterStart": 0, "timestamp": now()}]))
+        tx = started[2]["transactionId"]
+        charging = await exchange(ws, json.dumps([2, "n0", "StatusNotification", {
+            "connectorId": 1, "errorCode": "NoError", "status": "Charging"}]))
+        assert charging[0] == 3
+        await central.services.stations.update_station(
+            SYSTEM, station_id, registration=d.Registration.REJECTED)
+        stopped = await exchange(ws, json.dumps([2, "t1", "StopTransaction", {
+            "transactionId": tx, "meterStop": 1000, "timestamp": now()}]))
+        assert stopped[0] == 3
+        available = await exchange(ws, json.dumps([2, "n1", "StatusNotification", {
+            "connectorId": 1, "errorCode": "NoError", "status": "Available"}]))
+        connector = await central.store.find_one(d.Connector, all_of(
+            Eq("station_id", station_id), Eq("connector_id", 1)))
+        assert connector is not None
+        assert available[0] == 3 and connector.status is d.ConnectorStatus.AVAILABLE, (
+            available, connector.status)
     finally:
         await ws.close()
 

@@ -87,6 +87,9 @@ async def test_a_start_answered_with_a_callerror_leaves_the_plug_free(
     await central.services.stations.update_station(
         SYSTEM, central.stations["CP-1"].id, registration=d.Registration.PENDING)
     async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        # Told Pending (a charger not told acts on what it was: Accepted, and its start
+        # would be taken, told Invalid).
+        assert (await cp.boot()).status == "Pending"
         assert await cp.charge(1, "TAG-OK", duration_s=60, step_s=30) == 0
         assert cp.connectors[1].transaction_id is None
     assert await sessions(central) == []

@@ -87,7 +87,8 @@ SAMPLES: list[DomainEvent] = [
                    counted=["email failed " + "8" * 32, "sign_in succeeded " + "9" * 32]),
     StationSightChanged(station_id=STATION, cp_id="CP-1", company_id=COMPANY, owner_id=None,
                         on_map=False, at=AT, joined=True, online=True,
-                        was_company_id=None, was_owner_id=OWNER, was_on_map=True),
+                        was_company_id=None, was_owner_id=OWNER, was_on_map=True,
+                        sight=9, connection=42),
 ]
 ALL_TOPICS = [event.topic for event in SAMPLES]
 

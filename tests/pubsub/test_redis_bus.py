@@ -8,19 +8,24 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 from redis import asyncio as aioredis
 from redis.exceptions import RedisError
 
+from domain.entities import Role
+from domain.events import StationConnectionChanged, StationSightChanged
+from domain.policy import Policy, Viewer
+from domain.services import ServiceContext
+from domain.services.live import LiveService
 from pubsub import EventsDropped
 from pubsub import redis as redis_module
 from pubsub.codec import encode
 from pubsub.factory import open_event_bus
 from pubsub.redis import RedisEventBus
-from tests.helpers import free_port, until
+from tests.helpers import FastHasher, free_port, until
 from tests.pubsub.samples import SAMPLES, connection, take
 from tests.support.redis_server import RedisServer
 
@@ -507,3 +512,56 @@ async def test_redis_answering_again_is_noticed_while_events_come_in(
     finally:
         await stream.aclose()
         await bus.close()
+
+
+async def test_live_maps_on_every_instance_end_with_the_newest_sight_of_a_station(
+        redis_server: RedisServer) -> None:
+    """A->B by an admin on instance A; B->C on instance B, announced first; the charger's
+    disconnect, recorded on instance B after the first handover read its connection,
+    reaches Redis before that handover's 'joined'. Maps on both instances end the same:
+    Alpha and Beta without the station, Gamma with it offline (review s25)."""
+    topics = [StationConnectionChanged.topic, StationSightChanged.topic]
+
+    def sight(joined: bool, number: int, company: str, was: str) -> StationSightChanged:
+        return StationSightChanged(station_id="s", cp_id="CP-S", company_id=company,
+                                   was_company_id=was, joined=joined, online=joined,
+                                   sight=number, connection=7)
+
+    a, b = await started(redis_server.url), await started(redis_server.url)
+    try:
+        maps: dict[tuple[int, str], list[tuple[str, bool]]] = {}
+        for instance, bus in enumerate((a, b)):
+            live = LiveService(ServiceContext(store=None, policy=Policy(),  # type: ignore[arg-type]
+                                              hasher=FastHasher(), bus=bus))
+            for company in "ABC":
+                told: list[tuple[str, bool]] = []
+                maps[instance, company] = told
+                viewer = Viewer(user_id=f"op-{company}", role=Role.OPERATOR,
+                                company_id=company)
+                live.watch(viewer, topics, _recorder(told), lambda: None)
+        await b.publish(sight(False, 2, "C", "B"))
+        await b.publish(sight(True, 2, "C", "B"))
+        await a.publish(sight(False, 1, "B", "A"))
+        await b.publish(StationConnectionChanged(station_id="s", cp_id="CP-S",
+                                                 company_id="C", online=False,
+                                                 connection=7))
+        await a.publish(sight(True, 1, "B", "A"))
+
+        async def all_heard() -> bool:
+            return all(len(maps[i, "C"]) == 3 for i in (0, 1))
+
+        await until(all_heard)
+        await asyncio.sleep(0.1)
+        for instance in (0, 1):
+            assert maps[instance, "A"][-1] == ("StationSightChanged", False), maps
+            assert maps[instance, "B"][-1] == ("StationSightChanged", False), maps
+            assert maps[instance, "C"][-1][1] is False, maps
+        assert all(maps[0, c] == maps[1, c] for c in "ABC"), maps
+    finally:
+        await a.close()
+        await b.close()
+
+
+def _recorder(told: list[tuple[str, bool]]) -> Callable[[Any], None]:
+    """A live watcher's ``deliver``: what kind of event it was told, and ``online``."""
+    return lambda event: told.append((type(event).__name__, event.online))

@@ -66,6 +66,7 @@ from domain.entities import (
     StatusEvent,
     Tariff,
     User,
+    Vehicle,
     audit_after,
 )
 from domain.errors import Conflict, NotFound, StoreUnavailable, UniqueViolation
@@ -79,7 +80,19 @@ from domain.ports import (
     InsertIfAbsent,
     Update,
 )
-from domain.query import ALL, SEARCHED, Eq, In, Near, PageRequest, Range, Search, Sort, Sub
+from domain.query import (
+    ALL,
+    SEARCHED,
+    Eq,
+    In,
+    Near,
+    PageRequest,
+    Range,
+    Search,
+    Sort,
+    Sub,
+    all_of,
+)
 from graph.history import NEWEST_FIRST as HISTORY_NEWEST_FIRST
 from graph.history import OLDEST_FIRST
 from graph.nodes import BY_CONNECTOR, NEWEST_FIRST
@@ -1669,6 +1682,19 @@ async def test_the_audit_log_is_read_in_its_order_from_an_index(
         assert any(keys in (order, backward) for keys in indexes), (order, indexes)
 
 
+@pytest.mark.parametrize("key", ["holder_id", "actor"])
+async def test_a_persons_audit_lists_are_read_in_their_order_from_an_index(
+        mongo: MongoStore, key: str) -> None:
+    """A person's copy of their data pages through the entries about them and those
+    they made, newest first (``personal_data.AuditLog``): without the ``_id``
+    tie-breaker in the index the server sorted every entry an admin ever made for each
+    page of 100."""
+    order = [(key, 1), *sort_spec(AuditEntry, [Sort("at", descending=True)], False)]
+    indexes = [list(info["key"]) for info in
+               raw(mongo)["audit_entry"].index_information().values()]
+    assert order in indexes, (order, indexes)
+
+
 async def test_every_aggregation_may_spill_to_disk(mongo: MongoStore,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     options: list[dict[str, Any]] = []
@@ -2456,6 +2482,38 @@ async def test_company_names_from_before_get_their_identity_older_twins_left_alo
         await mongo.write([Insert(Company(name="SOLO", name_identity="solo"))], [])
     assert raised.value.field == "name_identity"
     assert db[migrations.MIGRATIONS].find_one({"_id": "name_identities"})["done"] is True
+
+
+async def test_plates_from_before_take_their_compatibility_form(
+        mongo: MongoStore, caplog: pytest.LogCaptureFixture) -> None:
+    """What SQLite migration 61 does: plates stored before take their compatibility form
+    (NFKC) and its key, searched by it; one whose owner keeps another car of that key
+    stays as it is (the unique index refuses it), logged; removed cars all take it."""
+    caplog.set_level(logging.WARNING, logger="chargegraph.store")
+    db = raw(mongo)
+    ann, bob = ObjectId(), ObjectId()
+    cars = {}
+    for name, owner, plate, removed in (
+            ("v1", ann, "Ｂ-ＭＩ ２０２４", None), ("v2", bob, "B-MI 2024", None),
+            ("v3", bob, "Ｂ-ＭＩ ２０２４", None), ("v4", bob, "Ｂ ＭＩ ２０２４", T0)):
+        car = Vehicle(owner_id=str(owner), license_plate=plate,
+                      plate_key="".join(c for c in plate.upper() if c.isalnum()),
+                      removed_at=removed)
+        db["vehicle"].insert_one(to_doc(car))
+        cars[name] = car.id
+    db[migrations.MIGRATIONS].delete_many({})  # a database from before the step
+    await mongo.start()
+    stored = {c.id: (c.license_plate, c.plate_key) for c in await mongo.find_all(Vehicle, ALL)}
+    assert stored == {cars["v1"]: ("B-MI 2024", "BMI2024"),
+                      cars["v2"]: ("B-MI 2024", "BMI2024"),
+                      cars["v3"]: ("Ｂ-ＭＩ ２０２４", "ＢＭＩ２０２４"),
+                      cars["v4"]: ("B MI 2024", "BMI2024")}
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and cars["v3"] in warned[0], warned
+    found = await mongo.find_all(Vehicle, all_of(Eq("owner_id", str(ann)),
+                                                 Search(("license_plate",), "b-mi 2024")))
+    assert [c.id for c in found] == [cars["v1"]]
+    assert db[migrations.MIGRATIONS].find_one({"_id": "plate_forms"})["done"] is True
 
 
 # ------------------------------------------------------- fields added later with a default

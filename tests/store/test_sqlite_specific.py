@@ -1245,6 +1245,36 @@ async def test_version_63_gives_company_names_their_identity_leaving_older_twins
         await store.close()
 
 
+async def test_version_61_keeps_plates_in_their_compatibility_form(
+        db_path: str, caplog: pytest.LogCaptureFixture) -> None:
+    """QA s25: a plate typed full-width ("ＢＭＩ２０２４") was its owner's second car
+    beside "BMI2024". Plates stored before take their compatibility form (NFKC) and its
+    key; one whose owner keeps another car of that key stays as it is (the unique rule
+    holds), logged for the owner to remove one of the two; removed cars all take it."""
+    caplog.set_level(logging.WARNING, logger="chargegraph.store")
+    async with aiosqlite.connect(db_path, isolation_level=None) as conn:
+        await apply_migrations(conn, [m for m in MIGRATIONS if m[0] < 61])
+        for car_id, owner, plate, key, removed in (
+                ("v1", "ann", "Ｂ-ＭＩ ２０２４", "ＢＭＩ２０２４", None),
+                ("v2", "bob", "B-MI 2024", "BMI2024", None),
+                ("v3", "bob", "Ｂ-ＭＩ ２０２４", "ＢＭＩ２０２４", None),
+                ("v4", "bob", "Ｂ ＭＩ ２０２４", "ＢＭＩ２０２４", 5),
+                ("v5", "cy", "BMI2024", "BMI2024", None)):
+            await conn.execute(
+                'INSERT INTO "vehicle" ("id", "created_at", "updated_at", "created_by", '
+                '"updated_by", "owner_id", "license_plate", "plate_key", "removed_at") '
+                "VALUES (?, 0, 0, 'system', 'system', ?, ?, ?, ?)",
+                (car_id, owner, plate, key, removed))
+        assert await apply_migrations(conn, MIGRATIONS) == [61]
+    assert raw(db_path, 'SELECT "id", "license_plate", "plate_key" FROM "vehicle" '
+                        'ORDER BY 1') == [
+        ("v1", "B-MI 2024", "BMI2024"), ("v2", "B-MI 2024", "BMI2024"),
+        ("v3", "Ｂ-ＭＩ ２０２４", "ＢＭＩ２０２４"), ("v4", "B MI 2024", "BMI2024"),
+        ("v5", "BMI2024", "BMI2024")]
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "v3" in warned[0], warned
+
+
 async def test_version_56_gives_command_entries_their_command(db_path: str) -> None:
     """A command entry's command became a column (``AuditEntry.command``), so a
     station's profile commands by people are found in the query (review r4: the

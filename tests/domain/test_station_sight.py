@@ -1,0 +1,371 @@
+"""A station handed over or taken off the map leaves and joins live maps
+(``StationSightChanged``): in the right order, with its connection as it is, whatever
+else happens to the station meanwhile; and a plug removed leaves them without outranking
+what its charger reports next (review s25)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from domain.clock import utcnow
+from domain.entities import Company, Connector, Role, Station
+from domain.errors import StoreUnavailable
+from domain.events import (
+    ConnectorStatusChanged,
+    DomainEvent,
+    StationConnectionChanged,
+    StationRemoved,
+    StationSightChanged,
+)
+from domain.policy import SYSTEM, Policy, Viewer
+from domain.query import Eq
+from domain.services import ConnectorSpec, ServiceContext, Services
+from domain.services.live import LiveService
+from pubsub.memory import MemoryEventBus
+from store.mongo import MongoStore
+from store.sqlite import SqliteStore
+from tests.helpers import FastHasher
+from tests.support.mongomock_async import async_mongomock_database
+
+CP = "CP-SIGHT"
+TOPICS = [StationConnectionChanged.topic, StationSightChanged.topic]
+
+
+@dataclass
+class World:
+    services: Services
+    companies: list[Company]
+    station_id: str
+
+
+@pytest.fixture(params=["sqlite", "mongo"])
+async def world(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[World]:
+    """Companies Alpha, Beta and Gamma; Alpha's station, its charger online."""
+    store = SqliteStore(str(tmp_path / "s.db")) if request.param == "sqlite" \
+        else MongoStore(async_mongomock_database(), sweep_every=None)
+    await store.start()
+    bus = MemoryEventBus()
+    services = Services(ServiceContext(store=store, policy=Policy(), hasher=FastHasher(),
+                                       bus=bus))
+    try:
+        companies = [await services.accounts.create_company(SYSTEM, name=name)
+                     for name in ("Alpha", "Beta", "Gamma")]
+        station, _ = await services.stations.create_station(
+            SYSTEM, cp_id=CP, name="Potsdam", company_id=companies[0].id,
+            connectors=[ConnectorSpec(1, max_kw=50)])
+        await services.charging.set_online(CP, True)
+        yield World(services, companies, station.id)
+    finally:
+        await bus.close()
+        await store.close()
+
+
+def operator_of(company: Company) -> Viewer:
+    return Viewer(user_id=f"op-{company.name}", role=Role.OPERATOR, company_id=company.id)
+
+
+async def told(events: AsyncIterator[Any]) -> list[Any]:
+    """What a subscription got until it went quiet."""
+    got: list[Any] = []
+    while True:
+        try:
+            got.append(await asyncio.wait_for(events.__anext__(), 0.3))
+        except (TimeoutError, StopAsyncIteration):
+            return got
+
+
+def after_the_edits_write(world: World, then: Callable[[], Any]) -> None:
+    """Runs ``then`` once, right after the next station edit's write, before the edit
+    announces who sees the station now."""
+    stations = world.services.stations
+    changed = stations._changed
+    ran = False
+
+    async def hooked(*args: Any, **kw: Any) -> None:
+        nonlocal ran
+        await changed(*args, **kw)
+        if not ran:
+            ran = True
+            await then()
+
+    stations._changed = hooked  # type: ignore[method-assign]
+
+
+async def test_a_disconnect_during_a_handover_leaves_the_new_company_map_offline(
+        world: World) -> None:
+    """The handed-over station's charger disconnects right after the edit's write: the
+    new company is told it offline, and not, last, that it joined online (the edit's
+    own read said online)."""
+    _, beta, _ = world.companies
+    events = world.services.live.events(operator_of(beta), TOPICS)
+    after_the_edits_write(world, lambda: world.services.charging.set_online(CP, False))
+    await world.services.stations.update_station(SYSTEM, world.station_id,
+                                                 company_id=beta.id)
+    got = [event.online for event in await told(events)]
+    assert got and got[-1] is False, f"Beta's map was told {got}"
+
+
+async def test_two_handovers_in_a_row_leave_the_middle_company_without_the_station(
+        world: World) -> None:
+    """One admin hands the station Alpha->Beta; another, a moment later, Beta->Gamma,
+    announced first. Beta is not left holding Gamma's station, online (told after it
+    left), nor Alpha; Gamma holds it."""
+    _, beta, gamma = world.companies
+    streams = {c.name: world.services.live.events(operator_of(c), TOPICS)
+               for c in world.companies}
+    after_the_edits_write(world, lambda: world.services.stations.update_station(
+        SYSTEM, world.station_id, company_id=gamma.id))
+    await world.services.stations.update_station(SYSTEM, world.station_id,
+                                                 company_id=beta.id)
+    got = {name: [(e.joined, e.online) for e in await told(stream)]
+           for name, stream in streams.items()}
+    assert got["Beta"] and got["Beta"][-1] == (False, False), got
+    assert got["Alpha"] and got["Alpha"][-1] == (False, False), got
+    assert got["Gamma"] and got["Gamma"][-1] == (True, True), got
+
+
+def handed_to_while_read(world: World, company: Company) -> None:
+    """The charger's next connect or disconnect reads its station, and right then (before
+    its write) an admin hands the station to ``company``."""
+    charging = world.services.charging
+    read = charging.station
+    done = False
+
+    async def hooked(cp_id: str) -> Any:
+        nonlocal done
+        got = await read(cp_id)
+        if not done:
+            done = True
+            await world.services.stations.update_station(SYSTEM, world.station_id,
+                                                         company_id=company.id)
+        return got
+
+    charging.station = hooked  # type: ignore[method-assign]
+
+
+async def test_a_disconnect_read_before_a_handover_reaches_the_new_company(
+        world: World) -> None:
+    """The charger's socket closes; its disconnect reads the station (Alpha's), and while
+    it writes an admin hands the station to Beta. The disconnect, published after the
+    handover's "joined, online" with Alpha's ownership, is Beta's: Beta's map does not
+    keep the station online for good, and Alpha, told it left, is told nothing after."""
+    alpha, beta, _ = world.companies
+    [station] = await world.services.ctx.store.find_all(Station, Eq("cp_id", CP))
+    streams = {c.name: world.services.live.events(operator_of(c), TOPICS)
+               for c in (alpha, beta)}
+    handed_to_while_read(world, beta)
+    assert await world.services.charging.disconnect(CP, number=station.connection)
+    [after] = await world.services.ctx.store.find_all(Station, Eq("cp_id", CP))
+    assert (after.company_id, after.online) == (beta.id, False)
+    got = {name: [(type(e).__name__, e.online) for e in await told(stream)]
+           for name, stream in streams.items()}
+    assert got["Beta"] and got["Beta"][-1] == ("StationConnectionChanged", False), got
+    assert got["Alpha"] == [("StationSightChanged", False)], got
+
+
+async def test_a_reconnect_read_before_a_handover_reaches_the_new_company(
+        world: World) -> None:
+    """The same with the charger connecting again: Beta's map, told the station joined
+    offline, is told it came online; Alpha, told it left, is told nothing after."""
+    alpha, beta, _ = world.companies
+    await world.services.charging.set_online(CP, False)
+    streams = {c.name: world.services.live.events(operator_of(c), TOPICS)
+               for c in (alpha, beta)}
+    handed_to_while_read(world, beta)
+    assert await world.services.charging.set_online(CP, True)
+    [after] = await world.services.ctx.store.find_all(Station, Eq("cp_id", CP))
+    assert (after.company_id, after.online) == (beta.id, True)
+    got = {name: [(type(e).__name__, e.online) for e in await told(stream)]
+           for name, stream in streams.items()}
+    assert got["Beta"] == [("StationSightChanged", False),
+                           ("StationConnectionChanged", True)], got
+    assert got["Alpha"] == [("StationSightChanged", False)], got
+
+
+async def test_a_handover_is_done_when_its_announcement_cannot_read_the_station(
+        world: World) -> None:
+    """The store stumbles right after the handover's write (a failover): the edit has
+    committed, so the admin is not told it failed, what follows it still runs (the site
+    it left shares its power again), and maps are told the handover all the same."""
+    alpha, beta, _ = world.companies
+    services = world.services
+    site = await services.sites.create_site(SYSTEM, name="Depot", max_power_kw=100,
+                                            company_id=alpha.id)
+    await services.sites.assign_station(SYSTEM, world.station_id, site.id)
+    stations, store = services.stations, services.ctx.store
+    left: list[str] = []
+    stations.on_site_left = left.append
+    events = services.live.events(operator_of(beta), TOPICS)
+    get_many = store.get_many
+    armed = False
+
+    async def failing_get_many(kind: Any, ids: Any, *a: Any, **kw: Any) -> Any:
+        if armed and kind is Station:  # every read of it until the edit returns
+            raise StoreUnavailable("the store did not answer", reason="failover")
+        return await get_many(kind, ids, *a, **kw)
+
+    def arm() -> Any:
+        nonlocal armed
+        armed = True
+        return asyncio.sleep(0)
+
+    store.get_many = failing_get_many  # type: ignore[method-assign]
+    after_the_edits_write(world, arm)
+    try:
+        updated = await stations.update_station(SYSTEM, world.station_id,
+                                                company_id=beta.id)
+    finally:
+        armed = False
+    [stored] = await store.find_all(Station, Eq("id", world.station_id))
+    assert updated.company_id == stored.company_id == beta.id
+    assert left == [site.id]
+    assert [(e.joined, e.online) for e in await told(events)] == [(True, True)]
+
+
+# What another instance may publish in between: Redis carries it in its own order.
+
+def sight(joined: bool, *, sight: int, company: str, was: str, online: bool = True,
+          connection: int | None = 7) -> StationSightChanged:
+    return StationSightChanged(station_id="s", cp_id=CP, company_id=company,
+                               was_company_id=was, joined=joined, online=online and joined,
+                               sight=sight, connection=connection)
+
+
+def connection(online: bool, number: int | None, company: str) -> StationConnectionChanged:
+    return StationConnectionChanged(station_id="s", cp_id=CP, company_id=company,
+                                    online=online, connection=number)
+
+
+def recorder(told: list[tuple[str, bool]]) -> Callable[[Any], None]:
+    """A watcher's ``deliver``: what kind of event it was told, and ``online``."""
+    return lambda event: told.append((type(event).__name__, event.online))
+
+
+async def maps_told(published: list[DomainEvent], companies: list[str]
+                    ) -> dict[str, list[tuple[str, bool]]]:
+    """What each company's operator is told of ``published``, both ways to listen
+    (``watch`` and ``events``), which must agree."""
+    bus = MemoryEventBus()
+    live = LiveService(ServiceContext(store=None, policy=Policy(),  # type: ignore[arg-type]
+                                      hasher=FastHasher(), bus=bus))
+    watched: dict[str, list[tuple[str, bool]]] = {c: [] for c in companies}
+    for company in companies:
+        viewer = Viewer(user_id=f"op-{company}", role=Role.OPERATOR, company_id=company)
+        live.watch(viewer, TOPICS, recorder(watched[company]), lambda: None)
+    streams = {c: live.events(Viewer(user_id=f"op-{c}", role=Role.OPERATOR, company_id=c),
+                              TOPICS) for c in companies}
+    for event in published:
+        await bus.publish(event)
+    streamed = {c: [(type(e).__name__, e.online) for e in await told(stream)]
+                for c, stream in streams.items()}
+    await bus.close()
+    assert streamed == watched
+    return watched
+
+
+async def test_a_disconnect_published_first_wins_over_the_joining_read_before_it() -> None:
+    """Another instance records the charger's disconnect after the handover's read of
+    the connection, and its event reaches Redis first: the new company is told the
+    station joined offline, not online for ever."""
+    got = await maps_told([sight(False, sight=1, company="B", was="A"),
+                           connection(False, 7, "B"),
+                           sight(True, sight=1, company="B", was="A")], ["A", "B"])
+    assert got["B"][-1] == ("StationSightChanged", False), got
+    assert got["A"] == [("StationSightChanged", False)]
+
+
+async def test_a_joining_read_on_a_newer_connection_wins_over_an_older_one() -> None:
+    """The charger connected again (connection 8) before the handover read it: its old
+    connection's disconnect, arriving first, does not make it offline."""
+    got = await maps_told([connection(False, 7, "B"),
+                           sight(True, sight=1, company="B", was="A", connection=8)], ["B"])
+    assert got["B"][-1] == ("StationSightChanged", True), got
+
+
+async def test_an_earlier_handover_arriving_last_is_judged_by_the_later_one() -> None:
+    """A->B, then B->C, published on two instances and carried in the other order."""
+    got = await maps_told([sight(False, sight=2, company="C", was="B"),
+                           sight(True, sight=2, company="C", was="B"),
+                           sight(False, sight=1, company="B", was="A"),
+                           sight(True, sight=1, company="B", was="A")], ["A", "B", "C"])
+    assert got["A"] == [("StationSightChanged", False)], got
+    assert got["B"] == [("StationSightChanged", False)], got
+    assert got["C"] and got["C"][-1] == ("StationSightChanged", True), got
+
+
+async def test_a_plug_removed_then_reported_again_is_not_stale_on_the_map(
+        world: World) -> None:
+    """A plug removed while its charger still has it: the charger's next report makes it
+    again, dated by the charger's clock. The removal is dated so that this report is not
+    older than it: a map skipping events older than the `statusAt` it holds (README)
+    kept the plug UNAVAILABLE, though it reads AVAILABLE, until it queried again."""
+    began = utcnow() - timedelta(minutes=30)
+    charging = world.services.charging
+    await charging.status_notification(CP, 1, "Available", "NoError", timestamp=began)
+    [plug] = await world.services.ctx.store.find_all(Connector, Eq("station_id",
+                                                                   world.station_id))
+    events = world.services.live.events(SYSTEM, [ConnectorStatusChanged.topic])
+    await world.services.stations.remove_connector(SYSTEM, plug.id)
+    await charging.status_notification(CP, 1, "Available", "NoError",
+                                       timestamp=began + timedelta(minutes=1))
+    removal, report = await told(events)
+    assert (removal.status, removal.free, report.status) == ("Unavailable", False,
+                                                             "Available")
+    assert removal.at <= report.at, "the map skips the report as older than the removal"
+    [again] = await world.services.ctx.store.find_all(Connector, Eq("station_id",
+                                                                    world.station_id))
+    assert again.status_at == report.at
+
+
+async def test_a_connection_event_read_before_a_handover_is_judged_by_it() -> None:
+    """A->B told, then a disconnect published with A's ownership (read before it): B's
+    map is told it, not A's."""
+    got = await maps_told([sight(False, sight=1, company="B", was="A"),
+                           sight(True, sight=1, company="B", was="A"),
+                           connection(False, 7, "A")], ["A", "B"])
+    assert got["A"] == [("StationSightChanged", False)], got
+    assert got["B"] == [("StationSightChanged", True),
+                        ("StationConnectionChanged", False)], got
+
+
+async def test_a_connection_event_read_after_a_handover_not_yet_told_comes_out_right(
+        ) -> None:
+    """A->B told, then B->C's disconnect (read after B->C) arrives before B->C's sight
+    events: judged by B's ownership first, and then B->C tells B it left and C that it
+    joined, offline as that disconnect had it."""
+    got = await maps_told([sight(False, sight=1, company="B", was="A"),
+                           sight(True, sight=1, company="B", was="A"),
+                           connection(False, 7, "C"),
+                           sight(False, sight=2, company="C", was="B"),
+                           sight(True, sight=2, company="C", was="B")], ["A", "B", "C"])
+    assert got["B"][-1] == ("StationSightChanged", False), got
+    assert got["C"] == [("StationSightChanged", False)], got
+
+
+async def test_a_removed_station_is_forgotten_by_the_live_path() -> None:
+    """What the pump keeps of a station (its newest handover, its last connection) goes
+    with the station: kept, it grew with every station ever handed over or connected for
+    as long as the pump lived. ``StationRemoved`` is told to nobody."""
+    bus = MemoryEventBus()
+    live = LiveService(ServiceContext(store=None, policy=Policy(),  # type: ignore[arg-type]
+                                      hasher=FastHasher(), bus=bus))
+    watched: list[tuple[str, bool]] = []
+    live.watch(SYSTEM, TOPICS, recorder(watched), lambda: None)
+    stream = live.events(SYSTEM, TOPICS)
+    [pump] = live._pumps.values()
+    for event in (sight(False, sight=1, company="B", was="A"),
+                  sight(True, sight=1, company="B", was="A"), connection(False, 7, "B"),
+                  StationRemoved(station_id="s", cp_id=CP, company_id="B")):
+        await bus.publish(event)
+    # An admin sees the station either side of the handover: told its connection only.
+    assert [type(e).__name__ for e in await told(stream)] == ["StationConnectionChanged"]
+    assert watched == [("StationConnectionChanged", False)]
+    assert (pump.order.sights, pump.order.connections) == ({}, {})
+    await bus.close()
