@@ -188,8 +188,10 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
             stack.push_async_callback(webhooks.close)
             sources.webhook_queues = webhooks.queue_lengths
             app.state.webhooks = webhooks
-            graphql.app = create_graphql_app(services, tokens, graphiql=settings.graphiql,
-                                             metrics=metrics, graphiql_assets=assets_url)
+            graphql.app = create_graphql_app(
+                services, tokens, graphiql=settings.graphiql, metrics=metrics,
+                graphiql_assets=assets_url,
+                ws_keep_alive=timedelta(seconds=settings.ws_keepalive_s))
             sources.live = graphql.app.websocket.hub
             exports.app = graphql.app.export
             personal_data.app = graphql.app.personal_data
