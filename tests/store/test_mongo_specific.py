@@ -1683,6 +1683,19 @@ async def test_the_audit_log_is_read_in_its_order_from_an_index(
         assert any(keys in (order, backward) for keys in indexes), (order, indexes)
 
 
+@pytest.mark.parametrize("key", ["holder_id", "actor"])
+async def test_a_persons_audit_lists_are_read_in_their_order_from_an_index(
+        mongo: MongoStore, key: str) -> None:
+    """A person's copy of their data pages through the entries about them and those
+    they made, newest first (``personal_data.AuditLog``): without the ``_id``
+    tie-breaker in the index the server sorted every entry an admin ever made for each
+    page of 100."""
+    order = [(key, 1), *sort_spec(AuditEntry, [Sort("at", descending=True)], False)]
+    indexes = [list(info["key"]) for info in
+               raw(mongo)["audit_entry"].index_information().values()]
+    assert order in indexes, (order, indexes)
+
+
 async def test_every_aggregation_may_spill_to_disk(mongo: MongoStore,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     options: list[dict[str, Any]] = []
