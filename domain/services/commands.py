@@ -981,6 +981,7 @@ class CommandService(Service):
         now = self.now()
         connector_id = int(payload.get("connectorId", 0))
         await self._refuse_clash(viewer, station, connector_id, now)
+        await self._refuse_charging_plug(station, connector_id)
         tag = await self.store.find_one(IdTag, Eq("tag", str(payload["idTag"]).upper()))
         if tag is not None:
             # A charger holds the plug for whatever tag it is given: not for a card that
@@ -1011,6 +1012,35 @@ class CommandService(Service):
         # It holds its plug from now, answered or not: the live map hears of it.
         await self.plugs_held(owned_by(station), connector_id, were_free)
         return reservation
+
+    async def _refuse_charging_plug(self, station: Station, connector_id: int) -> None:
+        """A reservation of a plug our records show charging a session (ACTIVE, whatever
+        its last report says, as ``_refuse_occupied`` judges a remote start's), or of
+        "any" connector (0) on a station whose every known connector is: refused
+        ``IN_USE`` before anything is stored or sent. It was sent and left to the
+        charger's Occupied, or, at a charger that takes it (some hold a reservation for
+        the plug's next session), the driver was told ACCEPTED for a plug in use, held
+        for them nowhere else. A session whose stop was lost keeps its plug refused until
+        staff end it (``endSession``) or the charger's reboot closes it, as for a remote
+        start; a session starting after this check is the charger's to refuse with
+        Occupied (the reservation is REJECTED)."""
+        charging = {s.connector_id for s in await self.store.find_all(Session, all_of(
+            Eq("station_id", station.id), Eq("state", SessionState.ACTIVE)),
+            limit=MAX_CONNECTOR_ID)}
+        if not charging:
+            return
+        if connector_id:
+            if connector_id in charging:
+                raise Conflict("the connector is charging a session: reserve another one, "
+                               "or this one once the session has ended",
+                               field="connectorId", code="IN_USE")
+            return
+        plugs = {p.connector_id for p in await self.store.find_all(
+            Connector, Eq("station_id", station.id), limit=MAX_CONNECTOR_ID)}
+        if plugs and plugs <= charging:
+            raise Conflict("every connector of this station is charging a session: "
+                           "nothing is free to reserve", field="connectorId",
+                           code="IN_USE")
 
     async def _refuse_unusable_tag(self, tag: IdTag, now: datetime) -> None:
         status = tag.status_at(now)
