@@ -59,6 +59,7 @@ from domain.entities import (
     User,
 )
 from domain.errors import DomainError
+from domain.events import StationConnectionChanged
 from domain.keyed_locks import KeyedLocks
 from domain.policy import SYSTEM, Viewer, live_reservations
 from domain.ports import Change, Delete, Insert, Store
@@ -320,6 +321,18 @@ class Withdrawal(Service):
         #: keeps its arrivals'). Across instances the list version keeps it right (a
         #: VersionMismatch re-reads).
         self._pushing = KeyedLocks()
+        ctx.published.append(self._heard)
+
+    def _heard(self, event: Any) -> None:
+        """A charger connected to this process: the cancels of reservations cancelled
+        while it was offline are owed to it (``CommandService.send_owed_cancels``), sent
+        now, in the background. Its boot, if it boots, asks again (``_back``): one that
+        answered the first with a CALLERROR before its boot takes the second."""
+        if isinstance(event, StationConnectionChanged) and event.online \
+                and event.station_id is not None:
+            self._work.run(self.commands.send_owed_cancels(event.station_id),
+                           f"owed-cancels-{event.station_id}",
+                           f"sending the owed cancels of station {event.station_id} failed")
 
     async def settled(self) -> None:
         """Waits for what runs in the background (tests, shutdown)."""
@@ -400,13 +413,15 @@ class Withdrawal(Service):
                        f"correcting the local list of station {station_id} failed")
 
     def charger_back(self, station_id: str) -> None:
-        """A charger booted (its boot answered Accepted): its live reservations of cards
-        no longer usable are cancelled (``_cancel_unusable``), and what its list should
+        """A charger booted (its boot answered Accepted): the cancels owed to it are sent
+        (``CommandService.send_owed_cancels``), its live reservations of cards no longer
+        usable are cancelled (``_cancel_unusable``), and what its list should
         hold and does not is sent, now, in the background."""
         self._work.run(self._back(station_id), f"local-list-{station_id}",
                        f"correcting the local list of station {station_id} failed")
 
     async def _back(self, station_id: str) -> None:
+        await self.commands.send_owed_cancels(station_id)
         await self._cancel_unusable(station_id)
         await self._correct(station_id)
 
@@ -678,9 +693,11 @@ class Withdrawal(Service):
 
     async def cancel_reservations(self, actor: Viewer, where: Filter) -> None:
         """Cancels the live reservations ``where`` at their chargers (CancelReservation,
-        audited as ``actor``), best effort: an answered cancel stores CANCELLED; one not
-        delivered (charger offline) is left to the caller's own write, to its expiry or,
-        for a card's, to the charger's boot (``_cancel_unusable``).
+        audited as ``actor``), best effort: an answered cancel stores CANCELLED, and so
+        does one its charger is offline for, the cancel owed to the charger when it is
+        back (``CommandService.send_owed_cancels``); one unanswered is left to the
+        caller's own write, to its expiry or, for a card's, to the charger's boot
+        (``_cancel_unusable``).
         For withdrawn cards and users, and for connectors and stations being removed: the
         charger otherwise holds the plug for a reservation nobody here knows of."""
         held = await self.store.find_all(Reservation, all_of(

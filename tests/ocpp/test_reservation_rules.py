@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from domain import entities as d
 from domain.query import Eq
 from ocpp_bridge.simulator import connected
+from tests.helpers import until
 from tests.ocpp.conftest import STATION_PASSWORD, Central
 from tests.ocpp.test_commands import run
 
@@ -50,3 +51,57 @@ async def test_a_plug_charging_a_session_is_not_reserved(central: Central) -> No
                                                  "expiryDate": soon()}, SELECTION,
                          as_user="driver")
         assert free["errors"] == [] and free["reservation"]["state"] == "ACTIVE", free
+
+
+async def station_offline(central: Central, cp_id: str) -> None:
+    async def offline() -> bool:
+        [station] = await central.store.find_all(d.Station, Eq("cp_id", cp_id))
+        return not station.online
+    await until(offline)
+
+
+async def test_a_reservation_cancelled_while_its_charger_is_offline(central: Central
+                                                                     ) -> None:
+    """QA s26: nobody could end a live reservation while its charger was offline (the
+    cancel answered CHARGER_OFFLINE and left it ACTIVE): the driver was kept from
+    reserving anywhere else until it expired or the charger came back. It is cancelled
+    here (CANCELLED, told as CHARGER_OFFLINE: the charger has not heard), and the charger
+    is sent the cancel when it connects again, once (its boot after asks again: nothing
+    is owed any more)."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        held = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": 2,
+                                                 "expiryDate": soon()}, SELECTION,
+                         as_user="driver")
+        assert held["reservation"]["state"] == "ACTIVE", held
+    number = held["reservation"]["reservationId"]
+    await station_offline(central, "CP-1")
+
+    cancel = await run(central, "cancelReservation", {"cpId": "CP-1",
+                                                      "reservationId": number},
+                       SELECTION, as_user="driver")
+    assert cancel["reservation"]["state"] == "CANCELLED", cancel
+    assert [e["code"] for e in cancel["errors"]] == ["CHARGER_OFFLINE"]
+    assert "sent the cancel when it comes back" in cancel["errors"][0]["message"]
+    [stored] = await central.store.find_all(d.Reservation, Eq("reservation_id", number))
+    assert stored.state is d.ReservationState.CANCELLED
+    assert stored.cancel_owed_since is not None
+    # Theirs no more: the driver may reserve again (the charger is still offline).
+    again = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": 1,
+                                              "expiryDate": soon()}, SELECTION,
+                      as_user="driver")
+    assert [e["code"] for e in again["errors"]] == ["CHARGER_OFFLINE"], again
+
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as back:
+        async def delivered() -> bool:
+            [now] = await central.store.find_all(d.Reservation,
+                                                 Eq("reservation_id", number))
+            return now.cancel_owed_since is None
+        await until(delivered)
+        assert back.received == [("CancelReservation", {"reservation_id": number})]
+        await back.boot()
+        await central.services.withdrawal.settled()
+        assert back.received == [("CancelReservation", {"reservation_id": number})]
+    [after] = await central.store.find_all(d.Reservation, Eq("reservation_id", number))
+    assert after.state is d.ReservationState.CANCELLED
+
