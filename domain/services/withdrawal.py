@@ -441,7 +441,26 @@ class Withdrawal(Service):
             and last.expires_at is not None else (now, None)
         for station_id in await self._stations_wanting([c.id for c in due]):
             await self.push(SYSTEM, station_id)
+        await self._cancel_expired_cards(due)
         return len(due)
+
+    async def _cancel_expired_cards(self, cards: Sequence[IdTag]) -> None:
+        """Cancels the live reservations made for ``cards`` (``base.made_for``: the
+        card's tag and holder), which expired: a plug held for a card that may no longer
+        start a session holds it for nobody. Their sessions go on (authorized before the
+        expiry). Until QA s26 they were cancelled only at their charger's boot
+        (``_cancel_unusable``), the plug shown reserved and the driver kept from
+        reserving elsewhere until then. One offline is cancelled here, the cancel owed
+        to its charger (``cancel_reservations``)."""
+        for start in range(0, len(cards), BATCH):
+            batch = cards[start:start + BATCH]
+            holders = {(c.tag, c.user_id) for c in batch}
+            held = await self.store.find_all(Reservation, all_of(
+                In("id_tag", tuple({c.tag for c in batch})),
+                live_reservations(self.now())), limit=BATCH)
+            ids = tuple(r.id for r in held if (r.id_tag, r.user_id) in holders)
+            if ids:
+                await self.cancel_reservations(SYSTEM, In("id", ids))
 
     # ------------------------------------------------------------- the work
     async def _mark_wanted(self, actor: Viewer, card_ids: Sequence[str], status: str

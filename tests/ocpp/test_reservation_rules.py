@@ -7,7 +7,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from domain import entities as d
+from domain.policy import SYSTEM
 from domain.query import Eq
+from domain.services.base import patch
 from ocpp_bridge.simulator import connected
 from tests.helpers import until
 from tests.ocpp.conftest import STATION_PASSWORD, Central
@@ -105,3 +107,33 @@ async def test_a_reservation_cancelled_while_its_charger_is_offline(central: Cen
     [after] = await central.store.find_all(d.Reservation, Eq("reservation_id", number))
     assert after.state is d.ReservationState.CANCELLED
 
+
+async def test_a_cards_reservation_is_cancelled_when_the_card_expires(central: Central
+                                                                      ) -> None:
+    """QA s26: a card that expired holding a reservation kept it ACTIVE until its
+    charger booted (or it expired): the plug held for a card that could not charge, shown
+    reserved, and its driver kept from reserving elsewhere. The expiry sweep cancels it
+    at the charger; another card's reservation stays."""
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await cp.report_all()
+        for connector, tag in ((1, "TAG-OK"), (2, "TAG-OTHER")):
+            held = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": connector,
+                                                     "expiryDate": soon(), "idTag": tag},
+                             SELECTION)
+            assert held["reservation"]["state"] == "ACTIVE", held
+        [mine] = await central.store.find_all(d.Reservation, Eq("id_tag", "TAG-OK"))
+        card = central.tags["ok"]
+        [stored] = await central.store.get_many(d.IdTag, [card.id])
+        assert stored is not None
+        await central.store.write([patch(stored, SYSTEM, expires_at=datetime.now(UTC)
+                                         - timedelta(seconds=1))], [])
+        cp.received.clear()
+
+        await central.services.withdrawal.sweep_expired()
+        assert ("CancelReservation", {"reservation_id": mine.reservation_id}) \
+            in cp.received
+        [after] = await central.store.find_all(d.Reservation, Eq("id_tag", "TAG-OK"))
+        assert after.state is d.ReservationState.CANCELLED
+        [kept] = await central.store.find_all(d.Reservation, Eq("id_tag", "TAG-OTHER"))
+        assert kept.state is d.ReservationState.ACTIVE
