@@ -4,7 +4,11 @@ expires while it holds one."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
 
 from domain import entities as d
 from domain.policy import SYSTEM
@@ -12,8 +16,19 @@ from domain.query import Eq
 from domain.services.base import patch
 from ocpp_bridge.simulator import connected
 from tests.helpers import until
-from tests.ocpp.conftest import STATION_PASSWORD, Central
+from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
 from tests.ocpp.test_commands import run
+
+
+@pytest.fixture(params=["direct", "relayed"])
+async def central(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Central]:
+    """Commands sent directly, and relayed as from another instance (a charger offline
+    is then one no instance claims the command for)."""
+    c = await start_central(tmp_path / "central.db", relayed=request.param == "relayed")
+    await seed(c)
+    yield c
+    await stop_central(c)
+
 
 SELECTION = "status reservation { reservationId state } errors { field code message }"
 
