@@ -349,11 +349,14 @@ class StationService(Service):
         # Refusing the change while a session was active (QA s25) held only if the start
         # was written first: one admitted on a cached Accepted copy (up to
         # ``CACHE_TTL_S`` on another instance) and written after it was left unstoppable
-        # (review s25). A charger not booted since that was kept acts on the
-        # registration changed from.
+        # (review s25). A charger that booted before migration 60 (nothing kept) and
+        # not since acts on the registration changed from; one that never booted was
+        # told nothing, and is judged by the registration as it is (review s25: a
+        # station made Rejected before its charger ever connected counted as told
+        # Accepted, and its StartTransaction without a boot opened a session).
         told: Any = UNSET
         if given["registration"] not in (UNSET, station.registration) \
-                and station.charger_registration is None:
+                and station.charger_registration is None and station.booted_at is not None:
             told = station.registration
         if owner_id not in (UNSET, None):
             owner = await self.visible(viewer, User, owner_id, field="ownerId")

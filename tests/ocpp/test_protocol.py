@@ -35,6 +35,14 @@ async def exchange(ws, frame: str) -> list:
     return json.loads(await asyncio.wait_for(ws.recv(), 5))
 
 
+async def boot_told(ws, uid: str = "b0") -> str:
+    """The charger boots: the registration it is told, and acts on until its next
+    (``Station.charger_registration``)."""
+    answer = await exchange(ws, json.dumps([2, uid, "BootNotification", {
+        "chargePointVendor": "V", "chargePointModel": "M"}]))
+    return answer[2]["status"]
+
+
 async def test_unknown_station_is_404(central: Central) -> None:
     with pytest.raises(InvalidStatus) as err:
         await raw(central, "NOPE")
@@ -289,6 +297,7 @@ async def test_a_station_made_pending_or_rejected_mid_session_still_closes_its_s
     stamp = now()
     ws = await raw(central, "CP-OPEN", None)
     try:
+        assert await boot_told(ws) == "Accepted"  # told Accepted, it acts so
         started = await exchange(ws, json.dumps([2, "s1", "StartTransaction", {
             "connectorId": 1, "idTag": "TAG-OK", "meterStart": 5000, "timestamp": stamp}]))
         live = started[2]["transactionId"]
@@ -352,6 +361,7 @@ async def test_a_station_made_rejected_has_no_card_checked_through_a_stop(
     station_id = central.stations["CP-OPEN"].id
     ws = await raw(central, "CP-OPEN", None)
     try:
+        assert await boot_told(ws) == "Accepted"  # told Accepted, it acts so
         started = await exchange(ws, json.dumps([2, "s1", "StartTransaction", {
             "connectorId": 1, "idTag": "TAG-OK", "meterStart": 0, "timestamp": now()}]))
         tx = started[2]["transactionId"]
@@ -380,6 +390,7 @@ async def test_a_station_made_rejected_has_its_connector_reported_after_its_stop
     station_id = central.stations["CP-OPEN"].id
     ws = await raw(central, "CP-OPEN", None)
     try:
+        assert await boot_told(ws) == "Accepted"  # told Accepted, it acts so
         started = await exchange(ws, json.dumps([2, "s1", "StartTransaction", {
             "connectorId": 1, "idTag": "TAG-OK", "meterStart": 0, "timestamp": now()}]))
         tx = started[2]["transactionId"]
@@ -398,6 +409,30 @@ async def test_a_station_made_rejected_has_its_connector_reported_after_its_stop
         assert connector is not None
         assert available[0] == 3 and connector.status is d.ConnectorStatus.AVAILABLE, (
             available, connector.status)
+    finally:
+        await ws.close()
+
+
+async def test_a_station_made_rejected_before_its_charger_ever_booted_refuses_its_start(
+        central: Central) -> None:
+    """Review s25: an ``updateStation`` before any boot kept the old registration as what
+    the charger was told, so a station created Accepted and made REJECTED before its
+    charger ever connected counted as told Accepted: its charger, sending a
+    StartTransaction without booting, opened a session on a driver's card. Never booted
+    (``booted_at`` None), it was told nothing and is judged by the registration as it
+    is."""
+    station = central.stations["CP-OPEN"]
+    assert station.booted_at is None
+    await central.services.stations.update_station(
+        SYSTEM, station.id, registration=d.Registration.REJECTED)
+    ws = await raw(central, "CP-OPEN", None)
+    try:
+        started = await exchange(ws, json.dumps([2, "s1", "StartTransaction", {
+            "connectorId": 1, "idTag": "TAG-OK", "meterStart": 0, "timestamp": now()}]))
+        sessions = await central.store.find_all(d.Session, Eq("cp_id", "CP-OPEN"))
+        assert started[:3] == [4, "s1", "SecurityError"] and sessions == [], (
+            started, [(s.id_tag, s.state) for s in sessions])
+        assert await boot_told(ws) == "Rejected"
     finally:
         await ws.close()
 
@@ -422,6 +457,7 @@ async def test_a_start_written_after_a_pending_update_is_still_stopped(
     charging._open_session = update_lands_meanwhile  # type: ignore[method-assign]
     ws = await raw(central, "CP-OPEN", None)
     try:
+        assert await boot_told(ws) == "Accepted"  # told Accepted, it acts so
         started = await exchange(ws, json.dumps([2, "s1", "StartTransaction", {
             "connectorId": 1, "idTag": "TAG-OK", "meterStart": 0, "timestamp": now()}]))
         charging._open_session = original  # type: ignore[method-assign]
