@@ -29,6 +29,7 @@ from domain.events import (
     ConnectorStatusChanged,
     StationChanged,
     StationConnectionChanged,
+    StationPasswordChanged,
     StationRemoved,
     StationSightChanged,
 )
@@ -315,6 +316,13 @@ class StationService(Service):
         station, updated, sight = await retried(
             lambda: self._edit_station(viewer, station_id, given))
         await self._changed(updated)
+        if password_hash not in (UNSET, None):
+            # Its charger's connection, signed in with the old password, is closed by
+            # whichever instance holds it; it cannot sign in again without the new one.
+            # How a compromised charger is shut out (review s25: made Rejected and given
+            # a new password, it stayed connected, acting Accepted, opening sessions on
+            # drivers' cards, and its station could not be removed while they ran).
+            await self.publish(StationPasswordChanged(**owned_by(updated)))
         if sight is not None:
             await self._announce_sight(station, updated, sight)
         if updated.registration is Registration.ACCEPTED \
