@@ -447,6 +447,23 @@ def test_restore_puts_a_backup_back(runner: CliRunner, tmp_path: Path) -> None:
     assert (missing.exit_code, missing.stderr) == (1, "error: there is no backup at nope.db\n")
 
 
+def test_restore_where_there_is_no_database_in_a_folder_of_roots_warns(
+        runner: CliRunner, tmp_path: Path) -> None:
+    """Review r-ops2: a restore onto a fresh volume gives the file its folder's owner;
+    a folder of root's names no service user, and the output says who must own it."""
+    assert runner.invoke(cli, ["create-user", "--email", "root@example.com", "--password",
+                               PASSWORD, "--role", "admin"]).exit_code == 0
+    assert runner.invoke(cli, ["backup", "copy.db"]).exit_code == 0
+    (tmp_path / "cli.db").unlink()
+    put_back = runner.invoke(cli, ["restore", "copy.db"])
+    assert put_back.exit_code == 0, put_back.output
+    if tmp_path.stat().st_uid == 0:
+        assert put_back.stderr.startswith(f"warning: {tmp_path} is root's"), put_back.stderr
+        assert "the service's user must own" in put_back.stderr
+    else:
+        assert "warning" not in put_back.stderr
+
+
 def test_backup_of_no_database_creates_none(runner: CliRunner, tmp_path: Path) -> None:
     missing = runner.invoke(cli, ["backup", "copy.db"])
     assert missing.exit_code == 1
