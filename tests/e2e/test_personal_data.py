@@ -244,3 +244,18 @@ async def test_a_demoted_admin_does_not_keep_the_cards_they_once_managed(
     # What is theirs is still there: the entry of this very export, about them.
     [export] = [e for e in response.json()["auditLog"] if e["action"] == "EXPORT"]
     assert (export["entityId"], export["aboutYou"]) == (gid("user", admin.id), True)
+
+
+async def test_a_deactivated_accounts_devices_are_not_signed_in(service: Running) -> None:
+    """An account deactivated by a build before token epochs kept its epoch: its
+    devices' refresh tokens no longer sign in (``active`` is checked too), and the copy
+    an admin downloads for the person says so."""
+    c = service.central
+    driver = c.users["driver"]
+    await service.token("driver")  # a device signed in
+    await service.services.ctx.store.write([edit(driver, SYSTEM, active=False)], [])
+    response = await download(service, f"/export/users/{gid('user', driver.id)}.json",
+                              await service.token("admin"))
+    assert response.status_code == 200, response.text
+    [device] = response.json()["devices"]
+    assert (device["signedIn"], device["signedOutAt"]) == (False, None)
