@@ -13,7 +13,10 @@ import pytest
 from websockets.asyncio.client import connect
 
 from domain import entities as d
+from domain.command_rules import without_credentials
 from domain.query import Eq
+from domain.services.commands import masked
+from ocpp_bridge.handler import logged_frame
 from ocpp_bridge.log_masking import masked_line
 from ocpp_bridge.simulator import basic_auth
 from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
@@ -139,3 +142,46 @@ async def test_a_callerror_repeating_a_signed_url_is_logged_without_its_signatur
         task.cancel()
         await ws.close()
         await stop_central(central)
+
+
+#: A Google Cloud Storage V4 signed URL with its X-Goog-Credential written unencoded (a
+#: service account's e-mail and scope): ``command_rules._url`` accepts it, the charger
+#: needs it whole.
+GCS_SIGNED = ("https://storage.googleapis.com/bkt/fw.bin?X-Goog-Algorithm=GOOG4-RSA-SHA256"
+              "&X-Goog-Credential=fw-signer@acme-prod.iam.gserviceaccount.com/20261206/auto/"
+              "storage/goog4_request&X-Goog-Date=20261206T020000Z&X-Goog-Expires=3600"
+              "&X-Goog-SignedHeaders=host&X-Goog-Signature=5ecre7deadbeef")
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    # An '@' in the query string ends no user information (review s25: the credential's
+    # domain was taken for the host, the '?' hidden with the "user information", and
+    # X-Goog-Signature shown whole).
+    (GCS_SIGNED, "https://storage.googleapis.com/bkt/fw.bin?X-Goog-Algorithm=[hidden]"
+                 "&X-Goog-Credential=[hidden]&X-Goog-Date=[hidden]&X-Goog-Expires=[hidden]"
+                 "&X-Goog-SignedHeaders=[hidden]&X-Goog-Signature=[hidden]"),
+    ("https://tok@h.example.com/up?cred=a@b.example.com/x&sig=5ecre7deadbeef",
+     "https://[hidden]@h.example.com/up?cred=[hidden]&sig=[hidden]"),
+    # A password may hold '#', '/' and '?' (and '@'): hidden up to the '@' before the host.
+    ("ftp://diag:p#ss@files.example.com/up", "ftp://[hidden]@files.example.com/up"),
+    ("ftp://diag:12/34@files.example.com/up", "ftp://[hidden]@files.example.com/up"),
+    ("ftp://diag:5ecre7?x@files.example.com/up?sig=1",
+     "ftp://[hidden]@files.example.com/up?sig=[hidden]"),
+    ("ftp://me@corp.example:p@ss/1@files.example.com/up", "ftp://[hidden]@files.example.com/up"),
+    # Both readings fit (a host and a port, then a query; or a password holding '?'):
+    # hidden whole after the scheme rather than show a query value or a password.
+    ("ftp://diag:12?x=5ecre7deadbeef@files.example.com/up", "ftp://[hidden]"),
+    ("https://u:pw@h.example.com/up?cred=a@b.example.com/x&sig=5ecre7deadbeef", "https://[hidden]"),
+])
+def test_a_url_is_shown_without_its_user_information_and_query_values(
+        url: str, shown: str) -> None:
+    """The audit (``commands.masked``), the station's rollout and the wire log show a
+    URL as ``without_credentials`` does; shown so, it is shown as it is."""
+    assert without_credentials(url) == shown
+    assert without_credentials(shown) == shown
+    assert masked("UpdateFirmware", {"location": url})["location"] == shown
+    frame = (f'[2,"1","UpdateFirmware",{{"location":"{url}",'
+             '"retrieveDate":"2026-12-06T03:00:00Z"}]')
+    logged = logged_frame(frame)
+    assert "5ecre7" not in logged and "p#ss" not in logged and "12/34" not in logged
+    assert shown in logged.replace("\\/", "/")
