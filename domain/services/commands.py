@@ -59,7 +59,7 @@ from domain.events import CommandCompleted, StationChanged
 from domain.ids import new_id
 from domain.policy import SYSTEM, Viewer, live_reservations
 from domain.ports import Change, ChargerGateway, Delete, Guard, Insert, Update
-from domain.query import ALL, Eq, Filter, In, NotSub, Range, all_of
+from domain.query import ALL, Eq, Filter, In, NotSub, Range, Sort, all_of
 from domain.registration import PENDING_MAY_SEND
 from domain.services.base import (
     Service,
@@ -583,9 +583,16 @@ class CommandService(Service):
         if vehicle_id is not None and await self.store.find_one(Session, all_of(
                 Eq("vehicle_id", vehicle_id), Eq("state", SessionState.ACTIVE))):
             raise Conflict("this car is charging now", field="idTag", code="IN_USE")
-        # By the expiry index: the live ones are the starts of the last two minutes.
-        theirs = await self._holding(await self.store.find_all(PendingStart, all_of(
-            Eq("user_id", viewer.user_id), live_pending_starts(self.now())), limit=20))
+        # By the expiry index: the live ones are the starts of the last two minutes. A
+        # car's read by it (review s25: the driver's first 20 read, those holding nothing
+        # left out after, the car's own could be behind them); a double tap's, newest
+        # first (a start holding nothing was sent before its charger's last boot).
+        mine = all_of(Eq("user_id", viewer.user_id), live_pending_starts(self.now()))
+        theirs = await self._holding(
+            await self.store.find_all(PendingStart, all_of(mine, Eq(
+                "vehicle_id", vehicle_id)), limit=MAX_CONNECTOR_ID) if chose
+            else await self.store.find_all(PendingStart, mine, sort=[
+                Sort("created_at", descending=True)], limit=20))
         for pending in theirs:
             if not chose:
                 raise await self._card_starting(viewer, pending)  # as the card's own

@@ -2778,6 +2778,37 @@ async def test_a_start_just_after_a_boot_holds_on_an_instance_whose_clock_is_beh
         assert again.get("errors") and again["errors"][0]["code"] == "IN_USE", again
 
 
+async def test_a_car_starting_is_found_behind_many_starts_holding_nothing(
+        central: Central) -> None:
+    """Review s25 (the reviewer's suspicion): the driver check read the driver's first
+    20 live starts, then left out those holding nothing (sent before their charger's
+    last boot): behind 20 of those (a fleet driver's starts at a rebooting depot), the
+    start still holding the car was not read, and the car was started twice."""
+    driver = central.users["driver"]
+    car = central.vehicles["car"]
+    station = await central.store.find_one(d.Station, Eq("cp_id", "CP-1"))
+    assert station is not None
+    booted = utcnow()
+    await central.store.write([patch(station, SYSTEM, booted_at=booted)], [])
+    now = utcnow()
+    old = [d.PendingStart(station_id=station.id, cp_id="CP-1", id_tag=f"TAG-{i}",
+                          user_id=driver.id, vehicle_id=None, created_by="t", updated_by="t",
+                          expires_at=now + timedelta(minutes=2),
+                          station_booted_at=booted - timedelta(hours=1))
+           for i in range(25)]
+    held = d.PendingStart(station_id=station.id, cp_id="CP-1", id_tag="TAG-FLEET",
+                          user_id=driver.id, vehicle_id=car.id, created_by="t",
+                          updated_by="t", expires_at=now + timedelta(minutes=2),
+                          station_booted_at=booted)
+    await central.store.write([Insert(p) for p in [*old, held]], [])
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        holding_starts(cp)
+        again = await run(central, START, {"cpId": "CP-1", "connectorId": 2, "idTag": "TAG-OK",
+                                           "vehicleId": to_global_id("vehicle", car.id)},
+                          as_user="driver")
+        assert again.get("errors") and again["errors"][0]["code"] == "IN_USE", again
+
+
 @pytest.mark.parametrize(("who", "start"), [
     ("driver", {"cpId": "CP-1", "connectorId": 1}),
     ("driver", {"cpId": "CP-OPEN", "connectorId": 1}),
