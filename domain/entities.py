@@ -149,6 +149,9 @@ class AuditAction(StrEnum):
     #: A person's account erased (``Erasure``): names no personal data, nor do the
     #: entries about them once it has run.
     ERASE = "ERASE"
+    #: A copy of a person's data downloaded (``PersonalDataService``: ``/export/me.json``,
+    #: ``/export/users/{id}.json``): who took whose, and when; it names nothing else.
+    EXPORT = "EXPORT"
 
 
 SYSTEM_ACTOR = "system"

@@ -69,12 +69,18 @@ SHOWN_ID = 64
 #: reserves nothing: memory is taken as frames arrive (websockets buffers at most
 #: ``max_queue``, 16, unread frames per connection before it stops reading).
 MAX_MESSAGE = 4 * 1024 * 1024
-#: Seconds a closing connection waits for the charger's close frame before it drops the
-#: TCP connection. Chargers whose link went silent without a FIN (a cellular modem out of
-#: coverage) never answer, and the stop waited websockets' default 10 s for them, which is
-#: all `docker stop` waits before it kills the process (ops QA s25: the disconnects and
-#: the lease release were never written). A charger that does answer takes milliseconds.
-CLOSE_TIMEOUT_S = 2.0
+#: Seconds a connection the server closes waits for the charger's close frame before it
+#: drops the TCP connection (websockets' default): a charger on a slow link answering a
+#: hang-up (1008, 1013, a replaced connection) in a few seconds closes cleanly, and its
+#: disconnect is recorded as heard, not as a lost link's 1006 (review s25).
+CLOSE_TIMEOUT_S = 10.0
+#: The same wait for the connections closed by ``OcppServer.stop`` (1001), set on each
+#: as the stop begins. Chargers whose link went silent without a FIN (a cellular modem
+#: out of coverage) never answer, and the stop waited the full ``CLOSE_TIMEOUT_S`` for
+#: them, all `docker stop` waits before it kills the process (ops QA s25: the
+#: disconnects and the lease release were never written). A charger that does answer
+#: takes milliseconds. A close already under way when the stop begins keeps its own.
+STOP_CLOSE_TIMEOUT_S = 2.0
 REALM = 'Basic realm="ChargeGraph OCPP", charset="UTF-8"'
 #: Close code for a charger whose connection cannot be recorded now (1013: try again
 #: later): it reconnects, as it does after any drop.
@@ -242,6 +248,9 @@ class OcppServer:
                                                      name="chargegraph-ocpp-lease")
 
     async def stop(self) -> None:
+        """Closes every connection (1001), each waiting ``STOP_CLOSE_TIMEOUT_S`` for its
+        charger's answer rather than ``CLOSE_TIMEOUT_S`` (a silent one is dropped), records
+        the disconnects and releases the instance lease."""
         for task in (self._watcher, self._removals, self._cache_follower,
                      self._lease_keeper):
             if task is not None:
@@ -255,6 +264,8 @@ class OcppServer:
         # The sockets closed from here on are this instance's outage, not their
         # chargers' leaving (``ChargingService.disconnect``).
         self._stopping = True
+        for connection in self._server.all_connections:
+            connection.close_timeout = STOP_CLOSE_TIMEOUT_S
         self._server.close()
         await self._server.wait_closed()
         self._server = None

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import sqlite3
 from pathlib import Path
 
@@ -444,3 +446,54 @@ def test_healthcheck_of_a_broken_configuration_is_unhealthy_not_2(
     assert result.exit_code == 1
     assert "configuration error: CHARGEGRAPH_PORT: Input should be a valid integer" \
         in result.output
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                    reason="needs root to run the reset as another user")
+@pytest.mark.parametrize("unwritable", ["the database", "its shared-memory file"])
+def test_demo_reset_by_a_user_who_cannot_write_the_database_is_refused_while_it_is_open(
+        unwritable: str) -> None:
+    """Review s26, a regression of s25: the check for another process took only BUSY or
+    LOCKED for "open", and any other error (SQLITE_IOERR_LOCK for a user who may not
+    write the -shm of a database in use, a read-only file) for a damaged file, so `demo
+    --reset` deleted the database of a demo still seeding (no lease yet). An error that
+    proves no damage refuses, naming the user to run it as."""
+    import asyncio
+    import subprocess
+    import sys
+    import tempfile
+
+    from store.sqlite import SqliteStore
+
+    folder = Path(tempfile.mkdtemp(prefix="chargegraph-reset-"))
+    try:
+        os.chmod(folder, 0o777)  # a shared data folder
+        database = folder / "chargegraph.db"
+
+        async def seeding() -> None:
+            store = SqliteStore(str(database))  # a demo still seeding (no lease yet)
+            await store.start()
+            try:
+                if unwritable == "the database":
+                    os.chmod(database, 0o644)
+                else:
+                    os.chmod(database, 0o666)
+                    os.chmod(f"{database}-shm", 0o644)
+                script = ("from chargegraph.stores import remove_sqlite_database; "
+                          f"print(remove_sqlite_database('sqlite:///{database}'))")
+                run = await asyncio.to_thread(
+                    subprocess.run,
+                    ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                     sys.executable, "-c", script],
+                    capture_output=True, text=True, timeout=60,
+                    env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
+                assert database.exists(), run.stdout
+                assert "open in another process" in run.stderr, run.stderr
+                assert "run the reset as the service's user" in run.stderr, run.stderr
+                assert await store.health() is None
+            finally:
+                await store.close()
+
+        asyncio.run(seeding())
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
