@@ -1313,6 +1313,15 @@ WHERE "license_plate" IS NOT chargegraph_plate_shown("license_plate")
    OR "plate_key" IS NOT chargegraph_plate_key("license_plate");
 """
 
+# Version 62: the boot a remote start was sent in (``PendingStart.station_booted_at``: its
+# station's ``booted_at`` as read then). A start holds its card and plug until its station
+# boots again, compared as a value: compared by time, a start stored by an instance whose
+# clock was behind the one that stored the boot held nothing (review s25). Older rows:
+# null, judged by ``created_at`` as before. MongoDB reads a missing field as null: no step.
+_V62 = """
+ALTER TABLE "pending_start" ADD COLUMN "station_booted_at" INTEGER;
+"""
+
 #: Every migration, oldest first. Append only.
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
@@ -1337,7 +1346,8 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (58, _V58),
                                      (59, _V59),
                                      (60, _V60),
-                                     (61, _V61))
+                                     (61, _V61),
+                                     (62, _V62))
 
 
 def identity_left(company_id: str, name: str) -> None:
