@@ -51,6 +51,8 @@ MARKER = b'"info":"s'
 #: subscribers all connecting from 127.0.0.1.
 PER_ADDRESS = 100
 DROPPED = b'"droppedBefore":'
+#: The server's keep-alive (``graph.live_ws.Connection.keep_alive``), sent as it encodes it.
+PING = b'{"type":"ping"}'
 
 
 # ------------------------------------------------------------------ the client
@@ -127,7 +129,10 @@ class Subscriber(asyncio.Protocol):
                 break
             if opcode == 0x1:
                 marker = buffer.find(MARKER, start, end)
-                if marker >= 0:
+                if marker < 0 and buffer.startswith(PING, start):
+                    # The server's keep-alive: answer, or a run past 50 s is dropped.
+                    self.send_text(b'{"type":"pong"}')
+                elif marker >= 0:
                     digits = marker + len(MARKER)
                     quote = buffer.find(b'"', digits, end)
                     worker.seqs.append(int(buffer[digits:quote]))

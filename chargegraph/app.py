@@ -149,6 +149,7 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
     tokens = TokenService(jwt_secret, timedelta(minutes=settings.jwt_ttl_minutes))
     graphql = _LateBound()
     exports = _LateBound()  # the CSV exports, built with the GraphQL app
+    personal_data = _LateBound()  # a person's copy of their data, as JSON, likewise
     # Counters live as long as the app (a test's second lifespan keeps counting); the
     # gauges' sources are attached as the lifespan builds them.
     metrics = MetricsRegistry()
@@ -187,10 +188,13 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
             stack.push_async_callback(webhooks.close)
             sources.webhook_queues = webhooks.queue_lengths
             app.state.webhooks = webhooks
-            graphql.app = create_graphql_app(services, tokens, graphiql=settings.graphiql,
-                                             metrics=metrics, graphiql_assets=assets_url)
+            graphql.app = create_graphql_app(
+                services, tokens, graphiql=settings.graphiql, metrics=metrics,
+                graphiql_assets=assets_url,
+                ws_keep_alive=timedelta(seconds=settings.ws_keepalive_s))
             sources.live = graphql.app.websocket.hub
             exports.app = graphql.app.export
+            personal_data.app = graphql.app.personal_data
             local: OcppGateway | None = None
             if settings.ocpp_enabled:
                 from ocpp_bridge.gateway import OcppGateway
@@ -278,7 +282,7 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
             try:
                 yield
             finally:
-                graphql.app = exports.app = None
+                graphql.app = exports.app = personal_data.app = None
 
     # The version and the schema: which build a load balancer's instance runs, and with
     # which database schema (rolling upgrades).
@@ -315,6 +319,11 @@ def create_app(settings: Settings | None = None, *, hasher: PasswordHasher | Non
         Route("/graphql", cross_origin(graphql, settings.cors_allowed_origins),
               methods=None),
         WebSocketRoute("/graphql", graphql),
+        # A person's copy of their data (graph/data_export.py), before ``{name}``,
+        # which ``me.json`` would match too.
+        *(Route(path, cross_origin(personal_data, settings.cors_allowed_origins),
+                methods=cors_methods(settings.cors_allowed_origins, ["GET"]))
+          for path in ("/export/me.json", "/export/users/{user}.json")),
         # ``name`` is ``sessions.csv`` and the like (graph/csv_export.py): GET only, and
         # callable from the browser apps /graphql is (a back office's download button).
         Route("/export/{name}", cross_origin(exports, settings.cors_allowed_origins),

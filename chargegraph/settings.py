@@ -76,6 +76,15 @@ class Settings(BaseSettings):
         description="Connections the GraphQL port serves at once; open websockets count "
                     "toward it (an upgrade itself is never refused), and a request beyond "
                     "it is answered 503 (logged at WARNING at most once a minute)")
+    # Application-level, unlike uvicorn's websocket pings (``cli._uvicorn``), which the
+    # browser answers itself: see ``graph.live_ws.Connection.keep_alive``. At least a
+    # second: a ping every millisecond on ten thousand sockets would be a busy loop.
+    ws_keepalive_s: float = Field(
+        25.0, ge=0, le=3600,
+        description="Seconds between GraphQL websocket keep-alives: a graphql-transport-ws "
+                    "socket quiet that long gets a ping and is closed (4408) if the "
+                    "client sends nothing within as long again; a legacy graphql-ws one "
+                    "gets a ka that often. 0: none")
     ocpp_host: str = "127.0.0.1"
     ocpp_port: int = Field(9000, ge=1, le=65535)
     ocpp_enabled: bool = True
@@ -211,6 +220,13 @@ class Settings(BaseSettings):
                 f"{self.host} and {self.ocpp_host}: give the GraphQL and the OCPP server "
                 "a port each")
         return self
+
+    @field_validator("ws_keepalive_s")
+    @classmethod
+    def _keepalive(cls, value: float) -> float:
+        if 0 < value < 1:
+            raise ValueError("give 0 (no keep-alives) or at least 1 second")
+        return value
 
     @field_validator("ocpp_password_max_lockout_s")
     @classmethod

@@ -94,29 +94,53 @@ async def started_store(database_url: str) -> AsyncIterator[Store]:
 
 
 def remove_sqlite_database(database_url: str) -> list[Path]:
-    """Deletes a SQLite database with its WAL side files; returns what was removed. Refuses
-    a database an instance of the service runs on (its lease is live), and other
-    backends: dropping a MongoDB database is too destructive to do on a flag."""
+    """Deletes a SQLite database with its side files (WAL, shared memory, a stale rollback
+    journal); returns what was removed. Refuses a database an instance of the service
+    runs on (its lease is live) or another process has open, one this user cannot tell
+    that of (it may not read and write it: ``backup.refuse_inaccessible``), and other
+    backends: dropping a MongoDB database is too destructive to do on a flag. A symbolic
+    link is followed: the file it names goes, the link stays."""
     path = sqlite_path(database_url)
     if path is None:
         raise ConfigError("--reset works on SQLite databases only; drop the MongoDB "
                           "database yourself to start over")
-    from store.sqlite.backup import BackupError, refuse_open, refuse_running
+    # A symbolic link is followed, as restore does: SQLite names the side files after the
+    # real path, and unlinking the link left the database it names (review r-ops2). The
+    # link is kept: the next start creates the new database where it points.
+    path = path.resolve()
+    from store.sqlite.backup import (
+        SIDE_FILES,
+        BackupError,
+        refuse_inaccessible,
+        refuse_open,
+        refuse_running,
+    )
 
     # Not under a running instance (QA s24: a second `demo --reset` deleted the first
     # demo's database, which then refused every write, and only after that found its
     # ports taken), nor under a process that holds no lease yet (review s24: a reset
-    # during a demo's seeding deleted its database).
+    # during a demo's seeding deleted its database), nor when this user cannot tell
+    # (review s25: an error that is no proof of a damaged file, such as SQLITE_IOERR_LOCK
+    # for a user who may not write the -shm of a database in use, let it through).
+    # A stale rollback journal too: SQLite would replay it into the next database made here.
+    # Listed before the checks: their own open of the database may already take a side
+    # file away (SQLite drops an unusable -wal as it closes), and it is still one removed.
+    found = [candidate for candidate in
+             (path, *(path.with_name(path.name + s) for s in SIDE_FILES))
+             if candidate.exists()]
     try:
+        refuse_inaccessible(path, "reset")
         refuse_running(path, "reset")
         refuse_open(path, "reset")
     except BackupError as exc:
         raise ConfigError(f"--reset: {exc}") from exc
     removed = []
-    for candidate in (path, *(path.with_name(path.name + s) for s in ("-wal", "-shm"))):
-        if candidate.exists():
+    for candidate in found:
+        candidate.unlink(missing_ok=True)
+        removed.append(candidate)
+    for candidate in (path, *(path.with_name(path.name + s) for s in SIDE_FILES)):
+        if candidate not in found and candidate.exists():  # made by the checks' open
             candidate.unlink()
-            removed.append(candidate)
     return removed
 
 

@@ -149,6 +149,9 @@ class AuditAction(StrEnum):
     #: A person's account erased (``Erasure``): names no personal data, nor do the
     #: entries about them once it has run.
     ERASE = "ERASE"
+    #: A copy of a person's data downloaded (``PersonalDataService``: ``/export/me.json``,
+    #: ``/export/users/{id}.json``): who took whose, and when; it names nothing else.
+    EXPORT = "EXPORT"
 
 
 SYSTEM_ACTOR = "system"
@@ -929,6 +932,12 @@ class PendingStart(Record):
     #: second settling (a StartTransaction's copy on another socket, an answer after the
     #: StartTransaction) finds nothing to do rather than a record gone.
     settled_at: datetime | None = None
+    #: Its station's ``booted_at`` as read when it was sent: the boot its charger was in
+    #: then. It holds its card and plug while the station's is the same
+    #: (``pending_starts.holds``), compared as a value, not against ``created_at``: two
+    #: instances' clocks differ (review s25). ``None``: stored before SQLite migration 62
+    #: (MongoDB: missing), or sent to a station never booted; judged by ``created_at``.
+    station_booted_at: datetime | None = None
 
 
 @dataclass(kw_only=True)

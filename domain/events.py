@@ -247,7 +247,8 @@ class AccessChanged(DomainEvent):
 @dataclass(frozen=True, kw_only=True)
 class StationRemoved(DomainEvent):
     """Never to clients: a station was removed, so the instance holding its charger's
-    websocket hangs up at once instead of at the charger's next message."""
+    websocket hangs up at once instead of at the charger's next message, and live maps'
+    streams forget what they kept of it (``domain.services.live.SightOrder``)."""
 
     topic: ClassVar[str] = "station_removed"
 

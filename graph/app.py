@@ -5,6 +5,8 @@ exports (``export``, served at ``/export/{name}``), which know their viewer the 
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
@@ -15,8 +17,9 @@ from domain.services import Services
 from graph.auth import TokenService, bearer_token
 from graph.context import GraphContext
 from graph.csv_export import CsvExports
+from graph.data_export import PersonalDataExport
 from graph.http import GraphQLHTTPHandler
-from graph.live_ws import LiveEndpoint
+from graph.live_ws import KEEPALIVE, LiveEndpoint
 from graph.schema import schema
 
 
@@ -37,17 +40,21 @@ async def resolve_viewer(services: Services, tokens: TokenService, authorization
 
 class GraphQLApp:
     def __init__(self, services: Services, tokens: TokenService, *, graphiql: bool,
-                 metrics: Metrics = NO_METRICS, graphiql_assets: str | None = None) -> None:
+                 metrics: Metrics = NO_METRICS, graphiql_assets: str | None = None,
+                 ws_keep_alive: timedelta = KEEPALIVE) -> None:
         self.services = services
         self.tokens = tokens
         self.http = GraphQLHTTPHandler(schema, self.http_context, graphiql=graphiql,
                                        metrics=metrics, graphiql_assets=graphiql_assets)
         # Subscriptions (and anything else sent over the socket): our own protocol
         # handling with shared fan-out, see graph/live_ws.py.
-        self.websocket = LiveEndpoint(services, tokens, schema, self.bearer_viewer)
+        self.websocket = LiveEndpoint(services, tokens, schema, self.bearer_viewer,
+                                      keep_alive=ws_keep_alive)
         # The same viewer from the same token, the same services and metrics: an export
         # sees exactly what the GraphQL lists show.
         self.export = CsvExports(services, self.bearer_viewer, metrics)
+        # A person's copy of their data (``/export/me.json``, ``/export/users/{id}.json``).
+        self.personal_data = PersonalDataExport(services, self.bearer_viewer, metrics)
 
     async def bearer_viewer(self, authorization: str | None) -> Viewer:
         return await resolve_viewer(self.services, self.tokens, authorization)
@@ -66,11 +73,12 @@ class GraphQLApp:
 
 
 def create_graphql_app(services: Services, tokens: TokenService, *, graphiql: bool = True,
-                       metrics: Metrics = NO_METRICS, graphiql_assets: str | None = None
-                       ) -> GraphQLApp:
+                       metrics: Metrics = NO_METRICS, graphiql_assets: str | None = None,
+                       ws_keep_alive: timedelta = KEEPALIVE) -> GraphQLApp:
     """The app; its ``websocket.hub`` tells how many sockets and operations run (the
     ``/metrics`` gauges read it at scrape time), its ``export`` serves the CSV exports.
     ``graphiql_assets``: where the GraphiQL page loads its files from instead of the CDN
-    (``graph.http.ide_page``)."""
+    (``graph.http.ide_page``). ``ws_keep_alive``: the websockets' keep-alive interval
+    (``live_ws.Connection.keep_alive``), zero for none."""
     return GraphQLApp(services, tokens, graphiql=graphiql, metrics=metrics,
-                      graphiql_assets=graphiql_assets)
+                      graphiql_assets=graphiql_assets, ws_keep_alive=ws_keep_alive)

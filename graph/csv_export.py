@@ -504,9 +504,9 @@ class CsvStream(StreamingResponse):
     sending, which leaves the rows' generator suspended mid-export: its ``finally``
     (the metrics' ``aborted``) would run only whenever the garbage collector came by."""
 
-    def __init__(self, rows: AsyncGenerator[bytes, None], headers: Mapping[str, str]
-                 ) -> None:
-        super().__init__(rows, media_type=MEDIA_TYPE, headers=headers)
+    def __init__(self, rows: AsyncGenerator[bytes, None], headers: Mapping[str, str],
+                 media_type: str = MEDIA_TYPE) -> None:
+        super().__init__(rows, media_type=media_type, headers=headers)
         self._rows = rows
 
     async def stream_response(self, send: Send) -> None:

@@ -126,6 +126,9 @@ VALUE_DESCRIPTIONS: dict[str, dict[str, str]] = {
         "ERASE": "A person's account was erased (`eraseUser`, `eraseMyAccount`): their "
                  "name, email and plates are gone from it and from the entries about "
                  "them; this entry names none.",
+        "EXPORT": "A copy of a person's data was downloaded (`/export/me.json`, "
+                  "`/export/users/{id}.json`): `actor` is who took it; about the "
+                  "person, whose audit log shows it.",
     },
     "OrderDirection": {
         "ASC": "Smallest, earliest or A first.",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import deque
 from collections.abc import Awaitable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any
@@ -68,9 +69,10 @@ def start_eagerly(coro: Coroutine[Any, Any, Any]) -> _Resume | None:
 class QueuedSend:
     """One message waiting for a socket. For events: the operation, the event and the
     ``droppedBefore`` it was shaped with; ``message`` is None when it must be shaped again
-    (events before it were dropped after it was queued)."""
+    (events before it were dropped after it was queued). ``sent_at``: when it was sent
+    (``time.monotonic()``), ``None`` while it waits."""
 
-    __slots__ = ("cancelled", "dropped_before", "event", "message", "op")
+    __slots__ = ("cancelled", "dropped_before", "event", "message", "op", "sent_at")
 
     def __init__(self, message: Message | None, op: LiveOperation | None = None,
                  event: DomainEvent | None = None, dropped_before: int = 0) -> None:
@@ -79,6 +81,7 @@ class QueuedSend:
         self.event = event
         self.dropped_before = dropped_before
         self.cancelled = False
+        self.sent_at: float | None = None
 
 
 class Outbox:
@@ -92,9 +95,17 @@ class Outbox:
         self._queue: deque[QueuedSend] = deque()
         self._writer: asyncio.Task[None] | None = None
         self.dead = False
+        #: ``time.monotonic()`` when a message last went to the socket (the keep-alive
+        #: pings a socket that has been quiet, ``Connection.keep_alive``).
+        self.sent_at = time.monotonic()
 
-    def control(self, message: Message) -> None:
-        self._push(QueuedSend({"type": "websocket.send", "text": dumps(message)}))
+    def control(self, message: Message) -> QueuedSend:
+        """Sends ``message`` after everything before it; the item tells when it went out
+        (``sent_at``), which the keep-alive's ``ping`` needs: one queued behind a backlog
+        cannot have been answered yet."""
+        item = QueuedSend({"type": "websocket.send", "text": dumps(message)})
+        self._push(item)
+        return item
 
     def event(self, op: LiveOperation, message: Message, event: DomainEvent,
               dropped_before: int) -> None:
@@ -122,10 +133,12 @@ class Outbox:
         if self._writer is None:
             assert item.message is not None
             self._now(item.message)
+            item.sent_at = self.sent_at
         else:
             self._queue.append(item)
 
     def _now(self, message: Message) -> None:
+        self.sent_at = time.monotonic()
         sending: Awaitable[None] = self._send(message)
         rest: Awaitable[Any] | None = sending
         if asyncio.iscoroutine(sending):  # an ASGI send may be any awaitable
@@ -140,6 +153,7 @@ class Outbox:
     async def _drain(self, first: Awaitable[Any]) -> None:
         try:
             await first
+            self.sent_at = time.monotonic()
             queue = self._queue
             while queue:
                 item = queue.popleft()
@@ -153,6 +167,7 @@ class Outbox:
                     assert op is not None and item.event is not None
                     message = await op.group.render_alone(op, item.event, item.dropped_before)
                 await self._send(message)
+                self.sent_at = item.sent_at = time.monotonic()
         except Exception:
             self._die()
         finally:

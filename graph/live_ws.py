@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -110,6 +111,16 @@ MAX_OPERATIONS_PER_CLIENT = 200
 MAX_OPERATIONS = 10_000
 #: How often a signed-in connection's token and user are checked again.
 REVALIDATE_EVERY = timedelta(seconds=60)
+#: The keep-alive's interval (``CHARGEGRAPH_WS_KEEPALIVE_S``): below the 60 s idle
+#: timeouts of proxies and load balancers (nginx's ``proxy_read_timeout``, AWS ALB), and
+#: below the 30 s in which Apollo's legacy client expects the next ``ka``.
+KEEPALIVE = timedelta(seconds=25)
+#: The close of a graphql-transport-ws socket whose client did not answer a ``ping`` in
+#: time: graphql-ws's own recipe for a pong timeout (a client closing with 4408 "Request
+#: Timeout"), and a code its client retries (1011 is among those it gives up on).
+PONG_TIMEOUT = (4408, "Pong timeout")
+#: How early by ``time.monotonic()`` a timer may run: a deadline this close is reached.
+_EARLY = 0.001
 
 Authorize = Callable[[str | None], Awaitable[Viewer]]
 
@@ -281,8 +292,15 @@ class Connection:
         self.recheck = asyncio.Event()
         self.access_watch: Watch | None = None
         self.init_received = False
-        #: The init timeout's close, kept referenced until it ran.
+        #: The init timeout's or the keep-alive's close, kept referenced until it ran.
         self.closing: asyncio.Future[None] | None = None
+        #: ``time.monotonic()`` when the client last sent a message.
+        self.heard_at = time.monotonic()
+        #: The keep-alive's ``ping`` that no message has answered yet, and when it was
+        #: given to the outbox (it may wait there behind a backlog).
+        self.ping: QueuedSend | None = None
+        self.ping_queued_at = 0.0
+        self.keep_alive_timer: asyncio.TimerHandle | None = None
         self.operations: dict[str, LiveOperation | asyncio.Task[None]] = {}
 
     # -- messages -----------------------------------------------------------
@@ -318,6 +336,7 @@ class Connection:
             except Unauthenticated as exc:
                 raise _Close(4403, _close_reason(exc)) from None
             self.outbox.control({"type": "connection_ack"})
+            self.keep_alive()
         elif kind == "ping":
             self.outbox.control({"type": "pong"})
         elif kind == "pong":
@@ -360,6 +379,9 @@ class Connection:
                                      "payload": {"code": exc.code, "message": exc.message}})
                 raise _Close(1011, "") from None
             self.outbox.control({"type": "connection_ack"})
+            # As the protocol's reference server does: a first ``ka`` right after the ack
+            # (Apollo's client starts timing the server from it), then one per interval.
+            self.keep_alive()
         elif kind == "connection_terminate":
             raise _Close(1000, "")
         elif kind == "start":
@@ -424,6 +446,79 @@ class Connection:
         """Whether the ``connection_init`` token has expired, by the time it carries: no
         store read, unlike ``withdrawn``."""
         return self.valid_until is not None and datetime.now(UTC) >= self.valid_until
+
+    # -- keep-alive ---------------------------------------------------------
+    def keep_alive(self) -> None:
+        """Starts the keep-alive of an acknowledged connection (unless it is off).
+
+        A proxy or load balancer cuts a websocket that carried nothing for its idle
+        timeout (60 s for nginx's ``proxy_read_timeout`` and AWS ALB), and uvicorn's
+        websocket-level pings are answered by the browser itself: they tell neither the
+        page that the server is still there nor the server that the page still runs. So:
+
+        * graphql-transport-ws: a ``ping`` once the socket has been quiet for the interval,
+          quiet meaning nothing sent to the client or nothing heard from it (events going
+          out do not show that anyone still reads them: a half-open socket takes them into
+          its buffers without complaint). A client that sends nothing at all (no ``pong``,
+          nothing else) within a further interval from when the ping went out is closed,
+          4408 "Pong timeout", which graphql-ws's client answers by reconnecting; a ping
+          queued behind a backlog waits while the socket keeps taking messages
+          (``_pong_wait``).
+        * graphql-ws (legacy): a ``ka`` every interval, busy or not, as its reference
+          server sends them: Apollo's client counts only ``ka``, never data, and closes a
+          socket that went 30 s without one. The protocol has no answer to it.
+
+        One timer per socket, re-armed for when the next ping could be due; nothing runs
+        per message beyond noting the time (``heard_at``, ``Outbox.sent_at``)."""
+        interval = self.endpoint.keep_alive_s
+        if interval <= 0 or self.keep_alive_timer is not None:
+            return
+        if self.protocol == LEGACY_WS:
+            self.outbox.control({"type": "ka"})
+        self._keep_alive_in(interval)
+
+    def _keep_alive_in(self, delay: float) -> None:
+        self.keep_alive_timer = asyncio.get_running_loop().call_later(
+            delay, self._keep_alive_due)
+
+    def _keep_alive_due(self) -> None:
+        if self.outbox.dead:
+            return
+        interval = self.endpoint.keep_alive_s
+        if self.protocol == LEGACY_WS:
+            self.outbox.control({"type": "ka"})
+            self._keep_alive_in(interval)
+            return
+        now = time.monotonic()
+        if self.ping is not None:
+            if self.heard_at < self.ping_queued_at:
+                wait = self._pong_wait(self.ping, now, interval)
+                if wait is None:
+                    self.closing = asyncio.ensure_future(self.outbox.close(*PONG_TIMEOUT))
+                else:
+                    self._keep_alive_in(wait)
+                return
+            self.ping = None
+        wait = min(self.heard_at, self.outbox.sent_at) + interval - now
+        if wait > _EARLY:
+            self._keep_alive_in(wait)
+            return
+        self.ping = self.outbox.control({"type": "ping"})
+        self.ping_queued_at = now
+        self._keep_alive_in(interval)
+
+    def _pong_wait(self, ping: QueuedSend, now: float, interval: float) -> float | None:
+        """How much longer an unanswered ``ping`` may wait for its answer; ``None``: no
+        longer, the client is gone. A full interval from when it went out, not from when
+        it was queued: behind a backlog (a client on a slow link reading a burst of
+        events) it reaches the client late, and such a client was closed although it
+        read and answered (QA). While it waits in the outbox, the socket taking
+        messages (anything sent within the interval) shows that the client reads; a
+        socket that took nothing for an interval is not read by anyone."""
+        if ping.sent_at is None:
+            return interval if now - self.outbox.sent_at < interval else None
+        wait = ping.sent_at + interval - now
+        return wait if wait > _EARLY else None
 
     # -- operations ---------------------------------------------------------
     def _room_for(self, op_id: str) -> bool:
@@ -649,6 +744,8 @@ class Connection:
             self.outbox.control({"type": "complete", "id": op_id})
 
     def close_all(self) -> None:
+        if self.keep_alive_timer is not None:
+            self.keep_alive_timer.cancel()
         for op_id in list(self.operations):
             self._stop(op_id)
         if self.access_watch is not None:
@@ -664,6 +761,7 @@ class LiveEndpoint:
                  authorize: Authorize, *, queue_size: int = DEFAULT_QUEUE_SIZE,
                  connection_init_timeout: timedelta = timedelta(minutes=1),
                  revalidate_every: timedelta = REVALIDATE_EVERY,
+                 keep_alive: timedelta = KEEPALIVE,
                  max_operations: int = MAX_OPERATIONS,
                  max_operations_per_client: int = MAX_OPERATIONS_PER_CLIENT,
                  max_renders: int = MAX_RENDERS,
@@ -675,6 +773,8 @@ class LiveEndpoint:
         self.authorize = authorize
         self.connection_init_timeout = connection_init_timeout
         self.revalidate_every = revalidate_every
+        #: Seconds between keep-alives (``Connection.keep_alive``); 0: none.
+        self.keep_alive_s = keep_alive.total_seconds()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         first = await receive()
@@ -698,6 +798,7 @@ class LiveEndpoint:
                 message = await receive()
                 if message["type"] != "websocket.receive":
                     break  # websocket.disconnect
+                connection.heard_at = time.monotonic()
                 text = message.get("text")
                 try:
                     if text is None:

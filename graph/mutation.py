@@ -676,8 +676,9 @@ class Mutation(CommandMutation, WebhookMutation, SiteMutation):
                              errors=errors)
 
     @strawberry.mutation(description=(
-        "Remove a price list version (who may set it). One not in force yet is deleted "
-        "(the version before it goes on); the one in force ends now (`validUntil`): "
+        "Remove a price list version (who may set it). One not in force yet that has "
+        "priced no session is deleted (the version before it goes on); the one in force "
+        "ends now (`validUntil`; one a session was priced by already, just after it): "
         "sessions starting later are priced by its owner's next scope (a plug standard's "
         "by its power type's, that by the all-plugs one) and, for a station's, by its "
         "company's; sessions started before keep it. One a later version replaced, or "

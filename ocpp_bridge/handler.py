@@ -77,11 +77,14 @@ wire_log.addFilter(SecretMasking())
 #: action (``log_masking.without_url_credentials``): a CALLERROR repeating a presigned
 #: URL names no action (review s25).
 MAY_HOLD_SECRET = ('"ChangeConfiguration"', '"configurationKey"')
+#: How much of a frame that cannot be read the ``bad frame`` line (INFO, on by default)
+#: masks and shows the start of: logs are bounded, and masking reads what it is given.
+BAD_FRAME_READ = 2048
 #: What the wire log writes of such a frame when it cannot be read as an OCPP frame.
 NOT_SHOWN = "[{} characters not shown: no OCPP frame, and they may hold a secret]"
 
 
-def logged_frame(message: str | bytes) -> str:
+def logged_frame(message: str | bytes, limit: int | None = None) -> str:
     """A frame, sent or received, as the wire log writes it: the credentials of every URL
     in it hidden as the audit hides an upload or download location's
     (``log_masking.without_url_credentials``: user information, query values), a
@@ -89,9 +92,14 @@ def logged_frame(message: str | bytes) -> str:
     and a secret key's value in a GetConfiguration answer (``commands.masked_answer``),
     since logs are shipped and read more widely than the audit. Only a frame holding
     ``MAY_HOLD_SECRET`` text is parsed again; one of those that is no JSON array is not
-    written at all (nothing in it can be told apart from a secret)."""
+    written at all (nothing in it can be told apart from a secret). ``limit``: only the
+    frame's first so many characters are read and written, a URL they cut hidden whole
+    after its scheme (``log_masking.without_url_credentials``)."""
     text = message if isinstance(message, str) else message.decode("utf-8", "replace")
-    text = without_url_credentials(text)
+    cut = limit is not None and len(text) > limit
+    if cut:
+        text = text[:limit]
+    text = without_url_credentials(text, cut=cut)
     if not any(marker in text for marker in MAY_HOLD_SECRET):
         return text
     try:
@@ -587,9 +595,12 @@ class ChargePointHandler(ChargePoint):
         try:
             frame = frames.parse(raw_msg)
         except FrameError as exc:
-            # At INFO, logged by default: its text masked as the wire log's is.
-            log.info("%s: bad frame (%s): %.200r", self.id, exc.description,
-                     logged_frame(raw_msg))
+            # At INFO, logged by default: its start masked as the wire log's is, and
+            # only when the line is written (review s25: a 4 MiB frame was masked whole
+            # at any level, on the event loop).
+            if log.isEnabledFor(logging.INFO):
+                log.info("%s: bad frame (%s): %.200r", self.id, exc.description,
+                         logged_frame(raw_msg, limit=BAD_FRAME_READ))
             if exc.is_answer:
                 self._malformed_answer(exc)
             else:

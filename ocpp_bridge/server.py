@@ -73,12 +73,21 @@ SHOWN_ID = 64
 #: reserves nothing: memory is taken as frames arrive (websockets buffers at most
 #: ``max_queue``, 16, unread frames per connection before it stops reading).
 MAX_MESSAGE = 4 * 1024 * 1024
-#: Seconds a closing connection waits for the charger's close frame before it drops the
-#: TCP connection. Chargers whose link went silent without a FIN (a cellular modem out of
-#: coverage) never answer, and the stop waited websockets' default 10 s for them, which is
-#: all `docker stop` waits before it kills the process (ops QA s25: the disconnects and
-#: the lease release were never written). A charger that does answer takes milliseconds.
-CLOSE_TIMEOUT_S = 2.0
+#: Seconds a connection the server closes waits for the charger's close frame before it
+#: drops the TCP connection (websockets' default): a charger on a slow link answering a
+#: hang-up (1008, 1013, a replaced connection) in a few seconds closes cleanly, and its
+#: disconnect is recorded as heard, not as a lost link's 1006 (review s25).
+CLOSE_TIMEOUT_S = 10.0
+#: The same wait for the connections closed by ``OcppServer.stop`` (1001), set on each
+#: as the stop begins. Chargers whose link went silent without a FIN (a cellular modem
+#: out of coverage) never answer, and the stop waited the full ``CLOSE_TIMEOUT_S`` for
+#: them, all `docker stop` waits before it kills the process (ops QA s25: the
+#: disconnects and the lease release were never written). A charger that does answer
+#: takes milliseconds. A close already under way when the stop begins (a replaced
+#: connection, a 1013, a charger connected to another instance) is bounded by it too: its
+#: socket is dropped when the stop's wait is over (review r-ops2: a charger that had just
+#: reconnected, its old link silent, held the stop its old connection's 10 s).
+STOP_CLOSE_TIMEOUT_S = 2.0
 REALM = 'Basic realm="ChargeGraph OCPP", charset="UTF-8"'
 #: Close code for a charger whose connection cannot be recorded now (1013: try again
 #: later): it reconnects, as it does after any drop.
@@ -248,6 +257,10 @@ class OcppServer:
                                                      name="chargegraph-ocpp-lease")
 
     async def stop(self) -> None:
+        """Closes every connection (1001), each waiting ``STOP_CLOSE_TIMEOUT_S`` for its
+        charger's answer rather than ``CLOSE_TIMEOUT_S`` (a silent one is dropped), as do
+        the closes already under way, records the disconnects and releases the instance
+        lease."""
         for task in (self._watcher, self._removals, self._cache_follower,
                      self._lease_keeper):
             if task is not None:
@@ -261,8 +274,18 @@ class OcppServer:
         # The sockets closed from here on are this instance's outage, not their
         # chargers' leaving (``ChargingService.disconnect``).
         self._stopping = True
+        for connection in self._server.all_connections:
+            connection.close_timeout = STOP_CLOSE_TIMEOUT_S
         self._server.close()
-        await self._server.wait_closed()
+        # A close begun before the stop (a replaced connection, 1013) had its deadline
+        # set then, CLOSE_TIMEOUT_S ahead: what is still open when the stop's own wait is
+        # over is dropped, as the stop's closes are.
+        drop = asyncio.get_running_loop().call_later(
+            STOP_CLOSE_TIMEOUT_S, self._drop_unclosed, self._server)
+        try:
+            await self._server.wait_closed()
+        finally:
+            drop.cancel()
         self._server = None
         self.refusals.flush()  # what the last minute held back is not lost
         self._stopping = False
@@ -274,6 +297,14 @@ class OcppServer:
                             "its own", exc.reason)
             except Exception:  # the store may be closing; the lease expires on its own
                 log.exception("could not release the instance lease")
+
+    @staticmethod
+    def _drop_unclosed(server: Server) -> None:
+        """Drops the TCP connection of every socket whose close is still not done (its
+        charger never answered): the handlers then see it closed (1006) and record it."""
+        for connection in server.all_connections:
+            if connection.state is not State.CLOSED:
+                connection.transport.abort()
 
     async def _keep_lease(self) -> None:
         """``upkeep`` a few times per lease period. A failed round (the database out of

@@ -17,6 +17,7 @@ from domain.services.instances import InstanceService
 from domain.services.live import LiveService
 from domain.services.offline_notices import OfflineNotices
 from domain.services.payments import PaymentService
+from domain.services.personal_data import PersonalDataService
 from domain.services.reads import ReadService
 from domain.services.refresh_tokens import DEFAULT_TTL, RefreshTokenService
 from domain.services.site_load import SiteLoad
@@ -63,6 +64,7 @@ class Services:
         self.fleet.on_restored = self.withdrawal.restore_card
         self.erasure = Erasure(ctx, self.accounts, self.refresh_tokens)
         self.erasure.on_erased = self.withdrawal.withdraw_erased
+        self.personal_data = PersonalDataService(ctx)
         self.stations.on_accepted = self.commands.ask_to_boot
         self.instances = InstanceService(ctx, self.charging)
         self.live = LiveService(ctx)

@@ -59,7 +59,7 @@ from domain.events import CommandCompleted, StationChanged
 from domain.ids import new_id
 from domain.policy import SYSTEM, Viewer, live_reservations
 from domain.ports import Change, ChargerGateway, Delete, Guard, Insert, Update
-from domain.query import ALL, Eq, Filter, In, NotSub, Range, all_of
+from domain.query import ALL, Eq, Filter, In, NotSub, Range, Sort, all_of
 from domain.registration import admits
 from domain.services.base import (
     Service,
@@ -248,6 +248,10 @@ class CommandOutcome:
     #: A RemoteStartTransaction's record of itself until its StartTransaction comes
     #: (``CommandService._hold_start``).
     pending: PendingStart | None = None
+    #: The live starts it replaces (its card's, or its named plug's, sent before their
+    #: charger's last boot): settled once the charger accepts it, not before
+    #: (``CommandService._hold_start``).
+    superseded: list[PendingStart] = field(default_factory=list)
 
 
 def _may_start(error: DomainError | None) -> bool:
@@ -415,8 +419,8 @@ class CommandService(Service):
         if action == "ReserveNow":
             outcome.reservation = await self._new_reservation(viewer, station, payload)
         elif action == "RemoteStartTransaction":
-            outcome.pending = await self._hold_start(viewer, station, payload, holder,
-                                                     vehicle_id)
+            outcome.pending, outcome.superseded = await self._hold_start(
+                viewer, station, payload, holder, vehicle_id)
         elif action == "CancelReservation":
             outcome.reservation = await self._reservation(viewer, station,
                                                           payload.get("reservationId"))
@@ -594,9 +598,16 @@ class CommandService(Service):
         if vehicle_id is not None and await self.store.find_one(Session, all_of(
                 Eq("vehicle_id", vehicle_id), Eq("state", SessionState.ACTIVE))):
             raise Conflict("this car is charging now", field="idTag", code="IN_USE")
-        # By the expiry index: the live ones are the starts of the last two minutes.
-        theirs = await self._holding(await self.store.find_all(PendingStart, all_of(
-            Eq("user_id", viewer.user_id), live_pending_starts(self.now())), limit=20))
+        # By the expiry index: the live ones are the starts of the last two minutes. A
+        # car's read by it (review s25: the driver's first 20 read, those holding nothing
+        # left out after, the car's own could be behind them); a double tap's, newest
+        # first (a start holding nothing was sent before its charger's last boot).
+        mine = all_of(Eq("user_id", viewer.user_id), live_pending_starts(self.now()))
+        theirs = await self._holding(
+            await self.store.find_all(PendingStart, all_of(mine, Eq(
+                "vehicle_id", vehicle_id)), limit=MAX_CONNECTOR_ID) if chose
+            else await self.store.find_all(PendingStart, mine, sort=[
+                Sort("created_at", descending=True)], limit=20))
         for pending in theirs:
             if not chose:
                 raise await self._card_starting(viewer, pending)  # as the card's own
@@ -823,7 +834,8 @@ class CommandService(Service):
                         "waiting for the car", field="idTag", code="IN_USE")
 
     async def _hold_start(self, viewer: Viewer, station: Station, payload: dict[str, Any],
-                          holder: str | None, vehicle_id: str | None) -> PendingStart:
+                          holder: str | None, vehicle_id: str | None
+                          ) -> tuple[PendingStart, list[PendingStart]]:
         """Stores the remote start about to be sent (``PendingStart``), until its
         StartTransaction or its window's end. Two sent at once (two requests, two
         instances) must not both pass ``_refuse_pending``: the insert is guarded by no
@@ -835,15 +847,21 @@ class CommandService(Service):
 
         A start with the same card, or on the same named connector, sent before its
         charger's last boot (which no longer holds them: ``pending_starts.holds``) is
-        superseded: settled with this one's insert, so this start's StartTransaction
-        takes this start's car (review s25)."""
+        superseded: returned with this one, and settled only once the charger accepts
+        this one (``_after``), so this start's StartTransaction takes this start's car.
+        Not in this one's insert (review s25): a charger that did not restart still
+        holds the older start and refuses this one (or never gets it), and the older
+        one's StartTransaction then found nothing and lost the car chosen. Until the
+        answer both are live; a StartTransaction takes the older (``started_by``), which
+        a charger that has not answered yet is the one carrying out."""
         now = self.now()
         tag = stored_id_tag(payload["idTag"])
         connector_id = payload.get("connectorId") or None
         pending = stamp_new(PendingStart(
             station_id=station.id, cp_id=station.cp_id, connector_id=connector_id,
             id_tag=tag, user_id=holder, vehicle_id=vehicle_id,
-            expires_at=now + PENDING_START_WINDOW), viewer)
+            expires_at=now + PENDING_START_WINDOW, station_booted_at=station.booted_at),
+            viewer)
         superseded = await self._superseded(station, tag, connector_id, now)
         others = all_of(live_pending_starts(now), NotSub("id", PendingStart.kind, In(
             "id", (pending.id, *(p.id for p in superseded)))))
@@ -854,9 +872,7 @@ class CommandService(Service):
                 exists=False))
         try:
             # Unaudited: the command's own entries (SENT, ANSWERED) say what was asked.
-            await self.commit(viewer, [], unaudited=[
-                Insert(pending), *(settle(p, viewer, now) for p in superseded)],
-                guards=guards)
+            await self.commit(viewer, [], unaudited=[Insert(pending)], guards=guards)
         except Conflict:
             # Another start won: refused as that one's (or, if it is gone already, as
             # a clash to try again).
@@ -868,7 +884,7 @@ class CommandService(Service):
         except Conflict:
             await self.commit(viewer, [], unaudited=[Delete(pending)])
             raise
-        return pending
+        return pending, superseded
 
     async def _superseded(self, station: Station, tag: str, connector_id: int | None,
                           now: datetime) -> list[PendingStart]:
@@ -1314,9 +1330,13 @@ class CommandService(Service):
 
         # A remote start the charger refused (or never got) holds its card and plug no
         # longer; one accepted, or unanswered (it may have taken it), holds them until
-        # its StartTransaction or its window's end.
+        # its StartTransaction or its window's end. One accepted replaces the starts it
+        # superseded (``_hold_start``): the charger took it, so it carries them out no
+        # more; refused or unanswered, they stay live for their StartTransaction.
         freed = [settle(outcome.pending, viewer, answered_at)] \
             if outcome.pending is not None and not _may_start(outcome.error) else []
+        if outcome.pending is not None and outcome.error is None:
+            freed += [settle(p, viewer, answered_at) for p in outcome.superseded]
 
         async def write() -> list[tuple[Change, Any]]:
             changes = await self._reservation_answered(viewer, outcome)

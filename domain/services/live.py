@@ -15,9 +15,12 @@ Two ways to listen:
   which then undid it (review s25).
 
 Either way, ``StationSightChanged`` is told as ``SightOrder`` has it: an edit's sight
-event arriving after a later edit's is judged by the later ownership, and a sight
-event's connection read loses to a connection event of that connection or a newer one
-that arrived first.
+event arriving after a later edit's is judged by the later ownership, a sight event's
+connection read loses to a connection event of that connection or a newer one that
+arrived first, and an event of the station published with an ownership older than the
+newest edit's the stream was told (a disconnect that read the station before a
+handover) is judged by the newest. A stream of those topics also reads
+``StationRemoved`` (never told to anyone), to forget what it kept of a removed station.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from domain.events import (
     DomainEvent,
     EventsDropped,
     StationConnectionChanged,
+    StationRemoved,
     StationSightChanged,
 )
 from domain.policy import Viewer
@@ -79,13 +83,25 @@ class SightOrder:
       ``was_*`` kept: those who saw the station before it and do not now are told it
       left, those who see it now and did not joined; the middle company B is neither
       told it joined last nor told its connection (review s25);
+    * and so is any other event of the station arriving after it with another ownership
+      (``owned``): a connection event (or a plug's status) is published with the
+      ownership its own read found, and one that read the station before the handover
+      and was published after it told the old company of a station it no longer has,
+      and the new one's map kept it online for good (a disconnect: its write is guarded
+      only by its connection number; review s25). Another ownership than the newest
+      told is older, or belongs to a newer edit whose sight event has not arrived yet:
+      judged by the one told, the old side is told it first and then that the station
+      left, and the new side joins it with this event's connection (below), so that
+      case comes out right too;
     * the connection last told (a connection event's, or a sight event's as told): a
       sight event's connection read, when a connection event of the same connection or
       a newer one arrived first, is older than what maps were told, and that one's
       ``online`` is told instead (review s25: a disconnect published on another
       instance while the edit announced the station, "joined, online" arriving last).
 
-    Not told of a station removed: its id never comes back."""
+    A station removed (``StationRemoved``, which the stream reads for this and never
+    tells) is forgotten: kept, every station ever handed over or connected stayed here
+    for as long as the pump or the socket lived."""
 
     __slots__ = ("connections", "sights")
 
@@ -93,16 +109,21 @@ class SightOrder:
         self.sights: dict[str, StationSightChanged] = {}
         self.connections: dict[str, tuple[int, bool]] = {}
 
-    def shape(self, event: DomainEvent) -> DomainEvent:
-        """``event`` as it is to be told (the same object when nothing changes)."""
+    def shape(self, event: DomainEvent) -> DomainEvent | None:
+        """``event`` as it is to be told (the same object when nothing changes); ``None``:
+        told to nobody (``StationRemoved``)."""
         station = event.station_id
         if station is None:
             return event
+        if isinstance(event, StationRemoved):
+            self.sights.pop(station, None)
+            self.connections.pop(station, None)
+            return None
         if isinstance(event, StationConnectionChanged):
             self.connections[station] = (_number(event.connection), event.online)
-            return event
+            return self.owned(event)
         if not isinstance(event, StationSightChanged):
-            return event
+            return self.owned(event)
         newest = self.sights.get(station)
         if event.sight is not None and (newest is None or newest.sight is None
                                         or event.sight >= newest.sight):
@@ -119,6 +140,27 @@ class SightOrder:
         elif told[1] != event.online:
             event = replace(event, online=told[1])
         return event
+
+    def owned(self, event: DomainEvent) -> DomainEvent:
+        """An event of a station (not its sight's) with the newest ownership told."""
+        newest = self.sights.get(event.station_id or "")
+        if newest is None or (event.company_id, event.owner_id, event.on_map) == (
+                newest.company_id, newest.owner_id, newest.on_map):
+            return event
+        return replace(event, company_id=newest.company_id, owner_id=newest.owner_id,
+                       on_map=newest.on_map)
+
+
+#: Topics whose streams keep a ``SightOrder`` and so also read ``StationRemoved``.
+_ORDERED = frozenset({StationConnectionChanged.topic, StationSightChanged.topic})
+
+
+def _read(topics: Sequence[str]) -> list[str]:
+    """The bus topics a stream of ``topics`` reads."""
+    read = list(dict.fromkeys(topics))
+    if _ORDERED.intersection(read) and StationRemoved.topic not in read:
+        read.append(StationRemoved.topic)
+    return read
 
 
 def _number(connection: int | None) -> int:
@@ -165,7 +207,10 @@ class _Pump:
             async for event in self.stream:
                 everyone = isinstance(event, EventsDropped)
                 if not everyone:
-                    event = self.order.shape(event)
+                    shaped = self.order.shape(event)
+                    if shaped is None:
+                        continue
+                    event = shaped
                 handed = 0
                 for viewer, watches in tuple(self.by_viewer.items()):
                     if not everyone and not sees(viewer, event):
@@ -224,7 +269,7 @@ class LiveService(Service):
         """The events on ``topics`` this viewer may see, from this call on (the
         subscription is registered before the first read); ``EventsDropped`` markers pass
         through so clients learn they missed some."""
-        return self._visible(viewer, self._bus().subscribe(list(topics)))
+        return self._visible(viewer, self._bus().subscribe(_read(topics)))
 
     async def _visible(self, viewer: Viewer, stream: Any
                        ) -> AsyncIterator[DomainEvent | EventsDropped]:
@@ -234,9 +279,9 @@ class LiveService(Service):
                 if isinstance(event, EventsDropped):
                     yield event
                     continue
-                event = order.shape(event)
-                if self.policy.sees_event(viewer, event):
-                    yield event
+                shaped = order.shape(event)
+                if shaped is not None and self.policy.sees_event(viewer, shaped):
+                    yield shaped
         finally:
             await stream.aclose()
 
@@ -258,7 +303,7 @@ class LiveService(Service):
             # returns is already queued for the pump. One subscription for all the
             # topics: the bus queues their events in one order, and one task hands
             # them out (see the module's docstring).
-            pump = _Pump(self, key, bus.subscribe(list(key)))
+            pump = _Pump(self, key, bus.subscribe(_read(key)))
             self._pumps[key] = pump
             pump.task = asyncio.get_running_loop().create_task(
                 pump.run(), name=f"live-pump-{'+'.join(key)}")

@@ -527,9 +527,20 @@ class StationService(Service):
         "joined, online" (review s25). One landing after this read is announced after
         it, or, published on another instance, may reach a map first: the event carries
         the connection it read, and a map's feed tells the newer state instead
-        (``domain.services.live``). ``sight`` orders the edits (``_edit_station``)."""
+        (``domain.services.live``). ``sight`` orders the edits (``_edit_station``).
+
+        Best effort, as ``publish``: the edit has committed, so a store that fails this
+        read (a failover) does not answer it as failed, nor skip what follows it
+        (``update_station``: the nudge, the site's shares). The connection is then the
+        edit's read's, which a connection event that reached a map first still
+        outranks (review s25)."""
         was, now = owned_by(before), owned_by(after)
-        [current] = await self.store.get_many(Station, [after.id])
+        try:
+            [current] = await self.store.get_many(Station, [after.id])
+        except Exception:
+            log.warning("station %s: reading its connection to announce its handover "
+                        "failed; announced as the edit read it", after.id, exc_info=True)
+            current = after
         online = current is not None and current.online
         connection = current.connection if current is not None else after.connection
         for joined in (False, True):

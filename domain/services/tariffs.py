@@ -23,9 +23,10 @@ from domain.entities import (
 )
 from domain.errors import Forbidden, ValidationError
 from domain.policy import Viewer
-from domain.ports import Delete, Insert, Store
+from domain.ports import Guard, Insert, Store
 from domain.query import Eq, Filter, Range, Sort, all_of
-from domain.services.base import UNSET, Service, patch, stamp_new
+from domain.services.base import UNSET, Service, stamp_new
+from domain.services.edits import edit, removal, retried
 from domain.tariff_bands import BandInput, checked_bands
 
 #: How far before "now" an operator's validFrom may be (clocks of client and server).
@@ -40,6 +41,10 @@ MAX_IDLE_GRACE_MINUTES = 24 * 60
 #: Versions of a station or company ``tariff_at`` reads at a close: a few, its scopes'
 #: latest (more, and a scope none of them has is looked up alone).
 VERSIONS_AT_ONCE = 8
+#: How far past the latest session a version priced its end is put when that session's
+#: receipt (our clock on another instance) is later than ours: the stores' precision,
+#: so the session's instant is before the end (``Tariff.removed_by``).
+AFTER_LAST_PRICED = timedelta(milliseconds=1)
 #: Versions per station or company one batch reads (the latest before the newest start of
 #: the batch); a session older than all of them is looked up alone.
 VERSIONS_PER_BATCH = 50
@@ -257,34 +262,56 @@ class TariffService(Service):
 
     async def remove_tariff(self, viewer: Viewer, tariff_id: str) -> Tariff:
         """Removes a price list version, for whoever may set it (``set_tariff``'s rule).
-        One not in force yet is deleted: the version before it goes on (a price change
-        called off). The one in force in its scope ends now (``Tariff.valid_until``):
-        sessions starting from then on are priced by the next scope of its owner's
-        (``scopes_for``: a plug standard's by its power type's, that by the all-plugs
-        one), and a station's, having none left, by its company's; sessions started
-        before keep it, and their receipts with it. Without a removal a station once
-        priced on its own could never go back to its company's prices, nor a company's
-        DC price list be given up. A version a later one replaced, or removed already,
-        prices no new session: ``INVALID_STATE``. Answers the version as it was (deleted)
-        or as it is now (ended)."""
+        One that has priced no session, not in force yet, is deleted: the version before
+        it goes on (a price change called off). One in force in its scope, or one a
+        session was priced by already (an instance whose clock runs ahead of ours found
+        it in force), ends instead (``Tariff.valid_until``): now, or just after the
+        latest session it priced if that one came later by our clock; sessions starting
+        from then on are priced by the next scope of its owner's (``scopes_for``: a
+        plug standard's by its power type's, that by the all-plugs one), and a
+        station's, having none left, by its company's; sessions started before keep
+        it, and their receipts with it. Without a removal a station once priced on its
+        own could never go back to its company's prices, nor a company's DC price list
+        be given up. A version a later one replaced, or removed already, prices no new
+        session: ``INVALID_STATE``. Answers the version as it was (deleted) or as it is
+        now (ended). Written only onto the version read, and only while the sessions
+        read are all there are (``_remove``, ``retried``)."""
+        return await retried(lambda: self._remove(viewer, tariff_id))
+
+    async def _remove(self, viewer: Viewer, tariff_id: str) -> Tariff:
+        """``remove_tariff``'s read, checks and write. A session links to the version
+        that prices it by its owner (station, or company whose books it is in) and its
+        instant (``Session.priced_at``, never after its receipt ``created_at``): a
+        session of the owner received since the version's start may be priced by it.
+        The write holds only while no such session came since the read (a ``Guard``):
+        one that did fails it, and the removal runs again and ends the version after
+        that session (review s25: an instance whose clock ran behind deleted a version
+        that had priced a session already, which its close re-priced)."""
         tariff = await self.visible(viewer, Tariff, tariff_id)
         await self._may_price(viewer, tariff.company_id, tariff.station_id, field="id")
+        if tariff.valid_until is not None:
+            raise ValidationError("it prices no new session already (removed)",
+                                  field="id", code="INVALID_STATE")
         now = self.now()
-        if tariff.valid_from > now:
-            # No session is priced by it: each is by the version in force when its start
-            # came (``Session.priced_at``), and none came after now.
-            await self.commit(viewer, [(Delete(tariff, only_if=("valid_from",
-                                                                tariff.valid_from)), tariff)])
-            return tariff
         field, key = (("station_id", tariff.station_id) if tariff.station_id is not None
                       else ("company_id", tariff.company_id))
-        latest = await _latest(self.store, field, key, now, _scope_of(tariff))
-        if tariff.removed_by(now) or latest is None or latest.id != tariff.id:
-            raise ValidationError("it prices no new session already (removed, or replaced "
-                                  "by a later version)", field="id", code="INVALID_STATE")
-        ended = patch(tariff, viewer, only_if=("valid_until", None), required=True,
-                      valid_until=now)
-        await self.commit(viewer, [(ended, tariff)])
+        since = all_of(Eq(field, key), Range("created_at", gte=tariff.valid_from))
+        last = await self.store.find_all(Session, since, (Sort("created_at", descending=True),),
+                                         limit=1)
+        if tariff.valid_from > now and not last:
+            # Nothing priced by it: the deletion holds while that stays so.
+            await self.commit(viewer, [(removal(tariff), tariff)],
+                              guards=[Guard(Session, since, exists=False)])
+            return tariff
+        until = max(now, last[0].created_at + AFTER_LAST_PRICED) if last else now
+        latest = await _latest(self.store, field, key, until, _scope_of(tariff))
+        if latest is None or latest.id != tariff.id:
+            raise ValidationError("it prices no new session already (replaced by a later "
+                                  "version)", field="id", code="INVALID_STATE")
+        ended = edit(tariff, viewer, valid_until=until)
+        # A session received from ``until`` on, before this write, would lose its price.
+        await self.commit(viewer, [(ended, tariff)], guards=[Guard(Session, all_of(
+            Eq(field, key), Range("created_at", gte=until)), exists=False)])
         return cast(Tariff, ended.record)
 
     async def tariff_at(self, station: Station, at: datetime, company_id: Any = UNSET,

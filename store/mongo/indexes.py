@@ -102,13 +102,17 @@ INDEXES: dict[str, list[list[tuple[str, int]]]] = {
     # that joins documents in sort order up to the page's limit, so the index must give
     # that order, or the server sorts every entry first (``query.Query.pipeline``).
     "audit_entry": [[("entity_id", ASCENDING), ("at", DESCENDING)],
-                    [("actor", ASCENDING), ("at", DESCENDING)],
+                    # What a person did, and (``holder_id``, below) what was theirs,
+                    # newest first with the tie-breaker: a person's copy of their data
+                    # pages through both (``personal_data.AuditLog``), and without
+                    # ``_id`` the server sorted every entry of an admin's for each page.
+                    [("actor", ASCENDING), ("at", DESCENDING), ("_id", ASCENDING)],
                     [("at", DESCENDING), ("_id", ASCENDING)],
                     [("at", ASCENDING), ("_id", ASCENDING)],
                     [("company_id", ASCENDING), ("at", DESCENDING)],
                     [("station_owner_id", ASCENDING), ("at", DESCENDING)],
                     # A driver's audit log: what was theirs (``holder_id``).
-                    [("holder_id", ASCENDING), ("at", DESCENDING)],
+                    [("holder_id", ASCENDING), ("at", DESCENDING), ("_id", ASCENDING)],
                     # A station's commands of a few kinds (``SiteLoad._overridden``).
                     [("entity_id", ASCENDING), ("command", ASCENDING), ("at", DESCENDING)]],
     # A company's webhooks (the policy's scope), an admin's own, and the enabled ones
@@ -155,7 +159,9 @@ SUPERSEDED: dict[str, tuple[str, ...]] = {
     # The connection history's index gained the ``_id`` tie-breaker.
     "connection_event": ("station_id_1_at_1",),
     # So did the audit log's (in both orders).
-    "audit_entry": ("at_-1",),
+    "audit_entry": ("at_-1",
+                    # And by actor and by holder (a person's copy of their data).
+                    "actor_1_at_-1", "holder_id_1_at_-1"),
     # Payments' scopes gained their time (revenue by ``created_at``).
     "payment": ("user_id_1", "company_id_1", "station_owner_id_1"),
     # A session's samples were indexed with the ``_id`` tie-breaker, and by measurand for

@@ -77,34 +77,73 @@ async def _plate_keys(db: Any) -> None:
 
 async def _plate_forms(db: Any) -> None:
     """Plates are kept and compared in their compatibility form (``validation.
-    plate_shown``, NFKC: full-width "ＢＭＩ２０２４" is "BMI2024"), as SQLite's migration
-    61 makes them: cars from before take that form and its key, with their folded
-    copies. A car whose owner keeps another with that key (the unique index refuses it)
-    keeps its plate as stored, logged for the owner to remove one of the two, as
-    there. Idempotent: a plate in that form already is left alone."""
+    plate_shown``, NFKC: full-width "ＢＭＩ２０２４" is "BMI2024"), by the rule of SQLite's
+    migration 61: every car from before takes that form and its key, with their folded
+    copies. Where one owner kept several cars of one key, the oldest (``created_at``,
+    then ``id``) is kept and the others are removed first (``_one_kept_per_plate``), so
+    the unique index takes the kept one's new key; removed cars all take the form.
+    Idempotent, and safe from several instances at once: a car is converted only while
+    it holds the plate read, removed only while kept."""
+    started = datetime.now(UTC)  # kept to the millisecond, as the domain keeps times
+    now = started.replace(microsecond=started.microsecond // 1000 * 1000)
     last: Any = None
     while True:
         query: dict[str, Any] = {} if last is None else {"_id": {"$gt": last}}
-        docs = await db["vehicle"].find(query, {"license_plate": 1}).sort(
-            [("_id", 1)]).limit(BATCH).to_list()
+        docs = await db["vehicle"].find(
+            query, {"license_plate": 1, "plate_key": 1, "owner_id": 1, "removed_at": 1}
+        ).sort([("_id", 1)]).limit(BATCH).to_list()
         if not docs:
             break
         last = docs[-1]["_id"]
         for doc in docs:
             plate = doc.get("license_plate")
-            if not isinstance(plate, str) or plate == plate_shown(plate):
+            if not isinstance(plate, str) or (plate == plate_shown(plate)
+                                              and doc.get("plate_key") == plate_key(plate)):
                 continue
             shown = plate_shown(plate)
             key = plate_key(shown)
-            try:
-                await db["vehicle"].update_one({"_id": doc["_id"], "license_plate": plate}, {
-                    "$set": {"license_plate": shown, "plate_key": key,
-                             folded_name("license_plate"): folded(shown),
-                             folded_name("plate_key"): folded(key), MARK: ObjectId()}})
-            except DuplicateKeyError:
-                log.warning("vehicle %s (%r) is another car of its owner typed otherwise: "
-                            "it keeps its plate as stored; remove one of the two "
-                            "(removeVehicle)", doc["_id"], plate)
+            for attempt in (1, 2):
+                if doc.get("removed_at") is None:
+                    await _one_kept_per_plate(db, doc["owner_id"], key, now)
+                try:
+                    await db["vehicle"].update_one(
+                        {"_id": doc["_id"], "license_plate": plate},
+                        {"$set": {"license_plate": shown, "plate_key": key,
+                                  folded_name("license_plate"): folded(shown),
+                                  folded_name("plate_key"): folded(key), MARK: ObjectId()}})
+                    break
+                except DuplicateKeyError:
+                    # A car of that key added meanwhile by an instance of the version
+                    # before (a rolling upgrade): one of the two is removed, once more.
+                    if attempt == 2:
+                        raise
+
+
+async def _one_kept_per_plate(db: Any, owner_id: Any, key: str, now: datetime) -> None:
+    """Of ``owner_id``'s kept cars whose plates have compatibility key ``key``, the
+    oldest (``created_at``, then ``id``) stays; each other is removed as ``removeVehicle``
+    removes a car (``removed_at``, stamped by the system at ``now``), logged, its cards
+    linked to the car kept (the same car). SQLite's migration 61 (``_TWINS``) alike."""
+    cars = [car for car in await db["vehicle"].find(
+        {"owner_id": owner_id, "removed_at": None}, {"license_plate": 1, "created_at": 1}
+    ).to_list() if isinstance(car.get("license_plate"), str)
+        and plate_key(car["license_plate"]) == key]
+    if len(cars) < 2:
+        return
+    kept, *others = sorted(cars, key=lambda car: (car["created_at"], str(car["_id"])))
+    stamps = {"updated_at": now, "updated_by": "system"}
+    for car in others:
+        removed = await db["vehicle"].update_one(
+            {"_id": car["_id"], "removed_at": None},
+            {"$set": {"removed_at": now, **stamps, MARK: ObjectId()}})
+        if removed.modified_count:
+            log.warning("vehicle %s (%r) was another car of its owner with the plate of "
+                        "vehicle %s: removed, that older one kept, its cards linked to it",
+                        car["_id"], car["license_plate"], kept["_id"])
+        for card in await db["id_tag"].find({"vehicle_id": car["_id"]}, {"_id": 1}).to_list():
+            await db["id_tag"].update_one(
+                {"_id": card["_id"], "vehicle_id": car["_id"]},
+                {"$set": {"vehicle_id": kept["_id"], **stamps, MARK: ObjectId()}})
 
 
 async def _charger_registrations(db: Any) -> None:
@@ -166,8 +205,8 @@ async def migrate(db: Any) -> None:
     await _once(db, "company_books_without_owner", _company_books_without_owner)
     await _once(db, "payment_plugs", _payment_plugs)
     await _once(db, "charger_registrations", _charger_registrations)
-    # After ``plate_keys`` (``before_indexes``) and the unique index on the key, which
-    # tells a plate another car of its owner's.
+    # After ``plate_keys`` (``before_indexes``), with the unique index on the key built:
+    # an owner's twins are removed before the car kept takes its new key.
     await _once(db, "plate_forms", _plate_forms)
     # After ``plate_keys`` (``before_indexes``), which fills a field searched.
     for kind, fields in sorted(SEARCHED.items()):

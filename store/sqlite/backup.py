@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import stat
 import tempfile
 import time
 from collections.abc import Mapping
@@ -180,24 +181,36 @@ class RestoreReport:
     schema_version: int
     #: Each sequence's next number after the restore, by name.
     sequences: dict[str, int]
+    #: What the operator must still see to (the restored file left root's), one line each.
+    warnings: tuple[str, ...] = ()
 
 
 def restore(backup_file: str | Path, database: str | Path) -> RestoreReport:
     """Puts the backup ``backup_file`` in place of ``database``: checked, its sequences
-    moved ``RESTORE_GAP`` ahead, the database's stale WAL and shared-memory files removed
-    (replayed into the restored file they would corrupt it), then renamed into place.
+    moved ``RESTORE_GAP`` ahead, given the replaced file's mode and owner (where there is
+    none yet, mode 0600 and the owner and group of its folder), the database's
+    stale WAL, shared-memory and rollback journal files removed (replayed into the
+    restored file they would corrupt it), then renamed into place. A symbolic link
+    ``database`` is followed: the file it names is replaced, the link kept.
     Refused while an instance of the service holds a lease on ``database`` or another
-    process has it open (it runs: stop every instance first), and for a backup of a
-    schema newer than this build's, which it could not start on. The file replaced is
-    gone: back it up first if unsure."""
-    backup_file, database = Path(backup_file), Path(database)
+    process has it open (it runs: stop every instance first), when this user cannot tell
+    (it may not read or write the database: run it as the service's user, or as root),
+    for a backup of a schema newer than this build's, which it could not start on, and
+    when the restored file could not be given the replaced one's owner (or its folder's).
+    The file replaced is gone: back it up first if unsure."""
+    backup_file = Path(backup_file)
+    # SQLite names the side files after the real path, and a rename over the link would
+    # replace the link itself, leaving the file it names (the service's, elsewhere) stale.
+    database = Path(database).resolve()
     if not backup_file.is_file():
         raise BackupError(f"there is no backup at {backup_file}")
     if not database.parent.is_dir():
         raise BackupError(f"the folder {database.parent} does not exist")
     if database.exists() and database.samefile(backup_file):
         raise BackupError(f"{backup_file} is the database itself")
-    if database.exists():
+    replaced = database.stat() if database.exists() else None
+    if replaced is not None:
+        refuse_inaccessible(database, "restore")
         refuse_running(database, "restore")
     descriptor, temporary = tempfile.mkstemp(prefix=f".{database.name}.", suffix=".part",
                                              dir=database.parent)
@@ -206,13 +219,19 @@ def restore(backup_file: str | Path, database: str | Path) -> RestoreReport:
         _copy(backup_file, temporary)
         version = _checked_version(backup_file, temporary)
         _refuse_newer(version)
-        sequences = _moved_sequences(temporary, _drawn(database))
+        drawn = _drawn(database) if replaced is not None else {}
+        sequences = _moved_sequences(temporary, drawn)
+        if replaced is not None:
+            _keep_mode_and_owner(temporary, database, replaced)
+            warnings: tuple[str, ...] = ()
+        else:
+            warnings = _give_the_folders_owner(temporary, database)
         _sync(temporary)
-        if database.exists():
+        if replaced is not None:
             # Last, just before the file is replaced: an instance serving GraphQL only
             # holds no lease (ops QA s25: the restore went ahead under it).
             refuse_open(database, "restore")
-        for suffix in ("-wal", "-shm"):
+        for suffix in SIDE_FILES:
             with contextlib.suppress(FileNotFoundError):
                 os.remove(f"{database}{suffix}")
         os.replace(temporary, database)
@@ -222,25 +241,116 @@ def restore(backup_file: str | Path, database: str | Path) -> RestoreReport:
                 os.remove(leftover)
         raise
     _sync_folder(database.parent)
-    return RestoreReport(database=database, schema_version=version, sequences=sequences)
+    return RestoreReport(database=database, schema_version=version, sequences=sequences,
+                         warnings=warnings)
+
+
+def _keep_mode_and_owner(temporary: str, database: Path, replaced: os.stat_result) -> None:
+    """Gives the restored file the replaced one's mode and owner (review s25: restored by
+    `sudo chargegraph restore`, the database was root's own 0600 temporary, and the
+    service, running as its own user, could not open it). Refused, before the database is
+    touched, when this user may not give it that owner: run it as root or as the owner."""
+    _give(temporary, database, stat.S_IMODE(replaced.st_mode), replaced.st_uid,
+          replaced.st_gid, whose="its")
+
+
+def _give(temporary: str, database: Path, mode: int, uid: int, gid: int, *,
+          whose: str) -> None:
+    os.chmod(temporary, mode)
+    mine = os.stat(temporary)
+    if (mine.st_uid, mine.st_gid) == (uid, gid):
+        return
+    try:
+        os.chown(temporary, uid, gid)
+    except PermissionError as error:
+        raise BackupError(
+            f"cannot give the restored {database} {whose} owner (uid {uid}, gid {gid}) "
+            "as this user: the service could not open it; run the restore as root or as "
+            "that user") from error
+    # chown clears the set-id bits (not used here, but the mode is the one given)
+    os.chmod(temporary, mode)
+
+
+def _give_the_folders_owner(temporary: str, database: Path) -> tuple[str, ...]:
+    """Where no database is replaced (a new volume after a disk loss), gives the restored
+    file mode 0600 and the owner and group of the folder it goes into: the service's
+    data folder is its user's (review r-ops2: `sudo chargegraph restore` onto a fresh
+    volume left root's own 0600 temporary, which the service could not open). Refused
+    when this user may not give it that owner, as for a replaced one. A folder of root's
+    tells nothing of the service's user: the file stays the restorer's, with a warning
+    that the service's user must own it (unless the service runs as that user)."""
+    folder = database.parent.stat()
+    if folder.st_uid != 0:
+        _give(temporary, database, 0o600, folder.st_uid, folder.st_gid,
+              whose="its folder's")
+        return ()
+    os.chmod(temporary, 0o600)
+    me = "root's" if os.geteuid() == 0 else f"uid {os.geteuid()}'s"
+    return (f"{database.parent} is root's, so the restored {database} is {me} (mode 0600): "
+            "the service's user must own the file, and the folder (SQLite writes its "
+            f"side files there), e.g. `chown chargegraph: {database.parent} {database}` "
+            "in the image, or the service cannot open it",)
 
 
 def refuse_running(database: Path, then: str) -> None:
     """A live instance lease (renewed every few seconds while an instance runs) means
     the service is up: it would go on writing to the file replaced (or removed) under
-    it. ``then``: what to do once every instance is stopped."""
-    uri = f"file:{quote(str(database.resolve()))}?mode=ro"
+    it. ``then``: what to do once every instance is stopped. Refused too when the lease
+    cannot be read for another reason than a damaged file or none there
+    (``_unreadable``)."""
+    if not database.exists():
+        return  # none yet: nothing runs on it
+    # mode=rw (never creating one): read-only, a crashed writer's hot journal cannot be
+    # rolled back and every read fails (SQLITE_READONLY_ROLLBACK), which proves nothing.
+    uri = f"file:{quote(str(database.resolve()))}?mode=rw"
     now_us = int(time.time() * 1_000_000)
     try:
         with contextlib.closing(sqlite3.connect(uri, uri=True)) as current:
             current.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             row = current.execute('SELECT COUNT(*) FROM "instance_lease" WHERE '
                                   '"expires_at" > ?', (now_us,)).fetchone()
-    except sqlite3.Error:
-        return  # not a ChargeGraph database (or none yet): nothing runs on it
+    except sqlite3.Error as error:
+        _unreadable(database, error, then, schema_errors=True)
+        return  # damaged, or not a ChargeGraph database: nothing runs on it
     if row and row[0]:
         raise BackupError(f"an instance of the service runs on {database} (its lease is "
                           f"live): stop every instance, then {then}")
+
+
+#: SQLite's primary result codes that prove a file is no (readable) database: what a
+#: restore or a reset is for. Any other error (no permission, SQLITE_CANTOPEN, a read-only
+#: file, SQLITE_IOERR_LOCK on a -shm another process holds) proves nothing about the
+#: database, only that this user cannot look at it.
+DAMAGED = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
+
+
+def _unreadable(database: Path, error: sqlite3.Error, then: str, *,
+                schema_errors: bool = False) -> None:
+    """Returns when ``error`` proves ``database`` damaged (or, ``schema_errors``, not a
+    ChargeGraph database: SQLITE_ERROR's "no such table"); raises otherwise. Review s26:
+    each check took any error for a damaged file, so an operator who may not read or
+    write the database (a restore without sudo, a database 0600 as the service makes it)
+    passed them all under a running instance, and the file was replaced or deleted."""
+    code = getattr(error, "sqlite_errorcode", None)
+    primary = None if code is None else code & 0xFF
+    if primary in DAMAGED or (schema_errors and primary == sqlite3.SQLITE_ERROR):
+        return
+    raise _cannot_tell(database, error, then) from error
+
+
+def _cannot_tell(database: Path, error: object, then: str) -> BackupError:
+    return BackupError(
+        f"cannot tell whether {database} is open in another process or an instance of "
+        f"the service runs on it ({error}): if this user may not read or write it, run "
+        f"the {then} as the service's user (or as root)")
+
+
+def refuse_inaccessible(database: Path, then: str) -> None:
+    """Refuses, before anything is touched, a database this user may not read and write:
+    whether another process has it open cannot be told without writing to it
+    (``refuse_open``), nor its lease read without reading it (review s25)."""
+    if database.exists() and not os.access(database, os.R_OK | os.W_OK):
+        raise _cannot_tell(database, "this user may not read and write it", then)
 
 
 def _refuse_newer(version: int) -> None:
@@ -257,45 +367,51 @@ def refuse_open(database: Path, then: str) -> None:
     """Refuses a SQLite database another process has open: a process that holds no lease
     (an instance serving GraphQL only, a demo still seeding) would go on with the file
     replaced or removed under it. Leaving WAL mode needs the only connection; out of
-    WAL mode is harmless here (the service's start sets it again)."""
-    if not _sqlite_file(database):
+    WAL mode is harmless here (the service's start sets it again). Refused too when that
+    cannot be told for another reason than a damaged file (``_unreadable``)."""
+    if not _sqlite_file(database, then):
         return  # not a database (or none): nothing has it open as one
     try:
         with contextlib.closing(sqlite3.connect(database, timeout=0)) as conn:
             mode = conn.execute("PRAGMA journal_mode=DELETE").fetchone()
-    except sqlite3.OperationalError as error:
+    except sqlite3.Error as error:
         if getattr(error, "sqlite_errorcode", None) not in (sqlite3.SQLITE_BUSY,
                                                             sqlite3.SQLITE_LOCKED):
-            return  # not readable as a database (corrupt: what a restore is for)
+            _unreadable(database, error, then)
+            return  # damaged ("file is not a database"): what a restore is for
         mode = None  # locked by a writer
-    except sqlite3.DatabaseError:
-        return  # corrupt ("file is not a database"): what a restore is for
     if not mode or str(mode[0]).lower() != "delete":
         raise BackupError(f"{database} is open in another process (an instance serving "
                           f"GraphQL only, a demo still seeding?): stop it, then {then}")
 
 
-def _sqlite_file(path: Path) -> bool:
+def _sqlite_file(path: Path, then: str) -> bool:
     """Whether ``path`` is a SQLite database file: only such is opened to check whether it
-    is in use (SQLite discards the side files of anything else it opens)."""
+    is in use (SQLite discards the side files of anything else it opens). One this user
+    may not read is refused: it may well be one (``_unreadable``)."""
     try:
         with path.open("rb") as file:
             return file.read(16) == b"SQLite format 3\x00"
-    except OSError:
+    except (FileNotFoundError, IsADirectoryError):
         return False
+    except OSError as error:
+        raise _cannot_tell(path, error, then) from error
 
 
 def _drawn(database: Path) -> dict[str, int]:
     """The numbers the database being replaced has drawn, by sequence: past the backup's
     when it was restored from it before (ops QA s25: a second restore of one backup gave
-    again the ids drawn since the first). Nothing when it cannot be read (corrupt)."""
-    uri = f"file:{quote(str(database.resolve()))}?mode=ro"
+    again the ids drawn since the first). Nothing when it is damaged or holds none; any
+    other error (this user may not read it) refuses the restore (``_unreadable``).
+    mode=rw as in ``refuse_running``."""
+    uri = f"file:{quote(str(database.resolve()))}?mode=rw"
     try:
         with contextlib.closing(sqlite3.connect(uri, uri=True)) as current:
             current.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             rows = current.execute('SELECT "name", "value" FROM "sequence"').fetchall()
-    except sqlite3.Error:
-        return {}  # none yet, not a ChargeGraph database, or unreadable
+    except sqlite3.Error as error:
+        _unreadable(database, error, "restore", schema_errors=True)
+        return {}  # damaged, or not a ChargeGraph database
     return {str(name): int(value) for name, value in rows}
 
 

@@ -1273,24 +1273,63 @@ WHERE EXISTS (
          OR ("session"."state" = 'COMPLETED' AND "session"."stop_reason" IS NULL)));
 """
 
+#: Migration 61's cars to remove: kept cars of an owner who keeps an older one (by
+#: ``created_at``, then ``id``) of the same compatibility key. Read the same way before
+#: and during their removal: the oldest of a key, never removed, stays older than each.
+_TWINS = """
+SELECT "car"."id" FROM "vehicle" AS "car"
+WHERE "car"."removed_at" IS NULL AND EXISTS (
+    SELECT 1 FROM "vehicle" AS "older"
+    WHERE "older"."owner_id" = "car"."owner_id" AND "older"."removed_at" IS NULL
+      AND ("older"."created_at", "older"."id") < ("car"."created_at", "car"."id")
+      AND chargegraph_plate_key("older"."license_plate")
+          = chargegraph_plate_key("car"."license_plate"))"""
+
 # Version 61: a plate is kept and compared in its compatibility form (NFKC,
 # ``validation.plate_shown``: QA s25, a full-width "ＢＭＩ２０２４" typed with a phone's
-# keyboard was its owner's second car beside "BMI2024", and no search found it). Plates
-# stored before take that form and its key, unless the owner keeps another car with that
-# key (it would break the unique rule): such a plate stays as it is, logged, for its
-# owner to remove one of the two. Removed cars are under no rule and all take it.
+# keyboard was its owner's second car beside "BMI2024", and no search found it). Every car
+# stored before takes that form and its key. Where one owner kept several cars of one key
+# (the cars the bug made), the oldest (``created_at``, then ``id``) is kept and the others
+# are removed as ``removeVehicle`` removes a car (``removed_at``, stamped by the system at
+# the migration's time), logged; their cards are linked to the car kept, the same car.
+# Removed cars are under no rule and all take the form. (Review s25: the version that left
+# such a car as stored kept its old key for good, so its owner could remove the plain one
+# and add that plate again, two cars of one plate once more; and MongoDB, converting the
+# first by id, ended otherwise. MongoDB's ``migrations._plate_forms`` applies this rule.)
 _V61 = """
+UPDATE "id_tag" SET "vehicle_id" = (
+    SELECT "kept"."id" FROM "vehicle" AS "car" JOIN "vehicle" AS "kept"
+        ON "kept"."owner_id" = "car"."owner_id" AND "kept"."removed_at" IS NULL
+       AND chargegraph_plate_key("kept"."license_plate")
+           = chargegraph_plate_key("car"."license_plate")
+    WHERE "car"."id" = "id_tag"."vehicle_id"
+    ORDER BY "kept"."created_at", "kept"."id" LIMIT 1),
+  "updated_at" = CAST(ROUND((julianday('now') - 2440587.5) * 86400000) AS INTEGER) * 1000,
+  "updated_by" = 'system'
+WHERE "vehicle_id" IN (""" + _TWINS + """);
+UPDATE "vehicle" SET
+  "removed_at" = CAST(ROUND((julianday('now') - 2440587.5) * 86400000) AS INTEGER) * 1000,
+  "updated_at" = CAST(ROUND((julianday('now') - 2440587.5) * 86400000) AS INTEGER) * 1000,
+  "updated_by" = chargegraph_plate_twin("id", "license_plate", (
+    SELECT "kept"."id" FROM "vehicle" AS "kept"
+    WHERE "kept"."owner_id" = "vehicle"."owner_id" AND "kept"."removed_at" IS NULL
+      AND chargegraph_plate_key("kept"."license_plate")
+          = chargegraph_plate_key("vehicle"."license_plate")
+    ORDER BY "kept"."created_at", "kept"."id" LIMIT 1))
+WHERE "id" IN (""" + _TWINS + """);
 UPDATE "vehicle" SET "license_plate" = chargegraph_plate_shown("license_plate"),
     "plate_key" = chargegraph_plate_key("license_plate")
 WHERE "license_plate" IS NOT chargegraph_plate_shown("license_plate")
-  AND ("removed_at" IS NOT NULL OR NOT EXISTS (
-    SELECT 1 FROM "vehicle" AS "other"
-    WHERE "other"."owner_id" = "vehicle"."owner_id" AND "other"."id" != "vehicle"."id"
-      AND "other"."removed_at" IS NULL
-      AND chargegraph_plate_key("other"."license_plate")
-          = chargegraph_plate_key("vehicle"."license_plate")));
-UPDATE "vehicle" SET "license_plate" = chargegraph_plate_left("id", "license_plate")
-WHERE "license_plate" IS NOT chargegraph_plate_shown("license_plate");
+   OR "plate_key" IS NOT chargegraph_plate_key("license_plate");
+"""
+
+# Version 62: the boot a remote start was sent in (``PendingStart.station_booted_at``: its
+# station's ``booted_at`` as read then). A start holds its card and plug until its station
+# boots again, compared as a value: compared by time, a start stored by an instance whose
+# clock was behind the one that stored the boot held nothing (review s25). Older rows:
+# null, judged by ``created_at`` as before. MongoDB reads a missing field as null: no step.
+_V62 = """
+ALTER TABLE "pending_start" ADD COLUMN "station_booted_at" INTEGER;
 """
 
 #: Every migration, oldest first. Append only.
@@ -1317,7 +1356,8 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (58, _V58),
                                      (59, _V59),
                                      (60, _V60),
-                                     (61, _V61))
+                                     (61, _V61),
+                                     (62, _V62))
 
 
 def identity_left(company_id: str, name: str) -> None:
@@ -1329,14 +1369,14 @@ def identity_left(company_id: str, name: str) -> None:
                 company_id, name)
 
 
-def plate_left(vehicle_id: str, plate: str) -> str:
-    """A car migrated without its plate's compatibility form, its owner keeping another
-    car with that key (migration 61; MongoDB's ``migrations._plate_forms``): said in the
-    log, for the owner to remove one of the two. The plate it keeps, as it is."""
-    log.warning("vehicle %s (%r) is another car of its owner typed otherwise: it keeps "
-                "its plate as stored; remove one of the two (removeVehicle)",
-                vehicle_id, plate)
-    return plate
+def plate_twin(vehicle_id: str, plate: str, kept_id: str) -> str:
+    """A car removed by migration 61 (MongoDB's ``migrations._plate_forms``): its owner
+    keeps an older car, ``kept_id``, of the same plate in compatibility form. Said in
+    the log; the actor its removal is stamped with (the system's)."""
+    log.warning("vehicle %s (%r) was another car of its owner with the plate of vehicle %s: "
+                "removed, that older one kept, its cards linked to it", vehicle_id, plate,
+                kept_id)
+    return "system"
 
 
 #: Python functions migrations call, registered on the migrating connection: a value only
@@ -1347,7 +1387,7 @@ MIGRATION_FUNCTIONS: tuple[tuple[str, int, Callable[..., Any]], ...] = (
     ("chargegraph_identity_left", 2, identity_left),
     ("chargegraph_plate_shown", 1, plate_shown),
     ("chargegraph_plate_key", 1, plate_key),
-    ("chargegraph_plate_left", 2, plate_left))
+    ("chargegraph_plate_twin", 3, plate_twin))
 
 
 _BOOTSTRAP = """

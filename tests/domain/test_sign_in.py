@@ -17,6 +17,7 @@ from domain.ports import Update
 from domain.query import Eq
 from domain.services import ServiceContext, Services
 from domain.services.base import changed
+from domain.services.edits import edit
 from domain.services.throttle import digest
 from store.sqlite import SqliteStore
 from tests.helpers import FastHasher
@@ -114,20 +115,36 @@ async def test_an_upgrade_at_sign_in_is_no_change_of_the_account(store: SqliteSt
     ``password_changed: true`` (the marker of a new password), so every sign-in after a
     hasher upgrade wrote a password change that never happened into the log their
     operators and admins read, and moved the account's ``updatedAt``/``updatedBy``. The
-    password is the same: nothing of the account changed, and the log says nothing."""
+    password is the same: nothing of the account changed, and the log says nothing. An
+    edit of the account read before the sign-in (an admin's form open meanwhile) lands
+    on its version: the upgrade moved none (review s25: the edit here read the account
+    afresh, so it could not fail for that)."""
     user = await user_with_old_hash(store)
     hasher = Upgrading()
     services = Services(ServiceContext(store=store, policy=Policy(), hasher=hasher))
     signed_in = await services.accounts.authenticate("ada@example.com", "first password")
+    read_before = edit(user, SYSTEM, name="Ada L")  # guarded on the pre-upgrade version
+    await services.accounts.commit(SYSTEM, [(read_before, user)])
+    after = await stored(store, user)
+    assert after.name == "Ada L"
+    assert ",t=2," in after.password_hash and hasher.verify(after.password_hash,
+                                                             "first password")
+    assert signed_in.password_hash == after.password_hash
+    entries = await store.find_all(d.AuditEntry, Eq("entity_id", user.id))
+    assert [e.action for e in entries] == [d.AuditAction.CREATE, d.AuditAction.UPDATE]
+    assert entries[-1].actor == SYSTEM.actor  # the edit's; none of the sign-in
+
+
+async def test_an_upgrade_at_sign_in_leaves_the_accounts_stamps(store: SqliteStore
+                                                                ) -> None:
+    user = await user_with_old_hash(store)
+    services = Services(ServiceContext(store=store, policy=Policy(), hasher=Upgrading()))
+    await services.accounts.authenticate("ada@example.com", "first password")
     after = await stored(store, user)
     assert ",t=2," in after.password_hash  # upgraded still
     assert (after.updated_at, after.updated_by) == (user.updated_at, user.updated_by)
-    assert signed_in.password_hash == after.password_hash
     entries = await store.find_all(d.AuditEntry, Eq("entity_id", user.id))
     assert [e.action for e in entries] == [d.AuditAction.CREATE]
-    # An edit on the version read before the upgrade lands: the upgrade moved none.
-    await services.accounts.update_user(SYSTEM, user.id, name="Ada L")
-    assert hasher.verify((await stored(store, user)).password_hash, "first password")
 
 
 async def test_the_upgrade_does_not_undo_a_password_changed_meanwhile(

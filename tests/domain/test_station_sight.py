@@ -15,11 +15,13 @@ from typing import Any
 import pytest
 
 from domain.clock import utcnow
-from domain.entities import Company, Connector, Role
+from domain.entities import Company, Connector, Role, Station
+from domain.errors import StoreUnavailable
 from domain.events import (
     ConnectorStatusChanged,
     DomainEvent,
     StationConnectionChanged,
+    StationRemoved,
     StationSightChanged,
 )
 from domain.policy import SYSTEM, Policy, Viewer
@@ -129,6 +131,104 @@ async def test_two_handovers_in_a_row_leave_the_middle_company_without_the_stati
     assert got["Gamma"] and got["Gamma"][-1] == (True, True), got
 
 
+def handed_to_while_read(world: World, company: Company) -> None:
+    """The charger's next connect or disconnect reads its station, and right then (before
+    its write) an admin hands the station to ``company``."""
+    charging = world.services.charging
+    read = charging.station
+    done = False
+
+    async def hooked(cp_id: str) -> Any:
+        nonlocal done
+        got = await read(cp_id)
+        if not done:
+            done = True
+            await world.services.stations.update_station(SYSTEM, world.station_id,
+                                                         company_id=company.id)
+        return got
+
+    charging.station = hooked  # type: ignore[method-assign]
+
+
+async def test_a_disconnect_read_before_a_handover_reaches_the_new_company(
+        world: World) -> None:
+    """The charger's socket closes; its disconnect reads the station (Alpha's), and while
+    it writes an admin hands the station to Beta. The disconnect, published after the
+    handover's "joined, online" with Alpha's ownership, is Beta's: Beta's map does not
+    keep the station online for good, and Alpha, told it left, is told nothing after."""
+    alpha, beta, _ = world.companies
+    [station] = await world.services.ctx.store.find_all(Station, Eq("cp_id", CP))
+    streams = {c.name: world.services.live.events(operator_of(c), TOPICS)
+               for c in (alpha, beta)}
+    handed_to_while_read(world, beta)
+    assert await world.services.charging.disconnect(CP, number=station.connection)
+    [after] = await world.services.ctx.store.find_all(Station, Eq("cp_id", CP))
+    assert (after.company_id, after.online) == (beta.id, False)
+    got = {name: [(type(e).__name__, e.online) for e in await told(stream)]
+           for name, stream in streams.items()}
+    assert got["Beta"] and got["Beta"][-1] == ("StationConnectionChanged", False), got
+    assert got["Alpha"] == [("StationSightChanged", False)], got
+
+
+async def test_a_reconnect_read_before_a_handover_reaches_the_new_company(
+        world: World) -> None:
+    """The same with the charger connecting again: Beta's map, told the station joined
+    offline, is told it came online; Alpha, told it left, is told nothing after."""
+    alpha, beta, _ = world.companies
+    await world.services.charging.set_online(CP, False)
+    streams = {c.name: world.services.live.events(operator_of(c), TOPICS)
+               for c in (alpha, beta)}
+    handed_to_while_read(world, beta)
+    assert await world.services.charging.set_online(CP, True)
+    [after] = await world.services.ctx.store.find_all(Station, Eq("cp_id", CP))
+    assert (after.company_id, after.online) == (beta.id, True)
+    got = {name: [(type(e).__name__, e.online) for e in await told(stream)]
+           for name, stream in streams.items()}
+    assert got["Beta"] == [("StationSightChanged", False),
+                           ("StationConnectionChanged", True)], got
+    assert got["Alpha"] == [("StationSightChanged", False)], got
+
+
+async def test_a_handover_is_done_when_its_announcement_cannot_read_the_station(
+        world: World) -> None:
+    """The store stumbles right after the handover's write (a failover): the edit has
+    committed, so the admin is not told it failed, what follows it still runs (the site
+    it left shares its power again), and maps are told the handover all the same."""
+    alpha, beta, _ = world.companies
+    services = world.services
+    site = await services.sites.create_site(SYSTEM, name="Depot", max_power_kw=100,
+                                            company_id=alpha.id)
+    await services.sites.assign_station(SYSTEM, world.station_id, site.id)
+    stations, store = services.stations, services.ctx.store
+    left: list[str] = []
+    stations.on_site_left = left.append
+    events = services.live.events(operator_of(beta), TOPICS)
+    get_many = store.get_many
+    armed = False
+
+    async def failing_get_many(kind: Any, ids: Any, *a: Any, **kw: Any) -> Any:
+        if armed and kind is Station:  # every read of it until the edit returns
+            raise StoreUnavailable("the store did not answer", reason="failover")
+        return await get_many(kind, ids, *a, **kw)
+
+    def arm() -> Any:
+        nonlocal armed
+        armed = True
+        return asyncio.sleep(0)
+
+    store.get_many = failing_get_many  # type: ignore[method-assign]
+    after_the_edits_write(world, arm)
+    try:
+        updated = await stations.update_station(SYSTEM, world.station_id,
+                                                company_id=beta.id)
+    finally:
+        armed = False
+    [stored] = await store.find_all(Station, Eq("id", world.station_id))
+    assert updated.company_id == stored.company_id == beta.id
+    assert left == [site.id]
+    assert [(e.joined, e.online) for e in await told(events)] == [(True, True)]
+
+
 # What another instance may publish in between: Redis carries it in its own order.
 
 def sight(joined: bool, *, sight: int, company: str, was: str, online: bool = True,
@@ -222,3 +322,50 @@ async def test_a_plug_removed_then_reported_again_is_not_stale_on_the_map(
     [again] = await world.services.ctx.store.find_all(Connector, Eq("station_id",
                                                                     world.station_id))
     assert again.status_at == report.at
+
+
+async def test_a_connection_event_read_before_a_handover_is_judged_by_it() -> None:
+    """A->B told, then a disconnect published with A's ownership (read before it): B's
+    map is told it, not A's."""
+    got = await maps_told([sight(False, sight=1, company="B", was="A"),
+                           sight(True, sight=1, company="B", was="A"),
+                           connection(False, 7, "A")], ["A", "B"])
+    assert got["A"] == [("StationSightChanged", False)], got
+    assert got["B"] == [("StationSightChanged", True),
+                        ("StationConnectionChanged", False)], got
+
+
+async def test_a_connection_event_read_after_a_handover_not_yet_told_comes_out_right(
+        ) -> None:
+    """A->B told, then B->C's disconnect (read after B->C) arrives before B->C's sight
+    events: judged by B's ownership first, and then B->C tells B it left and C that it
+    joined, offline as that disconnect had it."""
+    got = await maps_told([sight(False, sight=1, company="B", was="A"),
+                           sight(True, sight=1, company="B", was="A"),
+                           connection(False, 7, "C"),
+                           sight(False, sight=2, company="C", was="B"),
+                           sight(True, sight=2, company="C", was="B")], ["A", "B", "C"])
+    assert got["B"][-1] == ("StationSightChanged", False), got
+    assert got["C"] == [("StationSightChanged", False)], got
+
+
+async def test_a_removed_station_is_forgotten_by_the_live_path() -> None:
+    """What the pump keeps of a station (its newest handover, its last connection) goes
+    with the station: kept, it grew with every station ever handed over or connected for
+    as long as the pump lived. ``StationRemoved`` is told to nobody."""
+    bus = MemoryEventBus()
+    live = LiveService(ServiceContext(store=None, policy=Policy(),  # type: ignore[arg-type]
+                                      hasher=FastHasher(), bus=bus))
+    watched: list[tuple[str, bool]] = []
+    live.watch(SYSTEM, TOPICS, recorder(watched), lambda: None)
+    stream = live.events(SYSTEM, TOPICS)
+    [pump] = live._pumps.values()
+    for event in (sight(False, sight=1, company="B", was="A"),
+                  sight(True, sight=1, company="B", was="A"), connection(False, 7, "B"),
+                  StationRemoved(station_id="s", cp_id=CP, company_id="B")):
+        await bus.publish(event)
+    # An admin sees the station either side of the handover: told its connection only.
+    assert [type(e).__name__ for e in await told(stream)] == ["StationConnectionChanged"]
+    assert watched == [("StationConnectionChanged", False)]
+    assert (pump.order.sights, pump.order.connections) == ({}, {})
+    await bus.close()

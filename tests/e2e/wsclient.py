@@ -38,9 +38,12 @@ class GraphQLWS:
         return op_id
 
     async def next(self, timeout: float = 5) -> dict[str, Any]:
-        """The next data/error message (keep-alives and pings skipped)."""
+        """The next data/error message (keep-alives skipped, the server's pings answered
+        as graphql-ws's client does, or a test quiet for two intervals is closed)."""
         while True:
             message = json.loads(await asyncio.wait_for(self.ws.recv(), timeout))
+            if message["type"] == "ping":
+                await self.ws.send(json.dumps({"type": "pong"}))
             if message["type"] in ("ka", "ping", "pong"):
                 continue
             return message  # type: ignore[no-any-return]

@@ -48,12 +48,16 @@ NESTED = """subscription($f: StationEventFilter) { connectorStatusChanged(filter
 LOCAL = "subscription { connectorStatusChanged { cpId status info droppedBefore } }"
 LOCAL_FRAGMENT = """subscription { connectorStatusChanged { ...F __typename } }
 fragment F on ConnectorStatusEvent { cpId info stationId at }"""
+#: These sockets' messages are counted exactly: no keep-alives among them (a legacy socket
+#: gets a ``ka`` right after its ack). Keep-alives: tests/shell/test_websocket_keepalive.py.
+NO_KEEPALIVE = timedelta(0)
 
 
 class Setup:
     def __init__(self, services: Services, world: World, bus: MemoryEventBus,
                  queue_size: int = 1000,
-                 revalidate_every: timedelta = timedelta(hours=1)) -> None:
+                 revalidate_every: timedelta = timedelta(hours=1),
+                 keep_alive: timedelta = NO_KEEPALIVE) -> None:
         self.services = services
         self.world = world
         self.bus = bus
@@ -64,7 +68,8 @@ class Setup:
 
         self.endpoint = LiveEndpoint(services, self.tokens, schema, authorize,
                                      queue_size=queue_size,
-                                     revalidate_every=revalidate_every)
+                                     revalidate_every=revalidate_every,
+                                     keep_alive=keep_alive)
 
     def token(self, name: str) -> str:
         return self.tokens.issue(self.world.users[name].id).token
@@ -325,6 +330,55 @@ async def test_a_slow_subscriber_loses_its_oldest_events_and_delays_nobody(
     await fast.close()
     await slow.close()
     await bus.close()
+
+
+async def test_a_ping_behind_a_backlog_is_awaited_from_when_it_went_out(
+        live: Setup) -> None:
+    """QA: the pong was awaited from when the keep-alive's ping was queued, so a client on
+    a slow link, reading a burst of events with the ping behind them, was closed (4408)
+    although it read everything and answered the ping as soon as it came. The wait counts
+    from when the ping went out, and while it waits in the queue the socket taking
+    messages shows that someone reads."""
+    live = Setup(live.services, live.world, live.bus, keep_alive=timedelta(seconds=0.2))
+    socket = await live.open("admin")
+    socket.subscribe("1", LOCAL)
+    await live.subscribed(1)
+    socket.gate.clear()  # the link is slow: one message at a time, when let through
+    for i in range(30):
+        await live.bus.publish(live.status("A-001", f"s{i}"))
+    kinds: list[str] = []
+    while len(kinds) < 31:  # thirty events and the ping, over 1.5 s (7 intervals)
+        await asyncio.sleep(0.05)
+        socket.gate.set()
+        socket.gate.clear()  # the send waiting goes, the next one waits again
+        message = await socket.raw()
+        assert message["type"] == "websocket.send", message
+        kinds.append(json.loads(message["text"])["type"])
+        if kinds[-1] == "ping":
+            socket.put({"type": "pong"})
+    assert kinds.count("next") == 30 and kinds.count("ping") == 1, kinds
+    socket.gate.set()
+    await asyncio.sleep(0.3)  # past the answered ping's deadline: still open
+    assert socket.nothing_pending() or json.loads(
+        (await socket.raw())["text"]) == {"type": "ping"}
+    await socket.close()
+
+
+async def test_a_socket_that_takes_nothing_is_closed_with_its_ping_unsent(
+        live: Setup) -> None:
+    """A client that stopped reading (a frozen tab, a half-open socket behind full
+    buffers) never gets the ping: a socket that took nothing for an interval is closed."""
+    live = Setup(live.services, live.world, live.bus, keep_alive=timedelta(seconds=0.2))
+    socket = await live.open("admin")
+    socket.subscribe("1", LOCAL)
+    await live.subscribed(1)
+    socket.gate.clear()
+    for i in range(3):
+        await live.bus.publish(live.status("A-001", f"s{i}"))
+    assert await socket.raw(2) == {"type": "websocket.close", "code": 4408,
+                                   "reason": "Pong timeout"}
+    await socket.close()
+    assert live.services.live.watching == 0
 
 
 async def test_events_the_process_missed_are_announced(store: CountingStore) -> None:
@@ -949,7 +1003,8 @@ async def test_a_socket_without_connection_init_is_closed_on_both_protocols(
         return await resolve_viewer(live.services, live.tokens, header)
 
     endpoint = LiveEndpoint(live.services, live.tokens, schema, authorize,
-                            connection_init_timeout=timedelta(milliseconds=50))
+                            connection_init_timeout=timedelta(milliseconds=50),
+                            keep_alive=NO_KEEPALIVE)
     silent = Socket(endpoint, protocol)
     await silent.connect()
     silent.put({"type": "ka"} if protocol == "graphql-ws" else {"type": "ping"})
@@ -974,7 +1029,8 @@ async def test_operations_are_limited_per_client_address_and_in_all(live: Setup)
         return await resolve_viewer(live.services, live.tokens, header)
 
     endpoint = LiveEndpoint(live.services, live.tokens, schema, authorize,
-                            max_operations=5, max_operations_per_client=3)
+                            max_operations=5, max_operations_per_client=3,
+                            keep_alive=NO_KEEPALIVE)
     hub = endpoint.hub
 
     async def opened(client: str) -> Socket:
@@ -1063,7 +1119,7 @@ async def held_setup(store: CountingStore, max_renders: int,
 
     live.endpoint = LiveEndpoint(services, live.tokens, schema, authorize,
                                  queue_size=queue_size, max_renders=max_renders,
-                                 render_backlog=render_backlog)
+                                 render_backlog=render_backlog, keep_alive=NO_KEEPALIVE)
     return held, bus, live
 
 

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+import asyncio
+import dataclasses
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
 
+import pytest
+
+from domain import entities as d
 from domain.clock import utcnow
+from domain.errors import ValidationError
 from domain.policy import SYSTEM
+from domain.ports import Insert
 from domain.services import Services
+from domain.services.charging import books_of
 from tests.graph.conftest import Api
 from tests.graph.test_mutations import call, codes, gid
 from tests.graph.world import World
@@ -37,3 +48,159 @@ async def test_a_removed_price_list_prices_only_what_started_before(
     again = await call(api, world, "op_a", "removeTariff", {"id": gid("tariff", own.id)},
                        "tariff { id }")
     assert codes(again) == [("id", "INVALID_STATE")]
+
+
+# Removals on instances whose clocks differ a little, and racing what they judge by
+# (review s25). A session links to the version that prices it by its station (or books)
+# and its instant, never after its receipt: what an instance ahead of ours received.
+
+
+def _instance(services: Services, at: datetime) -> Services:
+    """The services of another instance on the same store, its clock showing ``at``."""
+    return Services(dataclasses.replace(services.ctx, clock=lambda: at))
+
+
+async def _received(services: Services, station: d.Station, at: datetime) -> d.Session:
+    """A session on ``station`` its charger started at ``at``, received then (by an
+    instance whose clock showed ``at``)."""
+    company_id, owner_id = books_of(station)
+    session = d.Session(
+        transaction_id=await services.ctx.store.next_sequence("transaction"),
+        station_id=station.id, cp_id=station.cp_id, connector_id=2, id_tag="TAG-X",
+        start_time=at, meter_start_wh=0, created_at=at, updated_at=at,
+        company_id=company_id, station_owner_id=owner_id)
+    await services.ctx.store.write([Insert(session)], [])
+    return session
+
+
+async def _scheduled(services: Services, world: World) -> tuple[d.Tariff, d.Tariff, datetime]:
+    """A station's price list in force and the next one, from ``at`` (in ten minutes)."""
+    station = world.stations["A-001"]
+    at = utcnow().replace(microsecond=0) + timedelta(minutes=10)
+    old = await services.tariffs.set_tariff(
+        SYSTEM, station_id=station.id, currency="EUR", price_per_kwh="0.55",
+        valid_from=utcnow() - timedelta(hours=1))
+    new = await services.tariffs.set_tariff(
+        SYSTEM, station_id=station.id, currency="EUR", price_per_kwh="0.99", valid_from=at)
+    return old, new, at
+
+
+async def test_a_version_ended_on_an_instance_ahead_is_not_deleted_by_one_behind(
+        services: Services, world: World) -> None:
+    """The instance ahead found the next version in force (a session started at +1 s was
+    priced by it) and ended it; the one behind, to which it is not in force yet, may not
+    delete it: removed already. The session keeps its price."""
+    station = world.stations["A-001"]
+    _, new, at = await _scheduled(services, world)
+    op = world.viewer("op_a")
+    ended = await _instance(services, at + timedelta(seconds=2)).tariffs.remove_tariff(
+        op, new.id)
+    assert ended.valid_until is not None
+    started = at + timedelta(seconds=1)
+    assert (await services.tariffs.tariff_at(station, started)).id == new.id  # type: ignore[union-attr]
+    with pytest.raises(ValidationError) as refused:
+        await _instance(services, at - timedelta(seconds=1)).tariffs.remove_tariff(
+            op, new.id)
+    assert refused.value.code == "INVALID_STATE"
+    assert (await services.tariffs.tariff_at(station, started)).id == new.id  # type: ignore[union-attr]
+
+
+async def test_a_version_that_priced_a_session_ends_after_it_rather_than_going(
+        services: Services, world: World) -> None:
+    """Not in force yet by the removing instance's clock, but a session received by an
+    instance ahead was priced by it: it ends (after that session), not deleted, and the
+    session keeps it. As any version in force ended: later sessions are at the next
+    scope's, here the company's (not the station's version it was to replace)."""
+    station = world.stations["A-001"]
+    company = await services.tariffs.set_tariff(
+        SYSTEM, company_id=world.companies["a"].id, currency="EUR", price_per_kwh="0.30",
+        valid_from=utcnow() - timedelta(hours=2))
+    _, new, at = await _scheduled(services, world)
+    session = await _received(services, station, at + timedelta(seconds=1))
+    ended = await _instance(services, at - timedelta(seconds=1)).tariffs.remove_tariff(
+        world.viewer("op_a"), new.id)
+    assert ended.valid_until is not None and ended.valid_until > session.priced_at
+    assert (await services.tariffs.tariff_at(station, session.priced_at)).id == new.id  # type: ignore[union-attr]
+    assert (await services.tariffs.tariff_at(station, ended.valid_until)).id == company.id  # type: ignore[union-attr]
+    [stored] = await services.ctx.store.get_many(d.Tariff, [new.id])
+    assert stored is not None and stored.valid_until == ended.valid_until
+
+
+class _SessionLandsAfterTheRead:
+    """A store on which a session is received (``landing``) just after a removal read
+    the sessions: another instance's, between that read and the removal's write."""
+
+    def __init__(self, inner: Any, landing: Callable[[], Awaitable[Any]]) -> None:
+        self.inner, self.landing = inner, landing
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def find_all(self, kind: Any, *args: Any, **kwargs: Any) -> Any:
+        found = await self.inner.find_all(kind, *args, **kwargs)
+        if kind is d.Session and self.landing is not None:
+            landing, self.landing = self.landing, None  # type: ignore[assignment]
+            await landing()
+        return found
+
+
+async def test_a_session_received_between_the_read_and_the_deletion_keeps_its_price(
+        services: Services, world: World) -> None:
+    """The removal read no session priced by the version, then an instance ahead received
+    one: the deletion fails on its guard, runs again and ends the version after it."""
+    station = world.stations["A-001"]
+    _, new, at = await _scheduled(services, world)
+    landed: list[d.Session] = []
+
+    async def landing() -> None:
+        landed.append(await _received(services, station, at + timedelta(seconds=1)))
+
+    racing = Services(dataclasses.replace(
+        services.ctx, clock=lambda: at - timedelta(seconds=1),
+        store=_SessionLandsAfterTheRead(services.ctx.store, landing)))
+    ended = await racing.tariffs.remove_tariff(world.viewer("op_a"), new.id)
+    [session] = landed
+    assert ended.valid_until is not None and ended.valid_until > session.priced_at
+    assert (await services.tariffs.tariff_at(station, session.priced_at)).id == new.id  # type: ignore[union-attr]
+
+
+async def test_two_removals_at_once_end_a_version_once(
+        services: Services, world: World) -> None:
+    station = world.stations["A-001"]
+    own = await services.tariffs.set_tariff(
+        SYSTEM, station_id=station.id, currency="EUR", price_per_kwh="0.55",
+        valid_from=utcnow() - timedelta(hours=1))
+    op = world.viewer("op_a")
+    results = await asyncio.gather(services.tariffs.remove_tariff(op, own.id),
+                                   services.tariffs.remove_tariff(op, own.id),
+                                   return_exceptions=True)
+    ok = [r for r in results if not isinstance(r, BaseException)]
+    assert len(ok) == 1, results
+    assert [getattr(r, "code", r) for r in results if isinstance(r, BaseException)] == [
+        "INVALID_STATE"]
+
+
+async def test_a_version_dated_back_across_a_removal_is_in_force_after_it(
+        services: Services, world: World) -> None:
+    """As README says: a removal ends the version it names; an admin's version dated
+    back to before that end (a correction of history) is the latest of its scope, and
+    prices what starts from its ``validFrom`` on, after the removal too."""
+    station = world.stations["A-001"]
+    own = await services.tariffs.set_tariff(
+        SYSTEM, station_id=station.id, currency="EUR", price_per_kwh="0.55",
+        valid_from=utcnow() - timedelta(hours=2))
+    await services.tariffs.remove_tariff(world.viewer("op_a"), own.id)
+    backdated = await services.tariffs.set_tariff(
+        world.viewer("admin"), station_id=station.id, currency="EUR", price_per_kwh="0.66",
+        valid_from=utcnow() - timedelta(hours=1))
+    assert (await services.tariffs.tariff_at(station, utcnow())).id == backdated.id  # type: ignore[union-attr]
+
+
+def test_the_architecture_s_edit_rules_tell_how_a_tariff_is_removed() -> None:
+    """docs/architecture.md said tariffs are never edited while ``removeTariff`` ends and
+    deletes versions (review s25): its edit rules name the guarded writes it uses."""
+    text = " ".join((Path(__file__).parents[2] / "docs" / "architecture.md")
+                    .read_text(encoding="utf-8").split())
+    assert "Tariffs are never edited (`setTariff` inserts the next one)" not in text
+    assert "`removeTariff` ends a version with `edit()` (`valid_until`) or deletes one " \
+           "with `removal()`" in text

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from ocpp.v16 import call
+from ocpp.v16 import call_result as result
 from websockets.asyncio.client import connect
 
 from domain import entities as d
@@ -2744,6 +2745,108 @@ async def test_a_boot_at_a_reconnect_keeps_the_car_the_driver_chose(central: Cen
             Eq("cp_id", "CP-1"), Eq("state", d.SessionState.ACTIVE)))
         assert session.vehicle_id == second.id, (
             "booked to the card's car", session.vehicle_id == central.vehicles["car"].id)
+
+
+def refusing_starts(cp: Any) -> None:
+    """The charger still holds the start it accepted before reconnecting, and refuses
+    a second one on that plug (as docs/architecture.md says it does: ConcurrentTx)."""
+    routes = cp.route_map["RemoteStartTransaction"]
+
+    def refused(**_: Any) -> Any:
+        return result.RemoteStartTransaction(status="Rejected")  # type: ignore[arg-type]
+    routes["_on_action"] = refused
+    routes.pop("_after_action", None)
+
+
+async def test_a_start_the_charger_refuses_leaves_the_held_start_its_car(
+        central: Central) -> None:
+    """Review s25: the driver's start (second car) is accepted; the charger reconnects
+    with a boot (no restart) and still holds it. The driver taps start again (same car):
+    the new start settled the held one in its insert, the charger refused the new one
+    (it holds the first), and when the car came the charger carried out the first start,
+    which matched nothing: the session was booked to the card's car, not the vehicleId
+    chosen (README). A superseded start is settled only once the charger accepts the
+    new one."""
+    driver = Viewer.of(central.users["driver"])
+    second = await central.services.fleet.add_vehicle(driver, license_plate="B-EV 2")
+    car = to_global_id("vehicle", second.id)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        holding_starts(cp)
+        await cp.boot()
+        await cp.report_all()
+        started = await run(central, START, {"cpId": "CP-1", "connectorId": 1,
+                                             "idTag": "TAG-OK", "vehicleId": car},
+                            as_user="driver")
+        assert started["status"] == "ACCEPTED", started
+        await settle()
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()  # a reconnect's boot: the charger still holds the start
+        await cp.report_all()
+        refusing_starts(cp)
+        again = await run(central, START, {"cpId": "CP-1", "connectorId": 1,
+                                           "idTag": "TAG-OK", "vehicleId": car},
+                          as_user="driver")
+        assert again["status"] == "REJECTED", again
+        await cp.start_transaction(1, "TAG-OK")  # the car came: the first start runs
+        await settle()
+        [session] = await central.store.find_all(d.Session, all_of(
+            Eq("cp_id", "CP-1"), Eq("state", d.SessionState.ACTIVE)))
+        assert session.vehicle_id == second.id, (
+            "booked to the card's car", session.vehicle_id == central.vehicles["car"].id)
+
+
+async def test_a_start_just_after_a_boot_holds_on_an_instance_whose_clock_is_behind(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review s25: two instances; the charger's boot is stored by one (``booted_at``, its
+    clock), the driver's start by another whose clock is 3 s behind (``created_at``).
+    Judged by time, a start stored within the clocks' difference after the boot held
+    nothing for its whole window: the double tap was sent too, and superseded the start
+    the charger holds. A start records the boot it was sent in, and holds until the
+    station boots again."""
+    import domain.services.base as base
+    real = base.utcnow
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        holding_starts(cp)
+        await cp.boot()
+        await cp.report_all()
+        monkeypatch.setattr(base, "utcnow", lambda: real() - timedelta(seconds=3))
+        first = await run(central, START, {"cpId": "CP-1", "connectorId": 1},
+                          as_user="driver")
+        assert first["status"] == "ACCEPTED", first
+        again = await run(central, START, {"cpId": "CP-1", "connectorId": 2},
+                          as_user="driver")
+        assert again.get("errors") and again["errors"][0]["code"] == "IN_USE", again
+
+
+async def test_a_car_starting_is_found_behind_many_starts_holding_nothing(
+        central: Central) -> None:
+    """Review s25 (the reviewer's suspicion): the driver check read the driver's first
+    20 live starts, then left out those holding nothing (sent before their charger's
+    last boot): behind 20 of those (a fleet driver's starts at a rebooting depot), the
+    start still holding the car was not read, and the car was started twice."""
+    driver = central.users["driver"]
+    car = central.vehicles["car"]
+    station = await central.store.find_one(d.Station, Eq("cp_id", "CP-1"))
+    assert station is not None
+    booted = utcnow()
+    await central.store.write([patch(station, SYSTEM, booted_at=booted)], [])
+    now = utcnow()
+    old = [d.PendingStart(station_id=station.id, cp_id="CP-1", id_tag=f"TAG-{i}",
+                          user_id=driver.id, vehicle_id=None, created_by="t", updated_by="t",
+                          expires_at=now + timedelta(minutes=2),
+                          station_booted_at=booted - timedelta(hours=1))
+           for i in range(25)]
+    held = d.PendingStart(station_id=station.id, cp_id="CP-1", id_tag="TAG-FLEET",
+                          user_id=driver.id, vehicle_id=car.id, created_by="t",
+                          updated_by="t", expires_at=now + timedelta(minutes=2),
+                          station_booted_at=booted)
+    await central.store.write([Insert(p) for p in [*old, held]], [])
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        holding_starts(cp)
+        again = await run(central, START, {"cpId": "CP-1", "connectorId": 2, "idTag": "TAG-OK",
+                                           "vehicleId": to_global_id("vehicle", car.id)},
+                          as_user="driver")
+        assert again.get("errors") and again["errors"][0]["code"] == "IN_USE", again
 
 
 @pytest.mark.parametrize(("who", "start"), [

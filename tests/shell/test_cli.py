@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import sqlite3
 from pathlib import Path
 
@@ -164,6 +166,38 @@ def test_demo_reset_removes_a_corrupt_database(tmp_path: Path) -> None:
     broken.write_bytes(b"SQLite format 3\x00" + b"\xff" * 4000)
     assert remove_sqlite_database(f"sqlite:///{broken}") == [broken]
     assert not broken.exists()
+
+
+async def test_demo_reset_of_a_symlinked_database_removes_the_file_it_names(
+        tmp_path: Path) -> None:
+    """Review r-ops2: restore follows a symbolic link, but `demo --reset` unlinked the
+    link only and reported it as the database removed: the database it names and its side
+    files stayed, and the next start made a new file where the link was (on the link's
+    volume, not the data volume it pointed to). It removes the file named and its side
+    files (SQLite names them after the real path), and keeps the link."""
+    from chargegraph.stores import remove_sqlite_database
+    from domain.ports import Insert
+    from store.sqlite import SqliteStore
+    from tests.contract.factories import audit, company
+
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    real = volume / "chargegraph.db"
+    store = SqliteStore(str(real))
+    await store.start()
+    made = company(name="Kept")
+    await store.write([Insert(made)], [audit(made, "system")])
+    await store.close()
+    stale = volume / "chargegraph.db-journal"
+    stale.write_bytes(b"")  # a stale (empty, so cold) rollback journal beside it
+    link = tmp_path / "chargegraph.db"
+    link.symlink_to(real)
+
+    removed = remove_sqlite_database(f"sqlite:///{link}")
+
+    assert sorted(removed) == [real, stale]
+    assert not real.exists() and not stale.exists()
+    assert link.is_symlink() and link.resolve() == real  # the link is kept, dangling
 
 
 def test_demo_reset_refuses_a_database_open_in_another_process(
@@ -413,6 +447,23 @@ def test_restore_puts_a_backup_back(runner: CliRunner, tmp_path: Path) -> None:
     assert (missing.exit_code, missing.stderr) == (1, "error: there is no backup at nope.db\n")
 
 
+def test_restore_where_there_is_no_database_in_a_folder_of_roots_warns(
+        runner: CliRunner, tmp_path: Path) -> None:
+    """Review r-ops2: a restore onto a fresh volume gives the file its folder's owner;
+    a folder of root's names no service user, and the output says who must own it."""
+    assert runner.invoke(cli, ["create-user", "--email", "root@example.com", "--password",
+                               PASSWORD, "--role", "admin"]).exit_code == 0
+    assert runner.invoke(cli, ["backup", "copy.db"]).exit_code == 0
+    (tmp_path / "cli.db").unlink()
+    put_back = runner.invoke(cli, ["restore", "copy.db"])
+    assert put_back.exit_code == 0, put_back.output
+    if tmp_path.stat().st_uid == 0:
+        assert put_back.stderr.startswith(f"warning: {tmp_path} is root's"), put_back.stderr
+        assert "the service's user must own" in put_back.stderr
+    else:
+        assert "warning" not in put_back.stderr
+
+
 def test_backup_of_no_database_creates_none(runner: CliRunner, tmp_path: Path) -> None:
     missing = runner.invoke(cli, ["backup", "copy.db"])
     assert missing.exit_code == 1
@@ -444,3 +495,54 @@ def test_healthcheck_of_a_broken_configuration_is_unhealthy_not_2(
     assert result.exit_code == 1
     assert "configuration error: CHARGEGRAPH_PORT: Input should be a valid integer" \
         in result.output
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                    reason="needs root to run the reset as another user")
+@pytest.mark.parametrize("unwritable", ["the database", "its shared-memory file"])
+def test_demo_reset_by_a_user_who_cannot_write_the_database_is_refused_while_it_is_open(
+        unwritable: str) -> None:
+    """Review s26, a regression of s25: the check for another process took only BUSY or
+    LOCKED for "open", and any other error (SQLITE_IOERR_LOCK for a user who may not
+    write the -shm of a database in use, a read-only file) for a damaged file, so `demo
+    --reset` deleted the database of a demo still seeding (no lease yet). An error that
+    proves no damage refuses, naming the user to run it as."""
+    import asyncio
+    import subprocess
+    import sys
+    import tempfile
+
+    from store.sqlite import SqliteStore
+
+    folder = Path(tempfile.mkdtemp(prefix="chargegraph-reset-"))
+    try:
+        os.chmod(folder, 0o777)  # a shared data folder
+        database = folder / "chargegraph.db"
+
+        async def seeding() -> None:
+            store = SqliteStore(str(database))  # a demo still seeding (no lease yet)
+            await store.start()
+            try:
+                if unwritable == "the database":
+                    os.chmod(database, 0o644)
+                else:
+                    os.chmod(database, 0o666)
+                    os.chmod(f"{database}-shm", 0o644)
+                script = ("from chargegraph.stores import remove_sqlite_database; "
+                          f"print(remove_sqlite_database('sqlite:///{database}'))")
+                run = await asyncio.to_thread(
+                    subprocess.run,
+                    ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                     sys.executable, "-c", script],
+                    capture_output=True, text=True, timeout=60,
+                    env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
+                assert database.exists(), run.stdout
+                assert "open in another process" in run.stderr, run.stderr
+                assert "run the reset as the service's user" in run.stderr, run.stderr
+                assert await store.health() is None
+            finally:
+                await store.close()
+
+        asyncio.run(seeding())
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

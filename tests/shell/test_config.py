@@ -203,6 +203,14 @@ def test_unknown_log_levels_are_refused(wrong: str) -> None:
      "Input should be less than or equal to 3600"),
     ("CHARGEGRAPH_OFFLINE_WEBHOOK_GRACE_S", "3601",
      "Input should be less than or equal to 3600"),
+    ("CHARGEGRAPH_WS_KEEPALIVE_S", "-1", "Input should be greater than or equal to 0"),
+    # A ping every few milliseconds on every socket: a busy loop.
+    ("CHARGEGRAPH_WS_KEEPALIVE_S", "0.001",
+     "give 0 (no keep-alives) or at least 1 second"),
+    ("CHARGEGRAPH_WS_KEEPALIVE_S", "inf", "Input should be less than or equal to 3600"),
+    ("CHARGEGRAPH_WS_KEEPALIVE_S", "nan", "Input should be less than or equal to 3600"),
+    ("CHARGEGRAPH_WS_KEEPALIVE_S", "soon", "Input should be a valid number, unable to parse "
+                                           "string as a number"),
 ])
 def test_nonsense_durations_are_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                         variable: str, value: str, message: str) -> None:
@@ -231,6 +239,10 @@ def test_sensible_durations_are_kept(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     for grace in ("0", "0.5", "3600"):  # 0: webhooks at once, as before the grace
         monkeypatch.setenv("CHARGEGRAPH_OFFLINE_WEBHOOK_GRACE_S", grace)
         assert Settings().offline_webhook_grace_s == float(grace)
+    assert Settings().ws_keepalive_s == 25  # the default
+    for keepalive in ("0", "1", "2.5", "3600"):  # 0: no keep-alives
+        monkeypatch.setenv("CHARGEGRAPH_WS_KEEPALIVE_S", keepalive)
+        assert Settings().ws_keepalive_s == float(keepalive)
 
 
 def test_misspelt_variables_are_named_with_the_closest_setting() -> None:

@@ -73,8 +73,10 @@ async def test_a_subscription_sent_after_the_token_expired_closes_the_socket(
         for protocol, ws in sockets.items():
             await ws.send(subscribe(protocol, "after"))
             with pytest.raises(ConnectionClosed):
-                message = await asyncio.wait_for(ws.recv(), 5)
-                raise AssertionError(f"{protocol}: {message!r}")
+                while True:
+                    message = await asyncio.wait_for(ws.recv(), 5)
+                    if json.loads(message) != {"type": "ka"}:  # legacy keep-alives pass
+                        raise AssertionError(f"{protocol}: {message!r}")
             assert ws.close_code == 4403 and ws.close_reason == "Token expired", protocol
     finally:
         server.should_exit = True

@@ -51,6 +51,7 @@ from domain.entities import (
     ConnectorInterval,
     ConnectorStatus,
     ConnectorType,
+    IdTag,
     MeterSample,
     Payment,
     PaymentStatus,
@@ -1682,6 +1683,19 @@ async def test_the_audit_log_is_read_in_its_order_from_an_index(
         assert any(keys in (order, backward) for keys in indexes), (order, indexes)
 
 
+@pytest.mark.parametrize("key", ["holder_id", "actor"])
+async def test_a_persons_audit_lists_are_read_in_their_order_from_an_index(
+        mongo: MongoStore, key: str) -> None:
+    """A person's copy of their data pages through the entries about them and those
+    they made, newest first (``personal_data.AuditLog``): without the ``_id``
+    tie-breaker in the index the server sorted every entry an admin ever made for each
+    page of 100."""
+    order = [(key, 1), *sort_spec(AuditEntry, [Sort("at", descending=True)], False)]
+    indexes = [list(info["key"]) for info in
+               raw(mongo)["audit_entry"].index_information().values()]
+    assert order in indexes, (order, indexes)
+
+
 async def test_every_aggregation_may_spill_to_disk(mongo: MongoStore,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     options: list[dict[str, Any]] = []
@@ -2515,27 +2529,34 @@ async def test_company_names_from_before_get_their_identity_older_twins_left_alo
 async def test_plates_from_before_take_their_compatibility_form(
         mongo: MongoStore, caplog: pytest.LogCaptureFixture) -> None:
     """What SQLite migration 61 does: plates stored before take their compatibility form
-    (NFKC) and its key, searched by it; one whose owner keeps another car of that key
-    stays as it is (the unique index refuses it), logged; removed cars all take it."""
+    (NFKC) and its key, searched by it; where an owner kept two cars of one key, the
+    older is kept and the other removed by the system, logged, its cards linked to the
+    car kept; removed cars all take it."""
     caplog.set_level(logging.WARNING, logger="chargegraph.store")
     db = raw(mongo)
     ann, bob = ObjectId(), ObjectId()
     cars = {}
-    for name, owner, plate, removed in (
-            ("v1", ann, "Ｂ-ＭＩ ２０２４", None), ("v2", bob, "B-MI 2024", None),
-            ("v3", bob, "Ｂ-ＭＩ ２０２４", None), ("v4", bob, "Ｂ ＭＩ ２０２４", T0)):
+    for name, owner, plate, removed, age in (
+            ("v1", ann, "Ｂ-ＭＩ ２０２４", None, 0), ("v2", bob, "B-MI 2024", None, 1),
+            ("v3", bob, "Ｂ-ＭＩ ２０２４", None, 2), ("v4", bob, "Ｂ ＭＩ ２０２４", T0, 0)):
         car = Vehicle(owner_id=str(owner), license_plate=plate,
                       plate_key="".join(c for c in plate.upper() if c.isalnum()),
-                      removed_at=removed)
+                      removed_at=removed, created_at=T0 + timedelta(minutes=age),
+                      updated_by=str(owner))
         db["vehicle"].insert_one(to_doc(car))
         cars[name] = car.id
+    card = IdTag(tag="BOB-1", user_id=str(bob), vehicle_id=cars["v3"])
+    db["id_tag"].insert_one(to_doc(card))
     db[migrations.MIGRATIONS].delete_many({})  # a database from before the step
     await mongo.start()
-    stored = {c.id: (c.license_plate, c.plate_key) for c in await mongo.find_all(Vehicle, ALL)}
-    assert stored == {cars["v1"]: ("B-MI 2024", "BMI2024"),
-                      cars["v2"]: ("B-MI 2024", "BMI2024"),
-                      cars["v3"]: ("Ｂ-ＭＩ ２０２４", "ＢＭＩ２０２４"),
-                      cars["v4"]: ("B MI 2024", "BMI2024")}
+    stored = {c.id: (c.license_plate, c.plate_key, c.removed_at is None, c.updated_by)
+              for c in await mongo.find_all(Vehicle, ALL)}
+    assert stored == {cars["v1"]: ("B-MI 2024", "BMI2024", True, str(ann)),
+                      cars["v2"]: ("B-MI 2024", "BMI2024", True, str(bob)),
+                      cars["v3"]: ("B-MI 2024", "BMI2024", False, "system"),
+                      cars["v4"]: ("B MI 2024", "BMI2024", False, str(bob))}
+    [linked] = await mongo.find_all(IdTag, ALL)
+    assert (linked.vehicle_id, linked.updated_by) == (cars["v2"], "system")
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warned) == 1 and cars["v3"] in warned[0], warned
     found = await mongo.find_all(Vehicle, all_of(Eq("owner_id", str(ann)),

@@ -8,6 +8,10 @@ import os
 import shutil
 import sqlite3
 import stat
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -336,3 +340,233 @@ async def test_a_restore_over_a_database_that_cannot_be_read_moves_the_backups_n
     report = restore(tmp_path / "copy.db", broken)
 
     assert report.sequences["transaction"] == drawn + RESTORE_GAP + 1
+
+
+NOBODY = 65534  # the user the checks below run as: not the database's owner
+as_another_user = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None,
+    reason="needs root to run the restore as another user")
+
+
+def run_as_nobody(script: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+         sys.executable, "-c", script],
+        capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
+
+
+@pytest.fixture
+async def shared_folder(database: Path) -> AsyncIterator[Path]:
+    """A data folder anyone may write in (outside pytest's tmp_path, which only its
+    owner may enter), holding a database and a backup of it anyone may read."""
+    folder = Path(tempfile.mkdtemp(prefix="chargegraph-backup-"))
+    try:
+        os.chmod(folder, 0o777)
+        shutil.copy(database, folder / "chargegraph.db")
+        os.chmod(folder / "chargegraph.db", 0o600)  # as the service creates it
+        backup(database, folder / "copy.db")
+        os.chmod(folder / "copy.db", 0o644)
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def restore_as_nobody(folder: Path) -> subprocess.CompletedProcess[str]:
+    return run_as_nobody("from store.sqlite.backup import restore; "
+                         f"restore({str(folder / 'copy.db')!r}, "
+                         f"{str(folder / 'chargegraph.db')!r})")
+
+
+async def test_a_restore_keeps_the_replaced_databases_mode_and_owner(
+        database: Path, tmp_path: Path) -> None:
+    """Review s26: the service runs as its own user, the operator runs `sudo chargegraph
+    restore`; the restored file was the restorer's 0600 temporary, root's own, and the
+    service could not open it."""
+    backup(database, tmp_path / "copy.db")
+    if os.geteuid() == 0:
+        os.chown(database, NOBODY, NOBODY)  # the service's user
+    os.chmod(database, 0o640)
+
+    restore(tmp_path / "copy.db", database)
+
+    after = os.stat(database)
+    if os.geteuid() == 0:
+        assert (after.st_uid, after.st_gid) == (NOBODY, NOBODY)
+    assert stat.S_IMODE(after.st_mode) == 0o640
+
+
+@as_another_user
+async def test_a_root_restore_onto_a_fresh_volume_gives_the_file_to_the_folders_owner(
+        database: Path) -> None:
+    """Review r-ops2: README says run the restore "as the service's user ... or as root";
+    restored where there is no database yet (a new volume after a disk loss, the data
+    folder the service user's), the file was root's own 0600 temporary and the service,
+    running as its own user, could not open it. It is given the folder's owner and group,
+    mode 0600."""
+    folder = Path(tempfile.mkdtemp(prefix="chargegraph-fresh-"))
+    try:
+        os.chown(folder, NOBODY, NOBODY)  # the service's data folder, e.g. /data
+        os.chmod(folder, 0o755)
+        backup(database, folder / "copy.db")
+        os.chmod(folder / "copy.db", 0o644)
+
+        report = restore(folder / "copy.db", folder / "chargegraph.db")  # as root
+
+        after = os.stat(folder / "chargegraph.db")
+        assert (after.st_uid, after.st_gid) == (NOBODY, NOBODY)
+        assert stat.S_IMODE(after.st_mode) == 0o600
+        assert report.warnings == ()
+        run = run_as_nobody("import sqlite3; c = sqlite3.connect("
+                            f"{str(folder / 'chargegraph.db')!r}); "
+                            "print(c.execute('SELECT COUNT(*) FROM company').fetchone())")
+        assert run.returncode == 0, run.stderr
+        assert run.stdout.strip() == "(1,)"
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@as_another_user
+async def test_a_restore_onto_a_fresh_volume_that_cannot_give_it_the_folders_owner_is_refused(
+        shared_folder: Path) -> None:
+    """As where a database is replaced: a user who may write in the service's folder
+    but not give the file its owner is refused, leaving nothing behind."""
+    os.remove(shared_folder / "chargegraph.db")
+    os.chown(shared_folder, 4242, 4242)  # the service's user; the folder stays 0777
+
+    run = restore_as_nobody(shared_folder)
+
+    assert run.returncode != 0
+    assert "cannot give the restored" in run.stderr and "its folder's owner" in run.stderr
+    assert [name for name in os.listdir(shared_folder)
+            if name.startswith(("chargegraph.db", ".chargegraph.db"))] == []
+
+
+async def test_a_restore_onto_a_fresh_volume_of_roots_warns_that_the_service_must_own_it(
+        database: Path, tmp_path: Path) -> None:
+    """Where no database is replaced and the folder is root's, nothing tells the
+    service's user: the file is 0600 and its restorer's, and the output says so."""
+    backup(database, tmp_path / "copy.db")
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+
+    report = restore(tmp_path / "copy.db", fresh / "chargegraph.db")
+
+    after = os.stat(fresh / "chargegraph.db")
+    assert stat.S_IMODE(after.st_mode) == 0o600
+    assert after.st_uid == os.geteuid()
+    if fresh.stat().st_uid == 0:
+        [warning] = report.warnings
+        assert "the service's user must own" in warning and str(fresh) in warning
+    else:
+        assert report.warnings == ()
+
+
+@as_another_user
+async def test_a_restore_that_cannot_give_the_database_its_owner_is_refused(
+        shared_folder: Path) -> None:
+    """An operator without sudo may replace the file in the shared folder, but not give
+    the copy the service user's ownership: the service could not open it. Refused
+    before the database is touched."""
+    database = shared_folder / "chargegraph.db"
+    os.chmod(database, 0o666)  # the operator may read and write it, not chown it
+    before = database.read_bytes()
+
+    run = restore_as_nobody(shared_folder)
+
+    assert run.returncode != 0
+    assert "cannot give the restored" in run.stderr, run.stderr
+    assert "run the restore as root" in run.stderr
+    assert database.read_bytes() == before and database.stat().st_uid == 0
+    assert [name for name in os.listdir(shared_folder) if ".part" in name] == []
+
+
+@as_another_user
+async def test_a_restore_by_a_user_who_cannot_write_the_database_is_refused_while_it_is_open(
+        shared_folder: Path) -> None:
+    """Review s26: an operator who may write the data folder but not the database (the
+    service user's, 0644) restored while an instance serving GraphQL only had it open.
+    ``refuse_open``'s PRAGMA failed with SQLITE_IOERR_LOCK, taken for a damaged file, and
+    the database was replaced under the instance. Any error that proves no damage
+    refuses, naming the user to run it as."""
+    database = shared_folder / "chargegraph.db"
+    os.chmod(database, 0o644)
+    store = SqliteStore(str(database))  # the GraphQL-only instance (root here)
+    await store.start()
+    try:
+        inode = database.stat().st_ino
+
+        run = restore_as_nobody(shared_folder)
+
+        assert run.returncode != 0, "restored under an open database"
+        assert "open in another process" in run.stderr, run.stderr
+        assert "run the restore as the service's user" in run.stderr
+        assert database.stat().st_ino == inode
+        assert await store.health() is None
+    finally:
+        await store.close()
+
+
+@as_another_user
+async def test_a_restore_by_a_user_who_cannot_read_the_database_is_refused_under_a_live_lease(
+        shared_folder: Path) -> None:
+    """Review s26: the database 0600 (as the service makes it), an instance with OCPP
+    running: ``refuse_running`` took "unable to open database file" for "not a ChargeGraph
+    database", ``refuse_open`` and ``_drawn`` read nothing either, and the running
+    instance's database was replaced under it."""
+    database = shared_folder / "chargegraph.db"
+    store = SqliteStore(str(database))
+    await store.start()
+    try:
+        with contextlib.closing(sqlite3.connect(database)) as conn, conn:
+            far = 10**18  # a lease that expires in the far future: an instance runs
+            conn.execute('INSERT INTO "instance_lease" VALUES (?, 0, 0, ?, ?, ?, 0, ?)',
+                         ("i1", "system", "system", "host", far))
+        inode = database.stat().st_ino
+
+        run = restore_as_nobody(shared_folder)
+
+        assert run.returncode != 0, "restored under a live lease"
+        assert "an instance of the service runs" in run.stderr, run.stderr
+        assert "run the restore as the service's user" in run.stderr
+        assert database.stat().st_ino == inode
+    finally:
+        await store.close()
+
+
+async def test_a_restore_over_a_symbolic_link_replaces_the_file_it_names(
+        database: Path, tmp_path: Path) -> None:
+    """The database reached through a link (a volume mounted elsewhere): the rename
+    replaced the link with the restored file, and the stale WAL, next to the real file
+    where SQLite names it, was left to be replayed into the service's own file. A stale
+    rollback journal is removed too."""
+    backup(database, tmp_path / "copy.db")
+    link = tmp_path / "link.db"
+    link.symlink_to(database)
+    stale = [database.with_name(database.name + suffix)
+             for suffix in ("-wal", "-shm", "-journal")]
+    for side in stale:
+        side.write_bytes(b"")  # left by a crash; SQLite itself rolls back only a hot one
+
+    report = restore(tmp_path / "copy.db", link)
+
+    assert link.is_symlink() and link.resolve() == database
+    assert report.database == database
+    assert [side for side in stale if side.exists()] == []
+    assert counts(database) == (1, 1)
+
+
+def test_a_restore_where_the_database_is_gone_removes_what_it_left_beside_it(
+        database: Path, tmp_path: Path) -> None:
+    """A database deleted without its side files (the checks have nothing to open): a
+    stale WAL or rollback journal left there would be replayed into the restored file."""
+    backup(database, tmp_path / "copy.db")
+    gone = tmp_path / "gone.db"
+    stale = [gone.with_name(gone.name + suffix) for suffix in ("-wal", "-shm", "-journal")]
+    for side in stale:
+        side.write_bytes(b"stale")
+
+    restore(tmp_path / "copy.db", gone)
+
+    assert [side for side in stale if side.exists()] == []
+    assert counts(gone) == (1, 1)

@@ -1289,8 +1289,9 @@ async def test_version_61_keeps_plates_in_their_compatibility_form(
         db_path: str, caplog: pytest.LogCaptureFixture) -> None:
     """QA s25: a plate typed full-width ("ＢＭＩ２０２４") was its owner's second car
     beside "BMI2024". Plates stored before take their compatibility form (NFKC) and its
-    key; one whose owner keeps another car of that key stays as it is (the unique rule
-    holds), logged for the owner to remove one of the two; removed cars all take it."""
+    key; where an owner kept two cars of one key, the older is kept and the other
+    removed by the system, logged, its cards linked to the car kept (review s25: left as
+    stored, it kept its old key for good); removed cars all take the form."""
     caplog.set_level(logging.WARNING, logger="chargegraph.store")
     async with aiosqlite.connect(db_path, isolation_level=None) as conn:
         await apply_migrations(conn, [m for m in MIGRATIONS if m[0] < 61])
@@ -1303,16 +1304,28 @@ async def test_version_61_keeps_plates_in_their_compatibility_form(
             await conn.execute(
                 'INSERT INTO "vehicle" ("id", "created_at", "updated_at", "created_by", '
                 '"updated_by", "owner_id", "license_plate", "plate_key", "removed_at") '
-                "VALUES (?, 0, 0, 'system', 'system', ?, ?, ?, ?)",
-                (car_id, owner, plate, key, removed))
+                "VALUES (?, 0, 0, ?, ?, ?, ?, ?, ?)",
+                (car_id, owner, owner, owner, plate, key, removed))
+        await conn.execute(
+            'INSERT INTO "id_tag" ("id", "created_at", "updated_at", "created_by", '
+            '"updated_by", "tag", "user_id", "vehicle_id", "status") '
+            "VALUES ('t1', 0, 0, 'bob', 'bob', 'BOB-1', 'bob', 'v3', 'Accepted')")
+        before = int(time.time() * 1000) * 1000
         assert await apply_migrations(conn, MIGRATIONS) == [61]
-    assert raw(db_path, 'SELECT "id", "license_plate", "plate_key" FROM "vehicle" '
-                        'ORDER BY 1') == [
-        ("v1", "B-MI 2024", "BMI2024"), ("v2", "B-MI 2024", "BMI2024"),
-        ("v3", "Ｂ-ＭＩ ２０２４", "ＢＭＩ２０２４"), ("v4", "B MI 2024", "BMI2024"),
-        ("v5", "BMI2024", "BMI2024")]
+    assert raw(db_path, 'SELECT "id", "license_plate", "plate_key", "removed_at" IS NULL, '
+                        '"updated_by" FROM "vehicle" ORDER BY 1') == [
+        ("v1", "B-MI 2024", "BMI2024", 1, "ann"), ("v2", "B-MI 2024", "BMI2024", 1, "bob"),
+        ("v3", "B-MI 2024", "BMI2024", 0, "system"), ("v4", "B MI 2024", "BMI2024", 0, "bob"),
+        ("v5", "BMI2024", "BMI2024", 1, "cy")]
+    [(removed_at, updated_at)] = raw(
+        db_path, 'SELECT "removed_at", "updated_at" FROM "vehicle" WHERE "id" = \'v3\'')
+    assert isinstance(removed_at, int) and removed_at == updated_at
+    assert before <= removed_at <= time.time() * 1_000_000
+    assert removed_at % 1000 == 0  # milliseconds, as the domain keeps times
+    assert raw(db_path, 'SELECT "vehicle_id", "updated_by" FROM "id_tag"') == [
+        ("v2", "system")]
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warned) == 1 and "v3" in warned[0], warned
+    assert len(warned) == 1 and "v3" in warned[0] and "v2" in warned[0], warned
 
 
 async def test_version_56_gives_command_entries_their_command(db_path: str) -> None:

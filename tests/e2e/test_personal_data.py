@@ -1,0 +1,261 @@
+"""A person's copy of their data (``GET /export/me.json``, ``/export/users/{id}.json``) from
+a real ChargeGraph over HTTP: one JSON document of what is theirs and nothing of the
+other drivers of the station they share, streamed; who may take whose; each copy
+recorded in the person's audit log; a store failing part way cuts the transfer."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from domain import entities as d
+from domain.clock import utcnow
+from domain.errors import StoreUnavailable
+from domain.policy import SYSTEM, Viewer
+from domain.ports import Insert
+from domain.services import personal_data
+from domain.services.edits import edit
+from graph.ids import to_global_id
+from tests.e2e.conftest import Running, running_service
+from tests.e2e.test_metrics import scrape, value
+
+
+@pytest.fixture
+async def service(tmp_path: Path) -> AsyncIterator[Running]:
+    """The e2e seed (Volt GmbH runs CP-1); the driver charged twice on CP-1 (with their
+    car, and once with a card of no car), driver2 on the same charger, in between."""
+    async with running_service(tmp_path) as running:
+        charging = running.services.charging
+        start = utcnow() - timedelta(hours=6)
+        for n, (connector, tag, wh) in enumerate(((1, "TAG-OK", 12_345),
+                                                  (2, "TAG-OTHER", 7_000),
+                                                  (1, "TAG-OK", 2_000))):
+            began = start + timedelta(hours=n)
+            tx, _ = await charging.start_transaction("CP-1", connector, tag, 0, began)
+            await charging.stop_transaction("CP-1", tx, wh, began + timedelta(minutes=30),
+                                            reason="EVDisconnected")
+        yield running
+
+
+async def download(service: Running, path: str, token: str | None = None,
+                   method: str = "GET") -> httpx.Response:
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    async with httpx.AsyncClient() as client:
+        return await client.request(method, f"{service.http_url}{path}", headers=headers)
+
+
+def gid(kind: str, record_id: str) -> str:
+    return to_global_id(kind, record_id)
+
+
+async def test_a_driver_downloads_their_data_and_nothing_of_other_drivers(
+        service: Running) -> None:
+    c = service.central
+    driver, driver2 = c.users["driver"], c.users["driver2"]
+    token = await service.token("driver")
+    # A car they removed since is still theirs (its sessions name it).
+    old = await service.services.fleet.add_vehicle(Viewer.of(driver),
+                                                   license_plate="B-OLD 9")
+    await service.services.fleet.remove_vehicle(Viewer.of(driver), old.id)
+
+    response = await download(service, "/export/me.json", token)
+
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/json"
+    assert response.headers["content-disposition"].startswith(
+        f'attachment; filename="personal-data-{driver.id}-')
+    assert "content-length" not in response.headers  # streamed, chunked
+    doc = response.json()
+    assert doc["format"] == "chargegraph.personal-data/1"
+    assert doc["exportedBy"] == gid("user", driver.id)
+    assert doc["user"]["email"] == "driver@example.com"
+    assert doc["user"]["id"] == gid("user", driver.id)
+    assert {v["licensePlate"]: v["removedAt"] is not None for v in doc["vehicles"]} == {
+        "B-EV 1": False, "B-OLD 9": True}
+    assert sorted(t["tag"] for t in doc["idTags"]) == ["TAG-BLOCKED", "TAG-OK"]
+    # Their sessions, as GraphQL lists them, with energy and cost; their payments.
+    listed = await service.gql("{ sessions(first: 50) { nodes { id } } "
+                               "payments(first: 50) { nodes { id } } }", token=token)
+    assert sorted(s["id"] for s in doc["sessions"]) == sorted(
+        n["id"] for n in listed["sessions"]["nodes"])
+    assert sorted(s["energyWh"] for s in doc["sessions"]) == [2_000, 12_345]
+    assert {(s["costMinor"], s["cost"], s["currency"]) for s in doc["sessions"]} == {
+        (494, "4.94", "EUR"), (80, "0.80", "EUR")}
+    assert sorted(p["id"] for p in doc["payments"]) == sorted(
+        n["id"] for n in listed["payments"]["nodes"])
+    # The device they signed in on, no token.
+    assert len(doc["devices"]) == 1 and doc["devices"][0]["signedIn"] is True
+    # Newest first: this export, recorded before the copy was written.
+    assert doc["auditLog"][0]["action"] == "EXPORT"
+    assert doc["auditLog"][0]["actor"] == driver.id
+    ats = [e["at"] for e in doc["auditLog"]]
+    assert ats == sorted(ats, reverse=True)
+    assert doc["auditLogComplete"] is True and doc["auditLogCap"] == 10_000
+    # Nothing of driver2's, who charged on the same charger; no credentials.
+    text = response.text
+    for other in (driver2.id, gid("user", driver2.id), "TAG-OTHER", "driver2@example.com",
+                  "password_hash", "token_hash", "$argon2"):
+        assert other not in text, other
+    assert driver.password_hash not in text
+
+
+async def test_webhooks_are_exported_without_their_secret(service: Running) -> None:
+    op = service.central.users["op"]
+    hook = d.Webhook(url="https://billing.example.com/hook", events=["session.ended"],
+                     secret="whsec-never-shown", owner_id=op.id, company_id=op.company_id)
+    await service.services.ctx.store.write([Insert(hook)], [])
+    response = await download(service, "/export/me.json", await service.token("op"))
+    doc = response.json()
+    assert [(w["id"], w["url"]) for w in doc["webhooks"]] == [
+        (gid("webhook", hook.id), "https://billing.example.com/hook")]
+    assert "whsec-never-shown" not in response.text
+    # An operator's own copy: their charging, not their company's books.
+    assert doc["sessions"] == [] and doc["payments"] == []
+
+
+async def test_who_may_download_whose_copy(service: Running) -> None:
+    c = service.central
+    driver = c.users["driver"]
+    tokens = {name: await service.token(name)
+              for name in ("admin", "op", "op_other", "driver2")}
+    path = f"/export/users/{gid('user', driver.id)}.json"
+
+    by_admin = await download(service, path, tokens["admin"])
+    assert by_admin.status_code == 200, by_admin.text
+    doc = by_admin.json()
+    assert doc["user"]["email"] == "driver@example.com"
+    assert doc["exportedBy"] == gid("user", c.users["admin"].id)
+    assert (await download(service, f"/export/users/{driver.id}.json",
+                           tokens["admin"])).status_code == 200  # a raw id too
+    # The operator of the charger the driver used sees them by name: refused, not hidden.
+    assert (await download(service, path, tokens["op"])).json()["errors"][0]["code"] \
+        == "FORBIDDEN"
+    for name in ("op_other", "driver2"):  # cannot see the driver: as if missing
+        refused = await download(service, path, tokens[name])
+        assert (refused.status_code, refused.json()["errors"][0]["code"]) == (
+            404, "NOT_FOUND")
+    anonymous = await download(service, "/export/me.json")
+    assert anonymous.status_code == 401
+    assert (await download(service, "/export/me.json", "not-a-token")).status_code == 401
+    bad = await download(service, "/export/users/nope.json", tokens["admin"])
+    assert (bad.status_code, bad.json()["errors"][0]["code"]) == (400, "INVALID_ID")
+    assert (await download(service, "/export/me.json?x=1", tokens["admin"])
+            ).status_code == 400
+    # HEAD checks, and neither reads nor records.
+    head = await download(service, path, tokens["admin"], method="HEAD")
+    assert (head.status_code, head.content) == (200, b"")
+
+    # The driver reads in their audit log who took a copy of their data.
+    seen = await service.gql(
+        '{ auditLog(first: 10, filter: {action: EXPORT}) { nodes { actor entityId } } }',
+        token=await service.token("driver"))
+    assert seen["auditLog"]["nodes"] == [
+        {"actor": c.users["admin"].id, "entityId": gid("user", driver.id)}] * 2
+
+
+async def test_an_erased_account_is_refused(service: Running) -> None:
+    c = service.central
+    driver2 = c.users["driver2"]
+    await service.services.erasure.erase_user(Viewer.of(c.users["admin"]), driver2.id)
+    refused = await download(service, f"/export/users/{driver2.id}.json",
+                             await service.token("admin"))
+    assert refused.status_code == 410
+    assert refused.json()["errors"][0]["code"] == "ERASED"
+
+
+async def test_a_store_failure_is_503_before_and_a_cut_transfer_after(
+        service: Running, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(personal_data, "READ_ROWS", 1)
+    store = service.services.ctx.store
+    real = store.find_all
+    failing = [False]
+
+    async def find_all(kind: type[d.Record], *args: Any, **kwargs: Any) -> Any:
+        if failing[0] and kind is d.Session:
+            raise StoreUnavailable("the database cannot be read now", reason="gone")
+        return await real(kind, *args, **kwargs)
+
+    monkeypatch.setattr(store, "find_all", find_all)
+    token = await service.token("driver")
+    real_one = store.find_one
+
+    async def find_one(kind: type[d.Record], *args: Any, **kwargs: Any) -> Any:
+        if failing[0] and kind is d.User:
+            raise StoreUnavailable("the database cannot be read now", reason="gone")
+        return await real_one(kind, *args, **kwargs)
+
+    monkeypatch.setattr(store, "find_one", find_one)
+    failing[0] = True
+    before = await download(service, "/export/me.json", token)
+    assert (before.status_code, before.json()["errors"][0]["code"]) == (
+        503, "STORE_UNAVAILABLE")
+    monkeypatch.setattr(store, "find_one", real_one)  # opens; sessions fail mid-way
+    async with httpx.AsyncClient() as client, client.stream(
+            "GET", f"{service.http_url}/export/me.json",
+            headers={"authorization": f"Bearer {token}"}) as streamed:
+        assert streamed.status_code == 200
+        with pytest.raises(httpx.RemoteProtocolError):
+            await streamed.aread()  # no end of the chunked body: the client knows
+    samples, _ = await scrape(service)
+    assert value(samples, "chargegraph_export_requests_total", export="me",
+                 outcome="error") == 2
+
+
+async def test_what_they_did_to_others_records_is_listed_without_those_records(
+        service: Running) -> None:
+    """An admin's own copy lists their change of driver2's card (that they did it, and
+    when), but not the card's images: those are driver2's data, not the admin's."""
+    c = service.central
+    admin = c.users["admin"]
+    await service.services.fleet.update_id_tag(Viewer.of(admin), c.tags["other"].id,
+                                               status=d.IdTagStatus.BLOCKED)
+    response = await download(service, "/export/me.json", await service.token("admin"))
+    doc = response.json()
+    [done] = [e for e in doc["auditLog"] if e["entity"] == "id_tag"]
+    assert (done["entityId"], done["action"], done["actor"], done["aboutYou"],
+            done["before"], done["after"]) == (gid("id_tag", c.tags["other"].id),
+                                               "UPDATE", admin.id, False, None, None)
+    assert "TAG-OTHER" not in response.text
+    assert c.users["driver2"].id not in response.text
+
+
+async def test_a_demoted_admin_does_not_keep_the_cards_they_once_managed(
+        service: Running) -> None:
+    """Demoted to driver, an admin no longer reads driver2's card's history through
+    ``auditLog``; their copy of their data does not list their old change of it either
+    (which card, when): what they made is listed as their ``auditLog`` reads it now."""
+    c = service.central
+    admin, card = c.users["admin"], c.tags["other"]  # driver2's card
+    await service.services.fleet.update_id_tag(Viewer.of(admin), card.id,
+                                               status=d.IdTagStatus.BLOCKED)
+    await service.services.ctx.store.write([edit(admin, SYSTEM, role=d.Role.DRIVER)], [])
+    token = await service.token("admin")
+    listed = await service.gql('{ auditLog(first: 100) { nodes { entityId } } }',
+                               token=token)
+    assert gid("id_tag", card.id) not in str(listed)  # the API's read
+    response = await download(service, "/export/me.json", token)
+    assert response.status_code == 200
+    assert gid("id_tag", card.id) not in response.text
+    # What is theirs is still there: the entry of this very export, about them.
+    [export] = [e for e in response.json()["auditLog"] if e["action"] == "EXPORT"]
+    assert (export["entityId"], export["aboutYou"]) == (gid("user", admin.id), True)
+
+
+async def test_a_deactivated_accounts_devices_are_not_signed_in(service: Running) -> None:
+    """An account deactivated by a build before token epochs kept its epoch: its
+    devices' refresh tokens no longer sign in (``active`` is checked too), and the copy
+    an admin downloads for the person says so."""
+    c = service.central
+    driver = c.users["driver"]
+    await service.token("driver")  # a device signed in
+    await service.services.ctx.store.write([edit(driver, SYSTEM, active=False)], [])
+    response = await download(service, f"/export/users/{gid('user', driver.id)}.json",
+                              await service.token("admin"))
+    assert response.status_code == 200, response.text
+    [device] = response.json()["devices"]
+    assert (device["signedIn"], device["signedOutAt"]) == (False, None)

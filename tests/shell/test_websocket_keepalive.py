@@ -1,0 +1,147 @@
+"""GraphQL websocket keep-alives as `serve` runs them (real uvicorn, real websockets
+clients): a quiet graphql-transport-ws socket gets a ``ping`` and is closed when its client
+never answers; a legacy graphql-ws one gets a ``ka`` every interval; 0 turns them off.
+
+The interval is the setting's least, 1 s: each test waits a few seconds for messages that
+must (or must not) arrive, and times nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+from starlette.applications import Starlette
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from chargegraph.cli import _uvicorn
+from chargegraph.settings import Settings
+from domain.entities import Role
+from domain.policy import SYSTEM
+from graph import TokenService
+from tests.helpers import free_port, until_started
+
+SECRET = "k" * 40
+TRANSPORT = "graphql-transport-ws"
+LEGACY = "graphql-ws"
+
+
+@contextlib.asynccontextmanager
+async def serving(tmp_path: Path, keepalive: float) -> AsyncIterator[tuple[str, str]]:
+    """`serve`'s uvicorn with ``CHARGEGRAPH_WS_KEEPALIVE_S=keepalive``: its /graphql URL
+    and a driver's token."""
+    port = free_port()
+    settings = Settings(database_url=f"sqlite:///{tmp_path}/ka.db",  # type: ignore[call-arg]
+                        jwt_secret=SECRET, ocpp_enabled=False, port=port,
+                        log_level="WARNING", ws_keepalive_s=keepalive)
+    server = _uvicorn(settings)
+    task = asyncio.create_task(server.serve())
+    await until_started(server)
+    try:
+        services = cast(Starlette, server.config.app).state.services
+        user = await services.accounts.create_user(
+            SYSTEM, email="mia@example.com", password="a long password", name="Mia",
+            role=Role.DRIVER)
+        token = TokenService(SECRET, timedelta(hours=1)).issue(user.id).token
+        yield f"ws://127.0.0.1:{port}/graphql", token
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 15)
+
+
+async def opened(url: str, protocol: str, token: str) -> ClientConnection:
+    ws = await connect(url, subprotocols=[protocol])  # type: ignore[list-item]
+    await ws.send(json.dumps({"type": "connection_init",
+                              "payload": {"authorization": f"Bearer {token}"}}))
+    assert json.loads(await asyncio.wait_for(ws.recv(), 5))["type"] == "connection_ack"
+    return ws
+
+
+async def received(ws: ClientConnection, seconds: float) -> list[dict[str, Any]]:
+    """What the server sends within ``seconds`` (less if it closes the socket)."""
+    messages: list[dict[str, Any]] = []
+    with contextlib.suppress(TimeoutError, ConnectionClosed):
+        async with asyncio.timeout(seconds):
+            while True:
+                messages.append(json.loads(await ws.recv()))
+    return messages
+
+
+async def test_a_quiet_socket_is_pinged_and_stays_open_while_its_client_answers(
+        tmp_path: Path) -> None:
+    async with serving(tmp_path, 1) as (url, token):
+        ws = await opened(url, TRANSPORT, token)
+        pings = 0
+        async with asyncio.timeout(10):
+            while pings < 3:  # three intervals and more: each ping answered in time
+                message = json.loads(await ws.recv())
+                assert message == {"type": "ping"}, message
+                pings += 1
+                await ws.send(json.dumps({"type": "pong"}))
+        # A client's own ping is answered, and the socket still serves.
+        await ws.send(json.dumps({"type": "ping"}))
+        assert json.loads(await asyncio.wait_for(ws.recv(), 5)) == {"type": "pong"}
+        await ws.close()
+
+
+async def test_a_client_that_never_answers_a_ping_is_closed(tmp_path: Path) -> None:
+    """A half-open socket (the client gone without a close: a laptop closed, a phone
+    out of coverage) was held for ever, its subscriptions rendered for nobody."""
+    async with serving(tmp_path, 1) as (url, token):
+        ws = await opened(url, TRANSPORT, token)
+        await ws.send(json.dumps({"id": "1", "type": "subscribe", "payload": {
+            "query": "subscription { connectorStatusChanged { cpId status } }"}}))
+        messages = await received(ws, 10)
+        assert messages == [{"type": "ping"}]
+        assert (ws.close_code, ws.close_reason) == (4408, "Pong timeout")
+
+
+async def test_a_client_that_talks_is_not_pinged(tmp_path: Path) -> None:
+    """Pings only on a quiet socket: a client that keeps sending (here its own pings,
+    answered) shows it is there, and the answers keep the way to it busy."""
+    async with serving(tmp_path, 1) as (url, token):
+        ws = await opened(url, TRANSPORT, token)
+        for _ in range(12):  # 3 s: three intervals
+            await ws.send(json.dumps({"type": "ping"}))
+            assert json.loads(await asyncio.wait_for(ws.recv(), 5)) == {"type": "pong"}
+            await asyncio.sleep(0.25)
+        await ws.close()
+
+
+async def test_legacy_sockets_get_a_ka_every_interval_also_while_busy(
+        tmp_path: Path) -> None:
+    """graphql-ws has no pong: a ``ka`` right after the ack and then every interval,
+    also between results (Apollo's client counts only ``ka`` and gives up on a socket
+    30 s without one); never a close for want of an answer."""
+    async with serving(tmp_path, 1) as (url, token):
+        ws = await connect(url, subprotocols=[LEGACY])  # type: ignore[list-item]
+        await ws.send(json.dumps({"type": "connection_init",
+                                  "payload": {"authorization": f"Bearer {token}"}}))
+        first = [json.loads(await asyncio.wait_for(ws.recv(), 5)) for _ in range(2)]
+        assert first == [{"type": "connection_ack"}, {"type": "ka"}]
+        kinds: list[str] = []
+        for number in range(12):  # 3 s of queries answered, then 2 s of quiet
+            await ws.send(json.dumps({"id": str(number), "type": "start",
+                                      "payload": {"query": "{ me { email } }"}}))
+            await asyncio.sleep(0.25)
+        kinds += [m["type"] for m in await received(ws, 2)]
+        assert kinds.count("data") == 12 and kinds.count("complete") == 12
+        # 5 s: at least four, whatever the timer's phase against the queries.
+        assert kinds.count("ka") >= 4, kinds
+        assert ws.close_code is None
+        await ws.close()
+
+
+@pytest.mark.parametrize("protocol", [TRANSPORT, LEGACY])
+async def test_zero_turns_keepalives_off(tmp_path: Path, protocol: str) -> None:
+    async with serving(tmp_path, 0) as (url, token):
+        ws = await opened(url, protocol, token)
+        assert await received(ws, 2.5) == []
+        assert ws.close_code is None
+        await ws.close()
