@@ -1311,7 +1311,7 @@ async def test_version_61_keeps_plates_in_their_compatibility_form(
             '"updated_by", "tag", "user_id", "vehicle_id", "status") '
             "VALUES ('t1', 0, 0, 'bob', 'bob', 'BOB-1', 'bob', 'v3', 'Accepted')")
         before = int(time.time() * 1000) * 1000
-        assert await apply_migrations(conn, MIGRATIONS) == [61]
+        assert await apply_migrations(conn, [m for m in MIGRATIONS if m[0] <= 61]) == [61]
     assert raw(db_path, 'SELECT "id", "license_plate", "plate_key", "removed_at" IS NULL, '
                         '"updated_by" FROM "vehicle" ORDER BY 1') == [
         ("v1", "B-MI 2024", "BMI2024", 1, "ann"), ("v2", "B-MI 2024", "BMI2024", 1, "bob"),
