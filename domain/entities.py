@@ -310,9 +310,12 @@ class Station(Record):
     booted_at: datetime | None = None
     #: The registration its charger acts on (``domain.registration``): the one its last
     #: BootNotification was answered with, which OCPP 1.6 (4.2) has it keep until its
-    #: next boot; or, when ``registration`` was changed before any boot was answered
-    #: with it kept, the registration it was changed from. ``None``: ``registration``'s
-    #: (SQLite migration 59; stations from before it, until their next boot).
+    #: next boot; or, when ``registration`` was changed after a boot answered before
+    #: this was kept, the registration it was changed from. ``None``: ``registration``'s
+    #: (a charger that never booted was told nothing; stations from before SQLite
+    #: migration 60, until their next boot, but those with a session open then, whose
+    #: charger was told Accepted: migration 60 and MongoDB's ``charger_registration``
+    #: step set it).
     charger_registration: Registration | None = None
     #: The charge point as a whole, from its StatusNotifications for connector 0
     #: (Available, Unavailable or Faulted); ``None`` until it sent one.

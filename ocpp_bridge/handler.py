@@ -132,6 +132,8 @@ ActionHandler = Callable[["ChargePointHandler", Payload], Awaitable[Payload]]
 FAST_SEND_BUFFER = 64 * 1024
 #: Close code for a charger whose station was removed (1008: policy violation).
 CLOSE_UNKNOWN_STATION = 1008
+#: Close code for a connection signed in with a password its station no longer has.
+CLOSE_PASSWORD_CHANGED = 1008
 #: The answer to the notifications whose confirmation carries no fields.
 EMPTY: Payload = {}
 #: The metrics label of an action we do not serve (or a frame without one): chargers may
@@ -265,6 +267,13 @@ class ChargePointHandler(ChargePoint):
         self.left: str | None = None
         #: Its station was removed (``station_removed``): its messages are refused.
         self._station_removed = False
+        #: Whether it signed in at its handshake, and the station's password hash it
+        #: signed in against (``None``: the station had none): a new password shuts it
+        #: out (``password_changed``).
+        self.signed_in = False
+        self.signed_in_with: str | None = None
+        #: Its station was given a new password (``password_changed``): shut out.
+        self._shut_out = False
         #: The id of the station record it signed in as (at its handshake); ``None``
         #: when not known. A removal is its only if it is of that station: the cpId may
         #: have been created again since (``OcppServer._watch_removals``).
@@ -403,6 +412,30 @@ class ChargePointHandler(ChargePoint):
         another password) is not this connection's to report into."""
         self.superseded("had its station removed")
         self._station_removed = True
+
+    def password_changed(self) -> None:
+        """Its station was given a new password since it signed in: it is shut out (the
+        way to shut out a compromised charger, README). Its commands fail now as at a
+        supersession, and what the socket still delivers while it closes is refused
+        (SecurityError): it acts on what it was told, Accepted maybe, and must not go on
+        reporting, starting sessions on drivers' cards, until it signs in again, which
+        it cannot without the new password."""
+        if not self._shut_out:
+            self.superseded("had its station's password changed")
+            self._shut_out = True
+
+    async def shut_out_if_password_changed(self) -> bool:
+        """Whether its station was given a new password since it signed in (then it is
+        shut out, ``password_changed``): checked on every message from the station as
+        cached, so a change whose announcement this instance missed, or that landed
+        while this connection signed in, shuts it out at its next message."""
+        if self._shut_out:
+            return True
+        if not self.signed_in or not await self.charging.password_changed(
+                self.id, self.signed_in_with):
+            return False
+        self.password_changed()
+        return True
 
     def _fail_all(self, error_for: Callable[[str], ChargerError]) -> None:
         self._closed = True
@@ -600,6 +633,14 @@ class ChargePointHandler(ChargePoint):
             if self._station_removed:
                 raise FrameError(frames.PROPERTY_CONSTRAINT_VIOLATION,
                                  f"unknown charge point {self.id}", uid)
+            if await self.shut_out_if_password_changed():
+                self._count(action, False)
+                await self._send(frames.call_error(
+                    uid, frames.SECURITY_ERROR, f"{action} refused: the station's password "
+                    "was changed since this connection signed in"))
+                log.info("%s: its station's password was changed; closing", self.id)
+                await self.hang_up(CLOSE_PASSWORD_CHANGED, "password changed")
+                return
             if action != "BootNotification" and not await self.charging.admits(self.id,
                                                                                 action):
                 # The charger keeps what it queued (a StartTransaction, its meter values)

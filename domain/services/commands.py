@@ -60,7 +60,7 @@ from domain.ids import new_id
 from domain.policy import SYSTEM, Viewer, live_reservations
 from domain.ports import Change, ChargerGateway, Delete, Guard, Insert, Update
 from domain.query import ALL, Eq, Filter, In, NotSub, Range, Sort, all_of
-from domain.registration import PENDING_MAY_SEND
+from domain.registration import admits
 from domain.services.base import (
     Service,
     ServiceContext,
@@ -100,13 +100,14 @@ POSITIVE = frozenset({"Accepted", "Unlocked", "Scheduled", "RebootRequired"})
 COMMAND_TIMEOUT_S = 30.0
 
 
-#: What a station that is not Accepted may not be asked: OCPP 1.6 (4.2) has the central
-#: system initiate nothing while a station is Rejected, and while it is Pending it may
+#: What a charger not told Accepted may not be asked: OCPP 1.6 (4.2) has the central
+#: system initiate nothing while a charger is Rejected, and while it is Pending it may
 #: only read or change its configuration: no remote start or stop, no reservation.
 _CHARGING_ACTIONS = frozenset({"RemoteStartTransaction", "RemoteStopTransaction",
                                "ReserveNow"})
-#: What authorizes a new session (a card on a plug): sent only to a station Accepted now,
-#: whatever its charger was told (``registration.NEW_AUTHORIZATIONS``, the charger's).
+#: What authorizes a new session (a card on a plug): sent only to a station Accepted now
+#: whose charger was told Accepted too (``registration.NEW_AUTHORIZATIONS``, the
+#: charger's).
 _AUTHORIZING_ACTIONS = frozenset({"RemoteStartTransaction", "ReserveNow"})
 
 
@@ -152,38 +153,52 @@ def _refuse_driver_profile(action: str, payload: dict[str, Any]) -> None:
 
 
 def _refuse_unregistered(station: Station, action: str, payload: dict[str, Any]) -> None:
-    """Refuses a command a station's charger is not to be sent for its registration. A
-    charger told Accepted at its last boot (``Station.charger_registration``) acts as
-    Accepted until its next, whatever the station was made since: it is sent what an
-    Accepted one is, a session it runs stopped (RemoteStopTransaction), its connector
-    unlocked, itself reset (so it boots and learns), but nothing that authorizes a new
-    session (``_AUTHORIZING_ACTIONS``) unless the station is Accepted now. Refused
-    INVALID_STATE, a session left running on a station made Pending could not be stopped
-    remotely (review s25)."""
+    """Refuses a command the station's charger is not to be sent (OCPP 1.6, 4.2), judged
+    by the registration its last boot was answered with (``Station.charger_registration``),
+    which it acts on until its next; a charger that never booted (told nothing) and a
+    station from before migration 60 by the station's registration. Told Rejected, it
+    answers nothing, and is sent nothing. Told Pending, it may have its configuration
+    read and changed, but is sent no remote start or stop and no reservation, and is not
+    triggered for a message its station would refuse (``_refuse_unadmitted_trigger``).
+    Told Accepted, it is sent what an Accepted one is, whatever its station was made
+    since: a session it runs stopped, its plug unlocked, a reset that makes it boot and
+    learn (review s25: a session left running on a station made Pending could not be
+    stopped). What authorizes a new session (``_AUTHORIZING_ACTIONS``) needs both: the
+    station Accepted now and its charger told so (review s25: a charger told Rejected,
+    its station accepted since, was sent a RemoteStartTransaction it never answered; one
+    told Pending, a remote start or stop 1.6 forbids)."""
+    told = station.charger_registration or station.registration
     if station.registration is not Registration.ACCEPTED and action in _AUTHORIZING_ACTIONS:
         raise ValidationError(f"the station's registration is "
                               f"{station.registration.value.lower()}: accept it first",
                               field="cpId", code="INVALID_STATE")
-    if Registration.ACCEPTED in (station.registration, station.charger_registration):
+    if told is Registration.ACCEPTED:
         return
-    if station.registration is Registration.REJECTED or (
-            station.registration is Registration.PENDING and action in _CHARGING_ACTIONS):
-        raise ValidationError(f"the station's registration is "
-                              f"{station.registration.value.lower()}: accept it first",
-                              field="cpId", code="INVALID_STATE")
-    if station.registration is Registration.PENDING and action == "TriggerMessage":
-        _refuse_unadmitted_trigger(payload)
+    if told is Registration.REJECTED or action in _CHARGING_ACTIONS:
+        raise ValidationError(_told(station, told), field="cpId", code="INVALID_STATE")
+    if action == "TriggerMessage":
+        _refuse_unadmitted_trigger(station, payload)
 
 
-def _refuse_unadmitted_trigger(payload: dict[str, Any]) -> None:
-    """A Pending station is not asked for a message its answer would be refused
-    (``registration.PENDING_MAY_SEND``): a triggered MeterValues was answered
-    SecurityError, after the charger had said Accepted to the trigger. (OCPP 1.6, 4.2,
-    lets a Pending charger send what it is told to; but a MeterValues carries energy and
-    session data, which nobody accepted the station to report, and on arrival a
-    triggered one cannot be told from any other: so it is not asked for.)"""
+def _told(station: Station, told: Registration) -> str:
+    """Why a charger told ``told`` is not sent a command."""
+    if station.registration is not told:
+        return (f"its charger was told {told.value.lower()} at its last boot and acts on "
+                f"it until its next: wait for it to boot again")
+    return f"the station's registration is {told.value.lower()}: accept it first"
+
+
+def _refuse_unadmitted_trigger(station: Station, payload: dict[str, Any]) -> None:
+    """A charger told Pending is not asked for a message its answer would be refused
+    (``registration.admits``, by the station's registration and the one its charger was
+    told): a triggered MeterValues was answered SecurityError, after the charger had
+    said Accepted to the trigger. (OCPP 1.6, 4.2, lets a Pending charger send what it is
+    told to; but a MeterValues carries energy and session data, which nobody accepted
+    the station to report, and on arrival a triggered one cannot be told from any other:
+    so it is not asked for.)"""
     requested = payload.get("requestedMessage")
-    if isinstance(requested, str) and requested not in PENDING_MAY_SEND:
+    if isinstance(requested, str) and not admits(station.registration, requested,
+                                                 station.charger_registration):
         raise ValidationError(f"the station's registration is pending, and it may not "
                               f"send {requested} until it is accepted: accept it first",
                               field="requestedMessage", code="INVALID_STATE")
@@ -1044,6 +1059,11 @@ class CommandService(Service):
         connected: it boots on connecting."""
         [now] = await self.store.get_many(Station, [station.id])
         if now is None or not now.online or now.registration is not Registration.ACCEPTED:
+            return
+        if now.charger_registration is Registration.REJECTED:
+            # OCPP 1.6 (4.2): a charger told Rejected answers nothing, and is sent
+            # nothing (``_refuse_unregistered``); it boots again within its boot
+            # interval (at most ``charging.RETRY_BOOT_S``) and is told Accepted then.
             return
         outcome = await self.send(SYSTEM, now.cp_id, "TriggerMessage",
                                   {"requestedMessage": "BootNotification"})

@@ -1258,9 +1258,19 @@ CREATE TABLE "delivery_claim" (
 # the answer to its last BootNotification, which it keeps until its next boot. A station
 # made Pending or Rejected mid-session had its charger's stop, meter values and reports
 # judged by a registration the charger had not been told (review s25). Older rows: null,
-# the station's registration.
+# the station's registration; but a station with a session open (ACTIVE, or awaiting its
+# late stop) was charging, so its charger was told Accepted: one made Pending or Rejected
+# mid-session under schema 59 (whose stop was taken then) would otherwise have its stop
+# refused after the upgrade, the session left open and unbilled (review s25). MongoDB:
+# ``migrations._charger_registrations``.
 _V60 = """
 ALTER TABLE "station" ADD COLUMN "charger_registration" TEXT;
+UPDATE "station" SET "charger_registration" = 'Accepted'
+WHERE EXISTS (
+  SELECT 1 FROM "session"
+  WHERE "session"."station_id" = "station"."id"
+    AND ("session"."state" = 'ACTIVE'
+         OR ("session"."state" = 'COMPLETED' AND "session"."stop_reason" IS NULL)));
 """
 
 #: Migration 61's cars to remove: kept cars of an owner who keeps an older one (by

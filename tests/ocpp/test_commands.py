@@ -221,6 +221,46 @@ async def test_a_session_left_running_on_a_station_made_pending_can_still_be_sto
             ("cpId", "INVALID_STATE")], started
 
 
+@pytest.mark.parametrize("told", [d.Registration.PENDING, d.Registration.REJECTED])
+async def test_a_charger_told_pending_or_rejected_is_asked_only_what_ocpp_allows_once_accepted(
+        central: Central, told: d.Registration) -> None:
+    """Review s25: commands were judged by the station's registration alone once it was
+    Accepted, whatever its charger was told at its last boot: one told Rejected (which
+    answers no central-system message until it boots again, OCPP 1.6 4.2) was sent a
+    RemoteStartTransaction and its driver waited out the timeout; one told Pending, a
+    remote start or stop 1.6 forbids. Until it boots again it is asked what 1.6 allows
+    for what it was told (Pending: its configuration, a trigger its station admits the
+    answer of; Rejected: nothing, not even the acceptance's nudge), then all."""
+    station_id = central.stations["CP-1"].id
+    stations = central.services.stations
+    await stations.update_station(SYSTEM, station_id, registration=told)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        assert (await cp.boot()).status == told.value
+        if told is d.Registration.PENDING:
+            stations.on_accepted = None  # it missed the acceptance's TriggerMessage
+        await stations.update_station(SYSTEM, station_id,
+                                      registration=d.Registration.ACCEPTED)
+        await stations.settled()
+        pending = told is d.Registration.PENDING
+        for name, extra, allowed in (
+                ("remoteStartTransaction", {"connectorId": 1, "idTag": "TAG-OK"}, False),
+                ("remoteStopTransaction", {"transactionId": 1}, False),
+                ("getConfiguration", {}, pending),
+                ("triggerMessage", {"requestedMessage": "METER_VALUES", "connectorId": 1},
+                 pending)):
+            answer = await run(central, name, {"cpId": "CP-1", **extra}, "__typename")
+            errors = [(e["field"], e["code"]) for e in answer["errors"]]
+            assert errors == ([] if allowed else [("cpId", "INVALID_STATE")]), (name, answer)
+        await settle()
+        assert [name for name, _ in cp.received] == (
+            ["GetConfiguration", "TriggerMessage"] if pending else [])
+        assert (await cp.boot()).status == "Accepted"  # told Accepted: all of it now
+        started = await run(central, "remoteStartTransaction",
+                            {"cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OK"},
+                            "status errors { code }")
+        assert started["status"] == "ACCEPTED" and started["errors"] == [], started
+
+
 async def test_a_pending_station_is_triggered_only_for_what_it_may_send(central: Central
                                                                         ) -> None:
     """QA s19 (t24): a Pending station was sent TriggerMessage(MeterValues), said
