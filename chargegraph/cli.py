@@ -279,6 +279,8 @@ def restore(
     numbers = ", ".join(f"{name} {value}" for name, value in sorted(report.sequences.items()))
     typer.echo(f"restored {path} to {report.database} (schema version "
                f"{report.schema_version}); next numbers: {numbers}")
+    for warning in report.warnings:
+        typer.echo(f"warning: {warning}", err=True)
 
 
 @app.command()

@@ -98,11 +98,16 @@ def remove_sqlite_database(database_url: str) -> list[Path]:
     journal); returns what was removed. Refuses a database an instance of the service
     runs on (its lease is live) or another process has open, one this user cannot tell
     that of (it may not read and write it: ``backup.refuse_inaccessible``), and other
-    backends: dropping a MongoDB database is too destructive to do on a flag."""
+    backends: dropping a MongoDB database is too destructive to do on a flag. A symbolic
+    link is followed: the file it names goes, the link stays."""
     path = sqlite_path(database_url)
     if path is None:
         raise ConfigError("--reset works on SQLite databases only; drop the MongoDB "
                           "database yourself to start over")
+    # A symbolic link is followed, as restore does: SQLite names the side files after the
+    # real path, and unlinking the link left the database it names (review r-ops2). The
+    # link is kept: the next start creates the new database where it points.
+    path = path.resolve()
     from store.sqlite.backup import (
         SIDE_FILES,
         BackupError,

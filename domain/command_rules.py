@@ -344,11 +344,14 @@ def without_credentials(url: str) -> str:
     a charger) is a credential as much (QA s25: kept whole); the parameters' names stay,
     to tell which URL it was. Idempotent: a URL shown so is shown as it is.
 
-    The user information is everything up to the ``@`` that precedes the host
-    (``_user_info_end``), not only up to the first ``/``, ``?`` or ``#``: a password
-    typed with one of those unencoded (``ftp://diag:p#ss@host/``, which ``_url``
-    accepts) was kept whole (review s25). Fail closed: an ``@`` in a path followed by
-    something host-like (``https://host/a@b/``) hides what precedes it too."""
+    The user information ends at an ``@`` followed by a host (``_user_info_end``), not
+    always at the first ``/``, ``?`` or ``#``: a password typed with one of those
+    unencoded (``ftp://diag:p#ss@files.example.com/``, which ``_url`` accepts) was kept
+    whole (review s25). But an ``@`` after a query's ``?`` (a signed URL's
+    ``X-Goog-Credential=signer@project.iam.gserviceaccount.com/...``) ends no user
+    information, unless a password may hold that ``?``; when both readings fit, the URL
+    is shown as ``scheme://[hidden]``: no query value is ever shown (review s25: the
+    signature was shown whole)."""
     # By hand, not ``urlsplit``: a URL shown so (``ftp://[hidden]@host/``, as older
     # entries keep it) is read again on every audit read, and ``urlsplit`` refuses its
     # bracketed user information as a malformed IPv6 host.
@@ -357,6 +360,8 @@ def without_credentials(url: str) -> str:
         scheme, rest = "", url
     else:
         end = _user_info_end(rest)
+        if end is None:
+            return f"{scheme}{sep}{HIDDEN}"
         if end >= 0:
             rest = f"{HIDDEN}{rest[end:]}"
         scheme = f"{scheme}{sep}"
@@ -368,20 +373,49 @@ def without_credentials(url: str) -> str:
 #: A URL's host as it follows its user information's ``@``: a name or an IPv4 address,
 #: or a bracketed IPv6 one, and a port; up to the path, query or fragment.
 _HOST = re.compile(r"(?:\[[0-9A-Za-z:.%]+\]|[A-Za-z0-9.\-_~%]+)(?::[0-9]*)?")
+#: What ends a URL's authority (RFC 3986, 3.2): its path, query or fragment.
+_AUTHORITY_END = re.compile(r"[/?#]")
 
 
-def _user_info_end(rest: str) -> int:
+def _user_info_end(rest: str) -> int | None:
     """Where the user information of a URL's ``rest`` (what follows ``scheme://``) ends:
-    the index of the last ``@`` followed by a host (``_HOST``, up to a ``/``, ``?``,
-    ``#`` or the end), or -1 for none. The last such: a password may hold ``@``, ``/``,
-    ``?`` and ``#`` unencoded, a host none of them."""
-    at = rest.rfind("@")
+    the index of its ``@``, -1 for none, ``None`` when that cannot be told safely.
+
+    RFC 3986 reads the authority up to the first ``/``, ``?`` or ``#``, and its user
+    information up to the last ``@`` in it. A password may hold those three unencoded
+    (``user:p/ss@host``), so an ``@`` further on followed by a host (``_HOST``, up to the
+    next of them) may end it too, the last such (hiding the most): one before the first
+    ``?`` or ``#`` (a user name or token may hold ``/``), one past it only if the RFC
+    authority holds a ``:`` outside brackets (``user:password``; a name never holds
+    ``?`` or ``#``). An ``@`` in a query string with no password before it ends nothing:
+    ``?X-Goog-Credential=signer@project.iam.gserviceaccount.com/...`` (review s25). When
+    a ``?`` precedes the ``@`` taken and the RFC reading fits too (a host and a port:
+    ``ftp://diag:12?x@host/``), what one reading shows as host and path is a query value
+    in the other: ``None``, fail closed.
+
+    Linear in ``rest``: each ``@`` looks only at the text up to the next one (the
+    reviewer's ``http://x/`` and 65536 ``@`` copied and split the rest for each)."""
+    first = _AUTHORITY_END.search(rest)
+    authority_end = first.start() if first else len(rest)
+    rfc_at = rest.rfind("@", 0, authority_end)
+    colon = rest.find(":", 0, authority_end)
+    password = colon >= 0 and "[" not in rest[:colon]
+    marks = [i for i in (rest.find("?"), rest.find("#")) if i >= 0]
+    past = min(marks) if marks and not password else len(rest)  # no user info beyond
+    end = rfc_at
+    at = rest.find("@", authority_end, past)
     while at >= 0:
-        host = re.split(r"[/?#]", rest[at + 1:], maxsplit=1)[0]
-        if _HOST.fullmatch(host):
-            return at
-        at = rest.rfind("@", 0, at)
-    return -1
+        following = rest.find("@", at + 1, past)
+        bound = following if following >= 0 else len(rest)
+        stop = _AUTHORITY_END.search(rest, at + 1, bound)
+        if (stop is not None or following < 0) \
+                and _HOST.fullmatch(rest, at + 1, stop.start() if stop else bound):
+            end = at
+        at = following
+    if end > authority_end and rest.find("?", 0, end) >= 0 \
+            and _HOST.fullmatch(rest, rfc_at + 1, authority_end):
+        return None  # a query value in one reading, the user information in the other
+    return end
 
 
 #: A query parameter's name kept in a URL shown (``_query_names``): a short identifier.

@@ -310,9 +310,12 @@ class Station(Record):
     booted_at: datetime | None = None
     #: The registration its charger acts on (``domain.registration``): the one its last
     #: BootNotification was answered with, which OCPP 1.6 (4.2) has it keep until its
-    #: next boot; or, when ``registration`` was changed before any boot was answered
-    #: with it kept, the registration it was changed from. ``None``: ``registration``'s
-    #: (SQLite migration 59; stations from before it, until their next boot).
+    #: next boot; or, when ``registration`` was changed after a boot answered before
+    #: this was kept, the registration it was changed from. ``None``: ``registration``'s
+    #: (a charger that never booted was told nothing; stations from before SQLite
+    #: migration 60, until their next boot, but those with a session open then, whose
+    #: charger was told Accepted: migration 60 and MongoDB's ``charger_registration``
+    #: step set it).
     charger_registration: Registration | None = None
     #: The charge point as a whole, from its StatusNotifications for connector 0
     #: (Available, Unavailable or Faulted); ``None`` until it sent one.
@@ -934,6 +937,12 @@ class PendingStart(Record):
     #: second settling (a StartTransaction's copy on another socket, an answer after the
     #: StartTransaction) finds nothing to do rather than a record gone.
     settled_at: datetime | None = None
+    #: Its station's ``booted_at`` as read when it was sent: the boot its charger was in
+    #: then. It holds its card and plug while the station's is the same
+    #: (``pending_starts.holds``), compared as a value, not against ``created_at``: two
+    #: instances' clocks differ (review s25). ``None``: stored before SQLite migration 62
+    #: (MongoDB: missing), or sent to a station never booted; judged by ``created_at``.
+    station_booted_at: datetime | None = None
 
 
 @dataclass(kw_only=True)

@@ -254,6 +254,16 @@ class StationRemoved(DomainEvent):
 
 
 @dataclass(frozen=True, kw_only=True)
+class StationPasswordChanged(DomainEvent):
+    """Never to clients: an operator gave a station a new password, so the instance
+    holding its charger's websocket closes a connection that signed in with the old one
+    (``OcppServer._watch_removals``): the way to shut out a compromised charger, which
+    then cannot sign in again (README, "Shutting out a charger")."""
+
+    topic: ClassVar[str] = "station_password_changed"
+
+
+@dataclass(frozen=True, kw_only=True)
 class StationChanged(DomainEvent):
     """Never to clients: an operator edited a station or its connectors (registration,
     company, owner, password, ratings, …), so every instance drops what it caches of the
@@ -278,7 +288,8 @@ class SignInsCounted(DomainEvent):
 
 
 #: The topics clients may subscribe to (the relay's three, ``access``,
-#: ``station_removed``, ``station_changed`` and ``sign_ins_counted`` are internal;
+#: ``station_removed``, ``station_password_changed``, ``station_changed`` and
+#: ``sign_ins_counted`` are internal;
 #: ``station_sight`` reaches clients as ``stationConnectionChanged``, beside its topic).
 ALL_TOPICS: tuple[str, ...] = (
     ConnectorStatusChanged.topic,
@@ -320,7 +331,8 @@ EVENT_TYPES: dict[str, type[DomainEvent]] = {
     for t in (ConnectorStatusChanged, StationConnectionChanged, SessionChanged, FaultReported,
               MaintenanceStatusChanged, ReservationChanged, CommandCompleted, PaymentChanged,
               ChargerCommandRelayed, ChargerCommandAnswered, ChargerCommandConfirmed,
-              AccessChanged, StationRemoved, StationChanged, SignInsCounted,
+              AccessChanged, StationRemoved, StationPasswordChanged, StationChanged,
+              SignInsCounted,
               StationSightChanged)
 }
 

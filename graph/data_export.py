@@ -39,6 +39,7 @@ from domain.policy import Viewer
 from domain.ports import NO_METRICS, Metrics
 from domain.services import Services
 from domain.services.personal_data import AUDIT_CAP, PersonalData
+from domain.services.refresh_tokens import still_signs_in
 from domain.wire import rfc3339
 from graph.csv_export import CsvStream, ViewerOf, error_response
 from graph.ids import TYPE_BY_KIND, expect_id, to_global_id
@@ -149,11 +150,11 @@ def _webhook(w: d.Webhook) -> Item:
 
 def _device(f: d.RefreshFamily, user: d.User) -> Item:
     # When each device signed in and last refreshed; never a token nor its hash.
-    now = utcnow()
+    # Signed in while its refresh tokens still sign in, by the rule refreshing uses:
+    # not once the account is deactivated or its tokens revoked.
     return {"signedInAt": _when(f.created_at), "lastRefreshedAt": _when(f.last_refreshed_at),
             "expiresAt": _when(f.expires_at), "signedOutAt": _when(f.revoked_at),
-            "signedIn": f.revoked_at is None and f.expires_at > now
-            and f.token_epoch == user.token_epoch}
+            "signedIn": still_signs_in(f, user, utcnow())}
 
 
 # ------------------------------------------------------------------------ the document

@@ -264,7 +264,9 @@ class UpdateStationInput:
     password: str | None = strawberry.field(default=strawberry.UNSET, description=(
         "The HTTP Basic password its charger must present, 8 to 40 printable ASCII "
         "characters (OCPP security profile 1/2); null: none, anyone knowing the cpId may "
-        "connect."))
+        "connect. A new password (the same one set again too) closes its charger's "
+        "connection signed in with the old one at once, whichever instance holds it: the "
+        "way to shut out a compromised charger, which cannot sign in again without it."))
     registration: Registration | None = strawberry.field(default=strawberry.UNSET,
                                                          description=(
         "How its charger's boots are answered; accepting a PENDING or REJECTED station "
@@ -272,7 +274,10 @@ class UpdateStationInput:
         "authorizes no session from then on (no remote start or reservation, no card "
         "checked); its charger, told at its next boot, acts as before until then: a "
         "session under way runs to its end, a start it makes anyway is recorded and "
-        "billed, and it may still be sent a remote stop, an unlock or a reset."))
+        "billed, and it may still be sent a remote stop, an unlock or a reset. A charger "
+        "told PENDING or REJECTED at its last boot is sent only what OCPP 1.6 allows for "
+        "that until it boots again, accepted or not (REJECTED: nothing). Its connection "
+        "stays: a new `password` closes it."))
     heartbeat_interval: int | None = strawberry.field(default=strawberry.UNSET, description=(
         "Seconds (1 to 86400) its charger's boots are answered with from now on, which it "
         "takes at its next boot (a `changeConfiguration` of `HeartbeatInterval` it accepts "

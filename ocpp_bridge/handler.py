@@ -78,11 +78,14 @@ wire_log.addFilter(SecretMasking())
 #: action (``log_masking.without_url_credentials``): a CALLERROR repeating a presigned
 #: URL names no action (review s25).
 MAY_HOLD_SECRET = ('"ChangeConfiguration"', '"configurationKey"')
+#: How much of a frame that cannot be read the ``bad frame`` line (INFO, on by default)
+#: masks and shows the start of: logs are bounded, and masking reads what it is given.
+BAD_FRAME_READ = 2048
 #: What the wire log writes of such a frame when it cannot be read as an OCPP frame.
 NOT_SHOWN = "[{} characters not shown: no OCPP frame, and they may hold a secret]"
 
 
-def logged_frame(message: str | bytes) -> str:
+def logged_frame(message: str | bytes, limit: int | None = None) -> str:
     """A frame, sent or received, as the wire log writes it: the credentials of every URL
     in it hidden as the audit hides an upload or download location's
     (``log_masking.without_url_credentials``: user information, query values), a
@@ -90,9 +93,14 @@ def logged_frame(message: str | bytes) -> str:
     and a secret key's value in a GetConfiguration answer (``commands.masked_answer``),
     since logs are shipped and read more widely than the audit. Only a frame holding
     ``MAY_HOLD_SECRET`` text is parsed again; one of those that is no JSON array is not
-    written at all (nothing in it can be told apart from a secret)."""
+    written at all (nothing in it can be told apart from a secret). ``limit``: only the
+    frame's first so many characters are read and written, a URL they cut hidden whole
+    after its scheme (``log_masking.without_url_credentials``)."""
     text = message if isinstance(message, str) else message.decode("utf-8", "replace")
-    text = without_url_credentials(text)
+    cut = limit is not None and len(text) > limit
+    if cut:
+        text = text[:limit]
+    text = without_url_credentials(text, cut=cut)
     if not any(marker in text for marker in MAY_HOLD_SECRET):
         return text
     try:
@@ -125,6 +133,8 @@ ActionHandler = Callable[["ChargePointHandler", Payload], Awaitable[Payload]]
 FAST_SEND_BUFFER = 64 * 1024
 #: Close code for a charger whose station was removed (1008: policy violation).
 CLOSE_UNKNOWN_STATION = 1008
+#: Close code for a connection signed in with a password its station no longer has.
+CLOSE_PASSWORD_CHANGED = 1008
 #: The answer to the notifications whose confirmation carries no fields.
 EMPTY: Payload = {}
 #: The metrics label of an action we do not serve (or a frame without one): chargers may
@@ -316,6 +326,13 @@ class ChargePointHandler(ChargePoint):
         self.left: str | None = None
         #: Its station was removed (``station_removed``): its messages are refused.
         self._station_removed = False
+        #: Whether it signed in at its handshake, and the station's password hash it
+        #: signed in against (``None``: the station had none): a new password shuts it
+        #: out (``password_changed``).
+        self.signed_in = False
+        self.signed_in_with: str | None = None
+        #: Its station was given a new password (``password_changed``): shut out.
+        self._shut_out = False
         #: The id of the station record it signed in as (at its handshake); ``None``
         #: when not known. A removal is its only if it is of that station: the cpId may
         #: have been created again since (``OcppServer._watch_removals``).
@@ -457,6 +474,30 @@ class ChargePointHandler(ChargePoint):
         self.superseded("had its station removed")
         self._station_removed = True
 
+    def password_changed(self) -> None:
+        """Its station was given a new password since it signed in: it is shut out (the
+        way to shut out a compromised charger, README). Its commands fail now as at a
+        supersession, and what the socket still delivers while it closes is refused
+        (SecurityError): it acts on what it was told, Accepted maybe, and must not go on
+        reporting, starting sessions on drivers' cards, until it signs in again, which
+        it cannot without the new password."""
+        if not self._shut_out:
+            self.superseded("had its station's password changed")
+            self._shut_out = True
+
+    async def shut_out_if_password_changed(self) -> bool:
+        """Whether its station was given a new password since it signed in (then it is
+        shut out, ``password_changed``): checked on every message from the station as
+        cached, so a change whose announcement this instance missed, or that landed
+        while this connection signed in, shuts it out at its next message."""
+        if self._shut_out:
+            return True
+        if not self.signed_in or not await self.charging.password_changed(
+                self.id, self.signed_in_with):
+            return False
+        self.password_changed()
+        return True
+
     def _fail_all(self, error_for: Callable[[str], ChargerError]) -> None:
         self._closed = True
         for unique_id, failed in self._pending.items():
@@ -550,7 +591,7 @@ class ChargePointHandler(ChargePoint):
         """A GetCompositeSchedule answer whose schedule breaks the 1.6 schema only by
         rates off its 0.1 step or by having no periods is taken as the charger gave it
         (not ``strict_schema``): it said Accepted, and the operator asked what it plans
-        to apply (QA s26: such an answer was CHARGER_ERROR). Logged once per connection."""
+        to apply (QA s25: such an answer was CHARGER_ERROR). Logged once per connection."""
         if self.strict_schema \
                 or self._actions.get(response.unique_id) != "GetCompositeSchedule":
             return
@@ -638,9 +679,12 @@ class ChargePointHandler(ChargePoint):
         try:
             frame = frames.parse(raw_msg)
         except FrameError as exc:
-            # At INFO, logged by default: its text masked as the wire log's is.
-            log.info("%s: bad frame (%s): %.200r", self.id, exc.description,
-                     logged_frame(raw_msg))
+            # At INFO, logged by default: its start masked as the wire log's is, and
+            # only when the line is written (review s25: a 4 MiB frame was masked whole
+            # at any level, on the event loop).
+            if log.isEnabledFor(logging.INFO):
+                log.info("%s: bad frame (%s): %.200r", self.id, exc.description,
+                         logged_frame(raw_msg, limit=BAD_FRAME_READ))
             if exc.is_answer:
                 self._malformed_answer(exc)
             else:
@@ -673,6 +717,14 @@ class ChargePointHandler(ChargePoint):
             if self._station_removed:
                 raise FrameError(frames.PROPERTY_CONSTRAINT_VIOLATION,
                                  f"unknown charge point {self.id}", uid)
+            if await self.shut_out_if_password_changed():
+                self._count(action, False)
+                await self._send(frames.call_error(
+                    uid, frames.SECURITY_ERROR, f"{action} refused: the station's password "
+                    "was changed since this connection signed in"))
+                log.info("%s: its station's password was changed; closing", self.id)
+                await self.hang_up(CLOSE_PASSWORD_CHANGED, "password changed")
+                return
             if action != "BootNotification" and not await self.charging.admits(self.id,
                                                                                 action):
                 # The charger keeps what it queued (a StartTransaction, its meter values)

@@ -8,14 +8,17 @@ value in it; and answers in unusual shapes (a key name written with a ``\\u`` es
 list of pairs) passed the text check (review s18). This filter sits on the wire logger and
 sees every line it writes, whoever logs it, already formatted.
 
-URLs: every URL-looking substring of a line (``_URL``: ``scheme://`` up to a space or a
-quote, slashes JSON-escaped or not) is written as the audit keeps an upload or download
-location (``command_rules.without_credentials``: user information and query values
-hidden), whatever frame or message holds it. A charger's CALLERROR repeating a presigned
-URL (in its description, or its details echoing the request) holds no action name, so
-``handler.logged_frame`` never read it again, and the package's WARNING line of it was
-not read for URLs at all (review s25: an Azure ``sig`` was logged whole). A line with no
-``:/`` (nearly every frame: MeterValues, Heartbeat) is not searched.
+URLs: every URL-looking substring of a line (``url_spans``, a linear scan: ``scheme://``
+up to a space or a quote, slashes JSON-escaped or not) is written as the audit keeps an
+upload or download location (``command_rules.without_credentials``: user information and
+query values hidden), whatever frame or message holds it. A charger's CALLERROR
+repeating a presigned URL (in its description, or its details echoing the request)
+holds no action name, so ``handler.logged_frame`` never read it again, and the
+package's WARNING line of it was not read for URLs at all (review s25: an Azure ``sig``
+was logged whole). A line with no ``:/`` (nearly every frame: MeterValues, Heartbeat)
+is not searched. The filter runs only for a line the logger writes (``logging`` checks
+the level first); masking is linear in the line, which a charger may make megabytes
+long (review s25: a regular expression took seconds on one, holding the event loop).
 
 Configuration values: each ``key``/``value`` pair whose key is a secret's
 (``command_rules.is_secret_key``) has its value replaced; if the line still names a
@@ -28,6 +31,8 @@ from __future__ import annotations
 
 import logging
 import re
+import string
+from collections.abc import Iterator
 
 from domain.command_rules import (
     SECRET_KEY_PARTS,
@@ -61,24 +66,77 @@ _PAIR = re.compile(
     r"""\s*,\s*(?P<vq>["'])value(?P=vq)\s*:\s*)(?P<sq>["'])(?P<value>(?:\\.|[^"'\\])*)(?P=sq)""")
 
 
-#: A URL in a log line: a scheme, ``://`` (JSON may escape its slashes: ``:\/\/``) and
-#: what follows up to a space, a quote or an angle bracket (a Python repr's end).
-_URL = re.compile(r"""[A-Za-z][A-Za-z0-9+.\-]*:(?:\\?/){2}[^\s"'<>]*""")
+#: A URL's scheme (RFC 3986, 3.1): a letter, then letters, digits, ``+``, ``-`` and ``.``.
+_LETTERS = frozenset(string.ascii_letters)
+_SCHEME = frozenset(string.ascii_letters + string.digits + "+-.")
+#: What ends a URL in a log line: a space, a quote or an angle bracket (a Python repr's
+#: end). One character: a search for it reads up to the first, no further.
+_URL_END = re.compile(r"""[\s"'<>]""")
 
 
-def without_url_credentials(text: str) -> str:
-    """``text`` with each URL in it shown as ``without_credentials`` shows it; ``text``
-    itself when none changed (or there is none: the cheap test first)."""
+def url_spans(text: str) -> Iterator[tuple[int, int, int]]:
+    """Each URL in a log line: a scheme, ``:`` and two slashes (JSON may escape them:
+    ``:\\/\\/``), up to ``_URL_END`` or the line's end; as ``(start, after, end)``,
+    ``after`` where what follows the slashes begins.
+
+    A scan reading each character a bounded number of times, not a regular expression:
+    ``[A-Za-z][A-Za-z0-9+.-]*:`` was tried from every letter of a run and read the rest
+    of the run each time, quadratic in a long word before a ``:/`` (review s25: a 64 KiB
+    bad frame held the event loop, every charger and request, for seconds). Here each
+    ``:`` followed by the slashes reads back over the scheme's characters, never past
+    where the previous URL (or ``:``) ended."""
+    pos = 0
+    while (colon := text.find(":", pos)) >= 0:
+        after = _past_slashes(text, colon + 1)
+        if after < 0:
+            pos = colon + 1
+            continue
+        start = colon
+        while start > pos and text[start - 1] in _SCHEME:
+            start -= 1
+        while start < colon and text[start] not in _LETTERS:
+            start += 1
+        if start == colon:  # no letter: no scheme (``1://``)
+            pos = colon + 1
+            continue
+        found = _URL_END.search(text, after)
+        end = found.start() if found else len(text)
+        yield start, after, end
+        pos = end
+
+
+def _past_slashes(text: str, at: int) -> int:
+    """Where two slashes from ``at`` end (each may be JSON-escaped, ``\\/``); -1 when
+    there are not two."""
+    for _ in range(2):
+        if at < len(text) and text[at] == "\\":
+            at += 1
+        if at >= len(text) or text[at] != "/":
+            return -1
+        at += 1
+    return at
+
+
+def without_url_credentials(text: str, cut: bool = False) -> str:
+    """``text`` with each URL in it (``url_spans``) shown as ``without_credentials``
+    shows it; ``text`` itself when none changed (or there is none: the cheap test first).
+    ``cut``: ``text`` is the start of a longer line, so a URL running to its end may
+    lack the ``@`` that ends its user information: hidden whole after its scheme."""
     if ":/" not in text and ":\\/" not in text:
         return text
-
-    def hide(match: re.Match[str]) -> str:
-        url = match[0]
-        shown = without_credentials(url.replace("\\/", "/"))
-        return url if shown == url.replace("\\/", "/") else shown
-
-    result = _URL.sub(hide, text)
-    return text if result == text else result
+    pieces: list[str] = []
+    done = 0
+    for start, after, end in url_spans(text):
+        url = text[start:end].replace("\\/", "/")
+        shown = f"{text[start:after]}{HIDDEN}" if cut and end == len(text) \
+            else without_credentials(url)
+        if shown != url:
+            pieces += (text[done:start], shown)
+            done = end
+    if not pieces:
+        return text
+    pieces.append(text[done:])
+    return "".join(pieces)
 
 
 def masked_line(text: str) -> str:

@@ -40,8 +40,8 @@ from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
-from domain.errors import StoreUnavailable
-from domain.events import StationConnectionChanged, StationRemoved
+from domain.errors import DomainError, StoreUnavailable
+from domain.events import StationConnectionChanged, StationPasswordChanged, StationRemoved
 from domain.ids import new_id
 from domain.keyed_locks import KeyedLocks
 from domain.ports import NO_METRICS, EventBus, Metrics
@@ -49,7 +49,11 @@ from domain.services.charger_sign_ins import Limit, Lockout
 from domain.services.charging import ChargingService
 from domain.services.instances import InstanceService
 from ocpp_bridge.gateway import OcppGateway
-from ocpp_bridge.handler import CLOSE_UNKNOWN_STATION, ChargePointHandler
+from ocpp_bridge.handler import (
+    CLOSE_PASSWORD_CHANGED,
+    CLOSE_UNKNOWN_STATION,
+    ChargePointHandler,
+)
 from ocpp_bridge.peers import TrustedProxies
 
 log = logging.getLogger("chargegraph.ocpp")
@@ -79,7 +83,10 @@ CLOSE_TIMEOUT_S = 10.0
 #: out of coverage) never answer, and the stop waited the full ``CLOSE_TIMEOUT_S`` for
 #: them, all `docker stop` waits before it kills the process (ops QA s25: the
 #: disconnects and the lease release were never written). A charger that does answer
-#: takes milliseconds. A close already under way when the stop begins keeps its own.
+#: takes milliseconds. A close already under way when the stop begins (a replaced
+#: connection, a 1013, a charger connected to another instance) is bounded by it too: its
+#: socket is dropped when the stop's wait is over (review r-ops2: a charger that had just
+#: reconnected, its old link silent, held the stop its old connection's 10 s).
 STOP_CLOSE_TIMEOUT_S = 2.0
 REALM = 'Basic realm="ChargeGraph OCPP", charset="UTF-8"'
 #: Close code for a charger whose connection cannot be recorded now (1013: try again
@@ -183,10 +190,11 @@ class OcppServer:
         self._checking = KeyedLocks()  # one password check per station at a time
         self._in_flight: set[tuple[str, str]] = set()  # (cp_id, peer address) being checked
         self.refusals = RefusalLog()
-        #: A socket let in at its handshake → the id of the station it signed in as,
-        #: until its handler takes it (``_connection``).
-        self._signed_in: weakref.WeakKeyDictionary[ServerConnection, str] = \
-            weakref.WeakKeyDictionary()
+        #: A socket let in at its handshake → the id of the station it signed in as and
+        #: that station's password hash then (``None``: none), until its handler takes
+        #: them (``_connection``).
+        self._signed_in: weakref.WeakKeyDictionary[
+            ServerConnection, tuple[str, str | None]] = weakref.WeakKeyDictionary()
         self.proxies = TrustedProxies(trusted_proxies)
         #: Where every connection's handler counts the CALLs it answers (``/metrics``).
         self.metrics = metrics
@@ -234,7 +242,8 @@ class OcppServer:
             self._watcher = asyncio.create_task(self._watch_elsewhere(stream),
                                                 name="chargegraph-ocpp-elsewhere")
         if self.charging.ctx.bus is not None:
-            removals = self.charging.ctx.bus.subscribe([StationRemoved.topic])
+            removals = self.charging.ctx.bus.subscribe([StationRemoved.topic,
+                                                        StationPasswordChanged.topic])
             self._removals = asyncio.create_task(self._watch_removals(removals),
                                                  name="chargegraph-ocpp-removals")
             # The charging use cases cache what this server's chargers use: what other
@@ -249,8 +258,9 @@ class OcppServer:
 
     async def stop(self) -> None:
         """Closes every connection (1001), each waiting ``STOP_CLOSE_TIMEOUT_S`` for its
-        charger's answer rather than ``CLOSE_TIMEOUT_S`` (a silent one is dropped), records
-        the disconnects and releases the instance lease."""
+        charger's answer rather than ``CLOSE_TIMEOUT_S`` (a silent one is dropped), as do
+        the closes already under way, records the disconnects and releases the instance
+        lease."""
         for task in (self._watcher, self._removals, self._cache_follower,
                      self._lease_keeper):
             if task is not None:
@@ -267,7 +277,15 @@ class OcppServer:
         for connection in self._server.all_connections:
             connection.close_timeout = STOP_CLOSE_TIMEOUT_S
         self._server.close()
-        await self._server.wait_closed()
+        # A close begun before the stop (a replaced connection, 1013) had its deadline
+        # set then, CLOSE_TIMEOUT_S ahead: what is still open when the stop's own wait is
+        # over is dropped, as the stop's closes are.
+        drop = asyncio.get_running_loop().call_later(
+            STOP_CLOSE_TIMEOUT_S, self._drop_unclosed, self._server)
+        try:
+            await self._server.wait_closed()
+        finally:
+            drop.cancel()
         self._server = None
         self.refusals.flush()  # what the last minute held back is not lost
         self._stopping = False
@@ -279,6 +297,14 @@ class OcppServer:
                             "its own", exc.reason)
             except Exception:  # the store may be closing; the lease expires on its own
                 log.exception("could not release the instance lease")
+
+    @staticmethod
+    def _drop_unclosed(server: Server) -> None:
+        """Drops the TCP connection of every socket whose close is still not done (its
+        charger never answered): the handlers then see it closed (1006) and record it."""
+        for connection in server.all_connections:
+            if connection.state is not State.CLOSED:
+                connection.transport.abort()
 
     async def _keep_lease(self) -> None:
         """``upkeep`` a few times per lease period. A failed round (the database out of
@@ -426,13 +452,19 @@ class OcppServer:
         connection that signed in as the removed station (``_signed_in_as``): matched by
         cpId, a removal delivered late (an instance lagging) after the cpId was created
         again and its charger connected let that connection go, the new station left
-        online with no connection (review s25)."""
+        online with no connection (review s25).
+
+        A station given a new password (``StationPasswordChanged``) has the connection
+        that signed in with the old one closed the same way (``_shut_out``)."""
         async with contextlib.aclosing(stream):
             async for event in stream:
-                if not isinstance(event, StationRemoved):
+                if not isinstance(event, StationRemoved | StationPasswordChanged):
                     continue
                 handler = self.gateway.handler_of(event.cp_id)
                 if handler is None or not _signed_in_as(handler, event.station_id):
+                    continue
+                if isinstance(event, StationPasswordChanged):
+                    await self._shut_out(handler)
                     continue
                 log.info("%s: its station was removed; closing", event.cp_id)
                 handler.station_removed()
@@ -440,6 +472,29 @@ class OcppServer:
                 # is gone, and one created again since was never this socket's.
                 self.gateway.unregister(handler)
                 self._hang_up(handler, CLOSE_UNKNOWN_STATION, "unknown charge point")
+
+    async def _shut_out(self, handler: ChargePointHandler) -> None:
+        """Closes ``handler``'s connection if its station's password, as stored now, is
+        not the one it signed in with (a connection that signed in with the new one
+        since stays): the charger must sign in again, and cannot without the new
+        password. Its commands fail now; its close records its disconnect, as any
+        (it stays the gateway's until then: no newer connection is the station's)."""
+        if not handler.signed_in:
+            return
+        try:
+            # As stored: this instance's cached copy may not have heard of the edit yet.
+            changed = await self.charging.password_changed(
+                handler.id, handler.signed_in_with, fresh=True)
+        except StoreUnavailable as exc:
+            # Its next message checks again, from the station as cached.
+            log.warning("%s: could not check its password now: %s", handler.id, exc.reason)
+            return
+        except DomainError:
+            return  # the station is gone: its removal hangs up
+        if changed:
+            log.info("%s: its station's password was changed; closing", handler.id)
+            handler.password_changed()
+            self._hang_up(handler, CLOSE_PASSWORD_CHANGED, "password changed")
 
     async def _follow_changes(self, stream: Any) -> None:
         async with contextlib.aclosing(stream):
@@ -467,7 +522,7 @@ class OcppServer:
             self.refusals.note(cp_id, peer, UNKNOWN_CHARGE_POINT)
             return connection.respond(HTTPStatus.NOT_FOUND, f"{UNKNOWN_CHARGE_POINT}\n")
         if station.auth_password_hash is None:
-            self._signed_in[connection] = station.id
+            self._signed_in[connection] = (station.id, station.auth_password_hash)
             return None  # security profile 0: the operator chose no password
         credentials = basic_credentials(request.headers.get("Authorization"))
         # A user name other than the cpId is refused before any password is looked at:
@@ -487,7 +542,7 @@ class OcppServer:
             response = connection.respond(HTTPStatus.UNAUTHORIZED, "authentication failed\n")
             response.headers["WWW-Authenticate"] = REALM
             return response
-        self._signed_in[connection] = station.id
+        self._signed_in[connection] = (station.id, station.auth_password_hash)
         return None
 
     def _peer(self, connection: ServerConnection, request: Request) -> str:
@@ -674,7 +729,10 @@ class OcppServer:
         handler = ChargePointHandler(cp_id, ws, self.charging,
                                      response_timeout=self.response_timeout,
                                      metrics=self.metrics, strict_schema=self.strict_schema)
-        handler.station_id = self._signed_in.pop(ws, None)
+        signed_in = self._signed_in.pop(ws, None)
+        if signed_in is not None:
+            handler.station_id, handler.signed_in_with = signed_in
+            handler.signed_in = True
         try:
             # The number ordering this connection among the charger's others (here and on
             # other instances) is drawn as the socket arrives, before it waits its turn:

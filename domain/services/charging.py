@@ -489,6 +489,18 @@ class ChargingService(ChargerConnections):
         station = await self._require_station(cp_id)
         return admits(station.registration, action, station.charger_registration)
 
+    async def password_changed(self, cp_id: str, signed_in_with: str | None, *,
+                               fresh: bool = False) -> bool:
+        """Whether the station was given a new password since its charger's connection
+        signed in against ``signed_in_with`` (the station's password hash then; ``None``:
+        none): that connection is shut out (``StationService.update_station``, README's
+        "Shutting out a charger"). A password cleared shuts nothing out. From the station
+        as cached for the charger's messages (an edit drops it on every instance), or
+        ``fresh``: as stored."""
+        station = await self._require_station(cp_id, fresh=fresh)
+        return station.auth_password_hash is not None \
+            and station.auth_password_hash != signed_in_with
+
     # ------------------------------------------------------------- boot and heartbeat
     @_station_must_exist
     async def boot(self, cp_id: str, info: BootInfo) -> BootResult:

@@ -61,8 +61,8 @@ from domain.ids import new_id
 from domain.keyed_locks import KeyedLocks
 from domain.policy import SYSTEM, Viewer, live_reservations
 from domain.ports import Change, ChargerGateway, Delete, Guard, Insert, Update
-from domain.query import ALL, Eq, Filter, In, NotSub, Range, all_of
-from domain.registration import PENDING_MAY_SEND
+from domain.query import ALL, Eq, Filter, In, NotSub, Range, Sort, all_of
+from domain.registration import admits
 from domain.services.base import (
     Service,
     ServiceContext,
@@ -102,13 +102,14 @@ POSITIVE = frozenset({"Accepted", "Unlocked", "Scheduled", "RebootRequired"})
 COMMAND_TIMEOUT_S = 30.0
 
 
-#: What a station that is not Accepted may not be asked: OCPP 1.6 (4.2) has the central
-#: system initiate nothing while a station is Rejected, and while it is Pending it may
+#: What a charger not told Accepted may not be asked: OCPP 1.6 (4.2) has the central
+#: system initiate nothing while a charger is Rejected, and while it is Pending it may
 #: only read or change its configuration: no remote start or stop, no reservation.
 _CHARGING_ACTIONS = frozenset({"RemoteStartTransaction", "RemoteStopTransaction",
                                "ReserveNow"})
-#: What authorizes a new session (a card on a plug): sent only to a station Accepted now,
-#: whatever its charger was told (``registration.NEW_AUTHORIZATIONS``, the charger's).
+#: What authorizes a new session (a card on a plug): sent only to a station Accepted now
+#: whose charger was told Accepted too (``registration.NEW_AUTHORIZATIONS``, the
+#: charger's).
 _AUTHORIZING_ACTIONS = frozenset({"RemoteStartTransaction", "ReserveNow"})
 
 
@@ -154,38 +155,52 @@ def _refuse_driver_profile(action: str, payload: dict[str, Any]) -> None:
 
 
 def _refuse_unregistered(station: Station, action: str, payload: dict[str, Any]) -> None:
-    """Refuses a command a station's charger is not to be sent for its registration. A
-    charger told Accepted at its last boot (``Station.charger_registration``) acts as
-    Accepted until its next, whatever the station was made since: it is sent what an
-    Accepted one is, a session it runs stopped (RemoteStopTransaction), its connector
-    unlocked, itself reset (so it boots and learns), but nothing that authorizes a new
-    session (``_AUTHORIZING_ACTIONS``) unless the station is Accepted now. Refused
-    INVALID_STATE, a session left running on a station made Pending could not be stopped
-    remotely (review s25)."""
+    """Refuses a command the station's charger is not to be sent (OCPP 1.6, 4.2), judged
+    by the registration its last boot was answered with (``Station.charger_registration``),
+    which it acts on until its next; a charger that never booted (told nothing) and a
+    station from before migration 60 by the station's registration. Told Rejected, it
+    answers nothing, and is sent nothing. Told Pending, it may have its configuration
+    read and changed, but is sent no remote start or stop and no reservation, and is not
+    triggered for a message its station would refuse (``_refuse_unadmitted_trigger``).
+    Told Accepted, it is sent what an Accepted one is, whatever its station was made
+    since: a session it runs stopped, its plug unlocked, a reset that makes it boot and
+    learn (review s25: a session left running on a station made Pending could not be
+    stopped). What authorizes a new session (``_AUTHORIZING_ACTIONS``) needs both: the
+    station Accepted now and its charger told so (review s25: a charger told Rejected,
+    its station accepted since, was sent a RemoteStartTransaction it never answered; one
+    told Pending, a remote start or stop 1.6 forbids)."""
+    told = station.charger_registration or station.registration
     if station.registration is not Registration.ACCEPTED and action in _AUTHORIZING_ACTIONS:
         raise ValidationError(f"the station's registration is "
                               f"{station.registration.value.lower()}: accept it first",
                               field="cpId", code="INVALID_STATE")
-    if Registration.ACCEPTED in (station.registration, station.charger_registration):
+    if told is Registration.ACCEPTED:
         return
-    if station.registration is Registration.REJECTED or (
-            station.registration is Registration.PENDING and action in _CHARGING_ACTIONS):
-        raise ValidationError(f"the station's registration is "
-                              f"{station.registration.value.lower()}: accept it first",
-                              field="cpId", code="INVALID_STATE")
-    if station.registration is Registration.PENDING and action == "TriggerMessage":
-        _refuse_unadmitted_trigger(payload)
+    if told is Registration.REJECTED or action in _CHARGING_ACTIONS:
+        raise ValidationError(_told(station, told), field="cpId", code="INVALID_STATE")
+    if action == "TriggerMessage":
+        _refuse_unadmitted_trigger(station, payload)
 
 
-def _refuse_unadmitted_trigger(payload: dict[str, Any]) -> None:
-    """A Pending station is not asked for a message its answer would be refused
-    (``registration.PENDING_MAY_SEND``): a triggered MeterValues was answered
-    SecurityError, after the charger had said Accepted to the trigger. (OCPP 1.6, 4.2,
-    lets a Pending charger send what it is told to; but a MeterValues carries energy and
-    session data, which nobody accepted the station to report, and on arrival a
-    triggered one cannot be told from any other: so it is not asked for.)"""
+def _told(station: Station, told: Registration) -> str:
+    """Why a charger told ``told`` is not sent a command."""
+    if station.registration is not told:
+        return (f"its charger was told {told.value.lower()} at its last boot and acts on "
+                f"it until its next: wait for it to boot again")
+    return f"the station's registration is {told.value.lower()}: accept it first"
+
+
+def _refuse_unadmitted_trigger(station: Station, payload: dict[str, Any]) -> None:
+    """A charger told Pending is not asked for a message its answer would be refused
+    (``registration.admits``, by the station's registration and the one its charger was
+    told): a triggered MeterValues was answered SecurityError, after the charger had
+    said Accepted to the trigger. (OCPP 1.6, 4.2, lets a Pending charger send what it is
+    told to; but a MeterValues carries energy and session data, which nobody accepted
+    the station to report, and on arrival a triggered one cannot be told from any other:
+    so it is not asked for.)"""
     requested = payload.get("requestedMessage")
-    if isinstance(requested, str) and requested not in PENDING_MAY_SEND:
+    if isinstance(requested, str) and not admits(station.registration, requested,
+                                                 station.charger_registration):
         raise ValidationError(f"the station's registration is pending, and it may not "
                               f"send {requested} until it is accepted: accept it first",
                               field="requestedMessage", code="INVALID_STATE")
@@ -235,6 +250,10 @@ class CommandOutcome:
     #: A RemoteStartTransaction's record of itself until its StartTransaction comes
     #: (``CommandService._hold_start``).
     pending: PendingStart | None = None
+    #: The live starts it replaces (its card's, or its named plug's, sent before their
+    #: charger's last boot): settled once the charger accepts it, not before
+    #: (``CommandService._hold_start``).
+    superseded: list[PendingStart] = field(default_factory=list)
 
 
 def _may_start(error: DomainError | None) -> bool:
@@ -404,8 +423,8 @@ class CommandService(Service):
         if action == "ReserveNow":
             outcome.reservation = await self._new_reservation(viewer, station, payload)
         elif action == "RemoteStartTransaction":
-            outcome.pending = await self._hold_start(viewer, station, payload, holder,
-                                                     vehicle_id)
+            outcome.pending, outcome.superseded = await self._hold_start(
+                viewer, station, payload, holder, vehicle_id)
         elif action == "CancelReservation":
             outcome.reservation = await self._reservation(viewer, station,
                                                           payload.get("reservationId"))
@@ -588,9 +607,16 @@ class CommandService(Service):
         if vehicle_id is not None and await self.store.find_one(Session, all_of(
                 Eq("vehicle_id", vehicle_id), Eq("state", SessionState.ACTIVE))):
             raise Conflict("this car is charging now", field="idTag", code="IN_USE")
-        # By the expiry index: the live ones are the starts of the last two minutes.
-        theirs = await self._holding(await self.store.find_all(PendingStart, all_of(
-            Eq("user_id", viewer.user_id), live_pending_starts(self.now())), limit=20))
+        # By the expiry index: the live ones are the starts of the last two minutes. A
+        # car's read by it (review s25: the driver's first 20 read, those holding nothing
+        # left out after, the car's own could be behind them); a double tap's, newest
+        # first (a start holding nothing was sent before its charger's last boot).
+        mine = all_of(Eq("user_id", viewer.user_id), live_pending_starts(self.now()))
+        theirs = await self._holding(
+            await self.store.find_all(PendingStart, all_of(mine, Eq(
+                "vehicle_id", vehicle_id)), limit=MAX_CONNECTOR_ID) if chose
+            else await self.store.find_all(PendingStart, mine, sort=[
+                Sort("created_at", descending=True)], limit=20))
         for pending in theirs:
             if not chose:
                 raise await self._card_starting(viewer, pending)  # as the card's own
@@ -817,7 +843,8 @@ class CommandService(Service):
                         "waiting for the car", field="idTag", code="IN_USE")
 
     async def _hold_start(self, viewer: Viewer, station: Station, payload: dict[str, Any],
-                          holder: str | None, vehicle_id: str | None) -> PendingStart:
+                          holder: str | None, vehicle_id: str | None
+                          ) -> tuple[PendingStart, list[PendingStart]]:
         """Stores the remote start about to be sent (``PendingStart``), until its
         StartTransaction or its window's end. Two sent at once (two requests, two
         instances) must not both pass ``_refuse_pending``: the insert is guarded by no
@@ -829,15 +856,21 @@ class CommandService(Service):
 
         A start with the same card, or on the same named connector, sent before its
         charger's last boot (which no longer holds them: ``pending_starts.holds``) is
-        superseded: settled with this one's insert, so this start's StartTransaction
-        takes this start's car (review s25)."""
+        superseded: returned with this one, and settled only once the charger accepts
+        this one (``_after``), so this start's StartTransaction takes this start's car.
+        Not in this one's insert (review s25): a charger that did not restart still
+        holds the older start and refuses this one (or never gets it), and the older
+        one's StartTransaction then found nothing and lost the car chosen. Until the
+        answer both are live; a StartTransaction takes the older (``started_by``), which
+        a charger that has not answered yet is the one carrying out."""
         now = self.now()
         tag = stored_id_tag(payload["idTag"])
         connector_id = payload.get("connectorId") or None
         pending = stamp_new(PendingStart(
             station_id=station.id, cp_id=station.cp_id, connector_id=connector_id,
             id_tag=tag, user_id=holder, vehicle_id=vehicle_id,
-            expires_at=now + PENDING_START_WINDOW), viewer)
+            expires_at=now + PENDING_START_WINDOW, station_booted_at=station.booted_at),
+            viewer)
         superseded = await self._superseded(station, tag, connector_id, now)
         others = all_of(live_pending_starts(now), NotSub("id", PendingStart.kind, In(
             "id", (pending.id, *(p.id for p in superseded)))))
@@ -848,9 +881,7 @@ class CommandService(Service):
                 exists=False))
         try:
             # Unaudited: the command's own entries (SENT, ANSWERED) say what was asked.
-            await self.commit(viewer, [], unaudited=[
-                Insert(pending), *(settle(p, viewer, now) for p in superseded)],
-                guards=guards)
+            await self.commit(viewer, [], unaudited=[Insert(pending)], guards=guards)
         except Conflict:
             # Another start won: refused as that one's (or, if it is gone already, as
             # a clash to try again).
@@ -862,7 +893,7 @@ class CommandService(Service):
         except Conflict:
             await self.commit(viewer, [], unaudited=[Delete(pending)])
             raise
-        return pending
+        return pending, superseded
 
     async def _superseded(self, station: Station, tag: str, connector_id: int | None,
                           now: datetime) -> list[PendingStart]:
@@ -1067,6 +1098,11 @@ class CommandService(Service):
         connected: it boots on connecting."""
         [now] = await self.store.get_many(Station, [station.id])
         if now is None or not now.online or now.registration is not Registration.ACCEPTED:
+            return
+        if now.charger_registration is Registration.REJECTED:
+            # OCPP 1.6 (4.2): a charger told Rejected answers nothing, and is sent
+            # nothing (``_refuse_unregistered``); it boots again within its boot
+            # interval (at most ``charging.RETRY_BOOT_S``) and is told Accepted then.
             return
         outcome = await self.send(SYSTEM, now.cp_id, "TriggerMessage",
                                   {"requestedMessage": "BootNotification"})
@@ -1348,7 +1384,7 @@ class CommandService(Service):
             # A charger offline (the cancel never reached it, or its socket closed under
             # it) holds the plug until it hears of the cancel: it is cancelled here, for
             # the driver and the map, and the cancel is owed to the charger, sent when it
-            # comes back (``send_owed_cancels``; QA s26: nothing but the expiry or the
+            # comes back (``send_owed_cancels``; QA s25: nothing but the expiry or the
             # charger's return ended it, the driver kept from reserving elsewhere).
             offline = isinstance(outcome.error, ChargerOffline) \
                 and not isinstance(outcome.error, ChargerUnreachable)
@@ -1380,9 +1416,13 @@ class CommandService(Service):
 
         # A remote start the charger refused (or never got) holds its card and plug no
         # longer; one accepted, or unanswered (it may have taken it), holds them until
-        # its StartTransaction or its window's end.
+        # its StartTransaction or its window's end. One accepted replaces the starts it
+        # superseded (``_hold_start``): the charger took it, so it carries them out no
+        # more; refused or unanswered, they stay live for their StartTransaction.
         freed = [settle(outcome.pending, viewer, answered_at)] \
             if outcome.pending is not None and not _may_start(outcome.error) else []
+        if outcome.pending is not None and outcome.error is None:
+            freed += [settle(p, viewer, answered_at) for p in outcome.superseded]
 
         async def write() -> list[tuple[Change, Any]]:
             changes = await self._reservation_answered(viewer, outcome)

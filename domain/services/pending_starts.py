@@ -9,14 +9,16 @@ taking its car for the session, or when the charger reports its connector given 
 passed. Both judge "live" by these rules.
 
 A start sent before its charger's last boot (``Station.booted_at``: a boot that answered
-no TriggerMessage of ours) is still live, but no longer holds its card and plug
-(``holds``): a reboot forgets a start the charger held (QA s25: held for its whole
-window, the driver the Reset was for could not start again), but some chargers send a
-BootNotification at every reconnect without restarting, and still carry the start out
-(review s25: settled at the boot, its StartTransaction then lost the car the driver
-chose). So its StartTransaction, if it comes, still matches it and takes its car; and a
-new remote start with its card or on its plug is sent, and settles it as superseded
-(``CommandService._hold_start``).
+no TriggerMessage of ours, after the one the start recorded it was sent in) is still
+live, but no longer holds its card and plug (``holds``): a reboot forgets a start the
+charger held (QA s25: held for its whole window, the driver the Reset was for could not
+start again), but some chargers send a BootNotification at every reconnect without
+restarting, and still carry the start out (review s25: settled at the boot, its
+StartTransaction then lost the car the driver chose). So its StartTransaction, if it
+comes, still matches it and takes its car; and a new remote start with its card or on
+its plug is sent, and settles it as superseded once the charger accepts the new one
+(``CommandService._hold_start``; review s25: settled before, a charger refusing the new
+one, as it still held the first, cost the first its car).
 """
 
 from __future__ import annotations
@@ -57,10 +59,19 @@ def live_pending_starts(now: datetime) -> Filter:
 
 
 def holds(pending: PendingStart, station: Station | None) -> bool:
-    """Whether live ``pending`` holds its card and plug: not when it was sent before its
-    ``station``'s last boot (see the module); a station gone holds nothing either."""
-    return station is not None and (
-        station.booted_at is None or pending.created_at >= station.booted_at)
+    """Whether live ``pending`` holds its card and plug: not when its ``station`` has
+    booted since it was sent (see the module); a station gone holds nothing either.
+
+    By the boot it was sent in (``PendingStart.station_booted_at``), not by time: the
+    start's ``created_at`` is the sending instance's clock and ``booted_at`` the booting
+    one's, and a start sent within their difference after a boot held nothing (review
+    s25). One stored without it (before that field, or to a station never booted) is
+    judged by time, as before."""
+    if station is None:
+        return False
+    if pending.station_booted_at is not None:
+        return pending.station_booted_at == station.booted_at
+    return station.booted_at is None or pending.created_at >= station.booted_at
 
 
 def holding(pending: Sequence[PendingStart], stations: Mapping[str, Station | None]

@@ -20,9 +20,11 @@ read webhooks (an operator's company's, their own of no company). Their signed-i
 devices (refresh token families: when each signed in, last refreshed, expires, ended),
 never a token or its hash. The audit log's entries about what was theirs
 (``AuditEntry.holder_id``), with their images as the person reads them, and the entries
-they made about anything else, without images (those name other people: the person's
-own action is theirs, what it changed is not), merged newest first and capped at
-``AUDIT_CAP`` (the document says when entries were left out).
+they made about anything else that they still read in their ``auditLog`` (the audit
+scope of their role now: a demoted admin's copy does not keep the people and cards they
+once managed), without images (those name other people: the person's own action is
+theirs, what it changed is not), merged newest first and capped at ``AUDIT_CAP`` (the
+document says when entries were left out).
 
 An erased account is refused (``ERASED``): what is left of it is pseudonymous books kept
 for operators, no person can sign in to ask for it, and a copy handed to whoever asks
@@ -123,23 +125,30 @@ class PersonalData:
                      READ_ROWS)
 
     def audit_log(self, cap: int = AUDIT_CAP) -> AuditLog:
-        return AuditLog(self.service, self.subject.id, cap)
+        return AuditLog(self.service, self.subject, cap)
 
 
 class AuditLog:
-    """The entries about the person and those made by them, newest first, at most ``cap``:
-    two lists read a page at a time, each in the order its index gives (``holder_id``,
-    ``actor`` with ``at``), merged here (one query ORing both would sort every entry an
-    admin ever made before returning the first page). ``complete`` once iterated: False
-    when the cap left entries out."""
+    """The entries about the person and those made by them that they still read, newest
+    first, at most ``cap``: two lists read a page at a time, each in the order its index
+    gives (``holder_id``, ``actor`` with ``at``), merged here (one query ORing both would
+    sort every entry an admin ever made before returning the first page). ``complete``
+    once iterated: False when the cap left entries out.
 
-    def __init__(self, service: PersonalDataService, user_id: str, cap: int) -> None:
-        self.service, self.user_id, self.cap = service, user_id, cap
+    Those they made are those of their ``auditLog`` now, the audit scope of their role
+    today (``Policy.scope``): an operator or admin demoted to driver keeps no entry about
+    the people and cards they once managed (a driver's are those about what is theirs,
+    already in the first list), one who moved company none of the old company's books."""
+
+    def __init__(self, service: PersonalDataService, subject: User, cap: int) -> None:
+        self.service, self.subject, self.cap = service, subject, cap
+        self.user_id = subject.id
         self.complete = True
 
     async def __aiter__(self) -> AsyncIterator[list[AuditItem]]:
         about = self.service.newest(Eq("holder_id", self.user_id))
-        made = self.service.newest(Eq("actor", self.user_id))
+        readable = self.service.policy.scope(Viewer.of(self.subject), AuditEntry.kind)
+        made = self.service.newest(all_of(Eq("actor", self.user_id), readable))
         heads: list[AuditEntry | None] = [await anext(about, None), await anext(made, None)]
         given, page = 0, []
         while any(head is not None for head in heads):

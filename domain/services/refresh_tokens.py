@@ -53,6 +53,20 @@ class IssuedRefresh:
     expires_at: datetime
 
 
+def account_keeps(family: RefreshFamily, user: User) -> bool:
+    """Whether ``user``'s account still honours the refresh tokens of ``family``: active,
+    and in the token epoch it signed in in (a new password or a deactivation moves it
+    on, and a deactivation by a build before token epochs left it: ``active`` says)."""
+    return user.active and user.token_epoch == family.token_epoch
+
+
+def still_signs_in(family: RefreshFamily, user: User, now: datetime) -> bool:
+    """Whether the device of ``family`` still signs in at ``now``: not signed out, not
+    expired, and its account keeps it (``account_keeps``), as ``rotate`` checks."""
+    return family.revoked_at is None and family.expires_at > now \
+        and account_keeps(family, user)
+
+
 def digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -115,7 +129,7 @@ class RefreshTokenService(Service):
         if token.expires_at <= now:
             raise _invalid("the refresh token has expired: sign in again", "TOKEN_EXPIRED")
         user = (await self.store.get_many(User, [token.user_id]))[0]
-        if user is None or not user.active or user.token_epoch != family.token_epoch:
+        if user is None or not account_keeps(family, user):
             # A new password or a deactivation since: the family ended with them.
             raise _invalid()
         viewer = Viewer.of(user)

@@ -29,6 +29,7 @@ from domain.events import (
     ConnectorStatusChanged,
     StationChanged,
     StationConnectionChanged,
+    StationPasswordChanged,
     StationRemoved,
     StationSightChanged,
 )
@@ -315,6 +316,13 @@ class StationService(Service):
         station, updated, sight = await retried(
             lambda: self._edit_station(viewer, station_id, given))
         await self._changed(updated)
+        if password_hash not in (UNSET, None):
+            # Its charger's connection, signed in with the old password, is closed by
+            # whichever instance holds it; it cannot sign in again without the new one.
+            # How a compromised charger is shut out (review s25: made Rejected and given
+            # a new password, it stayed connected, acting Accepted, opening sessions on
+            # drivers' cards, and its station could not be removed while they ran).
+            await self.publish(StationPasswordChanged(**owned_by(updated)))
         if sight is not None:
             await self._announce_sight(station, updated, sight)
         if updated.registration is Registration.ACCEPTED \
@@ -349,11 +357,14 @@ class StationService(Service):
         # Refusing the change while a session was active (QA s25) held only if the start
         # was written first: one admitted on a cached Accepted copy (up to
         # ``CACHE_TTL_S`` on another instance) and written after it was left unstoppable
-        # (review s25). A charger not booted since that was kept acts on the
-        # registration changed from.
+        # (review s25). A charger that booted before migration 60 (nothing kept) and
+        # not since acts on the registration changed from; one that never booted was
+        # told nothing, and is judged by the registration as it is (review s25: a
+        # station made Rejected before its charger ever connected counted as told
+        # Accepted, and its StartTransaction without a boot opened a session).
         told: Any = UNSET
         if given["registration"] not in (UNSET, station.registration) \
-                and station.charger_registration is None:
+                and station.charger_registration is None and station.booted_at is not None:
             told = station.registration
         if owner_id not in (UNSET, None):
             owner = await self.visible(viewer, User, owner_id, field="ownerId")

@@ -448,7 +448,7 @@ class Withdrawal(Service):
         """Cancels the live reservations made for ``cards`` (``base.made_for``: the
         card's tag and holder), which expired: a plug held for a card that may no longer
         start a session holds it for nobody. Their sessions go on (authorized before the
-        expiry). Until QA s26 they were cancelled only at their charger's boot
+        expiry). Until QA s25 they were cancelled only at their charger's boot
         (``_cancel_unusable``), the plug shown reserved and the driver kept from
         reserving elsewhere until then. One offline is cancelled here, the cancel owed
         to its charger (``cancel_reservations``)."""

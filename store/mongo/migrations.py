@@ -1,6 +1,6 @@
 """Data changes the MongoDB store makes when the model changes (SQLite makes the same in its
 schema migrations, ``store/sqlite/migrations.py``: versions 7, 8, 10, 14, 16, 18, 23,
-24, 26, 27, 29, 32, 34, 37, 40, 41, 42, 47, 55 and 61).
+24, 26, 27, 29, 32, 34, 37, 40, 41, 42, 47, 55, 60 and 61).
 
 MongoDB has no schema to migrate, only documents written under older rules. Each step
 here runs at every start (or until one start recorded it done: ``_once``), is
@@ -146,6 +146,26 @@ async def _one_kept_per_plate(db: Any, owner_id: Any, key: str, now: datetime) -
                 {"$set": {"vehicle_id": kept["_id"], **stamps, MARK: ObjectId()}})
 
 
+async def _charger_registrations(db: Any) -> None:
+    """What SQLite's migration 60 does: a station from before ``charger_registration``
+    with a session open (ACTIVE, or awaiting its late stop) was charging, so its charger
+    was told Accepted at its last boot, and acts on it until its next: it gets
+    ``Accepted``. Without the field it reads as the station's registration, and one made
+    Pending or Rejected mid-session had its stop refused after the upgrade, the session
+    left open and unbilled (review s25). Others stay without it (null: the station's
+    registration). Only a document still lacking the field: a boot since wrote what it
+    was told."""
+    open_sessions = {"$or": [{"state": "ACTIVE"},
+                             {"state": "COMPLETED", "stop_reason": None}]}
+    station_ids = await db["session"].distinct("station_id", open_sessions)
+    for station_id in station_ids:
+        if station_id is None:
+            continue
+        await db["station"].update_one(
+            {"_id": station_id, "charger_registration": {"$exists": False}},
+            {"$set": {"charger_registration": "Accepted", MARK: ObjectId()}})
+
+
 async def _unique_company_names(db: Any) -> None:
     """Company names became unique in the store: duplicates made before keep their
     history, every one but the oldest with its id appended, for an admin to rename."""
@@ -184,6 +204,7 @@ async def migrate(db: Any) -> None:
     # After ``refund_records``: the refunds it made copied their payments' books.
     await _once(db, "company_books_without_owner", _company_books_without_owner)
     await _once(db, "payment_plugs", _payment_plugs)
+    await _once(db, "charger_registrations", _charger_registrations)
     # After ``plate_keys`` (``before_indexes``), with the unique index on the key built:
     # an owner's twins are removed before the car kept takes its new key.
     await _once(db, "plate_forms", _plate_forms)

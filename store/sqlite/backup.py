@@ -181,11 +181,14 @@ class RestoreReport:
     schema_version: int
     #: Each sequence's next number after the restore, by name.
     sequences: dict[str, int]
+    #: What the operator must still see to (the restored file left root's), one line each.
+    warnings: tuple[str, ...] = ()
 
 
 def restore(backup_file: str | Path, database: str | Path) -> RestoreReport:
     """Puts the backup ``backup_file`` in place of ``database``: checked, its sequences
-    moved ``RESTORE_GAP`` ahead, given the replaced file's mode and owner, the database's
+    moved ``RESTORE_GAP`` ahead, given the replaced file's mode and owner (where there is
+    none yet, mode 0600 and the owner and group of its folder), the database's
     stale WAL, shared-memory and rollback journal files removed (replayed into the
     restored file they would corrupt it), then renamed into place. A symbolic link
     ``database`` is followed: the file it names is replaced, the link kept.
@@ -193,8 +196,8 @@ def restore(backup_file: str | Path, database: str | Path) -> RestoreReport:
     process has it open (it runs: stop every instance first), when this user cannot tell
     (it may not read or write the database: run it as the service's user, or as root),
     for a backup of a schema newer than this build's, which it could not start on, and
-    when the restored file could not be given the replaced one's owner. The file
-    replaced is gone: back it up first if unsure."""
+    when the restored file could not be given the replaced one's owner (or its folder's).
+    The file replaced is gone: back it up first if unsure."""
     backup_file = Path(backup_file)
     # SQLite names the side files after the real path, and a rename over the link would
     # replace the link itself, leaving the file it names (the service's, elsewhere) stale.
@@ -220,6 +223,9 @@ def restore(backup_file: str | Path, database: str | Path) -> RestoreReport:
         sequences = _moved_sequences(temporary, drawn)
         if replaced is not None:
             _keep_mode_and_owner(temporary, database, replaced)
+            warnings: tuple[str, ...] = ()
+        else:
+            warnings = _give_the_folders_owner(temporary, database)
         _sync(temporary)
         if replaced is not None:
             # Last, just before the file is replaced: an instance serving GraphQL only
@@ -235,7 +241,8 @@ def restore(backup_file: str | Path, database: str | Path) -> RestoreReport:
                 os.remove(leftover)
         raise
     _sync_folder(database.parent)
-    return RestoreReport(database=database, schema_version=version, sequences=sequences)
+    return RestoreReport(database=database, schema_version=version, sequences=sequences,
+                         warnings=warnings)
 
 
 def _keep_mode_and_owner(temporary: str, database: Path, replaced: os.stat_result) -> None:
@@ -243,19 +250,46 @@ def _keep_mode_and_owner(temporary: str, database: Path, replaced: os.stat_resul
     `sudo chargegraph restore`, the database was root's own 0600 temporary, and the
     service, running as its own user, could not open it). Refused, before the database is
     touched, when this user may not give it that owner: run it as root or as the owner."""
-    os.chmod(temporary, stat.S_IMODE(replaced.st_mode))
+    _give(temporary, database, stat.S_IMODE(replaced.st_mode), replaced.st_uid,
+          replaced.st_gid, whose="its")
+
+
+def _give(temporary: str, database: Path, mode: int, uid: int, gid: int, *,
+          whose: str) -> None:
+    os.chmod(temporary, mode)
     mine = os.stat(temporary)
-    if (mine.st_uid, mine.st_gid) == (replaced.st_uid, replaced.st_gid):
+    if (mine.st_uid, mine.st_gid) == (uid, gid):
         return
     try:
-        os.chown(temporary, replaced.st_uid, replaced.st_gid)
+        os.chown(temporary, uid, gid)
     except PermissionError as error:
         raise BackupError(
-            f"cannot give the restored {database} its owner (uid {replaced.st_uid}, gid "
-            f"{replaced.st_gid}) as this user: the service could not open it; run the "
-            "restore as root or as that user") from error
-    # chown clears the set-id bits (not used here, but the mode is the replaced one's)
-    os.chmod(temporary, stat.S_IMODE(replaced.st_mode))
+            f"cannot give the restored {database} {whose} owner (uid {uid}, gid {gid}) "
+            "as this user: the service could not open it; run the restore as root or as "
+            "that user") from error
+    # chown clears the set-id bits (not used here, but the mode is the one given)
+    os.chmod(temporary, mode)
+
+
+def _give_the_folders_owner(temporary: str, database: Path) -> tuple[str, ...]:
+    """Where no database is replaced (a new volume after a disk loss), gives the restored
+    file mode 0600 and the owner and group of the folder it goes into: the service's
+    data folder is its user's (review r-ops2: `sudo chargegraph restore` onto a fresh
+    volume left root's own 0600 temporary, which the service could not open). Refused
+    when this user may not give it that owner, as for a replaced one. A folder of root's
+    tells nothing of the service's user: the file stays the restorer's, with a warning
+    that the service's user must own it (unless the service runs as that user)."""
+    folder = database.parent.stat()
+    if folder.st_uid != 0:
+        _give(temporary, database, 0o600, folder.st_uid, folder.st_gid,
+              whose="its folder's")
+        return ()
+    os.chmod(temporary, 0o600)
+    me = "root's" if os.geteuid() == 0 else f"uid {os.geteuid()}'s"
+    return (f"{database.parent} is root's, so the restored {database} is {me} (mode 0600): "
+            "the service's user must own the file, and the folder (SQLite writes its "
+            f"side files there), e.g. `chown chargegraph: {database.parent} {database}` "
+            "in the image, or the service cannot open it",)
 
 
 def refuse_running(database: Path, then: str) -> None:

@@ -1258,9 +1258,19 @@ CREATE TABLE "delivery_claim" (
 # the answer to its last BootNotification, which it keeps until its next boot. A station
 # made Pending or Rejected mid-session had its charger's stop, meter values and reports
 # judged by a registration the charger had not been told (review s25). Older rows: null,
-# the station's registration.
+# the station's registration; but a station with a session open (ACTIVE, or awaiting its
+# late stop) was charging, so its charger was told Accepted: one made Pending or Rejected
+# mid-session under schema 59 (whose stop was taken then) would otherwise have its stop
+# refused after the upgrade, the session left open and unbilled (review s25). MongoDB:
+# ``migrations._charger_registrations``.
 _V60 = """
 ALTER TABLE "station" ADD COLUMN "charger_registration" TEXT;
+UPDATE "station" SET "charger_registration" = 'Accepted'
+WHERE EXISTS (
+  SELECT 1 FROM "session"
+  WHERE "session"."station_id" = "station"."id"
+    AND ("session"."state" = 'ACTIVE'
+         OR ("session"."state" = 'COMPLETED' AND "session"."stop_reason" IS NULL)));
 """
 
 #: Migration 61's cars to remove: kept cars of an owner who keeps an older one (by
@@ -1313,11 +1323,20 @@ WHERE "license_plate" IS NOT chargegraph_plate_shown("license_plate")
    OR "plate_key" IS NOT chargegraph_plate_key("license_plate");
 """
 
-# Version 62: a reservation cancelled while its charger was offline remembers that its
-# CancelReservation is owed to the charger (``Reservation.cancel_owed_since``), sent when
-# the charger comes back (QA s26: nobody could end a live reservation while its charger
-# was offline). Older rows: null, nothing owed.
+# Version 62: the boot a remote start was sent in (``PendingStart.station_booted_at``: its
+# station's ``booted_at`` as read then). A start holds its card and plug until its station
+# boots again, compared as a value: compared by time, a start stored by an instance whose
+# clock was behind the one that stored the boot held nothing (review s25). Older rows:
+# null, judged by ``created_at`` as before. MongoDB reads a missing field as null: no step.
 _V62 = """
+ALTER TABLE "pending_start" ADD COLUMN "station_booted_at" INTEGER;
+"""
+
+# Version 63: a reservation cancelled while its charger was offline remembers that its
+# CancelReservation is owed to the charger (``Reservation.cancel_owed_since``), sent when
+# the charger comes back (QA s25: nobody could end a live reservation while its charger
+# was offline). Older rows: null, nothing owed.
+_V63 = """
 ALTER TABLE "reservation" ADD COLUMN "cancel_owed_since" INTEGER;
 """
 
@@ -1345,7 +1364,9 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (58, _V58),
                                      (59, _V59),
                                      (60, _V60),
-                                     (61, _V61), (62, _V62))
+                                     (61, _V61),
+                                     (62, _V62),
+                                     (63, _V63))
 
 
 def identity_left(company_id: str, name: str) -> None:

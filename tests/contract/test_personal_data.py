@@ -12,7 +12,7 @@ from typing import TypeVar
 
 import pytest
 
-from domain.entities import AuditAction, AuditEntry, Role, SessionState, Webhook
+from domain.entities import AuditAction, AuditEntry, Role, SessionState, User, Webhook
 from domain.errors import Conflict, Forbidden, NotFound, Unauthenticated
 from domain.policy import ANONYMOUS, Policy, Viewer
 from domain.ports import Store
@@ -109,7 +109,8 @@ async def test_each_section_holds_the_persons_records_only_a_page_at_a_time(
 
 async def test_the_audit_log_merges_about_and_made_by_newest_first_capped(
         store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
-    person, other = user(), user(role=Role.ADMIN)
+    # An admin, who reads every entry they made (a driver reads fewer: the next test).
+    person, other = user(role=Role.ADMIN), user(role=Role.ADMIN)
     card = id_tag(person)
     others_card = id_tag(other)
     await put(store, person, other, card, others_card)
@@ -142,6 +143,34 @@ async def test_the_audit_log_merges_about_and_made_by_newest_first_capped(
     first = flat([page async for page in capped])
     assert [i.entry.id for i in first] == [e.id for e in expected[:4]]
     assert not capped.complete
+
+
+async def test_the_entries_they_made_are_those_their_role_reads_now(
+        store: Store) -> None:
+    """An admin demoted to driver keeps only the entries about what is theirs; an
+    operator who moved company keeps those of the new company's books, not the old
+    one's (the audit scope of ``auditLog``, the same query on every store)."""
+    volt, ampere = company(), company()
+    demoted = user()  # once an admin
+    mover = user(role=Role.OPERATOR, company_id=ampere.id)  # once at Volt
+    driver = user()
+    card = id_tag(driver)
+    old_station, new_station = station(company_id=volt.id), station(company_id=ampere.id)
+    await put(store, volt, ampere, demoted, mover, driver, card, old_station, new_station)
+    own = audit(demoted, demoted.id, holder_id=demoted.id, at=at(1))
+    managed = audit(card, demoted.id, holder_id=driver.id, at=at(2))
+    old_books = audit(old_station, mover.id, company_id=volt.id, at=at(3))
+    new_books = audit(new_station, mover.id, company_id=ampere.id, at=at(4))
+    await store.write([], [own, managed, old_books, new_books])
+    personal = service(store)
+
+    async def listed(person: User) -> list[str]:
+        data = await personal.open(Viewer.of(person), None)
+        return [i.entry.id async for page in data.audit_log() for i in page
+                if i.entry.action is not AuditAction.EXPORT]
+
+    assert await listed(demoted) == [own.id]
+    assert await listed(mover) == [new_books.id]
 
 
 async def test_who_may_export_whose(store: Store) -> None:

@@ -16,9 +16,10 @@ import pytest
 from domain import entities as d
 from domain.clock import utcnow
 from domain.errors import StoreUnavailable
-from domain.policy import Viewer
+from domain.policy import SYSTEM, Viewer
 from domain.ports import Insert
 from domain.services import personal_data
+from domain.services.edits import edit
 from graph.ids import to_global_id
 from tests.e2e.conftest import Running, running_service
 from tests.e2e.test_metrics import scrape, value
@@ -221,3 +222,40 @@ async def test_what_they_did_to_others_records_is_listed_without_those_records(
                                                "UPDATE", admin.id, False, None, None)
     assert "TAG-OTHER" not in response.text
     assert c.users["driver2"].id not in response.text
+
+
+async def test_a_demoted_admin_does_not_keep_the_cards_they_once_managed(
+        service: Running) -> None:
+    """Demoted to driver, an admin no longer reads driver2's card's history through
+    ``auditLog``; their copy of their data does not list their old change of it either
+    (which card, when): what they made is listed as their ``auditLog`` reads it now."""
+    c = service.central
+    admin, card = c.users["admin"], c.tags["other"]  # driver2's card
+    await service.services.fleet.update_id_tag(Viewer.of(admin), card.id,
+                                               status=d.IdTagStatus.BLOCKED)
+    await service.services.ctx.store.write([edit(admin, SYSTEM, role=d.Role.DRIVER)], [])
+    token = await service.token("admin")
+    listed = await service.gql('{ auditLog(first: 100) { nodes { entityId } } }',
+                               token=token)
+    assert gid("id_tag", card.id) not in str(listed)  # the API's read
+    response = await download(service, "/export/me.json", token)
+    assert response.status_code == 200
+    assert gid("id_tag", card.id) not in response.text
+    # What is theirs is still there: the entry of this very export, about them.
+    [export] = [e for e in response.json()["auditLog"] if e["action"] == "EXPORT"]
+    assert (export["entityId"], export["aboutYou"]) == (gid("user", admin.id), True)
+
+
+async def test_a_deactivated_accounts_devices_are_not_signed_in(service: Running) -> None:
+    """An account deactivated by a build before token epochs kept its epoch: its
+    devices' refresh tokens no longer sign in (``active`` is checked too), and the copy
+    an admin downloads for the person says so."""
+    c = service.central
+    driver = c.users["driver"]
+    await service.token("driver")  # a device signed in
+    await service.services.ctx.store.write([edit(driver, SYSTEM, active=False)], [])
+    response = await download(service, f"/export/users/{gid('user', driver.id)}.json",
+                              await service.token("admin"))
+    assert response.status_code == 200, response.text
+    [device] = response.json()["devices"]
+    assert (device["signedIn"], device["signedOutAt"]) == (False, None)

@@ -571,7 +571,7 @@ async def test_a_withdrawn_cards_reservation_is_cancelled_when_its_charger_is_ba
         central: Central) -> None:
     """QA s24: a card blocked while its reservation's charger was offline kept the
     reservation ACTIVE until it expired (the cancel was not delivered, nothing tried
-    again): the plug shown RESERVED, its driver refused elsewhere. Since QA s26 the
+    again): the plug shown RESERVED, its driver refused elsewhere. Since QA s25 the
     cancel that cannot be delivered cancels it here, owed to the charger, which is sent
     it when it is back, once; a usable card's stays."""
     soon = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
@@ -587,7 +587,7 @@ async def test_a_withdrawn_cards_reservation_is_cancelled_when_its_charger_is_ba
     await block(central, "ok", who="driver")
     await settled(central)
     [lost] = await central.store.find_all(d.Reservation, Eq("id_tag", "TAG-OK"))
-    # The cancel could not be sent: cancelled here, owed to the charger (QA s26).
+    # The cancel could not be sent: cancelled here, owed to the charger (QA s25).
     assert lost.state is d.ReservationState.CANCELLED
     assert lost.cancel_owed_since is not None
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from ocpp.v16 import call
+from ocpp.v16 import call_result as result
 from websockets.asyncio.client import connect
 
 from domain import entities as d
@@ -218,6 +219,46 @@ async def test_a_session_left_running_on_a_station_made_pending_can_still_be_sto
                             "errors { field code }")
         assert [(e["field"], e["code"]) for e in started["errors"]] == [
             ("cpId", "INVALID_STATE")], started
+
+
+@pytest.mark.parametrize("told", [d.Registration.PENDING, d.Registration.REJECTED])
+async def test_a_charger_told_pending_or_rejected_is_asked_only_what_ocpp_allows_once_accepted(
+        central: Central, told: d.Registration) -> None:
+    """Review s25: commands were judged by the station's registration alone once it was
+    Accepted, whatever its charger was told at its last boot: one told Rejected (which
+    answers no central-system message until it boots again, OCPP 1.6 4.2) was sent a
+    RemoteStartTransaction and its driver waited out the timeout; one told Pending, a
+    remote start or stop 1.6 forbids. Until it boots again it is asked what 1.6 allows
+    for what it was told (Pending: its configuration, a trigger its station admits the
+    answer of; Rejected: nothing, not even the acceptance's nudge), then all."""
+    station_id = central.stations["CP-1"].id
+    stations = central.services.stations
+    await stations.update_station(SYSTEM, station_id, registration=told)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        assert (await cp.boot()).status == told.value
+        if told is d.Registration.PENDING:
+            stations.on_accepted = None  # it missed the acceptance's TriggerMessage
+        await stations.update_station(SYSTEM, station_id,
+                                      registration=d.Registration.ACCEPTED)
+        await stations.settled()
+        pending = told is d.Registration.PENDING
+        for name, extra, allowed in (
+                ("remoteStartTransaction", {"connectorId": 1, "idTag": "TAG-OK"}, False),
+                ("remoteStopTransaction", {"transactionId": 1}, False),
+                ("getConfiguration", {}, pending),
+                ("triggerMessage", {"requestedMessage": "METER_VALUES", "connectorId": 1},
+                 pending)):
+            answer = await run(central, name, {"cpId": "CP-1", **extra}, "__typename")
+            errors = [(e["field"], e["code"]) for e in answer["errors"]]
+            assert errors == ([] if allowed else [("cpId", "INVALID_STATE")]), (name, answer)
+        await settle()
+        assert [name for name, _ in cp.received] == (
+            ["GetConfiguration", "TriggerMessage"] if pending else [])
+        assert (await cp.boot()).status == "Accepted"  # told Accepted: all of it now
+        started = await run(central, "remoteStartTransaction",
+                            {"cpId": "CP-1", "connectorId": 1, "idTag": "TAG-OK"},
+                            "status errors { code }")
+        assert started["status"] == "ACCEPTED" and started["errors"] == [], started
 
 
 async def test_a_pending_station_is_triggered_only_for_what_it_may_send(central: Central
@@ -2704,6 +2745,108 @@ async def test_a_boot_at_a_reconnect_keeps_the_car_the_driver_chose(central: Cen
             Eq("cp_id", "CP-1"), Eq("state", d.SessionState.ACTIVE)))
         assert session.vehicle_id == second.id, (
             "booked to the card's car", session.vehicle_id == central.vehicles["car"].id)
+
+
+def refusing_starts(cp: Any) -> None:
+    """The charger still holds the start it accepted before reconnecting, and refuses
+    a second one on that plug (as docs/architecture.md says it does: ConcurrentTx)."""
+    routes = cp.route_map["RemoteStartTransaction"]
+
+    def refused(**_: Any) -> Any:
+        return result.RemoteStartTransaction(status="Rejected")  # type: ignore[arg-type]
+    routes["_on_action"] = refused
+    routes.pop("_after_action", None)
+
+
+async def test_a_start_the_charger_refuses_leaves_the_held_start_its_car(
+        central: Central) -> None:
+    """Review s25: the driver's start (second car) is accepted; the charger reconnects
+    with a boot (no restart) and still holds it. The driver taps start again (same car):
+    the new start settled the held one in its insert, the charger refused the new one
+    (it holds the first), and when the car came the charger carried out the first start,
+    which matched nothing: the session was booked to the card's car, not the vehicleId
+    chosen (README). A superseded start is settled only once the charger accepts the
+    new one."""
+    driver = Viewer.of(central.users["driver"])
+    second = await central.services.fleet.add_vehicle(driver, license_plate="B-EV 2")
+    car = to_global_id("vehicle", second.id)
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        holding_starts(cp)
+        await cp.boot()
+        await cp.report_all()
+        started = await run(central, START, {"cpId": "CP-1", "connectorId": 1,
+                                             "idTag": "TAG-OK", "vehicleId": car},
+                            as_user="driver")
+        assert started["status"] == "ACCEPTED", started
+        await settle()
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()  # a reconnect's boot: the charger still holds the start
+        await cp.report_all()
+        refusing_starts(cp)
+        again = await run(central, START, {"cpId": "CP-1", "connectorId": 1,
+                                           "idTag": "TAG-OK", "vehicleId": car},
+                          as_user="driver")
+        assert again["status"] == "REJECTED", again
+        await cp.start_transaction(1, "TAG-OK")  # the car came: the first start runs
+        await settle()
+        [session] = await central.store.find_all(d.Session, all_of(
+            Eq("cp_id", "CP-1"), Eq("state", d.SessionState.ACTIVE)))
+        assert session.vehicle_id == second.id, (
+            "booked to the card's car", session.vehicle_id == central.vehicles["car"].id)
+
+
+async def test_a_start_just_after_a_boot_holds_on_an_instance_whose_clock_is_behind(
+        central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review s25: two instances; the charger's boot is stored by one (``booted_at``, its
+    clock), the driver's start by another whose clock is 3 s behind (``created_at``).
+    Judged by time, a start stored within the clocks' difference after the boot held
+    nothing for its whole window: the double tap was sent too, and superseded the start
+    the charger holds. A start records the boot it was sent in, and holds until the
+    station boots again."""
+    import domain.services.base as base
+    real = base.utcnow
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        holding_starts(cp)
+        await cp.boot()
+        await cp.report_all()
+        monkeypatch.setattr(base, "utcnow", lambda: real() - timedelta(seconds=3))
+        first = await run(central, START, {"cpId": "CP-1", "connectorId": 1},
+                          as_user="driver")
+        assert first["status"] == "ACCEPTED", first
+        again = await run(central, START, {"cpId": "CP-1", "connectorId": 2},
+                          as_user="driver")
+        assert again.get("errors") and again["errors"][0]["code"] == "IN_USE", again
+
+
+async def test_a_car_starting_is_found_behind_many_starts_holding_nothing(
+        central: Central) -> None:
+    """Review s25 (the reviewer's suspicion): the driver check read the driver's first
+    20 live starts, then left out those holding nothing (sent before their charger's
+    last boot): behind 20 of those (a fleet driver's starts at a rebooting depot), the
+    start still holding the car was not read, and the car was started twice."""
+    driver = central.users["driver"]
+    car = central.vehicles["car"]
+    station = await central.store.find_one(d.Station, Eq("cp_id", "CP-1"))
+    assert station is not None
+    booted = utcnow()
+    await central.store.write([patch(station, SYSTEM, booted_at=booted)], [])
+    now = utcnow()
+    old = [d.PendingStart(station_id=station.id, cp_id="CP-1", id_tag=f"TAG-{i}",
+                          user_id=driver.id, vehicle_id=None, created_by="t", updated_by="t",
+                          expires_at=now + timedelta(minutes=2),
+                          station_booted_at=booted - timedelta(hours=1))
+           for i in range(25)]
+    held = d.PendingStart(station_id=station.id, cp_id="CP-1", id_tag="TAG-FLEET",
+                          user_id=driver.id, vehicle_id=car.id, created_by="t",
+                          updated_by="t", expires_at=now + timedelta(minutes=2),
+                          station_booted_at=booted)
+    await central.store.write([Insert(p) for p in [*old, held]], [])
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        holding_starts(cp)
+        again = await run(central, START, {"cpId": "CP-1", "connectorId": 2, "idTag": "TAG-OK",
+                                           "vehicleId": to_global_id("vehicle", car.id)},
+                          as_user="driver")
+        assert again.get("errors") and again["errors"][0]["code"] == "IN_USE", again
 
 
 @pytest.mark.parametrize(("who", "start"), [

@@ -1,4 +1,4 @@
-"""GetCompositeSchedule answers a charger computes off the 1.6 schema's letter (QA s26)."""
+"""GetCompositeSchedule answers a charger computes off the 1.6 schema's letter (QA s25)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def accepted(schedule: dict[str, Any]) -> dict[str, Any]:
 @pytest.mark.parametrize("strict", [False, True], ids=["lenient", "strict"])
 async def test_a_composite_schedule_off_the_rate_step_or_without_periods_is_read(
         tmp_path: Path, caplog: pytest.LogCaptureFixture, strict: bool) -> None:
-    """QA s26: a charger that said Accepted with a schedule whose rates are off OCPP
+    """QA s25: a charger that said Accepted with a schedule whose rates are off OCPP
     1.6's 0.1 step (16.05 A, what it computed from its profiles combined) or that has no
     ``chargingSchedulePeriod`` (nothing planned) was answered CHARGER_ERROR: the
     operator never saw what it plans to apply. By default the schedule is taken as the

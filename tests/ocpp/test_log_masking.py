@@ -7,13 +7,21 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from websockets.asyncio.client import connect
 
+from domain import command_rules
 from domain import entities as d
+from domain.command_rules import without_credentials
 from domain.query import Eq
+from domain.services.commands import masked
+from ocpp_bridge import handler, log_masking
+from ocpp_bridge.handler import logged_frame
 from ocpp_bridge.log_masking import masked_line
 from ocpp_bridge.simulator import basic_auth
 from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
@@ -139,3 +147,182 @@ async def test_a_callerror_repeating_a_signed_url_is_logged_without_its_signatur
         task.cancel()
         await ws.close()
         await stop_central(central)
+
+
+#: A Google Cloud Storage V4 signed URL with its X-Goog-Credential written unencoded (a
+#: service account's e-mail and scope): ``command_rules._url`` accepts it, the charger
+#: needs it whole.
+GCS_SIGNED = ("https://storage.googleapis.com/bkt/fw.bin?X-Goog-Algorithm=GOOG4-RSA-SHA256"
+              "&X-Goog-Credential=fw-signer@acme-prod.iam.gserviceaccount.com/20261206/auto/"
+              "storage/goog4_request&X-Goog-Date=20261206T020000Z&X-Goog-Expires=3600"
+              "&X-Goog-SignedHeaders=host&X-Goog-Signature=5ecre7deadbeef")
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    # An '@' in the query string ends no user information (review s25: the credential's
+    # domain was taken for the host, the '?' hidden with the "user information", and
+    # X-Goog-Signature shown whole).
+    (GCS_SIGNED, "https://storage.googleapis.com/bkt/fw.bin?X-Goog-Algorithm=[hidden]"
+                 "&X-Goog-Credential=[hidden]&X-Goog-Date=[hidden]&X-Goog-Expires=[hidden]"
+                 "&X-Goog-SignedHeaders=[hidden]&X-Goog-Signature=[hidden]"),
+    ("https://tok@h.example.com/up?cred=a@b.example.com/x&sig=5ecre7deadbeef",
+     "https://[hidden]@h.example.com/up?cred=[hidden]&sig=[hidden]"),
+    # A password may hold '#', '/' and '?' (and '@'): hidden up to the '@' before the host.
+    ("ftp://diag:p#ss@files.example.com/up", "ftp://[hidden]@files.example.com/up"),
+    ("ftp://diag:12/34@files.example.com/up", "ftp://[hidden]@files.example.com/up"),
+    ("ftp://diag:5ecre7?x@files.example.com/up?sig=1",
+     "ftp://[hidden]@files.example.com/up?sig=[hidden]"),
+    ("ftp://me@corp.example:p@ss/1@files.example.com/up", "ftp://[hidden]@files.example.com/up"),
+    # Both readings fit (a host and a port, then a query; or a password holding '?'):
+    # hidden whole after the scheme rather than show a query value or a password.
+    ("ftp://diag:12?x=5ecre7deadbeef@files.example.com/up", "ftp://[hidden]"),
+    ("https://u:pw@h.example.com/up?cred=a@b.example.com/x&sig=5ecre7deadbeef", "https://[hidden]"),
+])
+def test_a_url_is_shown_without_its_user_information_and_query_values(
+        url: str, shown: str) -> None:
+    """The audit (``commands.masked``), the station's rollout and the wire log show a
+    URL as ``without_credentials`` does; shown so, it is shown as it is."""
+    assert without_credentials(url) == shown
+    assert without_credentials(shown) == shown
+    assert masked("UpdateFirmware", {"location": url})["location"] == shown
+    frame = (f'[2,"1","UpdateFirmware",{{"location":"{url}",'
+             '"retrieveDate":"2026-12-06T03:00:00Z"}]')
+    logged = logged_frame(frame)
+    assert "5ecre7" not in logged and "p#ss" not in logged and "12/34" not in logged
+    assert shown in logged.replace("\\/", "/")
+
+
+#: The URL pattern the wire log searched every line with before review s25: what
+#: ``url_spans`` finds (its scan is linear, this was quadratic in a word before ':/').
+FORMER_URL = re.compile(r"""[A-Za-z][A-Za-z0-9+.\-]*:(?:\\?/){2}[^\s"'<>]*""")
+
+
+def test_urls_in_a_line_are_found_as_the_pattern_found_them() -> None:
+    """``url_spans`` is a scan, not a regular expression, and finds the same URLs."""
+    rng = random.Random(25)
+    alphabet = "aZ9+.-:/\\ \"'<>@?#x1"
+    lines = ["".join(rng.choice(alphabet) for _ in range(rng.randrange(40)))
+             for _ in range(20000)]
+    lines += ["say https://h.example.com/a?b=c and ftp:\\/\\/u:p@h\\/x'", "1http://a",
+              "+.-a1://b c://d", "::////", "a:\\//b", "é://x", "9://x a://y"]
+    for line in lines:
+        found = [(start, end) for start, _, end in log_masking.url_spans(line)]
+        assert found == [m.span() for m in FORMER_URL.finditer(line)], line
+
+
+class Reads(str):
+    """A text counting the characters its searches, indexing and slices read."""
+
+    reads = 0
+
+    def find(self, sub: str, start: Any = None, end: Any = None) -> int:  # type: ignore[override]
+        lo, hi = start or 0, len(self) if end is None else min(end, len(self))
+        found = super().find(sub, lo, hi)
+        self.reads += max((found + len(sub) if found >= 0 else hi) - lo, 1)
+        return found
+
+    def rfind(self, sub: str, start: Any = None, end: Any = None) -> int:  # type: ignore[override]
+        lo, hi = start or 0, len(self) if end is None else min(end, len(self))
+        found = super().rfind(sub, lo, hi)
+        self.reads += max(hi - (found if found >= 0 else lo), 1)
+        return found
+
+    def __getitem__(self, key: Any) -> str:  # type: ignore[override]
+        got = super().__getitem__(key)
+        self.reads += max(len(got), 1)
+        return got
+
+
+class CountedPattern:
+    """A compiled pattern whose searches count what they may read (``pos`` to the match,
+    or to ``endpos``) on a ``Reads`` text."""
+
+    def __init__(self, pattern: re.Pattern[str]) -> None:
+        self.pattern = pattern
+
+    def search(self, text: str, pos: int = 0, endpos: int | None = None) -> Any:
+        end = len(text) if endpos is None else endpos
+        found = self.pattern.search(text, pos, end)
+        if isinstance(text, Reads):
+            text.reads += max((found.end() if found else end) - pos, 1)
+        return found
+
+    def fullmatch(self, text: str, pos: int = 0, endpos: int | None = None) -> Any:
+        end = len(text) if endpos is None else endpos
+        if isinstance(text, Reads):
+            text.reads += max(end - pos, 1)
+        return self.pattern.fullmatch(text, pos, end)
+
+
+N = 65536
+
+
+@pytest.mark.parametrize("line", [
+    "A" * N + " :/",  # review s25: every letter's try read the rest of the run
+    "A" * N + "://x",
+    ("a" * 61 + "://") * (N // 64),
+    ("1+" * 32 + ":/") * (N // 66),
+    "http://x/" + "@" * N,
+    "\\/:" * N,
+], ids=["word-then-colon-slash", "one-long-scheme", "many-urls", "no-letter", "many-at",
+        "escaped"])
+def test_a_line_is_searched_for_urls_reading_each_character_a_few_times(
+        line: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Masking a log line is linear: the URL search reads each character a bounded
+    number of times, however the line is made (counted, not timed)."""
+    monkeypatch.setattr(log_masking, "_URL_END", CountedPattern(log_masking._URL_END))
+    text = Reads(line)
+    list(log_masking.url_spans(text))
+    assert text.reads <= 4 * len(line), (text.reads, len(line))
+
+
+@pytest.mark.parametrize("rest", [
+    "x/" + "@" * N,  # review s25: the rest copied and split for every '@'
+    "u:p" + "@h/" * (N // 3),
+    "u:p" + "@" + "h" * N,
+    "u:p?" + "@h?" * (N // 3),
+    "h" + "/a@b" * (N // 4),
+], ids=["many-at", "many-hosts", "long-host", "password-and-queries", "path"])
+def test_user_information_is_found_reading_each_character_a_few_times(
+        rest: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``without_credentials`` finds where a URL's user information ends in linear time:
+    each ``@`` is looked at up to the next one (counted, not timed)."""
+    monkeypatch.setattr(command_rules, "_AUTHORITY_END",
+                        CountedPattern(command_rules._AUTHORITY_END))
+    monkeypatch.setattr(command_rules, "_HOST", CountedPattern(command_rules._HOST))
+    text = Reads(rest)
+    command_rules._user_info_end(text)
+    assert text.reads <= 8 * len(rest), (text.reads, len(rest))
+
+
+async def test_a_bad_frame_is_masked_only_when_logged_and_only_its_start(
+        central: Central, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ``bad frame`` line (INFO): its text is masked only when the line is written,
+    and only its first ``BAD_FRAME_READ`` characters (review s25: a frame of megabytes
+    was masked whole at any level, on the event loop); a URL they cut is hidden."""
+    read: list[tuple[int, int | None]] = []
+    real = handler.logged_frame
+
+    def logged(message: str | bytes, limit: int | None = None) -> str:
+        read.append((len(message), limit))
+        return real(message, limit)
+
+    monkeypatch.setattr(handler, "logged_frame", logged)
+    caplog.set_level(logging.WARNING, logger="chargegraph.ocpp.wire")  # this line only
+    cut = "x" * (handler.BAD_FRAME_READ - 20) + " ftp://diag:5ecre7deadbeef@h.example.com/"
+    async with connect(f"{central.url}/CP-1", subprotocols=["ocpp1.6"],  # type: ignore[list-item]
+                       additional_headers=basic_auth("CP-1", STATION_PASSWORD)) as ws:
+        for level in (logging.WARNING, logging.INFO):
+            caplog.set_level(level, logger="chargegraph.ocpp")
+            await ws.send(cut + "x" * (1 << 20))
+            await ws.send(f'[2,"h{level}","Heartbeat",{{}}]')
+            while f'"h{level}"' not in str(await ws.recv()):
+                pass  # until the heartbeat's answer: the bad frame before it was handled
+            if level == logging.WARNING:
+                assert read == []  # not written: not masked
+    assert [limit for _, limit in read] == [handler.BAD_FRAME_READ]
+    [line] = [r.getMessage() for r in caplog.records if "bad frame" in r.getMessage()]
+    assert "5ecre7" not in line and "diag" not in line
+    assert handler.logged_frame(cut + "tail", limit=handler.BAD_FRAME_READ).endswith(
+        " ftp://[hidden]")

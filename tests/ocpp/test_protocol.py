@@ -15,13 +15,17 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from domain import entities as d
 from domain.errors import ValidationError
-from domain.policy import SYSTEM
+from domain.policy import SYSTEM, Policy
 from domain.ports import Insert
 from domain.query import Eq, all_of
+from domain.services import ServiceContext, Services
 from domain.services.base import stamp_new
 from graph.ids import to_global_id
 from ocpp_bridge.simulator import basic_auth, connected, now
+from store.sqlite import SqliteStore
+from tests.helpers import FastHasher
 from tests.ocpp.conftest import STATION_PASSWORD, Central, seed, start_central, stop_central
+from tests.support.wire_bus import WireBus
 
 
 async def raw(central: Central, cp_id: str = "CP-1", password: str | None = STATION_PASSWORD):
@@ -33,6 +37,14 @@ async def raw(central: Central, cp_id: str = "CP-1", password: str | None = STAT
 async def exchange(ws, frame: str) -> list:
     await ws.send(frame)
     return json.loads(await asyncio.wait_for(ws.recv(), 5))
+
+
+async def boot_told(ws, uid: str = "b0") -> str:
+    """The charger boots: the registration it is told, and acts on until its next
+    (``Station.charger_registration``)."""
+    answer = await exchange(ws, json.dumps([2, uid, "BootNotification", {
+        "chargePointVendor": "V", "chargePointModel": "M"}]))
+    return answer[2]["status"]
 
 
 async def test_unknown_station_is_404(central: Central) -> None:
@@ -289,6 +301,7 @@ async def test_a_station_made_pending_or_rejected_mid_session_still_closes_its_s
     stamp = now()
     ws = await raw(central, "CP-OPEN", None)
     try:
+        assert await boot_told(ws) == "Accepted"  # told Accepted, it acts so
         started = await exchange(ws, json.dumps([2, "s1", "StartTransaction", {
             "connectorId": 1, "idTag": "TAG-OK", "meterStart": 5000, "timestamp": stamp}]))
         live = started[2]["transactionId"]
@@ -352,6 +365,7 @@ async def test_a_station_made_rejected_has_no_card_checked_through_a_stop(
     station_id = central.stations["CP-OPEN"].id
     ws = await raw(central, "CP-OPEN", None)
     try:
+        assert await boot_told(ws) == "Accepted"  # told Accepted, it acts so
         started = await exchange(ws, json.dumps([2, "s1", "StartTransaction", {
             "connectorId": 1, "idTag": "TAG-OK", "meterStart": 0, "timestamp": now()}]))
         tx = started[2]["transactionId"]
@@ -380,6 +394,7 @@ async def test_a_station_made_rejected_has_its_connector_reported_after_its_stop
     station_id = central.stations["CP-OPEN"].id
     ws = await raw(central, "CP-OPEN", None)
     try:
+        assert await boot_told(ws) == "Accepted"  # told Accepted, it acts so
         started = await exchange(ws, json.dumps([2, "s1", "StartTransaction", {
             "connectorId": 1, "idTag": "TAG-OK", "meterStart": 0, "timestamp": now()}]))
         tx = started[2]["transactionId"]
@@ -398,6 +413,117 @@ async def test_a_station_made_rejected_has_its_connector_reported_after_its_stop
         assert connector is not None
         assert available[0] == 3 and connector.status is d.ConnectorStatus.AVAILABLE, (
             available, connector.status)
+    finally:
+        await ws.close()
+
+
+NEW_PASSWORD = "a-brand-new-password-9"
+
+
+async def closed_code(ws) -> int | None:
+    """The code the central system closed ``ws`` with (it is to close it unasked)."""
+    with pytest.raises(ConnectionClosed) as closed:
+        while True:
+            await asyncio.wait_for(ws.recv(), 5)
+    return closed.value.rcvd.code if closed.value.rcvd is not None else None
+
+
+async def test_a_new_password_shuts_out_a_compromised_charger_at_once(
+        tmp_path: Path) -> None:
+    """Review s25: a compromised charger (told Accepted at its boot) the operator wants
+    shut out, its station made REJECTED and given a new password: its open connection
+    stayed, judged by neither change, and its StartTransaction on a driver's card opened
+    an ACTIVE session (billed as the charger reports, ConcurrentTx for the card
+    elsewhere), which kept the station from being removed (IN_USE). A new password,
+    set on any instance, closes the connection that signed in with the old one on the
+    instance holding it, at once; the old password signs in no more, and the station
+    can be removed."""
+    bus = WireBus()  # between instances, as Redis carries events
+    await bus.start()
+    central = await start_central(tmp_path / "central.db", bus=bus)
+    other = SqliteStore(str(tmp_path / "central.db"))  # another instance, GraphQL only
+    await other.start()
+    try:
+        await seed(central)
+        elsewhere = Services(ServiceContext(store=other, policy=Policy(),
+                                            hasher=FastHasher(), bus=bus))
+        station_id = central.stations["CP-1"].id
+        ws = await raw(central, "CP-1", STATION_PASSWORD)
+        try:
+            assert await boot_told(ws) == "Accepted"
+            await elsewhere.stations.update_station(
+                SYSTEM, station_id, registration=d.Registration.REJECTED,
+                password=NEW_PASSWORD)
+            assert await closed_code(ws) == 1008  # unasked, before it sends anything
+            with pytest.raises(ConnectionClosed):
+                await exchange(ws, json.dumps([2, "s1", "StartTransaction", {
+                    "connectorId": 1, "idTag": "TAG-OK", "meterStart": 0,
+                    "timestamp": now()}]))
+        finally:
+            await ws.close()
+        with pytest.raises(InvalidStatus) as refused:
+            await raw(central, "CP-1", STATION_PASSWORD)
+        assert refused.value.response.status_code == 401
+        for _ in range(50):  # its close recorded as any disconnect
+            stored = await central.store.find_one(d.Station, Eq("id", station_id))
+            if stored is not None and not stored.online:
+                break
+            await asyncio.sleep(0.05)
+        assert stored is not None and not stored.online
+        assert await central.store.find_all(d.Session, Eq("cp_id", "CP-1")) == []
+        await elsewhere.stations.remove_station(SYSTEM, station_id)
+    finally:
+        await other.close()
+        await stop_central(central)
+        await bus.close()
+
+
+async def test_a_connection_signed_in_before_a_new_password_is_refused_at_its_next_message(
+        central: Central) -> None:
+    """The announcement of a new password may miss the instance holding the charger (its
+    event bus away), or land while the connection still signs in with the old one: its
+    next message meets the station's new password, is refused, and the connection
+    closed. One that signed in with the new password stays."""
+    station_id = central.stations["CP-1"].id
+    stations = central.services.stations
+    ws = await raw(central, "CP-1", STATION_PASSWORD)
+    try:
+        assert await boot_told(ws) == "Accepted"
+        # Announced nowhere (this central has no event bus): as if the event were lost.
+        await stations.update_station(SYSTEM, station_id, password=NEW_PASSWORD)
+        answer = await exchange(ws, json.dumps([2, "h1", "Heartbeat", {}]))
+        assert answer[:3] == [4, "h1", "SecurityError"], answer
+        assert await closed_code(ws) == 1008
+    finally:
+        await ws.close()
+    ws = await raw(central, "CP-1", NEW_PASSWORD)
+    try:
+        assert await boot_told(ws) == "Accepted"
+        assert (await exchange(ws, json.dumps([2, "h2", "Heartbeat", {}])))[0] == 3
+    finally:
+        await ws.close()
+
+
+async def test_a_station_made_rejected_before_its_charger_ever_booted_refuses_its_start(
+        central: Central) -> None:
+    """Review s25: an ``updateStation`` before any boot kept the old registration as what
+    the charger was told, so a station created Accepted and made REJECTED before its
+    charger ever connected counted as told Accepted: its charger, sending a
+    StartTransaction without booting, opened a session on a driver's card. Never booted
+    (``booted_at`` None), it was told nothing and is judged by the registration as it
+    is."""
+    station = central.stations["CP-OPEN"]
+    assert station.booted_at is None
+    await central.services.stations.update_station(
+        SYSTEM, station.id, registration=d.Registration.REJECTED)
+    ws = await raw(central, "CP-OPEN", None)
+    try:
+        started = await exchange(ws, json.dumps([2, "s1", "StartTransaction", {
+            "connectorId": 1, "idTag": "TAG-OK", "meterStart": 0, "timestamp": now()}]))
+        sessions = await central.store.find_all(d.Session, Eq("cp_id", "CP-OPEN"))
+        assert started[:3] == [4, "s1", "SecurityError"] and sessions == [], (
+            started, [(s.id_tag, s.state) for s in sessions])
+        assert await boot_told(ws) == "Rejected"
     finally:
         await ws.close()
 
@@ -422,6 +548,7 @@ async def test_a_start_written_after_a_pending_update_is_still_stopped(
     charging._open_session = update_lands_meanwhile  # type: ignore[method-assign]
     ws = await raw(central, "CP-OPEN", None)
     try:
+        assert await boot_told(ws) == "Accepted"  # told Accepted, it acts so
         started = await exchange(ws, json.dumps([2, "s1", "StartTransaction", {
             "connectorId": 1, "idTag": "TAG-OK", "meterStart": 0, "timestamp": now()}]))
         charging._open_session = original  # type: ignore[method-assign]

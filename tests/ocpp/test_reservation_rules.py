@@ -1,4 +1,4 @@
-"""Reservations against what the records show of their plugs and cards (QA s26): a plug
+"""Reservations against what the records show of their plugs and cards (QA s25): a plug
 charging a session, a reservation cancelled while its charger is offline, a card that
 expires while it holds one."""
 
@@ -38,7 +38,7 @@ def soon() -> str:
 
 
 async def test_a_plug_charging_a_session_is_not_reserved(central: Central) -> None:
-    """QA s26: a reserveNow on a plug our records show charging was stored, sent, and
+    """QA s25: a reserveNow on a plug our records show charging was stored, sent, and
     left to the charger's Occupied (or, at a charger that takes it for the next session,
     answered ACCEPTED for a plug in use). Refused IN_USE before anything is stored or
     sent; "any" connector only once every connector charges; a free plug still is."""
@@ -79,7 +79,7 @@ async def station_offline(central: Central, cp_id: str) -> None:
 
 async def test_a_reservation_cancelled_while_its_charger_is_offline(central: Central
                                                                      ) -> None:
-    """QA s26: nobody could end a live reservation while its charger was offline (the
+    """QA s25: nobody could end a live reservation while its charger was offline (the
     cancel answered CHARGER_OFFLINE and left it ACTIVE): the driver was kept from
     reserving anywhere else until it expired or the charger came back. It is cancelled
     here (CANCELLED, told as CHARGER_OFFLINE: the charger has not heard), and the charger
@@ -125,7 +125,7 @@ async def test_a_reservation_cancelled_while_its_charger_is_offline(central: Cen
 
 async def test_a_cards_reservation_is_cancelled_when_the_card_expires(central: Central
                                                                       ) -> None:
-    """QA s26: a card that expired holding a reservation kept it ACTIVE until its
+    """QA s25: a card that expired holding a reservation kept it ACTIVE until its
     charger booted (or it expired): the plug held for a card that could not charge, shown
     reserved, and its driver kept from reserving elsewhere. The expiry sweep cancels it
     at the charger; another card's reservation stays."""

@@ -62,3 +62,31 @@ async def test_a_charger_slow_to_answer_a_hang_up_outside_a_stop_closes_cleanly(
         assert there.close_code == 1013  # its answer came: no 1006
     finally:
         await stop_central(central)
+
+
+async def test_a_charger_that_reconnected_just_before_the_stop_does_not_hold_it(
+        tmp_path: Path) -> None:
+    """Review r-ops2: the commonest reason a charger reconnects is that its old link went
+    silent (a cellular modem out of coverage). The server lets the old connection go
+    (1000, "replaced by a new connection"), a close that waits ``CLOSE_TIMEOUT_S`` for an
+    answer that never comes. A stop within those 10 s (a deploy, `docker stop`) waited
+    for it: the whole of `docker stop`'s budget. A close under way is bounded by the
+    stop's short wait too."""
+    central = await start_central(tmp_path / "stop.db")
+    try:
+        await seed(central)
+        async with connected(central.url, "CP-1", password=STATION_PASSWORD) as old:
+            await old.boot()
+            old._connection.transport.pause_reading()  # the old link went silent
+            async with connected(central.url, "CP-1", password=STATION_PASSWORD) as new:
+                await new.boot()  # reconnected on a new link: the old one is let go
+                await asyncio.sleep(0.5)
+                began = time.monotonic()
+                await central.server.stop()
+                took = time.monotonic() - began
+            old._connection.transport.resume_reading()
+        assert took < STOP_CLOSE_TIMEOUT_S + 2, f"the stop took {took:.1f} s"
+        station = await central.store.find_one(d.Station, Eq("cp_id", "CP-1"))
+        assert station is not None and not station.online
+    finally:
+        await stop_central(central)

@@ -23,6 +23,7 @@ from domain.events import (
     SignInsCounted,
     StationChanged,
     StationConnectionChanged,
+    StationPasswordChanged,
     StationRemoved,
     StationSightChanged,
 )
@@ -83,6 +84,8 @@ SAMPLES: list[DomainEvent] = [
                    at=AT),
     StationChanged(station_id=STATION, cp_id="CP-9", company_id=COMPANY, owner_id=OWNER,
                    at=AT),
+    StationPasswordChanged(station_id=STATION, cp_id="CP-9", company_id=COMPANY,
+                           owner_id=OWNER, at=AT),
     SignInsCounted(station_id=None, cp_id="", at=AT, origin="7" * 24,
                    counted=["email failed " + "8" * 32, "sign_in succeeded " + "9" * 32]),
     StationSightChanged(station_id=STATION, cp_id="CP-1", company_id=COMPANY, owner_id=None,

@@ -168,6 +168,38 @@ def test_demo_reset_removes_a_corrupt_database(tmp_path: Path) -> None:
     assert not broken.exists()
 
 
+async def test_demo_reset_of_a_symlinked_database_removes_the_file_it_names(
+        tmp_path: Path) -> None:
+    """Review r-ops2: restore follows a symbolic link, but `demo --reset` unlinked the
+    link only and reported it as the database removed: the database it names and its side
+    files stayed, and the next start made a new file where the link was (on the link's
+    volume, not the data volume it pointed to). It removes the file named and its side
+    files (SQLite names them after the real path), and keeps the link."""
+    from chargegraph.stores import remove_sqlite_database
+    from domain.ports import Insert
+    from store.sqlite import SqliteStore
+    from tests.contract.factories import audit, company
+
+    volume = tmp_path / "volume"
+    volume.mkdir()
+    real = volume / "chargegraph.db"
+    store = SqliteStore(str(real))
+    await store.start()
+    made = company(name="Kept")
+    await store.write([Insert(made)], [audit(made, "system")])
+    await store.close()
+    stale = volume / "chargegraph.db-journal"
+    stale.write_bytes(b"")  # a stale (empty, so cold) rollback journal beside it
+    link = tmp_path / "chargegraph.db"
+    link.symlink_to(real)
+
+    removed = remove_sqlite_database(f"sqlite:///{link}")
+
+    assert sorted(removed) == [real, stale]
+    assert not real.exists() and not stale.exists()
+    assert link.is_symlink() and link.resolve() == real  # the link is kept, dangling
+
+
 def test_demo_reset_refuses_a_database_open_in_another_process(
         runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Review s24: a demo still seeding holds no lease yet, and a reset then deleted its
@@ -413,6 +445,23 @@ def test_restore_puts_a_backup_back(runner: CliRunner, tmp_path: Path) -> None:
             ("root@example.com",)]
     missing = runner.invoke(cli, ["restore", "nope.db"])
     assert (missing.exit_code, missing.stderr) == (1, "error: there is no backup at nope.db\n")
+
+
+def test_restore_where_there_is_no_database_in_a_folder_of_roots_warns(
+        runner: CliRunner, tmp_path: Path) -> None:
+    """Review r-ops2: a restore onto a fresh volume gives the file its folder's owner;
+    a folder of root's names no service user, and the output says who must own it."""
+    assert runner.invoke(cli, ["create-user", "--email", "root@example.com", "--password",
+                               PASSWORD, "--role", "admin"]).exit_code == 0
+    assert runner.invoke(cli, ["backup", "copy.db"]).exit_code == 0
+    (tmp_path / "cli.db").unlink()
+    put_back = runner.invoke(cli, ["restore", "copy.db"])
+    assert put_back.exit_code == 0, put_back.output
+    if tmp_path.stat().st_uid == 0:
+        assert put_back.stderr.startswith(f"warning: {tmp_path} is root's"), put_back.stderr
+        assert "the service's user must own" in put_back.stderr
+    else:
+        assert "warning" not in put_back.stderr
 
 
 def test_backup_of_no_database_creates_none(runner: CliRunner, tmp_path: Path) -> None:

@@ -2120,6 +2120,47 @@ async def test_audit_entries_from_before_get_whose_their_record_was(
     assert db[migrations.MIGRATIONS].find_one({"_id": "audit_holders"})["done"] is True
 
 
+async def test_stations_charging_before_charger_registration_are_told_accepted(
+        mongo: MongoStore) -> None:
+    """What SQLite migration 60 does (review s25): a station from before
+    ``charger_registration`` with a session open (ACTIVE, or awaiting its late stop) was
+    charging, so its charger was told Accepted; without the field it read as the
+    station's registration (Rejected, made so mid-session), and its charger's stop was
+    refused after the upgrade. Others stay without it (null), and a station whose
+    charger booted since (the field written) keeps what it was told."""
+    stations = {name: Station(cp_id=f"CP-{name}", name=name,
+                              registration=Registration.REJECTED)
+                for name in ("active", "awaiting", "stopped", "idle", "booted")}
+    sessions = [
+        Session(station_id=stations["active"].id, cp_id="CP-active", connector_id=1,
+                transaction_id=1, id_tag="T", start_time=T0, meter_start_wh=0),
+        Session(station_id=stations["awaiting"].id, cp_id="CP-awaiting", connector_id=1,
+                transaction_id=2, id_tag="T", start_time=T0, meter_start_wh=0,
+                state=SessionState.COMPLETED),
+        Session(station_id=stations["stopped"].id, cp_id="CP-stopped", connector_id=1,
+                transaction_id=3, id_tag="T", start_time=T0, meter_start_wh=0,
+                state=SessionState.COMPLETED, stop_reason="Local"),
+        Session(station_id=stations["booted"].id, cp_id="CP-booted", connector_id=1,
+                transaction_id=4, id_tag="T", start_time=T0, meter_start_wh=0)]
+    await mongo.write([*(Insert(s) for s in stations.values()),
+                       *(Insert(s) for s in sessions)], [])
+    db = raw(mongo)
+    db["station"].update_many({}, {"$unset": {"charger_registration": ""}})  # from before
+    db["station"].update_one({"_id": ObjectId(stations["booted"].id)},
+                             {"$set": {"charger_registration": "Rejected"}})  # a boot since
+    db[migrations.MIGRATIONS].delete_many({})
+
+    await migrations.migrate(mongo.db)
+    await migrations.migrate(mongo.db)  # another start
+
+    told = {s.name: s.charger_registration for s in await mongo.find_all(Station, ALL)}
+    assert told == {"active": Registration.ACCEPTED, "awaiting": Registration.ACCEPTED,
+                    "stopped": None, "idle": None, "booted": Registration.REJECTED}
+    assert db["station"].count_documents({"charger_registration": {"$exists": True}}) == 3
+    assert db[migrations.MIGRATIONS].find_one(
+        {"_id": "charger_registrations"})["done"] is True
+
+
 async def test_command_entries_from_before_get_their_command(mongo: MongoStore) -> None:
     """What SQLite migration 56 does: command entries written before they carried their
     command beside the image (``AuditEntry.command``) take the image's, so a query on it

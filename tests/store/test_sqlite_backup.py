@@ -397,6 +397,72 @@ async def test_a_restore_keeps_the_replaced_databases_mode_and_owner(
 
 
 @as_another_user
+async def test_a_root_restore_onto_a_fresh_volume_gives_the_file_to_the_folders_owner(
+        database: Path) -> None:
+    """Review r-ops2: README says run the restore "as the service's user ... or as root";
+    restored where there is no database yet (a new volume after a disk loss, the data
+    folder the service user's), the file was root's own 0600 temporary and the service,
+    running as its own user, could not open it. It is given the folder's owner and group,
+    mode 0600."""
+    folder = Path(tempfile.mkdtemp(prefix="chargegraph-fresh-"))
+    try:
+        os.chown(folder, NOBODY, NOBODY)  # the service's data folder, e.g. /data
+        os.chmod(folder, 0o755)
+        backup(database, folder / "copy.db")
+        os.chmod(folder / "copy.db", 0o644)
+
+        report = restore(folder / "copy.db", folder / "chargegraph.db")  # as root
+
+        after = os.stat(folder / "chargegraph.db")
+        assert (after.st_uid, after.st_gid) == (NOBODY, NOBODY)
+        assert stat.S_IMODE(after.st_mode) == 0o600
+        assert report.warnings == ()
+        run = run_as_nobody("import sqlite3; c = sqlite3.connect("
+                            f"{str(folder / 'chargegraph.db')!r}); "
+                            "print(c.execute('SELECT COUNT(*) FROM company').fetchone())")
+        assert run.returncode == 0, run.stderr
+        assert run.stdout.strip() == "(1,)"
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@as_another_user
+async def test_a_restore_onto_a_fresh_volume_that_cannot_give_it_the_folders_owner_is_refused(
+        shared_folder: Path) -> None:
+    """As where a database is replaced: a user who may write in the service's folder
+    but not give the file its owner is refused, leaving nothing behind."""
+    os.remove(shared_folder / "chargegraph.db")
+    os.chown(shared_folder, 4242, 4242)  # the service's user; the folder stays 0777
+
+    run = restore_as_nobody(shared_folder)
+
+    assert run.returncode != 0
+    assert "cannot give the restored" in run.stderr and "its folder's owner" in run.stderr
+    assert [name for name in os.listdir(shared_folder)
+            if name.startswith(("chargegraph.db", ".chargegraph.db"))] == []
+
+
+async def test_a_restore_onto_a_fresh_volume_of_roots_warns_that_the_service_must_own_it(
+        database: Path, tmp_path: Path) -> None:
+    """Where no database is replaced and the folder is root's, nothing tells the
+    service's user: the file is 0600 and its restorer's, and the output says so."""
+    backup(database, tmp_path / "copy.db")
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+
+    report = restore(tmp_path / "copy.db", fresh / "chargegraph.db")
+
+    after = os.stat(fresh / "chargegraph.db")
+    assert stat.S_IMODE(after.st_mode) == 0o600
+    assert after.st_uid == os.geteuid()
+    if fresh.stat().st_uid == 0:
+        [warning] = report.warnings
+        assert "the service's user must own" in warning and str(fresh) in warning
+    else:
+        assert report.warnings == ()
+
+
+@as_another_user
 async def test_a_restore_that_cannot_give_the_database_its_owner_is_refused(
         shared_folder: Path) -> None:
     """An operator without sudo may replace the file in the shared folder, but not give

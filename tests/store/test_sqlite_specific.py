@@ -38,6 +38,7 @@ from domain.entities import (
     IdTagStatus,
     MeterSample,
     Record,
+    Registration,
     Role,
     Session,
     SessionState,
@@ -1245,6 +1246,45 @@ async def test_version_63_gives_company_names_their_identity_leaving_older_twins
         await store.close()
 
 
+async def test_version_60_has_a_station_charging_at_the_upgrade_told_accepted(
+        db_path: str) -> None:
+    """Review s25: a station made Rejected mid-session under schema 59 had its charger's
+    stop taken; migration 60 left its ``charger_registration`` null (read as the
+    station's registration, Rejected), and the same charger's stop was refused after the
+    upgrade, its session left open and unbilled. A station with a session open (ACTIVE,
+    or awaiting its late stop) was charging, so its charger was told Accepted; the
+    others stay null."""
+    async with aiosqlite.connect(db_path, isolation_level=None) as conn:
+        await apply_migrations(conn, [m for m in MIGRATIONS if m[0] < 60])
+        for tx, (station_id, state, stop_reason) in enumerate((
+                ("active", "ACTIVE", None), ("awaiting", "COMPLETED", None),
+                ("stopped", "COMPLETED", "Local"), ("idle", None, None))):
+            await conn.execute(
+                'INSERT INTO "station" ("id", "created_at", "updated_at", "created_by", '
+                '"updated_by", "cp_id", "name", "registration", "online") '
+                "VALUES (?, 0, 0, 'system', 'system', ?, 'One', 'Rejected', 0)",
+                (station_id, station_id))
+            if state is not None:
+                await conn.execute(
+                    'INSERT INTO "session" ("id", "created_at", "updated_at", "created_by", '
+                    '"updated_by", "transaction_id", "station_id", "cp_id", "connector_id", '
+                    '"id_tag", "start_time", "meter_start_wh", "energy_wh", "state", '
+                    "\"stop_reason\") VALUES (?, 0, 0, 'system', 'system', ?, ?, ?, 1, 'T', "
+                    "0, 0, 0, ?, ?)", (f"s-{station_id}", tx + 1, station_id, station_id,
+                                       state, stop_reason))
+        assert await apply_migrations(conn, [m for m in MIGRATIONS if m[0] <= 60]) == [60]
+    assert raw(db_path, 'SELECT "id", "charger_registration" FROM "station" ORDER BY 1') == [
+        ("active", "Accepted"), ("awaiting", "Accepted"), ("idle", None), ("stopped", None)]
+    store = SqliteStore(db_path)
+    await store.start()
+    try:
+        told = {s.id: s.charger_registration for s in await store.find_all(Station, ALL)}
+        assert told == {"active": Registration.ACCEPTED, "awaiting": Registration.ACCEPTED,
+                        "idle": None, "stopped": None}
+    finally:
+        await store.close()
+
+
 async def test_version_61_keeps_plates_in_their_compatibility_form(
         db_path: str, caplog: pytest.LogCaptureFixture) -> None:
     """QA s25: a plate typed full-width ("ＢＭＩ２０２４") was its owner's second car
@@ -1271,7 +1311,7 @@ async def test_version_61_keeps_plates_in_their_compatibility_form(
             '"updated_by", "tag", "user_id", "vehicle_id", "status") '
             "VALUES ('t1', 0, 0, 'bob', 'bob', 'BOB-1', 'bob', 'v3', 'Accepted')")
         before = int(time.time() * 1000) * 1000
-        assert await apply_migrations(conn, MIGRATIONS) == [61]
+        assert await apply_migrations(conn, [m for m in MIGRATIONS if m[0] <= 61]) == [61]
     assert raw(db_path, 'SELECT "id", "license_plate", "plate_key", "removed_at" IS NULL, '
                         '"updated_by" FROM "vehicle" ORDER BY 1') == [
         ("v1", "B-MI 2024", "BMI2024", 1, "ann"), ("v2", "B-MI 2024", "BMI2024", 1, "bob"),
