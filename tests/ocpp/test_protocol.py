@@ -504,6 +504,69 @@ async def test_a_connection_signed_in_before_a_new_password_is_refused_at_its_ne
         await ws.close()
 
 
+async def close_code_within(ws, seconds: float) -> int | None | str:
+    """The code the central system closed ``ws`` with within ``seconds``, else "open"."""
+    try:
+        while True:
+            await asyncio.wait_for(ws.recv(), seconds)
+    except ConnectionClosed as closed:
+        return closed.rcvd.code if closed.rcvd is not None else None
+    except TimeoutError:
+        return "open"
+
+
+async def test_a_connection_that_signed_in_as_the_password_changed_is_closed_at_once(
+        tmp_path: Path) -> None:
+    """Review s26: a connection whose handshake passed with the old password while the
+    new one landed (before its handler became the gateway's: its number drawn, its turn
+    waited, its connection recorded) was missed by ``StationPasswordChanged`` and never
+    checked again once it was the station's: a silent compromised charger stayed
+    connected, its station online, and received the operator's commands. Once it is the
+    station's connection, it is checked against the password as stored, and closed
+    (1008) unasked (README, "Shutting out a charger": "closed at once")."""
+    bus = WireBus()
+    await bus.start()
+    central = await start_central(tmp_path / "central.db", bus=bus)
+    try:
+        await seed(central)
+        station_id = central.stations["CP-1"].id
+        charging = central.services.charging
+        original = charging.draw_connection
+
+        async def password_changes_meanwhile() -> int:
+            charging.draw_connection = original  # type: ignore[method-assign]
+            await central.services.stations.update_station(SYSTEM, station_id,
+                                                           password=NEW_PASSWORD)
+            await asyncio.sleep(0.3)  # the announcement heard and acted on
+            return await original()
+
+        charging.draw_connection = password_changes_meanwhile  # type: ignore[method-assign]
+        ws = await raw(central, "CP-1", STATION_PASSWORD)  # the old password: let in
+        try:
+            code = await close_code_within(ws, 3.0)
+            delivered = None
+            if code == "open":
+                # What an operator sends the station now goes to this connection.
+                command = asyncio.create_task(central.services.commands.send(
+                    SYSTEM, "CP-1", "UnlockConnector", {"connectorId": 1}))
+                delivered = json.loads(await asyncio.wait_for(ws.recv(), 5))
+                command.cancel()
+            assert code == 1008, (
+                f"the connection signed in with the old password is still {code} 3 s "
+                f"after the new password; an operator's command reached it: {delivered}")
+        finally:
+            await ws.close()
+        for _ in range(50):  # its close recorded as any disconnect
+            stored = await central.store.find_one(d.Station, Eq("id", station_id))
+            if stored is not None and not stored.online:
+                break
+            await asyncio.sleep(0.05)
+        assert stored is not None and not stored.online
+    finally:
+        await stop_central(central)
+        await bus.close()
+
+
 async def test_a_station_made_rejected_before_its_charger_ever_booted_refuses_its_start(
         central: Central) -> None:
     """Review s25: an ``updateStation`` before any boot kept the old registration as what
