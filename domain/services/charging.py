@@ -528,7 +528,7 @@ class ChargingService(ChargerConnections):
             update = touch(station, last_seen=now, booted_at=booted,
                            charger_registration=told)
             await self.store.write([update], [])
-        self.cache.remember(cast(Station, update.record), renew=False)
+        self.cache.patched(station, cast(Station, update.record))
         # A boot (no trigger's) settles no remote start sent before it: they stop holding
         # their card and plug (``pending_starts.holds``, by ``booted_at``), and one the
         # charger still carries out still gets its car (review s25).
@@ -557,7 +557,7 @@ class ChargingService(ChargerConnections):
         now = self.now()
         update = touch(station, last_seen=now)
         await self.telemetry.write([update])
-        self.cache.remember(cast(Station, update.record), renew=False)
+        self.cache.patched(station, cast(Station, update.record))
         return now
 
     async def seen(self, cp_id: str) -> None:
@@ -574,7 +574,7 @@ class ChargingService(ChargerConnections):
             return
         update = touch(station, last_seen=now)
         await self.telemetry.write([update])
-        self.cache.remember(cast(Station, update.record), renew=False)
+        self.cache.patched(station, cast(Station, update.record))
 
     # ------------------------------------------------------------- authorization
     async def authorize(self, cp_id: str, id_tag: str,
@@ -727,7 +727,7 @@ class ChargingService(ChargerConnections):
             await self._still_registered(cp_id)  # gone: an unknown charge point
             raise
         if reported_station is not None:
-            self.cache.remember(reported_station, renew=False)
+            self.cache.patched(station, reported_station)
         await self._announce_report(station, connector_id, at, connector, stated, previous,
                                     updated=connector is not None
                                     or reported_station is not None)
@@ -1322,7 +1322,7 @@ class ChargingService(ChargerConnections):
         else:
             await self.telemetry.write(changes)
         if session is not None and session.state is SessionState.ACTIVE:
-            self.cache.remember(updated or session, renew=False)
+            self.cache.patched(session, updated or session)
         if updated is not None:
             await self.session_updates.offer(
                 updated.id, cp_id, partial(self._session_event, station, updated, "UPDATED"))
@@ -1784,7 +1784,7 @@ class ChargingService(ChargerConnections):
                 values = {"diagnostics_previous_uploading": False}
             update = edit(station, actor, **values)
             await self.commit(actor, [(update, station)])
-            self.cache.remember(cast(Station, update.record), renew=False)
+            self.cache.patched(station, cast(Station, update.record))
             return station, values, now
 
         station, values, now = await retried(report)

@@ -504,7 +504,7 @@ async def test_a_connection_signed_in_before_a_new_password_is_refused_at_its_ne
         await ws.close()
 
 
-async def close_code_within(ws, seconds: float) -> int | None | str:
+async def close_code_within(ws, seconds: float) -> int | str | None:
     """The code the central system closed ``ws`` with within ``seconds``, else "open"."""
     try:
         while True:
@@ -562,6 +562,55 @@ async def test_a_connection_that_signed_in_as_the_password_changed_is_closed_at_
                 break
             await asyncio.sleep(0.05)
         assert stored is not None and not stored.online
+    finally:
+        await stop_central(central)
+        await bus.close()
+
+
+async def test_a_connection_with_the_new_password_is_not_shut_out_by_an_older_write(
+        tmp_path: Path) -> None:
+    """Review s26: the old connection's message in flight when the password changed (its
+    heartbeat's write queued) put its copy of the station, read before the change, back
+    into the cache when its write ended, over the copy read since: the connection that
+    signed in with the new password meanwhile was refused (SecurityError) and closed
+    1008 at its next message, as if it held the old one. A charger's write replaces the
+    cached station only if that is the very copy it patched."""
+    bus = WireBus()
+    await bus.start()
+    central = await start_central(tmp_path / "central.db", bus=bus)
+    try:
+        await seed(central)
+        station_id = central.stations["CP-1"].id
+        charging = central.services.charging
+        old = await raw(central, "CP-1", STATION_PASSWORD)
+        assert await boot_told(old) == "Accepted"
+
+        held, release = asyncio.Event(), asyncio.Event()
+        write = charging.telemetry.write
+
+        async def slow_write(changes):  # one store write that takes a while
+            charging.telemetry.write = write  # type: ignore[method-assign]
+            held.set()
+            await release.wait()
+            await write(changes)
+
+        charging.telemetry.write = slow_write  # type: ignore[method-assign]
+        await old.send(json.dumps([2, "h0", "Heartbeat", {}]))  # in flight
+        await asyncio.wait_for(held.wait(), 5)
+        await central.services.stations.update_station(SYSTEM, station_id,
+                                                       password=NEW_PASSWORD)
+        await asyncio.sleep(0.3)  # the old connection shut out
+        new = await raw(central, "CP-1", NEW_PASSWORD)
+        try:
+            assert await boot_told(new, "b1") == "Accepted"
+            release.set()  # the old connection's write ends
+            await asyncio.sleep(0.2)
+            answer = await exchange(new, json.dumps([2, "h1", "Heartbeat", {}]))
+            assert answer[0] == 3, (
+                f"the connection signed in with the new password was refused: {answer}")
+        finally:
+            await new.close()
+            await old.close()
     finally:
         await stop_central(central)
         await bus.close()
