@@ -495,11 +495,17 @@ class ChargingService(ChargerConnections):
         signed in against ``signed_in_with`` (the station's password hash then; ``None``:
         none): that connection is shut out (``StationService.update_station``, README's
         "Shutting out a charger"). A password cleared shuts nothing out. From the station
-        as cached for the charger's messages (an edit drops it on every instance), or
-        ``fresh``: as stored."""
+        as cached for the charger's messages (an edit drops it on every instance), a
+        change it shows confirmed as stored (a copy read before the edit may have been
+        cached after its drop: the connection that signed in with the new password since
+        was shut out as if it held the old one, review s26); only then, so a message
+        costs no read. ``fresh``: as stored at once."""
         station = await self._require_station(cp_id, fresh=fresh)
-        return station.auth_password_hash is not None \
-            and station.auth_password_hash != signed_in_with
+        if not _other_password(station, signed_in_with):
+            return False
+        if not fresh:
+            station = await self._require_station(cp_id, fresh=True)
+        return _other_password(station, signed_in_with)
 
     # ------------------------------------------------------------- boot and heartbeat
     @_station_must_exist
@@ -1968,3 +1974,9 @@ class ChargingService(ChargerConnections):
             power_w=session.power_w, state=session.state.value,
             cost_minor=session.cost_minor, currency=session.currency,
         )
+
+
+def _other_password(station: Station, signed_in_with: str | None) -> bool:
+    """Whether ``station`` has a password, and not the one hashed ``signed_in_with``."""
+    return station.auth_password_hash is not None \
+        and station.auth_password_hash != signed_in_with

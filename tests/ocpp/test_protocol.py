@@ -616,6 +616,55 @@ async def test_a_connection_with_the_new_password_is_not_shut_out_by_an_older_wr
         await bus.close()
 
 
+async def test_a_connection_with_the_new_password_is_not_shut_out_by_an_older_read(
+        tmp_path: Path) -> None:
+    """Review s26: the per-message check reads the station as cached, and a read of the
+    old connection's, begun before the password changed and ended after, caches the
+    station as it was: the connection that signed in with the new password meanwhile
+    met the old password's hash at its next message, and was shut out. A difference
+    seen in the cached copy is confirmed as stored before anything is refused."""
+    bus = WireBus()
+    await bus.start()
+    central = await start_central(tmp_path / "central.db", bus=bus)
+    try:
+        await seed(central)
+        station_id = central.stations["CP-1"].id
+        charging = central.services.charging
+        old = await raw(central, "CP-1", STATION_PASSWORD)
+        assert await boot_told(old) == "Accepted"
+        charging.cache.drop_station("CP-1")  # its copy expired: the next message reads
+        held, release = asyncio.Event(), asyncio.Event()
+        read = charging.station
+
+        async def slow_read(cp_id: str) -> d.Station | None:  # a read that takes a while
+            charging.station = read  # type: ignore[method-assign]
+            station = await read(cp_id)
+            held.set()
+            await release.wait()
+            return station
+
+        charging.station = slow_read  # type: ignore[method-assign]
+        await old.send(json.dumps([2, "h0", "Heartbeat", {}]))  # its station read
+        await asyncio.wait_for(held.wait(), 5)
+        await central.services.stations.update_station(SYSTEM, station_id,
+                                                       password=NEW_PASSWORD)
+        await asyncio.sleep(0.3)  # the old connection shut out
+        new = await raw(central, "CP-1", NEW_PASSWORD)
+        try:
+            assert await boot_told(new, "b1") == "Accepted"
+            release.set()  # the old read ends, and is cached
+            await asyncio.sleep(0.2)
+            answer = await exchange(new, json.dumps([2, "h1", "Heartbeat", {}]))
+            assert answer[0] == 3, (
+                f"the connection signed in with the new password was refused: {answer}")
+            assert await close_code_within(old, 1) == 1008
+        finally:
+            await new.close()
+            await old.close()
+    finally:
+        await stop_central(central)
+        await bus.close()
+
 async def test_a_station_made_rejected_before_its_charger_ever_booted_refuses_its_start(
         central: Central) -> None:
     """Review s25: an ``updateStation`` before any boot kept the old registration as what
