@@ -291,3 +291,34 @@ async def test_a_cards_reservation_is_cancelled_when_the_card_expires(central: C
         assert after.state is d.ReservationState.CANCELLED
         [kept] = await central.store.find_all(d.Reservation, Eq("id_tag", "TAG-OTHER"))
         assert kept.state is d.ReservationState.ACTIVE
+
+
+async def test_an_expired_cards_reservation_is_found_behind_other_holders_of_its_tag(
+        central: Central) -> None:
+    """Review s25: the expiry sweep read the first 500 live reservations of the expired
+    cards' tag strings and only then kept their holders': 500 reservations of the same
+    string for no card (an operator's bare id) hid the card's own, left ACTIVE."""
+    [station] = await central.store.find_all(d.Station, Eq("cp_id", "CP-1"))
+    expiry = datetime.now(UTC) + timedelta(hours=3)
+    await central.store.write([Insert(stamp_new(d.Reservation(
+        reservation_id=await central.store.next_sequence("reservation"),
+        station_id=station.id, cp_id="CP-1", connector_id=2, id_tag="TAG-OK",
+        expires_at=expiry, state=d.ReservationState.ACTIVE), SYSTEM))
+        for _ in range(500)], [])
+    async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
+        await cp.boot()
+        await cp.report_all()
+        held = await run(central, "reserveNow", {"cpId": "CP-1", "connectorId": 1,
+                                                 "expiryDate": soon(), "idTag": "TAG-OK"},
+                         SELECTION)
+        assert held["reservation"]["state"] == "ACTIVE", held
+        number = held["reservation"]["reservationId"]
+        [stored] = await central.store.get_many(d.IdTag, [central.tags["ok"].id])
+        assert stored is not None
+        await central.store.write([patch(stored, SYSTEM, expires_at=datetime.now(UTC)
+                                         - timedelta(seconds=1))], [])
+        await central.services.withdrawal.sweep_expired()
+        assert ("CancelReservation", {"reservation_id": number}) in cp.received
+        [after] = await central.store.find_all(d.Reservation,
+                                               Eq("reservation_id", number))
+        assert after.state is d.ReservationState.CANCELLED
