@@ -71,7 +71,7 @@ from graph import exact_json
 from graph.auth import TokenService, bearer_token
 from graph.context import GraphContext
 from graph.errors import mask
-from graph.live_outbox import Outbox, QueuedSend, dumps
+from graph.live_outbox import ABORT, CLOSE_WITHIN_S, Outbox, QueuedSend, dumps
 from graph.live_render import (
     MAX_RENDERS,
     RENDER_BACKLOG,
@@ -279,7 +279,9 @@ class Connection:
         self.endpoint = endpoint
         self.hub = endpoint.hub
         self.protocol = protocol
-        self.outbox = Outbox(send, self.hub.queue_size)
+        extensions = scope.get("extensions") or {}
+        self.outbox = Outbox(send, self.hub.queue_size, abort=ABORT in extensions,
+                             close_within=endpoint.close_within_s)
         self.request = HTTPConnection(scope)
         #: Whose operations these are, for ``LiveHub``'s per-address limit.
         self.client = self.request.client.host if self.request.client else ""
@@ -494,7 +496,7 @@ class Connection:
             if self.heard_at < self.ping_queued_at:
                 wait = self._pong_wait(self.ping, now, interval)
                 if wait is None:
-                    self.closing = asyncio.ensure_future(self.outbox.close(*PONG_TIMEOUT))
+                    self.closing = asyncio.ensure_future(self.close(*PONG_TIMEOUT))
                 else:
                     self._keep_alive_in(wait)
                 return
@@ -627,7 +629,7 @@ class Connection:
         reason = await self.withdrawn()
         if reason is not None:
             self._drop(op_id)
-            await self.outbox.close(4403, reason)
+            await self.close(4403, reason)
             return
         context = GraphContext.build(self.hub.services, self.hub.tokens, self.context.viewer,
                                      self.request)
@@ -743,6 +745,16 @@ class Connection:
             self._drop(op_id)
             self.outbox.control({"type": "complete", "id": op_id})
 
+    async def close(self, code: int, reason: str = "") -> None:
+        """Closes the socket. One whose client reads nothing never takes the close: it is
+        dropped (``Outbox.close``) and its operations end now, rather than go on being
+        rendered, and counted toward the limits, until TCP gives up on it (review: a
+        client that stayed connected and read nothing was held for ever)."""
+        if not await self.outbox.close(code, reason):
+            log.info("dropped a GraphQL websocket of %s that took nothing (close %s)",
+                     self.client or "?", code)
+            self.close_all()
+
     def close_all(self) -> None:
         if self.keep_alive_timer is not None:
             self.keep_alive_timer.cancel()
@@ -750,6 +762,7 @@ class Connection:
             self._stop(op_id)
         if self.access_watch is not None:
             self.access_watch.close()
+            self.access_watch = None
         self.outbox.stop()
 
 
@@ -762,6 +775,7 @@ class LiveEndpoint:
                  connection_init_timeout: timedelta = timedelta(minutes=1),
                  revalidate_every: timedelta = REVALIDATE_EVERY,
                  keep_alive: timedelta = KEEPALIVE,
+                 close_within: timedelta = timedelta(seconds=CLOSE_WITHIN_S),
                  max_operations: int = MAX_OPERATIONS,
                  max_operations_per_client: int = MAX_OPERATIONS_PER_CLIENT,
                  max_renders: int = MAX_RENDERS,
@@ -775,6 +789,8 @@ class LiveEndpoint:
         self.revalidate_every = revalidate_every
         #: Seconds between keep-alives (``Connection.keep_alive``); 0: none.
         self.keep_alive_s = keep_alive.total_seconds()
+        #: Seconds a close may wait for the socket to take it (``Outbox.close``).
+        self.close_within_s = close_within.total_seconds()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         first = await receive()
@@ -798,6 +814,8 @@ class LiveEndpoint:
                 message = await receive()
                 if message["type"] != "websocket.receive":
                     break  # websocket.disconnect
+                if connection.outbox.dead:
+                    break  # closed (or dropped) meanwhile: nothing more is handled
                 connection.heard_at = time.monotonic()
                 text = message.get("text")
                 try:
@@ -809,7 +827,7 @@ class LiveEndpoint:
                     if connection.init_received:
                         timer.cancel()
                 except _Close as close:
-                    await connection.outbox.close(close.code, close.reason)
+                    await connection.close(close.code, close.reason)
                     break
                 if connection.outbox.dead:
                     break
@@ -837,7 +855,7 @@ class LiveEndpoint:
                 log.exception("re-validating a live connection failed")
                 continue
             if reason is not None:
-                await connection.outbox.close(4403, reason)
+                await connection.close(4403, reason)
                 return
 
     @staticmethod
@@ -846,4 +864,4 @@ class LiveEndpoint:
         # it sends) would otherwise be held open for ever.
         if not connection.init_received:
             connection.closing = asyncio.ensure_future(
-                connection.outbox.close(4408, "Connection initialisation timeout"))
+                connection.close(4408, "Connection initialisation timeout"))
