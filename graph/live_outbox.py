@@ -78,8 +78,8 @@ def start_eagerly(coro: Coroutine[Any, Any, Any]) -> _Resume | None:
 class QueuedSend:
     """One message waiting for a socket. For events: the operation, the event and the
     ``droppedBefore`` it was shaped with; ``message`` is None when it must be shaped again
-    (events before it were dropped after it was queued). ``sent_at``: when it was sent
-    (``time.monotonic()``), ``None`` while it waits."""
+    (events before it were dropped after it was queued). ``sent_at``: when the socket took
+    it (its send completed, ``time.monotonic()``), ``None`` until then."""
 
     __slots__ = ("cancelled", "dropped_before", "event", "message", "op", "sent_at")
 
@@ -146,13 +146,15 @@ class Outbox:
             return
         if self._writer is None:
             assert item.message is not None
-            self._now(item.message)
-            item.sent_at = self.sent_at
+            self._now(item.message, item)
         else:
             self._queue.append(item)
 
-    def _now(self, message: Message) -> None:
-        self.sent_at = time.monotonic()
+    def _now(self, message: Message, item: QueuedSend | None = None) -> None:
+        """Sends at once; stamped ``sent_at`` when the socket took it: here if the send
+        completed without suspending, else when the writer has seen it complete (a send
+        that waits for the socket to be writable has not gone out: review, a ping stamped
+        when its send began had its pong awaited while it waited)."""
         sending: Awaitable[None] = self._send(message)
         rest: Awaitable[Any] | None = sending
         if asyncio.iscoroutine(sending):  # an ASGI send may be any awaitable
@@ -161,13 +163,19 @@ class Outbox:
             except Exception:
                 self._die()
                 return
-        if rest is not None:
-            self._writer = asyncio.get_running_loop().create_task(self._drain(rest))
+        if rest is None:
+            self.sent_at = time.monotonic()
+            if item is not None:
+                item.sent_at = self.sent_at
+        else:
+            self._writer = asyncio.get_running_loop().create_task(self._drain(rest, item))
 
-    async def _drain(self, first: Awaitable[Any]) -> None:
+    async def _drain(self, first: Awaitable[Any], first_item: QueuedSend | None) -> None:
         try:
             await first
             self.sent_at = time.monotonic()
+            if first_item is not None:
+                first_item.sent_at = self.sent_at
             queue = self._queue
             while queue:
                 item = queue.popleft()

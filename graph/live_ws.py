@@ -511,15 +511,15 @@ class Connection:
 
     def _pong_wait(self, ping: QueuedSend, now: float, interval: float) -> float | None:
         """How much longer an unanswered ``ping`` may wait for its answer; ``None``: no
-        longer, the client is gone. A full interval from when it went out, not from when
-        it was queued: behind a backlog (a client on a slow link reading a burst of
-        events) it reaches the client late, and such a client was closed although it
-        read and answered (QA). While it waits in the outbox, the socket taking
-        messages (anything sent within the interval) shows that the client reads; a
-        socket that took nothing for an interval is not read by anyone."""
-        if ping.sent_at is None:
-            return interval if now - self.outbox.sent_at < interval else None
-        wait = ping.sent_at + interval - now
+        longer, the client is gone. A full interval from when the socket took it (its send
+        completed), not from when it was queued: behind a backlog (a client on a slow
+        link reading a burst of events) or a socket not yet writable it reaches the
+        client late, and such a client was closed although it read and answered (QA,
+        review). While it waits in the outbox, the socket taking messages shows that the
+        client reads; one that took nothing for an interval (``Outbox.sent_at``) is not
+        read by anyone, and is closed then."""
+        taken = self.outbox.sent_at if ping.sent_at is None else ping.sent_at
+        wait = taken + interval - now
         return wait if wait > _EARLY else None
 
     # -- operations ---------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -379,6 +380,36 @@ async def test_a_socket_that_takes_nothing_is_closed_with_its_ping_unsent(
                                    "reason": "Pong timeout"}
     await socket.close()
     assert live.services.live.watching == 0
+
+
+async def test_a_ping_that_waited_for_the_socket_is_awaited_from_when_the_socket_took_it(
+        live: Setup) -> None:
+    """README: a socket is closed 4408 when its client sends nothing "within as long again
+    after the ping reached the socket". A ping given to the outbox while it is idle but the
+    socket is not writable (uvicorn's send waits for ``writable`` before it writes: the
+    transport is paused after the previous burst) is stamped ``sent_at`` when the send
+    started, not when it went out, so the client is closed moments after the ping reaches
+    it, although it answers well within an interval of receiving it."""
+    interval = 1.0
+    live = Setup(live.services, live.world, live.bus, keep_alive=timedelta(seconds=interval))
+    socket = await live.open("admin")
+    acked = time.monotonic()
+    socket.gate.clear()  # the socket stops taking messages; nothing is queued yet
+    # The ping is due about one interval after the init; let it wait most of an interval.
+    await asyncio.sleep(acked + 0.8 * interval - time.monotonic() + interval)
+    socket.gate.set()
+    message = await socket.raw(2)
+    assert message["type"] == "websocket.send", message
+    assert json.loads(message["text"]) == {"type": "ping"}
+    reached = time.monotonic()
+    # The client answers after 0.4 of an interval (a slow link's round trip).
+    await asyncio.sleep(0.4 * interval)
+    assert socket.nothing_pending(), await socket.raw()  # was: close 4408 "Pong timeout"
+    socket.put({"type": "pong"})
+    await asyncio.sleep(0.2 * interval)
+    assert time.monotonic() - reached < interval
+    assert socket.nothing_pending(), await socket.raw()
+    await socket.close()
 
 
 async def test_events_the_process_missed_are_announced(store: CountingStore) -> None:
