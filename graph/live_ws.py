@@ -302,6 +302,11 @@ class Connection:
         #: given to the outbox (it may wait there behind a backlog).
         self.ping: QueuedSend | None = None
         self.ping_queued_at = 0.0
+        #: The last ``ka`` (legacy) and ``pong`` given to the outbox: while one waits
+        #: there, another adds nothing (a client that reads nothing would otherwise have
+        #: them pile up without bound: events are bounded per operation, these were not).
+        self.ka: QueuedSend | None = None
+        self.pong: QueuedSend | None = None
         self.keep_alive_timer: asyncio.TimerHandle | None = None
         self.operations: dict[str, LiveOperation | asyncio.Task[None]] = {}
 
@@ -340,7 +345,8 @@ class Connection:
             self.outbox.control({"type": "connection_ack"})
             self.keep_alive()
         elif kind == "ping":
-            self.outbox.control({"type": "pong"})
+            if self.pong is None or self.pong.sent_at is not None:
+                self.pong = self.outbox.control({"type": "pong"})
         elif kind == "pong":
             pass
         elif kind == "subscribe":
@@ -476,8 +482,12 @@ class Connection:
         if interval <= 0 or self.keep_alive_timer is not None:
             return
         if self.protocol == LEGACY_WS:
-            self.outbox.control({"type": "ka"})
+            self._ka()
         self._keep_alive_in(interval)
+
+    def _ka(self) -> None:
+        if self.ka is None or self.ka.sent_at is not None:  # none still waiting
+            self.ka = self.outbox.control({"type": "ka"})
 
     def _keep_alive_in(self, delay: float) -> None:
         self.keep_alive_timer = asyncio.get_running_loop().call_later(
@@ -488,7 +498,7 @@ class Connection:
             return
         interval = self.endpoint.keep_alive_s
         if self.protocol == LEGACY_WS:
-            self.outbox.control({"type": "ka"})
+            self._ka()
             self._keep_alive_in(interval)
             return
         now = time.monotonic()
