@@ -179,3 +179,12 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             self.transport.abort()
             return
         await super().send(message)
+
+    def keepalive_timeout(self) -> None:
+        """uvicorn's own ping went unanswered (``ws_ping_timeout``): it writes a close and
+        closes the transport, which waits for what is unsent to go; with a client that
+        reads nothing, for ever, and the app is never told. What is still unsent is
+        dropped instead."""
+        super().keepalive_timeout()
+        if self.transport.get_write_buffer_size():
+            self.transport.abort()

@@ -161,17 +161,22 @@ def masked_frame(payload: bytes) -> bytes:
     return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
+@pytest.mark.parametrize("by", ["keep-alive", "uvicorn's ping"])
 async def test_a_client_that_stopped_reading_is_dropped_and_its_subscriptions_end(
-        tmp_path: Path) -> None:
+        tmp_path: Path, by: str) -> None:
     """A client that stopped reading (a frozen or suspended process, buffers full) never
     takes the close either: uvicorn's send waits for the socket to be writable, the
     close's too, so the socket and its subscriptions were held for as long as the client
-    stayed connected. The close waits a short time, then the connection is dropped."""
+    stayed connected. The close waits a short time, then the connection is dropped. So
+    too when uvicorn's own ping (keep-alives off) goes unanswered: its close waited for
+    the unsent data to go, and the app was never told."""
     port = free_port()
     settings = Settings(database_url=f"sqlite:///{tmp_path}/ka.db",  # type: ignore[call-arg]
                         jwt_secret=SECRET, ocpp_enabled=False, port=port,
-                        log_level="WARNING", ws_keepalive_s=1)
+                        log_level="WARNING", ws_keepalive_s=1 if by == "keep-alive" else 0)
     server = _uvicorn(settings)
+    if by != "keep-alive":  # read as each connection starts
+        server.config.ws_ping_interval = server.config.ws_ping_timeout = 1
     task = asyncio.create_task(server.serve())
     await until_started(server)
     writer: asyncio.StreamWriter | None = None
@@ -203,7 +208,7 @@ async def test_a_client_that_stopped_reading_is_dropped_and_its_subscriptions_en
                 break
             await asyncio.sleep(0.01)
         assert live.watching == 1
-        writer.transport.pause_reading()  # the client stops reading: buffers fill up
+        cast(asyncio.Transport, writer.transport).pause_reading()  # buffers fill up
         big = "x" * 60_000
         for i in range(200):
             await services.ctx.bus.publish(ConnectorStatusChanged(
