@@ -460,18 +460,23 @@ class Connection:
         """Starts the keep-alive of an acknowledged connection (unless it is off).
 
         A proxy or load balancer cuts a websocket that carried nothing for its idle
-        timeout (60 s for nginx's ``proxy_read_timeout`` and AWS ALB), and uvicorn's
-        websocket-level pings are answered by the browser itself: they tell neither the
-        page that the server is still there nor the server that the page still runs. So:
+        timeout (60 s for nginx's ``proxy_read_timeout`` and AWS ALB). uvicorn's
+        websocket-level pings are answered by the client's websocket stack (the browser,
+        not the page): they tell the server that the peer is connected, not that the page
+        runs or reads, and the page never sees them, so they do not tell it that the
+        server is there. So:
 
         * graphql-transport-ws: a ``ping`` once the socket has been quiet for the interval,
           quiet meaning nothing sent to the client or nothing heard from it (events going
           out do not show that anyone still reads them: a half-open socket takes them into
           its buffers without complaint). A client that sends nothing at all (no ``pong``,
-          nothing else) within a further interval from when the ping went out is closed,
-          4408 "Pong timeout", which graphql-ws's client answers by reconnecting; a ping
-          queued behind a backlog waits while the socket keeps taking messages
-          (``_pong_wait``).
+          nothing else) within a further interval from when the socket took the ping is
+          closed, 4408 "Pong timeout", which graphql-ws's client answers by reconnecting;
+          a ping not yet taken (behind a backlog, or the socket not writable) keeps the
+          socket open while the socket takes messages, and it is closed once it has taken
+          nothing for an interval, an interval after the ping at the earliest
+          (``_pong_wait``). A client that takes not even the close is dropped
+          (``close``).
         * graphql-ws (legacy): a ``ka`` every interval, busy or not, as its reference
           server sends them: Apollo's client counts only ``ka``, never data, and closes a
           socket that went 30 s without one. The protocol has no answer to it.
