@@ -894,6 +894,11 @@ class Reservation(Record):
     #: plugs it now runs (``Policy``'s reservation scope).
     company_id: str | None = None
     station_owner_id: str | None = None
+    #: When it was cancelled here while its charger was offline (CANCELLED, the
+    #: CancelReservation not delivered): the charger still holds the plug for it, and is
+    #: sent the cancel when it comes back, before it expires (``CommandService.
+    #: send_owed_cancels``); ``None`` once the charger answered it, or for any other.
+    cancel_owed_since: datetime | None = None
 
     def state_at(self, now: datetime) -> ReservationState:
         """EXPIRED once a live (PENDING or ACTIVE) reservation is past its expiry, before

@@ -94,6 +94,12 @@ class ChargerUnclaimed(ChargerOffline):
     says (``CommandService``)."""
 
 
+class ChargerUnreachable(ChargerOffline):
+    """A ``ChargerUnclaimed`` whose charger is recorded online: connected to an instance
+    that cannot hear the relay right now. Not offline (its cancels are not owed for its
+    return: ``CommandService``): try again in a moment."""
+
+
 class ChargerBusy(ChargerError):
     """The command waited its turn behind others to the same charger (OCPP allows one
     at a time) until its time ran out: it was never sent."""

@@ -25,6 +25,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import orjson
@@ -193,6 +194,61 @@ def _put_back(answer: Any, aside: dict[int, str]) -> Any:
     return answer
 
 
+#: OCPP 1.6's step for a charging schedule's rates (the schemas' ``multipleOf``).
+RATE_STEP = Decimal("0.1")
+
+
+def _off_step(value: Any) -> bool:
+    """Whether ``value`` is a number the 1.6 schema refuses only for its step."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return Decimal(str(value)) % RATE_STEP != 0
+    except InvalidOperation:  # inf, nan: the package refuses those itself
+        return False
+
+
+def _set_aside_schedule_values(payload: Any) -> dict[str | int, float]:
+    """Makes a GetCompositeSchedule answer's schedule pass the package's check where the
+    1.6 schema refuses it only for what a charger computes: rates off its 0.1 step (a
+    limit of 16.05 A, a minChargingRate of 1380.55 W: the charger's profiles combined)
+    and no ``chargingSchedulePeriod`` (nothing planned: no periods). The rates are set
+    aside (a period's limit by its index, ``minChargingRate`` by name) and replaced by 0
+    for the check; ``_put_back_schedule_values`` returns them to the answer it builds.
+    The periods left out read as none. Everything else in it is checked as strictly."""
+    schedule = payload.get("chargingSchedule") if isinstance(payload, dict) else None
+    if not isinstance(schedule, dict):
+        return {}
+    aside: dict[str | int, float] = {}
+    if "chargingSchedulePeriod" not in schedule:
+        schedule["chargingSchedulePeriod"] = []
+    periods = schedule["chargingSchedulePeriod"]
+    for index, period in enumerate(periods if isinstance(periods, list) else []):
+        if isinstance(period, dict) and _off_step(period.get("limit")):
+            aside[index] = period["limit"]
+            period["limit"] = 0
+    if _off_step(schedule.get("minChargingRate")):
+        aside["minChargingRate"] = schedule["minChargingRate"]
+        schedule["minChargingRate"] = 0
+    return aside
+
+
+def _put_back_schedule_values(answer: Any, aside: dict[str | int, float]) -> Any:
+    """``answer`` (the package's GetCompositeSchedule result) with the rates
+    ``_set_aside_schedule_values`` took out in their places again."""
+    schedule = getattr(answer, "charging_schedule", None)
+    if not aside or not isinstance(schedule, dict):
+        return answer
+    periods = schedule.get("charging_schedule_period")
+    for place, value in aside.items():
+        if place == "minChargingRate":
+            schedule["min_charging_rate"] = value
+        elif isinstance(place, int) and isinstance(periods, list) and place < len(periods) \
+                and isinstance(periods[place], dict):
+            periods[place]["limit"] = value
+    return answer
+
+
 def _beyond_int(value: Any, path: str = "") -> str | None:
     """The path of the first integer in ``value`` (an answer's payload) outside OCPP's
     integer as chargers and GraphQL's Int hold it (32-bit signed, ``MAX_INT``), or
@@ -261,6 +317,9 @@ class ChargePointHandler(ChargePoint):
         #: GetConfiguration answers' values over OCPP's 500 characters, set aside while
         #: the package checks the rest (``_set_aside_long_values``), by unique id.
         self._long_values: dict[str, dict[int, str]] = {}
+        #: GetCompositeSchedule answers' rates off OCPP's 0.1 step, set aside while the
+        #: package checks the rest (``_set_aside_schedule_values``), by unique id.
+        self._schedule_values: dict[str, dict[str | int, float]] = {}
         self._closed = False
         #: Why this connection stopped being its charger's while its socket still closes
         #: ("connected to another instance"; ``superseded``), else ``None``.
@@ -345,6 +404,7 @@ class ChargePointHandler(ChargePoint):
             self._call_errors.discard(unique_id)
             self._answered.discard(unique_id)
             long_values = self._long_values.pop(unique_id, {})
+            schedule_values = self._schedule_values.pop(unique_id, {})
             # Cancelled here (by a failure, or the timeout), the package's call leaves its
             # lock and the queue of answers as they were.
             call.cancel()
@@ -356,7 +416,8 @@ class ChargePointHandler(ChargePoint):
         if not call.done():
             raise TimeoutError(f"no answer within {timeout:g}s")
         try:
-            return _put_back(call.result(), long_values)
+            return _put_back_schedule_values(_put_back(call.result(), long_values),
+                                             schedule_values)
         except ConnectionClosed as exc:  # sent after the socket closed, before we knew
             raise ChargerOffline(f"{self.id} went offline") from exc
         except OCPPError as exc:
@@ -480,6 +541,7 @@ class ChargePointHandler(ChargePoint):
             # millisecond timestamp) is theirs, not an answer the command failed on
             # (review s24).
             self._keep_long_values(response)
+            self._keep_schedule_values(response)
             self._leave_out_unknown(response)
             beyond = _beyond_int(response.payload)
             if beyond is not None:
@@ -524,6 +586,28 @@ class ChargePointHandler(ChargePoint):
                 log.info("%s: GetConfiguration: %s's value is longer than OCPP 1.6's %d "
                          "characters (%d): kept whole", self.id, key,
                          CONFIGURATION_VALUE_MAX, len(aside[index]))
+
+    def _keep_schedule_values(self, response: CallResult) -> None:
+        """A GetCompositeSchedule answer whose schedule breaks the 1.6 schema only by
+        rates off its 0.1 step or by having no periods is taken as the charger gave it
+        (not ``strict_schema``): it said Accepted, and the operator asked what it plans
+        to apply (QA s25: such an answer was CHARGER_ERROR). Logged once per connection."""
+        if self.strict_schema \
+                or self._actions.get(response.unique_id) != "GetCompositeSchedule":
+            return
+        schedule = response.payload.get("chargingSchedule") \
+            if isinstance(response.payload, dict) else None
+        periodless = isinstance(schedule, dict) and "chargingSchedulePeriod" not in schedule
+        aside = _set_aside_schedule_values(response.payload)
+        if aside:
+            self._schedule_values[response.unique_id] = aside
+            if self._first_time("GetCompositeSchedule", "rate step"):
+                log.info("%s: GetCompositeSchedule: rates off OCPP 1.6's 0.1 step (%s): "
+                         "kept as answered", self.id,
+                         ", ".join(str(value) for value in aside.values()))
+        if periodless and self._first_time("GetCompositeSchedule", "no periods"):
+            log.info("%s: GetCompositeSchedule: a schedule without "
+                     "chargingSchedulePeriod: read as no periods", self.id)
 
     def _note_unknown(self, action: str, removed: list[str]) -> None:
         for path in removed:

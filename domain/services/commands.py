@@ -48,6 +48,7 @@ from domain.errors import (
     ChargerRejected,
     ChargerTimeout,
     ChargerUnclaimed,
+    ChargerUnreachable,
     Conflict,
     DomainError,
     Forbidden,
@@ -57,6 +58,7 @@ from domain.errors import (
 )
 from domain.events import CommandCompleted, StationChanged
 from domain.ids import new_id
+from domain.keyed_locks import KeyedLocks
 from domain.policy import SYSTEM, Viewer, live_reservations
 from domain.ports import Change, ChargerGateway, Delete, Guard, Insert, Update
 from domain.query import ALL, Eq, Filter, In, NotSub, Range, Sort, all_of
@@ -352,6 +354,8 @@ class CommandService(Service):
         #: Told of every Set/ClearChargingProfile sent by someone other than the service
         #: itself (the site's own limits are sent as ``SYSTEM``).
         self.profile_watch: ProfileWatch | None = None
+        #: One ``send_owed_cancels`` at a time per station.
+        self._owing = KeyedLocks()
 
     async def send(self, viewer: Viewer, cp_id: str, action: str, payload: dict[str, Any],
                    *, audited_as: Viewer | None = None, own_list: bool = False
@@ -426,6 +430,14 @@ class CommandService(Service):
                                                           payload.get("reservationId"))
         outcome.requested_by = viewer.actor
         viewer = audited_as or viewer  # authorized: from here on, whose command it is
+        await self._carry(viewer, outcome, payload)
+        if watched is not None:
+            await watched.profile_commanded(outcome, payload)
+        return outcome
+
+    async def _carry(self, viewer: Viewer, outcome: CommandOutcome, payload: dict[str, Any]
+                     ) -> None:
+        """Audits, sends and records the answer of a command authorized already."""
         if self.gateway is not None:
             await self._audit_sent(viewer, outcome, payload)
         try:
@@ -438,9 +450,6 @@ class CommandService(Service):
             await asyncio.shield(self._after(viewer, outcome, payload))
             raise
         await self._after(viewer, outcome, payload)
-        if watched is not None:
-            await watched.profile_commanded(outcome, payload)
-        return outcome
 
     async def _call(self, outcome: CommandOutcome, payload: dict[str, Any]) -> None:
         if self.gateway is None:
@@ -473,8 +482,8 @@ class CommandService(Service):
         [now] = await self.store.get_many(Station, [station.id])
         if now is None or not now.online:
             return error
-        return ChargerOffline(f"{station.cp_id} is connected to another instance that does "
-                              "not answer now; try again in a moment", field="cpId")
+        return ChargerUnreachable(f"{station.cp_id} is connected to another instance that "
+                                  "does not answer now; try again in a moment", field="cpId")
 
     # ------------------------------------------------------------- driver rules
     async def _check_driver(self, viewer: Viewer, station: Station, action: str,
@@ -1012,6 +1021,7 @@ class CommandService(Service):
         now = self.now()
         connector_id = int(payload.get("connectorId", 0))
         await self._refuse_clash(viewer, station, connector_id, now)
+        await self._refuse_charging_plug(station, connector_id)
         tag = await self.store.find_one(IdTag, Eq("tag", str(payload["idTag"]).upper()))
         if tag is not None:
             # A charger holds the plug for whatever tag it is given: not for a card that
@@ -1042,6 +1052,35 @@ class CommandService(Service):
         # It holds its plug from now, answered or not: the live map hears of it.
         await self.plugs_held(owned_by(station), connector_id, were_free)
         return reservation
+
+    async def _refuse_charging_plug(self, station: Station, connector_id: int) -> None:
+        """A reservation of a plug our records show charging a session (ACTIVE, whatever
+        its last report says, as ``_refuse_occupied`` judges a remote start's), or of
+        "any" connector (0) on a station whose every known connector is: refused
+        ``IN_USE`` before anything is stored or sent. It was sent and left to the
+        charger's Occupied, or, at a charger that takes it (some hold a reservation for
+        the plug's next session), the driver was told ACCEPTED for a plug in use, held
+        for them nowhere else. A session whose stop was lost keeps its plug refused until
+        staff end it (``endSession``) or the charger's reboot closes it, as for a remote
+        start; a session starting after this check is the charger's to refuse with
+        Occupied (the reservation is REJECTED)."""
+        charging = {s.connector_id for s in await self.store.find_all(Session, all_of(
+            Eq("station_id", station.id), Eq("state", SessionState.ACTIVE)),
+            limit=MAX_CONNECTOR_ID)}
+        if not charging:
+            return
+        if connector_id:
+            if connector_id in charging:
+                raise Conflict("the connector is charging a session: reserve another one, "
+                               "or this one once the session has ended",
+                               field="connectorId", code="IN_USE")
+            return
+        plugs = {p.connector_id for p in await self.store.find_all(
+            Connector, Eq("station_id", station.id), limit=MAX_CONNECTOR_ID)}
+        if plugs and plugs <= charging:
+            raise Conflict("every connector of this station is charging a session: "
+                           "nothing is free to reserve", field="connectorId",
+                           code="IN_USE")
 
     async def _refuse_unusable_tag(self, tag: IdTag, now: datetime) -> None:
         status = tag.status_at(now)
@@ -1110,6 +1149,35 @@ class CommandService(Service):
                                   else "the reservation has expired",
                                   field="reservationId", code="INVALID_STATE")
         return reservation
+
+    async def send_owed_cancels(self, station_id: str) -> None:
+        """Sends the station's charger, come back (connected, or its boot accepted), the
+        CancelReservation of each reservation cancelled while it was offline
+        (``Reservation.cancel_owed_since``) and not expired yet (an expired one the
+        charger frees by itself), as the service, audited. An
+        answer (Accepted, or Rejected: not held) settles it; none, or a CALLERROR, leaves
+        it owed for the charger's next return. One run at a time per station: the
+        connection and the boot that follows it both ask."""
+        async with self._owing.one_at_a_time(station_id):
+            now = self.now()
+            owed = [r for r in await self.store.find_all(Reservation, all_of(
+                Eq("station_id", station_id), Eq("state", ReservationState.CANCELLED),
+                Range("expires_at", gt=now)), limit=100) if r.cancel_owed_since is not None]
+            if not owed:
+                return
+            [station] = await self.store.get_many(Station, [station_id])
+            if station is None or station.registration is Registration.REJECTED:
+                return  # sent nothing (OCPP 1.6, 4.2), as ``_refuse_unregistered``
+            for reservation in owed:
+                outcome = CommandOutcome(command_id=new_id(), action="CancelReservation",
+                                         station=station, reservation=reservation,
+                                         requested_by=SYSTEM.actor)
+                await self._carry(SYSTEM, outcome, {
+                    "reservationId": reservation.reservation_id})
+                if outcome.error is not None:
+                    log.info("%s: the cancel of reservation %d owed since it was offline "
+                             "was not delivered: %s", station.cp_id,
+                             reservation.reservation_id, outcome.error.message)
 
     async def expire_reservations(self, limit: int = 500) -> int:
         """Stores EXPIRED on live reservations past their expiry (the charger frees the
@@ -1289,6 +1357,16 @@ class CommandService(Service):
         if sent is None:
             return []
         reservation = (await self.store.get_many(Reservation, [sent.id]))[0] or sent
+        answered = outcome.error is None or isinstance(outcome.error, ChargerRejected)
+        if sent.state is ReservationState.CANCELLED:
+            # A cancel owed to the charger (``send_owed_cancels``): done once it answered
+            # (Accepted, or Rejected: it holds no such reservation any more).
+            if not answered or reservation.cancel_owed_since is None:
+                return []
+            return [(patch(reservation, viewer, required=True,
+                           only_if=("cancel_owed_since", reservation.cancel_owed_since),
+                           cancel_owed_since=None), reservation)]
+        owed: datetime | None = None
         if outcome.action == "ReserveNow":
             error = outcome.error
             # No answer, or one we could not read: the charger may hold it. It stays
@@ -1303,16 +1381,24 @@ class CommandService(Service):
             # "not found"): either way it is over. A CALLERROR ("InternalError: try
             # again") says nothing about the reservation, and without an answer the
             # charger may still hold it: both leave it as it was.
-            ended = outcome.error is None or isinstance(outcome.error, ChargerRejected)
-            state = ReservationState.CANCELLED if ended else reservation.state
+            # A charger offline (the cancel never reached it, or its socket closed under
+            # it) holds the plug until it hears of the cancel: it is cancelled here, for
+            # the driver and the map, and the cancel is owed to the charger, sent when it
+            # comes back (``send_owed_cancels``; QA s25: nothing but the expiry or the
+            # charger's return ended it, the driver kept from reserving elsewhere).
+            offline = isinstance(outcome.error, ChargerOffline) \
+                and not isinstance(outcome.error, ChargerUnreachable)
+            state = ReservationState.CANCELLED if answered or offline else reservation.state
+            owed = (outcome.answered_at or self.now()) if offline else None
         # Only from the state it was sent in (ReserveNow: PENDING) or, for a cancel, from
         # a live one: a charger that used the reservation meanwhile (StartTransaction:
         # USED), or a removal that cancelled it, is not overwritten by this answer.
         sent_in = (sent.state,) if outcome.action == "ReserveNow" else LIVE_RESERVATION_STATES
         if state is reservation.state or reservation.state not in sent_in:
             return []
+        more = {"cancel_owed_since": owed} if owed is not None else {}
         update = patch(reservation, viewer, only_if=("state", reservation.state),
-                       required=True, state=state)
+                       required=True, state=state, **more)
         return [(update, reservation)]
 
     async def _after(self, viewer: Viewer, outcome: CommandOutcome, payload: dict[str, Any]
@@ -1373,11 +1459,19 @@ class CommandService(Service):
         if changes:
             wrote = cast(Reservation, changes[0][0].record)
             landed = await self.landed([wrote])
-            for now in landed:  # announced if its guard held
-                await self.publish(reservation_changed(now, station))
+            for now in landed:  # announced if its guard held and its state moved (an
+                # owed cancel delivered changes nothing anyone is told of)
+                if outcome.reservation is None or now.state is not outcome.reservation.state:
+                    await self.publish(reservation_changed(now, station))
             # What the client is shown: as written, or as someone else left it meanwhile.
             [current] = landed or await self.store.get_many(Reservation, [wrote.id])
             outcome.reservation = current or outcome.reservation
+            if landed and wrote.cancel_owed_since is not None \
+                    and isinstance(outcome.error, ChargerOffline):
+                outcome.error = ChargerOffline(
+                    f"{station.cp_id} is offline: the reservation is cancelled here, and "
+                    "its charger, which holds the connector until it hears of it, is sent "
+                    "the cancel when it comes back", field=outcome.error.field)
         await self.publish(CommandCompleted(
             **owned_by(station), command_id=outcome.command_id, action=outcome.action,
             requested_by=outcome.requested_by or viewer.actor, status=outcome.status,

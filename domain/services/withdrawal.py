@@ -59,6 +59,7 @@ from domain.entities import (
     User,
 )
 from domain.errors import DomainError
+from domain.events import StationConnectionChanged
 from domain.keyed_locks import KeyedLocks
 from domain.policy import SYSTEM, Viewer, live_reservations
 from domain.ports import Change, Delete, Insert, Store
@@ -320,6 +321,18 @@ class Withdrawal(Service):
         #: keeps its arrivals'). Across instances the list version keeps it right (a
         #: VersionMismatch re-reads).
         self._pushing = KeyedLocks()
+        ctx.published.append(self._heard)
+
+    def _heard(self, event: Any) -> None:
+        """A charger connected to this process: the cancels of reservations cancelled
+        while it was offline are owed to it (``CommandService.send_owed_cancels``), sent
+        now, in the background. Its boot, if it boots, asks again (``_back``): one that
+        answered the first with a CALLERROR before its boot takes the second."""
+        if isinstance(event, StationConnectionChanged) and event.online \
+                and event.station_id is not None:
+            self._work.run(self.commands.send_owed_cancels(event.station_id),
+                           f"owed-cancels-{event.station_id}",
+                           f"sending the owed cancels of station {event.station_id} failed")
 
     async def settled(self) -> None:
         """Waits for what runs in the background (tests, shutdown)."""
@@ -400,13 +413,15 @@ class Withdrawal(Service):
                        f"correcting the local list of station {station_id} failed")
 
     def charger_back(self, station_id: str) -> None:
-        """A charger booted (its boot answered Accepted): its live reservations of cards
-        no longer usable are cancelled (``_cancel_unusable``), and what its list should
+        """A charger booted (its boot answered Accepted): the cancels owed to it are sent
+        (``CommandService.send_owed_cancels``), its live reservations of cards no longer
+        usable are cancelled (``_cancel_unusable``), and what its list should
         hold and does not is sent, now, in the background."""
         self._work.run(self._back(station_id), f"local-list-{station_id}",
                        f"correcting the local list of station {station_id} failed")
 
     async def _back(self, station_id: str) -> None:
+        await self.commands.send_owed_cancels(station_id)
         await self._cancel_unusable(station_id)
         await self._correct(station_id)
 
@@ -426,7 +441,26 @@ class Withdrawal(Service):
             and last.expires_at is not None else (now, None)
         for station_id in await self._stations_wanting([c.id for c in due]):
             await self.push(SYSTEM, station_id)
+        await self._cancel_expired_cards(due)
         return len(due)
+
+    async def _cancel_expired_cards(self, cards: Sequence[IdTag]) -> None:
+        """Cancels the live reservations made for ``cards`` (``base.made_for``: the
+        card's tag and holder), which expired: a plug held for a card that may no longer
+        start a session holds it for nobody. Their sessions go on (authorized before the
+        expiry). Until QA s25 they were cancelled only at their charger's boot
+        (``_cancel_unusable``), the plug shown reserved and the driver kept from
+        reserving elsewhere until then. One offline is cancelled here, the cancel owed
+        to its charger (``cancel_reservations``)."""
+        for start in range(0, len(cards), BATCH):
+            batch = cards[start:start + BATCH]
+            holders = {(c.tag, c.user_id) for c in batch}
+            held = await self.store.find_all(Reservation, all_of(
+                In("id_tag", tuple({c.tag for c in batch})),
+                live_reservations(self.now())), limit=BATCH)
+            ids = tuple(r.id for r in held if (r.id_tag, r.user_id) in holders)
+            if ids:
+                await self.cancel_reservations(SYSTEM, In("id", ids))
 
     # ------------------------------------------------------------- the work
     async def _mark_wanted(self, actor: Viewer, card_ids: Sequence[str], status: str
@@ -678,9 +712,11 @@ class Withdrawal(Service):
 
     async def cancel_reservations(self, actor: Viewer, where: Filter) -> None:
         """Cancels the live reservations ``where`` at their chargers (CancelReservation,
-        audited as ``actor``), best effort: an answered cancel stores CANCELLED; one not
-        delivered (charger offline) is left to the caller's own write, to its expiry or,
-        for a card's, to the charger's boot (``_cancel_unusable``).
+        audited as ``actor``), best effort: an answered cancel stores CANCELLED, and so
+        does one its charger is offline for, the cancel owed to the charger when it is
+        back (``CommandService.send_owed_cancels``); one unanswered is left to the
+        caller's own write, to its expiry or, for a card's, to the charger's boot
+        (``_cancel_unusable``).
         For withdrawn cards and users, and for connectors and stations being removed: the
         charger otherwise holds the plug for a reservation nobody here knows of."""
         held = await self.store.find_all(Reservation, all_of(

@@ -1332,6 +1332,14 @@ _V62 = """
 ALTER TABLE "pending_start" ADD COLUMN "station_booted_at" INTEGER;
 """
 
+# Version 63: a reservation cancelled while its charger was offline remembers that its
+# CancelReservation is owed to the charger (``Reservation.cancel_owed_since``), sent when
+# the charger comes back (QA s25: nobody could end a live reservation while its charger
+# was offline). Older rows: null, nothing owed.
+_V63 = """
+ALTER TABLE "reservation" ADD COLUMN "cancel_owed_since" INTEGER;
+"""
+
 #: Every migration, oldest first. Append only.
 MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5, _V5),
                                      (6, _V6), (7, _V7), (8, _V8), (9, _V9), (10, _V10),
@@ -1357,7 +1365,8 @@ MIGRATIONS: tuple[Migration, ...] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4), (5,
                                      (59, _V59),
                                      (60, _V60),
                                      (61, _V61),
-                                     (62, _V62))
+                                     (62, _V62),
+                                     (63, _V63))
 
 
 def identity_left(company_id: str, name: str) -> None:

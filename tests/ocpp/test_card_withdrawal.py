@@ -571,8 +571,9 @@ async def test_a_withdrawn_cards_reservation_is_cancelled_when_its_charger_is_ba
         central: Central) -> None:
     """QA s24: a card blocked while its reservation's charger was offline kept the
     reservation ACTIVE until it expired (the cancel was not delivered, nothing tried
-    again): the plug shown RESERVED, its driver refused elsewhere. The charger's boot
-    cancels its live reservations of cards no longer usable; a usable card's stays."""
+    again): the plug shown RESERVED, its driver refused elsewhere. Since QA s25 the
+    cancel that cannot be delivered cancels it here, owed to the charger, which is sent
+    it when it is back, once; a usable card's stays."""
     soon = (datetime.now(UTC) + timedelta(hours=2)).isoformat()
     async with connected(central.url, "CP-1", password=STATION_PASSWORD) as cp:
         await cp.boot()
@@ -586,14 +587,16 @@ async def test_a_withdrawn_cards_reservation_is_cancelled_when_its_charger_is_ba
     await block(central, "ok", who="driver")
     await settled(central)
     [lost] = await central.store.find_all(d.Reservation, Eq("id_tag", "TAG-OK"))
-    assert lost.state is d.ReservationState.ACTIVE  # the cancel could not be sent
+    # The cancel could not be sent: cancelled here, owed to the charger (QA s25).
+    assert lost.state is d.ReservationState.CANCELLED
+    assert lost.cancel_owed_since is not None
 
     async with connected(central.url, "CP-1", password=STATION_PASSWORD) as back:
         await back.boot()
 
         async def cancelled() -> bool:
             [now] = await central.store.find_all(d.Reservation, Eq("id_tag", "TAG-OK"))
-            return now.state is d.ReservationState.CANCELLED
+            return now.cancel_owed_since is None
         await until(cancelled)
         await settled(central)
         assert [payload for name, payload in back.received
