@@ -73,6 +73,11 @@ class Watch:
         self._pumps.clear()
 
 
+#: Removed stations a ``SightOrder`` remembers, to tell nobody what arrives of them late:
+#: far more than are removed within the seconds an event may be late.
+REMOVED_REMEMBERED = 4096
+
+
 class SightOrder:
     """What one ordered stream of events (a pump's, a caller's of ``events``) tells of
     stations whose sight changed (``StationSightChanged``), kept per station:
@@ -101,13 +106,18 @@ class SightOrder:
 
     A station removed (``StationRemoved``, which the stream reads for this and never
     tells) is forgotten: kept, every station ever handed over or connected stayed here
-    for as long as the pump or the socket lived."""
+    for as long as the pump or the socket lived. Its id is remembered instead, among the
+    last ``REMOVED_REMEMBERED``: whatever of it arrives after its removal was published
+    before it (a handover's announcement, a connection event, from another instance),
+    and is told to nobody: a map told "joined" of a station already removed kept it
+    (review s25). Ids are never given again, so nothing of a new station is lost."""
 
-    __slots__ = ("connections", "sights")
+    __slots__ = ("connections", "removed", "sights")
 
     def __init__(self) -> None:
         self.sights: dict[str, StationSightChanged] = {}
         self.connections: dict[str, tuple[int, bool]] = {}
+        self.removed: dict[str, None] = {}  # insertion-ordered: the oldest goes first
 
     def shape(self, event: DomainEvent) -> DomainEvent | None:
         """``event`` as it is to be told (the same object when nothing changes); ``None``:
@@ -118,6 +128,11 @@ class SightOrder:
         if isinstance(event, StationRemoved):
             self.sights.pop(station, None)
             self.connections.pop(station, None)
+            self.removed[station] = None
+            if len(self.removed) > REMOVED_REMEMBERED:
+                del self.removed[next(iter(self.removed))]
+            return None
+        if station in self.removed:
             return None
         if isinstance(event, StationConnectionChanged):
             self.connections[station] = (_number(event.connection), event.online)

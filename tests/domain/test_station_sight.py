@@ -369,3 +369,25 @@ async def test_a_removed_station_is_forgotten_by_the_live_path() -> None:
     assert watched == [("StationConnectionChanged", False)]
     assert (pump.order.sights, pump.order.connections) == ({}, {})
     await bus.close()
+
+
+async def test_a_station_removed_during_its_handover_does_not_join_the_new_map(
+        world: World) -> None:
+    """Review s25 (cross-cut): a station removed between a handover's write and its
+    announcement was forgotten by the stream at its removal, and the announcement then
+    told the new company it joined: its map kept a station that no longer exists.
+    Whatever of a removed station arrives after its removal is told to nobody."""
+    _, beta, _ = world.companies
+    events = world.services.live.events(operator_of(beta), TOPICS)
+
+    async def remove() -> None:
+        await world.services.stations.remove_station(SYSTEM, world.station_id)
+
+    after_the_edits_write(world, remove)
+    await world.services.stations.update_station(SYSTEM, world.station_id,
+                                                 company_id=beta.id)
+    [station] = await world.services.ctx.store.get_many(Station, [world.station_id])
+    assert station is None
+    got = [(type(event).__name__, getattr(event, "joined", None))
+           for event in await told(events)]
+    assert (StationSightChanged.__name__, True) not in got, got
