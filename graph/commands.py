@@ -304,8 +304,9 @@ class UpdateFirmwareInput:
     cp_id: str = strawberry.field(description=_CP_ID)
     location: str = strawberry.field(description=(
         "Where the charger downloads the firmware: an absolute ftp(s), sftp or http(s) "
-        "URL, at most 2000 characters (the audit log keeps it without user information "
-        "nor query string values: a presigned URL's signature)."))
+        "URL, at most 2000 characters (the audit log keeps it without user information, "
+        "query string values (a presigned URL's signature) nor fragment; a URL with an "
+        "`@` outside its host part, or more than one, as `scheme://[hidden]`)."))
     retrieve_date: datetime = strawberry.field(description=(
         "When the charger is to download it (not before): at most a year ahead "
         "(`OUT_OF_RANGE`); a past time means at once."))

@@ -270,6 +270,19 @@ class CommandOutcome:
     superseded: list[PendingStart] = field(default_factory=list)
 
 
+#: How many times a remote start is stored again when its charger booted meanwhile
+#: (``CommandService._hold_start``).
+BOOT_RETRIES = 3
+
+
+class _Rebooted(Exception):
+    """A remote start's station booted between its read and the start's insert."""
+
+    def __init__(self, station: Station) -> None:
+        super().__init__(station.cp_id)
+        self.station = station
+
+
 def _may_start(error: DomainError | None) -> bool:
     """Whether a remote start so answered may still be carried out by the charger:
     Accepted, no answer (``ChargerTimeout``: it may have taken it), or an answer we could
@@ -859,6 +872,24 @@ class CommandService(Service):
     async def _hold_start(self, viewer: Viewer, station: Station, payload: dict[str, Any],
                           holder: str | None, vehicle_id: str | None
                           ) -> tuple[PendingStart, list[PendingStart]]:
+        """``_hold_start_in`` the boot ``station`` is in: a boot stored since it was read
+        (the charger reconnecting as the driver taps start, on another instance) fails
+        the insert's guard, and the start is stored again in the boot read anew, a few
+        times (review s26: recorded in the boot before, it held nothing from the moment
+        it was stored, and the driver's double tap was sent too)."""
+        for _ in range(BOOT_RETRIES):
+            try:
+                return await self._hold_start_in(viewer, station, payload, holder,
+                                                 vehicle_id)
+            except _Rebooted as rebooted:
+                station = rebooted.station
+        raise Conflict("the charger is restarting: try again", field="cpId",
+                       code="IN_USE")
+
+    async def _hold_start_in(self, viewer: Viewer, station: Station,
+                             payload: dict[str, Any], holder: str | None,
+                             vehicle_id: str | None
+                             ) -> tuple[PendingStart, list[PendingStart]]:
         """Stores the remote start about to be sent (``PendingStart``), until its
         StartTransaction or its window's end. Two sent at once (two requests, two
         instances) must not both pass ``_refuse_pending``: the insert is guarded by no
@@ -875,8 +906,13 @@ class CommandService(Service):
         Not in this one's insert (review s25): a charger that did not restart still
         holds the older start and refuses this one (or never gets it), and the older
         one's StartTransaction then found nothing and lost the car chosen. Until the
-        answer both are live; a StartTransaction takes the older (``started_by``), which
-        a charger that has not answered yet is the one carrying out."""
+        answer both are live; a StartTransaction takes this one (``started_by``: the
+        newest sent since the last boot that the charger did not refuse), since the
+        charger's StartTransaction may come before its Accepted is handled (review s26:
+        relayed from another instance, it took the older start and its car).
+
+        The start records the boot it is sent in (``station_booted_at``); the insert is
+        guarded on the station still being in it (``_Rebooted`` when not)."""
         now = self.now()
         tag = stored_id_tag(payload["idTag"])
         connector_id = payload.get("connectorId") or None
@@ -888,7 +924,9 @@ class CommandService(Service):
         superseded = await self._superseded(station, tag, connector_id, now)
         others = all_of(live_pending_starts(now), NotSub("id", PendingStart.kind, In(
             "id", (pending.id, *(p.id for p in superseded)))))
-        guards = [Guard(PendingStart, all_of(others, Eq("id_tag", tag)), exists=False)]
+        guards = [Guard(PendingStart, all_of(others, Eq("id_tag", tag)), exists=False),
+                  Guard(Station, all_of(Eq("id", station.id),
+                                        Eq("booted_at", station.booted_at)))]
         if connector_id:
             guards.append(Guard(PendingStart, all_of(
                 others, Eq("station_id", station.id), Eq("connector_id", connector_id)),
@@ -897,6 +935,9 @@ class CommandService(Service):
             # Unaudited: the command's own entries (SENT, ANSWERED) say what was asked.
             await self.commit(viewer, [], unaudited=[Insert(pending)], guards=guards)
         except Conflict:
+            [now_station] = await self.store.get_many(Station, [station.id])
+            if now_station is not None and now_station.booted_at != station.booted_at:
+                raise _Rebooted(now_station) from None
             # Another start won: refused as that one's (or, if it is gone already, as
             # a clash to try again).
             await self._refuse_pending(viewer, station, payload)
