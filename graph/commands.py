@@ -391,8 +391,10 @@ class CancelReservationPayload(CommandPayload):
         description=_STATUS)
     reservation: Reservation | None = strawberry.field(description=(
         "The reservation: CANCELLED once the charger answered ACCEPTED or REJECTED (it "
-        "holds it no more), as it was otherwise. Null when refused before anything was "
-        "sent."))
+        "holds it no more), or at once when its charger is offline (CHARGER_OFFLINE: "
+        "the charger is sent the cancel when it comes back); as it was otherwise, also "
+        "when the charger is online but could not be reached (CHARGER_OFFLINE: cancel "
+        "again in a moment). Null when refused before anything was sent."))
 
 
 @strawberry.type(description="The answer to `setChargingProfile`.")

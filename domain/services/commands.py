@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol, cast
 
 from domain.availability import POINT_DOWN
@@ -70,6 +70,7 @@ from domain.services.base import (
     keeps_requested,
     maintenance_event,
     owned_by,
+    pages,
     patch,
     reservation_changed,
     reserved_for_card,
@@ -100,6 +101,19 @@ DRIVER_ACTIONS = frozenset({"RemoteStartTransaction", "RemoteStopTransaction", "
 #: (ChangeConfiguration): the setting is stored and applies after the next reboot.
 POSITIVE = frozenset({"Accepted", "Unlocked", "Scheduled", "RebootRequired"})
 COMMAND_TIMEOUT_S = 30.0
+#: How many owed cancels are read at a time (``send_owed_cancels``).
+OWED_PAGE = 100
+#: Before any cancel was owed (``Reservation.cancel_owed_since``): the bound that makes
+#: a ``Range`` of it "not null" on every store (null is never within a bound).
+_EVER = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def owed_cancels(now: datetime) -> Filter:
+    """The reservations whose CancelReservation is owed to their charger
+    (``Reservation.cancel_owed_since`` set: cancelled here while it was offline) and that
+    have not expired at ``now`` (an expired one the charger frees by itself)."""
+    return all_of(Eq("state", ReservationState.CANCELLED),
+                  Range("cancel_owed_since", gte=_EVER), Range("expires_at", gt=now))
 
 
 #: What a charger not told Accepted may not be asked: OCPP 1.6 (4.2) has the central
@@ -1197,28 +1211,54 @@ class CommandService(Service):
         (``Reservation.cancel_owed_since``) and not expired yet (an expired one the
         charger frees by itself), as the service, audited. An
         answer (Accepted, or Rejected: not held) settles it; none, or a CALLERROR, leaves
-        it owed for the charger's next return. One run at a time per station: the
-        connection and the boot that follows it both ask."""
+        it owed for the charger's next return or the next ``sweep_owed_cancels``. One
+        run at a time per station in this process: the connection and the boot that
+        follows it both ask. The owed ones are read as such (``owed_cancels``), a page
+        at a time (review s25: the station's 100 first cancelled ones were read and the
+        owed kept of them, so a busy station's ordinary cancels hid an owed one)."""
         async with self._owing.one_at_a_time(station_id):
-            now = self.now()
-            owed = [r for r in await self.store.find_all(Reservation, all_of(
-                Eq("station_id", station_id), Eq("state", ReservationState.CANCELLED),
-                Range("expires_at", gt=now)), limit=100) if r.cancel_owed_since is not None]
-            if not owed:
-                return
             [station] = await self.store.get_many(Station, [station_id])
-            if station is None or station.registration is Registration.REJECTED:
-                return  # sent nothing (OCPP 1.6, 4.2), as ``_refuse_unregistered``
-            for reservation in owed:
-                outcome = CommandOutcome(command_id=new_id(), action="CancelReservation",
-                                         station=station, reservation=reservation,
-                                         requested_by=SYSTEM.actor)
-                await self._carry(SYSTEM, outcome, {
-                    "reservationId": reservation.reservation_id})
-                if outcome.error is not None:
-                    log.info("%s: the cancel of reservation %d owed since it was offline "
-                             "was not delivered: %s", station.cp_id,
-                             reservation.reservation_id, outcome.error.message)
+            # Sent nothing (OCPP 1.6, 4.2) if told Rejected at its last boot: what it
+            # acts on (``_refuse_unregistered``), not what its station was made since.
+            if station is None or (station.charger_registration or station.registration
+                                   ) is Registration.REJECTED:
+                return
+            async for owed in pages(self.store, Reservation, all_of(
+                    Eq("station_id", station_id), owed_cancels(self.now())), OWED_PAGE):
+                for reservation in owed:
+                    outcome = CommandOutcome(command_id=new_id(),
+                                             action="CancelReservation", station=station,
+                                             reservation=reservation,
+                                             requested_by=SYSTEM.actor)
+                    await self._carry(SYSTEM, outcome, {
+                        "reservationId": reservation.reservation_id})
+                    if outcome.error is not None:
+                        log.info("%s: the cancel of reservation %d owed since it was "
+                                 "offline was not delivered: %s", station.cp_id,
+                                 reservation.reservation_id, outcome.error.message)
+
+    async def sweep_owed_cancels(self) -> int:
+        """Sends the owed cancels (``send_owed_cancels``) of every station recorded
+        online that has one, as the housekeeping does on every instance
+        (``OWED_CANCEL_SWEEP_S``); returns how many stations it sent to. The backstop of
+        the sends at connection and boot: a cancel found its charger offline and wrote
+        its owed mark just after the charger came back (no boot: a network blip), whose
+        connection's send had found nothing owed yet (review s25: the charger, online,
+        held the plug until the expiry while our records showed it free). Through the
+        relay, which carries each to the instance holding the charger; several instances
+        sending the same one is harmless: the charger answers the second Rejected (not
+        held), and the mark is cleared once (written only onto the value read)."""
+        if self.gateway is None:
+            return 0
+        stations: set[str] = set()
+        async for owed in pages(self.store, Reservation, owed_cancels(self.now()),
+                                OWED_PAGE):
+            stations.update(r.station_id for r in owed)
+        online = [s.id for s in await self.store.get_many(Station, sorted(stations))
+                  if s is not None and s.online]
+        for station_id in online:
+            await self.send_owed_cancels(station_id)
+        return len(online)
 
     async def expire_reservations(self, limit: int = 500) -> int:
         """Stores EXPIRED on live reservations past their expiry (the charger frees the
@@ -1386,6 +1426,29 @@ class CommandService(Service):
                    "error": outcome.error.code if outcome.error else None},
         )
 
+    async def _cancel_unreached(self, outcome: CommandOutcome) -> None:
+        """A CancelReservation that did not reach its charger (``ChargerOffline``) while
+        the station is recorded online (read now) was not kept from an offline charger:
+        the charger is connected (here, its socket's close not recorded yet, or to
+        another instance), and the relay could not carry the command (Redis out of
+        reach, this instance stopping). The reservation is not cancelled here
+        (``ChargerUnreachable``: no cancel is owed, the driver tries again), as for
+        an unclaimed relay. Review s25: it was cancelled here and the cancel owed "for
+        the charger's return", which a charger that never left does not make: it held
+        the plug until the expiry while our records showed it free."""
+        error = outcome.error
+        if outcome.action != "CancelReservation" or outcome.reservation is None \
+                or not isinstance(error, ChargerOffline) \
+                or isinstance(error, ChargerUnreachable):
+            return
+        [now] = await self.store.get_many(Station, [outcome.station.id])
+        if now is None or not now.online:
+            return
+        reason = error.message.rstrip(".")
+        outcome.error = ChargerUnreachable(
+            f"{outcome.station.cp_id} could not be reached ({reason}): the reservation is "
+            "not cancelled; try again in a moment", field=error.field or "cpId")
+
     async def _reservation_answered(self, viewer: Viewer, outcome: CommandOutcome
                                     ) -> list[tuple[Change, Any]]:
         """The change a ReserveNow's or CancelReservation's answer makes to its
@@ -1426,7 +1489,9 @@ class CommandService(Service):
             # it) holds the plug until it hears of the cancel: it is cancelled here, for
             # the driver and the map, and the cancel is owed to the charger, sent when it
             # comes back (``send_owed_cancels``; QA s25: nothing but the expiry or the
-            # charger's return ended it, the driver kept from reserving elsewhere).
+            # charger's return ended it, the driver kept from reserving elsewhere). Only
+            # a charger recorded offline: one online that could not be reached is
+            # ``ChargerUnreachable`` (``_cancel_unreached``), its reservation left live.
             offline = isinstance(outcome.error, ChargerOffline) \
                 and not isinstance(outcome.error, ChargerUnreachable)
             state = ReservationState.CANCELLED if answered or offline else reservation.state
@@ -1445,6 +1510,7 @@ class CommandService(Service):
     async def _after(self, viewer: Viewer, outcome: CommandOutcome, payload: dict[str, Any]
                      ) -> None:
         station = outcome.station
+        await self._cancel_unreached(outcome)
         audit = self._audit_entry(viewer, outcome, payload, "ANSWERED")
         interval = _interval_taken(outcome, payload)
         remembered = [(patch(station, viewer, heartbeat_interval=interval), station)] \
